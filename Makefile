@@ -1,0 +1,48 @@
+# equicare: every target creates .venv on first use. Nothing else is needed on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH := torch==2.13.0
+
+.PHONY: demo test test-slow test-browser bench lint clean install dev
+
+$(VENV)/.base: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH)
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.base
+	$(PIP) install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.base
+dev: $(VENV)/.dev
+
+demo: $(VENV)/.base
+	$(VENV)/bin/equicare demo
+
+test: $(VENV)/.dev
+	$(PY) -m pytest -q -p no:cacheprovider
+
+test-slow: $(VENV)/.dev
+	$(PY) -m pytest -q -p no:cacheprovider -m slow
+
+test-browser: $(VENV)/.dev
+	apt-get update -qq && apt-get install -y -qq chromium
+	$(PY) -m pytest -q -p no:cacheprovider -m browser
+
+$(VENV)/.bench: $(VENV)/.dev
+	bash benchmarks/install_peers.sh $(PY)
+	touch $@
+
+bench: $(VENV)/.bench
+	$(PY) benchmarks/run_all.py
+
+lint: $(VENV)/.dev
+	$(PY) -m ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,407 @@
+"""TrajectoryDataset: a panel as contiguous NumPy arrays with cheap episode and group views."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, NamedTuple
+
+import numpy as np
+from numpy.typing import NDArray
+
+from equicare.spaces import FactoredActionSpace
+from equicare.utils import RandomState, check_random_state
+
+__all__ = ["TrajectoryDataset", "Episode"]
+
+
+class Episode(NamedTuple):
+    """Zero-copy view of one episode's arrays (slices of the dataset arrays)."""
+
+    id: Any
+    states: NDArray[np.float32]
+    actions: NDArray[np.int64]
+    rewards: NDArray[np.float64]
+    terminals: NDArray[np.bool_]
+    times: NDArray[np.int64]
+    behavior_prob: NDArray[np.float64] | None
+
+
+@dataclass(frozen=True, eq=False)
+class TrajectoryDataset:
+    """A longitudinal panel: one row per decision step, rows of an episode contiguous and in time order.
+
+    Build one with :func:`equicare.data.load_dataset`, :func:`equicare.data.from_frame` or directly
+    from arrays. All arrays are indexed by row ``i`` (``n_steps`` rows) unless stated.
+
+    Parameters
+    ----------
+    states : ndarray of shape (n_steps, n_features), float32
+        Numeric state features.
+    actions : ndarray of shape (n_steps,), int64
+        Flat action index (mixed radix over ``action_space``).
+    reward_components : ndarray of shape (n_steps, n_rewards), float64
+        Raw reward components; the shaped reward is ``reward_components @ reward_weights``.
+    terminals : ndarray of shape (n_steps,), bool
+        True at a terminal step (by default the last row of each episode).
+    episode_offsets : ndarray of shape (n_episodes + 1,), int64
+        Rows of episode ``e`` are ``episode_offsets[e]:episode_offsets[e+1]``.
+    episode_ids : ndarray of shape (n_episodes,)
+        Original episode identifiers.
+    times : ndarray of shape (n_steps,), int64
+        Original time values (contiguous within an episode).
+    action_space : FactoredActionSpace
+    state_names : tuple of str
+    reward_names : tuple of str
+    reward_weights : ndarray of shape (n_rewards,)
+    gamma : float
+        Discount of values (Contract 1).
+    groups : dict of str to ndarray of shape (n_episodes,)
+        Protected attributes per episode; the first key is the default group attribute.
+    categorical : ndarray of shape (n_steps, n_categorical), int64, optional
+        Codes of categorical state columns; ``categorical_levels`` holds their labels.
+    behavior_prob : ndarray of shape (n_steps,), float64, optional
+        Logged probability of the logged action under current practice.
+    need : ndarray of shape (n_episodes,), float64, optional
+        Clinical need flag per episode (for proportional parity).
+    mediators : ndarray of shape (n_steps, n_mediators), float64, optional
+    extras : dict of str to ndarray of shape (n_steps,)
+        Columns the manifest does not name, carried along untouched.
+    """
+
+    states: NDArray[np.float32]
+    actions: NDArray[np.int64]
+    reward_components: NDArray[np.float64]
+    terminals: NDArray[np.bool_]
+    episode_offsets: NDArray[np.int64]
+    episode_ids: NDArray[Any]
+    times: NDArray[np.int64]
+    action_space: FactoredActionSpace
+    state_names: tuple[str, ...] = ()
+    reward_names: tuple[str, ...] = ("reward",)
+    reward_weights: NDArray[np.float64] = field(default_factory=lambda: np.ones(1))
+    gamma: float = 0.99
+    groups: dict[str, NDArray[Any]] = field(default_factory=dict)
+    categorical: NDArray[np.int64] | None = None
+    categorical_names: tuple[str, ...] = ()
+    categorical_levels: tuple[tuple[Any, ...], ...] = ()
+    behavior_prob: NDArray[np.float64] | None = None
+    need: NDArray[np.float64] | None = None
+    mediators: NDArray[np.float64] | None = None
+    mediator_names: tuple[str, ...] = ()
+    extras: dict[str, NDArray[Any]] = field(default_factory=dict)
+    manifest: Any = None  # equicare.data.Manifest it was read with, if any
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        n = self.actions.shape[0]
+        offs = np.asarray(self.episode_offsets, dtype=np.int64)
+        object.__setattr__(self, "episode_offsets", offs)
+        if offs.ndim != 1 or offs[0] != 0 or offs[-1] != n or np.any(np.diff(offs) <= 0):
+            raise ValueError("episode_offsets must start at 0, end at n_steps and increase strictly.")
+        if self.states.shape[0] != n:
+            raise ValueError(f"states has {self.states.shape[0]} rows, actions has {n}.")
+        rc = np.asarray(self.reward_components, dtype=np.float64)
+        if rc.ndim == 1:
+            rc = rc[:, None]
+        object.__setattr__(self, "reward_components", rc)
+        object.__setattr__(self, "reward_weights", np.asarray(self.reward_weights, dtype=np.float64))
+        if rc.shape != (n, len(self.reward_weights)) or len(self.reward_names) != rc.shape[1]:
+            raise ValueError("reward_components, reward_names and reward_weights disagree in size.")
+        for name, arr in (("terminals", self.terminals), ("times", self.times)):
+            if arr.shape != (n,):
+                raise ValueError(f"{name} must have shape ({n},), got {arr.shape}.")
+        for k, v in self.groups.items():
+            if v.shape[0] != self.n_episodes:
+                raise ValueError(f"group {k!r} must have one label per episode.")
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def n_steps(self) -> int:
+        """Number of rows (decision steps)."""
+        return int(self.actions.shape[0])
+
+    def __len__(self) -> int:
+        return self.n_steps
+
+    @property
+    def n_episodes(self) -> int:
+        """Number of episodes."""
+        return int(self.episode_offsets.shape[0] - 1)
+
+    @property
+    def n_actions(self) -> int:
+        """Size of the flat action space."""
+        return self.action_space.n_actions
+
+    @property
+    def n_features(self) -> int:
+        """Number of numeric state features."""
+        return int(self.states.shape[1])
+
+    @property
+    def episode_lengths(self) -> NDArray[np.int64]:
+        """Rows per episode, shape ``(n_episodes,)``."""
+        return np.diff(self.episode_offsets)
+
+    @property
+    def group_attrs(self) -> tuple[str, ...]:
+        """Names of the group attributes (first = default)."""
+        return tuple(self.groups)
+
+    # ------------------------------------------------------------------ derived row arrays
+    def _cached(self, key: str, make: Any) -> Any:
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    @property
+    def rewards(self) -> NDArray[np.float64]:
+        """Shaped reward ``sum_k w_k R_k``, shape ``(n_steps,)``."""
+        return self._cached("rewards", lambda: self.reward_components @ self.reward_weights)
+
+    @property
+    def episode_index(self) -> NDArray[np.int64]:
+        """Episode number of each row, shape ``(n_steps,)``."""
+        return self._cached("episode_index", lambda: np.repeat(
+            np.arange(self.n_episodes, dtype=np.int64), self.episode_lengths))
+
+    @property
+    def step(self) -> NDArray[np.int64]:
+        """Position of each row within its episode (0 at the first row), shape ``(n_steps,)``."""
+        return self._cached("step", lambda: np.arange(self.n_steps, dtype=np.int64)
+                            - np.repeat(self.episode_offsets[:-1], self.episode_lengths))
+
+    @property
+    def is_first(self) -> NDArray[np.bool_]:
+        """True at the first row of each episode, shape ``(n_steps,)``."""
+        return self.step == 0
+
+    @property
+    def is_last(self) -> NDArray[np.bool_]:
+        """True at the last row of each episode, shape ``(n_steps,)``."""
+        def make() -> NDArray[np.bool_]:
+            out = np.zeros(self.n_steps, dtype=bool)
+            out[self.episode_offsets[1:] - 1] = True
+            return out
+        return self._cached("is_last", make)
+
+    @property
+    def next_index(self) -> NDArray[np.int64]:
+        """Row of the next step in the same episode, or -1 at an episode's last row, shape ``(n_steps,)``."""
+        def make() -> NDArray[np.int64]:
+            nxt = np.arange(1, self.n_steps + 1, dtype=np.int64)
+            nxt[self.is_last] = -1
+            return nxt
+        return self._cached("next_index", make)
+
+    @property
+    def discounts(self) -> NDArray[np.float64]:
+        """``gamma ** step`` per row, shape ``(n_steps,)``."""
+        return self._cached("discounts", lambda: self.gamma ** self.step.astype(np.float64))
+
+    @property
+    def action_codes(self) -> NDArray[np.int64]:
+        """Per-component action codes, shape ``(n_steps, n_components)``."""
+        return self._cached("action_codes", lambda: self.action_space.from_flat(self.actions))
+
+    def features(self, one_hot: bool = True) -> NDArray[np.float32]:
+        """Model input: numeric states plus one-hot categorical states.
+
+        Returns
+        -------
+        ndarray of shape (n_steps, n_features + sum of categorical levels), float32
+        """
+        if self.categorical is None or not one_hot or self.categorical.shape[1] == 0:
+            return self.states
+
+        def make() -> NDArray[np.float32]:
+            blocks = [self.states]
+            assert self.categorical is not None
+            for j, levels in enumerate(self.categorical_levels):
+                blocks.append(np.eye(len(levels), dtype=np.float32)[self.categorical[:, j]])
+            return np.ascontiguousarray(np.concatenate(blocks, axis=1))
+        return self._cached("features", make)
+
+    def feature_names(self, one_hot: bool = True) -> list[str]:
+        """Names of the columns of :meth:`features`."""
+        names = list(self.state_names)
+        if one_hot:
+            for n, levels in zip(self.categorical_names, self.categorical_levels, strict=True):
+                names += [f"{n}={lv}" for lv in levels]
+        return names
+
+    # ------------------------------------------------------------------ per-episode sums
+    def episode_sum(self, values: NDArray[Any], discount: bool = True) -> NDArray[np.float64]:
+        """Sum a per-row quantity within each episode, optionally discounted by ``gamma ** step``.
+
+        Parameters
+        ----------
+        values : ndarray of shape (n_steps,) or (n_steps, k)
+        discount : bool
+
+        Returns
+        -------
+        ndarray of shape (n_episodes,) or (n_episodes, k)
+        """
+        v = np.asarray(values, dtype=np.float64)
+        if discount:
+            v = v * (self.discounts if v.ndim == 1 else self.discounts[:, None])
+        return np.add.reduceat(v, self.episode_offsets[:-1], axis=0)
+
+    def returns(self, discount: bool = True) -> NDArray[np.float64]:
+        """Return of each episode of the shaped reward, shape ``(n_episodes,)``."""
+        return self.episode_sum(self.rewards, discount)
+
+    def component_returns(self, discount: bool = True) -> NDArray[np.float64]:
+        """Return of each episode per reward component, shape ``(n_episodes, n_rewards)``."""
+        return self.episode_sum(self.reward_components, discount)
+
+    def episode_rows(self, values: NDArray[Any]) -> NDArray[Any]:
+        """Broadcast a per-episode array to rows, shape ``(n_steps, ...)``."""
+        return np.asarray(values)[self.episode_index]
+
+    # ------------------------------------------------------------------ views
+    def episode(self, e: int) -> Episode:
+        """Zero-copy view of episode ``e`` (0-based position, not the id)."""
+        if not -self.n_episodes <= e < self.n_episodes:
+            raise IndexError(f"episode {e} out of range for {self.n_episodes} episodes.")
+        e %= self.n_episodes
+        s = slice(int(self.episode_offsets[e]), int(self.episode_offsets[e + 1]))
+        bp = None if self.behavior_prob is None else self.behavior_prob[s]
+        return Episode(self.episode_ids[e], self.states[s], self.actions[s], self.rewards[s],
+                       self.terminals[s], self.times[s], bp)
+
+    def iter_episodes(self) -> Iterator[Episode]:
+        """Iterate over episode views (for inspection; never on a hot path)."""
+        for e in range(self.n_episodes):
+            yield self.episode(e)
+
+    def group_labels(self, attr: str | None = None) -> NDArray[Any]:
+        """Label of each episode for a group attribute (default: the first), shape ``(n_episodes,)``."""
+        if not self.groups:
+            raise KeyError("This dataset has no group attributes (manifest dataset.groups).")
+        key = attr or next(iter(self.groups))
+        if key not in self.groups:
+            raise KeyError(f"Unknown group attribute {key!r}; known: {list(self.groups)}.")
+        return self.groups[key]
+
+    def intersect_groups(self, attrs: Sequence[str]) -> NDArray[np.str_]:
+        """Intersectional labels such as ``"black x female"``, shape ``(n_episodes,)``."""
+        parts = [self.group_labels(a).astype(str) for a in attrs]
+        out = parts[0].astype(object)
+        for p in parts[1:]:
+            out = out + " x " + p.astype(object)
+        return out.astype(str)
+
+    def subset(self, episodes: Sequence[int] | NDArray[Any]) -> TrajectoryDataset:
+        """Dataset of the given episodes (positions or a boolean mask over episodes), in that order."""
+        ep = np.asarray(episodes)
+        if ep.dtype == bool:
+            ep = np.flatnonzero(ep)
+        ep = ep.astype(np.int64)
+        if ep.size == 0:
+            raise ValueError("Cannot take a subset with no episodes.")
+        lengths = self.episode_lengths[ep]
+        starts = self.episode_offsets[ep]
+        offsets = np.zeros(ep.size + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        rows = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1], dtype=np.int64)
+
+        def take(a: NDArray[Any] | None) -> NDArray[Any] | None:
+            return None if a is None else a[rows]
+
+        return replace(
+            self,
+            states=self.states[rows], actions=self.actions[rows],
+            reward_components=self.reward_components[rows], terminals=self.terminals[rows],
+            episode_offsets=offsets, episode_ids=self.episode_ids[ep], times=self.times[rows],
+            groups={k: v[ep] for k, v in self.groups.items()},
+            categorical=take(self.categorical), behavior_prob=take(self.behavior_prob),
+            need=None if self.need is None else self.need[ep], mediators=take(self.mediators),
+            extras={k: v[rows] for k, v in self.extras.items()}, _cache={},
+        )
+
+    def by_group(self, attr: str | None = None) -> dict[Any, TrajectoryDataset]:
+        """Split into one dataset per label of a group attribute (sorted by label)."""
+        labels = self.group_labels(attr)
+        return {lv: self.subset(labels == lv) for lv in np.unique(labels)}
+
+    def split(self, valid_fraction: float = 0.2, random_state: RandomState = None,
+              stratify: str | None = None) -> tuple[TrajectoryDataset, TrajectoryDataset]:
+        """Split episodes into (train, validation), optionally stratified by a group attribute.
+
+        Parameters
+        ----------
+        valid_fraction : float in (0, 1)
+        random_state : int, Generator or None
+        stratify : str, optional
+            Group attribute whose proportions both parts keep.
+        """
+        if not 0 < valid_fraction < 1:
+            raise ValueError(f"valid_fraction must be in (0, 1), got {valid_fraction}.")
+        if self.n_episodes < 2:
+            raise ValueError("Need at least 2 episodes to split.")
+        rng = check_random_state(random_state)
+        keys = (np.zeros(self.n_episodes, dtype=np.int64) if stratify is None
+                else np.unique(self.group_labels(stratify), return_inverse=True)[1])
+        is_valid = np.zeros(self.n_episodes, dtype=bool)
+        u = rng.random(self.n_episodes)
+        # within each stratum, the lowest-u fraction goes to validation
+        order = np.lexsort((u, keys))
+        ks = keys[order]
+        starts = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]])
+        sizes = np.diff(np.r_[starts, ks.size])
+        rank = np.arange(ks.size) - np.repeat(starts, sizes)
+        n_valid = np.maximum(1, np.round(sizes * valid_fraction)).astype(np.int64)
+        n_valid = np.minimum(n_valid, np.maximum(sizes - 1, 1))
+        is_valid[order] = rank < np.repeat(n_valid, sizes)
+        if is_valid.all():
+            is_valid[order[-1]] = False
+        return self.subset(~is_valid), self.subset(is_valid)
+
+    def with_reward_weights(self, weights: dict[str, float]) -> TrajectoryDataset:
+        """Same data with other reward-component weights (unknown names raise ``KeyError``)."""
+        w = self.reward_weights.copy()
+        for k, v in weights.items():
+            if k not in self.reward_names:
+                raise KeyError(f"Unknown reward component {k!r}; known: {list(self.reward_names)}.")
+            w[self.reward_names.index(k)] = float(v)
+        return replace(self, reward_weights=w, _cache={})
+
+    def with_behavior_prob(self, prob: NDArray[np.float64]) -> TrajectoryDataset:
+        """Same data with the given logged-action propensities, shape ``(n_steps,)``."""
+        p = np.asarray(prob, dtype=np.float64)
+        if p.shape != (self.n_steps,):
+            raise ValueError(f"prob must have shape ({self.n_steps},), got {p.shape}.")
+        return replace(self, behavior_prob=p, _cache={})
+
+    # ------------------------------------------------------------------ summaries
+    def summary(self) -> dict[str, Any]:
+        """Plain-data summary used by ``equicare validate`` and the report (no row-level data)."""
+        counts = self.action_space.counts(self.actions)
+        out: dict[str, Any] = {
+            "n_episodes": self.n_episodes,
+            "n_steps": self.n_steps,
+            "episode_length": {"min": int(self.episode_lengths.min()),
+                               "median": float(np.median(self.episode_lengths)),
+                               "max": int(self.episode_lengths.max())},
+            "n_features": self.n_features,
+            "n_actions": self.n_actions,
+            "observed_actions": int((counts > 0).sum()),
+            "action_components": self.action_space.to_dict(),
+            "reward_nonzero_pct": {
+                n: float(100.0 * np.mean(self.reward_components[:, j] != 0))
+                for j, n in enumerate(self.reward_names)},
+            "reward_weights": dict(zip(self.reward_names, self.reward_weights.tolist(), strict=True)),
+            "gamma": self.gamma,
+            "groups": {k: {str(lv): int(c) for lv, c in zip(*np.unique(v, return_counts=True),
+                                                           strict=True)}
+                       for k, v in self.groups.items()},
+        }
+        if self.behavior_prob is not None:
+            out["behavior_prob"] = {"min": float(self.behavior_prob.min()),
+                                    "max": float(self.behavior_prob.max())}
+        if self.need is not None:
+            out["need_pct"] = float(100.0 * np.mean(self.need))
+        return out

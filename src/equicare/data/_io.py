@@ -1,0 +1,329 @@
+"""Reading panels (CSV, Parquet, DuckDB) into TrajectoryDataset and writing them back."""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from equicare.data._dataset import TrajectoryDataset
+from equicare.data._manifest import Manifest, read_manifest
+from equicare.data.validate import ValidationReport, validate_frame
+from equicare.exceptions import DataValidationError
+from equicare.utils import atomic_write_text
+
+__all__ = [
+    "read_table",
+    "load_dataset",
+    "from_frame",
+    "to_frame",
+    "write_parquet",
+    "write_csv",
+    "write_duckdb",
+    "validate_path",
+]
+
+_DUCKDB_EXT = (".duckdb", ".db", ".ddb")
+
+
+def _as_pandas(df: Any) -> pd.DataFrame:
+    if isinstance(df, pd.DataFrame):
+        return df
+    if hasattr(df, "to_pandas"):  # polars, pyarrow
+        out = df.to_pandas()
+        if isinstance(out, pd.DataFrame):
+            return out
+    raise TypeError(f"Expected a pandas or polars DataFrame, got {type(df).__name__}.")
+
+
+def read_table(path: str | os.PathLike[str], table: str | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """Read a panel table from CSV, Parquet or a DuckDB database file.
+
+    Parameters
+    ----------
+    path : str or Path
+        ``.csv``, ``.parquet``/``.pq`` or a DuckDB file (``.duckdb``, ``.db``).
+    table : str, optional
+        Table name inside a DuckDB file (required there unless the file has exactly one table).
+
+    Returns
+    -------
+    frame : pandas.DataFrame
+    raw_columns : list of str
+        Column names as stored (to detect duplicates that readers rename).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise DataValidationError(f"Data file not found: {p}")
+    suffix = p.suffix.lower()
+    if suffix == ".csv":
+        with p.open(newline="", encoding="utf-8") as fh:
+            header = next(csv.reader(fh), [])
+        try:
+            df = pd.read_csv(p, engine="pyarrow") if len(set(header)) == len(header) else pd.read_csv(p)
+        except Exception as exc:  # pyarrow raises several types for malformed CSV
+            raise DataValidationError(f"{p}: cannot parse CSV ({exc}).") from exc
+        return df, header
+    if suffix in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        try:
+            tab = pq.read_table(p)
+        except Exception as exc:
+            raise DataValidationError(f"{p}: cannot read Parquet ({exc}).") from exc
+        names = list(tab.column_names)
+        if len(set(names)) != len(names):
+            return pd.DataFrame(), names
+        return tab.to_pandas(), names
+    if suffix in _DUCKDB_EXT:
+        import duckdb
+
+        con = duckdb.connect(str(p), read_only=True)
+        try:
+            tables = [r[0] for r in con.execute("SELECT table_name FROM information_schema.tables")
+                      .fetchall()]
+            if table is None:
+                if len(tables) != 1:
+                    raise DataValidationError(
+                        f"{p}: name the table to read (manifest dataset.table); tables: {tables}.")
+                table = tables[0]
+            if table not in tables:
+                raise DataValidationError(f"{p}: no table {table!r}; tables: {tables}.")
+            df = con.execute(f'SELECT * FROM "{table}"').df()
+        finally:
+            con.close()
+        return df, [str(c) for c in df.columns]
+    raise DataValidationError(
+        f"{p}: unsupported file type {suffix!r}; expected .csv, .parquet or a DuckDB file "
+        f"({', '.join(_DUCKDB_EXT)}).")
+
+
+def _manifest_of(manifest: Manifest | Mapping[str, Any] | str | os.PathLike[str]) -> Manifest:
+    if isinstance(manifest, Manifest):
+        return manifest
+    if isinstance(manifest, Mapping):
+        return Manifest.from_dict(manifest)
+    return read_manifest(manifest)
+
+
+def validate_path(path: str | os.PathLike[str],
+                  manifest: Manifest | Mapping[str, Any] | str | os.PathLike[str]
+                  ) -> tuple[ValidationReport, pd.DataFrame, Manifest]:
+    """Read a file and validate it; returns the report (errors are not raised)."""
+    man = _manifest_of(manifest)
+    df, raw = read_table(path, man.table)
+    return validate_frame(df, man, str(path), raw_columns=raw), df, man
+
+
+def load_dataset(path: str | os.PathLike[str],
+                 manifest: Manifest | Mapping[str, Any] | str | os.PathLike[str], *,
+                 emit_warnings: bool = True) -> TrajectoryDataset:
+    """Read, validate and build a :class:`TrajectoryDataset`.
+
+    Parameters
+    ----------
+    path : str or Path
+        CSV, Parquet or DuckDB file.
+    manifest : Manifest, dict or path to a TOML manifest
+    emit_warnings : bool
+        Emit :class:`~equicare.exceptions.DataWarning` for valid but suspicious data.
+
+    Raises
+    ------
+    DataValidationError
+        Listing every problem with file, column and first offending rows.
+    """
+    rep, df, man = validate_path(path, manifest)
+    rep.raise_if_errors()
+    if emit_warnings:
+        rep.emit_warnings()
+    return _build(df, man, rep)
+
+
+def from_frame(df: Any, manifest: Manifest | Mapping[str, Any] | str | os.PathLike[str], *,
+               source: str = "<DataFrame>", emit_warnings: bool = True) -> TrajectoryDataset:
+    """Build a :class:`TrajectoryDataset` from a pandas or polars DataFrame and a manifest."""
+    pdf = _as_pandas(df)
+    man = _manifest_of(manifest)
+    rep = validate_frame(pdf, man, source)
+    rep.raise_if_errors()
+    if emit_warnings:
+        rep.emit_warnings()
+    return _build(pdf, man, rep)
+
+
+def _build(df: pd.DataFrame, man: Manifest, rep: ValidationReport) -> TrajectoryDataset:
+    assert rep.order is not None and rep.episode_codes is not None  # guaranteed when rep.ok
+    assert rep.action_codes is not None and rep.episode_uniques is not None
+    order = rep.order
+    codes_sorted = rep.episode_codes[order]
+    n = len(order)
+    starts = np.flatnonzero(np.r_[True, codes_sorted[1:] != codes_sorted[:-1]])
+    offsets = np.r_[starts, n].astype(np.int64)
+    first_rows = order[starts]
+
+    def col(c: str, dtype: Any) -> np.ndarray[Any, Any]:
+        return np.ascontiguousarray(df[c].to_numpy(dtype=dtype)[order])
+
+    if man.states:
+        states = np.ascontiguousarray(
+            df[list(man.states)].to_numpy(dtype=np.float32)[order])
+    else:
+        states = np.zeros((n, 0), dtype=np.float32)
+    space = man.action_space
+    actions = space.to_flat(rep.action_codes[order])
+    rewards = np.stack([col(r.column, np.float64) for r in man.reward], axis=1)
+    if man.terminal:
+        terminals = col(man.terminal, np.float64).astype(bool)
+    else:
+        terminals = np.zeros(n, dtype=bool)
+        terminals[offsets[1:] - 1] = True
+    categorical = None
+    cat_levels: list[tuple[Any, ...]] = []
+    if man.categorical_states:
+        cat_cols = []
+        for c in man.categorical_states:
+            cc, lv = pd.factorize(df[c], sort=True)
+            cat_cols.append(cc[order])
+            cat_levels.append(tuple(lv.tolist()))
+        categorical = np.ascontiguousarray(np.stack(cat_cols, axis=1).astype(np.int64))
+    groups = {g: df[g].to_numpy()[first_rows] for g in man.groups}
+    named = set(man.named_columns)
+    extras = {str(c): df[c].to_numpy()[order] for c in df.columns if c not in named}
+    return TrajectoryDataset(
+        states=states,
+        actions=actions,
+        reward_components=rewards,
+        terminals=terminals,
+        episode_offsets=offsets,
+        episode_ids=rep.episode_uniques,
+        times=col(man.time, np.int64),
+        action_space=space,
+        state_names=tuple(man.states),
+        reward_names=tuple(r.name for r in man.reward),
+        reward_weights=np.array([r.weight for r in man.reward]),
+        gamma=man.gamma,
+        groups=groups,
+        categorical=categorical,
+        categorical_names=tuple(man.categorical_states),
+        categorical_levels=tuple(cat_levels),
+        behavior_prob=col(man.behavior_prob, np.float64) if man.behavior_prob else None,
+        need=df[man.need].to_numpy(dtype=np.float64)[first_rows] if man.need else None,
+        mediators=(np.ascontiguousarray(df[list(man.mediators)].to_numpy(np.float64)[order])
+                   if man.mediators else None),
+        mediator_names=tuple(man.mediators),
+        extras=extras,
+        manifest=man,
+    )
+
+
+def to_frame(ds: TrajectoryDataset, action_labels: bool = True) -> pd.DataFrame:
+    """Write the dataset back to one table in its manifest's column names.
+
+    Parameters
+    ----------
+    ds : TrajectoryDataset
+        Must carry the :class:`Manifest` it was read with (``ds.manifest``).
+    action_labels : bool
+        Write action components as labels (True) or integer codes.
+    """
+    man: Manifest | None = ds.manifest
+    if man is None:
+        raise ValueError("This dataset has no manifest (build it with load_dataset or from_frame).")
+    data: dict[str, Any] = {}
+    data[man.episode] = ds.episode_rows(ds.episode_ids)
+    data[man.time] = ds.times
+    for j, c in enumerate(man.states):
+        data[c] = ds.states[:, j]
+    if ds.categorical is not None:
+        for j, c in enumerate(man.categorical_states):
+            data[c] = np.asarray(ds.categorical_levels[j], dtype=object)[ds.categorical[:, j]]
+            data[c] = pd.Series(data[c]).infer_objects().to_numpy()
+    if ds.mediators is not None:
+        for j, c in enumerate(man.mediators):
+            data[c] = ds.mediators[:, j]
+    for g in man.groups:
+        data[g] = ds.episode_rows(ds.groups[g])
+    codes = ds.action_codes
+    for j, a in enumerate(man.actions):
+        if action_labels and not a.integer_levels:
+            data[a.column] = np.asarray(a.levels, dtype=object)[codes[:, j]]
+        else:
+            data[a.column] = codes[:, j]
+    for j, r in enumerate(man.reward):
+        data[r.column] = ds.reward_components[:, j]
+    if man.terminal:
+        data[man.terminal] = ds.terminals.astype(np.int64)
+    if man.behavior_prob and ds.behavior_prob is not None:
+        data[man.behavior_prob] = ds.behavior_prob
+    if man.need and ds.need is not None:
+        data[man.need] = ds.episode_rows(ds.need)
+    for c, v in ds.extras.items():
+        data[c] = v
+    return pd.DataFrame(data)
+
+
+def _refuse_existing(path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; refusing to overwrite (pass overwrite=True).")
+
+
+def write_parquet(ds: TrajectoryDataset, path: str | os.PathLike[str], *,
+                  manifest_path: str | os.PathLike[str] | None = None,
+                  overwrite: bool = False) -> Path:
+    """Write the dataset to Parquet (atomically), and optionally its manifest TOML.
+
+    Reading the file back with the same manifest gives identical arrays.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    p = Path(path)
+    _refuse_existing(p, overwrite)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp")
+    pq.write_table(pa.Table.from_pandas(to_frame(ds), preserve_index=False), tmp)
+    os.replace(tmp, p)
+    if manifest_path is not None:
+        mp = Path(manifest_path)
+        _refuse_existing(mp, overwrite)
+        atomic_write_text(mp, ds.manifest.to_toml())
+    return p
+
+
+def write_csv(ds: TrajectoryDataset, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """Write the dataset to CSV atomically."""
+    p = Path(path)
+    _refuse_existing(p, overwrite)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp")
+    to_frame(ds).to_csv(tmp, index=False)
+    os.replace(tmp, p)
+    return p
+
+
+def write_duckdb(ds: TrajectoryDataset, path: str | os.PathLike[str], table: str = "panel", *,
+                 overwrite: bool = False) -> Path:
+    """Write the dataset as a table of a DuckDB database file (in one transaction)."""
+    import duckdb
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    frame = to_frame(ds)
+    con = duckdb.connect(str(p))
+    try:
+        exists = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?",
+                             [table]).fetchone()
+        if exists and exists[0] and not overwrite:
+            raise FileExistsError(f"{p}: table {table!r} exists; refusing to overwrite.")
+        con.execute("BEGIN TRANSACTION")
+        con.execute(f'CREATE OR REPLACE TABLE "{table}" AS SELECT * FROM frame')
+        con.execute("COMMIT")
+    finally:
+        con.close()
+    return p

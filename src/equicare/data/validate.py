@@ -1,0 +1,317 @@
+"""Validation of a panel table against its manifest, with errors that say where and what.
+
+Every problem names the source (file), the column, the first offending rows (0-based data rows,
+header excluded, in the file's original order), how many rows are affected and what was expected.
+Validation never modifies anything on disk.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from numpy.typing import NDArray
+
+from equicare.data._manifest import ActionColumn, Manifest
+from equicare.exceptions import DataValidationError, DataWarning
+from equicare.utils import MIN_CELL
+
+__all__ = ["ValidationReport", "validate_frame", "encode_actions", "SPARSE_REWARD_PCT"]
+
+#: Reward components non-zero in fewer than this % of rows raise a sparsity warning.
+SPARSE_REWARD_PCT = 1.0
+_SHOW = 5
+
+
+@dataclass
+class ValidationReport:
+    """What validation found.
+
+    Attributes
+    ----------
+    source : str
+        File or table the rows came from.
+    errors : list of str
+        Problems that make the table unusable.
+    warnings : list of str
+        Valid but suspicious findings.
+    order : ndarray of shape (n_rows,), optional
+        Row order that sorts the table by (episode, time); set when the keys are usable.
+    episode_codes, action_codes : arrays, optional
+        Encodings computed during validation, reused by the loader.
+    """
+
+    source: str
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    order: NDArray[np.int64] | None = None
+    episode_codes: NDArray[np.int64] | None = None
+    episode_uniques: NDArray[Any] | None = None
+    action_codes: NDArray[np.int64] | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when there are no errors."""
+        return not self.errors
+
+    def raise_if_errors(self) -> None:
+        """Raise :class:`DataValidationError` listing every error."""
+        if self.errors:
+            head = (self.errors[0] if len(self.errors) == 1 else
+                    f"{len(self.errors)} problems in {self.source}:\n  " + "\n  ".join(self.errors))
+            raise DataValidationError(head, self.errors)
+
+    def emit_warnings(self) -> None:
+        """Emit every finding as a :class:`DataWarning`."""
+        for w in self.warnings:
+            warnings.warn(w, DataWarning, stacklevel=3)
+
+
+def _rows(mask: NDArray[np.bool_], original_row: NDArray[np.int64] | None = None) -> str:
+    idx = np.flatnonzero(mask)
+    if original_row is not None:
+        idx = np.sort(original_row[idx])
+    shown = ", ".join(str(int(i)) for i in idx[:_SHOW])
+    more = "" if idx.size <= _SHOW else ", ..."
+    noun = "row" if idx.size == 1 else "rows"
+    return f"{idx.size} {noun} (first: {shown}{more}; 0-based data rows)"
+
+
+def _is_numeric(s: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype)
+
+
+def encode_actions(col: pd.Series, spec: ActionColumn) -> NDArray[np.int64]:
+    """Map an action column (labels or integer codes) to codes, -1 where the value is not a level.
+
+    Parameters
+    ----------
+    col : pandas.Series of shape (n_rows,)
+    spec : ActionColumn
+
+    Returns
+    -------
+    ndarray of shape (n_rows,), int64
+    """
+    uniq = pd.unique(col)
+    labels = {lv: i for i, lv in enumerate(spec.levels)}
+    numeric_labels = all(_looks_int(lv) for lv in spec.levels)
+    table = np.full(len(uniq), -1, dtype=np.int64)
+    for i, u in enumerate(uniq):
+        if u is None or (isinstance(u, float) and np.isnan(u)):
+            continue
+        key = _label_of(u)
+        if key in labels and (not spec.integer_levels or numeric_labels):
+            table[i] = labels[key]
+        elif (not numeric_labels) and _is_integral(u) and 0 <= int(u) < len(spec.levels):
+            table[i] = int(u)  # integer codes into a label list
+    pos = pd.Index(uniq).get_indexer(col)
+    return table[pos]
+
+
+def _looks_int(s: str) -> bool:
+    try:
+        int(s)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_integral(u: Any) -> bool:
+    if isinstance(u, bool | np.bool_):
+        return False
+    if isinstance(u, int | np.integer):
+        return True
+    return isinstance(u, float | np.floating) and float(u).is_integer()
+
+
+def _label_of(u: Any) -> str:
+    if isinstance(u, float | np.floating) and float(u).is_integer():
+        return str(int(u))
+    return str(u)
+
+
+def validate_frame(df: pd.DataFrame, manifest: Manifest, source: str = "<table>",
+                   raw_columns: list[str] | None = None) -> ValidationReport:
+    """Check a table against a manifest.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame of shape (n_rows, n_columns)
+    manifest : Manifest
+    source : str
+        Name used in messages (the file path).
+    raw_columns : list of str, optional
+        Column names as they appear in the file (to detect duplicates that readers rename).
+
+    Returns
+    -------
+    ValidationReport
+        Errors and warnings; nothing is raised here.
+    """
+    rep = ValidationReport(source=source)
+    err = rep.errors.append
+    cols = list(raw_columns) if raw_columns is not None else [str(c) for c in df.columns]
+    dup = sorted({c for c in cols if cols.count(c) > 1})
+    for c in dup:
+        err(f"{source}: column {c!r} appears {cols.count(c)} times; column names must be unique.")
+    if len(df) == 0:
+        err(f"{source}: the table is empty (no rows); expected one row per member and time step.")
+        return rep
+    roles: list[tuple[str, str]] = [(manifest.episode, "dataset.episode"),
+                                    (manifest.time, "dataset.time")]
+    roles += [(c, "dataset.states") for c in manifest.states]
+    roles += [(c, "dataset.categorical_states") for c in manifest.categorical_states]
+    roles += [(c, "dataset.mediators") for c in manifest.mediators]
+    roles += [(c, "dataset.groups") for c in manifest.groups]
+    roles += [(a.column, f"actions.{a.name}") for a in manifest.actions]
+    roles += [(r.column, f"reward.{r.name}") for r in manifest.reward]
+    roles += [(c, f"dataset.{k}") for k in ("terminal", "behavior_prob", "need")
+              if (c := getattr(manifest, k))]
+    present = set(df.columns)
+    missing = [(c, k) for c, k in roles if c not in present]
+    for c, k in missing:
+        import difflib
+        close = difflib.get_close_matches(c, [str(x) for x in df.columns], n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        err(f"{source}: column {c!r} (named by {k} in {manifest.source}) is missing{hint}")
+    if missing or dup:
+        return rep
+    n = len(df)
+
+    # ---- keys: episode and time
+    ep = df[manifest.episode]
+    bad = ep.isna().to_numpy()
+    if bad.any():
+        err(f"{source}: column {manifest.episode!r} (episode id) is empty in {_rows(bad)}.")
+    t = df[manifest.time]
+    t_ok = False
+    if not _is_numeric(t):
+        err(f"{source}: column {manifest.time!r} (time) must hold integers, got {t.dtype} values.")
+    else:
+        tv = t.to_numpy(dtype=np.float64, na_value=np.nan)
+        bad_t = ~np.isfinite(tv) | (np.floor(tv) != tv)
+        if bad_t.any():
+            err(f"{source}: column {manifest.time!r} (time) must hold integers; {_rows(bad_t)} do not.")
+        else:
+            t_ok = True
+    if t_ok and not bad.any():
+        codes, uniques = pd.factorize(ep, sort=True)
+        times = t.to_numpy(dtype=np.int64)
+        order = np.lexsort((times, codes))
+        c_s, t_s = codes[order], times[order]
+        same = c_s[1:] == c_s[:-1]
+        dt = np.diff(t_s)
+        dupkey = np.r_[False, same & (dt == 0)]
+        gap = np.r_[False, same & (dt > 1)]
+        if dupkey.any():
+            err(f"{source}: duplicate ({manifest.episode}, {manifest.time}) keys in "
+                f"{_rows(dupkey, order)}; expected one row per episode and time step.")
+        if gap.any():
+            err(f"{source}: gaps in column {manifest.time!r} within an episode at "
+                f"{_rows(gap, order)}; expected consecutive time steps (t, t+1, ...).")
+        rep.order = order.astype(np.int64)
+        rep.episode_codes = codes.astype(np.int64)
+        rep.episode_uniques = np.asarray(uniques)
+        starts = np.r_[True, ~same]
+        first_row_of = order[np.maximum.accumulate(np.where(starts, np.arange(n), 0))]
+        # per-episode constancy of groups and need
+        for c, what in [(g, "group attribute") for g in manifest.groups] + (
+                [(manifest.need, "need flag")] if manifest.need else []):
+            vals = df[c]
+            isna = vals.isna().to_numpy()
+            if isna.any():
+                err(f"{source}: column {c!r} ({what}) is empty in {_rows(isna)}.")
+                continue
+            v = pd.factorize(vals)[0]
+            changed = v[order] != v[first_row_of]
+            if changed.any():
+                err(f"{source}: column {c!r} ({what}) changes within an episode in "
+                    f"{_rows(changed, order)}; expected one value per episode.")
+
+    # ---- numeric columns
+    def numeric_check(c: str, what: str) -> None:
+        s = df[c]
+        if not _is_numeric(s) and not pd.api.types.is_bool_dtype(s.dtype):
+            bad_rows = pd.to_numeric(s, errors="coerce").isna().to_numpy()
+            err(f"{source}: column {c!r} ({what}) must be numeric, got {s.dtype}; "
+                f"non-numeric values in {_rows(bad_rows)}.")
+            return
+        v = s.to_numpy(dtype=np.float64, na_value=np.nan)
+        nonfinite = ~np.isfinite(v)
+        if nonfinite.any():
+            err(f"{source}: column {c!r} ({what}) has NaN or infinite values in {_rows(nonfinite)}; "
+                "expected finite numbers.")
+
+    for c in manifest.states:
+        numeric_check(c, "state")
+    for c in manifest.mediators:
+        numeric_check(c, "mediator")
+    for r in manifest.reward:
+        numeric_check(r.column, f"reward component {r.name!r}")
+    for c in manifest.categorical_states:
+        isna = df[c].isna().to_numpy()
+        if isna.any():
+            err(f"{source}: column {c!r} (categorical state) is empty in {_rows(isna)}.")
+    if manifest.terminal:
+        s = df[manifest.terminal]
+        v = pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        bad_term = ~np.isin(v, [0.0, 1.0])
+        if bad_term.any():
+            err(f"{source}: column {manifest.terminal!r} (terminal) must be 0/1 or true/false; "
+                f"{_rows(bad_term)} are not.")
+    if manifest.need:
+        v = pd.to_numeric(df[manifest.need], errors="coerce").to_numpy(dtype=np.float64,
+                                                                      na_value=np.nan)
+        bad_need = ~np.isin(v, [0.0, 1.0])
+        if bad_need.any():
+            err(f"{source}: column {manifest.need!r} (need) must be 0/1; {_rows(bad_need)} are not.")
+    if manifest.behavior_prob:
+        s = df[manifest.behavior_prob]
+        v = pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        bad_p = ~((v > 0) & (v <= 1))
+        if bad_p.any():
+            err(f"{source}: column {manifest.behavior_prob!r} (behaviour propensity) must lie in "
+                f"(0, 1]; {_rows(bad_p)} do not.")
+
+    # ---- actions
+    acodes = []
+    for a in manifest.actions:
+        codes = encode_actions(df[a.column], a)
+        bad_a = codes < 0
+        if bad_a.any():
+            seen = pd.unique(df[a.column][bad_a])[:_SHOW]
+            err(f"{source}: column {a.column!r} (action component {a.name!r}) has values not among "
+                f"the declared levels in {_rows(bad_a)}: {[str(x) for x in seen]}; expected one of "
+                f"{list(a.levels)}" + (" or integer codes" if not a.integer_levels else "") + ".")
+        acodes.append(codes)
+    if rep.ok:
+        rep.action_codes = np.stack(acodes, axis=1)
+        space = manifest.action_space
+        counts = space.counts(space.to_flat(rep.action_codes))
+        n_obs = int((counts > 0).sum())
+        if n_obs < space.n_actions:
+            rep.warnings.append(
+                f"{source}: {space.n_actions - n_obs} of {space.n_actions} action combinations are "
+                f"never observed ({n_obs} observed); policies putting mass on them cannot be "
+                "evaluated by importance sampling.")
+        for r in manifest.reward:
+            pct = 100.0 * float(np.mean(df[r.column].to_numpy() != 0))
+            if pct < SPARSE_REWARD_PCT:
+                rep.warnings.append(
+                    f"{source}: reward component {r.name!r} (column {r.column!r}) is non-zero in only "
+                    f"{pct:.2f}% of rows (< {SPARSE_REWARD_PCT:g}%); estimates will be noisy.")
+        if rep.episode_codes is not None:
+            first = np.r_[True, rep.episode_codes[rep.order][1:] != rep.episode_codes[rep.order][:-1]]
+            first_rows = rep.order[first]
+            for g in manifest.groups:
+                lab, cnt = np.unique(df[g].to_numpy()[first_rows].astype(str), return_counts=True)
+                small = [f"{lv} ({c})" for lv, c in zip(lab, cnt, strict=True) if c < MIN_CELL]
+                if small:
+                    rep.warnings.append(
+                        f"{source}: group attribute {g!r} has levels with fewer than {MIN_CELL} "
+                        f"episodes: {', '.join(small)}; they are suppressed in published tables.")
+    return rep

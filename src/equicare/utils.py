@@ -1,0 +1,172 @@
+"""Small shared helpers: random state handling, parameter checks, atomic writes, fitted checks."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from equicare.exceptions import NotFittedError
+
+__all__ = [
+    "RandomState",
+    "check_random_state",
+    "spawn_seeds",
+    "check_is_fitted",
+    "check_param",
+    "atomic_write",
+    "atomic_write_text",
+    "PARAM_MESSAGE",
+    "MIN_CELL",
+]
+
+RandomState = int | np.random.Generator | None
+
+#: Minimum number of episodes in any published cell (table row, figure bar).
+MIN_CELL = 11
+
+#: Template of every argument-constraint error (tests match it exactly).
+PARAM_MESSAGE = "The '{name}' parameter of {owner} must be {expected}. Got {got!r} instead."
+
+
+def check_random_state(random_state: RandomState) -> np.random.Generator:
+    """Turn ``random_state`` into a :class:`numpy.random.Generator`.
+
+    Parameters
+    ----------
+    random_state : int, numpy.random.Generator or None
+        A seed, an existing generator (returned as is) or ``None`` for fresh OS entropy.
+
+    Returns
+    -------
+    numpy.random.Generator
+    """
+    if isinstance(random_state, np.random.Generator):
+        return random_state
+    if random_state is None or isinstance(random_state, int | np.integer):
+        if random_state is not None and int(random_state) < 0:
+            raise ValueError(
+                PARAM_MESSAGE.format(
+                    name="random_state", owner="check_random_state",
+                    expected="a non-negative int, a numpy Generator or None", got=random_state,
+                )
+            )
+        return np.random.default_rng(None if random_state is None else int(random_state))
+    raise TypeError(
+        PARAM_MESSAGE.format(
+            name="random_state", owner="check_random_state",
+            expected="an int, a numpy Generator or None", got=random_state,
+        )
+    )
+
+
+def spawn_seeds(random_state: RandomState, n: int) -> list[int]:
+    """Draw ``n`` independent integer seeds from ``random_state`` (for executors and workers)."""
+    rng = check_random_state(random_state)
+    return [int(s) for s in rng.integers(0, 2**31 - 1, size=n)]
+
+
+def check_is_fitted(obj: Any, attributes: str | list[str] | None = None) -> None:
+    """Raise :class:`NotFittedError` unless ``obj`` has fitted attributes (ending in ``_``).
+
+    Parameters
+    ----------
+    obj : object
+        Estimator or learner.
+    attributes : str or list of str, optional
+        Attribute names that must exist; default: any public attribute ending in ``_``.
+    """
+    if attributes is None:
+        fitted = any(k.endswith("_") and not k.startswith("_") for k in vars(obj))
+    else:
+        names = [attributes] if isinstance(attributes, str) else attributes
+        fitted = all(hasattr(obj, a) for a in names)
+    if not fitted:
+        raise NotFittedError(
+            f"This {type(obj).__name__} instance is not fitted yet; call fit first."
+        )
+
+
+def check_param(
+    value: Any,
+    name: str,
+    owner: str,
+    *,
+    kind: type | tuple[type, ...] | None = None,
+    low: float | None = None,
+    high: float | None = None,
+    low_inclusive: bool = True,
+    high_inclusive: bool = True,
+    choices: tuple[Any, ...] | list[Any] | None = None,
+    allow_none: bool = False,
+    expected: str | None = None,
+) -> Any:
+    """Check one argument against its constraints and raise in the house style.
+
+    Returns the value unchanged so that it can be used inline. Raises ``ValueError`` (or
+    ``TypeError`` for a wrong type) with :data:`PARAM_MESSAGE`.
+    """
+    if value is None and allow_none:
+        return value
+
+    def fail(exc: type[Exception], default: str) -> None:
+        raise exc(PARAM_MESSAGE.format(name=name, owner=owner, expected=expected or default,
+                                       got=value))
+
+    if choices is not None:
+        if value not in choices:
+            fail(ValueError, "one of " + ", ".join(repr(c) for c in choices))
+        return value
+    if kind is not None:
+        ok = isinstance(value, kind) and not (isinstance(value, bool) and bool not in
+                                              (kind if isinstance(kind, tuple) else (kind,)))
+        if not ok:
+            names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            fail(TypeError, f"of type {names}")
+    if low is not None or high is not None:
+        v = float(value)
+        bad = math.isnan(v)
+        if low is not None:
+            bad |= v < low if low_inclusive else v <= low
+        if high is not None:
+            bad |= v > high if high_inclusive else v >= high
+        if bad:
+            lo = "-inf" if low is None else f"{low:g}"
+            hi = "inf" if high is None else f"{high:g}"
+            lb = "[" if (low_inclusive and low is not None) else "("
+            hb = "]" if (high_inclusive and high is not None) else ")"
+            fail(ValueError, f"a number in {lb}{lo}, {hi}{hb}")
+    return value
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[Any]:
+    """Write a file atomically: to a temporary file in the same folder, then ``os.replace``.
+
+    A crash mid-write leaves any earlier file at ``path`` untouched.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    with atomic_write(path, "w") as fh:
+        fh.write(text)
