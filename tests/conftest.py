@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+MANIFEST = {
+    "dataset": {
+        "episode": "member_id",
+        "time": "week",
+        "states": ["risk", "engagement"],
+        "categorical_states": ["region"],
+        "groups": ["race", "sex"],
+        "behavior_prob": "propensity",
+        "need": "high_need",
+        "gamma": 0.9,
+    },
+    "actions": {
+        "modality": {"levels": ["none", "phone", "home_visit"]},
+        "urgency": {"levels": ["routine", "urgent"]},
+    },
+    "reward": {
+        "primary": {"column": "r_primary", "weight": 1.0},
+        "engagement": {"column": "r_engagement", "weight": 0.5},
+    },
+}
+
+
+def make_frame(n_members: int = 30, seed: int = 0, min_len: int = 2, max_len: int = 6) -> pd.DataFrame:
+    """A small valid panel with variable episode lengths, rows shuffled."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(min_len, max_len + 1, size=n_members)
+    ids = np.repeat([f"m{i:03d}" for i in range(n_members)], lengths)
+    start = np.repeat(rng.integers(0, 5, size=n_members), lengths)
+    week = start + np.concatenate([np.arange(k) for k in lengths])
+    n = ids.size
+    races = np.array(["a", "b", "c"])[rng.integers(0, 3, size=n_members)]
+    sexes = np.array(["f", "m"])[rng.integers(0, 2, size=n_members)]
+    need = rng.integers(0, 2, size=n_members)
+    df = pd.DataFrame({
+        "member_id": ids,
+        "week": week,
+        "risk": rng.normal(size=n),
+        "engagement": rng.random(n),
+        "region": np.array(["north", "south"])[rng.integers(0, 2, size=n)],
+        "race": np.repeat(races, lengths),
+        "sex": np.repeat(sexes, lengths),
+        "high_need": np.repeat(need, lengths),
+        "modality": np.array(["none", "phone", "home_visit"])[rng.integers(0, 3, size=n)],
+        "urgency": np.array(["routine", "urgent"])[rng.integers(0, 2, size=n)],
+        "r_primary": (rng.random(n) < 0.2) * -1.0,
+        "r_engagement": rng.random(n),
+        "propensity": rng.uniform(0.05, 1.0, size=n),
+        "note": rng.integers(0, 100, size=n),  # not in the manifest: carried along
+    })
+    return df.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+
+
+@pytest.fixture
+def manifest_dict() -> dict:
+    import copy
+
+    return copy.deepcopy(MANIFEST)
+
+
+@pytest.fixture
+def frame() -> pd.DataFrame:
+    return make_frame()

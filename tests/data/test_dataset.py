@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from equicare.data import from_frame
+
+from ..conftest import make_frame
+
+
+@pytest.fixture
+def ds(manifest_dict):
+    return from_frame(make_frame(40, seed=3), manifest_dict, emit_warnings=False)
+
+
+def test_derived_arrays(ds):
+    e = ds.episode(2)
+    s, t = ds.episode_offsets[2], ds.episode_offsets[3]
+    assert np.shares_memory(e.states, ds.states)
+    np.testing.assert_array_equal(e.actions, ds.actions[s:t])
+    assert ds.step[s] == 0 and ds.step[t - 1] == t - s - 1
+    assert ds.next_index[t - 1] == -1 and ds.next_index[s] == s + 1
+    np.testing.assert_allclose(ds.discounts[s:t], 0.9 ** np.arange(t - s))
+    manual = np.array([np.sum(0.9 ** np.arange(len(ep.rewards)) * ep.rewards)
+                       for ep in ds.iter_episodes()])
+    np.testing.assert_allclose(ds.returns(), manual)
+    np.testing.assert_allclose(ds.rewards, ds.reward_components @ np.array([1.0, 0.5]))
+
+
+def test_features_one_hot(ds):
+    f = ds.features()
+    assert f.shape == (ds.n_steps, 2 + 2) and f.dtype == np.float32
+    np.testing.assert_array_equal(f[:, 2:].sum(axis=1), 1)
+    assert ds.feature_names() == ["risk", "engagement", "region=north", "region=south"]
+
+
+def test_subset_and_groups(ds):
+    sub = ds.subset([3, 0])
+    assert sub.n_episodes == 2
+    np.testing.assert_array_equal(sub.episode(0).actions, ds.episode(3).actions)
+    np.testing.assert_array_equal(sub.episode(1).states, ds.episode(0).states)
+    parts = ds.by_group("race")
+    assert sum(p.n_episodes for p in parts.values()) == ds.n_episodes
+    for label, part in parts.items():
+        assert (part.groups["race"] == label).all()
+    inter = ds.intersect_groups(["race", "sex"])
+    assert inter[0] == f"{ds.groups['race'][0]} x {ds.groups['sex'][0]}"
+
+
+def test_split_is_reproducible_and_disjoint(ds):
+    tr, va = ds.split(0.25, random_state=1, stratify="race")
+    tr2, va2 = ds.split(0.25, random_state=1, stratify="race")
+    np.testing.assert_array_equal(va.episode_ids, va2.episode_ids)
+    assert set(tr.episode_ids).isdisjoint(va.episode_ids)
+    assert tr.n_episodes + va.n_episodes == ds.n_episodes
+    assert va.n_episodes == pytest.approx(0.25 * ds.n_episodes, abs=3)
+
+
+def test_reweighting(ds):
+    ds2 = ds.with_reward_weights({"engagement": 0.0})
+    np.testing.assert_allclose(ds2.rewards, ds.reward_components[:, 0])
+    with pytest.raises(KeyError, match="Unknown reward component"):
+        ds.with_reward_weights({"nope": 1.0})
+
+
+def test_summary_has_no_rows(ds):
+    s = ds.summary()
+    assert s["n_episodes"] == ds.n_episodes and s["n_actions"] == 6
+    assert set(s["groups"]) == {"race", "sex"}

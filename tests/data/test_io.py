@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from equicare.data import from_frame, load_dataset, to_frame, write_csv, write_duckdb, write_parquet
+
+from ..conftest import make_frame
+
+
+def assert_same(a, b):
+    np.testing.assert_array_equal(a.states, b.states)
+    np.testing.assert_array_equal(a.actions, b.actions)
+    np.testing.assert_array_equal(a.reward_components, b.reward_components)
+    np.testing.assert_array_equal(a.episode_offsets, b.episode_offsets)
+    np.testing.assert_array_equal(a.episode_ids, b.episode_ids)
+    np.testing.assert_array_equal(a.times, b.times)
+    np.testing.assert_array_equal(a.terminals, b.terminals)
+    np.testing.assert_array_equal(a.behavior_prob, b.behavior_prob)
+    np.testing.assert_array_equal(a.need, b.need)
+    np.testing.assert_array_equal(a.categorical, b.categorical)
+    for k in a.groups:
+        np.testing.assert_array_equal(a.groups[k], b.groups[k])
+    for k in a.extras:
+        np.testing.assert_array_equal(a.extras[k], b.extras[k])
+
+
+def test_sorted_on_load(frame, manifest_dict):
+    ds = from_frame(frame, manifest_dict, emit_warnings=False)
+    ids = ds.episode_rows(ds.episode_ids)
+    assert (np.diff(ds.step)[~ds.is_last[:-1]] == 1).all()
+    order = np.lexsort((ds.times, ids))
+    np.testing.assert_array_equal(order, np.arange(ds.n_steps))
+    assert ds.n_episodes == frame.member_id.nunique()
+    assert "note" in ds.extras  # unnamed columns carried along
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "duckdb"])
+def test_round_trip(tmp_path, frame, manifest_dict, fmt):
+    ds = from_frame(frame, manifest_dict, emit_warnings=False)
+    if fmt == "parquet":
+        p = write_parquet(ds, tmp_path / "p.parquet", manifest_path=tmp_path / "m.toml")
+        ds2 = load_dataset(p, tmp_path / "m.toml", emit_warnings=False)
+    elif fmt == "csv":
+        p = write_csv(ds, tmp_path / "p.csv")
+        ds2 = load_dataset(p, manifest_dict, emit_warnings=False)
+    else:
+        p = write_duckdb(ds, tmp_path / "p.duckdb", table="panel")
+        ds2 = load_dataset(p, manifest_dict, emit_warnings=False)
+    assert_same(ds, ds2)
+    # the written table equals the original table up to row order
+    back = to_frame(ds2).sort_values(["member_id", "week"]).reset_index(drop=True)
+    orig = frame.sort_values(["member_id", "week"]).reset_index(drop=True)[back.columns]
+    pd.testing.assert_frame_equal(back, orig, check_dtype=False)
+
+
+def test_never_overwrites(tmp_path, frame, manifest_dict):
+    ds = from_frame(frame, manifest_dict, emit_warnings=False)
+    p = write_parquet(ds, tmp_path / "p.parquet")
+    before = p.read_bytes()
+    with pytest.raises(FileExistsError, match="refusing to overwrite"):
+        write_parquet(ds, p)
+    assert p.read_bytes() == before
+    write_duckdb(ds, tmp_path / "d.duckdb")
+    with pytest.raises(FileExistsError, match="refusing to overwrite"):
+        write_duckdb(ds, tmp_path / "d.duckdb")
+
+
+def test_polars_input(frame, manifest_dict):
+    pl = pytest.importorskip("polars")
+    ds = from_frame(pl.from_pandas(frame), manifest_dict, emit_warnings=False)
+    assert_same(ds, from_frame(frame, manifest_dict, emit_warnings=False))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(1, 15), seed=st.integers(0, 10_000), max_len=st.integers(1, 7))
+def test_loader_on_random_tables(n, seed, max_len):
+    from ..conftest import MANIFEST as manifest_dict
+
+    frame = make_frame(n_members=n, seed=seed, min_len=1, max_len=max_len)
+    ds = from_frame(frame, manifest_dict, emit_warnings=False)
+    assert ds.n_steps == len(frame)
+    assert ds.n_episodes == frame.member_id.nunique()
+    assert ds.episode_lengths.sum() == ds.n_steps
+    assert ds.terminals.sum() == ds.n_episodes and ds.terminals[ds.is_last].all()
+    # every row survives with its values: compare sorted reward sums per episode
+    by = frame.groupby("member_id")["r_engagement"].sum().sort_index().to_numpy()
+    np.testing.assert_allclose(ds.episode_sum(ds.reward_components[:, 1], discount=False), by)

@@ -1,0 +1,178 @@
+"""Every validation error of the dataset contract, with its message content."""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from equicare.data import from_frame, load_dataset, validate_frame, Manifest
+from equicare.exceptions import DataValidationError, DataWarning
+
+from ..conftest import make_frame
+
+
+def check(frame, manifest_dict, *fragments):
+    with pytest.raises(DataValidationError) as info:
+        from_frame(frame, manifest_dict, source="panel.csv", emit_warnings=False)
+    text = str(info.value)
+    for f in fragments:
+        assert f in text, f"{f!r} not in {text!r}"
+    return info.value
+
+
+def test_valid_frame_has_no_errors(frame, manifest_dict):
+    rep = validate_frame(frame, Manifest.from_dict(manifest_dict), "panel.csv")
+    assert rep.ok, rep.errors
+
+
+def test_missing_column_suggests(frame, manifest_dict):
+    frame = frame.rename(columns={"risk": "riks"})
+    check(frame, manifest_dict, "panel.csv: column 'risk' (named by dataset.states", "is missing",
+          "did you mean 'riks'?")
+
+
+def test_duplicated_column(frame, manifest_dict):
+    dup = pd.concat([frame, frame[["risk"]]], axis=1)
+    check(dup, manifest_dict, "column 'risk' appears 2 times")
+
+
+def test_empty_table(frame, manifest_dict):
+    check(frame.iloc[:0], manifest_dict, "the table is empty")
+
+
+def test_non_numeric_state(frame, manifest_dict):
+    frame["risk"] = frame["risk"].astype(object)
+    frame.loc[3, "risk"] = "high"
+    err = check(frame, manifest_dict, "column 'risk' (state) must be numeric", "1 row (first: 3;")
+    assert len(err.problems) == 1
+
+
+def test_nan_and_inf_states(frame, manifest_dict):
+    frame.loc[[4, 9], "engagement"] = np.nan
+    frame.loc[2, "engagement"] = np.inf
+    check(frame, manifest_dict, "column 'engagement' (state) has NaN or infinite values in 3 rows "
+          "(first: 2, 4, 9;", "expected finite numbers")
+
+
+def test_unknown_action_label(frame, manifest_dict):
+    frame.loc[[5, 7], "modality"] = "telepathy"
+    check(frame, manifest_dict, "column 'modality' (action component 'modality') has values not "
+          "among the declared levels in 2 rows (first: 5, 7;", "['telepathy']",
+          "expected one of ['none', 'phone', 'home_visit'] or integer codes")
+
+
+def test_integer_action_codes_accepted(frame, manifest_dict):
+    frame["urgency"] = (frame["urgency"] == "urgent").astype(int)
+    ds = from_frame(frame, manifest_dict, emit_warnings=False)
+    urg = ds.action_codes[:, 1]
+    assert set(np.unique(urg)) <= {0, 1}
+
+
+def test_duplicate_keys(frame, manifest_dict):
+    dup = pd.concat([frame, frame.iloc[[0]]], ignore_index=True)
+    check(dup, manifest_dict, "duplicate (member_id, week) keys in 1 row",
+          "expected one row per episode and time step")
+
+
+def test_time_gaps(frame, manifest_dict):
+    # drop the second row of one episode with >= 3 rows
+    counts = frame.groupby("member_id").size()
+    m = counts[counts >= 3].index[0]
+    rows = frame[frame.member_id == m].sort_values("week")
+    frame = frame.drop(index=rows.index[1])
+    check(frame, manifest_dict, "gaps in column 'week' within an episode at 1 row",
+          "expected consecutive time steps")
+
+
+def test_non_integer_time(frame, manifest_dict):
+    frame["week"] = frame["week"].astype(float)
+    frame.loc[0, "week"] = 1.5
+    check(frame, manifest_dict, "column 'week' (time) must hold integers; 1 row (first: 0;")
+
+
+def test_group_changes_within_episode(frame, manifest_dict):
+    m = frame.member_id.value_counts().index[0]
+    idx = frame.index[frame.member_id == m][1]
+    frame.loc[idx, "race"] = "zzz"
+    check(frame, manifest_dict, "column 'race' (group attribute) changes within an episode in 1 row",
+          "expected one value per episode")
+
+
+def test_need_changes_within_episode(frame, manifest_dict):
+    m = frame.member_id.value_counts().index[0]
+    rows = frame.index[frame.member_id == m]
+    frame.loc[rows[0], "high_need"] = 1 - frame.loc[rows[1], "high_need"]
+    check(frame, manifest_dict, "column 'high_need' (need flag) changes within an episode")
+
+
+@pytest.mark.parametrize("bad", [0.0, 1.2, -0.1, np.nan])
+def test_propensity_range(frame, manifest_dict, bad):
+    frame.loc[6, "propensity"] = bad
+    check(frame, manifest_dict, "column 'propensity' (behaviour propensity) must lie in (0, 1]; "
+          "1 row (first: 6;")
+
+
+def test_non_finite_reward(frame, manifest_dict):
+    frame.loc[1, "r_engagement"] = np.nan
+    check(frame, manifest_dict, "column 'r_engagement' (reward component 'engagement') has NaN")
+
+
+def test_bad_terminal(frame, manifest_dict):
+    manifest_dict["dataset"]["terminal"] = "done"
+    frame["done"] = 0
+    frame.loc[8, "done"] = 2
+    check(frame, manifest_dict, "column 'done' (terminal) must be 0/1 or true/false; 1 row (first: 8;")
+
+
+def test_many_problems_counted(frame, manifest_dict):
+    frame.loc[1, "r_engagement"] = np.nan
+    frame.loc[6, "propensity"] = 0.0
+    err = check(frame, manifest_dict, "2 problems in panel.csv")
+    assert len(err.problems) == 2
+
+
+def test_warnings(manifest_dict):
+    frame = make_frame(n_members=30)
+    frame["r_primary"] = 0.0
+    frame.loc[0, "r_primary"] = -1.0
+    frame["modality"] = "none"
+    with pytest.warns(DataWarning) as rec:
+        from_frame(frame, manifest_dict, source="p.csv")
+    text = " | ".join(str(w.message) for w in rec)
+    assert "4 of 6 action combinations are never observed (2 observed)" in text
+    assert "reward component 'primary' (column 'r_primary') is non-zero in only" in text
+    assert "fewer than 11 episodes" in text
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        from_frame(frame, manifest_dict, emit_warnings=False)
+
+
+def test_file_not_changed_by_validation(tmp_path, frame, manifest_dict):
+    frame.loc[1, "r_engagement"] = np.nan
+    p = tmp_path / "panel.csv"
+    frame.to_csv(p, index=False)
+    before = p.read_bytes()
+    with pytest.raises(DataValidationError, match=re.escape(str(p))):
+        load_dataset(p, manifest_dict)
+    assert p.read_bytes() == before
+
+
+def test_csv_duplicated_header(tmp_path, frame, manifest_dict):
+    p = tmp_path / "dup.csv"
+    dup = pd.concat([frame, frame[["risk"]]], axis=1)
+    dup.to_csv(p, index=False)
+    with pytest.raises(DataValidationError, match="column 'risk' appears 2 times"):
+        load_dataset(p, manifest_dict)
+
+
+def test_unsupported_and_missing_file(tmp_path, manifest_dict):
+    with pytest.raises(DataValidationError, match="Data file not found"):
+        load_dataset(tmp_path / "x.csv", manifest_dict)
+    p = tmp_path / "x.xlsx"
+    p.write_text("x")
+    with pytest.raises(DataValidationError, match="unsupported file type '.xlsx'"):
+        load_dataset(p, manifest_dict)

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from equicare.data import from_frame
+from equicare.exceptions import PolicyError
+from equicare.policy import (
+    CallablePolicy,
+    FixedActionPolicy,
+    MixturePolicy,
+    Policy,
+    TabularPolicy,
+    UniformPolicy,
+    check_probs,
+    sample_actions,
+)
+
+from ..conftest import make_frame
+
+
+@pytest.fixture
+def ds(manifest_dict):
+    return from_frame(make_frame(20), manifest_dict, emit_warnings=False)
+
+
+def test_simple_policies(ds):
+    u = UniformPolicy(6).action_probs(ds)
+    np.testing.assert_allclose(u, 1 / 6)
+    f = FixedActionPolicy(4, 6).action_probs(ds)
+    assert (f[:, 4] == 1).all()
+    mask = np.array([1, 1, 0, 0, 0, 0], bool)
+    np.testing.assert_allclose(UniformPolicy(6, mask).action_probs(ds)[0], [0.5, 0.5, 0, 0, 0, 0])
+    m = MixturePolicy([UniformPolicy(6), FixedActionPolicy(0, 6)], [0.4, 0.6]).action_probs(ds)
+    np.testing.assert_allclose(m[:, 0], 0.6 + 0.4 / 6)
+    assert isinstance(UniformPolicy(6), Policy)
+
+
+def test_callable_and_tabular(ds):
+    def fn(x):
+        p = np.zeros((x.shape[0], 6))
+        p[:, 0] = x[:, 0] > 0
+        p[:, 1] = 1 - p[:, 0]
+        return p
+
+    p = CallablePolicy(fn, 6).action_probs(ds)
+    np.testing.assert_array_equal(p[:, 0], ds.states[:, 0] > 0)
+    table = np.array([[1, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 1.0]])
+    t = TabularPolicy(table).action_probs(ds)
+    np.testing.assert_array_equal(t[:, 5], ds.categorical[:, 0])
+    with pytest.raises(PolicyError, match="do not sum to 1"):
+        CallablePolicy(lambda x: np.full((x.shape[0], 6), 0.2), 6).action_probs(ds)
+
+
+def test_check_probs_messages():
+    with pytest.raises(PolicyError, match=r"must have shape \(2, 3\)"):
+        check_probs(np.ones((2, 2)), 2, 3)
+    with pytest.raises(PolicyError, match="negative or non-finite"):
+        check_probs(np.array([[1.5, -0.5]]), 1, 2)
+
+
+@given(st.integers(0, 1000))
+def test_sample_actions_respects_support(seed):
+    rng = np.random.default_rng(seed)
+    p = rng.dirichlet(np.ones(5), size=200)
+    p[:, 2] = 0
+    p /= p.sum(1, keepdims=True)
+    a = sample_actions(p, rng)
+    assert ((a >= 0) & (a < 5)).all() and (a != 2).all()
+
+
+def test_sample_actions_frequencies():
+    rng = np.random.default_rng(0)
+    p = np.tile([0.1, 0.6, 0.3], (200_000, 1))
+    freq = np.bincount(sample_actions(p, rng), minlength=3) / 200_000
+    np.testing.assert_allclose(freq, [0.1, 0.6, 0.3], atol=4e-3)
