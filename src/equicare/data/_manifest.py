@@ -139,7 +139,7 @@ class Manifest:
                 problems.append(f"{source}: missing table [{key}].")
             elif not isinstance(raw[key], Mapping):
                 problems.append(f"{source}: [{key}] must be a table, got {type(raw[key]).__name__}.")
-        if problems:
+        if not isinstance(raw.get("dataset"), Mapping):
             raise ManifestError(problems[0] if len(problems) == 1 else
                                 f"{len(problems)} problems in {source}:\n  " + "\n  ".join(problems),
                                 problems)
@@ -171,8 +171,10 @@ class Manifest:
         if both:
             problems.append(f"{source}: column(s) {sorted(both)} are in both dataset.states and "
                             "dataset.categorical_states; put each in one of them.")
-        kwargs["actions"] = _parse_actions(raw["actions"], source, problems)
-        kwargs["reward"] = _parse_reward(raw["reward"], source, problems)
+        if isinstance(raw.get("actions"), Mapping):
+            kwargs["actions"] = _parse_actions(raw["actions"], source, problems)
+        if isinstance(raw.get("reward"), Mapping):
+            kwargs["reward"] = _parse_reward(raw["reward"], source, problems)
         if problems:
             msg = (problems[0] if len(problems) == 1 else
                    f"{len(problems)} problems in {source}:\n  " + "\n  ".join(problems))

@@ -1,0 +1,237 @@
+"""Run configuration (TOML): what ``equicare run`` does, checked key by key.
+
+Every section is a table of known keys; an unknown key gets the closest known one suggested, a value
+of the wrong type or outside its allowed values names the key and what was allowed. The learner
+section is checked by the learner's own config class when the run starts.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from equicare.exceptions import DataValidationError
+
+__all__ = ["RunConfig", "ConfigError", "load_run_config", "parse_grid", "apply_override",
+           "DEFAULT_CONFIG"]
+
+
+class ConfigError(DataValidationError):
+    """A run configuration has unknown, missing or invalid keys."""
+
+
+_ESTIMATORS = ["is", "wis", "pdis", "wpdis", "fqe", "dr", "wdr"]
+
+#: Defaults of every section; the types of these values are the expected types.
+DEFAULT_CONFIG: dict[str, Any] = {
+    "name": "",
+    "seed": 0,
+    "data": {"path": "", "manifest": "", "synthetic": {}},
+    "reward": {},
+    "behavior": {"model": "auto", "folds": 2},
+    "learner": {"algo": "awr"},
+    "ope": {"estimators": list(_ESTIMATORS), "bootstrap": 1000, "truncate": 0.0,
+            "q_model": "linear", "sensitivity": True, "ci": "percentile"},
+    "audit": {"group": "", "intersect": "", "action": "modality=home_visit", "permutations": 1000},
+    "frontier": {"lambdas": [], "kind": "parity"},
+    "mediation": {"enabled": False, "bootstrap": 200},
+    "plan": {"enabled": False, "domain": "synthetic", "arms": 100, "budget": 0.2, "horizon": 20,
+             "policies": ["opt", "mmr", "mnw", "mnw-eg", "random", "noact"], "seeds": 5},
+    "output": {"store": "runs", "executor": "local", "jobs": 1, "address": "auto"},
+}
+
+_SYNTH_KEYS = {"members": 2000, "weeks": 52, "seed": 42, "history_dependence": False}
+
+_CHOICES: dict[str, list[Any]] = {
+    "behavior.model": ["auto", "logged", "logistic", "lgbm"],
+    "ope.q_model": ["linear", "gbm", "mlp", "tabular"],
+    "ope.ci": ["percentile", "bca"],
+    "frontier.kind": ["parity", "group_robust"],
+    "output.executor": ["local", "serial", "ray"],
+    "learner.algo": ["bc", "awr", "cql"],
+}
+
+
+def _suggest(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}."
+
+
+def _type_ok(value: Any, default: Any) -> bool:
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, str):
+        return isinstance(value, str)
+    if isinstance(default, list):
+        return isinstance(value, list)
+    if isinstance(default, dict):
+        return isinstance(value, Mapping)
+    return True
+
+
+def _tname(default: Any) -> str:
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "a table"}[type(default)]
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A checked run configuration (a nested dict with defaults filled in).
+
+    Attributes
+    ----------
+    raw : dict
+        Every section with defaults applied.
+    source : str
+        File the config came from (for messages).
+    base_dir : Path
+        Folder relative paths are resolved against.
+    """
+
+    raw: dict[str, Any]
+    source: str = "<config>"
+    base_dir: Path = Path(".")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], source: str = "<config>",
+                  base_dir: Path | None = None) -> RunConfig:
+        """Check ``d`` and fill in defaults; raise :class:`ConfigError` listing every problem."""
+        problems: list[str] = []
+        out = copy.deepcopy(DEFAULT_CONFIG)
+        for key, value in d.items():
+            if key not in DEFAULT_CONFIG:
+                problems.append(f"{source}: unknown key {key!r}{_suggest(key, list(DEFAULT_CONFIG))}")
+                continue
+            default = DEFAULT_CONFIG[key]
+            if not _type_ok(value, default):
+                problems.append(f"{source}: {key} must be {_tname(default)}, got {value!r}.")
+                continue
+            if not isinstance(default, dict):
+                out[key] = value
+                continue
+            if key == "learner" or key == "reward":
+                out[key].update(value)  # checked by the learner config / the dataset's reward names
+                continue
+            for sub, v in value.items():
+                full = f"{key}.{sub}"
+                if sub not in default:
+                    problems.append(f"{source}: unknown key {full}{_suggest(sub, list(default))}")
+                    continue
+                if not _type_ok(v, default[sub]):
+                    problems.append(f"{source}: {full} must be {_tname(default[sub])}, got {v!r}.")
+                    continue
+                if full in _CHOICES and v not in _CHOICES[full]:
+                    problems.append(f"{source}: {full} must be one of "
+                                    f"{', '.join(map(repr, _CHOICES[full]))}; got {v!r}.")
+                    continue
+                out[key][sub] = v
+        if "algo" in out["learner"] and out["learner"]["algo"] not in _CHOICES["learner.algo"]:
+            problems.append(f"{source}: learner.algo must be one of "
+                            f"{', '.join(map(repr, _CHOICES['learner.algo']))}; got "
+                            f"{out['learner']['algo']!r}.")
+        for k, w in out["reward"].items():
+            if not isinstance(w, int | float) or isinstance(w, bool) or w != w or abs(w) == float("inf"):
+                problems.append(f"{source}: reward.{k} must be a finite number, got {w!r}.")
+        for e in out["ope"]["estimators"]:
+            if e not in _ESTIMATORS:
+                problems.append(f"{source}: ope.estimators has unknown estimator {e!r}; allowed: "
+                                f"{', '.join(_ESTIMATORS)}.")
+        if isinstance(out["ope"]["bootstrap"], int) and out["ope"]["bootstrap"] < 0:
+            problems.append(f"{source}: ope.bootstrap must be >= 0, got {out['ope']['bootstrap']}.")
+        data = out["data"]
+        synth = data["synthetic"]
+        for k, v in synth.items():
+            if k not in _SYNTH_KEYS:
+                problems.append(f"{source}: unknown key data.synthetic.{k}"
+                                f"{_suggest(k, list(_SYNTH_KEYS))}")
+            elif not _type_ok(v, _SYNTH_KEYS[k]):
+                problems.append(f"{source}: data.synthetic.{k} must be {_tname(_SYNTH_KEYS[k])}, "
+                                f"got {v!r}.")
+        if data["path"] and synth:
+            problems.append(f"{source}: give either data.path (+ data.manifest) or "
+                            "data.synthetic, not both.")
+        if data["path"] and not data["manifest"]:
+            problems.append(f"{source}: data.path needs data.manifest (the TOML naming each column).")
+        if not data["path"] and not synth:
+            data["synthetic"] = dict(_SYNTH_KEYS)
+        elif synth:
+            data["synthetic"] = {**_SYNTH_KEYS, **synth}
+        if problems:
+            msg = problems[0] if len(problems) == 1 else (
+                f"{len(problems)} problems in {source}:\n  " + "\n  ".join(problems))
+            raise ConfigError(msg, problems)
+        return cls(raw=out, source=source,
+                   base_dir=base_dir if base_dir is not None else Path("."))
+
+    def __getitem__(self, key: str) -> Any:
+        return self.raw[key]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able copy of the checked config."""
+        return json.loads(json.dumps(self.raw))
+
+    def resolve(self, path: str) -> Path:
+        """Resolve a path from the config relative to the config file's folder."""
+        p = Path(path)
+        return p if p.is_absolute() else (self.base_dir / p)
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> RunConfig:
+        """A new checked config with dotted-key overrides applied (``{"learner.window": 4}``)."""
+        d = copy.deepcopy(self.raw)
+        for k, v in overrides.items():
+            apply_override(d, k, v)
+        return RunConfig.from_dict(d, self.source, self.base_dir)
+
+
+def load_run_config(path: str | Path) -> RunConfig:
+    """Read and check a run configuration TOML file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"Run config not found: {p}")
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML ({exc}).") from exc
+    return RunConfig.from_dict(raw, source=str(p), base_dir=p.resolve().parent)
+
+
+def apply_override(d: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``d[a][b] = value`` for ``dotted = "a.b"`` (creating tables as needed)."""
+    parts = dotted.split(".")
+    cur = d
+    for p in parts[:-1]:
+        if not isinstance(cur.get(p, {}), dict):
+            raise ConfigError(f"Cannot set {dotted!r}: {p!r} is not a table.")
+        cur = cur.setdefault(p, {})
+    cur[parts[-1]] = value
+
+
+def parse_grid(spec: str) -> tuple[str, list[Any]]:
+    """Parse ``'learner.window=[2,4,6,8]'`` into ``("learner.window", [2, 4, 6, 8])``.
+
+    Values are JSON (numbers, strings in double quotes, true/false); bare words are strings.
+    """
+    if "=" not in spec:
+        raise ConfigError(f"A --grid must look like 'section.key=[v1,v2,...]', got {spec!r}.")
+    key, _, vals = spec.partition("=")
+    key, vals = key.strip(), vals.strip()
+    if not key or "." not in key:
+        raise ConfigError(f"A --grid key must be dotted like 'learner.window', got {key!r}.")
+    try:
+        parsed = json.loads(vals)
+    except json.JSONDecodeError:
+        inner = vals.strip("[]")
+        parsed = [v.strip() for v in inner.split(",") if v.strip()]
+    if not isinstance(parsed, list) or not parsed:
+        raise ConfigError(f"A --grid value must be a non-empty list, got {vals!r} for {key!r}.")
+    return key, parsed

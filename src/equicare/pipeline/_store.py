@@ -1,0 +1,242 @@
+"""The run store: an embedded DuckDB database of runs and metrics, plus an artifact folder per run.
+
+Writes are atomic at the level that matters to a reader: a run's row is created as ``running``;
+its artifacts are written into ``<root>/<run_id>.partial/`` and renamed to ``<root>/<run_id>/`` only
+when everything is there; its metrics and its ``finished`` status are committed in one
+transaction. A run that is killed stays ``running`` until the store is next opened, when runs
+whose process is gone are marked ``interrupted``. Earlier runs are never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+__all__ = ["RunStore", "Metric", "config_hash", "git_revision"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id VARCHAR PRIMARY KEY,
+    name VARCHAR,
+    config_hash VARCHAR,
+    config_json VARCHAR,
+    started TIMESTAMP,
+    finished TIMESTAMP,
+    status VARCHAR,
+    git_revision VARCHAR,
+    equicare_version VARCHAR,
+    seed BIGINT,
+    host VARCHAR,
+    pid BIGINT,
+    message VARCHAR
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id VARCHAR,
+    name VARCHAR,
+    grp VARCHAR,
+    value DOUBLE,
+    ci_low DOUBLE,
+    ci_high DOUBLE
+);
+"""
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One number of a run: ``name`` (e.g. ``ope.dr.learned``), optional group, value and CI."""
+
+    name: str
+    value: float | None
+    group: str | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """Stable short hash of a JSON-able config."""
+    blob = json.dumps(config, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def git_revision() -> str:
+    """Git revision of the equicare checkout, or ``"unknown"`` outside a checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+def _pid_alive(pid: int, host: str) -> bool:
+    if host != socket.gethostname():
+        return True  # cannot tell; leave it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunStore:
+    """Runs and metrics in DuckDB, artifacts in folders.
+
+    Parameters
+    ----------
+    root : str or Path
+        Folder holding ``equicare.duckdb`` and one artifact folder per run (default ``runs/``).
+    """
+
+    def __init__(self, root: str | os.PathLike[str] = "runs") -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.db_path = self.root / "equicare.duckdb"
+        with self._connect() as con:
+            con.execute(_SCHEMA)
+            self._mark_stale(con)
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[Any]:
+        import duckdb
+
+        con = duckdb.connect(str(self.db_path))
+        try:
+            yield con
+        finally:
+            con.close()
+
+    def _mark_stale(self, con: Any) -> None:
+        rows = con.execute("SELECT run_id, pid, host FROM runs WHERE status = 'running'").fetchall()
+        for run_id, pid, host in rows:
+            if pid is not None and not _pid_alive(int(pid), host or ""):
+                con.execute("UPDATE runs SET status = 'interrupted', message = 'process ended "
+                            "before the run finished' WHERE run_id = ?", [run_id])
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self, config: dict[str, Any], *, name: str = "", seed: int | None = None) -> str:
+        """Register a new run as ``running`` and create its partial artifact folder."""
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
+        h = config_hash(config)
+        run_id = f"{stamp}-{h[:6]}-{os.getpid() % 10000:04d}"
+        with self._connect() as con:
+            while con.execute("SELECT count(*) FROM runs WHERE run_id = ?", [run_id]).fetchone()[0]:
+                run_id += "x"
+            con.execute(
+                "INSERT INTO runs VALUES (?, ?, ?, ?, ?, NULL, 'running', ?, ?, ?, ?, ?, NULL)",
+                [run_id, name, h, json.dumps(config, sort_keys=True, default=str),
+                 dt.datetime.now(dt.UTC).replace(tzinfo=None), git_revision(), _version(), seed,
+                 socket.gethostname(), os.getpid()])
+        self.partial_dir(run_id).mkdir(parents=True, exist_ok=False)
+        return run_id
+
+    def partial_dir(self, run_id: str) -> Path:
+        """Folder where a running run writes its artifacts."""
+        return self.root / f"{run_id}.partial"
+
+    def run_dir(self, run_id: str) -> Path:
+        """Folder of a finished run's artifacts."""
+        return self.root / run_id
+
+    def finish(self, run_id: str, metrics: Iterable[Metric]) -> Path:
+        """Publish the artifacts and commit metrics + ``finished`` status in one transaction."""
+        part, final = self.partial_dir(run_id), self.run_dir(run_id)
+        if final.exists():
+            raise FileExistsError(f"{final} exists; refusing to overwrite an earlier run.")
+        rows = [(run_id, m.name, m.group, _num(m.value), _num(m.ci_low), _num(m.ci_high))
+                for m in metrics]
+        os.replace(part, final)
+        with self._connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                if rows:
+                    con.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?, ?, ?)", rows)
+                con.execute("UPDATE runs SET status = 'finished', finished = ? WHERE run_id = ?",
+                            [dt.datetime.now(dt.UTC).replace(tzinfo=None), run_id])
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                os.replace(final, part)
+                raise
+        return final
+
+    def fail(self, run_id: str, status: str = "failed", message: str = "") -> None:
+        """Mark a run ``failed`` or ``interrupted`` (its partial artifacts are kept for inspection)."""
+        with self._connect() as con:
+            con.execute("UPDATE runs SET status = ?, finished = ?, message = ? WHERE run_id = ?",
+                        [status, dt.datetime.now(dt.UTC).replace(tzinfo=None), message[:2000],
+                         run_id])
+
+    # ------------------------------------------------------------------ queries
+    def list_runs(self) -> pd.DataFrame:
+        """All runs, newest first."""
+        with self._connect() as con:
+            return con.execute("SELECT run_id, name, status, started, finished, seed, config_hash, "
+                               "git_revision FROM runs ORDER BY started DESC, run_id DESC").df()
+
+    def get_run(self, run_id: str) -> dict[str, Any]:
+        """One run's row as a dict (``KeyError`` naming the known runs if absent)."""
+        with self._connect() as con:
+            df = con.execute("SELECT * FROM runs WHERE run_id = ?", [run_id]).df()
+            if df.empty:
+                # allow a unique prefix
+                df = con.execute("SELECT * FROM runs WHERE starts_with(run_id, ?)", [run_id]).df()
+                if len(df) != 1:
+                    known = [r[0] for r in con.execute(
+                        "SELECT run_id FROM runs ORDER BY started DESC LIMIT 5").fetchall()]
+                    raise KeyError(f"No run {run_id!r} in {self.db_path}; recent runs: {known}.")
+        row = df.iloc[0].to_dict()
+        row["config"] = json.loads(row.pop("config_json") or "{}")
+        return row
+
+    def metrics(self, run_id: str) -> pd.DataFrame:
+        """Long table of a run's metrics: name, group, value, ci_low, ci_high."""
+        rid = self.get_run(run_id)["run_id"]
+        with self._connect() as con:
+            return con.execute("SELECT name, grp AS \"group\", value, ci_low, ci_high FROM metrics "
+                               "WHERE run_id = ? ORDER BY name, grp", [rid]).df()
+
+    def compare(self, run_a: str, run_b: str) -> pd.DataFrame:
+        """Metrics of two runs side by side with their difference."""
+        a, b = self.metrics(run_a), self.metrics(run_b)
+        key = ["name", "group"]
+        a["group"] = a["group"].fillna("")
+        b["group"] = b["group"].fillna("")
+        m = a.merge(b, on=key, how="outer", suffixes=("_a", "_b"))
+        m["diff"] = m["value_b"] - m["value_a"]
+        return m[key + ["value_a", "value_b", "diff"]]
+
+
+def _num(x: float | None) -> float | None:
+    if x is None:
+        return None
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if v == v else None
+
+
+def _version() -> str:
+    from equicare import __version__
+
+    return __version__
+
+
+def remove_partial(path: Path) -> None:
+    """Delete a partial artifact folder (used by tests and cleanup)."""
+    shutil.rmtree(path, ignore_errors=True)
