@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from equicare.pipeline._store import Metric, RunStore, config_hash
+
+
+def test_finish_publishes_artifacts_and_metrics(tmp_path):
+    store = RunStore(tmp_path)
+    rid = store.start({"a": 1}, name="t", seed=3)
+    assert store.get_run(rid)["status"] == "running"
+    (store.partial_dir(rid) / "result.json").write_text("{}")
+    store.finish(rid, [Metric("ope.dr", 1.5, ci_low=1.0, ci_high=2.0),
+                       Metric("audit.rate", 0.1, group="black")])
+    row = store.get_run(rid)
+    assert row["status"] == "finished" and row["seed"] == 3 and row["config"] == {"a": 1}
+    assert row["config_hash"] == config_hash({"a": 1})
+    assert (store.run_dir(rid) / "result.json").exists() and not store.partial_dir(rid).exists()
+    m = store.metrics(rid)
+    assert set(m["name"]) == {"ope.dr", "audit.rate"}
+    assert float(m.loc[m.name == "ope.dr", "ci_high"].iloc[0]) == 2.0
+
+
+def test_compare_and_prefix(tmp_path):
+    store = RunStore(tmp_path)
+    a = store.start({"x": 1})
+    store.finish(a, [Metric("v", 1.0)])
+    b = store.start({"x": 2})
+    store.finish(b, [Metric("v", 3.0)])
+    cmp_ = store.compare(a, b)
+    assert float(cmp_["diff"].iloc[0]) == 2.0
+    with pytest.raises(KeyError, match="No run 'zzz'"):
+        store.get_run("zzz")
+
+
+def test_failed_run_not_finished(tmp_path):
+    store = RunStore(tmp_path)
+    rid = store.start({})
+    store.fail(rid, "failed", "boom")
+    assert store.get_run(rid)["status"] == "failed"
+
+
+SCRIPT = textwrap.dedent("""
+    import sys, time
+    from equicare.pipeline._store import RunStore
+    s = RunStore(sys.argv[1])
+    rid = s.start({"slow": True})
+    (s.partial_dir(rid) / "half.json").write_text("{")
+    print(rid, flush=True)
+    time.sleep(60)
+""")
+
+
+def test_killed_run_is_marked_interrupted(tmp_path):
+    store = RunStore(tmp_path)
+    done = store.start({"earlier": True})
+    store.finish(done, [Metric("v", 1.0)])
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, str(tmp_path)], stdout=subprocess.PIPE,
+                            text=True)
+    rid = proc.stdout.readline().strip()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    proc.stdout.close()
+    time.sleep(0.1)
+    store2 = RunStore(tmp_path)  # reopening marks dead runs
+    assert store2.get_run(rid)["status"] == "interrupted"
+    assert store2.get_run(done)["status"] == "finished"
+    assert float(store2.metrics(done)["value"].iloc[0]) == 1.0
+    assert not store2.run_dir(rid).exists()
