@@ -1,0 +1,281 @@
+"""Transitions for mediation analysis: plain arrays, the dataset adapter and policy resolution."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from equicare.exceptions import DataValidationError, PolicyError
+
+__all__ = ["MediationData", "PolicyProbs", "as_mediation_data", "from_dataset", "resolve_policy"]
+
+#: Error templates (tests match them exactly).
+NO_MEDIATOR_MESSAGE = ("The dataset has no mediator columns; add `mediators = [...]` to the "
+                       "[dataset] table of the manifest (Contract 1).")
+CONSTANT_MEDIATOR_MESSAGE = ("Mediator column {name!r} is constant (every row is {value!r}); a "
+                             "mediator must vary to carry an effect.")
+FEW_EPISODES_MESSAGE = "Mediation analysis needs at least 2 episodes; got {n}."
+SHAPE_MESSAGE = "{name} must have {expected}; got shape {shape}."
+NONFINITE_MESSAGE = "{name} has {count} non-finite values (first row: {row})."
+
+
+@dataclass(frozen=True, eq=False)
+class PolicyProbs:
+    """Action probabilities of a policy at each transition's state and next state.
+
+    Use this for policies known only row by row (e.g. a Contract-2 policy file).
+
+    Parameters
+    ----------
+    probs : ndarray of shape (n, n_actions)
+        ``pi(a | S_i)``.
+    next_probs : ndarray of shape (n, n_actions)
+        ``pi(a | S'_i)``.
+    name : str
+    """
+
+    probs: NDArray[np.float64]
+    next_probs: NDArray[np.float64]
+    name: str = "policy"
+
+
+@dataclass(frozen=True, eq=False)
+class MediationData:
+    """Transitions ``(S, A, M, R, S')`` with the episode of each row.
+
+    Parameters
+    ----------
+    states : ndarray of shape (n, d)
+    actions : ndarray of shape (n,), int64
+        Codes ``0 .. n_actions - 1``.
+    mediators : ndarray of shape (n, m)
+    rewards : ndarray of shape (n,)
+    next_states : ndarray of shape (n, d)
+    episode_index : ndarray of shape (n,), int64
+        Episode of each row, ``0 .. n_episodes - 1``.
+    n_actions : int
+    behavior_prob : ndarray of shape (n,), optional
+        Known probability of the logged action under the behaviour policy.
+    mediator_names : tuple of str
+    source : TrajectoryDataset, optional
+        Dataset the rows come from (to evaluate ``equicare.policy`` objects).
+    rows, next_rows : ndarray of shape (n,), optional
+        Row of each transition's state and next state in ``source``.
+    """
+
+    states: NDArray[np.float64]
+    actions: NDArray[np.int64]
+    mediators: NDArray[np.float64]
+    rewards: NDArray[np.float64]
+    next_states: NDArray[np.float64]
+    episode_index: NDArray[np.int64]
+    n_actions: int
+    behavior_prob: NDArray[np.float64] | None = None
+    mediator_names: tuple[str, ...] = ()
+    source: Any = None
+    rows: NDArray[np.int64] | None = None
+    next_rows: NDArray[np.int64] | None = None
+
+    @property
+    def n_steps(self) -> int:
+        """Number of transitions."""
+        return int(self.actions.shape[0])
+
+    @property
+    def n_episodes(self) -> int:
+        """Number of episodes."""
+        return int(self.episode_index.max()) + 1
+
+    @property
+    def episode_lengths(self) -> NDArray[np.int64]:
+        """Transitions per episode, shape ``(n_episodes,)``."""
+        return np.bincount(self.episode_index, minlength=self.n_episodes).astype(np.int64)
+
+    @classmethod
+    def from_arrays(cls, states: Any, actions: Any, mediators: Any, rewards: Any,
+                    next_states: Any, episode_index: Any, *, n_actions: int | None = None,
+                    behavior_prob: Any = None, mediator_names: tuple[str, ...] = ()
+                    ) -> MediationData:
+        """Check and convert plain arrays (lists, NumPy, pandas or polars columns).
+
+        Raises
+        ------
+        DataValidationError
+            Shapes disagree, non-finite values, negative or non-integer actions, a constant
+            mediator column, or fewer than 2 episodes.
+        """
+        def arr(x: Any, dtype: Any) -> NDArray[Any]:
+            if hasattr(x, "to_numpy"):
+                x = x.to_numpy()
+            return np.asarray(x, dtype=dtype)
+
+        s = arr(states, np.float64)
+        sn = arr(next_states, np.float64)
+        if s.ndim == 1:
+            s, sn = s[:, None], sn.reshape(-1, 1)
+        m = arr(mediators, np.float64)
+        if m.ndim == 1:
+            m = m[:, None]
+        r = arr(rewards, np.float64).reshape(-1)
+        a_raw = arr(actions, np.float64).reshape(-1)
+        ep_raw = np.asarray(episode_index.to_numpy() if hasattr(episode_index, "to_numpy")
+                            else episode_index).reshape(-1)
+        n = a_raw.shape[0]
+        for name, x, expected in (("states", s, f"shape ({n}, d)"),
+                                  ("next_states", sn, f"shape {s.shape}"),
+                                  ("mediators", m, f"shape ({n}, m)"),
+                                  ("rewards", r, f"shape ({n},)"),
+                                  ("episode_index", ep_raw, f"shape ({n},)")):
+            ok = x.shape[0] == n and (name != "next_states" or x.shape == s.shape) and x.ndim <= 2
+            if not ok:
+                raise DataValidationError(SHAPE_MESSAGE.format(name=name, expected=expected,
+                                                               shape=x.shape))
+        for name, x in (("states", s), ("next_states", sn), ("mediators", m), ("rewards", r),
+                        ("actions", a_raw)):
+            bad = ~np.isfinite(x.reshape(n, -1)).all(axis=1)
+            if bad.any():
+                raise DataValidationError(NONFINITE_MESSAGE.format(
+                    name=name, count=int(bad.sum()), row=int(np.flatnonzero(bad)[0])))
+        if (a_raw < 0).any() or (a_raw != np.round(a_raw)).any():
+            row = int(np.flatnonzero((a_raw < 0) | (a_raw != np.round(a_raw)))[0])
+            raise DataValidationError(f"actions must be integer codes >= 0; row {row} is "
+                                      f"{a_raw[row]!r}.")
+        a = a_raw.astype(np.int64)
+        n_act = int(a.max()) + 1 if n_actions is None else int(n_actions)
+        if a.max() >= n_act:
+            raise DataValidationError(f"actions must be < n_actions={n_act}; got {int(a.max())}.")
+        names = tuple(mediator_names) or tuple(f"m{j}" for j in range(m.shape[1]))
+        for j in range(m.shape[1]):
+            if n and np.all(m[:, j] == m[0, j]):
+                raise DataValidationError(CONSTANT_MEDIATOR_MESSAGE.format(
+                    name=names[j], value=float(m[0, j])))
+        _, ep = np.unique(ep_raw, return_inverse=True)
+        ep = ep.astype(np.int64).reshape(-1)
+        if n == 0 or ep.max() + 1 < 2:
+            raise DataValidationError(FEW_EPISODES_MESSAGE.format(n=0 if n == 0 else 1))
+        bp = None
+        if behavior_prob is not None:
+            bp = arr(behavior_prob, np.float64).reshape(-1)
+            if bp.shape != (n,) or not np.all((bp > 0) & (bp <= 1)):
+                raise DataValidationError(f"behavior_prob must have shape ({n},) with values in "
+                                          "(0, 1].")
+        return cls(states=s, actions=a, mediators=m, rewards=r, next_states=sn,
+                   episode_index=ep, n_actions=n_act, behavior_prob=bp, mediator_names=names)
+
+
+def from_dataset(ds: Any) -> MediationData:
+    """Transitions of a :class:`equicare.data.TrajectoryDataset` (thin adapter).
+
+    Every row that has a next row in its episode (``ds.next_index >= 0``) is a transition
+    ``(S_t, A_t, M_t, R_t, S_{t+1})``; the last row of each episode has no next state and is
+    dropped. States are ``ds.features()`` (numeric plus one-hot categorical) when available.
+
+    Parameters
+    ----------
+    ds : TrajectoryDataset
+        Reads ``states`` / ``features()``, ``actions``, ``rewards``, ``mediators``,
+        ``mediator_names``, ``episode_index``, ``next_index``, ``n_actions`` and, when present,
+        ``behavior_prob``.
+
+    Returns
+    -------
+    MediationData
+
+    Raises
+    ------
+    DataValidationError
+        No mediator columns, a constant mediator column, fewer than 2 episodes with a transition.
+    """
+    if getattr(ds, "mediators", None) is None:
+        raise DataValidationError(NO_MEDIATOR_MESSAGE)
+    feats = ds.features() if hasattr(ds, "features") else ds.states
+    states = np.asarray(feats, dtype=np.float64)
+    nxt = np.asarray(ds.next_index, dtype=np.int64)
+    rows = np.flatnonzero(nxt >= 0).astype(np.int64)
+    next_rows = nxt[rows]
+    bp = getattr(ds, "behavior_prob", None)
+    md = MediationData.from_arrays(
+        states[rows], np.asarray(ds.actions)[rows], np.asarray(ds.mediators)[rows],
+        np.asarray(ds.rewards)[rows], states[next_rows], np.asarray(ds.episode_index)[rows],
+        n_actions=int(getattr(ds, "n_actions", int(np.max(ds.actions)) + 1)),
+        behavior_prob=None if bp is None else np.asarray(bp)[rows],
+        mediator_names=tuple(getattr(ds, "mediator_names", ()) or ()))
+    return MediationData(**{**md.__dict__, "source": ds, "rows": rows, "next_rows": next_rows})
+
+
+def as_mediation_data(data: Any) -> MediationData:
+    """Accept :class:`MediationData`, a TrajectoryDataset, a simulator sample or a mapping.
+
+    A mapping or object needs ``states, actions, mediators, rewards, next_states`` and
+    ``episode_index`` (optionally ``behavior_prob``, ``n_actions``).
+    """
+    if isinstance(data, MediationData):
+        return data
+    if hasattr(data, "next_index") and hasattr(data, "episode_offsets"):
+        return from_dataset(data)
+    get = (data.get if isinstance(data, Mapping)
+           else (lambda k, default=None: getattr(data, k, default)))
+    keys = ("states", "actions", "mediators", "rewards", "next_states", "episode_index")
+    missing = [k for k in keys if get(k) is None]
+    if missing:
+        raise DataValidationError(f"Mediation data needs {', '.join(keys)}; missing: "
+                                  f"{', '.join(missing)}.")
+    return MediationData.from_arrays(*(get(k) for k in keys), n_actions=get("n_actions"),
+                                     behavior_prob=get("behavior_prob"))
+
+
+def _check_probs(p: NDArray[np.float64], n: int, n_actions: int, what: str) -> NDArray[np.float64]:
+    if p.shape != (n, n_actions):
+        raise PolicyError(f"{what}: action probabilities must have shape ({n}, {n_actions}); got "
+                          f"{p.shape}.")
+    bad = ~np.isfinite(p).all(axis=1) | (p < 0).any(axis=1) | (np.abs(p.sum(axis=1) - 1) > 1e-6)
+    if bad.any():
+        raise PolicyError(f"{what}: {int(bad.sum())} rows are not probabilities summing to 1 "
+                          f"(first row: {int(np.flatnonzero(bad)[0])}).")
+    return p
+
+
+def resolve_policy(spec: Any, data: MediationData, what: str
+                   ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Probabilities of a policy at each state and next state.
+
+    Parameters
+    ----------
+    spec : int, PolicyProbs, equicare Policy or callable
+        A fixed action; precomputed probabilities; an object with ``action_probs(dataset)``
+        (needs data built by :func:`from_dataset`); or ``f(states (n, d)) -> (n, n_actions)``.
+    data : MediationData
+    what : str
+        Name used in error messages (``"target"``, ``"control"``).
+
+    Returns
+    -------
+    probs, next_probs : ndarray of shape (n, n_actions)
+    """
+    n, A = data.n_steps, data.n_actions
+    if isinstance(spec, int | np.integer) and not isinstance(spec, bool):
+        if not 0 <= int(spec) < A:
+            raise PolicyError(f"{what}: fixed action {int(spec)} is outside [0, {A}).")
+        p = np.zeros((n, A))
+        p[:, int(spec)] = 1.0
+        return p, p.copy()
+    if isinstance(spec, PolicyProbs):
+        return (_check_probs(np.asarray(spec.probs, np.float64), n, A, what),
+                _check_probs(np.asarray(spec.next_probs, np.float64), n, A, what))
+    if hasattr(spec, "action_probs"):
+        if data.source is None or data.rows is None or data.next_rows is None:
+            raise PolicyError(f"{what}: a policy object with action_probs(dataset) needs data "
+                              "built from a TrajectoryDataset (from_dataset); pass a callable on "
+                              "states or PolicyProbs for plain arrays.")
+        full = np.asarray(spec.action_probs(data.source), dtype=np.float64)
+        full = _check_probs(full, int(full.shape[0]), A, what)
+        return full[data.rows], full[data.next_rows]
+    if callable(spec):
+        return (_check_probs(np.asarray(spec(data.states), np.float64), n, A, what),
+                _check_probs(np.asarray(spec(data.next_states), np.float64), n, A, what))
+    raise PolicyError(f"{what}: expected a fixed action (int), PolicyProbs, a policy with "
+                      f"action_probs or a callable on states; got {type(spec).__name__}.")

@@ -1,0 +1,560 @@
+r"""Dynamic mediation analysis in an infinite-horizon, average-reward MDP (Ge et al., ICML 2023).
+
+Five processes share the mediated MDP ``A ~ pi(.|S), M ~ p_m(.|S, A), R ~ r(S, A, M),
+S' ~ p(.|S, A, M)``; their long-run average rewards (``eta``) give the four effects
+
+.. math::
+
+    \mathrm{IDE} = \eta^{\pi_e} - \eta^{\pi_e, a_0},\quad
+    \mathrm{IME} = \eta^{\pi_e, a_0} - \eta^{\pi_e, a_0^*},\quad
+    \mathrm{DDE} = \eta^{\pi_e, a_0^*} - \eta^{G},\quad
+    \mathrm{DME} = \eta^{G} - \eta^{a_0},
+
+which sum to the total effect ``eta(pi_e) - eta(a0)``. Each ``eta`` is estimated by the direct
+method (LSTD on a basis), marginalised importance sampling (state density ratio times action and
+mediator ratios) and the multiply robust estimator (direct method plus the ratio-weighted
+Bellman and reward residuals: consistent when either the Q-functions, reward and mediator
+models, or the ratios, behaviour policy and one of reward / mediator models are right).
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from equicare.causal._basis import (
+    MediatorEncoder,
+    action_tensor,
+    combine,
+    state_features,
+)
+from equicare.causal._data import MediationData, as_mediation_data, resolve_policy
+from equicare.causal._inference import cluster_inference
+from equicare.causal._lstd import lstd_average
+from equicare.causal._nuisance import BehaviorModel, MediatorModel, RewardModel
+from equicare.causal._ratio import effective_sample_size, fit_ratio
+from equicare.causal._result import (
+    EFFECT_KEYS,
+    ETA_KEYS,
+    EffectEstimate,
+    EstimatorResult,
+    MediationResult,
+)
+from equicare.exceptions import DataValidationError, SupportWarning
+from equicare.utils import PARAM_MESSAGE, RandomState, check_param, check_random_state
+
+__all__ = ["DynamicMediation", "PointExposureMediation", "ESTIMATORS"]
+
+#: Estimators of :class:`DynamicMediation` (Contract-6 keys).
+ESTIMATORS = ("dm", "mis", "mr", "baseline")
+_BASES = ("auto", "onehot", "spline", "rff", "poly", "constant")
+
+#: Error templates (tests match them exactly).
+BINARY_ACTION_MESSAGE = ("A fixed control action a0 needs a binary action (codes 0 and 1); the "
+                         "data have {n_actions} actions. Give a control policy instead.")
+FEW_TRANSITIONS_MESSAGE = ("Too few transitions for the basis: the largest Q-function basis has "
+                           "{p} features but a cross-fitting fold trains on only {n} transitions "
+                           "(need at least {need}). Use a smaller basis (basis='spline' with fewer "
+                           "knots, or 'constant'), fewer folds, or more data.")
+LOW_ESS_MESSAGE = ("The state density ratio of {name!r} has an effective sample size of {pct:.1f}% "
+                   "of the transitions; the target and data visit different states, so MIS and MR "
+                   "are imprecise.")
+
+#: Rows per basis feature below which the analysis refuses to run.
+MIN_ROWS_PER_FEATURE = 2
+
+# effects = etas @ _CONTRAST (columns in EFFECT_KEYS order)
+_CONTRAST = np.array([[1, 0, 0, 0, 1],
+                      [-1, 1, 0, 0, 0],
+                      [0, -1, 1, 0, 0],
+                      [0, 0, -1, 1, 0],
+                      [0, 0, 0, -1, -1]], dtype=np.float64)
+_BASELINE_CONTRAST = np.array([[1, 0, 1], [0, 1, 1]], dtype=np.float64)   # de, me -> ide, ime, tot
+
+
+def _model_to_dict(model: Any) -> Any:
+    if model is None:
+        return None
+    cls = type(model)
+    params = model.get_params(deep=False) if hasattr(model, "get_params") else {}
+    return {"estimator": f"{cls.__module__}.{cls.__qualname__}",
+            "params": {k: v for k, v in params.items()
+                       if v is None or isinstance(v, bool | int | float | str)}}
+
+
+def _model_from_dict(d: Any) -> Any:
+    if d is None or not isinstance(d, dict):
+        return d
+    mod, _, name = d["estimator"].rpartition(".")
+    return getattr(importlib.import_module(mod), name)(**d.get("params", {}))
+
+
+@dataclass(frozen=True, kw_only=True)
+class DynamicMediation:
+    """Settings of a dynamic mediation analysis; :meth:`estimate` runs it on data.
+
+    Parameters
+    ----------
+    estimators : tuple of {"dm", "mis", "mr", "baseline"}
+        Direct method, marginalised importance sampling, multiply robust, and the naive
+        point-exposure baseline (ignores state shift; IDE and IME only).
+    basis : {"auto", "onehot", "spline", "rff", "poly", "constant"}
+        State basis of the default nuisance models (and of Q and ratios unless overridden).
+    q_basis, ratio_basis : basis kind or "same"
+        State basis of the Q-functions (LSTD) and of the density ratios.
+    ratio_method : {"linear", "kernel"}
+        Test functions of the min-max ratio estimator: the ratio basis (linear sieve) or random
+        Fourier features of a Gaussian kernel.
+    n_knots : int
+        Knots per continuous column of spline bases.
+    n_features : int
+        Random Fourier features (``rff`` basis and kernel test functions).
+    ridge : float
+        Relative ridge of LSTD and of the default regression models.
+    ratio_ridge : float
+        Relative ridge of the ratio estimator.
+    ratio_clip : float
+        State density ratios are clipped to ``[0, ratio_clip]`` and normalised to mean 1.
+    n_folds : int
+        Cross-fitting folds (by episode); 1 fits and evaluates on all data.
+    mediator_type : {"auto", "discrete", "continuous"}
+        ``auto``: discrete when the mediator rows take at most ``max_mediator_levels`` values.
+    max_mediator_levels : int
+    n_mediator_nodes : int
+        Gauss-Hermite nodes integrating a continuous (Gaussian) mediator.
+    prob_floor : float
+        Floor of ``pi_b(A|S)`` in action ratios; mediator ratios are capped at ``1/prob_floor``.
+    reward_model : scikit-learn regressor or None
+        ``E[R | S, A, M]`` on ``[states, one-hot action, mediators]``.
+    mediator_model : scikit-learn classifier (discrete M) / regressor (continuous M) or None
+        On ``[states, one-hot action]``.
+    behavior_model : scikit-learn classifier or None
+        ``pi_b(A | S)`` on states; ignored when the data carry ``behavior_prob`` and it is None.
+    n_bootstrap : int
+        Cluster-bootstrap replicates (0: normal intervals from the standard errors).
+    ci_level : float
+
+    Examples
+    --------
+    >>> from equicare.causal import DynamicMediation
+    >>> from equicare.sim.mediation import toy1, toy_target
+    >>> mdp = toy1()
+    >>> data = mdp.sample(200, 50, random_state=0)
+    >>> res = DynamicMediation(n_bootstrap=0).estimate(data, mdp.policy_fn(toy_target()), 0,
+    ...                                                random_state=0)
+    >>> sorted(res.estimators)
+    ['baseline', 'dm', 'mis', 'mr']
+    """
+
+    estimators: tuple[str, ...] = ESTIMATORS
+    basis: str = "auto"
+    q_basis: str = "same"
+    ratio_basis: str = "same"
+    ratio_method: Literal["linear", "kernel"] = "linear"
+    n_knots: int = 5
+    n_features: int = 64
+    ridge: float = 1e-6
+    ratio_ridge: float = 1e-8
+    ratio_clip: float = 50.0
+    n_folds: int = 2
+    mediator_type: Literal["auto", "discrete", "continuous"] = "auto"
+    max_mediator_levels: int = 10
+    n_mediator_nodes: int = 9
+    prob_floor: float = 1e-3
+    reward_model: Any = None
+    mediator_model: Any = None
+    behavior_model: Any = None
+    n_bootstrap: int = 200
+    ci_level: float = 0.95
+
+    def __post_init__(self) -> None:
+        o = type(self).__name__
+        ests = tuple(self.estimators) if not isinstance(self.estimators, str) else (
+            tuple(e.strip() for e in self.estimators.split(",") if e.strip()))
+        if not ests or any(e not in ESTIMATORS for e in ests) or len(set(ests)) != len(ests):
+            raise ValueError(PARAM_MESSAGE.format(
+                name="estimators", owner=o, expected="distinct names among "
+                + ", ".join(repr(e) for e in ESTIMATORS), got=self.estimators))
+        object.__setattr__(self, "estimators", ests)
+        check_param(self.basis, "basis", o, choices=_BASES)
+        check_param(self.q_basis, "q_basis", o, choices=(*_BASES, "same"))
+        check_param(self.ratio_basis, "ratio_basis", o, choices=(*_BASES, "same"))
+        check_param(self.ratio_method, "ratio_method", o, choices=("linear", "kernel"))
+        check_param(self.mediator_type, "mediator_type", o,
+                    choices=("auto", "discrete", "continuous"))
+        for name, low in (("n_knots", 2), ("n_features", 1), ("n_folds", 1),
+                          ("max_mediator_levels", 2), ("n_mediator_nodes", 1),
+                          ("n_bootstrap", 0)):
+            check_param(getattr(self, name), name, o, kind=int, low=low)
+        check_param(self.ridge, "ridge", o, kind=(int, float), low=0)
+        check_param(self.ratio_ridge, "ratio_ridge", o, kind=(int, float), low=0)
+        check_param(self.ratio_clip, "ratio_clip", o, kind=(int, float), low=1)
+        check_param(self.prob_floor, "prob_floor", o, kind=(int, float), low=0, high=0.5,
+                    low_inclusive=False)
+        check_param(self.ci_level, "ci_level", o, kind=float, low=0, high=1,
+                    low_inclusive=False, high_inclusive=False)
+
+    # ------------------------------------------------------------------ config round trip
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able settings (scikit-learn models as class path plus simple parameters)."""
+        d = asdict(self)
+        d["estimators"] = list(self.estimators)
+        for k in ("reward_model", "mediator_model", "behavior_model"):
+            d[k] = _model_to_dict(getattr(self, k))
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DynamicMediation:
+        """Inverse of :meth:`to_dict`."""
+        kw = dict(d)
+        kw["estimators"] = tuple(kw.get("estimators", ESTIMATORS))
+        for k in ("reward_model", "mediator_model", "behavior_model"):
+            kw[k] = _model_from_dict(kw.get(k))
+        return cls(**kw)
+
+    # ------------------------------------------------------------------ estimation
+    def estimate(self, data: Any, target: Any, control: Any = 0, *,
+                 random_state: RandomState = None) -> MediationResult:
+        """Estimate IDE, IME, DDE, DME and the total effect of ``target`` versus ``control``.
+
+        Parameters
+        ----------
+        data : MediationData, TrajectoryDataset, simulator sample or mapping of arrays
+            Transitions: ``states (n, d)``, ``actions (n,)``, ``mediators (n,)`` or ``(n, m)``,
+            ``rewards (n,)``, ``next_states (n, d)``, ``episode_index (n,)``.
+        target : callable, PolicyProbs, equicare Policy or int
+            Target policy ``pi_e``: ``f(states (n, d)) -> probabilities (n, n_actions)``.
+        control : int or policy
+            Control: a fixed action ``a0`` (default 0; needs a binary action) or a policy.
+        random_state : int, Generator or None
+            Folds, random features and bootstrap.
+
+        Returns
+        -------
+        MediationResult
+
+        Raises
+        ------
+        DataValidationError
+            Non-binary action with a fixed control, too few transitions for the basis, or
+            invalid data.
+        """
+        md = as_mediation_data(data)
+        rng = check_random_state(random_state)
+        if isinstance(control, int | np.integer) and not isinstance(control, bool):
+            if md.n_actions != 2:
+                raise DataValidationError(BINARY_ACTION_MESSAGE.format(n_actions=md.n_actions))
+        pe, pe_n = resolve_policy(target, md, "target")
+        p0, p0_n = resolve_policy(control, md, "control")
+        run = _Run(self, md, pe, pe_n, p0, p0_n, rng)
+        return run.execute(_name(target, "target"), _control_name(control))
+
+
+def _name(spec: Any, default: str) -> str:
+    return str(getattr(spec, "name", None) or default)
+
+
+def _control_name(control: Any) -> str:
+    if isinstance(control, int | np.integer) and not isinstance(control, bool):
+        return f"a0={int(control)}"
+    return _name(control, "control policy")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PointExposureMediation(DynamicMediation):
+    r"""Naive point-exposure (single-step) mediation: each step treated as an independent study.
+
+    Natural direct and indirect effects of one step, averaged over the observed states:
+
+    .. math::
+
+        \mathrm{DE} = \frac1n\sum_i \sum_a \pi_e(a|S_i) \sum_m p_m(m|S_i, a)
+        \{r(S_i, a, m) - r(S_i, a_0, m)\},\quad
+        \mathrm{ME} = \frac1n\sum_i \sum_a \pi_e(a|S_i) \sum_m
+        \{p_m(m|S_i, a) - p_m(m|S_i, a_0)\} r(S_i, a_0, m).
+
+    It ignores that the target policy changes which states are visited (no DDE / DME), so it
+    is right only when states do not depend on past actions (Ge et al. 2023, toy example II).
+    The result has the ``"baseline"`` estimator only.
+    """
+
+    estimators: tuple[str, ...] = ("baseline",)
+
+
+class _Run:
+    """One estimation: bases, folds, nuisance fits, estimators and inference."""
+
+    def __init__(self, cfg: DynamicMediation, md: MediationData, pe: NDArray[np.float64],
+                 pe_n: NDArray[np.float64], p0: NDArray[np.float64], p0_n: NDArray[np.float64],
+                 rng: np.random.Generator) -> None:
+        self.cfg, self.md, self.rng = cfg, md, rng
+        self.pe, self.pe_n, self.p0, self.p0_n = pe, pe_n, p0, p0_n
+        ests = set(cfg.estimators)
+        self.need_q = bool(ests & {"dm", "mr"})
+        self.need_w = bool(ests & {"mis", "mr"})
+        self.enc = MediatorEncoder.fit(md.mediators, cfg.mediator_type, cfg.max_mediator_levels,
+                                       cfg.n_knots)
+        self.seed = int(rng.integers(2**31 - 1))
+        self._bases: dict[str, tuple[NDArray[np.float64], NDArray[np.float64]]] = {}
+
+    def basis(self, kind: str) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """State basis at states and next states for ``kind`` (cached)."""
+        kind = self.cfg.basis if kind == "same" else kind
+        if kind not in self._bases:
+            phi, phin, _ = state_features(self.md.states, self.md.next_states, kind,  # type: ignore[arg-type]
+                                          n_knots=self.cfg.n_knots,
+                                          n_features=self.cfg.n_features,
+                                          random_state=self.seed)
+            self._bases[kind] = (phi, phin)
+        return self._bases[kind]
+
+    # -------------------------------------------------------------- nuisance models and rows
+    def fit_models(self, idx: NDArray[np.int64]) -> dict[str, Any]:
+        md, cfg = self.md, self.cfg
+        phi, _ = self.basis(cfg.basis)
+        S, A, M = md.states[idx], md.actions[idx], md.mediators[idx]
+        out: dict[str, Any] = {
+            "reward": RewardModel(self.enc, cfg.reward_model, md.n_actions, cfg.ridge).fit(
+                S, phi[idx], A, M, md.rewards[idx]),
+            "mediator": MediatorModel(self.enc, cfg.mediator_model, md.n_actions,
+                                      cfg.n_mediator_nodes, cfg.ridge).fit(S, phi[idx], A, M),
+        }
+        if self.need_w or self.need_q:
+            if md.behavior_prob is None or cfg.behavior_model is not None:
+                out["behavior"] = BehaviorModel(cfg.behavior_model, md.n_actions).fit(
+                    S, phi[idx], A)
+        return out
+
+    def rows(self, models: dict[str, Any], idx: NDArray[np.int64]) -> dict[str, Any]:
+        """Per-row plug-in quantities at rows ``idx``."""
+        md, cfg = self.md, self.cfg
+        phi, phin = self.basis(cfg.basis)
+        S, Sn, A, M = md.states[idx], md.next_states[idx], md.actions[idx], md.mediators[idx]
+        ph, phn = phi[idx], phin[idx]
+        n = idx.size
+        ar = np.arange(n)
+        pe, p0 = self.pe[idx], self.p0[idx]
+        med: MediatorModel = models["mediator"]
+        rew: RewardModel = models["reward"]
+        nodes, wts = med.nodes(S, ph)                                  # (n,A,K,m), (n,A,K)
+        rN = rew.predict(S, ph, nodes)                                 # (n,A_m,K,A_r)
+        r_a = np.einsum("nak,naka->na", wts, rN)                       # r(S,a) = E_m r(S,a,m)
+        r0_nodes = np.einsum("nakb,nb->nak", rN, p0)                   # sum_b p0(b) r(S,b,m_k(a))
+        r00 = (p0 * r_a).sum(1)
+        q: dict[str, Any] = {"R": md.rewards[idx], "A": A, "r_a": r_a, "r00": r00,
+                             "r_A": r_a[ar, A]}
+        inner = (wts * r0_nodes).sum(2)                                # (n, A)
+        q["de"] = (pe * (r_a - inner)).sum(1)
+        q["me"] = (pe * inner).sum(1) - r00
+        if not (self.need_q or self.need_w):
+            return q
+        rM = rew.predict(S, ph, M)                                      # (n, A)
+        q["rM_A"] = rM[ar, A]
+        q["r0M"] = (p0 * rM).sum(1)
+        dens = med.density(S, ph, M)                                    # (n, A)
+        pA_M = dens[ar, A]
+        pe_M = (pe * dens).sum(1)
+        q["ratio_m"] = np.minimum(pe_M / np.maximum(pA_M, 1e-300), 1.0 / cfg.prob_floor)
+        if md.behavior_prob is not None and "behavior" not in models:
+            pb_A = md.behavior_prob[idx]
+        else:
+            pb_A = models["behavior"].probs(S, ph)[ar, A]
+        pb_A = np.maximum(pb_A, cfg.prob_floor)
+        q["rho_e"] = pe[ar, A] / pb_A
+        q["rho_0"] = p0[ar, A] / pb_A
+        if self.need_q:
+            q["Eenc_S"] = med.expected_encoding(S, ph)                  # (n, A, q)
+            q["Eenc_Sn"] = med.expected_encoding(Sn, phn)
+            q["enc_M"] = self.enc.encode(M)
+        return q
+
+    # -------------------------------------------------------------- Q-function features
+    def q_features(self, idx: NDArray[np.int64], q: dict[str, Any]) -> dict[str, Any]:
+        phi, phin = self.basis(self.cfg.q_basis)
+        ph, phn = phi[idx], phin[idx]
+        n, nA = idx.size, self.md.n_actions
+        A = q["A"]
+        pe_n, p0_n, p0 = self.pe_n[idx], self.p0_n[idx], self.p0[idx]
+        disc, nraw = self.enc.discrete, self.enc.n_raw
+        f: dict[str, Any] = {"x": action_tensor(A, ph, nA),
+                             "xi_e": (pe_n[:, :, None] * phn[:, None, :]).reshape(n, -1),
+                             "xi_0": (p0_n[:, :, None] * phn[:, None, :]).reshape(n, -1)}
+        h = combine(ph, q["enc_M"], disc, nraw)                          # h(S, M)
+        f["h"] = h
+        f["x4"] = action_tensor(A, h, nA)
+        enc_e_next = np.einsum("na,naq->nq", pe_n, q["Eenc_Sn"])        # E_{p_e(.|S')} enc
+        h_next = combine(phn, enc_e_next, disc, nraw)
+        f["xi4"] = (p0_n[:, :, None] * h_next[:, None, :]).reshape(n, -1)
+        f["hE"] = combine(ph, q["Eenc_S"][np.arange(n), A], disc, nraw)  # h(S, E[enc|S,A])
+        f["p0"] = p0
+        return f
+
+    # -------------------------------------------------------------- main loop
+    def execute(self, target_name: str, control_name: str) -> MediationResult:
+        md, cfg = self.md, self.cfg
+        n, N = md.n_steps, md.n_episodes
+        K = min(cfg.n_folds, N)
+        fold_of_ep = self.rng.permutation(N) % K
+        row_fold = fold_of_ep[md.episode_index]
+        eta_dm_folds = []
+        dm_infl = np.zeros((n, 5))
+        mr_vals = np.zeros((n, 5))
+        mis_num = np.zeros((n, 5))
+        mis_w = np.zeros((n, 5))
+        base = np.zeros((n, 2))
+        w_all = np.zeros((n, 3))
+        for k in range(K):
+            te = np.flatnonzero(row_fold == k)
+            tr = te if K == 1 else np.flatnonzero(row_fold != k)
+            models = self.fit_models(tr)
+            q_te = self.rows(models, te)
+            base[te] = np.column_stack([q_te["de"], q_te["me"]])
+            if not (self.need_q or self.need_w):
+                continue
+            q_tr = q_te if K == 1 else self.rows(models, tr)
+            fits = None
+            if self.need_q:
+                f_tr = self.q_features(tr, q_tr)
+                p_max = max(f_tr["x"].shape[1], f_tr["x4"].shape[1]) + 1
+                if tr.size < MIN_ROWS_PER_FEATURE * p_max:
+                    raise DataValidationError(FEW_TRANSITIONS_MESSAGE.format(
+                        p=p_max, n=tr.size, need=MIN_ROWS_PER_FEATURE * p_max))
+                fits = self.fit_q(f_tr, q_tr)
+                eta_dm_folds.append([ft.eta for ft in fits])
+                scale = n / (K * tr.size)
+                for j, ft in enumerate(fits):
+                    dm_infl[tr, j] += scale * ft.influence
+            if self.need_w:
+                w_te = self.fit_ratios(tr, te, q_tr)
+                w_all[te] = w_te
+                W = np.column_stack([
+                    w_te[:, 0] * q_te["rho_e"],
+                    w_te[:, 0] * q_te["rho_0"] * q_te["ratio_m"],
+                    w_te[:, 0] * q_te["rho_0"],
+                    w_te[:, 2] * q_te["rho_0"],
+                    w_te[:, 1] * q_te["rho_0"]])
+                mis_w[te] = W
+                mis_num[te] = W * q_te["R"][:, None]
+                if fits is not None:
+                    f_te = self.q_features(te, q_te)
+                    mr_vals[te] = self.mr_rows(fits, f_te, q_te, w_te)
+        return self.assemble(eta_dm_folds, dm_infl, mr_vals, mis_num, mis_w, base, w_all,
+                             target_name, control_name)
+
+    def fit_q(self, f: dict[str, Any], q: dict[str, Any]) -> list[Any]:
+        """LSTD for the five processes (order of ETA_KEYS)."""
+        r = self.cfg.ridge
+        return [lstd_average(f["x"], f["xi_e"], q["R"], r),          # pi_e
+                lstd_average(f["x"], f["xi_e"], q["r0M"], r),        # pi_e, a0
+                lstd_average(f["x"], f["xi_e"], q["r00"], r),        # pi_e, a0*
+                lstd_average(f["x4"], f["xi4"], q["r00"], r),        # G
+                lstd_average(f["x"], f["xi_0"], q["R"], r)]          # a0
+
+    def fit_ratios(self, tr: NDArray[np.int64], te: NDArray[np.int64], q_tr: dict[str, Any]
+                   ) -> NDArray[np.float64]:
+        """Density ratios of pi_e, a0 and G at the evaluation rows, shape (n_te, 3)."""
+        cfg = self.cfg
+        psi, psin = self.basis(cfg.ratio_basis)
+        if cfg.ratio_method == "kernel":
+            f_all, fn_all = self.basis("rff")
+        else:
+            f_all, fn_all = psi, psin
+        omegas = (q_tr["rho_e"], q_tr["rho_0"], q_tr["rho_0"] * q_tr["ratio_m"])
+        out = np.empty((te.size, 3))
+        for j, om in enumerate(omegas):
+            fit = fit_ratio(psi[tr], f_all[tr], fn_all[tr], om, cfg.ratio_ridge)
+            out[:, j] = fit.predict(psi[te], cfg.ratio_clip)
+        return out
+
+    def mr_rows(self, fits: list[Any], f: dict[str, Any], q: dict[str, Any],
+                w: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Multiply robust per-row values ``eta_hat + psi_i`` for the five processes."""
+        eta = [ft.eta for ft in fits]
+        b1, b2, b3, b4, b5 = (ft.beta for ft in fits)
+        R, rho_e, rho_0, ratio_m = q["R"], q["rho_e"], q["rho_0"], q["ratio_m"]
+        w_e, w_0, w_G = w[:, 0], w[:, 1], w[:, 2]
+        x, xi_e, xi_0 = f["x"], f["xi_e"], f["xi_0"]
+        psi1 = w_e * rho_e * (R + xi_e @ b1 - x @ b1 - eta[0])
+        psi2 = w_e * (rho_0 * ratio_m * (R - q["rM_A"])
+                      + rho_e * (q["r0M"] + xi_e @ b2 - x @ b2 - eta[1]))
+        psi3 = w_e * (rho_0 * (R - q["r_A"]) + rho_e * (q["r00"] + xi_e @ b3 - x @ b3 - eta[2]))
+        nA = self.md.n_actions
+        B4 = b4.reshape(nA, -1)
+        q4_aM = f["h"] @ B4.T                                           # Q4(S, a', M)
+        q4_aE = f["hE"] @ B4.T                                          # E_{m~p_m(S,A)} Q4(S,a',m)
+        eq4 = (f["p0"] * (q4_aM - q4_aE)).sum(1)
+        psi4 = w_G * (rho_0 * (R - q["r_A"])
+                      + rho_0 * ratio_m * (q["r00"] + f["xi4"] @ b4 - f["x4"] @ b4 - eta[3])
+                      + rho_e * eq4)
+        psi5 = w_0 * rho_0 * (R + xi_0 @ b5 - x @ b5 - eta[4])
+        return np.column_stack([psi1, psi2, psi3, psi4, psi5]) + np.asarray(eta)[None, :]
+
+    # -------------------------------------------------------------- inference and result
+    def assemble(self, eta_dm_folds: list[list[float]], dm_infl: NDArray[np.float64],
+                 mr_vals: NDArray[np.float64], mis_num: NDArray[np.float64],
+                 mis_w: NDArray[np.float64], base: NDArray[np.float64],
+                 w_all: NDArray[np.float64], target_name: str, control_name: str
+                 ) -> MediationResult:
+        md, cfg = self.md, self.cfg
+        n = md.n_steps
+        points, infls, contrasts, names = [], [], [], []
+        etas: dict[str, NDArray[np.float64]] = {}
+        for name in cfg.estimators:
+            if name == "dm":
+                pt = np.mean(np.asarray(eta_dm_folds), axis=0)
+                points.append(pt)
+                infls.append(dm_infl)
+            elif name == "mr":
+                pt = mr_vals.mean(0)
+                points.append(pt)
+                infls.append(mr_vals - pt)
+            elif name == "mis":
+                pt = mis_num.sum(0) / mis_w.sum(0)
+                points.append(pt)
+                infls.append((mis_num - mis_w * pt) / mis_w.mean(0))
+            else:
+                pt = base.mean(0)
+                points.append(pt)
+                infls.append(base - pt)
+            if name != "baseline":
+                etas[name] = pt
+            contrasts.append(_BASELINE_CONTRAST if name == "baseline" else _CONTRAST)
+            names.append(name)
+        sizes = [c.shape[0] for c in contrasts]
+        big = np.zeros((sum(sizes), sum(c.shape[1] for c in contrasts)))
+        r0 = c0 = 0
+        for c in contrasts:
+            big[r0:r0 + c.shape[0], c0:c0 + c.shape[1]] = c
+            r0, c0 = r0 + c.shape[0], c0 + c.shape[1]
+        inf = cluster_inference(np.concatenate(points), np.hstack(infls), md.episode_index,
+                                md.n_episodes, big, n_bootstrap=cfg.n_bootstrap,
+                                ci_level=cfg.ci_level, rng=self.rng)
+        results: dict[str, EstimatorResult] = {}
+        c0 = 0
+        for name, c in zip(names, contrasts, strict=True):
+            keys = ("ide", "ime", "total") if name == "baseline" else EFFECT_KEYS
+            effects = {k: EffectEstimate(None) for k in EFFECT_KEYS}
+            for j, k in enumerate(keys):
+                i = c0 + j
+                effects[k] = EffectEstimate(float(inf.value[i]), float(inf.se[i]),
+                                            (float(inf.ci_low[i]), float(inf.ci_high[i])))
+            c0 += c.shape[1]
+            eta = ({k: None for k in ETA_KEYS} if name == "baseline"
+                   else dict(zip(ETA_KEYS, map(float, etas[name]), strict=True)))
+            results[name] = EstimatorResult(effects, eta)
+        ess: dict[str, float] = {}
+        if self.need_w:
+            for j, key in enumerate(("pi_e", "a0", "G")):
+                ess[key] = effective_sample_size(w_all[:, j])
+                pct = 100.0 * ess[key] / n
+                if pct < 10.0:
+                    warnings.warn(LOW_ESS_MESSAGE.format(name=key, pct=pct), SupportWarning,
+                                  stacklevel=3)
+        return MediationResult(n_episodes=md.n_episodes, n_steps=n, control=control_name,
+                               target=target_name, estimators=results, ess=ess,
+                               settings=cfg.to_dict())

@@ -1,0 +1,126 @@
+"""Typed results of mediation analyses and their Contract-6 JSON form."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+__all__ = ["EffectEstimate", "EstimatorResult", "MediationResult", "ETA_KEYS", "EFFECT_KEYS"]
+
+#: Keys of the five long-run average rewards (Contract 6).
+ETA_KEYS = ("pi_e", "pi_e_a0", "pi_e_a0star", "G", "a0")
+#: Keys of the effects (Contract 6).
+EFFECT_KEYS = ("ide", "ime", "dde", "dme", "total")
+
+
+def _num(x: float | None) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+
+
+@dataclass(frozen=True)
+class EffectEstimate:
+    """One effect: value, standard error and confidence interval (``None`` when not estimable)."""
+
+    value: float | None
+    se: float | None = None
+    ci: tuple[float, float] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"value": v, "se": s, "ci": [lo, hi]}``."""
+        return {"value": _num(self.value), "se": _num(self.se),
+                "ci": None if self.ci is None else [float(self.ci[0]), float(self.ci[1])]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EffectEstimate:
+        """Inverse of :meth:`to_dict`."""
+        ci = d.get("ci")
+        return cls(d.get("value"), d.get("se"), None if ci is None else (ci[0], ci[1]))
+
+
+@dataclass(frozen=True)
+class EstimatorResult:
+    """Effects (:data:`EFFECT_KEYS`) and etas (:data:`ETA_KEYS`) of one estimator."""
+
+    effects: dict[str, EffectEstimate]
+    eta: dict[str, float | None]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Contract-6 entry of one estimator."""
+        out: dict[str, Any] = {k: self.effects[k].to_dict() for k in EFFECT_KEYS}
+        out["eta"] = {k: _num(self.eta.get(k)) for k in ETA_KEYS}
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EstimatorResult:
+        """Inverse of :meth:`to_dict`."""
+        return cls({k: EffectEstimate.from_dict(d[k]) for k in EFFECT_KEYS},
+                   dict(d.get("eta") or {}))
+
+
+@dataclass(frozen=True)
+class MediationResult:
+    """Result of a dynamic mediation analysis.
+
+    Attributes
+    ----------
+    n_episodes, n_steps : int
+    control : str
+        ``"a0=0"`` for a fixed control action, else the control policy's name.
+    target : str
+    estimators : dict of str to EstimatorResult
+        Keys among ``"dm"``, ``"mis"``, ``"mr"``, ``"baseline"``.
+    ess : dict of str to float
+        Kish effective sample size of the state density ratios ``pi_e``, ``a0`` and ``G``.
+    settings : dict
+        The :class:`DynamicMediation` settings used.
+    """
+
+    n_episodes: int
+    n_steps: int
+    control: str
+    estimators: dict[str, EstimatorResult]
+    target: str = "target"
+    ess: dict[str, float] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, estimator: str) -> EstimatorResult:
+        return self.estimators[estimator]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Contract 6 (``equicare mediate --out mediation.json``), plus ``target`` and ``ess``."""
+        out: dict[str, Any] = {"n_episodes": int(self.n_episodes), "n_steps": int(self.n_steps),
+                               "control": self.control, "target": self.target,
+                               "estimators": {k: v.to_dict() for k, v in self.estimators.items()}}
+        if self.ess:
+            out["ess"] = {k: float(v) for k, v in self.ess.items()}
+        return out
+
+    def to_json(self) -> str:
+        """:meth:`to_dict` as indented JSON."""
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MediationResult:
+        """Rebuild from :meth:`to_dict` output (settings are not part of the contract)."""
+        return cls(n_episodes=int(d["n_episodes"]), n_steps=int(d["n_steps"]),
+                   control=str(d["control"]), target=str(d.get("target", "target")),
+                   estimators={k: EstimatorResult.from_dict(v)
+                               for k, v in d["estimators"].items()},
+                   ess=dict(d.get("ess") or {}))
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per (estimator, effect): ``estimator, effect, value, se, ci_low, ci_high``."""
+        rows = []
+        for name, est in self.estimators.items():
+            for k in EFFECT_KEYS:
+                e = est.effects[k]
+                rows.append({"estimator": name, "effect": k, "value": _num(e.value),
+                             "se": _num(e.se),
+                             "ci_low": None if e.ci is None else e.ci[0],
+                             "ci_high": None if e.ci is None else e.ci[1]})
+        return pd.DataFrame(rows, columns=["estimator", "effect", "value", "se", "ci_low",
+                                           "ci_high"])

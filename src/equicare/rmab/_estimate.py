@@ -1,0 +1,331 @@
+r"""Estimating restless-arm models from a panel: Dirichlet-smoothed transition counts per group.
+
+Each row of the panel is one decision step of one episode (member): a discrete state code, a
+binary action ("treated" this week or not) and a group (or cluster) label. Transitions
+``(s, a) -> s'`` are counted per group and smoothed with a symmetric Dirichlet prior:
+
+.. math::
+
+    \hat P_g(s' \mid s, a) = \frac{n_g(s, a, s') + \alpha}{n_g(s, a) + S\alpha},
+    \qquad
+    \mathrm{sd} = \sqrt{\frac{\hat P (1 - \hat P)}{n_g(s, a) + S\alpha + 1}},
+
+the posterior mean and standard deviation under a ``Dirichlet(alpha)`` prior. Cells with fewer
+than ``min_count`` observed transitions are reported with a :class:`DataWarning`: their rows
+lean on the prior. :meth:`EstimatedArms.to_domain` turns the estimates into arms to plan with
+(optionally drawing every arm's matrices from the posterior, so that plans reflect the
+uncertainty).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from equicare.exceptions import DataValidationError, DataWarning
+from equicare.rmab._domain import RMABDomain
+from equicare.utils import MIN_CELL, PARAM_MESSAGE, RandomState, check_random_state
+
+__all__ = ["EstimatedArms", "estimate_arms"]
+
+Array = NDArray[np.float64]
+
+SMALL_CELLS = ("{n_small} of {n_cells} (group, action, state) cells have fewer than {min_count} "
+               "observed transitions (first: group {group!r}, action {action}, state {state!r} "
+               "with {count}); their transition rows lean on the Dirichlet prior.")
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class EstimatedArms:
+    """Per-group arm models estimated from a panel.
+
+    Attributes
+    ----------
+    counts : ndarray of shape (n_groups, 2, n_states, n_states)
+        Observed transitions ``n_g(s, a, s')``.
+    P : ndarray of shape (n_groups, 2, n_states, n_states)
+        Posterior mean transition matrices.
+    P_sd : ndarray of shape (n_groups, 2, n_states, n_states)
+        Posterior standard deviations.
+    init : ndarray of shape (n_groups, n_states)
+        Smoothed distribution of each group's first observed states.
+    R : ndarray of shape (n_states,)
+        State rewards.
+    n_episodes : ndarray of shape (n_groups,)
+        Episodes (members) per group.
+    group_names, state_names : tuple of str
+    prior : float
+        Dirichlet concentration per next state.
+    """
+
+    counts: Array
+    P: Array
+    P_sd: Array
+    init: Array
+    R: Array
+    n_episodes: NDArray[np.int64]
+    group_names: tuple[str, ...]
+    state_names: tuple[str, ...]
+    prior: float
+
+    @property
+    def n_states(self) -> int:
+        """Number of states."""
+        return int(self.P.shape[2])
+
+    def sample_P(self, random_state: RandomState = None, size: int = 1) -> Array:
+        """Posterior draws of the matrices, shape (size, n_groups, 2, S, S)."""
+        rng = check_random_state(random_state)
+        alpha = self.counts + self.prior
+        g = rng.gamma(np.broadcast_to(alpha, (size, *alpha.shape)))
+        out: Array = g / g.sum(axis=-1, keepdims=True)
+        return out
+
+    def to_domain(
+        self,
+        *,
+        n_arms: int | dict[str, int] | None = None,
+        horizon: int = 20,
+        gamma: float = 1.0,
+        sample: bool = False,
+        random_state: RandomState = None,
+        name: str = "estimated",
+    ) -> RMABDomain:
+        """Arms to plan with.
+
+        Parameters
+        ----------
+        n_arms : int, dict or None
+            Total arms (split by the groups' shares of episodes, left-overs to the first group),
+            arms per group, or ``None`` for one arm per observed episode.
+        horizon, gamma : int, float
+            Planning horizon and discount.
+        sample : bool
+            Draw each arm's matrices from the posterior (fresh draws per seed in :func:`plan`)
+            instead of using the posterior mean for every arm of a group.
+        random_state : int, Generator or None
+        name : str
+        """
+        G = len(self.group_names)
+        if n_arms is None:
+            sizes = self.n_episodes.astype(np.int64)
+        elif isinstance(n_arms, dict):
+            unknown = set(n_arms) - set(self.group_names)
+            if unknown:
+                raise ValueError(f"n_arms names unknown groups {sorted(unknown)}; groups are "
+                                 f"{list(self.group_names)}.")
+            sizes = np.array([int(n_arms.get(g, 0)) for g in self.group_names])
+        else:
+            share = self.n_episodes / self.n_episodes.sum()
+            sizes = np.floor(int(n_arms) * share).astype(np.int64)
+            sizes[0] += int(n_arms) - sizes.sum()
+        groups = np.repeat(np.arange(G), sizes)
+        names = self.group_names
+
+        def draw(n: int, rng: np.random.Generator) -> RMABDomain:
+            if sample:
+                draws = self.sample_P(rng, size=groups.size)  # (N, G, 2, S, S)
+                P = draws[np.arange(groups.size), groups]
+            else:
+                P = self.P[groups]
+            return RMABDomain(P=P, R=self.R, init=self.init[groups], groups=groups,
+                              group_names=names, name=name, horizon=horizon, gamma=gamma,
+                              state_names=self.state_names,
+                              _redraw=draw if sample else None)
+
+        return draw(groups.size, check_random_state(random_state))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly summary (Contract-4 ``types``, one per group, plus uncertainty)."""
+        frac = self.n_episodes / self.n_episodes.sum()
+        return {"name": "estimated", "n_states": self.n_states, "prior": self.prior,
+                "state_names": list(self.state_names),
+                "types": [{"name": g, "group": g, "fraction": float(frac[i]),
+                           "P": self.P[i].tolist(), "P_sd": self.P_sd[i].tolist(),
+                           "counts": self.counts[i].astype(int).tolist(),
+                           "R": self.R.tolist(), "init": self.init[i].tolist(),
+                           "n_episodes": int(self.n_episodes[i])}
+                          for i, g in enumerate(self.group_names)]}
+
+
+def _column(data: Any, name: Any, role: str) -> NDArray[Any]:
+    if data is None:
+        return np.asarray(name)
+    if not isinstance(name, str):
+        return np.asarray(name)
+    if name not in data.columns:
+        raise DataValidationError(f"Column {name!r} ({role}) is not in the data; columns are "
+                                  f"{list(map(str, data.columns))}.")
+    return np.asarray(data[name].to_numpy())
+
+
+def estimate_arms(
+    data: Any = None,
+    *,
+    episode: Any,
+    state: Any,
+    action: Any,
+    group: Any,
+    next_state: Any = None,
+    time: Any = None,
+    reward: Any = None,
+    state_rewards: Any = None,
+    n_states: int | None = None,
+    prior: float = 1.0,
+    min_count: int = MIN_CELL,
+) -> EstimatedArms:
+    """Estimate per-group transition matrices of a binary-action program from a panel.
+
+    Parameters
+    ----------
+    data : pandas.DataFrame, optional
+        The panel; the other arguments are then column names. Without ``data`` they are arrays
+        of shape (n_rows,).
+    episode : str or array-like
+        Episode (member) id of each row.
+    state : str or array-like
+        Discrete state: integer codes ``0..S-1`` or labels (sorted to codes).
+    action : str or array-like
+        1 when the member was treated at that step, else 0.
+    group : str or array-like
+        Group (or cluster) label of each row.
+    next_state : str or array-like, optional
+        State at the next step; by default the state of the episode's next row (rows sorted by
+        ``time`` within an episode; the last row of each episode then has no transition).
+    time : str or array-like, optional
+        Step index used for the sorting (default: row order).
+    reward : str or array-like, optional
+        Reward of each row; ``R(s)`` is its mean over rows in state ``s``.
+    state_rewards : array-like of shape (n_states,), optional
+        Rewards of the states (instead of ``reward``).
+    n_states : int, optional
+        Number of states when codes are integers (default ``max code + 1``).
+    prior : float
+        Dirichlet concentration per next state (> 0).
+    min_count : int
+        Cells ``(group, action, state)`` with fewer transitions are warned about.
+
+    Returns
+    -------
+    EstimatedArms
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from equicare.rmab import estimate_arms
+    >>> df = pd.DataFrame({"id": [1, 1, 1, 2, 2, 2], "s": [0, 1, 1, 0, 0, 1],
+    ...                    "treated": [1, 0, 0, 0, 1, 0], "g": ["a"] * 3 + ["b"] * 3})
+    >>> est = estimate_arms(df, episode="id", state="s", action="treated", group="g",
+    ...                     state_rewards=[0.0, 1.0], min_count=0)
+    >>> est.P.shape, est.counts[0, 1, 0].tolist()
+    ((2, 2, 2, 2), [0.0, 1.0])
+    """
+    if not (isinstance(prior, float | int) and prior > 0):
+        raise ValueError(PARAM_MESSAGE.format(name="prior", owner="estimate_arms",
+                                              expected="a float > 0", got=prior))
+    ep = _column(data, episode, "episode")
+    st_raw = _column(data, state, "state")
+    ac_raw = _column(data, action, "action")
+    gr_raw = _column(data, group, "group")
+    n = ep.shape[0]
+    for arr, role in ((st_raw, "state"), (ac_raw, "action"), (gr_raw, "group")):
+        if arr.shape != (n,):
+            raise DataValidationError(f"The {role} values must have one entry per row ({n}); "
+                                      f"got shape {arr.shape}.")
+    if n == 0:
+        raise DataValidationError("The panel has no rows.")
+    # actions must be 0/1
+    try:
+        ac = ac_raw.astype(np.float64)
+    except (TypeError, ValueError):
+        ac = np.full(n, np.nan)
+    bad = ~np.isin(ac, (0.0, 1.0))
+    if bad.any():
+        i = int(np.argmax(bad))
+        name = action if isinstance(action, str) else "action"
+        raise DataValidationError(f"Column {name!r} must hold 0/1 (treated or not); row {i} "
+                                  f"has {ac_raw[i]!r}.")
+    ac_i = ac.astype(np.int64)
+    # state codes
+    if st_raw.dtype.kind in "iu" or (st_raw.dtype.kind == "f" and np.all(st_raw == np.round(
+            st_raw))):
+        codes = st_raw.astype(np.int64)
+        if (codes < 0).any():
+            i = int(np.argmax(codes < 0))
+            raise DataValidationError(f"State codes must be >= 0; row {i} has {codes[i]}.")
+        S = int(codes.max()) + 1 if n_states is None else int(n_states)
+        if codes.max() >= S:
+            raise DataValidationError(f"State code {int(codes.max())} is >= n_states={S}.")
+        state_names = tuple(str(s) for s in range(S))
+        nxt_codes = None
+        if next_state is not None:
+            nxt_codes = _column(data, next_state, "next_state").astype(np.int64)
+    else:
+        labels, codes = np.unique(st_raw.astype(str), return_inverse=True)
+        codes = codes.ravel().astype(np.int64)
+        S = labels.size
+        state_names = tuple(labels.tolist())
+        nxt_codes = None
+        if next_state is not None:
+            lookup = {v: i for i, v in enumerate(state_names)}
+            nraw = _column(data, next_state, "next_state").astype(str)
+            missing = [v for v in nraw if v not in lookup]
+            if missing:
+                raise DataValidationError(f"next_state value {missing[0]!r} is not a state.")
+            nxt_codes = np.array([lookup[v] for v in nraw], dtype=np.int64)
+    gnames, gcodes = np.unique(gr_raw.astype(str), return_inverse=True)
+    gcodes = gcodes.ravel().astype(np.int64)
+    G = gnames.size
+    # order rows within episodes
+    ep_codes = np.unique(ep.astype(str), return_inverse=True)[1].ravel()
+    tkey = np.arange(n) if time is None else _column(data, time, "time").astype(np.float64)
+    order = np.lexsort((tkey, ep_codes))
+    same_next = np.r_[ep_codes[order][1:] == ep_codes[order][:-1], False]
+    if nxt_codes is None:
+        src = order[same_next]
+        dst_state = codes[order][1:][same_next[:-1]]
+    else:
+        src = np.arange(n)
+        dst_state = nxt_codes
+    flat = ((gcodes[src] * 2 + ac_i[src]) * S + codes[src]) * S + dst_state
+    counts = np.bincount(flat, minlength=G * 2 * S * S).reshape(G, 2, S, S).astype(np.float64)
+    tot = counts.sum(axis=3, keepdims=True)
+    P = (counts + prior) / (tot + S * prior)
+    P_sd = np.sqrt(P * (1 - P) / (tot + S * prior + 1))
+    cell_n = tot[..., 0]
+    small = cell_n < min_count
+    if small.any():
+        g, a, s = np.argwhere(small)[0]
+        warnings.warn(SMALL_CELLS.format(n_small=int(small.sum()), n_cells=small.size,
+                                         min_count=min_count, group=str(gnames[g]), action=int(a),
+                                         state=state_names[s], count=int(cell_n[g, a, s])),
+                      DataWarning, stacklevel=2)
+    first = order[np.r_[True, ep_codes[order][1:] != ep_codes[order][:-1]]]
+    init_counts = np.zeros((G, S))
+    np.add.at(init_counts, (gcodes[first], codes[first]), 1.0)
+    init = (init_counts + prior) / (init_counts.sum(axis=1, keepdims=True) + S * prior)
+    n_episodes = np.bincount(gcodes[first], minlength=G).astype(np.int64)
+    if state_rewards is not None:
+        R = np.asarray(state_rewards, dtype=np.float64)
+        if R.shape != (S,):
+            raise DataValidationError(f"state_rewards must have one value per state ({S}); got "
+                                      f"shape {R.shape}.")
+    elif reward is not None:
+        rw = _column(data, reward, "reward").astype(np.float64)
+        num = np.bincount(codes, weights=rw, minlength=S)
+        den = np.bincount(codes, minlength=S)
+        if (den == 0).any():
+            s = int(np.argmin(den))
+            raise DataValidationError(f"State {state_names[s]!r} never occurs, so its reward "
+                                      "cannot be estimated; pass state_rewards.")
+        R = num / den
+    else:
+        raise ValueError("estimate_arms needs the rewards of the states: pass reward= (a column "
+                         "or array) or state_rewards= (one value per state).")
+    return EstimatedArms(counts=counts, P=P, P_sd=P_sd, init=init, R=R, n_episodes=n_episodes,
+                         group_names=tuple(str(g) for g in gnames), state_names=state_names,
+                         prior=float(prior))

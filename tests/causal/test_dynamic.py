@@ -1,0 +1,324 @@
+from __future__ import annotations
+
+import importlib
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.dummy import DummyClassifier, DummyRegressor
+
+import equicare.causal as causal
+from equicare.causal import (
+    DynamicMediation,
+    MediationData,
+    MediationResult,
+    PointExposureMediation,
+    PolicyProbs,
+    from_dataset,
+    plot_mediation,
+)
+from equicare.causal._data import CONSTANT_MEDIATOR_MESSAGE, NO_MEDIATOR_MESSAGE
+from equicare.causal._dynamic import BINARY_ACTION_MESSAGE, FEW_TRANSITIONS_MESSAGE
+from equicare.exceptions import DataValidationError, PolicyError
+from equicare.sim.mediation import random_mediation_mdp, toy1, toy2, toy_target
+
+KEYS = ("ide", "ime", "dde", "dme")
+
+
+@pytest.fixture(scope="module")
+def toy1_data():
+    mdp = toy1()
+    return mdp, mdp.sample(300, 50, random_state=0), mdp.exact_effects(toy_target(), 0)
+
+
+def test_public_names_import():
+    for mod in ("equicare.causal", "equicare.sim.mediation"):
+        m = importlib.import_module(mod)
+        for name in m.__all__:
+            assert hasattr(m, name), (mod, name)
+    assert "matplotlib.pyplot" not in causal.__dict__
+
+
+def test_mr_within_two_standard_errors_on_toy1(toy1_data):
+    mdp, data, truth = toy1_data
+    res = DynamicMediation(n_bootstrap=200).estimate(data, mdp.policy_fn(toy_target()), 0,
+                                                     random_state=0)
+    mr = res["mr"]
+    for k in KEYS:
+        e = mr.effects[k]
+        assert abs(e.value - truth[k]) < 2 * e.se, (k, e.value, truth[k], e.se)
+        assert e.ci[0] < e.value < e.ci[1]
+    # the four effects add up to the total effect for every dynamic estimator
+    for name in ("dm", "mis", "mr"):
+        eff = res[name].effects
+        assert sum(eff[k].value for k in KEYS) == pytest.approx(eff["total"].value)
+    assert set(res.ess) == {"pi_e", "a0", "G"} and all(v > 0.5 * data.n_steps
+                                                        for v in res.ess.values())
+
+
+def _robustness_table(mdp, data, truth):
+    settings = {
+        "correct": {},
+        "M1 (Q, eta, p_m wrong)": dict(q_basis="constant",
+                                       mediator_model=DummyClassifier(strategy="prior")),
+        "M2 (Q, eta, r wrong)": dict(q_basis="constant", reward_model=DummyRegressor()),
+        "M3 (ratios, pi_b wrong)": dict(ratio_basis="constant",
+                                        behavior_model=DummyClassifier(strategy="prior")),
+        "all wrong": dict(q_basis="constant", ratio_basis="constant",
+                          reward_model=DummyRegressor(),
+                          mediator_model=DummyClassifier(strategy="prior"),
+                          behavior_model=DummyClassifier(strategy="prior")),
+    }
+    rows = []
+    for name, kw in settings.items():
+        res = DynamicMediation(n_bootstrap=0, estimators=("dm", "mis", "mr"), **kw).estimate(
+            data, mdp.policy_fn(toy_target()), 0, random_state=0)
+        for est in ("dm", "mis", "mr"):
+            rows.append({"setting": name, "estimator": est,
+                         **{k: res[est].effects[k].value - truth[k] for k in KEYS}})
+    return pd.DataFrame(rows)
+
+
+def test_multiple_robustness_table(toy1_data, capsys):
+    mdp, data, truth = toy1_data
+    tab = _robustness_table(mdp, data, truth)
+    with capsys.disabled():
+        print("\nError (estimate - truth) on toy 1, N=300, T=50:\n"
+              + tab.round(3).to_string(index=False))
+    err = tab.set_index(["setting", "estimator"])
+    # all models right: every estimator is close
+    assert (err.loc["correct"].abs() < 0.3).all().all()
+    # M1: MR right for IDE and IME (DDE/DME need the mediator model); DM and MIS break
+    assert (err.loc[("M1 (Q, eta, p_m wrong)", "mr"), ["ide", "ime"]].abs() < 0.3).all()
+    for bad in ("dm", "mis"):
+        assert err.loc[("M1 (Q, eta, p_m wrong)", bad)].abs().max() > 0.5
+    # M2, M3: MR right for all four effects; DM (M2) and MIS (M3) break
+    for setting, bad in (("M2 (Q, eta, r wrong)", "dm"), ("M3 (ratios, pi_b wrong)", "mis")):
+        assert (err.loc[(setting, "mr"), list(KEYS)].abs() < 0.3).all(), setting
+        assert err.loc[(setting, bad)].abs().max() > 0.5, setting
+    # everything wrong: MR breaks too
+    assert err.loc[("all wrong", "mr")].abs().max() > 0.5
+
+
+def test_point_exposure_baseline_right_without_state_shift_wrong_with_it():
+    for make, should_be_right in ((toy2, True), (toy1, False)):
+        mdp = make()
+        truth = mdp.exact_effects(toy_target(), 0)
+        data = mdp.sample(300, 50, random_state=4)
+        res = PointExposureMediation(n_bootstrap=0).estimate(data, mdp.policy_fn(toy_target()), 0,
+                                                             random_state=4)
+        assert list(res.estimators) == ["baseline"]
+        b = res["baseline"].effects
+        assert b["dde"].value is None and b["dme"].value is None
+        err = max(abs(b["ide"].value - truth["ide"]), abs(b["ime"].value - truth["ime"]))
+        if should_be_right:
+            assert err < 0.1, err
+        else:
+            assert err > 0.3, err
+
+
+def test_same_seed_same_numbers_and_input_types(toy1_data):
+    mdp, data, _ = toy1_data
+    pol = mdp.policy_fn(toy_target())
+    cfg = DynamicMediation(n_bootstrap=50)
+    a = cfg.estimate(data, pol, 0, random_state=3).to_dict()
+    b = cfg.estimate(data, pol, 0, random_state=3).to_dict()
+    assert a == b
+    as_dict = {k: getattr(data, k) for k in ("states", "actions", "mediators", "rewards",
+                                             "next_states", "episode_index")}
+    c = cfg.estimate(as_dict, pol, 0, random_state=3).to_dict()
+    frame = pd.DataFrame({"s": data.states[:, 0], "a": data.actions, "m": data.mediators[:, 0],
+                          "r": data.rewards, "sn": data.next_states[:, 0],
+                          "e": data.episode_index})
+    md = MediationData.from_arrays(frame["s"], frame["a"], frame["m"], frame["r"], frame["sn"],
+                                   frame["e"])
+    d = cfg.estimate(md, pol, 0, random_state=3).to_dict()
+    probs = PolicyProbs(pol(data.states), pol(data.next_states))
+    e = cfg.estimate(md, probs, 0, random_state=3).to_dict()
+    # known behaviour propensities are used when no behaviour model is given
+    assert c == d
+    assert d["estimators"] == e["estimators"]
+    assert c["estimators"]["mr"]["ide"]["value"] == pytest.approx(
+        a["estimators"]["mr"]["ide"]["value"], abs=0.05)
+
+
+def test_contract6_shape_and_round_trip(toy1_data, tmp_path):
+    mdp, data, _ = toy1_data
+    res = DynamicMediation(n_bootstrap=20, estimators=("mr", "baseline")).estimate(
+        data, mdp.policy_fn(toy_target()), 0, random_state=1)
+    d = json.loads(res.to_json())
+    assert d["n_episodes"] == 300 and d["n_steps"] == 15000 and d["control"] == "a0=0"
+    mr = d["estimators"]["mr"]
+    assert set(mr) == {"ide", "ime", "dde", "dme", "total", "eta"}
+    assert set(mr["eta"]) == {"pi_e", "pi_e_a0", "pi_e_a0star", "G", "a0"}
+    assert set(mr["ide"]) == {"value", "se", "ci"} and len(mr["ide"]["ci"]) == 2
+    assert d["estimators"]["baseline"]["dde"] == {"value": None, "se": None, "ci": None}
+    back = MediationResult.from_dict(d)
+    assert back.to_dict() == d
+    frame = res.to_frame()
+    assert list(frame.columns) == ["estimator", "effect", "value", "se", "ci_low", "ci_high"]
+    assert len(frame) == 10
+    fig = plot_mediation(res)
+    assert len(fig.axes) == 2
+    fig.savefig(tmp_path / "fig.png")
+
+
+def test_config_round_trip():
+    cfg = DynamicMediation(estimators=("dm", "mr"), basis="spline", n_folds=3,
+                           reward_model=DummyRegressor(strategy="median"))
+    back = DynamicMediation.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert back.to_dict() == cfg.to_dict()
+    assert isinstance(back.reward_model, DummyRegressor)
+    assert back.reward_model.strategy == "median"
+
+
+PARAMS = [
+    (dict(estimators=("dm", "ipw")), ValueError,
+     "The 'estimators' parameter of DynamicMediation must be distinct names among 'dm', 'mis', "
+     "'mr', 'baseline'. Got ('dm', 'ipw') instead."),
+    (dict(basis="wavelet"), ValueError,
+     "The 'basis' parameter of DynamicMediation must be one of 'auto', 'onehot', 'spline', "
+     "'rff', 'poly', 'constant'. Got 'wavelet' instead."),
+    (dict(n_folds=0), ValueError,
+     "The 'n_folds' parameter of DynamicMediation must be a number in [1, inf). Got 0 instead."),
+    (dict(ci_level=1.5), ValueError,
+     "The 'ci_level' parameter of DynamicMediation must be a number in (0, 1). Got 1.5 instead."),
+    (dict(n_bootstrap=1.5), TypeError,
+     "The 'n_bootstrap' parameter of DynamicMediation must be of type int. Got 1.5 instead."),
+]
+
+
+@pytest.mark.parametrize("kw, err, msg", PARAMS)
+def test_bad_parameters(kw, err, msg):
+    with pytest.raises(err, match=re.escape(msg)):
+        DynamicMediation(**kw)
+
+
+def test_data_errors(toy1_data):
+    mdp, data, _ = toy1_data
+    pol = mdp.policy_fn(toy_target())
+    cfg = DynamicMediation(n_bootstrap=0)
+    # constant mediator
+    const = dict(states=data.states, actions=data.actions, mediators=np.zeros(data.n_steps),
+                 rewards=data.rewards, next_states=data.next_states,
+                 episode_index=data.episode_index)
+    with pytest.raises(DataValidationError, match=re.escape(
+            CONSTANT_MEDIATOR_MESSAGE.format(name="m0", value=0.0))):
+        cfg.estimate(const, pol, 0)
+    # a fixed control action needs a binary action
+    mdp3 = random_mediation_mdp(3, 3, 2, random_state=0)
+    d3 = mdp3.sample(20, 10, random_state=0)
+    with pytest.raises(DataValidationError, match=re.escape(
+            BINARY_ACTION_MESSAGE.format(n_actions=3))):
+        cfg.estimate(d3, mdp3.policy_fn(np.full((3, 3), 1 / 3)), 0)
+    # but a control policy is fine
+    res = cfg.estimate(d3, mdp3.policy_fn(np.full((3, 3), 1 / 3)),
+                       mdp3.policy_fn(np.tile([0.8, 0.1, 0.1], (3, 1))), random_state=0)
+    assert np.isfinite(res["mr"].effects["total"].value)
+    # too few transitions for the basis
+    tiny = mdp.sample(3, 2, random_state=0)
+    with pytest.raises(DataValidationError, match=re.escape(
+            FEW_TRANSITIONS_MESSAGE.split("{p}")[0])):
+        cfg.estimate(tiny, pol, 0, random_state=0)
+    # bad target policy
+    with pytest.raises(PolicyError, match="rows are not probabilities summing to 1"):
+        cfg.estimate(data, lambda s: np.ones((len(s), 2)), 0)
+    with pytest.raises(DataValidationError, match="Mediation data needs"):
+        cfg.estimate({"states": data.states}, pol, 0)
+
+
+def _frame_and_manifest(with_mediator=True):
+    mdp = toy1()
+    s = mdp.sample(60, 20, random_state=5)
+    df = s.to_frame()
+    man = {"dataset": {"episode": "episode", "time": "time", "states": ["s0"],
+                       "behavior_prob": "propensity"},
+           "actions": {"action": {"levels": 2}},
+           "reward": {"column": "reward"}}
+    if with_mediator:
+        man["dataset"]["mediators"] = ["m0"]
+    return mdp, s, df, man
+
+
+def test_from_dataset_adapter_matches_arrays():
+    from equicare.data import from_frame
+    from equicare.policy import CallablePolicy
+
+    mdp, s, df, man = _frame_and_manifest()
+    ds = from_frame(df, man)
+    md = from_dataset(ds)
+    # the last row of each episode has no next state
+    assert md.n_steps == ds.n_steps - ds.n_episodes
+    keep = s.time < 19
+    np.testing.assert_allclose(md.states[:, 0], s.states[keep, 0])
+    np.testing.assert_allclose(md.next_states[:, 0], s.next_states[keep, 0])
+    np.testing.assert_allclose(md.mediators[:, 0], s.mediators[keep, 0])
+    assert md.behavior_prob is not None
+    pol = CallablePolicy(lambda x: mdp.policy_fn(toy_target())(x), n_actions=2)
+    a = DynamicMediation(n_bootstrap=0).estimate(ds, pol, 0, random_state=0)
+    b = DynamicMediation(n_bootstrap=0).estimate(md, mdp.policy_fn(toy_target()), 0,
+                                                 random_state=0)
+    assert a.to_dict()["estimators"] == b.to_dict()["estimators"]
+
+
+def test_from_dataset_without_mediators():
+    from equicare.data import from_frame
+
+    _, _, df, man = _frame_and_manifest(with_mediator=False)
+    with pytest.raises(DataValidationError, match=re.escape(NO_MEDIATOR_MESSAGE)):
+        from_dataset(from_frame(df, man))
+
+
+def test_continuous_states_and_mediator_smoke():
+    rng = np.random.default_rng(0)
+    N, T = 80, 40
+    S = np.zeros((N, T + 1, 2))
+    S[:, 0] = rng.normal(size=(N, 2))
+    A = np.zeros((N, T), int)
+    M = np.zeros((N, T))
+    R = np.zeros((N, T))
+    for t in range(T):
+        s = S[:, t]
+        a = (rng.random(N) < 1 / (1 + np.exp(-0.5 * s[:, 0]))).astype(int)
+        m = 0.5 * s[:, 0] - 0.4 * a + 0.5 * rng.normal(size=N)
+        R[:, t] = s[:, 0] - 0.5 * a + m + 0.3 * rng.normal(size=N)
+        S[:, t + 1] = 0.6 * s - 0.3 * a[:, None] + 0.2 * m[:, None] + 0.5 * rng.normal(size=(N, 2))
+        A[:, t], M[:, t] = a, m
+    data = dict(states=S[:, :-1].reshape(-1, 2), next_states=S[:, 1:].reshape(-1, 2),
+                actions=A.reshape(-1), mediators=M.reshape(-1), rewards=R.reshape(-1),
+                episode_index=np.repeat(np.arange(N), T))
+
+    def tgt(x):
+        p = 1 / (1 + np.exp(-(1 + x[:, 0])))
+        return np.column_stack([1 - p, p])
+
+    for method in ("linear", "kernel"):
+        res = DynamicMediation(n_bootstrap=0, ratio_method=method, n_knots=4).estimate(
+            data, tgt, 0, random_state=0)
+        for name in ("dm", "mis", "mr"):
+            assert all(np.isfinite(res[name].effects[k].value) for k in KEYS)
+        # DM and MR agree roughly (both consistent here)
+        assert abs(res["mr"].effects["total"].value - res["dm"].effects["total"].value) < 0.5
+
+
+@pytest.mark.slow
+def test_mr_bias_and_coverage_over_repeated_datasets():
+    mdp = toy1()
+    truth = mdp.exact_effects(toy_target(), 0)
+    pol = mdp.policy_fn(toy_target())
+    errs, cover = [], []
+    for rep in range(60):
+        data = mdp.sample(300, 50, random_state=100 + rep)
+        res = DynamicMediation(n_bootstrap=300, estimators=("mr",)).estimate(
+            data, pol, 0, random_state=rep)
+        e = res["mr"].effects
+        errs.append([e[k].value - truth[k] for k in KEYS])
+        cover.append([e[k].ci[0] <= truth[k] <= e[k].ci[1] for k in KEYS])
+    bias = np.abs(np.mean(errs, axis=0))
+    coverage = np.mean(cover, axis=0)
+    print("bias", dict(zip(KEYS, bias.round(4), strict=True)),
+          "coverage", dict(zip(KEYS, coverage, strict=True)))
+    assert (bias < 0.1).all()
+    assert (coverage >= 0.85).all()

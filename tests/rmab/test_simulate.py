@@ -1,0 +1,158 @@
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from equicare.rmab import PlanConfig, gini, load_domain, plan, simulate
+
+POLICIES = ["opt", "mmr", "mnw", "mnw-eg", "random", "noact"]
+
+
+def format_table(results):
+    lines = []
+    names = results[0].group_names
+    head = f"{'budget':>6} {'policy':7} {'mean':>7} {'se':>6} " + " ".join(
+        f"{g:>7}" for g in names) + f" {'gini':>7} {'worst':>7} {'loss':>7}"
+    lines.append(head)
+    for r in results:
+        for p, s in r.policies.items():
+            lines.append(f"{r.budget:>6} {p:7} {s.mean_reward:7.3f} {s.mean_reward_se:6.3f} "
+                         + " ".join(f"{s.group_mean[g]:7.3f}" for g in names)
+                         + f" {s.gini:7.4f} {s.worst_group:7.3f} "
+                         + f"{100 * s.utility_loss_vs_opt:6.2f}%")
+    return "\n".join(lines)
+
+
+@pytest.fixture(scope="module")
+def synthetic_grid():
+    d = load_domain("synthetic")
+    return [plan(d, budget=f, policies=POLICIES, seeds=25, random_state=0)
+            for f in (0.1, 0.2, 0.33)]
+
+
+def test_reproduces_paper_findings_on_synthetic(synthetic_grid):
+    """Killian et al., Synthetic domain: N = 100, H = 20, 25 seeds, budgets 0.1 / 0.2 / 0.33."""
+    r10, r20, r33 = synthetic_grid
+    print("\n" + format_table(synthetic_grid))
+    assert [r.budget for r in synthetic_grid] == [10, 20, 33]
+    # 1. Opt leaves group C far behind group A at the smallest budget
+    o = r10.policies["opt"].group_mean
+    assert o["C"] < 0.25 * o["A"]
+    # 2. naive MNW over-serves the small group C (5% of arms): C ends far above every group
+    for r in synthetic_grid:
+        m = r.policies["mnw"]
+        assert m.group_mean["C"] == max(m.group_mean.values())
+        assert m.group_budget["C"] / r.budget > 0.05 * 2.5  # > 2.5x its population share
+    # 3. at budget 0.2, MMR and MNW-EG cut Opt's Gini several-fold, losing <= 15% utility
+    g_opt = r20.policies["opt"].gini
+    for p in ("mmr", "mnw-eg"):
+        s = r20.policies[p]
+        assert s.gini < g_opt / 3, (p, s.gini, g_opt)
+        assert s.utility_loss_vs_opt <= 0.15
+    # 4. at budget 0.33, MNW-EG keeps utility within 1% of Opt; MMR loses much more
+    assert r33.policies["mnw-eg"].utility_loss_vs_opt < 0.01
+    assert r33.policies["mmr"].utility_loss_vs_opt > 10 * r33.policies["mnw-eg"].utility_loss_vs_opt
+
+
+def test_contract5_and_budget_accounting(synthetic_grid):
+    r = synthetic_grid[1]
+    d = r.to_dict()
+    json.dumps(d)
+    assert {"domain", "n_arms", "budget", "horizon", "seeds", "policies"} <= set(d)
+    assert (d["domain"], d["n_arms"], d["budget"], d["horizon"], d["seeds"]) == (
+        "synthetic", 100, 20, 20, 25)
+    for p in POLICIES:
+        e = d["policies"][p]
+        assert {"mean_reward", "mean_reward_se", "group_mean", "group_budget", "gini",
+                "worst_group", "utility_loss_vs_opt"} <= set(e)
+        sim = r.simulations[p]
+        expected = 0 if p == "noact" else 20
+        assert (sim.allocations.sum(axis=2) == expected).all()
+        assert sum(e["group_budget"].values()) == pytest.approx(expected)
+        means = np.array(list(e["group_mean"].values()))
+        assert e["gini"] == pytest.approx(gini(means))
+        assert e["worst_group"] == pytest.approx(means.min())
+
+
+def test_no_action_matches_exact_markov_chain():
+    d = load_domain("synthetic")
+    sim = simulate(d, "noact", 0, seeds=40, random_state=3)
+    gm = sim.group_means()
+    for g in range(5):
+        i = int(np.flatnonzero(d.groups == g)[0])
+        p, v, tot = d.P[i, 0], d.init[i].copy(), 0.0
+        for _ in range(20):
+            tot += v @ d.R[i]
+            v = v @ p
+        mean, se = gm[:, g].mean(), gm[:, g].std(ddof=1) / np.sqrt(40)
+        assert abs(mean - tot) < 4 * se + 1e-9, (g, mean, tot, se)
+
+
+def test_whittle_policy_beats_random_and_same_seed_same_numbers():
+    d = load_domain("maternal", n_arms=40, random_state=0)
+    a = simulate(d, "opt", 0.2, seeds=6, horizon=8, random_state=11)
+    b = simulate(d, "opt", 0.2, seeds=6, horizon=8, random_state=11)
+    np.testing.assert_array_equal(a.rewards, b.rewards)
+    r = simulate(d, "random", 0.2, seeds=6, horizon=8, random_state=11)
+    assert a.rewards.mean() > r.rewards.mean()
+
+
+def test_round_robin_rotates_and_reference_variant_does_not():
+    d = load_domain("diabetes", n_arms=24, random_state=0)
+    good = simulate(d, "hr-rr", 2, seeds=1, horizon=10, random_state=0)
+    ref = simulate(d, "hr-rr", 2, seeds=1, horizon=10, random_state=0,
+                   config=PlanConfig(round_robin="reference"))
+    assert (good.allocations.sum(axis=2) == 2).all()
+    # the correct round-robin spreads actions over many arms; the reference's keeps picking
+    # the same highest-numbered high-risk arms
+    assert good.allocations.sum() == 20
+    # the correct round-robin spreads the 20 actions over many arms; the reference's keeps
+    # picking the same highest-numbered high-risk arms
+    assert (good.arm_actions > 0).sum() >= 15
+    assert (ref.arm_actions > 0).sum() <= 4
+
+
+def test_reference_config_round_trip_and_runs():
+    cfg = PlanConfig.reference()
+    assert PlanConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    r = plan(load_domain("synthetic"), budget=0.2, seeds=3, config=cfg,
+             policies=["opt", "mnw-eg"])
+    assert r.to_dict()["policies"]["opt"]["gini_reference"] >= 0
+
+
+@pytest.mark.parametrize("kwargs, msg", [
+    ({"budget": 101},
+     "The 'budget' parameter of plan must be an int in [0, 100] (actions per step, at most the "
+     "number of arms) or a fraction in [0, 1]. Got 101 instead."),
+    ({"budget": -1},
+     "The 'budget' parameter of plan must be an int in [0, 100] (actions per step, at most the "
+     "number of arms) or a fraction in [0, 1]. Got -1 instead."),
+    ({"budget": 1.5},
+     "The 'budget' parameter of plan must be an int in [0, 100] (actions per step, at most the "
+     "number of arms) or a fraction in [0, 1]. Got 1.5 instead."),
+    ({"budget": 10, "policies": ["greedy"]},
+     "The 'policy' parameter of simulate must be one of 'noact', 'random', 'opt', 'mmr', 'mnw', "
+     "'mnw-eg', 'hr-random', 'hr-rr'. Got 'greedy' instead."),
+    ({"budget": 10, "policies": ["hr-rr"]},
+     "Policy 'hr-rr' needs the domain's high-risk states"),
+    ({"budget": 10, "seeds": 0},
+     "The 'seeds' parameter of plan must be an int >= 1. Got 0 instead."),
+])
+def test_plan_errors(kwargs, msg):
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        plan(load_domain("synthetic"), **kwargs)
+
+
+def test_each_seed_gets_fresh_arms_unless_fixed():
+    from equicare.rmab._simulate import _ArmBatch
+
+    d = load_domain("maternal", n_arms=12, random_state=0)
+    one = _ArmBatch(d, 1, 5, PlanConfig())
+    assert not np.allclose(one.Pt[one.type].reshape(d.P.shape), d.P)  # redrawn for the seed
+    two = _ArmBatch(d, 2, 5, PlanConfig())
+    np.testing.assert_allclose(two.Pt[two.type][:12], one.Pt[one.type])
+    fixed = _ArmBatch(d, 3, 5, PlanConfig(redraw_arms=False))
+    np.testing.assert_allclose(fixed.Pt[fixed.type], np.tile(d.P, (3, 1, 1, 1)))
