@@ -37,7 +37,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "behavior": {"model": "auto", "folds": 2},
     "learner": {"algo": "awr"},
     "ope": {"estimators": list(_ESTIMATORS), "bootstrap": 1000, "truncate": 0.0,
-            "q_model": "linear", "sensitivity": True, "ci": "percentile"},
+            "q_model": "linear", "sensitivity": True, "ci": "percentile", "holdout": 0.5,
+            "truth_members": 2000},
     "audit": {"group": "", "intersect": "", "action": "modality=home_visit", "permutations": 1000},
     "frontier": {"lambdas": [], "kind": "parity"},
     "mediation": {"enabled": False, "bootstrap": 200},
@@ -146,6 +147,9 @@ class RunConfig:
             if e not in _ESTIMATORS:
                 problems.append(f"{source}: ope.estimators has unknown estimator {e!r}; allowed: "
                                 f"{', '.join(_ESTIMATORS)}.")
+        if not 0 < out["ope"]["holdout"] < 1:
+            problems.append(f"{source}: ope.holdout must be a number in (0, 1) (share of episodes "
+                            f"held out for evaluation), got {out['ope']['holdout']!r}.")
         if isinstance(out["ope"]["bootstrap"], int) and out["ope"]["bootstrap"] < 0:
             problems.append(f"{source}: ope.bootstrap must be >= 0, got {out['ope']['bootstrap']}.")
         data = out["data"]

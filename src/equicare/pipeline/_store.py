@@ -112,9 +112,18 @@ class RunStore:
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[Any]:
+        import time
+
         import duckdb
 
-        con = duckdb.connect(str(self.db_path))
+        for attempt in range(50):  # another process may hold the write lock for a moment
+            try:
+                con = duckdb.connect(str(self.db_path))
+                break
+            except duckdb.IOException:
+                if attempt == 49:
+                    raise
+                time.sleep(0.1 + 0.02 * attempt)
         try:
             yield con
         finally:

@@ -1,5 +1,6 @@
 """Figures (matplotlib) and the self-contained HTML report."""
 
+from equicare.report._build import CAVEATS, build_run_report
 from equicare.report._html import Report, suppress_small_cells
 
-__all__ = ["Report", "suppress_small_cells"]
+__all__ = ["CAVEATS", "Report", "build_run_report", "suppress_small_cells"]

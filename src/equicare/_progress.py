@@ -1,0 +1,103 @@
+"""Progress bars that nest: a long step shows its own bar, or a row in the pipeline's shared display.
+
+Rich allows one live display at a time. Library code calls :func:`progress_task`; when the pipeline
+has opened :func:`shared_progress`, the task becomes a row of that display (with elapsed time and
+ETA), otherwise it gets a display of its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+__all__ = ["ProgressTask", "progress_task", "shared_progress"]
+
+_ACTIVE: list[Any] = []  # the shared rich Progress, when the pipeline runs
+
+
+def _columns() -> list[Any]:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return [TextColumn("[bold]{task.description:<26}"), BarColumn(bar_width=30),
+            MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}")]
+
+
+class ProgressTask:
+    """Handle of one task: ``update(completed=..., advance=..., info=...)``; a no-op when disabled."""
+
+    def __init__(self, progress: Any, task_id: Any) -> None:
+        self._p = progress
+        self._id = task_id
+
+    def update(self, *, completed: float | None = None, advance: float | None = None,
+               info: str | None = None, total: float | None = None) -> None:
+        """Move the bar and/or change its info text."""
+        if self._p is None:
+            return
+        kw: dict[str, Any] = {}
+        if completed is not None:
+            kw["completed"] = completed
+        if advance is not None:
+            kw["advance"] = advance
+        if info is not None:
+            kw["info"] = info
+        if total is not None:
+            kw["total"] = total
+        self._p.update(self._id, **kw)
+
+
+@contextlib.contextmanager
+def progress_task(description: str, total: float | None, *, enabled: bool = True,
+                  completed: float = 0, info: str = "") -> Iterator[ProgressTask]:
+    """A progress bar for one long step (training, bootstrap, simulation).
+
+    Parameters
+    ----------
+    description : str
+    total : float or None
+        Units of work (None: indeterminate).
+    enabled : bool
+        False gives a silent handle.
+    """
+    if not enabled:
+        yield ProgressTask(None, None)
+        return
+    if _ACTIVE:
+        prog = _ACTIVE[-1]
+        tid = prog.add_task(description, total=total, completed=completed, info=info)
+        try:
+            yield ProgressTask(prog, tid)
+        finally:
+            task = prog._tasks.get(tid)
+            if task is not None and task.total is not None:
+                prog.update(tid, completed=task.total)
+        return
+    from rich.progress import Progress
+
+    with Progress(*_columns(), transient=False) as prog:
+        tid = prog.add_task(description, total=total, completed=completed, info=info)
+        yield ProgressTask(prog, tid)
+
+
+@contextlib.contextmanager
+def shared_progress(enabled: bool = True) -> Iterator[Any]:
+    """Open one live display that every :func:`progress_task` inside joins as a row."""
+    if not enabled:
+        yield None
+        return
+    from rich.progress import Progress
+
+    with Progress(*_columns(), transient=False) as prog:
+        _ACTIVE.append(prog)
+        try:
+            yield prog
+        finally:
+            _ACTIVE.pop()

@@ -1,0 +1,377 @@
+"""The main job: panel -> validate -> dataset -> behaviour model -> policy -> OPE -> audit -> report.
+
+Every stage shows progress; the run is registered in the run store before anything is computed
+and marked ``finished`` only after its artifacts and metrics are all written. Ctrl-C or SIGTERM
+marks it ``interrupted``; an exception marks it ``failed`` (earlier runs are never touched).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from equicare._progress import progress_task, shared_progress
+from equicare.pipeline._config import RunConfig
+from equicare.pipeline._store import Metric, RunStore
+from equicare.utils import atomic_write_text
+
+__all__ = ["RunOutcome", "run_pipeline", "load_run_data", "build_learner"]
+
+
+@dataclass
+class RunOutcome:
+    """What a finished run produced."""
+
+    run_id: str
+    run_dir: Path
+    report: Path
+    metrics: list[Metric]
+    stage_seconds: dict[str, float]
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+class _Interrupted(Exception):
+    pass
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    def handler(signum: int, frame: Any) -> None:
+        raise _Interrupted(f"received signal {signum}")
+
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not in the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def load_run_data(cfg: RunConfig) -> tuple[Any, Any]:
+    """Load (or simulate) the panel of a run; returns ``(dataset, simulator or None)``."""
+    from equicare.data import load_dataset
+
+    data = cfg["data"]
+    sim = None
+    if data["path"]:
+        ds = load_dataset(cfg.resolve(data["path"]), cfg.resolve(data["manifest"]),
+                          emit_warnings=False)
+    else:
+        from equicare.sim.care import CareConfig, CareManagementSim
+
+        syn = data["synthetic"]
+        sim = CareManagementSim(CareConfig(history_dependence=syn["history_dependence"]))
+        panel = sim.generate(n_members=syn["members"], n_weeks=syn["weeks"],
+                             random_state=syn["seed"])
+        ds = panel.dataset()
+    if cfg["reward"]:
+        ds = ds.with_reward_weights(cfg["reward"])
+    return ds, sim
+
+
+def build_learner(cfg: RunConfig, seed: int) -> Any:
+    """The learner of the run, its config checked by the learner's own config class."""
+    from equicare import algos
+
+    spec = dict(cfg["learner"])
+    algo = spec.pop("algo", "awr")
+    cls = {"bc": algos.BC, "awr": algos.AWR, "cql": algos.CQL}[algo]
+    conf_cls = {"bc": algos.BCConfig, "awr": algos.AWRConfig, "cql": algos.CQLConfig}[algo]
+    spec.setdefault("seed", seed)
+    if "steps" in spec:
+        spec["n_steps"] = spec.pop("steps")
+    for k in ("hidden",):
+        if k in spec and isinstance(spec[k], list):
+            spec[k] = tuple(spec[k])
+    try:
+        conf = conf_cls.from_dict(spec)
+    except TypeError as exc:
+        import dataclasses
+
+        known = [f.name for f in dataclasses.fields(conf_cls)]
+        raise ValueError(f"{cfg.source}: [learner] for algo {algo!r}: {exc}; known keys: "
+                         f"{', '.join(['algo', *known])}.") from exc
+    return cls(conf)
+
+
+def run_pipeline(cfg: RunConfig, *, store_root: str | Path | None = None, progress: bool = True,
+                 echo: Callable[[str], None] | None = None) -> RunOutcome:
+    """Run the main job described by ``cfg`` and record it in the run store.
+
+    Parameters
+    ----------
+    cfg : RunConfig
+    store_root : str or Path, optional
+        Run store folder (default: ``cfg["output"]["store"]`` relative to the config file).
+    progress : bool
+        Show Rich progress bars.
+    echo : callable, optional
+        Receives one line per finished stage (default: silent).
+    """
+    say = echo or (lambda s: None)
+    root = Path(store_root) if store_root is not None else cfg.resolve(cfg["output"]["store"])
+    store = RunStore(root)
+    seed = int(cfg["seed"])
+    run_id = store.start(cfg.to_dict(), name=cfg["name"], seed=seed)
+    out = store.partial_dir(run_id)
+    times: dict[str, float] = {}
+    metrics: list[Metric] = []
+    state: dict[str, Any] = {}
+    try:
+        with _sigterm_as_interrupt(), shared_progress(progress) as _:
+            with progress_task("pipeline", total=_n_stages(cfg), enabled=progress) as overall:
+                for name, fn in _stages(cfg):
+                    overall.update(info=name)
+                    t0 = time.perf_counter()
+                    fn(cfg, state, out, metrics, seed)
+                    times[name] = time.perf_counter() - t0
+                    metrics.append(Metric(f"time.{name}", times[name]))
+                    overall.update(advance=1)
+                    say(f"{name}: done in {times[name]:.1f} s")
+        state["times"] = times
+        report = _write_report(cfg, state, out, run_id)
+        summary = _summary(state)
+        final = store.finish(run_id, metrics)
+    except (KeyboardInterrupt, _Interrupted) as exc:
+        store.fail(run_id, "interrupted", str(exc) or "interrupted by the user")
+        raise KeyboardInterrupt from None
+    except BaseException as exc:
+        store.fail(run_id, "failed", "".join(traceback.format_exception_only(exc)).strip())
+        raise
+    return RunOutcome(run_id, final, final / report.name, metrics, times, summary)
+
+
+# --------------------------------------------------------------------------- stages
+Stage = Callable[[RunConfig, dict[str, Any], Path, list[Metric], int], None]
+
+
+def _n_stages(cfg: RunConfig) -> int:
+    return len(_stages(cfg))
+
+
+def _stages(cfg: RunConfig) -> list[tuple[str, Stage]]:
+    st: list[tuple[str, Stage]] = [("data", _stage_data), ("train", _stage_train),
+                                   ("evaluate", _stage_evaluate)]
+    if cfg["ope"]["sensitivity"]:
+        st.append(("sensitivity", _stage_sensitivity))
+    st.append(("audit", _stage_audit))
+    if cfg["frontier"]["lambdas"]:
+        st.append(("frontier", _stage_frontier))
+    if cfg["data"]["synthetic"] and cfg["ope"]["truth_members"] > 0:
+        st.append(("truth", _stage_truth))
+    if cfg["mediation"]["enabled"]:
+        st.append(("mediation", _stage_mediation))
+    if cfg["plan"]["enabled"]:
+        st.append(("plan", _stage_plan))
+    return st
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default))
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def _stage_data(cfg: RunConfig, state: dict[str, Any], out: Path, metrics: list[Metric],
+                seed: int) -> None:
+    ds, sim = load_run_data(cfg)
+    train, test = ds.split(cfg["ope"]["holdout"], random_state=seed,
+                           stratify=ds.group_attrs[0] if ds.groups else None)
+    state.update(dataset=ds, sim=sim, train=train, test=test)
+    summary = ds.summary()
+    state["data_summary"] = summary
+    _write_json(out / "data_summary.json", summary)
+    metrics += [Metric("data.n_episodes", summary["n_episodes"]),
+                Metric("data.n_steps", summary["n_steps"]),
+                Metric("data.observed_actions", summary["observed_actions"]),
+                Metric("data.train_episodes", train.n_episodes),
+                Metric("data.test_episodes", test.n_episodes)]
+
+
+def _stage_train(cfg: RunConfig, state: dict[str, Any], out: Path, metrics: list[Metric],
+                 seed: int) -> None:
+    learner = build_learner(cfg, seed)
+    learner.fit(state["train"], progress=True)
+    learner.save(out / "model")
+    state["learner"] = learner
+    state["learner_name"] = cfg["learner"].get("algo", "awr")
+
+
+def _behavior_spec(cfg: RunConfig, ds: Any) -> str:
+    m = cfg["behavior"]["model"]
+    return "logistic" if m in ("auto", "logged") else m
+
+
+def _stage_evaluate(cfg: RunConfig, state: dict[str, Any], out: Path, metrics: list[Metric],
+                    seed: int) -> None:
+    from equicare.ope import evaluate
+
+    test = state["test"]
+    o = cfg["ope"]
+    probs = state["learner"].action_probs(test)
+    state["learned_probs_test"] = probs
+    res = evaluate(test, probs, estimators=o["estimators"], q_model=o["q_model"],
+                   behavior_model=_behavior_spec(cfg, test), bootstrap=o["bootstrap"],
+                   ci_method=o["ci"], truncate=o["truncate"] or None, random_state=seed)
+    state["evaluation"] = res
+    _write_json(out / "result.json", res.to_dict())
+    name = state["learner_name"]
+    b = res.behavior
+    metrics.append(Metric("ope.behavior", b.value, ci_low=b.ci[0], ci_high=b.ci[1]))
+    for k, e in res.estimates.items():
+        metrics.append(Metric(f"ope.{k}.{name}", e.value, ci_low=e.ci[0], ci_high=e.ci[1]))
+    ess = res.ess.to_dict()
+    for k, v in ess.items():
+        if isinstance(v, int | float):
+            metrics.append(Metric(f"ess.{k}", float(v)))
+    for attr, levels in res.groups.items():
+        for lv, g in levels.items():
+            if g.suppressed:
+                continue
+            for k, e in g.estimates.items():
+                metrics.append(Metric(f"ope.{k}.{name}.{attr}", e.value, group=str(lv),
+                                      ci_low=e.ci[0], ci_high=e.ci[1]))
+
+
+def _stage_sensitivity(cfg: RunConfig, state: dict[str, Any], out: Path, metrics: list[Metric],
+                       seed: int) -> None:
+    from equicare.ope import sensitivity_analysis
+
+    test = state["test"]
+    o = cfg["ope"]
+    table = sensitivity_analysis(test, state["learned_probs_test"], q_model=o["q_model"],
+                                 behavior_model=_behavior_spec(cfg, test),
+                                 bootstrap=min(200, max(o["bootstrap"], 50)), random_state=seed)
+    state["sensitivity"] = table
+    tmp = out / ".sensitivity.csv.tmp"
+    table.to_csv(tmp, index=False)
+    tmp.replace(out / "sensitivity.csv")
+
+
+def _stage_audit(cfg: RunConfig, state: dict[str, Any], out: Path, metrics: list[Metric],
+                 seed: int) -> None:
+    from equicare.fairness import audit
+
+    test = state["test"]
+    a = cfg["audit"]
+    name = state["learner_name"]
+    res = audit(test, {name: state["learned_probs_test"]}, action=a["action"],
+                group=a["group"] or None, intersect=[a["intersect"]] if a["intersect"] else [],
+                random_state=seed, n_permutations=a["permutations"],
+                n_boot=cfg["ope"]["bootstrap"])
+    state["audit"] = res
+    _write_json(out / "audit.json", res.to_dict())
+    summ = res.summary()
+    for pol, row in summ.iterrows():
+        metrics.append(Metric(f"audit.parity_gap_pp.{pol}", float(row["parity_gap_pp"]),
+                              ci_low=_get(row, "gap_lower"), ci_high=_get(row, "gap_upper")))
+        metrics.append(Metric(f"audit.rate.{pol}", float(row["overall_rate"])))
+        if "gini" in row and row["gini"] == row["gini"]:
+            metrics.append(Metric(f"audit.gini.{pol}", float(row["gini"])))
+        if "worst_group_value" in row and row["worst_group_value"] == row["worst_group_value"]:
+            metrics.append(Metric(f"audit.worst_group_value.{pol}", float(row["worst_group_value"])))
+
+
+def _get(row: Any, key: str) -> float | None:
+    v = row.get(key) if hasattr(row, "get") else None
+    return None if v is None or v != v else float(v)
+
+
+def _stage_frontier(cfg: RunConfig, state: dict[str, Any], out: Path, metrics: list[Metric],
+                    seed: int) -> None:
+    from equicare.fairness import frontier
+    from equicare.pipeline._executor import get_executor
+
+    o = cfg["output"]
+    fr = frontier(state["train"], build_learner(cfg, seed), lambdas=cfg["frontier"]["lambdas"],
+                  kind=cfg["frontier"]["kind"], eval_dataset=state["test"],
+                  action=cfg["audit"]["action"],
+                  executor=get_executor(o["executor"], o["jobs"], o["address"]),
+                  random_state=seed)
+    state["frontier"] = fr
+    table = fr.to_frame() if hasattr(fr, "to_frame") else fr
+    tmp = out / ".frontier.csv.tmp"
+    table.to_csv(tmp, index=False)
+    tmp.replace(out / "frontier.csv")
+
+
+def _stage_truth(cfg: RunConfig, state: dict[str, Any], out: Path, metrics: list[Metric],
+                 seed: int) -> None:
+    sim = state["sim"]
+    n = cfg["ope"]["truth_members"]
+    weeks = cfg["data"]["synthetic"]["weeks"]
+    name = state["learner_name"]
+    truth = {}
+    for label, pol in (("behavior", sim.behavior_policy()), (name, state["learner"])):
+        with progress_task(f"true value ({label})", total=None):
+            r = sim.true_value(pol, n_members=n, n_weeks=weeks, random_state=seed + 7)
+        truth[label] = {"value": r.value, "se": r.se, "n_episodes": r.n_episodes}
+        metrics.append(Metric(f"truth.{label}", r.value, ci_low=r.value - 1.96 * r.se,
+                              ci_high=r.value + 1.96 * r.se))
+    state["truth"] = truth
+    _write_json(out / "truth.json", truth)
+
+
+def _stage_mediation(cfg: RunConfig, state: dict[str, Any], out: Path, metrics: list[Metric],
+                     seed: int) -> None:
+    from equicare.causal import mediate_dataset
+
+    res = mediate_dataset(state["test"], state["learner"], control=0,
+                          bootstrap=cfg["mediation"]["bootstrap"], random_state=seed)
+    state["mediation"] = res
+    _write_json(out / "mediation.json", res.to_dict())
+
+
+def _stage_plan(cfg: RunConfig, state: dict[str, Any], out: Path, metrics: list[Metric],
+                seed: int) -> None:
+    from equicare.rmab import plan
+
+    p = cfg["plan"]
+    res = plan(p["domain"], n_arms=p["arms"], budget=p["budget"], horizon=p["horizon"],
+               policies=p["policies"], seeds=p["seeds"], random_state=seed)
+    state["plan"] = res
+    _write_json(out / "plan.json", res.to_dict())
+
+
+def _summary(state: dict[str, Any]) -> dict[str, Any]:
+    s: dict[str, Any] = {}
+    ev = state.get("evaluation")
+    if ev is not None:
+        s["behavior_value"] = ev.behavior.value
+        s["estimates"] = {k: {"value": e.value, "ci": list(e.ci)} for k, e in ev.estimates.items()}
+    if "truth" in state:
+        s["truth"] = state["truth"]
+    if "audit" in state:
+        s["parity_gap_pp"] = {k: float(v) for k, v in
+                              state["audit"].summary()["parity_gap_pp"].items()}
+    return s
+
+
+def _write_report(cfg: RunConfig, state: dict[str, Any], out: Path, run_id: str) -> Path:
+    from equicare.report._build import build_run_report
+
+    atomic_write_text(out / "summary.json", json.dumps(
+        {"run_id": run_id, "stage_seconds": state.get("times", {}), **_summary(state)},
+        indent=2, default=float))
+    rep = build_run_report(out, run_id=run_id, config=cfg.to_dict())
+    return rep.write(out / "report.html")

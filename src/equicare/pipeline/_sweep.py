@@ -1,0 +1,146 @@
+"""Sweeps: the same run over a grid of config values, through an executor, recorded as one run.
+
+Each grid point loads (or simulates) the data, trains the learner and evaluates it on the held-out
+episodes (DR and WDR with bootstrap CIs, plus the simulator's true value when the data is
+simulated). Points are independent tasks with their own seeds derived from the run seed, so
+``local`` and ``ray`` executors give identical numbers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from equicare._progress import progress_task
+from equicare.pipeline._config import RunConfig
+from equicare.pipeline._executor import Executor, get_executor
+from equicare.pipeline._store import Metric, RunStore
+from equicare.utils import atomic_write_text
+
+__all__ = ["SweepOutcome", "run_sweep", "sweep_point"]
+
+
+@dataclass
+class SweepOutcome:
+    """A finished sweep: its run id, folder, report and the tidy table of points."""
+
+    run_id: str
+    run_dir: Path
+    report: Path
+    table: pd.DataFrame
+
+
+def sweep_point(task: tuple[dict[str, Any], str, str, dict[str, Any]]) -> dict[str, Any]:
+    """Train and evaluate one grid point (a top-level function so executors can ship it)."""
+    import torch
+
+    from equicare.ope import evaluate
+    from equicare.pipeline._run import build_learner, load_run_data
+
+    torch.set_num_threads(1)
+    raw, source, base_dir, overrides = task
+    cfg = RunConfig.from_dict(raw, source, Path(base_dir))
+    seed = int(cfg["seed"])
+    ds, sim = load_run_data(cfg)
+    train, test = ds.split(cfg["ope"]["holdout"], random_state=seed,
+                           stratify=ds.group_attrs[0] if ds.groups else None)
+    learner = build_learner(cfg, seed)
+    learner.fit(train, progress=False)
+    o = cfg["ope"]
+    res = evaluate(test, learner.action_probs(test), estimators=("wis", "dr", "wdr"),
+                   q_model=o["q_model"], bootstrap=min(o["bootstrap"], 500),
+                   truncate=o["truncate"] or None, random_state=seed)
+    row: dict[str, Any] = dict(overrides)
+    row["behavior"] = res.behavior.value
+    for k, e in res.estimates.items():
+        row[k] = e.value
+        row[f"{k}_ci_low"], row[f"{k}_ci_high"] = e.ci
+    if sim is not None and cfg["ope"]["truth_members"] > 0:
+        t = sim.true_value(learner, n_members=cfg["ope"]["truth_members"],
+                           n_weeks=cfg["data"]["synthetic"]["weeks"], random_state=seed + 7)
+        row["true_value"], row["true_se"] = t.value, t.se
+    return row
+
+
+def run_sweep(cfg: RunConfig, grid: dict[str, list[Any]], *, executor: Executor | None = None,
+              store_root: str | Path | None = None, progress: bool = True) -> SweepOutcome:
+    """Run every combination of ``grid`` (dotted config keys -> values) and record one run.
+
+    Parameters
+    ----------
+    cfg : RunConfig
+    grid : dict of str to list
+        e.g. ``{"learner.window": [2, 4, 6, 8], "reward.engagement": [0, 0.1, 0.3, 0.5]}``.
+    executor : Executor, optional
+        Default: the config's ``output.executor`` with ``output.jobs``.
+    """
+    keys = list(grid)
+    combos = [dict(zip(keys, vals, strict=True)) for vals in itertools.product(*grid.values())]
+    tasks = []
+    for ov in combos:
+        c = cfg.with_overrides(ov)  # checks every point before anything runs
+        tasks.append((c.to_dict(), cfg.source, str(cfg.base_dir), ov))
+    o = cfg["output"]
+    ex = executor or get_executor(o["executor"], o["jobs"], o["address"])
+    root = Path(store_root) if store_root is not None else cfg.resolve(o["store"])
+    store = RunStore(root)
+    run_id = store.start({"sweep": grid, "base": cfg.to_dict()}, name=f"sweep {cfg['name']}".strip(),
+                         seed=int(cfg["seed"]))
+    out = store.partial_dir(run_id)
+    try:
+        with progress_task(f"sweep ({len(tasks)} points)", total=len(tasks), enabled=progress) as bar:
+            rows = []
+            # submit in chunks so the bar moves while keeping the executor's ordering
+            chunk = max(1, getattr(ex, "n_workers", 1))
+            for i in range(0, len(tasks), chunk):
+                rows += ex.map(sweep_point, tasks[i:i + chunk])
+                bar.update(advance=len(tasks[i:i + chunk]))
+        table = pd.DataFrame(rows)
+        tmp = out / ".sweep.csv.tmp"
+        table.to_csv(tmp, index=False)
+        tmp.replace(out / "sweep.csv")
+        metrics = []
+        for r in rows:
+            label = ",".join(f"{k}={r[k]}" for k in keys)
+            for m in ("dr", "wdr", "wis", "true_value"):
+                if m in r:
+                    metrics.append(Metric(f"sweep.{m}", r[m], group=label,
+                                          ci_low=r.get(f"{m}_ci_low"), ci_high=r.get(f"{m}_ci_high")))
+        report = _sweep_report(table, keys, out, run_id, grid)
+        atomic_write_text(out / "sweep.json", json.dumps({"grid": grid, "points": rows}, indent=2,
+                                                         default=float))
+        final = store.finish(run_id, metrics)
+    except BaseException as exc:
+        store.fail(run_id, "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
+                   str(exc))
+        raise
+    return SweepOutcome(run_id, final, final / report.name, table)
+
+
+def _sweep_report(table: pd.DataFrame, keys: list[str], out: Path, run_id: str,
+                  grid: dict[str, list[Any]]) -> Path:
+    from equicare.report import Report
+    from equicare.report._build import CAVEATS
+    from equicare.report._figures import sweep_heatmap
+
+    rep = Report(title="equicare sweep report", subtitle=f"run {run_id}", figure_dir=out / "figures")
+    rep.section("Sweep")
+    rep.text("Grid: " + json.dumps(grid))
+    row = keys[0]
+    col = keys[1] if len(keys) > 1 else None
+    for metric in [m for m in ("dr", "wdr", "true_value") if m in table]:
+        t = table.copy()
+        if col is None:
+            t["_"] = ""
+        rep.figure(sweep_heatmap(t, row, col or "_", metric), f"sweep_{metric}",
+                   f"{metric} over the grid")
+    rep.table(table, n_col=None)
+    rep.section("Caveats")
+    for c in CAVEATS:
+        rep.text(c, note=True)
+    return rep.write(out / "report.html")

@@ -1,0 +1,189 @@
+"""Build the run report from a run's artifact folder (so ``equicare report RUN_ID`` can redo it)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from equicare.report import _figures as F
+from equicare.report._html import Report
+from equicare.utils import MIN_CELL
+
+__all__ = ["build_run_report", "CAVEATS"]
+
+CAVEATS = [
+    "These estimates come from observational data: they are valid only if every factor that "
+    "drove both the logged decisions and the outcomes is among the recorded state features "
+    "(no unmeasured confounding).",
+    "Positivity: a policy can only be evaluated on actions that current practice sometimes takes "
+    "in similar states. Importance-sampling estimators are biased when the learned policy puts "
+    "mass on actions the behaviour policy (almost) never takes; see the support line below.",
+    "Doubly robust estimates lean on the fitted Q-model where weights are extreme; the "
+    "sensitivity section shows how far the conclusion moves when that model or the "
+    "propensities are perturbed.",
+    f"Groups with fewer than {MIN_CELL} episodes are suppressed in every table and figure.",
+]
+
+
+def _load(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def build_run_report(run_dir: str | Path, *, run_id: str = "", config: dict[str, Any] | None = None,
+                     figure_dir: Path | None = None) -> Report:
+    """Assemble the HTML report of a run from the files in ``run_dir``.
+
+    Parameters
+    ----------
+    run_dir : str or Path
+        Artifact folder with ``result.json``, ``audit.json`` and friends.
+    run_id : str
+    config : dict, optional
+        The run config (shown in the summary).
+    figure_dir : Path, optional
+        Where PNG/SVG copies of the figures go (default ``run_dir/figures``).
+    """
+    d = Path(run_dir)
+    fig_dir = figure_dir if figure_dir is not None else d / "figures"
+    data = _load(d / "data_summary.json") or {}
+    result = _load(d / "result.json")
+    audit = _load(d / "audit.json")
+    truth = _load(d / "truth.json")
+    summary = _load(d / "summary.json") or {}
+    algo = (config or {}).get("learner", {}).get("algo", "learned")
+    rep = Report(title="equicare run report", subtitle=f"run {run_id}" if run_id else "",
+                 figure_dir=fig_dir)
+
+    rep.section("Run summary")
+    kpis: dict[str, str] = {}
+    if result:
+        kpis["behaviour value (observed)"] = f"{result['behavior']['value']:.3f}"
+        if "dr" in result["estimates"]:
+            e = result["estimates"]["dr"]
+            kpis[f"{algo} value (DR)"] = f"{e['value']:.3f} [{e['ci'][0]:.3f}, {e['ci'][1]:.3f}]"
+    if truth:
+        for k, t in truth.items():
+            kpis[f"true value, {k} (simulator)"] = f"{t['value']:.3f} ± {1.96 * t['se']:.3f}"
+    if audit:
+        for p, a in audit["policies"].items():
+            kpis[f"{audit['action']} parity gap, {p}"] = f"{a['parity_gap_pp']['value']:.2f} pp"
+    rep.kpis(kpis)
+    if config:
+        rep.text("Configuration: " + json.dumps(
+            {k: v for k, v in config.items() if k not in ("plan", "mediation") or
+             (isinstance(v, dict) and v.get("enabled"))}, default=str))
+    times = summary.get("stage_seconds")
+    if times:
+        rep.table(pd.DataFrame({"stage": list(times), "seconds": list(times.values())}),
+                  caption="Stage times", n_col=None)
+
+    rep.section("Data")
+    if data:
+        rows = [("episodes", f"{data['n_episodes']:,}"), ("steps", f"{data['n_steps']:,}"),
+                ("observed action combinations", f"{data['observed_actions']} of {data['n_actions']}"),
+                ("gamma", f"{data['gamma']:g}")]
+        rows += [(f"reward '{k}' non-zero", f"{v:.2f}% of steps")
+                 for k, v in data["reward_nonzero_pct"].items()]
+        rep.table(pd.DataFrame(rows, columns=["item", "value"]), n_col=None)
+        for attr, counts in data.get("groups", {}).items():
+            rep.table(pd.DataFrame({"group": list(counts), "n_episodes": list(counts.values())}),
+                      caption=f"Episodes by {attr}")
+
+    if result:
+        rep.section("Policy value")
+        rep.text(f"Evaluated on {result['n_episodes']:,} held-out episodes "
+                 f"({result['n_steps']:,} steps). Intervals: 95% episode-level bootstrap.")
+        rep.figure(F.forest_plot(result, truth, algo), "forest", "Estimates of the learned "
+                   "policy's value by estimator; the grey square is the behaviour policy's "
+                   "observed value" + ("; dashed lines are the simulator's true values." if truth
+                                       else "."))
+        rows = [{"estimator": k, "value": e["value"], "ci_low": e["ci"][0], "ci_high": e["ci"][1],
+                 "se": e.get("se")} for k, e in result["estimates"].items()]
+        rep.table(pd.DataFrame(rows), n_col=None)
+        rep.heading("Effective sample size")
+        rep.figure(F.ess_plot(result), "ess", "Kish effective sample size of the importance "
+                   "weights: near 0% means IS-type estimates rest on a handful of episodes.")
+        sup = result.get("support")
+        if sup:
+            rep.text("Support: " + json.dumps({k: v for k, v in sup.items()
+                                               if not isinstance(v, list | dict)}, default=str))
+        groups = []
+        for attr, levels in result.get("groups", {}).items():
+            for lv, g in levels.items():
+                row = {"attribute": attr, "group": lv, "n_episodes": g.get("n_episodes")}
+                if not g.get("suppressed"):
+                    for k, e in g["estimates"].items():
+                        row[k] = e["value"]
+                    row["behavior"] = g["behavior"]["value"]
+                groups.append(row)
+        if groups:
+            rep.heading("Value by group")
+            rep.table(pd.DataFrame(groups), caption="Per-group estimates (suppressed < 11 episodes)")
+
+    sens = d / "sensitivity.csv"
+    if sens.is_file():
+        rep.section("Sensitivity")
+        table = pd.read_csv(sens)
+        rep.figure(F.sensitivity_plot(table), "sensitivity", "DR estimate under Q-model shifts, "
+                   "propensity noise and truncation thresholds.")
+        agg = (table.groupby(["analysis", "parameter", "estimator"], sort=False)
+               .agg(value=("value", "mean"), ci_low=("ci_low", "mean"), ci_high=("ci_high", "mean"))
+               .reset_index())
+        rep.table(agg, n_col=None)
+
+    if audit:
+        rep.section("Fairness")
+        rep.text(f"Audited action: {audit['action']}; groups: {audit['group']}.")
+        rep.figure(F.allocation_plot(audit), "allocation", "Rate by group with 95% CIs.")
+        rep.figure(F.parity_gap_plot(audit), "parity_gap", "Max-min parity gap with 95% CI.")
+        rows = []
+        for p, a in audit["policies"].items():
+            row = {"policy": p, "parity_gap_pp": a["parity_gap_pp"]["value"],
+                   "parity_ratio": a["parity_ratio"]["value"],
+                   "permutation_p": a.get("permutation_p")}
+            if "gini" in a and isinstance(a["gini"], dict):
+                row["gini"] = a["gini"].get("value")
+            rows.append(row)
+        rep.table(pd.DataFrame(rows), n_col=None)
+        for p, a in audit["policies"].items():
+            pp = a.get("proportional_parity")
+            rate = a["rate"]
+            rows = []
+            for g, c in rate.items():
+                r = {"group": g, "n_episodes": c.get("n_episodes") if not c.get("suppressed") else 0,
+                     "rate": c.get("value")}
+                if pp and g in pp and not pp[g].get("suppressed"):
+                    r["proportional_parity"] = pp[g].get("value")
+                vb = a.get("value_by_group", {}).get(g)
+                if isinstance(vb, dict) and not vb.get("suppressed"):
+                    r["value"] = vb.get("value")
+                rows.append(r)
+            rep.table(pd.DataFrame(rows), caption=f"{p}: allocation, proportional parity and "
+                      "value by group")
+
+    fr = d / "frontier.csv"
+    if fr.is_file():
+        rep.section("Fairness frontier")
+        table = pd.read_csv(fr)
+        rep.figure(F.frontier_plot(table), "frontier", "Each point is a policy trained with "
+                   "fairness weight lambda.")
+        rep.table(table, n_col=None)
+
+    med = _load(d / "mediation.json")
+    if med:
+        rep.section("Mediation")
+        rows = []
+        for est, r in med.get("estimators", {}).items():
+            for eff in ("ide", "ime", "dde", "dme", "total"):
+                if eff in r:
+                    rows.append({"estimator": est, "effect": eff, "value": r[eff]["value"],
+                                 "ci_low": r[eff]["ci"][0], "ci_high": r[eff]["ci"][1]})
+        rep.table(pd.DataFrame(rows), n_col=None)
+
+    rep.section("Caveats")
+    for c in CAVEATS:
+        rep.text(c, note=True)
+    return rep
