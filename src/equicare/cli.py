@@ -36,6 +36,11 @@ def synth(
                    ] = "care",
     history_dependence: Annotated[bool, typer.Option(
         help="Care simulator: effects depend on recent contacts (history matters).")] = False,
+    churn: Annotated[bool, typer.Option(
+        help="Care simulator: members enrol late and disenrol early (variable lengths).")] = True,
+    sim_config: Annotated[Path | None, typer.Option(
+        "--sim-config", help="JSON file of simulator config fields (CareConfig.to_dict()).")
+    ] = None,
     force: Annotated[bool, typer.Option(help="Overwrite existing output files.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
 ) -> None:
@@ -45,14 +50,16 @@ def synth(
     """
     with user_errors():
         if sim == "care":
-            from equicare.sim.care import CareConfig, CareManagementSim
+            from equicare.sim._care_cli import synth_care
 
             for name in ("panel.parquet", "manifest.toml"):
                 check_out_path(out / name, force)
-            sim_ = CareManagementSim(CareConfig(history_dependence=history_dependence))
-            panel = sim_.generate(n_members=members, n_weeks=weeks, random_state=seed)
-            panel.write(out, overwrite=force)
-            summary = panel.dataset().summary()
+            res = synth_care(out, n_members=members, n_weeks=weeks, seed=seed,
+                             history_dependence=history_dependence, churn=churn,
+                             config=sim_config, overwrite=force)
+            from equicare.data import load_dataset
+
+            summary = load_dataset(res["panel"], res["manifest"], emit_warnings=False).summary()
         elif sim == "heparin":
             from equicare.algos._omg_cli import synth_heparin
 

@@ -192,7 +192,7 @@ def _build(df: pd.DataFrame, man: Manifest, rep: ValidationReport) -> Trajectory
             cat_cols.append(cc[order])
             cat_levels.append(tuple(lv.tolist()))
         categorical = np.ascontiguousarray(np.stack(cat_cols, axis=1).astype(np.int64))
-    groups = {g: df[g].to_numpy()[first_rows] for g in man.groups}
+    groups = {g: df[g].take(first_rows).to_numpy() for g in man.groups}
     named = set(man.named_columns)
     extras = {str(c): df[c].to_numpy()[order] for c in df.columns if c not in named}
     return TrajectoryDataset(

@@ -308,7 +308,8 @@ def validate_frame(df: pd.DataFrame, manifest: Manifest, source: str = "<table>"
             first = np.r_[True, rep.episode_codes[rep.order][1:] != rep.episode_codes[rep.order][:-1]]
             first_rows = rep.order[first]
             for g in manifest.groups:
-                lab, cnt = np.unique(df[g].to_numpy()[first_rows].astype(str), return_counts=True)
+                lab, cnt = np.unique(df[g].take(first_rows).to_numpy().astype(str),
+                                     return_counts=True)
                 small = [f"{lv} ({c})" for lv, c in zip(lab, cnt, strict=True) if c < MIN_CELL]
                 if small:
                     rep.warnings.append(

@@ -41,7 +41,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
             "truth_members": 2000},
     "audit": {"group": "", "intersect": "", "action": "modality=home_visit", "permutations": 1000},
     "frontier": {"lambdas": [], "kind": "parity"},
-    "mediation": {"enabled": False, "bootstrap": 200},
+    "mediation": {"enabled": False, "bootstrap": 200, "action": "modality=home_visit"},
     "plan": {"enabled": False, "domain": "synthetic", "arms": 100, "budget": 0.2, "horizon": 20,
              "policies": ["opt", "mmr", "mnw", "mnw-eg", "random", "noact"], "seeds": 5},
     "output": {"store": "runs", "executor": "local", "jobs": 1, "address": "auto"},

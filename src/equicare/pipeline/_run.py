@@ -128,7 +128,7 @@ def run_pipeline(cfg: RunConfig, *, store_root: str | Path | None = None, progre
     out = store.partial_dir(run_id)
     times: dict[str, float] = {}
     metrics: list[Metric] = []
-    state: dict[str, Any] = {}
+    state: dict[str, Any] = {"progress": progress}
     try:
         with _sigterm_as_interrupt(), shared_progress(progress) as _:
             with progress_task("pipeline", total=_n_stages(cfg), enabled=progress) as overall:
@@ -211,7 +211,7 @@ def _stage_data(cfg: RunConfig, state: dict[str, Any], out: Path, metrics: list[
 def _stage_train(cfg: RunConfig, state: dict[str, Any], out: Path, metrics: list[Metric],
                  seed: int) -> None:
     learner = build_learner(cfg, seed)
-    learner.fit(state["train"], progress=True)
+    learner.fit(state["train"], progress=state["progress"])
     learner.save(out / "model")
     state["learner"] = learner
     state["learner_name"] = cfg["learner"].get("algo", "awr")
@@ -323,8 +323,9 @@ def _stage_truth(cfg: RunConfig, state: dict[str, Any], out: Path, metrics: list
     name = state["learner_name"]
     truth = {}
     for label, pol in (("behavior", sim.behavior_policy()), (name, state["learner"])):
-        with progress_task(f"true value ({label})", total=None):
+        with progress_task(f"true value ({label})", total=1, enabled=state["progress"]) as bar:
             r = sim.true_value(pol, n_members=n, n_weeks=weeks, random_state=seed + 7)
+            bar.update(advance=1)
         truth[label] = {"value": r.value, "se": r.se, "n_episodes": r.n_episodes}
         metrics.append(Metric(f"truth.{label}", r.value, ci_low=r.value - 1.96 * r.se,
                               ci_high=r.value + 1.96 * r.se))
@@ -334,23 +335,53 @@ def _stage_truth(cfg: RunConfig, state: dict[str, Any], out: Path, metrics: list
 
 def _stage_mediation(cfg: RunConfig, state: dict[str, Any], out: Path, metrics: list[Metric],
                      seed: int) -> None:
-    from equicare.causal import mediate_dataset
+    """Mediation of the learned policy's effect, with the action collapsed to a binary set.
 
-    res = mediate_dataset(state["test"], state["learner"], control=0,
-                          bootstrap=cfg["mediation"]["bootstrap"], random_state=seed)
+    The learned policy's probability of the action set (e.g. any home visit) is compared with
+    never taking it (a0 = 0), through the manifest's mediator (e.g. ``engaged``).
+    """
+    from dataclasses import replace
+
+    from equicare.causal import DynamicMediation, PolicyProbs
+    from equicare.spaces import FactoredActionSpace
+
+    test = state["test"]
+    if test.mediators is None:
+        raise ValueError("mediation.enabled needs a mediator column (manifest dataset.mediators).")
+    m = cfg["mediation"]
+    mask = test.action_space.parse_action_set(m["action"])
+    binary = replace(test, actions=mask[test.actions].astype(np.int64),
+                     action_space=FactoredActionSpace.single(2), behavior_prob=None, _cache={})
+    p1 = state["learned_probs_test"][:, mask].sum(axis=1)
+    probs = np.stack([1.0 - p1, p1], axis=1)
+    rows = binary.next_index >= 0
+    target = PolicyProbs(probs=probs[rows], next_probs=probs[binary.next_index[rows]],
+                         name=state["learner_name"])
+    res = DynamicMediation(n_bootstrap=m["bootstrap"]).estimate(binary, target, control=0,
+                                                                random_state=seed)
     state["mediation"] = res
     _write_json(out / "mediation.json", res.to_dict())
+    mr = res.to_dict()["estimators"].get("mr", {})
+    for eff in ("ide", "ime", "dde", "dme", "total"):
+        if eff in mr:
+            e = mr[eff]
+            ci = e.get("ci") or [None, None]
+            metrics.append(Metric(f"mediation.mr.{eff}", e["value"], ci_low=ci[0], ci_high=ci[1]))
 
 
 def _stage_plan(cfg: RunConfig, state: dict[str, Any], out: Path, metrics: list[Metric],
                 seed: int) -> None:
-    from equicare.rmab import plan
+    from equicare.rmab import load_domain, plan
 
     p = cfg["plan"]
-    res = plan(p["domain"], n_arms=p["arms"], budget=p["budget"], horizon=p["horizon"],
-               policies=p["policies"], seeds=p["seeds"], random_state=seed)
+    domain = load_domain(p["domain"], n_arms=p["arms"], random_state=seed)
+    res = plan(domain, budget=p["budget"], horizon=p["horizon"], policies=tuple(p["policies"]),
+               seeds=p["seeds"], random_state=seed)
     state["plan"] = res
     _write_json(out / "plan.json", res.to_dict())
+    for name, pol in res.to_dict()["policies"].items():
+        metrics.append(Metric(f"plan.{name}.mean_reward", pol["mean_reward"]))
+        metrics.append(Metric(f"plan.{name}.gini", pol["gini"]))
 
 
 def _summary(state: dict[str, Any]) -> dict[str, Any]:

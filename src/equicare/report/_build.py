@@ -178,9 +178,26 @@ def build_run_report(run_dir: str | Path, *, run_id: str = "", config: dict[str,
         rows = []
         for est, r in med.get("estimators", {}).items():
             for eff in ("ide", "ime", "dde", "dme", "total"):
-                if eff in r:
+                if isinstance(r, dict) and isinstance(r.get(eff), dict):
+                    ci = r[eff].get("ci") or [None, None]
                     rows.append({"estimator": est, "effect": eff, "value": r[eff]["value"],
-                                 "ci_low": r[eff]["ci"][0], "ci_high": r[eff]["ci"][1]})
+                                 "ci_low": ci[0], "ci_high": ci[1]})
+        rep.table(pd.DataFrame(rows), n_col=None)
+
+    plan = _load(d / "plan.json")
+    if plan:
+        rep.section("Equitable budget allocation (restless bandits)")
+        rep.text(f"Domain {plan['domain']}: {plan['n_arms']} arms, budget {plan['budget']} per "
+                 f"step, horizon {plan['horizon']}, {plan['seeds']} seeds. Mean total reward per "
+                 "arm by group; Gini over group means; utility loss relative to the utilitarian "
+                 "Whittle policy (opt).")
+        rows = []
+        for name, pol in plan["policies"].items():
+            row = {"policy": name, "mean_reward": pol["mean_reward"], "gini": pol["gini"],
+                   "worst_group": pol["worst_group"],
+                   "utility_loss_vs_opt": pol.get("utility_loss_vs_opt")}
+            row.update({f"group {g}": v for g, v in pol["group_mean"].items()})
+            rows.append(row)
         rep.table(pd.DataFrame(rows), n_col=None)
 
     rep.section("Caveats")

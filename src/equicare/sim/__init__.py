@@ -1,0 +1,46 @@
+"""Simulators with known dynamics: the ground truth of every test and benchmark.
+
+Names load lazily: ``import equicare.sim`` imports no simulator (gymnasium and torch stay out)
+until one is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY: dict[str, str] = {
+    # care management (Medicaid-like weekly panel)
+    "CareConfig": "equicare.sim.care",
+    "CareManagementSim": "equicare.sim.care",
+    "CarePanel": "equicare.sim.care",
+    "CareValue": "equicare.sim.care",
+    "CareBehaviorPolicy": "equicare.sim.care",
+    "CareReferencePolicy": "equicare.sim.care",
+    "CareManagementEnv": "equicare.sim.care",
+    "CARE_ACTION_LEVELS": "equicare.sim.care",
+    "CARE_STATE_NAMES": "equicare.sim.care",
+    "CARE_GROUP_LEVELS": "equicare.sim.care",
+    "CARE_REWARD_COLUMNS": "equicare.sim.care",
+    # dynamic mediation (exact truth)
+    "DiscreteMediationMDP": "equicare.sim.mediation",
+    "toy1": "equicare.sim.mediation",
+    "toy2": "equicare.sim.mediation",
+    "toy_target": "equicare.sim.mediation",
+    "random_mediation_mdp": "equicare.sim.mediation",
+    "effects_from_etas": "equicare.sim.mediation",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'equicare.sim' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

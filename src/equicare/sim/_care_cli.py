@@ -1,0 +1,60 @@
+"""CLI helpers of the care-management simulator (the lead wires ``register`` into ``cli.py``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["synth_care"]
+
+
+def synth_care(out_dir: str | Path, *, n_members: int = 1000, n_weeks: int = 52,
+               seed: int = 0, history_dependence: bool = False, churn: bool = True,
+               config: str | Path | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Generate a care-management panel and write ``panel.parquet`` + ``manifest.toml``.
+
+    Parameters
+    ----------
+    out_dir : str or Path
+        Output folder.
+    n_members, n_weeks, seed : int
+        Cohort size, calendar weeks and random seed.
+    history_dependence, churn : bool
+        Override the matching :class:`CareConfig` fields.
+    config : str or Path, optional
+        JSON file with :class:`CareConfig` fields (``CareConfig.to_dict()`` output); the two flags
+        above override it.
+    overwrite : bool
+        Replace existing files.
+
+    Returns
+    -------
+    dict
+        ``{"out_dir", "panel", "manifest", "summary"}`` (summary: :meth:`CarePanel.summary`).
+
+    Raises
+    ------
+    ValueError
+        Bad sizes, an unreadable config file or unknown config keys.
+    FileExistsError
+        Output files exist and ``overwrite`` is False.
+    """
+    from equicare.sim.care import CareConfig, CareManagementSim
+
+    fields: dict[str, Any] = {}
+    if config is not None:
+        p = Path(config)
+        try:
+            fields = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"Cannot read the config file {p}: {exc}.") from exc
+        if not isinstance(fields, dict):
+            raise ValueError(f"The config file {p} must hold a JSON object of CareConfig fields.")
+    fields.update(history_dependence=history_dependence, churn=churn)
+    cfg = CareConfig.from_dict(fields)
+    panel = CareManagementSim(cfg).generate(n_members=n_members, n_weeks=n_weeks,
+                                            random_state=seed)
+    d = panel.write(out_dir, overwrite=overwrite)
+    return {"out_dir": str(d), "panel": str(d / "panel.parquet"),
+            "manifest": str(d / "manifest.toml"), "summary": panel.summary()}
