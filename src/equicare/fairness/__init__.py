@@ -1,0 +1,59 @@
+"""Fairness audits: allocation and outcome metrics by group, disparity tests, trade-off frontiers.
+
+Allocation metrics (rate of an action set per group, demographic-parity gap and ratio,
+proportional parity to clinical need) for the logged behaviour and any policy; outcome metrics
+(per-group policy values, best-worst gap, Gini, worst-group value); episode-level bootstrap
+intervals shared with the OPE engine; a vectorised permutation test; small-cell suppression;
+Fairlearn interop; and the fairness-weight frontier of a learner.
+"""
+
+from equicare.fairness._allocation import AllocationFrame, allocation_rates, level_rates
+from equicare.fairness._audit import AuditResult, FairnessAudit, PolicyAudit, audit
+from equicare.fairness._bootstrap import bootstrap_ci, bootstrap_weights, percentile_ci
+from equicare.fairness._fairlearn import allocation_rate, to_metric_frame
+from equicare.fairness._gini import gini
+from equicare.fairness._groups import GroupIndex, group_index
+from equicare.fairness._outcome import OutcomeFrame
+from equicare.fairness._permutation import permutation_test
+from equicare.fairness._rows import need_rows
+
+__all__ = [
+    "AllocationFrame",
+    "AuditResult",
+    "FairnessAudit",
+    "GroupIndex",
+    "OutcomeFrame",
+    "PolicyAudit",
+    "allocation_rate",
+    "allocation_rates",
+    "audit",
+    "bootstrap_ci",
+    "bootstrap_weights",
+    "gini",
+    "group_index",
+    "level_rates",
+    "need_rows",
+    "percentile_ci",
+    "permutation_test",
+    "to_metric_frame",
+]
+
+# --- heavy or higher-level parts, loaded on first use (matplotlib; learners and executors)
+_LAZY = {
+    "plot_allocation": "equicare.fairness._plots",
+    "plot_parity_gaps": "equicare.fairness._plots",
+    "frontier": "equicare.fairness._frontier",
+    "FrontierResult": "equicare.fairness._frontier",
+    "pareto_mask": "equicare.fairness._frontier",
+}
+__all__ += sorted(_LAZY)
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'equicare.fairness' has no attribute {name!r}")

@@ -303,13 +303,16 @@ def _stage_frontier(cfg: RunConfig, state: dict[str, Any], out: Path, metrics: l
     from equicare.pipeline._executor import get_executor
 
     o = cfg["output"]
-    fr = frontier(state["train"], build_learner(cfg, seed), lambdas=cfg["frontier"]["lambdas"],
-                  kind=cfg["frontier"]["kind"], eval_dataset=state["test"],
-                  action=cfg["audit"]["action"],
+    fr = frontier(state["train"], build_learner(cfg, seed),
+                  lambdas=cfg["frontier"]["lambdas"],
+                  weight="fair_lambda" if cfg["frontier"]["kind"] == "parity" else "group_robust",
+                  action=cfg["audit"]["action"], group=cfg["audit"]["group"] or None,
+                  eval_dataset=state["test"], q_model=cfg["ope"]["q_model"],
+                  n_boot=min(cfg["ope"]["bootstrap"], 500),
                   executor=get_executor(o["executor"], o["jobs"], o["address"]),
                   random_state=seed)
     state["frontier"] = fr
-    table = fr.to_frame() if hasattr(fr, "to_frame") else fr
+    table = fr.table
     tmp = out / ".frontier.csv.tmp"
     table.to_csv(tmp, index=False)
     tmp.replace(out / "frontier.csv")

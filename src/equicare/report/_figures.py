@@ -153,7 +153,7 @@ def frontier_plot(table: pd.DataFrame) -> Any:
     """Value vs parity gap over the fairness weights, Pareto-efficient points highlighted."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
-    xcol = "parity_gap_pp" if "parity_gap_pp" in table else table.columns[1]
+    xcol = "gap_pp" if "gap_pp" in table else "parity_gap_pp"
     ycol = "value" if "value" in table else table.columns[2]
     pareto = table["pareto"].to_numpy(bool) if "pareto" in table else np.zeros(len(table), bool)
     ax.plot(table[xcol], table[ycol], "-", color="#999", lw=1)

@@ -1,0 +1,387 @@
+"""The fairness audit: allocation and outcome metrics by group, behaviour and policies."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from numpy.typing import NDArray
+
+from equicare.data import TrajectoryDataset
+from equicare.fairness._allocation import (
+    AllocationFrame,
+    _check_common,
+    build_frames,
+    group_sums,
+    level_table,
+)
+from equicare.fairness._bootstrap import CIMethod, bootstrap_weights, split_random_state
+from equicare.fairness._groups import GroupIndex, dataset_groups, group_index
+from equicare.fairness._outcome import OutcomeFrame
+from equicare.fairness._rows import (
+    Level,
+    action_set,
+    episode_totals,
+    level_matrix,
+    need_rows,
+    row_pass,
+)
+from equicare.policy import Policy
+from equicare.utils import (
+    MIN_CELL,
+    PARAM_MESSAGE,
+    RandomState,
+    atomic_write_text,
+    check_param,
+)
+
+__all__ = ["FairnessAudit", "AuditResult", "PolicyAudit", "audit", "BEHAVIOR"]
+
+#: Name of the logged behaviour in every audit.
+BEHAVIOR = "behavior"
+
+#: Estimators usable for the group values (importance-sampling type need only the propensities;
+#: ``dr``, ``wdr`` and ``fqe`` fit the OPE engine's FQE Q-model per policy).
+ESTIMATORS = ("is", "wis", "pdis", "wpdis", "dr", "wdr", "fqe")
+
+
+@dataclass(frozen=True, eq=False)
+class PolicyAudit:
+    """Audit of one policy: its allocation frame and (optionally) its outcome frame."""
+
+    name: str
+    allocation: AllocationFrame
+    outcome: OutcomeFrame | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Contract-7 entry of this policy."""
+        out = self.allocation.to_dict()
+        if self.outcome is not None:
+            out.update(self.outcome.to_dict())
+        return out
+
+
+@dataclass(frozen=True, eq=False)
+class AuditResult:
+    """Result of :meth:`FairnessAudit.run`; ``to_dict()`` is the ``audit.json`` of Contract 7.
+
+    Attributes
+    ----------
+    group : str
+        Grouping (``"race_ethnicity"`` or ``"race_ethnicity x sex"``).
+    action : str
+        Audited action set.
+    n_episodes : int
+        Audited episodes (published groups only).
+    policies : dict of str to PolicyAudit
+        ``"behavior"`` first, then the given policies in order.
+    settings : dict
+        The :class:`FairnessAudit` settings used.
+    level_rates : pandas.DataFrame or None
+        Rate of every action-component level by group (point estimates, see
+        :func:`equicare.fairness.level_rates`).
+    """
+
+    group: str
+    action: str
+    n_episodes: int
+    policies: dict[str, PolicyAudit]
+    settings: dict[str, Any]
+    level_rates: pd.DataFrame | None = None
+
+    def __getitem__(self, name: str) -> PolicyAudit:
+        return self.policies[name]
+
+    @property
+    def suppressed(self) -> tuple[str, ...]:
+        """Suppressed group labels."""
+        return next(iter(self.policies.values())).allocation.suppressed
+
+    def summary(self) -> pd.DataFrame:
+        """Tabulate one row per policy: rate, parity gap (pp), ratio, p-value, outcomes."""
+        rows = []
+        for name, pa in self.policies.items():
+            a = pa.allocation
+            row: dict[str, Any] = {"policy": name, "overall_rate": a.overall,
+                                   "parity_gap_pp": 100 * a.difference(),
+                                   "parity_ratio": a.ratio(), "permutation_p": a.permutation_p}
+            if a.n_boot:
+                lo, hi = a.difference_ci()
+                row.update(gap_lower=100 * lo, gap_upper=100 * hi)
+                row.update(zip(("ratio_lower", "ratio_upper"), a.ratio_ci(), strict=True))
+            if pa.outcome is not None:
+                o = pa.outcome
+                row.update(value=o.overall, worst_group_value=o.worst_group(),
+                           value_gap=o.difference(), gini=o.gini())
+            rows.append(row)
+        return pd.DataFrame(rows).set_index("policy")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the audit as plain data (Contract 7 plus documented extra keys)."""
+        s = self.settings
+        out: dict[str, Any] = {
+            "group": self.group, "action": self.action, "n_episodes": int(self.n_episodes),
+            "level": s["level"], "n_boot": s["n_boot"], "ci_level": 1 - s["alpha"],
+            "ci_method": s["ci_method"],
+            "min_cell": s["min_cell"], "estimator": s["estimator"],
+            "policies": {k: v.to_dict() for k, v in self.policies.items()},
+        }
+        if self.level_rates is not None:
+            lr: dict[str, Any] = {}
+            for (pol, act), row in self.level_rates.iterrows():
+                lr.setdefault(pol, {})[act] = {
+                    str(g): (None if not np.isfinite(v) else float(v)) for g, v in row.items()}
+            out["level_rates"] = lr
+        return out
+
+    def to_json(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Write :meth:`to_dict` atomically; refuse to replace a file unless ``overwrite``."""
+        p = Path(path)
+        if p.exists() and not overwrite:
+            raise FileExistsError(f"{p} exists; refusing to overwrite (pass overwrite=True / "
+                                  "--force).")
+        atomic_write_text(p, json.dumps(self.to_dict(), indent=2) + "\n")
+        return p
+
+
+def _outcome_frame(name: str, estimator: str, parts_matrix: NDArray[np.float64],
+                   combine_fn: Callable[[NDArray[np.float64], NDArray[np.float64]],
+                                        NDArray[np.float64]],
+                   gi: GroupIndex, weights: NDArray[np.float64] | None, alpha: float,
+                   ci_method: CIMethod) -> OutcomeFrame:
+    """Group values from per-episode parts: group sums for the data and each replicate."""
+    h = gi.one_hot()
+    ones = np.ones((h.shape[0], 1))
+    cols = np.concatenate([parts_matrix, ones], axis=1)
+    point, reps = group_sums(h, cols, weights)
+    values = combine_fn(point[:, :-1], point[:, -1])
+    overall = float(combine_fn(point[:, :-1].sum(axis=0), point[:, -1].sum()))
+    value_reps = overall_reps = count_reps = None
+    if reps is not None:
+        value_reps = combine_fn(reps[..., :-1], reps[..., -1])
+        overall_reps = combine_fn(reps[..., :-1].sum(axis=1), reps[..., -1].sum(axis=1))
+        count_reps = reps[..., -1]
+    return OutcomeFrame(policy=name, group=gi.name, estimator=estimator, groups=gi.labels,
+                        suppressed=gi.suppressed, counts=gi.counts, values=np.asarray(values),
+                        value_reps=value_reps, overall_value=overall, overall_reps=overall_reps,
+                        count_reps=count_reps, alpha=alpha, ci_method=ci_method)
+
+
+def _mean_combine(sums: NDArray[np.float64], counts: NDArray[np.float64]) -> NDArray[np.float64]:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.asarray(sums[..., 0] / counts)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FairnessAudit:
+    """Settings of a fairness audit; :meth:`run` audits a dataset and policies.
+
+    Parameters
+    ----------
+    action : str, optional
+        Audited action set, ``"component=level"`` or ``"component=level1|level2"``. Default:
+        every level of the first component except its first ("any outreach").
+    group : str, optional
+        Group attribute (default: the dataset's first).
+    intersect : tuple of str
+        Attributes crossed with ``group`` (intersectional cells such as ``"black x female"``).
+    level : {"step", "episode"}
+        Rates over member-weeks (``"step"``) or averaged per episode (``"episode"``).
+    need : str, optional
+        State rule for clinical need (``"risk >= 0.7"``); default: the manifest's need column.
+    n_boot : int
+        Episode-level bootstrap replicates for every interval (0: none).
+    alpha : float
+        ``1 - alpha`` interval coverage.
+    ci_method : {"basic", "percentile"}
+        Bootstrap interval of every metric (:func:`equicare.fairness.bootstrap_ci`): the basic
+        (reverse percentile) interval by default, which keeps its coverage for max-minus-min
+        gaps, ratios, worst-group values and Gini indices.
+    n_permutations : int
+        Permutations of the test of no allocation difference (0: no test).
+    min_cell : int
+        Groups with fewer episodes are suppressed everywhere.
+    estimator : str or None
+        OPE estimator of the group values of each policy (``None``: no outcome metrics): one of
+        ``is, wis, pdis, wpdis, dr, wdr, fqe``. The behaviour's values are on-policy means of the
+        discounted return.
+    q_model : str
+        Q-model of the OPE engine's FQE for ``dr``, ``wdr`` and ``fqe`` (``"linear"``,
+        ``"tabular"``, ``"gbm"``, ``"mlp"``), fitted once per policy on all episodes.
+    truncate : float, optional
+        Cap on cumulative importance weights.
+    with_level_rates : bool
+        Also tabulate the rate of every action-component level by group.
+    """
+
+    action: str | None = None
+    group: str | None = None
+    intersect: tuple[str, ...] = ()
+    level: Level = "step"
+    need: str | None = None
+    n_boot: int = 1000
+    alpha: float = 0.05
+    ci_method: CIMethod = "basic"
+    n_permutations: int = 1000
+    min_cell: int = MIN_CELL
+    estimator: str | None = "wis"
+    q_model: str = "linear"
+    truncate: float | None = None
+    with_level_rates: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "intersect", tuple(self.intersect))
+        _check_common(self.level, self.alpha, self.n_boot, self.n_permutations, self.min_cell,
+                      "FairnessAudit")
+        check_param(self.ci_method, "ci_method", "FairnessAudit", choices=("basic", "percentile"))
+        check_param(self.estimator, "estimator", "FairnessAudit", choices=(*ESTIMATORS, None))
+        check_param(self.q_model, "q_model", "FairnessAudit",
+                    choices=("linear", "tabular", "gbm", "mlp"))
+        check_param(self.truncate, "truncate", "FairnessAudit", kind=(int, float), low=0.0,
+                    low_inclusive=False, allow_none=True, expected="a positive float or None")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the settings as JSON-friendly data."""
+        d = asdict(self)
+        d["intersect"] = list(self.intersect)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> FairnessAudit:
+        """Inverse of :meth:`to_dict` (unknown keys raise ``ValueError``)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"Unknown FairnessAudit settings {unknown}; known: {sorted(known)}.")
+        kw = dict(d)
+        if "intersect" in kw:
+            kw["intersect"] = tuple(kw["intersect"])
+        return cls(**kw)
+
+    # ------------------------------------------------------------------ run
+    def run(self, dataset: TrajectoryDataset,
+            policies: Mapping[str, Policy | NDArray[np.float64]] | None = None, *,
+            weights: NDArray[np.float64] | None = None,
+            random_state: RandomState = None) -> AuditResult:
+        """Audit the logged behaviour and each policy on ``dataset``.
+
+        Parameters
+        ----------
+        dataset : TrajectoryDataset
+        policies : mapping of name to Policy or ndarray of shape (n_steps, n_actions), optional
+            Policies to audit beside the behaviour (name ``"behavior"`` is reserved).
+        weights : ndarray of shape (n_boot, n_episodes), optional
+            Bootstrap replicate weights to reuse (e.g. ``equicare.ope.bootstrap_counts``). By
+            default they are drawn with :func:`equicare.fairness.bootstrap_weights` from
+            ``random_state``; one matrix serves every metric of every policy.
+        random_state : int, Generator or None
+
+        Returns
+        -------
+        AuditResult
+        """
+        pols = dict(policies or {})
+        if BEHAVIOR in pols:
+            raise ValueError(f"The policy name {BEHAVIOR!r} is reserved for the logged behaviour.")
+        spec, mask = action_set(dataset.action_space, self.action)
+        gname, labels = dataset_groups(dataset, self.group, self.intersect)
+        gi = group_index(labels, name=gname, min_cell=self.min_cell)
+        n_ep = dataset.n_episodes
+        w_state, rng = split_random_state(random_state)
+        # the replicates: drawn from the seed itself (same as the OPE engine with that seed)
+        if weights is not None:
+            w = np.asarray(weights, dtype=np.float64)
+            if w.ndim != 2 or w.shape[1] != n_ep:
+                raise ValueError(PARAM_MESSAGE.format(
+                    name="weights", owner="FairnessAudit.run",
+                    expected=f"an array of shape (n_boot, {n_ep})", got=w.shape))
+        elif self.n_boot > 0:
+            w = bootstrap_weights(n_ep, self.n_boot, w_state)
+        else:
+            w = None
+        estimator = self.estimator
+        level_names, lmat = level_matrix(dataset.action_space)
+        cols = mask[:, None].astype(np.float64)
+        if self.with_level_rates:
+            cols = np.concatenate([cols, lmat], axis=1)
+        nums, lnums, p_logged = [], [], {}
+        for name in [BEHAVIOR, *pols]:
+            pol = None if name == BEHAVIOR else pols[name]
+            alloc, pl, _, _ = row_pass(dataset, pol, cols, source=name)
+            num, den = episode_totals(dataset, alloc, self.level)
+            nums.append(num[:, 0])
+            lnums.append(num[:, 1:])
+            p_logged[name] = pl
+        nr = need_rows(dataset, self.need)
+        need_ep = None if nr is None else episode_totals(dataset, nr, self.level)[0]
+        names = [BEHAVIOR, *pols]
+        frames = build_frames(names, np.stack(nums, axis=1), den, need_ep, gi, w, action=spec,
+                              level=self.level, alpha=self.alpha, ci_method=self.ci_method,
+                              n_permutations=self.n_permutations, random_state=rng)
+        outcomes: dict[str, OutcomeFrame | None] = dict.fromkeys(names)
+        if estimator is not None:
+            returns = dataset.returns(discount=True)[:, None]
+            outcomes[BEHAVIOR] = _outcome_frame(BEHAVIOR, "on_policy", returns, _mean_combine,
+                                                gi, w, self.alpha, self.ci_method)
+            seeds = rng.integers(0, 2**31 - 1, size=len(pols))
+            for seed, name in zip(seeds, pols, strict=True):
+                outcomes[name] = self._policy_outcome(dataset, name, pols[name], p_logged[name],
+                                                      gi, w, int(seed))
+        levels = None
+        if self.with_level_rates:
+            levels = level_table(names, np.stack(lnums), den, gi, level_names)
+        return AuditResult(group=gname, action=spec, n_episodes=gi.n_kept,
+                           policies={k: PolicyAudit(k, frames[k], outcomes[k]) for k in names},
+                           settings=self.to_dict(), level_rates=levels)
+
+    def _policy_outcome(self, dataset: TrajectoryDataset, name: str,
+                        policy: Policy | NDArray[np.float64], p_logged: NDArray[np.float64],
+                        gi: GroupIndex, weights: NDArray[np.float64] | None, seed: int
+                        ) -> OutcomeFrame:
+        """Group values of one policy from the OPE engine's per-episode parts."""
+        from equicare.ope import OPEInputs, combine, episode_parts, prepare
+
+        key = self.estimator
+        assert key is not None
+        b = dataset.behavior_prob
+        if (key in ("is", "wis", "pdis", "wpdis") and b is not None
+                and bool(np.all(np.isfinite(b) & (b > 0) & (b <= 1 + 1e-9)))):
+            # importance ratios from the logged propensities and the block-wise pass over the
+            # policy: no (n_steps, n_actions) matrix is held
+            inputs = OPEInputs(rewards=dataset.rewards, episode_offsets=dataset.episode_offsets,
+                               gamma=dataset.gamma, rho=p_logged / b)
+        else:
+            # estimated propensities and/or an FQE Q-model (or unusable logged propensities,
+            # which the OPE engine reports): the OPE engine prepares everything
+            inputs = prepare(dataset, policy, keys=(key,), q_model=self.q_model,
+                             random_state=seed).inputs
+        parts = episode_parts(inputs, [key], truncate=self.truncate)
+
+        def comb(sums: NDArray[np.float64], counts: NDArray[np.float64]) -> NDArray[np.float64]:
+            return np.asarray(combine(parts, sums, np.asarray(counts))[key])
+
+        return _outcome_frame(name, key, parts.matrix, comb, gi, weights, self.alpha,
+                              self.ci_method)
+
+
+def audit(dataset: TrajectoryDataset,
+          policies: Mapping[str, Policy | NDArray[np.float64]] | None = None, *,
+          action: str | None = None, group: str | None = None, intersect: Sequence[str] = (),
+          random_state: RandomState = None, **settings: Any) -> AuditResult:
+    """Run a :class:`FairnessAudit` in one call (``settings`` are its other fields).
+
+    Examples
+    --------
+    >>> res = audit(ds, {"awr_fair": policy}, action="modality=home_visit",
+    ...             random_state=0)                                       # doctest: +SKIP
+    >>> res["behavior"].allocation.difference_ci()                       # doctest: +SKIP
+    """
+    weights = settings.pop("weights", None)
+    cfg = FairnessAudit(action=action, group=group, intersect=tuple(intersect), **settings)
+    return cfg.run(dataset, policies, weights=weights, random_state=random_state)

@@ -1,0 +1,140 @@
+"""Group labels of episodes (single or intersectional) and small-cell suppression."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from equicare.data import TrajectoryDataset
+from equicare.exceptions import DataValidationError, SmallCellWarning
+from equicare.utils import MIN_CELL
+
+__all__ = ["GroupIndex", "group_index", "SUPPRESSED"]
+
+#: What a suppressed cell looks like in every result JSON (Contract 7).
+SUPPRESSED: dict[str, Any] = {"suppressed": True}
+
+
+@dataclass(frozen=True, eq=False)
+class GroupIndex:
+    """Episodes coded by group, with the groups too small to publish set aside.
+
+    Attributes
+    ----------
+    name : str
+        Grouping, e.g. ``"race_ethnicity"`` or ``"race_ethnicity x sex"``.
+    labels : tuple of str
+        Published group labels (sorted), ``n_groups`` of them.
+    suppressed : tuple of str
+        Labels of groups with fewer than ``min_cell`` episodes; they are left out of every number.
+    codes : ndarray of shape (n_episodes,), int64
+        Index into ``labels`` per episode, ``-1`` for episodes of suppressed groups.
+    counts : ndarray of shape (n_groups,), int64
+        Episodes per published group.
+    min_cell : int
+    """
+
+    name: str
+    labels: tuple[str, ...]
+    suppressed: tuple[str, ...]
+    codes: NDArray[np.int64]
+    counts: NDArray[np.int64]
+    min_cell: int
+
+    @property
+    def n_groups(self) -> int:
+        """Number of published groups."""
+        return len(self.labels)
+
+    @property
+    def kept(self) -> NDArray[np.bool_]:
+        """Episodes in published groups, shape ``(n_episodes,)``."""
+        return self.codes >= 0
+
+    @property
+    def n_kept(self) -> int:
+        """Number of audited episodes (in published groups)."""
+        return int(self.counts.sum())
+
+    def one_hot(self) -> NDArray[np.float64]:
+        """Membership matrix, shape ``(n_episodes, n_groups)`` (suppressed episodes: rows of 0)."""
+        h = np.zeros((self.codes.shape[0], self.n_groups), dtype=np.float64)
+        k = self.kept
+        h[np.flatnonzero(k), self.codes[k]] = 1.0
+        return h
+
+
+def group_index(labels: ArrayLike, *, name: str = "group", min_cell: int = MIN_CELL,
+                warn: bool = True) -> GroupIndex:
+    """Code episode labels by group and suppress groups with fewer than ``min_cell`` episodes.
+
+    Parameters
+    ----------
+    labels : array-like of shape (n_episodes,)
+        Group label of each episode (turned into strings).
+    name : str
+        Name of the grouping, used in messages and results.
+    min_cell : int
+        Minimum number of episodes of a published group (default ``equicare.utils.MIN_CELL``).
+    warn : bool
+        Emit a :class:`~equicare.exceptions.SmallCellWarning` naming how many groups were
+        suppressed (never their labels' sizes).
+
+    Returns
+    -------
+    GroupIndex
+
+    Raises
+    ------
+    DataValidationError
+        If no group has at least ``min_cell`` episodes.
+    """
+    lab = np.asarray(labels).astype(str)
+    if lab.ndim != 1:
+        raise DataValidationError(f"Group labels of {name!r} must be one label per episode.")
+    uniq, inv, cnt = np.unique(lab, return_inverse=True, return_counts=True)
+    keep = cnt >= int(min_cell)
+    if not keep.any():
+        raise DataValidationError(
+            f"No group of {name!r} has at least {min_cell} episodes; nothing can be published.")
+    new_code = np.full(uniq.size, -1, dtype=np.int64)
+    new_code[keep] = np.arange(int(keep.sum()))
+    suppressed = tuple(str(u) for u in uniq[~keep])
+    if suppressed and warn:
+        warnings.warn(
+            f"{len(suppressed)} group(s) of {name!r} have fewer than {min_cell} episodes and are "
+            "suppressed (left out of every table, figure and summary).",
+            SmallCellWarning, stacklevel=3)
+    return GroupIndex(name=name, labels=tuple(str(u) for u in uniq[keep]), suppressed=suppressed,
+                      codes=new_code[inv].astype(np.int64), counts=cnt[keep].astype(np.int64),
+                      min_cell=int(min_cell))
+
+
+def dataset_groups(dataset: TrajectoryDataset, group: str | None = None,
+                   intersect: Sequence[str] = ()) -> tuple[str, NDArray[np.str_]]:
+    """Labels per episode for ``group`` (default: the first attribute), crossed with ``intersect``.
+
+    Returns
+    -------
+    name : str
+        ``"race_ethnicity"`` or ``"race_ethnicity x sex"``.
+    labels : ndarray of shape (n_episodes,)
+    """
+    if not dataset.groups:
+        raise DataValidationError("The dataset has no group attributes (manifest dataset.groups); "
+                                  "a fairness audit needs at least one.")
+    attrs = [group or dataset.group_attrs[0], *intersect]
+    unknown = [a for a in attrs if a not in dataset.groups]
+    if unknown:
+        raise DataValidationError(f"Unknown group attribute(s) {unknown}; the dataset has "
+                                  f"{list(dataset.group_attrs)}.")
+    if len(set(attrs)) != len(attrs):
+        raise DataValidationError(f"Group attributes must be distinct, got {attrs}.")
+    labels = (dataset.group_labels(attrs[0]).astype(str) if len(attrs) == 1
+              else dataset.intersect_groups(attrs))
+    return " x ".join(attrs), np.asarray(labels, dtype=str)

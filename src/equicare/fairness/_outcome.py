@@ -1,0 +1,180 @@
+"""Outcome metrics by group: per-group policy values, best-worst gap, Gini, worst-group value."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from numpy.typing import NDArray
+
+from equicare.fairness._bootstrap import CIMethod, bootstrap_ci
+from equicare.fairness._gini import gini
+from equicare.fairness._groups import SUPPRESSED
+
+__all__ = ["OutcomeFrame"]
+
+
+def _num(v: Any) -> float | None:
+    return None if v is None or not np.isfinite(v) else float(v)
+
+
+@dataclass(frozen=True, eq=False)
+class OutcomeFrame:
+    """Policy value by group with bootstrap intervals (MetricFrame-like).
+
+    Values are expected discounted returns per episode of each group (Contract 1), estimated by
+    the OPE engine for a target policy or by the on-policy mean for the logged behaviour.
+    Higher is better. Every interval is a percentile interval over the same episode-level
+    bootstrap replicates as the allocation metrics.
+
+    Attributes
+    ----------
+    policy : str
+    group : str
+    estimator : str
+        ``"on_policy"`` for the behaviour, else the OPE estimator key (``"dr"``, ``"wis"``, ...).
+    groups : tuple of str
+        Published groups (``n_groups``).
+    suppressed : tuple of str
+    counts : ndarray of shape (n_groups,)
+    values : ndarray of shape (n_groups,)
+    value_reps : ndarray of shape (n_boot, n_groups) or None
+    overall_value : float
+        Value over all audited episodes.
+    overall_reps : ndarray of shape (n_boot,) or None
+    count_reps : ndarray of shape (n_boot, n_groups) or None
+        Episodes per group in each replicate (population weights of the weighted Gini).
+    alpha : float
+    ci_method : {"basic", "percentile"}
+    """
+
+    policy: str
+    group: str
+    estimator: str
+    groups: tuple[str, ...]
+    suppressed: tuple[str, ...]
+    counts: NDArray[np.int64]
+    values: NDArray[np.float64]
+    value_reps: NDArray[np.float64] | None
+    overall_value: float
+    overall_reps: NDArray[np.float64] | None = None
+    count_reps: NDArray[np.float64] | None = None
+    alpha: float = 0.05
+    ci_method: CIMethod = "basic"
+
+    def _ci(self, reps: NDArray[np.float64] | None, estimate: float,
+            bounds: tuple[float, float] | None = None) -> tuple[float, float]:
+        ci = bootstrap_ci(self._need(reps), estimate, self.alpha, method=self.ci_method,
+                          bounds=bounds)
+        return float(ci[0]), float(ci[1])
+
+    @staticmethod
+    def _need(reps: NDArray[np.float64] | None) -> NDArray[np.float64]:
+        if reps is None:
+            raise ValueError("No bootstrap replicates: build the frame with n_boot > 0 to get "
+                             "intervals.")
+        return reps
+
+    @property
+    def overall(self) -> float:
+        """Value over all audited episodes."""
+        return float(self.overall_value)
+
+    @property
+    def overall_ci(self) -> tuple[float, float]:
+        """Interval of :attr:`overall`."""
+        return self._ci(self.overall_reps, self.overall_value)
+
+    @property
+    def by_group(self) -> pd.Series:
+        """Value per published group."""
+        return pd.Series(self.values, index=pd.Index(self.groups, name=self.group), name="value")
+
+    @property
+    def by_group_ci(self) -> pd.DataFrame:
+        """Interval per group (columns ``lower``, ``upper``)."""
+        ci = bootstrap_ci(self._need(self.value_reps), self.values, self.alpha,
+                          method=self.ci_method)
+        return pd.DataFrame({"lower": ci[0], "upper": ci[1]},
+                            index=pd.Index(self.groups, name=self.group))
+
+    def difference(self) -> float:
+        """Gap between the best and the worst group value."""
+        return float(np.max(self.values) - np.min(self.values))
+
+    def difference_ci(self) -> tuple[float, float]:
+        """Interval of :meth:`difference`."""
+        r = self._need(self.value_reps)
+        return self._ci(np.max(r, axis=1) - np.min(r, axis=1), self.difference(),
+                        (0.0, np.inf))
+
+    def worst_group(self) -> float:
+        """Smallest group value (the max-min criterion)."""
+        return float(np.min(self.values))
+
+    def worst_group_ci(self) -> tuple[float, float]:
+        """Interval of :meth:`worst_group` (min over groups within each replicate)."""
+        return self._ci(np.min(self._need(self.value_reps), axis=1), self.worst_group())
+
+    def worst_group_label(self) -> str:
+        """Label of the group with the smallest value."""
+        return self.groups[int(np.argmin(self.values))]
+
+    def gini(self, weighted: bool = False) -> float:
+        """Gini index of the group values (see :func:`equicare.fairness.gini`).
+
+        ``weighted=True`` weights each group by its number of episodes (population Gini).
+        NaN when group values have mixed signs.
+        """
+        w = self.counts.astype(np.float64) if weighted else None
+        return float(gini(self.values, w))
+
+    def gini_ci(self, weighted: bool = False) -> tuple[float, float]:
+        """Interval of :meth:`gini` (replicate group sizes as weights when ``weighted``)."""
+        reps = self._need(self.value_reps)
+        w = None
+        if weighted:
+            w = self.count_reps if self.count_reps is not None else self.counts.astype(float)
+        return self._ci(np.asarray(gini(reps, w)), self.gini(weighted), (0.0, 1.0))
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per published group: n_episodes, value (+CI)."""
+        df = pd.DataFrame({"n_episodes": self.counts, "value": self.values},
+                          index=pd.Index(self.groups, name=self.group))
+        if self.value_reps is not None:
+            ci = self.by_group_ci
+            df["lower"], df["upper"] = ci["lower"].to_numpy(), ci["upper"].to_numpy()
+        return df
+
+    def to_dict(self) -> dict[str, Any]:
+        """Outcome part of a Contract-7 policy entry."""
+        has_ci = self.value_reps is not None
+
+        def entry(v: float, ci: tuple[float, float] | None) -> dict[str, Any]:
+            d: dict[str, Any] = {"value": _num(v)}
+            if ci is not None:
+                d["ci"] = [_num(ci[0]), _num(ci[1])]
+            return d
+
+        vbg: dict[str, Any] = {}
+        ci_g = self.by_group_ci if has_ci else None
+        for i, g in enumerate(self.groups):
+            vbg[g] = entry(self.values[i], None if ci_g is None else
+                           (float(ci_g["lower"].iloc[i]), float(ci_g["upper"].iloc[i])))
+            vbg[g]["n_episodes"] = int(self.counts[i])
+        for g in self.suppressed:
+            vbg[g] = dict(SUPPRESSED)
+        return {
+            "value_estimator": self.estimator,
+            "value": entry(self.overall, self.overall_ci if has_ci and self.overall_reps is not None
+                           else None),
+            "value_by_group": vbg,
+            "value_gap": entry(self.difference(), self.difference_ci() if has_ci else None),
+            "worst_group_value": {**entry(self.worst_group(),
+                                          self.worst_group_ci() if has_ci else None),
+                                  "group": self.worst_group_label()},
+            "gini": entry(self.gini(), self.gini_ci() if has_ci else None),
+            "gini_weighted": entry(self.gini(True), self.gini_ci(True) if has_ci else None),
+        }

@@ -1,0 +1,278 @@
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from equicare.exceptions import DataValidationError, SmallCellWarning
+from equicare.fairness import allocation_rates, bootstrap_weights, level_rates, need_rows
+from equicare.fairness._rows import row_pass
+from equicare.policy import CallablePolicy
+
+from .conftest import SPACE, make_dataset, random_panel
+
+HOME = "modality=home_visit"
+
+
+# ---------------------------------------------------------------------- hand-computed examples
+def test_step_level_rates_by_hand(tiny) -> None:
+    f = allocation_rates(tiny, action=HOME, n_boot=0, min_cell=1)
+    # a: home visits on 3 of 5 member-weeks; b: 1 of 3; overall 4 of 8
+    assert f.by_group.to_dict() == pytest.approx({"a": 0.6, "b": 1 / 3})
+    assert f.overall == pytest.approx(0.5)
+    assert f.difference() == pytest.approx(0.6 - 1 / 3)
+    assert f.ratio() == pytest.approx((1 / 3) / 0.6)
+    assert f.difference("to_overall") == pytest.approx(1 / 6)
+    assert f.ratio("to_overall") == pytest.approx((1 / 3) / 0.5)
+    assert f.difference_to_overall().to_dict() == pytest.approx({"a": 0.1, "b": -1 / 6})
+    assert f.n_episodes.to_dict() == {"a": 2, "b": 2}
+    assert (f.group_min(), f.group_max()) == pytest.approx((1 / 3, 0.6))
+
+
+def test_proportional_parity_with_unequal_need_by_hand(tiny) -> None:
+    f = allocation_rates(tiny, action=HOME, n_boot=0, min_cell=1)
+    # allocation shares a 3/4, b 1/4; need member-weeks a 2 (episode 0), b 3 (episodes 2, 3)
+    assert f.proportional_parity().to_dict() == pytest.approx({"a": 0.75 / 0.4, "b": 0.25 / 0.6})
+    # a user rule instead of the manifest flag: need = all rows (shares = member-week shares)
+    g = allocation_rates(tiny, action=HOME, n_boot=0, min_cell=1, need=np.ones(4))
+    assert g.proportional_parity().to_dict() == pytest.approx({"a": 0.75 / (5 / 8),
+                                                               "b": 0.25 / (3 / 8)})
+
+
+def test_episode_level_rates_by_hand(tiny) -> None:
+    f = allocation_rates(tiny, action=HOME, level="episode", n_boot=0, min_cell=1)
+    # a: episodes 1/2 and 2/3; b: 0 and 1/2
+    assert f.by_group.to_dict() == pytest.approx({"a": 7 / 12, "b": 1 / 4})
+    assert f.overall == pytest.approx(5 / 12)
+    # allocation A_a = 7/6, A_b = 1/2 (total 5/3); need episodes a 1, b 2 (total 3)
+    assert f.proportional_parity().to_dict() == pytest.approx(
+        {"a": (7 / 6) / (5 / 3) / (1 / 3), "b": 0.5 / (5 / 3) / (2 / 3)})
+
+
+def test_policy_rates_are_mean_probabilities(tiny) -> None:
+    p_home = np.array([0.2, 0.4, 0.6, 0.8, 1.0, 0.1, 0.2, 0.3])
+    ds = make_dataset([2, 3, 1, 2], SPACE.from_flat(tiny.actions), {"g": ["a", "a", "b", "b"]},
+                      states=p_home[:, None])
+    hv = SPACE.to_flat([[2, 0]])[0]
+
+    def fn(states: np.ndarray) -> np.ndarray:
+        p = np.zeros((states.shape[0], SPACE.n_actions))
+        p[:, hv] = states[:, 0]
+        p[:, 0] = 1 - states[:, 0]
+        return p
+
+    f = allocation_rates(ds, CallablePolicy(fn, SPACE.n_actions), action=HOME, n_boot=0,
+                         min_cell=1)
+    assert f.policy == "policy"
+    assert f.by_group.to_dict() == pytest.approx({"a": 3.0 / 5, "b": 0.6 / 3})
+    # same numbers from a probability matrix
+    g = allocation_rates(ds, fn(ds.states), action=HOME, n_boot=0, min_cell=1)
+    np.testing.assert_allclose(g.rates, f.rates)
+
+
+def test_level_rates_table(tiny) -> None:
+    tab = level_rates(tiny, min_cell=1)
+    assert tab.loc[("behavior", "modality=home_visit"), "a"] == pytest.approx(0.6)
+    assert tab.loc[("behavior", "urgency=urgent"), "a"] == pytest.approx(0.2)
+    assert tab.loc[("behavior", "modality=phone"), "overall"] == pytest.approx(1 / 8)
+    # levels of one component sum to 1 in every group
+    mod = tab.loc["behavior"].loc[["modality=none", "modality=phone", "modality=home_visit"]]
+    np.testing.assert_allclose(mod.sum(axis=0), 1.0)
+
+
+# ---------------------------------------------------------------------- bootstrap
+def test_bootstrap_replicates_are_the_ope_engines(tiny) -> None:
+    from equicare.ope._bootstrap import bootstrap_counts
+
+    np.testing.assert_array_equal(bootstrap_weights(40, 25, 3), bootstrap_counts(40, 25, 3))
+    w = bootstrap_weights(40, 25, 3)
+    assert w.shape == (25, 40) and np.all(w.sum(axis=1) == 40)
+
+
+def test_gap_intervals_use_the_given_replicates(tiny) -> None:
+    w = bootstrap_weights(4, 300, random_state=1)
+    f = allocation_rates(tiny, action=HOME, weights=w, min_cell=1, ci_method="percentile")
+    s = np.array([1.0, 2.0, 0.0, 1.0])  # home visits per episode
+    length = np.array([2.0, 3.0, 1.0, 2.0])
+    ga, gb = np.array([1, 1, 0, 0.0]), np.array([0, 0, 1, 1.0])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ra = (w @ (s * ga)) / (w @ (length * ga))
+        rb = (w @ (s * gb)) / (w @ (length * gb))
+    np.testing.assert_allclose(f.rate_reps[:, 0], ra)
+    np.testing.assert_allclose(f.rate_reps[:, 1], rb)
+    gap = np.abs(ra - rb)
+    ok = np.isfinite(gap)
+    lo, hi = np.quantile(gap[ok], [0.025, 0.975])
+    assert f.difference_ci() == pytest.approx((lo, hi))
+    assert f.n_boot == 300
+    # the basic interval reflects the same quantiles around the estimate (clipped at 0)
+    b = allocation_rates(tiny, action=HOME, weights=w, min_cell=1)
+    est = 0.6 - 1 / 3
+    assert b.difference_ci() == pytest.approx((max(0.0, 2 * est - hi), 2 * est - lo))
+
+
+def test_same_seed_same_numbers() -> None:
+    ds = random_panel(150, seed=2)
+    a = allocation_rates(ds, action=HOME, n_boot=50, n_permutations=50, random_state=7)
+    b = allocation_rates(ds, action=HOME, n_boot=50, n_permutations=50, random_state=7)
+    assert a.to_dict() == b.to_dict()
+
+
+def test_interval_covers_recovered_gap() -> None:
+    ds = random_panel(3000, seed=3, rate_by_group=(0.10, 0.06, 0.10), cluster_sd=0.5)
+    f = allocation_rates(ds, action=HOME, group="race", n_boot=300, random_state=0)
+    lo, hi = f.difference_ci()
+    assert lo < f.difference() < hi
+    assert lo > 0.01  # the 4-point gap is detected
+
+
+# ---------------------------------------------------------------------- suppression, intersection
+def test_small_cells_are_suppressed_everywhere() -> None:
+    ds = random_panel(200, seed=4, shares=(0.5, 0.47, 0.03))
+    n_small = int((ds.groups["race"] == "r2").sum())
+    assert 0 < n_small < 11
+    with pytest.warns(SmallCellWarning, match="1 group"):
+        f = allocation_rates(ds, action=HOME, group="race", n_boot=20, random_state=0)
+    assert f.groups == ("r0", "r1") and f.suppressed == ("r2",)
+    d = f.to_dict()
+    assert d["rate"]["r2"] == {"suppressed": True}
+    assert d["difference_to_overall_pp"]["r2"] == {"suppressed": True}
+    assert d["proportional_parity"]["r2"] == {"suppressed": True}
+    # the overall rate leaves the suppressed episodes out
+    keep = ds.groups["race"] != "r2"
+    home = SPACE.level_mask("modality", "home_visit")[ds.actions]
+    rows = ds.episode_rows(keep)
+    assert f.overall == pytest.approx(home[rows].mean())
+
+
+def test_intersectional_groups() -> None:
+    ds = random_panel(400, seed=5)
+    f = allocation_rates(ds, action=HOME, group="race", intersect=["sex"], n_boot=0)
+    tab = pd.crosstab(ds.groups["race"], ds.groups["sex"])
+    expected = {f"{r} x {s}": int(tab.loc[r, s]) for r in tab.index for s in tab.columns}
+    assert f.group == "race x sex"
+    assert f.n_episodes.to_dict() == {k: v for k, v in expected.items() if v >= 11}
+    home = SPACE.level_mask("modality", "home_visit")[ds.actions]
+    lab = ds.episode_rows(ds.intersect_groups(["race", "sex"]))
+    for g, r in f.by_group.items():
+        assert r == pytest.approx(home[lab == g].mean())
+
+
+# ---------------------------------------------------------------------- need rules, blocks
+def test_need_rule() -> None:
+    ds = random_panel(50, seed=6)
+    np.testing.assert_array_equal(need_rows(ds, "risk >= 0.5"), ds.states[:, 0] >= 0.5)
+    both = need_rows(ds, "risk > 0.2 and risk < 0.6")
+    np.testing.assert_array_equal(both, (ds.states[:, 0] > 0.2) & (ds.states[:, 0] < 0.6))
+    for rule, msg in [("zip > 1", "unknown state column 'zip'"),
+                      ("risk > high", "'high' is not a number"),
+                      ("risk", "each term must look like")]:
+        with pytest.raises(DataValidationError, match=re.escape(msg)):
+            need_rows(ds, rule)
+
+
+def test_policy_called_on_blocks_of_whole_episodes() -> None:
+    ds = random_panel(30, seed=7)
+    seen: list[int] = []
+
+    def fn(d):
+        seen.append(d.n_episodes)
+        p = np.full((d.n_steps, SPACE.n_actions), 1.0 / SPACE.n_actions)
+        p[:, 0] += d.step * 0.0  # history-aware policies get whole episodes
+        return p
+
+    pol = CallablePolicy(fn, SPACE.n_actions, takes_dataset=True)
+    cols = SPACE.level_mask("modality", "home_visit")[:, None].astype(float)
+    full = row_pass(ds, pol, cols)
+    blocked = row_pass(ds, pol, cols, max_block=10 * SPACE.n_actions)
+    assert len(seen) > 2
+    for x, y in zip(full, blocked, strict=True):
+        if x is not None:
+            np.testing.assert_allclose(x, y)
+
+
+# ---------------------------------------------------------------------- bad inputs
+@pytest.mark.parametrize(("kwargs", "error", "message"), [
+    ({"level": "week"}, ValueError,
+     "The 'level' parameter of allocation_rates must be one of 'step', 'episode'. Got 'week' "
+     "instead."),
+    ({"alpha": 1.5}, ValueError,
+     "The 'alpha' parameter of allocation_rates must be a float in (0, 1). Got 1.5 instead."),
+    ({"n_boot": -1}, ValueError,
+     "The 'n_boot' parameter of allocation_rates must be a non-negative int. Got -1 instead."),
+    ({"min_cell": 0}, ValueError,
+     "The 'min_cell' parameter of allocation_rates must be a positive int. Got 0 instead."),
+    ({"action": "modality=teleport"}, DataValidationError,
+     "Bad action set 'modality=teleport': Unknown level(s) ['teleport']"),
+    ({"action": "teleport"}, DataValidationError, "An action set must look like"),
+    ({"group": "zip"}, DataValidationError, "Unknown group attribute(s) ['zip']"),
+    ({"weights": np.ones((3, 5))}, ValueError,
+     "The 'weights' parameter of allocation_rates must be an array of shape (n_boot, 4). "
+     "Got (3, 5) instead."),
+    ({"need": np.ones(3)}, DataValidationError, "need must have shape (8,) (rows) or (4,)"),
+    ({"min_cell": 3}, DataValidationError, "No group of 'g' has at least 3 episodes"),
+])
+def test_bad_inputs(tiny, kwargs, error, message) -> None:
+    kw = {"min_cell": 1, "n_boot": 0, **kwargs}
+    with pytest.raises(error, match=re.escape(message)):
+        allocation_rates(tiny, **kw)
+
+
+def test_no_need_no_proportional_parity() -> None:
+    ds = make_dataset([2, 2], np.zeros((4, 2), int), {"g": ["a", "b"]})
+    f = allocation_rates(ds, action=HOME, n_boot=0, min_cell=1)
+    assert not f.has_need and "proportional_parity" not in f.to_dict()
+    with pytest.raises(ValueError, match="Proportional parity needs clinical need"):
+        f.proportional_parity()
+    with pytest.raises(ValueError, match="No bootstrap replicates"):
+        f.difference_ci()
+    assert np.isnan(f.ratio())  # no home visits anywhere: min/max undefined
+    assert f.to_dict()["parity_ratio"]["value"] is None
+
+
+# ---------------------------------------------------------------------- fairlearn
+def test_fairlearn_metric_frame_agrees() -> None:
+    pytest.importorskip("fairlearn", reason="fairlearn is an optional dependency")
+    ds = random_panel(300, seed=8)
+    f = allocation_rates(ds, action=HOME, group="race", n_boot=0)
+    mf = f.to_metric_frame()
+    pd.testing.assert_series_equal(mf.by_group["allocation_rate"], f.by_group,
+                                   check_names=False)
+    assert float(mf.overall["allocation_rate"]) == pytest.approx(f.overall)
+    assert float(mf.difference()["allocation_rate"]) == pytest.approx(f.difference())
+    assert float(mf.ratio()["allocation_rate"]) == pytest.approx(f.ratio())
+    assert float(mf.difference(method="to_overall")["allocation_rate"]) == pytest.approx(
+        f.difference("to_overall"))
+
+
+# ---------------------------------------------------------------------- invariants
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10_000), st.sampled_from(["step", "episode"]))
+def test_allocation_invariants(seed: int, level: str) -> None:
+    ds = random_panel(60, seed=seed, min_len=1, max_len=6)
+    rng = np.random.default_rng(seed)
+    probs = rng.dirichlet(np.ones(SPACE.n_actions), size=ds.n_steps)
+    for pol in (None, probs):
+        f = allocation_rates(ds, pol, action=HOME, group="race", level=level, n_boot=0,
+                             min_cell=1)
+        r = f.rates
+        assert np.all((r >= 0) & (r <= 1))
+        den = f.episode_den
+        w = np.array([den[f.episode_labels == g].sum() for g in f.groups])
+        assert f.overall == pytest.approx(np.sum(w * r) / w.sum())   # overall = weighted mean
+        assert np.sum(w * (r - f.overall)) == pytest.approx(0.0, abs=1e-12)
+        assert 0.0 <= f.difference() <= 1.0
+        ratio = f.ratio()
+        assert np.isnan(ratio) or 0.0 <= ratio <= 1.0
+        # proportional parity averages to 1 when weighted by the need shares
+        need = np.array([ds.need[ds.group_labels("race") == g].sum() if level == "episode"
+                         else (ds.need * ds.episode_lengths)[ds.group_labels("race") == g].sum()
+                         for g in f.groups])
+        pp = f.proportional_parity().to_numpy()
+        ok = need > 0
+        if np.isfinite(pp[ok]).all() and f.overall > 0:
+            assert np.sum(need[ok] / need.sum() * pp[ok]) == pytest.approx(1.0)

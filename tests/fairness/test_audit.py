@@ -1,0 +1,213 @@
+from __future__ import annotations
+
+import json
+import re
+import warnings
+
+import numpy as np
+import pytest
+
+from equicare.exceptions import SmallCellWarning
+from equicare.fairness import AuditResult, FairnessAudit, OutcomeFrame, audit, gini
+from equicare.policy import UniformPolicy
+
+from .conftest import SPACE, make_dataset
+
+HOME = "modality=home_visit"
+
+
+@pytest.fixture
+def rewarded():
+    """tiny with rewards and uniform logged propensities (1/6 per action).
+
+    Returns (gamma = 1) per episode: 3, 1, 2, 4 -> group a: 3, 1; group b: 2, 4.
+    """
+    codes = np.array([[2, 0], [0, 0], [2, 1], [2, 0], [0, 0], [0, 0], [2, 0], [1, 0]])
+    rewards = np.array([1.0, 2.0, 0.0, 1.0, 0.0, 2.0, 3.0, 1.0])
+    return make_dataset([2, 3, 1, 2], codes, {"g": ["a", "a", "b", "b"]}, need=[1, 0, 1, 1],
+                        rewards=rewards, behavior_prob=np.full(8, 1 / 6))
+
+
+def test_behavior_outcomes_by_hand(rewarded) -> None:
+    res = audit(rewarded, action=HOME, n_boot=0, n_permutations=0, min_cell=1)
+    o = res["behavior"].outcome
+    assert o.estimator == "on_policy"
+    assert o.by_group.to_dict() == pytest.approx({"a": 2.0, "b": 3.0})
+    assert o.overall == pytest.approx(2.5)
+    assert o.difference() == pytest.approx(1.0)
+    assert o.worst_group() == pytest.approx(2.0) and o.worst_group_label() == "a"
+    assert o.gini() == pytest.approx(gini([2.0, 3.0]))  # = 2 / (2 * 4 * 2.5) = 0.1
+    assert o.gini() == pytest.approx(0.1)
+    assert o.gini(weighted=True) == pytest.approx(0.1)  # equal group sizes
+
+
+def test_policy_wis_by_group_by_hand(rewarded) -> None:
+    # the policy takes home_visit/routine (flat 4) with prob 1/2 and none/routine (0) with 1/2
+    probs = np.zeros((8, SPACE.n_actions))
+    probs[:, 4] = probs[:, 0] = 0.5
+    res = audit(rewarded, {"pol": probs}, action=HOME, n_boot=0, n_permutations=0, min_cell=1,
+                estimator="wis")
+    # per-step ratios pi/b: 3 for actions 0 and 4, else 0; episode weights: ep0 (4, 0): 9,
+    # ep1 (4, 5, 0): 0, ep2 (0): 3, ep3 (4, 2): 0
+    o = res["pol"].outcome
+    assert o.estimator == "wis"
+    assert o.by_group.to_dict() == pytest.approx({"a": 3.0, "b": 2.0})
+    assert o.overall == pytest.approx((9 * 3 + 3 * 2) / 12)
+    a = res["pol"].allocation
+    assert a.by_group.to_dict() == pytest.approx({"a": 0.5, "b": 0.5})
+    assert a.difference() == pytest.approx(0.0) and a.ratio() == pytest.approx(1.0)
+
+
+def test_group_values_match_ope_engine() -> None:
+    from equicare.ope import evaluate_subgroups
+    from equicare.sim.care import CareManagementSim
+
+    sim = CareManagementSim()
+    ds = sim.generate(n_members=300, n_weeks=10, random_state=3).dataset()
+    pol = sim.behavior_policy(equitable=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SmallCellWarning)
+        res = audit(ds, {"eq": pol}, action=HOME, n_boot=0, n_permutations=0, estimator="dr",
+                    random_state=0)
+        ref = evaluate_subgroups(ds, pol, attrs=["race_ethnicity"], estimators="dr,wis",
+                                 bootstrap=0, random_state=0)["race_ethnicity"]
+    o = res["eq"].outcome
+    for g, v in o.by_group.items():
+        assert v == pytest.approx(ref[g].estimates["dr"].value, rel=1e-6, abs=1e-9)
+    res_w = audit(ds, {"eq": pol}, action=HOME, n_boot=0, n_permutations=0, estimator="wis",
+                  random_state=0)
+    for g, v in res_w["eq"].outcome.by_group.items():
+        assert v == pytest.approx(ref[g].estimates["wis"].value, rel=1e-9)
+
+
+def test_outcome_intervals_share_the_replicates(rewarded) -> None:
+    from equicare.fairness import bootstrap_weights
+
+    w = bootstrap_weights(4, 200, random_state=5)
+    res = audit(rewarded, action=HOME, weights=w, n_permutations=0, min_cell=1)
+    o = res["behavior"].outcome
+    ret = np.array([3.0, 1.0, 2.0, 4.0])
+    ga = np.array([1.0, 1.0, 0.0, 0.0])
+    with np.errstate(invalid="ignore"):  # replicates without a group's episodes give NaN
+        va = (w @ (ret * ga)) / (w @ ga)
+        vb = (w @ (ret * (1 - ga))) / (w @ (1 - ga))
+        ra = (w @ (np.array([1.0, 2, 0, 1]) * ga)) / (w @ (np.array([2.0, 3, 1, 2]) * ga))
+    np.testing.assert_allclose(o.value_reps, np.column_stack([va, vb]))
+    np.testing.assert_allclose(res["behavior"].allocation.rate_reps[:, 0], ra)
+    g = gini(o.value_reps)
+    ok = np.isfinite(g)
+    lo, hi = np.quantile(g[ok], [0.025, 0.975])
+    est = gini([2.0, 3.0])
+    assert o.gini_ci() == pytest.approx((max(0.0, 2 * est - hi), min(1.0, 2 * est - lo)))
+
+
+def test_contract7_json(rewarded, tmp_path) -> None:
+    res = audit(rewarded, {"unif": UniformPolicy(SPACE.n_actions)}, action=HOME, n_boot=50,
+                n_permutations=20, min_cell=1, random_state=0)
+    d = json.loads(json.dumps(res.to_dict()))  # strictly JSON
+    assert d["group"] == "g" and d["action"] == HOME and d["n_episodes"] == 4
+    assert list(d["policies"]) == ["behavior", "unif"]
+    beh = d["policies"]["behavior"]
+    for key in ("rate", "parity_gap_pp", "parity_ratio", "proportional_parity",
+                "permutation_p", "value_by_group", "gini"):
+        assert key in beh
+    assert set(beh["rate"]["a"]) == {"value", "ci", "n_episodes"}
+    assert beh["rate"]["a"]["value"] == pytest.approx(0.6)
+    assert beh["parity_gap_pp"]["value"] == pytest.approx(100 * (0.6 - 1 / 3))
+    assert len(beh["parity_gap_pp"]["ci"]) == 2
+    assert set(beh["value_by_group"]["a"]) == {"value", "ci", "n_episodes"}
+    assert d["level_rates"]["unif"]["modality=home_visit"]["a"] == pytest.approx(1 / 3)
+    path = res.to_json(tmp_path / "audit.json")
+    assert json.loads(path.read_text()) == d
+    with pytest.raises(FileExistsError, match="refusing to overwrite"):
+        res.to_json(path)
+    res.to_json(path, overwrite=True)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_suppressed_group_in_json_and_summary() -> None:
+    codes = np.zeros((30, 2), dtype=int)
+    ds = make_dataset([1] * 30, codes, {"g": ["a"] * 14 + ["b"] * 12 + ["c"] * 4},
+                      rewards=np.ones(30), behavior_prob=np.full(30, 1 / 6))
+    with pytest.warns(SmallCellWarning):
+        res = audit(ds, action=HOME, n_boot=10, n_permutations=10, random_state=0)
+    d = res.to_dict()["policies"]["behavior"]
+    assert d["rate"]["c"] == {"suppressed": True}
+    assert d["value_by_group"]["c"] == {"suppressed": True}
+    assert res.n_episodes == 26 and res.suppressed == ("c",)
+    assert "c" not in res.level_rates.columns
+    assert list(res.summary().index) == ["behavior"]
+
+
+def test_settings_round_trip_and_errors() -> None:
+    cfg = FairnessAudit(action=HOME, intersect=("sex",), n_boot=10, estimator="dr")
+    assert FairnessAudit.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with pytest.raises(ValueError, match=re.escape("Unknown FairnessAudit settings ['bogus']")):
+        FairnessAudit.from_dict({"bogus": 1})
+    with pytest.raises(ValueError, match=re.escape(
+            "The 'estimator' parameter of FairnessAudit must be one of 'is', 'wis', 'pdis', "
+            "'wpdis', 'dr', 'wdr', 'fqe', None. Got 'magic' instead.")):
+        FairnessAudit(estimator="magic")
+    with pytest.raises(ValueError, match=re.escape(
+            "The 'n_permutations' parameter of FairnessAudit must be a non-negative int.")):
+        FairnessAudit(n_permutations=-5)
+
+
+def test_reserved_name_and_bad_weights(rewarded) -> None:
+    with pytest.raises(ValueError, match="reserved for the logged behaviour"):
+        audit(rewarded, {"behavior": UniformPolicy(SPACE.n_actions)}, min_cell=1)
+    with pytest.raises(ValueError, match=re.escape("must be an array of shape (n_boot, 4)")):
+        audit(rewarded, weights=np.ones((5, 3)), min_cell=1)
+
+
+def test_allocation_only_without_estimator(rewarded) -> None:
+    res = audit(rewarded, {"u": UniformPolicy(SPACE.n_actions)}, estimator=None, n_boot=0,
+                n_permutations=0, min_cell=1)
+    assert res["u"].outcome is None
+    assert "value_by_group" not in res.to_dict()["policies"]["u"]
+    assert isinstance(res, AuditResult)
+
+
+def test_mixed_sign_values_give_no_gini() -> None:
+    o = OutcomeFrame(policy="p", group="g", estimator="wis", groups=("a", "b"), suppressed=(),
+                     counts=np.array([20, 20]), values=np.array([-1.0, 2.0]), value_reps=None,
+                     overall_value=0.5)
+    assert np.isnan(o.gini())
+    assert o.to_dict()["gini"]["value"] is None
+
+
+# ---------------------------------------------------------------------- care-management simulator
+def check_care_disparity(n_members: int, n_truth: int, fit_steps: int) -> None:
+    import torch
+
+    from equicare.algos import BC
+    from equicare.sim.care import CareManagementSim
+
+    torch.set_num_threads(1)
+    sim = CareManagementSim()
+    truth = sim.true_value(sim.behavior_policy(), n_members=n_truth, n_weeks=52,
+                           random_state=123, by_group=False, action_mask=HOME)
+    true_gap = 100 * truth.parity_gap("race_ethnicity")
+    assert 3.0 <= true_gap <= 4.0  # the simulator's built-in disparity
+    ds = sim.generate(n_members=n_members, n_weeks=52, random_state=7).dataset()
+    fair = BC(n_steps=fit_steps, hidden=(64, 64), batch_size=512, valid_fraction=0.0,
+              fair_action=HOME, fair_lambda=20.0, seed=0).fit(ds, progress=False)
+    res = audit(ds, {"bc_fair": fair}, action=HOME, group="race_ethnicity", n_boot=1000,
+                n_permutations=500, random_state=0)
+    beh, pol = res["behavior"].allocation, res["bc_fair"].allocation
+    lo, hi = (100 * v for v in beh.difference_ci())
+    assert lo <= true_gap <= hi, (lo, true_gap, hi)
+    assert beh.permutation_p < 0.01
+    # the fairness-constrained policy: smaller gap whose interval excludes the behaviour gap
+    plo, phi = (100 * v for v in pol.difference_ci())
+    assert 100 * pol.difference() < 100 * beh.difference()
+    assert phi < 100 * beh.difference() and phi < true_gap
+
+
+def test_care_sim_recovers_behavior_disparity() -> None:
+    check_care_disparity(n_members=3000, n_truth=8000, fit_steps=400)
+
+
+@pytest.mark.slow
+def test_care_sim_recovers_behavior_disparity_large() -> None:
+    check_care_disparity(n_members=20000, n_truth=40000, fit_steps=2000)
