@@ -1,0 +1,48 @@
+"""Policy learners: offline (BC, AWR, CQL, fairness-constrained) and online (PPO, group-robust PPO).
+
+Every name is loaded lazily (module ``__getattr__``), so ``import equicare.algos`` does not
+import torch; the first attribute access does.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# name -> private module that defines it
+_LAZY: dict[str, str] = {
+    # ---- offline learners (issue 4)
+    "LearnerConfig": "equicare.algos._base",
+    "OfflineLearner": "equicare.algos._base",
+    "load_learner": "equicare.algos._base",
+    "BC": "equicare.algos._bc",
+    "BCConfig": "equicare.algos._bc",
+    "AWR": "equicare.algos._awr",
+    "AWRConfig": "equicare.algos._awr",
+    "CQL": "equicare.algos._cql",
+    "CQLConfig": "equicare.algos._cql",
+    "GroupDRO": "equicare.algos._fairness",
+    "parity_penalty": "equicare.algos._fairness",
+    "to_d3rlpy": "equicare.algos._d3rlpy",
+    "from_d3rlpy": "equicare.algos._d3rlpy",
+    # ---- online learners: the lead adds the PPO / GRPO exports here -------------------------
+    # "PPO": "equicare.algos.ppo",
+    # "PPOConfig": "equicare.algos.ppo",
+    # "GRPO": "equicare.algos.grpo",
+    # "GRPOConfig": "equicare.algos.grpo",
+    # ------------------------------------------------------------------------------------------
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'equicare.algos' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

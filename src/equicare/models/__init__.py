@@ -1,0 +1,46 @@
+"""Torch building blocks: state encoders (MLP, LSTM + attention history), factored heads, networks.
+
+Every name is loaded lazily (module ``__getattr__``), so ``import equicare.models`` does not
+import torch; the first attribute access does.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# name -> private module that defines it
+_LAZY: dict[str, str] = {
+    "HistoryEncoder": "equicare.models._encoders",
+    "MLPEncoder": "equicare.models._encoders",
+    "Standardize": "equicare.models._encoders",
+    "window_index": "equicare.models._encoders",
+    "FactoredCategoricalHead": "equicare.models._heads",
+    "FactoredQHead": "equicare.models._heads",
+    "JointCategoricalHead": "equicare.models._heads",
+    "JointQHead": "equicare.models._heads",
+    "ValueHead": "equicare.models._heads",
+    "flat_codes": "equicare.models._heads",
+    "ModelInputs": "equicare.models._inputs",
+    "batched_forward": "equicare.models._inputs",
+    "previous_action_features": "equicare.models._inputs",
+    "Network": "equicare.models._networks",
+    "NetworkSpec": "equicare.models._networks",
+    "build_network": "equicare.models._networks",
+    "seeded": "equicare.models._networks",
+    # --- other helpers' modules (PPO networks, dynamics ensemble) add their names here ---
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'equicare.models' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

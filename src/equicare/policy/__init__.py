@@ -27,3 +27,22 @@ __all__ = [
     "sample_actions",
     "write_policy_file",
 ]
+
+# --- learned policies (model folders); loaded lazily so that importing equicare.policy does not
+# import torch
+_LAZY = {
+    "BehaviorModel": "equicare.policy._behavior",  # imports scikit-learn
+    "LearnedPolicy": "equicare.policy._learned",
+    "load_policy": "equicare.policy._learned",
+}
+__all__ += sorted(_LAZY)
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'equicare.policy' has no attribute {name!r}")

@@ -1,0 +1,113 @@
+r"""Training-time fairness terms: a demographic-parity penalty and group-DRO weights.
+
+Demographic parity (on a mini-batch of rows with group labels ``g_i``):
+
+.. math::
+
+    \mathrm{pen} = \lambda \sum_g \Big(\frac{1}{n_g} \sum_{i: g_i = g} \pi(S \mid s_i)
+                    - \frac{1}{n} \sum_i \pi(S \mid s_i)\Big)^2,
+
+where ``S`` is an action set (``"modality=home_visit"``) and ``pi(S|s) = sum_{a in S} pi(a|s)``.
+
+Group-robust objective (group DRO, Sagawa et al., 2020, exponentiated-gradient weights):
+
+.. math::
+
+    q_g \leftarrow \frac{q_g e^{\eta L_g}}{\sum_h q_h e^{\eta L_h}}, \qquad
+    J = (1 - \lambda) \bar L + \lambda \sum_g q_g L_g,
+
+with ``L_g`` the mean loss of group ``g``'s rows in the batch and ``bar L`` the mean over all
+rows; ``lambda = 0`` is the plain objective. The weights can also follow another per-group
+signal of being worse off than the loss (the learners with a critic use the standardised negative
+value estimate of the current policy, so that the group with the lowest estimated value gets the
+largest weight): ``q_g <- q_g exp(eta S_g)`` with ``S_g`` the group mean of the signal.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["parity_penalty", "GroupDRO", "group_means"]
+
+
+def group_means(values: Tensor, group: Tensor, n_groups: int) -> tuple[Tensor, Tensor]:
+    """Mean of ``values`` within each group present in the batch.
+
+    Parameters
+    ----------
+    values : Tensor of shape (batch,)
+    group : Tensor of shape (batch,), int64 in ``[0, n_groups)``
+    n_groups : int
+
+    Returns
+    -------
+    means : Tensor of shape (n_groups,)
+        0 for absent groups.
+    present : Tensor of shape (n_groups,), bool
+    """
+    sums = torch.zeros(n_groups, dtype=values.dtype).index_add(0, group, values)
+    counts = torch.bincount(group, minlength=n_groups).to(values.dtype)
+    present = counts > 0
+    return sums / counts.clamp(min=1.0), present
+
+
+def parity_penalty(p_set: Tensor, group: Tensor, n_groups: int) -> Tensor:
+    """Sum over groups of the squared gap between the group's and the overall mean ``p_set``.
+
+    Parameters
+    ----------
+    p_set : Tensor of shape (batch,)
+        Probability of the action set at each row.
+    group : Tensor of shape (batch,)
+    n_groups : int
+
+    Returns
+    -------
+    Tensor (scalar)
+    """
+    means, present = group_means(p_set, group, n_groups)
+    return ((means - p_set.mean()) ** 2 * present).sum()
+
+
+class GroupDRO:
+    """Exponentiated-gradient weights over groups and the mixed objective (see module docstring).
+
+    Parameters
+    ----------
+    n_groups : int
+    step : float
+        Step size ``eta`` of the exponentiated-gradient update.
+    """
+
+    def __init__(self, n_groups: int, step: float) -> None:
+        self.step = float(step)
+        self.q = torch.full((n_groups,), 1.0 / n_groups)
+
+    def objective(self, per_row: Tensor, group: Tensor, lam: float,
+                  signal: Tensor | None = None) -> Tensor:
+        """Mixed objective of a batch; updates the weights of the groups present.
+
+        Parameters
+        ----------
+        per_row : Tensor of shape (batch,)
+            Loss of each row.
+        group : Tensor of shape (batch,)
+        lam : float in [0, 1]
+        signal : Tensor of shape (batch,), optional
+            Per-row measure of being worse off that drives the weights (default: the loss).
+        """
+        plain = per_row.mean()
+        if lam <= 0.0:
+            return plain
+        n_groups = int(self.q.shape[0])
+        g_loss, present = group_means(per_row, group, n_groups)
+        with torch.no_grad():
+            drive = g_loss if signal is None else group_means(signal.detach(), group, n_groups)[0]
+            gl = drive.detach() * present
+            # shift by the largest loss (same weights after normalising, no overflow)
+            self.q = self.q * torch.exp(self.step * (gl - gl[present].max()))
+            self.q = self.q / self.q.sum()
+        q = self.q * present
+        robust = (q / q.sum() * g_loss).sum()
+        return (1.0 - lam) * plain + lam * robust

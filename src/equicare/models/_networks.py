@@ -1,0 +1,176 @@
+"""Encoder + head networks, described by a JSON-serialisable :class:`NetworkSpec`.
+
+A saved model folder stores the spec in ``config.json`` and the weights in safetensors; loading
+rebuilds the network from the spec (no code is executed, nothing is unpickled).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from equicare.models._encoders import HistoryEncoder, MLPEncoder
+from equicare.models._heads import (
+    FactoredCategoricalHead,
+    FactoredQHead,
+    JointCategoricalHead,
+    JointQHead,
+    ValueHead,
+)
+from equicare.utils import check_param
+
+__all__ = ["NetworkSpec", "Network", "build_network", "seeded"]
+
+EncoderKind = Literal["mlp", "lstm"]
+HeadKind = Literal["joint", "factored", "autoregressive", "joint_q", "factored_q", "value"]
+_HEADS = ("joint", "factored", "autoregressive", "joint_q", "factored_q", "value")
+
+
+@dataclass(frozen=True, kw_only=True)
+class NetworkSpec:
+    """Architecture of one network (everything needed to rebuild it before loading weights).
+
+    Parameters
+    ----------
+    n_features : int
+        Input features per row.
+    sizes : tuple of int
+        Levels per action component (manifest order).
+    support : tuple of int
+        Flat action indices the head scores (increasing).
+    encoder : {"mlp", "lstm"}
+    head : {"joint", "factored", "autoregressive", "joint_q", "factored_q", "value"}
+    hidden : tuple of int
+        Hidden widths of the encoder MLP.
+    window : int
+        History rows read by the ``"lstm"`` encoder (1 for ``"mlp"``).
+    lstm_hidden, attention_dim, ar_hidden : int
+        Widths of the LSTM (per direction), the attention layer and the autoregressive
+        conditionals.
+    history_actions : bool
+        The inputs of the ``"lstm"`` encoder also hold the previous row's action (one-hot per
+        component) and reward (``n_features`` then counts them).
+    """
+
+    n_features: int
+    sizes: tuple[int, ...]
+    support: tuple[int, ...]
+    encoder: EncoderKind = "mlp"
+    head: HeadKind = "joint"
+    hidden: tuple[int, ...] = (256, 256)
+    window: int = 1
+    lstm_hidden: int = 64
+    attention_dim: int = 64
+    ar_hidden: int = 64
+    history_actions: bool = False
+
+    def __post_init__(self) -> None:
+        owner = "NetworkSpec"
+        check_param(self.encoder, "encoder", owner, choices=("mlp", "lstm"))
+        check_param(self.head, "head", owner, choices=_HEADS)
+        check_param(self.n_features, "n_features", owner, kind=int, low=1,
+                    expected="an int >= 1")
+        check_param(self.window, "window", owner, kind=int, low=1, expected="an int >= 1")
+        if not self.hidden or any(int(h) < 1 for h in self.hidden):
+            raise ValueError(f"The 'hidden' parameter of {owner} must be a non-empty tuple of "
+                             f"positive ints. Got {self.hidden!r} instead.")
+        if self.encoder == "mlp" and self.window != 1:
+            raise ValueError(f"The 'window' parameter of {owner} must be 1 for the mlp encoder. "
+                             f"Got {self.window!r} instead.")
+        n_actions = int(np.prod(self.sizes))
+        s = np.asarray(self.support, dtype=np.int64)
+        if s.size == 0 or (np.diff(s) <= 0).any() or s[0] < 0 or s[-1] >= n_actions:
+            raise ValueError(f"The 'support' parameter of {owner} must be increasing flat "
+                             f"indices in [0, {n_actions}). Got {len(self.support)} entries.")
+
+    @property
+    def n_actions(self) -> int:
+        """Size of the flat action space."""
+        return int(np.prod(self.sizes))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dictionary (tuples as lists)."""
+        d = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> NetworkSpec:
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"Unknown NetworkSpec keys {unknown}; known: {sorted(known)}.")
+        kw: dict[str, Any] = {k: tuple(int(x) for x in v) if isinstance(v, list) else v
+                              for k, v in d.items()}
+        return cls(**kw)
+
+
+class Network(nn.Module):
+    """An encoder followed by a head.
+
+    ``forward(x, lengths)`` takes ``x`` of shape ``(batch, n_features)`` for the MLP encoder or
+    ``(batch, window, n_features)`` (left-aligned windows) with ``lengths`` of shape ``(batch,)``
+    for the LSTM encoder, and returns head outputs of shape ``(batch, K)`` (``(batch, 1)`` for a
+    value head).
+    """
+
+    def __init__(self, spec: NetworkSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.encoder: MLPEncoder | HistoryEncoder
+        if spec.encoder == "mlp":
+            self.encoder = MLPEncoder(spec.n_features, spec.hidden)
+        else:
+            self.encoder = HistoryEncoder(spec.n_features, spec.window, spec.hidden,
+                                          spec.lstm_hidden, spec.attention_dim)
+        d = self.encoder.out_dim
+        self.head: nn.Module
+        if spec.head == "joint":
+            self.head = JointCategoricalHead(d, spec.n_actions, spec.support)
+        elif spec.head in ("factored", "autoregressive"):
+            self.head = FactoredCategoricalHead(d, spec.sizes, spec.support,
+                                                autoregressive=spec.head == "autoregressive",
+                                                ar_hidden=spec.ar_hidden)
+        elif spec.head == "joint_q":
+            self.head = JointQHead(d, spec.n_actions, spec.support)
+        elif spec.head == "factored_q":
+            self.head = FactoredQHead(d, spec.sizes, spec.support)
+        else:
+            self.head = ValueHead(d)
+
+    @property
+    def window(self) -> int:
+        """History rows the encoder reads."""
+        return self.spec.window
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """Head outputs for encoded inputs (see class docstring for shapes)."""
+        out: Tensor = self.head(self.encoder(x, lengths))
+        return out
+
+
+def seeded(seed: int, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call ``fn`` with torch's global generator seeded, restoring its state afterwards.
+
+    Network construction draws initial weights from torch's global generator; forking it keeps
+    results reproducible without seeding anything the caller owns.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        return fn(*args, **kwargs)
+
+
+def build_network(spec: NetworkSpec | Mapping[str, Any], seed: int | None = None) -> Network:
+    """Build a :class:`Network` from a spec (seeded initial weights when ``seed`` is given)."""
+    s = spec if isinstance(spec, NetworkSpec) else NetworkSpec.from_dict(spec)
+    if seed is None:
+        return Network(s)
+    net: Network = seeded(seed, Network, s)
+    return net
+
+

@@ -1,0 +1,496 @@
+"""``evaluate``: every estimator, bootstrap intervals, ESS, support and subgroups in one call.
+
+The nuisance models (behaviour model and Q-model) are fitted once on the whole dataset; the
+episode-level bootstrap then resamples episodes with those models held fixed (fast and
+vectorised). ``refit=True`` refits both inside every replicate through an executor, a callable
+``executor(fn, items)`` that maps ``fn`` over ``items`` (``None``: serial).
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from numpy.typing import NDArray
+
+from equicare.data import TrajectoryDataset
+from equicare.exceptions import SmallCellWarning
+from equicare.ope._bootstrap import (
+    CIMethod,
+    Estimate,
+    Executor,
+    bootstrap_counts,
+    estimates_with_ci,
+    percentile_interval,
+    serial_map,
+)
+from equicare.ope._core import ALL_KEYS, ESTIMATOR_KEYS, Normalization, OPEInputs, episode_parts
+from equicare.ope._ess import EffectiveSampleSize, effective_sample_size
+from equicare.ope._fqe import FQEConfig
+from equicare.ope._prepare import BehaviorSpec, Prepared, as_fqe_config, prepare
+from equicare.ope._support import SupportReport, support_diagnostics
+from equicare.policy._behavior import BehaviorModel
+from equicare.utils import MIN_CELL, PARAM_MESSAGE, RandomState, check_param, check_random_state
+
+__all__ = ["evaluate", "evaluate_subgroups", "EvaluationResult", "GroupResult",
+           "estimates_from_prepared", "parse_estimators", "refit_bootstrap"]
+
+
+def parse_estimators(estimators: str | Sequence[str]) -> tuple[str, ...]:
+    """``"all"`` (the seven sequential estimators), a comma list or a sequence of keys."""
+    if isinstance(estimators, str):
+        items = list(ESTIMATOR_KEYS) if estimators.strip() == "all" else [
+            e.strip() for e in estimators.split(",") if e.strip()]
+    else:
+        items = list(estimators)
+    expanded: list[str] = []
+    for e in items:
+        expanded += list(ESTIMATOR_KEYS) if e == "all" else [e]
+    bad = [e for e in expanded if e not in ALL_KEYS]
+    if bad or not expanded:
+        raise ValueError(PARAM_MESSAGE.format(
+            name="estimators", owner="evaluate",
+            expected="'all' or a list of " + ", ".join(repr(k) for k in ALL_KEYS), got=estimators))
+    return tuple(dict.fromkeys(expanded))
+
+
+@dataclass(frozen=True)
+class GroupResult:
+    """Estimates within one group level (or a suppressed cell).
+
+    Attributes
+    ----------
+    n_episodes : int
+    suppressed : bool
+        True when the group has fewer than ``MIN_CELL`` (11) episodes: nothing is reported.
+    estimates : dict of str to Estimate
+    behavior : Estimate or None
+        Mean observed return of the group's episodes.
+    ess : EffectiveSampleSize or None
+    """
+
+    n_episodes: int
+    suppressed: bool
+    estimates: dict[str, Estimate] = field(default_factory=dict)
+    behavior: Estimate | None = None
+    ess: EffectiveSampleSize | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Contract 3 group entry; ``{"suppressed": true, "n_episodes": null}`` when suppressed."""
+        if self.suppressed:
+            return {"suppressed": True, "n_episodes": None}
+        assert self.behavior is not None and self.ess is not None
+        return {"n_episodes": self.n_episodes,
+                "behavior": _est_json(self.behavior, se=True),
+                "estimates": {k: _est_json(v) for k, v in self.estimates.items()},
+                "ess": self.ess.to_dict()}
+
+
+def _est_json(e: Estimate, se: bool = True) -> dict[str, Any]:
+    d: dict[str, Any] = {"value": e.value, "ci": [e.ci[0], e.ci[1]]}
+    if se:
+        d["se"] = e.se
+    return d
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """Result of :func:`evaluate` (``to_dict()`` is Contract 3 plus ``"support"``).
+
+    Attributes
+    ----------
+    n_episodes, n_steps : int
+    gamma : float
+    behavior : Estimate
+        Mean observed discounted return (the behaviour policy's on-policy value).
+    estimates : dict of str to Estimate
+    ess : EffectiveSampleSize
+    support : SupportReport or None
+    groups : dict of str to dict of str to GroupResult
+    settings : dict
+        Estimators, models, bootstrap, truncation, propensity source, seed.
+    behavior_model : dict or None
+        Summary of the fitted behaviour model (floored rows, calibration).
+    q_model : dict or None
+        Fitting time and solver of the Q-model.
+    """
+
+    n_episodes: int
+    n_steps: int
+    gamma: float
+    behavior: Estimate
+    estimates: dict[str, Estimate]
+    ess: EffectiveSampleSize
+    support: SupportReport | None
+    groups: dict[str, dict[str, GroupResult]] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    behavior_model: dict[str, Any] | None = None
+    q_model: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the result JSON: Contract 3 plus support, settings and model summaries."""
+        return {
+            "n_episodes": self.n_episodes, "n_steps": self.n_steps, "gamma": self.gamma,
+            "behavior": _est_json(self.behavior),
+            "estimates": {k: _est_json(v) for k, v in self.estimates.items()},
+            "ess": self.ess.to_dict(),
+            "support": None if self.support is None else self.support.to_dict(),
+            "groups": {attr: {lv: g.to_dict() for lv, g in levels.items()}
+                       for attr, levels in self.groups.items()},
+            "settings": self.settings,
+            "behavior_model": self.behavior_model,
+            "q_model": self.q_model,
+        }
+
+    def to_frame(self) -> pd.DataFrame:
+        """Tidy table: one row per (group attribute, level, estimator).
+
+        Columns: ``attribute, level, estimator, value, ci_low, ci_high, se, n_episodes,
+        suppressed`` (``attribute`` and ``level`` are ``"overall"`` for the whole data).
+        """
+        rows: list[dict[str, Any]] = []
+
+        def add(attr: str, level: str, ests: dict[str, Estimate], beh: Estimate | None,
+                n: int | None, suppressed: bool) -> None:
+            items = list(ests.items()) + ([("behavior", beh)] if beh is not None else [])
+            if suppressed:
+                rows.append({"attribute": attr, "level": level, "estimator": None,
+                             "value": np.nan, "ci_low": np.nan, "ci_high": np.nan,
+                             "se": np.nan, "n_episodes": None, "suppressed": True})
+            for k, e in items:
+                rows.append({"attribute": attr, "level": level, "estimator": k, "value": e.value,
+                             "ci_low": e.ci[0], "ci_high": e.ci[1], "se": e.se,
+                             "n_episodes": n, "suppressed": False})
+
+        add("overall", "overall", self.estimates, self.behavior, self.n_episodes, False)
+        for attr, levels in self.groups.items():
+            for lv, g in levels.items():
+                add(attr, lv, g.estimates, g.behavior, None if g.suppressed else g.n_episodes,
+                    g.suppressed)
+        return pd.DataFrame(rows, columns=["attribute", "level", "estimator", "value", "ci_low",
+                                           "ci_high", "se", "n_episodes", "suppressed"])
+
+
+# ---------------------------------------------------------------------- shared computation
+def _behavior_estimate(inputs: OPEInputs, counts: NDArray[np.float64] | None, n_boot: int,
+                       alpha: float) -> Estimate:
+    ret = inputs.returns()
+    v = float(ret.mean())
+    n = ret.size
+    if counts is None or n_boot == 0:
+        se = float(ret.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
+        return Estimate(value=v, ci=(v - 1.959964 * se, v + 1.959964 * se), se=se, n_episodes=n)
+    reps = counts @ ret / counts.sum(axis=1)
+    return Estimate(value=v, ci=percentile_interval(reps, alpha), se=float(reps.std(ddof=1)),
+                    n_episodes=n)
+
+
+def estimates_from_prepared(
+    prep: Prepared,
+    keys: Sequence[str],
+    *,
+    truncate: float | None = None,
+    normalization: Normalization = "absorbing",
+    n_boot: int = 1000,
+    ci_method: CIMethod = "percentile",
+    alpha: float = 0.05,
+    random_state: RandomState = None,
+    episodes: NDArray[np.int64] | None = None,
+) -> tuple[dict[str, Estimate], Estimate, EffectiveSampleSize]:
+    """Estimates, the behaviour value and ESS from prepared inputs (optionally some episodes).
+
+    One bootstrap count matrix is shared by all estimators (and the behaviour value).
+    """
+    inputs = prep.inputs if episodes is None else prep.inputs.subset(episodes)
+    main = tuple(k for k in keys if k != "bandit_dr")
+    n_ep = inputs.n_episodes
+    counts = bootstrap_counts(n_ep, n_boot, random_state) if n_boot > 0 else None
+    out: dict[str, Estimate] = {}
+    if main:
+        parts = episode_parts(inputs, main, truncate=truncate, normalization=normalization)
+        out.update(estimates_with_ci(parts, n_boot=n_boot, method=ci_method, alpha=alpha,
+                                     counts=counts))
+    if "bandit_dr" in keys:
+        binp = prep.bandit_inputs()
+        if episodes is not None:
+            binp = binp.subset(episodes)
+        bparts = episode_parts(binp, ("bandit_dr",), truncate=truncate)
+        out.update(estimates_with_ci(bparts, n_boot=n_boot, method=ci_method, alpha=alpha,
+                                     counts=counts))
+    ordered = {k: out[k] for k in keys}
+    return (ordered, _behavior_estimate(inputs, counts, n_boot, alpha),
+            effective_sample_size(inputs, truncate))
+
+
+def _group_results(prep: Prepared, dataset: TrajectoryDataset, keys: Sequence[str],
+                   attrs: Sequence[str], seeds: Sequence[int], min_cell: int,
+                   **kw: Any) -> dict[str, dict[str, GroupResult]]:
+    out: dict[str, dict[str, GroupResult]] = {}
+    small: list[str] = []
+    seed_iter = iter(seeds)
+    for attr in attrs:
+        labels = dataset.group_labels(attr)
+        levels: dict[str, GroupResult] = {}
+        for lv in np.unique(labels.astype(str)):  # one small vectorised evaluation per level
+            ep = np.flatnonzero(labels.astype(str) == lv)
+            seed = next(seed_iter)
+            if ep.size < min_cell:
+                levels[str(lv)] = GroupResult(n_episodes=int(ep.size), suppressed=True)
+                small.append(f"{attr}={lv}")
+                continue
+            ests, beh, ess = estimates_from_prepared(prep, keys, episodes=ep, random_state=seed,
+                                                     **kw)
+            levels[str(lv)] = GroupResult(n_episodes=int(ep.size), suppressed=False,
+                                          estimates=ests, behavior=beh, ess=ess)
+        out[attr] = levels
+    if small:
+        warnings.warn(f"{len(small)} group cells have fewer than {min_cell} episodes and were "
+                      f"suppressed: {', '.join(small[:10])}{' ...' if len(small) > 10 else ''}.",
+                      SmallCellWarning, stacklevel=3)
+    return out
+
+
+# ---------------------------------------------------------------------- refit bootstrap
+def _refit_replicate(item: tuple[NDArray[np.int64], int], *, dataset: TrajectoryDataset,
+                     target_probs: NDArray[np.float64], keys: tuple[str, ...],
+                     settings: dict[str, Any]) -> dict[str, float]:
+    """Point estimates on one bootstrap resample with the nuisance models refitted."""
+    episodes, seed = item
+    sub = dataset.subset(episodes)
+    lengths = dataset.episode_lengths[episodes]
+    rows = (np.repeat(dataset.episode_offsets[episodes], lengths)
+            + np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths))
+    q = settings.get("q")
+    spec = settings["behavior_model"]
+    if isinstance(spec, BehaviorModel):  # a fresh, unfitted copy in every replicate
+        from sklearn.base import clone
+
+        spec = clone(spec)
+    prep = prepare(sub, target_probs[rows], keys=keys, behavior_prob=None,
+                   behavior_model=spec, q=None if q is None else q[rows],
+                   q_model=settings["q_model"], random_state=seed)
+    ests, _, _ = estimates_from_prepared(prep, keys, truncate=settings["truncate"],
+                                         normalization=settings["normalization"], n_boot=0)
+    return {k: e.value for k, e in ests.items()}
+
+
+def refit_bootstrap(dataset: TrajectoryDataset, target_probs: NDArray[np.float64],
+                    keys: tuple[str, ...], *, n_boot: int, settings: dict[str, Any],
+                    random_state: RandomState, executor: Executor | None = None
+                    ) -> dict[str, NDArray[np.float64]]:
+    """Bootstrap replicates with the behaviour and Q-models refitted in every replicate.
+
+    Parameters
+    ----------
+    dataset : TrajectoryDataset
+    target_probs : ndarray of shape (n_steps, n_actions)
+    keys : tuple of str
+    n_boot : int
+    settings : dict
+        ``behavior_model``, ``q_model``, ``truncate``, ``normalization``.
+    random_state : int, Generator or None
+    executor : callable, optional
+        ``executor(fn, items)`` -> iterable of results (default: serial map).
+
+    Returns
+    -------
+    dict of str to ndarray of shape (n_boot,)
+    """
+    rng = check_random_state(random_state)
+    n = dataset.n_episodes
+    items = [(rng.integers(0, n, size=n), int(rng.integers(2**31 - 1))) for _ in range(n_boot)]
+    fn = functools.partial(_refit_replicate, dataset=dataset, target_probs=target_probs,
+                           keys=keys, settings=settings)
+    results = list((executor or serial_map)(fn, items))
+    return {k: np.array([r[k] for r in results]) for k in keys}
+
+
+# ---------------------------------------------------------------------- public entry points
+def evaluate(
+    dataset: TrajectoryDataset,
+    policy: Any,
+    *,
+    estimators: str | Sequence[str] = "all",
+    q_model: str | FQEConfig = "linear",
+    behavior_model: BehaviorSpec = "logistic",
+    behavior_prob: NDArray[np.float64] | None = None,
+    q: NDArray[np.float64] | None = None,
+    bootstrap: int = 1000,
+    ci_method: CIMethod = "percentile",
+    alpha: float = 0.05,
+    truncate: float | None = None,
+    normalization: Normalization = "absorbing",
+    groups: Sequence[str] | None = None,
+    support_threshold: float = 1e-3,
+    diagnose_support: bool = True,
+    refit: bool = False,
+    executor: Executor | None = None,
+    random_state: int = 0,
+    n_boot: int | None = None,
+    progress: bool = False,
+) -> EvaluationResult:
+    """Evaluate a target policy on logged data with every estimator.
+
+    Parameters
+    ----------
+    dataset : TrajectoryDataset
+    policy : Policy or array-like of shape (n_steps, n_actions)
+    estimators : "all", comma list or sequence of str
+        Among ``is, wis, pdis, wpdis, fqe, dr, wdr`` (``"all"``) and ``bandit_dr``.
+    q_model : {"tabular", "linear", "gbm", "mlp"} or FQEConfig
+    behavior_model : {"logistic", "lgbm"}, classifier or BehaviorModel
+        Always fitted (support diagnostics); its cross-fitted propensities are used in the weights
+        when the data has none logged and ``behavior_prob`` is not given.
+    behavior_prob : ndarray of shape (n_steps,), optional
+        Propensities of the logged actions overriding the dataset's.
+    q : ndarray of shape (n_steps, n_actions), optional
+        A Q matrix of the target policy (skips FQE).
+    bootstrap : int, default=1000
+        Episode-level bootstrap replicates (0: jackknife normal intervals).
+    ci_method : {"percentile", "bca"}
+    alpha : float
+    truncate : float, optional
+        Cap on the cumulative importance weights.
+    normalization : {"absorbing", "alive"}
+        Denominators of WPDIS/WDR with variable-length episodes (see ``episode_parts``).
+    groups : sequence of str, optional
+        Group attributes to evaluate within (default: all of the dataset's).
+    support_threshold : float
+        Estimated behaviour probability below which an action counts as unsupported.
+    diagnose_support : bool, default=True
+        Fit the behaviour model and report support even when propensities are logged or given
+        (the default; ``False`` skips both when the propensities are known, e.g. for repeated
+        validation-time evaluations, and ``support`` is then None).
+    refit : bool
+        Refit the nuisance models in every bootstrap replicate (slow; via ``executor``).
+    executor : callable, optional
+        ``executor(fn, items)`` used when ``refit`` is set (default: serial map).
+    random_state : int
+        Seed of everything random (folds, models, bootstrap).
+    n_boot : int, optional
+        Alias of ``bootstrap`` (takes precedence when given).
+    progress : bool
+        Print one line per stage (behaviour model, Q-model, bootstrap, groups) on stderr.
+
+    Returns
+    -------
+    EvaluationResult
+
+    Warns
+    -----
+    SupportWarning
+        When more than 1% of the target policy's mass is on unsupported actions.
+    SmallCellWarning
+        When a group level has fewer than 11 episodes (suppressed).
+    """
+    keys = parse_estimators(estimators)
+    if n_boot is not None:
+        bootstrap = n_boot
+    check_param(bootstrap, "bootstrap", "evaluate", kind=int, low=0)
+
+    def say(msg: str) -> None:
+        if progress:
+            print(f"[evaluate] {msg}", file=sys.stderr, flush=True)
+
+    check_param(random_state, "random_state", "evaluate", kind=int, low=0)
+    qcfg = as_fqe_config(q_model)
+    rng = check_random_state(random_state)
+    seed_prep, seed_boot, seed_refit = (int(s) for s in rng.integers(0, 2**31 - 1, size=3))
+    say(f"{dataset.n_episodes} episodes, {dataset.n_steps} steps: fitting the behaviour model "
+        f"and the {qcfg.model} Q-model")
+    prep = prepare(dataset, policy, keys=keys, behavior_prob=behavior_prob,
+                   behavior_model=behavior_model, fit_behavior=diagnose_support, q=q,
+                   q_model=qcfg, random_state=seed_prep)
+    say(f"estimators {', '.join(keys)} with {bootstrap} bootstrap replicates")
+    bm = prep.behavior_model
+    support = None
+    if bm is not None:
+        support = support_diagnostics(dataset, prep.target_probs, bm.action_probs(dataset),
+                                      observed=bm.observed_in_state(dataset),
+                                      threshold=support_threshold, estimators=keys)
+    kw: dict[str, Any] = {"truncate": truncate, "normalization": normalization,
+                          "n_boot": bootstrap, "ci_method": ci_method, "alpha": alpha}
+    ests, beh, ess = estimates_from_prepared(prep, keys, random_state=seed_boot, **kw)
+    settings: dict[str, Any] = {
+        "estimators": list(keys), "q_model": qcfg.to_dict() if q is None else "given",
+        "behavior_model": behavior_model if isinstance(behavior_model, str)
+        else type(behavior_model).__name__,
+        "propensity_source": prep.propensity_source, "bootstrap": bootstrap,
+        "ci_method": ci_method, "alpha": alpha, "truncate": truncate,
+        "normalization": normalization, "refit": refit, "random_state": random_state,
+        "nuisance": "refit per replicate" if refit else "fitted once on all episodes"}
+    if refit and bootstrap > 0:
+        from sklearn.base import clone
+
+        spec = clone(behavior_model) if isinstance(behavior_model, BehaviorModel) else (
+            behavior_model)
+        data = dataset if behavior_prob is None else dataset.with_behavior_prob(
+            prep.behavior_prob)
+        reps = refit_bootstrap(data, prep.target_probs, keys, n_boot=bootstrap,
+                               settings={"behavior_model": spec, "q_model": qcfg, "q": q,
+                                         "truncate": truncate, "normalization": normalization},
+                               random_state=seed_refit, executor=executor)
+        ests = {k: Estimate(value=e.value, ci=percentile_interval(reps[k], alpha),
+                            se=float(reps[k].std(ddof=1)), n_episodes=e.n_episodes)
+                for k, e in ests.items()}
+    attrs = list(dataset.group_attrs if groups is None else groups)
+    if attrs:
+        say(f"subgroups: {', '.join(attrs)}")
+    rng_g = np.random.default_rng(seed_boot + 1)
+    n_cells = sum(np.unique(dataset.group_labels(a).astype(str)).size for a in attrs)
+    group_out = _group_results(prep, dataset, keys, attrs,
+                               [int(s) for s in rng_g.integers(0, 2**31 - 1, size=n_cells)],
+                               MIN_CELL, **kw) if attrs else {}
+    q_info = None if prep.qfit is None else {"seconds": prep.qfit.seconds, **prep.qfit.info}
+    return EvaluationResult(
+        n_episodes=dataset.n_episodes, n_steps=dataset.n_steps, gamma=float(dataset.gamma),
+        behavior=beh, estimates=ests, ess=ess, support=support, groups=group_out,
+        settings=settings, behavior_model=None if bm is None else bm.summary(), q_model=q_info)
+
+
+def evaluate_subgroups(
+    dataset: TrajectoryDataset,
+    policy: Any,
+    *,
+    attrs: Sequence[str] | None = None,
+    estimators: str | Sequence[str] = "all",
+    q_model: str | FQEConfig = "linear",
+    behavior_model: BehaviorSpec = "logistic",
+    behavior_prob: NDArray[np.float64] | None = None,
+    q: NDArray[np.float64] | None = None,
+    bootstrap: int = 1000,
+    ci_method: CIMethod = "percentile",
+    alpha: float = 0.05,
+    truncate: float | None = None,
+    normalization: Normalization = "absorbing",
+    min_cell: int = MIN_CELL,
+    random_state: int = 0,
+) -> dict[str, dict[str, GroupResult]]:
+    """Every estimator within each level of each group attribute, with CIs and ESS.
+
+    The nuisance models are fitted once on all episodes (more data for the Q-model and the
+    propensities); each level's estimates use only its own episodes. Levels with fewer than
+    ``min_cell`` episodes are suppressed (``GroupResult.suppressed``) with a
+    :class:`~equicare.exceptions.SmallCellWarning`.
+
+    Returns
+    -------
+    dict of attribute to dict of level (str) to GroupResult
+    """
+    keys = parse_estimators(estimators)
+    rng = check_random_state(random_state)
+    prep = prepare(dataset, policy, keys=keys, behavior_prob=behavior_prob,
+                   behavior_model=behavior_model, q=q, q_model=as_fqe_config(q_model),
+                   random_state=int(rng.integers(2**31 - 1)))
+    attr_list = list(dataset.group_attrs if attrs is None else attrs)
+    n_cells = sum(np.unique(dataset.group_labels(a).astype(str)).size for a in attr_list)
+    return _group_results(prep, dataset, keys, attr_list,
+                          [int(s) for s in rng.integers(0, 2**31 - 1, size=n_cells)], min_cell,
+                          truncate=truncate, normalization=normalization, n_boot=bootstrap,
+                          ci_method=ci_method, alpha=alpha)

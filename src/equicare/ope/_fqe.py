@@ -1,0 +1,528 @@
+r"""Fitted-Q evaluation (Le, Voloshin & Yue 2019) with expected-value targets.
+
+The target of row ``i`` is
+
+.. math::
+
+    y_i = r_i + \gamma \, \mathbb 1[\text{row } i \text{ has a next row}]
+          \sum_a \pi_e(a \mid s_{i+1}) \hat Q(s_{i+1}, a),
+
+the expectation over the *target* policy's action at the next row (no sampled next action), and
+an episode's last row bootstraps nothing (the value of Contract 1 is the return over the
+episode). Function classes:
+
+``tabular``
+    One cell per combination of categorical states. ``horizon="backward"`` (default) adds the step
+    to the cell and solves the empirical finite-horizon MDP by backward induction (exact on
+    tabular data); ``"stationary"`` solves the empirical Bellman equations ``(I - gamma P_pi) Q =
+    R`` in closed form. Unvisited (state, action) cells get the mean of the visited actions of
+    their state.
+``linear``
+    ``Q(s, a) = phi(s)^T Theta psi(a)`` with ``phi(s) = [1, standardised features, tau, tau^2]``
+    (``tau`` = scaled step) and ``psi(a) = [1, onehot(a)]`` (a shared model plus a ridge-shrunk
+    deviation per action; ``[1, onehot of each component]`` for large factored spaces). FQE
+    iterated to convergence reaches the fixed point of the ridge-projected Bellman equation,
+    which is solved directly (LSTD-Q): ``(X^T X + Lambda - gamma X^T X') theta = X^T r``; the
+    iteration is the fall-back when that system is singular.
+``gbm``
+    Histogram gradient-boosted trees (scikit-learn), backward per step by default.
+``mlp``
+    A small PyTorch MLP with one output per action, iterated with a frozen target network (torch
+    is imported only here).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from equicare.data import TrajectoryDataset
+from equicare.utils import PARAM_MESSAGE, RandomState, check_param, check_random_state
+
+__all__ = ["FQEConfig", "QFit", "fit_fqe", "QModel"]
+
+QModel = Literal["tabular", "linear", "gbm", "mlp"]
+_OWNER = "FQEConfig"
+_MAX_TABULAR_CELLS = 4000
+_GBM_THREADED_ROWS = 200_000
+
+
+@dataclass(frozen=True, kw_only=True)
+class FQEConfig:
+    """Settings of fitted-Q evaluation.
+
+    Parameters
+    ----------
+    model : {"tabular", "linear", "gbm", "mlp"}, default="linear"
+        Function class of ``Q``.
+    horizon : {"auto", "stationary", "backward"}, default="auto"
+        ``"backward"`` fits one model per step from the last step back (finite horizon,
+        tabular and gbm); ``"stationary"`` one model for all steps (with time features).
+        ``"auto"``: backward for tabular and gbm, stationary for linear and mlp.
+    alpha : float, default=1.0
+        Ridge penalty of the linear model's per-action deviations (> 0).
+    time_features : bool, default=True
+        Add the scaled step and its square to the linear/mlp/stationary-gbm inputs.
+    state_design : {"linear", "quadratic"}, default="linear"
+        Linear model's state features: standardised features, or those plus their squares and
+        pairwise products (for up to 30 features).
+    action_design : {"auto", "flat", "components"}, default="auto"
+        Linear model's action features: one-hot flat action, or one-hot per component;
+        ``"auto"``: flat up to 128 actions.
+    n_iterations : int, optional
+        Iterations of iterative fits (stationary gbm, mlp, linear fall-back); default: the
+        longest episode (at most 100).
+    solver : {"fixed_point", "iterate"}, default="fixed_point"
+        Linear model: solve for the FQE fixed point directly, or iterate ``n_iterations`` ridge
+        regressions (the fall-back when the fixed-point system is singular).
+    hidden : tuple of int, default=(64, 64)
+        MLP hidden sizes.
+    epochs : int, default=2
+        MLP epochs per iteration.
+    batch_size : int, default=1024
+    learning_rate : float, default=1e-3
+    gbm_max_iter : int, default=100
+        Boosting rounds per gbm fit.
+    """
+
+    model: QModel = "linear"
+    horizon: Literal["auto", "stationary", "backward"] = "auto"
+    alpha: float = 1.0
+    time_features: bool = True
+    state_design: Literal["linear", "quadratic"] = "linear"
+    action_design: Literal["auto", "flat", "components"] = "auto"
+    n_iterations: int | None = None
+    solver: Literal["fixed_point", "iterate"] = "fixed_point"
+    hidden: tuple[int, ...] = (64, 64)
+    epochs: int = 2
+    batch_size: int = 1024
+    learning_rate: float = 1e-3
+    gbm_max_iter: int = 100
+
+    def __post_init__(self) -> None:
+        check_param(self.model, "model", _OWNER, choices=("tabular", "linear", "gbm", "mlp"))
+        check_param(self.horizon, "horizon", _OWNER, choices=("auto", "stationary", "backward"))
+        check_param(self.alpha, "alpha", _OWNER, kind=(float, int), low=0.0, low_inclusive=False)
+        check_param(self.state_design, "state_design", _OWNER, choices=("linear", "quadratic"))
+        check_param(self.action_design, "action_design", _OWNER,
+                    choices=("auto", "flat", "components"))
+        check_param(self.n_iterations, "n_iterations", _OWNER, kind=int, low=1, allow_none=True)
+        check_param(self.solver, "solver", _OWNER, choices=("fixed_point", "iterate"))
+        check_param(self.epochs, "epochs", _OWNER, kind=int, low=1)
+        check_param(self.batch_size, "batch_size", _OWNER, kind=int, low=1)
+        check_param(self.learning_rate, "learning_rate", _OWNER, kind=float, low=0.0,
+                    low_inclusive=False)
+        check_param(self.gbm_max_iter, "gbm_max_iter", _OWNER, kind=int, low=1)
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        if self.resolved_horizon == "backward" and self.model in ("linear", "mlp"):
+            raise ValueError(PARAM_MESSAGE.format(
+                name="horizon", owner=_OWNER,
+                expected=f"'stationary' or 'auto' for model={self.model!r}", got=self.horizon))
+
+    @property
+    def resolved_horizon(self) -> Literal["stationary", "backward"]:
+        """The horizon mode after resolving ``"auto"``."""
+        if self.horizon != "auto":
+            return self.horizon
+        return "backward" if self.model in ("tabular", "gbm") else "stationary"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dictionary."""
+        d = asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FQEConfig:
+        """Inverse of :meth:`to_dict`."""
+        d = dict(d)
+        if "hidden" in d:
+            d["hidden"] = tuple(d["hidden"])
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class QFit:
+    """A fitted Q-function evaluated on a dataset.
+
+    Attributes
+    ----------
+    q : ndarray of shape (n_steps, n_actions)
+        ``Q(s_t, a)`` for every row and action.
+    v : ndarray of shape (n_steps,)
+        ``V(s_t) = sum_a pi_e(a|s_t) Q(s_t, a)``.
+    seconds : float
+        Fitting time.
+    info : dict
+        Model details (solver used, iterations).
+    """
+
+    q: NDArray[np.float64]
+    v: NDArray[np.float64]
+    seconds: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------- shared pieces
+def _next_rows(dataset: TrajectoryDataset) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
+    nxt = dataset.next_index
+    has_next = (nxt >= 0) & ~dataset.terminals
+    return np.where(has_next, nxt, 0), has_next
+
+
+def _time_feature(dataset: TrajectoryDataset) -> NDArray[np.float64]:
+    scale = max(int(dataset.episode_lengths.max()) - 1, 1)
+    return dataset.step.astype(np.float64) / scale
+
+
+def _standardise(x: NDArray[np.float64]) -> NDArray[np.float64]:
+    mu = x.mean(axis=0) if x.shape[0] else np.zeros(x.shape[1])
+    sd = x.std(axis=0) if x.shape[0] else np.ones(x.shape[1])
+    z = (x - mu) / np.where(sd > 0, sd, 1.0)
+    return z[:, sd > 0] if x.shape[1] else z
+
+
+def _state_design(dataset: TrajectoryDataset, time_features: bool,
+                  design: str = "linear") -> NDArray[np.float64]:
+    x = np.asarray(dataset.features(), dtype=np.float64)
+    z = _standardise(x)
+    if design == "quadratic" and 0 < z.shape[1] <= 30:
+        iu = np.triu_indices(z.shape[1])
+        z = np.concatenate([z, _standardise(z[:, iu[0]] * z[:, iu[1]])], axis=1)
+    blocks = [np.ones((x.shape[0], 1)), z]
+    if time_features:
+        tau = _time_feature(dataset)[:, None]
+        blocks += [tau, tau * tau]
+    return np.ascontiguousarray(np.concatenate(blocks, axis=1))
+
+
+def _action_design(dataset: TrajectoryDataset, design: str) -> NDArray[np.float64]:
+    n_a = dataset.n_actions
+    if design == "auto":
+        design = "flat" if n_a <= 128 or dataset.action_space.n_components == 1 else "components"
+    if design == "flat":
+        return np.concatenate([np.ones((n_a, 1)), np.eye(n_a)], axis=1)
+    codes = dataset.action_space.all_codes()
+    blocks = [np.ones((n_a, 1))]
+    for j, size in enumerate(dataset.action_space.sizes):
+        blocks.append(np.eye(size)[codes[:, j]])
+    return np.concatenate(blocks, axis=1)
+
+
+def fit_fqe(dataset: TrajectoryDataset, target_probs: NDArray[np.float64],
+            config: FQEConfig | None = None, *, gamma: float | None = None,
+            random_state: RandomState = None) -> QFit:
+    """Fit ``Q`` of the target policy by FQE and evaluate it on every row and action.
+
+    Parameters
+    ----------
+    dataset : TrajectoryDataset
+    target_probs : ndarray of shape (n_steps, n_actions)
+        ``pi_e(a|s_t)`` at every row (used for the expected-value targets and ``V``).
+    config : FQEConfig, optional
+    gamma : float, optional
+        Discount of the targets (default: the dataset's gamma; 0 gives a one-step reward model,
+        as used by the single-step doubly robust estimator).
+    random_state : int, Generator or None
+        Seed of the gbm and mlp fits.
+
+    Returns
+    -------
+    QFit
+    """
+    cfg = config or FQEConfig()
+    g = dataset.gamma if gamma is None else float(gamma)
+    pe = np.asarray(target_probs, dtype=np.float64)
+    if pe.shape != (dataset.n_steps, dataset.n_actions):
+        raise ValueError(f"target_probs must have shape ({dataset.n_steps}, {dataset.n_actions}), "
+                         f"got {pe.shape}.")
+    t0 = time.perf_counter()
+    if cfg.model == "tabular":
+        q, info = _fit_tabular(dataset, pe, g, cfg)
+    elif cfg.model == "linear":
+        q, info = _fit_linear(dataset, pe, g, cfg)
+    elif cfg.model == "gbm":
+        q, info = _fit_gbm(dataset, pe, g, cfg, random_state)
+    else:
+        q, info = _fit_mlp(dataset, pe, g, cfg, random_state)
+    v = np.einsum("ij,ij->i", q, pe)
+    return QFit(q=q, v=v, seconds=time.perf_counter() - t0, info=info)
+
+
+# ---------------------------------------------------------------------- tabular
+def _cells(dataset: TrajectoryDataset) -> tuple[NDArray[np.int64], int]:
+    if dataset.categorical is None or dataset.categorical.shape[1] == 0:
+        raise ValueError("The tabular Q-model needs categorical_states in the dataset "
+                         "(use q_model='linear' for numeric states).")
+    sizes = tuple(len(lv) for lv in dataset.categorical_levels)
+    return (np.ravel_multi_index(dataset.categorical.T, sizes).astype(np.int64),
+            int(np.prod(sizes)))
+
+
+def _fill_unvisited(sums: NDArray[np.float64], counts: NDArray[np.float64]
+                    ) -> NDArray[np.float64]:
+    """Means per (cell, action); unvisited actions get the mean of the cell's visited ones."""
+    q = np.zeros_like(sums)
+    np.divide(sums, counts, out=q, where=counts > 0)
+    visited = counts > 0
+    n_vis = visited.sum(axis=1, keepdims=True)
+    fill = np.zeros((q.shape[0], 1))
+    np.divide(q.sum(axis=1, keepdims=True), n_vis, out=fill, where=n_vis > 0)
+    return np.where(visited, q, fill)
+
+
+def _fit_tabular(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma: float,
+                 cfg: FQEConfig) -> tuple[NDArray[np.float64], dict[str, Any]]:
+    cell, n_cells = _cells(dataset)
+    n_a = dataset.n_actions
+    a, r = dataset.actions, dataset.rewards
+    nxt, has_next = _next_rows(dataset)
+    if cfg.resolved_horizon == "backward":
+        step = dataset.step
+        q_rows = np.zeros((dataset.n_steps, n_a))
+        v_rows = np.zeros(dataset.n_steps)
+        order = np.argsort(step, kind="stable")
+        bounds = np.searchsorted(step[order], np.arange(int(step.max()) + 2))
+        for t in range(int(step.max()), -1, -1):  # backward induction over steps
+            rows = order[bounds[t]:bounds[t + 1]]
+            y = r[rows] + gamma * np.where(has_next[rows], v_rows[nxt[rows]], 0.0)
+            key = cell[rows] * n_a + a[rows]
+            sums = np.bincount(key, weights=y, minlength=n_cells * n_a).reshape(n_cells, n_a)
+            cnt = np.bincount(key, minlength=n_cells * n_a).reshape(n_cells, n_a).astype(float)
+            table = _fill_unvisited(sums, cnt)
+            q_rows[rows] = table[cell[rows]]
+            v_rows[rows] = np.einsum("ij,ij->i", q_rows[rows], pe[rows])
+        return q_rows, {"solver": "backward", "n_cells": n_cells}
+    n_sa = n_cells * n_a
+    if n_sa > _MAX_TABULAR_CELLS:
+        raise ValueError(f"The stationary tabular Q-model has {n_sa} (state, action) cells, more "
+                         f"than {_MAX_TABULAR_CELLS}; use q_model='linear' or horizon='backward'.")
+    key = cell * n_a + a
+    cnt = np.bincount(key, minlength=n_sa).astype(float)
+    rbar = np.zeros(n_sa)
+    np.divide(np.bincount(key, weights=r, minlength=n_sa), cnt, out=rbar, where=cnt > 0)
+    # P_pi[(s,a), (s',a')] = mean over rows in (s,a) of 1[s_next = s'] pi(a'|next row)
+    rows = np.flatnonzero(has_next)
+    col0 = cell[nxt[rows]] * n_a
+    flat_idx = (key[rows][:, None] * n_sa + col0[:, None] + np.arange(n_a)[None, :]).ravel()
+    mass = np.bincount(flat_idx, weights=pe[nxt[rows]].ravel(), minlength=n_sa * n_sa)
+    p_pi = mass.astype(np.float64).reshape(n_sa, n_sa)
+    np.divide(p_pi, cnt[:, None], out=p_pi, where=cnt[:, None] > 0)
+    system = np.eye(n_sa) - gamma * p_pi
+    # unvisited cells: Q(s,a) - mean of visited Q(s, .) = 0 (or Q = 0 in an unseen state)
+    visited = (cnt > 0).reshape(n_cells, n_a)
+    n_vis = visited.sum(axis=1)
+    ks = np.flatnonzero(cnt == 0)
+    if ks.size:
+        st = ks // n_a
+        system[ks] = 0.0
+        cols = st[:, None] * n_a + np.arange(n_a)[None, :]
+        share = visited[st] / np.maximum(n_vis[st], 1)[:, None]
+        system[ks[:, None], cols] -= share
+        system[ks, ks] += 1.0
+    try:
+        qtab = np.linalg.solve(system, rbar)
+    except np.linalg.LinAlgError:
+        qtab = np.linalg.lstsq(system, rbar, rcond=None)[0]
+    return qtab.reshape(n_cells, n_a)[cell], {"solver": "closed_form", "n_cells": n_cells}
+
+
+# ---------------------------------------------------------------------- linear
+def _kron_sum(psi: NDArray[np.float64], blocks: NDArray[np.float64]) -> NDArray[np.float64]:
+    """``sum_a psi[a, m] * blocks[a, j, k, n]`` reordered to ``(j, m, k, n)`` (one GEMM)."""
+    n_a, p, p2, m2 = blocks.shape
+    out = (psi.T @ blocks.reshape(n_a, -1)).reshape(psi.shape[1], p, p2, m2)
+    return np.ascontiguousarray(out.transpose(1, 0, 2, 3))
+
+
+def _fit_linear(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma: float,
+                cfg: FQEConfig) -> tuple[NDArray[np.float64], dict[str, Any]]:
+    phi = _state_design(dataset, cfg.time_features, cfg.state_design)  # (n, p)
+    psi = _action_design(dataset, cfg.action_design)  # (A, m)
+    n, p = phi.shape
+    n_a, m = psi.shape
+    flat = m == n_a + 1 and np.array_equal(psi[:, 1:], np.eye(n_a))
+    nxt, has_next = _next_rows(dataset)
+    mask = has_next.astype(np.float64)[:, None]
+    phi_next = phi[nxt] * mask
+    # E_pi[psi(a')] at the next row, shape (n, m); [1, pi(.|s')] for the flat design
+    psi_bar = (np.concatenate([mask, pe[nxt] * mask], axis=1) if flat
+               else (pe[nxt] @ psi) * mask)
+
+    def q_matrix(theta: NDArray[np.float64]) -> NDArray[np.float64]:
+        b = phi @ theta.reshape(p, m)  # (n, m)
+        return b[:, :1] + b[:, 1:] if flat else b @ psi.T
+
+    a = dataset.actions
+    order = np.argsort(a, kind="stable")
+    bounds = np.searchsorted(a[order], np.arange(n_a + 1))
+    nonempty = np.flatnonzero(np.diff(bounds))
+    phi_s = phi[order]
+    gram = np.zeros((n_a, p, p))
+    phir = np.zeros((n_a, p))
+    h = np.zeros((n_a, p, p, m))
+    fixed_point = gamma > 0 and cfg.solver == "fixed_point"
+    if fixed_point:  # per-row phi(s) (x) phi(s'), then one product per action block
+        z = (phi_s[:, :, None] * phi_next[order][:, None, :]).reshape(n, p * p)
+        psi_bar_s = psi_bar[order]
+    r_s = dataset.rewards[order]
+    for k in nonempty:  # rows of one action are contiguous after sorting: a BLAS call each
+        lo, hi = bounds[k], bounds[k + 1]
+        pk = phi_s[lo:hi]
+        gram[k] = pk.T @ pk
+        phir[k] = pk.T @ r_s[lo:hi]
+        if fixed_point:
+            h[k] = (z[lo:hi].T @ psi_bar_s[lo:hi]).reshape(p, p, m)
+    xtx = _kron_sum(psi, gram[:, :, :, None] * psi[:, None, None, :]).reshape(p * m, p * m)
+    xtr = (phir.T @ psi).reshape(p * m)
+    penalty = np.full((p, m), float(cfg.alpha))
+    penalty[:, 0] = 1e-8 * max(1.0, float(np.trace(xtx)) / (p * m))
+    lhs0 = xtx + np.diag(penalty.ravel())
+    info: dict[str, Any] = {"solver": "fixed_point", "n_params": p * m}
+    q = None
+    if fixed_point:
+        xtxn = _kron_sum(psi, h).reshape(p * m, p * m)
+        try:
+            theta = np.linalg.solve(lhs0 - gamma * xtxn, xtr)
+            q = q_matrix(theta)
+            scale = (np.abs(dataset.rewards).max() + 1e-12) * int(dataset.episode_lengths.max())
+            if not np.isfinite(q).all() or np.abs(q).max() > 10 * scale:
+                q = None  # unstable projected Bellman fixed point: iterate instead
+        except np.linalg.LinAlgError:
+            q = None
+    elif gamma == 0:
+        q = q_matrix(np.linalg.solve(lhs0, xtr))
+        info["solver"] = "ridge"
+    if q is None:  # iterate FQE with the same ridge regression
+        from scipy.linalg import cho_factor, cho_solve
+
+        info["solver"] = "iterate"
+        n_iter = cfg.n_iterations or min(int(dataset.episode_lengths.max()), 100)
+        chol = cho_factor(lhs0)
+        theta = np.zeros(p * m)
+        for _ in range(n_iter):
+            v_next = np.einsum("ij,ij->i", phi_next @ theta.reshape(p, m), psi_bar)
+            y_s = (dataset.rewards + gamma * v_next)[order]
+            s_a = np.zeros((n_a, p))
+            s_a[nonempty] = np.add.reduceat(phi_s * y_s[:, None], bounds[nonempty], axis=0)
+            theta = cho_solve(chol, (s_a.T @ psi).reshape(p * m))
+        info["n_iterations"] = n_iter
+        q = q_matrix(theta)
+    return np.ascontiguousarray(q), info
+
+
+# ---------------------------------------------------------------------- gbm
+def _gbm_inputs(x: NDArray[np.float64], codes: NDArray[np.int64]) -> NDArray[np.float64]:
+    return np.concatenate([x, codes.astype(np.float64)], axis=1)
+
+
+def _fit_gbm(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma: float, cfg: FQEConfig,
+             random_state: RandomState) -> tuple[NDArray[np.float64], dict[str, Any]]:
+    from threadpoolctl import threadpool_limits
+
+    # many small fits: OpenMP threads cost more than they save (and oversubscribe shared hosts)
+    limit = 1 if dataset.n_steps < _GBM_THREADED_ROWS else None
+    with threadpool_limits(limits=limit, user_api="openmp"):
+        return _fit_gbm_impl(dataset, pe, gamma, cfg, random_state)
+
+
+def _fit_gbm_impl(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma: float,
+                  cfg: FQEConfig, random_state: RandomState
+                  ) -> tuple[NDArray[np.float64], dict[str, Any]]:
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    rng = check_random_state(random_state)
+    x = np.asarray(dataset.features(), dtype=np.float64)
+    backward = cfg.resolved_horizon == "backward"
+    if not backward and cfg.time_features:
+        x = np.concatenate([x, _time_feature(dataset)[:, None]], axis=1)
+    n_comp = dataset.action_space.n_components
+    cat = np.r_[np.zeros(x.shape[1], bool), np.ones(n_comp, bool)]
+    all_codes = dataset.action_space.all_codes()
+    n_a = dataset.n_actions
+    codes = dataset.action_codes
+    nxt, has_next = _next_rows(dataset)
+
+    def model() -> Any:
+        return HistGradientBoostingRegressor(
+            max_iter=cfg.gbm_max_iter, learning_rate=0.1, max_leaf_nodes=15,
+            categorical_features=cat if max(dataset.action_space.sizes) <= 255 else None,
+            random_state=int(rng.integers(2**31 - 1)))
+
+    def predict_all(est: Any, rows: NDArray[np.int64]) -> NDArray[np.float64]:
+        xr = np.repeat(x[rows], n_a, axis=0)
+        cr = np.tile(all_codes, (rows.size, 1))
+        return np.asarray(est.predict(_gbm_inputs(xr, cr))).reshape(rows.size, n_a)
+
+    r = dataset.rewards
+    q = np.zeros((dataset.n_steps, n_a))
+    if backward:
+        step = dataset.step
+        v_rows = np.zeros(dataset.n_steps)
+        for t in range(int(step.max()), -1, -1):
+            rows = np.flatnonzero(step == t)
+            y = r[rows] + gamma * np.where(has_next[rows], v_rows[nxt[rows]], 0.0)
+            if np.ptp(y) == 0 or rows.size < 4:
+                q[rows] = y.mean()
+            else:
+                est = model().fit(_gbm_inputs(x[rows], codes[rows]), y)
+                q[rows] = predict_all(est, rows)
+            v_rows[rows] = np.einsum("ij,ij->i", q[rows], pe[rows])
+        return q, {"solver": "backward"}
+    n_iter = 1 if gamma == 0 else (cfg.n_iterations or min(int(dataset.episode_lengths.max()), 100))
+    v = np.zeros(dataset.n_steps)
+    all_rows = np.arange(dataset.n_steps)
+    for _ in range(n_iter):
+        y = r + gamma * np.where(has_next, v[nxt], 0.0)
+        est = model().fit(_gbm_inputs(x, codes), y)
+        q = predict_all(est, all_rows)
+        v = np.einsum("ij,ij->i", q, pe)
+    return q, {"solver": "iterate", "n_iterations": n_iter}
+
+
+# ---------------------------------------------------------------------- mlp
+def _fit_mlp(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma: float, cfg: FQEConfig,
+             random_state: RandomState) -> tuple[NDArray[np.float64], dict[str, Any]]:
+    import torch  # heavy: only in this code path
+
+    rng = check_random_state(random_state)
+    gen = torch.Generator().manual_seed(int(rng.integers(2**31 - 1)))
+    x = torch.as_tensor(_state_design(dataset, cfg.time_features), dtype=torch.float32)
+    n, n_a = dataset.n_steps, dataset.n_actions
+    layers: list[Any] = []
+    width = x.shape[1]
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation, global state untouched
+        torch.manual_seed(int(rng.integers(2**31 - 1)))
+        for hdim in cfg.hidden:
+            layers += [torch.nn.Linear(width, hdim), torch.nn.ReLU()]
+            width = hdim
+        layers.append(torch.nn.Linear(width, n_a))
+    net = torch.nn.Sequential(*layers)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate)
+    nxt, has_next = _next_rows(dataset)
+    nxt_t = torch.as_tensor(nxt)
+    mask = torch.as_tensor(has_next, dtype=torch.float32)
+    pe_t = torch.as_tensor(pe, dtype=torch.float32)
+    r_t = torch.as_tensor(dataset.rewards, dtype=torch.float32)
+    a_t = torch.as_tensor(dataset.actions)
+    n_iter = 1 if gamma == 0 else (cfg.n_iterations or min(int(dataset.episode_lengths.max()), 100))
+    for _ in range(n_iter):
+        with torch.no_grad():  # frozen target network = the previous iteration's Q
+            v = (net(x) * pe_t).sum(dim=1)
+            y = r_t + gamma * mask * v[nxt_t]
+        for _ in range(cfg.epochs):
+            perm = torch.randperm(n, generator=gen)
+            for s in range(0, n, cfg.batch_size):
+                b = perm[s:s + cfg.batch_size]
+                pred = net(x[b]).gather(1, a_t[b, None]).squeeze(1)
+                loss = torch.nn.functional.mse_loss(pred, y[b])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    with torch.no_grad():
+        q = net(x).double().numpy()
+    return np.ascontiguousarray(q), {"solver": "iterate", "n_iterations": n_iter}

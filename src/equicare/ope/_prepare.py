@@ -1,0 +1,219 @@
+"""Dataset + policy -> :class:`OPEInputs`: target probabilities, propensities, Q-model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from equicare.data import TrajectoryDataset
+from equicare.exceptions import DataValidationError
+from equicare.ope._core import ALL_KEYS, IS_TYPE, OPEInputs
+from equicare.ope._fqe import FQEConfig, QFit, fit_fqe
+from equicare.policy import check_probs
+from equicare.policy._behavior import BehaviorModel
+from equicare.utils import PARAM_MESSAGE, RandomState, check_random_state
+
+__all__ = ["Prepared", "prepare", "target_probabilities", "as_fqe_config",
+           "ZERO_PROPENSITY_MESSAGE", "BehaviorSpec"]
+
+BehaviorSpec = Literal["logistic", "lgbm"] | BehaviorModel | Any
+
+#: Error raised when logged propensities are not usable (tests match it).
+ZERO_PROPENSITY_MESSAGE = (
+    "{n_bad} rows have a logged behaviour probability that is not in (0, 1] (first rows: {rows}); "
+    "the target policy puts probability on the logged action in {n_mass} of them, so importance "
+    "weights are undefined there and {biased} would be biased. Fix the propensity column, or "
+    "remove behavior_prob from the manifest to estimate propensities instead."
+)
+
+
+def target_probabilities(dataset: TrajectoryDataset, policy_or_probs: Any) -> NDArray[np.float64]:
+    """Target-policy probabilities of every action at every row, shape ``(n_steps, n_actions)``.
+
+    Parameters
+    ----------
+    dataset : TrajectoryDataset
+    policy_or_probs : Policy or array-like of shape (n_steps, n_actions)
+
+    Raises
+    ------
+    PolicyError
+        Wrong shape, negative entries or rows not summing to 1 within 1e-6.
+    """
+    if hasattr(policy_or_probs, "action_probs"):
+        probs = policy_or_probs.action_probs(dataset)
+        src = f"target policy {type(policy_or_probs).__name__}"
+    else:
+        probs = policy_or_probs
+        src = "target policy probabilities"
+    return check_probs(np.asarray(probs), dataset.n_steps, dataset.n_actions, src)
+
+
+def as_fqe_config(q_model: Any) -> FQEConfig:
+    """Accept a model name or an :class:`FQEConfig`."""
+    if isinstance(q_model, FQEConfig):
+        return q_model
+    if isinstance(q_model, str):
+        return FQEConfig(model=q_model)  # type: ignore[arg-type]
+    raise ValueError(PARAM_MESSAGE.format(
+        name="q_model", owner="evaluate",
+        expected="'tabular', 'linear', 'gbm', 'mlp' or an FQEConfig", got=q_model))
+
+
+def _make_behavior_model(spec: Any, seed: int) -> BehaviorModel:
+    if isinstance(spec, BehaviorModel):
+        return spec
+    if spec in ("logistic", "lgbm"):
+        return BehaviorModel(estimator=spec, random_state=seed)
+    if hasattr(spec, "fit") and hasattr(spec, "predict_proba"):
+        return BehaviorModel(estimator=spec, random_state=seed)
+    raise ValueError(PARAM_MESSAGE.format(
+        name="behavior_model", owner="evaluate",
+        expected="'logistic', 'lgbm', a scikit-learn classifier or a BehaviorModel", got=spec))
+
+
+def check_logged_propensities(prob: NDArray[np.float64], target_probs: NDArray[np.float64],
+                              actions: NDArray[np.int64], keys: tuple[str, ...] = ALL_KEYS
+                              ) -> NDArray[np.float64]:
+    """Raise :class:`DataValidationError` when a logged propensity is not in (0, 1]."""
+    p = np.asarray(prob, dtype=np.float64)
+    bad = ~np.isfinite(p) | (p <= 0) | (p > 1 + 1e-9)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        mass = target_probs[rows, actions[rows]] > 0
+        weighted = [k for k in keys if k != "fqe"]
+        raise DataValidationError(ZERO_PROPENSITY_MESSAGE.format(
+            n_bad=rows.size, rows=rows[:5].tolist(), n_mass=int(mass.sum()),
+            biased=", ".join(weighted) or ", ".join(IS_TYPE)))
+    return p
+
+
+@dataclass(frozen=True, eq=False)
+class Prepared:
+    """Everything the estimators need, computed once.
+
+    Attributes
+    ----------
+    inputs : OPEInputs
+        Ratios, rewards and the (multi-step) Q-model at the logged actions.
+    target_probs : ndarray of shape (n_steps, n_actions)
+    actions : ndarray of shape (n_steps,)
+    behavior_prob : ndarray of shape (n_steps,)
+        Propensity of the logged action used in the weights.
+    propensity_source : {"logged", "given", "estimated"}
+    behavior_model : BehaviorModel or None
+    qfit : QFit or None
+    bandit_qfit : QFit or None
+        One-step reward model of the bandit mode.
+    """
+
+    inputs: OPEInputs
+    target_probs: NDArray[np.float64]
+    actions: NDArray[np.int64]
+    behavior_prob: NDArray[np.float64]
+    propensity_source: str
+    behavior_model: BehaviorModel | None
+    qfit: QFit | None
+    bandit_qfit: QFit | None = None
+
+    def bandit_inputs(self) -> OPEInputs:
+        """Return inputs whose Q-model is the one-step reward model (for ``bandit_dr``)."""
+        if self.bandit_qfit is None:
+            raise ValueError("No one-step reward model was fitted (bandit_dr not requested).")
+        rows = np.arange(self.inputs.n_steps)
+        return self.inputs.with_q(self.bandit_qfit.q[rows, self.actions], self.bandit_qfit.v)
+
+
+def prepare(
+    dataset: TrajectoryDataset,
+    policy_or_probs: Any,
+    *,
+    keys: tuple[str, ...] = ALL_KEYS,
+    behavior_prob: Any | None = None,
+    behavior_model: BehaviorSpec = "logistic",
+    fit_behavior: bool = False,
+    q: Any | None = None,
+    q_model: Any = "linear",
+    random_state: RandomState = None,
+) -> Prepared:
+    """Compute target probabilities, propensities and the Q-model once.
+
+    Parameters
+    ----------
+    dataset : TrajectoryDataset
+    policy_or_probs : Policy or array-like of shape (n_steps, n_actions)
+    keys : tuple of str
+        Estimators that will be computed (decides whether a Q-model is fitted).
+    behavior_prob : array-like of shape (n_steps,), optional
+        Propensities of the logged actions; default: the dataset's logged ones, else estimated.
+    behavior_model : "logistic", "lgbm", classifier or BehaviorModel
+        Used when propensities must be estimated (or ``fit_behavior`` is set).
+    fit_behavior : bool
+        Fit the behaviour model even when propensities are known (support diagnostics).
+    q : array-like of shape (n_steps, n_actions), optional
+        A given Q matrix (skips FQE).
+    q_model : str or FQEConfig
+    random_state : int, Generator or None
+
+    Returns
+    -------
+    Prepared
+    """
+    rng = check_random_state(random_state)
+    seed = int(rng.integers(2**31 - 1))
+    pe = target_probabilities(dataset, policy_or_probs)
+    bm: BehaviorModel | None = None
+    if behavior_prob is not None:
+        b = np.asarray(behavior_prob, dtype=np.float64)
+        if b.shape != (dataset.n_steps,):
+            raise DataValidationError(f"behavior_prob must have shape ({dataset.n_steps},), "
+                                      f"got {b.shape}.")
+        b = check_logged_propensities(b, pe, dataset.actions, keys)
+        source = "given"
+    elif dataset.behavior_prob is not None:
+        b = check_logged_propensities(dataset.behavior_prob, pe, dataset.actions, keys)
+        source = "logged"
+    else:
+        bm = _make_behavior_model(behavior_model, seed)
+        if not hasattr(bm, "models_"):
+            bm.fit(dataset)
+        b = bm.propensities(dataset)
+        source = "estimated"
+    if fit_behavior and bm is None:
+        bm = _make_behavior_model(behavior_model, seed)
+        if not hasattr(bm, "models_"):
+            bm.fit(dataset)
+    needs_q = any(k in ("fqe", "dr", "wdr") for k in keys)
+    qfit = None
+    if needs_q:
+        if q is not None:
+            qm = np.asarray(q, dtype=np.float64)
+            if qm.shape != pe.shape:
+                raise ValueError(f"q must have shape {pe.shape}, got {qm.shape}.")
+            qfit = QFit(q=qm, v=np.einsum("ij,ij->i", qm, pe), seconds=0.0,
+                        info={"solver": "given"})
+        else:
+            qfit = fit_fqe(dataset, pe, as_fqe_config(q_model), random_state=seed)
+    bandit_qfit = None
+    if "bandit_dr" in keys:
+        if q is not None:  # a given Q matrix serves both modes
+            qm = np.asarray(q, dtype=np.float64)
+            if qm.shape != pe.shape:
+                raise ValueError(f"q must have shape {pe.shape}, got {qm.shape}.")
+            bandit_qfit = QFit(q=qm, v=np.einsum("ij,ij->i", qm, pe), seconds=0.0,
+                               info={"solver": "given"})
+        else:
+            bandit_qfit = fit_fqe(dataset, pe, as_fqe_config(q_model), gamma=0.0,
+                                  random_state=seed)
+    rows = np.arange(dataset.n_steps)
+    rho = pe[rows, dataset.actions] / b
+    inputs = OPEInputs(
+        rewards=dataset.rewards, episode_offsets=dataset.episode_offsets, gamma=dataset.gamma,
+        rho=rho, q_sa=None if qfit is None else qfit.q[rows, dataset.actions],
+        v_s=None if qfit is None else qfit.v)
+    return Prepared(inputs=inputs, target_probs=pe, actions=dataset.actions, behavior_prob=b,
+                    propensity_source=source, behavior_model=bm, qfit=qfit,
+                    bandit_qfit=bandit_qfit)

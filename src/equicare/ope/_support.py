@@ -1,0 +1,145 @@
+"""Support (positivity) diagnostics: target mass on actions practice (almost) never takes."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from equicare.data import TrajectoryDataset
+from equicare.exceptions import SupportWarning
+from equicare.ope._core import IS_TYPE
+from equicare.utils import check_param
+
+__all__ = ["SupportReport", "support_diagnostics", "SUPPORT_THRESHOLD", "SUPPORT_WARN_PCT",
+           "SUPPORT_MESSAGE"]
+
+#: Estimated behaviour probability below which an action counts as (almost) never taken.
+SUPPORT_THRESHOLD = 1e-3
+#: Share (%) of target mass on unsupported actions above which a SupportWarning is emitted.
+SUPPORT_WARN_PCT = 1.0
+#: Message of the SupportWarning (tests match it).
+SUPPORT_MESSAGE = (
+    "The target policy puts {pct:.2f}% of its probability mass on actions that current practice "
+    "(almost) never takes in that state (estimated behaviour probability < {thr:g}{cat}). "
+    "{biased} are biased by it: importance weighting cannot see those actions, so they estimate "
+    "the value of a different policy. {q_based} rely on the Q-model's extrapolation for that mass."
+)
+
+
+@dataclass(frozen=True)
+class SupportReport:
+    """Where the target policy leaves the support of the behaviour policy.
+
+    Attributes
+    ----------
+    share_pct : float
+        Expected % of target-policy probability mass on unsupported actions, over all rows.
+    per_episode_pct : ndarray of shape (n_episodes,)
+        The same share within each episode (mean over its rows).
+    threshold : float
+        Estimated behaviour probability below which an action is unsupported.
+    uses_categorical : bool
+        Whether "never logged in that categorical state" also marked actions unsupported.
+    n_rows : int
+        Rows where the target policy puts positive mass on an unsupported action.
+    biased_estimators : tuple of str
+        IS-type estimators biased by the missing support (empty when ``share_pct`` is 0).
+    extrapolating_estimators : tuple of str
+        Q-based estimators that rely on extrapolation for the unsupported mass.
+    """
+
+    share_pct: float
+    per_episode_pct: NDArray[np.float64] = field(repr=False)
+    threshold: float
+    uses_categorical: bool
+    n_rows: int
+    biased_estimators: tuple[str, ...]
+    extrapolating_estimators: tuple[str, ...]
+
+    @property
+    def warn(self) -> bool:
+        """True when the share exceeds :data:`SUPPORT_WARN_PCT`."""
+        return self.share_pct > SUPPORT_WARN_PCT
+
+    def message(self) -> str:
+        """Return the SupportWarning text."""
+        return SUPPORT_MESSAGE.format(
+            pct=self.share_pct, thr=self.threshold,
+            cat=", or never logged in that categorical state" if self.uses_categorical else "",
+            biased=", ".join(self.biased_estimators) or "No estimator",
+            q_based=", ".join(self.extrapolating_estimators) or "No estimator")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly summary (result JSON ``"support"``)."""
+        pe = self.per_episode_pct
+        return {
+            "share_pct": self.share_pct,
+            "threshold": self.threshold,
+            "uses_categorical": self.uses_categorical,
+            "n_rows": self.n_rows,
+            "per_episode_pct": {"mean": float(pe.mean()), "median": float(np.median(pe)),
+                                "p90": float(np.quantile(pe, 0.9)), "max": float(pe.max())},
+            "episodes_over_warn_pct": float(100.0 * np.mean(pe > SUPPORT_WARN_PCT)),
+            "warning": self.warn,
+            "biased_estimators": list(self.biased_estimators),
+            "extrapolating_estimators": list(self.extrapolating_estimators),
+            "message": self.message() if self.warn else None,
+        }
+
+
+def support_diagnostics(
+    dataset: TrajectoryDataset,
+    target_probs: NDArray[np.float64],
+    behavior_probs: NDArray[np.float64],
+    *,
+    observed: NDArray[np.bool_] | None = None,
+    threshold: float = SUPPORT_THRESHOLD,
+    estimators: tuple[str, ...] = ("is", "wis", "pdis", "wpdis", "fqe", "dr", "wdr"),
+    warn: bool = True,
+) -> SupportReport:
+    """Share of target-policy mass on actions with (almost) no behaviour support.
+
+    An action is unsupported at a row when its estimated behaviour probability is below
+    ``threshold`` or, when ``observed`` is given, it was never logged in the row's categorical
+    state.
+
+    Parameters
+    ----------
+    dataset : TrajectoryDataset
+    target_probs : ndarray of shape (n_steps, n_actions)
+    behavior_probs : ndarray of shape (n_steps, n_actions)
+        Estimated behaviour policy (e.g. :meth:`BehaviorModel.action_probs`).
+    observed : ndarray of shape (n_steps, n_actions), optional
+        Whether each action was logged in the row's categorical state.
+    threshold : float
+    estimators : tuple of str
+        Estimators to name in the report and warning.
+    warn : bool
+        Emit a :class:`~equicare.exceptions.SupportWarning` when the share exceeds 1%.
+
+    Returns
+    -------
+    SupportReport
+    """
+    check_param(threshold, "threshold", "support_diagnostics", kind=float, low=0.0, high=1.0)
+    unsupported = behavior_probs < threshold
+    if observed is not None:
+        unsupported |= ~observed
+    mass = np.einsum("ij,ij->i", target_probs, unsupported.astype(np.float64))
+    per_ep = 100.0 * np.add.reduceat(mass, dataset.episode_offsets[:-1]) / dataset.episode_lengths
+    share = float(100.0 * mass.mean())
+    positive = share > 0
+    rep = SupportReport(
+        share_pct=share, per_episode_pct=per_ep, threshold=float(threshold),
+        uses_categorical=observed is not None, n_rows=int(np.sum(mass > 0)),
+        biased_estimators=tuple(k for k in estimators if k in IS_TYPE) if positive else (),
+        extrapolating_estimators=(tuple(k for k in estimators if k not in IS_TYPE)
+                                  if positive else ()),
+    )
+    if warn and rep.warn:
+        warnings.warn(rep.message(), SupportWarning, stacklevel=2)
+    return rep

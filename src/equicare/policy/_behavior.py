@@ -1,0 +1,494 @@
+"""Behaviour-policy (propensity) model: cross-fitted classifiers of the logged action.
+
+``BehaviorModel`` estimates ``pi_b(a | s)`` for data whose propensities were not logged (and, in
+:func:`equicare.ope.evaluate`, always, for support diagnostics). It is a scikit-learn estimator
+(``clone`` and ``get_params`` work) and an equicare :class:`~equicare.policy.Policy`.
+
+* Inputs: the dataset's numeric and one-hot categorical states, plus (``history=True``) the
+  previous step's action components (one-hot, zeros at the first step) and the scaled step.
+* Flat model: one multiclass classifier over the flat action index.
+* Factored model: a chain ``P(a) = prod_k P(a_k | s, a_<k)`` of one classifier per action
+  component (earlier components one-hot encoded as inputs), so that a 240-combination space with
+  sparse cells is estimable from a handful of small classifiers.
+* Cross-fitting: episodes are split into ``n_folds`` folds; the probabilities of a fold's rows
+  come from models fitted on the other folds (out-of-fold), which keeps the importance weights
+  from being fitted to the very actions they weight. On new data the fold models are averaged.
+* A probability floor: :meth:`propensities` returns ``max(p, floor)`` and the number of floored
+  rows; ``calibration_`` summarises out-of-fold calibration.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.exceptions import ConvergenceWarning
+
+from equicare.data import TrajectoryDataset
+from equicare.utils import PARAM_MESSAGE, check_is_fitted, check_random_state
+
+__all__ = ["BehaviorModel", "dataset_fingerprint"]
+
+_OWNER = "BehaviorModel"
+_CALIB_EDGES = np.array([0.0, 1e-3, 1e-2, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0 + 1e-12])
+_CHUNK = 20_000
+#: Prefixes of earlier components with probability below this in every row are not expanded.
+_PRUNE = 1e-12
+#: Rows (at most) whose full distributions enter the reliability table.
+_CALIB_ROWS = 20_000
+
+
+def dataset_fingerprint(dataset: TrajectoryDataset) -> str:
+    """Hash a dataset's actions, states and episode layout (identifies the fitting data)."""
+    h = hashlib.blake2b(digest_size=16)
+    for a in (dataset.episode_offsets, dataset.actions, dataset.states):
+        h.update(np.ascontiguousarray(a).tobytes())
+    if dataset.categorical is not None:
+        h.update(np.ascontiguousarray(dataset.categorical).tobytes())
+    return h.hexdigest()
+
+
+class _Constant(ClassifierMixin, BaseEstimator):
+    """Predicts the class frequencies seen in training (used when a fold has a single class)."""
+
+    def fit(self, X: Any, y: Any) -> _Constant:
+        self.classes_, counts = np.unique(y, return_counts=True)
+        self.p_ = counts / counts.sum()
+        return self
+
+    def predict_proba(self, X: Any) -> NDArray[np.float64]:
+        return np.broadcast_to(self.p_, (len(X), self.p_.size)).copy()
+
+
+def _make_classifier(spec: Any, C: float, max_iter: int, random_state: int) -> Any:
+    if spec == "logistic":
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter))
+    if spec == "lgbm":
+        try:
+            from lightgbm import LGBMClassifier
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ImportError("estimator='lgbm' needs LightGBM: pip install 'equicare[lgbm]'."
+                              ) from exc
+        return LGBMClassifier(n_estimators=60, learning_rate=0.1, num_leaves=15,
+                              min_child_samples=50, reg_lambda=5.0, verbose=-1, n_jobs=1,
+                              random_state=random_state)
+    if hasattr(spec, "fit") and hasattr(spec, "predict_proba"):
+        return clone(spec)
+    raise ValueError(PARAM_MESSAGE.format(
+        name="estimator", owner=_OWNER,
+        expected="'logistic', 'lgbm' or a scikit-learn classifier with predict_proba", got=spec))
+
+
+class BehaviorModel(BaseEstimator):
+    """Estimated behaviour policy ``pi_b(a|s)`` with cross-fitting, a floor and calibration.
+
+    Parameters
+    ----------
+    estimator : {"logistic", "lgbm"} or scikit-learn classifier, default="logistic"
+        Multinomial logistic regression on standardised inputs, LightGBM, or any classifier with
+        ``predict_proba`` (cloned for every fit).
+    factored : bool or "auto", default="auto"
+        Chain of per-component classifiers ``P(a) = prod_k P(a_k | s, a_<k)``; ``"auto"`` uses it
+        when the action space has more than one component.
+    n_folds : int, default=5
+        Cross-fitting folds over episodes (``1``: no cross-fitting, in-sample probabilities).
+    floor : float, default=1e-3
+        Lower bound applied by :meth:`propensities` to the probability of the logged action.
+    history : bool, default=True
+        Add the previous action's components (one-hot) and the scaled step to the inputs.
+    C : float, default=1.0
+        Inverse regularisation strength of the logistic model.
+    max_iter : int, default=300
+        Iterations of the logistic solver.
+    random_state : int, default=0
+        Seed of the fold assignment (and of randomised classifiers).
+
+    Attributes
+    ----------
+    n_actions_ : int
+    factored_ : bool
+    models_ : list
+        One entry per fold; each a list of fitted classifiers (one per component if factored).
+    fold_of_episode_ : ndarray of shape (n_episodes,)
+    oof_logged_prob_ : ndarray of shape (n_steps,)
+        Out-of-fold probability of the logged action on the fitting data (unfloored).
+    n_floored_ : int
+        Rows of the fitting data whose out-of-fold probability was below ``floor``.
+    calibration_ : dict
+        Out-of-fold log-loss, mean logged probability, expected calibration error and a
+        reliability table over every (row, action) pair.
+    converged_ : bool
+        False when a solver stopped before converging (warnings are collected, not raised).
+
+    Examples
+    --------
+    >>> bm = BehaviorModel(n_folds=2).fit(dataset)  # doctest: +SKIP
+    >>> p = bm.propensities(dataset)  # doctest: +SKIP
+    """
+
+    def __init__(self, estimator: Any = "logistic", *, factored: bool | str = "auto",
+                 n_folds: int = 5, floor: float = 1e-3, history: bool = True, C: float = 1.0,
+                 max_iter: int = 300, random_state: int = 0) -> None:
+        self.estimator = estimator
+        self.factored = factored
+        self.n_folds = n_folds
+        self.floor = floor
+        self.history = history
+        self.C = C
+        self.max_iter = max_iter
+        self.random_state = random_state
+
+    # ------------------------------------------------------------------ checks
+    def _check_params(self) -> None:
+        if self.factored not in (True, False, "auto"):
+            raise ValueError(PARAM_MESSAGE.format(name="factored", owner=_OWNER,
+                                                  expected="True, False or 'auto'",
+                                                  got=self.factored))
+        if not isinstance(self.n_folds, int | np.integer) or isinstance(self.n_folds, bool) \
+                or self.n_folds < 1:
+            raise ValueError(PARAM_MESSAGE.format(name="n_folds", owner=_OWNER,
+                                                  expected="an int >= 1", got=self.n_folds))
+        if not isinstance(self.floor, float | int) or not 0 <= float(self.floor) < 1:
+            raise ValueError(PARAM_MESSAGE.format(name="floor", owner=_OWNER,
+                                                  expected="a float in [0, 1)", got=self.floor))
+        if not isinstance(self.C, float | int) or float(self.C) <= 0:
+            raise ValueError(PARAM_MESSAGE.format(name="C", owner=_OWNER,
+                                                  expected="a float > 0", got=self.C))
+
+    # ------------------------------------------------------------------ inputs
+    def _design(self, dataset: TrajectoryDataset) -> NDArray[np.float64]:
+        x = np.asarray(dataset.features(), dtype=np.float64)
+        if not self.history:
+            return x
+        codes = dataset.action_codes
+        sizes = dataset.action_space.sizes
+        prev = np.zeros((dataset.n_steps, int(sum(sizes))))
+        has_prev = ~dataset.is_first
+        rows = np.flatnonzero(has_prev)
+        start = 0
+        for j, size in enumerate(sizes):
+            prev[rows, start + codes[rows - 1, j]] = 1.0
+            start += size
+        step = dataset.step.astype(np.float64)[:, None] / self.step_scale_
+        return np.concatenate([x, prev, step], axis=1)
+
+    @staticmethod
+    def _prefix_onehot(codes: NDArray[np.int64], sizes: tuple[int, ...], k: int
+                       ) -> NDArray[np.float64]:
+        """One-hot encoding of the first ``k`` components, shape ``(n, sum(sizes[:k]))``."""
+        n = codes.shape[0]
+        out = np.zeros((n, int(sum(sizes[:k]))))
+        start = 0
+        for j in range(k):
+            out[np.arange(n), start + codes[:, j]] = 1.0
+            start += sizes[j]
+        return out
+
+    # ------------------------------------------------------------------ fitting
+    def _fit_one(self, X: NDArray[np.float64], codes: NDArray[np.int64], flat: NDArray[np.int64],
+                 sizes: tuple[int, ...]) -> list[Any]:
+        seed = int(self.random_state)
+        if not self.factored_:
+            targets = [(X, flat)]
+        else:
+            targets = [(np.concatenate([X, self._prefix_onehot(codes, sizes, k)], axis=1),
+                        codes[:, k]) for k in range(len(sizes))]
+        models = []
+        for Xk, yk in targets:
+            if np.unique(yk).size < 2:
+                models.append(_Constant().fit(Xk, yk))
+                continue
+            clf = _make_classifier(self.estimator, float(self.C), int(self.max_iter), seed)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", ConvergenceWarning)
+                clf.fit(Xk, yk)
+            if any(issubclass(w.category, ConvergenceWarning) for w in caught):
+                self.converged_ = False
+            models.append(clf)
+        return models
+
+    def fit(self, dataset: TrajectoryDataset, y: Any = None) -> BehaviorModel:
+        """Fit the fold models on a dataset's logged actions.
+
+        Parameters
+        ----------
+        dataset : TrajectoryDataset
+        y : ignored
+            Present for scikit-learn compatibility.
+
+        Returns
+        -------
+        self
+        """
+        self._check_params()
+        space = dataset.action_space
+        self.n_actions_ = int(space.n_actions)
+        self.sizes_ = tuple(int(s) for s in space.sizes)
+        self.factored_ = bool(len(self.sizes_) > 1 if self.factored == "auto" else self.factored)
+        self.step_scale_ = float(max(int(dataset.episode_lengths.max()) - 1, 1))
+        self.converged_ = True
+        X = self._design(dataset)
+        self.n_features_in_ = int(X.shape[1])
+        codes, flat = dataset.action_codes, dataset.actions
+        n_ep = dataset.n_episodes
+        k = int(min(self.n_folds, n_ep))
+        rng = check_random_state(int(self.random_state))
+        # folds by episode id, so that an episode drawn twice (bootstrap) stays in one fold
+        uniq, inv = np.unique(np.asarray(dataset.episode_ids).astype(str), return_inverse=True)
+        k = int(min(k, uniq.size))
+        fold = np.arange(uniq.size) % max(k, 1)
+        rng.shuffle(fold)
+        self.fold_of_episode_ = fold[inv].astype(np.int64)
+        row_fold = self.fold_of_episode_[dataset.episode_index]
+        if k <= 1:
+            self.models_ = [self._fit_one(X, codes, flat, self.sizes_)]
+        else:
+            self.models_ = [self._fit_one(X[row_fold != f], codes[row_fold != f],
+                                          flat[row_fold != f], self.sizes_) for f in range(k)]
+        self.fingerprint_ = dataset_fingerprint(dataset)
+        self._cat_counts(dataset)
+        self._oof_summary(dataset, X, row_fold)
+        return self
+
+    def _cat_counts(self, dataset: TrajectoryDataset) -> None:
+        """Count each action per combination of categorical states (support diagnostics)."""
+        self.cat_sizes_: tuple[int, ...] = tuple(len(lv) for lv in dataset.categorical_levels)
+        self.cat_action_counts_: NDArray[np.int64] | None = None
+        if dataset.categorical is None or not self.cat_sizes_:
+            return
+        n_cells = int(np.prod(self.cat_sizes_))
+        if n_cells * self.n_actions_ > 10_000_000:
+            return
+        cell = np.ravel_multi_index(dataset.categorical.T, self.cat_sizes_)
+        counts = np.bincount(cell * self.n_actions_ + dataset.actions,
+                             minlength=n_cells * self.n_actions_)
+        self.cat_action_counts_ = counts.reshape(n_cells, self.n_actions_)
+
+    def observed_in_state(self, dataset: TrajectoryDataset) -> NDArray[np.bool_] | None:
+        """Whether each action was logged in the row's categorical-state cell in the fitting data.
+
+        Returns
+        -------
+        ndarray of shape (n_steps, n_actions) or None
+            None when the data has no categorical states.
+        """
+        check_is_fitted(self, "models_")
+        if self.cat_action_counts_ is None or dataset.categorical is None:
+            return None
+        sizes = tuple(len(lv) for lv in dataset.categorical_levels)
+        if sizes != self.cat_sizes_ or (dataset.categorical >= np.asarray(sizes)).any():
+            return None
+        cell = np.ravel_multi_index(dataset.categorical.T, self.cat_sizes_)
+        return np.asarray(self.cat_action_counts_[cell] > 0)
+
+    # ------------------------------------------------------------------ prediction
+    def _proba_component(self, model: Any, X: NDArray[np.float64], n_levels: int
+                         ) -> NDArray[np.float64]:
+        p = model.predict_proba(X)
+        out = np.zeros((X.shape[0], n_levels))
+        out[:, np.asarray(model.classes_, dtype=np.int64)] = p
+        return out
+
+    @staticmethod
+    def _linear_parts(model: Any, n_x: int, n_levels: int
+                      ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64],
+                                 NDArray[np.float64]] | None:
+        """``(W_x, W_prefix, b, mean/scale)`` of a scaler + multinomial logistic pipeline."""
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import Pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        if not (isinstance(model, Pipeline) and len(model.steps) == 2
+                and isinstance(model.steps[0][1], StandardScaler)
+                and isinstance(model.steps[1][1], LogisticRegression)):
+            return None
+        scaler, lr = model.steps[0][1], model.steps[1][1]
+        coef, icpt = np.asarray(lr.coef_), np.asarray(lr.intercept_)
+        if coef.shape[0] == 1:  # binary: P(class 1) = sigmoid(z) = softmax([0, z])
+            coef = np.vstack([np.zeros_like(coef), coef])
+            icpt = np.r_[0.0, icpt]
+        mean = np.asarray(scaler.mean_) if scaler.with_mean else np.zeros(coef.shape[1])
+        scale = np.asarray(scaler.scale_) if scaler.scale_ is not None else np.ones(coef.shape[1])
+        w = coef / scale  # logits = x @ w.T + (icpt - mean @ w.T)
+        b = icpt - mean @ w.T
+        full_w = np.zeros((n_levels, coef.shape[1]))
+        full_b = np.full(n_levels, -np.inf)
+        cls = np.asarray(lr.classes_, dtype=np.int64)
+        full_w[cls], full_b[cls] = w, b
+        return full_w[:, :n_x], full_w[:, n_x:], full_b, mean
+
+    def _full_probs(self, models: list[Any], X: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Distribution over all flat actions, shape ``(n, n_actions)``."""
+        n = X.shape[0]
+        if not self.factored_:
+            return self._proba_component(models[0], X, self.n_actions_)
+        fast = [self._linear_parts(m, X.shape[1], size) for m, size in zip(models, self.sizes_,
+                                                                              strict=True)]
+        if all(f is not None for f in fast):
+            return self._full_probs_linear(fast, X)  # type: ignore[arg-type]
+        probs = np.ones((n, 1))
+        prefixes = np.zeros((1, 0), dtype=np.int64)
+        for k, size in enumerate(self.sizes_):
+            cond = np.full((n, prefixes.shape[0], size), 1.0 / size)
+            live = np.flatnonzero(probs.max(axis=0) > _PRUNE)
+            for j in live:  # one prediction per reachable combination of earlier components
+                pre_codes = np.broadcast_to(prefixes[j], (n, k))
+                Xk = np.concatenate([X, self._prefix_onehot(pre_codes, self.sizes_, k)], axis=1)
+                cond[:, j] = self._proba_component(models[k], Xk, size)
+            probs = (probs[:, :, None] * cond).reshape(n, -1)
+            prefixes = np.array([[*pre, a] for pre in prefixes for a in range(size)],
+                                dtype=np.int64)
+        return probs
+
+    def _full_probs_linear(self, parts: list[tuple[NDArray[np.float64], ...]],
+                           X: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Run the chain for logistic models without a call per prefix (logits are additive)."""
+        n = X.shape[0]
+        probs = np.ones((n, 1))
+        prefixes = np.zeros((1, 0), dtype=np.int64)
+        for k, (w_x, w_p, b, _) in enumerate(parts):
+            pre = self._prefix_onehot(prefixes, self.sizes_, k)  # (n_prefixes, sum sizes[:k])
+            logits = (X @ w_x.T)[:, None, :] + (pre @ w_p.T + b)[None, :, :]
+            logits -= logits.max(axis=2, keepdims=True)
+            cond = np.exp(logits)
+            cond /= cond.sum(axis=2, keepdims=True)
+            probs = (probs[:, :, None] * cond).reshape(n, -1)
+            size = self.sizes_[k]
+            prefixes = np.concatenate([np.repeat(prefixes, size, axis=0),
+                                       np.tile(np.arange(size), prefixes.shape[0])[:, None]],
+                                      axis=1)
+        return probs
+
+    def _logged_probs(self, models: list[Any], X: NDArray[np.float64], codes: NDArray[np.int64],
+                      flat: NDArray[np.int64]) -> NDArray[np.float64]:
+        """Probability of the logged action, shape ``(n,)``."""
+        rows = np.arange(X.shape[0])
+        if not self.factored_:
+            return self._proba_component(models[0], X, self.n_actions_)[rows, flat]
+        p = np.ones(X.shape[0])
+        for k, size in enumerate(self.sizes_):
+            Xk = np.concatenate([X, self._prefix_onehot(codes, self.sizes_, k)], axis=1)
+            p *= self._proba_component(models[k], Xk, size)[rows, codes[:, k]]
+        return p
+
+    def _is_fit_data(self, dataset: TrajectoryDataset) -> bool:
+        return (len(self.models_) > 1 and dataset.n_episodes == self.fold_of_episode_.size
+                and dataset_fingerprint(dataset) == self.fingerprint_)
+
+    def _by_fold(self, dataset: TrajectoryDataset, X: NDArray[np.float64], fn: Any,
+                 width: int | None) -> NDArray[np.float64]:
+        """Apply ``fn(models, rows)`` out-of-fold on the fitting data, else averaged over folds."""
+        n = dataset.n_steps
+        out = np.zeros((n, width) if width else n)
+        if self._is_fit_data(dataset):
+            row_fold = self.fold_of_episode_[dataset.episode_index]
+            for f, models in enumerate(self.models_):
+                rows = np.flatnonzero(row_fold == f)
+                for s in range(0, rows.size, _CHUNK):
+                    r = rows[s:s + _CHUNK]
+                    out[r] = fn(models, r)
+            return out
+        for s in range(0, n, _CHUNK):
+            r = np.arange(s, min(s + _CHUNK, n))
+            out[r] = sum(fn(models, r) for models in self.models_) / len(self.models_)
+        return out
+
+    def action_probs(self, dataset: TrajectoryDataset) -> NDArray[np.float64]:
+        """Estimated ``pi_b(a|s)`` of every action at every row, shape ``(n_steps, n_actions)``.
+
+        On the fitting data these are out-of-fold probabilities; on other data the average of the
+        fold models. Rows sum to 1 (no floor).
+        """
+        check_is_fitted(self, "models_")
+        X = self._design(dataset)
+        return self._by_fold(dataset, X, lambda m, r: self._full_probs(m, X[r]), self.n_actions_)
+
+    def logged_prob(self, dataset: TrajectoryDataset) -> NDArray[np.float64]:
+        """Estimated probability of each row's logged action (unfloored), shape ``(n_steps,)``."""
+        check_is_fitted(self, "models_")
+        if self._is_fit_data(dataset):
+            return self.oof_logged_prob_.copy()
+        X = self._design(dataset)
+        codes, flat = dataset.action_codes, dataset.actions
+        return self._by_fold(dataset, X,
+                             lambda m, r: self._logged_probs(m, X[r], codes[r], flat[r]), None)
+
+    def propensities(self, dataset: TrajectoryDataset) -> NDArray[np.float64]:
+        """Floored probability of the logged action, ``max(p, floor)``, shape ``(n_steps,)``."""
+        return np.maximum(self.logged_prob(dataset), float(self.floor))
+
+    def n_floored(self, dataset: TrajectoryDataset) -> int:
+        """Rows whose estimated logged-action probability is below ``floor``."""
+        return int(np.sum(self.logged_prob(dataset) < float(self.floor)))
+
+    @property
+    def n_actions(self) -> int:
+        """Number of flat actions (Policy protocol)."""
+        check_is_fitted(self, "models_")
+        return self.n_actions_
+
+    # ------------------------------------------------------------------ calibration
+    def _oof_summary(self, dataset: TrajectoryDataset, X: NDArray[np.float64],
+                     row_fold: NDArray[np.int64]) -> None:
+        """Out-of-fold logged-action probabilities (all rows) and a reliability table.
+
+        The reliability table covers every action of at most ``_CALIB_ROWS`` random rows.
+        """
+        n = dataset.n_steps
+        logged = np.zeros(n)
+        nb = _CALIB_EDGES.size - 1
+        sum_p, sum_y, cnt = np.zeros(nb), np.zeros(nb), np.zeros(nb)
+        folds = np.zeros(n, dtype=np.int64) if len(self.models_) == 1 else row_fold
+        codes, flat = dataset.action_codes, dataset.actions
+        rng = check_random_state(int(self.random_state) + 1)
+        calib = np.zeros(n, dtype=bool)
+        calib[rng.permutation(n)[:_CALIB_ROWS]] = True
+        for f in range(len(self.models_)):
+            rows = np.flatnonzero(folds == f)
+            for s in range(0, rows.size, _CHUNK):
+                r = rows[s:s + _CHUNK]
+                logged[r] = self._logged_probs(self.models_[f], X[r], codes[r], flat[r])
+                rc = r[calib[r]]
+                if rc.size == 0:
+                    continue
+                p = self._full_probs(self.models_[f], X[rc])
+                y = np.zeros_like(p)
+                y[np.arange(rc.size), flat[rc]] = 1.0
+                b = np.clip(np.searchsorted(_CALIB_EDGES, p.ravel(), side="right") - 1, 0, nb - 1)
+                sum_p += np.bincount(b, weights=p.ravel(), minlength=nb)
+                sum_y += np.bincount(b, weights=y.ravel(), minlength=nb)
+                cnt += np.bincount(b, minlength=nb)
+        self.oof_logged_prob_ = logged
+        self.n_floored_ = int(np.sum(logged < float(self.floor)))
+        keep = cnt > 0
+        ece = float(np.sum(np.abs(sum_p[keep] - sum_y[keep])) / max(cnt.sum(), 1.0))
+        self.calibration_ = {
+            "log_loss": float(-np.mean(np.log(np.maximum(logged, 1e-15)))),
+            "mean_logged_prob": float(logged.mean()),
+            "ece": ece,
+            "out_of_fold": len(self.models_) > 1,
+            "bins": [{"low": float(_CALIB_EDGES[i]), "high": float(min(_CALIB_EDGES[i + 1], 1.0)),
+                      "mean_predicted": float(sum_p[i] / cnt[i]),
+                      "observed_rate": float(sum_y[i] / cnt[i]), "count": int(cnt[i])}
+                     for i in range(nb) if cnt[i] > 0],
+        }
+        if dataset.behavior_prob is not None:
+            lp = np.log(np.maximum(logged, 1e-15)) - np.log(np.maximum(dataset.behavior_prob,
+                                                                       1e-15))
+            self.calibration_["mean_abs_log_ratio_vs_logged"] = float(np.mean(np.abs(lp)))
+
+    def summary(self) -> dict[str, Any]:
+        """Plain-data summary: settings, floored rows, calibration."""
+        check_is_fitted(self, "models_")
+        est = self.estimator if isinstance(self.estimator, str) else type(self.estimator).__name__
+        return {"estimator": est, "factored": self.factored_, "n_folds": len(self.models_),
+                "floor": float(self.floor), "n_floored": self.n_floored_,
+                "converged": self.converged_, "calibration": self.calibration_}

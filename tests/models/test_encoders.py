@@ -1,0 +1,129 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from equicare.models import HistoryEncoder, MLPEncoder, Standardize, seeded, window_index
+
+GEN = torch.Generator().manual_seed(12345)
+
+
+def randn(*shape):
+    return torch.randn(*shape, generator=GEN)
+
+
+def test_window_index_left_aligned_with_lengths():
+    # two episodes: lengths 3 and 2
+    step = np.array([0, 1, 2, 0, 1])
+    idx, lengths = window_index(step, 2)
+    np.testing.assert_array_equal(lengths, [1, 2, 2, 1, 2])
+    np.testing.assert_array_equal(idx[:, 0], [0, 0, 1, 3, 3])
+    np.testing.assert_array_equal(idx[[1, 2, 4], 1], [1, 2, 4])
+    # padded slots repeat the row itself (ignored by the encoder)
+    assert idx[0, 1] == 0 and idx[3, 1] == 3
+
+
+def test_window_index_never_crosses_episodes():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 9, size=50)
+    step = np.concatenate([np.arange(n) for n in lengths])
+    episode = np.repeat(np.arange(50), lengths)
+    idx, ln = window_index(step, 6)
+    valid = np.arange(6)[None, :] < ln[:, None]
+    assert (episode[idx][valid] == np.repeat(episode, 6).reshape(-1, 6)[valid]).all()
+    # the last valid slot is the current row
+    assert (idx[np.arange(len(step)), ln - 1] == np.arange(len(step))).all()
+
+
+def test_window_index_rejects_bad_window():
+    with pytest.raises(ValueError, match="window must be >= 1"):
+        window_index(np.zeros(3, dtype=np.int64), 0)
+
+
+def test_standardize_stats_and_constant_columns():
+    x = np.array([[1.0, 5.0], [3.0, 5.0]], dtype=np.float32)
+    s = Standardize(2)
+    s.set_stats(x)
+    out = s(torch.as_tensor(x))
+    np.testing.assert_allclose(out.numpy(), [[-1.0, 0.0], [1.0, 0.0]], atol=1e-6)
+
+
+def test_mlp_encoder_shape():
+    enc = MLPEncoder(5, (16, 8))
+    assert enc(randn(3, 5)).shape == (3, 8)
+    assert enc.out_dim == 8
+
+
+@pytest.mark.parametrize("window", [2, 4, 6, 8])
+def test_history_padding_never_leaks(window):
+    enc = seeded(0, HistoryEncoder, 3, window, hidden=(8,), lstm_hidden=5,
+                 attention_dim=4).eval()
+    b = 6
+    x = randn(b, window, 3)
+    lengths = torch.tensor([1, 2, window, window - 1, 1, window])
+    garbage = x.clone()
+    pad = torch.arange(window)[None, :] >= lengths[:, None]
+    garbage[pad] = 1e3 * randn(int(pad.sum()), 3)
+    with torch.no_grad():
+        a = enc(x, lengths)
+        g = enc(garbage, lengths)
+        _, w, _ = enc.attention(garbage, lengths)
+    torch.testing.assert_close(a, g, rtol=0, atol=0)
+    # attention: exactly zero on padding, sums to one
+    assert (w[pad] == 0).all()
+    torch.testing.assert_close(w.sum(dim=1), torch.ones(b))
+    # each row equals the encoding of its unpadded history alone
+    for i in range(b):
+        n = int(lengths[i])
+        with torch.no_grad():
+            alone = enc(x[i:i + 1, :n], torch.tensor([n]))
+        torch.testing.assert_close(a[i:i + 1], alone, rtol=1e-5, atol=1e-6)
+
+
+def test_history_encoder_uses_history():
+    enc = seeded(1, HistoryEncoder, 2, 3, hidden=(8,), lstm_hidden=4).eval()
+    x = randn(1, 3, 2)
+    y = x.clone()
+    y[0, 0] += 5.0  # change only the oldest row
+    with torch.no_grad():
+        assert not torch.allclose(enc(x, torch.tensor([3])), enc(y, torch.tensor([3])))
+
+
+def test_importing_models_does_not_import_torch():
+    code = ("import sys, equicare.models, equicare.algos, equicare.policy; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_every_public_name_imports():
+    import equicare.algos as algos
+    import equicare.models as models
+
+    for mod in (models, algos):
+        for name in mod.__all__:
+            assert getattr(mod, name) is not None
+    with pytest.raises(AttributeError):
+        models.NoSuchThing  # noqa: B018
+
+
+def test_previous_action_features_and_window_slot_zeroing():
+    from equicare.models import ModelInputs, previous_action_features
+
+    codes = np.array([[0, 1], [1, 0], [1, 1], [0, 0]])
+    rewards = np.array([0.5, -1.0, 2.0, 3.0])
+    step = np.array([0, 1, 2, 0])
+    prev = previous_action_features(codes, (2, 2), rewards, step)
+    np.testing.assert_array_equal(prev, [[0, 0, 0, 0, 0.0], [1, 0, 0, 1, 0.5],
+                                         [0, 1, 1, 0, -1.0], [0, 0, 0, 0, 0.0]])
+    x = np.arange(4, dtype=np.float32)[:, None]
+    inputs = ModelInputs.from_arrays(x, step, 2, prev)
+    xs, ln = inputs.take(torch.tensor([2]))
+    # window of row 2 = rows 1, 2; row 1's predecessor (row 0) is outside the window -> zeros
+    np.testing.assert_array_equal(xs[0, 0].numpy(), [1, 0, 0, 0, 0, 0.0])
+    np.testing.assert_array_equal(xs[0, 1].numpy(), [2, 0, 1, 1, 0, -1.0])
+    assert int(ln[0]) == 2
+    # the stored tensor itself is not modified
+    assert inputs.x[1, 1] == 1.0

@@ -1,0 +1,198 @@
+"""evaluate(): result contract, support diagnostics, small cells, refit bootstrap, coverage."""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from equicare.exceptions import DataValidationError, SmallCellWarning, SupportWarning
+from equicare.ope import (
+    ESTIMATOR_KEYS,
+    SENSITIVITY_COLUMNS,
+    EvaluationResult,
+    evaluate,
+    evaluate_subgroups,
+    sensitivity_analysis,
+)
+from equicare.ope._support import SUPPORT_MESSAGE
+from equicare.policy import TabularPolicy
+
+from ._mdp import BEHAVIOR, TARGET, small_mdp
+
+
+@pytest.fixture(scope="module")
+def ds():
+    return small_mdp(horizon=4).sample(BEHAVIOR, 400, seed=0, n_groups=3)
+
+
+def test_result_contract(ds):
+    res = evaluate(ds, TabularPolicy(TARGET), q_model="tabular", bootstrap=300)
+    assert isinstance(res, EvaluationResult)
+    d = json.loads(json.dumps(res.to_dict()))
+    assert {"n_episodes", "n_steps", "gamma", "behavior", "estimates", "ess", "groups",
+            "support"} <= set(d)
+    assert d["n_episodes"] == 400 and d["n_steps"] == ds.n_steps and d["gamma"] == 0.9
+    assert list(d["estimates"]) == list(ESTIMATOR_KEYS)
+    for e in d["estimates"].values():
+        assert set(e) == {"value", "ci", "se"} and e["ci"][0] <= e["value"] <= e["ci"][1]
+    assert d["behavior"]["value"] == pytest.approx(ds.returns().mean())
+    assert {"trajectory", "trajectory_pct"} <= set(d["ess"])
+    grp = d["groups"]["grp"]
+    assert set(grp) == {"g0", "g1", "g2"}
+    assert sum(g["n_episodes"] for g in grp.values()) == 400
+    assert list(grp["g0"]["estimates"]) == list(ESTIMATOR_KEYS)
+    assert d["support"]["share_pct"] == 0.0 and d["support"]["warning"] is False
+    assert d["settings"]["propensity_source"] == "logged"
+    frame = res.to_frame()
+    assert list(frame.columns) == ["attribute", "level", "estimator", "value", "ci_low",
+                                   "ci_high", "se", "n_episodes", "suppressed"]
+    assert len(frame) == 4 * (len(ESTIMATOR_KEYS) + 1)
+    # same seed, same numbers
+    again = evaluate(ds, TabularPolicy(TARGET), q_model="tabular", bootstrap=300).to_dict()
+    d2 = res.to_dict()
+    again.pop("q_model"), d2.pop("q_model")  # fitting times differ
+    assert again == d2
+
+
+def test_group_values_equal_estimates_on_the_group_alone(ds):
+    pol = TabularPolicy(TARGET)
+    sub = evaluate_subgroups(ds, pol, q_model="tabular", bootstrap=0, estimators="wis,pdis")
+    labels = ds.group_labels("grp")
+    for lv, g in sub["grp"].items():
+        alone = evaluate(ds.subset(labels == lv), pol, q_model="tabular", bootstrap=0,
+                         estimators="wis,pdis", groups=[])
+        for k in ("wis", "pdis"):  # weights only: identical to evaluating the group alone
+            assert g.estimates[k].value == pytest.approx(alone.estimates[k].value, rel=1e-12)
+        assert g.ess.trajectory == pytest.approx(alone.ess.trajectory)
+
+
+def test_small_cells_are_suppressed(ds):
+    groups = dict(ds.groups)
+    lab = groups["grp"].astype(object)
+    lab[:5] = "tiny"
+    small = replace(ds, groups={"grp": lab}, _cache={})
+    with pytest.warns(SmallCellWarning, match=r"1 group cells have fewer than 11 episodes"):
+        res = evaluate(small, TabularPolicy(TARGET), q_model="tabular", bootstrap=50)
+    assert res.groups["grp"]["tiny"].suppressed
+    assert res.to_dict()["groups"]["grp"]["tiny"] == {"suppressed": True, "n_episodes": None}
+    frame = res.to_frame()
+    row = frame[(frame.level == "tiny")]
+    assert len(row) == 1 and bool(row.suppressed.iloc[0]) and np.isnan(row.value.iloc[0])
+
+
+def test_support_warning_names_biased_estimators():
+    beh = np.array([[1.0, 0.0], [0.5, 0.5]])  # current practice never takes action 1 in state 0
+    mdp = small_mdp(horizon=3)
+    data = mdp.sample(beh, 400, seed=1)
+    target = np.array([[0.7, 0.3], [0.5, 0.5]])
+    with pytest.warns(SupportWarning) as rec:
+        res = evaluate(data, TabularPolicy(target), q_model="tabular", bootstrap=50, groups=[])
+    share = 100 * 0.3 * np.mean(data.categorical[:, 0] == 0)  # exact expected share
+    assert res.support.share_pct == pytest.approx(share, rel=1e-6)
+    msg = SUPPORT_MESSAGE.format(pct=share, thr=1e-3,
+                                 cat=", or never logged in that categorical state",
+                                 biased="is, wis, pdis, wpdis", q_based="fqe, dr, wdr")
+    assert str(rec[0].message) == msg
+    s = res.to_dict()["support"]
+    assert s["warning"] and s["biased_estimators"] == ["is", "wis", "pdis", "wpdis"]
+    assert s["message"] == msg
+    pe = res.support.per_episode_pct
+    assert pe.shape == (data.n_episodes,) and pe.max() <= 30 + 1e-9
+    # IS-type estimators estimate a different quantity: the value of the target restricted to
+    # supported actions, far from the truth; DR with an (extrapolating) tabular Q stays closer
+    truth = mdp.value(target)
+    assert abs(res.estimates["wis"].value - truth) > 2 * abs(res.estimates["dr"].value - truth)
+
+
+def test_zero_logged_propensity_is_a_data_error(ds):
+    bp = ds.behavior_prob.copy()
+    bp[[3, 7]] = 0.0
+    bad = replace(ds, behavior_prob=bp, _cache={})
+    pe = TabularPolicy(TARGET).action_probs(bad)
+    n_mass = int((pe[[3, 7], bad.actions[[3, 7]]] > 0).sum())
+    msg = (f"2 rows have a logged behaviour probability that is not in (0, 1] (first rows: [3, 7]);"
+           f" the target policy puts probability on the logged action in {n_mass} of them, so "
+           "importance weights are undefined there and is, wis, pdis, wpdis, dr, wdr would be "
+           "biased.")
+    with pytest.raises(DataValidationError, match=re.escape(msg)):
+        evaluate(bad, TabularPolicy(TARGET), q_model="tabular", bootstrap=10)
+
+
+def test_refit_bootstrap_through_an_executor(ds):
+    calls = []
+
+    def executor(fn, items):
+        calls.append(len(items))
+        return map(fn, items)
+
+    unlogged = replace(ds, behavior_prob=None, _cache={})
+    res = evaluate(unlogged, TabularPolicy(TARGET), estimators="wis,dr", q_model="tabular",
+                   bootstrap=12, refit=True, executor=executor, groups=[])
+    assert calls == [12]
+    assert res.settings["nuisance"] == "refit per replicate"
+    assert res.settings["propensity_source"] == "estimated"
+    for e in res.estimates.values():
+        assert e.ci[0] < e.ci[1] and e.se > 0
+
+
+def test_support_diagnostics_can_be_skipped_with_known_propensities(ds):
+    res = evaluate(ds, TabularPolicy(TARGET), q_model="tabular", bootstrap=0, groups=[],
+                   diagnose_support=False)
+    assert res.support is None and res.behavior_model is None
+    assert res.to_dict()["support"] is None
+    full = evaluate(ds, TabularPolicy(TARGET), q_model="tabular", bootstrap=0, groups=[])
+    assert res.estimates == full.estimates
+
+
+def test_truncation_and_bca(ds):
+    res = evaluate(ds, TabularPolicy(TARGET), q_model="tabular", bootstrap=200, truncate=2.0,
+                   ci_method="bca", groups=[])
+    assert res.ess.truncate == 2.0
+    assert res.ess.trajectory_truncated >= res.ess.trajectory * 0.999
+    plain = evaluate(ds, TabularPolicy(TARGET), q_model="tabular", bootstrap=0, groups=[])
+    assert res.estimates["is"].value != plain.estimates["is"].value
+
+
+def test_sensitivity_table(ds):
+    pol = TabularPolicy(TARGET)
+    df = sensitivity_analysis(ds, pol, estimators=("dr", "fqe"), q_model="tabular",
+                              noise_scales=(0.1, 0.5), n_draws=3, truncations=(2.0, 1e9),
+                              bootstrap=50, q_shifts=(-0.1, 0.1))
+    assert tuple(df.columns) == SENSITIVITY_COLUMNS
+    counts = df.groupby("analysis").size().to_dict()
+    assert counts == {"baseline": 2, "q_shift": 4, "propensity_noise": 12, "truncation": 4}
+    shift = df[(df.analysis == "q_shift") & (df.estimator == "fqe")]
+    np.testing.assert_allclose(shift.shift_from_baseline, shift.parameter, atol=1e-12)
+    dr_shift = df[(df.analysis == "q_shift") & (df.estimator == "dr")]
+    assert (dr_shift.shift_from_baseline.abs() < 0.05).all()  # DR absorbs a constant Q bias
+    huge = df[(df.analysis == "truncation") & (df.parameter == 1e9)]
+    base = df[df.analysis == "baseline"]
+    np.testing.assert_allclose(huge.value.to_numpy(), base.value.to_numpy())
+    noisy = df[df.analysis == "propensity_noise"]
+    assert sorted(noisy.draw.unique()) == [0, 1, 2]
+    assert (noisy[noisy.estimator == "fqe"].shift_from_baseline == 0).all()
+
+
+@pytest.mark.slow
+def test_ci_coverage_on_tabular_mdp():
+    """95% percentile intervals of DR and WDR cover the exact value in >= 90% of 60 datasets."""
+    mdp = small_mdp(horizon=4)
+    truth = mdp.value(TARGET)
+    hits = {"dr": 0, "wdr": 0, "is": 0}
+    n_rep = 60
+    for rep in range(n_rep):
+        data = mdp.sample(BEHAVIOR, 300, seed=100 + rep)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SmallCellWarning)
+            res = evaluate(data, TabularPolicy(TARGET), estimators="is,dr,wdr",
+                           q_model="tabular", bootstrap=500, groups=[], random_state=rep)
+        for k in hits:
+            lo, hi = res.estimates[k].ci
+            hits[k] += lo <= truth <= hi
+    for k, h in hits.items():
+        assert h / n_rep >= 0.9, (k, h)

@@ -1,0 +1,147 @@
+"""Fitted-Q evaluation against exact dynamic-programming values."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from equicare.ope import FQEConfig, fit_fqe
+from equicare.policy import TabularPolicy
+
+from ._mdp import BEHAVIOR, TARGET, TabularMDP, small_mdp
+
+
+def _deterministic_mdp() -> TabularMDP:
+    P = np.zeros((3, 2, 3))
+    P[0, 0, 1] = P[0, 1, 2] = P[1, 0, 0] = P[1, 1, 2] = P[2, 0, 1] = P[2, 1, 0] = 1.0
+    R = np.array([[0.0, 1.0], [2.0, -1.0], [0.5, 0.25]])
+    return TabularMDP(P=P, R=R, init=np.array([0.5, 0.3, 0.2]), horizon=4, gamma=0.9)
+
+
+def test_tabular_backward_is_exact_on_deterministic_mdp():
+    mdp = _deterministic_mdp()
+    beh = np.full((3, 2), 0.5)
+    target = np.array([[0.9, 0.1], [0.2, 0.8], [0.5, 0.5]])
+    ds = mdp.sample(beh, 400, seed=0)
+    pe = TabularPolicy(target).action_probs(ds)
+    fit = fit_fqe(ds, pe, FQEConfig(model="tabular"))
+    q_true = mdp.q_tables(target)[ds.step, ds.categorical[:, 0]]
+    # every (t, s, a) reachable at step t is visited with 400 episodes: FQE is exact
+    np.testing.assert_allclose(fit.q, q_true, atol=1e-12)
+    np.testing.assert_allclose(fit.v[ds.is_first].mean(),
+                               (q_true * pe).sum(axis=1)[ds.is_first].mean(), atol=1e-12)
+
+
+@pytest.mark.parametrize("end", [False, True])
+def test_tabular_backward_close_to_truth_on_stochastic_mdp(end):
+    mdp = small_mdp(end=end, horizon=4)
+    ds = mdp.sample(BEHAVIOR, 4000, seed=2)
+    pe = TabularPolicy(TARGET).action_probs(ds)
+    fit = fit_fqe(ds, pe, FQEConfig(model="tabular"))
+    q_true = mdp.q_tables(TARGET)[ds.step, ds.categorical[:, 0]]
+    # cell means of ~1000+ rows: errors of a few hundredths
+    assert np.abs(fit.q - q_true).max() < 0.1
+    assert fit.v[ds.is_first].mean() == pytest.approx(mdp.value(TARGET), abs=0.05)
+
+
+def test_tabular_stationary_solves_the_empirical_bellman_equation():
+    """With horizon 1 the stationary and backward tabular models coincide (cell means)."""
+    mdp = small_mdp(end=False, horizon=1)
+    ds = mdp.sample(BEHAVIOR, 500, seed=0)
+    pe = TabularPolicy(TARGET).action_probs(ds)
+    a = fit_fqe(ds, pe, FQEConfig(model="tabular", horizon="stationary"))
+    b = fit_fqe(ds, pe, FQEConfig(model="tabular", horizon="backward"))
+    np.testing.assert_allclose(a.q, b.q, atol=1e-12)
+    np.testing.assert_allclose(a.q, mdp.R[ds.categorical[:, 0]], atol=1e-12)
+
+
+def test_tabular_stationary_fixed_point_property():
+    mdp = small_mdp(end=True, horizon=5)
+    ds = mdp.sample(BEHAVIOR, 300, seed=4)
+    pe = TabularPolicy(TARGET).action_probs(ds)
+    fit = fit_fqe(ds, pe, FQEConfig(model="tabular", horizon="stationary"))
+    # Q(s,a) = mean over rows in (s,a) of r + gamma * V(next row)
+    nxt = np.where(ds.is_last, 0, ds.next_index)
+    y = ds.rewards + ds.gamma * np.where(ds.is_last, 0.0, fit.v[nxt])
+    key = ds.categorical[:, 0] * 2 + ds.actions
+    means = np.bincount(key, y, 4) / np.bincount(key, minlength=4)
+    np.testing.assert_allclose(fit.q[np.arange(ds.n_steps), ds.actions], means[key], atol=1e-10)
+
+
+def test_linear_one_step_equals_cell_means():
+    mdp = small_mdp(end=False, horizon=1)
+    mdp.noise_sd = 0.3
+    ds = mdp.sample(BEHAVIOR, 2000, seed=1)
+    pe = TabularPolicy(TARGET).action_probs(ds)
+    lin = fit_fqe(ds, pe, FQEConfig(model="linear", alpha=1e-6, time_features=False))
+    tab = fit_fqe(ds, pe, FQEConfig(model="tabular"))
+    np.testing.assert_allclose(lin.q, tab.q, atol=1e-5)
+    assert lin.info["solver"] == "fixed_point" or lin.info["solver"] == "ridge"
+
+
+def test_linear_fixed_point_equals_iterated_fqe():
+    mdp = small_mdp(end=True, horizon=6, gamma=0.8)
+    ds = mdp.sample(BEHAVIOR, 300, seed=3)
+    pe = TabularPolicy(TARGET).action_probs(ds)
+    fp = fit_fqe(ds, pe, FQEConfig(model="linear"))
+    it = fit_fqe(ds, pe, FQEConfig(model="linear", solver="iterate", n_iterations=300))
+    assert fp.info["solver"] == "fixed_point" and it.info["solver"] == "iterate"
+    np.testing.assert_allclose(fp.q, it.q, atol=1e-8)
+    assert fp.q.shape == (ds.n_steps, 2)
+    np.testing.assert_allclose(fp.v, (fp.q * pe).sum(axis=1))
+
+
+def test_gamma_zero_is_a_reward_model():
+    mdp = small_mdp(end=False, horizon=3)
+    ds = mdp.sample(BEHAVIOR, 500, seed=0)
+    pe = TabularPolicy(TARGET).action_probs(ds)
+    fit = fit_fqe(ds, pe, FQEConfig(model="tabular"), gamma=0.0)
+    np.testing.assert_allclose(fit.q, mdp.R[ds.categorical[:, 0]], atol=1e-12)
+
+
+@pytest.mark.parametrize("cfg", [FQEConfig(model="gbm", gbm_max_iter=20),
+                                 FQEConfig(model="gbm", horizon="stationary", gbm_max_iter=20,
+                                           n_iterations=3),
+                                 FQEConfig(model="mlp", n_iterations=3, epochs=20, hidden=(16,),
+                                           batch_size=128, learning_rate=1e-2)])
+def test_gbm_and_mlp_fit(cfg):
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    mdp = small_mdp(end=False, horizon=3)
+    ds = mdp.sample(BEHAVIOR, 300, seed=0)
+    pe = TabularPolicy(TARGET).action_probs(ds)
+    a = fit_fqe(ds, pe, cfg, random_state=0)
+    b = fit_fqe(ds, pe, cfg, random_state=0)
+    assert a.q.shape == (ds.n_steps, 2) and np.isfinite(a.q).all()
+    np.testing.assert_allclose(a.q, b.q)  # same seed, same numbers
+    # V at the first step within a loose band of the truth (value about 1.1 here)
+    assert abs(a.v[ds.is_first].mean() - mdp.value(TARGET)) < 0.5
+
+
+def test_config_round_trip_and_errors():
+    cfg = FQEConfig(model="mlp", hidden=(8, 4), epochs=3)
+    assert FQEConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.resolved_horizon == "stationary"
+    assert FQEConfig(model="gbm").resolved_horizon == "backward"
+    msg = "The 'model' parameter of FQEConfig must be one of 'tabular', 'linear', 'gbm', 'mlp'. "
+    with pytest.raises(ValueError, match=re.escape(msg + "Got 'cnn' instead.")):
+        FQEConfig(model="cnn")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=re.escape(
+            "The 'horizon' parameter of FQEConfig must be 'stationary' or 'auto' for "
+            "model='linear'. Got 'backward' instead.")):
+        FQEConfig(model="linear", horizon="backward")
+    with pytest.raises(ValueError, match=re.escape(
+            "The 'alpha' parameter of FQEConfig must be a number in (0, inf). Got 0 instead.")):
+        FQEConfig(alpha=0)
+
+
+def test_tabular_needs_categorical_states():
+    mdp = small_mdp()
+    ds = mdp.sample(BEHAVIOR, 20, seed=0)
+    from dataclasses import replace
+
+    ds2 = replace(ds, categorical=None, categorical_names=(), categorical_levels=(), _cache={})
+    with pytest.raises(ValueError, match="needs categorical_states"):
+        fit_fqe(ds2, np.full((ds2.n_steps, 2), 0.5), FQEConfig(model="tabular"))

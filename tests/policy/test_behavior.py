@@ -1,0 +1,158 @@
+"""BehaviorModel: recovers known propensities, cross-fits, floors, calibrates, plugs classifiers."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.linear_model import LogisticRegression
+from sklearn.tree import DecisionTreeClassifier
+
+from equicare.data import TrajectoryDataset
+from equicare.exceptions import NotFittedError
+from equicare.policy import BehaviorModel, Policy
+from equicare.spaces import FactoredActionSpace
+
+from ..ope._mdp import BEHAVIOR, small_mdp
+
+
+def _factored_data(n_episodes: int = 600, length: int = 5, seed: int = 0
+                   ) -> tuple[TrajectoryDataset, np.ndarray]:
+    """Two action components with known conditional logits; returns data and true (n, 6) probs."""
+    rng = np.random.default_rng(seed)
+    n = n_episodes * length
+    x = rng.normal(size=(n, 2)).astype(np.float32)
+    # component 1 (3 levels): softmax(x @ W1 + b1); component 2 (2 levels) given component 1
+    W1 = np.array([[1.0, -0.5, 0.0], [0.0, 0.8, -1.0]])
+    b1 = np.array([0.2, 0.0, -0.3])
+    l1 = x @ W1 + b1
+    p1 = np.exp(l1 - l1.max(1, keepdims=True))
+    p1 /= p1.sum(1, keepdims=True)
+    w2 = np.array([0.7, -0.4])
+    b2 = np.array([-0.5, 0.0, 0.8])  # P(a2=1 | x, a1) = sigmoid(x @ w2 + b2[a1])
+    p2 = 1 / (1 + np.exp(-(x @ w2)[:, None] - b2[None, :]))  # (n, 3)
+    truth = np.empty((n, 6))
+    for a1 in range(3):
+        truth[:, 2 * a1] = p1[:, a1] * (1 - p2[:, a1])
+        truth[:, 2 * a1 + 1] = p1[:, a1] * p2[:, a1]
+    cdf = truth.cumsum(1)
+    acts = np.minimum((cdf < rng.random(n)[:, None]).sum(1), 5)
+    offs = np.arange(0, n + 1, length, dtype=np.int64)
+    space = FactoredActionSpace.from_levels({"c1": ["a", "b", "c"], "c2": ["no", "yes"]})
+    ds = TrajectoryDataset(
+        states=x, actions=acts.astype(np.int64), reward_components=np.zeros((n, 1)),
+        terminals=np.isin(np.arange(n), offs[1:] - 1), episode_offsets=offs,
+        episode_ids=np.arange(n_episodes), times=np.tile(np.arange(length), n_episodes),
+        action_space=space, state_names=("x0", "x1"),
+        behavior_prob=truth[np.arange(n), acts])
+    return ds, truth
+
+
+def test_recovers_tabular_behaviour_policy():
+    ds = small_mdp(horizon=3).sample(BEHAVIOR, 3000, seed=0)
+    bm = BehaviorModel(n_folds=3, history=False).fit(ds)
+    p = bm.action_probs(ds)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0)
+    # logistic on the one-hot state is saturated: probabilities are the cell frequencies
+    np.testing.assert_allclose(p, BEHAVIOR[ds.categorical[:, 0]], atol=0.03)
+    assert isinstance(bm, Policy) and bm.n_actions == 2
+
+
+@pytest.mark.parametrize("factored", [True, False])
+def test_recovers_factored_propensities(factored):
+    ds, truth = _factored_data()
+    bm = BehaviorModel(factored=factored, n_folds=3, history=False, C=10.0).fit(ds)
+    assert bm.factored_ is factored
+    p = bm.action_probs(ds)
+    tv = 0.5 * np.abs(p - truth).sum(axis=1).mean()
+    # the chain is well specified (total variation of a few %); the flat softmax is not
+    assert tv < (0.04 if factored else 0.08)
+    lp = bm.logged_prob(ds)
+    np.testing.assert_allclose(lp, p[np.arange(ds.n_steps), ds.actions], rtol=1e-10)
+    assert bm.calibration_["ece"] < 0.02
+    assert bm.calibration_["mean_abs_log_ratio_vs_logged"] < 0.15
+    assert sum(b["count"] for b in bm.calibration_["bins"]) == ds.n_steps * 6
+
+
+def test_cross_fitting_out_of_fold():
+    ds, _ = _factored_data(n_episodes=200)
+    bm = BehaviorModel(n_folds=4, history=False).fit(ds)
+    assert np.array_equal(bm.logged_prob(ds), bm.oof_logged_prob_)
+    # out-of-fold rows are predicted by the model that did not see their episode
+    fold = bm.fold_of_episode_[ds.episode_index]
+    assert set(np.unique(bm.fold_of_episode_)) == {0, 1, 2, 3}
+    rows = np.flatnonzero(fold == 2)
+    X = bm._design(ds)[rows]
+    own = bm._logged_probs(bm.models_[2], X, ds.action_codes[rows], ds.actions[rows])
+    np.testing.assert_allclose(bm.oof_logged_prob_[rows], own)
+    # in-sample probabilities of the logged action are higher on average (overfitting)
+    ins = BehaviorModel(n_folds=1, history=False).fit(ds)
+    assert ins.oof_logged_prob_.mean() > bm.oof_logged_prob_.mean()
+    # on other data the fold models are averaged
+    other = ds.subset(np.arange(50))
+    avg = np.mean([bm._logged_probs(m, bm._design(other), other.action_codes, other.actions)
+                   for m in bm.models_], axis=0)
+    np.testing.assert_allclose(bm.logged_prob(other), avg)
+
+
+def test_floor_counts_rows():
+    ds, _ = _factored_data(n_episodes=100)
+    bm = BehaviorModel(n_folds=2, floor=0.2, history=False).fit(ds)
+    raw = bm.logged_prob(ds)
+    assert bm.n_floored_ == int(np.sum(raw < 0.2)) == bm.n_floored(ds) > 0
+    np.testing.assert_allclose(bm.propensities(ds), np.maximum(raw, 0.2))
+    assert bm.summary()["n_floored"] == bm.n_floored_
+
+
+def test_pluggable_classifiers_and_sklearn_api():
+    ds, truth = _factored_data(n_episodes=400)
+    uniform_tv = 0.5 * np.abs(1 / 6 - truth).sum(axis=1).mean()  # about 0.34
+    for est, tol in ((LogisticRegression(C=0.5, max_iter=500), 0.06),
+                     (DecisionTreeClassifier(max_depth=3), 0.22), ("lgbm", 0.2)):
+        if est == "lgbm":
+            pytest.importorskip("lightgbm")
+        bm = BehaviorModel(estimator=est, n_folds=2).fit(ds)
+        p = bm.action_probs(ds)
+        np.testing.assert_allclose(p.sum(axis=1), 1.0)
+        assert 0.5 * np.abs(p - truth).sum(axis=1).mean() < min(tol, uniform_tv)
+    c = clone(BehaviorModel(estimator="lgbm", n_folds=3, floor=0.01))
+    assert c.get_params()["n_folds"] == 3 and not hasattr(c, "models_")
+
+
+def test_history_features_and_new_data():
+    ds, _ = _factored_data(n_episodes=100)
+    bm = BehaviorModel(n_folds=2, history=True).fit(ds)
+    assert bm.n_features_in_ == 2 + 5 + 1  # states, previous components (3 + 2), step
+    assert bm.action_probs(ds.subset([3, 1])).shape == (10, 6)
+
+
+def test_observed_in_state_uses_categorical_counts():
+    beh = np.array([[1.0, 0.0], [0.5, 0.5]])  # action 1 never taken in state 0
+    ds = small_mdp(horizon=2).sample(beh, 200, seed=0)
+    bm = BehaviorModel(n_folds=2).fit(ds)
+    obs = bm.observed_in_state(ds)
+    s = ds.categorical[:, 0]
+    assert not obs[s == 0, 1].any() and obs[s == 0, 0].all() and obs[s == 1].all()
+
+
+def test_not_fitted_and_bad_parameters():
+    ds, _ = _factored_data(n_episodes=20)
+    with pytest.raises(NotFittedError, match=re.escape(
+            "This BehaviorModel instance is not fitted yet; call fit first.")):
+        BehaviorModel().action_probs(ds)
+    cases = [
+        ({"factored": "yes"}, "The 'factored' parameter of BehaviorModel must be True, False or "
+                              "'auto'. Got 'yes' instead."),
+        ({"n_folds": 0}, "The 'n_folds' parameter of BehaviorModel must be an int >= 1. "
+                         "Got 0 instead."),
+        ({"floor": 1.5}, "The 'floor' parameter of BehaviorModel must be a float in [0, 1). "
+                         "Got 1.5 instead."),
+        ({"estimator": "svm"}, "The 'estimator' parameter of BehaviorModel must be 'logistic', "
+                               "'lgbm' or a scikit-learn classifier with predict_proba. "
+                               "Got 'svm' instead."),
+    ]
+    for kwargs, msg in cases:
+        with pytest.raises(ValueError, match=re.escape(msg)):
+            BehaviorModel(**kwargs).fit(ds)
