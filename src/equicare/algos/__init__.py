@@ -25,12 +25,16 @@ _LAZY: dict[str, str] = {
     "parity_penalty": "equicare.algos._fairness",
     "to_d3rlpy": "equicare.algos._d3rlpy",
     "from_d3rlpy": "equicare.algos._d3rlpy",
-    # ---- online learners: the lead adds the PPO / GRPO exports here -------------------------
-    # "PPO": "equicare.algos.ppo",
-    # "PPOConfig": "equicare.algos.ppo",
-    # "GRPO": "equicare.algos.grpo",
-    # "GRPOConfig": "equicare.algos.grpo",
-    # ------------------------------------------------------------------------------------------
+    # ---- online learners (issue 9)
+    "PPO": "equicare.algos.ppo",
+    "PPOConfig": "equicare.algos.ppo",
+    "GRPO": "equicare.algos.grpo",
+    "GRPOConfig": "equicare.algos.grpo",
+    # ---- model-based offline reward learning for dosing (issue 8)
+    "OMG": "equicare.algos.omg",
+    "OMGConfig": "equicare.algos.omg",
+    "DiscreteSAC": "equicare.algos._sac",
+    "SACConfig": "equicare.algos._sac",
 }
 
 __all__ = sorted(_LAZY)

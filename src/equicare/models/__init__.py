@@ -28,6 +28,14 @@ _LAZY: dict[str, str] = {
     "NetworkSpec": "equicare.models._networks",
     "build_network": "equicare.models._networks",
     "seeded": "equicare.models._networks",
+    "DiscreteActorCritic": "equicare.models._ppo_nets",
+    "DynamicsEnsemble": "equicare.models._dynamics",
+    "DynamicsConfig": "equicare.models._dynamics",
+    "GaussianEnsembleNet": "equicare.models._dynamics",
+    "Transitions": "equicare.models._dynamics",
+    "transitions_from_dataset": "equicare.models._dynamics",
+    "RewardNet": "equicare.models._reward_net",
+    "RewardEnsemble": "equicare.models._reward_net",
     # --- other helpers' modules (PPO networks, dynamics ensemble) add their names here ---
 }
 

@@ -29,6 +29,18 @@ _LAZY: dict[str, str] = {
     "toy_target": "equicare.sim.mediation",
     "random_mediation_mdp": "equicare.sim.mediation",
     "effects_from_etas": "equicare.sim.mediation",
+    # hospital patient flow (online RL)
+    "HospitalConfig": "equicare.sim.hospital",
+    "HospitalEnv": "equicare.sim.hospital",
+    "HospitalVectorEnv": "equicare.sim.hospital",
+    "hospital_scenario": "equicare.sim.hospital",
+    "SCENARIOS": "equicare.sim.hospital",
+    # heparin dosing
+    "HeparinEnv": "equicare.sim.heparin",
+    "HeparinConfig": "equicare.sim.heparin",
+    "NomogramPolicy": "equicare.sim.heparin",
+    "generate_heparin_data": "equicare.sim.heparin",
+    "evaluate_heparin_policy": "equicare.sim.heparin",
 }
 
 __all__ = sorted(_LAZY)
