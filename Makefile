@@ -22,7 +22,7 @@ install: $(VENV)/.base
 dev: $(VENV)/.dev
 
 demo: $(VENV)/.base
-	$(VENV)/bin/equicare demo
+	$(VENV)/bin/equicare run examples/care_demo.toml
 
 test: $(VENV)/.dev
 	$(PY) -m pytest -q -p no:cacheprovider

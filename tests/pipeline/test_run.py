@@ -1,0 +1,116 @@
+"""The main job end to end on a tiny config (same code path as `make demo`)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from equicare.cli import app
+from equicare.pipeline import RunStore
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "care_demo.toml"
+
+runner = CliRunner()
+
+
+def tiny_config(tmp_path: Path, **extra_sections: str) -> Path:
+    raw = tomllib.loads(EXAMPLE.read_text())
+    assert raw["data"]["synthetic"]["members"] >= 1000  # the demo itself is full size
+    text = EXAMPLE.read_text()
+    text = text.replace("members = 2000, weeks = 52", "members = 240, weeks = 12")
+    text = text.replace("n_steps = 3000", "n_steps = 60").replace("eval_every = 500", "eval_every = 30")
+    text = text.replace("bootstrap = 1000", "bootstrap = 50").replace("permutations = 1000",
+                                                                      "permutations = 50")
+    text = text.replace("truth_members = 2000", "truth_members = 200")
+    text = text.replace('store = "../runs"', 'store = "runs"')
+    for section, body in extra_sections.items():
+        text += f"\n[{section}]\n{body}\n"
+    p = tmp_path / "run.toml"
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.EquicareWarning")
+def test_run_writes_report_and_records_the_run(tmp_path):
+    cfg = tiny_config(tmp_path, mediation="enabled = true\nbootstrap = 20",
+                      plan="enabled = true\nseeds = 2\narms = 20")
+    res = runner.invoke(app, ["run", str(cfg), "--quiet"])
+    assert res.exit_code == 0, res.output
+    store = RunStore(tmp_path / "runs")
+    runs = store.list_runs()
+    assert list(runs["status"]) == ["finished"]
+    rid = runs["run_id"].iloc[0]
+    d = store.run_dir(rid)
+    html = (d / "report.html").read_text()
+    for needle in ("Policy value", "Fairness", "Sensitivity", "Caveats", "data:image/png;base64",
+                   "Mediation", "restless bandits"):
+        assert needle in html, needle
+    result = json.loads((d / "result.json").read_text())
+    assert set(result["estimates"]) == {"is", "wis", "pdis", "wpdis", "fqe", "dr", "wdr"}
+    audit = json.loads((d / "audit.json").read_text())
+    assert audit["action"] == "modality=home_visit" and "behavior" in audit["policies"]
+    m = store.metrics(rid)
+    assert {"ope.dr.awr", "truth.behavior", "truth.awr", "audit.parity_gap_pp.behavior"} <= set(m["name"])
+    # no cell with fewer than 11 episodes is published in the audit
+    for pol in audit["policies"].values():
+        for cell in pol["rate"].values():
+            assert cell.get("suppressed") or cell["n_episodes"] >= 11
+    # the report regenerates from the store; runs list/show/compare work
+    assert runner.invoke(app, ["report", rid, "--store", str(tmp_path / "runs")]).exit_code == 0
+    listed = runner.invoke(app, ["runs", "list", "--store", str(tmp_path / "runs"), "--json"])
+    assert [r["run_id"] for r in json.loads(listed.output)] == [rid]
+    show = runner.invoke(app, ["runs", "show", rid, "--store", str(tmp_path / "runs"), "--json"])
+    assert json.loads(show.output)["run"]["status"] == "finished"
+    cmp_ = runner.invoke(app, ["runs", "compare", rid, rid, "--store", str(tmp_path / "runs")])
+    assert cmp_.exit_code == 0 and "ope.dr.awr" in cmp_.output
+
+
+def test_bad_config_exits_2(tmp_path):
+    p = tmp_path / "bad.toml"
+    p.write_text('[ope]\nbootstap = 5\n')
+    res = runner.invoke(app, ["run", str(p)])
+    assert res.exit_code == 2
+    assert "did you mean 'bootstrap'?" in res.output
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.EquicareWarning")
+def test_sweep_serial_equals_local_pool(tmp_path):
+    from equicare.pipeline import get_executor, load_run_config
+    from equicare.pipeline._sweep import run_sweep
+
+    cfg = load_run_config(tiny_config(tmp_path))
+    grid = {"learner.n_steps": [20, 40]}
+    a = run_sweep(cfg, grid, executor=get_executor("serial"), progress=False)
+    b = run_sweep(cfg, grid, executor=get_executor("local", jobs=2), progress=False)
+    cols = ["learner.n_steps", "dr", "wdr", "true_value"]
+    assert a.table[cols].equals(b.table[cols])
+    assert (a.run_dir / "report.html").is_file()
+
+
+@pytest.mark.browser
+def test_report_renders_in_chromium(tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Chromium is not installed; `make test-browser` installs Debian's chromium.")
+    cfg = tiny_config(tmp_path)
+    assert runner.invoke(app, ["run", str(cfg), "--quiet"]).exit_code == 0
+    store = RunStore(tmp_path / "runs")
+    d = store.run_dir(store.list_runs()["run_id"].iloc[0])
+    shot = tmp_path / "shot.png"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    out = subprocess.run([chromium, *flags, "--window-size=1280,4000", f"--screenshot={shot}",
+                          (d / "report.html").as_uri()], capture_output=True, text=True, timeout=120)
+    assert shot.is_file() and shot.stat().st_size > 50_000, out.stderr[-2000:]
+    dom = subprocess.run([chromium, *flags, "--enable-logging=stderr", "--v=0", "--dump-dom",
+                          (d / "report.html").as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.stdout.count("<img") >= 4 and dom.stdout.count("<table") >= 3
+    console_errors = [ln for ln in dom.stderr.splitlines() if "CONSOLE" in ln and "ERROR" in ln]
+    assert not console_errors, console_errors
