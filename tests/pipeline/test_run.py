@@ -94,6 +94,7 @@ def test_sweep_serial_equals_local_pool(tmp_path):
 
 
 @pytest.mark.browser
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.EquicareWarning")
 def test_report_renders_in_chromium(tmp_path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
