@@ -63,7 +63,11 @@ def synth(
         elif sim == "heparin":
             from equicare.algos._omg_cli import synth_heparin
 
-            summary = synth_heparin(out=out, patients=members, seed=seed, force=force)
+            res = synth_heparin(out / "panel.parquet", n_patients=members, seed=seed,
+                                manifest=out / "manifest.toml", force=force)
+            from equicare.data import load_dataset
+
+            summary = load_dataset(res["data"], res["manifest"], emit_warnings=False).summary()
         else:
             fail(f"--sim must be one of 'care', 'heparin'; got {sim!r}.")
             return

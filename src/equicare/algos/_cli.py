@@ -186,7 +186,7 @@ def register(app: "typer.Typer") -> None:
         manifest: Annotated[Path, typer.Option("--manifest", "-m",
                                                help="TOML manifest of the panel.")],
         out: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write.")],
-        algo: Annotated[str, typer.Option(help="Learner: bc, awr or cql.")] = "awr",
+        algo: Annotated[str, typer.Option(help="Learner: bc, awr, cql, or omg (dosing: learned reward).")] = "awr",
         encoder: Annotated[str, typer.Option(help="State encoder: mlp or lstm.")] = "mlp",
         window: Annotated[int, typer.Option(help="History weeks read by the lstm encoder.")] = 4,
         fair_action: Annotated[str | None, typer.Option(
@@ -208,6 +208,18 @@ def register(app: "typer.Typer") -> None:
         --encoder lstm --window 4 --fair-action modality=home_visit --fair-lambda 1.0
         --steps 20000 --seed 0 --out models/awr_fair
         """
+        if algo == "omg":  # model-based offline reward learning (dosing): its own stages
+            from equicare.algos._omg_cli import stage_progress, train_omg
+
+            try:
+                with stage_progress() as bars:
+                    res = train_omg(data, manifest, out, seed=seed, force=force,
+                                    progress=bars if progress else None)
+            except (DataValidationError, PolicyError, ValueError, FileExistsError,
+                    KeyError) as exc:
+                raise _error(exc) from None
+            typer.echo(json.dumps(res, indent=2, default=str))
+            return
         try:
             res = train_model(data, manifest, out=out, algo=algo, encoder=encoder, window=window,
                               fair_action=fair_action, fair_lambda=fair_lambda,
