@@ -97,3 +97,37 @@ def test_plain_functions(panel):
     assert res.target == "target" and res.n_episodes == 80
     assert parse_control("0") == 0 and str(parse_control("pol.csv")) == "pol.csv"
     assert parse_estimators("MR, dm") == ("mr", "dm")
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.DataWarning")
+def test_mediate_care_panel_with_action_set(tmp_path):
+    """`equicare mediate` on a care-management panel: 300 flat actions collapsed to home visits."""
+    import json as _json
+
+    from typer.testing import CliRunner as _Runner
+
+    from equicare.cli import app as main_app
+    from equicare.policy import write_policy_file
+    from equicare.sim.care import CareManagementSim
+
+    sim = CareManagementSim()
+    panel = sim.generate(n_members=120, n_weeks=20, random_state=3)
+    panel.write(tmp_path / "care")
+    ds = panel.dataset()
+    write_policy_file(ds, sim.reference_policy().action_probs(ds), tmp_path / "ref.parquet")
+    out = tmp_path / "med.json"
+    res = _Runner().invoke(main_app, [
+        "mediate", str(tmp_path / "care" / "panel.parquet"), "--manifest",
+        str(tmp_path / "care" / "manifest.toml"), "--target", str(tmp_path / "ref.parquet"),
+        "--action", "modality=home_visit", "--control", "0", "--bootstrap", "20",
+        "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    d = _json.loads(out.read_text())
+    mr = d["estimators"]["mr"]
+    parts = sum(mr[k]["value"] for k in ("ide", "ime", "dde", "dme"))
+    assert abs(parts - mr["total"]["value"]) < 1e-9
+    bad = _Runner().invoke(main_app, [
+        "mediate", str(tmp_path / "care" / "panel.parquet"), "--manifest",
+        str(tmp_path / "care" / "manifest.toml"), "--target", str(tmp_path / "ref.parquet"),
+        "--action", "modality=fax", "--out", str(tmp_path / "m2.json")])
+    assert bad.exit_code == 2 and "Unknown level" in bad.output

@@ -38,24 +38,49 @@ def parse_control(text: str) -> int | Path:
     return Path(t)
 
 
-def policy_from_file(path: str | os.PathLike[str], ds: Any, md: MediationData) -> PolicyProbs:
+def binarize_actions(ds: Any, action: str) -> tuple[Any, np.ndarray]:
+    """The dataset with its action collapsed to 1 = in ``action`` (e.g. ``modality=home_visit``).
+
+    Returns the binary dataset (same rows, a two-level action space, no logged propensities) and
+    the mask over the original flat actions.
+    """
+    from dataclasses import replace
+
+    from equicare.spaces import FactoredActionSpace
+
+    mask = ds.action_space.parse_action_set(action)
+    binary = replace(ds, actions=mask[ds.actions].astype(np.int64),
+                     action_space=FactoredActionSpace.single(2), behavior_prob=None, _cache={})
+    return binary, mask
+
+
+def collapse_probs(probs: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Probabilities over the original flat actions -> ``[P(not in set), P(in set)]``."""
+    p1 = np.asarray(probs, dtype=np.float64)[:, mask].sum(axis=1)
+    return np.stack([1.0 - p1, p1], axis=1)
+
+
+def policy_from_file(path: str | os.PathLike[str], ds: Any, md: MediationData,
+                     mask: np.ndarray | None = None) -> PolicyProbs:
     """Probabilities of a Contract-2 policy file at every transition's state and next state.
 
     The only place that reads policy files for mediation: :class:`equicare.policy.FilePolicy`
     aligns the file with the dataset rows; transitions use rows ``md.rows`` and
-    ``md.next_rows``.
+    ``md.next_rows``. With ``mask`` the probabilities are collapsed to the binary action set.
     """
     from equicare.policy import FilePolicy
 
     full = np.asarray(FilePolicy(path=path).action_probs(ds), dtype=np.float64)
+    if mask is not None:
+        full = collapse_probs(full, mask)
     assert md.rows is not None and md.next_rows is not None
     return PolicyProbs(full[md.rows], full[md.next_rows], name=Path(path).stem)
 
 
 def mediate_dataset(ds: Any, target: Any, control: Any = 0, *,
                     estimators: tuple[str, ...] = ESTIMATORS, n_bootstrap: int = 500,
-                    n_folds: int = 2, basis: str = "auto", random_state: int | None = 0
-                    ) -> MediationResult:
+                    n_folds: int = 2, basis: str = "auto", action: str | None = None,
+                    random_state: int | None = 0) -> MediationResult:
     """Run :class:`DynamicMediation` on a TrajectoryDataset.
 
     Parameters
@@ -66,11 +91,18 @@ def mediate_dataset(ds: Any, target: Any, control: Any = 0, *,
         action code.
     estimators, n_bootstrap, n_folds, basis, random_state
         See :class:`DynamicMediation`.
+    action : str, optional
+        Collapse a multi-level action to "in this action set or not" (``modality=home_visit``),
+        so that a fixed control ``0`` means "never take it".
     """
-    md = from_dataset(ds)
+    mask = None
+    model_ds = ds
+    if action is not None:
+        model_ds, mask = binarize_actions(ds, action)
+    md = from_dataset(model_ds)
 
     def as_policy(p: Any) -> Any:
-        return policy_from_file(p, ds, md) if isinstance(p, str | os.PathLike) else p
+        return (policy_from_file(p, ds, md, mask) if isinstance(p, str | os.PathLike) else p)
 
     cfg = DynamicMediation(estimators=estimators, n_bootstrap=n_bootstrap, n_folds=n_folds,
                            basis=basis)
@@ -139,6 +171,9 @@ def register(app: typer.Typer) -> None:
         basis: Annotated[str, typer.Option("--basis", help="State basis: auto, onehot, spline, "
                                            "rff, poly.")] = "auto",
         seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+        action: Annotated[str | None, typer.Option(
+            "--action", help="Collapse a multi-level action to an action set, e.g. "
+            "modality=home_visit (1 = in the set; --control 0 = never).")] = None,
         out: Annotated[Path, typer.Option("--out", help="Output JSON (Contract 6).")] = Path(
             "mediation.json"),
         force: Annotated[bool, typer.Option("--force", help="Overwrite --out.")] = False,
@@ -151,8 +186,8 @@ def register(app: typer.Typer) -> None:
         marginalised importance sampling, multiply robust, point-exposure baseline) with
         standard errors and cluster-bootstrap CIs.
 
-        Example: equicare mediate panel.csv --manifest manifest.toml --target policy.parquet
-        --control 0 --out mediation.json
+        Example: equicare mediate panel.parquet --manifest manifest.toml --target policy.parquet
+        --action modality=home_visit --control 0 --out mediation.json
         """
         from equicare._cli_utils import check_out_path, console, user_errors
 
@@ -162,7 +197,7 @@ def register(app: typer.Typer) -> None:
             ctrl = parse_control(control)
             result = mediate_path(data, manifest, target, ctrl, estimators=ests,
                                   n_bootstrap=bootstrap, n_folds=folds, basis=basis,
-                                  random_state=seed)
+                                  action=action, random_state=seed)
             write_result(result, out, force=True)
             if figure is not None:
                 from equicare.causal._plot import plot_mediation

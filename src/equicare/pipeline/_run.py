@@ -343,20 +343,15 @@ def _stage_mediation(cfg: RunConfig, state: dict[str, Any], out: Path, metrics: 
     The learned policy's probability of the action set (e.g. any home visit) is compared with
     never taking it (a0 = 0), through the manifest's mediator (e.g. ``engaged``).
     """
-    from dataclasses import replace
-
     from equicare.causal import DynamicMediation, PolicyProbs
-    from equicare.spaces import FactoredActionSpace
+    from equicare.causal._cli import binarize_actions, collapse_probs
 
     test = state["test"]
     if test.mediators is None:
         raise ValueError("mediation.enabled needs a mediator column (manifest dataset.mediators).")
     m = cfg["mediation"]
-    mask = test.action_space.parse_action_set(m["action"])
-    binary = replace(test, actions=mask[test.actions].astype(np.int64),
-                     action_space=FactoredActionSpace.single(2), behavior_prob=None, _cache={})
-    p1 = state["learned_probs_test"][:, mask].sum(axis=1)
-    probs = np.stack([1.0 - p1, p1], axis=1)
+    binary, mask = binarize_actions(test, m["action"])
+    probs = collapse_probs(state["learned_probs_test"], mask)
     rows = binary.next_index >= 0
     target = PolicyProbs(probs=probs[rows], next_probs=probs[binary.next_index[rows]],
                          name=state["learner_name"])
