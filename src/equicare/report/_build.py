@@ -199,6 +199,8 @@ def build_run_report(run_dir: str | Path, *, run_id: str = "", config: dict[str,
             row.update({f"group {g}": v for g, v in pol["group_mean"].items()})
             rows.append(row)
         rep.table(pd.DataFrame(rows), n_col=None)
+        rep.figure(F.plan_group_plot(plan), "plan_groups", "Mean total reward per arm by group "
+                   "under each allocation policy; the legend gives each policy's Gini.")
 
     rep.section("Caveats")
     for c in CAVEATS:

@@ -16,6 +16,7 @@ __all__ = [
     "parity_gap_plot",
     "frontier_plot",
     "sweep_heatmap",
+    "plan_group_plot",
 ]
 
 _COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf"]
@@ -188,5 +189,26 @@ def sweep_heatmap(table: pd.DataFrame, row: str, col: str, value: str) -> Any:
                 ax.text(j, i, f"{v:.3g}", ha="center", va="center", color="w", fontsize=8)
     fig.colorbar(im, ax=ax, label=value)
     ax.set_title(f"{value} over the sweep")
+    fig.tight_layout()
+    return fig
+
+
+def plan_group_plot(plan: Mapping[str, Any]) -> Any:
+    """Group mean total reward per restless-bandit policy (Contract-5 ``plan``), Gini in labels."""
+    plt = _plt()
+    pols = list(plan["policies"])
+    groups = sorted({g for p in pols for g in plan["policies"][p]["group_mean"]})
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(groups) + 3), 3.8))
+    w = 0.8 / max(len(pols), 1)
+    x = np.arange(len(groups))
+    for i, p in enumerate(pols):
+        gm = plan["policies"][p]["group_mean"]
+        ax.bar(x + (i - (len(pols) - 1) / 2) * w, [gm.get(g, np.nan) for g in groups], w,
+               color=_COLORS[i % len(_COLORS)],
+               label=f"{p} (Gini {plan['policies'][p]['gini']:.3f})")
+    ax.set_xticks(x, groups)
+    ax.set_ylabel("mean total reward per arm")
+    ax.set_title(f"{plan['domain']}: group outcomes by policy, budget {plan['budget']}")
+    ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     return fig
