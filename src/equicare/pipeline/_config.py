@@ -187,7 +187,7 @@ class RunConfig:
     def resolve(self, path: str) -> Path:
         """Resolve a path from the config relative to the config file's folder."""
         p = Path(path)
-        return p if p.is_absolute() else (self.base_dir / p)
+        return p if p.is_absolute() else (self.base_dir / p).resolve()
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> RunConfig:
         """A new checked config with dotted-key overrides applied (``{"learner.window": 4}``)."""
