@@ -26,7 +26,9 @@ MANIFEST = {
 }
 
 
-def make_frame(n_members: int = 30, seed: int = 0, min_len: int = 2, max_len: int = 6) -> pd.DataFrame:
+def make_frame(
+    n_members: int = 30, seed: int = 0, min_len: int = 2, max_len: int = 6
+) -> pd.DataFrame:
     """A small valid panel with variable episode lengths, rows shuffled."""
     rng = np.random.default_rng(seed)
     lengths = rng.integers(min_len, max_len + 1, size=n_members)
@@ -37,22 +39,24 @@ def make_frame(n_members: int = 30, seed: int = 0, min_len: int = 2, max_len: in
     races = np.array(["a", "b", "c"])[rng.integers(0, 3, size=n_members)]
     sexes = np.array(["f", "m"])[rng.integers(0, 2, size=n_members)]
     need = rng.integers(0, 2, size=n_members)
-    df = pd.DataFrame({
-        "member_id": ids,
-        "week": week,
-        "risk": rng.normal(size=n),
-        "engagement": rng.random(n),
-        "region": np.array(["north", "south"])[rng.integers(0, 2, size=n)],
-        "race": np.repeat(races, lengths),
-        "sex": np.repeat(sexes, lengths),
-        "high_need": np.repeat(need, lengths),
-        "modality": np.array(["none", "phone", "home_visit"])[rng.integers(0, 3, size=n)],
-        "urgency": np.array(["routine", "urgent"])[rng.integers(0, 2, size=n)],
-        "r_primary": (rng.random(n) < 0.2) * -1.0,
-        "r_engagement": rng.random(n),
-        "propensity": rng.uniform(0.05, 1.0, size=n),
-        "note": rng.integers(0, 100, size=n),  # not in the manifest: carried along
-    })
+    df = pd.DataFrame(
+        {
+            "member_id": ids,
+            "week": week,
+            "risk": rng.normal(size=n),
+            "engagement": rng.random(n),
+            "region": np.array(["north", "south"])[rng.integers(0, 2, size=n)],
+            "race": np.repeat(races, lengths),
+            "sex": np.repeat(sexes, lengths),
+            "high_need": np.repeat(need, lengths),
+            "modality": np.array(["none", "phone", "home_visit"])[rng.integers(0, 3, size=n)],
+            "urgency": np.array(["routine", "urgent"])[rng.integers(0, 2, size=n)],
+            "r_primary": (rng.random(n) < 0.2) * -1.0,
+            "r_engagement": rng.random(n),
+            "propensity": rng.uniform(0.05, 1.0, size=n),
+            "note": rng.integers(0, 100, size=n),  # not in the manifest: carried along
+        }
+    )
     return df.sample(frac=1.0, random_state=seed).reset_index(drop=True)
 
 

@@ -9,8 +9,9 @@ from equicare.spaces import FactoredActionSpace
 
 
 def space_of(sizes):
-    return FactoredActionSpace.from_levels({f"c{j}": [f"l{i}" for i in range(k)]
-                                            for j, k in enumerate(sizes)})
+    return FactoredActionSpace.from_levels(
+        {f"c{j}": [f"l{i}" for i in range(k)] for j, k in enumerate(sizes)}
+    )
 
 
 def test_mixed_radix_last_fastest():
@@ -42,12 +43,14 @@ def test_all_codes_is_bijection(sizes):
 
 
 def test_labels_and_masks():
-    s = FactoredActionSpace.from_levels({"modality": ["none", "phone", "home_visit"],
-                                         "urgency": ["routine", "urgent"]})
+    s = FactoredActionSpace.from_levels(
+        {"modality": ["none", "phone", "home_visit"], "urgency": ["routine", "urgent"]}
+    )
     assert s.label(5) == "home_visit/urgent"
     assert s.labels()[:2] == ["none/routine", "none/urgent"]
-    np.testing.assert_array_equal(s.level_mask("modality", "home_visit"),
-                                  [False, False, False, False, True, True])
+    np.testing.assert_array_equal(
+        s.level_mask("modality", "home_visit"), [False, False, False, False, True, True]
+    )
     np.testing.assert_array_equal(s.parse_action_set("urgency=urgent"), [0, 1, 0, 1, 0, 1])
     with pytest.raises(ValueError, match="Unknown level"):
         s.level_mask("modality", "video")

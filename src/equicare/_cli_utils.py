@@ -33,8 +33,9 @@ def user_errors() -> Iterator[None]:
         yield
     except DataValidationError as exc:
         if len(exc.problems) > 1:
-            err_console.print(f"[bold red]error:[/] {len(exc.problems)} problems found:",
-                              highlight=False)
+            err_console.print(
+                f"[bold red]error:[/] {len(exc.problems)} problems found:", highlight=False
+            )
             for p in exc.problems:
                 err_console.print(f"  - {escape(p)}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=2) from None

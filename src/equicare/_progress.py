@@ -25,9 +25,15 @@ def _columns() -> list[Any]:
         TimeRemainingColumn,
     )
 
-    return [TextColumn("[bold]{task.description:<26}"), BarColumn(bar_width=30),
-            MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-            TextColumn("{task.fields[info]}")]
+    return [
+        TextColumn("[bold]{task.description:<26}"),
+        BarColumn(bar_width=30),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+    ]
 
 
 class ProgressTask:
@@ -37,8 +43,14 @@ class ProgressTask:
         self._p = progress
         self._id = task_id
 
-    def update(self, *, completed: float | None = None, advance: float | None = None,
-               info: str | None = None, total: float | None = None) -> None:
+    def update(
+        self,
+        *,
+        completed: float | None = None,
+        advance: float | None = None,
+        info: str | None = None,
+        total: float | None = None,
+    ) -> None:
         """Move the bar and/or change its info text."""
         if self._p is None:
             return
@@ -55,8 +67,14 @@ class ProgressTask:
 
 
 @contextlib.contextmanager
-def progress_task(description: str, total: float | None, *, enabled: bool = True,
-                  completed: float = 0, info: str = "") -> Iterator[ProgressTask]:
+def progress_task(
+    description: str,
+    total: float | None,
+    *,
+    enabled: bool = True,
+    completed: float = 0,
+    info: str = "",
+) -> Iterator[ProgressTask]:
     """A progress bar for one long step (training, bootstrap, simulation).
 
     Parameters

@@ -19,7 +19,7 @@ from equicare._cli_utils import check_out_path, console, fail, print_json, user_
 app = typer.Typer(
     name="equicare",
     help="Equitable sequential decision-making in health care: learn, evaluate, audit, plan, "
-         "explain.\n\nExample: equicare synth --members 1000 --weeks 52 --seed 42 --out data/",
+    "explain.\n\nExample: equicare synth --members 1000 --weeks 52 --seed 42 --out data/",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -32,14 +32,24 @@ def synth(
     members: Annotated[int, typer.Option(min=1, help="Number of members (episodes).")] = 1000,
     weeks: Annotated[int, typer.Option(min=1, help="Weeks of follow-up per member (max).")] = 52,
     seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 42,
-    sim: Annotated[str, typer.Option(help="Simulator: care (care management) or heparin (dosing).")
-                   ] = "care",
-    history_dependence: Annotated[bool, typer.Option(
-        help="Care simulator: effects depend on recent contacts (history matters).")] = False,
-    churn: Annotated[bool, typer.Option(
-        help="Care simulator: members enrol late and disenrol early (variable lengths).")] = True,
-    sim_config: Annotated[Path | None, typer.Option(
-        "--sim-config", help="JSON file of simulator config fields (CareConfig.to_dict()).")
+    sim: Annotated[
+        str, typer.Option(help="Simulator: care (care management) or heparin (dosing).")
+    ] = "care",
+    history_dependence: Annotated[
+        bool,
+        typer.Option(help="Care simulator: effects depend on recent contacts (history matters)."),
+    ] = False,
+    churn: Annotated[
+        bool,
+        typer.Option(
+            help="Care simulator: members enrol late and disenrol early (variable lengths)."
+        ),
+    ] = True,
+    sim_config: Annotated[
+        Path | None,
+        typer.Option(
+            "--sim-config", help="JSON file of simulator config fields (CareConfig.to_dict())."
+        ),
     ] = None,
     force: Annotated[bool, typer.Option(help="Overwrite existing output files.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
@@ -54,17 +64,29 @@ def synth(
 
             for name in ("panel.parquet", "manifest.toml"):
                 check_out_path(out / name, force)
-            res = synth_care(out, n_members=members, n_weeks=weeks, seed=seed,
-                             history_dependence=history_dependence, churn=churn,
-                             config=sim_config, overwrite=force)
+            res = synth_care(
+                out,
+                n_members=members,
+                n_weeks=weeks,
+                seed=seed,
+                history_dependence=history_dependence,
+                churn=churn,
+                config=sim_config,
+                overwrite=force,
+            )
             from equicare.data import load_dataset
 
             summary = load_dataset(res["panel"], res["manifest"], emit_warnings=False).summary()
         elif sim == "heparin":
             from equicare.algos._omg_cli import synth_heparin
 
-            res = synth_heparin(out / "panel.parquet", n_patients=members, seed=seed,
-                                manifest=out / "manifest.toml", force=force)
+            res = synth_heparin(
+                out / "panel.parquet",
+                n_patients=members,
+                seed=seed,
+                manifest=out / "manifest.toml",
+                force=force,
+            )
             from equicare.data import load_dataset
 
             summary = load_dataset(res["data"], res["manifest"], emit_warnings=False).summary()
@@ -74,7 +96,9 @@ def synth(
     if json_out:
         print_json({"out": str(out), **summary})
     else:
-        console.print(f"Wrote [bold]{out / 'panel.parquet'}[/] and [bold]{out / 'manifest.toml'}[/]")
+        console.print(
+            f"Wrote [bold]{out / 'panel.parquet'}[/] and [bold]{out / 'manifest.toml'}[/]"
+        )
         _print_summary(summary)
 
 
@@ -132,8 +156,9 @@ def _print_summary(s: dict) -> None:
     if "need_pct" in s:
         t.add_row("high need", f"{s['need_pct']:.1f}% of episodes")
     for attr, counts in s["groups"].items():
-        cells = ", ".join(f"{k} {v:,}" if v >= MIN_CELL else f"{k} <{MIN_CELL}"
-                          for k, v in counts.items())
+        cells = ", ".join(
+            f"{k} {v:,}" if v >= MIN_CELL else f"{k} <{MIN_CELL}" for k, v in counts.items()
+        )
         t.add_row(f"group '{attr}' (episodes)", cells)
     console.print(t)
 

@@ -48,7 +48,9 @@ class RewardSpec:
         return shape_reward(components, np.asarray(self.weights))
 
 
-def shape_reward(components: NDArray[np.float64], weights: NDArray[np.float64]) -> NDArray[np.float64]:
+def shape_reward(
+    components: NDArray[np.float64], weights: NDArray[np.float64]
+) -> NDArray[np.float64]:
     """Weighted sum of reward components.
 
     Parameters
@@ -70,8 +72,9 @@ def shape_reward(components: NDArray[np.float64], weights: NDArray[np.float64]) 
     return c @ w
 
 
-def component_returns(components: NDArray[np.float64], episode_offsets: NDArray[np.int64],
-                      gamma: float = 1.0) -> NDArray[np.float64]:
+def component_returns(
+    components: NDArray[np.float64], episode_offsets: NDArray[np.int64], gamma: float = 1.0
+) -> NDArray[np.float64]:
     """Discounted return of each episode per component.
 
     Parameters

@@ -35,7 +35,9 @@ class ActionComponent:
         if len(self.levels) < 1:
             raise ValueError(f"Action component {self.name!r} must have at least one level.")
         if len(set(self.levels)) != len(self.levels):
-            raise ValueError(f"Action component {self.name!r} has duplicated levels: {self.levels}.")
+            raise ValueError(
+                f"Action component {self.name!r} has duplicated levels: {self.levels}."
+            )
 
     @property
     def n_levels(self) -> int:
@@ -141,8 +143,10 @@ class FactoredActionSpace:
         sizes = np.asarray(self.sizes)
         if arr.size and ((arr < 0).any() or (arr >= sizes).any()):
             bad = int(np.argmax(((arr < 0) | (arr >= sizes)).any(axis=1)))
-            raise ValueError(f"Action codes out of range at row {bad}: {arr[bad].tolist()} "
-                             f"(sizes {list(self.sizes)}).")
+            raise ValueError(
+                f"Action codes out of range at row {bad}: {arr[bad].tolist()} "
+                f"(sizes {list(self.sizes)})."
+            )
         return arr @ self._radix
 
     def from_flat(self, flat: ArrayLike) -> NDArray[np.int64]:
@@ -173,7 +177,9 @@ class FactoredActionSpace:
     def labels(self) -> list[str]:
         """Pretty labels of all flat actions in index order."""
         codes = self.all_codes()
-        cols = [np.asarray(c.levels, dtype=object)[codes[:, j]] for j, c in enumerate(self.components)]
+        cols = [
+            np.asarray(c.levels, dtype=object)[codes[:, j]] for j, c in enumerate(self.components)
+        ]
         return ["/".join(parts) for parts in zip(*cols, strict=True)]
 
     def level_mask(self, component: str, levels: str | Sequence[str]) -> NDArray[np.bool_]:

@@ -53,15 +53,19 @@ def check_random_state(random_state: RandomState) -> np.random.Generator:
         if random_state is not None and int(random_state) < 0:
             raise ValueError(
                 PARAM_MESSAGE.format(
-                    name="random_state", owner="check_random_state",
-                    expected="a non-negative int, a numpy Generator or None", got=random_state,
+                    name="random_state",
+                    owner="check_random_state",
+                    expected="a non-negative int, a numpy Generator or None",
+                    got=random_state,
                 )
             )
         return np.random.default_rng(None if random_state is None else int(random_state))
     raise TypeError(
         PARAM_MESSAGE.format(
-            name="random_state", owner="check_random_state",
-            expected="an int, a numpy Generator or None", got=random_state,
+            name="random_state",
+            owner="check_random_state",
+            expected="an int, a numpy Generator or None",
+            got=random_state,
         )
     )
 
@@ -116,18 +120,22 @@ def check_param(
         return value
 
     def fail(exc: type[Exception], default: str) -> None:
-        raise exc(PARAM_MESSAGE.format(name=name, owner=owner, expected=expected or default,
-                                       got=value))
+        raise exc(
+            PARAM_MESSAGE.format(name=name, owner=owner, expected=expected or default, got=value)
+        )
 
     if choices is not None:
         if value not in choices:
             fail(ValueError, "one of " + ", ".join(repr(c) for c in choices))
         return value
     if kind is not None:
-        ok = isinstance(value, kind) and not (isinstance(value, bool) and bool not in
-                                              (kind if isinstance(kind, tuple) else (kind,)))
+        ok = isinstance(value, kind) and not (
+            isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,))
+        )
         if not ok:
-            names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            names = (
+                kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            )
             fail(TypeError, f"of type {names}")
     if low is not None or high is not None:
         v = float(value)

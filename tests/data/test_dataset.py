@@ -21,8 +21,9 @@ def test_derived_arrays(ds):
     assert ds.step[s] == 0 and ds.step[t - 1] == t - s - 1
     assert ds.next_index[t - 1] == -1 and ds.next_index[s] == s + 1
     np.testing.assert_allclose(ds.discounts[s:t], 0.9 ** np.arange(t - s))
-    manual = np.array([np.sum(0.9 ** np.arange(len(ep.rewards)) * ep.rewards)
-                       for ep in ds.iter_episodes()])
+    manual = np.array(
+        [np.sum(0.9 ** np.arange(len(ep.rewards)) * ep.rewards) for ep in ds.iter_episodes()]
+    )
     np.testing.assert_allclose(ds.returns(), manual)
     np.testing.assert_allclose(ds.rewards, ds.reward_components @ np.array([1.0, 0.5]))
 

@@ -29,23 +29,38 @@ def test_single_column_forms(manifest_dict):
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda d: d["dataset"].update(epsiode="x"),
-         "unknown key dataset.epsiode; did you mean 'episode'?"),
+        (
+            lambda d: d["dataset"].update(epsiode="x"),
+            "unknown key dataset.epsiode; did you mean 'episode'?",
+        ),
         (lambda d: d.update(rewards={}), "unknown key rewards; did you mean 'reward'?"),
         (lambda d: d["dataset"].pop("time"), "missing key dataset.time"),
-        (lambda d: d["dataset"].update(states="risk", categorical_states=["risk"]),
-         "are in both dataset.states and dataset.categorical_states"),
+        (
+            lambda d: d["dataset"].update(states="risk", categorical_states=["risk"]),
+            "are in both dataset.states and dataset.categorical_states",
+        ),
         (lambda d: d["dataset"].update(gamma=1.5), "dataset.gamma must be a number in (0, 1]"),
-        (lambda d: d["dataset"].update(groups=[1, 2]), "dataset.groups must be a list of column names"),
+        (
+            lambda d: d["dataset"].update(groups=[1, 2]),
+            "dataset.groups must be a list of column names",
+        ),
         (lambda d: d["dataset"].update(episode=3), "dataset.episode must be a column name"),
-        (lambda d: d["reward"]["primary"].update(weight=float("inf")),
-         "reward.primary.weight must be a finite number"),
-        (lambda d: d["reward"]["primary"].update(weight="1"),
-         "reward.primary.weight must be a finite number"),
-        (lambda d: d["actions"]["modality"].update(levles=3),
-         "unknown key actions.modality.levles; did you mean 'levels'?"),
-        (lambda d: d["actions"].update(urgency={"levels": []}),
-         "actions.urgency.levels must be a non-empty list"),
+        (
+            lambda d: d["reward"]["primary"].update(weight=float("inf")),
+            "reward.primary.weight must be a finite number",
+        ),
+        (
+            lambda d: d["reward"]["primary"].update(weight="1"),
+            "reward.primary.weight must be a finite number",
+        ),
+        (
+            lambda d: d["actions"]["modality"].update(levles=3),
+            "unknown key actions.modality.levles; did you mean 'levels'?",
+        ),
+        (
+            lambda d: d["actions"].update(urgency={"levels": []}),
+            "actions.urgency.levels must be a non-empty list",
+        ),
         (lambda d: d["actions"].update(urgency={"levels": ["a", "a"]}), "duplicated labels"),
         (lambda d: d.pop("actions"), "missing table [actions]"),
     ],

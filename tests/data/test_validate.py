@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from equicare.data import from_frame, load_dataset, validate_frame, Manifest
+from equicare.data import Manifest, from_frame, load_dataset, validate_frame
 from equicare.exceptions import DataValidationError, DataWarning
 
 from ..conftest import make_frame
@@ -31,8 +31,13 @@ def test_valid_frame_has_no_errors(frame, manifest_dict):
 
 def test_missing_column_suggests(frame, manifest_dict):
     frame = frame.rename(columns={"risk": "riks"})
-    check(frame, manifest_dict, "panel.csv: column 'risk' (named by dataset.states", "is missing",
-          "did you mean 'riks'?")
+    check(
+        frame,
+        manifest_dict,
+        "panel.csv: column 'risk' (named by dataset.states",
+        "is missing",
+        "did you mean 'riks'?",
+    )
 
 
 def test_duplicated_column(frame, manifest_dict):
@@ -54,15 +59,24 @@ def test_non_numeric_state(frame, manifest_dict):
 def test_nan_and_inf_states(frame, manifest_dict):
     frame.loc[[4, 9], "engagement"] = np.nan
     frame.loc[2, "engagement"] = np.inf
-    check(frame, manifest_dict, "column 'engagement' (state) has NaN or infinite values in 3 rows "
-          "(first: 2, 4, 9;", "expected finite numbers")
+    check(
+        frame,
+        manifest_dict,
+        "column 'engagement' (state) has NaN or infinite values in 3 rows (first: 2, 4, 9;",
+        "expected finite numbers",
+    )
 
 
 def test_unknown_action_label(frame, manifest_dict):
     frame.loc[[5, 7], "modality"] = "telepathy"
-    check(frame, manifest_dict, "column 'modality' (action component 'modality') has values not "
-          "among the declared levels in 2 rows (first: 5, 7;", "['telepathy']",
-          "expected one of ['none', 'phone', 'home_visit'] or integer codes")
+    check(
+        frame,
+        manifest_dict,
+        "column 'modality' (action component 'modality') has values not "
+        "among the declared levels in 2 rows (first: 5, 7;",
+        "['telepathy']",
+        "expected one of ['none', 'phone', 'home_visit'] or integer codes",
+    )
 
 
 def test_integer_action_codes_accepted(frame, manifest_dict):
@@ -74,8 +88,12 @@ def test_integer_action_codes_accepted(frame, manifest_dict):
 
 def test_duplicate_keys(frame, manifest_dict):
     dup = pd.concat([frame, frame.iloc[[0]]], ignore_index=True)
-    check(dup, manifest_dict, "duplicate (member_id, week) keys in 1 row",
-          "expected one row per episode and time step")
+    check(
+        dup,
+        manifest_dict,
+        "duplicate (member_id, week) keys in 1 row",
+        "expected one row per episode and time step",
+    )
 
 
 def test_time_gaps(frame, manifest_dict):
@@ -84,8 +102,12 @@ def test_time_gaps(frame, manifest_dict):
     m = counts[counts >= 3].index[0]
     rows = frame[frame.member_id == m].sort_values("week")
     frame = frame.drop(index=rows.index[1])
-    check(frame, manifest_dict, "gaps in column 'week' within an episode at 1 row",
-          "expected consecutive time steps")
+    check(
+        frame,
+        manifest_dict,
+        "gaps in column 'week' within an episode at 1 row",
+        "expected consecutive time steps",
+    )
 
 
 def test_non_integer_time(frame, manifest_dict):
@@ -98,8 +120,12 @@ def test_group_changes_within_episode(frame, manifest_dict):
     m = frame.member_id.value_counts().index[0]
     idx = frame.index[frame.member_id == m][1]
     frame.loc[idx, "race"] = "zzz"
-    check(frame, manifest_dict, "column 'race' (group attribute) changes within an episode in 1 row",
-          "expected one value per episode")
+    check(
+        frame,
+        manifest_dict,
+        "column 'race' (group attribute) changes within an episode in 1 row",
+        "expected one value per episode",
+    )
 
 
 def test_need_changes_within_episode(frame, manifest_dict):
@@ -112,8 +138,11 @@ def test_need_changes_within_episode(frame, manifest_dict):
 @pytest.mark.parametrize("bad", [0.0, 1.2, -0.1, np.nan])
 def test_propensity_range(frame, manifest_dict, bad):
     frame.loc[6, "propensity"] = bad
-    check(frame, manifest_dict, "column 'propensity' (behaviour propensity) must lie in (0, 1]; "
-          "1 row (first: 6;")
+    check(
+        frame,
+        manifest_dict,
+        "column 'propensity' (behaviour propensity) must lie in (0, 1]; 1 row (first: 6;",
+    )
 
 
 def test_non_finite_reward(frame, manifest_dict):
@@ -125,7 +154,9 @@ def test_bad_terminal(frame, manifest_dict):
     manifest_dict["dataset"]["terminal"] = "done"
     frame["done"] = 0
     frame.loc[8, "done"] = 2
-    check(frame, manifest_dict, "column 'done' (terminal) must be 0/1 or true/false; 1 row (first: 8;")
+    check(
+        frame, manifest_dict, "column 'done' (terminal) must be 0/1 or true/false; 1 row (first: 8;"
+    )
 
 
 def test_many_problems_counted(frame, manifest_dict):

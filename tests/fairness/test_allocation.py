@@ -268,11 +268,13 @@ def test_allocation_invariants(seed: int, level: str) -> None:
         assert 0.0 <= f.difference() <= 1.0
         ratio = f.ratio()
         assert np.isnan(ratio) or 0.0 <= ratio <= 1.0
-        # proportional parity averages to 1 when weighted by the need shares
+        # need-share-weighted proportional parity = the intervention share of the groups with
+        # need (1 when every group has some need)
         need = np.array([ds.need[ds.group_labels("race") == g].sum() if level == "episode"
                          else (ds.need * ds.episode_lengths)[ds.group_labels("race") == g].sum()
                          for g in f.groups])
         pp = f.proportional_parity().to_numpy()
         ok = need > 0
         if np.isfinite(pp[ok]).all() and f.overall > 0:
-            assert np.sum(need[ok] / need.sum() * pp[ok]) == pytest.approx(1.0)
+            share = w * r / np.sum(w * r)
+            assert np.sum(need[ok] / need.sum() * pp[ok]) == pytest.approx(share[ok].sum())

@@ -31,5 +31,6 @@ def test_ray_equals_local():
     from equicare.pipeline._executor import RayExecutor
 
     seeds = [5, 6, 7]
-    assert RayExecutor(address="local", num_cpus=2).map(_task, seeds) == \
-        get_executor("serial").map(_task, seeds)
+    assert RayExecutor(address="local", num_cpus=2).map(_task, seeds) == get_executor("serial").map(
+        _task, seeds
+    )

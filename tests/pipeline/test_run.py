@@ -24,9 +24,12 @@ def tiny_config(tmp_path: Path, **extra_sections: str) -> Path:
     assert raw["data"]["synthetic"]["members"] >= 1000  # the demo itself is full size
     text = EXAMPLE.read_text()
     text = text.replace("members = 2000, weeks = 52", "members = 240, weeks = 12")
-    text = text.replace("n_steps = 3000", "n_steps = 60").replace("eval_every = 500", "eval_every = 30")
-    text = text.replace("bootstrap = 1000", "bootstrap = 50").replace("permutations = 1000",
-                                                                      "permutations = 50")
+    text = text.replace("n_steps = 3000", "n_steps = 60").replace(
+        "eval_every = 500", "eval_every = 30"
+    )
+    text = text.replace("bootstrap = 1000", "bootstrap = 50").replace(
+        "permutations = 1000", "permutations = 50"
+    )
     text = text.replace("truth_members = 2000", "truth_members = 200")
     text = text.replace('store = "../runs"', 'store = "runs"')
     for section, body in extra_sections.items():
@@ -38,8 +41,11 @@ def tiny_config(tmp_path: Path, **extra_sections: str) -> Path:
 
 @pytest.mark.filterwarnings("ignore::equicare.exceptions.EquicareWarning")
 def test_run_writes_report_and_records_the_run(tmp_path):
-    cfg = tiny_config(tmp_path, mediation="enabled = true\nbootstrap = 20",
-                      plan="enabled = true\nseeds = 2\narms = 20")
+    cfg = tiny_config(
+        tmp_path,
+        mediation="enabled = true\nbootstrap = 20",
+        plan="enabled = true\nseeds = 2\narms = 20",
+    )
     res = runner.invoke(app, ["run", str(cfg), "--quiet"])
     assert res.exit_code == 0, res.output
     store = RunStore(tmp_path / "runs")
@@ -48,15 +54,24 @@ def test_run_writes_report_and_records_the_run(tmp_path):
     rid = runs["run_id"].iloc[0]
     d = store.run_dir(rid)
     html = (d / "report.html").read_text()
-    for needle in ("Policy value", "Fairness", "Sensitivity", "Caveats", "data:image/png;base64",
-                   "Mediation", "restless bandits"):
+    for needle in (
+        "Policy value",
+        "Fairness",
+        "Sensitivity",
+        "Caveats",
+        "data:image/png;base64",
+        "Mediation",
+        "restless bandits",
+    ):
         assert needle in html, needle
     result = json.loads((d / "result.json").read_text())
     assert set(result["estimates"]) == {"is", "wis", "pdis", "wpdis", "fqe", "dr", "wdr"}
     audit = json.loads((d / "audit.json").read_text())
     assert audit["action"] == "modality=home_visit" and "behavior" in audit["policies"]
     m = store.metrics(rid)
-    assert {"ope.dr.awr", "truth.behavior", "truth.awr", "audit.parity_gap_pp.behavior"} <= set(m["name"])
+    assert {"ope.dr.awr", "truth.behavior", "truth.awr", "audit.parity_gap_pp.behavior"} <= set(
+        m["name"]
+    )
     # no cell with fewer than 11 episodes is published in the audit
     for pol in audit["policies"].values():
         for cell in pol["rate"].values():
@@ -73,7 +88,7 @@ def test_run_writes_report_and_records_the_run(tmp_path):
 
 def test_bad_config_exits_2(tmp_path):
     p = tmp_path / "bad.toml"
-    p.write_text('[ope]\nbootstap = 5\n')
+    p.write_text("[ope]\nbootstap = 5\n")
     res = runner.invoke(app, ["run", str(p)])
     assert res.exit_code == 2
     assert "did you mean 'bootstrap'?" in res.output
@@ -104,14 +119,43 @@ def test_report_renders_in_chromium(tmp_path):
     store = RunStore(tmp_path / "runs")
     d = store.run_dir(store.list_runs()["run_id"].iloc[0])
     shot = tmp_path / "shot.png"
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}"]
-    out = subprocess.run([chromium, *flags, "--window-size=1280,4000", f"--screenshot={shot}",
-                          (d / "report.html").as_uri()], capture_output=True, text=True, timeout=120)
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
+    out = subprocess.run(
+        [
+            chromium,
+            *flags,
+            "--window-size=1280,4000",
+            f"--screenshot={shot}",
+            (d / "report.html").as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert shot.is_file() and shot.stat().st_size > 50_000, out.stderr[-2000:]
-    dom = subprocess.run([chromium, *flags, "--enable-logging=stderr", "--v=0", "--dump-dom",
-                          (d / "report.html").as_uri()], capture_output=True, text=True, timeout=120)
+    dom = subprocess.run(
+        [
+            chromium,
+            *flags,
+            "--enable-logging=stderr",
+            "--v=0",
+            "--dump-dom",
+            (d / "report.html").as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert dom.stdout.count("<img") >= 4 and dom.stdout.count("<table") >= 3
     console_errors = [ln for ln in dom.stderr.splitlines() if "CONSOLE" in ln and "ERROR" in ln]
     assert not console_errors, console_errors

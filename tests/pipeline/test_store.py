@@ -17,8 +17,10 @@ def test_finish_publishes_artifacts_and_metrics(tmp_path):
     rid = store.start({"a": 1}, name="t", seed=3)
     assert store.get_run(rid)["status"] == "running"
     (store.partial_dir(rid) / "result.json").write_text("{}")
-    store.finish(rid, [Metric("ope.dr", 1.5, ci_low=1.0, ci_high=2.0),
-                       Metric("audit.rate", 0.1, group="black")])
+    store.finish(
+        rid,
+        [Metric("ope.dr", 1.5, ci_low=1.0, ci_high=2.0), Metric("audit.rate", 0.1, group="black")],
+    )
     row = store.get_run(rid)
     assert row["status"] == "finished" and row["seed"] == 3 and row["config"] == {"a": 1}
     assert row["config_hash"] == config_hash({"a": 1})
@@ -62,8 +64,9 @@ def test_killed_run_is_marked_interrupted(tmp_path):
     store = RunStore(tmp_path)
     done = store.start({"earlier": True})
     store.finish(done, [Metric("v", 1.0)])
-    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, str(tmp_path)], stdout=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
     rid = proc.stdout.readline().strip()
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)

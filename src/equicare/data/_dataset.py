@@ -98,14 +98,18 @@ class TrajectoryDataset:
         offs = np.asarray(self.episode_offsets, dtype=np.int64)
         object.__setattr__(self, "episode_offsets", offs)
         if offs.ndim != 1 or offs[0] != 0 or offs[-1] != n or np.any(np.diff(offs) <= 0):
-            raise ValueError("episode_offsets must start at 0, end at n_steps and increase strictly.")
+            raise ValueError(
+                "episode_offsets must start at 0, end at n_steps and increase strictly."
+            )
         if self.states.shape[0] != n:
             raise ValueError(f"states has {self.states.shape[0]} rows, actions has {n}.")
         rc = np.asarray(self.reward_components, dtype=np.float64)
         if rc.ndim == 1:
             rc = rc[:, None]
         object.__setattr__(self, "reward_components", rc)
-        object.__setattr__(self, "reward_weights", np.asarray(self.reward_weights, dtype=np.float64))
+        object.__setattr__(
+            self, "reward_weights", np.asarray(self.reward_weights, dtype=np.float64)
+        )
         if rc.shape != (n, len(self.reward_weights)) or len(self.reward_names) != rc.shape[1]:
             raise ValueError("reward_components, reward_names and reward_weights disagree in size.")
         for name, arr in (("terminals", self.terminals), ("times", self.times)):
@@ -163,14 +167,21 @@ class TrajectoryDataset:
     @property
     def episode_index(self) -> NDArray[np.int64]:
         """Episode number of each row, shape ``(n_steps,)``."""
-        return self._cached("episode_index", lambda: np.repeat(
-            np.arange(self.n_episodes, dtype=np.int64), self.episode_lengths))
+        return self._cached(
+            "episode_index",
+            lambda: np.repeat(np.arange(self.n_episodes, dtype=np.int64), self.episode_lengths),
+        )
 
     @property
     def step(self) -> NDArray[np.int64]:
         """Position of each row within its episode (0 at the first row), shape ``(n_steps,)``."""
-        return self._cached("step", lambda: np.arange(self.n_steps, dtype=np.int64)
-                            - np.repeat(self.episode_offsets[:-1], self.episode_lengths))
+        return self._cached(
+            "step",
+            lambda: (
+                np.arange(self.n_steps, dtype=np.int64)
+                - np.repeat(self.episode_offsets[:-1], self.episode_lengths)
+            ),
+        )
 
     @property
     def is_first(self) -> NDArray[np.bool_]:
@@ -180,19 +191,23 @@ class TrajectoryDataset:
     @property
     def is_last(self) -> NDArray[np.bool_]:
         """True at the last row of each episode, shape ``(n_steps,)``."""
+
         def make() -> NDArray[np.bool_]:
             out = np.zeros(self.n_steps, dtype=bool)
             out[self.episode_offsets[1:] - 1] = True
             return out
+
         return self._cached("is_last", make)
 
     @property
     def next_index(self) -> NDArray[np.int64]:
         """Row of the next step in the same episode, or -1 at an episode's last row, shape ``(n_steps,)``."""
+
         def make() -> NDArray[np.int64]:
             nxt = np.arange(1, self.n_steps + 1, dtype=np.int64)
             nxt[self.is_last] = -1
             return nxt
+
         return self._cached("next_index", make)
 
     @property
@@ -221,6 +236,7 @@ class TrajectoryDataset:
             for j, levels in enumerate(self.categorical_levels):
                 blocks.append(np.eye(len(levels), dtype=np.float32)[self.categorical[:, j]])
             return np.ascontiguousarray(np.concatenate(blocks, axis=1))
+
         return self._cached("features", make)
 
     def feature_names(self, one_hot: bool = True) -> list[str]:
@@ -269,8 +285,15 @@ class TrajectoryDataset:
         e %= self.n_episodes
         s = slice(int(self.episode_offsets[e]), int(self.episode_offsets[e + 1]))
         bp = None if self.behavior_prob is None else self.behavior_prob[s]
-        return Episode(self.episode_ids[e], self.states[s], self.actions[s], self.rewards[s],
-                       self.terminals[s], self.times[s], bp)
+        return Episode(
+            self.episode_ids[e],
+            self.states[s],
+            self.actions[s],
+            self.rewards[s],
+            self.terminals[s],
+            self.times[s],
+            bp,
+        )
 
     def iter_episodes(self) -> Iterator[Episode]:
         """Iterate over episode views (for inspection; never on a hot path)."""
@@ -313,13 +336,20 @@ class TrajectoryDataset:
 
         return replace(
             self,
-            states=self.states[rows], actions=self.actions[rows],
-            reward_components=self.reward_components[rows], terminals=self.terminals[rows],
-            episode_offsets=offsets, episode_ids=self.episode_ids[ep], times=self.times[rows],
+            states=self.states[rows],
+            actions=self.actions[rows],
+            reward_components=self.reward_components[rows],
+            terminals=self.terminals[rows],
+            episode_offsets=offsets,
+            episode_ids=self.episode_ids[ep],
+            times=self.times[rows],
             groups={k: v[ep] for k, v in self.groups.items()},
-            categorical=take(self.categorical), behavior_prob=take(self.behavior_prob),
-            need=None if self.need is None else self.need[ep], mediators=take(self.mediators),
-            extras={k: v[rows] for k, v in self.extras.items()}, _cache={},
+            categorical=take(self.categorical),
+            behavior_prob=take(self.behavior_prob),
+            need=None if self.need is None else self.need[ep],
+            mediators=take(self.mediators),
+            extras={k: v[rows] for k, v in self.extras.items()},
+            _cache={},
         )
 
     def by_group(self, attr: str | None = None) -> dict[Any, TrajectoryDataset]:
@@ -327,8 +357,12 @@ class TrajectoryDataset:
         labels = self.group_labels(attr)
         return {lv: self.subset(labels == lv) for lv in np.unique(labels)}
 
-    def split(self, valid_fraction: float = 0.2, random_state: RandomState = None,
-              stratify: str | None = None) -> tuple[TrajectoryDataset, TrajectoryDataset]:
+    def split(
+        self,
+        valid_fraction: float = 0.2,
+        random_state: RandomState = None,
+        stratify: str | None = None,
+    ) -> tuple[TrajectoryDataset, TrajectoryDataset]:
         """Split episodes into (train, validation), optionally stratified by a group attribute.
 
         Parameters
@@ -343,8 +377,11 @@ class TrajectoryDataset:
         if self.n_episodes < 2:
             raise ValueError("Need at least 2 episodes to split.")
         rng = check_random_state(random_state)
-        keys = (np.zeros(self.n_episodes, dtype=np.int64) if stratify is None
-                else np.unique(self.group_labels(stratify), return_inverse=True)[1])
+        keys = (
+            np.zeros(self.n_episodes, dtype=np.int64)
+            if stratify is None
+            else np.unique(self.group_labels(stratify), return_inverse=True)[1]
+        )
         is_valid = np.zeros(self.n_episodes, dtype=bool)
         u = rng.random(self.n_episodes)
         # within each stratum, the lowest-u fraction goes to validation
@@ -383,25 +420,35 @@ class TrajectoryDataset:
         out: dict[str, Any] = {
             "n_episodes": self.n_episodes,
             "n_steps": self.n_steps,
-            "episode_length": {"min": int(self.episode_lengths.min()),
-                               "median": float(np.median(self.episode_lengths)),
-                               "max": int(self.episode_lengths.max())},
+            "episode_length": {
+                "min": int(self.episode_lengths.min()),
+                "median": float(np.median(self.episode_lengths)),
+                "max": int(self.episode_lengths.max()),
+            },
             "n_features": self.n_features,
             "n_actions": self.n_actions,
             "observed_actions": int((counts > 0).sum()),
             "action_components": self.action_space.to_dict(),
             "reward_nonzero_pct": {
                 n: float(100.0 * np.mean(self.reward_components[:, j] != 0))
-                for j, n in enumerate(self.reward_names)},
-            "reward_weights": dict(zip(self.reward_names, self.reward_weights.tolist(), strict=True)),
+                for j, n in enumerate(self.reward_names)
+            },
+            "reward_weights": dict(
+                zip(self.reward_names, self.reward_weights.tolist(), strict=True)
+            ),
             "gamma": self.gamma,
-            "groups": {k: {str(lv): int(c) for lv, c in zip(*np.unique(v, return_counts=True),
-                                                           strict=True)}
-                       for k, v in self.groups.items()},
+            "groups": {
+                k: {
+                    str(lv): int(c) for lv, c in zip(*np.unique(v, return_counts=True), strict=True)
+                }
+                for k, v in self.groups.items()
+            },
         }
         if self.behavior_prob is not None:
-            out["behavior_prob"] = {"min": float(self.behavior_prob.min()),
-                                    "max": float(self.behavior_prob.max())}
+            out["behavior_prob"] = {
+                "min": float(self.behavior_prob.min()),
+                "max": float(self.behavior_prob.max()),
+            }
         if self.need is not None:
             out["need_pct"] = float(100.0 * np.mean(self.need))
         return out

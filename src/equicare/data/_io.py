@@ -41,7 +41,9 @@ def _as_pandas(df: Any) -> pd.DataFrame:
     raise TypeError(f"Expected a pandas or polars DataFrame, got {type(df).__name__}.")
 
 
-def read_table(path: str | os.PathLike[str], table: str | None = None) -> tuple[pd.DataFrame, list[str]]:
+def read_table(
+    path: str | os.PathLike[str], table: str | None = None
+) -> tuple[pd.DataFrame, list[str]]:
     """Read a panel table from CSV, Parquet or a DuckDB database file.
 
     Parameters
@@ -65,7 +67,11 @@ def read_table(path: str | os.PathLike[str], table: str | None = None) -> tuple[
         with p.open(newline="", encoding="utf-8") as fh:
             header = next(csv.reader(fh), [])
         try:
-            df = pd.read_csv(p, engine="pyarrow") if len(set(header)) == len(header) else pd.read_csv(p)
+            df = (
+                pd.read_csv(p, engine="pyarrow")
+                if len(set(header)) == len(header)
+                else pd.read_csv(p)
+            )
         except Exception as exc:  # pyarrow raises several types for malformed CSV
             raise DataValidationError(f"{p}: cannot parse CSV ({exc}).") from exc
         return df, header
@@ -85,12 +91,15 @@ def read_table(path: str | os.PathLike[str], table: str | None = None) -> tuple[
 
         con = duckdb.connect(str(p), read_only=True)
         try:
-            tables = [r[0] for r in con.execute("SELECT table_name FROM information_schema.tables")
-                      .fetchall()]
+            tables = [
+                r[0]
+                for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()
+            ]
             if table is None:
                 if len(tables) != 1:
                     raise DataValidationError(
-                        f"{p}: name the table to read (manifest dataset.table); tables: {tables}.")
+                        f"{p}: name the table to read (manifest dataset.table); tables: {tables}."
+                    )
                 table = tables[0]
             if table not in tables:
                 raise DataValidationError(f"{p}: no table {table!r}; tables: {tables}.")
@@ -100,7 +109,8 @@ def read_table(path: str | os.PathLike[str], table: str | None = None) -> tuple[
         return df, [str(c) for c in df.columns]
     raise DataValidationError(
         f"{p}: unsupported file type {suffix!r}; expected .csv, .parquet or a DuckDB file "
-        f"({', '.join(_DUCKDB_EXT)}).")
+        f"({', '.join(_DUCKDB_EXT)})."
+    )
 
 
 def _manifest_of(manifest: Manifest | Mapping[str, Any] | str | os.PathLike[str]) -> Manifest:
@@ -111,18 +121,21 @@ def _manifest_of(manifest: Manifest | Mapping[str, Any] | str | os.PathLike[str]
     return read_manifest(manifest)
 
 
-def validate_path(path: str | os.PathLike[str],
-                  manifest: Manifest | Mapping[str, Any] | str | os.PathLike[str]
-                  ) -> tuple[ValidationReport, pd.DataFrame, Manifest]:
+def validate_path(
+    path: str | os.PathLike[str], manifest: Manifest | Mapping[str, Any] | str | os.PathLike[str]
+) -> tuple[ValidationReport, pd.DataFrame, Manifest]:
     """Read a file and validate it; returns the report (errors are not raised)."""
     man = _manifest_of(manifest)
     df, raw = read_table(path, man.table)
     return validate_frame(df, man, str(path), raw_columns=raw), df, man
 
 
-def load_dataset(path: str | os.PathLike[str],
-                 manifest: Manifest | Mapping[str, Any] | str | os.PathLike[str], *,
-                 emit_warnings: bool = True) -> TrajectoryDataset:
+def load_dataset(
+    path: str | os.PathLike[str],
+    manifest: Manifest | Mapping[str, Any] | str | os.PathLike[str],
+    *,
+    emit_warnings: bool = True,
+) -> TrajectoryDataset:
     """Read, validate and build a :class:`TrajectoryDataset`.
 
     Parameters
@@ -145,8 +158,13 @@ def load_dataset(path: str | os.PathLike[str],
     return _build(df, man, rep)
 
 
-def from_frame(df: Any, manifest: Manifest | Mapping[str, Any] | str | os.PathLike[str], *,
-               source: str = "<DataFrame>", emit_warnings: bool = True) -> TrajectoryDataset:
+def from_frame(
+    df: Any,
+    manifest: Manifest | Mapping[str, Any] | str | os.PathLike[str],
+    *,
+    source: str = "<DataFrame>",
+    emit_warnings: bool = True,
+) -> TrajectoryDataset:
     """Build a :class:`TrajectoryDataset` from a pandas or polars DataFrame and a manifest."""
     pdf = _as_pandas(df)
     man = _manifest_of(manifest)
@@ -171,8 +189,7 @@ def _build(df: pd.DataFrame, man: Manifest, rep: ValidationReport) -> Trajectory
         return np.ascontiguousarray(df[c].to_numpy(dtype=dtype)[order])
 
     if man.states:
-        states = np.ascontiguousarray(
-            df[list(man.states)].to_numpy(dtype=np.float32)[order])
+        states = np.ascontiguousarray(df[list(man.states)].to_numpy(dtype=np.float32)[order])
     else:
         states = np.zeros((n, 0), dtype=np.float32)
     space = man.action_space
@@ -214,8 +231,11 @@ def _build(df: pd.DataFrame, man: Manifest, rep: ValidationReport) -> Trajectory
         categorical_levels=tuple(cat_levels),
         behavior_prob=col(man.behavior_prob, np.float64) if man.behavior_prob else None,
         need=df[man.need].to_numpy(dtype=np.float64)[first_rows] if man.need else None,
-        mediators=(np.ascontiguousarray(df[list(man.mediators)].to_numpy(np.float64)[order])
-                   if man.mediators else None),
+        mediators=(
+            np.ascontiguousarray(df[list(man.mediators)].to_numpy(np.float64)[order])
+            if man.mediators
+            else None
+        ),
         mediator_names=tuple(man.mediators),
         extras=extras,
         manifest=man,
@@ -273,9 +293,13 @@ def _refuse_existing(path: Path, overwrite: bool) -> None:
         raise FileExistsError(f"{path} exists; refusing to overwrite (pass overwrite=True).")
 
 
-def write_parquet(ds: TrajectoryDataset, path: str | os.PathLike[str], *,
-                  manifest_path: str | os.PathLike[str] | None = None,
-                  overwrite: bool = False) -> Path:
+def write_parquet(
+    ds: TrajectoryDataset,
+    path: str | os.PathLike[str],
+    *,
+    manifest_path: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Write the dataset to Parquet (atomically), and optionally its manifest TOML.
 
     Reading the file back with the same manifest gives identical arrays.
@@ -296,7 +320,9 @@ def write_parquet(ds: TrajectoryDataset, path: str | os.PathLike[str], *,
     return p
 
 
-def write_csv(ds: TrajectoryDataset, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+def write_csv(
+    ds: TrajectoryDataset, path: str | os.PathLike[str], *, overwrite: bool = False
+) -> Path:
     """Write the dataset to CSV atomically."""
     p = Path(path)
     _refuse_existing(p, overwrite)
@@ -307,8 +333,13 @@ def write_csv(ds: TrajectoryDataset, path: str | os.PathLike[str], *, overwrite:
     return p
 
 
-def write_duckdb(ds: TrajectoryDataset, path: str | os.PathLike[str], table: str = "panel", *,
-                 overwrite: bool = False) -> Path:
+def write_duckdb(
+    ds: TrajectoryDataset,
+    path: str | os.PathLike[str],
+    table: str = "panel",
+    *,
+    overwrite: bool = False,
+) -> Path:
     """Write the dataset as a table of a DuckDB database file (in one transaction)."""
     import duckdb
 
@@ -317,12 +348,14 @@ def write_duckdb(ds: TrajectoryDataset, path: str | os.PathLike[str], table: str
     frame = to_frame(ds)
     con = duckdb.connect(str(p))
     try:
-        exists = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?",
-                             [table]).fetchone()
-        if exists and exists[0] and not overwrite:
+        exists = con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]
+        ).fetchall()
+        if exists[0][0] and not overwrite:
             raise FileExistsError(f"{p}: table {table!r} exists; refusing to overwrite.")
+        con.register("_equicare_frame", frame)
         con.execute("BEGIN TRANSACTION")
-        con.execute(f'CREATE OR REPLACE TABLE "{table}" AS SELECT * FROM frame')
+        con.execute(f'CREATE OR REPLACE TABLE "{table}" AS SELECT * FROM _equicare_frame')
         con.execute("COMMIT")
     finally:
         con.close()

@@ -99,8 +99,14 @@ class Manifest:
     @property
     def named_columns(self) -> list[str]:
         """Every column the manifest names, in a stable order, without repeats."""
-        cols: list[str] = [self.episode, self.time, *self.states, *self.categorical_states,
-                           *self.mediators, *self.groups]
+        cols: list[str] = [
+            self.episode,
+            self.time,
+            *self.states,
+            *self.categorical_states,
+            *self.mediators,
+            *self.groups,
+        ]
         cols += [a.column for a in self.actions] + [r.column for r in self.reward]
         cols += [c for c in (self.terminal, self.behavior_prob, self.need) if c]
         return list(dict.fromkeys(cols))
@@ -118,7 +124,9 @@ class Manifest:
         ds["gamma"] = self.gamma
         actions: dict[str, Any] = {}
         for a in self.actions:
-            entry: dict[str, Any] = {"levels": len(a.levels) if a.integer_levels else list(a.levels)}
+            entry: dict[str, Any] = {
+                "levels": len(a.levels) if a.integer_levels else list(a.levels)
+            }
             if a.column != a.name:
                 entry["column"] = a.column
             actions[a.name] = entry
@@ -138,11 +146,16 @@ class Manifest:
             if key not in raw:
                 problems.append(f"{source}: missing table [{key}].")
             elif not isinstance(raw[key], Mapping):
-                problems.append(f"{source}: [{key}] must be a table, got {type(raw[key]).__name__}.")
+                problems.append(
+                    f"{source}: [{key}] must be a table, got {type(raw[key]).__name__}."
+                )
         if not isinstance(raw.get("dataset"), Mapping):
-            raise ManifestError(problems[0] if len(problems) == 1 else
-                                f"{len(problems)} problems in {source}:\n  " + "\n  ".join(problems),
-                                problems)
+            raise ManifestError(
+                problems[0]
+                if len(problems) == 1
+                else f"{len(problems)} problems in {source}:\n  " + "\n  ".join(problems),
+                problems,
+            )
         ds = raw["dataset"]
         _check_keys(ds, tuple(DATASET_KEYS), "dataset.", source, problems)
         kwargs: dict[str, Any] = {}
@@ -160,24 +173,33 @@ class Manifest:
         if "gamma" in ds:
             g = ds["gamma"]
             if isinstance(g, bool) or not isinstance(g, int | float) or not (0 < float(g) <= 1):
-                problems.append(f"{source}: dataset.gamma must be {DATASET_KEYS['gamma']}, got {g!r}.")
+                problems.append(
+                    f"{source}: dataset.gamma must be {DATASET_KEYS['gamma']}, got {g!r}."
+                )
             else:
                 kwargs["gamma"] = float(g)
         if not kwargs.get("states") and not kwargs.get("categorical_states"):
             if "states" not in ds and "categorical_states" not in ds:
-                problems.append(f"{source}: the manifest names no state columns; give dataset.states "
-                                "and/or dataset.categorical_states.")
+                problems.append(
+                    f"{source}: the manifest names no state columns; give dataset.states "
+                    "and/or dataset.categorical_states."
+                )
         both = set(kwargs.get("states", ())) & set(kwargs.get("categorical_states", ()))
         if both:
-            problems.append(f"{source}: column(s) {sorted(both)} are in both dataset.states and "
-                            "dataset.categorical_states; put each in one of them.")
+            problems.append(
+                f"{source}: column(s) {sorted(both)} are in both dataset.states and "
+                "dataset.categorical_states; put each in one of them."
+            )
         if isinstance(raw.get("actions"), Mapping):
             kwargs["actions"] = _parse_actions(raw["actions"], source, problems)
         if isinstance(raw.get("reward"), Mapping):
             kwargs["reward"] = _parse_reward(raw["reward"], source, problems)
         if problems:
-            msg = (problems[0] if len(problems) == 1 else
-                   f"{len(problems)} problems in {source}:\n  " + "\n  ".join(problems))
+            msg = (
+                problems[0]
+                if len(problems) == 1
+                else f"{len(problems)} problems in {source}:\n  " + "\n  ".join(problems)
+            )
             raise ManifestError(msg, problems)
         return cls(source=source, **kwargs)
 
@@ -214,8 +236,9 @@ def _suggest(key: str, known: tuple[str, ...]) -> str:
     return f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}."
 
 
-def _check_keys(table: Mapping[str, Any], known: tuple[str, ...], prefix: str, source: str,
-                problems: list[str]) -> None:
+def _check_keys(
+    table: Mapping[str, Any], known: tuple[str, ...], prefix: str, source: str, problems: list[str]
+) -> None:
     for key in table:
         if key not in known:
             problems.append(f"{source}: unknown key {prefix}{key}{_suggest(key, known)}")
@@ -248,8 +271,10 @@ def _parse_actions(raw: Any, source: str, problems: list[str]) -> tuple[ActionCo
     for name, spec in raw.items():
         key = f"actions.{name}"
         if not isinstance(spec, Mapping):
-            problems.append(f"{source}: {key} must be a table with 'levels' (a list of labels or a "
-                            f"count), got {spec!r}.")
+            problems.append(
+                f"{source}: {key} must be a table with 'levels' (a list of labels or a "
+                f"count), got {spec!r}."
+            )
             continue
         _check_keys(spec, _ACTION_KEYS, key + ".", source, problems)
         levels = spec.get("levels")
@@ -258,8 +283,9 @@ def _parse_actions(raw: Any, source: str, problems: list[str]) -> tuple[ActionCo
             problems.append(f"{source}: {key}.column must be a column name, got {column!r}.")
             continue
         if isinstance(levels, bool) or levels is None:
-            problems.append(f"{source}: {key}.levels is required: a list of labels or a positive "
-                            "integer count.")
+            problems.append(
+                f"{source}: {key}.levels is required: a list of labels or a positive integer count."
+            )
         elif isinstance(levels, int):
             if levels < 1:
                 problems.append(f"{source}: {key}.levels must be a positive integer, got {levels}.")
@@ -272,8 +298,10 @@ def _parse_actions(raw: Any, source: str, problems: list[str]) -> tuple[ActionCo
             else:
                 out.append(ActionColumn(name, column, labels, False))
         else:
-            problems.append(f"{source}: {key}.levels must be a non-empty list of labels or a "
-                            f"positive integer, got {levels!r}.")
+            problems.append(
+                f"{source}: {key}.levels must be a non-empty list of labels or a "
+                f"positive integer, got {levels!r}."
+            )
     return tuple(out)
 
 
@@ -299,7 +327,9 @@ def _parse_reward(raw: Any, source: str, problems: list[str]) -> tuple[RewardCom
             out.append(RewardComponent(name, spec, 1.0))
             continue
         if not isinstance(spec, Mapping):
-            problems.append(f"{source}: {key} must be {{ column = ..., weight = ... }}, got {spec!r}.")
+            problems.append(
+                f"{source}: {key} must be {{ column = ..., weight = ... }}, got {spec!r}."
+            )
             continue
         _check_keys(spec, _REWARD_KEYS, key + ".", source, problems)
         if "column" not in spec:

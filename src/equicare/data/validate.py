@@ -60,8 +60,11 @@ class ValidationReport:
     def raise_if_errors(self) -> None:
         """Raise :class:`DataValidationError` listing every error."""
         if self.errors:
-            head = (self.errors[0] if len(self.errors) == 1 else
-                    f"{len(self.errors)} problems in {self.source}:\n  " + "\n  ".join(self.errors))
+            head = (
+                self.errors[0]
+                if len(self.errors) == 1
+                else f"{len(self.errors)} problems in {self.source}:\n  " + "\n  ".join(self.errors)
+            )
             raise DataValidationError(head, self.errors)
 
     def emit_warnings(self) -> None:
@@ -134,8 +137,12 @@ def _label_of(u: Any) -> str:
     return str(u)
 
 
-def validate_frame(df: pd.DataFrame, manifest: Manifest, source: str = "<table>",
-                   raw_columns: list[str] | None = None) -> ValidationReport:
+def validate_frame(
+    df: pd.DataFrame,
+    manifest: Manifest,
+    source: str = "<table>",
+    raw_columns: list[str] | None = None,
+) -> ValidationReport:
     """Check a table against a manifest.
 
     Parameters
@@ -161,20 +168,26 @@ def validate_frame(df: pd.DataFrame, manifest: Manifest, source: str = "<table>"
     if len(df) == 0:
         err(f"{source}: the table is empty (no rows); expected one row per member and time step.")
         return rep
-    roles: list[tuple[str, str]] = [(manifest.episode, "dataset.episode"),
-                                    (manifest.time, "dataset.time")]
+    roles: list[tuple[str, str]] = [
+        (manifest.episode, "dataset.episode"),
+        (manifest.time, "dataset.time"),
+    ]
     roles += [(c, "dataset.states") for c in manifest.states]
     roles += [(c, "dataset.categorical_states") for c in manifest.categorical_states]
     roles += [(c, "dataset.mediators") for c in manifest.mediators]
     roles += [(c, "dataset.groups") for c in manifest.groups]
     roles += [(a.column, f"actions.{a.name}") for a in manifest.actions]
     roles += [(r.column, f"reward.{r.name}") for r in manifest.reward]
-    roles += [(c, f"dataset.{k}") for k in ("terminal", "behavior_prob", "need")
-              if (c := getattr(manifest, k))]
+    roles += [
+        (c, f"dataset.{k}")
+        for k in ("terminal", "behavior_prob", "need")
+        if (c := getattr(manifest, k))
+    ]
     present = set(df.columns)
     missing = [(c, k) for c, k in roles if c not in present]
     for c, k in missing:
         import difflib
+
         close = difflib.get_close_matches(c, [str(x) for x in df.columns], n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         err(f"{source}: column {c!r} (named by {k} in {manifest.source}) is missing{hint}")
@@ -195,7 +208,9 @@ def validate_frame(df: pd.DataFrame, manifest: Manifest, source: str = "<table>"
         tv = t.to_numpy(dtype=np.float64, na_value=np.nan)
         bad_t = ~np.isfinite(tv) | (np.floor(tv) != tv)
         if bad_t.any():
-            err(f"{source}: column {manifest.time!r} (time) must hold integers; {_rows(bad_t)} do not.")
+            err(
+                f"{source}: column {manifest.time!r} (time) must hold integers; {_rows(bad_t)} do not."
+            )
         else:
             t_ok = True
     if t_ok and not bad.any():
@@ -208,11 +223,15 @@ def validate_frame(df: pd.DataFrame, manifest: Manifest, source: str = "<table>"
         dupkey = np.r_[False, same & (dt == 0)]
         gap = np.r_[False, same & (dt > 1)]
         if dupkey.any():
-            err(f"{source}: duplicate ({manifest.episode}, {manifest.time}) keys in "
-                f"{_rows(dupkey, order)}; expected one row per episode and time step.")
+            err(
+                f"{source}: duplicate ({manifest.episode}, {manifest.time}) keys in "
+                f"{_rows(dupkey, order)}; expected one row per episode and time step."
+            )
         if gap.any():
-            err(f"{source}: gaps in column {manifest.time!r} within an episode at "
-                f"{_rows(gap, order)}; expected consecutive time steps (t, t+1, ...).")
+            err(
+                f"{source}: gaps in column {manifest.time!r} within an episode at "
+                f"{_rows(gap, order)}; expected consecutive time steps (t, t+1, ...)."
+            )
         rep.order = order.astype(np.int64)
         rep.episode_codes = codes.astype(np.int64)
         rep.episode_uniques = np.asarray(uniques)
@@ -220,7 +239,8 @@ def validate_frame(df: pd.DataFrame, manifest: Manifest, source: str = "<table>"
         first_row_of = order[np.maximum.accumulate(np.where(starts, np.arange(n), 0))]
         # per-episode constancy of groups and need
         for c, what in [(g, "group attribute") for g in manifest.groups] + (
-                [(manifest.need, "need flag")] if manifest.need else []):
+            [(manifest.need, "need flag")] if manifest.need else []
+        ):
             vals = df[c]
             isna = vals.isna().to_numpy()
             if isna.any():
@@ -229,22 +249,28 @@ def validate_frame(df: pd.DataFrame, manifest: Manifest, source: str = "<table>"
             v = pd.factorize(vals)[0]
             changed = v[order] != v[first_row_of]
             if changed.any():
-                err(f"{source}: column {c!r} ({what}) changes within an episode in "
-                    f"{_rows(changed, order)}; expected one value per episode.")
+                err(
+                    f"{source}: column {c!r} ({what}) changes within an episode in "
+                    f"{_rows(changed, order)}; expected one value per episode."
+                )
 
     # ---- numeric columns
     def numeric_check(c: str, what: str) -> None:
         s = df[c]
         if not _is_numeric(s) and not pd.api.types.is_bool_dtype(s.dtype):
             bad_rows = pd.to_numeric(s, errors="coerce").isna().to_numpy()
-            err(f"{source}: column {c!r} ({what}) must be numeric, got {s.dtype}; "
-                f"non-numeric values in {_rows(bad_rows)}.")
+            err(
+                f"{source}: column {c!r} ({what}) must be numeric, got {s.dtype}; "
+                f"non-numeric values in {_rows(bad_rows)}."
+            )
             return
         v = s.to_numpy(dtype=np.float64, na_value=np.nan)
         nonfinite = ~np.isfinite(v)
         if nonfinite.any():
-            err(f"{source}: column {c!r} ({what}) has NaN or infinite values in {_rows(nonfinite)}; "
-                "expected finite numbers.")
+            err(
+                f"{source}: column {c!r} ({what}) has NaN or infinite values in {_rows(nonfinite)}; "
+                "expected finite numbers."
+            )
 
     for c in manifest.states:
         numeric_check(c, "state")
@@ -261,21 +287,28 @@ def validate_frame(df: pd.DataFrame, manifest: Manifest, source: str = "<table>"
         v = pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
         bad_term = ~np.isin(v, [0.0, 1.0])
         if bad_term.any():
-            err(f"{source}: column {manifest.terminal!r} (terminal) must be 0/1 or true/false; "
-                f"{_rows(bad_term)} are not.")
+            err(
+                f"{source}: column {manifest.terminal!r} (terminal) must be 0/1 or true/false; "
+                f"{_rows(bad_term)} are not."
+            )
     if manifest.need:
-        v = pd.to_numeric(df[manifest.need], errors="coerce").to_numpy(dtype=np.float64,
-                                                                      na_value=np.nan)
+        v = pd.to_numeric(df[manifest.need], errors="coerce").to_numpy(
+            dtype=np.float64, na_value=np.nan
+        )
         bad_need = ~np.isin(v, [0.0, 1.0])
         if bad_need.any():
-            err(f"{source}: column {manifest.need!r} (need) must be 0/1; {_rows(bad_need)} are not.")
+            err(
+                f"{source}: column {manifest.need!r} (need) must be 0/1; {_rows(bad_need)} are not."
+            )
     if manifest.behavior_prob:
         s = df[manifest.behavior_prob]
         v = pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
         bad_p = ~((v > 0) & (v <= 1))
         if bad_p.any():
-            err(f"{source}: column {manifest.behavior_prob!r} (behaviour propensity) must lie in "
-                f"(0, 1]; {_rows(bad_p)} do not.")
+            err(
+                f"{source}: column {manifest.behavior_prob!r} (behaviour propensity) must lie in "
+                f"(0, 1]; {_rows(bad_p)} do not."
+            )
 
     # ---- actions
     acodes = []
@@ -284,9 +317,11 @@ def validate_frame(df: pd.DataFrame, manifest: Manifest, source: str = "<table>"
         bad_a = codes < 0
         if bad_a.any():
             seen = pd.unique(df[a.column][bad_a])[:_SHOW]
-            err(f"{source}: column {a.column!r} (action component {a.name!r}) has values not among "
+            err(
+                f"{source}: column {a.column!r} (action component {a.name!r}) has values not among "
                 f"the declared levels in {_rows(bad_a)}: {[str(x) for x in seen]}; expected one of "
-                f"{list(a.levels)}" + (" or integer codes" if not a.integer_levels else "") + ".")
+                f"{list(a.levels)}" + (" or integer codes" if not a.integer_levels else "") + "."
+            )
         acodes.append(codes)
     if rep.ok:
         rep.action_codes = np.stack(acodes, axis=1)
@@ -297,22 +332,28 @@ def validate_frame(df: pd.DataFrame, manifest: Manifest, source: str = "<table>"
             rep.warnings.append(
                 f"{source}: {space.n_actions - n_obs} of {space.n_actions} action combinations are "
                 f"never observed ({n_obs} observed); policies putting mass on them cannot be "
-                "evaluated by importance sampling.")
+                "evaluated by importance sampling."
+            )
         for r in manifest.reward:
             pct = 100.0 * float(np.mean(df[r.column].to_numpy() != 0))
             if pct < SPARSE_REWARD_PCT:
                 rep.warnings.append(
                     f"{source}: reward component {r.name!r} (column {r.column!r}) is non-zero in only "
-                    f"{pct:.2f}% of rows (< {SPARSE_REWARD_PCT:g}%); estimates will be noisy.")
+                    f"{pct:.2f}% of rows (< {SPARSE_REWARD_PCT:g}%); estimates will be noisy."
+                )
         if rep.episode_codes is not None:
-            first = np.r_[True, rep.episode_codes[rep.order][1:] != rep.episode_codes[rep.order][:-1]]
+            first = np.r_[
+                True, rep.episode_codes[rep.order][1:] != rep.episode_codes[rep.order][:-1]
+            ]
             first_rows = rep.order[first]
             for g in manifest.groups:
-                lab, cnt = np.unique(df[g].take(first_rows).to_numpy().astype(str),
-                                     return_counts=True)
+                lab, cnt = np.unique(
+                    df[g].take(first_rows).to_numpy().astype(str), return_counts=True
+                )
                 small = [f"{lv} ({c})" for lv, c in zip(lab, cnt, strict=True) if c < MIN_CELL]
                 if small:
                     rep.warnings.append(
                         f"{source}: group attribute {g!r} has levels with fewer than {MIN_CELL} "
-                        f"episodes: {', '.join(small)}; they are suppressed in published tables.")
+                        f"episodes: {', '.join(small)}; they are suppressed in published tables."
+                    )
     return rep

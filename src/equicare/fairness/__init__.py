@@ -7,6 +7,7 @@ intervals shared with the OPE engine; a vectorised permutation test; small-cell 
 Fairlearn interop; and the fairness-weight frontier of a learner.
 """
 
+from equicare._lazy import lazy_exports
 from equicare.fairness._allocation import AllocationFrame, allocation_rates, level_rates
 from equicare.fairness._audit import AuditResult, FairnessAudit, PolicyAudit, audit
 from equicare.fairness._bootstrap import bootstrap_ci, bootstrap_weights, percentile_ci
@@ -48,12 +49,4 @@ _LAZY = {
 }
 __all__ += sorted(_LAZY)
 
-
-def __getattr__(name: str) -> object:
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'equicare.fairness' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports("equicare.fairness", _LAZY, globals())

@@ -6,8 +6,7 @@ import torch; the first attribute access does.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from equicare._lazy import lazy_exports
 
 # name -> private module that defines it
 _LAZY: dict[str, str] = {
@@ -41,14 +40,4 @@ _LAZY: dict[str, str] = {
 
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'equicare.models' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports("equicare.models", _LAZY, globals())

@@ -22,8 +22,10 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def run(
         config: Annotated[Path, typer.Argument(help="Run configuration TOML.")],
-        store: Annotated[Path | None, typer.Option(
-            help="Run store folder (default: output.store of the config).")] = None,
+        store: Annotated[
+            Path | None,
+            typer.Option(help="Run store folder (default: output.store of the config)."),
+        ] = None,
         seed: Annotated[int | None, typer.Option(help="Override the config's seed.")] = None,
         quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
     ) -> None:
@@ -49,13 +51,18 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def sweep(
         config: Annotated[Path, typer.Argument(help="Run configuration TOML.")],
-        grid: Annotated[list[str], typer.Option(
-            help="Grid axis 'section.key=[v1,v2,...]' (repeat for more axes).")],
-        executor: Annotated[str | None, typer.Option(
-            help="local (process pool), serial or ray (default: output.executor).")] = None,
+        grid: Annotated[
+            list[str],
+            typer.Option(help="Grid axis 'section.key=[v1,v2,...]' (repeat for more axes)."),
+        ],
+        executor: Annotated[
+            str | None,
+            typer.Option(help="local (process pool), serial or ray (default: output.executor)."),
+        ] = None,
         jobs: Annotated[int | None, typer.Option(help="Worker processes (local) or CPUs.")] = None,
-        address: Annotated[str, typer.Option(help="Ray address: auto, local or HOST:PORT.")
-                           ] = "auto",
+        address: Annotated[
+            str, typer.Option(help="Ray address: auto, local or HOST:PORT.")
+        ] = "auto",
         store: Annotated[Path | None, typer.Option(help="Run store folder.")] = None,
         quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
     ) -> None:
@@ -71,8 +78,9 @@ def register(app: typer.Typer) -> None:
             cfg = load_run_config(config)
             axes = dict(parse_grid(g) for g in grid)
             o = cfg["output"]
-            ex = get_executor(executor or o["executor"], jobs if jobs is not None else o["jobs"],
-                              address)
+            ex = get_executor(
+                executor or o["executor"], jobs if jobs is not None else o["jobs"], address
+            )
             res = run_sweep(cfg, axes, executor=ex, store_root=store, progress=not quiet)
         from rich.table import Table
 
@@ -81,8 +89,13 @@ def register(app: typer.Typer) -> None:
             if not c.endswith(("_ci_low", "_ci_high")):
                 t.add_column(str(c))
         for _, r in res.table.iterrows():
-            t.add_row(*[f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c])
-                        for c in res.table.columns if not c.endswith(("_ci_low", "_ci_high"))])
+            t.add_row(
+                *[
+                    f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c])
+                    for c in res.table.columns
+                    if not c.endswith(("_ci_low", "_ci_high"))
+                ]
+            )
         console.print(t)
         console.print(f"report: [bold]{res.report}[/]")
 
@@ -105,18 +118,25 @@ def register(app: typer.Typer) -> None:
                 fail(f"run {row['run_id']} is {row['status']}; only finished runs have a report.")
             d = s.run_dir(row["run_id"])
             if (d / "sweep.csv").is_file():
-                from equicare.pipeline._sweep import _sweep_report
                 import pandas as pd
 
+                from equicare.pipeline._sweep import _sweep_report
+
                 grid = row["config"]["sweep"]
-                path = _sweep_report(pd.read_csv(d / "sweep.csv"), list(grid), d, row["run_id"], grid)
+                path = _sweep_report(
+                    pd.read_csv(d / "sweep.csv"), list(grid), d, row["run_id"], grid
+                )
             else:
                 path = build_run_report(d, run_id=row["run_id"], config=row["config"]).write(
-                    d / "report.html")
+                    d / "report.html"
+                )
         console.print(f"report: [bold]{path}[/]")
 
-    runs_app = typer.Typer(help="List, show and compare runs in the run store.\n\n"
-                                "Example: equicare runs list --store runs", no_args_is_help=True)
+    runs_app = typer.Typer(
+        help="List, show and compare runs in the run store.\n\n"
+        "Example: equicare runs list --store runs",
+        no_args_is_help=True,
+    )
     app.add_typer(runs_app, name="runs")
 
     @runs_app.command("list")
@@ -142,8 +162,14 @@ def register(app: typer.Typer) -> None:
             t.add_column(c)
         for _, r in df.iterrows():
             color = {"finished": "green", "running": "yellow"}.get(r["status"], "red")
-            t.add_row(r["run_id"], str(r["name"] or ""), f"[{color}]{r['status']}[/]",
-                      str(r["started"])[:19], str(r["seed"]), r["config_hash"])
+            t.add_row(
+                r["run_id"],
+                str(r["name"] or ""),
+                f"[{color}]{r['status']}[/]",
+                str(r["started"])[:19],
+                str(r["seed"]),
+                r["config_hash"],
+            )
         console.print(t)
 
     @runs_app.command("show")
@@ -167,14 +193,21 @@ def register(app: typer.Typer) -> None:
         if json_out:
             print_json({"run": {k: v for k, v in row.items()}, "metrics": m.to_dict("records")})
             return
-        console.print(f"[bold]{row['run_id']}[/] {row['status']}  started {row['started']}  "
-                      f"seed {row['seed']}  git {row['git_revision']}")
+        console.print(
+            f"[bold]{row['run_id']}[/] {row['status']}  started {row['started']}  "
+            f"seed {row['seed']}  git {row['git_revision']}"
+        )
         t = Table()
         for c in ("name", "group", "value", "ci_low", "ci_high"):
             t.add_column(c)
         for _, r in m.iterrows():
-            t.add_row(r["name"], str(r["group"] or ""), _fmt(r["value"]), _fmt(r["ci_low"]),
-                      _fmt(r["ci_high"]))
+            t.add_row(
+                r["name"],
+                str(r["group"] or ""),
+                _fmt(r["value"]),
+                _fmt(r["ci_low"]),
+                _fmt(r["ci_high"]),
+            )
         console.print(t)
 
     @runs_app.command("compare")
@@ -197,8 +230,13 @@ def register(app: typer.Typer) -> None:
         for c in ("name", "group", "A", "B", "B - A"):
             t.add_column(c)
         for _, r in df.iterrows():
-            t.add_row(r["name"], str(r["group"] or ""), _fmt(r["value_a"]), _fmt(r["value_b"]),
-                      _fmt(r["diff"]))
+            t.add_row(
+                r["name"],
+                str(r["group"] or ""),
+                _fmt(r["value_a"]),
+                _fmt(r["value_b"]),
+                _fmt(r["diff"]),
+            )
         console.print(t)
 
 

@@ -18,8 +18,14 @@ from typing import Any
 
 from equicare.exceptions import DataValidationError
 
-__all__ = ["RunConfig", "ConfigError", "load_run_config", "parse_grid", "apply_override",
-           "DEFAULT_CONFIG"]
+__all__ = [
+    "RunConfig",
+    "ConfigError",
+    "load_run_config",
+    "parse_grid",
+    "apply_override",
+    "DEFAULT_CONFIG",
+]
 
 
 class ConfigError(DataValidationError):
@@ -36,14 +42,28 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "reward": {},
     "behavior": {"model": "auto", "folds": 2},
     "learner": {"algo": "awr"},
-    "ope": {"estimators": list(_ESTIMATORS), "bootstrap": 1000, "truncate": 0.0,
-            "q_model": "linear", "sensitivity": True, "ci": "percentile", "holdout": 0.5,
-            "truth_members": 2000},
+    "ope": {
+        "estimators": list(_ESTIMATORS),
+        "bootstrap": 1000,
+        "truncate": 0.0,
+        "q_model": "linear",
+        "sensitivity": True,
+        "ci": "percentile",
+        "holdout": 0.5,
+        "truth_members": 2000,
+    },
     "audit": {"group": "", "intersect": "", "action": "modality=home_visit", "permutations": 1000},
     "frontier": {"lambdas": [], "kind": "parity"},
     "mediation": {"enabled": False, "bootstrap": 200, "action": "modality=home_visit"},
-    "plan": {"enabled": False, "domain": "synthetic", "arms": 100, "budget": 0.2, "horizon": 20,
-             "policies": ["opt", "mmr", "mnw", "mnw-eg", "random", "noact"], "seeds": 5},
+    "plan": {
+        "enabled": False,
+        "domain": "synthetic",
+        "arms": 100,
+        "budget": 0.2,
+        "horizon": 20,
+        "policies": ["opt", "mmr", "mnw", "mnw-eg", "random", "noact"],
+        "seeds": 5,
+    },
     "output": {"store": "runs", "executor": "local", "jobs": 1, "address": "auto"},
 }
 
@@ -81,8 +101,14 @@ def _type_ok(value: Any, default: Any) -> bool:
 
 
 def _tname(default: Any) -> str:
-    return {bool: "true/false", int: "an integer", float: "a number", str: "a string",
-            list: "a list", dict: "a table"}[type(default)]
+    return {
+        bool: "true/false",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a table",
+    }[type(default)]
 
 
 @dataclass(frozen=True)
@@ -104,14 +130,17 @@ class RunConfig:
     base_dir: Path = Path(".")
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], source: str = "<config>",
-                  base_dir: Path | None = None) -> RunConfig:
+    def from_dict(
+        cls, d: Mapping[str, Any], source: str = "<config>", base_dir: Path | None = None
+    ) -> RunConfig:
         """Check ``d`` and fill in defaults; raise :class:`ConfigError` listing every problem."""
         problems: list[str] = []
         out = copy.deepcopy(DEFAULT_CONFIG)
         for key, value in d.items():
             if key not in DEFAULT_CONFIG:
-                problems.append(f"{source}: unknown key {key!r}{_suggest(key, list(DEFAULT_CONFIG))}")
+                problems.append(
+                    f"{source}: unknown key {key!r}{_suggest(key, list(DEFAULT_CONFIG))}"
+                )
                 continue
             default = DEFAULT_CONFIG[key]
             if not _type_ok(value, default):
@@ -132,50 +161,70 @@ class RunConfig:
                     problems.append(f"{source}: {full} must be {_tname(default[sub])}, got {v!r}.")
                     continue
                 if full in _CHOICES and v not in _CHOICES[full]:
-                    problems.append(f"{source}: {full} must be one of "
-                                    f"{', '.join(map(repr, _CHOICES[full]))}; got {v!r}.")
+                    problems.append(
+                        f"{source}: {full} must be one of "
+                        f"{', '.join(map(repr, _CHOICES[full]))}; got {v!r}."
+                    )
                     continue
                 out[key][sub] = v
         if "algo" in out["learner"] and out["learner"]["algo"] not in _CHOICES["learner.algo"]:
-            problems.append(f"{source}: learner.algo must be one of "
-                            f"{', '.join(map(repr, _CHOICES['learner.algo']))}; got "
-                            f"{out['learner']['algo']!r}.")
+            problems.append(
+                f"{source}: learner.algo must be one of "
+                f"{', '.join(map(repr, _CHOICES['learner.algo']))}; got "
+                f"{out['learner']['algo']!r}."
+            )
         for k, w in out["reward"].items():
-            if not isinstance(w, int | float) or isinstance(w, bool) or w != w or abs(w) == float("inf"):
+            if (
+                not isinstance(w, int | float)
+                or isinstance(w, bool)
+                or w != w
+                or abs(w) == float("inf")
+            ):
                 problems.append(f"{source}: reward.{k} must be a finite number, got {w!r}.")
         for e in out["ope"]["estimators"]:
             if e not in _ESTIMATORS:
-                problems.append(f"{source}: ope.estimators has unknown estimator {e!r}; allowed: "
-                                f"{', '.join(_ESTIMATORS)}.")
+                problems.append(
+                    f"{source}: ope.estimators has unknown estimator {e!r}; allowed: "
+                    f"{', '.join(_ESTIMATORS)}."
+                )
         if not 0 < out["ope"]["holdout"] < 1:
-            problems.append(f"{source}: ope.holdout must be a number in (0, 1) (share of episodes "
-                            f"held out for evaluation), got {out['ope']['holdout']!r}.")
+            problems.append(
+                f"{source}: ope.holdout must be a number in (0, 1) (share of episodes "
+                f"held out for evaluation), got {out['ope']['holdout']!r}."
+            )
         if isinstance(out["ope"]["bootstrap"], int) and out["ope"]["bootstrap"] < 0:
             problems.append(f"{source}: ope.bootstrap must be >= 0, got {out['ope']['bootstrap']}.")
         data = out["data"]
         synth = data["synthetic"]
         for k, v in synth.items():
             if k not in _SYNTH_KEYS:
-                problems.append(f"{source}: unknown key data.synthetic.{k}"
-                                f"{_suggest(k, list(_SYNTH_KEYS))}")
+                problems.append(
+                    f"{source}: unknown key data.synthetic.{k}{_suggest(k, list(_SYNTH_KEYS))}"
+                )
             elif not _type_ok(v, _SYNTH_KEYS[k]):
-                problems.append(f"{source}: data.synthetic.{k} must be {_tname(_SYNTH_KEYS[k])}, "
-                                f"got {v!r}.")
+                problems.append(
+                    f"{source}: data.synthetic.{k} must be {_tname(_SYNTH_KEYS[k])}, got {v!r}."
+                )
         if data["path"] and synth:
-            problems.append(f"{source}: give either data.path (+ data.manifest) or "
-                            "data.synthetic, not both.")
+            problems.append(
+                f"{source}: give either data.path (+ data.manifest) or data.synthetic, not both."
+            )
         if data["path"] and not data["manifest"]:
-            problems.append(f"{source}: data.path needs data.manifest (the TOML naming each column).")
+            problems.append(
+                f"{source}: data.path needs data.manifest (the TOML naming each column)."
+            )
         if not data["path"] and not synth:
             data["synthetic"] = dict(_SYNTH_KEYS)
         elif synth:
             data["synthetic"] = {**_SYNTH_KEYS, **synth}
         if problems:
-            msg = problems[0] if len(problems) == 1 else (
-                f"{len(problems)} problems in {source}:\n  " + "\n  ".join(problems))
+            msg = (
+                problems[0]
+                if len(problems) == 1
+                else (f"{len(problems)} problems in {source}:\n  " + "\n  ".join(problems))
+            )
             raise ConfigError(msg, problems)
-        return cls(raw=out, source=source,
-                   base_dir=base_dir if base_dir is not None else Path("."))
+        return cls(raw=out, source=source, base_dir=base_dir if base_dir is not None else Path("."))
 
     def __getitem__(self, key: str) -> Any:
         return self.raw[key]

@@ -52,11 +52,18 @@ class LocalExecutor:
     jobs: int = 1
 
     def __post_init__(self) -> None:
-        check_param(self.jobs, "jobs", "LocalExecutor", kind=int,
-                    expected="a positive int or -1 (all cores)")
+        check_param(
+            self.jobs,
+            "jobs",
+            "LocalExecutor",
+            kind=int,
+            expected="a positive int or -1 (all cores)",
+        )
         if self.jobs == 0 or self.jobs < -1:
-            raise ValueError("The 'jobs' parameter of LocalExecutor must be a positive int or -1 "
-                             f"(all cores). Got {self.jobs!r} instead.")
+            raise ValueError(
+                "The 'jobs' parameter of LocalExecutor must be a positive int or -1 "
+                f"(all cores). Got {self.jobs!r} instead."
+            )
 
     @property
     def n_workers(self) -> int:
@@ -105,8 +112,9 @@ class RayExecutor:
         return list(ray.get([remote.remote(x) for x in items]))
 
 
-def get_executor(name: Literal["local", "serial", "ray"] | str = "local", jobs: int = 1,
-                 address: str = "auto") -> Executor:
+def get_executor(
+    name: Literal["local", "serial", "ray"] | str = "local", jobs: int = 1, address: str = "auto"
+) -> Executor:
     """Build an executor by name (``local``, ``serial`` or ``ray``)."""
     check_param(name, "executor", "get_executor", choices=("local", "serial", "ray"))
     if name == "serial":

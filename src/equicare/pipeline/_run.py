@@ -66,15 +66,17 @@ def load_run_data(cfg: RunConfig) -> tuple[Any, Any]:
     data = cfg["data"]
     sim = None
     if data["path"]:
-        ds = load_dataset(cfg.resolve(data["path"]), cfg.resolve(data["manifest"]),
-                          emit_warnings=False)
+        ds = load_dataset(
+            cfg.resolve(data["path"]), cfg.resolve(data["manifest"]), emit_warnings=False
+        )
     else:
         from equicare.sim.care import CareConfig, CareManagementSim
 
         syn = data["synthetic"]
         sim = CareManagementSim(CareConfig(history_dependence=syn["history_dependence"]))
-        panel = sim.generate(n_members=syn["members"], n_weeks=syn["weeks"],
-                             random_state=syn["seed"])
+        panel = sim.generate(
+            n_members=syn["members"], n_weeks=syn["weeks"], random_state=syn["seed"]
+        )
         ds = panel.dataset()
     if cfg["reward"]:
         ds = ds.with_reward_weights(cfg["reward"])
@@ -101,13 +103,20 @@ def build_learner(cfg: RunConfig, seed: int) -> Any:
         import dataclasses
 
         known = [f.name for f in dataclasses.fields(conf_cls)]
-        raise ValueError(f"{cfg.source}: [learner] for algo {algo!r}: {exc}; known keys: "
-                         f"{', '.join(['algo', *known])}.") from exc
+        raise ValueError(
+            f"{cfg.source}: [learner] for algo {algo!r}: {exc}; known keys: "
+            f"{', '.join(['algo', *known])}."
+        ) from exc
     return cls(conf)
 
 
-def run_pipeline(cfg: RunConfig, *, store_root: str | Path | None = None, progress: bool = True,
-                 echo: Callable[[str], None] | None = None) -> RunOutcome:
+def run_pipeline(
+    cfg: RunConfig,
+    *,
+    store_root: str | Path | None = None,
+    progress: bool = True,
+    echo: Callable[[str], None] | None = None,
+) -> RunOutcome:
     """Run the main job described by ``cfg`` and record it in the run store.
 
     Parameters
@@ -162,8 +171,11 @@ def _n_stages(cfg: RunConfig) -> int:
 
 
 def _stages(cfg: RunConfig) -> list[tuple[str, Stage]]:
-    st: list[tuple[str, Stage]] = [("data", _stage_data), ("train", _stage_train),
-                                   ("evaluate", _stage_evaluate)]
+    st: list[tuple[str, Stage]] = [
+        ("data", _stage_data),
+        ("train", _stage_train),
+        ("evaluate", _stage_evaluate),
+    ]
     if cfg["ope"]["sensitivity"]:
         st.append(("sensitivity", _stage_sensitivity))
     st.append(("audit", _stage_audit))
@@ -192,24 +204,29 @@ def _json_default(o: Any) -> Any:
     return str(o)
 
 
-def _stage_data(cfg: RunConfig, state: dict[str, Any], out: Path, metrics: list[Metric],
-                seed: int) -> None:
+def _stage_data(
+    cfg: RunConfig, state: dict[str, Any], out: Path, metrics: list[Metric], seed: int
+) -> None:
     ds, sim = load_run_data(cfg)
-    train, test = ds.split(cfg["ope"]["holdout"], random_state=seed,
-                           stratify=ds.group_attrs[0] if ds.groups else None)
+    train, test = ds.split(
+        cfg["ope"]["holdout"], random_state=seed, stratify=ds.group_attrs[0] if ds.groups else None
+    )
     state.update(dataset=ds, sim=sim, train=train, test=test)
     summary = ds.summary()
     state["data_summary"] = summary
     _write_json(out / "data_summary.json", summary)
-    metrics += [Metric("data.n_episodes", summary["n_episodes"]),
-                Metric("data.n_steps", summary["n_steps"]),
-                Metric("data.observed_actions", summary["observed_actions"]),
-                Metric("data.train_episodes", train.n_episodes),
-                Metric("data.test_episodes", test.n_episodes)]
+    metrics += [
+        Metric("data.n_episodes", summary["n_episodes"]),
+        Metric("data.n_steps", summary["n_steps"]),
+        Metric("data.observed_actions", summary["observed_actions"]),
+        Metric("data.train_episodes", train.n_episodes),
+        Metric("data.test_episodes", test.n_episodes),
+    ]
 
 
-def _stage_train(cfg: RunConfig, state: dict[str, Any], out: Path, metrics: list[Metric],
-                 seed: int) -> None:
+def _stage_train(
+    cfg: RunConfig, state: dict[str, Any], out: Path, metrics: list[Metric], seed: int
+) -> None:
     learner = build_learner(cfg, seed)
     learner.fit(state["train"], progress=state["progress"])
     learner.save(out / "model")
@@ -222,17 +239,26 @@ def _behavior_spec(cfg: RunConfig, ds: Any) -> str:
     return "logistic" if m in ("auto", "logged") else m
 
 
-def _stage_evaluate(cfg: RunConfig, state: dict[str, Any], out: Path, metrics: list[Metric],
-                    seed: int) -> None:
+def _stage_evaluate(
+    cfg: RunConfig, state: dict[str, Any], out: Path, metrics: list[Metric], seed: int
+) -> None:
     from equicare.ope import evaluate
 
     test = state["test"]
     o = cfg["ope"]
     probs = state["learner"].action_probs(test)
     state["learned_probs_test"] = probs
-    res = evaluate(test, probs, estimators=o["estimators"], q_model=o["q_model"],
-                   behavior_model=_behavior_spec(cfg, test), bootstrap=o["bootstrap"],
-                   ci_method=o["ci"], truncate=o["truncate"] or None, random_state=seed)
+    res = evaluate(
+        test,
+        probs,
+        estimators=o["estimators"],
+        q_model=o["q_model"],
+        behavior_model=_behavior_spec(cfg, test),
+        bootstrap=o["bootstrap"],
+        ci_method=o["ci"],
+        truncate=o["truncate"] or None,
+        random_state=seed,
+    )
     state["evaluation"] = res
     _write_json(out / "result.json", res.to_dict())
     name = state["learner_name"]
@@ -249,47 +275,75 @@ def _stage_evaluate(cfg: RunConfig, state: dict[str, Any], out: Path, metrics: l
             if g.suppressed:
                 continue
             for k, e in g.estimates.items():
-                metrics.append(Metric(f"ope.{k}.{name}.{attr}", e.value, group=str(lv),
-                                      ci_low=e.ci[0], ci_high=e.ci[1]))
+                metrics.append(
+                    Metric(
+                        f"ope.{k}.{name}.{attr}",
+                        e.value,
+                        group=str(lv),
+                        ci_low=e.ci[0],
+                        ci_high=e.ci[1],
+                    )
+                )
 
 
-def _stage_sensitivity(cfg: RunConfig, state: dict[str, Any], out: Path, metrics: list[Metric],
-                       seed: int) -> None:
+def _stage_sensitivity(
+    cfg: RunConfig, state: dict[str, Any], out: Path, metrics: list[Metric], seed: int
+) -> None:
     from equicare.ope import sensitivity_analysis
 
     test = state["test"]
     o = cfg["ope"]
-    table = sensitivity_analysis(test, state["learned_probs_test"], q_model=o["q_model"],
-                                 behavior_model=_behavior_spec(cfg, test),
-                                 bootstrap=min(200, max(o["bootstrap"], 50)), random_state=seed)
+    table = sensitivity_analysis(
+        test,
+        state["learned_probs_test"],
+        q_model=o["q_model"],
+        behavior_model=_behavior_spec(cfg, test),
+        bootstrap=min(200, max(o["bootstrap"], 50)),
+        random_state=seed,
+    )
     state["sensitivity"] = table
     tmp = out / ".sensitivity.csv.tmp"
     table.to_csv(tmp, index=False)
     tmp.replace(out / "sensitivity.csv")
 
 
-def _stage_audit(cfg: RunConfig, state: dict[str, Any], out: Path, metrics: list[Metric],
-                 seed: int) -> None:
+def _stage_audit(
+    cfg: RunConfig, state: dict[str, Any], out: Path, metrics: list[Metric], seed: int
+) -> None:
     from equicare.fairness import audit
 
     test = state["test"]
     a = cfg["audit"]
     name = state["learner_name"]
-    res = audit(test, {name: state["learned_probs_test"]}, action=a["action"],
-                group=a["group"] or None, intersect=[a["intersect"]] if a["intersect"] else [],
-                random_state=seed, n_permutations=a["permutations"],
-                n_boot=cfg["ope"]["bootstrap"])
+    res = audit(
+        test,
+        {name: state["learned_probs_test"]},
+        action=a["action"],
+        group=a["group"] or None,
+        intersect=[a["intersect"]] if a["intersect"] else [],
+        random_state=seed,
+        n_permutations=a["permutations"],
+        n_boot=cfg["ope"]["bootstrap"],
+    )
     state["audit"] = res
     _write_json(out / "audit.json", res.to_dict())
     summ = res.summary()
     for pol, row in summ.iterrows():
-        metrics.append(Metric(f"audit.parity_gap_pp.{pol}", float(row["parity_gap_pp"]),
-                              ci_low=_get(row, "gap_lower"), ci_high=_get(row, "gap_upper")))
+        metrics.append(
+            Metric(
+                f"audit.parity_gap_pp.{pol}",
+                float(row["parity_gap_pp"]),
+                ci_low=_get(row, "gap_lower"),
+                ci_high=_get(row, "gap_upper"),
+            )
+        )
         metrics.append(Metric(f"audit.rate.{pol}", float(row["overall_rate"])))
         if "gini" in row and row["gini"] == row["gini"]:
             metrics.append(Metric(f"audit.gini.{pol}", float(row["gini"])))
         if "worst_group_value" in row and row["worst_group_value"] == row["worst_group_value"]:
-            metrics.append(Metric(f"audit.worst_group_value.{pol}", float(row["worst_group_value"])))
+            metrics.append(
+                Metric(f"audit.worst_group_value.{pol}", float(row["worst_group_value"]))
+            )
 
 
 def _get(row: Any, key: str) -> float | None:
@@ -297,20 +351,26 @@ def _get(row: Any, key: str) -> float | None:
     return None if v is None or v != v else float(v)
 
 
-def _stage_frontier(cfg: RunConfig, state: dict[str, Any], out: Path, metrics: list[Metric],
-                    seed: int) -> None:
+def _stage_frontier(
+    cfg: RunConfig, state: dict[str, Any], out: Path, metrics: list[Metric], seed: int
+) -> None:
     from equicare.fairness import frontier
     from equicare.pipeline._executor import get_executor
 
     o = cfg["output"]
-    fr = frontier(state["train"], build_learner(cfg, seed),
-                  lambdas=cfg["frontier"]["lambdas"],
-                  weight="fair_lambda" if cfg["frontier"]["kind"] == "parity" else "group_robust",
-                  action=cfg["audit"]["action"], group=cfg["audit"]["group"] or None,
-                  eval_dataset=state["test"], q_model=cfg["ope"]["q_model"],
-                  n_boot=min(cfg["ope"]["bootstrap"], 500),
-                  executor=get_executor(o["executor"], o["jobs"], o["address"]),
-                  random_state=seed)
+    fr = frontier(
+        state["train"],
+        build_learner(cfg, seed),
+        lambdas=cfg["frontier"]["lambdas"],
+        weight="fair_lambda" if cfg["frontier"]["kind"] == "parity" else "group_robust",
+        action=cfg["audit"]["action"],
+        group=cfg["audit"]["group"] or None,
+        eval_dataset=state["test"],
+        q_model=cfg["ope"]["q_model"],
+        n_boot=min(cfg["ope"]["bootstrap"], 500),
+        executor=get_executor(o["executor"], o["jobs"], o["address"]),
+        random_state=seed,
+    )
     state["frontier"] = fr
     table = fr.table
     tmp = out / ".frontier.csv.tmp"
@@ -318,8 +378,9 @@ def _stage_frontier(cfg: RunConfig, state: dict[str, Any], out: Path, metrics: l
     tmp.replace(out / "frontier.csv")
 
 
-def _stage_truth(cfg: RunConfig, state: dict[str, Any], out: Path, metrics: list[Metric],
-                 seed: int) -> None:
+def _stage_truth(
+    cfg: RunConfig, state: dict[str, Any], out: Path, metrics: list[Metric], seed: int
+) -> None:
     sim = state["sim"]
     n = cfg["ope"]["truth_members"]
     weeks = cfg["data"]["synthetic"]["weeks"]
@@ -330,14 +391,21 @@ def _stage_truth(cfg: RunConfig, state: dict[str, Any], out: Path, metrics: list
             r = sim.true_value(pol, n_members=n, n_weeks=weeks, random_state=seed + 7)
             bar.update(advance=1)
         truth[label] = {"value": r.value, "se": r.se, "n_episodes": r.n_episodes}
-        metrics.append(Metric(f"truth.{label}", r.value, ci_low=r.value - 1.96 * r.se,
-                              ci_high=r.value + 1.96 * r.se))
+        metrics.append(
+            Metric(
+                f"truth.{label}",
+                r.value,
+                ci_low=r.value - 1.96 * r.se,
+                ci_high=r.value + 1.96 * r.se,
+            )
+        )
     state["truth"] = truth
     _write_json(out / "truth.json", truth)
 
 
-def _stage_mediation(cfg: RunConfig, state: dict[str, Any], out: Path, metrics: list[Metric],
-                     seed: int) -> None:
+def _stage_mediation(
+    cfg: RunConfig, state: dict[str, Any], out: Path, metrics: list[Metric], seed: int
+) -> None:
     """Mediation of the learned policy's effect, with the action collapsed to a binary set.
 
     The learned policy's probability of the action set (e.g. any home visit) is compared with
@@ -353,10 +421,12 @@ def _stage_mediation(cfg: RunConfig, state: dict[str, Any], out: Path, metrics: 
     binary, mask = binarize_actions(test, m["action"])
     probs = collapse_probs(state["learned_probs_test"], mask)
     rows = binary.next_index >= 0
-    target = PolicyProbs(probs=probs[rows], next_probs=probs[binary.next_index[rows]],
-                         name=state["learner_name"])
-    res = DynamicMediation(n_bootstrap=m["bootstrap"]).estimate(binary, target, control=0,
-                                                                random_state=seed)
+    target = PolicyProbs(
+        probs=probs[rows], next_probs=probs[binary.next_index[rows]], name=state["learner_name"]
+    )
+    res = DynamicMediation(n_bootstrap=m["bootstrap"]).estimate(
+        binary, target, control=0, random_state=seed
+    )
     state["mediation"] = res
     _write_json(out / "mediation.json", res.to_dict())
     mr = res.to_dict()["estimators"].get("mr", {})
@@ -367,14 +437,21 @@ def _stage_mediation(cfg: RunConfig, state: dict[str, Any], out: Path, metrics: 
             metrics.append(Metric(f"mediation.mr.{eff}", e["value"], ci_low=ci[0], ci_high=ci[1]))
 
 
-def _stage_plan(cfg: RunConfig, state: dict[str, Any], out: Path, metrics: list[Metric],
-                seed: int) -> None:
+def _stage_plan(
+    cfg: RunConfig, state: dict[str, Any], out: Path, metrics: list[Metric], seed: int
+) -> None:
     from equicare.rmab import load_domain, plan
 
     p = cfg["plan"]
     domain = load_domain(p["domain"], n_arms=p["arms"], random_state=seed)
-    res = plan(domain, budget=p["budget"], horizon=p["horizon"], policies=tuple(p["policies"]),
-               seeds=p["seeds"], random_state=seed)
+    res = plan(
+        domain,
+        budget=p["budget"],
+        horizon=p["horizon"],
+        policies=tuple(p["policies"]),
+        seeds=p["seeds"],
+        random_state=seed,
+    )
     state["plan"] = res
     _write_json(out / "plan.json", res.to_dict())
     for name, pol in res.to_dict()["policies"].items():
@@ -391,16 +468,22 @@ def _summary(state: dict[str, Any]) -> dict[str, Any]:
     if "truth" in state:
         s["truth"] = state["truth"]
     if "audit" in state:
-        s["parity_gap_pp"] = {k: float(v) for k, v in
-                              state["audit"].summary()["parity_gap_pp"].items()}
+        s["parity_gap_pp"] = {
+            k: float(v) for k, v in state["audit"].summary()["parity_gap_pp"].items()
+        }
     return s
 
 
 def _write_report(cfg: RunConfig, state: dict[str, Any], out: Path, run_id: str) -> Path:
     from equicare.report._build import build_run_report
 
-    atomic_write_text(out / "summary.json", json.dumps(
-        {"run_id": run_id, "stage_seconds": state.get("times", {}), **_summary(state)},
-        indent=2, default=float))
+    atomic_write_text(
+        out / "summary.json",
+        json.dumps(
+            {"run_id": run_id, "stage_seconds": state.get("times", {}), **_summary(state)},
+            indent=2,
+            default=float,
+        ),
+    )
     rep = build_run_report(out, run_id=run_id, config=cfg.to_dict())
     return rep.write(out / "report.html")

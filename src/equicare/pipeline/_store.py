@@ -74,8 +74,13 @@ def git_revision() -> str:
     """Git revision of the equicare checkout, or ``"unknown"`` outside a checkout."""
     here = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, timeout=5, check=False)
+        out = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return out.stdout.strip() or "unknown"
@@ -133,8 +138,11 @@ class RunStore:
         rows = con.execute("SELECT run_id, pid, host FROM runs WHERE status = 'running'").fetchall()
         for run_id, pid, host in rows:
             if pid is not None and not _pid_alive(int(pid), host or ""):
-                con.execute("UPDATE runs SET status = 'interrupted', message = 'process ended "
-                            "before the run finished' WHERE run_id = ?", [run_id])
+                con.execute(
+                    "UPDATE runs SET status = 'interrupted', message = 'process ended "
+                    "before the run finished' WHERE run_id = ?",
+                    [run_id],
+                )
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, config: dict[str, Any], *, name: str = "", seed: int | None = None) -> str:
@@ -147,9 +155,19 @@ class RunStore:
                 run_id += "x"
             con.execute(
                 "INSERT INTO runs VALUES (?, ?, ?, ?, ?, NULL, 'running', ?, ?, ?, ?, ?, NULL)",
-                [run_id, name, h, json.dumps(config, sort_keys=True, default=str),
-                 dt.datetime.now(dt.UTC).replace(tzinfo=None), git_revision(), _version(), seed,
-                 socket.gethostname(), os.getpid()])
+                [
+                    run_id,
+                    name,
+                    h,
+                    json.dumps(config, sort_keys=True, default=str),
+                    dt.datetime.now(dt.UTC).replace(tzinfo=None),
+                    git_revision(),
+                    _version(),
+                    seed,
+                    socket.gethostname(),
+                    os.getpid(),
+                ],
+            )
         self.partial_dir(run_id).mkdir(parents=True, exist_ok=False)
         return run_id
 
@@ -166,16 +184,20 @@ class RunStore:
         part, final = self.partial_dir(run_id), self.run_dir(run_id)
         if final.exists():
             raise FileExistsError(f"{final} exists; refusing to overwrite an earlier run.")
-        rows = [(run_id, m.name, m.group, _num(m.value), _num(m.ci_low), _num(m.ci_high))
-                for m in metrics]
+        rows = [
+            (run_id, m.name, m.group, _num(m.value), _num(m.ci_low), _num(m.ci_high))
+            for m in metrics
+        ]
         os.replace(part, final)
         with self._connect() as con:
             con.execute("BEGIN TRANSACTION")
             try:
                 if rows:
                     con.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?, ?, ?)", rows)
-                con.execute("UPDATE runs SET status = 'finished', finished = ? WHERE run_id = ?",
-                            [dt.datetime.now(dt.UTC).replace(tzinfo=None), run_id])
+                con.execute(
+                    "UPDATE runs SET status = 'finished', finished = ? WHERE run_id = ?",
+                    [dt.datetime.now(dt.UTC).replace(tzinfo=None), run_id],
+                )
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
@@ -186,16 +208,19 @@ class RunStore:
     def fail(self, run_id: str, status: str = "failed", message: str = "") -> None:
         """Mark a run ``failed`` or ``interrupted`` (its partial artifacts are kept for inspection)."""
         with self._connect() as con:
-            con.execute("UPDATE runs SET status = ?, finished = ?, message = ? WHERE run_id = ?",
-                        [status, dt.datetime.now(dt.UTC).replace(tzinfo=None), message[:2000],
-                         run_id])
+            con.execute(
+                "UPDATE runs SET status = ?, finished = ?, message = ? WHERE run_id = ?",
+                [status, dt.datetime.now(dt.UTC).replace(tzinfo=None), message[:2000], run_id],
+            )
 
     # ------------------------------------------------------------------ queries
     def list_runs(self) -> pd.DataFrame:
         """All runs, newest first."""
         with self._connect() as con:
-            return con.execute("SELECT run_id, name, status, started, finished, seed, config_hash, "
-                               "git_revision FROM runs ORDER BY started DESC, run_id DESC").df()
+            return con.execute(
+                "SELECT run_id, name, status, started, finished, seed, config_hash, "
+                "git_revision FROM runs ORDER BY started DESC, run_id DESC"
+            ).df()
 
     def get_run(self, run_id: str) -> dict[str, Any]:
         """One run's row as a dict (``KeyError`` naming the known runs if absent)."""
@@ -205,8 +230,12 @@ class RunStore:
                 # allow a unique prefix
                 df = con.execute("SELECT * FROM runs WHERE starts_with(run_id, ?)", [run_id]).df()
                 if len(df) != 1:
-                    known = [r[0] for r in con.execute(
-                        "SELECT run_id FROM runs ORDER BY started DESC LIMIT 5").fetchall()]
+                    known = [
+                        r[0]
+                        for r in con.execute(
+                            "SELECT run_id FROM runs ORDER BY started DESC LIMIT 5"
+                        ).fetchall()
+                    ]
                     raise KeyError(f"No run {run_id!r} in {self.db_path}; recent runs: {known}.")
         row = df.iloc[0].to_dict()
         row["config"] = json.loads(row.pop("config_json") or "{}")
@@ -216,8 +245,11 @@ class RunStore:
         """Long table of a run's metrics: name, group, value, ci_low, ci_high."""
         rid = self.get_run(run_id)["run_id"]
         with self._connect() as con:
-            return con.execute("SELECT name, grp AS \"group\", value, ci_low, ci_high FROM metrics "
-                               "WHERE run_id = ? ORDER BY name, grp", [rid]).df()
+            return con.execute(
+                'SELECT name, grp AS "group", value, ci_low, ci_high FROM metrics '
+                "WHERE run_id = ? ORDER BY name, grp",
+                [rid],
+            ).df()
 
     def compare(self, run_a: str, run_b: str) -> pd.DataFrame:
         """Metrics of two runs side by side with their difference."""

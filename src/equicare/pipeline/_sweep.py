@@ -47,28 +47,45 @@ def sweep_point(task: tuple[dict[str, Any], str, str, dict[str, Any]]) -> dict[s
     cfg = RunConfig.from_dict(raw, source, Path(base_dir))
     seed = int(cfg["seed"])
     ds, sim = load_run_data(cfg)
-    train, test = ds.split(cfg["ope"]["holdout"], random_state=seed,
-                           stratify=ds.group_attrs[0] if ds.groups else None)
+    train, test = ds.split(
+        cfg["ope"]["holdout"], random_state=seed, stratify=ds.group_attrs[0] if ds.groups else None
+    )
     learner = build_learner(cfg, seed)
     learner.fit(train, progress=False)
     o = cfg["ope"]
-    res = evaluate(test, learner.action_probs(test), estimators=("wis", "dr", "wdr"),
-                   q_model=o["q_model"], bootstrap=min(o["bootstrap"], 500),
-                   truncate=o["truncate"] or None, random_state=seed)
+    res = evaluate(
+        test,
+        learner.action_probs(test),
+        estimators=("wis", "dr", "wdr"),
+        q_model=o["q_model"],
+        bootstrap=min(o["bootstrap"], 500),
+        truncate=o["truncate"] or None,
+        random_state=seed,
+    )
     row: dict[str, Any] = dict(overrides)
     row["behavior"] = res.behavior.value
     for k, e in res.estimates.items():
         row[k] = e.value
         row[f"{k}_ci_low"], row[f"{k}_ci_high"] = e.ci
     if sim is not None and cfg["ope"]["truth_members"] > 0:
-        t = sim.true_value(learner, n_members=cfg["ope"]["truth_members"],
-                           n_weeks=cfg["data"]["synthetic"]["weeks"], random_state=seed + 7)
+        t = sim.true_value(
+            learner,
+            n_members=cfg["ope"]["truth_members"],
+            n_weeks=cfg["data"]["synthetic"]["weeks"],
+            random_state=seed + 7,
+        )
         row["true_value"], row["true_se"] = t.value, t.se
     return row
 
 
-def run_sweep(cfg: RunConfig, grid: dict[str, list[Any]], *, executor: Executor | None = None,
-              store_root: str | Path | None = None, progress: bool = True) -> SweepOutcome:
+def run_sweep(
+    cfg: RunConfig,
+    grid: dict[str, list[Any]],
+    *,
+    executor: Executor | None = None,
+    store_root: str | Path | None = None,
+    progress: bool = True,
+) -> SweepOutcome:
     """Run every combination of ``grid`` (dotted config keys -> values) and record one run.
 
     Parameters
@@ -89,17 +106,22 @@ def run_sweep(cfg: RunConfig, grid: dict[str, list[Any]], *, executor: Executor 
     ex = executor or get_executor(o["executor"], o["jobs"], o["address"])
     root = Path(store_root) if store_root is not None else cfg.resolve(o["store"])
     store = RunStore(root)
-    run_id = store.start({"sweep": grid, "base": cfg.to_dict()}, name=f"sweep {cfg['name']}".strip(),
-                         seed=int(cfg["seed"]))
+    run_id = store.start(
+        {"sweep": grid, "base": cfg.to_dict()},
+        name=f"sweep {cfg['name']}".strip(),
+        seed=int(cfg["seed"]),
+    )
     out = store.partial_dir(run_id)
     try:
-        with progress_task(f"sweep ({len(tasks)} points)", total=len(tasks), enabled=progress) as bar:
+        with progress_task(
+            f"sweep ({len(tasks)} points)", total=len(tasks), enabled=progress
+        ) as bar:
             rows = []
             # submit in chunks so the bar moves while keeping the executor's ordering
             chunk = max(1, getattr(ex, "n_workers", 1))
             for i in range(0, len(tasks), chunk):
-                rows += ex.map(sweep_point, tasks[i:i + chunk])
-                bar.update(advance=len(tasks[i:i + chunk]))
+                rows += ex.map(sweep_point, tasks[i : i + chunk])
+                bar.update(advance=len(tasks[i : i + chunk]))
         table = pd.DataFrame(rows)
         tmp = out / ".sweep.csv.tmp"
         table.to_csv(tmp, index=False)
@@ -109,26 +131,38 @@ def run_sweep(cfg: RunConfig, grid: dict[str, list[Any]], *, executor: Executor 
             label = ",".join(f"{k}={r[k]}" for k in keys)
             for m in ("dr", "wdr", "wis", "true_value"):
                 if m in r:
-                    metrics.append(Metric(f"sweep.{m}", r[m], group=label,
-                                          ci_low=r.get(f"{m}_ci_low"), ci_high=r.get(f"{m}_ci_high")))
+                    metrics.append(
+                        Metric(
+                            f"sweep.{m}",
+                            r[m],
+                            group=label,
+                            ci_low=r.get(f"{m}_ci_low"),
+                            ci_high=r.get(f"{m}_ci_high"),
+                        )
+                    )
         report = _sweep_report(table, keys, out, run_id, grid)
-        atomic_write_text(out / "sweep.json", json.dumps({"grid": grid, "points": rows}, indent=2,
-                                                         default=float))
+        atomic_write_text(
+            out / "sweep.json", json.dumps({"grid": grid, "points": rows}, indent=2, default=float)
+        )
         final = store.finish(run_id, metrics)
     except BaseException as exc:
-        store.fail(run_id, "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
-                   str(exc))
+        store.fail(
+            run_id, "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", str(exc)
+        )
         raise
     return SweepOutcome(run_id, final, final / report.name, table)
 
 
-def _sweep_report(table: pd.DataFrame, keys: list[str], out: Path, run_id: str,
-                  grid: dict[str, list[Any]]) -> Path:
+def _sweep_report(
+    table: pd.DataFrame, keys: list[str], out: Path, run_id: str, grid: dict[str, list[Any]]
+) -> Path:
     from equicare.report import Report
     from equicare.report._build import CAVEATS
     from equicare.report._figures import sweep_heatmap
 
-    rep = Report(title="equicare sweep report", subtitle=f"run {run_id}", figure_dir=out / "figures")
+    rep = Report(
+        title="equicare sweep report", subtitle=f"run {run_id}", figure_dir=out / "figures"
+    )
     rep.section("Sweep")
     rep.text("Grid: " + json.dumps(grid))
     row = keys[0]
@@ -137,8 +171,9 @@ def _sweep_report(table: pd.DataFrame, keys: list[str], out: Path, run_id: str,
         t = table.copy()
         if col is None:
             t["_"] = ""
-        rep.figure(sweep_heatmap(t, row, col or "_", metric), f"sweep_{metric}",
-                   f"{metric} over the grid")
+        rep.figure(
+            sweep_heatmap(t, row, col or "_", metric), f"sweep_{metric}", f"{metric} over the grid"
+        )
     rep.table(table, n_col=None)
     rep.section("Caveats")
     for c in CAVEATS:

@@ -1,5 +1,6 @@
 """Policies: one protocol, ``action_probs(dataset) -> (n_steps, n_actions)``."""
 
+from equicare._lazy import lazy_exports
 from equicare.policy._base import (
     CallablePolicy,
     FixedActionPolicy,
@@ -37,12 +38,4 @@ _LAZY = {
 }
 __all__ += sorted(_LAZY)
 
-
-def __getattr__(name: str) -> object:
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'equicare.policy' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports("equicare.policy", _LAZY, globals())

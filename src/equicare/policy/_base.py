@@ -44,8 +44,9 @@ class Policy(Protocol):
         ...
 
 
-def check_probs(probs: NDArray[Any], n_steps: int, n_actions: int, source: str = "policy"
-                ) -> NDArray[np.float64]:
+def check_probs(
+    probs: NDArray[Any], n_steps: int, n_actions: int, source: str = "policy"
+) -> NDArray[np.float64]:
     """Check a probability matrix and return it as float64.
 
     Raises
@@ -55,20 +56,26 @@ def check_probs(probs: NDArray[Any], n_steps: int, n_actions: int, source: str =
     """
     p = np.asarray(probs, dtype=np.float64)
     if p.shape != (n_steps, n_actions):
-        raise PolicyError(f"{source}: action probabilities must have shape ({n_steps}, {n_actions}),"
-                          f" got {p.shape}.")
+        raise PolicyError(
+            f"{source}: action probabilities must have shape ({n_steps}, {n_actions}),"
+            f" got {p.shape}."
+        )
     bad = ~np.isfinite(p).all(axis=1) | (p < 0).any(axis=1)
     if bad.any():
         rows = np.flatnonzero(bad)
-        raise PolicyError(f"{source}: {rows.size} rows have negative or non-finite probabilities "
-                          f"(first rows: {rows[:5].tolist()}).")
+        raise PolicyError(
+            f"{source}: {rows.size} rows have negative or non-finite probabilities "
+            f"(first rows: {rows[:5].tolist()})."
+        )
     s = p.sum(axis=1)
     off = np.abs(s - 1.0) > PROB_TOL
     if off.any():
         rows = np.flatnonzero(off)
-        raise PolicyError(f"{source}: probabilities of {rows.size} rows do not sum to 1 within "
-                          f"{PROB_TOL:g} (first rows: {rows[:5].tolist()}, sums "
-                          f"{np.round(s[rows[:5]], 6).tolist()}).")
+        raise PolicyError(
+            f"{source}: probabilities of {rows.size} rows do not sum to 1 within "
+            f"{PROB_TOL:g} (first rows: {rows[:5].tolist()}, sums "
+            f"{np.round(s[rows[:5]], 6).tolist()})."
+        )
     return p
 
 
@@ -139,8 +146,10 @@ class TabularPolicy:
             raise PolicyError("TabularPolicy needs a dataset with categorical_states.")
         codes = dataset.categorical[:, self.column]
         if codes.max() >= self.table.shape[0]:
-            raise PolicyError(f"TabularPolicy has {self.table.shape[0]} states but the dataset has "
-                              f"code {int(codes.max())}.")
+            raise PolicyError(
+                f"TabularPolicy has {self.table.shape[0]} states but the dataset has "
+                f"code {int(codes.max())}."
+            )
         return self.table[codes]
 
 
@@ -186,7 +195,9 @@ class MixturePolicy:
     def __post_init__(self) -> None:
         w = np.asarray(self.weights, dtype=np.float64)
         if len(self.policies) != w.size or (w < 0).any() or abs(w.sum() - 1) > 1e-9:
-            raise ValueError("MixturePolicy needs one non-negative weight per policy, summing to 1.")
+            raise ValueError(
+                "MixturePolicy needs one non-negative weight per policy, summing to 1."
+            )
         object.__setattr__(self, "window", max(int(getattr(p, "window", 1)) for p in self.policies))
 
     @property

@@ -64,7 +64,9 @@ class FilePolicy:
 
     def _df(self) -> pd.DataFrame:
         if "df" not in self._table:
-            self._table["df"] = self.frame if self.frame is not None else read_policy_file(self.path)
+            self._table["df"] = (
+                self.frame if self.frame is not None else read_policy_file(self.path)
+            )
         return self._table["df"]
 
     @property
@@ -75,16 +77,21 @@ class FilePolicy:
             return "long"
         if any(_WIDE.match(str(c)) for c in cols):
             return "wide"
-        raise PolicyError(f"{self.source}: expected columns 'action' and 'prob' (long form) or "
-                          "'p_0' ... 'p_{n-1}' (wide form).")
+        raise PolicyError(
+            f"{self.source}: expected columns 'action' and 'prob' (long form) or "
+            "'p_0' ... 'p_{n-1}' (wide form)."
+        )
 
     @property
     def n_actions(self) -> int:
         """Number of flat actions (from the wide columns or the largest long-form action)."""
         df = self._df()
         if self.form == "wide":
-            return 1 + max(int(_WIDE.match(str(c)).group(1)) for c in df.columns  # type: ignore[union-attr]
-                           if _WIDE.match(str(c)))
+            return 1 + max(
+                int(_WIDE.match(str(c)).group(1))
+                for c in df.columns  # type: ignore[union-attr]
+                if _WIDE.match(str(c))
+            )
         return int(df["action"].max()) + 1
 
     def action_probs(self, dataset: TrajectoryDataset) -> NDArray[np.float64]:
@@ -102,18 +109,23 @@ class FilePolicy:
         df = self._df()
         missing = [c for c in (ep_col, t_col) if c not in df.columns]
         if missing:
-            raise PolicyError(f"{self.source}: key column(s) {missing} missing; a policy file is "
-                              f"keyed by the dataset's episode and time columns ({ep_col!r}, {t_col!r}).")
+            raise PolicyError(
+                f"{self.source}: key column(s) {missing} missing; a policy file is "
+                f"keyed by the dataset's episode and time columns ({ep_col!r}, {t_col!r})."
+            )
         n_a = dataset.n_actions
         # row key of the dataset: (episode position, time)
         ep_pos = pd.Index(dataset.episode_ids)
         if self.form == "wide":
-            pcols = sorted((c for c in df.columns if _WIDE.match(str(c))),
-                           key=lambda c: int(_WIDE.match(str(c)).group(1)))  # type: ignore[union-attr]
+            pcols = sorted(
+                (c for c in df.columns if _WIDE.match(str(c))),
+                key=lambda c: int(_WIDE.match(str(c)).group(1)),
+            )  # type: ignore[union-attr]
             idx = [int(_WIDE.match(str(c)).group(1)) for c in pcols]  # type: ignore[union-attr]
             if max(idx) >= n_a:
-                raise PolicyError(f"{self.source}: column p_{max(idx)} but the dataset has only "
-                                  f"{n_a} actions.")
+                raise PolicyError(
+                    f"{self.source}: column p_{max(idx)} but the dataset has only {n_a} actions."
+                )
             probs_rows = np.zeros((len(df), n_a))
             probs_rows[:, idx] = df[pcols].to_numpy(dtype=np.float64)
             keys_e = ep_pos.get_indexer(df[ep_col])
@@ -122,8 +134,10 @@ class FilePolicy:
             a = df["action"].to_numpy()
             if (a < 0).any() or (a >= n_a).any():
                 bad = np.flatnonzero((a < 0) | (a >= n_a))
-                raise PolicyError(f"{self.source}: {bad.size} rows have an action outside "
-                                  f"[0, {n_a}) (first rows: {bad[:5].tolist()}).")
+                raise PolicyError(
+                    f"{self.source}: {bad.size} rows have an action outside "
+                    f"[0, {n_a}) (first rows: {bad[:5].tolist()})."
+                )
             keys_e_long = ep_pos.get_indexer(df[ep_col])
             keys_t_long = df[t_col].to_numpy(dtype=np.int64)
             codes, uniq = pd.factorize(pd.MultiIndex.from_arrays([keys_e_long, keys_t_long]))
@@ -133,8 +147,10 @@ class FilePolicy:
             keys_t = uniq.get_level_values(1).to_numpy()
         if (keys_e < 0).any():
             bad = np.flatnonzero(keys_e < 0)
-            raise PolicyError(f"{self.source}: {bad.size} rows name episodes not in the dataset "
-                              f"(first rows: {bad[:5].tolist()}).")
+            raise PolicyError(
+                f"{self.source}: {bad.size} rows name episodes not in the dataset "
+                f"(first rows: {bad[:5].tolist()})."
+            )
         # align: dataset row r <-> (episode_index[r], times[r])
         lookup = pd.MultiIndex.from_arrays([keys_e, keys_t])
         if lookup.has_duplicates:
@@ -144,15 +160,22 @@ class FilePolicy:
         if (pos < 0).any():
             miss = np.flatnonzero(pos < 0)
             e0 = dataset.episode_ids[dataset.episode_index[miss[0]]]
-            raise PolicyError(f"{self.source}: {miss.size} dataset rows have no probabilities "
-                              f"(first: {ep_col}={e0!r}, {t_col}={int(dataset.times[miss[0]])}); "
-                              "a policy file must cover every row of the dataset.")
+            raise PolicyError(
+                f"{self.source}: {miss.size} dataset rows have no probabilities "
+                f"(first: {ep_col}={e0!r}, {t_col}={int(dataset.times[miss[0]])}); "
+                "a policy file must cover every row of the dataset."
+            )
         return check_probs(probs_rows[pos], dataset.n_steps, n_a, self.source)
 
 
-def write_policy_file(dataset: TrajectoryDataset, probs: NDArray[np.float64],
-                      path: str | os.PathLike[str], *, form: Literal["wide", "long"] = "wide",
-                      overwrite: bool = False) -> Path:
+def write_policy_file(
+    dataset: TrajectoryDataset,
+    probs: NDArray[np.float64],
+    path: str | os.PathLike[str],
+    *,
+    form: Literal["wide", "long"] = "wide",
+    overwrite: bool = False,
+) -> Path:
     """Write probabilities for every dataset row as a Contract-2 policy file (atomically).
 
     Parameters
@@ -178,8 +201,9 @@ def write_policy_file(dataset: TrajectoryDataset, probs: NDArray[np.float64],
         df = pd.concat([df, wide], axis=1)
     else:
         r, a = np.nonzero(probs > 0)
-        df = pd.DataFrame({ep_col: eps[r], t_col: dataset.times[r], "action": a,
-                           "prob": probs[r, a]})
+        df = pd.DataFrame(
+            {ep_col: eps[r], t_col: dataset.times[r], "action": a, "prob": probs[r, a]}
+        )
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.name}.tmp")
     if p.suffix.lower() == ".csv":
@@ -188,5 +212,3 @@ def write_policy_file(dataset: TrajectoryDataset, probs: NDArray[np.float64],
         df.to_parquet(tmp, index=False)
     os.replace(tmp, p)
     return p
-
-

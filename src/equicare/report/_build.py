@@ -32,8 +32,13 @@ def _load(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def build_run_report(run_dir: str | Path, *, run_id: str = "", config: dict[str, Any] | None = None,
-                     figure_dir: Path | None = None) -> Report:
+def build_run_report(
+    run_dir: str | Path,
+    *,
+    run_id: str = "",
+    config: dict[str, Any] | None = None,
+    figure_dir: Path | None = None,
+) -> Report:
     """Assemble the HTML report of a run from the files in ``run_dir``.
 
     Parameters
@@ -54,8 +59,9 @@ def build_run_report(run_dir: str | Path, *, run_id: str = "", config: dict[str,
     truth = _load(d / "truth.json")
     summary = _load(d / "summary.json") or {}
     algo = (config or {}).get("learner", {}).get("algo", "learned")
-    rep = Report(title="equicare run report", subtitle=f"run {run_id}" if run_id else "",
-                 figure_dir=fig_dir)
+    rep = Report(
+        title="equicare run report", subtitle=f"run {run_id}" if run_id else "", figure_dir=fig_dir
+    )
 
     rep.section("Run summary")
     kpis: dict[str, str] = {}
@@ -72,44 +78,84 @@ def build_run_report(run_dir: str | Path, *, run_id: str = "", config: dict[str,
             kpis[f"{audit['action']} parity gap, {p}"] = f"{a['parity_gap_pp']['value']:.2f} pp"
     rep.kpis(kpis)
     if config:
-        rep.text("Configuration: " + json.dumps(
-            {k: v for k, v in config.items() if k not in ("plan", "mediation") or
-             (isinstance(v, dict) and v.get("enabled"))}, default=str))
+        rep.text(
+            "Configuration: "
+            + json.dumps(
+                {
+                    k: v
+                    for k, v in config.items()
+                    if k not in ("plan", "mediation") or (isinstance(v, dict) and v.get("enabled"))
+                },
+                default=str,
+            )
+        )
     times = summary.get("stage_seconds")
     if times:
-        rep.table(pd.DataFrame({"stage": list(times), "seconds": list(times.values())}),
-                  caption="Stage times", n_col=None)
+        rep.table(
+            pd.DataFrame({"stage": list(times), "seconds": list(times.values())}),
+            caption="Stage times",
+            n_col=None,
+        )
 
     rep.section("Data")
     if data:
-        rows = [("episodes", f"{data['n_episodes']:,}"), ("steps", f"{data['n_steps']:,}"),
-                ("observed action combinations", f"{data['observed_actions']} of {data['n_actions']}"),
-                ("gamma", f"{data['gamma']:g}")]
-        rows += [(f"reward '{k}' non-zero", f"{v:.2f}% of steps")
-                 for k, v in data["reward_nonzero_pct"].items()]
+        rows = [
+            ("episodes", f"{data['n_episodes']:,}"),
+            ("steps", f"{data['n_steps']:,}"),
+            ("observed action combinations", f"{data['observed_actions']} of {data['n_actions']}"),
+            ("gamma", f"{data['gamma']:g}"),
+        ]
+        rows += [
+            (f"reward '{k}' non-zero", f"{v:.2f}% of steps")
+            for k, v in data["reward_nonzero_pct"].items()
+        ]
         rep.table(pd.DataFrame(rows, columns=["item", "value"]), n_col=None)
         for attr, counts in data.get("groups", {}).items():
-            rep.table(pd.DataFrame({"group": list(counts), "n_episodes": list(counts.values())}),
-                      caption=f"Episodes by {attr}")
+            rep.table(
+                pd.DataFrame({"group": list(counts), "n_episodes": list(counts.values())}),
+                caption=f"Episodes by {attr}",
+            )
 
     if result:
         rep.section("Policy value")
-        rep.text(f"Evaluated on {result['n_episodes']:,} held-out episodes "
-                 f"({result['n_steps']:,} steps). Intervals: 95% episode-level bootstrap.")
-        rep.figure(F.forest_plot(result, truth, algo), "forest", "Estimates of the learned "
-                   "policy's value by estimator; the grey square is the behaviour policy's "
-                   "observed value" + ("; dashed lines are the simulator's true values." if truth
-                                       else "."))
-        rows = [{"estimator": k, "value": e["value"], "ci_low": e["ci"][0], "ci_high": e["ci"][1],
-                 "se": e.get("se")} for k, e in result["estimates"].items()]
+        rep.text(
+            f"Evaluated on {result['n_episodes']:,} held-out episodes "
+            f"({result['n_steps']:,} steps). Intervals: 95% episode-level bootstrap."
+        )
+        rep.figure(
+            F.forest_plot(result, truth, algo),
+            "forest",
+            "Estimates of the learned "
+            "policy's value by estimator; the grey square is the behaviour policy's "
+            "observed value"
+            + ("; dashed lines are the simulator's true values." if truth else "."),
+        )
+        rows = [
+            {
+                "estimator": k,
+                "value": e["value"],
+                "ci_low": e["ci"][0],
+                "ci_high": e["ci"][1],
+                "se": e.get("se"),
+            }
+            for k, e in result["estimates"].items()
+        ]
         rep.table(pd.DataFrame(rows), n_col=None)
         rep.heading("Effective sample size")
-        rep.figure(F.ess_plot(result), "ess", "Kish effective sample size of the importance "
-                   "weights: near 0% means IS-type estimates rest on a handful of episodes.")
+        rep.figure(
+            F.ess_plot(result),
+            "ess",
+            "Kish effective sample size of the importance "
+            "weights: near 0% means IS-type estimates rest on a handful of episodes.",
+        )
         sup = result.get("support")
         if sup:
-            rep.text("Support: " + json.dumps({k: v for k, v in sup.items()
-                                               if not isinstance(v, list | dict)}, default=str))
+            rep.text(
+                "Support: "
+                + json.dumps(
+                    {k: v for k, v in sup.items() if not isinstance(v, list | dict)}, default=str
+                )
+            )
         groups = []
         for attr, levels in result.get("groups", {}).items():
             for lv, g in levels.items():
@@ -121,17 +167,24 @@ def build_run_report(run_dir: str | Path, *, run_id: str = "", config: dict[str,
                 groups.append(row)
         if groups:
             rep.heading("Value by group")
-            rep.table(pd.DataFrame(groups), caption="Per-group estimates (suppressed < 11 episodes)")
+            rep.table(
+                pd.DataFrame(groups), caption="Per-group estimates (suppressed < 11 episodes)"
+            )
 
     sens = d / "sensitivity.csv"
     if sens.is_file():
         rep.section("Sensitivity")
         table = pd.read_csv(sens)
-        rep.figure(F.sensitivity_plot(table), "sensitivity", "DR estimate under Q-model shifts, "
-                   "propensity noise and truncation thresholds.")
-        agg = (table.groupby(["analysis", "parameter", "estimator"], sort=False)
-               .agg(value=("value", "mean"), ci_low=("ci_low", "mean"), ci_high=("ci_high", "mean"))
-               .reset_index())
+        rep.figure(
+            F.sensitivity_plot(table),
+            "sensitivity",
+            "DR estimate under Q-model shifts, propensity noise and truncation thresholds.",
+        )
+        agg = (
+            table.groupby(["analysis", "parameter", "estimator"], sort=False)
+            .agg(value=("value", "mean"), ci_low=("ci_low", "mean"), ci_high=("ci_high", "mean"))
+            .reset_index()
+        )
         rep.table(agg, n_col=None)
 
     if audit:
@@ -141,9 +194,12 @@ def build_run_report(run_dir: str | Path, *, run_id: str = "", config: dict[str,
         rep.figure(F.parity_gap_plot(audit), "parity_gap", "Max-min parity gap with 95% CI.")
         rows = []
         for p, a in audit["policies"].items():
-            row = {"policy": p, "parity_gap_pp": a["parity_gap_pp"]["value"],
-                   "parity_ratio": a["parity_ratio"]["value"],
-                   "permutation_p": a.get("permutation_p")}
+            row = {
+                "policy": p,
+                "parity_gap_pp": a["parity_gap_pp"]["value"],
+                "parity_ratio": a["parity_ratio"]["value"],
+                "permutation_p": a.get("permutation_p"),
+            }
             if "gini" in a and isinstance(a["gini"], dict):
                 row["gini"] = a["gini"].get("value")
             rows.append(row)
@@ -153,23 +209,31 @@ def build_run_report(run_dir: str | Path, *, run_id: str = "", config: dict[str,
             rate = a["rate"]
             rows = []
             for g, c in rate.items():
-                r = {"group": g, "n_episodes": c.get("n_episodes") if not c.get("suppressed") else 0,
-                     "rate": c.get("value")}
+                r = {
+                    "group": g,
+                    "n_episodes": c.get("n_episodes") if not c.get("suppressed") else 0,
+                    "rate": c.get("value"),
+                }
                 if pp and g in pp and not pp[g].get("suppressed"):
                     r["proportional_parity"] = pp[g].get("value")
                 vb = a.get("value_by_group", {}).get(g)
                 if isinstance(vb, dict) and not vb.get("suppressed"):
                     r["value"] = vb.get("value")
                 rows.append(r)
-            rep.table(pd.DataFrame(rows), caption=f"{p}: allocation, proportional parity and "
-                      "value by group")
+            rep.table(
+                pd.DataFrame(rows),
+                caption=f"{p}: allocation, proportional parity and value by group",
+            )
 
     fr = d / "frontier.csv"
     if fr.is_file():
         rep.section("Fairness frontier")
         table = pd.read_csv(fr)
-        rep.figure(F.frontier_plot(table), "frontier", "Each point is a policy trained with "
-                   "fairness weight lambda.")
+        rep.figure(
+            F.frontier_plot(table),
+            "frontier",
+            "Each point is a policy trained with fairness weight lambda.",
+        )
         rep.table(table, n_col=None)
 
     med = _load(d / "mediation.json")
@@ -180,27 +244,44 @@ def build_run_report(run_dir: str | Path, *, run_id: str = "", config: dict[str,
             for eff in ("ide", "ime", "dde", "dme", "total"):
                 if isinstance(r, dict) and isinstance(r.get(eff), dict):
                     ci = r[eff].get("ci") or [None, None]
-                    rows.append({"estimator": est, "effect": eff, "value": r[eff]["value"],
-                                 "ci_low": ci[0], "ci_high": ci[1]})
+                    rows.append(
+                        {
+                            "estimator": est,
+                            "effect": eff,
+                            "value": r[eff]["value"],
+                            "ci_low": ci[0],
+                            "ci_high": ci[1],
+                        }
+                    )
         rep.table(pd.DataFrame(rows), n_col=None)
 
     plan = _load(d / "plan.json")
     if plan:
         rep.section("Equitable budget allocation (restless bandits)")
-        rep.text(f"Domain {plan['domain']}: {plan['n_arms']} arms, budget {plan['budget']} per "
-                 f"step, horizon {plan['horizon']}, {plan['seeds']} seeds. Mean total reward per "
-                 "arm by group; Gini over group means; utility loss relative to the utilitarian "
-                 "Whittle policy (opt).")
+        rep.text(
+            f"Domain {plan['domain']}: {plan['n_arms']} arms, budget {plan['budget']} per "
+            f"step, horizon {plan['horizon']}, {plan['seeds']} seeds. Mean total reward per "
+            "arm by group; Gini over group means; utility loss relative to the utilitarian "
+            "Whittle policy (opt)."
+        )
         rows = []
         for name, pol in plan["policies"].items():
-            row = {"policy": name, "mean_reward": pol["mean_reward"], "gini": pol["gini"],
-                   "worst_group": pol["worst_group"],
-                   "utility_loss_vs_opt": pol.get("utility_loss_vs_opt")}
+            row = {
+                "policy": name,
+                "mean_reward": pol["mean_reward"],
+                "gini": pol["gini"],
+                "worst_group": pol["worst_group"],
+                "utility_loss_vs_opt": pol.get("utility_loss_vs_opt"),
+            }
             row.update({f"group {g}": v for g, v in pol["group_mean"].items()})
             rows.append(row)
         rep.table(pd.DataFrame(rows), n_col=None)
-        rep.figure(F.plan_group_plot(plan), "plan_groups", "Mean total reward per arm by group "
-                   "under each allocation policy; the legend gives each policy's Gini.")
+        rep.figure(
+            F.plan_group_plot(plan),
+            "plan_groups",
+            "Mean total reward per arm by group "
+            "under each allocation policy; the legend gives each policy's Gini.",
+        )
 
     rep.section("Caveats")
     for c in CAVEATS:

@@ -32,11 +32,14 @@ def _plt() -> Any:
 
 
 def _ok(cell: Any) -> bool:
-    return isinstance(cell, Mapping) and not cell.get("suppressed") and cell.get("value") is not None
+    return (
+        isinstance(cell, Mapping) and not cell.get("suppressed") and cell.get("value") is not None
+    )
 
 
-def forest_plot(result: Mapping[str, Any], truth: Mapping[str, Any] | None = None,
-                policy_name: str = "learned") -> Any:
+def forest_plot(
+    result: Mapping[str, Any], truth: Mapping[str, Any] | None = None, policy_name: str = "learned"
+) -> Any:
     """Policy value by estimator with 95% CIs (Contract-3 ``result``), behaviour and truth marked."""
     plt = _plt()
     ests = result["estimates"]
@@ -56,8 +59,13 @@ def forest_plot(result: Mapping[str, Any], truth: Mapping[str, Any] | None = Non
     ax.set_yticks(list(y) + [0], labels + ["behaviour (observed)"])
     if truth:
         for i, (lab, t) in enumerate(truth.items()):
-            ax.axvline(t["value"], color=_COLORS[1 + i], ls="--", lw=1,
-                       label=f"true value: {lab} (simulator)")
+            ax.axvline(
+                t["value"],
+                color=_COLORS[1 + i],
+                ls="--",
+                lw=1,
+                label=f"true value: {lab} (simulator)",
+            )
         ax.legend(loc="best", fontsize=8)
     ax.set_xlabel(f"policy value (discounted return, gamma={result.get('gamma', 1):g})")
     ax.set_title("Off-policy estimates with 95% bootstrap CIs")
@@ -69,8 +77,11 @@ def ess_plot(result: Mapping[str, Any]) -> Any:
     """Effective sample size (% of episodes) of the importance weights."""
     plt = _plt()
     ess = result["ess"]
-    items = [(k.replace("_pct", ""), v) for k, v in ess.items() if k.endswith("_pct")
-             and isinstance(v, int | float)]
+    items = [
+        (k.replace("_pct", ""), v)
+        for k, v in ess.items()
+        if k.endswith("_pct") and isinstance(v, int | float)
+    ]
     fig, ax = plt.subplots(figsize=(6.5, 0.4 * len(items) + 1.2))
     if items:
         ax.barh([k for k, _ in items], [v for _, v in items], color=_COLORS[0])
@@ -86,13 +97,17 @@ def sensitivity_plot(table: pd.DataFrame) -> Any:
     """DR value (with CI) across each sensitivity analysis."""
     plt = _plt()
     analyses = [a for a in table["analysis"].unique() if a != "baseline"]
-    fig, axes = plt.subplots(1, max(len(analyses), 1), figsize=(4.2 * max(len(analyses), 1), 3.4),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        1, max(len(analyses), 1), figsize=(4.2 * max(len(analyses), 1), 3.4), squeeze=False
+    )
     base = table[table["analysis"] == "baseline"]
     for ax, a in zip(axes[0], analyses, strict=False):
         t = table[table["analysis"] == a]
-        g = t.groupby("parameter", sort=True).agg(value=("value", "mean"), lo=("ci_low", "mean"),
-                                                    hi=("ci_high", "mean")).reset_index()
+        g = (
+            t.groupby("parameter", sort=True)
+            .agg(value=("value", "mean"), lo=("ci_low", "mean"), hi=("ci_high", "mean"))
+            .reset_index()
+        )
         x = pd.to_numeric(g["parameter"], errors="coerce")
         ax.fill_between(x, g["lo"], g["hi"], alpha=0.2, color=_COLORS[0])
         ax.plot(x, g["value"], "o-", color=_COLORS[0])
@@ -116,13 +131,28 @@ def allocation_plot(audit: Mapping[str, Any]) -> Any:
     for i, p in enumerate(pols):
         rate = audit["policies"][p]["rate"]
         vals = np.array([100 * rate[g]["value"] if _ok(rate.get(g)) else np.nan for g in groups])
-        lo = np.array([100 * rate[g]["ci"][0] if _ok(rate.get(g)) and "ci" in rate[g] else np.nan
-                       for g in groups])
-        hi = np.array([100 * rate[g]["ci"][1] if _ok(rate.get(g)) and "ci" in rate[g] else np.nan
-                       for g in groups])
+        lo = np.array(
+            [
+                100 * rate[g]["ci"][0] if _ok(rate.get(g)) and "ci" in rate[g] else np.nan
+                for g in groups
+            ]
+        )
+        hi = np.array(
+            [
+                100 * rate[g]["ci"][1] if _ok(rate.get(g)) and "ci" in rate[g] else np.nan
+                for g in groups
+            ]
+        )
         yerr = np.vstack([vals - lo, hi - vals]) if np.isfinite(lo).any() else None
-        ax.bar(x + (i - (len(pols) - 1) / 2) * w, vals, w, yerr=yerr, capsize=3,
-               color=_COLORS[i % len(_COLORS)], label=p)
+        ax.bar(
+            x + (i - (len(pols) - 1) / 2) * w,
+            vals,
+            w,
+            yerr=yerr,
+            capsize=3,
+            color=_COLORS[i % len(_COLORS)],
+            label=p,
+        )
     ax.set_xticks(x, groups, rotation=20)
     ax.set_ylabel(f"{audit['action']} rate (%)")
     ax.set_title(f"Allocation of {audit['action']} by {audit['group']}")
@@ -162,8 +192,13 @@ def frontier_plot(table: pd.DataFrame) -> Any:
     ax.scatter(table[xcol][pareto], table[ycol][pareto], color=_COLORS[1], label="Pareto-efficient")
     if "lambda" in table:
         for _, r in table.iterrows():
-            ax.annotate(f"λ={r['lambda']:g}", (r[xcol], r[ycol]), fontsize=8,
-                        textcoords="offset points", xytext=(4, 4))
+            ax.annotate(
+                f"λ={r['lambda']:g}",
+                (r[xcol], r[ycol]),
+                fontsize=8,
+                textcoords="offset points",
+                xytext=(4, 4),
+            )
     ax.set_xlabel("parity gap (pp)")
     ax.set_ylabel("policy value (DR)")
     ax.set_title("Fairness-value trade-off")
@@ -203,9 +238,13 @@ def plan_group_plot(plan: Mapping[str, Any]) -> Any:
     x = np.arange(len(groups))
     for i, p in enumerate(pols):
         gm = plan["policies"][p]["group_mean"]
-        ax.bar(x + (i - (len(pols) - 1) / 2) * w, [gm.get(g, np.nan) for g in groups], w,
-               color=_COLORS[i % len(_COLORS)],
-               label=f"{p} (Gini {plan['policies'][p]['gini']:.3f})")
+        ax.bar(
+            x + (i - (len(pols) - 1) / 2) * w,
+            [gm.get(g, np.nan) for g in groups],
+            w,
+            color=_COLORS[i % len(_COLORS)],
+            label=f"{p} (Gini {plan['policies'][p]['gini']:.3f})",
+        )
     ax.set_xticks(x, groups)
     ax.set_ylabel("mean total reward per arm")
     ax.set_title(f"{plan['domain']}: group outcomes by policy, budget {plan['budget']}")

@@ -40,8 +40,9 @@ figcaption{font-size:13px;color:#555}
 """
 
 
-def suppress_small_cells(df: pd.DataFrame, n_col: str = "n_episodes",
-                         min_cell: int = MIN_CELL) -> pd.DataFrame:
+def suppress_small_cells(
+    df: pd.DataFrame, n_col: str = "n_episodes", min_cell: int = MIN_CELL
+) -> pd.DataFrame:
     """Blank every value of rows whose ``n_col`` is below ``min_cell`` (shown as ``suppressed``).
 
     Parameters
@@ -101,12 +102,19 @@ class Report:
 
     def kpis(self, items: dict[str, str]) -> None:
         """Key figures in a row."""
-        parts = [f'<span class="kpi"><b>{html.escape(v)}</b>{html.escape(k)}</span>'
-                 for k, v in items.items()]
+        parts = [
+            f'<span class="kpi"><b>{html.escape(v)}</b>{html.escape(k)}</span>'
+            for k, v in items.items()
+        ]
         self._cur().append("<div>" + "".join(parts) + "</div>")
 
-    def table(self, df: pd.DataFrame, caption: str = "", n_col: str | None = "n_episodes",
-              floatfmt: str = "{:.4g}") -> None:
+    def table(
+        self,
+        df: pd.DataFrame,
+        caption: str = "",
+        n_col: str | None = "n_episodes",
+        floatfmt: str = "{:.4g}",
+    ) -> None:
         """A table of aggregates (small cells suppressed via ``n_col`` when present)."""
         if n_col is not None:
             df = suppress_small_cells(df, n_col)
@@ -117,10 +125,14 @@ class Report:
             return html.escape(str(v))
 
         head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
-        body = "".join("<tr>" + "".join(f"<td>{fmt(v)}</td>" for v in row) + "</tr>"
-                       for row in df.itertuples(index=False))
+        body = "".join(
+            "<tr>" + "".join(f"<td>{fmt(v)}</td>" for v in row) + "</tr>"
+            for row in df.itertuples(index=False)
+        )
         cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
-        self._cur().append(f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        self._cur().append(
+            f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        )
 
     def figure(self, fig: Any, name: str, caption: str = "") -> None:
         """Embed a matplotlib figure (and write ``name``.png/.svg to ``figure_dir``)."""
@@ -136,20 +148,26 @@ class Report:
         data = base64.b64encode(buf.getvalue()).decode("ascii")
         self._n_figures += 1
         cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
-        self._cur().append(f'<figure id="fig-{html.escape(name)}"><img alt="{html.escape(name)}" '
-                           f'src="data:image/png;base64,{data}">{cap}</figure>')
+        self._cur().append(
+            f'<figure id="fig-{html.escape(name)}"><img alt="{html.escape(name)}" '
+            f'src="data:image/png;base64,{data}">{cap}</figure>'
+        )
 
     def render(self) -> str:
         """The whole document as a string."""
         nav = "".join(f'<a href="#{a}">{html.escape(t)}</a>' for a, t, _ in self._sections)
-        secs = "".join(f'<section id="{a}"><h2>{html.escape(t)}</h2>{"".join(parts)}</section>'
-                       for a, t, parts in self._sections)
+        secs = "".join(
+            f'<section id="{a}"><h2>{html.escape(t)}</h2>{"".join(parts)}</section>'
+            for a, t, parts in self._sections
+        )
         stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-        return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-                f"<title>{html.escape(self.title)}</title><style>{_CSS}</style></head><body>"
-                f"<header><h1>{html.escape(self.title)}</h1><p>{html.escape(self.subtitle)} · "
-                f"generated {stamp} · cells with fewer than {MIN_CELL} episodes suppressed</p>"
-                f"</header><nav>{nav}</nav><main>{secs}</main></body></html>")
+        return (
+            '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+            f"<title>{html.escape(self.title)}</title><style>{_CSS}</style></head><body>"
+            f"<header><h1>{html.escape(self.title)}</h1><p>{html.escape(self.subtitle)} · "
+            f"generated {stamp} · cells with fewer than {MIN_CELL} episodes suppressed</p>"
+            f"</header><nav>{nav}</nav><main>{secs}</main></body></html>"
+        )
 
     def write(self, path: str | Path) -> Path:
         """Write the report atomically."""
