@@ -15,7 +15,7 @@ from equicare.exceptions import DataValidationError, DataWarning
 from ..conftest import make_frame
 
 
-def check(frame, manifest_dict, *fragments):
+def assert_invalid(frame, manifest_dict, *fragments):
     with pytest.raises(DataValidationError) as info:
         from_frame(frame, manifest_dict, source="panel.csv", emit_warnings=False)
     text = str(info.value)
@@ -31,7 +31,7 @@ def test_valid_frame_has_no_errors(frame, manifest_dict):
 
 def test_missing_column_suggests(frame, manifest_dict):
     frame = frame.rename(columns={"risk": "riks"})
-    check(
+    assert_invalid(
         frame,
         manifest_dict,
         "panel.csv: column 'risk' (named by dataset.states",
@@ -42,24 +42,24 @@ def test_missing_column_suggests(frame, manifest_dict):
 
 def test_duplicated_column(frame, manifest_dict):
     dup = pd.concat([frame, frame[["risk"]]], axis=1)
-    check(dup, manifest_dict, "column 'risk' appears 2 times")
+    assert_invalid(dup, manifest_dict, "column 'risk' appears 2 times")
 
 
 def test_empty_table(frame, manifest_dict):
-    check(frame.iloc[:0], manifest_dict, "the table is empty")
+    assert_invalid(frame.iloc[:0], manifest_dict, "the table is empty")
 
 
 def test_non_numeric_state(frame, manifest_dict):
     frame["risk"] = frame["risk"].astype(object)
     frame.loc[3, "risk"] = "high"
-    err = check(frame, manifest_dict, "column 'risk' (state) must be numeric", "1 row (first: 3;")
+    err = assert_invalid(frame, manifest_dict, "column 'risk' (state) must be numeric", "1 row (first: 3;")
     assert len(err.problems) == 1
 
 
 def test_nan_and_inf_states(frame, manifest_dict):
     frame.loc[[4, 9], "engagement"] = np.nan
     frame.loc[2, "engagement"] = np.inf
-    check(
+    assert_invalid(
         frame,
         manifest_dict,
         "column 'engagement' (state) has NaN or infinite values in 3 rows (first: 2, 4, 9;",
@@ -69,7 +69,7 @@ def test_nan_and_inf_states(frame, manifest_dict):
 
 def test_unknown_action_label(frame, manifest_dict):
     frame.loc[[5, 7], "modality"] = "telepathy"
-    check(
+    assert_invalid(
         frame,
         manifest_dict,
         "column 'modality' (action component 'modality') has values not "
@@ -88,7 +88,7 @@ def test_integer_action_codes_accepted(frame, manifest_dict):
 
 def test_duplicate_keys(frame, manifest_dict):
     dup = pd.concat([frame, frame.iloc[[0]]], ignore_index=True)
-    check(
+    assert_invalid(
         dup,
         manifest_dict,
         "duplicate (member_id, week) keys in 1 row",
@@ -102,7 +102,7 @@ def test_time_gaps(frame, manifest_dict):
     m = counts[counts >= 3].index[0]
     rows = frame[frame.member_id == m].sort_values("week")
     frame = frame.drop(index=rows.index[1])
-    check(
+    assert_invalid(
         frame,
         manifest_dict,
         "gaps in column 'week' within an episode at 1 row",
@@ -113,14 +113,14 @@ def test_time_gaps(frame, manifest_dict):
 def test_non_integer_time(frame, manifest_dict):
     frame["week"] = frame["week"].astype(float)
     frame.loc[0, "week"] = 1.5
-    check(frame, manifest_dict, "column 'week' (time) must hold integers; 1 row (first: 0;")
+    assert_invalid(frame, manifest_dict, "column 'week' (time) must hold integers; 1 row (first: 0;")
 
 
 def test_group_changes_within_episode(frame, manifest_dict):
     m = frame.member_id.value_counts().index[0]
     idx = frame.index[frame.member_id == m][1]
     frame.loc[idx, "race"] = "zzz"
-    check(
+    assert_invalid(
         frame,
         manifest_dict,
         "column 'race' (group attribute) changes within an episode in 1 row",
@@ -132,13 +132,13 @@ def test_need_changes_within_episode(frame, manifest_dict):
     m = frame.member_id.value_counts().index[0]
     rows = frame.index[frame.member_id == m]
     frame.loc[rows[0], "high_need"] = 1 - frame.loc[rows[1], "high_need"]
-    check(frame, manifest_dict, "column 'high_need' (need flag) changes within an episode")
+    assert_invalid(frame, manifest_dict, "column 'high_need' (need flag) changes within an episode")
 
 
 @pytest.mark.parametrize("bad", [0.0, 1.2, -0.1, np.nan])
 def test_propensity_range(frame, manifest_dict, bad):
     frame.loc[6, "propensity"] = bad
-    check(
+    assert_invalid(
         frame,
         manifest_dict,
         "column 'propensity' (behaviour propensity) must lie in (0, 1]; 1 row (first: 6;",
@@ -147,14 +147,14 @@ def test_propensity_range(frame, manifest_dict, bad):
 
 def test_non_finite_reward(frame, manifest_dict):
     frame.loc[1, "r_engagement"] = np.nan
-    check(frame, manifest_dict, "column 'r_engagement' (reward component 'engagement') has NaN")
+    assert_invalid(frame, manifest_dict, "column 'r_engagement' (reward component 'engagement') has NaN")
 
 
 def test_bad_terminal(frame, manifest_dict):
     manifest_dict["dataset"]["terminal"] = "done"
     frame["done"] = 0
     frame.loc[8, "done"] = 2
-    check(
+    assert_invalid(
         frame, manifest_dict, "column 'done' (terminal) must be 0/1 or true/false; 1 row (first: 8;"
     )
 
@@ -162,7 +162,7 @@ def test_bad_terminal(frame, manifest_dict):
 def test_many_problems_counted(frame, manifest_dict):
     frame.loc[1, "r_engagement"] = np.nan
     frame.loc[6, "propensity"] = 0.0
-    err = check(frame, manifest_dict, "2 problems in panel.csv")
+    err = assert_invalid(frame, manifest_dict, "2 problems in panel.csv")
     assert len(err.problems) == 2
 
 

@@ -191,14 +191,14 @@ class CareReferencePolicy:
         p = np.zeros(n, dtype=np.int64)
         g = np.full(n, G_CHRONIC, dtype=np.int64)
         u = np.full(n, ROUTINE, dtype=np.int64)
-        todo = np.ones(n, dtype=bool)
+        pending = np.ones(n, dtype=bool)
 
         def rule(cond: NDArray[np.bool_], mm: int, pp: int, gg: int,
                  uu: int | NDArray[np.int64]) -> None:
-            hit = todo & cond
+            hit = pending & cond
             m[hit], p[hit], g[hit] = mm, pp, gg
             u[hit] = uu if isinstance(uu, int) else uu[hit]
-            todo[hit] = False
+            pending[hit] = False
 
         rule(risk >= 0.6, PHONE, RN, G_COORD, URGENT)
         rule(sdoh >= 0.45, HOME, CHW, G_SOCIAL, np.where(sdoh >= 0.7, SEMI, ROUTINE))
