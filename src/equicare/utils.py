@@ -7,8 +7,9 @@ import math
 import os
 import tempfile
 from collections.abc import Iterator
+from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -24,6 +25,8 @@ __all__ = [
     "atomic_write_text",
     "PARAM_MESSAGE",
     "MIN_CELL",
+    "config_to_dict",
+    "config_from_dict",
 ]
 
 RandomState = int | np.random.Generator | None
@@ -178,3 +181,18 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     with atomic_write(path, "w") as fh:
         fh.write(text)
+
+
+C = TypeVar("C")
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """JSON-friendly dictionary of a config dataclass (tuple fields become lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
+
+
+def config_from_dict(cls: type[C], d: dict[str, Any]) -> C:
+    """Rebuild a config dataclass from :func:`config_to_dict` output (lists back to tuples)."""
+    tuple_fields = {f.name for f in fields(cls) if "tuple" in str(f.type)}  # type: ignore[arg-type]
+    return cls(**{k: tuple(v) if k in tuple_fields and isinstance(v, list) else v
+                  for k, v in d.items()})

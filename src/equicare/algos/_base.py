@@ -13,8 +13,9 @@ import json
 import math
 import os
 import time
+from abc import ABCMeta, abstractmethod
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -41,6 +42,8 @@ from equicare.utils import (
     atomic_write_text,
     check_is_fitted,
     check_param,
+    config_from_dict,
+    config_to_dict,
 )
 
 __all__ = ["LearnerConfig", "OfflineLearner", "load_learner", "LEARNERS"]
@@ -50,10 +53,6 @@ LEARNERS: dict[str, type[OfflineLearner]] = {}
 
 CHECKPOINT_JSON = "checkpoint.json"
 CHECKPOINT_WEIGHTS = "checkpoint.safetensors"
-
-
-def _tuple_fields(cls: type) -> set[str]:
-    return {f.name for f in fields(cls) if "tuple" in str(f.type)}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -200,7 +199,7 @@ class LearnerConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dictionary (tuples as lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> LearnerConfig:
@@ -209,13 +208,10 @@ class LearnerConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"Unknown {cls.__name__} keys {unknown}; known: {sorted(known)}.")
-        tup = _tuple_fields(cls)
-        kw: dict[str, Any] = {k: tuple(v) if k in tup and isinstance(v, list) else v
-                              for k, v in d.items()}
-        return cls(**kw)
+        return config_from_dict(cls, dict(d))
 
 
-class OfflineLearner(BaseEstimator):  # type: ignore[misc]
+class OfflineLearner(BaseEstimator, metaclass=ABCMeta):  # type: ignore[misc]
     """Base of :class:`BC`, :class:`AWR` and :class:`CQL` (see each for the algorithm).
 
     Parameters
@@ -263,6 +259,7 @@ class OfflineLearner(BaseEstimator):  # type: ignore[misc]
             LEARNERS[cls.algo] = cls
 
     # ================================================================== subclass hooks
+    @abstractmethod
     def _networks(self, base: dict[str, Any], critic_base: dict[str, Any]
                   ) -> dict[str, Network]:
         """Networks of the learner, ``{"policy": ..., ...}``.
@@ -270,7 +267,7 @@ class OfflineLearner(BaseEstimator):  # type: ignore[misc]
         ``base`` holds the spec fields shared by every network, ``critic_base`` the same for
         the networks in :attr:`critic_nets` (their input may also hold the group one-hot).
         """
-        raise NotImplementedError
+        ...
 
     def _critic_groups(self) -> bool:
         """Whether the critics see the group attribute (training only; the policy never does)."""
@@ -280,13 +277,15 @@ class OfflineLearner(BaseEstimator):  # type: ignore[misc]
         """Optimiser name -> networks it updates (default: one optimiser per non-target net)."""
         return {k: [k] for k in self.nets_ if not k.endswith("target")}
 
+    @abstractmethod
     def _update(self, data: TrainData, rows: Tensor, step: int) -> dict[str, Tensor]:
         """One gradient step on the mini-batch ``rows``; returns detached losses."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _valid_loss(self, data: TrainData) -> float:
         """Mean validation loss (lower is better)."""
-        raise NotImplementedError
+        ...
 
     def _policy_mode(self) -> tuple[Literal["softmax", "greedy"], float]:
         """Mode and temperature of the policy read from the policy network."""

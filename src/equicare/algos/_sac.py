@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,7 +32,7 @@ import torch
 from numpy.typing import ArrayLike
 from torch import Tensor, nn
 
-from equicare.utils import PARAM_MESSAGE
+from equicare.utils import PARAM_MESSAGE, config_from_dict, config_to_dict
 
 __all__ = ["SACConfig", "DiscreteSAC", "td_target", "discrete_target_entropy", "MLP"]
 
@@ -161,17 +161,12 @@ class SACConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dictionary."""
-        d = asdict(self)
-        d["hidden"] = list(self.hidden)
-        return d
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SACConfig:
         """Inverse of :meth:`to_dict`."""
-        d = dict(d)
-        if "hidden" in d:
-            d["hidden"] = tuple(d["hidden"])
-        return cls(**d)
+        return config_from_dict(cls, d)
 
 
 class DiscreteSAC(nn.Module):

@@ -25,7 +25,7 @@ import json
 import math
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,8 @@ from equicare.utils import (
     atomic_write_text,
     check_is_fitted,
     check_random_state,
+    config_from_dict,
+    config_to_dict,
 )
 
 __all__ = [
@@ -261,17 +263,12 @@ class DynamicsConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dictionary."""
-        d = asdict(self)
-        d["hidden"] = list(self.hidden)
-        return d
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DynamicsConfig:
         """Inverse of :meth:`to_dict`."""
-        d = dict(d)
-        if "hidden" in d:
-            d["hidden"] = tuple(d["hidden"])
-        return cls(**d)
+        return config_from_dict(cls, d)
 
 
 # ---------------------------------------------------------------------------- learner

@@ -34,14 +34,21 @@ episode). Function classes:
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
-from equicare.utils import PARAM_MESSAGE, RandomState, check_param, check_random_state
+from equicare.utils import (
+    PARAM_MESSAGE,
+    RandomState,
+    check_param,
+    check_random_state,
+    config_from_dict,
+    config_to_dict,
+)
 
 __all__ = ["FQEConfig", "QFit", "fit_fqe", "QModel"]
 
@@ -132,17 +139,12 @@ class FQEConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dictionary."""
-        d = asdict(self)
-        d["hidden"] = list(self.hidden)
-        return d
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FQEConfig:
         """Inverse of :meth:`to_dict`."""
-        d = dict(d)
-        if "hidden" in d:
-            d["hidden"] = tuple(d["hidden"])
-        return cls(**d)
+        return config_from_dict(cls, d)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ shared by every policy and budget of a :func:`plan` call.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -21,7 +21,13 @@ from equicare.rmab._curves import unit_curves
 from equicare.rmab._domain import RMABDomain
 from equicare.rmab._metrics import gini, se
 from equicare.rmab._whittle import check_indexability, index_cells, unique_arms
-from equicare.utils import PARAM_MESSAGE, RandomState, check_random_state
+from equicare.utils import (
+    PARAM_MESSAGE,
+    RandomState,
+    check_random_state,
+    config_from_dict,
+    config_to_dict,
+)
 
 __all__ = ["PlanConfig", "SimulationResult", "PolicySummary", "PlanResult", "simulate", "plan",
            "POLICIES", "resolve_budget"]
@@ -115,17 +121,12 @@ class PlanConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict (round-trips through :meth:`from_dict`)."""
-        d = asdict(self)
-        d["index_bounds"] = list(self.index_bounds)
-        return d
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PlanConfig:
         """Rebuild from :meth:`to_dict` output."""
-        d = dict(d)
-        if "index_bounds" in d:
-            d["index_bounds"] = tuple(d["index_bounds"])
-        return cls(**d)
+        return config_from_dict(cls, d)
 
 
 def resolve_budget(budget: int | float, n_arms: int, owner: str = "plan") -> int:
