@@ -18,6 +18,11 @@ $(VENV)/.dev: $(VENV)/.base
 	$(PIP) install -q -e '.[dev]'
 	touch $@
 
+# the slow suite also runs the Ray executor checks, so it needs the optional extra
+$(VENV)/.ray: $(VENV)/.dev
+	$(PIP) install -q -e '.[dev,ray]'
+	touch $@
+
 install: $(VENV)/.base
 dev: $(VENV)/.dev
 
@@ -27,7 +32,7 @@ demo: $(VENV)/.base
 test: $(VENV)/.dev
 	$(PY) -m pytest -q -p no:cacheprovider
 
-test-slow: $(VENV)/.dev
+test-slow: $(VENV)/.ray
 	$(PY) -m pytest -q -p no:cacheprovider -m slow
 
 test-browser: $(VENV)/.dev

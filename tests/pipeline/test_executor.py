@@ -1,14 +1,47 @@
+"""Executors: serial, local pool and Ray give the same numbers for the same seeds.
+
+The Ray checks need the extra (``pip install 'equicare[ray]'``; ``make test-slow`` installs it) and
+are skipped without it. They run with a throwaway auth token in the environment (nothing is
+written to ``~/.ray``), no dashboard and usage statistics off, so they need no network.
+"""
+
 from __future__ import annotations
 
-import numpy as np
-import pytest
+import importlib.util
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
-from equicare.pipeline import get_executor
-from equicare.pipeline._executor import LocalExecutor
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from equicare.cli import app
+from equicare.pipeline import RayExecutor, RunStore, get_executor, load_run_config
+from equicare.pipeline._executor import RAY_NO_CLUSTER, LocalExecutor
+
+from .test_run import tiny_config
+
+GRID = {"learner.n_steps": [20, 40], "reward.engagement": [0.0, 0.3]}
+SWEEP_COLUMNS = ["learner.n_steps", "reward.engagement", "behavior", "wis", "dr", "wdr"]
 
 
 def _task(seed: int) -> float:
     return float(np.random.default_rng(seed).normal(size=100).mean())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def test_local_pool_equals_serial():
@@ -18,19 +51,206 @@ def test_local_pool_equals_serial():
     assert serial == pooled
 
 
-def test_bad_arguments():
-    with pytest.raises(ValueError, match="The 'executor' parameter of get_executor must be one of"):
-        get_executor("spark")
-    with pytest.raises(ValueError, match="The 'jobs' parameter of LocalExecutor"):
-        LocalExecutor(jobs=0)
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: get_executor("spark"), "The 'executor' parameter of get_executor must be one of"),
+        (lambda: LocalExecutor(jobs=0), "The 'jobs' parameter of LocalExecutor"),
+        (
+            lambda: RayExecutor(address="head-node"),
+            "The 'address' parameter of RayExecutor must be 'auto', 'local' or 'HOST:PORT'. "
+            "Got 'head-node' instead.",
+        ),
+        (
+            lambda: RayExecutor(address="local", num_cpus=0),
+            "The 'num_cpus' parameter of RayExecutor must be a positive int or None. "
+            "Got 0 instead.",
+        ),
+    ],
+)
+def test_bad_arguments(make, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        make()
+
+
+# ---------------------------------------------------------------------------------------------
+# Ray (optional extra)
+
+
+@pytest.fixture(scope="module")
+def ray() -> Iterator[Any]:
+    """Ray, imported under a test-only environment; any session is shut down afterwards."""
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("Ray is an optional extra: pip install 'equicare[ray]'")
+    with pytest.MonkeyPatch.context() as mp:
+        # set before Ray is imported: its config reads the auth mode once
+        mp.setenv("RAY_USAGE_STATS_ENABLED", "0")
+        mp.setenv("RAY_AUTH_MODE", "token")
+        mp.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
+        mp.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+        mp.delenv("RAY_ADDRESS", raising=False)
+        import ray as ray_module
+
+        yield ray_module
+        ray_module.shutdown()
+
+
+@pytest.fixture(scope="module")
+def local_sweep(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
+    """The reference numbers: the tiny sweep on the local process pool (jobs=2)."""
+    from equicare.pipeline._sweep import run_sweep
+
+    d = tmp_path_factory.mktemp("local_sweep")
+    cfg = load_run_config(tiny_config(d))
+    t0 = time.perf_counter()
+    out = run_sweep(cfg, GRID, executor=get_executor("local", jobs=2), progress=False)
+    print(
+        f"\n[timing] sweep of 4 points, local executor (jobs=2): {time.perf_counter() - t0:.1f} s"
+    )
+    return out.table
 
 
 @pytest.mark.slow
-def test_ray_equals_local():
-    pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'equicare[ray]'")
-    from equicare.pipeline._executor import RayExecutor
+def test_ray_without_cluster_says_how_to_fix(ray, monkeypatch, tmp_path):
+    from ray._private.services import find_gcs_addresses
 
-    seeds = [5, 6, 7]
-    assert RayExecutor(address="local", num_cpus=2).map(_task, seeds) == get_executor("serial").map(
-        _task, seeds
+    if ray.is_initialized() or find_gcs_addresses():
+        pytest.skip("a Ray cluster is running on this machine")
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))  # no ray_current_cluster file here
+    for address in ("auto", f"127.0.0.1:{_free_port()}"):
+        with pytest.raises(ValueError, match=re.escape(RAY_NO_CLUSTER.format(address=address))):
+            RayExecutor(address=address).map(_task, [1])
+    res = CliRunner().invoke(
+        app,
+        [
+            "sweep",
+            str(tiny_config(tmp_path)),
+            "--grid",
+            "learner.n_steps=[20]",
+            "--executor",
+            "ray",
+            "--address",
+            "auto",
+            "--store",
+            str(tmp_path / "runs"),
+        ],
     )
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "ray start --head" in res.output
+    assert not (tmp_path / "runs").exists() or RunStore(tmp_path / "runs").list_runs().empty
+
+
+@pytest.mark.slow
+def test_ray_equals_local(ray):
+    seeds = list(range(7))  # more tasks than CPUs: results must still come back in input order
+    with RayExecutor(address="local", num_cpus=2) as ex:
+        assert ex.n_workers == 2
+        assert ex.map(_task, seeds) == get_executor("serial").map(_task, seeds)
+    assert not ray.is_initialized()  # the session it started is gone
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.EquicareWarning")
+def test_ray_sweep_equals_local(ray, local_sweep, tmp_path):
+    from equicare.pipeline._sweep import run_sweep
+
+    cfg = load_run_config(tiny_config(tmp_path))
+    t0 = time.perf_counter()
+    with RayExecutor(address="local", num_cpus=2) as ex:
+        out = run_sweep(cfg, GRID, executor=ex, progress=False)
+    print(
+        f"\n[timing] same sweep, ray executor (local cluster, 2 CPUs, incl. start-up): "
+        f"{time.perf_counter() - t0:.1f} s"
+    )
+    assert "true_value" in out.table
+    pd.testing.assert_frame_equal(out.table, local_sweep, check_exact=True)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.EquicareWarning")
+def test_ray_sweep_cli(ray, local_sweep, tmp_path):
+    cfg = tiny_config(tmp_path)
+    args = ["sweep", str(cfg), "--executor", "ray", "--address", "local", "--jobs", "2"]
+    for k, v in GRID.items():
+        args += ["--grid", f"{k}=[{','.join(map(str, v))}]"]
+    t0 = time.perf_counter()
+    res = CliRunner().invoke(app, [*args, "--store", str(tmp_path / "runs"), "--quiet"])
+    print(
+        f"\n[timing] same sweep, `equicare sweep --executor ray --address local --jobs 2`: "
+        f"{time.perf_counter() - t0:.1f} s"
+    )
+    assert res.exit_code == 0, res.output
+    assert not ray.is_initialized()  # the sweep shut down the cluster it started
+    store = RunStore(tmp_path / "runs")
+    run = store.get_run(store.list_runs()["run_id"].iloc[0])
+    assert run["status"] == "finished"
+    assert run["config"]["base"]["output"]["executor"] == "ray"
+    table = pd.read_csv(store.run_dir(run["run_id"]) / "sweep.csv")
+    # the CSV round trip keeps 17 significant digits, so the numbers match exactly
+    pd.testing.assert_frame_equal(table[SWEEP_COLUMNS], local_sweep[SWEEP_COLUMNS])
+
+
+@pytest.mark.slow
+def test_ray_connects_to_running_cluster(ray, tmp_path):
+    """``ray start --head`` on a free loopback port, then RayExecutor(address="127.0.0.1:PORT")."""
+    ray_cli = Path(sys.executable).with_name("ray")
+    if not ray_cli.is_file():
+        ray_cli = Path(shutil.which("ray") or "ray")
+    port = _free_port()
+    head = subprocess.Popen(
+        [
+            str(ray_cli),
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            "--num-cpus=1",
+            "--include-dashboard=false",
+            "--node-ip-address=127.0.0.1",
+            "--disable-usage-stats",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group, so cleanup reaches every Ray process
+    )
+    try:
+        t0 = time.perf_counter()
+        # a session left by an earlier executor with other settings is replaced, not reused
+        RayExecutor(address="local", num_cpus=1).map(_task, [0])
+        ex = RayExecutor(address=f"127.0.0.1:{port}")
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                got = ex.map(_task, [3, 4, 5])
+                break
+            except ValueError:
+                if time.monotonic() > deadline or head.poll() is not None:
+                    raise
+                time.sleep(1)  # the head node is still starting
+        print(
+            f"\n[timing] ray start --head + connect by 127.0.0.1:{port} + 3 tasks: "
+            f"{time.perf_counter() - t0:.1f} s"
+        )
+        assert got == get_executor("serial").map(_task, [3, 4, 5])
+        assert ray.cluster_resources()["CPU"] == 1  # the started head node, not the local one
+        ex.shutdown()  # disconnects this driver; the cluster keeps running
+        assert not ray.is_initialized() and head.poll() is None
+    finally:
+        ray.shutdown()
+        _stop_process_group(head)
+
+
+def _stop_process_group(proc: subprocess.Popen[bytes]) -> None:
+    import os
+    import signal
+
+    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue

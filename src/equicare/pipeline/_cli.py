@@ -53,16 +53,23 @@ def register(app: typer.Typer) -> None:
         config: Annotated[Path, typer.Argument(help="Run configuration TOML.")],
         grid: Annotated[
             list[str],
-            typer.Option(help="Grid axis 'section.key=[v1,v2,...]' (repeat for more axes)."),
+            typer.Option(help="Grid axis 'section.key=\\[v1,v2,...]' (repeat for more axes)."),
         ],
         executor: Annotated[
             str | None,
             typer.Option(help="local (process pool), serial or ray (default: output.executor)."),
         ] = None,
-        jobs: Annotated[int | None, typer.Option(help="Worker processes (local) or CPUs.")] = None,
+        jobs: Annotated[
+            int | None,
+            typer.Option(help="Worker processes (local), or CPUs of a Ray cluster started here."),
+        ] = None,
         address: Annotated[
-            str, typer.Option(help="Ray address: auto, local or HOST:PORT.")
-        ] = "auto",
+            str | None,
+            typer.Option(
+                help="Ray address: auto (a running cluster), local (start one here with --jobs "
+                "CPUs) or HOST:PORT (default: output.address)."
+            ),
+        ] = None,
         store: Annotated[Path | None, typer.Option(help="Run store folder.")] = None,
         quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
     ) -> None:
@@ -70,18 +77,18 @@ def register(app: typer.Typer) -> None:
 
         Example: equicare sweep examples/care_demo.toml --grid 'learner.window=[2,4,6,8]'
         --grid 'reward.engagement=[0,0.1,0.3,0.5]' --jobs 2
+        (on Ray: --executor ray --address auto)
         """
-        from equicare.pipeline import get_executor, load_run_config, parse_grid
+        from equicare.pipeline import load_run_config, parse_grid
         from equicare.pipeline._sweep import run_sweep
 
         with user_errors():
             cfg = load_run_config(config)
             axes = dict(parse_grid(g) for g in grid)
-            o = cfg["output"]
-            ex = get_executor(
-                executor or o["executor"], jobs if jobs is not None else o["jobs"], address
-            )
-            res = run_sweep(cfg, axes, executor=ex, store_root=store, progress=not quiet)
+            given = {"executor": executor, "jobs": jobs, "address": address}
+            cfg = cfg.with_overrides({f"output.{k}": v for k, v in given.items() if v is not None})
+            # run_sweep builds the executor from output.* and shuts down a Ray session it opens
+            res = run_sweep(cfg, axes, store_root=store, progress=not quiet)
         from rich.table import Table
 
         t = Table(title=f"Sweep {res.run_id}")

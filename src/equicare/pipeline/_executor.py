@@ -13,7 +13,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
-from equicare.utils import check_param
+from equicare.utils import PARAM_MESSAGE, check_param
 
 __all__ = ["Executor", "LocalExecutor", "RayExecutor", "SerialExecutor", "get_executor"]
 
@@ -82,34 +82,147 @@ class LocalExecutor:
             return list(pool.map(fn, seq))
 
 
+RAY_MISSING = "The ray executor needs Ray: pip install 'equicare[ray]'."
+RAY_NO_CLUSTER = (
+    "No Ray cluster answers at address {address!r}. Start one with `ray start --head` "
+    "(then pass --address auto or HOST:PORT), or pass --address local to start one on this "
+    "machine for this run."
+)
+
+# The session this module started with ray.init, as (address, num_cpus); None when Ray was
+# initialised by the caller or not at all. Used to reuse, replace or shut down our own session.
+_ray_session: list[tuple[str, int | None]] = []
+
+
 @dataclass(frozen=True)
 class RayExecutor:
     """Tasks on a Ray cluster (``pip install 'equicare[ray]'``).
 
+    The first ``map`` connects (or starts a local cluster) and the session is kept for later
+    calls with the same settings; an executor with other settings shuts that session down and
+    opens its own. ``shutdown()`` (or leaving a ``with RayExecutor(...)`` block) ends a session
+    this executor opened; a local cluster it started stops with it. If the caller already ran
+    ``ray.init`` itself, tasks go to that session and ``address`` is not used.
+
+    A cluster started here has no dashboard, and usage statistics are off unless
+    ``RAY_USAGE_STATS_ENABLED`` says otherwise, so nothing is sent over the network.
+
     Parameters
     ----------
     address : str
-        ``"auto"`` (a running cluster), ``"local"`` (start one here) or ``"HOST:PORT"``.
+        ``"auto"`` (the cluster ``ray start`` runs on this machine, or ``RAY_ADDRESS``),
+        ``"local"`` (start a cluster here) or ``"HOST:PORT"`` of a cluster's head node.
     num_cpus : int, optional
-        CPUs of a locally started cluster.
+        CPUs of a locally started cluster (ignored when connecting to a running one).
+
+    Examples
+    --------
+    >>> with RayExecutor(address="local", num_cpus=2) as ex:  # doctest: +SKIP
+    ...     ex.map(abs, [-1, -2])
+    [1, 2]
     """
 
     address: str = "auto"
     num_cpus: int | None = None
 
+    def __post_init__(self) -> None:
+        expected = "'auto', 'local' or 'HOST:PORT'"
+        check_param(self.address, "address", "RayExecutor", kind=str, expected=expected)
+        if self.address not in ("auto", "local") and _host_port(self.address) is None:
+            raise ValueError(
+                PARAM_MESSAGE.format(
+                    name="address", owner="RayExecutor", expected=expected, got=self.address
+                )
+            )
+        check_param(
+            self.num_cpus,
+            "num_cpus",
+            "RayExecutor",
+            kind=int,
+            low=1,
+            allow_none=True,
+            expected="a positive int or None",
+        )
+
+    @property
+    def n_workers(self) -> int:
+        """CPUs of the cluster (connects on first use)."""
+        ray = self._connect()
+        return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
     def map(self, fn: Callable[[Any], R], items: Iterable[Any]) -> list[R]:
         """Apply ``fn`` to every item as Ray tasks; results in input order."""
+        seq: Sequence[Any] = list(items)
+        if not seq:
+            return []
+        ray = self._connect()
+        remote = ray.remote(fn)
+        return list(ray.get([remote.remote(x) for x in seq]))
+
+    def shutdown(self) -> None:
+        """End the Ray session this module opened (a no-op for a session the caller opened)."""
+        if not _ray_session:
+            return
+        import ray
+
+        ray.shutdown()
+        _ray_session.clear()
+
+    def __enter__(self) -> RayExecutor:
+        """Use as a context manager that shuts its session down on exit."""
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Shut down the session this executor opened."""
+        self.shutdown()
+
+    def _connect(self) -> Any:
         try:
             import ray
         except ImportError as exc:  # pragma: no cover - depends on the extra
-            raise ValueError("The ray executor needs Ray: pip install 'equicare[ray]'.") from exc
-        if not ray.is_initialized():
-            if self.address == "local":
-                ray.init(num_cpus=self.num_cpus, include_dashboard=False, log_to_driver=False)
-            else:
+            raise ValueError(RAY_MISSING) from exc
+        key = (self.address, self.num_cpus if self.address == "local" else None)
+        if ray.is_initialized():
+            if not _ray_session or _ray_session[0] == key:
+                return ray  # the caller's own session, or ours with the same settings
+            self.shutdown()
+        if self.address == "local":
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+            ray.init(
+                address="local",
+                num_cpus=self.num_cpus,
+                include_dashboard=False,
+                log_to_driver=False,
+            )
+        else:
+            hp = _host_port(self.address)
+            if hp is not None and not _answers(*hp):
+                raise ValueError(RAY_NO_CLUSTER.format(address=self.address))
+            try:
                 ray.init(address=self.address, log_to_driver=False)
-        remote = ray.remote(fn)
-        return list(ray.get([remote.remote(x) for x in items]))
+            except ConnectionError as exc:
+                raise ValueError(RAY_NO_CLUSTER.format(address=self.address)) from exc
+        _ray_session[:] = [key]
+        return ray
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """``("host", port)`` of ``"HOST:PORT"`` (or ``"ray://HOST:PORT"``), else None."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host.strip("[]"), int(port)
+
+
+def _answers(host: str, port: int, timeout: float = 5.0) -> bool:
+    """Whether something accepts TCP connections at ``host:port`` (Ray would wait minutes)."""
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def get_executor(

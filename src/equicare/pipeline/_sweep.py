@@ -36,13 +36,24 @@ class SweepOutcome:
 
 
 def sweep_point(task: tuple[dict[str, Any], str, str, dict[str, Any]]) -> dict[str, Any]:
-    """Train and evaluate one grid point (a top-level function so executors can ship it)."""
-    import torch
+    """Train and evaluate one grid point (a top-level function so executors can ship it).
 
+    Torch and BLAS run on one thread, so the sums are taken in the same order whether the point
+    runs in-process, in a local worker or on a Ray worker (which limits threads to its CPUs), on
+    any number of cores: the same seeds give bit-identical numbers on every executor.
+    """
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(1)
+    with threadpool_limits(limits=1):
+        return _sweep_point(task)
+
+
+def _sweep_point(task: tuple[dict[str, Any], str, str, dict[str, Any]]) -> dict[str, Any]:
     from equicare.ope import evaluate
     from equicare.pipeline._run import build_learner, load_run_data
 
-    torch.set_num_threads(1)
     raw, source, base_dir, overrides = task
     cfg = RunConfig.from_dict(raw, source, Path(base_dir))
     seed = int(cfg["seed"])
@@ -94,7 +105,8 @@ def run_sweep(
     grid : dict of str to list
         e.g. ``{"learner.window": [2, 4, 6, 8], "reward.engagement": [0, 0.1, 0.3, 0.5]}``.
     executor : Executor, optional
-        Default: the config's ``output.executor`` with ``output.jobs``.
+        Default: the config's ``output.executor`` with ``output.jobs`` and ``output.address``;
+        a Ray session that default opens is shut down when the sweep ends.
     """
     keys = list(grid)
     combos = [dict(zip(keys, vals, strict=True)) for vals in itertools.product(*grid.values())]
@@ -104,6 +116,9 @@ def run_sweep(
         tasks.append((c.to_dict(), cfg.source, str(cfg.base_dir), ov))
     o = cfg["output"]
     ex = executor or get_executor(o["executor"], o["jobs"], o["address"])
+    # submit in chunks so the bar moves while keeping the executor's ordering; asking a Ray
+    # executor for its CPUs connects to the cluster, so a missing one fails before the run starts
+    chunk = max(1, getattr(ex, "n_workers", 1))
     root = Path(store_root) if store_root is not None else cfg.resolve(o["store"])
     store = RunStore(root)
     run_id = store.start(
@@ -117,8 +132,6 @@ def run_sweep(
             f"sweep ({len(tasks)} points)", total=len(tasks), enabled=progress
         ) as bar:
             rows = []
-            # submit in chunks so the bar moves while keeping the executor's ordering
-            chunk = max(1, getattr(ex, "n_workers", 1))
             for i in range(0, len(tasks), chunk):
                 rows += ex.map(sweep_point, tasks[i : i + chunk])
                 bar.update(advance=len(tasks[i : i + chunk]))
@@ -150,6 +163,9 @@ def run_sweep(
             run_id, "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", str(exc)
         )
         raise
+    finally:
+        if executor is None and hasattr(ex, "shutdown"):
+            ex.shutdown()  # a Ray session this sweep opened for itself
     return SweepOutcome(run_id, final, final / report.name, table)
 
 
