@@ -7,7 +7,10 @@ carries ``done = 1``). The value of a stationary policy is exact:
     V = (I - gamma (1 - p_end) P_pi)^{-1} R_pi,   value = mu @ V.
 
 Groups "A" and "B" start from different state distributions (so that allocations differ by group)
-and, optionally, respond differently to actions of level 3 (``group_effect``).
+and, optionally, respond differently to actions (``group_effect``): group B's reward is lowered by
+``group_effect`` for every action whose level is not ``l1``, so that with the group hidden from
+the policy the two groups want different actions in the same state (a real trade-off for a
+group-robust learner). ``share_b`` is group B's share of the episodes.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ class TabularMDP:
     behaviour_noise: float = 1.0
     group_disparity: float = 0.0  # group B: log-odds of kind=c actions lowered by this much
     group_feature: bool = False  # the group label is also a (categorical) state column
+    group_effect: float = 0.0  # group B: reward of actions of level != l1 lowered by this much
+    share_b: float = 0.5  # share of group-B episodes
     P: np.ndarray = field(init=False)
     R: np.ndarray = field(init=False)
     mu: dict[str, np.ndarray] = field(init=False)
@@ -55,6 +60,8 @@ class TabularMDP:
         self.R = rng.normal(0.0, 1.0, size=(S, A))
         unobserved = np.array([2, 7, 11])  # never logged: make them clearly bad
         self.R[:, unobserved] -= 3.0
+        level_l1 = np.arange(A) % SIZES[1] == LEVELS.index("l1")
+        self.R_by_group = {"A": self.R, "B": self.R - self.group_effect * ~level_l1[None, :]}
         mu_a = np.r_[np.full(S // 2, 2.0), np.full(S - S // 2, 0.5)]
         self.mu = {"A": mu_a / mu_a.sum(), "B": mu_a[::-1] / mu_a.sum()}
         # behaviour: mediocre, state-dependent, full support on the observed actions
@@ -75,7 +82,7 @@ class TabularMDP:
 
     @property
     def mu_all(self) -> np.ndarray:
-        return 0.5 * (self.mu["A"] + self.mu["B"])
+        return (1.0 - self.share_b) * self.mu["A"] + self.share_b * self.mu["B"]
 
     # ------------------------------------------------------------------ exact solutions
     def q_optimal(self, support: np.ndarray | None = None, tol: float = 1e-12) -> np.ndarray:
@@ -99,15 +106,18 @@ class TabularMDP:
         pi[np.arange(self.n_states), q.argmax(axis=1)] = 1.0
         return pi
 
-    def state_values(self, pi: np.ndarray) -> np.ndarray:
+    def state_values(self, pi: np.ndarray, group: str = "A") -> np.ndarray:
         disc = self.gamma * (1.0 - self.p_end)
         P_pi = np.einsum("sa,sat->st", pi, self.P)
-        R_pi = (pi * self.R).sum(axis=1)
+        R_pi = (pi * self.R_by_group[group]).sum(axis=1)
         return np.linalg.solve(np.eye(self.n_states) - disc * P_pi, R_pi)
 
     def value(self, pi: np.ndarray, group: str | None = None) -> float:
-        mu = self.mu_all if group is None else self.mu[group]
-        return float(mu @ self.state_values(pi))
+        """Exact value; over both groups (weighted by ``share_b``) when ``group`` is None."""
+        if group is not None:
+            return float(self.mu[group] @ self.state_values(pi, group))
+        return float((1.0 - self.share_b) * self.value(pi, "A")
+                     + self.share_b * self.value(pi, "B"))
 
     def occupancy(self, pi: np.ndarray, group: str) -> np.ndarray:
         """Expected (undiscounted) share of an episode's steps spent in each state."""
@@ -123,7 +133,7 @@ class TabularMDP:
     def sample_frame(self, n_episodes: int, random_state: int, max_len: int = 60) -> pd.DataFrame:
         """Episodes under the behaviour policy as a panel table (vectorised over episodes)."""
         rng = np.random.default_rng(random_state)
-        grp = np.where(rng.random(n_episodes) < 0.5, "A", "B")
+        grp = np.where(rng.random(n_episodes) < 1.0 - self.share_b, "A", "B")
         mu = np.stack([self.mu[g] for g in grp])
         s = (rng.random(n_episodes)[:, None] > np.cumsum(mu, axis=1)).sum(axis=1)
         s = np.minimum(s, self.n_states - 1)
@@ -138,7 +148,7 @@ class TabularMDP:
             cdf_b = np.where((grp[idx] == "A")[:, None], cdf["A"][st], cdf["B"][st])
             a = (rng.random(idx.size)[:, None] > cdf_b).sum(axis=1)
             a = np.minimum(a, self.n_actions - 1)
-            r = self.R[st, a]
+            r = np.where(grp[idx] == "A", self.R[st, a], self.R_by_group["B"][st, a])
             end = rng.random(idx.size) < self.p_end
             nxt_cdf = np.cumsum(self.P[st, a], axis=1)
             s_next = np.minimum((rng.random(idx.size)[:, None] > nxt_cdf).sum(axis=1),

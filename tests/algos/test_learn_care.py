@@ -117,31 +117,53 @@ def _race_aware(sim, n_members=N_MEMBERS):
     return ds, RaceAware
 
 
+PARITY_SEEDS = (0, 1, 2, 3, 4, 5)
+
+
+def _data_gap(ds, policy, mask):
+    """Max - min over race/ethnicity of the mean home-visit probability on the logged rows."""
+    p = policy.action_probs(ds)[:, mask].sum(axis=1)
+    lab = ds.group_labels("race_ethnicity").astype(str)[ds.episode_index]
+    means = [p[lab == g].mean() for g in np.unique(lab)]
+    return max(means) - min(means)
+
+
 @pytest.mark.slow
 def test_parity_penalty_cuts_home_visit_gap_and_keeps_value():
+    """lambda = 1 on six training seeds: the true home-visit gap (allocation under the simulator,
+    the policy's own state distribution) falls by >= 60% on average and >= 50% on every seed,
+    and every seed keeps >= 95% of the value improvement. The gap on the logged states (what the
+    penalty constrains) is printed beside it."""
     sim = CareManagementSim()
     ds, RaceAware = _race_aware(sim)
+    mask = ds.action_space.parse_action_set("modality=home_visit")
     tb = sim.true_value(sim.behavior_policy(), n_members=N_EVAL, n_weeks=N_WEEKS,
                         random_state=1)
-    cuts, kept = [], []
-    for seed in (0, 1):
+    cuts, kept, data_cuts = [], [], []
+    for seed in PARITY_SEEDS:
         res = {}
         for lam in (0.0, 1.0):
             fair = {"fair_action": "modality=home_visit", "fair_lambda": lam} if lam else {}
             awr = AWR(beta=1.0, seed=seed, **fair, **FULL).fit(ds, progress=False)
-            tv = sim.true_value(RaceAware(awr), n_members=N_EVAL, n_weeks=N_WEEKS,
-                                random_state=1)
-            res[lam] = (tv.parity_gap("race_ethnicity"), tv.value)
+            pol = RaceAware(awr)
+            tv = sim.true_value(pol, n_members=N_EVAL, n_weeks=N_WEEKS, random_state=1)
+            res[lam] = (tv.parity_gap("race_ethnicity"), tv.value, _data_gap(ds, pol, mask))
         cut = 1 - res[1.0][0] / res[0.0][0]
         keep = (res[1.0][1] - tb.value) / (res[0.0][1] - tb.value)
+        data_cut = 1 - res[1.0][2] / res[0.0][2]
         cuts.append(cut)
         kept.append(keep)
-        print(f"\nseed {seed}: home-visit gap {100 * res[0.0][0]:.2f}pp -> "
-              f"{100 * res[1.0][0]:.2f}pp ({100 * cut:.0f}% cut); value {res[0.0][1]:.3f} -> "
-              f"{res[1.0][1]:.3f} ({100 * keep:.1f}% of the improvement over "
-              f"behaviour {tb.value:.3f} kept)")
-    print(f"mean cut {100 * np.mean(cuts):.0f}%, min improvement kept {100 * min(kept):.1f}%")
-    assert np.mean(cuts) >= 0.5
+        data_cuts.append(data_cut)
+        print(f"\nseed {seed}: true home-visit gap {100 * res[0.0][0]:.2f}pp -> "
+              f"{100 * res[1.0][0]:.2f}pp ({100 * cut:.0f}% cut); on the logged states "
+              f"{100 * res[0.0][2]:.2f}pp -> {100 * res[1.0][2]:.2f}pp ({100 * data_cut:.0f}% "
+              f"cut); value {res[0.0][1]:.3f} -> {res[1.0][1]:.3f} ({100 * keep:.1f}% of the "
+              f"improvement over behaviour {tb.value:.3f} kept)")
+    print(f"true gap: mean cut {100 * np.mean(cuts):.0f}%, smallest {100 * min(cuts):.0f}%; "
+          f"logged states: mean cut {100 * np.mean(data_cuts):.0f}%; smallest improvement kept "
+          f"{100 * min(kept):.1f}%")
+    assert np.mean(cuts) >= 0.6
+    assert min(cuts) >= 0.5
     assert min(kept) >= 0.95
 
 

@@ -15,6 +15,7 @@ from equicare.exceptions import PolicyError
 from equicare.rewards import CARE_DEFAULT_WEIGHTS
 from equicare.sim.care import (
     CARE_ACTION_LEVELS,
+    CARE_GROUP_LEVELS,
     CareConfig,
     CareManagementEnv,
     CareManagementSim,
@@ -253,6 +254,28 @@ def test_equitable_policy_is_fairer_and_better_for_underserved(sim, behavior_val
     # same cohort and noise (common random numbers): white members are treated identically
     assert eq.by_group["race_ethnicity"]["white"]["value"] == pytest.approx(
         behavior_value.by_group["race_ethnicity"]["white"]["value"])
+
+
+def test_paired_difference_within_a_group(sim, behavior_value):
+    """Equitable practice differs only in black and hispanic members' home visits: the paired
+    difference is exactly 0 for white members and positive and precise for black members."""
+    eq = sim.true_value(sim.behavior_policy(equitable=True), n_members=N_VALUE, n_weeks=52,
+                        random_state=1)
+    labels = eq.episode_groups["race_ethnicity"]
+    assert labels.shape == (N_VALUE,) and set(labels) <= set(CARE_GROUP_LEVELS["race_ethnicity"])
+    assert eq.paired_difference(behavior_value, "race_ethnicity", "white") == (0.0, 0.0)
+    d, se = eq.paired_difference(behavior_value, "race_ethnicity", "black")
+    unpaired = np.hypot(eq.by_group["race_ethnicity"]["black"]["se"],
+                        behavior_value.by_group["race_ethnicity"]["black"]["se"])
+    assert d == pytest.approx(eq.by_group["race_ethnicity"]["black"]["value"]
+                              - behavior_value.by_group["race_ethnicity"]["black"]["value"])
+    assert d > 3 * se and se < unpaired
+    other = sim.true_value(sim.behavior_policy(), n_members=N_VALUE, n_weeks=52, random_state=7)
+    with pytest.raises(ValueError, match="same cohort"):
+        eq.paired_difference(other)
+    with pytest.raises(ValueError, match="Unknown group attribute 'zip'"):
+        eq.paired_difference(behavior_value, "zip", "x")
+    assert "episode_groups" not in eq.to_dict()
 
 
 def test_callable_and_policy_give_same_value(sim):

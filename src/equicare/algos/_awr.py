@@ -161,12 +161,13 @@ class AWR(OfflineLearner):
             ok = data.td_ok[rows]
             return torch.where(ok, td_target - critic_out.detach().squeeze(1), 0.0)
 
-    def _value(self, critic_out: Tensor, log_pi: Tensor) -> Tensor:
-        """Critic's estimate of the current policy's value at each row (no gradient)."""
-        with torch.no_grad():
-            if self.config.critic == "q":
-                return (log_pi.detach().exp() * critic_out.detach()).sum(dim=1)
-            return critic_out.detach().squeeze(1)
+    def _initial_values(self, data: TrainData) -> Tensor:
+        """Critic's value of the current policy at each episode's initial state (no gradient)."""
+        out = batched_forward(self.nets_["critic"], data.critic_inputs, rows=data.initial)
+        if self.config.critic == "v":
+            return out.squeeze(1)
+        logits = batched_forward(self.nets_["policy"], data.inputs, rows=data.initial)
+        return (torch.softmax(logits, dim=1) * out).sum(dim=1)
 
     def _weights(self, adv: Tensor, update_scale: bool) -> Tensor:
         cfg = self.config
@@ -194,8 +195,7 @@ class AWR(OfflineLearner):
         log_pi, nll = nll_rows(self.nets_["policy"](x, lengths), data.action_pos[rows])
         adv = self._advantage(data, rows, critic_out, td_target, log_pi)
         w = self._weights(adv, update_scale=True)
-        actor_loss = self._policy_objective(w * nll, log_pi, data.group[rows],
-                                            value=self._value(critic_out, log_pi))
+        actor_loss = self._policy_objective(w * nll, log_pi, data.group[rows])
         opt_a = self._optims["policy"]
         opt_a.zero_grad(set_to_none=True)
         actor_loss.backward()  # type: ignore[no-untyped-call]

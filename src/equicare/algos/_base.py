@@ -26,7 +26,7 @@ from sklearn.base import BaseEstimator  # type: ignore[import-untyped]
 from torch import Tensor
 
 from equicare.algos._data import EpochSampler, TrainData, group_codes, support_of
-from equicare.algos._fairness import GroupDRO, parity_penalty
+from equicare.algos._fairness import GroupDRO, group_value_signal, parity_penalty
 from equicare.exceptions import DataValidationError, PolicyError
 from equicare.models._inputs import batched_forward
 from equicare.models._networks import Network, NetworkSpec
@@ -53,6 +53,8 @@ LEARNERS: dict[str, type[OfflineLearner]] = {}
 
 CHECKPOINT_JSON = "checkpoint.json"
 CHECKPOINT_WEIGHTS = "checkpoint.safetensors"
+#: steps between refreshes of the group-robust value signal (a pass over the initial states)
+GROUP_SIGNAL_EVERY = 50
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -103,9 +105,13 @@ class LearnerConfig:
         Weight ``lambda`` in [0, 1] of the group-DRO objective (0: plain objective).
     group_robust_step : float
         Exponentiated-gradient step size of the group weights.
-    group_robust_signal : {"value", "loss"}
+    group_robust_signal : {"auto", "value", "loss"}
         What makes a group worse off: the lowest estimated value of the current policy on the
-        group's rows (AWR, CQL), or the highest loss (classic group DRO; always used by BC).
+        group's rows, or the highest loss (classic group DRO; always used by BC). ``"auto"``
+        uses the value only when the critic reads the group (AWR with ``critic_groups=True``):
+        a group-blind critic's value differs between groups only through their states, which
+        can point at the wrong group (on the tabular test MDP it up-weights the better-off
+        group), while the loss of the group whose outcomes the pooled model fits worst does not.
     checkpoint_every : int
         Steps between checkpoints when ``fit`` gets a ``checkpoint_dir`` (0: only at the end).
     seed : int
@@ -132,7 +138,7 @@ class LearnerConfig:
     fair_lambda: float = 0.0
     group_robust: float = 0.0
     group_robust_step: float = 0.05
-    group_robust_signal: Literal["value", "loss"] = "value"
+    group_robust_signal: Literal["auto", "value", "loss"] = "auto"
     checkpoint_every: int = 0
     seed: int = 0
 
@@ -178,7 +184,7 @@ class LearnerConfig:
         check_param(self.group_robust_step, "group_robust_step", o, kind=(int, float), low=0,
                     low_inclusive=False)
         check_param(self.group_robust_signal, "group_robust_signal", o,
-                    choices=("value", "loss"))
+                    choices=("auto", "value", "loss"))
         check_param(self.checkpoint_every, "checkpoint_every", o, kind=int, low=0,
                     expected="an int >= 0")
         check_param(self.seed, "seed", o, kind=int, low=0, expected="an int >= 0")
@@ -238,6 +244,8 @@ class OfflineLearner(BaseEstimator, metaclass=ABCMeta):  # type: ignore[misc]
     algo: ClassVar[str] = ""
     config_class: ClassVar[type[LearnerConfig]] = LearnerConfig
     policy_output: ClassVar[Literal["logits", "q"]] = "logits"
+    #: group-robust value signal ``S_g`` (see :func:`~equicare.algos._fairness.group_value_signal`)
+    _group_signal: Tensor | None = None
     #: networks that read the critic inputs (see :meth:`_critic_groups`)
     critic_nets: ClassVar[tuple[str, ...]] = ()
 
@@ -292,8 +300,7 @@ class OfflineLearner(BaseEstimator, metaclass=ABCMeta):  # type: ignore[misc]
         return "softmax", 1.0
 
     # ================================================================== shared pieces
-    def _policy_objective(self, per_row: Tensor, log_pi: Tensor, group: Tensor,
-                          value: Tensor | None = None) -> Tensor:
+    def _policy_objective(self, per_row: Tensor, log_pi: Tensor, group: Tensor) -> Tensor:
         """Learner loss + fairness terms.
 
         Parameters
@@ -303,21 +310,44 @@ class OfflineLearner(BaseEstimator, metaclass=ABCMeta):  # type: ignore[misc]
         log_pi : Tensor of shape (batch, K)
             Log-probabilities of the support actions under the current policy.
         group : Tensor of shape (batch,)
-        value : Tensor of shape (batch,), optional
-            Estimated value of the current policy at each row; with
-            ``group_robust_signal="value"`` the group weights follow its standardised negative
-            (lowest estimated value = largest weight), otherwise the group losses.
+
+        Notes
+        -----
+        With a value-driven group-robust objective (:meth:`_uses_value_signal`) the group
+        weights follow the groups' estimated policy values on their initial states, refreshed
+        every ``GROUP_SIGNAL_EVERY`` steps; otherwise the groups' losses in the batch.
         """
         cfg = self.config
-        signal = None
-        if cfg.group_robust > 0 and cfg.group_robust_signal == "value" and value is not None:
-            v = value.detach()
-            signal = -(v - v.mean()) / v.std().clamp(min=1e-8)
-        loss = self._dro.objective(per_row, group, float(cfg.group_robust), signal)
+        group_signal = self._group_signal if self._uses_value_signal() else None
+        loss = self._dro.objective(per_row, group, float(cfg.group_robust),
+                                   group_signal=group_signal)
         if cfg.fair_lambda > 0:
             p_set = torch.exp(log_pi[:, self._fair_pos]).sum(dim=1)
             loss = loss + cfg.fair_lambda * parity_penalty(p_set, group, self._n_groups)
         return loss
+
+    def _uses_value_signal(self) -> bool:
+        """The group-robust weights follow estimated group values (not the losses)."""
+        cfg = self.config
+        if cfg.group_robust <= 0 or not self._has_initial_values():
+            return False
+        return cfg.group_robust_signal == "value" or (cfg.group_robust_signal == "auto"
+                                                      and self._critic_groups())
+
+    def _has_initial_values(self) -> bool:
+        """Whether :meth:`_initial_values` is implemented (learners with a critic)."""
+        return type(self)._initial_values is not OfflineLearner._initial_values
+
+    def _initial_values(self, data: TrainData) -> Tensor:
+        """Estimated value of the current policy at ``data.initial`` rows, shape (n_episodes,)."""
+        raise NotImplementedError(f"{type(self).__name__} has no value estimate.")
+
+    def _refresh_group_signal(self, data: TrainData) -> None:
+        """Recompute the groups' value signal from the current networks."""
+        with torch.no_grad():
+            values = self._initial_values(data)
+        self._group_signal = group_value_signal(values, data.group[data.initial],
+                                                self._n_groups)
 
     def _spec(self, base: dict[str, Any], **kw: Any) -> NetworkSpec:
         return NetworkSpec(**{**base, **kw})
@@ -435,6 +465,7 @@ class OfflineLearner(BaseEstimator, metaclass=ABCMeta):  # type: ignore[misc]
                                 foreach=True)
             for k, names in self._trainable().items()}
         self._dro = GroupDRO(self._n_groups, cfg.group_robust_step)
+        self._group_signal = None
         sampler = EpochSampler(tdata.rows, cfg.batch_size, np.random.default_rng(cfg.seed))
         self.history_: list[dict[str, Any]] = []
         self.best_step_ = 0
@@ -466,6 +497,9 @@ class OfflineLearner(BaseEstimator, metaclass=ABCMeta):  # type: ignore[misc]
             task = bar.add_task("train", total=cfg.n_steps, completed=start, info="")
             for step in range(start, cfg.n_steps):
                 rows = sampler.next()
+                if self._uses_value_signal() and (step % GROUP_SIGNAL_EVERY == 0
+                                                  or self._group_signal is None):
+                    self._refresh_group_signal(tdata)
                 losses = self._update(tdata, rows, step)
                 if (step + 1) % 50 == 0 or step + 1 == cfg.n_steps:
                     for k, v in losses.items():
@@ -570,6 +604,8 @@ class OfflineLearner(BaseEstimator, metaclass=ABCMeta):  # type: ignore[misc]
         s_state, perm = sampler.state()
         tensors["sampler.perm"] = perm
         tensors["dro.q"] = self._dro.q
+        if self._group_signal is not None:
+            tensors["dro.signal"] = self._group_signal
         meta = {"algo": self.algo, "config": self.config.to_dict(), "step": self.n_steps_done_,
                 "best_metric": best_metric if math.isfinite(best_metric) else None,
                 "best_step": self.best_step_, "bad_evals": bad_evals,
@@ -607,6 +643,8 @@ class OfflineLearner(BaseEstimator, metaclass=ABCMeta):  # type: ignore[misc]
             opt.load_state_dict({"state": state, "param_groups": meta["param_groups"][name]})
         sampler.load_state(meta["sampler"], tensors["sampler.perm"])
         self._dro.q = tensors["dro.q"].clone()
+        if "dro.signal" in tensors:
+            self._group_signal = tensors["dro.signal"].clone()
         self.history_ = list(meta["history"])
         self.best_step_ = int(meta["best_step"])
         self._load_extra_state(meta.get("extra") or {})

@@ -186,7 +186,8 @@ def register(app: "typer.Typer") -> None:
         manifest: Annotated[Path, typer.Option("--manifest", "-m",
                                                help="TOML manifest of the panel.")],
         out: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write.")],
-        algo: Annotated[str, typer.Option(help="Learner: bc, awr, cql, or omg (dosing: learned reward).")] = "awr",
+        algo: Annotated[str, typer.Option(
+            help="Learner: bc, awr, cql, or omg (dosing: learned reward).")] = "awr",
         encoder: Annotated[str, typer.Option(help="State encoder: mlp or lstm.")] = "mlp",
         window: Annotated[int, typer.Option(help="History weeks read by the lstm encoder.")] = 4,
         fair_action: Annotated[str | None, typer.Option(

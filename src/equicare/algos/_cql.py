@@ -129,8 +129,7 @@ class CQL(OfflineLearner):
         td, conservative = self._losses(data, rows, q, q_next)
         per_row = td + cfg.alpha * conservative
         log_pi = torch.log_softmax(q / cfg.temperature, dim=1)
-        value = (log_pi.detach().exp() * q.detach()).sum(dim=1)
-        loss = self._policy_objective(per_row, log_pi, data.group[rows], value=value)
+        loss = self._policy_objective(per_row, log_pi, data.group[rows])
         opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         opt.step()
@@ -138,6 +137,13 @@ class CQL(OfflineLearner):
             self._hard_update(self.nets_["target"], net)
         return {"loss": loss.detach(), "td": td.detach().mean(),
                 "cql": conservative.detach().mean()}
+
+    def _initial_values(self, data: TrainData) -> Tensor:
+        """Value of the current (softmax or greedy) policy at each episode's initial state."""
+        q = batched_forward(self.nets_["policy"], data.inputs, rows=data.initial)
+        if self.config.policy == "greedy":
+            return q.max(dim=1).values
+        return (torch.softmax(q / self.config.temperature, dim=1) * q).sum(dim=1)
 
     def _valid_loss(self, data: TrainData) -> float:
         rows = data.rows

@@ -79,6 +79,8 @@ class TrainData:
     rows : Tensor of shape (n_eligible,), int64
         Rows that can be sampled (logged action in the support).
     gamma : float
+    initial : Tensor of shape (n_episodes,), int64
+        First row of each episode (the initial states, over which a policy's value is defined).
     """
 
     inputs: ModelInputs
@@ -92,6 +94,7 @@ class TrainData:
     group: Tensor
     rows: Tensor
     gamma: float
+    initial: Tensor
 
     @classmethod
     def build(cls, dataset: Any, window: int, support: NDArray[np.int64], group: NDArray[np.int64],
@@ -126,6 +129,7 @@ class TrainData:
             group=torch.as_tensor(group),
             rows=torch.as_tensor(np.flatnonzero(action_pos >= 0)),
             gamma=float(dataset.gamma),
+            initial=torch.as_tensor(np.asarray(dataset.episode_offsets[:-1], dtype=np.int64)),
         )
 
     @property

@@ -18,9 +18,17 @@ Group-robust objective (group DRO, Sagawa et al., 2020, exponentiated-gradient w
 
 with ``L_g`` the mean loss of group ``g``'s rows in the batch and ``bar L`` the mean over all
 rows; ``lambda = 0`` is the plain objective. The weights can also follow another per-group
-signal of being worse off than the loss (the learners with a critic use the standardised negative
-value estimate of the current policy, so that the group with the lowest estimated value gets the
-largest weight): ``q_g <- q_g exp(eta S_g)`` with ``S_g`` the group mean of the signal.
+signal of being worse off than the loss: ``q_g <- q_g exp(eta S_g)``. Learners whose critic reads
+the group use the group's estimated policy value (group-robust policy optimisation maximises the
+smallest group value ``J_g``),
+
+.. math::
+
+    \hat J_g = \frac{1}{|E_g|} \sum_{e \in E_g} \hat V^{\pi}(s_{e,0}), \qquad
+    S_g = -\frac{\hat J_g - \operatorname{mean}_h \hat J_h}{\operatorname{sd}_h \hat J_h},
+
+over the initial states of each group's episodes ``E_g`` (the value of a policy is defined over
+the initial-state distribution), so the group with the lowest estimated value gets the weight.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["parity_penalty", "GroupDRO", "group_means"]
+__all__ = ["parity_penalty", "GroupDRO", "group_means", "group_value_signal"]
 
 
 def group_means(values: Tensor, group: Tensor, n_groups: int) -> tuple[Tensor, Tensor]:
@@ -70,6 +78,30 @@ def parity_penalty(p_set: Tensor, group: Tensor, n_groups: int) -> Tensor:
     return ((means - p_set.mean()) ** 2 * present).sum()
 
 
+def group_value_signal(values: Tensor, group: Tensor, n_groups: int) -> Tensor:
+    """Standardised negative group mean of estimated values (lowest value = largest signal).
+
+    Parameters
+    ----------
+    values : Tensor of shape (n,)
+        Estimated value of the current policy at each episode's initial state.
+    group : Tensor of shape (n,)
+        Group code of each episode.
+    n_groups : int
+
+    Returns
+    -------
+    Tensor of shape (n_groups,)
+        ``S_g`` of the module docstring; 0 for absent groups and when all groups are equal.
+    """
+    means, present = group_means(values.detach(), group, n_groups)
+    m = means[present]
+    sd = m.std() if m.numel() > 1 else torch.zeros(())
+    if not bool(sd > 1e-8):
+        return torch.zeros(n_groups, dtype=values.dtype)
+    return torch.where(present, -(means - m.mean()) / sd, torch.zeros_like(means))
+
+
 class GroupDRO:
     """Exponentiated-gradient weights over groups and the mixed objective (see module docstring).
 
@@ -85,7 +117,7 @@ class GroupDRO:
         self.q = torch.full((n_groups,), 1.0 / n_groups)
 
     def objective(self, per_row: Tensor, group: Tensor, lam: float,
-                  signal: Tensor | None = None) -> Tensor:
+                  signal: Tensor | None = None, group_signal: Tensor | None = None) -> Tensor:
         """Mixed objective of a batch; updates the weights of the groups present.
 
         Parameters
@@ -96,6 +128,9 @@ class GroupDRO:
         lam : float in [0, 1]
         signal : Tensor of shape (batch,), optional
             Per-row measure of being worse off that drives the weights (default: the loss).
+        group_signal : Tensor of shape (n_groups,), optional
+            Per-group measure of being worse off (e.g. :func:`group_value_signal`); takes
+            precedence over ``signal``.
         """
         plain = per_row.mean()
         if lam <= 0.0:
@@ -103,7 +138,12 @@ class GroupDRO:
         n_groups = int(self.q.shape[0])
         g_loss, present = group_means(per_row, group, n_groups)
         with torch.no_grad():
-            drive = g_loss if signal is None else group_means(signal.detach(), group, n_groups)[0]
+            if group_signal is not None:
+                drive = group_signal.detach().to(g_loss.dtype)
+            elif signal is not None:
+                drive = group_means(signal.detach(), group, n_groups)[0]
+            else:
+                drive = g_loss
             gl = drive.detach() * present
             # shift by the largest loss (same weights after normalising, no overflow)
             self.q = self.q * torch.exp(self.step * (gl - gl[present].max()))

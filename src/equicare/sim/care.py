@@ -106,6 +106,9 @@ class CareValue:
     episode_values : ndarray of shape (n_episodes,)
         Discounted shaped return of each simulated member (for paired comparisons: two policies
         evaluated with the same ``random_state`` share the cohort and the noise).
+    episode_groups : dict
+        ``{attr: ndarray of shape (n_episodes,)}``, the group label of each simulated member
+        (for paired comparisons within a group, :meth:`paired_difference`).
     """
 
     value: float
@@ -123,15 +126,43 @@ class CareValue:
     n_weeks: int
     episode_values: NDArray[np.float64] = field(repr=False, compare=False,
                                                 default_factory=lambda: np.zeros(0))
+    episode_groups: dict[str, NDArray[np.str_]] = field(repr=False, compare=False,
+                                                        default_factory=dict)
 
     def parity_gap(self, attr: str = "race_ethnicity") -> float:
         """Largest minus smallest allocation rate across the labels of ``attr`` (a share)."""
         rates = list(self.allocation[attr].values())
         return float(max(rates) - min(rates))
 
+    def paired_difference(self, other: CareValue, attr: str | None = None,
+                          label: str | None = None) -> tuple[float, float]:
+        """Mean and standard error of ``self - other`` member by member.
+
+        Both results must come from the same ``random_state``, ``n_members`` and ``n_weeks``
+        (common random numbers), so the difference is paired and far more precise than either
+        value. With ``attr`` and ``label``, only that group's members.
+
+        Returns
+        -------
+        mean, se : float
+        """
+        if other.episode_values.shape != self.episode_values.shape or not np.array_equal(
+                other.episode_groups.get("race_ethnicity", np.zeros(0)),
+                self.episode_groups.get("race_ethnicity", np.zeros(0))):
+            raise ValueError("paired_difference needs two results of the same cohort (same "
+                             "random_state, n_members and n_weeks).")
+        d = self.episode_values - other.episode_values
+        if attr is not None:
+            if attr not in self.episode_groups:
+                raise ValueError(f"Unknown group attribute {attr!r}; expected one of "
+                                 f"{sorted(self.episode_groups)}.")
+            d = d[self.episode_groups[attr] == label]
+        return _mean_se(d)
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly dictionary (without ``episode_values``)."""
-        return {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "episode_values"}
+        """JSON-friendly dictionary (without the per-episode arrays)."""
+        return {k: getattr(self, k) for k in self.__dataclass_fields__
+                if k not in ("episode_values", "episode_groups")}
 
 
 def _mean_se(x: NDArray[np.float64]) -> tuple[float, float]:
@@ -339,7 +370,9 @@ class CareManagementSim:
             action_set=set_name,
             allocation_overall=_rate(out.mask_sum, steps), allocation=alloc,
             allocation_by_need=alloc_need, gamma=self.config.gamma, n_weeks=n_weeks,
-            episode_values=ret)
+            episode_values=ret,
+            episode_groups={attr: np.asarray(CARE_GROUP_LEVELS[attr])[c]
+                            for attr, c in codes.items()})
 
 
 def _rate(num: NDArray[np.float64], den: NDArray[np.float64]) -> float:
