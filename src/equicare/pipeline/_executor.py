@@ -104,8 +104,8 @@ class RayExecutor:
     this executor opened; a local cluster it started stops with it. If the caller already ran
     ``ray.init`` itself, tasks go to that session and ``address`` is not used.
 
-    A cluster started here has no dashboard, and usage statistics are off unless
-    ``RAY_USAGE_STATS_ENABLED`` says otherwise, so nothing is sent over the network.
+    A cluster started here listens on loopback only, has no dashboard, and usage statistics are
+    off unless ``RAY_USAGE_STATS_ENABLED`` says otherwise, so nothing is sent over the network.
 
     Parameters
     ----------
@@ -193,6 +193,7 @@ class RayExecutor:
                 num_cpus=self.num_cpus,
                 include_dashboard=False,
                 log_to_driver=False,
+                _node_ip_address="127.0.0.1",  # a cluster of this machine stays on loopback
             )
         else:
             hp = _host_port(self.address)
