@@ -6,7 +6,7 @@ import pytest
 import torch
 from tabular_mdp import TabularMDP
 
-from equicare.algos import AWR, CQL
+from equicare.algos import AWR, BC, CQL
 from equicare.algos._fairness import GroupDRO, group_means, parity_penalty
 
 
@@ -112,3 +112,7 @@ def test_auto_signal_uses_the_value_only_with_a_group_aware_critic(hidden_groups
     assert not blind._uses_value_signal()
     assert aware._group_signal is not None and aware._group_signal.shape == (2,)
     assert blind._group_signal is None
+    # BC has no value estimate: even with "value" its weights follow the group losses
+    bc = BC(n_steps=5, hidden=(8,), valid_fraction=0.0, group_robust=1.0,
+            group_robust_signal="value", group_robust_step=1.0).fit(data, progress=False)
+    assert bc._group_signal is None and not np.allclose(bc.group_weights_, 0.5)

@@ -329,25 +329,25 @@ class OfflineLearner(BaseEstimator, metaclass=ABCMeta):  # type: ignore[misc]
     def _uses_value_signal(self) -> bool:
         """The group-robust weights follow estimated group values (not the losses)."""
         cfg = self.config
-        if cfg.group_robust <= 0 or not self._has_initial_values():
+        if cfg.group_robust <= 0:
             return False
         return cfg.group_robust_signal == "value" or (cfg.group_robust_signal == "auto"
                                                       and self._critic_groups())
 
-    def _has_initial_values(self) -> bool:
-        """Whether :meth:`_initial_values` is implemented (learners with a critic)."""
-        return type(self)._initial_values is not OfflineLearner._initial_values
+    def _initial_values(self, data: TrainData) -> Tensor | None:
+        """Estimated value of the current policy at ``data.initial`` rows, shape (n_episodes,).
 
-    def _initial_values(self, data: TrainData) -> Tensor:
-        """Estimated value of the current policy at ``data.initial`` rows, shape (n_episodes,)."""
-        raise NotImplementedError(f"{type(self).__name__} has no value estimate.")
+        None for learners without a value estimate (BC): their group weights follow the losses.
+        """
+        return None
 
     def _refresh_group_signal(self, data: TrainData) -> None:
-        """Recompute the groups' value signal from the current networks."""
+        """Recompute the groups' value signal from the current networks (None without one)."""
         with torch.no_grad():
             values = self._initial_values(data)
-        self._group_signal = group_value_signal(values, data.group[data.initial],
-                                                self._n_groups)
+        self._group_signal = (None if values is None else
+                              group_value_signal(values, data.group[data.initial],
+                                                 self._n_groups))
 
     def _spec(self, base: dict[str, Any], **kw: Any) -> NetworkSpec:
         return NetworkSpec(**{**base, **kw})
