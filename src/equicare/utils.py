@@ -27,6 +27,8 @@ __all__ = [
     "MIN_CELL",
     "config_to_dict",
     "config_from_dict",
+    "ROW_BLOCK_ELEMENTS",
+    "row_blocks",
 ]
 
 RandomState = int | np.random.Generator | None
@@ -36,6 +38,28 @@ MIN_CELL = 11
 
 #: Template of every argument-constraint error (tests match it exactly).
 PARAM_MESSAGE = "The '{name}' parameter of {owner} must be {expected}. Got {got!r} instead."
+
+#: Elements (rows x columns) per block when a per-row quantity of an ``(n_steps, n_actions)``
+#: matrix is computed block by block instead of on the whole matrix (64 MB of float64).
+ROW_BLOCK_ELEMENTS = 8_000_000
+
+
+def row_blocks(n_rows: int, n_cols: int = 1, *, multiple: int = 1) -> Iterator[slice]:
+    """Consecutive row slices covering ``range(n_rows)``, one block of a row-wise pass each.
+
+    A block has at most ``ROW_BLOCK_ELEMENTS // n_cols`` rows, rounded down to a multiple of
+    ``multiple`` (and at least ``multiple`` rows). The limit is read at call time, so tests can
+    lower it to exercise several blocks on small data.
+
+    Examples
+    --------
+    >>> [(s.start, s.stop) for s in row_blocks(5, 1)]
+    [(0, 5)]
+    """
+    rows = max(1, ROW_BLOCK_ELEMENTS // max(1, n_cols))
+    rows = max(multiple, rows - rows % multiple)
+    for lo in range(0, n_rows, rows):
+        yield slice(lo, min(lo + rows, n_rows))
 
 
 def check_random_state(random_state: RandomState) -> np.random.Generator:

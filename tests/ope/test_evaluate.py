@@ -10,6 +10,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from equicare import utils
 from equicare.exceptions import DataValidationError, SmallCellWarning, SupportWarning
 from equicare.ope import (
     ESTIMATOR_KEYS,
@@ -18,9 +19,10 @@ from equicare.ope import (
     evaluate,
     evaluate_subgroups,
     sensitivity_analysis,
+    support_diagnostics,
 )
-from equicare.ope._support import SUPPORT_MESSAGE
-from equicare.policy import TabularPolicy
+from equicare.ope._support import SUPPORT_MESSAGE, model_support_diagnostics
+from equicare.policy import BehaviorModel, TabularPolicy
 
 from ._mdp import BEHAVIOR, TARGET, small_mdp
 
@@ -107,6 +109,29 @@ def test_support_warning_names_biased_estimators():
     # supported actions, far from the truth; DR with an (extrapolating) tabular Q stays closer
     truth = mdp.value(target)
     assert abs(res.estimates["wis"].value - truth) > 2 * abs(res.estimates["dr"].value - truth)
+
+
+@pytest.mark.parametrize("new_data", [False, True])
+def test_support_in_row_blocks_equals_the_dense_pass(monkeypatch, new_data):
+    """The behaviour model's probabilities streamed in blocks give the dense report exactly."""
+    beh = np.array([[1.0, 0.0], [0.5, 0.5]])
+    data = small_mdp(horizon=3).sample(beh, 300, seed=1)
+    bm = BehaviorModel(n_folds=3).fit(data)
+    if new_data:  # fold-averaged probabilities instead of out-of-fold ones
+        data = data.subset(np.arange(0, 300, 2))
+    target = TabularPolicy(np.array([[0.7, 0.3], [0.5, 0.5]])).action_probs(data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SupportWarning)
+        dense = support_diagnostics(data, target, bm.action_probs(data),
+                                    observed=bm.observed_in_state(data))
+        monkeypatch.setattr(utils, "ROW_BLOCK_ELEMENTS", 8)
+        monkeypatch.setattr("equicare.policy._behavior._CHUNK", 37)
+        for rep in (model_support_diagnostics(data, target, bm),
+                    support_diagnostics(data, target, bm.action_probs(data),
+                                        observed=bm.observed_in_state(data))):
+            assert rep.to_dict() == dense.to_dict() and rep.uses_categorical
+            np.testing.assert_array_equal(rep.per_episode_pct, dense.per_episode_pct)
+    assert dense.share_pct > 1.0
 
 
 def test_zero_logged_propensity_is_a_data_error(ds):

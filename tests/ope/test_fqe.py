@@ -7,7 +7,9 @@ import re
 import numpy as np
 import pytest
 
+from equicare import utils
 from equicare.ope import FQEConfig, fit_fqe
+from equicare.ope._fqe import fit_fqe_logged
 from equicare.policy import TabularPolicy
 
 from ._mdp import BEHAVIOR, TARGET, TabularMDP, small_mdp
@@ -145,3 +147,43 @@ def test_tabular_needs_categorical_states():
     ds2 = replace(ds, categorical=None, categorical_names=(), categorical_levels=(), _cache={})
     with pytest.raises(ValueError, match="needs categorical_states"):
         fit_fqe(ds2, np.full((ds2.n_steps, 2), 0.5), FQEConfig(model="tabular"))
+
+
+def _care_data():
+    from equicare.sim.care import CareConfig, CareManagementSim
+
+    sim = CareManagementSim(CareConfig())
+    return sim.generate(n_members=40, n_weeks=8, random_state=0).dataset()
+
+
+@pytest.mark.parametrize("cfg", [FQEConfig(model="linear"),
+                                 FQEConfig(model="linear", solver="iterate", n_iterations=5),
+                                 FQEConfig(model="linear", action_design="flat"),
+                                 FQEConfig(model="linear", state_design="quadratic")])
+@pytest.mark.parametrize("gamma", [None, 0.0])
+def test_row_blocks_give_the_numbers_of_the_dense_fit(monkeypatch, cfg, gamma):
+    """Linear FQE in row blocks far smaller than the data equals the one-block, dense fit."""
+    ds = _care_data()  # 300 factored actions: the per-component design unless "flat"
+    pe = np.random.default_rng(0).dirichlet(np.full(ds.n_actions, 0.3), size=ds.n_steps)
+    dense = fit_fqe(ds, pe, cfg, gamma=gamma)  # one block at this size
+    monkeypatch.setattr(utils, "ROW_BLOCK_ELEMENTS", 2 * ds.n_actions)
+    assert len(list(utils.row_blocks(ds.n_steps, ds.n_actions))) > 100
+    logged = fit_fqe_logged(ds, pe, cfg, gamma=gamma)
+    assert logged.info == dense.info
+    rows = np.arange(ds.n_steps)
+    np.testing.assert_allclose(logged.q_sa, dense.q[rows, ds.actions], rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(logged.v, dense.v, rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(logged.q, dense.q, rtol=1e-9, atol=1e-10)
+    blocked = fit_fqe(ds, pe, cfg, gamma=gamma)
+    np.testing.assert_allclose(blocked.q, dense.q, rtol=1e-9, atol=1e-10)
+
+
+def test_logged_fit_of_a_dense_model_keeps_its_matrix():
+    mdp = small_mdp(end=True, horizon=4)
+    ds = mdp.sample(BEHAVIOR, 200, seed=0)
+    pe = TabularPolicy(TARGET).action_probs(ds)
+    dense = fit_fqe(ds, pe, FQEConfig(model="tabular"))
+    logged = fit_fqe_logged(ds, pe, FQEConfig(model="tabular"))
+    np.testing.assert_array_equal(logged.q, dense.q)
+    np.testing.assert_array_equal(logged.q_sa, dense.q[np.arange(ds.n_steps), ds.actions])
+    np.testing.assert_array_equal(logged.v, dense.v)

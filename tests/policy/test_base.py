@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -76,3 +78,14 @@ def test_sample_actions_frequencies():
     p = np.tile([0.1, 0.6, 0.3], (200_000, 1))
     freq = np.bincount(sample_actions(p, rng), minlength=3) / 200_000
     np.testing.assert_allclose(freq, [0.1, 0.6, 0.3], atol=4e-3)
+
+
+def test_check_probs_finds_bad_rows_in_any_block(monkeypatch):
+    from equicare import utils
+
+    monkeypatch.setattr(utils, "ROW_BLOCK_ELEMENTS", 6)  # blocks of 3 rows of 2 actions
+    p = np.full((10, 2), 0.5)
+    p[8] = [1.5, -0.5]
+    with pytest.raises(PolicyError, match=re.escape("1 rows have negative or non-finite "
+                                                    "probabilities (first rows: [8])")):
+        check_probs(p, 10, 2)

@@ -98,3 +98,19 @@ def test_probabilities_are_valid_rows():
     ds = _dataset()
     p = AWR(n_steps=10, hidden=(8,), valid_fraction=0.0).fit(ds, progress=False).action_probs(ds)
     check_probs(p, ds.n_steps, 4)
+
+
+def test_action_probs_in_row_blocks_equal_one_pass(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from equicare import utils
+    from equicare.algos import AWR
+
+    ds = _dataset(n_episodes=80)
+    AWR(n_steps=10, hidden=(8,), encoder="lstm", window=2,
+        valid_fraction=0.0).fit(ds, progress=False).save(tmp_path / "m")
+    pol = replace(load_policy(tmp_path / "m"), batch_size=16)
+    one = pol.action_probs(ds)
+    monkeypatch.setattr(utils, "ROW_BLOCK_ELEMENTS", 50)  # blocks of 16 rows (one batch each)
+    assert len(list(utils.row_blocks(ds.n_steps, 4, multiple=16))) > 10
+    np.testing.assert_array_equal(pol.action_probs(ds), one)

@@ -44,7 +44,7 @@ from equicare.ope._evaluate import (
     parse_estimators,
     refit_bootstrap,
 )
-from equicare.ope._fqe import FQEConfig, QFit, fit_fqe
+from equicare.ope._fqe import FQEConfig, LoggedQFit, QFit, fit_fqe
 from equicare.ope._ope_arrays import ope_arrays
 from equicare.ope._prepare import Prepared, prepare, target_probabilities
 from equicare.ope._sensitivity import SENSITIVITY_COLUMNS, sensitivity_analysis
@@ -62,6 +62,7 @@ __all__ = [
     "FQEConfig",
     "GroupResult",
     "IS",
+    "LoggedQFit",
     "OPEInputs",
     "OffPolicyEstimator",
     "PDIS",

@@ -34,7 +34,7 @@ from equicare.ope._core import ALL_KEYS, ESTIMATOR_KEYS, Normalization, OPEInput
 from equicare.ope._ess import EffectiveSampleSize, effective_sample_size
 from equicare.ope._fqe import FQEConfig
 from equicare.ope._prepare import BehaviorSpec, Prepared, as_fqe_config, prepare
-from equicare.ope._support import SupportReport, support_diagnostics
+from equicare.ope._support import SupportReport, model_support_diagnostics
 from equicare.policy._behavior import BehaviorModel
 from equicare.utils import MIN_CELL, PARAM_MESSAGE, RandomState, check_param, check_random_state
 
@@ -411,9 +411,8 @@ def evaluate(
     bm = prep.behavior_model
     support = None
     if bm is not None:
-        support = support_diagnostics(dataset, prep.target_probs, bm.action_probs(dataset),
-                                      observed=bm.observed_in_state(dataset),
-                                      threshold=support_threshold, estimators=keys)
+        support = model_support_diagnostics(dataset, prep.target_probs, bm,
+                                            threshold=support_threshold, estimators=keys)
     kw: dict[str, Any] = {"truncate": truncate, "normalization": normalization,
                           "n_boot": bootstrap, "ci_method": ci_method, "alpha": alpha}
     ests, beh, ess = estimates_from_prepared(prep, keys, random_state=seed_boot, **kw)

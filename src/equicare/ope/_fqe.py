@@ -48,9 +48,10 @@ from equicare.utils import (
     check_random_state,
     config_from_dict,
     config_to_dict,
+    row_blocks,
 )
 
-__all__ = ["FQEConfig", "QFit", "fit_fqe", "QModel"]
+__all__ = ["FQEConfig", "QFit", "LoggedQFit", "fit_fqe", "fit_fqe_logged", "QModel"]
 
 QModel = Literal["tabular", "linear", "gbm", "mlp"]
 _OWNER = "FQEConfig"
@@ -169,6 +170,97 @@ class QFit:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, eq=False)
+class _QFunction:
+    """``Q`` of the fitting rows, evaluated block by block.
+
+    Either a dense ``(n_steps, n_actions)`` matrix, or the linear model's state design ``phi``
+    (n_steps, p) and weights (p, m): ``Q = phi W psi^T``, with ``psi = [1, onehot(a)]``
+    (``psi=None``, ``Q = b_0 + b_{1+a}``) or a given action design ``psi`` (n_actions, m).
+    """
+
+    n_steps: int
+    n_actions: int
+    dense: NDArray[np.float64] | None = None
+    phi: NDArray[np.float64] | None = None
+    weights: NDArray[np.float64] | None = None
+    psi: NDArray[np.float64] | None = None
+
+    def rows(self, sl: slice) -> NDArray[np.float64]:
+        """``Q(s_t, a)`` of the rows ``sl``, shape ``(n_rows, n_actions)``."""
+        if self.dense is not None:
+            return self.dense[sl]
+        assert self.phi is not None and self.weights is not None
+        b = self.phi[sl] @ self.weights  # (rows, m)
+        return b[:, :1] + b[:, 1:] if self.psi is None else b @ self.psi.T
+
+    def matrix(self) -> NDArray[np.float64]:
+        """The whole ``(n_steps, n_actions)`` matrix (assembled block by block)."""
+        if self.dense is not None:
+            return self.dense
+        out = np.empty((self.n_steps, self.n_actions))
+        for sl in row_blocks(self.n_steps, self.n_actions):
+            out[sl] = self.rows(sl)
+        return out
+
+    def bounded(self, limit: float) -> bool:
+        """Whether every entry is finite and at most ``limit`` in absolute value."""
+        for sl in row_blocks(self.n_steps, self.n_actions):
+            b = self.rows(sl)
+            if not np.isfinite(b).all() or np.abs(b).max() > limit:
+                return False
+        return True
+
+
+@dataclass(frozen=True, eq=False)
+class LoggedQFit:
+    """A fitted Q-function kept per row: ``Q`` at the logged action and ``V``.
+
+    What the estimators use, without holding an ``(n_steps, n_actions)`` matrix for the linear
+    model; :attr:`q` rebuilds the full matrix on demand.
+
+    Attributes
+    ----------
+    q_sa : ndarray of shape (n_steps,)
+        ``Q(s_t, a_t)`` at the logged action.
+    v, seconds, info
+        As in :class:`QFit`.
+    """
+
+    q_sa: NDArray[np.float64]
+    v: NDArray[np.float64]
+    seconds: float
+    info: dict[str, Any] = field(default_factory=dict)
+    _qfun: _QFunction | None = field(default=None, repr=False)
+
+    @property
+    def q(self) -> NDArray[np.float64]:
+        """``Q(s_t, a)`` for every row and action, shape ``(n_steps, n_actions)`` (built anew)."""
+        if self._qfun is None:
+            raise ValueError("This LoggedQFit keeps no Q-function to rebuild the full matrix.")
+        return self._qfun.matrix()
+
+
+def _logged_values(qfun: _QFunction, pe: NDArray[np.float64], actions: NDArray[np.int64]
+                   ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """``Q(s_t, a_t)`` and ``sum_a pi_e(a|s_t) Q(s_t, a)`` in row blocks, each of shape (n,)."""
+    n = qfun.n_steps
+    q_sa, v = np.empty(n), np.empty(n)
+    for sl in row_blocks(n, qfun.n_actions):
+        qb = qfun.rows(sl)
+        q_sa[sl] = qb[np.arange(qb.shape[0]), actions[sl]]
+        v[sl] = np.einsum("ij,ij->i", qb, pe[sl])
+    return q_sa, v
+
+
+def logged_q_fit(q: NDArray[np.float64], pe: NDArray[np.float64], actions: NDArray[np.int64],
+                 seconds: float = 0.0, info: dict[str, Any] | None = None) -> LoggedQFit:
+    """Wrap a given dense Q matrix (n_steps, n_actions) as a :class:`LoggedQFit`."""
+    qfun = _QFunction(n_steps=q.shape[0], n_actions=q.shape[1], dense=q)
+    q_sa, v = _logged_values(qfun, pe, actions)
+    return LoggedQFit(q_sa=q_sa, v=v, seconds=seconds, info=dict(info or {}), _qfun=qfun)
+
+
 # ---------------------------------------------------------------------- shared pieces
 def _next_rows(dataset: TrajectoryDataset) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
     nxt = dataset.next_index
@@ -236,23 +328,51 @@ def fit_fqe(dataset: TrajectoryDataset, target_probs: NDArray[np.float64],
     -------
     QFit
     """
-    cfg = config or FQEConfig()
-    g = dataset.gamma if gamma is None else float(gamma)
+    t0 = time.perf_counter()
+    pe, qfun, info = _fit(dataset, target_probs, config, gamma, random_state)
+    q = np.ascontiguousarray(qfun.matrix())
+    v = np.einsum("ij,ij->i", q, pe)
+    return QFit(q=q, v=v, seconds=time.perf_counter() - t0, info=info)
+
+
+def fit_fqe_logged(dataset: TrajectoryDataset, target_probs: NDArray[np.float64],
+                   config: FQEConfig | None = None, *, gamma: float | None = None,
+                   random_state: RandomState = None) -> LoggedQFit:
+    """Fit ``Q`` like :func:`fit_fqe`, keeping only ``Q(s_t, a_t)`` and ``V(s_t)`` per row.
+
+    The same fit and the same numbers as :func:`fit_fqe`; the linear model is evaluated in row
+    blocks, so no ``(n_steps, n_actions)`` matrix of Q-values is held (the tabular, gbm and mlp
+    models build theirs while fitting).
+
+    Returns
+    -------
+    LoggedQFit
+    """
+    t0 = time.perf_counter()
+    pe, qfun, info = _fit(dataset, target_probs, config, gamma, random_state)
+    q_sa, v = _logged_values(qfun, pe, dataset.actions)
+    return LoggedQFit(q_sa=q_sa, v=v, seconds=time.perf_counter() - t0, info=info, _qfun=qfun)
+
+
+def _fit(dataset: TrajectoryDataset, target_probs: NDArray[np.float64],
+         config: FQEConfig | None, gamma: float | None, random_state: RandomState
+         ) -> tuple[NDArray[np.float64], _QFunction, dict[str, Any]]:
+    """Checked target probabilities, the fitted Q-function and its info."""
     pe = np.asarray(target_probs, dtype=np.float64)
     if pe.shape != (dataset.n_steps, dataset.n_actions):
         raise ValueError(f"target_probs must have shape ({dataset.n_steps}, {dataset.n_actions}), "
                          f"got {pe.shape}.")
-    t0 = time.perf_counter()
+    cfg = config or FQEConfig()
+    g = dataset.gamma if gamma is None else float(gamma)
+    if cfg.model == "linear":
+        return (pe, *_fit_linear(dataset, pe, g, cfg))
     if cfg.model == "tabular":
         q, info = _fit_tabular(dataset, pe, g, cfg)
-    elif cfg.model == "linear":
-        q, info = _fit_linear(dataset, pe, g, cfg)
     elif cfg.model == "gbm":
         q, info = _fit_gbm(dataset, pe, g, cfg, random_state)
     else:
         q, info = _fit_mlp(dataset, pe, g, cfg, random_state)
-    v = np.einsum("ij,ij->i", q, pe)
-    return QFit(q=q, v=v, seconds=time.perf_counter() - t0, info=info)
+    return pe, _QFunction(n_steps=q.shape[0], n_actions=q.shape[1], dense=q), info
 
 
 # ---------------------------------------------------------------------- tabular
@@ -342,7 +462,7 @@ def _kron_sum(psi: NDArray[np.float64], blocks: NDArray[np.float64]) -> NDArray[
 
 
 def _fit_linear(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma: float,
-                cfg: FQEConfig) -> tuple[NDArray[np.float64], dict[str, Any]]:
+                cfg: FQEConfig) -> tuple[_QFunction, dict[str, Any]]:
     phi = _state_design(dataset, cfg.time_features, cfg.state_design)  # (n, p)
     psi = _action_design(dataset, cfg.action_design)  # (A, m)
     n, p = phi.shape
@@ -351,13 +471,16 @@ def _fit_linear(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma: floa
     nxt, has_next = _next_rows(dataset)
     mask = has_next.astype(np.float64)[:, None]
     phi_next = phi[nxt] * mask
-    # E_pi[psi(a')] at the next row, shape (n, m); [1, pi(.|s')] for the flat design
-    psi_bar = (np.concatenate([mask, pe[nxt] * mask], axis=1) if flat
-               else (pe[nxt] @ psi) * mask)
 
-    def q_matrix(theta: NDArray[np.float64]) -> NDArray[np.float64]:
-        b = phi @ theta.reshape(p, m)  # (n, m)
-        return b[:, :1] + b[:, 1:] if flat else b @ psi.T
+    def psi_bar(rows: NDArray[np.int64]) -> NDArray[np.float64]:
+        """E_pi[psi(a')] at the next row of ``rows``, (len(rows), m); [1, pi(.|s')] if flat."""
+        mk = mask[rows]
+        pn = pe[nxt[rows]]
+        return np.concatenate([mk, pn * mk], axis=1) if flat else (pn @ psi) * mk
+
+    def q_function(theta: NDArray[np.float64]) -> _QFunction:
+        return _QFunction(n_steps=n, n_actions=n_a, phi=phi, weights=theta.reshape(p, m),
+                          psi=None if flat else psi)
 
     a = dataset.actions
     order = np.argsort(a, kind="stable")
@@ -368,53 +491,56 @@ def _fit_linear(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma: floa
     phir = np.zeros((n_a, p))
     h = np.zeros((n_a, p, p, m))
     fixed_point = gamma > 0 and cfg.solver == "fixed_point"
-    if fixed_point:  # per-row phi(s) (x) phi(s'), then one product per action block
-        z = (phi_s[:, :, None] * phi_next[order][:, None, :]).reshape(n, p * p)
-        psi_bar_s = psi_bar[order]
     r_s = dataset.rewards[order]
     for k in nonempty:  # rows of one action are contiguous after sorting: a BLAS call each
         lo, hi = bounds[k], bounds[k + 1]
         pk = phi_s[lo:hi]
         gram[k] = pk.T @ pk
         phir[k] = pk.T @ r_s[lo:hi]
-        if fixed_point:
-            h[k] = (z[lo:hi].T @ psi_bar_s[lo:hi]).reshape(p, p, m)
+        if fixed_point:  # sum over the action's rows of (phi(s) (x) phi(s')) psi_bar^T, in blocks
+            for sl in row_blocks(int(hi - lo), p * p + m):
+                idx = order[lo:hi][sl]
+                z = (phi[idx][:, :, None] * phi_next[idx][:, None, :]).reshape(-1, p * p)
+                h[k] += (z.T @ psi_bar(idx)).reshape(p, p, m)
     xtx = _kron_sum(psi, gram[:, :, :, None] * psi[:, None, None, :]).reshape(p * m, p * m)
     xtr = (phir.T @ psi).reshape(p * m)
     penalty = np.full((p, m), float(cfg.alpha))
     penalty[:, 0] = 1e-8 * max(1.0, float(np.trace(xtx)) / (p * m))
     lhs0 = xtx + np.diag(penalty.ravel())
     info: dict[str, Any] = {"solver": "fixed_point", "n_params": p * m}
-    q = None
+    qfun = None
     if fixed_point:
         xtxn = _kron_sum(psi, h).reshape(p * m, p * m)
         try:
-            theta = np.linalg.solve(lhs0 - gamma * xtxn, xtr)
-            q = q_matrix(theta)
+            qfun = q_function(np.linalg.solve(lhs0 - gamma * xtxn, xtr))
             scale = (np.abs(dataset.rewards).max() + 1e-12) * int(dataset.episode_lengths.max())
-            if not np.isfinite(q).all() or np.abs(q).max() > 10 * scale:
-                q = None  # unstable projected Bellman fixed point: iterate instead
+            if not qfun.bounded(10 * scale):
+                qfun = None  # unstable projected Bellman fixed point: iterate instead
         except np.linalg.LinAlgError:
-            q = None
+            qfun = None
     elif gamma == 0:
-        q = q_matrix(np.linalg.solve(lhs0, xtr))
+        qfun = q_function(np.linalg.solve(lhs0, xtr))
         info["solver"] = "ridge"
-    if q is None:  # iterate FQE with the same ridge regression
+    if qfun is None:  # iterate FQE with the same ridge regression
         from scipy.linalg import cho_factor, cho_solve
 
         info["solver"] = "iterate"
         n_iter = cfg.n_iterations or min(int(dataset.episode_lengths.max()), 100)
         chol = cho_factor(lhs0)
         theta = np.zeros(p * m)
+        v_next = np.empty(n)
         for _ in range(n_iter):
-            v_next = np.einsum("ij,ij->i", phi_next @ theta.reshape(p, m), psi_bar)
+            w = theta.reshape(p, m)
+            for sl in row_blocks(n, m):
+                v_next[sl] = np.einsum("ij,ij->i", phi_next[sl] @ w,
+                                       psi_bar(np.arange(sl.start, sl.stop)))
             y_s = (dataset.rewards + gamma * v_next)[order]
             s_a = np.zeros((n_a, p))
             s_a[nonempty] = np.add.reduceat(phi_s * y_s[:, None], bounds[nonempty], axis=0)
             theta = cho_solve(chol, (s_a.T @ psi).reshape(p * m))
         info["n_iterations"] = n_iter
-        q = q_matrix(theta)
-    return np.ascontiguousarray(q), info
+        qfun = q_function(theta)
+    return qfun, info
 
 
 # ---------------------------------------------------------------------- gbm

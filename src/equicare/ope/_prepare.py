@@ -11,7 +11,7 @@ from numpy.typing import NDArray
 from equicare.data import TrajectoryDataset
 from equicare.exceptions import DataValidationError
 from equicare.ope._core import ALL_KEYS, IS_TYPE, OPEInputs
-from equicare.ope._fqe import FQEConfig, QFit, fit_fqe
+from equicare.ope._fqe import FQEConfig, LoggedQFit, fit_fqe_logged, logged_q_fit
 from equicare.policy import check_probs
 from equicare.policy._behavior import BehaviorModel
 from equicare.utils import PARAM_MESSAGE, RandomState, check_random_state
@@ -105,8 +105,9 @@ class Prepared:
         Propensity of the logged action used in the weights.
     propensity_source : {"logged", "given", "estimated"}
     behavior_model : BehaviorModel or None
-    qfit : QFit or None
-    bandit_qfit : QFit or None
+    qfit : LoggedQFit or None
+        The Q-model at the logged actions and ``V`` (``qfit.q`` rebuilds the full matrix).
+    bandit_qfit : LoggedQFit or None
         One-step reward model of the bandit mode.
     """
 
@@ -116,15 +117,14 @@ class Prepared:
     behavior_prob: NDArray[np.float64]
     propensity_source: str
     behavior_model: BehaviorModel | None
-    qfit: QFit | None
-    bandit_qfit: QFit | None = None
+    qfit: LoggedQFit | None
+    bandit_qfit: LoggedQFit | None = None
 
     def bandit_inputs(self) -> OPEInputs:
         """Return inputs whose Q-model is the one-step reward model (for ``bandit_dr``)."""
         if self.bandit_qfit is None:
             raise ValueError("No one-step reward model was fitted (bandit_dr not requested).")
-        rows = np.arange(self.inputs.n_steps)
-        return self.inputs.with_q(self.bandit_qfit.q[rows, self.actions], self.bandit_qfit.v)
+        return self.inputs.with_q(self.bandit_qfit.q_sa, self.bandit_qfit.v)
 
 
 def prepare(
@@ -187,32 +187,24 @@ def prepare(
         if not hasattr(bm, "models_"):
             bm.fit(dataset)
     needs_q = any(k in ("fqe", "dr", "wdr") for k in keys)
+    given = None
+    if q is not None and (needs_q or "bandit_dr" in keys):  # a given Q matrix serves both modes
+        qm = np.asarray(q, dtype=np.float64)
+        if qm.shape != pe.shape:
+            raise ValueError(f"q must have shape {pe.shape}, got {qm.shape}.")
+        given = logged_q_fit(qm, pe, dataset.actions, info={"solver": "given"})
     qfit = None
-    if needs_q:
-        if q is not None:
-            qm = np.asarray(q, dtype=np.float64)
-            if qm.shape != pe.shape:
-                raise ValueError(f"q must have shape {pe.shape}, got {qm.shape}.")
-            qfit = QFit(q=qm, v=np.einsum("ij,ij->i", qm, pe), seconds=0.0,
-                        info={"solver": "given"})
-        else:
-            qfit = fit_fqe(dataset, pe, as_fqe_config(q_model), random_state=seed)
+    if needs_q:  # Q at the logged actions and V only: no (n_steps, n_actions) Q matrix is kept
+        qfit = given or fit_fqe_logged(dataset, pe, as_fqe_config(q_model), random_state=seed)
     bandit_qfit = None
     if "bandit_dr" in keys:
-        if q is not None:  # a given Q matrix serves both modes
-            qm = np.asarray(q, dtype=np.float64)
-            if qm.shape != pe.shape:
-                raise ValueError(f"q must have shape {pe.shape}, got {qm.shape}.")
-            bandit_qfit = QFit(q=qm, v=np.einsum("ij,ij->i", qm, pe), seconds=0.0,
-                               info={"solver": "given"})
-        else:
-            bandit_qfit = fit_fqe(dataset, pe, as_fqe_config(q_model), gamma=0.0,
-                                  random_state=seed)
+        bandit_qfit = given or fit_fqe_logged(dataset, pe, as_fqe_config(q_model), gamma=0.0,
+                                              random_state=seed)
     rows = np.arange(dataset.n_steps)
     rho = pe[rows, dataset.actions] / b
     inputs = OPEInputs(
         rewards=dataset.rewards, episode_offsets=dataset.episode_offsets, gamma=dataset.gamma,
-        rho=rho, q_sa=None if qfit is None else qfit.q[rows, dataset.actions],
+        rho=rho, q_sa=None if qfit is None else qfit.q_sa,
         v_s=None if qfit is None else qfit.v)
     return Prepared(inputs=inputs, target_probs=pe, actions=dataset.actions, behavior_prob=b,
                     propensity_source=source, behavior_model=bm, qfit=qfit,

@@ -12,10 +12,10 @@ from numpy.typing import NDArray
 from equicare.data import TrajectoryDataset
 from equicare.exceptions import SupportWarning
 from equicare.ope._core import IS_TYPE
-from equicare.utils import check_param
+from equicare.utils import check_param, row_blocks
 
-__all__ = ["SupportReport", "support_diagnostics", "SUPPORT_THRESHOLD", "SUPPORT_WARN_PCT",
-           "SUPPORT_MESSAGE"]
+__all__ = ["SupportReport", "support_diagnostics", "model_support_diagnostics",
+           "SUPPORT_THRESHOLD", "SUPPORT_WARN_PCT", "SUPPORT_MESSAGE"]
 
 #: Estimated behaviour probability below which an action counts as (almost) never taken.
 SUPPORT_THRESHOLD = 1e-3
@@ -126,20 +126,73 @@ def support_diagnostics(
     SupportReport
     """
     check_param(threshold, "threshold", "support_diagnostics", kind=float, low=0.0, high=1.0)
+    mass = np.empty(target_probs.shape[0])
+    for sl in row_blocks(mass.size, target_probs.shape[1]):
+        mass[sl] = _unsupported_mass(target_probs[sl], behavior_probs[sl],
+                                     None if observed is None else observed[sl], threshold)
+    return _report(dataset, mass, threshold, observed is not None, estimators, warn)
+
+
+def model_support_diagnostics(
+    dataset: TrajectoryDataset,
+    target_probs: NDArray[np.float64],
+    behavior_model: Any,
+    *,
+    threshold: float = SUPPORT_THRESHOLD,
+    estimators: tuple[str, ...] = ("is", "wis", "pdis", "wpdis", "fqe", "dr", "wdr"),
+    warn: bool = True,
+) -> SupportReport:
+    """:func:`support_diagnostics` against a fitted behaviour model, in row blocks.
+
+    The same report as ``support_diagnostics(dataset, target_probs,
+    behavior_model.action_probs(dataset), observed=behavior_model.observed_in_state(dataset))``
+    without holding the behaviour model's ``(n_steps, n_actions)`` probabilities.
+
+    Parameters
+    ----------
+    dataset : TrajectoryDataset
+    target_probs : ndarray of shape (n_steps, n_actions)
+    behavior_model : BehaviorModel
+        Fitted; provides ``action_prob_blocks`` and ``observed_in_state``.
+    threshold, estimators, warn
+        As in :func:`support_diagnostics`.
+
+    Returns
+    -------
+    SupportReport
+    """
+    check_param(threshold, "threshold", "support_diagnostics", kind=float, low=0.0, high=1.0)
+    mass = np.empty(dataset.n_steps)
+    uses_categorical = False
+    for rows, probs in behavior_model.action_prob_blocks(dataset):
+        observed = behavior_model.observed_in_state(dataset, rows=rows)
+        uses_categorical = observed is not None
+        mass[rows] = _unsupported_mass(target_probs[rows], probs, observed, threshold)
+    return _report(dataset, mass, threshold, uses_categorical, estimators, warn)
+
+
+def _unsupported_mass(target_probs: NDArray[np.float64], behavior_probs: NDArray[np.float64],
+                      observed: NDArray[np.bool_] | None, threshold: float
+                      ) -> NDArray[np.float64]:
+    """Target mass on unsupported actions of each row of a block, shape ``(n_rows,)``."""
     unsupported = behavior_probs < threshold
     if observed is not None:
         unsupported |= ~observed
-    mass = np.einsum("ij,ij->i", target_probs, unsupported.astype(np.float64))
+    return np.einsum("ij,ij->i", target_probs, unsupported.astype(np.float64))
+
+
+def _report(dataset: TrajectoryDataset, mass: NDArray[np.float64], threshold: float,
+            uses_categorical: bool, estimators: tuple[str, ...], warn: bool) -> SupportReport:
     per_ep = 100.0 * np.add.reduceat(mass, dataset.episode_offsets[:-1]) / dataset.episode_lengths
     share = float(100.0 * mass.mean())
     positive = share > 0
     rep = SupportReport(
         share_pct=share, per_episode_pct=per_ep, threshold=float(threshold),
-        uses_categorical=observed is not None, n_rows=int(np.sum(mass > 0)),
+        uses_categorical=uses_categorical, n_rows=int(np.sum(mass > 0)),
         biased_estimators=tuple(k for k in estimators if k in IS_TYPE) if positive else (),
         extrapolating_estimators=(tuple(k for k in estimators if k not in IS_TYPE)
                                   if positive else ()),
     )
     if warn and rep.warn:
-        warnings.warn(rep.message(), SupportWarning, stacklevel=2)
+        warnings.warn(rep.message(), SupportWarning, stacklevel=3)
     return rep

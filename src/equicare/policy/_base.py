@@ -11,6 +11,7 @@ from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
 from equicare.exceptions import PolicyError
+from equicare.utils import row_blocks
 
 __all__ = [
     "Policy",
@@ -60,7 +61,10 @@ def check_probs(
             f"{source}: action probabilities must have shape ({n_steps}, {n_actions}),"
             f" got {p.shape}."
         )
-    bad = ~np.isfinite(p).all(axis=1) | (p < 0).any(axis=1)
+    bad = np.zeros(p.shape[0], dtype=bool)
+    for sl in row_blocks(p.shape[0], p.shape[1]):  # no (n_steps, n_actions) masks
+        block = p[sl]
+        bad[sl] = ~np.isfinite(block).all(axis=1) | (block < 0).any(axis=1)
     if bad.any():
         rows = np.flatnonzero(bad)
         raise PolicyError(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -272,12 +273,19 @@ class BehaviorModel(BaseEstimator):
                              minlength=n_cells * self.n_actions_)
         self.cat_action_counts_ = counts.reshape(n_cells, self.n_actions_)
 
-    def observed_in_state(self, dataset: TrajectoryDataset) -> NDArray[np.bool_] | None:
+    def observed_in_state(self, dataset: TrajectoryDataset,
+                          rows: NDArray[np.int64] | None = None) -> NDArray[np.bool_] | None:
         """Whether each action was logged in the row's categorical-state cell in the fitting data.
+
+        Parameters
+        ----------
+        dataset : TrajectoryDataset
+        rows : ndarray of shape (n_rows,), optional
+            Only these rows of ``dataset`` (default: all).
 
         Returns
         -------
-        ndarray of shape (n_steps, n_actions) or None
+        ndarray of shape (n_steps, n_actions) (or (n_rows, n_actions)), or None
             None when the data has no categorical states.
         """
         check_is_fitted(self, "models_")
@@ -286,7 +294,8 @@ class BehaviorModel(BaseEstimator):
         sizes = tuple(len(lv) for lv in dataset.categorical_levels)
         if sizes != self.cat_sizes_ or (dataset.categorical >= np.asarray(sizes)).any():
             return None
-        cell = np.ravel_multi_index(dataset.categorical.T, self.cat_sizes_)
+        cat = dataset.categorical if rows is None else dataset.categorical[rows]
+        cell = np.ravel_multi_index(cat.T, self.cat_sizes_)
         return np.asarray(self.cat_action_counts_[cell] > 0)
 
     # ------------------------------------------------------------------ prediction
@@ -383,22 +392,32 @@ class BehaviorModel(BaseEstimator):
         return (len(self.models_) > 1 and dataset.n_episodes == self.fold_of_episode_.size
                 and dataset_fingerprint(dataset) == self.fingerprint_)
 
-    def _by_fold(self, dataset: TrajectoryDataset, X: NDArray[np.float64], fn: Any,
-                 width: int | None) -> NDArray[np.float64]:
-        """Apply ``fn(models, rows)`` out-of-fold on the fitting data, else averaged over folds."""
+    def _fold_blocks(self, dataset: TrajectoryDataset, fn: Any
+                     ) -> Iterator[tuple[NDArray[np.int64], NDArray[np.float64]]]:
+        """``(rows, fn(models, rows))`` out-of-fold on the fitting data, else fold-averaged.
+
+        Blocks of at most ``_CHUNK`` rows that together cover every row once.
+        """
         n = dataset.n_steps
-        out = np.zeros((n, width) if width else n)
         if self._is_fit_data(dataset):
             row_fold = self.fold_of_episode_[dataset.episode_index]
             for f, models in enumerate(self.models_):
                 rows = np.flatnonzero(row_fold == f)
                 for s in range(0, rows.size, _CHUNK):
                     r = rows[s:s + _CHUNK]
-                    out[r] = fn(models, r)
-            return out
+                    yield r, fn(models, r)
+            return
         for s in range(0, n, _CHUNK):
             r = np.arange(s, min(s + _CHUNK, n))
-            out[r] = sum(fn(models, r) for models in self.models_) / len(self.models_)
+            yield r, sum(fn(models, r) for models in self.models_) / len(self.models_)
+
+    def _by_fold(self, dataset: TrajectoryDataset, fn: Any, width: int | None
+                 ) -> NDArray[np.float64]:
+        """Apply ``fn(models, rows)`` out-of-fold on the fitting data, else averaged over folds."""
+        n = dataset.n_steps
+        out = np.zeros((n, width) if width else n)
+        for r, value in self._fold_blocks(dataset, fn):
+            out[r] = value
         return out
 
     def action_probs(self, dataset: TrajectoryDataset) -> NDArray[np.float64]:
@@ -409,7 +428,22 @@ class BehaviorModel(BaseEstimator):
         """
         check_is_fitted(self, "models_")
         X = self._design(dataset)
-        return self._by_fold(dataset, X, lambda m, r: self._full_probs(m, X[r]), self.n_actions_)
+        return self._by_fold(dataset, lambda m, r: self._full_probs(m, X[r]), self.n_actions_)
+
+    def action_prob_blocks(self, dataset: TrajectoryDataset
+                           ) -> Iterator[tuple[NDArray[np.int64], NDArray[np.float64]]]:
+        """:meth:`action_probs` block by block, for passes that need no full matrix.
+
+        Yields
+        ------
+        rows : ndarray of shape (n_rows,)
+            Rows of ``dataset`` in the block (every row appears in exactly one block).
+        probs : ndarray of shape (n_rows, n_actions)
+            The same numbers as ``action_probs(dataset)[rows]``.
+        """
+        check_is_fitted(self, "models_")
+        X = self._design(dataset)
+        yield from self._fold_blocks(dataset, lambda m, r: self._full_probs(m, X[r]))
 
     def logged_prob(self, dataset: TrajectoryDataset) -> NDArray[np.float64]:
         """Estimated probability of each row's logged action (unfloored), shape ``(n_steps,)``."""
@@ -418,7 +452,7 @@ class BehaviorModel(BaseEstimator):
             return self.oof_logged_prob_.copy()
         X = self._design(dataset)
         codes, flat = dataset.action_codes, dataset.actions
-        return self._by_fold(dataset, X,
+        return self._by_fold(dataset,
                              lambda m, r: self._logged_probs(m, X[r], codes[r], flat[r]), None)
 
     def propensities(self, dataset: TrajectoryDataset) -> NDArray[np.float64]:

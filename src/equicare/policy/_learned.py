@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 
 from equicare.exceptions import PolicyError
 from equicare.spaces import FactoredActionSpace
-from equicare.utils import atomic_write_text, check_param
+from equicare.utils import atomic_write_text, check_param, row_blocks
 
 __all__ = [
     "LearnedPolicy",
@@ -206,16 +206,24 @@ class LearnedPolicy:
         Actions outside the support get probability 0. History encoders read the earlier rows of
         each episode in ``dataset`` (at most ``window`` of them).
         """
+        import torch
+
         from equicare.models._inputs import ModelInputs, batched_forward
 
         self.check_compatible(dataset)
         inputs = ModelInputs.from_dataset(dataset, self.window,
                                           bool(self.network.spec.history_actions))
-        p_sup = self.support_probs(batched_forward(self.network, inputs, self.batch_size))
-        p = p_sup.double().numpy()
-        p /= p.sum(axis=1, keepdims=True)
         out = np.zeros((dataset.n_steps, self.n_actions))
-        out[:, self.support] = p
+        support = self.support
+        # blocks of whole forward batches (the same batches, so the same numbers, as one pass)
+        blocks = list(row_blocks(dataset.n_steps, support.size, multiple=self.batch_size))
+        for sl in blocks or [slice(0, 0)]:  # no rows: batched_forward says so
+            rows = torch.arange(sl.start, sl.stop)
+            p_sup = self.support_probs(batched_forward(self.network, inputs, self.batch_size,
+                                                       rows=rows))
+            p = p_sup.double().numpy()
+            p /= p.sum(axis=1, keepdims=True)
+            out[sl, support] = p
         return out
 
     def predict(self, dataset: Any) -> NDArray[np.int64]:
