@@ -26,7 +26,12 @@ from typer.testing import CliRunner
 
 from equicare.cli import app
 from equicare.pipeline import RayExecutor, RunStore, get_executor, load_run_config
-from equicare.pipeline._executor import RAY_NO_CLUSTER, LocalExecutor
+from equicare.pipeline._executor import (
+    RAY_NO_CLUSTER,
+    LocalExecutor,
+    SerialExecutor,
+    iter_map,
+)
 
 from .test_run import tiny_config
 
@@ -49,6 +54,29 @@ def test_local_pool_equals_serial():
     serial = get_executor("serial").map(_task, seeds)
     pooled = get_executor("local", jobs=2).map(_task, seeds)
     assert serial == pooled
+
+
+def _started(log: list[int], seed: int) -> int:
+    log.append(seed)
+    return seed
+
+
+def test_imap_is_ordered_and_lazy():
+    log: list[int] = []
+    it = SerialExecutor().imap(lambda s: _started(log, s), [3, 1, 2])
+    assert log == []  # nothing runs before the first result is asked for
+    assert next(it) == 3 and log == [3]
+    assert list(it) == [1, 2]
+    assert list(LocalExecutor(jobs=2).imap(_task, [4, 3, 2, 1])) == [_task(s) for s in (4, 3, 2, 1)]
+
+
+def test_iter_map_falls_back_to_map():
+    class MapOnly:
+        def map(self, fn, items):
+            return [fn(x) for x in items]
+
+    assert list(iter_map(MapOnly(), abs, [-1, -2])) == [1, 2]
+    assert list(iter_map(SerialExecutor(), abs, [-3])) == [3]
 
 
 @pytest.mark.parametrize(

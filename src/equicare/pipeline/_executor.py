@@ -8,14 +8,21 @@ the caller, so the same seeds give the same numbers on either executor.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 from equicare.utils import PARAM_MESSAGE, check_param
 
-__all__ = ["Executor", "LocalExecutor", "RayExecutor", "SerialExecutor", "get_executor"]
+__all__ = [
+    "Executor",
+    "LocalExecutor",
+    "RayExecutor",
+    "SerialExecutor",
+    "get_executor",
+    "iter_map",
+]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -37,6 +44,10 @@ class SerialExecutor:
     def map(self, fn: Callable[[Any], R], items: Iterable[Any]) -> list[R]:
         """Apply ``fn`` to every item; results in input order."""
         return [fn(x) for x in items]
+
+    def imap(self, fn: Callable[[Any], R], items: Iterable[Any]) -> Iterator[R]:
+        """Like :meth:`map`, yielding each result as soon as it and those before it are done."""
+        return (fn(x) for x in items)
 
 
 @dataclass(frozen=True)
@@ -72,14 +83,19 @@ class LocalExecutor:
 
     def map(self, fn: Callable[[Any], R], items: Iterable[Any]) -> list[R]:
         """Apply ``fn`` to every item in worker processes; results in input order."""
+        return list(self.imap(fn, items))
+
+    def imap(self, fn: Callable[[Any], R], items: Iterable[Any]) -> Iterator[R]:
+        """Like :meth:`map`, yielding results in input order as they finish, from one pool."""
         seq: Sequence[Any] = list(items)
         if self.n_workers == 1 or len(seq) <= 1:
-            return [fn(x) for x in seq]
+            yield from (fn(x) for x in seq)
+            return
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn")  # no fork of a process holding torch threads
         with ProcessPoolExecutor(max_workers=min(self.n_workers, len(seq)), mp_context=ctx) as pool:
-            return list(pool.map(fn, seq))
+            yield from pool.map(fn, seq)
 
 
 RAY_MISSING = "The ray executor needs Ray: pip install 'equicare[ray]'."
@@ -152,12 +168,22 @@ class RayExecutor:
 
     def map(self, fn: Callable[[Any], R], items: Iterable[Any]) -> list[R]:
         """Apply ``fn`` to every item as Ray tasks; results in input order."""
+        return list(self.imap(fn, items))
+
+    def imap(self, fn: Callable[[Any], R], items: Iterable[Any]) -> Iterator[R]:
+        """Submit every item as a Ray task at once; yield the results in input order."""
         seq: Sequence[Any] = list(items)
         if not seq:
-            return []
+            return
         ray = self._connect()
         remote = ray.remote(fn)
-        return list(ray.get([remote.remote(x) for x in seq]))
+        refs = [remote.remote(x) for x in seq]
+        for ref in refs:
+            yield ray.get(ref)
+
+    def connect(self) -> None:
+        """Connect now (or start the local cluster): a missing cluster fails here, up front."""
+        self._connect()
 
     def shutdown(self) -> None:
         """End the Ray session this module opened (a no-op for a session the caller opened)."""
@@ -224,6 +250,18 @@ def _answers(host: str, port: int, timeout: float = 5.0) -> bool:
             return True
     except OSError:
         return False
+
+
+def iter_map(executor: Executor, fn: Callable[[Any], R], items: Iterable[Any]) -> Iterator[R]:
+    """Results of ``fn`` over ``items`` in input order, one by one (for progress bars).
+
+    Uses the executor's ``imap`` when it has one (all of ours: one pool or one batch of Ray tasks
+    for every item), else its ``map``.
+    """
+    imap = getattr(executor, "imap", None)
+    if imap is not None:
+        return iter(imap(fn, items))
+    return iter(executor.map(fn, items))
 
 
 def get_executor(

@@ -18,7 +18,7 @@ import pandas as pd
 
 from equicare._progress import progress_task
 from equicare.pipeline._config import RunConfig
-from equicare.pipeline._executor import Executor, get_executor
+from equicare.pipeline._executor import Executor, RayExecutor, get_executor, iter_map
 from equicare.pipeline._store import Metric, RunStore
 from equicare.utils import atomic_write_text
 
@@ -116,9 +116,8 @@ def run_sweep(
         tasks.append((c.to_dict(), cfg.source, str(cfg.base_dir), ov))
     o = cfg["output"]
     ex = executor or get_executor(o["executor"], o["jobs"], o["address"])
-    # submit in chunks so the bar moves while keeping the executor's ordering; asking a Ray
-    # executor for its CPUs connects to the cluster, so a missing one fails before the run starts
-    chunk = max(1, getattr(ex, "n_workers", 1))
+    if isinstance(ex, RayExecutor):
+        ex.connect()  # a missing cluster fails before the run is recorded
     root = Path(store_root) if store_root is not None else cfg.resolve(o["store"])
     store = RunStore(root)
     run_id = store.start(
@@ -132,9 +131,9 @@ def run_sweep(
             f"sweep ({len(tasks)} points)", total=len(tasks), enabled=progress
         ) as bar:
             rows = []
-            for i in range(0, len(tasks), chunk):
-                rows += ex.map(sweep_point, tasks[i : i + chunk])
-                bar.update(advance=len(tasks[i : i + chunk]))
+            for row in iter_map(ex, sweep_point, tasks):  # one pool for the whole grid
+                rows.append(row)
+                bar.update(advance=1)
         table = pd.DataFrame(rows)
         tmp = out / ".sweep.csv.tmp"
         table.to_csv(tmp, index=False)
