@@ -28,7 +28,10 @@ def fail(message: str) -> None:
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn user mistakes (bad data, bad arguments, existing outputs) into exit code 2, no traceback."""
+    """Turn user mistakes (bad data, bad arguments, existing outputs) into exit code 2.
+
+    No traceback is printed.
+    """
     try:
         yield
     except DataValidationError as exc:

@@ -1,4 +1,4 @@
-"""Progress bars that nest: a long step shows its own bar, or a row in the pipeline's shared display.
+"""Nesting progress bars: a long step shows its own bar, or a row in the pipeline's shared display.
 
 Rich allows one live display at a time. Library code calls :func:`progress_task`; when the pipeline
 has opened :func:`shared_progress`, the task becomes a row of that display (with elapsed time and
@@ -37,7 +37,10 @@ def _columns() -> list[Any]:
 
 
 class ProgressTask:
-    """Handle of one task: ``update(completed=..., advance=..., info=...)``; a no-op when disabled."""
+    """Handle of one task: ``update(completed=..., advance=..., info=...)``.
+
+    A no-op when disabled.
+    """
 
     def __init__(self, progress: Any, task_id: Any) -> None:
         self._p = progress

@@ -56,7 +56,9 @@ class FactoredActionSpace:
 
     Examples
     --------
-    >>> space = FactoredActionSpace.from_levels({"modality": ["none", "phone"], "urgency": ["routine", "urgent"]})
+    >>> space = FactoredActionSpace.from_levels(
+    ...     {"modality": ["none", "phone"], "urgency": ["routine", "urgent"]}
+    ... )
     >>> space.n_actions
     4
     >>> int(space.to_flat([[1, 0]])[0])
@@ -138,7 +140,8 @@ class FactoredActionSpace:
             arr = arr[None, :]
         if arr.shape[1] != self.n_components:
             raise ValueError(
-                f"codes must have {self.n_components} columns (one per component), got {arr.shape[1]}."
+                f"codes must have {self.n_components} columns (one per component), "
+                f"got {arr.shape[1]}."
             )
         sizes = np.asarray(self.sizes)
         if arr.size and ((arr < 0).any() or (arr >= sizes).any()):

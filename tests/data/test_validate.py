@@ -52,7 +52,9 @@ def test_empty_table(frame, manifest_dict):
 def test_non_numeric_state(frame, manifest_dict):
     frame["risk"] = frame["risk"].astype(object)
     frame.loc[3, "risk"] = "high"
-    err = assert_invalid(frame, manifest_dict, "column 'risk' (state) must be numeric", "1 row (first: 3;")
+    err = assert_invalid(
+        frame, manifest_dict, "column 'risk' (state) must be numeric", "1 row (first: 3;"
+    )
     assert len(err.problems) == 1
 
 
@@ -113,7 +115,9 @@ def test_time_gaps(frame, manifest_dict):
 def test_non_integer_time(frame, manifest_dict):
     frame["week"] = frame["week"].astype(float)
     frame.loc[0, "week"] = 1.5
-    assert_invalid(frame, manifest_dict, "column 'week' (time) must hold integers; 1 row (first: 0;")
+    assert_invalid(
+        frame, manifest_dict, "column 'week' (time) must hold integers; 1 row (first: 0;"
+    )
 
 
 def test_group_changes_within_episode(frame, manifest_dict):
@@ -147,7 +151,9 @@ def test_propensity_range(frame, manifest_dict, bad):
 
 def test_non_finite_reward(frame, manifest_dict):
     frame.loc[1, "r_engagement"] = np.nan
-    assert_invalid(frame, manifest_dict, "column 'r_engagement' (reward component 'engagement') has NaN")
+    assert_invalid(
+        frame, manifest_dict, "column 'r_engagement' (reward component 'engagement') has NaN"
+    )
 
 
 def test_bad_terminal(frame, manifest_dict):

@@ -29,7 +29,7 @@ class Episode(NamedTuple):
 
 @dataclass(frozen=True, eq=False)
 class TrajectoryDataset:
-    """A longitudinal panel: one row per decision step, rows of an episode contiguous and in time order.
+    """A longitudinal panel: one row per decision step, an episode's rows contiguous, in time order.
 
     Build one with :func:`equicare.data.load_dataset`, :func:`equicare.data.from_frame` or directly
     from arrays. All arrays are indexed by row ``i`` (``n_steps`` rows) unless stated.
@@ -201,7 +201,10 @@ class TrajectoryDataset:
 
     @property
     def next_index(self) -> NDArray[np.int64]:
-        """Row of the next step in the same episode, or -1 at an episode's last row, shape ``(n_steps,)``."""
+        """Row of the next step in the same episode, or -1 at an episode's last row.
+
+        Shape ``(n_steps,)``.
+        """
 
         def make() -> NDArray[np.int64]:
             nxt = np.arange(1, self.n_steps + 1, dtype=np.int64)
@@ -301,7 +304,10 @@ class TrajectoryDataset:
             yield self.episode(e)
 
     def group_labels(self, attr: str | None = None) -> NDArray[Any]:
-        """Label of each episode for a group attribute (default: the first), shape ``(n_episodes,)``."""
+        """Label of each episode for a group attribute (default: the first).
+
+        Shape ``(n_episodes,)``.
+        """
         if not self.groups:
             raise KeyError("This dataset has no group attributes (manifest dataset.groups).")
         key = attr or next(iter(self.groups))
@@ -318,7 +324,10 @@ class TrajectoryDataset:
         return out.astype(str)
 
     def subset(self, episodes: Sequence[int] | NDArray[Any]) -> TrajectoryDataset:
-        """Dataset of the given episodes (positions or a boolean mask over episodes), in that order."""
+        """Dataset of the given episodes, in that order.
+
+        Episodes are given as positions or as a boolean mask over episodes.
+        """
         ep = np.asarray(episodes)
         if ep.dtype == bool:
             ep = np.flatnonzero(ep)

@@ -209,7 +209,8 @@ def validate_frame(
         bad_t = ~np.isfinite(tv) | (np.floor(tv) != tv)
         if bad_t.any():
             err(
-                f"{source}: column {manifest.time!r} (time) must hold integers; {_rows(bad_t)} do not."
+                f"{source}: column {manifest.time!r} (time) must hold integers; "
+                f"{_rows(bad_t)} do not."
             )
         else:
             t_ok = True
@@ -268,7 +269,8 @@ def validate_frame(
         nonfinite = ~np.isfinite(v)
         if nonfinite.any():
             err(
-                f"{source}: column {c!r} ({what}) has NaN or infinite values in {_rows(nonfinite)}; "
+                f"{source}: column {c!r} ({what}) has NaN or infinite values in "
+                f"{_rows(nonfinite)}; "
                 "expected finite numbers."
             )
 
@@ -338,7 +340,8 @@ def validate_frame(
             pct = 100.0 * float(np.mean(df[r.column].to_numpy() != 0))
             if pct < SPARSE_REWARD_PCT:
                 rep.warnings.append(
-                    f"{source}: reward component {r.name!r} (column {r.column!r}) is non-zero in only "
+                    f"{source}: reward component {r.name!r} (column {r.column!r}) "
+                    "is non-zero in only "
                     f"{pct:.2f}% of rows (< {SPARSE_REWARD_PCT:g}%); estimates will be noisy."
                 )
         if rep.episode_codes is not None:

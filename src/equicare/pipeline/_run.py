@@ -1,4 +1,4 @@
-"""The main job: panel -> validate -> dataset -> behaviour model -> policy -> OPE -> audit -> report.
+"""The main job: panel -> validate -> dataset -> behaviour -> policy -> OPE -> audit -> report.
 
 Every stage shows progress; the run is registered in the run store before anything is computed
 and marked ``finished`` only after its artifacts and metrics are all written. Ctrl-C or SIGTERM

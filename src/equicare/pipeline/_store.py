@@ -206,7 +206,10 @@ class RunStore:
         return final
 
     def fail(self, run_id: str, status: str = "failed", message: str = "") -> None:
-        """Mark a run ``failed`` or ``interrupted`` (its partial artifacts are kept for inspection)."""
+        """Mark a run ``failed`` or ``interrupted``.
+
+        Its partial artifacts are kept for inspection.
+        """
         with self._connect() as con:
             con.execute(
                 "UPDATE runs SET status = ?, finished = ?, message = ? WHERE run_id = ?",

@@ -40,7 +40,10 @@ def _ok(cell: Any) -> bool:
 def forest_plot(
     result: Mapping[str, Any], truth: Mapping[str, Any] | None = None, policy_name: str = "learned"
 ) -> Any:
-    """Policy value by estimator with 95% CIs (Contract-3 ``result``), behaviour and truth marked."""
+    """Policy value by estimator with 95% CIs, behaviour and truth marked.
+
+    ``result`` follows Contract 3.
+    """
     plt = _plt()
     ests = result["estimates"]
     names = list(ests)

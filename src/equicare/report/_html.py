@@ -22,12 +22,14 @@ from equicare.utils import MIN_CELL, atomic_write_text
 __all__ = ["Report", "suppress_small_cells"]
 
 _CSS = """
-body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0;color:#1d2330;background:#f6f7f9}
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;\
+margin:0;color:#1d2330;background:#f6f7f9}
 header{background:#1f3b5a;color:#fff;padding:18px 32px}
 header h1{margin:0;font-size:24px} header p{margin:4px 0 0;opacity:.85}
 nav{padding:8px 32px;background:#e8edf3;font-size:14px} nav a{margin-right:14px;color:#1f3b5a}
 main{padding:8px 32px 40px;max-width:1200px}
-section{background:#fff;border-radius:8px;padding:16px 22px;margin:18px 0;box-shadow:0 1px 3px rgba(0,0,0,.08)}
+section{background:#fff;border-radius:8px;padding:16px 22px;margin:18px 0;\
+box-shadow:0 1px 3px rgba(0,0,0,.08)}
 h2{font-size:19px;margin:4px 0 10px;color:#1f3b5a}
 h3{font-size:16px;margin:14px 0 6px}
 table{border-collapse:collapse;font-size:13px;margin:8px 0}
