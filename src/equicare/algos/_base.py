@@ -107,7 +107,9 @@ class LearnerConfig:
         Exponentiated-gradient step size of the group weights.
     group_robust_signal : {"auto", "value", "loss"}
         What makes a group worse off: the lowest estimated value of the current policy on the
-        group's rows, or the highest loss (classic group DRO; always used by BC). ``"auto"``
+        initial states of the group's episodes (``"value"``, refreshed every
+        ``GROUP_SIGNAL_EVERY`` steps), or the highest loss (``"loss"``, classic group DRO;
+        always used by BC, which has no value estimate). ``"auto"``
         uses the value only when the critic reads the group (AWR with ``critic_groups=True``):
         a group-blind critic's value differs between groups only through their states, which
         can point at the wrong group (on the tabular test MDP it up-weights the better-off
