@@ -103,7 +103,8 @@ def test_value_signal_survives_a_resume(tmp_path):
 def test_auto_signal_uses_the_value_only_with_a_group_aware_critic(hidden_groups):
     _, data = hidden_groups
     aware = AWR(n_steps=2, hidden=(8,), valid_fraction=0.0, critic_groups=True, group_robust=0.5)
-    blind = AWR(n_steps=2, hidden=(8,), valid_fraction=0.0, group_robust=0.5)
+    blind = AWR(n_steps=2, hidden=(8,), valid_fraction=0.0, group_robust=0.5,
+                critic_groups=False)
     forced = CQL(n_steps=2, hidden=(8,), valid_fraction=0.0, group_robust=0.5,
                  group_robust_signal="value")
     for m in (aware, blind, forced):
@@ -116,3 +117,14 @@ def test_auto_signal_uses_the_value_only_with_a_group_aware_critic(hidden_groups
     bc = BC(n_steps=5, hidden=(8,), valid_fraction=0.0, group_robust=1.0,
             group_robust_signal="value", group_robust_step=1.0).fit(data, progress=False)
     assert bc._group_signal is None and not np.allclose(bc.group_weights_, 0.5)
+
+
+def test_awr_critic_reads_the_group_by_default_only_when_group_robust(hidden_groups):
+    _, data = hidden_groups
+    n_feat = len(data.feature_names())
+    plain = AWR(n_steps=2, hidden=(8,), valid_fraction=0.0).fit(data, progress=False)
+    robust = AWR(n_steps=2, hidden=(8,), valid_fraction=0.0, group_robust=0.3).fit(
+        data, progress=False)
+    assert plain.nets_["critic"].spec.n_features == n_feat
+    assert robust.nets_["critic"].spec.n_features == n_feat + 2  # one-hot of groups A, B
+    assert robust._uses_value_signal()

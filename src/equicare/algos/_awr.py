@@ -61,11 +61,13 @@ class AWRConfig(LearnerConfig):
         Divide advantages by their running standard deviation (``beta`` then has no units).
     target_update_interval : int
         Steps between copies of the critic into its target network.
-    critic_groups : bool
+    critic_groups : bool or None
         The critic also reads the one-hot group attribute (``group_attr``) of each row; the
         policy never does. Advantages then reflect group-specific responses to actions, which is
         what the group-robust weights act on. Needs group labels (also in :meth:`scores` of the
-        critic), never at deployment.
+        critic), never at deployment. ``None`` (default): on exactly when ``group_robust > 0``
+        (without it, AWR's group weights follow the weighted likelihood, which on the
+        hidden-group test MDP up-weights the better-off group and gains nothing).
     """
 
     head: Literal["joint", "factored", "autoregressive"] = "joint"
@@ -75,7 +77,7 @@ class AWRConfig(LearnerConfig):
     q_target: Literal["policy", "max"] = "policy"
     normalize_advantage: bool = True
     target_update_interval: int = 100
-    critic_groups: bool = False
+    critic_groups: bool | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -89,7 +91,8 @@ class AWRConfig(LearnerConfig):
         check_param(self.normalize_advantage, "normalize_advantage", o, kind=bool)
         check_param(self.target_update_interval, "target_update_interval", o, kind=int, low=1,
                     expected="an int >= 1")
-        check_param(self.critic_groups, "critic_groups", o, kind=bool)
+        check_param(self.critic_groups, "critic_groups", o, kind=bool, allow_none=True,
+                    expected="a bool or None (on when group_robust > 0)")
 
 
 class AWR(OfflineLearner):
@@ -108,7 +111,8 @@ class AWR(OfflineLearner):
     critic_nets = ("critic", "critic_target")
 
     def _critic_groups(self) -> bool:
-        return bool(self.config.critic_groups)
+        cfg = self.config
+        return cfg.group_robust > 0 if cfg.critic_groups is None else bool(cfg.critic_groups)
 
     def _networks(self, base: dict[str, Any], critic_base: dict[str, Any]
                   ) -> dict[str, Network]:
