@@ -40,7 +40,7 @@ def care_dataset(n_members: int = N_MEMBERS, n_weeks: int = N_WEEKS) -> Any:
 # ----------------------------------------------------------------------------- equicare
 def ours_steps_per_s(algo: str, ds: Any, n_steps: int) -> float:
     """Gradient steps/s of an equicare learner, from its own timed history (after warm-up)."""
-    from equicare.algos import BC, CQL
+    from equicare.learn import BC, CQL
 
     klass = {"bc": BC, "cql": CQL}[algo]
     learner = klass(n_steps=n_steps + n_steps // 4, eval_every=n_steps // 4, hidden=HIDDEN,
@@ -105,7 +105,7 @@ def d3rlpy_steps_per_s(algo: str, ds: Any, n_steps: int) -> float | None:
         print(f"[skip] d3rlpy not importable ({exc}); pip install d3rlpy to compare")
         return None
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
-    from equicare.algos import to_d3rlpy
+    from equicare.learn import to_d3rlpy
 
     mdp = to_d3rlpy(ds)
     cfg = (d3rlpy.algos.DiscreteBCConfig(batch_size=BATCH) if algo == "bc"
@@ -137,7 +137,7 @@ def lstm_awr_epoch() -> dict[str, float]:
     import threading
 
     _threads()
-    from equicare.algos import AWR
+    from equicare.learn import AWR
 
     ds = care_dataset()
     n = ds.n_steps // BATCH

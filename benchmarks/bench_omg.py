@@ -34,7 +34,7 @@ def run() -> dict[str, dict[str, Any]]:
     """Stage times of the full OMG-RL pipeline on 2,000 patients (single thread)."""
     import torch
 
-    from equicare.algos.omg import OMG, OMGConfig
+    from equicare.dosing._omg import OMG, OMGConfig
     from equicare.sim.heparin import evaluate_heparin_policy, heparin_dataset
 
     torch.set_num_threads(1)
@@ -80,7 +80,7 @@ def one_seed(seed: int, methods: tuple[str, ...]) -> dict[str, Any]:
     import torch
     from scipy.stats import spearmanr
 
-    from equicare.algos.omg import OMG, OMGConfig
+    from equicare.dosing._omg import OMG, OMGConfig
     from equicare.models._dynamics import DynamicsEnsemble
     from equicare.sim.heparin import clinical_reward, evaluate_heparin_policy, heparin_dataset
 
@@ -103,7 +103,7 @@ def one_seed(seed: int, methods: tuple[str, ...]) -> dict[str, Any]:
                        "aptt_rmse_persistence": hm["rmse_persistence"]["aptt"],
                        "reward_rmse": hm["reward_rmse"]}
     if "bc" in methods:
-        from equicare.algos import BC
+        from equicare.learn import BC
 
         t0 = time.perf_counter()
         bc = BC(n_steps=5000, hidden=(128, 128), seed=seed, valid_fraction=0.0).fit(
@@ -112,7 +112,7 @@ def one_seed(seed: int, methods: tuple[str, ...]) -> dict[str, Any]:
         out["methods"]["bc"] = ev(bc, False)
         out["methods"]["bc_greedy"] = ev(bc, True)
     if "cql" in methods:
-        from equicare.algos import CQL
+        from equicare.learn import CQL
 
         t0 = time.perf_counter()
         cql = CQL(n_steps=10000, hidden=(128, 128), seed=seed, valid_fraction=0.0, alpha=1.0,

@@ -75,7 +75,7 @@ def _single_env_sps(hours: int = 2 * 168) -> float:
 
 
 def _ours_ppo_sps(env_name: str, n_envs: int, n_steps: int, steps: int) -> float:
-    from equicare.algos.ppo import PPO, PPOConfig
+    from equicare.online._ppo import PPO, PPOConfig
     from equicare.sim.hospital import HospitalVectorEnv
 
     cfg = PPOConfig(total_steps=steps, n_envs=n_envs, n_steps=n_steps, n_epochs=4,

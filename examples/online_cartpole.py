@@ -14,8 +14,8 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 
-from equicare.algos.grpo import GRPO, GRPOConfig
-from equicare.algos.ppo import PPO, PPOConfig
+from equicare.online._grpo import GRPO, GRPOConfig
+from equicare.online._ppo import PPO, PPOConfig
 
 
 def by_position(obs: np.ndarray, actions: np.ndarray, info: dict) -> np.ndarray:

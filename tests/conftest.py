@@ -70,3 +70,22 @@ def manifest_dict() -> dict:
 @pytest.fixture
 def frame() -> pd.DataFrame:
     return make_frame()
+
+
+# ---- the tabular MDP of the learner tests (tests/learn, tests/cli)
+@pytest.fixture(scope="session")
+def mdp():
+    """Near-uniform behaviour over 9 of 12 actions; the 3 unobserved actions are bad."""
+    from tests.learn.tabular_mdp import TabularMDP
+
+    return TabularMDP(behaviour_bias=0.0, behaviour_noise=0.5)
+
+
+@pytest.fixture(scope="session")
+def tab_data(mdp):
+    return mdp.dataset(1000, random_state=1)
+
+
+@pytest.fixture(scope="session")
+def small_data(mdp):
+    return mdp.dataset(120, random_state=2)

@@ -14,8 +14,9 @@ from typing import Any
 __version__ = "0.1.0"
 
 _SUBMODULES = (
-    "data", "spaces", "rewards", "sim", "models", "policy", "algos", "ope", "fairness", "rmab",
-    "causal", "pipeline", "report", "exceptions", "utils",
+    "data", "spaces", "rewards", "sim", "models", "policy", "learn", "online", "dosing", "ope",
+    "fairness", "rmab",
+    "causal", "pipeline", "report", "cli", "exceptions", "utils",
 )
 
 __all__ = ["__version__", *_SUBMODULES]

@@ -180,7 +180,7 @@ def test_mixed_sign_values_give_no_gini() -> None:
 def check_care_disparity(n_members: int, n_truth: int, fit_steps: int) -> None:
     import torch
 
-    from equicare.algos import BC
+    from equicare.learn import BC
     from equicare.sim.care import CareManagementSim
 
     torch.set_num_threads(1)

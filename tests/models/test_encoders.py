@@ -92,14 +92,14 @@ def test_history_encoder_uses_history():
 
 
 def test_importing_models_does_not_import_torch():
-    code = ("import sys, equicare.models, equicare.algos, equicare.policy; "
+    code = ("import sys, equicare.models, equicare.learn, equicare.policy; "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
 
 def test_every_public_name_imports():
-    import equicare.algos as algos
+    import equicare.learn as algos
     import equicare.models as models
 
     for mod in (models, algos):

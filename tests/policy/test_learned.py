@@ -29,10 +29,7 @@ def _dataset(n_episodes=30, seed=0):
 
 @pytest.mark.parametrize("algo", ["bc", "awr", "cql"])
 def test_load_policy_matches_learner(tmp_path, algo):
-    import equicare.algos._awr  # noqa: F401
-    import equicare.algos._bc  # noqa: F401
-    import equicare.algos._cql  # noqa: F401
-    from equicare.algos._base import LEARNERS
+    from equicare.learn import LEARNERS
 
     ds = _dataset()
     learner = LEARNERS[algo](n_steps=20, hidden=(8,), encoder="lstm", window=2,
@@ -49,7 +46,7 @@ def test_load_policy_never_unpickles_and_checks_format(tmp_path, monkeypatch):
 
     import torch
 
-    from equicare.algos import BC, load_learner
+    from equicare.learn import BC, load_learner
 
     ds = _dataset()
     BC(n_steps=5, hidden=(8,), valid_fraction=0.0).fit(ds, progress=False).save(tmp_path / "m")
@@ -80,7 +77,7 @@ def test_load_policy_never_unpickles_and_checks_format(tmp_path, monkeypatch):
 
 
 def test_weights_that_do_not_match_the_spec(tmp_path):
-    from equicare.algos import BC
+    from equicare.learn import BC
 
     ds = _dataset()
     BC(n_steps=5, hidden=(8,), valid_fraction=0.0).fit(ds, progress=False).save(tmp_path / "m")
@@ -92,7 +89,7 @@ def test_weights_that_do_not_match_the_spec(tmp_path):
 
 
 def test_probabilities_are_valid_rows():
-    from equicare.algos import AWR
+    from equicare.learn import AWR
     from equicare.policy import check_probs
 
     ds = _dataset()
@@ -104,7 +101,7 @@ def test_action_probs_in_row_blocks_equal_one_pass(tmp_path, monkeypatch):
     from dataclasses import replace
 
     from equicare import utils
-    from equicare.algos import AWR
+    from equicare.learn import AWR
 
     ds = _dataset(n_episodes=80)
     AWR(n_steps=10, hidden=(8,), encoder="lstm", window=2,

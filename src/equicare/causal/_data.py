@@ -11,7 +11,8 @@ from numpy.typing import NDArray
 
 from equicare.exceptions import DataValidationError, PolicyError
 
-__all__ = ["MediationData", "PolicyProbs", "as_mediation_data", "from_dataset", "resolve_policy"]
+__all__ = ["MediationData", "PolicyProbs", "as_mediation_data", "binarize_actions",
+           "collapse_probs", "from_dataset", "resolve_policy"]
 
 #: Error templates (tests match them exactly).
 NO_MEDIATOR_MESSAGE = ("The dataset has no mediator columns; add `mediators = [...]` to the "
@@ -279,3 +280,25 @@ def resolve_policy(spec: Any, data: MediationData, what: str
                 _check_probs(np.asarray(spec(data.next_states), np.float64), n, A, what))
     raise PolicyError(f"{what}: expected a fixed action (int), PolicyProbs, a policy with "
                       f"action_probs or a callable on states; got {type(spec).__name__}.")
+
+
+def binarize_actions(ds: Any, action: str) -> tuple[Any, np.ndarray]:
+    """The dataset with its action collapsed to 1 = in ``action`` (e.g. ``modality=home_visit``).
+
+    Returns the binary dataset (same rows, a two-level action space, no logged propensities) and
+    the mask over the original flat actions.
+    """
+    from dataclasses import replace
+
+    from equicare.spaces import FactoredActionSpace
+
+    mask = ds.action_space.parse_action_set(action)
+    binary = replace(ds, actions=mask[ds.actions].astype(np.int64),
+                     action_space=FactoredActionSpace.single(2), behavior_prob=None, _cache={})
+    return binary, mask
+
+
+def collapse_probs(probs: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Probabilities over the original flat actions -> ``[P(not in set), P(in set)]``."""
+    p1 = np.asarray(probs, dtype=np.float64)[:, mask].sum(axis=1)
+    return np.stack([1.0 - p1, p1], axis=1)

@@ -43,9 +43,9 @@ __all__ = [
 _LAZY = {
     "plot_allocation": "equicare.fairness._plots",
     "plot_parity_gaps": "equicare.fairness._plots",
-    "frontier": "equicare.fairness._frontier",
-    "FrontierResult": "equicare.fairness._frontier",
-    "pareto_mask": "equicare.fairness._frontier",
+    "frontier": "equicare.pipeline._frontier",
+    "FrontierResult": "equicare.pipeline._frontier",
+    "pareto_mask": "equicare.pipeline._frontier",
 }
 __all__ += sorted(_LAZY)
 

@@ -85,7 +85,7 @@ def load_run_data(cfg: RunConfig) -> tuple[Any, Any]:
 
 def build_learner(cfg: RunConfig, seed: int) -> Any:
     """The learner of the run, its config checked by the learner's own config class."""
-    from equicare import algos
+    from equicare import learn as algos
 
     spec = dict(cfg["learner"])
     algo = spec.pop("algo", "awr")
@@ -412,7 +412,7 @@ def _stage_mediation(
     never taking it (a0 = 0), through the manifest's mediator (e.g. ``engaged``).
     """
     from equicare.causal import DynamicMediation, PolicyProbs
-    from equicare.causal._cli import binarize_actions, collapse_probs
+    from equicare.causal._data import binarize_actions, collapse_probs
 
     test = state["test"]
     if test.mediators is None:

@@ -1,0 +1,191 @@
+"""Command ``equicare mediate``: plain functions plus a ``register(app)`` for the Typer app."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+
+from equicare.causal._data import (
+    MediationData,
+    PolicyProbs,
+    binarize_actions,
+    collapse_probs,
+    from_dataset,
+)
+from equicare.causal._dynamic import ESTIMATORS, DynamicMediation
+from equicare.causal._result import EFFECT_KEYS, MediationResult
+from equicare.utils import atomic_write_text
+
+__all__ = ["mediate_dataset", "mediate_path", "policy_from_file", "write_result",
+           "mediation_table", "register", "parse_control", "parse_estimators"]
+
+EXISTS_MESSAGE = "{path} exists; refusing to overwrite it (pass --force to replace it)."
+
+
+def parse_estimators(text: str) -> tuple[str, ...]:
+    """``"dm,mis,mr"`` -> ``("dm", "mis", "mr")`` (checked)."""
+    names = tuple(e.strip().lower() for e in text.split(",") if e.strip())
+    bad = [e for e in names if e not in ESTIMATORS]
+    if not names or bad:
+        raise ValueError(f"--estimators must be a comma-separated subset of "
+                         f"{','.join(ESTIMATORS)}; got {text!r}.")
+    return names
+
+
+def parse_control(text: str) -> int | Path:
+    """Parse ``--control``: a fixed action code (``"0"``) or the path of a policy file."""
+    t = text.strip()
+    if t.lstrip("-").isdigit():
+        return int(t)
+    return Path(t)
+
+
+def policy_from_file(path: str | os.PathLike[str], ds: Any, md: MediationData,
+                     mask: np.ndarray | None = None) -> PolicyProbs:
+    """Probabilities of a Contract-2 policy file at every transition's state and next state.
+
+    The only place that reads policy files for mediation: :class:`equicare.policy.FilePolicy`
+    aligns the file with the dataset rows; transitions use rows ``md.rows`` and
+    ``md.next_rows``. With ``mask`` the probabilities are collapsed to the binary action set.
+    """
+    from equicare.policy import FilePolicy
+
+    full = np.asarray(FilePolicy(path=path).action_probs(ds), dtype=np.float64)
+    if mask is not None:
+        full = collapse_probs(full, mask)
+    assert md.rows is not None and md.next_rows is not None
+    return PolicyProbs(full[md.rows], full[md.next_rows], name=Path(path).stem)
+
+
+def mediate_dataset(ds: Any, target: Any, control: Any = 0, *,
+                    estimators: tuple[str, ...] = ESTIMATORS, n_bootstrap: int = 500,
+                    n_folds: int = 2, basis: str = "auto", action: str | None = None,
+                    random_state: int | None = 0) -> MediationResult:
+    """Run :class:`DynamicMediation` on a TrajectoryDataset.
+
+    Parameters
+    ----------
+    ds : TrajectoryDataset
+    target, control : policy file path, policy object, callable or int
+        A ``str`` / ``Path`` is read as a Contract-2 policy file; ``control`` may be a fixed
+        action code.
+    estimators, n_bootstrap, n_folds, basis, random_state
+        See :class:`DynamicMediation`.
+    action : str, optional
+        Collapse a multi-level action to "in this action set or not" (``modality=home_visit``),
+        so that a fixed control ``0`` means "never take it".
+    """
+    mask = None
+    model_ds = ds
+    if action is not None:
+        model_ds, mask = binarize_actions(ds, action)
+    md = from_dataset(model_ds)
+
+    def as_policy(p: Any) -> Any:
+        return (policy_from_file(p, ds, md, mask) if isinstance(p, str | os.PathLike) else p)
+
+    cfg = DynamicMediation(estimators=estimators, n_bootstrap=n_bootstrap, n_folds=n_folds,
+                           basis=basis)
+    return cfg.estimate(md, as_policy(target), as_policy(control), random_state=random_state)
+
+
+def mediate_path(data: str | os.PathLike[str], manifest: str | os.PathLike[str], target: Any,
+                 control: Any = 0, **kwargs: Any) -> MediationResult:
+    """Load ``data`` with its manifest (:func:`equicare.data.load_dataset`) and mediate."""
+    from equicare.data import load_dataset
+
+    ds = load_dataset(data, manifest)
+    return mediate_dataset(ds, target, control, **kwargs)
+
+
+def write_result(result: MediationResult, out: str | os.PathLike[str], *, force: bool = False
+                 ) -> Path:
+    """Write Contract-6 JSON atomically; refuse to overwrite unless ``force``.
+
+    Raises
+    ------
+    FileExistsError
+    """
+    p = Path(out)
+    if p.exists() and not force:
+        raise FileExistsError(EXISTS_MESSAGE.format(path=p))
+    atomic_write_text(p, result.to_json() + "\n")
+    return p
+
+
+def mediation_table(result: MediationResult) -> Any:
+    """Rich table: one row per estimator and effect, with SE and CI."""
+    from rich.table import Table
+
+    t = Table(title=f"Mediation: {result.target} vs {result.control} ({result.n_episodes} "
+                    f"episodes, {result.n_steps} transitions)")
+    for col in ("estimator", "effect", "value", "se", "95% CI"):
+        t.add_column(col, justify="left" if col in ("estimator", "effect") else "right")
+    for name, est in result.estimators.items():
+        for k in EFFECT_KEYS:
+            e = est.effects[k]
+            if e.value is None:
+                t.add_row(name, k, "-", "-", "-")
+                continue
+            ci = "-" if e.ci is None else f"[{e.ci[0]:.3f}, {e.ci[1]:.3f}]"
+            t.add_row(name, k, f"{e.value:.3f}", "-" if e.se is None else f"{e.se:.3f}", ci)
+    return t
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``mediate`` command to a :class:`typer.Typer` app."""
+    @app.command("mediate")
+    def mediate_cmd(
+        data: Annotated[Path, typer.Argument(help="Panel (CSV, Parquet or DuckDB).")],
+        manifest: Annotated[Path, typer.Option("--manifest", help="Dataset manifest (TOML) "
+                                               "with `mediators = [...]`.")],
+        target: Annotated[Path, typer.Option("--target", help="Target policy file (Contract 2: "
+                                             "episode/time keys, p_0..p_{A-1}).")],
+        control: Annotated[str, typer.Option("--control", help="Fixed control action code "
+                                             "(binary actions) or a policy file.")] = "0",
+        estimators: Annotated[str, typer.Option("--estimators", help="Comma-separated subset "
+                                                "of dm,mis,mr,baseline.")] = "dm,mis,mr,baseline",
+        bootstrap: Annotated[int, typer.Option("--bootstrap", help="Cluster-bootstrap "
+                                               "replicates (0: normal intervals).")] = 500,
+        folds: Annotated[int, typer.Option("--folds", help="Cross-fitting folds.")] = 2,
+        basis: Annotated[str, typer.Option("--basis", help="State basis: auto, onehot, spline, "
+                                           "rff, poly.")] = "auto",
+        seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+        action: Annotated[str | None, typer.Option(
+            "--action", help="Collapse a multi-level action to an action set, e.g. "
+            "modality=home_visit (1 = in the set; --control 0 = never).")] = None,
+        out: Annotated[Path, typer.Option("--out", help="Output JSON (Contract 6).")] = Path(
+            "mediation.json"),
+        force: Annotated[bool, typer.Option("--force", help="Overwrite --out.")] = False,
+        figure: Annotated[Path | None, typer.Option("--figure", help="Also save the "
+                                                    "decomposition figure (PNG/PDF).")] = None,
+    ) -> None:
+        """Decompose a policy's effect into immediate/delayed direct and mediator effects.
+
+        Writes IDE, IME, DDE, DME and the total effect of TARGET versus CONTROL (direct method,
+        marginalised importance sampling, multiply robust, point-exposure baseline) with
+        standard errors and cluster-bootstrap CIs.
+
+        Example: equicare mediate panel.parquet --manifest manifest.toml --target policy.parquet
+        --action modality=home_visit --control 0 --out mediation.json
+        """
+        from equicare.cli._utils import check_out_path, console, user_errors
+
+        with user_errors():
+            check_out_path(out, force)
+            ests = parse_estimators(estimators)
+            ctrl = parse_control(control)
+            result = mediate_path(data, manifest, target, ctrl, estimators=ests,
+                                  n_bootstrap=bootstrap, n_folds=folds, basis=basis,
+                                  action=action, random_state=seed)
+            write_result(result, out, force=True)
+            if figure is not None:
+                from equicare.causal._plot import plot_mediation
+
+                plot_mediation(result).savefig(figure, dpi=120)
+        console.print(mediation_table(result))
+        console.print(f"wrote {out}")

@@ -1,0 +1,337 @@
+"""``equicare audit`` and ``equicare frontier``: plain functions plus ``register(app)``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rich.table import Table
+
+    from equicare.data import TrajectoryDataset
+    from equicare.fairness._audit import AuditResult
+    from equicare.pipeline._frontier import FrontierResult
+
+__all__ = ["parse_policy_specs", "load_policies", "run_audit", "run_frontier", "audit_tables",
+           "frontier_table", "register"]
+
+OUT_EXISTS = "{path} exists; refusing to overwrite it (pass --force to replace it)."
+
+
+def _check_out(out: Path | None, force: bool) -> None:
+    if out is not None and out.exists() and not force:
+        raise FileExistsError(OUT_EXISTS.format(path=out))
+
+
+def parse_policy_specs(specs: list[str] | None) -> dict[str, Path]:
+    """``["awr_fair=models/awr", "policy.parquet"]`` -> ``{"awr_fair": ..., "policy": ...}``.
+
+    A spec is ``NAME=PATH`` or ``PATH`` (name: the file or folder name without suffix).
+    """
+    out: dict[str, Path] = {}
+    for spec in specs or []:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            path, name = spec, Path(spec).stem
+        name, path = name.strip(), path.strip()
+        if not name or not path:
+            raise ValueError(f"--policy must be NAME=PATH or PATH; got {spec!r}.")
+        if name == "behavior":
+            raise ValueError("--policy: the name 'behavior' is reserved for the logged behaviour.")
+        if name in out:
+            raise ValueError(f"--policy: the name {name!r} is given twice.")
+        out[name] = Path(path)
+    return out
+
+
+def load_policies(specs: dict[str, Path]) -> dict[str, Any]:
+    """Load each policy: a model folder (config.json + weights) or a policy file (Contract 2)."""
+    import equicare.policy as policy_mod
+    from equicare.policy import FilePolicy
+
+    load_policy: Any = policy_mod.load_policy  # lazy name (imports torch on first use)
+    pols: dict[str, Any] = {}
+    for name, path in specs.items():
+        if path.is_dir():
+            pols[name] = load_policy(path)
+        elif path.is_file():
+            pols[name] = FilePolicy(path)
+        else:
+            raise FileNotFoundError(f"--policy {name}: {path} is neither a model folder nor a "
+                                    "policy file.")
+    return pols
+
+
+def _load_data(data: Path, manifest: Path) -> TrajectoryDataset:
+    import warnings
+
+    from equicare.data import load_dataset
+    from equicare.exceptions import DataWarning
+
+    with warnings.catch_warnings():  # validation warnings are for `equicare validate`
+        warnings.simplefilter("ignore", DataWarning)
+        return load_dataset(data, manifest)
+
+
+def run_audit(
+    data: Path, *, manifest: Path, policies: list[str] | None = None, group: str | None = None,
+    intersect: list[str] | None = None, action: str | None = None, out: Path | None = None,
+    force: bool = False, level: str = "step", need: str | None = None, n_boot: int = 1000,
+    n_permutations: int = 1000, alpha: float = 0.05, min_cell: int | None = None,
+    estimator: str | None = "wis", q_model: str = "linear", ci_method: str = "basic",
+    seed: int = 0,
+) -> AuditResult:
+    """Load data and policies, run the audit, write ``out`` (Contract 7) atomically.
+
+    Raises
+    ------
+    FileExistsError
+        ``out`` exists and ``force`` is not set (checked before any work).
+    DataValidationError, ValueError
+        Bad data, manifest, policy or option.
+    """
+    import warnings
+
+    from equicare.exceptions import SmallCellWarning
+    from equicare.fairness._audit import FairnessAudit
+    from equicare.utils import MIN_CELL
+
+    _check_out(out, force)
+    specs = parse_policy_specs(policies)
+    ds = _load_data(data, manifest)
+    pols = load_policies(specs)
+    cfg = FairnessAudit(action=action, group=group, intersect=tuple(intersect or ()),
+                        level=level,  # type: ignore[arg-type]
+                        need=need, n_boot=n_boot, alpha=alpha, n_permutations=n_permutations,
+                        min_cell=MIN_CELL if min_cell is None else min_cell,
+                        estimator=estimator, q_model=q_model,
+                        ci_method=ci_method)  # type: ignore[arg-type]
+    with warnings.catch_warnings():  # suppression is reported in the tables instead
+        warnings.simplefilter("ignore", SmallCellWarning)
+        res = cfg.run(ds, pols, random_state=seed)
+    if out is not None:
+        res.to_json(out, overwrite=force)
+    return res
+
+
+def _fmt(v: float | None, scale: float = 1.0, digits: int = 2) -> str:
+    import math
+
+    if v is None or not math.isfinite(v):
+        return "-"
+    return f"{scale * v:.{digits}f}"
+
+
+def _ci(ci: tuple[float, float] | None, scale: float = 1.0, digits: int = 2) -> str:
+    if ci is None:
+        return ""
+    return f"[{_fmt(ci[0], scale, digits)}, {_fmt(ci[1], scale, digits)}]"
+
+
+def audit_tables(res: AuditResult) -> list[Table]:
+    """Rich tables: allocation rate by group (one column per policy) and a summary per policy."""
+    from rich.table import Table
+
+    names = list(res.policies)
+    first = res.policies[names[0]].allocation
+    t1 = Table(title=f"{res.action}: share of member-weeks (%) by {res.group}"
+               if first.level == "step" else f"{res.action}: mean share per episode (%) by "
+               f"{res.group}")
+    t1.add_column(res.group)
+    t1.add_column("episodes", justify="right")
+    for n in names:
+        t1.add_column(n, justify="right")
+    for i, g in enumerate(first.groups):
+        cells = []
+        for n in names:
+            a = res.policies[n].allocation
+            ci = tuple(a.by_group_ci.iloc[i]) if a.n_boot else None
+            cells.append(f"{_fmt(a.rates[i], 100)} {_ci(ci, 100)}".strip())
+        t1.add_row(g, str(int(first.counts[i])), *cells)
+    for g in first.suppressed:
+        t1.add_row(g, f"<{first.min_cell}", *["suppressed"] * len(names))
+    t1.add_row("overall", str(res.n_episodes),
+               *[f"{_fmt(res.policies[n].allocation.overall, 100)}" for n in names],
+               style="bold")
+    t2 = Table(title="Parity and outcomes (gap in percentage points, "
+                     f"{100 * (1 - first.alpha):.0f}% bootstrap CI)")
+    for col in ("policy", "parity gap (pp)", "ratio", "permutation p", "value", "worst group",
+                "Gini"):
+        t2.add_column(col, justify="left" if col == "policy" else "right")
+    for n in names:
+        a, o = res.policies[n].allocation, res.policies[n].outcome
+        boot = a.n_boot > 0
+        gap = f"{_fmt(a.difference(), 100)} {_ci(a.difference_ci() if boot else None, 100)}"
+        ratio = f"{_fmt(a.ratio())} {_ci(a.ratio_ci() if boot else None)}"
+        p = "-" if a.permutation_p is None else f"{a.permutation_p:.3g}"
+        if o is not None:
+            ob = o.value_reps is not None
+            val = f"{_fmt(o.overall, 1, 3)} {_ci(o.overall_ci if ob else None, 1, 3)}"
+            worst = (f"{_fmt(o.worst_group(), 1, 3)} ({o.worst_group_label()})")
+            gini = f"{_fmt(o.gini(), 1, 3)} {_ci(o.gini_ci() if ob else None, 1, 3)}"
+        else:
+            val = worst = gini = "-"
+        t2.add_row(n, gap.strip(), ratio.strip(), p, val.strip(), worst, gini.strip())
+    return [t1, t2]
+
+
+def run_frontier(
+    data: Path, *, manifest: Path, learner: str = "awr", lambdas: str = "0,0.5,1,2,5",
+    weight: str = "fair_lambda", action: str = "modality=home_visit", group: str | None = None,
+    n_steps: int | None = None, eval_fraction: float = 0.3, estimator: str = "dr",
+    q_model: str = "linear", n_boot: int = 200, executor: str = "local", jobs: int = 1,
+    out: Path | None = None, force: bool = False, seed: int = 0,
+) -> FrontierResult:
+    """Train the learner over the grid of weights through the executor; write ``out`` atomically."""
+    import warnings
+
+    from equicare.exceptions import SmallCellWarning
+    from equicare.pipeline import get_executor
+    from equicare.pipeline._frontier import frontier
+
+    _check_out(out, force)
+    try:
+        lams = [float(x) for x in lambdas.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--lambdas must be comma-separated numbers such as 0,0.5,1; got "
+                         f"{lambdas!r}.") from None
+    ds = _load_data(data, manifest)
+    config = {"n_steps": n_steps} if n_steps is not None else None
+    with warnings.catch_warnings():  # suppression is visible in the table and the JSON
+        warnings.simplefilter("ignore", SmallCellWarning)
+        res = frontier(ds, learner, lambdas=lams, weight=weight,  # type: ignore[arg-type]
+                       action=action, group=group, config=config, eval_fraction=eval_fraction,
+                       estimator=estimator, q_model=q_model, n_boot=n_boot,
+                       executor=get_executor(executor, jobs), random_state=seed)
+    if out is not None:
+        res.to_json(out, overwrite=force)
+    return res
+
+
+def frontier_table(res: FrontierResult) -> Table:
+    """Rich table of the frontier points (Pareto-efficient rows marked)."""
+    from rich.table import Table
+
+    t = Table(title=f"{res.learner} over {res.weight}: {res.estimator} value, parity gap of "
+                    f"{res.action}, worst group ({res.n_eval_episodes} held-out episodes)")
+    for col in ("lambda", "value", "parity gap (pp)", "worst-group value", "Pareto"):
+        t.add_column(col, justify="right")
+    for _, r in res.table.iterrows():
+        t.add_row(f"{r['lambda']:g}",
+                  f"{_fmt(r['value'], 1, 3)} {_ci((r['value_lower'], r['value_upper']), 1, 3)}",
+                  f"{_fmt(r['gap_pp'])} {_ci((r['gap_lower'], r['gap_upper']))}",
+                  f"{_fmt(r['worst_group_value'], 1, 3)} "
+                  f"{_ci((r['worst_lower'], r['worst_upper']), 1, 3)}",
+                  "*" if r["pareto"] else "")
+    b = res.behavior
+    t.add_row("behavior", _fmt(b.get("value"), 1, 3), _fmt(b.get("gap_pp")),
+              _fmt(b.get("worst_group_value"), 1, 3), "", style="dim")
+    return t
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``audit`` and ``frontier`` to a Typer app."""
+
+    @app.command()
+    def audit(
+        data: Annotated[Path, typer.Argument(help="Panel file (CSV, Parquet or DuckDB).")],
+        manifest: Annotated[Path, typer.Option(help="Dataset manifest (TOML).")],
+        policy: Annotated[list[str] | None, typer.Option(
+            help="Policy to audit beside the logged behaviour: NAME=PATH or PATH, a model "
+                 "folder or a policy file; repeat for several.")] = None,
+        group: Annotated[str | None, typer.Option(
+            help="Group attribute (default: the manifest's first).")] = None,
+        intersect: Annotated[list[str] | None, typer.Option(
+            help="Attribute crossed with --group (intersectional cells); repeatable.")] = None,
+        action: Annotated[str | None, typer.Option(
+            help="Audited action set, e.g. modality=home_visit or urgency=urgent|semi_urgent "
+                 "(default: any level of the first component but its first).")] = None,
+        out: Annotated[Path | None, typer.Option(help="Write audit.json (Contract 7).")] = None,
+        force: Annotated[bool, typer.Option(help="Overwrite --out if it exists.")] = False,
+        level: Annotated[str, typer.Option(
+            help="Rates over member-weeks (step) or averaged per episode (episode).")] = "step",
+        need: Annotated[str | None, typer.Option(
+            help="Clinical need rule on states, e.g. 'risk >= 0.7' (default: the manifest's "
+                 "need column).")] = None,
+        n_boot: Annotated[int, typer.Option(
+            "--n-boot", min=0, help="Episode-level bootstrap replicates.")] = 1000,
+        permutations: Annotated[int, typer.Option(
+            min=0, help="Permutations of the test of no allocation difference.")] = 1000,
+        estimator: Annotated[str, typer.Option(
+            help="OPE estimator of the group values (is, wis, pdis, wpdis, dr, wdr, fqe) or "
+                 "none.")] = "wis",
+        min_cell: Annotated[int, typer.Option(
+            min=1, help="Suppress groups with fewer episodes.")] = 11,
+        ci: Annotated[str, typer.Option(
+            help="Bootstrap interval: basic (reverse percentile) or percentile.")] = "basic",
+        seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 0,
+    ) -> None:
+        """Audit allocation and outcomes by group for the behaviour and each policy.
+
+        Example: equicare audit data/panel.parquet --manifest data/manifest.toml --policy
+        awr_fair=models/awr_fair --group race_ethnicity --action modality=home_visit
+        --out audit.json
+        """
+        from rich.markup import escape
+
+        from equicare.cli._utils import console, user_errors
+
+        with user_errors():
+            res = run_audit(data, manifest=manifest, policies=policy, group=group,
+                            intersect=intersect, action=action, out=out, force=force,
+                            level=level, need=need, n_boot=n_boot, n_permutations=permutations,
+                            estimator=None if estimator.lower() == "none" else estimator,
+                            min_cell=min_cell, ci_method=ci, seed=seed)
+        for t in audit_tables(res):
+            console.print(t)
+        if res.suppressed:
+            console.print(f"{len(res.suppressed)} group(s) with fewer than {min_cell} episodes "
+                          "suppressed.")
+        if out is not None:
+            console.print(f"wrote {escape(str(out))}")
+
+    @app.command()
+    def frontier(
+        data: Annotated[Path, typer.Argument(help="Panel file (CSV, Parquet or DuckDB).")],
+        manifest: Annotated[Path, typer.Option(help="Dataset manifest (TOML).")],
+        learner: Annotated[str, typer.Option(help="Offline learner: bc, awr or cql.")] = "awr",
+        lambdas: Annotated[str, typer.Option(
+            help="Comma-separated fairness weights.")] = "0,0.5,1,2,5",
+        weight: Annotated[str, typer.Option(
+            help="Weight varied: fair_lambda (parity penalty) or group_robust (in [0, 1]).")
+        ] = "fair_lambda",
+        action: Annotated[str, typer.Option(
+            help="Action set of the parity penalty and gap.")] = "modality=home_visit",
+        group: Annotated[str | None, typer.Option(help="Group attribute.")] = None,
+        n_steps: Annotated[int | None, typer.Option(
+            "--n-steps", min=1, help="Gradient steps per learner.")] = None,
+        eval_fraction: Annotated[float, typer.Option(
+            help="Share of episodes held out for evaluation.")] = 0.3,
+        estimator: Annotated[str, typer.Option(help="OPE estimator of the values.")] = "dr",
+        n_boot: Annotated[int, typer.Option("--n-boot", min=0,
+                                            help="Bootstrap replicates.")] = 200,
+        executor: Annotated[str, typer.Option(help="local, serial or ray.")] = "local",
+        jobs: Annotated[int, typer.Option(help="Worker processes (local executor).")] = 1,
+        out: Annotated[Path | None, typer.Option(help="Write frontier.json.")] = None,
+        force: Annotated[bool, typer.Option(help="Overwrite --out if it exists.")] = False,
+        seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 0,
+    ) -> None:
+        """Train a learner over a grid of fairness weights; value vs parity vs worst group.
+
+        Example: equicare frontier data/panel.parquet --manifest data/manifest.toml --learner
+        awr --lambdas 0,1,5 --action modality=home_visit --jobs 2 --out frontier.json
+        """
+        from rich.markup import escape
+
+        from equicare.cli._utils import console, user_errors
+
+        with user_errors():
+            res = run_frontier(data, manifest=manifest, learner=learner, lambdas=lambdas,
+                               weight=weight, action=action, group=group, n_steps=n_steps,
+                               eval_fraction=eval_fraction, estimator=estimator, n_boot=n_boot,
+                               executor=executor, jobs=jobs, out=out, force=force, seed=seed)
+        console.print(frontier_table(res))
+        if out is not None:
+            console.print(f"wrote {escape(str(out))}")

@@ -1,0 +1,198 @@
+"""Command line of online experiments: ``equicare online`` (plain functions + ``register``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+__all__ = ["run_online", "format_summary", "register"]
+
+
+def _parse_lambdas(text: str) -> list[float]:
+    try:
+        vals = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise ValueError(f"--lambdas must be comma-separated numbers in [0, 1]; got {text!r}.") \
+            from exc
+    if not vals or any(not 0.0 <= v <= 1.0 for v in vals):
+        raise ValueError(f"--lambdas must be comma-separated numbers in [0, 1]; got {text!r}.")
+    return vals
+
+
+def run_online(
+    *,
+    out: str | Path,
+    env: str = "hospital",
+    scenario: str = "urban",
+    algo: str = "ppo",
+    lam: float = 0.3,
+    lambdas: str | list[float] | None = None,
+    mode: str = "max",
+    group_signal: str = "served",
+    seeds: int = 5,
+    steps: int = 200_000,
+    n_envs: int = 16,
+    jobs: int = 1,
+    eval_episodes: int = 512,
+    force: bool = False,
+    figures: bool = True,
+) -> dict[str, Any]:
+    """Run an online experiment (or a lambda sweep) and write its results folder.
+
+    Parameters mirror the CLI options. With ``lambdas`` the run is a GRPO sweep over those
+    values (``algo`` must be ``'grpo'``) and the folder gets ``frontier.json`` / ``.csv``.
+
+    Returns
+    -------
+    dict
+        ``{"kind": "experiment", "summary": ...}`` or ``{"kind": "sweep", "frontier": ...}``
+        plus ``out`` and ``figures`` (paths written).
+
+    Raises
+    ------
+    ValueError
+        Bad option values (one clear message).
+    FileExistsError
+        ``out`` already holds results and ``force`` is false.
+    """
+    from equicare.pipeline._online import (
+        OnlineExperimentConfig,
+        lambda_sweep,
+        run_experiment,
+    )
+
+    cfg = OnlineExperimentConfig(env=env, scenario=scenario, algo=algo, lam=lam,  # type: ignore[arg-type]
+                                 mode=mode, group_signal=group_signal,  # type: ignore[arg-type]
+                                 steps=steps, n_envs=n_envs, eval_episodes=eval_episodes)
+    folder = Path(out)
+    written: list[str] = []
+    if lambdas is not None:
+        lams = _parse_lambdas(lambdas) if isinstance(lambdas, str) else [float(v) for v in lambdas]
+        if algo != "grpo":
+            raise ValueError("--lambdas sweeps GRPO; use it with --algo grpo.")
+        sweep = lambda_sweep(cfg, lams, seeds=seeds, jobs=jobs, out=folder, force=force)
+        if figures:
+            written = _sweep_figures(sweep, folder)
+        return {"kind": "sweep", "out": str(folder), "lambdas": sweep["lambdas"],
+                "frontier": sweep["frontier"], "figures": written}
+    res = run_experiment(cfg, seeds=seeds, jobs=jobs, out=folder, force=force)
+    if figures:
+        written = _experiment_figures({cfg.label: res["seeds"]}, folder)
+    return {"kind": "experiment", "out": str(folder), "label": cfg.label,
+            "summary": res["summary"], "figures": written}
+
+
+def _save(fig: Any, path: Path) -> str:
+    from equicare.utils import atomic_write
+
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=110)
+    return str(path)
+
+
+def _experiment_figures(runs: dict[str, Any], folder: Path) -> list[str]:
+    from equicare.report._online_figures import plot_group_waits, plot_learning_curves
+
+    return [_save(plot_learning_curves(runs), folder / "learning_curves.png"),
+            _save(plot_group_waits(runs), folder / "group_waits.png")]
+
+
+def _sweep_figures(sweep: dict[str, Any], folder: Path) -> list[str]:
+    from equicare.report._online_figures import plot_frontier, plot_learning_curves
+
+    runs = {f"λ={float(k):g}": v for k, v in sweep["runs"].items()}
+    return [_save(plot_frontier(sweep), folder / "frontier.png"),
+            _save(plot_frontier(sweep, y="wait_gap"), folder / "frontier_gap.png"),
+            _save(plot_learning_curves(runs), folder / "learning_curves.png")]
+
+
+def _fmt(s: dict[str, Any], digits: int = 2) -> str:
+    lo, hi = s["ci"]
+    return f"{s['mean']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def format_summary(result: dict[str, Any]) -> str:
+    """Plain-text table of :func:`run_online` output (means and 95% bootstrap CIs over seeds)."""
+    lines = []
+    if result["kind"] == "experiment":
+        lines.append(f"{'policy':24s} {'return':>24s} {'mean wait h':>22s} "
+                     f"{'worst-group wait h':>22s} {'wait gap h':>22s}")
+        for label, s in result["summary"].items():
+            lines.append(f"{label:24s} {_fmt(s['return'], 1):>24s} {_fmt(s['mean_wait']):>22s} "
+                         f"{_fmt(s['worst_group_wait']):>22s} {_fmt(s['wait_gap']):>22s}")
+    else:
+        lines.append(f"{'lambda':>6s} {'return':>24s} {'mean wait h':>22s} "
+                     f"{'worst-group wait h':>22s} {'wait gap h':>22s} "
+                     f"{'d worst vs min lambda':>24s}")
+        for f in result["frontier"]:
+            lines.append(f"{f['lam']:6g} {_fmt(f['return'], 1):>24s} {_fmt(f['mean_wait']):>22s} "
+                         f"{_fmt(f['worst_group_wait']):>22s} {_fmt(f['wait_gap']):>22s} "
+                         f"{_fmt(f['vs_lambda0']['worst_group_wait']):>24s}")
+    lines.append(f"results: {result['out']}")
+    return "\n".join(lines)
+
+
+def register(app: Any) -> None:
+    """Add the ``online`` command to a :class:`typer.Typer` app."""
+    import typer
+
+    @app.command("online")  # type: ignore[untyped-decorator, unused-ignore]
+    def online(
+        out: Annotated[Path, typer.Option(
+            help="Results folder (refuses to overwrite earlier results without --force). "
+                 "Example: --out runs/urban_ppo")],
+        env: Annotated[str, typer.Option(
+            help="Simulator. Example: --env hospital")] = "hospital",
+        scenario: Annotated[str, typer.Option(
+            help="Hospital scenario: urban, rural, paediatric or surge. "
+                 "Example: --scenario rural")] = "urban",
+        algo: Annotated[str, typer.Option(
+            help="Learner: ppo or grpo (group-robust PPO). Example: --algo grpo")] = "ppo",
+        lam: Annotated[float, typer.Option(
+            "--lambda", help="GRPO weight of the worst group's loss, in [0, 1]. "
+                             "Example: --lambda 0.3")] = 0.3,
+        lambdas: Annotated[str | None, typer.Option(
+            help="Sweep GRPO over these lambdas (comma-separated) for the efficiency-equity "
+                 "frontier. Example: --lambdas 0,0.3,0.6,1")] = None,
+        mode: Annotated[str, typer.Option(
+            help="GRPO robust term: max (worst group) or dro (exponentiated-gradient "
+                 "weights). Example: --mode dro")] = "max",
+        group_signal: Annotated[str, typer.Option(
+            help="GRPO group losses: served (decisions grouped by the patient served) or "
+                 "welfare (each group's own waiting cost). Example: --group-signal welfare")
+        ] = "served",
+        seeds: Annotated[int, typer.Option(
+            help="Number of seeds (0..n-1). Example: --seeds 5")] = 5,
+        steps: Annotated[int, typer.Option(
+            help="Training environment steps per seed. Example: --steps 200000")] = 200_000,
+        n_envs: Annotated[int, typer.Option(
+            help="Vectorised environments per learner. Example: --n-envs 16")] = 16,
+        jobs: Annotated[int, typer.Option(
+            help="Worker processes for the seeds. Example: --jobs 2")] = 1,
+        eval_episodes: Annotated[int, typer.Option(
+            help="Evaluation episodes per seed. Example: --eval-episodes 512")] = 512,
+        force: Annotated[bool, typer.Option(
+            help="Overwrite results already in --out. Example: --force")] = False,
+        figures: Annotated[bool, typer.Option(
+            help="Write PNG figures next to the results. Example: --no-figures")] = True,
+    ) -> None:
+        """Train PPO or group-robust PPO online over seeds; write curves and group metrics.
+
+        Example: equicare online --env hospital --scenario urban --algo grpo --lambda 0.3
+        --seeds 5 --steps 200000 --out runs/urban_grpo
+        """
+        from rich.console import Console
+
+        try:
+            result = run_online(out=out, env=env, scenario=scenario, algo=algo, lam=lam,
+                                lambdas=lambdas, mode=mode, group_signal=group_signal,
+                                seeds=seeds, steps=steps,
+                                n_envs=n_envs, jobs=jobs, eval_episodes=eval_episodes,
+                                force=force, figures=figures)
+        except (ValueError, TypeError, FileExistsError) as exc:
+            Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False,
+                                       soft_wrap=True)
+            raise typer.Exit(code=2) from None
+        typer.echo(format_summary(result))

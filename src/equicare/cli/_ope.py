@@ -1,0 +1,242 @@
+"""``equicare evaluate``: a plain function (:func:`run_evaluate`) plus ``register(app)``."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rich.table import Table
+
+    from equicare.ope._evaluate import EvaluationResult
+
+__all__ = ["run_evaluate", "load_target_policy", "result_table", "register", "OUT_EXISTS",
+           "FOLDER_POLICY"]
+
+#: Messages of user mistakes (tests match them).
+OUT_EXISTS = "{path} exists; refusing to overwrite it (pass --force to replace it)."
+FOLDER_POLICY = ("--policy {path} is a folder, but this installation cannot load trained models "
+                 "(equicare.policy.load_policy is missing); give a Contract-2 policy file "
+                 "(.parquet or .csv).")
+Q_MODELS = ("linear", "gbm", "mlp", "tabular")
+BEHAVIOR_MODELS = ("logistic", "lgbm")
+
+
+def load_target_policy(path: Path) -> Any:
+    """Load a Contract-2 policy file (FilePolicy) or a trained model folder (``load_policy``)."""
+    import equicare.policy as policy_mod
+    from equicare.policy import FilePolicy
+
+    if path.is_dir():
+        try:
+            load_policy = policy_mod.load_policy
+        except AttributeError:
+            raise ValueError(FOLDER_POLICY.format(path=path)) from None
+        return load_policy(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--policy {path}: no such policy file or model folder.")
+    return FilePolicy(path)
+
+
+def _explain_propensity_error(exc: Exception, data: Path, manifest: Path, policy: Path,
+                              keys: tuple[str, ...]) -> None:
+    """When only the logged propensities are unusable, say which estimators they would bias."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from equicare.data import load_dataset, read_manifest
+    from equicare.exceptions import DataValidationError
+    from equicare.ope._prepare import check_logged_propensities, target_probabilities
+
+    try:
+        man = read_manifest(manifest)
+    except DataValidationError:
+        return
+    if man.behavior_prob is None:
+        return
+    try:  # the same table without its propensity column: is that the only problem?
+        ds = load_dataset(data, replace(man, behavior_prob=None), emit_warnings=False)
+    except DataValidationError:
+        return
+    raw = ds.extras.get(man.behavior_prob)
+    if raw is None:
+        return
+    prob = np.asarray(raw, dtype=np.float64)
+    try:
+        pe = target_probabilities(ds, load_target_policy(policy))
+        check_logged_propensities(prob, pe, ds.actions, keys)
+    except DataValidationError as detail:
+        if "logged behaviour probability" in str(detail):
+            raise DataValidationError(f"{data}: column {man.behavior_prob!r}: {detail}") from exc
+    except (ValueError, FileNotFoundError):
+        return
+
+
+def run_evaluate(
+    data: Path,
+    *,
+    manifest: Path,
+    policy: Path,
+    out: Path,
+    behavior_model: str = "logistic",
+    estimators: str = "all",
+    bootstrap: int = 1000,
+    truncate: float | None = None,
+    q_model: str = "linear",
+    ci: str = "percentile",
+    seed: int = 0,
+    force: bool = False,
+) -> tuple[EvaluationResult, list[str]]:
+    """Evaluate a policy file or model folder on a panel and write the result JSON (Contract 3).
+
+    Parameters
+    ----------
+    data : Path
+        Panel file (CSV, Parquet or DuckDB).
+    manifest : Path
+        Manifest TOML.
+    policy : Path
+        Contract-2 policy file or trained model folder.
+    out : Path
+        Result JSON, written atomically; an existing file is kept unless ``force``.
+    behavior_model, estimators, bootstrap, truncate, q_model, ci, seed
+        As in :func:`equicare.ope.evaluate`.
+    force : bool
+
+    Returns
+    -------
+    result : EvaluationResult
+    warnings : list of str
+        Warnings raised during the evaluation (support, small cells), for printing.
+
+    Raises
+    ------
+    DataValidationError
+        Bad panel, policy rows missing, probabilities not summing to 1, unusable logged
+        propensities (with how many rows and which estimators would be biased).
+    ValueError, FileExistsError, FileNotFoundError
+        Bad options, an existing ``out`` without ``force``, missing files.
+    """
+    from equicare.data import load_dataset
+    from equicare.exceptions import DataValidationError, DataWarning
+    from equicare.ope._evaluate import evaluate, parse_estimators
+    from equicare.utils import atomic_write_text
+
+    if out.exists() and not force:
+        raise FileExistsError(OUT_EXISTS.format(path=out))
+    if q_model not in Q_MODELS:
+        raise ValueError(f"--q-model must be one of {', '.join(Q_MODELS)}; got {q_model!r}.")
+    if behavior_model not in BEHAVIOR_MODELS:
+        raise ValueError(f"--behavior-model must be one of {', '.join(BEHAVIOR_MODELS)}; "
+                         f"got {behavior_model!r}.")
+    if ci not in ("percentile", "bca"):
+        raise ValueError(f"--ci must be 'percentile' or 'bca'; got {ci!r}.")
+    if truncate is not None and not truncate > 0:
+        raise ValueError(f"--truncate must be a number > 0; got {truncate!r}.")
+    keys = parse_estimators(estimators)
+    with warnings.catch_warnings():  # validation warnings are for `equicare validate`
+        warnings.simplefilter("ignore", DataWarning)
+        try:
+            ds = load_dataset(data, manifest)
+        except DataValidationError as exc:
+            _explain_propensity_error(exc, data, manifest, policy, keys)
+            raise
+    pol = load_target_policy(policy)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = evaluate(ds, pol, estimators=keys, q_model=q_model, behavior_model=behavior_model,
+                       bootstrap=bootstrap, ci_method=ci,  # type: ignore[arg-type]
+                       truncate=truncate, random_state=seed)
+    payload = res.to_dict()
+    payload["inputs"] = {"data": str(data), "manifest": str(manifest), "policy": str(policy)}
+    atomic_write_text(out, json.dumps(payload, indent=2, allow_nan=True) + "\n")
+    msgs = list(dict.fromkeys(str(w.message) for w in caught
+                              if not issubclass(w.category, DeprecationWarning)))
+    return res, msgs
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4g}"
+
+
+def result_table(res: EvaluationResult) -> Table:
+    """Rich table of the estimates (value, interval, standard error)."""
+    from rich.table import Table
+
+    ci_pct = round(100 * (1 - float(res.settings.get("alpha", 0.05))))
+    t = Table(title=f"Off-policy evaluation ({res.n_episodes} episodes, {res.n_steps} steps, "
+                    f"gamma {res.gamma:g})")
+    t.add_column("estimator")
+    t.add_column("value", justify="right")
+    t.add_column(f"{ci_pct}% CI", justify="right")
+    t.add_column("SE", justify="right")
+    t.add_row("behavior (observed)", _fmt(res.behavior.value),
+              f"[{_fmt(res.behavior.ci[0])}, {_fmt(res.behavior.ci[1])}]", _fmt(res.behavior.se))
+    for k, e in res.estimates.items():
+        t.add_row(k, _fmt(e.value), f"[{_fmt(e.ci[0])}, {_fmt(e.ci[1])}]", _fmt(e.se))
+    return t
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``evaluate`` command to a Typer app."""
+
+    @app.command()
+    def evaluate(
+        data: Annotated[Path, typer.Argument(help="Panel file: .csv, .parquet or a DuckDB file.")],
+        manifest: Annotated[Path, typer.Option(help="Manifest TOML naming each column's role.")],
+        policy: Annotated[Path, typer.Option(
+            help="Target policy: a Contract-2 policy file (.parquet/.csv) or a model folder.")],
+        out: Annotated[Path, typer.Option(help="Result JSON to write (Contract 3).")],
+        behavior_model: Annotated[str, typer.Option(
+            help="Propensity model: logistic or lgbm (always fitted for support checks).")
+        ] = "logistic",
+        estimators: Annotated[str, typer.Option(
+            help="'all' or a comma list of is, wis, pdis, wpdis, fqe, dr, wdr, bandit_dr.")
+        ] = "all",
+        bootstrap: Annotated[int, typer.Option(min=0, help="Episode bootstrap replicates.")
+                             ] = 1000,
+        truncate: Annotated[float | None, typer.Option(
+            help="Cap on the cumulative importance weights (default: none).")] = None,
+        q_model: Annotated[str, typer.Option(help="Q-model: linear, gbm, mlp or tabular.")
+                           ] = "linear",
+        ci: Annotated[str, typer.Option(help="Interval: percentile or bca.")] = "percentile",
+        seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 0,
+        force: Annotated[bool, typer.Option(help="Overwrite an existing --out file.")] = False,
+        json_out: Annotated[bool, typer.Option("--json", help="Print the result JSON.")] = False,
+    ) -> None:
+        """Estimate a policy's value from logged data with IS, WIS, PDIS, WPDIS, FQE, DR and WDR.
+
+        Writes estimates, 95% bootstrap intervals, effective sample sizes, support diagnostics
+        and per-group results to --out and prints a table. Exit code 2 on bad input.
+
+        Example: equicare evaluate data/panel.parquet --manifest data/manifest.toml
+        --policy policy.parquet --bootstrap 1000 --truncate 50 --out result.json
+        """
+        from rich.markup import escape
+
+        from equicare.cli._utils import console, err_console, print_json, user_errors
+
+        with user_errors():
+            res, msgs = run_evaluate(
+                data, manifest=manifest, policy=policy, out=out, behavior_model=behavior_model,
+                estimators=estimators, bootstrap=bootstrap, truncate=truncate, q_model=q_model,
+                ci=ci, seed=seed, force=force)
+        for m in msgs:
+            err_console.print(f"[bold yellow]warning:[/] {escape(m)}", highlight=False,
+                              soft_wrap=True)
+        if json_out:
+            print_json(res.to_dict())
+            return
+        console.print(result_table(res))
+        e = res.ess
+        console.print(f"ESS: trajectory {e.trajectory:.1f} ({e.trajectory_pct:.2f}% of episodes),"
+                      f" per-decision {e.per_decision_pct:.2f}%", highlight=False)
+        if res.support is not None:
+            console.print(f"Support: {res.support.share_pct:.2f}% of the target policy's mass on "
+                          "actions current practice (almost) never takes", highlight=False)
+        console.print(f"Wrote [bold]{escape(str(out))}[/]")

@@ -1,0 +1,352 @@
+"""``equicare plan`` and ``equicare capacity``: plain functions plus ``register(app)``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+if TYPE_CHECKING:  # pragma: no cover
+    from equicare.rmab._capacity import CapacityResult
+    from equicare.rmab._domain import RMABDomain
+    from equicare.rmab._simulate import PlanConfig, PlanResult
+
+__all__ = ["parse_budget", "parse_policies", "build_domain", "run_plan", "run_capacity",
+           "register"]
+
+DEFAULT_POLICIES = "opt,mmr,mnw,mnw-eg,random,noact"
+OUT_EXISTS = "{path} exists; refusing to overwrite it (pass --force to replace it)."
+
+
+def parse_budget(text: str | float | int) -> int | float:
+    """``"0.2"`` -> fraction 0.2; ``"20"`` -> 20 actions per step."""
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        return text
+    s = str(text).strip()
+    try:
+        v = float(s)
+    except ValueError:
+        raise ValueError(f"--budget must be a number (a fraction like 0.2 or a count like 20); "
+                         f"got {text!r}.") from None
+    if v < 0:
+        raise ValueError(f"--budget must be >= 0; got {text!r}.")
+    if any(c in s for c in ".eE") and v <= 1:
+        return v
+    if v != int(v):
+        raise ValueError(f"--budget above 1 must be a whole number of actions; got {text!r}.")
+    return int(v)
+
+
+def parse_policies(text: str) -> list[str]:
+    """Comma-separated policy names, checked against :data:`POLICIES`."""
+    from equicare.rmab._simulate import POLICIES
+
+    names = [p.strip().lower() for p in text.split(",") if p.strip()]
+    bad = [p for p in names if p not in POLICIES]
+    if bad or not names:
+        raise ValueError(f"--policies: unknown policy {bad[0] if bad else text!r}; choose from "
+                         f"{', '.join(POLICIES)}.")
+    return names
+
+
+def _panel_domain(data: Path, manifest: Path | None, *, arms: int | None, horizon: int,
+                  state: str | None, action: str | None, group: str | None,
+                  reward: str | None, episode: str | None, time: str | None,
+                  state_rewards: list[float] | None) -> RMABDomain:
+    from equicare.rmab._estimate import estimate_arms
+
+    try:
+        from equicare.data import read_manifest, read_table
+    except ImportError:  # pragma: no cover - the data layer ships with equicare
+        read_manifest = read_table = None  # type: ignore[assignment]
+    if read_table is not None:
+        frame, _ = read_table(data)
+    else:  # pragma: no cover
+        import pandas as pd
+
+        frame = pd.read_parquet(data) if data.suffix in (".parquet", ".pq") else pd.read_csv(data)
+    if manifest is not None:
+        if read_manifest is None:  # pragma: no cover
+            raise ValueError("Reading a manifest needs equicare.data.")
+        m = read_manifest(manifest)
+        episode = episode or m.episode
+        time = time or m.time
+        if state is None:
+            if not m.categorical_states:
+                raise ValueError(f"{manifest}: name a discrete state column under "
+                                 "categorical_states, or pass --state COLUMN.")
+            state = m.categorical_states[0]
+        if action is None:
+            if len(m.actions) != 1:
+                raise ValueError(f"{manifest}: planning needs one binary action column "
+                                 "(treated or not); pass --action COLUMN.")
+            action = m.actions[0].column
+        if group is None:
+            if not m.groups:
+                raise ValueError(f"{manifest}: name a group column under groups, or pass "
+                                 "--group COLUMN.")
+            group = m.groups[0]
+        if reward is None and state_rewards is None and len(m.reward) == 1:
+            reward = m.reward[0].column
+    missing = [n for n, v in (("--episode", episode), ("--state", state), ("--action", action),
+                              ("--group", group)) if v is None]
+    if missing:
+        raise ValueError(f"--from-panel needs --manifest or the column options {missing}.")
+    est = estimate_arms(frame, episode=episode, state=state, action=action, group=group,
+                        time=time, reward=reward, state_rewards=state_rewards)
+    return est.to_domain(n_arms=arms, horizon=horizon, name=Path(data).stem)
+
+
+def build_domain(
+    domain: str | None = None,
+    *,
+    domain_file: Path | None = None,
+    from_panel: Path | None = None,
+    manifest: Path | None = None,
+    arms: int | None = None,
+    horizon: int | None = None,
+    alpha: float | None = None,
+    experiment: str | None = None,
+    seed: int = 0,
+    columns: dict[str, Any] | None = None,
+) -> RMABDomain:
+    """Build the domain named on the command line (a file, a bundled name, or a panel)."""
+    from equicare.rmab._domain import load_domain
+
+    given = [x for x in (domain, domain_file, from_panel) if x is not None]
+    if len(given) != 1:
+        raise ValueError("Give exactly one of DOMAIN.json, --domain NAME or --from-panel DATA.")
+    if arms is not None and arms < 1:
+        raise ValueError(f"--arms must be >= 1; got {arms}.")
+    if from_panel is not None:
+        cols = dict(columns or {})
+        return _panel_domain(from_panel, manifest, arms=arms, horizon=horizon or 20, **cols)
+    src: Any = domain_file if domain_file is not None else domain
+    d = load_domain(src, n_arms=arms, random_state=seed, alpha=alpha, experiment=experiment)
+    return d
+
+
+def _config(reference: bool, curve: str | None) -> PlanConfig:
+    from equicare.rmab._simulate import PlanConfig
+
+    cfg = PlanConfig.reference() if reference else PlanConfig()
+    if curve is not None:
+        d = cfg.to_dict()
+        d["curve"] = curve
+        cfg = PlanConfig.from_dict(d)
+    return cfg
+
+
+def _check_out(out: Path | None, force: bool) -> None:
+    if out is not None and out.exists() and not force:
+        raise FileExistsError(OUT_EXISTS.format(path=out))
+
+
+def run_plan(
+    domain: RMABDomain, *, budget: int | float, policies: list[str], horizon: int | None,
+    seeds: int, seed: int = 0, out: Path | None = None, force: bool = False,
+    reference: bool = False, curve: str | None = None,
+) -> PlanResult:
+    """Run :func:`plan` and write Contract 5 to ``out`` atomically.
+
+    An existing ``out`` is never replaced unless ``force``.
+    """
+    from equicare.rmab._simulate import plan
+    from equicare.utils import atomic_write_text
+
+    _check_out(out, force)
+    res = plan(domain, budget=budget, policies=policies, horizon=horizon, seeds=seeds,
+               random_state=seed, config=_config(reference, curve))
+    if out is not None:
+        atomic_write_text(out, json.dumps(res.to_dict(reference_gini=reference), indent=2))
+    return res
+
+
+def run_capacity(
+    domain: RMABDomain, *, target: float, goal_states: list[str] | None, policies: list[str],
+    budgets: list[int | float] | None, horizon: int | None, seeds: int, seed: int = 0,
+    out: Path | None = None, force: bool = False, reference: bool = False,
+    figure: Path | None = None,
+) -> CapacityResult:
+    """Run :func:`capacity_plan`; write its JSON (and optionally the figure)."""
+    from equicare.rmab._capacity import capacity_plan
+    from equicare.utils import atomic_write_text
+
+    _check_out(out, force)
+    _check_out(figure, force)
+    goal: Any = None
+    if goal_states:
+        goal = [int(g) if g.strip().isdigit() else g.strip() for g in goal_states]
+    res = capacity_plan(domain, target_share=target, goal_states=goal, policies=policies,
+                        budgets=budgets, horizon=horizon, seeds=seeds, random_state=seed,
+                        config=_config(reference, None))
+    if out is not None:
+        atomic_write_text(out, json.dumps(res.to_dict(), indent=2))
+    if figure is not None:
+        from equicare.rmab._plots import plot_capacity
+
+        plot_capacity(res).savefig(figure)
+    return res
+
+
+def _print_plan(res: PlanResult) -> None:
+    from rich.table import Table
+
+    from equicare.cli._utils import console
+
+    t = Table(title=f"{res.domain}: {res.n_arms} arms, budget {res.budget}/step, "
+                    f"H={res.horizon}, {res.seeds} seeds (mean total reward per arm)")
+    t.add_column("policy")
+    t.add_column("mean ± se", justify="right")
+    for g in res.group_names:
+        t.add_column(f"{g} (n={res.group_sizes[g]})", justify="right")
+    t.add_column("Gini", justify="right")
+    t.add_column("worst", justify="right")
+    t.add_column("loss vs opt", justify="right")
+    for p, s in res.policies.items():
+        loss = "" if s.utility_loss_vs_opt is None else f"{100 * s.utility_loss_vs_opt:.1f}%"
+        t.add_row(p, f"{s.mean_reward:.3f} ± {s.mean_reward_se:.3f}",
+                  *[f"{s.group_mean[g]:.3f}" for g in res.group_names], f"{s.gini:.4f}",
+                  f"{s.worst_group:.3f} ({s.worst_group_name})", loss)
+    console.print(t)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``plan`` and ``capacity`` to a Typer app."""
+    from equicare.cli._utils import console, print_json, user_errors
+
+    @app.command("plan")
+    def plan_cmd(
+        domain_file: Annotated[Path | None, typer.Argument(
+            help="Contract-4 domain JSON (or use --domain / --from-panel).")] = None,
+        domain: Annotated[str | None, typer.Option(
+            help="Bundled domain: synthetic, maternal or diabetes.")] = None,
+        from_panel: Annotated[Path | None, typer.Option(
+            help="Estimate arms from a panel (CSV/Parquet/DuckDB) instead.")] = None,
+        manifest: Annotated[Path | None, typer.Option(
+            help="Manifest of --from-panel (names episode, time, state, action, group).")
+        ] = None,
+        state: Annotated[str | None, typer.Option(help="Panel: discrete state column.")] = None,
+        action: Annotated[str | None, typer.Option(help="Panel: 0/1 treated column.")] = None,
+        group: Annotated[str | None, typer.Option(help="Panel: group column.")] = None,
+        reward: Annotated[str | None, typer.Option(help="Panel: reward column.")] = None,
+        arms: Annotated[int | None, typer.Option(help="Number of arms (default: domain's).")
+                        ] = None,
+        budget: Annotated[str, typer.Option(
+            help="Actions per step: a fraction (0.2) or a count (20).")] = "0.2",
+        horizon: Annotated[int | None, typer.Option(min=1, help="Steps H (default 20).")] = None,
+        policies: Annotated[str, typer.Option(
+            help="Comma-separated: opt,mmr,mnw,mnw-eg,random,noact,hr-random,hr-rr.")
+        ] = DEFAULT_POLICIES,
+        seeds: Annotated[int, typer.Option(min=1, help="Independent runs.")] = 25,
+        seed: Annotated[int, typer.Option(min=0, help="Base random seed.")] = 0,
+        alpha: Annotated[float | None, typer.Option(
+            help="Diabetes: engagement weight of the reward (0, 0.5, 1).")] = None,
+        experiment: Annotated[str | None, typer.Option(
+            help="Maternal: which group is 60% (A, B or C).")] = None,
+        curve: Annotated[str | None, typer.Option(
+            help="Group value curves: index (default), reference, exact or lp.")] = None,
+        reference: Annotated[bool, typer.Option(
+            help="Reproduce the reference's quirks (index bounds [-1,1], tol 0.01, fixed arms, "
+                 "its Gini).")] = False,
+        out: Annotated[Path | None, typer.Option(help="Write Contract-5 JSON here.")] = None,
+        figure: Annotated[Path | None, typer.Option(
+            help="Save the group-outcome bar chart (PNG/SVG/PDF).")] = None,
+        force: Annotated[bool, typer.Option(help="Overwrite existing output files.")] = False,
+        json_out: Annotated[bool, typer.Option("--json", help="Print the JSON result.")] = False,
+    ) -> None:
+        """Compare equitable budget policies on a restless-bandit domain (Contract 5).
+
+        Example: equicare plan --domain synthetic --arms 100 --budget 0.2 --horizon 20
+        --policies opt,mmr,mnw,mnw-eg,random,noact --seeds 25 --out plan.json
+        """
+        with user_errors():
+            if figure is not None:
+                _check_out(figure, force)
+            d = build_domain(domain, domain_file=domain_file, from_panel=from_panel,
+                             manifest=manifest, arms=arms, horizon=horizon, alpha=alpha,
+                             experiment=experiment, seed=seed,
+                             columns={"state": state, "action": action, "group": group,
+                                      "reward": reward, "episode": None, "time": None,
+                                      "state_rewards": None})
+            res = run_plan(d, budget=parse_budget(budget), policies=parse_policies(policies),
+                           horizon=horizon, seeds=seeds, seed=seed, out=out, force=force,
+                           reference=reference, curve=curve)
+            if figure is not None:
+                from equicare.rmab._plots import plot_group_outcomes
+
+                plot_group_outcomes(res).savefig(figure)
+        if json_out:
+            print_json(res.to_dict(reference_gini=reference))
+            return
+        _print_plan(res)
+        if out is not None:
+            console.print(f"Wrote [bold]{out}[/]")
+
+    @app.command("capacity")
+    def capacity_cmd(
+        domain_file: Annotated[Path | None, typer.Argument(
+            help="Contract-4 domain JSON (or use --domain / --from-panel).")] = None,
+        domain: Annotated[str | None, typer.Option(
+            help="Bundled domain: synthetic, maternal or diabetes.")] = None,
+        from_panel: Annotated[Path | None, typer.Option(help="Estimate arms from a panel.")
+                              ] = None,
+        manifest: Annotated[Path | None, typer.Option(help="Manifest of --from-panel.")] = None,
+        arms: Annotated[int | None, typer.Option(help="Number of arms.")] = None,
+        target: Annotated[float, typer.Option(
+            help="Required share of arms in the goal states after the horizon.")] = 0.5,
+        goal: Annotated[str | None, typer.Option(
+            help="Comma-separated goal states (codes or names); default: not high-risk.")
+        ] = None,
+        budgets: Annotated[str | None, typer.Option(
+            help="Comma-separated budgets to try (fractions or counts); default 0..100%.")
+        ] = None,
+        horizon: Annotated[int | None, typer.Option(min=1, help="Steps H.")] = None,
+        policies: Annotated[str, typer.Option(help="Comma-separated policies.")
+                            ] = "opt,mmr,mnw-eg,random",
+        seeds: Annotated[int, typer.Option(min=1, help="Independent runs.")] = 25,
+        seed: Annotated[int, typer.Option(min=0, help="Base random seed.")] = 0,
+        alpha: Annotated[float | None, typer.Option(help="Diabetes reward weight.")] = None,
+        experiment: Annotated[str | None, typer.Option(help="Maternal experiment.")] = None,
+        reference: Annotated[bool, typer.Option(help="Reference quirks.")] = False,
+        out: Annotated[Path | None, typer.Option(help="Write the result JSON here.")] = None,
+        figure: Annotated[Path | None, typer.Option(help="Save the capacity curves figure.")
+                          ] = None,
+        force: Annotated[bool, typer.Option(help="Overwrite existing output files.")] = False,
+        json_out: Annotated[bool, typer.Option("--json", help="Print the JSON result.")] = False,
+    ) -> None:
+        """Find the smallest budget per step that brings the cohort to a target state mix.
+
+        Example: equicare capacity --domain diabetes --alpha 0 --target 0.5 --seeds 10
+        --figure capacity.png
+        """
+        with user_errors():
+            d = build_domain(domain, domain_file=domain_file, from_panel=from_panel,
+                             manifest=manifest, arms=arms, horizon=horizon, alpha=alpha,
+                             experiment=experiment, seed=seed)
+            bl = None if budgets is None else [parse_budget(b) for b in budgets.split(",")]
+            res = run_capacity(d, target=target,
+                               goal_states=None if goal is None else goal.split(","),
+                               policies=parse_policies(policies), budgets=bl, horizon=horizon,
+                               seeds=seeds, seed=seed, out=out, force=force,
+                               reference=reference, figure=figure)
+        if json_out:
+            print_json(res.to_dict())
+            return
+        from rich.table import Table
+
+        goal_txt = (", ".join(res.goal_states) if len(res.goal_states) <= 3
+                    else f"{len(res.goal_states)} goal states")
+        t = Table(title=f"Share of arms in {goal_txt} after {res.horizon} steps "
+                        f"(target {res.target_share:g})")
+        t.add_column("policy")
+        for b in res.budgets:
+            t.add_column(str(int(b)), justify="right")
+        t.add_column("min budget", justify="right")
+        for p in res.share:
+            mb = res.min_budget[p]
+            t.add_row(p, *[f"{v:.3f}" for v in res.share[p]], "not reached" if mb is None
+                      else str(mb))
+        console.print(t)

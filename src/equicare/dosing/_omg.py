@@ -1,0 +1,802 @@
+r"""OMG-RL: offline model-based guided reward learning (Lim & Lee, arXiv 2409.13299).
+
+Three stages, all on logged data only:
+
+1. **Dynamics.** A probabilistic ensemble (7 Gaussian MLPs, 5 elites;
+   :class:`equicare.models.DynamicsEnsemble`) of :math:`(s, a) \to (s', r, d)`.
+2. **Reward.** Maximum-entropy IRL with guided cost learning: a reward network
+   :math:`r_\psi = -c_\psi` is fitted so that clinicians' logged segments are likely under
+   :math:`p(\tau) \propto e^{R_\psi(\tau)}`, with the partition function estimated by importance
+   sampling over demonstrations and short model rollouts of the current policy
+   (:mod:`equicare.dosing._irl`).
+3. **Policy.** Conservative discrete soft actor-critic (:mod:`equicare.dosing._sac`) on a 50/50 mix
+   of logged transitions and branched model rollouts (horizon 5 from logged states), with the
+   learned reward and the COMBO penalty (Q pushed down on model states, up on logged pairs).
+
+Reward and policy updates alternate; the reward is frozen for the last part of training so that the
+policy converges on a fixed reward. The same class gives the baselines of the paper's comparison:
+``reward="dataset"`` trains the same conservative SAC on the known clinical reward (model rewards
+from the ensemble's reward head), and ``use_model=False`` gives model-free conservative SAC (the
+COMBO penalty then reduces to the CQL(H) penalty on logged states).
+
+Examples
+--------
+>>> from equicare.sim.heparin import heparin_dataset
+>>> ds = heparin_dataset(40, random_state=0)
+>>> cfg = OMGConfig.small()
+>>> omg = OMG(cfg, random_state=0).fit(ds)
+>>> omg.action_probs(ds).shape == (ds.n_steps, 6)
+True
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from numpy.typing import NDArray
+
+from equicare.dosing._irl import Segments, expert_segments, fit_behavior_model, gcl_loss
+from equicare.dosing._sac import MLP, DiscreteSAC, SACConfig
+from equicare.exceptions import DataValidationError
+from equicare.models._dynamics import DynamicsConfig, DynamicsEnsemble, transitions_from_dataset
+from equicare.models._reward_net import REWARD_INPUTS, RewardEnsemble, RewardInput
+from equicare.utils import (
+    PARAM_MESSAGE,
+    RandomState,
+    atomic_write,
+    atomic_write_text,
+    check_is_fitted,
+    check_random_state,
+)
+
+__all__ = ["OMG", "OMGConfig"]
+
+Progress = Callable[[str, int, int], None]
+STAGES: tuple[str, ...] = ("dynamics", "reward", "policy")
+
+
+@dataclass(frozen=True, kw_only=True)
+class OMGConfig:
+    """Settings of :class:`OMG` (and of its known-reward / model-free variants).
+
+    Parameters
+    ----------
+    reward : {"learned", "dataset"}
+        ``"learned"``: guided cost learning (OMG-RL). ``"dataset"``: the dataset's reward (the
+        known-reward reference).
+    use_model : bool
+        Train the policy on real + model transitions (True) or on real transitions only.
+    dynamics : DynamicsConfig
+    sac : SACConfig
+    gamma : float, optional
+        Discount (default: the dataset's manifest ``gamma``).
+    n_iterations : int
+        Outer iterations (rollouts, reward updates, policy updates).
+    policy_updates : int
+        SAC gradient steps per iteration.
+    rollout_horizon : int
+        Length of branched model rollouts from logged states (5-20).
+    rollout_starts : int
+        Logged states rolled out from per iteration.
+    model_buffer_size : int
+        Capacity of the FIFO buffer of model transitions.
+    real_ratio : float
+        Fraction of each policy batch drawn from logged transitions.
+    reward_inputs : {"state_action", "next_state", "transition"}
+        What the reward network sees (see :class:`equicare.models.RewardNet`).
+    reward_uniform : float in [0, 1)
+        Share of the reward loss's sample segments that come from rollouts of the uniform policy
+        (a broad proposal kept throughout; the importance weights then use the three-way mixture
+        of behaviour model, actor and uniform policy). These rollouts are not used by the policy.
+    reward_segment : int, optional
+        Length of the trajectory segments compared in the reward loss (default: the rollout
+        horizon; at most the rollout horizon).
+    reward_demo_outcomes : {"model", "data"}
+        Outcomes of the demonstration segments in the reward loss: one-step model samples from
+        the logged (state, action) pairs (``"model"``, refreshed every iteration), or the logged
+        next states (``"data"``). With ``"data"`` the reward can learn to separate logged from
+        model-generated states by the model's errors (e.g. a deterministic relation between two
+        lab values that the model only reproduces with noise) instead of learning the clinicians'
+        aim.
+    reward_exclude : tuple of str or "auto"
+        State features the reward must not depend on. Treatment-history features (the previous
+        dose, the previous measurement) let the reward network imitate the logged actions instead
+        of valuing patient states. ``"auto"`` excludes the features that the dynamics ensemble
+        found to be a function of the action (:math:`s'_j = f(a)`, e.g. the previous rate) or a
+        copy of a current feature (:math:`s'_j = s_k`, e.g. the previous aPTT): in
+        :math:`r(s')` they encode :math:`(s, a)`, not the outcome. ``()`` keeps every feature.
+    reward_members : int
+        Reward networks trained side by side (each with its own guided-cost-learning loss); the
+        reward is their mean.
+    reward_hidden : tuple of int
+    reward_lr : float
+    reward_updates : int
+        Guided-cost-learning steps per iteration.
+    reward_warmup : int
+        Guided-cost-learning steps before the first policy update (against rollouts of a uniform
+        policy, a broad proposal).
+    reward_batch : int
+        Demonstration segments (and as many sample segments) per reward step.
+    reward_l2 : float
+        Penalty on the squared per-step reward (keeps the scale identified).
+    reward_bound : float
+        Per-step reward bound of the network.
+    reward_freeze : float in (0, 1]
+        Fraction of the iterations during which the reward is updated.
+    reward_offset : {"nonnegative", "mean"}
+        Standardisation of the learned reward for the policy stage: divided by its SD on the logged
+        transitions, then shifted so that its 1st percentile is 0 (``"nonnegative"``: ending an
+        episode early, e.g. by an adverse event, is never attractive) or its mean is 0.
+    behavior_epochs : int
+        Epochs of the behaviour model used in the importance weights.
+    """
+
+    reward: Literal["learned", "dataset"] = "learned"
+    use_model: bool = True
+    dynamics: DynamicsConfig = field(default_factory=DynamicsConfig)
+    sac: SACConfig = field(default_factory=SACConfig)
+    gamma: float | None = None
+    n_iterations: int = 40
+    policy_updates: int = 500
+    rollout_horizon: int = 5
+    rollout_starts: int = 1000
+    model_buffer_size: int = 100_000
+    real_ratio: float = 0.5
+    reward_inputs: RewardInput = "next_state"
+    reward_uniform: float = 0.5
+    reward_segment: int | None = None
+    reward_demo_outcomes: Literal["model", "data"] = "model"
+    reward_exclude: tuple[str, ...] | Literal["auto"] = "auto"
+    reward_members: int = 5
+    reward_hidden: tuple[int, ...] = (64, 64)
+    reward_lr: float = 1e-3
+    reward_updates: int = 20
+    reward_warmup: int = 200
+    reward_batch: int = 256
+    reward_l2: float = 0.01
+    reward_bound: float = 5.0
+    reward_freeze: float = 0.25
+    reward_offset: Literal["nonnegative", "mean"] = "nonnegative"
+    behavior_epochs: int = 5
+
+    def __post_init__(self) -> None:
+        own = "OMGConfig"
+        object.__setattr__(self, "reward_hidden", tuple(int(h) for h in self.reward_hidden))
+        if self.reward_exclude != "auto":
+            object.__setattr__(self, "reward_exclude",
+                               tuple(str(f) for f in self.reward_exclude))
+
+        def need(ok: bool, name: str, expected: str) -> None:
+            if not ok:
+                raise ValueError(PARAM_MESSAGE.format(name=name, owner=own, expected=expected,
+                                                      got=getattr(self, name)))
+
+        need(self.reward in ("learned", "dataset"), "reward", "one of 'learned', 'dataset'")
+        need(isinstance(self.use_model, bool), "use_model", "a bool")
+        need(isinstance(self.dynamics, DynamicsConfig), "dynamics", "a DynamicsConfig")
+        need(isinstance(self.sac, SACConfig), "sac", "a SACConfig")
+        need(self.gamma is None or 0 < self.gamma <= 1, "gamma", "None or a number in (0, 1]")
+        for name in ("n_iterations", "policy_updates", "rollout_horizon", "rollout_starts",
+                     "model_buffer_size", "reward_batch", "behavior_epochs", "reward_members"):
+            v = getattr(self, name)
+            need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, name, "an int >= 1")
+        for name in ("reward_updates", "reward_warmup"):
+            v = getattr(self, name)
+            need(isinstance(v, int) and not isinstance(v, bool) and v >= 0, name, "an int >= 0")
+        need(0 < self.real_ratio <= 1, "real_ratio", "a number in (0, 1]")
+        need(self.reward_inputs in REWARD_INPUTS, "reward_inputs",
+             "one of " + ", ".join(repr(x) for x in REWARD_INPUTS))
+        need(self.reward_lr > 0, "reward_lr", "a number in (0, inf)")
+        need(self.reward_l2 >= 0, "reward_l2", "a number in [0, inf)")
+        need(self.reward_bound > 0, "reward_bound", "a number in (0, inf)")
+        need(0 < self.reward_freeze <= 1, "reward_freeze", "a number in (0, 1]")
+        need(self.reward_offset in ("nonnegative", "mean"), "reward_offset",
+             "one of 'nonnegative', 'mean'")
+        need(self.reward_demo_outcomes in ("model", "data"), "reward_demo_outcomes",
+             "one of 'model', 'data'")
+        need(0 <= self.reward_uniform < 1, "reward_uniform", "a number in [0, 1)")
+        need(self.reward_segment is None or (
+            isinstance(self.reward_segment, int)
+            and 1 <= self.reward_segment <= self.rollout_horizon),
+            "reward_segment", f"None or an int in [1, {self.rollout_horizon}]")
+        need(self.reward == "dataset" or self.use_model, "use_model",
+             "True when reward='learned' (guided cost learning needs model rollouts)")
+
+    @classmethod
+    def small(cls, **overrides: Any) -> OMGConfig:
+        """Return a tiny configuration for tests and examples (seconds, not minutes)."""
+        base = cls(dynamics=DynamicsConfig(hidden=(32, 32), max_epochs=3, n_members=3,
+                                           n_elites=2),
+                   sac=SACConfig(hidden=(32, 32), batch_size=64), n_iterations=3,
+                   policy_updates=20, rollout_starts=64, reward_updates=5, reward_warmup=10,
+                   reward_batch=32, reward_hidden=(16,), behavior_epochs=1)
+        return replace(base, **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dictionary (nested configs as dictionaries)."""
+        d = asdict(self)
+        d["dynamics"] = self.dynamics.to_dict()
+        d["sac"] = self.sac.to_dict()
+        d["reward_hidden"] = list(self.reward_hidden)
+        d["reward_exclude"] = (self.reward_exclude if self.reward_exclude == "auto"
+                               else list(self.reward_exclude))
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> OMGConfig:
+        """Inverse of :meth:`to_dict`."""
+        d = dict(d)
+        if "dynamics" in d:
+            d["dynamics"] = DynamicsConfig.from_dict(d["dynamics"])
+        if "sac" in d:
+            d["sac"] = SACConfig.from_dict(d["sac"])
+        for key in ("reward_hidden", "reward_exclude"):
+            if key in d and d[key] != "auto":
+                d[key] = tuple(d[key])
+        return cls(**d)
+
+
+class _ModelBuffer:
+    """FIFO buffer of model transitions (NumPy arrays, vectorised insertion)."""
+
+    def __init__(self, capacity: int, d: int) -> None:
+        self.s = np.zeros((capacity, d), np.float32)
+        self.a = np.zeros(capacity, np.int64)
+        self.r = np.zeros(capacity, np.float32)
+        self.s2 = np.zeros((capacity, d), np.float32)
+        self.d = np.zeros(capacity, np.float32)
+        self.capacity, self.size, self.pos = capacity, 0, 0
+
+    def add(self, s: NDArray[Any], a: NDArray[Any], r: NDArray[Any], s2: NDArray[Any],
+            d: NDArray[Any]) -> None:
+        n = s.shape[0]
+        if n > self.capacity:
+            s, a, r, s2, d = s[-self.capacity:], a[-self.capacity:], r[-self.capacity:], \
+                s2[-self.capacity:], d[-self.capacity:]
+            n = self.capacity
+        idx = (self.pos + np.arange(n)) % self.capacity
+        self.s[idx], self.a[idx], self.r[idx], self.s2[idx], self.d[idx] = s, a, r, s2, d
+        self.pos = int((self.pos + n) % self.capacity)
+        self.size = min(self.capacity, self.size + n)
+
+
+class OMG:
+    """Offline model-based guided reward learning with a conservative discrete SAC policy.
+
+    Parameters
+    ----------
+    config : OMGConfig, optional
+    random_state : int, Generator or None
+
+    Attributes
+    ----------
+    agent_ : DiscreteSAC
+        Actor, twin critics and temperature.
+    dynamics_ : DynamicsEnsemble or None
+    reward_net_ : RewardEnsemble or None
+        Learned reward (``reward="learned"``).
+    reward_shift_, reward_scale_ : float
+        The policy stage uses ``(r_psi - reward_shift_) / reward_scale_``.
+    history_ : list of dict
+        Per iteration: losses, temperature, entropy, reward statistics.
+    stage_seconds_ : dict of str to float
+        Wall time of the ``dynamics``, ``reward`` and ``policy`` stages.
+    n_actions, n_features_ : int
+    feature_names_ : tuple of str
+    """
+
+    def __init__(self, config: OMGConfig | None = None, random_state: RandomState = None) -> None:
+        self.config = config if config is not None else OMGConfig()
+        self.random_state = random_state
+
+    @property
+    def n_actions(self) -> int:
+        """Number of flat actions (after fit)."""
+        check_is_fitted(self, "agent_")
+        return int(self.n_actions_)
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, dataset: Any, progress: Progress | None = None,
+            dynamics: DynamicsEnsemble | None = None) -> OMG:
+        """Learn dynamics, reward and policy from a :class:`~equicare.data.TrajectoryDataset`.
+
+        Parameters
+        ----------
+        dataset : TrajectoryDataset
+            Logged episodes; ``dataset.rewards`` is only used when ``reward="dataset"``.
+        progress : callable, optional
+            ``progress(stage, done, total)`` with stage in ``("dynamics", "reward", "policy")``.
+        dynamics : DynamicsEnsemble, optional
+            A dynamics ensemble already fitted on ``dataset`` (e.g. shared by several variants);
+            the dynamics stage is then skipped.
+
+        Returns
+        -------
+        self
+        """
+        if dataset.n_actions < 2:
+            raise DataValidationError("OMG needs at least 2 actions.")
+        if dataset.n_features < 1:
+            raise DataValidationError("OMG needs numeric state features (manifest states).")
+        rng = check_random_state(self.random_state)
+        seed = int(rng.integers(2**31 - 1))
+        report = progress or (lambda stage, done, total: None)
+        if dynamics is not None:
+            check_is_fitted(dynamics, "net_")
+            if tuple(dynamics.feature_names_) != tuple(dataset.state_names) or \
+                    dynamics.n_actions_ != dataset.n_actions:
+                raise DataValidationError("The given dynamics ensemble was fitted on other state "
+                                          "columns or another action space.")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self._fit(dataset, rng, report, dynamics)
+        return self
+
+    def _fit(self, dataset: Any, rng: np.random.Generator, report: Progress,
+             dynamics: DynamicsEnsemble | None) -> None:
+        cfg = self.config
+        times = {k: 0.0 for k in STAGES}
+        tr = transitions_from_dataset(dataset)
+        self.__dict__.pop("reward_exclude_", None)
+        self.n_actions_ = int(dataset.n_actions)
+        self.n_features_ = int(dataset.n_features)
+        self.feature_names_ = tuple(dataset.state_names)
+        gamma = float(cfg.gamma if cfg.gamma is not None else dataset.gamma)
+        self.gamma_ = gamma
+        self._states_cache = tr.states
+        self._median = np.median(tr.states, axis=0).astype(np.float32)
+        n, d, k = tr.n, self.n_features_, self.n_actions_
+        # ---------------------------------------------------------- stage 1: dynamics
+        t0 = time.perf_counter()
+        self.dynamics_: DynamicsEnsemble | None = None
+        s2_real = tr.next_states.copy()
+        dyn_seed = int(rng.integers(2**31 - 1))
+        if cfg.use_model:
+            if dynamics is None:
+                dyn = DynamicsEnsemble(cfg.dynamics, random_state=dyn_seed)
+                dyn.fit(dataset, progress=lambda e, tot: report("dynamics", e, tot))
+            else:
+                dyn = dynamics
+            report("dynamics", cfg.dynamics.max_epochs, cfg.dynamics.max_epochs)
+            self.dynamics_ = dyn
+            miss = ~tr.has_next
+            if miss.any():  # next state of a final transition: the model's mean prediction
+                s2_real[miss] = dyn.predict(tr.states[miss], tr.actions[miss],
+                                            deterministic=True)[0]
+        times["dynamics"] = time.perf_counter() - t0
+        # ---------------------------------------------------------- tensors of logged data
+        S = torch.as_tensor(tr.states)
+        A = torch.as_tensor(tr.actions)
+        R = torch.as_tensor(tr.rewards)
+        S2 = torch.as_tensor(s2_real)
+        D = torch.as_tensor(tr.terminals)
+        mean = tr.states.astype(np.float64).mean(axis=0)
+        std = tr.states.astype(np.float64).std(axis=0)
+        agent = DiscreteSAC(d, k, cfg.sac, gamma, mean, std)
+        self.agent_ = agent
+        episode_end = np.asarray(dataset.episode_offsets[1:], dtype=np.int64)[tr.episode]
+        buffer = _ModelBuffer(cfg.model_buffer_size, d) if cfg.use_model else None
+
+        # ---------------------------------------------------------- reward network
+        learned = cfg.reward == "learned"
+        self.reward_net_: RewardEnsemble | None = None
+        self.reward_shift_, self.reward_scale_ = 0.0, 1.0
+        pool: Segments | None = None
+        upool: Segments | None = None
+        behavior: MLP | None = None
+        uniform = lambda s: rng.integers(0, k, size=s.shape[0])  # noqa: E731
+        if learned:
+            t0 = time.perf_counter()
+            behavior = fit_behavior_model(tr.states, tr.actions, k, epochs=cfg.behavior_epochs)
+            net = RewardEnsemble(cfg.reward_members, n_features=d, n_actions=k,
+                                 inputs=cfg.reward_inputs, hidden=cfg.reward_hidden,
+                                 bound=cfg.reward_bound, state_mean=mean, state_std=std,
+                                 feature_index=self._reward_feature_index())
+            self.reward_net_ = net
+            self._reward_opt_obj = torch.optim.Adam(net.parameters(), lr=cfg.reward_lr)
+            pool = self._rollout_segments(uniform, rng, buffer, n)
+            upool = pool
+            self._refresh_demo_outcomes(tr.states, tr.actions, rng)
+            total = cfg.reward_warmup
+            for i in range(cfg.reward_warmup):
+                self._reward_step(pool, upool, S, A, S2, episode_end, behavior, rng)
+                if (i + 1) % 10 == 0 or i + 1 == total:
+                    report("reward", i + 1, total)
+            self._set_reward_normalisation(S, A, S2)
+            times["reward"] += time.perf_counter() - t0
+
+        # ---------------------------------------------------------- alternate
+        self.history_: list[dict[str, float]] = []
+        n_freeze = max(1, int(math.ceil(cfg.reward_freeze * cfg.n_iterations)))
+        bs = cfg.sac.batch_size
+        n_real = max(1, int(round(bs * (cfg.real_ratio if cfg.use_model else 1.0))))
+        n_model = bs - n_real if cfg.use_model else 0
+        for it in range(cfg.n_iterations):
+            t0 = time.perf_counter()
+            rec: dict[str, float] = {"iteration": float(it)}
+            if cfg.use_model:
+                segs = self._rollout_segments(self._actor_sampler(rng), rng, buffer, n)
+                if learned and pool is not None and it < n_freeze:
+                    keep = max(0, 10 * cfg.rollout_starts - segs.n)
+                    pool = _cat_segments(pool.take(torch.arange(max(0, pool.n - keep), pool.n)),
+                                         segs)
+                    if cfg.reward_uniform > 0 and upool is not None:
+                        useg = self._rollout_segments(uniform, rng, None, n)
+                        keep = max(0, 10 * cfg.rollout_starts - useg.n)
+                        upool = _cat_segments(
+                            upool.take(torch.arange(max(0, upool.n - keep), upool.n)), useg)
+            times["policy"] += time.perf_counter() - t0
+            if learned and it < n_freeze and cfg.reward_updates > 0:
+                t0 = time.perf_counter()
+                assert pool is not None and behavior is not None
+                self._refresh_demo_outcomes(tr.states, tr.actions, rng)
+                losses = [self._reward_step(pool, upool, S, A, S2, episode_end, behavior, rng)
+                          for _ in range(cfg.reward_updates)]
+                self._set_reward_normalisation(S, A, S2)
+                rec["reward_loss"] = float(np.mean(losses))
+                times["reward"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            stats: list[dict[str, float]] = []
+            for _ in range(cfg.policy_updates):
+                ri = torch.as_tensor(rng.integers(0, n, size=n_real))
+                s, a, s2, dn = S[ri], A[ri], S2[ri], D[ri]
+                r = self._policy_reward(s, a, s2) if learned else R[ri]
+                if n_model > 0 and buffer is not None and buffer.size > 0:
+                    mi = rng.integers(0, buffer.size, size=n_model)
+                    ms, ma, ms2 = (torch.as_tensor(buffer.s[mi]), torch.as_tensor(buffer.a[mi]),
+                                   torch.as_tensor(buffer.s2[mi]))
+                    mr = self._policy_reward(ms, ma, ms2) if learned else \
+                        torch.as_tensor(buffer.r[mi])
+                    s, a, s2 = torch.cat([s, ms]), torch.cat([a, ma]), torch.cat([s2, ms2])
+                    r, dn = torch.cat([r, mr]), torch.cat([dn, torch.as_tensor(buffer.d[mi])])
+                is_real = torch.zeros(s.shape[0], dtype=torch.bool)
+                is_real[:n_real] = True
+                stats.append(agent.update(s, a, r, s2, dn, is_real))
+            for key in stats[0] if stats else ():
+                rec[key] = float(np.mean([st[key] for st in stats]))
+            self.history_.append(rec)
+            times["policy"] += time.perf_counter() - t0
+            report("policy", it + 1, cfg.n_iterations)
+        agent.eval()
+        self.stage_seconds_ = times
+
+    # ------------------------------------------------------------------ internals
+    def _reward_feature_index(self) -> NDArray[np.int64]:
+        names = list(self.feature_names_)
+        excl: list[str]
+        if self.config.reward_exclude == "auto":
+            cached: tuple[str, ...] | None = getattr(self, "reward_exclude_", None)
+            excl = list(cached) if cached is not None else []
+            if cached is None and self.dynamics_ is not None:
+                st = self.dynamics_.structure_
+                excl = [names[j] for j in sorted(set(st.by_action) | set(st.copy_of))]
+        else:
+            excl = list(self.config.reward_exclude)
+        unknown = [f for f in excl if f not in names]
+        if unknown:
+            raise DataValidationError(f"reward_exclude names unknown state feature(s) {unknown}; "
+                                      f"known: {names}.")
+        self.reward_exclude_ = tuple(excl)
+        keep = [j for j, f in enumerate(names) if f not in excl]
+        if not keep:
+            raise DataValidationError("reward_exclude leaves the reward no state feature.")
+        return np.asarray(keep, dtype=np.int64)
+
+    def _actor_sampler(self, rng: np.random.Generator) -> Callable[[NDArray[Any]], NDArray[Any]]:
+        agent = self.agent_
+
+        def sample(states: NDArray[Any]) -> NDArray[np.int64]:
+            with torch.no_grad():
+                p = agent.policy(torch.as_tensor(np.asarray(states, np.float32)))[0].numpy()
+            cdf = np.cumsum(p, axis=1)
+            u = rng.random((p.shape[0], 1)) * cdf[:, -1:]
+            out: NDArray[np.int64] = np.minimum((cdf < u).sum(axis=1),
+                                                 p.shape[1] - 1).astype(np.int64)
+            return out
+        return sample
+
+    def _rollout_segments(self, policy: Callable[[NDArray[Any]], NDArray[Any]],
+                          rng: np.random.Generator, buffer: _ModelBuffer | None, n_rows: int
+                          ) -> Segments:
+        """Branched model rollouts from logged states; adds them to the buffer."""
+        dyn = self.dynamics_
+        assert dyn is not None
+        cfg = self.config
+        starts = rng.integers(0, n_rows, size=cfg.rollout_starts)
+        tr_states = self._train_states
+        ro = dyn.rollout(tr_states[starts], policy, cfg.rollout_horizon, random_state=rng)
+        v = ro["valid"]
+        if buffer is not None:
+            buffer.add(ro["states"][v], ro["actions"][v], ro["rewards"][v],
+                       ro["next_states"][v], ro["terminals"][v])
+        return Segments(torch.as_tensor(ro["states"]), torch.as_tensor(ro["actions"]),
+                        torch.as_tensor(ro["next_states"]),
+                        torch.as_tensor(v, dtype=torch.float32))
+
+    @property
+    def _train_states(self) -> NDArray[np.float32]:
+        return self._states_cache
+
+    def _refresh_demo_outcomes(self, states: NDArray[np.float32], actions: NDArray[np.int64],
+                               rng: np.random.Generator) -> None:
+        """One-step model samples of every logged transition (for the demonstrations)."""
+        self._demo_next: torch.Tensor | None = None
+        if self.config.reward_demo_outcomes == "model" and self.dynamics_ is not None:
+            ns = self.dynamics_.predict(states, actions, random_state=rng)[0]
+            self._demo_next = torch.as_tensor(ns)
+
+    def _segment_logq(self, seg: Segments, behavior: MLP) -> torch.Tensor:
+        """Log of the fused proposal density (behaviour model and current actor), shape (n,)."""
+        flat = seg.states.reshape(-1, seg.states.shape[-1])
+        a = seg.actions.reshape(-1, 1)
+        with torch.no_grad():
+            lb = torch.log_softmax(behavior(flat), -1).gather(1, a).reshape(seg.actions.shape)
+            lp = self.agent_.policy(flat)[1].gather(1, a).reshape(seg.actions.shape)
+        lb = (lb * seg.valid).sum(1)
+        lp = (lp * seg.valid).sum(1)
+        u = self.config.reward_uniform
+        if u > 0:  # background: 1/2 demonstrations, (1 - u)/2 actor, u/2 uniform rollouts
+            lu = -math.log(self.n_actions_) * seg.valid.sum(1)
+            w = torch.log(torch.tensor([0.5, 0.5 * (1 - u), 0.5 * u]))[:, None]
+            return torch.logsumexp(torch.stack([lb, lp, lu]) + w, 0)
+        return torch.logaddexp(lb, lp) - math.log(2.0)
+
+    def _segment_rewards(self, seg: Segments) -> tuple[torch.Tensor, torch.Tensor]:
+        """Segment returns ``(n_members, n)`` and per-step rewards ``(n_members, n, H)``."""
+        net = self.reward_net_
+        assert net is not None
+        n, h, d = seg.states.shape
+        r = net.member_rewards(seg.states.reshape(-1, d), seg.actions.reshape(-1),
+                               seg.next_states.reshape(-1, d)).reshape(-1, n, h) * seg.valid
+        return r.sum(2), r
+
+    def _reward_step(self, pool: Segments, upool: Segments | None, S: torch.Tensor,
+                     A: torch.Tensor, S2: torch.Tensor, episode_end: NDArray[np.int64],
+                     behavior: MLP, rng: np.random.Generator) -> float:
+        cfg = self.config
+        net, opt = self.reward_net_, self._reward_opt
+        assert net is not None
+        starts = rng.integers(0, S.shape[0], size=cfg.reward_batch)
+        h = cfg.reward_segment or cfg.rollout_horizon
+        demo = expert_segments(starts, h, S, A, S2, episode_end, self._demo_next)
+        n_u = int(round(cfg.reward_uniform * cfg.reward_batch)) if upool is not None else 0
+        samp = pool.take(torch.as_tensor(rng.integers(0, pool.n, size=cfg.reward_batch - n_u)))
+        if n_u > 0 and upool is not None:
+            samp = _cat_segments(samp, upool.take(torch.as_tensor(
+                rng.integers(0, upool.n, size=n_u))))
+        if h < samp.actions.shape[1]:
+            samp = Segments(samp.states[:, :h], samp.actions[:, :h], samp.next_states[:, :h],
+                            samp.valid[:, :h])
+        ret_d, r_d = self._segment_rewards(demo)
+        ret_s, r_s = self._segment_rewards(samp)
+        logq = torch.cat([self._segment_logq(demo, behavior), self._segment_logq(samp, behavior)])
+        loss = sum((gcl_loss(ret_d[m], torch.cat([ret_d[m], ret_s[m]]), logq)
+                    for m in range(ret_d.shape[0])), torch.zeros(()))
+        nvalid = demo.valid.sum() + samp.valid.sum()
+        loss = loss + cfg.reward_l2 * ((r_d ** 2).sum() + (r_s ** 2).sum()) / nvalid
+        opt.zero_grad()
+        loss.backward()  # type: ignore[no-untyped-call]
+        opt.step()
+        return float(loss.detach()) / ret_d.shape[0]
+
+    @property
+    def _reward_opt(self) -> torch.optim.Optimizer:
+        return self._reward_opt_obj
+
+    def _set_reward_normalisation(self, S: torch.Tensor, A: torch.Tensor, S2: torch.Tensor
+                                  ) -> None:
+        net = self.reward_net_
+        assert net is not None
+        m = min(S.shape[0], 20000)
+        idx = torch.linspace(0, S.shape[0] - 1, m).long()
+        with torch.no_grad():
+            r = net(S[idx], A[idx], S2[idx]).numpy().astype(np.float64)
+        scale = float(max(r.std(), 1e-6))
+        shift = float(np.quantile(r, 0.01) if self.config.reward_offset == "nonnegative"
+                      else r.mean())
+        self.reward_shift_, self.reward_scale_ = shift, scale
+
+    def _policy_reward(self, s: torch.Tensor, a: torch.Tensor, s2: torch.Tensor) -> torch.Tensor:
+        net = self.reward_net_
+        assert net is not None
+        with torch.no_grad():
+            r: torch.Tensor = (net(s, a, s2) - self.reward_shift_) / self.reward_scale_
+        return r
+
+    # ------------------------------------------------------------------ prediction
+    def _check_dataset(self, dataset: Any) -> NDArray[np.float32]:
+        check_is_fitted(self, "agent_")
+        if tuple(dataset.state_names) != self.feature_names_:
+            raise DataValidationError(
+                f"The dataset's state columns {list(dataset.state_names)} differ from the ones "
+                f"{list(self.feature_names_)} this OMG was fitted on.")
+        if dataset.n_actions != self.n_actions_:
+            raise DataValidationError(f"The dataset has {dataset.n_actions} actions; this OMG was "
+                                      f"fitted with {self.n_actions_}.")
+        return np.ascontiguousarray(dataset.states, dtype=np.float32)
+
+    def action_probs(self, dataset: Any) -> NDArray[np.float64]:
+        """Actor probabilities per row, shape ``(n_steps, n_actions)``."""
+        s = self._check_dataset(dataset)
+        with torch.no_grad():
+            p: NDArray[np.float64] = self.agent_.policy(torch.as_tensor(s))[0].numpy().astype(
+                np.float64)
+        out: NDArray[np.float64] = p / p.sum(axis=1, keepdims=True)
+        return out
+
+    def q_values(self, dataset: Any) -> NDArray[np.float64]:
+        """Pessimistic Q, ``min(Q1, Q2)``, per row and action, shape ``(n_steps, n_actions)``."""
+        s = torch.as_tensor(self._check_dataset(dataset))
+        with torch.no_grad():
+            q: NDArray[np.float64] = torch.min(self.agent_.q1(s), self.agent_.q2(s)).numpy(
+            ).astype(np.float64)
+        return q
+
+    def learned_reward(self, states: NDArray[Any], actions: NDArray[Any],
+                       next_states: NDArray[Any] | None = None, *, normalised: bool = True
+                       ) -> NDArray[np.float64]:
+        """Learned reward of transitions, shape ``(n,)``.
+
+        Parameters
+        ----------
+        states : ndarray of shape (n, d)
+        actions : ndarray of shape (n,)
+        next_states : ndarray of shape (n, d), optional
+            Needed unless ``reward_inputs == "state_action"``.
+        normalised : bool
+            Return the reward the policy stage used, ``(r_psi - shift) / scale``.
+        """
+        check_is_fitted(self, "agent_")
+        if self.reward_net_ is None:
+            raise ValueError("This OMG was fitted with reward='dataset'; it has no learned reward.")
+        r = self.reward_net_.predict(states, actions, next_states)
+        return (r - self.reward_shift_) / self.reward_scale_ if normalised else r
+
+    def dataset_reward(self, dataset: Any) -> NDArray[np.float64]:
+        """Learned reward of every row of a dataset, shape ``(n_steps,)``.
+
+        The next state of an episode's last row is the dynamics model's mean prediction.
+        """
+        s = self._check_dataset(dataset)
+        tr = transitions_from_dataset(dataset)
+        s2 = tr.next_states.copy()
+        miss = ~tr.has_next
+        if miss.any() and self.dynamics_ is not None:
+            s2[miss] = self.dynamics_.predict(s[miss], tr.actions[miss], deterministic=True)[0]
+        return self.learned_reward(s, tr.actions, s2)
+
+    def reward_grid(self, feature: str, values: NDArray[Any],
+                    base_state: NDArray[Any] | None = None, linked: tuple[str, ...] = ()
+                    ) -> pd.DataFrame:
+        """Learned reward along one feature, other features at ``base_state``.
+
+        For ``reward_inputs="next_state"`` the grid is over the next state; for
+        ``"state_action"`` over the state, with one column per action; for ``"transition"`` over
+        the next state with the current state at ``base_state``.
+
+        Parameters
+        ----------
+        feature : str
+            Feature name.
+        values : ndarray of shape (m,)
+        base_state : ndarray of shape (d,), optional
+            Default: the feature medians of the training data.
+        linked : tuple of str
+            Other features set to the same grid values (e.g. ``("aptt_prev",)``).
+
+        Returns
+        -------
+        pandas.DataFrame
+            Columns ``feature`` and ``reward``; with action-dependent rewards also
+            ``reward_a<i>`` per action (``reward`` is then their mean).
+        """
+        check_is_fitted(self, "agent_")
+        names = list(self.feature_names_)
+        for f in (feature, *linked):
+            if f not in names:
+                raise KeyError(f"Unknown feature {f!r}; known: {names}.")
+        v = np.asarray(values, dtype=np.float32)
+        base = self._median_state if base_state is None else np.asarray(base_state, np.float32)
+        grid = np.repeat(base[None, :], v.size, axis=0)
+        for f in (feature, *linked):
+            grid[:, names.index(f)] = v
+        out = {feature: v.astype(np.float64)}
+        if self.config.reward_inputs == "next_state":   # no action dependence
+            out["reward"] = self.learned_reward(grid, np.zeros(v.size, dtype=np.int64), grid)
+            return pd.DataFrame(out)
+        cols = []
+        for a in range(self.n_actions_):
+            act = np.full(v.size, a)
+            if self.config.reward_inputs == "state_action":
+                r = self.learned_reward(grid, act)
+            else:
+                r = self.learned_reward(np.repeat(base[None, :], v.size, axis=0), act, grid)
+            out[f"reward_a{a}"] = r
+            cols.append(r)
+        out["reward"] = np.mean(cols, axis=0)
+        return pd.DataFrame(out)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the fitted model to a folder: ``config.json``, ``meta.json`` and safetensors.
+
+        Files: ``policy.safetensors`` (actor, critics, temperature), ``reward_net.safetensors``
+        (learned reward) and ``dynamics/`` (ensemble).
+        """
+        from safetensors.torch import save as st_save
+
+        check_is_fitted(self, "agent_")
+        p = Path(path)
+        p.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous() for k, v in self.agent_.state_dict().items()}
+        with atomic_write(p / "policy.safetensors") as fh:
+            fh.write(st_save(state))
+        if self.reward_net_ is not None:
+            rs = {k: v.detach().contiguous() for k, v in self.reward_net_.state_dict().items()}
+            with atomic_write(p / "reward_net.safetensors") as fh:
+                fh.write(st_save(rs))
+        if self.dynamics_ is not None:
+            self.dynamics_.save(p / "dynamics")
+        meta = {"n_actions": self.n_actions_, "n_features": self.n_features_,
+                "feature_names": list(self.feature_names_), "gamma": self.gamma_,
+                "reward_shift": self.reward_shift_, "reward_scale": self.reward_scale_,
+                "median_state": self._median_state.tolist(), "history": self.history_,
+                "reward_exclude": list(getattr(self, "reward_exclude_", ())),
+                "stage_seconds": self.stage_seconds_}
+        atomic_write_text(p / "config.json", json.dumps(self.config.to_dict(), indent=1))
+        atomic_write_text(p / "meta.json", json.dumps(meta, indent=1))
+        return p
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> OMG:
+        """Inverse of :meth:`save`."""
+        from safetensors.torch import load as st_load
+
+        p = Path(path)
+        cfg = OMGConfig.from_dict(json.loads((p / "config.json").read_text()))
+        meta = json.loads((p / "meta.json").read_text())
+        obj = cls(cfg)
+        obj.n_actions_ = int(meta["n_actions"])
+        obj.n_features_ = int(meta["n_features"])
+        obj.feature_names_ = tuple(meta["feature_names"])
+        obj.gamma_ = float(meta["gamma"])
+        obj.reward_shift_, obj.reward_scale_ = float(meta["reward_shift"]), float(
+            meta["reward_scale"])
+        obj._median = np.asarray(meta["median_state"], dtype=np.float32)
+        obj.reward_exclude_ = tuple(meta.get("reward_exclude", ()))
+        obj.history_ = meta["history"]
+        obj.stage_seconds_ = meta["stage_seconds"]
+        agent = DiscreteSAC(obj.n_features_, obj.n_actions_, cfg.sac, obj.gamma_)
+        agent.load_state_dict(st_load((p / "policy.safetensors").read_bytes()))
+        agent.eval()
+        obj.agent_ = agent
+        obj.reward_net_ = None
+        if (p / "reward_net.safetensors").exists():
+            net = RewardEnsemble(cfg.reward_members, n_features=obj.n_features_,
+                                 n_actions=obj.n_actions_, inputs=cfg.reward_inputs,
+                                 hidden=cfg.reward_hidden, bound=cfg.reward_bound,
+                                 feature_index=obj._reward_feature_index())
+            net.load_state_dict(st_load((p / "reward_net.safetensors").read_bytes()))
+            obj.reward_net_ = net
+        obj.dynamics_ = DynamicsEnsemble.load(p / "dynamics") if (p / "dynamics").exists() \
+            else None
+        return obj
+
+    @property
+    def _median_state(self) -> NDArray[np.float32]:
+        return self._median
+
+
+def _cat_segments(a: Segments, b: Segments) -> Segments:
+    return Segments(torch.cat([a.states, b.states]), torch.cat([a.actions, b.actions]),
+                    torch.cat([a.next_states, b.next_states]), torch.cat([a.valid, b.valid]))

@@ -1,0 +1,358 @@
+"""Fairness-value trade-off frontier: one learner trained over a grid of fairness weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from numpy.typing import ArrayLike, NDArray
+
+from equicare.data import TrajectoryDataset
+from equicare.exceptions import SmallCellWarning
+from equicare.fairness._audit import BEHAVIOR, AuditResult, FairnessAudit
+from equicare.fairness._bootstrap import bootstrap_weights, split_random_state
+from equicare.fairness._groups import dataset_groups, group_index
+from equicare.utils import (
+    MIN_CELL,
+    PARAM_MESSAGE,
+    RandomState,
+    atomic_write_text,
+    check_param,
+    spawn_seeds,
+)
+
+__all__ = ["frontier", "FrontierResult", "pareto_mask"]
+
+Weight = Literal["fair_lambda", "group_robust"]
+_LEARNERS = {"bc": "BC", "awr": "AWR", "cql": "CQL"}
+#: Columns of :attr:`FrontierResult.table`.
+COLUMNS = ("lambda", "value", "value_lower", "value_upper", "gap_pp", "gap_lower", "gap_upper",
+           "worst_group_value", "worst_lower", "worst_upper", "worst_group", "pareto")
+
+
+def pareto_mask(value: ArrayLike, gap: ArrayLike, worst: ArrayLike) -> NDArray[np.bool_]:
+    """Pareto-efficient points: higher value, smaller gap, higher worst-group value.
+
+    A point is dominated when another is at least as good on all three criteria and strictly
+    better on one. Points with a NaN criterion are never efficient.
+
+    Parameters
+    ----------
+    value, gap, worst : array-like of shape (n,)
+
+    Returns
+    -------
+    ndarray of shape (n,), bool
+
+    Examples
+    --------
+    >>> pareto_mask([1.0, 0.9, 0.8], [5.0, 2.0, 3.0], [0.5, 0.5, 0.4]).tolist()
+    [True, True, False]
+    """
+    # criteria to maximise, as columns
+    c = np.column_stack([np.asarray(value, float), -np.asarray(gap, float),
+                         np.asarray(worst, float)])
+    ok = np.isfinite(c).all(axis=1)
+    ge = (c[None, :, :] >= c[:, None, :]).all(axis=2)   # ge[i, j]: j at least as good as i
+    gt = (c[None, :, :] > c[:, None, :]).any(axis=2)    # gt[i, j]: j strictly better somewhere
+    dominated = (ge & gt & ok[None, :]).any(axis=1)
+    out: NDArray[np.bool_] = np.asarray(ok & ~dominated, dtype=bool)
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class FrontierResult:
+    """Value, parity gap and worst-group value of a learner at each fairness weight.
+
+    Attributes
+    ----------
+    learner : str
+    weight : {"fair_lambda", "group_robust"}
+        Which weight was varied.
+    action : str
+        Action set of the parity gap (and of the penalty).
+    group : str
+    estimator : str
+        OPE estimator of the values (``"dr"`` by default).
+    table : pandas.DataFrame
+        One row per weight with the columns of :data:`COLUMNS` (gaps in percentage points,
+        intervals from the same bootstrap replicates for every weight).
+    behavior : dict
+        The same numbers for the logged behaviour on the evaluation episodes (on-policy value).
+    audits : list of AuditResult
+        The full audit of each point.
+    n_train_episodes, n_eval_episodes : int
+    """
+
+    learner: str
+    weight: Weight
+    action: str
+    group: str
+    estimator: str
+    table: pd.DataFrame
+    behavior: dict[str, Any]
+    audits: list[AuditResult]
+    n_train_episodes: int
+    n_eval_episodes: int
+
+    @property
+    def pareto(self) -> NDArray[np.bool_]:
+        """Pareto-efficient rows of :attr:`table`."""
+        out: NDArray[np.bool_] = np.asarray(self.table["pareto"].to_numpy(dtype=bool))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the frontier as plain data (``frontier.json``)."""
+        def num(v: Any) -> Any:
+            if isinstance(v, bool | np.bool_):
+                return bool(v)
+            if isinstance(v, str):
+                return v
+            return None if v is None or not np.isfinite(v) else float(v)
+
+        return {
+            "learner": self.learner, "weight": self.weight, "action": self.action,
+            "group": self.group, "estimator": self.estimator,
+            "n_train_episodes": self.n_train_episodes, "n_eval_episodes": self.n_eval_episodes,
+            "points": [{k: num(v) for k, v in row.items()}
+                       for row in self.table.to_dict(orient="records")],
+            "behavior": {k: num(v) for k, v in self.behavior.items()},
+        }
+
+    def to_json(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Write :meth:`to_dict` atomically; refuse to replace a file unless ``overwrite``."""
+        p = Path(path)
+        if p.exists() and not overwrite:
+            raise FileExistsError(f"{p} exists; refusing to overwrite (pass overwrite=True / "
+                                  "--force).")
+        atomic_write_text(p, json.dumps(self.to_dict(), indent=2) + "\n")
+        return p
+
+    def plot(self, ax: Any = None) -> Any:
+        """Value against parity gap, Pareto points joined, weights annotated (matplotlib)."""
+        if ax is None:
+            from matplotlib.figure import Figure
+
+            fig = Figure(figsize=(6.0, 4.0), layout="constrained")
+            ax = fig.add_subplot(1, 1, 1)
+        t = self.table
+        xerr = np.vstack([t.gap_pp - t.gap_lower, t.gap_upper - t.gap_pp]).clip(0)
+        yerr = np.vstack([t.value - t.value_lower, t.value_upper - t.value]).clip(0)
+        ax.errorbar(t.gap_pp, t.value, xerr=xerr, yerr=yerr, fmt="o", color="tab:blue",
+                    capsize=2, label=self.learner)
+        eff = t[t.pareto].sort_values("gap_pp")
+        ax.plot(eff.gap_pp, eff.value, "-", color="tab:blue", alpha=0.6, label="Pareto front")
+        for _, r in t.iterrows():
+            ax.annotate(f"{r['lambda']:g}", (r.gap_pp, r.value), xytext=(4, 4),
+                        textcoords="offset points", fontsize="small")
+        b = self.behavior
+        if b.get("gap_pp") is not None and b.get("value") is not None:
+            ax.plot([b["gap_pp"]], [b["value"]], "s", color="tab:gray", label=BEHAVIOR)
+        ax.set_xlabel(f"parity gap of {self.action} (pp)")
+        ax.set_ylabel(f"value ({self.estimator})")
+        ax.set_title(f"{self.weight} frontier")
+        ax.legend(frameon=False, fontsize="small")
+        return ax.figure
+
+
+@dataclass(frozen=True)
+class _Task:
+    """Everything one frontier point needs (picklable, for process and Ray executors)."""
+
+    learner_cls: str
+    config: dict[str, Any]
+    train: TrajectoryDataset
+    eval: TrajectoryDataset
+    audit: dict[str, Any]
+    weights: NDArray[np.float64] | None
+    seed: int
+    torch_threads: int | None
+
+
+def _run_point(task: _Task) -> AuditResult:
+    """Train at one weight and audit the policy on the evaluation episodes."""
+    import equicare.learn as algos
+
+    if task.torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(task.torch_threads)
+    cls = getattr(algos, task.learner_cls)
+    learner = cls(cls.config_class.from_dict(task.config))
+    learner.fit(task.train, progress=False)
+    cfg = FairnessAudit.from_dict(task.audit)
+    with warnings.catch_warnings():  # the caller warned once about suppressed groups
+        warnings.simplefilter("ignore", SmallCellWarning)
+        return cfg.run(task.eval, {"policy": learner}, weights=task.weights,
+                       random_state=task.seed)
+
+
+def _learner_class(learner: Any) -> tuple[str, Any]:
+    import equicare.learn as algos
+
+    if isinstance(learner, str):
+        key = learner.lower()
+        if key not in _LEARNERS:
+            raise ValueError(PARAM_MESSAGE.format(name="learner", owner="frontier",
+                                                  expected="one of 'bc', 'awr', 'cql'",
+                                                  got=learner))
+        name = _LEARNERS[key]
+        return name, getattr(algos, name)
+    cls: Any = learner if isinstance(learner, type) else type(learner)
+    name = str(cls.__name__)
+    if getattr(algos, name, None) is not cls:
+        raise ValueError(PARAM_MESSAGE.format(
+            name="learner", owner="frontier",
+            expected="'bc', 'awr', 'cql', or an equicare.learn learner class or instance",
+            got=learner))
+    return name, cls
+
+
+def frontier(
+    dataset: TrajectoryDataset,
+    learner: Any = "awr",
+    *,
+    lambdas: Sequence[float] = (0.0, 0.5, 1.0, 2.0, 5.0),
+    weight: Weight = "fair_lambda",
+    action: str = "modality=home_visit",
+    group: str | None = None,
+    config: Any = None,
+    eval_dataset: TrajectoryDataset | None = None,
+    eval_fraction: float = 0.3,
+    estimator: str = "dr",
+    q_model: str = "linear",
+    n_boot: int = 200,
+    alpha: float = 0.05,
+    min_cell: int = MIN_CELL,
+    executor: Any = None,
+    torch_threads: int | None = 1,
+    random_state: RandomState = None,
+) -> FrontierResult:
+    r"""Train ``learner`` at each fairness weight and trace value against parity.
+
+    For each :math:`\lambda` in ``lambdas`` the learner is trained with the parity penalty
+    (``weight="fair_lambda"``: :math:`\lambda \sum_g (\bar\pi_g(S) - \bar\pi(S))^2` on the action
+    set ``action``) or the group-robust objective (``weight="group_robust"``, :math:`\lambda \in
+    [0, 1]`), then audited on held-out episodes: the policy value (``estimator``, DR by default,
+    with its interval), the demographic-parity gap of ``action`` in percentage points, and the
+    worst-group value. All points share one matrix of bootstrap replicates of the evaluation
+    episodes, so their intervals are comparable. Points that no other point beats on all three
+    criteria are marked Pareto-efficient.
+
+    Parameters
+    ----------
+    dataset : TrajectoryDataset
+        Training data (and evaluation data, split off, when ``eval_dataset`` is not given).
+    learner : {"bc", "awr", "cql"}, learner class or instance
+        An ``equicare.learn`` offline learner; an instance contributes its config.
+    lambdas : sequence of float
+        Fairness weights (``group_robust`` needs values in [0, 1]).
+    weight : {"fair_lambda", "group_robust"}
+    action : str
+        Action set of the parity gap and the penalty.
+    group : str, optional
+        Group attribute (default: the dataset's first).
+    config : LearnerConfig or mapping, optional
+        Base settings of the learner (e.g. ``{"n_steps": 2000}``).
+    eval_dataset : TrajectoryDataset, optional
+    eval_fraction : float
+        Share of episodes held out for evaluation (stratified by group) without ``eval_dataset``.
+    estimator, q_model : str
+        OPE estimator and FQE model of the values.
+    n_boot, alpha, min_cell
+        Bootstrap replicates, interval level, suppression threshold.
+    executor : object with ``map(fn, items)``, optional
+        E.g. ``equicare.pipeline.get_executor("local", jobs=2)``; default: serial in-process.
+    torch_threads : int, optional
+        ``torch.set_num_threads`` in each task (1 avoids oversubscription with process pools).
+    random_state : int, Generator or None
+        Seeds the split, the learners (``config.seed``) and the replicates.
+
+    Returns
+    -------
+    FrontierResult
+    """
+    check_param(weight, "weight", "frontier", choices=("fair_lambda", "group_robust"))
+    check_param(eval_fraction, "eval_fraction", "frontier", kind=(int, float), low=0.0, high=1.0,
+                low_inclusive=False, high_inclusive=False)
+    lams = [float(v) for v in lambdas]
+    if not lams:
+        raise ValueError(PARAM_MESSAGE.format(name="lambdas", owner="frontier",
+                                              expected="a non-empty sequence of numbers",
+                                              got=list(lambdas)))
+    hi = 1.0 if weight == "group_robust" else np.inf
+    bad = [v for v in lams if not (0.0 <= v <= hi)]
+    if bad:
+        raise ValueError(PARAM_MESSAGE.format(
+            name="lambdas", owner="frontier", got=bad[0],
+            expected="numbers in [0, 1]" if weight == "group_robust" else "numbers >= 0"))
+    cls_name, cls = _learner_class(learner)
+    if config is None:
+        base = learner.config if not isinstance(learner, str | type) else cls.config_class()
+    elif isinstance(config, Mapping):
+        base = cls.config_class.from_dict(dict(config))
+    else:
+        base = config
+    gattr = group or (dataset.group_attrs[0] if dataset.groups else None)
+    w_state, rng = split_random_state(random_state)
+    seeds = spawn_seeds(rng, 2 + len(lams))
+    if eval_dataset is None:
+        train, evald = dataset.split(eval_fraction, random_state=seeds[0], stratify=gattr)
+    else:
+        train, evald = dataset, eval_dataset
+    # one warning (here, in the caller's process) if held-out groups are suppressed
+    group_index(dataset_groups(evald, gattr)[1], name=str(gattr), min_cell=min_cell)
+    audit_cfg = FairnessAudit(action=action, group=gattr, n_boot=n_boot, alpha=alpha,
+                              n_permutations=0, min_cell=min_cell, estimator=estimator,
+                              q_model=q_model, with_level_rates=False)
+    weights = (bootstrap_weights(evald.n_episodes, n_boot, w_state if w_state is not None
+                                 else seeds[1]) if n_boot > 0 else None)
+    tasks = []
+    for lam, seed in zip(lams, seeds[2:], strict=True):
+        upd: dict[str, Any] = {"group_attr": gattr, "seed": int(seed) % (2**31 - 1)}
+        if weight == "fair_lambda":
+            upd.update(fair_lambda=lam, fair_action=action)
+        else:
+            upd.update(group_robust=lam)
+        cfg = replace(base, **upd)
+        tasks.append(_Task(learner_cls=cls_name, config=cfg.to_dict(), train=train, eval=evald,
+                           audit=audit_cfg.to_dict(), weights=weights, seed=int(seed),
+                           torch_threads=torch_threads))
+    run_map: Callable[[Callable[[Any], Any], Sequence[Any]], list[Any]] = (
+        executor.map if executor is not None else (lambda f, xs: [f(x) for x in xs]))
+    audits: list[AuditResult] = list(run_map(_run_point, tasks))
+    rows = []
+    for lam, res in zip(lams, audits, strict=True):
+        rows.append(_row(res, "policy", lam))
+    table = pd.DataFrame(rows, columns=[c for c in COLUMNS if c != "pareto"])
+    table["pareto"] = pareto_mask(table.value, table.gap_pp, table.worst_group_value)
+    behavior = _row(audits[0], BEHAVIOR, float("nan"))
+    behavior.pop("lambda")
+    return FrontierResult(learner=cls_name, weight=weight, action=audits[0].action,
+                          group=audits[0].group, estimator=estimator, table=table,
+                          behavior=behavior, audits=audits, n_train_episodes=train.n_episodes,
+                          n_eval_episodes=evald.n_episodes)
+
+
+def _row(res: AuditResult, name: str, lam: float) -> dict[str, Any]:
+    pa = res.policies[name]
+    a, o = pa.allocation, pa.outcome
+    nan = float("nan")
+    row: dict[str, Any] = {"lambda": lam, "gap_pp": 100 * a.difference()}
+    lo, hi = a.difference_ci() if a.n_boot else (nan, nan)
+    row.update(gap_lower=100 * lo, gap_upper=100 * hi)
+    if o is not None:
+        has = o.value_reps is not None
+        row.update(value=o.overall, worst_group_value=o.worst_group(),
+                   worst_group=o.worst_group_label())
+        v = o.overall_ci if has else (nan, nan)
+        w = o.worst_group_ci() if has else (nan, nan)
+        row.update(value_lower=v[0], value_upper=v[1], worst_lower=w[0], worst_upper=w[1])
+    return row

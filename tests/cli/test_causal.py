@@ -1,0 +1,133 @@
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from equicare.cli._causal import mediate_dataset, parse_control, parse_estimators, register
+from equicare.sim.mediation import toy1, toy_target
+
+runner = CliRunner()
+MANIFEST = """[dataset]
+episode = "episode"
+time = "time"
+states = ["s0"]
+{mediators}
+
+[actions]
+action = {{ levels = 2 }}
+
+[reward]
+column = "reward"
+"""
+
+
+@pytest.fixture
+def app():
+    a = typer.Typer()
+    register(a)
+
+    @a.command("noop")
+    def noop() -> None:  # a second command keeps Typer in multi-command mode
+        pass
+
+    return a
+
+
+@pytest.fixture
+def panel(tmp_path):
+    mdp = toy1()
+    s = mdp.sample(80, 20, random_state=0)
+    df = s.to_frame()
+    df.to_csv(tmp_path / "panel.csv", index=False)
+    p = toy_target()[s.state_index]
+    pd.DataFrame({"episode": df.episode, "time": df.time, "p_0": p[:, 0], "p_1": p[:, 1]}
+                 ).to_csv(tmp_path / "target.csv", index=False)
+    (tmp_path / "m.toml").write_text(MANIFEST.format(mediators='mediators = ["m0"]'))
+    (tmp_path / "nomed.toml").write_text(MANIFEST.format(mediators=""))
+    return tmp_path
+
+
+def test_mediate_writes_contract6_and_refuses_overwrite(app, panel):
+    out = panel / "med.json"
+    args = ["mediate", str(panel / "panel.csv"), "--manifest", str(panel / "m.toml"),
+            "--target", str(panel / "target.csv"), "--bootstrap", "50", "--out", str(out)]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "mr" in res.output and "ide" in res.output
+    d = json.loads(out.read_text())
+    assert d["control"] == "a0=0" and d["target"] == "target"
+    assert set(d["estimators"]) == {"dm", "mis", "mr", "baseline"}
+    assert d["n_steps"] == 80 * 19
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and "refusing to overwrite" in res.output
+    res = runner.invoke(app, [*args, "--force", "--estimators", "mr", "--figure",
+                              str(panel / "fig.png")])
+    assert res.exit_code == 0, res.output
+    assert set(json.loads(out.read_text())["estimators"]) == {"mr"}
+    assert (panel / "fig.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("extra, manifest, msg", [
+    (["--estimators", "dm,ipw"], "m.toml", "--estimators must be a comma-separated subset"),
+    ([], "nomed.toml", "The dataset has no mediator columns"),
+])
+def test_user_errors_exit_2(app, panel, extra, manifest, msg):
+    res = runner.invoke(app, ["mediate", str(panel / "panel.csv"), "--manifest",
+                              str(panel / manifest), "--target", str(panel / "target.csv"),
+                              "--out", str(panel / "x.json"), *extra])
+    assert res.exit_code == 2
+    assert msg in " ".join(res.output.split())
+    assert not (panel / "x.json").exists()
+
+
+def test_help_has_example(app):
+    res = runner.invoke(app, ["mediate", "--help"])
+    assert res.exit_code == 0 and "Example" in res.output
+
+
+def test_plain_functions(panel):
+    from equicare.data import load_dataset
+
+    ds = load_dataset(panel / "panel.csv", panel / "m.toml")
+    res = mediate_dataset(ds, str(panel / "target.csv"), 0, estimators=("mr",), n_bootstrap=0)
+    assert res.target == "target" and res.n_episodes == 80
+    assert parse_control("0") == 0 and str(parse_control("pol.csv")) == "pol.csv"
+    assert parse_estimators("MR, dm") == ("mr", "dm")
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.DataWarning")
+def test_mediate_care_panel_with_action_set(tmp_path):
+    """`equicare mediate` on a care-management panel: 300 flat actions collapsed to home visits."""
+    import json as _json
+
+    from typer.testing import CliRunner as _Runner
+
+    from equicare.cli import app as main_app
+    from equicare.policy import write_policy_file
+    from equicare.sim.care import CareManagementSim
+
+    sim = CareManagementSim()
+    panel = sim.generate(n_members=120, n_weeks=20, random_state=3)
+    panel.write(tmp_path / "care")
+    ds = panel.dataset()
+    write_policy_file(ds, sim.reference_policy().action_probs(ds), tmp_path / "ref.parquet")
+    out = tmp_path / "med.json"
+    res = _Runner().invoke(main_app, [
+        "mediate", str(tmp_path / "care" / "panel.parquet"), "--manifest",
+        str(tmp_path / "care" / "manifest.toml"), "--target", str(tmp_path / "ref.parquet"),
+        "--action", "modality=home_visit", "--control", "0", "--bootstrap", "20",
+        "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    d = _json.loads(out.read_text())
+    mr = d["estimators"]["mr"]
+    parts = sum(mr[k]["value"] for k in ("ide", "ime", "dde", "dme"))
+    assert abs(parts - mr["total"]["value"]) < 1e-9
+    bad = _Runner().invoke(main_app, [
+        "mediate", str(tmp_path / "care" / "panel.parquet"), "--manifest",
+        str(tmp_path / "care" / "manifest.toml"), "--target", str(tmp_path / "ref.parquet"),
+        "--action", "modality=fax", "--out", str(tmp_path / "m2.json")])
+    assert bad.exit_code == 2 and "Unknown level" in bad.output

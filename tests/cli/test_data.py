@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from equicare.cli import app
+from equicare.data import Manifest
+
+from ..conftest import make_frame
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def panel(tmp_path, manifest_dict):
+    frame = make_frame(30)
+    p = tmp_path / "panel.csv"
+    frame.to_csv(p, index=False)
+    m = tmp_path / "manifest.toml"
+    m.write_text(Manifest.from_dict(manifest_dict).to_toml())
+    return p, m, frame
+
+
+def test_every_command_has_help_with_example():
+    res = runner.invoke(app, ["--help"])
+    assert res.exit_code == 0
+    names = [c.name or c.callback.__name__ for c in app.registered_commands]
+    for name in names:
+        r = runner.invoke(app, [name, "--help"])
+        assert r.exit_code == 0, name
+        assert "Example" in r.output, f"{name} --help shows no example"
+
+
+def test_validate_summary(panel):
+    p, m, frame = panel
+    res = runner.invoke(app, ["validate", str(p), "--manifest", str(m)])
+    assert res.exit_code == 0, res.output
+    assert "observed action combinations" in res.output and "valid" in res.output
+    res = runner.invoke(app, ["validate", str(p), "--manifest", str(m), "--json"])
+    out = json.loads(res.output)
+    assert out["valid"] and out["n_episodes"] == frame.member_id.nunique()
+    assert out["n_steps"] == len(frame)
+
+
+def test_validate_errors_exit_2(panel):
+    p, m, frame = panel
+    frame.loc[3, "risk"] = np.nan
+    frame.loc[5, "modality"] = "fax"
+    frame.to_csv(p, index=False)
+    res = runner.invoke(app, ["validate", str(p), "--manifest", str(m)])
+    assert res.exit_code == 2
+    assert "2 problems found" in res.output and "'fax'" in res.output
+    assert "Traceback" not in res.output
+    res = runner.invoke(app, ["validate", str(p), "--manifest", str(m), "--json"])
+    assert res.exit_code == 2
+    assert len(json.loads(res.output)["errors"]) == 2
+
+
+def test_validate_bad_manifest(panel, tmp_path):
+    p, _, _ = panel
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[dataset]\nepsiode = "member_id"\n')
+    res = runner.invoke(app, ["validate", str(p), "--manifest", str(bad)])
+    assert res.exit_code == 2
+    assert "did you mean 'episode'?" in res.output

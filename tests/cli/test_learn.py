@@ -1,0 +1,146 @@
+import json
+
+import numpy as np
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from equicare.cli._learn import parse_params, register, train_model
+from equicare.data import Manifest, load_dataset
+from equicare.learn import BC, load_learner
+from equicare.policy import FilePolicy
+from tests.learn.tabular_mdp import manifest as tab_manifest
+
+runner = CliRunner()
+TINY = ["--steps", "30", "--param", "hidden=[16]", "--param", "valid_fraction=0.2",
+        "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def app():
+    a = typer.Typer()
+    register(a)
+    return a
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, mdp):
+    d = tmp_path_factory.mktemp("cli")
+    mdp.sample_frame(60, random_state=5).to_parquet(d / "panel.parquet")
+    (d / "manifest.toml").write_text(Manifest.from_dict(tab_manifest()).to_toml())
+    # the same panel with another action space (one more level of 'level')
+    other = tab_manifest()
+    other["actions"]["level"]["levels"] = ["l0", "l1", "l2", "l3", "l4"]
+    (d / "other.toml").write_text(Manifest.from_dict(other).to_toml())
+    return d
+
+
+def _err(result) -> str:
+    return getattr(result, "stderr", None) or result.output
+
+
+def test_train_then_predict_round_trip(app, files):
+    model = files / "model_bc"
+    res = runner.invoke(app, ["train", str(files / "panel.parquet"), "--manifest",
+                              str(files / "manifest.toml"), "--algo", "bc", "--out", str(model),
+                              *TINY])
+    assert res.exit_code == 0, _err(res)
+    info = json.loads(res.stdout)
+    assert info["algo"] == "bc" and info["n_steps"] == 30
+    assert (model / "config.json").is_file() and (model / "model.safetensors").is_file()
+    probs = files / "probs.parquet"
+    res = runner.invoke(app, ["predict", str(model), str(files / "panel.parquet"), "--manifest",
+                              str(files / "manifest.toml"), "--out", str(probs)])
+    assert res.exit_code == 0, _err(res)
+    ds = load_dataset(files / "panel.parquet", files / "manifest.toml", emit_warnings=False)
+    from_file = FilePolicy(probs).action_probs(ds)
+    np.testing.assert_allclose(from_file, load_learner(model).action_probs(ds), atol=1e-12)
+
+
+def test_refuses_to_overwrite_without_force(app, files):
+    model = files / "model_force"
+    args = ["train", str(files / "panel.parquet"), "--manifest", str(files / "manifest.toml"),
+            "--algo", "cql", "--out", str(model), *TINY]
+    assert runner.invoke(app, args).exit_code == 0
+    before = (model / "model.safetensors").read_bytes()
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2
+    assert "exists; pass --force to overwrite it" in _err(res)
+    assert (model / "model.safetensors").read_bytes() == before
+    res = runner.invoke(app, [*args, "--force", "--seed", "1"])
+    assert res.exit_code == 0, _err(res)
+    assert (model / "model.safetensors").read_bytes() != before
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--algo", "dqn"], "The 'algo' parameter of equicare train must be one of 'bc', 'awr', "
+                        "'cql'. Got 'dqn' instead."),
+    (["--encoder", "gru"], "The 'encoder' parameter of equicare train must be one of 'mlp', "
+                           "'lstm'. Got 'gru' instead."),
+    (["--window", "0"], "The 'window' parameter of equicare train must be an int >= 1. "
+                        "Got 0 instead."),
+    (["--fair-action", "kind=a", "--fair-lambda", "-1"],
+     "The 'fair_lambda' parameter of equicare train must be a number >= 0. Got -1.0 instead."),
+    (["--fair-lambda", "1"], "The 'fair_action' parameter of equicare train must be an action "
+                             "set such as 'modality=home_visit' when --fair-lambda is given."),
+    (["--group-robust", "1.5"], "The 'group_robust' parameter of equicare train must be a "
+                                "number in [0, 1]. Got 1.5 instead."),
+    (["--fair-action", "kind=zz"], "Unknown level(s) ['zz'] of action component 'kind'; "
+                                   "expected one of ['a', 'b', 'c']."),
+    (["--fair-action", "colour=red"], "Unknown action component 'colour'"),
+    (["--param", "betta=0.3"], "Unknown learner setting for awr"),
+    (["--param", "beta"], "--param must look like KEY=VALUE"),
+])
+def test_bad_flags_give_one_line_errors(app, files, extra, message):
+    res = runner.invoke(app, ["train", str(files / "panel.parquet"), "--manifest",
+                              str(files / "manifest.toml"), "--out", str(files / "never"),
+                              *TINY, *extra])
+    assert res.exit_code == 2
+    assert message in _err(res)
+    assert "Traceback" not in _err(res)
+    assert not (files / "never").exists()
+
+
+def test_predict_with_model_from_another_dataset(app, files):
+    model = files / "model_other"
+    res = runner.invoke(app, ["train", str(files / "panel.parquet"), "--manifest",
+                              str(files / "other.toml"), "--algo", "bc", "--out", str(model),
+                              *TINY])
+    assert res.exit_code == 0, _err(res)
+    res = runner.invoke(app, ["predict", str(model), str(files / "panel.parquet"), "--manifest",
+                              str(files / "manifest.toml"), "--out", str(files / "x.parquet")])
+    assert res.exit_code == 2
+    assert "the model was trained on action space" in _err(res)
+    assert not (files / "x.parquet").exists()
+
+
+def test_predict_refuses_existing_output_and_missing_model(app, files):
+    (files / "exists.csv").write_text("x\n")
+    res = runner.invoke(app, ["predict", str(files / "model_bc"), str(files / "panel.parquet"),
+                              "--manifest", str(files / "manifest.toml"), "--out",
+                              str(files / "exists.csv")])
+    assert res.exit_code == 2 and "exists; pass --force" in _err(res)
+    res = runner.invoke(app, ["predict", str(files / "nope"), str(files / "panel.parquet"),
+                              "--manifest", str(files / "manifest.toml"), "--out",
+                              str(files / "new.csv")])
+    assert res.exit_code == 2 and "Model folder not found" in _err(res)
+
+
+def test_feature_mismatch_is_reported(tmp_path, mdp, small_data):
+    bc = BC(n_steps=5, hidden=(8,), valid_fraction=0.0).fit(small_data, progress=False)
+    df = mdp.sample_frame(20, random_state=9)
+    df["extra_state"] = 1.0
+    man = tab_manifest()
+    man["dataset"]["states"] = ["extra_state"]
+    from equicare.data import from_frame
+
+    other = from_frame(df, man, emit_warnings=False)
+    with pytest.raises(Exception, match="the model was trained on state columns"):
+        bc.action_probs(other)
+
+
+def test_train_model_function_and_params():
+    assert parse_params(["beta=0.3", "hidden=[8, 8]", "critic=v"]) == {
+        "beta": 0.3, "hidden": (8, 8), "critic": "v"}
+    with pytest.raises(ValueError, match="The 'steps' parameter of equicare train"):
+        train_model("x", "y", out="z", steps=0)

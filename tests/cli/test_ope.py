@@ -1,0 +1,135 @@
+"""`equicare evaluate` through a local Typer app (register(app)) and CliRunner."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from equicare.cli._ope import FOLDER_POLICY, OUT_EXISTS, register
+from equicare.data import Manifest, from_frame
+from equicare.policy import write_policy_file
+
+from ..conftest import MANIFEST, make_frame
+
+
+@pytest.fixture
+def files(tmp_path):
+    df = make_frame(60, seed=1)
+    data = tmp_path / "panel.csv"
+    df.to_csv(data, index=False)
+    man = tmp_path / "manifest.toml"
+    man.write_text(Manifest.from_dict(MANIFEST).to_toml())
+    ds = from_frame(df, MANIFEST, emit_warnings=False)
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(ds.n_actions), size=ds.n_steps)
+    pol = write_policy_file(ds, probs, tmp_path / "policy.parquet")
+    return {"data": data, "manifest": man, "policy": pol, "df": df, "ds": ds, "probs": probs,
+            "dir": tmp_path}
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+    register(app)
+
+    @app.command()
+    def other() -> None:  # a second command keeps `evaluate` a named sub-command
+        pass
+
+    return app
+
+
+def _run(files, *extra, out=None):
+    out = out or files["dir"] / "result.json"
+    args = ["evaluate", str(files["data"]), "--manifest", str(files["manifest"]),
+            "--policy", str(files["policy"]), "--out", str(out), "--bootstrap", "50",
+            "--q-model", "linear", *extra]
+    return CliRunner().invoke(_app(), args), out
+
+
+def test_evaluate_writes_contract_3(files):
+    res, out = _run(files, "--truncate", "50", "--seed", "3")
+    assert res.exit_code == 0, res.output
+    assert "Off-policy evaluation" in res.stdout and "wdr" in res.stdout
+    d = json.loads(out.read_text())
+    assert d["n_episodes"] == 60 and d["n_steps"] == files["ds"].n_steps
+    assert list(d["estimates"]) == ["is", "wis", "pdis", "wpdis", "fqe", "dr", "wdr"]
+    assert d["ess"]["truncate"] == 50.0 and "support" in d
+    assert d["settings"]["random_state"] == 3 and d["settings"]["bootstrap"] == 50
+    assert set(d["groups"]) == {"race", "sex"}
+    assert not list(files["dir"].glob(".result.json*"))  # atomic write leaves no temp file
+
+
+def test_refuses_to_overwrite_without_force(files):
+    out = files["dir"] / "result.json"
+    out.write_text("keep me")
+    res, _ = _run(files, out=out)
+    assert res.exit_code == 2
+    assert OUT_EXISTS.format(path=out) in " ".join(res.output.split())
+    assert out.read_text() == "keep me"
+    res, _ = _run(files, "--force", out=out)
+    assert res.exit_code == 0, res.output
+    assert json.loads(out.read_text())["n_episodes"] == 60
+
+
+def test_policy_rows_missing(files):
+    ds = files["ds"]
+    keep = ds.subset(np.arange(30))
+    pol = write_policy_file(keep, files["probs"][: keep.n_steps], files["dir"] / "short.csv")
+    files["policy"] = pol
+    res, out = _run(files)
+    assert res.exit_code == 2 and not out.exists()
+    assert "dataset rows have no probabilities" in " ".join(res.output.split())
+
+
+def test_probabilities_not_summing_to_one(files):
+    df = pd.read_parquet(files["policy"])
+    df["p_0"] += 0.1
+    bad = files["dir"] / "bad.parquet"
+    df.to_parquet(bad)
+    files["policy"] = bad
+    res, _ = _run(files)
+    assert res.exit_code == 2
+    assert "do not sum to 1 within 1e-06" in " ".join(res.output.split())
+
+
+def test_zero_logged_propensities(files):
+    df = files["df"].copy()
+    df.loc[df.index[:4], "propensity"] = 0.0
+    df.to_csv(files["data"], index=False)
+    res, _ = _run(files)
+    assert res.exit_code == 2
+    text = " ".join(res.output.split())
+    assert "4 rows have a logged behaviour probability that is not in (0, 1]" in text
+    assert "is, wis, pdis, wpdis, dr, wdr would be biased" in text
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--q-model", "forest", "--q-model must be one of linear, gbm, mlp, tabular; got 'forest'."),
+    ("--behavior-model", "svm", "--behavior-model must be one of logistic, lgbm; got 'svm'."),
+    ("--estimators", "is,foo", "The 'estimators' parameter of evaluate must be"),
+])
+def test_bad_options(files, option, value, message):
+    res, _ = _run(files, option, value)
+    assert res.exit_code == 2
+    assert message in " ".join(res.output.split())
+
+
+def test_folder_policy_without_loader(files, monkeypatch):
+    import equicare.policy as policy_mod
+
+    def no_attr(name):
+        raise AttributeError(name)
+
+    monkeypatch.delitem(vars(policy_mod), "load_policy", raising=False)
+    monkeypatch.setitem(vars(policy_mod), "__getattr__", no_attr)
+    folder = files["dir"] / "model"
+    folder.mkdir()
+    files["policy"] = folder
+    res, _ = _run(files)
+    assert res.exit_code == 2
+    assert FOLDER_POLICY.format(path=folder) in " ".join(res.output.split())

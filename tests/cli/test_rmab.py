@@ -1,0 +1,146 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from equicare.cli._rmab import parse_budget, register
+from equicare.rmab import load_domain
+
+from ..rmab.test_estimate import make_panel
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def app():
+    a = typer.Typer()
+    register(a)
+
+    @a.callback()
+    def _root() -> None:
+        """Test app."""
+
+    return a
+
+
+def test_plan_writes_contract5_atomically_and_refuses_overwrite(app, tmp_path):
+    out = tmp_path / "plan.json"
+    args = ["plan", "--domain", "synthetic", "--arms", "100", "--budget", "0.2", "--horizon",
+            "20", "--policies", "opt,mmr,mnw,mnw-eg,random,noact", "--seeds", "4", "--out",
+            str(out)]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    d = json.loads(out.read_text())
+    assert (d["domain"], d["n_arms"], d["budget"], d["horizon"], d["seeds"]) == (
+        "synthetic", 100, 20, 20, 4)
+    assert set(d["policies"]) == {"opt", "mmr", "mnw", "mnw-eg", "random", "noact"}
+    assert "gini_reference" not in d["policies"]["mmr"]
+    before = out.read_text()
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and "exists" in res.output and out.read_text() == before
+    res = runner.invoke(app, [*args, "--force", "--reference", "--seeds", "2"])
+    assert res.exit_code == 0, res.output
+    assert "gini_reference" in json.loads(out.read_text())["policies"]["mmr"]
+    assert not list(tmp_path.glob(".plan.json.*"))  # no temporary files left behind
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["--domain", "synthetic", "--budget", "101"], "The 'budget' parameter of plan"),
+    (["--domain", "synthetic", "--budget", "-3"], "--budget must be >= 0"),
+    (["--domain", "synthetic", "--policies", "opt,best"], "unknown policy 'best'"),
+    (["--domain", "nowhere"], "Unknown domain 'nowhere'"),
+    ([], "Give exactly one of DOMAIN.json, --domain NAME or --from-panel DATA."),
+])
+def test_plan_user_errors(app, args, msg):
+    res = runner.invoke(app, ["plan", *args, "--seeds", "1"])
+    assert res.exit_code == 2
+    assert msg in " ".join(res.output.split())
+
+
+def test_plan_bad_domain_file(app, tmp_path):
+    f = tmp_path / "d.json"
+    f.write_text(json.dumps({"n_states": 2, "types": [
+        {"group": "A", "P": [[[0.5, 0.6], [0.5, 0.5]], [[0.5, 0.5], [0.5, 0.5]]],
+         "R": [0, 1]}]}))
+    res = runner.invoke(app, ["plan", str(f), "--seeds", "1"])
+    assert res.exit_code == 2
+    assert "Rows of P must sum to 1" in " ".join(res.output.split())
+
+
+def test_plan_from_panel_with_manifest(app, tmp_path):
+    from equicare.data import Manifest
+
+    d = load_domain("synthetic", n_arms=200)
+    panel = make_panel(d, 12, np.random.default_rng(0))
+    panel["state"] = panel["state"].astype(int)
+    p = tmp_path / "panel.csv"
+    panel.to_csv(p, index=False)
+    m = Manifest.from_dict({
+        "dataset": {"episode": "member", "time": "week", "categorical_states": ["state"],
+                    "groups": ["group"]},
+        "actions": {"treated": {"levels": 2}},
+        "reward": {"r": {"column": "reward"}}})
+    mf = tmp_path / "manifest.toml"
+    mf.write_text(m.to_toml())
+    out = tmp_path / "plan.json"
+    res = runner.invoke(app, ["plan", "--from-panel", str(p), "--manifest", str(mf),
+                              "--budget", "20", "--seeds", "2", "--horizon", "8",
+                              "--policies", "opt,mnw-eg", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    got = json.loads(out.read_text())
+    assert got["n_arms"] == 200 and got["budget"] == 20
+    assert set(got["policies"]["opt"]["group_mean"]) == {"A", "B", "C", "D", "E"}
+
+
+def test_capacity_command(app, tmp_path):
+    fig = tmp_path / "cap.png"
+    out = tmp_path / "cap.json"
+    res = runner.invoke(app, ["capacity", "--domain", "diabetes", "--arms", "30", "--alpha", "0",
+                              "--seeds", "2", "--horizon", "6", "--target", "0.45",
+                              "--policies", "opt,hr-rr", "--budgets", "0,0.2,0.5,1.0",
+                              "--out", str(out), "--figure", str(fig)])
+    assert res.exit_code == 0, res.output
+    d = json.loads(out.read_text())
+    assert d["budgets"] == [0, 6, 15, 30] and set(d["policies"]) == {"opt", "hr-rr"}
+    assert fig.stat().st_size > 1000
+
+
+def test_parse_budget():
+    assert parse_budget("0.2") == 0.2 and parse_budget("20") == 20 and parse_budget("1") == 1
+    assert parse_budget("1.0") == 1.0
+    with pytest.raises(ValueError, match="whole number"):
+        parse_budget("2.5")
+
+
+def test_import_is_light():
+    code = ("import sys, equicare.rmab; "
+            "print(any(m in sys.modules for m in ('matplotlib', 'torch', 'ray')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_figures(tmp_path):
+    from matplotlib.figure import Figure
+
+    from equicare.rmab import plan, plot_group_outcomes, plot_pareto
+
+    d = load_domain("synthetic", n_arms=40)
+    rs = [plan(d, budget=b, seeds=2, horizon=6, policies=["opt", "mmr"]) for b in (0.1, 0.3)]
+    f1 = plot_group_outcomes(rs[0])
+    f2 = plot_pareto(rs)
+    assert isinstance(f1, Figure) and isinstance(f2, Figure)
+    f2.savefig(tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_every_public_name_imports():
+    import equicare.rmab as r
+
+    for name in r.__all__:
+        assert getattr(r, name) is not None

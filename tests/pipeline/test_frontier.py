@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import json
+import pickle
+import re
+
+import numpy as np
+import pytest
+
+from equicare.fairness import pareto_mask
+
+from ..fairness.conftest import random_panel
+
+
+@pytest.mark.parametrize(("value", "gap", "worst", "expected"), [
+    ([1.0, 0.9, 0.8], [5.0, 2.0, 3.0], [0.5, 0.5, 0.4], [True, True, False]),
+    ([1.0, 1.0], [2.0, 2.0], [0.3, 0.3], [True, True]),          # ties: nobody dominates
+    ([1.0, 2.0], [1.0, 1.0], [0.1, 0.1], [False, True]),          # same gap, higher value
+    ([1.0, np.nan], [1.0, 0.0], [0.1, 0.2], [True, False]),       # NaN never efficient
+    ([3.0, 2.0, 1.0], [3.0, 2.0, 1.0], [0.0, 0.0, 0.0], [True, True, True]),
+])
+def test_pareto_mask(value, gap, worst, expected) -> None:
+    assert pareto_mask(value, gap, worst).tolist() == expected
+
+
+@pytest.fixture(scope="module")
+def panel():
+    """A clustered panel with a home-visit disparity and rewards that favour home visits."""
+    from equicare.data import TrajectoryDataset
+
+    ds = random_panel(240, seed=21, rate_by_group=(0.2, 0.08, 0.2))
+    home = ds.action_space.level_mask("modality", "home_visit")[ds.actions]
+    rewards = home * 1.0 + 0.1 * np.asarray(ds.states[:, 0], float)
+    # a fixed logged propensity (not the generator's) is enough for the mechanics tested here
+    return TrajectoryDataset(**{**{f: getattr(ds, f) for f in (
+        "states", "actions", "terminals", "episode_offsets", "episode_ids", "times",
+        "action_space", "state_names", "groups", "need")},
+        "reward_components": rewards, "behavior_prob": np.full(ds.n_steps, 1 / 6), "gamma": 1.0})
+
+
+def test_frontier_grid_and_pareto(panel) -> None:
+    import torch
+
+    from equicare.fairness import frontier
+
+    torch.set_num_threads(1)
+    cfg = {"n_steps": 60, "hidden": [16], "batch_size": 128, "valid_fraction": 0.0,
+           "eval_every": 30}
+    res = frontier(panel, "bc", lambdas=[0.0, 50.0], group="race", config=cfg,
+                   estimator="wis", n_boot=100, random_state=0)
+    t = res.table
+    assert list(t["lambda"]) == [0.0, 50.0]
+    assert {"value", "value_lower", "value_upper", "gap_pp", "gap_lower", "gap_upper",
+            "worst_group_value", "pareto"} <= set(t.columns)
+    assert np.all(t.value_lower <= t.value) and np.all(t.value <= t.value_upper)
+    assert np.all(t.gap_lower <= t.gap_pp) and np.all(t.gap_pp <= t.gap_upper)
+    assert res.pareto.any()
+    np.testing.assert_array_equal(res.pareto, pareto_mask(t.value, t.gap_pp,
+                                                          t.worst_group_value))
+    assert res.n_train_episodes + res.n_eval_episodes == panel.n_episodes
+    # every point is audited on the same held-out episodes with the same replicates
+    w0 = res.audits[0]["behavior"].allocation.rate_reps
+    w1 = res.audits[1]["behavior"].allocation.rate_reps
+    np.testing.assert_array_equal(w0, w1)
+    assert res.behavior["gap_pp"] == pytest.approx(100 * res.audits[0]["behavior"]
+                                                   .allocation.difference())
+    d = json.loads(json.dumps(res.to_dict()))
+    assert len(d["points"]) == 2 and d["weight"] == "fair_lambda"
+    fig = res.plot()
+    assert fig.axes[0].get_xlabel().startswith("parity gap")
+    # the executor gets picklable tasks
+    from equicare.pipeline import SerialExecutor
+
+    calls = []
+
+    class Recorder(SerialExecutor):
+        def map(self, fn, items):
+            items = list(items)
+            calls.append(len(pickle.dumps(items[0])))
+            return super().map(fn, items)
+
+    res2 = frontier(panel, "bc", lambdas=[0.0, 50.0], group="race", config=cfg,
+                    estimator="wis", n_boot=100, random_state=0, executor=Recorder())
+    assert calls and calls[0] > 0
+    assert res2.table.drop(columns="worst_group").equals(t.drop(columns="worst_group"))
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"learner": "xgb"}, "The 'learner' parameter of frontier must be one of 'bc', 'awr', 'cql'."),
+    ({"weight": "group_robust", "lambdas": [0.0, 2.0]},
+     "The 'lambdas' parameter of frontier must be numbers in [0, 1]. Got 2.0 instead."),
+    ({"lambdas": []}, "The 'lambdas' parameter of frontier must be a non-empty sequence"),
+    ({"weight": "dp"}, "The 'weight' parameter of frontier must be one of"),
+])
+def test_frontier_bad_inputs(panel, kwargs, message) -> None:
+    from equicare.fairness import frontier
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        frontier(panel, **{"learner": "bc", **kwargs})

@@ -1,0 +1,189 @@
+"""Tests of the online experiment runner, its statistics, figures and the ``online`` CLI."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+typer = pytest.importorskip("typer")
+
+from typer.testing import CliRunner  # noqa: E402
+
+from equicare.cli._online import register, run_online  # noqa: E402
+from equicare.pipeline._online import (  # noqa: E402
+    EXISTS_MESSAGE,
+    OnlineExperimentConfig,
+    bootstrap_mean_ci,
+    compare_runs,
+    evaluate_hospital_policy,
+    lambda_sweep,
+    run_experiment,
+    run_seed,
+)
+
+TINY = {"steps": 4 * 168, "n_envs": 4, "eval_episodes": 4}
+
+
+def test_config_round_trip_and_learner_config() -> None:
+    cfg = OnlineExperimentConfig(algo="grpo", lam=0.4, mode="dro", steps=1000)
+    assert OnlineExperimentConfig.from_dict(cfg.to_dict()) == cfg
+    lc = cfg.learner_config()
+    assert type(lc).__name__ == "GRPOConfig" and lc.lam == 0.4 and lc.total_steps == 1000
+    assert cfg.label == "grpo-dro-0.4"
+    assert OnlineExperimentConfig().label == "ppo"
+    with pytest.raises(ValueError, match=re.escape(
+            "The 'scenario' parameter of OnlineExperimentConfig must be one of")):
+        OnlineExperimentConfig(scenario="moon")
+    with pytest.raises(ValueError, match=re.escape("The 'total_steps' parameter of PPOConfig")):
+        OnlineExperimentConfig(steps=0)
+
+
+def test_bootstrap_mean_ci() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(2.0, 1.0, size=400)
+    s = bootstrap_mean_ci(x, random_state=0)
+    se = x.std(ddof=1) / np.sqrt(x.size)
+    assert s["mean"] == pytest.approx(x.mean())
+    # percentile bootstrap of a mean ~ mean +- 1.96 se for n = 400
+    assert s["ci"][0] == pytest.approx(x.mean() - 1.96 * se, abs=0.25 * se)
+    assert s["ci"][1] == pytest.approx(x.mean() + 1.96 * se, abs=0.25 * se)
+    assert bootstrap_mean_ci([np.nan])["n"] == 0
+
+
+def test_evaluate_baselines_share_patients() -> None:
+    a = evaluate_hospital_policy("fcfs", "urban", n_episodes=16, random_state=3)
+    b = evaluate_hospital_policy("random", "urban", n_episodes=16, random_state=3)
+    c = evaluate_hospital_policy(lambda e, o, m: e.fcfs_actions(), "urban", n_episodes=16,
+                                 random_state=3)
+    assert c == a  # a callable and a named baseline face the very same episodes
+    for g in a["groups"]:
+        assert a["groups"][g]["arrived"] == b["groups"][g]["arrived"]  # same patients
+    assert a["worst_group_wait"] >= a["groups"]["adult"]["mean_wait"]
+    assert a["wait_gap"] == pytest.approx(a["worst_group_wait"] - a["best_group_wait"])
+
+
+def test_run_seed_is_deterministic_and_paired() -> None:
+    cfg = OnlineExperimentConfig(**TINY)
+    r1 = run_seed(cfg, 1)
+    r2 = run_seed(cfg.to_dict(), 1)
+    assert r1["final"] == r2["final"] and r1["curve"] == r2["curve"]
+    assert len(r1["curve"]) == 1  # one batch of training episodes ended
+    assert set(r1["baselines"]) == {"fcfs", "severity_first", "random"}
+    json.dumps(r1)  # JSON-ready
+    g = run_seed(OnlineExperimentConfig(**TINY, algo="grpo", lam=0.0), 1)
+    assert g["final"] == r1["final"]  # lambda = 0 is PPO exactly
+    c = compare_runs([r1], [g])
+    assert c["worst_group_wait"]["mean"] == 0.0 and c["seeds"] == [1]
+
+
+def test_run_experiment_writes_and_refuses_overwrite(tmp_path: Path) -> None:
+    cfg = OnlineExperimentConfig(**TINY)
+    out = tmp_path / "exp"
+    res = run_experiment(cfg, seeds=2, out=out)
+    for name in ("results.json", "config.json", "curves.csv", "final_groups.csv",
+                 "seeds/seed_0.json", "seeds/seed_1.json"):
+        assert (out / name).exists(), name
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["summary"]["ppo"]["n_seeds"] == 2
+    assert {"ppo", "baseline:fcfs"} <= set(res["summary"])
+    header = (out / "final_groups.csv").read_text().splitlines()[0]
+    assert header.startswith("seed,policy,group,mean_wait,p90_wait")
+    with pytest.raises(FileExistsError, match=re.escape(
+            EXISTS_MESSAGE.format(path=out, name="results.json"))):
+        run_experiment(cfg, seeds=2, out=out)
+    before = json.loads((out / "results.json").read_text())
+    run_experiment(cfg, seeds=[0, 1], out=out, force=True)
+    after = json.loads((out / "results.json").read_text())
+    assert after["summary"] == before["summary"]  # same seeds, same numbers (timings differ)
+    assert [r["final"] for r in after["seeds"]] == [r["final"] for r in before["seeds"]]
+
+
+def test_run_seed_pickles() -> None:
+    import pickle
+
+    cfg = OnlineExperimentConfig(**TINY)
+    assert pickle.loads(pickle.dumps(run_seed)) is run_seed
+    assert pickle.loads(pickle.dumps(cfg.to_dict())) == cfg.to_dict()
+
+
+@pytest.mark.slow
+def test_process_pool_gives_the_same_numbers() -> None:
+    cfg = OnlineExperimentConfig(**TINY, baselines=False)
+    inline = run_experiment(cfg, seeds=2, jobs=1)
+    pooled = run_experiment(cfg, seeds=2, jobs=2)
+    assert [r["final"] for r in inline["seeds"]] == [r["final"] for r in pooled["seeds"]]
+
+
+def test_lambda_sweep_and_figures(tmp_path: Path) -> None:
+    from equicare.report._online_figures import (
+        plot_frontier,
+        plot_group_waits,
+        plot_learning_curves,
+    )
+
+    cfg = OnlineExperimentConfig(**TINY, baselines=False)
+    sweep = lambda_sweep(cfg, [0.5, 0.0], seeds=2, out=tmp_path / "sw")
+    assert sweep["lambdas"] == [0.0, 0.5]
+    assert sweep["frontier"][0]["vs_lambda0"]["mean_wait"]["mean"] == 0.0
+    assert (tmp_path / "sw" / "frontier.csv").exists()
+    assert (tmp_path / "sw" / "lambda_0.5" / "results.json").exists()
+    fig = plot_frontier(sweep)
+    assert len(fig.axes) == 1
+    runs: dict[str, Any] = {k: v for k, v in sweep["runs"].items()}
+    assert plot_learning_curves(runs).axes[0].get_xlabel() == "environment steps"
+    assert plot_group_waits(runs, include_baselines=False).axes[0].get_ylabel() == "mean wait (h)"
+
+
+def _app() -> Any:
+    app = typer.Typer()
+    register(app)
+
+    @app.callback()
+    def main() -> None:
+        """Test app."""
+
+    return app
+
+
+def test_cli_runs_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    runner = CliRunner()
+    out = tmp_path / "cli"
+    args = ["online", "--env", "hospital", "--scenario", "rural", "--algo", "grpo", "--lambda",
+            "0.3", "--seeds", "2", "--steps", str(4 * 168), "--n-envs", "4",
+            "--eval-episodes", "4", "--out", str(out)]
+    res = runner.invoke(_app(), args)
+    assert res.exit_code == 0, res.output
+    assert "grpo-max-0.3" in res.output and "baseline:fcfs" in res.output
+    assert (out / "results.json").exists() and (out / "learning_curves.png").exists()
+    res2 = runner.invoke(_app(), args)
+    assert res2.exit_code == 2
+    assert "already holds results" in res2.output
+    assert "Traceback" not in res2.output
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--scenario", "moon"], "The 'scenario' parameter of OnlineExperimentConfig"),
+    (["--algo", "ppo", "--lambdas", "0,0.5"], "--lambdas sweeps GRPO"),
+    (["--algo", "grpo", "--lambdas", "0,x"], "--lambdas must be comma-separated numbers"),
+    (["--lambda", "2"], "The 'lam' parameter of OnlineExperimentConfig"),
+])
+def test_cli_bad_options(tmp_path: Path, extra: list[str], message: str) -> None:
+    res = CliRunner().invoke(_app(), ["online", "--out", str(tmp_path / "x"), "--steps", "672",
+                                      "--n-envs", "4", "--eval-episodes", "4", *extra])
+    assert res.exit_code == 2
+    assert message in res.output
+
+
+def test_run_online_sweep(tmp_path: Path) -> None:
+    r = run_online(out=tmp_path / "s", algo="grpo", lambdas="0,1", seeds=1, steps=4 * 168,
+                   n_envs=4, eval_episodes=4, figures=False, group_signal="welfare")
+    assert r["kind"] == "sweep" and r["lambdas"] == [0.0, 1.0]
+    from equicare.cli._online import format_summary
+
+    assert "lambda" in format_summary(r)
