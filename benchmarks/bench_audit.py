@@ -126,6 +126,10 @@ def run(quick: bool = False) -> dict[str, dict[str, Any]]:
               "episode totals)")
     res["group_rate_ci_1000"] = _entry(t_eq, "s", f"fairlearn.MetricFrame(n_boot={n_boot})",
                                        peer_value)
+    if peer_value is not None:
+        res["group_rate_ci_1000"]["note"] = (
+            "not like-for-like: equicare starts from the panel rows and draws its replicates, "
+            "Fairlearn from the per-episode totals (equicare does more work)")
     _, t_pol, _ = _timed(lambda: allocation_rates(
         ds, pols["linear_0"], action="modality=home_visit", n_boot=n_boot, random_state=0))
     res["allocation_rates_1_policy_1000_boot"] = _entry(t_pol, "s")

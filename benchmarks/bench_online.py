@@ -136,7 +136,8 @@ def run(quick: bool = False) -> dict[str, dict[str, Any]]:
     out["hospital_vector_env"] = _entry(
         _vector_env_sps(n_vec, 3 * hours), "env steps/s",
         f"gymnasium SyncVectorEnv(HospitalEnv x {n_vec})", _sync_vector_env_sps(n_vec, hours),
-        "the same simulator: NumPy-vectorised against gymnasium's loop over single envs")
+        "like-for-like: the same simulator and number of steps, NumPy-vectorised against "
+        "gymnasium's loop over single envs")
     out["hospital_single_env"] = _entry(_single_env_sps(2 * hours), "env steps/s")
     try:
         import stable_baselines3  # noqa: F401

@@ -275,6 +275,8 @@ def run_d3rlpy_fqe(w: dict[str, Any], truth: float, tol: float,
                     logger_adapter=d3rlpy.logging.NoopAdapterFactory())
             seconds += time.perf_counter() - t0
             est = float(np.mean(fqe.predict_value(x0, a0)))
+            print(f"  d3rlpy DiscreteFQE epoch {epoch}: estimate {est:.4f} (truth {truth:.4f}, "
+                  f"tolerance {tol:.4f}), {seconds:.1f} s of training", flush=True)
             if abs(est - truth) <= tol:
                 return seconds, est, epoch, True
     return seconds, est, max_epochs, False
@@ -323,7 +325,9 @@ def _run(quick: bool) -> dict[str, dict[str, Any]]:
         out["ope_all"] = _entry(t_ours, "s")
     else:
         t_scope, vals = scope
-        out["ope_all"] = _entry(t_ours, "s", "scope-rl 0.2.1", t_scope)
+        out["ope_all"] = _entry(t_ours, "s", "scope-rl 0.2.1", t_scope,
+                                f"like-for-like: the same seven estimators, point estimates and "
+                                f"{N_BOOT}-replicate intervals on the same arrays")
         diff = max(abs(res.estimates[k].value - vals[k]) / max(1.0, abs(vals[k]))
                    for k in SEVEN)
         out["point_scope_max_rel_diff"] = _entry(diff, "relative")
@@ -332,7 +336,10 @@ def _run(quick: bool) -> dict[str, dict[str, Any]]:
         out["ope_bandit"] = _entry(t_bandit, "s")
     else:
         t_obp, vals_o = obp
-        out["ope_bandit"] = _entry(t_bandit, "s", "obp 0.5.7", t_obp)
+        out["ope_bandit"] = _entry(t_bandit, "s", "obp 0.5.7", t_obp,
+                                   "not like-for-like: equicare computes its seven trajectory "
+                                   "estimators plus bandit_dr, OBP five bandit estimators (IPW, "
+                                   "SNIPW, DM, DR, SNDR); both with bootstrap intervals")
         out["point_obp_dr_abs_diff"] = _entry(
             abs(res_b.estimates["bandit_dr"].value - vals_o["dr"]), "absolute")
     out["ess_trajectory_pct"] = _entry(ess.trajectory_pct, "%")
