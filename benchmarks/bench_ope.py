@@ -20,11 +20,11 @@ Measures
 * ``point_*``: largest absolute difference of the point estimates where definitions coincide
   (the seven SCOPE-RL estimators; OBP's DR = our bandit_dr). Must be < 1e-6.
 * ``fqe_time_to_accuracy``: time to an estimate within a tolerance of the true value, on the
-  same transitions with episode ends censored (a stationary discounted MDP, gamma 0.9, whose
-  true value is known; see the FQE section below), for the deterministic greedy version of the
-  target policy (d3rlpy's FQE evaluates deterministic policies only). equicare: ``fit_fqe``
-  (linear, fixed point, no time features) including the full (n, 97) Q matrix; its error sets
-  the tolerance, ``max(error, 1% of the true value)``. Peer: d3rlpy 2.8.1 ``DiscreteFQE``
+  same transitions with gamma 0.9 (the value is known in closed form; see the FQE section
+  below), for the deterministic greedy version of the target policy (d3rlpy's FQE evaluates
+  deterministic policies only); both models get the state plus the scaled step and its square.
+  equicare: ``fit_fqe`` (linear, fixed point) including the full (n, 97) Q matrix; its error
+  sets the tolerance, ``max(error, 1% of the true value)``. Peer: d3rlpy 2.8.1 ``DiscreteFQE``
   (default MLP, batch 100), trained epoch by epoch until its estimate is within the tolerance
   (at most 30 epochs; if it never gets there, the entry's note says the ratio is a lower
   bound).
@@ -174,12 +174,14 @@ def run_obp(w: dict[str, Any]) -> tuple[float, dict[str, float]] | str:
 
 # ---------------------------------------------------------------------- FQE
 # Time to accuracy against the truth. The workload's states are i.i.d. N(0, I) at every step
-# whatever the action, and r = x @ beta + effect[a] + noise, so with the episode ends treated as
-# censored (not terminal) the problem is a stationary discounted MDP whose value is known:
-# V(x) = x @ beta + effect[pi(x)] + gamma * m / (1 - gamma), m = E_x[effect[pi(x)]].
+# whatever the action, and r = x @ beta + effect[a] + noise, so the value of a policy pi over the
+# episode's HORIZON steps (the last one terminal) is known in closed form:
+# V(x_0) = x_0 @ beta + effect[pi(x_0)] + m * sum_{t=1}^{H-1} gamma^t, m = E_x[effect[pi(x)]].
 # d3rlpy's DiscreteFQE evaluates a deterministic policy (the greedy action of an algo), so both
 # libraries evaluate the same deterministic policy pi(x) = argmax(x @ we + be) (the mode of the
-# workload's target policy). GAMMA_FQE = 0.9 keeps d3rlpy's iterative fit to minutes.
+# workload's target policy). The value depends on the step, so both get the same inputs: the state
+# plus the scaled step tau = t / (H - 1) and tau^2 (equicare's linear FQE adds exactly these; d3rlpy
+# gets them as extra observation columns). GAMMA_FQE = 0.9 keeps d3rlpy's iterative fit short.
 GAMMA_FQE, FQE_REL_FLOOR, D3_MAX_EPOCHS = 0.9, 0.01, 30
 
 
@@ -198,7 +200,8 @@ def fqe_truth(w: dict[str, Any], n_draws: int = 2_000_000, seed: int = 1) -> flo
     m /= n_draws
     x0 = w["x"][w["offsets"][:-1]]
     r0 = x0 @ w["beta"] + w["effect"][_greedy(w, x0)]
-    return float(r0.mean() + GAMMA_FQE * m / (1 - GAMMA_FQE))
+    horizon = int(np.diff(w["offsets"])[0])
+    return float(r0.mean() + m * sum(GAMMA_FQE ** t for t in range(1, horizon)))
 
 
 def _dataset(w: dict[str, Any]) -> Any:
@@ -209,21 +212,21 @@ def _dataset(w: dict[str, Any]) -> Any:
     horizon = w["a"].size // n_ep
     return TrajectoryDataset(
         states=w["x"].astype(np.float32), actions=w["a"], reward_components=w["r"][:, None],
-        terminals=np.zeros(w["a"].size, dtype=bool), episode_offsets=w["offsets"],
+        terminals=w["done"].astype(bool), episode_offsets=w["offsets"],
         episode_ids=np.arange(n_ep), times=np.tile(np.arange(horizon), n_ep),
         action_space=FactoredActionSpace.single(N_ACTIONS), gamma=GAMMA_FQE,
         state_names=tuple(f"x{i}" for i in range(STATE_DIM)))
 
 
 def run_fqe(w: dict[str, Any]) -> tuple[float, float, Any]:
-    """equicare's linear FQE (no time features: the truth is stationary): seconds, estimate."""
+    """equicare's linear FQE (state + scaled step and its square): seconds, estimate."""
     from equicare.ope import FQEConfig, fit_fqe
 
     ds = _dataset(w)
     pe = np.zeros((w["a"].size, N_ACTIONS))
     pe[np.arange(w["a"].size), _greedy(w, w["x"])] = 1.0
     t0 = time.perf_counter()
-    fit = fit_fqe(ds, pe, FQEConfig(model="linear", time_features=False))
+    fit = fit_fqe(ds, pe, FQEConfig(model="linear", time_features=True))
     est = float(fit.v[w["offsets"][:-1]].mean())
     return time.perf_counter() - t0, est, fit
 
@@ -247,25 +250,25 @@ def run_d3rlpy_fqe(w: dict[str, Any], truth: float, tol: float,
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
     torch.set_num_threads(1)
     n = w["a"].size
-    timeouts = np.zeros(n, dtype=np.float32)
-    timeouts[w["offsets"][1:] - 1] = 1.0
+    horizon = int(np.diff(w["offsets"])[0])
+    tau = np.tile(np.arange(horizon) / max(horizon - 1, 1), n // horizon)
+    obs = np.column_stack([w["x"], tau, tau * tau]).astype(np.float32)
     we = torch.as_tensor(w["we"], dtype=torch.float32)
     be = torch.as_tensor(w["be"], dtype=torch.float32)
-    x0 = w["x"][w["offsets"][:-1]].astype(np.float32)
-    a0 = _greedy(w, x0)
+    obs0 = obs[w["offsets"][:-1]]
+    a0 = _greedy(w, w["x"][w["offsets"][:-1]])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         data = d3rlpy.dataset.MDPDataset(
-            observations=w["x"].astype(np.float32), actions=w["a"][:, None],
-            rewards=w["r"].astype(np.float32), terminals=np.zeros(n, dtype=np.float32),
-            timeouts=timeouts, action_space=d3rlpy.constants.ActionSpace.DISCRETE,
-            action_size=N_ACTIONS)
+            observations=obs, actions=w["a"][:, None],
+            rewards=w["r"].astype(np.float32), terminals=w["done"].astype(np.float32),
+            action_space=d3rlpy.constants.ActionSpace.DISCRETE, action_size=N_ACTIONS)
         algo = d3rlpy.algos.DiscreteBCConfig().create(device="cpu:0")
         algo.build_with_dataset(data)
         assert algo.impl is not None
         # the evaluated policy: the same greedy target as equicare's
         algo.impl.predict_best_action = (  # type: ignore[method-assign]
-            lambda x: torch.argmax(x @ we + be, dim=1))
+            lambda x: torch.argmax(x[:, :STATE_DIM] @ we + be, dim=1))
         fqe = d3rlpy.ope.DiscreteFQE(algo=algo, config=d3rlpy.ope.FQEConfig(gamma=GAMMA_FQE))
         per_epoch = data.transition_count // fqe.config.batch_size
         seconds, est = 0.0, float("nan")
@@ -274,7 +277,7 @@ def run_d3rlpy_fqe(w: dict[str, Any], truth: float, tol: float,
             fqe.fit(data, n_steps=per_epoch, n_steps_per_epoch=per_epoch, show_progress=False,
                     logger_adapter=d3rlpy.logging.NoopAdapterFactory())
             seconds += time.perf_counter() - t0
-            est = float(np.mean(fqe.predict_value(x0, a0)))
+            est = float(np.mean(fqe.predict_value(obs0, a0)))
             print(f"  d3rlpy DiscreteFQE epoch {epoch}: estimate {est:.4f} (truth {truth:.4f}, "
                   f"tolerance {tol:.4f}), {seconds:.1f} s of training", flush=True)
             if abs(est - truth) <= tol:
