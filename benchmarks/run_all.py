@@ -72,9 +72,11 @@ def _git(*args: str) -> str:
 
 
 def revision() -> str:
-    """Short git hash of HEAD, ``+dirty`` if src/ or benchmarks/ differ from it."""
+    """Short git hash of HEAD, ``+dirty`` if src/ or benchmarks/ (other than the results this
+    script writes) differ from it."""
     head = _git("rev-parse", "--short=12", "HEAD") or "unknown"
-    dirty = _git("status", "--porcelain", "--untracked-files=no", "--", "src", "benchmarks")
+    dirty = _git("status", "--porcelain", "--untracked-files=no", "--", "src", "benchmarks",
+                 ":(exclude)benchmarks/results.json")
     return head + ("+dirty" if dirty else "")
 
 
