@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib.metadata
 import importlib.util
 import inspect
 import json
@@ -82,11 +83,9 @@ def revision() -> str:
 
 def machine() -> str:
     """One line naming the hardware and the software stack the numbers were measured on."""
-    try:
-        import torch
-
-        torch_v = f", torch {torch.__version__}"
-    except ImportError:  # pragma: no cover - torch is a dependency
+    try:  # the installed version, without importing torch
+        torch_v = f", torch {importlib.metadata.version('torch')}"
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - a dependency
         torch_v = ""
     cpu = platform.processor() or platform.machine()
     try:
