@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH := torch==2.13.0
 
-.PHONY: demo test test-slow test-browser bench lint clean install dev
+.PHONY: demo test test-slow test-browser bench bench-quick lint clean install dev
 
 $(VENV)/.base: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,11 +43,18 @@ $(VENV)/.bench: $(VENV)/.dev
 	bash benchmarks/install_peers.sh $(PY)
 	touch $@
 
+# every benchmark -> benchmarks/results.json -> the tables of BENCHMARKS.md (run_all.py renders them)
 bench: $(VENV)/.bench
 	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/render.py --check
+
+# smoke run of every benchmark at a tiny size; writes nothing
+bench-quick: $(VENV)/.bench
+	$(PY) benchmarks/run_all.py --quick
 
 lint: $(VENV)/.dev
 	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m mypy
 
 clean:
 	rm -rf $(VENV) build *.egg-info

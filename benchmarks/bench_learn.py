@@ -5,6 +5,12 @@ Same data (care-management panel, 2,000 members x 52 weeks without churn = 104,0
 actions), batch 256, one torch thread, Adam. Gradient steps per second are measured after a
 warm-up. Also: one epoch of AWR with the LSTM history encoder (window 4) and its peak memory.
 
+Output sizes: d3rlpy and the plain loop have one output per flat action (300). equicare is
+measured twice: with ``support="all"`` (300 outputs, the like-for-like comparison:
+``{algo}_steps_per_s_vs_d3rlpy``, ``{algo}_steps_per_s_vs_plain_torch``) and with its default
+``support="observed"`` (one output per action combination seen in the data, about 100 here:
+``{algo}_observed_support_steps_per_s_vs_d3rlpy``, labelled not like-for-like).
+
 Run: ``.venv/bin/python benchmarks/bench_learn.py`` (d3rlpy optional: ``pip install d3rlpy``).
 """
 
@@ -38,16 +44,19 @@ def care_dataset(n_members: int = N_MEMBERS, n_weeks: int = N_WEEKS) -> Any:
 
 
 # ----------------------------------------------------------------------------- equicare
-def ours_steps_per_s(algo: str, ds: Any, n_steps: int) -> float:
-    """Gradient steps/s of an equicare learner, from its own timed history (after warm-up)."""
+def ours_steps_per_s(algo: str, ds: Any, n_steps: int, support: str = "all"
+                     ) -> tuple[float, int]:
+    """Gradient steps/s of an equicare learner, from its own timed history (after warm-up),
+    and the number of network outputs (the size of its action support)."""
     from equicare.learn import BC, CQL
 
     klass = {"bc": BC, "cql": CQL}[algo]
     learner = klass(n_steps=n_steps + n_steps // 4, eval_every=n_steps // 4, hidden=HIDDEN,
-                    batch_size=BATCH, valid_fraction=0.0, support="observed")
+                    batch_size=BATCH, valid_fraction=0.0, support=support)
     learner.fit(ds, progress=False)
     h = learner.history_
-    return float((h[-1]["step"] - h[0]["step"]) / (h[-1]["seconds"] - h[0]["seconds"]))
+    rate = float((h[-1]["step"] - h[0]["step"]) / (h[-1]["seconds"] - h[0]["seconds"]))
+    return rate, int(learner.support_.size)
 
 
 # ----------------------------------------------------------------------------- plain PyTorch
@@ -129,7 +138,7 @@ def _rss_mb() -> float:
     return float("nan")
 
 
-def lstm_awr_epoch() -> dict[str, float]:
+def lstm_awr_epoch(quick: bool = False) -> dict[str, float]:
     """One epoch (n_rows / 256 steps) of AWR with the LSTM encoder (window 4).
 
     Memory: resident set size sampled every 10 ms during ``fit`` (peak) and just before it.
@@ -139,8 +148,8 @@ def lstm_awr_epoch() -> dict[str, float]:
     _threads()
     from equicare.learn import AWR
 
-    ds = care_dataset()
-    n = ds.n_steps // BATCH
+    ds = care_dataset(100, 10) if quick else care_dataset()
+    n = max(2, ds.n_steps // BATCH)
     learner = AWR(encoder="lstm", window=4, hidden=HIDDEN, batch_size=BATCH, n_steps=n,
                   eval_every=n, valid_fraction=0.0)
     rss0 = _rss_mb()
@@ -163,35 +172,56 @@ def lstm_awr_epoch() -> dict[str, float]:
             "rss_before_mb": rss0}
 
 
-def _lstm_epoch_subprocess() -> dict[str, float]:
-    out = subprocess.run([sys.executable, __file__, "--lstm-epoch"], capture_output=True,
+def _lstm_epoch_subprocess(quick: bool = False) -> dict[str, float]:
+    args = [sys.executable, __file__, "--lstm-epoch"] + (["--quick"] if quick else [])
+    out = subprocess.run(args, capture_output=True,
                          text=True, check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 # ----------------------------------------------------------------------------- run
 def _entry(value: float, unit: str, peer: str | None = None,
-           peer_value: float | None = None) -> dict[str, Any]:
+           peer_value: float | None = None, note: str | None = None) -> dict[str, Any]:
+    if peer_value is None:
+        peer = None
     ratio = None if peer_value in (None, 0) else value / peer_value
-    return {"value": value, "unit": unit, "peer": peer, "peer_value": peer_value, "ratio": ratio}
+    out = {"value": value, "unit": unit, "peer": peer, "peer_value": peer_value, "ratio": ratio}
+    if note:
+        out["note"] = note
+    return out
 
 
-def run(n_steps: int = 400) -> dict[str, dict[str, Any]]:
-    """Measure everything; entries follow the benchmark contract of the project."""
+def run(n_steps: int = 400, quick: bool = False) -> dict[str, dict[str, Any]]:
+    """Measure everything; entries follow the benchmark contract of the project.
+
+    ``quick``: 100 members x 10 weeks and 8 steps, a smoke run (its numbers mean nothing).
+    """
     _threads()
-    ds = care_dataset()
+    ds = care_dataset(100, 10) if quick else care_dataset()
+    if quick:
+        n_steps = 8
     print(f"data: {ds.n_steps} transitions, {ds.n_features} features, {ds.n_actions} actions "
           f"({int((ds.action_space.counts(ds.actions) > 0).sum())} observed); one torch thread")
     res: dict[str, dict[str, Any]] = {}
     for algo in ("bc", "cql"):
-        ours = ours_steps_per_s(algo, ds, n_steps)
+        ours, k_all = ours_steps_per_s(algo, ds, n_steps, support="all")
+        ours_obs, k_obs = ours_steps_per_s(algo, ds, n_steps, support="observed")
         plain = plain_steps_per_s(algo, ds, n_steps)
         peer = d3rlpy_steps_per_s(algo, ds, n_steps)
         name = "DiscreteBC" if algo == "bc" else "DiscreteCQL"
-        res[f"{algo}_steps_per_s_vs_d3rlpy"] = _entry(ours, "steps/s", f"d3rlpy {name}", peer)
-        res[f"{algo}_steps_per_s_vs_plain_torch"] = _entry(ours, "steps/s", "plain PyTorch loop",
-                                                           plain)
-    lstm = _lstm_epoch_subprocess()
+        if k_all != ds.n_actions:
+            raise RuntimeError(f"support='all' gave {k_all} outputs, expected {ds.n_actions}")
+        res[f"{algo}_steps_per_s_vs_d3rlpy"] = _entry(
+            ours, "steps/s", f"d3rlpy {name} ({ds.n_actions} outputs)", peer,
+            f"like-for-like: {k_all} outputs each")
+        res[f"{algo}_steps_per_s_vs_plain_torch"] = _entry(
+            ours, "steps/s", f"plain PyTorch loop ({ds.n_actions} outputs)", plain,
+            f"like-for-like: {k_all} outputs each")
+        res[f"{algo}_observed_support_steps_per_s_vs_d3rlpy"] = _entry(
+            ours_obs, "steps/s", f"d3rlpy {name} ({ds.n_actions} outputs)", peer,
+            f"not like-for-like: equicare's default support='observed' has {k_obs} outputs, "
+            f"the peer {ds.n_actions}")
+    lstm = _lstm_epoch_subprocess(quick)
     res["awr_lstm_epoch_seconds"] = _entry(lstm["seconds"], "s")
     res["awr_lstm_steps_per_s"] = _entry(lstm["steps"] / lstm["seconds"], "steps/s")
     res["awr_lstm_peak_rss_mb"] = _entry(lstm["peak_rss_mb"], "MB")
@@ -201,12 +231,12 @@ def run(n_steps: int = 400) -> dict[str, dict[str, Any]]:
 
 if __name__ == "__main__":
     if "--lstm-epoch" in sys.argv:
-        print(json.dumps(lstm_awr_epoch()))
+        print(json.dumps(lstm_awr_epoch(quick="--quick" in sys.argv)))
         sys.exit(0)
     load = os.getloadavg()
     print(f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
           f"({os.cpu_count()} cores)")
-    results = run()
+    results = run(quick="--quick" in sys.argv)
     for k, v in results.items():
         ratio = "" if v["ratio"] is None else f"  ratio {v['ratio']:.2f}x vs {v['peer']} " \
                                               f"({v['peer_value']:.1f} {v['unit']})"

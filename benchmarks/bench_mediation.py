@@ -60,21 +60,25 @@ def _time(fn: Any, repeats: int = 2) -> float:
     return float(best)
 
 
-def run() -> dict[str, dict[str, Any]]:
-    """Time the estimators; returns ``{name: {value, unit, peer, peer_value, ratio}}``."""
+def run(quick: bool = False) -> dict[str, dict[str, Any]]:
+    """Time the estimators; returns ``{name: {value, unit, peer, peer_value, ratio}}``.
+
+    ``quick``: a smoke run at tiny sizes (its numbers mean nothing).
+    """
+    n, horizon, n_boot = (60, 10, 10) if quick else (1000, 100, 500)
     print("peer: none (the reference implementation of Ge et al. 2023 is research code, "
           "not an importable package)")
     out: dict[str, dict[str, Any]] = {}
     with threadpool_limits(limits=1):
         mdp = toy1()
-        data = mdp.sample(1000, 100, random_state=0)
+        data = mdp.sample(n, horizon, random_state=0)
         pol = mdp.policy_fn(toy_target())
-        cfg = DynamicMediation(n_bootstrap=500, n_folds=2)
+        cfg = DynamicMediation(n_bootstrap=n_boot, n_folds=2)
         out["toy1_1000x100_all_estimators"] = _time(
             lambda: cfg.estimate(data, pol, 0, random_state=0))
-        cdata = continuous_data()
+        cdata = continuous_data(n, horizon)
         for method in ("linear", "kernel"):
-            c = DynamicMediation(n_bootstrap=500, n_folds=2, ratio_method=method)
+            c = DynamicMediation(n_bootstrap=n_boot, n_folds=2, ratio_method=method)
             out[f"continuous_1000x100_all_estimators_{method}"] = _time(
                 lambda c=c: c.estimate(cdata, _target, 0, random_state=0), repeats=1)
     return {k: {"value": v, "unit": "s", "peer": None, "peer_value": None, "ratio": None}
@@ -82,5 +86,7 @@ def run() -> dict[str, dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    for name, entry in run().items():
+    import sys
+
+    for name, entry in run(quick="--quick" in sys.argv).items():
         print(f"{name}: {entry['value']:.2f} {entry['unit']}")

@@ -30,8 +30,11 @@ def _entry(value: float, unit: str) -> dict[str, Any]:
     return {"value": float(value), "unit": unit, "peer": None, "peer_value": None, "ratio": None}
 
 
-def run() -> dict[str, dict[str, Any]]:
-    """Stage times of the full OMG-RL pipeline on 2,000 patients (single thread)."""
+def run(quick: bool = False) -> dict[str, dict[str, Any]]:
+    """Stage times of the full OMG-RL pipeline on 2,000 patients (single thread).
+
+    ``quick``: ``OMGConfig.small()`` on 100 patients, a smoke run (its numbers mean nothing).
+    """
     import torch
 
     from equicare.dosing._omg import OMG, OMGConfig
@@ -41,15 +44,16 @@ def run() -> dict[str, dict[str, Any]]:
     print("peer: none (no maintained implementation of OMG-RL / guided cost learning with a "
           "discrete conservative SAC to compare against)")
     t0 = time.perf_counter()
-    ds = heparin_dataset(N_PATIENTS, random_state=0)
+    n_patients, n_eval = (100, 100) if quick else (N_PATIENTS, N_EVAL)
+    ds = heparin_dataset(n_patients, random_state=0)
     t_sim = time.perf_counter() - t0
     t0 = time.perf_counter()
-    omg = OMG(OMGConfig(), random_state=0).fit(ds)
+    omg = OMG(OMGConfig.small() if quick else OMGConfig(), random_state=0).fit(ds)
     total = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ev = evaluate_heparin_policy(omg, n_patients=N_EVAL, random_state=EVAL_SEED, greedy=True)
+    ev = evaluate_heparin_policy(omg, n_patients=n_eval, random_state=EVAL_SEED, greedy=True)
     t_eval = time.perf_counter() - t0
-    beh = evaluate_heparin_policy("behavior", n_patients=N_EVAL, random_state=EVAL_SEED)
+    beh = evaluate_heparin_policy("behavior", n_patients=n_eval, random_state=EVAL_SEED)
     st = omg.stage_seconds_
     return {
         "simulate_2000_patients": _entry(t_sim, "s"),
@@ -170,13 +174,14 @@ def table(results: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--table", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="tiny smoke run of run()")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--methods", nargs="+",
                     default=["bc", "cql", "sac_modelfree_rp", "sac_model_rp", "omg"])
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     if not args.table:
-        for k, v in run().items():
+        for k, v in run(quick=args.quick).items():
             print(f"{k:28s} {v['value']:10.3f} {v['unit']}")
         return
     results = []

@@ -8,9 +8,16 @@ Entries (``run()``):
 * ``hospital_single_env`` - steps/s of one :class:`HospitalEnv`;
 * ``ppo_hospital`` - PPO training steps/s (rollouts + updates) on the urban hospital with 16
   environments, beside Stable-Baselines3's PPO with the same rollout size, epochs, minibatch
-  size, network (64-64 tanh, separate actor and critic) and one torch thread;
-* ``ppo_cartpole`` - the same comparison on CartPole-v1 (4 environments; both learners use
-  gymnasium's CartPole, ours through ``SyncVectorEnv``).
+  size, network (64-64 tanh, separate actor and critic) and one torch thread. Like-for-like:
+  both learners step the same 16 single :class:`HospitalEnv` objects built by one factory, each
+  through its library's standard Python-loop vectoriser (gymnasium ``SyncVectorEnv`` for
+  equicare, ``DummyVecEnv`` for SB3);
+* ``ppo_hospital_numpy_vector_env`` - equicare on the NumPy-vectorised
+  :class:`HospitalVectorEnv` (16 hospitals in one array step) against the same SB3 run: labelled
+  not like-for-like (the environment differs; SB3 cannot step a gymnasium VectorEnv);
+* ``ppo_cartpole`` - the same comparison on CartPole-v1 (4 environments; both learners step
+  gymnasium's single CartPole-v1 envs, ours through ``SyncVectorEnv``, SB3 through
+  ``DummyVecEnv``): like-for-like.
 
 Stable-Baselines3 is optional: without it the peer columns are None (reason printed).
 """
@@ -24,10 +31,13 @@ import numpy as np
 
 
 def _entry(value: float, unit: str, peer: str | None = None,
-           peer_value: float | None = None) -> dict[str, Any]:
+           peer_value: float | None = None, note: str | None = None) -> dict[str, Any]:
     ratio = value / peer_value if peer_value else None
-    return {"value": float(value), "unit": unit, "peer": peer,
-            "peer_value": None if peer_value is None else float(peer_value), "ratio": ratio}
+    out = {"value": float(value), "unit": unit, "peer": peer if peer_value else None,
+           "peer_value": None if peer_value is None else float(peer_value), "ratio": ratio}
+    if note:
+        out["note"] = note
+    return out
 
 
 def _vector_env_sps(n_envs: int = 256, hours: int = 3 * 168) -> float:
@@ -75,13 +85,16 @@ def _single_env_sps(hours: int = 2 * 168) -> float:
 
 
 def _ours_ppo_sps(env_name: str, n_envs: int, n_steps: int, steps: int) -> float:
+    """equicare PPO: ``hospital`` and ``cartpole`` step single envs through SyncVectorEnv,
+    ``hospital_numpy`` the NumPy-vectorised HospitalVectorEnv."""
     from equicare.online._ppo import PPO, PPOConfig
-    from equicare.sim.hospital import HospitalVectorEnv
+    from equicare.sim.hospital import HospitalEnv, HospitalVectorEnv
 
     cfg = PPOConfig(total_steps=steps, n_envs=n_envs, n_steps=n_steps, n_epochs=4,
                     n_minibatches=4, torch_threads=1)
-    env: Any = HospitalVectorEnv("urban", num_envs=n_envs) if env_name == "hospital" \
-        else "CartPole-v1"
+    env: Any = {"hospital": lambda: HospitalEnv("urban"),
+                "hospital_numpy": HospitalVectorEnv("urban", num_envs=n_envs),
+                "cartpole": "CartPole-v1"}[env_name]
     t0 = time.perf_counter()
     ppo = PPO(cfg).fit(env, random_state=0)
     return ppo.n_env_steps_ / (time.perf_counter() - t0)
@@ -113,13 +126,19 @@ def _sb3_ppo_sps(env_name: str, n_envs: int, n_steps: int, steps: int) -> float:
         torch.set_num_threads(old)
 
 
-def run() -> dict[str, dict[str, Any]]:
-    """Measure every entry (a few seconds each on an idle 2-core machine)."""
+def run(quick: bool = False) -> dict[str, dict[str, Any]]:
+    """Measure every entry (a few seconds each on an idle 2-core machine).
+
+    ``quick``: a few hundred steps each, a smoke run (its numbers mean nothing).
+    """
     out: dict[str, dict[str, Any]] = {}
+    n_vec, hours = (16, 24) if quick else (256, 168)
     out["hospital_vector_env"] = _entry(
-        _vector_env_sps(), "env steps/s", "gymnasium SyncVectorEnv(HospitalEnv x 256)",
-        _sync_vector_env_sps())
-    out["hospital_single_env"] = _entry(_single_env_sps(), "env steps/s")
+        _vector_env_sps(n_vec, 3 * hours), "env steps/s",
+        f"gymnasium SyncVectorEnv(HospitalEnv x {n_vec})", _sync_vector_env_sps(n_vec, hours),
+        "like-for-like: the same simulator and number of steps, NumPy-vectorised against "
+        "gymnasium's loop over single envs")
+    out["hospital_single_env"] = _entry(_single_env_sps(2 * hours), "env steps/s")
     try:
         import stable_baselines3  # noqa: F401
 
@@ -127,18 +146,32 @@ def run() -> dict[str, dict[str, Any]]:
     except ImportError as exc:  # optional peer
         print(f"stable-baselines3 not importable ({exc}); PPO peer skipped")
         have_sb3 = False
-    for name, env_name, n_envs, n_steps, steps in (
-            ("ppo_hospital", "hospital", 16, 168, 16 * 168 * 20),
-            ("ppo_cartpole", "cartpole", 4, 128, 4 * 128 * 80)):
-        ours = _ours_ppo_sps(env_name, n_envs, n_steps, steps)
-        peer = _sb3_ppo_sps(env_name, n_envs, n_steps, steps) if have_sb3 else None
-        out[name] = _entry(ours, "train steps/s",
-                           "stable-baselines3 PPO" if have_sb3 else None, peer)
+    rounds_h, rounds_c = (2, 2) if quick else (20, 80)
+    n_h, t_h = 16, (24 if quick else 168)
+    peer_h = _sb3_ppo_sps("hospital", n_h, t_h, n_h * t_h * rounds_h) if have_sb3 else None
+    sb3_h = f"stable-baselines3 PPO, DummyVecEnv(HospitalEnv x {n_h})"
+    out["ppo_hospital"] = _entry(
+        _ours_ppo_sps("hospital", n_h, t_h, n_h * t_h * rounds_h), "train steps/s", sb3_h, peer_h,
+        f"like-for-like: both step the same {n_h} single HospitalEnv objects through a "
+        "Python-loop vectoriser")
+    out["ppo_hospital_numpy_vector_env"] = _entry(
+        _ours_ppo_sps("hospital_numpy", n_h, t_h, n_h * t_h * rounds_h), "train steps/s", sb3_h,
+        peer_h, f"not like-for-like: equicare steps the NumPy-vectorised HospitalVectorEnv "
+        f"({n_h} hospitals per array step), SB3 {n_h} single HospitalEnv objects")
+    n_c, t_c = 4, (32 if quick else 128)
+    peer_c = _sb3_ppo_sps("cartpole", n_c, t_c, n_c * t_c * rounds_c) if have_sb3 else None
+    out["ppo_cartpole"] = _entry(
+        _ours_ppo_sps("cartpole", n_c, t_c, n_c * t_c * rounds_c), "train steps/s",
+        f"stable-baselines3 PPO, DummyVecEnv(CartPole-v1 x {n_c})", peer_c,
+        f"like-for-like: both step {n_c} single gymnasium CartPole-v1 envs through a "
+        "Python-loop vectoriser")
     return out
 
 
 if __name__ == "__main__":
-    for key, val in run().items():
+    import sys
+
+    for key, val in run(quick="--quick" in sys.argv).items():
         peer = f"  peer {val['peer']}: {val['peer_value']:.0f}  ratio {val['ratio']:.2f}x" \
             if val["peer_value"] is not None else ""
         print(f"{key:22s} {val['value']:10.0f} {val['unit']}{peer}")

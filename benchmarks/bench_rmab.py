@@ -4,9 +4,12 @@ Run: ``.venv/bin/python benchmarks/bench_rmab.py``. Each entry reports the best 
 (wall-clock seconds; the machine is shared, so the minimum is the least noisy statistic).
 
 Peer: the reference implementation (google-research/socialgood, branch equitable-rmab) is not a
-package and needs numba/pulp, so it is not run. As a stand-in peer, the reference *algorithm*
-(one scalar bisection per arm and state, each step a finite-horizon value iteration) is timed
-here on a subset of arms in plain NumPy and scaled linearly to the benchmark's size.
+package, needs numba/pulp and is not available offline, so its own code path is not run. As a
+stand-in, the reference *algorithm* (one scalar bisection per arm and state, each step a
+finite-horizon value iteration) is re-implemented here in plain NumPy, timed on a subset of
+arms and scaled linearly to the benchmark's size. Every entry with that peer carries the note
+"not like-for-like" (our re-implementation, not the reference code; scaled from a subset; and on
+the Synthetic domain equicare deduplicates identical arms, which the per-arm loop does not).
 """
 
 from __future__ import annotations
@@ -27,11 +30,17 @@ from equicare.rmab import (
 from equicare.rmab._simulate import _top_per_unit
 
 PEER = "reference algorithm: per-arm scalar bisection (plain NumPy, scaled from a subset)"
+NOTE = ("not like-for-like: the peer is equicare's own NumPy re-implementation of the reference "
+        "algorithm (the reference code is not available offline), timed on {n} arms and scaled "
+        "linearly")
+
+
+_MAX_REPEATS: int | None = None  # one repeat in quick mode
 
 
 def best_of(fn: Callable[[], Any], repeats: int = 5) -> float:
     times = []
-    for _ in range(repeats):
+    for _ in range(min(repeats, _MAX_REPEATS or repeats)):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
@@ -63,10 +72,13 @@ def reference_style_seconds(P: np.ndarray, R: np.ndarray, h: int, n_sample: int,
 
 
 def entry(value: float, unit: str = "s", peer_value: float | None = None,
-          peer: str | None = PEER) -> dict[str, Any]:
-    return {"value": value, "unit": unit, "peer": peer if peer_value is not None else None,
-            "peer_value": peer_value,
-            "ratio": None if peer_value is None else peer_value / value}
+          peer: str | None = PEER, note: str | None = None) -> dict[str, Any]:
+    out = {"value": value, "unit": unit, "peer": peer if peer_value is not None else None,
+           "peer_value": peer_value,
+           "ratio": None if peer_value is None else peer_value / value}
+    if note and peer_value is not None:
+        out["note"] = note
+    return out
 
 
 def decision_step(d: Any, states: np.ndarray, budget: int, rule: str,
@@ -78,19 +90,35 @@ def decision_step(d: Any, states: np.ndarray, budget: int, rule: str,
     return _top_per_unit(d.groups, [rng.random(d.n_arms), W], b)
 
 
-def run() -> dict[str, dict[str, Any]]:
+def run(quick: bool = False) -> dict[str, dict[str, Any]]:
+    """Time every entry (best of a few repeats).
+
+    ``quick``: 200 / 1,000 arms, 2 seeds, one repeat (a smoke run; its numbers mean nothing).
+    """
+    global _MAX_REPEATS
+    n10, n100, n_sample, seeds = (200, 1000, 2, 2) if quick else (10_000, 100_000, 20, 25)
+    _MAX_REPEATS = 1 if quick else None
+    try:
+        return _run(n10, n100, n_sample, seeds)
+    finally:
+        _MAX_REPEATS = None
+
+
+def _run(n10: int, n100: int, n_sample: int, seeds: int) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
-    d10 = load_domain("synthetic", n_arms=10_000)
-    d100 = load_domain("synthetic", n_arms=100_000)
-    peer10 = reference_style_seconds(d10.P, d10.R, 20, n_sample=20)
+    note = NOTE.format(n=n_sample)
+    d10 = load_domain("synthetic", n_arms=n10)
+    d100 = load_domain("synthetic", n_arms=n100)
+    peer10 = reference_style_seconds(d10.P, d10.R, 20, n_sample=n_sample)
     out["whittle_synthetic_10k_h20_all_states"] = entry(
         best_of(lambda: whittle_indices(d10.P, d10.R, horizon=20, remaining=20, check=False)),
-        peer_value=peer10)
+        peer_value=peer10, note=note + "; equicare deduplicates the domain's identical arms")
     out["whittle_synthetic_10k_full_table_h1to20"] = entry(
         best_of(lambda: whittle_indices(d10.P, d10.R, horizon=20, check=False)))
     out["whittle_synthetic_100k_h20_all_states"] = entry(
         best_of(lambda: whittle_indices(d100.P, d100.R, horizon=20, remaining=20, check=False),
-                3), peer_value=peer10 * 10)
+                3), peer_value=peer10 * n100 / n10,
+        note=note + f" (x{n100 // n10} more); equicare deduplicates identical arms")
     # honest case: every arm distinct (synthetic probabilities with 5% relative noise)
     rng = np.random.default_rng(0)
     Pn = d10.P.copy()
@@ -99,26 +127,28 @@ def run() -> dict[str, dict[str, Any]]:
     Pn[..., 0] = 1 - Pn[..., 1]
     out["whittle_distinct_10k_h20_all_states"] = entry(
         best_of(lambda: whittle_indices(Pn, d10.R, horizon=20, remaining=20, check=False), 3),
-        peer_value=peer10)
+        peer_value=peer10, note=note)
     states = rng.integers(0, 2, d10.n_arms)
     for rule in ("mmr", "mnw-eg"):
         out[f"decision_step_{rule}_10k_B1000"] = entry(
-            best_of(lambda rule=rule: decision_step(d10, states, 1000, rule, rng)))
+            best_of(lambda rule=rule: decision_step(d10, states, n10 // 10, rule, rng)))
     d100a = load_domain("synthetic")
     out["synthetic_grid_6pol_3budgets_25seeds"] = entry(best_of(lambda: [
-        plan(d100a, budget=f, seeds=25, random_state=0,
+        plan(d100a, budget=f, seeds=seeds, random_state=0,
              policies=["opt", "mmr", "mnw", "mnw-eg", "random", "noact"])
         for f in (0.1, 0.2, 0.33)], 2))
     dm = load_domain("maternal", random_state=0)
     out["maternal_N200_5pol_budget0.1_25seeds"] = entry(best_of(lambda: plan(
-        dm, budget=0.1, seeds=25, policies=["opt", "mmr", "mnw", "mnw-eg", "random"]), 1))
+        dm, budget=0.1, seeds=seeds, policies=["opt", "mmr", "mnw", "mnw-eg", "random"]), 1))
     return out
 
 
 if __name__ == "__main__":
     print("peer: google-research/socialgood is not installable (not a package; needs numba and "
           "pulp) - its algorithm is re-implemented per arm below as the peer.")
-    for name, e in run().items():
+    import sys
+
+    for name, e in run(quick="--quick" in sys.argv).items():
         peer = "" if e["peer_value"] is None else \
             f"   peer {e['peer_value']:.3g} {e['unit']}  (x{e['ratio']:.0f} faster)"
         print(f"{name:45s} {e['value']:.4g} {e['unit']}{peer}")

@@ -104,7 +104,9 @@ def progress_task(
     from rich.progress import Progress
 
     with Progress(*_columns(), transient=False) as prog:
-        tid = prog.add_task(description, total=total, completed=completed, info=info)
+        # rich accepts a float `completed` (it stores floats); its annotation says int
+        tid = prog.add_task(description, total=total, completed=completed,  # type: ignore[arg-type]
+                            info=info)
         yield ProgressTask(prog, tid)
 
 

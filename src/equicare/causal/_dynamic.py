@@ -544,8 +544,9 @@ class _Run:
                 effects[k] = EffectEstimate(float(inf.value[i]), float(inf.se[i]),
                                             (float(inf.ci_low[i]), float(inf.ci_high[i])))
             c0 += c.shape[1]
-            eta = ({k: None for k in ETA_KEYS} if name == "baseline"
-                   else dict(zip(ETA_KEYS, map(float, etas[name]), strict=True)))
+            eta: dict[str, float | None] = (
+                {k: None for k in ETA_KEYS} if name == "baseline"
+                else dict(zip(ETA_KEYS, map(float, etas[name]), strict=True)))
             results[name] = EstimatorResult(effects, eta)
         ess: dict[str, float] = {}
         if self.need_w:

@@ -197,7 +197,7 @@ class MediatorModel:
             self.model_ = ridge_fit(X, mediators, self.ridge)
         resid = mediators - self._mean_rows(X)
         cov = np.atleast_2d(np.cov(resid, rowvar=False)) + 1e-9 * np.eye(mediators.shape[1])
-        self.chol_ = np.linalg.cholesky(cov)
+        self.chol_ = np.linalg.cholesky(cov).astype(np.float64, copy=False)
         m = mediators.shape[1]
         if m == 1:
             z, w = np.polynomial.hermite_e.hermegauss(self.n_nodes)

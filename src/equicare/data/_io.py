@@ -118,7 +118,7 @@ def _manifest_of(manifest: Manifest | Mapping[str, Any] | str | os.PathLike[str]
         return manifest
     if isinstance(manifest, Mapping):
         return Manifest.from_dict(manifest)
-    return read_manifest(manifest)
+    return read_manifest(Path(manifest))
 
 
 def validate_path(

@@ -344,7 +344,7 @@ def validate_frame(
                     "is non-zero in only "
                     f"{pct:.2f}% of rows (< {SPARSE_REWARD_PCT:g}%); estimates will be noisy."
                 )
-        if rep.episode_codes is not None:
+        if rep.episode_codes is not None and rep.order is not None:
             first = np.r_[
                 True, rep.episode_codes[rep.order][1:] != rep.episode_codes[rep.order][:-1]
             ]

@@ -24,7 +24,7 @@ _MISSING = ("d3rlpy is not installed; install the optional extra with "
 
 def _d3rlpy() -> Any:
     try:
-        import d3rlpy  # type: ignore[import-untyped]
+        import d3rlpy
     except ImportError as exc:
         raise ImportError(_MISSING) from exc
     return d3rlpy
@@ -49,8 +49,8 @@ def to_d3rlpy(dataset: TrajectoryDataset) -> Any:
         A terminal row that is not the last row of its episode (d3rlpy would split the episode).
     """
     d3 = _d3rlpy()
-    from d3rlpy.constants import ActionSpace  # type: ignore[import-untyped]
-    from d3rlpy.dataset import MDPDataset  # type: ignore[import-untyped]
+    from d3rlpy.constants import ActionSpace
+    from d3rlpy.dataset import MDPDataset
 
     term = np.asarray(dataset.terminals, dtype=bool)
     last = dataset.is_last

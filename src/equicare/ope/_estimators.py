@@ -84,7 +84,8 @@ class OffPolicyEstimator:
 
     # ------------------------------------------------------------------ estimation
     def _normalization(self) -> Normalization:
-        return getattr(self, "normalization", "absorbing")  # type: ignore[no-any-return]
+        norm: Normalization = getattr(self, "normalization", "absorbing")
+        return norm
 
     def estimate_arrays(self, inputs: OPEInputs | None = None, *, random_state: RandomState = None,
                         **arrays: Any) -> Estimate:

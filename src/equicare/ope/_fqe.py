@@ -381,7 +381,7 @@ def _cells(dataset: TrajectoryDataset) -> tuple[NDArray[np.int64], int]:
         raise ValueError("The tabular Q-model needs categorical_states in the dataset "
                          "(use q_model='linear' for numeric states).")
     sizes = tuple(len(lv) for lv in dataset.categorical_levels)
-    return (np.ravel_multi_index(dataset.categorical.T, sizes).astype(np.int64),
+    return (np.asarray(np.ravel_multi_index(dataset.categorical.T, sizes), dtype=np.int64),
             int(np.prod(sizes)))
 
 
@@ -413,8 +413,9 @@ def _fit_tabular(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma: flo
             rows = order[bounds[t]:bounds[t + 1]]
             y = r[rows] + gamma * np.where(has_next[rows], v_rows[nxt[rows]], 0.0)
             key = cell[rows] * n_a + a[rows]
-            sums = np.bincount(key, weights=y, minlength=n_cells * n_a).reshape(n_cells, n_a)
-            cnt = np.bincount(key, minlength=n_cells * n_a).reshape(n_cells, n_a).astype(float)
+            sums = np.bincount(key, weights=y, minlength=n_cells * n_a).astype(
+                np.float64, copy=False).reshape(n_cells, n_a)
+            cnt = np.bincount(key, minlength=n_cells * n_a).reshape(n_cells, n_a).astype(np.float64)
             table = _fill_unvisited(sums, cnt)
             q_rows[rows] = table[cell[rows]]
             v_rows[rows] = np.einsum("ij,ij->i", q_rows[rows], pe[rows])
@@ -450,7 +451,8 @@ def _fit_tabular(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma: flo
         qtab = np.linalg.solve(system, rbar)
     except np.linalg.LinAlgError:
         qtab = np.linalg.lstsq(system, rbar, rcond=None)[0]
-    return qtab.reshape(n_cells, n_a)[cell], {"solver": "closed_form", "n_cells": n_cells}
+    q = qtab.reshape(n_cells, n_a)[cell].astype(np.float64, copy=False)
+    return q, {"solver": "closed_form", "n_cells": n_cells}
 
 
 # ---------------------------------------------------------------------- linear
@@ -512,14 +514,14 @@ def _fit_linear(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma: floa
     if fixed_point:
         xtxn = _kron_sum(psi, h).reshape(p * m, p * m)
         try:
-            qfun = q_function(np.linalg.solve(lhs0 - gamma * xtxn, xtr))
+            qfun = q_function(np.linalg.solve(lhs0 - gamma * xtxn, xtr).astype(np.float64))
             scale = (np.abs(dataset.rewards).max() + 1e-12) * int(dataset.episode_lengths.max())
             if not qfun.bounded(10 * scale):
                 qfun = None  # unstable projected Bellman fixed point: iterate instead
         except np.linalg.LinAlgError:
             qfun = None
     elif gamma == 0:
-        qfun = q_function(np.linalg.solve(lhs0, xtr))
+        qfun = q_function(np.linalg.solve(lhs0, xtr).astype(np.float64))
         info["solver"] = "ridge"
     if qfun is None:  # iterate FQE with the same ridge regression
         from scipy.linalg import cho_factor, cho_solve
@@ -649,7 +651,7 @@ def _fit_mlp(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma: float, 
                 pred = net(x[b]).gather(1, a_t[b, None]).squeeze(1)
                 loss = torch.nn.functional.mse_loss(pred, y[b])
                 opt.zero_grad()
-                loss.backward()
+                loss.backward()  # type: ignore[no-untyped-call]
                 opt.step()
     with torch.no_grad():
         q = net(x).double().numpy()

@@ -91,7 +91,7 @@ def greedy_actions(probs: NDArray[np.float64]) -> NDArray[np.int64]:
 def sample_actions(probs: NDArray[np.float64], rng: np.random.Generator) -> NDArray[np.int64]:
     """Sample one action per row by inverse CDF (vectorised), shape ``(n,)``."""
     cdf = np.cumsum(probs, axis=1)
-    u = rng.random(probs.shape[0])[:, None] * cdf[:, -1:]
+    u = rng.random((probs.shape[0], 1)) * cdf[:, -1:]
     return np.minimum((cdf < u).sum(axis=1), probs.shape[1] - 1).astype(np.int64)
 
 

@@ -65,7 +65,8 @@ class FilePolicy:
     def _df(self) -> pd.DataFrame:
         if "df" not in self._table:
             self._table["df"] = (
-                self.frame if self.frame is not None else read_policy_file(self.path)
+                self.frame if self.frame is not None
+                else read_policy_file(self.path)  # type: ignore[arg-type]  # one of the two is set
             )
         return self._table["df"]
 
@@ -88,8 +89,8 @@ class FilePolicy:
         df = self._df()
         if self.form == "wide":
             return 1 + max(
-                int(_WIDE.match(str(c)).group(1))
-                for c in df.columns  # type: ignore[union-attr]
+                int(_WIDE.match(str(c)).group(1))  # type: ignore[union-attr]
+                for c in df.columns
                 if _WIDE.match(str(c))
             )
         return int(df["action"].max()) + 1
@@ -119,8 +120,8 @@ class FilePolicy:
         if self.form == "wide":
             pcols = sorted(
                 (c for c in df.columns if _WIDE.match(str(c))),
-                key=lambda c: int(_WIDE.match(str(c)).group(1)),
-            )  # type: ignore[union-attr]
+                key=lambda c: int(_WIDE.match(str(c)).group(1)),  # type: ignore[union-attr]
+            )
             idx = [int(_WIDE.match(str(c)).group(1)) for c in pcols]  # type: ignore[union-attr]
             if max(idx) >= n_a:
                 raise PolicyError(

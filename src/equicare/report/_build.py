@@ -99,7 +99,7 @@ def build_run_report(
 
     rep.section("Data")
     if data:
-        rows = [
+        rows: list[Any] = [
             ("episodes", f"{data['n_episodes']:,}"),
             ("steps", f"{data['n_steps']:,}"),
             ("observed action combinations", f"{data['observed_actions']} of {data['n_actions']}"),

@@ -186,7 +186,7 @@ class _Units:
                         minlength=self.n_units)
         a = np.bincount(self.unit, weights=va[self.type, self.state] * self.count,
                         minlength=self.n_units)
-        return p, a
+        return p.astype(np.float64), a.astype(np.float64)
 
 
 def unit_curves(

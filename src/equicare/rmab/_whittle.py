@@ -157,7 +157,7 @@ def _policy_values(P: Array, R: Array, lam: Array, gamma: float, pi: NDArray[np.
     Ppi = np.where(pi.transpose(0, 2, 1)[..., None], P_t[:, None, 1], P_t[:, None, 0])
     M = eye - gamma * Ppi
     D = np.linalg.solve(M, pi.transpose(0, 2, 1)[..., None].astype(float))[..., 0]
-    return V, D.transpose(0, 2, 1), pi
+    return V.astype(np.float64, copy=False), D.transpose(0, 2, 1).astype(np.float64, copy=False), pi
 
 
 def advantage_discounted(

@@ -74,7 +74,7 @@ def _stationary(P: NDArray[np.float64]) -> NDArray[np.float64]:
 def _categorical(probs: NDArray[np.float64], rng: np.random.Generator) -> NDArray[np.int64]:
     """One draw per row of ``probs`` (shape ``(n, k)``) by inverse CDF, vectorised."""
     cdf = np.cumsum(probs, axis=1)
-    u = rng.random(probs.shape[0])[:, None] * cdf[:, -1:]
+    u = rng.random((probs.shape[0], 1)) * cdf[:, -1:]
     return np.minimum((cdf < u).sum(axis=1), probs.shape[1] - 1).astype(np.int64)
 
 
