@@ -94,12 +94,14 @@ def test_scan_finds_lengths_and_clustering(frame, tmp_path):
     scan = scan_panel(sorted_path, man)
     assert scan.clustered and scan.n_rows == len(frame)
     expect = frame.groupby("member_id").size()
-    assert dict(zip(scan.episode_ids.tolist(), scan.lengths.tolist())) == expect.to_dict()
+    got = dict(zip(scan.episode_ids.tolist(), scan.lengths.tolist(), strict=True))
+    assert got == expect.to_dict()
     assert scan.categorical_levels == {"region": ("north", "south")}
     (tmp_path / "s").mkdir()
     shuffled = scan_panel(_write(frame, "parquet_shuffled", tmp_path / "s"), man)
     assert not shuffled.clustered
-    assert dict(zip(shuffled.episode_ids.tolist(), shuffled.lengths.tolist())) == expect.to_dict()
+    got = dict(zip(shuffled.episode_ids.tolist(), shuffled.lengths.tolist(), strict=True))
+    assert got == expect.to_dict()
 
 
 @pytest.mark.parametrize("kind", ["parquet_sorted", "parquet_shuffled"])
@@ -160,7 +162,7 @@ def test_shards_cover_the_panel_once(frame, tmp_path, kind, n_shards):
     specs = plan_shards(path, man, n_shards)
     assert 1 <= len(specs) <= n_shards
     assert specs[0].start == 0 and specs[-1].stop == len(frame)
-    assert all(a.stop == b.start for a, b in zip(specs[:-1], specs[1:]))
+    assert all(a.stop == b.start for a, b in zip(specs[:-1], specs[1:], strict=True))
     chunks = [c for s in specs for c in iter_shard_chunks(s, chunk_rows=30)]
     ids = np.concatenate([c.dataset.episode_ids for c in chunks])
     assert len(set(ids.tolist())) == ids.size == whole.n_episodes
