@@ -61,8 +61,8 @@ def write_care_parts(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from equicare.sim._care_panel import MANIFEST_FILE, panel_frame
     from equicare.sim._care_engine import BehaviorActor, simulate
+    from equicare.sim._care_panel import MANIFEST_FILE, panel_frame
 
     for name, v, low in (("n_members", n_members, 1), ("n_weeks", n_weeks, 1),
                          ("members_per_part", members_per_part, 1), ("seed", seed, 0)):
