@@ -34,7 +34,8 @@ from equicare.exceptions import DataValidationError
 from equicare.ope._bootstrap import percentile_interval
 from equicare.ope._core import IS_TYPE, EpisodeParts, OPEInputs, combine, episode_parts
 from equicare.ope._resample import episode_keys, poisson_weights
-from equicare.utils import PARAM_MESSAGE
+from equicare.policy import check_probs
+from equicare.utils import PARAM_MESSAGE, ROW_BLOCK_ELEMENTS
 
 __all__ = ["StreamSums", "StreamEvaluation", "chunk_sums", "evaluate_stream", "STREAM_KEYS"]
 
@@ -127,11 +128,22 @@ def chunk_sums(
         raise DataValidationError(
             "Streamed evaluation uses the logged propensities: name the column of the logged "
             "action's probability under current practice as dataset.behavior_prob in the manifest.")
-    probs = _target_probs(dataset, policy)
-    inputs = OPEInputs.from_arrays(
-        rewards=dataset.rewards, episode_offsets=dataset.episode_offsets, gamma=dataset.gamma,
-        actions=dataset.actions, target_probs=probs, behavior_prob=dataset.behavior_prob,
-        horizon=horizon)
+    b = np.asarray(dataset.behavior_prob, dtype=np.float64)
+    if not np.all((b > 0) & (b <= 1 + 1e-9)):
+        bad = np.flatnonzero(~((b > 0) & (b <= 1 + 1e-9)))
+        raise DataValidationError(
+            f"{bad.size} logged propensities are not in (0, 1] (first rows of the chunk: "
+            f"{bad[:5].tolist()}); importance weights need the logged action's probability.")
+    # the target's probability of the logged action, in blocks of whole episodes: never a
+    # (chunk rows, n_actions) matrix beyond ROW_BLOCK_ELEMENTS
+    p_logged = np.empty(dataset.n_steps, dtype=np.float64)
+    max_rows = max(1, ROW_BLOCK_ELEMENTS // max(1, dataset.n_actions))
+    for lo, hi, part in dataset.episode_blocks(max_rows):
+        probs = check_probs(_target_probs(part, policy), part.n_steps, part.n_actions,
+                            "evaluate_stream")
+        p_logged[lo:hi] = probs[np.arange(part.n_steps), part.actions]
+    inputs = OPEInputs(rewards=dataset.rewards, episode_offsets=dataset.episode_offsets,
+                       gamma=dataset.gamma, rho=p_logged / b, horizon=horizon)
     parts = episode_parts(inputs, keys, truncate=truncate)
     mat = np.column_stack([parts.matrix, inputs.returns()])
     w = poisson_weights(episode_keys(dataset.episode_ids), n_boot, seed)
