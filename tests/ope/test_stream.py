@@ -152,3 +152,14 @@ def test_policy_is_called_in_blocks_of_whole_episodes(panel, monkeypatch):
     got = evaluate_stream(ds, Spy(), n_boot=50, random_state=4)
     assert len(seen) > 10
     _same(ref, got)
+
+
+@pytest.mark.slow
+def test_ray_shards_equal_in_memory(panel, ray):
+    """Two local Ray workers, one task per shard: the in-memory numbers."""
+    path, man, ds = panel
+    whole = evaluate_stream(ds, RiskPolicy(), n_boot=200, random_state=3)
+    with get_executor("ray", address="local", jobs=2) as ex:
+        sharded = evaluate_stream(path, RiskPolicy(), manifest=man, n_boot=200, random_state=3,
+                                  chunk_rows=40, executor=ex, n_shards=4)
+    _same(whole, sharded)
