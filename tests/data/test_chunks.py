@@ -97,11 +97,16 @@ def test_scan_finds_lengths_and_clustering(frame, tmp_path):
     got = dict(zip(scan.episode_ids.tolist(), scan.lengths.tolist(), strict=True))
     assert got == expect.to_dict()
     assert scan.categorical_levels == {"region": ("north", "south")}
+    race = frame.groupby("member_id")["race"].first()
+    assert dict(zip(scan.episode_ids.tolist(), scan.episode_groups["race"].tolist(),
+                    strict=True)) == race.to_dict()
     (tmp_path / "s").mkdir()
     shuffled = scan_panel(_write(frame, "parquet_shuffled", tmp_path / "s"), man)
     assert not shuffled.clustered
     got = dict(zip(shuffled.episode_ids.tolist(), shuffled.lengths.tolist(), strict=True))
     assert got == expect.to_dict()
+    assert dict(zip(shuffled.episode_ids.tolist(), shuffled.episode_groups["race"].tolist(),
+                    strict=True)) == race.to_dict()
 
 
 @pytest.mark.parametrize("kind", ["parquet_sorted", "parquet_shuffled"])

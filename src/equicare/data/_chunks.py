@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,8 @@ class PanelScan:
         True when every episode's rows are contiguous in storage.
     categorical_levels : dict of str to tuple
         Sorted levels of every categorical state column over the whole panel.
+    episode_groups : dict of str to ndarray of shape (n_episodes,)
+        Each group attribute's value on each episode's first stored row.
     """
 
     source: str
@@ -71,6 +73,7 @@ class PanelScan:
     lengths: NDArray[np.int64]
     clustered: bool
     categorical_levels: dict[str, tuple[Any, ...]]
+    episode_groups: dict[str, NDArray[Any]] = field(default_factory=dict)
 
     @property
     def n_episodes(self) -> int:
@@ -217,8 +220,9 @@ def scan_panel(path: str | os.PathLike[str],
     p = Path(path)
     if not p.exists():
         raise DataValidationError(f"Data file not found: {p}")
-    cols = list(dict.fromkeys([man.episode, *man.categorical_states]))
+    cols = list(dict.fromkeys([man.episode, *man.categorical_states, *man.groups]))
     run_ids: list[NDArray[Any]] = []
+    run_groups: dict[str, list[NDArray[Any]]] = {g: [] for g in man.groups}
     run_lens: list[NDArray[np.int64]] = []
     levels: dict[str, set[Any]] = {c: set() for c in man.categorical_states}
     prev: Any = None
@@ -241,6 +245,8 @@ def scan_panel(path: str | os.PathLike[str],
         if starts.size:
             run_ids.append(ep[starts])
             run_lens.append(np.diff(np.r_[starts, m]).astype(np.int64))
+            for g in man.groups:
+                run_groups[g].append(_column_numpy(b, g)[starts])
         for c in man.categorical_states:
             levels[c].update(pd.unique(_column_numpy(b, c)).tolist())
         prev = ep[-1]
@@ -250,6 +256,7 @@ def scan_panel(path: str | os.PathLike[str],
             f"{p}: the table is empty (no rows); expected one row per member and time step.")
     ids = np.concatenate(run_ids)
     lens = np.concatenate(run_lens)
+    groups = {g: np.concatenate(v) for g, v in run_groups.items()}
     uniq, inverse = np.unique(ids, return_inverse=True)
     clustered = uniq.shape[0] == ids.shape[0]
     if not clustered:  # rows of some episodes are scattered: count per episode instead
@@ -258,6 +265,7 @@ def scan_panel(path: str | os.PathLike[str],
         order = np.argsort(first, kind="stable")
         ids = uniq[order]
         lens = np.bincount(inverse, weights=lens, minlength=uniq.shape[0]).astype(np.int64)[order]
+        groups = {g: v[first[order]] for g, v in groups.items()}
     cat_levels: dict[str, tuple[Any, ...]] = {}
     for c, s in levels.items():
         vals = [v for v in s if not (isinstance(v, float) and np.isnan(v))]
@@ -266,7 +274,7 @@ def scan_panel(path: str | os.PathLike[str],
         except TypeError:
             cat_levels[c] = tuple(sorted(vals, key=str))
     return PanelScan(source=str(p), n_rows=n, episode_ids=ids, lengths=lens, clustered=clustered,
-                     categorical_levels=cat_levels)
+                     categorical_levels=cat_levels, episode_groups=groups)
 
 
 def _with_rows(batches: Iterator[Any]) -> Iterator[Any]:
