@@ -67,3 +67,17 @@ def test_streamed_audit_refuses_q_model_estimators(panel):
     path, man, _ = panel
     with pytest.raises(ValueError, match="estimator"):
         audit_stream(path, {}, manifest=man, config=FairnessAudit(estimator="dr"))
+
+
+def test_sharded_audit_equals_streamed(panel):
+    from equicare.pipeline import get_executor
+
+    path, man, _ = panel
+    cfg = FairnessAudit(action="modality=home_visit", n_boot=100, n_permutations=100)
+    ref = audit_stream(path, {"risk": RiskPolicy()}, manifest=man, config=cfg, random_state=3)
+    got = audit_stream(path, {"risk": RiskPolicy()}, manifest=man, config=cfg, random_state=3,
+                       chunk_rows=20, executor=get_executor("local", jobs=1), n_shards=4)
+    fa, fb = _flatten(ref.to_dict()), _flatten(got.to_dict())
+    assert fa.keys() == fb.keys()
+    for k, v in fa.items():
+        assert fb[k] == (pytest.approx(v, rel=1e-9, abs=1e-12) if isinstance(v, float) else v), k
