@@ -187,3 +187,22 @@ def test_cluster_panel_makes_any_layout_shardable(frame, tmp_path):
     with pytest.raises(DataValidationError, match="not stored together"):
         (tmp_path / "s").mkdir()
         plan_shards(_write(frame, "parquet_shuffled", tmp_path / "s"), man, 2)
+
+
+def test_sharded_validation_equals_streamed(frame, tmp_path):
+    from equicare.pipeline import get_executor
+
+    bad = frame.sort_values(["member_id", "week"]).reset_index(drop=True)
+    bad.loc[[3, 120], "r_primary"] = np.nan
+    p = tmp_path / "panel.parquet"
+    bad.to_parquet(p, index=False, row_group_size=30)
+    man = _manifest()
+    serial, _ = validate_stream(p, man, chunk_rows=40)
+    sharded, _ = validate_stream(p, man, chunk_rows=40, executor=get_executor("local", jobs=1),
+                                 n_shards=3)
+    assert not sharded.ok
+    text = "\n".join(sharded.errors)
+    assert "3" in text and "120" in text and "r_primary" in text
+    serial_text = "\n".join(serial.errors)
+    for row in ("first: 3;", "first: 120;"):  # the panel's own rows, whatever the split
+        assert row in text and row in serial_text

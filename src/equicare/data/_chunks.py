@@ -438,6 +438,8 @@ def validate_stream(
     tmp_dir: str | os.PathLike[str] | None = None,
     memory_limit: str = "1GB",
     max_errors: int = 50,
+    executor: Any = None,
+    n_shards: int | None = None,
 ) -> tuple[ValidationReport, PanelScan | None]:
     """Validate a panel chunk by chunk with bounded memory.
 
@@ -451,6 +453,11 @@ def validate_stream(
         As for :func:`iter_chunks`.
     max_errors : int
         Stop collecting after this many problems (a last line says how many chunks were left).
+    executor : object with ``map(fn, items)``, optional
+        Validate shards in parallel (local processes or a Ray cluster); the panel must be a
+        clustered Parquet file or folder every worker can read.
+    n_shards : int, optional
+        Shards for the executor (default: its worker count, else 2).
 
     Returns
     -------
@@ -469,6 +476,19 @@ def validate_stream(
         report.errors.extend(exc.problems or [str(exc)])
         return report, None
     seen_warnings: set[str] = set()
+    if executor is not None:
+        shards = n_shards or int(getattr(executor, "n_workers", 2) or 2)
+        specs = plan_shards(p, man, shards, scan=scan)
+        for errors, warns in executor.map(_validate_shard, [(s, chunk_rows) for s in specs]):
+            report.errors.extend(errors)
+            for w in warns:
+                if w not in seen_warnings:
+                    seen_warnings.add(w)
+                    report.warnings.append(w)
+        if len(report.errors) > max_errors:
+            extra = len(report.errors) - max_errors
+            report.errors[max_errors:] = [f"{p}: {extra} more problems not shown."]
+        return report, scan
     with tempfile.TemporaryDirectory(dir=tmp_dir, prefix="equicare-chunks-") as tmp:
         for k, table in enumerate(_raw_chunks(p, man, scan, chunk_rows, Path(tmp),
                                               memory_limit)):
@@ -564,40 +584,40 @@ def plan_shards(
             for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
+def _shard_batches(spec: ShardSpec) -> Iterator[Any]:
+    """Record batches of a shard's rows (only the row groups it overlaps are read)."""
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+
+    p = Path(spec.path)
+    cols = _columns(spec.manifest)
+    files = [str(p)] if p.is_file() else parquet_files(p)
+    schema = pads.dataset(files, format="parquet", partitioning=None if p.is_file() else "hive",
+                          partition_base_dir=None if p.is_file() else str(p)).schema
+    offset = 0
+    for frag, n in _row_groups(p):
+        lo, hi = offset, offset + n
+        offset = hi
+        if hi <= spec.start:
+            continue
+        if lo >= spec.stop:
+            break
+        tab = frag.to_table(schema=schema, columns=cols)
+        a, b = max(spec.start - lo, 0), min(spec.stop, hi) - lo
+        tab = tab.slice(a, b - a)
+        rows = pa.array(np.arange(lo + a, lo + b, dtype=np.int64))
+        yield from tab.append_column(_ROW, rows).to_batches()
+
+
 def iter_shard_chunks(spec: ShardSpec, *, chunk_rows: int = CHUNK_ROWS) -> Iterator[Chunk]:
     """Read one shard as chunks of whole episodes (only the row groups it overlaps are read)."""
-    import pyarrow as pa
-
     _check_chunk_rows(chunk_rows, "iter_shard_chunks")
     man = spec.manifest
-    cols = _columns(man)
     p = Path(spec.path)
-
-    def batches() -> Iterator[Any]:
-        import pyarrow.dataset as pads
-
-        files = [str(p)] if p.is_file() else parquet_files(p)
-        schema = pads.dataset(files, format="parquet",
-                              partitioning=None if p.is_file() else "hive",
-                              partition_base_dir=None if p.is_file() else str(p)).schema
-        offset = 0
-        for frag, n in _row_groups(p):
-            lo, hi = offset, offset + n
-            offset = hi
-            if hi <= spec.start:
-                continue
-            if lo >= spec.stop:
-                break
-            tab = frag.to_table(schema=schema, columns=cols)
-            a, b = max(spec.start - lo, 0), min(spec.stop, hi) - lo
-            tab = tab.slice(a, b - a)
-            rows = pa.array(np.arange(lo + a, lo + b, dtype=np.int64))
-            yield from tab.append_column(_ROW, rows).to_batches()
-
     scan = PanelScan(source=str(p), n_rows=spec.stop - spec.start, episode_ids=np.zeros(0),
                      lengths=np.zeros(0, dtype=np.int64), clustered=True,
                      categorical_levels=spec.categorical_levels)
-    for k, table in enumerate(_cut(batches(), man.episode, chunk_rows)):
+    for k, table in enumerate(_cut(_shard_batches(spec), man.episode, chunk_rows)):
         ds, rep = _chunk_dataset(table, man, scan, str(p))
         rep.raise_if_errors()
         assert ds is not None
@@ -640,3 +660,18 @@ def cluster_panel(
                 w.write_batch(b.drop_columns([_ROW]))
         os.replace(part, dst)
     return dst
+
+
+def _validate_shard(task: tuple[ShardSpec, int]) -> tuple[list[str], list[str]]:
+    """Problems and warnings of one shard (run by an executor)."""
+    spec, chunk_rows = task
+    scan = PanelScan(source=spec.path, n_rows=spec.stop - spec.start, episode_ids=np.zeros(0),
+                     lengths=np.zeros(0, dtype=np.int64), clustered=True,
+                     categorical_levels=spec.categorical_levels)
+    errors: list[str] = []
+    warns: list[str] = []
+    for table in _cut(_shard_batches(spec), spec.manifest.episode, chunk_rows):
+        _, rep = _chunk_dataset(table, spec.manifest, scan, spec.path)
+        errors += rep.errors
+        warns += [w for w in rep.warnings if w not in warns]
+    return errors, warns
