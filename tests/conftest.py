@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+import importlib.util
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -89,3 +94,22 @@ def tab_data(mdp):
 @pytest.fixture(scope="session")
 def small_data(mdp):
     return mdp.dataset(120, random_state=2)
+
+
+# ---- Ray (optional extra): the Ray tests of tests/pipeline and tests/ope
+@pytest.fixture(scope="session")
+def ray() -> Iterator[Any]:
+    """Ray, imported under a test-only environment; any session is shut down afterwards."""
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("Ray is an optional extra: pip install 'equicare[ray]'")
+    with pytest.MonkeyPatch.context() as mp:
+        # set before Ray is imported: its config reads the auth mode once
+        mp.setenv("RAY_USAGE_STATS_ENABLED", "0")
+        mp.setenv("RAY_AUTH_MODE", "token")
+        mp.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
+        mp.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+        mp.delenv("RAY_ADDRESS", raising=False)
+        import ray as ray_module
+
+        yield ray_module
+        ray_module.shutdown()

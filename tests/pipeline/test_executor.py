@@ -7,17 +7,13 @@ written to ``~/.ray``), no dashboard and usage statistics off, so they need no n
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import secrets
 import shutil
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -103,24 +99,6 @@ def test_bad_arguments(make, message):
 
 # ---------------------------------------------------------------------------------------------
 # Ray (optional extra)
-
-
-@pytest.fixture(scope="module")
-def ray() -> Iterator[Any]:
-    """Ray, imported under a test-only environment; any session is shut down afterwards."""
-    if importlib.util.find_spec("ray") is None:
-        pytest.skip("Ray is an optional extra: pip install 'equicare[ray]'")
-    with pytest.MonkeyPatch.context() as mp:
-        # set before Ray is imported: its config reads the auth mode once
-        mp.setenv("RAY_USAGE_STATS_ENABLED", "0")
-        mp.setenv("RAY_AUTH_MODE", "token")
-        mp.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
-        mp.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
-        mp.delenv("RAY_ADDRESS", raising=False)
-        import ray as ray_module
-
-        yield ray_module
-        ray_module.shutdown()
 
 
 @pytest.fixture(scope="module")

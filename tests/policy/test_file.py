@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from equicare.data import from_frame
@@ -67,3 +68,39 @@ def test_no_overwrite(tmp_path, ds, probs):
     p = write_policy_file(ds, probs, tmp_path / "p.parquet")
     with pytest.raises(FileExistsError):
         write_policy_file(ds, probs, p)
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+@pytest.mark.parametrize("form", ["wide", "long"])
+def test_streamed_policy_file_equals_the_whole_file(tmp_path, suffix, form):
+    """Chunk-by-chunk writing gives the file written at once (row order aside)."""
+    import copy
+
+    from equicare.data import Manifest, iter_chunks, load_dataset
+    from equicare.policy import read_policy_file, write_policy_file, write_policy_stream
+    from tests.conftest import MANIFEST, make_frame
+
+    frame = make_frame(n_members=60, seed=2)
+    panel = tmp_path / "panel.parquet"
+    frame.to_parquet(panel, index=False)
+    man = Manifest.from_dict(copy.deepcopy(MANIFEST))
+    ds = load_dataset(panel, man, emit_warnings=False)
+
+    def probs(d):
+        p = np.abs(np.sin(np.outer(d.states[:, 0], np.arange(1, d.n_actions + 1)))) + 0.01
+        return p / p.sum(axis=1, keepdims=True)
+
+    whole = write_policy_file(ds, probs(ds), tmp_path / f"whole{suffix}", form=form)
+    streamed = write_policy_stream(
+        ((c.dataset, probs(c.dataset)) for c in iter_chunks(panel, man, chunk_rows=20)),
+        tmp_path / f"streamed{suffix}", form=form)
+    a = read_policy_file(whole).sort_values(["member_id", "week"] + (
+        ["action"] if form == "long" else [])).reset_index(drop=True)
+    b = read_policy_file(streamed).sort_values(list(a.columns[:2]) + (
+        ["action"] if form == "long" else [])).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b, check_dtype=False)
+    with pytest.raises(FileExistsError, match="refusing to overwrite"):
+        write_policy_stream([], streamed)
+    with pytest.raises(ValueError, match="no chunks"):
+        write_policy_stream([], tmp_path / f"empty{suffix}")
+    assert not (tmp_path / f".empty{suffix}.tmp").exists()

@@ -1,9 +1,21 @@
 """Datasets: the manifest contract, loading, validation, TrajectoryDataset and splits."""
 
+from equicare.data._chunks import (
+    Chunk,
+    PanelScan,
+    ShardSpec,
+    cluster_panel,
+    iter_chunks,
+    iter_shard_chunks,
+    plan_shards,
+    scan_panel,
+    validate_stream,
+)
 from equicare.data._dataset import Episode, TrajectoryDataset
 from equicare.data._io import (
     from_frame,
     load_dataset,
+    parquet_files,
     read_table,
     to_frame,
     validate_path,
@@ -16,6 +28,16 @@ from equicare.data.validate import ValidationReport, validate_frame
 
 __all__ = [
     "ActionColumn",
+    "Chunk",
+    "ShardSpec",
+    "cluster_panel",
+    "iter_shard_chunks",
+    "plan_shards",
+    "PanelScan",
+    "iter_chunks",
+    "scan_panel",
+    "validate_stream",
+    "parquet_files",
     "Episode",
     "Manifest",
     "RewardComponent",

@@ -361,6 +361,31 @@ class TrajectoryDataset:
             _cache={},
         )
 
+    def episode_blocks(self, max_rows: int) -> Iterator[tuple[int, int, TrajectoryDataset]]:
+        """Consecutive blocks of whole episodes of at most ``max_rows`` rows each.
+
+        An episode longer than ``max_rows`` forms its own block. Use it to bound the memory of a
+        row-wise pass whose output is wide (a policy's ``(rows, n_actions)`` probabilities) while
+        letting the policy read each episode's history.
+
+        Yields
+        ------
+        (row_start, row_stop, TrajectoryDataset)
+            The block's rows in this dataset and the block itself (the dataset itself when it
+            fits in one block).
+        """
+        n = self.n_steps
+        if n <= max_rows:
+            yield 0, n, self
+            return
+        offs = self.episode_offsets
+        e = 0
+        while e < self.n_episodes:
+            stop = int(np.searchsorted(offs, offs[e] + max_rows, side="right")) - 1
+            stop = min(max(stop, e + 1), self.n_episodes)
+            yield int(offs[e]), int(offs[stop]), self.subset(np.arange(e, stop))
+            e = stop
+
     def by_group(self, attr: str | None = None) -> dict[Any, TrajectoryDataset]:
         """Split into one dataset per label of a group attribute (sorted by label)."""
         labels = self.group_labels(attr)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ __all__ = [
     "write_csv",
     "write_duckdb",
     "validate_path",
+    "parquet_files",
 ]
 
 _DUCKDB_EXT = (".duckdb", ".db", ".ddb")
@@ -62,6 +63,16 @@ def read_table(
     p = Path(path)
     if not p.exists():
         raise DataValidationError(f"Data file not found: {p}")
+    if p.is_dir():
+        import pyarrow.dataset as pads
+
+        files = parquet_files(p)
+        try:
+            tab = pads.dataset(files, format="parquet", partitioning="hive",
+                               partition_base_dir=str(p)).to_table()
+        except Exception as exc:
+            raise DataValidationError(f"{p}: cannot read the Parquet files ({exc}).") from exc
+        return tab.to_pandas(), list(tab.column_names)
     suffix = p.suffix.lower()
     if suffix == ".csv":
         with p.open(newline="", encoding="utf-8") as fh:
@@ -111,6 +122,23 @@ def read_table(
         f"{p}: unsupported file type {suffix!r}; expected .csv, .parquet or a DuckDB file "
         f"({', '.join(_DUCKDB_EXT)})."
     )
+
+
+def parquet_files(folder: str | os.PathLike[str]) -> list[str]:
+    """The Parquet files of a panel folder (hive partitions too), in a fixed (sorted) order.
+
+    Raises
+    ------
+    DataValidationError
+        The folder holds no ``.parquet`` file.
+    """
+    p = Path(folder)
+    files = sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in (".parquet", ".pq")
+                   and f.is_file() and not f.name.startswith((".", "_")))
+    if not files:
+        raise DataValidationError(f"{p}: the folder holds no .parquet files; expected a panel "
+                                  "written as Parquet files (hive-partitioned folders work too).")
+    return files
 
 
 def _manifest_of(manifest: Manifest | Mapping[str, Any] | str | os.PathLike[str]) -> Manifest:
@@ -175,7 +203,17 @@ def from_frame(
     return _build(pdf, man, rep)
 
 
-def _build(df: pd.DataFrame, man: Manifest, rep: ValidationReport) -> TrajectoryDataset:
+def _build(
+    df: pd.DataFrame,
+    man: Manifest,
+    rep: ValidationReport,
+    categorical_levels: Mapping[str, Sequence[Any]] | None = None,
+) -> TrajectoryDataset:
+    """Build the dataset from a validated frame.
+
+    ``categorical_levels`` fixes each categorical column's levels (a chunk of a larger panel must
+    code its categories like the whole panel does); by default they are the sorted levels present.
+    """
     assert rep.order is not None and rep.episode_codes is not None  # guaranteed when rep.ok
     assert rep.action_codes is not None and rep.episode_uniques is not None
     order = rep.order
@@ -205,6 +243,17 @@ def _build(df: pd.DataFrame, man: Manifest, rep: ValidationReport) -> Trajectory
     if man.categorical_states:
         cat_cols = []
         for c in man.categorical_states:
+            if categorical_levels is not None and c in categorical_levels:
+                lv_fixed = list(categorical_levels[c])
+                cc = pd.Categorical(df[c], categories=lv_fixed).codes.astype(np.int64)
+                if (cc < 0).any():
+                    bad = df[c][cc < 0].iloc[0]
+                    raise DataValidationError(
+                        f"column {c!r}: level {bad!r} is not among the panel's levels."
+                    )
+                cat_cols.append(cc[order])
+                cat_levels.append(tuple(lv_fixed))
+                continue
             cc, lv = pd.factorize(df[c], sort=True)
             cat_cols.append(cc[order])
             cat_levels.append(tuple(lv.tolist()))

@@ -73,10 +73,14 @@ class ValidationReport:
             warnings.warn(w, DataWarning, stacklevel=3)
 
 
-def _rows(mask: NDArray[np.bool_], original_row: NDArray[np.int64] | None = None) -> str:
+def _rows_global(mask: NDArray[np.bool_], original_row: NDArray[np.int64] | None = None,
+                 row_numbers: NDArray[np.int64] | None = None) -> str:
     idx = np.flatnonzero(mask)
     if original_row is not None:
-        idx = np.sort(original_row[idx])
+        idx = original_row[idx]
+    if row_numbers is not None:  # a chunk of a larger panel: report the panel's own rows
+        idx = row_numbers[idx]
+    idx = np.sort(idx)
     shown = ", ".join(str(int(i)) for i in idx[:_SHOW])
     more = "" if idx.size <= _SHOW else ", ..."
     noun = "row" if idx.size == 1 else "rows"
@@ -142,6 +146,7 @@ def validate_frame(
     manifest: Manifest,
     source: str = "<table>",
     raw_columns: list[str] | None = None,
+    row_numbers: NDArray[np.int64] | None = None,
 ) -> ValidationReport:
     """Check a table against a manifest.
 
@@ -153,6 +158,9 @@ def validate_frame(
         Name used in messages (the file path).
     raw_columns : list of str, optional
         Column names as they appear in the file (to detect duplicates that readers rename).
+    row_numbers : ndarray of shape (n_rows,), optional
+        The rows' numbers in the whole panel when ``df`` is one chunk of it (messages then name
+        the panel's rows, not the chunk's).
 
     Returns
     -------
@@ -160,6 +168,10 @@ def validate_frame(
         Errors and warnings; nothing is raised here.
     """
     rep = ValidationReport(source=source)
+
+    def _rows(mask: NDArray[np.bool_], original_row: NDArray[np.int64] | None = None) -> str:
+        return _rows_global(mask, original_row, row_numbers)
+
     err = rep.errors.append
     cols = list(raw_columns) if raw_columns is not None else [str(c) for c in df.columns]
     dup = sorted({c for c in cols if cols.count(c) > 1})

@@ -17,6 +17,7 @@ from equicare.fairness._groups import GroupIndex, group_index
 from equicare.fairness._outcome import OutcomeFrame
 from equicare.fairness._permutation import permutation_test
 from equicare.fairness._rows import need_rows
+from equicare.fairness._stream import audit_stream
 
 __all__ = [
     "AllocationFrame",
@@ -28,6 +29,7 @@ __all__ = [
     "allocation_rate",
     "allocation_rates",
     "audit",
+    "audit_stream",
     "bootstrap_ci",
     "bootstrap_weights",
     "gini",

@@ -365,7 +365,8 @@ def build_frames(names: Sequence[str], num: NDArray[np.float64], den: NDArray[np
                  need: NDArray[np.float64] | None, gi: GroupIndex,
                  weights: NDArray[np.float64] | None, *, action: str, level: Level,
                  alpha: float = 0.05, n_permutations: int = 0,
-                 random_state: RandomState = None, ci_method: CIMethod = "basic"
+                 random_state: RandomState = None, ci_method: CIMethod = "basic",
+                 sums: tuple[NDArray[np.float64], NDArray[np.float64] | None] | None = None
                  ) -> dict[str, AllocationFrame]:
     """Allocation frames of several policies from episode totals (array level).
 
@@ -388,6 +389,9 @@ def build_frames(names: Sequence[str], num: NDArray[np.float64], den: NDArray[np
         Permutations of the group labels for the test (0 skips it).
     random_state : int, Generator or None
         For the permutations.
+    sums : (point, replicates), optional
+        Group sums of ``[num, den, need]`` already computed (``group_sums``' output, e.g. added
+        up over the chunks of a streamed panel); ``weights`` is then ignored.
 
     Returns
     -------
@@ -399,7 +403,7 @@ def build_frames(names: Sequence[str], num: NDArray[np.float64], den: NDArray[np
         raise ValueError(f"{len(names)} names for {k} policies.")
     cols = [num, den[:, None]] + ([need[:, None]] if need is not None else [])
     c = np.concatenate(cols, axis=1)
-    point, reps = group_sums(gi.one_hot(), c, weights)
+    point, reps = group_sums(gi.one_hot(), c, weights) if sums is None else sums
 
     def stats(s: NDArray[np.float64]) -> dict[str, NDArray[np.float64]]:
         # s: (..., G, K + 1 [+ 1]) group sums

@@ -154,12 +154,21 @@ def _outcome_frame(name: str, estimator: str, parts_matrix: NDArray[np.float64],
                    combine_fn: Callable[[NDArray[np.float64], NDArray[np.float64]],
                                         NDArray[np.float64]],
                    gi: GroupIndex, weights: NDArray[np.float64] | None, alpha: float,
-                   ci_method: CIMethod) -> OutcomeFrame:
-    """Group values from per-episode parts: group sums for the data and each replicate."""
-    h = gi.one_hot()
-    ones = np.ones((h.shape[0], 1))
-    cols = np.concatenate([parts_matrix, ones], axis=1)
-    point, reps = group_sums(h, cols, weights)
+                   ci_method: CIMethod,
+                   sums: tuple[NDArray[np.float64], NDArray[np.float64] | None] | None = None
+                   ) -> OutcomeFrame:
+    """Group values from per-episode parts: group sums for the data and each replicate.
+
+    ``sums`` gives the group sums of ``[parts, 1]`` already computed (a streamed panel); then
+    ``parts_matrix`` and ``weights`` are not used.
+    """
+    if sums is None:
+        h = gi.one_hot()
+        ones = np.ones((h.shape[0], 1))
+        cols = np.concatenate([parts_matrix, ones], axis=1)
+        point, reps = group_sums(h, cols, weights)
+    else:
+        point, reps = sums
     values = combine_fn(point[:, :-1], point[:, -1])
     overall = float(combine_fn(point[:, :-1].sum(axis=0), point[:, -1].sum()))
     value_reps = overall_reps = count_reps = None

@@ -47,10 +47,23 @@ from equicare.ope._evaluate import (
 from equicare.ope._fqe import FQEConfig, LoggedQFit, QFit, fit_fqe
 from equicare.ope._ope_arrays import ope_arrays
 from equicare.ope._prepare import Prepared, prepare, target_probabilities
+from equicare.ope._resample import episode_keys, poisson_weights
 from equicare.ope._sensitivity import SENSITIVITY_COLUMNS, sensitivity_analysis
+from equicare.ope._stream import (
+    StreamEvaluation,
+    StreamSums,
+    chunk_sums,
+    evaluate_stream,
+)
 from equicare.ope._support import SupportReport, support_diagnostics
 
 __all__ = [
+    "StreamEvaluation",
+    "StreamSums",
+    "chunk_sums",
+    "episode_keys",
+    "evaluate_stream",
+    "poisson_weights",
     "BanditDR",
     "DR",
     "ESTIMATOR_KEYS",

@@ -81,6 +81,10 @@ class OPEInputs:
         ``Q(s_t, a_t)`` of the target policy at the logged action.
     v_s : ndarray of shape (n_steps,), optional
         ``V(s_t) = sum_a pi_e(a|s_t) Q(s_t, a)``.
+    horizon : int, optional
+        Width of the episode grid when it must exceed this set's longest episode: a chunk of a
+        larger panel lays its episodes out on the whole panel's grid so that its per-step parts
+        add up with the other chunks' (the extra cells are absorbing, as after any episode end).
     """
 
     rewards: NDArray[np.float64]
@@ -89,6 +93,7 @@ class OPEInputs:
     rho: NDArray[np.float64]
     q_sa: NDArray[np.float64] | None = None
     v_s: NDArray[np.float64] | None = None
+    horizon: int | None = None
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -124,6 +129,7 @@ class OPEInputs:
         target_probs: Any,
         behavior_prob: Any,
         q: Any | None = None,
+        horizon: int | None = None,
     ) -> OPEInputs:
         """Build the inputs from logged actions, both policies' probabilities and a Q matrix.
 
@@ -140,6 +146,8 @@ class OPEInputs:
             ``pi_b(a_t|s_t)`` of the logged action (must be > 0).
         q : array-like of shape (n_steps, n_actions), optional
             ``Q(s_t, a)`` of the target policy for every action.
+        horizon : int, optional
+            Grid width, when larger than the longest episode (see the class docstring).
         """
         a = np.asarray(actions, dtype=np.int64)
         pe = np.asarray(target_probs, dtype=np.float64)
@@ -161,7 +169,7 @@ class OPEInputs:
             q_sa = qm[rows, a]
             v_s = np.einsum("ij,ij->i", qm, pe)
         return cls(rewards=rewards, episode_offsets=episode_offsets, gamma=float(gamma), rho=rho,
-                   q_sa=q_sa, v_s=v_s)
+                   q_sa=q_sa, v_s=v_s, horizon=horizon)
 
     # ------------------------------------------------------------------ sizes and layout
     @property
@@ -181,8 +189,9 @@ class OPEInputs:
 
     @property
     def max_len(self) -> int:
-        """Length of the longest episode."""
-        return int(self.lengths.max())
+        """Width of the episode grid: the longest episode, or ``horizon`` when larger."""
+        longest = int(self.lengths.max())
+        return longest if self.horizon is None else max(longest, int(self.horizon))
 
     def _grid_index(self) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
         if "grid" not in self._cache:

@@ -12,7 +12,12 @@ from equicare.policy._base import (
     greedy_actions,
     sample_actions,
 )
-from equicare.policy._file import FilePolicy, read_policy_file, write_policy_file
+from equicare.policy._file import (
+    FilePolicy,
+    read_policy_file,
+    write_policy_file,
+    write_policy_stream,
+)
 
 __all__ = [
     "CallablePolicy",
@@ -27,6 +32,7 @@ __all__ = [
     "read_policy_file",
     "sample_actions",
     "write_policy_file",
+    "write_policy_stream",
 ]
 
 # --- learned policies (model folders); loaded lazily so that importing equicare.policy does not

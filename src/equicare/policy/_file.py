@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -16,7 +17,7 @@ from equicare.data import TrajectoryDataset
 from equicare.exceptions import PolicyError
 from equicare.policy._base import check_probs
 
-__all__ = ["FilePolicy", "write_policy_file", "read_policy_file"]
+__all__ = ["FilePolicy", "write_policy_file", "write_policy_stream", "read_policy_file"]
 
 _WIDE = re.compile(r"^p_(\d+)$")
 
@@ -191,20 +192,7 @@ def write_policy_file(
     p = Path(path)
     if p.exists() and not overwrite:
         raise FileExistsError(f"{p} exists; refusing to overwrite.")
-    probs = check_probs(probs, dataset.n_steps, dataset.n_actions, "write_policy_file")
-    man = dataset.manifest
-    ep_col = man.episode if man is not None else "episode"
-    t_col = man.time if man is not None else "time"
-    eps = dataset.episode_rows(dataset.episode_ids)
-    if form == "wide":
-        df = pd.DataFrame({ep_col: eps, t_col: dataset.times})
-        wide = pd.DataFrame(probs, columns=[f"p_{i}" for i in range(probs.shape[1])])
-        df = pd.concat([df, wide], axis=1)
-    else:
-        r, a = np.nonzero(probs > 0)
-        df = pd.DataFrame(
-            {ep_col: eps[r], t_col: dataset.times[r], "action": a, "prob": probs[r, a]}
-        )
+    df = _policy_frame(dataset, probs, form, "write_policy_file")
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.name}.tmp")
     if p.suffix.lower() == ".csv":
@@ -212,4 +200,79 @@ def write_policy_file(
     else:
         df.to_parquet(tmp, index=False)
     os.replace(tmp, p)
+    return p
+
+
+def _policy_frame(dataset: TrajectoryDataset, probs: NDArray[np.float64], form: str, owner: str
+                  ) -> pd.DataFrame:
+    """The Contract-2 rows of one dataset: keys plus wide ``p_i`` or long ``action, prob``."""
+    probs = check_probs(probs, dataset.n_steps, dataset.n_actions, owner)
+    man = dataset.manifest
+    ep_col = man.episode if man is not None else "episode"
+    t_col = man.time if man is not None else "time"
+    eps = dataset.episode_rows(dataset.episode_ids)
+    if form == "wide":
+        df = pd.DataFrame({ep_col: eps, t_col: dataset.times})
+        wide = pd.DataFrame(probs, columns=[f"p_{i}" for i in range(probs.shape[1])])
+        return pd.concat([df, wide], axis=1)
+    r, a = np.nonzero(probs > 0)
+    return pd.DataFrame({ep_col: eps[r], t_col: dataset.times[r], "action": a,
+                         "prob": probs[r, a]})
+
+
+def write_policy_stream(
+    parts: Iterable[tuple[TrajectoryDataset, NDArray[np.float64]]],
+    path: str | os.PathLike[str],
+    *,
+    form: Literal["wide", "long"] = "wide",
+    overwrite: bool = False,
+) -> Path:
+    """Write a policy file chunk by chunk: memory holds one chunk, never the whole file.
+
+    Parameters
+    ----------
+    parts : iterable of (TrajectoryDataset, ndarray of shape (n_steps, n_actions))
+        Each chunk of the panel with the policy's probabilities for its rows.
+    path : str or Path
+        ``.parquet`` (one row group per chunk) or ``.csv``; written to a temporary sibling and
+        moved into place when complete.
+    form : {"wide", "long"}
+    overwrite : bool
+
+    Returns
+    -------
+    Path
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    p = Path(path)
+    if p.exists() and not overwrite:
+        raise FileExistsError(f"{p} exists; refusing to overwrite.")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp")
+    csv = p.suffix.lower() == ".csv"
+    writer: Any = None
+    try:
+        for k, (ds, probs) in enumerate(parts):
+            df = _policy_frame(ds, probs, form, "write_policy_stream")
+            if csv:
+                df.to_csv(tmp, index=False, float_format="%.17g", mode="w" if k == 0 else "a",
+                          header=k == 0)
+                continue
+            table = pa.Table.from_pandas(df, preserve_index=False)
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema)
+            writer.write_table(table.cast(writer.schema))
+        if writer is not None:
+            writer.close()
+            writer = None
+        if not tmp.exists():
+            raise ValueError("write_policy_stream received no chunks; nothing was written.")
+        os.replace(tmp, p)
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
     return p

@@ -1,0 +1,677 @@
+"""Panels larger than memory: read them in chunks of whole episodes.
+
+A panel (a Parquet file, a folder of Parquet files, hive-partitioned or not, a CSV file or a table
+in a DuckDB file) is read as a stream of Arrow record batches. One cheap first pass reads only the
+episode and categorical columns (:func:`scan_panel`): it counts rows per episode, finds every
+categorical level (so every chunk codes its categories like the whole panel) and checks whether
+each episode's rows are stored contiguously. If they are not, DuckDB sorts the panel by
+(episode, time) into a temporary Parquet file with bounded memory (an external sort that spills to
+disk) and the chunks are read from there. The second pass (:func:`iter_chunks`) cuts the stream
+at episode boundaries into chunks of about ``chunk_rows`` rows, validates each chunk against the
+manifest (messages name the panel's own rows) and builds one
+:class:`~equicare.data.TrajectoryDataset` per chunk. Peak memory is bounded by the chunk, not by
+the panel.
+
+Only the columns the manifest names are read; other columns are not carried along in streamed
+chunks (unlike :func:`~equicare.data.load_dataset`).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from numpy.typing import NDArray
+
+from equicare.data._dataset import TrajectoryDataset
+from equicare.data._io import _DUCKDB_EXT, _build, _manifest_of, parquet_files
+from equicare.data._manifest import Manifest
+from equicare.data.validate import ValidationReport, validate_frame
+from equicare.exceptions import DataValidationError
+from equicare.utils import PARAM_MESSAGE
+
+__all__ = ["PanelScan", "Chunk", "ShardSpec", "scan_panel", "iter_chunks", "validate_stream",
+           "plan_shards", "iter_shard_chunks", "cluster_panel"]
+
+#: Rows per Arrow record batch read from storage.
+BATCH_ROWS = 65_536
+#: Default rows per chunk (whole episodes; an episode longer than this forms its own chunk).
+CHUNK_ROWS = 500_000
+_ROW = "__equicare_row__"
+
+
+@dataclass(frozen=True)
+class PanelScan:
+    """What the first, cheap pass over a panel finds.
+
+    Attributes
+    ----------
+    source : str
+        The panel's path.
+    n_rows : int
+    episode_ids : ndarray of shape (n_episodes,)
+        Episode ids in storage order of their first row.
+    lengths : ndarray of shape (n_episodes,), int64
+        Rows per episode.
+    clustered : bool
+        True when every episode's rows are contiguous in storage.
+    categorical_levels : dict of str to tuple
+        Sorted levels of every categorical state column over the whole panel.
+    episode_groups : dict of str to ndarray of shape (n_episodes,)
+        Each group attribute's value on each episode's first stored row.
+    """
+
+    source: str
+    n_rows: int
+    episode_ids: NDArray[Any]
+    lengths: NDArray[np.int64]
+    clustered: bool
+    categorical_levels: dict[str, tuple[Any, ...]]
+    episode_groups: dict[str, NDArray[Any]] = field(default_factory=dict)
+
+    @property
+    def n_episodes(self) -> int:
+        """Number of episodes."""
+        return int(self.episode_ids.shape[0])
+
+    @property
+    def max_len(self) -> int:
+        """Longest episode, in rows."""
+        return int(self.lengths.max()) if self.lengths.size else 0
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One chunk of whole episodes.
+
+    Attributes
+    ----------
+    index : int
+        Position of the chunk in the stream (0, 1, ...).
+    dataset : TrajectoryDataset
+        The chunk's episodes.
+    first_row : int
+        Storage row of the chunk's first row (in the clustered order).
+    """
+
+    index: int
+    dataset: TrajectoryDataset
+    first_row: int
+
+
+def _columns(man: Manifest) -> list[str]:
+    return list(dict.fromkeys(man.named_columns))
+
+
+def _source_kind(p: Path) -> str:
+    if p.is_dir():
+        return "parquet_dir"
+    suffix = p.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        return "parquet"
+    if suffix == ".csv":
+        return "csv"
+    if suffix in _DUCKDB_EXT:
+        return "duckdb"
+    raise DataValidationError(
+        f"{p}: unsupported panel type {suffix!r}; expected a .parquet file, a folder of Parquet "
+        f"files, a .csv file or a DuckDB file ({', '.join(_DUCKDB_EXT)})."
+    )
+
+
+def _batches(path: Path, man: Manifest, columns: list[str], batch_rows: int = BATCH_ROWS
+             ) -> Iterator[Any]:
+    """Arrow record batches of ``columns`` in storage order."""
+    import pyarrow as pa
+
+    kind = _source_kind(path)
+    try:
+        if kind in ("parquet", "parquet_dir"):
+            import pyarrow.dataset as pads
+
+            files = [str(path)] if kind == "parquet" else parquet_files(path)
+            ds = pads.dataset(files, format="parquet",
+                              partitioning="hive" if kind == "parquet_dir" else None,
+                              partition_base_dir=str(path) if kind == "parquet_dir" else None)
+            _check_columns(path, ds.schema.names, columns, man)
+            yield from ds.to_batches(columns=columns, batch_size=batch_rows, use_threads=False)
+        elif kind == "csv":
+            import pyarrow.csv as pacsv
+
+            reader = pacsv.open_csv(
+                str(path),
+                read_options=pacsv.ReadOptions(block_size=1 << 22),
+                convert_options=pacsv.ConvertOptions(include_columns=columns),
+            )
+            _check_columns(path, reader.schema.names, columns, man)
+            for b in reader:
+                yield b
+        else:
+            import duckdb
+
+            con = duckdb.connect(str(path), read_only=True)
+            try:
+                tables = [r[0] for r in con.execute(
+                    "SELECT table_name FROM information_schema.tables").fetchall()]
+                table = man.table
+                if table is None:
+                    if len(tables) != 1:
+                        raise DataValidationError(
+                            f"{path}: name the table to read (manifest dataset.table); "
+                            f"tables: {tables}.")
+                    table = tables[0]
+                if table not in tables:
+                    raise DataValidationError(f"{path}: no table {table!r}; tables: {tables}.")
+                names = [r[0] for r in con.execute(f'DESCRIBE "{table}"').fetchall()]
+                _check_columns(path, names, columns, man)
+                sel = ", ".join(f'"{c}"' for c in columns)
+                rdr = con.sql(f'SELECT {sel} FROM "{table}"').to_arrow_reader(batch_rows)
+                for b in rdr:
+                    yield b
+            finally:
+                con.close()
+    except DataValidationError:
+        raise
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
+        raise DataValidationError(f"{path}: cannot read the panel ({exc}).") from exc
+
+
+def _check_columns(path: Path, present: list[str], columns: list[str], man: Manifest) -> None:
+    missing = [c for c in columns if c not in present]
+    if missing:
+        import difflib
+
+        msgs = []
+        for c in missing:
+            close = difflib.get_close_matches(c, present, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            msgs.append(f"{path}: column {c!r} (named in {man.source}) is missing{hint}")
+        raise DataValidationError(msgs[0] if len(msgs) == 1 else
+                                  f"{len(msgs)} problems in {path}:\n  " + "\n  ".join(msgs), msgs)
+
+
+def _column_numpy(batch: Any, name: str) -> NDArray[Any]:
+    return batch.column(name).to_numpy(zero_copy_only=False)
+
+
+def scan_panel(path: str | os.PathLike[str],
+               manifest: Manifest | Mapping[str, Any] | str | os.PathLike[str]) -> PanelScan:
+    """First pass: episodes, their lengths, categorical levels and whether rows are clustered.
+
+    Reads only the episode and categorical state columns.
+
+    Parameters
+    ----------
+    path : path-like
+        Parquet file or folder, CSV file or DuckDB file.
+    manifest : Manifest, dict or path to a TOML manifest
+
+    Returns
+    -------
+    PanelScan
+    """
+    man = _manifest_of(manifest)
+    p = Path(path)
+    if not p.exists():
+        raise DataValidationError(f"Data file not found: {p}")
+    cols = list(dict.fromkeys([man.episode, *man.categorical_states, *man.groups]))
+    run_ids: list[NDArray[Any]] = []
+    run_groups: dict[str, list[NDArray[Any]]] = {g: [] for g in man.groups}
+    run_lens: list[NDArray[np.int64]] = []
+    levels: dict[str, set[Any]] = {c: set() for c in man.categorical_states}
+    prev: Any = None
+    n = 0
+    for b in _batches(p, man, cols):
+        m = b.num_rows
+        if m == 0:
+            continue
+        ep = _column_numpy(b, man.episode)
+        if pd.isna(ep).any():
+            bad = int(np.flatnonzero(pd.isna(ep))[0]) + n
+            raise DataValidationError(
+                f"{p}: column {man.episode!r} (episode id) is empty in row {bad} (0-based).")
+        change = np.empty(m, dtype=bool)
+        change[0] = n == 0 or ep[0] != prev
+        change[1:] = ep[1:] != ep[:-1]
+        starts = np.flatnonzero(change)
+        if not change[0]:  # the batch's first rows continue the previous batch's last run
+            run_lens[-1][-1] += int(starts[0]) if starts.size else m
+        if starts.size:
+            run_ids.append(ep[starts])
+            run_lens.append(np.diff(np.r_[starts, m]).astype(np.int64))
+            for g in man.groups:
+                run_groups[g].append(_column_numpy(b, g)[starts])
+        for c in man.categorical_states:
+            levels[c].update(pd.unique(_column_numpy(b, c)).tolist())
+        prev = ep[-1]
+        n += m
+    if n == 0:
+        raise DataValidationError(
+            f"{p}: the table is empty (no rows); expected one row per member and time step.")
+    ids = np.concatenate(run_ids)
+    lens = np.concatenate(run_lens)
+    groups = {g: np.concatenate(v) for g, v in run_groups.items()}
+    uniq, inverse = np.unique(ids, return_inverse=True)
+    clustered = uniq.shape[0] == ids.shape[0]
+    if not clustered:  # rows of some episodes are scattered: count per episode instead
+        first = np.full(uniq.shape[0], ids.shape[0], dtype=np.int64)
+        np.minimum.at(first, inverse, np.arange(ids.shape[0]))
+        order = np.argsort(first, kind="stable")
+        ids = uniq[order]
+        lens = np.bincount(inverse, weights=lens, minlength=uniq.shape[0]).astype(np.int64)[order]
+        groups = {g: v[first[order]] for g, v in groups.items()}
+    cat_levels: dict[str, tuple[Any, ...]] = {}
+    for c, s in levels.items():
+        vals = [v for v in s if not (isinstance(v, float) and np.isnan(v))]
+        try:
+            cat_levels[c] = tuple(sorted(vals))
+        except TypeError:
+            cat_levels[c] = tuple(sorted(vals, key=str))
+    return PanelScan(source=str(p), n_rows=n, episode_ids=ids, lengths=lens, clustered=clustered,
+                     categorical_levels=cat_levels, episode_groups=groups)
+
+
+def _with_rows(batches: Iterator[Any]) -> Iterator[Any]:
+    """Append each row's storage number (0-based) as a column."""
+    import pyarrow as pa
+
+    n = 0
+    for b in batches:
+        m = b.num_rows
+        yield b.append_column(_ROW, pa.array(np.arange(n, n + m, dtype=np.int64)))
+        n += m
+
+
+def _cluster(path: Path, man: Manifest, cols: list[str], tmp: Path, memory_limit: str) -> Path:
+    """Sort the panel by (episode, time) into one temporary Parquet file (external sort)."""
+    import itertools
+
+    import duckdb
+    import pyarrow as pa
+
+    gen = _with_rows(_batches(path, man, cols))
+    first = next(gen)
+    reader = pa.RecordBatchReader.from_batches(first.schema, itertools.chain([first], gen))
+    out = tmp / "clustered.parquet"
+    con = duckdb.connect()
+    try:
+        spill = tmp / "spill"
+        spill.mkdir()
+        con.execute(f"SET memory_limit = '{memory_limit}'")
+        con.execute(f"SET temp_directory = '{spill}'")
+        con.execute("SET preserve_insertion_order = false")
+        con.register("equicare_panel", reader)
+        con.execute(
+            f'COPY (SELECT * FROM equicare_panel ORDER BY "{man.episode}", "{man.time}") '
+            f"TO '{out}' (FORMAT parquet, ROW_GROUP_SIZE {BATCH_ROWS})"
+        )
+    finally:
+        con.close()
+    return out
+
+
+def _episode_starts(table: Any, episode: str) -> NDArray[np.int64]:
+    """Rows (> 0) where a new episode starts."""
+    ep = table.column(episode).to_numpy(zero_copy_only=False)
+    return np.flatnonzero(ep[1:] != ep[:-1]).astype(np.int64) + 1
+
+
+def _raw_chunks(path: Path, man: Manifest, scan: PanelScan, chunk_rows: int, tmp: Path,
+                memory_limit: str) -> Iterator[Any]:
+    """Arrow tables of whole episodes, about ``chunk_rows`` rows each, with storage row numbers."""
+    cols = _columns(man)
+    if scan.clustered:
+        batches = _with_rows(_batches(path, man, cols))
+    else:
+        batches = _batches(_cluster(path, man, cols, tmp, memory_limit), man, [*cols, _ROW])
+    yield from _cut(batches, man.episode, chunk_rows)
+
+
+def _cut(batches: Iterator[Any], episode: str, chunk_rows: int) -> Iterator[Any]:
+    """Regroup record batches into tables that end at episode boundaries."""
+    import pyarrow as pa
+
+    buf: list[Any] = []
+    rows = 0
+    for b in batches:
+        if b.num_rows == 0:
+            continue
+        buf.append(b)
+        rows += b.num_rows
+        if rows < chunk_rows:
+            continue
+        table = pa.Table.from_batches(buf)
+        starts = _episode_starts(table, episode)
+        begin = 0
+        while True:  # cut at the first episode start at least chunk_rows after the last cut
+            k = int(np.searchsorted(starts, begin + chunk_rows))
+            if k == starts.size:
+                break
+            yield table.slice(begin, int(starts[k]) - begin)
+            begin = int(starts[k])
+        rest = table.slice(begin)
+        buf = rest.to_batches()
+        rows = rest.num_rows
+    if rows:
+        yield pa.Table.from_batches(buf)
+
+
+def _check_chunk_rows(chunk_rows: int, owner: str) -> None:
+    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int | np.integer) \
+            or chunk_rows < 1:
+        raise ValueError(PARAM_MESSAGE.format(name="chunk_rows", owner=owner,
+                                              expected="an int >= 1", got=chunk_rows))
+
+
+def iter_chunks(
+    path: str | os.PathLike[str],
+    manifest: Manifest | Mapping[str, Any] | str | os.PathLike[str],
+    *,
+    chunk_rows: int = CHUNK_ROWS,
+    scan: PanelScan | None = None,
+    tmp_dir: str | os.PathLike[str] | None = None,
+    memory_limit: str = "1GB",
+) -> Iterator[Chunk]:
+    """Read a panel as chunks of whole episodes, each a validated TrajectoryDataset.
+
+    Parameters
+    ----------
+    path : path-like
+        Parquet file or folder, CSV file or DuckDB file.
+    manifest : Manifest, dict or path to a TOML manifest
+    chunk_rows : int
+        Target rows per chunk; a chunk ends at the first episode boundary after this many rows
+        (an episode is never split).
+    scan : PanelScan, optional
+        The result of :func:`scan_panel` when already computed.
+    tmp_dir : path-like, optional
+        Where an unclustered panel is sorted (default: the system's temporary folder).
+    memory_limit : str
+        DuckDB's memory limit for that sort (it spills to ``tmp_dir`` beyond it).
+
+    Yields
+    ------
+    Chunk
+        Chunks in storage order of their episodes (sorted by episode id when the panel had to
+        be clustered). Categorical states are coded with the whole panel's levels.
+
+    Raises
+    ------
+    DataValidationError
+        The first chunk with problems, naming the panel's rows.
+    """
+    _check_chunk_rows(chunk_rows, "iter_chunks")
+    man = _manifest_of(manifest)
+    p = Path(path)
+    scan = scan if scan is not None else scan_panel(p, man)
+    with tempfile.TemporaryDirectory(dir=tmp_dir, prefix="equicare-chunks-") as tmp:
+        for k, table in enumerate(_raw_chunks(p, man, scan, chunk_rows, Path(tmp),
+                                              memory_limit)):
+            ds, rep = _chunk_dataset(table, man, scan, str(p))
+            rep.raise_if_errors()
+            assert ds is not None
+            yield Chunk(index=k, dataset=ds,
+                        first_row=int(table.column(_ROW)[0].as_py()))
+
+
+def _chunk_dataset(table: Any, man: Manifest, scan: PanelScan, source: str
+                   ) -> tuple[TrajectoryDataset | None, ValidationReport]:
+    df = table.to_pandas()
+    row_numbers = df.pop(_ROW).to_numpy(dtype=np.int64)
+    rep = validate_frame(df, man, source, row_numbers=row_numbers)
+    if not rep.ok:
+        return None, rep
+    return _build(df, man, rep, categorical_levels=scan.categorical_levels), rep
+
+
+def validate_stream(
+    path: str | os.PathLike[str],
+    manifest: Manifest | Mapping[str, Any] | str | os.PathLike[str],
+    *,
+    chunk_rows: int = CHUNK_ROWS,
+    tmp_dir: str | os.PathLike[str] | None = None,
+    memory_limit: str = "1GB",
+    max_errors: int = 50,
+    executor: Any = None,
+    n_shards: int | None = None,
+) -> tuple[ValidationReport, PanelScan | None]:
+    """Validate a panel chunk by chunk with bounded memory.
+
+    Every problem names the file, the column and the panel's own rows, as
+    :func:`~equicare.data.validate_path` does for a panel in memory. Warnings are checked per
+    chunk and reported once each.
+
+    Parameters
+    ----------
+    path, manifest, chunk_rows, tmp_dir, memory_limit
+        As for :func:`iter_chunks`.
+    max_errors : int
+        Stop collecting after this many problems (a last line says how many chunks were left).
+    executor : object with ``map(fn, items)``, optional
+        Validate shards in parallel (local processes or a Ray cluster); the panel must be a
+        clustered Parquet file or folder every worker can read.
+    n_shards : int, optional
+        Shards for the executor (default: its worker count, else 2).
+
+    Returns
+    -------
+    report : ValidationReport
+        ``report.ok`` is True when no chunk has a problem.
+    scan : PanelScan or None
+        The first pass's findings (None when the panel could not be read at all).
+    """
+    _check_chunk_rows(chunk_rows, "validate_stream")
+    man = _manifest_of(manifest)
+    p = Path(path)
+    report = ValidationReport(source=str(p))
+    try:
+        scan = scan_panel(p, man)
+    except DataValidationError as exc:
+        report.errors.extend(exc.problems or [str(exc)])
+        return report, None
+    seen_warnings: set[str] = set()
+    if executor is not None:
+        shards = n_shards or int(getattr(executor, "n_workers", 2) or 2)
+        specs = plan_shards(p, man, shards, scan=scan)
+        for errors, warns in executor.map(_validate_shard, [(s, chunk_rows) for s in specs]):
+            report.errors.extend(errors)
+            for w in warns:
+                if w not in seen_warnings:
+                    seen_warnings.add(w)
+                    report.warnings.append(w)
+        if len(report.errors) > max_errors:
+            extra = len(report.errors) - max_errors
+            report.errors[max_errors:] = [f"{p}: {extra} more problems not shown."]
+        return report, scan
+    with tempfile.TemporaryDirectory(dir=tmp_dir, prefix="equicare-chunks-") as tmp:
+        for k, table in enumerate(_raw_chunks(p, man, scan, chunk_rows, Path(tmp),
+                                              memory_limit)):
+            _, rep = _chunk_dataset(table, man, scan, str(p))
+            report.errors.extend(rep.errors)
+            for w in rep.warnings:
+                if w not in seen_warnings:
+                    seen_warnings.add(w)
+                    report.warnings.append(w)
+            if len(report.errors) >= max_errors:
+                report.errors.append(f"{p}: stopped after {len(report.errors)} problems "
+                                     f"(chunk {k + 1}); fix these and validate again.")
+                break
+    return report, scan
+
+
+# ---------------------------------------------------------------------- shards for executors
+@dataclass(frozen=True)
+class ShardSpec:
+    """Rows ``[start, stop)`` of a clustered Parquet panel: whole episodes, readable by any worker.
+
+    Attributes
+    ----------
+    path : str
+        Parquet file or folder, on storage every worker can read.
+    manifest : Manifest
+    start, stop : int
+        Storage rows (episode-aligned).
+    categorical_levels : dict of str to tuple
+        The whole panel's levels (from :class:`PanelScan`).
+    """
+
+    path: str
+    manifest: Manifest
+    start: int
+    stop: int
+    categorical_levels: dict[str, tuple[Any, ...]]
+
+
+def _row_groups(path: Path) -> list[tuple[Any, int]]:
+    """Row-group fragments of a Parquet panel in storage order, with their row counts."""
+    import pyarrow.dataset as pads
+
+    files = [str(path)] if path.is_file() else parquet_files(path)
+    ds = pads.dataset(files, format="parquet", partitioning=None if path.is_file() else "hive",
+                      partition_base_dir=None if path.is_file() else str(path))
+    out = []
+    for frag in ds.get_fragments():
+        for rg in frag.split_by_row_group():
+            out.append((rg, int(rg.row_groups[0].num_rows)))
+    return out
+
+
+def plan_shards(
+    path: str | os.PathLike[str],
+    manifest: Manifest | Mapping[str, Any] | str | os.PathLike[str],
+    n_shards: int,
+    *,
+    scan: PanelScan | None = None,
+) -> list[ShardSpec]:
+    """Split a clustered Parquet panel into about ``n_shards`` episode-aligned row ranges.
+
+    Parameters
+    ----------
+    path : path-like
+        A Parquet file or folder whose episodes are stored contiguously (see
+        :func:`cluster_panel` for any other panel).
+    manifest : Manifest, dict or path to a TOML manifest
+    n_shards : int
+        Wanted shards (fewer when the panel has fewer episodes).
+    scan : PanelScan, optional
+
+    Returns
+    -------
+    list of ShardSpec
+    """
+    _check_chunk_rows(n_shards, "plan_shards")
+    man = _manifest_of(manifest)
+    p = Path(path)
+    if _source_kind(p) not in ("parquet", "parquet_dir"):
+        raise DataValidationError(f"{p}: shards are read from Parquet; write the panel as Parquet "
+                                  "first (equicare.data.cluster_panel does it).")
+    scan = scan if scan is not None else scan_panel(p, man)
+    if not scan.clustered:
+        raise DataValidationError(f"{p}: the rows of some episodes are not stored together; "
+                                  "cluster the panel first (equicare.data.cluster_panel).")
+    starts = np.r_[0, np.cumsum(scan.lengths)].astype(np.int64)  # episode starts + end
+    targets = np.linspace(0, scan.n_rows, n_shards + 1)[1:-1]
+    cuts = np.unique(starts[np.clip(np.searchsorted(starts, targets), 0, starts.size - 1)])
+    bounds = np.unique(np.r_[0, cuts, scan.n_rows])
+    return [ShardSpec(path=str(p), manifest=man, start=int(a), stop=int(b),
+                      categorical_levels=scan.categorical_levels)
+            for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def _shard_batches(spec: ShardSpec) -> Iterator[Any]:
+    """Record batches of a shard's rows (only the row groups it overlaps are read)."""
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+
+    p = Path(spec.path)
+    cols = _columns(spec.manifest)
+    files = [str(p)] if p.is_file() else parquet_files(p)
+    schema = pads.dataset(files, format="parquet", partitioning=None if p.is_file() else "hive",
+                          partition_base_dir=None if p.is_file() else str(p)).schema
+    offset = 0
+    for frag, n in _row_groups(p):
+        lo, hi = offset, offset + n
+        offset = hi
+        if hi <= spec.start:
+            continue
+        if lo >= spec.stop:
+            break
+        tab = frag.to_table(schema=schema, columns=cols)
+        a, b = max(spec.start - lo, 0), min(spec.stop, hi) - lo
+        tab = tab.slice(a, b - a)
+        rows = pa.array(np.arange(lo + a, lo + b, dtype=np.int64))
+        yield from tab.append_column(_ROW, rows).to_batches()
+
+
+def iter_shard_chunks(spec: ShardSpec, *, chunk_rows: int = CHUNK_ROWS) -> Iterator[Chunk]:
+    """Read one shard as chunks of whole episodes (only the row groups it overlaps are read)."""
+    _check_chunk_rows(chunk_rows, "iter_shard_chunks")
+    man = spec.manifest
+    p = Path(spec.path)
+    scan = PanelScan(source=str(p), n_rows=spec.stop - spec.start, episode_ids=np.zeros(0),
+                     lengths=np.zeros(0, dtype=np.int64), clustered=True,
+                     categorical_levels=spec.categorical_levels)
+    for k, table in enumerate(_cut(_shard_batches(spec), man.episode, chunk_rows)):
+        ds, rep = _chunk_dataset(table, man, scan, str(p))
+        rep.raise_if_errors()
+        assert ds is not None
+        yield Chunk(index=k, dataset=ds, first_row=int(table.column(_ROW)[0].as_py()))
+
+
+def cluster_panel(
+    path: str | os.PathLike[str],
+    manifest: Manifest | Mapping[str, Any] | str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    memory_limit: str = "1GB",
+    overwrite: bool = False,
+) -> Path:
+    """Write a panel as one Parquet file sorted by (episode, time), with bounded memory.
+
+    Any layout (CSV, DuckDB, scattered rows) becomes a panel that :func:`plan_shards` can split.
+    Only the manifest's columns are written.
+
+    Returns
+    -------
+    Path
+        ``out``.
+    """
+    man = _manifest_of(manifest)
+    src = Path(path)
+    dst = Path(out)
+    if dst.exists() and not overwrite:
+        raise FileExistsError(f"{dst} exists; refusing to overwrite it (pass overwrite=True).")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".equicare-cluster-") as tmp:
+        sorted_path = _cluster(src, man, _columns(man), Path(tmp), memory_limit)
+        import pyarrow.parquet as pq
+
+        tab = pq.ParquetFile(sorted_path)
+        part = Path(tmp) / "out.parquet"
+        with pq.ParquetWriter(part, tab.schema_arrow.remove(
+                tab.schema_arrow.get_field_index(_ROW))) as w:
+            for b in tab.iter_batches(batch_size=BATCH_ROWS):
+                w.write_batch(b.drop_columns([_ROW]))
+        os.replace(part, dst)
+    return dst
+
+
+def _validate_shard(task: tuple[ShardSpec, int]) -> tuple[list[str], list[str]]:
+    """Problems and warnings of one shard (run by an executor)."""
+    spec, chunk_rows = task
+    scan = PanelScan(source=spec.path, n_rows=spec.stop - spec.start, episode_ids=np.zeros(0),
+                     lengths=np.zeros(0, dtype=np.int64), clustered=True,
+                     categorical_levels=spec.categorical_levels)
+    errors: list[str] = []
+    warns: list[str] = []
+    for table in _cut(_shard_batches(spec), spec.manifest.episode, chunk_rows):
+        _, rep = _chunk_dataset(table, spec.manifest, scan, spec.path)
+        errors += rep.errors
+        warns += [w for w in rep.warnings if w not in warns]
+    return errors, warns

@@ -1,0 +1,327 @@
+"""Fairness audits of panels larger than memory: group sums added up chunk by chunk.
+
+Every audit metric is a function of *group sums* of per-episode columns (allocation numerators
+and denominators, need, the OPE parts of each policy's value) for the data and for each bootstrap
+replicate. A chunk of whole episodes contributes ``H^T x`` and ``W (H * x)`` (``H`` the episodes'
+group one-hot rows, ``W`` Poisson(1) bootstrap weights keyed by episode id,
+:mod:`equicare.ope._resample`), so the chunks' contributions add up and the audit equals the
+in-memory :meth:`FairnessAudit.run` given the same weights (tests check 1e-9). What is kept per
+episode is a handful of numbers (for the permutation test and the level-rate table), never rows.
+
+Group values use the importance-sampling estimators (``is``, ``wis``, ``pdis``, ``wpdis``) with the
+logged propensities; estimators that need a Q-model fitted on the whole panel are refused.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from numpy.typing import NDArray
+
+from equicare.data import TrajectoryDataset
+from equicare.exceptions import DataValidationError
+from equicare.fairness._allocation import build_frames, level_table
+from equicare.fairness._audit import (
+    BEHAVIOR,
+    AuditResult,
+    FairnessAudit,
+    PolicyAudit,
+    _mean_combine,
+    _outcome_frame,
+)
+from equicare.fairness._bootstrap import split_random_state
+from equicare.fairness._groups import GroupIndex, group_index
+from equicare.fairness._rows import action_set, episode_totals, level_matrix, need_rows, row_pass
+from equicare.utils import PARAM_MESSAGE
+
+__all__ = ["audit_stream", "STREAM_ESTIMATORS"]
+
+#: Estimators of the group values that stream.
+STREAM_ESTIMATORS = ("is", "wis", "pdis", "wpdis")
+
+
+def _labels(groups: Mapping[str, NDArray[Any]], attrs: list[str]) -> NDArray[np.str_]:
+    out = np.asarray(groups[attrs[0]]).astype(str).astype(object)
+    for a in attrs[1:]:
+        out = out + " x " + np.asarray(groups[a]).astype(str).astype(object)
+    return out.astype(str)
+
+
+class _Acc:
+    """Running group sums of one block of columns (point and replicates)."""
+
+    def __init__(self) -> None:
+        self.point: NDArray[np.float64] | None = None
+        self.reps: NDArray[np.float64] | None = None
+
+    def add(self, h: NDArray[np.float64], x: NDArray[np.float64],
+            w: NDArray[np.float64] | None) -> None:
+        e, g = h.shape
+        m = x.shape[1]
+        hx = (h[:, :, None] * x[:, None, :]).reshape(e, g * m)
+        self.merge(hx.sum(axis=0).reshape(g, m),
+                   None if w is None else (w @ hx).reshape(w.shape[0], g, m))
+
+    def merge(self, point: NDArray[np.float64] | None, reps: NDArray[np.float64] | None) -> None:
+        if point is None:
+            return
+        self.point = point if self.point is None else self.point + point
+        if reps is not None:
+            self.reps = reps if self.reps is None else self.reps + reps
+
+    def sums(self) -> tuple[NDArray[np.float64], NDArray[np.float64] | None]:
+        assert self.point is not None
+        return self.point, self.reps
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What every chunk (or shard) of one streamed audit needs."""
+
+    cfg: FairnessAudit
+    policies: dict[str, Any]
+    attrs: list[str]
+    published: tuple[str, ...]
+    horizon: int
+    seed: int
+
+
+@dataclass
+class _Partial:
+    """An audit's additive statistics over some chunks (merged in storage order)."""
+
+    alloc: _Acc = field(default_factory=_Acc)
+    out: dict[str, _Acc] = field(default_factory=dict)
+    ep_num: list[NDArray[np.float64]] = field(default_factory=list)
+    ep_den: list[NDArray[np.float64]] = field(default_factory=list)
+    ep_lnum: list[NDArray[np.float64]] = field(default_factory=list)
+    ep_codes: list[NDArray[np.int64]] = field(default_factory=list)
+    layouts: dict[str, Any] = field(default_factory=dict)
+    spec: str | None = None
+    level_names: list[str] = field(default_factory=list)
+    has_need: bool = False
+
+    def merge(self, other: _Partial) -> None:
+        if other.alloc.point is not None:
+            self.alloc.merge(*other.alloc.sums())
+        for k, acc in other.out.items():
+            if acc.point is not None:
+                self.out.setdefault(k, _Acc()).merge(*acc.sums())
+        self.ep_num += other.ep_num
+        self.ep_den += other.ep_den
+        self.ep_lnum += other.ep_lnum
+        self.ep_codes += other.ep_codes
+        self.layouts.update(other.layouts)
+        self.spec = self.spec or other.spec
+        self.level_names = self.level_names or other.level_names
+        self.has_need = self.has_need or other.has_need
+
+
+def _add_chunk(part: _Partial, ds: TrajectoryDataset, ctx: _Context) -> None:
+    """Add one chunk of whole episodes to the partial statistics."""
+    from equicare.ope import OPEInputs, episode_keys, episode_parts, poisson_weights
+
+    cfg, pols = ctx.cfg, ctx.policies
+    names = [BEHAVIOR, *pols]
+    spec, mask = action_set(ds.action_space, cfg.action)
+    level_names, lmat = level_matrix(ds.action_space)
+    part.spec, part.level_names = spec, level_names
+    cols = mask[:, None].astype(np.float64)
+    if cfg.with_level_rates:
+        cols = np.concatenate([cols, lmat], axis=1)
+    codes = pd.Index(ctx.published).get_indexer(_labels(ds.groups, ctx.attrs)).astype(np.int64)
+    h = np.zeros((ds.n_episodes, len(ctx.published)))
+    k = codes >= 0
+    h[np.flatnonzero(k), codes[k]] = 1.0
+    w = (poisson_weights(episode_keys(ds.episode_ids), cfg.n_boot, ctx.seed)
+         if cfg.n_boot > 0 else None)
+    nums, lnums, p_logged = [], [], {}
+    den = np.zeros(ds.n_episodes)
+    for name in names:
+        pol = None if name == BEHAVIOR else pols[name]
+        alloc, pl, _, _ = row_pass(ds, pol, cols, source=name)
+        num, den = episode_totals(ds, alloc, cfg.level)
+        nums.append(num[:, 0])
+        lnums.append(num[:, 1:])
+        p_logged[name] = pl
+    nr = need_rows(ds, cfg.need)
+    part.has_need = nr is not None
+    block = [np.stack(nums, axis=1), den[:, None]]
+    if nr is not None:
+        block.append(episode_totals(ds, nr, cfg.level)[0][:, None])
+    part.alloc.add(h, np.concatenate(block, axis=1), w)
+    part.ep_num.append(np.stack(nums, axis=1))
+    part.ep_den.append(den)
+    part.ep_lnum.append(np.stack(lnums))
+    part.ep_codes.append(codes)
+    if cfg.estimator is None:
+        return
+    ones = np.ones((ds.n_episodes, 1))
+    part.out.setdefault(BEHAVIOR, _Acc()).add(
+        h, np.concatenate([ds.returns(discount=True)[:, None], ones], axis=1), w)
+    b = ds.behavior_prob
+    for name in pols:
+        if b is None or not bool(np.all(np.isfinite(b) & (b > 0) & (b <= 1 + 1e-9))):
+            raise DataValidationError(
+                "A streamed audit values policies by importance sampling with the logged "
+                "propensities: name them as dataset.behavior_prob in the manifest (values in "
+                "(0, 1]).")
+        inputs = OPEInputs(rewards=ds.rewards, episode_offsets=ds.episode_offsets,
+                           gamma=ds.gamma, rho=p_logged[name] / b, horizon=ctx.horizon)
+        parts = episode_parts(inputs, [cfg.estimator], truncate=cfg.truncate)
+        part.layouts[name] = EpisodeLayout(parts.slices, parts.keys, parts.horizon)
+        part.out.setdefault(name, _Acc()).add(h, np.concatenate([parts.matrix, ones], axis=1), w)
+
+
+@dataclass(frozen=True)
+class EpisodeLayout:
+    """Column layout of an estimator's parts (what ``combine`` needs, without the matrix)."""
+
+    slices: dict[str, slice]
+    keys: tuple[str, ...]
+    horizon: int
+
+
+@dataclass(frozen=True)
+class _ShardTask:
+    spec: Any
+    ctx: _Context
+    chunk_rows: int
+
+
+def _run_shard(task: _ShardTask) -> _Partial:
+    from equicare.data import iter_shard_chunks
+
+    part = _Partial()
+    for chunk in iter_shard_chunks(task.spec, chunk_rows=task.chunk_rows):
+        _add_chunk(part, chunk.dataset, task.ctx)
+    return part
+
+
+def audit_stream(
+    source: str | os.PathLike[str],
+    policies: Mapping[str, Any] | None = None,
+    *,
+    manifest: Any,
+    config: FairnessAudit | None = None,
+    chunk_rows: int = 500_000,
+    random_state: int = 42,
+    executor: Any = None,
+    n_shards: int | None = None,
+) -> AuditResult:
+    """Audit the logged behaviour and each policy on a panel read in chunks of whole episodes.
+
+    Parameters
+    ----------
+    source : path-like
+        Parquet file or folder, CSV or DuckDB file.
+    policies : mapping of name to Policy, optional
+        Each must serve any subset of the panel's rows (a policy file, a model folder).
+    manifest : Manifest, dict or path to a TOML manifest
+    config : FairnessAudit, optional
+        Settings (default ``FairnessAudit()``); ``estimator`` must be one of ``is, wis, pdis,
+        wpdis`` or None.
+    chunk_rows : int
+        Rows per chunk.
+    random_state : int
+        Seed of the Poisson bootstrap weights (keyed by episode id) and of the permutation test.
+    executor : object with ``map(fn, items)``, optional
+        Runs one task per shard (a local process pool or a Ray cluster); the panel must be a
+        clustered Parquet file or folder every worker can read.
+    n_shards : int, optional
+        Shards for the executor (default: its worker count, else 2).
+
+    Returns
+    -------
+    AuditResult
+        The same result as ``config.run(dataset, policies, weights=W, random_state=seed)`` on the
+        whole panel in memory with ``W = poisson_weights(episode_keys(ids), n_boot, seed)``.
+    """
+    from equicare.data import iter_chunks, scan_panel
+    from equicare.data._io import _manifest_of
+    from equicare.ope import combine
+    from equicare.ope._core import EpisodeParts
+
+    cfg = config if config is not None else FairnessAudit()
+    if cfg.estimator not in (*STREAM_ESTIMATORS, None):
+        raise ValueError(PARAM_MESSAGE.format(
+            name="estimator", owner="audit_stream",
+            expected="one of 'is', 'wis', 'pdis', 'wpdis' or None (estimators with a Q-model "
+                     "need a fit on the whole panel)", got=cfg.estimator))
+    if isinstance(random_state, bool) or not isinstance(random_state, int | np.integer):
+        raise ValueError(PARAM_MESSAGE.format(name="random_state", owner="audit_stream",
+                                              expected="an int seed", got=random_state))
+    pols = dict(policies or {})
+    if BEHAVIOR in pols:
+        raise ValueError(f"The policy name {BEHAVIOR!r} is reserved for the logged behaviour.")
+    man = _manifest_of(manifest)
+    scan = scan_panel(source, man)
+    if not man.groups:
+        raise DataValidationError("The panel has no group attributes (manifest dataset.groups); "
+                                  "a fairness audit needs at least one.")
+    attrs = [cfg.group or man.groups[0], *cfg.intersect]
+    unknown = [a for a in attrs if a not in man.groups]
+    if unknown:
+        raise DataValidationError(f"Unknown group attribute(s) {unknown}; the panel has "
+                                  f"{list(man.groups)}.")
+    gname = " x ".join(attrs)
+    gi_all = group_index(_labels(scan.episode_groups, attrs), name=gname, min_cell=cfg.min_cell)
+    seed = int(random_state)
+    _, rng = split_random_state(seed)
+    names = [BEHAVIOR, *pols]
+    ctx = _Context(cfg=cfg, policies=pols, attrs=attrs, published=gi_all.labels,
+                   horizon=scan.max_len, seed=seed)
+    part = _Partial()
+    if executor is not None:
+        from equicare.data import plan_shards
+
+        shards = n_shards or int(getattr(executor, "n_workers", 2) or 2)
+        tasks = [_ShardTask(spec=s, ctx=ctx, chunk_rows=chunk_rows)
+                 for s in plan_shards(source, man, shards, scan=scan)]
+        for p in executor.map(_run_shard, tasks):
+            part.merge(p)
+    else:
+        for chunk in iter_chunks(source, man, chunk_rows=chunk_rows, scan=scan):
+            _add_chunk(part, chunk.dataset, ctx)
+    spec = part.spec
+    assert spec is not None
+    gi = GroupIndex(name=gname, labels=gi_all.labels, suppressed=gi_all.suppressed,
+                    codes=np.concatenate(part.ep_codes), counts=gi_all.counts,
+                    min_cell=cfg.min_cell)
+    num_all = np.concatenate(part.ep_num)
+    den_all = np.concatenate(part.ep_den)
+    # the need column's sums are in part.alloc; a zero placeholder tells build_frames it exists
+    need_flag = np.zeros_like(den_all) if part.has_need else None
+    frames = build_frames(names, num_all, den_all, need_flag, gi, None, action=spec,
+                          level=cfg.level, alpha=cfg.alpha,
+                          ci_method=cfg.ci_method, n_permutations=cfg.n_permutations,
+                          random_state=rng, sums=part.alloc.sums())
+    outcomes: dict[str, Any] = dict.fromkeys(names)
+    if cfg.estimator is not None:
+        outcomes[BEHAVIOR] = _outcome_frame(BEHAVIOR, "on_policy", np.zeros((0, 1)),
+                                            _mean_combine, gi, None, cfg.alpha, cfg.ci_method,
+                                            sums=part.out[BEHAVIOR].sums())
+        key = cfg.estimator
+        for name in pols:
+            parts = part.layouts[name]
+
+            def comb(s: NDArray[np.float64], c: NDArray[np.float64], parts: Any = parts
+                     ) -> NDArray[np.float64]:
+                tmpl = EpisodeParts(matrix=np.zeros((0, 0)), slices=parts.slices,
+                                    keys=parts.keys, horizon=parts.horizon)
+                return np.asarray(combine(tmpl, s, np.asarray(c))[key])
+
+            outcomes[name] = _outcome_frame(name, key, np.zeros((0, 1)), comb, gi, None,
+                                            cfg.alpha, cfg.ci_method, sums=part.out[name].sums())
+    levels = None
+    if cfg.with_level_rates:
+        levels = level_table(names, np.concatenate(part.ep_lnum, axis=1), den_all, gi,
+                             part.level_names)
+    return AuditResult(group=gname, action=spec, n_episodes=gi.n_kept,
+                       policies={k: PolicyAudit(k, frames[k], outcomes[k]) for k in names},
+                       settings=cfg.to_dict(), level_rates=levels)

@@ -1,0 +1,366 @@
+r"""Off-policy evaluation of panels larger than memory, as sums of per-chunk statistics.
+
+Every importance-sampling estimator is a combination of column sums of per-episode *parts*
+(:func:`~equicare.ope._core.episode_parts`). A chunk of whole episodes therefore contributes
+
+* the plain sums of its parts (point estimates),
+* ``W @ parts`` for the bootstrap, with Poisson(1) episode weights ``W`` that are a pure function
+  of (seed, episode id, replicate) (:mod:`equicare.ope._resample`),
+* the sums of trajectory weights and of their squares (Kish's effective sample size),
+
+and the chunks' statistics add up. Computed on the whole panel in memory, streamed chunk by chunk
+or sharded over an executor (local processes, a Ray cluster), the result is the same up to
+floating-point summation order (tests check 1e-9 relative). Memory is bounded by the chunk: the
+sums are ``(n_boot, n_parts)``, ``n_parts`` growing with the longest episode, not with the panel.
+
+The behaviour policy's value (the mean discounted return of the logged episodes) and its interval
+come from the same weights. The estimators that need a Q-model (FQE, DR, WDR) need a fit over the
+whole panel first and are not streamed yet; :func:`evaluate_stream` refuses them with a clear
+message.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from equicare.data import Chunk, TrajectoryDataset
+from equicare.exceptions import DataValidationError
+from equicare.ope._bootstrap import percentile_interval
+from equicare.ope._core import IS_TYPE, EpisodeParts, OPEInputs, combine, episode_parts
+from equicare.ope._resample import episode_keys, poisson_weights
+from equicare.policy import check_probs
+from equicare.utils import PARAM_MESSAGE, ROW_BLOCK_ELEMENTS
+
+__all__ = ["StreamSums", "StreamEvaluation", "chunk_sums", "evaluate_stream", "STREAM_KEYS"]
+
+#: Estimators that stream (importance sampling only; no Q-model).
+STREAM_KEYS: tuple[str, ...] = IS_TYPE
+
+
+@dataclass
+class StreamSums:
+    """Additive statistics of a set of episodes (one chunk, one shard, or the whole panel).
+
+    Attributes
+    ----------
+    n_episodes, n_steps : int
+    total : ndarray of shape (n_parts + 1,)
+        Sums of the estimators' parts, the behaviour return last.
+    boot : ndarray of shape (n_boot, n_parts + 1)
+        Poisson-weighted sums, one row per replicate.
+    boot_n : ndarray of shape (n_boot,)
+        Total Poisson weight of each replicate.
+    w_sum, w_sq : float
+        Sum of trajectory weights and of their squares.
+    """
+
+    n_episodes: int
+    n_steps: int
+    total: NDArray[np.float64]
+    boot: NDArray[np.float64]
+    boot_n: NDArray[np.float64]
+    w_sum: float
+    w_sq: float
+    gamma: float = 1.0
+    parts_layout: tuple[tuple[str, ...], dict[str, slice], int] = field(
+        default=((), {}, 0), repr=False)
+
+    def __add__(self, other: StreamSums) -> StreamSums:
+        if self.parts_layout[0] != other.parts_layout[0] or self.total.shape != other.total.shape:
+            raise ValueError("Cannot add statistics of different estimators or horizons.")
+        return StreamSums(n_episodes=self.n_episodes + other.n_episodes,
+                          n_steps=self.n_steps + other.n_steps,
+                          total=self.total + other.total, boot=self.boot + other.boot,
+                          boot_n=self.boot_n + other.boot_n, w_sum=self.w_sum + other.w_sum,
+                          w_sq=self.w_sq + other.w_sq, gamma=self.gamma,
+                          parts_layout=self.parts_layout)
+
+
+def _target_probs(dataset: TrajectoryDataset, policy: Any) -> NDArray[np.float64]:
+    if callable(getattr(policy, "action_probs", None)):
+        return np.asarray(policy.action_probs(dataset), dtype=np.float64)
+    if callable(policy):
+        return np.asarray(policy(dataset), dtype=np.float64)
+    raise TypeError(PARAM_MESSAGE.format(
+        name="policy", owner="evaluate_stream",
+        expected="a Policy (action_probs(dataset) -> (n_steps, n_actions)) or a callable",
+        got=type(policy).__name__))
+
+
+def chunk_sums(
+    dataset: TrajectoryDataset,
+    policy: Any,
+    *,
+    keys: Sequence[str] = STREAM_KEYS,
+    horizon: int,
+    n_boot: int,
+    seed: int,
+    truncate: float | None = None,
+) -> StreamSums:
+    """Additive statistics of one chunk of whole episodes.
+
+    Parameters
+    ----------
+    dataset : TrajectoryDataset
+        The chunk; its ``behavior_prob`` must be logged.
+    policy : Policy or callable
+        Target policy.
+    keys : sequence of str
+        Estimators among ``is, wis, pdis, wpdis``.
+    horizon : int
+        The whole panel's longest episode (the grid width every chunk shares).
+    n_boot : int
+    seed : int
+    truncate : float, optional
+        Cap on cumulative importance weights.
+
+    Returns
+    -------
+    StreamSums
+    """
+    if dataset.behavior_prob is None:
+        raise DataValidationError(
+            "Streamed evaluation uses the logged propensities: name the column of the logged "
+            "action's probability under current practice as dataset.behavior_prob in the manifest.")
+    b = np.asarray(dataset.behavior_prob, dtype=np.float64)
+    if not np.all((b > 0) & (b <= 1 + 1e-9)):
+        bad = np.flatnonzero(~((b > 0) & (b <= 1 + 1e-9)))
+        raise DataValidationError(
+            f"{bad.size} logged propensities are not in (0, 1] (first rows of the chunk: "
+            f"{bad[:5].tolist()}); importance weights need the logged action's probability.")
+    # the target's probability of the logged action, in blocks of whole episodes: never a
+    # (chunk rows, n_actions) matrix beyond ROW_BLOCK_ELEMENTS
+    p_logged = np.empty(dataset.n_steps, dtype=np.float64)
+    max_rows = max(1, ROW_BLOCK_ELEMENTS // max(1, dataset.n_actions))
+    for lo, hi, part in dataset.episode_blocks(max_rows):
+        probs = check_probs(_target_probs(part, policy), part.n_steps, part.n_actions,
+                            "evaluate_stream")
+        p_logged[lo:hi] = probs[np.arange(part.n_steps), part.actions]
+    inputs = OPEInputs(rewards=dataset.rewards, episode_offsets=dataset.episode_offsets,
+                       gamma=dataset.gamma, rho=p_logged / b, horizon=horizon)
+    parts = episode_parts(inputs, keys, truncate=truncate)
+    mat = np.column_stack([parts.matrix, inputs.returns()])
+    w = poisson_weights(episode_keys(dataset.episode_ids), n_boot, seed)
+    tw = inputs.trajectory_weights(truncate)
+    return StreamSums(n_episodes=dataset.n_episodes, n_steps=dataset.n_steps,
+                      total=mat.sum(axis=0), boot=w @ mat, boot_n=w.sum(axis=1),
+                      w_sum=float(tw.sum()), w_sq=float(np.dot(tw, tw)), gamma=dataset.gamma,
+                      parts_layout=(parts.keys, parts.slices, parts.horizon))
+
+
+@dataclass(frozen=True)
+class StreamEstimate:
+    """One estimator's value, percentile interval and bootstrap standard error."""
+
+    value: float
+    ci: tuple[float, float]
+    se: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"value", "ci", "se"}`` as in Contract 3."""
+        return {"value": self.value, "ci": [self.ci[0], self.ci[1]], "se": self.se}
+
+
+@dataclass(frozen=True)
+class StreamEvaluation:
+    """Result of :func:`evaluate_stream` (the keys of Contract 3's result JSON).
+
+    Attributes
+    ----------
+    n_episodes, n_steps, n_chunks : int
+    gamma : float
+    behavior : StreamEstimate
+        Value of current practice (mean discounted return of the logged episodes).
+    estimates : dict of str to StreamEstimate
+    ess : float
+        Kish's effective sample size of the trajectory weights.
+    n_boot : int
+    """
+
+    n_episodes: int
+    n_steps: int
+    n_chunks: int
+    gamma: float
+    behavior: StreamEstimate
+    estimates: dict[str, StreamEstimate]
+    ess: float
+    n_boot: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The result JSON (Contract 3: ``n_episodes``, ``behavior``, ``estimates``, ``ess``)."""
+        return {
+            "n_episodes": self.n_episodes, "n_steps": self.n_steps, "gamma": self.gamma,
+            "behavior": {"value": self.behavior.value, "ci": list(self.behavior.ci)},
+            "estimates": {k: e.to_dict() for k, e in self.estimates.items()},
+            "ess": {"trajectory": self.ess, "trajectory_pct": 100.0 * self.ess / self.n_episodes},
+            "bootstrap": {"n_boot": self.n_boot, "weights": "poisson", "ci": "percentile"},
+            "streaming": {"n_chunks": self.n_chunks},
+        }
+
+
+def finish(sums: StreamSums, *, alpha: float = 0.05, n_chunks: int = 1) -> StreamEvaluation:
+    """Turn summed statistics into estimates with percentile intervals."""
+    keys, slices, horizon = sums.parts_layout
+    template = EpisodeParts(matrix=np.zeros((0, sums.total.size - 1)), slices=slices, keys=keys,
+                            horizon=horizon)
+    point = combine(template, sums.total[:-1], np.asarray(float(sums.n_episodes)))
+    reps = combine(template, sums.boot[:, :-1], sums.boot_n)
+    estimates = {}
+    for k in keys:
+        r = reps[k]
+        estimates[k] = StreamEstimate(value=float(point[k]), ci=percentile_interval(r, alpha),
+                                      se=float(r.std(ddof=1)) if r.size > 1 else 0.0)
+    beh_reps = np.divide(sums.boot[:, -1], sums.boot_n, out=np.zeros_like(sums.boot_n),
+                         where=sums.boot_n > 0)
+    behavior = StreamEstimate(value=float(sums.total[-1] / sums.n_episodes),
+                              ci=percentile_interval(beh_reps, alpha),
+                              se=float(beh_reps.std(ddof=1)) if beh_reps.size > 1 else 0.0)
+    ess = sums.w_sum ** 2 / sums.w_sq if sums.w_sq > 0 else 0.0
+    return StreamEvaluation(n_episodes=sums.n_episodes, n_steps=sums.n_steps, n_chunks=n_chunks,
+                            gamma=sums.gamma, behavior=behavior, estimates=estimates,
+                            ess=float(ess), n_boot=int(sums.boot_n.size))
+
+
+@dataclass(frozen=True)
+class _ShardTask:
+    spec: Any
+    policy: Any
+    keys: tuple[str, ...]
+    horizon: int
+    n_boot: int
+    seed: int
+    truncate: float | None
+    chunk_rows: int
+
+
+def _run_shard(task: _ShardTask) -> tuple[StreamSums | None, int]:
+    from equicare.data import iter_shard_chunks
+
+    total: StreamSums | None = None
+    n = 0
+    for chunk in iter_shard_chunks(task.spec, chunk_rows=task.chunk_rows):
+        s = chunk_sums(chunk.dataset, task.policy, keys=task.keys, horizon=task.horizon,
+                       n_boot=task.n_boot, seed=task.seed, truncate=task.truncate)
+        total = s if total is None else total + s
+        n += 1
+    return total, n
+
+
+def _reduce(items: Iterable[tuple[StreamSums | None, int]]) -> tuple[StreamSums, int]:
+    total: StreamSums | None = None
+    n = 0
+    for s, k in items:
+        if s is not None:
+            total = s if total is None else total + s
+        n += k
+    if total is None:
+        raise DataValidationError("The panel has no episodes.")
+    return total, n
+
+
+def evaluate_stream(
+    source: str | os.PathLike[str] | TrajectoryDataset | Iterable[Chunk],
+    policy: Any,
+    *,
+    manifest: Any = None,
+    estimators: Sequence[str] = STREAM_KEYS,
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    random_state: int = 42,
+    truncate: float | None = None,
+    chunk_rows: int = 500_000,
+    executor: Any = None,
+    n_shards: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> StreamEvaluation:
+    """Evaluate a policy on a panel of any size, chunk by chunk or shard by shard.
+
+    Parameters
+    ----------
+    source : path, TrajectoryDataset or iterable of Chunk
+        A panel on storage (Parquet file or folder, CSV, DuckDB file; read in chunks of whole
+        episodes), a dataset in memory (one chunk), or chunks already read.
+    policy : Policy or callable
+        Target policy; it must serve any subset of the panel's rows (a policy file does).
+    manifest : Manifest, dict or path, optional
+        Required when ``source`` is a path.
+    estimators : sequence of str
+        Among ``is, wis, pdis, wpdis``.
+    n_boot : int
+        Poisson bootstrap replicates.
+    alpha : float
+        ``1 - alpha`` intervals (percentile).
+    random_state : int
+        Seed of the counter-based bootstrap weights (same seed, same intervals, any sharding).
+    truncate : float, optional
+        Cap on cumulative importance weights.
+    chunk_rows : int
+        Rows per chunk (whole episodes).
+    executor : object with ``map(fn, items)``, optional
+        Runs one task per shard (``equicare.pipeline.get_executor("ray", ...)`` for a cluster);
+        the panel must then be a clustered Parquet file or folder every worker can read
+        (:func:`equicare.data.cluster_panel` writes one).
+    n_shards : int, optional
+        Shards for the executor (default: its worker count, else 2).
+    progress : callable, optional
+        Called with the number of chunks done.
+
+    Returns
+    -------
+    StreamEvaluation
+    """
+    keys = tuple(dict.fromkeys(estimators))
+    bad = [k for k in keys if k not in STREAM_KEYS]
+    if bad:
+        raise ValueError(PARAM_MESSAGE.format(
+            name="estimators", owner="evaluate_stream",
+            expected="estimators that stream: " + ", ".join(STREAM_KEYS)
+            + " (fqe, dr and wdr need a Q-model fitted on the whole panel)", got=bad))
+    if isinstance(random_state, bool) or not isinstance(random_state, int | np.integer):
+        raise ValueError(PARAM_MESSAGE.format(name="random_state", owner="evaluate_stream",
+                                              expected="an int seed", got=random_state))
+    seed = int(random_state)
+    if isinstance(source, TrajectoryDataset):
+        horizon = int(source.episode_lengths.max())
+        s = chunk_sums(source, policy, keys=keys, horizon=horizon, n_boot=n_boot, seed=seed,
+                       truncate=truncate)
+        return finish(s, alpha=alpha, n_chunks=1)
+    if isinstance(source, str | os.PathLike):
+        from equicare.data import iter_chunks, plan_shards, scan_panel
+        from equicare.data._io import _manifest_of
+
+        if manifest is None:
+            raise ValueError(PARAM_MESSAGE.format(name="manifest", owner="evaluate_stream",
+                                                  expected="the panel's manifest", got=None))
+        man = _manifest_of(manifest)
+        scan = scan_panel(source, man)
+        horizon = scan.max_len
+        if executor is not None:
+            shards = n_shards or int(getattr(executor, "n_workers", 2) or 2)
+            specs = plan_shards(source, man, shards, scan=scan)
+            tasks = [_ShardTask(spec=sp, policy=policy, keys=keys, horizon=horizon,
+                                n_boot=n_boot, seed=seed, truncate=truncate,
+                                chunk_rows=chunk_rows) for sp in specs]
+            total, n = _reduce(executor.map(_run_shard, tasks))
+            return finish(total, alpha=alpha, n_chunks=n)
+        chunks: Iterable[Chunk] = iter_chunks(source, man, chunk_rows=chunk_rows, scan=scan)
+    else:
+        chunks = list(source)
+        horizon = max(int(c.dataset.episode_lengths.max()) for c in chunks)
+
+    def sums() -> Iterator[tuple[StreamSums, int]]:
+        for k, c in enumerate(chunks):
+            yield chunk_sums(c.dataset, policy, keys=keys, horizon=horizon, n_boot=n_boot,
+                             seed=seed, truncate=truncate), 1
+            if progress is not None:
+                progress(k + 1)
+
+    total, n = _reduce(sums())
+    return finish(total, alpha=alpha, n_chunks=n)
+

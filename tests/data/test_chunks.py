@@ -1,0 +1,208 @@
+"""Episode-aligned chunked reading: chunks rebuild the in-memory panel exactly, in any layout."""
+
+from __future__ import annotations
+
+import copy
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+
+from equicare.data import Manifest, iter_chunks, load_dataset, scan_panel, validate_stream
+from equicare.exceptions import DataValidationError
+
+from ..conftest import MANIFEST, make_frame
+
+
+def _manifest() -> Manifest:
+    return Manifest.from_dict(copy.deepcopy(MANIFEST))
+
+
+def _rows_of(ds) -> pd.DataFrame:
+    """The dataset's rows keyed by (episode, time), with labels instead of codes."""
+    ep = ds.episode_rows(ds.episode_ids)
+    cat = np.asarray(ds.categorical_levels[0], dtype=object)[ds.categorical[:, 0]]
+    out = pd.DataFrame({"ep": ep, "t": ds.times, "risk": ds.states[:, 0],
+                        "eng": ds.states[:, 1], "region": cat, "a": ds.actions,
+                        "r": ds.rewards, "p": ds.behavior_prob,
+                        "race": ds.episode_rows(ds.groups["race"])})
+    return out.sort_values(["ep", "t"]).reset_index(drop=True)
+
+
+def _concat(chunks) -> pd.DataFrame:
+    return (pd.concat([_rows_of(c.dataset) for c in chunks])
+            .sort_values(["ep", "t"]).reset_index(drop=True))
+
+
+@pytest.fixture(scope="module")
+def frame() -> pd.DataFrame:
+    return make_frame(n_members=50, seed=3, min_len=1, max_len=9)
+
+
+def _write(frame: pd.DataFrame, kind: str, folder) -> object:
+    if kind == "parquet_sorted":
+        p = folder / "panel.parquet"
+        frame.sort_values(["member_id", "week"]).to_parquet(p, index=False, row_group_size=50)
+    elif kind == "parquet_shuffled":
+        p = folder / "panel.parquet"
+        frame.to_parquet(p, index=False, row_group_size=50)
+    elif kind == "csv":
+        p = folder / "panel.csv"
+        frame.to_csv(p, index=False)
+    elif kind == "duckdb":
+        p = folder / "panel.duckdb"
+        con = duckdb.connect(str(p))
+        con.register("f", frame)
+        con.execute("CREATE TABLE panel AS SELECT * FROM f")
+        con.close()
+    elif kind == "hive":
+        p = folder / "panel"
+        sorted_ = frame.sort_values(["member_id", "week"])
+        for part, sub in sorted_.groupby(sorted_["sex"]):
+            d = p / f"sex_part={part}"
+            d.mkdir(parents=True)
+            sub.to_parquet(d / "part-0.parquet", index=False, row_group_size=40)
+    else:  # pragma: no cover
+        raise AssertionError(kind)
+    return p
+
+
+KINDS = ["parquet_sorted", "parquet_shuffled", "csv", "duckdb", "hive"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("chunk_rows", [1, 37, 10_000])
+def test_chunks_rebuild_the_panel(frame, tmp_path, kind, chunk_rows):
+    path = _write(frame, kind, tmp_path)
+    man = _manifest()
+    whole = load_dataset(path, man, emit_warnings=False)
+    chunks = list(iter_chunks(path, man, chunk_rows=chunk_rows))
+    assert sum(c.dataset.n_episodes for c in chunks) == whole.n_episodes
+    ids = np.concatenate([c.dataset.episode_ids for c in chunks])
+    assert len(set(ids.tolist())) == ids.size  # no episode split across chunks
+    if chunk_rows == 1:  # every chunk is exactly one episode
+        assert all(c.dataset.n_episodes == 1 for c in chunks)
+    pd.testing.assert_frame_equal(_concat(chunks), _rows_of(whole))
+    # categories are coded with the whole panel's levels in every chunk
+    assert all(c.dataset.categorical_levels == whole.categorical_levels for c in chunks)
+
+
+def test_scan_finds_lengths_and_clustering(frame, tmp_path):
+    man = _manifest()
+    sorted_path = _write(frame, "parquet_sorted", tmp_path)
+    scan = scan_panel(sorted_path, man)
+    assert scan.clustered and scan.n_rows == len(frame)
+    expect = frame.groupby("member_id").size()
+    got = dict(zip(scan.episode_ids.tolist(), scan.lengths.tolist(), strict=True))
+    assert got == expect.to_dict()
+    assert scan.categorical_levels == {"region": ("north", "south")}
+    race = frame.groupby("member_id")["race"].first()
+    assert dict(zip(scan.episode_ids.tolist(), scan.episode_groups["race"].tolist(),
+                    strict=True)) == race.to_dict()
+    (tmp_path / "s").mkdir()
+    shuffled = scan_panel(_write(frame, "parquet_shuffled", tmp_path / "s"), man)
+    assert not shuffled.clustered
+    got = dict(zip(shuffled.episode_ids.tolist(), shuffled.lengths.tolist(), strict=True))
+    assert got == expect.to_dict()
+    assert dict(zip(shuffled.episode_ids.tolist(), shuffled.episode_groups["race"].tolist(),
+                    strict=True)) == race.to_dict()
+
+
+@pytest.mark.parametrize("kind", ["parquet_sorted", "parquet_shuffled"])
+def test_streamed_validation_names_the_panels_rows(frame, tmp_path, kind):
+    bad = frame.copy()
+    if kind == "parquet_sorted":
+        bad = bad.sort_values(["member_id", "week"]).reset_index(drop=True)
+    bad.loc[[5, 201], "r_primary"] = np.nan
+    bad.loc[150, "modality"] = "drone"
+    p = tmp_path / "panel.parquet"
+    bad.to_parquet(p, index=False, row_group_size=50)
+    man = _manifest()
+    with pytest.raises(DataValidationError) as whole:
+        load_dataset(p, man)
+    rep, scan = validate_stream(p, man, chunk_rows=25)
+    assert scan is not None and not rep.ok
+    text = "\n".join(rep.errors)
+    # the same rows as the in-memory validation names, not rows within a chunk
+    for row in ("5", "201"):
+        assert f"{row}" in text
+    assert "150" in text and "drone" in text
+    assert set(whole.value.problems[0].split()) & set(text.split())
+    with pytest.raises(DataValidationError, match="panel.parquet: column '(r_primary|modality)'"):
+        list(iter_chunks(p, man, chunk_rows=25))  # stops at the first chunk with a problem
+
+
+def test_clear_errors(tmp_path):
+    man = _manifest()
+    with pytest.raises(DataValidationError, match="not found"):
+        scan_panel(tmp_path / "nope.parquet", man)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataValidationError, match="no .parquet files"):
+        scan_panel(tmp_path / "empty", man)
+    f = make_frame(10).drop(columns=["risk"])
+    p = tmp_path / "p.parquet"
+    f.to_parquet(p, index=False)
+    with pytest.raises(DataValidationError, match="column 'risk'"):
+        scan_panel(p, man) and list(iter_chunks(p, man))
+    with pytest.raises(ValueError, match="chunk_rows"):
+        list(iter_chunks(p, man, chunk_rows=0))
+
+
+def test_directory_loads_in_memory(frame, tmp_path):
+    path = _write(frame, "hive", tmp_path)
+    ds = load_dataset(path, _manifest(), emit_warnings=False)
+    assert ds.n_steps == len(frame)
+    assert "sex_part" in ds.extras
+
+
+@pytest.mark.parametrize("kind", ["parquet_sorted", "hive"])
+@pytest.mark.parametrize("n_shards", [1, 3, 50])
+def test_shards_cover_the_panel_once(frame, tmp_path, kind, n_shards):
+    from equicare.data import iter_shard_chunks, plan_shards
+
+    path = _write(frame, kind, tmp_path)
+    man = _manifest()
+    whole = load_dataset(path, man, emit_warnings=False)
+    specs = plan_shards(path, man, n_shards)
+    assert 1 <= len(specs) <= n_shards
+    assert specs[0].start == 0 and specs[-1].stop == len(frame)
+    assert all(a.stop == b.start for a, b in zip(specs[:-1], specs[1:], strict=True))
+    chunks = [c for s in specs for c in iter_shard_chunks(s, chunk_rows=30)]
+    ids = np.concatenate([c.dataset.episode_ids for c in chunks])
+    assert len(set(ids.tolist())) == ids.size == whole.n_episodes
+    pd.testing.assert_frame_equal(_concat(chunks), _rows_of(whole))
+
+
+def test_cluster_panel_makes_any_layout_shardable(frame, tmp_path):
+    from equicare.data import cluster_panel, plan_shards
+
+    src = _write(frame, "csv", tmp_path)
+    man = _manifest()
+    out = cluster_panel(src, man, tmp_path / "clustered.parquet")
+    assert scan_panel(out, man).clustered
+    assert len(plan_shards(out, man, 4)) == 4
+    with pytest.raises(FileExistsError, match="refusing to overwrite"):
+        cluster_panel(src, man, out)
+    with pytest.raises(DataValidationError, match="not stored together"):
+        (tmp_path / "s").mkdir()
+        plan_shards(_write(frame, "parquet_shuffled", tmp_path / "s"), man, 2)
+
+
+def test_sharded_validation_equals_streamed(frame, tmp_path):
+    from equicare.pipeline import get_executor
+
+    bad = frame.sort_values(["member_id", "week"]).reset_index(drop=True)
+    bad.loc[[3, 120], "r_primary"] = np.nan
+    p = tmp_path / "panel.parquet"
+    bad.to_parquet(p, index=False, row_group_size=30)
+    man = _manifest()
+    serial, _ = validate_stream(p, man, chunk_rows=40)
+    sharded, _ = validate_stream(p, man, chunk_rows=40, executor=get_executor("local", jobs=1),
+                                 n_shards=3)
+    assert not sharded.ok
+    text = "\n".join(sharded.errors)
+    assert "3" in text and "120" in text and "r_primary" in text
+    serial_text = "\n".join(serial.errors)
+    for row in ("first: 3;", "first: 120;"):  # the panel's own rows, whatever the split
+        assert row in text and row in serial_text
