@@ -197,7 +197,7 @@ def _check_columns(path: Path, present: list[str], columns: list[str], man: Mani
 
 
 def _column_numpy(batch: Any, name: str) -> NDArray[Any]:
-    return batch.column(name).to_numpy(zero_copy_only=False)
+    return np.asarray(batch.column(name).to_numpy(zero_copy_only=False))
 
 
 def scan_panel(path: str | os.PathLike[str],

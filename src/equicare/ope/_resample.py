@@ -41,7 +41,7 @@ def _splitmix64(x: NDArray[np.uint64]) -> NDArray[np.uint64]:
         z = x + _GOLDEN
         z = (z ^ (z >> np.uint64(30))) * _M1
         z = (z ^ (z >> np.uint64(27))) * _M2
-        return z ^ (z >> np.uint64(31))  # type: ignore[no-any-return]
+        return z ^ (z >> np.uint64(31))
 
 
 def episode_keys(episode_ids: Any) -> NDArray[np.uint64]:
