@@ -47,9 +47,15 @@ REQUIRED = ("value", "unit", "peer", "peer_value", "ratio")
 PROVENANCE = ("date", "machine", "revision", "bench")
 
 
-def topics() -> list[str]:
-    """Topics of every benchmark module, sorted (``bench_ope.py`` -> ``ope``)."""
-    return sorted(p.stem.removeprefix("bench_") for p in HERE.glob("bench_*.py"))
+#: Topics run only when named (``make bench-scale``): a full run leaves them out and keeps their
+#: entries.
+SEPARATE = ("scale",)
+
+
+def topics(include_separate: bool = True) -> list[str]:
+    """Topics of the benchmark modules, sorted (``bench_ope.py`` -> ``ope``)."""
+    out = sorted(p.stem.removeprefix("bench_") for p in HERE.glob("bench_*.py"))
+    return out if include_separate else [t for t in out if t not in SEPARATE]
 
 
 def _load(topic: str) -> ModuleType:
@@ -133,8 +139,10 @@ def merge(old: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]],
           ran: set[str], full: bool) -> dict[str, dict[str, Any]]:
     """Entries after a run: a full run keeps only ``new``; a partial run replaces the entries of
     the modules in ``ran`` (dropping their entries that no longer exist) and keeps the others."""
-    if full:
-        return dict(new)
+    if full:  # the separate topics (scale) are not part of a full run: keep their entries
+        kept = {k: v for k, v in old.items() if v.get("bench") in SEPARATE}
+        kept.update(new)
+        return kept
     kept = {k: v for k, v in old.items() if not k.startswith("_") and v.get("bench") not in ran}
     kept.update(new)
     return kept
@@ -164,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown benchmark(s) {sorted(unknown)}; known: {', '.join(known)}",
               file=sys.stderr)
         return 2
-    selected = [t for t in known if not wanted or t in wanted]
+    selected = [t for t in known if t in wanted] if wanted else topics(include_separate=False)
     rev, mach = revision(), machine()
     print(f"revision {rev}; {mach}; load average {os.getloadavg()[0]:.2f}"
           + ("; QUICK smoke run, nothing is written" if args.quick else ""), flush=True)

@@ -6,14 +6,17 @@ a fresh child process so its peak resident memory (VmHWM) is its own:
 
 * ``validate_stream`` over the whole panel;
 * ``evaluate_stream`` of a supported target policy (0.9 x the simulator's rule-based reference
-  policy + 0.1 x uniform: cheap to compute, so the time is the engine's) with IS, WIS, PDIS and WPDIS, the behaviour value, ESS and 1,000 Poisson
-  bootstrap replicates, chunk by chunk (500k rows);
+  policy + 0.1 x uniform: cheap to compute, so the time is the engine's) with IS, WIS, PDIS
+  and WPDIS, the behaviour value, ESS and 1,000 Poisson bootstrap replicates, chunk by chunk
+  (500k rows);
 * the same on 2 local Ray workers (one shard per worker) at 5M rows, checking that the numbers
   equal the streamed ones and reporting Ray's overhead over streaming on the same cores.
 
 Reported: seconds and peak MB per size, the log-log slope of time in rows, and the Ray ratio.
 Targets (issue #16): slope <= 1.1, streamed peak <= 4 GB at 20M rows and flat in rows, Ray
-overhead <= 25 %. Run: ``python benchmarks/scale.py [--sizes 1,5,20] [--folder DIR]``.
+overhead <= 25 %. ``make bench-scale`` runs it through ``run_all.py --only scale`` (a full
+``make bench`` leaves it out and keeps its entries); by hand:
+``python benchmarks/bench_scale.py [--sizes 1,5,20] [--folder DIR]``.
 """
 
 from __future__ import annotations
@@ -74,6 +77,10 @@ def _child(code: str, *args: str) -> dict[str, Any]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _entry(value: float, unit: str) -> dict[str, Any]:
+    return {"value": value, "unit": unit, "peer": None, "peer_value": None, "ratio": None}
+
+
 def _slope(rows: list[float], secs: list[float]) -> float:
     x = [math.log(r) for r in rows]
     y = [math.log(s) for s in secs]
@@ -82,9 +89,19 @@ def _slope(rows: list[float], secs: list[float]) -> float:
         (a - mx) ** 2 for a in x)
 
 
-def run(sizes_m: tuple[float, ...] = (1, 5, 20), folder: str | None = None,
+def run(quick: bool = False, sizes_m: tuple[float, ...] = (1, 5, 20), folder: str | None = None,
         ray: bool = True) -> dict[str, dict[str, Any]]:
-    """Measure; returns ``{name: {value, unit, peer, peer_value, ratio}}`` entries."""
+    """Measure; returns ``{name: {value, unit, peer, peer_value, ratio}}`` entries.
+
+    ``quick``: 50k and 100k rows, no Ray (a smoke run).
+    """
+    if quick:
+        sizes_m, ray = (0.05, 0.1), False
+    import importlib.util
+
+    if ray and importlib.util.find_spec("ray") is None:
+        print("Ray is not installed (pip install 'equicare[ray]'): no Ray comparison", flush=True)
+        ray = False
     from equicare.sim._care_parts import write_care_parts
     from equicare.sim.care import CareConfig, CareManagementSim
 
@@ -107,13 +124,11 @@ def run(sizes_m: tuple[float, ...] = (1, 5, 20), folder: str | None = None,
             e = _child(_CHILD_EVALUATE, info["panel"], info["manifest"], "stream")
             print(f"  validate {v['seconds']:.1f} s / {v['peak_mb']:.0f} MB; evaluate "
                   f"{e['seconds']:.1f} s / {e['peak_mb']:.0f} MB", flush=True)
-            results[f"scale_synth_parts_{tag}_rows"] = {"value": gen, "unit": "s"}
-            results[f"scale_validate_stream_{tag}_rows"] = {"value": v["seconds"], "unit": "s"}
-            results[f"scale_validate_stream_{tag}_rows_peak"] = {"value": v["peak_mb"],
-                                                                 "unit": "MB"}
-            results[f"scale_evaluate_stream_{tag}_rows"] = {"value": e["seconds"], "unit": "s"}
-            results[f"scale_evaluate_stream_{tag}_rows_peak"] = {"value": e["peak_mb"],
-                                                                 "unit": "MB"}
+            results[f"scale_synth_parts_{tag}_rows"] = _entry(gen, "s")
+            results[f"scale_validate_stream_{tag}_rows"] = _entry(v["seconds"], "s")
+            results[f"scale_validate_stream_{tag}_rows_peak"] = _entry(v["peak_mb"], "MB")
+            results[f"scale_evaluate_stream_{tag}_rows"] = _entry(e["seconds"], "s")
+            results[f"scale_evaluate_stream_{tag}_rows_peak"] = _entry(e["peak_mb"], "MB")
             rows.append(float(n))
             eval_secs.append(e["seconds"])
             if m == 5 and ray:
@@ -131,8 +146,8 @@ def run(sizes_m: tuple[float, ...] = (1, 5, 20), folder: str | None = None,
             if folder is None:
                 shutil.rmtree(d, ignore_errors=True)
         if len(rows) >= 2:
-            results["scale_evaluate_stream_loglog_slope"] = {
-                "value": _slope(rows, eval_secs), "unit": "slope"}
+            results["scale_evaluate_stream_loglog_slope"] = _entry(_slope(rows, eval_secs),
+                                                                   "slope")
     finally:
         if folder is None:
             shutil.rmtree(base, ignore_errors=True)
@@ -146,7 +161,7 @@ def main() -> None:
     ap.add_argument("--no-ray", action="store_true", help="skip the Ray comparison")
     a = ap.parse_args()
     sizes = tuple(float(s) for s in a.sizes.split(","))
-    print(json.dumps(run(sizes, a.folder, ray=not a.no_ray), indent=2))
+    print(json.dumps(run(sizes_m=sizes, folder=a.folder, ray=not a.no_ray), indent=2))
 
 
 if __name__ == "__main__":
