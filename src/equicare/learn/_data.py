@@ -68,12 +68,14 @@ class TrainData:
     reward : Tensor of shape (n_steps,), float32
         Shaped reward.
     done : Tensor of shape (n_steps,), float32
-        1 at terminal rows (no bootstrap).
+        1 at terminal rows (``dataset.terminals``: the episode truly ends, zero future value).
     next_row : Tensor of shape (n_steps,), int64
         Row of the next step; the row itself when there is none.
     td_ok : Tensor of shape (n_steps,), bool
-        The one-step target is defined: terminal, or a next row exists (a truncated last row is
-        excluded from temporal-difference losses).
+        The one-step target is defined: the row is terminal, or its next row is logged. The last
+        row of a censored episode (not terminal, no next row: the observation window closed) is
+        False and is masked out of every temporal-difference loss, so no learner ever reads a
+        censored end as zero future value (Contract 1).
     group : Tensor of shape (n_steps,), int64
         Group code of each row.
     rows : Tensor of shape (n_eligible,), int64
@@ -109,7 +111,7 @@ class TrainData:
         nxt = dataset.next_index
         has_next = nxt >= 0
         term = np.asarray(dataset.terminals, dtype=bool)
-        done = term | ~has_next
+        done = term  # a censored last row is not done: its target is undefined (td_ok False)
         td_ok = term | has_next
         next_row = np.where(has_next, nxt, np.arange(dataset.n_steps))
         inputs = ModelInputs.from_dataset(dataset, window, history_actions)
