@@ -14,7 +14,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from equicare.models._encoders import HistoryEncoder, MLPEncoder
+from equicare.models._encoders import (
+    CategoricalEmbedding,
+    HistoryEncoder,
+    MLPEncoder,
+    Standardize,
+    embedding_size,
+)
 from equicare.models._heads import (
     FactoredCategoricalHead,
     FactoredQHead,
@@ -55,6 +61,15 @@ class NetworkSpec:
     history_actions : bool
         The inputs of the ``"lstm"`` encoder also hold the previous row's action (one-hot per
         component) and reward (``n_features`` then counts them).
+    categorical_levels : tuple of tuple of str
+        Vocabulary of each categorical state column (its training levels, as strings). With
+        columns here the first ``len(categorical_levels)`` input columns are integer codes
+        (0 = unknown level, ``k + 1`` = level ``k``) that go through learned embeddings
+        (:class:`~equicare.models.CategoricalEmbedding`) instead of one-hot inputs;
+        ``n_features`` counts one column per categorical state.
+    embedding_dims : tuple of int
+        Embedding width of each categorical column (default from
+        :func:`~equicare.models.embedding_size`).
     """
 
     n_features: int
@@ -68,9 +83,25 @@ class NetworkSpec:
     attention_dim: int = 64
     ar_hidden: int = 64
     history_actions: bool = False
+    categorical_levels: tuple[tuple[str, ...], ...] = ()
+    embedding_dims: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         owner = "NetworkSpec"
+        levels = tuple(tuple(str(lv) for lv in col) for col in self.categorical_levels)
+        object.__setattr__(self, "categorical_levels", levels)
+        if not self.embedding_dims and levels:
+            object.__setattr__(self, "embedding_dims",
+                               tuple(embedding_size(len(col)) for col in levels))
+        if len(self.embedding_dims) != len(levels) or any(not col for col in levels) or any(
+                int(d) < 1 for d in self.embedding_dims):
+            raise ValueError(f"The 'embedding_dims' parameter of {owner} must hold one positive "
+                             f"width per non-empty categorical column ({len(levels)}). Got "
+                             f"{self.embedding_dims!r} instead.")
+        if levels and self.n_features < len(levels):
+            raise ValueError(f"The 'n_features' parameter of {owner} must count the "
+                             f"{len(levels)} categorical code columns. Got {self.n_features!r} "
+                             "instead.")
         check_param(self.encoder, "encoder", owner, choices=("mlp", "lstm"))
         check_param(self.head, "head", owner, choices=_HEADS)
         check_param(self.n_features, "n_features", owner, kind=int, low=1,
@@ -93,9 +124,20 @@ class NetworkSpec:
         """Size of the flat action space."""
         return int(np.prod(self.sizes))
 
+    @property
+    def n_categorical(self) -> int:
+        """Leading input columns that hold categorical codes."""
+        return len(self.categorical_levels)
+
+    @property
+    def encoder_inputs(self) -> int:
+        """Width of the encoder's input: embeddings plus the other input columns."""
+        return int(self.n_features - self.n_categorical + sum(self.embedding_dims))
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dictionary (tuples as lists)."""
         d = asdict(self)
+        d["categorical_levels"] = [list(col) for col in self.categorical_levels]
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     @classmethod
@@ -106,7 +148,9 @@ class NetworkSpec:
         if unknown:
             raise ValueError(f"Unknown NetworkSpec keys {unknown}; known: {sorted(known)}.")
         kw: dict[str, Any] = {k: tuple(int(x) for x in v) if isinstance(v, list) else v
-                              for k, v in d.items()}
+                              for k, v in d.items() if k != "categorical_levels"}
+        kw["categorical_levels"] = tuple(tuple(str(x) for x in col)
+                                         for col in d.get("categorical_levels", ()))
         return cls(**kw)
 
 
@@ -122,11 +166,16 @@ class Network(nn.Module):
     def __init__(self, spec: NetworkSpec) -> None:
         super().__init__()
         self.spec = spec
+        self.embed: CategoricalEmbedding | None = None
+        if spec.categorical_levels:
+            self.embed = CategoricalEmbedding([len(c) for c in spec.categorical_levels],
+                                              spec.embedding_dims)
+        n_in = spec.encoder_inputs
         self.encoder: MLPEncoder | HistoryEncoder
         if spec.encoder == "mlp":
-            self.encoder = MLPEncoder(spec.n_features, spec.hidden)
+            self.encoder = MLPEncoder(n_in, spec.hidden)
         else:
-            self.encoder = HistoryEncoder(spec.n_features, spec.window, spec.hidden,
+            self.encoder = HistoryEncoder(n_in, spec.window, spec.hidden,
                                           spec.lstm_hidden, spec.attention_dim)
         d = self.encoder.out_dim
         self.head: nn.Module
@@ -148,9 +197,42 @@ class Network(nn.Module):
         """History rows the encoder reads."""
         return self.spec.window
 
+    def embed_inputs(self, x: Tensor) -> Tensor:
+        """Replace the leading categorical code columns by their embeddings.
+
+        ``(..., n_features)`` -> ``(..., encoder_inputs)``; the identity without categorical
+        columns.
+        """
+        if self.embed is None:
+            return x
+        k = self.spec.n_categorical
+        return torch.cat([self.embed(x[..., :k].long()), x[..., k:]], dim=-1)
+
+    def set_input_stats(self, x: np.ndarray[Any, Any]) -> None:
+        """Fit the input standardisation (and level frequencies) on training inputs.
+
+        Parameters
+        ----------
+        x : ndarray of shape (n_rows, n_features)
+            Training inputs (categorical codes first). The embedding block is left unscaled
+            (mean 0, scale 1): embeddings are learned at the scale the encoder needs.
+        """
+        x = np.asarray(x)
+        if self.embed is None:
+            self.encoder.norm.set_stats(x)
+            return
+        k = self.spec.n_categorical
+        self.embed.set_frequencies(x[:, :k].astype(np.int64))
+        rest = Standardize(self.spec.n_features - k)
+        rest.set_stats(x[:, k:])
+        d = self.embed.out_dim
+        with torch.no_grad():
+            self.encoder.norm.mean.copy_(torch.cat([torch.zeros(d), rest.mean]))
+            self.encoder.norm.scale.copy_(torch.cat([torch.ones(d), rest.scale]))
+
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         """Head outputs for encoded inputs (see class docstring for shapes)."""
-        out: Tensor = self.head(self.encoder(x, lengths))
+        out: Tensor = self.head(self.encoder(self.embed_inputs(x), lengths))
         return out
 
 
