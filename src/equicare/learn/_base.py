@@ -116,13 +116,21 @@ class LearnerConfig:
         group), while the loss of the group whose outcomes the pooled model fits worst does not.
     checkpoint_every : int
         Steps between checkpoints when ``fit`` gets a ``checkpoint_dir`` (0: only at the end).
-    categorical_encoding : {"embedding", "onehot"}
-        How categorical state columns enter the networks: a learned embedding per column
+    categorical_encoding : {"auto", "embedding", "onehot"}
+        How categorical state columns enter the networks. ``"embedding"``: as integer codes (one
+        input column per categorical state) through a learned embedding per column
         (:class:`torch.nn.Embedding`, width from the column's cardinality, see
-        :func:`~equicare.models.embedding_size`; levels unseen in training map to a reserved
-        "unknown" code), or one-hot columns (input width = the number of levels).
+        :func:`~equicare.models.embedding_size`); levels unseen in training map to a reserved
+        "unknown" code. ``"auto"`` (default): the same code inputs, but columns with at most
+        ``onehot_max_levels`` levels get a fixed one-hot block instead of a learned embedding
+        (full rank and faster to learn for a handful of levels, as CatBoost's
+        ``one_hot_max_size``). ``"onehot"``: the old one-hot input columns (input width = the
+        number of levels; the dataset must have the training levels).
     max_embedding_dim : int
         Cap of the embedding widths (>= 1).
+    onehot_max_levels : int
+        With ``"auto"``: the largest number of levels a column may have to get a one-hot block
+        (>= 0; 0 embeds every column).
     seed : int
         Seeds weights, the validation split and the mini-batch order.
     """
@@ -149,8 +157,9 @@ class LearnerConfig:
     group_robust_step: float = 0.05
     group_robust_signal: Literal["auto", "value", "loss"] = "auto"
     checkpoint_every: int = 0
-    categorical_encoding: Literal["embedding", "onehot"] = "embedding"
+    categorical_encoding: Literal["auto", "embedding", "onehot"] = "auto"
     max_embedding_dim: int = 50
+    onehot_max_levels: int = 16
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -199,9 +208,11 @@ class LearnerConfig:
         check_param(self.checkpoint_every, "checkpoint_every", o, kind=int, low=0,
                     expected="an int >= 0")
         check_param(self.categorical_encoding, "categorical_encoding", o,
-                    choices=("embedding", "onehot"))
+                    choices=("auto", "embedding", "onehot"))
         check_param(self.max_embedding_dim, "max_embedding_dim", o, kind=int, low=1,
                     expected="an int >= 1")
+        check_param(self.onehot_max_levels, "onehot_max_levels", o, kind=int, low=0,
+                    expected="an int >= 0")
         check_param(self.seed, "seed", o, kind=int, low=0, expected="an int >= 0")
         if self.early_stopping is not None and self.valid_fraction == 0:
             raise ValueError(PARAM_MESSAGE.format(
@@ -395,7 +406,7 @@ class OfflineLearner(BaseEstimator, metaclass=ABCMeta):  # type: ignore[misc]
                                       "group attributes (manifest dataset.groups).")
         self.group_attr_ = attr
         self.action_space_ = dataset.action_space
-        self._embedded = (cfg.categorical_encoding == "embedding" and dataset.categorical
+        self._embedded = (cfg.categorical_encoding != "onehot" and dataset.categorical
                           is not None and dataset.categorical.shape[1] > 0)
         self.feature_names_ = input_names(dataset, self._embedded)
         self.state_names_ = tuple(dataset.state_names)
@@ -471,9 +482,13 @@ class OfflineLearner(BaseEstimator, metaclass=ABCMeta):  # type: ignore[misc]
                 "encoder": cfg.encoder, "hidden": tuple(cfg.hidden), "window": window,
                 "lstm_hidden": cfg.lstm_hidden, "history_actions": cfg.input_actions}
         if vocab:
+            onehot = tuple(cfg.categorical_encoding == "auto" and len(v) <= cfg.onehot_max_levels
+                           for v in vocab)
             base["categorical_levels"] = vocab
-            base["embedding_dims"] = tuple(embedding_size(len(v), cfg.max_embedding_dim)
-                                           for v in vocab)
+            base["categorical_onehot"] = onehot
+            base["embedding_dims"] = tuple(
+                len(v) if o else embedding_size(len(v), cfg.max_embedding_dim)
+                for v, o in zip(vocab, onehot, strict=True))
         critic_base = {**base, "n_features": int(tdata.critic_inputs.x.shape[1])}
         self.nets_ = self._networks(base, critic_base)
         x_np, xc_np = tdata.inputs.x.numpy(), tdata.critic_inputs.x.numpy()

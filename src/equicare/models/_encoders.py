@@ -262,12 +262,19 @@ class CategoricalEmbedding(nn.Module):
     column's level vectors, :math:`e_{unk} = \sum_k f_k e_k`, so an unseen level is read as an
     average member of the column.
 
+    A column flagged in ``onehot`` gets a fixed identity table instead (its block is the one-hot
+    vector of the level, ``d_j = n_j``, nothing learned; unknown = the frequencies ``f``, which
+    the network's standardisation maps to zero): for a handful of levels a one-hot block is
+    full-rank and learns faster than a narrower embedding, at the same negligible memory.
+
     Parameters
     ----------
     cardinalities : sequence of int
         Training levels ``n_j`` per column (the unknown index comes on top).
     dims : sequence of int
-        Embedding width per column (see :func:`embedding_size`).
+        Embedding width per column (see :func:`embedding_size`); ``n_j`` for one-hot columns.
+    onehot : sequence of bool, optional
+        Columns with a fixed one-hot block (default: none).
 
     Notes
     -----
@@ -276,15 +283,39 @@ class CategoricalEmbedding(nn.Module):
     rows; the inputs hold one integer per column instead of ``n_j`` one-hot columns.
     """
 
-    def __init__(self, cardinalities: Sequence[int], dims: Sequence[int]) -> None:
+    def __init__(self, cardinalities: Sequence[int], dims: Sequence[int],
+                 onehot: Sequence[bool] | None = None) -> None:
         super().__init__()
         if len(cardinalities) != len(dims):
             raise ValueError("cardinalities and dims must have the same length.")
-        self.tables = nn.ModuleList(nn.Embedding(int(n), int(d))
-                                    for n, d in zip(cardinalities, dims, strict=True))
-        for j, n in enumerate(cardinalities):
+        self.onehot = tuple(bool(o) for o in (onehot or [False] * len(dims)))
+        if len(self.onehot) != len(dims) or any(
+                o and int(d) != int(n) for o, n, d in zip(self.onehot, cardinalities, dims,
+                                                            strict=True)):
+            raise ValueError("onehot needs one flag per column, and a one-hot column's width "
+                             "equals its number of levels.")
+        self.tables = nn.ModuleList(nn.Embedding(int(n), int(d)) for n, d, o in zip(
+            cardinalities, dims, self.onehot, strict=True) if not o)
+        for j, (n, o) in enumerate(zip(cardinalities, self.onehot, strict=True)):
             self.register_buffer(f"freq{j}", torch.full((int(n),), 1.0 / int(n)))
-        self.out_dim = int(sum(int(d) for d in dims))
+            if o:
+                self.register_buffer(f"eye{j}", torch.eye(int(n)), persistent=False)
+        self.dims = tuple(int(d) for d in dims)
+        self.out_dim = int(sum(self.dims))
+
+    def frequencies(self, j: int) -> Tensor:
+        """Training frequency of each level of column ``j``, shape ``(n_j,)``."""
+        out: Tensor = getattr(self, f"freq{j}")
+        return out
+
+    def level_vectors(self, j: int) -> Tensor:
+        """Vectors of the training levels of column ``j``, shape ``(n_j, d_j)``."""
+        if self.onehot[j]:
+            eye: Tensor = getattr(self, f"eye{j}")
+            return eye
+        k = sum(1 for o in self.onehot[:j] if not o)
+        weight: Tensor = self.tables[k].weight
+        return weight
 
     def set_frequencies(self, codes: NDArray[np.int64]) -> None:
         """Set the level frequencies (weights of the unknown vector) from training codes.
@@ -295,17 +326,17 @@ class CategoricalEmbedding(nn.Module):
             Vocabulary codes (0 = unknown, ignored).
         """
         c = np.asarray(codes, dtype=np.int64)
-        for j, table in enumerate(self.tables):
-            n = table.num_embeddings
+        for j in range(len(self.dims)):
+            n = self.frequencies(j).shape[0]
             counts = np.bincount(c[:, j], minlength=n + 1)[1:n + 1].astype(np.float64)
             f = counts / counts.sum() if counts.sum() > 0 else np.full(n, 1.0 / n)
-            getattr(self, f"freq{j}").copy_(torch.as_tensor(f, dtype=torch.float32))
+            self.frequencies(j).copy_(torch.as_tensor(f, dtype=torch.float32))
 
     def forward(self, codes: Tensor) -> Tensor:
         """Concatenated embeddings of integer codes ``(..., n_columns)`` -> ``(..., out_dim)``."""
         out = []
-        for j, table in enumerate(self.tables):
-            freq: Tensor = getattr(self, f"freq{j}")
-            weight = torch.cat([(freq @ table.weight)[None, :], table.weight], dim=0)
+        for j in range(len(self.dims)):
+            w = self.level_vectors(j)
+            weight = torch.cat([(self.frequencies(j) @ w)[None, :], w], dim=0)
             out.append(nn.functional.embedding(codes[..., j], weight))
         return torch.cat(out, dim=-1)

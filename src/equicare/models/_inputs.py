@@ -86,11 +86,16 @@ def state_inputs(dataset: Any, vocabulary: Vocabulary | None) -> NDArray[np.floa
 
 
 def input_names(dataset: Any, embedded: bool) -> tuple[str, ...]:
-    """State columns a model reads: one-hot names (``"region=north"``), or with embeddings the
-    numeric state names followed by ``"<column>:embedding"`` per categorical column."""
+    """Names of the state columns a model reads.
+
+    One-hot inputs: :meth:`TrajectoryDataset.feature_names` (``"region=north"``). Code inputs
+    (``embedded``): the numeric state names, then ``"<column>:categorical"`` per categorical
+    column (its levels live in the network's vocabulary, so new levels do not change the names).
+    """
     if not embedded:
         return tuple(dataset.feature_names())
-    return tuple(dataset.state_names) + tuple(f"{c}:embedding" for c in dataset.categorical_names)
+    return tuple(dataset.state_names) + tuple(f"{c}:categorical"
+                                              for c in dataset.categorical_names)
 
 
 def previous_action_features(codes: NDArray[np.int64], sizes: tuple[int, ...],

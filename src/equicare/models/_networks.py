@@ -69,7 +69,10 @@ class NetworkSpec:
         ``n_features`` counts one column per categorical state.
     embedding_dims : tuple of int
         Embedding width of each categorical column (default from
-        :func:`~equicare.models.embedding_size`).
+        :func:`~equicare.models.embedding_size`; the number of levels for one-hot columns).
+    categorical_onehot : tuple of bool
+        Columns read through a fixed one-hot block instead of a learned embedding (default:
+        none; see :class:`~equicare.models.CategoricalEmbedding`).
     """
 
     n_features: int
@@ -85,14 +88,25 @@ class NetworkSpec:
     history_actions: bool = False
     categorical_levels: tuple[tuple[str, ...], ...] = ()
     embedding_dims: tuple[int, ...] = ()
+    categorical_onehot: tuple[bool, ...] = ()
 
     def __post_init__(self) -> None:
         owner = "NetworkSpec"
         levels = tuple(tuple(str(lv) for lv in col) for col in self.categorical_levels)
         object.__setattr__(self, "categorical_levels", levels)
+        onehot = tuple(bool(o) for o in self.categorical_onehot) or (False,) * len(levels)
+        object.__setattr__(self, "categorical_onehot", onehot)
+        if len(onehot) != len(levels):
+            raise ValueError(f"The 'categorical_onehot' parameter of {owner} must hold one flag "
+                             f"per categorical column ({len(levels)}). Got {onehot!r} instead.")
         if not self.embedding_dims and levels:
-            object.__setattr__(self, "embedding_dims",
-                               tuple(embedding_size(len(col)) for col in levels))
+            object.__setattr__(self, "embedding_dims", tuple(
+                len(col) if o else embedding_size(len(col))
+                for col, o in zip(levels, onehot, strict=True)))
+        if any(o and int(d) != len(col) for col, o, d in zip(
+                levels, onehot, self.embedding_dims, strict=False)):
+            raise ValueError(f"The 'embedding_dims' parameter of {owner} must equal the number "
+                             f"of levels of a one-hot column. Got {self.embedding_dims!r} instead.")
         if len(self.embedding_dims) != len(levels) or any(not col for col in levels) or any(
                 int(d) < 1 for d in self.embedding_dims):
             raise ValueError(f"The 'embedding_dims' parameter of {owner} must hold one positive "
@@ -147,10 +161,12 @@ class NetworkSpec:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"Unknown NetworkSpec keys {unknown}; known: {sorted(known)}.")
+        special = ("categorical_levels", "categorical_onehot")
         kw: dict[str, Any] = {k: tuple(int(x) for x in v) if isinstance(v, list) else v
-                              for k, v in d.items() if k != "categorical_levels"}
+                              for k, v in d.items() if k not in special}
         kw["categorical_levels"] = tuple(tuple(str(x) for x in col)
                                          for col in d.get("categorical_levels", ()))
+        kw["categorical_onehot"] = tuple(bool(x) for x in d.get("categorical_onehot", ()))
         return cls(**kw)
 
 
@@ -169,7 +185,7 @@ class Network(nn.Module):
         self.embed: CategoricalEmbedding | None = None
         if spec.categorical_levels:
             self.embed = CategoricalEmbedding([len(c) for c in spec.categorical_levels],
-                                              spec.embedding_dims)
+                                              spec.embedding_dims, spec.categorical_onehot)
         n_in = spec.encoder_inputs
         self.encoder: MLPEncoder | HistoryEncoder
         if spec.encoder == "mlp":
@@ -214,8 +230,10 @@ class Network(nn.Module):
         Parameters
         ----------
         x : ndarray of shape (n_rows, n_features)
-            Training inputs (categorical codes first). The embedding block is left unscaled
-            (mean 0, scale 1): embeddings are learned at the scale the encoder needs.
+            Training inputs (categorical codes first). Learned embedding blocks are left
+            unscaled (mean 0, scale 1: they are learned at the scale the encoder needs); a
+            one-hot block gets the statistics of its one-hot columns (mean ``f``, scale
+            ``sqrt(f (1 - f))`` for level frequencies ``f``), as one-hot inputs always had.
         """
         x = np.asarray(x)
         if self.embed is None:
@@ -225,10 +243,19 @@ class Network(nn.Module):
         self.embed.set_frequencies(x[:, :k].astype(np.int64))
         rest = Standardize(self.spec.n_features - k)
         rest.set_stats(x[:, k:])
-        d = self.embed.out_dim
+        means, scales = [], []
+        for j, d in enumerate(self.embed.dims):
+            if self.embed.onehot[j]:
+                f = self.embed.frequencies(j)
+                sd = torch.sqrt(f * (1.0 - f))
+                means.append(f)
+                scales.append(torch.where(sd > 1e-8, sd, torch.ones_like(sd)))
+            else:
+                means.append(torch.zeros(d))
+                scales.append(torch.ones(d))
         with torch.no_grad():
-            self.encoder.norm.mean.copy_(torch.cat([torch.zeros(d), rest.mean]))
-            self.encoder.norm.scale.copy_(torch.cat([torch.ones(d), rest.scale]))
+            self.encoder.norm.mean.copy_(torch.cat([*means, rest.mean]))
+            self.encoder.norm.scale.copy_(torch.cat([*scales, rest.scale]))
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         """Head outputs for encoded inputs (see class docstring for shapes)."""

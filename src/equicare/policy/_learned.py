@@ -138,7 +138,7 @@ class LearnedPolicy:
     feature_names : tuple of str
         State columns the model reads (:func:`equicare.models._inputs.input_names`): the one-hot
         names of the training data (``TrajectoryDataset.feature_names()``), or with learned
-        embeddings the numeric state names and ``"<column>:embedding"`` per categorical column
+        embeddings the numeric state names and ``"<column>:categorical"`` per categorical column
         (whose vocabulary is in ``network.spec.categorical_levels``; unseen levels are read as
         "unknown").
     output : {"logits", "q"}
