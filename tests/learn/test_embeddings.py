@@ -59,7 +59,7 @@ def test_memory_of_a_700_level_state_is_independent_of_its_width(encoding):
         from_frame(_wide_frame(7, n_rows=40), WIDE_MANIFEST, emit_warnings=False), progress=False)
     peak, width = {}, {}
     for n, ds in data.items():
-        def fit(ds=ds):
+        def fit(ds=ds, n=n):
             learner = CQL(n_steps=5, hidden=(16,), batch_size=64, valid_fraction=0.0,
                           categorical_encoding=encoding).fit(ds, progress=False)
             width[n] = learner.nets_["policy"].spec.n_features

@@ -313,9 +313,9 @@ class CategoricalEmbedding(nn.Module):
         if self.onehot[j]:
             eye: Tensor = getattr(self, f"eye{j}")
             return eye
-        k = sum(1 for o in self.onehot[:j] if not o)
-        weight: Tensor = self.tables[k].weight
-        return weight
+        table = self.tables[sum(1 for o in self.onehot[:j] if not o)]
+        assert isinstance(table, nn.Embedding)
+        return table.weight
 
     def set_frequencies(self, codes: NDArray[np.int64]) -> None:
         """Set the level frequencies (weights of the unknown vector) from training codes.
