@@ -66,3 +66,15 @@ def test_validate_bad_manifest(panel, tmp_path):
     res = runner.invoke(app, ["validate", str(p), "--manifest", str(bad)])
     assert res.exit_code == 2
     assert "did you mean 'episode'?" in res.output
+
+
+def test_validate_says_every_end_is_censored_without_terminal(panel):
+    p, m, frame = panel
+    res = runner.invoke(app, ["validate", str(p), "--manifest", str(m)], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    lines = [ln for ln in res.output.splitlines() if "censored" in ln and "note" in ln]
+    assert lines == ["note: no 'terminal' column: every episode end is treated as censored"]
+    out = json.loads(runner.invoke(app, ["validate", str(p), "--manifest", str(m),
+                                         "--json"]).output)
+    assert out["notes"] == ["no 'terminal' column: every episode end is treated as censored"]
+    assert out["episode_ends"] == {"terminal": 0, "censored": frame.member_id.nunique()}

@@ -85,7 +85,8 @@ def test_loader_on_random_tables(n, seed, max_len):
     assert ds.n_steps == len(frame)
     assert ds.n_episodes == frame.member_id.nunique()
     assert ds.episode_lengths.sum() == ds.n_steps
-    assert ds.terminals.sum() == ds.n_episodes and ds.terminals[ds.is_last].all()
+    # no terminal column: no row is terminal, every episode end is censored (Contract 1)
+    assert not ds.terminals.any() and ds.censored.all()
     # every row survives with its values: compare sorted reward sums per episode
     by = frame.groupby("member_id")["r_engagement"].sum().sort_index().to_numpy()
     np.testing.assert_allclose(ds.episode_sum(ds.reward_components[:, 1], discount=False), by)

@@ -213,3 +213,46 @@ def test_unsupported_and_missing_file(tmp_path, manifest_dict):
     p.write_text("x")
     with pytest.raises(DataValidationError, match="unsupported file type '.xlsx'"):
         load_dataset(p, manifest_dict)
+
+
+def test_no_terminal_column_is_noted_once(frame, manifest_dict):
+    from equicare.data.validate import NO_TERMINAL_NOTE
+
+    rep = validate_frame(frame, Manifest.from_dict(manifest_dict), "panel.csv")
+    assert rep.ok and rep.notes == [NO_TERMINAL_NOTE]
+    assert not any("censored" in w for w in rep.warnings)  # a note, not a warning
+    assert NO_TERMINAL_NOTE == "no 'terminal' column: every episode end is treated as censored"
+    manifest_dict["dataset"]["terminal"] = "done"
+    frame["done"] = 0
+    rep = validate_frame(frame, Manifest.from_dict(manifest_dict), "panel.csv")
+    assert rep.ok and rep.notes == []
+
+
+def test_terminal_before_the_last_row_of_its_episode(frame, manifest_dict):
+    ds = from_frame(frame, manifest_dict, emit_warnings=False)
+    first = int(np.flatnonzero(ds.is_first & ~ds.is_last)[0])  # an episode with >= 2 rows
+    ep, week = ds.episode_ids[ds.episode_index[first]], ds.times[first]
+    manifest_dict["dataset"]["terminal"] = "done"
+    frame["done"] = 0
+    bad = frame.index[(frame["member_id"] == ep) & (frame["week"] == week)][0]
+    frame.loc[bad, "done"] = 1
+    assert_invalid(frame, manifest_dict, f"column 'done' (terminal) is 1 before the last row of "
+                   f"its episode in 1 row (first: {bad};", "must be the episode's last row")
+
+
+def test_terminal_and_censored_episode_ends(frame, manifest_dict):
+    """Contract 1: a terminal last row ends the episode; any other last row is censored."""
+    manifest_dict["dataset"]["terminal"] = "done"
+    order = frame.sort_values(["member_id", "week"]).index
+    last = frame.loc[order].groupby("member_id").tail(1).index
+    frame["done"] = 0
+    ended = last[::2]
+    frame.loc[ended, "done"] = 1
+    ds = from_frame(frame, manifest_dict, emit_warnings=False)
+    ids_ended = set(frame.loc[ended, "member_id"])
+    np.testing.assert_array_equal(ds.censored, ~np.isin(ds.episode_ids, list(ids_ended)))
+    assert ds.terminals.sum() == len(ended) and ds.terminals[ds.is_last].sum() == len(ended)
+    assert ds.summary()["episode_ends"] == {"terminal": len(ended),
+                                            "censored": ds.n_episodes - len(ended)}
+    sub = ds.subset(np.flatnonzero(ds.censored))  # subsets keep the flags
+    assert sub.censored.all() and not sub.terminals.any()

@@ -56,7 +56,9 @@ def test_group_aware_critic_round_trip(tmp_path, small_data):
     """critic_groups: the critic reads the group one-hot, the policy does not."""
     awr = AWR(n_steps=30, hidden=(16,), critic_groups=True, group_robust=0.5,
               valid_fraction=0.2).fit(small_data, progress=False)
-    n_feat = len(small_data.feature_names())
+    from equicare.models._inputs import input_names
+
+    n_feat = len(input_names(small_data, embedded=True))  # one code column per categorical state
     assert awr.nets_["critic"].spec.n_features == n_feat + 2  # groups A, B
     assert awr.nets_["policy"].spec.n_features == n_feat
     assert np.isclose(awr.group_weights_.sum(), 1.0)

@@ -121,7 +121,9 @@ def test_auto_signal_uses_the_value_only_with_a_group_aware_critic(hidden_groups
 
 def test_awr_critic_reads_the_group_by_default_only_when_group_robust(hidden_groups):
     _, data = hidden_groups
-    n_feat = len(data.feature_names())
+    from equicare.models._inputs import input_names
+
+    n_feat = len(input_names(data, embedded=True))  # one code column per categorical state
     plain = AWR(n_steps=2, hidden=(8,), valid_fraction=0.0).fit(data, progress=False)
     robust = AWR(n_steps=2, hidden=(8,), valid_fraction=0.0, group_robust=0.3).fit(
         data, progress=False)

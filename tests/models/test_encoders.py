@@ -127,3 +127,48 @@ def test_previous_action_features_and_window_slot_zeroing():
     assert int(ln[0]) == 2
     # the stored tensor itself is not modified
     assert inputs.x[1, 1] == 1.0
+
+
+# ----------------------------------------------------------------------------- categorical inputs
+def test_categorical_embedding_unknown_is_the_frequency_weighted_mean():
+    from equicare.models import CategoricalEmbedding
+
+    emb = seeded(0, CategoricalEmbedding, [5, 3], [4, 3], [False, True])
+    codes = np.array([[1, 1], [1, 2], [2, 3], [5, 1]])  # levels 0, 0, 1, 4 and 0, 1, 2, 0
+    emb.set_frequencies(codes)
+    np.testing.assert_allclose(emb.frequencies(0).numpy(), [0.5, 0.25, 0, 0, 0.25])
+    out = emb(torch.tensor([[0, 0], [3, 2]]))
+    assert out.shape == (2, 7) and emb.out_dim == 7
+    w = emb.level_vectors(0).detach()
+    torch.testing.assert_close(out[0, :4], emb.frequencies(0) @ w)  # unknown = weighted mean
+    torch.testing.assert_close(out[1, :4], w[2])
+    torch.testing.assert_close(out[:, 4:], torch.tensor([[0.5, 0.25, 0.25], [0.0, 1.0, 0.0]]))
+    # windows: any leading shape
+    assert emb(torch.zeros(6, 4, 2, dtype=torch.int64)).shape == (6, 4, 7)
+    assert len(list(emb.parameters())) == 1  # the one-hot column has no parameters
+
+
+def test_network_with_categorical_codes_round_trip_and_standardisation():
+    from equicare.models import NetworkSpec, build_network
+
+    spec = NetworkSpec(n_features=3, sizes=(3,), support=(0, 1, 2), hidden=(8,),
+                       categorical_levels=(tuple("abcdefghijklmnopqrst"), ("x", "y")),
+                       categorical_onehot=(False, True))
+    assert spec.embedding_dims == (9, 2) and spec.encoder_inputs == 9 + 2 + 1
+    assert NetworkSpec.from_dict(spec.to_dict()) == spec
+    net = build_network(spec, seed=0)
+    x = np.c_[np.tile([1, 2, 3, 20], 5), np.repeat([1, 2], 10), np.arange(20.0)]
+    net.set_input_stats(x.astype(np.float32))
+    norm = net.encoder.norm
+    np.testing.assert_allclose(norm.mean[:9].numpy(), 0.0)  # learned block: unscaled
+    np.testing.assert_allclose(norm.scale[:9].numpy(), 1.0)
+    np.testing.assert_allclose(norm.mean[9:11].numpy(), [0.5, 0.5])  # one-hot block: f
+    np.testing.assert_allclose(norm.scale[9:11].numpy(), [0.5, 0.5])
+    np.testing.assert_allclose(norm.mean[11].item(), 9.5)
+    assert net(torch.as_tensor(x[:4], dtype=torch.float32)).shape == (4, 3)
+    with pytest.raises(ValueError, match="must equal the number of levels of a one-hot column"):
+        NetworkSpec(n_features=3, sizes=(3,), support=(0,), categorical_levels=(("a", "b"),),
+                    categorical_onehot=(True,), embedding_dims=(1,))
+    with pytest.raises(ValueError, match="one positive width per non-empty categorical column"):
+        NetworkSpec(n_features=3, sizes=(3,), support=(0,), categorical_levels=(("a", "b"),),
+                    embedding_dims=(1, 2))

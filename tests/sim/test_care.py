@@ -96,7 +96,7 @@ def test_manifest(sim, panel):
     assert man.action_space.n_actions == 300
     assert {r.name: r.weight for r in man.reward} == CARE_DEFAULT_WEIGHTS
     assert (man.gamma, man.behavior_prob, man.need, man.terminal, man.mediators) == (
-        0.99, "propensity", "high_need", "done", ("engaged",))
+        0.99, "propensity", "high_need", "disenrolled", ("engaged",))
     assert set(man.named_columns) <= set(panel.frame.columns)
     groups = panel.frame.groupby("race_ethnicity", observed=True)["member_id"].nunique()
     assert len(groups) == 5 and groups.max() > 3 * groups.min()   # unequal sizes
@@ -182,11 +182,12 @@ def test_variable_episode_lengths(panel, ds):
     first = f[f["tenure"] == 0]
     late = (first["week"] > 0).mean()
     assert 0.1 < late < 0.3
-    ends = f[f["done"] == 1]
-    assert len(ends) == ds.n_episodes
-    left = ends["disenrolled"].mean()
+    last = f.groupby("member_id", sort=False).tail(1)
+    assert len(last) == ds.n_episodes
+    left = last["disenrolled"].mean()
     assert 0.1 < left < 0.35
-    assert (ends.loc[ends["disenrolled"] == 0, "week"] == 51).all()
+    assert (last.loc[last["disenrolled"] == 0, "week"] == 51).all()
+    assert f["disenrolled"].sum() == last["disenrolled"].sum()  # only on last rows
 
 
 def test_no_churn(sim):
@@ -503,3 +504,19 @@ def test_parts_folder_streams_like_one_panel(tmp_path):
     truth = sim.true_value(sim.behavior_policy(), n_members=6000, n_weeks=12, random_state=2)
     se = np.hypot(ret.std(ddof=1) / np.sqrt(ret.size), truth.se)
     assert abs(ret.mean() - truth.value) < 3.5 * se
+
+
+def test_terminal_column_is_disenrolment_not_the_window_end(panel, ds):
+    """Contract 1: ``disenrolled`` ends an episode; the close of the calendar window censors it."""
+    assert panel.manifest.terminal == "disenrolled"
+    assert not ds.terminals[~ds.is_last].any()  # terminal only on an episode's last row
+    f = panel.frame
+    last = f.groupby("member_id", sort=True).tail(1)
+    np.testing.assert_array_equal(ds.terminals[ds.is_last],
+                                  last.sort_values("member_id")["disenrolled"].to_numpy() == 1)
+    # censored = still enrolled in the last calendar week (51); everyone else disenrolled
+    censored_week = last.sort_values("member_id")["week"].to_numpy()[ds.censored]
+    assert (censored_week == 51).all()
+    assert 0.6 < ds.censored.mean() < 0.9
+    assert ds.summary()["episode_ends"] == {"terminal": int((~ds.censored).sum()),
+                                            "censored": int(ds.censored.sum())}

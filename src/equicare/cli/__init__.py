@@ -118,15 +118,18 @@ def validate(
         rep, _, _ = validate_path(data, manifest)
         if not rep.ok:
             if json_out:
-                print_json({"valid": False, "errors": rep.errors, "warnings": rep.warnings})
+                print_json({"valid": False, "errors": rep.errors, "warnings": rep.warnings,
+                            "notes": rep.notes})
                 raise typer.Exit(code=2)
             rep.raise_if_errors()
         ds = load_dataset(data, manifest, emit_warnings=False)
     summary = ds.summary()
     if json_out:
-        print_json({"valid": True, **summary, "warnings": rep.warnings})
+        print_json({"valid": True, **summary, "warnings": rep.warnings, "notes": rep.notes})
         return
     _print_summary(summary)
+    for note in rep.notes:
+        console.print(f"note: {escape(note)}", highlight=False)
     for w in rep.warnings:
         console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
     console.print("[green]valid[/]")
@@ -145,6 +148,9 @@ def _print_summary(s: dict[str, Any]) -> None:
     el = s["episode_length"]
     t.add_row("episode length", f"min {el['min']}, median {el['median']:g}, max {el['max']}")
     t.add_row("state features", str(s["n_features"]))
+    if "episode_ends" in s:
+        ends = s["episode_ends"]
+        t.add_row("episode ends", f"{ends['terminal']:,} terminal, {ends['censored']:,} censored")
     t.add_row("observed action combinations", f"{s['observed_actions']} of {s['n_actions']}")
     for name, pct in s["reward_nonzero_pct"].items():
         t.add_row(f"reward '{name}' non-zero (weight {s['reward_weights'][name]:g})", f"{pct:.2f}%")

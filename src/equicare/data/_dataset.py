@@ -43,7 +43,10 @@ class TrajectoryDataset:
     reward_components : ndarray of shape (n_steps, n_rewards), float64
         Raw reward components; the shaped reward is ``reward_components @ reward_weights``.
     terminals : ndarray of shape (n_steps,), bool
-        True at a terminal step (by default the last row of each episode).
+        True at a row after which the episode truly ends (death, discharge, disenrolment, an
+        absorbing outcome). An episode whose last row is not terminal is *censored*: the
+        observation window closed, the process went on. Without a ``terminal`` column in the
+        manifest no row is terminal (every episode end is censored).
     episode_offsets : ndarray of shape (n_episodes + 1,), int64
         Rows of episode ``e`` are ``episode_offsets[e]:episode_offsets[e+1]``.
     episode_ids : ndarray of shape (n_episodes,)
@@ -198,6 +201,15 @@ class TrajectoryDataset:
             return out
 
         return self._cached("is_last", make)
+
+    @property
+    def censored(self) -> NDArray[np.bool_]:
+        """True for episodes whose last row is not terminal, shape ``(n_episodes,)``.
+
+        A censored episode's process continues after its last row; its end carries no
+        information about the future value (learners never treat it as zero).
+        """
+        return ~self.terminals[self.episode_offsets[1:] - 1]
 
     @property
     def next_index(self) -> NDArray[np.int64]:
@@ -460,6 +472,8 @@ class TrajectoryDataset:
                 "max": int(self.episode_lengths.max()),
             },
             "n_features": self.n_features,
+            "episode_ends": {"terminal": int(self.n_episodes - self.censored.sum()),
+                             "censored": int(self.censored.sum())},
             "n_actions": self.n_actions,
             "observed_actions": int((counts > 0).sum()),
             "action_components": self.action_space.to_dict(),

@@ -233,11 +233,9 @@ def _build(
     space = man.action_space
     actions = space.to_flat(rep.action_codes[order])
     rewards = np.stack([col(r.column, np.float64) for r in man.reward], axis=1)
-    if man.terminal:
-        terminals = col(man.terminal, np.float64).astype(bool)
-    else:
-        terminals = np.zeros(n, dtype=bool)
-        terminals[offsets[1:] - 1] = True
+    # without a terminal column every episode end is censored (Contract 1): no row is terminal
+    terminals = (col(man.terminal, np.float64).astype(bool) if man.terminal
+                 else np.zeros(n, dtype=bool))
     categorical = None
     cat_levels: list[tuple[Any, ...]] = []
     if man.categorical_states:

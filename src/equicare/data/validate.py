@@ -19,7 +19,11 @@ from equicare.data._manifest import ActionColumn, Manifest
 from equicare.exceptions import DataValidationError, DataWarning
 from equicare.utils import MIN_CELL
 
-__all__ = ["ValidationReport", "validate_frame", "encode_actions", "SPARSE_REWARD_PCT"]
+__all__ = ["ValidationReport", "validate_frame", "encode_actions", "SPARSE_REWARD_PCT",
+           "NO_TERMINAL_NOTE"]
+
+#: Note of a manifest without ``dataset.terminal`` (Contract 1: every episode end is censored).
+NO_TERMINAL_NOTE = "no 'terminal' column: every episode end is treated as censored"
 
 #: Reward components non-zero in fewer than this % of rows raise a sparsity warning.
 SPARSE_REWARD_PCT = 1.0
@@ -38,6 +42,9 @@ class ValidationReport:
         Problems that make the table unusable.
     warnings : list of str
         Valid but suspicious findings.
+    notes : list of str
+        How the data will be read, one line each (e.g. :data:`NO_TERMINAL_NOTE`); never raised
+        or emitted as warnings.
     order : ndarray of shape (n_rows,), optional
         Row order that sorts the table by (episode, time); set when the keys are usable.
     episode_codes, action_codes : arrays, optional
@@ -47,6 +54,7 @@ class ValidationReport:
     source: str
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     order: NDArray[np.int64] | None = None
     episode_codes: NDArray[np.int64] | None = None
     episode_uniques: NDArray[Any] | None = None
@@ -305,6 +313,19 @@ def validate_frame(
                 f"{source}: column {manifest.terminal!r} (terminal) must be 0/1 or true/false; "
                 f"{_rows(bad_term)} are not."
             )
+        elif rep.order is not None and rep.episode_codes is not None:
+            # a terminal row ends its episode: no row of the same episode may follow it
+            c_s = rep.episode_codes[rep.order]
+            not_last = np.r_[c_s[1:] == c_s[:-1], False]
+            early = not_last & (v[rep.order] == 1.0)
+            if early.any():
+                err(
+                    f"{source}: column {manifest.terminal!r} (terminal) is 1 before the last row "
+                    f"of its episode in {_rows(early, rep.order)}; a terminal row ends the "
+                    "episode, so it must be the episode's last row."
+                )
+    else:
+        rep.notes.append(NO_TERMINAL_NOTE)
     if manifest.need:
         v = pd.to_numeric(df[manifest.need], errors="coerce").to_numpy(
             dtype=np.float64, na_value=np.nan

@@ -380,6 +380,12 @@ class OMG:
         R = torch.as_tensor(tr.rewards)
         S2 = torch.as_tensor(s2_real)
         D = torch.as_tensor(tr.terminals)
+        # logged rows of the critic: a censored last row (not terminal, no next row) bootstraps
+        # from the dynamics model's predicted next state; without a model it has no target and
+        # is never drawn (never zero future value: Contract 1)
+        real_rows = np.arange(n, dtype=np.int64)
+        if not cfg.use_model and tr.censored is not None and tr.censored.any():
+            real_rows = np.flatnonzero(~tr.censored)
         mean = tr.states.astype(np.float64).mean(axis=0)
         std = tr.states.astype(np.float64).std(axis=0)
         agent = DiscreteSAC(d, k, cfg.sac, gamma, mean, std)
@@ -448,7 +454,7 @@ class OMG:
             t0 = time.perf_counter()
             stats: list[dict[str, float]] = []
             for _ in range(cfg.policy_updates):
-                ri = torch.as_tensor(rng.integers(0, n, size=n_real))
+                ri = torch.as_tensor(real_rows[rng.integers(0, real_rows.size, size=n_real)])
                 s, a, s2, dn = S[ri], A[ri], S2[ri], D[ri]
                 r = self._policy_reward(s, a, s2) if learned else R[ri]
                 if n_model > 0 and buffer is not None and buffer.size > 0:

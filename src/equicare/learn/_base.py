@@ -28,7 +28,8 @@ from torch import Tensor
 from equicare.exceptions import DataValidationError, PolicyError
 from equicare.learn._data import EpochSampler, TrainData, group_codes, support_of
 from equicare.learn._fairness import GroupDRO, group_value_signal, parity_penalty
-from equicare.models._inputs import batched_forward
+from equicare.models._encoders import embedding_size
+from equicare.models._inputs import batched_forward, categorical_vocabulary, input_names
 from equicare.models._networks import Network, NetworkSpec
 from equicare.policy._learned import (
     LearnedPolicy,
@@ -115,6 +116,21 @@ class LearnerConfig:
         group), while the loss of the group whose outcomes the pooled model fits worst does not.
     checkpoint_every : int
         Steps between checkpoints when ``fit`` gets a ``checkpoint_dir`` (0: only at the end).
+    categorical_encoding : {"auto", "embedding", "onehot"}
+        How categorical state columns enter the networks. ``"embedding"``: as integer codes (one
+        input column per categorical state) through a learned embedding per column
+        (:class:`torch.nn.Embedding`, width from the column's cardinality, see
+        :func:`~equicare.models.embedding_size`); levels unseen in training map to a reserved
+        "unknown" code. ``"auto"`` (default): the same code inputs, but columns with at most
+        ``onehot_max_levels`` levels get a fixed one-hot block instead of a learned embedding
+        (full rank and faster to learn for a handful of levels, as CatBoost's
+        ``one_hot_max_size``). ``"onehot"``: the old one-hot input columns (input width = the
+        number of levels; the dataset must have the training levels).
+    max_embedding_dim : int
+        Cap of the embedding widths (>= 1).
+    onehot_max_levels : int
+        With ``"auto"``: the largest number of levels a column may have to get a one-hot block
+        (>= 0; 0 embeds every column).
     seed : int
         Seeds weights, the validation split and the mini-batch order.
     """
@@ -141,6 +157,9 @@ class LearnerConfig:
     group_robust_step: float = 0.05
     group_robust_signal: Literal["auto", "value", "loss"] = "auto"
     checkpoint_every: int = 0
+    categorical_encoding: Literal["auto", "embedding", "onehot"] = "auto"
+    max_embedding_dim: int = 50
+    onehot_max_levels: int = 16
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -187,6 +206,12 @@ class LearnerConfig:
         check_param(self.group_robust_signal, "group_robust_signal", o,
                     choices=("auto", "value", "loss"))
         check_param(self.checkpoint_every, "checkpoint_every", o, kind=int, low=0,
+                    expected="an int >= 0")
+        check_param(self.categorical_encoding, "categorical_encoding", o,
+                    choices=("auto", "embedding", "onehot"))
+        check_param(self.max_embedding_dim, "max_embedding_dim", o, kind=int, low=1,
+                    expected="an int >= 1")
+        check_param(self.onehot_max_levels, "onehot_max_levels", o, kind=int, low=0,
                     expected="an int >= 0")
         check_param(self.seed, "seed", o, kind=int, low=0, expected="an int >= 0")
         if self.early_stopping is not None and self.valid_fraction == 0:
@@ -381,7 +406,9 @@ class OfflineLearner(BaseEstimator, metaclass=ABCMeta):  # type: ignore[misc]
                                       "group attributes (manifest dataset.groups).")
         self.group_attr_ = attr
         self.action_space_ = dataset.action_space
-        self.feature_names_ = tuple(dataset.feature_names())
+        self._embedded = (cfg.categorical_encoding != "onehot" and dataset.categorical
+                          is not None and dataset.categorical.shape[1] > 0)
+        self.feature_names_ = input_names(dataset, self._embedded)
         self.state_names_ = tuple(dataset.state_names)
         self.support_ = support_of(dataset, cfg.support, cfg.min_support_count)
         self.fair_mask_ = (np.zeros(dataset.n_actions, dtype=bool) if cfg.fair_action is None
@@ -434,12 +461,16 @@ class OfflineLearner(BaseEstimator, metaclass=ABCMeta):  # type: ignore[misc]
         self._n_groups = int(len(levels))
         window = cfg.input_window
         n_cg = self._n_groups if self._critic_groups() else 0
-        tdata = TrainData.build(train, window, self.support_, g_train, cfg.input_actions, n_cg)
+        # embedding vocabulary: the levels of the training rows (others map to "unknown")
+        vocab = categorical_vocabulary(train) if self._embedded else None
+        self.categorical_levels_ = vocab
+        tdata = TrainData.build(train, window, self.support_, g_train, cfg.input_actions, n_cg,
+                                vocab)
         vdata = None
         if valid is not None:
             g_valid, _ = group_codes(valid, self.group_attr_, levels)
             vdata = TrainData.build(valid, window, self.support_, g_valid, cfg.input_actions,
-                                    n_cg)
+                                    n_cg, vocab)
         if tdata.rows.shape[0] == 0:
             raise DataValidationError(f"{type(self).__name__}: no training row has an action in "
                                       "the support.")
@@ -450,11 +481,19 @@ class OfflineLearner(BaseEstimator, metaclass=ABCMeta):  # type: ignore[misc]
                 "support": tuple(int(a) for a in self.support_),
                 "encoder": cfg.encoder, "hidden": tuple(cfg.hidden), "window": window,
                 "lstm_hidden": cfg.lstm_hidden, "history_actions": cfg.input_actions}
+        if vocab:
+            onehot = tuple(cfg.categorical_encoding == "auto" and len(v) <= cfg.onehot_max_levels
+                           for v in vocab)
+            base["categorical_levels"] = vocab
+            base["categorical_onehot"] = onehot
+            base["embedding_dims"] = tuple(
+                len(v) if o else embedding_size(len(v), cfg.max_embedding_dim)
+                for v, o in zip(vocab, onehot, strict=True))
         critic_base = {**base, "n_features": int(tdata.critic_inputs.x.shape[1])}
         self.nets_ = self._networks(base, critic_base)
         x_np, xc_np = tdata.inputs.x.numpy(), tdata.critic_inputs.x.numpy()
         for k, net in self.nets_.items():
-            net.encoder.norm.set_stats(xc_np if k in self.critic_nets else x_np)
+            net.set_input_stats(xc_np if k in self.critic_nets else x_np)
         self._optims = {
             k: torch.optim.Adam([p for n in names for p in self.nets_[n].parameters()],
                                 lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
@@ -696,10 +735,12 @@ class OfflineLearner(BaseEstimator, metaclass=ABCMeta):  # type: ignore[misc]
 
             g, _ = group_codes(dataset, self.group_attr_, self.group_levels_)
             inputs = critic_model_inputs(dataset, self.config.input_window,
-                                         self.config.input_actions, g, len(self.group_levels_))
+                                         self.config.input_actions, g, len(self.group_levels_),
+                                         self.categorical_levels_)
         else:
             inputs = ModelInputs.from_dataset(dataset, self.config.input_window,
-                                              self.config.input_actions)
+                                              self.config.input_actions,
+                                              self.categorical_levels_)
         return batched_forward(self.nets_[network], inputs).double().numpy()
 
     # ================================================================== save / load
@@ -763,6 +804,9 @@ class OfflineLearner(BaseEstimator, metaclass=ABCMeta):  # type: ignore[misc]
 
             self.action_space_ = FactoredActionSpace.from_dict(cfg["action_space"])
             self.feature_names_ = tuple(cfg["feature_names"])
+            vocab = self.nets_["policy"].spec.categorical_levels
+            self.categorical_levels_ = vocab or None
+            self._embedded = bool(vocab)
             self.state_names_ = tuple(cfg["state_names"])
             self.support_ = np.asarray(cfg["support"], dtype=np.int64)
             self.group_attr_ = cfg["group_attr"]

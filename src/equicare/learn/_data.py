@@ -68,12 +68,14 @@ class TrainData:
     reward : Tensor of shape (n_steps,), float32
         Shaped reward.
     done : Tensor of shape (n_steps,), float32
-        1 at terminal rows (no bootstrap).
+        1 at terminal rows (``dataset.terminals``: the episode truly ends, zero future value).
     next_row : Tensor of shape (n_steps,), int64
         Row of the next step; the row itself when there is none.
     td_ok : Tensor of shape (n_steps,), bool
-        The one-step target is defined: terminal, or a next row exists (a truncated last row is
-        excluded from temporal-difference losses).
+        The one-step target is defined: the row is terminal, or its next row is logged. The last
+        row of a censored episode (not terminal, no next row: the observation window closed) is
+        False and is masked out of every temporal-difference loss, so no learner ever reads a
+        censored end as zero future value (Contract 1).
     group : Tensor of shape (n_steps,), int64
         Group code of each row.
     rows : Tensor of shape (n_eligible,), int64
@@ -98,10 +100,13 @@ class TrainData:
 
     @classmethod
     def build(cls, dataset: Any, window: int, support: NDArray[np.int64], group: NDArray[np.int64],
-              history_actions: bool = False, critic_groups: int = 0) -> TrainData:
+              history_actions: bool = False, critic_groups: int = 0,
+              vocabulary: tuple[tuple[str, ...], ...] | None = None) -> TrainData:
         """Assemble from a :class:`~equicare.data.TrajectoryDataset`.
 
         ``critic_groups > 0`` adds a one-hot of ``group`` (that many levels) to the critic inputs.
+        ``vocabulary``: categorical states enter as codes for learned embeddings (see
+        :func:`~equicare.models._inputs.state_inputs`), else as one-hot columns.
         """
         pos_map = np.full(dataset.n_actions, -1, dtype=np.int64)
         pos_map[support] = np.arange(support.size)
@@ -109,14 +114,14 @@ class TrainData:
         nxt = dataset.next_index
         has_next = nxt >= 0
         term = np.asarray(dataset.terminals, dtype=bool)
-        done = term | ~has_next
+        done = term  # a censored last row is not done: its target is undefined (td_ok False)
         td_ok = term | has_next
         next_row = np.where(has_next, nxt, np.arange(dataset.n_steps))
-        inputs = ModelInputs.from_dataset(dataset, window, history_actions)
+        inputs = ModelInputs.from_dataset(dataset, window, history_actions, vocabulary)
         critic_inputs = inputs
         if critic_groups:
             critic_inputs = critic_model_inputs(dataset, window, history_actions, group,
-                                                critic_groups)
+                                                critic_groups, vocabulary)
         return cls(
             inputs=inputs,
             critic_inputs=critic_inputs,
@@ -139,17 +144,20 @@ class TrainData:
 
 
 def critic_model_inputs(dataset: Any, window: int, history_actions: bool,
-                        group: NDArray[np.int64], n_groups: int) -> ModelInputs:
+                        group: NDArray[np.int64], n_groups: int,
+                        vocabulary: tuple[tuple[str, ...], ...] | None = None) -> ModelInputs:
     """Model inputs with the one-hot group of each row after the state features.
 
     Parameters
     ----------
     group : ndarray of shape (n_steps,)
         Group code of each row in ``[0, n_groups)``.
+    vocabulary : tuple of tuple of str, optional
+        Categorical vocabulary of embedding inputs (codes stay the leading columns).
     """
-    from equicare.models._inputs import previous_action_features
+    from equicare.models._inputs import previous_action_features, state_inputs
 
-    feats = np.concatenate([np.asarray(dataset.features(), dtype=np.float32),
+    feats = np.concatenate([state_inputs(dataset, vocabulary),
                             np.eye(n_groups, dtype=np.float32)[group]], axis=1)
     prev = None
     if history_actions and window > 1:

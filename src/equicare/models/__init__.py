@@ -10,6 +10,8 @@ from equicare._lazy import lazy_exports
 
 # name -> private module that defines it
 _LAZY: dict[str, str] = {
+    "CategoricalEmbedding": "equicare.models._encoders",
+    "embedding_size": "equicare.models._encoders",
     "HistoryEncoder": "equicare.models._encoders",
     "MLPEncoder": "equicare.models._encoders",
     "Standardize": "equicare.models._encoders",

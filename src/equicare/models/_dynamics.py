@@ -96,9 +96,12 @@ class Transitions:
     next_states : ndarray of shape (n, d), float32
         Next row's state; a copy of ``states`` where ``has_next`` is False.
     terminals : ndarray of shape (n,), float32
-        1 where the episode ends at this step (no bootstrap).
+        1 where the episode truly ends at this step (``dataset.terminals``; no bootstrap).
     has_next : ndarray of shape (n,), bool
         True where the dataset holds the next state (not the last row of an episode).
+    censored : ndarray of shape (n,), bool
+        The last row of a censored episode (not terminal, no next row): whether the episode
+        would have ended is unknown, so the row trains no termination and no next state.
     episode : ndarray of shape (n,), int64
     step : ndarray of shape (n,), int64
     """
@@ -111,6 +114,7 @@ class Transitions:
     has_next: NDArray[np.bool_]
     episode: NDArray[np.int64]
     step: NDArray[np.int64]
+    censored: NDArray[np.bool_] | None = None
 
     @property
     def n(self) -> int:
@@ -133,13 +137,12 @@ def transitions_from_dataset(dataset: Any, rewards: NDArray[Any] | None = None) 
     ns = s.copy()
     ns[has_next] = s[nxt[has_next]]
     r = dataset.rewards if rewards is None else np.asarray(rewards)
-    term = np.asarray(dataset.terminals, dtype=bool) | ~has_next
+    term = np.asarray(dataset.terminals, dtype=bool)
     return Transitions(states=s, actions=np.asarray(dataset.actions, dtype=np.int64),
                        rewards=np.asarray(r, dtype=np.float32), next_states=ns,
-                       terminals=term.astype(np.float32), has_next=has_next & ~np.asarray(
-                           dataset.terminals, dtype=bool),
+                       terminals=term.astype(np.float32), has_next=has_next & ~term,
                        episode=dataset.episode_index.astype(np.int64),
-                       step=dataset.step.astype(np.int64))
+                       step=dataset.step.astype(np.int64), censored=~has_next & ~term)
 
 
 # ---------------------------------------------------------------------------- networks
@@ -469,6 +472,10 @@ class DynamicsEnsemble:
         if not cfg.predict_reward:
             mask[:, -1] = 0.0
         done = tr.terminals.astype(np.float32)
+        # termination is observed where the episode ends (terminal) or goes on (a next row); a
+        # censored last row trains no termination (weight 0)
+        known = (np.ones(tr.n, dtype=np.float32) if tr.censored is None
+                 else (~tr.censored).astype(np.float32))
         # split episodes
         episodes = np.unique(tr.episode)
         n_hold = max(1, int(round(cfg.holdout_fraction * episodes.size)))
@@ -477,7 +484,8 @@ class DynamicsEnsemble:
         tr_idx, ho_idx = np.flatnonzero(~is_hold), np.flatnonzero(is_hold)
         if ho_idx.size == 0:
             ho_idx = tr_idx
-        X, Y, M, D = (torch.as_tensor(v) for v in (x, y, mask, done))
+        X, Y, M, D, K = (torch.as_tensor(v) for v in (x, y, mask, done, known))
+        any_censored = bool((known == 0).any())
         E = cfg.n_members
         net = GaussianEnsembleNet(E, x.shape[1], y.shape[1], cfg.hidden)
         decay = [p for n_, p in net.named_parameters() if n_.endswith("weight")]
@@ -498,8 +506,13 @@ class DynamicsEnsemble:
                 b = perm[:, start:start + cfg.batch_size]
                 mean, logvar, logit = net(X[b])
                 loss = self._nll(mean, logvar, Y[b], M[b]).sum()
-                loss = loss + nn.functional.binary_cross_entropy_with_logits(
-                    logit, D[b], reduction="none").mean(dim=1).sum()
+                bce = nn.functional.binary_cross_entropy_with_logits(logit, D[b],
+                                                                      reduction="none")
+                if any_censored:
+                    bce = (bce * K[b]).sum(dim=1) / K[b].sum(dim=1).clamp_min(1.0)
+                else:
+                    bce = bce.mean(dim=1)
+                loss = loss + bce.sum()
                 loss = loss + cfg.logvar_bound_weight * (net.max_logvar.sum()
                                                          - net.min_logvar.sum())
                 opt.zero_grad()
@@ -572,7 +585,8 @@ class DynamicsEnsemble:
             "rmse_persistence": {n: float(v) for n, v in zip(self.feature_names_, naive,
                                                              strict=True)},
             "reward_rmse": float(np.sqrt(np.mean((r - tr.rewards[ho_idx]) ** 2))),
-            "done_brier": float(np.mean((pd_ - tr.terminals[ho_idx]) ** 2)),
+            "done_brier": _brier(pd_, tr.terminals[ho_idx],
+                                 None if tr.censored is None else ~tr.censored[ho_idx]),
             "nll": [float(v) for v in nll],
             "elites": self.elites_.tolist(),
         }
@@ -760,3 +774,11 @@ _ARRAYS = ("state_mean_", "state_std_", "state_min_", "state_max_", "target_mean
 def _member_params(net: GaussianEnsembleNet) -> dict[str, Tensor]:
     """Parameters that have one slice per member (first dimension = n_members)."""
     return {k: v for k, v in net.named_parameters() if k.endswith(("weight", "bias"))}
+
+
+def _brier(p: NDArray[Any], y: NDArray[Any], known: NDArray[np.bool_] | None) -> float:
+    """Brier score of termination over the rows whose outcome is observed (NaN if none)."""
+    sq = (np.asarray(p, dtype=np.float64) - np.asarray(y, dtype=np.float64)) ** 2
+    if known is not None:
+        sq = sq[known]
+    return float(sq.mean()) if sq.size else float("nan")

@@ -18,7 +18,28 @@ from numpy.typing import NDArray
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-__all__ = ["Standardize", "MLPEncoder", "HistoryEncoder", "window_index", "mlp"]
+__all__ = ["Standardize", "MLPEncoder", "HistoryEncoder", "CategoricalEmbedding",
+           "embedding_size", "window_index", "mlp"]
+
+#: cap of the embedding width chosen from a column's cardinality (see :func:`embedding_size`)
+MAX_EMBEDDING_DIM = 50
+
+
+def embedding_size(n_levels: int, max_dim: int = MAX_EMBEDDING_DIM) -> int:
+    r"""Width of the learned embedding of a categorical column with ``n_levels`` levels.
+
+    .. math::
+
+        d(n) = \min\big(d_{\max},\; \mathrm{round}(1.6\, n^{0.56})\big), \qquad d \ge 1,
+
+    the rule of thumb of fastai (``emb_sz_rule`` in ``fastai/tabular/model.py``, which caps at
+    600; Howard and Gugger, 2020, "Fastai: a layered API for deep learning", *Information*
+    11(2), 108), with the cap of 50 of fast.ai's earlier rule ``min(50, (n + 1) // 2)``.
+    Examples: 6 levels -> 4, 50 -> 14, 700 -> 50.
+    """
+    if int(n_levels) < 1:
+        raise ValueError(f"n_levels must be >= 1, got {n_levels}.")
+    return int(max(1, min(int(max_dim), round(1.6 * float(n_levels) ** 0.56))))
 
 
 def window_index(step: NDArray[np.int64], window: int
@@ -230,3 +251,92 @@ class HistoryEncoder(nn.Module):
         x_last = self.norm(x[b, last])
         z: Tensor = self.body(torch.cat([pooled, o_last, x_last], dim=1))
         return z
+
+
+class CategoricalEmbedding(nn.Module):
+    r"""One learned embedding table (:class:`torch.nn.Embedding`) per categorical state column.
+
+    Codes index each column's vocabulary with **0 reserved for "unknown"** (a level not seen in
+    training) and ``1..n_j`` for the training levels. The unknown vector is not a free parameter
+    (no training row would ever update it): it is the training-frequency-weighted mean of the
+    column's level vectors, :math:`e_{unk} = \sum_k f_k e_k`, so an unseen level is read as an
+    average member of the column.
+
+    A column flagged in ``onehot`` gets a fixed identity table instead (its block is the one-hot
+    vector of the level, ``d_j = n_j``, nothing learned; unknown = the frequencies ``f``, which
+    the network's standardisation maps to zero): for a handful of levels a one-hot block is
+    full-rank and learns faster than a narrower embedding, at the same negligible memory.
+
+    Parameters
+    ----------
+    cardinalities : sequence of int
+        Training levels ``n_j`` per column (the unknown index comes on top).
+    dims : sequence of int
+        Embedding width per column (see :func:`embedding_size`); ``n_j`` for one-hot columns.
+    onehot : sequence of bool, optional
+        Columns with a fixed one-hot block (default: none).
+
+    Notes
+    -----
+    ``forward(codes)`` takes integer codes of shape ``(..., n_columns)`` and returns
+    ``(..., sum(dims))``. Memory is ``sum_j n_j d_j`` parameters, independent of the number of
+    rows; the inputs hold one integer per column instead of ``n_j`` one-hot columns.
+    """
+
+    def __init__(self, cardinalities: Sequence[int], dims: Sequence[int],
+                 onehot: Sequence[bool] | None = None) -> None:
+        super().__init__()
+        if len(cardinalities) != len(dims):
+            raise ValueError("cardinalities and dims must have the same length.")
+        self.onehot = tuple(bool(o) for o in (onehot or [False] * len(dims)))
+        if len(self.onehot) != len(dims) or any(
+                o and int(d) != int(n) for o, n, d in zip(self.onehot, cardinalities, dims,
+                                                            strict=True)):
+            raise ValueError("onehot needs one flag per column, and a one-hot column's width "
+                             "equals its number of levels.")
+        self.tables = nn.ModuleList(nn.Embedding(int(n), int(d)) for n, d, o in zip(
+            cardinalities, dims, self.onehot, strict=True) if not o)
+        for j, (n, o) in enumerate(zip(cardinalities, self.onehot, strict=True)):
+            self.register_buffer(f"freq{j}", torch.full((int(n),), 1.0 / int(n)))
+            if o:
+                self.register_buffer(f"eye{j}", torch.eye(int(n)), persistent=False)
+        self.dims = tuple(int(d) for d in dims)
+        self.out_dim = int(sum(self.dims))
+
+    def frequencies(self, j: int) -> Tensor:
+        """Training frequency of each level of column ``j``, shape ``(n_j,)``."""
+        out: Tensor = getattr(self, f"freq{j}")
+        return out
+
+    def level_vectors(self, j: int) -> Tensor:
+        """Vectors of the training levels of column ``j``, shape ``(n_j, d_j)``."""
+        if self.onehot[j]:
+            eye: Tensor = getattr(self, f"eye{j}")
+            return eye
+        table = self.tables[sum(1 for o in self.onehot[:j] if not o)]
+        assert isinstance(table, nn.Embedding)
+        return table.weight
+
+    def set_frequencies(self, codes: NDArray[np.int64]) -> None:
+        """Set the level frequencies (weights of the unknown vector) from training codes.
+
+        Parameters
+        ----------
+        codes : ndarray of shape (n_rows, n_columns)
+            Vocabulary codes (0 = unknown, ignored).
+        """
+        c = np.asarray(codes, dtype=np.int64)
+        for j in range(len(self.dims)):
+            n = self.frequencies(j).shape[0]
+            counts = np.bincount(c[:, j], minlength=n + 1)[1:n + 1].astype(np.float64)
+            f = counts / counts.sum() if counts.sum() > 0 else np.full(n, 1.0 / n)
+            self.frequencies(j).copy_(torch.as_tensor(f, dtype=torch.float32))
+
+    def forward(self, codes: Tensor) -> Tensor:
+        """Concatenated embeddings of integer codes ``(..., n_columns)`` -> ``(..., out_dim)``."""
+        out = []
+        for j in range(len(self.dims)):
+            w = self.level_vectors(j)
+            weight = torch.cat([(self.frequencies(j) @ w)[None, :], w], dim=0)
+            out.append(nn.functional.embedding(codes[..., j], weight))
+        return torch.cat(out, dim=-1)

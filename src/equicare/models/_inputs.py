@@ -16,7 +16,86 @@ from torch import Tensor
 
 from equicare.models._encoders import window_index
 
-__all__ = ["ModelInputs", "batched_forward", "previous_action_features"]
+__all__ = ["ModelInputs", "batched_forward", "previous_action_features", "categorical_codes",
+           "categorical_vocabulary", "state_inputs", "input_names"]
+
+#: a categorical level seen in no training row maps to this code (its embedding: the
+#: frequency-weighted mean of the known levels, see CategoricalEmbedding)
+UNKNOWN_CODE = 0
+
+Vocabulary = tuple[tuple[str, ...], ...]
+
+
+def categorical_vocabulary(dataset: Any) -> Vocabulary:
+    """Levels of each categorical state column that occur in ``dataset``'s rows, as strings.
+
+    Returns
+    -------
+    tuple of tuple of str
+        One vocabulary per column of ``dataset.categorical`` (sorted as the dataset's levels);
+        levels a column declares but no row uses are left out (they map to "unknown").
+    """
+    if dataset.categorical is None:
+        return ()
+    out = []
+    for j, levels in enumerate(dataset.categorical_levels):
+        used = np.unique(dataset.categorical[:, j])
+        out.append(tuple(str(levels[i]) for i in used))
+    return tuple(out)
+
+
+def categorical_codes(dataset: Any, vocabulary: Vocabulary) -> NDArray[np.int64]:
+    """Codes of the dataset's categorical states in a model's vocabulary.
+
+    Levels are matched by their string form; a level outside the vocabulary (unseen in
+    training) gets :data:`UNKNOWN_CODE` (0), level ``k`` of the vocabulary gets ``k + 1``.
+
+    Returns
+    -------
+    ndarray of shape (n_steps, n_categorical), int64
+    """
+    n_cat = 0 if dataset.categorical is None else dataset.categorical.shape[1]
+    if n_cat != len(vocabulary):
+        raise ValueError(f"The model has {len(vocabulary)} categorical state columns; the "
+                         f"dataset has {n_cat}.")
+    out = np.empty((dataset.n_steps, n_cat), dtype=np.int64)
+    for j, (levels, vocab) in enumerate(zip(dataset.categorical_levels, vocabulary,
+                                            strict=True)):
+        index = {v: k + 1 for k, v in enumerate(vocab)}
+        table = np.array([index.get(str(lv), UNKNOWN_CODE) for lv in levels], dtype=np.int64)
+        out[:, j] = table[dataset.categorical[:, j]]  # one lookup per level, not per row
+    return out
+
+
+def state_inputs(dataset: Any, vocabulary: Vocabulary | None) -> NDArray[np.float32]:
+    """State part of the model inputs.
+
+    ``vocabulary=None``: :meth:`TrajectoryDataset.features` (numeric + one-hot categorical).
+    Otherwise the categorical codes (as float32, first) followed by the numeric states: one
+    column per categorical state whatever its cardinality.
+
+    Returns
+    -------
+    ndarray of shape (n_steps, n_categorical + n_features) or (n_steps, n_one_hot_features)
+    """
+    if vocabulary is None:
+        return np.asarray(dataset.features(), dtype=np.float32)
+    codes = categorical_codes(dataset, vocabulary).astype(np.float32)
+    return np.ascontiguousarray(np.concatenate([codes, np.asarray(dataset.states,
+                                                                  dtype=np.float32)], axis=1))
+
+
+def input_names(dataset: Any, embedded: bool) -> tuple[str, ...]:
+    """Names of the state columns a model reads.
+
+    One-hot inputs: :meth:`TrajectoryDataset.feature_names` (``"region=north"``). Code inputs
+    (``embedded``): the numeric state names, then ``"<column>:categorical"`` per categorical
+    column (its levels live in the network's vocabulary, so new levels do not change the names).
+    """
+    if not embedded:
+        return tuple(dataset.feature_names())
+    return tuple(dataset.state_names) + tuple(f"{c}:categorical"
+                                              for c in dataset.categorical_names)
 
 
 def previous_action_features(codes: NDArray[np.int64], sizes: tuple[int, ...],
@@ -93,17 +172,19 @@ class ModelInputs:
         return cls(x, window, torch.as_tensor(idx), torch.as_tensor(lengths), n_prev)
 
     @classmethod
-    def from_dataset(cls, dataset: Any, window: int, history_actions: bool = False
-                     ) -> ModelInputs:
+    def from_dataset(cls, dataset: Any, window: int, history_actions: bool = False,
+                     vocabulary: Vocabulary | None = None) -> ModelInputs:
         """Build from a :class:`~equicare.data.TrajectoryDataset`.
 
         ``history_actions`` adds the previous row's action and reward to each window slot.
+        ``vocabulary`` (see :func:`state_inputs`): categorical states as codes for learned
+        embeddings instead of one-hot columns.
         """
         prev = None
         if history_actions and window > 1:
             prev = previous_action_features(dataset.action_codes, dataset.action_space.sizes,
                                             dataset.rewards, dataset.step)
-        return cls.from_arrays(dataset.features(), dataset.step, window, prev)
+        return cls.from_arrays(state_inputs(dataset, vocabulary), dataset.step, window, prev)
 
     @property
     def n_rows(self) -> int:

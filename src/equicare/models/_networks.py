@@ -14,7 +14,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from equicare.models._encoders import HistoryEncoder, MLPEncoder
+from equicare.models._encoders import (
+    CategoricalEmbedding,
+    HistoryEncoder,
+    MLPEncoder,
+    Standardize,
+    embedding_size,
+)
 from equicare.models._heads import (
     FactoredCategoricalHead,
     FactoredQHead,
@@ -55,6 +61,18 @@ class NetworkSpec:
     history_actions : bool
         The inputs of the ``"lstm"`` encoder also hold the previous row's action (one-hot per
         component) and reward (``n_features`` then counts them).
+    categorical_levels : tuple of tuple of str
+        Vocabulary of each categorical state column (its training levels, as strings). With
+        columns here the first ``len(categorical_levels)`` input columns are integer codes
+        (0 = unknown level, ``k + 1`` = level ``k``) that go through learned embeddings
+        (:class:`~equicare.models.CategoricalEmbedding`) instead of one-hot inputs;
+        ``n_features`` counts one column per categorical state.
+    embedding_dims : tuple of int
+        Embedding width of each categorical column (default from
+        :func:`~equicare.models.embedding_size`; the number of levels for one-hot columns).
+    categorical_onehot : tuple of bool
+        Columns read through a fixed one-hot block instead of a learned embedding (default:
+        none; see :class:`~equicare.models.CategoricalEmbedding`).
     """
 
     n_features: int
@@ -68,9 +86,36 @@ class NetworkSpec:
     attention_dim: int = 64
     ar_hidden: int = 64
     history_actions: bool = False
+    categorical_levels: tuple[tuple[str, ...], ...] = ()
+    embedding_dims: tuple[int, ...] = ()
+    categorical_onehot: tuple[bool, ...] = ()
 
     def __post_init__(self) -> None:
         owner = "NetworkSpec"
+        levels = tuple(tuple(str(lv) for lv in col) for col in self.categorical_levels)
+        object.__setattr__(self, "categorical_levels", levels)
+        onehot = tuple(bool(o) for o in self.categorical_onehot) or (False,) * len(levels)
+        object.__setattr__(self, "categorical_onehot", onehot)
+        if len(onehot) != len(levels):
+            raise ValueError(f"The 'categorical_onehot' parameter of {owner} must hold one flag "
+                             f"per categorical column ({len(levels)}). Got {onehot!r} instead.")
+        if not self.embedding_dims and levels:
+            object.__setattr__(self, "embedding_dims", tuple(
+                len(col) if o else embedding_size(len(col))
+                for col, o in zip(levels, onehot, strict=True)))
+        if any(o and int(d) != len(col) for col, o, d in zip(
+                levels, onehot, self.embedding_dims, strict=False)):
+            raise ValueError(f"The 'embedding_dims' parameter of {owner} must equal the number "
+                             f"of levels of a one-hot column. Got {self.embedding_dims!r} instead.")
+        if len(self.embedding_dims) != len(levels) or any(not col for col in levels) or any(
+                int(d) < 1 for d in self.embedding_dims):
+            raise ValueError(f"The 'embedding_dims' parameter of {owner} must hold one positive "
+                             f"width per non-empty categorical column ({len(levels)}). Got "
+                             f"{self.embedding_dims!r} instead.")
+        if levels and self.n_features < len(levels):
+            raise ValueError(f"The 'n_features' parameter of {owner} must count the "
+                             f"{len(levels)} categorical code columns. Got {self.n_features!r} "
+                             "instead.")
         check_param(self.encoder, "encoder", owner, choices=("mlp", "lstm"))
         check_param(self.head, "head", owner, choices=_HEADS)
         check_param(self.n_features, "n_features", owner, kind=int, low=1,
@@ -93,9 +138,20 @@ class NetworkSpec:
         """Size of the flat action space."""
         return int(np.prod(self.sizes))
 
+    @property
+    def n_categorical(self) -> int:
+        """Leading input columns that hold categorical codes."""
+        return len(self.categorical_levels)
+
+    @property
+    def encoder_inputs(self) -> int:
+        """Width of the encoder's input: embeddings plus the other input columns."""
+        return int(self.n_features - self.n_categorical + sum(self.embedding_dims))
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dictionary (tuples as lists)."""
         d = asdict(self)
+        d["categorical_levels"] = [list(col) for col in self.categorical_levels]
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     @classmethod
@@ -105,8 +161,12 @@ class NetworkSpec:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"Unknown NetworkSpec keys {unknown}; known: {sorted(known)}.")
+        special = ("categorical_levels", "categorical_onehot")
         kw: dict[str, Any] = {k: tuple(int(x) for x in v) if isinstance(v, list) else v
-                              for k, v in d.items()}
+                              for k, v in d.items() if k not in special}
+        kw["categorical_levels"] = tuple(tuple(str(x) for x in col)
+                                         for col in d.get("categorical_levels", ()))
+        kw["categorical_onehot"] = tuple(bool(x) for x in d.get("categorical_onehot", ()))
         return cls(**kw)
 
 
@@ -122,11 +182,16 @@ class Network(nn.Module):
     def __init__(self, spec: NetworkSpec) -> None:
         super().__init__()
         self.spec = spec
+        self.embed: CategoricalEmbedding | None = None
+        if spec.categorical_levels:
+            self.embed = CategoricalEmbedding([len(c) for c in spec.categorical_levels],
+                                              spec.embedding_dims, spec.categorical_onehot)
+        n_in = spec.encoder_inputs
         self.encoder: MLPEncoder | HistoryEncoder
         if spec.encoder == "mlp":
-            self.encoder = MLPEncoder(spec.n_features, spec.hidden)
+            self.encoder = MLPEncoder(n_in, spec.hidden)
         else:
-            self.encoder = HistoryEncoder(spec.n_features, spec.window, spec.hidden,
+            self.encoder = HistoryEncoder(n_in, spec.window, spec.hidden,
                                           spec.lstm_hidden, spec.attention_dim)
         d = self.encoder.out_dim
         self.head: nn.Module
@@ -148,9 +213,53 @@ class Network(nn.Module):
         """History rows the encoder reads."""
         return self.spec.window
 
+    def embed_inputs(self, x: Tensor) -> Tensor:
+        """Replace the leading categorical code columns by their embeddings.
+
+        ``(..., n_features)`` -> ``(..., encoder_inputs)``; the identity without categorical
+        columns.
+        """
+        if self.embed is None:
+            return x
+        k = self.spec.n_categorical
+        return torch.cat([self.embed(x[..., :k].long()), x[..., k:]], dim=-1)
+
+    def set_input_stats(self, x: np.ndarray[Any, Any]) -> None:
+        """Fit the input standardisation (and level frequencies) on training inputs.
+
+        Parameters
+        ----------
+        x : ndarray of shape (n_rows, n_features)
+            Training inputs (categorical codes first). Learned embedding blocks are left
+            unscaled (mean 0, scale 1: they are learned at the scale the encoder needs); a
+            one-hot block gets the statistics of its one-hot columns (mean ``f``, scale
+            ``sqrt(f (1 - f))`` for level frequencies ``f``), as one-hot inputs always had.
+        """
+        x = np.asarray(x)
+        if self.embed is None:
+            self.encoder.norm.set_stats(x)
+            return
+        k = self.spec.n_categorical
+        self.embed.set_frequencies(x[:, :k].astype(np.int64))
+        rest = Standardize(self.spec.n_features - k)
+        rest.set_stats(x[:, k:])
+        means, scales = [], []
+        for j, d in enumerate(self.embed.dims):
+            if self.embed.onehot[j]:
+                f = self.embed.frequencies(j)
+                sd = torch.sqrt(f * (1.0 - f))
+                means.append(f)
+                scales.append(torch.where(sd > 1e-8, sd, torch.ones_like(sd)))
+            else:
+                means.append(torch.zeros(d))
+                scales.append(torch.ones(d))
+        with torch.no_grad():
+            self.encoder.norm.mean.copy_(torch.cat([*means, rest.mean]))
+            self.encoder.norm.scale.copy_(torch.cat([*scales, rest.scale]))
+
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         """Head outputs for encoded inputs (see class docstring for shapes)."""
-        out: Tensor = self.head(self.encoder(x, lengths))
+        out: Tensor = self.head(self.encoder(self.embed_inputs(x), lengths))
         return out
 
 

@@ -37,7 +37,8 @@ def care_manifest(config: CareConfig) -> Manifest:
             "states": list(CARE_STATE_NAMES),
             "mediators": ["engaged"],
             "groups": list(CARE_GROUP_LEVELS),
-            "terminal": "done",
+            # a true end only (disenrolment); the end of the follow-up window is censoring
+            "terminal": "disenrolled",
             "behavior_prob": "propensity",
             "need": "high_need",
             "gamma": float(config.gamma),
@@ -88,7 +89,8 @@ def panel_frame(out: SimOutput) -> pd.DataFrame:
     for j, col in enumerate(CARE_REWARD_COLUMNS.values()):
         data[col] = r[:, j].astype(np.float64)
     data["propensity"] = rows["propensity"]
-    data["done"] = last_row.astype(np.int8)
+    # terminal column (Contract 1): 1 on the last row of a member who disenrolled (the episode
+    # truly ends); a member still enrolled when the calendar window closes is censored (0)
     data["disenrolled"] = (last_row & c.disenrolled[member]).astype(np.int8)
     return pd.DataFrame(data)
 

@@ -11,7 +11,7 @@ Examples
 >>> sim = CareManagementSim()
 >>> panel = sim.generate(n_members=50, n_weeks=8, random_state=0)
 >>> panel.frame.shape[1]
-23
+22
 >>> res = sim.true_value(sim.behavior_policy(), n_members=200, n_weeks=8, random_state=1)
 >>> res.n_episodes
 200
