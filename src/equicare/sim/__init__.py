@@ -37,6 +37,7 @@ _LAZY: dict[str, str] = {
     "garnet_panel": "equicare.sim.garnet",
     "garnet_target_policies": "equicare.sim.garnet",
     "garnet_state_index": "equicare.sim.garnet",
+    "garnet_policy_table": "equicare.sim.garnet",
     "synth_garnet": "equicare.sim._garnet_cli",
     # hospital patient flow (online RL)
     "HospitalConfig": "equicare.sim.hospital",

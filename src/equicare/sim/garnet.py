@@ -39,6 +39,7 @@ __all__ = [
     "GarnetMDP",
     "GarnetPanel",
     "garnet_panel",
+    "garnet_policy_table",
     "garnet_preset",
     "garnet_state_index",
     "garnet_target_policies",
@@ -569,3 +570,40 @@ def garnet_state_index(dataset: Any, column: str = "state") -> NDArray[np.int64]
     j = list(dataset.categorical_names).index(column)
     levels = np.asarray([int(str(lv)[1:]) for lv in dataset.categorical_levels[j]])
     return np.asarray(levels[dataset.categorical[:, j]], dtype=np.int64)
+
+
+def garnet_policy_table(mdp: GarnetMDP, dataset: Any, policy: Any,
+                        column: str = "state") -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+    """The ``(S, A)`` table of a policy that reads panel rows, for exact evaluation.
+
+    The policy is queried at one row of every state present in ``dataset`` (a one-row episode
+    per state, so history-free policies only); states absent from ``dataset`` get the
+    clinicians' probabilities (no learner has seen them).
+
+    Returns
+    -------
+    table : ndarray of shape (S, A)
+    seen : ndarray of shape (S,), bool
+        States present in ``dataset``.
+    """
+    from dataclasses import replace as dc_replace
+
+    s = garnet_state_index(dataset, column)
+    _, first = np.unique(s, return_index=True)
+    rows = np.sort(first)
+    probe = dc_replace(
+        dataset, states=dataset.states[rows], actions=dataset.actions[rows],
+        reward_components=dataset.reward_components[rows],
+        terminals=np.ones(rows.size, dtype=bool),
+        episode_offsets=np.arange(rows.size + 1, dtype=np.int64),
+        episode_ids=np.arange(rows.size), times=np.zeros(rows.size, dtype=np.int64),
+        groups={k: v[dataset.episode_index[rows]] for k, v in dataset.groups.items()},
+        categorical=None if dataset.categorical is None else dataset.categorical[rows],
+        behavior_prob=None if dataset.behavior_prob is None else dataset.behavior_prob[rows],
+        need=None, mediators=None, extras={}, _cache={})
+    probs = np.asarray(policy.action_probs(probe), dtype=np.float64)
+    table = mdp.behavior_policy.copy()
+    table[s[rows]] = probs
+    seen = np.zeros(mdp.n_states, dtype=bool)
+    seen[s[rows]] = True
+    return table, seen
