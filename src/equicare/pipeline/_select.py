@@ -58,7 +58,7 @@ class SelectConfig:
     seed : int
     """
 
-    n_wedges: tuple[float, ...] = (5.0, 10.0, 20.0, 50.0)
+    n_wedges: tuple[float, ...] = (10.0, 20.0, 50.0, 100.0, 200.0, 500.0)
     neural: tuple[str, ...] = NEURAL
     neural_steps: int = 500
     neural_hidden: tuple[int, ...] = (64, 64)
@@ -163,6 +163,8 @@ class SelectionResult:
     learner : object
         The fitted learner to save (the chosen candidate, or the behaviour reproduction).
     settings : dict
+    learners : dict of str to object
+        Every candidate as fitted on the training episodes (for studies; not saved).
     """
 
     candidates: list[Candidate]
@@ -172,6 +174,7 @@ class SelectionResult:
     fallback: bool
     learner: Any
     settings: dict[str, Any] = field(default_factory=dict)
+    learners: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The ``selection.json`` document."""
@@ -294,11 +297,12 @@ def select_policy(dataset: Any, config: SelectConfig | None = None, *,
             say(f"refitting {best.name} on all episodes")
             learner = _fit(best.algo, best.params, dataset)
         return SelectionResult(rows, behavior_value, behavior_ci, best.name, False, learner,
-                               settings)
+                               settings, fitted)
     say("no candidate's lower bound beats the behaviour: reproducing the behaviour policy")
     numeric = "ignore" if _discrete(dataset) else "bin"
     beh = _fit("spibb", {"n_wedge": float("inf"), "numeric": numeric}, dataset)
-    return SelectionResult(rows, behavior_value, behavior_ci, "behavior", True, beh, settings)
+    return SelectionResult(rows, behavior_value, behavior_ci, "behavior", True, beh, settings,
+                           fitted)
 
 
 def train_select(data: str | os.PathLike[str], manifest: str | os.PathLike[str], *,
