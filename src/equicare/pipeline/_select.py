@@ -43,8 +43,11 @@ class SelectConfig:
         Hidden widths of the neural candidates' MLPs.
     valid_fraction : float
         Share of episodes held out for the evaluation (stratified by the first group attribute).
-    estimator : str
-        OPE estimator whose interval ranks the candidates (``wdr``, ``dr``, ``wis``, ...).
+    estimators : tuple of str
+        OPE estimators whose intervals rank the candidates: a candidate's lower bound is the
+        smallest of their lower bounds (every estimator must beat the behaviour). The default
+        pairs WIS (no Q-model) with WDR (the last one is the reported point value): on the
+        Garnet test bed a biased Q-model alone let unsafe candidates through.
     q_model : str or None
         Q-model of the OPE; None: ``auto`` when the installed OPE offers it, else ``tabular``
         for panels with categorical states and ``linear`` otherwise.
@@ -63,7 +66,7 @@ class SelectConfig:
     neural_steps: int = 500
     neural_hidden: tuple[int, ...] = (64, 64)
     valid_fraction: float = 0.3
-    estimator: str = "wdr"
+    estimators: tuple[str, ...] = ("wis", "wdr")
     q_model: str | None = None
     bootstrap: int = 200
     alpha: float = 0.1
@@ -86,8 +89,15 @@ class SelectConfig:
         check_param(self.neural_steps, "neural_steps", o, kind=int, low=1, expected="an int >= 1")
         check_param(self.valid_fraction, "valid_fraction", o, kind=(int, float), low=0, high=1,
                     low_inclusive=False, high_inclusive=False)
-        check_param(self.estimator, "estimator", o,
-                    choices=("wdr", "dr", "wis", "wpdis", "fqe", "is", "pdis"))
+        for name in ("estimators",):
+            v = getattr(self, name)
+            if isinstance(v, list | str):
+                object.__setattr__(self, name, (v,) if isinstance(v, str) else tuple(v))
+        if not self.estimators:
+            raise ValueError("SelectConfig: estimators must name at least one OPE estimator.")
+        for e in self.estimators:
+            check_param(e, "estimators", o,
+                        choices=("wdr", "dr", "wis", "wpdis", "fqe", "is", "pdis"))
         check_param(self.bootstrap, "bootstrap", o, kind=int, low=20, expected="an int >= 20")
         check_param(self.alpha, "alpha", o, kind=(int, float), low=0, high=1,
                     low_inclusive=False, high_inclusive=False)
@@ -119,10 +129,13 @@ class Candidate:
     algo : str
     params : dict
     value, lcb, ucb : float
-        Held-out OPE estimate and its interval (NaN when the candidate failed).
+        Held-out estimate of the last estimator, the smallest lower bound over the estimators,
+        the last estimator's upper bound (NaN when the candidate failed).
     train_seconds, eval_seconds : float
     error : str or None
         Why the candidate could not be trained or evaluated.
+    estimates : dict
+        Every estimator's value and interval.
     """
 
     name: str
@@ -134,6 +147,7 @@ class Candidate:
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
     error: str | None = None
+    estimates: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON row (NaN as null)."""
@@ -143,7 +157,8 @@ class Candidate:
         return {"name": self.name, "algo": self.algo, "params": self.params,
                 "value": num(self.value), "lcb": num(self.lcb), "ucb": num(self.ucb),
                 "train_seconds": round(self.train_seconds, 2),
-                "eval_seconds": round(self.eval_seconds, 2), "error": self.error}
+                "eval_seconds": round(self.eval_seconds, 2), "error": self.error,
+                "estimates": self.estimates}
 
 
 @dataclass(frozen=True, eq=False)
@@ -254,7 +269,7 @@ def select_policy(dataset: Any, config: SelectConfig | None = None, *,
     train, valid = dataset.split(cfg.valid_fraction, random_state=cfg.seed, stratify=strat)
     q_model = cfg.q_model or default_q_model(dataset)
     say(f"{train.n_episodes} training and {valid.n_episodes} held-out episodes; "
-        f"OPE {cfg.estimator} with the {q_model} Q-model")
+        f"OPE {', '.join(cfg.estimators)} with the {q_model} Q-model")
     rows: list[Candidate] = []
     fitted: dict[str, Any] = {}
     behavior_value = math.nan
@@ -271,19 +286,22 @@ def select_policy(dataset: Any, config: SelectConfig | None = None, *,
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", SupportWarning)
-                res = evaluate(valid, learner.policy_, estimators=(cfg.estimator,),
+                res = evaluate(valid, learner.policy_, estimators=cfg.estimators,
                                q_model=q_model, bootstrap=cfg.bootstrap, alpha=cfg.alpha,
                                groups=(), diagnose_support=False, random_state=cfg.seed)
         except (ValueError, RuntimeError) as exc:
             rows.append(Candidate(name, algo, params, train_seconds=t1 - t0,
                                   error=str(exc).splitlines()[0]))
             continue
-        est = res.estimates[cfg.estimator]
+        est = res.estimates[cfg.estimators[-1]]
         behavior_value = float(res.behavior.value)
         behavior_ci = (float(res.behavior.ci[0]), float(res.behavior.ci[1]))
-        rows.append(Candidate(name, algo, params, value=float(est.value),
-                              lcb=float(est.ci[0]), ucb=float(est.ci[1]), train_seconds=t1 - t0,
-                              eval_seconds=time.perf_counter() - t1))
+        lcb = min(float(res.estimates[k].ci[0]) for k in cfg.estimators)
+        per = {k: {"value": float(e.value), "ci": [float(e.ci[0]), float(e.ci[1])]}
+               for k, e in res.estimates.items()}
+        rows.append(Candidate(name, algo, params, value=float(est.value), lcb=lcb,
+                              ucb=float(est.ci[1]), train_seconds=t1 - t0,
+                              eval_seconds=time.perf_counter() - t1, estimates=per))
         fitted[name] = learner
     ok = [c for c in rows if math.isfinite(c.lcb)]
     best = max(ok, key=lambda c: c.lcb) if ok else None
