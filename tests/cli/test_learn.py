@@ -74,7 +74,7 @@ def test_refuses_to_overwrite_without_force(app, files):
 
 @pytest.mark.parametrize("extra, message", [
     (["--algo", "dqn"], "The 'algo' parameter of equicare train must be one of 'bc', 'awr', "
-                        "'cql'. Got 'dqn' instead."),
+                        "'cql', 'spibb'. Got 'dqn' instead."),
     (["--encoder", "gru"], "The 'encoder' parameter of equicare train must be one of 'mlp', "
                            "'lstm'. Got 'gru' instead."),
     (["--window", "0"], "The 'window' parameter of equicare train must be an int >= 1. "
