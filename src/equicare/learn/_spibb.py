@@ -169,7 +169,7 @@ class SPIBB:
         self.config = config
 
     # ------------------------------------------------------------------ fit
-    def _cells(self, dataset: Any) -> tuple[NDArray[np.int64], CellPolicy | None]:
+    def _cells(self, dataset: Any) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
         cfg = self.config
         columns = tuple(dataset.categorical_names) if dataset.categorical is not None else ()
         numeric: tuple[str, ...] = ()
@@ -236,20 +236,20 @@ class SPIBB:
         horizon = cfg.horizon or int(dataset.episode_lengths.max())
         pb_boot = np.where(boot, pb, 0.0)
         free_mass = np.where(free, pb, 0.0).sum(axis=1)
-        no_model_cell = ~has_model.any(axis=1)
+        no_model_cell: NDArray[np.bool_] = np.asarray(~has_model.any(axis=1), dtype=bool)
         err = np.where(has_model, 1.0 / np.sqrt(np.maximum(counts, 1.0)), np.inf)
         V = np.zeros(C)
         Q = R.copy()
-        for _ in range(horizon):
+        for _sweep in range(horizon):
             Q = R + gamma * (P @ V).reshape(C, A)
             if cfg.variant == "soft":
                 pi = self._soft_greedy(Q, pb, err, float(cfg.epsilon))
                 V_new = self._mean_value(pi, Q, has_model, no_model_cell)
             else:
                 V_new = self._backup(Q, pb_boot, free_mass, free, has_model, no_model_cell)
-            done = np.max(np.abs(V_new - V)) < cfg.tol
+            converged = bool(np.max(np.abs(V_new - V)) < cfg.tol)
             V = V_new
-            if done:
+            if converged:
                 break
         if cfg.variant == "soft":
             pi = self._soft_greedy(Q, pb, err, float(cfg.epsilon))
@@ -346,7 +346,7 @@ class SPIBB:
         rows = np.flatnonzero(free_mass > 0)
         best = np.where(free, Q, -np.inf).argmax(axis=1)
         pi[rows, best[rows]] += free_mass[rows]
-        return pi / pi.sum(axis=1, keepdims=True)
+        return np.asarray(pi / pi.sum(axis=1, keepdims=True), dtype=np.float64)
 
     @staticmethod
     def _model_value(pi: NDArray[np.float64], R: NDArray[np.float64], P: sp.csr_matrix,

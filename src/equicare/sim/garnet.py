@@ -495,20 +495,20 @@ class GarnetMDP:
                            state=s_all.astype(np.int64), action=a_all.astype(np.int64),
                            reward=reward, terminal=n_all >= S,
                            propensity=self.behavior_policy[s_all, a_all], severity=sev,
-                           group=group, returns=returns)
+                           group=group, returns=np.asarray(returns, dtype=np.float64))
 
 
 def _floor(p: NDArray[np.float64], floor: float) -> NDArray[np.float64]:
     """Zero probabilities below ``floor`` (never below a row's largest) and renormalise."""
     out = np.where(p >= np.minimum(floor, p.max(axis=1, keepdims=True)), p, 0.0)
-    return out / out.sum(axis=1, keepdims=True)
+    return np.asarray(out / out.sum(axis=1, keepdims=True), dtype=np.float64)
 
 
 def _softmax_on(scores: NDArray[np.float64], mask: NDArray[np.bool_]) -> NDArray[np.float64]:
     z = np.where(mask, scores, -np.inf)
     z = z - z.max(axis=1, keepdims=True)
     e = np.where(mask, np.exp(z), 0.0)
-    return e / e.sum(axis=1, keepdims=True)
+    return np.asarray(e / e.sum(axis=1, keepdims=True), dtype=np.float64)
 
 
 def garnet_target_policies(mdp: GarnetMDP) -> dict[str, NDArray[np.float64]]:
