@@ -13,6 +13,7 @@ from equicare.policy._base import (
     sample_actions,
 )
 from equicare.policy._file import FilePolicy, read_policy_file, write_policy_file
+from equicare.policy._tree import TreePolicy, tree_features
 
 __all__ = [
     "CallablePolicy",
@@ -21,11 +22,13 @@ __all__ = [
     "MixturePolicy",
     "Policy",
     "TabularPolicy",
+    "TreePolicy",
     "UniformPolicy",
     "check_probs",
     "greedy_actions",
     "read_policy_file",
     "sample_actions",
+    "tree_features",
     "write_policy_file",
 ]
 

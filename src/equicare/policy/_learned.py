@@ -261,8 +261,11 @@ def policy_from_config(cfg: Mapping[str, Any], tensors: Mapping[str, Any], sourc
                          temperature=float(pol.get("temperature", 1.0)), source=source)
 
 
-def load_policy(path: str | os.PathLike[str]) -> LearnedPolicy:
+def load_policy(path: str | os.PathLike[str]) -> Any:
     """Load the policy of a model folder written by any equicare learner's ``save``.
+
+    A folder whose ``config.json`` has ``"kind": "tree"`` (distilled rules) loads as a
+    :class:`~equicare.policy.TreePolicy`; every other folder as a :class:`LearnedPolicy`.
 
     Parameters
     ----------
@@ -271,7 +274,7 @@ def load_policy(path: str | os.PathLike[str]) -> LearnedPolicy:
 
     Returns
     -------
-    LearnedPolicy
+    LearnedPolicy or TreePolicy
         ``action_probs(dataset)`` checks that ``dataset`` has the training action space and
         state columns.
 
@@ -281,5 +284,9 @@ def load_policy(path: str | os.PathLike[str]) -> LearnedPolicy:
         Missing or malformed files.
     """
     cfg, tensors = read_model_folder(path)
+    if cfg.get("kind") == "tree":  # distilled rules (equicare.explain): evaluated with NumPy
+        from equicare.policy._tree import tree_policy_from_config
+
+        return tree_policy_from_config(cfg, tensors, str(path))
     return policy_from_config(cfg, tensors, str(path))
 
