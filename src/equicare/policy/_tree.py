@@ -232,7 +232,7 @@ class TreePolicy:
         object.__setattr__(self, "children_right", arrs["children_right"].astype(np.int64))
         object.__setattr__(self, "feature", arrs["feature"].astype(np.int64))
         object.__setattr__(self, "threshold", arrs["threshold"].astype(np.float64))
-        object.__setattr__(self, "probs", p / np.where(leaf, p.sum(axis=1), 1.0)[:, None])
+        object.__setattr__(self, "probs", p)
         object.__setattr__(self, "features", feats)
 
     # ------------------------------------------------------------------ properties
