@@ -33,6 +33,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
+from equicare.exceptions import DataValidationError
 from equicare.explain._distill import DistillConfig, Distiller, choice_weights
 from equicare.explain._rules import tree_rules
 from equicare.policy._base import check_probs
@@ -267,6 +268,8 @@ def _disagreement(ds: TrajectoryDataset, agree: NDArray[np.bool_], tv: NDArray[n
 
 
 def _fairness(audit_res: Any) -> dict[str, Any]:
+    if isinstance(audit_res, str):
+        return {"suppressed": True, "reason": audit_res, "policies": {}}
     d = audit_res.to_dict()
     summ = audit_res.summary()
     out: dict[str, Any] = {"action": d["action"], "group": d["group"],
@@ -366,9 +369,15 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
         dist, rules_test, agree, tv = trees[cfg.depth]
         tree = dist.policy_
         rules_val = value(rules_test, cfg.bootstrap, seeds[3])
-        aud = audit(test, {"source": src_test, "rules": rules_test}, action=cfg.action,
-                    group=cfg.group, n_boot=cfg.bootstrap, n_permutations=cfg.n_permutations,
-                    min_cell=cfg.min_cell, q_model=cfg.q_model, random_state=seeds[6])
+        try:
+            aud = audit(test, {"source": src_test, "rules": rules_test}, action=cfg.action,
+                        group=cfg.group, n_boot=cfg.bootstrap,
+                        n_permutations=cfg.n_permutations, min_cell=cfg.min_cell,
+                        q_model=cfg.q_model, random_state=seeds[6])
+        except DataValidationError as exc:
+            if "nothing can be published" not in str(exc):
+                raise
+            aud = str(exc)  # every group is a small cell: the audit is suppressed
     for w in caught:
         msg = str(w.message)
         if msg not in caught_msgs and not issubclass(w.category, DeprecationWarning):

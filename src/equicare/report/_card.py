@@ -127,14 +127,16 @@ def build_card_report(card: Mapping[str, Any], *, figure_dir: Path | None = None
                 row.update({"agreement": "100%", "total variation": "0",
                             "rarely taken %": f"{sup['source_pct']:.1f}"})
         p = pols.get(pol_key, {})
-        row[f"parity gap pp ({fair['action']})"] = _ci(p.get("parity_gap_pp"))
+        row[f"parity gap pp ({fair.get('action', 'suppressed')})"] = _ci(p.get("parity_gap_pp"))
         row["parity ratio"] = _ci(p.get("parity_ratio"))
         wg = p.get("worst_group")
         row["worst group (value)"] = ("" if wg is None else
                                       f"{wg} ({p['worst_group_value']:.3g})")
         table.append(row)
-    rep.table(pd.DataFrame(table), caption=f"Evidence by policy (groups: {fair['group']})",
-              n_col=None)
+    rep.table(pd.DataFrame(table), caption=f"Evidence by policy (groups: "
+              f"{fair.get('group', 'suppressed')})", n_col=None)
+    if fair.get("suppressed"):
+        rep.text(f"Fairness audit suppressed: {fair['reason']}", note=True)
     pp_rows = []
     groups = sorted({g for p in pols.values() for g in (p.get("proportional_parity") or {})})
     for g in groups:
