@@ -48,6 +48,14 @@ def _paths(tree: TreePolicy) -> dict[int, list[tuple[int, bool, float]]]:
     return out
 
 
+def _all_levels(tree: TreePolicy, kind: str, name: str) -> list[str]:
+    """Every level of a categorical state (from the tree's features) or action component."""
+    if kind == "prev_action":
+        return list(tree.action_space.component(name).levels)
+    return [str(f["level"]) for f in tree.features
+            if f.get("kind") == "categorical" and f.get("name") == name]
+
+
 def _conditions(tree: TreePolicy, path: list[tuple[int, bool, float]], time_unit: str
                 ) -> list[dict[str, Any]]:
     """Merge a path's tests into readable conditions, one per column."""
@@ -83,6 +91,11 @@ def _conditions(tree: TreePolicy, path: list[tuple[int, bool, float]], time_unit
                 out.append({"column": subject, "op": "is", "levels": [g["is"]], "text": text})
             else:
                 levels = sorted(set(g["not"]))
+                rest = [lv for lv in _all_levels(tree, kind, name) if lv not in levels]
+                if len(rest) == 1:  # "is not a" of a two-level column reads "is b"
+                    text = f"{subject} is {rest[0]}"
+                    out.append({"column": subject, "op": "is", "levels": rest, "text": text})
+                    continue
                 text = f"{subject} is not {' or '.join(levels)}"
                 out.append({"column": subject, "op": "is not", "levels": levels, "text": text})
             continue
