@@ -105,3 +105,19 @@ def test_bad_inputs_exit_2(files, tmp_path):
 def test_help_has_an_example():
     res = runner.invoke(app, ["explain", "--help"])
     assert res.exit_code == 0 and "Example: equicare explain" in res.output
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.EquicareWarning")
+def test_explain_a_policy_file(files, tmp_path):
+    """A Contract-2 policy file is explained like a model folder (here AWR's predictions)."""
+    pfile = tmp_path / "awr.parquet"
+    res = runner.invoke(app, ["predict", str(files / "awr"), str(files / "panel.parquet"),
+                              "--manifest", str(files / "manifest.toml"), "--out", str(pfile)])
+    assert res.exit_code == 0, _err(res)
+    res = runner.invoke(app, _args(files, pfile, tmp_path / "card", "--depth", "2", "--json"))
+    assert res.exit_code == 0, _err(res)
+    card = json.loads(res.stdout)
+    assert card["source"]["kind"] == "policy file" and card["tree"]["depth"] <= 2
+    folder = json.loads(runner.invoke(app, _args(files, "awr", tmp_path / "c2", "--depth", "2",
+                                                 "--json")).stdout)
+    assert card["rules"] == folder["rules"]  # same probabilities, same rules

@@ -111,3 +111,13 @@ def test_support_share():
 def test_bad_config(kwargs, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         ExplainConfig(**kwargs)
+
+
+def test_split_rows_map_back_to_the_panel():
+    from equicare.explain._evidence import _rows_in
+
+    ds = tree_sim.generate(50, seed=14)
+    for part in ds.split(0.3, random_state=1):
+        rows = _rows_in(ds, part)
+        np.testing.assert_array_equal(ds.states[rows], part.states)
+        np.testing.assert_array_equal(ds.actions[rows], part.actions)

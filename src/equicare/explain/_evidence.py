@@ -227,6 +227,17 @@ def _est(res: Any) -> dict[str, Any]:
     return {k: e.to_dict() for k, e in res.estimates.items()}
 
 
+def _rows_in(full: TrajectoryDataset, part: TrajectoryDataset) -> NDArray[np.int64]:
+    """Rows of ``full`` holding the rows of ``part`` (a subset of whole episodes), in order."""
+    import pandas as pd
+
+    pos = pd.Index(full.episode_ids).get_indexer(part.episode_ids)
+    starts = full.episode_offsets[pos]
+    lengths = part.episode_lengths
+    return np.asarray(np.repeat(starts - part.episode_offsets[:-1], lengths)
+                      + np.arange(part.n_steps), dtype=np.int64)
+
+
 def _episode_means(ds: TrajectoryDataset, v: NDArray[np.float64]) -> NDArray[np.float64]:
     return np.asarray(np.bincount(ds.episode_index, weights=v, minlength=ds.n_episodes)
                       / ds.episode_lengths)
@@ -240,7 +251,7 @@ def _disagreement(ds: TrajectoryDataset, agree: NDArray[np.bool_], tv: NDArray[n
     combos += [(a, b) for i, a in enumerate(attrs) for b in attrs[i + 1:]]
     ep_agree = _episode_means(ds, agree.astype(np.float64))
     ep_tv = _episode_means(ds, tv)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for combo in combos:
         labels = (ds.group_labels(combo[0]).astype(str) if len(combo) == 1
                   else ds.intersect_groups(list(combo)))
@@ -259,7 +270,8 @@ def _disagreement(ds: TrajectoryDataset, agree: NDArray[np.bool_], tv: NDArray[n
                 rows.append({"attribute": " x ".join(combo), "group": str(lv),
                              "n_episodes": int(n[k]), "agreement": float(a_g[k]),
                              "tv": float(t_g[k])})
-    shown = sorted((r for r in rows if not r.get("suppressed")), key=lambda r: -r["tv"])[:top]
+    shown = sorted((r for r in rows if not r.get("suppressed")),
+                   key=lambda r: -float(r["tv"]))[:top]
     n_supp = sum(1 for r in rows if r.get("suppressed"))
     if n_supp:
         shown.append({"attribute": "(suppressed)", "group": f"{n_supp} subgroups with fewer "
@@ -325,16 +337,21 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
     rng = np.random.default_rng(random_state)
     seeds = [int(s) for s in rng.integers(0, 2**31 - 1, size=8)]
     if test is None:
+        # the source's probabilities on the whole panel, then split by episode (a policy file
+        # covers exactly the panel's rows)
+        src_all = check_probs(policy.action_probs(dataset), dataset.n_steps, dataset.n_actions,
+                              "source policy")
         strat = dataset.group_attrs[0] if dataset.group_attrs else None
         fit_ds, test = dataset.split(cfg.holdout, random_state=seeds[0], stratify=strat)
+        src_fit, src_test = (src_all[_rows_in(dataset, part)] for part in (fit_ds, test))
     else:
         fit_ds = dataset
         if test.action_space.to_dict() != fit_ds.action_space.to_dict():
             raise ValueError("explain_policy: the test set has another action space.")
-    src_fit = check_probs(policy.action_probs(fit_ds), fit_ds.n_steps, fit_ds.n_actions,
-                          "source policy")
-    src_test = check_probs(policy.action_probs(test), test.n_steps, test.n_actions,
-                           "source policy")
+        src_fit = check_probs(policy.action_probs(fit_ds), fit_ds.n_steps, fit_ds.n_actions,
+                              "source policy")
+        src_test = check_probs(policy.action_probs(test), test.n_steps, test.n_actions,
+                               "source policy")
     dcfg = cfg.distill_config
     caught_msgs: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
@@ -369,6 +386,7 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
         dist, rules_test, agree, tv = trees[cfg.depth]
         tree = dist.policy_
         rules_val = value(rules_test, cfg.bootstrap, seeds[3])
+        aud: Any
         try:
             aud = audit(test, {"source": src_test, "rules": rules_test}, action=cfg.action,
                         group=cfg.group, n_boot=cfg.bootstrap,

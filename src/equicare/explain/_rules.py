@@ -158,7 +158,7 @@ def tree_rules(tree: TreePolicy, *, leaves: NDArray[np.int64] | None = None,
         w = np.ones(leaves.shape[0]) if weights is None else np.asarray(weights, float)
         tot = np.bincount(leaves, weights=w, minlength=tree.n_nodes)
         share = {int(k): float(v) for k, v in enumerate(tot / max(tot.sum(), 1e-300))}
-    rules = []
+    rules: list[dict[str, Any]] = []
     for leaf, path in _paths(tree).items():
         conds = _conditions(tree, path, time_unit)
         p = tree.probs[leaf]
@@ -174,7 +174,7 @@ def tree_rules(tree: TreePolicy, *, leaves: NDArray[np.int64] | None = None,
                       "action": best, "p": float(p[best]), "alternatives": alts,
                       "share": share.get(int(leaf)), "text": text})
     if share:
-        rules.sort(key=lambda r: -(r["share"] or 0.0))
+        rules.sort(key=lambda r: -float(r["share"] or 0.0))
     for i, r in enumerate(rules, 1):
         r["rule"] = i
     return [{"rule": r.pop("rule"), **r} for r in rules]
