@@ -265,7 +265,8 @@ def load_policy(path: str | os.PathLike[str]) -> Any:
     """Load the policy of a model folder written by any equicare learner's ``save``.
 
     A folder whose ``config.json`` has ``"kind": "tree"`` (distilled rules) loads as a
-    :class:`~equicare.policy.TreePolicy`; every other folder as a :class:`LearnedPolicy`.
+    :class:`~equicare.policy.TreePolicy`; ``"policy": {"kind": "cells"}`` as a ``CellPolicy``;
+    every other folder as a :class:`LearnedPolicy`.
 
     Parameters
     ----------
@@ -274,7 +275,9 @@ def load_policy(path: str | os.PathLike[str]) -> Any:
 
     Returns
     -------
-    LearnedPolicy or TreePolicy
+    LearnedPolicy, CellPolicy or TreePolicy
+        A network policy, the per-cell table of a tabular learner (SPIBB,
+        ``"policy": {"kind": "cells"}``), or distilled rules (``"kind": "tree"``).
         ``action_probs(dataset)`` checks that ``dataset`` has the training action space and
         state columns.
 
@@ -288,5 +291,10 @@ def load_policy(path: str | os.PathLike[str]) -> Any:
         from equicare.policy._tree import tree_policy_from_config
 
         return tree_policy_from_config(cfg, tensors, str(path))
+    pol = cfg.get("policy")
+    if isinstance(pol, Mapping) and pol.get("kind") == "cells":
+        from equicare.policy._cells import CellPolicy
+
+        return CellPolicy.from_config(cfg, tensors, str(path))
     return policy_from_config(cfg, tensors, str(path))
 
