@@ -14,7 +14,8 @@ value
     source's estimated improvement over behaviour that the rules keep;
 fairness
     the audit of :func:`equicare.fairness.audit` (parity gap, proportional parity, worst-group
-    value) for the behaviour, the source and the rules;
+    value by the same estimator as the frontier, DR by default) for the behaviour, the source
+    and the rules;
 support
     the share of each policy's probability mass on actions that practice rarely takes in that
     state (estimated behaviour probability below ``rare_threshold``).
@@ -391,7 +392,7 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
             aud = audit(test, {"source": src_test, "rules": rules_test}, action=cfg.action,
                         group=cfg.group, n_boot=cfg.bootstrap,
                         n_permutations=cfg.n_permutations, min_cell=cfg.min_cell,
-                        q_model=cfg.q_model, random_state=seeds[6])
+                        estimator=key, q_model=cfg.q_model, random_state=seeds[6])
         except DataValidationError as exc:
             if "nothing can be published" not in str(exc):
                 raise
