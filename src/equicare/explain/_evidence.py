@@ -459,7 +459,8 @@ def _caveats(fid: dict[str, Any], sup: dict[str, Any], val: dict[str, Any], key:
     ]
     kept = val["improvement_kept"].get(key)
     if kept is not None and kept < 0.8:
-        out.append(f"The rules keep only {100 * kept:.0f}% of the source policy's estimated "
+        out.append(f"The rules keep only {round(100 * kept) or 0}% of the source policy's "
+                   "estimated "
                    f"improvement over current practice ({key}); a deeper tree may be needed.")
     out += [f"Warning raised while gathering the evidence: {m}" for m in msgs[:5]]
     return out
