@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 
 _SUBMODULES = (
     "data", "spaces", "rewards", "sim", "models", "policy", "learn", "online", "dosing", "ope",
-    "fairness", "rmab",
+    "fairness", "rmab", "explain",
     "causal", "pipeline", "report", "cli", "exceptions", "utils",
 )
 

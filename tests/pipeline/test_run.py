@@ -45,6 +45,7 @@ def test_run_writes_report_and_records_the_run(tmp_path):
         tmp_path,
         mediation="enabled = true\nbootstrap = 20",
         plan="enabled = true\nseeds = 2\narms = 20",
+        explain="enabled = true\ndepth = 2\nbootstrap = 20",
     )
     res = runner.invoke(app, ["run", str(cfg), "--quiet"])
     assert res.exit_code == 0, res.output
@@ -62,8 +63,11 @@ def test_run_writes_report_and_records_the_run(tmp_path):
         "data:image/png;base64",
         "Mediation",
         "restless bandits",
+        "Readable rules (policy card)",
     ):
         assert needle in html, needle
+    card = json.loads((d / "card" / "policy_card.json").read_text())
+    assert card["tree"]["depth"] <= 2 and (d / "card" / "policy_card.html").is_file()
     result = json.loads((d / "result.json").read_text())
     assert set(result["estimates"]) == {"is", "wis", "pdis", "wpdis", "fqe", "dr", "wdr"}
     audit = json.loads((d / "audit.json").read_text())
@@ -72,6 +76,7 @@ def test_run_writes_report_and_records_the_run(tmp_path):
     assert {"ope.dr.awr", "truth.behavior", "truth.awr", "audit.parity_gap_pp.behavior"} <= set(
         m["name"]
     )
+    assert {"explain.agreement", "ope.dr.rules", "truth.rules"} <= set(m["name"])
     # no cell with fewer than 11 episodes is published in the audit
     for pol in audit["policies"].values():
         for cell in pol["rate"].values():

@@ -194,7 +194,8 @@ def _print_summary(s: dict[str, Any]) -> None:
 
 
 # Commands of each layer: one module per command group, each with register(app).
-_GROUPS = ("_ope", "_learn", "_fairness", "_rmab", "_causal", "_online", "_dosing", "_pipeline")
+_GROUPS = ("_ope", "_learn", "_fairness", "_rmab", "_causal", "_online", "_dosing", "_pipeline",
+           "_explain")
 for _name in _GROUPS:
     importlib.import_module(f"equicare.cli.{_name}").register(app)
 

@@ -54,7 +54,12 @@ def policy_from_file(path: str | os.PathLike[str], ds: Any, md: MediationData,
     """
     from equicare.policy import FilePolicy
 
-    full = np.asarray(FilePolicy(path=path).action_probs(ds), dtype=np.float64)
+    if Path(path).is_dir():  # a model folder (any learner, or distilled rules)
+        from equicare.policy import load_policy
+
+        full = np.asarray(load_policy(path).action_probs(ds), dtype=np.float64)
+    else:
+        full = np.asarray(FilePolicy(path=path).action_probs(ds), dtype=np.float64)
     if mask is not None:
         full = collapse_probs(full, mask)
     assert md.rows is not None and md.next_rows is not None
@@ -144,7 +149,8 @@ def register(app: typer.Typer) -> None:
         manifest: Annotated[Path, typer.Option("--manifest", help="Dataset manifest (TOML) "
                                                "with `mediators = [...]`.")],
         target: Annotated[Path, typer.Option("--target", help="Target policy file (Contract 2: "
-                                             "episode/time keys, p_0..p_{A-1}).")],
+                                             "episode/time keys, p_0..p_{A-1}) or model "
+                                             "folder.")],
         control: Annotated[str, typer.Option("--control", help="Fixed control action code "
                                              "(binary actions) or a policy file.")] = "0",
         estimators: Annotated[str, typer.Option("--estimators", help="Comma-separated subset "

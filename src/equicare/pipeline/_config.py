@@ -55,6 +55,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "audit": {"group": "", "intersect": "", "action": "modality=home_visit", "permutations": 1000},
     "frontier": {"lambdas": [], "kind": "parity"},
     "mediation": {"enabled": False, "bootstrap": 200, "action": "modality=home_visit"},
+    "explain": {"enabled": False, "depth": 3, "bootstrap": 200, "labels": "argmax"},
     "plan": {
         "enabled": False,
         "domain": "synthetic",
@@ -76,6 +77,8 @@ _CHOICES: dict[str, list[Any]] = {
     "frontier.kind": ["parity", "group_robust"],
     "output.executor": ["local", "serial", "ray"],
     "learner.algo": ["bc", "awr", "cql"],
+    "explain.depth": [1, 2, 3, 4, 5, 6, 7, 8],
+    "explain.labels": ["argmax", "sample"],
 }
 
 

@@ -179,6 +179,8 @@ def _stages(cfg: RunConfig) -> list[tuple[str, Stage]]:
     if cfg["ope"]["sensitivity"]:
         st.append(("sensitivity", _stage_sensitivity))
     st.append(("audit", _stage_audit))
+    if cfg["explain"]["enabled"]:
+        st.append(("explain", _stage_explain))
     if cfg["frontier"]["lambdas"]:
         st.append(("frontier", _stage_frontier))
     if cfg["data"]["synthetic"] and cfg["ope"]["truth_members"] > 0:
@@ -386,7 +388,10 @@ def _stage_truth(
     weeks = cfg["data"]["synthetic"]["weeks"]
     name = state["learner_name"]
     truth = {}
-    for label, pol in (("behavior", sim.behavior_policy()), (name, state["learner"])):
+    pols = [("behavior", sim.behavior_policy()), (name, state["learner"])]
+    if "card" in state:  # the distilled rules of the policy card
+        pols.append(("rules", state["card"].tree))
+    for label, pol in pols:
         with progress_task(f"true value ({label})", total=1, enabled=state["progress"]) as bar:
             r = sim.true_value(pol, n_members=n, n_weeks=weeks, random_state=seed + 7)
             bar.update(advance=1)
@@ -401,6 +406,44 @@ def _stage_truth(
         )
     state["truth"] = truth
     _write_json(out / "truth.json", truth)
+
+
+def _stage_explain(
+    cfg: RunConfig, state: dict[str, Any], out: Path, metrics: list[Metric], seed: int
+) -> None:
+    """Distil the learned policy into rules and write the policy card (``card/``)."""
+    from equicare.explain import DistillConfig, ExplainConfig, explain_policy
+    from equicare.report import write_card
+
+    e = cfg["explain"]
+    ecfg = ExplainConfig(
+        depth=e["depth"],
+        q_model=cfg["ope"]["q_model"],
+        bootstrap=e["bootstrap"],
+        frontier_bootstrap=min(e["bootstrap"], 50),
+        action=cfg["audit"]["action"] or None,
+        group=cfg["audit"]["group"] or None,
+        distill=DistillConfig(
+            max_depth=e["depth"], q_model=cfg["ope"]["q_model"], labels=e["labels"]
+        ),
+    )
+    card = explain_policy(
+        state["train"],
+        state["learner"],
+        ecfg,
+        test=state["test"],
+        source={"name": state["learner_name"], "algo": state["learner_name"], "path": "model"},
+        random_state=seed,
+    )
+    state["card"] = card
+    write_card(card, out / "card")
+    fid = card.fidelity
+    metrics.append(Metric("explain.agreement", fid["agreement"]))
+    metrics.append(Metric("explain.tv", fid["tv"]))
+    metrics.append(Metric("explain.n_rules", float(card.tree.leaves.size)))
+    for k, est in card.value["rules"].items():
+        metrics.append(Metric(f"ope.{k}.rules", est["value"], ci_low=est["ci"][0],
+                              ci_high=est["ci"][1]))
 
 
 def _stage_mediation(

@@ -18,6 +18,7 @@ from equicare.policy._file import (
     write_policy_file,
     write_policy_stream,
 )
+from equicare.policy._tree import TreePolicy, tree_features
 
 __all__ = [
     "CallablePolicy",
@@ -26,11 +27,13 @@ __all__ = [
     "MixturePolicy",
     "Policy",
     "TabularPolicy",
+    "TreePolicy",
     "UniformPolicy",
     "check_probs",
     "greedy_actions",
     "read_policy_file",
     "sample_actions",
+    "tree_features",
     "write_policy_file",
     "write_policy_stream",
 ]

@@ -281,6 +281,10 @@ def policy_from_config(cfg: Mapping[str, Any], tensors: Mapping[str, Any], sourc
 def load_policy(path: str | os.PathLike[str]) -> Any:
     """Load the policy of a model folder written by any equicare learner's ``save``.
 
+    A folder whose ``config.json`` has ``"kind": "tree"`` (distilled rules) loads as a
+    :class:`~equicare.policy.TreePolicy`; ``"policy": {"kind": "cells"}`` as a ``CellPolicy``;
+    every other folder as a :class:`LearnedPolicy`.
+
     Parameters
     ----------
     path : str or Path
@@ -288,10 +292,11 @@ def load_policy(path: str | os.PathLike[str]) -> Any:
 
     Returns
     -------
-    LearnedPolicy or CellPolicy
-        A network policy, or the per-cell table of a tabular learner (SPIBB,
-        ``"policy": {"kind": "cells"}``). ``action_probs(dataset)`` checks that ``dataset`` has
-        the training action space and state columns.
+    LearnedPolicy, CellPolicy or TreePolicy
+        A network policy, the per-cell table of a tabular learner (SPIBB,
+        ``"policy": {"kind": "cells"}``), or distilled rules (``"kind": "tree"``).
+        ``action_probs(dataset)`` checks that ``dataset`` has the training action space and
+        state columns.
 
     Raises
     ------
@@ -299,6 +304,10 @@ def load_policy(path: str | os.PathLike[str]) -> Any:
         Missing or malformed files.
     """
     cfg, tensors = read_model_folder(path)
+    if cfg.get("kind") == "tree":  # distilled rules (equicare.explain): evaluated with NumPy
+        from equicare.policy._tree import tree_policy_from_config
+
+        return tree_policy_from_config(cfg, tensors, str(path))
     pol = cfg.get("policy")
     if isinstance(pol, Mapping) and pol.get("kind") == "cells":
         from equicare.policy._cells import CellPolicy

@@ -236,6 +236,35 @@ def build_run_report(
         )
         rep.table(table, n_col=None)
 
+    card = _load(d / "card" / "policy_card.json")
+    if card:
+        from equicare.report._card import card_frontier_plot
+
+        rep.section("Readable rules (policy card)")
+        fid = card["evidence"]["fidelity"]
+        val = card["evidence"]["value"]
+        key = val.get("estimator_for_frontier", "dr")
+        kept = val["improvement_kept"].get(key)
+        rep.kpis(
+            {
+                "rules": str(card["tree"]["n_rules"]),
+                "agreement with the learned policy": f"{100 * fid['agreement']:.1f}%",
+                f"improvement kept ({key})": "n/a" if kept is None else f"{100 * kept:.0f}%",
+            }
+        )
+        rep.text(
+            f"The {algo} policy distilled into a depth-{card['tree']['depth']} tree; the full "
+            "policy card (evidence, fairness, disagreement by subgroup, caveats) is "
+            "card/policy_card.html in the run folder, the rules as a model folder card/model."
+        )
+        for r in card["rules"]:
+            rep.text(f"{r['rule']}. {r['text']}")
+        rep.figure(
+            card_frontier_plot(card),
+            "card_frontier",
+            "Fidelity and estimated value of the rules by number of rules (depths 1-6).",
+        )
+
     med = _load(d / "mediation.json")
     if med:
         rep.section("Mediation")

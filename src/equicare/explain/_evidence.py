@@ -1,0 +1,466 @@
+"""Evidence for distilled rules: fidelity, off-policy value, fairness, support and the frontier.
+
+:func:`explain_policy` splits the panel's episodes into a fitting part and a held-out part,
+distils the source policy at every depth of the frontier (1 to 6 by default) on the fitting part,
+and measures on the held-out episodes:
+
+fidelity
+    agreement of the most likely actions of the rules and of the source, and the mean total
+    variation distance ``1/2 sum_a |pi_rules(a|s) - pi_source(a|s)|`` between their
+    distributions, overall, per rule and per protected subgroup;
+value
+    the OPE engine's estimates (:func:`equicare.ope.evaluate`, default WIS and DR) with
+    episode-bootstrap intervals, for the behaviour, the source and the rules, and the share of the
+    source's estimated improvement over behaviour that the rules keep;
+fairness
+    the audit of :func:`equicare.fairness.audit` (parity gap, proportional parity, worst-group
+    value by the same estimator as the frontier, DR by default) for the behaviour, the source
+    and the rules;
+support
+    the share of each policy's probability mass on actions that practice rarely takes in that
+    state (estimated behaviour probability below ``rare_threshold``).
+
+Nothing row-level leaves this module: every number is an aggregate, and subgroups with fewer
+than ``min_cell`` episodes are suppressed.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from equicare.data import TrajectoryDataset
+from equicare.exceptions import DataValidationError
+from equicare.explain._distill import DistillConfig, Distiller, choice_weights
+from equicare.explain._rules import tree_rules
+from equicare.policy._base import check_probs
+from equicare.policy._tree import TreePolicy
+from equicare.utils import MIN_CELL, check_param
+
+__all__ = ["ExplainConfig", "PolicyCard", "explain_policy", "fidelity", "support_share",
+           "CARD_FORMAT", "CARD_VERSION"]
+
+CARD_FORMAT = "equicare-policy-card"
+CARD_VERSION = 1
+_OWNER = "ExplainConfig"
+_ESTIMATORS = ("is", "wis", "pdis", "wpdis", "fqe", "dr", "wdr")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExplainConfig:
+    """Settings of a policy card.
+
+    Parameters
+    ----------
+    depth : int, default=3
+        Depth of the rules shown on the card (1 to 12).
+    depths : tuple of int, default=(1, 2, 3, 4, 5, 6)
+        Depths of the size/fidelity/value frontier.
+    distill : DistillConfig, optional
+        Other distillation settings (its ``max_depth`` is replaced by ``depth``).
+    holdout : float, default=0.3
+        Share of episodes held out for the evidence (stratified by the first group attribute);
+        ignored when a test set is given.
+    estimators : tuple of str, default=("wis", "dr")
+        OPE estimators of the value.
+    q_model : str, default="linear"
+        Q-model of the OPE estimators (and of the choice weights unless ``distill`` says).
+    bootstrap : int, default=200
+        Episode-bootstrap replicates of the value and fairness intervals (0: normal intervals
+        from the jackknife for the value, none for fairness).
+    frontier_bootstrap : int, default=50
+        Replicates of the value intervals of the frontier.
+    action : str, optional
+        Audited action set (``"modality=home_visit"``); default: the audit's default.
+    group : str, optional
+        Audited group attribute; default: the dataset's first.
+    n_permutations : int, default=0
+        Permutation test of the audit (0: none).
+    rare_threshold : float, default=0.01
+        Estimated behaviour probability below which an action counts as rarely taken.
+    min_cell : int, default=11
+        Subgroups with fewer episodes are suppressed.
+    top_disagreement : int, default=8
+        Subgroups listed where the rules and the source disagree most.
+    """
+
+    depth: int = 3
+    depths: tuple[int, ...] = (1, 2, 3, 4, 5, 6)
+    distill: DistillConfig | None = None
+    holdout: float = 0.3
+    estimators: tuple[str, ...] = ("wis", "dr")
+    q_model: str = "linear"
+    bootstrap: int = 200
+    frontier_bootstrap: int = 50
+    action: str | None = None
+    group: str | None = None
+    n_permutations: int = 0
+    rare_threshold: float = 0.01
+    min_cell: int = MIN_CELL
+    top_disagreement: int = 8
+
+    def __post_init__(self) -> None:
+        check_param(self.depth, "depth", _OWNER, kind=int, low=1, high=12)
+        object.__setattr__(self, "depths", tuple(int(d) for d in self.depths))
+        for d in self.depths:
+            check_param(d, "depths", _OWNER, kind=int, low=1, high=12,
+                        expected="a tuple of depths in [1, 12]")
+        check_param(self.holdout, "holdout", _OWNER, kind=(int, float), low=0, high=1,
+                    low_inclusive=False, high_inclusive=False)
+        object.__setattr__(self, "estimators", tuple(self.estimators))
+        if not self.estimators:
+            raise ValueError("ExplainConfig.estimators needs at least one estimator.")
+        for e in self.estimators:
+            check_param(e, "estimators", _OWNER, choices=_ESTIMATORS)
+        check_param(self.q_model, "q_model", _OWNER, choices=("linear", "gbm", "tabular", "mlp"))
+        check_param(self.bootstrap, "bootstrap", _OWNER, kind=int, low=0)
+        check_param(self.frontier_bootstrap, "frontier_bootstrap", _OWNER, kind=int, low=0)
+        check_param(self.n_permutations, "n_permutations", _OWNER, kind=int, low=0)
+        check_param(self.rare_threshold, "rare_threshold", _OWNER, kind=(int, float), low=0,
+                    high=1, low_inclusive=False)
+        check_param(self.min_cell, "min_cell", _OWNER, kind=int, low=1)
+        check_param(self.top_disagreement, "top_disagreement", _OWNER, kind=int, low=1)
+
+    @property
+    def distill_config(self) -> DistillConfig:
+        """The distillation settings at the card's depth."""
+        base = self.distill or DistillConfig(q_model=self.q_model)  # type: ignore[arg-type]
+        return replace(base, max_depth=self.depth)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dictionary."""
+        d = asdict(self)
+        d["distill"] = self.distill_config.to_dict()
+        d["depths"] = list(self.depths)
+        d["estimators"] = list(self.estimators)
+        return d
+
+
+@dataclass(frozen=True, eq=False)
+class PolicyCard:
+    """The distilled rules of a policy and their evidence (``to_dict()`` is the card JSON).
+
+    Attributes
+    ----------
+    tree : TreePolicy
+        The rules as a policy (``tree.save(path)`` writes a model folder).
+    rules : list of dict
+        One rule per leaf, most used first (see :func:`equicare.explain.tree_rules`), with its
+        held-out share of rows and agreement with the source.
+    source : dict
+        Description of the source policy.
+    data : dict
+        Episodes and rows of the fitting and held-out parts.
+    fidelity, value, fairness, support : dict
+        The evidence (see the module docstring).
+    frontier : list of dict
+        One row per depth: rules, agreement, total variation, value with interval, support.
+    disagreement : list of dict
+        Protected subgroups where the rules and the source disagree most.
+    caveats : list of str
+    settings : dict
+        The :class:`ExplainConfig` used.
+    """
+
+    tree: TreePolicy
+    rules: list[dict[str, Any]]
+    source: dict[str, Any]
+    data: dict[str, Any]
+    fidelity: dict[str, Any]
+    value: dict[str, Any]
+    fairness: dict[str, Any]
+    support: dict[str, Any]
+    frontier: list[dict[str, Any]]
+    disagreement: list[dict[str, Any]]
+    caveats: list[str] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The card as JSON-friendly data (aggregates only; no row-level data)."""
+        return {"format": CARD_FORMAT, "format_version": CARD_VERSION, "source": self.source,
+                "data": self.data, "rules": self.rules,
+                "tree": {"depth": self.tree.depth, "n_rules": int(self.tree.leaves.size),
+                         "features": [dict(f) for f in self.tree.features]},
+                "evidence": {"fidelity": self.fidelity, "value": self.value,
+                             "fairness": self.fairness, "support": self.support},
+                "frontier": self.frontier, "disagreement": self.disagreement,
+                "caveats": self.caveats, "settings": self.settings}
+
+
+# ---------------------------------------------------------------------- measures
+def fidelity(rules_probs: NDArray[np.float64], source_probs: NDArray[np.float64]
+             ) -> tuple[NDArray[np.bool_], NDArray[np.float64]]:
+    """Per-row agreement of the most likely actions and total variation distance.
+
+    Parameters
+    ----------
+    rules_probs, source_probs : ndarray of shape (n, n_actions)
+
+    Returns
+    -------
+    agree : ndarray of shape (n,), bool
+    tv : ndarray of shape (n,)
+        ``1/2 sum_a |p_rules - p_source|``.
+    """
+    agree = np.argmax(rules_probs, axis=1) == np.argmax(source_probs, axis=1)
+    tv = 0.5 * np.abs(rules_probs - source_probs).sum(axis=1)
+    return agree, tv
+
+
+def support_share(probs: NDArray[np.float64], behavior_probs: NDArray[np.float64],
+                  threshold: float) -> float:
+    """Share (%) of a policy's mass on actions with behaviour probability below ``threshold``.
+
+    Parameters
+    ----------
+    probs, behavior_probs : ndarray of shape (n, n_actions)
+    threshold : float
+    """
+    rare = behavior_probs < threshold
+    return float(100.0 * (probs * rare).sum(axis=1).mean())
+
+
+def _est(res: Any) -> dict[str, Any]:
+    return {k: e.to_dict() for k, e in res.estimates.items()}
+
+
+def _rows_in(full: TrajectoryDataset, part: TrajectoryDataset) -> NDArray[np.int64]:
+    """Rows of ``full`` holding the rows of ``part`` (a subset of whole episodes), in order."""
+    import pandas as pd
+
+    pos = pd.Index(full.episode_ids).get_indexer(part.episode_ids)
+    starts = full.episode_offsets[pos]
+    lengths = part.episode_lengths
+    return np.asarray(np.repeat(starts - part.episode_offsets[:-1], lengths)
+                      + np.arange(part.n_steps), dtype=np.int64)
+
+
+def _episode_means(ds: TrajectoryDataset, v: NDArray[np.float64]) -> NDArray[np.float64]:
+    return np.asarray(np.bincount(ds.episode_index, weights=v, minlength=ds.n_episodes)
+                      / ds.episode_lengths)
+
+
+def _disagreement(ds: TrajectoryDataset, agree: NDArray[np.bool_], tv: NDArray[np.float64],
+                  min_cell: int, top: int) -> list[dict[str, Any]]:
+    """Agreement and total variation per protected subgroup (and pairs), worst first."""
+    attrs = list(ds.group_attrs)
+    combos: list[tuple[str, ...]] = [(a,) for a in attrs]
+    combos += [(a, b) for i, a in enumerate(attrs) for b in attrs[i + 1:]]
+    ep_agree = _episode_means(ds, agree.astype(np.float64))
+    ep_tv = _episode_means(ds, tv)
+    rows: list[dict[str, Any]] = []
+    for combo in combos:
+        labels = (ds.group_labels(combo[0]).astype(str) if len(combo) == 1
+                  else ds.intersect_groups(list(combo)))
+        levels, inv = np.unique(labels, return_inverse=True)
+        n = np.bincount(inv, minlength=levels.size)
+        # row-weighted means within each subgroup (episodes weighted by their rows)
+        lens = ds.episode_lengths.astype(np.float64)
+        rows_g = np.bincount(inv, weights=lens, minlength=levels.size)
+        a_g = np.bincount(inv, weights=ep_agree * lens, minlength=levels.size) / rows_g
+        t_g = np.bincount(inv, weights=ep_tv * lens, minlength=levels.size) / rows_g
+        for k, lv in enumerate(levels):
+            if n[k] < min_cell:
+                rows.append({"attribute": " x ".join(combo), "group": str(lv),
+                             "suppressed": True, "n_episodes": None})
+            else:
+                rows.append({"attribute": " x ".join(combo), "group": str(lv),
+                             "n_episodes": int(n[k]), "agreement": float(a_g[k]),
+                             "tv": float(t_g[k])})
+    shown = sorted((r for r in rows if not r.get("suppressed")),
+                   key=lambda r: -float(r["tv"]))[:top]
+    n_supp = sum(1 for r in rows if r.get("suppressed"))
+    if n_supp:
+        shown.append({"attribute": "(suppressed)", "group": f"{n_supp} subgroups with fewer "
+                      f"than {min_cell} episodes", "suppressed": True, "n_episodes": None})
+    return shown
+
+
+def _fairness(audit_res: Any) -> dict[str, Any]:
+    if isinstance(audit_res, str):
+        return {"suppressed": True, "reason": audit_res, "policies": {}}
+    d = audit_res.to_dict()
+    summ = audit_res.summary()
+    out: dict[str, Any] = {"action": d["action"], "group": d["group"],
+                           "n_episodes": d["n_episodes"], "estimator": d["estimator"],
+                           "policies": {}}
+    for name, p in d["policies"].items():
+        vbg = p.get("value_by_group") or {}
+        kept = {g: v["value"] for g, v in vbg.items()
+                if isinstance(v, dict) and not v.get("suppressed") and v.get("value") is not None}
+        worst = min(kept, key=lambda g: kept[g]) if kept else None
+        out["policies"][name] = {
+            "rate": p["overall_rate"], "parity_gap_pp": p["parity_gap_pp"],
+            "parity_ratio": p["parity_ratio"],
+            "proportional_parity": p.get("proportional_parity"),
+            "worst_group": worst,
+            "worst_group_value": (None if worst is None
+                                  else float(summ.loc[name, "worst_group_value"])),
+            "value_by_group": vbg}
+    return out
+
+
+# ---------------------------------------------------------------------- the card
+def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfig | None = None,
+                   *, test: TrajectoryDataset | None = None, source: dict[str, Any] | None = None,
+                   random_state: int = 0) -> PolicyCard:
+    """Distil a policy into rules and gather the evidence of its policy card.
+
+    Parameters
+    ----------
+    dataset : TrajectoryDataset
+        The panel (split into fitting and held-out episodes), or only the fitting part when
+        ``test`` is given.
+    policy : Policy
+        The source policy (model folder policy, policy file, learner, any Policy).
+    config : ExplainConfig, optional
+    test : TrajectoryDataset, optional
+        Held-out episodes for the evidence.
+    source : dict, optional
+        Description of the source shown on the card (name, path, learner).
+    random_state : int
+        Seed of the split, the fits and the bootstrap.
+
+    Returns
+    -------
+    PolicyCard
+    """
+    from equicare.fairness import audit
+    from equicare.ope import evaluate
+    from equicare.policy import BehaviorModel
+
+    cfg = config or ExplainConfig()
+    check_param(random_state, "random_state", "explain_policy", kind=int, low=0)
+    rng = np.random.default_rng(random_state)
+    seeds = [int(s) for s in rng.integers(0, 2**31 - 1, size=8)]
+    if test is None:
+        # the source's probabilities on the whole panel, then split by episode (a policy file
+        # covers exactly the panel's rows)
+        src_all = check_probs(policy.action_probs(dataset), dataset.n_steps, dataset.n_actions,
+                              "source policy")
+        strat = dataset.group_attrs[0] if dataset.group_attrs else None
+        fit_ds, test = dataset.split(cfg.holdout, random_state=seeds[0], stratify=strat)
+        src_fit, src_test = (src_all[_rows_in(dataset, part)] for part in (fit_ds, test))
+    else:
+        fit_ds = dataset
+        if test.action_space.to_dict() != fit_ds.action_space.to_dict():
+            raise ValueError("explain_policy: the test set has another action space.")
+        src_fit = check_probs(policy.action_probs(fit_ds), fit_ds.n_steps, fit_ds.n_actions,
+                              "source policy")
+        src_test = check_probs(policy.action_probs(test), test.n_steps, test.n_actions,
+                               "source policy")
+    dcfg = cfg.distill_config
+    caught_msgs: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        weights = choice_weights(fit_ds, src_fit, dcfg, random_state=seeds[1])
+        # behaviour: logged propensities for the weights when present; a model for support
+        bm = BehaviorModel(n_folds=2, random_state=seeds[2]).fit(test)
+        b_full = bm.action_probs(test)
+        props = test.behavior_prob if test.behavior_prob is not None else bm.propensities(test)
+
+        def value(probs: NDArray[np.float64], n_boot: int, seed: int) -> Any:
+            return evaluate(test, probs, estimators=cfg.estimators, q_model=cfg.q_model,
+                            behavior_prob=props, bootstrap=n_boot, groups=[],
+                            diagnose_support=False, random_state=seed)
+
+        src_val = value(src_test, cfg.bootstrap, seeds[3])
+        depths = sorted(set(cfg.depths) | {cfg.depth})
+        frontier, trees = [], {}
+        key = "dr" if "dr" in cfg.estimators else cfg.estimators[0]
+        for d in depths:
+            dist = Distiller(replace(dcfg, max_depth=d)).fit(
+                fit_ds, policy, source_probs=src_fit, weights=weights, random_state=seeds[4])
+            probs = dist.policy_.action_probs(test)
+            agree, tv = fidelity(probs, src_test)
+            res = value(probs, cfg.frontier_bootstrap, seeds[5])
+            e = res.estimates[key]
+            trees[d] = (dist, probs, agree, tv)
+            frontier.append({"depth": d, "n_rules": int(dist.policy_.leaves.size),
+                             "agreement": float(agree.mean()), "tv": float(tv.mean()),
+                             "estimator": key, "value": e.value, "ci": list(e.ci),
+                             "support_pct": support_share(probs, b_full, cfg.rare_threshold)})
+        dist, rules_test, agree, tv = trees[cfg.depth]
+        tree = dist.policy_
+        rules_val = value(rules_test, cfg.bootstrap, seeds[3])
+        aud: Any
+        try:
+            aud = audit(test, {"source": src_test, "rules": rules_test}, action=cfg.action,
+                        group=cfg.group, n_boot=cfg.bootstrap,
+                        n_permutations=cfg.n_permutations, min_cell=cfg.min_cell,
+                        estimator=key, q_model=cfg.q_model, random_state=seeds[6])
+        except DataValidationError as exc:
+            if "nothing can be published" not in str(exc):
+                raise
+            aud = str(exc)  # every group is a small cell: the audit is suppressed
+    for w in caught:
+        msg = str(w.message)
+        if msg not in caught_msgs and not issubclass(w.category, DeprecationWarning):
+            caught_msgs.append(msg)
+    time_unit = str(getattr(getattr(dataset, "manifest", None), "time", None) or "step")
+    fit_leaves = tree.apply(fit_ds)
+    rules = tree_rules(tree, leaves=fit_leaves, weights=None, time_unit=time_unit)
+    test_leaves = tree.apply(test)
+    n_leaf = np.bincount(test_leaves, minlength=tree.n_nodes)
+    a_leaf = np.bincount(test_leaves, weights=agree.astype(np.float64), minlength=tree.n_nodes)
+    for r in rules:
+        k = r["leaf"]
+        r["test_share"] = float(n_leaf[k] / max(test.n_steps, 1))
+        r["test_agreement"] = None if n_leaf[k] == 0 else float(a_leaf[k] / n_leaf[k])
+    beh = src_val.behavior
+    kept: dict[str, float | None] = {}
+    for k in cfg.estimators:
+        gain_src = src_val.estimates[k].value - beh.value
+        gain_rules = rules_val.estimates[k].value - beh.value
+        kept[k] = None if abs(gain_src) < 1e-12 else float(gain_rules / gain_src)
+    val = {"behavior": beh.to_dict(), "source": _est(src_val), "rules": _est(rules_val),
+           "improvement_kept": kept, "estimator_for_frontier": key,
+           "propensities": "logged" if test.behavior_prob is not None else "estimated"}
+    sup = {"threshold": cfg.rare_threshold,
+           "rules_pct": support_share(rules_test, b_full, cfg.rare_threshold),
+           "source_pct": support_share(src_test, b_full, cfg.rare_threshold)}
+    fid = {"agreement": float(agree.mean()), "tv": float(tv.mean()),
+           "weighted_agreement_fit": dist.agreement_, "n_test_rows": int(test.n_steps),
+           "n_test_episodes": int(test.n_episodes)}
+    disagreement = _disagreement(test, agree, tv, cfg.min_cell, cfg.top_disagreement)
+    fair = _fairness(aud)
+    caveats = _caveats(fid, sup, val, key, cfg, caught_msgs)
+    data = {"n_episodes": int(fit_ds.n_episodes + test.n_episodes),
+            "fit_episodes": int(fit_ds.n_episodes), "fit_rows": int(fit_ds.n_steps),
+            "test_episodes": int(test.n_episodes), "test_rows": int(test.n_steps),
+            "time_unit": time_unit, "gamma": float(test.gamma)}
+    src = {"name": "source", "window": int(getattr(policy, "window", 1)), **(source or {})}
+    tree = replace(tree, source="distilled rules",
+                   info={"distill": dcfg.to_dict(), "source": src,
+                         "rules": [r["text"] for r in rules]})
+    return PolicyCard(tree=tree, rules=rules, source=src, data=data, fidelity=fid, value=val,
+                      fairness=fair, support=sup, frontier=frontier, disagreement=disagreement,
+                      caveats=caveats, settings=cfg.to_dict())
+
+
+def _caveats(fid: dict[str, Any], sup: dict[str, Any], val: dict[str, Any], key: str,
+             cfg: ExplainConfig, msgs: list[str]) -> list[str]:
+    out = [
+        f"Fidelity is measured on {fid['n_test_episodes']:,} held-out episodes of the same "
+        "panel; it says how closely the rules imitate the source policy there, not how well "
+        "either would do elsewhere.",
+        f"Support: the rules put {sup['rules_pct']:.1f}% of their probability mass on actions "
+        f"that current practice takes with probability below {cfg.rare_threshold:g} in that "
+        f"state (the source policy: {sup['source_pct']:.1f}%). Off-policy values of that mass "
+        "rest on the Q-model's extrapolation, not on observed outcomes.",
+        "Values are off-policy estimates from observational data: valid only if every factor "
+        "that drove both the logged decisions and the outcomes is among the recorded state "
+        "features (no unmeasured confounding).",
+        f"Subgroups with fewer than {cfg.min_cell} episodes are suppressed in every table.",
+    ]
+    kept = val["improvement_kept"].get(key)
+    if kept is not None and kept < 0.8:
+        out.append(f"The rules keep only {round(100 * kept) or 0}% of the source policy's "
+                   "estimated "
+                   f"improvement over current practice ({key}); a deeper tree may be needed.")
+    out += [f"Warning raised while gathering the evidence: {m}" for m in msgs[:5]]
+    return out

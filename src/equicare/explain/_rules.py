@@ -1,0 +1,189 @@
+"""Rules in plain language from a :class:`~equicare.policy.TreePolicy`.
+
+Every leaf is one rule: the conditions on its root-to-leaf path, merged per column (the tightest
+bounds of a numeric column; "is" / "is not" for the levels of a categorical column or of the
+previous action), and the leaf's most likely action with its probability, e.g.::
+
+    if risk > 0.62 and engagement <= 0.1 then modality=home_visit, provider=chw (p=0.81)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from equicare.policy._tree import TreePolicy, feature_label
+
+__all__ = ["tree_rules", "action_text", "rules_text"]
+
+
+def _num(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def action_text(space: Any, flat: int) -> str:
+    """``"modality=home_visit, provider=chw"`` for a flat action."""
+    codes = space.from_flat(np.array([flat]))[0]
+    return ", ".join(f"{c.name}={c.levels[int(k)]}"
+                     for c, k in zip(space.components, codes, strict=True))
+
+
+def _paths(tree: TreePolicy) -> dict[int, list[tuple[int, bool, float]]]:
+    """Conditions ``(feature, goes_right, threshold)`` on the path to each leaf."""
+    out: dict[int, list[tuple[int, bool, float]]] = {}
+    stack: list[tuple[int, list[tuple[int, bool, float]]]] = [(0, [])]
+    while stack:  # nodes of a shallow tree, not rows
+        node, path = stack.pop()
+        left, right = int(tree.children_left[node]), int(tree.children_right[node])
+        if left < 0:
+            out[node] = path
+            continue
+        f, t = int(tree.feature[node]), float(tree.threshold[node])
+        stack.append((right, [*path, (f, True, t)]))
+        stack.append((left, [*path, (f, False, t)]))
+    return out
+
+
+def _all_levels(tree: TreePolicy, kind: str, name: str) -> list[str]:
+    """Every level of a categorical state (from the tree's features) or action component."""
+    if kind == "prev_action":
+        return list(tree.action_space.component(name).levels)
+    return [str(f["level"]) for f in tree.features
+            if f.get("kind") == "categorical" and f.get("name") == name]
+
+
+def _conditions(tree: TreePolicy, path: list[tuple[int, bool, float]], time_unit: str
+                ) -> list[dict[str, Any]]:
+    """Merge a path's tests into readable conditions, one per column."""
+    bounds: dict[int, list[float]] = {}
+    groups: dict[tuple[str, str], dict[str, Any]] = {}
+    order: list[tuple[str, Any]] = []
+    for f, right, t in path:
+        rec = tree.features[f]
+        kind = rec["kind"]
+        if kind in ("categorical", "prev_action"):
+            key = (kind, str(rec.get("name", rec.get("component"))))
+            if key not in groups:
+                groups[key] = {"is": None, "not": []}
+                order.append(("group", key))
+            if right:
+                groups[key]["is"] = str(rec["level"])
+            else:
+                groups[key]["not"].append(str(rec["level"]))
+            continue
+        if f not in bounds:
+            bounds[f] = [-math.inf, math.inf]
+            order.append(("num", f))
+        lo, hi = bounds[f]
+        bounds[f] = [max(lo, t), hi] if right else [lo, min(hi, t)]
+    out: list[dict[str, Any]] = []
+    for typ, key in order:
+        if typ == "group":
+            kind, name = key
+            g = groups[key]
+            subject = name if kind == "categorical" else f"last {time_unit}'s {name}"
+            if g["is"] is not None:
+                text = f"{subject} is {g['is']}"
+                out.append({"column": subject, "op": "is", "levels": [g["is"]], "text": text})
+            else:
+                levels = sorted(set(g["not"]))
+                rest = [lv for lv in _all_levels(tree, kind, name) if lv not in levels]
+                if len(rest) == 1:  # "is not a" of a two-level column reads "is b"
+                    text = f"{subject} is {rest[0]}"
+                    out.append({"column": subject, "op": "is", "levels": rest, "text": text})
+                    continue
+                text = f"{subject} is not {' or '.join(levels)}"
+                out.append({"column": subject, "op": "is not", "levels": levels, "text": text})
+            continue
+        rec = tree.features[key]
+        lo, hi = bounds[key]
+        if rec["kind"] == "recent_action":
+            what = f"{rec['component']}={rec['level']} in the last {rec['rows']} {time_unit}s"
+            lo_n = None if lo == -math.inf else math.floor(lo) + 1
+            hi_n = None if hi == math.inf else math.floor(hi)
+            if hi_n == 0:
+                text = f"no {what}"
+            elif lo_n is not None and hi_n is not None:
+                text = f"{lo_n} to {hi_n} times {what}"
+            elif lo_n is not None:
+                text = f"at least {lo_n} times {what}"
+            else:
+                text = f"at most {hi_n} times {what}"
+            out.append({"column": what, "op": "count", "low": lo_n, "high": hi_n, "text": text})
+            continue
+        name = feature_label(rec, time_unit)
+        if lo > -math.inf and hi < math.inf:
+            text = f"{_num(lo)} < {name} <= {_num(hi)}"
+        elif lo > -math.inf:
+            text = f"{name} > {_num(lo)}"
+        else:
+            text = f"{name} <= {_num(hi)}"
+        out.append({"column": name, "op": "range",
+                    "low": None if lo == -math.inf else lo,
+                    "high": None if hi == math.inf else hi, "text": text})
+    return out
+
+
+def tree_rules(tree: TreePolicy, *, leaves: NDArray[np.int64] | None = None,
+               weights: NDArray[np.float64] | None = None, time_unit: str = "step",
+               top: int = 3, min_p: float = 0.05) -> list[dict[str, Any]]:
+    """One readable rule per leaf, most frequent first.
+
+    Parameters
+    ----------
+    tree : TreePolicy
+    leaves : ndarray of shape (n,), optional
+        Leaf of each row of some data (e.g. the fitting rows) to report each rule's share.
+    weights : ndarray of shape (n,), optional
+        Row weights of the shares.
+    time_unit : str
+        Word for one row of an episode ("week").
+    top : int
+        Alternatives listed per rule (actions with probability >= ``min_p``).
+    min_p : float
+
+    Returns
+    -------
+    list of dict
+        ``{"rule", "leaf", "conditions", "if", "then", "action", "p", "alternatives", "share",
+        "text"}``.
+    """
+    space = tree.action_space
+    share: Mapping[int, float] = {}
+    if leaves is not None:
+        w = np.ones(leaves.shape[0]) if weights is None else np.asarray(weights, float)
+        tot = np.bincount(leaves, weights=w, minlength=tree.n_nodes)
+        share = {int(k): float(v) for k, v in enumerate(tot / max(tot.sum(), 1e-300))}
+    rules: list[dict[str, Any]] = []
+    for leaf, path in _paths(tree).items():
+        conds = _conditions(tree, path, time_unit)
+        p = tree.probs[leaf]
+        order = np.argsort(-p, kind="stable")
+        best = int(order[0])
+        alts = [{"then": action_text(space, int(a)), "action": int(a), "p": float(p[a])}
+                for a in order[1:1 + top] if p[a] >= min_p]
+        cond_text = " and ".join(c["text"] for c in conds) if conds else "always"
+        then = action_text(space, best)
+        text = (f"if {cond_text} then {then} (p={p[best]:.2f})" if conds
+                else f"always {then} (p={p[best]:.2f})")
+        rules.append({"leaf": int(leaf), "conditions": conds, "if": cond_text, "then": then,
+                      "action": best, "p": float(p[best]), "alternatives": alts,
+                      "share": share.get(int(leaf)), "text": text})
+    if share:
+        rules.sort(key=lambda r: -float(r["share"] or 0.0))
+    for i, r in enumerate(rules, 1):
+        r["rule"] = i
+    return [{"rule": r.pop("rule"), **r} for r in rules]
+
+
+def rules_text(rules: list[dict[str, Any]]) -> str:
+    """The rules as numbered plain-text lines."""
+    lines = []
+    for r in rules:
+        share = "" if r.get("share") is None else f"  [{100 * r['share']:.0f}% of rows]"
+        lines.append(f"{r['rule']}. {r['text']}{share}")
+    return "\n".join(lines)

@@ -1,0 +1,350 @@
+"""A decision-tree policy (distilled rules) evaluated with NumPy.
+
+The tree is stored as flat arrays in scikit-learn's layout (``children_left``, ``children_right``,
+``feature``, ``threshold``) plus a probability distribution over the flat actions at every node
+(only the leaves' are used). Its inputs are named features of a dataset row, described by small
+JSON records so that a saved tree reads the same columns on any panel with the same manifest:
+
+``{"kind": "state", "name": "risk"}``
+    A numeric state column.
+``{"kind": "categorical", "name": "region", "level": "north"}``
+    1 if the categorical state ``region`` is ``north``, else 0.
+``{"kind": "prev_state", "name": "risk"}``
+    The numeric state at the previous row of the episode (the current value at the first row).
+``{"kind": "prev_action", "component": "modality", "level": "phone"}``
+    1 if the previous row's action had ``modality = phone`` (0 at an episode's first row).
+``{"kind": "prev_reward"}``
+    The previous row's (shaped) reward (0 at the first row).
+``{"kind": "recent_action", "component": "modality", "level": "home_visit", "rows": 3}``
+    How many of the previous ``rows`` rows of the episode had ``modality = home_visit``.
+
+A row goes left at a node when ``x[feature] <= threshold`` (scikit-learn's rule, with the inputs
+rounded to float32 as scikit-learn does). Evaluation walks all rows down the tree together, one
+level per iteration: no loop over rows.
+
+A model folder of a tree (Contract 2) has ``"kind": "tree"`` in its ``config.json`` and the arrays
+as tensors ``tree.children_left`` ... ``tree.probs`` in ``model.safetensors``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from equicare.exceptions import PolicyError
+from equicare.spaces import FactoredActionSpace
+
+__all__ = ["TreePolicy", "tree_features", "feature_label", "TREE_KIND", "FEATURE_KINDS",
+           "tree_policy_from_config"]
+
+#: ``config.json`` ``kind`` of a tree model folder.
+TREE_KIND = "tree"
+#: Known feature kinds.
+FEATURE_KINDS = ("state", "categorical", "prev_state", "prev_action", "prev_reward",
+                 "recent_action")
+_ARRAYS = ("children_left", "children_right", "feature", "threshold", "probs")
+MSG_MISSING_COLUMN = ("{source}: the tree reads {what} {name!r}, which the dataset does not have "
+                      "(it has {have}). Use the manifest the rules were distilled with.")
+
+
+def _state_column(dataset: Any, name: str, source: str) -> NDArray[np.float64]:
+    names = list(dataset.state_names)
+    if name not in names:
+        raise PolicyError(MSG_MISSING_COLUMN.format(source=source, what="state column", name=name,
+                                                    have=names))
+    return np.asarray(dataset.states[:, names.index(name)], dtype=np.float64)
+
+
+def _component_codes(dataset: Any, component: str, level: str, source: str
+                     ) -> NDArray[np.bool_]:
+    space = dataset.action_space
+    if component not in space.names:
+        raise PolicyError(MSG_MISSING_COLUMN.format(source=source, what="action component",
+                                                    name=component, have=list(space.names)))
+    j = space.names.index(component)
+    levels = space.components[j].levels
+    if level not in levels:
+        return np.zeros(dataset.n_steps, dtype=bool)
+    return np.asarray(dataset.action_codes[:, j] == levels.index(level))
+
+
+def tree_features(dataset: Any, features: Sequence[Mapping[str, Any]],
+                  source: str = "<tree>") -> NDArray[np.float64]:
+    """The tree's input matrix of a dataset.
+
+    Parameters
+    ----------
+    dataset : TrajectoryDataset
+    features : sequence of dict
+        Feature records (see the module docstring).
+    source : str
+        Name used in error messages.
+
+    Returns
+    -------
+    ndarray of shape (n_steps, n_features)
+
+    Raises
+    ------
+    PolicyError
+        A feature reads a column the dataset does not have, or has an unknown kind.
+    """
+    n = dataset.n_steps
+    out = np.zeros((n, len(features)), dtype=np.float64)
+    step = np.asarray(dataset.step)
+    has_prev = step > 0
+    prev = np.maximum(np.arange(n) - 1, 0)
+    starts = np.repeat(dataset.episode_offsets[:-1], dataset.episode_lengths)
+    for j, f in enumerate(features):
+        kind = f.get("kind")
+        if kind == "state":
+            out[:, j] = _state_column(dataset, str(f["name"]), source)
+        elif kind == "prev_state":
+            col = _state_column(dataset, str(f["name"]), source)
+            out[:, j] = np.where(has_prev, col[prev], col)
+        elif kind == "categorical":
+            name, level = str(f["name"]), str(f["level"])
+            if name not in dataset.categorical_names:
+                raise PolicyError(MSG_MISSING_COLUMN.format(
+                    source=source, what="categorical state", name=name,
+                    have=list(dataset.categorical_names)))
+            c = list(dataset.categorical_names).index(name)
+            levels = [str(v) for v in dataset.categorical_levels[c]]
+            if level in levels:
+                out[:, j] = dataset.categorical[:, c] == levels.index(level)
+        elif kind == "prev_action":
+            hit = _component_codes(dataset, str(f["component"]), str(f["level"]), source)
+            out[:, j] = has_prev & hit[prev]
+        elif kind == "prev_reward":
+            out[:, j] = np.where(has_prev, dataset.rewards[prev], 0.0)
+        elif kind == "recent_action":
+            hit = _component_codes(dataset, str(f["component"]), str(f["level"]), source)
+            rows = int(f["rows"])
+            # csum[i] = hits in rows < i; the count over rows [max(start, i - rows), i)
+            csum = np.concatenate([[0], np.cumsum(hit, dtype=np.int64)])
+            lo = np.maximum(starts, np.arange(n) - rows)
+            out[:, j] = csum[np.arange(n)] - csum[lo]
+        else:
+            raise PolicyError(f"{source}: unknown tree feature kind {kind!r}; expected one of "
+                              f"{', '.join(FEATURE_KINDS)}.")
+    return out
+
+
+def feature_label(f: Mapping[str, Any], time_unit: str = "step") -> str:
+    """Readable name of a feature record, e.g. ``"previous modality = phone"``."""
+    kind = f.get("kind")
+    if kind == "state":
+        return str(f["name"])
+    if kind == "prev_state":
+        return f"{f['name']} last {time_unit}"
+    if kind == "categorical":
+        return f"{f['name']} = {f['level']}"
+    if kind == "prev_action":
+        return f"last {time_unit}'s {f['component']} = {f['level']}"
+    if kind == "prev_reward":
+        return f"last {time_unit}'s reward"
+    if kind == "recent_action":
+        return f"{f['component']} = {f['level']} in the last {f['rows']} {time_unit}s"
+    return str(f)
+
+
+def _window(features: Sequence[Mapping[str, Any]]) -> int:
+    """Rows of history the features read (1: only the current row)."""
+    w = 1
+    for f in features:
+        if f.get("kind") in ("prev_state", "prev_action", "prev_reward"):
+            w = max(w, 2)
+        elif f.get("kind") == "recent_action":
+            w = max(w, int(f["rows"]) + 1)
+    return w
+
+
+@dataclass(frozen=True, eq=False)
+class TreePolicy:
+    """A decision tree over named row features with a distribution over actions at each leaf.
+
+    Parameters
+    ----------
+    children_left, children_right : ndarray of shape (n_nodes,), int
+        Child node of each node (``-1`` at a leaf), scikit-learn's layout.
+    feature : ndarray of shape (n_nodes,), int
+        Index into ``features`` tested at each node (negative at a leaf).
+    threshold : ndarray of shape (n_nodes,), float
+        A row goes left when ``x[feature] <= threshold``.
+    probs : ndarray of shape (n_nodes, n_actions), float
+        Action distribution at each node (rows sum to 1; the leaves' are used).
+    features : tuple of dict
+        Feature records (see :func:`tree_features`).
+    action_space : FactoredActionSpace
+    source : str
+        Name used in error messages.
+    info : dict
+        Free-form description saved with the model (source policy, settings, rules).
+
+    Examples
+    --------
+    >>> pol = load_policy("card/model")          # doctest: +SKIP
+    >>> pol.action_probs(dataset).shape          # doctest: +SKIP
+    (61234, 300)
+    """
+
+    children_left: NDArray[np.int64]
+    children_right: NDArray[np.int64]
+    feature: NDArray[np.int64]
+    threshold: NDArray[np.float64]
+    probs: NDArray[np.float64]
+    features: tuple[dict[str, Any], ...]
+    action_space: FactoredActionSpace
+    source: str = "<tree policy>"
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        arrs = {k: np.asarray(getattr(self, k)) for k in _ARRAYS}
+        n = arrs["children_left"].shape[0]
+        for k in ("children_right", "feature", "threshold"):
+            if arrs[k].shape != (n,):
+                raise PolicyError(f"{self.source}: tree array {k!r} has shape {arrs[k].shape}; "
+                                  f"expected ({n},).")
+        if arrs["probs"].shape != (n, self.action_space.n_actions):
+            raise PolicyError(f"{self.source}: tree array 'probs' has shape "
+                              f"{arrs['probs'].shape}; expected ({n}, "
+                              f"{self.action_space.n_actions}).")
+        p = arrs["probs"].astype(np.float64)
+        leaf = arrs["children_left"] < 0
+        if (p < 0).any() or not np.allclose(p[leaf].sum(axis=1), 1.0, atol=1e-6):
+            raise PolicyError(f"{self.source}: leaf probabilities must be >= 0 and sum to 1.")
+        feats = tuple(dict(f) for f in self.features)
+        inner = arrs["feature"][~leaf]
+        if inner.size and (inner.min() < 0 or inner.max() >= len(feats)):
+            raise PolicyError(f"{self.source}: a node tests feature {int(inner.max())}, but the "
+                              f"tree has {len(feats)} features.")
+        for f in feats:
+            if f.get("kind") not in FEATURE_KINDS:
+                raise PolicyError(f"{self.source}: unknown tree feature kind {f.get('kind')!r}; "
+                                  f"expected one of {', '.join(FEATURE_KINDS)}.")
+        object.__setattr__(self, "children_left", arrs["children_left"].astype(np.int64))
+        object.__setattr__(self, "children_right", arrs["children_right"].astype(np.int64))
+        object.__setattr__(self, "feature", arrs["feature"].astype(np.int64))
+        object.__setattr__(self, "threshold", arrs["threshold"].astype(np.float64))
+        object.__setattr__(self, "probs", p)
+        object.__setattr__(self, "features", feats)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def n_actions(self) -> int:
+        """Size of the flat action space."""
+        return self.action_space.n_actions
+
+    @property
+    def n_nodes(self) -> int:
+        """Number of nodes."""
+        return int(self.children_left.shape[0])
+
+    @property
+    def leaves(self) -> NDArray[np.int64]:
+        """Node ids of the leaves, shape ``(n_leaves,)``."""
+        return np.flatnonzero(self.children_left < 0).astype(np.int64)
+
+    @property
+    def depth(self) -> int:
+        """Longest root-to-leaf path (0 for a single leaf)."""
+        depth = np.zeros(self.n_nodes, dtype=np.int64)
+        for node in range(self.n_nodes):  # nodes, not rows: parents come before children
+            if self.children_left[node] >= 0:
+                depth[self.children_left[node]] = depth[node] + 1
+                depth[self.children_right[node]] = depth[node] + 1
+        return int(depth.max())
+
+    @property
+    def window(self) -> int:
+        """Rows of history the tree reads (1: current row only)."""
+        return _window(self.features)
+
+    @property
+    def support(self) -> NDArray[np.int64]:
+        """Flat actions with positive probability at some leaf, shape ``(K,)``."""
+        return np.flatnonzero(self.probs[self.leaves].sum(axis=0) > 0).astype(np.int64)
+
+    # ------------------------------------------------------------------ evaluation
+    def check_compatible(self, dataset: Any) -> None:
+        """Raise :class:`PolicyError` if ``dataset`` has another action space."""
+        if dataset.action_space.to_dict() != self.action_space.to_dict():
+            raise PolicyError(f"{self.source}: the rules were distilled on action space "
+                              f"{self.action_space.to_dict()}; the dataset has "
+                              f"{dataset.action_space.to_dict()}. Use the matching manifest.")
+
+    def apply_features(self, x: NDArray[Any]) -> NDArray[np.int64]:
+        """Leaf reached by each row of a feature matrix.
+
+        Parameters
+        ----------
+        x : ndarray of shape (n, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n,), int
+        """
+        x32 = np.asarray(x, dtype=np.float32)  # scikit-learn compares float32 inputs
+        n = x32.shape[0]
+        node = np.zeros(n, dtype=np.int64)
+        rows = np.arange(n)
+        active = self.children_left[node] >= 0
+        while active.any():
+            r, nd = rows[active], node[active]
+            go_left = x32[r, self.feature[nd]].astype(np.float64) <= self.threshold[nd]
+            node[r] = np.where(go_left, self.children_left[nd], self.children_right[nd])
+            active[r] = self.children_left[node[r]] >= 0
+        return node
+
+    def apply(self, dataset: Any) -> NDArray[np.int64]:
+        """Leaf reached by each row of ``dataset``, shape ``(n_steps,)``."""
+        self.check_compatible(dataset)
+        return self.apply_features(tree_features(dataset, self.features, self.source))
+
+    def action_probs(self, dataset: Any) -> NDArray[np.float64]:
+        """Probabilities of each flat action at each row, shape ``(n_steps, n_actions)``."""
+        return np.array(self.probs[self.apply(dataset)], dtype=np.float64)
+
+    def predict(self, dataset: Any) -> NDArray[np.int64]:
+        """Most likely flat action per row, shape ``(n_steps,)``."""
+        return np.asarray(np.argmax(self.probs, axis=1)[self.apply(dataset)], dtype=np.int64)
+
+    # ------------------------------------------------------------------ model folder
+    def to_config(self) -> dict[str, Any]:
+        """The ``config.json`` content of the model folder (without the format keys)."""
+        return {"kind": TREE_KIND, "algo": TREE_KIND, "action_space": self.action_space.to_dict(),
+                "tree": {"features": [dict(f) for f in self.features], "n_nodes": self.n_nodes,
+                         "n_leaves": int(self.leaves.size), "depth": self.depth,
+                         "window": self.window, "weights": "tree"},
+                "info": self.info}
+
+    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Write a model folder (``config.json`` + ``model.safetensors``; no pickle)."""
+        import torch
+
+        from equicare.policy._learned import write_model_folder
+
+        tensors = {f"tree.{k}": torch.from_numpy(np.ascontiguousarray(getattr(self, k)))
+                   for k in _ARRAYS}
+        return write_model_folder(path, self.to_config(), tensors, overwrite=overwrite)
+
+
+def tree_policy_from_config(cfg: Mapping[str, Any], tensors: Mapping[str, Any], source: str
+                            ) -> TreePolicy:
+    """Build the :class:`TreePolicy` of a tree model folder's config and tensors."""
+    try:
+        tree = cfg["tree"]
+        prefix = str(tree.get("weights", "tree"))
+        arrays = {k: np.asarray(tensors[f"{prefix}.{k}"].numpy()) for k in _ARRAYS}
+        space = FactoredActionSpace.from_dict(cfg["action_space"])
+        features = tuple(dict(f) for f in tree["features"])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise PolicyError(f"{source}: malformed tree model folder ({exc}).") from exc
+    return TreePolicy(**arrays, features=features, action_space=space, source=source,
+                      info=dict(cfg.get("info") or {}))

@@ -1,0 +1,123 @@
+"""``equicare explain`` on models from every learner (tiny budgets), exit codes, round trips."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from equicare.cli import app
+from equicare.data import load_dataset
+from equicare.policy import TreePolicy, load_policy
+
+runner = CliRunner()
+FAST = ["--bootstrap", "20"]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    from equicare.learn import AWR, BC, CQL
+    from equicare.sim._care_cli import synth_care
+
+    d = tmp_path_factory.mktemp("explain")
+    synth_care(d, n_members=160, n_weeks=12, seed=3)
+    ds = load_dataset(d / "panel.parquet", d / "manifest.toml", emit_warnings=False)
+    for name, cls in (("bc", BC), ("awr", AWR), ("cql", CQL)):
+        cls(n_steps=30, hidden=(16,), valid_fraction=0.0, seed=0).fit(
+            ds, progress=False).save(d / name)
+    return d
+
+
+def _args(files, model, out, *extra):
+    return ["explain", str(files / model), str(files / "panel.parquet"), "--manifest",
+            str(files / "manifest.toml"), "--out", str(out), *FAST, *extra]
+
+
+def _err(res) -> str:
+    return getattr(res, "stderr", None) or res.output
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.EquicareWarning")
+@pytest.mark.parametrize("algo", ["bc", "awr", "cql"])
+def test_explain_every_learner_and_predict_the_rules(files, tmp_path, algo):
+    out = tmp_path / "card"
+    res = runner.invoke(app, _args(files, algo, out, "--json"))
+    assert res.exit_code == 0, _err(res)
+    card = json.loads(res.stdout)
+    assert card["source"]["algo"] == algo and card["source"]["kind"] == "model folder"
+    assert 1 <= len(card["rules"]) <= 8
+    assert all(r["text"].startswith(("if ", "always ")) for r in card["rules"])
+    for name in ("policy_card.html", "policy_card.json", "rules.txt"):
+        assert (out / name).is_file()
+    html = (out / "policy_card.html").read_text()
+    assert card["rules"][0]["then"] in html and "data:image/png;base64" in html
+    # the rules as a model folder: predict writes the tree's probabilities
+    pred = tmp_path / "rules.parquet"
+    res = runner.invoke(app, ["predict", str(out / "model"), str(files / "panel.parquet"),
+                              "--manifest", str(files / "manifest.toml"), "--out", str(pred)])
+    assert res.exit_code == 0, _err(res)
+    tree = load_policy(out / "model")
+    assert isinstance(tree, TreePolicy)
+    ds = load_dataset(files / "panel.parquet", files / "manifest.toml", emit_warnings=False)
+    wide = pd.read_parquet(pred)
+    probs = wide[[f"p_{a}" for a in range(ds.n_actions)]].to_numpy()
+    np.testing.assert_allclose(probs, tree.action_probs(ds), atol=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.EquicareWarning")
+def test_refuses_to_overwrite_without_force(files, tmp_path):
+    out = tmp_path / "card"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep")
+    res = runner.invoke(app, _args(files, "bc", out))
+    assert res.exit_code == 2
+    assert "refusing to overwrite it (pass --force to replace it)" in _err(res)
+    assert (out / "mine.txt").read_text() == "keep"
+    res = runner.invoke(app, _args(files, "bc", out, "--force", "--depth", "2"))
+    assert res.exit_code == 0, _err(res)
+    assert not (out / "mine.txt").exists() and (out / "policy_card.json").is_file()
+    assert json.loads((out / "policy_card.json").read_text())["tree"]["depth"] <= 2
+    assert not list(tmp_path.glob(".card.*"))  # no temporary folders left behind
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--labels", "soft"], "The 'labels' parameter of DistillConfig must be one of"),
+    (["--estimators", "dr,magic"], "The 'estimators' parameter of ExplainConfig"),
+])
+def test_bad_options_exit_2(files, tmp_path, extra, message):
+    res = runner.invoke(app, _args(files, "bc", tmp_path / "c", *extra))
+    assert res.exit_code == 2 and message in _err(res)
+
+
+def test_bad_inputs_exit_2(files, tmp_path):
+    res = runner.invoke(app, _args(files, "no_such_model", tmp_path / "c"))
+    assert res.exit_code == 2 and "no such model folder or policy file" in _err(res)
+    bad = tmp_path / "bad.toml"
+    bad.write_text((files / "manifest.toml").read_text().replace('"home_visit"', '"visit"'))
+    res = runner.invoke(app, ["explain", str(files / "bc"), str(files / "panel.parquet"),
+                              "--manifest", str(bad), "--out", str(tmp_path / "c")])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+
+
+def test_help_has_an_example():
+    res = runner.invoke(app, ["explain", "--help"])
+    assert res.exit_code == 0 and "Example: equicare explain" in res.output
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.EquicareWarning")
+def test_explain_a_policy_file(files, tmp_path):
+    """A Contract-2 policy file is explained like a model folder (here AWR's predictions)."""
+    pfile = tmp_path / "awr.parquet"
+    res = runner.invoke(app, ["predict", str(files / "awr"), str(files / "panel.parquet"),
+                              "--manifest", str(files / "manifest.toml"), "--out", str(pfile)])
+    assert res.exit_code == 0, _err(res)
+    res = runner.invoke(app, _args(files, pfile, tmp_path / "card", "--depth", "2", "--json"))
+    assert res.exit_code == 0, _err(res)
+    card = json.loads(res.stdout)
+    assert card["source"]["kind"] == "policy file" and card["tree"]["depth"] <= 2
+    folder = json.loads(runner.invoke(app, _args(files, "awr", tmp_path / "c2", "--depth", "2",
+                                                 "--json")).stdout)
+    assert card["rules"] == folder["rules"]  # same probabilities, same rules

@@ -1,0 +1,123 @@
+"""Evidence of a policy card: fidelity, value against exact truth, fairness, support, frontier."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from equicare.explain import ExplainConfig, explain_policy, fidelity, support_share
+from tests.explain import tree_sim
+
+CFG = ExplainConfig(bootstrap=100, frontier_bootstrap=20)
+
+
+@pytest.fixture(scope="module")
+def card_and_data():
+    train, test = tree_sim.generate(400, seed=10), tree_sim.generate(300, seed=11)
+    card = explain_policy(train, tree_sim.NoisyExpert(), CFG, test=test, random_state=0)
+    return card, train, test
+
+
+def _true_value(test, p_correct):
+    """Exact value on the test episodes' lengths: E[r_t] = P(action is optimal)."""
+    disc = test.gamma ** test.step
+    return float(np.bincount(test.episode_index, weights=disc * p_correct).mean())
+
+
+def test_fidelity_is_recomputed_exactly(card_and_data):
+    card, _, test = card_and_data
+    src = tree_sim.NoisyExpert().action_probs(test)
+    agree, tv = fidelity(card.tree.action_probs(test), src)
+    assert card.fidelity["agreement"] == pytest.approx(agree.mean())
+    assert card.fidelity["tv"] == pytest.approx(tv.mean())
+    # the rules take the optimal action; the source is wrong on ~7% of rows
+    assert 0.88 < card.fidelity["agreement"] < 0.97
+    shares = sum(r["test_share"] for r in card.rules)
+    assert shares == pytest.approx(1.0)
+
+
+def test_value_of_the_rules_matches_the_exact_truth(card_and_data):
+    """The rules are the optimal tree, so E[r_t] = 1; DR must be within 3 SE + 2% of truth."""
+    card, _, test = card_and_data
+    truth = _true_value(test, np.ones(test.n_steps))
+    dr = card.value["rules"]["dr"]
+    assert abs(dr["value"] - truth) <= 3 * dr["se"] + 0.02 * truth, (dr, truth)
+    beh = _true_value(test, np.full(test.n_steps, 1 / 3))
+    assert dr["ci"][0] > beh
+    assert card.value["improvement_kept"]["dr"] > 1.0  # better than the noisy source
+
+
+def test_frontier_support_and_fairness(card_and_data):
+    card, _, _ = card_and_data
+    fr = card.frontier
+    assert [r["depth"] for r in fr] == [1, 2, 3, 4, 5, 6]
+    assert all(r["n_rules"] <= 2 ** r["depth"] for r in fr)
+    assert fr[1]["agreement"] > fr[0]["agreement"] + 0.1
+    assert card.support["rules_pct"] == 0.0  # uniform behaviour: every action is common
+    fair = card.fairness
+    assert set(fair["policies"]) == {"behavior", "source", "rules"}
+    for p in fair["policies"].values():
+        assert {"parity_gap_pp", "parity_ratio", "proportional_parity", "worst_group"} <= set(p)
+    groups = {r["group"] for r in card.disagreement}
+    assert {"g1", "g2"} <= groups
+
+
+def test_card_json_holds_aggregates_only(card_and_data):
+    card, _, test = card_and_data
+    d = card.to_dict()
+    text = json.dumps(d)
+    assert d["format"] == "equicare-policy-card"
+
+    def longest(o):
+        if isinstance(o, dict):
+            return max([longest(v) for v in o.values()] or [0])
+        if isinstance(o, list):
+            return max([len(o), *[longest(v) for v in o]])
+        return 0
+
+    assert longest(d) < 50 and len(text) < 100_000
+    assert "if x1 > 0.6" in text or "x1 > 0.6" in text
+
+
+def test_small_cells_are_suppressed():
+    train, test = tree_sim.generate(120, seed=12), tree_sim.generate(60, seed=13)
+    cfg = ExplainConfig(bootstrap=0, frontier_bootstrap=0, depths=(1, 2), min_cell=1000)
+    card = explain_policy(train, tree_sim.NoisyExpert(), cfg, test=test, random_state=0)
+    assert all(r.get("suppressed") for r in card.disagreement)
+    assert card.fairness["suppressed"] and card.fairness["policies"] == {}
+    assert any("fewer than 1000 episodes" in c for c in card.caveats)
+
+
+def test_support_share():
+    probs = np.array([[0.5, 0.5, 0.0], [0.0, 0.2, 0.8]])
+    beh = np.array([[0.5, 0.005, 0.495], [0.3, 0.3, 0.4]])
+    assert support_share(probs, beh, 0.01) == pytest.approx(25.0)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"depth": 13}, "The 'depth' parameter of ExplainConfig must be a number in [1, 12]. "
+                    "Got 13 instead."),
+    ({"holdout": 1.0}, "The 'holdout' parameter of ExplainConfig must be a number in (0, 1). "
+                       "Got 1.0 instead."),
+    ({"estimators": ("dr", "magic")}, "The 'estimators' parameter of ExplainConfig must be one "
+                                      "of 'is', 'wis', 'pdis', 'wpdis', 'fqe', 'dr', 'wdr'. "
+                                      "Got 'magic' instead."),
+    ({"rare_threshold": 0.0}, "The 'rare_threshold' parameter of ExplainConfig must be a number "
+                              "in (0, 1]. Got 0.0 instead."),
+])
+def test_bad_config(kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ExplainConfig(**kwargs)
+
+
+def test_split_rows_map_back_to_the_panel():
+    from equicare.explain._evidence import _rows_in
+
+    ds = tree_sim.generate(50, seed=14)
+    for part in ds.split(0.3, random_state=1):
+        rows = _rows_in(ds, part)
+        np.testing.assert_array_equal(ds.states[rows], part.states)
+        np.testing.assert_array_equal(ds.actions[rows], part.actions)

@@ -1,0 +1,114 @@
+"""TreePolicy: features from a dataset, NumPy evaluation equal to scikit-learn, model folders."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from equicare.data import from_frame
+from equicare.exceptions import PolicyError
+from equicare.policy import TreePolicy, load_policy, tree_features
+from equicare.spaces import FactoredActionSpace
+from tests.conftest import MANIFEST, make_frame
+
+
+@pytest.fixture(scope="module")
+def ds():
+    return from_frame(make_frame(60, seed=3, min_len=1, max_len=7), MANIFEST, emit_warnings=False)
+
+
+def _brute(ds, comp, level, rows):
+    """Loop reference of the history features (tests only)."""
+    j = ds.action_space.names.index(comp)
+    code = ds.action_space.components[j].levels.index(level)
+    prev, recent = np.zeros(ds.n_steps), np.zeros(ds.n_steps)
+    for e in range(ds.n_episodes):
+        lo, hi = ds.episode_offsets[e], ds.episode_offsets[e + 1]
+        for i in range(lo, hi):
+            if i > lo:
+                prev[i] = ds.action_codes[i - 1, j] == code
+            recent[i] = sum(ds.action_codes[k, j] == code for k in range(max(lo, i - rows), i))
+    return prev, recent
+
+
+def test_features_match_a_loop_reference(ds):
+    feats = [{"kind": "state", "name": "risk"},
+             {"kind": "categorical", "name": "region", "level": "south"},
+             {"kind": "prev_action", "component": "modality", "level": "phone"},
+             {"kind": "recent_action", "component": "modality", "level": "phone", "rows": 3},
+             {"kind": "prev_reward"}, {"kind": "prev_state", "name": "risk"}]
+    x = tree_features(ds, feats)
+    prev, recent = _brute(ds, "modality", "phone", 3)
+    np.testing.assert_allclose(x[:, 0], ds.states[:, 0])
+    south = ds.categorical_levels[0].index("south")
+    np.testing.assert_array_equal(x[:, 1], ds.categorical[:, 0] == south)
+    np.testing.assert_array_equal(x[:, 2], prev)
+    np.testing.assert_array_equal(x[:, 3], recent)
+    first = ds.step == 0
+    assert np.all(x[first, 4] == 0) and np.all(x[first, 5] == ds.states[first, 0])
+    np.testing.assert_allclose(x[~first, 4], ds.rewards[np.flatnonzero(~first) - 1])
+
+
+def _fit_sklearn(ds, depth=3, seed=0):
+    from sklearn.tree import DecisionTreeClassifier
+
+    feats = [{"kind": "state", "name": n} for n in ds.state_names]
+    feats.append({"kind": "categorical", "name": "region", "level": "north"})
+    x = tree_features(ds, feats)
+    y = np.random.default_rng(seed).integers(0, ds.n_actions, size=ds.n_steps)
+    clf = DecisionTreeClassifier(max_depth=depth, random_state=seed).fit(x, y)
+    t = clf.tree_
+    value = t.value[:, 0, :] / t.value[:, 0, :].sum(axis=1, keepdims=True)
+    probs = np.zeros((t.node_count, ds.n_actions))
+    probs[:, clf.classes_] = value
+    pol = TreePolicy(children_left=t.children_left, children_right=t.children_right,
+                     feature=t.feature, threshold=t.threshold, probs=probs, features=feats,
+                     action_space=ds.action_space)
+    return pol, clf, x
+
+
+def test_numpy_evaluation_equals_sklearn(ds):
+    pol, clf, x = _fit_sklearn(ds, depth=4)
+    np.testing.assert_array_equal(pol.apply(ds), clf.apply(x))
+    p = pol.action_probs(ds)
+    np.testing.assert_allclose(p[:, clf.classes_], clf.predict_proba(x))
+    assert pol.window == 1 and pol.depth == 4 and pol.n_actions == ds.n_actions
+
+
+def test_model_folder_round_trip(ds, tmp_path):
+    pol, _, _ = _fit_sklearn(ds)
+    pol.save(tmp_path / "tree")
+    back = load_policy(tmp_path / "tree")
+    assert isinstance(back, TreePolicy)
+    np.testing.assert_array_equal(back.action_probs(ds), pol.action_probs(ds))
+    with pytest.raises(FileExistsError):
+        pol.save(tmp_path / "tree")
+    pol.save(tmp_path / "tree", overwrite=True)
+
+
+def test_errors(ds):
+    space = ds.action_space
+    ok = dict(children_left=np.array([-1]), children_right=np.array([-1]),
+              feature=np.array([-2]), threshold=np.array([-2.0]),
+              probs=np.full((1, space.n_actions), 1 / space.n_actions),
+              features=({"kind": "state", "name": "risk"},), action_space=space)
+    TreePolicy(**ok)
+    with pytest.raises(PolicyError, match="sum to 1"):
+        TreePolicy(**{**ok, "probs": np.ones((1, space.n_actions))})
+    with pytest.raises(PolicyError, match=re.escape("has shape (2,); expected (1,)")):
+        TreePolicy(**{**ok, "feature": np.array([0, 1])})
+    with pytest.raises(PolicyError, match="unknown tree feature kind 'bogus'"):
+        TreePolicy(**{**ok, "features": ({"kind": "bogus"},)})
+    pol = TreePolicy(**{**ok, "features": ({"kind": "state", "name": "weight"},),
+                        "children_left": np.array([1, -1, -1]),
+                        "children_right": np.array([2, -1, -1]),
+                        "feature": np.array([0, -2, -2]), "threshold": np.array([0.5, -2, -2]),
+                        "probs": np.full((3, space.n_actions), 1 / space.n_actions)})
+    with pytest.raises(PolicyError, match="reads state column 'weight'"):
+        pol.action_probs(ds)
+    other = TreePolicy(**{**ok, "action_space": FactoredActionSpace.single(3),
+                          "probs": np.full((1, 3), 1 / 3)})
+    with pytest.raises(PolicyError, match="distilled on action space"):
+        other.action_probs(ds)

@@ -1,0 +1,79 @@
+"""The policy card page: content, small-cell suppression, atomic folder writes, Chromium."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from equicare.explain import ExplainConfig, explain_policy
+from equicare.report import build_card_report, write_card
+from tests.explain import tree_sim
+
+
+@pytest.fixture(scope="module")
+def card():
+    train, test = tree_sim.generate(200, seed=20), tree_sim.generate(150, seed=21)
+    cfg = ExplainConfig(bootstrap=30, frontier_bootstrap=10, depths=(1, 2, 3))
+    return explain_policy(train, tree_sim.NoisyExpert(), cfg, test=test,
+                          source={"algo": "expert", "path": "models/expert"}, random_state=0)
+
+
+def test_page_holds_rules_evidence_frontier_and_caveats(card):
+    html = build_card_report(card.to_dict()).render()
+    for needle in ("Rules in plain language", "Evidence by policy", "Size, fidelity and value",
+                   "Where the rules and the source disagree", "Caveats",
+                   "data:image/png;base64", "distilled from expert (models/expert)",
+                   "current practice"):
+        assert needle in html, needle
+    for r in card.rules:
+        assert r["then"] in html
+    assert re.search(r"x1 &gt; 0\.(6|59)", html)  # rule text is escaped
+    assert html.count("<table") >= 4
+
+
+def test_small_cells_are_suppressed_on_the_page(card):
+    d = card.to_dict()
+    d["disagreement"] = [{"attribute": "group", "group": "tiny", "n_episodes": 4,
+                          "agreement": 0.123456, "tv": 0.654321}]
+    html = build_card_report(d).render()
+    assert "suppressed" in html and "0.654" not in html
+
+
+def test_write_card_is_atomic_and_refuses_to_overwrite(card, tmp_path):
+    out = tmp_path / "card"
+    files = write_card(card, out)
+    assert json.loads(files["json"].read_text())["format"] == "equicare-policy-card"
+    assert files["rules"].read_text().startswith("1. ")
+    assert (files["model"] / "config.json").is_file()
+    with pytest.raises(FileExistsError, match="refusing to overwrite"):
+        write_card(card, out)
+    write_card(card, out, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["card"]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FileExistsError, match="is not a folder"):
+        write_card(card, tmp_path / "file", overwrite=True)
+
+
+@pytest.mark.browser
+def test_card_renders_in_chromium(card, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Chromium is not installed; `make test-browser` installs Debian's chromium.")
+    files = write_card(card, tmp_path / "card")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    shot = tmp_path / "shot.png"
+    out = subprocess.run([chromium, *flags, "--window-size=1280,3000", f"--screenshot={shot}",
+                          files["html"].as_uri()], capture_output=True, text=True, timeout=120)
+    assert shot.is_file() and shot.stat().st_size > 30_000, out.stderr[-2000:]
+    dom = subprocess.run([chromium, *flags, "--enable-logging=stderr", "--v=0", "--dump-dom",
+                          files["html"].as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.stdout.count("<img") >= 1 and dom.stdout.count("<table") >= 4
+    assert "Rules in plain language" in dom.stdout
+    errors = [ln for ln in dom.stderr.splitlines() if "CONSOLE" in ln and "ERROR" in ln]
+    assert not errors, errors
