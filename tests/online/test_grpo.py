@@ -105,7 +105,7 @@ def test_grpo_same_seed_same_weights_and_save_load(tmp_path: Any) -> None:
     assert _same(_state(a), _state(b))
     back = GRPO.load(a.save(tmp_path / "g"))
     assert back.config == a.config
-    with pytest.raises(ValueError, match="holds a 'grpo' policy, not 'ppo'"):
+    with pytest.raises(ValueError, match="holds a 'grpo' model, not 'ppo'"):
         PPO.load(tmp_path / "g")
 
 

@@ -51,7 +51,7 @@ def test_load_policy_never_unpickles_and_checks_format(tmp_path, monkeypatch):
     ds = _dataset()
     BC(n_steps=5, hidden=(8,), valid_fraction=0.0).fit(ds, progress=False).save(tmp_path / "m")
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
-    assert cfg["format"] == "equicare-model" and cfg["algo"] == "bc"
+    assert cfg["format"] == "equicare-model" and cfg["learner"] == "bc"
     assert cfg["action_space"] == {"a": ["no", "yes"], "b": ["lo", "hi"]}
     assert cfg["feature_names"] == ["x1", "x2"]
     # loading never calls torch.load or unpickles anything
@@ -69,10 +69,12 @@ def test_load_policy_never_unpickles_and_checks_format(tmp_path, monkeypatch):
     (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(PolicyError, match="not an equicare model"):
         load_policy(tmp_path / "m")
+    cfg["format"] = "equicare-model"
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
     (tmp_path / "m" / "model.safetensors").unlink()
-    with pytest.raises(PolicyError, match="missing model.safetensors"):
+    with pytest.raises(PolicyError, match="model.safetensors: missing"):
         load_policy(tmp_path / "m")
-    with pytest.raises(PolicyError, match="Model folder not found"):
+    with pytest.raises(PolicyError, match="no such policy file or model folder"):
         load_policy(tmp_path / "nowhere")
 
 

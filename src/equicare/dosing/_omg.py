@@ -31,7 +31,6 @@ True
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -47,14 +46,14 @@ from numpy.typing import NDArray
 
 from equicare.dosing._irl import Segments, expert_segments, fit_behavior_model, gcl_loss
 from equicare.dosing._sac import MLP, DiscreteSAC, SACConfig
-from equicare.exceptions import DataValidationError
+from equicare.exceptions import DataValidationError, PolicyError
 from equicare.models._dynamics import DynamicsConfig, DynamicsEnsemble, transitions_from_dataset
 from equicare.models._reward_net import REWARD_INPUTS, RewardEnsemble, RewardInput
+from equicare.policy._learned import StatePolicy, manifest_fingerprint
+from equicare.spaces import FactoredActionSpace
 from equicare.utils import (
     PARAM_MESSAGE,
     RandomState,
-    atomic_write,
-    atomic_write_text,
     check_is_fitted,
     check_random_state,
 )
@@ -351,6 +350,8 @@ class OMG:
         self.n_actions_ = int(dataset.n_actions)
         self.n_features_ = int(dataset.n_features)
         self.feature_names_ = tuple(dataset.state_names)
+        self.action_space_ = dataset.action_space
+        self.manifest_fingerprint_ = manifest_fingerprint(getattr(dataset, "manifest", None))
         gamma = float(cfg.gamma if cfg.gamma is not None else dataset.gamma)
         self.gamma_ = gamma
         self._states_cache = tr.states
@@ -626,13 +627,13 @@ class OMG:
         return np.ascontiguousarray(dataset.states, dtype=np.float32)
 
     def action_probs(self, dataset: Any) -> NDArray[np.float64]:
-        """Actor probabilities per row, shape ``(n_steps, n_actions)``."""
+        """Actor probabilities per row, shape ``(n_steps, n_actions)``.
+
+        The same numbers as the :class:`~equicare.policy.StatePolicy` that
+        ``equicare.policy.load_policy`` reads from the saved folder.
+        """
         s = self._check_dataset(dataset)
-        with torch.no_grad():
-            p: NDArray[np.float64] = self.agent_.policy(torch.as_tensor(s))[0].numpy().astype(
-                np.float64)
-        out: NDArray[np.float64] = p / p.sum(axis=1, keepdims=True)
-        return out
+        return self.as_policy().state_probs(s)
 
     def q_values(self, dataset: Any) -> NDArray[np.float64]:
         """Pessimistic Q, ``min(Q1, Q2)``, per row and action, shape ``(n_steps, n_actions)``."""
@@ -727,69 +728,111 @@ class OMG:
         return pd.DataFrame(out)
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the fitted model to a folder: ``config.json``, ``meta.json`` and safetensors.
+    def as_policy(self, source: str = "<OMG policy>") -> StatePolicy:
+        """The actor as a :class:`~equicare.policy.StatePolicy` (what :meth:`save` stores)."""
+        check_is_fitted(self, "agent_")
+        space = getattr(self, "action_space_", None)
+        if space is None:
+            space = FactoredActionSpace.from_dict(
+                {"action": [str(a) for a in range(self.n_actions_)]})
+        return StatePolicy(network=self.agent_.actor, action_space=space,
+                           state_names=self.feature_names_, source=source)
 
-        Files: ``policy.safetensors`` (actor, critics, temperature), ``reward_net.safetensors``
-        (learned reward) and ``dynamics/`` (ensemble).
+    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False,
+             extra_files: dict[str, str | bytes] | None = None) -> Path:
+        """Write the model folder (Contract 2): ``config.json`` + ``model.safetensors``.
+
+        The weights of every part go into the one ``model.safetensors``, named by part:
+        ``sac.*`` (actor, critics, targets, temperature), ``reward_net.*`` (learned reward) and
+        ``dynamics.*`` (ensemble). An existing non-empty folder is refused unless ``overwrite``,
+        which then replaces it whole (atomically), so no part of an older model survives.
+
+        Parameters
+        ----------
+        path : str or Path
+        overwrite : bool
+        extra_files : dict of str to str or bytes, optional
+            Companion files written into the folder (e.g. ``metrics.json``).
         """
-        from safetensors.torch import save as st_save
+        from equicare.policy._learned import prefixed, write_model_folder
 
         check_is_fitted(self, "agent_")
-        p = Path(path)
-        p.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous() for k, v in self.agent_.state_dict().items()}
-        with atomic_write(p / "policy.safetensors") as fh:
-            fh.write(st_save(state))
+        tensors = prefixed(self.agent_.state_dict(), "sac")
         if self.reward_net_ is not None:
-            rs = {k: v.detach().contiguous() for k, v in self.reward_net_.state_dict().items()}
-            with atomic_write(p / "reward_net.safetensors") as fh:
-                fh.write(st_save(rs))
+            tensors.update(prefixed(self.reward_net_.state_dict(), "reward_net"))
+        dyn_meta = None
         if self.dynamics_ is not None:
-            self.dynamics_.save(p / "dynamics")
-        meta = {"n_actions": self.n_actions_, "n_features": self.n_features_,
-                "feature_names": list(self.feature_names_), "gamma": self.gamma_,
-                "reward_shift": self.reward_shift_, "reward_scale": self.reward_scale_,
-                "median_state": self._median_state.tolist(), "history": self.history_,
-                "reward_exclude": list(getattr(self, "reward_exclude_", ())),
-                "stage_seconds": self.stage_seconds_}
-        atomic_write_text(p / "config.json", json.dumps(self.config.to_dict(), indent=1))
-        atomic_write_text(p / "meta.json", json.dumps(meta, indent=1))
-        return p
+            dyn_meta, dyn_tensors = self.dynamics_.to_state()
+            tensors.update(prefixed(dyn_tensors, "dynamics"))
+        pol = self.as_policy()
+        config = {
+            "learner": "omg",
+            "action_space": pol.action_space.to_dict(),
+            "manifest_fingerprint": getattr(self, "manifest_fingerprint_", None),
+            "policy": {"network": "standardized_mlp", "weights": "sac.actor",
+                       "hidden": list(self.config.sac.hidden)},
+            "feature_names": list(self.feature_names_),
+            "learner_config": self.config.to_dict(),
+            "n_actions": self.n_actions_, "n_features": self.n_features_, "gamma": self.gamma_,
+            "reward_net": self.reward_net_ is not None,
+            "reward_shift": self.reward_shift_, "reward_scale": self.reward_scale_,
+            "reward_exclude": list(getattr(self, "reward_exclude_", ())),
+            "median_state": self._median_state.tolist(),
+            "dynamics": dyn_meta,
+            "history": self.history_, "stage_seconds": self.stage_seconds_,
+        }
+        return write_model_folder(path, config, tensors, overwrite=overwrite,
+                                  extra_files=extra_files)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> OMG:
-        """Inverse of :meth:`save`."""
-        from safetensors.torch import load as st_load
+        """Inverse of :meth:`save` (bit-identical networks).
 
-        p = Path(path)
-        cfg = OMGConfig.from_dict(json.loads((p / "config.json").read_text()))
-        meta = json.loads((p / "meta.json").read_text())
-        obj = cls(cfg)
-        obj.n_actions_ = int(meta["n_actions"])
-        obj.n_features_ = int(meta["n_features"])
-        obj.feature_names_ = tuple(meta["feature_names"])
-        obj.gamma_ = float(meta["gamma"])
-        obj.reward_shift_, obj.reward_scale_ = float(meta["reward_shift"]), float(
-            meta["reward_scale"])
-        obj._median = np.asarray(meta["median_state"], dtype=np.float32)
-        obj.reward_exclude_ = tuple(meta.get("reward_exclude", ()))
-        obj.history_ = meta["history"]
-        obj.stage_seconds_ = meta["stage_seconds"]
-        agent = DiscreteSAC(obj.n_features_, obj.n_actions_, cfg.sac, obj.gamma_)
-        agent.load_state_dict(st_load((p / "policy.safetensors").read_bytes()))
+        Raises
+        ------
+        PolicyError
+            Missing, malformed, corrupt or future-version files, or another learner's folder.
+        """
+        from equicare.policy._learned import load_state, read_model_folder, state_with_prefix
+
+        cfg, tensors = read_model_folder(path)
+        if cfg["learner"] != "omg":
+            raise PolicyError(f"{path} holds a {cfg['learner']!r} model, not 'omg'.")
+        try:
+            config = OMGConfig.from_dict(cfg["learner_config"])
+            obj = cls(config)
+            obj.n_actions_ = int(cfg["n_actions"])
+            obj.n_features_ = int(cfg["n_features"])
+            obj.feature_names_ = tuple(cfg["feature_names"])
+            obj.action_space_ = FactoredActionSpace.from_dict(cfg["action_space"])
+            obj.manifest_fingerprint_ = cfg.get("manifest_fingerprint")
+            obj.gamma_ = float(cfg["gamma"])
+            obj.reward_shift_ = float(cfg["reward_shift"])
+            obj.reward_scale_ = float(cfg["reward_scale"])
+            obj._median = np.asarray(cfg["median_state"], dtype=np.float32)
+            obj.reward_exclude_ = tuple(cfg.get("reward_exclude", ()))
+            obj.history_ = cfg["history"]
+            obj.stage_seconds_ = cfg["stage_seconds"]
+            agent = DiscreteSAC(obj.n_features_, obj.n_actions_, config.sac, obj.gamma_)
+            obj.dynamics_ = None
+            if cfg.get("dynamics") is not None:
+                obj.dynamics_ = DynamicsEnsemble.from_state(
+                    cfg["dynamics"], state_with_prefix(tensors, "dynamics"))
+            net = None
+            if cfg["reward_net"]:
+                net = RewardEnsemble(config.reward_members, n_features=obj.n_features_,
+                                     n_actions=obj.n_actions_, inputs=config.reward_inputs,
+                                     hidden=config.reward_hidden, bound=config.reward_bound,
+                                     feature_index=obj._reward_feature_index())
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            first = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise PolicyError(f"{path}: malformed model folder ({first}).") from exc
+        load_state(agent, tensors, "sac", str(path))
         agent.eval()
         obj.agent_ = agent
-        obj.reward_net_ = None
-        if (p / "reward_net.safetensors").exists():
-            net = RewardEnsemble(cfg.reward_members, n_features=obj.n_features_,
-                                 n_actions=obj.n_actions_, inputs=cfg.reward_inputs,
-                                 hidden=cfg.reward_hidden, bound=cfg.reward_bound,
-                                 feature_index=obj._reward_feature_index())
-            net.load_state_dict(st_load((p / "reward_net.safetensors").read_bytes()))
-            obj.reward_net_ = net
-        obj.dynamics_ = DynamicsEnsemble.load(p / "dynamics") if (p / "dynamics").exists() \
-            else None
+        if net is not None:
+            load_state(net, tensors, "reward_net", str(path))
+        obj.reward_net_ = net
         return obj
 
     @property

@@ -12,7 +12,7 @@ from equicare.learn._cql import CQL
 
 __all__ = ["LEARNERS", "load_learner"]
 
-#: algorithm name (``config.json``'s ``algo``) -> learner class
+#: algorithm name (``config.json``'s ``learner``) -> learner class
 LEARNERS: dict[str, type[OfflineLearner]] = {"bc": BC, "awr": AWR, "cql": CQL}
 
 
@@ -37,7 +37,7 @@ def load_learner(path: str | os.PathLike[str]) -> OfflineLearner:
     from equicare.policy._learned import read_model_folder
 
     cfg, _ = read_model_folder(path)
-    algo = str(cfg.get("algo"))
+    algo = str(cfg["learner"])
     if algo not in LEARNERS:
         raise PolicyError(f"{path}: the model was trained with {algo!r}; known offline learners "
                           f"are {sorted(LEARNERS)}.")
