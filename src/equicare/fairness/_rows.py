@@ -160,6 +160,9 @@ def row_pass(dataset: TrajectoryDataset, policy: Policy | NDArray[np.float64] | 
     n, n_act = dataset.n_steps, dataset.n_actions
     if policy is None:
         return cols[dataset.actions], np.ones(n), None, None
+    check = getattr(policy, "check_compatible", None)
+    if callable(check):  # model policies say which action space / columns they expected
+        check(dataset)
     # a long-form policy file only knows its largest listed action; it checks its actions
     # against the dataset itself
     if not isinstance(policy, np.ndarray | FilePolicy):

@@ -497,6 +497,10 @@ class SimulatorPolicy:
         p /= p.sum(axis=1, keepdims=True)
         return p
 
+    def check_compatible(self, dataset: Any) -> None:
+        """Always raises :class:`PolicyError`: a panel's rows are not simulator observations."""
+        self.action_probs(dataset)
+
     def action_probs(self, dataset: Any) -> NDArray[np.float64]:
         """Not defined on panel rows: raises :class:`PolicyError` naming why."""
         raise PolicyError(MSG_SIMULATOR.format(source=self.source, learner=self.learner.upper(),
