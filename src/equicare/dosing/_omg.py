@@ -7,8 +7,8 @@ Three stages, all on logged data only:
 2. **Reward.** Maximum-entropy IRL with guided cost learning: a reward network
    :math:`r_\psi = -c_\psi` is fitted so that clinicians' logged segments are likely under
    :math:`p(\tau) \propto e^{R_\psi(\tau)}`, with the partition function estimated by importance
-   sampling over demonstrations and short model rollouts of the current policy
-   (:mod:`equicare.dosing._irl`).
+   sampling over demonstrations and short model rollouts of the policy, each rollout scored by
+   the actor snapshot that drew it (:mod:`equicare.dosing._irl`).
 3. **Policy.** Conservative discrete soft actor-critic (:mod:`equicare.dosing._sac`) on a 50/50 mix
    of logged transitions and branched model rollouts (horizon 5 from logged states), with the
    learned reward and the COMBO penalty (Q pushed down on model states, up on logged pairs).
@@ -31,6 +31,7 @@ True
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
@@ -44,7 +45,15 @@ import pandas as pd
 import torch
 from numpy.typing import NDArray
 
-from equicare.dosing._irl import Segments, expert_segments, fit_behavior_model, gcl_loss
+from equicare.dosing._irl import (
+    UNIFORM,
+    Segments,
+    background_weights,
+    expert_segments,
+    fit_behavior_model,
+    gcl_loss,
+    mixture_log_density,
+)
 from equicare.dosing._sac import MLP, DiscreteSAC, SACConfig
 from equicare.exceptions import DataValidationError, PolicyError
 from equicare.models._dynamics import DynamicsConfig, DynamicsEnsemble, transitions_from_dataset
@@ -95,8 +104,10 @@ class OMGConfig:
         What the reward network sees (see :class:`equicare.models.RewardNet`).
     reward_uniform : float in [0, 1)
         Share of the reward loss's sample segments that come from rollouts of the uniform policy
-        (a broad proposal kept throughout; the importance weights then use the three-way mixture
-        of behaviour model, actor and uniform policy). These rollouts are not used by the policy.
+        (a broad proposal kept throughout). The importance weights use the mixture of every
+        policy that generated the background: the behaviour model (demonstrations), the actor
+        snapshots that drew the pooled rollouts, and the uniform policy, each in its share.
+        These rollouts are not used by the policy.
     reward_segment : int, optional
         Length of the trajectory segments compared in the reward loss (default: the rollout
         horizon; at most the rollout horizon).
@@ -405,7 +416,8 @@ class OMG:
                                  feature_index=self._reward_feature_index())
             self.reward_net_ = net
             self._reward_opt_obj = torch.optim.Adam(net.parameters(), lr=cfg.reward_lr)
-            pool = self._rollout_segments(uniform, rng, buffer, n)
+            self._proposals: dict[int, MLP] = {}  # generator id -> actor snapshot
+            pool = self._rollout_segments(uniform, rng, buffer, n, source=UNIFORM)
             upool = pool
             self._refresh_demo_outcomes(tr.states, tr.actions, rng)
             total = cfg.reward_warmup
@@ -426,16 +438,22 @@ class OMG:
             t0 = time.perf_counter()
             rec: dict[str, float] = {"iteration": float(it)}
             if cfg.use_model:
-                segs = self._rollout_segments(self._actor_sampler(rng), rng, buffer, n)
-                if learned and pool is not None and it < n_freeze:
+                into_pool = learned and pool is not None and it < n_freeze
+                # the rollouts that enter the reward's pool keep the actor that drew them
+                sid = self._snapshot_actor() if into_pool else -1
+                actor = self._proposals[sid] if into_pool else None
+                segs = self._rollout_segments(self._actor_sampler(rng, actor), rng, buffer, n,
+                                              source=sid)
+                if into_pool and pool is not None:
                     keep = max(0, 10 * cfg.rollout_starts - segs.n)
                     pool = _cat_segments(pool.take(torch.arange(max(0, pool.n - keep), pool.n)),
                                          segs)
                     if cfg.reward_uniform > 0 and upool is not None:
-                        useg = self._rollout_segments(uniform, rng, None, n)
+                        useg = self._rollout_segments(uniform, rng, None, n, source=UNIFORM)
                         keep = max(0, 10 * cfg.rollout_starts - useg.n)
                         upool = _cat_segments(
                             upool.take(torch.arange(max(0, upool.n - keep), upool.n)), useg)
+                    self._drop_unused_snapshots(pool)
             times["policy"] += time.perf_counter() - t0
             if learned and it < n_freeze and cfg.reward_updates > 0:
                 t0 = time.perf_counter()
@@ -493,12 +511,29 @@ class OMG:
             raise DataValidationError("reward_exclude leaves the reward no state feature.")
         return np.asarray(keep, dtype=np.int64)
 
-    def _actor_sampler(self, rng: np.random.Generator) -> Callable[[NDArray[Any]], NDArray[Any]]:
-        agent = self.agent_
+    def _snapshot_actor(self) -> int:
+        """Store a frozen copy of the current actor; return its generator id (>= 1)."""
+        sid = max(self._proposals, default=UNIFORM) + 1
+        snap = copy.deepcopy(self.agent_.actor).requires_grad_(False)
+        snap.eval()
+        self._proposals[sid] = snap
+        return sid
+
+    def _drop_unused_snapshots(self, pool: Segments) -> None:
+        """Forget the actor snapshots that generated no segment left in the pool."""
+        assert pool.source is not None
+        live = set(torch.unique(pool.source).tolist())
+        self._proposals = {k: v for k, v in self._proposals.items() if k in live}
+
+    def _actor_sampler(self, rng: np.random.Generator, actor: MLP | None = None
+                       ) -> Callable[[NDArray[Any]], NDArray[Any]]:
+        """Sample actions of ``actor`` (default: the current actor) at states ``(n, d)``."""
+        net = self.agent_.actor if actor is None else actor
 
         def sample(states: NDArray[Any]) -> NDArray[np.int64]:
             with torch.no_grad():
-                p = agent.policy(torch.as_tensor(np.asarray(states, np.float32)))[0].numpy()
+                p = torch.softmax(net(torch.as_tensor(np.asarray(states, np.float32))),
+                                  dim=-1).numpy()
             cdf = np.cumsum(p, axis=1)
             u = rng.random((p.shape[0], 1)) * cdf[:, -1:]
             out: NDArray[np.int64] = np.minimum((cdf < u).sum(axis=1),
@@ -507,9 +542,12 @@ class OMG:
         return sample
 
     def _rollout_segments(self, policy: Callable[[NDArray[Any]], NDArray[Any]],
-                          rng: np.random.Generator, buffer: _ModelBuffer | None, n_rows: int
-                          ) -> Segments:
-        """Branched model rollouts from logged states; adds them to the buffer."""
+                          rng: np.random.Generator, buffer: _ModelBuffer | None, n_rows: int,
+                          source: int = -1) -> Segments:
+        """Branched model rollouts from logged states; adds them to the buffer.
+
+        ``source`` is the generator id stored with each segment (the policy that drew it).
+        """
         dyn = self.dynamics_
         assert dyn is not None
         cfg = self.config
@@ -520,9 +558,11 @@ class OMG:
         if buffer is not None:
             buffer.add(ro["states"][v], ro["actions"][v], ro["rewards"][v],
                        ro["next_states"][v], ro["terminals"][v])
+        n_seg = int(ro["actions"].shape[0])
         return Segments(torch.as_tensor(ro["states"]), torch.as_tensor(ro["actions"]),
                         torch.as_tensor(ro["next_states"]),
-                        torch.as_tensor(v, dtype=torch.float32))
+                        torch.as_tensor(v, dtype=torch.float32),
+                        torch.full((n_seg,), source, dtype=torch.int64))
 
     @property
     def _train_states(self) -> NDArray[np.float32]:
@@ -536,21 +576,13 @@ class OMG:
             ns = self.dynamics_.predict(states, actions, random_state=rng)[0]
             self._demo_next = torch.as_tensor(ns)
 
-    def _segment_logq(self, seg: Segments, behavior: MLP) -> torch.Tensor:
-        """Log of the fused proposal density (behaviour model and current actor), shape (n,)."""
-        flat = seg.states.reshape(-1, seg.states.shape[-1])
-        a = seg.actions.reshape(-1, 1)
-        with torch.no_grad():
-            lb = torch.log_softmax(behavior(flat), -1).gather(1, a).reshape(seg.actions.shape)
-            lp = self.agent_.policy(flat)[1].gather(1, a).reshape(seg.actions.shape)
-        lb = (lb * seg.valid).sum(1)
-        lp = (lp * seg.valid).sum(1)
-        u = self.config.reward_uniform
-        if u > 0:  # background: 1/2 demonstrations, (1 - u)/2 actor, u/2 uniform rollouts
-            lu = -math.log(self.n_actions_) * seg.valid.sum(1)
-            w = torch.log(torch.tensor([0.5, 0.5 * (1 - u), 0.5 * u]))[:, None]
-            return torch.logsumexp(torch.stack([lb, lp, lu]) + w, 0)
-        return torch.logaddexp(lb, lp) - math.log(2.0)
+    def _background_components(self, w_demo: float, w_sources: dict[int, float],
+                               behavior: MLP) -> list[tuple[float, Any]]:
+        """Mixture components of the background: behaviour model, snapshots, uniform."""
+        comps: list[tuple[float, Any]] = [(w_demo, behavior)]
+        for g, w in sorted(w_sources.items()):
+            comps.append((w, None if g == UNIFORM else self._proposals[g]))
+        return comps
 
     def _segment_rewards(self, seg: Segments) -> tuple[torch.Tensor, torch.Tensor]:
         """Segment returns ``(n_members, n)`` and per-step rewards ``(n_members, n, H)``."""
@@ -576,11 +608,16 @@ class OMG:
             samp = _cat_segments(samp, upool.take(torch.as_tensor(
                 rng.integers(0, upool.n, size=n_u))))
         if h < samp.actions.shape[1]:
-            samp = Segments(samp.states[:, :h], samp.actions[:, :h], samp.next_states[:, :h],
-                            samp.valid[:, :h])
+            samp = samp.head(h)
         ret_d, r_d = self._segment_rewards(demo)
         ret_s, r_s = self._segment_rewards(samp)
-        logq = torch.cat([self._segment_logq(demo, behavior), self._segment_logq(samp, behavior)])
+        # density of the whole background: the policies that generated it, in their shares
+        assert pool.source is not None
+        w_demo, w_src = background_weights(demo.n, pool.source, cfg.reward_batch - n_u, n_u)
+        comps = self._background_components(w_demo, w_src, behavior)
+        k = self.n_actions_
+        logq = torch.cat([mixture_log_density(demo, comps, k),
+                          mixture_log_density(samp, comps, k)])
         loss = sum((gcl_loss(ret_d[m], torch.cat([ret_d[m], ret_s[m]]), logq)
                     for m in range(ret_d.shape[0])), torch.zeros(()))
         nvalid = demo.valid.sum() + samp.valid.sum()
@@ -841,5 +878,8 @@ class OMG:
 
 
 def _cat_segments(a: Segments, b: Segments) -> Segments:
+    src = (None if a.source is None or b.source is None
+           else torch.cat([a.source, b.source]))
     return Segments(torch.cat([a.states, b.states]), torch.cat([a.actions, b.actions]),
-                    torch.cat([a.next_states, b.next_states]), torch.cat([a.valid, b.valid]))
+                    torch.cat([a.next_states, b.next_states]), torch.cat([a.valid, b.valid]),
+                    src)
