@@ -8,12 +8,11 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from equicare.online._grpo import GRPO, N_GROUPS_MESSAGE, NO_GROUPS_MESSAGE, GRPOConfig  # noqa: E402
-from equicare.online._ppo import PPO, PPOConfig  # noqa: E402
-from equicare.sim.hospital import HospitalVectorEnv  # noqa: E402
+from equicare.online._grpo import GRPO, N_GROUPS_MESSAGE, NO_GROUPS_MESSAGE, GRPOConfig
+from equicare.online._ppo import PPO, PPOConfig
+from equicare.sim.hospital import HospitalVectorEnv
 
 SMALL = {"total_steps": 3 * 4 * 64, "n_envs": 4, "n_steps": 64, "n_epochs": 2}
 
