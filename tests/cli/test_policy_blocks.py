@@ -134,3 +134,22 @@ def test_file_policy_serves_any_subset_but_not_missing_rows(care) -> None:
     with pytest.raises(PolicyError, match=r"1 dataset rows have no probabilities \(first: "
                        rf"member_id={first!r}, week=0\)"):
         short.action_probs(ds.subset(np.arange(3)))
+
+
+@pytest.mark.slow  # the whole job (about 45 s on the shared 2-core machine)
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.EquicareWarning")
+def test_pipeline_run_in_tiny_blocks_and_its_model_folder(tmp_path) -> None:
+    from equicare.pipeline import RunStore
+
+    from ..pipeline.test_run import tiny_config
+
+    cfg = tiny_config(tmp_path)
+    r = runner.invoke(app, ["run", str(cfg), "--quiet"])
+    assert r.exit_code == 0, r.output
+    store = RunStore(tmp_path / "runs")
+    run_dir = store.run_dir(store.list_runs()["run_id"].iloc[0])
+    audit = json.loads((run_dir / "audit.json").read_text())
+    assert "behavior" in audit["policies"] and len(audit["policies"]) == 2
+    # the run's model folder follows the contract and is audited block by block too
+    cfg_json = json.loads((run_dir / "model" / "config.json").read_text())
+    assert cfg_json["format"] == "equicare-model" and cfg_json["learner"] == "awr"
