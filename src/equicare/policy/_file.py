@@ -51,7 +51,7 @@ class FilePolicy:
     path: str | os.PathLike[str] | None = None
     frame: pd.DataFrame | None = None
     window: int = 1
-    _table: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    _table: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if (self.path is None) == (self.frame is None):
