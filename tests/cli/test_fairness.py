@@ -81,7 +81,7 @@ def test_audit_intersectional_with_suppression(app, panel, tmp_path) -> None:
 @pytest.mark.parametrize(("extra", "message"), [
     (["--action", "modality=teleport"], "Unknown level(s) ['teleport']"),
     (["--group", "zip"], "Unknown group attribute(s) ['zip']"),
-    (["--policy", "nope/missing.parquet"], "is neither a model folder nor a policy file"),
+    (["--policy", "nope/missing.parquet"], "no such policy file or model folder"),
     (["--level", "week"], "The 'level' parameter of FairnessAudit must be one of"),
     (["--estimator", "magic"], "The 'estimator' parameter of FairnessAudit"),
 ])

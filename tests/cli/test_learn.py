@@ -123,7 +123,7 @@ def test_predict_refuses_existing_output_and_missing_model(app, files):
     res = runner.invoke(app, ["predict", str(files / "nope"), str(files / "panel.parquet"),
                               "--manifest", str(files / "manifest.toml"), "--out",
                               str(files / "new.csv")])
-    assert res.exit_code == 2 and "Model folder not found" in _err(res)
+    assert res.exit_code == 2 and "no such policy file or model folder" in _err(res)
 
 
 def test_feature_mismatch_is_reported(tmp_path, mdp, small_data):

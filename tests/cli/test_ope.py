@@ -10,7 +10,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from equicare.cli._ope import FOLDER_POLICY, OUT_EXISTS, register
+from equicare.cli._ope import OUT_EXISTS, register
 from equicare.data import Manifest, from_frame
 from equicare.policy import write_policy_file
 
@@ -119,17 +119,3 @@ def test_bad_options(files, option, value, message):
     assert message in " ".join(res.output.split())
 
 
-def test_folder_policy_without_loader(files, monkeypatch):
-    import equicare.policy as policy_mod
-
-    def no_attr(name):
-        raise AttributeError(name)
-
-    monkeypatch.delitem(vars(policy_mod), "load_policy", raising=False)
-    monkeypatch.setitem(vars(policy_mod), "__getattr__", no_attr)
-    folder = files["dir"] / "model"
-    folder.mkdir()
-    files["policy"] = folder
-    res, _ = _run(files)
-    assert res.exit_code == 2
-    assert FOLDER_POLICY.format(path=folder) in " ".join(res.output.split())

@@ -267,8 +267,7 @@ def test_cli_synth_and_train(tmp_path):
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     files = {p.name for p in out.iterdir()}
-    assert {"config.json", "meta.json", "policy.safetensors", "reward_net.safetensors",
-            "dynamics", "reward_grid.csv", "metrics.json"} <= files
+    assert files == {"config.json", "model.safetensors", "reward_grid.csv", "metrics.json"}
     grid = (out / "reward_grid.csv").read_text().splitlines()
     assert grid[0].startswith("aptt,") and "clinical_reward" in grid[0] and len(grid) == 82
     res = runner.invoke(app, args)

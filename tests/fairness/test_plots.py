@@ -8,8 +8,6 @@ from equicare.fairness import audit, plot_allocation, plot_parity_gaps
 
 from .conftest import random_panel
 
-pytest.importorskip("matplotlib", reason="figures need matplotlib")
-
 
 @pytest.fixture(scope="module")
 def result():

@@ -44,7 +44,6 @@ def test_awr_save_load_round_trip(tmp_path, small_data):
 
 
 def test_early_stopping_on_validation_dr(small_data):
-    pytest.importorskip("equicare.ope")
     awr = AWR(n_steps=60, eval_every=20, patience=2, early_stopping="dr", hidden=(16,),
               valid_fraction=0.3).fit(small_data, progress=False)
     drs = [h["valid_dr"] for h in awr.history_]

@@ -93,7 +93,8 @@ def test_resume_from_checkpoint_is_identical(tmp_path, small_data):
 
 
 def test_bc_propensities_feed_the_ope_engine(mdp, small_data):
-    ope = pytest.importorskip("equicare.ope")
+    import equicare.ope as ope
+
     bc = BC(n_steps=200, hidden=(32,), valid_fraction=0.0).fit(small_data, progress=False)
     prop = bc.propensities(small_data)
     assert prop.shape == (small_data.n_steps,) and (prop >= 1e-3).all() and (prop <= 1).all()

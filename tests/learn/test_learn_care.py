@@ -10,9 +10,8 @@ import math
 import numpy as np
 import pytest
 
-care = pytest.importorskip("equicare.sim.care")
-
-from equicare.learn import AWR, CQL  # noqa: E402
+from equicare.learn import AWR, CQL
+from equicare.sim import care
 
 CareConfig, CareManagementSim = care.CareConfig, care.CareManagementSim
 

@@ -8,12 +8,11 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from equicare.online._grpo import GRPO, N_GROUPS_MESSAGE, NO_GROUPS_MESSAGE, GRPOConfig  # noqa: E402
-from equicare.online._ppo import PPO, PPOConfig  # noqa: E402
-from equicare.sim.hospital import HospitalVectorEnv  # noqa: E402
+from equicare.online._grpo import GRPO, N_GROUPS_MESSAGE, NO_GROUPS_MESSAGE, GRPOConfig
+from equicare.online._ppo import PPO, PPOConfig
+from equicare.sim.hospital import HospitalVectorEnv
 
 SMALL = {"total_steps": 3 * 4 * 64, "n_envs": 4, "n_steps": 64, "n_epochs": 2}
 
@@ -105,7 +104,7 @@ def test_grpo_same_seed_same_weights_and_save_load(tmp_path: Any) -> None:
     assert _same(_state(a), _state(b))
     back = GRPO.load(a.save(tmp_path / "g"))
     assert back.config == a.config
-    with pytest.raises(ValueError, match="holds a 'grpo' policy, not 'ppo'"):
+    with pytest.raises(ValueError, match="holds a 'grpo' model, not 'ppo'"):
         PPO.load(tmp_path / "g")
 
 

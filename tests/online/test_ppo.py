@@ -8,12 +8,11 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from equicare.exceptions import NotFittedError  # noqa: E402
-from equicare.online._ppo import PPO, PPOConfig, _gae, _sample, make_vector_env  # noqa: E402
-from equicare.sim.hospital import HospitalVectorEnv  # noqa: E402
+from equicare.exceptions import NotFittedError
+from equicare.online._ppo import PPO, PPOConfig, _gae, _sample, make_vector_env
+from equicare.sim.hospital import HospitalVectorEnv
 
 
 def _state(ppo: PPO) -> dict[str, Any]:

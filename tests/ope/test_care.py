@@ -16,8 +16,7 @@ from equicare.exceptions import SmallCellWarning, SupportWarning
 from equicare.ope import DR, IS, WDR, evaluate, point_estimates, prepare
 from equicare.ope._core import episode_parts
 from equicare.policy import MixturePolicy
-
-care = pytest.importorskip("equicare.sim.care")
+from equicare.sim import care
 
 N_EPISODES = 2000
 N_TRUTH = 20_000

@@ -109,7 +109,8 @@ def test_gamma_zero_is_a_reward_model():
                                  FQEConfig(model="mlp", n_iterations=3, epochs=20, hidden=(16,),
                                            batch_size=128, learning_rate=1e-2)])
 def test_gbm_and_mlp_fit(cfg):
-    torch = pytest.importorskip("torch")
+    import torch
+
     torch.set_num_threads(1)
     mdp = small_mdp(end=False, horizon=3)
     ds = mdp.sample(BEHAVIOR, 300, seed=0)

@@ -260,3 +260,41 @@ def _stop_process_group(proc: subprocess.Popen[bytes]) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+def test_serial_sweep_and_frontier_points_restore_torch_threads(monkeypatch) -> None:
+    """A serial executor runs points in the caller's process: each point may use one torch
+    thread, but the caller's thread count comes back afterwards (also after an error)."""
+    import torch
+
+    import equicare.learn
+    from equicare.pipeline import _frontier, _sweep
+
+    before = torch.get_num_threads()
+    target = 3 if before != 3 else 2
+    torch.set_num_threads(target)
+    try:
+        monkeypatch.setattr(_sweep, "_sweep_point",
+                            lambda task: {"threads": torch.get_num_threads()})
+        assert _sweep.sweep_point(None) == {"threads": 1}
+        assert torch.get_num_threads() == target
+        seen = []
+
+        class Boom:
+            config_class = type("C", (), {"from_dict": staticmethod(lambda d: d)})
+
+            def __init__(self, config):
+                pass
+
+            def fit(self, *args, **kwargs):
+                seen.append(torch.get_num_threads())
+                raise RuntimeError("boom")
+
+        monkeypatch.setattr(equicare.learn, "Boom", Boom, raising=False)
+        task = _frontier._Task(learner_cls="Boom", config={}, train=None, eval=None, audit={},
+                               weights=None, seed=0, torch_threads=1)
+        with pytest.raises(RuntimeError, match="boom"):
+            _frontier._run_point(task)
+        assert seen == [1] and torch.get_num_threads() == target
+    finally:
+        torch.set_num_threads(before)

@@ -9,14 +9,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+import typer
+from typer.testing import CliRunner
 
-pytest.importorskip("torch")
-typer = pytest.importorskip("typer")
-
-from typer.testing import CliRunner  # noqa: E402
-
-from equicare.cli._online import register, run_online  # noqa: E402
-from equicare.pipeline._online import (  # noqa: E402
+from equicare.cli._online import register, run_online
+from equicare.pipeline._online import (
     EXISTS_MESSAGE,
     OnlineExperimentConfig,
     bootstrap_mean_ci,

@@ -156,3 +156,32 @@ def test_not_fitted_and_bad_parameters():
     for kwargs, msg in cases:
         with pytest.raises(ValueError, match=re.escape(msg)):
             BehaviorModel(**kwargs).fit(ds)
+
+
+class _Noisy(LogisticRegression):
+    """A classifier whose fit warns twice: a ConvergenceWarning and something unexpected."""
+
+    def fit(self, X, y, sample_weight=None):
+        import warnings
+
+        from sklearn.exceptions import ConvergenceWarning
+
+        warnings.warn("solver gave up", ConvergenceWarning, stacklevel=2)
+        warnings.warn("a column looks constant", RuntimeWarning, stacklevel=2)
+        return super().fit(X, y, sample_weight)
+
+
+def test_fit_absorbs_only_convergence_warnings():
+    import warnings
+
+    ds, _ = _factored_data(n_episodes=60)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bm = BehaviorModel(estimator=_Noisy(max_iter=200), n_folds=2).fit(ds)
+    assert bm.converged_ is False  # the ConvergenceWarning is recorded on the model ...
+    cats = {w.category.__name__ for w in caught}
+    assert "ConvergenceWarning" not in cats  # ... not raised
+    msgs = [str(w.message) for w in caught if w.category is RuntimeWarning]
+    assert msgs and set(msgs) == {"a column looks constant"}  # every other warning passes on
+    with pytest.raises(RuntimeWarning, match="a column looks constant"):  # warnings as errors
+        BehaviorModel(estimator=_Noisy(max_iter=200), n_folds=2).fit(ds)

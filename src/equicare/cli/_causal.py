@@ -46,20 +46,15 @@ def parse_control(text: str) -> int | Path:
 
 def policy_from_file(path: str | os.PathLike[str], ds: Any, md: MediationData,
                      mask: np.ndarray | None = None) -> PolicyProbs:
-    """Probabilities of a Contract-2 policy file at every transition's state and next state.
+    """Probabilities of a policy file or model folder at every transition's state and next state.
 
-    The only place that reads policy files for mediation: :class:`equicare.policy.FilePolicy`
-    aligns the file with the dataset rows; transitions use rows ``md.rows`` and
-    ``md.next_rows``. With ``mask`` the probabilities are collapsed to the binary action set.
+    The only place that reads policies for mediation: ``equicare.policy.load_policy`` gives the
+    probabilities of every dataset row; transitions use rows ``md.rows`` and ``md.next_rows``.
+    With ``mask`` the probabilities are collapsed to the binary action set.
     """
-    from equicare.policy import FilePolicy
+    from equicare.policy import load_policy
 
-    if Path(path).is_dir():  # a model folder (any learner, or distilled rules)
-        from equicare.policy import load_policy
-
-        full = np.asarray(load_policy(path).action_probs(ds), dtype=np.float64)
-    else:
-        full = np.asarray(FilePolicy(path=path).action_probs(ds), dtype=np.float64)
+    full = np.asarray(load_policy(path).action_probs(ds), dtype=np.float64)
     if mask is not None:
         full = collapse_probs(full, mask)
     assert md.rows is not None and md.next_rows is not None
@@ -148,11 +143,11 @@ def register(app: typer.Typer) -> None:
         data: Annotated[Path, typer.Argument(help="Panel (CSV, Parquet or DuckDB).")],
         manifest: Annotated[Path, typer.Option("--manifest", help="Dataset manifest (TOML) "
                                                "with `mediators = [...]`.")],
-        target: Annotated[Path, typer.Option("--target", help="Target policy file (Contract 2: "
-                                             "episode/time keys, p_0..p_{A-1}) or model "
-                                             "folder.")],
+        target: Annotated[Path, typer.Option("--target", help="Target policy: a policy file "
+                                             "(Contract 2) or a model folder.")],
         control: Annotated[str, typer.Option("--control", help="Fixed control action code "
-                                             "(binary actions) or a policy file.")] = "0",
+                                             "(binary actions), a policy file or a model "
+                                             "folder.")] = "0",
         estimators: Annotated[str, typer.Option("--estimators", help="Comma-separated subset "
                                                 "of dm,mis,mr,baseline.")] = "dm,mis,mr,baseline",
         bootstrap: Annotated[int, typer.Option("--bootstrap", help="Cluster-bootstrap "

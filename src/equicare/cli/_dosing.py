@@ -10,8 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -94,10 +92,11 @@ def train_omg(data: str | os.PathLike[str], manifest: str | os.PathLike[str],
               progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
     """Train OMG-RL on a panel and write the model folder atomically.
 
-    The folder holds ``config.json``, ``meta.json``, ``policy.safetensors``,
-    ``reward_net.safetensors``, ``dynamics/``, ``reward_grid.csv`` (learned reward over a grid of
-    ``grid_feature``, one column per action, and the clinical reward when the feature is ``aptt``)
-    and ``metrics.json`` (stage times, held-out dynamics errors, last training statistics).
+    The model folder (Contract 2) holds ``config.json`` and ``model.safetensors`` (policy,
+    learned reward and dynamics ensemble), plus ``reward_grid.csv`` (learned reward over a grid
+    of ``grid_feature``, one column per action, and the clinical reward when the feature is
+    ``aptt``) and ``metrics.json`` (stage times, held-out dynamics errors, last training
+    statistics).
 
     Parameters
     ----------
@@ -128,42 +127,24 @@ def train_omg(data: str | os.PathLike[str], manifest: str | os.PathLike[str],
     ds = load_dataset(data, manifest, emit_warnings=False)
     cfg = config if config is not None else OMGConfig()
     model = OMG(cfg, random_state=seed).fit(ds, progress=progress)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)            # mkdtemp makes 0700; use the usual permissions
-    try:
-        model.save(tmp)
-        metrics: dict[str, Any] = {"stage_seconds": model.stage_seconds_,
-                                   "history_last": model.history_[-1] if model.history_ else {},
-                                   "n_episodes": ds.n_episodes, "n_steps": ds.n_steps}
-        if model.dynamics_ is not None:
-            metrics["dynamics_holdout"] = model.dynamics_.holdout_metrics_
-        if model.reward_net_ is not None and grid_feature in ds.state_names:
-            j = list(ds.state_names).index(grid_feature)
-            lo, hi = np.quantile(ds.states[:, j], [0.001, 0.999])
-            values = np.linspace(float(lo), float(hi), 81)
-            linked = ("aptt_prev",) if grid_feature == "aptt" and "aptt_prev" in ds.state_names \
-                else ()
-            grid = model.reward_grid(grid_feature, values, linked=linked)
-            if grid_feature == "aptt":
-                from equicare.sim.heparin import clinical_reward
-                grid["clinical_reward"] = clinical_reward(values)
-            with atomic_write(tmp / "reward_grid.csv", "w") as fh:
-                grid.to_csv(fh, index=False)
-        atomic_write_text(tmp / "metrics.json", json.dumps(metrics, indent=1, default=float))
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    metrics: dict[str, Any] = {"stage_seconds": model.stage_seconds_,
+                               "history_last": model.history_[-1] if model.history_ else {},
+                               "n_episodes": ds.n_episodes, "n_steps": ds.n_steps}
+    if model.dynamics_ is not None:
+        metrics["dynamics_holdout"] = model.dynamics_.holdout_metrics_
+    extra = {"metrics.json": json.dumps(metrics, indent=1, default=float)}
+    if model.reward_net_ is not None and grid_feature in ds.state_names:
+        j = list(ds.state_names).index(grid_feature)
+        lo, hi = np.quantile(ds.states[:, j], [0.001, 0.999])
+        values = np.linspace(float(lo), float(hi), 81)
+        linked = ("aptt_prev",) if grid_feature == "aptt" and "aptt_prev" in ds.state_names \
+            else ()
+        grid = model.reward_grid(grid_feature, values, linked=linked)
+        if grid_feature == "aptt":
+            from equicare.sim.heparin import clinical_reward
+            grid["clinical_reward"] = clinical_reward(values)
+        extra["reward_grid.csv"] = grid.to_csv(index=False)
+    model.save(target, overwrite=force, extra_files=extra)  # one atomic swap of the folder
     dyn = {}
     if model.dynamics_ is not None:
         hm = model.dynamics_.holdout_metrics_

@@ -47,21 +47,10 @@ def parse_policy_specs(specs: list[str] | None) -> dict[str, Path]:
 
 
 def load_policies(specs: dict[str, Path]) -> dict[str, Any]:
-    """Load each policy: a model folder (config.json + weights) or a policy file (Contract 2)."""
-    import equicare.policy as policy_mod
-    from equicare.policy import FilePolicy
+    """Load each policy: any model folder or a policy file (``equicare.policy.load_policy``)."""
+    from equicare.policy import load_policy
 
-    load_policy: Any = policy_mod.load_policy  # lazy name (imports torch on first use)
-    pols: dict[str, Any] = {}
-    for name, path in specs.items():
-        if path.is_dir():
-            pols[name] = load_policy(path)
-        elif path.is_file():
-            pols[name] = FilePolicy(path)
-        else:
-            raise FileNotFoundError(f"--policy {name}: {path} is neither a model folder nor a "
-                                    "policy file.")
-    return pols
+    return {name: load_policy(path) for name, path in specs.items()}
 
 
 def _load_data(data: Path, manifest: Path) -> TrajectoryDataset:

@@ -209,9 +209,10 @@ def predict_policy(model_dir: str | os.PathLike[str], data: str | os.PathLike[st
     FileExistsError
         ``out`` exists and ``force`` is False.
     """
+    import numpy as np
+
     from equicare.data import load_dataset
-    from equicare.policy import write_policy_file
-    from equicare.policy._learned import load_policy
+    from equicare.policy import load_policy, write_policy_file
 
     if form not in ("wide", "long"):
         raise ValueError(PARAM_MESSAGE.format(name="form", owner="equicare predict",
@@ -225,7 +226,7 @@ def predict_policy(model_dir: str | os.PathLike[str], data: str | os.PathLike[st
     probs = policy.action_probs(ds)
     write_policy_file(ds, probs, out_path, form=form, overwrite=force)  # type: ignore[arg-type]
     return {"out": str(out_path), "n_rows": ds.n_steps, "n_actions": ds.n_actions,
-            "support_size": int(policy.support.size), "form": form}
+            "support_size": int(np.count_nonzero(probs.any(axis=0))), "form": form}
 
 
 def register(app: "typer.Typer") -> None:

@@ -14,32 +14,19 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from equicare.ope._evaluate import EvaluationResult
 
-__all__ = ["run_evaluate", "load_target_policy", "result_table", "register", "OUT_EXISTS",
-           "FOLDER_POLICY"]
+__all__ = ["run_evaluate", "load_target_policy", "result_table", "register", "OUT_EXISTS"]
 
 #: Messages of user mistakes (tests match them).
 OUT_EXISTS = "{path} exists; refusing to overwrite it (pass --force to replace it)."
-FOLDER_POLICY = ("--policy {path} is a folder, but this installation cannot load trained models "
-                 "(equicare.policy.load_policy is missing); give a Contract-2 policy file "
-                 "(.parquet or .csv).")
 Q_MODELS = ("linear", "gbm", "mlp", "tabular")
 BEHAVIOR_MODELS = ("logistic", "lgbm")
 
 
 def load_target_policy(path: Path) -> Any:
-    """Load a Contract-2 policy file (FilePolicy) or a trained model folder (``load_policy``)."""
-    import equicare.policy as policy_mod
-    from equicare.policy import FilePolicy
+    """Load a Contract-2 policy file or any model folder (``equicare.policy.load_policy``)."""
+    from equicare.policy import load_policy
 
-    if path.is_dir():
-        try:
-            load_policy = policy_mod.load_policy
-        except AttributeError:
-            raise ValueError(FOLDER_POLICY.format(path=path)) from None
-        return load_policy(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--policy {path}: no such policy file or model folder.")
-    return FilePolicy(path)
+    return load_policy(path)
 
 
 def _explain_propensity_error(exc: Exception, data: Path, manifest: Path, policy: Path,

@@ -8,18 +8,24 @@ segments,
 .. math::
     L(\psi) = -\frac{1}{|D|} \sum_{\tau \in D} R_\psi(\tau)
               + \log \frac{1}{|B|} \sum_{\tau_j \in B} \frac{e^{R_\psi(\tau_j)}}{\bar q(\tau_j)},
-    \qquad \bar q(\tau) = \tfrac12 \prod_t \hat\pi_\beta(a_t|s_t) + \tfrac12 \prod_t
-    \pi_\theta(a_t|s_t).
+    \qquad \bar q(\tau) = w_D \prod_t \hat\pi_\beta(a_t|s_t)
+        + \sum_g w_g \prod_t \pi_g(a_t|s_t).
 
-The dynamics terms of the trajectory densities cancel in the ratio, so only action probabilities
-enter :math:`\bar q`: the behaviour model :math:`\hat\pi_\beta` (fitted by maximum likelihood on
-the logged data) for the demonstrations' generator and the current actor for the model rollouts
-(Finn et al.'s "demonstrations in the background samples" mixture).
+:math:`\bar q` is the density of the whole background set (the "balance heuristic" of multiple
+importance sampling): every segment is weighted by the mixture of *all* the policies that
+generated the set, each with its share :math:`w` of the background. The dynamics terms of the
+trajectory densities cancel in the ratio, so only action probabilities enter :math:`\bar q`: the
+behaviour model :math:`\hat\pi_\beta` (fitted by maximum likelihood on the logged data) for the
+demonstrations (Finn et al.'s "demonstrations in the background samples"), and for the model
+rollouts the policy that actually generated each of them, i.e. the actor *as it was* when the
+rollout was drawn (a stored snapshot) or the uniform policy. Scoring old rollouts with the
+current actor instead would give them the wrong density and bias the partition function.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,7 +35,11 @@ from torch import Tensor
 
 from equicare.dosing._sac import MLP
 
-__all__ = ["Segments", "gcl_loss", "expert_segments", "fit_behavior_model"]
+__all__ = ["Segments", "gcl_loss", "expert_segments", "fit_behavior_model",
+           "mixture_log_density", "background_weights", "UNIFORM"]
+
+#: Generator id of segments drawn by the uniform policy.
+UNIFORM = 0
 
 
 @dataclass
@@ -40,6 +50,7 @@ class Segments:
     actions: Tensor       # (n, H) int64
     next_states: Tensor   # (n, H, d)
     valid: Tensor         # (n, H) float (0 after the end of the episode)
+    source: Tensor | None = None  # (n,) int64: id of the policy that generated each segment
 
     @property
     def n(self) -> int:
@@ -49,7 +60,75 @@ class Segments:
     def take(self, idx: Tensor) -> Segments:
         """Subset of segments."""
         return Segments(self.states[idx], self.actions[idx], self.next_states[idx],
-                        self.valid[idx])
+                        self.valid[idx], None if self.source is None else self.source[idx])
+
+    def head(self, h: int) -> Segments:
+        """The first ``h`` steps of every segment."""
+        return Segments(self.states[:, :h], self.actions[:, :h], self.next_states[:, :h],
+                        self.valid[:, :h], self.source)
+
+
+#: A component of a proposal mixture: its weight and ``logits(states (m, d)) -> (m, k)``, or
+#: ``None`` for the uniform policy.
+Component = tuple[float, Callable[[Tensor], Tensor] | None]
+
+
+def mixture_log_density(seg: Segments, components: Sequence[Component], n_actions: int
+                        ) -> Tensor:
+    r"""Log of the mixture action density of each segment, shape ``(n,)``.
+
+    .. math::
+        \log \bar q(\tau) = \log \sum_c w_c \prod_{t\,\mathrm{valid}} \pi_c(a_t | s_t)
+
+    Parameters
+    ----------
+    seg : Segments
+        ``n`` segments of ``H`` steps.
+    components : sequence of (weight, logits function or None)
+        Mixture weights (components with weight 0 are skipped) and each policy's logits
+        function (``None``: uniform over ``n_actions``).
+    n_actions : int
+    """
+    d = seg.states.shape[-1]
+    flat = seg.states.reshape(-1, d)
+    a = seg.actions.reshape(-1, 1)
+    terms = []
+    with torch.no_grad():
+        for w, logits in components:
+            if w <= 0:
+                continue
+            if logits is None:
+                lp = -math.log(n_actions) * seg.valid.sum(1)
+            else:
+                step = torch.log_softmax(logits(flat), -1).gather(1, a).reshape(seg.actions.shape)
+                lp = (step * seg.valid).sum(1)
+            terms.append(lp + math.log(w))
+    if not terms:
+        raise ValueError("mixture_log_density needs at least one component with weight > 0.")
+    return torch.logsumexp(torch.stack(terms), 0)
+
+
+def background_weights(n_demo: int, pool_sources: Tensor, n_pool_draws: int,
+                       n_uniform_draws: int = 0) -> tuple[float, dict[int, float]]:
+    """Shares of the background set: demonstrations and each generating policy.
+
+    The background holds ``n_demo`` demonstrations, ``n_pool_draws`` segments drawn with
+    replacement from a pool whose segments were generated by the policies ``pool_sources``, and
+    ``n_uniform_draws`` segments of the uniform policy (id :data:`UNIFORM`).
+
+    Returns
+    -------
+    w_demo : float
+    w_sources : dict of int to float
+        Generator id -> share (the shares and ``w_demo`` sum to 1).
+    """
+    total = float(n_demo + n_pool_draws + n_uniform_draws)
+    ids, counts = torch.unique(pool_sources, return_counts=True)
+    shares = {int(g): n_pool_draws * float(c) / pool_sources.numel() / total
+              for g, c in zip(ids.tolist(), counts.tolist(), strict=True)}
+    if n_uniform_draws:
+        shares[UNIFORM] = shares.get(UNIFORM, 0.0) + n_uniform_draws / total
+    return n_demo / total, shares
 
 
 def gcl_loss(returns_demo: Tensor, returns_background: Tensor, log_q_background: Tensor

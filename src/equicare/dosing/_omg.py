@@ -7,8 +7,8 @@ Three stages, all on logged data only:
 2. **Reward.** Maximum-entropy IRL with guided cost learning: a reward network
    :math:`r_\psi = -c_\psi` is fitted so that clinicians' logged segments are likely under
    :math:`p(\tau) \propto e^{R_\psi(\tau)}`, with the partition function estimated by importance
-   sampling over demonstrations and short model rollouts of the current policy
-   (:mod:`equicare.dosing._irl`).
+   sampling over demonstrations and short model rollouts of the policy, each rollout scored by
+   the actor snapshot that drew it (:mod:`equicare.dosing._irl`).
 3. **Policy.** Conservative discrete soft actor-critic (:mod:`equicare.dosing._sac`) on a 50/50 mix
    of logged transitions and branched model rollouts (horizon 5 from logged states), with the
    learned reward and the COMBO penalty (Q pushed down on model states, up on logged pairs).
@@ -31,7 +31,7 @@ True
 
 from __future__ import annotations
 
-import json
+import copy
 import math
 import os
 import time
@@ -45,16 +45,24 @@ import pandas as pd
 import torch
 from numpy.typing import NDArray
 
-from equicare.dosing._irl import Segments, expert_segments, fit_behavior_model, gcl_loss
+from equicare.dosing._irl import (
+    UNIFORM,
+    Segments,
+    background_weights,
+    expert_segments,
+    fit_behavior_model,
+    gcl_loss,
+    mixture_log_density,
+)
 from equicare.dosing._sac import MLP, DiscreteSAC, SACConfig
-from equicare.exceptions import DataValidationError
+from equicare.exceptions import DataValidationError, PolicyError
 from equicare.models._dynamics import DynamicsConfig, DynamicsEnsemble, transitions_from_dataset
 from equicare.models._reward_net import REWARD_INPUTS, RewardEnsemble, RewardInput
+from equicare.policy._learned import StatePolicy, manifest_fingerprint
+from equicare.spaces import FactoredActionSpace
 from equicare.utils import (
     PARAM_MESSAGE,
     RandomState,
-    atomic_write,
-    atomic_write_text,
     check_is_fitted,
     check_random_state,
 )
@@ -96,8 +104,10 @@ class OMGConfig:
         What the reward network sees (see :class:`equicare.models.RewardNet`).
     reward_uniform : float in [0, 1)
         Share of the reward loss's sample segments that come from rollouts of the uniform policy
-        (a broad proposal kept throughout; the importance weights then use the three-way mixture
-        of behaviour model, actor and uniform policy). These rollouts are not used by the policy.
+        (a broad proposal kept throughout). The importance weights use the mixture of every
+        policy that generated the background: the behaviour model (demonstrations), the actor
+        snapshots that drew the pooled rollouts, and the uniform policy, each in its share.
+        These rollouts are not used by the policy.
     reward_segment : int, optional
         Length of the trajectory segments compared in the reward loss (default: the rollout
         horizon; at most the rollout horizon).
@@ -351,6 +361,8 @@ class OMG:
         self.n_actions_ = int(dataset.n_actions)
         self.n_features_ = int(dataset.n_features)
         self.feature_names_ = tuple(dataset.state_names)
+        self.action_space_ = dataset.action_space
+        self.manifest_fingerprint_ = manifest_fingerprint(getattr(dataset, "manifest", None))
         gamma = float(cfg.gamma if cfg.gamma is not None else dataset.gamma)
         self.gamma_ = gamma
         self._states_cache = tr.states
@@ -410,7 +422,8 @@ class OMG:
                                  feature_index=self._reward_feature_index())
             self.reward_net_ = net
             self._reward_opt_obj = torch.optim.Adam(net.parameters(), lr=cfg.reward_lr)
-            pool = self._rollout_segments(uniform, rng, buffer, n)
+            self._proposals: dict[int, MLP] = {}  # generator id -> actor snapshot
+            pool = self._rollout_segments(uniform, rng, buffer, n, source=UNIFORM)
             upool = pool
             self._refresh_demo_outcomes(tr.states, tr.actions, rng)
             total = cfg.reward_warmup
@@ -431,16 +444,22 @@ class OMG:
             t0 = time.perf_counter()
             rec: dict[str, float] = {"iteration": float(it)}
             if cfg.use_model:
-                segs = self._rollout_segments(self._actor_sampler(rng), rng, buffer, n)
-                if learned and pool is not None and it < n_freeze:
+                into_pool = learned and pool is not None and it < n_freeze
+                # the rollouts that enter the reward's pool keep the actor that drew them
+                sid = self._snapshot_actor() if into_pool else -1
+                actor = self._proposals[sid] if into_pool else None
+                segs = self._rollout_segments(self._actor_sampler(rng, actor), rng, buffer, n,
+                                              source=sid)
+                if into_pool and pool is not None:
                     keep = max(0, 10 * cfg.rollout_starts - segs.n)
                     pool = _cat_segments(pool.take(torch.arange(max(0, pool.n - keep), pool.n)),
                                          segs)
                     if cfg.reward_uniform > 0 and upool is not None:
-                        useg = self._rollout_segments(uniform, rng, None, n)
+                        useg = self._rollout_segments(uniform, rng, None, n, source=UNIFORM)
                         keep = max(0, 10 * cfg.rollout_starts - useg.n)
                         upool = _cat_segments(
                             upool.take(torch.arange(max(0, upool.n - keep), upool.n)), useg)
+                    self._drop_unused_snapshots(pool)
             times["policy"] += time.perf_counter() - t0
             if learned and it < n_freeze and cfg.reward_updates > 0:
                 t0 = time.perf_counter()
@@ -498,12 +517,29 @@ class OMG:
             raise DataValidationError("reward_exclude leaves the reward no state feature.")
         return np.asarray(keep, dtype=np.int64)
 
-    def _actor_sampler(self, rng: np.random.Generator) -> Callable[[NDArray[Any]], NDArray[Any]]:
-        agent = self.agent_
+    def _snapshot_actor(self) -> int:
+        """Store a frozen copy of the current actor; return its generator id (>= 1)."""
+        sid = max(self._proposals, default=UNIFORM) + 1
+        snap = copy.deepcopy(self.agent_.actor).requires_grad_(False)
+        snap.eval()
+        self._proposals[sid] = snap
+        return sid
+
+    def _drop_unused_snapshots(self, pool: Segments) -> None:
+        """Forget the actor snapshots that generated no segment left in the pool."""
+        assert pool.source is not None
+        live = set(torch.unique(pool.source).tolist())
+        self._proposals = {k: v for k, v in self._proposals.items() if k in live}
+
+    def _actor_sampler(self, rng: np.random.Generator, actor: MLP | None = None
+                       ) -> Callable[[NDArray[Any]], NDArray[Any]]:
+        """Sample actions of ``actor`` (default: the current actor) at states ``(n, d)``."""
+        net = self.agent_.actor if actor is None else actor
 
         def sample(states: NDArray[Any]) -> NDArray[np.int64]:
             with torch.no_grad():
-                p = agent.policy(torch.as_tensor(np.asarray(states, np.float32)))[0].numpy()
+                p = torch.softmax(net(torch.as_tensor(np.asarray(states, np.float32))),
+                                  dim=-1).numpy()
             cdf = np.cumsum(p, axis=1)
             u = rng.random((p.shape[0], 1)) * cdf[:, -1:]
             out: NDArray[np.int64] = np.minimum((cdf < u).sum(axis=1),
@@ -512,9 +548,12 @@ class OMG:
         return sample
 
     def _rollout_segments(self, policy: Callable[[NDArray[Any]], NDArray[Any]],
-                          rng: np.random.Generator, buffer: _ModelBuffer | None, n_rows: int
-                          ) -> Segments:
-        """Branched model rollouts from logged states; adds them to the buffer."""
+                          rng: np.random.Generator, buffer: _ModelBuffer | None, n_rows: int,
+                          source: int = -1) -> Segments:
+        """Branched model rollouts from logged states; adds them to the buffer.
+
+        ``source`` is the generator id stored with each segment (the policy that drew it).
+        """
         dyn = self.dynamics_
         assert dyn is not None
         cfg = self.config
@@ -525,9 +564,11 @@ class OMG:
         if buffer is not None:
             buffer.add(ro["states"][v], ro["actions"][v], ro["rewards"][v],
                        ro["next_states"][v], ro["terminals"][v])
+        n_seg = int(ro["actions"].shape[0])
         return Segments(torch.as_tensor(ro["states"]), torch.as_tensor(ro["actions"]),
                         torch.as_tensor(ro["next_states"]),
-                        torch.as_tensor(v, dtype=torch.float32))
+                        torch.as_tensor(v, dtype=torch.float32),
+                        torch.full((n_seg,), source, dtype=torch.int64))
 
     @property
     def _train_states(self) -> NDArray[np.float32]:
@@ -541,21 +582,13 @@ class OMG:
             ns = self.dynamics_.predict(states, actions, random_state=rng)[0]
             self._demo_next = torch.as_tensor(ns)
 
-    def _segment_logq(self, seg: Segments, behavior: MLP) -> torch.Tensor:
-        """Log of the fused proposal density (behaviour model and current actor), shape (n,)."""
-        flat = seg.states.reshape(-1, seg.states.shape[-1])
-        a = seg.actions.reshape(-1, 1)
-        with torch.no_grad():
-            lb = torch.log_softmax(behavior(flat), -1).gather(1, a).reshape(seg.actions.shape)
-            lp = self.agent_.policy(flat)[1].gather(1, a).reshape(seg.actions.shape)
-        lb = (lb * seg.valid).sum(1)
-        lp = (lp * seg.valid).sum(1)
-        u = self.config.reward_uniform
-        if u > 0:  # background: 1/2 demonstrations, (1 - u)/2 actor, u/2 uniform rollouts
-            lu = -math.log(self.n_actions_) * seg.valid.sum(1)
-            w = torch.log(torch.tensor([0.5, 0.5 * (1 - u), 0.5 * u]))[:, None]
-            return torch.logsumexp(torch.stack([lb, lp, lu]) + w, 0)
-        return torch.logaddexp(lb, lp) - math.log(2.0)
+    def _background_components(self, w_demo: float, w_sources: dict[int, float],
+                               behavior: MLP) -> list[tuple[float, Any]]:
+        """Mixture components of the background: behaviour model, snapshots, uniform."""
+        comps: list[tuple[float, Any]] = [(w_demo, behavior)]
+        for g, w in sorted(w_sources.items()):
+            comps.append((w, None if g == UNIFORM else self._proposals[g]))
+        return comps
 
     def _segment_rewards(self, seg: Segments) -> tuple[torch.Tensor, torch.Tensor]:
         """Segment returns ``(n_members, n)`` and per-step rewards ``(n_members, n, H)``."""
@@ -581,11 +614,16 @@ class OMG:
             samp = _cat_segments(samp, upool.take(torch.as_tensor(
                 rng.integers(0, upool.n, size=n_u))))
         if h < samp.actions.shape[1]:
-            samp = Segments(samp.states[:, :h], samp.actions[:, :h], samp.next_states[:, :h],
-                            samp.valid[:, :h])
+            samp = samp.head(h)
         ret_d, r_d = self._segment_rewards(demo)
         ret_s, r_s = self._segment_rewards(samp)
-        logq = torch.cat([self._segment_logq(demo, behavior), self._segment_logq(samp, behavior)])
+        # density of the whole background: the policies that generated it, in their shares
+        assert pool.source is not None
+        w_demo, w_src = background_weights(demo.n, pool.source, cfg.reward_batch - n_u, n_u)
+        comps = self._background_components(w_demo, w_src, behavior)
+        k = self.n_actions_
+        logq = torch.cat([mixture_log_density(demo, comps, k),
+                          mixture_log_density(samp, comps, k)])
         loss = sum((gcl_loss(ret_d[m], torch.cat([ret_d[m], ret_s[m]]), logq)
                     for m in range(ret_d.shape[0])), torch.zeros(()))
         nvalid = demo.valid.sum() + samp.valid.sum()
@@ -632,13 +670,13 @@ class OMG:
         return np.ascontiguousarray(dataset.states, dtype=np.float32)
 
     def action_probs(self, dataset: Any) -> NDArray[np.float64]:
-        """Actor probabilities per row, shape ``(n_steps, n_actions)``."""
+        """Actor probabilities per row, shape ``(n_steps, n_actions)``.
+
+        The same numbers as the :class:`~equicare.policy.StatePolicy` that
+        ``equicare.policy.load_policy`` reads from the saved folder.
+        """
         s = self._check_dataset(dataset)
-        with torch.no_grad():
-            p: NDArray[np.float64] = self.agent_.policy(torch.as_tensor(s))[0].numpy().astype(
-                np.float64)
-        out: NDArray[np.float64] = p / p.sum(axis=1, keepdims=True)
-        return out
+        return self.as_policy().state_probs(s)
 
     def q_values(self, dataset: Any) -> NDArray[np.float64]:
         """Pessimistic Q, ``min(Q1, Q2)``, per row and action, shape ``(n_steps, n_actions)``."""
@@ -733,69 +771,111 @@ class OMG:
         return pd.DataFrame(out)
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the fitted model to a folder: ``config.json``, ``meta.json`` and safetensors.
+    def as_policy(self, source: str = "<OMG policy>") -> StatePolicy:
+        """The actor as a :class:`~equicare.policy.StatePolicy` (what :meth:`save` stores)."""
+        check_is_fitted(self, "agent_")
+        space = getattr(self, "action_space_", None)
+        if space is None:
+            space = FactoredActionSpace.from_dict(
+                {"action": [str(a) for a in range(self.n_actions_)]})
+        return StatePolicy(network=self.agent_.actor, action_space=space,
+                           state_names=self.feature_names_, source=source)
 
-        Files: ``policy.safetensors`` (actor, critics, temperature), ``reward_net.safetensors``
-        (learned reward) and ``dynamics/`` (ensemble).
+    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False,
+             extra_files: dict[str, str | bytes] | None = None) -> Path:
+        """Write the model folder (Contract 2): ``config.json`` + ``model.safetensors``.
+
+        The weights of every part go into the one ``model.safetensors``, named by part:
+        ``sac.*`` (actor, critics, targets, temperature), ``reward_net.*`` (learned reward) and
+        ``dynamics.*`` (ensemble). An existing non-empty folder is refused unless ``overwrite``,
+        which then replaces it whole (atomically), so no part of an older model survives.
+
+        Parameters
+        ----------
+        path : str or Path
+        overwrite : bool
+        extra_files : dict of str to str or bytes, optional
+            Companion files written into the folder (e.g. ``metrics.json``).
         """
-        from safetensors.torch import save as st_save
+        from equicare.policy._learned import prefixed, write_model_folder
 
         check_is_fitted(self, "agent_")
-        p = Path(path)
-        p.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous() for k, v in self.agent_.state_dict().items()}
-        with atomic_write(p / "policy.safetensors") as fh:
-            fh.write(st_save(state))
+        tensors = prefixed(self.agent_.state_dict(), "sac")
         if self.reward_net_ is not None:
-            rs = {k: v.detach().contiguous() for k, v in self.reward_net_.state_dict().items()}
-            with atomic_write(p / "reward_net.safetensors") as fh:
-                fh.write(st_save(rs))
+            tensors.update(prefixed(self.reward_net_.state_dict(), "reward_net"))
+        dyn_meta = None
         if self.dynamics_ is not None:
-            self.dynamics_.save(p / "dynamics")
-        meta = {"n_actions": self.n_actions_, "n_features": self.n_features_,
-                "feature_names": list(self.feature_names_), "gamma": self.gamma_,
-                "reward_shift": self.reward_shift_, "reward_scale": self.reward_scale_,
-                "median_state": self._median_state.tolist(), "history": self.history_,
-                "reward_exclude": list(getattr(self, "reward_exclude_", ())),
-                "stage_seconds": self.stage_seconds_}
-        atomic_write_text(p / "config.json", json.dumps(self.config.to_dict(), indent=1))
-        atomic_write_text(p / "meta.json", json.dumps(meta, indent=1))
-        return p
+            dyn_meta, dyn_tensors = self.dynamics_.to_state()
+            tensors.update(prefixed(dyn_tensors, "dynamics"))
+        pol = self.as_policy()
+        config = {
+            "learner": "omg",
+            "action_space": pol.action_space.to_dict(),
+            "manifest_fingerprint": getattr(self, "manifest_fingerprint_", None),
+            "policy": {"network": "standardized_mlp", "weights": "sac.actor",
+                       "hidden": list(self.config.sac.hidden)},
+            "feature_names": list(self.feature_names_),
+            "learner_config": self.config.to_dict(),
+            "n_actions": self.n_actions_, "n_features": self.n_features_, "gamma": self.gamma_,
+            "reward_net": self.reward_net_ is not None,
+            "reward_shift": self.reward_shift_, "reward_scale": self.reward_scale_,
+            "reward_exclude": list(getattr(self, "reward_exclude_", ())),
+            "median_state": self._median_state.tolist(),
+            "dynamics": dyn_meta,
+            "history": self.history_, "stage_seconds": self.stage_seconds_,
+        }
+        return write_model_folder(path, config, tensors, overwrite=overwrite,
+                                  extra_files=extra_files)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> OMG:
-        """Inverse of :meth:`save`."""
-        from safetensors.torch import load as st_load
+        """Inverse of :meth:`save` (bit-identical networks).
 
-        p = Path(path)
-        cfg = OMGConfig.from_dict(json.loads((p / "config.json").read_text()))
-        meta = json.loads((p / "meta.json").read_text())
-        obj = cls(cfg)
-        obj.n_actions_ = int(meta["n_actions"])
-        obj.n_features_ = int(meta["n_features"])
-        obj.feature_names_ = tuple(meta["feature_names"])
-        obj.gamma_ = float(meta["gamma"])
-        obj.reward_shift_, obj.reward_scale_ = float(meta["reward_shift"]), float(
-            meta["reward_scale"])
-        obj._median = np.asarray(meta["median_state"], dtype=np.float32)
-        obj.reward_exclude_ = tuple(meta.get("reward_exclude", ()))
-        obj.history_ = meta["history"]
-        obj.stage_seconds_ = meta["stage_seconds"]
-        agent = DiscreteSAC(obj.n_features_, obj.n_actions_, cfg.sac, obj.gamma_)
-        agent.load_state_dict(st_load((p / "policy.safetensors").read_bytes()))
+        Raises
+        ------
+        PolicyError
+            Missing, malformed, corrupt or future-version files, or another learner's folder.
+        """
+        from equicare.policy._learned import load_state, read_model_folder, state_with_prefix
+
+        cfg, tensors = read_model_folder(path)
+        if cfg["learner"] != "omg":
+            raise PolicyError(f"{path} holds a {cfg['learner']!r} model, not 'omg'.")
+        try:
+            config = OMGConfig.from_dict(cfg["learner_config"])
+            obj = cls(config)
+            obj.n_actions_ = int(cfg["n_actions"])
+            obj.n_features_ = int(cfg["n_features"])
+            obj.feature_names_ = tuple(cfg["feature_names"])
+            obj.action_space_ = FactoredActionSpace.from_dict(cfg["action_space"])
+            obj.manifest_fingerprint_ = cfg.get("manifest_fingerprint")
+            obj.gamma_ = float(cfg["gamma"])
+            obj.reward_shift_ = float(cfg["reward_shift"])
+            obj.reward_scale_ = float(cfg["reward_scale"])
+            obj._median = np.asarray(cfg["median_state"], dtype=np.float32)
+            obj.reward_exclude_ = tuple(cfg.get("reward_exclude", ()))
+            obj.history_ = cfg["history"]
+            obj.stage_seconds_ = cfg["stage_seconds"]
+            agent = DiscreteSAC(obj.n_features_, obj.n_actions_, config.sac, obj.gamma_)
+            obj.dynamics_ = None
+            if cfg.get("dynamics") is not None:
+                obj.dynamics_ = DynamicsEnsemble.from_state(
+                    cfg["dynamics"], state_with_prefix(tensors, "dynamics"))
+            net = None
+            if cfg["reward_net"]:
+                net = RewardEnsemble(config.reward_members, n_features=obj.n_features_,
+                                     n_actions=obj.n_actions_, inputs=config.reward_inputs,
+                                     hidden=config.reward_hidden, bound=config.reward_bound,
+                                     feature_index=obj._reward_feature_index())
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            first = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise PolicyError(f"{path}: malformed model folder ({first}).") from exc
+        load_state(agent, tensors, "sac", str(path))
         agent.eval()
         obj.agent_ = agent
-        obj.reward_net_ = None
-        if (p / "reward_net.safetensors").exists():
-            net = RewardEnsemble(cfg.reward_members, n_features=obj.n_features_,
-                                 n_actions=obj.n_actions_, inputs=cfg.reward_inputs,
-                                 hidden=cfg.reward_hidden, bound=cfg.reward_bound,
-                                 feature_index=obj._reward_feature_index())
-            net.load_state_dict(st_load((p / "reward_net.safetensors").read_bytes()))
-            obj.reward_net_ = net
-        obj.dynamics_ = DynamicsEnsemble.load(p / "dynamics") if (p / "dynamics").exists() \
-            else None
+        if net is not None:
+            load_state(net, tensors, "reward_net", str(path))
+        obj.reward_net_ = net
         return obj
 
     @property
@@ -804,5 +884,8 @@ class OMG:
 
 
 def _cat_segments(a: Segments, b: Segments) -> Segments:
+    src = (None if a.source is None or b.source is None
+           else torch.cat([a.source, b.source]))
     return Segments(torch.cat([a.states, b.states]), torch.cat([a.actions, b.actions]),
-                    torch.cat([a.next_states, b.next_states]), torch.cat([a.valid, b.valid]))
+                    torch.cat([a.next_states, b.next_states]), torch.cat([a.valid, b.valid]),
+                    src)

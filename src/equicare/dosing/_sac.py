@@ -27,11 +27,11 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from numpy.typing import ArrayLike
 from torch import Tensor, nn
 
+from equicare.models._mlp import StandardizedMLP
 from equicare.utils import PARAM_MESSAGE, config_from_dict, config_to_dict
 
 __all__ = ["SACConfig", "DiscreteSAC", "td_target", "discrete_target_entropy", "MLP"]
@@ -77,32 +77,8 @@ def td_target(rewards: Tensor, terminals: Tensor, next_values: Tensor, gamma: fl
     return rewards + gamma * (1.0 - terminals) * next_values
 
 
-class MLP(nn.Module):
-    """MLP with built-in input standardisation: ``(n, d_in) -> (n, d_out)``."""
-
-    def __init__(self, d_in: int, d_out: int, hidden: tuple[int, ...],
-                 mean: ArrayLike | None = None, std: ArrayLike | None = None) -> None:
-        super().__init__()
-        m = np.zeros(d_in) if mean is None else np.asarray(mean, dtype=np.float64)
-        s = np.ones(d_in) if std is None else np.asarray(std, dtype=np.float64)
-        self.register_buffer("mean", torch.as_tensor(m, dtype=torch.float32))
-        self.register_buffer("std", torch.as_tensor(np.where(s > 1e-6, s, 1.0),
-                                                    dtype=torch.float32))
-        layers: list[nn.Module] = []
-        d = d_in
-        for h in hidden:
-            layers += [nn.Linear(d, h), nn.ReLU()]
-            d = h
-        layers.append(nn.Linear(d, d_out))
-        self.net = nn.Sequential(*layers)
-
-    mean: Tensor
-    std: Tensor
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Standardise, then the MLP."""
-        out: Tensor = self.net((x - self.mean) / self.std)
-        return out
+#: The dosing networks' MLP (lives in :mod:`equicare.models` so the policy layer can rebuild it).
+MLP = StandardizedMLP
 
 
 @dataclass(frozen=True, kw_only=True)

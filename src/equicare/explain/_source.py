@@ -43,8 +43,8 @@ def load_source_policy(path: str | os.PathLike[str]) -> tuple[Any, dict[str, Any
         pol = policy_mod.load_policy(p)
         algo = "model"
         try:
-            algo = str(json.loads((p / "config.json").read_text(encoding="utf-8")).get("algo")
-                       or "model")
+            cfg = json.loads((p / "config.json").read_text(encoding="utf-8"))
+            algo = str(cfg.get("learner") or cfg.get("algo") or "model")
         except (OSError, ValueError):
             pass
         return pol, {"path": str(p), "kind": "model folder", "algo": algo}

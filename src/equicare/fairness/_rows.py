@@ -105,7 +105,7 @@ def _checked(probs: Any, n: int, n_act: int, source: str) -> NDArray[np.float64]
 
 
 def row_allocation(dataset: TrajectoryDataset, policy: Policy | NDArray[np.float64] | None,
-                   columns: NDArray[np.float64], *, max_block: int = MAX_BLOCK,
+                   columns: NDArray[np.float64], *, max_block: int | None = None,
                    source: str = "policy") -> NDArray[np.float64]:
     """Probability that each row's action falls in each set: ``probs @ columns``.
 
@@ -116,9 +116,10 @@ def row_allocation(dataset: TrajectoryDataset, policy: Policy | NDArray[np.float
         ``None`` means the logged behaviour (the logged action, probability 0 or 1).
     columns : ndarray of shape (n_actions, k)
         Action-set memberships (0/1) as columns.
-    max_block : int
+    max_block : int, optional
         A policy is called on blocks of whole episodes holding at most this many
-        ``rows x actions`` probabilities, so a large panel never holds the full matrix.
+        ``rows x actions`` probabilities, so a large panel never holds the full matrix
+        (default: the module's ``MAX_BLOCK``, read at call time so tests can lower it).
     source : str
         Name used in error messages.
 
@@ -132,7 +133,7 @@ def row_allocation(dataset: TrajectoryDataset, policy: Policy | NDArray[np.float
 def row_pass(dataset: TrajectoryDataset, policy: Policy | NDArray[np.float64] | None,
              columns: NDArray[np.float64], *,
              q_fn: Callable[[TrajectoryDataset], NDArray[np.float64]] | None = None,
-             max_block: int = MAX_BLOCK, source: str = "policy"
+             max_block: int | None = None, source: str = "policy"
              ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64] | None,
                         NDArray[np.float64] | None]:
     """One pass over a policy's probabilities: allocations, logged-action probability, Q terms.
@@ -159,7 +160,12 @@ def row_pass(dataset: TrajectoryDataset, policy: Policy | NDArray[np.float64] | 
     n, n_act = dataset.n_steps, dataset.n_actions
     if policy is None:
         return cols[dataset.actions], np.ones(n), None, None
-    if not isinstance(policy, np.ndarray):
+    check = getattr(policy, "check_compatible", None)
+    if callable(check):  # model policies say which action space / columns they expected
+        check(dataset)
+    # a long-form policy file only knows its largest listed action; it checks its actions
+    # against the dataset itself
+    if not isinstance(policy, np.ndarray | FilePolicy):
         n_a = int(getattr(policy, "n_actions", n_act))
         if n_a != n_act:
             raise PolicyError(f"{source}: the policy has {n_a} actions, the dataset {n_act}.")
@@ -188,6 +194,8 @@ def row_pass(dataset: TrajectoryDataset, policy: Policy | NDArray[np.float64] | 
     if isinstance(policy, np.ndarray):
         fill(dataset, 0, n, policy)
         return alloc, p_logged, q_sa, v_s
+    if max_block is None:
+        max_block = MAX_BLOCK
     rows_per_block = max(1, max_block // max(1, n_act))
     if n <= rows_per_block:
         fill(dataset, 0, n, policy.action_probs(dataset))

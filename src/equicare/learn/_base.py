@@ -33,6 +33,7 @@ from equicare.models._inputs import batched_forward, categorical_vocabulary, inp
 from equicare.models._networks import Network, NetworkSpec
 from equicare.policy._learned import (
     LearnedPolicy,
+    manifest_fingerprint,
     read_model_folder,
     state_with_prefix,
     write_model_folder,
@@ -409,6 +410,7 @@ class OfflineLearner(BaseEstimator, metaclass=ABCMeta):  # type: ignore[misc]
         self._embedded = (cfg.categorical_encoding != "onehot" and dataset.categorical
                           is not None and dataset.categorical.shape[1] > 0)
         self.feature_names_ = input_names(dataset, self._embedded)
+        self.manifest_fingerprint_ = manifest_fingerprint(getattr(dataset, "manifest", None))
         self.state_names_ = tuple(dataset.state_names)
         self.support_ = support_of(dataset, cfg.support, cfg.min_support_count)
         self.fair_mask_ = (np.zeros(dataset.n_actions, dtype=bool) if cfg.fair_action is None
@@ -745,12 +747,13 @@ class OfflineLearner(BaseEstimator, metaclass=ABCMeta):  # type: ignore[misc]
 
     # ================================================================== save / load
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
-        """Write the model folder: ``config.json`` + ``model.safetensors``.
+        """Write the model folder: ``config.json`` + ``model.safetensors`` (Contract 2).
 
         Parameters
         ----------
         path : str or Path
-            Folder; an existing non-empty folder is refused unless ``overwrite``.
+            Folder; an existing non-empty folder is refused unless ``overwrite``, which then
+            replaces it whole (atomically).
         overwrite : bool
         """
         check_is_fitted(self, "policy_")
@@ -759,11 +762,12 @@ class OfflineLearner(BaseEstimator, metaclass=ABCMeta):  # type: ignore[misc]
             for n, t in net.state_dict().items():
                 tensors[f"{k}.{n}"] = t
         cfg = {
-            "algo": self.algo,
+            "learner": self.algo,
+            "action_space": self.action_space_.to_dict(),
+            "manifest_fingerprint": getattr(self, "manifest_fingerprint_", None),
             "learner_config": self.config.to_dict(),
             "policy": self.policy_.describe(),
             "networks": {k: net.spec.to_dict() for k, net in self.nets_.items()},
-            "action_space": self.action_space_.to_dict(),
             "feature_names": list(self.feature_names_),
             "state_names": list(self.state_names_),
             "support": [int(a) for a in self.support_],
@@ -787,7 +791,7 @@ class OfflineLearner(BaseEstimator, metaclass=ABCMeta):  # type: ignore[misc]
             Missing/malformed files, or a folder written by another learner.
         """
         cfg, tensors = read_model_folder(path)
-        algo = cfg.get("algo")
+        algo = cfg["learner"]
         klass = cls
         if klass.algo != algo:
             raise PolicyError(f"{path}: the model was trained with {algo!r}, not "
@@ -819,6 +823,7 @@ class OfflineLearner(BaseEstimator, metaclass=ABCMeta):  # type: ignore[misc]
             self.n_steps_done_ = int(tr["n_steps_done"])
             self.best_step_ = int(tr["best_step"])
             self.history_ = list(tr["history"])
+            self.manifest_fingerprint_ = cfg.get("manifest_fingerprint")
             self._load_extra_state(cfg.get("extra") or {})
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -14,7 +14,9 @@ loss. (The Huber loss estimates a robust location, not the mean, of the bootstra
 stochastic termination or skewed rewards its fixed point is biased, so it is opt-in.)
 ``factored_q=True`` uses additive utilities ``Q(s, a) = sum_j u_j(s, a_j)`` over the action
 components. The policy is
-``softmax(Q / temperature)`` over the support, or greedy.
+``softmax(Q / temperature)`` over the support, or greedy. The parity penalty acts on the softmax
+policy, so it requires (and deploys) ``policy="softmax"``; greedy with ``fair_lambda > 0`` is
+refused.
 """
 
 from __future__ import annotations
@@ -32,7 +34,13 @@ from equicare.models._inputs import batched_forward
 from equicare.models._networks import Network, build_network
 from equicare.utils import check_param
 
-__all__ = ["CQL", "CQLConfig"]
+__all__ = ["CQL", "CQLConfig", "MSG_GREEDY_FAIR"]
+
+#: The parity penalty acts on softmax(Q / temperature); a greedy policy deploys argmax Q instead.
+MSG_GREEDY_FAIR = ("The 'policy' parameter of CQLConfig must be 'softmax' when fair_lambda > 0. "
+                   "Got 'greedy' instead: the parity penalty constrains softmax(Q / temperature), "
+                   "not the greedy policy that would be deployed. Use policy='softmax' (tune "
+                   "temperature for a sharper policy) or fair_lambda=0.")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,7 +54,9 @@ class CQLConfig(LearnerConfig):
     factored_q : bool
         Sum per-component utilities instead of one Q per action combination.
     policy : {"softmax", "greedy"}
-        Policy read from Q.
+        Policy read from Q. With a parity penalty (``fair_lambda > 0``) only ``"softmax"`` is
+        allowed: the penalty constrains ``softmax(Q / temperature)``, so that is the policy that
+        must be deployed (a greedy policy would escape the constraint).
     temperature : float
         Softmax temperature (> 0), in reward units; also used by the fairness terms.
     target_update_interval : int
@@ -73,6 +83,8 @@ class CQLConfig(LearnerConfig):
         check_param(self.target_update_interval, "target_update_interval", o, kind=int, low=1,
                     expected="an int >= 1")
         check_param(self.td_loss, "td_loss", o, choices=("mse", "huber"))
+        if self.policy == "greedy" and self.fair_lambda > 0:
+            raise ValueError(MSG_GREEDY_FAIR)
 
 
 class CQL(OfflineLearner):

@@ -13,7 +13,7 @@ from equicare.learn._spibb import SPIBB
 
 __all__ = ["LEARNERS", "load_learner"]
 
-#: algorithm name (``config.json``'s ``algo``) -> learner class
+#: algorithm name (``config.json``'s ``learner``) -> learner class
 LEARNERS: dict[str, type[OfflineLearner] | type[SPIBB]] = {"bc": BC, "awr": AWR, "cql": CQL,
                                                            "spibb": SPIBB}
 
@@ -39,7 +39,7 @@ def load_learner(path: str | os.PathLike[str]) -> OfflineLearner | SPIBB:
     from equicare.policy._learned import read_model_folder
 
     cfg, _ = read_model_folder(path)
-    algo = str(cfg.get("algo"))
+    algo = str(cfg["learner"])
     if algo not in LEARNERS:
         raise PolicyError(f"{path}: the model was trained with {algo!r}; known offline learners "
                           f"are {sorted(LEARNERS)}.")

@@ -399,7 +399,7 @@ class SPIBB:
         from equicare.policy._learned import write_model_folder
 
         check_is_fitted(self, "policy_")
-        cfg = {"algo": self.algo, "learner_config": self.config.to_dict(),
+        cfg = {"learner": self.algo, "learner_config": self.config.to_dict(),
                "policy": self.policy_.describe(),
                "action_space": self.action_space_.to_dict(),
                "feature_names": list(self.cell_columns_),
@@ -418,8 +418,8 @@ class SPIBB:
         from equicare.spaces import FactoredActionSpace
 
         cfg, tensors = read_model_folder(path)
-        if cfg.get("algo") != cls.algo:
-            raise PolicyError(f"{path}: the model was trained with {cfg.get('algo')!r}, not "
+        if cfg.get("learner") != cls.algo:
+            raise PolicyError(f"{path}: the model was trained with {cfg.get('learner')!r}, not "
                               "'spibb'.")
         try:
             self = cls(SPIBBConfig.from_dict(cfg["learner_config"]))

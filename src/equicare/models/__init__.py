@@ -30,6 +30,7 @@ _LAZY: dict[str, str] = {
     "build_network": "equicare.models._networks",
     "seeded": "equicare.models._networks",
     "DiscreteActorCritic": "equicare.models._ppo_nets",
+    "StandardizedMLP": "equicare.models._mlp",
     "DynamicsEnsemble": "equicare.models._dynamics",
     "DynamicsConfig": "equicare.models._dynamics",
     "GaussianEnsembleNet": "equicare.models._dynamics",

@@ -727,29 +727,27 @@ class DynamicsEnsemble:
         return out
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write ``dynamics.json`` (config, normalisation, structure) and safetensors weights."""
-        from safetensors.torch import save as st_save
+    def to_state(self) -> tuple[dict[str, Any], dict[str, Tensor]]:
+        """JSON description and tensors of the fitted ensemble (for one model folder).
 
+        Returns
+        -------
+        meta : dict
+            Config, normalisation, structure, elites, hold-out metrics.
+        tensors : dict of str to Tensor
+            The ensemble network's ``state_dict``.
+        """
         check_is_fitted(self, "net_")
-        p = Path(path)
-        p.mkdir(parents=True, exist_ok=True)
         meta = {"config": self.config.to_dict(), "n_actions": self.n_actions_,
                 "feature_names": list(self.feature_names_), "elites": self.elites_.tolist(),
                 "structure": self.structure_.to_dict(), "n_epochs": self.n_epochs_,
                 "holdout_metrics": self.holdout_metrics_,
                 **{k: getattr(self, k).tolist() for k in _ARRAYS}}
-        with atomic_write(p / "dynamics.safetensors") as fh:
-            fh.write(st_save({k: v.contiguous() for k, v in self.net_.state_dict().items()}))
-        atomic_write_text(p / "dynamics.json", json.dumps(meta, indent=1))
+        return meta, {k: v.contiguous() for k, v in self.net_.state_dict().items()}
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> DynamicsEnsemble:
-        """Inverse of :meth:`save`."""
-        from safetensors.torch import load as st_load
-
-        p = Path(path)
-        meta = json.loads((p / "dynamics.json").read_text())
+    def from_state(cls, meta: dict[str, Any], tensors: dict[str, Tensor]) -> DynamicsEnsemble:
+        """Inverse of :meth:`to_state` (strict: every tensor must match the network)."""
         obj = cls(DynamicsConfig.from_dict(meta["config"]))
         obj.n_actions_ = int(meta["n_actions"])
         obj.feature_names_ = tuple(meta["feature_names"])
@@ -762,10 +760,34 @@ class DynamicsEnsemble:
         d_in = len(obj.feature_names_) + obj.n_actions_
         d_out = obj.structure_.modelled.size + 1
         net = GaussianEnsembleNet(obj.config.n_members, d_in, d_out, obj.config.hidden)
-        net.load_state_dict(st_load((p / "dynamics.safetensors").read_bytes()))
+        net.load_state_dict(tensors, strict=True)
         net.eval()
         obj.net_ = net
         return obj
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write ``dynamics.json`` (config, normalisation, structure) and safetensors weights.
+
+        (A dosing model folder stores the ensemble inside its own ``model.safetensors``; this
+        stand-alone form is for the ensemble on its own.)
+        """
+        from safetensors.torch import save as st_save
+
+        meta, tensors = self.to_state()
+        p = Path(path)
+        p.mkdir(parents=True, exist_ok=True)
+        with atomic_write(p / "dynamics.safetensors") as fh:
+            fh.write(st_save(tensors))
+        atomic_write_text(p / "dynamics.json", json.dumps(meta, indent=1))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> DynamicsEnsemble:
+        """Inverse of :meth:`save`."""
+        from safetensors.torch import load as st_load
+
+        p = Path(path)
+        meta = json.loads((p / "dynamics.json").read_text())
+        return cls.from_state(meta, st_load((p / "dynamics.safetensors").read_bytes()))
 
 
 _ARRAYS = ("state_mean_", "state_std_", "state_min_", "state_max_", "target_mean_", "target_std_")

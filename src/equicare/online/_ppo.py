@@ -27,7 +27,6 @@ actions, minibatch order) and one seeded :class:`torch.Generator` (initial weigh
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from collections.abc import Callable
@@ -37,10 +36,9 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 import numpy as np
 
+from equicare.policy._learned import MASKED_LOGIT
 from equicare.utils import (
     PARAM_MESSAGE,
-    atomic_write,
-    atomic_write_text,
     check_is_fitted,
     check_param,
     check_random_state,
@@ -367,6 +365,7 @@ class PPO:
             opt = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate, eps=1e-5)
             self.policy_ = net
             self.obs_dim_, self.n_actions_ = obs_dim, n_actions
+            self.environment_ = _environment_name(venv)
             self.history_: list[dict[str, Any]] = []
             self._train(venv, net, opt, rng, n_envs, T, callback)
         finally:
@@ -553,8 +552,6 @@ class PPO:
         -------
         ndarray of shape (n, n_actions) (or (n_actions,) for one observation)
         """
-        import torch
-
         check_is_fitted(self, "policy_")
         x = np.asarray(obs, dtype=np.float32)
         single = x.ndim == 1
@@ -563,15 +560,7 @@ class PPO:
             raise ValueError(PARAM_MESSAGE.format(
                 name="obs", owner=type(self).__name__,
                 expected=f"an array of shape (n, {self.obs_dim_})", got=x.shape))
-        with torch.no_grad():
-            logits = self.policy_.logits(torch.from_numpy(x2))
-            if action_mask is not None:
-                m = np.asarray(action_mask, dtype=bool).reshape(x2.shape[0], self.n_actions_)
-                m = m | ~m.any(axis=1, keepdims=True)
-                logits = logits.masked_fill(~torch.from_numpy(m), _MASKED)
-            p = torch.softmax(logits, dim=-1).numpy()
-        p = p.astype(np.float64)
-        p /= p.sum(axis=1, keepdims=True)
+        p = self.as_policy().observation_probs(x2, action_mask)
         return p[0] if single else p
 
     def predict(
@@ -599,44 +588,83 @@ class PPO:
         return np.asarray(a[0]) if p.ndim == 1 else a
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | Path) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` into folder ``path``."""
-        from safetensors.torch import save as st_save
+    def as_policy(self, source: str = "<simulator policy>") -> Any:
+        """The trained policy as a :class:`~equicare.policy.SimulatorPolicy`."""
+        from equicare.policy._learned import SimulatorPolicy
+        from equicare.spaces import FactoredActionSpace
 
         check_is_fitted(self, "policy_")
-        folder = Path(path)
-        folder.mkdir(parents=True, exist_ok=True)
-        meta = {"algo": self.algo_name, "config": self._resolved_config().to_dict(),
-                "obs_dim": self.obs_dim_, "n_actions": self.n_actions_}
-        tensors = {k: v.detach().contiguous() for k, v in self.policy_.state_dict().items()}
-        with atomic_write(folder / "model.safetensors", "wb") as fh:
-            fh.write(st_save(tensors))
-        atomic_write_text(folder / "config.json", json.dumps(meta, indent=2))
-        return folder
+        space = FactoredActionSpace.from_dict({"action": [str(a) for a in
+                                                          range(self.n_actions_)]})
+        return SimulatorPolicy(network=self.policy_, learner=self.algo_name,
+                               obs_dim=self.obs_dim_, action_space=space,
+                               environment=getattr(self, "environment_", "a simulator"),
+                               source=source)
+
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the model folder (Contract 2): ``config.json`` + ``model.safetensors``.
+
+        Tensors are named ``actor_critic.<name>``. An existing non-empty folder is refused
+        unless ``overwrite``, which then replaces it whole (atomically).
+        """
+        from equicare.policy._learned import prefixed, write_model_folder
+
+        check_is_fitted(self, "policy_")
+        cfg = self._resolved_config()
+        net = self.policy_
+        config = {
+            "learner": self.algo_name,
+            "action_space": {"action": [str(a) for a in range(self.n_actions_)]},
+            "manifest_fingerprint": None,  # trained in a simulator, not on a panel
+            "policy": {"network": "discrete_actor_critic", "weights": "actor_critic",
+                       "obs_dim": self.obs_dim_, "hidden": list(cfg.hidden_sizes),
+                       "activation": cfg.activation, "n_values": int(net.n_values),
+                       "environment": getattr(self, "environment_", "a simulator")},
+            "learner_config": cfg.to_dict(),
+            "obs_dim": self.obs_dim_,
+            "n_actions": self.n_actions_,
+            "n_env_steps": int(getattr(self, "n_env_steps_", 0)),
+        }
+        tensors = prefixed(net.state_dict(), "actor_critic")
+        return write_model_folder(path, config, tensors, overwrite=overwrite)
 
     @classmethod
     def load(cls: type[_P], path: str | Path) -> _P:
-        """Rebuild a learner saved with :meth:`save` (no training history)."""
-        from safetensors.torch import load as st_load
+        """Rebuild a learner saved with :meth:`save` (no training history).
 
-        from equicare.models._ppo_nets import DiscreteActorCritic
+        Raises
+        ------
+        PolicyError
+            Missing, malformed or corrupt files, or a folder of another learner.
+        """
+        from equicare.exceptions import PolicyError
+        from equicare.policy._learned import read_model_folder, simulator_policy
 
-        folder = Path(path)
-        meta = json.loads((folder / "config.json").read_text())
-        if meta.get("algo") != cls.algo_name:
-            raise ValueError(f"{folder} holds a {meta.get('algo')!r} policy, not "
-                             f"{cls.algo_name!r}.")
-        cfg = cls.config_class.from_dict(meta["config"])
-        obj = cls(cfg)
-        net = DiscreteActorCritic(int(meta["obs_dim"]), int(meta["n_actions"]),
-                                  cfg.hidden_sizes, cfg.activation)
-        net.load_state_dict(st_load((folder / "model.safetensors").read_bytes()))
-        obj.policy_ = net
-        obj.obs_dim_, obj.n_actions_ = int(meta["obs_dim"]), int(meta["n_actions"])
+        cfg, tensors = read_model_folder(path)
+        if cfg["learner"] != cls.algo_name:
+            raise PolicyError(f"{path} holds a {cfg['learner']!r} model, not "
+                              f"{cls.algo_name!r}.")
+        pol = simulator_policy(cfg, tensors, str(path))
+        try:
+            config = cls.config_class.from_dict(cfg["learner_config"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PolicyError(f"{path}: malformed config.json ({exc}).") from exc
+        obj = cls(config)
+        obj.policy_ = pol.network
+        obj.obs_dim_, obj.n_actions_ = pol.obs_dim, pol.n_actions
+        obj.environment_ = pol.environment
         return obj
 
 
-_MASKED = -1.0e8  # logit of an invalid action (finite: 0 * logit stays 0 in the entropy)
+_MASKED = MASKED_LOGIT  # logit of an invalid action (finite: 0 * logit stays 0 in the entropy)
+
+
+def _environment_name(venv: Any) -> str:
+    """Name of the environment a policy was trained in (for messages and model folders)."""
+    spec = getattr(venv, "spec", None)
+    if spec is not None and getattr(spec, "id", None):
+        return str(spec.id)
+    return type(venv).__name__
 
 
 def _sample(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:

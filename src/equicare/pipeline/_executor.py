@@ -7,6 +7,7 @@ the caller, so the same seeds give the same numbers on either executor.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -22,10 +23,31 @@ __all__ = [
     "SerialExecutor",
     "get_executor",
     "iter_map",
+    "torch_threads",
 ]
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run a block with ``torch.set_num_threads(n)`` and restore the previous count afterwards.
+
+    Tasks of a serial executor run in the caller's process: without the restore, one sweep
+    point would leave the caller's torch on ``n`` threads. ``None`` leaves the count alone.
+    """
+    if n is None:
+        yield
+        return
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 @runtime_checkable

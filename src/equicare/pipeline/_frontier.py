@@ -19,6 +19,7 @@ from equicare.exceptions import SmallCellWarning
 from equicare.fairness._audit import BEHAVIOR, AuditResult, FairnessAudit
 from equicare.fairness._bootstrap import bootstrap_weights, split_random_state
 from equicare.fairness._groups import dataset_groups, group_index
+from equicare.pipeline._executor import torch_threads
 from equicare.utils import (
     MIN_CELL,
     PARAM_MESSAGE,
@@ -180,18 +181,15 @@ def _run_point(task: _Task) -> AuditResult:
     """Train at one weight and audit the policy on the evaluation episodes."""
     import equicare.learn as algos
 
-    if task.torch_threads is not None:
-        import torch
-
-        torch.set_num_threads(task.torch_threads)
-    cls = getattr(algos, task.learner_cls)
-    learner = cls(cls.config_class.from_dict(task.config))
-    learner.fit(task.train, progress=False)
-    cfg = FairnessAudit.from_dict(task.audit)
-    with warnings.catch_warnings():  # the caller warned once about suppressed groups
-        warnings.simplefilter("ignore", SmallCellWarning)
-        return cfg.run(task.eval, {"policy": learner}, weights=task.weights,
-                       random_state=task.seed)
+    with torch_threads(task.torch_threads):  # restored: serial points run in the caller
+        cls = getattr(algos, task.learner_cls)
+        learner = cls(cls.config_class.from_dict(task.config))
+        learner.fit(task.train, progress=False)
+        cfg = FairnessAudit.from_dict(task.audit)
+        with warnings.catch_warnings():  # the caller warned once about suppressed groups
+            warnings.simplefilter("ignore", SmallCellWarning)
+            return cfg.run(task.eval, {"policy": learner}, weights=task.weights,
+                           random_state=task.seed)
 
 
 def _learner_class(learner: Any) -> tuple[str, Any]:

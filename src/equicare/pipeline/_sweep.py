@@ -18,7 +18,13 @@ import pandas as pd
 
 from equicare._progress import progress_task
 from equicare.pipeline._config import RunConfig
-from equicare.pipeline._executor import Executor, RayExecutor, get_executor, iter_map
+from equicare.pipeline._executor import (
+    Executor,
+    RayExecutor,
+    get_executor,
+    iter_map,
+    torch_threads,
+)
 from equicare.pipeline._store import Metric, RunStore
 from equicare.utils import atomic_write_text
 
@@ -40,13 +46,12 @@ def sweep_point(task: tuple[dict[str, Any], str, str, dict[str, Any]]) -> dict[s
 
     Torch and BLAS run on one thread, so the sums are taken in the same order whether the point
     runs in-process, in a local worker or on a Ray worker (which limits threads to its CPUs), on
-    any number of cores: the same seeds give bit-identical numbers on every executor.
+    any number of cores: the same seeds give bit-identical numbers on every executor. Both
+    limits are restored afterwards (a serial sweep runs its points in the caller's process).
     """
-    import torch
     from threadpoolctl import threadpool_limits
 
-    torch.set_num_threads(1)
-    with threadpool_limits(limits=1):
+    with torch_threads(1), threadpool_limits(limits=1):
         return _sweep_point(task)
 
 

@@ -44,7 +44,10 @@ _LAZY = {
     "BehaviorModel": "equicare.policy._behavior",  # imports scikit-learn
     "CellPolicy": "equicare.policy._cells",
     "LearnedPolicy": "equicare.policy._learned",
+    "SimulatorPolicy": "equicare.policy._learned",
+    "StatePolicy": "equicare.policy._learned",
     "load_policy": "equicare.policy._learned",
+    "manifest_fingerprint": "equicare.policy._learned",
 }
 __all__ += sorted(_LAZY)
 

@@ -127,7 +127,8 @@ class BehaviorModel(BaseEstimator):
         Out-of-fold log-loss, mean logged probability, expected calibration error and a
         reliability table over every (row, action) pair.
     converged_ : bool
-        False when a solver stopped before converging (warnings are collected, not raised).
+        False when a solver stopped before converging (those ConvergenceWarnings are collected,
+        not raised; every other warning of the fit is passed on).
 
     Examples
     --------
@@ -211,8 +212,12 @@ class BehaviorModel(BaseEstimator):
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", ConvergenceWarning)
                 clf.fit(Xk, yk)
-            if any(issubclass(w.category, ConvergenceWarning) for w in caught):
-                self.converged_ = False
+            for w in caught:  # only the expected ConvergenceWarning is absorbed (converged_)
+                if issubclass(w.category, ConvergenceWarning):
+                    self.converged_ = False
+                else:  # anything else reaches the caller's filters as if never caught
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno,
+                                           source=w.source)
             models.append(clf)
         return models
 

@@ -52,7 +52,7 @@ class FilePolicy:
     path: str | os.PathLike[str] | None = None
     frame: pd.DataFrame | None = None
     window: int = 1
-    _table: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    _table: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if (self.path is None) == (self.frame is None):
@@ -66,8 +66,7 @@ class FilePolicy:
     def _df(self) -> pd.DataFrame:
         if "df" not in self._table:
             self._table["df"] = (
-                self.frame if self.frame is not None
-                else read_policy_file(self.path)  # type: ignore[arg-type]  # one of the two is set
+                self.frame if self.frame is not None else read_policy_file(self.path)
             )
         return self._table["df"]
 
@@ -90,24 +89,23 @@ class FilePolicy:
         df = self._df()
         if self.form == "wide":
             return 1 + max(
-                int(_WIDE.match(str(c)).group(1))  # type: ignore[union-attr]
-                for c in df.columns
+                int(_WIDE.match(str(c)).group(1))
+                for c in df.columns  # type: ignore[union-attr]
                 if _WIDE.match(str(c))
             )
         return int(df["action"].max()) + 1
 
-    def action_probs(self, dataset: TrajectoryDataset) -> NDArray[np.float64]:
-        """Probabilities aligned to the dataset's rows, shape ``(n_steps, dataset.n_actions)``.
+    def _index(self, ep_col: str, t_col: str, n_a: int
+               ) -> tuple[pd.Index, pd.MultiIndex, NDArray[np.float64]]:
+        """Row index of the file, built once per (key columns, action count) and cached.
 
-        Raises
-        ------
-        PolicyError
-            Missing key columns, dataset rows not covered, unknown actions, probabilities that are
-            negative or do not sum to 1 within 1e-6.
+        Returns the file's distinct episode ids, a ``(episode code, time)`` index of its rows and
+        the probabilities of those rows, shape ``(n_file_rows, n_a)``. The file may cover more
+        episodes than any dataset it is asked about (e.g. one block of its panel).
         """
-        man = dataset.manifest
-        ep_col = man.episode if man is not None else "episode"
-        t_col = man.time if man is not None else "time"
+        key = ("index", ep_col, t_col, n_a)
+        if key in self._table:
+            return self._table[key]  # type: ignore[no-any-return]
         df = self._df()
         missing = [c for c in (ep_col, t_col) if c not in df.columns]
         if missing:
@@ -115,9 +113,8 @@ class FilePolicy:
                 f"{self.source}: key column(s) {missing} missing; a policy file is "
                 f"keyed by the dataset's episode and time columns ({ep_col!r}, {t_col!r})."
             )
-        n_a = dataset.n_actions
-        # row key of the dataset: (episode position, time)
-        ep_pos = pd.Index(dataset.episode_ids)
+        codes, uniq = pd.factorize(df[ep_col])
+        times = df[t_col].to_numpy(dtype=np.int64)
         if self.form == "wide":
             pcols = sorted(
                 (c for c in df.columns if _WIDE.match(str(c))),
@@ -130,8 +127,7 @@ class FilePolicy:
                 )
             probs_rows = np.zeros((len(df), n_a))
             probs_rows[:, idx] = df[pcols].to_numpy(dtype=np.float64)
-            keys_e = ep_pos.get_indexer(df[ep_col])
-            keys_t = df[t_col].to_numpy(dtype=np.int64)
+            keys_e, keys_t = codes.astype(np.int64), times
         else:
             a = df["action"].to_numpy()
             if (a < 0).any() or (a >= n_a).any():
@@ -140,28 +136,47 @@ class FilePolicy:
                     f"{self.source}: {bad.size} rows have an action outside "
                     f"[0, {n_a}) (first rows: {bad[:5].tolist()})."
                 )
-            keys_e_long = ep_pos.get_indexer(df[ep_col])
-            keys_t_long = df[t_col].to_numpy(dtype=np.int64)
-            codes, uniq = pd.factorize(pd.MultiIndex.from_arrays([keys_e_long, keys_t_long]))
-            probs_rows = np.zeros((len(uniq), n_a))
-            np.add.at(probs_rows, (codes, a.astype(np.int64)), df["prob"].to_numpy(np.float64))
-            keys_e = uniq.get_level_values(0).to_numpy()
-            keys_t = uniq.get_level_values(1).to_numpy()
-        if (keys_e < 0).any():
-            bad = np.flatnonzero(keys_e < 0)
-            raise PolicyError(
-                f"{self.source}: {bad.size} rows name episodes not in the dataset "
-                f"(first rows: {bad[:5].tolist()})."
-            )
-        # align: dataset row r <-> (episode_index[r], times[r])
-        lookup = pd.MultiIndex.from_arrays([keys_e, keys_t])
+            row_codes, row_keys = pd.factorize(pd.MultiIndex.from_arrays([codes, times]))
+            probs_rows = np.zeros((len(row_keys), n_a))
+            np.add.at(probs_rows, (row_codes, a.astype(np.int64)),
+                      df["prob"].to_numpy(np.float64))
+            keys_e = row_keys.get_level_values(0).to_numpy().astype(np.int64)
+            keys_t = row_keys.get_level_values(1).to_numpy().astype(np.int64)
+        ok = keys_e >= 0  # rows with a missing episode id can match no dataset row
+        lookup = pd.MultiIndex.from_arrays([keys_e[ok], keys_t[ok]])
         if lookup.has_duplicates:
             raise PolicyError(f"{self.source}: duplicate (episode, time) rows in the policy file.")
-        want = pd.MultiIndex.from_arrays([dataset.episode_index, dataset.times])
+        out = (pd.Index(uniq), lookup, probs_rows[ok])
+        self._table[key] = out
+        return out
+
+    def action_probs(self, dataset: TrajectoryDataset) -> NDArray[np.float64]:
+        """Probabilities aligned to the dataset's rows, shape ``(n_steps, dataset.n_actions)``.
+
+        The file may hold more episodes than ``dataset`` (any subset of the panel it was written
+        for is served, e.g. the row blocks of an audit); every row of ``dataset`` must be in it.
+        The file is indexed once and the index reused by later calls.
+
+        Raises
+        ------
+        PolicyError
+            Missing key columns, dataset rows not covered, unknown actions, probabilities that are
+            negative or do not sum to 1 within 1e-6.
+        """
+        man = dataset.manifest
+        ep_col = man.episode if man is not None else "episode"
+        t_col = man.time if man is not None else "time"
+        n_a = dataset.n_actions
+        episodes, lookup, probs_rows = self._index(ep_col, t_col, n_a)
+        # dataset row r <-> (file code of episode_index[r], times[r]); -1 = episode not in file
+        ep_code = episodes.get_indexer(pd.Index(dataset.episode_ids)).astype(np.int64)
+        want = pd.MultiIndex.from_arrays([ep_code[dataset.episode_index],
+                                          np.asarray(dataset.times, dtype=np.int64)])
         pos = lookup.get_indexer(want)
         if (pos < 0).any():
             miss = np.flatnonzero(pos < 0)
             e0 = dataset.episode_ids[dataset.episode_index[miss[0]]]
+            e0 = e0.item() if isinstance(e0, np.generic) else e0
             raise PolicyError(
                 f"{self.source}: {miss.size} dataset rows have no probabilities "
                 f"(first: {ep_col}={e0!r}, {t_col}={int(dataset.times[miss[0]])}); "
