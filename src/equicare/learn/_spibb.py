@@ -272,6 +272,9 @@ class SPIBB:
                                   action_space=dataset.action_space, source="<SPIBB>")
         self.action_space_ = dataset.action_space
         self.state_names_ = tuple(dataset.state_names)
+        from equicare.policy._learned import manifest_fingerprint
+
+        self.manifest_fingerprint_ = manifest_fingerprint(getattr(dataset, "manifest", None))
         return self
 
     @staticmethod
@@ -402,6 +405,7 @@ class SPIBB:
         cfg = {"learner": self.algo, "learner_config": self.config.to_dict(),
                "policy": self.policy_.describe(),
                "action_space": self.action_space_.to_dict(),
+               "manifest_fingerprint": getattr(self, "manifest_fingerprint_", None),
                "feature_names": list(self.cell_columns_),
                "state_names": list(self.state_names_),
                "ignored_numeric": list(self.ignored_numeric_),
