@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from equicare.exceptions import NotFittedError
+from equicare.exceptions import InvalidParameterError, NotFittedError
 
 __all__ = [
     "RandomState",
@@ -78,7 +78,7 @@ def check_random_state(random_state: RandomState) -> np.random.Generator:
         return random_state
     if random_state is None or isinstance(random_state, int | np.integer):
         if random_state is not None and int(random_state) < 0:
-            raise ValueError(
+            raise InvalidParameterError(
                 PARAM_MESSAGE.format(
                     name="random_state",
                     owner="check_random_state",

@@ -18,6 +18,7 @@ from equicare.causal._data import (
 )
 from equicare.causal._dynamic import ESTIMATORS, DynamicMediation
 from equicare.causal._result import EFFECT_KEYS, MediationResult
+from equicare.exceptions import InvalidParameterError
 from equicare.utils import atomic_write_text
 
 __all__ = ["mediate_dataset", "mediate_path", "policy_from_file", "write_result",
@@ -31,7 +32,7 @@ def parse_estimators(text: str) -> tuple[str, ...]:
     names = tuple(e.strip().lower() for e in text.split(",") if e.strip())
     bad = [e for e in names if e not in ESTIMATORS]
     if not names or bad:
-        raise ValueError(f"--estimators must be a comma-separated subset of "
+        raise InvalidParameterError(f"--estimators must be a comma-separated subset of "
                          f"{','.join(ESTIMATORS)}; got {text!r}.")
     return names
 

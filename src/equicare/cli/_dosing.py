@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import numpy as np
 import typer
 
-from equicare.exceptions import DataValidationError
+from equicare.exceptions import DataValidationError, InvalidParameterError
 from equicare.utils import atomic_write, atomic_write_text
 
 if TYPE_CHECKING:
@@ -67,9 +67,10 @@ def synth_heparin(out: str | os.PathLike[str], *, n_patients: int = 2000, seed: 
 
     path = Path(out)
     if path.suffix.lower() not in _DATA_SUFFIXES:
-        raise ValueError(f"The output file must end in .parquet or .csv; got {path.name!r}.")
+        raise InvalidParameterError(
+            f"The output file must end in .parquet or .csv; got {path.name!r}.")
     if isinstance(n_patients, bool) or not isinstance(n_patients, int) or n_patients < 1:
-        raise ValueError(f"n_patients must be a positive integer; got {n_patients!r}.")
+        raise InvalidParameterError(f"n_patients must be a positive integer; got {n_patients!r}.")
     man_path = Path(manifest) if manifest is not None else path.with_suffix(".toml")
     _refuse(path, force)
     _refuse(man_path, force)

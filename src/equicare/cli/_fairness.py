@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from equicare.exceptions import InvalidParameterError
+
 if TYPE_CHECKING:  # pragma: no cover
     from rich.table import Table
 
@@ -37,11 +39,12 @@ def parse_policy_specs(specs: list[str] | None) -> dict[str, Path]:
             path, name = spec, Path(spec).stem
         name, path = name.strip(), path.strip()
         if not name or not path:
-            raise ValueError(f"--policy must be NAME=PATH or PATH; got {spec!r}.")
+            raise InvalidParameterError(f"--policy must be NAME=PATH or PATH; got {spec!r}.")
         if name == "behavior":
-            raise ValueError("--policy: the name 'behavior' is reserved for the logged behaviour.")
+            raise InvalidParameterError(
+                "--policy: the name 'behavior' is reserved for the logged behaviour.")
         if name in out:
-            raise ValueError(f"--policy: the name {name!r} is given twice.")
+            raise InvalidParameterError(f"--policy: the name {name!r} is given twice.")
         out[name] = Path(path)
     return out
 
@@ -195,7 +198,8 @@ def run_frontier(
     try:
         lams = [float(x) for x in lambdas.split(",") if x.strip()]
     except ValueError:
-        raise ValueError(f"--lambdas must be comma-separated numbers such as 0,0.5,1; got "
+        raise InvalidParameterError(
+            f"--lambdas must be comma-separated numbers such as 0,0.5,1; got "
                          f"{lambdas!r}.") from None
     ds = _load_data(data, manifest)
     config = {"n_steps": n_steps} if n_steps is not None else None

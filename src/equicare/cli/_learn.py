@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-from equicare.exceptions import DataValidationError, PolicyError
+from equicare.exceptions import DataValidationError, InvalidParameterError, PolicyError
 from equicare.utils import PARAM_MESSAGE
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -24,7 +24,8 @@ ENCODERS = ("mlp", "lstm")
 
 
 def _fail(name: str, expected: str, got: Any) -> None:
-    raise ValueError(PARAM_MESSAGE.format(name=name, owner="equicare train", expected=expected,
+    raise InvalidParameterError(
+        PARAM_MESSAGE.format(name=name, owner="equicare train", expected=expected,
                                           got=got))
 
 
@@ -34,7 +35,8 @@ def parse_params(items: list[str] | None) -> dict[str, Any]:
     for item in items or []:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"--param must look like KEY=VALUE (e.g. beta=0.3), got {item!r}.")
+            raise InvalidParameterError(
+                f"--param must look like KEY=VALUE (e.g. beta=0.3), got {item!r}.")
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:
@@ -112,12 +114,13 @@ def train_model(data: str | os.PathLike[str], manifest: str | os.PathLike[str], 
     known = sorted(klass.config_class.__dataclass_fields__)
     unknown = sorted(set(kw) - set(known))
     if unknown:
-        raise ValueError(f"Unknown learner setting for {algo}: {', '.join(unknown)}; known "
+        raise InvalidParameterError(
+            f"Unknown learner setting for {algo}: {', '.join(unknown)}; known "
                          f"settings: {', '.join(known)}.")
     try:
         config = klass.config_class(**kw)
     except TypeError as exc:  # a setting of the wrong type (house-style message)
-        raise ValueError(str(exc)) from exc
+        raise InvalidParameterError(str(exc)) from exc
     ds = load_dataset(data, manifest, emit_warnings=False)
     if fair_action is not None:
         ds.action_space.parse_action_set(fair_action)  # unknown component / level -> ValueError
@@ -151,11 +154,11 @@ def predict_policy(model_dir: str | os.PathLike[str], data: str | os.PathLike[st
     from equicare.policy._learned import load_policy
 
     if form not in ("wide", "long"):
-        raise ValueError(PARAM_MESSAGE.format(name="form", owner="equicare predict",
+        raise InvalidParameterError(PARAM_MESSAGE.format(name="form", owner="equicare predict",
                                               expected="one of 'wide', 'long'", got=form))
     out_path = Path(out)
     if out_path.suffix.lower() not in (".parquet", ".pq", ".csv"):
-        raise ValueError(f"--out must end in .parquet or .csv, got {out_path.name!r}.")
+        raise InvalidParameterError(f"--out must end in .parquet or .csv, got {out_path.name!r}.")
     _refuse_existing(out_path, force, "Output file")
     policy = load_policy(model_dir)
     ds = load_dataset(data, manifest, emit_warnings=False)

@@ -7,6 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
+from equicare.exceptions import InvalidParameterError
+
 __all__ = ["run_online", "format_summary", "register"]
 
 
@@ -14,10 +16,12 @@ def _parse_lambdas(text: str) -> list[float]:
     try:
         vals = [float(v) for v in text.split(",") if v.strip()]
     except ValueError as exc:
-        raise ValueError(f"--lambdas must be comma-separated numbers in [0, 1]; got {text!r}.") \
+        raise InvalidParameterError(
+            f"--lambdas must be comma-separated numbers in [0, 1]; got {text!r}.") \
             from exc
     if not vals or any(not 0.0 <= v <= 1.0 for v in vals):
-        raise ValueError(f"--lambdas must be comma-separated numbers in [0, 1]; got {text!r}.")
+        raise InvalidParameterError(
+            f"--lambdas must be comma-separated numbers in [0, 1]; got {text!r}.")
     return vals
 
 
@@ -71,7 +75,7 @@ def run_online(
     if lambdas is not None:
         lams = _parse_lambdas(lambdas) if isinstance(lambdas, str) else [float(v) for v in lambdas]
         if algo != "grpo":
-            raise ValueError("--lambdas sweeps GRPO; use it with --algo grpo.")
+            raise InvalidParameterError("--lambdas sweeps GRPO; use it with --algo grpo.")
         sweep = lambda_sweep(cfg, lams, seeds=seeds, jobs=jobs, out=folder, force=force)
         if figures:
             written = _sweep_figures(sweep, folder)

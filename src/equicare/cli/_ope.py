@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from equicare.exceptions import InvalidParameterError
+
 if TYPE_CHECKING:  # pragma: no cover
     from rich.table import Table
 
@@ -35,7 +37,7 @@ def load_target_policy(path: Path) -> Any:
         try:
             load_policy = policy_mod.load_policy
         except AttributeError:
-            raise ValueError(FOLDER_POLICY.format(path=path)) from None
+            raise InvalidParameterError(FOLDER_POLICY.format(path=path)) from None
         return load_policy(path)
     if not path.is_file():
         raise FileNotFoundError(f"--policy {path}: no such policy file or model folder.")
@@ -130,14 +132,16 @@ def run_evaluate(
     if out.exists() and not force:
         raise FileExistsError(OUT_EXISTS.format(path=out))
     if q_model not in Q_MODELS:
-        raise ValueError(f"--q-model must be one of {', '.join(Q_MODELS)}; got {q_model!r}.")
+        raise InvalidParameterError(
+            f"--q-model must be one of {', '.join(Q_MODELS)}; got {q_model!r}.")
     if behavior_model not in BEHAVIOR_MODELS:
-        raise ValueError(f"--behavior-model must be one of {', '.join(BEHAVIOR_MODELS)}; "
+        raise InvalidParameterError(
+            f"--behavior-model must be one of {', '.join(BEHAVIOR_MODELS)}; "
                          f"got {behavior_model!r}.")
     if ci not in ("percentile", "bca"):
-        raise ValueError(f"--ci must be 'percentile' or 'bca'; got {ci!r}.")
+        raise InvalidParameterError(f"--ci must be 'percentile' or 'bca'; got {ci!r}.")
     if truncate is not None and not truncate > 0:
-        raise ValueError(f"--truncate must be a number > 0; got {truncate!r}.")
+        raise InvalidParameterError(f"--truncate must be a number > 0; got {truncate!r}.")
     keys = parse_estimators(estimators)
     with warnings.catch_warnings():  # validation warnings are for `equicare validate`
         warnings.simplefilter("ignore", DataWarning)

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from equicare.exceptions import InvalidParameterError
+
 if TYPE_CHECKING:  # pragma: no cover
     from equicare.rmab._capacity import CapacityResult
     from equicare.rmab._domain import RMABDomain
@@ -28,14 +30,16 @@ def parse_budget(text: str | float | int) -> int | float:
     try:
         v = float(s)
     except ValueError:
-        raise ValueError(f"--budget must be a number (a fraction like 0.2 or a count like 20); "
+        raise InvalidParameterError(
+            f"--budget must be a number (a fraction like 0.2 or a count like 20); "
                          f"got {text!r}.") from None
     if v < 0:
-        raise ValueError(f"--budget must be >= 0; got {text!r}.")
+        raise InvalidParameterError(f"--budget must be >= 0; got {text!r}.")
     if any(c in s for c in ".eE") and v <= 1:
         return v
     if v != int(v):
-        raise ValueError(f"--budget above 1 must be a whole number of actions; got {text!r}.")
+        raise InvalidParameterError(
+            f"--budget above 1 must be a whole number of actions; got {text!r}.")
     return int(v)
 
 
@@ -46,7 +50,8 @@ def parse_policies(text: str) -> list[str]:
     names = [p.strip().lower() for p in text.split(",") if p.strip()]
     bad = [p for p in names if p not in POLICIES]
     if bad or not names:
-        raise ValueError(f"--policies: unknown policy {bad[0] if bad else text!r}; choose from "
+        raise InvalidParameterError(
+            f"--policies: unknown policy {bad[0] if bad else text!r}; choose from "
                          f"{', '.join(POLICIES)}.")
     return names
 
@@ -69,23 +74,24 @@ def _panel_domain(data: Path, manifest: Path | None, *, arms: int | None, horizo
         frame = pd.read_parquet(data) if data.suffix in (".parquet", ".pq") else pd.read_csv(data)
     if manifest is not None:
         if read_manifest is None:  # pragma: no cover
-            raise ValueError("Reading a manifest needs equicare.data.")
+            raise InvalidParameterError("Reading a manifest needs equicare.data.")
         m = read_manifest(manifest)
         episode = episode or m.episode
         time = time or m.time
         if state is None:
             if not m.categorical_states:
-                raise ValueError(f"{manifest}: name a discrete state column under "
+                raise InvalidParameterError(f"{manifest}: name a discrete state column under "
                                  "categorical_states, or pass --state COLUMN.")
             state = m.categorical_states[0]
         if action is None:
             if len(m.actions) != 1:
-                raise ValueError(f"{manifest}: planning needs one binary action column "
+                raise InvalidParameterError(f"{manifest}: planning needs one binary action column "
                                  "(treated or not); pass --action COLUMN.")
             action = m.actions[0].column
         if group is None:
             if not m.groups:
-                raise ValueError(f"{manifest}: name a group column under groups, or pass "
+                raise InvalidParameterError(
+                    f"{manifest}: name a group column under groups, or pass "
                                  "--group COLUMN.")
             group = m.groups[0]
         if reward is None and state_rewards is None and len(m.reward) == 1:
@@ -93,7 +99,8 @@ def _panel_domain(data: Path, manifest: Path | None, *, arms: int | None, horizo
     missing = [n for n, v in (("--episode", episode), ("--state", state), ("--action", action),
                               ("--group", group)) if v is None]
     if missing:
-        raise ValueError(f"--from-panel needs --manifest or the column options {missing}.")
+        raise InvalidParameterError(
+            f"--from-panel needs --manifest or the column options {missing}.")
     est = estimate_arms(frame, episode=episode, state=state, action=action, group=group,
                         time=time, reward=reward, state_rewards=state_rewards)
     return est.to_domain(n_arms=arms, horizon=horizon, name=Path(data).stem)
@@ -117,9 +124,10 @@ def build_domain(
 
     given = [x for x in (domain, domain_file, from_panel) if x is not None]
     if len(given) != 1:
-        raise ValueError("Give exactly one of DOMAIN.json, --domain NAME or --from-panel DATA.")
+        raise InvalidParameterError(
+            "Give exactly one of DOMAIN.json, --domain NAME or --from-panel DATA.")
     if arms is not None and arms < 1:
-        raise ValueError(f"--arms must be >= 1; got {arms}.")
+        raise InvalidParameterError(f"--arms must be >= 1; got {arms}.")
     if from_panel is not None:
         cols = dict(columns or {})
         return _panel_domain(from_panel, manifest, arms=arms, horizon=horizon or 20, **cols)

@@ -11,6 +11,7 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
+from equicare.exceptions import InvalidParameterError
 from equicare.fairness._bootstrap import (
     CIMethod,
     bootstrap_ci,
@@ -176,7 +177,8 @@ class AllocationFrame:
     @staticmethod
     def _need(reps: NDArray[np.float64] | None) -> NDArray[np.float64]:
         if reps is None:
-            raise ValueError("No bootstrap replicates: build the frame with n_boot > 0 to get "
+            raise InvalidParameterError(
+                "No bootstrap replicates: build the frame with n_boot > 0 to get "
                              "intervals.")
         return reps
 
@@ -277,7 +279,8 @@ class AllocationFrame:
     def proportional_parity(self) -> pd.Series:
         """Share of the allocation / share of need per group (1.0 = proportional to need)."""
         if self.pp is None:
-            raise ValueError("Proportional parity needs clinical need: give the manifest a need "
+            raise InvalidParameterError(
+                "Proportional parity needs clinical need: give the manifest a need "
                              "column or pass need= (a state rule, an array or a callable).")
         return pd.Series(self.pp, index=pd.Index(self.groups, name=self.group),
                          name="proportional_parity")
@@ -396,7 +399,7 @@ def build_frames(names: Sequence[str], num: NDArray[np.float64], den: NDArray[np
     num = np.asarray(num, dtype=np.float64).reshape(den.shape[0], -1)
     k = num.shape[1]
     if len(names) != k:
-        raise ValueError(f"{len(names)} names for {k} policies.")
+        raise InvalidParameterError(f"{len(names)} names for {k} policies.")
     cols = [num, den[:, None]] + ([need[:, None]] if need is not None else [])
     c = np.concatenate(cols, axis=1)
     point, reps = group_sums(gi.one_hot(), c, weights)
@@ -532,7 +535,7 @@ def allocation_rates(
     if weights is None and n_boot > 0:
         weights = bootstrap_weights(dataset.n_episodes, n_boot, w_state)
     elif weights is not None and weights.shape[1] != dataset.n_episodes:
-        raise ValueError(PARAM_MESSAGE.format(
+        raise InvalidParameterError(PARAM_MESSAGE.format(
             name="weights", owner="allocation_rates",
             expected=f"an array of shape (n_boot, {dataset.n_episodes})", got=weights.shape))
     label = name or ("behavior" if policy is None else "policy")

@@ -7,6 +7,7 @@ from typing import Literal
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from equicare.exceptions import InvalidParameterError
 from equicare.utils import PARAM_MESSAGE, RandomState, check_param, check_random_state
 
 __all__ = ["bootstrap_weights", "bootstrap_ci", "percentile_ci", "split_random_state",
@@ -106,7 +107,7 @@ def bootstrap_ci(replicates: ArrayLike, estimate: ArrayLike | None = None, alpha
     q = percentile_ci(replicates, alpha, axis)
     if method == "basic":
         if estimate is None:
-            raise ValueError("The basic bootstrap interval needs the point estimate.")
+            raise InvalidParameterError("The basic bootstrap interval needs the point estimate.")
         est = np.asarray(estimate, dtype=np.float64)
         q = np.stack([2.0 * est - q[1], 2.0 * est - q[0]])
     if bounds is not None:
@@ -132,7 +133,7 @@ def percentile_ci(replicates: ArrayLike, alpha: float = 0.05, axis: int = 0
         Lower and upper bounds; NaN where every replicate is NaN.
     """
     if not 0.0 < float(alpha) < 1.0:
-        raise ValueError(PARAM_MESSAGE.format(name="alpha", owner="percentile_ci",
+        raise InvalidParameterError(PARAM_MESSAGE.format(name="alpha", owner="percentile_ci",
                                               expected="a float in (0, 1)", got=alpha))
     r = np.asarray(replicates, dtype=np.float64)
     q = np.array([alpha / 2.0, 1.0 - alpha / 2.0])

@@ -25,7 +25,7 @@ from numpy.typing import NDArray
 from sklearn.base import BaseEstimator  # type: ignore[import-untyped]
 from torch import Tensor
 
-from equicare.exceptions import DataValidationError, PolicyError
+from equicare.exceptions import DataValidationError, InvalidParameterError, PolicyError
 from equicare.learn._data import EpochSampler, TrainData, group_codes, support_of
 from equicare.learn._fairness import GroupDRO, group_value_signal, parity_penalty
 from equicare.models._inputs import batched_forward
@@ -152,7 +152,8 @@ class LearnerConfig:
         if (not isinstance(self.hidden, tuple) or not self.hidden
                 or any(not isinstance(h, int) or isinstance(h, bool) or h < 1
                        for h in self.hidden)):
-            raise ValueError(PARAM_MESSAGE.format(name="hidden", owner=o, got=self.hidden,
+            raise InvalidParameterError(
+                PARAM_MESSAGE.format(name="hidden", owner=o, got=self.hidden,
                                                   expected="a non-empty tuple of positive ints"))
         check_param(self.lstm_hidden, "lstm_hidden", o, kind=int, low=1, expected="an int >= 1")
         check_param(self.history_actions, "history_actions", o, kind=bool)
@@ -172,13 +173,13 @@ class LearnerConfig:
         check_param(self.group_attr, "group_attr", o, kind=str, allow_none=True)
         check_param(self.fair_action, "fair_action", o, kind=str, allow_none=True)
         if self.fair_action is not None and "=" not in self.fair_action:
-            raise ValueError(PARAM_MESSAGE.format(
+            raise InvalidParameterError(PARAM_MESSAGE.format(
                 name="fair_action", owner=o, got=self.fair_action,
                 expected="an action set 'component=level' such as 'modality=home_visit'"))
         check_param(self.fair_lambda, "fair_lambda", o, kind=(int, float), low=0,
                     expected="a number >= 0")
         if self.fair_lambda > 0 and self.fair_action is None:
-            raise ValueError(PARAM_MESSAGE.format(
+            raise InvalidParameterError(PARAM_MESSAGE.format(
                 name="fair_action", owner=o, got=None,
                 expected="an action set such as 'modality=home_visit' when fair_lambda > 0"))
         check_param(self.group_robust, "group_robust", o, kind=(int, float), low=0, high=1)
@@ -190,7 +191,7 @@ class LearnerConfig:
                     expected="an int >= 0")
         check_param(self.seed, "seed", o, kind=int, low=0, expected="an int >= 0")
         if self.early_stopping is not None and self.valid_fraction == 0:
-            raise ValueError(PARAM_MESSAGE.format(
+            raise InvalidParameterError(PARAM_MESSAGE.format(
                 name="valid_fraction", owner=o, got=self.valid_fraction,
                 expected="a number in (0, 1) when early_stopping is set"))
 
@@ -214,7 +215,8 @@ class LearnerConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"Unknown {cls.__name__} keys {unknown}; known: {sorted(known)}.")
+            raise InvalidParameterError(
+                f"Unknown {cls.__name__} keys {unknown}; known: {sorted(known)}.")
         return config_from_dict(cls, dict(d))
 
 
@@ -621,7 +623,8 @@ class OfflineLearner(BaseEstimator, metaclass=ABCMeta):  # type: ignore[misc]
         same = {k: v for k, v in self.config.to_dict().items() if k != "n_steps"}
         theirs = {k: v for k, v in (meta.get("config") or {}).items() if k != "n_steps"}
         if meta.get("algo") != self.algo or theirs != same:
-            raise ValueError(f"{folder}: the checkpoint was written by another learner or config; "
+            raise InvalidParameterError(
+                f"{folder}: the checkpoint was written by another learner or config; "
                              "use a fresh checkpoint_dir or resume=False.")
         tensors = load_file(str(folder / CHECKPOINT_WEIGHTS))
         for k, net in self.nets_.items():

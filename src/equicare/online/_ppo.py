@@ -37,6 +37,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 import numpy as np
 
+from equicare.exceptions import InvalidParameterError
 from equicare.utils import (
     PARAM_MESSAGE,
     atomic_write,
@@ -150,7 +151,7 @@ class PPOConfig:
         hs = self.hidden_sizes
         if not (isinstance(hs, tuple | list) and len(hs) >= 1
                 and all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hs)):
-            raise ValueError(PARAM_MESSAGE.format(
+            raise InvalidParameterError(PARAM_MESSAGE.format(
                 name="hidden_sizes", owner=owner, expected="a non-empty tuple of positive ints",
                 got=hs))
         object.__setattr__(self, "hidden_sizes", tuple(hs))
@@ -176,7 +177,7 @@ class PPOConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
-            raise ValueError(f"Unknown {cls.__name__} keys: {', '.join(unknown)}.")
+            raise InvalidParameterError(f"Unknown {cls.__name__} keys: {', '.join(unknown)}.")
         kwargs: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v)
                                   for k, v in data.items()}
         return cls(**kwargs)
@@ -204,7 +205,7 @@ def make_vector_env(env: Any, n_envs: int) -> Any:
     if isinstance(env, VectorEnv):
         mode = env.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
         if mode != AutoresetMode.SAME_STEP:
-            raise ValueError(
+            raise InvalidParameterError(
                 f"PPO needs a vector environment with same-step autoreset; got {mode!s}. Build it "
                 "with autoreset_mode=gymnasium.vector.AutoresetMode.SAME_STEP.")
         return env
@@ -223,7 +224,8 @@ def _final_obs(info: dict[str, Any], done: np.ndarray, next_obs: np.ndarray) -> 
     """Observations at which finished episodes ended, (n_done, obs_dim)."""
     fo = info.get("final_obs")
     if fo is None:
-        raise ValueError("The vector environment did not report info['final_obs'] for finished "
+        raise InvalidParameterError(
+            "The vector environment did not report info['final_obs'] for finished "
                          "episodes (same-step autoreset is required).")
     if isinstance(fo, np.ndarray) and fo.dtype != object:
         return np.asarray(fo[done], dtype=np.float32)
@@ -349,9 +351,9 @@ class PPO:
         venv = make_vector_env(env, cfg.n_envs)
         obs_space, act_space = venv.single_observation_space, venv.single_action_space
         if not isinstance(act_space, spaces.Discrete):
-            raise ValueError(f"PPO needs a Discrete action space; got {act_space}.")
+            raise InvalidParameterError(f"PPO needs a Discrete action space; got {act_space}.")
         if not isinstance(obs_space, spaces.Box) or len(obs_space.shape) != 1:
-            raise ValueError(f"PPO needs a flat Box observation space; got {obs_space}.")
+            raise InvalidParameterError(f"PPO needs a flat Box observation space; got {obs_space}.")
         rng = check_random_state(random_state)
         n_envs, T = int(venv.num_envs), cfg.n_steps
         obs_dim, n_actions = int(obs_space.shape[0]), int(act_space.n)
@@ -533,7 +535,7 @@ class PPO:
             return None
         m = np.asarray(info["action_mask"], dtype=bool)
         if m.shape != (n_envs, self.n_actions_):
-            raise ValueError(f"info['action_mask'] must have shape ({n_envs}, "
+            raise InvalidParameterError(f"info['action_mask'] must have shape ({n_envs}, "
                              f"{self.n_actions_}); got {m.shape}.")
         m = m.copy()
         m[~m.any(axis=1)] = True  # no valid action reported: leave the row unmasked
@@ -560,7 +562,7 @@ class PPO:
         single = x.ndim == 1
         x2 = x[None, :] if single else x
         if x2.ndim != 2 or x2.shape[1] != self.obs_dim_:
-            raise ValueError(PARAM_MESSAGE.format(
+            raise InvalidParameterError(PARAM_MESSAGE.format(
                 name="obs", owner=type(self).__name__,
                 expected=f"an array of shape (n, {self.obs_dim_})", got=x.shape))
         with torch.no_grad():
@@ -624,7 +626,7 @@ class PPO:
         folder = Path(path)
         meta = json.loads((folder / "config.json").read_text())
         if meta.get("algo") != cls.algo_name:
-            raise ValueError(f"{folder} holds a {meta.get('algo')!r} policy, not "
+            raise InvalidParameterError(f"{folder} holds a {meta.get('algo')!r} policy, not "
                              f"{cls.algo_name!r}.")
         cfg = cls.config_class.from_dict(meta["config"])
         obj = cls(cfg)

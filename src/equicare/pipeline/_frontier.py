@@ -15,7 +15,7 @@ import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 
 from equicare.data import TrajectoryDataset
-from equicare.exceptions import SmallCellWarning
+from equicare.exceptions import InvalidParameterError, SmallCellWarning
 from equicare.fairness._audit import BEHAVIOR, AuditResult, FairnessAudit
 from equicare.fairness._bootstrap import bootstrap_weights, split_random_state
 from equicare.fairness._groups import dataset_groups, group_index
@@ -200,7 +200,7 @@ def _learner_class(learner: Any) -> tuple[str, Any]:
     if isinstance(learner, str):
         key = learner.lower()
         if key not in _LEARNERS:
-            raise ValueError(PARAM_MESSAGE.format(name="learner", owner="frontier",
+            raise InvalidParameterError(PARAM_MESSAGE.format(name="learner", owner="frontier",
                                                   expected="one of 'bc', 'awr', 'cql'",
                                                   got=learner))
         name = _LEARNERS[key]
@@ -208,7 +208,7 @@ def _learner_class(learner: Any) -> tuple[str, Any]:
     cls: Any = learner if isinstance(learner, type) else type(learner)
     name = str(cls.__name__)
     if getattr(algos, name, None) is not cls:
-        raise ValueError(PARAM_MESSAGE.format(
+        raise InvalidParameterError(PARAM_MESSAGE.format(
             name="learner", owner="frontier",
             expected="'bc', 'awr', 'cql', or an equicare.learn learner class or instance",
             got=learner))
@@ -284,13 +284,13 @@ def frontier(
                 low_inclusive=False, high_inclusive=False)
     lams = [float(v) for v in lambdas]
     if not lams:
-        raise ValueError(PARAM_MESSAGE.format(name="lambdas", owner="frontier",
+        raise InvalidParameterError(PARAM_MESSAGE.format(name="lambdas", owner="frontier",
                                               expected="a non-empty sequence of numbers",
                                               got=list(lambdas)))
     hi = 1.0 if weight == "group_robust" else np.inf
     bad = [v for v in lams if not (0.0 <= v <= hi)]
     if bad:
-        raise ValueError(PARAM_MESSAGE.format(
+        raise InvalidParameterError(PARAM_MESSAGE.format(
             name="lambdas", owner="frontier", got=bad[0],
             expected="numbers in [0, 1]" if weight == "group_robust" else "numbers >= 0"))
     cls_name, cls = _learner_class(learner)

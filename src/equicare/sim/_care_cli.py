@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from equicare.exceptions import InvalidParameterError
+
 __all__ = ["synth_care"]
 
 
@@ -48,9 +50,10 @@ def synth_care(out_dir: str | Path, *, n_members: int = 1000, n_weeks: int = 52,
         try:
             fields = json.loads(p.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"Cannot read the config file {p}: {exc}.") from exc
+            raise InvalidParameterError(f"Cannot read the config file {p}: {exc}.") from exc
         if not isinstance(fields, dict):
-            raise ValueError(f"The config file {p} must hold a JSON object of CareConfig fields.")
+            raise InvalidParameterError(
+                f"The config file {p} must hold a JSON object of CareConfig fields.")
     fields.update(history_dependence=history_dependence, churn=churn)
     cfg = CareConfig.from_dict(fields)
     panel = CareManagementSim(cfg).generate(n_members=n_members, n_weeks=n_weeks,
