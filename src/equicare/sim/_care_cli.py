@@ -12,7 +12,7 @@ __all__ = ["synth_care"]
 
 
 def synth_care(out_dir: str | Path, *, n_members: int = 1000, n_weeks: int = 52,
-               seed: int = 0, history_dependence: bool = False, churn: bool = True,
+               seed: int = 0, history_dependence: bool | None = None, churn: bool | None = None,
                config: str | Path | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Generate a care-management panel and write ``panel.parquet`` + ``manifest.toml``.
 
@@ -22,8 +22,9 @@ def synth_care(out_dir: str | Path, *, n_members: int = 1000, n_weeks: int = 52,
         Output folder.
     n_members, n_weeks, seed : int
         Cohort size, calendar weeks and random seed.
-    history_dependence, churn : bool
-        Override the matching :class:`CareConfig` fields.
+    history_dependence, churn : bool, optional
+        Override the matching :class:`CareConfig` fields when given (``None``: the value of
+        ``config``, else the :class:`CareConfig` default).
     config : str or Path, optional
         JSON file with :class:`CareConfig` fields (``CareConfig.to_dict()`` output); the two flags
         above override it.
@@ -54,7 +55,10 @@ def synth_care(out_dir: str | Path, *, n_members: int = 1000, n_weeks: int = 52,
         if not isinstance(fields, dict):
             raise InvalidParameterError(
                 f"The config file {p} must hold a JSON object of CareConfig fields.")
-    fields.update(history_dependence=history_dependence, churn=churn)
+    if history_dependence is not None:
+        fields["history_dependence"] = history_dependence
+    if churn is not None:
+        fields["churn"] = churn
     cfg = CareConfig.from_dict(fields)
     panel = CareManagementSim(cfg).generate(n_members=n_members, n_weeks=n_weeks,
                                             random_state=seed)
