@@ -40,7 +40,8 @@ from equicare.exceptions import DataValidationError, EquicareError
 
 __all__ = ["console", "err_console", "fail", "info", "user_errors", "print_json",
            "check_out_path", "check_out_paths", "print_table", "not_applicable", "EquicareGroup",
-           "thread_plan", "thread_limits", "Threads", "Force", "JsonOut", "Seed", "Progress", "DEPRECATED_OPTIONS", "OUT_EXISTS"]
+           "thread_plan", "thread_limits", "Threads", "Force", "JsonOut", "Seed", "Progress",
+           "DEPRECATED_OPTIONS", "OUT_EXISTS"]
 
 console = Console()
 err_console = Console(stderr=True)

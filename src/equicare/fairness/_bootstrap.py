@@ -73,7 +73,7 @@ CIMethod = Literal["basic", "percentile"]
 
 
 def bootstrap_ci(replicates: ArrayLike, estimate: ArrayLike | None = None, alpha: float = 0.05,
-                 *, method: CIMethod = "basic", bounds: tuple[float, float] | None = None,
+                 *, method: CIMethod = "percentile", bounds: tuple[float, float] | None = None,
                  axis: int = 0) -> NDArray[np.float64]:
     r"""Bootstrap interval from replicates (NaN replicates ignored).
 
@@ -83,7 +83,9 @@ def bootstrap_ci(replicates: ArrayLike, estimate: ArrayLike | None = None, alpha
     values); for the max-minus-min gaps, min/max ratios, worst-group values and Gini indices of an
     audit, whose plug-in estimates are biased away from equality when groups are close, the basic
     interval removes the bias to first order while the percentile interval doubles it (see
-    ``docs/fairness.md`` for a coverage check). Bounds clip the interval to the parameter range.
+    ``docs/fairness.md`` for a coverage check), but it can exclude the point estimate, which
+    readers take for an error; the percentile interval is the default. Bounds clip the
+    interval to the parameter range.
 
     Parameters
     ----------

@@ -476,23 +476,14 @@ class OfflineLearner(BaseEstimator, metaclass=ABCMeta):  # type: ignore[misc]
             start, best_metric, bad_evals, best_state = self._load_checkpoint(ckpt, sampler)
         self.n_steps_done_ = start
         # ---------------------------------------------------------- loop
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from equicare._progress import progress_task
 
-        columns = [TextColumn(f"[bold]{self.algo}[/]"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}")]
         stop = False
         running: dict[str, float] = {}
         n_running = 0
         t0 = time.perf_counter()
-        with Progress(*columns, disable=not progress, transient=False) as bar:
-            task = bar.add_task("train", total=cfg.n_steps, completed=start, info="")
+        with progress_task(f"train {self.algo}", cfg.n_steps, enabled=progress,
+                           completed=start) as bar:
             for step in range(start, cfg.n_steps):
                 rows = sampler.next()
                 if self._uses_value_signal() and (step % GROUP_SIGNAL_EVERY == 0
@@ -503,7 +494,7 @@ class OfflineLearner(BaseEstimator, metaclass=ABCMeta):  # type: ignore[misc]
                     for k, v in losses.items():
                         running[k] = running.get(k, 0.0) + float(v)
                     n_running += 1
-                    bar.update(task, completed=step + 1)
+                    bar.update(completed=step + 1)
                 done_steps = step + 1
                 if done_steps % cfg.eval_every == 0 or done_steps == cfg.n_steps:
                     entry: dict[str, Any] = {"step": done_steps}
@@ -520,7 +511,7 @@ class OfflineLearner(BaseEstimator, metaclass=ABCMeta):  # type: ignore[misc]
                     self.history_.append(entry)
                     info = " ".join(f"{k}={v:.4g}" for k, v in entry.items()
                                     if k not in ("step", "seconds"))
-                    bar.update(task, completed=done_steps, info=info)
+                    bar.update(completed=done_steps, info=info)
                     if cfg.early_stopping is not None and metric is not None:
                         if metric < best_metric - 1e-12:
                             best_metric, bad_evals = metric, 0

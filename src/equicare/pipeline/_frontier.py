@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -234,6 +234,7 @@ def frontier(
     executor: Any = None,
     torch_threads: int | None = 1,
     random_state: RandomState = None,
+    progress: bool = False,
 ) -> FrontierResult:
     r"""Train ``learner`` at each fairness weight and trace value against parity.
 
@@ -272,6 +273,8 @@ def frontier(
         E.g. ``equicare.pipeline.get_executor("local", jobs=2)``; default: serial in-process.
     torch_threads : int, optional
         ``torch.set_num_threads`` in each task (1 avoids oversubscription with process pools).
+    progress : bool
+        Report each trained point (a progress bar on a terminal, one line otherwise).
     random_state : int, Generator or None
         Seeds the split, the learners (``config.seed``) and the replicates.
 
@@ -325,9 +328,16 @@ def frontier(
         tasks.append(_Task(learner_cls=cls_name, config=cfg.to_dict(), train=train, eval=evald,
                            audit=audit_cfg.to_dict(), weights=weights, seed=int(seed),
                            torch_threads=torch_threads))
-    run_map: Callable[[Callable[[Any], Any], Sequence[Any]], list[Any]] = (
-        executor.map if executor is not None else (lambda f, xs: [f(x) for x in xs]))
-    audits: list[AuditResult] = list(run_map(_run_point, tasks))
+    from equicare._progress import progress_task
+    from equicare.pipeline._executor import iter_map
+
+    results: Any = (iter_map(executor, _run_point, tasks) if executor is not None
+                    else (_run_point(t) for t in tasks))
+    audits: list[AuditResult] = []
+    with progress_task(f"frontier ({cls_name})", len(tasks), enabled=progress) as bar:
+        for res_point in results:
+            audits.append(res_point)
+            bar.update(advance=1)
     rows = []
     for lam, res in zip(lams, audits, strict=True):
         rows.append(_row(res, "policy", lam))
