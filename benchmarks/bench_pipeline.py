@@ -28,7 +28,7 @@ print(json.dumps({"stages": out.stage_seconds, "n_steps": out.summary.get("n_ste
 
 
 def run(members: int = 20_000) -> dict[str, dict]:
-    text = (ROOT / "examples" / "care_demo.toml").read_text()
+    text = (ROOT / "src" / "equicare" / "examples" / "care_demo.toml").read_text()
     text = text.replace("members = 2000", f"members = {members}")
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "run.toml"

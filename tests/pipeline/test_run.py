@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from equicare.cli import app
 from equicare.pipeline import RunStore
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "care_demo.toml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "src" / "equicare" / "examples" / "care_demo.toml"
 
 runner = CliRunner()
 

@@ -87,7 +87,7 @@ def synth_heparin(out: str | os.PathLike[str], *, n_patients: int = 1000, seed: 
 
 
 def train_omg(data: str | os.PathLike[str], manifest: str | os.PathLike[str],
-              out: str | os.PathLike[str], *, config: OMGConfig | None = None, seed: int = 0,
+              out: str | os.PathLike[str], *, config: OMGConfig | None = None, seed: int = 42,
               force: bool = False, grid_feature: str = "aptt",
               progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
     """Train OMG-RL on a panel and write the model folder atomically.

@@ -16,6 +16,18 @@ if TYPE_CHECKING:  # pragma: no cover
     from equicare.fairness._audit import AuditResult
     from equicare.pipeline._frontier import FrontierResult
 
+from equicare.cli._choices import (
+    AuditCI,
+    AuditEstimator,
+    ExecutorName,
+    Level,
+    OfflineAlgo,
+    QModel,
+    ValueEstimator,
+    Weight,
+)
+from equicare.cli._utils import Force, JsonOut, Progress, Seed, Threads
+
 __all__ = ["parse_policy_specs", "load_policies", "run_audit", "run_frontier", "audit_tables",
            "frontier_table", "register"]
 
@@ -245,17 +257,6 @@ def frontier_table(res: FrontierResult) -> Table:
 
 def register(app: typer.Typer) -> None:
     """Add ``audit`` and ``frontier`` to a Typer app."""
-    from equicare.cli._choices import (
-        AuditCI,
-        AuditEstimator,
-        ExecutorName,
-        Level,
-        OfflineAlgo,
-        QModel,
-        ValueEstimator,
-        Weight,
-    )
-    from equicare.cli._utils import Force, JsonOut, Progress, Seed, Threads
 
     @app.command()
     def audit(

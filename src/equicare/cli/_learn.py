@@ -17,6 +17,20 @@ from equicare.utils import PARAM_MESSAGE
 if TYPE_CHECKING:  # pragma: no cover
     import typer
 
+from equicare.cli._choices import Algo, Encoder, Form, OmgReward
+from equicare.cli._utils import (
+    Force,
+    JsonOut,
+    Progress,
+    Seed,
+    Threads,
+    check_out_path,
+    console,
+    not_applicable,
+    print_json,
+    user_errors,
+)
+
 __all__ = ["train_model", "predict_policy", "register", "ALGOS", "ENCODERS"]
 
 ALGOS = ("bc", "awr", "cql")
@@ -173,19 +187,6 @@ def register(app: "typer.Typer") -> None:
     """Add the ``train`` and ``predict`` commands to a Typer app."""
     import typer
 
-    from equicare.cli._choices import Algo, Encoder, Form, OmgReward
-    from equicare.cli._utils import (
-        Force,
-        JsonOut,
-        Progress,
-        Seed,
-        Threads,
-        check_out_path,
-        console,
-        not_applicable,
-        print_json,
-        user_errors,
-    )
 
     @app.command("train")
     def train(

@@ -16,6 +16,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from equicare.ope._evaluate import EvaluationResult
 
+from equicare.cli._choices import BehaviorModel, EvalCI, QModel
+from equicare.cli._utils import Force, JsonOut, Progress, Seed, Threads
+
 __all__ = ["run_evaluate", "load_target_policy", "result_table", "register", "OUT_EXISTS",
            "FOLDER_POLICY"]
 
@@ -192,8 +195,6 @@ def result_table(res: EvaluationResult) -> Table:
 
 def register(app: typer.Typer) -> None:
     """Add the ``evaluate`` command to a Typer app."""
-    from equicare.cli._choices import BehaviorModel, EvalCI, QModel
-    from equicare.cli._utils import Force, JsonOut, Progress, Seed, Threads
 
     @app.command()
     def evaluate(
