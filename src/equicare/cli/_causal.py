@@ -27,6 +27,20 @@ from equicare.utils import atomic_write_text
 __all__ = ["mediate_dataset", "mediate_path", "policy_from_file", "write_result",
            "mediation_table", "register", "parse_control", "parse_estimators"]
 
+#: A fixed control on a multi-level action (tests match it).
+CONTROL_NEEDS_ACTION = ("--control {control} is a fixed action, which needs a binary action, but "
+                        "this panel has {n_actions} actions: pass --action COMPONENT=LEVEL "
+                        "(e.g. --action {example}) to compare the policy's use of that action "
+                        "set against never using it, or give --control a policy file.")
+
+
+def _action_example(ds: Any) -> str:
+    comps = getattr(getattr(ds, "action_space", None), "components", ())
+    if not comps:
+        return "modality=home_visit"
+    return f"{comps[0].name}={comps[0].levels[-1]}"
+
+
 #: Message of an existing output without ``--force`` (the CLI's one message).
 EXISTS_MESSAGE = OUT_EXISTS
 
@@ -84,6 +98,10 @@ def mediate_dataset(ds: Any, target: Any, control: Any = 0, *,
         Collapse a multi-level action to "in this action set or not" (``modality=home_visit``),
         so that a fixed control ``0`` means "never take it".
     """
+    if isinstance(control, int) and action is None and ds.n_actions != 2:
+        raise InvalidParameterError(CONTROL_NEEDS_ACTION.format(
+            control=control, n_actions=ds.n_actions,
+            example=_action_example(ds)))
     mask = None
     model_ds = ds
     if action is not None:
@@ -101,9 +119,14 @@ def mediate_dataset(ds: Any, target: Any, control: Any = 0, *,
 def mediate_path(data: str | os.PathLike[str], manifest: str | os.PathLike[str], target: Any,
                  control: Any = 0, **kwargs: Any) -> MediationResult:
     """Load ``data`` with its manifest (:func:`equicare.data.load_dataset`) and mediate."""
-    from equicare.data import load_dataset
+    import warnings
 
-    ds = load_dataset(data, manifest)
+    from equicare.data import load_dataset
+    from equicare.exceptions import DataWarning
+
+    with warnings.catch_warnings():  # validation warnings are for `equicare validate`
+        warnings.simplefilter("ignore", DataWarning)
+        ds = load_dataset(data, manifest)
     return mediate_dataset(ds, target, control, **kwargs)
 
 

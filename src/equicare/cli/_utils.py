@@ -145,7 +145,8 @@ def print_table(table: Any, *, file_console: Console | None = None) -> None:
         con.print(table)
         return
     need = Measurement.get(con, con.options.update(width=10_000), table).maximum
-    con.print(table, width=max(con.width, need), crop=False, soft_wrap=False)
+    wide = Console(width=max(con.width, need), stderr=con.stderr, highlight=False)
+    wide.print(table, crop=False)
 
 
 def not_applicable(given: dict[str, bool], what: str) -> None:
