@@ -96,7 +96,7 @@ def test_capacity_command(app, tmp_path):
     fig = tmp_path / "cap.png"
     out = tmp_path / "cap.json"
     res = runner.invoke(app, ["capacity", "--domain", "diabetes", "--arms", "30", "--alpha", "0",
-                              "--seeds", "2", "--horizon", "6", "--target", "0.45",
+                              "--seeds", "2", "--horizon", "6", "--target-share", "0.45",
                               "--policy", "opt,hr-rr", "--budgets", "0,0.2,0.5,1.0",
                               "--out", str(out), "--figure", str(fig)])
     assert res.exit_code == 0, res.output

@@ -334,7 +334,7 @@ def register(app: typer.Typer) -> None:
         manifest: Annotated[Path | None, typer.Option(
             "--manifest", "-m", help="Manifest of --from-panel.")] = None,
         arms: Annotated[int | None, typer.Option(help="Number of arms.")] = None,
-        target: Annotated[float, typer.Option(
+        target_share: Annotated[float, typer.Option(
             help="Required share of arms in the goal states after the horizon.")] = 0.5,
         goal: Annotated[str | None, typer.Option(
             help="Comma-separated goal states (codes or names); default: not high-risk.")
@@ -361,7 +361,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Find the smallest budget per step that brings the cohort to a target state mix.
 
-        Example: equicare capacity --domain diabetes --alpha 0 --target 0.5 --seeds 10
+        Example: equicare capacity --domain diabetes --alpha 0 --target-share 0.5 --seeds 10
         --figure capacity.png
         """
         check_out_paths([out, figure], force)
@@ -370,7 +370,7 @@ def register(app: typer.Typer) -> None:
                              from_panel=from_panel, manifest=manifest, arms=arms,
                              horizon=horizon, alpha=alpha, experiment=experiment, seed=seed)
             bl = None if budgets is None else [parse_budget(b) for b in budgets.split(",")]
-            res = run_capacity(d, target=target,
+            res = run_capacity(d, target=target_share,
                                goal_states=None if goal is None else goal.split(","),
                                policies=_policy_names(policy, "opt,mmr,mnw-eg,random"),
                                budgets=bl, horizon=horizon, seeds=seeds, seed=seed, out=out,

@@ -57,7 +57,7 @@ DEPRECATED_OPTIONS: dict[str, dict[str, str]] = {
                  "--estimator": "--estimators"},
     "mediate": {"--target": "--policy"},
     "plan": {"--policies": "--policy"},
-    "capacity": {"--policies": "--policy"},
+    "capacity": {"--policies": "--policy", "--target": "--target-share"},
     "run": {"--quiet": "--no-progress"},
     "sweep": {"--quiet": "--no-progress"},
 }
@@ -369,7 +369,7 @@ class EquicareGroup(TyperGroup):
             err_console.print("[bold red]error:[/] interrupted (Ctrl-C).", highlight=False)
             raise typer.Exit(code=130) from None
         except Exception as exc:  # a bug: say so, keep the traceback, exit 1
-            path = _report_bug(exc, sys.argv[1:])
+            path = _report_bug(exc, getattr(self, "_argv", sys.argv[1:]))
             where = f"the traceback is in {path}" if path else "no log file could be written"
             err_console.print(
                 f"[bold red]error:[/] internal error (a bug in equicare, not in your input): "
@@ -381,6 +381,7 @@ class EquicareGroup(TyperGroup):
              complete_var: str | None = None, standalone_mode: bool = True,
              **extra: Any) -> Any:
         """Parse and run; usage errors become one line ``error: ...`` and exit code 2."""
+        self._argv = [str(a) for a in (sys.argv[1:] if args is None else args)]
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
             code = rv if isinstance(rv, int) else 0
