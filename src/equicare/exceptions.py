@@ -30,8 +30,11 @@ class EquicareError(Exception):
     """
 
 
-class InvalidParameterError(EquicareError, ValueError):
+class InvalidParameterError(EquicareError, ValueError, TypeError):
     """A parameter or option value is out of its documented range or of the wrong kind.
+
+    A ``ValueError`` and a ``TypeError`` (as scikit-learn's ``InvalidParameterError``), so that
+    callers catching either keep working.
 
     Messages follow ``equicare.utils.PARAM_MESSAGE``: "The 'alpha' parameter of WIS must be a
     float in (0, 1). Got 1.5 instead."

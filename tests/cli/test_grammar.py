@@ -78,7 +78,7 @@ def test_concept_options_have_one_spelling_and_default(path, cmd):
     (["train"], "mlp|lstm"),
     (["frontier"], "bc|awr|cql"),
     (["evaluate"], "logistic|lgbm"),
-    (["audit"], "percentile|basic"),
+    (["audit"], "basic|percentile"),
     (["audit"], "step|episode"),
     (["plan"], "synthetic|maternal|diabetes"),
     (["mediate"], "auto|onehot|spline|rff|poly"),

@@ -77,7 +77,10 @@ def test_run_writes_report_and_records_the_run(tmp_path):
         for cell in pol["rate"].values():
             assert cell.get("suppressed") or cell["n_episodes"] >= 11
     # the report regenerates from the store; runs list/show/compare work
-    assert runner.invoke(app, ["report", rid, "--store", str(tmp_path / "runs")]).exit_code == 0
+    again = runner.invoke(app, ["report", rid, "--store", str(tmp_path / "runs")])
+    assert again.exit_code == 2 and "pass --force" in again.output  # report.html exists
+    assert runner.invoke(app, ["report", rid, "--store", str(tmp_path / "runs"),
+                               "--force"]).exit_code == 0
     listed = runner.invoke(app, ["runs", "list", "--store", str(tmp_path / "runs"), "--json"])
     assert [r["run_id"] for r in json.loads(listed.output)] == [rid]
     show = runner.invoke(app, ["runs", "show", rid, "--store", str(tmp_path / "runs"), "--json"])

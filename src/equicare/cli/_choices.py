@@ -85,8 +85,8 @@ class EvalCI(_Choice):
 class AuditCI(_Choice):
     """Bootstrap intervals of ``audit``."""
 
-    PERCENTILE = "percentile"
     BASIC = "basic"
+    PERCENTILE = "percentile"
 
 
 class Level(_Choice):

@@ -95,7 +95,7 @@ def run_audit(
     intersect: list[str] | None = None, action: str | None = None, out: Path | None = None,
     force: bool = False, level: str = "step", need: str | None = None, bootstrap: int = 1000,
     n_permutations: int = 1000, alpha: float = 0.05, min_cell: int | None = None,
-    estimator: str | None = "wis", q_model: str = "linear", ci_method: str = "percentile",
+    estimator: str | None = "wis", q_model: str = "linear", ci_method: str = "basic",
     seed: int = 42,
 ) -> AuditResult:
     """Load data and policies, run the audit, write ``out`` (the audit JSON) atomically.
@@ -290,8 +290,8 @@ def register(app: typer.Typer) -> None:
         min_cell: Annotated[int, typer.Option(
             min=1, help="Suppress groups with fewer episodes.")] = 11,
         ci: Annotated[AuditCI, typer.Option(
-            help="Bootstrap interval: percentile (contains the estimate) or basic (reverse "
-                 "percentile).")] = AuditCI.PERCENTILE,
+            help="Bootstrap interval: basic (reverse percentile) or percentile; either is "
+                 "widened to contain its estimate.")] = AuditCI.BASIC,
         seed: Seed = 42,
         force: Force = False,
         json_out: JsonOut = False,

@@ -106,8 +106,8 @@ class AllocationFrame:
 
     Works like Fairlearn's ``MetricFrame``: :attr:`overall`, :attr:`by_group`,
     :meth:`difference`, :meth:`ratio`, each with a ``_ci`` twin (``1 - alpha`` bootstrap interval
-    over the episode-level replicates; ``ci_method`` "percentile" by default, see
-    :func:`equicare.fairness.bootstrap_ci`). Rates are fractions (0.081 is
+    over the episode-level replicates; ``ci_method`` "basic" by default, widened to contain the
+    estimate, see :func:`equicare.fairness.bootstrap_ci`). Rates are fractions (0.081 is
     8.1%); ``to_dict`` reports gaps in percentage points. Only published groups (at least
     ``min_cell`` episodes) appear; suppressed groups are listed in :attr:`suppressed` and are left
     out of every number, including the overall rate.
@@ -162,7 +162,7 @@ class AllocationFrame:
     permutation_p: float | None = None
     n_permutations: int = 0
     alpha: float = 0.05
-    ci_method: CIMethod = "percentile"
+    ci_method: CIMethod = "basic"
     episode_num: NDArray[np.float64] | None = None
     episode_den: NDArray[np.float64] | None = None
     episode_labels: NDArray[np.str_] | None = None
@@ -368,7 +368,7 @@ def build_frames(names: Sequence[str], num: NDArray[np.float64], den: NDArray[np
                  need: NDArray[np.float64] | None, gi: GroupIndex,
                  weights: NDArray[np.float64] | None, *, action: str, level: Level,
                  alpha: float = 0.05, n_permutations: int = 0,
-                 random_state: RandomState = None, ci_method: CIMethod = "percentile"
+                 random_state: RandomState = None, ci_method: CIMethod = "basic"
                  ) -> dict[str, AllocationFrame]:
     """Allocation frames of several policies from episode totals (array level).
 
@@ -465,7 +465,7 @@ def allocation_rates(
     level: Level = "step",
     n_boot: int = 1000,
     alpha: float = 0.05,
-    ci_method: CIMethod = "percentile",
+    ci_method: CIMethod = "basic",
     n_permutations: int = 0,
     min_cell: int = MIN_CELL,
     weights: NDArray[np.float64] | None = None,

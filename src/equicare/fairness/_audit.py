@@ -201,12 +201,10 @@ class FairnessAudit:
     alpha : float
         ``1 - alpha`` interval coverage.
     ci_method : {"basic", "percentile"}
-        Bootstrap interval of every metric (:func:`equicare.fairness.bootstrap_ci`): the
-        percentile interval by default, which always lies where the replicates are and so
-        contains the point estimate in practice (the basic interval reflects the replicates
-        around the estimate and, for a biased max-minus-min gap, can exclude it: gap 0.25 with
-        interval [0.00, 0.17]); "basic" removes the first-order bias of gaps, ratios and Gini
-        indices when groups are close.
+        Bootstrap interval of every metric (:func:`equicare.fairness.bootstrap_ci`): the basic
+        (reverse percentile) interval by default, which keeps its coverage for max-minus-min
+        gaps, ratios, worst-group values and Gini indices. Either interval is widened to contain
+        its point estimate (see :func:`~equicare.fairness.bootstrap_ci`).
     n_permutations : int
         Permutations of the test of no allocation difference (0: no test).
     min_cell : int
@@ -231,7 +229,7 @@ class FairnessAudit:
     need: str | None = None
     n_boot: int = 1000
     alpha: float = 0.05
-    ci_method: CIMethod = "percentile"
+    ci_method: CIMethod = "basic"
     n_permutations: int = 1000
     min_cell: int = MIN_CELL
     estimator: str | None = "wis"

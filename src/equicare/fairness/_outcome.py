@@ -63,7 +63,7 @@ class OutcomeFrame:
     overall_reps: NDArray[np.float64] | None = None
     count_reps: NDArray[np.float64] | None = None
     alpha: float = 0.05
-    ci_method: CIMethod = "percentile"
+    ci_method: CIMethod = "basic"
 
     def _ci(self, reps: NDArray[np.float64] | None, estimate: float,
             bounds: tuple[float, float] | None = None) -> tuple[float, float]:

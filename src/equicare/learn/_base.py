@@ -257,7 +257,7 @@ class OfflineLearner(BaseEstimator, metaclass=ABCMeta):  # type: ignore[misc]
             config = self.config_class(**overrides)
         else:
             if not isinstance(config, self.config_class):
-                raise TypeError(PARAM_MESSAGE.format(
+                raise InvalidParameterError(PARAM_MESSAGE.format(
                     name="config", owner=type(self).__name__, got=config,
                     expected=f"a {self.config_class.__name__}"))
             if overrides:

@@ -214,7 +214,7 @@ def make_vector_env(env: Any, n_envs: int) -> Any:
                             vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP})
     if callable(env):
         return SyncVectorEnv([env] * n_envs, autoreset_mode=AutoresetMode.SAME_STEP)
-    raise TypeError(PARAM_MESSAGE.format(
+    raise InvalidParameterError(PARAM_MESSAGE.format(
         name="env", owner="PPO.fit",
         expected="a gymnasium VectorEnv, an environment id or a function returning an Env",
         got=env))
@@ -274,7 +274,7 @@ class PPO:
     def _resolved_config(self) -> PPOConfig:
         cfg = self.config if self.config is not None else self.config_class()
         if not isinstance(cfg, self.config_class):
-            raise TypeError(PARAM_MESSAGE.format(
+            raise InvalidParameterError(PARAM_MESSAGE.format(
                 name="config", owner=type(self).__name__,
                 expected=f"a {self.config_class.__name__}", got=cfg))
         return cfg

@@ -510,7 +510,7 @@ def run_experiment(
         baseline's :func:`summarize_runs`.
     """
     if not isinstance(config, OnlineExperimentConfig):
-        raise TypeError(PARAM_MESSAGE.format(name="config", owner="run_experiment",
+        raise InvalidParameterError(PARAM_MESSAGE.format(name="config", owner="run_experiment",
                                              expected="an OnlineExperimentConfig", got=config))
     seed_list = _seed_list(seeds)
     if out is not None:

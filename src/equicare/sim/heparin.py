@@ -213,7 +213,7 @@ def _act_fn(policy: PolicyLike, cfg: HeparinConfig
         return fn
     if callable(policy):
         return lambda obs, g, t: np.asarray(policy(obs), dtype=np.float64)
-    raise TypeError(PARAM_MESSAGE.format(name="policy", owner="evaluate_heparin_policy",
+    raise InvalidParameterError(PARAM_MESSAGE.format(name="policy", owner="evaluate_heparin_policy",
                                          expected="a Policy, a callable or 'behavior'",
                                          got=type(policy).__name__))
 

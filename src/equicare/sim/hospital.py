@@ -743,7 +743,7 @@ def _as_config(config: HospitalConfig | str | None) -> HospitalConfig:
     if isinstance(config, str):
         return hospital_scenario(config)
     if not isinstance(config, HospitalConfig):
-        raise TypeError(PARAM_MESSAGE.format(
+        raise InvalidParameterError(PARAM_MESSAGE.format(
             name="config", owner="HospitalEnv",
             expected="a HospitalConfig, a scenario name or None", got=config))
     return config
