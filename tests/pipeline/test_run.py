@@ -46,7 +46,7 @@ def test_run_writes_report_and_records_the_run(tmp_path):
         mediation="enabled = true\nbootstrap = 20",
         plan="enabled = true\nseeds = 2\narms = 20",
     )
-    res = runner.invoke(app, ["run", str(cfg), "--quiet"])
+    res = runner.invoke(app, ["run", str(cfg), "--no-progress"])
     assert res.exit_code == 0, res.output
     store = RunStore(tmp_path / "runs")
     runs = store.list_runs()
@@ -118,7 +118,7 @@ def test_report_renders_in_chromium(tmp_path):
     if chromium is None:
         pytest.skip("Chromium is not installed; `make test-browser` installs Debian's chromium.")
     cfg = tiny_config(tmp_path)
-    assert runner.invoke(app, ["run", str(cfg), "--quiet"]).exit_code == 0
+    assert runner.invoke(app, ["run", str(cfg), "--no-progress"]).exit_code == 0
     store = RunStore(tmp_path / "runs")
     d = store.run_dir(store.list_runs()["run_id"].iloc[0])
     shot = tmp_path / "shot.png"

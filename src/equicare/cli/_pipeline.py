@@ -81,14 +81,19 @@ def _load(config: Path | None, example: Example | None, sets: list[str] | None,
 
 
 def _resolve_run(s: Any, run_id: str) -> dict[str, Any]:
-    """``latest`` is the newest run; otherwise an id or a unique prefix."""
-    if run_id == "latest":
-        df = s.list_runs()
-        if df.empty:
-            from equicare.exceptions import UnknownNameError
+    """``latest`` is the newest run, ``latest~N`` the N-th before it; else an id or a prefix."""
+    from equicare.exceptions import UnknownNameError
 
-            raise UnknownNameError(f"No runs in {s.root} yet.")
-        run_id = str(df.iloc[0]["run_id"])
+    name, sep, back = run_id.partition("~")
+    if name == "latest":
+        if sep and not back.isdigit():
+            raise UnknownNameError(f"A run named relative to the newest is latest or latest~N "
+                                   f"(N = 1, 2, ...); got {run_id!r}.")
+        k = int(back) if sep else 0
+        df = s.list_runs()
+        if len(df) <= k:
+            raise UnknownNameError(f"{run_id}: the run store {s.root} holds {len(df)} run(s).")
+        run_id = str(df.iloc[k]["run_id"])
     return dict(s.get_run(run_id))
 
 
@@ -210,7 +215,8 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def report(
-        run_id: Annotated[str, typer.Argument(help="Run id, a unique prefix, or latest.")],
+        run_id: Annotated[str, typer.Argument(
+            help="Run id, a unique prefix, latest or latest~N.")],
         store: Annotated[Path, typer.Option(help=_STORE_HELP)] = Path("runs"),
         out: Annotated[Path | None, typer.Option(
             "--out", "-o", help="Write the report here (default: report.html in the run's "
@@ -299,7 +305,8 @@ def register(app: typer.Typer) -> None:
 
     @runs_app.command("show")
     def runs_show(
-        run_id: Annotated[str, typer.Argument(help="Run id, a unique prefix, or latest.")],
+        run_id: Annotated[str, typer.Argument(
+            help="Run id, a unique prefix, latest or latest~N.")],
         store: Annotated[Path, typer.Option(help=_STORE_HELP)] = Path("runs"),
         json_out: JsonOut = False,
         threads: Threads = "auto",
@@ -338,16 +345,17 @@ def register(app: typer.Typer) -> None:
 
     @runs_app.command("compare")
     def runs_compare(
-        run_a: Annotated[str, typer.Argument(help="First run id (or a unique prefix).")],
-        run_b: Annotated[str, typer.Argument(help="Second run id (or a unique prefix, or "
-                                                  "latest).")],
+        run_a: Annotated[str, typer.Argument(
+            help="First run: id, unique prefix, latest or latest~N.")],
+        run_b: Annotated[str, typer.Argument(
+            help="Second run: id, unique prefix, latest or latest~N.")],
         store: Annotated[Path, typer.Option(help=_STORE_HELP)] = Path("runs"),
         json_out: JsonOut = False,
         threads: Threads = "auto",
     ) -> None:
         """Compare two runs' metrics side by side.
 
-        Example: equicare runs compare 20261122-101500 latest --store runs
+        Example: equicare runs compare latest~1 latest --store runs
         """
         from rich.table import Table
 
