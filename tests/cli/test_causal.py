@@ -63,6 +63,13 @@ def test_mediate_writes_contract6_and_refuses_overwrite(app, panel):
     assert res.exit_code == 0, res.output
     assert set(json.loads(out.read_text())["estimators"]) == {"mr"}
     assert (panel / "fig.png").stat().st_size > 0
+    # an existing figure is refused without --force, before any work
+    fig = panel / "fig.png"
+    fig.write_bytes(b"mine")
+    other = panel / "other.json"
+    res = runner.invoke(app, [*args[:-1], str(other), "--figure", str(fig)])
+    assert res.exit_code == 2 and f"{fig} exists" in res.output.replace("\n", "")
+    assert fig.read_bytes() == b"mine" and not other.exists()
 
 
 @pytest.mark.parametrize("extra, manifest, msg", [
