@@ -27,7 +27,7 @@ install: $(VENV)/.base
 dev: $(VENV)/.dev
 
 demo: $(VENV)/.base
-	$(VENV)/bin/equicare run examples/care_demo.toml
+	$(VENV)/bin/equicare run --example care
 
 test: $(VENV)/.dev
 	$(PY) -m pytest -q -p no:cacheprovider

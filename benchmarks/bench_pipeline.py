@@ -42,7 +42,7 @@ def run(members: int = 20_000, quick: bool = False) -> dict[str, dict]:
     """
     if quick:
         members = 200
-    text = (ROOT / "examples" / "care_demo.toml").read_text()
+    text = (ROOT / "src" / "equicare" / "examples" / "care_demo.toml").read_text()
     text = text.replace("members = 2000", f"members = {members}")
     if quick:
         text = text.replace("n_steps = 3000", "n_steps = 50").replace(

@@ -2,12 +2,16 @@
 
 Rich allows one live display at a time. Library code calls :func:`progress_task`; when the pipeline
 has opened :func:`shared_progress`, the task becomes a row of that display (with elapsed time and
-ETA), otherwise it gets a display of its own.
+ETA), otherwise it gets a display of its own. When stderr is not a terminal (a log file, a pipe,
+CI) there is no live display: each task prints one line when it starts, a line at every tenth of
+its work (at most one per 10 s) and one when it ends, so long commands are never silent.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -69,6 +73,59 @@ class ProgressTask:
         self._p.update(self._id, **kw)
 
 
+def _is_terminal() -> bool:
+    from rich.console import Console
+
+    return bool(Console(stderr=True).is_terminal)
+
+
+class _LineTask:
+    """Progress of one task as plain lines on stderr (no live display)."""
+
+    def __init__(self, description: str, total: float | None, completed: float) -> None:
+        self.description = description.strip()
+        self.total = total
+        self.completed = completed
+        self.info = ""
+        self.t0 = time.perf_counter()
+        self._last = self.t0
+        self._next_tenth = 1
+        self._say(f"{self.description}: started"
+                  + (f" ({self._count()})" if total is not None else ""))
+
+    def _count(self) -> str:
+        done = f"{self.completed:g}"
+        return done if self.total is None else f"{done}/{self.total:g}"
+
+    def _say(self, text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    def update(self, *, completed: float | None = None, advance: float | None = None,
+               info: str | None = None, total: float | None = None) -> None:
+        if total is not None:
+            self.total = total
+        if completed is not None:
+            self.completed = completed
+        if advance is not None:
+            self.completed += advance
+        if info is not None:
+            self.info = info
+        now = time.perf_counter()
+        if not self.total:
+            return
+        tenth = int(10 * self.completed / self.total)
+        if tenth >= self._next_tenth and now - self._last >= 10.0 and self.completed < self.total:
+            self._next_tenth = tenth + 1
+            self._last = now
+            extra = f" {self.info}" if self.info else ""
+            self._say(f"{self.description}: {self._count()} ({now - self.t0:.1f} s){extra}")
+
+    def close(self) -> None:
+        extra = f" {self.info}" if self.info else ""
+        self._say(f"{self.description}: done ({self._count()}) in "
+                  f"{time.perf_counter() - self.t0:.1f} s{extra}")
+
+
 @contextlib.contextmanager
 def progress_task(
     description: str,
@@ -90,6 +147,11 @@ def progress_task(
     """
     if not enabled:
         yield ProgressTask(None, None)
+        return
+    if not _ACTIVE and not _is_terminal():
+        line = _LineTask(description, total, completed)
+        yield line  # type: ignore[misc]
+        line.close()
         return
     if _ACTIVE:
         prog = _ACTIVE[-1]
@@ -113,7 +175,7 @@ def progress_task(
 @contextlib.contextmanager
 def shared_progress(enabled: bool = True) -> Iterator[Any]:
     """Open one live display that every :func:`progress_task` inside joins as a row."""
-    if not enabled:
+    if not enabled or not _is_terminal():
         yield None
         return
     from rich.progress import Progress

@@ -7,6 +7,10 @@ Every user-facing error derives from a built-in exception so that callers who al
 from __future__ import annotations
 
 __all__ = [
+    "EquicareError",
+    "InvalidParameterError",
+    "UnknownNameError",
+    "ConfigError",
     "DataValidationError",
     "ManifestError",
     "NotFittedError",
@@ -18,7 +22,37 @@ __all__ = [
 ]
 
 
-class DataValidationError(ValueError):
+class EquicareError(Exception):
+    """Base class of the errors that mean "the input was wrong", not "equicare has a bug".
+
+    The command line prints these as one line ``error: ...`` and exits with code 2; any other
+    exception is reported as a bug (exit code 1, traceback saved to a log file).
+    """
+
+
+class InvalidParameterError(EquicareError, ValueError, TypeError):
+    """A parameter or option value is out of its documented range or of the wrong kind.
+
+    A ``ValueError`` and a ``TypeError`` (as scikit-learn's ``InvalidParameterError``), so that
+    callers catching either keep working.
+
+    Messages follow ``equicare.utils.PARAM_MESSAGE``: "The 'alpha' parameter of WIS must be a
+    float in (0, 1). Got 1.5 instead."
+    """
+
+
+class UnknownNameError(EquicareError, KeyError):
+    """A name (group attribute, action component, reward component, run id) is not known."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class ConfigError(EquicareError, ValueError):
+    """A configuration (run TOML, simulator JSON, learner settings) has bad keys or values."""
+
+
+class DataValidationError(EquicareError, ValueError):
     """A table, file or array does not satisfy the dataset contract.
 
     Parameters

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from equicare.exceptions import InvalidParameterError
+
 __all__ = ["RewardSpec", "CARE_DEFAULT_WEIGHTS", "shape_reward", "component_returns"]
 
 #: Default weights of the care-management panel (primary outcome, engagement, milestones).
@@ -30,9 +32,11 @@ class RewardSpec:
 
     def __post_init__(self) -> None:
         if len(self.names) != len(self.weights) or not self.names:
-            raise ValueError("RewardSpec needs one weight per component name (at least one).")
+            raise InvalidParameterError(
+                "RewardSpec needs one weight per component name (at least one).")
         if not np.all(np.isfinite(self.weights)):
-            raise ValueError(f"Reward weights must be finite numbers, got {self.weights}.")
+            raise InvalidParameterError(
+                f"Reward weights must be finite numbers, got {self.weights}.")
 
     @classmethod
     def from_mapping(cls, weights: Mapping[str, float]) -> RewardSpec:
@@ -66,9 +70,9 @@ def shape_reward(
     c = np.asarray(components, dtype=np.float64)
     w = np.asarray(weights, dtype=np.float64)
     if c.ndim != 2 or c.shape[1] != w.shape[0]:
-        raise ValueError(f"components {c.shape} and weights {w.shape} do not match.")
+        raise InvalidParameterError(f"components {c.shape} and weights {w.shape} do not match.")
     if not np.all(np.isfinite(w)):
-        raise ValueError(f"Reward weights must be finite numbers, got {w.tolist()}.")
+        raise InvalidParameterError(f"Reward weights must be finite numbers, got {w.tolist()}.")
     return c @ w
 
 

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from equicare.exceptions import InvalidParameterError, UnknownNameError
+
 __all__ = ["ActionComponent", "FactoredActionSpace"]
 
 
@@ -33,9 +35,10 @@ class ActionComponent:
 
     def __post_init__(self) -> None:
         if len(self.levels) < 1:
-            raise ValueError(f"Action component {self.name!r} must have at least one level.")
+            raise InvalidParameterError(
+                f"Action component {self.name!r} must have at least one level.")
         if len(set(self.levels)) != len(self.levels):
-            raise ValueError(
+            raise InvalidParameterError(
                 f"Action component {self.name!r} has duplicated levels: {self.levels}."
             )
 
@@ -72,10 +75,10 @@ class FactoredActionSpace:
 
     def __post_init__(self) -> None:
         if not self.components:
-            raise ValueError("A FactoredActionSpace needs at least one component.")
+            raise InvalidParameterError("A FactoredActionSpace needs at least one component.")
         names = [c.name for c in self.components]
         if len(set(names)) != len(names):
-            raise ValueError(f"Action component names must be unique, got {names}.")
+            raise InvalidParameterError(f"Action component names must be unique, got {names}.")
         sizes = np.array([c.n_levels for c in self.components], dtype=np.int64)
         # place value of each component: product of the sizes of the components after it
         radix = np.ones_like(sizes)
@@ -120,7 +123,8 @@ class FactoredActionSpace:
         for c in self.components:
             if c.name == name:
                 return c
-        raise KeyError(f"Unknown action component {name!r}; known components: {list(self.names)}.")
+        raise UnknownNameError(
+            f"Unknown action component {name!r}; known components: {list(self.names)}.")
 
     # ------------------------------------------------------------------ encoding
     def to_flat(self, codes: ArrayLike) -> NDArray[np.int64]:
@@ -139,14 +143,14 @@ class FactoredActionSpace:
         if arr.ndim == 1:
             arr = arr[None, :]
         if arr.shape[1] != self.n_components:
-            raise ValueError(
+            raise InvalidParameterError(
                 f"codes must have {self.n_components} columns (one per component), "
                 f"got {arr.shape[1]}."
             )
         sizes = np.asarray(self.sizes)
         if arr.size and ((arr < 0).any() or (arr >= sizes).any()):
             bad = int(np.argmax(((arr < 0) | (arr >= sizes)).any(axis=1)))
-            raise ValueError(
+            raise InvalidParameterError(
                 f"Action codes out of range at row {bad}: {arr[bad].tolist()} "
                 f"(sizes {list(self.sizes)})."
             )
@@ -165,7 +169,7 @@ class FactoredActionSpace:
         """
         f = np.asarray(flat, dtype=np.int64)
         if f.size and ((f < 0).any() or (f >= self.n_actions).any()):
-            raise ValueError(f"Flat action indices must lie in [0, {self.n_actions}).")
+            raise InvalidParameterError(f"Flat action indices must lie in [0, {self.n_actions}).")
         return (f[..., None] // self._radix) % np.asarray(self.sizes)
 
     def all_codes(self) -> NDArray[np.int64]:
@@ -201,7 +205,7 @@ class FactoredActionSpace:
         wanted = [levels] if isinstance(levels, str) else list(levels)
         unknown = [lv for lv in wanted if lv not in comp.levels]
         if unknown:
-            raise ValueError(
+            raise InvalidParameterError(
                 f"Unknown level(s) {unknown} of action component {component!r}; "
                 f"expected one of {list(comp.levels)}."
             )
@@ -212,7 +216,7 @@ class FactoredActionSpace:
     def parse_action_set(self, spec: str) -> NDArray[np.bool_]:
         """Parse ``"modality=home_visit"`` or ``"urgency=urgent|semi_urgent"`` into a mask."""
         if "=" not in spec:
-            raise ValueError(
+            raise InvalidParameterError(
                 f"An action set must look like 'component=level', got {spec!r}; "
                 f"components: {list(self.names)}."
             )

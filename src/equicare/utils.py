@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from equicare.exceptions import NotFittedError
+from equicare.exceptions import InvalidParameterError, NotFittedError
 
 __all__ = [
     "RandomState",
@@ -78,7 +78,7 @@ def check_random_state(random_state: RandomState) -> np.random.Generator:
         return random_state
     if random_state is None or isinstance(random_state, int | np.integer):
         if random_state is not None and int(random_state) < 0:
-            raise ValueError(
+            raise InvalidParameterError(
                 PARAM_MESSAGE.format(
                     name="random_state",
                     owner="check_random_state",
@@ -140,8 +140,9 @@ def check_param(
 ) -> Any:
     """Check one argument against its constraints and raise in the house style.
 
-    Returns the value unchanged so that it can be used inline. Raises ``ValueError`` (or
-    ``TypeError`` for a wrong type) with :data:`PARAM_MESSAGE`.
+    Returns the value unchanged so that it can be used inline. Raises
+    :class:`~equicare.exceptions.InvalidParameterError` (a ``ValueError`` and a ``TypeError``)
+    with :data:`PARAM_MESSAGE`.
     """
     if value is None and allow_none:
         return value
@@ -153,7 +154,7 @@ def check_param(
 
     if choices is not None:
         if value not in choices:
-            fail(ValueError, "one of " + ", ".join(repr(c) for c in choices))
+            fail(InvalidParameterError, "one of " + ", ".join(repr(c) for c in choices))
         return value
     if kind is not None:
         ok = isinstance(value, kind) and not (
@@ -163,7 +164,7 @@ def check_param(
             names = (
                 kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
             )
-            fail(TypeError, f"of type {names}")
+            fail(InvalidParameterError, f"of type {names}")
     if low is not None or high is not None:
         v = float(value)
         bad = math.isnan(v)
@@ -176,7 +177,7 @@ def check_param(
             hi = "inf" if high is None else f"{high:g}"
             lb = "[" if (low_inclusive and low is not None) else "("
             hb = "]" if (high_inclusive and high is not None) else ")"
-            fail(ValueError, f"a number in {lb}{lo}, {hi}{hb}")
+            fail(InvalidParameterError, f"a number in {lb}{lo}, {hi}{hb}")
     return value
 
 

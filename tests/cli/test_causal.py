@@ -4,10 +4,9 @@ import json
 
 import pandas as pd
 import pytest
-import typer
 from typer.testing import CliRunner
 
-from equicare.cli._causal import mediate_dataset, parse_control, parse_estimators, register
+from equicare.cli._causal import mediate_dataset, parse_control, parse_estimators
 from equicare.sim.mediation import toy1, toy_target
 
 runner = CliRunner()
@@ -27,14 +26,9 @@ column = "reward"
 
 @pytest.fixture
 def app():
-    a = typer.Typer()
-    register(a)
+    from equicare.cli import app as main_app
 
-    @a.command("noop")
-    def noop() -> None:  # a second command keeps Typer in multi-command mode
-        pass
-
-    return a
+    return main_app  # the real app: its error taxonomy and deprecated spellings
 
 
 @pytest.fixture
@@ -54,7 +48,7 @@ def panel(tmp_path):
 def test_mediate_writes_contract6_and_refuses_overwrite(app, panel):
     out = panel / "med.json"
     args = ["mediate", str(panel / "panel.csv"), "--manifest", str(panel / "m.toml"),
-            "--target", str(panel / "target.csv"), "--bootstrap", "50", "--out", str(out)]
+            "--policy", str(panel / "target.csv"), "--bootstrap", "50", "--out", str(out)]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "mr" in res.output and "ide" in res.output
@@ -69,6 +63,13 @@ def test_mediate_writes_contract6_and_refuses_overwrite(app, panel):
     assert res.exit_code == 0, res.output
     assert set(json.loads(out.read_text())["estimators"]) == {"mr"}
     assert (panel / "fig.png").stat().st_size > 0
+    # an existing figure is refused without --force, before any work
+    fig = panel / "fig.png"
+    fig.write_bytes(b"mine")
+    other = panel / "other.json"
+    res = runner.invoke(app, [*args[:-1], str(other), "--figure", str(fig)])
+    assert res.exit_code == 2 and f"{fig} exists" in res.output.replace("\n", "")
+    assert fig.read_bytes() == b"mine" and not other.exists()
 
 
 @pytest.mark.parametrize("extra, manifest, msg", [
@@ -77,7 +78,7 @@ def test_mediate_writes_contract6_and_refuses_overwrite(app, panel):
 ])
 def test_user_errors_exit_2(app, panel, extra, manifest, msg):
     res = runner.invoke(app, ["mediate", str(panel / "panel.csv"), "--manifest",
-                              str(panel / manifest), "--target", str(panel / "target.csv"),
+                              str(panel / manifest), "--policy", str(panel / "target.csv"),
                               "--out", str(panel / "x.json"), *extra])
     assert res.exit_code == 2
     assert msg in " ".join(res.output.split())
@@ -118,7 +119,7 @@ def test_mediate_care_panel_with_action_set(tmp_path):
     out = tmp_path / "med.json"
     res = _Runner().invoke(main_app, [
         "mediate", str(tmp_path / "care" / "panel.parquet"), "--manifest",
-        str(tmp_path / "care" / "manifest.toml"), "--target", str(tmp_path / "ref.parquet"),
+        str(tmp_path / "care" / "manifest.toml"), "--policy", str(tmp_path / "ref.parquet"),
         "--action", "modality=home_visit", "--control", "0", "--bootstrap", "20",
         "--out", str(out)])
     assert res.exit_code == 0, res.output
@@ -128,6 +129,6 @@ def test_mediate_care_panel_with_action_set(tmp_path):
     assert abs(parts - mr["total"]["value"]) < 1e-9
     bad = _Runner().invoke(main_app, [
         "mediate", str(tmp_path / "care" / "panel.parquet"), "--manifest",
-        str(tmp_path / "care" / "manifest.toml"), "--target", str(tmp_path / "ref.parquet"),
+        str(tmp_path / "care" / "manifest.toml"), "--policy", str(tmp_path / "ref.parquet"),
         "--action", "modality=fax", "--out", str(tmp_path / "m2.json")])
     assert bad.exit_code == 2 and "Unknown level" in bad.output

@@ -78,3 +78,35 @@ def test_validate_says_every_end_is_censored_without_terminal(panel):
                                          "--json"]).output)
     assert out["notes"] == ["no 'terminal' column: every episode end is treated as censored"]
     assert out["episode_ends"] == {"terminal": 0, "censored": frame.member_id.nunique()}
+
+
+def test_synth_sim_config_keys_are_not_overridden_by_cli_defaults(tmp_path):
+    # --churn defaults to on, --history-dependence to off: a --sim-config setting them must win
+    # unless the option is given on the command line
+    from equicare.data import load_dataset
+
+    cfg = tmp_path / "care.json"
+    cfg.write_text(json.dumps({"churn": False, "history_dependence": True}))
+    out = tmp_path / "a"
+    res = runner.invoke(app, ["synth", "--out", str(out), "--members", "40", "--weeks", "6",
+                              "--sim-config", str(cfg), "--json"])
+    assert res.exit_code == 0, res.output
+    ds = load_dataset(out / "panel.parquet", out / "manifest.toml", emit_warnings=False)
+    assert (np.diff(ds.episode_offsets) == 6).all()  # no churn: every member stays 6 weeks
+    res = runner.invoke(app, ["synth", "--out", str(out), "--members", "40", "--weeks", "6",
+                              "--sim-config", str(cfg), "--churn", "--force", "--json"])
+    assert res.exit_code == 0, res.output
+    ds = load_dataset(out / "panel.parquet", out / "manifest.toml", emit_warnings=False)
+    assert (np.diff(ds.episode_offsets) < 6).any()  # the option given on the command line wins
+
+
+def test_run_example_show_config_and_bad_run_names(tmp_path):
+    from importlib.resources import files
+
+    res = runner.invoke(app, ["run", "--example", "care", "--show-config"])
+    shipped = (files("equicare") / "examples" / "care_demo.toml").read_text(encoding="utf-8")
+    assert res.exit_code == 0 and res.output == shipped
+    res = runner.invoke(app, ["run"])
+    assert res.exit_code == 2 and res.output.startswith("error: give a run configuration TOML")
+    res = runner.invoke(app, ["runs", "show", "latest~3", "--store", str(tmp_path / "runs")])
+    assert res.exit_code == 2 and "holds 0 run(s)" in res.output

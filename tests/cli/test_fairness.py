@@ -8,7 +8,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from equicare.cli._fairness import parse_policy_specs, register
+from equicare.cli._fairness import parse_policy_specs
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +32,9 @@ def panel(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture
 def app() -> typer.Typer:
-    a = typer.Typer()
-    register(a)
-    return a
+    from equicare.cli import app as main_app
+
+    return main_app  # the real app: its error taxonomy and deprecated spellings
 
 
 def _run(app: typer.Typer, args: list[str]):
@@ -45,7 +45,7 @@ def test_audit_writes_contract7(app, panel, tmp_path) -> None:
     out = tmp_path / "audit.json"
     args = ["audit", str(panel["data"]), "--manifest", str(panel["manifest"]), "--policy",
             f"eq={panel['policy']}", "--group", "race_ethnicity", "--action",
-            "modality=home_visit", "--n-boot", "50", "--permutations", "50", "--out", str(out)]
+            "modality=home_visit", "--bootstrap", "50", "--permutations", "50", "--out", str(out)]
     r = _run(app, args)
     assert r.exit_code == 0, r.output
     assert "modality=home_visit" in r.output and "eq" in r.output
@@ -64,8 +64,8 @@ def test_audit_writes_contract7(app, panel, tmp_path) -> None:
 def test_audit_intersectional_with_suppression(app, panel, tmp_path) -> None:
     out = tmp_path / "inter.json"
     r = _run(app, ["audit", str(panel["data"]), "--manifest", str(panel["manifest"]),
-                   "--intersect", "sex", "--n-boot", "20", "--permutations", "0",
-                   "--estimator", "none", "--out", str(out)])
+                   "--intersect", "sex", "--bootstrap", "20", "--permutations", "0",
+                   "--estimators", "none", "--out", str(out)])
     assert r.exit_code == 0, r.output
     d = json.loads(out.read_text())
     assert d["group"] == "race_ethnicity x sex"
@@ -82,12 +82,12 @@ def test_audit_intersectional_with_suppression(app, panel, tmp_path) -> None:
     (["--action", "modality=teleport"], "Unknown level(s) ['teleport']"),
     (["--group", "zip"], "Unknown group attribute(s) ['zip']"),
     (["--policy", "nope/missing.parquet"], "no such policy file or model folder"),
-    (["--level", "week"], "The 'level' parameter of FairnessAudit must be one of"),
-    (["--estimator", "magic"], "The 'estimator' parameter of FairnessAudit"),
+    (["--level", "week"], "Invalid value for '--level'"),
+    (["--estimators", "magic"], "Invalid value for '--estimators'"),
 ])
 def test_audit_user_errors_one_line(app, panel, extra, message) -> None:
     r = _run(app, ["audit", str(panel["data"]), "--manifest", str(panel["manifest"]),
-                   "--n-boot", "0", "--permutations", "0", *extra])
+                   "--bootstrap", "0", "--permutations", "0", *extra])
     assert r.exit_code == 2
     assert message in r.output.replace("\n", " ")
     assert "Traceback" not in r.output
@@ -105,8 +105,8 @@ def test_parse_policy_specs() -> None:
 def test_frontier_command(app, panel, tmp_path) -> None:
     out = tmp_path / "frontier.json"
     r = _run(app, ["frontier", str(panel["data"]), "--manifest", str(panel["manifest"]),
-                   "--learner", "bc", "--lambdas", "0,10", "--n-steps", "30", "--n-boot", "20",
-                   "--estimator", "wis", "--executor", "serial", "--out", str(out)])
+                   "--algo", "bc", "--lambdas", "0,10", "--steps", "30", "--bootstrap", "20",
+                   "--estimators", "wis", "--executor", "serial", "--out", str(out)])
     assert r.exit_code == 0, r.output
     d = json.loads(out.read_text())
     assert [p["lambda"] for p in d["points"]] == [0.0, 10.0]

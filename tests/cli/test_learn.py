@@ -2,10 +2,9 @@ import json
 
 import numpy as np
 import pytest
-import typer
 from typer.testing import CliRunner
 
-from equicare.cli._learn import parse_params, register, train_model
+from equicare.cli._learn import parse_params, train_model
 from equicare.data import Manifest, load_dataset
 from equicare.learn import BC, load_learner
 from equicare.policy import FilePolicy
@@ -18,9 +17,9 @@ TINY = ["--steps", "30", "--param", "hidden=[16]", "--param", "valid_fraction=0.
 
 @pytest.fixture(scope="module")
 def app():
-    a = typer.Typer()
-    register(a)
-    return a
+    from equicare.cli import app as main_app
+
+    return main_app  # the real app: its error taxonomy and deprecated spellings
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +42,7 @@ def test_train_then_predict_round_trip(app, files):
     model = files / "model_bc"
     res = runner.invoke(app, ["train", str(files / "panel.parquet"), "--manifest",
                               str(files / "manifest.toml"), "--algo", "bc", "--out", str(model),
-                              *TINY])
+                              *TINY, "--json"])
     assert res.exit_code == 0, _err(res)
     info = json.loads(res.stdout)
     assert info["algo"] == "bc" and info["n_steps"] == 30
@@ -65,7 +64,7 @@ def test_refuses_to_overwrite_without_force(app, files):
     before = (model / "model.safetensors").read_bytes()
     res = runner.invoke(app, args)
     assert res.exit_code == 2
-    assert "exists; pass --force to overwrite it" in _err(res)
+    assert "exists; refusing to overwrite it (pass --force to replace it)" in _err(res)
     assert (model / "model.safetensors").read_bytes() == before
     res = runner.invoke(app, [*args, "--force", "--seed", "1"])
     assert res.exit_code == 0, _err(res)
@@ -73,12 +72,13 @@ def test_refuses_to_overwrite_without_force(app, files):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--algo", "dqn"], "The 'algo' parameter of equicare train must be one of 'bc', 'awr', "
-                        "'cql', 'spibb'. Got 'dqn' instead."),
-    (["--encoder", "gru"], "The 'encoder' parameter of equicare train must be one of 'mlp', "
-                           "'lstm'. Got 'gru' instead."),
-    (["--window", "0"], "The 'window' parameter of equicare train must be an int >= 1. "
-                        "Got 0 instead."),
+    (["--algo", "dqn"], "Invalid value for '--algo': Value error, 'dqn' is not one of 'bc', "
+                        "'awr', 'cql', 'spibb', 'omg'."),
+    (["--encoder", "gru"], "Invalid value for '--encoder': Value error, 'gru' is not one of "
+                           "'mlp', 'lstm'."),
+    (["--encoder", "lstm", "--window", "0"], "Invalid value for '--window'"),
+    (["--window", "3"], "--window does not apply to --encoder mlp"),
+    (["--iterations", "3"], "--iterations does not apply to --algo awr."),
     (["--fair-action", "kind=a", "--fair-lambda", "-1"],
      "The 'fair_lambda' parameter of equicare train must be a number >= 0. Got -1.0 instead."),
     (["--fair-lambda", "1"], "The 'fair_action' parameter of equicare train must be an action "
@@ -119,7 +119,7 @@ def test_predict_refuses_existing_output_and_missing_model(app, files):
     res = runner.invoke(app, ["predict", str(files / "model_bc"), str(files / "panel.parquet"),
                               "--manifest", str(files / "manifest.toml"), "--out",
                               str(files / "exists.csv")])
-    assert res.exit_code == 2 and "exists; pass --force" in _err(res)
+    assert res.exit_code == 2 and "exists; refusing to overwrite it (pass --force" in _err(res)
     res = runner.invoke(app, ["predict", str(files / "nope"), str(files / "panel.parquet"),
                               "--manifest", str(files / "manifest.toml"), "--out",
                               str(files / "new.csv")])

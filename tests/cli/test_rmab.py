@@ -6,10 +6,9 @@ import sys
 
 import numpy as np
 import pytest
-import typer
 from typer.testing import CliRunner
 
-from equicare.cli._rmab import parse_budget, register
+from equicare.cli._rmab import parse_budget
 from equicare.rmab import load_domain
 
 from ..rmab.test_estimate import make_panel
@@ -19,20 +18,15 @@ runner = CliRunner()
 
 @pytest.fixture
 def app():
-    a = typer.Typer()
-    register(a)
+    from equicare.cli import app as main_app
 
-    @a.callback()
-    def _root() -> None:
-        """Test app."""
-
-    return a
+    return main_app  # the real app: its error taxonomy and deprecated spellings
 
 
 def test_plan_writes_contract5_atomically_and_refuses_overwrite(app, tmp_path):
     out = tmp_path / "plan.json"
     args = ["plan", "--domain", "synthetic", "--arms", "100", "--budget", "0.2", "--horizon",
-            "20", "--policies", "opt,mmr,mnw,mnw-eg,random,noact", "--seeds", "4", "--out",
+            "20", "--policy", "opt,mmr,mnw,mnw-eg,random,noact", "--seeds", "4", "--out",
             str(out)]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
@@ -53,8 +47,8 @@ def test_plan_writes_contract5_atomically_and_refuses_overwrite(app, tmp_path):
 @pytest.mark.parametrize("args, msg", [
     (["--domain", "synthetic", "--budget", "101"], "The 'budget' parameter of plan"),
     (["--domain", "synthetic", "--budget", "-3"], "--budget must be >= 0"),
-    (["--domain", "synthetic", "--policies", "opt,best"], "unknown policy 'best'"),
-    (["--domain", "nowhere"], "Unknown domain 'nowhere'"),
+    (["--domain", "synthetic", "--policy", "opt,best"], "unknown policy 'best'"),
+    (["--domain", "nowhere"], "'nowhere' is not one of 'synthetic', 'maternal', 'diabetes'"),
     ([], "Give exactly one of DOMAIN.json, --domain NAME or --from-panel DATA."),
 ])
 def test_plan_user_errors(app, args, msg):
@@ -91,7 +85,7 @@ def test_plan_from_panel_with_manifest(app, tmp_path):
     out = tmp_path / "plan.json"
     res = runner.invoke(app, ["plan", "--from-panel", str(p), "--manifest", str(mf),
                               "--budget", "20", "--seeds", "2", "--horizon", "8",
-                              "--policies", "opt,mnw-eg", "--out", str(out)])
+                              "--policy", "opt,mnw-eg", "--out", str(out)])
     assert res.exit_code == 0, res.output
     got = json.loads(out.read_text())
     assert got["n_arms"] == 200 and got["budget"] == 20
@@ -102,8 +96,8 @@ def test_capacity_command(app, tmp_path):
     fig = tmp_path / "cap.png"
     out = tmp_path / "cap.json"
     res = runner.invoke(app, ["capacity", "--domain", "diabetes", "--arms", "30", "--alpha", "0",
-                              "--seeds", "2", "--horizon", "6", "--target", "0.45",
-                              "--policies", "opt,hr-rr", "--budgets", "0,0.2,0.5,1.0",
+                              "--seeds", "2", "--horizon", "6", "--target-share", "0.45",
+                              "--policy", "opt,hr-rr", "--budgets", "0,0.2,0.5,1.0",
                               "--out", str(out), "--figure", str(fig)])
     assert res.exit_code == 0, res.output
     d = json.loads(out.read_text())

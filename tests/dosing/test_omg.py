@@ -10,10 +10,9 @@ import re
 import numpy as np
 import pytest
 import torch
-import typer
 from typer.testing import CliRunner
 
-from equicare.cli._dosing import EXISTS_MESSAGE, register, synth_heparin, train_omg
+from equicare.cli._dosing import EXISTS_MESSAGE, synth_heparin, train_omg
 from equicare.data import TrajectoryDataset
 from equicare.dosing._irl import gcl_loss
 from equicare.dosing._omg import OMG, OMGConfig
@@ -241,29 +240,32 @@ def test_known_reward_variant_has_no_learned_reward():
 
 
 # ---------------------------------------------------------------------------- CLI
-def _app() -> typer.Typer:
-    app = typer.Typer()
-    register(app)
-    return app
-
-
 def test_cli_synth_and_train(tmp_path):
+    from equicare.cli import app
+
     runner = CliRunner()
-    app = _app()
-    data = tmp_path / "hep.parquet"
-    res = runner.invoke(app, ["synth-heparin", "--out", str(data), "-n", "40", "--seed", "1"])
+    folder = tmp_path / "hep"
+    data, manifest = folder / "panel.parquet", folder / "manifest.toml"
+    res = runner.invoke(app, ["synth", "--sim", "heparin", "--out", str(folder), "--members",
+                              "40", "--seed", "1"])
     assert res.exit_code == 0, res.output
-    assert data.exists() and (tmp_path / "hep.toml").exists()
+    assert data.exists() and manifest.exists()
     # refuses to overwrite without --force
-    res = runner.invoke(app, ["synth-heparin", "--out", str(data), "-n", "40"])
+    res = runner.invoke(app, ["synth", "--sim", "heparin", "--out", str(folder), "--members",
+                              "40"])
     assert res.exit_code == 2
     assert EXISTS_MESSAGE.format(path=data) in res.output.replace("\n", "")
     before = data.stat().st_mtime_ns
-    res = runner.invoke(app, ["synth-heparin", "--out", str(data), "-n", "30", "--force"])
+    res = runner.invoke(app, ["synth", "--sim", "heparin", "--out", str(folder), "--members",
+                              "30", "--force"])
     assert res.exit_code == 0 and data.stat().st_mtime_ns != before
+    # options of the care simulator are refused, not ignored
+    res = runner.invoke(app, ["synth", "--sim", "heparin", "--out", str(folder), "--weeks", "4",
+                              "--force"])
+    assert res.exit_code == 2 and "--weeks does not apply to --sim heparin" in res.output
     out = tmp_path / "run"
-    args = ["train-omg", "--data", str(data), "--manifest", str(tmp_path / "hep.toml"),
-            "--out", str(out), "--small"]
+    args = ["train", str(data), "--manifest", str(manifest), "--algo", "omg", "--out", str(out),
+            "--no-progress", "--small"]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     files = {p.name for p in out.iterdir()}
@@ -273,7 +275,9 @@ def test_cli_synth_and_train(tmp_path):
     res = runner.invoke(app, args)
     assert res.exit_code == 2 and "--force" in res.output
     bad = runner.invoke(app, [*args[:-1], "--reward", "oracle", "--force"])
-    assert bad.exit_code == 2 and "The 'reward' parameter of OMGConfig" in bad.output
+    assert bad.exit_code == 2 and "Invalid value for '--reward'" in bad.output
+    bad = runner.invoke(app, [*args, "--steps", "10", "--force"])
+    assert bad.exit_code == 2 and "--steps does not apply to --algo omg" in bad.output
 
 
 def test_synth_function_rejects_bad_suffix(tmp_path):

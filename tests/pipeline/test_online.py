@@ -9,10 +9,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-import typer
 from typer.testing import CliRunner
 
-from equicare.cli._online import register, run_online
+from equicare.cli._online import run_online
 from equicare.pipeline._online import (
     EXISTS_MESSAGE,
     OnlineExperimentConfig,
@@ -138,12 +137,7 @@ def test_lambda_sweep_and_figures(tmp_path: Path) -> None:
 
 
 def _app() -> Any:
-    app = typer.Typer()
-    register(app)
-
-    @app.callback()
-    def main() -> None:
-        """Test app."""
+    from equicare.cli import app
 
     return app
 
@@ -165,8 +159,8 @@ def test_cli_runs_and_refuses_to_overwrite(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("extra", "message"), [
-    (["--scenario", "moon"], "The 'scenario' parameter of OnlineExperimentConfig"),
-    (["--algo", "ppo", "--lambdas", "0,0.5"], "--lambdas sweeps GRPO"),
+    (["--scenario", "moon"], "Invalid value for '--scenario'"),
+    (["--algo", "ppo", "--lambdas", "0,0.5"], "--lambdas does not apply to --algo ppo"),
     (["--algo", "grpo", "--lambdas", "0,x"], "--lambdas must be comma-separated numbers"),
     (["--lambda", "2"], "The 'lam' parameter of OnlineExperimentConfig"),
 ])

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from equicare.cli import app
 from equicare.pipeline import RunStore
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "care_demo.toml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "src" / "equicare" / "examples" / "care_demo.toml"
 
 runner = CliRunner()
 
@@ -47,7 +47,7 @@ def test_run_writes_report_and_records_the_run(tmp_path):
         plan="enabled = true\nseeds = 2\narms = 20",
         explain="enabled = true\ndepth = 2\nbootstrap = 20",
     )
-    res = runner.invoke(app, ["run", str(cfg), "--quiet"])
+    res = runner.invoke(app, ["run", str(cfg), "--no-progress"])
     assert res.exit_code == 0, res.output
     store = RunStore(tmp_path / "runs")
     runs = store.list_runs()
@@ -82,7 +82,10 @@ def test_run_writes_report_and_records_the_run(tmp_path):
         for cell in pol["rate"].values():
             assert cell.get("suppressed") or cell["n_episodes"] >= 11
     # the report regenerates from the store; runs list/show/compare work
-    assert runner.invoke(app, ["report", rid, "--store", str(tmp_path / "runs")]).exit_code == 0
+    again = runner.invoke(app, ["report", rid, "--store", str(tmp_path / "runs")])
+    assert again.exit_code == 2 and "pass --force" in again.output  # report.html exists
+    assert runner.invoke(app, ["report", rid, "--store", str(tmp_path / "runs"),
+                               "--force"]).exit_code == 0
     listed = runner.invoke(app, ["runs", "list", "--store", str(tmp_path / "runs"), "--json"])
     assert [r["run_id"] for r in json.loads(listed.output)] == [rid]
     show = runner.invoke(app, ["runs", "show", rid, "--store", str(tmp_path / "runs"), "--json"])
@@ -120,7 +123,7 @@ def test_report_renders_in_chromium(tmp_path):
     if chromium is None:
         pytest.skip("Chromium is not installed; `make test-browser` installs Debian's chromium.")
     cfg = tiny_config(tmp_path)
-    assert runner.invoke(app, ["run", str(cfg), "--quiet"]).exit_code == 0
+    assert runner.invoke(app, ["run", str(cfg), "--no-progress"]).exit_code == 0
     store = RunStore(tmp_path / "runs")
     d = store.run_dir(store.list_runs()["run_id"].iloc[0])
     shot = tmp_path / "shot.png"

@@ -8,6 +8,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from equicare.exceptions import InvalidParameterError
 from equicare.utils import check_random_state
 
 __all__ = ["BasisKind", "state_features", "MediatorEncoder", "combine", "action_tensor"]
@@ -107,7 +108,7 @@ def state_features(states: NDArray[np.float64], next_states: NDArray[np.float64]
             return np.hstack([np.ones((len(x), 1)), scale * np.cos(x @ omega + b)])
 
         return f(z), f(zn), kind
-    raise ValueError(f"Unknown basis kind {kind!r}.")
+    raise InvalidParameterError(f"Unknown basis kind {kind!r}.")
 
 
 def action_tensor(a: NDArray[np.int64], h: NDArray[np.float64], n_actions: int

@@ -45,7 +45,7 @@ from equicare.causal._result import (
     EstimatorResult,
     MediationResult,
 )
-from equicare.exceptions import DataValidationError, SupportWarning
+from equicare.exceptions import DataValidationError, InvalidParameterError, SupportWarning
 from equicare.utils import PARAM_MESSAGE, RandomState, check_param, check_random_state
 
 __all__ = ["DynamicMediation", "PointExposureMediation", "ESTIMATORS"]
@@ -177,7 +177,7 @@ class DynamicMediation:
         ests = tuple(self.estimators) if not isinstance(self.estimators, str) else (
             tuple(e.strip() for e in self.estimators.split(",") if e.strip()))
         if not ests or any(e not in ESTIMATORS for e in ests) or len(set(ests)) != len(ests):
-            raise ValueError(PARAM_MESSAGE.format(
+            raise InvalidParameterError(PARAM_MESSAGE.format(
                 name="estimators", owner=o, expected="distinct names among "
                 + ", ".join(repr(e) for e in ESTIMATORS), got=self.estimators))
         object.__setattr__(self, "estimators", ests)

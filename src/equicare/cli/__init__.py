@@ -13,124 +13,178 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from equicare.cli._utils import check_out_path, console, fail, print_json, user_errors
+from equicare.cli._choices import Sim
+from equicare.cli._utils import (
+    EquicareGroup,
+    Force,
+    JsonOut,
+    Seed,
+    Threads,
+    check_out_paths,
+    console,
+    err_console,
+    not_applicable,
+    print_json,
+    print_table,
+    user_errors,
+    version_callback,
+)
 
 app = typer.Typer(
     name="equicare",
+    cls=EquicareGroup,
     help="Equitable sequential decision-making in health care: learn, evaluate, audit, plan, "
-    "explain.\n\nExample: equicare synth --members 1000 --weeks 52 --seed 42 --out data/",
+    "explain.\n\nA user mistake prints one line 'error: ...' and exits with code 2; a bug exits "
+    "with code 1 and names the log file of its traceback; Ctrl-C exits with 130. No command "
+    "overwrites an existing output without --force. The result files are described in "
+    "docs/contracts.md.\n\nExample: equicare synth --members 1000 --weeks 52 --seed 42 --out data/",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool | None,
+        typer.Option("--version", callback=version_callback, is_eager=True,
+                     help="Print the equicare version and exit."),
+    ] = None,
+) -> None:
+    """Equitable sequential decision-making in health care."""
 
 
 @app.command()
 def synth(
     out: Annotated[Path, typer.Option(help="Folder to write panel.parquet + manifest.toml into.")],
+    sim: Annotated[Sim, typer.Option(
+        help="Simulator: care (care management), heparin (dosing) or garnet (clinical-shaped "
+             "random MDP with exact truth).")] = Sim.CARE,
     members: Annotated[int, typer.Option(min=1, help="Number of members (episodes).")] = 1000,
-    weeks: Annotated[int, typer.Option(min=1, help="Weeks of follow-up per member (max).")] = 52,
-    seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 42,
-    sim: Annotated[
-        str,
-        typer.Option(
-            help="Simulator: care (care management), heparin (dosing) or garnet (clinical-shaped "
-            "random MDP with exact truth)."
-        ),
-    ] = "care",
-    episodes: Annotated[
-        int | None, typer.Option(min=1, help="Garnet: episodes (default: --members).")
+    weeks: Annotated[
+        int | None, typer.Option(min=1, help="care: weeks of follow-up per member (max) "
+                                 "[default: 52].")
     ] = None,
-    states: Annotated[int | None, typer.Option(min=2, help="Garnet: transient states.")] = None,
-    actions: Annotated[int | None, typer.Option(min=2, help="Garnet: actions.")] = None,
-    gamma: Annotated[float | None, typer.Option(help="Garnet: discount in (0, 1].")] = None,
-    preset: Annotated[
-        str | None, typer.Option(help="Garnet: named configuration, e.g. s700_a25_g1.")
-    ] = None,
+    seed: Seed = 42,
     history_dependence: Annotated[
-        bool,
-        typer.Option(help="Care simulator: effects depend on recent contacts (history matters)."),
-    ] = False,
+        bool | None,
+        typer.Option("--history-dependence/--no-history-dependence",
+                     help="care: effects depend on recent contacts (history matters) "
+                     "[default: the --sim-config value, else off]."),
+    ] = None,
     churn: Annotated[
-        bool,
-        typer.Option(
-            help="Care simulator: members enrol late and disenrol early (variable lengths)."
-        ),
-    ] = True,
+        bool | None,
+        typer.Option("--churn/--no-churn",
+                     help="care: members enrol late and disenrol early (variable lengths) "
+                     "[default: the --sim-config value, else on]."),
+    ] = None,
     sim_config: Annotated[
         Path | None,
         typer.Option(
-            "--sim-config", help="JSON file of simulator config fields (CareConfig.to_dict())."
+            "--sim-config", help="care: JSON file of simulator config fields "
+            "(CareConfig.to_dict()); options given on the command line override it."
         ),
     ] = None,
-    force: Annotated[bool, typer.Option(help="Overwrite existing output files.")] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
+    part_members: Annotated[int | None, typer.Option(
+        min=1, help="care: write a panel larger than memory as a folder panel/ of Parquet "
+                    "files, this many members each (docs/scale.md).")] = None,
+    episodes: Annotated[int | None, typer.Option(
+        min=1, help="garnet: episodes [default: --members].")] = None,
+    states: Annotated[int | None, typer.Option(min=2, help="garnet: transient states.")] = None,
+    actions: Annotated[int | None, typer.Option(min=2, help="garnet: actions.")] = None,
+    gamma: Annotated[float | None, typer.Option(help="garnet: discount in (0, 1].")] = None,
+    preset: Annotated[str | None, typer.Option(
+        help="garnet: named configuration, e.g. s700_a25_g1.")] = None,
+    force: Force = False,
+    json_out: JsonOut = False,
+    threads: Threads = "auto",
 ) -> None:
-    """Generate a synthetic panel with known dynamics.
+    """Generate a synthetic panel with known dynamics (panel.parquet + manifest.toml).
 
     Example: equicare synth --members 1000 --weeks 52 --seed 42 --out data/
 
     Example: equicare synth --sim garnet --states 700 --actions 25 --episodes 5000 --seed 1
     --out garnet/
     """
+    from equicare.data import load_dataset
+
+    kind = sim.value
+    if kind != "care":
+        not_applicable({"--weeks": weeks is not None,
+                        "--history-dependence/--no-history-dependence":
+                            history_dependence is not None,
+                        "--churn/--no-churn": churn is not None,
+                        "--sim-config": sim_config is not None,
+                        "--part-members": part_members is not None}, f"--sim {kind}")
+    if kind != "garnet":
+        not_applicable({"--episodes": episodes is not None, "--states": states is not None,
+                        "--actions": actions is not None, "--gamma": gamma is not None,
+                        "--preset": preset is not None}, f"--sim {kind}")
+    panel_path = out / ("panel" if part_members is not None else "panel.parquet")
+    check_out_paths([panel_path, out / "manifest.toml"], force)
+    extra: dict[str, object] = {}
     with user_errors():
-        if sim == "care":
-            from equicare.sim._care_cli import synth_care
+        if kind == "care" and part_members is not None:
+            from equicare.sim._care_cli import care_sim
+            from equicare.sim._care_parts import write_care_parts
 
-            for name in ("panel.parquet", "manifest.toml"):
-                check_out_path(out / name, force)
-            res = synth_care(
-                out,
-                n_members=members,
-                n_weeks=weeks,
-                seed=seed,
-                history_dependence=history_dependence,
-                churn=churn,
-                config=sim_config,
-                overwrite=force,
-            )
-            from equicare.data import load_dataset
-
-            summary = load_dataset(res["panel"], res["manifest"], emit_warnings=False).summary()
-        elif sim == "heparin":
-            from equicare.cli._dosing import synth_heparin
-
-            res = synth_heparin(
-                out / "panel.parquet",
-                n_patients=members,
-                seed=seed,
-                manifest=out / "manifest.toml",
-                force=force,
-            )
-            from equicare.data import load_dataset
-
-            summary = load_dataset(res["data"], res["manifest"], emit_warnings=False).summary()
-        elif sim == "garnet":
+            res = write_care_parts(
+                care_sim(history_dependence=history_dependence, churn=churn, config=sim_config),
+                out, n_members=members, n_weeks=52 if weeks is None else weeks,
+                members_per_part=part_members, seed=seed, overwrite=force)
+            info = {"out": str(out), "panel": res["panel"], "n_rows": res["n_rows"],
+                    "n_parts": res["n_parts"], "n_members": members}
+            if json_out:
+                print_json(info)
+            else:
+                console.print(f"Wrote {res['n_rows']:,} rows of {members:,} members in "
+                              f"{res['n_parts']} Parquet files under {res['panel']} and "
+                              f"{res['manifest']}", highlight=False)
+            return
+        if kind == "garnet":
             from equicare.sim._garnet_cli import synth_garnet_cli
 
             res = synth_garnet_cli(out, episodes=episodes or members, states=states,
                                    actions=actions, gamma=gamma, preset=preset, seed=seed,
                                    force=force)
-            from equicare.data import load_dataset
+            panel, manifest = res["panel"], res["manifest"]
+        elif kind == "care":
+            from equicare.sim._care_cli import synth_care
 
-            summary = load_dataset(res["panel"], res["manifest"], emit_warnings=False).summary()
-        else:
-            fail(f"--sim must be one of 'care', 'heparin', 'garnet'; got {sim!r}.")
-            return
+            res = synth_care(out, n_members=members, n_weeks=52 if weeks is None else weeks,
+                             seed=seed, history_dependence=history_dependence, churn=churn,
+                             config=sim_config, overwrite=force)
+            panel, manifest = res["panel"], res["manifest"]
+        else:  # heparin
+            from equicare.cli._dosing import synth_heparin
+
+            out.mkdir(parents=True, exist_ok=True)
+            res = synth_heparin(out / "panel.parquet", n_patients=members, seed=seed,
+                                manifest=out / "manifest.toml", force=force)
+            panel, manifest = res["data"], res["manifest"]
+            extra["behavior_truth"] = res["behavior"]
+        summary = load_dataset(panel, manifest, emit_warnings=False).summary()
     if json_out:
-        print_json({"out": str(out), **summary})
-    else:
-        console.print(
-            f"Wrote [bold]{out / 'panel.parquet'}[/] and [bold]{out / 'manifest.toml'}[/]"
-        )
-        _print_summary(summary)
+        print_json({"out": str(out), **summary, **extra})
+        return
+    console.print(f"Wrote {out / 'panel.parquet'} and {out / 'manifest.toml'}", highlight=False)
+    _print_summary(summary)
+    if "behavior_truth" in extra:
+        b = res["behavior"]
+        console.print(f"nomogram (simulator truth): time in range {b['tir']['value']:.3f} "
+                      f"(SE {b['tir']['se']:.3f}), adverse events {b['ae_rate']['value']:.3f}",
+                      highlight=False)
 
 
 @app.command()
 def validate(
     data: Annotated[Path, typer.Argument(help="Panel file: .csv, .parquet or a DuckDB file.")],
-    manifest: Annotated[Path, typer.Option(help="Manifest TOML naming each column's role.")],
-    json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+    manifest: Annotated[Path, typer.Option("--manifest", "-m",
+                                           help="Manifest TOML naming each column's role.")],
+    json_out: JsonOut = False,
+    threads: Threads = "auto",
 ) -> None:
     """Check a panel against its manifest and print a summary, or every problem (exit code 2).
 
@@ -156,7 +210,7 @@ def validate(
     for note in rep.notes:
         console.print(f"note: {escape(note)}", highlight=False)
     for w in rep.warnings:
-        console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
+        err_console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)
     console.print("[green]valid[/]")
 
 
@@ -190,11 +244,11 @@ def _print_summary(s: dict[str, Any]) -> None:
             f"{k} {v:,}" if v >= MIN_CELL else f"{k} <{MIN_CELL}" for k, v in counts.items()
         )
         t.add_row(f"group '{attr}' (episodes)", cells)
-    console.print(t)
+    print_table(t)
 
 
 # Commands of each layer: one module per command group, each with register(app).
-_GROUPS = ("_ope", "_learn", "_fairness", "_rmab", "_causal", "_online", "_dosing", "_pipeline",
+_GROUPS = ("_ope", "_learn", "_fairness", "_rmab", "_causal", "_online", "_pipeline",
            "_explain")
 for _name in _GROUPS:
     importlib.import_module(f"equicare.cli.{_name}").register(app)

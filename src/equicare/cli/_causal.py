@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,12 +19,30 @@ from equicare.causal._data import (
 )
 from equicare.causal._dynamic import ESTIMATORS, DynamicMediation
 from equicare.causal._result import EFFECT_KEYS, MediationResult
+from equicare.cli._choices import Basis
+from equicare.cli._utils import OUT_EXISTS, Force, JsonOut, Seed, Threads
+from equicare.exceptions import InvalidParameterError
 from equicare.utils import atomic_write_text
 
 __all__ = ["mediate_dataset", "mediate_path", "policy_from_file", "write_result",
            "mediation_table", "register", "parse_control", "parse_estimators"]
 
-EXISTS_MESSAGE = "{path} exists; refusing to overwrite it (pass --force to replace it)."
+#: A fixed control on a multi-level action (tests match it).
+CONTROL_NEEDS_ACTION = ("--control {control} is a fixed action, which needs a binary action, but "
+                        "this panel has {n_actions} actions: pass --action COMPONENT=LEVEL "
+                        "(e.g. --action {example}) to compare the policy's use of that action "
+                        "set against never using it, or give --control a policy file.")
+
+
+def _action_example(ds: Any) -> str:
+    comps = getattr(getattr(ds, "action_space", None), "components", ())
+    if not comps:
+        return "modality=home_visit"
+    return f"{comps[0].name}={comps[0].levels[-1]}"
+
+
+#: Message of an existing output without ``--force`` (the CLI's one message).
+EXISTS_MESSAGE = OUT_EXISTS
 
 
 def parse_estimators(text: str) -> tuple[str, ...]:
@@ -31,7 +50,7 @@ def parse_estimators(text: str) -> tuple[str, ...]:
     names = tuple(e.strip().lower() for e in text.split(",") if e.strip())
     bad = [e for e in names if e not in ESTIMATORS]
     if not names or bad:
-        raise ValueError(f"--estimators must be a comma-separated subset of "
+        raise InvalidParameterError(f"--estimators must be a comma-separated subset of "
                          f"{','.join(ESTIMATORS)}; got {text!r}.")
     return names
 
@@ -71,7 +90,7 @@ def mediate_dataset(ds: Any, target: Any, control: Any = 0, *,
     ----------
     ds : TrajectoryDataset
     target, control : policy file path, policy object, callable or int
-        A ``str`` / ``Path`` is read as a Contract-2 policy file; ``control`` may be a fixed
+        A ``str`` / ``Path`` is read as a policy file; ``control`` may be a fixed
         action code.
     estimators, n_bootstrap, n_folds, basis, random_state
         See :class:`DynamicMediation`.
@@ -79,6 +98,10 @@ def mediate_dataset(ds: Any, target: Any, control: Any = 0, *,
         Collapse a multi-level action to "in this action set or not" (``modality=home_visit``),
         so that a fixed control ``0`` means "never take it".
     """
+    if isinstance(control, int) and action is None and ds.n_actions != 2:
+        raise InvalidParameterError(CONTROL_NEEDS_ACTION.format(
+            control=control, n_actions=ds.n_actions,
+            example=_action_example(ds)))
     mask = None
     model_ds = ds
     if action is not None:
@@ -96,15 +119,20 @@ def mediate_dataset(ds: Any, target: Any, control: Any = 0, *,
 def mediate_path(data: str | os.PathLike[str], manifest: str | os.PathLike[str], target: Any,
                  control: Any = 0, **kwargs: Any) -> MediationResult:
     """Load ``data`` with its manifest (:func:`equicare.data.load_dataset`) and mediate."""
-    from equicare.data import load_dataset
+    import warnings
 
-    ds = load_dataset(data, manifest)
+    from equicare.data import load_dataset
+    from equicare.exceptions import DataWarning
+
+    with warnings.catch_warnings():  # validation warnings are for `equicare validate`
+        warnings.simplefilter("ignore", DataWarning)
+        ds = load_dataset(data, manifest)
     return mediate_dataset(ds, target, control, **kwargs)
 
 
 def write_result(result: MediationResult, out: str | os.PathLike[str], *, force: bool = False
                  ) -> Path:
-    """Write Contract-6 JSON atomically; refuse to overwrite unless ``force``.
+    """Write the mediation JSON atomically; refuse to overwrite unless ``force``.
 
     Raises
     ------
@@ -138,55 +166,75 @@ def mediation_table(result: MediationResult) -> Any:
 
 def register(app: typer.Typer) -> None:
     """Add the ``mediate`` command to a :class:`typer.Typer` app."""
+
     @app.command("mediate")
     def mediate_cmd(
         data: Annotated[Path, typer.Argument(help="Panel (CSV, Parquet or DuckDB).")],
-        manifest: Annotated[Path, typer.Option("--manifest", help="Dataset manifest (TOML) "
+        manifest: Annotated[Path, typer.Option("--manifest", "-m", help="Dataset manifest (TOML) "
                                                "with `mediators = [...]`.")],
-        target: Annotated[Path, typer.Option("--target", help="Target policy: a policy file "
-                                             "(Contract 2) or a model folder.")],
+        policy: Annotated[Path, typer.Option("--policy", help="Target policy: a policy file "
+                                             "(keyed by episode and time) or a model folder.")],
         control: Annotated[str, typer.Option("--control", help="Fixed control action code "
-                                             "(binary actions), a policy file or a model "
-                                             "folder.")] = "0",
-        estimators: Annotated[str, typer.Option("--estimators", help="Comma-separated subset "
-                                                "of dm,mis,mr,baseline.")] = "dm,mis,mr,baseline",
-        bootstrap: Annotated[int, typer.Option("--bootstrap", help="Cluster-bootstrap "
-                                               "replicates (0: normal intervals).")] = 500,
-        folds: Annotated[int, typer.Option("--folds", help="Cross-fitting folds.")] = 2,
-        basis: Annotated[str, typer.Option("--basis", help="State basis: auto, onehot, spline, "
-                                           "rff, poly.")] = "auto",
-        seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+                                             "(binary actions, or with --action), a policy "
+                                             "file or a model folder.")] = "0",
         action: Annotated[str | None, typer.Option(
             "--action", help="Collapse a multi-level action to an action set, e.g. "
             "modality=home_visit (1 = in the set; --control 0 = never).")] = None,
-        out: Annotated[Path, typer.Option("--out", help="Output JSON (Contract 6).")] = Path(
-            "mediation.json"),
-        force: Annotated[bool, typer.Option("--force", help="Overwrite --out.")] = False,
+        estimators: Annotated[str, typer.Option("--estimators", help="Comma-separated subset "
+                                                "of dm, mis, mr, baseline.")
+                              ] = "dm,mis,mr,baseline",
+        bootstrap: Annotated[int, typer.Option("--bootstrap", min=0, help="Cluster-bootstrap "
+                                               "replicates (0: normal intervals).")] = 500,
+        folds: Annotated[int, typer.Option("--folds", min=1, help="Cross-fitting folds.")] = 2,
+        basis: Annotated[Basis, typer.Option("--basis", help="State basis.")] = Basis.AUTO,
+        out: Annotated[Path | None, typer.Option(
+            "--out", "-o", help="Also write the mediation JSON here (docs/contracts.md).")
+        ] = None,
         figure: Annotated[Path | None, typer.Option("--figure", help="Also save the "
                                                     "decomposition figure (PNG/PDF).")] = None,
+        seed: Seed = 42,
+        force: Force = False,
+        json_out: JsonOut = False,
+        threads: Threads = "auto",
     ) -> None:
         """Decompose a policy's effect into immediate/delayed direct and mediator effects.
 
-        Writes IDE, IME, DDE, DME and the total effect of TARGET versus CONTROL (direct method,
-        marginalised importance sampling, multiply robust, point-exposure baseline) with
-        standard errors and cluster-bootstrap CIs.
+        Estimates IDE, IME, DDE, DME and the total effect of the --policy versus the
+        --control (direct method, marginalised importance sampling, multiply robust,
+        point-exposure baseline) with standard errors and cluster-bootstrap CIs.
 
-        Example: equicare mediate panel.parquet --manifest manifest.toml --target policy.parquet
-        --action modality=home_visit --control 0 --out mediation.json
+        Example: equicare mediate data/panel.parquet --manifest data/manifest.toml
+        --policy awr_probs.parquet --action modality=home_visit --control 0
+        --out mediation.json
         """
-        from equicare.cli._utils import check_out_path, console, user_errors
+        from equicare.cli._utils import (
+            check_out_paths,
+            console,
+            print_json,
+            print_table,
+            user_errors,
+        )
 
+        check_out_paths([out, figure], force)
         with user_errors():
-            check_out_path(out, force)
             ests = parse_estimators(estimators)
             ctrl = parse_control(control)
-            result = mediate_path(data, manifest, target, ctrl, estimators=ests,
-                                  n_bootstrap=bootstrap, n_folds=folds, basis=basis,
+            result = mediate_path(data, manifest, policy, ctrl, estimators=ests,
+                                  n_bootstrap=bootstrap, n_folds=folds, basis=basis.value,
                                   action=action, random_state=seed)
-            write_result(result, out, force=True)
+            if out is not None:
+                write_result(result, out, force=force)
             if figure is not None:
                 from equicare.causal._plot import plot_mediation
+                from equicare.utils import atomic_write
 
-                plot_mediation(result).savefig(figure, dpi=120)
-        console.print(mediation_table(result))
-        console.print(f"wrote {out}")
+                with atomic_write(figure, "wb") as fh:
+                    plot_mediation(result).savefig(
+                        fh, dpi=120, format=figure.suffix.lstrip(".").lower() or "png")
+        if json_out:
+            print_json(json.loads(result.to_json()))
+            return
+        print_table(mediation_table(result))
+        for p in (out, figure):
+            if p is not None:
+                console.print(f"Wrote {p}", highlight=False)

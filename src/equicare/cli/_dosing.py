@@ -1,8 +1,7 @@
-"""CLI layer of the heparin simulator and OMG-RL (plain functions + ``register(app)``).
+"""CLI layer of the heparin simulator and OMG-RL: plain functions behind two commands.
 
-The lead wires :func:`synth_heparin` as ``equicare synth --sim heparin`` and :func:`train_omg` as
-``equicare train --algo omg``; :func:`register` adds stand-alone ``synth-heparin`` and
-``train-omg`` commands to any Typer app.
+``equicare synth --sim heparin`` (``cli/__init__.py``) and ``equicare train --algo omg``
+(``cli/_learn.py``).
 """
 
 from __future__ import annotations
@@ -12,22 +11,20 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import typer
 
-from equicare.exceptions import DataValidationError
+from equicare.exceptions import InvalidParameterError
 from equicare.utils import atomic_write, atomic_write_text
 
 if TYPE_CHECKING:
     from equicare.dosing._omg import OMGConfig
 
-__all__ = ["synth_heparin", "train_omg", "build_omg_config", "stage_progress", "register",
-           "EXISTS_MESSAGE"]
+__all__ = ["synth_heparin", "train_omg", "build_omg_config", "stage_progress", "EXISTS_MESSAGE"]
 
 #: Message when an output exists and ``--force`` was not given (tests match it).
-EXISTS_MESSAGE = "{path} already exists; pass --force to overwrite it."
+EXISTS_MESSAGE = "{path} exists; refusing to overwrite it (pass --force to replace it)."
 
 _DATA_SUFFIXES = (".parquet", ".pq", ".csv")
 
@@ -37,7 +34,7 @@ def _refuse(path: Path, force: bool) -> None:
         raise FileExistsError(EXISTS_MESSAGE.format(path=path))
 
 
-def synth_heparin(out: str | os.PathLike[str], *, n_patients: int = 2000, seed: int = 0,
+def synth_heparin(out: str | os.PathLike[str], *, n_patients: int = 1000, seed: int = 42,
                   manifest: str | os.PathLike[str] | None = None, gamma: float = 0.95,
                   force: bool = False) -> dict[str, Any]:
     """Simulate a heparin dosing panel and write it with its manifest.
@@ -65,9 +62,10 @@ def synth_heparin(out: str | os.PathLike[str], *, n_patients: int = 2000, seed: 
 
     path = Path(out)
     if path.suffix.lower() not in _DATA_SUFFIXES:
-        raise ValueError(f"The output file must end in .parquet or .csv; got {path.name!r}.")
+        raise InvalidParameterError(
+            f"The output file must end in .parquet or .csv; got {path.name!r}.")
     if isinstance(n_patients, bool) or not isinstance(n_patients, int) or n_patients < 1:
-        raise ValueError(f"n_patients must be a positive integer; got {n_patients!r}.")
+        raise InvalidParameterError(f"n_patients must be a positive integer; got {n_patients!r}.")
     man_path = Path(manifest) if manifest is not None else path.with_suffix(".toml")
     _refuse(path, force)
     _refuse(man_path, force)
@@ -87,7 +85,7 @@ def synth_heparin(out: str | os.PathLike[str], *, n_patients: int = 2000, seed: 
 
 
 def train_omg(data: str | os.PathLike[str], manifest: str | os.PathLike[str],
-              out: str | os.PathLike[str], *, config: OMGConfig | None = None, seed: int = 0,
+              out: str | os.PathLike[str], *, config: OMGConfig | None = None, seed: int = 42,
               force: bool = False, grid_feature: str = "aptt",
               progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
     """Train OMG-RL on a panel and write the model folder atomically.
@@ -178,115 +176,31 @@ def build_omg_config(*, iterations: int = 40, policy_updates: int = 500,
 
 
 @contextlib.contextmanager
-def stage_progress(console: Any = None) -> Iterator[Callable[[str, int, int], None]]:
-    """Rich progress bars of the three stages; yields a ``progress(stage, done, total)``."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+def stage_progress(console: Any = None, *, enabled: bool = True
+                   ) -> Iterator[Callable[[str, int, int], None] | None]:
+    """Progress of the three OMG stages; yields a ``progress(stage, done, total)`` callback.
 
+    Rich bars on a terminal; one line per stage (start, tenths, end) otherwise; ``None`` when
+    not ``enabled``.
+    """
+    from equicare._progress import progress_task
+
+    if not enabled:
+        yield None
+        return
     labels = {"dynamics": "dynamics ensemble", "reward": "reward (guided cost learning)",
               "policy": "policy (conservative SAC)"}
-    with Progress(TextColumn("{task.description:<32}"), BarColumn(),
-                  TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
-                  console=console) as bar:
+    with contextlib.ExitStack() as stack:
         tasks: dict[str, Any] = {}
+        current: list[str] = []
 
         def progress(stage: str, done: int, total: int) -> None:
             if stage not in tasks:
-                tasks[stage] = bar.add_task(labels.get(stage, stage), total=total)
-            bar.update(tasks[stage], completed=done, total=total)
+                if current:  # the previous stage ended
+                    stack.pop_all().close()
+                current[:] = [stage]
+                tasks[stage] = stack.enter_context(
+                    progress_task(labels.get(stage, stage), total))
+            tasks[stage].update(completed=done, total=total)
 
         yield progress
-
-
-# ---------------------------------------------------------------------------- Typer layer
-def register(app: typer.Typer) -> None:
-    """Add the ``synth-heparin`` and ``train-omg`` commands to a Typer app."""
-    @app.command("synth-heparin")
-    def synth_heparin_cmd(
-        out: Annotated[Path, typer.Option("--out", "-o", help=(
-            "Output panel (.parquet or .csv). Example: --out heparin.parquet"))],
-        n_patients: Annotated[int, typer.Option("--n-patients", "-n", min=1, help=(
-            "Number of simulated patients. Example: --n-patients 2000"))] = 2000,
-        seed: Annotated[int, typer.Option(help="Random seed. Example: --seed 0")] = 0,
-        manifest: Annotated[Path | None, typer.Option(help=(
-            "Manifest TOML to write (default: OUT with suffix .toml). "
-            "Example: --manifest heparin.toml"))] = None,
-        force: Annotated[bool, typer.Option("--force", help=(
-            "Overwrite existing files. Example: --force"))] = False,
-    ) -> None:
-        """Simulate heparin dosing under the clinical nomogram.
-
-        Example: equicare synth-heparin --out heparin.parquet --n-patients 2000 --seed 0
-        """
-        from rich.console import Console
-
-        try:
-            res = synth_heparin(out, n_patients=n_patients, seed=seed, manifest=manifest,
-                                force=force)
-        except (FileExistsError, ValueError, DataValidationError) as exc:
-            Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False)
-            raise typer.Exit(code=2) from None
-        b = res["behavior"]
-        Console().print(
-            f"wrote {res['n_rows']} rows ({res['n_patients']} patients) to {res['data']} and "
-            f"{res['manifest']}; nomogram time in range {b['tir']['value']:.3f} "
-            f"(SE {b['tir']['se']:.3f}), adverse events {b['ae_rate']['value']:.3f}",
-            highlight=False)
-
-    @app.command("train-omg")
-    def train_omg_cmd(
-        data: Annotated[Path, typer.Option(help="Panel file. Example: --data heparin.parquet")],
-        manifest: Annotated[Path, typer.Option(help=(
-            "Manifest TOML. Example: --manifest heparin.toml"))],
-        out: Annotated[Path, typer.Option("--out", "-o", help=(
-            "Output folder for the model. Example: --out runs/omg"))],
-        seed: Annotated[int, typer.Option(help="Random seed. Example: --seed 0")] = 0,
-        iterations: Annotated[int, typer.Option(min=1, help=(
-            "Outer iterations (rollouts + reward + policy updates). Example: --iterations 40"))
-        ] = 40,
-        policy_updates: Annotated[int, typer.Option(min=1, help=(
-            "SAC updates per iteration. Example: --policy-updates 500"))] = 500,
-        dynamics_epochs: Annotated[int, typer.Option(min=1, help=(
-            "Maximum epochs of the dynamics ensemble (early stopping on held-out episodes). "
-            "Example: --dynamics-epochs 60"))] = 60,
-        rollout_horizon: Annotated[int, typer.Option(min=1, max=50, help=(
-            "Length of branched model rollouts. Example: --rollout-horizon 5"))] = 5,
-        reward: Annotated[str, typer.Option(help=(
-            "'learned' (OMG-RL) or 'dataset' (known reward). Example: --reward learned"))
-        ] = "learned",
-        model_free: Annotated[bool, typer.Option("--model-free", help=(
-            "Train the policy on logged data only (needs --reward dataset). "
-            "Example: --model-free"))] = False,
-        conservative_weight: Annotated[float, typer.Option(min=0.0, help=(
-            "Weight of the COMBO/CQL penalty. Example: --conservative-weight 1.0"))] = 1.0,
-        small: Annotated[bool, typer.Option("--small", help=(
-            "Tiny networks and budgets (smoke tests). Example: --small"))] = False,
-        force: Annotated[bool, typer.Option("--force", help=(
-            "Replace an existing output folder. Example: --force"))] = False,
-    ) -> None:
-        """Train OMG-RL (dynamics ensemble, guided reward learning, conservative SAC).
-
-        Example: equicare train-omg --data heparin.parquet --manifest heparin.toml --out runs/omg
-        """
-        from rich.console import Console
-
-        err = Console(stderr=True)
-        try:
-            cfg = build_omg_config(iterations=iterations, policy_updates=policy_updates,
-                                   dynamics_epochs=dynamics_epochs,
-                                   rollout_horizon=rollout_horizon, reward=reward,
-                                   model_free=model_free,
-                                   conservative_weight=conservative_weight, small=small)
-        except ValueError as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False)
-            raise typer.Exit(code=2) from None
-        with stage_progress(err) as progress:
-            try:
-                res = train_omg(data, manifest, out, config=cfg, seed=seed, force=force,
-                                progress=progress)
-            except (FileExistsError, ValueError, DataValidationError, KeyError) as exc:
-                msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-                err.print(f"[red]error:[/red] {msg}", highlight=False)
-                raise typer.Exit(code=2) from None
-        secs = ", ".join(f"{k} {v:.1f} s" for k, v in res["stage_seconds"].items())
-        Console().print(f"wrote {res['out']} ({', '.join(res['files'])}); {secs}", highlight=False)
-

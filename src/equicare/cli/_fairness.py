@@ -7,12 +7,26 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from equicare.exceptions import InvalidParameterError
+
 if TYPE_CHECKING:  # pragma: no cover
     from rich.table import Table
 
     from equicare.data import TrajectoryDataset
     from equicare.fairness._audit import AuditResult
     from equicare.pipeline._frontier import FrontierResult
+
+from equicare.cli._choices import (
+    AuditCI,
+    AuditEstimator,
+    ExecutorName,
+    Level,
+    OfflineAlgo,
+    QModel,
+    ValueEstimator,
+    Weight,
+)
+from equicare.cli._utils import Force, JsonOut, Progress, Seed, Threads
 
 __all__ = ["parse_policy_specs", "load_policies", "run_audit", "run_frontier", "audit_tables",
            "frontier_table", "register"]
@@ -37,11 +51,12 @@ def parse_policy_specs(specs: list[str] | None) -> dict[str, Path]:
             path, name = spec, Path(spec).stem
         name, path = name.strip(), path.strip()
         if not name or not path:
-            raise ValueError(f"--policy must be NAME=PATH or PATH; got {spec!r}.")
+            raise InvalidParameterError(f"--policy must be NAME=PATH or PATH; got {spec!r}.")
         if name == "behavior":
-            raise ValueError("--policy: the name 'behavior' is reserved for the logged behaviour.")
+            raise InvalidParameterError(
+                "--policy: the name 'behavior' is reserved for the logged behaviour.")
         if name in out:
-            raise ValueError(f"--policy: the name {name!r} is given twice.")
+            raise InvalidParameterError(f"--policy: the name {name!r} is given twice.")
         out[name] = Path(path)
     return out
 
@@ -67,12 +82,12 @@ def _load_data(data: Path, manifest: Path) -> TrajectoryDataset:
 def run_audit(
     data: Path, *, manifest: Path, policies: list[str] | None = None, group: str | None = None,
     intersect: list[str] | None = None, action: str | None = None, out: Path | None = None,
-    force: bool = False, level: str = "step", need: str | None = None, n_boot: int = 1000,
+    force: bool = False, level: str = "step", need: str | None = None, bootstrap: int = 1000,
     n_permutations: int = 1000, alpha: float = 0.05, min_cell: int | None = None,
     estimator: str | None = "wis", q_model: str = "linear", ci_method: str = "basic",
-    seed: int = 0,
+    seed: int = 42,
 ) -> AuditResult:
-    """Load data and policies, run the audit, write ``out`` (Contract 7) atomically.
+    """Load data and policies, run the audit, write ``out`` (the audit JSON) atomically.
 
     Raises
     ------
@@ -93,7 +108,7 @@ def run_audit(
     pols = load_policies(specs)
     cfg = FairnessAudit(action=action, group=group, intersect=tuple(intersect or ()),
                         level=level,  # type: ignore[arg-type]
-                        need=need, n_boot=n_boot, alpha=alpha, n_permutations=n_permutations,
+                        need=need, n_boot=bootstrap, alpha=alpha, n_permutations=n_permutations,
                         min_cell=MIN_CELL if min_cell is None else min_cell,
                         estimator=estimator, q_model=q_model,
                         ci_method=ci_method)  # type: ignore[arg-type]
@@ -119,8 +134,11 @@ def _ci(ci: tuple[float, float] | None, scale: float = 1.0, digits: int = 2) -> 
     return f"[{_fmt(ci[0], scale, digits)}, {_fmt(ci[1], scale, digits)}]"
 
 
-def audit_tables(res: AuditResult) -> list[Table]:
-    """Rich tables: allocation rate by group (one column per policy) and a summary per policy."""
+def audit_tables(res: AuditResult, estimator: str | None = None) -> list[Table]:
+    """Rich tables: allocation rate by group (one column per policy) and a summary per policy.
+
+    ``estimator`` names the OPE estimator of the "value" columns (default: the audit's).
+    """
     from rich.table import Table
 
     names = list(res.policies)
@@ -144,10 +162,14 @@ def audit_tables(res: AuditResult) -> list[Table]:
     t1.add_row("overall", str(res.n_episodes),
                *[f"{_fmt(res.policies[n].allocation.overall, 100)}" for n in names],
                style="bold")
+    est = estimator or res.settings.get("estimator")
+    tag = f" ({str(est).upper()})" if est else ""
     t2 = Table(title="Parity and outcomes (gap in percentage points, "
-                     f"{100 * (1 - first.alpha):.0f}% bootstrap CI)")
-    for col in ("policy", "parity gap (pp)", "ratio", "permutation p", "value", "worst group",
-                "Gini"):
+                     f"{100 * (1 - first.alpha):.0f}% {res.settings.get('ci_method', '')} "
+                     "bootstrap CI; values estimated by " + (str(est).upper() if est else "-")
+                     + ")")
+    for col in ("policy", "parity gap (pp)", "ratio", "permutation p", f"value{tag}",
+                f"worst group{tag}", "Gini"):
         t2.add_column(col, justify="left" if col == "policy" else "right")
     for n in names:
         a, o = res.policies[n].allocation, res.policies[n].outcome
@@ -170,8 +192,8 @@ def run_frontier(
     data: Path, *, manifest: Path, learner: str = "awr", lambdas: str = "0,0.5,1,2,5",
     weight: str = "fair_lambda", action: str = "modality=home_visit", group: str | None = None,
     n_steps: int | None = None, eval_fraction: float = 0.3, estimator: str = "dr",
-    q_model: str = "linear", n_boot: int = 200, executor: str = "local", jobs: int = 1,
-    out: Path | None = None, force: bool = False, seed: int = 0,
+    q_model: str = "linear", bootstrap: int = 200, executor: str = "local", jobs: int = 1,
+    out: Path | None = None, force: bool = False, seed: int = 42, progress: bool = False,
 ) -> FrontierResult:
     """Train the learner over the grid of weights through the executor; write ``out`` atomically."""
     import warnings
@@ -184,7 +206,8 @@ def run_frontier(
     try:
         lams = [float(x) for x in lambdas.split(",") if x.strip()]
     except ValueError:
-        raise ValueError(f"--lambdas must be comma-separated numbers such as 0,0.5,1; got "
+        raise InvalidParameterError(
+            f"--lambdas must be comma-separated numbers such as 0,0.5,1; got "
                          f"{lambdas!r}.") from None
     ds = _load_data(data, manifest)
     config = {"n_steps": n_steps} if n_steps is not None else None
@@ -192,8 +215,9 @@ def run_frontier(
         warnings.simplefilter("ignore", SmallCellWarning)
         res = frontier(ds, learner, lambdas=lams, weight=weight,  # type: ignore[arg-type]
                        action=action, group=group, config=config, eval_fraction=eval_fraction,
-                       estimator=estimator, q_model=q_model, n_boot=n_boot,
-                       executor=get_executor(executor, jobs), random_state=seed)
+                       estimator=estimator, q_model=q_model, n_boot=bootstrap,
+                       executor=get_executor(executor, jobs), random_state=seed,
+                       progress=progress)
     if out is not None:
         res.to_json(out, overwrite=force)
     return res
@@ -226,7 +250,8 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def audit(
         data: Annotated[Path, typer.Argument(help="Panel file (CSV, Parquet or DuckDB).")],
-        manifest: Annotated[Path, typer.Option(help="Dataset manifest (TOML).")],
+        manifest: Annotated[Path, typer.Option("--manifest", "-m",
+                                               help="Dataset manifest (TOML).")],
         policy: Annotated[list[str] | None, typer.Option(
             help="Policy to audit beside the logged behaviour: NAME=PATH or PATH, a model "
                  "folder or a policy file; repeat for several.")] = None,
@@ -237,90 +262,113 @@ def register(app: typer.Typer) -> None:
         action: Annotated[str | None, typer.Option(
             help="Audited action set, e.g. modality=home_visit or urgency=urgent|semi_urgent "
                  "(default: any level of the first component but its first).")] = None,
-        out: Annotated[Path | None, typer.Option(help="Write audit.json (Contract 7).")] = None,
-        force: Annotated[bool, typer.Option(help="Overwrite --out if it exists.")] = False,
-        level: Annotated[str, typer.Option(
-            help="Rates over member-weeks (step) or averaged per episode (episode).")] = "step",
+        out: Annotated[Path | None, typer.Option(
+            "--out", "-o", help="Also write the audit JSON here (docs/contracts.md).")] = None,
+        level: Annotated[Level, typer.Option(
+            help="Rates over member-weeks (step) or averaged per episode (episode).")
+        ] = Level.STEP,
         need: Annotated[str | None, typer.Option(
             help="Clinical need rule on states, e.g. 'risk >= 0.7' (default: the manifest's "
                  "need column).")] = None,
-        n_boot: Annotated[int, typer.Option(
-            "--n-boot", min=0, help="Episode-level bootstrap replicates.")] = 1000,
+        bootstrap: Annotated[int, typer.Option(
+            min=0, help="Episode-level bootstrap replicates.")] = 1000,
         permutations: Annotated[int, typer.Option(
             min=0, help="Permutations of the test of no allocation difference.")] = 1000,
-        estimator: Annotated[str, typer.Option(
-            help="OPE estimator of the group values (is, wis, pdis, wpdis, dr, wdr, fqe) or "
-                 "none.")] = "wis",
+        estimators: Annotated[AuditEstimator, typer.Option(
+            help="OPE estimator of the group values (one), or none.")] = AuditEstimator.WIS,
         min_cell: Annotated[int, typer.Option(
             min=1, help="Suppress groups with fewer episodes.")] = 11,
-        ci: Annotated[str, typer.Option(
-            help="Bootstrap interval: basic (reverse percentile) or percentile.")] = "basic",
-        seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 0,
+        ci: Annotated[AuditCI, typer.Option(
+            help="Bootstrap interval: basic (reverse percentile) or percentile; either is "
+                 "widened to contain its estimate.")] = AuditCI.BASIC,
+        seed: Seed = 42,
+        force: Force = False,
+        json_out: JsonOut = False,
+        threads: Threads = "auto",
     ) -> None:
         """Audit allocation and outcomes by group for the behaviour and each policy.
 
         Example: equicare audit data/panel.parquet --manifest data/manifest.toml --policy
-        awr_fair=models/awr_fair --group race_ethnicity --action modality=home_visit
+        awr=awr_probs.parquet --group race_ethnicity --action modality=home_visit
         --out audit.json
         """
         from rich.markup import escape
 
-        from equicare.cli._utils import console, user_errors
+        from equicare.cli._utils import console, print_json, print_table, user_errors
 
+        est = None if estimators is AuditEstimator.NONE else estimators.value
         with user_errors():
             res = run_audit(data, manifest=manifest, policies=policy, group=group,
                             intersect=intersect, action=action, out=out, force=force,
-                            level=level, need=need, n_boot=n_boot, n_permutations=permutations,
-                            estimator=None if estimator.lower() == "none" else estimator,
-                            min_cell=min_cell, ci_method=ci, seed=seed)
-        for t in audit_tables(res):
-            console.print(t)
+                            level=level.value, need=need, bootstrap=bootstrap,
+                            n_permutations=permutations, estimator=est, min_cell=min_cell,
+                            ci_method=ci.value, seed=seed)
+        if json_out:
+            print_json(res.to_dict())
+            return
+        for t in audit_tables(res, estimator=est):
+            print_table(t)
         if res.suppressed:
             console.print(f"{len(res.suppressed)} group(s) with fewer than {min_cell} episodes "
                           "suppressed.")
         if out is not None:
-            console.print(f"wrote {escape(str(out))}")
+            console.print(f"Wrote {escape(str(out))}", highlight=False)
 
     @app.command()
     def frontier(
         data: Annotated[Path, typer.Argument(help="Panel file (CSV, Parquet or DuckDB).")],
-        manifest: Annotated[Path, typer.Option(help="Dataset manifest (TOML).")],
-        learner: Annotated[str, typer.Option(help="Offline learner: bc, awr or cql.")] = "awr",
+        manifest: Annotated[Path, typer.Option("--manifest", "-m",
+                                               help="Dataset manifest (TOML).")],
+        algo: Annotated[OfflineAlgo, typer.Option(help="Offline learner.")] = OfflineAlgo.AWR,
         lambdas: Annotated[str, typer.Option(
             help="Comma-separated fairness weights.")] = "0,0.5,1,2,5",
-        weight: Annotated[str, typer.Option(
+        weight: Annotated[Weight, typer.Option(
             help="Weight varied: fair_lambda (parity penalty) or group_robust (in [0, 1]).")
-        ] = "fair_lambda",
+        ] = Weight.FAIR_LAMBDA,
         action: Annotated[str, typer.Option(
             help="Action set of the parity penalty and gap.")] = "modality=home_visit",
         group: Annotated[str | None, typer.Option(help="Group attribute.")] = None,
-        n_steps: Annotated[int | None, typer.Option(
-            "--n-steps", min=1, help="Gradient steps per learner.")] = None,
+        steps: Annotated[int | None, typer.Option(
+            min=1, help="Gradient steps per learner (default: the learner's).")] = None,
         eval_fraction: Annotated[float, typer.Option(
             help="Share of episodes held out for evaluation.")] = 0.3,
-        estimator: Annotated[str, typer.Option(help="OPE estimator of the values.")] = "dr",
-        n_boot: Annotated[int, typer.Option("--n-boot", min=0,
-                                            help="Bootstrap replicates.")] = 200,
-        executor: Annotated[str, typer.Option(help="local, serial or ray.")] = "local",
-        jobs: Annotated[int, typer.Option(help="Worker processes (local executor).")] = 1,
-        out: Annotated[Path | None, typer.Option(help="Write frontier.json.")] = None,
-        force: Annotated[bool, typer.Option(help="Overwrite --out if it exists.")] = False,
-        seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 0,
+        estimators: Annotated[ValueEstimator, typer.Option(
+            help="OPE estimator of the values (one).")] = ValueEstimator.DR,
+        q_model: Annotated[QModel, typer.Option(help="Q-model of FQE, DR and WDR.")
+                           ] = QModel.LINEAR,
+        bootstrap: Annotated[int, typer.Option(min=0, help="Bootstrap replicates.")] = 200,
+        executor: Annotated[ExecutorName, typer.Option(
+            help="Where the points train: local (process pool), serial or ray.")
+        ] = ExecutorName.LOCAL,
+        jobs: Annotated[int, typer.Option(min=1, help="Worker processes (local executor).")
+                        ] = 1,
+        out: Annotated[Path | None, typer.Option(
+            "--out", "-o", help="Also write the frontier JSON here.")] = None,
+        seed: Seed = 42,
+        force: Force = False,
+        progress: Progress = True,
+        json_out: JsonOut = False,
+        threads: Threads = "auto",
     ) -> None:
         """Train a learner over a grid of fairness weights; value vs parity vs worst group.
 
-        Example: equicare frontier data/panel.parquet --manifest data/manifest.toml --learner
-        awr --lambdas 0,1,5 --action modality=home_visit --jobs 2 --out frontier.json
+        Example: equicare frontier data/panel.parquet --manifest data/manifest.toml --algo bc
+        --lambdas 0,1,5 --action modality=home_visit --steps 500 --out frontier.json
         """
         from rich.markup import escape
 
-        from equicare.cli._utils import console, user_errors
+        from equicare.cli._utils import console, print_json, print_table, user_errors
 
         with user_errors():
-            res = run_frontier(data, manifest=manifest, learner=learner, lambdas=lambdas,
-                               weight=weight, action=action, group=group, n_steps=n_steps,
-                               eval_fraction=eval_fraction, estimator=estimator, n_boot=n_boot,
-                               executor=executor, jobs=jobs, out=out, force=force, seed=seed)
-        console.print(frontier_table(res))
+            res = run_frontier(data, manifest=manifest, learner=algo.value, lambdas=lambdas,
+                               weight=weight.value, action=action, group=group, n_steps=steps,
+                               eval_fraction=eval_fraction, estimator=estimators.value,
+                               q_model=q_model.value, bootstrap=bootstrap,
+                               executor=executor.value, jobs=jobs, out=out, force=force,
+                               seed=seed, progress=progress)
+        if json_out:
+            print_json(res.to_dict())
+            return
+        print_table(frontier_table(res))
         if out is not None:
-            console.print(f"wrote {escape(str(out))}")
+            console.print(f"Wrote {escape(str(out))}", highlight=False)

@@ -11,11 +11,25 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-from equicare.exceptions import DataValidationError, PolicyError
+from equicare.exceptions import InvalidParameterError
 from equicare.utils import PARAM_MESSAGE
 
 if TYPE_CHECKING:  # pragma: no cover
     import typer
+
+from equicare.cli._choices import Algo, Encoder, Form, OmgReward, Select
+from equicare.cli._utils import (
+    Force,
+    JsonOut,
+    Progress,
+    Seed,
+    Threads,
+    check_out_path,
+    console,
+    not_applicable,
+    print_json,
+    user_errors,
+)
 
 __all__ = ["train_model", "predict_policy", "select_train", "print_selection", "register",
            "ALGOS", "ENCODERS"]
@@ -25,7 +39,8 @@ ENCODERS = ("mlp", "lstm")
 
 
 def _fail(name: str, expected: str, got: Any) -> None:
-    raise ValueError(PARAM_MESSAGE.format(name=name, owner="equicare train", expected=expected,
+    raise InvalidParameterError(
+        PARAM_MESSAGE.format(name=name, owner="equicare train", expected=expected,
                                           got=got))
 
 
@@ -35,7 +50,8 @@ def parse_params(items: list[str] | None) -> dict[str, Any]:
     for item in items or []:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"--param must look like KEY=VALUE (e.g. beta=0.3), got {item!r}.")
+            raise InvalidParameterError(
+                f"--param must look like KEY=VALUE (e.g. beta=0.3), got {item!r}.")
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:
@@ -46,14 +62,15 @@ def parse_params(items: list[str] | None) -> dict[str, Any]:
 
 def _refuse_existing(path: Path, force: bool, what: str) -> None:
     if path.exists() and not force and (path.is_file() or any(path.iterdir())):
-        raise FileExistsError(f"{what} {path} exists; pass --force to overwrite it.")
+        raise FileExistsError(f"{what} {path} exists; refusing to overwrite it (pass --force to "
+                              "replace it).")
 
 
 def train_model(data: str | os.PathLike[str], manifest: str | os.PathLike[str], *,
                 out: str | os.PathLike[str], algo: str = "awr", encoder: str = "mlp",
                 window: int = 4, fair_action: str | None = None,
                 fair_lambda: float | None = None, group_robust: float | None = None,
-                steps: int = 20000, seed: int = 0, params: dict[str, Any] | None = None,
+                steps: int = 20000, seed: int = 42, params: dict[str, Any] | None = None,
                 force: bool = False, progress: bool = False) -> dict[str, Any]:
     """Train an offline learner on a panel and save the model folder.
 
@@ -114,12 +131,13 @@ def train_model(data: str | os.PathLike[str], manifest: str | os.PathLike[str], 
     known = sorted(klass.config_class.__dataclass_fields__)
     unknown = sorted(set(kw) - set(known))
     if unknown:
-        raise ValueError(f"Unknown learner setting for {algo}: {', '.join(unknown)}; known "
+        raise InvalidParameterError(
+            f"Unknown learner setting for {algo}: {', '.join(unknown)}; known "
                          f"settings: {', '.join(known)}.")
     try:
         config = klass.config_class(**kw)
     except TypeError as exc:  # a setting of the wrong type (house-style message)
-        raise ValueError(str(exc)) from exc
+        raise InvalidParameterError(str(exc)) from exc
     ds = load_dataset(data, manifest, emit_warnings=False)
     if fair_action is not None:
         ds.action_space.parse_action_set(fair_action)  # unknown component / level -> ValueError
@@ -158,12 +176,12 @@ def select_train(data: str | os.PathLike[str], manifest: str | os.PathLike[str],
     known = sorted(SelectConfig.__dataclass_fields__)
     unknown = sorted(set(kw) - set(known))
     if unknown:
-        raise ValueError(f"Unknown selection setting: {', '.join(unknown)}; known settings: "
-                         f"{', '.join(known)}.")
+        raise InvalidParameterError(f"Unknown selection setting: {', '.join(unknown)}; known "
+                                    f"settings: {', '.join(known)}.")
     try:
         cfg = SelectConfig(**kw)
     except TypeError as exc:
-        raise ValueError(str(exc)) from exc
+        raise InvalidParameterError(str(exc)) from exc
 
     def say(msg: str) -> None:
         if progress:
@@ -174,8 +192,10 @@ def select_train(data: str | os.PathLike[str], manifest: str | os.PathLike[str],
 
 def print_selection(res: dict[str, Any]) -> None:
     """Print the candidates table (Rich) and the choice."""
-    from rich.console import Console
     from rich.table import Table
+
+    from equicare.cli._utils import console as con
+    from equicare.cli._utils import print_table
 
     def f(x: float | None) -> str:
         return "-" if x is None else f"{x:.4f}"
@@ -189,11 +209,11 @@ def print_selection(res: dict[str, Any]) -> None:
         mark = " *" if c["name"] == res["chosen"] else ""
         t.add_row(c["name"] + mark, f(c["value"]), f(c["lcb"]), f(c["ucb"]), beats,
                   f"{c['train_seconds']:.1f}", c["error"] or "")
-    con = Console()
-    con.print(t)
+    print_table(t)
     how = ("fallback: no lower bound beats the behaviour; the model reproduces the behaviour "
            "policy" if res["fallback"] else f"kept {res['chosen']}")
-    con.print(f"{how}. Wrote {res['model_dir']} (selection.json) in {res['seconds']:.1f} s.")
+    con.print(f"{how}. Wrote {res['model_dir']} (selection.json) in {res['seconds']:.1f} s.",
+              highlight=False)
 
 
 def predict_policy(model_dir: str | os.PathLike[str], data: str | os.PathLike[str],
@@ -215,11 +235,11 @@ def predict_policy(model_dir: str | os.PathLike[str], data: str | os.PathLike[st
     from equicare.policy import load_policy, write_policy_file
 
     if form not in ("wide", "long"):
-        raise ValueError(PARAM_MESSAGE.format(name="form", owner="equicare predict",
+        raise InvalidParameterError(PARAM_MESSAGE.format(name="form", owner="equicare predict",
                                               expected="one of 'wide', 'long'", got=form))
     out_path = Path(out)
     if out_path.suffix.lower() not in (".parquet", ".pq", ".csv"):
-        raise ValueError(f"--out must end in .parquet or .csv, got {out_path.name!r}.")
+        raise InvalidParameterError(f"--out must end in .parquet or .csv, got {out_path.name!r}.")
     _refuse_existing(out_path, force, "Output file")
     policy = load_policy(model_dir)
     ds = load_dataset(data, manifest, emit_warnings=False)
@@ -233,12 +253,6 @@ def register(app: "typer.Typer") -> None:
     """Add the ``train`` and ``predict`` commands to a Typer app."""
     import typer
 
-    def _error(exc: BaseException) -> "typer.Exit":
-        from rich.console import Console
-
-        Console(stderr=True).print(f"[red]Error:[/red] {exc}", markup=True, highlight=False,
-                                   soft_wrap=True)
-        return typer.Exit(code=2)
 
     @app.command("train")
     def train(
@@ -246,68 +260,153 @@ def register(app: "typer.Typer") -> None:
         manifest: Annotated[Path, typer.Option("--manifest", "-m",
                                                help="TOML manifest of the panel.")],
         out: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write.")],
-        algo: Annotated[str, typer.Option(
-            help="Learner: bc, awr, cql, spibb (tabular safe improvement), or omg (dosing: "
-                 "learned reward).")] = "awr",
-        encoder: Annotated[str, typer.Option(help="State encoder: mlp or lstm.")] = "mlp",
-        window: Annotated[int, typer.Option(help="History weeks read by the lstm encoder.")] = 4,
+        algo: Annotated[Algo, typer.Option(
+            help="Learner: bc, awr, cql (offline RL on the logged reward) or omg (dosing: "
+                 "OMG-RL, learned reward).")] = Algo.AWR,
+        encoder: Annotated[Encoder | None, typer.Option(
+            help="bc/awr/cql: state encoder [default: mlp].")] = None,
+        window: Annotated[int | None, typer.Option(
+            min=1, help="bc/awr/cql with --encoder lstm: history weeks read [default: 4].")
+        ] = None,
         fair_action: Annotated[str | None, typer.Option(
-            help="Action set of the parity penalty, e.g. modality=home_visit.")] = None,
+            help="bc/awr/cql: action set of the parity penalty, e.g. modality=home_visit.")
+        ] = None,
         fair_lambda: Annotated[float | None, typer.Option(
-            help="Weight of the parity penalty (>= 0; default 1.0 with --fair-action).")] = None,
+            help="bc/awr/cql: weight of the parity penalty (>= 0; default 1.0 with "
+                 "--fair-action).")] = None,
         group_robust: Annotated[float | None, typer.Option(
-            help="Weight in [0, 1] of the group-robust (group DRO) objective.")] = None,
-        steps: Annotated[int, typer.Option(help="Gradient steps.")] = 20000,
-        seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+            help="bc/awr/cql: weight in [0, 1] of the group-robust (group DRO) objective.")
+        ] = None,
+        steps: Annotated[int | None, typer.Option(
+            min=1, help="bc/awr/cql: gradient steps [default: 20000].")] = None,
         param: Annotated[list[str] | None, typer.Option(
-            help="Other learner setting KEY=VALUE (repeatable), e.g. beta=0.3.")] = None,
-        force: Annotated[bool, typer.Option(help="Overwrite an existing model folder.")] = False,
-        progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
-        select: Annotated[str | None, typer.Option(
+            help="bc/awr/cql: other learner setting KEY=VALUE (repeatable), e.g. beta=0.3.")
+        ] = None,
+        iterations: Annotated[int | None, typer.Option(
+            min=1, help="omg: outer iterations (rollouts + reward + policy updates) "
+                        "[default: 40].")] = None,
+        policy_updates: Annotated[int | None, typer.Option(
+            min=1, help="omg: SAC updates per iteration [default: 500].")] = None,
+        dynamics_epochs: Annotated[int | None, typer.Option(
+            min=1, help="omg: maximum epochs of the dynamics ensemble (early stopping on "
+                        "held-out episodes) [default: 60].")] = None,
+        rollout_horizon: Annotated[int | None, typer.Option(
+            min=1, max=50, help="omg: length of branched model rollouts [default: 5].")] = None,
+        reward: Annotated[OmgReward | None, typer.Option(
+            help="omg: learned (OMG-RL) or dataset (the known reward) [default: learned].")
+        ] = None,
+        model_free: Annotated[bool, typer.Option(
+            "--model-free", help="omg: train the policy on logged data only (needs --reward "
+                                 "dataset).")] = False,
+        conservative_weight: Annotated[float | None, typer.Option(
+            min=0.0, help="omg: weight of the COMBO/CQL penalty [default: 1.0].")] = None,
+        small: Annotated[bool, typer.Option(
+            "--small", help="omg: tiny networks and budgets (smoke tests).")] = False,
+        select: Annotated[Select | None, typer.Option(
             help="auto: train candidates (SPIBB at several N_wedge, BC/AWR/CQL briefly), keep "
                  "the best held-out lower confidence bound, or the behaviour policy if none "
                  "beats it; writes selection.json into the model folder.")] = None,
+        seed: Seed = 42,
+        force: Force = False,
+        progress: Progress = True,
+        json_out: JsonOut = False,
+        threads: Threads = "auto",
     ) -> None:
-        """Train an offline policy (BC, AWR, CQL, SPIBB) on a panel and save it as a model folder.
+        """Train a policy on a panel and save it as a model folder.
 
-        Example: equicare train panel.parquet --manifest manifest.toml --algo awr
+        bc, awr and cql learn from the logged reward (fairness penalty and group DRO
+        optional); spibb is tabular safe policy improvement on discrete states (it keeps the
+        clinicians' action where the data are thin); omg learns the reward too (dynamics
+        ensemble, guided cost learning, conservative SAC; made for dosing panels such as
+        `equicare synth --sim heparin`). --select auto picks among candidates by a held-out
+        lower confidence bound and falls back to current practice.
+        Options marked with a learner apply to it only; giving one to another learner is an
+        error.
+
+        Example: equicare train data/panel.parquet --manifest data/manifest.toml --algo awr
         --encoder lstm --window 4 --fair-action modality=home_visit --fair-lambda 1.0
-        --steps 20000 --seed 0 --out models/awr_fair
+        --steps 20000 --out models/awr_fair
 
         Example: equicare train garnet/panel.parquet -m garnet/manifest.toml --select auto
         --out models/safe
         """
+        offline = {"--encoder": encoder is not None, "--window": window is not None,
+                   "--fair-action": fair_action is not None,
+                   "--fair-lambda": fair_lambda is not None,
+                   "--group-robust": group_robust is not None, "--steps": steps is not None,
+                   "--param": bool(param)}
+        omg_only = {"--iterations": iterations is not None,
+                    "--policy-updates": policy_updates is not None,
+                    "--dynamics-epochs": dynamics_epochs is not None,
+                    "--rollout-horizon": rollout_horizon is not None,
+                    "--reward": reward is not None, "--model-free": model_free,
+                    "--conservative-weight": conservative_weight is not None, "--small": small}
+        check_out_path(out, force)
         if select is not None:
-            if select != "auto":
-                raise _error(ValueError(f"--select must be 'auto', got {select!r}."))
-            try:
-                res = select_train(data, manifest, out=out, seed=seed,
+            not_applicable({**omg_only, **{k: v for k, v in offline.items() if k != "--param"}},
+                           "--select auto")
+            with user_errors():
+                sel = select_train(data, manifest, out=out, seed=seed,
                                    params=parse_params(param), force=force, progress=progress)
-            except (DataValidationError, PolicyError, ValueError, FileExistsError,
-                    KeyError) as exc:
-                raise _error(exc) from None
-            print_selection(res)
+            if json_out:
+                print_json(sel)
+                return
+            print_selection(sel)
             return
-        if algo == "omg":  # model-based offline reward learning (dosing): its own stages
-            from equicare.cli._dosing import stage_progress, train_omg
+        if algo is Algo.SPIBB:
+            not_applicable({**omg_only, **{k: v for k, v in offline.items() if k != "--param"}},
+                           "--algo spibb")
+            with user_errors():
+                res = train_model(data, manifest, out=out, algo="spibb",
+                                  params=parse_params(param), force=force, progress=progress)
+            if json_out:
+                print_json(res)
+                return
+            console.print(f"Wrote {res['model_dir']} (spibb, {res['n_cells']} cells, "
+                          f"{100 * res['bootstrapped_share']:.0f}% of (cell, action) pairs kept "
+                          f"at the clinicians' probability, {res['seconds']:.1f} s)",
+                          highlight=False)
+            return
+        if algo is Algo.OMG:
+            not_applicable(offline, "--algo omg")
+            from equicare.cli._dosing import build_omg_config, stage_progress, train_omg
 
-            try:
-                with stage_progress() as bars:
-                    res = train_omg(data, manifest, out, seed=seed, force=force,
-                                    progress=bars if progress else None)
-            except (DataValidationError, PolicyError, ValueError, FileExistsError,
-                    KeyError) as exc:
-                raise _error(exc) from None
-            typer.echo(json.dumps(res, indent=2, default=str))
+            with user_errors():
+                cfg = build_omg_config(
+                    iterations=40 if iterations is None else iterations,
+                    policy_updates=500 if policy_updates is None else policy_updates,
+                    dynamics_epochs=60 if dynamics_epochs is None else dynamics_epochs,
+                    rollout_horizon=5 if rollout_horizon is None else rollout_horizon,
+                    reward=(reward or OmgReward.LEARNED).value, model_free=model_free,
+                    conservative_weight=(1.0 if conservative_weight is None
+                                         else conservative_weight), small=small)
+                with stage_progress(enabled=progress) as bars:
+                    res = train_omg(data, manifest, out, config=cfg, seed=seed, force=force,
+                                    progress=bars)
+            if json_out:
+                print_json(res)
+                return
+            secs = ", ".join(f"{k} {v:.1f} s" for k, v in res["stage_seconds"].items())
+            console.print(f"Wrote {res['out']} (omg; {secs})", highlight=False)
             return
-        try:
-            res = train_model(data, manifest, out=out, algo=algo, encoder=encoder, window=window,
+        not_applicable(omg_only, f"--algo {algo.value}")
+        if window is not None and (encoder or Encoder.MLP) is not Encoder.LSTM:
+            not_applicable({"--window": True}, "--encoder mlp (it reads one week; use "
+                           "--encoder lstm)")
+        with user_errors():
+            res = train_model(data, manifest, out=out, algo=algo.value,
+                              encoder=(encoder or Encoder.MLP).value,
+                              window=4 if window is None else window,
                               fair_action=fair_action, fair_lambda=fair_lambda,
-                              group_robust=group_robust, steps=steps, seed=seed,
+                              group_robust=group_robust,
+                              steps=20000 if steps is None else steps, seed=seed,
                               params=parse_params(param), force=force, progress=progress)
-        except (DataValidationError, PolicyError, ValueError, FileExistsError, KeyError) as exc:
-            raise _error(exc) from None
-        typer.echo(json.dumps(res, indent=2))
+        if json_out:
+            print_json(res)
+            return
+        console.print(f"Wrote {res['model_dir']} ({res['algo']}, {res['n_steps']} steps, best "
+                      f"step {res['best_step']}, validation loss "
+                      f"{_num(res['valid_loss'])}, {res['seconds']:.1f} s)", highlight=False)
 
     @app.command("predict")
     def predict(
@@ -317,17 +416,28 @@ def register(app: "typer.Typer") -> None:
                                                help="TOML manifest of the panel.")],
         out: Annotated[Path, typer.Option("--out", "-o",
                                           help="Policy file to write (.parquet or .csv).")],
-        form: Annotated[str, typer.Option(help="wide (p_0..p_n-1) or long (action, prob).")
-                        ] = "wide",
-        force: Annotated[bool, typer.Option(help="Overwrite an existing output file.")] = False,
+        form: Annotated[Form, typer.Option(help="wide (p_0..p_n-1) or long (action, prob).")
+                        ] = Form.WIDE,
+        force: Force = False,
+        json_out: JsonOut = False,
+        threads: Threads = "auto",
     ) -> None:
-        """Write a trained policy's action probabilities for every row of a panel (Contract 2).
+        """Write a trained policy's action probabilities for every row of a panel.
 
-        Example: equicare predict models/awr_fair panel.parquet --manifest manifest.toml
-        --out probs.parquet
+        The file is a policy file (docs/contracts.md): keyed by the episode and time columns,
+        one probability per action.
+
+        Example: equicare predict models/awr data/panel.parquet --manifest data/manifest.toml
+        --out awr_probs.parquet
         """
-        try:
-            res = predict_policy(model_dir, data, manifest, out=out, form=form, force=force)
-        except (DataValidationError, PolicyError, ValueError, FileExistsError) as exc:
-            raise _error(exc) from None
-        typer.echo(json.dumps(res, indent=2))
+        with user_errors():
+            res = predict_policy(model_dir, data, manifest, out=out, form=form.value, force=force)
+        if json_out:
+            print_json(res)
+            return
+        console.print(f"Wrote {res['out']} ({res['n_rows']:,} rows x {res['n_actions']} "
+                      f"actions, {res['form']} form)", highlight=False)
+
+
+def _num(v: Any) -> str:
+    return "-" if v is None else f"{v:.4g}"

@@ -7,6 +7,10 @@ from typing import Annotated, Any
 
 import typer
 
+from equicare.cli._choices import Env, GroupSignal, Mode, OnlineAlgo, Scenario
+from equicare.cli._utils import Force, JsonOut, Threads, print_json, user_errors
+from equicare.exceptions import InvalidParameterError
+
 __all__ = ["run_online", "format_summary", "register"]
 
 
@@ -14,10 +18,12 @@ def _parse_lambdas(text: str) -> list[float]:
     try:
         vals = [float(v) for v in text.split(",") if v.strip()]
     except ValueError as exc:
-        raise ValueError(f"--lambdas must be comma-separated numbers in [0, 1]; got {text!r}.") \
+        raise InvalidParameterError(
+            f"--lambdas must be comma-separated numbers in [0, 1]; got {text!r}.") \
             from exc
     if not vals or any(not 0.0 <= v <= 1.0 for v in vals):
-        raise ValueError(f"--lambdas must be comma-separated numbers in [0, 1]; got {text!r}.")
+        raise InvalidParameterError(
+            f"--lambdas must be comma-separated numbers in [0, 1]; got {text!r}.")
     return vals
 
 
@@ -71,7 +77,7 @@ def run_online(
     if lambdas is not None:
         lams = _parse_lambdas(lambdas) if isinstance(lambdas, str) else [float(v) for v in lambdas]
         if algo != "grpo":
-            raise ValueError("--lambdas sweeps GRPO; use it with --algo grpo.")
+            raise InvalidParameterError("--lambdas sweeps GRPO; use it with --algo grpo.")
         sweep = lambda_sweep(cfg, lams, seeds=seeds, jobs=jobs, out=folder, force=force)
         if figures:
             written = _sweep_figures(sweep, folder)
@@ -138,61 +144,60 @@ def register(app: Any) -> None:
     """Add the ``online`` command to a :class:`typer.Typer` app."""
     import typer
 
+
     @app.command("online")  # type: ignore[untyped-decorator, unused-ignore]
     def online(
         out: Annotated[Path, typer.Option(
-            help="Results folder (refuses to overwrite earlier results without --force). "
-                 "Example: --out runs/urban_ppo")],
-        env: Annotated[str, typer.Option(
-            help="Simulator. Example: --env hospital")] = "hospital",
-        scenario: Annotated[str, typer.Option(
-            help="Hospital scenario: urban, rural, paediatric or surge. "
-                 "Example: --scenario rural")] = "urban",
-        algo: Annotated[str, typer.Option(
-            help="Learner: ppo or grpo (group-robust PPO). Example: --algo grpo")] = "ppo",
+            "--out", "-o", help="Results folder (refuses to overwrite earlier results without "
+                                "--force).")],
+        env: Annotated[Env, typer.Option(help="Simulator.")] = Env.HOSPITAL,
+        scenario: Annotated[Scenario, typer.Option(help="Hospital scenario.")
+                            ] = Scenario.URBAN,
+        algo: Annotated[OnlineAlgo, typer.Option(
+            help="Learner: ppo or grpo (group-robust PPO).")] = OnlineAlgo.PPO,
         lam: Annotated[float, typer.Option(
-            "--lambda", help="GRPO weight of the worst group's loss, in [0, 1]. "
-                             "Example: --lambda 0.3")] = 0.3,
+            "--lambda", help="GRPO weight of the worst group's loss, in [0, 1].")] = 0.3,
         lambdas: Annotated[str | None, typer.Option(
             help="Sweep GRPO over these lambdas (comma-separated) for the efficiency-equity "
-                 "frontier. Example: --lambdas 0,0.3,0.6,1")] = None,
-        mode: Annotated[str, typer.Option(
+                 "frontier, e.g. 0,0.3,0.6,1.")] = None,
+        mode: Annotated[Mode, typer.Option(
             help="GRPO robust term: max (worst group) or dro (exponentiated-gradient "
-                 "weights). Example: --mode dro")] = "max",
-        group_signal: Annotated[str, typer.Option(
+                 "weights).")] = Mode.MAX,
+        group_signal: Annotated[GroupSignal, typer.Option(
             help="GRPO group losses: served (decisions grouped by the patient served) or "
-                 "welfare (each group's own waiting cost). Example: --group-signal welfare")
-        ] = "served",
+                 "welfare (each group's own waiting cost).")] = GroupSignal.SERVED,
         seeds: Annotated[int, typer.Option(
-            help="Number of seeds (0..n-1). Example: --seeds 5")] = 5,
+            min=1, help="Number of seeds (runs use seeds 0..n-1).")] = 5,
         steps: Annotated[int, typer.Option(
-            help="Training environment steps per seed. Example: --steps 200000")] = 200_000,
+            min=1, help="Training environment steps per seed.")] = 200_000,
         n_envs: Annotated[int, typer.Option(
-            help="Vectorised environments per learner. Example: --n-envs 16")] = 16,
-        jobs: Annotated[int, typer.Option(
-            help="Worker processes for the seeds. Example: --jobs 2")] = 1,
+            min=1, help="Vectorised environments per learner.")] = 16,
+        jobs: Annotated[int, typer.Option(min=1, help="Worker processes for the seeds.")] = 1,
         eval_episodes: Annotated[int, typer.Option(
-            help="Evaluation episodes per seed. Example: --eval-episodes 512")] = 512,
-        force: Annotated[bool, typer.Option(
-            help="Overwrite results already in --out. Example: --force")] = False,
+            min=1, help="Evaluation episodes per seed.")] = 512,
         figures: Annotated[bool, typer.Option(
-            help="Write PNG figures next to the results. Example: --no-figures")] = True,
+            help="Write PNG figures next to the results.")] = True,
+        force: Force = False,
+        json_out: JsonOut = False,
+        threads: Threads = "auto",
     ) -> None:
         """Train PPO or group-robust PPO online over seeds; write curves and group metrics.
 
         Example: equicare online --env hospital --scenario urban --algo grpo --lambda 0.3
         --seeds 5 --steps 200000 --out runs/urban_grpo
         """
-        from rich.console import Console
+        if algo is not OnlineAlgo.GRPO:
+            from equicare.cli._utils import not_applicable
 
-        try:
-            result = run_online(out=out, env=env, scenario=scenario, algo=algo, lam=lam,
-                                lambdas=lambdas, mode=mode, group_signal=group_signal,
-                                seeds=seeds, steps=steps,
+            not_applicable({"--lambdas": lambdas is not None}, f"--algo {algo.value} (it sweeps "
+                           "GRPO; use --algo grpo)")
+        with user_errors():
+            result = run_online(out=out, env=env.value, scenario=scenario.value,
+                                algo=algo.value, lam=lam, lambdas=lambdas, mode=mode.value,
+                                group_signal=group_signal.value, seeds=seeds, steps=steps,
                                 n_envs=n_envs, jobs=jobs, eval_episodes=eval_episodes,
                                 force=force, figures=figures)
-        except (ValueError, TypeError, FileExistsError) as exc:
-            Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False,
-                                       soft_wrap=True)
-            raise typer.Exit(code=2) from None
+        if json_out:
+            print_json(result)
+            return
         typer.echo(format_summary(result))

@@ -9,10 +9,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from equicare.exceptions import InvalidParameterError
+
 if TYPE_CHECKING:  # pragma: no cover
     from rich.table import Table
 
     from equicare.ope._evaluate import EvaluationResult
+
+from equicare.cli._choices import BehaviorModel, EvalCI, QModel
+from equicare.cli._utils import Force, JsonOut, Progress, Seed, Threads
 
 __all__ = ["run_evaluate", "load_target_policy", "result_table", "register", "OUT_EXISTS"]
 
@@ -69,17 +74,18 @@ def run_evaluate(
     *,
     manifest: Path,
     policy: Path,
-    out: Path,
+    out: Path | None = None,
     behavior_model: str = "logistic",
     estimators: str = "all",
     bootstrap: int = 1000,
     truncate: float | None = None,
     q_model: str = "linear",
     ci: str = "percentile",
-    seed: int = 0,
+    seed: int = 42,
     force: bool = False,
+    progress: bool = False,
 ) -> tuple[EvaluationResult, list[str]]:
-    """Evaluate a policy file or model folder on a panel and write the result JSON (Contract 3).
+    """Evaluate a policy file or model folder on a panel; write the result JSON when ``out``.
 
     Parameters
     ----------
@@ -89,11 +95,13 @@ def run_evaluate(
         Manifest TOML.
     policy : Path
         Contract-2 policy file or trained model folder.
-    out : Path
+    out : Path, optional
         Result JSON, written atomically; an existing file is kept unless ``force``.
     behavior_model, estimators, bootstrap, truncate, q_model, ci, seed
         As in :func:`equicare.ope.evaluate`.
     force : bool
+    progress : bool
+        One line on stderr per stage of the evaluation.
 
     Returns
     -------
@@ -114,17 +122,19 @@ def run_evaluate(
     from equicare.ope._evaluate import evaluate, parse_estimators
     from equicare.utils import atomic_write_text
 
-    if out.exists() and not force:
+    if out is not None and out.exists() and not force:
         raise FileExistsError(OUT_EXISTS.format(path=out))
     if q_model not in Q_MODELS:
-        raise ValueError(f"--q-model must be one of {', '.join(Q_MODELS)}; got {q_model!r}.")
+        raise InvalidParameterError(
+            f"--q-model must be one of {', '.join(Q_MODELS)}; got {q_model!r}.")
     if behavior_model not in BEHAVIOR_MODELS:
-        raise ValueError(f"--behavior-model must be one of {', '.join(BEHAVIOR_MODELS)}; "
+        raise InvalidParameterError(
+            f"--behavior-model must be one of {', '.join(BEHAVIOR_MODELS)}; "
                          f"got {behavior_model!r}.")
     if ci not in ("percentile", "bca"):
-        raise ValueError(f"--ci must be 'percentile' or 'bca'; got {ci!r}.")
+        raise InvalidParameterError(f"--ci must be 'percentile' or 'bca'; got {ci!r}.")
     if truncate is not None and not truncate > 0:
-        raise ValueError(f"--truncate must be a number > 0; got {truncate!r}.")
+        raise InvalidParameterError(f"--truncate must be a number > 0; got {truncate!r}.")
     keys = parse_estimators(estimators)
     with warnings.catch_warnings():  # validation warnings are for `equicare validate`
         warnings.simplefilter("ignore", DataWarning)
@@ -138,10 +148,11 @@ def run_evaluate(
         warnings.simplefilter("always")
         res = evaluate(ds, pol, estimators=keys, q_model=q_model, behavior_model=behavior_model,
                        bootstrap=bootstrap, ci_method=ci,  # type: ignore[arg-type]
-                       truncate=truncate, random_state=seed)
+                       truncate=truncate, random_state=seed, progress=progress)
     payload = res.to_dict()
     payload["inputs"] = {"data": str(data), "manifest": str(manifest), "policy": str(policy)}
-    atomic_write_text(out, json.dumps(payload, indent=2, allow_nan=True) + "\n")
+    if out is not None:
+        atomic_write_text(out, json.dumps(payload, indent=2, allow_nan=True) + "\n")
     msgs = list(dict.fromkeys(str(w.message) for w in caught
                               if not issubclass(w.category, DeprecationWarning)))
     return res, msgs
@@ -175,13 +186,15 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def evaluate(
         data: Annotated[Path, typer.Argument(help="Panel file: .csv, .parquet or a DuckDB file.")],
-        manifest: Annotated[Path, typer.Option(help="Manifest TOML naming each column's role.")],
+        manifest: Annotated[Path, typer.Option("--manifest", "-m",
+                                               help="Manifest TOML naming each column's role.")],
         policy: Annotated[Path, typer.Option(
-            help="Target policy: a Contract-2 policy file (.parquet/.csv) or a model folder.")],
-        out: Annotated[Path, typer.Option(help="Result JSON to write (Contract 3).")],
-        behavior_model: Annotated[str, typer.Option(
-            help="Propensity model: logistic or lgbm (always fitted for support checks).")
-        ] = "logistic",
+            help="Target policy: a policy file (.parquet/.csv) or a model folder.")],
+        out: Annotated[Path | None, typer.Option(
+            "--out", "-o", help="Also write the result JSON here (docs/contracts.md).")] = None,
+        behavior_model: Annotated[BehaviorModel, typer.Option(
+            help="Propensity model (always fitted for support checks).")
+        ] = BehaviorModel.LOGISTIC,
         estimators: Annotated[str, typer.Option(
             help="'all' or a comma list of is, wis, pdis, wpdis, fqe, dr, wdr, bandit_dr.")
         ] = "all",
@@ -189,41 +202,54 @@ def register(app: typer.Typer) -> None:
                              ] = 1000,
         truncate: Annotated[float | None, typer.Option(
             help="Cap on the cumulative importance weights (default: none).")] = None,
-        q_model: Annotated[str, typer.Option(help="Q-model: linear, gbm, mlp or tabular.")
-                           ] = "linear",
-        ci: Annotated[str, typer.Option(help="Interval: percentile or bca.")] = "percentile",
-        seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 0,
-        force: Annotated[bool, typer.Option(help="Overwrite an existing --out file.")] = False,
-        json_out: Annotated[bool, typer.Option("--json", help="Print the result JSON.")] = False,
+        q_model: Annotated[QModel, typer.Option(help="Q-model of FQE, DR and WDR.")
+                           ] = QModel.LINEAR,
+        ci: Annotated[EvalCI, typer.Option(help="Bootstrap interval.")] = EvalCI.PERCENTILE,
+        seed: Seed = 42,
+        force: Force = False,
+        progress: Progress = True,
+        json_out: JsonOut = False,
+        threads: Threads = "auto",
     ) -> None:
         """Estimate a policy's value from logged data with IS, WIS, PDIS, WPDIS, FQE, DR and WDR.
 
-        Writes estimates, 95% bootstrap intervals, effective sample sizes, support diagnostics
-        and per-group results to --out and prints a table. Exit code 2 on bad input.
+        Prints estimates, 95% bootstrap intervals, effective sample sizes and support
+        diagnostics; --out also writes them (with per-group results) as the result JSON.
 
         Example: equicare evaluate data/panel.parquet --manifest data/manifest.toml
-        --policy policy.parquet --bootstrap 1000 --truncate 50 --out result.json
+        --policy awr_probs.parquet --bootstrap 1000 --truncate 50 --out result.json
         """
         from rich.markup import escape
 
-        from equicare.cli._utils import console, err_console, print_json, user_errors
+        from equicare.cli._utils import (
+            check_out_path,
+            console,
+            err_console,
+            print_json,
+            user_errors,
+        )
 
+        check_out_path(out, force)
         with user_errors():
             res, msgs = run_evaluate(
-                data, manifest=manifest, policy=policy, out=out, behavior_model=behavior_model,
-                estimators=estimators, bootstrap=bootstrap, truncate=truncate, q_model=q_model,
-                ci=ci, seed=seed, force=force)
+                data, manifest=manifest, policy=policy, out=out,
+                behavior_model=behavior_model.value, estimators=estimators, bootstrap=bootstrap,
+                truncate=truncate, q_model=q_model.value, ci=ci.value, seed=seed, force=force,
+                progress=progress)
         for m in msgs:
-            err_console.print(f"[bold yellow]warning:[/] {escape(m)}", highlight=False,
-                              soft_wrap=True)
+            err_console.print(f"[yellow]warning:[/] {escape(' '.join(m.split()))}",
+                              highlight=False, soft_wrap=True)
         if json_out:
             print_json(res.to_dict())
             return
-        console.print(result_table(res))
+        from equicare.cli._utils import print_table
+
+        print_table(result_table(res))
         e = res.ess
         console.print(f"ESS: trajectory {e.trajectory:.1f} ({e.trajectory_pct:.2f}% of episodes),"
                       f" per-decision {e.per_decision_pct:.2f}%", highlight=False)
         if res.support is not None:
             console.print(f"Support: {res.support.share_pct:.2f}% of the target policy's mass on "
                           "actions current practice (almost) never takes", highlight=False)
-        console.print(f"Wrote [bold]{escape(str(out))}[/]")
+        if out is not None:
+            console.print(f"Wrote {escape(str(out))}", highlight=False)

@@ -3,17 +3,98 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from equicare.cli._utils import console, fail, print_json, user_errors
+from equicare.cli._choices import Example, ExecutorName
+from equicare.cli._utils import (
+    EquicareGroup,
+    Force,
+    JsonOut,
+    Progress,
+    Threads,
+    check_out_path,
+    console,
+    fail,
+    print_json,
+    print_table,
+    user_errors,
+)
 
 __all__ = ["register"]
 
 
-def _store_opt() -> object:
-    return typer.Option(help="Run store folder (DuckDB database + one folder per run).")
+EXAMPLES = {"care": "care_demo.toml"}
+
+_CONFIG_ARG = typer.Argument(help="Run configuration TOML (or use --example).")
+_EXAMPLE_OPT = typer.Option(help="Use a configuration shipped with equicare instead of a "
+                                "file (its run store: ./runs unless --store).")
+_SET_OPT = typer.Option("--set", help="Override a config key SECTION.KEY=VALUE (JSON value, "
+                                     "repeatable), e.g. learner.n_steps=500.")
+_STORE_HELP = "Run store folder (DuckDB database + one folder per run)."
+
+
+
+def example_path(name: str) -> Path:
+    """Path of a run configuration shipped with equicare (``--example care``)."""
+    from importlib.resources import files
+
+    return Path(str(files("equicare") / "examples" / EXAMPLES[name]))
+
+
+def _parse_sets(items: list[str] | None) -> dict[str, Any]:
+    """``["learner.n_steps=500", "learner.encoder=lstm"]`` -> dotted overrides (JSON values)."""
+    import json
+
+    from equicare.exceptions import InvalidParameterError
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or "." not in key.strip():
+            raise InvalidParameterError(
+                f"--set must look like SECTION.KEY=VALUE (e.g. learner.n_steps=500); got "
+                f"{item!r}.")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw
+    return out
+
+
+def _load(config: Path | None, example: Example | None, sets: list[str] | None,
+          store: Path | None) -> tuple[Any, Path | None]:
+    """The checked run config and the store root (``./runs`` for a shipped example)."""
+    from equicare.pipeline import load_run_config
+
+    if (config is None) == (example is None):
+        fail("give a run configuration TOML or --example NAME (not both).")
+    path = example_path(example.value) if example is not None else config
+    cfg = load_run_config(path)
+    overrides = _parse_sets(sets)
+    if overrides:
+        cfg = cfg.with_overrides(overrides)
+    if store is None and example is not None:
+        store = Path("runs")
+    return cfg, store
+
+
+def _resolve_run(s: Any, run_id: str) -> dict[str, Any]:
+    """``latest`` is the newest run, ``latest~N`` the N-th before it; else an id or a prefix."""
+    from equicare.exceptions import UnknownNameError
+
+    name, sep, back = run_id.partition("~")
+    if name == "latest":
+        if sep and not back.isdigit():
+            raise UnknownNameError(f"A run named relative to the newest is latest or latest~N "
+                                   f"(N = 1, 2, ...); got {run_id!r}.")
+        k = int(back) if sep else 0
+        df = s.list_runs()
+        if len(df) <= k:
+            raise UnknownNameError(f"{run_id}: the run store {s.root} holds {len(df)} run(s).")
+        run_id = str(df.iloc[k]["run_id"])
+    return dict(s.get_run(run_id))
 
 
 def register(app: typer.Typer) -> None:
@@ -21,47 +102,70 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def run(
-        config: Annotated[Path, typer.Argument(help="Run configuration TOML.")],
+        config: Annotated[Path | None, _CONFIG_ARG] = None,
+        example: Annotated[Example | None, _EXAMPLE_OPT] = None,
+        set_: Annotated[list[str] | None, _SET_OPT] = None,
         store: Annotated[
             Path | None,
             typer.Option(help="Run store folder (default: output.store of the config)."),
         ] = None,
-        seed: Annotated[int | None, typer.Option(help="Override the config's seed.")] = None,
-        quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+        seed: Annotated[int | None, typer.Option(
+            min=0, help="Random seed (default: the config's seed).")] = None,
+        show_config: Annotated[bool, typer.Option(
+            "--show-config", help="Print the configuration TOML and exit (to copy and edit).")
+        ] = False,
+        progress: Progress = True,
+        json_out: JsonOut = False,
+        threads: Threads = "auto",
     ) -> None:
         """Run the main job: data -> policy -> evaluation -> fairness audit -> HTML report.
 
-        Example: equicare run examples/care_demo.toml
+        Example: equicare run --example care
         """
-        from equicare.pipeline import load_run_config
         from equicare.pipeline._run import run_pipeline
 
+        if show_config:
+            src = example_path(example.value) if example is not None else config
+            if src is None or not src.is_file():
+                fail("--show-config needs a run configuration TOML or --example NAME.")
+            typer.echo(src.read_text(encoding="utf-8"), nl=False)
+            return
         with user_errors():
-            cfg = load_run_config(config)
+            cfg, root = _load(config, example, set_, store)
             if seed is not None:
                 cfg = cfg.with_overrides({"seed": seed})
         try:
             with user_errors():
-                out = run_pipeline(cfg, store_root=store, progress=not quiet)
+                out = run_pipeline(cfg, store_root=root, progress=progress)
         except KeyboardInterrupt:
-            fail("interrupted; the run is marked 'interrupted' in the run store.")
+            from equicare.cli._utils import err_console
+
+            err_console.print("[bold red]error:[/] interrupted; the run is marked "
+                              "'interrupted' in the run store.", highlight=False)
+            raise typer.Exit(code=130) from None
+        if json_out:
+            print_json({"run_id": out.run_id, "report": str(out.report),
+                        "stage_seconds": out.stage_seconds, "summary": out.summary})
             return
         _print_outcome(out)
 
     @app.command()
     def sweep(
-        config: Annotated[Path, typer.Argument(help="Run configuration TOML.")],
+        config: Annotated[Path | None, _CONFIG_ARG] = None,
         grid: Annotated[
-            list[str],
-            typer.Option(help="Grid axis 'section.key=\\[v1,v2,...]' (repeat for more axes)."),
-        ],
+            list[str] | None,
+            typer.Option(help="Grid axis 'section.key=[v1,v2,...]' (repeat for more axes)."),
+        ] = None,
+        example: Annotated[Example | None, _EXAMPLE_OPT] = None,
+        set_: Annotated[list[str] | None, _SET_OPT] = None,
         executor: Annotated[
-            str | None,
+            ExecutorName | None,
             typer.Option(help="local (process pool), serial or ray (default: output.executor)."),
         ] = None,
         jobs: Annotated[
             int | None,
-            typer.Option(help="Worker processes (local), or CPUs of a Ray cluster started here."),
+            typer.Option(min=1, help="Worker processes (local), or CPUs of a Ray cluster "
+                                     "started here."),
         ] = None,
         address: Annotated[
             str | None,
@@ -70,76 +174,95 @@ def register(app: typer.Typer) -> None:
                 "CPUs) or HOST:PORT (default: output.address)."
             ),
         ] = None,
-        store: Annotated[Path | None, typer.Option(help="Run store folder.")] = None,
-        quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+        store: Annotated[Path | None, typer.Option(help=_STORE_HELP)] = None,
+        progress: Progress = True,
+        json_out: JsonOut = False,
+        threads: Threads = "auto",
     ) -> None:
         """Train and evaluate over a grid of settings; heatmaps in the sweep report.
 
-        Example: equicare sweep examples/care_demo.toml --grid 'learner.window=[2,4,6,8]'
-        --grid 'reward.engagement=[0,0.1,0.3,0.5]' --jobs 2
-        (on Ray: --executor ray --address auto)
+        Example: equicare sweep --example care --set learner.encoder=lstm
+        --grid 'learner.window=[2,4,6,8]' --grid 'reward.engagement=[0,0.1,0.3,0.5]'
+        --jobs 2 (on Ray: --executor ray --address auto)
         """
-        from equicare.pipeline import load_run_config, parse_grid
+        from equicare.pipeline import parse_grid
         from equicare.pipeline._sweep import run_sweep
 
+        if not grid:
+            fail("give at least one --grid 'section.key=[v1,v2,...]'.")
         with user_errors():
-            cfg = load_run_config(config)
-            axes = dict(parse_grid(g) for g in grid)
-            given = {"executor": executor, "jobs": jobs, "address": address}
+            cfg, root = _load(config, example, set_, store)
+            axes = dict(parse_grid(g) for g in grid or [])
+            given = {"executor": None if executor is None else executor.value, "jobs": jobs,
+                     "address": address}
             cfg = cfg.with_overrides({f"output.{k}": v for k, v in given.items() if v is not None})
             # run_sweep builds the executor from output.* and shuts down a Ray session it opens
-            res = run_sweep(cfg, axes, store_root=store, progress=not quiet)
+            res = run_sweep(cfg, axes, store_root=root, progress=progress)
+        cols = [c for c in res.table.columns if not str(c).endswith(("_ci_low", "_ci_high"))]
+        if json_out:
+            print_json({"run_id": res.run_id, "report": str(res.report),
+                        "table": res.table.to_dict(orient="records")})
+            return
         from rich.table import Table
 
         t = Table(title=f"Sweep {res.run_id}")
-        for c in res.table.columns:
-            if not c.endswith(("_ci_low", "_ci_high")):
-                t.add_column(str(c))
+        for c in cols:
+            t.add_column(str(c), overflow="fold")
         for _, r in res.table.iterrows():
-            t.add_row(
-                *[
-                    f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c])
-                    for c in res.table.columns
-                    if not c.endswith(("_ci_low", "_ci_high"))
-                ]
-            )
-        console.print(t)
-        console.print(f"report: [bold]{res.report}[/]")
+            t.add_row(*[f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in cols])
+        print_table(t)
+        console.print(f"report: {res.report}", highlight=False)
 
     @app.command()
     def report(
-        run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix).")],
-        store: Annotated[Path, typer.Option(help="Run store folder.")] = Path("runs"),
+        run_id: Annotated[str, typer.Argument(
+            help="Run id, a unique prefix, latest or latest~N.")],
+        store: Annotated[Path, typer.Option(help=_STORE_HELP)] = Path("runs"),
+        out: Annotated[Path | None, typer.Option(
+            "--out", "-o", help="Write the report here (default: report.html in the run's "
+                                "folder).")] = None,
+        force: Force = False,
+        json_out: JsonOut = False,
+        threads: Threads = "auto",
     ) -> None:
         """Regenerate a run's HTML report from the run store.
 
-        Example: equicare report 20261122-101500-ab12cd --store runs
+        Example: equicare report latest --store runs --out report.html
         """
         from equicare.pipeline import RunStore
         from equicare.report import build_run_report
 
         with user_errors():
             s = RunStore(store)
-            row = s.get_run(run_id)
+            row = _resolve_run(s, run_id)
             if row["status"] != "finished":
                 fail(f"run {row['run_id']} is {row['status']}; only finished runs have a report.")
             d = s.run_dir(row["run_id"])
+            path = out if out is not None else d / "report.html"
+            check_out_path(path, force)
             if (d / "sweep.csv").is_file():
+                import tempfile
+
                 import pandas as pd
 
                 from equicare.pipeline._sweep import _sweep_report
+                from equicare.utils import atomic_write
 
                 grid = row["config"]["sweep"]
-                path = _sweep_report(
-                    pd.read_csv(d / "sweep.csv"), list(grid), d, row["run_id"], grid
-                )
+                with tempfile.TemporaryDirectory() as tmp:
+                    html = _sweep_report(pd.read_csv(d / "sweep.csv"), list(grid), Path(tmp),
+                                         row["run_id"], grid).read_bytes()
+                with atomic_write(path, "wb") as fh:
+                    fh.write(html)
             else:
-                path = build_run_report(d, run_id=row["run_id"], config=row["config"]).write(
-                    d / "report.html"
-                )
-        console.print(f"report: [bold]{path}[/]")
+                build_run_report(d, run_id=row["run_id"], config=row["config"]).write(path)
+        if json_out:
+            print_json({"run_id": row["run_id"], "report": str(path)})
+            return
+        console.print(f"report: {path}", highlight=False)
 
     runs_app = typer.Typer(
+        cls=EquicareGroup,
         help="List, show and compare runs in the run store.\n\n"
         "Example: equicare runs list --store runs",
         no_args_is_help=True,
@@ -148,8 +271,9 @@ def register(app: typer.Typer) -> None:
 
     @runs_app.command("list")
     def runs_list(
-        store: Annotated[Path, typer.Option(help="Run store folder.")] = Path("runs"),
-        json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+        store: Annotated[Path, typer.Option(help=_STORE_HELP)] = Path("runs"),
+        json_out: JsonOut = False,
+        threads: Threads = "auto",
     ) -> None:
         """List runs, newest first.
 
@@ -166,7 +290,7 @@ def register(app: typer.Typer) -> None:
             return
         t = Table(title=f"Runs in {store}")
         for c in ("run_id", "name", "status", "started", "seed", "config_hash"):
-            t.add_column(c)
+            t.add_column(c, no_wrap=c == "run_id", overflow="fold")
         for _, r in df.iterrows():
             color = {"finished": "green", "running": "yellow"}.get(r["status"], "red")
             t.add_row(
@@ -177,17 +301,19 @@ def register(app: typer.Typer) -> None:
                 str(r["seed"]),
                 r["config_hash"],
             )
-        console.print(t)
+        print_table(t)
 
     @runs_app.command("show")
     def runs_show(
-        run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix).")],
-        store: Annotated[Path, typer.Option(help="Run store folder.")] = Path("runs"),
-        json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+        run_id: Annotated[str, typer.Argument(
+            help="Run id, a unique prefix, latest or latest~N.")],
+        store: Annotated[Path, typer.Option(help=_STORE_HELP)] = Path("runs"),
+        json_out: JsonOut = False,
+        threads: Threads = "auto",
     ) -> None:
         """Show one run's status and metrics.
 
-        Example: equicare runs show 20261122-101500 --store runs
+        Example: equicare runs show latest --store runs
         """
         from rich.table import Table
 
@@ -195,18 +321,18 @@ def register(app: typer.Typer) -> None:
 
         with user_errors():
             s = RunStore(store)
-            row = s.get_run(run_id)
+            row = _resolve_run(s, run_id)
             m = s.metrics(row["run_id"])
         if json_out:
-            print_json({"run": {k: v for k, v in row.items()}, "metrics": m.to_dict("records")})
+            print_json({"run": dict(row.items()), "metrics": m.to_dict("records")})
             return
         console.print(
-            f"[bold]{row['run_id']}[/] {row['status']}  started {row['started']}  "
-            f"seed {row['seed']}  git {row['git_revision']}"
+            f"{row['run_id']} {row['status']}  started {row['started']}  "
+            f"seed {row['seed']}  git {row['git_revision']}", highlight=False
         )
         t = Table()
         for c in ("name", "group", "value", "ci_low", "ci_high"):
-            t.add_column(c)
+            t.add_column(c, overflow="fold")
         for _, r in m.iterrows():
             t.add_row(
                 r["name"],
@@ -215,27 +341,36 @@ def register(app: typer.Typer) -> None:
                 _fmt(r["ci_low"]),
                 _fmt(r["ci_high"]),
             )
-        console.print(t)
+        print_table(t)
 
     @runs_app.command("compare")
     def runs_compare(
-        run_a: Annotated[str, typer.Argument(help="First run id.")],
-        run_b: Annotated[str, typer.Argument(help="Second run id.")],
-        store: Annotated[Path, typer.Option(help="Run store folder.")] = Path("runs"),
+        run_a: Annotated[str, typer.Argument(
+            help="First run: id, unique prefix, latest or latest~N.")],
+        run_b: Annotated[str, typer.Argument(
+            help="Second run: id, unique prefix, latest or latest~N.")],
+        store: Annotated[Path, typer.Option(help=_STORE_HELP)] = Path("runs"),
+        json_out: JsonOut = False,
+        threads: Threads = "auto",
     ) -> None:
         """Compare two runs' metrics side by side.
 
-        Example: equicare runs compare RUN_A RUN_B --store runs
+        Example: equicare runs compare latest~1 latest --store runs
         """
         from rich.table import Table
 
         from equicare.pipeline import RunStore
 
         with user_errors():
-            df = RunStore(store).compare(run_a, run_b)
-        t = Table(title=f"{run_a} vs {run_b}")
+            s = RunStore(store)
+            a, b = _resolve_run(s, run_a)["run_id"], _resolve_run(s, run_b)["run_id"]
+            df = s.compare(a, b)
+        if json_out:
+            print_json({"a": a, "b": b, "metrics": df.to_dict(orient="records")})
+            return
+        t = Table(title=f"{a} vs {b}")
         for c in ("name", "group", "A", "B", "B - A"):
-            t.add_column(c)
+            t.add_column(c, overflow="fold")
         for _, r in df.iterrows():
             t.add_row(
                 r["name"],
@@ -244,7 +379,7 @@ def register(app: typer.Typer) -> None:
                 _fmt(r["value_b"]),
                 _fmt(r["diff"]),
             )
-        console.print(t)
+        print_table(t)
 
 
 def _fmt(v: object) -> str:
@@ -263,7 +398,7 @@ def _print_outcome(out: object) -> None:
     t.add_column("seconds", justify="right")
     for k, v in out.stage_seconds.items():  # type: ignore[attr-defined]
         t.add_row(k, f"{v:.1f}")
-    console.print(t)
+    print_table(t)
     s = out.summary  # type: ignore[attr-defined]
     if "estimates" in s:
         t2 = Table(title="Policy value (held-out episodes)")
@@ -274,7 +409,7 @@ def _print_outcome(out: object) -> None:
             t2.add_row(k, f"{e['value']:.4f}", f"[{e['ci'][0]:.4f}, {e['ci'][1]:.4f}]")
         for k, tr in s.get("truth", {}).items():
             t2.add_row(f"TRUE {k} (simulator)", f"{tr['value']:.4f}", f"± {1.96 * tr['se']:.4f}")
-        console.print(t2)
+        print_table(t2)
     for k, v in s.get("parity_gap_pp", {}).items():
         console.print(f"parity gap ({k}): {v:.2f} pp")
-    console.print(f"report: [bold]{out.report}[/]")  # type: ignore[attr-defined]
+    console.print(f"report: {out.report}", highlight=False)  # type: ignore[attr-defined]

@@ -8,10 +8,25 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from equicare.exceptions import InvalidParameterError
+
 if TYPE_CHECKING:  # pragma: no cover
     from equicare.rmab._capacity import CapacityResult
     from equicare.rmab._domain import RMABDomain
     from equicare.rmab._simulate import PlanConfig, PlanResult
+
+from equicare.cli._choices import Curve, Domain
+from equicare.cli._utils import (
+    Force,
+    JsonOut,
+    Seed,
+    Threads,
+    check_out_paths,
+    console,
+    print_json,
+    print_table,
+    user_errors,
+)
 
 __all__ = ["parse_budget", "parse_policies", "build_domain", "run_plan", "run_capacity",
            "register"]
@@ -28,14 +43,16 @@ def parse_budget(text: str | float | int) -> int | float:
     try:
         v = float(s)
     except ValueError:
-        raise ValueError(f"--budget must be a number (a fraction like 0.2 or a count like 20); "
+        raise InvalidParameterError(
+            f"--budget must be a number (a fraction like 0.2 or a count like 20); "
                          f"got {text!r}.") from None
     if v < 0:
-        raise ValueError(f"--budget must be >= 0; got {text!r}.")
+        raise InvalidParameterError(f"--budget must be >= 0; got {text!r}.")
     if any(c in s for c in ".eE") and v <= 1:
         return v
     if v != int(v):
-        raise ValueError(f"--budget above 1 must be a whole number of actions; got {text!r}.")
+        raise InvalidParameterError(
+            f"--budget above 1 must be a whole number of actions; got {text!r}.")
     return int(v)
 
 
@@ -46,7 +63,8 @@ def parse_policies(text: str) -> list[str]:
     names = [p.strip().lower() for p in text.split(",") if p.strip()]
     bad = [p for p in names if p not in POLICIES]
     if bad or not names:
-        raise ValueError(f"--policies: unknown policy {bad[0] if bad else text!r}; choose from "
+        raise InvalidParameterError(
+            f"--policies: unknown policy {bad[0] if bad else text!r}; choose from "
                          f"{', '.join(POLICIES)}.")
     return names
 
@@ -69,23 +87,24 @@ def _panel_domain(data: Path, manifest: Path | None, *, arms: int | None, horizo
         frame = pd.read_parquet(data) if data.suffix in (".parquet", ".pq") else pd.read_csv(data)
     if manifest is not None:
         if read_manifest is None:  # pragma: no cover
-            raise ValueError("Reading a manifest needs equicare.data.")
+            raise InvalidParameterError("Reading a manifest needs equicare.data.")
         m = read_manifest(manifest)
         episode = episode or m.episode
         time = time or m.time
         if state is None:
             if not m.categorical_states:
-                raise ValueError(f"{manifest}: name a discrete state column under "
+                raise InvalidParameterError(f"{manifest}: name a discrete state column under "
                                  "categorical_states, or pass --state COLUMN.")
             state = m.categorical_states[0]
         if action is None:
             if len(m.actions) != 1:
-                raise ValueError(f"{manifest}: planning needs one binary action column "
+                raise InvalidParameterError(f"{manifest}: planning needs one binary action column "
                                  "(treated or not); pass --action COLUMN.")
             action = m.actions[0].column
         if group is None:
             if not m.groups:
-                raise ValueError(f"{manifest}: name a group column under groups, or pass "
+                raise InvalidParameterError(
+                    f"{manifest}: name a group column under groups, or pass "
                                  "--group COLUMN.")
             group = m.groups[0]
         if reward is None and state_rewards is None and len(m.reward) == 1:
@@ -93,7 +112,8 @@ def _panel_domain(data: Path, manifest: Path | None, *, arms: int | None, horizo
     missing = [n for n, v in (("--episode", episode), ("--state", state), ("--action", action),
                               ("--group", group)) if v is None]
     if missing:
-        raise ValueError(f"--from-panel needs --manifest or the column options {missing}.")
+        raise InvalidParameterError(
+            f"--from-panel needs --manifest or the column options {missing}.")
     est = estimate_arms(frame, episode=episode, state=state, action=action, group=group,
                         time=time, reward=reward, state_rewards=state_rewards)
     return est.to_domain(n_arms=arms, horizon=horizon, name=Path(data).stem)
@@ -109,7 +129,7 @@ def build_domain(
     horizon: int | None = None,
     alpha: float | None = None,
     experiment: str | None = None,
-    seed: int = 0,
+    seed: int = 42,
     columns: dict[str, Any] | None = None,
 ) -> RMABDomain:
     """Build the domain named on the command line (a file, a bundled name, or a panel)."""
@@ -117,9 +137,10 @@ def build_domain(
 
     given = [x for x in (domain, domain_file, from_panel) if x is not None]
     if len(given) != 1:
-        raise ValueError("Give exactly one of DOMAIN.json, --domain NAME or --from-panel DATA.")
+        raise InvalidParameterError(
+            "Give exactly one of DOMAIN.json, --domain NAME or --from-panel DATA.")
     if arms is not None and arms < 1:
-        raise ValueError(f"--arms must be >= 1; got {arms}.")
+        raise InvalidParameterError(f"--arms must be >= 1; got {arms}.")
     if from_panel is not None:
         cols = dict(columns or {})
         return _panel_domain(from_panel, manifest, arms=arms, horizon=horizon or 20, **cols)
@@ -146,10 +167,10 @@ def _check_out(out: Path | None, force: bool) -> None:
 
 def run_plan(
     domain: RMABDomain, *, budget: int | float, policies: list[str], horizon: int | None,
-    seeds: int, seed: int = 0, out: Path | None = None, force: bool = False,
+    seeds: int, seed: int = 42, out: Path | None = None, force: bool = False,
     reference: bool = False, curve: str | None = None,
 ) -> PlanResult:
-    """Run :func:`plan` and write Contract 5 to ``out`` atomically.
+    """Run :func:`plan` and write its JSON (docs/contracts.md) to ``out`` atomically.
 
     An existing ``out`` is never replaced unless ``force``.
     """
@@ -166,7 +187,7 @@ def run_plan(
 
 def run_capacity(
     domain: RMABDomain, *, target: float, goal_states: list[str] | None, policies: list[str],
-    budgets: list[int | float] | None, horizon: int | None, seeds: int, seed: int = 0,
+    budgets: list[int | float] | None, horizon: int | None, seeds: int, seed: int = 42,
     out: Path | None = None, force: bool = False, reference: bool = False,
     figure: Path | None = None,
 ) -> CapacityResult:
@@ -187,14 +208,23 @@ def run_capacity(
     if figure is not None:
         from equicare.rmab._plots import plot_capacity
 
-        plot_capacity(res).savefig(figure)
+        _save_figure(plot_capacity(res), figure)
     return res
+
+
+def _save_figure(fig: Any, path: Path) -> None:
+    """Save a Matplotlib figure atomically (format from the suffix)."""
+    from equicare.utils import atomic_write
+
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, format=fmt)
 
 
 def _print_plan(res: PlanResult) -> None:
     from rich.table import Table
 
-    from equicare.cli._utils import console
+    from equicare.cli._utils import print_table
 
     t = Table(title=f"{res.domain}: {res.n_arms} arms, budget {res.budget}/step, "
                     f"H={res.horizon}, {res.seeds} seeds (mean total reward per arm)")
@@ -210,22 +240,29 @@ def _print_plan(res: PlanResult) -> None:
         t.add_row(p, f"{s.mean_reward:.3f} ± {s.mean_reward_se:.3f}",
                   *[f"{s.group_mean[g]:.3f}" for g in res.group_names], f"{s.gini:.4f}",
                   f"{s.worst_group:.3f} ({s.worst_group_name})", loss)
-    console.print(t)
+    print_table(t)
+
+
+_POLICY_HELP = ("Planning policy (repeatable, or comma-separated): opt, mmr, mnw, mnw-eg, "
+                "random, noact, hr-random, hr-rr")
+
+
+def _policy_names(specs: list[str] | None, default: str) -> list[str]:
+    """``--policy opt --policy mmr,mnw`` -> ``["opt", "mmr", "mnw"]`` (checked)."""
+    return parse_policies(",".join(specs) if specs else default)
 
 
 def register(app: typer.Typer) -> None:
     """Add ``plan`` and ``capacity`` to a Typer app."""
-    from equicare.cli._utils import console, print_json, user_errors
-
     @app.command("plan")
     def plan_cmd(
         domain_file: Annotated[Path | None, typer.Argument(
-            help="Contract-4 domain JSON (or use --domain / --from-panel).")] = None,
-        domain: Annotated[str | None, typer.Option(
-            help="Bundled domain: synthetic, maternal or diabetes.")] = None,
+            help="Domain JSON (docs/contracts.md; or use --domain / --from-panel).")] = None,
+        domain: Annotated[Domain | None, typer.Option(help="Bundled domain.")] = None,
         from_panel: Annotated[Path | None, typer.Option(
             help="Estimate arms from a panel (CSV/Parquet/DuckDB) instead.")] = None,
         manifest: Annotated[Path | None, typer.Option(
+            "--manifest", "-m",
             help="Manifest of --from-panel (names episode, time, state, action, group).")
         ] = None,
         state: Annotated[str | None, typer.Option(help="Panel: discrete state column.")] = None,
@@ -237,65 +274,67 @@ def register(app: typer.Typer) -> None:
         budget: Annotated[str, typer.Option(
             help="Actions per step: a fraction (0.2) or a count (20).")] = "0.2",
         horizon: Annotated[int | None, typer.Option(min=1, help="Steps H (default 20).")] = None,
-        policies: Annotated[str, typer.Option(
-            help="Comma-separated: opt,mmr,mnw,mnw-eg,random,noact,hr-random,hr-rr.")
-        ] = DEFAULT_POLICIES,
+        policy: Annotated[list[str] | None, typer.Option(
+            help=f"{_POLICY_HELP} [default: {DEFAULT_POLICIES}].")] = None,
         seeds: Annotated[int, typer.Option(min=1, help="Independent runs.")] = 25,
-        seed: Annotated[int, typer.Option(min=0, help="Base random seed.")] = 0,
         alpha: Annotated[float | None, typer.Option(
             help="Diabetes: engagement weight of the reward (0, 0.5, 1).")] = None,
         experiment: Annotated[str | None, typer.Option(
             help="Maternal: which group is 60% (A, B or C).")] = None,
-        curve: Annotated[str | None, typer.Option(
-            help="Group value curves: index (default), reference, exact or lp.")] = None,
+        curve: Annotated[Curve | None, typer.Option(
+            help="Group value curves [default: index].")] = None,
         reference: Annotated[bool, typer.Option(
-            help="Reproduce the reference's quirks (index bounds [-1,1], tol 0.01, fixed arms, "
-                 "its Gini).")] = False,
-        out: Annotated[Path | None, typer.Option(help="Write Contract-5 JSON here.")] = None,
+            "--reference", help="Reproduce the reference's quirks (index bounds [-1,1], tol "
+            "0.01, fixed arms, its Gini).")] = False,
+        out: Annotated[Path | None, typer.Option(
+            "--out", "-o", help="Also write the plan JSON here (docs/contracts.md).")] = None,
         figure: Annotated[Path | None, typer.Option(
             help="Save the group-outcome bar chart (PNG/SVG/PDF).")] = None,
-        force: Annotated[bool, typer.Option(help="Overwrite existing output files.")] = False,
-        json_out: Annotated[bool, typer.Option("--json", help="Print the JSON result.")] = False,
+        seed: Seed = 42,
+        force: Force = False,
+        json_out: JsonOut = False,
+        threads: Threads = "auto",
     ) -> None:
-        """Compare equitable budget policies on a restless-bandit domain (Contract 5).
+        """Compare equitable budget policies on a restless-bandit domain.
 
         Example: equicare plan --domain synthetic --arms 100 --budget 0.2 --horizon 20
-        --policies opt,mmr,mnw,mnw-eg,random,noact --seeds 25 --out plan.json
+        --policy opt,mmr,mnw,mnw-eg,random,noact --seeds 25 --out plan.json
         """
+        check_out_paths([out, figure], force)
         with user_errors():
-            if figure is not None:
-                _check_out(figure, force)
-            d = build_domain(domain, domain_file=domain_file, from_panel=from_panel,
-                             manifest=manifest, arms=arms, horizon=horizon, alpha=alpha,
-                             experiment=experiment, seed=seed,
+            d = build_domain(None if domain is None else domain.value, domain_file=domain_file,
+                             from_panel=from_panel, manifest=manifest, arms=arms,
+                             horizon=horizon, alpha=alpha, experiment=experiment, seed=seed,
                              columns={"state": state, "action": action, "group": group,
                                       "reward": reward, "episode": None, "time": None,
                                       "state_rewards": None})
-            res = run_plan(d, budget=parse_budget(budget), policies=parse_policies(policies),
-                           horizon=horizon, seeds=seeds, seed=seed, out=out, force=force,
-                           reference=reference, curve=curve)
+            res = run_plan(d, budget=parse_budget(budget),
+                           policies=_policy_names(policy, DEFAULT_POLICIES), horizon=horizon,
+                           seeds=seeds, seed=seed, out=out, force=force, reference=reference,
+                           curve=None if curve is None else curve.value)
             if figure is not None:
                 from equicare.rmab._plots import plot_group_outcomes
 
-                plot_group_outcomes(res).savefig(figure)
+                _save_figure(plot_group_outcomes(res), figure)
         if json_out:
             print_json(res.to_dict(reference_gini=reference))
             return
         _print_plan(res)
-        if out is not None:
-            console.print(f"Wrote [bold]{out}[/]")
+        for p in (out, figure):
+            if p is not None:
+                console.print(f"Wrote {p}", highlight=False)
 
     @app.command("capacity")
     def capacity_cmd(
         domain_file: Annotated[Path | None, typer.Argument(
-            help="Contract-4 domain JSON (or use --domain / --from-panel).")] = None,
-        domain: Annotated[str | None, typer.Option(
-            help="Bundled domain: synthetic, maternal or diabetes.")] = None,
+            help="Domain JSON (docs/contracts.md; or use --domain / --from-panel).")] = None,
+        domain: Annotated[Domain | None, typer.Option(help="Bundled domain.")] = None,
         from_panel: Annotated[Path | None, typer.Option(help="Estimate arms from a panel.")
                               ] = None,
-        manifest: Annotated[Path | None, typer.Option(help="Manifest of --from-panel.")] = None,
+        manifest: Annotated[Path | None, typer.Option(
+            "--manifest", "-m", help="Manifest of --from-panel.")] = None,
         arms: Annotated[int | None, typer.Option(help="Number of arms.")] = None,
-        target: Annotated[float, typer.Option(
+        target_share: Annotated[float, typer.Option(
             help="Required share of arms in the goal states after the horizon.")] = 0.5,
         goal: Annotated[str | None, typer.Option(
             help="Comma-separated goal states (codes or names); default: not high-risk.")
@@ -304,34 +343,38 @@ def register(app: typer.Typer) -> None:
             help="Comma-separated budgets to try (fractions or counts); default 0..100%.")
         ] = None,
         horizon: Annotated[int | None, typer.Option(min=1, help="Steps H.")] = None,
-        policies: Annotated[str, typer.Option(help="Comma-separated policies.")
-                            ] = "opt,mmr,mnw-eg,random",
+        policy: Annotated[list[str] | None, typer.Option(
+            help=f"{_POLICY_HELP} [default: opt,mmr,mnw-eg,random].")] = None,
         seeds: Annotated[int, typer.Option(min=1, help="Independent runs.")] = 25,
-        seed: Annotated[int, typer.Option(min=0, help="Base random seed.")] = 0,
         alpha: Annotated[float | None, typer.Option(help="Diabetes reward weight.")] = None,
         experiment: Annotated[str | None, typer.Option(help="Maternal experiment.")] = None,
-        reference: Annotated[bool, typer.Option(help="Reference quirks.")] = False,
-        out: Annotated[Path | None, typer.Option(help="Write the result JSON here.")] = None,
+        reference: Annotated[bool, typer.Option("--reference", help="Reference quirks.")
+                             ] = False,
+        out: Annotated[Path | None, typer.Option(
+            "--out", "-o", help="Also write the result JSON here.")] = None,
         figure: Annotated[Path | None, typer.Option(help="Save the capacity curves figure.")
                           ] = None,
-        force: Annotated[bool, typer.Option(help="Overwrite existing output files.")] = False,
-        json_out: Annotated[bool, typer.Option("--json", help="Print the JSON result.")] = False,
+        seed: Seed = 42,
+        force: Force = False,
+        json_out: JsonOut = False,
+        threads: Threads = "auto",
     ) -> None:
         """Find the smallest budget per step that brings the cohort to a target state mix.
 
-        Example: equicare capacity --domain diabetes --alpha 0 --target 0.5 --seeds 10
+        Example: equicare capacity --domain diabetes --alpha 0 --target-share 0.5 --seeds 10
         --figure capacity.png
         """
+        check_out_paths([out, figure], force)
         with user_errors():
-            d = build_domain(domain, domain_file=domain_file, from_panel=from_panel,
-                             manifest=manifest, arms=arms, horizon=horizon, alpha=alpha,
-                             experiment=experiment, seed=seed)
+            d = build_domain(None if domain is None else domain.value, domain_file=domain_file,
+                             from_panel=from_panel, manifest=manifest, arms=arms,
+                             horizon=horizon, alpha=alpha, experiment=experiment, seed=seed)
             bl = None if budgets is None else [parse_budget(b) for b in budgets.split(",")]
-            res = run_capacity(d, target=target,
+            res = run_capacity(d, target=target_share,
                                goal_states=None if goal is None else goal.split(","),
-                               policies=parse_policies(policies), budgets=bl, horizon=horizon,
-                               seeds=seeds, seed=seed, out=out, force=force,
-                               reference=reference, figure=figure)
+                               policies=_policy_names(policy, "opt,mmr,mnw-eg,random"),
+                               budgets=bl, horizon=horizon, seeds=seeds, seed=seed, out=out,
+                               force=force, reference=reference, figure=figure)
         if json_out:
             print_json(res.to_dict())
             return
@@ -349,4 +392,4 @@ def register(app: typer.Typer) -> None:
             mb = res.min_budget[p]
             t.add_row(p, *[f"{v:.3f}" for v in res.share[p]], "not reached" if mb is None
                       else str(mb))
-        console.print(t)
+        print_table(t)

@@ -1,23 +1,73 @@
-"""Shared plumbing of the command-line interface: consoles, one-line errors, exit code 2."""
+"""Shared plumbing of the command line: one error taxonomy, threads, warnings, deprecated names.
+
+Every command runs inside :class:`EquicareGroup.invoke`, the one place that
+
+- turns user mistakes (:class:`~equicare.exceptions.EquicareError`, a missing input file, an
+  existing output) into one line ``error: ...`` on stderr and exit code 2;
+- reports any other exception as a bug: one line naming the log file that holds the traceback
+  (under ``$EQUICARE_LOG_DIR``, default ``~/.cache/equicare/logs``), exit code 1;
+- turns Ctrl-C into exit code 130;
+- prints Python warnings as one line ``warning: ...`` (no source path);
+- chooses the torch, BLAS and OpenMP threads (``--threads``, added to every command);
+- accepts the option spellings of the previous release (:data:`DEPRECATED_OPTIONS`) with a
+  one-line deprecation warning.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
+import functools
 import json
+import os
+import sys
+import tempfile
+import traceback
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer import _click as click
+from typer.core import TyperGroup
+from typer.exceptions import Abort as TyperAbort
+from typer.exceptions import Exit as TyperExit
 
-from equicare.exceptions import DataValidationError
+from equicare.exceptions import DataValidationError, EquicareError
 
-__all__ = ["console", "err_console", "fail", "user_errors", "print_json", "check_out_path"]
+__all__ = ["console", "err_console", "fail", "info", "user_errors", "print_json",
+           "check_out_path", "check_out_paths", "print_table", "not_applicable", "EquicareGroup",
+           "thread_plan", "thread_limits", "Threads", "Force", "JsonOut", "Seed", "Progress",
+           "DEPRECATED_OPTIONS", "OUT_EXISTS"]
 
 console = Console()
 err_console = Console(stderr=True)
+
+#: The one message of an output that exists while ``--force`` was not given.
+OUT_EXISTS = "{path} exists; refusing to overwrite it (pass --force to replace it)."
+
+#: Option spellings of release 0.1 that still work for one release (hidden, with a warning):
+#: ``{command: {old: new}}``.
+DEPRECATED_OPTIONS: dict[str, dict[str, str]] = {
+    "audit": {"--n-boot": "--bootstrap", "--estimator": "--estimators"},
+    "frontier": {"--n-boot": "--bootstrap", "--n-steps": "--steps", "--learner": "--algo",
+                 "--estimator": "--estimators"},
+    "mediate": {"--target": "--policy"},
+    "plan": {"--policies": "--policy"},
+    "capacity": {"--policies": "--policy", "--target": "--target-share"},
+    "run": {"--quiet": "--no-progress"},
+    "sweep": {"--quiet": "--no-progress"},
+}
+
+#: Commands removed in this release, with the command that does their job.
+REMOVED_COMMANDS = {
+    "synth-heparin": "equicare synth --sim heparin --out FOLDER (writes panel.parquet and "
+                     "manifest.toml; --n-patients is now --members)",
+    "train-omg": "equicare train DATA --manifest MANIFEST --algo omg --out FOLDER",
+}
 
 
 def fail(message: str) -> None:
@@ -26,34 +76,339 @@ def fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+def info(message: str) -> None:
+    """Print one status line on stderr (results go to stdout)."""
+    err_console.print(escape(message), highlight=False, soft_wrap=True)
+
+
+def _user_message(exc: BaseException) -> list[str]:
+    if isinstance(exc, DataValidationError) and len(exc.problems) > 1:
+        return [f"{len(exc.problems)} problems found:", *[f"  - {p}" for p in exc.problems]]
+    if isinstance(exc, KeyError) and exc.args:
+        return [str(exc.args[0])]
+    if isinstance(exc, OSError) and exc.filename and exc.strerror:
+        return [f"{exc.filename}: {exc.strerror}."]
+    return [str(exc)]
+
+
+def _print_user_error(exc: BaseException) -> None:
+    lines = _user_message(exc)
+    err_console.print(f"[bold red]error:[/] {escape(lines[0])}", highlight=False, soft_wrap=True)
+    for line in lines[1:]:
+        err_console.print(escape(line), highlight=False, soft_wrap=True)
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn user mistakes (bad data, bad arguments, existing outputs) into exit code 2.
+    """Turn user mistakes into one line on stderr and exit code 2 (no traceback).
 
-    No traceback is printed.
+    User mistakes are :class:`~equicare.exceptions.EquicareError` (bad data, parameters,
+    configs, unknown names) and a missing input or existing output file. Anything else is left
+    to :class:`EquicareGroup`, which reports it as a bug.
     """
     try:
         yield
-    except DataValidationError as exc:
-        if len(exc.problems) > 1:
-            err_console.print(
-                f"[bold red]error:[/] {len(exc.problems)} problems found:", highlight=False
-            )
-            for p in exc.problems:
-                err_console.print(f"  - {escape(p)}", highlight=False, soft_wrap=True)
-            raise typer.Exit(code=2) from None
-        fail(str(exc))
-    except (ValueError, KeyError, FileExistsError, FileNotFoundError, TypeError) as exc:
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        fail(str(msg))
+    except (EquicareError, FileExistsError, FileNotFoundError) as exc:
+        _print_user_error(exc)
+        raise typer.Exit(code=2) from None
 
 
 def print_json(obj: Any) -> None:
     """Print machine-readable JSON on stdout."""
-    typer.echo(json.dumps(obj, indent=2, default=str))
+    typer.echo(json.dumps(obj, indent=2, default=str, allow_nan=True))
 
 
-def check_out_path(path: Path, force: bool) -> None:
-    """Refuse to overwrite an existing output unless ``--force``."""
-    if path.exists() and not force:
-        fail(f"{path} exists; refusing to overwrite it (pass --force to replace it).")
+def check_out_path(path: Path | None, force: bool) -> None:
+    """Refuse to overwrite an existing output unless ``--force`` (exit code 2)."""
+    if path is not None and path.exists() and not force:
+        if path.is_dir() and not any(path.iterdir()):
+            return
+        fail(OUT_EXISTS.format(path=path))
+
+
+def check_out_paths(paths: list[Path | None], force: bool) -> None:
+    """:func:`check_out_path` for several outputs, before any work starts."""
+    for p in paths:
+        check_out_path(p, force)
+
+
+def print_table(table: Any, *, file_console: Console | None = None) -> None:
+    """Print a Rich table without truncating cells.
+
+    On a terminal the table gets the terminal's width (long cells fold); when the output is a
+    file or a pipe it gets the width its content needs, so run ids and long values stay whole.
+    """
+    from rich.measure import Measurement
+
+    con = file_console or console
+    if con.is_terminal:
+        con.print(table)
+        return
+    need = Measurement.get(con, con.options.update(width=10_000), table).maximum
+    wide = Console(width=max(con.width, need), stderr=con.stderr, highlight=False)
+    wide.print(table, crop=False)
+
+
+def not_applicable(given: dict[str, bool], what: str) -> None:
+    """Exit 2 naming the first option that was given but does not apply to ``what``."""
+    bad = [name for name, was_given in given.items() if was_given]
+    if bad:
+        fail(f"{', '.join(bad)} {'does' if len(bad) == 1 else 'do'} not apply to {what}.")
+
+
+# ------------------------------------------------------------------------------------- threads
+def free_cores() -> int:
+    """Cores this process may use that other work is not already using (at least 1)."""
+    try:
+        allowed = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        allowed = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0]
+    except (AttributeError, OSError):  # pragma: no cover
+        busy = 0.0
+    return max(1, min(allowed, int(allowed - busy + 0.5)))
+
+
+def thread_plan(threads: str) -> dict[str, int]:
+    """Threads of each library for ``--threads`` (``auto`` or a positive int).
+
+    ``auto``: torch 1 (equicare's networks are small MLPs/LSTMs, and more threads only add
+    synchronisation; measured: ``train --algo awr --steps 3000`` 37 s on 1 thread, not finished
+    after 600 s with the default threads on a loaded 2-core machine), OpenMP 1 (LightGBM
+    behaviour models) and BLAS on the free cores, at most 4 (:func:`free_cores`: cores of the
+    affinity mask minus the 1-minute load average). ``N``: N threads for each, capped at the
+    cores of the affinity mask.
+
+    Returns
+    -------
+    dict
+        ``{"torch": int, "openmp": int, "blas": int}``.
+    """
+    t = str(threads).strip().lower()
+    if t == "auto":
+        return {"torch": 1, "openmp": 1, "blas": min(4, free_cores())}
+    try:
+        n = int(t)
+    except ValueError:
+        n = 0
+    if n < 1:
+        from equicare.exceptions import InvalidParameterError
+
+        raise InvalidParameterError(
+            f"--threads must be 'auto' or an integer >= 1; got {threads!r}.")
+    try:
+        allowed = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover
+        allowed = os.cpu_count() or 1
+    n = min(n, allowed)
+    return {"torch": n, "openmp": n, "blas": n}
+
+
+_THREAD_ENV = {"OMP_NUM_THREADS": "openmp", "MKL_NUM_THREADS": "torch",
+               "OPENBLAS_NUM_THREADS": "blas"}
+
+
+@contextlib.contextmanager
+def thread_limits(threads: str) -> Iterator[dict[str, int]]:
+    """Apply :func:`thread_plan` for the duration of one command, then restore everything.
+
+    Sets the environment (read by libraries loaded later, e.g. torch's OpenMP pool and worker
+    processes), ``threadpoolctl`` limits on the libraries already loaded, and
+    ``torch.set_num_threads`` when torch is (or gets) imported.
+    """
+    plan = thread_plan(threads)
+    old_env = {k: os.environ.get(k) for k in _THREAD_ENV}
+    for k, lib in _THREAD_ENV.items():
+        os.environ[k] = str(plan[lib])
+    torch_mod = sys.modules.get("torch")
+    old_torch = torch_mod.get_num_threads() if torch_mod is not None else None
+    if torch_mod is not None:
+        torch_mod.set_num_threads(plan["torch"])
+    limiter: Any = contextlib.nullcontext()
+    try:
+        from threadpoolctl import threadpool_limits
+
+        limiter = threadpool_limits(limits={"blas": plan["blas"], "openmp": plan["openmp"]})
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
+        pass
+    try:
+        with limiter:
+            yield plan
+    finally:
+        for k, v in old_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        torch_mod = sys.modules.get("torch")
+        if torch_mod is not None:
+            torch_mod.set_num_threads(old_torch if old_torch is not None
+                                      else max(1, os.cpu_count() or 1))
+
+
+THREADS_HELP = ("Threads of torch, BLAS and OpenMP. auto: 1 for torch (small networks) and "
+                "OpenMP, BLAS on the free cores (at most 4); N: N each, capped at the usable "
+                "cores.")
+
+#: Options shared by every command, so that each concept has one spelling and one default.
+Force = Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")]
+JsonOut = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+Seed = Annotated[int, typer.Option("--seed", min=0, help="Random seed.")]
+Progress = Annotated[bool, typer.Option(
+    "--progress/--no-progress",
+    help="Progress bars on a terminal, one line per stage otherwise.")]
+
+#: The ``--threads`` option every command declares (:class:`EquicareGroup` applies it).
+Threads = Annotated[str, typer.Option("--threads", metavar="auto|N", help=THREADS_HELP)]
+
+
+def _with_threads(cmd: Any) -> None:
+    if getattr(cmd, "callback", None) is None or getattr(cmd, "_equicare_threads", False):
+        return
+    inner = cmd.callback
+
+    @functools.wraps(inner)
+    def callback(*args: Any, **kwargs: Any) -> Any:
+        with thread_limits(str(kwargs.get("threads", "auto"))):
+            return inner(*args, **kwargs)
+
+    cmd.callback = callback
+    cmd._equicare_threads = True
+
+
+# ------------------------------------------------------------------------------------ warnings
+def _show_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None,
+                  line: str | None = None) -> None:
+    text = " ".join(str(message).split())
+    err_console.print(f"[yellow]warning:[/] {escape(text)}", highlight=False, soft_wrap=True)
+
+
+# ---------------------------------------------------------------------------------- bug report
+def log_dir() -> Path:
+    """Folder of bug logs: ``$EQUICARE_LOG_DIR``, else ``~/.cache/equicare/logs``."""
+    env = os.environ.get("EQUICARE_LOG_DIR")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "equicare" / "logs"
+
+
+def _report_bug(exc: BaseException, argv: list[str]) -> Path | None:
+    from equicare import __version__
+
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    text = (f"equicare {__version__}, Python {sys.version.split()[0]}\n"
+            f"command: equicare {' '.join(argv)}\n\n"
+            + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    for folder in (log_dir(), Path(tempfile.gettempdir()) / "equicare-logs"):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=f"crash-{stamp}-", suffix=".log", dir=folder)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+            return Path(name)
+        except OSError:
+            continue
+    return None  # pragma: no cover
+
+
+# ---------------------------------------------------------------------------------- the group
+def _rewrite_deprecated(command: str, args: list[str]) -> list[str]:
+    table = DEPRECATED_OPTIONS.get(command)
+    if not table:
+        return args
+    out: list[str] = []
+    for a in args:
+        if a == "--":
+            out.extend(args[len(out):])
+            break
+        name, eq, value = a.partition("=")
+        new = table.get(name)
+        if new is not None:
+            err_console.print(f"[yellow]warning:[/] {name} is deprecated and will be removed in "
+                              f"the next release; use {new}.", highlight=False, soft_wrap=True)
+            a = new + eq + value
+        out.append(a)
+    return out
+
+
+class EquicareGroup(TyperGroup):
+    """The root command group: error taxonomy, threads, warnings and deprecated spellings."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._add_threads(self)
+
+    @classmethod
+    def _add_threads(cls, group: Any) -> None:
+        for cmd in group.commands.values():
+            if isinstance(cmd, TyperGroup):
+                cls._add_threads(cmd)
+            else:
+                _with_threads(cmd)
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        """Find the command; rewrite its deprecated option spellings (with a warning)."""
+        if args and args[0] in REMOVED_COMMANDS:
+            fail(f"'equicare {args[0]}' was removed; use {REMOVED_COMMANDS[args[0]]}.")
+        name, cmd, rest = super().resolve_command(ctx, args)
+        return name, cmd, _rewrite_deprecated(name or "", rest)
+
+    def invoke(self, ctx: Any) -> Any:
+        """Run the command with the error taxonomy and one-line warnings."""
+        try:
+            with warnings.catch_warnings():
+                warnings.showwarning = _show_warning
+                return super().invoke(ctx)
+        except (TyperExit, TyperAbort, click.ClickException):
+            raise
+        except (EquicareError, FileExistsError, FileNotFoundError) as exc:
+            _print_user_error(exc)
+            raise typer.Exit(code=2) from None
+        except KeyboardInterrupt:
+            err_console.print("[bold red]error:[/] interrupted (Ctrl-C).", highlight=False)
+            raise typer.Exit(code=130) from None
+        except Exception as exc:  # a bug: say so, keep the traceback, exit 1
+            path = _report_bug(exc, getattr(self, "_argv", sys.argv[1:]))
+            where = f"the traceback is in {path}" if path else "no log file could be written"
+            err_console.print(
+                f"[bold red]error:[/] internal error (a bug in equicare, not in your input): "
+                f"{escape(type(exc).__name__)}: {escape(' '.join(str(exc).split()))}; {where}. "
+                "Please report it with that file.", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=1) from None
+
+    def main(self, args: Any = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True,
+             **extra: Any) -> Any:
+        """Parse and run; usage errors become one line ``error: ...`` and exit code 2."""
+        self._argv = [str(a) for a in (sys.argv[1:] if args is None else args)]
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            code = rv if isinstance(rv, int) else 0
+        except click.exceptions.UsageError as exc:
+            hint = ""
+            if exc.ctx is not None:
+                hint = f" (see '{exc.ctx.command_path} --help')"
+            err_console.print(f"[bold red]error:[/] {escape(exc.format_message())}{hint}",
+                              highlight=False, soft_wrap=True)
+            code = 2
+        except click.ClickException as exc:
+            err_console.print(f"[bold red]error:[/] {escape(exc.format_message())}",
+                              highlight=False, soft_wrap=True)
+            code = exc.exit_code
+        except TyperAbort:
+            err_console.print("[bold red]error:[/] interrupted (Ctrl-C).", highlight=False)
+            code = 130
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+def version_callback(value: bool) -> None:
+    """``equicare --version``."""
+    if value:
+        from equicare import __version__
+
+        typer.echo(f"equicare {__version__}")
+        raise typer.Exit()
+

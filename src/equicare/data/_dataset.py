@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
+from equicare.exceptions import InvalidParameterError, UnknownNameError
 from equicare.spaces import FactoredActionSpace
 from equicare.utils import RandomState, check_random_state
 
@@ -101,11 +102,11 @@ class TrajectoryDataset:
         offs = np.asarray(self.episode_offsets, dtype=np.int64)
         object.__setattr__(self, "episode_offsets", offs)
         if offs.ndim != 1 or offs[0] != 0 or offs[-1] != n or np.any(np.diff(offs) <= 0):
-            raise ValueError(
+            raise InvalidParameterError(
                 "episode_offsets must start at 0, end at n_steps and increase strictly."
             )
         if self.states.shape[0] != n:
-            raise ValueError(f"states has {self.states.shape[0]} rows, actions has {n}.")
+            raise InvalidParameterError(f"states has {self.states.shape[0]} rows, actions has {n}.")
         rc = np.asarray(self.reward_components, dtype=np.float64)
         if rc.ndim == 1:
             rc = rc[:, None]
@@ -114,13 +115,14 @@ class TrajectoryDataset:
             self, "reward_weights", np.asarray(self.reward_weights, dtype=np.float64)
         )
         if rc.shape != (n, len(self.reward_weights)) or len(self.reward_names) != rc.shape[1]:
-            raise ValueError("reward_components, reward_names and reward_weights disagree in size.")
+            raise InvalidParameterError(
+                "reward_components, reward_names and reward_weights disagree in size.")
         for name, arr in (("terminals", self.terminals), ("times", self.times)):
             if arr.shape != (n,):
-                raise ValueError(f"{name} must have shape ({n},), got {arr.shape}.")
+                raise InvalidParameterError(f"{name} must have shape ({n},), got {arr.shape}.")
         for k, v in self.groups.items():
             if v.shape[0] != self.n_episodes:
-                raise ValueError(f"group {k!r} must have one label per episode.")
+                raise InvalidParameterError(f"group {k!r} must have one label per episode.")
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -321,10 +323,11 @@ class TrajectoryDataset:
         Shape ``(n_episodes,)``.
         """
         if not self.groups:
-            raise KeyError("This dataset has no group attributes (manifest dataset.groups).")
+            raise UnknownNameError(
+                "This dataset has no group attributes (manifest dataset.groups).")
         key = attr or next(iter(self.groups))
         if key not in self.groups:
-            raise KeyError(f"Unknown group attribute {key!r}; known: {list(self.groups)}.")
+            raise UnknownNameError(f"Unknown group attribute {key!r}; known: {list(self.groups)}.")
         return self.groups[key]
 
     def intersect_groups(self, attrs: Sequence[str]) -> NDArray[np.str_]:
@@ -345,7 +348,7 @@ class TrajectoryDataset:
             ep = np.flatnonzero(ep)
         ep = ep.astype(np.int64)
         if ep.size == 0:
-            raise ValueError("Cannot take a subset with no episodes.")
+            raise InvalidParameterError("Cannot take a subset with no episodes.")
         lengths = self.episode_lengths[ep]
         starts = self.episode_offsets[ep]
         offsets = np.zeros(ep.size + 1, dtype=np.int64)
@@ -419,9 +422,9 @@ class TrajectoryDataset:
             Group attribute whose proportions both parts keep.
         """
         if not 0 < valid_fraction < 1:
-            raise ValueError(f"valid_fraction must be in (0, 1), got {valid_fraction}.")
+            raise InvalidParameterError(f"valid_fraction must be in (0, 1), got {valid_fraction}.")
         if self.n_episodes < 2:
-            raise ValueError("Need at least 2 episodes to split.")
+            raise InvalidParameterError("Need at least 2 episodes to split.")
         rng = check_random_state(random_state)
         keys = (
             np.zeros(self.n_episodes, dtype=np.int64)
@@ -448,7 +451,8 @@ class TrajectoryDataset:
         w = self.reward_weights.copy()
         for k, v in weights.items():
             if k not in self.reward_names:
-                raise KeyError(f"Unknown reward component {k!r}; known: {list(self.reward_names)}.")
+                raise UnknownNameError(
+                    f"Unknown reward component {k!r}; known: {list(self.reward_names)}.")
             w[self.reward_names.index(k)] = float(v)
         return replace(self, reward_weights=w, _cache={})
 
@@ -456,7 +460,7 @@ class TrajectoryDataset:
         """Same data with the given logged-action propensities, shape ``(n_steps,)``."""
         p = np.asarray(prob, dtype=np.float64)
         if p.shape != (self.n_steps,):
-            raise ValueError(f"prob must have shape ({self.n_steps},), got {p.shape}.")
+            raise InvalidParameterError(f"prob must have shape ({self.n_steps},), got {p.shape}.")
         return replace(self, behavior_prob=p, _cache={})
 
     # ------------------------------------------------------------------ summaries

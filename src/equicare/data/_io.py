@@ -14,7 +14,7 @@ import pandas as pd
 from equicare.data._dataset import TrajectoryDataset
 from equicare.data._manifest import Manifest, read_manifest
 from equicare.data.validate import ValidationReport, validate_frame
-from equicare.exceptions import DataValidationError
+from equicare.exceptions import DataValidationError, InvalidParameterError
 from equicare.utils import atomic_write_text
 
 __all__ = [
@@ -301,7 +301,8 @@ def to_frame(ds: TrajectoryDataset, action_labels: bool = True) -> pd.DataFrame:
     """
     man: Manifest | None = ds.manifest
     if man is None:
-        raise ValueError("This dataset has no manifest (build it with load_dataset or from_frame).")
+        raise InvalidParameterError(
+            "This dataset has no manifest (build it with load_dataset or from_frame).")
     data: dict[str, Any] = {}
     data[man.episode] = ds.episode_rows(ds.episode_ids)
     data[man.time] = ds.times

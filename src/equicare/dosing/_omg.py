@@ -55,7 +55,12 @@ from equicare.dosing._irl import (
     mixture_log_density,
 )
 from equicare.dosing._sac import MLP, DiscreteSAC, SACConfig
-from equicare.exceptions import DataValidationError, PolicyError
+from equicare.exceptions import (
+    DataValidationError,
+    InvalidParameterError,
+    PolicyError,
+    UnknownNameError,
+)
 from equicare.models._dynamics import DynamicsConfig, DynamicsEnsemble, transitions_from_dataset
 from equicare.models._reward_net import REWARD_INPUTS, RewardEnsemble, RewardInput
 from equicare.policy._learned import StatePolicy, manifest_fingerprint
@@ -188,7 +193,8 @@ class OMGConfig:
 
         def need(ok: bool, name: str, expected: str) -> None:
             if not ok:
-                raise ValueError(PARAM_MESSAGE.format(name=name, owner=own, expected=expected,
+                raise InvalidParameterError(
+                    PARAM_MESSAGE.format(name=name, owner=own, expected=expected,
                                                       got=getattr(self, name)))
 
         need(self.reward in ("learned", "dataset"), "reward", "one of 'learned', 'dataset'")
@@ -702,7 +708,8 @@ class OMG:
         """
         check_is_fitted(self, "agent_")
         if self.reward_net_ is None:
-            raise ValueError("This OMG was fitted with reward='dataset'; it has no learned reward.")
+            raise InvalidParameterError(
+                "This OMG was fitted with reward='dataset'; it has no learned reward.")
         r = self.reward_net_.predict(states, actions, next_states)
         return (r - self.reward_shift_) / self.reward_scale_ if normalised else r
 
@@ -748,7 +755,7 @@ class OMG:
         names = list(self.feature_names_)
         for f in (feature, *linked):
             if f not in names:
-                raise KeyError(f"Unknown feature {f!r}; known: {names}.")
+                raise UnknownNameError(f"Unknown feature {f!r}; known: {names}.")
         v = np.asarray(values, dtype=np.float32)
         base = self._median_state if base_state is None else np.asarray(base_state, np.float32)
         grid = np.repeat(base[None, :], v.size, axis=0)

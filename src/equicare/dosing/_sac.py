@@ -31,6 +31,7 @@ import torch
 from numpy.typing import ArrayLike
 from torch import Tensor, nn
 
+from equicare.exceptions import InvalidParameterError
 from equicare.models._mlp import StandardizedMLP
 from equicare.utils import PARAM_MESSAGE, config_from_dict, config_to_dict
 
@@ -53,10 +54,12 @@ def discrete_target_entropy(n_actions: int, ratio: float) -> float:
     0.8959
     """
     if n_actions < 2:
-        raise ValueError(f"A categorical policy needs >= 2 actions for a target entropy; got "
+        raise InvalidParameterError(
+            f"A categorical policy needs >= 2 actions for a target entropy; got "
                          f"{n_actions}.")
     if not 0 < ratio < 1:
-        raise ValueError(PARAM_MESSAGE.format(name="ratio", owner="discrete_target_entropy",
+        raise InvalidParameterError(
+            PARAM_MESSAGE.format(name="ratio", owner="discrete_target_entropy",
                                               expected="a number in (0, 1)", got=ratio))
     return float(ratio * math.log(n_actions))
 
@@ -121,7 +124,8 @@ class SACConfig:
 
         def need(ok: bool, name: str, expected: str) -> None:
             if not ok:
-                raise ValueError(PARAM_MESSAGE.format(name=name, owner=own, expected=expected,
+                raise InvalidParameterError(
+                    PARAM_MESSAGE.format(name=name, owner=own, expected=expected,
                                                       got=getattr(self, name)))
 
         need(len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden), "hidden",

@@ -11,6 +11,7 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
+from equicare.exceptions import InvalidParameterError
 from equicare.fairness._bootstrap import (
     CIMethod,
     bootstrap_ci,
@@ -105,8 +106,8 @@ class AllocationFrame:
 
     Works like Fairlearn's ``MetricFrame``: :attr:`overall`, :attr:`by_group`,
     :meth:`difference`, :meth:`ratio`, each with a ``_ci`` twin (``1 - alpha`` bootstrap interval
-    over the episode-level replicates; ``ci_method`` "basic" by default, see
-    :func:`equicare.fairness.bootstrap_ci`). Rates are fractions (0.081 is
+    over the episode-level replicates; ``ci_method`` "basic" by default, widened to contain the
+    estimate, see :func:`equicare.fairness.bootstrap_ci`). Rates are fractions (0.081 is
     8.1%); ``to_dict`` reports gaps in percentage points. Only published groups (at least
     ``min_cell`` episodes) appear; suppressed groups are listed in :attr:`suppressed` and are left
     out of every number, including the overall rate.
@@ -176,7 +177,8 @@ class AllocationFrame:
     @staticmethod
     def _need(reps: NDArray[np.float64] | None) -> NDArray[np.float64]:
         if reps is None:
-            raise ValueError("No bootstrap replicates: build the frame with n_boot > 0 to get "
+            raise InvalidParameterError(
+                "No bootstrap replicates: build the frame with n_boot > 0 to get "
                              "intervals.")
         return reps
 
@@ -277,7 +279,8 @@ class AllocationFrame:
     def proportional_parity(self) -> pd.Series:
         """Share of the allocation / share of need per group (1.0 = proportional to need)."""
         if self.pp is None:
-            raise ValueError("Proportional parity needs clinical need: give the manifest a need "
+            raise InvalidParameterError(
+                "Proportional parity needs clinical need: give the manifest a need "
                              "column or pass need= (a state rule, an array or a callable).")
         return pd.Series(self.pp, index=pd.Index(self.groups, name=self.group),
                          name="proportional_parity")
@@ -400,7 +403,7 @@ def build_frames(names: Sequence[str], num: NDArray[np.float64], den: NDArray[np
     num = np.asarray(num, dtype=np.float64).reshape(den.shape[0], -1)
     k = num.shape[1]
     if len(names) != k:
-        raise ValueError(f"{len(names)} names for {k} policies.")
+        raise InvalidParameterError(f"{len(names)} names for {k} policies.")
     cols = [num, den[:, None]] + ([need[:, None]] if need is not None else [])
     c = np.concatenate(cols, axis=1)
     point, reps = group_sums(gi.one_hot(), c, weights) if sums is None else sums
@@ -536,7 +539,7 @@ def allocation_rates(
     if weights is None and n_boot > 0:
         weights = bootstrap_weights(dataset.n_episodes, n_boot, w_state)
     elif weights is not None and weights.shape[1] != dataset.n_episodes:
-        raise ValueError(PARAM_MESSAGE.format(
+        raise InvalidParameterError(PARAM_MESSAGE.format(
             name="weights", owner="allocation_rates",
             expected=f"an array of shape (n_boot, {dataset.n_episodes})", got=weights.shape))
     label = name or ("behavior" if policy is None else "policy")

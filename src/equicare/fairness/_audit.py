@@ -14,6 +14,7 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
+from equicare.exceptions import InvalidParameterError
 from equicare.fairness._allocation import (
     AllocationFrame,
     _check_common,
@@ -211,7 +212,8 @@ class FairnessAudit:
     ci_method : {"basic", "percentile"}
         Bootstrap interval of every metric (:func:`equicare.fairness.bootstrap_ci`): the basic
         (reverse percentile) interval by default, which keeps its coverage for max-minus-min
-        gaps, ratios, worst-group values and Gini indices.
+        gaps, ratios, worst-group values and Gini indices. Either interval is widened to contain
+        its point estimate (see :func:`~equicare.fairness.bootstrap_ci`).
     n_permutations : int
         Permutations of the test of no allocation difference (0: no test).
     min_cell : int
@@ -267,7 +269,8 @@ class FairnessAudit:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"Unknown FairnessAudit settings {unknown}; known: {sorted(known)}.")
+            raise InvalidParameterError(
+                f"Unknown FairnessAudit settings {unknown}; known: {sorted(known)}.")
         kw = dict(d)
         if "intersect" in kw:
             kw["intersect"] = tuple(kw["intersect"])
@@ -297,7 +300,8 @@ class FairnessAudit:
         """
         pols = dict(policies or {})
         if BEHAVIOR in pols:
-            raise ValueError(f"The policy name {BEHAVIOR!r} is reserved for the logged behaviour.")
+            raise InvalidParameterError(
+                f"The policy name {BEHAVIOR!r} is reserved for the logged behaviour.")
         spec, mask = action_set(dataset.action_space, self.action)
         gname, labels = dataset_groups(dataset, self.group, self.intersect)
         gi = group_index(labels, name=gname, min_cell=self.min_cell)
@@ -307,7 +311,7 @@ class FairnessAudit:
         if weights is not None:
             w = np.asarray(weights, dtype=np.float64)
             if w.ndim != 2 or w.shape[1] != n_ep:
-                raise ValueError(PARAM_MESSAGE.format(
+                raise InvalidParameterError(PARAM_MESSAGE.format(
                     name="weights", owner="FairnessAudit.run",
                     expected=f"an array of shape (n_boot, {n_ep})", got=w.shape))
         elif self.n_boot > 0:

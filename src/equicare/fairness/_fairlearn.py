@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
+from equicare.exceptions import InvalidParameterError
+
 if TYPE_CHECKING:  # pragma: no cover
     from equicare.fairness._allocation import AllocationFrame
 
@@ -57,7 +59,7 @@ def to_metric_frame(frame: AllocationFrame, *, n_boot: int | None = None,
     except ImportError as exc:
         raise ImportError(FAIRLEARN_MISSING) from exc
     if frame.episode_num is None or frame.episode_den is None or frame.episode_labels is None:
-        raise ValueError("This AllocationFrame keeps no episode totals; build it with "
+        raise InvalidParameterError("This AllocationFrame keeps no episode totals; build it with "
                          "allocation_rates or audit.")
     kwargs: dict[str, Any] = {}
     if n_boot is not None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from equicare.exceptions import InvalidParameterError
+
 __all__ = ["gini"]
 
 
@@ -61,20 +63,20 @@ def gini(values: ArrayLike, weights: ArrayLike | None = None, *, axis: int = -1
     """
     x = np.asarray(values, dtype=np.float64)
     if x.ndim == 0:
-        raise ValueError("gini needs a vector of values, got a scalar.")
+        raise InvalidParameterError("gini needs a vector of values, got a scalar.")
     x = np.moveaxis(x, axis, -1)
     n = x.shape[-1]
     if n == 0:
-        raise ValueError("gini needs at least one value.")
+        raise InvalidParameterError("gini needs at least one value.")
     if weights is None:
         w = np.ones_like(x)
     else:
         w = np.asarray(weights, dtype=np.float64)
         if w.ndim == 0:
-            raise ValueError("gini weights must be a vector broadcastable to values.")
+            raise InvalidParameterError("gini weights must be a vector broadcastable to values.")
         w = np.broadcast_to(np.moveaxis(w, axis, -1) if w.ndim == np.ndim(values) else w, x.shape)
         if np.any(w < 0):
-            raise ValueError("gini weights must be non-negative.")
+            raise InvalidParameterError("gini weights must be non-negative.")
     order = np.argsort(x, axis=-1, kind="stable")
     xs = np.take_along_axis(x, order, axis=-1)
     ws = np.take_along_axis(w, order, axis=-1)

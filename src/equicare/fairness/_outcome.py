@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
+from equicare.exceptions import InvalidParameterError
 from equicare.fairness._bootstrap import CIMethod, bootstrap_ci
 from equicare.fairness._gini import gini
 from equicare.fairness._groups import SUPPRESSED
@@ -73,7 +74,8 @@ class OutcomeFrame:
     @staticmethod
     def _need(reps: NDArray[np.float64] | None) -> NDArray[np.float64]:
         if reps is None:
-            raise ValueError("No bootstrap replicates: build the frame with n_boot > 0 to get "
+            raise InvalidParameterError(
+                "No bootstrap replicates: build the frame with n_boot > 0 to get "
                              "intervals.")
         return reps
 

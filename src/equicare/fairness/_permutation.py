@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from equicare.exceptions import InvalidParameterError
 from equicare.utils import RandomState, check_param, check_random_state
 
 __all__ = ["permutation_test"]
@@ -66,7 +67,8 @@ def permutation_test(numerators: ArrayLike, denominators: ArrayLike, codes: Arra
     den = np.asarray(denominators, dtype=np.float64)
     c = np.asarray(codes, dtype=np.int64)
     if den.shape != (num.shape[0],) or c.shape != (num.shape[0],):
-        raise ValueError("numerators, denominators and codes must have one entry per episode.")
+        raise InvalidParameterError(
+            "numerators, denominators and codes must have one entry per episode.")
     keep = c >= 0
     num, den, c = num[keep], den[keep], c[keep]
     order = np.argsort(c, kind="stable")

@@ -9,7 +9,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
-from equicare.exceptions import DataValidationError, PolicyError
+from equicare.exceptions import DataValidationError, InvalidParameterError, PolicyError
 from equicare.policy import CallablePolicy, FilePolicy, Policy, check_probs
 from equicare.policy._base import PROB_TOL
 from equicare.spaces import FactoredActionSpace
@@ -186,7 +186,7 @@ def row_pass(dataset: TrajectoryDataset, policy: Policy | NDArray[np.float64] | 
         if q_fn is not None:
             q = np.asarray(q_fn(part), dtype=np.float64)
             if q.shape != (part.n_steps, n_act):
-                raise ValueError(f"q_fn must return shape ({part.n_steps}, {n_act}), "
+                raise InvalidParameterError(f"q_fn must return shape ({part.n_steps}, {n_act}), "
                                  f"got {q.shape}.")
             q_sa[lo:hi] = q[rows, part.actions]  # type: ignore[index]
             v_s[lo:hi] = np.einsum("ij,ij->i", p, q)  # type: ignore[index]
@@ -234,7 +234,8 @@ def episode_totals(dataset: TrajectoryDataset, x: NDArray[np.float64], level: Le
         return s, lengths
     if level == "episode":
         return s / (lengths if s.ndim == 1 else lengths[:, None]), np.ones_like(lengths)
-    raise ValueError(f"The 'level' parameter must be one of 'step', 'episode'. Got {level!r} "
+    raise InvalidParameterError(
+        f"The 'level' parameter must be one of 'step', 'episode'. Got {level!r} "
                      "instead.")
 
 

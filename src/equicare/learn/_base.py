@@ -25,7 +25,7 @@ from numpy.typing import NDArray
 from sklearn.base import BaseEstimator
 from torch import Tensor
 
-from equicare.exceptions import DataValidationError, PolicyError
+from equicare.exceptions import DataValidationError, InvalidParameterError, PolicyError
 from equicare.learn._data import EpochSampler, TrainData, group_codes, support_of
 from equicare.learn._fairness import GroupDRO, group_value_signal, parity_penalty
 from equicare.models._encoders import embedding_size
@@ -172,7 +172,8 @@ class LearnerConfig:
         if (not isinstance(self.hidden, tuple) or not self.hidden
                 or any(not isinstance(h, int) or isinstance(h, bool) or h < 1
                        for h in self.hidden)):
-            raise ValueError(PARAM_MESSAGE.format(name="hidden", owner=o, got=self.hidden,
+            raise InvalidParameterError(
+                PARAM_MESSAGE.format(name="hidden", owner=o, got=self.hidden,
                                                   expected="a non-empty tuple of positive ints"))
         check_param(self.lstm_hidden, "lstm_hidden", o, kind=int, low=1, expected="an int >= 1")
         check_param(self.history_actions, "history_actions", o, kind=bool)
@@ -192,13 +193,13 @@ class LearnerConfig:
         check_param(self.group_attr, "group_attr", o, kind=str, allow_none=True)
         check_param(self.fair_action, "fair_action", o, kind=str, allow_none=True)
         if self.fair_action is not None and "=" not in self.fair_action:
-            raise ValueError(PARAM_MESSAGE.format(
+            raise InvalidParameterError(PARAM_MESSAGE.format(
                 name="fair_action", owner=o, got=self.fair_action,
                 expected="an action set 'component=level' such as 'modality=home_visit'"))
         check_param(self.fair_lambda, "fair_lambda", o, kind=(int, float), low=0,
                     expected="a number >= 0")
         if self.fair_lambda > 0 and self.fair_action is None:
-            raise ValueError(PARAM_MESSAGE.format(
+            raise InvalidParameterError(PARAM_MESSAGE.format(
                 name="fair_action", owner=o, got=None,
                 expected="an action set such as 'modality=home_visit' when fair_lambda > 0"))
         check_param(self.group_robust, "group_robust", o, kind=(int, float), low=0, high=1)
@@ -216,7 +217,7 @@ class LearnerConfig:
                     expected="an int >= 0")
         check_param(self.seed, "seed", o, kind=int, low=0, expected="an int >= 0")
         if self.early_stopping is not None and self.valid_fraction == 0:
-            raise ValueError(PARAM_MESSAGE.format(
+            raise InvalidParameterError(PARAM_MESSAGE.format(
                 name="valid_fraction", owner=o, got=self.valid_fraction,
                 expected="a number in (0, 1) when early_stopping is set"))
 
@@ -240,7 +241,8 @@ class LearnerConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"Unknown {cls.__name__} keys {unknown}; known: {sorted(known)}.")
+            raise InvalidParameterError(
+                f"Unknown {cls.__name__} keys {unknown}; known: {sorted(known)}.")
         return config_from_dict(cls, dict(d))
 
 
@@ -281,7 +283,7 @@ class OfflineLearner(BaseEstimator, metaclass=ABCMeta):  # type: ignore[misc]
             config = self.config_class(**overrides)
         else:
             if not isinstance(config, self.config_class):
-                raise TypeError(PARAM_MESSAGE.format(
+                raise InvalidParameterError(PARAM_MESSAGE.format(
                     name="config", owner=type(self).__name__, got=config,
                     expected=f"a {self.config_class.__name__}"))
             if overrides:
@@ -515,23 +517,14 @@ class OfflineLearner(BaseEstimator, metaclass=ABCMeta):  # type: ignore[misc]
             start, best_metric, bad_evals, best_state = self._load_checkpoint(ckpt, sampler)
         self.n_steps_done_ = start
         # ---------------------------------------------------------- loop
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from equicare._progress import progress_task
 
-        columns = [TextColumn(f"[bold]{self.algo}[/]"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}")]
         stop = False
         running: dict[str, float] = {}
         n_running = 0
         t0 = time.perf_counter()
-        with Progress(*columns, disable=not progress, transient=False) as bar:
-            task = bar.add_task("train", total=cfg.n_steps, completed=start, info="")
+        with progress_task(f"train {self.algo}", cfg.n_steps, enabled=progress,
+                           completed=start) as bar:
             for step in range(start, cfg.n_steps):
                 rows = sampler.next()
                 if self._uses_value_signal() and (step % GROUP_SIGNAL_EVERY == 0
@@ -542,7 +535,7 @@ class OfflineLearner(BaseEstimator, metaclass=ABCMeta):  # type: ignore[misc]
                     for k, v in losses.items():
                         running[k] = running.get(k, 0.0) + float(v)
                     n_running += 1
-                    bar.update(task, completed=step + 1)
+                    bar.update(completed=step + 1)
                 done_steps = step + 1
                 if done_steps % cfg.eval_every == 0 or done_steps == cfg.n_steps:
                     entry: dict[str, Any] = {"step": done_steps}
@@ -559,7 +552,7 @@ class OfflineLearner(BaseEstimator, metaclass=ABCMeta):  # type: ignore[misc]
                     self.history_.append(entry)
                     info = " ".join(f"{k}={v:.4g}" for k, v in entry.items()
                                     if k not in ("step", "seconds"))
-                    bar.update(task, completed=done_steps, info=info)
+                    bar.update(completed=done_steps, info=info)
                     if cfg.early_stopping is not None and metric is not None:
                         if metric < best_metric - 1e-12:
                             best_metric, bad_evals = metric, 0
@@ -662,7 +655,8 @@ class OfflineLearner(BaseEstimator, metaclass=ABCMeta):  # type: ignore[misc]
         same = {k: v for k, v in self.config.to_dict().items() if k != "n_steps"}
         theirs = {k: v for k, v in (meta.get("config") or {}).items() if k != "n_steps"}
         if meta.get("algo") != self.algo or theirs != same:
-            raise ValueError(f"{folder}: the checkpoint was written by another learner or config; "
+            raise InvalidParameterError(
+                f"{folder}: the checkpoint was written by another learner or config; "
                              "use a fresh checkpoint_dir or resume=False.")
         tensors = load_file(str(folder / CHECKPOINT_WEIGHTS))
         for k, net in self.nets_.items():

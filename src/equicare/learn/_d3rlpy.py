@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from equicare.data import TrajectoryDataset
+from equicare.exceptions import InvalidParameterError
 from equicare.spaces import FactoredActionSpace
 
 __all__ = ["to_d3rlpy", "from_d3rlpy"]
@@ -56,7 +57,8 @@ def to_d3rlpy(dataset: TrajectoryDataset) -> Any:
     last = dataset.is_last
     if (term & ~last).any():
         bad = int(np.flatnonzero(term & ~last)[0])
-        raise ValueError(f"Row {bad} is terminal but not the last row of its episode; d3rlpy "
+        raise InvalidParameterError(
+            f"Row {bad} is terminal but not the last row of its episode; d3rlpy "
                          "episodes end at their terminal step.")
     del d3
     return MDPDataset(
@@ -94,7 +96,7 @@ def from_d3rlpy(mdp: Any, *, action_space: FactoredActionSpace | None = None,
     _d3rlpy()
     episodes = list(mdp.episodes)
     if not episodes:
-        raise ValueError("The d3rlpy dataset has no episodes.")
+        raise InvalidParameterError("The d3rlpy dataset has no episodes.")
     obs = np.concatenate([np.asarray(e.observations, dtype=np.float32).reshape(len(e.actions), -1)
                           for e in episodes])
     actions = np.concatenate([np.asarray(e.actions).reshape(-1) for e in episodes]).astype(np.int64)
@@ -108,11 +110,13 @@ def from_d3rlpy(mdp: Any, *, action_space: FactoredActionSpace | None = None,
     if action_space is None:
         action_space = FactoredActionSpace.single(int(mdp.dataset_info.action_size))
     if actions.size and (actions.min() < 0 or actions.max() >= action_space.n_actions):
-        raise ValueError(f"Actions outside [0, {action_space.n_actions}) in the d3rlpy dataset.")
+        raise InvalidParameterError(
+            f"Actions outside [0, {action_space.n_actions}) in the d3rlpy dataset.")
     names = tuple(state_names) if state_names is not None else tuple(
         f"x{j}" for j in range(obs.shape[1]))
     if len(names) != obs.shape[1]:
-        raise ValueError(f"state_names has {len(names)} names for {obs.shape[1]} columns.")
+        raise InvalidParameterError(
+            f"state_names has {len(names)} names for {obs.shape[1]} columns.")
     times = np.arange(offsets[-1], dtype=np.int64) - np.repeat(offsets[:-1], lengths)
     return TrajectoryDataset(
         states=obs, actions=actions, reward_components=rewards[:, None], terminals=terminals,

@@ -10,6 +10,7 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor
 
+from equicare.exceptions import InvalidParameterError
 from equicare.models._inputs import ModelInputs
 
 __all__ = ["TrainData", "EpochSampler", "support_of", "group_codes", "critic_model_inputs"]
@@ -24,7 +25,7 @@ def support_of(dataset: Any, kind: str, min_count: int) -> NDArray[np.int64]:
         return np.arange(dataset.n_actions, dtype=np.int64)
     sup = np.flatnonzero(dataset.action_space.observed_mask(dataset.actions, min_count))
     if sup.size == 0:
-        raise ValueError(f"No action is observed at least {min_count} times; lower "
+        raise InvalidParameterError(f"No action is observed at least {min_count} times; lower "
                          "min_support_count.")
     return sup.astype(np.int64)
 
@@ -46,7 +47,7 @@ def group_codes(dataset: Any, attr: str | None, levels: NDArray[Any] | None
     pos = np.searchsorted(levels, labels)
     pos = np.clip(pos, 0, len(levels) - 1)
     if (np.asarray(levels)[pos] != labels).any():
-        raise ValueError(f"Group attribute {attr!r} has labels not seen in training.")
+        raise InvalidParameterError(f"Group attribute {attr!r} has labels not seen in training.")
     return pos.astype(np.int64)[dataset.episode_index], levels
 
 

@@ -34,6 +34,7 @@ import torch
 from numpy.typing import ArrayLike, NDArray
 from torch import Tensor, nn
 
+from equicare.exceptions import InvalidParameterError
 from equicare.utils import (
     PARAM_MESSAGE,
     RandomState,
@@ -78,7 +79,7 @@ def one_hot_actions(actions: ArrayLike | Tensor, n_actions: int) -> Tensor:
     a = torch.as_tensor(np.asarray(actions) if not isinstance(actions, Tensor) else actions)
     a = a.long().reshape(-1)
     if a.numel() and (int(a.min()) < 0 or int(a.max()) >= n_actions):
-        raise ValueError(f"Action indices must lie in [0, {n_actions}); got values in "
+        raise InvalidParameterError(f"Action indices must lie in [0, {n_actions}); got values in "
                          f"[{int(a.min())}, {int(a.max())}].")
     return torch.nn.functional.one_hot(a, n_actions).float()
 
@@ -250,7 +251,8 @@ class DynamicsConfig:
 
         def need(ok: bool, name: str, expected: str) -> None:
             if not ok:
-                raise ValueError(PARAM_MESSAGE.format(name=name, owner=own, expected=expected,
+                raise InvalidParameterError(
+                    PARAM_MESSAGE.format(name=name, owner=own, expected=expected,
                                                       got=getattr(self, name)))
 
         for name in ("n_members", "n_elites", "batch_size", "max_epochs", "patience"):

@@ -18,6 +18,8 @@ from numpy.typing import NDArray
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from equicare.exceptions import InvalidParameterError
+
 __all__ = ["Standardize", "MLPEncoder", "HistoryEncoder", "CategoricalEmbedding",
            "embedding_size", "window_index", "mlp"]
 
@@ -63,7 +65,7 @@ def window_index(step: NDArray[np.int64], window: int
         Number of valid slots, ``min(step + 1, window)``.
     """
     if window < 1:
-        raise ValueError(f"window must be >= 1, got {window}.")
+        raise InvalidParameterError(f"window must be >= 1, got {window}.")
     step = np.asarray(step, dtype=np.int64)
     n = step.shape[0]
     rows = np.arange(n, dtype=np.int64)
@@ -136,7 +138,7 @@ class MLPEncoder(nn.Module):
     def __init__(self, n_features: int, hidden: Sequence[int] = (256, 256)) -> None:
         super().__init__()
         if not hidden:
-            raise ValueError("MLPEncoder needs at least one hidden layer.")
+            raise InvalidParameterError("MLPEncoder needs at least one hidden layer.")
         self.norm = Standardize(n_features)
         self.body = mlp(n_features, hidden)
         self.out_dim = int(hidden[-1])
@@ -180,9 +182,9 @@ class HistoryEncoder(nn.Module):
                  lstm_hidden: int = 64, attention_dim: int = 64) -> None:
         super().__init__()
         if window < 1:
-            raise ValueError(f"window must be >= 1, got {window}.")
+            raise InvalidParameterError(f"window must be >= 1, got {window}.")
         if not hidden:
-            raise ValueError("HistoryEncoder needs at least one hidden layer.")
+            raise InvalidParameterError("HistoryEncoder needs at least one hidden layer.")
         self.window = int(window)
         self.norm = Standardize(n_features)
         self.proj = nn.Linear(n_features, lstm_hidden)

@@ -25,6 +25,8 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor, nn
 
+from equicare.exceptions import InvalidParameterError
+
 __all__ = [
     "JointCategoricalHead",
     "FactoredCategoricalHead",
@@ -50,9 +52,10 @@ def flat_codes(sizes: Sequence[int]) -> NDArray[np.int64]:
 def _support_tensor(support: Sequence[int] | NDArray[np.int64], n_actions: int) -> Tensor:
     s = np.asarray(support, dtype=np.int64)
     if s.ndim != 1 or s.size == 0:
-        raise ValueError("support must be a non-empty 1-d list of flat action indices.")
+        raise InvalidParameterError("support must be a non-empty 1-d list of flat action indices.")
     if (np.diff(s) <= 0).any() or s[0] < 0 or s[-1] >= n_actions:
-        raise ValueError(f"support must be strictly increasing flat indices in [0, {n_actions}).")
+        raise InvalidParameterError(
+            f"support must be strictly increasing flat indices in [0, {n_actions}).")
     return torch.as_tensor(s)
 
 
@@ -159,7 +162,7 @@ class FactoredCategoricalHead(nn.Module):
             return [torch.log_softmax(z, dim=1)
                     for z in torch.split(self.linear(h), list(self.sizes), dim=1)]
         if codes is None:
-            raise ValueError("An autoregressive head needs the taken codes a_<j.")
+            raise InvalidParameterError("An autoregressive head needs the taken codes a_<j.")
         out = []
         for j in range(len(self.sizes)):
             z = self.hid[j](h)

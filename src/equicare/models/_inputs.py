@@ -14,6 +14,7 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor
 
+from equicare.exceptions import InvalidParameterError
 from equicare.models._encoders import window_index
 
 __all__ = ["ModelInputs", "batched_forward", "previous_action_features", "categorical_codes",
@@ -231,7 +232,7 @@ def batched_forward(net: torch.nn.Module, inputs: ModelInputs, batch_size: int =
             x, lengths = inputs.take(r)
             outs.append(net(x, lengths))
         if not outs:
-            raise ValueError("No rows to evaluate.")
+            raise InvalidParameterError("No rows to evaluate.")
         return torch.cat(outs, dim=0)
     finally:
         net.train(was_training)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from equicare.exceptions import InvalidParameterError
 from equicare.models._encoders import (
     CategoricalEmbedding,
     HistoryEncoder,
@@ -122,15 +123,18 @@ class NetworkSpec:
                     expected="an int >= 1")
         check_param(self.window, "window", owner, kind=int, low=1, expected="an int >= 1")
         if not self.hidden or any(int(h) < 1 for h in self.hidden):
-            raise ValueError(f"The 'hidden' parameter of {owner} must be a non-empty tuple of "
+            raise InvalidParameterError(
+                f"The 'hidden' parameter of {owner} must be a non-empty tuple of "
                              f"positive ints. Got {self.hidden!r} instead.")
         if self.encoder == "mlp" and self.window != 1:
-            raise ValueError(f"The 'window' parameter of {owner} must be 1 for the mlp encoder. "
+            raise InvalidParameterError(
+                f"The 'window' parameter of {owner} must be 1 for the mlp encoder. "
                              f"Got {self.window!r} instead.")
         n_actions = int(np.prod(self.sizes))
         s = np.asarray(self.support, dtype=np.int64)
         if s.size == 0 or (np.diff(s) <= 0).any() or s[0] < 0 or s[-1] >= n_actions:
-            raise ValueError(f"The 'support' parameter of {owner} must be increasing flat "
+            raise InvalidParameterError(
+                f"The 'support' parameter of {owner} must be increasing flat "
                              f"indices in [0, {n_actions}). Got {len(self.support)} entries.")
 
     @property
@@ -160,7 +164,8 @@ class NetworkSpec:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"Unknown NetworkSpec keys {unknown}; known: {sorted(known)}.")
+            raise InvalidParameterError(
+                f"Unknown NetworkSpec keys {unknown}; known: {sorted(known)}.")
         special = ("categorical_levels", "categorical_onehot")
         kw: dict[str, Any] = {k: tuple(int(x) for x in v) if isinstance(v, list) else v
                               for k, v in d.items() if k not in special}

@@ -21,6 +21,7 @@ import torch
 from numpy.typing import ArrayLike, NDArray
 from torch import Tensor, nn
 
+from equicare.exceptions import InvalidParameterError
 from equicare.models._dynamics import one_hot_actions
 from equicare.utils import PARAM_MESSAGE
 
@@ -56,7 +57,7 @@ class RewardNet(nn.Module):
                  feature_index: ArrayLike | None = None) -> None:
         super().__init__()
         if inputs not in REWARD_INPUTS:
-            raise ValueError(PARAM_MESSAGE.format(name="inputs", owner="RewardNet",
+            raise InvalidParameterError(PARAM_MESSAGE.format(name="inputs", owner="RewardNet",
                                                   expected="one of " + ", ".join(
                                                       repr(x) for x in REWARD_INPUTS), got=inputs))
         self.inputs = inputs
@@ -70,7 +71,8 @@ class RewardNet(nn.Module):
                                                           dtype=torch.float32))
         idx = np.arange(n_features) if feature_index is None else np.asarray(feature_index)
         if idx.size == 0 or idx.min() < 0 or idx.max() >= n_features:
-            raise ValueError(f"feature_index must list state columns in [0, {n_features}); "
+            raise InvalidParameterError(
+                f"feature_index must list state columns in [0, {n_features}); "
                              f"got {idx.tolist()}.")
         self.feature_index: Tensor
         self.state_mean: Tensor
@@ -107,7 +109,7 @@ class RewardNet(nn.Module):
         if self.inputs == "state_action":
             return torch.cat([z, one_hot_actions(actions, self.n_actions)], dim=-1)
         if next_states is None:
-            raise ValueError(f"RewardNet(inputs={self.inputs!r}) needs next_states.")
+            raise InvalidParameterError(f"RewardNet(inputs={self.inputs!r}) needs next_states.")
         zn = ((next_states - self.state_mean) / self.state_std)[:, fi]
         if self.inputs == "next_state":
             return zn
@@ -147,7 +149,8 @@ class RewardEnsemble(nn.Module):
     def __init__(self, n_members: int = 1, **kwargs: Any) -> None:
         super().__init__()
         if isinstance(n_members, bool) or not isinstance(n_members, int) or n_members < 1:
-            raise ValueError(PARAM_MESSAGE.format(name="n_members", owner="RewardEnsemble",
+            raise InvalidParameterError(
+                PARAM_MESSAGE.format(name="n_members", owner="RewardEnsemble",
                                                   expected="an int >= 1", got=n_members))
         self.members = nn.ModuleList(RewardNet(**kwargs) for _ in range(n_members))
 

@@ -62,6 +62,7 @@ from typing import Any, ClassVar, Literal, cast
 
 import numpy as np
 
+from equicare.exceptions import InvalidParameterError
 from equicare.online._ppo import PPO, PPOConfig
 from equicare.utils import check_param
 
@@ -123,7 +124,7 @@ class GRPOConfig(PPOConfig):
 
 def _served_group(obs: np.ndarray, actions: np.ndarray, info: dict[str, Any]) -> np.ndarray:
     if "served_group" not in info:
-        raise ValueError(NO_GROUPS_MESSAGE)
+        raise InvalidParameterError(NO_GROUPS_MESSAGE)
     return np.asarray(info["served_group"], dtype=np.int64)
 
 
@@ -164,7 +165,7 @@ class GRPO(PPO):
         cfg = self._cfg()
         n_groups = cfg.n_groups if cfg.n_groups is not None else getattr(env, "n_groups", None)
         if not isinstance(n_groups, int) or n_groups < 1:
-            raise ValueError(N_GROUPS_MESSAGE)
+            raise InvalidParameterError(N_GROUPS_MESSAGE)
         self._group_fn: Callable[..., np.ndarray] = group_fn if group_fn is not None \
             else _served_group
         self._n_groups = n_groups
@@ -186,7 +187,7 @@ class GRPO(PPO):
     ) -> np.ndarray:
         g = np.asarray(self._group_fn(obs, actions, info), dtype=np.int64)
         if g.shape != actions.shape or (g.size and (g.min() < -1 or g.max() >= self._n_groups)):
-            raise ValueError(
+            raise InvalidParameterError(
                 f"group labels must be ints in [-1, {self._n_groups - 1}] of shape "
                 f"{actions.shape}; got shape {g.shape} with range "
                 f"[{g.min() if g.size else None}, {g.max() if g.size else None}].")
@@ -198,10 +199,10 @@ class GRPO(PPO):
 
     def _aux_rewards(self, info: dict[str, Any], n_envs: int) -> np.ndarray:
         if "group_reward" not in info:
-            raise ValueError(NO_GROUP_REWARD_MESSAGE)
+            raise InvalidParameterError(NO_GROUP_REWARD_MESSAGE)
         r = np.asarray(info["group_reward"], dtype=np.float64)
         if r.shape != (n_envs, self._n_groups):
-            raise ValueError(f"{NO_GROUP_REWARD_MESSAGE} Got shape {r.shape}.")
+            raise InvalidParameterError(f"{NO_GROUP_REWARD_MESSAGE} Got shape {r.shape}.")
         self._cost_sum -= r.mean(axis=0)
         self._cost_n += 1
         return r

@@ -36,6 +36,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 import numpy as np
 
+from equicare.exceptions import InvalidParameterError
 from equicare.policy._learned import MASKED_LOGIT
 from equicare.utils import (
     PARAM_MESSAGE,
@@ -148,7 +149,7 @@ class PPOConfig:
         hs = self.hidden_sizes
         if not (isinstance(hs, tuple | list) and len(hs) >= 1
                 and all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hs)):
-            raise ValueError(PARAM_MESSAGE.format(
+            raise InvalidParameterError(PARAM_MESSAGE.format(
                 name="hidden_sizes", owner=owner, expected="a non-empty tuple of positive ints",
                 got=hs))
         object.__setattr__(self, "hidden_sizes", tuple(hs))
@@ -174,7 +175,7 @@ class PPOConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
-            raise ValueError(f"Unknown {cls.__name__} keys: {', '.join(unknown)}.")
+            raise InvalidParameterError(f"Unknown {cls.__name__} keys: {', '.join(unknown)}.")
         kwargs: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v)
                                   for k, v in data.items()}
         return cls(**kwargs)
@@ -202,7 +203,7 @@ def make_vector_env(env: Any, n_envs: int) -> Any:
     if isinstance(env, VectorEnv):
         mode = env.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
         if mode != AutoresetMode.SAME_STEP:
-            raise ValueError(
+            raise InvalidParameterError(
                 f"PPO needs a vector environment with same-step autoreset; got {mode!s}. Build it "
                 "with autoreset_mode=gymnasium.vector.AutoresetMode.SAME_STEP.")
         return env
@@ -211,7 +212,7 @@ def make_vector_env(env: Any, n_envs: int) -> Any:
                             vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP})
     if callable(env):
         return SyncVectorEnv([env] * n_envs, autoreset_mode=AutoresetMode.SAME_STEP)
-    raise TypeError(PARAM_MESSAGE.format(
+    raise InvalidParameterError(PARAM_MESSAGE.format(
         name="env", owner="PPO.fit",
         expected="a gymnasium VectorEnv, an environment id or a function returning an Env",
         got=env))
@@ -221,7 +222,8 @@ def _final_obs(info: dict[str, Any], done: np.ndarray, next_obs: np.ndarray) -> 
     """Observations at which finished episodes ended, (n_done, obs_dim)."""
     fo = info.get("final_obs")
     if fo is None:
-        raise ValueError("The vector environment did not report info['final_obs'] for finished "
+        raise InvalidParameterError(
+            "The vector environment did not report info['final_obs'] for finished "
                          "episodes (same-step autoreset is required).")
     if isinstance(fo, np.ndarray) and fo.dtype != object:
         return np.asarray(fo[done], dtype=np.float32)
@@ -270,7 +272,7 @@ class PPO:
     def _resolved_config(self) -> PPOConfig:
         cfg = self.config if self.config is not None else self.config_class()
         if not isinstance(cfg, self.config_class):
-            raise TypeError(PARAM_MESSAGE.format(
+            raise InvalidParameterError(PARAM_MESSAGE.format(
                 name="config", owner=type(self).__name__,
                 expected=f"a {self.config_class.__name__}", got=cfg))
         return cfg
@@ -347,9 +349,9 @@ class PPO:
         venv = make_vector_env(env, cfg.n_envs)
         obs_space, act_space = venv.single_observation_space, venv.single_action_space
         if not isinstance(act_space, spaces.Discrete):
-            raise ValueError(f"PPO needs a Discrete action space; got {act_space}.")
+            raise InvalidParameterError(f"PPO needs a Discrete action space; got {act_space}.")
         if not isinstance(obs_space, spaces.Box) or len(obs_space.shape) != 1:
-            raise ValueError(f"PPO needs a flat Box observation space; got {obs_space}.")
+            raise InvalidParameterError(f"PPO needs a flat Box observation space; got {obs_space}.")
         rng = check_random_state(random_state)
         n_envs, T = int(venv.num_envs), cfg.n_steps
         obs_dim, n_actions = int(obs_space.shape[0]), int(act_space.n)
@@ -532,7 +534,7 @@ class PPO:
             return None
         m = np.asarray(info["action_mask"], dtype=bool)
         if m.shape != (n_envs, self.n_actions_):
-            raise ValueError(f"info['action_mask'] must have shape ({n_envs}, "
+            raise InvalidParameterError(f"info['action_mask'] must have shape ({n_envs}, "
                              f"{self.n_actions_}); got {m.shape}.")
         m = m.copy()
         m[~m.any(axis=1)] = True  # no valid action reported: leave the row unmasked
@@ -557,7 +559,7 @@ class PPO:
         single = x.ndim == 1
         x2 = x[None, :] if single else x
         if x2.ndim != 2 or x2.shape[1] != self.obs_dim_:
-            raise ValueError(PARAM_MESSAGE.format(
+            raise InvalidParameterError(PARAM_MESSAGE.format(
                 name="obs", owner=type(self).__name__,
                 expected=f"an array of shape (n, {self.obs_dim_})", got=x.shape))
         p = self.as_policy().observation_probs(x2, action_mask)

@@ -25,6 +25,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from equicare.exceptions import InvalidParameterError
 from equicare.utils import PARAM_MESSAGE, check_param
 
 __all__ = [
@@ -55,10 +56,10 @@ Normalization = Literal["absorbing", "alive"]
 def _as_f64(a: Any, name: str, n: int) -> NDArray[np.float64]:
     arr = np.ascontiguousarray(a, dtype=np.float64)
     if arr.shape != (n,):
-        raise ValueError(f"{name} must have shape ({n},), got {arr.shape}.")
+        raise InvalidParameterError(f"{name} must have shape ({n},), got {arr.shape}.")
     if not np.isfinite(arr).all():
         bad = np.flatnonzero(~np.isfinite(arr))
-        raise ValueError(f"{name} has {bad.size} non-finite values "
+        raise InvalidParameterError(f"{name} has {bad.size} non-finite values "
                          f"(first rows: {bad[:5].tolist()}).")
     return arr
 
@@ -99,7 +100,7 @@ class OPEInputs:
     def __post_init__(self) -> None:
         offs = np.ascontiguousarray(self.episode_offsets, dtype=np.int64)
         if offs.ndim != 1 or offs.size < 2 or offs[0] != 0 or np.any(np.diff(offs) <= 0):
-            raise ValueError("episode_offsets must start at 0 and increase strictly "
+            raise InvalidParameterError("episode_offsets must start at 0 and increase strictly "
                              "(at least one episode, no empty episode).")
         n = int(offs[-1])
         object.__setattr__(self, "episode_offsets", offs)
@@ -107,7 +108,7 @@ class OPEInputs:
         rho = _as_f64(self.rho, "rho", n)
         if (rho < 0).any():
             bad = np.flatnonzero(rho < 0)
-            raise ValueError(f"rho must be >= 0; {bad.size} rows are negative "
+            raise InvalidParameterError(f"rho must be >= 0; {bad.size} rows are negative "
                              f"(first rows: {bad[:5].tolist()}).")
         object.__setattr__(self, "rho", rho)
         for name in ("q_sa", "v_s"):
@@ -153,19 +154,20 @@ class OPEInputs:
         pe = np.asarray(target_probs, dtype=np.float64)
         n = a.shape[0]
         if pe.ndim != 2 or pe.shape[0] != n:
-            raise ValueError(f"target_probs must have shape ({n}, n_actions), got {pe.shape}.")
+            raise InvalidParameterError(
+                f"target_probs must have shape ({n}, n_actions), got {pe.shape}.")
         rows = np.arange(n)
         b = _as_f64(behavior_prob, "behavior_prob", n)
         if (b <= 0).any():
             bad = np.flatnonzero(b <= 0)
-            raise ValueError(f"behavior_prob must be > 0; {bad.size} rows are not "
+            raise InvalidParameterError(f"behavior_prob must be > 0; {bad.size} rows are not "
                              f"(first rows: {bad[:5].tolist()}).")
         rho = pe[rows, a] / b
         q_sa = v_s = None
         if q is not None:
             qm = np.asarray(q, dtype=np.float64)
             if qm.shape != pe.shape:
-                raise ValueError(f"q must have shape {pe.shape}, got {qm.shape}.")
+                raise InvalidParameterError(f"q must have shape {pe.shape}, got {qm.shape}.")
             q_sa = qm[rows, a]
             v_s = np.einsum("ij,ij->i", qm, pe)
         return cls(rewards=rewards, episode_offsets=episode_offsets, gamma=float(gamma), rho=rho,
@@ -231,7 +233,7 @@ class OPEInputs:
             ep = np.flatnonzero(ep)
         ep = ep.astype(np.int64)
         if ep.size == 0:
-            raise ValueError("Cannot take a subset with no episodes.")
+            raise InvalidParameterError("Cannot take a subset with no episodes.")
         lengths = self.lengths[ep]
         offsets = np.zeros(ep.size + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
@@ -315,12 +317,13 @@ def _check_keys(keys: Sequence[str], inputs: OPEInputs) -> tuple[str, ...]:
     out = tuple(dict.fromkeys(keys))
     unknown = [k for k in out if k not in ALL_KEYS]
     if unknown:
-        raise ValueError(PARAM_MESSAGE.format(
+        raise InvalidParameterError(PARAM_MESSAGE.format(
             name="estimators", owner="episode_parts",
             expected="a list of " + ", ".join(repr(k) for k in ALL_KEYS), got=unknown))
     if any(k in Q_TYPE for k in out) and (inputs.q_sa is None or inputs.v_s is None):
         need = [k for k in out if k in Q_TYPE]
-        raise ValueError(f"Estimators {need} need a Q-model (q_sa and v_s); none was given.")
+        raise InvalidParameterError(
+            f"Estimators {need} need a Q-model (q_sa and v_s); none was given.")
     return out
 
 

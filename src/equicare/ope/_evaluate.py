@@ -20,7 +20,7 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
-from equicare.exceptions import SmallCellWarning
+from equicare.exceptions import InvalidParameterError, SmallCellWarning
 from equicare.ope._bootstrap import (
     CIMethod,
     Estimate,
@@ -54,7 +54,7 @@ def parse_estimators(estimators: str | Sequence[str]) -> tuple[str, ...]:
         expanded += list(ESTIMATOR_KEYS) if e == "all" else [e]
     bad = [e for e in expanded if e not in ALL_KEYS]
     if bad or not expanded:
-        raise ValueError(PARAM_MESSAGE.format(
+        raise InvalidParameterError(PARAM_MESSAGE.format(
             name="estimators", owner="evaluate",
             expected="'all' or a list of " + ", ".join(repr(k) for k in ALL_KEYS), got=estimators))
     return tuple(dict.fromkeys(expanded))

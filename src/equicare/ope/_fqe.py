@@ -41,6 +41,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
+from equicare.exceptions import InvalidParameterError
 from equicare.utils import (
     PARAM_MESSAGE,
     RandomState,
@@ -127,7 +128,7 @@ class FQEConfig:
         check_param(self.gbm_max_iter, "gbm_max_iter", _OWNER, kind=int, low=1)
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
         if self.resolved_horizon == "backward" and self.model in ("linear", "mlp"):
-            raise ValueError(PARAM_MESSAGE.format(
+            raise InvalidParameterError(PARAM_MESSAGE.format(
                 name="horizon", owner=_OWNER,
                 expected=f"'stationary' or 'auto' for model={self.model!r}", got=self.horizon))
 
@@ -237,7 +238,8 @@ class LoggedQFit:
     def q(self) -> NDArray[np.float64]:
         """``Q(s_t, a)`` for every row and action, shape ``(n_steps, n_actions)`` (built anew)."""
         if self._qfun is None:
-            raise ValueError("This LoggedQFit keeps no Q-function to rebuild the full matrix.")
+            raise InvalidParameterError(
+                "This LoggedQFit keeps no Q-function to rebuild the full matrix.")
         return self._qfun.matrix()
 
 
@@ -360,7 +362,8 @@ def _fit(dataset: TrajectoryDataset, target_probs: NDArray[np.float64],
     """Checked target probabilities, the fitted Q-function and its info."""
     pe = np.asarray(target_probs, dtype=np.float64)
     if pe.shape != (dataset.n_steps, dataset.n_actions):
-        raise ValueError(f"target_probs must have shape ({dataset.n_steps}, {dataset.n_actions}), "
+        raise InvalidParameterError(
+            f"target_probs must have shape ({dataset.n_steps}, {dataset.n_actions}), "
                          f"got {pe.shape}.")
     cfg = config or FQEConfig()
     g = dataset.gamma if gamma is None else float(gamma)
@@ -378,7 +381,7 @@ def _fit(dataset: TrajectoryDataset, target_probs: NDArray[np.float64],
 # ---------------------------------------------------------------------- tabular
 def _cells(dataset: TrajectoryDataset) -> tuple[NDArray[np.int64], int]:
     if dataset.categorical is None or dataset.categorical.shape[1] == 0:
-        raise ValueError("The tabular Q-model needs categorical_states in the dataset "
+        raise InvalidParameterError("The tabular Q-model needs categorical_states in the dataset "
                          "(use q_model='linear' for numeric states).")
     sizes = tuple(len(lv) for lv in dataset.categorical_levels)
     return (np.asarray(np.ravel_multi_index(dataset.categorical.T, sizes), dtype=np.int64),
@@ -422,7 +425,8 @@ def _fit_tabular(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma: flo
         return q_rows, {"solver": "backward", "n_cells": n_cells}
     n_sa = n_cells * n_a
     if n_sa > _MAX_TABULAR_CELLS:
-        raise ValueError(f"The stationary tabular Q-model has {n_sa} (state, action) cells, more "
+        raise InvalidParameterError(
+            f"The stationary tabular Q-model has {n_sa} (state, action) cells, more "
                          f"than {_MAX_TABULAR_CELLS}; use q_model='linear' or horizon='backward'.")
     key = cell * n_a + a
     cnt = np.bincount(key, minlength=n_sa).astype(float)

@@ -9,7 +9,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
-from equicare.exceptions import DataValidationError
+from equicare.exceptions import DataValidationError, InvalidParameterError
 from equicare.ope._core import ALL_KEYS, IS_TYPE, OPEInputs
 from equicare.ope._fqe import FQEConfig, LoggedQFit, fit_fqe_logged, logged_q_fit
 from equicare.policy import check_probs
@@ -58,7 +58,7 @@ def as_fqe_config(q_model: Any) -> FQEConfig:
         return q_model
     if isinstance(q_model, str):
         return FQEConfig(model=q_model)  # type: ignore[arg-type]
-    raise ValueError(PARAM_MESSAGE.format(
+    raise InvalidParameterError(PARAM_MESSAGE.format(
         name="q_model", owner="evaluate",
         expected="'tabular', 'linear', 'gbm', 'mlp' or an FQEConfig", got=q_model))
 
@@ -70,7 +70,7 @@ def _make_behavior_model(spec: Any, seed: int) -> BehaviorModel:
         return BehaviorModel(estimator=spec, random_state=seed)
     if hasattr(spec, "fit") and hasattr(spec, "predict_proba"):
         return BehaviorModel(estimator=spec, random_state=seed)
-    raise ValueError(PARAM_MESSAGE.format(
+    raise InvalidParameterError(PARAM_MESSAGE.format(
         name="behavior_model", owner="evaluate",
         expected="'logistic', 'lgbm', a scikit-learn classifier or a BehaviorModel", got=spec))
 
@@ -123,7 +123,8 @@ class Prepared:
     def bandit_inputs(self) -> OPEInputs:
         """Return inputs whose Q-model is the one-step reward model (for ``bandit_dr``)."""
         if self.bandit_qfit is None:
-            raise ValueError("No one-step reward model was fitted (bandit_dr not requested).")
+            raise InvalidParameterError(
+                "No one-step reward model was fitted (bandit_dr not requested).")
         return self.inputs.with_q(self.bandit_qfit.q_sa, self.bandit_qfit.v)
 
 
@@ -191,7 +192,7 @@ def prepare(
     if q is not None and (needs_q or "bandit_dr" in keys):  # a given Q matrix serves both modes
         qm = np.asarray(q, dtype=np.float64)
         if qm.shape != pe.shape:
-            raise ValueError(f"q must have shape {pe.shape}, got {qm.shape}.")
+            raise InvalidParameterError(f"q must have shape {pe.shape}, got {qm.shape}.")
         given = logged_q_fit(qm, pe, dataset.actions, info={"solver": "given"})
     qfit = None
     if needs_q:  # Q at the logged actions and V only: no (n_steps, n_actions) Q matrix is kept

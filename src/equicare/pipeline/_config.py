@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from equicare.exceptions import ConfigError as _BaseConfigError
 from equicare.exceptions import DataValidationError
 
 __all__ = [
@@ -28,7 +29,7 @@ __all__ = [
 ]
 
 
-class ConfigError(DataValidationError):
+class ConfigError(DataValidationError, _BaseConfigError):
     """A run configuration has unknown, missing or invalid keys."""
 
 

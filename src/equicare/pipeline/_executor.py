@@ -14,6 +14,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
+from equicare.exceptions import InvalidParameterError
 from equicare.utils import PARAM_MESSAGE, check_param
 
 __all__ = [
@@ -93,7 +94,7 @@ class LocalExecutor:
             expected="a positive int or -1 (all cores)",
         )
         if self.jobs == 0 or self.jobs < -1:
-            raise ValueError(
+            raise InvalidParameterError(
                 "The 'jobs' parameter of LocalExecutor must be a positive int or -1 "
                 f"(all cores). Got {self.jobs!r} instead."
             )
@@ -167,7 +168,7 @@ class RayExecutor:
         expected = "'auto', 'local' or 'HOST:PORT'"
         check_param(self.address, "address", "RayExecutor", kind=str, expected=expected)
         if self.address not in ("auto", "local") and _host_port(self.address) is None:
-            raise ValueError(
+            raise InvalidParameterError(
                 PARAM_MESSAGE.format(
                     name="address", owner="RayExecutor", expected=expected, got=self.address
                 )
@@ -228,7 +229,7 @@ class RayExecutor:
         try:
             import ray
         except ImportError as exc:  # pragma: no cover - depends on the extra
-            raise ValueError(RAY_MISSING) from exc
+            raise InvalidParameterError(RAY_MISSING) from exc
         key = (self.address, self.num_cpus if self.address == "local" else None)
         if ray.is_initialized():
             if not _ray_session or _ray_session[0] == key:
@@ -246,11 +247,11 @@ class RayExecutor:
         else:
             hp = _host_port(self.address)
             if hp is not None and not _answers(*hp):
-                raise ValueError(RAY_NO_CLUSTER.format(address=self.address))
+                raise InvalidParameterError(RAY_NO_CLUSTER.format(address=self.address))
             try:
                 ray.init(address=self.address, log_to_driver=False)
             except ConnectionError as exc:
-                raise ValueError(RAY_NO_CLUSTER.format(address=self.address)) from exc
+                raise InvalidParameterError(RAY_NO_CLUSTER.format(address=self.address)) from exc
         _ray_session[:] = [key]
         return ray
 

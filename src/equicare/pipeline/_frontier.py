@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -15,7 +15,7 @@ import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 
 from equicare.data import TrajectoryDataset
-from equicare.exceptions import SmallCellWarning
+from equicare.exceptions import InvalidParameterError, SmallCellWarning
 from equicare.fairness._audit import BEHAVIOR, AuditResult, FairnessAudit
 from equicare.fairness._bootstrap import bootstrap_weights, split_random_state
 from equicare.fairness._groups import dataset_groups, group_index
@@ -198,7 +198,7 @@ def _learner_class(learner: Any) -> tuple[str, Any]:
     if isinstance(learner, str):
         key = learner.lower()
         if key not in _LEARNERS:
-            raise ValueError(PARAM_MESSAGE.format(name="learner", owner="frontier",
+            raise InvalidParameterError(PARAM_MESSAGE.format(name="learner", owner="frontier",
                                                   expected="one of 'bc', 'awr', 'cql'",
                                                   got=learner))
         name = _LEARNERS[key]
@@ -206,7 +206,7 @@ def _learner_class(learner: Any) -> tuple[str, Any]:
     cls: Any = learner if isinstance(learner, type) else type(learner)
     name = str(cls.__name__)
     if getattr(algos, name, None) is not cls:
-        raise ValueError(PARAM_MESSAGE.format(
+        raise InvalidParameterError(PARAM_MESSAGE.format(
             name="learner", owner="frontier",
             expected="'bc', 'awr', 'cql', or an equicare.learn learner class or instance",
             got=learner))
@@ -232,6 +232,7 @@ def frontier(
     executor: Any = None,
     torch_threads: int | None = 1,
     random_state: RandomState = None,
+    progress: bool = False,
 ) -> FrontierResult:
     r"""Train ``learner`` at each fairness weight and trace value against parity.
 
@@ -270,6 +271,8 @@ def frontier(
         E.g. ``equicare.pipeline.get_executor("local", jobs=2)``; default: serial in-process.
     torch_threads : int, optional
         ``torch.set_num_threads`` in each task (1 avoids oversubscription with process pools).
+    progress : bool
+        Report each trained point (a progress bar on a terminal, one line otherwise).
     random_state : int, Generator or None
         Seeds the split, the learners (``config.seed``) and the replicates.
 
@@ -282,13 +285,13 @@ def frontier(
                 low_inclusive=False, high_inclusive=False)
     lams = [float(v) for v in lambdas]
     if not lams:
-        raise ValueError(PARAM_MESSAGE.format(name="lambdas", owner="frontier",
+        raise InvalidParameterError(PARAM_MESSAGE.format(name="lambdas", owner="frontier",
                                               expected="a non-empty sequence of numbers",
                                               got=list(lambdas)))
     hi = 1.0 if weight == "group_robust" else np.inf
     bad = [v for v in lams if not (0.0 <= v <= hi)]
     if bad:
-        raise ValueError(PARAM_MESSAGE.format(
+        raise InvalidParameterError(PARAM_MESSAGE.format(
             name="lambdas", owner="frontier", got=bad[0],
             expected="numbers in [0, 1]" if weight == "group_robust" else "numbers >= 0"))
     cls_name, cls = _learner_class(learner)
@@ -323,9 +326,16 @@ def frontier(
         tasks.append(_Task(learner_cls=cls_name, config=cfg.to_dict(), train=train, eval=evald,
                            audit=audit_cfg.to_dict(), weights=weights, seed=int(seed),
                            torch_threads=torch_threads))
-    run_map: Callable[[Callable[[Any], Any], Sequence[Any]], list[Any]] = (
-        executor.map if executor is not None else (lambda f, xs: [f(x) for x in xs]))
-    audits: list[AuditResult] = list(run_map(_run_point, tasks))
+    from equicare._progress import progress_task
+    from equicare.pipeline._executor import iter_map
+
+    results: Any = (iter_map(executor, _run_point, tasks) if executor is not None
+                    else (_run_point(t) for t in tasks))
+    audits: list[AuditResult] = []
+    with progress_task(f"frontier ({cls_name})", len(tasks), enabled=progress) as bar:
+        for res_point in results:
+            audits.append(res_point)
+            bar.update(advance=1)
     rows = []
     for lam, res in zip(lams, audits, strict=True):
         rows.append(_row(res, "policy", lam))

@@ -26,6 +26,7 @@ from typing import Any, Literal, cast
 
 import numpy as np
 
+from equicare.exceptions import InvalidParameterError
 from equicare.utils import PARAM_MESSAGE, atomic_write_text, check_param, check_random_state
 
 __all__ = [
@@ -159,7 +160,7 @@ class OnlineExperimentConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
-            raise ValueError(f"Unknown {cls.__name__} keys: {', '.join(unknown)}.")
+            raise InvalidParameterError(f"Unknown {cls.__name__} keys: {', '.join(unknown)}.")
         kwargs: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v)
                                   for k, v in data.items()}
         return cls(**kwargs)
@@ -509,7 +510,7 @@ def run_experiment(
         baseline's :func:`summarize_runs`.
     """
     if not isinstance(config, OnlineExperimentConfig):
-        raise TypeError(PARAM_MESSAGE.format(name="config", owner="run_experiment",
+        raise InvalidParameterError(PARAM_MESSAGE.format(name="config", owner="run_experiment",
                                              expected="an OnlineExperimentConfig", got=config))
     seed_list = _seed_list(seeds)
     if out is not None:
@@ -530,7 +531,7 @@ def _seed_list(seeds: int | Sequence[int]) -> list[int]:
         return list(range(seeds))
     lst = [int(s) for s in cast(Sequence[int], seeds)]
     if not lst or min(lst) < 0 or len(set(lst)) != len(lst):
-        raise ValueError(PARAM_MESSAGE.format(
+        raise InvalidParameterError(PARAM_MESSAGE.format(
             name="seeds", owner="run_experiment",
             expected="a positive int or distinct non-negative ints", got=seeds))
     return lst
@@ -570,7 +571,7 @@ def lambda_sweep(
     lams = sorted({float(check_param(v, "lambdas", "lambda_sweep", kind=(int, float), low=0,
                                      high=1)) for v in lambdas})
     if not lams:
-        raise ValueError(PARAM_MESSAGE.format(name="lambdas", owner="lambda_sweep",
+        raise InvalidParameterError(PARAM_MESSAGE.format(name="lambdas", owner="lambda_sweep",
                                               expected="at least one value", got=lambdas))
     seed_list = _seed_list(seeds)
     root = Path(out) if out is not None else None

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from equicare._progress import progress_task, shared_progress
+from equicare.exceptions import InvalidParameterError
 from equicare.pipeline._config import RunConfig
 from equicare.pipeline._store import Metric, RunStore
 from equicare.utils import atomic_write_text
@@ -103,7 +104,7 @@ def build_learner(cfg: RunConfig, seed: int) -> Any:
         import dataclasses
 
         known = [f.name for f in dataclasses.fields(conf_cls)]
-        raise ValueError(
+        raise InvalidParameterError(
             f"{cfg.source}: [learner] for algo {algo!r}: {exc}; known keys: "
             f"{', '.join(['algo', *known])}."
         ) from exc
@@ -459,7 +460,8 @@ def _stage_mediation(
 
     test = state["test"]
     if test.mediators is None:
-        raise ValueError("mediation.enabled needs a mediator column (manifest dataset.mediators).")
+        raise InvalidParameterError(
+            "mediation.enabled needs a mediator column (manifest dataset.mediators).")
     m = cfg["mediation"]
     binary, mask = binarize_actions(test, m["action"])
     probs = collapse_probs(state["learned_probs_test"], mask)

@@ -24,6 +24,8 @@ from typing import Any
 
 import pandas as pd
 
+from equicare.exceptions import UnknownNameError
+
 __all__ = ["RunStore", "Metric", "config_hash", "git_revision"]
 
 _SCHEMA = """
@@ -239,7 +241,8 @@ class RunStore:
                             "SELECT run_id FROM runs ORDER BY started DESC LIMIT 5"
                         ).fetchall()
                     ]
-                    raise KeyError(f"No run {run_id!r} in {self.db_path}; recent runs: {known}.")
+                    raise UnknownNameError(
+                        f"No run {run_id!r} in {self.db_path}; recent runs: {known}.")
         row = df.iloc[0].to_dict()
         row["config"] = json.loads(row.pop("config_json") or "{}")
         return row

@@ -10,7 +10,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
-from equicare.exceptions import PolicyError
+from equicare.exceptions import InvalidParameterError, PolicyError
 from equicare.utils import row_blocks
 
 __all__ = [
@@ -199,7 +199,7 @@ class MixturePolicy:
     def __post_init__(self) -> None:
         w = np.asarray(self.weights, dtype=np.float64)
         if len(self.policies) != w.size or (w < 0).any() or abs(w.sum() - 1) > 1e-9:
-            raise ValueError(
+            raise InvalidParameterError(
                 "MixturePolicy needs one non-negative weight per policy, summing to 1."
             )
         object.__setattr__(self, "window", max(int(getattr(p, "window", 1)) for p in self.policies))

@@ -30,6 +30,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.exceptions import ConvergenceWarning
 
 from equicare.data import TrajectoryDataset
+from equicare.exceptions import InvalidParameterError
 from equicare.utils import PARAM_MESSAGE, check_is_fitted, check_random_state
 
 __all__ = ["BehaviorModel", "dataset_fingerprint"]
@@ -83,7 +84,7 @@ def _make_classifier(spec: Any, C: float, max_iter: int, random_state: int) -> A
                               random_state=random_state)
     if hasattr(spec, "fit") and hasattr(spec, "predict_proba"):
         return clone(spec)
-    raise ValueError(PARAM_MESSAGE.format(
+    raise InvalidParameterError(PARAM_MESSAGE.format(
         name="estimator", owner=_OWNER,
         expected="'logistic', 'lgbm' or a scikit-learn classifier with predict_proba", got=spec))
 
@@ -151,18 +152,18 @@ class BehaviorModel(BaseEstimator):
     # ------------------------------------------------------------------ checks
     def _check_params(self) -> None:
         if self.factored not in (True, False, "auto"):
-            raise ValueError(PARAM_MESSAGE.format(name="factored", owner=_OWNER,
+            raise InvalidParameterError(PARAM_MESSAGE.format(name="factored", owner=_OWNER,
                                                   expected="True, False or 'auto'",
                                                   got=self.factored))
         if not isinstance(self.n_folds, int | np.integer) or isinstance(self.n_folds, bool) \
                 or self.n_folds < 1:
-            raise ValueError(PARAM_MESSAGE.format(name="n_folds", owner=_OWNER,
+            raise InvalidParameterError(PARAM_MESSAGE.format(name="n_folds", owner=_OWNER,
                                                   expected="an int >= 1", got=self.n_folds))
         if not isinstance(self.floor, float | int) or not 0 <= float(self.floor) < 1:
-            raise ValueError(PARAM_MESSAGE.format(name="floor", owner=_OWNER,
+            raise InvalidParameterError(PARAM_MESSAGE.format(name="floor", owner=_OWNER,
                                                   expected="a float in [0, 1)", got=self.floor))
         if not isinstance(self.C, float | int) or float(self.C) <= 0:
-            raise ValueError(PARAM_MESSAGE.format(name="C", owner=_OWNER,
+            raise InvalidParameterError(PARAM_MESSAGE.format(name="C", owner=_OWNER,
                                                   expected="a float > 0", got=self.C))
 
     # ------------------------------------------------------------------ inputs

@@ -14,7 +14,7 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
-from equicare.exceptions import PolicyError
+from equicare.exceptions import InvalidParameterError, PolicyError
 from equicare.policy._base import check_probs
 
 __all__ = ["FilePolicy", "write_policy_file", "write_policy_stream", "read_policy_file"]
@@ -56,7 +56,7 @@ class FilePolicy:
 
     def __post_init__(self) -> None:
         if (self.path is None) == (self.frame is None):
-            raise ValueError("Give exactly one of path or frame.")
+            raise InvalidParameterError("Give exactly one of path or frame.")
 
     @property
     def source(self) -> str:

@@ -318,7 +318,8 @@ class TreePolicy:
     # ------------------------------------------------------------------ model folder
     def to_config(self) -> dict[str, Any]:
         """The ``config.json`` content of the model folder (without the format keys)."""
-        return {"kind": TREE_KIND, "learner": TREE_KIND, "action_space": self.action_space.to_dict(),
+        return {"kind": TREE_KIND, "learner": TREE_KIND,
+                "action_space": self.action_space.to_dict(),
                 "tree": {"features": [dict(f) for f in self.features], "n_nodes": self.n_nodes,
                          "n_leaves": int(self.leaves.size), "depth": self.depth,
                          "window": self.window, "weights": "tree"},

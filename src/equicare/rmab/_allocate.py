@@ -25,6 +25,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from equicare.exceptions import InvalidParameterError
 from equicare.utils import PARAM_MESSAGE
 
 __all__ = ["allocate_budget", "AllocationRule"]
@@ -41,7 +42,8 @@ def _curves_of(curves: Any) -> list[Array]:
     out = [np.asarray(c, dtype=np.float64) for c in curves]
     for g, c in enumerate(out):
         if c.ndim != 1 or c.size < 2 or not np.isfinite(c).all():
-            raise ValueError(f"Curve {g} must be a finite 1-D array with one value per budget "
+            raise InvalidParameterError(
+                f"Curve {g} must be a finite 1-D array with one value per budget "
                              f"level 0..n_g (at least 2 values); got shape {c.shape}.")
     return out
 
@@ -155,20 +157,21 @@ def allocate_budget(
     cs = _curves_of(curves)
     n = [len(c) - 1 for c in cs] if sizes is None else [int(x) for x in sizes]
     if rule not in _RULES:
-        raise ValueError(PARAM_MESSAGE.format(name="rule", owner="allocate_budget",
+        raise InvalidParameterError(PARAM_MESSAGE.format(name="rule", owner="allocate_budget",
                                               expected="one of " + ", ".join(map(repr, _RULES)),
                                               got=rule))
     total = int(sum(n))
     if isinstance(budget, bool) or not isinstance(budget, int | np.integer) or not (
             0 <= budget <= total):
-        raise ValueError(PARAM_MESSAGE.format(name="budget", owner="allocate_budget",
+        raise InvalidParameterError(PARAM_MESSAGE.format(name="budget", owner="allocate_budget",
                                               expected=f"an int in [0, {total}] (the number of "
                                                        "arms)", got=budget))
     for g, (c, m) in enumerate(zip(cs, n, strict=True)):
         if m < 1:
-            raise ValueError(f"Group {g} is empty; every group needs at least one arm.")
+            raise InvalidParameterError(f"Group {g} is empty; every group needs at least one arm.")
         if len(c) != m + 1:
-            raise ValueError(f"Curve {g} must have n_g + 1 = {m + 1} values; got {len(c)}.")
+            raise InvalidParameterError(
+                f"Curve {g} must have n_g + 1 = {m + 1} values; got {len(c)}.")
     budget = int(budget)
     if rule == "mmr":
         return _mmr(cs, n, budget)

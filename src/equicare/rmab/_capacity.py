@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from equicare.exceptions import InvalidParameterError
 from equicare.rmab._domain import RMABDomain
 from equicare.rmab._metrics import se
 from equicare.rmab._simulate import (
@@ -71,26 +72,29 @@ def _goal_mask(domain: RMABDomain, goal_states: Any) -> NDArray[np.bool_]:
     S = domain.n_states
     if goal_states is None:
         if domain.high_risk is None:
-            raise ValueError("capacity_plan needs goal_states (which states count as reaching the "
+            raise InvalidParameterError(
+                "capacity_plan needs goal_states (which states count as reaching the "
                              f"goal); domain {domain.name!r} defines no high-risk states to "
                              "take the complement of.")
         return ~domain.high_risk
     g = np.asarray(goal_states)
     if g.dtype == bool:
         if g.shape != (S,):
-            raise ValueError(f"A boolean goal_states mask must have shape ({S},); got {g.shape}.")
+            raise InvalidParameterError(
+                f"A boolean goal_states mask must have shape ({S},); got {g.shape}.")
         return g
     mask = np.zeros(S, dtype=bool)
     names = domain.state_names or ()
     for v in np.atleast_1d(g).tolist():
         if isinstance(v, str):
             if v not in names:
-                raise ValueError(f"Unknown goal state {v!r}; states are {list(names)}.")
+                raise InvalidParameterError(f"Unknown goal state {v!r}; states are {list(names)}.")
             mask[names.index(v)] = True
         elif isinstance(v, int) and 0 <= v < S:
             mask[v] = True
         else:
-            raise ValueError(f"goal_states must be state codes in [0, {S}) or state names; "
+            raise InvalidParameterError(
+                f"goal_states must be state codes in [0, {S}) or state names; "
                              f"got {v!r}.")
     return mask
 
@@ -133,7 +137,7 @@ def capacity_plan(
     cfg = config or PlanConfig()
     H = _check_common(domain, horizon, seeds)
     if not (isinstance(target_share, float | int) and 0.0 <= float(target_share) <= 1.0):
-        raise ValueError(PARAM_MESSAGE.format(name="target_share", owner="capacity_plan",
+        raise InvalidParameterError(PARAM_MESSAGE.format(name="target_share", owner="capacity_plan",
                                               expected="a float in [0, 1]", got=target_share))
     for p in policies:
         _check_policy(p, domain)

@@ -40,6 +40,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from equicare.exceptions import InvalidParameterError
 from equicare.utils import PARAM_MESSAGE
 
 __all__ = ["GroupValueCurves", "group_value_curves", "CurveMethod"]
@@ -263,7 +264,7 @@ def unit_curves(
         return _exact_curves(P, R, units, W, sizes, h, gamma, hg, out), sizes
     if method == "lp":
         return _lp_curves(P, R, type_of_arm, unit_of_arm, states, sizes, h, gamma, out), sizes
-    raise ValueError(PARAM_MESSAGE.format(name="method", owner="group_value_curves",
+    raise InvalidParameterError(PARAM_MESSAGE.format(name="method", owner="group_value_curves",
                                           expected="one of " + ", ".join(map(repr, _METHODS)),
                                           got=method))
 
@@ -410,17 +411,18 @@ def group_value_curves(
     from equicare.rmab._whittle import index_cells, unique_arms
 
     if method not in _METHODS:
-        raise ValueError(PARAM_MESSAGE.format(name="method", owner="group_value_curves",
+        raise InvalidParameterError(PARAM_MESSAGE.format(name="method", owner="group_value_curves",
                                               expected="one of " + ", ".join(map(repr, _METHODS)),
                                               got=method))
     g = float(domain.gamma if gamma is None else gamma)
     h = int(domain.horizon if remaining is None else remaining)
     if h < 1:
-        raise ValueError(PARAM_MESSAGE.format(name="remaining", owner="group_value_curves",
+        raise InvalidParameterError(
+            PARAM_MESSAGE.format(name="remaining", owner="group_value_curves",
                                               expected="an int >= 1", got=remaining))
     st = np.asarray(states, dtype=np.int64)
     if st.shape != (domain.n_arms,) or (st < 0).any() or (st >= domain.n_states).any():
-        raise ValueError(f"states must be {domain.n_arms} state codes in "
+        raise InvalidParameterError(f"states must be {domain.n_arms} state codes in "
                          f"[0, {domain.n_states}); got shape {st.shape}.")
     t_of_arm, Pt, Rt = unique_arms(domain.P, domain.R)
     table = None

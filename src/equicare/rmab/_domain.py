@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from equicare.exceptions import DataValidationError
+from equicare.exceptions import DataValidationError, InvalidParameterError
 from equicare.utils import PARAM_MESSAGE, RandomState, check_random_state
 
 __all__ = ["RMABDomain", "load_domain", "BUILTIN_DOMAINS"]
@@ -188,10 +188,10 @@ class RMABDomain:
             g = int(np.argmin(sizes))
             raise DataValidationError(EMPTY_GROUP.format(name=names[g], detail=""))
         if not isinstance(self.horizon, int | np.integer) or self.horizon < 1:
-            raise ValueError(PARAM_MESSAGE.format(name="horizon", owner="RMABDomain",
+            raise InvalidParameterError(PARAM_MESSAGE.format(name="horizon", owner="RMABDomain",
                                                   expected="an int >= 1", got=self.horizon))
         if not 0.0 < float(self.gamma) <= 1.0:
-            raise ValueError(PARAM_MESSAGE.format(name="gamma", owner="RMABDomain",
+            raise InvalidParameterError(PARAM_MESSAGE.format(name="gamma", owner="RMABDomain",
                                                   expected="a float in (0, 1]", got=self.gamma))
         hr = None
         if self.high_risk is not None:
@@ -348,7 +348,7 @@ def _contract4_drawer(spec: dict[str, Any]) -> Callable[[int, np.random.Generato
         if spec["listed"]:
             types = np.arange(len(spec["groups"]))
             if n_arms != len(types):
-                raise ValueError(
+                raise InvalidParameterError(
                     f"{spec['name']}: the file lists {len(types)} arms one by one; "
                     f"n_arms must be {len(types)} (got {n_arms}).")
         else:
@@ -381,7 +381,7 @@ def _maternal_drawer(raw: Mapping[str, Any], experiment: str
                      ) -> Callable[[int, np.random.Generator], RMABDomain]:
     exps = raw["experiments"]
     if experiment not in exps:
-        raise ValueError(PARAM_MESSAGE.format(
+        raise InvalidParameterError(PARAM_MESSAGE.format(
             name="experiment", owner="load_domain('maternal')",
             expected="one of " + ", ".join(repr(k) for k in exps), got=experiment))
     fracs = exps[experiment]
@@ -467,7 +467,8 @@ def diabetes_transitions(params: NDArray[np.float64]) -> NDArray[np.float64]:
 def _diabetes_drawer(raw: Mapping[str, Any], alpha: float
                      ) -> Callable[[int, np.random.Generator], RMABDomain]:
     if not 0.0 <= float(alpha) <= 1.0:
-        raise ValueError(PARAM_MESSAGE.format(name="alpha", owner="load_domain('diabetes')",
+        raise InvalidParameterError(
+            PARAM_MESSAGE.format(name="alpha", owner="load_domain('diabetes')",
                                               expected="a float in [0, 1]", got=alpha))
     groups = raw["groups"]
     names = [g["name"] for g in groups]
@@ -557,7 +558,7 @@ def load_domain(
             p = Path(text)
             if not p.exists():
                 if p.suffix.lower() != ".json":
-                    raise ValueError(UNKNOWN_DOMAIN.format(name=text))
+                    raise InvalidParameterError(UNKNOWN_DOMAIN.format(name=text))
                 raise FileNotFoundError(f"Domain file {text} does not exist.")
             source = str(p)
             try:
@@ -580,6 +581,6 @@ def load_domain(
     if n_arms is None:
         n_arms = int(raw.get("default_n_arms", 100))
     if not isinstance(n_arms, int | np.integer) or isinstance(n_arms, bool) or n_arms < 1:
-        raise ValueError(PARAM_MESSAGE.format(name="n_arms", owner="load_domain",
+        raise InvalidParameterError(PARAM_MESSAGE.format(name="n_arms", owner="load_domain",
                                               expected="an int >= 1", got=n_arms))
     return draw(int(n_arms), rng)

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from equicare.exceptions import DataValidationError, DataWarning
+from equicare.exceptions import DataValidationError, DataWarning, InvalidParameterError
 from equicare.rmab._domain import RMABDomain
 from equicare.utils import MIN_CELL, PARAM_MESSAGE, RandomState, check_random_state
 
@@ -116,7 +116,8 @@ class EstimatedArms:
         elif isinstance(n_arms, dict):
             unknown = set(n_arms) - set(self.group_names)
             if unknown:
-                raise ValueError(f"n_arms names unknown groups {sorted(unknown)}; groups are "
+                raise InvalidParameterError(
+                    f"n_arms names unknown groups {sorted(unknown)}; groups are "
                                  f"{list(self.group_names)}.")
             sizes = np.array([int(n_arms.get(g, 0)) for g in self.group_names])
         else:
@@ -225,7 +226,7 @@ def estimate_arms(
     ((2, 2, 2, 2), [0.0, 1.0])
     """
     if not (isinstance(prior, float | int) and prior > 0):
-        raise ValueError(PARAM_MESSAGE.format(name="prior", owner="estimate_arms",
+        raise InvalidParameterError(PARAM_MESSAGE.format(name="prior", owner="estimate_arms",
                                               expected="a float > 0", got=prior))
     ep = _column(data, episode, "episode")
     st_raw = _column(data, state, "state")
@@ -324,7 +325,8 @@ def estimate_arms(
                                       "cannot be estimated; pass state_rewards.")
         R = num / den
     else:
-        raise ValueError("estimate_arms needs the rewards of the states: pass reward= (a column "
+        raise InvalidParameterError(
+            "estimate_arms needs the rewards of the states: pass reward= (a column "
                          "or array) or state_rewards= (one value per state).")
     return EstimatedArms(counts=counts, P=P, P_sd=P_sd, init=init, R=R, n_episodes=n_episodes,
                          group_names=tuple(str(g) for g in gnames), state_names=state_names,

@@ -7,6 +7,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from equicare.exceptions import InvalidParameterError
 from equicare.utils import PARAM_MESSAGE
 
 __all__ = ["gini"]
@@ -45,15 +46,17 @@ def gini(values: Any, variant: Literal["plain", "reference"] = "plain",
     """
     x = np.asarray(values, dtype=np.float64).ravel()
     if x.size == 0 or not np.isfinite(x).all():
-        raise ValueError(f"gini needs a non-empty array of finite values; got {x.tolist()}.")
+        raise InvalidParameterError(
+            f"gini needs a non-empty array of finite values; got {x.tolist()}.")
     if variant == "plain":
         denom = x.mean()
     elif variant == "reference":
         if overall is None:
-            raise ValueError("gini(variant='reference') needs the all-arms mean in 'overall'.")
+            raise InvalidParameterError(
+                "gini(variant='reference') needs the all-arms mean in 'overall'.")
         denom = np.append(x, overall).mean()
     else:
-        raise ValueError(PARAM_MESSAGE.format(name="variant", owner="gini",
+        raise InvalidParameterError(PARAM_MESSAGE.format(name="variant", owner="gini",
                                               expected="one of 'plain', 'reference'",
                                               got=variant))
     mad = np.abs(x[:, None] - x[None, :]).sum()

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from equicare.exceptions import InvalidParameterError
+
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
@@ -65,7 +67,7 @@ def plot_pareto(results: Sequence[PlanResult]) -> Figure:
     matplotlib.figure.Figure
     """
     if not results:
-        raise ValueError("plot_pareto needs at least one PlanResult.")
+        raise InvalidParameterError("plot_pareto needs at least one PlanResult.")
     fig, ax = _figure((6.0, 4.5))
     pols = list(dict.fromkeys(p for r in results for p in r.policies))
     for p in pols:

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from equicare.exceptions import InvalidParameterError
 from equicare.rmab._allocate import allocate_budget
 from equicare.rmab._curves import unit_curves
 from equicare.rmab._domain import RMABDomain
@@ -88,27 +89,27 @@ class PlanConfig:
     def __post_init__(self) -> None:
         own = "PlanConfig"
         if self.curve not in ("index", "reference", "exact", "lp"):
-            raise ValueError(PARAM_MESSAGE.format(
+            raise InvalidParameterError(PARAM_MESSAGE.format(
                 name="curve", owner=own, expected="one of 'index', 'reference', 'exact', 'lp'",
                 got=self.curve))
         if not (isinstance(self.index_tol, float | int) and self.index_tol > 0):
-            raise ValueError(PARAM_MESSAGE.format(name="index_tol", owner=own,
+            raise InvalidParameterError(PARAM_MESSAGE.format(name="index_tol", owner=own,
                                                   expected="a float > 0", got=self.index_tol))
         lo, hi = self.index_bounds
         if not lo < hi:
-            raise ValueError(PARAM_MESSAGE.format(name="index_bounds", owner=own,
+            raise InvalidParameterError(PARAM_MESSAGE.format(name="index_bounds", owner=own,
                                                   expected="(low, high) with low < high",
                                                   got=self.index_bounds))
         object.__setattr__(self, "index_bounds", (float(lo), float(hi)))
         if self.planning_gamma is not None and not 0 < self.planning_gamma <= 1:
-            raise ValueError(PARAM_MESSAGE.format(name="planning_gamma", owner=own,
+            raise InvalidParameterError(PARAM_MESSAGE.format(name="planning_gamma", owner=own,
                                                   expected="a float in (0, 1] or None",
                                                   got=self.planning_gamma))
         if self.tie_eps < 0:
-            raise ValueError(PARAM_MESSAGE.format(name="tie_eps", owner=own,
+            raise InvalidParameterError(PARAM_MESSAGE.format(name="tie_eps", owner=own,
                                                   expected="a float >= 0", got=self.tie_eps))
         if self.round_robin not in ("correct", "reference"):
-            raise ValueError(PARAM_MESSAGE.format(name="round_robin", owner=own,
+            raise InvalidParameterError(PARAM_MESSAGE.format(name="round_robin", owner=own,
                                                   expected="one of 'correct', 'reference'",
                                                   got=self.round_robin))
 
@@ -132,14 +133,14 @@ class PlanConfig:
 def resolve_budget(budget: int | float, n_arms: int, owner: str = "plan") -> int:
     """Turn an int count or a float fraction into actions per step (``int(N * frac)``)."""
     if isinstance(budget, bool):
-        raise ValueError(BUDGET_MESSAGE.format(owner=owner, n=n_arms, got=budget))
+        raise InvalidParameterError(BUDGET_MESSAGE.format(owner=owner, n=n_arms, got=budget))
     if isinstance(budget, float | np.floating):
         if not 0.0 <= float(budget) <= 1.0:
-            raise ValueError(BUDGET_MESSAGE.format(owner=owner, n=n_arms, got=budget))
+            raise InvalidParameterError(BUDGET_MESSAGE.format(owner=owner, n=n_arms, got=budget))
         return int(n_arms * float(budget) + 1e-9)
     if isinstance(budget, int | np.integer) and 0 <= int(budget) <= n_arms:
         return int(budget)
-    raise ValueError(BUDGET_MESSAGE.format(owner=owner, n=n_arms, got=budget))
+    raise InvalidParameterError(BUDGET_MESSAGE.format(owner=owner, n=n_arms, got=budget))
 
 
 # --------------------------------------------------------------------------- arm batch
@@ -400,11 +401,12 @@ class PlanResult:
 
 def _check_policy(policy: str, domain: RMABDomain) -> None:
     if policy not in POLICIES:
-        raise ValueError(PARAM_MESSAGE.format(name="policy", owner="simulate",
+        raise InvalidParameterError(PARAM_MESSAGE.format(name="policy", owner="simulate",
                                               expected="one of " + ", ".join(map(repr, POLICIES)),
                                               got=policy))
     if policy.startswith("hr-") and domain.high_risk is None:
-        raise ValueError(f"Policy {policy!r} needs the domain's high-risk states (e.g. A1c >= 8 "
+        raise InvalidParameterError(
+            f"Policy {policy!r} needs the domain's high-risk states (e.g. A1c >= 8 "
                          f"in 'diabetes'); domain {domain.name!r} defines none.")
 
 
@@ -477,10 +479,10 @@ def _check_common(domain: RMABDomain, horizon: int | None, seeds: int) -> int:
                         f"{type(domain).__name__}.")
     H = domain.horizon if horizon is None else horizon
     if isinstance(H, bool) or not isinstance(H, int | np.integer) or H < 1:
-        raise ValueError(PARAM_MESSAGE.format(name="horizon", owner="plan",
+        raise InvalidParameterError(PARAM_MESSAGE.format(name="horizon", owner="plan",
                                               expected="an int >= 1", got=horizon))
     if isinstance(seeds, bool) or not isinstance(seeds, int | np.integer) or seeds < 1:
-        raise ValueError(PARAM_MESSAGE.format(name="seeds", owner="plan",
+        raise InvalidParameterError(PARAM_MESSAGE.format(name="seeds", owner="plan",
                                               expected="an int >= 1", got=seeds))
     return int(H)
 
@@ -575,7 +577,7 @@ def plan(
     H = _check_common(domain, horizon, seeds)
     pols = list(dict.fromkeys(policies))
     if not pols:
-        raise ValueError("policies must name at least one policy.")
+        raise InvalidParameterError("policies must name at least one policy.")
     for p in pols:
         _check_policy(p, domain)
     B = resolve_budget(budget, domain.n_arms, "plan")

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from equicare.exceptions import EquicareWarning
+from equicare.exceptions import EquicareWarning, InvalidParameterError
 from equicare.utils import PARAM_MESSAGE
 
 __all__ = ["whittle_indices", "check_indexability", "IndexabilityWarning"]
@@ -355,13 +355,14 @@ def _as_arrays(P: Any, R: Any) -> tuple[Array, Array]:
     if P_.ndim == 3:
         P_ = P_[None]
     if P_.ndim != 4 or P_.shape[1] != 2 or P_.shape[2] != P_.shape[3]:
-        raise ValueError(f"P must have shape (n_arms, 2, n_states, n_states) or "
+        raise InvalidParameterError(f"P must have shape (n_arms, 2, n_states, n_states) or "
                          f"(2, n_states, n_states); got {np.shape(P)}.")
     R_ = np.asarray(R, dtype=np.float64)
     if R_.ndim == 1:
         R_ = np.broadcast_to(R_, (P_.shape[0], R_.shape[0]))
     if R_.shape != P_.shape[:1] + P_.shape[2:3]:
-        raise ValueError(f"R must have shape (n_arms, n_states) = {P_.shape[0], P_.shape[2]} or "
+        raise InvalidParameterError(
+            f"R must have shape (n_arms, n_states) = {P_.shape[0], P_.shape[2]} or "
                          f"(n_states,); got {np.shape(R)}.")
     return P_, np.ascontiguousarray(R_)
 
@@ -425,17 +426,17 @@ def whittle_indices(
     """
     P_, R_ = _as_arrays(P, R)
     if not (isinstance(gamma, float | int) and 0 < gamma <= 1):
-        raise ValueError(PARAM_MESSAGE.format(name="gamma", owner="whittle_indices",
+        raise InvalidParameterError(PARAM_MESSAGE.format(name="gamma", owner="whittle_indices",
                                               expected="a float in (0, 1]", got=gamma))
     if horizon is None and gamma >= 1:
-        raise ValueError(PARAM_MESSAGE.format(
+        raise InvalidParameterError(PARAM_MESSAGE.format(
             name="gamma", owner="whittle_indices",
             expected="a float in (0, 1) for infinite-horizon indices (horizon=None)", got=gamma))
     if horizon is not None and (not isinstance(horizon, int | np.integer) or horizon < 1):
-        raise ValueError(PARAM_MESSAGE.format(name="horizon", owner="whittle_indices",
+        raise InvalidParameterError(PARAM_MESSAGE.format(name="horizon", owner="whittle_indices",
                                               expected="an int >= 1 or None", got=horizon))
     if not tol > 0:
-        raise ValueError(PARAM_MESSAGE.format(name="tol", owner="whittle_indices",
+        raise InvalidParameterError(PARAM_MESSAGE.format(name="tol", owner="whittle_indices",
                                               expected="a float > 0", got=tol))
     n, _, S, _ = P_.shape
     t_of_arm, Pt, Rt = unique_arms(P_, R_)
@@ -444,7 +445,8 @@ def whittle_indices(
         hs: list[int] | None = None
     elif remaining is not None:
         if not 1 <= int(remaining) <= horizon:
-            raise ValueError(PARAM_MESSAGE.format(name="remaining", owner="whittle_indices",
+            raise InvalidParameterError(
+                PARAM_MESSAGE.format(name="remaining", owner="whittle_indices",
                                                   expected=f"an int in [1, {horizon}]",
                                                   got=remaining))
         hs = [int(remaining)]
@@ -467,7 +469,8 @@ def whittle_indices(
         if states is not None:
             st = np.asarray(states, dtype=np.int64)
             if st.shape != (n,) or (st < 0).any() or (st >= S).any():
-                raise ValueError(f"states must be {n} codes in [0, {S}); got shape {st.shape}.")
+                raise InvalidParameterError(
+                    f"states must be {n} codes in [0, {S}); got shape {st.shape}.")
             return W[np.arange(n), st]
         return W
     return W

@@ -6,6 +6,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from equicare.exceptions import ConfigError
 from equicare.rewards import CARE_DEFAULT_WEIGHTS
 from equicare.utils import check_param
 
@@ -163,6 +164,6 @@ class CareConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"Unknown CareConfig key(s) {unknown}; known keys: {sorted(known)}.")
+            raise ConfigError(f"Unknown CareConfig key(s) {unknown}; known keys: {sorted(known)}.")
         kw: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
         return cls(**kw)

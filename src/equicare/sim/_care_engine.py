@@ -15,7 +15,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from equicare.data import Manifest, TrajectoryDataset
-from equicare.exceptions import PolicyError
+from equicare.exceptions import InvalidParameterError, PolicyError
 from equicare.sim._care_config import CARE_GROUP_LEVELS, CARE_STATE_NAMES
 from equicare.sim._care_model import N_ACTIONS, CareModel, Cohort, Latent, draw_noise
 
@@ -78,7 +78,7 @@ class PolicyActor:
                             f"fn(states, groups) -> probs; got {type(policy).__name__}.")
         window = int(getattr(policy, "window", 1) or 1) if self.is_policy else 1
         if window < 1:
-            raise ValueError(f"policy.window must be a positive integer, got {window}.")
+            raise InvalidParameterError(f"policy.window must be a positive integer, got {window}.")
         self.window = window
         self.mask = mask
 

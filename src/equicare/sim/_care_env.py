@@ -9,6 +9,7 @@ import numpy as np
 from gymnasium import spaces
 from numpy.typing import NDArray
 
+from equicare.exceptions import InvalidParameterError
 from equicare.sim._care_config import (
     CARE_GROUP_LEVELS,
     CARE_REWARD_COLUMNS,
@@ -64,10 +65,12 @@ class CareManagementEnv(gym.Env[NDArray[np.float32], np.int64]):
             raise TypeError(f"The 'config' parameter of CareManagementEnv must be a CareConfig. "
                             f"Got {config!r} instead.")
         if isinstance(n_weeks, bool) or not isinstance(n_weeks, int) or n_weeks < 1:
-            raise ValueError(f"The 'n_weeks' parameter of CareManagementEnv must be a positive "
+            raise InvalidParameterError(
+                f"The 'n_weeks' parameter of CareManagementEnv must be a positive "
                              f"int. Got {n_weeks!r} instead.")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"The 'render_mode' parameter of CareManagementEnv must be one of "
+            raise InvalidParameterError(
+                f"The 'render_mode' parameter of CareManagementEnv must be one of "
                              f"{self.metadata['render_modes']} or None. Got {render_mode!r} "
                              "instead.")
         self.n_weeks = n_weeks
@@ -123,11 +126,12 @@ class CareManagementEnv(gym.Env[NDArray[np.float32], np.int64]):
         fixed: dict[str, int] = {}
         for key, label in (options or {}).items():
             if key not in CARE_GROUP_LEVELS:
-                raise ValueError(f"Unknown reset option {key!r}; known options: "
+                raise InvalidParameterError(f"Unknown reset option {key!r}; known options: "
                                  f"{list(CARE_GROUP_LEVELS)}.")
             levels = CARE_GROUP_LEVELS[key]
             if label not in levels:
-                raise ValueError(f"Unknown {key} label {label!r}; expected one of {list(levels)}.")
+                raise InvalidParameterError(
+                    f"Unknown {key} label {label!r}; expected one of {list(levels)}.")
             fixed[key] = levels.index(label)
         cohort = self._model.draw_cohort(1, self.n_weeks, self.np_random, churn=False,
                                          fixed=fixed)
@@ -146,10 +150,10 @@ class CareManagementEnv(gym.Env[NDArray[np.float32], np.int64]):
         try:
             a = int(action)
         except (TypeError, ValueError):
-            raise ValueError(f"The action must be an integer in [0, {N_ACTIONS}). "
+            raise InvalidParameterError(f"The action must be an integer in [0, {N_ACTIONS}). "
                              f"Got {action!r} instead.") from None
         if not 0 <= a < N_ACTIONS or (np.ndim(action) == 0 and float(np.asarray(action)) != a):
-            raise ValueError(f"The action must be an integer in [0, {N_ACTIONS}). "
+            raise InvalidParameterError(f"The action must be an integer in [0, {N_ACTIONS}). "
                              f"Got {action!r} instead.")
         u, z = draw_noise(self.np_random, 1)
         res = self._model.step(self._state, self._codes["race_ethnicity"], self._codes["sex"],

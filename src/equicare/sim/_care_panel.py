@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from equicare.data import Manifest, TrajectoryDataset, from_frame
+from equicare.exceptions import InvalidParameterError
 from equicare.sim._care_config import (
     CARE_ACTION_LEVELS,
     CARE_GROUP_LEVELS,
@@ -58,7 +59,7 @@ def panel_frame(out: SimOutput) -> pd.DataFrame:
     """Member-week table of a recorded simulation (one row per member-week, member-major)."""
     rows = out.rows
     if rows is None:
-        raise ValueError("The simulation was run without recording rows.")
+        raise InvalidParameterError("The simulation was run without recording rows.")
     c = out.cohort
     member = rows["member"]
     week = rows["week"]

@@ -10,7 +10,7 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
-from equicare.exceptions import PolicyError
+from equicare.exceptions import InvalidParameterError, PolicyError
 from equicare.sim._care_config import CARE_GROUP_LEVELS, CARE_STATE_NAMES, CareConfig
 from equicare.sim._care_model import (
     CC,
@@ -171,7 +171,8 @@ class CareReferencePolicy:
 
     def __post_init__(self) -> None:
         if not isinstance(self.window, int) or self.window < 1:
-            raise ValueError(f"The 'window' parameter of CareReferencePolicy must be a positive "
+            raise InvalidParameterError(
+                f"The 'window' parameter of CareReferencePolicy must be a positive "
                              f"int. Got {self.window!r} instead.")
 
     def choose(self, states: NDArray[np.float32],

@@ -27,6 +27,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from equicare.data import Manifest
+from equicare.exceptions import InvalidParameterError
 from equicare.sim._care_config import (
     CARE_ACTION_LEVELS,
     CARE_GROUP_LEVELS,
@@ -149,12 +150,13 @@ class CareValue:
         if other.episode_values.shape != self.episode_values.shape or not np.array_equal(
                 other.episode_groups.get("race_ethnicity", np.zeros(0)),
                 self.episode_groups.get("race_ethnicity", np.zeros(0))):
-            raise ValueError("paired_difference needs two results of the same cohort (same "
+            raise InvalidParameterError(
+                "paired_difference needs two results of the same cohort (same "
                              "random_state, n_members and n_weeks).")
         d = self.episode_values - other.episode_values
         if attr is not None:
             if attr not in self.episode_groups:
-                raise ValueError(f"Unknown group attribute {attr!r}; expected one of "
+                raise InvalidParameterError(f"Unknown group attribute {attr!r}; expected one of "
                                  f"{sorted(self.episode_groups)}.")
             d = d[self.episode_groups[attr] == label]
         return _mean_se(d)
@@ -326,7 +328,8 @@ class CareManagementSim:
         else:
             mask = np.asarray(action_mask, dtype=bool)
             if mask.shape != (N_ACTIONS,):
-                raise ValueError(f"action_mask must be a string like 'modality=home_visit' or a "
+                raise InvalidParameterError(
+                    f"action_mask must be a string like 'modality=home_visit' or a "
                                  f"boolean array of shape ({N_ACTIONS},), got shape {mask.shape}.")
             set_name = f"mask of {int(mask.sum())} actions"
         rng = check_random_state(random_state)

@@ -35,6 +35,7 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from equicare.data import Manifest, TrajectoryDataset, from_frame
+from equicare.exceptions import InvalidParameterError
 from equicare.sim._heparin_core import (
     OBS_HIGH,
     OBS_LOW,
@@ -151,7 +152,8 @@ class NomogramPolicy:
         cfg = self.config
         names = list(dataset.state_names)
         if names != list(STATE_FEATURES):
-            raise ValueError(f"NomogramPolicy needs the 16 heparin state features in order "
+            raise InvalidParameterError(
+                f"NomogramPolicy needs the 16 heparin state features in order "
                              f"{list(STATE_FEATURES)}; got {names}.")
         lab = dataset.episode_rows(dataset.group_labels(GROUP_COLUMN)).astype(str)
         codes = _group_codes(lab, cfg)
@@ -168,7 +170,8 @@ def _group_codes(labels: NDArray[Any], cfg: HeparinConfig) -> NDArray[np.int64]:
     lab = np.asarray(labels, dtype=str)
     bad = ~np.isin(lab, known)
     if bad.any():
-        raise ValueError(f"Unknown {GROUP_COLUMN} label {lab[bad][0]!r}; expected one of "
+        raise InvalidParameterError(
+            f"Unknown {GROUP_COLUMN} label {lab[bad][0]!r}; expected one of "
                          f"{list(cfg.groups)}.")
     order = np.argsort(known)
     return np.asarray(order[np.searchsorted(known[order], lab)], dtype=np.int64)
@@ -194,14 +197,15 @@ def _act_fn(policy: PolicyLike, cfg: HeparinConfig
             ) -> Callable[[NDArray[np.float32], NDArray[np.int64], int], NDArray[np.float64]]:
     if isinstance(policy, str):
         if policy not in ("behavior", "behaviour", "nomogram"):
-            raise ValueError(PARAM_MESSAGE.format(
+            raise InvalidParameterError(PARAM_MESSAGE.format(
                 name="policy", owner="evaluate_heparin_policy",
                 expected="a Policy, a callable or 'behavior'", got=policy))
         return lambda obs, g, t: nomogram_probs(obs, g, t, cfg)
     if hasattr(policy, "action_probs"):
         n_act = int(getattr(policy, "n_actions", cfg.n_actions))
         if n_act != cfg.n_actions:
-            raise ValueError(f"The policy has {n_act} actions; the simulator has {cfg.n_actions}.")
+            raise InvalidParameterError(
+                f"The policy has {n_act} actions; the simulator has {cfg.n_actions}.")
 
         def fn(obs: NDArray[np.float32], g: NDArray[np.int64], t: int) -> NDArray[np.float64]:
             ds = _step_dataset(obs, g, cfg, 0.95)
@@ -209,7 +213,7 @@ def _act_fn(policy: PolicyLike, cfg: HeparinConfig
         return fn
     if callable(policy):
         return lambda obs, g, t: np.asarray(policy(obs), dtype=np.float64)
-    raise TypeError(PARAM_MESSAGE.format(name="policy", owner="evaluate_heparin_policy",
+    raise InvalidParameterError(PARAM_MESSAGE.format(name="policy", owner="evaluate_heparin_policy",
                                          expected="a Policy, a callable or 'behavior'",
                                          got=type(policy).__name__))
 
@@ -219,7 +223,8 @@ def _choose(probs: NDArray[np.float64], rng: np.random.Generator, greedy: bool
     p = np.asarray(probs, dtype=np.float64)
     if p.ndim != 2 or not np.isfinite(p).all() or (p < 0).any() or \
             np.abs(p.sum(axis=1) - 1).max(initial=0.0) > 1e-5:
-        raise ValueError("The policy must return finite, non-negative probabilities of shape "
+        raise InvalidParameterError(
+            "The policy must return finite, non-negative probabilities of shape "
                          f"(n, n_actions) summing to 1 per row; got shape {p.shape}.")
     out: NDArray[np.int64]
     if greedy:
@@ -489,7 +494,7 @@ class HeparinEnv(gym.Env[NDArray[np.float32], np.int64]):
     def __init__(self, config: HeparinConfig | None = None, group: str | None = None) -> None:
         self.config = config or HeparinConfig()
         if group is not None and group not in self.config.groups:
-            raise ValueError(PARAM_MESSAGE.format(name="group", owner="HeparinEnv",
+            raise InvalidParameterError(PARAM_MESSAGE.format(name="group", owner="HeparinEnv",
                                                   expected=f"one of {list(self.config.groups)}",
                                                   got=group))
         self.group = group
@@ -529,7 +534,7 @@ class HeparinEnv(gym.Env[NDArray[np.float32], np.int64]):
         if self._cohort is None or not self._cohort.alive[0]:
             raise RuntimeError("Call reset() before step() (the episode is over).")
         if not self.action_space.contains(np.int64(action)):
-            raise ValueError(PARAM_MESSAGE.format(
+            raise InvalidParameterError(PARAM_MESSAGE.format(
                 name="action", owner="HeparinEnv",
                 expected=f"an int in [0, {self.config.n_actions})", got=action))
         res = advance(self._cohort, np.array([int(action)]), self.config)

@@ -32,6 +32,7 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 
+from equicare.exceptions import InvalidParameterError
 from equicare.utils import PARAM_MESSAGE, check_param, check_random_state
 
 __all__ = [
@@ -153,7 +154,7 @@ class HospitalConfig:
             v = getattr(self, name)
             if not (isinstance(v, tuple | list) and len(v) == 2
                     and all(isinstance(h, int) and 0 <= h <= 24 for h in v)):
-                raise ValueError(PARAM_MESSAGE.format(
+                raise InvalidParameterError(PARAM_MESSAGE.format(
                     name=name, owner=_OWNER, expected="a pair of clock hours in [0, 24]", got=v))
         check_param(self.surge_start, "surge_start", _OWNER, kind=int, low=0)
         check_param(self.surge_hours, "surge_hours", _OWNER, kind=int, low=0)
@@ -183,7 +184,7 @@ class HospitalConfig:
         check_param(self.critical_wait_threshold, "critical_wait_threshold", _OWNER,
                     kind=(int, float), low=0)
         if max(self.staff_need) > self.staff or max(self.equipment_need) > self.equipment:
-            raise ValueError(PARAM_MESSAGE.format(
+            raise InvalidParameterError(PARAM_MESSAGE.format(
                 name="staff", owner=_OWNER,
                 expected="large enough for the neediest severity (staff >= max(staff_need) and "
                          "equipment >= max(equipment_need))",
@@ -220,7 +221,7 @@ class HospitalConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
-            raise ValueError(f"Unknown HospitalConfig keys: {', '.join(unknown)}.")
+            raise InvalidParameterError(f"Unknown HospitalConfig keys: {', '.join(unknown)}.")
         kwargs: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v)
                                   for k, v in data.items()}
         return cls(**kwargs)
@@ -233,7 +234,7 @@ class HospitalConfig:
 def _check_names(v: Any, name: str) -> None:
     if not (isinstance(v, tuple | list) and len(v) >= 1 and all(isinstance(x, str) for x in v)
             and len(set(v)) == len(v)):
-        raise ValueError(PARAM_MESSAGE.format(
+        raise InvalidParameterError(PARAM_MESSAGE.format(
             name=name, owner=_OWNER, expected="a non-empty sequence of distinct strings", got=v))
 
 
@@ -243,7 +244,7 @@ def _check_probs(v: Any, name: str, n: int) -> None:
         arr = np.asarray(v, dtype=float)
         ok = bool(np.all(arr >= 0) and abs(arr.sum() - 1.0) < 1e-6)
     if not ok:
-        raise ValueError(PARAM_MESSAGE.format(
+        raise InvalidParameterError(PARAM_MESSAGE.format(
             name=name, owner=_OWNER, expected=f"{n} probabilities summing to 1", got=v))
 
 
@@ -253,7 +254,7 @@ def _check_vector(v: Any, name: str, n: int, *, positive: bool) -> None:
         and (x > 0 if positive else x >= 0) for x in v)
     if not ok:
         sign = "positive" if positive else "non-negative"
-        raise ValueError(PARAM_MESSAGE.format(
+        raise InvalidParameterError(PARAM_MESSAGE.format(
             name=name, owner=_OWNER, expected=f"{n} {sign} numbers", got=v))
 
 
@@ -261,7 +262,7 @@ def _check_int_vector(v: Any, name: str, n: int) -> None:
     ok = isinstance(v, tuple | list) and len(v) == n and all(
         isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v)
     if not ok:
-        raise ValueError(PARAM_MESSAGE.format(
+        raise InvalidParameterError(PARAM_MESSAGE.format(
             name=name, owner=_OWNER, expected=f"{n} non-negative integers", got=v))
 
 
@@ -742,7 +743,7 @@ def _as_config(config: HospitalConfig | str | None) -> HospitalConfig:
     if isinstance(config, str):
         return hospital_scenario(config)
     if not isinstance(config, HospitalConfig):
-        raise TypeError(PARAM_MESSAGE.format(
+        raise InvalidParameterError(PARAM_MESSAGE.format(
             name="config", owner="HospitalEnv",
             expected="a HospitalConfig, a scenario name or None", got=config))
     return config
@@ -811,7 +812,7 @@ class HospitalEnv(gym.Env[np.ndarray, np.int64]):
         if self._needs_reset:
             raise RuntimeError("Call reset before step (the episode has ended or not started).")
         if not self.action_space.contains(action):
-            raise ValueError(PARAM_MESSAGE.format(
+            raise InvalidParameterError(PARAM_MESSAGE.format(
                 name="action", owner="HospitalEnv",
                 expected=f"an int in [0, {self.config.n_actions - 1}]", got=action))
         reward, raw = self._core.step(np.asarray([action], dtype=np.int64))
@@ -902,7 +903,7 @@ class HospitalVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
         a = np.asarray(actions)
         if a.shape != (self.num_envs,) or not np.issubdtype(a.dtype, np.integer) or (
                 a.size and (a.min() < 0 or a.max() >= self.config.n_actions)):
-            raise ValueError(PARAM_MESSAGE.format(
+            raise InvalidParameterError(PARAM_MESSAGE.format(
                 name="actions", owner="HospitalVectorEnv",
                 expected=f"an int array of shape ({self.num_envs},) with values in "
                          f"[0, {self.config.n_actions - 1}]", got=actions))

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 
+from equicare.exceptions import InvalidParameterError
 from equicare.utils import PARAM_MESSAGE, RandomState, check_random_state
 
 __all__ = [
@@ -187,13 +188,13 @@ class DiscreteMediationMDP:
                   "reward_mean": (S, A, K), "transition": (S, A, K, S)}
         for k, shp in shapes.items():
             if arrs[k].shape != shp or S == 0 or A == 0 or K == 0:
-                raise ValueError(PARAM_MESSAGE.format(
+                raise InvalidParameterError(PARAM_MESSAGE.format(
                     name=k, owner=owner, expected=f"an array of shape {shp}",
                     got=arrs[k].shape))
         for k in ("init", "behavior", "mediator", "transition"):
             a = arrs[k]
             if (a < 0).any() or np.abs(a.sum(axis=-1) - 1.0).max() > 1e-8:
-                raise ValueError(PARAM_MESSAGE.format(
+                raise InvalidParameterError(PARAM_MESSAGE.format(
                     name=k, owner=owner, expected="non-negative probabilities summing to 1 "
                     "over the last axis", got="an array that does not"))
         sv = (np.arange(S, dtype=np.float64)[:, None] if self.state_values is None
@@ -201,20 +202,20 @@ class DiscreteMediationMDP:
         mv = (np.arange(K, dtype=np.float64)[:, None] if self.mediator_values is None
               else np.asarray(self.mediator_values, dtype=np.float64).reshape(K, -1))
         if np.unique(sv, axis=0).shape[0] != S:
-            raise ValueError(PARAM_MESSAGE.format(name="state_values", owner=owner,
+            raise InvalidParameterError(PARAM_MESSAGE.format(name="state_values", owner=owner,
                                                   expected="distinct rows", got="duplicates"))
         if self.reward_dist not in ("normal", "bernoulli"):
-            raise ValueError(PARAM_MESSAGE.format(name="reward_dist", owner=owner,
+            raise InvalidParameterError(PARAM_MESSAGE.format(name="reward_dist", owner=owner,
                                                   expected="'normal' or 'bernoulli'",
                                                   got=self.reward_dist))
         if not self.reward_scale > 0:
-            raise ValueError(PARAM_MESSAGE.format(name="reward_scale", owner=owner,
+            raise InvalidParameterError(PARAM_MESSAGE.format(name="reward_scale", owner=owner,
                                                   expected="a positive float",
                                                   got=self.reward_scale))
         if self.reward_dist == "bernoulli" and (
                 (arrs["reward_mean"] < 0).any()
                 or (arrs["reward_mean"] > self.reward_scale + 1e-12).any()):
-            raise ValueError(PARAM_MESSAGE.format(
+            raise InvalidParameterError(PARAM_MESSAGE.format(
                 name="reward_mean", owner=owner,
                 expected="values in [0, reward_scale] for bernoulli rewards", got="values outside"))
         for k, v in arrs.items():
@@ -260,7 +261,8 @@ class DiscreteMediationMDP:
         hit = np.all(np.abs(x[:, None, :] - self.state_values[None, :, :]) < 1e-9, axis=2)
         if not hit.any(axis=1).all():
             bad = int(np.flatnonzero(~hit.any(axis=1))[0])
-            raise ValueError(f"Row {bad} ({x[bad].tolist()}) is not a state of {self.name}.")
+            raise InvalidParameterError(
+                f"Row {bad} ({x[bad].tolist()}) is not a state of {self.name}.")
         return np.argmax(hit, axis=1).astype(np.int64)
 
     def policy_table(self, policy: PolicySpec) -> NDArray[np.float64]:
@@ -274,7 +276,7 @@ class DiscreteMediationMDP:
         S, A = self.n_states, self.n_actions
         if isinstance(policy, int | np.integer) and not isinstance(policy, bool):
             if not 0 <= int(policy) < A:
-                raise ValueError(PARAM_MESSAGE.format(
+                raise InvalidParameterError(PARAM_MESSAGE.format(
                     name="policy", owner="DiscreteMediationMDP", expected=f"an action in [0, {A})",
                     got=policy))
             table = np.zeros((S, A))
@@ -285,7 +287,7 @@ class DiscreteMediationMDP:
         else:
             table = np.asarray(policy, dtype=np.float64)
         if table.shape != (S, A) or (table < 0).any() or np.abs(table.sum(1) - 1).max() > 1e-8:
-            raise ValueError(PARAM_MESSAGE.format(
+            raise InvalidParameterError(PARAM_MESSAGE.format(
                 name="policy", owner="DiscreteMediationMDP",
                 expected=f"probabilities of shape ({S}, {A}) summing to 1 per state",
                 got=f"shape {table.shape}"))
@@ -367,7 +369,8 @@ class DiscreteMediationMDP:
         """
         for nm, v in (("n_episodes", n_episodes), ("horizon", horizon)):
             if not isinstance(v, int | np.integer) or isinstance(v, bool) or v < 1:
-                raise ValueError(PARAM_MESSAGE.format(name=nm, owner="DiscreteMediationMDP.sample",
+                raise InvalidParameterError(
+                    PARAM_MESSAGE.format(name=nm, owner="DiscreteMediationMDP.sample",
                                                       expected="a positive int", got=v))
         rng = check_random_state(random_state)
         pb = self.behavior if policy is None else self.policy_table(policy)

@@ -1,0 +1,146 @@
+"""The CLI's error taxonomy, warnings, threads and tables (cli/_utils.py)."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import pytest
+from typer.testing import CliRunner
+
+import equicare.cli._rmab as rmab_cli
+from equicare._progress import progress_task
+from equicare.cli import app
+from equicare.cli._utils import print_table, thread_limits, thread_plan
+from equicare.exceptions import InvalidParameterError
+
+runner = CliRunner()
+PLAN = ["plan", "--domain", "synthetic", "--arms", "40", "--seeds", "1", "--horizon", "3",
+        "--policy", "random"]
+
+
+@pytest.fixture(autouse=True)
+def _logs(tmp_path, monkeypatch):
+    monkeypatch.setenv("EQUICARE_LOG_DIR", str(tmp_path / "logs"))
+
+
+def _raise(exc):
+    def fn(*args, **kwargs):
+        raise exc
+    return fn
+
+
+def test_user_error_is_one_line_exit_2(monkeypatch):
+    monkeypatch.setattr(rmab_cli, "run_plan", _raise(InvalidParameterError("bad budget")))
+    res = runner.invoke(app, PLAN)
+    assert res.exit_code == 2
+    assert res.output == "error: bad budget\n"
+
+
+def test_usage_error_is_one_line_with_one_prefix():
+    res = runner.invoke(app, [*PLAN, "--bogus"])
+    assert res.exit_code == 2
+    lines = res.output.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: No such option: --bogus")
+    assert "Error" not in res.output and "Usage" not in res.output
+
+
+@pytest.mark.parametrize("exc", [ValueError("shapes (3,) and (4,) not aligned"),
+                                 KeyError("column"), TypeError("unsupported operand")])
+def test_unexpected_error_is_a_bug_with_a_log(monkeypatch, tmp_path, exc):
+    # a ValueError/KeyError/TypeError from inside a computation is a bug, not bad input
+    monkeypatch.setattr(rmab_cli, "run_plan", _raise(exc))
+    res = runner.invoke(app, PLAN)
+    assert res.exit_code == 1
+    assert len(res.output.splitlines()) == 1
+    assert res.output.startswith("error: internal error (a bug in equicare, not in your input)")
+    logs = list((tmp_path / "logs").glob("crash-*.log"))
+    assert len(logs) == 1 and str(logs[0]) in res.output.replace("\n", "")
+    text = logs[0].read_text()
+    assert "Traceback" in text and type(exc).__name__ in text and "equicare plan" in text
+
+
+def test_ctrl_c_exits_130(monkeypatch):
+    monkeypatch.setattr(rmab_cli, "run_plan", _raise(KeyboardInterrupt()))
+    res = runner.invoke(app, PLAN)
+    assert res.exit_code == 130
+    assert res.output == "error: interrupted (Ctrl-C).\n"
+
+
+@pytest.mark.filterwarnings("default")  # the CLI prints warnings; pytest would raise them
+def test_warnings_print_as_one_clean_line(monkeypatch):
+    def warn_then_fail(*args, **kwargs):
+        warnings.warn("first line\n  second line", UserWarning, stacklevel=1)
+        raise InvalidParameterError("stop")
+
+    monkeypatch.setattr(rmab_cli, "run_plan", warn_then_fail)
+    res = runner.invoke(app, PLAN)
+    assert res.output.splitlines() == ["warning: first line second line", "error: stop"]
+
+
+def test_existing_outputs_are_refused_before_any_work(monkeypatch, tmp_path):
+    fig = tmp_path / "fig.png"
+    fig.write_bytes(b"old")
+    monkeypatch.setattr(rmab_cli, "run_plan", _raise(AssertionError("must not run")))
+    res = runner.invoke(app, [*PLAN, "--figure", str(fig)])
+    assert res.exit_code == 2 and "pass --force" in res.output
+    assert fig.read_bytes() == b"old"
+
+
+def test_thread_plan():
+    auto = thread_plan("auto")
+    assert auto["torch"] == 1 and auto["openmp"] == 1
+    assert 1 <= auto["blas"] <= min(4, len(os.sched_getaffinity(0)))
+    n = len(os.sched_getaffinity(0))
+    assert thread_plan("64") == {"torch": min(64, n), "openmp": min(64, n), "blas": min(64, n)}
+    with pytest.raises(InvalidParameterError, match="--threads must be 'auto' or an integer"):
+        thread_plan("0")
+
+
+def test_thread_limits_apply_and_restore(monkeypatch):
+    import torch
+    from threadpoolctl import threadpool_info
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    before = torch.get_num_threads()
+    with thread_limits("1") as plan:
+        assert plan == {"torch": 1, "openmp": 1, "blas": 1}
+        assert torch.get_num_threads() == 1 and os.environ["OMP_NUM_THREADS"] == "1"
+        assert all(i["num_threads"] == 1 for i in threadpool_info()
+                   if i["user_api"] == "blas")
+    assert torch.get_num_threads() == before and os.environ["OMP_NUM_THREADS"] == "7"
+
+
+def test_commands_run_with_the_chosen_threads(monkeypatch):
+    seen = {}
+
+    def spy(*args, **kwargs):
+        seen["omp"] = os.environ.get("OMP_NUM_THREADS")
+        raise InvalidParameterError("stop")
+
+    monkeypatch.setattr(rmab_cli, "run_plan", spy)
+    runner.invoke(app, [*PLAN, "--threads", "1"])
+    assert seen == {"omp": "1"}
+    res = runner.invoke(app, [*PLAN, "--threads", "none"])
+    assert res.exit_code == 2 and "--threads must be 'auto' or an integer" in res.output
+
+
+def test_tables_are_not_truncated_in_files(capsys):
+    from rich.table import Table
+
+    run_id = "20261203-111500-" + "a" * 40
+    t = Table()
+    for c in ("run_id", "name", "status", "started", "seed", "config_hash"):
+        t.add_column(c)
+    t.add_row(run_id, "care-demo", "finished", "2026-12-03 11:15:00", "42", "f" * 16)
+    print_table(t)
+    out = capsys.readouterr().out
+    assert run_id in out and "f" * 16 in out and "…" not in out
+
+
+def test_progress_prints_lines_without_a_terminal(capsys):
+    with progress_task("train awr", 100) as bar:
+        bar.update(completed=100, info="loss=0.5")
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "train awr: started (0/100)"
+    assert err[-1].startswith("train awr: done (100/100) in ") and err[-1].endswith("loss=0.5")
