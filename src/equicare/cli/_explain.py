@@ -43,8 +43,7 @@ def run_explain(model: Path, data: Path, *, manifest: Path, out: Path, depth: in
                         bootstrap=bootstrap, frontier_bootstrap=min(bootstrap, 50),
                         action=action, group=group,
                         distill=DistillConfig(max_depth=depth, max_leaf_nodes=max_rules,
-                                              q_model=q_model,  # type: ignore[arg-type]
-                                              labels=labels))  # type: ignore[arg-type]
+                                              q_model=q_model, labels=labels))
     with warnings.catch_warnings():  # validation warnings are for `equicare validate`
         warnings.simplefilter("ignore", DataWarning)
         ds = load_dataset(data, manifest)

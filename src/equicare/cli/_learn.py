@@ -120,7 +120,7 @@ def train_model(data: str | os.PathLike[str], manifest: str | os.PathLike[str], 
         _fail("group_robust", "a number in [0, 1]", group_robust)
     out_path = Path(out)
     _refuse_existing(out_path, force, "Model folder")
-    klass = LEARNERS[algo]
+    klass: Any = LEARNERS[algo]
     kw: dict[str, Any] = dict(params or {})
     if algo != "spibb":  # SPIBB is tabular: no encoder, steps or seed
         kw.update(encoder=encoder, window=window, n_steps=steps, seed=seed)

@@ -71,6 +71,7 @@ def _load(config: Path | None, example: Example | None, sets: list[str] | None,
     if (config is None) == (example is None):
         fail("give a run configuration TOML or --example NAME (not both).")
     path = example_path(example.value) if example is not None else config
+    assert path is not None  # exactly one of the two was given (checked above)
     cfg = load_run_config(path)
     overrides = _parse_sets(sets)
     if overrides:

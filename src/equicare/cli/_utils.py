@@ -26,7 +26,7 @@ import traceback
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -70,7 +70,7 @@ REMOVED_COMMANDS = {
 }
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     """Print one error line on stderr and exit with code 2."""
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
@@ -377,7 +377,7 @@ class EquicareGroup(TyperGroup):
                 "Please report it with that file.", highlight=False, soft_wrap=True)
             raise typer.Exit(code=1) from None
 
-    def main(self, args: Any = None, prog_name: str | None = None,
+    def main(self, args: Any = None, prog_name: str | None = None,  # type: ignore[override]
              complete_var: str | None = None, standalone_mode: bool = True,
              **extra: Any) -> Any:
         """Parse and run; usage errors become one line ``error: ...`` and exit code 2."""

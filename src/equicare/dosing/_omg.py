@@ -35,7 +35,7 @@ import copy
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -789,7 +789,7 @@ class OMG:
                            state_names=self.feature_names_, source=source)
 
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False,
-             extra_files: dict[str, str | bytes] | None = None) -> Path:
+             extra_files: Mapping[str, str | bytes] | None = None) -> Path:
         """Write the model folder (Contract 2): ``config.json`` + ``model.safetensors``.
 
         The weights of every part go into the one ``model.safetensors``, named by part:

@@ -562,8 +562,8 @@ class PPO:
             raise InvalidParameterError(PARAM_MESSAGE.format(
                 name="obs", owner=type(self).__name__,
                 expected=f"an array of shape (n, {self.obs_dim_})", got=x.shape))
-        p = self.as_policy().observation_probs(x2, action_mask)
-        return p[0] if single else p
+        p = np.asarray(self.as_policy().observation_probs(x2, action_mask))
+        return np.asarray(p[0]) if single else p
 
     def predict(
         self,

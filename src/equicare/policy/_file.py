@@ -65,9 +65,10 @@ class FilePolicy:
 
     def _df(self) -> pd.DataFrame:
         if "df" not in self._table:
-            self._table["df"] = (
-                self.frame if self.frame is not None else read_policy_file(self.path)
-            )
+            if self.frame is not None:
+                self._table["df"] = self.frame
+            else:  # __post_init__ guarantees a path when there is no frame
+                self._table["df"] = read_policy_file(self.path)  # type: ignore[arg-type]
         return self._table["df"]
 
     @property
@@ -89,8 +90,8 @@ class FilePolicy:
         df = self._df()
         if self.form == "wide":
             return 1 + max(
-                int(_WIDE.match(str(c)).group(1))
-                for c in df.columns  # type: ignore[union-attr]
+                int(_WIDE.match(str(c)).group(1))  # type: ignore[union-attr]
+                for c in df.columns
                 if _WIDE.match(str(c))
             )
         return int(df["action"].max()) + 1
