@@ -15,10 +15,14 @@ from rich.markup import escape
 
 from equicare.cli._choices import Sim
 from equicare.cli._utils import (
+    Address,
+    ChunkRows,
     EquicareGroup,
     Force,
+    Jobs,
     JsonOut,
     Seed,
+    StreamExecutor,
     Threads,
     check_out_paths,
     console,
@@ -26,6 +30,7 @@ from equicare.cli._utils import (
     not_applicable,
     print_json,
     print_table,
+    stream_executor,
     user_errors,
     version_callback,
 )
@@ -183,16 +188,30 @@ def validate(
     data: Annotated[Path, typer.Argument(help="Panel file: .csv, .parquet or a DuckDB file.")],
     manifest: Annotated[Path, typer.Option("--manifest", "-m",
                                            help="Manifest TOML naming each column's role.")],
+    chunk_rows: ChunkRows = None,
+    executor: StreamExecutor = None,
+    address: Address = "auto",
+    jobs: Jobs = 2,
     json_out: JsonOut = False,
     threads: Threads = "auto",
 ) -> None:
     """Check a panel against its manifest and print a summary, or every problem (exit code 2).
 
+    With --chunk-rows the panel is read in chunks of whole episodes (memory bounded by the
+    chunk); problems still name the panel's own rows.
+
     Example: equicare validate data/panel.parquet --manifest data/manifest.toml
+
+    Example: equicare validate big/panel/ --manifest big/manifest.toml --chunk-rows 500000
     """
     from equicare.data import load_dataset
     from equicare.data._io import validate_path
 
+    if chunk_rows is not None:
+        _validate_stream(data, manifest, chunk_rows, stream_executor(chunk_rows, executor,
+                                                                     address, jobs), json_out)
+        return
+    stream_executor(chunk_rows, executor, address, jobs)
     with user_errors():
         rep, _, _ = validate_path(data, manifest)
         if not rep.ok:
@@ -209,6 +228,50 @@ def validate(
     _print_summary(summary)
     for note in rep.notes:
         console.print(f"note: {escape(note)}", highlight=False)
+    for w in rep.warnings:
+        err_console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)
+    console.print("[green]valid[/]")
+
+
+def _validate_stream(data: Path, manifest: Path, chunk_rows: int, executor: Any,
+                     json_out: bool) -> None:
+    """``validate --chunk-rows``: every problem of every chunk, then a streamed summary."""
+    from rich.table import Table
+
+    from equicare.data import validate_stream
+
+    with user_errors():
+        try:
+            rep, scan = validate_stream(data, manifest, chunk_rows=chunk_rows, executor=executor)
+        finally:
+            if executor is not None and hasattr(executor, "shutdown"):
+                executor.shutdown()
+        if not rep.ok:
+            if json_out:
+                print_json({"valid": False, "errors": rep.errors, "warnings": rep.warnings})
+                raise typer.Exit(code=2)
+            rep.raise_if_errors()
+    import numpy as np
+
+    assert scan is not None
+    lengths = scan.lengths
+    summary = {"n_episodes": scan.n_episodes, "n_steps": scan.n_rows,
+               "episode_length": {"min": int(lengths.min()), "median": float(np.median(lengths)),
+                                  "max": int(lengths.max())},
+               "clustered": scan.clustered}
+    if json_out:
+        print_json({"valid": True, **summary, "warnings": rep.warnings})
+        return
+    t = Table(title="Panel summary (streamed)", show_header=False)
+    t.add_column("item")
+    t.add_column("value")
+    t.add_row("episodes", f"{scan.n_episodes:,}")
+    t.add_row("steps", f"{scan.n_rows:,}")
+    t.add_row("episode length", f"min {lengths.min()}, median {np.median(lengths):g}, "
+                                f"max {lengths.max()}")
+    t.add_row("episodes stored together", "yes" if scan.clustered else
+              "no (sorted by DuckDB into a temporary file while reading)")
+    print_table(t)
     for w in rep.warnings:
         err_console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)
     console.print("[green]valid[/]")

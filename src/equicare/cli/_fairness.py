@@ -26,7 +26,17 @@ from equicare.cli._choices import (
     ValueEstimator,
     Weight,
 )
-from equicare.cli._utils import Force, JsonOut, Progress, Seed, Threads
+from equicare.cli._utils import (
+    Address,
+    ChunkRows,
+    Force,
+    Jobs,
+    JsonOut,
+    Progress,
+    Seed,
+    StreamExecutor,
+    Threads,
+)
 
 __all__ = ["parse_policy_specs", "load_policies", "run_audit", "run_frontier", "audit_tables",
            "frontier_table", "register"]
@@ -85,9 +95,13 @@ def run_audit(
     force: bool = False, level: str = "step", need: str | None = None, bootstrap: int = 1000,
     n_permutations: int = 1000, alpha: float = 0.05, min_cell: int | None = None,
     estimator: str | None = "wis", q_model: str = "linear", ci_method: str = "basic",
-    seed: int = 42,
+    seed: int = 42, chunk_rows: int | None = None, executor: Any = None,
 ) -> AuditResult:
     """Load data and policies, run the audit, write ``out`` (the audit JSON) atomically.
+
+    With ``chunk_rows`` the panel is streamed (:func:`equicare.fairness.audit_stream`: Poisson
+    bootstrap weights keyed by episode id, importance-sampling group values), optionally one
+    shard per task on ``executor``.
 
     Raises
     ------
@@ -104,7 +118,6 @@ def run_audit(
 
     _check_out(out, force)
     specs = parse_policy_specs(policies)
-    ds = _load_data(data, manifest)
     pols = load_policies(specs)
     cfg = FairnessAudit(action=action, group=group, intersect=tuple(intersect or ()),
                         level=level,  # type: ignore[arg-type]
@@ -114,7 +127,13 @@ def run_audit(
                         ci_method=ci_method)  # type: ignore[arg-type]
     with warnings.catch_warnings():  # suppression is reported in the tables instead
         warnings.simplefilter("ignore", SmallCellWarning)
-        res = cfg.run(ds, pols, random_state=seed)
+        if chunk_rows is not None:
+            from equicare.fairness import audit_stream
+
+            res = audit_stream(data, pols, manifest=manifest, config=cfg, chunk_rows=chunk_rows,
+                               random_state=seed, executor=executor)
+        else:
+            res = cfg.run(_load_data(data, manifest), pols, random_state=seed)
     if out is not None:
         res.to_json(out, overwrite=force)
     return res
@@ -281,6 +300,10 @@ def register(app: typer.Typer) -> None:
         ci: Annotated[AuditCI, typer.Option(
             help="Bootstrap interval: basic (reverse percentile) or percentile; either is "
                  "widened to contain its estimate.")] = AuditCI.BASIC,
+        chunk_rows: ChunkRows = None,
+        executor: StreamExecutor = None,
+        address: Address = "auto",
+        jobs: Jobs = 2,
         seed: Seed = 42,
         force: Force = False,
         json_out: JsonOut = False,
@@ -288,21 +311,36 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Audit allocation and outcomes by group for the behaviour and each policy.
 
+        With --chunk-rows the panel is streamed (group values by is, wis, pdis or wpdis; Poisson
+        bootstrap keyed by episode id), on --executor shards too.
+
         Example: equicare audit data/panel.parquet --manifest data/manifest.toml --policy
         awr=awr_probs.parquet --group race_ethnicity --action modality=home_visit
         --out audit.json
         """
         from rich.markup import escape
 
-        from equicare.cli._utils import console, print_json, print_table, user_errors
+        from equicare.cli._utils import (
+            console,
+            print_json,
+            print_table,
+            stream_executor,
+            user_errors,
+        )
 
         est = None if estimators is AuditEstimator.NONE else estimators.value
+        ex = stream_executor(chunk_rows, executor, address, jobs)
         with user_errors():
-            res = run_audit(data, manifest=manifest, policies=policy, group=group,
-                            intersect=intersect, action=action, out=out, force=force,
-                            level=level.value, need=need, bootstrap=bootstrap,
-                            n_permutations=permutations, estimator=est, min_cell=min_cell,
-                            ci_method=ci.value, seed=seed)
+            try:
+                res = run_audit(data, manifest=manifest, policies=policy, group=group,
+                                intersect=intersect, action=action, out=out, force=force,
+                                level=level.value, need=need, bootstrap=bootstrap,
+                                n_permutations=permutations, estimator=est, min_cell=min_cell,
+                                ci_method=ci.value, seed=seed, chunk_rows=chunk_rows,
+                                executor=ex)
+            finally:
+                if ex is not None and hasattr(ex, "shutdown"):
+                    ex.shutdown()
         if json_out:
             print_json(res.to_dict())
             return

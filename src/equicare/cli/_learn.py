@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 from equicare.cli._choices import Algo, Encoder, Form, OmgReward, Select
 from equicare.cli._utils import (
+    ChunkRows,
     Force,
     JsonOut,
     Progress,
@@ -218,8 +219,12 @@ def print_selection(res: dict[str, Any]) -> None:
 
 def predict_policy(model_dir: str | os.PathLike[str], data: str | os.PathLike[str],
                    manifest: str | os.PathLike[str], *, out: str | os.PathLike[str],
-                   form: str = "wide", force: bool = False) -> dict[str, Any]:
+                   form: str = "wide", force: bool = False,
+                   chunk_rows: int | None = None) -> dict[str, Any]:
     """Write a trained policy's probabilities for every row of a panel (Contract 2 file).
+
+    With ``chunk_rows`` the panel is read and the file written chunk by chunk (whole episodes),
+    so memory holds one chunk, never the panel or the whole file.
 
     Raises
     ------
@@ -242,6 +247,26 @@ def predict_policy(model_dir: str | os.PathLike[str], data: str | os.PathLike[st
         raise InvalidParameterError(f"--out must end in .parquet or .csv, got {out_path.name!r}.")
     _refuse_existing(out_path, force, "Output file")
     policy = load_policy(model_dir)
+    if chunk_rows is not None:
+        from equicare.data import iter_chunks
+        from equicare.policy import write_policy_stream
+
+        stats: dict[str, Any] = {"rows": 0, "support": None, "n_actions": 0}
+
+        def parts() -> Any:
+            for chunk in iter_chunks(data, manifest, chunk_rows=chunk_rows):
+                p = np.asarray(policy.action_probs(chunk.dataset), dtype=np.float64)
+                used = p.any(axis=0)
+                stats["support"] = used if stats["support"] is None else stats["support"] | used
+                stats["rows"] += chunk.dataset.n_steps
+                stats["n_actions"] = chunk.dataset.n_actions
+                yield chunk.dataset, p
+
+        write_policy_stream(parts(), out_path, form=form,  # type: ignore[arg-type]
+                            overwrite=force)
+        return {"out": str(out_path), "n_rows": stats["rows"], "n_actions": stats["n_actions"],
+                "support_size": int(np.count_nonzero(stats["support"])), "form": form,
+                "chunk_rows": chunk_rows}
     ds = load_dataset(data, manifest, emit_warnings=False)
     probs = policy.action_probs(ds)
     write_policy_file(ds, probs, out_path, form=form, overwrite=force)  # type: ignore[arg-type]
@@ -418,6 +443,7 @@ def register(app: "typer.Typer") -> None:
                                           help="Policy file to write (.parquet or .csv).")],
         form: Annotated[Form, typer.Option(help="wide (p_0..p_n-1) or long (action, prob).")
                         ] = Form.WIDE,
+        chunk_rows: ChunkRows = None,
         force: Force = False,
         json_out: JsonOut = False,
         threads: Threads = "auto",
@@ -431,7 +457,8 @@ def register(app: "typer.Typer") -> None:
         --out awr_probs.parquet
         """
         with user_errors():
-            res = predict_policy(model_dir, data, manifest, out=out, form=form.value, force=force)
+            res = predict_policy(model_dir, data, manifest, out=out, form=form.value, force=force,
+                                 chunk_rows=chunk_rows)
         if json_out:
             print_json(res)
             return

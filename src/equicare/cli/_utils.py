@@ -261,6 +261,32 @@ Progress = Annotated[bool, typer.Option(
 
 #: The ``--threads`` option every command declares (:class:`EquicareGroup` applies it).
 Threads = Annotated[str, typer.Option("--threads", metavar="auto|N", help=THREADS_HELP)]
+ChunkRows = Annotated[int | None, typer.Option(
+    "--chunk-rows", min=1,
+    help="Stream the panel in chunks of whole episodes of about this many rows (panels larger "
+         "than memory; Parquet files or folders, CSV, DuckDB). See docs/scale.md.")]
+StreamExecutor = Annotated[str | None, typer.Option(
+    "--executor", metavar="local|ray",
+    help="With --chunk-rows: run one task per shard on local processes or a Ray cluster (the "
+         "panel must be a clustered Parquet file or folder every worker can read).")]
+Address = Annotated[str, typer.Option(
+    "--address", help="Ray address: auto (a running cluster), local (start one here) or "
+                      "HOST:PORT.")]
+Jobs = Annotated[int, typer.Option("--jobs", min=1, help="Worker processes or Ray CPUs.")]
+
+
+def stream_executor(chunk_rows: int | None, executor: str | None, address: str,
+                    jobs: int) -> Any:
+    """The executor of a streamed command (None: stream in this process)."""
+    if executor is None:
+        return None
+    if chunk_rows is None:
+        fail("--executor needs --chunk-rows (sharded runs stream each shard in chunks).")
+    if executor not in ("local", "ray"):
+        fail(f"--executor must be 'local' or 'ray'; got {executor!r}.")
+    from equicare.pipeline import get_executor
+
+    return get_executor(executor, jobs=jobs, address=address)
 
 
 def _with_threads(cmd: Any) -> None:
