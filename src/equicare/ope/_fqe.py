@@ -38,9 +38,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
+from equicare.ope._lstd import LSTDFit, solve_lstd
 from equicare.utils import (
     PARAM_MESSAGE,
     RandomState,
@@ -55,7 +57,6 @@ __all__ = ["FQEConfig", "QFit", "LoggedQFit", "fit_fqe", "fit_fqe_logged", "QMod
 
 QModel = Literal["tabular", "linear", "gbm", "mlp"]
 _OWNER = "FQEConfig"
-_MAX_TABULAR_CELLS = 4000
 _GBM_THREADED_ROWS = 200_000
 
 
@@ -185,6 +186,7 @@ class _QFunction:
     phi: NDArray[np.float64] | None = None
     weights: NDArray[np.float64] | None = None
     psi: NDArray[np.float64] | None = None
+    offset: NDArray[np.float64] | None = None
 
     def rows(self, sl: slice) -> NDArray[np.float64]:
         """``Q(s_t, a)`` of the rows ``sl``, shape ``(n_rows, n_actions)``."""
@@ -192,7 +194,8 @@ class _QFunction:
             return self.dense[sl]
         assert self.phi is not None and self.weights is not None
         b = self.phi[sl] @ self.weights  # (rows, m)
-        return b[:, :1] + b[:, 1:] if self.psi is None else b @ self.psi.T
+        q = b[:, :1] + b[:, 1:] if self.psi is None else b @ self.psi.T
+        return q if self.offset is None else q + self.offset[sl, None]
 
     def matrix(self) -> NDArray[np.float64]:
         """The whole ``(n_steps, n_actions)`` matrix (assembled block by block)."""
@@ -281,8 +284,8 @@ def _standardise(x: NDArray[np.float64]) -> NDArray[np.float64]:
 
 
 def _state_design(dataset: TrajectoryDataset, time_features: bool,
-                  design: str = "linear") -> NDArray[np.float64]:
-    x = np.asarray(dataset.features(), dtype=np.float64)
+                  design: str = "linear", one_hot: bool = True) -> NDArray[np.float64]:
+    x = np.asarray(dataset.features(one_hot=one_hot), dtype=np.float64)
     z = _standardise(x)
     if design == "quadratic" and 0 < z.shape[1] <= 30:
         iu = np.triu_indices(z.shape[1])
@@ -399,11 +402,14 @@ def _fill_unvisited(sums: NDArray[np.float64], counts: NDArray[np.float64]
 
 def _fit_tabular(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma: float,
                  cfg: FQEConfig) -> tuple[NDArray[np.float64], dict[str, Any]]:
-    cell, n_cells = _cells(dataset)
     n_a = dataset.n_actions
     a, r = dataset.actions, dataset.rewards
     nxt, has_next = _next_rows(dataset)
     if cfg.resolved_horizon == "backward":
+        cell_full, _ = _cells(dataset)
+        _, cell = np.unique(cell_full, return_inverse=True)  # visited cells only
+        cell = cell.astype(np.int64).ravel()
+        n_cells = int(cell.max()) + 1
         step = dataset.step
         q_rows = np.zeros((dataset.n_steps, n_a))
         v_rows = np.zeros(dataset.n_steps)
@@ -419,128 +425,214 @@ def _fit_tabular(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma: flo
             q_rows[rows] = table[cell[rows]]
             v_rows[rows] = np.einsum("ij,ij->i", q_rows[rows], pe[rows])
         return q_rows, {"solver": "backward", "n_cells": n_cells}
-    n_sa = n_cells * n_a
-    if n_sa > _MAX_TABULAR_CELLS:
-        raise ValueError(f"The stationary tabular Q-model has {n_sa} (state, action) cells, more "
-                         f"than {_MAX_TABULAR_CELLS}; use q_model='linear' or horizon='backward'.")
-    key = cell * n_a + a
-    cnt = np.bincount(key, minlength=n_sa).astype(float)
-    rbar = np.zeros(n_sa)
-    np.divide(np.bincount(key, weights=r, minlength=n_sa), cnt, out=rbar, where=cnt > 0)
-    # P_pi[(s,a), (s',a')] = mean over rows in (s,a) of 1[s_next = s'] pi(a'|next row)
-    rows = np.flatnonzero(has_next)
-    col0 = cell[nxt[rows]] * n_a
-    flat_idx = (key[rows][:, None] * n_sa + col0[:, None] + np.arange(n_a)[None, :]).ravel()
-    mass = np.bincount(flat_idx, weights=pe[nxt[rows]].ravel(), minlength=n_sa * n_sa)
-    p_pi = mass.astype(np.float64).reshape(n_sa, n_sa)
-    np.divide(p_pi, cnt[:, None], out=p_pi, where=cnt[:, None] > 0)
-    system = np.eye(n_sa) - gamma * p_pi
-    # unvisited cells: Q(s,a) - mean of visited Q(s, .) = 0 (or Q = 0 in an unseen state)
-    visited = (cnt > 0).reshape(n_cells, n_a)
-    n_vis = visited.sum(axis=1)
-    ks = np.flatnonzero(cnt == 0)
-    if ks.size:
-        st = ks // n_a
-        system[ks] = 0.0
-        cols = st[:, None] * n_a + np.arange(n_a)[None, :]
-        share = visited[st] / np.maximum(n_vis[st], 1)[:, None]
-        system[ks[:, None], cols] -= share
-        system[ks, ks] += 1.0
-    try:
-        qtab = np.linalg.solve(system, rbar)
-    except np.linalg.LinAlgError:
-        qtab = np.linalg.lstsq(system, rbar, rcond=None)[0]
-    return qtab.reshape(n_cells, n_a)[cell], {"solver": "closed_form", "n_cells": n_cells}
+    fit = _tabular_lstd(dataset, pe, gamma)
+    q_rows = _tabular_table(fit)[fit.cell_rows]
+    return q_rows, {"solver": "sparse_fixed_point", "n_cells": int(fit.n_cells),
+                    "n_pairs": int(fit.n_pairs)}
+
+
+@dataclass(frozen=True, eq=False)
+class _TabularLSTD:
+    """The stationary tabular model as an LSTD fit on visited (cell, action) pairs."""
+
+    lstd: LSTDFit
+    cell_rows: NDArray[np.int64]  # compressed cell of every row, (n_steps,)
+    pair_cell: NDArray[np.int64]  # (n_pairs,)
+    pair_action: NDArray[np.int64]  # (n_pairs,)
+    n_cells: int
+    n_actions: int
+
+    @property
+    def n_pairs(self) -> int:
+        return int(self.pair_cell.size)
+
+
+def _tabular_design(cell: NDArray[np.int64], actions: NDArray[np.int64], pe: NDArray[np.float64]
+                    ) -> tuple[sp.csr_matrix, sp.csr_matrix, NDArray[np.int64], NDArray[np.int64],
+                               NDArray[np.int64], int]:
+    """One-hot design of visited (cell, action) pairs and its target-policy expectation.
+
+    An unvisited action of a cell has ``Q`` = the mean of the cell's visited actions, so the
+    target mass on unvisited actions is spread evenly over the visited ones.
+    """
+    n, n_a = pe.shape
+    uc, cellc = np.unique(cell, return_inverse=True)
+    cellc = cellc.astype(np.int64).ravel()
+    key = cellc * n_a + actions
+    pairs, pid = np.unique(key, return_inverse=True)
+    pid = pid.astype(np.int64).ravel()
+    pair_cell, pair_action = pairs // n_a, pairs % n_a
+    n_pairs = pairs.size
+    ptr = np.searchsorted(pair_cell, np.arange(uc.size + 1))
+    n_vis = np.diff(ptr)
+    x = sp.csr_matrix((np.ones(n), pid, np.arange(n + 1)), shape=(n, n_pairs))
+    k = n_vis[cellc]  # entries per row
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(k, out=indptr[1:])
+    rows = np.repeat(np.arange(n), k)
+    cols = np.repeat(ptr[cellc], k) + np.arange(int(indptr[-1])) - np.repeat(indptr[:-1], k)
+    vals = pe[rows, pair_action[cols]]
+    umass = 1.0 - np.add.reduceat(vals, indptr[:-1]) if n else np.zeros(0)
+    vals = vals + np.repeat(np.maximum(umass, 0.0) / k, k)
+    x_pi = sp.csr_matrix((vals, cols, indptr), shape=(n, n_pairs))
+    return x, x_pi, cellc, pair_cell, pair_action, int(uc.size)
+
+
+def _tabular_lstd(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma: float
+                  ) -> _TabularLSTD:
+    """Solve the empirical Bellman equations ``Q = R + gamma P_pi Q`` on visited pairs."""
+    cell, _ = _cells(dataset)
+    x, x_pi, cellc, pair_cell, pair_action, n_cells = _tabular_design(cell, dataset.actions, pe)
+    _, has_next = _next_rows(dataset)
+    r = dataset.rewards
+    fit = solve_lstd(x, x_pi, r, has_next, gamma, np.zeros(x.shape[1]))
+    if fit is None:  # a closed loop without exit in the data (gamma 1): a vanishing ridge
+        counts = np.asarray(x.sum(axis=0)).ravel()
+        fit = solve_lstd(x, x_pi, r, has_next, gamma, 1e-8 * np.maximum(counts, 1.0))
+    if fit is None:
+        raise ValueError("The stationary tabular FQE system is singular; use horizon='backward'.")
+    return _TabularLSTD(lstd=fit, cell_rows=cellc, pair_cell=pair_cell, pair_action=pair_action,
+                        n_cells=n_cells, n_actions=dataset.n_actions)
+
+
+def _tabular_table(fit: _TabularLSTD) -> NDArray[np.float64]:
+    """``Q`` per (compressed cell, action), shape ``(n_cells, n_actions)``."""
+    sums = np.zeros((fit.n_cells, fit.n_actions))
+    cnt = np.zeros((fit.n_cells, fit.n_actions))
+    sums[fit.pair_cell, fit.pair_action] = fit.lstd.theta
+    cnt[fit.pair_cell, fit.pair_action] = 1.0
+    return _fill_unvisited(sums, cnt)
 
 
 # ---------------------------------------------------------------------- linear
-def _kron_sum(psi: NDArray[np.float64], blocks: NDArray[np.float64]) -> NDArray[np.float64]:
-    """``sum_a psi[a, m] * blocks[a, j, k, n]`` reordered to ``(j, m, k, n)`` (one GEMM)."""
-    n_a, p, p2, m2 = blocks.shape
-    out = (psi.T @ blocks.reshape(n_a, -1)).reshape(psi.shape[1], p, p2, m2)
-    return np.ascontiguousarray(out.transpose(1, 0, 2, 3))
+#: One-hot columns up to which categorical states enter the linear model's dense features
+#: (interacted with the action); above it each level gets a main effect in a sparse design.
+_MAX_DENSE_ONEHOT = 32
+
+
+def _rowwise_kron(d: NDArray[np.float64], u: NDArray[np.float64] | sp.csr_matrix
+                  ) -> sp.csr_matrix:
+    """Row-wise Kronecker product ``[d_i (x) u_i]`` as CSR, shape ``(n, p * m)``.
+
+    Column ``j * m + l`` holds ``d[i, j] * u[i, l]``.
+    """
+    n, p = d.shape
+    m = u.shape[1]
+    if sp.issparse(u):
+        u = sp.csr_matrix(u)
+        k = np.diff(u.indptr)
+        rows = np.repeat(np.arange(n), k)
+        cols = (np.arange(p)[None, :] * m + u.indices[:, None]).ravel()
+        vals = (d[rows] * u.data[:, None]).ravel()
+        indptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(k * p, out=indptr[1:])
+        return sp.csr_matrix((vals, cols, indptr), shape=(n, p * m))
+    data = (d[:, :, None] * np.asarray(u)[:, None, :]).reshape(-1)
+    indices = np.tile(np.arange(p * m, dtype=np.int32), n)
+    indptr = np.arange(0, n * p * m + 1, p * m, dtype=np.int64)
+    return sp.csr_matrix((data, indices, indptr), shape=(n, p * m))
+
+
+def _category_design(dataset: TrajectoryDataset) -> sp.csr_matrix | None:
+    """Sparse one-hot main effects of every categorical state column, or None."""
+    if dataset.categorical is None or dataset.categorical.shape[1] == 0:
+        return None
+    sizes = [len(lv) for lv in dataset.categorical_levels]
+    if sum(sizes) <= _MAX_DENSE_ONEHOT:
+        return None
+    n, k = dataset.categorical.shape
+    offs = np.r_[0, np.cumsum(sizes)[:-1]]
+    cols = (dataset.categorical + offs[None, :]).ravel()
+    return sp.csr_matrix((np.ones(n * k), cols, np.arange(0, n * k + 1, k)),
+                         shape=(n, int(sum(sizes))))
+
+
+@dataclass(frozen=True, eq=False)
+class _LinearModel:
+    """Design pieces of the linear model: ``Q = phi W psi^T + onehot(cat) c``."""
+
+    phi: NDArray[np.float64]  # (n, p)
+    psi: NDArray[np.float64]  # (A, m)
+    flat: bool
+    cats: sp.csr_matrix | None
+
+    def design(self, actions: NDArray[np.int64], pe: NDArray[np.float64]
+               ) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+        """``X`` at the logged actions and ``X_pi`` under the target policy, CSR."""
+        psi_a = sp.csr_matrix(self.psi)[actions]
+        x = _rowwise_kron(self.phi, psi_a)
+        upi = np.concatenate([np.ones((pe.shape[0], 1)), pe], axis=1) if self.flat else (
+            pe @ self.psi)
+        x_pi = _rowwise_kron(self.phi, upi)
+        if self.cats is not None:
+            x = sp.hstack([x, self.cats], format="csr")
+            x_pi = sp.hstack([x_pi, self.cats], format="csr")
+        return x, x_pi
+
+    def q_function(self, theta: NDArray[np.float64]) -> _QFunction:
+        p, m = self.phi.shape[1], self.psi.shape[1]
+        offset = None if self.cats is None else np.asarray(self.cats @ theta[p * m:])
+        return _QFunction(n_steps=self.phi.shape[0], n_actions=self.psi.shape[0], phi=self.phi,
+                          weights=theta[: p * m].reshape(p, m),
+                          psi=None if self.flat else self.psi, offset=offset)
 
 
 def _fit_linear(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma: float,
                 cfg: FQEConfig) -> tuple[_QFunction, dict[str, Any]]:
-    phi = _state_design(dataset, cfg.time_features, cfg.state_design)  # (n, p)
+    qfun, info, _ = _fit_linear_lstd(dataset, pe, gamma, cfg)
+    return qfun, info
+
+
+def _linear_model(dataset: TrajectoryDataset, cfg: FQEConfig) -> _LinearModel:
+    cats = _category_design(dataset)
+    phi = _state_design(dataset, cfg.time_features, cfg.state_design,
+                        one_hot=cats is None)  # (n, p)
     psi = _action_design(dataset, cfg.action_design)  # (A, m)
-    n, p = phi.shape
     n_a, m = psi.shape
     flat = m == n_a + 1 and np.array_equal(psi[:, 1:], np.eye(n_a))
-    nxt, has_next = _next_rows(dataset)
-    mask = has_next.astype(np.float64)[:, None]
-    phi_next = phi[nxt] * mask
+    return _LinearModel(phi=phi, psi=psi, flat=flat, cats=cats)
 
-    def psi_bar(rows: NDArray[np.int64]) -> NDArray[np.float64]:
-        """E_pi[psi(a')] at the next row of ``rows``, (len(rows), m); [1, pi(.|s')] if flat."""
-        mk = mask[rows]
-        pn = pe[nxt[rows]]
-        return np.concatenate([mk, pn * mk], axis=1) if flat else (pn @ psi) * mk
 
-    def q_function(theta: NDArray[np.float64]) -> _QFunction:
-        return _QFunction(n_steps=n, n_actions=n_a, phi=phi, weights=theta.reshape(p, m),
-                          psi=None if flat else psi)
-
-    a = dataset.actions
-    order = np.argsort(a, kind="stable")
-    bounds = np.searchsorted(a[order], np.arange(n_a + 1))
-    nonempty = np.flatnonzero(np.diff(bounds))
-    phi_s = phi[order]
-    gram = np.zeros((n_a, p, p))
-    phir = np.zeros((n_a, p))
-    h = np.zeros((n_a, p, p, m))
-    fixed_point = gamma > 0 and cfg.solver == "fixed_point"
-    r_s = dataset.rewards[order]
-    for k in nonempty:  # rows of one action are contiguous after sorting: a BLAS call each
-        lo, hi = bounds[k], bounds[k + 1]
-        pk = phi_s[lo:hi]
-        gram[k] = pk.T @ pk
-        phir[k] = pk.T @ r_s[lo:hi]
-        if fixed_point:  # sum over the action's rows of (phi(s) (x) phi(s')) psi_bar^T, in blocks
-            for sl in row_blocks(int(hi - lo), p * p + m):
-                idx = order[lo:hi][sl]
-                z = (phi[idx][:, :, None] * phi_next[idx][:, None, :]).reshape(-1, p * p)
-                h[k] += (z.T @ psi_bar(idx)).reshape(p, p, m)
-    xtx = _kron_sum(psi, gram[:, :, :, None] * psi[:, None, None, :]).reshape(p * m, p * m)
-    xtr = (phir.T @ psi).reshape(p * m)
-    penalty = np.full((p, m), float(cfg.alpha))
-    penalty[:, 0] = 1e-8 * max(1.0, float(np.trace(xtx)) / (p * m))
-    lhs0 = xtx + np.diag(penalty.ravel())
-    info: dict[str, Any] = {"solver": "fixed_point", "n_params": p * m}
-    qfun = None
-    if fixed_point:
-        xtxn = _kron_sum(psi, h).reshape(p * m, p * m)
-        try:
-            qfun = q_function(np.linalg.solve(lhs0 - gamma * xtxn, xtr))
-            scale = (np.abs(dataset.rewards).max() + 1e-12) * int(dataset.episode_lengths.max())
-            if not qfun.bounded(10 * scale):
-                qfun = None  # unstable projected Bellman fixed point: iterate instead
-        except np.linalg.LinAlgError:
-            qfun = None
+def _fit_linear_lstd(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma: float,
+                     cfg: FQEConfig) -> tuple[_QFunction, dict[str, Any], LSTDFit | None]:
+    """Fit the linear model by sparse LSTD (fall-back: iterated ridge regressions)."""
+    lm = _linear_model(dataset, cfg)
+    x, x_pi = lm.design(dataset.actions, pe)
+    p, m = lm.phi.shape[1], lm.psi.shape[1]
+    n_par = x.shape[1]
+    _, has_next = _next_rows(dataset)
+    r = dataset.rewards
+    diag_xtx = np.asarray(x.multiply(x).sum(axis=0)).ravel()
+    penalty = np.full(n_par, float(cfg.alpha))
+    shared = np.arange(p) * m  # psi column 0: the shared model of each state feature
+    penalty[shared] = 1e-8 * max(1.0, float(diag_xtx[: p * m].sum()) / (p * m))
+    info: dict[str, Any] = {"solver": "fixed_point", "n_params": int(n_par),
+                            "design": "sparse" if lm.cats is not None else "dense_features"}
+    scale = (np.abs(r).max() + 1e-12) * int(dataset.episode_lengths.max())
+    fit: LSTDFit | None = None
+    if gamma > 0 and cfg.solver == "fixed_point":
+        fit = solve_lstd(x, x_pi, r, has_next, gamma, penalty)
+        if fit is not None and not lm.q_function(fit.theta).bounded(10 * scale):
+            fit = None  # unstable projected Bellman fixed point: iterate instead
     elif gamma == 0:
-        qfun = q_function(np.linalg.solve(lhs0, xtr))
+        fit = solve_lstd(x, x_pi, r, has_next, 0.0, penalty)
         info["solver"] = "ridge"
-    if qfun is None:  # iterate FQE with the same ridge regression
-        from scipy.linalg import cho_factor, cho_solve
+    if fit is not None:
+        return lm.q_function(fit.theta), info, fit
+    from scipy.sparse.linalg import splu
 
-        info["solver"] = "iterate"
-        n_iter = cfg.n_iterations or min(int(dataset.episode_lengths.max()), 100)
-        chol = cho_factor(lhs0)
-        theta = np.zeros(p * m)
-        v_next = np.empty(n)
-        for _ in range(n_iter):
-            w = theta.reshape(p, m)
-            for sl in row_blocks(n, m):
-                v_next[sl] = np.einsum("ij,ij->i", phi_next[sl] @ w,
-                                       psi_bar(np.arange(sl.start, sl.stop)))
-            y_s = (dataset.rewards + gamma * v_next)[order]
-            s_a = np.zeros((n_a, p))
-            s_a[nonempty] = np.add.reduceat(phi_s * y_s[:, None], bounds[nonempty], axis=0)
-            theta = cho_solve(chol, (s_a.T @ psi).reshape(p * m))
-        info["n_iterations"] = n_iter
-        qfun = q_function(theta)
-    return qfun, info
+    info["solver"] = "iterate"
+    n_iter = cfg.n_iterations or min(int(dataset.episode_lengths.max()), 100)
+    xt = sp.csr_matrix(x.T)
+    lu = splu(sp.csc_matrix(xt @ x + sp.diags(penalty)))
+    theta = np.zeros(n_par)
+    v_next = np.zeros(dataset.n_steps)
+    for _ in range(n_iter):
+        v = np.asarray(x_pi @ theta)
+        v_next[:-1] = np.where(has_next[:-1], v[1:], 0.0)
+        theta = lu.solve(np.asarray(xt @ (r + gamma * v_next)))
+    info["n_iterations"] = n_iter
+    return lm.q_function(theta), info, None
 
 
 # ---------------------------------------------------------------------- gbm
