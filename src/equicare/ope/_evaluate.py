@@ -34,7 +34,11 @@ from equicare.ope._core import ALL_KEYS, ESTIMATOR_KEYS, Normalization, OPEInput
 from equicare.ope._ess import EffectiveSampleSize, effective_sample_size
 from equicare.ope._fqe import FQEConfig
 from equicare.ope._prepare import BehaviorSpec, Prepared, as_fqe_config, prepare
-from equicare.ope._support import SupportReport, model_support_diagnostics
+from equicare.ope._support import (
+    SupportReport,
+    logged_support_diagnostics,
+    model_support_diagnostics,
+)
 from equicare.policy._behavior import BehaviorModel
 from equicare.utils import MIN_CELL, PARAM_MESSAGE, RandomState, check_param, check_random_state
 
@@ -389,6 +393,52 @@ def evaluate(
     SmallCellWarning
         When a group level has fewer than 11 episodes (suppressed).
     """
+    from threadpoolctl import threadpool_limits
+
+    # BLAS/OpenMP threads: one for the small solves and products of a typical panel (threads
+    # cost more than they save there and oversubscribe shared hosts); the library default above
+    with threadpool_limits(limits=_thread_limit(dataset)):
+        return _evaluate(
+            dataset, policy, estimators=estimators, q_model=q_model,
+            behavior_model=behavior_model, behavior_prob=behavior_prob, q=q, bootstrap=bootstrap,
+            ci_method=ci_method, alpha=alpha, truncate=truncate, normalization=normalization,
+            groups=groups, support_threshold=support_threshold,
+            diagnose_support=diagnose_support, refit=refit, executor=executor,
+            random_state=random_state, n_boot=n_boot, progress=progress)
+
+
+#: ``n_steps * n_actions`` up to which :func:`evaluate` runs BLAS/OpenMP single-threaded.
+SINGLE_THREAD_CELLS = 20_000_000
+
+
+def _thread_limit(dataset: TrajectoryDataset) -> int | None:
+    """1 thread for problems up to :data:`SINGLE_THREAD_CELLS`, else the libraries' default."""
+    return 1 if dataset.n_steps * dataset.n_actions <= SINGLE_THREAD_CELLS else None
+
+
+def _evaluate(
+    dataset: TrajectoryDataset,
+    policy: Any,
+    *,
+    estimators: str | Sequence[str],
+    q_model: str | FQEConfig,
+    behavior_model: BehaviorSpec,
+    behavior_prob: NDArray[np.float64] | None,
+    q: NDArray[np.float64] | None,
+    bootstrap: int,
+    ci_method: CIMethod,
+    alpha: float,
+    truncate: float | None,
+    normalization: Normalization,
+    groups: Sequence[str] | None,
+    support_threshold: float,
+    diagnose_support: bool,
+    refit: bool,
+    executor: Executor | None,
+    random_state: int,
+    n_boot: int | None,
+    progress: bool,
+) -> EvaluationResult:
     keys = parse_estimators(estimators)
     if n_boot is not None:
         bootstrap = n_boot
@@ -405,14 +455,18 @@ def evaluate(
     say(f"{dataset.n_episodes} episodes, {dataset.n_steps} steps: fitting the behaviour model "
         f"and the {qcfg.model} Q-model")
     prep = prepare(dataset, policy, keys=keys, behavior_prob=behavior_prob,
-                   behavior_model=behavior_model, fit_behavior=diagnose_support, q=q,
-                   q_model=qcfg, random_state=seed_prep)
+                   behavior_model=behavior_model, q=q, q_model=qcfg, random_state=seed_prep)
     say(f"estimators {', '.join(keys)} with {bootstrap} bootstrap replicates")
     bm = prep.behavior_model
     support = None
+    bm_summary = None if bm is None else bm.summary()
     if bm is not None:
         support = model_support_diagnostics(dataset, prep.target_probs, bm,
                                             threshold=support_threshold, estimators=keys)
+    elif diagnose_support:  # propensities known: empirical cell support + a fast numeric model
+        support, bm_summary = logged_support_diagnostics(
+            dataset, prep.target_probs, behavior_model=behavior_model,
+            threshold=support_threshold, estimators=keys, random_state=seed_prep)
     kw: dict[str, Any] = {"truncate": truncate, "normalization": normalization,
                           "n_boot": bootstrap, "ci_method": ci_method, "alpha": alpha}
     ests, beh, ess = estimates_from_prepared(prep, keys, random_state=seed_boot, **kw)
@@ -450,7 +504,7 @@ def evaluate(
     return EvaluationResult(
         n_episodes=dataset.n_episodes, n_steps=dataset.n_steps, gamma=float(dataset.gamma),
         behavior=beh, estimates=ests, ess=ess, support=support, groups=group_out,
-        settings=settings, behavior_model=None if bm is None else bm.summary(), q_model=q_info)
+        settings=settings, behavior_model=bm_summary, q_model=q_info)
 
 
 def evaluate_subgroups(

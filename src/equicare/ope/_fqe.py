@@ -42,7 +42,7 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
-from equicare.ope._lstd import LSTDFit, solve_lstd
+from equicare.ope._lstd import KronPi, LSTDFit, SparsePi, solve_lstd
 from equicare.utils import (
     PARAM_MESSAGE,
     RandomState,
@@ -485,10 +485,10 @@ def _tabular_lstd(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma: fl
     x, x_pi, cellc, pair_cell, pair_action, n_cells = _tabular_design(cell, dataset.actions, pe)
     _, has_next = _next_rows(dataset)
     r = dataset.rewards
-    fit = solve_lstd(x, x_pi, r, has_next, gamma, np.zeros(x.shape[1]))
+    fit = solve_lstd(x, SparsePi(x_pi), r, has_next, gamma, np.zeros(x.shape[1]))
     if fit is None:  # a closed loop without exit in the data (gamma 1): a vanishing ridge
         counts = np.asarray(x.sum(axis=0)).ravel()
-        fit = solve_lstd(x, x_pi, r, has_next, gamma, 1e-8 * np.maximum(counts, 1.0))
+        fit = solve_lstd(x, SparsePi(x_pi), r, has_next, gamma, 1e-8 * np.maximum(counts, 1.0))
     if fit is None:
         raise ValueError("The stationary tabular FQE system is singular; use horizon='backward'.")
     return _TabularLSTD(lstd=fit, cell_rows=cellc, pair_cell=pair_cell, pair_action=pair_action,
@@ -557,17 +557,15 @@ class _LinearModel:
     cats: sp.csr_matrix | None
 
     def design(self, actions: NDArray[np.int64], pe: NDArray[np.float64]
-               ) -> tuple[sp.csr_matrix, sp.csr_matrix]:
-        """``X`` at the logged actions and ``X_pi`` under the target policy, CSR."""
+               ) -> tuple[sp.csr_matrix, KronPi]:
+        """``X`` at the logged actions (CSR) and ``X_pi`` under the target policy."""
         psi_a = sp.csr_matrix(self.psi)[actions]
         x = _rowwise_kron(self.phi, psi_a)
         upi = np.concatenate([np.ones((pe.shape[0], 1)), pe], axis=1) if self.flat else (
             pe @ self.psi)
-        x_pi = _rowwise_kron(self.phi, upi)
         if self.cats is not None:
             x = sp.hstack([x, self.cats], format="csr")
-            x_pi = sp.hstack([x_pi, self.cats], format="csr")
-        return x, x_pi
+        return x, KronPi(phi=self.phi, u=upi, cats=self.cats)
 
     def q_function(self, theta: NDArray[np.float64]) -> _QFunction:
         p, m = self.phi.shape[1], self.psi.shape[1]
@@ -628,7 +626,7 @@ def _fit_linear_lstd(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma:
     theta = np.zeros(n_par)
     v_next = np.zeros(dataset.n_steps)
     for _ in range(n_iter):
-        v = np.asarray(x_pi @ theta)
+        v = x_pi.matvec(theta)
         v_next[:-1] = np.where(has_next[:-1], v[1:], 0.0)
         theta = lu.solve(np.asarray(xt @ (r + gamma * v_next)))
     info["n_iterations"] = n_iter
