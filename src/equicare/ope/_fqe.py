@@ -235,6 +235,7 @@ class LoggedQFit:
     seconds: float
     info: dict[str, Any] = field(default_factory=dict)
     _qfun: _QFunction | None = field(default=None, repr=False)
+    lstd: LSTDFit | None = field(default=None, repr=False)
 
     @property
     def q(self) -> NDArray[np.float64]:
@@ -333,6 +334,7 @@ def fit_fqe(dataset: TrajectoryDataset, target_probs: NDArray[np.float64],
     """
     t0 = time.perf_counter()
     pe, qfun, info = _fit(dataset, target_probs, config, gamma, random_state)
+    info.pop("_lstd", None)
     q = np.ascontiguousarray(qfun.matrix())
     v = np.einsum("ij,ij->i", q, pe)
     return QFit(q=q, v=v, seconds=time.perf_counter() - t0, info=info)
@@ -340,25 +342,34 @@ def fit_fqe(dataset: TrajectoryDataset, target_probs: NDArray[np.float64],
 
 def fit_fqe_logged(dataset: TrajectoryDataset, target_probs: NDArray[np.float64],
                    config: FQEConfig | None = None, *, gamma: float | None = None,
-                   random_state: RandomState = None) -> LoggedQFit:
+                   random_state: RandomState = None,
+                   weights: NDArray[np.float64] | None = None) -> LoggedQFit:
     """Fit ``Q`` like :func:`fit_fqe`, keeping only ``Q(s_t, a_t)`` and ``V(s_t)`` per row.
 
     The same fit and the same numbers as :func:`fit_fqe`; the linear model is evaluated in row
     blocks, so no ``(n_steps, n_actions)`` matrix of Q-values is held (the tabular, gbm and mlp
     models build theirs while fitting).
 
+    ``weights`` (shape ``(n_steps,)``, >= 0) weight each row in the fit; rows of weight 0 are
+    only predicted (cross-fitting: the held-out episodes of a fold). The stationary tabular and
+    linear fits keep their LSTD system in ``lstd`` (first-order refit effects, see
+    :mod:`equicare.ope._lstd`).
+
     Returns
     -------
     LoggedQFit
     """
     t0 = time.perf_counter()
-    pe, qfun, info = _fit(dataset, target_probs, config, gamma, random_state)
+    pe, qfun, info = _fit(dataset, target_probs, config, gamma, random_state, weights)
     q_sa, v = _logged_values(qfun, pe, dataset.actions)
-    return LoggedQFit(q_sa=q_sa, v=v, seconds=time.perf_counter() - t0, info=info, _qfun=qfun)
+    lstd = info.pop("_lstd", None)
+    return LoggedQFit(q_sa=q_sa, v=v, seconds=time.perf_counter() - t0, info=info, _qfun=qfun,
+                      lstd=lstd)
 
 
 def _fit(dataset: TrajectoryDataset, target_probs: NDArray[np.float64],
-         config: FQEConfig | None, gamma: float | None, random_state: RandomState
+         config: FQEConfig | None, gamma: float | None, random_state: RandomState,
+         weights: NDArray[np.float64] | None = None
          ) -> tuple[NDArray[np.float64], _QFunction, dict[str, Any]]:
     """Checked target probabilities, the fitted Q-function and its info."""
     pe = np.asarray(target_probs, dtype=np.float64)
@@ -367,14 +378,18 @@ def _fit(dataset: TrajectoryDataset, target_probs: NDArray[np.float64],
                          f"got {pe.shape}.")
     cfg = config or FQEConfig()
     g = dataset.gamma if gamma is None else float(gamma)
+    w = None if weights is None else np.asarray(weights, dtype=np.float64)
     if cfg.model == "linear":
-        return (pe, *_fit_linear(dataset, pe, g, cfg))
+        qfun, info, lstd = _fit_linear_lstd(dataset, pe, g, cfg, w)
+        if lstd is not None:
+            info["_lstd"] = lstd
+        return pe, qfun, info
     if cfg.model == "tabular":
-        q, info = _fit_tabular(dataset, pe, g, cfg)
+        q, info = _fit_tabular(dataset, pe, g, cfg, w)
     elif cfg.model == "gbm":
-        q, info = _fit_gbm(dataset, pe, g, cfg, random_state)
+        q, info = _fit_gbm(dataset, pe, g, cfg, random_state, w)
     else:
-        q, info = _fit_mlp(dataset, pe, g, cfg, random_state)
+        q, info = _fit_mlp(dataset, pe, g, cfg, random_state, w)
     return pe, _QFunction(n_steps=q.shape[0], n_actions=q.shape[1], dense=q), info
 
 
@@ -401,7 +416,8 @@ def _fill_unvisited(sums: NDArray[np.float64], counts: NDArray[np.float64]
 
 
 def _fit_tabular(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma: float,
-                 cfg: FQEConfig) -> tuple[NDArray[np.float64], dict[str, Any]]:
+                 cfg: FQEConfig, weights: NDArray[np.float64] | None = None
+                 ) -> tuple[NDArray[np.float64], dict[str, Any]]:
     n_a = dataset.n_actions
     a, r = dataset.actions, dataset.rewards
     nxt, has_next = _next_rows(dataset)
@@ -419,16 +435,22 @@ def _fit_tabular(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma: flo
             rows = order[bounds[t]:bounds[t + 1]]
             y = r[rows] + gamma * np.where(has_next[rows], v_rows[nxt[rows]], 0.0)
             key = cell[rows] * n_a + a[rows]
-            sums = np.bincount(key, weights=y, minlength=n_cells * n_a).reshape(n_cells, n_a)
-            cnt = np.bincount(key, minlength=n_cells * n_a).reshape(n_cells, n_a).astype(float)
+            wr = None if weights is None else weights[rows]
+            sums = np.bincount(key, weights=y if wr is None else y * wr,
+                               minlength=n_cells * n_a).reshape(n_cells, n_a)
+            cnt = np.bincount(key, weights=wr, minlength=n_cells * n_a).reshape(
+                n_cells, n_a).astype(float)
             table = _fill_unvisited(sums, cnt)
             q_rows[rows] = table[cell[rows]]
             v_rows[rows] = np.einsum("ij,ij->i", q_rows[rows], pe[rows])
         return q_rows, {"solver": "backward", "n_cells": n_cells}
-    fit = _tabular_lstd(dataset, pe, gamma)
-    q_rows = _tabular_table(fit)[fit.cell_rows]
+    fit = _tabular_lstd(dataset, pe, gamma, weights)
+    table = _tabular_table(fit)
+    seen = fit.cell_rows >= 0
+    q_rows = np.zeros((dataset.n_steps, n_a))
+    q_rows[seen] = table[fit.cell_rows[seen]]
     return q_rows, {"solver": "sparse_fixed_point", "n_cells": int(fit.n_cells),
-                    "n_pairs": int(fit.n_pairs)}
+                    "n_pairs": int(fit.n_pairs), "_lstd": fit.lstd}
 
 
 @dataclass(frozen=True, eq=False)
@@ -447,48 +469,70 @@ class _TabularLSTD:
         return int(self.pair_cell.size)
 
 
-def _tabular_design(cell: NDArray[np.int64], actions: NDArray[np.int64], pe: NDArray[np.float64]
+def _tabular_design(cell: NDArray[np.int64], actions: NDArray[np.int64], pe: NDArray[np.float64],
+                    train: NDArray[np.bool_] | None = None
                     ) -> tuple[sp.csr_matrix, sp.csr_matrix, NDArray[np.int64], NDArray[np.int64],
                                NDArray[np.int64], int]:
-    """One-hot design of visited (cell, action) pairs and its target-policy expectation.
+    """One-hot design of the (cell, action) pairs visited by training rows, and its expectation.
 
-    An unvisited action of a cell has ``Q`` = the mean of the cell's visited actions, so the
-    target mass on unvisited actions is spread evenly over the visited ones.
+    An unvisited action of a cell has ``Q`` = the mean of the cell's visited actions (its design
+    row is their average), so target mass on unvisited actions is spread evenly over the
+    visited ones. Rows in a cell no training row visits have an all-zero design (``Q = 0``) and
+    compressed cell ``-1``.
     """
     n, n_a = pe.shape
-    uc, cellc = np.unique(cell, return_inverse=True)
-    cellc = cellc.astype(np.int64).ravel()
-    key = cellc * n_a + actions
-    pairs, pid = np.unique(key, return_inverse=True)
-    pid = pid.astype(np.int64).ravel()
+    tr = np.ones(n, dtype=bool) if train is None else train
+    uc = np.unique(cell[tr])
+    pos = np.clip(np.searchsorted(uc, cell), 0, max(uc.size - 1, 0))
+    known = uc[pos] == cell if uc.size else np.zeros(n, dtype=bool)
+    cellc = np.where(known, pos, -1).astype(np.int64)
+    pairs = np.unique(cellc[tr] * n_a + actions[tr])
     pair_cell, pair_action = pairs // n_a, pairs % n_a
     n_pairs = pairs.size
     ptr = np.searchsorted(pair_cell, np.arange(uc.size + 1))
     n_vis = np.diff(ptr)
-    x = sp.csr_matrix((np.ones(n), pid, np.arange(n + 1)), shape=(n, n_pairs))
-    k = n_vis[cellc]  # entries per row
+    k = np.where(known, n_vis[np.maximum(cellc, 0)], 0)  # entries per row of X_pi
     indptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(k, out=indptr[1:])
     rows = np.repeat(np.arange(n), k)
-    cols = np.repeat(ptr[cellc], k) + np.arange(int(indptr[-1])) - np.repeat(indptr[:-1], k)
+    cols = np.repeat(ptr[np.maximum(cellc, 0)], k) + np.arange(int(indptr[-1])) - np.repeat(
+        indptr[:-1], k)
     vals = pe[rows, pair_action[cols]]
-    umass = 1.0 - np.add.reduceat(vals, indptr[:-1]) if n else np.zeros(0)
-    vals = vals + np.repeat(np.maximum(umass, 0.0) / k, k)
+    vsum = np.bincount(rows, weights=vals, minlength=n)
+    umass = np.maximum(1.0 - vsum, 0.0)
+    vals = vals + np.repeat(umass / np.maximum(k, 1), k)
     x_pi = sp.csr_matrix((vals, cols, indptr), shape=(n, n_pairs))
+    # logged design: the pair's one-hot, or the cell's average when the pair is unvisited
+    key = cellc * n_a + actions
+    ppos = np.clip(np.searchsorted(pairs, key), 0, max(n_pairs - 1, 0))
+    hit = known & (pairs[ppos] == key) if n_pairs else np.zeros(n, dtype=bool)
+    kx = np.where(hit, 1, k)
+    xptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(kx, out=xptr[1:])
+    xrows = np.repeat(np.arange(n), kx)
+    within = np.arange(int(xptr[-1])) - np.repeat(xptr[:-1], kx)
+    xcols = np.where(np.repeat(hit, kx), np.repeat(ppos, kx),
+                     np.repeat(ptr[np.maximum(cellc, 0)], kx) + within)
+    xvals = 1.0 / np.repeat(np.maximum(kx, 1), kx)
+    x = sp.csr_matrix((xvals, xcols, xptr), shape=(n, n_pairs))
+    del xrows
     return x, x_pi, cellc, pair_cell, pair_action, int(uc.size)
 
 
-def _tabular_lstd(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma: float
-                  ) -> _TabularLSTD:
+def _tabular_lstd(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma: float,
+                  weights: NDArray[np.float64] | None = None) -> _TabularLSTD:
     """Solve the empirical Bellman equations ``Q = R + gamma P_pi Q`` on visited pairs."""
     cell, _ = _cells(dataset)
-    x, x_pi, cellc, pair_cell, pair_action, n_cells = _tabular_design(cell, dataset.actions, pe)
+    train = None if weights is None else weights > 0
+    x, x_pi, cellc, pair_cell, pair_action, n_cells = _tabular_design(cell, dataset.actions, pe,
+                                                                        train)
     _, has_next = _next_rows(dataset)
     r = dataset.rewards
-    fit = solve_lstd(x, SparsePi(x_pi), r, has_next, gamma, np.zeros(x.shape[1]))
+    fit = solve_lstd(x, SparsePi(x_pi), r, has_next, gamma, np.zeros(x.shape[1]), weights)
     if fit is None:  # a closed loop without exit in the data (gamma 1): a vanishing ridge
         counts = np.asarray(x.sum(axis=0)).ravel()
-        fit = solve_lstd(x, SparsePi(x_pi), r, has_next, gamma, 1e-8 * np.maximum(counts, 1.0))
+        fit = solve_lstd(x, SparsePi(x_pi), r, has_next, gamma, 1e-8 * np.maximum(counts, 1.0),
+                         weights)
     if fit is None:
         raise ValueError("The stationary tabular FQE system is singular; use horizon='backward'.")
     return _TabularLSTD(lstd=fit, cell_rows=cellc, pair_cell=pair_cell, pair_action=pair_action,
@@ -592,7 +636,8 @@ def _linear_model(dataset: TrajectoryDataset, cfg: FQEConfig) -> _LinearModel:
 
 
 def _fit_linear_lstd(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma: float,
-                     cfg: FQEConfig) -> tuple[_QFunction, dict[str, Any], LSTDFit | None]:
+                     cfg: FQEConfig, weights: NDArray[np.float64] | None = None
+                     ) -> tuple[_QFunction, dict[str, Any], LSTDFit | None]:
     """Fit the linear model by sparse LSTD (fall-back: iterated ridge regressions)."""
     lm = _linear_model(dataset, cfg)
     x, x_pi = lm.design(dataset.actions, pe)
@@ -600,7 +645,8 @@ def _fit_linear_lstd(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma:
     n_par = x.shape[1]
     _, has_next = _next_rows(dataset)
     r = dataset.rewards
-    diag_xtx = np.asarray(x.multiply(x).sum(axis=0)).ravel()
+    xw = x if weights is None else sp.csr_matrix(sp.diags(weights) @ x)
+    diag_xtx = np.asarray(xw.multiply(x).sum(axis=0)).ravel()
     penalty = np.full(n_par, float(cfg.alpha))
     shared = np.arange(p) * m  # psi column 0: the shared model of each state feature
     penalty[shared] = 1e-8 * max(1.0, float(diag_xtx[: p * m].sum()) / (p * m))
@@ -609,11 +655,11 @@ def _fit_linear_lstd(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma:
     scale = (np.abs(r).max() + 1e-12) * int(dataset.episode_lengths.max())
     fit: LSTDFit | None = None
     if gamma > 0 and cfg.solver == "fixed_point":
-        fit = solve_lstd(x, x_pi, r, has_next, gamma, penalty)
+        fit = solve_lstd(x, x_pi, r, has_next, gamma, penalty, weights)
         if fit is not None and not lm.q_function(fit.theta).bounded(10 * scale):
             fit = None  # unstable projected Bellman fixed point: iterate instead
     elif gamma == 0:
-        fit = solve_lstd(x, x_pi, r, has_next, 0.0, penalty)
+        fit = solve_lstd(x, x_pi, r, has_next, 0.0, penalty, weights)
         info["solver"] = "ridge"
     if fit is not None:
         return lm.q_function(fit.theta), info, fit
@@ -621,7 +667,7 @@ def _fit_linear_lstd(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma:
 
     info["solver"] = "iterate"
     n_iter = cfg.n_iterations or min(int(dataset.episode_lengths.max()), 100)
-    xt = sp.csr_matrix(x.T)
+    xt = sp.csr_matrix(xw.T)
     lu = splu(sp.csc_matrix(xt @ x + sp.diags(penalty)))
     theta = np.zeros(n_par)
     v_next = np.zeros(dataset.n_steps)
@@ -639,27 +685,39 @@ def _gbm_inputs(x: NDArray[np.float64], codes: NDArray[np.int64]) -> NDArray[np.
 
 
 def _fit_gbm(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma: float, cfg: FQEConfig,
-             random_state: RandomState) -> tuple[NDArray[np.float64], dict[str, Any]]:
+             random_state: RandomState, weights: NDArray[np.float64] | None = None
+             ) -> tuple[NDArray[np.float64], dict[str, Any]]:
     from threadpoolctl import threadpool_limits
 
     # many small fits: OpenMP threads cost more than they save (and oversubscribe shared hosts)
     limit = 1 if dataset.n_steps < _GBM_THREADED_ROWS else None
     with threadpool_limits(limits=limit, user_api="openmp"):
-        return _fit_gbm_impl(dataset, pe, gamma, cfg, random_state)
+        return _fit_gbm_impl(dataset, pe, gamma, cfg, random_state, weights)
 
 
 def _fit_gbm_impl(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma: float,
-                  cfg: FQEConfig, random_state: RandomState
+                  cfg: FQEConfig, random_state: RandomState,
+                  weights: NDArray[np.float64] | None = None
                   ) -> tuple[NDArray[np.float64], dict[str, Any]]:
     from sklearn.ensemble import HistGradientBoostingRegressor
 
     rng = check_random_state(random_state)
-    x = np.asarray(dataset.features(), dtype=np.float64)
+    cats = dataset.categorical
+    n_onehot = sum(len(lv) for lv in dataset.categorical_levels) if cats is not None else 0
+    wide = cats is not None and n_onehot > _MAX_DENSE_ONEHOT
+    x = np.asarray(dataset.features(one_hot=not wide), dtype=np.float64)
+    x_cat = np.zeros(x.shape[1], bool)
+    if wide:  # codes, not one-hot columns: memory stays linear in rows
+        assert cats is not None
+        x = np.concatenate([x, cats.astype(np.float64)], axis=1)
+        x_cat = np.r_[x_cat, [len(lv) <= 255 for lv in dataset.categorical_levels]]
     backward = cfg.resolved_horizon == "backward"
     if not backward and cfg.time_features:
         x = np.concatenate([x, _time_feature(dataset)[:, None]], axis=1)
+        x_cat = np.r_[x_cat, False]
     n_comp = dataset.action_space.n_components
-    cat = np.r_[np.zeros(x.shape[1], bool), np.ones(n_comp, bool)]
+    cat = np.r_[x_cat, np.ones(n_comp, bool)]
+    w_all = weights
     all_codes = dataset.action_space.all_codes()
     n_a = dataset.n_actions
     codes = dataset.action_codes
@@ -684,10 +742,13 @@ def _fit_gbm_impl(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma: fl
         for t in range(int(step.max()), -1, -1):
             rows = np.flatnonzero(step == t)
             y = r[rows] + gamma * np.where(has_next[rows], v_rows[nxt[rows]], 0.0)
-            if np.ptp(y) == 0 or rows.size < 4:
-                q[rows] = y.mean()
+            sw = None if w_all is None else w_all[rows]
+            fit_rows = rows.size if sw is None else int(np.sum(sw > 0))
+            if fit_rows < 4 or np.ptp(y if sw is None else y[sw > 0]) == 0:
+                q[rows] = (y.mean() if sw is None else (
+                    float(np.average(y, weights=sw)) if sw.sum() > 0 else 0.0))
             else:
-                est = model().fit(_gbm_inputs(x[rows], codes[rows]), y)
+                est = model().fit(_gbm_inputs(x[rows], codes[rows]), y, sample_weight=sw)
                 q[rows] = predict_all(est, rows)
             v_rows[rows] = np.einsum("ij,ij->i", q[rows], pe[rows])
         return q, {"solver": "backward"}
@@ -696,7 +757,7 @@ def _fit_gbm_impl(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma: fl
     all_rows = np.arange(dataset.n_steps)
     for _ in range(n_iter):
         y = r + gamma * np.where(has_next, v[nxt], 0.0)
-        est = model().fit(_gbm_inputs(x, codes), y)
+        est = model().fit(_gbm_inputs(x, codes), y, sample_weight=w_all)
         q = predict_all(est, all_rows)
         v = np.einsum("ij,ij->i", q, pe)
     return q, {"solver": "iterate", "n_iterations": n_iter}
@@ -704,22 +765,61 @@ def _fit_gbm_impl(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma: fl
 
 # ---------------------------------------------------------------------- mlp
 def _fit_mlp(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma: float, cfg: FQEConfig,
-             random_state: RandomState) -> tuple[NDArray[np.float64], dict[str, Any]]:
+             random_state: RandomState, weights: NDArray[np.float64] | None = None
+             ) -> tuple[NDArray[np.float64], dict[str, Any]]:
     import torch  # heavy: only in this code path
+
+    threads = torch.get_num_threads()
+    if dataset.n_steps * dataset.n_actions <= 20_000_000:
+        torch.set_num_threads(1)  # small nets: threads cost more than they save
+    try:
+        return _fit_mlp_impl(dataset, pe, gamma, cfg, random_state, weights)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit_mlp_impl(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma: float,
+                  cfg: FQEConfig, random_state: RandomState,
+                  weights: NDArray[np.float64] | None) -> tuple[NDArray[np.float64], dict[str, Any]]:
+    import torch
 
     rng = check_random_state(random_state)
     gen = torch.Generator().manual_seed(int(rng.integers(2**31 - 1)))
-    x = torch.as_tensor(_state_design(dataset, cfg.time_features), dtype=torch.float32)
+    cats = dataset.categorical
+    n_onehot = sum(len(lv) for lv in dataset.categorical_levels) if cats is not None else 0
+    wide = cats is not None and n_onehot > _MAX_DENSE_ONEHOT
+    x = torch.as_tensor(_state_design(dataset, cfg.time_features, one_hot=not wide),
+                        dtype=torch.float32)
     n, n_a = dataset.n_steps, dataset.n_actions
-    layers: list[Any] = []
-    width = x.shape[1]
+    emb_dim = 16 if wide else 0
+    codes_t = None
+    if wide:  # categorical codes through an embedding: no (rows x levels) one-hot matrix
+        assert cats is not None
+        offs = np.r_[0, np.cumsum([len(lv) for lv in dataset.categorical_levels])[:-1]]
+        codes_t = torch.as_tensor(cats + offs[None, :])
+
+    class _Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = torch.nn.EmbeddingBag(n_onehot, emb_dim, mode="sum") if wide else None
+            layers: list[Any] = []
+            width = x.shape[1] + emb_dim
+            for hdim in cfg.hidden:
+                layers += [torch.nn.Linear(width, hdim), torch.nn.ReLU()]
+                width = hdim
+            layers.append(torch.nn.Linear(width, n_a))
+            self.body = torch.nn.Sequential(*layers)
+
+        def forward(self, idx: Any) -> Any:
+            h = x[idx]
+            if self.emb is not None:
+                assert codes_t is not None
+                h = torch.cat([h, self.emb(codes_t[idx])], dim=1)
+            return self.body(h)
+
     with torch.random.fork_rng(devices=[]):  # seeded initialisation, global state untouched
         torch.manual_seed(int(rng.integers(2**31 - 1)))
-        for hdim in cfg.hidden:
-            layers += [torch.nn.Linear(width, hdim), torch.nn.ReLU()]
-            width = hdim
-        layers.append(torch.nn.Linear(width, n_a))
-    net = torch.nn.Sequential(*layers)
+        net = _Net()
     opt = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate)
     nxt, has_next = _next_rows(dataset)
     nxt_t = torch.as_tensor(nxt)
@@ -727,20 +827,28 @@ def _fit_mlp(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma: float, 
     pe_t = torch.as_tensor(pe, dtype=torch.float32)
     r_t = torch.as_tensor(dataset.rewards, dtype=torch.float32)
     a_t = torch.as_tensor(dataset.actions)
+    train = np.arange(n) if weights is None else np.flatnonzero(weights > 0)
+    train_t = torch.as_tensor(train)
+    w_t = None if weights is None else torch.as_tensor(weights, dtype=torch.float32)
+    all_idx = torch.arange(n)
     n_iter = 1 if gamma == 0 else (cfg.n_iterations or min(int(dataset.episode_lengths.max()), 100))
     for _ in range(n_iter):
         with torch.no_grad():  # frozen target network = the previous iteration's Q
-            v = (net(x) * pe_t).sum(dim=1)
+            v = (net(all_idx) * pe_t).sum(dim=1)
             y = r_t + gamma * mask * v[nxt_t]
         for _ in range(cfg.epochs):
-            perm = torch.randperm(n, generator=gen)
-            for s in range(0, n, cfg.batch_size):
+            perm = train_t[torch.randperm(train.size, generator=gen)]
+            for s in range(0, train.size, cfg.batch_size):
                 b = perm[s:s + cfg.batch_size]
-                pred = net(x[b]).gather(1, a_t[b, None]).squeeze(1)
-                loss = torch.nn.functional.mse_loss(pred, y[b])
+                pred = net(b).gather(1, a_t[b, None]).squeeze(1)
+                if w_t is None:
+                    loss = torch.nn.functional.mse_loss(pred, y[b])
+                else:
+                    wb = w_t[b]
+                    loss = (wb * (pred - y[b]) ** 2).sum() / wb.sum()
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
     with torch.no_grad():
-        q = net(x).double().numpy()
+        q = net(all_idx).double().numpy()
     return np.ascontiguousarray(q), {"solver": "iterate", "n_iterations": n_iter}

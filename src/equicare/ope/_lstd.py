@@ -209,8 +209,8 @@ DENSE_PARAMS = 3000
 
 
 def solve_lstd(x: sp.csr_matrix, x_pi: PiDesign, rewards: NDArray[np.float64],
-               has_next: NDArray[np.bool_], gamma: float, ridge: NDArray[np.float64]
-               ) -> LSTDFit | None:
+               has_next: NDArray[np.bool_], gamma: float, ridge: NDArray[np.float64],
+               weights: NDArray[np.float64] | None = None) -> LSTDFit | None:
     """Solve ``M theta = b`` by LU; None when ``M`` is singular or the result not finite.
 
     Parameters
@@ -222,6 +222,8 @@ def solve_lstd(x: sp.csr_matrix, x_pi: PiDesign, rewards: NDArray[np.float64],
         Whether row ``i + 1`` is row ``i``'s next step (not terminal, not the episode's end).
     gamma : float
     ridge : ndarray of shape (n_params,)
+    weights : ndarray of shape (n_steps,), optional
+        Row weights of the sums in ``M`` and ``b`` (e.g. 0 for held-out episodes).
 
     Returns
     -------
@@ -231,10 +233,11 @@ def solve_lstd(x: sp.csr_matrix, x_pi: PiDesign, rewards: NDArray[np.float64],
     from scipy.sparse.linalg import splu
 
     n_par = x.shape[1]
-    xt = sp.csr_matrix(x.T)
+    xw = x if weights is None else sp.csr_matrix(sp.diags(weights) @ x)
+    xt = sp.csr_matrix(xw.T)
     m = xt @ x + sp.diags(ridge)
     if gamma > 0:
-        cross = x_pi.cross(shift_prev(x, has_next))
+        cross = x_pi.cross(shift_prev(xw, has_next))
         m = (m.toarray() - gamma * cross) if not sp.issparse(cross) else (m - gamma * cross)
     b = np.asarray(xt @ rewards)
     solve_t: Callable[[NDArray[np.float64]], NDArray[np.float64]]
