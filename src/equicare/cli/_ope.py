@@ -22,7 +22,7 @@ OUT_EXISTS = "{path} exists; refusing to overwrite it (pass --force to replace i
 FOLDER_POLICY = ("--policy {path} is a folder, but this installation cannot load trained models "
                  "(equicare.policy.load_policy is missing); give a Contract-2 policy file "
                  "(.parquet or .csv).")
-Q_MODELS = ("linear", "gbm", "mlp", "tabular")
+Q_MODELS = ("auto", "linear", "gbm", "mlp", "tabular", "tabular_stationary", "tabular_backward")
 BEHAVIOR_MODELS = ("logistic", "lgbm")
 
 
@@ -87,7 +87,7 @@ def run_evaluate(
     estimators: str = "all",
     bootstrap: int = 1000,
     truncate: float | None = None,
-    q_model: str = "linear",
+    q_model: str = "auto",
     ci: str = "percentile",
     seed: int = 0,
     force: bool = False,
@@ -182,6 +182,20 @@ def result_table(res: EvaluationResult) -> Table:
     return t
 
 
+def q_model_line(res: EvaluationResult) -> str | None:
+    """One line: the Q-model used, and with ``auto`` every candidate's score."""
+    q = res.q_model
+    if not q:
+        return None
+    chosen = q.get("chosen", "?")
+    cands = q.get("candidates")
+    if not cands:
+        return f"Q-model: {chosen}"
+    parts = [f"{n} {v:.3g}" if v is not None else f"{n} skipped" for n, v in cands.items()]
+    return (f"Q-model: {chosen} (auto; estimated squared value bias, lower is better: "
+            + ", ".join(parts) + ")")
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``evaluate`` command to a Typer app."""
 
@@ -202,8 +216,10 @@ def register(app: typer.Typer) -> None:
                              ] = 1000,
         truncate: Annotated[float | None, typer.Option(
             help="Cap on the cumulative importance weights (default: none).")] = None,
-        q_model: Annotated[str, typer.Option(help="Q-model: linear, gbm, mlp or tabular.")
-                           ] = "linear",
+        q_model: Annotated[str, typer.Option(
+            help="Q-model: auto (chosen by cross-fitted held-out bias, every candidate's score "
+                 "reported), linear, gbm, mlp, tabular, tabular_stationary or tabular_backward.")
+        ] = "auto",
         ci: Annotated[str, typer.Option(help="Interval: percentile or bca.")] = "percentile",
         seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 0,
         force: Annotated[bool, typer.Option(help="Overwrite an existing --out file.")] = False,
@@ -233,6 +249,9 @@ def register(app: typer.Typer) -> None:
             print_json(res.to_dict())
             return
         console.print(result_table(res))
+        qline = q_model_line(res)
+        if qline:
+            console.print(qline, highlight=False)
         e = res.ess
         console.print(f"ESS: trajectory {e.trajectory:.1f} ({e.trajectory_pct:.2f}% of episodes),"
                       f" per-decision {e.per_decision_pct:.2f}%", highlight=False)

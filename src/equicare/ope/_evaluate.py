@@ -30,7 +30,14 @@ from equicare.ope._bootstrap import (
     percentile_interval,
     serial_map,
 )
-from equicare.ope._core import ALL_KEYS, ESTIMATOR_KEYS, Normalization, OPEInputs, episode_parts
+from equicare.ope._core import (
+    ALL_KEYS,
+    ESTIMATOR_KEYS,
+    EpisodeParts,
+    Normalization,
+    OPEInputs,
+    episode_parts,
+)
 from equicare.ope._ess import EffectiveSampleSize, effective_sample_size
 from equicare.ope._fqe import FQEConfig
 from equicare.ope._prepare import BehaviorSpec, Prepared, as_fqe_config, prepare
@@ -218,6 +225,8 @@ def estimates_from_prepared(
     out: dict[str, Estimate] = {}
     if main:
         parts = episode_parts(inputs, main, truncate=truncate, normalization=normalization)
+        if episodes is None and prep.q_linearised:
+            parts = _with_q_refit(prep, parts, truncate, normalization)
         out.update(estimates_with_ci(parts, n_boot=n_boot, method=ci_method, alpha=alpha,
                                      counts=counts))
     if "bandit_dr" in keys:
@@ -230,6 +239,58 @@ def estimates_from_prepared(
     ordered = {k: out[k] for k in keys}
     return (ordered, _behavior_estimate(inputs, counts, n_boot, alpha),
             effective_sample_size(inputs, truncate))
+
+
+def _with_q_refit(prep: Prepared, parts: EpisodeParts, truncate: float | None,
+                  normalization: Normalization) -> EpisodeParts:
+    """Add the first-order effect of refitting the Q-model to the FQE, DR and WDR parts.
+
+    For the LSTD-type Q-models (stationary tabular, linear) the estimate's sensitivity to each
+    episode through the fitted ``theta`` is ``n z^T g_e`` (see :mod:`equicare.ope._lstd`); with
+    it in the per-episode parts every bootstrap replicate behaves as if the Q-model had been
+    refitted on the replicate (linearised), at the cost of one transposed solve.
+    """
+    assert prep.qfit is not None and prep.qfit.lstd is not None
+    lstd = prep.qfit.lstd
+    inputs = prep.inputs
+    keys = [k for k in ("fqe", "dr", "wdr") if k in parts.keys]
+    if not keys:
+        return parts
+    n_ep = inputs.n_episodes
+    e, t = inputs.episode_index, inputs.step
+    disc = inputs.gamma ** t.astype(np.float64)
+    w = inputs.cumulative_weights(truncate)
+    w_row = w[e, t]
+    w_prev = np.where(t > 0, w[e, np.maximum(t - 1, 0)], 1.0)
+    first = np.zeros((inputs.n_steps, len(keys)))
+    logged = np.zeros_like(first)
+    for j, k in enumerate(keys):
+        if k == "fqe":
+            first[t == 0, j] = 1.0 / n_ep
+        elif k == "dr":
+            first[:, j] = disc * w_prev / n_ep
+            logged[:, j] = disc * w_row / n_ep
+        else:  # wdr: per-step self-normalised weights
+            den = w if normalization == "absorbing" else w * inputs.alive()
+            s_t = den.sum(axis=0)
+            den_prev = np.ones_like(den)
+            den_prev[:, 1:] = den[:, :-1] if normalization == "absorbing" else (
+                w[:, :-1] * inputs.alive()[:, 1:])
+            sp_t = den_prev.sum(axis=0)
+            first[:, j] = disc * w_prev / np.where(sp_t[t] > 0, sp_t[t], 1.0)
+            logged[:, j] = disc * w_row / np.where(s_t[t] > 0, s_t[t], 1.0)
+    corr = lstd.influence(lstd.gradients(first, logged), inputs.rewards, inputs.episode_offsets)
+    mat = parts.matrix.copy()
+    for j, k in enumerate(keys):
+        col = parts.slices[k].start
+        if k == "wdr":  # the step-0 residual sum, over the step-0 denominator
+            sl = parts.slices[k]
+            den0 = mat[:, sl.start + parts.horizon]
+            corr_j = corr[:, j] * float(den0.mean())
+        else:
+            corr_j = corr[:, j]
+        mat[:, col] += corr_j
+    return EpisodeParts(matrix=mat, slices=parts.slices, keys=parts.keys, horizon=parts.horizon)
 
 
 def _group_results(prep: Prepared, dataset: TrajectoryDataset, keys: Sequence[str],
@@ -321,7 +382,7 @@ def evaluate(
     policy: Any,
     *,
     estimators: str | Sequence[str] = "all",
-    q_model: str | FQEConfig = "linear",
+    q_model: str | FQEConfig = "auto",
     behavior_model: BehaviorSpec = "logistic",
     behavior_prob: NDArray[np.float64] | None = None,
     q: NDArray[np.float64] | None = None,
@@ -452,8 +513,9 @@ def _evaluate(
     qcfg = as_fqe_config(q_model)
     rng = check_random_state(random_state)
     seed_prep, seed_boot, seed_refit = (int(s) for s in rng.integers(0, 2**31 - 1, size=3))
-    say(f"{dataset.n_episodes} episodes, {dataset.n_steps} steps: fitting the behaviour model "
-        f"and the {qcfg.model} Q-model")
+    qname = qcfg if isinstance(qcfg, str) else qcfg.model
+    say(f"{dataset.n_episodes} episodes, {dataset.n_steps} steps: fitting the nuisance models "
+        f"(Q-model {qname})")
     prep = prepare(dataset, policy, keys=keys, behavior_prob=behavior_prob,
                    behavior_model=behavior_model, q=q, q_model=qcfg, random_state=seed_prep)
     say(f"estimators {', '.join(keys)} with {bootstrap} bootstrap replicates")
@@ -471,13 +533,17 @@ def _evaluate(
                           "n_boot": bootstrap, "ci_method": ci_method, "alpha": alpha}
     ests, beh, ess = estimates_from_prepared(prep, keys, random_state=seed_boot, **kw)
     settings: dict[str, Any] = {
-        "estimators": list(keys), "q_model": qcfg.to_dict() if q is None else "given",
+        "estimators": list(keys),
+        "q_model": ("given" if q is not None else qcfg if isinstance(qcfg, str)
+                    else qcfg.to_dict()),
         "behavior_model": behavior_model if isinstance(behavior_model, str)
         else type(behavior_model).__name__,
         "propensity_source": prep.propensity_source, "bootstrap": bootstrap,
         "ci_method": ci_method, "alpha": alpha, "truncate": truncate,
         "normalization": normalization, "refit": refit, "random_state": random_state,
-        "nuisance": "refit per replicate" if refit else "fitted once on all episodes"}
+        "nuisance": ("refit per replicate" if refit else
+                     "Q-model refit linearised in every replicate" if prep.q_linearised
+                     else "fitted once on all episodes")}
     if refit and bootstrap > 0:
         from sklearn.base import clone
 
@@ -501,6 +567,11 @@ def _evaluate(
                                [int(s) for s in rng_g.integers(0, 2**31 - 1, size=n_cells)],
                                MIN_CELL, **kw) if attrs else {}
     q_info = None if prep.qfit is None else {"seconds": prep.qfit.seconds, **prep.qfit.info}
+    if q_info is not None and prep.q_selection is not None:
+        q_info.update(prep.q_selection.to_dict())
+    elif q_info is not None:
+        q_info["chosen"] = "given" if q is not None else (
+            qcfg if isinstance(qcfg, str) else qcfg.model)
     return EvaluationResult(
         n_episodes=dataset.n_episodes, n_steps=dataset.n_steps, gamma=float(dataset.gamma),
         behavior=beh, estimates=ests, ess=ess, support=support, groups=group_out,
@@ -513,7 +584,7 @@ def evaluate_subgroups(
     *,
     attrs: Sequence[str] | None = None,
     estimators: str | Sequence[str] = "all",
-    q_model: str | FQEConfig = "linear",
+    q_model: str | FQEConfig = "auto",
     behavior_model: BehaviorSpec = "logistic",
     behavior_prob: NDArray[np.float64] | None = None,
     q: NDArray[np.float64] | None = None,

@@ -780,7 +780,8 @@ def _fit_mlp(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma: float, 
 
 def _fit_mlp_impl(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma: float,
                   cfg: FQEConfig, random_state: RandomState,
-                  weights: NDArray[np.float64] | None) -> tuple[NDArray[np.float64], dict[str, Any]]:
+                  weights: NDArray[np.float64] | None
+                  ) -> tuple[NDArray[np.float64], dict[str, Any]]:
     import torch
 
     rng = check_random_state(random_state)
