@@ -109,8 +109,8 @@ def test_zero_logged_propensities(files):
 
 
 @pytest.mark.parametrize(("option", "value", "message"), [
-    ("--q-model", "forest", ("--q-model must be one of auto, linear, gbm, mlp, tabular, tabular_stationary, "
-                     "tabular_backward; got 'forest'.")),
+    ("--q-model", "forest", ("--q-model must be one of auto, linear, gbm, mlp, tabular, "
+                             "tabular_stationary, tabular_backward; got 'forest'.")),
     ("--behavior-model", "svm", "--behavior-model must be one of logistic, lgbm; got 'svm'."),
     ("--estimators", "is,foo", "The 'estimators' parameter of evaluate must be"),
 ])
