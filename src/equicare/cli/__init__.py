@@ -32,8 +32,21 @@ def synth(
     weeks: Annotated[int, typer.Option(min=1, help="Weeks of follow-up per member (max).")] = 52,
     seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 42,
     sim: Annotated[
-        str, typer.Option(help="Simulator: care (care management) or heparin (dosing).")
+        str,
+        typer.Option(
+            help="Simulator: care (care management), heparin (dosing) or garnet (clinical-shaped "
+            "random MDP with exact truth)."
+        ),
     ] = "care",
+    episodes: Annotated[
+        int | None, typer.Option(min=1, help="Garnet: episodes (default: --members).")
+    ] = None,
+    states: Annotated[int | None, typer.Option(min=2, help="Garnet: transient states.")] = None,
+    actions: Annotated[int | None, typer.Option(min=2, help="Garnet: actions.")] = None,
+    gamma: Annotated[float | None, typer.Option(help="Garnet: discount in (0, 1].")] = None,
+    preset: Annotated[
+        str | None, typer.Option(help="Garnet: named configuration, e.g. s700_a25_g1.")
+    ] = None,
     history_dependence: Annotated[
         bool,
         typer.Option(help="Care simulator: effects depend on recent contacts (history matters)."),
@@ -56,6 +69,9 @@ def synth(
     """Generate a synthetic panel with known dynamics.
 
     Example: equicare synth --members 1000 --weeks 52 --seed 42 --out data/
+
+    Example: equicare synth --sim garnet --states 700 --actions 25 --episodes 5000 --seed 1
+    --out garnet/
     """
     with user_errors():
         if sim == "care":
@@ -89,8 +105,17 @@ def synth(
             from equicare.data import load_dataset
 
             summary = load_dataset(res["data"], res["manifest"], emit_warnings=False).summary()
+        elif sim == "garnet":
+            from equicare.sim._garnet_cli import synth_garnet_cli
+
+            res = synth_garnet_cli(out, episodes=episodes or members, states=states,
+                                   actions=actions, gamma=gamma, preset=preset, seed=seed,
+                                   force=force)
+            from equicare.data import load_dataset
+
+            summary = load_dataset(res["panel"], res["manifest"], emit_warnings=False).summary()
         else:
-            fail(f"--sim must be one of 'care', 'heparin'; got {sim!r}.")
+            fail(f"--sim must be one of 'care', 'heparin', 'garnet'; got {sim!r}.")
             return
     if json_out:
         print_json({"out": str(out), **summary})

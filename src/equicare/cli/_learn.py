@@ -17,9 +17,10 @@ from equicare.utils import PARAM_MESSAGE
 if TYPE_CHECKING:  # pragma: no cover
     import typer
 
-__all__ = ["train_model", "predict_policy", "register", "ALGOS", "ENCODERS"]
+__all__ = ["train_model", "predict_policy", "select_train", "print_selection", "register",
+           "ALGOS", "ENCODERS"]
 
-ALGOS = ("bc", "awr", "cql")
+ALGOS = ("bc", "awr", "cql", "spibb")
 ENCODERS = ("mlp", "lstm")
 
 
@@ -104,7 +105,8 @@ def train_model(data: str | os.PathLike[str], manifest: str | os.PathLike[str], 
     _refuse_existing(out_path, force, "Model folder")
     klass = LEARNERS[algo]
     kw: dict[str, Any] = dict(params or {})
-    kw.update(encoder=encoder, window=window, n_steps=steps, seed=seed)
+    if algo != "spibb":  # SPIBB is tabular: no encoder, steps or seed
+        kw.update(encoder=encoder, window=window, n_steps=steps, seed=seed)
     if fair_action is not None:
         kw.update(fair_action=fair_action, fair_lambda=1.0 if fair_lambda is None else fair_lambda)
     if group_robust is not None:
@@ -125,12 +127,73 @@ def train_model(data: str | os.PathLike[str], manifest: str | os.PathLike[str], 
     learner = klass(config).fit(ds, progress=progress)
     seconds = time.perf_counter() - t0
     learner.save(out_path, overwrite=force)
+    if algo == "spibb":
+        return {"model_dir": str(out_path), "algo": algo, "n_cells": learner.n_cells_,
+                "bootstrapped_share": float(learner.bootstrapped_.mean()),
+                "model_value": learner.value_, "model_behavior_value": learner.behavior_value_,
+                "n_actions": ds.n_actions, "n_episodes": ds.n_episodes, "n_rows": ds.n_steps,
+                "seconds": round(seconds, 2)}
     last = learner.history_[-1] if learner.history_ else {}
     return {"model_dir": str(out_path), "algo": algo, "encoder": encoder,
             "window": config.input_window, "n_steps": learner.n_steps_done_,
             "best_step": learner.best_step_, "valid_loss": last.get("valid_loss"),
             "n_actions": ds.n_actions, "support_size": int(learner.support_.size),
             "n_episodes": ds.n_episodes, "n_rows": ds.n_steps, "seconds": round(seconds, 2)}
+
+
+def select_train(data: str | os.PathLike[str], manifest: str | os.PathLike[str], *,
+                 out: str | os.PathLike[str], seed: int = 0, params: dict[str, Any] | None = None,
+                 force: bool = False, progress: bool = False) -> dict[str, Any]:
+    """``equicare train --select auto``: :func:`equicare.pipeline._select.train_select`.
+
+    ``params`` holds :class:`~equicare.pipeline._select.SelectConfig` fields
+    (``n_wedges=[5,20]``, ``neural=[]``, ``bootstrap=500`` ...).
+    """
+    import sys
+
+    from equicare.pipeline._select import SelectConfig, train_select
+
+    kw = dict(params or {})
+    kw.setdefault("seed", seed)
+    known = sorted(SelectConfig.__dataclass_fields__)
+    unknown = sorted(set(kw) - set(known))
+    if unknown:
+        raise ValueError(f"Unknown selection setting: {', '.join(unknown)}; known settings: "
+                         f"{', '.join(known)}.")
+    try:
+        cfg = SelectConfig(**kw)
+    except TypeError as exc:
+        raise ValueError(str(exc)) from exc
+
+    def say(msg: str) -> None:
+        if progress:
+            print(f"[select] {msg}", file=sys.stderr, flush=True)
+
+    return train_select(data, manifest, out=out, config=cfg, force=force, progress=say)
+
+
+def print_selection(res: dict[str, Any]) -> None:
+    """Print the candidates table (Rich) and the choice."""
+    from rich.console import Console
+    from rich.table import Table
+
+    def f(x: float | None) -> str:
+        return "-" if x is None else f"{x:.4f}"
+
+    beh = res["behavior"]
+    t = Table(title=f"Candidates (held-out; behaviour value {beh['value']:.4f})")
+    for col in ("candidate", "value", "lower", "upper", "beats behaviour", "train s", "note"):
+        t.add_column(col)
+    for c in res["candidates"]:
+        beats = "" if c["lcb"] is None else ("yes" if c["lcb"] > beh["value"] else "no")
+        mark = " *" if c["name"] == res["chosen"] else ""
+        t.add_row(c["name"] + mark, f(c["value"]), f(c["lcb"]), f(c["ucb"]), beats,
+                  f"{c['train_seconds']:.1f}", c["error"] or "")
+    con = Console()
+    con.print(t)
+    how = ("fallback: no lower bound beats the behaviour; the model reproduces the behaviour "
+           "policy" if res["fallback"] else f"kept {res['chosen']}")
+    con.print(f"{how}. Wrote {res['model_dir']} (selection.json) in {res['seconds']:.1f} s.")
 
 
 def predict_policy(model_dir: str | os.PathLike[str], data: str | os.PathLike[str],
@@ -183,7 +246,8 @@ def register(app: "typer.Typer") -> None:
                                                help="TOML manifest of the panel.")],
         out: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write.")],
         algo: Annotated[str, typer.Option(
-            help="Learner: bc, awr, cql, or omg (dosing: learned reward).")] = "awr",
+            help="Learner: bc, awr, cql, spibb (tabular safe improvement), or omg (dosing: "
+                 "learned reward).")] = "awr",
         encoder: Annotated[str, typer.Option(help="State encoder: mlp or lstm.")] = "mlp",
         window: Annotated[int, typer.Option(help="History weeks read by the lstm encoder.")] = 4,
         fair_action: Annotated[str | None, typer.Option(
@@ -198,13 +262,31 @@ def register(app: "typer.Typer") -> None:
             help="Other learner setting KEY=VALUE (repeatable), e.g. beta=0.3.")] = None,
         force: Annotated[bool, typer.Option(help="Overwrite an existing model folder.")] = False,
         progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+        select: Annotated[str | None, typer.Option(
+            help="auto: train candidates (SPIBB at several N_wedge, BC/AWR/CQL briefly), keep "
+                 "the best held-out lower confidence bound, or the behaviour policy if none "
+                 "beats it; writes selection.json into the model folder.")] = None,
     ) -> None:
-        """Train an offline policy (BC, AWR or CQL) on a panel and save it as a model folder.
+        """Train an offline policy (BC, AWR, CQL, SPIBB) on a panel and save it as a model folder.
 
         Example: equicare train panel.parquet --manifest manifest.toml --algo awr
         --encoder lstm --window 4 --fair-action modality=home_visit --fair-lambda 1.0
         --steps 20000 --seed 0 --out models/awr_fair
+
+        Example: equicare train garnet/panel.parquet -m garnet/manifest.toml --select auto
+        --out models/safe
         """
+        if select is not None:
+            if select != "auto":
+                raise _error(ValueError(f"--select must be 'auto', got {select!r}."))
+            try:
+                res = select_train(data, manifest, out=out, seed=seed,
+                                   params=parse_params(param), force=force, progress=progress)
+            except (DataValidationError, PolicyError, ValueError, FileExistsError,
+                    KeyError) as exc:
+                raise _error(exc) from None
+            print_selection(res)
+            return
         if algo == "omg":  # model-based offline reward learning (dosing): its own stages
             from equicare.cli._dosing import stage_progress, train_omg
 

@@ -9,14 +9,16 @@ from equicare.learn._awr import AWR
 from equicare.learn._base import OfflineLearner
 from equicare.learn._bc import BC
 from equicare.learn._cql import CQL
+from equicare.learn._spibb import SPIBB
 
 __all__ = ["LEARNERS", "load_learner"]
 
 #: algorithm name (``config.json``'s ``algo``) -> learner class
-LEARNERS: dict[str, type[OfflineLearner]] = {"bc": BC, "awr": AWR, "cql": CQL}
+LEARNERS: dict[str, type[OfflineLearner] | type[SPIBB]] = {"bc": BC, "awr": AWR, "cql": CQL,
+                                                           "spibb": SPIBB}
 
 
-def load_learner(path: str | os.PathLike[str]) -> OfflineLearner:
+def load_learner(path: str | os.PathLike[str]) -> OfflineLearner | SPIBB:
     """Load a fitted offline learner of any algorithm from its model folder.
 
     Parameters
@@ -27,7 +29,7 @@ def load_learner(path: str | os.PathLike[str]) -> OfflineLearner:
     Returns
     -------
     OfflineLearner
-        The fitted learner (BC, AWR or CQL, as recorded in ``config.json``).
+        The fitted learner (BC, AWR, CQL or SPIBB, as recorded in ``config.json``).
 
     Raises
     ------

@@ -1,5 +1,6 @@
 """Run configs, executors (local processes or Ray) and the run store."""
 
+from equicare._lazy import lazy_exports
 from equicare.pipeline._config import ConfigError, RunConfig, load_run_config, parse_grid
 from equicare.pipeline._executor import (
     Executor,
@@ -9,6 +10,13 @@ from equicare.pipeline._executor import (
     get_executor,
 )
 from equicare.pipeline._store import Metric, RunStore
+
+_LAZY = {
+    "SelectConfig": "equicare.pipeline._select",
+    "SelectionResult": "equicare.pipeline._select",
+    "select_policy": "equicare.pipeline._select",
+    "train_select": "equicare.pipeline._select",
+}
 
 __all__ = [
     "ConfigError",
@@ -23,3 +31,6 @@ __all__ = [
     "load_run_config",
     "parse_grid",
 ]
+__all__ += sorted(_LAZY)
+
+__getattr__, __dir__ = lazy_exports("equicare.pipeline", _LAZY, globals())

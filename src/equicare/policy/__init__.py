@@ -33,6 +33,7 @@ __all__ = [
 # import torch
 _LAZY = {
     "BehaviorModel": "equicare.policy._behavior",  # imports scikit-learn
+    "CellPolicy": "equicare.policy._cells",
     "LearnedPolicy": "equicare.policy._learned",
     "load_policy": "equicare.policy._learned",
 }

@@ -261,7 +261,7 @@ def policy_from_config(cfg: Mapping[str, Any], tensors: Mapping[str, Any], sourc
                          temperature=float(pol.get("temperature", 1.0)), source=source)
 
 
-def load_policy(path: str | os.PathLike[str]) -> LearnedPolicy:
+def load_policy(path: str | os.PathLike[str]) -> Any:
     """Load the policy of a model folder written by any equicare learner's ``save``.
 
     Parameters
@@ -271,9 +271,10 @@ def load_policy(path: str | os.PathLike[str]) -> LearnedPolicy:
 
     Returns
     -------
-    LearnedPolicy
-        ``action_probs(dataset)`` checks that ``dataset`` has the training action space and
-        state columns.
+    LearnedPolicy or CellPolicy
+        A network policy, or the per-cell table of a tabular learner (SPIBB,
+        ``"policy": {"kind": "cells"}``). ``action_probs(dataset)`` checks that ``dataset`` has
+        the training action space and state columns.
 
     Raises
     ------
@@ -281,5 +282,10 @@ def load_policy(path: str | os.PathLike[str]) -> LearnedPolicy:
         Missing or malformed files.
     """
     cfg, tensors = read_model_folder(path)
+    pol = cfg.get("policy")
+    if isinstance(pol, Mapping) and pol.get("kind") == "cells":
+        from equicare.policy._cells import CellPolicy
+
+        return CellPolicy.from_config(cfg, tensors, str(path))
     return policy_from_config(cfg, tensors, str(path))
 

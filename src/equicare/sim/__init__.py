@@ -28,6 +28,17 @@ _LAZY: dict[str, str] = {
     "toy_target": "equicare.sim.mediation",
     "random_mediation_mdp": "equicare.sim.mediation",
     "effects_from_etas": "equicare.sim.mediation",
+    # clinical-shaped random MDPs (Garnet) with exact values
+    "GarnetConfig": "equicare.sim.garnet",
+    "GarnetMDP": "equicare.sim.garnet",
+    "GarnetPanel": "equicare.sim.garnet",
+    "GARNET_PRESETS": "equicare.sim.garnet",
+    "garnet_preset": "equicare.sim.garnet",
+    "garnet_panel": "equicare.sim.garnet",
+    "garnet_target_policies": "equicare.sim.garnet",
+    "garnet_state_index": "equicare.sim.garnet",
+    "garnet_policy_table": "equicare.sim.garnet",
+    "synth_garnet": "equicare.sim._garnet_cli",
     # hospital patient flow (online RL)
     "HospitalConfig": "equicare.sim.hospital",
     "HospitalEnv": "equicare.sim.hospital",

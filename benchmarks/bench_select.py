@@ -1,0 +1,175 @@
+"""Safe policy improvement and selection on the Garnet test bed, against exact values.
+
+For each configuration and seed (5,000 episodes): the exact value of the policy kept by
+``select_policy`` (SPIBB candidates, held-out OPE lower bounds, behaviour fallback), of every
+SPIBB candidate, of the behaviour reproduction (``N_wedge = inf``) and optionally of BC, AWR and
+CQL trained alone on all episodes; as the share of the behaviour-to-optimum gap closed. With
+``--time-cli`` it also times ``equicare train --select auto`` end to end (defaults, 700 x 25).
+
+Usage::
+
+    python benchmarks/bench_select.py --configs s50_a5_g1 s700_a25_g1 --seeds 5
+    python benchmarks/bench_select.py --neural bc awr cql --neural-steps 2000 --seeds 2
+    python benchmarks/bench_select.py --time-cli --configs --seeds 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _panel(cfg, n: int, seed: int):
+    from equicare.data import from_frame
+    from equicare.sim._garnet_cli import garnet_frame, garnet_manifest
+    from equicare.sim.garnet import garnet_panel
+
+    mdp, pan = garnet_panel(cfg, n, seed)
+    return mdp, from_frame(garnet_frame(mdp, pan), garnet_manifest(cfg), emit_warnings=False)
+
+
+def run_one(name: str, seed: int, episodes: int, neural: list[str], neural_steps: int
+            ) -> dict:
+    """Exact values of every policy for one configuration and seed."""
+    from equicare.learn import SPIBB
+    from equicare.learn._registry import LEARNERS
+    from equicare.pipeline._select import SelectConfig, select_policy
+    from equicare.sim.garnet import garnet_policy_table, garnet_preset, garnet_target_policies
+
+    cfg = garnet_preset(name)
+    mdp, ds = _panel(cfg, episodes, seed)
+    vb = mdp.value(mdp.behavior_policy)
+    vo = mdp.value(garnet_target_policies(mdp)["optimal"])
+
+    def exact(policy) -> float:
+        table, _ = garnet_policy_table(mdp, ds, policy)
+        return mdp.value(table)
+
+    t0 = time.perf_counter()
+    res = select_policy(ds, SelectConfig(neural=(), seed=seed))
+    sel_s = time.perf_counter() - t0
+    row = {"config": name, "seed": seed, "behavior": vb, "optimal": vo,
+           "n_rows": ds.n_steps, "selected": exact(res.learner.policy_),
+           "chosen": res.chosen, "select_seconds": sel_s,
+           "candidates": {k: exact(v.policy_) for k, v in res.learners.items()},
+           "behavior_estimate": exact(SPIBB(n_wedge=float("inf")).fit(ds).policy_)}
+    for algo in neural:
+        t1 = time.perf_counter()
+        learner = LEARNERS[algo](n_steps=neural_steps, valid_fraction=0.0, seed=seed)
+        learner.fit(ds, progress=False)
+        row[algo] = exact(learner.policy_)
+        row[f"{algo}_seconds"] = time.perf_counter() - t1
+    return row
+
+
+def gap(v: float, r: dict) -> float:
+    """Share of the behaviour-to-optimum gap closed by value ``v``."""
+    return (v - r["behavior"]) / (r["optimal"] - r["behavior"])
+
+
+def summarise(rows: list[dict], neural: list[str]) -> list[dict]:
+    """Per configuration: mean gap closed and worst drop below behaviour."""
+    out = []
+    for name in dict.fromkeys(r["config"] for r in rows):
+        rs = [r for r in rows if r["config"] == name]
+        cands = sorted({k for r in rs for k in r["candidates"]},
+                       key=lambda k: float(k.split("_n")[1]))
+        best_fixed = max(cands, key=lambda k: np.mean([gap(r["candidates"][k], r) for r in rs]))
+        s = {"config": name, "seeds": len(rs),
+             "behavior": float(np.mean([r["behavior"] for r in rs])),
+             "optimal": float(np.mean([r["optimal"] for r in rs])),
+             "selected_gap": float(np.mean([gap(r["selected"], r) for r in rs])),
+             "selected_worst_drop": float(min(r["selected"] - r["behavior"] for r in rs)),
+             "fallbacks": sum(r["chosen"] == "behavior" for r in rs),
+             "behavior_estimate_gap": float(np.mean([gap(r["behavior_estimate"], r)
+                                                     for r in rs])),
+             "best_fixed": best_fixed,
+             "best_fixed_gap": float(np.mean([gap(r["candidates"][best_fixed], r) for r in rs])),
+             "select_seconds": float(np.mean([r["select_seconds"] for r in rs]))}
+        for algo in neural:
+            s[f"{algo}_gap"] = float(np.mean([gap(r[algo], r) for r in rs]))
+            s[f"{algo}_worst_drop"] = float(min(r[algo] - r["behavior"] for r in rs))
+        out.append(s)
+    return out
+
+
+def time_cli(episodes: int = 5000) -> dict:
+    """CPU and wall seconds of ``equicare train --select auto`` (defaults) on 700 x 25."""
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+               "OPENBLAS_NUM_THREADS": "1"}
+        exe = [sys.executable, "-c", "from equicare.cli import main; main()"]
+        subprocess.run([*exe, "synth", "--sim", "garnet", "--states", "700", "--actions", "25",
+                        "--episodes", str(episodes), "--seed", "1", "--out", str(d / "g")],
+                       check=True, env=env, capture_output=True)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        proc = subprocess.run([*exe, "train", str(d / "g" / "panel.parquet"), "-m",
+                               str(d / "g" / "manifest.toml"), "--select", "auto", "--out",
+                               str(d / "m"), "--no-progress"], env=env, capture_output=True,
+                              text=True, check=True)
+        wall = time.perf_counter() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        doc = json.loads((d / "m" / "selection.json").read_text())
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    print(proc.stdout)
+    return {"wall_seconds": wall, "cpu_seconds": cpu, "chosen": doc["chosen"]}
+
+
+def main() -> None:
+    from equicare.sim.garnet import GARNET_PRESETS
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--configs", nargs="*", default=list(GARNET_PRESETS))
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--episodes", type=int, default=5000)
+    ap.add_argument("--neural", nargs="*", default=[])
+    ap.add_argument("--neural-steps", type=int, default=2000)
+    ap.add_argument("--time-cli", action="store_true")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    rows = []
+    for name in args.configs:
+        for seed in range(1, args.seeds + 1):
+            r = run_one(name, seed, args.episodes, args.neural, args.neural_steps)
+            rows.append(r)
+            print(f"{name} seed {seed}: selected {r['chosen']} gap {gap(r['selected'], r):+.3f}"
+                  f" ({r['select_seconds']:.1f} s)"
+                  + "".join(f" {a} {gap(r[a], r):+.3f}" for a in args.neural), flush=True)
+    summary = summarise(rows, args.neural) if rows else []
+    if summary:
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(title="Share of the behaviour-to-optimum gap closed (exact values)")
+        cols = ["config", "behavior", "optimal", "selected_gap", "selected_worst_drop",
+                "fallbacks", "behavior_estimate_gap", "best_fixed", "best_fixed_gap",
+                *[f"{a}_gap" for a in args.neural], "select_seconds"]
+        for c in cols:
+            t.add_column(c)
+        for s in summary:
+            t.add_row(*[f"{s[c]:.3f}" if isinstance(s[c], float) else str(s[c]) for c in cols])
+        Console().print(t)
+        mean_gap = float(np.mean([s["selected_gap"] for s in summary]))
+        print(f"mean gap closed by the selected policy over configurations: {mean_gap:.3f}")
+    timing = time_cli(args.episodes) if args.time_cli else None
+    if timing:
+        print(f"equicare train --select auto, 700 x 25, {args.episodes} episodes: "
+              f"{timing['wall_seconds']:.1f} s wall, {timing['cpu_seconds']:.1f} s CPU")
+    if args.out:
+        args.out.write_text(json.dumps({"rows": rows, "summary": summary, "cli": timing},
+                                       indent=2, default=str) + "\n")
+
+
+if __name__ == "__main__":
+    main()

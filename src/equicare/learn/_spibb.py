@@ -1,0 +1,436 @@
+r"""Safe policy improvement with baseline bootstrapping (Pi_b-SPIBB) on discrete state cells.
+
+Laroche, Trichelair and Tachet des Combes (2019), *Safe Policy Improvement with Baseline
+Bootstrapping*, ICML. The learner builds the maximum-likelihood MDP of the panel's cells, and
+optimises it inside the set of policies that copy the behaviour policy on every (cell, action)
+pair logged fewer than ``N_wedge`` times (the *bootstrapped* pairs, set ``B``):
+
+.. math::
+
+    \pi(a \mid x) = \hat\pi_b(a \mid x) \quad (x, a) \in B, \qquad
+    \pi(\cdot \mid x) \text{ puts } \sum_{a \notin B} \hat\pi_b(a \mid x)
+    \text{ on } \arg\max_{a \notin B(x)} \hat Q(x, a).
+
+So it deviates from the clinicians only where the counts support it, and with high probability
+its true value is not much below the behaviour's (Theorem 2 of the paper).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import scipy.sparse as sp
+from numpy.typing import NDArray
+
+from equicare.exceptions import DataValidationError, PolicyError
+from equicare.policy._cells import CellPolicy, cell_codes
+from equicare.utils import check_is_fitted, check_param, config_to_dict
+
+__all__ = ["SPIBB", "SPIBBConfig", "MSG_NOT_DISCRETE"]
+
+MSG_NOT_DISCRETE = ("SPIBB works on discrete state cells: the dataset has no categorical state "
+                    "columns and numeric_bins is 0. Declare the discrete columns as "
+                    "dataset.categorical_states in the manifest, or set numeric_bins (e.g. 10) "
+                    "to cut each numeric state column into quantile bins.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SPIBBConfig:
+    """Settings of :class:`SPIBB`.
+
+    Parameters
+    ----------
+    n_wedge : float, default 20
+        ``N_wedge``: (cell, action) pairs with fewer model transitions are bootstrapped (the
+        policy copies the behaviour there). ``inf`` reproduces the behaviour policy; 0 is the
+        unconstrained MLE-optimal policy (unsafe).
+    variant : {"pi_b", "soft"}
+        ``pi_b``: Pi_b-SPIBB (Laroche et al., 2019) with ``n_wedge``. ``soft``: Approx-Soft-SPIBB
+        (Nadjahi, Laroche and Tachet des Combes, 2019): the policy may move mass away from the
+        behaviour subject to ``sum_a e(x, a) |pi(a|x) - pi_b(a|x)| <= epsilon`` with the error
+        bound ``e(x, a) = 1 / sqrt(N(x, a))`` (infinite for pairs without model transitions);
+        ``n_wedge`` is not used.
+    epsilon : float, default 0.5
+        Budget of the soft constraint (0: the behaviour policy).
+    behavior : {"auto", "counts", "logged"}
+        Estimate of the behaviour policy per cell: action frequencies (``counts``), or the mean
+        logged propensity of each logged action renormalised over the logged actions
+        (``logged``). ``auto``: ``logged`` when the dataset has ``behavior_prob``.
+    numeric : {"ignore", "bin"}
+        Numeric state columns: ignored when categorical columns define the cells (``ignore``,
+        e.g. a severity score derived from the state), or cut into ``numeric_bins`` quantile
+        bins that join the cell key (``bin``). With no categorical column, ``bin`` is required.
+    numeric_bins : int, default 10
+        Bins per numeric column when ``numeric="bin"``.
+    horizon : int or None
+        Bellman backups (steps of the finite-horizon value iteration). None: the longest
+        episode in the data (the logged window, as Contract 1 values it).
+    tol : float
+        Stop the value iteration early when the values move less than this.
+    """
+
+    n_wedge: float = 20.0
+    variant: Literal["pi_b", "soft"] = "pi_b"
+    epsilon: float = 0.5
+    behavior: Literal["auto", "counts", "logged"] = "auto"
+    numeric: Literal["ignore", "bin"] = "ignore"
+    numeric_bins: int = 10
+    horizon: int | None = None
+    tol: float = 1e-10
+
+    def __post_init__(self) -> None:
+        o = "SPIBBConfig"
+        check_param(self.n_wedge, "n_wedge", o, kind=(int, float), low=0,
+                    expected="a number >= 0 (inf: the behaviour policy)")
+        check_param(self.variant, "variant", o, choices=("pi_b", "soft"))
+        check_param(self.epsilon, "epsilon", o, kind=(int, float), low=0)
+        check_param(self.behavior, "behavior", o, choices=("auto", "counts", "logged"))
+        check_param(self.numeric, "numeric", o, choices=("ignore", "bin"))
+        check_param(self.numeric_bins, "numeric_bins", o, kind=int, low=2,
+                    expected="an int >= 2")
+        check_param(self.horizon, "horizon", o, kind=int, low=1, allow_none=True,
+                    expected="an int >= 1 or None")
+        check_param(self.tol, "tol", o, kind=(int, float), low=0)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dictionary (``inf`` as the string ``"inf"``)."""
+        d = config_to_dict(self)
+        if not np.isfinite(d["n_wedge"]):
+            d["n_wedge"] = "inf"
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SPIBBConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` naming the known ones."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"Unknown SPIBBConfig keys {unknown}; known: {sorted(known)}.")
+        d = dict(d)
+        if d.get("n_wedge") == "inf":
+            d["n_wedge"] = float("inf")
+        return cls(**d)
+
+
+class SPIBB:
+    """Pi_b-SPIBB on the discrete state cells of a panel (Laroche et al., 2019).
+
+    Parameters
+    ----------
+    config : SPIBBConfig, optional
+    **overrides
+        Config fields to change (``SPIBB(n_wedge=10)``).
+
+    Attributes
+    ----------
+    policy_ : CellPolicy
+        The fitted policy (``action_probs(dataset)`` for any panel with the same columns).
+    behavior_ : ndarray of shape (n_cells, n_actions)
+        Estimated behaviour policy per cell.
+    counts_ : ndarray of shape (n_cells, n_actions), int64
+        Model transitions per (cell, action) (a censored last row adds none).
+    bootstrapped_ : ndarray of shape (n_cells, n_actions), bool
+        Pairs where the policy copies the behaviour (``counts_ < n_wedge``).
+    q_ : ndarray of shape (n_cells, n_actions)
+        Action values of the MLE model under the returned policy's backups.
+    value_ : float
+        Value of the policy in the MLE model, averaged over the data's initial rows.
+    behavior_value_ : float
+        Value of the estimated behaviour policy in the MLE model, likewise.
+    n_cells_ : int
+    cell_columns_ : tuple of str
+    ignored_numeric_ : tuple of str
+        Numeric state columns the cells do not read.
+
+    Notes
+    -----
+    Censoring: a transition ends an episode as absorbing (zero future value) only on a row with
+    ``terminal = 1``. The last row of a censored episode (``terminal = 0``) contributes no
+    transition to the model: its future is unknown, not zero. Pairs with logged rows but no model
+    transition are bootstrapped and valued as their cell's average.
+    """
+
+    algo: ClassVar[str] = "spibb"
+    config_class: ClassVar[type[SPIBBConfig]] = SPIBBConfig
+
+    def __init__(self, config: SPIBBConfig | None = None, **overrides: Any) -> None:
+        from dataclasses import replace
+
+        if config is None:
+            config = SPIBBConfig(**overrides)
+        elif overrides:
+            config = replace(config, **overrides)
+        if not isinstance(config, SPIBBConfig):
+            raise TypeError(f"SPIBB expects a SPIBBConfig, got {type(config).__name__}.")
+        self.config = config
+
+    # ------------------------------------------------------------------ fit
+    def _cells(self, dataset: Any) -> tuple[NDArray[np.int64], CellPolicy | None]:
+        cfg = self.config
+        columns = tuple(dataset.categorical_names) if dataset.categorical is not None else ()
+        numeric: tuple[str, ...] = ()
+        edges: tuple[NDArray[np.float64], ...] = ()
+        if cfg.numeric == "bin" and dataset.n_features > 0:
+            numeric = tuple(dataset.state_names)
+            qs = np.linspace(0, 1, cfg.numeric_bins + 1)[1:-1]
+            edges = tuple(np.unique(np.quantile(dataset.states[:, j].astype(np.float64), qs))
+                          for j in range(dataset.n_features))
+        if not columns and not numeric:
+            raise DataValidationError(MSG_NOT_DISCRETE)
+        codes, levels = cell_codes(dataset, columns, numeric, edges)
+        keys, cell = np.unique(codes, axis=0, return_inverse=True)
+        self.cell_columns_ = columns
+        self.ignored_numeric_ = () if numeric else tuple(dataset.state_names)
+        self._layout = (columns, levels, numeric, edges)
+        return np.asarray(cell, dtype=np.int64).ravel(), keys.astype(np.int64)
+
+    def fit(self, dataset: Any, *, progress: bool = False, **_: Any) -> SPIBB:
+        """Fit on a :class:`~equicare.data.TrajectoryDataset`; returns ``self``.
+
+        ``progress`` is accepted for the learners' common signature (SPIBB takes seconds).
+        """
+        cfg = self.config
+        if not hasattr(dataset, "action_space") or not hasattr(dataset, "episode_offsets"):
+            raise TypeError(f"SPIBB.fit expects a TrajectoryDataset, got "
+                            f"{type(dataset).__name__}.")
+        cell, keys = self._cells(dataset)
+        C, A = int(keys.shape[0]), int(dataset.n_actions)
+        a = dataset.actions
+        gamma = float(dataset.gamma)
+        # ---- behaviour estimate per cell (all rows, censored last rows included)
+        flat = cell * A + a
+        n_all = np.bincount(flat, minlength=C * A).reshape(C, A).astype(np.float64)
+        mode = cfg.behavior
+        if mode == "auto":
+            mode = "logged" if dataset.behavior_prob is not None else "counts"
+        if mode == "logged":
+            if dataset.behavior_prob is None:
+                raise DataValidationError("SPIBB: behavior='logged' needs logged propensities "
+                                          "(manifest dataset.behavior_prob).")
+            psum = np.bincount(flat, weights=dataset.behavior_prob, minlength=C * A)
+            pb = np.where(n_all > 0, psum.reshape(C, A) / np.maximum(n_all, 1), 0.0)
+        else:
+            pb = n_all.copy()
+        pb = pb / pb.sum(axis=1, keepdims=True)
+        # ---- MLE model: terminal rows absorb, censored last rows are dropped
+        nxt = dataset.next_index
+        term = dataset.terminals.astype(bool)
+        keep = term | (nxt >= 0)
+        cont = keep & ~term
+        n_model = np.bincount(flat[keep], minlength=C * A).astype(np.float64)
+        r_sum = np.bincount(flat[keep], weights=dataset.rewards[keep], minlength=C * A)
+        R = np.where(n_model > 0, r_sum / np.maximum(n_model, 1), 0.0).reshape(C, A)
+        rows_c = np.flatnonzero(cont)
+        P = sp.csr_matrix((np.ones(rows_c.size) / n_model[flat[rows_c]],
+                           (flat[rows_c], cell[nxt[rows_c]])), shape=(C * A, C))
+        P.sum_duplicates()
+        counts = n_model.reshape(C, A)
+        has_model = counts > 0
+        free = (counts >= cfg.n_wedge) & has_model  # pairs the policy may re-weight
+        boot = ~free
+        # ---- finite-horizon value iteration under the SPIBB constraint
+        horizon = cfg.horizon or int(dataset.episode_lengths.max())
+        pb_boot = np.where(boot, pb, 0.0)
+        free_mass = np.where(free, pb, 0.0).sum(axis=1)
+        no_model_cell = ~has_model.any(axis=1)
+        err = np.where(has_model, 1.0 / np.sqrt(np.maximum(counts, 1.0)), np.inf)
+        V = np.zeros(C)
+        Q = R.copy()
+        for _ in range(horizon):
+            Q = R + gamma * (P @ V).reshape(C, A)
+            if cfg.variant == "soft":
+                pi = self._soft_greedy(Q, pb, err, float(cfg.epsilon))
+                V_new = self._mean_value(pi, Q, has_model, no_model_cell)
+            else:
+                V_new = self._backup(Q, pb_boot, free_mass, free, has_model, no_model_cell)
+            done = np.max(np.abs(V_new - V)) < cfg.tol
+            V = V_new
+            if done:
+                break
+        if cfg.variant == "soft":
+            pi = self._soft_greedy(Q, pb, err, float(cfg.epsilon))
+            boot = pi == pb
+        else:
+            pi = self._greedy(Q, pb_boot, free_mass, free)
+        self.q_ = Q
+        self.behavior_ = pb
+        self.counts_ = counts.astype(np.int64)
+        self.bootstrapped_ = boot
+        self.n_cells_ = C
+        first = cell[dataset.is_first]
+        self.value_ = float(np.mean((pi * Q).sum(axis=1)[first]))
+        self.behavior_value_ = float(np.mean(self._model_value(pb, R, P, gamma, horizon,
+                                                               has_model)[first]))
+        marginal = n_all.sum(axis=0) / n_all.sum()
+        columns, levels, numeric, edges = self._layout
+        self.policy_ = CellPolicy(table=np.vstack([pi, marginal]), keys=keys, columns=columns,
+                                  levels=levels, numeric=numeric, edges=edges,
+                                  action_space=dataset.action_space, source="<SPIBB>")
+        self.action_space_ = dataset.action_space
+        self.state_names_ = tuple(dataset.state_names)
+        return self
+
+    @staticmethod
+    def _backup(Q: NDArray[np.float64], pb_boot: NDArray[np.float64],
+                free_mass: NDArray[np.float64], free: NDArray[np.bool_],
+                has_model: NDArray[np.bool_], no_model_cell: NDArray[np.bool_]
+                ) -> NDArray[np.float64]:
+        """``V(x) = max over Pi_b-constrained policies of sum_a pi(a|x) Q(x, a)``.
+
+        Pairs without model transitions are valued as their cell's average (weights
+        renormalised over the modelled pairs); a cell with none at all gets the mean value.
+        """
+        best_free = np.where(free, Q, -np.inf).max(axis=1)
+        w = np.where(has_model, pb_boot, 0.0)
+        tot = w.sum(axis=1) + free_mass
+        num = (w * Q).sum(axis=1) + free_mass * np.where(free_mass > 0, best_free, 0.0)
+        V = np.where(tot > 0, num / np.where(tot > 0, tot, 1.0), 0.0)
+        if no_model_cell.any():
+            V[no_model_cell] = V[~no_model_cell].mean() if (~no_model_cell).any() else 0.0
+        return V
+
+    @staticmethod
+    def _mean_value(pi: NDArray[np.float64], Q: NDArray[np.float64],
+                    has_model: NDArray[np.bool_], no_model_cell: NDArray[np.bool_]
+                    ) -> NDArray[np.float64]:
+        """``V(x) = sum_a pi(a|x) Q(x, a)`` over modelled pairs (weights renormalised)."""
+        w = np.where(has_model, pi, 0.0)
+        tot = w.sum(axis=1)
+        V = np.where(tot > 0, (w * Q).sum(axis=1) / np.where(tot > 0, tot, 1.0), 0.0)
+        if no_model_cell.any():
+            V[no_model_cell] = V[~no_model_cell].mean() if (~no_model_cell).any() else 0.0
+        return V
+
+    @staticmethod
+    def _soft_greedy(Q: NDArray[np.float64], pb: NDArray[np.float64], err: NDArray[np.float64],
+                     epsilon: float) -> NDArray[np.float64]:
+        """Approx-Soft-SPIBB projection (Nadjahi et al., 2019, Algorithm 2), all cells at once.
+
+        Mass moves from the worst actions to the best modelled action ``a*`` while the budget
+        ``sum_a e(x, a) |pi - pi_b| <= epsilon`` lasts; moving ``m`` from ``a`` costs
+        ``m (e(x, a) + e(x, a*))``.
+        """
+        C, A = Q.shape
+        finite = np.isfinite(err)
+        q = np.where(finite, Q, -np.inf)
+        star = q.argmax(axis=1)
+        rows = np.arange(C)
+        has = finite.any(axis=1)
+        pi = pb.copy()
+        budget = np.where(has, epsilon, 0.0)
+        e_star = np.where(has, err[rows, star], np.inf)
+        order = np.argsort(np.where(finite, Q, np.inf), axis=1, kind="stable")
+        moved = np.zeros(C)
+        for k in range(A):
+            a = order[:, k]
+            cost = err[rows, a] + e_star
+            ok = (a != star) & np.isfinite(cost) & (budget > 0) & (q[rows, a] < q[rows, star])
+            m = np.where(ok, np.minimum(pi[rows, a], budget / np.where(ok, cost, 1.0)), 0.0)
+            pi[rows, a] -= m
+            moved += m
+            budget -= m * np.where(ok, cost, 0.0)
+        pi[rows[has], star[has]] += moved[has]
+        return pi
+
+    @staticmethod
+    def _greedy(Q: NDArray[np.float64], pb_boot: NDArray[np.float64],
+                free_mass: NDArray[np.float64], free: NDArray[np.bool_]
+                ) -> NDArray[np.float64]:
+        """Pi_b-SPIBB greedy projection: behaviour on ``B``, the rest on the best free action."""
+        C, _ = Q.shape
+        pi = pb_boot.copy()
+        rows = np.flatnonzero(free_mass > 0)
+        best = np.where(free, Q, -np.inf).argmax(axis=1)
+        pi[rows, best[rows]] += free_mass[rows]
+        return pi / pi.sum(axis=1, keepdims=True)
+
+    @staticmethod
+    def _model_value(pi: NDArray[np.float64], R: NDArray[np.float64], P: sp.csr_matrix,
+                     gamma: float, horizon: int, has_model: NDArray[np.bool_]
+                     ) -> NDArray[np.float64]:
+        """Value per cell of a fixed policy in the MLE model (missing pairs: cell average)."""
+        w = np.where(has_model, pi, 0.0)
+        tot = w.sum(axis=1)
+        w = np.where(tot[:, None] > 0, w / np.where(tot > 0, tot, 1.0)[:, None], 0.0)
+        C, A = R.shape
+        V = np.zeros(C)
+        for _ in range(horizon):
+            V = (w * (R + gamma * (P @ V).reshape(C, A))).sum(axis=1)
+        return V
+
+    # ------------------------------------------------------------------ policy API
+    def action_probs(self, dataset: Any) -> NDArray[np.float64]:
+        """Policy probabilities at each row, shape ``(n_steps, n_actions)``."""
+        check_is_fitted(self, "policy_")
+        return self.policy_.action_probs(dataset)
+
+    def predict(self, dataset: Any) -> NDArray[np.int64]:
+        """Most likely flat action at each row, shape ``(n_steps,)``."""
+        check_is_fitted(self, "policy_")
+        return self.policy_.predict(dataset)
+
+    @property
+    def n_actions(self) -> int:
+        """Size of the flat action space (after fit)."""
+        check_is_fitted(self, "policy_")
+        return self.policy_.n_actions
+
+    @property
+    def window(self) -> int:
+        """Rows of history the policy reads (1)."""
+        return 1
+
+    # ------------------------------------------------------------------ save / load
+    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False,
+             extra: dict[str, Any] | None = None) -> Path:
+        """Write the model folder: ``config.json`` + ``model.safetensors`` (the cell table).
+
+        Parameters
+        ----------
+        path : str or Path
+        overwrite : bool
+        extra : dict, optional
+            More JSON entries for ``config.json`` (e.g. a selection report).
+        """
+        from equicare.policy._learned import write_model_folder
+
+        check_is_fitted(self, "policy_")
+        cfg = {"algo": self.algo, "learner_config": self.config.to_dict(),
+               "policy": self.policy_.describe(),
+               "action_space": self.action_space_.to_dict(),
+               "feature_names": list(self.cell_columns_),
+               "state_names": list(self.state_names_),
+               "ignored_numeric": list(self.ignored_numeric_),
+               "n_cells": int(self.n_cells_),
+               "bootstrapped_share": float(self.bootstrapped_.mean()),
+               "model_value": self.value_, "model_behavior_value": self.behavior_value_,
+               **(extra or {})}
+        return write_model_folder(path, cfg, self.policy_.tensors(), overwrite=overwrite)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> SPIBB:
+        """Rebuild a fitted SPIBB (its policy) from a model folder written by :meth:`save`."""
+        from equicare.policy._learned import read_model_folder
+        from equicare.spaces import FactoredActionSpace
+
+        cfg, tensors = read_model_folder(path)
+        if cfg.get("algo") != cls.algo:
+            raise PolicyError(f"{path}: the model was trained with {cfg.get('algo')!r}, not "
+                              "'spibb'.")
+        try:
+            self = cls(SPIBBConfig.from_dict(cfg["learner_config"]))
+            self.policy_ = CellPolicy.from_config(cfg, tensors, str(path))
+            self.action_space_ = FactoredActionSpace.from_dict(cfg["action_space"])
+            self.cell_columns_ = tuple(cfg["feature_names"])
+            self.state_names_ = tuple(cfg["state_names"])
+            self.ignored_numeric_ = tuple(cfg.get("ignored_numeric", ()))
+            self.n_cells_ = int(cfg["n_cells"])
+            self.value_ = float(cfg["model_value"])
+            self.behavior_value_ = float(cfg["model_behavior_value"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PolicyError(f"{path}: malformed model folder ({exc}).") from exc
+        return self

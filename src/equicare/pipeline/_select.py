@@ -1,0 +1,336 @@
+"""Policy selection by honest evaluation: train candidates, keep the best lower confidence bound.
+
+``equicare train --select auto`` calls :func:`train_select`. Candidates (SPIBB at a few
+``N_wedge`` values, BC/AWR/CQL at a short budget) are trained on the training episodes and
+evaluated on held-out episodes with :func:`equicare.ope.evaluate`. The candidate with the best
+lower confidence bound wins if that bound beats the behaviour policy's held-out value (the mean
+observed return); otherwise the result is a model folder that reproduces the behaviour policy.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from equicare.utils import atomic_write_text, check_param, config_to_dict
+
+__all__ = ["SelectConfig", "Candidate", "SelectionResult", "select_policy", "train_select",
+           "SELECTION_FILE", "default_q_model"]
+
+SELECTION_FILE = "selection.json"
+NEURAL = ("bc", "awr", "cql")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SelectConfig:
+    """Settings of :func:`select_policy`.
+
+    Parameters
+    ----------
+    n_wedges : tuple of float
+        ``N_wedge`` values of the SPIBB candidates (empty: no SPIBB).
+    neural : tuple of str
+        Neural learners among ``bc, awr, cql`` trained as candidates.
+    neural_steps : int
+        Gradient steps of each neural candidate.
+    neural_hidden : tuple of int
+        Hidden widths of the neural candidates' MLPs.
+    valid_fraction : float
+        Share of episodes held out for the evaluation (stratified by the first group attribute).
+    estimator : str
+        OPE estimator whose interval ranks the candidates (``wdr``, ``dr``, ``wis``, ...).
+    q_model : str or None
+        Q-model of the OPE; None: ``auto`` when the installed OPE offers it, else ``tabular``
+        for panels with categorical states and ``linear`` otherwise.
+    bootstrap : int
+        Episode bootstrap replicates of the intervals.
+    alpha : float
+        The lower bound is the ``alpha / 2`` bootstrap quantile (0.1: a one-sided 95% bound).
+    refit_full : bool
+        Retrain the chosen candidate on all episodes before saving (the bound was computed for
+        the candidate trained on the training episodes only; default False keeps that one).
+    seed : int
+    """
+
+    n_wedges: tuple[float, ...] = (10.0, 20.0, 50.0, 100.0, 200.0, 500.0)
+    neural: tuple[str, ...] = NEURAL
+    neural_steps: int = 500
+    neural_hidden: tuple[int, ...] = (64, 64)
+    valid_fraction: float = 0.3
+    estimator: str = "wdr"
+    q_model: str | None = None
+    bootstrap: int = 200
+    alpha: float = 0.1
+    refit_full: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        o = "SelectConfig"
+        for name in ("n_wedges", "neural", "neural_hidden"):
+            v = getattr(self, name)
+            if isinstance(v, list):
+                object.__setattr__(self, name, tuple(v))
+        for n in self.n_wedges:
+            check_param(n, "n_wedges", o, kind=(int, float), low=0,
+                        expected="a tuple of numbers >= 0")
+        for a in self.neural:
+            check_param(a, "neural", o, choices=NEURAL)
+        if not self.n_wedges and not self.neural:
+            raise ValueError("SelectConfig: give at least one candidate (n_wedges or neural).")
+        check_param(self.neural_steps, "neural_steps", o, kind=int, low=1, expected="an int >= 1")
+        check_param(self.valid_fraction, "valid_fraction", o, kind=(int, float), low=0, high=1,
+                    low_inclusive=False, high_inclusive=False)
+        check_param(self.estimator, "estimator", o,
+                    choices=("wdr", "dr", "wis", "wpdis", "fqe", "is", "pdis"))
+        check_param(self.bootstrap, "bootstrap", o, kind=int, low=20, expected="an int >= 20")
+        check_param(self.alpha, "alpha", o, kind=(int, float), low=0, high=1,
+                    low_inclusive=False, high_inclusive=False)
+        check_param(self.refit_full, "refit_full", o, kind=bool)
+        check_param(self.seed, "seed", o, kind=int, low=0, expected="an int >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dictionary."""
+        return config_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SelectConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"Unknown SelectConfig keys {unknown}; known: {sorted(known)}.")
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One row of the candidates table.
+
+    Attributes
+    ----------
+    name : str
+        ``spibb_n20``, ``bc``, ...
+    algo : str
+    params : dict
+    value, lcb, ucb : float
+        Held-out OPE estimate and its interval (NaN when the candidate failed).
+    train_seconds, eval_seconds : float
+    error : str or None
+        Why the candidate could not be trained or evaluated.
+    """
+
+    name: str
+    algo: str
+    params: dict[str, Any]
+    value: float = math.nan
+    lcb: float = math.nan
+    ucb: float = math.nan
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON row (NaN as null)."""
+        def num(x: float) -> float | None:
+            return None if not math.isfinite(x) else round(float(x), 6)
+
+        return {"name": self.name, "algo": self.algo, "params": self.params,
+                "value": num(self.value), "lcb": num(self.lcb), "ucb": num(self.ucb),
+                "train_seconds": round(self.train_seconds, 2),
+                "eval_seconds": round(self.eval_seconds, 2), "error": self.error}
+
+
+@dataclass(frozen=True, eq=False)
+class SelectionResult:
+    """Outcome of :func:`select_policy`.
+
+    Attributes
+    ----------
+    candidates : list of Candidate
+    behavior_value : float
+        Mean observed return on the held-out episodes (the behaviour's value).
+    behavior_ci : tuple of float
+    chosen : str
+        Name of the kept candidate, or ``"behavior"``.
+    fallback : bool
+        True when no candidate's lower bound beat the behaviour's value.
+    learner : object
+        The fitted learner to save (the chosen candidate, or the behaviour reproduction).
+    settings : dict
+    learners : dict of str to object
+        Every candidate as fitted on the training episodes (for studies; not saved).
+    """
+
+    candidates: list[Candidate]
+    behavior_value: float
+    behavior_ci: tuple[float, float]
+    chosen: str
+    fallback: bool
+    learner: Any
+    settings: dict[str, Any] = field(default_factory=dict)
+    learners: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``selection.json`` document."""
+        return {"chosen": self.chosen, "fallback": self.fallback,
+                "behavior": {"value": self.behavior_value, "ci": list(self.behavior_ci)},
+                "candidates": [c.to_dict() for c in self.candidates],
+                "settings": self.settings}
+
+
+def default_q_model(dataset: Any) -> str:
+    """``auto`` when the installed OPE offers it; else ``tabular`` with categorical states."""
+    from equicare.ope import FQEConfig
+
+    try:
+        FQEConfig(model="auto")  # type: ignore[arg-type]
+        return "auto"
+    except (ValueError, TypeError):
+        return "tabular" if dataset.categorical is not None else "linear"
+
+
+def _discrete(dataset: Any) -> bool:
+    return dataset.categorical is not None and dataset.categorical.shape[1] > 0
+
+
+def _make(algo: str, params: dict[str, Any]) -> Any:
+    from equicare.learn._registry import LEARNERS
+
+    return LEARNERS[algo](**params)
+
+
+def _candidate_specs(dataset: Any, cfg: SelectConfig) -> list[tuple[str, str, dict[str, Any]]]:
+    specs: list[tuple[str, str, dict[str, Any]]] = []
+    numeric = "ignore" if _discrete(dataset) else "bin"
+    for n in cfg.n_wedges:
+        label = f"spibb_n{n:g}"
+        specs.append((label, "spibb", {"n_wedge": float(n), "numeric": numeric}))
+    for algo in cfg.neural:
+        specs.append((algo, algo, {"n_steps": cfg.neural_steps, "hidden": cfg.neural_hidden,
+                                   "valid_fraction": 0.0, "seed": cfg.seed}))
+    return specs
+
+
+def _fit(algo: str, params: dict[str, Any], data: Any) -> Any:
+    learner = _make(algo, params)
+    return learner.fit(data, progress=False)
+
+
+def select_policy(dataset: Any, config: SelectConfig | None = None, *,
+                  progress: Any = None) -> SelectionResult:
+    """Train candidates, evaluate them on held-out episodes, keep the best lower bound.
+
+    Parameters
+    ----------
+    dataset : TrajectoryDataset
+    config : SelectConfig, optional
+    progress : callable, optional
+        ``progress(message)`` called once per stage.
+
+    Returns
+    -------
+    SelectionResult
+        ``learner`` is fitted and ready to ``save``.
+
+    Notes
+    -----
+    Rule: among candidates whose evaluation succeeded, take the largest lower bound ``L``; keep
+    it if ``L > V_b``, the behaviour's held-out value (mean observed return); otherwise return
+    SPIBB with ``N_wedge = inf`` fitted on all episodes, i.e. the estimated behaviour policy per
+    cell (numeric states cut into bins when the panel has no categorical state).
+    """
+    from equicare.exceptions import SupportWarning
+    from equicare.ope import evaluate
+
+    cfg = config or SelectConfig()
+    say = progress or (lambda _msg: None)
+    strat = next(iter(dataset.groups), None)
+    train, valid = dataset.split(cfg.valid_fraction, random_state=cfg.seed, stratify=strat)
+    q_model = cfg.q_model or default_q_model(dataset)
+    say(f"{train.n_episodes} training and {valid.n_episodes} held-out episodes; "
+        f"OPE {cfg.estimator} with the {q_model} Q-model")
+    rows: list[Candidate] = []
+    fitted: dict[str, Any] = {}
+    behavior_value = math.nan
+    behavior_ci = (math.nan, math.nan)
+    for name, algo, params in _candidate_specs(dataset, cfg):
+        say(f"candidate {name}")
+        t0 = time.perf_counter()
+        try:
+            learner = _fit(algo, params, train)
+        except (ValueError, RuntimeError) as exc:
+            rows.append(Candidate(name, algo, params, error=str(exc).splitlines()[0]))
+            continue
+        t1 = time.perf_counter()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", SupportWarning)
+                res = evaluate(valid, learner.policy_, estimators=(cfg.estimator,),
+                               q_model=q_model, bootstrap=cfg.bootstrap, alpha=cfg.alpha,
+                               groups=(), diagnose_support=False, random_state=cfg.seed)
+        except (ValueError, RuntimeError) as exc:
+            rows.append(Candidate(name, algo, params, train_seconds=t1 - t0,
+                                  error=str(exc).splitlines()[0]))
+            continue
+        est = res.estimates[cfg.estimator]
+        behavior_value = float(res.behavior.value)
+        behavior_ci = (float(res.behavior.ci[0]), float(res.behavior.ci[1]))
+        rows.append(Candidate(name, algo, params, value=float(est.value),
+                              lcb=float(est.ci[0]), ucb=float(est.ci[1]), train_seconds=t1 - t0,
+                              eval_seconds=time.perf_counter() - t1))
+        fitted[name] = learner
+    ok = [c for c in rows if math.isfinite(c.lcb)]
+    best = max(ok, key=lambda c: c.lcb) if ok else None
+    settings = {"config": cfg.to_dict(), "q_model": q_model,
+                "n_train_episodes": train.n_episodes, "n_valid_episodes": valid.n_episodes,
+                "rule": "keep the largest lower bound if it beats the behaviour's held-out "
+                        "value, else reproduce the behaviour policy"}
+    if best is not None and best.lcb > behavior_value:
+        learner = fitted[best.name]
+        if cfg.refit_full:
+            say(f"refitting {best.name} on all episodes")
+            learner = _fit(best.algo, best.params, dataset)
+        return SelectionResult(rows, behavior_value, behavior_ci, best.name, False, learner,
+                               settings, fitted)
+    say("no candidate's lower bound beats the behaviour: reproducing the behaviour policy")
+    numeric = "ignore" if _discrete(dataset) else "bin"
+    beh = _fit("spibb", {"n_wedge": float("inf"), "numeric": numeric}, dataset)
+    return SelectionResult(rows, behavior_value, behavior_ci, "behavior", True, beh, settings,
+                           fitted)
+
+
+def train_select(data: str | os.PathLike[str], manifest: str | os.PathLike[str], *,
+                 out: str | os.PathLike[str], config: SelectConfig | None = None,
+                 force: bool = False, progress: Any = None) -> dict[str, Any]:
+    """Load a panel, run :func:`select_policy` and write the model folder with its table.
+
+    The folder holds the chosen policy (``config.json`` + ``model.safetensors``) and
+    ``selection.json`` (every candidate's held-out value and interval, the behaviour's value,
+    the choice).
+
+    Returns
+    -------
+    dict
+        ``{"model_dir", "chosen", "fallback", "behavior", "candidates", "seconds"}``.
+    """
+    from equicare.data import load_dataset
+
+    out_path = Path(out)
+    if out_path.exists() and not force and (out_path.is_file() or any(out_path.iterdir())):
+        raise FileExistsError(f"Model folder {out_path} exists; pass --force to overwrite it.")
+    t0 = time.perf_counter()
+    ds = load_dataset(data, manifest, emit_warnings=False)
+    res = select_policy(ds, config, progress=progress)
+    doc = res.to_dict()
+    learner = res.learner
+    learner.save(out_path, overwrite=force)
+    atomic_write_text(out_path / SELECTION_FILE, json.dumps(doc, indent=2) + "\n")
+    return {"model_dir": str(out_path), "chosen": res.chosen, "fallback": res.fallback,
+            "behavior": doc["behavior"], "candidates": doc["candidates"],
+            "seconds": round(time.perf_counter() - t0, 2)}

@@ -1,0 +1,189 @@
+"""A policy given as one action distribution per discrete state cell (tabular learners' output).
+
+A *cell* is the combination of the categorical state columns' labels, optionally with numeric
+state columns cut into bins. Rows are mapped to cells by their labels, not by the dataset's codes,
+so the policy applies to any panel with the same columns; rows of a cell never seen in training
+get the fallback distribution (the last row of the table).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from numpy.typing import NDArray
+
+from equicare.exceptions import PolicyError
+from equicare.policy._base import check_probs
+from equicare.spaces import FactoredActionSpace
+
+__all__ = ["CellPolicy", "cell_codes"]
+
+MSG_MISSING_COLUMN = ("{source}: the policy's cells are defined by the {kind} state column "
+                      "{col!r}, which the dataset does not have (it has {got}).")
+
+
+def _bin_codes(x: NDArray[Any], edges: NDArray[np.float64]) -> NDArray[np.int64]:
+    return np.searchsorted(edges, np.asarray(x, dtype=np.float64), side="right").astype(np.int64)
+
+
+def cell_codes(dataset: Any, columns: tuple[str, ...], numeric: tuple[str, ...],
+               edges: tuple[NDArray[np.float64], ...], levels: tuple[tuple[str, ...], ...]
+               | None = None, source: str = "<cell policy>"
+               ) -> tuple[NDArray[np.int64], tuple[tuple[str, ...], ...]]:
+    """Per-row codes of the cell columns, shape ``(n_steps, len(columns) + len(numeric))``.
+
+    Categorical columns are coded by their position in ``levels`` (labels as strings; -1 when a
+    label is not in ``levels``); when ``levels`` is None they are taken from the dataset (sorted
+    labels). Numeric columns are coded by their bin in ``edges``.
+
+    Returns
+    -------
+    codes : ndarray of shape (n_steps, n_columns), int64
+    levels : tuple of tuple of str
+        The categorical columns' labels.
+    """
+    cat_names = list(dataset.categorical_names)
+    out = []
+    used_levels: list[tuple[str, ...]] = []
+    for j, col in enumerate(columns):
+        if col not in cat_names:
+            raise PolicyError(MSG_MISSING_COLUMN.format(source=source, kind="categorical",
+                                                        col=col, got=cat_names))
+        k = cat_names.index(col)
+        ds_levels = tuple(str(v) for v in dataset.categorical_levels[k])
+        codes = dataset.categorical[:, k]
+        if levels is None:
+            used_levels.append(ds_levels)
+            out.append(codes.astype(np.int64))
+        else:
+            pos = {lv: i for i, lv in enumerate(levels[j])}
+            lut = np.array([pos.get(lv, -1) for lv in ds_levels], dtype=np.int64)
+            out.append(lut[codes])
+            used_levels.append(levels[j])
+    names = list(dataset.state_names)
+    for col, e in zip(numeric, edges, strict=True):
+        if col not in names:
+            raise PolicyError(MSG_MISSING_COLUMN.format(source=source, kind="numeric", col=col,
+                                                        got=names))
+        out.append(_bin_codes(dataset.states[:, names.index(col)], e))
+    if not out:
+        return np.zeros((dataset.n_steps, 0), dtype=np.int64), ()
+    return np.stack(out, axis=1), tuple(used_levels)
+
+
+@dataclass(frozen=True, eq=False)
+class CellPolicy:
+    """Action probabilities per discrete state cell.
+
+    Parameters
+    ----------
+    table : ndarray of shape (n_cells + 1, n_actions)
+        Row ``c``: the distribution in cell ``c``; the last row: cells not seen in training.
+    keys : ndarray of shape (n_cells, n_columns), int64
+        Codes of each cell (categorical level positions, then numeric bins).
+    columns : tuple of str
+        Categorical state columns defining the cells.
+    levels : tuple of tuple of str
+        Labels of each categorical column (the codes index them).
+    numeric : tuple of str
+        Numeric state columns cut into bins (may be empty).
+    edges : tuple of ndarray
+        Inner bin edges of each numeric column.
+    action_space : FactoredActionSpace
+    source : str
+        Name used in error messages.
+    """
+
+    table: NDArray[np.float64]
+    keys: NDArray[np.int64]
+    columns: tuple[str, ...]
+    levels: tuple[tuple[str, ...], ...]
+    numeric: tuple[str, ...]
+    edges: tuple[NDArray[np.float64], ...]
+    action_space: FactoredActionSpace
+    source: str = "<cell policy>"
+    window: int = 1
+
+    def __post_init__(self) -> None:
+        t = np.asarray(self.table, dtype=np.float64)
+        check_probs(t, t.shape[0], self.action_space.n_actions, f"{self.source} table")
+        if self.keys.shape[0] + 1 != t.shape[0]:
+            raise PolicyError(f"{self.source}: {self.keys.shape[0]} cells but {t.shape[0]} table "
+                              "rows (expected one more, the fallback).")
+        object.__setattr__(self, "table", t)
+
+    @property
+    def n_actions(self) -> int:
+        """Size of the flat action space."""
+        return self.action_space.n_actions
+
+    @property
+    def n_cells(self) -> int:
+        """Cells seen in training."""
+        return int(self.keys.shape[0])
+
+    @property
+    def support(self) -> NDArray[np.int64]:
+        """Flat actions with positive probability somewhere, shape ``(K,)``."""
+        return np.flatnonzero(self.table.max(axis=0) > 0).astype(np.int64)
+
+    def cell_index(self, dataset: Any) -> NDArray[np.int64]:
+        """Cell of each row (``n_cells`` for an unseen cell), shape ``(n_steps,)``."""
+        if dataset.action_space.to_dict() != self.action_space.to_dict():
+            from equicare.policy._learned import MSG_ACTION_SPACE
+
+            raise PolicyError(MSG_ACTION_SPACE.format(source=self.source,
+                                                      trained=self.action_space.to_dict(),
+                                                      got=dataset.action_space.to_dict()))
+        codes, _ = cell_codes(dataset, self.columns, self.numeric, self.edges, self.levels,
+                              self.source)
+        if codes.shape[1] == 0:
+            return np.zeros(dataset.n_steps, dtype=np.int64)
+        index = pd.MultiIndex.from_arrays([self.keys[:, j] for j in range(self.keys.shape[1])])
+        pos = index.get_indexer(pd.MultiIndex.from_arrays([codes[:, j]
+                                                           for j in range(codes.shape[1])]))
+        return np.where(pos < 0, self.n_cells, pos).astype(np.int64)
+
+    def action_probs(self, dataset: Any) -> NDArray[np.float64]:
+        """Probabilities of each flat action at each row, shape ``(n_steps, n_actions)``."""
+        return self.table[self.cell_index(dataset)]
+
+    def predict(self, dataset: Any) -> NDArray[np.int64]:
+        """Most likely flat action per row, shape ``(n_steps,)``."""
+        return np.asarray(np.argmax(self.action_probs(dataset), axis=1), dtype=np.int64)
+
+    # ------------------------------------------------------------------ model folder
+    def describe(self) -> dict[str, Any]:
+        """The ``"policy"`` entry of a model folder's ``config.json`` (weights: ``policy.*``)."""
+        return {"kind": "cells", "weights": "policy", "columns": list(self.columns),
+                "levels": [list(lv) for lv in self.levels], "numeric": list(self.numeric),
+                "edges": [[float(v) for v in e] for e in self.edges]}
+
+    def tensors(self) -> dict[str, Any]:
+        """Weights for ``model.safetensors``: the table and the cell keys."""
+        import torch
+
+        return {"policy.table": torch.from_numpy(np.ascontiguousarray(self.table)),
+                "policy.keys": torch.from_numpy(np.ascontiguousarray(self.keys))}
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any], tensors: Mapping[str, Any], source: str
+                    ) -> CellPolicy:
+        """Rebuild from a model folder's ``config.json`` and tensors."""
+        try:
+            pol = cfg["policy"]
+            pre = str(pol.get("weights", "policy"))
+            return cls(table=tensors[f"{pre}.table"].numpy().astype(np.float64),
+                       keys=tensors[f"{pre}.keys"].numpy().astype(np.int64),
+                       columns=tuple(str(c) for c in pol["columns"]),
+                       levels=tuple(tuple(str(v) for v in lv) for lv in pol["levels"]),
+                       numeric=tuple(str(c) for c in pol["numeric"]),
+                       edges=tuple(np.asarray(e, dtype=np.float64) for e in pol["edges"]),
+                       action_space=FactoredActionSpace.from_dict(cfg["action_space"]),
+                       source=source)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PolicyError(f"{source}: malformed cell policy ({exc}).") from exc

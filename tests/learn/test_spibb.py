@@ -1,0 +1,163 @@
+"""SPIBB: safe improvement against exact values, censoring, cells, save/load."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from equicare.data import from_frame
+from equicare.exceptions import DataValidationError, NotFittedError
+from equicare.learn import SPIBB, SPIBBConfig
+from equicare.learn._spibb import MSG_NOT_DISCRETE
+from equicare.sim._garnet_cli import garnet_frame, garnet_manifest
+from equicare.sim.garnet import GarnetConfig, garnet_panel, garnet_policy_table
+
+SMALL = GarnetConfig(n_states=50, n_actions=5, n_successors=3)
+
+
+def _panel(seed: int, n: int = 5000, cfg: GarnetConfig = SMALL):
+    mdp, pan = garnet_panel(cfg, n, seed)
+    ds = from_frame(garnet_frame(mdp, pan), garnet_manifest(cfg), emit_warnings=False)
+    return mdp, ds
+
+
+def test_spibb_improves_on_behaviour_and_never_falls_below() -> None:
+    # exact values of the learned tables; N_wedge = 200 on 5,000 episodes of a 50 x 5 Garnet.
+    # Tolerance: never more than 0.005 (about one Monte-Carlo SE of a 5,000-episode panel)
+    # below the behaviour; on average at least 0.01 above it.
+    gains = []
+    for seed in (0, 1, 2):
+        mdp, ds = _panel(seed)
+        vb = mdp.value(mdp.behavior_policy)
+        table, _ = garnet_policy_table(mdp, ds, SPIBB(n_wedge=200).fit(ds).policy_)
+        gains.append(mdp.value(table) - vb)
+    assert min(gains) > -0.005, gains
+    assert np.mean(gains) > 0.01, gains
+
+
+def test_unconstrained_mle_is_unsafe_where_spibb_is_not() -> None:
+    # N_wedge = 0 is plain model-based RL on the MLE MDP: it falls below the clinicians here
+    mdp, ds = _panel(5, n=2000)
+    vb = mdp.value(mdp.behavior_policy)
+    t0, _ = garnet_policy_table(mdp, ds, SPIBB(n_wedge=0).fit(ds).policy_)
+    assert mdp.value(t0) < vb - 0.05
+    t_inf, _ = garnet_policy_table(mdp, ds, SPIBB(n_wedge=np.inf).fit(ds).policy_)
+    assert abs(mdp.value(t_inf) - vb) < 0.01
+
+
+def test_infinite_wedge_reproduces_the_behaviour_estimate() -> None:
+    mdp, ds = _panel(0, n=1000)
+    m = SPIBB(n_wedge=float("inf")).fit(ds)
+    np.testing.assert_allclose(m.policy_.table[:-1], m.behavior_)
+    assert m.bootstrapped_.all()
+    # logged propensities: the true behaviour renormalised over the logged actions
+    from equicare.sim.garnet import garnet_state_index
+
+    s = garnet_state_index(ds)
+    probs = m.action_probs(ds)
+    logged = np.zeros((ds.n_steps, ds.n_actions), dtype=bool)
+    n_sa = np.zeros((mdp.n_states, ds.n_actions), dtype=bool)
+    n_sa[s, ds.actions] = True
+    logged = n_sa[s]
+    want = np.where(logged, mdp.behavior_policy[s], 0.0)
+    want /= want.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(probs, want, atol=1e-12)
+    counts = SPIBB(n_wedge=float("inf"), behavior="counts").fit(ds)
+    freq = np.bincount(s * 5 + ds.actions, minlength=250).reshape(50, 5)[s].astype(float)
+    np.testing.assert_allclose(counts.action_probs(ds), freq / freq.sum(1, keepdims=True))
+
+
+def _censor_frame(terminal_last: bool) -> pd.DataFrame:
+    """Cell x: action 0 leads to an outcome (reward 0.5 on average), action 1 is logged only
+    on the last row of episodes whose window closes (censored unless ``terminal_last``)."""
+    rows = []
+    for e in range(60):
+        a = e % 2
+        r = float(e % 4 == 0) if a == 0 else 0.0
+        rows.append({"ep": e, "t": 0, "cell": "x", "a": a, "r": r,
+                     "term": 1 if (a == 0 or terminal_last) else 0, "p": 0.5})
+    return pd.DataFrame(rows)
+
+
+CENSOR_MANIFEST = {"dataset": {"episode": "ep", "time": "t", "categorical_states": ["cell"],
+                               "terminal": "term", "behavior_prob": "p", "gamma": 1.0},
+                   "actions": {"a": {"levels": 2}}, "reward": {"column": "r"}}
+
+
+def test_censored_last_rows_are_not_zero_future_value() -> None:
+    cens = from_frame(_censor_frame(False), CENSOR_MANIFEST, emit_warnings=False)
+    m = SPIBB(n_wedge=10).fit(cens)
+    assert m.counts_[0].tolist() == [30, 0]  # the censored ends add no transition
+    np.testing.assert_allclose(m.policy_.table[0], [0.5, 0.5])  # action 1 stays bootstrapped
+    # the same rows as true absorptions with reward 0: action 1 is now known to be worse
+    term = from_frame(_censor_frame(True), CENSOR_MANIFEST, emit_warnings=False)
+    m2 = SPIBB(n_wedge=10).fit(term)
+    assert m2.counts_[0].tolist() == [30, 30]
+    np.testing.assert_allclose(m2.policy_.table[0], [1.0, 0.0])
+
+
+def test_save_load_and_load_policy(tmp_path) -> None:
+    from equicare.learn import load_learner
+    from equicare.policy import CellPolicy, load_policy
+
+    _, ds = _panel(0, n=500)
+    m = SPIBB(n_wedge=20).fit(ds)
+    m.save(tmp_path / "m")
+    with pytest.raises(FileExistsError):
+        m.save(tmp_path / "m")
+    back = load_learner(tmp_path / "m")
+    assert isinstance(back, SPIBB)
+    np.testing.assert_array_equal(back.action_probs(ds), m.action_probs(ds))
+    pol = load_policy(tmp_path / "m")
+    assert isinstance(pol, CellPolicy)
+    np.testing.assert_array_equal(pol.action_probs(ds), m.action_probs(ds))
+    assert back.config == m.config
+
+
+def test_unseen_cells_get_the_fallback_row() -> None:
+    _, ds = _panel(0, n=300)
+    _, other = _panel(1, n=300, cfg=GarnetConfig(n_states=60, n_actions=5, n_successors=3))
+    m = SPIBB(n_wedge=20).fit(ds)
+    probs = m.action_probs(other)
+    seen = set(ds.categorical_levels[0])
+    labels = np.asarray(other.categorical_levels[0], dtype=object)[other.categorical[:, 0]]
+    new = np.array([lv not in seen for lv in labels])
+    assert new.any()
+    np.testing.assert_allclose(probs[new], np.broadcast_to(m.policy_.table[-1],
+                                                           (new.sum(), 5)))
+
+
+def test_numeric_states_refused_or_binned() -> None:
+    rng = np.random.default_rng(0)
+    n = 200
+    df = pd.DataFrame({"ep": np.repeat(np.arange(40), 5), "t": np.tile(np.arange(5), 40),
+                       "x": rng.normal(size=n), "a": rng.integers(0, 3, n),
+                       "r": rng.normal(size=n)})
+    man = {"dataset": {"episode": "ep", "time": "t", "states": ["x"], "gamma": 0.9},
+           "actions": {"a": {"levels": 3}}, "reward": {"column": "r"}}
+    ds = from_frame(df, man, emit_warnings=False)
+    with pytest.raises(DataValidationError, match=re.escape(MSG_NOT_DISCRETE)):
+        SPIBB().fit(ds)
+    m = SPIBB(numeric="bin", numeric_bins=4, n_wedge=5).fit(ds)
+    assert m.n_cells_ == 4
+    np.testing.assert_allclose(m.action_probs(ds).sum(axis=1), 1.0)
+
+
+def test_soft_variant_and_config() -> None:
+    mdp, ds = _panel(0, n=2000)
+    vb = mdp.value(mdp.behavior_policy)
+    m = SPIBB(variant="soft", epsilon=0.1).fit(ds)
+    table, _ = garnet_policy_table(mdp, ds, m.policy_)
+    assert mdp.value(table) > vb
+    m0 = SPIBB(variant="soft", epsilon=0.0).fit(ds)
+    np.testing.assert_allclose(m0.policy_.table[:-1], m0.behavior_)
+    msg = "The 'variant' parameter of SPIBBConfig must be one of 'pi_b', 'soft'. Got 'x' instead."
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        SPIBBConfig(variant="x")  # type: ignore[arg-type]
+    cfg = SPIBBConfig(n_wedge=float("inf"))
+    assert SPIBBConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(NotFittedError):
+        SPIBB().action_probs(ds)

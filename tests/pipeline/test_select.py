@@ -1,0 +1,106 @@
+"""Selection by held-out OPE: safety against exact values, fallback, CLI, the study (slow)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from equicare.data import from_frame
+from equicare.pipeline._select import SELECTION_FILE, SelectConfig, select_policy
+from equicare.sim._garnet_cli import garnet_frame, garnet_manifest
+from equicare.sim.garnet import (
+    GarnetConfig,
+    garnet_panel,
+    garnet_policy_table,
+    garnet_preset,
+    garnet_target_policies,
+)
+
+SMALL = GarnetConfig(n_states=50, n_actions=5, n_successors=3)
+FAST = SelectConfig(n_wedges=(50.0, 200.0), neural=(), bootstrap=50)
+
+
+def _panel(seed: int, n: int, cfg: GarnetConfig = SMALL):
+    mdp, pan = garnet_panel(cfg, n, seed)
+    return mdp, from_frame(garnet_frame(mdp, pan), garnet_manifest(cfg), emit_warnings=False)
+
+
+def test_selected_policy_is_not_worse_than_behaviour() -> None:
+    # exact value of the kept policy >= behaviour - 0.005 (about one Monte-Carlo SE)
+    mdp, ds = _panel(0, 5000)
+    res = select_policy(ds, FAST)
+    vb = mdp.value(mdp.behavior_policy)
+    table, _ = garnet_policy_table(mdp, ds, res.learner.policy_)
+    assert mdp.value(table) > vb - 0.005
+    assert len(res.candidates) == len(FAST.n_wedges)
+    assert all(np.isfinite(c.lcb) for c in res.candidates)
+    if not res.fallback:
+        best = max(res.candidates, key=lambda c: c.lcb)
+        assert res.chosen == best.name and best.lcb > res.behavior_value
+
+
+def test_fallback_reproduces_the_behaviour() -> None:
+    # the only candidate copies the behaviour: its lower bound cannot beat the behaviour's value
+    _, ds = _panel(1, 1000)
+    res = select_policy(ds, SelectConfig(n_wedges=(1e9,), neural=(), bootstrap=50))
+    assert res.fallback and res.chosen == "behavior"
+    np.testing.assert_allclose(res.learner.policy_.table[:-1], res.learner.behavior_)
+    assert res.to_dict()["fallback"] is True
+
+
+def test_cli_select_auto_writes_the_table(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from equicare.cli import app
+    from equicare.policy import load_policy
+
+    runner = CliRunner()
+    data = tmp_path / "g"
+    assert runner.invoke(app, ["synth", "--sim", "garnet", "--states", "50", "--actions", "5",
+                               "--episodes", "600", "--seed", "2", "--out",
+                               str(data)]).exit_code == 0
+    out = tmp_path / "m"
+    args = ["train", str(data / "panel.parquet"), "-m", str(data / "manifest.toml"),
+            "--select", "auto", "--param", "neural=[]", "--param", "n_wedges=[10,50]",
+            "--param", "bootstrap=50", "--out", str(out), "--no-progress"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "Candidates" in res.output and "spibb_n10" in res.output
+    doc = json.loads((out / SELECTION_FILE).read_text())
+    assert [c["name"] for c in doc["candidates"]] == ["spibb_n10", "spibb_n50"]
+    assert doc["chosen"] in ("spibb_n10", "spibb_n50", "behavior")
+    from equicare.data import load_dataset
+
+    ds = load_dataset(data / "panel.parquet", data / "manifest.toml", emit_warnings=False)
+    probs = load_policy(out).action_probs(ds)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0)
+    # an existing folder needs --force; a bad setting exits 2 with one line
+    assert runner.invoke(app, args).exit_code == 2
+    bad = runner.invoke(app, [*args[:-3], "--param", "nope=1", "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "Unknown selection setting" in bad.output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["s50_a5_g1", "s50_a5_g099", "s700_a25_g1", "s700_a25_g099",
+                                  "s5000_a25_g099"])
+def test_selection_study(name: str) -> None:
+    """Five seeds, 5,000 episodes: never below behaviour beyond noise; gap closed reported.
+
+    The 50% gap target of issue #15 is not met on the larger configurations (docs/learn.md);
+    asserted here: no seed more than 0.01 below the behaviour, mean gap closed > 0.
+    """
+    cfg = garnet_preset(name)
+    gaps, drops = [], []
+    for seed in range(1, 6):
+        mdp, ds = _panel(seed, 5000, cfg)
+        vb = mdp.value(mdp.behavior_policy)
+        vo = mdp.value(garnet_target_policies(mdp)["optimal"])
+        res = select_policy(ds, SelectConfig(neural=(), seed=seed))
+        table, _ = garnet_policy_table(mdp, ds, res.learner.policy_)
+        v = mdp.value(table)
+        gaps.append((v - vb) / (vo - vb))
+        drops.append(v - vb)
+    assert min(drops) > -0.01, drops
+    assert np.mean(gaps) > 0, gaps

@@ -1,0 +1,174 @@
+"""The Garnet test bed: exact values against Monte Carlo, shape of the panel, the writer."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from equicare.sim.garnet import (
+    GARNET_PRESETS,
+    GarnetConfig,
+    GarnetMDP,
+    garnet_panel,
+    garnet_preset,
+    garnet_state_index,
+    garnet_target_policies,
+)
+
+SMALL = GarnetConfig(n_states=50, n_actions=5, n_successors=3)
+
+
+def _z(mdp: GarnetMDP, pi: np.ndarray, n: int, seed: int) -> tuple[float, dict[str, float]]:
+    pan = mdp.simulate(n, pi, random_state=seed)
+    tv = mdp.value(pi)
+    se = pan.returns.std(ddof=1) / np.sqrt(n)
+    z_groups = {}
+    for g, v in mdp.group_values(pi).items():
+        r = pan.returns[pan.group == int(g[1:])]
+        z_groups[g] = (r.mean() - v) / (r.std(ddof=1) / np.sqrt(r.size))
+    return (pan.returns.mean() - tv) / se, z_groups
+
+
+@pytest.mark.parametrize("gamma", [1.0, 0.99])
+@pytest.mark.parametrize("family", ["behavior", "optimal", "tilted", "unsupported"])
+def test_exact_value_matches_monte_carlo(gamma: float, family: str) -> None:
+    # tolerance: 4 standard errors of the Monte-Carlo mean, overall and in every group
+    mdp = GarnetMDP(replace(SMALL, gamma=gamma), random_state=3)
+    pi = garnet_target_policies(mdp)[family]
+    z, z_groups = _z(mdp, pi, 20_000, seed=11)
+    assert abs(z) < 4, z
+    assert all(abs(v) < 4 for v in z_groups.values()), z_groups
+
+
+def test_untruncated_solve_is_the_long_horizon_limit() -> None:
+    mdp = GarnetMDP(SMALL, random_state=0)
+    pi = garnet_target_policies(mdp)["soft_optimal"]
+    v_inf = mdp.state_values(pi, horizon=None)
+    np.testing.assert_allclose(mdp.state_values(pi, horizon=5000), v_inf, atol=1e-9)
+    assert mdp.value(pi) <= mdp.value(pi, horizon=None) + 1e-12
+    # the optimal policy is optimal: no family beats it on the untruncated process
+    fams = garnet_target_policies(mdp)
+    v_opt = mdp.state_values(fams["optimal"], horizon=None)
+    for name, p in fams.items():
+        assert np.all(mdp.state_values(p, horizon=None) <= v_opt + 1e-9), name
+
+
+def test_panel_shape_lengths_censoring_and_support() -> None:
+    mdp, pan = garnet_panel(SMALL, 5000, seed=1)
+    lengths = pan.lengths
+    assert lengths.min() == 1 and lengths.max() > 100
+    cens = pan.censored
+    assert 0 < cens.mean() < 0.05
+    assert np.all(lengths[cens] == SMALL.max_horizon)  # only the horizon censors
+    # rows: contiguous per episode, t = 0..L-1, reward only on a terminal row
+    assert np.all(pan.t == np.arange(pan.t.size) - np.repeat(np.cumsum(lengths) - lengths,
+                                                             lengths))
+    assert np.all(pan.terminal[pan.reward > 0])
+    np.testing.assert_allclose(pan.propensity, mdp.behavior_policy[pan.state, pan.action])
+    # clinicians: many near-deterministic states and many pairs never logged
+    pb = mdp.behavior_policy
+    assert (pb.max(axis=1) > 0.9).mean() > 0.2
+    assert (pb == 0).mean() > 0.2
+    n_sa = np.bincount(pan.state * 5 + pan.action, minlength=250)
+    assert (n_sa == 0).mean() > 0.25
+    # severity tracks the behaviour's probability of the bad outcome
+    assert np.corrcoef(mdp.severity, mdp.p_bad_behavior)[0, 1] > 0.8
+    # groups are blocks of the initial state
+    first = np.r_[True, pan.episode[1:] != pan.episode[:-1]]
+    np.testing.assert_array_equal(pan.group, mdp.state_group[pan.state[first]])
+
+
+def test_deterministic_by_seed() -> None:
+    _, a = garnet_panel(SMALL, 300, seed=7)
+    _, b = garnet_panel(SMALL, 300, seed=7)
+    _, c = garnet_panel(SMALL, 300, seed=8)
+    np.testing.assert_array_equal(a.state, b.state)
+    np.testing.assert_array_equal(a.action, b.action)
+    assert a.state.size != c.state.size or not np.array_equal(a.state, c.state)
+
+
+def test_policy_families_are_valid_and_ordered() -> None:
+    mdp = GarnetMDP(SMALL, random_state=2)
+    fams = garnet_target_policies(mdp)
+    sup = mdp.behavior_policy > 0
+    for name, p in fams.items():
+        np.testing.assert_allclose(p.sum(axis=1), 1.0)
+        if name != "optimal" and name != "unsupported":
+            assert np.all(p[~sup] == 0), name
+    assert (fams["unsupported"][~sup]).sum() > 0
+    v = {k: mdp.value(p) for k, p in fams.items()}
+    assert v["optimal_supported"] > v["behavior"]
+    assert v["mixture_70"] > v["mixture_30"] > v["behavior"]
+
+
+def test_presets_cover_the_grid() -> None:
+    cfgs = list(GARNET_PRESETS.values())
+    assert len(cfgs) >= 8
+    assert {c.n_states for c in cfgs} == {50, 700, 5000}
+    assert {c.n_actions for c in cfgs} == {5, 25, 100}
+    assert {c.gamma for c in cfgs} == {1.0, 0.99}
+    with pytest.raises(ValueError, match="Unknown Garnet preset"):
+        garnet_preset("nope")
+
+
+def test_config_checks_and_round_trip() -> None:
+    msg = "The 'n_states' parameter of GarnetConfig must be an int >= 2. Got 1 instead."
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        GarnetConfig(n_states=1)
+    with pytest.raises(ValueError, match="Unknown GarnetConfig keys"):
+        GarnetConfig.from_dict({"n_state": 3})
+    assert GarnetConfig.from_dict(SMALL.to_dict()) == SMALL
+    mdp = GarnetMDP(SMALL, random_state=0)
+    with pytest.raises(ValueError, match="must have shape"):
+        mdp.value(np.ones((3, 3)))
+
+
+def test_cli_writes_loadable_files(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from equicare.cli import app
+    from equicare.data import load_dataset
+    from equicare.policy import FilePolicy
+
+    out = tmp_path / "g"
+    args = ["synth", "--sim", "garnet", "--states", "50", "--actions", "5", "--episodes", "400",
+            "--seed", "1", "--out", str(out)]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    ds = load_dataset(out / "panel.parquet", out / "manifest.toml")
+    assert ds.n_episodes == 400 and ds.n_actions == 5 and ds.gamma == 1.0
+    assert ds.categorical_names == ("state",) and ds.state_names == ("severity",)
+    truth = json.loads((out / "truth.json").read_text())
+    cfg = GarnetConfig.from_dict(truth["config"])
+    mdp, pan = garnet_panel(cfg, 400, seed=1)
+    np.testing.assert_allclose(ds.returns(), pan.returns)
+    assert ds.terminals.sum() == pan.terminal.sum()
+    s = garnet_state_index(ds)
+    fams = garnet_target_policies(mdp)
+    for name in ("behavior", "optimal", "unsupported"):
+        probs = FilePolicy(out / truth["policies"][name]["file"]).action_probs(ds)
+        np.testing.assert_allclose(probs, fams[name][s], atol=1e-12)
+        assert truth["policies"][name]["value"] == pytest.approx(mdp.value(fams[name]))
+    np.testing.assert_allclose(ds.behavior_prob, mdp.behavior_policy[s, ds.actions])
+    assert truth["policies"]["unsupported"]["zero_propensity_mass_rows"] > 0
+    assert truth["policies"]["behavior"]["zero_propensity_mass_rows"] == 0
+    # refuses to overwrite without --force
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2 and "exists" in res.output
+    assert CliRunner().invoke(app, [*args, "--force"]).exit_code == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["s700_a25_g1", "s700_a100_g1", "s5000_a25_g099",
+                                  "s5000_a100_g1"])
+def test_large_configurations_match_monte_carlo(name: str) -> None:
+    mdp = GarnetMDP(garnet_preset(name), random_state=1)
+    fams = garnet_target_policies(mdp)
+    for family in ("behavior", "optimal", "soft_optimal", "mixture_30"):
+        z, z_groups = _z(mdp, fams[family], 50_000, seed=5)
+        assert abs(z) < 4, (family, z)
+        assert all(abs(v) < 4 for v in z_groups.values()), (family, z_groups)
