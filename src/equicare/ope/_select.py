@@ -30,7 +30,9 @@ with ``w = d^pi / d^D`` the state-action density ratio of marginalised importanc
 (Uehara, Huang & Jiang 2020, "Minimax Weight and Q-Function Learning for Off-Policy
 Evaluation", eq. 2; Xie, Ma & Wang 2019). We estimate ``w`` on the training folds from the
 adjoint of the stationary tabular LSTD system (the linear one without categorical states), the
-same solve that gives the linearised bootstrap (:mod:`equicare.ope._lstd`), and score each
+same solve that gives the linearised bootstrap (:mod:`equicare.ope._lstd`), truncated to
+``[0, 100]`` like importance weights (sparse pairs the target policy revisits can otherwise get
+ratios in the millions), and score each
 candidate by the debiased squared estimated bias of its value,
 
 .. math::
@@ -63,6 +65,8 @@ AUTO_CANDIDATES: tuple[str, ...] = ("tabular_stationary", "tabular_backward", "l
                                     "mlp")
 #: Cross-fitting folds of the criterion.
 AUTO_FOLDS = 2
+#: Cap on the estimated density ratios that weight the held-out TD errors.
+RATIO_CAP = 100.0
 #: Rows up to which the gbm and mlp candidates are fitted by ``auto``.
 AUTO_FLEXIBLE_MAX_ROWS = 20_000
 
@@ -133,7 +137,12 @@ def _density_ratio(fit: LoggedQFit, dataset: TrajectoryDataset, train: NDArray[n
     n_train = max(int(train[starts].sum()), 1)
     first[starts[train[starts]], 0] = 1.0 / n_train
     z = fit.lstd.solve_t(fit.lstd.gradients(first, np.zeros_like(first)))
-    return np.asarray(fit.lstd.x @ z).ravel() * n_train
+    w = np.asarray(fit.lstd.x @ z).ravel() * n_train
+    if not np.isfinite(w).all():
+        return None
+    # truncated like importance weights: sparse pairs that the target policy revisits can get
+    # ratios in the millions, which would make every candidate's score noise
+    return np.clip(w, 0.0, RATIO_CAP)
 
 
 def select_q_model(dataset: TrajectoryDataset, target_probs: NDArray[np.float64], *,

@@ -222,11 +222,12 @@ def logged_support_diagnostics(
     """Support check for data with logged propensities, without a cross-fitted behaviour model.
 
     An action is unsupported at a row when it was never logged in the row's categorical cell
-    (empirical support from sparse per-cell counts, when there are categorical states) or when a
-    fast behaviour model of the numeric part gives it probability below ``threshold``: one
-    (not cross-fitted) fit on at most 20,000 rows of whole episodes, with the numeric states,
-    the previous action and the step (plus one-hot categorical states when they have at most 32
-    levels in all). With only categorical states the empirical support is the whole check.
+    (empirical support from sparse per-cell counts, when there are categorical states) or, with
+    numeric states and at most 32 categorical levels in all, when a fast behaviour model gives
+    it probability below ``threshold``: one (not cross-fitted) fit on at most 20,000 rows of
+    whole episodes, with the numeric states, the one-hot categorical states, the previous action
+    and the step. With wide categorical states (more than 32 levels) the cells are fine enough
+    and the empirical support is the whole check.
 
     Returns
     -------
@@ -248,7 +249,10 @@ def logged_support_diagnostics(
     summary: dict[str, Any] = {"support_check": "logged propensities: empirical per "
                                "categorical cell" if has_cat else "logged propensities"}
     model = None
-    if view.states.shape[1] > 0 or view.categorical is not None:
+    # with wide categorical states the cells are the states (and any numeric score is mostly a
+    # function of them): a numeric-only model would flag actions clinicians take in the cell
+    if not (has_cat and n_onehot > FAST_SUPPORT_ONEHOT) and (
+            view.states.shape[1] > 0 or view.categorical is not None):
         rng = np.random.default_rng(random_state)
         order = rng.permutation(view.n_episodes)
         keep = order[: max(1, int(np.searchsorted(np.cumsum(view.episode_lengths[order]),
