@@ -34,3 +34,47 @@ def make(preset: str, n_episodes: int, seed: int, mdp_seed: int = 1
     mdp = GarnetMDP(garnet_preset(preset), random_state=mdp_seed)
     panel = mdp.simulate(n_episodes, random_state=seed)
     return mdp, panel_dataset(mdp, panel), garnet_target_policies(mdp)
+
+
+#: Configurations of the accuracy and coverage studies (S in {50, 700}, A in {5, 25}, both
+#: gammas); the 5,000-state ones are in the benchmark.
+STUDY_PRESETS = ("s50_a5_g1", "s50_a5_g099", "s50_a25_g1", "s700_a5_g099", "s700_a25_g1",
+                 "s700_a25_g099")
+
+
+def study(presets: tuple[str, ...], families: tuple[str, ...], reps: int, n_episodes: int,
+          q_models: tuple[str, ...] = ("auto",), bootstrap: int = 200, seed0: int = 100
+          ) -> list[dict[str, object]]:
+    """Evaluate each family on ``reps`` fresh panels of each preset; one record per estimate.
+
+    Records: preset, family, rep, q_model, chosen, estimator, value, truth, rel_error, covered,
+    width (relative to the truth).
+    """
+    import warnings
+
+    from equicare.ope import evaluate
+
+    out: list[dict[str, object]] = []
+    for preset in presets:
+        mdp = GarnetMDP(garnet_preset(preset), random_state=1)
+        pols = garnet_target_policies(mdp)
+        truths = {f: mdp.value(pols[f]) for f in families}
+        for rep in range(reps):
+            panel = mdp.simulate(n_episodes, random_state=seed0 + rep)
+            ds = panel_dataset(mdp, panel)
+            for fam in families:
+                pe = pols[fam][ds.categorical[:, 0]]
+                for qm in q_models:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        res = evaluate(ds, pe, estimators="fqe,dr,wdr", q_model=qm,
+                                       bootstrap=bootstrap, groups=[], random_state=rep)
+                    chosen = (res.q_model or {}).get("chosen")
+                    for k, e in res.estimates.items():
+                        t = truths[fam]
+                        out.append({"preset": preset, "family": fam, "rep": rep, "q_model": qm,
+                                    "chosen": chosen, "estimator": k, "value": e.value,
+                                    "truth": t, "rel_error": e.value / t - 1.0,
+                                    "covered": bool(e.ci[0] <= t <= e.ci[1]),
+                                    "width": (e.ci[1] - e.ci[0]) / t})
+    return out
