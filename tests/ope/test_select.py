@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from equicare.exceptions import SupportWarning
-from equicare.ope import evaluate
 from equicare.ope import _select as select_mod
+from equicare.ope import evaluate
 from equicare.ope._select import AUTO_CANDIDATES, select_q_model
 from tests.ope._garnet import make
 
