@@ -191,6 +191,8 @@ def q_model_line(res: EvaluationResult) -> str | None:
     cands = q.get("candidates")
     if not cands:
         return f"Q-model: {chosen}"
+    if not q.get("n_folds"):
+        return f"Q-model: {chosen} (auto; the only applicable candidate)"
     parts = [f"{n} {v:.3g}" if v is not None else f"{n} skipped" for n, v in cands.items()]
     return (f"Q-model: {chosen} (auto; estimated squared value bias, lower is better: "
             + ", ".join(parts) + ")")

@@ -91,7 +91,8 @@ class QSelection:
     chosen : str
         Name of the winning candidate.
     candidates : dict of str to float or None
-        Debiased squared estimated bias of every candidate's value (None when skipped).
+        Estimated squared value bias plus its variance of every candidate (None when skipped,
+        and for the only applicable candidate, which is chosen without cross-fitting).
     td_error : dict of str to float or None
         Plain held-out mean squared TD error (for reference).
     skipped : dict of str to str
@@ -180,6 +181,9 @@ def select_q_model(dataset: TrajectoryDataset, target_probs: NDArray[np.float64]
         else:
             run.append(name)
     k = int(max(2, min(n_folds, dataset.n_episodes)))
+    if len(run) == 1:  # nothing to choose between: no cross-fitting
+        return QSelection(chosen=run[0], candidates={name: None for name in names},
+                          td_error={name: None for name in names}, skipped=skipped, n_folds=0)
     fold = np.arange(dataset.n_episodes) % k
     rng.shuffle(fold)
     row_fold = fold[dataset.episode_index]
