@@ -55,7 +55,7 @@ from equicare.utils import (
 
 __all__ = ["FQEConfig", "QFit", "LoggedQFit", "fit_fqe", "fit_fqe_logged", "QModel"]
 
-QModel = Literal["tabular", "linear", "gbm", "mlp"]
+QModel = Literal["auto", "tabular", "linear", "gbm", "mlp"]
 _OWNER = "FQEConfig"
 _GBM_THREADED_ROWS = 200_000
 
@@ -66,8 +66,9 @@ class FQEConfig:
 
     Parameters
     ----------
-    model : {"tabular", "linear", "gbm", "mlp"}, default="linear"
-        Function class of ``Q``.
+    model : {"auto", "tabular", "linear", "gbm", "mlp"}, default="linear"
+        Function class of ``Q``; ``"auto"`` chooses among the candidates of
+        :func:`equicare.ope.select_q_model` by cross-fitting (the other fields are then unused).
     horizon : {"auto", "stationary", "backward"}, default="auto"
         ``"backward"`` fits one model per step from the last step back (finite horizon,
         tabular and gbm); ``"stationary"`` one model for all steps (with time features).
@@ -113,7 +114,8 @@ class FQEConfig:
     gbm_max_iter: int = 100
 
     def __post_init__(self) -> None:
-        check_param(self.model, "model", _OWNER, choices=("tabular", "linear", "gbm", "mlp"))
+        check_param(self.model, "model", _OWNER,
+                    choices=("auto", "tabular", "linear", "gbm", "mlp"))
         check_param(self.horizon, "horizon", _OWNER, choices=("auto", "stationary", "backward"))
         check_param(self.alpha, "alpha", _OWNER, kind=(float, int), low=0.0, low_inclusive=False)
         check_param(self.state_design, "state_design", _OWNER, choices=("linear", "quadratic"))
@@ -379,6 +381,14 @@ def _fit(dataset: TrajectoryDataset, target_probs: NDArray[np.float64],
     cfg = config or FQEConfig()
     g = dataset.gamma if gamma is None else float(gamma)
     w = None if weights is None else np.asarray(weights, dtype=np.float64)
+    if cfg.model == "auto":  # choose by cross-fitting, then fit the winner
+        from equicare.ope._select import candidate_config, select_q_model
+
+        sel = select_q_model(dataset, pe, random_state=random_state)
+        pe, qfun, info = _fit(dataset, pe, candidate_config(sel.chosen), gamma, random_state,
+                              weights)
+        info["selection"] = sel.to_dict()
+        return pe, qfun, info
     if cfg.model == "linear":
         qfun, info, lstd = _fit_linear_lstd(dataset, pe, g, cfg, w)
         if lstd is not None:

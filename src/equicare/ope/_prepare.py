@@ -56,7 +56,7 @@ def target_probabilities(dataset: TrajectoryDataset, policy_or_probs: Any) -> ND
 def as_fqe_config(q_model: Any) -> FQEConfig | Literal["auto"]:
     """Accept ``"auto"``, a model name or an :class:`FQEConfig`."""
     if isinstance(q_model, FQEConfig):
-        return q_model
+        return "auto" if q_model.model == "auto" else q_model
     if q_model == "auto":
         return "auto"
     if isinstance(q_model, str) and q_model in ("tabular", "linear", "gbm", "mlp"):
