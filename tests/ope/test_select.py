@@ -22,10 +22,10 @@ def garnet():
 def test_auto_scores_every_candidate_and_picks_the_lowest(garnet, monkeypatch):
     _, ds, pols = garnet
     pe = pols["soft_optimal"][ds.categorical[:, 0]]
-    monkeypatch.setattr(select_mod, "AUTO_FLEXIBLE_MAX_ROWS", 10)  # gbm/mlp skipped: too slow
+    monkeypatch.setattr(select_mod, "AUTO_FLEXIBLE_WORK", 10)  # gbm/mlp skipped: too slow
     sel = select_q_model(ds, pe, random_state=0)
     assert set(sel.candidates) == set(AUTO_CANDIDATES)
-    assert set(sel.skipped) == {"gbm", "mlp"} and "more than 10 rows" in sel.skipped["gbm"]
+    assert set(sel.skipped) == {"gbm", "mlp"} and "> 10 (slow)" in sel.skipped["gbm"]
     scored = {k: v for k, v in sel.candidates.items() if v is not None}
     assert set(scored) == {"tabular_stationary", "tabular_backward", "linear"}
     assert sel.chosen == min(scored, key=scored.get)
@@ -37,7 +37,7 @@ def test_auto_scores_every_candidate_and_picks_the_lowest(garnet, monkeypatch):
 def test_auto_is_the_default_and_reported_in_the_result(garnet, monkeypatch):
     _, ds, pols = garnet
     pe = pols["mixture_30"][ds.categorical[:, 0]]
-    monkeypatch.setattr(select_mod, "AUTO_FLEXIBLE_MAX_ROWS", 10)
+    monkeypatch.setattr(select_mod, "AUTO_FLEXIBLE_WORK", 10)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SupportWarning)
         res = evaluate(ds, pe, bootstrap=50, groups=[])
@@ -51,7 +51,7 @@ def test_auto_is_the_default_and_reported_in_the_result(garnet, monkeypatch):
 def test_auto_without_categorical_states_skips_the_tables(monkeypatch):
     from tests.ope._mdp import BEHAVIOR, TARGET, small_mdp
 
-    monkeypatch.setattr(select_mod, "AUTO_FLEXIBLE_MAX_ROWS", 10)
+    monkeypatch.setattr(select_mod, "AUTO_FLEXIBLE_WORK", 10)
     mdp = small_mdp(end=True, horizon=4)
     ds = mdp.sample(BEHAVIOR, 200, seed=0)
     from dataclasses import replace

@@ -1,9 +1,9 @@
 r"""``q_model="auto"``: choose the Q-model by cross-fitted held-out TD error.
 
 Candidates (those that apply to the data): ``tabular_stationary`` and ``tabular_backward``
-(categorical states), ``linear`` (sparse design), ``gbm`` and ``mlp`` (the last two only up to
-:data:`AUTO_FLEXIBLE_MAX_ROWS` rows, since their fits cost minutes on long panels; skipped
-candidates are reported with the reason).
+(categorical states), ``linear`` (sparse design), ``gbm`` and ``mlp`` (the last two only while
+rows x fitting iterations stay within :data:`AUTO_FLEXIBLE_WORK`, since their fits cost minutes
+on long panels; skipped candidates are reported with the reason).
 
 Criterion. Episodes are split into ``K`` folds. Each candidate is fitted ``K`` times with the
 held-out fold's rows weighted 0 (so the fit never sees them). On the held-out rows the
@@ -58,7 +58,7 @@ from equicare.ope._fqe import FQEConfig, LoggedQFit, fit_fqe_logged
 from equicare.utils import RandomState, check_random_state
 
 __all__ = ["QSelection", "select_q_model", "AUTO_CANDIDATES", "AUTO_FOLDS",
-           "AUTO_FLEXIBLE_MAX_ROWS", "candidate_config"]
+           "AUTO_FLEXIBLE_WORK", "candidate_config"]
 
 #: Candidate names in report order.
 AUTO_CANDIDATES: tuple[str, ...] = ("tabular_stationary", "tabular_backward", "linear", "gbm",
@@ -67,8 +67,9 @@ AUTO_CANDIDATES: tuple[str, ...] = ("tabular_stationary", "tabular_backward", "l
 AUTO_FOLDS = 2
 #: Cap on the estimated density ratios that weight the held-out TD errors.
 RATIO_CAP = 100.0
-#: Rows up to which the gbm and mlp candidates are fitted by ``auto``.
-AUTO_FLEXIBLE_MAX_ROWS = 20_000
+#: Rows x fitting iterations (the longest stay, at most 100) up to which ``auto`` also fits the
+#: gbm and mlp candidates (one backward gbm fit per step, one mlp pass per iteration).
+AUTO_FLEXIBLE_WORK = 200_000
 
 
 def candidate_config(name: str) -> FQEConfig:
@@ -171,13 +172,14 @@ def select_q_model(dataset: TrajectoryDataset, target_probs: NDArray[np.float64]
     has_cat = dataset.categorical is not None and dataset.categorical.shape[1] > 0
     skipped: dict[str, str] = {}
     run: list[str] = []
+    work = dataset.n_steps * min(int(dataset.episode_lengths.max()), 100)
     for name in names:
         candidate_config(name)  # checks the name
         if name.startswith("tabular") and not has_cat:
             skipped[name] = "no categorical states"
-        elif name in ("gbm", "mlp") and dataset.n_steps > AUTO_FLEXIBLE_MAX_ROWS:
-            skipped[name] = (f"more than {AUTO_FLEXIBLE_MAX_ROWS} rows (slow); choose it with "
-                             f"q_model={name!r}")
+        elif name in ("gbm", "mlp") and work > AUTO_FLEXIBLE_WORK:
+            skipped[name] = (f"rows x iterations {work} > {AUTO_FLEXIBLE_WORK} (slow); choose "
+                             f"it with q_model={name!r}")
         else:
             run.append(name)
     k = int(max(2, min(n_folds, dataset.n_episodes)))
