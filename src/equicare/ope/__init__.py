@@ -47,6 +47,7 @@ from equicare.ope._evaluate import (
 from equicare.ope._fqe import FQEConfig, LoggedQFit, QFit, fit_fqe
 from equicare.ope._ope_arrays import ope_arrays
 from equicare.ope._prepare import Prepared, prepare, target_probabilities
+from equicare.ope._select import QSelection, select_q_model
 from equicare.ope._sensitivity import SENSITIVITY_COLUMNS, sensitivity_analysis
 from equicare.ope._support import SupportReport, support_diagnostics
 
@@ -68,6 +69,7 @@ __all__ = [
     "PDIS",
     "Prepared",
     "QFit",
+    "QSelection",
     "SENSITIVITY_COLUMNS",
     "SupportReport",
     "WDR",
@@ -92,6 +94,7 @@ __all__ = [
     "point_estimates",
     "prepare",
     "refit_bootstrap",
+    "select_q_model",
     "sensitivity_analysis",
     "serial_map",
     "support_diagnostics",

@@ -1,8 +1,9 @@
 """``evaluate``: every estimator, bootstrap intervals, ESS, support and subgroups in one call.
 
 The nuisance models (behaviour model and Q-model) are fitted once on the whole dataset; the
-episode-level bootstrap then resamples episodes with those models held fixed (fast and
-vectorised). ``refit=True`` refits both inside every replicate through an executor, a callable
+episode-level bootstrap then resamples episodes (fast and vectorised), with the refit of an
+LSTD-type Q-model (stationary tabular, linear) linearised into every replicate and the other
+nuisance models held fixed. ``refit=True`` refits both inside every replicate through an executor, a callable
 ``executor(fn, items)`` that maps ``fn`` over ``items`` (``None``: serial).
 """
 
@@ -408,7 +409,12 @@ def evaluate(
     policy : Policy or array-like of shape (n_steps, n_actions)
     estimators : "all", comma list or sequence of str
         Among ``is, wis, pdis, wpdis, fqe, dr, wdr`` (``"all"``) and ``bandit_dr``.
-    q_model : {"tabular", "linear", "gbm", "mlp"} or FQEConfig
+    q_model : str or FQEConfig, default="auto"
+        ``"auto"`` chooses among ``tabular_stationary``, ``tabular_backward``, ``linear``,
+        ``gbm`` and ``mlp`` by cross-fitting (:func:`~equicare.ope.select_q_model`; every
+        candidate's score is in ``q_model`` of the result); or one of those names, ``"tabular"``
+        (per-step), or an FQEConfig. For ``tabular_stationary`` and ``linear`` the bootstrap
+        includes the Q-model's refit (linearised, see :mod:`equicare.ope._lstd`).
     behavior_model : {"logistic", "lgbm"}, classifier or BehaviorModel
         Always fitted (support diagnostics); its cross-fitted propensities are used in the weights
         when the data has none logged and ``behavior_prob`` is not given.
