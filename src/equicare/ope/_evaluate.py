@@ -3,8 +3,8 @@
 The nuisance models (behaviour model and Q-model) are fitted once on the whole dataset; the
 episode-level bootstrap then resamples episodes (fast and vectorised), with the refit of an
 LSTD-type Q-model (stationary tabular, linear) linearised into every replicate and the other
-nuisance models held fixed. ``refit=True`` refits both inside every replicate through an executor, a callable
-``executor(fn, items)`` that maps ``fn`` over ``items`` (``None``: serial).
+nuisance models held fixed. ``refit=True`` refits both inside every replicate through an
+executor, a callable ``executor(fn, items)`` that maps ``fn`` over ``items`` (``None``: serial).
 """
 
 from __future__ import annotations
