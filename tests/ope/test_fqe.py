@@ -128,7 +128,8 @@ def test_config_round_trip_and_errors():
     assert FQEConfig.from_dict(cfg.to_dict()) == cfg
     assert cfg.resolved_horizon == "stationary"
     assert FQEConfig(model="gbm").resolved_horizon == "backward"
-    msg = "The 'model' parameter of FQEConfig must be one of 'tabular', 'linear', 'gbm', 'mlp'. "
+    msg = ("The 'model' parameter of FQEConfig must be one of 'auto', 'tabular', 'linear', 'gbm', "
+           "'mlp'. ")
     with pytest.raises(ValueError, match=re.escape(msg + "Got 'cnn' instead.")):
         FQEConfig(model="cnn")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=re.escape(

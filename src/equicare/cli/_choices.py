@@ -77,10 +77,13 @@ class BehaviorModel(_Choice):
 class QModel(_Choice):
     """Q-models of FQE / DR."""
 
+    AUTO = "auto"
     LINEAR = "linear"
     GBM = "gbm"
     MLP = "mlp"
     TABULAR = "tabular"
+    TABULAR_STATIONARY = "tabular_stationary"
+    TABULAR_BACKWARD = "tabular_backward"
 
 
 class EvalCI(_Choice):

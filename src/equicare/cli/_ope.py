@@ -23,7 +23,7 @@ __all__ = ["run_evaluate", "load_target_policy", "result_table", "register", "OU
 
 #: Messages of user mistakes (tests match them).
 OUT_EXISTS = "{path} exists; refusing to overwrite it (pass --force to replace it)."
-Q_MODELS = ("linear", "gbm", "mlp", "tabular")
+Q_MODELS = ("auto", "linear", "gbm", "mlp", "tabular", "tabular_stationary", "tabular_backward")
 BEHAVIOR_MODELS = ("logistic", "lgbm")
 
 
@@ -79,7 +79,7 @@ def run_evaluate(
     estimators: str = "all",
     bootstrap: int = 1000,
     truncate: float | None = None,
-    q_model: str = "linear",
+    q_model: str = "auto",
     ci: str = "percentile",
     seed: int = 42,
     force: bool = False,
@@ -180,6 +180,22 @@ def result_table(res: EvaluationResult) -> Table:
     return t
 
 
+def q_model_line(res: EvaluationResult) -> str | None:
+    """One line: the Q-model used, and with ``auto`` every candidate's score."""
+    q = res.q_model
+    if not q:
+        return None
+    chosen = q.get("chosen", "?")
+    cands = q.get("candidates")
+    if not cands:
+        return f"Q-model: {chosen}"
+    if not q.get("n_folds"):
+        return f"Q-model: {chosen} (auto; the only applicable candidate)"
+    parts = [f"{n} {v:.3g}" if v is not None else f"{n} skipped" for n, v in cands.items()]
+    return (f"Q-model: {chosen} (auto; estimated squared value bias, lower is better: "
+            + ", ".join(parts) + ")")
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``evaluate`` command to a Typer app."""
 
@@ -202,8 +218,9 @@ def register(app: typer.Typer) -> None:
                              ] = 1000,
         truncate: Annotated[float | None, typer.Option(
             help="Cap on the cumulative importance weights (default: none).")] = None,
-        q_model: Annotated[QModel, typer.Option(help="Q-model of FQE, DR and WDR.")
-                           ] = QModel.LINEAR,
+        q_model: Annotated[QModel, typer.Option(
+            help="Q-model of FQE, DR and WDR: auto (chosen by cross-fitted held-out bias, every "
+                 "candidate's score reported) or a fixed one.")] = QModel.AUTO,
         ci: Annotated[EvalCI, typer.Option(help="Bootstrap interval.")] = EvalCI.PERCENTILE,
         seed: Seed = 42,
         force: Force = False,
@@ -245,6 +262,9 @@ def register(app: typer.Typer) -> None:
         from equicare.cli._utils import print_table
 
         print_table(result_table(res))
+        qline = q_model_line(res)
+        if qline:
+            console.print(qline, highlight=False)
         e = res.ess
         console.print(f"ESS: trajectory {e.trajectory:.1f} ({e.trajectory_pct:.2f}% of episodes),"
                       f" per-decision {e.per_decision_pct:.2f}%", highlight=False)

@@ -48,6 +48,7 @@ from equicare.ope._fqe import FQEConfig, LoggedQFit, QFit, fit_fqe
 from equicare.ope._ope_arrays import ope_arrays
 from equicare.ope._prepare import Prepared, prepare, target_probabilities
 from equicare.ope._resample import episode_keys, poisson_weights
+from equicare.ope._select import QSelection, select_q_model
 from equicare.ope._sensitivity import SENSITIVITY_COLUMNS, sensitivity_analysis
 from equicare.ope._stream import (
     StreamEvaluation,
@@ -81,6 +82,7 @@ __all__ = [
     "PDIS",
     "Prepared",
     "QFit",
+    "QSelection",
     "SENSITIVITY_COLUMNS",
     "SupportReport",
     "WDR",
@@ -105,6 +107,7 @@ __all__ = [
     "point_estimates",
     "prepare",
     "refit_bootstrap",
+    "select_q_model",
     "sensitivity_analysis",
     "serial_map",
     "support_diagnostics",

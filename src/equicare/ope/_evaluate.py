@@ -1,9 +1,10 @@
 """``evaluate``: every estimator, bootstrap intervals, ESS, support and subgroups in one call.
 
 The nuisance models (behaviour model and Q-model) are fitted once on the whole dataset; the
-episode-level bootstrap then resamples episodes with those models held fixed (fast and
-vectorised). ``refit=True`` refits both inside every replicate through an executor, a callable
-``executor(fn, items)`` that maps ``fn`` over ``items`` (``None``: serial).
+episode-level bootstrap then resamples episodes (fast and vectorised), with the refit of an
+LSTD-type Q-model (stationary tabular, linear) linearised into every replicate and the other
+nuisance models held fixed. ``refit=True`` refits both inside every replicate through an
+executor, a callable ``executor(fn, items)`` that maps ``fn`` over ``items`` (``None``: serial).
 """
 
 from __future__ import annotations
@@ -30,11 +31,22 @@ from equicare.ope._bootstrap import (
     percentile_interval,
     serial_map,
 )
-from equicare.ope._core import ALL_KEYS, ESTIMATOR_KEYS, Normalization, OPEInputs, episode_parts
+from equicare.ope._core import (
+    ALL_KEYS,
+    ESTIMATOR_KEYS,
+    EpisodeParts,
+    Normalization,
+    OPEInputs,
+    episode_parts,
+)
 from equicare.ope._ess import EffectiveSampleSize, effective_sample_size
 from equicare.ope._fqe import FQEConfig
 from equicare.ope._prepare import BehaviorSpec, Prepared, as_fqe_config, prepare
-from equicare.ope._support import SupportReport, model_support_diagnostics
+from equicare.ope._support import (
+    SupportReport,
+    logged_support_diagnostics,
+    model_support_diagnostics,
+)
 from equicare.policy._behavior import BehaviorModel
 from equicare.utils import MIN_CELL, PARAM_MESSAGE, RandomState, check_param, check_random_state
 
@@ -214,6 +226,8 @@ def estimates_from_prepared(
     out: dict[str, Estimate] = {}
     if main:
         parts = episode_parts(inputs, main, truncate=truncate, normalization=normalization)
+        if episodes is None and prep.q_linearised:
+            parts = _with_q_refit(prep, parts, truncate, normalization)
         out.update(estimates_with_ci(parts, n_boot=n_boot, method=ci_method, alpha=alpha,
                                      counts=counts))
     if "bandit_dr" in keys:
@@ -226,6 +240,58 @@ def estimates_from_prepared(
     ordered = {k: out[k] for k in keys}
     return (ordered, _behavior_estimate(inputs, counts, n_boot, alpha),
             effective_sample_size(inputs, truncate))
+
+
+def _with_q_refit(prep: Prepared, parts: EpisodeParts, truncate: float | None,
+                  normalization: Normalization) -> EpisodeParts:
+    """Add the first-order effect of refitting the Q-model to the FQE, DR and WDR parts.
+
+    For the LSTD-type Q-models (stationary tabular, linear) the estimate's sensitivity to each
+    episode through the fitted ``theta`` is ``n z^T g_e`` (see :mod:`equicare.ope._lstd`); with
+    it in the per-episode parts every bootstrap replicate behaves as if the Q-model had been
+    refitted on the replicate (linearised), at the cost of one transposed solve.
+    """
+    assert prep.qfit is not None and prep.qfit.lstd is not None
+    lstd = prep.qfit.lstd
+    inputs = prep.inputs
+    keys = [k for k in ("fqe", "dr", "wdr") if k in parts.keys]
+    if not keys:
+        return parts
+    n_ep = inputs.n_episodes
+    e, t = inputs.episode_index, inputs.step
+    disc = inputs.gamma ** t.astype(np.float64)
+    w = inputs.cumulative_weights(truncate)
+    w_row = w[e, t]
+    w_prev = np.where(t > 0, w[e, np.maximum(t - 1, 0)], 1.0)
+    first = np.zeros((inputs.n_steps, len(keys)))
+    logged = np.zeros_like(first)
+    for j, k in enumerate(keys):
+        if k == "fqe":
+            first[t == 0, j] = 1.0 / n_ep
+        elif k == "dr":
+            first[:, j] = disc * w_prev / n_ep
+            logged[:, j] = disc * w_row / n_ep
+        else:  # wdr: per-step self-normalised weights
+            den = w if normalization == "absorbing" else w * inputs.alive()
+            s_t = den.sum(axis=0)
+            den_prev = np.ones_like(den)
+            den_prev[:, 1:] = den[:, :-1] if normalization == "absorbing" else (
+                w[:, :-1] * inputs.alive()[:, 1:])
+            sp_t = den_prev.sum(axis=0)
+            first[:, j] = disc * w_prev / np.where(sp_t[t] > 0, sp_t[t], 1.0)
+            logged[:, j] = disc * w_row / np.where(s_t[t] > 0, s_t[t], 1.0)
+    corr = lstd.influence(lstd.gradients(first, logged), inputs.rewards, inputs.episode_offsets)
+    mat = parts.matrix.copy()
+    for j, k in enumerate(keys):
+        col = parts.slices[k].start
+        if k == "wdr":  # the step-0 residual sum, over the step-0 denominator
+            sl = parts.slices[k]
+            den0 = mat[:, sl.start + parts.horizon]
+            corr_j = corr[:, j] * float(den0.mean())
+        else:
+            corr_j = corr[:, j]
+        mat[:, col] += corr_j
+    return EpisodeParts(matrix=mat, slices=parts.slices, keys=parts.keys, horizon=parts.horizon)
 
 
 def _group_results(prep: Prepared, dataset: TrajectoryDataset, keys: Sequence[str],
@@ -317,7 +383,7 @@ def evaluate(
     policy: Any,
     *,
     estimators: str | Sequence[str] = "all",
-    q_model: str | FQEConfig = "linear",
+    q_model: str | FQEConfig = "auto",
     behavior_model: BehaviorSpec = "logistic",
     behavior_prob: NDArray[np.float64] | None = None,
     q: NDArray[np.float64] | None = None,
@@ -343,7 +409,12 @@ def evaluate(
     policy : Policy or array-like of shape (n_steps, n_actions)
     estimators : "all", comma list or sequence of str
         Among ``is, wis, pdis, wpdis, fqe, dr, wdr`` (``"all"``) and ``bandit_dr``.
-    q_model : {"tabular", "linear", "gbm", "mlp"} or FQEConfig
+    q_model : str or FQEConfig, default="auto"
+        ``"auto"`` chooses among ``tabular_stationary``, ``tabular_backward``, ``linear``,
+        ``gbm`` and ``mlp`` by cross-fitting (:func:`~equicare.ope.select_q_model`; every
+        candidate's score is in ``q_model`` of the result); or one of those names, ``"tabular"``
+        (per-step), or an FQEConfig. For ``tabular_stationary`` and ``linear`` the bootstrap
+        includes the Q-model's refit (linearised, see :mod:`equicare.ope._lstd`).
     behavior_model : {"logistic", "lgbm"}, classifier or BehaviorModel
         Always fitted (support diagnostics); its cross-fitted propensities are used in the weights
         when the data has none logged and ``behavior_prob`` is not given.
@@ -389,6 +460,52 @@ def evaluate(
     SmallCellWarning
         When a group level has fewer than 11 episodes (suppressed).
     """
+    from threadpoolctl import threadpool_limits
+
+    # BLAS/OpenMP threads: one for the small solves and products of a typical panel (threads
+    # cost more than they save there and oversubscribe shared hosts); the library default above
+    with threadpool_limits(limits=_thread_limit(dataset)):
+        return _evaluate(
+            dataset, policy, estimators=estimators, q_model=q_model,
+            behavior_model=behavior_model, behavior_prob=behavior_prob, q=q, bootstrap=bootstrap,
+            ci_method=ci_method, alpha=alpha, truncate=truncate, normalization=normalization,
+            groups=groups, support_threshold=support_threshold,
+            diagnose_support=diagnose_support, refit=refit, executor=executor,
+            random_state=random_state, n_boot=n_boot, progress=progress)
+
+
+#: ``n_steps * n_actions`` up to which :func:`evaluate` runs BLAS/OpenMP single-threaded.
+SINGLE_THREAD_CELLS = 20_000_000
+
+
+def _thread_limit(dataset: TrajectoryDataset) -> int | None:
+    """1 thread for problems up to :data:`SINGLE_THREAD_CELLS`, else the libraries' default."""
+    return 1 if dataset.n_steps * dataset.n_actions <= SINGLE_THREAD_CELLS else None
+
+
+def _evaluate(
+    dataset: TrajectoryDataset,
+    policy: Any,
+    *,
+    estimators: str | Sequence[str],
+    q_model: str | FQEConfig,
+    behavior_model: BehaviorSpec,
+    behavior_prob: NDArray[np.float64] | None,
+    q: NDArray[np.float64] | None,
+    bootstrap: int,
+    ci_method: CIMethod,
+    alpha: float,
+    truncate: float | None,
+    normalization: Normalization,
+    groups: Sequence[str] | None,
+    support_threshold: float,
+    diagnose_support: bool,
+    refit: bool,
+    executor: Executor | None,
+    random_state: int,
+    n_boot: int | None,
+    progress: bool,
+) -> EvaluationResult:
     keys = parse_estimators(estimators)
     if n_boot is not None:
         bootstrap = n_boot
@@ -402,28 +519,37 @@ def evaluate(
     qcfg = as_fqe_config(q_model)
     rng = check_random_state(random_state)
     seed_prep, seed_boot, seed_refit = (int(s) for s in rng.integers(0, 2**31 - 1, size=3))
-    say(f"{dataset.n_episodes} episodes, {dataset.n_steps} steps: fitting the behaviour model "
-        f"and the {qcfg.model} Q-model")
+    qname = qcfg if isinstance(qcfg, str) else qcfg.model
+    say(f"{dataset.n_episodes} episodes, {dataset.n_steps} steps: fitting the nuisance models "
+        f"(Q-model {qname})")
     prep = prepare(dataset, policy, keys=keys, behavior_prob=behavior_prob,
-                   behavior_model=behavior_model, fit_behavior=diagnose_support, q=q,
-                   q_model=qcfg, random_state=seed_prep)
+                   behavior_model=behavior_model, q=q, q_model=qcfg, random_state=seed_prep)
     say(f"estimators {', '.join(keys)} with {bootstrap} bootstrap replicates")
     bm = prep.behavior_model
     support = None
+    bm_summary = None if bm is None else bm.summary()
     if bm is not None:
         support = model_support_diagnostics(dataset, prep.target_probs, bm,
                                             threshold=support_threshold, estimators=keys)
+    elif diagnose_support:  # propensities known: empirical cell support + a fast numeric model
+        support, bm_summary = logged_support_diagnostics(
+            dataset, prep.target_probs, behavior_model=behavior_model,
+            threshold=support_threshold, estimators=keys, random_state=seed_prep)
     kw: dict[str, Any] = {"truncate": truncate, "normalization": normalization,
                           "n_boot": bootstrap, "ci_method": ci_method, "alpha": alpha}
     ests, beh, ess = estimates_from_prepared(prep, keys, random_state=seed_boot, **kw)
     settings: dict[str, Any] = {
-        "estimators": list(keys), "q_model": qcfg.to_dict() if q is None else "given",
+        "estimators": list(keys),
+        "q_model": ("given" if q is not None else qcfg if isinstance(qcfg, str)
+                    else qcfg.to_dict()),
         "behavior_model": behavior_model if isinstance(behavior_model, str)
         else type(behavior_model).__name__,
         "propensity_source": prep.propensity_source, "bootstrap": bootstrap,
         "ci_method": ci_method, "alpha": alpha, "truncate": truncate,
         "normalization": normalization, "refit": refit, "random_state": random_state,
-        "nuisance": "refit per replicate" if refit else "fitted once on all episodes"}
+        "nuisance": ("refit per replicate" if refit else
+                     "Q-model refit linearised in every replicate" if prep.q_linearised
+                     else "fitted once on all episodes")}
     if refit and bootstrap > 0:
         from sklearn.base import clone
 
@@ -447,10 +573,15 @@ def evaluate(
                                [int(s) for s in rng_g.integers(0, 2**31 - 1, size=n_cells)],
                                MIN_CELL, **kw) if attrs else {}
     q_info = None if prep.qfit is None else {"seconds": prep.qfit.seconds, **prep.qfit.info}
+    if q_info is not None and prep.q_selection is not None:
+        q_info.update(prep.q_selection.to_dict())
+    elif q_info is not None:
+        q_info["chosen"] = "given" if q is not None else (
+            qcfg if isinstance(qcfg, str) else qcfg.model)
     return EvaluationResult(
         n_episodes=dataset.n_episodes, n_steps=dataset.n_steps, gamma=float(dataset.gamma),
         behavior=beh, estimates=ests, ess=ess, support=support, groups=group_out,
-        settings=settings, behavior_model=None if bm is None else bm.summary(), q_model=q_info)
+        settings=settings, behavior_model=bm_summary, q_model=q_info)
 
 
 def evaluate_subgroups(
@@ -459,7 +590,7 @@ def evaluate_subgroups(
     *,
     attrs: Sequence[str] | None = None,
     estimators: str | Sequence[str] = "all",
-    q_model: str | FQEConfig = "linear",
+    q_model: str | FQEConfig = "auto",
     behavior_model: BehaviorSpec = "logistic",
     behavior_prob: NDArray[np.float64] | None = None,
     q: NDArray[np.float64] | None = None,

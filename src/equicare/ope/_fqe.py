@@ -38,10 +38,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
 from equicare.exceptions import InvalidParameterError
+from equicare.ope._lstd import KronPi, LSTDFit, SparsePi, solve_lstd
 from equicare.utils import (
     PARAM_MESSAGE,
     RandomState,
@@ -54,9 +56,8 @@ from equicare.utils import (
 
 __all__ = ["FQEConfig", "QFit", "LoggedQFit", "fit_fqe", "fit_fqe_logged", "QModel"]
 
-QModel = Literal["tabular", "linear", "gbm", "mlp"]
+QModel = Literal["auto", "tabular", "linear", "gbm", "mlp"]
 _OWNER = "FQEConfig"
-_MAX_TABULAR_CELLS = 4000
 _GBM_THREADED_ROWS = 200_000
 
 
@@ -66,8 +67,9 @@ class FQEConfig:
 
     Parameters
     ----------
-    model : {"tabular", "linear", "gbm", "mlp"}, default="linear"
-        Function class of ``Q``.
+    model : {"auto", "tabular", "linear", "gbm", "mlp"}, default="linear"
+        Function class of ``Q``; ``"auto"`` chooses among the candidates of
+        :func:`equicare.ope.select_q_model` by cross-fitting (the other fields are then unused).
     horizon : {"auto", "stationary", "backward"}, default="auto"
         ``"backward"`` fits one model per step from the last step back (finite horizon,
         tabular and gbm); ``"stationary"`` one model for all steps (with time features).
@@ -113,7 +115,8 @@ class FQEConfig:
     gbm_max_iter: int = 100
 
     def __post_init__(self) -> None:
-        check_param(self.model, "model", _OWNER, choices=("tabular", "linear", "gbm", "mlp"))
+        check_param(self.model, "model", _OWNER,
+                    choices=("auto", "tabular", "linear", "gbm", "mlp"))
         check_param(self.horizon, "horizon", _OWNER, choices=("auto", "stationary", "backward"))
         check_param(self.alpha, "alpha", _OWNER, kind=(float, int), low=0.0, low_inclusive=False)
         check_param(self.state_design, "state_design", _OWNER, choices=("linear", "quadratic"))
@@ -186,6 +189,7 @@ class _QFunction:
     phi: NDArray[np.float64] | None = None
     weights: NDArray[np.float64] | None = None
     psi: NDArray[np.float64] | None = None
+    offset: NDArray[np.float64] | None = None
 
     def rows(self, sl: slice) -> NDArray[np.float64]:
         """``Q(s_t, a)`` of the rows ``sl``, shape ``(n_rows, n_actions)``."""
@@ -193,7 +197,8 @@ class _QFunction:
             return self.dense[sl]
         assert self.phi is not None and self.weights is not None
         b = self.phi[sl] @ self.weights  # (rows, m)
-        return b[:, :1] + b[:, 1:] if self.psi is None else b @ self.psi.T
+        q = b[:, :1] + b[:, 1:] if self.psi is None else b @ self.psi.T
+        return q if self.offset is None else q + self.offset[sl, None]
 
     def matrix(self) -> NDArray[np.float64]:
         """The whole ``(n_steps, n_actions)`` matrix (assembled block by block)."""
@@ -233,6 +238,7 @@ class LoggedQFit:
     seconds: float
     info: dict[str, Any] = field(default_factory=dict)
     _qfun: _QFunction | None = field(default=None, repr=False)
+    lstd: LSTDFit | None = field(default=None, repr=False)
 
     @property
     def q(self) -> NDArray[np.float64]:
@@ -283,8 +289,8 @@ def _standardise(x: NDArray[np.float64]) -> NDArray[np.float64]:
 
 
 def _state_design(dataset: TrajectoryDataset, time_features: bool,
-                  design: str = "linear") -> NDArray[np.float64]:
-    x = np.asarray(dataset.features(), dtype=np.float64)
+                  design: str = "linear", one_hot: bool = True) -> NDArray[np.float64]:
+    x = np.asarray(dataset.features(one_hot=one_hot), dtype=np.float64)
     z = _standardise(x)
     if design == "quadratic" and 0 < z.shape[1] <= 30:
         iu = np.triu_indices(z.shape[1])
@@ -332,6 +338,7 @@ def fit_fqe(dataset: TrajectoryDataset, target_probs: NDArray[np.float64],
     """
     t0 = time.perf_counter()
     pe, qfun, info = _fit(dataset, target_probs, config, gamma, random_state)
+    info.pop("_lstd", None)
     q = np.ascontiguousarray(qfun.matrix())
     v = np.einsum("ij,ij->i", q, pe)
     return QFit(q=q, v=v, seconds=time.perf_counter() - t0, info=info)
@@ -339,25 +346,34 @@ def fit_fqe(dataset: TrajectoryDataset, target_probs: NDArray[np.float64],
 
 def fit_fqe_logged(dataset: TrajectoryDataset, target_probs: NDArray[np.float64],
                    config: FQEConfig | None = None, *, gamma: float | None = None,
-                   random_state: RandomState = None) -> LoggedQFit:
+                   random_state: RandomState = None,
+                   weights: NDArray[np.float64] | None = None) -> LoggedQFit:
     """Fit ``Q`` like :func:`fit_fqe`, keeping only ``Q(s_t, a_t)`` and ``V(s_t)`` per row.
 
     The same fit and the same numbers as :func:`fit_fqe`; the linear model is evaluated in row
     blocks, so no ``(n_steps, n_actions)`` matrix of Q-values is held (the tabular, gbm and mlp
     models build theirs while fitting).
 
+    ``weights`` (shape ``(n_steps,)``, >= 0) weight each row in the fit; rows of weight 0 are
+    only predicted (cross-fitting: the held-out episodes of a fold). The stationary tabular and
+    linear fits keep their LSTD system in ``lstd`` (first-order refit effects, see
+    :mod:`equicare.ope._lstd`).
+
     Returns
     -------
     LoggedQFit
     """
     t0 = time.perf_counter()
-    pe, qfun, info = _fit(dataset, target_probs, config, gamma, random_state)
+    pe, qfun, info = _fit(dataset, target_probs, config, gamma, random_state, weights)
     q_sa, v = _logged_values(qfun, pe, dataset.actions)
-    return LoggedQFit(q_sa=q_sa, v=v, seconds=time.perf_counter() - t0, info=info, _qfun=qfun)
+    lstd = info.pop("_lstd", None)
+    return LoggedQFit(q_sa=q_sa, v=v, seconds=time.perf_counter() - t0, info=info, _qfun=qfun,
+                      lstd=lstd)
 
 
 def _fit(dataset: TrajectoryDataset, target_probs: NDArray[np.float64],
-         config: FQEConfig | None, gamma: float | None, random_state: RandomState
+         config: FQEConfig | None, gamma: float | None, random_state: RandomState,
+         weights: NDArray[np.float64] | None = None
          ) -> tuple[NDArray[np.float64], _QFunction, dict[str, Any]]:
     """Checked target probabilities, the fitted Q-function and its info."""
     pe = np.asarray(target_probs, dtype=np.float64)
@@ -367,14 +383,26 @@ def _fit(dataset: TrajectoryDataset, target_probs: NDArray[np.float64],
                          f"got {pe.shape}.")
     cfg = config or FQEConfig()
     g = dataset.gamma if gamma is None else float(gamma)
+    w = None if weights is None else np.asarray(weights, dtype=np.float64)
+    if cfg.model == "auto":  # choose by cross-fitting, then fit the winner
+        from equicare.ope._select import candidate_config, select_q_model
+
+        sel = select_q_model(dataset, pe, random_state=random_state)
+        pe, qfun, info = _fit(dataset, pe, candidate_config(sel.chosen), gamma, random_state,
+                              weights)
+        info["selection"] = sel.to_dict()
+        return pe, qfun, info
     if cfg.model == "linear":
-        return (pe, *_fit_linear(dataset, pe, g, cfg))
+        qfun, info, lstd = _fit_linear_lstd(dataset, pe, g, cfg, w)
+        if lstd is not None:
+            info["_lstd"] = lstd
+        return pe, qfun, info
     if cfg.model == "tabular":
-        q, info = _fit_tabular(dataset, pe, g, cfg)
+        q, info = _fit_tabular(dataset, pe, g, cfg, w)
     elif cfg.model == "gbm":
-        q, info = _fit_gbm(dataset, pe, g, cfg, random_state)
+        q, info = _fit_gbm(dataset, pe, g, cfg, random_state, w)
     else:
-        q, info = _fit_mlp(dataset, pe, g, cfg, random_state)
+        q, info = _fit_mlp(dataset, pe, g, cfg, random_state, w)
     return pe, _QFunction(n_steps=q.shape[0], n_actions=q.shape[1], dense=q), info
 
 
@@ -401,12 +429,16 @@ def _fill_unvisited(sums: NDArray[np.float64], counts: NDArray[np.float64]
 
 
 def _fit_tabular(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma: float,
-                 cfg: FQEConfig) -> tuple[NDArray[np.float64], dict[str, Any]]:
-    cell, n_cells = _cells(dataset)
+                 cfg: FQEConfig, weights: NDArray[np.float64] | None = None
+                 ) -> tuple[NDArray[np.float64], dict[str, Any]]:
     n_a = dataset.n_actions
     a, r = dataset.actions, dataset.rewards
     nxt, has_next = _next_rows(dataset)
     if cfg.resolved_horizon == "backward":
+        cell_full, _ = _cells(dataset)
+        _, cell = np.unique(cell_full, return_inverse=True)  # visited cells only
+        cell = cell.astype(np.int64).ravel()
+        n_cells = int(cell.max()) + 1
         step = dataset.step
         q_rows = np.zeros((dataset.n_steps, n_a))
         v_rows = np.zeros(dataset.n_steps)
@@ -416,137 +448,248 @@ def _fit_tabular(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma: flo
             rows = order[bounds[t]:bounds[t + 1]]
             y = r[rows] + gamma * np.where(has_next[rows], v_rows[nxt[rows]], 0.0)
             key = cell[rows] * n_a + a[rows]
-            sums = np.bincount(key, weights=y, minlength=n_cells * n_a).astype(
-                np.float64, copy=False).reshape(n_cells, n_a)
-            cnt = np.bincount(key, minlength=n_cells * n_a).reshape(n_cells, n_a).astype(np.float64)
+            wr = None if weights is None else weights[rows]
+            sums = np.bincount(key, weights=y if wr is None else y * wr,
+                               minlength=n_cells * n_a).reshape(n_cells, n_a)
+            cnt = np.bincount(key, weights=wr, minlength=n_cells * n_a).reshape(
+                n_cells, n_a).astype(float)
             table = _fill_unvisited(sums, cnt)
             q_rows[rows] = table[cell[rows]]
             v_rows[rows] = np.einsum("ij,ij->i", q_rows[rows], pe[rows])
         return q_rows, {"solver": "backward", "n_cells": n_cells}
-    n_sa = n_cells * n_a
-    if n_sa > _MAX_TABULAR_CELLS:
-        raise InvalidParameterError(
-            f"The stationary tabular Q-model has {n_sa} (state, action) cells, more "
-                         f"than {_MAX_TABULAR_CELLS}; use q_model='linear' or horizon='backward'.")
-    key = cell * n_a + a
-    cnt = np.bincount(key, minlength=n_sa).astype(float)
-    rbar = np.zeros(n_sa)
-    np.divide(np.bincount(key, weights=r, minlength=n_sa), cnt, out=rbar, where=cnt > 0)
-    # P_pi[(s,a), (s',a')] = mean over rows in (s,a) of 1[s_next = s'] pi(a'|next row)
-    rows = np.flatnonzero(has_next)
-    col0 = cell[nxt[rows]] * n_a
-    flat_idx = (key[rows][:, None] * n_sa + col0[:, None] + np.arange(n_a)[None, :]).ravel()
-    mass = np.bincount(flat_idx, weights=pe[nxt[rows]].ravel(), minlength=n_sa * n_sa)
-    p_pi = mass.astype(np.float64).reshape(n_sa, n_sa)
-    np.divide(p_pi, cnt[:, None], out=p_pi, where=cnt[:, None] > 0)
-    system = np.eye(n_sa) - gamma * p_pi
-    # unvisited cells: Q(s,a) - mean of visited Q(s, .) = 0 (or Q = 0 in an unseen state)
-    visited = (cnt > 0).reshape(n_cells, n_a)
-    n_vis = visited.sum(axis=1)
-    ks = np.flatnonzero(cnt == 0)
-    if ks.size:
-        st = ks // n_a
-        system[ks] = 0.0
-        cols = st[:, None] * n_a + np.arange(n_a)[None, :]
-        share = visited[st] / np.maximum(n_vis[st], 1)[:, None]
-        system[ks[:, None], cols] -= share
-        system[ks, ks] += 1.0
-    try:
-        qtab = np.linalg.solve(system, rbar)
-    except np.linalg.LinAlgError:
-        qtab = np.linalg.lstsq(system, rbar, rcond=None)[0]
-    q = qtab.reshape(n_cells, n_a)[cell].astype(np.float64, copy=False)
-    return q, {"solver": "closed_form", "n_cells": n_cells}
+    fit = _tabular_lstd(dataset, pe, gamma, weights)
+    table = _tabular_table(fit)
+    seen = fit.cell_rows >= 0
+    q_rows = np.zeros((dataset.n_steps, n_a))
+    q_rows[seen] = table[fit.cell_rows[seen]]
+    return q_rows, {"solver": "sparse_fixed_point", "n_cells": int(fit.n_cells),
+                    "n_pairs": int(fit.n_pairs), "_lstd": fit.lstd}
+
+
+@dataclass(frozen=True, eq=False)
+class _TabularLSTD:
+    """The stationary tabular model as an LSTD fit on visited (cell, action) pairs."""
+
+    lstd: LSTDFit
+    cell_rows: NDArray[np.int64]  # compressed cell of every row, (n_steps,)
+    pair_cell: NDArray[np.int64]  # (n_pairs,)
+    pair_action: NDArray[np.int64]  # (n_pairs,)
+    n_cells: int
+    n_actions: int
+
+    @property
+    def n_pairs(self) -> int:
+        return int(self.pair_cell.size)
+
+
+def _tabular_design(cell: NDArray[np.int64], actions: NDArray[np.int64], pe: NDArray[np.float64],
+                    train: NDArray[np.bool_] | None = None
+                    ) -> tuple[sp.csr_matrix, sp.csr_matrix, NDArray[np.int64], NDArray[np.int64],
+                               NDArray[np.int64], int]:
+    """One-hot design of the (cell, action) pairs visited by training rows, and its expectation.
+
+    An unvisited action of a cell has ``Q`` = the mean of the cell's visited actions (its design
+    row is their average), so target mass on unvisited actions is spread evenly over the
+    visited ones. Rows in a cell no training row visits have an all-zero design (``Q = 0``) and
+    compressed cell ``-1``.
+    """
+    n, n_a = pe.shape
+    tr = np.ones(n, dtype=bool) if train is None else train
+    uc = np.unique(cell[tr])
+    pos = np.clip(np.searchsorted(uc, cell), 0, max(uc.size - 1, 0))
+    known = uc[pos] == cell if uc.size else np.zeros(n, dtype=bool)
+    cellc = np.where(known, pos, -1).astype(np.int64)
+    pairs = np.unique(cellc[tr] * n_a + actions[tr])
+    pair_cell, pair_action = pairs // n_a, pairs % n_a
+    n_pairs = pairs.size
+    ptr = np.searchsorted(pair_cell, np.arange(uc.size + 1))
+    n_vis = np.diff(ptr)
+    k = np.where(known, n_vis[np.maximum(cellc, 0)], 0)  # entries per row of X_pi
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(k, out=indptr[1:])
+    rows = np.repeat(np.arange(n), k)
+    cols = np.repeat(ptr[np.maximum(cellc, 0)], k) + np.arange(int(indptr[-1])) - np.repeat(
+        indptr[:-1], k)
+    vals = pe[rows, pair_action[cols]]
+    vsum = np.bincount(rows, weights=vals, minlength=n)
+    umass = np.maximum(1.0 - vsum, 0.0)
+    vals = vals + np.repeat(umass / np.maximum(k, 1), k)
+    x_pi = sp.csr_matrix((vals, cols, indptr), shape=(n, n_pairs))
+    # logged design: the pair's one-hot, or the cell's average when the pair is unvisited
+    key = cellc * n_a + actions
+    ppos = np.clip(np.searchsorted(pairs, key), 0, max(n_pairs - 1, 0))
+    hit = known & (pairs[ppos] == key) if n_pairs else np.zeros(n, dtype=bool)
+    kx = np.where(hit, 1, k)
+    xptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(kx, out=xptr[1:])
+    xrows = np.repeat(np.arange(n), kx)
+    within = np.arange(int(xptr[-1])) - np.repeat(xptr[:-1], kx)
+    xcols = np.where(np.repeat(hit, kx), np.repeat(ppos, kx),
+                     np.repeat(ptr[np.maximum(cellc, 0)], kx) + within)
+    xvals = 1.0 / np.repeat(np.maximum(kx, 1), kx)
+    x = sp.csr_matrix((xvals, xcols, xptr), shape=(n, n_pairs))
+    del xrows
+    return x, x_pi, cellc, pair_cell, pair_action, int(uc.size)
+
+
+def _tabular_lstd(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma: float,
+                  weights: NDArray[np.float64] | None = None) -> _TabularLSTD:
+    """Solve the empirical Bellman equations ``Q = R + gamma P_pi Q`` on visited pairs."""
+    cell, _ = _cells(dataset)
+    train = None if weights is None else weights > 0
+    x, x_pi, cellc, pair_cell, pair_action, n_cells = _tabular_design(cell, dataset.actions, pe,
+                                                                        train)
+    _, has_next = _next_rows(dataset)
+    r = dataset.rewards
+    fit = solve_lstd(x, SparsePi(x_pi), r, has_next, gamma, np.zeros(x.shape[1]), weights)
+    if fit is None:  # a closed loop without exit in the data (gamma 1): a vanishing ridge
+        counts = np.asarray(x.sum(axis=0)).ravel()
+        fit = solve_lstd(x, SparsePi(x_pi), r, has_next, gamma, 1e-8 * np.maximum(counts, 1.0),
+                         weights)
+    if fit is None:
+        raise ValueError("The stationary tabular FQE system is singular; use horizon='backward'.")
+    return _TabularLSTD(lstd=fit, cell_rows=cellc, pair_cell=pair_cell, pair_action=pair_action,
+                        n_cells=n_cells, n_actions=dataset.n_actions)
+
+
+def _tabular_table(fit: _TabularLSTD) -> NDArray[np.float64]:
+    """``Q`` per (compressed cell, action), shape ``(n_cells, n_actions)``."""
+    sums = np.zeros((fit.n_cells, fit.n_actions))
+    cnt = np.zeros((fit.n_cells, fit.n_actions))
+    sums[fit.pair_cell, fit.pair_action] = fit.lstd.theta
+    cnt[fit.pair_cell, fit.pair_action] = 1.0
+    return _fill_unvisited(sums, cnt)
 
 
 # ---------------------------------------------------------------------- linear
-def _kron_sum(psi: NDArray[np.float64], blocks: NDArray[np.float64]) -> NDArray[np.float64]:
-    """``sum_a psi[a, m] * blocks[a, j, k, n]`` reordered to ``(j, m, k, n)`` (one GEMM)."""
-    n_a, p, p2, m2 = blocks.shape
-    out = (psi.T @ blocks.reshape(n_a, -1)).reshape(psi.shape[1], p, p2, m2)
-    return np.ascontiguousarray(out.transpose(1, 0, 2, 3))
+#: One-hot columns up to which categorical states enter the linear model's dense features
+#: (interacted with the action); above it each level gets a main effect in a sparse design.
+_MAX_DENSE_ONEHOT = 32
+
+
+def _rowwise_kron(d: NDArray[np.float64], u: NDArray[np.float64] | sp.csr_matrix
+                  ) -> sp.csr_matrix:
+    """Row-wise Kronecker product ``[d_i (x) u_i]`` as CSR, shape ``(n, p * m)``.
+
+    Column ``j * m + l`` holds ``d[i, j] * u[i, l]``.
+    """
+    n, p = d.shape
+    m = u.shape[1]
+    if sp.issparse(u):
+        u = sp.csr_matrix(u)
+        k = np.diff(u.indptr)
+        rows = np.repeat(np.arange(n), k)
+        cols = (np.arange(p)[None, :] * m + u.indices[:, None]).ravel()
+        vals = (d[rows] * u.data[:, None]).ravel()
+        indptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(k * p, out=indptr[1:])
+        return sp.csr_matrix((vals, cols, indptr), shape=(n, p * m))
+    data = (d[:, :, None] * np.asarray(u)[:, None, :]).reshape(-1)
+    indices = np.tile(np.arange(p * m, dtype=np.int32), n)
+    indptr = np.arange(0, n * p * m + 1, p * m, dtype=np.int64)
+    return sp.csr_matrix((data, indices, indptr), shape=(n, p * m))
+
+
+def _category_design(dataset: TrajectoryDataset) -> sp.csr_matrix | None:
+    """Sparse one-hot main effects of every categorical state column, or None."""
+    if dataset.categorical is None or dataset.categorical.shape[1] == 0:
+        return None
+    sizes = [len(lv) for lv in dataset.categorical_levels]
+    if sum(sizes) <= _MAX_DENSE_ONEHOT:
+        return None
+    n, k = dataset.categorical.shape
+    offs = np.r_[0, np.cumsum(sizes)[:-1]]
+    cols = (dataset.categorical + offs[None, :]).ravel()
+    return sp.csr_matrix((np.ones(n * k), cols, np.arange(0, n * k + 1, k)),
+                         shape=(n, int(sum(sizes))))
+
+
+@dataclass(frozen=True, eq=False)
+class _LinearModel:
+    """Design pieces of the linear model: ``Q = phi W psi^T + onehot(cat) c``."""
+
+    phi: NDArray[np.float64]  # (n, p)
+    psi: NDArray[np.float64]  # (A, m)
+    flat: bool
+    cats: sp.csr_matrix | None
+
+    def design(self, actions: NDArray[np.int64], pe: NDArray[np.float64]
+               ) -> tuple[sp.csr_matrix, KronPi]:
+        """``X`` at the logged actions (CSR) and ``X_pi`` under the target policy."""
+        psi_a = sp.csr_matrix(self.psi)[actions]
+        x = _rowwise_kron(self.phi, psi_a)
+        upi = np.concatenate([np.ones((pe.shape[0], 1)), pe], axis=1) if self.flat else (
+            pe @ self.psi)
+        if self.cats is not None:
+            x = sp.hstack([x, self.cats], format="csr")
+        return x, KronPi(phi=self.phi, u=upi, cats=self.cats)
+
+    def q_function(self, theta: NDArray[np.float64]) -> _QFunction:
+        p, m = self.phi.shape[1], self.psi.shape[1]
+        offset = None if self.cats is None else np.asarray(self.cats @ theta[p * m:])
+        return _QFunction(n_steps=self.phi.shape[0], n_actions=self.psi.shape[0], phi=self.phi,
+                          weights=theta[: p * m].reshape(p, m),
+                          psi=None if self.flat else self.psi, offset=offset)
 
 
 def _fit_linear(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma: float,
                 cfg: FQEConfig) -> tuple[_QFunction, dict[str, Any]]:
-    phi = _state_design(dataset, cfg.time_features, cfg.state_design)  # (n, p)
+    qfun, info, _ = _fit_linear_lstd(dataset, pe, gamma, cfg)
+    return qfun, info
+
+
+def _linear_model(dataset: TrajectoryDataset, cfg: FQEConfig) -> _LinearModel:
+    cats = _category_design(dataset)
+    phi = _state_design(dataset, cfg.time_features, cfg.state_design,
+                        one_hot=cats is None)  # (n, p)
     psi = _action_design(dataset, cfg.action_design)  # (A, m)
-    n, p = phi.shape
     n_a, m = psi.shape
     flat = m == n_a + 1 and np.array_equal(psi[:, 1:], np.eye(n_a))
-    nxt, has_next = _next_rows(dataset)
-    mask = has_next.astype(np.float64)[:, None]
-    phi_next = phi[nxt] * mask
+    return _LinearModel(phi=phi, psi=psi, flat=flat, cats=cats)
 
-    def psi_bar(rows: NDArray[np.int64]) -> NDArray[np.float64]:
-        """E_pi[psi(a')] at the next row of ``rows``, (len(rows), m); [1, pi(.|s')] if flat."""
-        mk = mask[rows]
-        pn = pe[nxt[rows]]
-        return np.concatenate([mk, pn * mk], axis=1) if flat else (pn @ psi) * mk
 
-    def q_function(theta: NDArray[np.float64]) -> _QFunction:
-        return _QFunction(n_steps=n, n_actions=n_a, phi=phi, weights=theta.reshape(p, m),
-                          psi=None if flat else psi)
-
-    a = dataset.actions
-    order = np.argsort(a, kind="stable")
-    bounds = np.searchsorted(a[order], np.arange(n_a + 1))
-    nonempty = np.flatnonzero(np.diff(bounds))
-    phi_s = phi[order]
-    gram = np.zeros((n_a, p, p))
-    phir = np.zeros((n_a, p))
-    h = np.zeros((n_a, p, p, m))
-    fixed_point = gamma > 0 and cfg.solver == "fixed_point"
-    r_s = dataset.rewards[order]
-    for k in nonempty:  # rows of one action are contiguous after sorting: a BLAS call each
-        lo, hi = bounds[k], bounds[k + 1]
-        pk = phi_s[lo:hi]
-        gram[k] = pk.T @ pk
-        phir[k] = pk.T @ r_s[lo:hi]
-        if fixed_point:  # sum over the action's rows of (phi(s) (x) phi(s')) psi_bar^T, in blocks
-            for sl in row_blocks(int(hi - lo), p * p + m):
-                idx = order[lo:hi][sl]
-                z = (phi[idx][:, :, None] * phi_next[idx][:, None, :]).reshape(-1, p * p)
-                h[k] += (z.T @ psi_bar(idx)).reshape(p, p, m)
-    xtx = _kron_sum(psi, gram[:, :, :, None] * psi[:, None, None, :]).reshape(p * m, p * m)
-    xtr = (phir.T @ psi).reshape(p * m)
-    penalty = np.full((p, m), float(cfg.alpha))
-    penalty[:, 0] = 1e-8 * max(1.0, float(np.trace(xtx)) / (p * m))
-    lhs0 = xtx + np.diag(penalty.ravel())
-    info: dict[str, Any] = {"solver": "fixed_point", "n_params": p * m}
-    qfun = None
-    if fixed_point:
-        xtxn = _kron_sum(psi, h).reshape(p * m, p * m)
-        try:
-            qfun = q_function(np.linalg.solve(lhs0 - gamma * xtxn, xtr).astype(np.float64))
-            scale = (np.abs(dataset.rewards).max() + 1e-12) * int(dataset.episode_lengths.max())
-            if not qfun.bounded(10 * scale):
-                qfun = None  # unstable projected Bellman fixed point: iterate instead
-        except np.linalg.LinAlgError:
-            qfun = None
+def _fit_linear_lstd(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma: float,
+                     cfg: FQEConfig, weights: NDArray[np.float64] | None = None
+                     ) -> tuple[_QFunction, dict[str, Any], LSTDFit | None]:
+    """Fit the linear model by sparse LSTD (fall-back: iterated ridge regressions)."""
+    lm = _linear_model(dataset, cfg)
+    x, x_pi = lm.design(dataset.actions, pe)
+    p, m = lm.phi.shape[1], lm.psi.shape[1]
+    n_par = x.shape[1]
+    _, has_next = _next_rows(dataset)
+    r = dataset.rewards
+    xw = x if weights is None else sp.csr_matrix(sp.diags(weights) @ x)
+    diag_xtx = np.asarray(xw.multiply(x).sum(axis=0)).ravel()
+    penalty = np.full(n_par, float(cfg.alpha))
+    shared = np.arange(p) * m  # psi column 0: the shared model of each state feature
+    penalty[shared] = 1e-8 * max(1.0, float(diag_xtx[: p * m].sum()) / (p * m))
+    info: dict[str, Any] = {"solver": "fixed_point", "n_params": int(n_par),
+                            "design": "sparse" if lm.cats is not None else "dense_features"}
+    scale = (np.abs(r).max() + 1e-12) * int(dataset.episode_lengths.max())
+    fit: LSTDFit | None = None
+    if gamma > 0 and cfg.solver == "fixed_point":
+        fit = solve_lstd(x, x_pi, r, has_next, gamma, penalty, weights)
+        if fit is not None and not lm.q_function(fit.theta).bounded(10 * scale):
+            fit = None  # unstable projected Bellman fixed point: iterate instead
     elif gamma == 0:
-        qfun = q_function(np.linalg.solve(lhs0, xtr).astype(np.float64))
+        fit = solve_lstd(x, x_pi, r, has_next, 0.0, penalty, weights)
         info["solver"] = "ridge"
-    if qfun is None:  # iterate FQE with the same ridge regression
-        from scipy.linalg import cho_factor, cho_solve
+    if fit is not None:
+        return lm.q_function(fit.theta), info, fit
+    from scipy.sparse.linalg import splu
 
-        info["solver"] = "iterate"
-        n_iter = cfg.n_iterations or min(int(dataset.episode_lengths.max()), 100)
-        chol = cho_factor(lhs0)
-        theta = np.zeros(p * m)
-        v_next = np.empty(n)
-        for _ in range(n_iter):
-            w = theta.reshape(p, m)
-            for sl in row_blocks(n, m):
-                v_next[sl] = np.einsum("ij,ij->i", phi_next[sl] @ w,
-                                       psi_bar(np.arange(sl.start, sl.stop)))
-            y_s = (dataset.rewards + gamma * v_next)[order]
-            s_a = np.zeros((n_a, p))
-            s_a[nonempty] = np.add.reduceat(phi_s * y_s[:, None], bounds[nonempty], axis=0)
-            theta = cho_solve(chol, (s_a.T @ psi).reshape(p * m))
-        info["n_iterations"] = n_iter
-        qfun = q_function(theta)
-    return qfun, info
+    info["solver"] = "iterate"
+    n_iter = cfg.n_iterations or min(int(dataset.episode_lengths.max()), 100)
+    xt = sp.csr_matrix(xw.T)
+    lu = splu(sp.csc_matrix(xt @ x + sp.diags(penalty)))
+    theta = np.zeros(n_par)
+    v_next = np.zeros(dataset.n_steps)
+    for _ in range(n_iter):
+        v = x_pi.matvec(theta)
+        v_next[:-1] = np.where(has_next[:-1], v[1:], 0.0)
+        theta = lu.solve(np.asarray(xt @ (r + gamma * v_next)))
+    info["n_iterations"] = n_iter
+    return lm.q_function(theta), info, None
 
 
 # ---------------------------------------------------------------------- gbm
@@ -555,27 +698,39 @@ def _gbm_inputs(x: NDArray[np.float64], codes: NDArray[np.int64]) -> NDArray[np.
 
 
 def _fit_gbm(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma: float, cfg: FQEConfig,
-             random_state: RandomState) -> tuple[NDArray[np.float64], dict[str, Any]]:
+             random_state: RandomState, weights: NDArray[np.float64] | None = None
+             ) -> tuple[NDArray[np.float64], dict[str, Any]]:
     from threadpoolctl import threadpool_limits
 
     # many small fits: OpenMP threads cost more than they save (and oversubscribe shared hosts)
     limit = 1 if dataset.n_steps < _GBM_THREADED_ROWS else None
     with threadpool_limits(limits=limit, user_api="openmp"):
-        return _fit_gbm_impl(dataset, pe, gamma, cfg, random_state)
+        return _fit_gbm_impl(dataset, pe, gamma, cfg, random_state, weights)
 
 
 def _fit_gbm_impl(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma: float,
-                  cfg: FQEConfig, random_state: RandomState
+                  cfg: FQEConfig, random_state: RandomState,
+                  weights: NDArray[np.float64] | None = None
                   ) -> tuple[NDArray[np.float64], dict[str, Any]]:
     from sklearn.ensemble import HistGradientBoostingRegressor
 
     rng = check_random_state(random_state)
-    x = np.asarray(dataset.features(), dtype=np.float64)
+    cats = dataset.categorical
+    n_onehot = sum(len(lv) for lv in dataset.categorical_levels) if cats is not None else 0
+    wide = cats is not None and n_onehot > _MAX_DENSE_ONEHOT
+    x = np.asarray(dataset.features(one_hot=not wide), dtype=np.float64)
+    x_cat = np.zeros(x.shape[1], bool)
+    if wide:  # codes, not one-hot columns: memory stays linear in rows
+        assert cats is not None
+        x = np.concatenate([x, cats.astype(np.float64)], axis=1)
+        x_cat = np.r_[x_cat, [len(lv) <= 255 for lv in dataset.categorical_levels]]
     backward = cfg.resolved_horizon == "backward"
     if not backward and cfg.time_features:
         x = np.concatenate([x, _time_feature(dataset)[:, None]], axis=1)
+        x_cat = np.r_[x_cat, False]
     n_comp = dataset.action_space.n_components
-    cat = np.r_[np.zeros(x.shape[1], bool), np.ones(n_comp, bool)]
+    cat = np.r_[x_cat, np.ones(n_comp, bool)]
+    w_all = weights
     all_codes = dataset.action_space.all_codes()
     n_a = dataset.n_actions
     codes = dataset.action_codes
@@ -600,10 +755,13 @@ def _fit_gbm_impl(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma: fl
         for t in range(int(step.max()), -1, -1):
             rows = np.flatnonzero(step == t)
             y = r[rows] + gamma * np.where(has_next[rows], v_rows[nxt[rows]], 0.0)
-            if np.ptp(y) == 0 or rows.size < 4:
-                q[rows] = y.mean()
+            sw = None if w_all is None else w_all[rows]
+            fit_rows = rows.size if sw is None else int(np.sum(sw > 0))
+            if fit_rows < 4 or np.ptp(y if sw is None else y[sw > 0]) == 0:
+                q[rows] = (y.mean() if sw is None else (
+                    float(np.average(y, weights=sw)) if sw.sum() > 0 else 0.0))
             else:
-                est = model().fit(_gbm_inputs(x[rows], codes[rows]), y)
+                est = model().fit(_gbm_inputs(x[rows], codes[rows]), y, sample_weight=sw)
                 q[rows] = predict_all(est, rows)
             v_rows[rows] = np.einsum("ij,ij->i", q[rows], pe[rows])
         return q, {"solver": "backward"}
@@ -612,7 +770,7 @@ def _fit_gbm_impl(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma: fl
     all_rows = np.arange(dataset.n_steps)
     for _ in range(n_iter):
         y = r + gamma * np.where(has_next, v[nxt], 0.0)
-        est = model().fit(_gbm_inputs(x, codes), y)
+        est = model().fit(_gbm_inputs(x, codes), y, sample_weight=w_all)
         q = predict_all(est, all_rows)
         v = np.einsum("ij,ij->i", q, pe)
     return q, {"solver": "iterate", "n_iterations": n_iter}
@@ -620,22 +778,62 @@ def _fit_gbm_impl(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma: fl
 
 # ---------------------------------------------------------------------- mlp
 def _fit_mlp(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma: float, cfg: FQEConfig,
-             random_state: RandomState) -> tuple[NDArray[np.float64], dict[str, Any]]:
+             random_state: RandomState, weights: NDArray[np.float64] | None = None
+             ) -> tuple[NDArray[np.float64], dict[str, Any]]:
     import torch  # heavy: only in this code path
+
+    threads = torch.get_num_threads()
+    if dataset.n_steps * dataset.n_actions <= 20_000_000:
+        torch.set_num_threads(1)  # small nets: threads cost more than they save
+    try:
+        return _fit_mlp_impl(dataset, pe, gamma, cfg, random_state, weights)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit_mlp_impl(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma: float,
+                  cfg: FQEConfig, random_state: RandomState,
+                  weights: NDArray[np.float64] | None
+                  ) -> tuple[NDArray[np.float64], dict[str, Any]]:
+    import torch
 
     rng = check_random_state(random_state)
     gen = torch.Generator().manual_seed(int(rng.integers(2**31 - 1)))
-    x = torch.as_tensor(_state_design(dataset, cfg.time_features), dtype=torch.float32)
+    cats = dataset.categorical
+    n_onehot = sum(len(lv) for lv in dataset.categorical_levels) if cats is not None else 0
+    wide = cats is not None and n_onehot > _MAX_DENSE_ONEHOT
+    x = torch.as_tensor(_state_design(dataset, cfg.time_features, one_hot=not wide),
+                        dtype=torch.float32)
     n, n_a = dataset.n_steps, dataset.n_actions
-    layers: list[Any] = []
-    width = x.shape[1]
+    emb_dim = 16 if wide else 0
+    codes_t = None
+    if wide:  # categorical codes through an embedding: no (rows x levels) one-hot matrix
+        assert cats is not None
+        offs = np.r_[0, np.cumsum([len(lv) for lv in dataset.categorical_levels])[:-1]]
+        codes_t = torch.as_tensor(cats + offs[None, :])
+
+    class _Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = torch.nn.EmbeddingBag(n_onehot, emb_dim, mode="sum") if wide else None
+            layers: list[Any] = []
+            width = x.shape[1] + emb_dim
+            for hdim in cfg.hidden:
+                layers += [torch.nn.Linear(width, hdim), torch.nn.ReLU()]
+                width = hdim
+            layers.append(torch.nn.Linear(width, n_a))
+            self.body = torch.nn.Sequential(*layers)
+
+        def forward(self, idx: Any) -> Any:
+            h = x[idx]
+            if self.emb is not None:
+                assert codes_t is not None
+                h = torch.cat([h, self.emb(codes_t[idx])], dim=1)
+            return self.body(h)
+
     with torch.random.fork_rng(devices=[]):  # seeded initialisation, global state untouched
         torch.manual_seed(int(rng.integers(2**31 - 1)))
-        for hdim in cfg.hidden:
-            layers += [torch.nn.Linear(width, hdim), torch.nn.ReLU()]
-            width = hdim
-        layers.append(torch.nn.Linear(width, n_a))
-    net = torch.nn.Sequential(*layers)
+        net = _Net()
     opt = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate)
     nxt, has_next = _next_rows(dataset)
     nxt_t = torch.as_tensor(nxt)
@@ -643,20 +841,28 @@ def _fit_mlp(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma: float, 
     pe_t = torch.as_tensor(pe, dtype=torch.float32)
     r_t = torch.as_tensor(dataset.rewards, dtype=torch.float32)
     a_t = torch.as_tensor(dataset.actions)
+    train = np.arange(n) if weights is None else np.flatnonzero(weights > 0)
+    train_t = torch.as_tensor(train)
+    w_t = None if weights is None else torch.as_tensor(weights, dtype=torch.float32)
+    all_idx = torch.arange(n)
     n_iter = 1 if gamma == 0 else (cfg.n_iterations or min(int(dataset.episode_lengths.max()), 100))
     for _ in range(n_iter):
         with torch.no_grad():  # frozen target network = the previous iteration's Q
-            v = (net(x) * pe_t).sum(dim=1)
+            v = (net(all_idx) * pe_t).sum(dim=1)
             y = r_t + gamma * mask * v[nxt_t]
         for _ in range(cfg.epochs):
-            perm = torch.randperm(n, generator=gen)
-            for s in range(0, n, cfg.batch_size):
+            perm = train_t[torch.randperm(train.size, generator=gen)]
+            for s in range(0, train.size, cfg.batch_size):
                 b = perm[s:s + cfg.batch_size]
-                pred = net(x[b]).gather(1, a_t[b, None]).squeeze(1)
-                loss = torch.nn.functional.mse_loss(pred, y[b])
+                pred = net(b).gather(1, a_t[b, None]).squeeze(1)
+                if w_t is None:
+                    loss = torch.nn.functional.mse_loss(pred, y[b])
+                else:
+                    wb = w_t[b]
+                    loss = (wb * (pred - y[b]) ** 2).sum() / wb.sum()
                 opt.zero_grad()
                 loss.backward()  # type: ignore[no-untyped-call]
                 opt.step()
     with torch.no_grad():
-        q = net(x).double().numpy()
+        q = net(all_idx).double().numpy()
     return np.ascontiguousarray(q), {"solver": "iterate", "n_iterations": n_iter}

@@ -12,6 +12,7 @@ from equicare.data import TrajectoryDataset
 from equicare.exceptions import DataValidationError, InvalidParameterError
 from equicare.ope._core import ALL_KEYS, IS_TYPE, OPEInputs
 from equicare.ope._fqe import FQEConfig, LoggedQFit, fit_fqe_logged, logged_q_fit
+from equicare.ope._select import AUTO_CANDIDATES, QSelection, candidate_config, select_q_model
 from equicare.policy import check_probs
 from equicare.policy._behavior import BehaviorModel
 from equicare.utils import PARAM_MESSAGE, RandomState, check_random_state
@@ -52,15 +53,20 @@ def target_probabilities(dataset: TrajectoryDataset, policy_or_probs: Any) -> ND
     return check_probs(np.asarray(probs), dataset.n_steps, dataset.n_actions, src)
 
 
-def as_fqe_config(q_model: Any) -> FQEConfig:
-    """Accept a model name or an :class:`FQEConfig`."""
+def as_fqe_config(q_model: Any) -> FQEConfig | Literal["auto"]:
+    """Accept ``"auto"``, a model name or an :class:`FQEConfig`."""
     if isinstance(q_model, FQEConfig):
-        return q_model
-    if isinstance(q_model, str):
+        return "auto" if q_model.model == "auto" else q_model
+    if q_model == "auto":
+        return "auto"
+    if isinstance(q_model, str) and q_model in ("tabular", "linear", "gbm", "mlp"):
         return FQEConfig(model=q_model)  # type: ignore[arg-type]
+    if isinstance(q_model, str) and q_model in AUTO_CANDIDATES:
+        return candidate_config(q_model)
     raise InvalidParameterError(PARAM_MESSAGE.format(
         name="q_model", owner="evaluate",
-        expected="'tabular', 'linear', 'gbm', 'mlp' or an FQEConfig", got=q_model))
+        expected="'auto', 'tabular', 'tabular_stationary', 'tabular_backward', 'linear', 'gbm', "
+                 "'mlp' or an FQEConfig", got=q_model))
 
 
 def _make_behavior_model(spec: Any, seed: int) -> BehaviorModel:
@@ -109,6 +115,8 @@ class Prepared:
         The Q-model at the logged actions and ``V`` (``qfit.q`` rebuilds the full matrix).
     bandit_qfit : LoggedQFit or None
         One-step reward model of the bandit mode.
+    q_selection : QSelection or None
+        Candidates' scores and the choice when ``q_model="auto"``.
     """
 
     inputs: OPEInputs
@@ -119,6 +127,12 @@ class Prepared:
     behavior_model: BehaviorModel | None
     qfit: LoggedQFit | None
     bandit_qfit: LoggedQFit | None = None
+    q_selection: QSelection | None = None
+
+    @property
+    def q_linearised(self) -> bool:
+        """Whether the Q-model's refit enters the bootstrap (LSTD-type Q-models)."""
+        return self.qfit is not None and self.qfit.lstd is not None
 
     def bandit_inputs(self) -> OPEInputs:
         """Return inputs whose Q-model is the one-step reward model (for ``bandit_dr``)."""
@@ -157,6 +171,8 @@ def prepare(
     q : array-like of shape (n_steps, n_actions), optional
         A given Q matrix (skips FQE).
     q_model : str or FQEConfig
+        ``"auto"`` (choose by cross-fitted held-out TD error, see
+        :func:`~equicare.ope.select_q_model`), a model or candidate name, or an FQEConfig.
     random_state : int, Generator or None
 
     Returns
@@ -194,12 +210,17 @@ def prepare(
         if qm.shape != pe.shape:
             raise InvalidParameterError(f"q must have shape {pe.shape}, got {qm.shape}.")
         given = logged_q_fit(qm, pe, dataset.actions, info={"solver": "given"})
+    qcfg = as_fqe_config(q_model)
+    selection = None
+    if qcfg == "auto" and given is None and (needs_q or "bandit_dr" in keys):
+        selection = select_q_model(dataset, pe, random_state=seed)
+        qcfg = candidate_config(selection.chosen)
     qfit = None
     if needs_q:  # Q at the logged actions and V only: no (n_steps, n_actions) Q matrix is kept
-        qfit = given or fit_fqe_logged(dataset, pe, as_fqe_config(q_model), random_state=seed)
+        qfit = given or fit_fqe_logged(dataset, pe, _concrete(qcfg), random_state=seed)
     bandit_qfit = None
     if "bandit_dr" in keys:
-        bandit_qfit = given or fit_fqe_logged(dataset, pe, as_fqe_config(q_model), gamma=0.0,
+        bandit_qfit = given or fit_fqe_logged(dataset, pe, _concrete(qcfg), gamma=0.0,
                                               random_state=seed)
     rows = np.arange(dataset.n_steps)
     rho = pe[rows, dataset.actions] / b
@@ -209,4 +230,8 @@ def prepare(
         v_s=None if qfit is None else qfit.v)
     return Prepared(inputs=inputs, target_probs=pe, actions=dataset.actions, behavior_prob=b,
                     propensity_source=source, behavior_model=bm, qfit=qfit,
-                    bandit_qfit=bandit_qfit)
+                    bandit_qfit=bandit_qfit, q_selection=selection)
+
+
+def _concrete(cfg: FQEConfig | str) -> FQEConfig:
+    return cfg if isinstance(cfg, FQEConfig) else FQEConfig()

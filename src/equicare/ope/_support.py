@@ -15,7 +15,14 @@ from equicare.ope._core import IS_TYPE
 from equicare.utils import check_param, row_blocks
 
 __all__ = ["SupportReport", "support_diagnostics", "model_support_diagnostics",
-           "SUPPORT_THRESHOLD", "SUPPORT_WARN_PCT", "SUPPORT_MESSAGE"]
+           "logged_support_diagnostics", "cell_observed", "SUPPORT_THRESHOLD",
+           "SUPPORT_WARN_PCT", "SUPPORT_MESSAGE"]
+
+#: Rows (at most, whole episodes) the fast numeric behaviour model of the logged-propensity
+#: support check is fitted on.
+FAST_SUPPORT_ROWS = 20_000
+#: One-hot columns up to which categorical states also enter that numeric model.
+FAST_SUPPORT_ONEHOT = 32
 
 #: Estimated behaviour probability below which an action counts as (almost) never taken.
 SUPPORT_THRESHOLD = 1e-3
@@ -169,6 +176,105 @@ def model_support_diagnostics(
         uses_categorical = observed is not None
         mass[rows] = _unsupported_mass(target_probs[rows], probs, observed, threshold)
     return _report(dataset, mass, threshold, uses_categorical, estimators, warn)
+
+
+class _CellObserved:
+    """Which actions were logged in each row's categorical cell (sparse counts per cell)."""
+
+    def __init__(self, dataset: TrajectoryDataset) -> None:
+        import scipy.sparse as sp
+
+        assert dataset.categorical is not None
+        n_a = dataset.n_actions
+        _, cell = np.unique(dataset.categorical, axis=0, return_inverse=True)
+        self.cell = np.asarray(cell, dtype=np.int64).ravel()
+        n_cells = int(self.cell.max()) + 1
+        self.counts = sp.csr_matrix((np.ones(dataset.n_steps), (self.cell, dataset.actions)),
+                                    shape=(n_cells, n_a))
+        self.counts.sum_duplicates()
+
+    def rows(self, rows: NDArray[np.int64] | slice) -> NDArray[np.bool_]:
+        """Observed mask of the rows, shape ``(n_rows, n_actions)``."""
+        return np.asarray(self.counts[self.cell[rows]].toarray() > 0)
+
+
+def cell_observed(dataset: TrajectoryDataset) -> NDArray[np.bool_] | None:
+    """Whether each action was logged in the row's categorical cell, ``(n_steps, n_actions)``.
+
+    None when the dataset has no categorical states. Built from sparse (cell, action) counts,
+    so memory is linear in rows whatever the number of cells.
+    """
+    if dataset.categorical is None or dataset.categorical.shape[1] == 0:
+        return None
+    return _CellObserved(dataset).rows(slice(None))
+
+
+def logged_support_diagnostics(
+    dataset: TrajectoryDataset,
+    target_probs: NDArray[np.float64],
+    *,
+    behavior_model: Any = "logistic",
+    threshold: float = SUPPORT_THRESHOLD,
+    estimators: tuple[str, ...] = ("is", "wis", "pdis", "wpdis", "fqe", "dr", "wdr"),
+    warn: bool = True,
+    random_state: int = 0,
+) -> tuple[SupportReport, dict[str, Any]]:
+    """Support check for data with logged propensities, without a cross-fitted behaviour model.
+
+    An action is unsupported at a row when it was never logged in the row's categorical cell
+    (empirical support from sparse per-cell counts, when there are categorical states) or, with
+    numeric states and at most 32 categorical levels in all, when a fast behaviour model gives
+    it probability below ``threshold``: one (not cross-fitted) fit on at most 20,000 rows of
+    whole episodes, with the numeric states, the one-hot categorical states, the previous action
+    and the step. With wide categorical states (more than 32 levels) the cells are fine enough
+    and the empirical support is the whole check.
+
+    Returns
+    -------
+    report : SupportReport
+    summary : dict
+        How the check was made (for the result JSON's ``behavior_model``).
+    """
+    from dataclasses import replace
+
+    from equicare.policy._behavior import BehaviorModel
+
+    check_param(threshold, "threshold", "support_diagnostics", kind=float, low=0.0, high=1.0)
+    has_cat = dataset.categorical is not None and dataset.categorical.shape[1] > 0
+    cells = _CellObserved(dataset) if has_cat else None
+    n_onehot = sum(len(lv) for lv in dataset.categorical_levels) if has_cat else 0
+    view = dataset
+    if has_cat and n_onehot > FAST_SUPPORT_ONEHOT:
+        view = replace(dataset, categorical=None, categorical_names=(), categorical_levels=())
+    summary: dict[str, Any] = {"support_check": "logged propensities: empirical per "
+                               "categorical cell" if has_cat else "logged propensities"}
+    model = None
+    # with wide categorical states the cells are the states (and any numeric score is mostly a
+    # function of them): a numeric-only model would flag actions clinicians take in the cell
+    if not (has_cat and n_onehot > FAST_SUPPORT_ONEHOT) and (
+            view.states.shape[1] > 0 or view.categorical is not None):
+        rng = np.random.default_rng(random_state)
+        order = rng.permutation(view.n_episodes)
+        keep = order[: max(1, int(np.searchsorted(np.cumsum(view.episode_lengths[order]),
+                                                  FAST_SUPPORT_ROWS)))]
+        spec = behavior_model if isinstance(behavior_model, str) else "logistic"
+        model = BehaviorModel(estimator=spec, n_folds=1, max_iter=100,
+                              random_state=random_state, calibration=False)
+        model.fit(view.subset(np.sort(keep)))
+        summary["support_check"] += (", plus a fast numeric behaviour model (" + spec +
+                                     f", {int(view.episode_lengths[keep].sum())} rows, "
+                                     "not cross-fitted)")
+    mass = np.empty(dataset.n_steps)
+    if model is not None:
+        for rows, probs in model.action_prob_blocks(view):
+            obs = None if cells is None else cells.rows(rows)
+            mass[rows] = _unsupported_mass(target_probs[rows], probs, obs, threshold)
+    else:
+        assert cells is not None
+        for sl in row_blocks(dataset.n_steps, dataset.n_actions):
+            tp = target_probs[sl]
+            mass[sl] = _unsupported_mass(tp, np.ones_like(tp), cells.rows(sl), threshold)
+    return _report(dataset, mass, threshold, has_cat, estimators, warn), summary
 
 
 def _unsupported_mass(target_probs: NDArray[np.float64], behavior_probs: NDArray[np.float64],

@@ -112,6 +112,9 @@ class BehaviorModel(BaseEstimator):
         Iterations of the logistic solver.
     random_state : int, default=0
         Seed of the fold assignment (and of randomised classifiers).
+    calibration : bool, default=True
+        Compute the reliability table of ``calibration_`` (full distributions of up to 20,000
+        rows); ``False`` keeps only the logged-action summaries (faster).
 
     Attributes
     ----------
@@ -139,7 +142,7 @@ class BehaviorModel(BaseEstimator):
 
     def __init__(self, estimator: Any = "logistic", *, factored: bool | str = "auto",
                  n_folds: int = 5, floor: float = 1e-3, history: bool = True, C: float = 1.0,
-                 max_iter: int = 300, random_state: int = 0) -> None:
+                 max_iter: int = 300, random_state: int = 0, calibration: bool = True) -> None:
         self.estimator = estimator
         self.factored = factored
         self.n_folds = n_folds
@@ -148,6 +151,7 @@ class BehaviorModel(BaseEstimator):
         self.C = C
         self.max_iter = max_iter
         self.random_state = random_state
+        self.calibration = calibration
 
     # ------------------------------------------------------------------ checks
     def _check_params(self) -> None:
@@ -490,7 +494,8 @@ class BehaviorModel(BaseEstimator):
         codes, flat = dataset.action_codes, dataset.actions
         rng = check_random_state(int(self.random_state) + 1)
         calib = np.zeros(n, dtype=bool)
-        calib[rng.permutation(n)[:_CALIB_ROWS]] = True
+        if self.calibration:
+            calib[rng.permutation(n)[:_CALIB_ROWS]] = True
         for f in range(len(self.models_)):
             rows = np.flatnonzero(folds == f)
             for s in range(0, rows.size, _CHUNK):

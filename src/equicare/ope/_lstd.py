@@ -1,0 +1,266 @@
+r"""Sparse least-squares fixed points of FQE (LSTD-Q) and their first-order sensitivity.
+
+Both the stationary tabular model and the linear model are linear in a design ``x(s, a)``:
+``Q(s, a) = x(s, a)^T theta``. FQE iterated to convergence reaches the fixed point of the
+(ridge-)projected Bellman equation (Lagoudakis & Parr 2003; Le, Voloshin & Yue 2019),
+
+.. math::
+
+    M \theta = b, \qquad M = \sum_i x_i (x_i - \gamma \bar x'_i)^T + \Lambda, \qquad
+    b = \sum_i x_i r_i,
+
+with ``x_i = x(s_i, a_i)`` (sparse rows ``X``) and ``\bar x'_i = E_{a' \sim \pi_e}
+x(s_{i+1}, a')`` (zero when row ``i`` has no next row). ``M`` is assembled as a
+``scipy.sparse`` matrix from the sufficient statistics ``X^T X`` and ``X_{prev}^T X_\pi`` (no
+``(p, p, m)`` dense block, no cardinality-squared memory) and factorised once by SuperLU.
+
+The same factorisation gives the estimate's sensitivity to the data (an influence function).
+For a functional ``F(theta)`` with gradient ``j``, re-weighting episodes by ``c_e`` (bootstrap
+counts) moves the fixed point by ``M^{-1} (\sum_e c_e g_e - \Lambda \theta)`` to first order,
+``g_e = \sum_{i \in e} x_i \delta_i`` with the TD residuals ``\delta_i = r_i + \gamma \bar x'_i
+\theta - x_i \theta``. With ``z = M^{-T} j`` the per-episode term ``n z^T g_e`` is what refitting
+the Q-model inside a bootstrap replicate adds to ``F`` (the linearised or "infinitesimal"
+bootstrap, Efron 1982, ch. 6; for tabular FQE ``n x_i^T z`` is the estimated state-action
+density ratio ``d^\pi / d^D`` of marginalised importance sampling, Uehara, Huang & Jiang 2020).
+All replicates then cost one matrix product, like the fixed-Q bootstrap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import scipy.sparse as sp
+from numpy.typing import NDArray
+
+from equicare.utils import row_blocks
+
+__all__ = ["LSTDFit", "solve_lstd", "shift_prev", "PiDesign", "SparsePi", "KronPi"]
+
+
+def shift_prev(x: sp.csr_matrix, has_next: NDArray[np.bool_]) -> sp.csr_matrix:
+    """Rows ``j`` hold ``x_{j-1}`` when row ``j - 1`` has a next row (else zero), CSR.
+
+    ``shift_prev(X, has_next).T @ X_pi`` is ``sum_i x_i xbar'_i^T`` without indexing the
+    (wide) ``X_pi`` by next rows.
+    """
+    n = x.shape[0]
+    src = np.flatnonzero(has_next[: n - 1]) if n > 1 else np.zeros(0, dtype=np.int64)
+    sel = sp.csr_matrix((np.ones(src.size), (src + 1, src)), shape=(n, n))
+    return sp.csr_matrix(sel @ x)
+
+
+class PiDesign(Protocol):
+    """The target policy's expected design ``X_pi`` (rows ``E_{a ~ pi_e} x(s_i, a)``)."""
+
+    def matvec(self, theta: NDArray[np.float64]) -> NDArray[np.float64]:
+        """``X_pi theta``, shape ``(n_steps,)``."""
+
+    def rmatvec(self, a: NDArray[np.float64]) -> NDArray[np.float64]:
+        """``X_pi^T a`` for ``a`` of shape (n_steps, k), shape ``(n_params, k)``."""
+
+    def cross(self, left: sp.csr_matrix) -> sp.spmatrix | NDArray[np.float64]:
+        """``left^T X_pi`` for a sparse ``left`` of shape (n_steps, n_params)."""
+
+
+@dataclass(frozen=True, eq=False)
+class SparsePi:
+    """``X_pi`` held as one sparse matrix (tabular model)."""
+
+    x_pi: sp.csr_matrix
+
+    def matvec(self, theta: NDArray[np.float64]) -> NDArray[np.float64]:
+        return np.asarray(self.x_pi @ theta)
+
+    def rmatvec(self, a: NDArray[np.float64]) -> NDArray[np.float64]:
+        return np.asarray(self.x_pi.T @ a)
+
+    def cross(self, left: sp.csr_matrix) -> sp.spmatrix:
+        return sp.csr_matrix(left.T) @ self.x_pi
+
+
+@dataclass(frozen=True, eq=False)
+class KronPi:
+    """``X_pi = [phi_i (x) u_i, C_i]`` built block by block, never whole.
+
+    ``phi`` (n_steps, p) dense state features, ``u`` (n_steps, m) the target policy's expected
+    action features, ``cats`` (n_steps, c) sparse categorical main effects (or None).
+    """
+
+    phi: NDArray[np.float64]
+    u: NDArray[np.float64]
+    cats: sp.csr_matrix | None
+
+    @property
+    def n_kron(self) -> int:
+        return int(self.phi.shape[1] * self.u.shape[1])
+
+    def _block(self, sl: slice) -> NDArray[np.float64]:
+        b = self.phi[sl][:, :, None] * self.u[sl][:, None, :]
+        return b.reshape(b.shape[0], -1)
+
+    def matvec(self, theta: NDArray[np.float64]) -> NDArray[np.float64]:
+        p, m = self.phi.shape[1], self.u.shape[1]
+        w = theta[: p * m].reshape(p, m)
+        out = np.einsum("ij,ij->i", self.phi @ w, self.u)
+        if self.cats is not None:
+            out += self.cats @ theta[p * m:]
+        return out
+
+    def rmatvec(self, a: NDArray[np.float64]) -> NDArray[np.float64]:
+        a2 = a.reshape(a.shape[0], -1)
+        top = np.einsum("ip,im,ik->pmk", self.phi, self.u, a2).reshape(self.n_kron, -1)
+        if self.cats is None:
+            return top
+        return np.concatenate([top, np.asarray(self.cats.T @ a2)], axis=0)
+
+    def cross(self, left: sp.csr_matrix) -> sp.spmatrix | NDArray[np.float64]:
+        nk = self.n_kron
+        n_par = left.shape[1]
+        dense = np.zeros((n_par, nk))
+        for sl in row_blocks(self.phi.shape[0], nk):  # left^T [phi (x) u], one block at a time
+            dense += np.asarray(sp.csr_matrix(left[sl].T) @ self._block(sl))
+        if self.cats is None:
+            return dense
+        right = np.asarray((sp.csr_matrix(left.T) @ self.cats).toarray()) if (
+            n_par * self.cats.shape[1] <= 4_000_000) else None
+        if right is not None:
+            return np.concatenate([dense, right], axis=1)
+        return sp.hstack([sp.csr_matrix(dense), sp.csr_matrix(left.T) @ self.cats], format="csr")
+
+
+@dataclass(frozen=True, eq=False)
+class LSTDFit:
+    """A solved projected Bellman equation with its factorisation.
+
+    Attributes
+    ----------
+    theta : ndarray of shape (n_params,)
+    x : csr_matrix of shape (n_steps, n_params)
+        Design at the logged actions.
+    x_pi : PiDesign
+        Expected design under the target policy at each row.
+    has_next : ndarray of shape (n_steps,)
+    gamma : float
+    solve_t : callable
+        ``solve_t(b)`` solves ``M^T z = b``.
+    ridge : ndarray of shape (n_params,)
+    """
+
+    theta: NDArray[np.float64]
+    x: sp.csr_matrix
+    x_pi: PiDesign
+    has_next: NDArray[np.bool_]
+    gamma: float
+    solve_t: Callable[[NDArray[np.float64]], NDArray[np.float64]]
+    ridge: NDArray[np.float64]
+
+    @property
+    def q_sa(self) -> NDArray[np.float64]:
+        """``Q(s_i, a_i)``, shape ``(n_steps,)``."""
+        return np.asarray(self.x @ self.theta)
+
+    @property
+    def v(self) -> NDArray[np.float64]:
+        """``V(s_i) = E_{pi_e} Q(s_i, a)``, shape ``(n_steps,)``."""
+        return self.x_pi.matvec(self.theta)
+
+    def td_residuals(self, rewards: NDArray[np.float64]) -> NDArray[np.float64]:
+        """``delta_i = r_i + gamma V(s_{i+1}) - Q(s_i, a_i)``, shape ``(n_steps,)``."""
+        v = self.v
+        v_next = np.zeros_like(v)
+        v_next[:-1] = np.where(self.has_next[:-1], v[1:], 0.0)
+        return rewards + self.gamma * v_next - self.q_sa
+
+    def gradients(self, first: NDArray[np.float64], logged: NDArray[np.float64]
+                  ) -> NDArray[np.float64]:
+        """``X_pi^T first - X^T logged`` for row weights of shape (n_steps, k): (n_params, k)."""
+        return np.asarray(self.x_pi.rmatvec(first) - self.x.T @ logged)
+
+    def influence(self, grads: NDArray[np.float64], rewards: NDArray[np.float64],
+                  episode_offsets: NDArray[np.int64]) -> NDArray[np.float64]:
+        """Per-episode first-order effect of refitting ``theta`` on functionals with gradients.
+
+        Parameters
+        ----------
+        grads : ndarray of shape (n_params, k)
+            Gradients ``dF/dtheta`` of ``k`` functionals (estimators).
+        rewards : ndarray of shape (n_steps,)
+        episode_offsets : ndarray of shape (n_episodes + 1,)
+
+        Returns
+        -------
+        ndarray of shape (n_episodes, k)
+            ``n z^T g_e`` centred to mean 0 (so the point estimate is unchanged); adding it to an
+            estimator's per-episode part makes every bootstrap replicate include the refit.
+        """
+        z = self.solve_t(np.asarray(grads, dtype=np.float64))
+        n_ep = episode_offsets.size - 1
+        w = np.asarray(self.x @ z)  # (n_steps, k): n x_i^T z is a density ratio in tabular FQE
+        contrib = w * self.td_residuals(rewards)[:, None]
+        per_ep = np.add.reduceat(contrib, episode_offsets[:-1], axis=0) * n_ep
+        return np.asarray(per_ep - per_ep.mean(axis=0, keepdims=True))
+
+
+#: Parameters up to which ``M`` is factorised as a dense matrix (LAPACK) instead of SuperLU.
+DENSE_PARAMS = 3000
+
+
+def solve_lstd(x: sp.csr_matrix, x_pi: PiDesign, rewards: NDArray[np.float64],
+               has_next: NDArray[np.bool_], gamma: float, ridge: NDArray[np.float64],
+               weights: NDArray[np.float64] | None = None) -> LSTDFit | None:
+    """Solve ``M theta = b`` by LU; None when ``M`` is singular or the result not finite.
+
+    Parameters
+    ----------
+    x : csr_matrix of shape (n_steps, n_params)
+    x_pi : PiDesign
+    rewards : ndarray of shape (n_steps,)
+    has_next : ndarray of shape (n_steps,)
+        Whether row ``i + 1`` is row ``i``'s next step (not terminal, not the episode's end).
+    gamma : float
+    ridge : ndarray of shape (n_params,)
+    weights : ndarray of shape (n_steps,), optional
+        Row weights of the sums in ``M`` and ``b`` (e.g. 0 for held-out episodes).
+
+    Returns
+    -------
+    LSTDFit or None
+    """
+    from scipy.linalg import lu_factor, lu_solve
+    from scipy.sparse.linalg import splu
+
+    n_par = x.shape[1]
+    xw = x if weights is None else sp.csr_matrix(sp.diags(weights) @ x)
+    xt = sp.csr_matrix(xw.T)
+    m = xt @ x + sp.diags(ridge)
+    if gamma > 0:
+        cross = x_pi.cross(shift_prev(xw, has_next))
+        m = (m.toarray() - gamma * cross) if not sp.issparse(cross) else (m - gamma * cross)
+    b = np.asarray(xt @ rewards)
+    solve_t: Callable[[NDArray[np.float64]], NDArray[np.float64]]
+    if n_par <= DENSE_PARAMS:
+        md = m.toarray() if sp.issparse(m) else np.asarray(m)
+        with np.errstate(all="ignore"):
+            lu = lu_factor(md, check_finite=False)
+        if not np.all(np.isfinite(lu[0])) or np.any(np.diag(lu[0]) == 0):
+            return None
+        theta = lu_solve(lu, b, check_finite=False)
+
+        def solve_t(g: NDArray[np.float64]) -> NDArray[np.float64]:
+            return np.asarray(lu_solve(lu, g, trans=1, check_finite=False))
+    else:
+        try:
+            slu = splu(sp.csc_matrix(m))
+            theta = slu.solve(b)
+        except RuntimeError:  # exactly singular
+            return None
+
+        def solve_t(g: NDArray[np.float64]) -> NDArray[np.float64]:
+            return np.asarray(slu.solve(g, trans="T"))
+    if not np.isfinite(theta).all():
+        return None
+    return LSTDFit(theta=theta, x=x, x_pi=x_pi, has_next=has_next, gamma=float(gamma),
+                   solve_t=solve_t, ridge=ridge)

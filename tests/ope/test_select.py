@@ -1,0 +1,79 @@
+"""q_model='auto': candidates, scores, the choice, and how they are reported; logged support."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from equicare.exceptions import SupportWarning
+from equicare.ope import _select as select_mod
+from equicare.ope import evaluate
+from equicare.ope._select import AUTO_CANDIDATES, select_q_model
+from tests.ope._garnet import make
+
+
+@pytest.fixture(scope="module")
+def garnet():
+    return make("s50_a5_g1", 400, seed=7)
+
+
+def test_auto_scores_every_candidate_and_picks_the_lowest(garnet, monkeypatch):
+    _, ds, pols = garnet
+    pe = pols["soft_optimal"][ds.categorical[:, 0]]
+    monkeypatch.setattr(select_mod, "AUTO_FLEXIBLE_WORK", 10)  # gbm/mlp skipped: too slow
+    sel = select_q_model(ds, pe, random_state=0)
+    assert set(sel.candidates) == set(AUTO_CANDIDATES)
+    assert set(sel.skipped) == {"gbm", "mlp"} and "> 10 (slow)" in sel.skipped["gbm"]
+    scored = {k: v for k, v in sel.candidates.items() if v is not None}
+    assert set(scored) == {"tabular_stationary", "tabular_backward", "linear"}
+    assert sel.chosen == min(scored, key=scored.get)
+    assert all(v >= 0 for v in scored.values())
+    d = sel.to_dict()
+    assert d["chosen"] == sel.chosen and d["n_folds"] == 2 and "td_error" in d
+
+
+def test_auto_is_the_default_and_reported_in_the_result(garnet, monkeypatch):
+    _, ds, pols = garnet
+    pe = pols["mixture_30"][ds.categorical[:, 0]]
+    monkeypatch.setattr(select_mod, "AUTO_FLEXIBLE_WORK", 10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SupportWarning)
+        res = evaluate(ds, pe, bootstrap=50, groups=[])
+    q = res.to_dict()["q_model"]
+    assert q["chosen"] in AUTO_CANDIDATES and set(q["candidates"]) == set(AUTO_CANDIDATES)
+    assert res.settings["q_model"] == "auto"
+    if q["chosen"] in ("tabular_stationary", "linear"):
+        assert res.settings["nuisance"] == "Q-model refit linearised in every replicate"
+
+
+def test_auto_without_categorical_states_skips_the_tables(monkeypatch):
+    from tests.ope._mdp import BEHAVIOR, TARGET, small_mdp
+
+    monkeypatch.setattr(select_mod, "AUTO_FLEXIBLE_WORK", 10)
+    mdp = small_mdp(end=True, horizon=4)
+    ds = mdp.sample(BEHAVIOR, 200, seed=0)
+    from dataclasses import replace
+
+    ds = replace(ds, categorical=None, categorical_names=(), categorical_levels=())
+    sel = select_q_model(ds, TARGET[np.argmax(ds.states, axis=1)], random_state=0)
+    assert sel.skipped["tabular_stationary"] == "no categorical states"
+    assert sel.chosen == "linear" and sel.n_folds == 0  # the only candidate: no cross-fitting
+
+
+def test_never_logged_pairs_draw_a_support_warning_with_their_share():
+    """Logged propensities: the support check is the empirical cell support (no model fit)."""
+    _, ds, pols = make("s700_a25_g1", 250, seed=8)
+    pe = pols["unsupported"][ds.categorical[:, 0]]
+    n_a = ds.n_actions
+    s = ds.categorical[:, 0]
+    logged = np.zeros((int(s.max()) + 1, n_a), bool)
+    logged[s, ds.actions] = True
+    share = 100.0 * float(np.mean((pe * ~logged[s]).sum(axis=1)))
+    with pytest.warns(SupportWarning, match=f"{share:.2f}% of its probability mass"):
+        res = evaluate(ds, pe, estimators="wis,fqe,dr", q_model="tabular_stationary",
+                       bootstrap=20, groups=[])
+    assert res.support.share_pct == pytest.approx(share, rel=1e-9)
+    assert "empirical per categorical cell" in res.behavior_model["support_check"]
+    assert "fast numeric" not in res.behavior_model["support_check"]
