@@ -450,7 +450,7 @@ def _fit_tabular(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma: flo
             key = cell[rows] * n_a + a[rows]
             wr = None if weights is None else weights[rows]
             sums = np.bincount(key, weights=y if wr is None else y * wr,
-                               minlength=n_cells * n_a).reshape(n_cells, n_a)
+                               minlength=n_cells * n_a).astype(np.float64).reshape(n_cells, n_a)
             cnt = np.bincount(key, weights=wr, minlength=n_cells * n_a).reshape(
                 n_cells, n_a).astype(float)
             table = _fill_unvisited(sums, cnt)

@@ -107,13 +107,13 @@ class KronPi:
         out = np.einsum("ij,ij->i", self.phi @ w, self.u)
         if self.cats is not None:
             out += self.cats @ theta[p * m:]
-        return out
+        return np.asarray(out, dtype=np.float64)
 
     def rmatvec(self, a: NDArray[np.float64]) -> NDArray[np.float64]:
         a2 = a.reshape(a.shape[0], -1)
         top = np.einsum("ip,im,ik->pmk", self.phi, self.u, a2).reshape(self.n_kron, -1)
         if self.cats is None:
-            return top
+            return np.asarray(top, dtype=np.float64)
         return np.concatenate([top, np.asarray(self.cats.T @ a2)], axis=0)
 
     def cross(self, left: sp.csr_matrix) -> sp.spmatrix | NDArray[np.float64]:

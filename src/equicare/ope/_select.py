@@ -144,7 +144,7 @@ def _density_ratio(fit: LoggedQFit, dataset: TrajectoryDataset, train: NDArray[n
         return None
     # truncated like importance weights: sparse pairs that the target policy revisits can get
     # ratios in the millions, which would make every candidate's score noise
-    return np.clip(w, 0.0, RATIO_CAP)
+    return np.asarray(np.clip(w, 0.0, RATIO_CAP), dtype=np.float64)
 
 
 def select_q_model(dataset: TrajectoryDataset, target_probs: NDArray[np.float64], *,

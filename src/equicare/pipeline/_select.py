@@ -204,7 +204,7 @@ def default_q_model(dataset: Any) -> str:
     from equicare.ope import FQEConfig
 
     try:
-        FQEConfig(model="auto")  # type: ignore[arg-type]
+        FQEConfig(model="auto")
         return "auto"
     except (ValueError, TypeError):
         return "tabular" if dataset.categorical is not None else "linear"
