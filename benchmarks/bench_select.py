@@ -126,6 +126,35 @@ def time_cli(episodes: int = 5000) -> dict:
     return {"wall_seconds": wall, "cpu_seconds": cpu, "chosen": doc["chosen"]}
 
 
+def run(quick: bool = False) -> dict[str, dict]:
+    """``make bench`` entries: time of ``train --select auto`` (700 x 25) and gap closed.
+
+    The study over every configuration and five seeds is ``main`` (by hand; minutes per
+    configuration). Here: the CLI end to end on the 700-state, 25-action panel (issue #15's
+    time-to-quality budget: 3 minutes of CPU on 2 cores), and the exact share of the
+    behaviour-to-optimum gap the kept policy closes on that configuration (one seed).
+    """
+    episodes = 300 if quick else 5000
+    timed = time_cli(episodes)
+    row = run_one("s50_a5_g1" if quick else "s700_a25_g1", 1, episodes, [], 0)
+
+    def entry(value: float, unit: str, note: str | None = None) -> dict:
+        e = {"value": value, "unit": unit, "peer": None, "peer_value": None, "ratio": None}
+        if note:
+            e["note"] = note
+        return e
+
+    return {
+        "select_auto_700x25_cpu": entry(timed["cpu_seconds"], "s",
+                                        f"wall {timed['wall_seconds']:.1f} s; kept "
+                                        f"{timed['chosen']}"),
+        "select_auto_700x25_gap_closed": entry(
+            100.0 * gap(row["selected"], row), "%",
+            f"exact values: behaviour {row['behavior']:.4f}, kept {row['selected']:.4f}, "
+            f"optimum {row['optimal']:.4f} (one seed)"),
+    }
+
+
 def main() -> None:
     from equicare.sim.garnet import GARNET_PRESETS
 

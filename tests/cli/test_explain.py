@@ -84,7 +84,7 @@ def test_refuses_to_overwrite_without_force(files, tmp_path):
 
 
 @pytest.mark.parametrize(("extra", "message"), [
-    (["--labels", "soft"], "The 'labels' parameter of DistillConfig must be one of"),
+    (["--labels", "soft"], "Invalid value for '--labels'"),
     (["--estimators", "dr,magic"], "The 'estimators' parameter of ExplainConfig"),
 ])
 def test_bad_options_exit_2(files, tmp_path, extra, message):

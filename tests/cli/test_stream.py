@@ -90,3 +90,26 @@ def test_audit_streams_and_shards_identically(parts):
             if "value" in cell:
                 assert s["policies"][pol]["rate"][g]["value"] == pytest.approx(cell["value"],
                                                                              rel=1e-9)
+
+
+def test_evaluate_streams_shards_and_refuses_q_model_estimators(parts):
+    d, info = parts
+    man = str(d / "manifest.toml")
+    base = ["evaluate", info["panel"], "--manifest", man, "--policy", str(d / "bc"),
+            "--bootstrap", "100", "--json"]
+    whole = json.loads(runner.invoke(app, base + ["--estimators", "is,wis,pdis,wpdis"]).stdout)
+    res = runner.invoke(app, base + ["--chunk-rows", "120", "--out", str(d / "stream.json")])
+    assert res.exit_code == 0, res.output
+    s = json.loads(res.stdout)
+    assert json.loads((d / "stream.json").read_text()) == s
+    sharded = runner.invoke(app, base + ["--chunk-rows", "120", "--executor", "local",
+                                         "--jobs", "1"])
+    assert sharded.exit_code == 0, sharded.output
+    h = json.loads(sharded.stdout)
+    for k in ("is", "wis", "pdis", "wpdis"):
+        # point estimates: the in-memory engine's; intervals: same for any sharding
+        assert s["estimates"][k]["value"] == pytest.approx(whole["estimates"][k]["value"],
+                                                           rel=1e-9)
+        assert h["estimates"][k]["ci"] == pytest.approx(s["estimates"][k]["ci"], rel=1e-9)
+    res = runner.invoke(app, base + ["--chunk-rows", "120", "--estimators", "dr"])
+    assert res.exit_code == 2 and "cannot stream" in res.output

@@ -6,8 +6,8 @@ from enum import StrEnum
 
 __all__ = ["Sim", "Algo", "OfflineAlgo", "Encoder", "OmgReward", "Form", "BehaviorModel",
            "QModel", "EvalCI", "AuditCI", "Level", "AuditEstimator", "ValueEstimator", "Weight",
-           "ExecutorName", "Domain", "Curve", "Basis", "Env", "Scenario", "OnlineAlgo", "Mode",
-           "GroupSignal", "Example"]
+           "ExecutorName", "Labels", "ExplainQModel", "Domain", "Curve", "Basis", "Env",
+           "Scenario", "OnlineAlgo", "Mode", "GroupSignal", "Example", "Select"]
 
 
 class _Choice(StrEnum):
@@ -214,3 +214,19 @@ class Example(_Choice):
     """Run configurations shipped with equicare."""
 
     CARE = "care"
+
+
+class Labels(_Choice):
+    """What ``explain`` imitates."""
+
+    ARGMAX = "argmax"
+    SAMPLE = "sample"
+
+
+class ExplainQModel(_Choice):
+    """Q-models of ``explain`` (row weights and evidence)."""
+
+    LINEAR = "linear"
+    GBM = "gbm"
+    MLP = "mlp"
+    TABULAR = "tabular"

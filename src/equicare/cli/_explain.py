@@ -8,13 +8,16 @@ from typing import Annotated, Any
 
 import typer
 
+from equicare.cli._choices import ExplainQModel, Labels
+from equicare.cli._utils import Force, JsonOut, Seed, Threads
+
 __all__ = ["run_explain", "register"]
 
 
 def run_explain(model: Path, data: Path, *, manifest: Path, out: Path, depth: int = 3,
                 max_rules: int | None = None, holdout: float = 0.3, q_model: str = "linear",
                 estimators: str = "wis,dr", bootstrap: int = 200, action: str | None = None,
-                group: str | None = None, labels: str = "argmax", seed: int = 0,
+                group: str | None = None, labels: str = "argmax", seed: int = 42,
                 force: bool = False) -> dict[str, Any]:
     """Load the panel and the policy, build the policy card and write the card folder.
 
@@ -61,7 +64,8 @@ def register(app: typer.Typer) -> None:
         model: Annotated[Path, typer.Argument(
             help="Policy to explain: a model folder (any learner) or a policy file.")],
         data: Annotated[Path, typer.Argument(help="Panel file: .csv, .parquet or a DuckDB file.")],
-        manifest: Annotated[Path, typer.Option(help="Manifest TOML naming each column's role.")],
+        manifest: Annotated[Path, typer.Option("--manifest", "-m",
+                                               help="Manifest TOML naming each column's role.")],
         out: Annotated[Path, typer.Option(
             help="Card folder to write: policy_card.html, policy_card.json, rules.txt, model/.")],
         depth: Annotated[int, typer.Option(min=1, max=12, help="Depth of the rules.")] = 3,
@@ -69,9 +73,9 @@ def register(app: typer.Typer) -> None:
             min=2, help="Cap on the number of rules (leaves).")] = None,
         holdout: Annotated[float, typer.Option(
             help="Share of episodes held out for the evidence.")] = 0.3,
-        q_model: Annotated[str, typer.Option(
-            help="Q-model of the weights and the OPE: linear, gbm, mlp or tabular.")
-        ] = "linear",
+        q_model: Annotated[ExplainQModel, typer.Option(
+            help="Q-model of the row weights and of the OPE (tabular for fully categorical "
+                 "states).")] = ExplainQModel.LINEAR,
         estimators: Annotated[str, typer.Option(
             help="Comma list of OPE estimators: is, wis, pdis, wpdis, fqe, dr, wdr.")
         ] = "wis,dr",
@@ -80,12 +84,13 @@ def register(app: typer.Typer) -> None:
         action: Annotated[str | None, typer.Option(
             help="Audited action set, e.g. modality=home_visit.")] = None,
         group: Annotated[str | None, typer.Option(help="Audited group attribute.")] = None,
-        labels: Annotated[str, typer.Option(
-            help="Imitate the source's argmax action or samples of its distribution: "
-                 "argmax or sample.")] = "argmax",
-        seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 0,
-        force: Annotated[bool, typer.Option(help="Replace an existing card folder.")] = False,
-        json_out: Annotated[bool, typer.Option("--json", help="Print the card JSON.")] = False,
+        labels: Annotated[Labels, typer.Option(
+            help="Imitate the source's argmax action or samples of its distribution.")
+        ] = Labels.ARGMAX,
+        seed: Seed = 42,
+        force: Force = False,
+        json_out: JsonOut = False,
+        threads: Threads = "auto",
     ) -> None:
         """Distil a policy into readable rules and write its policy card (HTML + JSON).
 
@@ -105,9 +110,9 @@ def register(app: typer.Typer) -> None:
 
         with user_errors():
             res = run_explain(model, data, manifest=manifest, out=out, depth=depth,
-                              max_rules=max_rules, holdout=holdout, q_model=q_model,
+                              max_rules=max_rules, holdout=holdout, q_model=q_model.value,
                               estimators=estimators, bootstrap=bootstrap, action=action,
-                              group=group, labels=labels, seed=seed, force=force)
+                              group=group, labels=labels.value, seed=seed, force=force)
         if json_out:
             print_json(res)
             return

@@ -17,7 +17,17 @@ if TYPE_CHECKING:  # pragma: no cover
     from equicare.ope._evaluate import EvaluationResult
 
 from equicare.cli._choices import BehaviorModel, EvalCI, QModel
-from equicare.cli._utils import Force, JsonOut, Progress, Seed, Threads
+from equicare.cli._utils import (
+    Address,
+    ChunkRows,
+    Force,
+    Jobs,
+    JsonOut,
+    Progress,
+    Seed,
+    StreamExecutor,
+    Threads,
+)
 
 __all__ = ["run_evaluate", "load_target_policy", "result_table", "register", "OUT_EXISTS"]
 
@@ -180,6 +190,55 @@ def result_table(res: EvaluationResult) -> Table:
     return t
 
 
+def run_evaluate_stream(data: Path, *, manifest: Path, policy: Path, estimators: str = "all",
+                        bootstrap: int = 1000, truncate: float | None = None, seed: int = 42,
+                        chunk_rows: int = 500_000, executor: Any = None,
+                        out: Path | None = None, force: bool = False) -> Any:
+    """``evaluate --chunk-rows``: :func:`equicare.ope.evaluate_stream`, then the result JSON.
+
+    ``estimators="all"`` means every estimator that streams (is, wis, pdis, wpdis); naming one
+    that needs a Q-model fitted on the whole panel is a user error.
+    """
+    from equicare.ope import evaluate_stream
+    from equicare.ope._stream import STREAM_KEYS
+    from equicare.utils import atomic_write_text
+
+    keys = (STREAM_KEYS if estimators.strip() == "all"
+            else tuple(k.strip() for k in estimators.split(",") if k.strip()))
+    bad = [k for k in keys if k not in STREAM_KEYS]
+    if bad:
+        raise InvalidParameterError(
+            f"--estimators {','.join(bad)} cannot stream: with --chunk-rows only "
+            f"{', '.join(STREAM_KEYS)} are computed (fqe, dr and wdr need a Q-model fitted on the "
+            "whole panel; see docs/scale.md).")
+    if bootstrap < 1:
+        raise InvalidParameterError("--bootstrap must be >= 1 with --chunk-rows.")
+    res = evaluate_stream(data, load_target_policy(policy), manifest=manifest, estimators=keys,
+                          n_boot=bootstrap, truncate=truncate, random_state=seed,
+                          chunk_rows=chunk_rows, executor=executor)
+    if out is not None:
+        if out.exists() and not force:
+            raise FileExistsError(OUT_EXISTS.format(path=out))
+        atomic_write_text(out, json.dumps(res.to_dict(), indent=2))
+    return res
+
+
+def stream_table(res: Any) -> Table:
+    """The streamed result as a table: behaviour, then each estimator with its interval."""
+    from rich.table import Table
+
+    t = Table(title=f"Off-policy estimates (streamed: {res.n_episodes:,} episodes, "
+                    f"{res.n_steps:,} steps, {res.n_boot} Poisson bootstrap replicates)")
+    for col in ("estimator", "value", "95% CI", "SE"):
+        t.add_column(col)
+    b = res.behavior
+    t.add_row("behaviour (on-policy mean)", _fmt(b.value), f"[{_fmt(b.ci[0])}, {_fmt(b.ci[1])}]",
+              _fmt(b.se))
+    for k, e in res.estimates.items():
+        t.add_row(k, _fmt(e.value), f"[{_fmt(e.ci[0])}, {_fmt(e.ci[1])}]", _fmt(e.se))
+    return t
+
+
 def q_model_line(res: EvaluationResult) -> str | None:
     """One line: the Q-model used, and with ``auto`` every candidate's score."""
     q = res.q_model
@@ -222,6 +281,10 @@ def register(app: typer.Typer) -> None:
             help="Q-model of FQE, DR and WDR: auto (chosen by cross-fitted held-out bias, every "
                  "candidate's score reported) or a fixed one.")] = QModel.AUTO,
         ci: Annotated[EvalCI, typer.Option(help="Bootstrap interval.")] = EvalCI.PERCENTILE,
+        chunk_rows: ChunkRows = None,
+        executor: StreamExecutor = None,
+        address: Address = "auto",
+        jobs: Jobs = 2,
         seed: Seed = 42,
         force: Force = False,
         progress: Progress = True,
@@ -232,9 +295,14 @@ def register(app: typer.Typer) -> None:
 
         Prints estimates, 95% bootstrap intervals, effective sample sizes and support
         diagnostics; --out also writes them (with per-group results) as the result JSON.
+        With --chunk-rows the panel is streamed (IS, WIS, PDIS, WPDIS with the logged
+        propensities; Poisson bootstrap keyed by episode id), on --executor shards too.
 
         Example: equicare evaluate data/panel.parquet --manifest data/manifest.toml
         --policy awr_probs.parquet --bootstrap 1000 --truncate 50 --out result.json
+
+        Example: equicare evaluate big/panel/ -m big/manifest.toml --policy models/awr
+        --chunk-rows 500000 --executor ray --address HOST:6379
         """
         from rich.markup import escape
 
@@ -243,10 +311,35 @@ def register(app: typer.Typer) -> None:
             console,
             err_console,
             print_json,
+            stream_executor,
             user_errors,
         )
 
         check_out_path(out, force)
+        ex = stream_executor(chunk_rows, executor, address, jobs)
+        if chunk_rows is not None:
+            with user_errors():
+                try:
+                    sres = run_evaluate_stream(data, manifest=manifest, policy=policy,
+                                               estimators=estimators, bootstrap=bootstrap,
+                                               truncate=truncate, seed=seed,
+                                               chunk_rows=chunk_rows, executor=ex, out=out,
+                                               force=force)
+                finally:
+                    if ex is not None and hasattr(ex, "shutdown"):
+                        ex.shutdown()
+            if json_out:
+                print_json(sres.to_dict())
+                return
+            from equicare.cli._utils import print_table
+
+            print_table(stream_table(sres))
+            console.print(f"ESS: trajectory {sres.ess:.1f} "
+                          f"({100 * sres.ess / sres.n_episodes:.2f}% of episodes); "
+                          f"{sres.n_chunks} chunks", highlight=False)
+            if out is not None:
+                console.print(f"Wrote {escape(str(out))}", highlight=False)
+            return
         with user_errors():
             res, msgs = run_evaluate(
                 data, manifest=manifest, policy=policy, out=out,
