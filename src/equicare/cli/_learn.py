@@ -203,8 +203,9 @@ def print_selection(res: dict[str, Any]) -> None:
 
     beh = res["behavior"]
     t = Table(title=f"Candidates (held-out; behaviour value {beh['value']:.4f})")
-    for col in ("candidate", "value", "lower", "upper", "beats behaviour", "train s", "note"):
+    for col in ("candidate", "value", "lower", "upper", "beats behaviour", "train s"):
         t.add_column(col)
+    t.add_column("note", overflow="fold", max_width=60)
     for c in res["candidates"]:
         beats = "" if c["lcb"] is None else ("yes" if c["lcb"] > beh["value"] else "no")
         mark = " *" if c["name"] == res["chosen"] else ""

@@ -270,7 +270,11 @@ class LearnedPolicy:
     action_space : FactoredActionSpace
         Action space of the training data.
     feature_names : tuple of str
-        Model input columns of the training data (``TrajectoryDataset.feature_names()``).
+        State columns the model reads (:func:`equicare.models._inputs.input_names`): the one-hot
+        names of the training data (``TrajectoryDataset.feature_names()``), or with learned
+        embeddings the numeric state names and ``"<column>:categorical"`` per categorical column
+        (whose vocabulary is in ``network.spec.categorical_levels``; unseen levels are read as
+        "unknown").
     output : {"logits", "q"}
     mode : {"softmax", "greedy"}
         ``softmax``: ``pi(a|s) = softmax(score / temperature)`` over the support; ``greedy``: all
@@ -313,13 +317,25 @@ class LearnedPolicy:
         """Flat actions the policy can choose, shape ``(K,)``."""
         return np.asarray(self.network.spec.support, dtype=np.int64)
 
+    @property
+    def embedded(self) -> bool:
+        """Categorical states go through learned embeddings (not one-hot inputs)."""
+        return bool(getattr(self.network.spec, "categorical_levels", ()))
+
+    @property
+    def vocabulary(self) -> tuple[tuple[str, ...], ...] | None:
+        """Vocabulary of each embedded categorical column, or None (one-hot inputs)."""
+        return tuple(self.network.spec.categorical_levels) if self.embedded else None
+
     def check_compatible(self, dataset: Any) -> None:
         """Raise :class:`PolicyError` if ``dataset`` has another action space or state columns."""
         if dataset.action_space.to_dict() != self.action_space.to_dict():
             raise PolicyError(MSG_ACTION_SPACE.format(
                 source=self.source, trained=self.action_space.to_dict(),
                 got=dataset.action_space.to_dict()))
-        got = tuple(dataset.feature_names())
+        from equicare.models._inputs import input_names
+
+        got = tuple(input_names(dataset, self.embedded))
         if got != tuple(self.feature_names):
             raise PolicyError(MSG_FEATURES.format(source=self.source,
                                                   trained=list(self.feature_names), got=list(got)))
@@ -346,7 +362,8 @@ class LearnedPolicy:
 
         self.check_compatible(dataset)
         inputs = ModelInputs.from_dataset(dataset, self.window,
-                                          bool(self.network.spec.history_actions))
+                                          bool(self.network.spec.history_actions),
+                                          self.vocabulary)
         out = np.zeros((dataset.n_steps, self.n_actions))
         support = self.support
         # blocks of whole forward batches (the same batches, so the same numbers, as one pass)
