@@ -50,6 +50,33 @@ def test_fallback_reproduces_the_behaviour() -> None:
     assert res.to_dict()["fallback"] is True
 
 
+def test_policies_off_the_support_are_not_eligible() -> None:
+    """A candidate that puts mass on pairs never logged is refused, whatever its OPE bound."""
+    from equicare.pipeline._select import _off_support_pct
+    from equicare.policy import TabularPolicy
+
+    mdp, ds = _panel(2, 1500)
+    valid = ds.subset(np.arange(ds.n_episodes // 2, ds.n_episodes))
+    cells = ds.categorical[:, 0]
+    logged = np.zeros((int(cells.max()) + 1, ds.n_actions), dtype=bool)
+    logged[cells, ds.actions] = True
+    on = np.where(logged, 1.0, 0.0)
+    off = np.where(logged, 0.0, 1.0)
+    has_off = off.sum(axis=1) > 0
+    off[~has_off] = on[~has_off]  # states where every action was logged
+    as_policy = lambda tab: TabularPolicy(tab / tab.sum(axis=1, keepdims=True))  # noqa: E731
+    assert _off_support_pct(ds, valid, as_policy(on)) == pytest.approx(0.0)
+    share = _off_support_pct(ds, valid, as_policy(off))
+    assert share > 50.0
+    # the neural candidates of the 700-state test bed go off the support: select never keeps one
+    res = select_policy(ds, SelectConfig(n_wedges=(50.0,), neural=("bc",), neural_steps=200,
+                                         bootstrap=50))
+    bc = next(c for c in res.candidates if c.name == "bc")
+    if bc.error is not None:
+        assert "not eligible" in bc.error and not np.isfinite(bc.lcb)
+    assert res.chosen != "bc" or _off_support_pct(ds, ds, res.learner.policy_) <= 1.0
+
+
 def test_cli_select_auto_writes_the_table(tmp_path) -> None:
     from typer.testing import CliRunner
 

@@ -55,6 +55,10 @@ class SelectConfig:
         Episode bootstrap replicates of the intervals.
     alpha : float
         The lower bound is the ``alpha / 2`` bootstrap quantile (0.1: a one-sided 95% bound).
+    max_off_support_pct : float
+        A candidate that puts more than this share (%) of its held-out mass on actions current
+        practice (almost) never takes is not eligible: off the behaviour's support no OPE bound
+        is trustworthy (default 1%; SPIBB candidates stay on the support by construction).
     refit_full : bool
         Retrain the chosen candidate on all episodes before saving (the bound was computed for
         the candidate trained on the training episodes only; default False keeps that one).
@@ -70,6 +74,7 @@ class SelectConfig:
     q_model: str | None = None
     bootstrap: int = 200
     alpha: float = 0.1
+    max_off_support_pct: float = 1.0
     refit_full: bool = False
     seed: int = 0
 
@@ -99,6 +104,8 @@ class SelectConfig:
             check_param(e, "estimators", o,
                         choices=("wdr", "dr", "wis", "wpdis", "fqe", "is", "pdis"))
         check_param(self.bootstrap, "bootstrap", o, kind=int, low=20, expected="an int >= 20")
+        check_param(self.max_off_support_pct, "max_off_support_pct", o, kind=(int, float),
+                    low=0, high=100)
         check_param(self.alpha, "alpha", o, kind=(int, float), low=0, high=1,
                     low_inclusive=False, high_inclusive=False)
         check_param(self.refit_full, "refit_full", o, kind=bool)
@@ -237,6 +244,38 @@ def _fit(algo: str, params: dict[str, Any], data: Any) -> Any:
     return learner.fit(data, progress=False)
 
 
+def _cell_keys(ds: Any) -> Any:
+    """One integer per row for its combination of categorical states (None without any)."""
+    import numpy as np
+
+    if ds.categorical is None or ds.categorical.shape[1] == 0:
+        return None
+    key = np.zeros(ds.n_steps, dtype=np.int64)
+    for j, levels in enumerate(ds.categorical_levels):
+        key = key * len(levels) + ds.categorical[:, j]
+    return key
+
+
+def _off_support_pct(dataset: Any, valid: Any, policy: Any) -> float | None:
+    """Share (%) of the policy's held-out mass on (cell, action) pairs never logged at all.
+
+    The pairs are counted over the whole panel (training and held-out episodes), so a pair is
+    off the support only when current practice never took that action in that state. None when
+    the states have no categorical cells.
+    """
+    import numpy as np
+
+    full, held = _cell_keys(dataset), _cell_keys(valid)
+    if full is None or held is None:
+        return None
+    n_a = int(dataset.n_actions)
+    seen = np.unique(full * n_a + dataset.actions)
+    probs = np.asarray(policy.action_probs(valid), dtype=np.float64)
+    pairs = held[:, None] * n_a + np.arange(n_a)[None, :]
+    unseen = ~np.isin(pairs, seen)
+    return float(100.0 * (probs * unseen).sum() / max(valid.n_steps, 1))
+
+
 def select_policy(dataset: Any, config: SelectConfig | None = None, *,
                   progress: Any = None) -> SelectionResult:
     """Train candidates, evaluate them on held-out episodes, keep the best lower bound.
@@ -299,9 +338,18 @@ def select_policy(dataset: Any, config: SelectConfig | None = None, *,
         lcb = min(float(res.estimates[k].ci[0]) for k in cfg.estimators)
         per = {k: {"value": float(e.value), "ci": [float(e.ci[0]), float(e.ci[1])]}
                for k, e in res.estimates.items()}
+        off = _off_support_pct(dataset, valid, learner.policy_)
+        if off is None:  # no categorical cells: the OPE's estimated-propensity support check
+            off = float(res.support.share_pct) if res.support is not None else 0.0
+        note = None
+        if off > cfg.max_off_support_pct:  # no OPE bound is trustworthy off the support
+            note = (f"not eligible: {off:.1f}% of its mass on (state, action) pairs current "
+                    f"practice never took (limit {cfg.max_off_support_pct:g}%)")
+            lcb = math.nan
         rows.append(Candidate(name, algo, params, value=float(est.value), lcb=lcb,
                               ucb=float(est.ci[1]), train_seconds=t1 - t0,
-                              eval_seconds=time.perf_counter() - t1, estimates=per))
+                              eval_seconds=time.perf_counter() - t1, estimates=per,
+                              error=note))
         fitted[name] = learner
     ok = [c for c in rows if math.isfinite(c.lcb)]
     best = max(ok, key=lambda c: c.lcb) if ok else None
