@@ -482,8 +482,8 @@ def validate_stream(
         for errors, warns in executor.map(_validate_shard, [(s, chunk_rows) for s in specs]):
             report.errors.extend(errors)
             for w in warns:
-                if w not in seen_warnings:
-                    seen_warnings.add(w)
+                if _shape(w) not in seen_warnings:  # once per kind, not once per chunk
+                    seen_warnings.add(_shape(w))
                     report.warnings.append(w)
         if len(report.errors) > max_errors:
             extra = len(report.errors) - max_errors
@@ -495,8 +495,8 @@ def validate_stream(
             _, rep = _chunk_dataset(table, man, scan, str(p))
             report.errors.extend(rep.errors)
             for w in rep.warnings:
-                if w not in seen_warnings:
-                    seen_warnings.add(w)
+                if _shape(w) not in seen_warnings:  # once per kind, not once per chunk
+                    seen_warnings.add(_shape(w))
                     report.warnings.append(w)
             if len(report.errors) >= max_errors:
                 report.errors.append(f"{p}: stopped after {len(report.errors)} problems "
@@ -660,6 +660,13 @@ def cluster_panel(
                 w.write_batch(b.drop_columns([_ROW]))
         os.replace(part, dst)
     return dst
+
+
+def _shape(message: str) -> str:
+    """A warning without its numbers: chunks report the same finding with their own counts."""
+    import re
+
+    return re.sub(r"\d+(\.\d+)?", "#", message)
 
 
 def _validate_shard(task: tuple[ShardSpec, int]) -> tuple[list[str], list[str]]:
