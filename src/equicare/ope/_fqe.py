@@ -371,6 +371,10 @@ def fit_fqe_logged(dataset: TrajectoryDataset, target_probs: NDArray[np.float64]
                       lstd=lstd)
 
 
+#: ``{"select": select_q_model, "config": candidate_config}``, filled by equicare.ope._select
+AUTO_SELECTOR: dict[str, Any] = {}
+
+
 def _fit(dataset: TrajectoryDataset, target_probs: NDArray[np.float64],
          config: FQEConfig | None, gamma: float | None, random_state: RandomState,
          weights: NDArray[np.float64] | None = None
@@ -385,8 +389,10 @@ def _fit(dataset: TrajectoryDataset, target_probs: NDArray[np.float64],
     g = dataset.gamma if gamma is None else float(gamma)
     w = None if weights is None else np.asarray(weights, dtype=np.float64)
     if cfg.model == "auto":  # choose by cross-fitting, then fit the winner
-        from equicare.ope._select import candidate_config, select_q_model
-
+        # equicare.ope._select (imported by the package before any of its modules is used)
+        # registers the selector here: it fits candidates with this module, so importing it
+        # from here would make an import cycle
+        select_q_model, candidate_config = AUTO_SELECTOR["select"], AUTO_SELECTOR["config"]
         sel = select_q_model(dataset, pe, random_state=random_state)
         pe, qfun, info = _fit(dataset, pe, candidate_config(sel.chosen), gamma, random_state,
                               weights)

@@ -54,7 +54,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
-from equicare.ope._fqe import FQEConfig, LoggedQFit, fit_fqe_logged
+from equicare.ope._fqe import AUTO_SELECTOR, FQEConfig, LoggedQFit, fit_fqe_logged
 from equicare.utils import RandomState, check_random_state
 
 __all__ = ["QSelection", "select_q_model", "AUTO_CANDIDATES", "AUTO_FOLDS",
@@ -232,3 +232,7 @@ def select_q_model(dataset: TrajectoryDataset, target_probs: NDArray[np.float64]
     chosen = min(fitted, key=lambda n: fitted[n])
     return QSelection(chosen=chosen, candidates=scores, td_error=tds, skipped=skipped,
                       n_folds=k, seconds=seconds)
+
+
+# ``FQEConfig(model="auto")`` in equicare.ope._fqe uses this module's selector
+AUTO_SELECTOR.update(select=select_q_model, config=candidate_config)

@@ -46,7 +46,7 @@ _LAZY = {
     "LearnedPolicy": "equicare.policy._learned",
     "SimulatorPolicy": "equicare.policy._learned",
     "StatePolicy": "equicare.policy._learned",
-    "load_policy": "equicare.policy._learned",
+    "load_policy": "equicare.policy._load",
     "manifest_fingerprint": "equicare.policy._learned",
 }
 __all__ += sorted(_LAZY)

@@ -11,10 +11,10 @@ A model folder is ``config.json`` + ``model.safetensors``:
   by its sub-network (``policy.``, ``sac.actor.``, ``reward_net.``, ``dynamics.``, ...).
 
 Loading rebuilds the networks from the JSON description and copies the tensors in: no code is
-executed, nothing is unpickled, ``torch.load`` is never used. :func:`load_policy` turns any model
-folder (or a Contract-2 policy file) into a :class:`~equicare.policy.Policy`, dispatching on the
-config's ``learner`` through one small table, ``POLICY_BUILDERS``; this module never imports a
-learner.
+executed, nothing is unpickled, ``torch.load`` is never used.
+:func:`equicare.policy.load_policy` (:mod:`equicare.policy._load`) turns any model folder (or a
+Contract-2 policy file) into a :class:`~equicare.policy.Policy`, dispatching on the config's
+``learner`` through one small table; this module never imports a learner.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -40,11 +40,9 @@ __all__ = [
     "LearnedPolicy",
     "StatePolicy",
     "SimulatorPolicy",
-    "load_policy",
     "read_model_folder",
     "write_model_folder",
     "manifest_fingerprint",
-    "POLICY_BUILDERS",
     "MASKED_LOGIT",
     "MODEL_FORMAT",
     "MODEL_FORMAT_VERSION",
@@ -598,70 +596,3 @@ def simulator_policy(cfg: Mapping[str, Any], tensors: Mapping[str, Any], source:
                            source=source)
 
 
-def tree_policy(cfg: Mapping[str, Any], tensors: Mapping[str, Any], source: str) -> Any:
-    """The :class:`~equicare.policy.TreePolicy` of distilled rules (``equicare explain``)."""
-    from equicare.policy._tree import tree_policy_from_config
-
-    return tree_policy_from_config(cfg, tensors, source)
-
-
-def cell_policy(cfg: Mapping[str, Any], tensors: Mapping[str, Any], source: str) -> Any:
-    """The per-cell probability table of a tabular learner (SPIBB)."""
-    from equicare.policy._cells import CellPolicy
-
-    return CellPolicy.from_config(cfg, tensors, source)
-
-
-PolicyBuilder = Callable[[Mapping[str, Any], Mapping[str, Any], str], Any]
-
-#: learner (``config.json``'s ``learner``) -> builder of its policy. One explicit table: a new
-#: kind of model folder adds one line here.
-POLICY_BUILDERS: dict[str, PolicyBuilder] = {
-    "bc": network_policy,
-    "awr": network_policy,
-    "cql": network_policy,
-    "omg": state_policy,
-    "ppo": simulator_policy,
-    "grpo": simulator_policy,
-    "spibb": cell_policy,
-    "tree": tree_policy,
-}
-
-
-def load_policy(path: str | os.PathLike[str]) -> Any:
-    """Load any policy: a model folder of any equicare learner, or a Contract-2 policy file.
-
-    Parameters
-    ----------
-    path : str or Path
-        A model folder (``config.json`` + ``model.safetensors``) or a ``.parquet`` / ``.csv``
-        policy file.
-
-    Returns
-    -------
-    Policy
-        :class:`LearnedPolicy` (BC, AWR, CQL), :class:`StatePolicy` (OMG),
-        :class:`SimulatorPolicy` (PPO, GRPO), a per-cell table (SPIBB), distilled rules
-        (:class:`~equicare.policy.TreePolicy`) or :class:`~equicare.policy.FilePolicy`. The model
-        policies check that a dataset has their training action space and state columns.
-
-    Raises
-    ------
-    PolicyError
-        No such path; missing, malformed, foreign, future-version or corrupt files; a learner
-        without a loader. Each message names the file.
-    """
-    p = Path(path)
-    if p.is_file():
-        from equicare.policy._file import FilePolicy
-
-        return FilePolicy(p)
-    if not p.is_dir():
-        raise PolicyError(MSG_NOT_FOUND.format(path=p))
-    cfg, tensors = read_model_folder(p)
-    learner = cfg["learner"]
-    builder = POLICY_BUILDERS.get(learner)
-    if builder is None:
-        raise PolicyError(MSG_UNKNOWN_LEARNER.format(file=p / CONFIG_FILE, learner=learner,
-                                                     known=", ".join(sorted(POLICY_BUILDERS))))
-    return builder(cfg, tensors, str(p))
