@@ -122,7 +122,7 @@ def test_mediate_takes_a_model_folder(care, tmp_path) -> None:
     with warnings.catch_warnings():  # the panel's unobserved action combinations
         warnings.simplefilter("ignore", DataWarning)
         res = runner.invoke(app, ["mediate", str(care["data"]), "--manifest",
-                                  str(care["manifest"]), "--target", str(care["root"] / "awr"),
+                                  str(care["manifest"]), "--policy", str(care["root"] / "awr"),
                                   "--action", "modality=home_visit", "--estimators", "dm",
                                   "--basis", "constant", "--bootstrap", "5", "--out", str(out)])
     assert res.exit_code == 0, res.output

@@ -70,7 +70,8 @@ def test_group_values_match_ope_engine() -> None:
         res = audit(ds, {"eq": pol}, action=HOME, n_boot=0, n_permutations=0, estimator="dr",
                     random_state=0)
         ref = evaluate_subgroups(ds, pol, attrs=["race_ethnicity"], estimators="dr,wis",
-                                 bootstrap=0, random_state=0)["race_ethnicity"]
+                                 bootstrap=0, q_model="linear",  # the audit's Q-model
+                                 random_state=0)["race_ethnicity"]
     o = res["eq"].outcome
     for g, v in o.by_group.items():
         assert v == pytest.approx(ref[g].estimates["dr"].value, rel=1e-6, abs=1e-9)

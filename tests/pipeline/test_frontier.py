@@ -79,6 +79,11 @@ def test_frontier_grid_and_pareto(panel) -> None:
             calls.append(len(pickle.dumps(items[0])))
             return super().map(fn, items)
 
+        def imap(self, fn, items):  # what the frontier uses (results one by one)
+            items = list(items)
+            calls.append(len(pickle.dumps(items[0])))
+            return super().imap(fn, items)
+
     res2 = frontier(panel, "bc", lambdas=[0.0, 50.0], group="race", config=cfg,
                     estimator="wis", n_boot=100, random_state=0, executor=Recorder())
     assert calls and calls[0] > 0

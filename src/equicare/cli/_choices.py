@@ -172,6 +172,7 @@ class Basis(_Choice):
     SPLINE = "spline"
     RFF = "rff"
     POLY = "poly"
+    CONSTANT = "constant"
 
 
 class Env(_Choice):
