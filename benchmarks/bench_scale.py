@@ -140,8 +140,9 @@ def run(quick: bool = False, sizes_m: tuple[float, ...] = (1, 5, 20), folder: st
                 results["scale_evaluate_ray2_5M_rows"] = {
                     "value": r["seconds"], "unit": "s", "peer": "equicare streamed (1 process)",
                     "peer_value": e["seconds"], "ratio": r["seconds"] / e["seconds"],
-                    "note": f"same numbers as streamed: {same}; ratio = Ray time / streamed time "
-                            "(Ray start-up included)"}
+                    "note": f"like-for-like: the same streamed evaluation on 2 Ray workers; same "
+                            f"numbers as streamed: {same}; ratio = Ray time / streamed time (Ray "
+                            "start-up included)"}
                 print(f"  ray (2 workers) {r['seconds']:.1f} s, same numbers: {same}", flush=True)
             if folder is None:
                 shutil.rmtree(d, ignore_errors=True)
