@@ -64,6 +64,7 @@ def test_sharded_equals_in_memory(panel):
     for ex, shards in ((get_executor("local", jobs=1), 5), (get_executor("local", jobs=2), 3)):
         sharded = evaluate_stream(path, RiskPolicy(), manifest=man, n_boot=200, random_state=3,
                                   chunk_rows=40, executor=ex, n_shards=shards)
+        assert sharded.n_episodes == whole.n_episodes and sharded.n_chunks >= shards
         _same(whole, sharded)
 
 
@@ -162,4 +163,5 @@ def test_ray_shards_equal_in_memory(panel, ray):
     with get_executor("ray", address="local", jobs=2) as ex:
         sharded = evaluate_stream(path, RiskPolicy(), manifest=man, n_boot=200, random_state=3,
                                   chunk_rows=40, executor=ex, n_shards=4)
+    assert sharded.n_episodes == whole.n_episodes and sharded.n_chunks >= 4
     _same(whole, sharded)

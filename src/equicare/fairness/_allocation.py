@@ -393,8 +393,9 @@ def build_frames(names: Sequence[str], num: NDArray[np.float64], den: NDArray[np
     random_state : int, Generator or None
         For the permutations.
     sums : (point, replicates), optional
-        Group sums of ``[num, den, need]`` already computed (``group_sums``' output, e.g. added
-        up over the chunks of a streamed panel); ``weights`` is then ignored.
+        Group sums of ``[num, den]`` or ``[num, den, need]`` already computed (``group_sums``'
+        output, e.g. added up over the chunks of a streamed panel); ``weights`` and ``need`` are
+        then ignored: the need column is there when the sums have it.
 
     Returns
     -------
@@ -404,9 +405,12 @@ def build_frames(names: Sequence[str], num: NDArray[np.float64], den: NDArray[np
     k = num.shape[1]
     if len(names) != k:
         raise InvalidParameterError(f"{len(names)} names for {k} policies.")
-    cols = [num, den[:, None]] + ([need[:, None]] if need is not None else [])
-    c = np.concatenate(cols, axis=1)
-    point, reps = group_sums(gi.one_hot(), c, weights) if sums is None else sums
+    if sums is None:
+        cols = [num, den[:, None]] + ([need[:, None]] if need is not None else [])
+        point, reps = group_sums(gi.one_hot(), np.concatenate(cols, axis=1), weights)
+    else:
+        point, reps = sums
+    has_need = point.shape[-1] == k + 2
 
     def stats(s: NDArray[np.float64]) -> dict[str, NDArray[np.float64]]:
         # s: (..., G, K + 1 [+ 1]) group sums
@@ -414,7 +418,7 @@ def build_frames(names: Sequence[str], num: NDArray[np.float64], den: NDArray[np
         with np.errstate(divide="ignore", invalid="ignore"):
             out = {"rates": a / d,
                    "overall": a.sum(axis=-2) / d.sum(axis=-2)}
-            if need is not None:
+            if has_need:
                 n = s[..., k + 1:k + 2]
                 out["pp"] = (a / a.sum(axis=-2, keepdims=True)) / (n / n.sum(axis=-2,
                                                                                keepdims=True))
@@ -435,8 +439,8 @@ def build_frames(names: Sequence[str], num: NDArray[np.float64], den: NDArray[np
             rate_reps=None if sr is None else sr["rates"][:, :, j],
             overall_rate=float(sp["overall"][j]),
             overall_reps=None if sr is None else sr["overall"][:, j],
-            pp=sp["pp"][:, j] if need is not None else None,
-            pp_reps=(sr["pp"][:, :, j] if (sr is not None and need is not None) else None),
+            pp=sp["pp"][:, j] if has_need else None,
+            pp_reps=(sr["pp"][:, :, j] if (sr is not None and has_need) else None),
             permutation_p=(None if p_values is None else float(p_values[j])),
             n_permutations=int(n_permutations) if p_values is not None else 0, alpha=alpha,
             ci_method=ci_method,

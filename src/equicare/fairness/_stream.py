@@ -104,7 +104,6 @@ class _Partial:
     layouts: dict[str, Any] = field(default_factory=dict)
     spec: str | None = None
     level_names: list[str] = field(default_factory=list)
-    has_need: bool = False
 
     def merge(self, other: _Partial) -> None:
         if other.alloc.point is not None:
@@ -119,7 +118,6 @@ class _Partial:
         self.layouts.update(other.layouts)
         self.spec = self.spec or other.spec
         self.level_names = self.level_names or other.level_names
-        self.has_need = self.has_need or other.has_need
 
 
 def _add_chunk(part: _Partial, ds: TrajectoryDataset, ctx: _Context) -> None:
@@ -150,7 +148,6 @@ def _add_chunk(part: _Partial, ds: TrajectoryDataset, ctx: _Context) -> None:
         lnums.append(num[:, 1:])
         p_logged[name] = pl
     nr = need_rows(ds, cfg.need)
-    part.has_need = nr is not None
     block = [np.stack(nums, axis=1), den[:, None]]
     if nr is not None:
         block.append(episode_totals(ds, nr, cfg.level)[0][:, None])
@@ -295,9 +292,7 @@ def audit_stream(
                     min_cell=cfg.min_cell)
     num_all = np.concatenate(part.ep_num)
     den_all = np.concatenate(part.ep_den)
-    # the need column's sums are in part.alloc; a zero placeholder tells build_frames it exists
-    need_flag = np.zeros_like(den_all) if part.has_need else None
-    frames = build_frames(names, num_all, den_all, need_flag, gi, None, action=spec,
+    frames = build_frames(names, num_all, den_all, None, gi, None, action=spec,
                           level=cfg.level, alpha=cfg.alpha,
                           ci_method=cfg.ci_method, n_permutations=cfg.n_permutations,
                           random_state=rng, sums=part.alloc.sums())
