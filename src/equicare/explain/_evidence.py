@@ -408,9 +408,10 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
     n_leaf = np.bincount(test_leaves, minlength=tree.n_nodes)
     a_leaf = np.bincount(test_leaves, weights=agree.astype(np.float64), minlength=tree.n_nodes)
     for r in rules:
-        k = r["leaf"]
-        r["test_share"] = float(n_leaf[k] / max(test.n_steps, 1))
-        r["test_agreement"] = None if n_leaf[k] == 0 else float(a_leaf[k] / n_leaf[k])
+        ks = r["leaves"] if r["leaf"] is None else [r["leaf"]]
+        n_k, a_k = float(n_leaf[ks].sum()), float(a_leaf[ks].sum())
+        r["test_share"] = n_k / max(test.n_steps, 1)
+        r["test_agreement"] = None if n_k == 0 else a_k / n_k
     beh = src_val.behavior
     kept: dict[str, float | None] = {}
     for k in cfg.estimators:
