@@ -73,7 +73,7 @@ from equicare.utils import (
 )
 
 __all__ = ["DistillConfig", "Distiller", "distill", "feature_records", "choice_weights",
-           "merge_same_action", "deviation_targets"]
+           "merge_same_action", "deviation_targets", "source_q"]
 
 _OWNER = "DistillConfig"
 
@@ -193,8 +193,8 @@ def feature_records(dataset: TrajectoryDataset, window: int = 1) -> list[dict[st
 
 
 def choice_weights(dataset: TrajectoryDataset, source_probs: NDArray[np.float64],
-                   config: DistillConfig | None = None, *, random_state: RandomState = None
-                   ) -> NDArray[np.float64]:
+                   config: DistillConfig | None = None, *, random_state: RandomState = None,
+                   q: NDArray[np.float64] | None = None) -> NDArray[np.float64]:
     """Row weights: how much the choice matters, from the source policy's FQE Q-function.
 
     Parameters
@@ -204,6 +204,8 @@ def choice_weights(dataset: TrajectoryDataset, source_probs: NDArray[np.float64]
         The source policy's probabilities (the FQE target policy).
     config : DistillConfig, optional
     random_state : int, Generator or None
+    q : ndarray of shape (n_steps, n_actions), optional
+        The source's Q-function when already fitted (default: FQE here).
 
     Returns
     -------
@@ -215,7 +217,7 @@ def choice_weights(dataset: TrajectoryDataset, source_probs: NDArray[np.float64]
     if cfg.weighting == "uniform":
         return np.ones(n)
     observed = np.unique(dataset.actions)
-    q = _source_q(dataset, source_probs, cfg, random_state)[:, observed]
+    q = (source_q(dataset, source_probs, cfg, random_state) if q is None else q)[:, observed]
     spread = q.max(axis=1) - q.min(axis=1)
     return _floored(np.where(np.isfinite(spread), spread, 0.0), cfg.weight_floor)
 
@@ -229,9 +231,18 @@ def _floored(w: NDArray[np.float64], floor: float) -> NDArray[np.float64]:
     return np.asarray(f + (1.0 - f) * w / mean, dtype=np.float64)
 
 
-def _source_q(dataset: TrajectoryDataset, source_probs: NDArray[np.float64],
+def source_q(dataset: TrajectoryDataset, source_probs: NDArray[np.float64],
               cfg: DistillConfig, random_state: RandomState) -> NDArray[np.float64]:
-    """The FQE Q-function of the source policy, shape ``(n_steps, n_actions)``."""
+    """The FQE Q-function of the source policy, shape ``(n_steps, n_actions)``.
+
+    Parameters
+    ----------
+    dataset : TrajectoryDataset
+    source_probs : ndarray of shape (n_steps, n_actions)
+    cfg : DistillConfig
+        Its ``q_model`` is the function class.
+    random_state : int, Generator or None
+    """
     from equicare.ope import FQEConfig, fit_fqe
 
     fit = fit_fqe(dataset, source_probs, FQEConfig(model=cfg.q_model),
@@ -306,6 +317,7 @@ class Distiller:
     def fit(self, dataset: TrajectoryDataset, policy: Any = None, *,
             source_probs: NDArray[np.float64] | None = None,
             weights: NDArray[np.float64] | None = None,
+            q: NDArray[np.float64] | None = None, usual_care: Any = None,
             random_state: RandomState = None) -> Distiller:
         """Fit the tree on the rows of ``dataset``.
 
@@ -317,7 +329,13 @@ class Distiller:
         source_probs : ndarray of shape (n_steps, n_actions), optional
             The source's probabilities on ``dataset`` (default: ``policy.action_probs``).
         weights : ndarray of shape (n_steps,), optional
-            Row weights (default: :func:`choice_weights`).
+            Row weights (default: :func:`choice_weights`, or :func:`deviation_targets`' with
+            ``mode="exceptions"``).
+        q : ndarray of shape (n_steps, n_actions), optional
+            The source's FQE Q-function on ``dataset`` when already fitted.
+        usual_care : CellPolicy or TreePolicy, optional
+            Current practice for ``mode="exceptions"`` (default:
+            :func:`~equicare.explain.fit_usual_care` on ``dataset``).
         random_state : int, Generator or None
 
         Returns
@@ -341,13 +359,15 @@ class Distiller:
         if cfg.mode == "exceptions":
             from equicare.explain._usual import fit_usual_care
 
-            usual_pol = fit_usual_care(dataset, cfg.usual_care, random_state=seed_u)
+            usual_pol = (fit_usual_care(dataset, cfg.usual_care, random_state=seed_u)
+                         if usual_care is None else usual_care)
             b = np.asarray(usual_pol.action_probs(dataset), dtype=np.float64)
-            q = _source_q(dataset, probs, cfg, seed_w)
+            if q is None:
+                q = source_q(dataset, probs, cfg, seed_w)
             target, w_dev = deviation_targets(dataset, probs, b, q, cfg.weight_floor)
             if weights is None:
                 weights = w_dev if cfg.weighting == "q_spread" else np.ones(dataset.n_steps)
-        w = (choice_weights(dataset, probs, cfg, random_state=seed_w)
+        w = (choice_weights(dataset, probs, cfg, random_state=seed_w, q=q)
              if weights is None else np.asarray(weights, dtype=np.float64))
         if w.shape != (dataset.n_steps,) or not np.all(np.isfinite(w) & (w >= 0)):
             raise ValueError(f"weights must be finite, >= 0 and of shape ({dataset.n_steps},).")

@@ -424,6 +424,7 @@ def _stage_explain(
         frontier_bootstrap=min(e["bootstrap"], 50),
         action=cfg["audit"]["action"] or None,
         group=cfg["audit"]["group"] or None,
+        mode=e["mode"],
         distill=DistillConfig(
             max_depth=e["depth"], q_model=cfg["ope"]["q_model"], labels=e["labels"]
         ),
