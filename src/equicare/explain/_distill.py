@@ -27,23 +27,27 @@ whole care plans.
 
 **Exceptions to current practice** (``mode="exceptions"``). What a clinical committee approves
 is often "current practice, except these rules". The tree then learns where to *deviate*: each
-fitting row is labelled with the source's most likely action ``a*`` when the source's own
-distribution beats current practice there and so does ``a*``,
+fitting row is labelled with the source's most likely action ``a*`` when the source gives it
+clearly more probability than practice does (by ``deviation_margin``, so that the noise of the
+estimate of practice is not read as a deviation), the source's own distribution beats current
+practice there and so does ``a*``,
 
 .. math::
 
     \sum_a (\pi(a|s_i) - \hat b(a|s_i)) Q(s_i, a) > 0 \quad\text{and}\quad
     g_i = Q(s_i, a^*_i) - \sum_a \hat b(a|s_i) Q(s_i, a) > 0,
 
-and *usual care* otherwise, weighted by what the choice is worth, ``|g_i|`` (for usual-care rows
-only a loss ``g_i < 0`` counts), with the same floor. ``\hat b`` is the clinicians' estimated
-distribution (:func:`equicare.explain.fit_usual_care`: observed frequencies per categorical cell,
-or a tree of the logged actions), stored with the rules; a leaf whose weighted majority is usual
-care follows it, so every state no rule names keeps the clinicians' own distribution ("otherwise:
-as current practice"). A source that agrees with practice somewhere (SPIBB where data are thin)
-is never turned into a deviation there. Shallow imitation fails where the source differs from
-practice cell by cell over many states (Garnet): its leaves put whole populations on one action;
-exception rules change only what they name.
+and *usual care* otherwise. Rows are weighted by what the choice is worth: a deviation by the
+smaller of the two gains (so a source that matches practice up to the noise of its estimate
+teaches nothing), a usual-care row by the loss ``max(-g_i, 0)`` of deviating there plus the floor
+``f`` (by default a row that says nothing keeps current practice). ``\hat b`` is the
+clinicians' estimated distribution (:func:`equicare.explain.fit_usual_care`: observed
+frequencies per categorical cell, or a tree of the logged actions), stored with the rules; a
+leaf whose weighted majority is usual care follows it, so every state no rule names keeps the
+clinicians' own distribution ("otherwise: as current practice"). A source that agrees with
+practice somewhere (SPIBB where data are thin) is never turned into a deviation there. Shallow
+imitation fails where the source differs from practice cell by cell over many states (Garnet):
+its leaves put whole populations on one action; exception rules change only what they name.
 
 **Leaves are stochastic.** Each leaf's distribution is the (weighted) frequency of the source's
 choices among the fitting rows that reach it, optionally smoothed by ``smoothing`` pseudo-counts
@@ -117,6 +121,9 @@ class DistillConfig:
     usual_care : {"auto", "cells", "tree"}, default="auto"
         Representation of current practice in ``mode="exceptions"``
         (:func:`equicare.explain.fit_usual_care`).
+    deviation_margin : float, default=0.2
+        In ``mode="exceptions"``, a row counts as a deviation only if the source gives its
+        action at least this much more probability than current practice does (in [0, 1)).
     """
 
     max_depth: int = 3
@@ -133,6 +140,7 @@ class DistillConfig:
     merge: bool = True
     mode: Literal["imitate", "exceptions"] = "imitate"
     usual_care: Literal["auto", "cells", "tree"] = "auto"
+    deviation_margin: float = 0.2
 
     def __post_init__(self) -> None:
         check_param(self.max_depth, "max_depth", _OWNER, kind=int, low=1, high=12)
@@ -150,6 +158,8 @@ class DistillConfig:
         check_param(self.merge, "merge", _OWNER, kind=bool)
         check_param(self.mode, "mode", _OWNER, choices=("imitate", "exceptions"))
         check_param(self.usual_care, "usual_care", _OWNER, choices=("auto", "cells", "tree"))
+        check_param(self.deviation_margin, "deviation_margin", _OWNER, kind=(int, float), low=0,
+                    high=1, high_inclusive=False)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dictionary."""
@@ -252,7 +262,7 @@ def source_q(dataset: TrajectoryDataset, source_probs: NDArray[np.float64],
 
 def deviation_targets(dataset: TrajectoryDataset, source_probs: NDArray[np.float64],
                       usual_probs: NDArray[np.float64], q: NDArray[np.float64],
-                      weight_floor: float = 0.1
+                      weight_floor: float = 0.1, margin: float = 0.2
                       ) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
     """Labels and weights of exception rules: the source's action where deviating pays.
 
@@ -264,13 +274,15 @@ def deviation_targets(dataset: TrajectoryDataset, source_probs: NDArray[np.float
     q : ndarray of shape (n_steps, n_actions)
         The source's Q-function (FQE); actions never logged in the data count as unknown.
     weight_floor : float
+    margin : float
+        The source must give its action at least this much more probability than practice.
 
     Returns
     -------
     labels : ndarray of shape (n_steps,), int
         The source's most likely action, or ``n_actions`` (usual care).
     weights : ndarray of shape (n_steps,)
-        ``|g_i|`` where it is a cost of the label (see the module docstring), floored, mean 1.
+        What each label is worth (see the module docstring), mean 1.
     """
     n, A = source_probs.shape
     observed = np.zeros(A, dtype=bool)
@@ -280,10 +292,19 @@ def deviation_targets(dataset: TrajectoryDataset, source_probs: NDArray[np.float
     best = np.argmax(source_probs, axis=1)
     gain = qo[np.arange(n), best] - usual_v
     adv = (source_probs * qo).sum(axis=1) - usual_v
-    deviate = (adv > 0) & (gain > 0) & observed[best]
+    rows = np.arange(n)
+    departs = source_probs[rows, best] - usual_probs[rows, best] > margin
+    deviate = departs & (adv > 0) & (gain > 0) & observed[best]
     labels = np.where(deviate, best, A).astype(np.int64)
-    cost = np.where(deviate, gain, np.maximum(-gain, 0.0))
-    return labels, _floored(np.where(np.isfinite(cost), cost, 0.0), weight_floor)
+    cost = np.where(deviate, np.minimum(adv, gain), np.maximum(-gain, 0.0))
+    cost = np.where(np.isfinite(cost), cost, 0.0)
+    mean = float(cost.mean()) if cost.size else 0.0
+    if mean <= 0:
+        return labels, np.ones(n)
+    # the floor goes to usual care only: a deviation counts as much as the source gains by it
+    f = float(weight_floor)
+    w = (1.0 - f) * cost / mean + np.where(deviate, 0.0, f)
+    return labels, np.asarray(w / w.mean(), dtype=np.float64)
 
 
 @dataclass(eq=False)
@@ -364,7 +385,8 @@ class Distiller:
             b = np.asarray(usual_pol.action_probs(dataset), dtype=np.float64)
             if q is None:
                 q = source_q(dataset, probs, cfg, seed_w)
-            target, w_dev = deviation_targets(dataset, probs, b, q, cfg.weight_floor)
+            target, w_dev = deviation_targets(dataset, probs, b, q, cfg.weight_floor,
+                                              cfg.deviation_margin)
             if weights is None:
                 weights = w_dev if cfg.weighting == "q_spread" else np.ones(dataset.n_steps)
         w = (choice_weights(dataset, probs, cfg, random_state=seed_w, q=q)

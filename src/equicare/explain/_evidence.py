@@ -377,7 +377,7 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
             assert q_fit is not None
             usual_care = fit_usual_care(fit_ds, dcfg.usual_care, random_state=seeds[7])
             _, weights = deviation_targets(fit_ds, src_fit, usual_care.action_probs(fit_ds),
-                                           q_fit, dcfg.weight_floor)
+                                           q_fit, dcfg.weight_floor, dcfg.deviation_margin)
             if dcfg.weighting == "uniform":
                 weights = np.ones(fit_ds.n_steps)
         else:
