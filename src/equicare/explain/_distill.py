@@ -27,15 +27,15 @@ whole care plans.
 
 **Exceptions to current practice** (``mode="exceptions"``). What a clinical committee approves
 is often "current practice, except these rules". The tree then learns where to *deviate*: each
-fitting row is labelled with the source's most likely action ``a*`` when the source gives it
-clearly more probability than practice does (by ``deviation_margin``, so that the noise of the
-estimate of practice is not read as a deviation), the source's own distribution beats current
-practice there and so does ``a*``,
+fitting row is labelled with the source's most likely action ``a*`` when the source's own
+distribution beats current practice there by a share ``m`` (``deviation_margin``) of what is at
+stake in the row, so that the noise of the estimate of practice is not read as a deviation, and
+so does ``a*``:
 
 .. math::
 
-    \sum_a (\pi(a|s_i) - \hat b(a|s_i)) Q(s_i, a) > 0 \quad\text{and}\quad
-    g_i = Q(s_i, a^*_i) - \sum_a \hat b(a|s_i) Q(s_i, a) > 0,
+    \sum_a (\pi(a|s_i) - \hat b(a|s_i)) Q(s_i, a) > m \, (\max_a Q(s_i, a) - \min_a Q(s_i, a))
+    \quad\text{and}\quad g_i = Q(s_i, a^*_i) - \sum_a \hat b(a|s_i) Q(s_i, a) > 0,
 
 and *usual care* otherwise. Rows are weighted by what the choice is worth: a deviation by the
 smaller of the two gains (so a source that matches practice up to the noise of its estimate
@@ -122,8 +122,9 @@ class DistillConfig:
         Representation of current practice in ``mode="exceptions"``
         (:func:`equicare.explain.fit_usual_care`).
     deviation_margin : float, default=0.2
-        In ``mode="exceptions"``, a row counts as a deviation only if the source gives its
-        action at least this much more probability than current practice does (in [0, 1)).
+        In ``mode="exceptions"``, a row counts as a deviation only if the source's expected Q
+        beats current practice's by at least this share of the row's spread of Q over the
+        observed actions (in [0, 1)).
     """
 
     max_depth: int = 3
@@ -275,7 +276,8 @@ def deviation_targets(dataset: TrajectoryDataset, source_probs: NDArray[np.float
         The source's Q-function (FQE); actions never logged in the data count as unknown.
     weight_floor : float
     margin : float
-        The source must give its action at least this much more probability than practice.
+        The source's expected Q must beat practice's by at least this share of the row's spread
+        of Q over the observed actions.
 
     Returns
     -------
@@ -292,9 +294,11 @@ def deviation_targets(dataset: TrajectoryDataset, source_probs: NDArray[np.float
     best = np.argmax(source_probs, axis=1)
     gain = qo[np.arange(n), best] - usual_v
     adv = (source_probs * qo).sum(axis=1) - usual_v
-    rows = np.arange(n)
-    departs = source_probs[rows, best] - usual_probs[rows, best] > margin
-    deviate = departs & (adv > 0) & (gain > 0) & observed[best]
+    qs = np.where(observed[None, :], qo, np.nan)
+    spread = np.nan_to_num(np.nanmax(qs, axis=1) - np.nanmin(qs, axis=1))
+    # the source must beat practice by a share of what is at stake in the row, so that the
+    # noise of the estimate of practice is not read as a deviation
+    deviate = (adv > margin * spread) & (adv > 0) & (gain > 0) & observed[best]
     labels = np.where(deviate, best, A).astype(np.int64)
     cost = np.where(deviate, np.minimum(adv, gain), np.maximum(-gain, 0.0))
     cost = np.where(np.isfinite(cost), cost, 0.0)

@@ -36,7 +36,7 @@ from numpy.typing import NDArray
 from equicare.data import TrajectoryDataset
 from equicare.exceptions import DataValidationError
 from equicare.explain._distill import DistillConfig, Distiller, choice_weights, source_q
-from equicare.explain._rules import tree_rules
+from equicare.explain._rules import rule_count, tree_rules
 from equicare.policy._base import check_probs
 from equicare.policy._tree import TreePolicy
 from equicare.utils import MIN_CELL, check_param
@@ -193,7 +193,8 @@ class PolicyCard:
         """The card as JSON-friendly data (aggregates only; no row-level data)."""
         return {"format": CARD_FORMAT, "format_version": CARD_VERSION, "source": self.source,
                 "data": self.data, "rules": self.rules,
-                "tree": {"depth": self.tree.depth, "n_rules": int(self.tree.leaves.size),
+                "tree": {"depth": self.tree.depth, "n_rules": rule_count(self.tree),
+                         "n_leaves": int(self.tree.leaves.size),
                          "features": [dict(f) for f in self.tree.features]},
                 "evidence": {"fidelity": self.fidelity, "value": self.value,
                              "fairness": self.fairness, "support": self.support},
@@ -405,7 +406,7 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
             res = value(probs, cfg.frontier_bootstrap, seeds[5])
             e = res.estimates[key]
             trees[d] = (dist, probs, agree, tv)
-            frontier.append({"depth": d, "n_rules": int(dist.policy_.leaves.size),
+            frontier.append({"depth": d, "n_rules": rule_count(dist.policy_),
                              "agreement": float(agree.mean()), "tv": float(tv.mean()),
                              "estimator": key, "value": e.value, "ci": list(e.ci),
                              "support_pct": support_share(probs, b_full, cfg.rare_threshold)})

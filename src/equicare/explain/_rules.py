@@ -23,7 +23,7 @@ from numpy.typing import NDArray
 
 from equicare.policy._tree import TreePolicy, feature_label
 
-__all__ = ["tree_rules", "action_text", "rules_text", "USUAL_TEXT"]
+__all__ = ["tree_rules", "action_text", "rules_text", "rule_count", "USUAL_TEXT"]
 
 #: Text of the rule that covers every row no exception names.
 USUAL_TEXT = "otherwise: as current practice"
@@ -134,6 +134,15 @@ def _conditions(tree: TreePolicy, path: list[tuple[int, bool, float]], time_unit
                     "low": None if lo == -math.inf else lo,
                     "high": None if hi == math.inf else hi, "text": text})
     return out
+
+
+def rule_count(tree: TreePolicy) -> int:
+    """Rules a reader sees: one per leaf, the usual-care leaves counted once ("otherwise")."""
+    leaves = tree.leaves
+    if tree.usual is None:
+        return int(leaves.size)
+    n_usual = int(tree.usual[leaves].sum())
+    return int(leaves.size - n_usual + (1 if n_usual else 0))
 
 
 def tree_rules(tree: TreePolicy, *, leaves: NDArray[np.int64] | None = None,

@@ -442,7 +442,7 @@ def _stage_explain(
     fid = card.fidelity
     metrics.append(Metric("explain.agreement", fid["agreement"]))
     metrics.append(Metric("explain.tv", fid["tv"]))
-    metrics.append(Metric("explain.n_rules", float(card.tree.leaves.size)))
+    metrics.append(Metric("explain.n_rules", float(len(card.rules))))
     for k, est in card.value["rules"].items():
         metrics.append(Metric(f"ope.{k}.rules", est["value"], ci_low=est["ci"][0],
                               ci_high=est["ci"][1]))
