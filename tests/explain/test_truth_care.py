@@ -1,10 +1,14 @@
 """Truth on the care-management simulator: distilled rules keep the learned policy's gain.
 
-A depth-3 and a depth-4 distillation of an AWR and a CQL policy (1,000 members x 52 weeks,
+A depth-3 and a depth-4 distillation (imitation rules and exception rules, the card's default)
+of an AWR and a CQL policy (1,000 members x 52 weeks,
 1,500 gradient steps) must keep at least 80% of the learned policy's true value improvement over
 the behaviour policy, measured by Monte-Carlo rollouts of the simulator (4,000 members, common
 random numbers), not by OPE: ``(V(rules) - V(behaviour)) / (V(learned) - V(behaviour)) >= 0.8``.
-Run with ``pytest -m slow tests/explain/test_truth_care.py -s`` to print the numbers.
+Run with ``pytest -m slow tests/explain/test_truth_care.py -s`` to print the numbers. Measured
+(under load): imitation AWR 114% / 115%, CQL 124% / 122%; exceptions AWR 115% / 115%, CQL
+128% / 126% (depth 3 / 4). The learned policies depart from practice almost everywhere, so the
+exception rules have no usual-care leaf and read like the imitation rules.
 """
 
 from __future__ import annotations
@@ -39,11 +43,12 @@ def test_rules_keep_80_percent_of_the_true_improvement(panel, algo):
 
     tb, tl = truth(sim.behavior_policy()), truth(learner)
     assert tl.value - tb.value > 3 * (tl.se + tb.se)  # there is an improvement to keep
-    for depth in (3, 4):
-        d = Distiller(DistillConfig(max_depth=depth)).fit(ds, learner, random_state=0)
+    for mode, depth in ((m, d) for m in ("imitate", "exceptions") for d in (3, 4)):
+        d = Distiller(DistillConfig(max_depth=depth, mode=mode)).fit(ds, learner,
+                                                                    random_state=0)
         tt = truth(d.policy_)
         kept = (tt.value - tb.value) / (tl.value - tb.value)
-        print(f"\n{algo} depth {depth}: {d.policy_.leaves.size} rules, V(behaviour)="
+        print(f"\n{algo} {mode} depth {depth}: {d.policy_.leaves.size} rules, V(behaviour)="
               f"{tb.value:.3f}±{tb.se:.3f} V({algo})={tl.value:.3f}±{tl.se:.3f} "
               f"V(rules)={tt.value:.3f}±{tt.se:.3f}: {100 * kept:.0f}% of the improvement kept")
         if depth == 3:

@@ -89,7 +89,14 @@ def build_card_report(card: Mapping[str, Any], *, figure_dir: Path | None = None
               "mean total variation": f"{fid['tv']:.3f}",
               f"improvement kept ({key})": "n/a" if kept is None else f"{100 * kept:.0f}%",
               "mass on rarely taken actions": f"{sup['rules_pct']:.1f}%"})
-    if card["data"].get("mode") == "exceptions":
+    if card["data"].get("mode") == "exceptions" and card["data"].get("usual_care_model") in (
+            None, "none"):
+        rep.text("Exception rules: the source departs from current practice in every state the "
+                 "rules distinguish, so each rule names a deviation and the complete action "
+                 "(every component) to take, with the share of those rows where the source "
+                 "policy made that choice (p); no row is left with current practice. Rules are "
+                 "listed from the most to the least used; a row follows exactly one rule.")
+    elif card["data"].get("mode") == "exceptions":
         model = {"cells": "the observed frequency of each action in each state cell",
                  "tree": "a tree of the logged actions"}.get(
                      str(card["data"].get("usual_care_model")), "an estimate of practice")
