@@ -65,6 +65,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
+from equicare.explain._features import feature_records
+from equicare.explain._usual import fit_usual_care
 from equicare.policy._base import check_probs, sample_actions
 from equicare.policy._tree import TreePolicy, tree_features
 from equicare.utils import (
@@ -170,37 +172,6 @@ class DistillConfig:
     def from_dict(cls, d: dict[str, Any]) -> DistillConfig:
         """Inverse of :meth:`to_dict`."""
         return config_from_dict(cls, d)
-
-
-def feature_records(dataset: TrajectoryDataset, window: int = 1) -> list[dict[str, Any]]:
-    """The candidate features of the tree for a dataset and a history window.
-
-    Parameters
-    ----------
-    dataset : TrajectoryDataset
-    window : int
-        Rows of history (1: current row; 2: also the previous row; more: also counts of each
-        action level over the previous ``window - 1`` rows).
-
-    Returns
-    -------
-    list of dict
-        Feature records of :func:`equicare.policy.tree_features`.
-    """
-    recs: list[dict[str, Any]] = [{"kind": "state", "name": n} for n in dataset.state_names]
-    for name, levels in zip(dataset.categorical_names, dataset.categorical_levels, strict=True):
-        recs += [{"kind": "categorical", "name": name, "level": str(lv)} for lv in levels]
-    if window > 1:
-        recs += [{"kind": "prev_state", "name": n} for n in dataset.state_names]
-        for c in dataset.action_space.components:
-            recs += [{"kind": "prev_action", "component": c.name, "level": lv}
-                     for lv in c.levels]
-        recs.append({"kind": "prev_reward"})
-    if window > 2:
-        for c in dataset.action_space.components:
-            recs += [{"kind": "recent_action", "component": c.name, "level": lv,
-                      "rows": window - 1} for lv in c.levels]
-    return recs
 
 
 def choice_weights(dataset: TrajectoryDataset, source_probs: NDArray[np.float64],
@@ -382,8 +353,6 @@ class Distiller:
         seed_w, seed_u, seed_t = (int(v) for v in rng.integers(2**31 - 1, size=3))
         usual_pol: Any = None
         if cfg.mode == "exceptions":
-            from equicare.explain._usual import fit_usual_care
-
             usual_pol = (fit_usual_care(dataset, cfg.usual_care, random_state=seed_u)
                          if usual_care is None else usual_care)
             b = np.asarray(usual_pol.action_probs(dataset), dtype=np.float64)

@@ -27,6 +27,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
+from equicare.explain._features import feature_records
 from equicare.policy._cells import CellPolicy, cell_codes
 from equicare.policy._tree import TreePolicy, tree_features
 from equicare.utils import RandomState, check_param, check_random_state
@@ -89,8 +90,6 @@ def fit_usual_care(dataset: TrajectoryDataset, kind: UsualKind = "auto", *, dept
         ``action_probs``; no leaf of the tree follows another model.
     """
     from sklearn.tree import DecisionTreeClassifier
-
-    from equicare.explain._distill import feature_records
 
     A = dataset.n_actions
     used = usual_care_kind(dataset, kind)
