@@ -202,27 +202,6 @@ def test_exception_rules_deviate_only_where_the_source_does(sim_data, usual_care
     assert back.window == 1 and set(back.support.tolist()) == {0, 1, 2}
 
 
-def test_usual_care_cells_are_the_observed_frequencies(sim_data):
-    from equicare.explain import fit_usual_care
-    from equicare.explain._usual import usual_care_kind
-
-    train, _ = sim_data
-    cells = fit_usual_care(train, "cells")
-    site = train.categorical[:, 0]
-    for k in (0, 1):
-        freq = np.bincount(train.actions[site == k], minlength=3) / (site == k).sum()
-        np.testing.assert_allclose(cells.action_probs(train)[site == k][0], freq)
-    assert usual_care_kind(train) == "tree"
-    # a numeric state that is a function of the cell adds nothing: cells
-    ds = tree_sim.generate(50, seed=5)
-    ds.states[:, :] = ds.categorical[:, :1].astype(float)
-    assert usual_care_kind(ds) == "cells"
-    with pytest.raises(ValueError, match="usual_care='cells' needs categorical states"):
-        from equicare.explain._usual import usual_care_kind as k2
-
-        k2(replace(ds, categorical=None, categorical_names=(), categorical_levels=()), "cells")
-
-
 def test_deviation_targets_follow_the_gain():
     from equicare.explain import deviation_targets
 

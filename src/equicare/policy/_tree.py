@@ -356,8 +356,7 @@ class TreePolicy:
         """
         leaf = self.apply(dataset)
         out = np.array(self.probs[leaf], dtype=np.float64)
-        if self.has_usual:
-            assert self.usual is not None
+        if self.usual is not None and self.has_usual:
             rows = self.usual[leaf]
             if rows.any():
                 out[rows] = np.asarray(self.usual_policy.action_probs(dataset),
@@ -387,8 +386,7 @@ class TreePolicy:
 
         out = {f"{prefix}.{k}": torch.from_numpy(np.ascontiguousarray(getattr(self, k)))
                for k in _ARRAYS}
-        if self.has_usual:
-            assert self.usual is not None
+        if self.usual is not None and self.has_usual:
             out[f"{prefix}.usual"] = torch.from_numpy(self.usual.astype(np.uint8))
             up = self.usual_policy
             if isinstance(up, TreePolicy):
