@@ -49,7 +49,10 @@ def test_explain_every_learner_and_predict_the_rules(files, tmp_path, algo):
     card = json.loads(res.stdout)
     assert card["source"]["algo"] == algo and card["source"]["kind"] == "model folder"
     assert 1 <= len(card["rules"]) <= 8
-    assert all(r["text"].startswith(("if ", "always ")) for r in card["rules"])
+    assert card["data"]["mode"] == "exceptions"  # the default: where to deviate from practice
+    assert all(r["text"].startswith(("if ", "always", "otherwise: as current practice"))
+               for r in card["rules"])
+    assert all(not r["usual"] for r in card["rules"][:-1])
     for name in ("policy_card.html", "policy_card.json", "rules.txt"):
         assert (out / name).is_file()
     html = (out / "policy_card.html").read_text()
@@ -121,3 +124,24 @@ def test_explain_a_policy_file(files, tmp_path):
     folder = json.loads(runner.invoke(app, _args(files, "awr", tmp_path / "c2", "--depth", "2",
                                                  "--json")).stdout)
     assert card["rules"] == folder["rules"]  # same probabilities, same rules
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.EquicareWarning")
+def test_evaluate_and_audit_accept_the_rules(files, tmp_path):
+    """Both kinds of rules load through the one policy loader in evaluate and audit."""
+    for mode in ("exceptions", "imitate"):
+        out = tmp_path / mode
+        res = runner.invoke(app, _args(files, "bc", out, "--mode", mode, "--depth", "2"))
+        assert res.exit_code == 0, _err(res)
+        card = json.loads((out / "policy_card.json").read_text())
+        assert card["data"]["mode"] == mode
+        common = [str(files / "panel.parquet"), "--manifest", str(files / "manifest.toml")]
+        res = runner.invoke(app, ["evaluate", *common, "--policy", str(out / "model"),
+                                  "--estimators", "wis,dr", "--bootstrap", "20",
+                                  "--out", str(tmp_path / f"{mode}_ope.json")])
+        assert res.exit_code == 0, _err(res)
+        res = runner.invoke(app, ["audit", *common, "--policy", f"rules={out / 'model'}",
+                                  "--action", "modality=home_visit", "--bootstrap", "20",
+                                  "--permutations", "0", "--out", str(tmp_path / f"{mode}.json")])
+        assert res.exit_code == 0, _err(res)
+        assert "rules" in json.loads((tmp_path / f"{mode}.json").read_text())["policies"]

@@ -153,3 +153,66 @@ def test_config_round_trip_and_fit_errors(sim_data):
                                                      weights=-np.ones(train.n_steps))
     with pytest.raises(NotFittedError, match="This Distiller instance is not fitted yet"):
         Distiller().action_probs(train)
+
+
+class _HalfExpert:
+    """The optimal action (p=0.9) where x1 > 0.6; elsewhere exactly current practice (uniform)."""
+
+    n_actions = 3
+    window = 1
+
+    def action_probs(self, ds):
+        p = np.full((ds.n_steps, 3), 1 / 3)
+        hi = ds.states[:, 0] > 0.6
+        p[hi] = [0.05, 0.05, 0.9]
+        return p
+
+
+@pytest.mark.parametrize("usual_care", ["auto", "cells"])
+def test_exception_rules_deviate_only_where_the_source_does(sim_data, usual_care, tmp_path):
+    """Truth: the source departs from (uniform) practice only where x1 > 0.6. The exception
+    rules say so, keep practice's estimated distribution everywhere else, and survive a model
+    folder round trip (the behaviour model travels with them)."""
+    from equicare.explain import fit_usual_care
+    from equicare.policy import load_policy
+
+    train, fresh = sim_data
+    d = Distiller(DistillConfig(max_depth=2, mode="exceptions", usual_care=usual_care)).fit(
+        train, _HalfExpert(), random_state=0)
+    tree = d.policy_
+    assert tree.has_usual and tree.usual is not None
+    kind = "tree" if usual_care == "auto" else "cells"  # x1..x3 vary within a site
+    assert isinstance(tree.usual_policy, TreePolicy) == (kind == "tree")
+    rules = tree_rules(tree, leaves=tree.apply(train), time_unit="t")
+    text = rules_text(rules)
+    assert rules[-1]["text"] == "otherwise: as current practice" and rules[-1]["usual"], text
+    assert re.search(r"if x1 > 0\.(6|59)\d* then action=a2", text), text
+    p = tree.action_probs(fresh)
+    hi = fresh.states[:, 0] > 0.6
+    assert np.all(np.argmax(p[hi], axis=1) == 2)
+    usual = fit_usual_care(train, usual_care, random_state=0)
+    np.testing.assert_allclose(p[~hi], tree.usual_policy.action_probs(fresh)[~hi])
+    # an estimate of uniform practice (a behaviour tree's leaves hold >= 50 rows: noisy per row)
+    assert np.abs(p[~hi].mean(axis=0) - 1 / 3).max() < 0.03
+    assert type(usual) is type(tree.usual_policy)
+    tree.save(tmp_path / "rules")
+    back = load_policy(tmp_path / "rules")
+    assert isinstance(back, TreePolicy) and back.has_usual
+    np.testing.assert_array_equal(back.action_probs(fresh), p)
+    assert back.window == 1 and set(back.support.tolist()) == {0, 1, 2}
+
+
+def test_deviation_targets_follow_the_gain():
+    from equicare.explain import deviation_targets
+
+    ds = tree_sim.generate(20, seed=6)
+    n = ds.n_steps
+    q = np.tile([0.0, 1.0, 2.0], (n, 1))
+    usual = np.tile([1 / 3, 1 / 3, 1 / 3], (n, 1))
+    src = np.tile([0.0, 0.0, 1.0], (n, 1))
+    labels, w = deviation_targets(ds, src, usual, q)
+    assert np.all(labels == 2) and abs(w.mean() - 1) < 1e-9
+    labels, _ = deviation_targets(ds, usual, usual, q)  # the source is current practice
+    assert np.all(labels == 3)
+    labels, w = deviation_targets(ds, np.tile([1.0, 0, 0], (n, 1)), usual, q)  # a worse action
+    assert np.all(labels == 3) and np.allclose(w, 1.0)

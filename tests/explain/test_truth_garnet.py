@@ -2,12 +2,24 @@
 
 Garnet's optimal and learned policies vary cell by cell with random action effects over hundreds
 of states; no shallow tree over (severity, state) reproduces them. Measured on ``s700_a25_g1``
-(5,000 episodes, seed 1): SPIBB (N_wedge = 20) improves the exact value from 0.800 to 0.815;
-depth-3 to depth-8 distillations agree with it on 9-15% of rows and have exact values of
-0.60: far below current practice. The issue's 80% target is therefore not met on Garnet (strict
-xfail below, so the day it passes the marker must go). What the card must do is not hide it:
-its off-policy evidence must not claim the improvement is kept (the DR estimate, optimistic
-where the rules leave the clinicians' support, finds no gain; exact: a large loss).
+(5,000 episodes, seed 1): SPIBB (N_wedge = 20) improves the exact value from 0.8003 to 0.8149.
+
+* Imitation rules (``mode="imitate"``): depth-3 to depth-8 trees agree with SPIBB on 9-15% of rows
+  and put whole populations on one action; their exact value is 0.60, far below current practice
+  (about -1,370% of the improvement kept).
+* Exception rules (``mode="exceptions"``, the card's default): the tree names a few states where
+  to deviate and leaves every other state with the clinicians' observed frequencies. Exact value
+  at depth 3: 0.8009 (4% of the improvement kept; the rules: three states, then "otherwise: as
+  current practice"), depth 4: 0.8011 (6%), depth 6: 0.8013 (7%). The per-cell frequency
+  estimate of practice itself is worth 0.7998 (-3% of the gain). They never fall below current
+  practice, but they cannot keep 80%: SPIBB's gain is spread thinly over many states. Even an
+  oracle that follows SPIBB in the k states that matter most and current practice elsewhere
+  keeps 10% (k = 4), 18% (k = 8), 29% (k = 16) and 63% (k = 64); a depth-4 tree names at most
+  about 8 states.
+
+The issue's 80% target is therefore not met on Garnet (strict xfail below, so the day it passes
+the marker must go). What the card must do is not hide it: the second test checks its off-policy
+evidence against the exact truth.
 """
 
 from __future__ import annotations
@@ -38,15 +50,17 @@ def _kept(mdp, ds, tree, vb, vl):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="shallow rules cannot imitate Garnet's cell-by-cell "
-                                       "policies (exact: the rules fall below behaviour)")
+@pytest.mark.xfail(strict=True, reason="SPIBB's gain on Garnet is spread over many states: "
+                                       "depth-3/4 exception rules keep 4% / 6% (exact), an "
+                                       "8-state oracle 18%")
 @pytest.mark.parametrize("depth", [3, 4])
 def test_rules_keep_80_percent_on_garnet(setup, depth):
     from equicare.explain import distill
 
     mdp, ds, pol, vb, vl = setup
     assert vl > vb
-    tree = distill(ds, pol, max_depth=depth, q_model="tabular", random_state=0)
+    tree = distill(ds, pol, max_depth=depth, q_model="tabular", mode="exceptions",
+                   random_state=0)
     kept = _kept(mdp, ds, tree, vb, vl)
     print(f"\ngarnet depth {depth}: exact V(behaviour)={vb:.4f} V(spibb)={vl:.4f}, "
           f"{100 * kept:.0f}% of the improvement kept")
@@ -54,10 +68,34 @@ def test_rules_keep_80_percent_on_garnet(setup, depth):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("depth", [3, 4])
+def test_exception_rules_stay_near_current_practice(setup, depth):
+    """Exact truth: exception rules lose at most 10% of SPIBB's gain (the per-cell estimate of
+    practice alone costs 3%; measured: +4% and +6%), where imitation rules lose 1,370%; at
+    depth 4 they gain."""
+    from equicare.explain import distill
+
+    mdp, ds, pol, vb, vl = setup
+    tree = distill(ds, pol, max_depth=depth, q_model="tabular", mode="exceptions",
+                   random_state=0)
+    assert tree.has_usual and tree.leaves.size <= 2 ** depth
+    kept = _kept(mdp, ds, tree, vb, vl)
+    assert kept >= -0.1, kept
+    if depth == 4:
+        assert kept > 0.0, kept
+    plain = distill(ds, pol, max_depth=depth, q_model="tabular", mode="imitate", random_state=0)
+    assert _kept(mdp, ds, plain, vb, vl) < -1.0
+
+
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::equicare.exceptions.EquicareWarning")
 def test_card_evidence_reports_the_loss(setup):
-    """When the exact truth says the rules lose the improvement, the card says so too: the
-    rules' OPE value is below behaviour's and a caveat names the kept share."""
+    """The card's evidence agrees with the exact truth: the exception rules keep far less than
+    80% of SPIBB's gain, and so does the card's DR estimate, with a caveat naming the share; the
+    rules' mass on rarely taken actions stays near SPIBB's (every unnamed state keeps practice's
+    own distribution), far from the imitation rules' 68%. Measured: exact 4% kept, DR 25%
+    (DR of the rules 0.812 [0.788, 0.832] against 0.808 observed), 16.8% of the rules' mass on
+    rarely taken actions (SPIBB 15.1%)."""
     from equicare.explain import ExplainConfig, explain_policy
 
     mdp, ds, pol, vb, vl = setup
@@ -65,14 +103,18 @@ def test_card_evidence_reports_the_loss(setup):
     card = explain_policy(ds, pol, ExplainConfig(depth=3, depths=(3,), bootstrap=50,
                                                  frontier_bootstrap=0, q_model="tabular"),
                           random_state=0)
+    assert card.data["mode"] == "exceptions" and card.data["usual_care_model"] == "cells"
     kept_true = _kept(mdp, ds, card.tree, vb, vl)
     dr = card.value["rules"]["dr"]
     beh = card.value["behavior"]["value"]
     print(f"\ngarnet card: true kept {100 * kept_true:.0f}%, DR of the rules {dr['value']:.3f} "
-          f"[{dr['ci'][0]:.3f}, {dr['ci'][1]:.3f}], behaviour {beh:.3f}, rules' mass on rarely "
-          f"taken actions {card.support['rules_pct']:.1f}%")
+          f"[{dr['ci'][0]:.3f}, {dr['ci'][1]:.3f}], behaviour {beh:.3f}, DR kept "
+          f"{100 * card.value['improvement_kept']['dr']:.0f}%, rules' mass on rarely taken "
+          f"actions {card.support['rules_pct']:.1f}% (SPIBB {card.support['source_pct']:.1f}%)")
     assert kept_true < 0.8
-    # the DR estimate is optimistic (the Q-model extrapolates to never-given actions: see the
-    # support line) but it still finds no improvement, and the card says so
     assert card.value["improvement_kept"]["dr"] < 0.8
     assert any("keep only" in c for c in card.caveats)
+    # imitation rules put 68% of their mass on actions practice rarely takes in the state
+    assert card.support["rules_pct"] < 30.0
+    assert card.rules[-1]["text"] == "otherwise: as current practice"
+    assert card.rules[-1]["test_share"] > 0.9

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import numpy as np
@@ -112,3 +113,32 @@ def test_errors(ds):
                           "probs": np.full((1, 3), 1 / 3)})
     with pytest.raises(PolicyError, match="distilled on action space"):
         other.action_probs(ds)
+
+
+def test_usual_care_leaves_follow_the_stored_behaviour_model(ds, tmp_path):
+    """Leaves marked usual care return the behaviour model's rows, also after a round trip
+    (a behaviour tree or a per-region cell table stored in the same model folder)."""
+    import json
+
+    from equicare.explain import fit_usual_care
+
+    pol, _, _ = _fit_sklearn(ds, depth=2)
+    usual = np.zeros(pol.n_nodes, dtype=bool)
+    usual[pol.leaves[::2]] = True
+    leaf = pol.apply(ds)
+    for kind in ("tree", "cells"):
+        beh = fit_usual_care(ds, kind, min_samples_leaf=5, random_state=0)
+        rules = dataclasses.replace(pol, usual=usual, usual_policy=beh)
+        p = rules.action_probs(ds)
+        rows = usual[leaf]
+        np.testing.assert_array_equal(p[rows], beh.action_probs(ds)[rows])
+        np.testing.assert_array_equal(p[~rows], pol.action_probs(ds)[~rows])
+        rules.save(tmp_path / kind)
+        cfg = json.loads((tmp_path / kind / "config.json").read_text())
+        assert cfg["format_version"] == 2 and cfg["learner"] == "tree"
+        assert cfg["tree"]["usual_care"]["kind"] == kind
+        np.testing.assert_array_equal(load_policy(tmp_path / kind).action_probs(ds), p)
+    with pytest.raises(PolicyError, match="has no behaviour model"):
+        dataclasses.replace(pol, usual=usual)
+    with pytest.raises(PolicyError, match=re.escape("tree array 'usual' has shape (2,)")):
+        dataclasses.replace(pol, usual=np.zeros(2, dtype=bool))

@@ -22,6 +22,27 @@ def card():
                           source={"algo": "expert", "path": "models/expert"}, random_state=0)
 
 
+@pytest.fixture(scope="module")
+def exc_card():
+    """Exception rules with a usual-care leaf: the source departs from practice only where
+    x1 > 0.6."""
+    from tests.explain.test_distill import _HalfExpert
+
+    train, test = tree_sim.generate(200, seed=22), tree_sim.generate(150, seed=23)
+    cfg = ExplainConfig(bootstrap=30, frontier_bootstrap=10, depths=(1, 2))
+    return explain_policy(train, _HalfExpert(), cfg, test=test, random_state=0)
+
+
+def test_page_of_exception_rules(exc_card):
+    d = exc_card.to_dict()
+    assert d["data"]["mode"] == "exceptions" and d["data"]["usual_care_model"] == "tree"
+    assert d["rules"][-1]["text"] == "otherwise: as current practice"
+    assert d["tree"]["n_rules"] == len(d["rules"])
+    html = build_card_report(d).render()
+    assert "otherwise: as current practice" in html and "Exception rules" in html
+    assert "a tree of the logged actions" in html and ">nan<" not in html
+
+
 def test_page_holds_rules_evidence_frontier_and_caveats(card):
     html = build_card_report(card.to_dict()).render()
     for needle in ("Rules in plain language", "Evidence by policy", "Size, fidelity and value",
@@ -59,7 +80,9 @@ def test_write_card_is_atomic_and_refuses_to_overwrite(card, tmp_path):
 
 
 @pytest.mark.browser
-def test_card_renders_in_chromium(card, tmp_path):
+@pytest.mark.parametrize("which", ["card", "exc_card"])
+def test_card_renders_in_chromium(which, request, tmp_path):
+    card = request.getfixturevalue(which)
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("Chromium is not installed; `make test-browser` installs Debian's chromium.")

@@ -6,8 +6,8 @@ from enum import StrEnum
 
 __all__ = ["Sim", "Algo", "OfflineAlgo", "Encoder", "OmgReward", "Form", "BehaviorModel",
            "QModel", "EvalCI", "AuditCI", "Level", "AuditEstimator", "ValueEstimator", "Weight",
-           "ExecutorName", "Labels", "ExplainQModel", "Domain", "Curve", "Basis", "Env",
-           "Scenario", "OnlineAlgo", "Mode", "GroupSignal", "Example", "Select"]
+           "ExecutorName", "Labels", "ExplainMode", "ExplainQModel", "Domain", "Curve", "Basis",
+           "Env", "Scenario", "OnlineAlgo", "Mode", "GroupSignal", "Example", "Select"]
 
 
 class _Choice(StrEnum):
@@ -222,6 +222,13 @@ class Labels(_Choice):
 
     ARGMAX = "argmax"
     SAMPLE = "sample"
+
+
+class ExplainMode(_Choice):
+    """What the rules of ``explain`` say."""
+
+    EXCEPTIONS = "exceptions"
+    IMITATE = "imitate"
 
 
 class ExplainQModel(_Choice):

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from equicare.cli._choices import ExplainQModel, Labels
+from equicare.cli._choices import ExplainMode, ExplainQModel, Labels
 from equicare.cli._utils import Force, JsonOut, Seed, Threads
 
 __all__ = ["run_explain", "register"]
@@ -17,7 +17,8 @@ __all__ = ["run_explain", "register"]
 def run_explain(model: Path, data: Path, *, manifest: Path, out: Path, depth: int = 3,
                 max_rules: int | None = None, holdout: float = 0.3, q_model: str = "linear",
                 estimators: str = "wis,dr", bootstrap: int = 200, action: str | None = None,
-                group: str | None = None, labels: str = "argmax", seed: int = 42,
+                group: str | None = None, labels: str = "argmax",
+                mode: str = "exceptions", seed: int = 42,
                 force: bool = False) -> dict[str, Any]:
     """Load the panel and the policy, build the policy card and write the card folder.
 
@@ -44,7 +45,7 @@ def run_explain(model: Path, data: Path, *, manifest: Path, out: Path, depth: in
     keys = tuple(k.strip() for k in estimators.split(",") if k.strip())
     cfg = ExplainConfig(depth=depth, holdout=holdout, q_model=q_model, estimators=keys,
                         bootstrap=bootstrap, frontier_bootstrap=min(bootstrap, 50),
-                        action=action, group=group,
+                        action=action, group=group, mode=mode,
                         distill=DistillConfig(max_depth=depth, max_leaf_nodes=max_rules,
                                               q_model=q_model, labels=labels))
     with warnings.catch_warnings():  # validation warnings are for `equicare validate`
@@ -87,6 +88,10 @@ def register(app: typer.Typer) -> None:
         labels: Annotated[Labels, typer.Option(
             help="Imitate the source's argmax action or samples of its distribution.")
         ] = Labels.ARGMAX,
+        mode: Annotated[ExplainMode, typer.Option(
+            help="exceptions: rules say where to deviate from current practice, every other "
+                 "state keeps the clinicians' own distribution; imitate: rules imitate the "
+                 "policy everywhere.")] = ExplainMode.EXCEPTIONS,
         seed: Seed = 42,
         force: Force = False,
         json_out: JsonOut = False,
@@ -112,7 +117,8 @@ def register(app: typer.Typer) -> None:
             res = run_explain(model, data, manifest=manifest, out=out, depth=depth,
                               max_rules=max_rules, holdout=holdout, q_model=q_model.value,
                               estimators=estimators, bootstrap=bootstrap, action=action,
-                              group=group, labels=labels.value, seed=seed, force=force)
+                              group=group, labels=labels.value, mode=mode.value, seed=seed,
+                              force=force)
         if json_out:
             print_json(res)
             return

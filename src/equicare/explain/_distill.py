@@ -25,6 +25,30 @@ component choices the source policy would not make together. Per-component trees
 per component but need a consistency repair; the joint tree needs none and its leaves read as
 whole care plans.
 
+**Exceptions to current practice** (``mode="exceptions"``). What a clinical committee approves
+is often "current practice, except these rules". The tree then learns where to *deviate*: each
+fitting row is labelled with the source's most likely action ``a*`` when the source's own
+distribution beats current practice there by a share ``m`` (``deviation_margin``) of what is at
+stake in the row, so that the noise of the estimate of practice is not read as a deviation, and
+so does ``a*``:
+
+.. math::
+
+    \sum_a (\pi(a|s_i) - \hat b(a|s_i)) Q(s_i, a) > m \, (\max_a Q(s_i, a) - \min_a Q(s_i, a))
+    \quad\text{and}\quad g_i = Q(s_i, a^*_i) - \sum_a \hat b(a|s_i) Q(s_i, a) > 0,
+
+and *usual care* otherwise. Rows are weighted by what the choice is worth: a deviation by the
+smaller of the two gains (so a source that matches practice up to the noise of its estimate
+teaches nothing), a usual-care row by the loss ``max(-g_i, 0)`` of deviating there plus the floor
+``f`` (by default a row that says nothing keeps current practice). ``\hat b`` is the
+clinicians' estimated distribution (:func:`equicare.explain.fit_usual_care`: observed
+frequencies per categorical cell, or a tree of the logged actions), stored with the rules; a
+leaf whose weighted majority is usual care follows it, so every state no rule names keeps the
+clinicians' own distribution ("otherwise: as current practice"). A source that agrees with
+practice somewhere (SPIBB where data are thin) is never turned into a deviation there. Shallow
+imitation fails where the source differs from practice cell by cell over many states (Garnet):
+its leaves put whole populations on one action; exception rules change only what they name.
+
 **Leaves are stochastic.** Each leaf's distribution is the (weighted) frequency of the source's
 choices among the fitting rows that reach it, optionally smoothed by ``smoothing`` pseudo-counts
 over the actions seen in the fit. With ``labels="argmax"`` the choices are the source's most
@@ -41,6 +65,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
+from equicare.explain._features import feature_records
+from equicare.explain._usual import fit_usual_care
 from equicare.policy._base import check_probs, sample_actions
 from equicare.policy._tree import TreePolicy, tree_features
 from equicare.utils import (
@@ -53,7 +79,7 @@ from equicare.utils import (
 )
 
 __all__ = ["DistillConfig", "Distiller", "distill", "feature_records", "choice_weights",
-           "merge_same_action"]
+           "merge_same_action", "deviation_targets", "source_q"]
 
 _OWNER = "DistillConfig"
 
@@ -91,6 +117,16 @@ class DistillConfig:
         Collapse sibling leaves whose most likely action is the same into their parent (the
         parent's distribution is the pooled one), so no two rules differ only in a condition
         that does not change the recommendation.
+    mode : {"imitate", "exceptions"}, default="imitate"
+        Imitate the source everywhere, or learn where to deviate from current practice (every
+        other state keeps the clinicians' estimated distribution; see the module docstring).
+    usual_care : {"auto", "cells", "tree"}, default="auto"
+        Representation of current practice in ``mode="exceptions"``
+        (:func:`equicare.explain.fit_usual_care`).
+    deviation_margin : float, default=0.2
+        In ``mode="exceptions"``, a row counts as a deviation only if the source's expected Q
+        beats current practice's by at least this share of the row's spread of Q over the
+        observed actions (in [0, 1)).
     """
 
     max_depth: int = 3
@@ -105,6 +141,9 @@ class DistillConfig:
     history: int | None = None
     ccp_alpha: float = 0.0
     merge: bool = True
+    mode: Literal["imitate", "exceptions"] = "imitate"
+    usual_care: Literal["auto", "cells", "tree"] = "auto"
+    deviation_margin: float = 0.2
 
     def __post_init__(self) -> None:
         check_param(self.max_depth, "max_depth", _OWNER, kind=int, low=1, high=12)
@@ -120,6 +159,10 @@ class DistillConfig:
         check_param(self.history, "history", _OWNER, kind=int, low=1, allow_none=True)
         check_param(self.ccp_alpha, "ccp_alpha", _OWNER, kind=(int, float), low=0)
         check_param(self.merge, "merge", _OWNER, kind=bool)
+        check_param(self.mode, "mode", _OWNER, choices=("imitate", "exceptions"))
+        check_param(self.usual_care, "usual_care", _OWNER, choices=("auto", "cells", "tree"))
+        check_param(self.deviation_margin, "deviation_margin", _OWNER, kind=(int, float), low=0,
+                    high=1, high_inclusive=False)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dictionary."""
@@ -131,40 +174,9 @@ class DistillConfig:
         return config_from_dict(cls, d)
 
 
-def feature_records(dataset: TrajectoryDataset, window: int = 1) -> list[dict[str, Any]]:
-    """The candidate features of the tree for a dataset and a history window.
-
-    Parameters
-    ----------
-    dataset : TrajectoryDataset
-    window : int
-        Rows of history (1: current row; 2: also the previous row; more: also counts of each
-        action level over the previous ``window - 1`` rows).
-
-    Returns
-    -------
-    list of dict
-        Feature records of :func:`equicare.policy.tree_features`.
-    """
-    recs: list[dict[str, Any]] = [{"kind": "state", "name": n} for n in dataset.state_names]
-    for name, levels in zip(dataset.categorical_names, dataset.categorical_levels, strict=True):
-        recs += [{"kind": "categorical", "name": name, "level": str(lv)} for lv in levels]
-    if window > 1:
-        recs += [{"kind": "prev_state", "name": n} for n in dataset.state_names]
-        for c in dataset.action_space.components:
-            recs += [{"kind": "prev_action", "component": c.name, "level": lv}
-                     for lv in c.levels]
-        recs.append({"kind": "prev_reward"})
-    if window > 2:
-        for c in dataset.action_space.components:
-            recs += [{"kind": "recent_action", "component": c.name, "level": lv,
-                      "rows": window - 1} for lv in c.levels]
-    return recs
-
-
 def choice_weights(dataset: TrajectoryDataset, source_probs: NDArray[np.float64],
-                   config: DistillConfig | None = None, *, random_state: RandomState = None
-                   ) -> NDArray[np.float64]:
+                   config: DistillConfig | None = None, *, random_state: RandomState = None,
+                   q: NDArray[np.float64] | None = None) -> NDArray[np.float64]:
     """Row weights: how much the choice matters, from the source policy's FQE Q-function.
 
     Parameters
@@ -174,29 +186,100 @@ def choice_weights(dataset: TrajectoryDataset, source_probs: NDArray[np.float64]
         The source policy's probabilities (the FQE target policy).
     config : DistillConfig, optional
     random_state : int, Generator or None
+    q : ndarray of shape (n_steps, n_actions), optional
+        The source's Q-function when already fitted (default: FQE here).
 
     Returns
     -------
     ndarray of shape (n_steps,)
         Mean 1, at least ``weight_floor``.
     """
-    from equicare.ope import FQEConfig, fit_fqe
-
     cfg = config or DistillConfig()
     n = dataset.n_steps
     if cfg.weighting == "uniform":
         return np.ones(n)
+    observed = np.unique(dataset.actions)
+    q = (source_q(dataset, source_probs, cfg, random_state) if q is None else q)[:, observed]
+    spread = q.max(axis=1) - q.min(axis=1)
+    return _floored(np.where(np.isfinite(spread), spread, 0.0), cfg.weight_floor)
+
+
+def _floored(w: NDArray[np.float64], floor: float) -> NDArray[np.float64]:
+    """``f + (1 - f) w / mean(w)`` (all ones when ``w`` is zero)."""
+    mean = float(w.mean()) if w.size else 0.0
+    if mean <= 0:
+        return np.ones(w.shape[0])
+    f = float(floor)
+    return np.asarray(f + (1.0 - f) * w / mean, dtype=np.float64)
+
+
+def source_q(dataset: TrajectoryDataset, source_probs: NDArray[np.float64],
+              cfg: DistillConfig, random_state: RandomState) -> NDArray[np.float64]:
+    """The FQE Q-function of the source policy, shape ``(n_steps, n_actions)``.
+
+    Parameters
+    ----------
+    dataset : TrajectoryDataset
+    source_probs : ndarray of shape (n_steps, n_actions)
+    cfg : DistillConfig
+        Its ``q_model`` is the function class.
+    random_state : int, Generator or None
+    """
+    from equicare.ope import FQEConfig, fit_fqe
+
     fit = fit_fqe(dataset, source_probs, FQEConfig(model=cfg.q_model),
                   random_state=random_state)
-    observed = np.unique(dataset.actions)
-    q = fit.q[:, observed]
-    spread = q.max(axis=1) - q.min(axis=1)
-    spread = np.where(np.isfinite(spread), spread, 0.0)
-    mean = float(spread.mean())
+    return np.asarray(fit.q, dtype=np.float64)
+
+
+def deviation_targets(dataset: TrajectoryDataset, source_probs: NDArray[np.float64],
+                      usual_probs: NDArray[np.float64], q: NDArray[np.float64],
+                      weight_floor: float = 0.1, margin: float = 0.2
+                      ) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+    """Labels and weights of exception rules: the source's action where deviating pays.
+
+    Parameters
+    ----------
+    dataset : TrajectoryDataset
+    source_probs, usual_probs : ndarray of shape (n_steps, n_actions)
+        The source policy's and current practice's (estimated) distributions.
+    q : ndarray of shape (n_steps, n_actions)
+        The source's Q-function (FQE); actions never logged in the data count as unknown.
+    weight_floor : float
+    margin : float
+        The source's expected Q must beat practice's by at least this share of the row's spread
+        of Q over the observed actions.
+
+    Returns
+    -------
+    labels : ndarray of shape (n_steps,), int
+        The source's most likely action, or ``n_actions`` (usual care).
+    weights : ndarray of shape (n_steps,)
+        What each label is worth (see the module docstring), mean 1.
+    """
+    n, A = source_probs.shape
+    observed = np.zeros(A, dtype=bool)
+    observed[np.unique(dataset.actions)] = True
+    qo = np.where(observed[None, :] & np.isfinite(q), q, 0.0)
+    usual_v = (usual_probs * qo).sum(axis=1)
+    best = np.argmax(source_probs, axis=1)
+    gain = qo[np.arange(n), best] - usual_v
+    adv = (source_probs * qo).sum(axis=1) - usual_v
+    qs = np.where(observed[None, :], qo, np.nan)
+    spread = np.nan_to_num(np.nanmax(qs, axis=1) - np.nanmin(qs, axis=1))
+    # the source must beat practice by a share of what is at stake in the row, so that the
+    # noise of the estimate of practice is not read as a deviation
+    deviate = (adv > margin * spread) & (adv > 0) & (gain > 0) & observed[best]
+    labels = np.where(deviate, best, A).astype(np.int64)
+    cost = np.where(deviate, np.minimum(adv, gain), np.maximum(-gain, 0.0))
+    cost = np.where(np.isfinite(cost), cost, 0.0)
+    mean = float(cost.mean()) if cost.size else 0.0
     if mean <= 0:
-        return np.ones(n)
-    f = float(cfg.weight_floor)
-    return f + (1.0 - f) * spread / mean
+        return labels, np.ones(n)
+    # the floor goes to usual care only: a deviation counts as much as the source gains by it
+    f = float(weight_floor)
+    w = (1.0 - f) * cost / mean + np.where(deviate, 0.0, f)
+    return labels, np.asarray(w / w.mean(), dtype=np.float64)
 
 
 @dataclass(eq=False)
@@ -230,6 +313,7 @@ class Distiller:
     def fit(self, dataset: TrajectoryDataset, policy: Any = None, *,
             source_probs: NDArray[np.float64] | None = None,
             weights: NDArray[np.float64] | None = None,
+            q: NDArray[np.float64] | None = None, usual_care: Any = None,
             random_state: RandomState = None) -> Distiller:
         """Fit the tree on the rows of ``dataset``.
 
@@ -241,7 +325,13 @@ class Distiller:
         source_probs : ndarray of shape (n_steps, n_actions), optional
             The source's probabilities on ``dataset`` (default: ``policy.action_probs``).
         weights : ndarray of shape (n_steps,), optional
-            Row weights (default: :func:`choice_weights`).
+            Row weights (default: :func:`choice_weights`, or :func:`deviation_targets`' with
+            ``mode="exceptions"``).
+        q : ndarray of shape (n_steps, n_actions), optional
+            The source's FQE Q-function on ``dataset`` when already fitted.
+        usual_care : CellPolicy or TreePolicy, optional
+            Current practice for ``mode="exceptions"`` (default:
+            :func:`~equicare.explain.fit_usual_care` on ``dataset``).
         random_state : int, Generator or None
 
         Returns
@@ -259,11 +349,33 @@ class Distiller:
         window = cfg.history if cfg.history is not None else int(getattr(policy, "window", 1))
         feats = feature_records(dataset, window)
         x = tree_features(dataset, feats, "distillation")
-        w = (choice_weights(dataset, probs, cfg, random_state=int(rng.integers(2**31 - 1)))
+        A = dataset.n_actions
+        seed_w, seed_u, seed_t = (int(v) for v in rng.integers(2**31 - 1, size=3))
+        usual_pol: Any = None
+        if cfg.mode == "exceptions":
+            usual_pol = (fit_usual_care(dataset, cfg.usual_care, random_state=seed_u)
+                         if usual_care is None else usual_care)
+            b = np.asarray(usual_pol.action_probs(dataset), dtype=np.float64)
+            if q is None:
+                q = source_q(dataset, probs, cfg, seed_w)
+            target, w_dev = deviation_targets(dataset, probs, b, q, cfg.weight_floor,
+                                              cfg.deviation_margin)
+            if weights is None:
+                weights = w_dev if cfg.weighting == "q_spread" else np.ones(dataset.n_steps)
+        w = (choice_weights(dataset, probs, cfg, random_state=seed_w, q=q)
              if weights is None else np.asarray(weights, dtype=np.float64))
         if w.shape != (dataset.n_steps,) or not np.all(np.isfinite(w) & (w >= 0)):
             raise ValueError(f"weights must be finite, >= 0 and of shape ({dataset.n_steps},).")
-        if cfg.labels == "argmax":
+        if cfg.mode == "exceptions":
+            # the source's action (argmax, or draws of its distribution) where it deviates
+            if cfg.labels == "argmax":
+                xf, y, wf = x, target, w
+            else:
+                k = cfg.n_samples
+                y = np.concatenate([np.where(target < A, sample_actions(probs, rng), A)
+                                    for _ in range(k)])
+                xf, wf = np.tile(x, (k, 1)), np.tile(w, k) / k
+        elif cfg.labels == "argmax":
             xf, y, wf = x, np.argmax(probs, axis=1), w
         else:
             k = cfg.n_samples
@@ -271,31 +383,49 @@ class Distiller:
             xf, wf = np.tile(x, (k, 1)), np.tile(w, k) / k
         tree = DecisionTreeClassifier(max_depth=cfg.max_depth, max_leaf_nodes=cfg.max_leaf_nodes,
                                       min_samples_leaf=cfg.min_samples_leaf,
-                                      ccp_alpha=float(cfg.ccp_alpha),
-                                      random_state=int(rng.integers(2**31 - 1)))
+                                      ccp_alpha=float(cfg.ccp_alpha), random_state=seed_t)
         tree.fit(xf, y, sample_weight=wf)
         t = tree.tree_
+        classes = np.asarray(tree.classes_, dtype=np.int64)
         value = np.asarray(t.value[:, 0, :], dtype=np.float64)
         value = value / np.maximum(value.sum(axis=1, keepdims=True), 1e-300)
         counts = value * np.asarray(t.weighted_n_node_samples, dtype=np.float64)[:, None]
-        counts += float(cfg.smoothing)
-        node_probs = np.zeros((t.node_count, dataset.n_actions))
-        node_probs[:, np.asarray(tree.classes_, dtype=np.int64)] = (
-            counts / counts.sum(axis=1, keepdims=True))
+        full = np.zeros((t.node_count, A + 1))
+        full[:, classes] = counts
+        best = np.argmax(full, axis=1)
+        act = full[:, :A] + float(cfg.smoothing) * np.isin(np.arange(A), classes)[None, :]
+        node_probs = act / np.maximum(act.sum(axis=1, keepdims=True), 1e-300)
+        usual_nodes = best == A
+        if usual_nodes.any():
+            # a usual-care node's stored distribution: the mean estimated practice of its rows
+            # (for reading; its rows follow the behaviour model itself)
+            path = tree.decision_path(x.astype(np.float32))
+            n_node = np.asarray(path.sum(axis=0)).ravel()
+            mean_b = np.asarray(path.T @ b) / np.maximum(n_node, 1)[:, None]
+            empty = n_node == 0
+            mean_b[empty] = np.bincount(dataset.actions, minlength=A) / dataset.n_steps
+            node_probs[usual_nodes] = mean_b[usual_nodes]
+        best = np.where(usual_nodes, -1, best)
         arrays = {"children_left": np.asarray(t.children_left, dtype=np.int64),
                   "children_right": np.asarray(t.children_right, dtype=np.int64),
                   "feature": np.asarray(t.feature, dtype=np.int64),
-                  "threshold": np.asarray(t.threshold, dtype=np.float64), "probs": node_probs}
+                  "threshold": np.asarray(t.threshold, dtype=np.float64), "probs": node_probs,
+                  "best": best}
         if cfg.merge:
             arrays = merge_same_action(**arrays)
+        usual = np.asarray(arrays.pop("best")) < 0
+        has_usual = bool(usual[np.asarray(arrays["children_left"]) < 0].any())
         self.policy_ = TreePolicy(
             **arrays, features=tuple(feats), action_space=dataset.action_space,
-            source="distilled rules", info={"distill": cfg.to_dict()})
+            source="distilled rules", info={"distill": cfg.to_dict()},
+            usual=usual if cfg.mode == "exceptions" else None,
+            usual_policy=usual_pol if has_usual else None)
         self.tree_ = tree
         self.features_ = feats
         self.weights_ = w
-        leaves = self.policy_.apply_features(x)
-        hit = np.argmax(self.policy_.probs, axis=1)[leaves] == np.argmax(probs, axis=1)
+        self.usual_care_ = usual_pol
+        hit = (np.argmax(self.policy_.action_probs(dataset), axis=1)
+               == np.argmax(probs, axis=1))
         self.agreement_ = float(np.average(hit, weights=w)) if w.sum() > 0 else float(hit.mean())
         return self
 
@@ -313,21 +443,24 @@ class Distiller:
 
 def merge_same_action(children_left: NDArray[np.int64], children_right: NDArray[np.int64],
                       feature: NDArray[np.int64], threshold: NDArray[np.float64],
-                      probs: NDArray[np.float64]) -> dict[str, NDArray[Any]]:
-    """Collapse sibling leaves with the same most likely action into their parent, repeatedly.
+                      probs: NDArray[np.float64], best: NDArray[np.int64] | None = None
+                      ) -> dict[str, NDArray[Any]]:
+    """Collapse sibling leaves with the same recommendation into their parent, repeatedly.
 
     Node ``i``'s distribution must be the pooled distribution of its subtree (as in a fitted
-    scikit-learn tree). Returns the compacted arrays (nodes renumbered depth-first, parents
-    first), keyed like :class:`~equicare.policy.TreePolicy`'s fields.
+    scikit-learn tree). ``best`` is each node's recommendation (default: the most likely
+    action; exception rules mark usual care with -1); siblings recommending the same merge.
+    Returns the compacted arrays (nodes renumbered depth-first, parents first), keyed like
+    :class:`~equicare.policy.TreePolicy`'s fields, plus ``"best"`` when it was given.
     """
     left, right = children_left.copy(), children_right.copy()
-    best = np.argmax(probs, axis=1)
+    rec = np.argmax(probs, axis=1) if best is None else np.asarray(best, dtype=np.int64)
     changed = True
     while changed:  # over the nodes of a shallow tree
         changed = False
         for node in range(left.size - 1, -1, -1):
             lc, rc = left[node], right[node]
-            if lc < 0 or left[lc] >= 0 or left[rc] >= 0 or best[lc] != best[rc]:
+            if lc < 0 or left[lc] >= 0 or left[rc] >= 0 or rec[lc] != rec[rc]:
                 continue
             left[node] = right[node] = -1
             changed = True
@@ -343,9 +476,13 @@ def merge_same_action(children_left: NDArray[np.int64], children_right: NDArray[
     is_leaf = left[idx] < 0
     new_left = np.array([-1 if left[o] < 0 else new_id[int(left[o])] for o in order], np.int64)
     new_right = np.array([-1 if left[o] < 0 else new_id[int(right[o])] for o in order], np.int64)
-    return {"children_left": new_left, "children_right": new_right,
-            "feature": np.where(is_leaf, -2, feature[idx]),
-            "threshold": np.where(is_leaf, -2.0, threshold[idx]), "probs": probs[idx]}
+    out: dict[str, NDArray[Any]] = {
+        "children_left": new_left, "children_right": new_right,
+        "feature": np.where(is_leaf, -2, feature[idx]),
+        "threshold": np.where(is_leaf, -2.0, threshold[idx]), "probs": probs[idx]}
+    if best is not None:
+        out["best"] = rec[idx]
+    return out
 
 
 def distill(dataset: TrajectoryDataset, policy: Any, *, max_depth: int = 3,

@@ -28,15 +28,15 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
 from equicare.exceptions import DataValidationError
-from equicare.explain._distill import DistillConfig, Distiller, choice_weights
-from equicare.explain._rules import tree_rules
+from equicare.explain._distill import DistillConfig, Distiller, choice_weights, source_q
+from equicare.explain._rules import rule_count, tree_rules
 from equicare.policy._base import check_probs
 from equicare.policy._tree import TreePolicy
 from equicare.utils import MIN_CELL, check_param
@@ -86,6 +86,14 @@ class ExplainConfig:
         Subgroups with fewer episodes are suppressed.
     top_disagreement : int, default=8
         Subgroups listed where the rules and the source disagree most.
+    mode : {"exceptions", "imitate"}, default="exceptions"
+        Exception rules (where to deviate from current practice; every other state keeps the
+        clinicians' estimated distribution) or plain imitation of the source (see
+        :class:`~equicare.explain.DistillConfig`). Exceptions are the default: on the care
+        simulator both keep the same share of the true improvement (the learned policies
+        deviate from practice almost everywhere, so the two trees coincide), while on Garnet,
+        whose policies differ from practice cell by cell, imitation falls far below current
+        practice and exceptions do not.
     """
 
     depth: int = 3
@@ -102,6 +110,7 @@ class ExplainConfig:
     rare_threshold: float = 0.01
     min_cell: int = MIN_CELL
     top_disagreement: int = 8
+    mode: Literal["exceptions", "imitate"] = "exceptions"
 
     def __post_init__(self) -> None:
         check_param(self.depth, "depth", _OWNER, kind=int, low=1, high=12)
@@ -124,12 +133,13 @@ class ExplainConfig:
                     high=1, low_inclusive=False)
         check_param(self.min_cell, "min_cell", _OWNER, kind=int, low=1)
         check_param(self.top_disagreement, "top_disagreement", _OWNER, kind=int, low=1)
+        check_param(self.mode, "mode", _OWNER, choices=("exceptions", "imitate"))
 
     @property
     def distill_config(self) -> DistillConfig:
         """The distillation settings at the card's depth."""
         base = self.distill or DistillConfig(q_model=self.q_model)  # type: ignore[arg-type]
-        return replace(base, max_depth=self.depth)
+        return replace(base, max_depth=self.depth, mode=self.mode)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dictionary."""
@@ -183,7 +193,8 @@ class PolicyCard:
         """The card as JSON-friendly data (aggregates only; no row-level data)."""
         return {"format": CARD_FORMAT, "format_version": CARD_VERSION, "source": self.source,
                 "data": self.data, "rules": self.rules,
-                "tree": {"depth": self.tree.depth, "n_rules": int(self.tree.leaves.size),
+                "tree": {"depth": self.tree.depth, "n_rules": rule_count(self.tree),
+                         "n_leaves": int(self.tree.leaves.size),
                          "features": [dict(f) for f in self.tree.features]},
                 "evidence": {"fidelity": self.fidelity, "value": self.value,
                              "fairness": self.fairness, "support": self.support},
@@ -357,7 +368,21 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
     caught_msgs: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        weights = choice_weights(fit_ds, src_fit, dcfg, random_state=seeds[1])
+        q_fit = (source_q(fit_ds, src_fit, dcfg, seeds[1])
+                 if dcfg.weighting == "q_spread" or dcfg.mode == "exceptions" else None)
+        usual_care = None
+        if dcfg.mode == "exceptions":
+            from equicare.explain._distill import deviation_targets
+            from equicare.explain._usual import fit_usual_care
+
+            usual_care = fit_usual_care(fit_ds, dcfg.usual_care, random_state=seeds[7])
+            q_dev = source_q(fit_ds, src_fit, dcfg, seeds[1]) if q_fit is None else q_fit
+            _, weights = deviation_targets(fit_ds, src_fit, usual_care.action_probs(fit_ds),
+                                           q_dev, dcfg.weight_floor, dcfg.deviation_margin)
+            if dcfg.weighting == "uniform":
+                weights = np.ones(fit_ds.n_steps)
+        else:
+            weights = choice_weights(fit_ds, src_fit, dcfg, random_state=seeds[1], q=q_fit)
         # behaviour: logged propensities for the weights when present; a model for support
         bm = BehaviorModel(n_folds=2, random_state=seeds[2]).fit(test)
         b_full = bm.action_probs(test)
@@ -374,13 +399,14 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
         key = "dr" if "dr" in cfg.estimators else cfg.estimators[0]
         for d in depths:
             dist = Distiller(replace(dcfg, max_depth=d)).fit(
-                fit_ds, policy, source_probs=src_fit, weights=weights, random_state=seeds[4])
+                fit_ds, policy, source_probs=src_fit, weights=weights, q=q_fit,
+                usual_care=usual_care, random_state=seeds[4])
             probs = dist.policy_.action_probs(test)
             agree, tv = fidelity(probs, src_test)
             res = value(probs, cfg.frontier_bootstrap, seeds[5])
             e = res.estimates[key]
             trees[d] = (dist, probs, agree, tv)
-            frontier.append({"depth": d, "n_rules": int(dist.policy_.leaves.size),
+            frontier.append({"depth": d, "n_rules": rule_count(dist.policy_),
                              "agreement": float(agree.mean()), "tv": float(tv.mean()),
                              "estimator": key, "value": e.value, "ci": list(e.ci),
                              "support_pct": support_share(probs, b_full, cfg.rare_threshold)})
@@ -408,9 +434,10 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
     n_leaf = np.bincount(test_leaves, minlength=tree.n_nodes)
     a_leaf = np.bincount(test_leaves, weights=agree.astype(np.float64), minlength=tree.n_nodes)
     for r in rules:
-        k = r["leaf"]
-        r["test_share"] = float(n_leaf[k] / max(test.n_steps, 1))
-        r["test_agreement"] = None if n_leaf[k] == 0 else float(a_leaf[k] / n_leaf[k])
+        ks = r["leaves"] if r["leaf"] is None else [r["leaf"]]
+        n_k, a_k = float(n_leaf[ks].sum()), float(a_leaf[ks].sum())
+        r["test_share"] = n_k / max(test.n_steps, 1)
+        r["test_agreement"] = None if n_k == 0 else a_k / n_k
     beh = src_val.behavior
     kept: dict[str, float | None] = {}
     for k in cfg.estimators:
@@ -434,6 +461,13 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
             "test_episodes": int(test.n_episodes), "test_rows": int(test.n_steps),
             "time_unit": time_unit, "gamma": float(test.gamma)}
     src = {"name": "source", "window": int(getattr(policy, "window", 1)), **(source or {})}
+    usual_rows = [r for r in rules if r.get("usual")]
+    data["mode"] = dcfg.mode
+    data["usual_care_share"] = (float(usual_rows[0]["test_share"]) if usual_rows else 0.0)
+    if dcfg.mode == "exceptions":
+        data["usual_care_model"] = ("none" if not tree.has_usual else
+                                    "cells" if not isinstance(tree.usual_policy, TreePolicy)
+                                    else "tree")
     tree = replace(tree, source="distilled rules",
                    info={"distill": dcfg.to_dict(), "source": src,
                          "rules": [r["text"] for r in rules]})

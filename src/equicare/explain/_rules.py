@@ -5,6 +5,11 @@ bounds of a numeric column; "is" / "is not" for the levels of a categorical colu
 previous action), and the leaf's most likely action with its probability, e.g.::
 
     if risk > 0.62 and engagement <= 0.1 then modality=home_visit, provider=chw (p=0.81)
+
+Exception rules (leaves that follow current practice) list only the deviations, then one last
+rule for every other row::
+
+    otherwise: as current practice
 """
 
 from __future__ import annotations
@@ -18,7 +23,10 @@ from numpy.typing import NDArray
 
 from equicare.policy._tree import TreePolicy, feature_label
 
-__all__ = ["tree_rules", "action_text", "rules_text"]
+__all__ = ["tree_rules", "action_text", "rules_text", "rule_count", "USUAL_TEXT"]
+
+#: Text of the rule that covers every row no exception names.
+USUAL_TEXT = "otherwise: as current practice"
 
 
 def _num(x: float) -> str:
@@ -128,6 +136,15 @@ def _conditions(tree: TreePolicy, path: list[tuple[int, bool, float]], time_unit
     return out
 
 
+def rule_count(tree: TreePolicy) -> int:
+    """Rules a reader sees: one per leaf, the usual-care leaves counted once ("otherwise")."""
+    leaves = tree.leaves
+    if tree.usual is None:
+        return int(leaves.size)
+    n_usual = int(tree.usual[leaves].sum())
+    return int(leaves.size - n_usual + (1 if n_usual else 0))
+
+
 def tree_rules(tree: TreePolicy, *, leaves: NDArray[np.int64] | None = None,
                weights: NDArray[np.float64] | None = None, time_unit: str = "step",
                top: int = 3, min_p: float = 0.05) -> list[dict[str, Any]]:
@@ -150,7 +167,9 @@ def tree_rules(tree: TreePolicy, *, leaves: NDArray[np.int64] | None = None,
     -------
     list of dict
         ``{"rule", "leaf", "conditions", "if", "then", "action", "p", "alternatives", "share",
-        "text"}``.
+        "text", "usual"}``. With usual-care leaves, the last rule is ``"otherwise: as current
+        practice"`` (``leaf`` None, ``leaves`` the usual-care leaves, ``action`` and ``p``
+        None); the others are the exceptions.
     """
     space = tree.action_space
     share: Mapping[int, float] = {}
@@ -159,7 +178,12 @@ def tree_rules(tree: TreePolicy, *, leaves: NDArray[np.int64] | None = None,
         tot = np.bincount(leaves, weights=w, minlength=tree.n_nodes)
         share = {int(k): float(v) for k, v in enumerate(tot / max(tot.sum(), 1e-300))}
     rules: list[dict[str, Any]] = []
+    usual = tree.usual if tree.usual is not None else np.zeros(tree.n_nodes, dtype=bool)
+    usual_leaves: list[int] = []
     for leaf, path in _paths(tree).items():
+        if usual[leaf]:
+            usual_leaves.append(int(leaf))
+            continue
         conds = _conditions(tree, path, time_unit)
         p = tree.probs[leaf]
         order = np.argsort(-p, kind="stable")
@@ -172,9 +196,17 @@ def tree_rules(tree: TreePolicy, *, leaves: NDArray[np.int64] | None = None,
                 else f"always {then} (p={p[best]:.2f})")
         rules.append({"leaf": int(leaf), "conditions": conds, "if": cond_text, "then": then,
                       "action": best, "p": float(p[best]), "alternatives": alts,
-                      "share": share.get(int(leaf)), "text": text})
+                      "share": share.get(int(leaf)), "text": text, "usual": False})
     if share:
         rules.sort(key=lambda r: -float(r["share"] or 0.0))
+    if usual_leaves:
+        tot_share = (sum(share.get(k, 0.0) for k in usual_leaves) if share else None)
+        rules.append({"leaf": None, "leaves": sorted(usual_leaves), "conditions": [],
+                      "if": "otherwise" if rules else "always",
+                      "then": "as current practice", "action": None, "p": None,
+                      "alternatives": [], "share": tot_share,
+                      "text": USUAL_TEXT if rules else "always: as current practice",
+                      "usual": True})
     for i, r in enumerate(rules, 1):
         r["rule"] = i
     return [{"rule": r.pop("rule"), **r} for r in rules]

@@ -56,7 +56,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "audit": {"group": "", "intersect": "", "action": "modality=home_visit", "permutations": 1000},
     "frontier": {"lambdas": [], "kind": "parity"},
     "mediation": {"enabled": False, "bootstrap": 200, "action": "modality=home_visit"},
-    "explain": {"enabled": False, "depth": 3, "bootstrap": 200, "labels": "argmax"},
+    "explain": {"enabled": False, "depth": 3, "bootstrap": 200, "labels": "argmax",
+                "mode": "exceptions"},
     "plan": {
         "enabled": False,
         "domain": "synthetic",
@@ -80,6 +81,7 @@ _CHOICES: dict[str, list[Any]] = {
     "learner.algo": ["bc", "awr", "cql"],
     "explain.depth": [1, 2, 3, 4, 5, 6, 7, 8],
     "explain.labels": ["argmax", "sample"],
+    "explain.mode": ["exceptions", "imitate"],
 }
 
 

@@ -424,6 +424,7 @@ def _stage_explain(
         frontier_bootstrap=min(e["bootstrap"], 50),
         action=cfg["audit"]["action"] or None,
         group=cfg["audit"]["group"] or None,
+        mode=e["mode"],
         distill=DistillConfig(
             max_depth=e["depth"], q_model=cfg["ope"]["q_model"], labels=e["labels"]
         ),
@@ -441,7 +442,7 @@ def _stage_explain(
     fid = card.fidelity
     metrics.append(Metric("explain.agreement", fid["agreement"]))
     metrics.append(Metric("explain.tv", fid["tv"]))
-    metrics.append(Metric("explain.n_rules", float(card.tree.leaves.size)))
+    metrics.append(Metric("explain.n_rules", float(len(card.rules))))
     for k, est in card.value["rules"].items():
         metrics.append(Metric(f"ope.{k}.rules", est["value"], ci_low=est["ci"][0],
                               ci_high=est["ci"][1]))

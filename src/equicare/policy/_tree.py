@@ -24,6 +24,14 @@ level per iteration: no loop over rows.
 
 A model folder of a tree (Contract 2) has ``"kind": "tree"`` in its ``config.json`` and the arrays
 as tensors ``tree.children_left`` ... ``tree.probs`` in ``model.safetensors``.
+
+**Exceptions to current practice.** A tree may mark some leaves *usual care*
+(``usual[leaf]``): rows reaching them get the action distribution of a behaviour model stored
+with the tree (``usual_policy``: a per-cell :class:`~equicare.policy._cells.CellPolicy` of the
+clinicians' observed frequencies, or a tree of the logged actions), not the leaf's own. Such a
+tree reads "where to deviate from current practice; otherwise as current practice". In the model
+folder the ``tree`` entry then has ``"usual_care": {"kind": "cells" | "tree", ...}``, the mask is
+the tensor ``tree.usual`` and the behaviour model's tensors are prefixed ``usual.``.
 """
 
 from __future__ import annotations
@@ -48,6 +56,8 @@ TREE_KIND = "tree"
 #: Known feature kinds.
 FEATURE_KINDS = ("state", "categorical", "prev_state", "prev_action", "prev_reward",
                  "recent_action")
+#: Tensor prefix of the usual-care behaviour model in a tree model folder.
+_USUAL = "usual"
 _ARRAYS = ("children_left", "children_right", "feature", "threshold", "probs")
 MSG_MISSING_COLUMN = ("{source}: the tree reads {what} {name!r}, which the dataset does not have "
                       "(it has {have}). Use the manifest the rules were distilled with.")
@@ -186,6 +196,10 @@ class TreePolicy:
         Name used in error messages.
     info : dict
         Free-form description saved with the model (source policy, settings, rules).
+    usual : ndarray of shape (n_nodes,), bool, optional
+        Leaves that follow current practice: their rows get ``usual_policy``'s distribution.
+    usual_policy : CellPolicy or TreePolicy, optional
+        The behaviour model of those rows (required when ``usual`` marks a leaf).
 
     Examples
     --------
@@ -203,6 +217,8 @@ class TreePolicy:
     action_space: FactoredActionSpace
     source: str = "<tree policy>"
     info: dict[str, Any] = field(default_factory=dict)
+    usual: NDArray[np.bool_] | None = None
+    usual_policy: Any = None
 
     def __post_init__(self) -> None:
         arrs = {k: np.asarray(getattr(self, k)) for k in _ARRAYS}
@@ -234,6 +250,20 @@ class TreePolicy:
         object.__setattr__(self, "threshold", arrs["threshold"].astype(np.float64))
         object.__setattr__(self, "probs", p)
         object.__setattr__(self, "features", feats)
+        if self.usual is not None:
+            u = np.asarray(self.usual, dtype=bool)
+            if u.shape != (n,):
+                raise PolicyError(f"{self.source}: tree array 'usual' has shape {u.shape}; "
+                                  f"expected ({n},).")
+            u = u & leaf
+            object.__setattr__(self, "usual", u)
+            if u.any() and self.usual_policy is None:
+                raise PolicyError(f"{self.source}: leaves follow current practice but the tree "
+                                  "has no behaviour model (usual_policy).")
+            if u.any() and self.usual_policy.action_space.to_dict() != \
+                    self.action_space.to_dict():
+                raise PolicyError(f"{self.source}: the behaviour model of the usual-care leaves "
+                                  "has another action space.")
 
     # ------------------------------------------------------------------ properties
     @property
@@ -264,12 +294,24 @@ class TreePolicy:
     @property
     def window(self) -> int:
         """Rows of history the tree reads (1: current row only)."""
-        return _window(self.features)
+        w = _window(self.features)
+        if self.has_usual:
+            w = max(w, int(getattr(self.usual_policy, "window", 1)))
+        return w
+
+    @property
+    def has_usual(self) -> bool:
+        """Whether some leaf follows current practice (the behaviour model)."""
+        return self.usual is not None and bool(self.usual.any())
 
     @property
     def support(self) -> NDArray[np.int64]:
         """Flat actions with positive probability at some leaf, shape ``(K,)``."""
-        return np.flatnonzero(self.probs[self.leaves].sum(axis=0) > 0).astype(np.int64)
+        mass = self.probs[self.leaves].sum(axis=0)
+        if self.has_usual:
+            mass = mass + np.bincount(np.asarray(self.usual_policy.support, dtype=np.int64),
+                                      minlength=self.n_actions)
+        return np.flatnonzero(mass > 0).astype(np.int64)
 
     # ------------------------------------------------------------------ evaluation
     def check_compatible(self, dataset: Any) -> None:
@@ -308,44 +350,91 @@ class TreePolicy:
         return self.apply_features(tree_features(dataset, self.features, self.source))
 
     def action_probs(self, dataset: Any) -> NDArray[np.float64]:
-        """Probabilities of each flat action at each row, shape ``(n_steps, n_actions)``."""
-        return np.array(self.probs[self.apply(dataset)], dtype=np.float64)
+        """Probabilities of each flat action at each row, shape ``(n_steps, n_actions)``.
+
+        Rows reaching a usual-care leaf get the behaviour model's distribution.
+        """
+        leaf = self.apply(dataset)
+        out = np.array(self.probs[leaf], dtype=np.float64)
+        if self.usual is not None and self.has_usual:
+            rows = self.usual[leaf]
+            if rows.any():
+                out[rows] = np.asarray(self.usual_policy.action_probs(dataset),
+                                       dtype=np.float64)[rows]
+        return out
 
     def predict(self, dataset: Any) -> NDArray[np.int64]:
         """Most likely flat action per row, shape ``(n_steps,)``."""
-        return np.asarray(np.argmax(self.probs, axis=1)[self.apply(dataset)], dtype=np.int64)
+        return np.asarray(np.argmax(self.action_probs(dataset), axis=1), dtype=np.int64)
 
     # ------------------------------------------------------------------ model folder
+    def _describe(self, prefix: str) -> dict[str, Any]:
+        """The ``tree`` entry of ``config.json`` (tensors under ``prefix``)."""
+        d: dict[str, Any] = {"features": [dict(f) for f in self.features],
+                             "n_nodes": self.n_nodes, "n_leaves": int(self.leaves.size),
+                             "depth": self.depth, "window": self.window, "weights": prefix}
+        if self.has_usual:
+            up = self.usual_policy
+            if isinstance(up, TreePolicy):
+                d["usual_care"] = {"kind": TREE_KIND, "tree": up._describe(_USUAL)}
+            else:
+                d["usual_care"] = {**up.describe(), "weights": _USUAL}
+        return d
+
+    def _tensors(self, prefix: str) -> dict[str, Any]:
+        import torch
+
+        out = {f"{prefix}.{k}": torch.from_numpy(np.ascontiguousarray(getattr(self, k)))
+               for k in _ARRAYS}
+        if self.usual is not None and self.has_usual:
+            out[f"{prefix}.usual"] = torch.from_numpy(self.usual.astype(np.uint8))
+            up = self.usual_policy
+            if isinstance(up, TreePolicy):
+                out.update(up._tensors(_USUAL))
+            else:
+                out.update({_USUAL + k[k.index("."):]: v for k, v in up.tensors().items()})
+        return out
+
     def to_config(self) -> dict[str, Any]:
         """The ``config.json`` content of the model folder (without the format keys)."""
         return {"kind": TREE_KIND, "learner": TREE_KIND,
                 "action_space": self.action_space.to_dict(),
-                "tree": {"features": [dict(f) for f in self.features], "n_nodes": self.n_nodes,
-                         "n_leaves": int(self.leaves.size), "depth": self.depth,
-                         "window": self.window, "weights": "tree"},
-                "info": self.info}
+                "tree": self._describe("tree"), "info": self.info}
 
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
         """Write a model folder (``config.json`` + ``model.safetensors``; no pickle)."""
-        import torch
-
         from equicare.policy._learned import write_model_folder
 
-        tensors = {f"tree.{k}": torch.from_numpy(np.ascontiguousarray(getattr(self, k)))
-                   for k in _ARRAYS}
-        return write_model_folder(path, self.to_config(), tensors, overwrite=overwrite)
+        return write_model_folder(path, self.to_config(), self._tensors("tree"),
+                                  overwrite=overwrite)
 
 
 def tree_policy_from_config(cfg: Mapping[str, Any], tensors: Mapping[str, Any], source: str
                             ) -> TreePolicy:
     """Build the :class:`TreePolicy` of a tree model folder's config and tensors."""
+    from equicare.policy._cells import CellPolicy
+
     try:
         tree = cfg["tree"]
         prefix = str(tree.get("weights", "tree"))
         arrays = {k: np.asarray(tensors[f"{prefix}.{k}"].numpy()) for k in _ARRAYS}
         space = FactoredActionSpace.from_dict(cfg["action_space"])
         features = tuple(dict(f) for f in tree["features"])
+        usual: NDArray[np.bool_] | None = None
+        usual_policy: Any = None
+        uc = tree.get("usual_care")
+        if uc is not None:
+            usual = np.asarray(tensors[f"{prefix}.usual"].numpy()).astype(bool)
+            sub = {"action_space": cfg["action_space"]}
+            if uc.get("kind") == TREE_KIND:
+                usual_policy = tree_policy_from_config({**sub, "tree": uc["tree"]}, tensors,
+                                                       f"{source} (usual care)")
+            elif uc.get("kind") == "cells":
+                usual_policy = CellPolicy.from_config({**sub, "policy": uc}, tensors,
+                                                      f"{source} (usual care)")
+            else:
+                raise ValueError(f"unknown usual_care kind {uc.get('kind')!r}")
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise PolicyError(f"{source}: malformed tree model folder ({exc}).") from exc
     return TreePolicy(**arrays, features=features, action_space=space, source=source,
-                      info=dict(cfg.get("info") or {}))
+                      info=dict(cfg.get("info") or {}), usual=usual, usual_policy=usual_policy)

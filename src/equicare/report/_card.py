@@ -89,10 +89,29 @@ def build_card_report(card: Mapping[str, Any], *, figure_dir: Path | None = None
               "mean total variation": f"{fid['tv']:.3f}",
               f"improvement kept ({key})": "n/a" if kept is None else f"{100 * kept:.0f}%",
               "mass on rarely taken actions": f"{sup['rules_pct']:.1f}%"})
-    rep.text("Each rule recommends one complete action (every component) with the share of the "
-             "fitting rows where the source policy made that choice (p). Rules are listed from "
-             "the most to the least used; a row follows exactly one rule.")
-    rows = [{"rule": r["rule"], "if": r["if"], "then": r["then"], "p": r["p"],
+    if card["data"].get("mode") == "exceptions" and card["data"].get("usual_care_model") in (
+            None, "none"):
+        rep.text("Exception rules: the source departs from current practice in every state the "
+                 "rules distinguish, so each rule names a deviation and the complete action "
+                 "(every component) to take, with the share of those rows where the source "
+                 "policy made that choice (p); no row is left with current practice. Rules are "
+                 "listed from the most to the least used; a row follows exactly one rule.")
+    elif card["data"].get("mode") == "exceptions":
+        model = {"cells": "the observed frequency of each action in each state cell",
+                 "tree": "a tree of the logged actions"}.get(
+                     str(card["data"].get("usual_care_model")), "an estimate of practice")
+        rep.text("Exception rules: each names where to deviate from current practice and the "
+                 "complete action (every component) to take there, with the share of those "
+                 "rows where the source policy made that choice (p). Every other row stays "
+                 f"with current practice: the clinicians' own distribution ({model}, stored "
+                 "with the rules). Rules are listed from the most to the least used; a row "
+                 "follows exactly one rule.")
+    else:
+        rep.text("Each rule recommends one complete action (every component) with the share of "
+                 "the fitting rows where the source policy made that choice (p). Rules are "
+                 "listed from the most to the least used; a row follows exactly one rule.")
+    rows = [{"rule": r["rule"], "if": r["if"], "then": r["then"],
+             "p": float("nan") if r["p"] is None else r["p"],
              "share of rows": r.get("share"), "held-out agreement": r.get("test_agreement")}
             for r in card["rules"]]
     rep.table(pd.DataFrame(rows), caption="Rules in plain language", n_col=None,

@@ -1,0 +1,125 @@
+"""The clinicians' own action distribution ("usual care"), stored with exception rules.
+
+Exception rules (:class:`~equicare.explain.DistillConfig` ``mode="exceptions"``) say where to
+deviate from current practice; every other row keeps the clinicians' estimated distribution. That
+estimate must travel with the rules (a model folder is self-contained), so it is one of two
+readable, pickle-free representations:
+
+``"cells"``
+    A :class:`~equicare.policy._cells.CellPolicy`: the observed frequency of each action in each
+    combination of the categorical states' levels (unseen combinations get the overall
+    frequencies). Exact for a categorical state such as Garnet's, where the numeric columns are
+    functions of the cell.
+``"tree"``
+    A :class:`~equicare.policy.TreePolicy` fitted to the logged actions (a scikit-learn tree of
+    depth ``depth`` with at least ``min_samples_leaf`` rows per leaf) over the numeric states and
+    one indicator per categorical level: a modelled behaviour for numeric states.
+
+``"auto"`` takes the cells when the data has categorical states and every numeric state is
+constant within each cell (nothing is lost by ignoring them), else the tree.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from equicare.data import TrajectoryDataset
+from equicare.explain._features import feature_records
+from equicare.policy._cells import CellPolicy, cell_codes
+from equicare.policy._tree import TreePolicy, tree_features
+from equicare.utils import RandomState, check_param, check_random_state
+
+__all__ = ["fit_usual_care", "usual_care_kind"]
+
+UsualKind = Literal["auto", "cells", "tree"]
+
+
+def _cells(dataset: TrajectoryDataset) -> tuple[NDArray[np.int64], NDArray[np.int64],
+                                                 tuple[tuple[str, ...], ...]]:
+    columns = tuple(dataset.categorical_names)
+    codes, levels = cell_codes(dataset, columns, (), (), None, "usual care")
+    keys, cell = np.unique(codes, axis=0, return_inverse=True)
+    return np.asarray(cell, dtype=np.int64).ravel(), keys.astype(np.int64), levels
+
+
+def usual_care_kind(dataset: TrajectoryDataset, kind: UsualKind = "auto") -> str:
+    """``"cells"`` or ``"tree"``: the representation :func:`fit_usual_care` uses for ``kind``."""
+    check_param(kind, "usual_care", "fit_usual_care", choices=("auto", "cells", "tree"))
+    has_cat = dataset.categorical is not None and len(dataset.categorical_names) > 0
+    if kind != "auto":
+        if kind == "cells" and not has_cat:
+            raise ValueError("usual_care='cells' needs categorical states; the data has none "
+                             "(use 'tree').")
+        return kind
+    if not has_cat:
+        return "tree"
+    if dataset.n_features == 0:
+        return "cells"
+    cell, _, _ = _cells(dataset)
+    x = np.asarray(dataset.states, dtype=np.float64)
+    n_cells = int(cell.max()) + 1
+    lo = np.full((n_cells, x.shape[1]), np.inf)
+    hi = np.full((n_cells, x.shape[1]), -np.inf)
+    np.minimum.at(lo, cell, x)
+    np.maximum.at(hi, cell, x)
+    scale = np.ptp(x, axis=0) + 1e-12
+    return "cells" if bool(np.all((hi - lo) <= 1e-9 * scale)) else "tree"
+
+
+def fit_usual_care(dataset: TrajectoryDataset, kind: UsualKind = "auto", *, depth: int = 8,
+                   min_samples_leaf: int = 50, random_state: RandomState = None
+                   ) -> CellPolicy | TreePolicy:
+    """Estimate the clinicians' action distribution from the logged actions.
+
+    Parameters
+    ----------
+    dataset : TrajectoryDataset
+    kind : {"auto", "cells", "tree"}
+        Representation (see the module docstring).
+    depth, min_samples_leaf : int
+        Size of the behaviour tree (``kind="tree"``).
+    random_state : int, Generator or None
+
+    Returns
+    -------
+    CellPolicy or TreePolicy
+        Probabilities of each flat action, shape ``(n_steps, n_actions)`` from
+        ``action_probs``; no leaf of the tree follows another model.
+    """
+    from sklearn.tree import DecisionTreeClassifier
+
+    A = dataset.n_actions
+    used = usual_care_kind(dataset, kind)
+    acts = np.asarray(dataset.actions, dtype=np.int64)
+    marginal = np.bincount(acts, minlength=A) / max(acts.size, 1)
+    if used == "cells":
+        cell, keys, levels = _cells(dataset)
+        counts = np.bincount(cell * A + acts, minlength=keys.shape[0] * A).reshape(-1, A)
+        table = counts / counts.sum(axis=1, keepdims=True)
+        return CellPolicy(table=np.vstack([table, marginal]), keys=keys,
+                          columns=tuple(dataset.categorical_names), levels=levels, numeric=(),
+                          edges=(), action_space=dataset.action_space,
+                          source="current practice (observed frequencies per cell)")
+    rng = check_random_state(random_state)
+    feats = feature_records(dataset, 1)
+    x = tree_features(dataset, feats, "usual care")
+    tree = DecisionTreeClassifier(max_depth=depth, min_samples_leaf=min_samples_leaf,
+                                  random_state=int(rng.integers(2**31 - 1))).fit(x, acts)
+    t = tree.tree_
+    value = np.asarray(t.value[:, 0, :], dtype=np.float64)
+    probs = np.zeros((t.node_count, A))
+    probs[:, np.asarray(tree.classes_, dtype=np.int64)] = (
+        value / np.maximum(value.sum(axis=1, keepdims=True), 1e-300))
+    return TreePolicy(children_left=np.asarray(t.children_left, dtype=np.int64),
+                      children_right=np.asarray(t.children_right, dtype=np.int64),
+                      feature=np.asarray(t.feature, dtype=np.int64),
+                      threshold=np.asarray(t.threshold, dtype=np.float64), probs=probs,
+                      features=tuple(feats), action_space=dataset.action_space,
+                      source="current practice (behaviour tree)",
+                      info={"usual_care": {"kind": "tree", "depth": depth,
+                                           "min_samples_leaf": min_samples_leaf}})
+
+
