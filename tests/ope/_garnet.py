@@ -43,13 +43,16 @@ STUDY_PRESETS = ("s50_a5_g1", "s50_a5_g099", "s50_a25_g1", "s700_a5_g099", "s700
 
 
 def study(presets: tuple[str, ...], families: tuple[str, ...], reps: int, n_episodes: int,
-          q_models: tuple[str, ...] = ("auto",), bootstrap: int = 200, seed0: int = 100
+          q_models: tuple[str, ...] = ("auto",), bootstrap: int = 200, seed0: int = 100,
+          ci_methods: tuple[str, ...] = ("percentile",), rep0: int = 0
           ) -> list[dict[str, object]]:
     """Evaluate each family on ``reps`` fresh panels of each preset; one record per estimate.
 
-    Records: preset, family, rep, q_model, chosen, estimator, value, truth, rel_error, covered,
-    width (relative to the truth).
+    Panel ``rep`` (``rep0 <= rep < rep0 + reps``) is simulated with seed ``seed0 + rep`` and
+    bootstrapped with seed ``rep``. Records: preset, family, rep, q_model, ci_method, chosen,
+    estimator, value, truth, rel_error, covered, width (relative to the truth).
     """
+    import itertools
     import warnings
 
     from equicare.ope import evaluate
@@ -59,21 +62,23 @@ def study(presets: tuple[str, ...], families: tuple[str, ...], reps: int, n_epis
         mdp = GarnetMDP(garnet_preset(preset), random_state=1)
         pols = garnet_target_policies(mdp)
         truths = {f: mdp.value(pols[f]) for f in families}
-        for rep in range(reps):
+        for rep in range(rep0, rep0 + reps):
             panel = mdp.simulate(n_episodes, random_state=seed0 + rep)
             ds = panel_dataset(mdp, panel)
             for fam in families:
                 pe = pols[fam][ds.categorical[:, 0]]
-                for qm in q_models:
+                for qm, cim in itertools.product(q_models, ci_methods):
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
                         res = evaluate(ds, pe, estimators="fqe,dr,wdr", q_model=qm,
-                                       bootstrap=bootstrap, groups=[], random_state=rep)
+                                       bootstrap=bootstrap, groups=[], random_state=rep,
+                                       ci_method=cim)  # type: ignore[arg-type]
                     chosen = (res.q_model or {}).get("chosen")
                     for k, e in res.estimates.items():
                         t = truths[fam]
                         out.append({"preset": preset, "family": fam, "rep": rep, "q_model": qm,
-                                    "chosen": chosen, "estimator": k, "value": e.value,
+                                    "ci_method": cim, "chosen": chosen, "estimator": k,
+                                    "value": e.value,
                                     "truth": t, "rel_error": e.value / t - 1.0,
                                     "covered": bool(e.ci[0] <= t <= e.ci[1]),
                                     "width": (e.ci[1] - e.ci[0]) / t})

@@ -23,6 +23,7 @@ from numpy.typing import NDArray
 from equicare.data import TrajectoryDataset
 from equicare.exceptions import InvalidParameterError, SmallCellWarning
 from equicare.ope._bootstrap import (
+    CI_METHODS,
     CIMethod,
     Estimate,
     Executor,
@@ -424,7 +425,10 @@ def evaluate(
         A Q matrix of the target policy (skips FQE).
     bootstrap : int, default=1000
         Episode-level bootstrap replicates (0: jackknife normal intervals).
-    ci_method : {"percentile", "bca"}
+    ci_method : {"percentile", "bca", "studentized"}
+        ``"studentized"``: symmetric bootstrap-t, each replicate studentised by its own
+        delta-method standard error (wider and better-covering with heavy-tailed importance
+        weights; docs/ope.md has the coverage measured on the Garnet test bed).
     alpha : float
     truncate : float, optional
         Cap on the cumulative importance weights.
@@ -516,6 +520,7 @@ def _evaluate(
             print(f"[evaluate] {msg}", file=sys.stderr, flush=True)
 
     check_param(random_state, "random_state", "evaluate", kind=int, low=0)
+    check_param(ci_method, "ci_method", "evaluate", choices=CI_METHODS)
     qcfg = as_fqe_config(q_model)
     rng = check_random_state(random_state)
     seed_prep, seed_boot, seed_refit = (int(s) for s in rng.integers(0, 2**31 - 1, size=3))
