@@ -109,7 +109,7 @@ class QSelection:
     seconds : dict of str to float
         Cross-fitting time per candidate.
     bias : dict of str to float or None
-        Estimated value bias ``v - v(Q)`` of each candidate, :math:`\bar b` (None when not
+        Estimated value bias ``v - v(Q)`` of each candidate, ``bbar`` (None when not
         cross-fitted).
     bias_se : dict of str to float or None
         Its standard error over episodes.
