@@ -20,8 +20,9 @@ Measures (per panel)
   probability 1 on action 0 after the end), states one-hot (S <= 1,000) or
   ``[severity, state / S]``, FQE ``n_steps`` = ``FQE_STEPS``, then SCOPE-RL's DM, TIS, PDIS,
   DR, SNTIS, SNPDIS, SNDR with 1,000 bootstrap replicates.
-* ``ope_garnet_<S>x<A>_peak_memory``: peak resident memory of that subprocess (MB; budgets
-  1,024 / 2,048); peer: the SCOPE-RL + d3rlpy subprocess.
+* ``ope_garnet_<S>x<A>_peak_memory``: peak resident memory of that subprocess alone (MB, its
+  own ``VmHWM``; budgets 1,024 / 2,048); peer: the SCOPE-RL + d3rlpy subprocess, measured the
+  same way.
 * ``ope_garnet_<S>x<A>_dr_rel_error``: |DR - truth| / truth of our run; peer: SCOPE-RL's DR
   with the d3rlpy FQE.
 
@@ -49,9 +50,28 @@ FAMILY = "soft_optimal"
 FQE_STEPS = 10_000
 _ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 
-#: Runs the CLI in-process and prints its peak memory (ru_maxrss, KB on Linux) as JSON.
-_OURS = """
-import json, resource, sys, time
+#: Peak resident memory of the running process itself, in MB: ``VmHWM`` of ``/proc/self/status``
+#: (the high-water mark of this process's own address space). ``ru_maxrss`` is not used on Linux:
+#: across fork/vfork + exec it keeps the high-water mark of the parent's address space (the
+#: bench process that synthesised the panels), and ``RUSAGE_CHILDREN`` is the maximum over all
+#: children so far, so neither is one child's own peak. Falls back to ``ru_maxrss`` without
+#: ``/proc``.
+_PEAK = """
+def _peak_mb():
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+"""
+
+#: Runs the CLI in-process and prints its wall time and own peak memory as JSON.
+_OURS = _PEAK + """
+import json, sys, time
 t0 = time.perf_counter()
 from equicare.cli import main
 sys.argv = ["equicare"] + sys.argv[1:]
@@ -60,13 +80,11 @@ try:
 except SystemExit as exc:
     if exc.code not in (0, None):
         raise
-print("BENCH " + json.dumps({"seconds": time.perf_counter() - t0,
-                             "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-                             / 1024}))
+print("BENCH " + json.dumps({"seconds": time.perf_counter() - t0, "max_rss_mb": _peak_mb()}))
 """
 
-_PEER = r"""
-import json, resource, sys, time, warnings
+_PEER = _PEAK + r"""
+import json, sys, time, warnings
 t0 = time.perf_counter()
 import numpy as np, pandas as pd
 try:
@@ -144,7 +162,7 @@ ope = OffPolicyEvaluation(logged_dataset=logged, ope_estimators=ests,
 values = ope.estimate_policy_value(inp)["target"]
 ope.estimate_intervals(inp, ci="bootstrap", n_bootstrap_samples=n_boot, random_state=0)
 print("BENCH " + json.dumps({"seconds": time.perf_counter() - t0, "dr": float(values["dr"]),
-      "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+      "max_rss_mb": _peak_mb()}))
 """.replace("FAMILY", FAMILY)
 
 

@@ -43,38 +43,61 @@ STUDY_PRESETS = ("s50_a5_g1", "s50_a5_g099", "s50_a25_g1", "s700_a5_g099", "s700
 
 
 def study(presets: tuple[str, ...], families: tuple[str, ...], reps: int, n_episodes: int,
-          q_models: tuple[str, ...] = ("auto",), bootstrap: int = 200, seed0: int = 100
+          q_models: tuple[str, ...] = ("auto",), bootstrap: int = 200, seed0: int = 100,
+          ci_methods: tuple[str, ...] = ("percentile",), rep0: int = 0
           ) -> list[dict[str, object]]:
     """Evaluate each family on ``reps`` fresh panels of each preset; one record per estimate.
 
-    Records: preset, family, rep, q_model, chosen, estimator, value, truth, rel_error, covered,
-    width (relative to the truth).
+    Panel ``rep`` (``rep0 <= rep < rep0 + reps``) is simulated with seed ``seed0 + rep`` and
+    evaluated with ``random_state=rep``. Each (family, Q-model) is prepared once and its
+    estimates computed for every interval method exactly as :func:`equicare.ope.evaluate` does
+    (the same seeds, nuisance models, linearised refit and bias-aware FQE interval; no
+    subgroups or support diagnostics, which do not change the overall estimates). Records:
+    preset, family, rep, q_model, ci_method, chosen, estimator, value, truth, rel_error,
+    covered, ci_low, ci_high, se, q_bias and q_bias_se (the chosen Q-model's bias estimated by
+    ``auto``, None for a fixed model), width (relative to the truth).
     """
     import warnings
 
-    from equicare.ope import evaluate
+    from equicare.ope._evaluate import estimates_from_prepared
+    from equicare.ope._prepare import as_fqe_config, prepare
+    from equicare.utils import check_random_state
 
+    keys = ("fqe", "dr", "wdr")
     out: list[dict[str, object]] = []
     for preset in presets:
         mdp = GarnetMDP(garnet_preset(preset), random_state=1)
         pols = garnet_target_policies(mdp)
         truths = {f: mdp.value(pols[f]) for f in families}
-        for rep in range(reps):
+        for rep in range(rep0, rep0 + reps):
             panel = mdp.simulate(n_episodes, random_state=seed0 + rep)
             ds = panel_dataset(mdp, panel)
             for fam in families:
                 pe = pols[fam][ds.categorical[:, 0]]
                 for qm in q_models:
+                    rng = check_random_state(rep)  # evaluate's seeds for random_state=rep
+                    seed_prep, seed_boot, _ = (int(x) for x in rng.integers(0, 2**31 - 1, 3))
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
-                        res = evaluate(ds, pe, estimators="fqe,dr,wdr", q_model=qm,
-                                       bootstrap=bootstrap, groups=[], random_state=rep)
-                    chosen = (res.q_model or {}).get("chosen")
-                    for k, e in res.estimates.items():
-                        t = truths[fam]
-                        out.append({"preset": preset, "family": fam, "rep": rep, "q_model": qm,
-                                    "chosen": chosen, "estimator": k, "value": e.value,
-                                    "truth": t, "rel_error": e.value / t - 1.0,
-                                    "covered": bool(e.ci[0] <= t <= e.ci[1]),
-                                    "width": (e.ci[1] - e.ci[0]) / t})
+                        prep = prepare(ds, pe, keys=keys, behavior_prob=None,
+                                       behavior_model="logistic", q=None,
+                                       q_model=as_fqe_config(qm), random_state=seed_prep)
+                    sel = prep.q_selection
+                    chosen = qm if sel is None else sel.chosen
+                    bias = None if sel is None else sel.bias.get(sel.chosen)
+                    bias_se = None if sel is None else sel.bias_se.get(sel.chosen)
+                    for cim in ci_methods:
+                        ests, _, _ = estimates_from_prepared(
+                            prep, keys, n_boot=bootstrap, ci_method=cim,  # type: ignore[arg-type]
+                            random_state=seed_boot)
+                        for k, e in ests.items():
+                            t = truths[fam]
+                            out.append({"preset": preset, "family": fam, "rep": rep,
+                                        "q_model": qm, "ci_method": cim, "chosen": chosen,
+                                        "estimator": k, "value": e.value, "truth": t,
+                                        "rel_error": e.value / t - 1.0,
+                                        "covered": bool(e.ci[0] <= t <= e.ci[1]),
+                                        "ci_low": e.ci[0], "ci_high": e.ci[1], "se": e.se,
+                                        "q_bias": bias, "q_bias_se": bias_se,
+                                        "width": (e.ci[1] - e.ci[0]) / t})
     return out

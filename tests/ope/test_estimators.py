@@ -120,7 +120,7 @@ def test_fqe_config_in_estimator():
     ({"n_bootstrap": -1}, "The 'n_bootstrap' parameter of WIS must be a number in [0, inf). "
                           "Got -1 instead."),
     ({"ci_method": "normal"}, "The 'ci_method' parameter of WIS must be one of 'percentile', "
-                              "'bca'. Got 'normal' instead."),
+                              "'bca', 'studentized'. Got 'normal' instead."),
     ({"alpha": 1.5}, "The 'alpha' parameter of WIS must be a number in (0, 1). Got 1.5 instead."),
 ])
 def test_bad_parameters(kwargs, message):

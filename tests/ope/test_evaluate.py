@@ -221,3 +221,43 @@ def test_ci_coverage_on_tabular_mdp():
             hits[k] += lo <= truth <= hi
     for k, h in hits.items():
         assert h / n_rep >= 0.9, (k, h)
+
+
+def test_bias_aware_interval_widens_by_the_bias_bound():
+    from scipy.stats import norm
+
+    from equicare.ope._bootstrap import Estimate
+    from equicare.ope._evaluate import bias_aware
+
+    est = Estimate(value=1.0, ci=(0.99, 1.01), se=0.01, n_episodes=100)
+    # no bias: the normal interval (1.96 se), joined with the bootstrap one
+    lo, hi = bias_aware(est, 0.0, 0.0).ci
+    assert hi - 1.0 == pytest.approx(norm.ppf(0.975) * 0.01, rel=1e-6) and lo == 0.99 - (
+        0.01 * norm.ppf(0.975) - 0.01)
+    # a bias bound B >> se: half-width -> B + z_{0.95} se, B = |b| + z_{0.95} se_b
+    lo, hi = bias_aware(est, -0.2, 0.01).ci
+    bound = 0.2 + norm.ppf(0.95) * 0.01
+    assert hi - 1.0 == pytest.approx(bound + norm.ppf(0.95) * 0.01, rel=1e-3)
+    assert 1.0 - lo == pytest.approx(hi - 1.0)
+    # the interval contains v + b, whatever the sign of b
+    for b in (-0.05, 0.05):
+        lo, hi = bias_aware(est, b, 0.005).ci
+        assert lo < 1.0 + b < hi
+
+
+def test_auto_fqe_interval_carries_the_estimated_bias():
+    """Small Garnet with exact truth: FQE's interval under auto is the bias-aware one."""
+    from tests.ope._garnet import make
+
+    mdp, data, pols = make("s50_a5_g1", 300, seed=5)
+    pe = pols["soft_optimal"][data.categorical[:, 0]]
+    res = evaluate(data, pe, estimators="fqe,dr", q_model="auto", bootstrap=200, groups=[],
+                   random_state=0)
+    q = res.q_model
+    assert q is not None and q["bias"][q["chosen"]] is not None
+    assert "bias-aware" in res.settings["fqe_interval"]
+    fixed = evaluate(data, pe, estimators="fqe", q_model=q["chosen"], bootstrap=200, groups=[],
+                     random_state=0)
+    lo, hi = res.estimates["fqe"].ci
+    assert lo <= fixed.estimates["fqe"].ci[0] and hi >= fixed.estimates["fqe"].ci[1]
+    assert lo <= mdp.value(pols["soft_optimal"]) <= hi

@@ -46,9 +46,11 @@ def test_auto_within_1_2x_of_the_best_fixed_q_model(accuracy):
     assert np.all(err["auto"] <= 1.2 * best_fixed + 1e-12), err
 
 
-def test_intervals_cover_the_truth():
+@pytest.mark.parametrize("ci_method", ["percentile", "studentized"])
+def test_intervals_cover_the_truth(ci_method):
     """6 configurations x 3 supported families x 50 panels of 1,000 episodes."""
-    df = pd.DataFrame(study(STUDY_PRESETS, SUPPORTED, reps=50, n_episodes=1000))
+    df = pd.DataFrame(study(STUDY_PRESETS, SUPPORTED, reps=50, n_episodes=1000,
+                            ci_methods=(ci_method,)))
     cov = df.groupby("estimator")["covered"].mean()
     assert cov["dr"] >= 0.90 and cov["wdr"] >= 0.90, cov
     assert cov["fqe"] >= 0.85, cov

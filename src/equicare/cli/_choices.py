@@ -91,6 +91,7 @@ class EvalCI(_Choice):
 
     PERCENTILE = "percentile"
     BCA = "bca"
+    STUDENTIZED = "studentized"
 
 
 class AuditCI(_Choice):

@@ -141,8 +141,9 @@ def run_evaluate(
         raise InvalidParameterError(
             f"--behavior-model must be one of {', '.join(BEHAVIOR_MODELS)}; "
                          f"got {behavior_model!r}.")
-    if ci not in ("percentile", "bca"):
-        raise InvalidParameterError(f"--ci must be 'percentile' or 'bca'; got {ci!r}.")
+    if ci not in ("percentile", "bca", "studentized"):
+        raise InvalidParameterError(
+            f"--ci must be 'percentile', 'bca' or 'studentized'; got {ci!r}.")
     if truncate is not None and not truncate > 0:
         raise InvalidParameterError(f"--truncate must be a number > 0; got {truncate!r}.")
     keys = parse_estimators(estimators)
@@ -319,6 +320,10 @@ def register(app: typer.Typer) -> None:
         ex = stream_executor(chunk_rows, executor, address, jobs)
         if chunk_rows is not None:
             with user_errors():
+                if ci != EvalCI.PERCENTILE:
+                    raise InvalidParameterError(
+                        f"--ci {ci.value} is in memory only; with --chunk-rows the intervals "
+                        "are Poisson-bootstrap percentile intervals (drop --ci or --chunk-rows).")
                 try:
                     sres = run_evaluate_stream(data, manifest=manifest, policy=policy,
                                                estimators=estimators, bootstrap=bootstrap,

@@ -39,7 +39,7 @@ class OffPolicyEstimator:
         Cap on the cumulative importance weights (None: no truncation).
     n_bootstrap : int, default=1000
         Episode-level bootstrap replicates (0: jackknife normal interval).
-    ci_method : {"percentile", "bca"}, default="percentile"
+    ci_method : {"percentile", "bca", "studentized"}, default="percentile"
     alpha : float, default=0.05
         The interval covers ``1 - alpha``.
     behavior_model : {"logistic", "lgbm"}, default="logistic"
@@ -59,7 +59,8 @@ class OffPolicyEstimator:
         check_param(self.truncate, "truncate", owner, kind=(float, int), low=0.0,
                     low_inclusive=False, allow_none=True)
         check_param(self.n_bootstrap, "n_bootstrap", owner, kind=int, low=0)
-        check_param(self.ci_method, "ci_method", owner, choices=("percentile", "bca"))
+        check_param(self.ci_method, "ci_method", owner,
+                    choices=("percentile", "bca", "studentized"))
         check_param(self.alpha, "alpha", owner, kind=float, low=0.0, high=1.0,
                     low_inclusive=False, high_inclusive=False)
         check_param(self.behavior_model, "behavior_model", owner, choices=("logistic", "lgbm"))

@@ -19,10 +19,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
+from scipy.special import ndtri
 
 from equicare.data import TrajectoryDataset
 from equicare.exceptions import InvalidParameterError, SmallCellWarning
 from equicare.ope._bootstrap import (
+    CI_METHODS,
     CIMethod,
     Estimate,
     Executor,
@@ -51,7 +53,7 @@ from equicare.policy._behavior import BehaviorModel
 from equicare.utils import MIN_CELL, PARAM_MESSAGE, RandomState, check_param, check_random_state
 
 __all__ = ["evaluate", "evaluate_subgroups", "EvaluationResult", "GroupResult",
-           "estimates_from_prepared", "parse_estimators", "refit_bootstrap"]
+           "estimates_from_prepared", "parse_estimators", "refit_bootstrap", "bias_aware"]
 
 
 def parse_estimators(estimators: str | Sequence[str]) -> tuple[str, ...]:
@@ -237,9 +239,45 @@ def estimates_from_prepared(
         bparts = episode_parts(binp, ("bandit_dr",), truncate=truncate)
         out.update(estimates_with_ci(bparts, n_boot=n_boot, method=ci_method, alpha=alpha,
                                      counts=counts))
+    if episodes is None and "fqe" in out and prep.q_selection is not None:
+        sel = prep.q_selection
+        b, b_se = sel.bias.get(sel.chosen), sel.bias_se.get(sel.chosen)
+        if b is not None and b_se is not None:
+            out["fqe"] = bias_aware(out["fqe"], b, b_se, alpha)
     ordered = {k: out[k] for k in keys}
     return (ordered, _behavior_estimate(inputs, counts, n_boot, alpha),
             effective_sample_size(inputs, truncate))
+
+
+def bias_aware(est: Estimate, bias: float, bias_se: float, alpha: float = 0.05) -> Estimate:
+    r"""Widen an interval by an estimated bound on the estimator's bias.
+
+    FQE's error is the Q-model's Bellman error under the target policy's occupancy,
+    :math:`v - \hat v = E_{d^\pi}[\mathcal T^\pi Q - Q]`, which ``auto`` estimates by
+    cross-fitting (``bias`` = :math:`\bar b` with standard error ``bias_se``, see
+    :mod:`equicare.ope._select`). The bootstrap carries the Q-model's variance, not this bias
+    (a misspecified linear model, a data-starved table). With the one-sided upper confidence
+    bound :math:`B = |\bar b| + z_{1-\alpha}\,\mathrm{se}(\bar b)` on the bias, the
+    interval is the fixed-length bias-aware one of Armstrong & Kolesar (2020, "Simple and
+    honest confidence intervals in nonparametric regression", Quantitative Economics 11),
+
+    .. math::
+
+        \hat v \pm \mathrm{cv}_\alpha(B / \mathrm{se})\,\mathrm{se}, \qquad
+        \mathrm{cv}_\alpha(t) = \text{the } 1-\alpha \text{ quantile of } |N(t, 1)|,
+
+    joined with the bootstrap interval (never narrower). ``bias`` comes from fits on part of
+    the data, so ``B`` is, if anything, too large.
+    """
+    from scipy.stats import ncx2
+
+    se = max(float(est.se), 1e-12)
+    bound = abs(float(bias)) + float(ndtri(1 - alpha)) * float(bias_se)
+    if not np.isfinite(bound):
+        return est
+    half = float(np.sqrt(ncx2.ppf(1 - alpha, 1, (bound / se) ** 2))) * se
+    ci = (min(est.ci[0], est.value - half), max(est.ci[1], est.value + half))
+    return Estimate(value=est.value, ci=ci, se=est.se, n_episodes=est.n_episodes)
 
 
 def _with_q_refit(prep: Prepared, parts: EpisodeParts, truncate: float | None,
@@ -424,7 +462,10 @@ def evaluate(
         A Q matrix of the target policy (skips FQE).
     bootstrap : int, default=1000
         Episode-level bootstrap replicates (0: jackknife normal intervals).
-    ci_method : {"percentile", "bca"}
+    ci_method : {"percentile", "bca", "studentized"}
+        ``"studentized"``: symmetric bootstrap-t, each replicate studentised by its own
+        delta-method standard error (wider and better-covering with heavy-tailed importance
+        weights; docs/ope.md has the coverage measured on the Garnet test bed).
     alpha : float
     truncate : float, optional
         Cap on the cumulative importance weights.
@@ -516,6 +557,7 @@ def _evaluate(
             print(f"[evaluate] {msg}", file=sys.stderr, flush=True)
 
     check_param(random_state, "random_state", "evaluate", kind=int, low=0)
+    check_param(ci_method, "ci_method", "evaluate", choices=CI_METHODS)
     qcfg = as_fqe_config(q_model)
     rng = check_random_state(random_state)
     seed_prep, seed_boot, seed_refit = (int(s) for s in rng.integers(0, 2**31 - 1, size=3))
@@ -550,6 +592,10 @@ def _evaluate(
         "nuisance": ("refit per replicate" if refit else
                      "Q-model refit linearised in every replicate" if prep.q_linearised
                      else "fitted once on all episodes")}
+    sel = prep.q_selection
+    if "fqe" in keys and sel is not None and sel.bias.get(sel.chosen) is not None and not refit:
+        settings["fqe_interval"] = ("bootstrap joined with the bias-aware interval of auto's "
+                                    "estimated Q-model bias (overall only)")
     if refit and bootstrap > 0:
         from sklearn.base import clone
 
