@@ -62,8 +62,9 @@ def test_exception_rules_keep_practice_where_the_source_does(panel):
     """A source that departs from practice only for high-risk members (AWR where risk > 0.5, 4%
     of rows; the simulator's behaviour policy elsewhere). Exception rules name the high-risk
     deviations and leave everyone else with practice, stored as a behaviour tree: they keep
-    >= 80% of the source's true gain (measured: 121% at depth 3, 122% at depth 4). Imitation rules must put the
-    other 96% of rows on one plan ("modality=none") and lose the gain many times over (measured:
+    >= 80% of the source's true gain (measured: 121% at depth 3, 122% at depth 4). Imitation
+    rules must put the other 96% of rows on one plan ("modality=none") and lose the gain many
+    times over (measured:
     V = 0.008 against 1.744 for practice, -797%)."""
     import numpy as np
 
