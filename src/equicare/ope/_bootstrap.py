@@ -205,9 +205,9 @@ def studentized_intervals(parts: EpisodeParts, counts: NDArray[np.float64],
 
     .. math::
 
-        \hat	heta \pm \hat q_{1-lpha} \, \widehat{\mathrm{se}}, \qquad
-        \hat q_{1-lpha} = 	ext{the } (1-lpha) 	ext{ quantile of }
-        |	heta^*_b - \hat	heta| / \mathrm{se}^*_b .
+        \hat\theta \pm \hat q_{1-\alpha} \, \widehat{\mathrm{se}}, \qquad
+        \hat q_{1-\alpha} = \text{the } (1-\alpha) \text{ quantile of }
+        |\theta^*_b - \hat\theta| / \mathrm{se}^*_b .
 
     With heavy-tailed importance weights a replicate that misses the rare large episodes has a
     small estimate *and* a small standard error, so its ``t`` is large: the interval widens where
