@@ -1,8 +1,8 @@
 """Safe policy improvement and selection on the Garnet test bed, against exact values.
 
 For each configuration and seed (5,000 episodes): the exact value of the policy kept by
-``select_policy`` (SPIBB candidates, held-out OPE lower bounds, behaviour fallback), of every
-SPIBB candidate, of the behaviour reproduction (``N_wedge = inf``) and optionally of BC, AWR and
+``select_policy`` (SPIBB and PVI candidates, held-out OPE lower bounds, behaviour fallback), of
+every candidate, of the behaviour reproduction (``N_wedge = inf``) and optionally of BC, AWR and
 CQL trained alone on all episodes; as the share of the behaviour-to-optimum gap closed. With
 ``--time-cli`` it also times ``equicare train --select auto`` end to end (defaults, 700 x 25).
 
@@ -37,8 +37,8 @@ def _panel(cfg, n: int, seed: int):
     return mdp, from_frame(garnet_frame(mdp, pan), garnet_manifest(cfg), emit_warnings=False)
 
 
-def run_one(name: str, seed: int, episodes: int, neural: list[str], neural_steps: int
-            ) -> dict:
+def run_one(name: str, seed: int, episodes: int, neural: list[str], neural_steps: int,
+            bound: str = "paired", pvi: tuple | None = None) -> dict:
     """Exact values of every policy for one configuration and seed."""
     from equicare.learn import SPIBB
     from equicare.learn._registry import LEARNERS
@@ -55,13 +55,16 @@ def run_one(name: str, seed: int, episodes: int, neural: list[str], neural_steps
         return mdp.value(table)
 
     t0 = time.perf_counter()
-    res = select_policy(ds, SelectConfig(neural=(), seed=seed))
+    extra = {} if pvi is None else {"pvi": pvi}
+    res = select_policy(ds, SelectConfig(neural=(), seed=seed, bound=bound, **extra))
     sel_s = time.perf_counter() - t0
     row = {"config": name, "seed": seed, "behavior": vb, "optimal": vo,
            "n_rows": ds.n_steps, "selected": exact(res.learner.policy_),
            "chosen": res.chosen, "select_seconds": sel_s,
            "candidates": {k: exact(v.policy_) for k, v in res.learners.items()},
-           "behavior_estimate": exact(SPIBB(n_wedge=float("inf")).fit(ds).policy_)}
+           "behavior_estimate": exact(SPIBB(n_wedge=float("inf")).fit(ds).policy_),
+           "behavior_heldout": res.behavior_value,
+           "table": [c.to_dict() for c in res.candidates]}
     for algo in neural:
         t1 = time.perf_counter()
         learner = LEARNERS[algo](n_steps=neural_steps, valid_fraction=0.0, seed=seed)
@@ -81,8 +84,7 @@ def summarise(rows: list[dict], neural: list[str]) -> list[dict]:
     out = []
     for name in dict.fromkeys(r["config"] for r in rows):
         rs = [r for r in rows if r["config"] == name]
-        cands = sorted({k for r in rs for k in r["candidates"]},
-                       key=lambda k: float(k.split("_n")[1]))
+        cands = sorted({k for r in rs for k in r["candidates"]})
         best_fixed = max(cands, key=lambda k: np.mean([gap(r["candidates"][k], r) for r in rs]))
         s = {"config": name, "seeds": len(rs),
              "behavior": float(np.mean([r["behavior"] for r in rs])),
@@ -90,6 +92,7 @@ def summarise(rows: list[dict], neural: list[str]) -> list[dict]:
              "selected_gap": float(np.mean([gap(r["selected"], r) for r in rs])),
              "selected_worst_drop": float(min(r["selected"] - r["behavior"] for r in rs)),
              "fallbacks": sum(r["chosen"] == "behavior" for r in rs),
+             "chosen": ",".join(sorted({r["chosen"] for r in rs})),
              "behavior_estimate_gap": float(np.mean([gap(r["behavior_estimate"], r)
                                                      for r in rs])),
              "best_fixed": best_fixed,
@@ -165,12 +168,16 @@ def main() -> None:
     ap.add_argument("--neural", nargs="*", default=[])
     ap.add_argument("--neural-steps", type=int, default=2000)
     ap.add_argument("--time-cli", action="store_true")
+    ap.add_argument("--bound", choices=("paired", "separate"), default="paired")
+    ap.add_argument("--pvi", type=json.loads, default=None,
+                    help='PVI candidates as JSON [[beta, prior], ...] ("[]": SPIBB only)')
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     rows = []
     for name in args.configs:
         for seed in range(1, args.seeds + 1):
-            r = run_one(name, seed, args.episodes, args.neural, args.neural_steps)
+            r = run_one(name, seed, args.episodes, args.neural, args.neural_steps, args.bound,
+                        None if args.pvi is None else tuple(map(tuple, args.pvi)))
             rows.append(r)
             print(f"{name} seed {seed}: selected {r['chosen']} gap {gap(r['selected'], r):+.3f}"
                   f" ({r['select_seconds']:.1f} s)"
@@ -182,7 +189,7 @@ def main() -> None:
 
         t = Table(title="Share of the behaviour-to-optimum gap closed (exact values)")
         cols = ["config", "behavior", "optimal", "selected_gap", "selected_worst_drop",
-                "fallbacks", "behavior_estimate_gap", "best_fixed", "best_fixed_gap",
+                "fallbacks", "chosen", "behavior_estimate_gap", "best_fixed", "best_fixed_gap",
                 *[f"{a}_gap" for a in args.neural], "select_seconds"]
         for c in cols:
             t.add_column(c)
@@ -191,6 +198,9 @@ def main() -> None:
         Console().print(t)
         mean_gap = float(np.mean([s["selected_gap"] for s in summary]))
         print(f"mean gap closed by the selected policy over configurations: {mean_gap:.3f}")
+        worst = min(s["selected_worst_drop"] for s in summary)
+        print(f"worst (selected - behaviour) over all runs: {worst:+.4f}; fallbacks "
+              f"{sum(s['fallbacks'] for s in summary)}/{len(rows)}")
     timing = time_cli(args.episodes) if args.time_cli else None
     if timing:
         print(f"equicare train --select auto, 700 x 25, {args.episodes} episodes: "

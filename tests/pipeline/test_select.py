@@ -19,7 +19,7 @@ from equicare.sim.garnet import (
 )
 
 SMALL = GarnetConfig(n_states=50, n_actions=5, n_successors=3)
-FAST = SelectConfig(n_wedges=(50.0, 200.0), neural=(), bootstrap=50)
+FAST = SelectConfig(n_wedges=(50.0, 200.0), pvi=(), neural=(), bootstrap=50)
 
 
 def _panel(seed: int, n: int, cfg: GarnetConfig = SMALL):
@@ -91,13 +91,15 @@ def test_cli_select_auto_writes_the_table(tmp_path) -> None:
     out = tmp_path / "m"
     args = ["train", str(data / "panel.parquet"), "-m", str(data / "manifest.toml"),
             "--select", "auto", "--param", "neural=[]", "--param", "n_wedges=[10,50]",
+            "--param", "pvi=[[0.3,5]]",
             "--param", "bootstrap=50", "--out", str(out), "--no-progress"]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "Candidates" in res.output and "spibb_n10" in res.output
     doc = json.loads((out / SELECTION_FILE).read_text())
-    assert [c["name"] for c in doc["candidates"]] == ["spibb_n10", "spibb_n50"]
-    assert doc["chosen"] in ("spibb_n10", "spibb_n50", "behavior")
+    assert [c["name"] for c in doc["candidates"]] == ["spibb_n10", "spibb_n50", "pvi_b0.3_k5"]
+    assert doc["chosen"] in ("spibb_n10", "spibb_n50", "pvi_b0.3_k5", "behavior")
+    assert all("lcb_gain" in c for c in doc["candidates"])
     from equicare.data import load_dataset
 
     ds = load_dataset(data / "panel.parquet", data / "manifest.toml", emit_warnings=False)
