@@ -349,10 +349,11 @@ def register(app: "typer.Typer") -> None:
         bc, awr and cql learn from the logged reward (fairness penalty and group DRO
         optional); spibb is tabular safe policy improvement on discrete states (it keeps the
         clinicians' action where the data are thin); pvi is tabular pessimistic value
-        iteration (count-based penalties, rare pairs shrunk toward their state's pooled model); omg learns the reward too (dynamics
-        ensemble, guided cost learning, conservative SAC; made for dosing panels such as
-        `equicare synth --sim heparin`). --select auto picks among candidates by a held-out
-        lower confidence bound and falls back to current practice.
+        iteration (count-based penalties, rare pairs shrunk toward their state's pooled
+        model); omg learns the reward too (dynamics ensemble, guided cost learning,
+        conservative SAC; made for dosing panels such as `equicare synth --sim heparin`).
+        --select auto picks among candidates by a held-out lower confidence bound of the gain
+        over current practice and falls back to current practice.
         Options marked with a learner apply to it only; giving one to another learner is an
         error.
 
