@@ -20,8 +20,12 @@ few transitions happened to contain no death. The penalty is the count-based bon
 pessimistic value iteration (PEVI, Jin, Yang and Wang, 2021, *Is Pessimism Provably Efficient for
 Offline RL?*, ICML; VI-LCB, Rashidinejad, Zhu, Ma, Jiao and Russell, 2021, *Bridging Offline
 Reinforcement Learning and Imitation Learning: A Tale of Pessimism*, NeurIPS): ``beta`` is in
-value units. The policy is greedy on ``\underline Q`` among the pairs logged at least
-``n_min`` times; a cell without such a pair keeps the behaviour estimate.
+value units. The greedy policy takes the best ``\underline Q`` among the pairs logged at least
+``n_min`` times; a cell without such a pair keeps the behaviour estimate. With ``mix < 1`` the
+returned policy is the mixture ``(1 - mix) pi_b + mix pi_greedy`` (a conservative policy
+update toward the greedy policy, Kakade and Langford, 2002): it moves less far from the
+clinicians, so its off-policy evaluation is much less variable and a held-out bound can confirm
+a gain that the full greedy policy's noisier estimate cannot.
 
 Unlike SPIBB it is not anchored to the behaviour's probabilities, so it is not safe by
 construction: the penalty and the shrinkage make it conservative, and ``equicare train --select
@@ -57,6 +61,9 @@ class PVIConfig:
         cell's pooled model (0: the MLE model).
     min_count : int, default 3
         Pairs with fewer model transitions are never chosen (the greedy step ignores them).
+    mix : float, default 1
+        Weight of the greedy policy in the returned ``(1 - mix) pi_b + mix pi_greedy``
+        (1: the greedy policy; 0: the behaviour estimate).
     behavior : {"auto", "counts", "logged"}
         Behaviour estimate per cell (as in :class:`~equicare.learn.SPIBBConfig`); it is the
         policy of cells without an eligible pair.
@@ -72,6 +79,7 @@ class PVIConfig:
     beta: float = 0.3
     prior: float = 5.0
     min_count: int = 3
+    mix: float = 1.0
     behavior: Literal["auto", "counts", "logged"] = "auto"
     numeric: Literal["ignore", "bin"] = "ignore"
     numeric_bins: int = 10
@@ -83,6 +91,7 @@ class PVIConfig:
         check_param(self.beta, "beta", o, kind=(int, float), low=0)
         check_param(self.prior, "prior", o, kind=(int, float), low=0)
         check_param(self.min_count, "min_count", o, kind=int, low=1, expected="an int >= 1")
+        check_param(self.mix, "mix", o, kind=(int, float), low=0, high=1)
         check_param(self.behavior, "behavior", o, choices=("auto", "counts", "logged"))
         check_param(self.numeric, "numeric", o, choices=("ignore", "bin"))
         check_param(self.numeric_bins, "numeric_bins", o, kind=int, low=2,
@@ -117,7 +126,7 @@ class PVI(SPIBB):
     Attributes
     ----------
     policy_ : CellPolicy
-        The fitted policy (deterministic in cells with an eligible pair).
+        The fitted policy (with ``mix = 1``, deterministic in cells with an eligible pair).
     behavior_ : ndarray of shape (n_cells, n_actions)
     counts_ : ndarray of shape (n_cells, n_actions), int64
         Model transitions per (cell, action).
@@ -126,7 +135,8 @@ class PVI(SPIBB):
     q_ : ndarray of shape (n_cells, n_actions)
         Pessimistic action values ``Q_lower``.
     value_ : float
-        Pessimistic value of the policy, averaged over the data's initial rows.
+        ``sum_a pi(a|x) Q_lower(x, a)`` of the returned policy, averaged over the data's initial
+        rows (pairs without transitions count with their penalised shrunk values).
     behavior_value_ : float
         Value of the behaviour estimate in the MLE model, likewise.
     n_cells_ : int
@@ -147,6 +157,7 @@ class PVI(SPIBB):
         m = self._model(dataset)
         pi, Q = pessimistic_iteration(m, beta=float(cfg.beta), prior=float(cfg.prior),
                                       min_count=int(cfg.min_count), tol=float(cfg.tol))
+        pi = (1.0 - cfg.mix) * m.pb + cfg.mix * pi
         self.q_ = Q
         eligible = m.counts >= cfg.min_count
         self.bootstrapped_ = np.repeat(~eligible.any(axis=1, keepdims=True), m.n_actions, axis=1)

@@ -40,9 +40,9 @@ class SelectConfig:
     ----------
     n_wedges : tuple of float
         ``N_wedge`` values of the SPIBB candidates (empty: no SPIBB).
-    pvi : tuple of (float, float)
-        ``(beta, prior)`` of the pessimistic value iteration candidates
-        (:class:`~equicare.learn.PVI`; empty: none).
+    pvi : tuple of (float, float, float)
+        ``(beta, prior, mix)`` of the pessimistic value iteration candidates
+        (:class:`~equicare.learn.PVI`; a pair ``(beta, prior)`` means ``mix = 1``; empty: none).
     neural : tuple of str
         Neural learners among ``bc, awr, cql`` trained as candidates.
     neural_steps : int
@@ -85,7 +85,9 @@ class SelectConfig:
     """
 
     n_wedges: tuple[float, ...] = (10.0, 20.0, 50.0, 100.0, 200.0, 500.0)
-    pvi: tuple[tuple[float, float], ...] = ((0.3, 5.0), (0.3, 20.0), (1.0, 5.0))
+    pvi: tuple[tuple[float, float, float], ...] = (
+        (0.3, 5.0, 1.0), (0.3, 20.0, 1.0), (1.0, 5.0, 1.0), (0.3, 5.0, 0.7), (0.3, 5.0, 0.5),
+        (0.3, 5.0, 0.3))
     neural: tuple[str, ...] = NEURAL
     neural_steps: int = 500
     neural_hidden: tuple[int, ...] = (64, 64)
@@ -109,15 +111,18 @@ class SelectConfig:
         for n in self.n_wedges:
             check_param(n, "n_wedges", o, kind=(int, float), low=0,
                         expected="a tuple of numbers >= 0")
-        pairs = []
+        triples = []
         for item in self.pvi:
-            if (isinstance(item, str) or not hasattr(item, "__len__") or len(item) != 2
+            if (isinstance(item, str) or not hasattr(item, "__len__") or len(item) not in (2, 3)
                     or not all(isinstance(v, int | float) and not isinstance(v, bool)
-                               and v >= 0 for v in item)):
+                               and v >= 0 for v in item)
+                    or (len(item) == 3 and item[2] > 1)):
                 raise ValueError("The 'pvi' parameter of SelectConfig must be a list of "
-                                 f"[beta, prior] pairs of numbers >= 0. Got {item!r} instead.")
-            pairs.append((float(item[0]), float(item[1])))
-        object.__setattr__(self, "pvi", tuple(pairs))
+                                 "[beta, prior] or [beta, prior, mix] lists of numbers >= 0 "
+                                 f"(mix <= 1). Got {item!r} instead.")
+            triples.append((float(item[0]), float(item[1]),
+                            float(item[2]) if len(item) == 3 else 1.0))
+        object.__setattr__(self, "pvi", tuple(triples))
         for a in self.neural:
             check_param(a, "neural", o, choices=NEURAL)
         if not self.n_wedges and not self.pvi and not self.neural:
@@ -277,9 +282,10 @@ def _candidate_specs(dataset: Any, cfg: SelectConfig) -> list[tuple[str, str, di
     for n in cfg.n_wedges:
         label = f"spibb_n{n:g}"
         specs.append((label, "spibb", {"n_wedge": float(n), "numeric": numeric}))
-    for beta, prior in cfg.pvi:
-        specs.append((f"pvi_b{beta:g}_k{prior:g}", "pvi",
-                      {"beta": beta, "prior": prior, "numeric": numeric}))
+    for beta, prior, mix in cfg.pvi:
+        label = f"pvi_b{beta:g}_k{prior:g}" + ("" if mix == 1 else f"_m{mix:g}")
+        specs.append((label, "pvi", {"beta": beta, "prior": prior, "mix": mix,
+                                     "numeric": numeric}))
     for algo in cfg.neural:
         specs.append((algo, algo, {"n_steps": cfg.neural_steps, "hidden": cfg.neural_hidden,
                                    "valid_fraction": 0.0, "seed": cfg.seed}))
