@@ -105,6 +105,32 @@ def summarise(rows: list[dict], neural: list[str]) -> list[dict]:
     return out
 
 
+def reselect(rows: list[dict], names: set[str] | None = None, bound: str = "paired",
+             rank: str = "estimate") -> list[dict]:
+    """The rows as ``select_policy`` would have chosen among a subset of their candidates.
+
+    Each candidate's held-out evaluation is independent of the others (same split, same
+    bootstrap counts), so choosing among a subset of a run's candidates from its saved table is
+    exactly what a run with only that subset would choose. ``bound="separate"`` applies the
+    earlier rule (a candidate's own lower bound above the behaviour's held-out value; with
+    ``rank="bound"`` this is the rule before the paired bound); the saved ``lcb_gain`` must come
+    from a paired run for ``bound="paired"``.
+    """
+    out = []
+    for r in rows:
+        passed = []
+        for c in r["table"]:
+            if names is not None and c["name"] not in names or c["lcb"] is None:
+                continue
+            lg = c["lcb_gain"] if bound == "paired" else c["lcb"] - r["behavior_heldout"]
+            if lg is not None and lg > 0:
+                passed.append((c["gain"] if rank == "estimate" else lg, c["name"]))
+        chosen = max(passed)[1] if passed else "behavior"
+        value = r["candidates"][chosen] if passed else r["behavior_estimate"]
+        out.append({**r, "chosen": chosen, "selected": value})
+    return out
+
+
 def time_cli(episodes: int = 5000) -> dict:
     """CPU and wall seconds of ``equicare train --select auto`` (defaults) on 700 x 25."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -172,8 +198,18 @@ def main() -> None:
     ap.add_argument("--pvi", type=json.loads, default=None,
                     help='PVI candidates as JSON [[beta, prior], ...] ("[]": SPIBB only)')
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--from", dest="saved", type=Path, default=None,
+                    help="re-apply the rule (--bound, --rank, --candidates) to a saved study")
+    ap.add_argument("--rank", choices=("estimate", "bound"), default="estimate")
+    ap.add_argument("--candidates", nargs="*", default=None,
+                    help="with --from: choose among these candidates only")
     args = ap.parse_args()
     rows = []
+    if args.saved is not None:
+        saved = json.loads(args.saved.read_text())["rows"]
+        names = None if args.candidates is None else set(args.candidates)
+        rows = reselect(saved, names, args.bound, args.rank)
+        args.configs = []
     for name in args.configs:
         for seed in range(1, args.seeds + 1):
             r = run_one(name, seed, args.episodes, args.neural, args.neural_steps, args.bound,
