@@ -170,10 +170,12 @@ def test_cli_select_auto_writes_the_table(tmp_path) -> None:
 @pytest.mark.parametrize("name", ["s50_a5_g1", "s50_a5_g099", "s700_a25_g1", "s700_a25_g099",
                                   "s5000_a25_g099"])
 def test_selection_study(name: str) -> None:
-    """Five seeds, 5,000 episodes: never below behaviour beyond noise; gap closed reported.
+    """Five seeds, 5,000 episodes, default candidates without the neural ones (the computation
+    of ``benchmarks/bench_select.py``): never below behaviour beyond noise; gap closed.
 
-    The 50% gap target of issue #15 is not met on the larger configurations (docs/learn.md);
-    asserted here: no seed more than 0.01 below the behaviour, mean gap closed > 0.
+    The 50% gap target of issue #15 is met on the 50-state configurations only (docs/learn.md:
+    measured 55% / 58% there, 24% / 20% on 700 x 25, 16% on 5000 x 25). Asserted: no seed more
+    than 0.01 below the behaviour; mean gap closed above 40% (50 states), 15% (700), 10% (5000).
     """
     cfg = garnet_preset(name)
     gaps, drops = [], []
@@ -187,4 +189,5 @@ def test_selection_study(name: str) -> None:
         gaps.append((v - vb) / (vo - vb))
         drops.append(v - vb)
     assert min(drops) > -0.01, drops
-    assert np.mean(gaps) > 0, gaps
+    floor = {50: 0.4, 700: 0.15, 5000: 0.1}[cfg.n_states]
+    assert np.mean(gaps) > floor, gaps
