@@ -125,7 +125,7 @@ def reselect(rows: list[dict], names: set[str] | None = None, bound: str = "pair
             lg = c["lcb_gain"] if bound == "paired" else c["lcb"] - r["behavior_heldout"]
             if lg is not None and lg > 0:
                 passed.append((c["gain"] if rank == "estimate" else lg, c["name"]))
-        chosen = max(passed)[1] if passed else "behavior"
+        chosen = max(passed, key=lambda t: t[0])[1] if passed else "behavior"  # first on ties
         value = r["candidates"][chosen] if passed else r["behavior_estimate"]
         out.append({**r, "chosen": chosen, "selected": value})
     return out
