@@ -1,8 +1,8 @@
 """Safe policy improvement and selection on the Garnet test bed, against exact values.
 
 For each configuration and seed (5,000 episodes): the exact value of the policy kept by
-``select_policy`` (SPIBB candidates, held-out OPE lower bounds, behaviour fallback), of every
-SPIBB candidate, of the behaviour reproduction (``N_wedge = inf``) and optionally of BC, AWR and
+``select_policy`` (SPIBB and PVI candidates, held-out OPE lower bounds, behaviour fallback), of
+every candidate, of the behaviour reproduction (``N_wedge = inf``) and optionally of BC, AWR and
 CQL trained alone on all episodes; as the share of the behaviour-to-optimum gap closed. With
 ``--time-cli`` it also times ``equicare train --select auto`` end to end (defaults, 700 x 25).
 
@@ -37,8 +37,8 @@ def _panel(cfg, n: int, seed: int):
     return mdp, from_frame(garnet_frame(mdp, pan), garnet_manifest(cfg), emit_warnings=False)
 
 
-def run_one(name: str, seed: int, episodes: int, neural: list[str], neural_steps: int
-            ) -> dict:
+def run_one(name: str, seed: int, episodes: int, neural: list[str], neural_steps: int,
+            bound: str = "paired", pvi: tuple | None = None) -> dict:
     """Exact values of every policy for one configuration and seed."""
     from equicare.learn import SPIBB
     from equicare.learn._registry import LEARNERS
@@ -55,13 +55,16 @@ def run_one(name: str, seed: int, episodes: int, neural: list[str], neural_steps
         return mdp.value(table)
 
     t0 = time.perf_counter()
-    res = select_policy(ds, SelectConfig(neural=(), seed=seed))
+    extra = {} if pvi is None else {"pvi": pvi}
+    res = select_policy(ds, SelectConfig(neural=(), seed=seed, bound=bound, **extra))
     sel_s = time.perf_counter() - t0
     row = {"config": name, "seed": seed, "behavior": vb, "optimal": vo,
            "n_rows": ds.n_steps, "selected": exact(res.learner.policy_),
            "chosen": res.chosen, "select_seconds": sel_s,
            "candidates": {k: exact(v.policy_) for k, v in res.learners.items()},
-           "behavior_estimate": exact(SPIBB(n_wedge=float("inf")).fit(ds).policy_)}
+           "behavior_estimate": exact(SPIBB(n_wedge=float("inf")).fit(ds).policy_),
+           "behavior_heldout": res.behavior_value,
+           "table": [c.to_dict() for c in res.candidates]}
     for algo in neural:
         t1 = time.perf_counter()
         learner = LEARNERS[algo](n_steps=neural_steps, valid_fraction=0.0, seed=seed)
@@ -81,8 +84,7 @@ def summarise(rows: list[dict], neural: list[str]) -> list[dict]:
     out = []
     for name in dict.fromkeys(r["config"] for r in rows):
         rs = [r for r in rows if r["config"] == name]
-        cands = sorted({k for r in rs for k in r["candidates"]},
-                       key=lambda k: float(k.split("_n")[1]))
+        cands = sorted({k for r in rs for k in r["candidates"]})
         best_fixed = max(cands, key=lambda k: np.mean([gap(r["candidates"][k], r) for r in rs]))
         s = {"config": name, "seeds": len(rs),
              "behavior": float(np.mean([r["behavior"] for r in rs])),
@@ -90,6 +92,7 @@ def summarise(rows: list[dict], neural: list[str]) -> list[dict]:
              "selected_gap": float(np.mean([gap(r["selected"], r) for r in rs])),
              "selected_worst_drop": float(min(r["selected"] - r["behavior"] for r in rs)),
              "fallbacks": sum(r["chosen"] == "behavior" for r in rs),
+             "chosen": ",".join(sorted({r["chosen"] for r in rs})),
              "behavior_estimate_gap": float(np.mean([gap(r["behavior_estimate"], r)
                                                      for r in rs])),
              "best_fixed": best_fixed,
@@ -99,6 +102,32 @@ def summarise(rows: list[dict], neural: list[str]) -> list[dict]:
             s[f"{algo}_gap"] = float(np.mean([gap(r[algo], r) for r in rs]))
             s[f"{algo}_worst_drop"] = float(min(r[algo] - r["behavior"] for r in rs))
         out.append(s)
+    return out
+
+
+def reselect(rows: list[dict], names: set[str] | None = None, bound: str = "paired",
+             rank: str = "estimate") -> list[dict]:
+    """The rows as ``select_policy`` would have chosen among a subset of their candidates.
+
+    Each candidate's held-out evaluation is independent of the others (same split, same
+    bootstrap counts), so choosing among a subset of a run's candidates from its saved table is
+    exactly what a run with only that subset would choose. ``bound="separate"`` applies the
+    earlier rule (a candidate's own lower bound above the behaviour's held-out value; with
+    ``rank="bound"`` this is the rule before the paired bound); the saved ``lcb_gain`` must come
+    from a paired run for ``bound="paired"``.
+    """
+    out = []
+    for r in rows:
+        passed = []
+        for c in r["table"]:
+            if names is not None and c["name"] not in names or c["lcb"] is None:
+                continue
+            lg = c["lcb_gain"] if bound == "paired" else c["lcb"] - r["behavior_heldout"]
+            if lg is not None and lg > 0:
+                passed.append((c["gain"] if rank == "estimate" else lg, c["name"]))
+        chosen = max(passed, key=lambda t: t[0])[1] if passed else "behavior"  # first on ties
+        value = r["candidates"][chosen] if passed else r["behavior_estimate"]
+        out.append({**r, "chosen": chosen, "selected": value})
     return out
 
 
@@ -165,12 +194,26 @@ def main() -> None:
     ap.add_argument("--neural", nargs="*", default=[])
     ap.add_argument("--neural-steps", type=int, default=2000)
     ap.add_argument("--time-cli", action="store_true")
+    ap.add_argument("--bound", choices=("paired", "separate"), default="paired")
+    ap.add_argument("--pvi", type=json.loads, default=None,
+                    help='PVI candidates as JSON [[beta, prior], ...] ("[]": SPIBB only)')
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--from", dest="saved", type=Path, default=None,
+                    help="re-apply the rule (--bound, --rank, --candidates) to a saved study")
+    ap.add_argument("--rank", choices=("estimate", "bound"), default="estimate")
+    ap.add_argument("--candidates", nargs="*", default=None,
+                    help="with --from: choose among these candidates only")
     args = ap.parse_args()
     rows = []
+    if args.saved is not None:
+        saved = json.loads(args.saved.read_text())["rows"]
+        names = None if args.candidates is None else set(args.candidates)
+        rows = reselect(saved, names, args.bound, args.rank)
+        args.configs = []
     for name in args.configs:
         for seed in range(1, args.seeds + 1):
-            r = run_one(name, seed, args.episodes, args.neural, args.neural_steps)
+            r = run_one(name, seed, args.episodes, args.neural, args.neural_steps, args.bound,
+                        None if args.pvi is None else tuple(map(tuple, args.pvi)))
             rows.append(r)
             print(f"{name} seed {seed}: selected {r['chosen']} gap {gap(r['selected'], r):+.3f}"
                   f" ({r['select_seconds']:.1f} s)"
@@ -182,7 +225,7 @@ def main() -> None:
 
         t = Table(title="Share of the behaviour-to-optimum gap closed (exact values)")
         cols = ["config", "behavior", "optimal", "selected_gap", "selected_worst_drop",
-                "fallbacks", "behavior_estimate_gap", "best_fixed", "best_fixed_gap",
+                "fallbacks", "chosen", "behavior_estimate_gap", "best_fixed", "best_fixed_gap",
                 *[f"{a}_gap" for a in args.neural], "select_seconds"]
         for c in cols:
             t.add_column(c)
@@ -191,6 +234,9 @@ def main() -> None:
         Console().print(t)
         mean_gap = float(np.mean([s["selected_gap"] for s in summary]))
         print(f"mean gap closed by the selected policy over configurations: {mean_gap:.3f}")
+        worst = min(s["selected_worst_drop"] for s in summary)
+        print(f"worst (selected - behaviour) over all runs: {worst:+.4f}; fallbacks "
+              f"{sum(s['fallbacks'] for s in summary)}/{len(rows)}")
     timing = time_cli(args.episodes) if args.time_cli else None
     if timing:
         print(f"equicare train --select auto, 700 x 25, {args.episodes} episodes: "

@@ -74,7 +74,7 @@ def test_concept_options_have_one_spelling_and_default(path, cmd):
 
 @pytest.mark.parametrize(("command", "choices"), [
     (["synth"], "care|heparin"),
-    (["train"], "bc|awr|cql|spibb|omg"),
+    (["train"], "bc|awr|cql|spibb|pvi|omg"),
     (["train"], "mlp|lstm"),
     (["frontier"], "bc|awr|cql"),
     (["evaluate"], "logistic|lgbm"),

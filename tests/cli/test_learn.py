@@ -73,7 +73,7 @@ def test_refuses_to_overwrite_without_force(app, files):
 
 @pytest.mark.parametrize("extra, message", [
     (["--algo", "dqn"], "Invalid value for '--algo': Value error, 'dqn' is not one of 'bc', "
-                        "'awr', 'cql', 'spibb', 'omg'."),
+                        "'awr', 'cql', 'spibb', 'pvi', 'omg'."),
     (["--encoder", "gru"], "Invalid value for '--encoder': Value error, 'gru' is not one of "
                            "'mlp', 'lstm'."),
     (["--encoder", "lstm", "--window", "0"], "Invalid value for '--window'"),

@@ -118,3 +118,18 @@ def test_bc_ignores_episode_ends(datasets, probe):
     p = [BC(n_steps=60, hidden=(16,), valid_fraction=0.2).fit(ds, progress=False)
          .action_probs(probe) for ds in datasets.values()]
     np.testing.assert_array_equal(p[0], p[1])
+
+
+@pytest.mark.parametrize("ends", ["censored", "terminal"])
+@pytest.mark.parametrize("klass", ["spibb", "pvi"])
+def test_tabular_values_respect_censored_and_terminal_ends(klass, ends, datasets, probe):
+    """The tabular learners' model values (no penalty, no shrinkage: the MLE model; the
+    terminal share at the gate is sampled, hence TOL)."""
+    from equicare.learn import PVI, SPIBB
+
+    learner = (SPIBB(n_wedge=0) if klass == "spibb"
+               else PVI(beta=0.0, prior=0.0, min_count=1)).fit(datasets[ends])
+    q = learner.q_[learner.policy_.cell_index(probe)].mean(axis=1)
+    got = dict(zip(STATES, q.tolist(), strict=True))
+    for s in STATES:
+        assert abs(got[s] - Q_TRUE[ends][s]) < TOL, (s, got[s], Q_TRUE[ends][s])

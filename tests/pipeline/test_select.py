@@ -19,7 +19,7 @@ from equicare.sim.garnet import (
 )
 
 SMALL = GarnetConfig(n_states=50, n_actions=5, n_successors=3)
-FAST = SelectConfig(n_wedges=(50.0, 200.0), neural=(), bootstrap=50)
+FAST = SelectConfig(n_wedges=(50.0, 200.0), pvi=(), neural=(), bootstrap=50)
 
 
 def _panel(seed: int, n: int, cfg: GarnetConfig = SMALL):
@@ -44,10 +44,65 @@ def test_selected_policy_is_not_worse_than_behaviour() -> None:
 def test_fallback_reproduces_the_behaviour() -> None:
     # the only candidate copies the behaviour: its lower bound cannot beat the behaviour's value
     _, ds = _panel(1, 1000)
-    res = select_policy(ds, SelectConfig(n_wedges=(1e9,), neural=(), bootstrap=50))
+    res = select_policy(ds, SelectConfig(n_wedges=(1e9,), pvi=(), neural=(), bootstrap=50))
     assert res.fallback and res.chosen == "behavior"
+    # the paired bound of the true behaviour policy: WIS reweights nothing, every replicate's
+    # gain is 0, so its bound is exactly 0 (not above: no false improvement)
+    from equicare.pipeline._select import _held_out
+    from equicare.sim.garnet import garnet_state_index
+
+    mdp, _ = _panel(1, 10)
+    ho = _held_out(ds, mdp.behavior_policy[garnet_state_index(ds)],
+                   SelectConfig(bootstrap=50, pvi=()), "tabular")
+    assert ho.estimates["wis"]["gain_lcb"] == pytest.approx(0.0, abs=1e-12)
     np.testing.assert_allclose(res.learner.policy_.table[:-1], res.learner.behavior_)
     assert res.to_dict()["fallback"] is True
+
+
+def test_held_out_values_match_evaluate_and_the_paired_bound_is_tighter() -> None:
+    """Same seeds as ``evaluate``: same values and intervals. The paired bound of the gain is
+    computed on the same replicates as the behaviour's mean return, so for policies near the
+    behaviour (a PVI mixture, SPIBB) it is tighter than the candidate's own lower bound minus
+    the behaviour's point value; measured here -0.009 against -0.023 (PVI, mix 0.3) and -0.061
+    against -0.072 (SPIBB, N_wedge 50). For the deterministic PVI it is not (-0.047 against
+    -0.041): its estimate hardly moves with the behaviour's."""
+    from equicare.learn import PVI
+    from equicare.ope import evaluate
+    from equicare.pipeline._select import _held_out
+
+    _, ds = _panel(3, 1500)
+    cfg = SelectConfig(bootstrap=100, seed=3)
+    train, valid = ds.split(0.3, random_state=3, stratify="group")
+    pol = PVI(mix=0.3).fit(train).policy_
+    ho = _held_out(valid, pol, cfg, "tabular")
+    res = evaluate(valid, pol, estimators=("wis", "wdr"), q_model="tabular", bootstrap=100,
+                   alpha=0.1, groups=(), diagnose_support=False, random_state=3)
+    for k in ("wis", "wdr"):
+        assert ho.estimates[k]["value"] == pytest.approx(res.estimates[k].value, abs=1e-12)
+        np.testing.assert_allclose(ho.estimates[k]["ci"], res.estimates[k].ci, atol=1e-12)
+    assert ho.behavior_value == pytest.approx(res.behavior.value, abs=1e-12)
+    assert ho.lcb_gain > ho.lcb - ho.behavior_value + 0.01
+    sep = _held_out(valid, pol, SelectConfig(bootstrap=100, seed=3, bound="separate"),
+                    "tabular")
+    assert sep.lcb_gain == pytest.approx(ho.lcb - ho.behavior_value)
+    from equicare.learn import SPIBB
+
+    spibb = _held_out(valid, SPIBB(n_wedge=50).fit(train).policy_, cfg, "tabular")
+    assert spibb.lcb_gain > spibb.lcb - spibb.behavior_value + 0.005
+
+
+def test_pvi_candidates_are_safe_and_improve() -> None:
+    # default candidates (SPIBB and PVI, no neural), 3,000 episodes of the 50 x 5 Garnet: the
+    # kept policy's exact value is never below the behaviour by more than 0.005, and on these
+    # seeds it improves by more than 0.01 on average (measured: see docs/learn.md)
+    gains = []
+    for seed in (2, 4):
+        mdp, ds = _panel(seed, 3000)
+        res = select_policy(ds, SelectConfig(neural=(), bootstrap=100, seed=seed))
+        table, _ = garnet_policy_table(mdp, ds, res.learner.policy_)
+        gains.append(mdp.value(table) - mdp.value(mdp.behavior_policy))
+    assert min(gains) > -0.005, gains
+    assert np.mean(gains) > 0.01, gains
 
 
 def test_policies_off_the_support_are_not_eligible() -> None:
@@ -69,8 +124,8 @@ def test_policies_off_the_support_are_not_eligible() -> None:
     share = _off_support_pct(ds, valid, as_policy(off))
     assert share > 50.0
     # the neural candidates of the 700-state test bed go off the support: select never keeps one
-    res = select_policy(ds, SelectConfig(n_wedges=(50.0,), neural=("bc",), neural_steps=200,
-                                         bootstrap=50))
+    res = select_policy(ds, SelectConfig(n_wedges=(50.0,), pvi=(), neural=("bc",),
+                                         neural_steps=200, bootstrap=50))
     bc = next(c for c in res.candidates if c.name == "bc")
     if bc.error is not None:
         assert "not eligible" in bc.error and not np.isfinite(bc.lcb)
@@ -91,13 +146,15 @@ def test_cli_select_auto_writes_the_table(tmp_path) -> None:
     out = tmp_path / "m"
     args = ["train", str(data / "panel.parquet"), "-m", str(data / "manifest.toml"),
             "--select", "auto", "--param", "neural=[]", "--param", "n_wedges=[10,50]",
+            "--param", "pvi=[[0.3,5]]",
             "--param", "bootstrap=50", "--out", str(out), "--no-progress"]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "Candidates" in res.output and "spibb_n10" in res.output
     doc = json.loads((out / SELECTION_FILE).read_text())
-    assert [c["name"] for c in doc["candidates"]] == ["spibb_n10", "spibb_n50"]
-    assert doc["chosen"] in ("spibb_n10", "spibb_n50", "behavior")
+    assert [c["name"] for c in doc["candidates"]] == ["spibb_n10", "spibb_n50", "pvi_b0.3_k5"]
+    assert doc["chosen"] in ("spibb_n10", "spibb_n50", "pvi_b0.3_k5", "behavior")
+    assert all("lcb_gain" in c for c in doc["candidates"])
     from equicare.data import load_dataset
 
     ds = load_dataset(data / "panel.parquet", data / "manifest.toml", emit_warnings=False)
@@ -113,10 +170,12 @@ def test_cli_select_auto_writes_the_table(tmp_path) -> None:
 @pytest.mark.parametrize("name", ["s50_a5_g1", "s50_a5_g099", "s700_a25_g1", "s700_a25_g099",
                                   "s5000_a25_g099"])
 def test_selection_study(name: str) -> None:
-    """Five seeds, 5,000 episodes: never below behaviour beyond noise; gap closed reported.
+    """Five seeds, 5,000 episodes, default candidates without the neural ones (the computation
+    of ``benchmarks/bench_select.py``): never below behaviour beyond noise; gap closed.
 
-    The 50% gap target of issue #15 is not met on the larger configurations (docs/learn.md);
-    asserted here: no seed more than 0.01 below the behaviour, mean gap closed > 0.
+    The 50% gap target of issue #15 is met on the 50-state configurations only (docs/learn.md:
+    measured 55% / 58% there, 24% / 20% on 700 x 25, 16% on 5000 x 25). Asserted: no seed more
+    than 0.01 below the behaviour; mean gap closed above 40% (50 states), 15% (700), 10% (5000).
     """
     cfg = garnet_preset(name)
     gaps, drops = [], []
@@ -130,4 +189,5 @@ def test_selection_study(name: str) -> None:
         gaps.append((v - vb) / (vo - vb))
         drops.append(v - vb)
     assert min(drops) > -0.01, drops
-    assert np.mean(gaps) > 0, gaps
+    floor = {50: 0.4, 700: 0.15, 5000: 0.1}[cfg.n_states]
+    assert np.mean(gaps) > floor, gaps

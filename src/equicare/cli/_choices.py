@@ -29,6 +29,7 @@ class Algo(_Choice):
     AWR = "awr"
     CQL = "cql"
     SPIBB = "spibb"
+    PVI = "pvi"
     OMG = "omg"
 
 

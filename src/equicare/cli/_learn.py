@@ -35,7 +35,8 @@ from equicare.cli._utils import (
 __all__ = ["train_model", "predict_policy", "select_train", "print_selection", "register",
            "ALGOS", "ENCODERS"]
 
-ALGOS = ("bc", "awr", "cql", "spibb")
+ALGOS = ("bc", "awr", "cql", "spibb", "pvi")
+TABULAR = ("spibb", "pvi")
 ENCODERS = ("mlp", "lstm")
 
 
@@ -123,7 +124,7 @@ def train_model(data: str | os.PathLike[str], manifest: str | os.PathLike[str], 
     _refuse_existing(out_path, force, "Model folder")
     klass: Any = LEARNERS[algo]
     kw: dict[str, Any] = dict(params or {})
-    if algo != "spibb":  # SPIBB is tabular: no encoder, steps or seed
+    if algo not in TABULAR:  # SPIBB and PVI are tabular: no encoder, steps or seed
         kw.update(encoder=encoder, window=window, n_steps=steps, seed=seed)
     if fair_action is not None:
         kw.update(fair_action=fair_action, fair_lambda=1.0 if fair_lambda is None else fair_lambda)
@@ -146,7 +147,7 @@ def train_model(data: str | os.PathLike[str], manifest: str | os.PathLike[str], 
     learner = klass(config).fit(ds, progress=progress)
     seconds = time.perf_counter() - t0
     learner.save(out_path, overwrite=force)
-    if algo == "spibb":
+    if algo in TABULAR:
         return {"model_dir": str(out_path), "algo": algo, "n_cells": learner.n_cells_,
                 "bootstrapped_share": float(learner.bootstrapped_.mean()),
                 "model_value": learner.value_, "model_behavior_value": learner.behavior_value_,
@@ -203,17 +204,19 @@ def print_selection(res: dict[str, Any]) -> None:
 
     beh = res["behavior"]
     t = Table(title=f"Candidates (held-out; behaviour value {beh['value']:.4f})")
-    for col in ("candidate", "value", "lower", "upper", "beats behaviour", "train s"):
+    for col in ("candidate", "value", "lower", "upper", "gain lower", "beats behaviour",
+                "train s"):
         t.add_column(col)
     t.add_column("note", overflow="fold", max_width=60)
     for c in res["candidates"]:
-        beats = "" if c["lcb"] is None else ("yes" if c["lcb"] > beh["value"] else "no")
+        gain = c.get("lcb_gain")
+        beats = "" if gain is None else ("yes" if gain > 0 else "no")
         mark = " *" if c["name"] == res["chosen"] else ""
-        t.add_row(c["name"] + mark, f(c["value"]), f(c["lcb"]), f(c["ucb"]), beats,
+        t.add_row(c["name"] + mark, f(c["value"]), f(c["lcb"]), f(c["ucb"]), f(gain), beats,
                   f"{c['train_seconds']:.1f}", c["error"] or "")
     print_table(t)
-    how = ("fallback: no lower bound beats the behaviour; the model reproduces the behaviour "
-           "policy" if res["fallback"] else f"kept {res['chosen']}")
+    how = ("fallback: no candidate's lower bound shows a gain over the behaviour; the model "
+           "reproduces the behaviour policy" if res["fallback"] else f"kept {res['chosen']}")
     con.print(f"{how}. Wrote {res['model_dir']} (selection.json) in {res['seconds']:.1f} s.",
               highlight=False)
 
@@ -287,8 +290,9 @@ def register(app: "typer.Typer") -> None:
                                                help="TOML manifest of the panel.")],
         out: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write.")],
         algo: Annotated[Algo, typer.Option(
-            help="Learner: bc, awr, cql (offline RL on the logged reward) or omg (dosing: "
-                 "OMG-RL, learned reward).")] = Algo.AWR,
+            help="Learner: bc, awr, cql (offline RL on the logged reward), spibb or pvi "
+                 "(tabular safe improvement on discrete states) or omg (dosing: OMG-RL, "
+                 "learned reward).")] = Algo.AWR,
         encoder: Annotated[Encoder | None, typer.Option(
             help="bc/awr/cql: state encoder [default: mlp].")] = None,
         window: Annotated[int | None, typer.Option(
@@ -306,7 +310,8 @@ def register(app: "typer.Typer") -> None:
         steps: Annotated[int | None, typer.Option(
             min=1, help="bc/awr/cql: gradient steps [default: 20000].")] = None,
         param: Annotated[list[str] | None, typer.Option(
-            help="bc/awr/cql: other learner setting KEY=VALUE (repeatable), e.g. beta=0.3.")
+            help="bc/awr/cql/spibb/pvi: other learner setting KEY=VALUE (repeatable), e.g. "
+                 "beta=0.3.")
         ] = None,
         iterations: Annotated[int | None, typer.Option(
             min=1, help="omg: outer iterations (rollouts + reward + policy updates) "
@@ -329,9 +334,10 @@ def register(app: "typer.Typer") -> None:
         small: Annotated[bool, typer.Option(
             "--small", help="omg: tiny networks and budgets (smoke tests).")] = False,
         select: Annotated[Select | None, typer.Option(
-            help="auto: train candidates (SPIBB at several N_wedge, BC/AWR/CQL briefly), keep "
-                 "the best held-out lower confidence bound, or the behaviour policy if none "
-                 "beats it; writes selection.json into the model folder.")] = None,
+            help="auto: train candidates (SPIBB at several N_wedge, PVI at several penalties, "
+                 "BC/AWR/CQL briefly), keep the best held-out lower confidence bound of the "
+                 "gain over the behaviour, or the behaviour policy if none is above 0; writes "
+                 "selection.json into the model folder.")] = None,
         seed: Seed = 42,
         force: Force = False,
         progress: Progress = True,
@@ -342,10 +348,12 @@ def register(app: "typer.Typer") -> None:
 
         bc, awr and cql learn from the logged reward (fairness penalty and group DRO
         optional); spibb is tabular safe policy improvement on discrete states (it keeps the
-        clinicians' action where the data are thin); omg learns the reward too (dynamics
-        ensemble, guided cost learning, conservative SAC; made for dosing panels such as
-        `equicare synth --sim heparin`). --select auto picks among candidates by a held-out
-        lower confidence bound and falls back to current practice.
+        clinicians' action where the data are thin); pvi is tabular pessimistic value
+        iteration (count-based penalties, rare pairs shrunk toward their state's pooled
+        model); omg learns the reward too (dynamics ensemble, guided cost learning,
+        conservative SAC; made for dosing panels such as `equicare synth --sim heparin`).
+        --select auto picks among candidates by a held-out lower confidence bound of the gain
+        over current practice and falls back to current practice.
         Options marked with a learner apply to it only; giving one to another learner is an
         error.
 
@@ -379,16 +387,16 @@ def register(app: "typer.Typer") -> None:
                 return
             print_selection(sel)
             return
-        if algo is Algo.SPIBB:
+        if algo in (Algo.SPIBB, Algo.PVI):
             not_applicable({**omg_only, **{k: v for k, v in offline.items() if k != "--param"}},
-                           "--algo spibb")
+                           f"--algo {algo.value}")
             with user_errors():
-                res = train_model(data, manifest, out=out, algo="spibb",
+                res = train_model(data, manifest, out=out, algo=algo.value,
                                   params=parse_params(param), force=force, progress=progress)
             if json_out:
                 print_json(res)
                 return
-            console.print(f"Wrote {res['model_dir']} (spibb, {res['n_cells']} cells, "
+            console.print(f"Wrote {res['model_dir']} ({algo.value}, {res['n_cells']} cells, "
                           f"{100 * res['bootstrapped_share']:.0f}% of (cell, action) pairs kept "
                           f"at the clinicians' probability, {res['seconds']:.1f} s)",
                           highlight=False)

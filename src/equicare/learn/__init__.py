@@ -1,4 +1,4 @@
-"""Offline policy learners: BC, AWR, CQL, SPIBB, fairness penalties, group DRO, d3rlpy interop.
+"""Offline policy learners: BC, AWR, CQL, SPIBB, PVI, fairness penalties, group DRO, d3rlpy interop.
 
 Every name is loaded lazily (module ``__getattr__``), so ``import equicare.learn`` does not
 import torch; the first attribute access does.
@@ -20,6 +20,8 @@ _LAZY: dict[str, str] = {
     "AWRConfig": "equicare.learn._awr",
     "CQL": "equicare.learn._cql",
     "CQLConfig": "equicare.learn._cql",
+    "PVI": "equicare.learn._pvi",
+    "PVIConfig": "equicare.learn._pvi",
     "SPIBB": "equicare.learn._spibb",
     "SPIBBConfig": "equicare.learn._spibb",
     "GroupDRO": "equicare.learn._fairness",

@@ -9,13 +9,14 @@ from equicare.learn._awr import AWR
 from equicare.learn._base import OfflineLearner
 from equicare.learn._bc import BC
 from equicare.learn._cql import CQL
+from equicare.learn._pvi import PVI
 from equicare.learn._spibb import SPIBB
 
 __all__ = ["LEARNERS", "load_learner"]
 
 #: algorithm name (``config.json``'s ``learner``) -> learner class
 LEARNERS: dict[str, type[OfflineLearner] | type[SPIBB]] = {"bc": BC, "awr": AWR, "cql": CQL,
-                                                           "spibb": SPIBB}
+                                                           "spibb": SPIBB, "pvi": PVI}
 
 
 def load_learner(path: str | os.PathLike[str]) -> OfflineLearner | SPIBB:
@@ -29,7 +30,7 @@ def load_learner(path: str | os.PathLike[str]) -> OfflineLearner | SPIBB:
     Returns
     -------
     OfflineLearner
-        The fitted learner (BC, AWR, CQL or SPIBB, as recorded in ``config.json``).
+        The fitted learner (BC, AWR, CQL, SPIBB or PVI, as recorded in ``config.json``).
 
     Raises
     ------

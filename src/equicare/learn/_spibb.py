@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Self
 
 import numpy as np
 import scipy.sparse as sp
@@ -30,7 +30,7 @@ from equicare.exceptions import DataValidationError, PolicyError
 from equicare.policy._cells import CellPolicy, cell_codes
 from equicare.utils import check_is_fitted, check_param, config_to_dict
 
-__all__ = ["SPIBB", "SPIBBConfig", "MSG_NOT_DISCRETE"]
+__all__ = ["SPIBB", "SPIBBConfig", "CellModel", "MSG_NOT_DISCRETE"]
 
 MSG_NOT_DISCRETE = ("SPIBB works on discrete state cells: the dataset has no categorical state "
                     "columns and numeric_bins is 0. Declare the discrete columns as "
@@ -116,6 +116,50 @@ class SPIBBConfig:
         return cls(**d)
 
 
+@dataclass(frozen=True, eq=False)
+class CellModel:
+    """The maximum-likelihood MDP of a panel's cells (shared by the tabular learners).
+
+    Attributes
+    ----------
+    cell : ndarray of shape (n_steps,), int64
+        Cell of each row.
+    keys : ndarray of shape (n_cells, n_columns), int64
+    n_cells, n_actions : int
+    gamma : float
+    n_all : ndarray of shape (n_cells, n_actions)
+        Logged rows per pair (censored last rows included).
+    pb : ndarray of shape (n_cells, n_actions)
+        Behaviour estimate per cell.
+    R : ndarray of shape (n_cells, n_actions)
+        Mean reward of the model transitions.
+    P : scipy.sparse.csr_matrix of shape (n_cells * n_actions, n_cells)
+        Transition frequencies to transient cells; a row sums to one minus the pair's share of
+        terminal rows (absorbing, zero future value).
+    counts : ndarray of shape (n_cells, n_actions)
+        Model transitions ``N(x, a)`` (a censored last row adds none).
+    has_model : ndarray of shape (n_cells, n_actions), bool
+    horizon : int
+        Bellman backups of the finite-horizon value iteration.
+    first : ndarray of shape (n_episodes,), int64
+        Cell of each episode's first row.
+    """
+
+    cell: NDArray[np.int64]
+    keys: NDArray[np.int64]
+    n_cells: int
+    n_actions: int
+    gamma: float
+    n_all: NDArray[np.float64]
+    pb: NDArray[np.float64]
+    R: NDArray[np.float64]
+    P: sp.csr_matrix
+    counts: NDArray[np.float64]
+    has_model: NDArray[np.bool_]
+    horizon: int
+    first: NDArray[np.int64]
+
+
 class SPIBB:
     """Pi_b-SPIBB on the discrete state cells of a panel (Laroche et al., 2019).
 
@@ -155,17 +199,18 @@ class SPIBB:
     """
 
     algo: ClassVar[str] = "spibb"
-    config_class: ClassVar[type[SPIBBConfig]] = SPIBBConfig
+    config_class: ClassVar[type[Any]] = SPIBBConfig
 
-    def __init__(self, config: SPIBBConfig | None = None, **overrides: Any) -> None:
+    def __init__(self, config: Any = None, **overrides: Any) -> None:
         from dataclasses import replace
 
+        name, cls = type(self).__name__, self.config_class
         if config is None:
-            config = SPIBBConfig(**overrides)
+            config = cls(**overrides)
         elif overrides:
             config = replace(config, **overrides)
-        if not isinstance(config, SPIBBConfig):
-            raise TypeError(f"SPIBB expects a SPIBBConfig, got {type(config).__name__}.")
+        if not isinstance(config, cls):
+            raise TypeError(f"{name} expects a {cls.__name__}, got {type(config).__name__}.")
         self.config = config
 
     # ------------------------------------------------------------------ fit
@@ -188,52 +233,19 @@ class SPIBB:
         self._layout = (columns, levels, numeric, edges)
         return np.asarray(cell, dtype=np.int64).ravel(), keys.astype(np.int64)
 
-    def fit(self, dataset: Any, *, progress: bool = False, **_: Any) -> SPIBB:
+    def fit(self, dataset: Any, *, progress: bool = False, **_: Any) -> Self:
         """Fit on a :class:`~equicare.data.TrajectoryDataset`; returns ``self``.
 
         ``progress`` is accepted for the learners' common signature (SPIBB takes seconds).
         """
         cfg = self.config
-        if not hasattr(dataset, "action_space") or not hasattr(dataset, "episode_offsets"):
-            raise TypeError(f"SPIBB.fit expects a TrajectoryDataset, got "
-                            f"{type(dataset).__name__}.")
-        cell, keys = self._cells(dataset)
-        C, A = int(keys.shape[0]), int(dataset.n_actions)
-        a = dataset.actions
-        gamma = float(dataset.gamma)
-        # ---- behaviour estimate per cell (all rows, censored last rows included)
-        flat = cell * A + a
-        n_all = np.bincount(flat, minlength=C * A).reshape(C, A).astype(np.float64)
-        mode = cfg.behavior
-        if mode == "auto":
-            mode = "logged" if dataset.behavior_prob is not None else "counts"
-        if mode == "logged":
-            if dataset.behavior_prob is None:
-                raise DataValidationError("SPIBB: behavior='logged' needs logged propensities "
-                                          "(manifest dataset.behavior_prob).")
-            psum = np.bincount(flat, weights=dataset.behavior_prob, minlength=C * A)
-            pb = np.where(n_all > 0, psum.reshape(C, A) / np.maximum(n_all, 1), 0.0)
-        else:
-            pb = n_all.copy()
-        pb = pb / pb.sum(axis=1, keepdims=True)
-        # ---- MLE model: terminal rows absorb, censored last rows are dropped
-        nxt = dataset.next_index
-        term = dataset.terminals.astype(bool)
-        keep = term | (nxt >= 0)
-        cont = keep & ~term
-        n_model = np.bincount(flat[keep], minlength=C * A).astype(np.float64)
-        r_sum = np.bincount(flat[keep], weights=dataset.rewards[keep], minlength=C * A)
-        R = np.where(n_model > 0, r_sum / np.maximum(n_model, 1), 0.0).reshape(C, A)
-        rows_c = np.flatnonzero(cont)
-        P = sp.csr_matrix((np.ones(rows_c.size) / n_model[flat[rows_c]],
-                           (flat[rows_c], cell[nxt[rows_c]])), shape=(C * A, C))
-        P.sum_duplicates()
-        counts = n_model.reshape(C, A)
-        has_model = counts > 0
+        m = self._model(dataset)
+        C, A, gamma = m.n_cells, m.n_actions, m.gamma
+        R, P, pb, counts, has_model = m.R, m.P, m.pb, m.counts, m.has_model
         free = (counts >= cfg.n_wedge) & has_model  # pairs the policy may re-weight
         boot = ~free
         # ---- finite-horizon value iteration under the SPIBB constraint
-        horizon = cfg.horizon or int(dataset.episode_lengths.max())
+        horizon = m.horizon
         pb_boot = np.where(boot, pb, 0.0)
         free_mass = np.where(free, pb, 0.0).sum(axis=1)
         no_model_cell: NDArray[np.bool_] = np.asarray(~has_model.any(axis=1), dtype=bool)
@@ -257,25 +269,72 @@ class SPIBB:
         else:
             pi = self._greedy(Q, pb_boot, free_mass, free)
         self.q_ = Q
-        self.behavior_ = pb
-        self.counts_ = counts.astype(np.int64)
         self.bootstrapped_ = boot
-        self.n_cells_ = C
-        first = cell[dataset.is_first]
-        self.value_ = float(np.mean((pi * Q).sum(axis=1)[first]))
-        self.behavior_value_ = float(np.mean(self._model_value(pb, R, P, gamma, horizon,
-                                                               has_model)[first]))
-        marginal = n_all.sum(axis=0) / n_all.sum()
+        self.value_ = float(np.mean((pi * Q).sum(axis=1)[m.first]))
+        self._finish(dataset, m, pi)
+        return self
+
+    def _model(self, dataset: Any) -> CellModel:
+        """The cells, the behaviour estimate and the maximum-likelihood MDP of a panel."""
+        cfg = self.config
+        if not hasattr(dataset, "action_space") or not hasattr(dataset, "episode_offsets"):
+            raise TypeError(f"{type(self).__name__}.fit expects a TrajectoryDataset, got "
+                            f"{type(dataset).__name__}.")
+        cell, keys = self._cells(dataset)
+        C, A = int(keys.shape[0]), int(dataset.n_actions)
+        a = dataset.actions
+        # ---- behaviour estimate per cell (all rows, censored last rows included)
+        flat = cell * A + a
+        n_all = np.bincount(flat, minlength=C * A).reshape(C, A).astype(np.float64)
+        mode = cfg.behavior
+        if mode == "auto":
+            mode = "logged" if dataset.behavior_prob is not None else "counts"
+        if mode == "logged":
+            if dataset.behavior_prob is None:
+                raise DataValidationError(f"{type(self).__name__}: behavior='logged' needs "
+                                          "logged propensities (manifest "
+                                          "dataset.behavior_prob).")
+            psum = np.bincount(flat, weights=dataset.behavior_prob, minlength=C * A)
+            pb = np.where(n_all > 0, psum.reshape(C, A) / np.maximum(n_all, 1), 0.0)
+        else:
+            pb = n_all.copy()
+        pb = pb / pb.sum(axis=1, keepdims=True)
+        # ---- MLE model: terminal rows absorb, censored last rows are dropped
+        nxt = dataset.next_index
+        term = dataset.terminals.astype(bool)
+        keep = term | (nxt >= 0)
+        cont = keep & ~term
+        n_model = np.bincount(flat[keep], minlength=C * A).astype(np.float64)
+        r_sum = np.bincount(flat[keep], weights=dataset.rewards[keep], minlength=C * A)
+        R = np.where(n_model > 0, r_sum / np.maximum(n_model, 1), 0.0).reshape(C, A)
+        rows_c = np.flatnonzero(cont)
+        P = sp.csr_matrix((np.ones(rows_c.size) / n_model[flat[rows_c]],
+                           (flat[rows_c], cell[nxt[rows_c]])), shape=(C * A, C))
+        P.sum_duplicates()
+        counts = n_model.reshape(C, A)
+        return CellModel(cell=cell, keys=keys, n_cells=C, n_actions=A, gamma=float(dataset.gamma),
+                         n_all=n_all, pb=pb, R=R, P=P, counts=counts, has_model=counts > 0,
+                         horizon=cfg.horizon or int(dataset.episode_lengths.max()),
+                         first=cell[dataset.is_first])
+
+    def _finish(self, dataset: Any, m: CellModel, pi: NDArray[np.float64]) -> None:
+        """Set the fitted attributes shared by the tabular learners (after ``q_``, ``value_``)."""
+        self.behavior_ = m.pb
+        self.counts_ = m.counts.astype(np.int64)
+        self.n_cells_ = m.n_cells
+        self.behavior_value_ = float(np.mean(self._model_value(
+            m.pb, m.R, m.P, m.gamma, m.horizon, m.has_model)[m.first]))
+        marginal = m.n_all.sum(axis=0) / m.n_all.sum()
         columns, levels, numeric, edges = self._layout
-        self.policy_ = CellPolicy(table=np.vstack([pi, marginal]), keys=keys, columns=columns,
+        self.policy_ = CellPolicy(table=np.vstack([pi, marginal]), keys=m.keys, columns=columns,
                                   levels=levels, numeric=numeric, edges=edges,
-                                  action_space=dataset.action_space, source="<SPIBB>")
+                                  action_space=dataset.action_space,
+                                  source=f"<{type(self).__name__}>")
         self.action_space_ = dataset.action_space
         self.state_names_ = tuple(dataset.state_names)
         from equicare.policy._learned import manifest_fingerprint
 
         self.manifest_fingerprint_ = manifest_fingerprint(getattr(dataset, "manifest", None))
-        return self
 
     @staticmethod
     def _backup(Q: NDArray[np.float64], pb_boot: NDArray[np.float64],
@@ -416,7 +475,7 @@ class SPIBB:
         return write_model_folder(path, cfg, self.policy_.tensors(), overwrite=overwrite)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> SPIBB:
+    def load(cls, path: str | os.PathLike[str]) -> Self:
         """Rebuild a fitted SPIBB (its policy) from a model folder written by :meth:`save`."""
         from equicare.policy._learned import read_model_folder
         from equicare.spaces import FactoredActionSpace
@@ -424,9 +483,9 @@ class SPIBB:
         cfg, tensors = read_model_folder(path)
         if cfg.get("learner") != cls.algo:
             raise PolicyError(f"{path}: the model was trained with {cfg.get('learner')!r}, not "
-                              "'spibb'.")
+                              f"{cls.algo!r}.")
         try:
-            self = cls(SPIBBConfig.from_dict(cfg["learner_config"]))
+            self = cls(cls.config_class.from_dict(cfg["learner_config"]))
             self.policy_ = CellPolicy.from_config(cfg, tensors, str(path))
             self.action_space_ = FactoredActionSpace.from_dict(cfg["action_space"])
             self.cell_columns_ = tuple(cfg["feature_names"])

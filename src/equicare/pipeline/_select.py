@@ -1,10 +1,13 @@
 """Policy selection by honest evaluation: train candidates, keep the best lower confidence bound.
 
 ``equicare train --select auto`` calls :func:`train_select`. Candidates (SPIBB at a few
-``N_wedge`` values, BC/AWR/CQL at a short budget) are trained on the training episodes and
-evaluated on held-out episodes with :func:`equicare.ope.evaluate`. The candidate with the best
-lower confidence bound wins if that bound beats the behaviour policy's held-out value (the mean
-observed return); otherwise the result is a model folder that reproduces the behaviour policy.
+``N_wedge`` values, pessimistic value iteration at a few penalty strengths, BC/AWR/CQL at a short
+budget) are trained on the training episodes and evaluated on held-out episodes with the OPE of
+:mod:`equicare.ope` (the computation of :func:`equicare.ope.evaluate`, one bootstrap count matrix
+shared by every candidate and the behaviour). By default (``bound="paired"``) a candidate's
+bound is the one-sided lower confidence bound of its improvement over the behaviour, from the
+same bootstrap replicates of both (paired); the candidate with the largest such bound is kept if
+the bound is above 0. Otherwise the result is a model folder that reproduces the behaviour policy.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import time
 import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from equicare.utils import atomic_write_text, check_param, config_to_dict
 
@@ -25,6 +28,8 @@ __all__ = ["SelectConfig", "Candidate", "SelectionResult", "select_policy", "tra
 
 SELECTION_FILE = "selection.json"
 NEURAL = ("bc", "awr", "cql")
+BOUNDS = ("paired", "separate")
+RANKS = ("estimate", "bound")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,6 +40,9 @@ class SelectConfig:
     ----------
     n_wedges : tuple of float
         ``N_wedge`` values of the SPIBB candidates (empty: no SPIBB).
+    pvi : tuple of (float, float, float)
+        ``(beta, prior, mix)`` of the pessimistic value iteration candidates
+        (:class:`~equicare.learn.PVI`; a pair ``(beta, prior)`` means ``mix = 1``; empty: none).
     neural : tuple of str
         Neural learners among ``bc, awr, cql`` trained as candidates.
     neural_steps : int
@@ -55,6 +63,17 @@ class SelectConfig:
         Episode bootstrap replicates of the intervals.
     alpha : float
         The lower bound is the ``alpha / 2`` bootstrap quantile (0.1: a one-sided 95% bound).
+    bound : {"paired", "separate"}
+        ``paired`` (default): a candidate beats the behaviour when the ``alpha / 2`` quantile of
+        its bootstrap replicates of ``V_candidate - V_behaviour`` (both on the same resampled
+        held-out episodes) is above 0, for every estimator; candidates are ranked by that
+        bound. ``separate``: the candidate's own lower bound must exceed the behaviour's point
+        value (looser: it ignores that both estimates move together).
+    rank : {"estimate", "bound"}
+        Which of the candidates that pass the bound is kept: the largest estimated gain (the
+        mean over the estimators of the point value minus the behaviour's; default) or the
+        largest lower bound of the gain. The bound decides safety either way; ``estimate`` does
+        not let a low-variance small gain beat a larger one that also passed.
     max_off_support_pct : float
         A candidate that puts more than this share (%) of its held-out mass on actions current
         practice (almost) never takes is not eligible: off the behaviour's support no OPE bound
@@ -66,6 +85,9 @@ class SelectConfig:
     """
 
     n_wedges: tuple[float, ...] = (10.0, 20.0, 50.0, 100.0, 200.0, 500.0)
+    pvi: tuple[tuple[float, float, float], ...] = (
+        (0.3, 5.0, 1.0), (0.3, 20.0, 1.0), (1.0, 5.0, 1.0), (1.0, 20.0, 1.0), (0.3, 5.0, 0.7),
+        (0.3, 5.0, 0.5), (0.3, 5.0, 0.3), (1.0, 20.0, 0.5))
     neural: tuple[str, ...] = NEURAL
     neural_steps: int = 500
     neural_hidden: tuple[int, ...] = (64, 64)
@@ -74,23 +96,40 @@ class SelectConfig:
     q_model: str | None = None
     bootstrap: int = 200
     alpha: float = 0.1
+    bound: Literal["paired", "separate"] = "paired"
+    rank: Literal["estimate", "bound"] = "estimate"
     max_off_support_pct: float = 1.0
     refit_full: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
         o = "SelectConfig"
-        for name in ("n_wedges", "neural", "neural_hidden"):
+        for name in ("n_wedges", "pvi", "neural", "neural_hidden"):
             v = getattr(self, name)
             if isinstance(v, list):
                 object.__setattr__(self, name, tuple(v))
         for n in self.n_wedges:
             check_param(n, "n_wedges", o, kind=(int, float), low=0,
                         expected="a tuple of numbers >= 0")
+        triples = []
+        for item in self.pvi:
+            if (isinstance(item, str) or not hasattr(item, "__len__") or len(item) not in (2, 3)
+                    or not all(isinstance(v, int | float) and not isinstance(v, bool)
+                               and v >= 0 for v in item)
+                    or (len(item) == 3 and item[2] > 1)):
+                raise ValueError("The 'pvi' parameter of SelectConfig must be a list of "
+                                 "[beta, prior] or [beta, prior, mix] lists of numbers >= 0 "
+                                 f"(mix <= 1). Got {item!r} instead.")
+            triples.append((float(item[0]), float(item[1]),
+                            float(item[2]) if len(item) == 3 else 1.0))
+        object.__setattr__(self, "pvi", tuple(triples))
         for a in self.neural:
             check_param(a, "neural", o, choices=NEURAL)
-        if not self.n_wedges and not self.neural:
-            raise ValueError("SelectConfig: give at least one candidate (n_wedges or neural).")
+        if not self.n_wedges and not self.pvi and not self.neural:
+            raise ValueError("SelectConfig: give at least one candidate (n_wedges, pvi or "
+                             "neural).")
+        check_param(self.bound, "bound", o, choices=BOUNDS)
+        check_param(self.rank, "rank", o, choices=RANKS)
         check_param(self.neural_steps, "neural_steps", o, kind=int, low=1, expected="an int >= 1")
         check_param(self.valid_fraction, "valid_fraction", o, kind=(int, float), low=0, high=1,
                     low_inclusive=False, high_inclusive=False)
@@ -138,6 +177,13 @@ class Candidate:
     value, lcb, ucb : float
         Held-out estimate of the last estimator, the smallest lower bound over the estimators,
         the last estimator's upper bound (NaN when the candidate failed).
+    lcb_gain : float
+        Lower bound of the improvement over the behaviour (the smallest over the estimators):
+        paired bootstrap with ``bound="paired"``, else ``lcb`` minus the behaviour's value. NaN
+        when the candidate failed or is not eligible.
+    gain : float
+        Estimated gain over the behaviour: mean over the estimators of the point value minus the
+        behaviour's held-out value.
     train_seconds, eval_seconds : float
     error : str or None
         Why the candidate could not be trained or evaluated.
@@ -151,6 +197,8 @@ class Candidate:
     value: float = math.nan
     lcb: float = math.nan
     ucb: float = math.nan
+    lcb_gain: float = math.nan
+    gain: float = math.nan
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
     error: str | None = None
@@ -163,6 +211,7 @@ class Candidate:
 
         return {"name": self.name, "algo": self.algo, "params": self.params,
                 "value": num(self.value), "lcb": num(self.lcb), "ucb": num(self.ucb),
+                "lcb_gain": num(self.lcb_gain), "gain": num(self.gain),
                 "train_seconds": round(self.train_seconds, 2),
                 "eval_seconds": round(self.eval_seconds, 2), "error": self.error,
                 "estimates": self.estimates}
@@ -181,7 +230,7 @@ class SelectionResult:
     chosen : str
         Name of the kept candidate, or ``"behavior"``.
     fallback : bool
-        True when no candidate's lower bound beat the behaviour's value.
+        True when no candidate's bound showed an improvement over the behaviour.
     learner : object
         The fitted learner to save (the chosen candidate, or the behaviour reproduction).
     settings : dict
@@ -233,6 +282,10 @@ def _candidate_specs(dataset: Any, cfg: SelectConfig) -> list[tuple[str, str, di
     for n in cfg.n_wedges:
         label = f"spibb_n{n:g}"
         specs.append((label, "spibb", {"n_wedge": float(n), "numeric": numeric}))
+    for beta, prior, mix in cfg.pvi:
+        label = f"pvi_b{beta:g}_k{prior:g}" + ("" if mix == 1 else f"_m{mix:g}")
+        specs.append((label, "pvi", {"beta": beta, "prior": prior, "mix": mix,
+                                     "numeric": numeric}))
     for algo in cfg.neural:
         specs.append((algo, algo, {"n_steps": cfg.neural_steps, "hidden": cfg.neural_hidden,
                                    "valid_fraction": 0.0, "seed": cfg.seed}))
@@ -276,6 +329,82 @@ def _off_support_pct(dataset: Any, valid: Any, policy: Any) -> float | None:
     return float(100.0 * (probs * unseen).sum() / max(valid.n_steps, 1))
 
 
+@dataclass(frozen=True)
+class _HeldOut:
+    """Held-out estimates of one candidate (and the behaviour, on the same replicates)."""
+
+    estimates: dict[str, dict[str, Any]]
+    value: float
+    lcb: float
+    ucb: float
+    lcb_gain: float
+    gain: float
+    behavior_value: float
+    behavior_ci: tuple[float, float]
+    support_pct: float
+
+
+def _held_out(valid: Any, policy: Any, cfg: SelectConfig, q_model: str) -> _HeldOut:
+    """Every estimator on the held-out episodes, with paired bounds of the gain.
+
+    The computation of :func:`equicare.ope.evaluate` (same seeds, so the same values and
+    intervals), keeping the bootstrap replicates: the count matrix depends on the seed and the
+    number of held-out episodes only, so every candidate and the behaviour's mean observed
+    return are resampled with the same replicate weights. The gain's bound of estimator ``k`` is
+    the ``alpha / 2`` quantile of ``V_k(counts_b) - mean_return(counts_b)`` over replicates ``b``.
+    """
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+
+    from equicare.ope._bootstrap import (
+        bootstrap_counts,
+        bootstrap_replicates,
+        percentile_interval,
+    )
+    from equicare.ope._core import episode_parts, point_estimates
+    from equicare.ope._evaluate import _thread_limit, _with_q_refit
+    from equicare.ope._prepare import as_fqe_config, prepare
+    from equicare.utils import check_random_state
+
+    keys = tuple(cfg.estimators)
+    rng = check_random_state(cfg.seed)  # the seeds evaluate(random_state=seed) derives
+    seed_prep, seed_boot, _ = (int(s) for s in rng.integers(0, 2**31 - 1, size=3))
+    with threadpool_limits(limits=_thread_limit(valid)):
+        prep = prepare(valid, policy, keys=keys, q_model=as_fqe_config(q_model),
+                       random_state=seed_prep)
+        parts = episode_parts(prep.inputs, keys)
+        if prep.q_linearised:
+            parts = _with_q_refit(prep, parts, None, "absorbing")
+        counts = bootstrap_counts(valid.n_episodes, cfg.bootstrap, seed_boot)
+        reps = bootstrap_replicates(parts, counts)
+        point = point_estimates(parts)
+        ret = prep.inputs.returns()
+        beh_reps = counts @ ret / counts.sum(axis=1)
+        support_pct = 0.0
+        if prep.behavior_model is not None:  # propensities estimated: the model's support
+            from equicare.ope._support import model_support_diagnostics
+
+            support_pct = float(model_support_diagnostics(
+                valid, prep.target_probs, prep.behavior_model, threshold=1e-3,
+                estimators=keys).share_pct)
+    per: dict[str, dict[str, Any]] = {}
+    gains = []
+    for k in keys:
+        ci = percentile_interval(reps[k], cfg.alpha)
+        gain = float(np.quantile(reps[k] - beh_reps, cfg.alpha / 2))
+        gains.append(gain)
+        per[k] = {"value": point[k], "ci": [ci[0], ci[1]], "gain_lcb": gain}
+    lcb = min(float(per[k]["ci"][0]) for k in keys)
+    beh_value = float(ret.mean())
+    last = per[keys[-1]]
+    return _HeldOut(estimates=per, value=float(last["value"]), lcb=lcb, ucb=float(last["ci"][1]),
+                    lcb_gain=min(gains) if cfg.bound == "paired" else lcb - beh_value,
+                    gain=float(np.mean([point[k] for k in keys])) - beh_value,
+                    behavior_value=beh_value,
+                    behavior_ci=percentile_interval(beh_reps, cfg.alpha),
+                    support_pct=support_pct)
+
+
 def select_policy(dataset: Any, config: SelectConfig | None = None, *,
                   progress: Any = None) -> SelectionResult:
     """Train candidates, evaluate them on held-out episodes, keep the best lower bound.
@@ -294,13 +423,17 @@ def select_policy(dataset: Any, config: SelectConfig | None = None, *,
 
     Notes
     -----
-    Rule: among candidates whose evaluation succeeded, take the largest lower bound ``L``; keep
-    it if ``L > V_b``, the behaviour's held-out value (mean observed return); otherwise return
-    SPIBB with ``N_wedge = inf`` fitted on all episodes, i.e. the estimated behaviour policy per
-    cell (numeric states cut into bins when the panel has no categorical state).
+    Rule: among eligible candidates whose evaluation succeeded, take the largest lower bound of
+    the gain over the behaviour (paired bootstrap, or ``L - V_b`` with ``bound="separate"``);
+    keep it if that bound is above 0; otherwise return SPIBB with ``N_wedge = inf`` fitted on
+    all episodes, i.e. the estimated behaviour policy per cell (numeric states cut into bins
+    when the panel has no categorical state). Choosing the best of several candidates by the
+    same held-out data makes the kept candidate's bound slightly optimistic (no multiplicity
+    correction); the Garnet study in ``docs/learn.md`` measures the result against exact values.
     """
+    from scipy.linalg import LinAlgWarning
+
     from equicare.exceptions import SupportWarning
-    from equicare.ope import evaluate
 
     cfg = config or SelectConfig()
     say = progress or (lambda _msg: None)
@@ -325,46 +458,47 @@ def select_policy(dataset: Any, config: SelectConfig | None = None, *,
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", SupportWarning)
-                res = evaluate(valid, learner.policy_, estimators=cfg.estimators,
-                               q_model=q_model, bootstrap=cfg.bootstrap, alpha=cfg.alpha,
-                               groups=(), diagnose_support=False, random_state=cfg.seed)
+                # a singular LSTD system is detected and skipped by the OPE (its Q-model
+                # candidate drops out); scipy's warning about it is noise here
+                warnings.simplefilter("ignore", LinAlgWarning)
+                ho = _held_out(valid, learner.policy_, cfg, q_model)
         except (ValueError, RuntimeError) as exc:
             rows.append(Candidate(name, algo, params, train_seconds=t1 - t0,
                                   error=str(exc).splitlines()[0]))
             continue
-        est = res.estimates[cfg.estimators[-1]]
-        behavior_value = float(res.behavior.value)
-        behavior_ci = (float(res.behavior.ci[0]), float(res.behavior.ci[1]))
-        lcb = min(float(res.estimates[k].ci[0]) for k in cfg.estimators)
-        per = {k: {"value": float(e.value), "ci": [float(e.ci[0]), float(e.ci[1])]}
-               for k, e in res.estimates.items()}
+        behavior_value, behavior_ci = ho.behavior_value, ho.behavior_ci
+        lcb, gain = ho.lcb, ho.lcb_gain
         off = _off_support_pct(dataset, valid, learner.policy_)
-        if off is None:  # no categorical cells: the OPE's estimated-propensity support check
-            off = float(res.support.share_pct) if res.support is not None else 0.0
+        if off is None:  # no categorical cells: the behaviour model's support check
+            off = ho.support_pct
         note = None
         if off > cfg.max_off_support_pct:  # no OPE bound is trustworthy off the support
             note = (f"not eligible: {off:.1f}% of its mass on (state, action) pairs current "
                     f"practice never took (limit {cfg.max_off_support_pct:g}%)")
-            lcb = math.nan
-        rows.append(Candidate(name, algo, params, value=float(est.value), lcb=lcb,
-                              ucb=float(est.ci[1]), train_seconds=t1 - t0,
-                              eval_seconds=time.perf_counter() - t1, estimates=per,
+            lcb = gain = math.nan
+        rows.append(Candidate(name, algo, params, value=ho.value, lcb=lcb, ucb=ho.ucb,
+                              lcb_gain=gain, gain=ho.gain, train_seconds=t1 - t0,
+                              eval_seconds=time.perf_counter() - t1, estimates=ho.estimates,
                               error=note))
         fitted[name] = learner
-    ok = [c for c in rows if math.isfinite(c.lcb)]
-    best = max(ok, key=lambda c: c.lcb) if ok else None
+    passed = [c for c in rows if math.isfinite(c.lcb_gain) and c.lcb_gain > 0]
+    key = (lambda c: c.gain) if cfg.rank == "estimate" else (lambda c: c.lcb_gain)
+    best = max(passed, key=key) if passed else None
+    rule = ("among the candidates whose " + ("paired lower bound of the gain over the "
+            "behaviour is above 0" if cfg.bound == "paired" else "lower bound beats the "
+            "behaviour's held-out value") + ", keep the largest " + (
+            "estimated gain" if cfg.rank == "estimate" else "lower bound"))
     settings = {"config": cfg.to_dict(), "q_model": q_model,
                 "n_train_episodes": train.n_episodes, "n_valid_episodes": valid.n_episodes,
-                "rule": "keep the largest lower bound if it beats the behaviour's held-out "
-                        "value, else reproduce the behaviour policy"}
-    if best is not None and best.lcb > behavior_value:
+                "rule": rule + ", else reproduce the behaviour policy"}
+    if best is not None:
         learner = fitted[best.name]
         if cfg.refit_full:
             say(f"refitting {best.name} on all episodes")
             learner = _fit(best.algo, best.params, dataset)
         return SelectionResult(rows, behavior_value, behavior_ci, best.name, False, learner,
                                settings, fitted)
-    say("no candidate's lower bound beats the behaviour: reproducing the behaviour policy")
+    say("no candidate's bound shows a gain over the behaviour: reproducing the behaviour policy")
     numeric = "ignore" if _discrete(dataset) else "bin"
     beh = _fit("spibb", {"n_wedge": float("inf"), "numeric": numeric}, dataset)
     return SelectionResult(rows, behavior_value, behavior_ci, "behavior", True, beh, settings,

@@ -34,7 +34,7 @@ def tree_policy(cfg: Mapping[str, Any], tensors: Mapping[str, Any], source: str)
 
 
 def cell_policy(cfg: Mapping[str, Any], tensors: Mapping[str, Any], source: str) -> Any:
-    """The per-cell probability table of a tabular learner (SPIBB)."""
+    """The per-cell probability table of a tabular learner (SPIBB, PVI)."""
     from equicare.policy._cells import CellPolicy
 
     return CellPolicy.from_config(cfg, tensors, source)
@@ -52,6 +52,7 @@ POLICY_BUILDERS: dict[str, PolicyBuilder] = {
     "ppo": simulator_policy,
     "grpo": simulator_policy,
     "spibb": cell_policy,
+    "pvi": cell_policy,
     "tree": tree_policy,
 }
 
