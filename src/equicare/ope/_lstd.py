@@ -27,6 +27,7 @@ All replicates then cost one matrix product, like the fixed-Q bootstrap.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -229,7 +230,7 @@ def solve_lstd(x: sp.csr_matrix, x_pi: PiDesign, rewards: NDArray[np.float64],
     -------
     LSTDFit or None
     """
-    from scipy.linalg import lu_factor, lu_solve
+    from scipy.linalg import LinAlgWarning, lu_factor, lu_solve
     from scipy.sparse.linalg import splu
 
     n_par = x.shape[1]
@@ -243,7 +244,10 @@ def solve_lstd(x: sp.csr_matrix, x_pi: PiDesign, rewards: NDArray[np.float64],
     solve_t: Callable[[NDArray[np.float64]], NDArray[np.float64]]
     if n_par <= DENSE_PARAMS:
         md = m.toarray() if sp.issparse(m) else np.asarray(m)
-        with np.errstate(all="ignore"):
+        # a singular system is detected below and reported as None (the caller skips the
+        # Q-model); scipy's LinAlgWarning about it would only repeat that
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", LinAlgWarning)
             lu = lu_factor(md, check_finite=False)
         if not np.all(np.isfinite(lu[0])) or np.any(np.diag(lu[0]) == 0):
             return None

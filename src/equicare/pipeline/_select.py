@@ -431,8 +431,6 @@ def select_policy(dataset: Any, config: SelectConfig | None = None, *,
     same held-out data makes the kept candidate's bound slightly optimistic (no multiplicity
     correction); the Garnet study in ``docs/learn.md`` measures the result against exact values.
     """
-    from scipy.linalg import LinAlgWarning
-
     from equicare.exceptions import SupportWarning
 
     cfg = config or SelectConfig()
@@ -458,9 +456,6 @@ def select_policy(dataset: Any, config: SelectConfig | None = None, *,
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", SupportWarning)
-                # a singular LSTD system is detected and skipped by the OPE (its Q-model
-                # candidate drops out); scipy's warning about it is noise here
-                warnings.simplefilter("ignore", LinAlgWarning)
                 ho = _held_out(valid, learner.policy_, cfg, q_model)
         except (ValueError, RuntimeError) as exc:
             rows.append(Candidate(name, algo, params, train_seconds=t1 - t0,
