@@ -127,8 +127,8 @@ def test_explain_a_policy_file(files, tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore::equicare.exceptions.EquicareWarning")
-def test_evaluate_and_audit_accept_the_rules(files, tmp_path):
-    """Both kinds of rules load through the one policy loader in evaluate and audit."""
+def test_evaluate_audit_and_mediate_accept_the_rules(files, tmp_path):
+    """Both kinds of rules load through the one policy loader in evaluate, audit and mediate."""
     for mode in ("exceptions", "imitate"):
         out = tmp_path / mode
         res = runner.invoke(app, _args(files, "bc", out, "--mode", mode, "--depth", "2"))
@@ -145,3 +145,8 @@ def test_evaluate_and_audit_accept_the_rules(files, tmp_path):
                                   "--permutations", "0", "--out", str(tmp_path / f"{mode}.json")])
         assert res.exit_code == 0, _err(res)
         assert "rules" in json.loads((tmp_path / f"{mode}.json").read_text())["policies"]
+        res = runner.invoke(app, ["mediate", *common, "--policy", str(out / "model"),
+                                  "--action", "modality=home_visit", "--control", "0",
+                                  "--bootstrap", "10", "--out", str(tmp_path / f"{mode}_med.json")])
+        assert res.exit_code == 0, _err(res)
+        assert json.loads((tmp_path / f"{mode}_med.json").read_text())
