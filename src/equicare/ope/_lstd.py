@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import scipy.sparse as sp
@@ -275,10 +275,10 @@ def solve_lstd_sums(sums: LSTDSums, gamma: float, ridge: NDArray[np.float64]
     from scipy.sparse.linalg import splu
 
     n_par = sums.b.size
-    xtx = sums.xtx
-    m = (xtx + sp.diags(ridge)) if sp.issparse(xtx) else (np.asarray(xtx) + np.diag(ridge))
+    xtx: Any = sums.xtx
+    m: Any = (xtx + sp.diags(ridge)) if sp.issparse(xtx) else (np.asarray(xtx) + np.diag(ridge))
     if gamma > 0 and sums.cross is not None:
-        cross = sums.cross
+        cross: Any = sums.cross
         if sp.issparse(m) and not sp.issparse(cross):
             m = m.toarray() - gamma * np.asarray(cross)
         elif sp.issparse(cross) and not sp.issparse(m):

@@ -441,8 +441,10 @@ def evaluate_stream(
         cfg = stream_q_config(q_model, [k for k in keys if k in Q_TYPE])
         src = ChunkSource(source, manifest=manifest, chunk_rows=chunk_rows, executor=executor,
                           n_shards=n_shards)
-        return evaluate_stream_q(src, policy, keys=keys, cfg=cfg, n_boot=n_boot, alpha=alpha,
-                                 seed=seed, truncate=truncate, progress=progress)
+        res: StreamEvaluation = evaluate_stream_q(src, policy, keys=keys, cfg=cfg, n_boot=n_boot,
+                                                  alpha=alpha, seed=seed, truncate=truncate,
+                                                  progress=progress)
+        return res
     src = ChunkSource(source, manifest=manifest, chunk_rows=chunk_rows, executor=executor,
                       n_shards=n_shards)
     fn = functools.partial(chunk_sums, policy=policy, keys=keys, horizon=src.horizon,

@@ -214,10 +214,9 @@ def _grouped_t(design: sp.csr_matrix | PiDesign, c: NDArray[np.float64], t: NDAr
     """``sum_{i: t_i = s} c_i x_i`` for every step ``s``: shape ``(n_params, width)``."""
     n = c.size
     by_step = sp.csr_matrix((c, (np.arange(n), t)), shape=(n, width))
-    if isinstance(design, SparsePi):
-        design = design.x_pi
-    if sp.issparse(design):
-        return np.asarray((sp.csr_matrix(design.T) @ by_step).toarray())
+    mat: Any = design.x_pi if isinstance(design, SparsePi) else design
+    if sp.issparse(mat):
+        return np.asarray((sp.csr_matrix(mat.T) @ by_step).toarray())
     assert isinstance(design, KronPi)
     top = np.zeros((width, design.n_kron))
     for sl in row_blocks(n, design.n_kron):  # [phi (x) u] one block of rows at a time
