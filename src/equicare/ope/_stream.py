@@ -24,17 +24,17 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
 
 from equicare.data import Chunk, TrajectoryDataset
 from equicare.exceptions import DataValidationError
 from equicare.ope._bootstrap import percentile_interval
 from equicare.ope._core import IS_TYPE, EpisodeParts, OPEInputs, combine, episode_parts
 from equicare.ope._resample import episode_keys, poisson_weights
+from equicare.ope._stream_sums import StreamSums, _target_probs
 from equicare.policy import check_probs
 from equicare.utils import PARAM_MESSAGE, ROW_BLOCK_ELEMENTS
 
@@ -43,61 +43,6 @@ __all__ = ["StreamSums", "StreamEvaluation", "chunk_sums", "evaluate_stream", "S
 
 #: Estimators that stream (importance sampling only; no Q-model).
 STREAM_KEYS: tuple[str, ...] = IS_TYPE
-
-
-@dataclass
-class StreamSums:
-    """Additive statistics of a set of episodes (one chunk, one shard, or the whole panel).
-
-    Attributes
-    ----------
-    n_episodes, n_steps : int
-    total : ndarray of shape (n_parts + 1,)
-        Sums of the estimators' parts, the behaviour return last.
-    boot : ndarray of shape (n_boot, n_parts + 1)
-        Poisson-weighted sums, one row per replicate.
-    boot_n : ndarray of shape (n_boot,)
-        Total Poisson weight of each replicate.
-    w_sum, w_sq : float
-        Sum of trajectory weights and of their squares.
-    infl_keys : tuple of str
-        Estimators (among ``fqe, dr, wdr``) whose Q-model refit enters the bootstrap: the last
-        ``len(infl_keys)`` columns of ``total`` and ``boot`` hold each episode's raw influence
-        ``sum_{i in e} x_i^T z delta_i`` (see :mod:`equicare.ope._stream_q`).
-    """
-
-    n_episodes: int
-    n_steps: int
-    total: NDArray[np.float64]
-    boot: NDArray[np.float64]
-    boot_n: NDArray[np.float64]
-    w_sum: float
-    w_sq: float
-    gamma: float = 1.0
-    parts_layout: tuple[tuple[str, ...], dict[str, slice], int] = field(
-        default=((), {}, 0), repr=False)
-    infl_keys: tuple[str, ...] = ()
-
-    def __add__(self, other: StreamSums) -> StreamSums:
-        if self.parts_layout[0] != other.parts_layout[0] or self.total.shape != other.total.shape:
-            raise ValueError("Cannot add statistics of different estimators or horizons.")
-        return StreamSums(n_episodes=self.n_episodes + other.n_episodes,
-                          n_steps=self.n_steps + other.n_steps,
-                          total=self.total + other.total, boot=self.boot + other.boot,
-                          boot_n=self.boot_n + other.boot_n, w_sum=self.w_sum + other.w_sum,
-                          w_sq=self.w_sq + other.w_sq, gamma=self.gamma,
-                          parts_layout=self.parts_layout, infl_keys=self.infl_keys)
-
-
-def _target_probs(dataset: TrajectoryDataset, policy: Any) -> NDArray[np.float64]:
-    if callable(getattr(policy, "action_probs", None)):
-        return np.asarray(policy.action_probs(dataset), dtype=np.float64)
-    if callable(policy):
-        return np.asarray(policy(dataset), dtype=np.float64)
-    raise TypeError(PARAM_MESSAGE.format(
-        name="policy", owner="evaluate_stream",
-        expected="a Policy (action_probs(dataset) -> (n_steps, n_actions)) or a callable",
-        got=type(policy).__name__))
 
 
 def chunk_sums(
@@ -441,10 +386,10 @@ def evaluate_stream(
         cfg = stream_q_config(q_model, [k for k in keys if k in Q_TYPE])
         src = ChunkSource(source, manifest=manifest, chunk_rows=chunk_rows, executor=executor,
                           n_shards=n_shards)
-        res: StreamEvaluation = evaluate_stream_q(src, policy, keys=keys, cfg=cfg, n_boot=n_boot,
-                                                  alpha=alpha, seed=seed, truncate=truncate,
-                                                  progress=progress)
-        return res
+        q_sums, n_q, q_info = evaluate_stream_q(src, policy, keys=keys, cfg=cfg, n_boot=n_boot,
+                                                seed=seed, truncate=truncate,
+                                                progress=progress)
+        return finish(q_sums, alpha=alpha, n_chunks=n_q, q_model=q_info)
     src = ChunkSource(source, manifest=manifest, chunk_rows=chunk_rows, executor=executor,
                       n_shards=n_shards)
     fn = functools.partial(chunk_sums, policy=policy, keys=keys, horizon=src.horizon,

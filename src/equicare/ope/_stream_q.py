@@ -65,6 +65,7 @@ from equicare.ope._lstd import (
     solve_lstd_sums,
 )
 from equicare.ope._resample import episode_keys, poisson_weights
+from equicare.ope._stream_sums import StreamSums, _target_probs
 from equicare.utils import row_blocks
 
 __all__ = ["STREAM_Q_MODELS", "stream_q_config", "evaluate_stream_q", "AUTO_MESSAGE"]
@@ -114,7 +115,6 @@ def stream_q_config(q_model: Any, keys: Sequence[str] = ("fqe", "dr", "wdr")) ->
 # ---------------------------------------------------------------------- shared per-chunk pieces
 def _target_matrix(dataset: TrajectoryDataset, policy: Any) -> NDArray[np.float64]:
     """The target policy's probabilities of every action at every row (checked)."""
-    from equicare.ope._stream import _target_probs
     from equicare.policy import check_probs
 
     return check_probs(_target_probs(dataset, policy), dataset.n_steps, dataset.n_actions,
@@ -370,7 +370,7 @@ def _solve(p1: _Pass1, design: _Design, gamma: float
 
 @dataclass(frozen=True, eq=False)
 class _Pass2:
-    sums: Any  # StreamSums
+    sums: StreamSums
     bounded: bool
 
     def __add__(self, o: _Pass2) -> _Pass2:
@@ -379,8 +379,6 @@ class _Pass2:
 
 def _pass2_chunk(dataset: TrajectoryDataset, *, policy: Any, design: _Design, fit: _Fit,
                  n_boot: int, seed: int) -> _Pass2:
-    from equicare.ope._stream import StreamSums
-
     pe = _target_matrix(dataset, policy)
     x, x_pi, lm = design.build(dataset, pe)
     theta = fit.theta
@@ -417,8 +415,9 @@ def _pass2_chunk(dataset: TrajectoryDataset, *, policy: Any, design: _Design, fi
 
 
 def evaluate_stream_q(source: Any, policy: Any, *, keys: tuple[str, ...], cfg: FQEConfig,
-                      n_boot: int, alpha: float, seed: int, truncate: float | None,
-                      progress: Callable[[int], None] | None = None) -> Any:
+                      n_boot: int, seed: int, truncate: float | None,
+                      progress: Callable[[int], None] | None = None
+                      ) -> tuple[StreamSums, int, dict[str, Any]]:
     """Streamed evaluation with FQE, DR and WDR (three map-reduce passes over ``source``).
 
     Parameters
@@ -429,17 +428,20 @@ def evaluate_stream_q(source: Any, policy: Any, *, keys: tuple[str, ...], cfg: F
         Estimators (importance-sampling ones computed alongside).
     cfg : FQEConfig
         From :func:`stream_q_config`.
-    n_boot, alpha, seed, truncate
+    n_boot, seed, truncate
         As in :func:`~equicare.ope.evaluate_stream`.
     progress : callable, optional
         Called with the number of chunks done in the last pass.
 
     Returns
     -------
-    StreamEvaluation
+    sums : StreamSums
+        Summed parts, replicates and influence columns (``equicare.ope._stream.finish`` turns
+        them into estimates).
+    n_chunks : int
+    q_model : dict
+        Name, solver and how the refit enters the bootstrap.
     """
-    from equicare.ope._stream import finish
-
     horizon = int(source.horizon)
     pre, _ = source.map_reduce(functools.partial(_pre_chunk, cfg=cfg))
     stats = None
@@ -476,5 +478,5 @@ def evaluate_stream_q(source: Any, policy: Any, *, keys: tuple[str, ...], cfg: F
               "bootstrap": ("Q-model refit linearised in every replicate" if fit.z is not None
                             else "Q-model fitted once on all episodes"),
               "passes": 3}
-    return finish(p2.sums, alpha=alpha, n_chunks=n, q_model=q_info)
+    return p2.sums, n, q_info
 
