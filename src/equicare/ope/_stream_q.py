@@ -68,7 +68,8 @@ from equicare.ope._resample import episode_keys, poisson_weights
 from equicare.ope._stream_sums import StreamSums, _target_probs
 from equicare.utils import row_blocks
 
-__all__ = ["STREAM_Q_MODELS", "stream_q_config", "evaluate_stream_q", "AUTO_MESSAGE"]
+__all__ = ["STREAM_Q_MODELS", "stream_q_config", "evaluate_stream_q", "fit_q_stream",
+           "StreamQFit", "QValues", "AUTO_MESSAGE"]
 
 #: Q-models that stream (LSTD fixed points).
 STREAM_Q_MODELS: tuple[str, ...] = ("linear", "tabular_stationary")
@@ -414,6 +415,137 @@ def _pass2_chunk(dataset: TrajectoryDataset, *, policy: Any, design: _Design, fi
     return _Pass2(sums=sums, bounded=bounded)
 
 
+@dataclass(frozen=True, eq=False)
+class QValues:
+    """A fitted streamed Q-model to apply to chunks: the design settings and ``theta``."""
+
+    design: _Design
+    theta: NDArray[np.float64]
+
+    def values(self, dataset: TrajectoryDataset, policy: Any
+               ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """``Q(s_t, a_t)`` and ``V(s_t)`` of a chunk's rows, each of shape ``(n_steps,)``."""
+        from equicare.ope._fqe import _logged_values
+
+        pe = _target_matrix(dataset, policy)
+        x, x_pi, lm = self.design.build(dataset, pe)
+        if lm is None:
+            return np.asarray(x @ self.theta), x_pi.matvec(self.theta)
+        return _logged_values(lm.q_function(self.theta), pe, dataset.actions)
+
+    def bounded(self, dataset: TrajectoryDataset, policy: Any, limit: float) -> bool:
+        """Whether every ``|Q(s_t, a)|`` of the chunk is finite and at most ``limit``."""
+        pe = _target_matrix(dataset, policy)
+        _, _, lm = self.design.build(dataset, pe)
+        return True if lm is None else lm.q_function(self.theta).bounded(limit)
+
+
+@dataclass(frozen=True, eq=False)
+class StreamQFit:
+    """A Q-model fitted from streamed sufficient statistics, ready to apply chunk by chunk.
+
+    Attributes
+    ----------
+    design : _Design
+        The whole panel's design settings.
+    theta : ndarray of shape (n_params,)
+    solution : LSTDSolution or None
+        The factorised fixed point (None after the iterated fall-back).
+    pass1 : _Pass1
+        The summed statistics.
+    info : dict
+        Solver and sizes.
+    """
+
+    design: _Design
+    theta: NDArray[np.float64]
+    solution: LSTDSolution | None
+    pass1: _Pass1
+    info: dict[str, Any]
+    r_absmax: float
+
+    def applier(self) -> QValues:
+        """What a worker needs to evaluate the fitted Q on a chunk (picklable, small)."""
+        return QValues(design=self.design, theta=self.theta)
+
+    @property
+    def check_limit(self) -> float | None:
+        """``|Q|`` bound of the in-memory stability check (linear fixed point only)."""
+        if (self.design.cfg.model == "linear" and self.solution is not None
+                and self.pass1.gamma > 0):
+            return 10 * (self.r_absmax + 1e-12) * self.design.horizon
+        return None
+
+    def iterated(self) -> StreamQFit:
+        """The fall-back of an unstable linear fixed point: iterated ridge regressions."""
+        cfg, p1 = self.design.cfg, self.pass1
+        n_iter = cfg.n_iterations or min(self.design.horizon, 100)
+        p, m = p1.shape
+        penalty = np.full(self.theta.size, float(cfg.alpha))
+        penalty[np.arange(p) * m] = 1e-8 * max(1.0, float(p1.sums.diag_xtx[: p * m].sum())
+                                               / (p * m))
+        theta = _iterate(p1.sums, p1.gamma, penalty, n_iter)
+        return StreamQFit(design=self.design, theta=theta, solution=None, pass1=p1,
+                          info={**self.info, "solver": "iterate", "n_iterations": n_iter},
+                          r_absmax=self.r_absmax)
+
+
+def _bounded_chunk(dataset: TrajectoryDataset, *, policy: Any, q: QValues,
+                   limit: float) -> _Bounded:
+    return _Bounded(q.bounded(dataset, policy, limit))
+
+
+@dataclass(frozen=True)
+class _Bounded:
+    ok: bool
+
+    def __add__(self, o: _Bounded) -> _Bounded:
+        return _Bounded(self.ok and o.ok)
+
+
+def fit_q_stream(source: Any, policy: Any, *, cfg: FQEConfig, keys: tuple[str, ...],
+                 truncate: float | None = None, check: bool = True) -> StreamQFit:
+    """Fit a streamable Q-model of ``policy`` over the chunks of ``source`` (passes 0 and 1).
+
+    Parameters
+    ----------
+    source : ChunkSource
+    policy : Policy or callable
+    cfg : FQEConfig
+        From :func:`stream_q_config`.
+    keys : tuple of str
+        Estimators whose gradients pass 1 collects (``fqe, dr, wdr`` among them).
+    truncate : float, optional
+    check : bool
+        Run the in-memory stability check of the linear fixed point as one more pass (and fall
+        back to iterated regressions when it fails); :func:`evaluate_stream_q` checks in its
+        estimate pass instead.
+
+    Returns
+    -------
+    StreamQFit
+    """
+    horizon = int(source.horizon)
+    pre, _ = source.map_reduce(functools.partial(_pre_chunk, cfg=cfg))
+    stats = None
+    if pre.moments is not None:
+        mo = pre.moments
+        stats = StateStats(mean=mo.mean, sd=np.sqrt(mo.m2 / max(mo.n, 1.0)), max_len=horizon)
+    design = _Design(cfg=cfg, stats=stats, visited=pre.visited, horizon=horizon,
+                     truncate=truncate, keys=keys)
+    p1, _ = source.map_reduce(functools.partial(_pass1_chunk, policy=policy, design=design))
+    sol, theta, info = _solve(p1, design, p1.gamma)
+    fit = StreamQFit(design=design, theta=theta, solution=sol, pass1=p1, info=info,
+                     r_absmax=pre.r_absmax)
+    limit = fit.check_limit
+    if check and limit is not None:
+        ok, _ = source.map_reduce(functools.partial(_bounded_chunk, policy=policy,
+                                                    q=fit.applier(), limit=limit))
+        if not ok.ok:
+            fit = fit.iterated()
+    return fit
+
+
 def evaluate_stream_q(source: Any, policy: Any, *, keys: tuple[str, ...], cfg: FQEConfig,
                       n_boot: int, seed: int, truncate: float | None,
                       progress: Callable[[int], None] | None = None
@@ -442,41 +574,26 @@ def evaluate_stream_q(source: Any, policy: Any, *, keys: tuple[str, ...], cfg: F
     q_model : dict
         Name, solver and how the refit enters the bootstrap.
     """
-    horizon = int(source.horizon)
-    pre, _ = source.map_reduce(functools.partial(_pre_chunk, cfg=cfg))
-    stats = None
-    if pre.moments is not None:
-        mo = pre.moments
-        stats = StateStats(mean=mo.mean, sd=np.sqrt(mo.m2 / max(mo.n, 1.0)), max_len=horizon)
     q_keys = tuple(k for k in ("fqe", "dr", "wdr") if k in keys)
-    design = _Design(cfg=cfg, stats=stats, visited=pre.visited, horizon=horizon,
-                     truncate=truncate, keys=keys)
-    p1, _ = source.map_reduce(functools.partial(_pass1_chunk, policy=policy, design=design))
-    gamma = p1.gamma
-    sol, theta, info = _solve(p1, design, gamma)
-    check = None
-    if cfg.model == "linear" and sol is not None and gamma > 0:
-        check = 10 * (pre.r_absmax + 1e-12) * horizon
-    z = None if sol is None else sol.solve_t(_gradients(p1, q_keys))
-    fit = _Fit(theta=theta, z=z, infl_keys=q_keys if z is not None else (), check_limit=check)
-    p2, n = source.map_reduce(functools.partial(_pass2_chunk, policy=policy, design=design,
-                                                fit=fit, n_boot=n_boot, seed=seed), progress)
+    qfit = fit_q_stream(source, policy, cfg=cfg, keys=keys, truncate=truncate, check=False)
+    sol = qfit.solution
+    z = None if sol is None else sol.solve_t(_gradients(qfit.pass1, q_keys))
+    fit = _Fit(theta=qfit.theta, z=z, infl_keys=q_keys if z is not None else (),
+               check_limit=qfit.check_limit)
+    p2, n = source.map_reduce(functools.partial(_pass2_chunk, policy=policy,
+                                                design=qfit.design, fit=fit, n_boot=n_boot,
+                                                seed=seed), progress)
+    info = qfit.info
     if not p2.bounded:  # unstable fixed point: iterate from the same sums, Q held fixed
-        n_iter = cfg.n_iterations or min(horizon, 100)
-        p, m = p1.shape
-        penalty = np.full(theta.size, float(cfg.alpha))
-        penalty[np.arange(p) * m] = 1e-8 * max(1.0, float(p1.sums.diag_xtx[: p * m].sum())
-                                               / (p * m))
-        theta = _iterate(p1.sums, gamma, penalty, n_iter)
-        info.update(solver="iterate", n_iterations=n_iter)
-        fit = _Fit(theta=theta, z=None, infl_keys=(), check_limit=None)
+        qfit = qfit.iterated()
+        info = qfit.info
+        fit = _Fit(theta=qfit.theta, z=None, infl_keys=(), check_limit=None)
         p2, n = source.map_reduce(functools.partial(_pass2_chunk, policy=policy,
-                                                    design=design, fit=fit, n_boot=n_boot,
-                                                    seed=seed), progress)
+                                                    design=qfit.design, fit=fit,
+                                                    n_boot=n_boot, seed=seed), progress)
     name = "linear" if cfg.model == "linear" else "tabular_stationary"
     q_info = {"chosen": name, **info,
               "bootstrap": ("Q-model refit linearised in every replicate" if fit.z is not None
                             else "Q-model fitted once on all episodes"),
               "passes": 3}
     return p2.sums, n, q_info
-
