@@ -130,9 +130,11 @@ def test_q_models_that_do_not_stream_are_refused(panel):
 def test_unstable_linear_fixed_point_falls_back_to_iteration_like_in_memory(panel, monkeypatch):
     """Force the stability check to fail: both engines iterate, Q held fixed in the bootstrap."""
     import equicare.ope._fqe as fqe
+    import equicare.ope._stream_q as stream_q
 
     path, man, ds = panel
     monkeypatch.setattr(fqe._QFunction, "bounded", lambda self, limit: False)
+    monkeypatch.setattr(stream_q, "_bounded", lambda lm, theta, limit: False)
     ref = evaluate(ds, RiskPolicy(), estimators=("fqe", "dr"), q_model="linear", bootstrap=0,
                    diagnose_support=False)
     assert ref.q_model is not None and ref.q_model["solver"] == "iterate"

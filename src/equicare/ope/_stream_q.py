@@ -56,6 +56,7 @@ from equicare.ope._fqe import (
     visited_pairs,
 )
 from equicare.ope._lstd import (
+    DENSE_PARAMS,
     KronPi,
     LSTDSolution,
     LSTDSums,
@@ -66,7 +67,7 @@ from equicare.ope._lstd import (
 )
 from equicare.ope._resample import episode_keys, poisson_weights
 from equicare.ope._stream_sums import StreamSums, _target_probs
-from equicare.utils import row_blocks
+from equicare.utils import ROW_BLOCK_ELEMENTS, row_blocks
 
 __all__ = ["STREAM_Q_MODELS", "stream_q_config", "evaluate_stream_q", "fit_q_stream",
            "StreamQFit", "QValues", "AUTO_MESSAGE"]
@@ -114,6 +115,21 @@ def stream_q_config(q_model: Any, keys: Sequence[str] = ("fqe", "dr", "wdr")) ->
 
 
 # ---------------------------------------------------------------------- shared per-chunk pieces
+def _by_blocks(fn: Callable[..., Any], dataset: TrajectoryDataset, **kw: Any) -> Any:
+    """``fn`` over blocks of whole episodes of a chunk, summed.
+
+    A block has at most ``ROW_BLOCK_ELEMENTS / n_actions`` rows, so the target policy's
+    ``(rows, n_actions)`` probabilities never exceed ``ROW_BLOCK_ELEMENTS`` numbers whatever the
+    chunk size (every statistic here is a sum over whole episodes).
+    """
+    max_rows = max(1, ROW_BLOCK_ELEMENTS // max(1, dataset.n_actions))
+    total: Any = None
+    for _, _, part in dataset.episode_blocks(max_rows):
+        s = fn(part, **kw)
+        total = s if total is None else total + s
+    return total
+
+
 def _target_matrix(dataset: TrajectoryDataset, policy: Any) -> NDArray[np.float64]:
     """The target policy's probabilities of every action at every row (checked)."""
     from equicare.policy import check_probs
@@ -230,6 +246,62 @@ def _grouped_t(design: sp.csr_matrix | PiDesign, c: NDArray[np.float64], t: NDAr
     return np.ascontiguousarray(out)
 
 
+def _pi_rows(x_pi: PiDesign, sl: slice) -> NDArray[np.float64]:
+    """Rows ``sl`` of ``X_pi`` as a dense array."""
+    if isinstance(x_pi, SparsePi):
+        return np.asarray(x_pi.x_pi[sl].toarray())
+    assert isinstance(x_pi, KronPi)
+    kron = x_pi._block(sl)
+    if x_pi.cats is None:
+        return kron
+    return np.concatenate([kron, x_pi.cats[sl].toarray()], axis=1)
+
+
+def _chunk_sums(x: sp.csr_matrix, x_pi: PiDesign, rewards: NDArray[np.float64],
+                has_next: NDArray[np.bool_], gamma: float) -> LSTDSums:
+    """:func:`~equicare.ope._lstd.lstd_sums` of a chunk.
+
+    Dense BLAS products in row blocks when the system is small enough to be solved densely (the
+    same sums, several times faster than sparse products).
+    """
+    n, n_par = x.shape
+    if n_par > DENSE_PARAMS:
+        return lstd_sums(x, x_pi, rewards, has_next, gamma)
+    xtx = np.zeros((n_par, n_par))
+    cross = np.zeros((n_par, n_par)) if gamma > 0 else None
+    b = np.zeros(n_par)
+    for sl in row_blocks(n, n_par):
+        lo, hi = sl.start, sl.stop
+        ext = max(lo - 1, 0)
+        xd = x[ext:hi].toarray()
+        cur = xd[lo - ext:]
+        xtx += cur.T @ cur
+        b += cur.T @ rewards[lo:hi]
+        if cross is not None:  # row j holds x_{j-1} when row j-1 has a next row
+            src = np.arange(lo, hi) - 1
+            ok = (src >= 0) & has_next[np.maximum(src, 0)]
+            prev = np.zeros_like(cur)
+            prev[ok] = xd[src[ok] - ext]
+            cross += prev.T @ _pi_rows(x_pi, sl)
+    return LSTDSums(xtx=xtx, cross=cross, b=b)
+
+
+def _bounded(lm: _LinearModel, theta: NDArray[np.float64], limit: float) -> bool:
+    """The in-memory stability check ``max |Q(s, a)| <= limit``, via a cheap upper bound first.
+
+    ``|Q(s, a)| <= sum_j |b_j(s)| max_a |psi_aj| + |offset(s)|`` with ``b = phi W``: when that
+    bound holds the exact check would pass too, so it is run only when the bound fails.
+    """
+    qfun = lm.q_function(theta)
+    assert qfun.phi is not None and qfun.weights is not None
+    bound = np.abs(qfun.phi @ qfun.weights) @ np.abs(lm.psi).max(axis=0)
+    if qfun.offset is not None:
+        bound = bound + np.abs(qfun.offset)
+    if bool(np.isfinite(bound).all()) and (bound.size == 0 or float(bound.max()) <= limit):
+        return True
+    return qfun.bounded(limit)
+
+
 @dataclass(frozen=True, eq=False)
 class _Pass1:
     """Pass 1: LSTD sums plus the pieces of the estimators' gradients in ``theta``."""
@@ -267,7 +339,7 @@ def _pass1_chunk(dataset: TrajectoryDataset, *, policy: Any, design: _Design) ->
     pe = _target_matrix(dataset, policy)
     x, x_pi, lm = design.build(dataset, pe)
     _, has_next = _next_rows(dataset)
-    sums = lstd_sums(x, x_pi, dataset.rewards, has_next, float(dataset.gamma))
+    sums = _chunk_sums(x, x_pi, dataset.rewards, has_next, float(dataset.gamma))
     shape = (0, 0) if lm is None else (int(lm.phi.shape[1]), int(lm.psi.shape[1]))
     inputs = _weights_inputs(dataset, pe, design.horizon)
     keys = design.keys
@@ -387,7 +459,7 @@ def _pass2_chunk(dataset: TrajectoryDataset, *, policy: Any, design: _Design, fi
     if lm is not None:
         qfun = lm.q_function(theta)
         if fit.check_limit is not None:
-            bounded = qfun.bounded(fit.check_limit)
+            bounded = _bounded(lm, theta, fit.check_limit)
         from equicare.ope._fqe import _logged_values
 
         q_sa, v = _logged_values(qfun, pe, dataset.actions)
@@ -424,20 +496,29 @@ class QValues:
 
     def values(self, dataset: TrajectoryDataset, policy: Any
                ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        """``Q(s_t, a_t)`` and ``V(s_t)`` of a chunk's rows, each of shape ``(n_steps,)``."""
+        """``Q(s_t, a_t)`` and ``V(s_t)`` of a chunk's rows, each of shape ``(n_steps,)``.
+
+        Computed in blocks of whole episodes (see :func:`_by_blocks`).
+        """
         from equicare.ope._fqe import _logged_values
 
-        pe = _target_matrix(dataset, policy)
-        x, x_pi, lm = self.design.build(dataset, pe)
-        if lm is None:
-            return np.asarray(x @ self.theta), x_pi.matvec(self.theta)
-        return _logged_values(lm.q_function(self.theta), pe, dataset.actions)
+        q_sa, v = np.empty(dataset.n_steps), np.empty(dataset.n_steps)
+        max_rows = max(1, ROW_BLOCK_ELEMENTS // max(1, dataset.n_actions))
+        for lo, hi, part in dataset.episode_blocks(max_rows):
+            pe = _target_matrix(part, policy)
+            x, x_pi, lm = self.design.build(part, pe)
+            if lm is None:
+                q_sa[lo:hi], v[lo:hi] = np.asarray(x @ self.theta), x_pi.matvec(self.theta)
+            else:
+                q_sa[lo:hi], v[lo:hi] = _logged_values(lm.q_function(self.theta), pe,
+                                                       part.actions)
+        return q_sa, v
 
     def bounded(self, dataset: TrajectoryDataset, policy: Any, limit: float) -> bool:
         """Whether every ``|Q(s_t, a)|`` of the chunk is finite and at most ``limit``."""
         pe = _target_matrix(dataset, policy)
         _, _, lm = self.design.build(dataset, pe)
-        return True if lm is None else lm.q_function(self.theta).bounded(limit)
+        return True if lm is None else _bounded(lm, self.theta, limit)
 
 
 @dataclass(frozen=True, eq=False)
@@ -526,20 +607,21 @@ def fit_q_stream(source: Any, policy: Any, *, cfg: FQEConfig, keys: tuple[str, .
     StreamQFit
     """
     horizon = int(source.horizon)
-    pre, _ = source.map_reduce(functools.partial(_pre_chunk, cfg=cfg))
+    pre, _ = source.map_reduce(functools.partial(_by_blocks, _pre_chunk, cfg=cfg))
     stats = None
     if pre.moments is not None:
         mo = pre.moments
         stats = StateStats(mean=mo.mean, sd=np.sqrt(mo.m2 / max(mo.n, 1.0)), max_len=horizon)
     design = _Design(cfg=cfg, stats=stats, visited=pre.visited, horizon=horizon,
                      truncate=truncate, keys=keys)
-    p1, _ = source.map_reduce(functools.partial(_pass1_chunk, policy=policy, design=design))
+    p1, _ = source.map_reduce(functools.partial(_by_blocks, _pass1_chunk, policy=policy,
+                                                design=design))
     sol, theta, info = _solve(p1, design, p1.gamma)
     fit = StreamQFit(design=design, theta=theta, solution=sol, pass1=p1, info=info,
                      r_absmax=pre.r_absmax)
     limit = fit.check_limit
     if check and limit is not None:
-        ok, _ = source.map_reduce(functools.partial(_bounded_chunk, policy=policy,
+        ok, _ = source.map_reduce(functools.partial(_by_blocks, _bounded_chunk, policy=policy,
                                                     q=fit.applier(), limit=limit))
         if not ok.ok:
             fit = fit.iterated()
@@ -580,7 +662,7 @@ def evaluate_stream_q(source: Any, policy: Any, *, keys: tuple[str, ...], cfg: F
     z = None if sol is None else sol.solve_t(_gradients(qfit.pass1, q_keys))
     fit = _Fit(theta=qfit.theta, z=z, infl_keys=q_keys if z is not None else (),
                check_limit=qfit.check_limit)
-    p2, n = source.map_reduce(functools.partial(_pass2_chunk, policy=policy,
+    p2, n = source.map_reduce(functools.partial(_by_blocks, _pass2_chunk, policy=policy,
                                                 design=qfit.design, fit=fit, n_boot=n_boot,
                                                 seed=seed), progress)
     info = qfit.info
@@ -588,7 +670,7 @@ def evaluate_stream_q(source: Any, policy: Any, *, keys: tuple[str, ...], cfg: F
         qfit = qfit.iterated()
         info = qfit.info
         fit = _Fit(theta=qfit.theta, z=None, infl_keys=(), check_limit=None)
-        p2, n = source.map_reduce(functools.partial(_pass2_chunk, policy=policy,
+        p2, n = source.map_reduce(functools.partial(_by_blocks, _pass2_chunk, policy=policy,
                                                     design=qfit.design, fit=fit,
                                                     n_boot=n_boot, seed=seed), progress)
     name = "linear" if cfg.model == "linear" else "tabular_stationary"
