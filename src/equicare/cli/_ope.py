@@ -192,14 +192,17 @@ def result_table(res: EvaluationResult) -> Table:
 
 def run_evaluate_stream(data: Path, *, manifest: Path, policy: Path, estimators: str = "all",
                         bootstrap: int = 1000, truncate: float | None = None, seed: int = 42,
-                        q_model: str = "auto", chunk_rows: int = 500_000, executor: Any = None,
+                        q_model: str = "auto", behavior_model: str = "logistic",
+                        chunk_rows: int = 500_000, executor: Any = None,
                         out: Path | None = None, force: bool = False) -> Any:
     """``evaluate --chunk-rows``: :func:`equicare.ope.evaluate_stream`, then the result JSON.
 
     FQE, DR and WDR stream with an explicit ``--q-model linear`` or ``tabular_stationary`` (LSTD
     fits from sums over chunks). ``estimators="all"`` means all seven estimators with such a
     Q-model, and the importance-sampling ones (is, wis, pdis, wpdis) with ``--q-model auto``;
-    naming fqe, dr or wdr with a Q-model that does not stream is a user error.
+    naming fqe, dr or wdr with a Q-model that does not stream is a user error. A panel without
+    logged propensities gets ``behavior_model`` fitted on a random sample of 1M rows of whole
+    episodes (:mod:`equicare.ope._stream_behavior`).
     """
     from equicare.ope import evaluate_stream
     from equicare.ope._core import ESTIMATOR_KEYS
@@ -224,7 +227,8 @@ def run_evaluate_stream(data: Path, *, manifest: Path, policy: Path, estimators:
     if bootstrap < 1:
         raise InvalidParameterError("--bootstrap must be >= 1 with --chunk-rows.")
     res = evaluate_stream(data, load_target_policy(policy), manifest=manifest, estimators=keys,
-                          q_model=q_model if q_streams else "auto", n_boot=bootstrap,
+                          q_model=q_model if q_streams else "auto",
+                          behavior_model=behavior_model, n_boot=bootstrap,
                           truncate=truncate, random_state=seed, chunk_rows=chunk_rows,
                           executor=executor)
     if out is not None:
@@ -306,9 +310,10 @@ def register(app: typer.Typer) -> None:
 
         Prints estimates, 95% bootstrap intervals, effective sample sizes and support
         diagnostics; --out also writes them (with per-group results) as the result JSON.
-        With --chunk-rows the panel is streamed (logged propensities; Poisson bootstrap keyed by
-        episode id), on --executor shards too: IS, WIS, PDIS and WPDIS, plus FQE, DR and WDR
-        with --q-model linear or tabular_stationary (auto does not stream).
+        With --chunk-rows the panel is streamed (Poisson bootstrap keyed by episode id), on
+        --executor shards too: IS, WIS, PDIS and WPDIS, plus FQE, DR and WDR with --q-model
+        linear or tabular_stationary (auto does not stream). Without logged propensities the
+        behaviour model is fitted on a random sample of 1M rows of whole episodes.
 
         Example: equicare evaluate data/panel.parquet --manifest data/manifest.toml
         --policy awr_probs.parquet --bootstrap 1000 --truncate 50 --out result.json
@@ -335,7 +340,9 @@ def register(app: typer.Typer) -> None:
                     sres = run_evaluate_stream(data, manifest=manifest, policy=policy,
                                                estimators=estimators, bootstrap=bootstrap,
                                                truncate=truncate, seed=seed,
-                                               q_model=q_model.value, chunk_rows=chunk_rows,
+                                               q_model=q_model.value,
+                                               behavior_model=behavior_model.value,
+                                               chunk_rows=chunk_rows,
                                                executor=ex, out=out, force=force)
                 finally:
                     if ex is not None and hasattr(ex, "shutdown"):

@@ -136,6 +136,8 @@ class StreamEvaluation:
     q_model : dict, optional
         The streamed Q-model (name, solver, parameters, how its refit enters the bootstrap)
         when FQE, DR or WDR were computed.
+    behavior_model : dict, optional
+        The behaviour model's sample and summary when the propensities were estimated.
     """
 
     n_episodes: int
@@ -147,6 +149,7 @@ class StreamEvaluation:
     ess: float
     n_boot: int
     q_model: dict[str, Any] | None = None
+    behavior_model: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The result JSON (Contract 3: ``n_episodes``, ``behavior``, ``estimates``, ``ess``)."""
@@ -158,13 +161,17 @@ class StreamEvaluation:
             "bootstrap": {"n_boot": self.n_boot, "weights": "poisson", "ci": "percentile"},
             "streaming": {"n_chunks": self.n_chunks},
         }
+        out["propensity_source"] = "logged" if self.behavior_model is None else "estimated"
+        if self.behavior_model is not None:
+            out["behavior_model"] = self.behavior_model
         if self.q_model is not None:
             out["q_model"] = self.q_model
         return out
 
 
 def finish(sums: StreamSums, *, alpha: float = 0.05, n_chunks: int = 1,
-           q_model: dict[str, Any] | None = None) -> StreamEvaluation:
+           q_model: dict[str, Any] | None = None,
+           behavior_model: dict[str, Any] | None = None) -> StreamEvaluation:
     """Turn summed statistics into estimates with percentile intervals.
 
     The influence columns (``sums.infl_keys``) add the linearised Q-model refit to every
@@ -200,7 +207,8 @@ def finish(sums: StreamSums, *, alpha: float = 0.05, n_chunks: int = 1,
     ess = sums.w_sum ** 2 / sums.w_sq if sums.w_sq > 0 else 0.0
     return StreamEvaluation(n_episodes=sums.n_episodes, n_steps=sums.n_steps, n_chunks=n_chunks,
                             gamma=sums.gamma, behavior=behavior, estimates=estimates,
-                            ess=float(ess), n_boot=int(sums.boot_n.size), q_model=q_model)
+                            ess=float(ess), n_boot=int(sums.boot_n.size), q_model=q_model,
+                            behavior_model=behavior_model)
 
 
 # ---------------------------------------------------------------------- map-reduce over chunks
@@ -248,9 +256,13 @@ class ChunkSource:
         self.chunks: list[Chunk] | None = None
         self.path: Any = None
         self.specs: list[Any] = []
+        #: applied to every chunk before ``fn`` (estimated propensities, for instance)
+        self.transform: Callable[[TrajectoryDataset], TrajectoryDataset] | None = None
         if isinstance(source, TrajectoryDataset):
             self.dataset = source
             self.horizon = int(source.episode_lengths.max())
+            self.n_rows = source.n_steps
+            self.logged = source.behavior_prob is not None
         elif isinstance(source, str | os.PathLike):
             from equicare.data import plan_shards, scan_panel
             from equicare.data._io import _manifest_of
@@ -262,6 +274,8 @@ class ChunkSource:
             self.manifest = _manifest_of(manifest)
             self.scan = scan_panel(source, self.manifest)
             self.horizon = self.scan.max_len
+            self.n_rows = self.scan.n_rows
+            self.logged = self.manifest.behavior_prob is not None
             if executor is not None:
                 shards = n_shards or int(getattr(executor, "n_workers", 2) or 2)
                 self.specs = plan_shards(source, self.manifest, shards, scan=self.scan)
@@ -270,10 +284,14 @@ class ChunkSource:
             if not self.chunks:
                 raise DataValidationError("The panel has no episodes.")
             self.horizon = max(int(c.dataset.episode_lengths.max()) for c in self.chunks)
+            self.n_rows = sum(c.dataset.n_steps for c in self.chunks)
+            self.logged = all(c.dataset.behavior_prob is not None for c in self.chunks)
 
     def map_reduce(self, fn: Callable[[TrajectoryDataset], Any],
                    progress: Callable[[int], None] | None = None) -> tuple[Any, int]:
         """Sum of ``fn`` over every chunk, and the number of chunks."""
+        if self.transform is not None:
+            fn = functools.partial(_transformed, fn, self.transform)
         if self.dataset is not None:
             return fn(self.dataset), 1
         if self.path is not None and self.executor is not None:
@@ -298,6 +316,12 @@ class ChunkSource:
         return _reduce(each())
 
 
+def _transformed(fn: Callable[[TrajectoryDataset], Any],
+                 transform: Callable[[TrajectoryDataset], TrajectoryDataset],
+                 dataset: TrajectoryDataset) -> Any:
+    return fn(transform(dataset))
+
+
 def _reduce(items: Iterable[tuple[Any, int]]) -> tuple[Any, int]:
     total: Any = None
     n = 0
@@ -317,6 +341,8 @@ def evaluate_stream(
     manifest: Any = None,
     estimators: Sequence[str] = STREAM_KEYS,
     q_model: Any = "auto",
+    behavior_model: Any = "logistic",
+    behavior_sample_rows: int = 1_000_000,
     n_boot: int = 1000,
     alpha: float = 0.05,
     random_state: int = 42,
@@ -344,6 +370,12 @@ def evaluate_stream(
         :mod:`equicare.ope._stream_q`); equal to the in-memory fit of the same model.
         ``"auto"`` (cross-fitted selection) does not stream and is refused when one of them is
         asked for.
+    behavior_model : {"logistic", "lgbm"}, classifier or BehaviorModel
+        When the panel logs no propensities: the behaviour model, fitted on a random sample of
+        whole episodes keyed by episode id and applied chunk by chunk
+        (:mod:`equicare.ope._stream_behavior`). Unused when propensities are logged.
+    behavior_sample_rows : int
+        Rows (about) of that sample; at least the panel's rows fits on the whole panel.
     n_boot : int
         Poisson bootstrap replicates.
     alpha : float
@@ -380,19 +412,26 @@ def evaluate_stream(
         raise ValueError(PARAM_MESSAGE.format(name="random_state", owner="evaluate_stream",
                                               expected="an int seed", got=random_state))
     seed = int(random_state)
+    src = ChunkSource(source, manifest=manifest, chunk_rows=chunk_rows, executor=executor,
+                      n_shards=n_shards)
+    beh_info = None
+    if not src.logged:  # no logged propensities: a behaviour model on a sample of episodes
+        from equicare.ope._stream_behavior import fit_behavior_stream
+
+        sb = fit_behavior_stream(src, model=behavior_model, sample_rows=behavior_sample_rows,
+                                 seed=seed)
+        src.transform = sb
+        beh_info = sb.info
     if any(k in Q_TYPE for k in keys):
         from equicare.ope._stream_q import evaluate_stream_q, stream_q_config
 
         cfg = stream_q_config(q_model, [k for k in keys if k in Q_TYPE])
-        src = ChunkSource(source, manifest=manifest, chunk_rows=chunk_rows, executor=executor,
-                          n_shards=n_shards)
         q_sums, n_q, q_info = evaluate_stream_q(src, policy, keys=keys, cfg=cfg, n_boot=n_boot,
                                                 seed=seed, truncate=truncate,
                                                 progress=progress)
-        return finish(q_sums, alpha=alpha, n_chunks=n_q, q_model=q_info)
-    src = ChunkSource(source, manifest=manifest, chunk_rows=chunk_rows, executor=executor,
-                      n_shards=n_shards)
+        return finish(q_sums, alpha=alpha, n_chunks=n_q, q_model=q_info,
+                      behavior_model=beh_info)
     fn = functools.partial(chunk_sums, policy=policy, keys=keys, horizon=src.horizon,
                            n_boot=n_boot, seed=seed, truncate=truncate)
     total, n = src.map_reduce(fn, progress)
-    return finish(total, alpha=alpha, n_chunks=n)
+    return finish(total, alpha=alpha, n_chunks=n, behavior_model=beh_info)
