@@ -76,12 +76,45 @@ def test_streamed_and_sharded_equal_in_memory(panel, q_model):
     kw = {"estimators": ALL, "q_model": q_model, "n_boot": 200, "random_state": 3,
           "truncate": 20.0}
     whole = evaluate_stream(ds, RiskPolicy(), **kw)
-    for rows in (5, 10**6):
+    for rows in (25, 10**6):
         _same(whole, evaluate_stream(path, RiskPolicy(), manifest=man, chunk_rows=rows, **kw))
-    sharded = evaluate_stream(path, RiskPolicy(), manifest=man, chunk_rows=40,
-                              executor=get_executor("local", jobs=2), n_shards=2, **kw)
+    sharded = evaluate_stream(path, RiskPolicy(), manifest=man, chunk_rows=100,
+                              executor=get_executor("local", jobs=1), n_shards=2, **kw)
     assert sharded.n_chunks >= 2
     _same(whole, sharded)
+
+
+@pytest.mark.slow
+def test_two_worker_processes_equal_in_memory(panel):
+    """2 shards on 2 spawned worker processes (every pass's task pickled)."""
+    path, man, ds = panel
+    kw = {"estimators": ALL, "q_model": "linear", "n_boot": 100, "random_state": 3}
+    whole = evaluate_stream(ds, RiskPolicy(), **kw)
+    sharded = evaluate_stream(path, RiskPolicy(), manifest=man, chunk_rows=100,
+                              executor=get_executor("local", jobs=2), n_shards=2, **kw)
+    _same(whole, sharded)
+
+
+def test_shard_tasks_pickle(panel):
+    """What every pass sends to a worker survives pickling (a process pool, Ray)."""
+    import functools
+    import pickle
+
+    from equicare.ope._stream import ChunkSource
+    from equicare.ope._stream_q import _by_blocks, _Fit, _pass2_chunk, fit_q_stream
+
+    path, man, ds = panel
+    src = ChunkSource(path, manifest=man, chunk_rows=100)
+    qfit = fit_q_stream(src, RiskPolicy(), cfg=FQEConfig(model="linear"), keys=("dr",))
+    q = pickle.loads(pickle.dumps(qfit.applier()))
+    np.testing.assert_array_equal(q.values(ds, RiskPolicy())[0],
+                                  qfit.applier().values(ds, RiskPolicy())[0])
+    z = qfit.solution.solve_t(np.ones((qfit.theta.size, 1)))
+    fn = functools.partial(_by_blocks, _pass2_chunk, policy=RiskPolicy(), design=qfit.design,
+                           fit=_Fit(theta=qfit.theta, z=z, infl_keys=("dr",), check_limit=1e9),
+                           n_boot=5, seed=1)
+    a, b = fn(ds), pickle.loads(pickle.dumps(fn))(ds)
+    np.testing.assert_array_equal(a.sums.boot, b.sums.boot)
 
 
 def test_streamed_dr_and_fqe_land_on_the_exact_value(tmp_path):
