@@ -230,13 +230,13 @@ def fit_stream(
                             step % 50 == 0 or learner._group_signal is None):
                         learner._refresh_group_signal(tdata)
                     losses = learner._update(tdata, sampler.next(), step)
-                    for key, v in losses.items():
-                        sums[key] = sums.get(key, 0.0) + float(v)
+                    for key, loss in losses.items():
+                        sums[key] = sums.get(key, 0.0) + float(loss)
                     step += 1
                 train_seconds += time.perf_counter() - t1
                 n_chunks += 1
                 learner.history_.append({"step": step, "chunk_steps": k, "chunk_rows": ds.n_steps,
-                                         **{f"train_{key}": v / k for key, v in sums.items()},
+                                         **{f"train_{key}": tot / k for key, tot in sums.items()},
                                          "seconds": time.perf_counter() - t0})
                 bar.update(completed=step)
                 if step >= n_steps:
