@@ -195,8 +195,9 @@ def run(quick: bool = False, sizes_m: tuple[float, ...] | None = None, folder: s
                     "value": pool["seconds"], "unit": "s",
                     "peer": "equicare streamed (1 process)", "peer_value": e["seconds"],
                     "ratio": e["seconds"] / pool["seconds"],
-                    "note": f"the same evaluation on a local pool of 2 processes, one shard each; "
-                            f"same numbers as streamed (1e-9): {same_pool}"}
+                    "note": f"like-for-like: the same evaluation on a local pool of 2 processes, "
+                            f"one shard each (a fresh pool per pass); same numbers as streamed "
+                            f"(1e-9): {same_pool}"}
                 print(f"  process pool (2) {pool['seconds']:.1f} s, same numbers: {same_pool}",
                       flush=True)
                 if ray:
