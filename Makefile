@@ -51,7 +51,7 @@ bench: $(VENV)/.bench
 # streamed and sharded evaluation/validation on 1M, 5M and 20M simulated rows (issue #16); its
 # entries go into benchmarks/results.json beside the others (a full `make bench` keeps them)
 bench-scale: $(VENV)/.bench $(VENV)/.ray
-	$(PY) benchmarks/run_all.py --only scale
+	$(PY) benchmarks/run_all.py --only scale,scale_train
 
 # smoke run of every benchmark at a tiny size; writes nothing
 bench-quick: $(VENV)/.bench

@@ -49,7 +49,7 @@ PROVENANCE = ("date", "machine", "revision", "bench")
 
 #: Topics run only when named (``make bench-scale``): a full run leaves them out and keeps their
 #: entries.
-SEPARATE = ("scale",)
+SEPARATE = ("scale", "scale_train")
 
 
 def topics(include_separate: bool = True) -> list[str]:

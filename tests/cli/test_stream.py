@@ -113,3 +113,40 @@ def test_evaluate_streams_shards_and_refuses_q_model_estimators(parts):
         assert h["estimates"][k]["ci"] == pytest.approx(s["estimates"][k]["ci"], rel=1e-9)
     res = runner.invoke(app, base + ["--chunk-rows", "120", "--estimators", "dr"])
     assert res.exit_code == 2 and "cannot stream" in res.output
+
+
+def test_evaluate_streams_fqe_dr_wdr_with_an_explicit_q_model(parts):
+    d, info = parts
+    man = str(d / "manifest.toml")
+    base = ["evaluate", info["panel"], "--manifest", man, "--policy", str(d / "bc"),
+            "--bootstrap", "50", "--q-model", "linear", "--json"]
+    whole = json.loads(runner.invoke(app, base).stdout)
+    res = runner.invoke(app, base + ["--chunk-rows", "150"])
+    assert res.exit_code == 0, res.output
+    s = json.loads(res.stdout)
+    assert set(s["estimates"]) == {"is", "wis", "pdis", "wpdis", "fqe", "dr", "wdr"}
+    assert s["q_model"]["chosen"] == "linear"
+    for k in ("fqe", "dr", "wdr"):
+        assert s["estimates"][k]["value"] == pytest.approx(whole["estimates"][k]["value"],
+                                                           rel=1e-9)
+    res = runner.invoke(app, ["evaluate", info["panel"], "--manifest", man, "--policy",
+                              str(d / "bc"), "--chunk-rows", "150", "--estimators", "fqe,dr"])
+    assert res.exit_code == 2
+    assert "--q-model auto does not stream" in " ".join(res.output.split())
+
+
+def test_train_streams_bc_and_refuses_learners_that_do_not(parts, tmp_path):
+    d, info = parts
+    man = str(d / "manifest.toml")
+    res = runner.invoke(app, ["train", info["panel"], "--manifest", man, "--algo", "bc",
+                              "--steps", "40", "--chunk-rows", "150", "--out",
+                              str(tmp_path / "bc"), "--no-progress", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["n_steps"] == 40 and out["streaming"]["chunks_read"] >= 2
+    res = runner.invoke(app, ["predict", str(tmp_path / "bc"), info["panel"], "--manifest", man,
+                              "--out", str(tmp_path / "p.parquet")])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["train", info["panel"], "--manifest", man, "--algo", "spibb",
+                              "--chunk-rows", "150", "--out", str(tmp_path / "s")])
+    assert res.exit_code == 2 and "--chunk-rows does not apply to --algo spibb" in res.output

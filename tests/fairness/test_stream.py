@@ -30,8 +30,8 @@ def _numbers(res) -> str:
     return json.dumps(res.to_dict(), sort_keys=True, default=str)
 
 
-@pytest.mark.parametrize("estimator", ["wis", "wpdis"])
-@pytest.mark.parametrize("chunk_rows", [7, 10**6])
+@pytest.mark.parametrize(("estimator", "chunk_rows"), [
+    ("wis", 7), ("wis", 10**6), ("wpdis", 7), ("wpdis", 10**6), ("dr", 40), ("fqe", 10**6)])
 def test_streamed_audit_equals_in_memory(panel, estimator, chunk_rows):
     path, man, ds = panel
     cfg = FairnessAudit(action="modality=home_visit", n_boot=150, n_permutations=200,
@@ -63,10 +63,31 @@ def _flatten(d, prefix=""):
     return out
 
 
-def test_streamed_audit_refuses_q_model_estimators(panel):
+def test_streamed_audit_refuses_q_models_that_do_not_stream(panel):
     path, man, _ = panel
-    with pytest.raises(ValueError, match="estimator"):
-        audit_stream(path, {}, manifest=man, config=FairnessAudit(estimator="dr"))
+    with pytest.raises(ValueError, match="q_model"):
+        audit_stream(path, {}, manifest=man, config=FairnessAudit(estimator="dr",
+                                                                   q_model="tabular"))
+
+
+def test_sharded_audit_with_dr_equals_in_memory(panel):
+    """Group values by DR (linear Q-model from chunk sums) on 2 shards: the in-memory audit."""
+    from equicare.pipeline import get_executor
+
+    path, man, ds = panel
+    cfg = FairnessAudit(action="modality=home_visit", n_boot=100, n_permutations=50,
+                        estimator="wdr")
+    w = poisson_weights(episode_keys(ds.episode_ids), 100, seed=4)
+    ref = _flatten(cfg.run(ds, {"risk": RiskPolicy()}, weights=w, random_state=4).to_dict())
+    got = _flatten(audit_stream(path, {"risk": RiskPolicy()}, manifest=man, config=cfg,
+                                random_state=4, chunk_rows=80,
+                                executor=get_executor("local", jobs=1), n_shards=2).to_dict())
+    assert ref.keys() == got.keys()
+    for k, v in ref.items():
+        if isinstance(v, float):
+            assert got[k] == pytest.approx(v, rel=1e-9, abs=1e-12), k
+        else:
+            assert got[k] == v, k
 
 
 def test_sharded_audit_equals_streamed(panel):

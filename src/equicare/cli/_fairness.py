@@ -100,8 +100,9 @@ def run_audit(
     """Load data and policies, run the audit, write ``out`` (the audit JSON) atomically.
 
     With ``chunk_rows`` the panel is streamed (:func:`equicare.fairness.audit_stream`: Poisson
-    bootstrap weights keyed by episode id, importance-sampling group values), optionally one
-    shard per task on ``executor``.
+    bootstrap weights keyed by episode id; group values by importance sampling, or FQE/DR/WDR
+    with a linear Q-model fitted from chunk sums), optionally one shard per task on
+    ``executor``.
 
     Raises
     ------
@@ -311,8 +312,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Audit allocation and outcomes by group for the behaviour and each policy.
 
-        With --chunk-rows the panel is streamed (group values by is, wis, pdis or wpdis; Poisson
-        bootstrap keyed by episode id), on --executor shards too.
+        With --chunk-rows the panel is streamed (group values by is, wis, pdis, wpdis, or fqe,
+        dr, wdr with a linear Q-model fitted from chunk sums; Poisson bootstrap keyed by episode
+        id), on --executor shards too.
 
         Example: equicare audit data/panel.parquet --manifest data/manifest.toml --policy
         awr=awr_probs.parquet --group race_ethnicity --action modality=home_visit

@@ -27,6 +27,7 @@ from equicare.cli._utils import (
     Threads,
     check_out_path,
     console,
+    fail,
     not_applicable,
     print_json,
     user_errors,
@@ -73,7 +74,8 @@ def train_model(data: str | os.PathLike[str], manifest: str | os.PathLike[str], 
                 window: int = 4, fair_action: str | None = None,
                 fair_lambda: float | None = None, group_robust: float | None = None,
                 steps: int = 20000, seed: int = 42, params: dict[str, Any] | None = None,
-                force: bool = False, progress: bool = False) -> dict[str, Any]:
+                force: bool = False, progress: bool = False,
+                chunk_rows: int | None = None) -> dict[str, Any]:
     """Train an offline learner on a panel and save the model folder.
 
     Parameters
@@ -96,6 +98,10 @@ def train_model(data: str | os.PathLike[str], manifest: str | os.PathLike[str], 
     params : dict, optional
         Other learner config fields (``{"beta": 0.3, "hidden": (128, 128)}``).
     force, progress : bool
+    chunk_rows : int, optional
+        Stream the panel in chunks of whole episodes (bc, awr, cql;
+        :func:`equicare.learn._stream.fit_stream`): mini-batches from a shuffle buffer of two
+        chunks, never the whole table in memory.
 
     Returns
     -------
@@ -140,6 +146,26 @@ def train_model(data: str | os.PathLike[str], manifest: str | os.PathLike[str], 
         config = klass.config_class(**kw)
     except TypeError as exc:  # a setting of the wrong type (house-style message)
         raise InvalidParameterError(str(exc)) from exc
+    if chunk_rows is not None:
+        from equicare.learn._stream import STREAM_ALGOS, fit_stream
+
+        if algo not in STREAM_ALGOS:
+            _fail("algo", "one of " + ", ".join(repr(a) for a in STREAM_ALGOS)
+                  + " with --chunk-rows", algo)
+        t0 = time.perf_counter()
+        learner = fit_stream(klass(config), data, manifest, chunk_rows=chunk_rows,
+                             progress=progress)
+        seconds = time.perf_counter() - t0
+        learner.save(out_path, overwrite=force)
+        info = learner.stream_info_
+        return {"model_dir": str(out_path), "algo": algo, "encoder": encoder,
+                "window": config.input_window, "n_steps": learner.n_steps_done_,
+                "best_step": learner.best_step_, "valid_loss": None,
+                "n_actions": int(learner.action_space_.n_actions),
+                "support_size": int(learner.support_.size), "n_rows": info["n_rows"],
+                "streaming": {k: info[k] for k in ("chunk_rows", "buffer_chunks", "chunks_read",
+                                                   "sample_rate", "steps_per_second")},
+                "seconds": round(seconds, 2)}
     ds = load_dataset(data, manifest, emit_warnings=False)
     if fair_action is not None:
         ds.action_space.parse_action_set(fair_action)  # unknown component / level -> ValueError
@@ -338,6 +364,7 @@ def register(app: "typer.Typer") -> None:
                  "BC/AWR/CQL briefly), keep the best held-out lower confidence bound of the "
                  "gain over the behaviour, or the behaviour policy if none is above 0; writes "
                  "selection.json into the model folder.")] = None,
+        chunk_rows: ChunkRows = None,
         seed: Seed = 42,
         force: Force = False,
         progress: Progress = True,
@@ -355,7 +382,8 @@ def register(app: "typer.Typer") -> None:
         --select auto picks among candidates by a held-out lower confidence bound of the gain
         over current practice and falls back to current practice.
         Options marked with a learner apply to it only; giving one to another learner is an
-        error.
+        error. With --chunk-rows, bc, awr and cql train from the panel streamed in chunks of
+        whole episodes (mini-batches from a shuffle buffer; no validation split).
 
         Example: equicare train data/panel.parquet --manifest data/manifest.toml --algo awr
         --encoder lstm --window 4 --fair-action modality=home_visit --fair-lambda 1.0
@@ -376,6 +404,10 @@ def register(app: "typer.Typer") -> None:
                     "--reward": reward is not None, "--model-free": model_free,
                     "--conservative-weight": conservative_weight is not None, "--small": small}
         check_out_path(out, force)
+        if chunk_rows is not None and (select is not None or algo in (Algo.SPIBB, Algo.OMG)):
+            what = "--select auto" if select is not None else f"--algo {algo.value}"
+            fail(f"--chunk-rows does not apply to {what} (bc, awr and cql train from a "
+                 "stream).")
         if select is not None:
             not_applicable({**omg_only, **{k: v for k, v in offline.items() if k != "--param"}},
                            "--select auto")
@@ -434,7 +466,8 @@ def register(app: "typer.Typer") -> None:
                               fair_action=fair_action, fair_lambda=fair_lambda,
                               group_robust=group_robust,
                               steps=20000 if steps is None else steps, seed=seed,
-                              params=parse_params(param), force=force, progress=progress)
+                              params=parse_params(param), force=force, progress=progress,
+                              chunk_rows=chunk_rows)
         if json_out:
             print_json(res)
             return

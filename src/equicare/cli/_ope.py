@@ -193,30 +193,45 @@ def result_table(res: EvaluationResult) -> Table:
 
 def run_evaluate_stream(data: Path, *, manifest: Path, policy: Path, estimators: str = "all",
                         bootstrap: int = 1000, truncate: float | None = None, seed: int = 42,
+                        q_model: str = "auto", behavior_model: str = "logistic",
                         chunk_rows: int = 500_000, executor: Any = None,
                         out: Path | None = None, force: bool = False) -> Any:
     """``evaluate --chunk-rows``: :func:`equicare.ope.evaluate_stream`, then the result JSON.
 
-    ``estimators="all"`` means every estimator that streams (is, wis, pdis, wpdis); naming one
-    that needs a Q-model fitted on the whole panel is a user error.
+    FQE, DR and WDR stream with an explicit ``--q-model linear`` or ``tabular_stationary`` (LSTD
+    fits from sums over chunks). ``estimators="all"`` means all seven estimators with such a
+    Q-model, and the importance-sampling ones (is, wis, pdis, wpdis) with ``--q-model auto``;
+    naming fqe, dr or wdr with a Q-model that does not stream is a user error. A panel without
+    logged propensities gets ``behavior_model`` fitted on a random sample of 1M rows of whole
+    episodes (:mod:`equicare.ope._stream_behavior`).
     """
     from equicare.ope import evaluate_stream
+    from equicare.ope._core import ESTIMATOR_KEYS
     from equicare.ope._stream import STREAM_KEYS
+    from equicare.ope._stream_q import STREAM_Q_MODELS
     from equicare.utils import atomic_write_text
 
-    keys = (STREAM_KEYS if estimators.strip() == "all"
-            else tuple(k.strip() for k in estimators.split(",") if k.strip()))
-    bad = [k for k in keys if k not in STREAM_KEYS]
+    q_streams = q_model in STREAM_Q_MODELS
+    if estimators.strip() == "all":
+        keys: tuple[str, ...] = ESTIMATOR_KEYS if q_streams else STREAM_KEYS
+    else:
+        keys = tuple(k.strip() for k in estimators.split(",") if k.strip())
+    allowed = ESTIMATOR_KEYS if q_streams else STREAM_KEYS
+    bad = [k for k in keys if k not in allowed]
     if bad:
+        why = (f"--q-model {q_model} does not stream (auto chooses among Q-models by "
+               "cross-fitting on the whole panel); pass --q-model linear or tabular_stationary"
+               if any(k in ("fqe", "dr", "wdr") for k in bad) and not q_streams
+               else f"with --chunk-rows the estimators are {', '.join(ESTIMATOR_KEYS)}")
         raise InvalidParameterError(
-            f"--estimators {','.join(bad)} cannot stream: with --chunk-rows only "
-            f"{', '.join(STREAM_KEYS)} are computed (fqe, dr and wdr need a Q-model fitted on the "
-            "whole panel; see docs/scale.md).")
+            f"--estimators {','.join(bad)} cannot stream: {why} (see docs/scale.md).")
     if bootstrap < 1:
         raise InvalidParameterError("--bootstrap must be >= 1 with --chunk-rows.")
     res = evaluate_stream(data, load_target_policy(policy), manifest=manifest, estimators=keys,
-                          n_boot=bootstrap, truncate=truncate, random_state=seed,
-                          chunk_rows=chunk_rows, executor=executor)
+                          q_model=q_model if q_streams else "auto",
+                          behavior_model=behavior_model, n_boot=bootstrap,
+                          truncate=truncate, random_state=seed, chunk_rows=chunk_rows,
+                          executor=executor)
     if out is not None:
         if out.exists() and not force:
             raise FileExistsError(OUT_EXISTS.format(path=out))
@@ -296,14 +311,16 @@ def register(app: typer.Typer) -> None:
 
         Prints estimates, 95% bootstrap intervals, effective sample sizes and support
         diagnostics; --out also writes them (with per-group results) as the result JSON.
-        With --chunk-rows the panel is streamed (IS, WIS, PDIS, WPDIS with the logged
-        propensities; Poisson bootstrap keyed by episode id), on --executor shards too.
+        With --chunk-rows the panel is streamed (Poisson bootstrap keyed by episode id), on
+        --executor shards too: IS, WIS, PDIS and WPDIS, plus FQE, DR and WDR with --q-model
+        linear or tabular_stationary (auto does not stream). Without logged propensities the
+        behaviour model is fitted on a random sample of 1M rows of whole episodes.
 
         Example: equicare evaluate data/panel.parquet --manifest data/manifest.toml
         --policy awr_probs.parquet --bootstrap 1000 --truncate 50 --out result.json
 
         Example: equicare evaluate big/panel/ -m big/manifest.toml --policy models/awr
-        --chunk-rows 500000 --executor ray --address HOST:6379
+        --chunk-rows 500000 --q-model linear --executor ray --address HOST:6379
         """
         from rich.markup import escape
 
@@ -328,8 +345,10 @@ def register(app: typer.Typer) -> None:
                     sres = run_evaluate_stream(data, manifest=manifest, policy=policy,
                                                estimators=estimators, bootstrap=bootstrap,
                                                truncate=truncate, seed=seed,
-                                               chunk_rows=chunk_rows, executor=ex, out=out,
-                                               force=force)
+                                               q_model=q_model.value,
+                                               behavior_model=behavior_model.value,
+                                               chunk_rows=chunk_rows,
+                                               executor=ex, out=out, force=force)
                 finally:
                     if ex is not None and hasattr(ex, "shutdown"):
                         ex.shutdown()
@@ -339,6 +358,10 @@ def register(app: typer.Typer) -> None:
             from equicare.cli._utils import print_table
 
             print_table(stream_table(sres))
+            if sres.q_model is not None:
+                console.print(f"Q-model: {sres.q_model['chosen']} (streamed LSTD fit, "
+                              f"solver {sres.q_model['solver']}; "
+                              f"{sres.q_model['bootstrap']})", highlight=False)
             console.print(f"ESS: trajectory {sres.ess:.1f} "
                           f"({100 * sres.ess / sres.n_episodes:.2f}% of episodes); "
                           f"{sres.n_chunks} chunks", highlight=False)

@@ -9,7 +9,9 @@ in-memory :meth:`FairnessAudit.run` given the same weights (tests check 1e-9). W
 episode is a handful of numbers (for the permutation test and the level-rate table), never rows.
 
 Group values use the importance-sampling estimators (``is``, ``wis``, ``pdis``, ``wpdis``) with the
-logged propensities; estimators that need a Q-model fitted on the whole panel are refused.
+logged propensities, or ``fqe``, ``dr``, ``wdr`` with each policy's linear Q-model fitted first from
+sufficient statistics summed over chunks (:mod:`equicare.ope._stream_q`; the same fit as in
+memory, held fixed across replicates as the in-memory audit does).
 """
 
 from __future__ import annotations
@@ -41,8 +43,10 @@ from equicare.utils import PARAM_MESSAGE
 
 __all__ = ["audit_stream", "STREAM_ESTIMATORS"]
 
-#: Estimators of the group values that stream.
+#: Estimators of the group values that stream with the logged propensities alone.
 STREAM_ESTIMATORS = ("is", "wis", "pdis", "wpdis")
+#: Estimators of the group values that stream with a linear Q-model fitted from chunk sums.
+Q_ESTIMATORS = ("fqe", "dr", "wdr")
 
 
 def _labels(groups: Mapping[str, NDArray[Any]], attrs: list[str]) -> NDArray[np.str_]:
@@ -89,6 +93,7 @@ class _Context:
     published: tuple[str, ...]
     horizon: int
     seed: int
+    q_fits: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -168,8 +173,12 @@ def _add_chunk(part: _Partial, ds: TrajectoryDataset, ctx: _Context) -> None:
                 "A streamed audit values policies by importance sampling with the logged "
                 "propensities: name them as dataset.behavior_prob in the manifest (values in "
                 "(0, 1]).")
+        q_sa = v_s = None
+        if name in ctx.q_fits:  # FQE, DR, WDR: the policy's streamed Q-model on this chunk
+            q_sa, v_s = ctx.q_fits[name].values(ds, pols[name])
         inputs = OPEInputs(rewards=ds.rewards, episode_offsets=ds.episode_offsets,
-                           gamma=ds.gamma, rho=p_logged[name] / b, horizon=ctx.horizon)
+                           gamma=ds.gamma, rho=p_logged[name] / b, q_sa=q_sa, v_s=v_s,
+                           horizon=ctx.horizon)
         parts = episode_parts(inputs, [cfg.estimator], truncate=cfg.truncate)
         part.layouts[name] = EpisodeLayout(parts.slices, parts.keys, parts.horizon)
         part.out.setdefault(name, _Acc()).add(h, np.concatenate([parts.matrix, ones], axis=1), w)
@@ -222,7 +231,7 @@ def audit_stream(
     manifest : Manifest, dict or path to a TOML manifest
     config : FairnessAudit, optional
         Settings (default ``FairnessAudit()``); ``estimator`` must be one of ``is, wis, pdis,
-        wpdis`` or None.
+        wpdis``, None, or ``fqe, dr, wdr`` with ``q_model="linear"``.
     chunk_rows : int
         Rows per chunk.
     random_state : int
@@ -245,11 +254,16 @@ def audit_stream(
     from equicare.ope._core import EpisodeParts
 
     cfg = config if config is not None else FairnessAudit()
-    if cfg.estimator not in (*STREAM_ESTIMATORS, None):
+    if cfg.estimator not in (*STREAM_ESTIMATORS, *Q_ESTIMATORS, None):
         raise ValueError(PARAM_MESSAGE.format(
             name="estimator", owner="audit_stream",
-            expected="one of 'is', 'wis', 'pdis', 'wpdis' or None (estimators with a Q-model "
-                     "need a fit on the whole panel)", got=cfg.estimator))
+            expected="one of 'is', 'wis', 'pdis', 'wpdis', 'fqe', 'dr', 'wdr' or None",
+            got=cfg.estimator))
+    if cfg.estimator in Q_ESTIMATORS and cfg.q_model != "linear":
+        raise ValueError(PARAM_MESSAGE.format(
+            name="q_model", owner="audit_stream",
+            expected=f"'linear' with estimator={cfg.estimator!r} (the audit's 'tabular' Q-model "
+                     "is fitted per step, backward, which does not stream)", got=cfg.q_model))
     if isinstance(random_state, bool) or not isinstance(random_state, int | np.integer):
         raise ValueError(PARAM_MESSAGE.format(name="random_state", owner="audit_stream",
                                               expected="an int seed", got=random_state))
@@ -271,8 +285,21 @@ def audit_stream(
     seed = int(random_state)
     _, rng = split_random_state(seed)
     names = [BEHAVIOR, *pols]
+    q_fits: dict[str, Any] = {}
+    if cfg.estimator in Q_ESTIMATORS and pols:
+        # each policy's Q-model from sums over chunks (two passes, three with the linear
+        # model's stability check), then applied chunk by chunk below
+        from equicare.ope._stream import ChunkSource
+        from equicare.ope._stream_q import fit_q_stream, stream_q_config
+
+        src = ChunkSource(source, manifest=man, chunk_rows=chunk_rows, executor=executor,
+                          n_shards=n_shards, owner="audit_stream")
+        qcfg = stream_q_config(cfg.q_model, [cfg.estimator])
+        q_fits = {name: fit_q_stream(src, pol, cfg=qcfg, keys=(cfg.estimator,),
+                                     truncate=cfg.truncate).applier()
+                  for name, pol in pols.items()}
     ctx = _Context(cfg=cfg, policies=pols, attrs=attrs, published=gi_all.labels,
-                   horizon=scan.max_len, seed=seed)
+                   horizon=scan.max_len, seed=seed, q_fits=q_fits)
     part = _Partial()
     if executor is not None:
         from equicare.data import plan_shards

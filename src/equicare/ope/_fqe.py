@@ -276,9 +276,27 @@ def _next_rows(dataset: TrajectoryDataset) -> tuple[NDArray[np.int64], NDArray[n
     return np.where(has_next, nxt, 0), has_next
 
 
-def _time_feature(dataset: TrajectoryDataset) -> NDArray[np.float64]:
-    scale = max(int(dataset.episode_lengths.max()) - 1, 1)
+def _time_feature(dataset: TrajectoryDataset, max_len: int | None = None) -> NDArray[np.float64]:
+    longest = int(dataset.episode_lengths.max()) if max_len is None else int(max_len)
+    scale = max(longest - 1, 1)
     return dataset.step.astype(np.float64) / scale
+
+
+@dataclass(frozen=True, eq=False)
+class StateStats:
+    """Whole-panel statistics the linear model's state design needs (streamed fits).
+
+    Attributes
+    ----------
+    mean, sd : ndarray of shape (n_features,)
+        Mean and (population) standard deviation of every column of ``features(one_hot)``.
+    max_len : int
+        The panel's longest episode (scale of the time features).
+    """
+
+    mean: NDArray[np.float64]
+    sd: NDArray[np.float64]
+    max_len: int
 
 
 def _standardise(x: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -289,15 +307,24 @@ def _standardise(x: NDArray[np.float64]) -> NDArray[np.float64]:
 
 
 def _state_design(dataset: TrajectoryDataset, time_features: bool,
-                  design: str = "linear", one_hot: bool = True) -> NDArray[np.float64]:
+                  design: str = "linear", one_hot: bool = True,
+                  stats: StateStats | None = None) -> NDArray[np.float64]:
     x = np.asarray(dataset.features(one_hot=one_hot), dtype=np.float64)
-    z = _standardise(x)
+    if stats is None:
+        z = _standardise(x)
+    else:  # a chunk of a larger panel: the panel's own standardisation
+        sd = stats.sd
+        z = ((x - stats.mean) / np.where(sd > 0, sd, 1.0))
+        z = z[:, sd > 0] if x.shape[1] else z
+        if design == "quadratic":
+            raise InvalidParameterError(
+                "state_design='quadratic' does not stream; use state_design='linear'.")
     if design == "quadratic" and 0 < z.shape[1] <= 30:
         iu = np.triu_indices(z.shape[1])
         z = np.concatenate([z, _standardise(z[:, iu[0]] * z[:, iu[1]])], axis=1)
     blocks = [np.ones((x.shape[0], 1)), z]
     if time_features:
-        tau = _time_feature(dataset)[:, None]
+        tau = _time_feature(dataset, None if stats is None else stats.max_len)[:, None]
         blocks += [tau, tau * tau]
     return np.ascontiguousarray(np.concatenate(blocks, axis=1))
 
@@ -488,8 +515,15 @@ class _TabularLSTD:
         return int(self.pair_cell.size)
 
 
+def visited_pairs(cell: NDArray[np.int64], actions: NDArray[np.int64], n_actions: int
+                  ) -> NDArray[np.int64]:
+    """Sorted unique keys ``cell * n_actions + action`` of the visited (cell, action) pairs."""
+    return np.unique(cell.astype(np.int64) * n_actions + actions)
+
+
 def _tabular_design(cell: NDArray[np.int64], actions: NDArray[np.int64], pe: NDArray[np.float64],
-                    train: NDArray[np.bool_] | None = None
+                    train: NDArray[np.bool_] | None = None,
+                    visited: NDArray[np.int64] | None = None
                     ) -> tuple[sp.csr_matrix, sp.csr_matrix, NDArray[np.int64], NDArray[np.int64],
                                NDArray[np.int64], int]:
     """One-hot design of the (cell, action) pairs visited by training rows, and its expectation.
@@ -497,15 +531,17 @@ def _tabular_design(cell: NDArray[np.int64], actions: NDArray[np.int64], pe: NDA
     An unvisited action of a cell has ``Q`` = the mean of the cell's visited actions (its design
     row is their average), so target mass on unvisited actions is spread evenly over the
     visited ones. Rows in a cell no training row visits have an all-zero design (``Q = 0``) and
-    compressed cell ``-1``.
+    compressed cell ``-1``. ``visited`` (keys of :func:`visited_pairs` over a whole panel) gives
+    the pairs when the rows are a chunk of a larger panel.
     """
     n, n_a = pe.shape
     tr = np.ones(n, dtype=bool) if train is None else train
-    uc = np.unique(cell[tr])
+    uc = np.unique(cell[tr]) if visited is None else np.unique(visited // n_a)
     pos = np.clip(np.searchsorted(uc, cell), 0, max(uc.size - 1, 0))
     known = uc[pos] == cell if uc.size else np.zeros(n, dtype=bool)
     cellc = np.where(known, pos, -1).astype(np.int64)
-    pairs = np.unique(cellc[tr] * n_a + actions[tr])
+    pairs = (np.unique(cellc[tr] * n_a + actions[tr]) if visited is None
+             else np.searchsorted(uc, visited // n_a) * n_a + visited % n_a)
     pair_cell, pair_action = pairs // n_a, pairs % n_a
     n_pairs = pairs.size
     ptr = np.searchsorted(pair_cell, np.arange(uc.size + 1))
@@ -644,10 +680,11 @@ def _fit_linear(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma: floa
     return qfun, info
 
 
-def _linear_model(dataset: TrajectoryDataset, cfg: FQEConfig) -> _LinearModel:
+def _linear_model(dataset: TrajectoryDataset, cfg: FQEConfig,
+                  stats: StateStats | None = None) -> _LinearModel:
     cats = _category_design(dataset)
     phi = _state_design(dataset, cfg.time_features, cfg.state_design,
-                        one_hot=cats is None)  # (n, p)
+                        one_hot=cats is None, stats=stats)  # (n, p)
     psi = _action_design(dataset, cfg.action_design)  # (A, m)
     n_a, m = psi.shape
     flat = m == n_a + 1 and np.array_equal(psi[:, 1:], np.eye(n_a))

@@ -30,7 +30,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import scipy.sparse as sp
@@ -38,7 +38,8 @@ from numpy.typing import NDArray
 
 from equicare.utils import row_blocks
 
-__all__ = ["LSTDFit", "solve_lstd", "shift_prev", "PiDesign", "SparsePi", "KronPi"]
+__all__ = ["LSTDFit", "LSTDSums", "LSTDSolution", "lstd_sums", "solve_lstd", "solve_lstd_sums",
+           "shift_prev", "PiDesign", "SparsePi", "KronPi"]
 
 
 def shift_prev(x: sp.csr_matrix, has_next: NDArray[np.bool_]) -> sp.csr_matrix:
@@ -209,38 +210,83 @@ class LSTDFit:
 DENSE_PARAMS = 3000
 
 
-def solve_lstd(x: sp.csr_matrix, x_pi: PiDesign, rewards: NDArray[np.float64],
-               has_next: NDArray[np.bool_], gamma: float, ridge: NDArray[np.float64],
-               weights: NDArray[np.float64] | None = None) -> LSTDFit | None:
-    """Solve ``M theta = b`` by LU; None when ``M`` is singular or the result not finite.
+@dataclass(frozen=True, eq=False)
+class LSTDSums:
+    """Additive sufficient statistics of the projected Bellman equation (any set of rows).
 
-    Parameters
+    Attributes
     ----------
-    x : csr_matrix of shape (n_steps, n_params)
-    x_pi : PiDesign
-    rewards : ndarray of shape (n_steps,)
-    has_next : ndarray of shape (n_steps,)
-        Whether row ``i + 1`` is row ``i``'s next step (not terminal, not the episode's end).
-    gamma : float
-    ridge : ndarray of shape (n_params,)
-    weights : ndarray of shape (n_steps,), optional
-        Row weights of the sums in ``M`` and ``b`` (e.g. 0 for held-out episodes).
+    xtx : sparse matrix or ndarray of shape (n_params, n_params)
+        ``sum_i w_i x_i x_i^T``.
+    cross : sparse matrix or ndarray of shape (n_params, n_params)
+        ``sum_i w_i x_i xbar'_i^T`` (zero when ``gamma`` is 0).
+    b : ndarray of shape (n_params,)
+        ``sum_i w_i x_i r_i``.
 
-    Returns
-    -------
-    LSTDFit or None
+    Sums of disjoint sets of whole episodes add up (``+``): a panel's statistics are the sum of
+    its chunks', so :func:`solve_lstd_sums` gives the in-memory fit from any chunking.
+    """
+
+    xtx: sp.spmatrix | NDArray[np.float64]
+    cross: sp.spmatrix | NDArray[np.float64] | None
+    b: NDArray[np.float64]
+
+    def __add__(self, other: LSTDSums) -> LSTDSums:
+        cross = (self.cross if other.cross is None else other.cross if self.cross is None
+                 else self.cross + other.cross)
+        return LSTDSums(xtx=self.xtx + other.xtx, cross=cross, b=self.b + other.b)
+
+    @property
+    def diag_xtx(self) -> NDArray[np.float64]:
+        """Diagonal of ``X^T W X``, shape ``(n_params,)``."""
+        d = self.xtx.diagonal()
+        return np.asarray(d, dtype=np.float64).ravel()
+
+
+def lstd_sums(x: sp.csr_matrix, x_pi: PiDesign, rewards: NDArray[np.float64],
+              has_next: NDArray[np.bool_], gamma: float,
+              weights: NDArray[np.float64] | None = None) -> LSTDSums:
+    """Sufficient statistics ``X^T W X``, ``X_prev^T W X_pi`` and ``X^T W r`` of rows.
+
+    Parameters are those of :func:`solve_lstd`. ``has_next`` must be False at the last row of
+    every episode (so that the rows of a chunk of whole episodes never reach the next chunk).
+    """
+    xw = x if weights is None else sp.csr_matrix(sp.diags(weights) @ x)
+    xt = sp.csr_matrix(xw.T)
+    xtx = xt @ x
+    cross = x_pi.cross(shift_prev(xw, has_next)) if gamma > 0 else None
+    return LSTDSums(xtx=xtx, cross=cross, b=np.asarray(xt @ rewards))
+
+
+@dataclass(frozen=True, eq=False)
+class LSTDSolution:
+    """``theta`` of a solved system and its transposed solve (no row arrays)."""
+
+    theta: NDArray[np.float64]
+    solve_t: Callable[[NDArray[np.float64]], NDArray[np.float64]]
+
+
+def solve_lstd_sums(sums: LSTDSums, gamma: float, ridge: NDArray[np.float64]
+                    ) -> LSTDSolution | None:
+    """Solve ``(X^T X + diag(ridge) - gamma X_prev^T X_pi) theta = X^T r`` from sums by LU.
+
+    Returns None when the matrix is singular or the result not finite.
     """
     from scipy.linalg import LinAlgWarning, lu_factor, lu_solve
     from scipy.sparse.linalg import splu
 
-    n_par = x.shape[1]
-    xw = x if weights is None else sp.csr_matrix(sp.diags(weights) @ x)
-    xt = sp.csr_matrix(xw.T)
-    m = xt @ x + sp.diags(ridge)
-    if gamma > 0:
-        cross = x_pi.cross(shift_prev(xw, has_next))
-        m = (m.toarray() - gamma * cross) if not sp.issparse(cross) else (m - gamma * cross)
-    b = np.asarray(xt @ rewards)
+    n_par = sums.b.size
+    xtx: Any = sums.xtx
+    m: Any = (xtx + sp.diags(ridge)) if sp.issparse(xtx) else (np.asarray(xtx) + np.diag(ridge))
+    if gamma > 0 and sums.cross is not None:
+        cross: Any = sums.cross
+        if sp.issparse(m) and not sp.issparse(cross):
+            m = m.toarray() - gamma * np.asarray(cross)
+        elif sp.issparse(cross) and not sp.issparse(m):
+            m = np.asarray(m) - gamma * cross.toarray()
+        else:
+            m = m - gamma * cross
+    b = sums.b
     solve_t: Callable[[NDArray[np.float64]], NDArray[np.float64]]
     if n_par <= DENSE_PARAMS:
         md = m.toarray() if sp.issparse(m) else np.asarray(m)
@@ -266,5 +312,32 @@ def solve_lstd(x: sp.csr_matrix, x_pi: PiDesign, rewards: NDArray[np.float64],
             return np.asarray(slu.solve(g, trans="T"))
     if not np.isfinite(theta).all():
         return None
-    return LSTDFit(theta=theta, x=x, x_pi=x_pi, has_next=has_next, gamma=float(gamma),
-                   solve_t=solve_t, ridge=ridge)
+    return LSTDSolution(theta=np.asarray(theta, dtype=np.float64), solve_t=solve_t)
+
+
+def solve_lstd(x: sp.csr_matrix, x_pi: PiDesign, rewards: NDArray[np.float64],
+               has_next: NDArray[np.bool_], gamma: float, ridge: NDArray[np.float64],
+               weights: NDArray[np.float64] | None = None) -> LSTDFit | None:
+    """Solve ``M theta = b`` by LU; None when ``M`` is singular or the result not finite.
+
+    Parameters
+    ----------
+    x : csr_matrix of shape (n_steps, n_params)
+    x_pi : PiDesign
+    rewards : ndarray of shape (n_steps,)
+    has_next : ndarray of shape (n_steps,)
+        Whether row ``i + 1`` is row ``i``'s next step (not terminal, not the episode's end).
+    gamma : float
+    ridge : ndarray of shape (n_params,)
+    weights : ndarray of shape (n_steps,), optional
+        Row weights of the sums in ``M`` and ``b`` (e.g. 0 for held-out episodes).
+
+    Returns
+    -------
+    LSTDFit or None
+    """
+    sol = solve_lstd_sums(lstd_sums(x, x_pi, rewards, has_next, gamma, weights), gamma, ridge)
+    if sol is None:
+        return None
+    return LSTDFit(theta=sol.theta, x=x, x_pi=x_pi, has_next=has_next, gamma=float(gamma),
+                   solve_t=sol.solve_t, ridge=ridge)

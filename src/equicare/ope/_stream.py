@@ -14,83 +14,35 @@ floating-point summation order (tests check 1e-9 relative). Memory is bounded by
 sums are ``(n_boot, n_parts)``, ``n_parts`` growing with the longest episode, not with the panel.
 
 The behaviour policy's value (the mean discounted return of the logged episodes) and its interval
-come from the same weights. The estimators that need a Q-model (FQE, DR, WDR) need a fit over the
-whole panel first and are not streamed yet; :func:`evaluate_stream` refuses them with a clear
-message.
+come from the same weights. The estimators that need a Q-model (FQE, DR, WDR) take two more
+passes over the chunks (the LSTD fit from summed sufficient statistics, then the estimates with
+the fitted Q): :mod:`equicare.ope._stream_q`.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
 
 from equicare.data import Chunk, TrajectoryDataset
 from equicare.exceptions import DataValidationError
 from equicare.ope._bootstrap import percentile_interval
 from equicare.ope._core import IS_TYPE, EpisodeParts, OPEInputs, combine, episode_parts
 from equicare.ope._resample import episode_keys, poisson_weights
+from equicare.ope._stream_sums import StreamSums, _target_probs
 from equicare.policy import check_probs
 from equicare.utils import PARAM_MESSAGE, ROW_BLOCK_ELEMENTS
 
-__all__ = ["StreamSums", "StreamEvaluation", "chunk_sums", "evaluate_stream", "STREAM_KEYS"]
+__all__ = ["StreamSums", "StreamEvaluation", "chunk_sums", "evaluate_stream", "STREAM_KEYS",
+           "ChunkSource"]
 
 #: Estimators that stream (importance sampling only; no Q-model).
 STREAM_KEYS: tuple[str, ...] = IS_TYPE
-
-
-@dataclass
-class StreamSums:
-    """Additive statistics of a set of episodes (one chunk, one shard, or the whole panel).
-
-    Attributes
-    ----------
-    n_episodes, n_steps : int
-    total : ndarray of shape (n_parts + 1,)
-        Sums of the estimators' parts, the behaviour return last.
-    boot : ndarray of shape (n_boot, n_parts + 1)
-        Poisson-weighted sums, one row per replicate.
-    boot_n : ndarray of shape (n_boot,)
-        Total Poisson weight of each replicate.
-    w_sum, w_sq : float
-        Sum of trajectory weights and of their squares.
-    """
-
-    n_episodes: int
-    n_steps: int
-    total: NDArray[np.float64]
-    boot: NDArray[np.float64]
-    boot_n: NDArray[np.float64]
-    w_sum: float
-    w_sq: float
-    gamma: float = 1.0
-    parts_layout: tuple[tuple[str, ...], dict[str, slice], int] = field(
-        default=((), {}, 0), repr=False)
-
-    def __add__(self, other: StreamSums) -> StreamSums:
-        if self.parts_layout[0] != other.parts_layout[0] or self.total.shape != other.total.shape:
-            raise ValueError("Cannot add statistics of different estimators or horizons.")
-        return StreamSums(n_episodes=self.n_episodes + other.n_episodes,
-                          n_steps=self.n_steps + other.n_steps,
-                          total=self.total + other.total, boot=self.boot + other.boot,
-                          boot_n=self.boot_n + other.boot_n, w_sum=self.w_sum + other.w_sum,
-                          w_sq=self.w_sq + other.w_sq, gamma=self.gamma,
-                          parts_layout=self.parts_layout)
-
-
-def _target_probs(dataset: TrajectoryDataset, policy: Any) -> NDArray[np.float64]:
-    if callable(getattr(policy, "action_probs", None)):
-        return np.asarray(policy.action_probs(dataset), dtype=np.float64)
-    if callable(policy):
-        return np.asarray(policy(dataset), dtype=np.float64)
-    raise TypeError(PARAM_MESSAGE.format(
-        name="policy", owner="evaluate_stream",
-        expected="a Policy (action_probs(dataset) -> (n_steps, n_actions)) or a callable",
-        got=type(policy).__name__))
 
 
 def chunk_sums(
@@ -181,6 +133,11 @@ class StreamEvaluation:
     ess : float
         Kish's effective sample size of the trajectory weights.
     n_boot : int
+    q_model : dict, optional
+        The streamed Q-model (name, solver, parameters, how its refit enters the bootstrap)
+        when FQE, DR or WDR were computed.
+    behavior_model : dict, optional
+        The behaviour model's sample and summary when the propensities were estimated.
     """
 
     n_episodes: int
@@ -191,10 +148,12 @@ class StreamEvaluation:
     estimates: dict[str, StreamEstimate]
     ess: float
     n_boot: int
+    q_model: dict[str, Any] | None = None
+    behavior_model: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The result JSON (Contract 3: ``n_episodes``, ``behavior``, ``estimates``, ``ess``)."""
-        return {
+        out = {
             "n_episodes": self.n_episodes, "n_steps": self.n_steps, "gamma": self.gamma,
             "behavior": {"value": self.behavior.value, "ci": list(self.behavior.ci)},
             "estimates": {k: e.to_dict() for k, e in self.estimates.items()},
@@ -202,58 +161,169 @@ class StreamEvaluation:
             "bootstrap": {"n_boot": self.n_boot, "weights": "poisson", "ci": "percentile"},
             "streaming": {"n_chunks": self.n_chunks},
         }
+        out["propensity_source"] = "logged" if self.behavior_model is None else "estimated"
+        if self.behavior_model is not None:
+            out["behavior_model"] = self.behavior_model
+        if self.q_model is not None:
+            out["q_model"] = self.q_model
+        return out
 
 
-def finish(sums: StreamSums, *, alpha: float = 0.05, n_chunks: int = 1) -> StreamEvaluation:
-    """Turn summed statistics into estimates with percentile intervals."""
+def finish(sums: StreamSums, *, alpha: float = 0.05, n_chunks: int = 1,
+           q_model: dict[str, Any] | None = None,
+           behavior_model: dict[str, Any] | None = None) -> StreamEvaluation:
+    """Turn summed statistics into estimates with percentile intervals.
+
+    The influence columns (``sums.infl_keys``) add the linearised Q-model refit to every
+    replicate of FQE, DR and WDR exactly as the in-memory engine does: episode ``e``'s
+    correction is ``n raw_e - sum_e raw_e`` (centred, so the point estimate is unchanged), times
+    the mean step-0 weight for WDR.
+    """
     keys, slices, horizon = sums.parts_layout
-    template = EpisodeParts(matrix=np.zeros((0, sums.total.size - 1)), slices=slices, keys=keys,
+    n_inf = len(sums.infl_keys)
+    n_parts = sums.total.size - 1 - n_inf
+    total = sums.total[:n_parts]
+    boot = sums.boot[:, :n_parts].copy()
+    n = float(sums.n_episodes)
+    for j, k in enumerate(sums.infl_keys):
+        col = slices[k].start
+        factor = float(total[col + horizon]) / n if k == "wdr" else 1.0
+        inf_total = float(sums.total[n_parts + 1 + j])
+        boot[:, col] += factor * (n * sums.boot[:, n_parts + 1 + j] - sums.boot_n * inf_total)
+    template = EpisodeParts(matrix=np.zeros((0, n_parts)), slices=slices, keys=keys,
                             horizon=horizon)
-    point = combine(template, sums.total[:-1], np.asarray(float(sums.n_episodes)))
-    reps = combine(template, sums.boot[:, :-1], sums.boot_n)
+    point = combine(template, total, np.asarray(n))
+    reps = combine(template, boot, sums.boot_n)
     estimates = {}
     for k in keys:
         r = reps[k]
         estimates[k] = StreamEstimate(value=float(point[k]), ci=percentile_interval(r, alpha),
                                       se=float(r.std(ddof=1)) if r.size > 1 else 0.0)
-    beh_reps = np.divide(sums.boot[:, -1], sums.boot_n, out=np.zeros_like(sums.boot_n),
+    beh_reps = np.divide(sums.boot[:, n_parts], sums.boot_n, out=np.zeros_like(sums.boot_n),
                          where=sums.boot_n > 0)
-    behavior = StreamEstimate(value=float(sums.total[-1] / sums.n_episodes),
+    behavior = StreamEstimate(value=float(sums.total[n_parts] / n),
                               ci=percentile_interval(beh_reps, alpha),
                               se=float(beh_reps.std(ddof=1)) if beh_reps.size > 1 else 0.0)
     ess = sums.w_sum ** 2 / sums.w_sq if sums.w_sq > 0 else 0.0
     return StreamEvaluation(n_episodes=sums.n_episodes, n_steps=sums.n_steps, n_chunks=n_chunks,
                             gamma=sums.gamma, behavior=behavior, estimates=estimates,
-                            ess=float(ess), n_boot=int(sums.boot_n.size))
+                            ess=float(ess), n_boot=int(sums.boot_n.size), q_model=q_model,
+                            behavior_model=behavior_model)
 
 
+# ---------------------------------------------------------------------- map-reduce over chunks
 @dataclass(frozen=True)
-class _ShardTask:
+class _ShardApply:
     spec: Any
-    policy: Any
-    keys: tuple[str, ...]
-    horizon: int
-    n_boot: int
-    seed: int
-    truncate: float | None
+    fn: Callable[[TrajectoryDataset], Any]
     chunk_rows: int
 
 
-def _run_shard(task: _ShardTask) -> tuple[StreamSums | None, int]:
+def _apply_shard(task: _ShardApply) -> tuple[Any, int]:
+    """``fn`` over the chunks of one shard, summed (runs on a worker)."""
     from equicare.data import iter_shard_chunks
 
-    total: StreamSums | None = None
+    total: Any = None
     n = 0
     for chunk in iter_shard_chunks(task.spec, chunk_rows=task.chunk_rows):
-        s = chunk_sums(chunk.dataset, task.policy, keys=task.keys, horizon=task.horizon,
-                       n_boot=task.n_boot, seed=task.seed, truncate=task.truncate)
+        s = task.fn(chunk.dataset)
         total = s if total is None else total + s
         n += 1
     return total, n
 
 
-def _reduce(items: Iterable[tuple[StreamSums | None, int]]) -> tuple[StreamSums, int]:
-    total: StreamSums | None = None
+class ChunkSource:
+    """A panel as chunks of whole episodes: a dataset, chunks in memory, a path, or shards.
+
+    :meth:`map_reduce` maps a picklable ``fn(dataset) -> additive statistics`` over every chunk
+    (on the executor's workers, one task per shard, when one is given) and adds the results; it
+    can be called several times (multi-pass estimators re-read the panel).
+
+    Parameters
+    ----------
+    source, manifest, chunk_rows, executor, n_shards
+        As in :func:`evaluate_stream`.
+    owner : str
+        Name used in error messages.
+    """
+
+    def __init__(self, source: Any, *, manifest: Any = None, chunk_rows: int = 500_000,
+                 executor: Any = None, n_shards: int | None = None,
+                 owner: str = "evaluate_stream") -> None:
+        self.executor = executor
+        self.chunk_rows = chunk_rows
+        self.dataset: TrajectoryDataset | None = None
+        self.chunks: list[Chunk] | None = None
+        self.path: Any = None
+        self.specs: list[Any] = []
+        #: applied to every chunk before ``fn`` (estimated propensities, for instance)
+        self.transform: Callable[[TrajectoryDataset], TrajectoryDataset] | None = None
+        if isinstance(source, TrajectoryDataset):
+            self.dataset = source
+            self.horizon = int(source.episode_lengths.max())
+            self.n_rows = source.n_steps
+            self.logged = source.behavior_prob is not None
+        elif isinstance(source, str | os.PathLike):
+            from equicare.data import plan_shards, scan_panel
+            from equicare.data._io import _manifest_of
+
+            if manifest is None:
+                raise ValueError(PARAM_MESSAGE.format(name="manifest", owner=owner,
+                                                      expected="the panel's manifest", got=None))
+            self.path = source
+            self.manifest = _manifest_of(manifest)
+            self.scan = scan_panel(source, self.manifest)
+            self.horizon = self.scan.max_len
+            self.n_rows = self.scan.n_rows
+            self.logged = self.manifest.behavior_prob is not None
+            if executor is not None:
+                shards = n_shards or int(getattr(executor, "n_workers", 2) or 2)
+                self.specs = plan_shards(source, self.manifest, shards, scan=self.scan)
+        else:
+            self.chunks = list(source)
+            if not self.chunks:
+                raise DataValidationError("The panel has no episodes.")
+            self.horizon = max(int(c.dataset.episode_lengths.max()) for c in self.chunks)
+            self.n_rows = sum(c.dataset.n_steps for c in self.chunks)
+            self.logged = all(c.dataset.behavior_prob is not None for c in self.chunks)
+
+    def map_reduce(self, fn: Callable[[TrajectoryDataset], Any],
+                   progress: Callable[[int], None] | None = None) -> tuple[Any, int]:
+        """Sum of ``fn`` over every chunk, and the number of chunks."""
+        if self.transform is not None:
+            fn = functools.partial(_transformed, fn, self.transform)
+        if self.dataset is not None:
+            return fn(self.dataset), 1
+        if self.path is not None and self.executor is not None:
+            tasks = [_ShardApply(spec=sp, fn=fn, chunk_rows=self.chunk_rows)
+                     for sp in self.specs]
+            return _reduce(self.executor.map(_apply_shard, tasks))
+        if self.path is not None:
+            from equicare.data import iter_chunks
+
+            chunks: Iterable[Chunk] = iter_chunks(self.path, self.manifest,
+                                                  chunk_rows=self.chunk_rows, scan=self.scan)
+        else:
+            assert self.chunks is not None
+            chunks = self.chunks
+
+        def each() -> Iterator[tuple[Any, int]]:
+            for k, c in enumerate(chunks):
+                yield fn(c.dataset), 1
+                if progress is not None:
+                    progress(k + 1)
+
+        return _reduce(each())
+
+
+def _transformed(fn: Callable[[TrajectoryDataset], Any],
+                 transform: Callable[[TrajectoryDataset], TrajectoryDataset],
+                 dataset: TrajectoryDataset) -> Any:
+    return fn(transform(dataset))
+
+
+def _reduce(items: Iterable[tuple[Any, int]]) -> tuple[Any, int]:
+    total: Any = None
     n = 0
     for s, k in items:
         if s is not None:
@@ -270,6 +340,9 @@ def evaluate_stream(
     *,
     manifest: Any = None,
     estimators: Sequence[str] = STREAM_KEYS,
+    q_model: Any = "auto",
+    behavior_model: Any = "logistic",
+    behavior_sample_rows: int = 1_000_000,
     n_boot: int = 1000,
     alpha: float = 0.05,
     random_state: int = 42,
@@ -291,7 +364,18 @@ def evaluate_stream(
     manifest : Manifest, dict or path, optional
         Required when ``source`` is a path.
     estimators : sequence of str
-        Among ``is, wis, pdis, wpdis``.
+        Among ``is, wis, pdis, wpdis`` and, with a streamable ``q_model``, ``fqe, dr, wdr``.
+    q_model : {"linear", "tabular_stationary"} or FQEConfig
+        Q-model of FQE, DR and WDR, fitted from sufficient statistics summed over chunks (see
+        :mod:`equicare.ope._stream_q`); equal to the in-memory fit of the same model.
+        ``"auto"`` (cross-fitted selection) does not stream and is refused when one of them is
+        asked for.
+    behavior_model : {"logistic", "lgbm"}, classifier or BehaviorModel
+        When the panel logs no propensities: the behaviour model, fitted on a random sample of
+        whole episodes keyed by episode id and applied chunk by chunk
+        (:mod:`equicare.ope._stream_behavior`). Unused when propensities are logged.
+    behavior_sample_rows : int
+        Rows (about) of that sample; at least the panel's rows fits on the whole panel.
     n_boot : int
         Poisson bootstrap replicates.
     alpha : float
@@ -309,58 +393,45 @@ def evaluate_stream(
     n_shards : int, optional
         Shards for the executor (default: its worker count, else 2).
     progress : callable, optional
-        Called with the number of chunks done.
+        Called with the number of chunks done (streamed in this process).
 
     Returns
     -------
     StreamEvaluation
     """
+    from equicare.ope._core import Q_TYPE
+
     keys = tuple(dict.fromkeys(estimators))
-    bad = [k for k in keys if k not in STREAM_KEYS]
+    allowed = (*STREAM_KEYS, "fqe", "dr", "wdr")
+    bad = [k for k in keys if k not in allowed]
     if bad:
         raise ValueError(PARAM_MESSAGE.format(
             name="estimators", owner="evaluate_stream",
-            expected="estimators that stream: " + ", ".join(STREAM_KEYS)
-            + " (fqe, dr and wdr need a Q-model fitted on the whole panel)", got=bad))
+            expected="estimators that stream: " + ", ".join(allowed), got=bad))
     if isinstance(random_state, bool) or not isinstance(random_state, int | np.integer):
         raise ValueError(PARAM_MESSAGE.format(name="random_state", owner="evaluate_stream",
                                               expected="an int seed", got=random_state))
     seed = int(random_state)
-    if isinstance(source, TrajectoryDataset):
-        horizon = int(source.episode_lengths.max())
-        s = chunk_sums(source, policy, keys=keys, horizon=horizon, n_boot=n_boot, seed=seed,
-                       truncate=truncate)
-        return finish(s, alpha=alpha, n_chunks=1)
-    if isinstance(source, str | os.PathLike):
-        from equicare.data import iter_chunks, plan_shards, scan_panel
-        from equicare.data._io import _manifest_of
+    src = ChunkSource(source, manifest=manifest, chunk_rows=chunk_rows, executor=executor,
+                      n_shards=n_shards)
+    beh_info = None
+    if not src.logged:  # no logged propensities: a behaviour model on a sample of episodes
+        from equicare.ope._stream_behavior import fit_behavior_stream
 
-        if manifest is None:
-            raise ValueError(PARAM_MESSAGE.format(name="manifest", owner="evaluate_stream",
-                                                  expected="the panel's manifest", got=None))
-        man = _manifest_of(manifest)
-        scan = scan_panel(source, man)
-        horizon = scan.max_len
-        if executor is not None:
-            shards = n_shards or int(getattr(executor, "n_workers", 2) or 2)
-            specs = plan_shards(source, man, shards, scan=scan)
-            tasks = [_ShardTask(spec=sp, policy=policy, keys=keys, horizon=horizon,
-                                n_boot=n_boot, seed=seed, truncate=truncate,
-                                chunk_rows=chunk_rows) for sp in specs]
-            total, n = _reduce(executor.map(_run_shard, tasks))
-            return finish(total, alpha=alpha, n_chunks=n)
-        chunks: Iterable[Chunk] = iter_chunks(source, man, chunk_rows=chunk_rows, scan=scan)
-    else:
-        chunks = list(source)
-        horizon = max(int(c.dataset.episode_lengths.max()) for c in chunks)
+        sb = fit_behavior_stream(src, model=behavior_model, sample_rows=behavior_sample_rows,
+                                 seed=seed)
+        src.transform = sb
+        beh_info = sb.info
+    if any(k in Q_TYPE for k in keys):
+        from equicare.ope._stream_q import evaluate_stream_q, stream_q_config
 
-    def sums() -> Iterator[tuple[StreamSums, int]]:
-        for k, c in enumerate(chunks):
-            yield chunk_sums(c.dataset, policy, keys=keys, horizon=horizon, n_boot=n_boot,
-                             seed=seed, truncate=truncate), 1
-            if progress is not None:
-                progress(k + 1)
-
-    total, n = _reduce(sums())
-    return finish(total, alpha=alpha, n_chunks=n)
-
+        cfg = stream_q_config(q_model, [k for k in keys if k in Q_TYPE])
+        q_sums, n_q, q_info = evaluate_stream_q(src, policy, keys=keys, cfg=cfg, n_boot=n_boot,
+                                                seed=seed, truncate=truncate,
+                                                progress=progress)
+        return finish(q_sums, alpha=alpha, n_chunks=n_q, q_model=q_info,
+                      behavior_model=beh_info)
+    fn = functools.partial(chunk_sums, policy=policy, keys=keys, horizon=src.horizon,
+                           n_boot=n_boot, seed=seed, truncate=truncate)
+    total, n = src.map_reduce(fn, progress)
+    return finish(total, alpha=alpha, n_chunks=n, behavior_model=beh_info)

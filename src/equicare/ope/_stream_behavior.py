@@ -1,0 +1,186 @@
+r"""Propensities of a streamed panel that logs none: a behaviour model fitted on sampled episodes.
+
+When the panel has no logged propensity column, streamed evaluation estimates the behaviour
+policy the way the in-memory engine does (:class:`~equicare.policy.BehaviorModel`: a multinomial
+logistic chain over the action components, cross-fitted over episode folds), but fits it on a
+**random sample of whole episodes** collected in one pass, then applies it chunk by chunk:
+
+* an episode is in the sample when a uniform number drawn from a counter-based generator keyed
+  by ``(seed, episode id)`` (SplitMix64, as the bootstrap weights) is below
+  ``rate = min(1, sample_rows / n_rows)``: the sample is the same for any chunking or sharding,
+  and its memory is bounded by ``sample_rows`` rows;
+* rows of sampled episodes get the out-of-fold probability (the model of the folds that did not
+  see them), every other row the average of the fold models, as the in-memory model does on data
+  it was not fitted on; the floor applies as in memory.
+
+With ``sample_rows >= n_rows`` the sample is the whole panel and the propensities are those of the
+in-memory model fitted on it (tested). The choice over ``SGDClassifier.partial_fit``: the same
+estimator and cross-fitting as in memory, an answer that does not depend on the order or size of
+the chunks, and one pass instead of several epochs; its cost is the sampling error of a model
+fitted on ``sample_rows`` rows, measured in docs/scale.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from equicare.data import TrajectoryDataset
+from equicare.ope._resample import _GOLDEN, _SEED_MIX, _splitmix64, episode_keys
+from equicare.policy._behavior import BehaviorModel
+
+__all__ = ["StreamBehavior", "fit_behavior_stream", "sample_mask", "SAMPLE_ROWS"]
+
+#: Default rows of the behaviour model's sample of episodes.
+SAMPLE_ROWS = 1_000_000
+
+
+def sample_mask(episode_ids: Any, rate: float, seed: int) -> NDArray[np.bool_]:
+    """Whether each episode is in the sample: a pure function of (seed, episode id, rate)."""
+    keys = episode_keys(episode_ids)
+    with np.errstate(over="ignore"):
+        z = _splitmix64(keys ^ ((np.uint64(seed) + _GOLDEN) * _SEED_MIX))
+    u = (z >> np.uint64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)
+    return np.asarray(u < rate)
+
+
+@dataclass
+class _Sample:
+    """Sampled episodes of some chunks (adds up by concatenation, in storage order)."""
+
+    parts: list[TrajectoryDataset] = field(default_factory=list)
+
+    def __add__(self, other: _Sample) -> _Sample:
+        return _Sample(self.parts + other.parts)
+
+
+def _sample_chunk(dataset: TrajectoryDataset, *, rate: float, seed: int) -> _Sample:
+    mask = sample_mask(dataset.episode_ids, rate, seed)
+    return _Sample([dataset.subset(mask)] if mask.any() else [])
+
+
+def _concat(parts: list[TrajectoryDataset]) -> TrajectoryDataset:
+    """One dataset of the episodes of several (same panel, same coding) datasets."""
+    first = parts[0]
+    if len(parts) == 1:
+        return first
+    lengths = np.concatenate([p.episode_lengths for p in parts])
+    offsets = np.zeros(lengths.size + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+
+    def cat(name: str) -> Any:
+        vals = [getattr(p, name) for p in parts]
+        return None if vals[0] is None else np.concatenate(vals)
+
+    return replace(
+        first, states=cat("states"), actions=cat("actions"),
+        reward_components=cat("reward_components"), terminals=cat("terminals"),
+        episode_offsets=offsets, episode_ids=cat("episode_ids"), times=cat("times"),
+        groups={k: np.concatenate([p.groups[k] for p in parts]) for k in first.groups},
+        categorical=cat("categorical"), behavior_prob=cat("behavior_prob"), need=cat("need"),
+        mediators=cat("mediators"),
+        extras={k: np.concatenate([p.extras[k] for p in parts]) for k in first.extras},
+        _cache={})
+
+
+@dataclass(frozen=True, eq=False)
+class StreamBehavior:
+    """A behaviour model fitted on sampled episodes, applied to chunks (picklable).
+
+    Attributes
+    ----------
+    model : BehaviorModel
+        Fitted on the sample.
+    keys : ndarray of shape (n_sampled,), uint64
+        Sorted episode keys of the sample.
+    folds : ndarray of shape (n_sampled,)
+        Each sampled episode's cross-fitting fold.
+    info : dict
+        Sample size, rate and the model's summary.
+    """
+
+    model: BehaviorModel
+    keys: NDArray[np.uint64]
+    folds: NDArray[np.int64]
+    info: dict[str, Any]
+
+    def logged_prob(self, dataset: TrajectoryDataset) -> NDArray[np.float64]:
+        """Probability of each row's logged action (unfloored), shape ``(n_steps,)``.
+
+        Out-of-fold on rows of sampled episodes, the fold models' average elsewhere.
+        """
+        bm = self.model
+        keys = episode_keys(dataset.episode_ids)
+        pos = np.clip(np.searchsorted(self.keys, keys), 0, max(self.keys.size - 1, 0))
+        hit = self.keys[pos] == keys if self.keys.size else np.zeros(keys.size, dtype=bool)
+        ep_fold = np.where(hit, self.folds[pos], -1)
+        row_fold = ep_fold[dataset.episode_index]
+        x = bm._design(dataset)
+        codes, flat = dataset.action_codes, dataset.actions
+        out = np.empty(dataset.n_steps)
+        outside = np.flatnonzero(row_fold < 0)
+        if outside.size:
+            out[outside] = sum(bm._logged_probs(m, x[outside], codes[outside], flat[outside])
+                               for m in bm.models_) / len(bm.models_)
+        if len(bm.models_) == 1:
+            inside = np.flatnonzero(row_fold >= 0)
+            if inside.size:
+                out[inside] = bm._logged_probs(bm.models_[0], x[inside], codes[inside],
+                                               flat[inside])
+            return out
+        for f, models in enumerate(bm.models_):
+            rows = np.flatnonzero(row_fold == f)
+            if rows.size:
+                out[rows] = bm._logged_probs(models, x[rows], codes[rows], flat[rows])
+        return out
+
+    def __call__(self, dataset: TrajectoryDataset) -> TrajectoryDataset:
+        """The chunk with the floored estimated propensities as its ``behavior_prob``."""
+        p = np.maximum(self.logged_prob(dataset), float(self.model.floor))
+        return dataset.with_behavior_prob(p)
+
+
+def fit_behavior_stream(source: Any, *, model: Any = "logistic", sample_rows: int = SAMPLE_ROWS,
+                        seed: int = 0) -> StreamBehavior:
+    """Fit the behaviour model on a random sample of whole episodes of ``source`` (one pass).
+
+    Parameters
+    ----------
+    source : ChunkSource
+    model : {"logistic", "lgbm"}, classifier or BehaviorModel
+        As ``behavior_model`` of :func:`~equicare.ope.evaluate` (an unfitted BehaviorModel is
+        fitted on the sample).
+    sample_rows : int
+        Rows to sample (about; whole episodes). At least the panel's rows: the whole panel.
+    seed : int
+        Seed of the sample (and of the model's folds when ``model`` is a name).
+
+    Returns
+    -------
+    StreamBehavior
+    """
+    import functools
+
+    from sklearn.base import clone
+
+    if isinstance(sample_rows, bool) or not isinstance(sample_rows, int) or sample_rows < 1:
+        raise ValueError(f"behavior_sample_rows must be an int >= 1; got {sample_rows!r}.")
+    rate = min(1.0, float(sample_rows) / max(int(source.n_rows), 1))
+    sample, _ = source.map_reduce(functools.partial(_sample_chunk, rate=rate, seed=seed))
+    if not sample.parts:
+        raise ValueError(f"The behaviour model's sample (rate {rate:.3g}) has no episode; "
+                         "raise behavior_sample_rows.")
+    data = _concat(sample.parts)
+    bm = clone(model) if isinstance(model, BehaviorModel) else BehaviorModel(
+        estimator=model, random_state=seed)
+    bm.fit(data)
+    keys = episode_keys(data.episode_ids)
+    order = np.argsort(keys, kind="stable")
+    info = {"source": "estimated", "fit": "random sample of episodes",
+            "sample_rate": rate, "sample_episodes": int(data.n_episodes),
+            "sample_rows": int(data.n_steps), **bm.summary()}
+    return StreamBehavior(model=bm, keys=keys[order],
+                          folds=np.asarray(bm.fold_of_episode_)[order], info=info)

@@ -1,0 +1,681 @@
+r"""Streamed FQE, DR and WDR: the LSTD fit from sufficient statistics summed over chunks.
+
+The stationary tabular and the linear Q-models are LSTD fixed points (:mod:`equicare.ope._lstd`):
+``theta`` solves ``(sum_i x_i x_i^T + Lambda - gamma sum_i x_i xbar'_i^T) theta = sum_i x_i r_i``,
+and every sum runs over rows whose next row is in the same episode, so a chunk of whole episodes
+contributes its own sums and the chunks' sums add up. Three passes over the chunks (each a
+map-reduce, on one process or one task per shard):
+
+0. **design statistics** that the in-memory fit takes from the whole panel: the mean and standard
+   deviation of every state feature (linear; combined across chunks with Chan's update, so no
+   precision is lost) and the maximum absolute reward (its stability check), or the set of
+   visited (state cell, action) pairs (tabular);
+1. **sufficient statistics** ``X^T X``, ``X_prev^T X_pi`` and ``X^T r`` (sparse, or dense below
+   3,000 parameters), plus the gradients of FQE, DR and WDR with respect to ``theta`` (the
+   per-step sums that WDR's self-normalisation needs are kept per step and divided at the end);
+   ``theta`` is solved once from the reduced sums;
+2. **estimates**: each chunk's per-episode parts of every estimator with the fitted ``Q``
+   (:func:`~equicare.ope._core.episode_parts`), their Poisson-bootstrap sums, and the raw
+   influence of each episode on the refit, ``sum_{i in e} x_i^T z delta_i`` with
+   ``z = M^{-T} j`` and the TD residuals ``delta_i``.
+
+Point estimates equal the in-memory :func:`~equicare.ope.evaluate` with the same Q-model (tests:
+1e-9 relative). The bootstrap includes the Q-model's refit in every replicate by the same
+linearisation as the in-memory engine (an infinitesimal-jackknife correction per episode, centred,
+see :func:`equicare.ope._evaluate._with_q_refit`), not by a refit per replicate: per-replicate
+``(M_b, b_b)`` would cost ``n_boot`` times the statistics. Replicate weights are the
+counter-based Poisson(1) weights of :mod:`equicare.ope._resample`, so every chunking and sharding
+gives the same replicates. When the linear fixed point is unstable (a Q-value beyond ten times the
+largest possible return) the fit falls back, as in memory, to iterated ridge regressions, which
+need only the same sums; the bootstrap then holds the Q-model fixed, as in memory.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from numpy.typing import NDArray
+
+from equicare.data import TrajectoryDataset
+from equicare.exceptions import InvalidParameterError
+from equicare.ope._core import OPEInputs, episode_parts
+from equicare.ope._fqe import (
+    FQEConfig,
+    StateStats,
+    _category_design,
+    _cells,
+    _linear_model,
+    _LinearModel,
+    _next_rows,
+    _tabular_design,
+    visited_pairs,
+)
+from equicare.ope._lstd import (
+    DENSE_PARAMS,
+    KronPi,
+    LSTDSolution,
+    LSTDSums,
+    PiDesign,
+    SparsePi,
+    lstd_sums,
+    solve_lstd_sums,
+)
+from equicare.ope._resample import episode_keys, poisson_weights
+from equicare.ope._stream_sums import StreamSums, _target_probs
+from equicare.utils import ROW_BLOCK_ELEMENTS, row_blocks
+
+__all__ = ["STREAM_Q_MODELS", "stream_q_config", "evaluate_stream_q", "fit_q_stream",
+           "StreamQFit", "QValues", "AUTO_MESSAGE"]
+
+#: Q-models that stream (LSTD fixed points).
+STREAM_Q_MODELS: tuple[str, ...] = ("linear", "tabular_stationary")
+#: Error when ``q_model="auto"`` is asked to stream (tests match it).
+AUTO_MESSAGE = (
+    "q_model='auto' does not stream (it chooses among Q-models by cross-fitting on the whole "
+    "panel): name one of {models} to stream {keys}.")
+
+
+def stream_q_config(q_model: Any, keys: Sequence[str] = ("fqe", "dr", "wdr")) -> FQEConfig:
+    """The :class:`FQEConfig` of a streamable Q-model, or a clear error.
+
+    Parameters
+    ----------
+    q_model : {"linear", "tabular_stationary"} or FQEConfig
+        An FQEConfig must be the linear model (linear state design, fixed-point solver) or the
+        stationary tabular model.
+    keys : sequence of str
+        The estimators that need it (for the message).
+    """
+    models = " or ".join(repr(m) for m in STREAM_Q_MODELS)
+    if isinstance(q_model, FQEConfig):
+        cfg = q_model
+    elif q_model == "auto":
+        raise InvalidParameterError(AUTO_MESSAGE.format(models=models, keys=", ".join(keys)))
+    elif q_model == "linear":
+        cfg = FQEConfig(model="linear")
+    elif q_model == "tabular_stationary":
+        cfg = FQEConfig(model="tabular", horizon="stationary")
+    else:
+        raise InvalidParameterError(
+            f"q_model={q_model!r} does not stream (its fit needs the whole panel in memory): "
+            f"name one of {models} to stream {', '.join(keys)}.")
+    ok = (cfg.model == "linear" and cfg.state_design == "linear") or (
+        cfg.model == "tabular" and cfg.resolved_horizon == "stationary")
+    if not ok:
+        raise InvalidParameterError(
+            f"This Q-model (model={cfg.model!r}, horizon={cfg.resolved_horizon!r}, "
+            f"state_design={cfg.state_design!r}) does not stream: use {models} "
+            "(state_design='linear').")
+    return cfg
+
+
+# ---------------------------------------------------------------------- shared per-chunk pieces
+def _by_blocks(fn: Callable[..., Any], dataset: TrajectoryDataset, **kw: Any) -> Any:
+    """``fn`` over blocks of whole episodes of a chunk, summed.
+
+    A block has at most ``ROW_BLOCK_ELEMENTS / n_actions`` rows, so the target policy's
+    ``(rows, n_actions)`` probabilities never exceed ``ROW_BLOCK_ELEMENTS`` numbers whatever the
+    chunk size (every statistic here is a sum over whole episodes).
+    """
+    max_rows = max(1, ROW_BLOCK_ELEMENTS // max(1, dataset.n_actions))
+    total: Any = None
+    for _, _, part in dataset.episode_blocks(max_rows):
+        s = fn(part, **kw)
+        total = s if total is None else total + s
+    return total
+
+
+def _target_matrix(dataset: TrajectoryDataset, policy: Any) -> NDArray[np.float64]:
+    """The target policy's probabilities of every action at every row (checked)."""
+    from equicare.policy import check_probs
+
+    return check_probs(_target_probs(dataset, policy), dataset.n_steps, dataset.n_actions,
+                       "evaluate_stream")
+
+
+def _logged_b(dataset: TrajectoryDataset) -> NDArray[np.float64]:
+    from equicare.exceptions import DataValidationError
+
+    if dataset.behavior_prob is None:
+        raise DataValidationError(
+            "Streamed evaluation uses the logged propensities: name the column of the logged "
+            "action's probability under current practice as dataset.behavior_prob in the manifest.")
+    b = np.asarray(dataset.behavior_prob, dtype=np.float64)
+    ok = (b > 0) & (b <= 1 + 1e-9)
+    if not np.all(ok):
+        bad = np.flatnonzero(~ok)
+        raise DataValidationError(
+            f"{bad.size} logged propensities are not in (0, 1] (first rows of the chunk: "
+            f"{bad[:5].tolist()}); importance weights need the logged action's probability.")
+    return b
+
+
+@dataclass(frozen=True)
+class _Moments:
+    """Count, mean and sum of squared deviations of columns (Chan et al. 1979 to combine)."""
+
+    n: float
+    mean: NDArray[np.float64]
+    m2: NDArray[np.float64]
+
+    def __add__(self, o: _Moments) -> _Moments:
+        n = self.n + o.n
+        if n == 0:
+            return self
+        d = o.mean - self.mean
+        return _Moments(n=n, mean=self.mean + d * (o.n / n),
+                        m2=self.m2 + o.m2 + d * d * (self.n * o.n / n))
+
+
+@dataclass(frozen=True)
+class _Pre:
+    """Pass 0: what the design needs from the whole panel."""
+
+    moments: _Moments | None
+    visited: NDArray[np.int64] | None
+    r_absmax: float
+
+    def __add__(self, o: _Pre) -> _Pre:
+        return _Pre(moments=None if self.moments is None or o.moments is None
+                    else self.moments + o.moments,
+                    visited=None if self.visited is None or o.visited is None
+                    else np.union1d(self.visited, o.visited),
+                    r_absmax=max(self.r_absmax, o.r_absmax))
+
+
+def _pre_chunk(dataset: TrajectoryDataset, *, cfg: FQEConfig) -> _Pre:
+    r_absmax = float(np.abs(dataset.rewards).max()) if dataset.n_steps else 0.0
+    if cfg.model == "tabular":
+        cell, _ = _cells(dataset)
+        return _Pre(moments=None, visited=visited_pairs(cell, dataset.actions, dataset.n_actions),
+                    r_absmax=r_absmax)
+    cats = _category_design(dataset)
+    x = np.asarray(dataset.features(one_hot=cats is None), dtype=np.float64)
+    mean = x.mean(axis=0)
+    m2 = ((x - mean) ** 2).sum(axis=0)
+    return _Pre(moments=_Moments(n=float(x.shape[0]), mean=mean, m2=m2), visited=None,
+                r_absmax=r_absmax)
+
+
+@dataclass(frozen=True, eq=False)
+class _Design:
+    """The whole panel's design settings, shipped to every chunk task."""
+
+    cfg: FQEConfig
+    stats: StateStats | None
+    visited: NDArray[np.int64] | None
+    horizon: int
+    truncate: float | None
+    keys: tuple[str, ...]
+
+    def build(self, dataset: TrajectoryDataset, pe: NDArray[np.float64]
+              ) -> tuple[sp.csr_matrix, PiDesign, _LinearModel | None]:
+        """``X`` (logged actions), ``X_pi`` and the linear model (None for tabular)."""
+        if self.cfg.model == "tabular":
+            cell, _ = _cells(dataset)
+            x, x_pi, _, _, _, _ = _tabular_design(cell, dataset.actions, pe,
+                                                  visited=self.visited)
+            return x, SparsePi(x_pi), None
+        lm = _linear_model(dataset, self.cfg, self.stats)
+        x, kpi = lm.design(dataset.actions, pe)
+        return x, kpi, lm
+
+
+def _grouped_t(design: sp.csr_matrix | PiDesign, c: NDArray[np.float64], t: NDArray[np.int64],
+               width: int) -> NDArray[np.float64]:
+    """``sum_{i: t_i = s} c_i x_i`` for every step ``s``: shape ``(n_params, width)``."""
+    n = c.size
+    by_step = sp.csr_matrix((c, (np.arange(n), t)), shape=(n, width))
+    mat: Any = design.x_pi if isinstance(design, SparsePi) else design
+    if sp.issparse(mat):
+        return np.asarray((sp.csr_matrix(mat.T) @ by_step).toarray())
+    assert isinstance(design, KronPi)
+    top = np.zeros((width, design.n_kron))
+    for sl in row_blocks(n, design.n_kron):  # [phi (x) u] one block of rows at a time
+        k = sl.stop - sl.start
+        g = sp.csr_matrix((c[sl], (t[sl], np.arange(k))), shape=(width, k))
+        top += g @ design._block(sl)
+    out = top.T
+    if design.cats is not None:
+        out = np.concatenate([out, np.asarray((design.cats.T @ by_step).toarray())], axis=0)
+    return np.ascontiguousarray(out)
+
+
+def _pi_rows(x_pi: PiDesign, sl: slice) -> NDArray[np.float64]:
+    """Rows ``sl`` of ``X_pi`` as a dense array."""
+    if isinstance(x_pi, SparsePi):
+        return np.asarray(x_pi.x_pi[sl].toarray())
+    assert isinstance(x_pi, KronPi)
+    kron = x_pi._block(sl)
+    if x_pi.cats is None:
+        return kron
+    return np.concatenate([kron, x_pi.cats[sl].toarray()], axis=1)
+
+
+def _chunk_sums(x: sp.csr_matrix, x_pi: PiDesign, rewards: NDArray[np.float64],
+                has_next: NDArray[np.bool_], gamma: float) -> LSTDSums:
+    """:func:`~equicare.ope._lstd.lstd_sums` of a chunk.
+
+    Dense BLAS products in row blocks when the system is small enough to be solved densely (the
+    same sums, several times faster than sparse products).
+    """
+    n, n_par = x.shape
+    if n_par > DENSE_PARAMS:
+        return lstd_sums(x, x_pi, rewards, has_next, gamma)
+    xtx = np.zeros((n_par, n_par))
+    cross = np.zeros((n_par, n_par)) if gamma > 0 else None
+    b = np.zeros(n_par)
+    for sl in row_blocks(n, n_par):
+        lo, hi = sl.start, sl.stop
+        ext = max(lo - 1, 0)
+        xd = x[ext:hi].toarray()
+        cur = xd[lo - ext:]
+        xtx += cur.T @ cur
+        b += cur.T @ rewards[lo:hi]
+        if cross is not None:  # row j holds x_{j-1} when row j-1 has a next row
+            src = np.arange(lo, hi) - 1
+            ok = (src >= 0) & has_next[np.maximum(src, 0)]
+            prev = np.zeros_like(cur)
+            prev[ok] = xd[src[ok] - ext]
+            cross += prev.T @ _pi_rows(x_pi, sl)
+    return LSTDSums(xtx=xtx, cross=cross, b=b)
+
+
+def _bounded(lm: _LinearModel, theta: NDArray[np.float64], limit: float) -> bool:
+    """The in-memory stability check ``max |Q(s, a)| <= limit``, via a cheap upper bound first.
+
+    ``|Q(s, a)| <= sum_j |b_j(s)| max_a |psi_aj| + |offset(s)|`` with ``b = phi W``: when that
+    bound holds the exact check would pass too, so it is run only when the bound fails.
+    """
+    qfun = lm.q_function(theta)
+    assert qfun.phi is not None and qfun.weights is not None
+    bound = np.abs(qfun.phi @ qfun.weights) @ np.abs(lm.psi).max(axis=0)
+    if qfun.offset is not None:
+        bound = bound + np.abs(qfun.offset)
+    if bool(np.isfinite(bound).all()) and (bound.size == 0 or float(bound.max()) <= limit):
+        return True
+    return qfun.bounded(limit)
+
+
+@dataclass(frozen=True, eq=False)
+class _Pass1:
+    """Pass 1: LSTD sums plus the pieces of the estimators' gradients in ``theta``."""
+
+    sums: LSTDSums
+    n_episodes: int
+    first: NDArray[np.float64] | None  # (n_params,): sum of X_pi over step-0 rows
+    a: NDArray[np.float64] | None  # (n_params, H): sum disc w_prev X_pi per step
+    b: NDArray[np.float64] | None  # (n_params, H): sum disc w X per step
+    s: NDArray[np.float64] | None  # (H,): sum of w per step (WDR residual denominators)
+    s_prev: NDArray[np.float64] | None  # (H,): sum of w_prev per step (WDR control)
+    shape: tuple[int, int]  # (p, m) of the linear model, (0, 0) for tabular
+    gamma: float
+
+    def __add__(self, o: _Pass1) -> _Pass1:
+        def add(u: Any, v: Any) -> Any:
+            return None if u is None else u + v
+
+        return _Pass1(sums=self.sums + o.sums, n_episodes=self.n_episodes + o.n_episodes,
+                      first=add(self.first, o.first), a=add(self.a, o.a), b=add(self.b, o.b),
+                      s=add(self.s, o.s), s_prev=add(self.s_prev, o.s_prev), shape=self.shape,
+                      gamma=self.gamma)
+
+
+def _weights_inputs(dataset: TrajectoryDataset, pe: NDArray[np.float64], horizon: int,
+                    q_sa: NDArray[np.float64] | None = None,
+                    v: NDArray[np.float64] | None = None) -> OPEInputs:
+    b = _logged_b(dataset)
+    rho = pe[np.arange(dataset.n_steps), dataset.actions] / b
+    return OPEInputs(rewards=dataset.rewards, episode_offsets=dataset.episode_offsets,
+                     gamma=dataset.gamma, rho=rho, q_sa=q_sa, v_s=v, horizon=horizon)
+
+
+def _pass1_chunk(dataset: TrajectoryDataset, *, policy: Any, design: _Design) -> _Pass1:
+    pe = _target_matrix(dataset, policy)
+    x, x_pi, lm = design.build(dataset, pe)
+    _, has_next = _next_rows(dataset)
+    sums = _chunk_sums(x, x_pi, dataset.rewards, has_next, float(dataset.gamma))
+    shape = (0, 0) if lm is None else (int(lm.phi.shape[1]), int(lm.psi.shape[1]))
+    inputs = _weights_inputs(dataset, pe, design.horizon)
+    keys = design.keys
+    first = a = bb = s = s_prev = None
+    if "fqe" in keys:
+        t0 = (inputs.step == 0).astype(np.float64)[:, None]
+        first = x_pi.rmatvec(t0)[:, 0]
+    if "dr" in keys or "wdr" in keys:
+        w = inputs.cumulative_weights(design.truncate)
+        e, t = inputs.episode_index, inputs.step
+        disc = inputs.gamma ** t.astype(np.float64)
+        w_row = w[e, t]
+        w_prev = np.where(t > 0, w[e, np.maximum(t - 1, 0)], 1.0)
+        h = design.horizon
+        a = _grouped_t(x_pi, disc * w_prev, t, h)
+        bb = _grouped_t(x, disc * w_row, t, h)
+        s = w.sum(axis=0)
+        s_prev = np.empty(h)
+        s_prev[0] = float(inputs.n_episodes)
+        s_prev[1:] = w[:, :-1].sum(axis=0)
+    return _Pass1(sums=sums, n_episodes=dataset.n_episodes, first=first, a=a, b=bb, s=s,
+                  s_prev=s_prev, shape=shape, gamma=float(dataset.gamma))
+
+
+@dataclass(frozen=True, eq=False)
+class _Fit:
+    """The fitted ``theta`` and the refit directions ``z`` (None: Q held fixed)."""
+
+    theta: NDArray[np.float64]
+    z: NDArray[np.float64] | None
+    infl_keys: tuple[str, ...]
+    check_limit: float | None  # linear fixed point: |Q| bound of the stability check
+
+
+def _gradients(p1: _Pass1, keys: Sequence[str]) -> NDArray[np.float64]:
+    """``dF/dtheta`` of FQE, DR, WDR (those in ``keys``), shape ``(n_params, k)``."""
+    n = float(p1.n_episodes)
+    cols = []
+    for k in keys:
+        if k == "fqe":
+            assert p1.first is not None
+            cols.append(p1.first / n)
+        elif k == "dr":
+            assert p1.a is not None and p1.b is not None
+            cols.append((p1.a - p1.b).sum(axis=1) / n)
+        else:
+            assert p1.a is not None and p1.b is not None
+            assert p1.s is not None and p1.s_prev is not None
+            sp_t = np.where(p1.s_prev > 0, p1.s_prev, 1.0)
+            s_t = np.where(p1.s > 0, p1.s, 1.0)
+            cols.append((p1.a / sp_t).sum(axis=1) - (p1.b / s_t).sum(axis=1))
+    return np.column_stack(cols)
+
+
+def _iterate(sums: LSTDSums, gamma: float, ridge: NDArray[np.float64], n_iter: int
+             ) -> NDArray[np.float64]:
+    """FQE iterated as ridge regressions, from the sums: ``theta <- A^{-1}(b + gamma C theta)``."""
+    from scipy.sparse.linalg import splu
+
+    xtx = sums.xtx if sp.issparse(sums.xtx) else sp.csr_matrix(np.asarray(sums.xtx))
+    lu = splu(sp.csc_matrix(xtx + sp.diags(ridge)))
+    cross = sums.cross
+    theta = np.zeros(sums.b.size)
+    for _ in range(n_iter):
+        v_next = np.zeros_like(theta) if cross is None else np.asarray(cross @ theta).ravel()
+        theta = lu.solve(sums.b + gamma * v_next)
+    return np.asarray(theta, dtype=np.float64)
+
+
+def _solve(p1: _Pass1, design: _Design, gamma: float
+           ) -> tuple[LSTDSolution | None, NDArray[np.float64], dict[str, Any]]:
+    """Solve as the in-memory fit does; ``(solution or None, theta, info)``."""
+    sums, cfg = p1.sums, design.cfg
+    n_par = sums.b.size
+    diag = sums.diag_xtx
+    if cfg.model == "tabular":
+        sol = solve_lstd_sums(sums, gamma, np.zeros(n_par))
+        if sol is None:  # a closed loop without exit in the data: a vanishing ridge
+            sol = solve_lstd_sums(sums, gamma, 1e-8 * np.maximum(diag, 1.0))
+        if sol is None:
+            raise ValueError("The stationary tabular FQE system is singular; use "
+                             "horizon='backward' (in memory).")
+        return sol, sol.theta, {"solver": "sparse_fixed_point", "n_pairs": int(n_par)}
+    p, m = p1.shape
+    penalty = np.full(n_par, float(cfg.alpha))
+    shared = np.arange(p) * m
+    penalty[shared] = 1e-8 * max(1.0, float(diag[: p * m].sum()) / (p * m))
+    info: dict[str, Any] = {"solver": "fixed_point", "n_params": int(n_par)}
+    sol = None
+    if gamma > 0 and cfg.solver == "fixed_point":
+        sol = solve_lstd_sums(sums, gamma, penalty)
+    elif gamma == 0:
+        sol = solve_lstd_sums(sums, 0.0, penalty)
+        info["solver"] = "ridge"
+    if sol is not None:
+        return sol, sol.theta, info
+    n_iter = cfg.n_iterations or min(design.horizon, 100)
+    info.update(solver="iterate", n_iterations=n_iter)
+    return None, _iterate(sums, gamma, penalty, n_iter), info
+
+
+@dataclass(frozen=True, eq=False)
+class _Pass2:
+    sums: StreamSums
+    bounded: bool
+
+    def __add__(self, o: _Pass2) -> _Pass2:
+        return _Pass2(sums=self.sums + o.sums, bounded=self.bounded and o.bounded)
+
+
+def _pass2_chunk(dataset: TrajectoryDataset, *, policy: Any, design: _Design, fit: _Fit,
+                 n_boot: int, seed: int) -> _Pass2:
+    pe = _target_matrix(dataset, policy)
+    x, x_pi, lm = design.build(dataset, pe)
+    theta = fit.theta
+    bounded = True
+    if lm is not None:
+        qfun = lm.q_function(theta)
+        if fit.check_limit is not None:
+            bounded = _bounded(lm, theta, fit.check_limit)
+        from equicare.ope._fqe import _logged_values
+
+        q_sa, v = _logged_values(qfun, pe, dataset.actions)
+    else:
+        q_sa, v = np.asarray(x @ theta), x_pi.matvec(theta)
+    inputs = _weights_inputs(dataset, pe, design.horizon, q_sa=q_sa, v=v)
+    parts = episode_parts(inputs, design.keys, truncate=design.truncate)
+    cols = [parts.matrix, inputs.returns()[:, None]]
+    if fit.z is not None:
+        _, has_next = _next_rows(dataset)
+        v_lstd = x_pi.matvec(theta)
+        v_next = np.zeros_like(v_lstd)
+        v_next[:-1] = np.where(has_next[:-1], v_lstd[1:], 0.0)
+        delta = dataset.rewards + dataset.gamma * v_next - np.asarray(x @ theta)
+        contrib = np.asarray(x @ fit.z) * delta[:, None]
+        cols.append(np.add.reduceat(contrib, dataset.episode_offsets[:-1], axis=0))
+    mat = np.concatenate(cols, axis=1)
+    w = poisson_weights(episode_keys(dataset.episode_ids), n_boot, seed)
+    tw = inputs.trajectory_weights(design.truncate)
+    sums = StreamSums(n_episodes=dataset.n_episodes, n_steps=dataset.n_steps,
+                      total=mat.sum(axis=0), boot=w @ mat, boot_n=w.sum(axis=1),
+                      w_sum=float(tw.sum()), w_sq=float(np.dot(tw, tw)), gamma=dataset.gamma,
+                      parts_layout=(parts.keys, parts.slices, parts.horizon),
+                      infl_keys=fit.infl_keys)
+    return _Pass2(sums=sums, bounded=bounded)
+
+
+@dataclass(frozen=True, eq=False)
+class QValues:
+    """A fitted streamed Q-model to apply to chunks: the design settings and ``theta``."""
+
+    design: _Design
+    theta: NDArray[np.float64]
+
+    def values(self, dataset: TrajectoryDataset, policy: Any
+               ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """``Q(s_t, a_t)`` and ``V(s_t)`` of a chunk's rows, each of shape ``(n_steps,)``.
+
+        Computed in blocks of whole episodes (see :func:`_by_blocks`).
+        """
+        from equicare.ope._fqe import _logged_values
+
+        q_sa, v = np.empty(dataset.n_steps), np.empty(dataset.n_steps)
+        max_rows = max(1, ROW_BLOCK_ELEMENTS // max(1, dataset.n_actions))
+        for lo, hi, part in dataset.episode_blocks(max_rows):
+            pe = _target_matrix(part, policy)
+            x, x_pi, lm = self.design.build(part, pe)
+            if lm is None:
+                q_sa[lo:hi], v[lo:hi] = np.asarray(x @ self.theta), x_pi.matvec(self.theta)
+            else:
+                q_sa[lo:hi], v[lo:hi] = _logged_values(lm.q_function(self.theta), pe,
+                                                       part.actions)
+        return q_sa, v
+
+    def bounded(self, dataset: TrajectoryDataset, policy: Any, limit: float) -> bool:
+        """Whether every ``|Q(s_t, a)|`` of the chunk is finite and at most ``limit``."""
+        pe = _target_matrix(dataset, policy)
+        _, _, lm = self.design.build(dataset, pe)
+        return True if lm is None else _bounded(lm, self.theta, limit)
+
+
+@dataclass(frozen=True, eq=False)
+class StreamQFit:
+    """A Q-model fitted from streamed sufficient statistics, ready to apply chunk by chunk.
+
+    Attributes
+    ----------
+    design : _Design
+        The whole panel's design settings.
+    theta : ndarray of shape (n_params,)
+    solution : LSTDSolution or None
+        The factorised fixed point (None after the iterated fall-back).
+    pass1 : _Pass1
+        The summed statistics.
+    info : dict
+        Solver and sizes.
+    """
+
+    design: _Design
+    theta: NDArray[np.float64]
+    solution: LSTDSolution | None
+    pass1: _Pass1
+    info: dict[str, Any]
+    r_absmax: float
+
+    def applier(self) -> QValues:
+        """What a worker needs to evaluate the fitted Q on a chunk (picklable, small)."""
+        return QValues(design=self.design, theta=self.theta)
+
+    @property
+    def check_limit(self) -> float | None:
+        """``|Q|`` bound of the in-memory stability check (linear fixed point only)."""
+        if (self.design.cfg.model == "linear" and self.solution is not None
+                and self.pass1.gamma > 0):
+            return 10 * (self.r_absmax + 1e-12) * self.design.horizon
+        return None
+
+    def iterated(self) -> StreamQFit:
+        """The fall-back of an unstable linear fixed point: iterated ridge regressions."""
+        cfg, p1 = self.design.cfg, self.pass1
+        n_iter = cfg.n_iterations or min(self.design.horizon, 100)
+        p, m = p1.shape
+        penalty = np.full(self.theta.size, float(cfg.alpha))
+        penalty[np.arange(p) * m] = 1e-8 * max(1.0, float(p1.sums.diag_xtx[: p * m].sum())
+                                               / (p * m))
+        theta = _iterate(p1.sums, p1.gamma, penalty, n_iter)
+        return StreamQFit(design=self.design, theta=theta, solution=None, pass1=p1,
+                          info={**self.info, "solver": "iterate", "n_iterations": n_iter},
+                          r_absmax=self.r_absmax)
+
+
+def _bounded_chunk(dataset: TrajectoryDataset, *, policy: Any, q: QValues,
+                   limit: float) -> _Bounded:
+    return _Bounded(q.bounded(dataset, policy, limit))
+
+
+@dataclass(frozen=True)
+class _Bounded:
+    ok: bool
+
+    def __add__(self, o: _Bounded) -> _Bounded:
+        return _Bounded(self.ok and o.ok)
+
+
+def fit_q_stream(source: Any, policy: Any, *, cfg: FQEConfig, keys: tuple[str, ...],
+                 truncate: float | None = None, check: bool = True) -> StreamQFit:
+    """Fit a streamable Q-model of ``policy`` over the chunks of ``source`` (passes 0 and 1).
+
+    Parameters
+    ----------
+    source : ChunkSource
+    policy : Policy or callable
+    cfg : FQEConfig
+        From :func:`stream_q_config`.
+    keys : tuple of str
+        Estimators whose gradients pass 1 collects (``fqe, dr, wdr`` among them).
+    truncate : float, optional
+    check : bool
+        Run the in-memory stability check of the linear fixed point as one more pass (and fall
+        back to iterated regressions when it fails); :func:`evaluate_stream_q` checks in its
+        estimate pass instead.
+
+    Returns
+    -------
+    StreamQFit
+    """
+    horizon = int(source.horizon)
+    pre, _ = source.map_reduce(functools.partial(_by_blocks, _pre_chunk, cfg=cfg))
+    stats = None
+    if pre.moments is not None:
+        mo = pre.moments
+        stats = StateStats(mean=mo.mean, sd=np.sqrt(mo.m2 / max(mo.n, 1.0)), max_len=horizon)
+    design = _Design(cfg=cfg, stats=stats, visited=pre.visited, horizon=horizon,
+                     truncate=truncate, keys=keys)
+    p1, _ = source.map_reduce(functools.partial(_by_blocks, _pass1_chunk, policy=policy,
+                                                design=design))
+    sol, theta, info = _solve(p1, design, p1.gamma)
+    fit = StreamQFit(design=design, theta=theta, solution=sol, pass1=p1, info=info,
+                     r_absmax=pre.r_absmax)
+    limit = fit.check_limit
+    if check and limit is not None:
+        ok, _ = source.map_reduce(functools.partial(_by_blocks, _bounded_chunk, policy=policy,
+                                                    q=fit.applier(), limit=limit))
+        if not ok.ok:
+            fit = fit.iterated()
+    return fit
+
+
+def evaluate_stream_q(source: Any, policy: Any, *, keys: tuple[str, ...], cfg: FQEConfig,
+                      n_boot: int, seed: int, truncate: float | None,
+                      progress: Callable[[int], None] | None = None
+                      ) -> tuple[StreamSums, int, dict[str, Any]]:
+    """Streamed evaluation with FQE, DR and WDR (three map-reduce passes over ``source``).
+
+    Parameters
+    ----------
+    source : ChunkSource
+    policy : Policy or callable
+    keys : tuple of str
+        Estimators (importance-sampling ones computed alongside).
+    cfg : FQEConfig
+        From :func:`stream_q_config`.
+    n_boot, seed, truncate
+        As in :func:`~equicare.ope.evaluate_stream`.
+    progress : callable, optional
+        Called with the number of chunks done in the last pass.
+
+    Returns
+    -------
+    sums : StreamSums
+        Summed parts, replicates and influence columns (``equicare.ope._stream.finish`` turns
+        them into estimates).
+    n_chunks : int
+    q_model : dict
+        Name, solver and how the refit enters the bootstrap.
+    """
+    q_keys = tuple(k for k in ("fqe", "dr", "wdr") if k in keys)
+    qfit = fit_q_stream(source, policy, cfg=cfg, keys=keys, truncate=truncate, check=False)
+    sol = qfit.solution
+    z = None if sol is None else sol.solve_t(_gradients(qfit.pass1, q_keys))
+    fit = _Fit(theta=qfit.theta, z=z, infl_keys=q_keys if z is not None else (),
+               check_limit=qfit.check_limit)
+    p2, n = source.map_reduce(functools.partial(_by_blocks, _pass2_chunk, policy=policy,
+                                                design=qfit.design, fit=fit, n_boot=n_boot,
+                                                seed=seed), progress)
+    info = qfit.info
+    if not p2.bounded:  # unstable fixed point: iterate from the same sums, Q held fixed
+        qfit = qfit.iterated()
+        info = qfit.info
+        fit = _Fit(theta=qfit.theta, z=None, infl_keys=(), check_limit=None)
+        p2, n = source.map_reduce(functools.partial(_by_blocks, _pass2_chunk, policy=policy,
+                                                    design=qfit.design, fit=fit,
+                                                    n_boot=n_boot, seed=seed), progress)
+    name = "linear" if cfg.model == "linear" else "tabular_stationary"
+    q_info = {"chosen": name, **info,
+              "bootstrap": ("Q-model refit linearised in every replicate" if fit.z is not None
+                            else "Q-model fitted once on all episodes"),
+              "passes": 3}
+    return p2.sums, n, q_info
