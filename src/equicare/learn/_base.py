@@ -14,7 +14,7 @@ import math
 import os
 import time
 from abc import ABCMeta, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -430,6 +430,40 @@ class OfflineLearner(BaseEstimator, metaclass=ABCMeta):  # type: ignore[misc]
                                           "space than the training dataset.")
         return dataset, valid
 
+    def _build_networks(self, tdata: TrainData, sizes: Sequence[int], window: int,
+                        vocab: tuple[tuple[Any, ...], ...] | None) -> None:
+        """Networks, input statistics, optimisers and group-DRO state for ``tdata``'s inputs.
+
+        Shared by in-memory :meth:`fit` and streamed training.
+        """
+        cfg = self.config
+        self._fair_pos = torch.as_tensor(np.flatnonzero(self.fair_mask_[self.support_]))
+        base: dict[str, Any] = {
+            "n_features": int(tdata.inputs.x.shape[1]), "sizes": tuple(sizes),
+            "support": tuple(int(a) for a in self.support_), "encoder": cfg.encoder,
+            "hidden": tuple(cfg.hidden), "window": window, "lstm_hidden": cfg.lstm_hidden,
+            "history_actions": cfg.input_actions}
+        if vocab:
+            onehot = tuple(cfg.categorical_encoding == "auto" and len(v) <= cfg.onehot_max_levels
+                           for v in vocab)
+            base["categorical_levels"] = vocab
+            base["categorical_onehot"] = onehot
+            base["embedding_dims"] = tuple(
+                len(v) if o else embedding_size(len(v), cfg.max_embedding_dim)
+                for v, o in zip(vocab, onehot, strict=True))
+        critic_base = {**base, "n_features": int(tdata.critic_inputs.x.shape[1])}
+        self.nets_ = self._networks(base, critic_base)
+        x_np, xc_np = tdata.inputs.x.numpy(), tdata.critic_inputs.x.numpy()
+        for k, net in self.nets_.items():
+            net.set_input_stats(xc_np if k in self.critic_nets else x_np)
+        self._optims = {
+            k: torch.optim.Adam([p for n in names for p in self.nets_[n].parameters()],
+                                lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                                foreach=True)
+            for k, names in self._trainable().items()}
+        self._dro = GroupDRO(self._n_groups, cfg.group_robust_step)
+        self._group_signal = None
+
     def fit(self, dataset: Any, *, valid: Any | None = None, progress: bool = True,
             checkpoint_dir: str | os.PathLike[str] | None = None, resume: bool = False
             ) -> OfflineLearner:
@@ -478,33 +512,7 @@ class OfflineLearner(BaseEstimator, metaclass=ABCMeta):  # type: ignore[misc]
         if tdata.rows.shape[0] == 0:
             raise DataValidationError(f"{type(self).__name__}: no training row has an action in "
                                       "the support.")
-        self._fair_pos = torch.as_tensor(np.flatnonzero(self.fair_mask_[self.support_]))
-        # ---------------------------------------------------------- networks and optimisers
-        base = {"n_features": int(tdata.inputs.x.shape[1]),
-                "sizes": tuple(train.action_space.sizes),
-                "support": tuple(int(a) for a in self.support_),
-                "encoder": cfg.encoder, "hidden": tuple(cfg.hidden), "window": window,
-                "lstm_hidden": cfg.lstm_hidden, "history_actions": cfg.input_actions}
-        if vocab:
-            onehot = tuple(cfg.categorical_encoding == "auto" and len(v) <= cfg.onehot_max_levels
-                           for v in vocab)
-            base["categorical_levels"] = vocab
-            base["categorical_onehot"] = onehot
-            base["embedding_dims"] = tuple(
-                len(v) if o else embedding_size(len(v), cfg.max_embedding_dim)
-                for v, o in zip(vocab, onehot, strict=True))
-        critic_base = {**base, "n_features": int(tdata.critic_inputs.x.shape[1])}
-        self.nets_ = self._networks(base, critic_base)
-        x_np, xc_np = tdata.inputs.x.numpy(), tdata.critic_inputs.x.numpy()
-        for k, net in self.nets_.items():
-            net.set_input_stats(xc_np if k in self.critic_nets else x_np)
-        self._optims = {
-            k: torch.optim.Adam([p for n in names for p in self.nets_[n].parameters()],
-                                lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
-                                foreach=True)
-            for k, names in self._trainable().items()}
-        self._dro = GroupDRO(self._n_groups, cfg.group_robust_step)
-        self._group_signal = None
+        self._build_networks(tdata, train.action_space.sizes, window, vocab)
         sampler = EpochSampler(tdata.rows, cfg.batch_size, np.random.default_rng(cfg.seed))
         self.history_: list[dict[str, Any]] = []
         self.best_step_ = 0

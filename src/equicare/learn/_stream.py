@@ -30,15 +30,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
 from equicare.exceptions import DataValidationError, InvalidParameterError
 from equicare.learn._base import OfflineLearner
 from equicare.learn._data import EpochSampler, TrainData, group_codes, support_of
-from equicare.learn._fairness import GroupDRO
-from equicare.models._encoders import embedding_size
 from equicare.models._inputs import categorical_vocabulary, input_names
 from equicare.policy._learned import manifest_fingerprint
 
@@ -107,31 +104,7 @@ def _setup(learner: OfflineLearner, ref: TrajectoryDataset, support: NDArray[np.
     learner.categorical_levels_ = vocab
     tdata = TrainData.build(ref, cfg.input_window, support, g_ref, cfg.input_actions, n_cg,
                             vocab)
-    learner._fair_pos = torch.as_tensor(np.flatnonzero(learner.fair_mask_[support]))
-    base: dict[str, Any] = {
-        "n_features": int(tdata.inputs.x.shape[1]), "sizes": tuple(ref.action_space.sizes),
-        "support": tuple(int(a) for a in support), "encoder": cfg.encoder,
-        "hidden": tuple(cfg.hidden), "window": cfg.input_window,
-        "lstm_hidden": cfg.lstm_hidden, "history_actions": cfg.input_actions}
-    if vocab:
-        onehot = tuple(cfg.categorical_encoding == "auto" and len(v) <= cfg.onehot_max_levels
-                       for v in vocab)
-        base["categorical_levels"] = vocab
-        base["categorical_onehot"] = onehot
-        base["embedding_dims"] = tuple(
-            len(v) if o else embedding_size(len(v), cfg.max_embedding_dim)
-            for v, o in zip(vocab, onehot, strict=True))
-    critic_base = {**base, "n_features": int(tdata.critic_inputs.x.shape[1])}
-    learner.nets_ = learner._networks(base, critic_base)
-    x_np, xc_np = tdata.inputs.x.numpy(), tdata.critic_inputs.x.numpy()
-    for k, net in learner.nets_.items():
-        net.set_input_stats(xc_np if k in learner.critic_nets else x_np)
-    learner._optims = {
-        k: torch.optim.Adam([p for n in names for p in learner.nets_[n].parameters()],
-                            lr=cfg.learning_rate, weight_decay=cfg.weight_decay, foreach=True)
-        for k, names in learner._trainable().items()}
-    learner._dro = GroupDRO(learner._n_groups, cfg.group_robust_step)
-    learner._group_signal = None
+    learner._build_networks(tdata, ref.action_space.sizes, cfg.input_window, vocab)
     return tdata
 
 
