@@ -85,9 +85,12 @@ def candidate_config(name: str) -> FQEConfig:
         return FQEConfig(model="tabular", horizon="stationary")
     if name == "tabular_backward":
         return FQEConfig(model="tabular", horizon="backward")
+    if name == "tabular_window":
+        return FQEConfig(model="tabular", horizon="window")
     if name in ("linear", "gbm", "mlp"):
         return FQEConfig(model=name)  # type: ignore[arg-type]
-    raise ValueError(f"Unknown Q-model candidate {name!r}; expected one of {AUTO_CANDIDATES}.")
+    raise ValueError(f"Unknown Q-model candidate {name!r}; expected one of "
+                     f"{(*AUTO_CANDIDATES, 'tabular_window')}.")
 
 
 @dataclass(frozen=True)
