@@ -257,3 +257,19 @@ def test_tabular_window_equals_a_loop_reference(weighted):
     assert fit.info["solver"] == "window" and fit.info["horizon"] == 5
     with pytest.raises(ValueError, match=re.escape("('window' is tabular only)")):
         FQEConfig(model="gbm", horizon="window")
+
+
+def test_tabular_window_through_evaluate():
+    """``q_model="tabular_window"`` reaches the estimators; its FQE value is the fit's."""
+    from equicare.ope import evaluate
+    from equicare.sim.garnet import GarnetConfig, GarnetMDP, garnet_target_policies
+
+    from ._garnet import panel_dataset
+
+    mdp = GarnetMDP(GarnetConfig(n_states=8, n_actions=3, n_successors=2, max_horizon=6),
+                    random_state=0)
+    ds = panel_dataset(mdp, mdp.simulate(60, random_state=1))
+    pe = garnet_target_policies(mdp)["mixture_30"][ds.categorical[:, 0]]
+    res = evaluate(ds, pe, q_model="tabular_window", bootstrap=20, groups=(), random_state=0)
+    fit = fit_fqe_logged(ds, pe, FQEConfig(model="tabular", horizon="window"))
+    assert res.estimates["fqe"].value == pytest.approx(fit.v[ds.is_first].mean(), abs=1e-12)
