@@ -249,7 +249,7 @@ class LoggedQFit:
     seconds: float
     info: dict[str, Any] = field(default_factory=dict)
     _qfun: _QFunction | None = field(default=None, repr=False)
-    lstd: LSTDFit | None = field(default=None, repr=False)
+    lstd: LSTDFit | WindowLinearisation | None = field(default=None, repr=False)
 
     @property
     def q(self) -> NDArray[np.float64]:
@@ -648,13 +648,15 @@ def _fit_tabular_window(dataset: TrajectoryDataset, pe: NDArray[np.float64], gam
     ``H`` the longest stay. A row at step ``t`` gets ``Q_t`` (rows are time-dependent, like the
     exact ``Q`` of a finite window). Each step costs one sparse mat-vec over the visited pairs,
     ``M = diag(1/n_next) B X_pi`` (``B`` maps a pair to the next rows of its rows) built once.
-    The Q-model is held fixed in bootstrap replicates (it is not an LSTD system).
+    Its refit enters bootstrap replicates to first order through
+    :class:`WindowLinearisation` (while ``H x visited pairs`` is at most
+    :data:`WINDOW_LINEARISED_CELLS`; above, the Q-model is held fixed).
     """
     n, n_a = pe.shape
     cell, _ = _cells(dataset)
     w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
     train = w > 0
-    _, x_pi, cellc, pair_cell, pair_action, n_cells = _tabular_design(
+    x_logged, x_pi, cellc, pair_cell, pair_action, n_cells = _tabular_design(
         cell, dataset.actions, pe, train)
     pairs = pair_cell * n_a + pair_action
     n_pairs = pairs.size
@@ -685,15 +687,111 @@ def _fit_tabular_window(dataset: TrajectoryDataset, pe: NDArray[np.float64], gam
     sums = np.zeros((n_cells, n_a))
     q_rows = np.zeros((n, n_a))
     theta = np.zeros(n_pairs)
+    keep = horizon * n_pairs <= WINDOW_LINEARISED_CELLS
+    thetas = np.zeros((horizon + 1, n_pairs)) if keep else None
     for t in range(horizon - 1, -1, -1):  # backward over steps: one sparse mat-vec each
         theta = r_hat + (gamma * cont[t]) * (m @ theta) if gamma > 0 else r_hat
+        if thetas is not None:
+            thetas[t] = theta
         rows = order[bounds[t]:bounds[t + 1]]
         rows = rows[cellc[rows] >= 0]
         if rows.size:
             sums[pair_cell, pair_action] = theta
             q_rows[rows] = _fill_unvisited(sums, cnt)[cellc[rows]]
-    return q_rows, {"solver": "window", "n_cells": int(n_cells), "n_pairs": int(n_pairs),
-                    "horizon": horizon}
+    info: dict[str, Any] = {"solver": "window", "n_cells": int(n_cells), "n_pairs": int(n_pairs),
+                            "horizon": horizon}
+    if thetas is not None and gamma > 0:
+        info["_lstd"] = WindowLinearisation(
+            thetas=thetas, x=x_logged, x_pi=x_pi, m=m, b=sp.csr_matrix(b @ x_pi), pair=idx,
+            use=use, w_all=np.asarray(n_all, dtype=np.float64),
+            w_next=np.asarray(n_next, dtype=np.float64),
+            w_nonterm=np.asarray(n_all - n_term, dtype=np.float64), cont=cont,
+            gamma=float(gamma), step=step, terminals=dataset.terminals, has_next=has_next,
+            nxt=nxt)
+    return q_rows, info
+
+
+#: Largest ``steps x visited pairs`` for which the window table keeps ``Q_t`` of every step
+#: (for its linearised refit); above it the Q-model is held fixed in bootstrap replicates.
+WINDOW_LINEARISED_CELLS = 5_000_000
+
+
+@dataclass(frozen=True, eq=False)
+class WindowLinearisation:
+    r"""First-order effect of refitting the window table (same interface as ``LSTDFit``).
+
+    With completed next values (a terminal row: 0; a censored row: its pair's mean next value
+    ``m_p``; a row with a next row: ``m_p + (V_{t+1}(s_{i+1}) - m_p) W^{nt}_p / W^{next}_p``),
+    ``Q_t(p)`` is the weighted mean over the pair's rows of ``y_{t,i} = r_i + gamma c_t
+    \tilde V_{t+1, i}``, so re-weighting rows moves it by ``sum_i dw_i (y_{t,i} - Q_t(p)) /
+    W_p`` at fixed ``Q_{t+1}``. A functional ``F = sum_t j_t^T theta_t`` then moves by
+    ``sum_i dw_i sum_t lambda_t(p_i) (y_{t,i} - theta_t(p_i)) / W_{p_i}``, with the forward
+    adjoint ``lambda_0 = j_0``, ``lambda_t = j_t + gamma c_{t-1} M^T lambda_{t-1}``. The
+    censoring shares ``c_t`` are held fixed (they depend on the step only).
+    """
+
+    thetas: NDArray[np.float64]  # (H + 1, n_pairs), row H is 0
+    x: sp.csr_matrix  # logged design (n_steps, n_pairs)
+    x_pi: sp.csr_matrix  # target's expected design (n_steps, n_pairs)
+    m: sp.csr_matrix  # (n_pairs, n_pairs)
+    b: sp.csr_matrix  # (n_pairs, n_pairs): weighted sums over a pair's next rows of X_pi
+    pair: NDArray[np.int64]  # pair of each row (valid where ``use``)
+    use: NDArray[np.bool_]
+    w_all: NDArray[np.float64]
+    w_next: NDArray[np.float64]
+    w_nonterm: NDArray[np.float64]
+    cont: NDArray[np.float64]
+    gamma: float
+    step: NDArray[np.int64]
+    terminals: NDArray[np.bool_]
+    has_next: NDArray[np.bool_]
+    nxt: NDArray[np.int64]
+
+    def gradients(self, first: NDArray[np.float64], logged: NDArray[np.float64]
+                  ) -> NDArray[np.float64]:
+        """Per-step gradients ``j_t`` of functionals of V and Q at rows, ``(H, n_pairs, k)``."""
+        horizon, n_pairs = self.thetas.shape[0] - 1, self.thetas.shape[1]
+        k = first.shape[1]
+        out = np.zeros((horizon, n_pairs, k))
+        order = np.argsort(self.step, kind="stable")
+        bounds = np.searchsorted(self.step[order], np.arange(horizon + 1))
+        for t in range(horizon):
+            rows = order[bounds[t]:bounds[t + 1]]
+            if rows.size:
+                out[t] = np.asarray(self.x_pi[rows].T @ first[rows]
+                                    - self.x[rows].T @ logged[rows])
+        return out
+
+    def influence(self, grads: NDArray[np.float64], rewards: NDArray[np.float64],
+                  episode_offsets: NDArray[np.int64]) -> NDArray[np.float64]:
+        """``n`` x per-episode first-order effect, centred, shape ``(n_episodes, k)``."""
+        horizon = grads.shape[0]
+        k = grads.shape[2]
+        n = self.x.shape[0]
+        p = np.where(self.use, self.pair, 0)
+        inv_w = np.divide(1.0, self.w_all, out=np.zeros_like(self.w_all), where=self.w_all > 0)
+        ratio = np.divide(self.w_nonterm, self.w_next, out=np.zeros_like(self.w_all),
+                          where=self.w_next > 0)
+        censored = ~self.terminals & ~self.has_next
+        lam = np.zeros((self.thetas.shape[1], k))
+        infl = np.zeros((n, k))
+        for t in range(horizon):  # forward: adjoint of the backward recursion
+            lam = grads[t] + (self.gamma * self.cont[t - 1] * np.asarray(self.m.T @ lam)
+                              if t > 0 else 0.0)
+            th_next = self.thetas[t + 1]
+            mean_next = np.divide(self.b @ th_next, self.w_next,
+                                  out=np.zeros_like(self.w_next), where=self.w_next > 0)
+            v_next = self.x_pi @ th_next  # V_{t+1} at every row
+            mp = mean_next[p]
+            completed = np.where(self.has_next,
+                                 mp + (v_next[self.nxt] - mp) * ratio[p],
+                                 np.where(censored, mp, 0.0))
+            y = rewards + self.gamma * self.cont[t] * completed
+            delta = np.where(self.use, (y - self.thetas[t][p]) * inv_w[p], 0.0)
+            infl += delta[:, None] * lam[p]
+        n_ep = episode_offsets.size - 1
+        per_ep = np.add.reduceat(infl, episode_offsets[:-1], axis=0) * n_ep
+        return np.asarray(per_ep - per_ep.mean(axis=0, keepdims=True))
 
 # ---------------------------------------------------------------------- linear
 #: One-hot columns up to which categorical states enter the linear model's dense features
