@@ -101,3 +101,76 @@ def study(presets: tuple[str, ...], families: tuple[str, ...], reps: int, n_epis
                                         "q_bias": bias, "q_bias_se": bias_se,
                                         "width": (e.ci[1] - e.ci[0]) / t})
     return out
+
+
+def exact_q(mdp: GarnetMDP, pi: np.ndarray) -> np.ndarray:
+    """Exact ``Q_t(s, a)`` of the logged window (``H = max_horizon``), shape ``(H, S, A)``.
+
+    ``V_H = 0``, ``V_t = r_pi + gamma P_pi V_{t+1}``, ``Q_t = R + gamma P V_{t+1}``: the oracle
+    Q-model of a row at step ``t``. DR with it is unbiased, so its error is the importance
+    weights' own noise.
+    """
+    n_s, n_a = mdp.n_states, mdp.n_actions
+    horizon, gamma = mdp.config.max_horizon, mdp.config.gamma
+    p_trans = mdp.P[:, :n_s].tocsr()
+    q = np.empty((horizon, n_s, n_a))
+    v_next = np.zeros(n_s)
+    for t in range(horizon - 1, -1, -1):
+        q[t] = mdp.reward + gamma * (p_trans @ v_next).reshape(n_s, n_a)
+        v_next = (pi * q[t]).sum(axis=1)
+    assert np.allclose(mdp.mu @ v_next, mdp.value(pi))
+    return q
+
+
+#: Q-models of the accuracy study: auto, the fixed candidates, the window table.
+ACCURACY_Q_MODELS = ("auto", "tabular_stationary", "tabular_backward", "linear", "tabular_window")
+
+
+def accuracy_records(presets: tuple[str, ...], seeds: tuple[int, ...], n_episodes: int = 5000,
+                     families: tuple[str, ...] = (*SUPPORTED, "optimal_supported"),
+                     q_models: tuple[str, ...] = ACCURACY_Q_MODELS
+                     ) -> list[dict[str, object]]:
+    """Point estimates of FQE, DR and WDR on fresh panels, with every Q-model and the oracle.
+
+    Panel ``seed`` of each preset (MDP seed 1) is evaluated exactly as
+    :func:`equicare.ope.evaluate` with ``random_state=seed`` prepares it (same nuisance seed,
+    so ``auto`` draws the same folds), for every Q-model in ``q_models`` and for the oracle
+    Q-model :func:`exact_q` (``q_model="oracle"``). No bootstrap (values only). Records:
+    preset, seed, family, q_model, estimator, value, truth, rel_error, chosen (auto's choice).
+    """
+    import warnings
+
+    from equicare.ope._core import episode_parts, point_estimates
+    from equicare.ope._prepare import prepare
+    from equicare.utils import check_random_state
+
+    keys = ("fqe", "dr", "wdr")
+    out: list[dict[str, object]] = []
+    for preset in presets:
+        mdp = GarnetMDP(garnet_preset(preset), random_state=1)
+        pols = garnet_target_policies(mdp)
+        for seed in seeds:
+            ds = panel_dataset(mdp, mdp.simulate(n_episodes, random_state=seed))
+            st, rows = ds.categorical[:, 0], np.arange(ds.n_steps)
+            seed_prep = int(check_random_state(seed).integers(0, 2**31 - 1, 3)[0])
+            for fam in families:
+                pe = pols[fam][st]
+                truth = mdp.value(pols[fam])
+                vals: dict[str, dict[str, float]] = {}
+                chosen = None
+                for qm in q_models:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        prep = prepare(ds, pe, keys=keys, q_model=qm, random_state=seed_prep)
+                    vals[qm] = point_estimates(episode_parts(prep.inputs, keys))
+                    if prep.q_selection is not None:
+                        chosen = prep.q_selection.chosen
+                q = exact_q(mdp, pols[fam])[ds.step, st]
+                oracle = prep.inputs.with_q(q[rows, ds.actions], np.einsum("ij,ij->i", q, pe))
+                vals["oracle"] = point_estimates(episode_parts(oracle, keys))
+                for qm, est in vals.items():
+                    for k, v in est.items():
+                        out.append({"preset": preset, "seed": seed, "family": fam, "q_model": qm,
+                                    "estimator": k, "value": v, "truth": truth,
+                                    "rel_error": v / truth - 1.0, "chosen": chosen})
+    return out

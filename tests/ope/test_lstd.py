@@ -11,7 +11,8 @@ from equicare.ope._fqe import FQEConfig, fit_fqe, fit_fqe_logged
 from equicare.ope._prepare import prepare
 from tests.ope._garnet import make
 
-CONFIGS = [FQEConfig(model="tabular", horizon="stationary"), FQEConfig(model="linear")]
+CONFIGS = [FQEConfig(model="tabular", horizon="stationary"), FQEConfig(model="linear"),
+           FQEConfig(model="tabular", horizon="window")]
 
 
 def _estimates(ds, pe, prep, cfg, ep_w):
@@ -24,10 +25,15 @@ def _estimates(ds, pe, prep, cfg, ep_w):
     return {k: float(v) for k, v in combine(parts, sums, np.asarray(ep_w.sum())).items()}
 
 
-@pytest.mark.parametrize("cfg", CONFIGS, ids=["tabular_stationary", "linear"])
-def test_linearised_refit_is_the_derivative_of_refitting(cfg):
+@pytest.mark.parametrize(("cfg", "preset"), [
+    (CONFIGS[0], "s50_a5_g099"), (CONFIGS[1], "s50_a5_g099"), (CONFIGS[2], "s50_a5_g099"),
+    (CONFIGS[2], "s50_a25_g1")],
+    ids=["tabular_stationary", "linear", "tabular_window", "tabular_window_censored"])
+def test_linearised_refit_is_the_derivative_of_refitting(cfg, preset):
     """Replicate estimates with the influence parts match refits to first order (1e-5)."""
-    _, ds, pols = make("s50_a5_g099", 300, seed=3)
+    _, ds, pols = make(preset, 300, seed=3)
+    if preset == "s50_a25_g1":  # the window table's censored rows: "not absorbed", no next
+        assert ds.censored.any() and ds.terminals.any()
     pe = pols["soft_optimal"][ds.categorical[:, 0]]
     prep = prepare(ds, pe, keys=("fqe", "dr", "wdr"), q_model=cfg)
     assert prep.q_linearised

@@ -189,7 +189,9 @@ class FQE(_QBased):
     Parameters
     ----------
     q_model : str or FQEConfig, default="linear"
-        ``"tabular"``, ``"linear"``, ``"gbm"``, ``"mlp"`` or a full :class:`FQEConfig`.
+        ``"tabular"``, ``"linear"``, ``"gbm"``, ``"mlp"``, a candidate name
+        (``"tabular_stationary"``, ``"tabular_backward"``, ``"tabular_window"``) or a full
+        :class:`FQEConfig`.
     """
 
     key: ClassVar[str] = "fqe"

@@ -61,12 +61,12 @@ def as_fqe_config(q_model: Any) -> FQEConfig | Literal["auto"]:
         return "auto"
     if isinstance(q_model, str) and q_model in ("tabular", "linear", "gbm", "mlp"):
         return FQEConfig(model=q_model)  # type: ignore[arg-type]
-    if isinstance(q_model, str) and q_model in AUTO_CANDIDATES:
+    if isinstance(q_model, str) and q_model in (*AUTO_CANDIDATES, "tabular_window"):
         return candidate_config(q_model)
     raise InvalidParameterError(PARAM_MESSAGE.format(
         name="q_model", owner="evaluate",
-        expected="'auto', 'tabular', 'tabular_stationary', 'tabular_backward', 'linear', 'gbm', "
-                 "'mlp' or an FQEConfig", got=q_model))
+        expected="'auto', 'tabular', 'tabular_stationary', 'tabular_backward', "
+                 "'tabular_window', 'linear', 'gbm', 'mlp' or an FQEConfig", got=q_model))
 
 
 def _make_behavior_model(spec: Any, seed: int) -> BehaviorModel:

@@ -62,6 +62,7 @@ from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
 from equicare.ope._fqe import AUTO_SELECTOR, FQEConfig, LoggedQFit, fit_fqe_logged
+from equicare.ope._lstd import LSTDFit
 from equicare.utils import RandomState, check_random_state
 
 __all__ = ["QSelection", "select_q_model", "AUTO_CANDIDATES", "AUTO_FOLDS",
@@ -85,9 +86,12 @@ def candidate_config(name: str) -> FQEConfig:
         return FQEConfig(model="tabular", horizon="stationary")
     if name == "tabular_backward":
         return FQEConfig(model="tabular", horizon="backward")
+    if name == "tabular_window":
+        return FQEConfig(model="tabular", horizon="window")
     if name in ("linear", "gbm", "mlp"):
         return FQEConfig(model=name)  # type: ignore[arg-type]
-    raise ValueError(f"Unknown Q-model candidate {name!r}; expected one of {AUTO_CANDIDATES}.")
+    raise ValueError(f"Unknown Q-model candidate {name!r}; expected one of "
+                     f"{(*AUTO_CANDIDATES, 'tabular_window')}.")
 
 
 @dataclass(frozen=True)
@@ -154,7 +158,7 @@ def _seen_transitions(cells: NDArray[np.int64], train: NDArray[np.bool_],
 def _density_ratio(fit: LoggedQFit, dataset: TrajectoryDataset, train: NDArray[np.bool_]
                    ) -> NDArray[np.float64] | None:
     """Estimated ``d^pi / d^D`` at every row from an LSTD fit on the training rows, or None."""
-    if fit.lstd is None:
+    if fit.lstd is None or not isinstance(fit.lstd, LSTDFit):
         return None
     first = np.zeros((dataset.n_steps, 1))
     starts = dataset.episode_offsets[:-1]
