@@ -1,4 +1,4 @@
-"""Episode-level (cluster) bootstrap: replicates as a weight matrix, percentile and BCa intervals.
+"""Episode-level (cluster) bootstrap: replicates as a weight matrix; studentized, percentile, BCa.
 
 A replicate resamples whole episodes with replacement; its estimate is the estimator's combination
 of ``counts @ parts`` where ``counts`` is the ``(n_boot, n_episodes)`` matrix of how often each
@@ -66,8 +66,9 @@ class Estimate:
     value : float
         Point estimate.
     ci : tuple of float
-        ``(low, high)`` 95% interval (or ``1 - alpha``); bootstrap percentile or BCa; a normal
-        interval from the jackknife standard error when ``n_boot == 0``.
+        ``(low, high)`` 95% interval (or ``1 - alpha``); bootstrap studentized (the default),
+        percentile or BCa; a normal interval from the jackknife standard error when
+        ``n_boot == 0``.
     se : float
         Bootstrap standard deviation of the replicates (jackknife standard error without
         bootstrap).
@@ -287,7 +288,7 @@ def bootstrap_ci(
     parts: EpisodeParts,
     *,
     n_boot: int = 1000,
-    method: CIMethod = "percentile",
+    method: CIMethod = "studentized",
     alpha: float = 0.05,
     random_state: RandomState = None,
     counts: NDArray[np.float64] | None = None,
@@ -299,8 +300,8 @@ def bootstrap_ci(
     parts : EpisodeParts
     n_boot : int
         Replicates (>= 1; 1,000 by default).
-    method : {"percentile", "bca", "studentized"}
-        ``"studentized"``: symmetric bootstrap-t (:func:`studentized_intervals`).
+    method : {"studentized", "percentile", "bca"}
+        ``"studentized"`` (default): symmetric bootstrap-t (:func:`studentized_intervals`).
     alpha : float
         ``1 - alpha`` coverage.
     random_state : int, Generator or None
@@ -335,7 +336,7 @@ def estimates_with_ci(
     parts: EpisodeParts,
     *,
     n_boot: int = 1000,
-    method: CIMethod = "percentile",
+    method: CIMethod = "studentized",
     alpha: float = 0.05,
     random_state: RandomState = None,
     counts: NDArray[np.float64] | None = None,

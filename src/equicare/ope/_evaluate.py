@@ -212,7 +212,7 @@ def estimates_from_prepared(
     truncate: float | None = None,
     normalization: Normalization = "absorbing",
     n_boot: int = 1000,
-    ci_method: CIMethod = "percentile",
+    ci_method: CIMethod = "studentized",
     alpha: float = 0.05,
     random_state: RandomState = None,
     episodes: NDArray[np.int64] | None = None,
@@ -426,7 +426,7 @@ def evaluate(
     behavior_prob: NDArray[np.float64] | None = None,
     q: NDArray[np.float64] | None = None,
     bootstrap: int = 1000,
-    ci_method: CIMethod = "percentile",
+    ci_method: CIMethod = "studentized",
     alpha: float = 0.05,
     truncate: float | None = None,
     normalization: Normalization = "absorbing",
@@ -462,10 +462,11 @@ def evaluate(
         A Q matrix of the target policy (skips FQE).
     bootstrap : int, default=1000
         Episode-level bootstrap replicates (0: jackknife normal intervals).
-    ci_method : {"percentile", "bca", "studentized"}
+    ci_method : {"studentized", "percentile", "bca"}, default="studentized"
         ``"studentized"``: symmetric bootstrap-t, each replicate studentised by its own
-        delta-method standard error (wider and better-covering with heavy-tailed importance
-        weights; docs/ope.md has the coverage measured on the Garnet test bed).
+        delta-method standard error (wider and better-covering than percentile with
+        heavy-tailed importance weights; docs/ope.md has the coverage measured on the Garnet
+        test bed). The behaviour value's interval is always percentile.
     alpha : float
     truncate : float, optional
         Cap on the cumulative importance weights.
@@ -641,7 +642,7 @@ def evaluate_subgroups(
     behavior_prob: NDArray[np.float64] | None = None,
     q: NDArray[np.float64] | None = None,
     bootstrap: int = 1000,
-    ci_method: CIMethod = "percentile",
+    ci_method: CIMethod = "studentized",
     alpha: float = 0.05,
     truncate: float | None = None,
     normalization: Normalization = "absorbing",
