@@ -60,12 +60,12 @@ def test_fallback_reproduces_the_behaviour() -> None:
 
 
 def test_held_out_values_match_evaluate_and_the_paired_bound_is_tighter() -> None:
-    """Same seeds as ``evaluate``: same values and (percentile) intervals. The paired bound of the gain is
-    computed on the same replicates as the behaviour's mean return, so for policies near the
-    behaviour (a PVI mixture, SPIBB) it is tighter than the candidate's own lower bound minus
-    the behaviour's point value; measured here -0.009 against -0.023 (PVI, mix 0.3) and -0.061
-    against -0.072 (SPIBB, N_wedge 50). For the deterministic PVI it is not (-0.047 against
-    -0.041): its estimate hardly moves with the behaviour's."""
+    """Same seeds as ``evaluate``: same values and (percentile) intervals. The paired bound of the
+    gain is computed on the same replicates as the behaviour's mean return, so for policies
+    near the behaviour (a PVI mixture, SPIBB) it is tighter than the candidate's own lower
+    bound minus the behaviour's point value; measured here -0.009 against -0.023 (PVI, mix
+    0.3) and -0.061 against -0.072 (SPIBB, N_wedge 50). For the deterministic PVI it is not
+    (-0.047 against -0.041): its estimate hardly moves with the behaviour's."""
     from equicare.learn import PVI
     from equicare.ope import evaluate
     from equicare.pipeline._select import _held_out
