@@ -246,7 +246,8 @@ def studentized_interval(point: float, reps: NDArray[np.float64], se_reps: NDArr
 
 
 def studentized_intervals(parts: EpisodeParts, counts: NDArray[np.float64],
-                          reps: dict[str, NDArray[np.float64]], alpha: float = 0.05
+                          reps: dict[str, NDArray[np.float64]], alpha: float = 0.05,
+                          sums: NDArray[np.float64] | None = None
                           ) -> dict[str, tuple[float, float]]:
     r"""Symmetric bootstrap-t intervals (Hall 1988) of every estimator in ``parts``.
 
@@ -270,15 +271,21 @@ def studentized_intervals(parts: EpisodeParts, counts: NDArray[np.float64],
     sec. 3.6). Nuisance effects already in the parts (the linearised Q-model refit) are
     studentised with the rest. ``counts`` may be multinomial counts or Poisson weights (the
     streamed engine computes the same sums chunk by chunk, :mod:`equicare.ope._stream`).
+    ``sums`` (``counts @ parts.matrix``, shape ``(n_boot, n_parts)``) skips recomputing them.
     """
     n = parts.matrix.shape[0]
     point = point_estimates(parts)
     weights = np.vstack([np.ones((1, n)), counts])  # row 0: the full sample
+    if sums is None:
+        sums = counts @ parts.matrix
+    s_all = np.vstack([parts.matrix.sum(axis=0)[None, :], sums])
+    n_all = weights.sum(axis=1)
     out: dict[str, tuple[float, float]] = {}
     for k, r in reps.items():
         a, b = ratio_terms(parts.slices, parts.horizon, k)
         xa, xb = ratio_columns(parts.matrix, a, b)
-        u, v = influence_coefs(weights @ xa, weights @ xb)
+        sb = np.where(b[None, :] < 0, n_all[:, None], s_all[:, np.maximum(b, 0)])
+        u, v = influence_coefs(s_all[:, a], sb)
         se = np.sqrt(squared_influence(xa, xb, u, v, weights))
         out[k] = studentized_interval(point[k], r, se[1:], float(se[0]), alpha)
     return out
@@ -319,10 +326,12 @@ def bootstrap_ci(
     n_ep = parts.matrix.shape[0]
     if counts is None:
         counts = bootstrap_counts(n_ep, n_boot, random_state)
-    reps = bootstrap_replicates(parts, counts)
+    sums = counts @ parts.matrix
+    reps = combine(parts, sums, counts.sum(axis=1))  # bootstrap_replicates, keeping the sums
     point = point_estimates(parts) if method == "bca" else {}
     jack = jackknife_estimates(parts) if method == "bca" else {}
-    stud = studentized_intervals(parts, counts, reps, alpha) if method == "studentized" else {}
+    stud = (studentized_intervals(parts, counts, reps, alpha, sums=sums)
+            if method == "studentized" else {})
     out: dict[str, tuple[tuple[float, float], float]] = {}
     for k, r in reps.items():
         se = float(r.std(ddof=1)) if r.size > 1 else 0.0
