@@ -111,8 +111,14 @@ def test_evaluate_streams_shards_and_refuses_q_model_estimators(parts):
         assert s["estimates"][k]["value"] == pytest.approx(whole["estimates"][k]["value"],
                                                            rel=1e-9)
         assert h["estimates"][k]["ci"] == pytest.approx(s["estimates"][k]["ci"], rel=1e-9)
+    assert s["bootstrap"]["ci"] == h["bootstrap"]["ci"] == "studentized"  # the default
+    pct = runner.invoke(app, base + ["--chunk-rows", "120", "--ci", "percentile"])
+    assert pct.exit_code == 0, pct.output
+    assert json.loads(pct.stdout)["bootstrap"]["ci"] == "percentile"
     res = runner.invoke(app, base + ["--chunk-rows", "120", "--estimators", "dr"])
     assert res.exit_code == 2 and "cannot stream" in res.output
+    res = runner.invoke(app, base + ["--chunk-rows", "120", "--ci", "bca"])
+    assert res.exit_code == 2 and "--ci bca is in memory only" in " ".join(res.output.split())
 
 
 def test_evaluate_streams_fqe_dr_wdr_with_an_explicit_q_model(parts):

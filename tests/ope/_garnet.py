@@ -44,7 +44,7 @@ STUDY_PRESETS = ("s50_a5_g1", "s50_a5_g099", "s50_a25_g1", "s700_a5_g099", "s700
 
 def study(presets: tuple[str, ...], families: tuple[str, ...], reps: int, n_episodes: int,
           q_models: tuple[str, ...] = ("auto",), bootstrap: int = 200, seed0: int = 100,
-          ci_methods: tuple[str, ...] = ("percentile",), rep0: int = 0
+          ci_methods: tuple[str, ...] = ("studentized",), rep0: int = 0
           ) -> list[dict[str, object]]:
     """Evaluate each family on ``reps`` fresh panels of each preset; one record per estimate.
 

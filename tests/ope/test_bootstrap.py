@@ -8,12 +8,14 @@ import pytest
 from equicare.exceptions import InvalidParameterError
 from equicare.ope import evaluate
 from equicare.ope._bootstrap import (
-    _linearised_se,
-    _ratio_terms,
     bootstrap_counts,
     bootstrap_replicates,
     estimates_with_ci,
+    influence_coefs,
     percentile_interval,
+    ratio_columns,
+    ratio_terms,
+    squared_influence,
     studentized_intervals,
 )
 from equicare.ope._core import ESTIMATOR_KEYS, EpisodeParts, episode_parts, jackknife_estimates
@@ -33,9 +35,10 @@ def parts() -> EpisodeParts:
 
 
 def _se(parts: EpisodeParts, key: str, weights: np.ndarray) -> np.ndarray:
-    a, b = _ratio_terms(parts, key)
-    xb = np.where(b[None, :] < 0, 1.0, parts.matrix[:, np.maximum(b, 0)])
-    return _linearised_se(parts.matrix[:, a], xb, weights)
+    a, b = ratio_terms(parts.slices, parts.horizon, key)
+    xa, xb = ratio_columns(parts.matrix, a, b)
+    u, v = influence_coefs(weights @ xa, weights @ xb)
+    return np.sqrt(squared_influence(xa, xb, u, v, weights))
 
 
 def test_delta_method_se_is_the_jackknife_se(parts):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,6 +67,49 @@ def test_sharded_equals_in_memory(panel):
                                   chunk_rows=40, executor=ex, n_shards=shards)
         assert sharded.n_episodes == whole.n_episodes and sharded.n_chunks >= shards
         _same(whole, sharded)
+
+
+def test_studentized_streamed_and_sharded_equal_in_memory(panel):
+    """Studentized intervals (an extra pass for the replicates' standard errors): the in-memory
+    bootstrap-t under the same Poisson weights, for any chunking and sharding."""
+    from equicare.ope import episode_parts
+    from equicare.ope._bootstrap import studentized_intervals
+    from equicare.ope._core import OPEInputs, combine
+
+    path, man, ds = panel
+    keys = ("is", "wis", "pdis", "wpdis")
+    kw = {"n_boot": 200, "random_state": 3, "ci_method": "studentized"}
+    whole = evaluate_stream(ds, RiskPolicy(), **kw)
+    assert whole.to_dict()["bootstrap"]["ci"] == "studentized"
+    pe = RiskPolicy().action_probs(ds)[np.arange(ds.n_steps), ds.actions]
+    inputs = OPEInputs(rewards=ds.rewards, episode_offsets=ds.episode_offsets, gamma=ds.gamma,
+                       rho=pe / ds.behavior_prob)
+    parts = episode_parts(inputs, keys)
+    w = poisson_weights(episode_keys(ds.episode_ids), 200, seed=3)
+    ref = studentized_intervals(parts, w, combine(parts, w @ parts.matrix, w.sum(axis=1)))
+    for k in keys:
+        np.testing.assert_allclose(whole.estimates[k].ci, ref[k], rtol=1e-9, err_msg=k)
+    streamed = evaluate_stream(path, RiskPolicy(), manifest=man, chunk_rows=15, **kw)
+    assert streamed.n_chunks > 50
+    _same(whole, streamed)
+    # (test_sharded_equals_in_memory runs the default, studentized, on 2 worker processes)
+    sharded = evaluate_stream(path, RiskPolicy(), manifest=man, chunk_rows=40,
+                              executor=get_executor("local", jobs=1), n_shards=3, **kw)
+    assert sharded.n_chunks >= 3
+    _same(whole, sharded)
+    pct = evaluate_stream(ds, RiskPolicy(), n_boot=200, random_state=3, ci_method="percentile")
+    assert pct.estimates["wis"].ci != whole.estimates["wis"].ci
+
+
+def test_bca_does_not_stream(panel):
+    from equicare.exceptions import InvalidParameterError
+    from equicare.ope._stream import BCA_STREAM_MESSAGE
+
+    _, _, ds = panel
+    with pytest.raises(InvalidParameterError, match=re.escape(BCA_STREAM_MESSAGE)):
+        evaluate_stream(ds, RiskPolicy(), n_boot=10, ci_method="bca")
+    with pytest.raises(InvalidParameterError, match="ci_method"):
+        evaluate_stream(ds, RiskPolicy(), n_boot=10, ci_method="basic")
 
 
 def test_point_estimates_match_the_in_memory_engine(panel):

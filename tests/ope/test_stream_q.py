@@ -10,7 +10,7 @@ import pytest
 from equicare.data import Manifest, load_dataset
 from equicare.exceptions import InvalidParameterError
 from equicare.ope import FQEConfig, episode_keys, evaluate, evaluate_stream, poisson_weights
-from equicare.ope._bootstrap import percentile_interval
+from equicare.ope._bootstrap import percentile_interval, studentized_intervals
 from equicare.ope._core import combine, episode_parts
 from equicare.ope._evaluate import _with_q_refit
 from equicare.ope._prepare import prepare
@@ -61,13 +61,42 @@ def test_replicates_are_the_in_memory_linearised_refit_under_poisson_weights(pan
     w = poisson_weights(episode_keys(ds.episode_ids), 300, seed=5)
     reps = combine(parts, w @ parts.matrix, w.sum(axis=1))
     got = evaluate_stream(path, RiskPolicy(), manifest=man, estimators=keys, q_model=q_model,
-                          n_boot=300, random_state=5, chunk_rows=70)
+                          n_boot=300, random_state=5, chunk_rows=70, ci_method="percentile")
+    assert got.to_dict()["bootstrap"]["ci"] == "percentile"
     for k in keys:
         assert got.estimates[k].se == pytest.approx(float(reps[k].std(ddof=1)), rel=1e-9), k
         np.testing.assert_allclose(got.estimates[k].ci, percentile_interval(reps[k]), rtol=1e-9)
     # the refit matters: holding Q fixed gives other intervals
     fixed = combine(parts, w @ episode_parts(prep.inputs, keys).matrix, w.sum(axis=1))
     assert abs(float(fixed["fqe"].std(ddof=1)) - got.estimates["fqe"].se) > 1e-3
+
+
+@pytest.mark.parametrize("q_model", Q_MODELS)
+def test_studentized_intervals_are_the_in_memory_bootstrap_t_under_poisson_weights(panel,
+                                                                                  q_model):
+    """The streamed studentized intervals (the default; one more pass over 14 chunks): the
+    in-memory bootstrap-t of the parts with the linearised Q refit, Poisson-weighted."""
+    path, man, ds = panel
+    cfg = (FQEConfig(model="linear") if q_model == "linear"
+           else FQEConfig(model="tabular", horizon="stationary"))
+    prep = prepare(ds, RiskPolicy(), keys=ALL, q_model=cfg)
+    parts = _with_q_refit(prep, episode_parts(prep.inputs, ALL), None, "absorbing")
+    w = poisson_weights(episode_keys(ds.episode_ids), 300, seed=5)
+    reps = combine(parts, w @ parts.matrix, w.sum(axis=1))
+    ref = studentized_intervals(parts, w, reps)
+    got = evaluate_stream(path, RiskPolicy(), manifest=man, estimators=ALL, q_model=q_model,
+                          n_boot=300, random_state=5, chunk_rows=70)
+    assert got.n_chunks > 10 and got.q_model is not None and got.q_model["passes"] == 4
+    assert got.to_dict()["bootstrap"]["ci"] == "studentized"
+    for k in ALL:
+        np.testing.assert_allclose(got.estimates[k].ci, ref[k], rtol=1e-9, err_msg=k)
+        assert got.estimates[k].se == pytest.approx(float(reps[k].std(ddof=1)), rel=1e-9), k
+    # studentized, not percentile: symmetric about the estimate, wider for DR/WDR here
+    pct = {k: percentile_interval(reps[k]) for k in ALL}
+    for k in ("dr", "wdr"):
+        lo, hi = got.estimates[k].ci
+        assert (lo + hi) / 2 == pytest.approx(got.estimates[k].value, abs=1e-12)
+        assert hi - lo > pct[k][1] - pct[k][0], k
 
 
 @pytest.mark.parametrize("q_model", Q_MODELS)

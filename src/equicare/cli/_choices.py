@@ -85,6 +85,7 @@ class QModel(_Choice):
     TABULAR = "tabular"
     TABULAR_STATIONARY = "tabular_stationary"
     TABULAR_BACKWARD = "tabular_backward"
+    TABULAR_WINDOW = "tabular_window"
 
 
 class EvalCI(_Choice):

@@ -33,7 +33,8 @@ __all__ = ["run_evaluate", "load_target_policy", "result_table", "register", "OU
 
 #: Messages of user mistakes (tests match them).
 OUT_EXISTS = "{path} exists; refusing to overwrite it (pass --force to replace it)."
-Q_MODELS = ("auto", "linear", "gbm", "mlp", "tabular", "tabular_stationary", "tabular_backward")
+Q_MODELS = ("auto", "linear", "gbm", "mlp", "tabular", "tabular_stationary", "tabular_backward",
+            "tabular_window")
 BEHAVIOR_MODELS = ("logistic", "lgbm")
 
 
@@ -90,7 +91,7 @@ def run_evaluate(
     bootstrap: int = 1000,
     truncate: float | None = None,
     q_model: str = "auto",
-    ci: str = "percentile",
+    ci: str = "studentized",
     seed: int = 42,
     force: bool = False,
     progress: bool = False,
@@ -194,9 +195,13 @@ def result_table(res: EvaluationResult) -> Table:
 def run_evaluate_stream(data: Path, *, manifest: Path, policy: Path, estimators: str = "all",
                         bootstrap: int = 1000, truncate: float | None = None, seed: int = 42,
                         q_model: str = "auto", behavior_model: str = "logistic",
-                        chunk_rows: int = 500_000, executor: Any = None,
-                        out: Path | None = None, force: bool = False) -> Any:
+                        ci: str = "studentized", chunk_rows: int = 500_000,
+                        executor: Any = None, out: Path | None = None,
+                        force: bool = False) -> Any:
     """``evaluate --chunk-rows``: :func:`equicare.ope.evaluate_stream`, then the result JSON.
+
+    ``ci`` is ``studentized`` (one more pass over the chunks for the replicates' standard
+    errors) or ``percentile``; ``bca`` is in memory only (a user error here).
 
     FQE, DR and WDR stream with an explicit ``--q-model linear`` or ``tabular_stationary`` (LSTD
     fits from sums over chunks). ``estimators="all"`` means all seven estimators with such a
@@ -227,9 +232,13 @@ def run_evaluate_stream(data: Path, *, manifest: Path, policy: Path, estimators:
             f"--estimators {','.join(bad)} cannot stream: {why} (see docs/scale.md).")
     if bootstrap < 1:
         raise InvalidParameterError("--bootstrap must be >= 1 with --chunk-rows.")
+    if ci == "bca":
+        raise InvalidParameterError(
+            "--ci bca is in memory only (its acceleration needs every leave-one-episode-out "
+            "estimate); with --chunk-rows use --ci studentized (the default) or percentile.")
     res = evaluate_stream(data, load_target_policy(policy), manifest=manifest, estimators=keys,
                           q_model=q_model if q_streams else "auto",
-                          behavior_model=behavior_model, n_boot=bootstrap,
+                          behavior_model=behavior_model, n_boot=bootstrap, ci_method=ci,
                           truncate=truncate, random_state=seed, chunk_rows=chunk_rows,
                           executor=executor)
     if out is not None:
@@ -244,7 +253,8 @@ def stream_table(res: Any) -> Table:
     from rich.table import Table
 
     t = Table(title=f"Off-policy estimates (streamed: {res.n_episodes:,} episodes, "
-                    f"{res.n_steps:,} steps, {res.n_boot} Poisson bootstrap replicates)")
+                    f"{res.n_steps:,} steps, {res.n_boot} Poisson bootstrap replicates, "
+                    f"{res.ci_method} intervals)")
     for col in ("estimator", "value", "95% CI", "SE"):
         t.add_column(col)
     b = res.behavior
@@ -296,7 +306,10 @@ def register(app: typer.Typer) -> None:
         q_model: Annotated[QModel, typer.Option(
             help="Q-model of FQE, DR and WDR: auto (chosen by cross-fitted held-out bias, every "
                  "candidate's score reported) or a fixed one.")] = QModel.AUTO,
-        ci: Annotated[EvalCI, typer.Option(help="Bootstrap interval.")] = EvalCI.PERCENTILE,
+        ci: Annotated[EvalCI, typer.Option(
+            help="Bootstrap interval: studentized (symmetric bootstrap-t, each replicate "
+                 "studentised by its own delta-method SE), percentile, or bca (in memory "
+                 "only).")] = EvalCI.STUDENTIZED,
         chunk_rows: ChunkRows = None,
         executor: StreamExecutor = None,
         address: Address = "auto",
@@ -337,17 +350,13 @@ def register(app: typer.Typer) -> None:
         ex = stream_executor(chunk_rows, executor, address, jobs)
         if chunk_rows is not None:
             with user_errors():
-                if ci != EvalCI.PERCENTILE:
-                    raise InvalidParameterError(
-                        f"--ci {ci.value} is in memory only; with --chunk-rows the intervals "
-                        "are Poisson-bootstrap percentile intervals (drop --ci or --chunk-rows).")
                 try:
                     sres = run_evaluate_stream(data, manifest=manifest, policy=policy,
                                                estimators=estimators, bootstrap=bootstrap,
                                                truncate=truncate, seed=seed,
                                                q_model=q_model.value,
                                                behavior_model=behavior_model.value,
-                                               chunk_rows=chunk_rows,
+                                               ci=ci.value, chunk_rows=chunk_rows,
                                                executor=ex, out=out, force=force)
                 finally:
                     if ex is not None and hasattr(ex, "shutdown"):

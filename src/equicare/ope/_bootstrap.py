@@ -1,4 +1,4 @@
-"""Episode-level (cluster) bootstrap: replicates as a weight matrix, percentile and BCa intervals.
+"""Episode-level (cluster) bootstrap: replicates as a weight matrix; studentized, percentile, BCa.
 
 A replicate resamples whole episodes with replacement; its estimate is the estimator's combination
 of ``counts @ parts`` where ``counts`` is the ``(n_boot, n_episodes)`` matrix of how often each
@@ -35,6 +35,11 @@ __all__ = [
     "percentile_interval",
     "bca_interval",
     "studentized_intervals",
+    "studentized_interval",
+    "ratio_terms",
+    "ratio_columns",
+    "influence_coefs",
+    "squared_influence",
     "CI_METHODS",
     "estimates_with_ci",
     "serial_map",
@@ -61,8 +66,9 @@ class Estimate:
     value : float
         Point estimate.
     ci : tuple of float
-        ``(low, high)`` 95% interval (or ``1 - alpha``); bootstrap percentile or BCa; a normal
-        interval from the jackknife standard error when ``n_boot == 0``.
+        ``(low, high)`` 95% interval (or ``1 - alpha``); bootstrap studentized (the default),
+        percentile or BCa; a normal interval from the jackknife standard error when
+        ``n_boot == 0``.
     se : float
         Bootstrap standard deviation of the replicates (jackknife standard error without
         bootstrap).
@@ -152,10 +158,14 @@ def bca_interval(reps: NDArray[np.float64], theta: float, jack: NDArray[np.float
     return float(lo), float(hi)
 
 
-def _ratio_terms(parts: EpisodeParts, key: str) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-    """Columns ``(A, B)`` with ``estimate = sum_j mean(x_A_j) / mean(x_B_j)``; ``B = -1``: 1."""
-    sl = parts.slices[key]
-    c0, h = sl.start, parts.horizon
+def ratio_terms(slices: dict[str, slice], horizon: int, key: str
+                ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Columns ``(A, B)`` of the parts with ``estimate = sum_j S_A_j / S_B_j``.
+
+    ``S`` are (weighted) column sums; ``B = -1`` stands for a column of ones (the total weight).
+    """
+    sl = slices[key]
+    c0, h = sl.start, horizon
     one = np.array([-1])
     if key in ("is", "pdis", "dr", "fqe"):
         return np.array([c0]), one
@@ -169,39 +179,83 @@ def _ratio_terms(parts: EpisodeParts, key: str) -> tuple[NDArray[np.int64], NDAr
     raise InvalidParameterError(f"No studentized interval for estimator {key!r}.")
 
 
-def _linearised_se(xa: NDArray[np.float64], xb: NDArray[np.float64],
-                   weights: NDArray[np.float64]) -> NDArray[np.float64]:
-    """Delta-method standard errors of ``sum_j mean_w(x_A_j) / mean_w(x_B_j)``.
+def ratio_columns(matrix: NDArray[np.float64], a: NDArray[np.int64], b: NDArray[np.int64]
+                  ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """``(x_A, x_B)`` of ``matrix`` (n, n_parts), each (n, J); a ones column where ``B = -1``."""
+    xa = matrix[:, a]
+    xb = np.where(b[None, :] < 0, 1.0, matrix[:, np.maximum(b, 0)])
+    return xa, xb
 
-    ``xa``, ``xb`` (n, J) columns; ``weights`` (k, n) episode weightings (bootstrap counts,
-    each row summing to ``n``). The influence of episode ``e`` under weighting ``b`` is
-    ``sum_j (x_eA_j - r_bj x_eB_j) / m_bB_j`` with the weighted means ``m`` and ratios ``r``;
-    the standard error is ``sqrt(sum_e w_be IF_be^2) / n``. Returns shape ``(k,)``.
+
+def influence_coefs(sa: NDArray[np.float64], sb: NDArray[np.float64]
+                    ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    r"""Coefficients ``(u, v)`` of the influence ``IF_e = sum_j x_eA_j u_j - x_eB_j v_j``.
+
+    For ``F = sum_j S_A_j / S_B_j`` with weighted sums ``S = sum_e w_e x_e``,
+    :math:`\partial F / \partial w_e = \sum_j x_{eA_j} / S_{B_j} - x_{eB_j} S_{A_j} / S_{B_j}^2`.
+
+    Parameters
+    ----------
+    sa, sb : ndarray of shape (k, J)
+        The sums of ``k`` weightings (a zero denominator gives zero coefficients).
+
+    Returns
+    -------
+    u, v : ndarray of shape (k, J)
+    """
+    ok = sb != 0
+    u = np.zeros_like(sb)
+    np.divide(1.0, sb, out=u, where=ok)
+    return u, sa * u * u
+
+
+def squared_influence(xa: NDArray[np.float64], xb: NDArray[np.float64],
+                      u: NDArray[np.float64], v: NDArray[np.float64],
+                      weights: NDArray[np.float64]) -> NDArray[np.float64]:
+    """``sum_e w_be IF_be^2`` for every weighting ``b``, shape ``(k,)``.
+
+    ``xa``, ``xb`` (n, J) episode columns; ``u``, ``v`` (k, J) from :func:`influence_coefs`;
+    ``weights`` (k, n). The ``(n, k)`` influence matrix is built in blocks of weightings (at
+    most about 4M numbers at a time). A sum over episodes, so chunks of episodes add up.
     """
     n = xa.shape[0]
-    ma = weights @ xa / n
-    mb = weights @ xb / n
-    ok = mb != 0
-    u = np.zeros_like(mb)
-    np.divide(1.0, mb, out=u, where=ok)
-    v = ma * u * u
     out = np.empty(weights.shape[0])
     step = max(1, 4_000_000 // max(n, 1))
-    for s in range(0, weights.shape[0], step):  # (n, block) influence matrices
+    for s in range(0, weights.shape[0], step):
         sl = slice(s, s + step)
         inf = xa @ u[sl].T - xb @ v[sl].T
-        out[sl] = np.sqrt(np.einsum("bn,nb->b", weights[sl], inf * inf)) / n
+        out[sl] = np.einsum("bn,nb->b", weights[sl], inf * inf)
     return out
 
 
+def studentized_interval(point: float, reps: NDArray[np.float64], se_reps: NDArray[np.float64],
+                         se: float, alpha: float = 0.05) -> tuple[float, float]:
+    """``point +- q se`` with ``q`` the ``1 - alpha`` quantile of ``|reps - point| / se_reps``.
+
+    A replicate with a zero standard error and a non-zero deviation has ``t = inf``; when the
+    quantile is infinite the percentile interval is returned (degenerate replicates).
+    """
+    t = np.abs(reps - point)
+    good = se_reps > 0
+    t = np.where(good, t / np.where(good, se_reps, 1.0), np.where(t > 0, np.inf, 0.0))
+    q = float(np.quantile(t, 1 - alpha)) if t.size else 0.0
+    half = q * se if np.isfinite(q) else np.inf
+    if not np.isfinite(half):
+        return percentile_interval(reps, alpha)
+    return (point - half, point + half)
+
+
 def studentized_intervals(parts: EpisodeParts, counts: NDArray[np.float64],
-                          reps: dict[str, NDArray[np.float64]], alpha: float = 0.05
+                          reps: dict[str, NDArray[np.float64]], alpha: float = 0.05,
+                          sums: NDArray[np.float64] | None = None
                           ) -> dict[str, tuple[float, float]]:
     r"""Symmetric bootstrap-t intervals (Hall 1988) of every estimator in ``parts``.
 
     Each replicate is studentised by its own delta-method (infinitesimal-jackknife) standard
     error, computed from the episode parts in closed form (every estimator here is a sum of
-    ratios of episode means); the interval is
+    ratios of weighted episode sums, :func:`ratio_terms`):
+    :math:`\mathrm{se}^*_b = (\sum_e c_{be} \mathrm{IF}_{be}^2)^{1/2}` with the replicate's
+    own influence coefficients (:func:`influence_coefs`). The interval is
 
     .. math::
 
@@ -215,28 +269,25 @@ def studentized_intervals(parts: EpisodeParts, counts: NDArray[np.float64],
     ``O(n^{-2})`` against ``O(n^{-1})`` for percentile ones (Hall 1988, "On symmetric bootstrap
     confidence intervals", JRSS B 50; Hall 1992, *The Bootstrap and Edgeworth Expansion*,
     sec. 3.6). Nuisance effects already in the parts (the linearised Q-model refit) are
-    studentised with the rest.
+    studentised with the rest. ``counts`` may be multinomial counts or Poisson weights (the
+    streamed engine computes the same sums chunk by chunk, :mod:`equicare.ope._stream`).
+    ``sums`` (``counts @ parts.matrix``, shape ``(n_boot, n_parts)``) skips recomputing them.
     """
     n = parts.matrix.shape[0]
     point = point_estimates(parts)
-    ones = np.ones((n, 1))
+    weights = np.vstack([np.ones((1, n)), counts])  # row 0: the full sample
+    if sums is None:
+        sums = counts @ parts.matrix
+    s_all = np.vstack([parts.matrix.sum(axis=0)[None, :], sums])
+    n_all = weights.sum(axis=1)
     out: dict[str, tuple[float, float]] = {}
-    full = np.ones((1, n))
     for k, r in reps.items():
-        a, b = _ratio_terms(parts, k)
-        xa = parts.matrix[:, a]
-        xb = np.where(b[None, :] < 0, ones, parts.matrix[:, np.maximum(b, 0)])
-        se0 = float(_linearised_se(xa, xb, full)[0])
-        se_b = _linearised_se(xa, xb, counts)
-        t = np.abs(r - point[k])
-        good = se_b > 0
-        t = np.where(good, t / np.where(good, se_b, 1.0), np.where(t > 0, np.inf, 0.0))
-        q = float(np.quantile(t, 1 - alpha)) if t.size else 0.0
-        half = q * se0 if np.isfinite(q) else np.inf
-        if not np.isfinite(half):  # degenerate replicates: fall back to the percentile interval
-            out[k] = percentile_interval(r, alpha)
-        else:
-            out[k] = (point[k] - half, point[k] + half)
+        a, b = ratio_terms(parts.slices, parts.horizon, k)
+        xa, xb = ratio_columns(parts.matrix, a, b)
+        sb = np.where(b[None, :] < 0, n_all[:, None], s_all[:, np.maximum(b, 0)])
+        u, v = influence_coefs(s_all[:, a], sb)
+        se = np.sqrt(squared_influence(xa, xb, u, v, weights))
+        out[k] = studentized_interval(point[k], r, se[1:], float(se[0]), alpha)
     return out
 
 
@@ -244,7 +295,7 @@ def bootstrap_ci(
     parts: EpisodeParts,
     *,
     n_boot: int = 1000,
-    method: CIMethod = "percentile",
+    method: CIMethod = "studentized",
     alpha: float = 0.05,
     random_state: RandomState = None,
     counts: NDArray[np.float64] | None = None,
@@ -256,8 +307,8 @@ def bootstrap_ci(
     parts : EpisodeParts
     n_boot : int
         Replicates (>= 1; 1,000 by default).
-    method : {"percentile", "bca", "studentized"}
-        ``"studentized"``: symmetric bootstrap-t (:func:`studentized_intervals`).
+    method : {"studentized", "percentile", "bca"}
+        ``"studentized"`` (default): symmetric bootstrap-t (:func:`studentized_intervals`).
     alpha : float
         ``1 - alpha`` coverage.
     random_state : int, Generator or None
@@ -275,10 +326,12 @@ def bootstrap_ci(
     n_ep = parts.matrix.shape[0]
     if counts is None:
         counts = bootstrap_counts(n_ep, n_boot, random_state)
-    reps = bootstrap_replicates(parts, counts)
+    sums = counts @ parts.matrix
+    reps = combine(parts, sums, counts.sum(axis=1))  # bootstrap_replicates, keeping the sums
     point = point_estimates(parts) if method == "bca" else {}
     jack = jackknife_estimates(parts) if method == "bca" else {}
-    stud = studentized_intervals(parts, counts, reps, alpha) if method == "studentized" else {}
+    stud = (studentized_intervals(parts, counts, reps, alpha, sums=sums)
+            if method == "studentized" else {})
     out: dict[str, tuple[tuple[float, float], float]] = {}
     for k, r in reps.items():
         se = float(r.std(ddof=1)) if r.size > 1 else 0.0
@@ -292,7 +345,7 @@ def estimates_with_ci(
     parts: EpisodeParts,
     *,
     n_boot: int = 1000,
-    method: CIMethod = "percentile",
+    method: CIMethod = "studentized",
     alpha: float = 0.05,
     random_state: RandomState = None,
     counts: NDArray[np.float64] | None = None,

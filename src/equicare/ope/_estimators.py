@@ -39,7 +39,8 @@ class OffPolicyEstimator:
         Cap on the cumulative importance weights (None: no truncation).
     n_bootstrap : int, default=1000
         Episode-level bootstrap replicates (0: jackknife normal interval).
-    ci_method : {"percentile", "bca", "studentized"}, default="percentile"
+    ci_method : {"studentized", "percentile", "bca"}, default="studentized"
+        Interval method (see :func:`~equicare.ope.evaluate`).
     alpha : float, default=0.05
         The interval covers ``1 - alpha``.
     behavior_model : {"logistic", "lgbm"}, default="logistic"
@@ -50,7 +51,7 @@ class OffPolicyEstimator:
     needs_q: ClassVar[bool] = False
     truncate: float | None = None
     n_bootstrap: int = 1000
-    ci_method: CIMethod = "percentile"
+    ci_method: CIMethod = "studentized"
     alpha: float = 0.05
     behavior_model: Literal["logistic", "lgbm"] = "logistic"
 

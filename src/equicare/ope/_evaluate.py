@@ -212,7 +212,7 @@ def estimates_from_prepared(
     truncate: float | None = None,
     normalization: Normalization = "absorbing",
     n_boot: int = 1000,
-    ci_method: CIMethod = "percentile",
+    ci_method: CIMethod = "studentized",
     alpha: float = 0.05,
     random_state: RandomState = None,
     episodes: NDArray[np.int64] | None = None,
@@ -426,7 +426,7 @@ def evaluate(
     behavior_prob: NDArray[np.float64] | None = None,
     q: NDArray[np.float64] | None = None,
     bootstrap: int = 1000,
-    ci_method: CIMethod = "percentile",
+    ci_method: CIMethod = "studentized",
     alpha: float = 0.05,
     truncate: float | None = None,
     normalization: Normalization = "absorbing",
@@ -462,10 +462,11 @@ def evaluate(
         A Q matrix of the target policy (skips FQE).
     bootstrap : int, default=1000
         Episode-level bootstrap replicates (0: jackknife normal intervals).
-    ci_method : {"percentile", "bca", "studentized"}
+    ci_method : {"studentized", "percentile", "bca"}, default="studentized"
         ``"studentized"``: symmetric bootstrap-t, each replicate studentised by its own
-        delta-method standard error (wider and better-covering with heavy-tailed importance
-        weights; docs/ope.md has the coverage measured on the Garnet test bed).
+        delta-method standard error (wider and better-covering than percentile with
+        heavy-tailed importance weights; docs/ope.md has the coverage measured on the Garnet
+        test bed). The behaviour value's interval is always percentile.
     alpha : float
     truncate : float, optional
         Cap on the cumulative importance weights.
@@ -561,7 +562,7 @@ def _evaluate(
     qcfg = as_fqe_config(q_model)
     rng = check_random_state(random_state)
     seed_prep, seed_boot, seed_refit = (int(s) for s in rng.integers(0, 2**31 - 1, size=3))
-    qname = qcfg if isinstance(qcfg, str) else qcfg.model
+    qname = _q_name(qcfg)
     say(f"{dataset.n_episodes} episodes, {dataset.n_steps} steps: fitting the nuisance models "
         f"(Q-model {qname})")
     prep = prepare(dataset, policy, keys=keys, behavior_prob=behavior_prob,
@@ -622,12 +623,21 @@ def _evaluate(
     if q_info is not None and prep.q_selection is not None:
         q_info.update(prep.q_selection.to_dict())
     elif q_info is not None:
-        q_info["chosen"] = "given" if q is not None else (
-            qcfg if isinstance(qcfg, str) else qcfg.model)
+        q_info["chosen"] = "given" if q is not None else _q_name(qcfg)
     return EvaluationResult(
         n_episodes=dataset.n_episodes, n_steps=dataset.n_steps, gamma=float(dataset.gamma),
         behavior=beh, estimates=ests, ess=ess, support=support, groups=group_out,
         settings=settings, behavior_model=bm_summary, q_model=q_info)
+
+
+def _q_name(qcfg: Any) -> str:
+    """The name a user would type for a Q-model setting (``tabular_window``, not ``tabular``)."""
+    if isinstance(qcfg, str):
+        return qcfg
+    horizon = getattr(qcfg, "horizon", "auto")
+    if qcfg.model == "tabular" and horizon != "auto":
+        return f"tabular_{horizon}"
+    return str(qcfg.model)
 
 
 def evaluate_subgroups(
@@ -641,7 +651,7 @@ def evaluate_subgroups(
     behavior_prob: NDArray[np.float64] | None = None,
     q: NDArray[np.float64] | None = None,
     bootstrap: int = 1000,
-    ci_method: CIMethod = "percentile",
+    ci_method: CIMethod = "studentized",
     alpha: float = 0.05,
     truncate: float | None = None,
     normalization: Normalization = "absorbing",

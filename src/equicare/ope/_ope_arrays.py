@@ -38,7 +38,7 @@ def ope_arrays(
     estimators: str | list[str] | tuple[str, ...] = "all",
     truncate: float | None = None,
     bootstrap: int = 1000,
-    ci_method: CIMethod = "percentile",
+    ci_method: CIMethod = "studentized",
     alpha: float = 0.05,
     normalization: Normalization = "absorbing",
     random_state: RandomState = 0,

@@ -51,7 +51,7 @@ def sensitivity_analysis(
     n_draws: int = 10,
     truncations: Sequence[float] = (2.0, 5.0, 10.0, 20.0, 50.0, 100.0),
     bootstrap: int = 200,
-    ci_method: CIMethod = "percentile",
+    ci_method: CIMethod = "studentized",
     alpha: float = 0.05,
     truncate: float | None = None,
     normalization: Normalization = "absorbing",

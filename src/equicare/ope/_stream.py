@@ -17,6 +17,15 @@ The behaviour policy's value (the mean discounted return of the logged episodes)
 come from the same weights. The estimators that need a Q-model (FQE, DR, WDR) take two more
 passes over the chunks (the LSTD fit from summed sufficient statistics, then the estimates with
 the fitted Q): :mod:`equicare.ope._stream_q`.
+
+Studentized intervals (the default, as in memory; :func:`~equicare.ope._bootstrap.
+studentized_intervals`) studentise each replicate by its own delta-method standard error
+``se*_b^2 = sum_e W_be IF_be^2``. The influence ``IF_be = sum_j x_eA_j u_bj - x_eB_j v_bj`` of a
+ratio or self-normalised estimator needs the replicate's normalisers ``u_bj, v_bj``, known only
+once every chunk has been summed, so the squares are summed in one more pass over the chunks
+(:func:`chunk_squares`): the chunk's parts are rebuilt, and ``(n_boot + 1, J)`` coefficients
+(``J`` at most four times the longest episode) are all it receives. Expanding the squares into
+per-replicate sums instead would need ``(n_boot, J, J)`` cross products for WPDIS and WDR.
 """
 
 from __future__ import annotations
@@ -28,21 +37,62 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from equicare.data import Chunk, TrajectoryDataset
-from equicare.exceptions import DataValidationError
-from equicare.ope._bootstrap import percentile_interval
+from equicare.exceptions import DataValidationError, InvalidParameterError
+from equicare.ope._bootstrap import percentile_interval, studentized_interval
 from equicare.ope._core import IS_TYPE, EpisodeParts, OPEInputs, combine, episode_parts
 from equicare.ope._resample import episode_keys, poisson_weights
-from equicare.ope._stream_sums import StreamSums, _target_probs
+from equicare.ope._stream_sums import (
+    SquareSums,
+    StreamSums,
+    StudentCoefs,
+    _target_probs,
+    corrected_sums,
+    student_coefs,
+)
 from equicare.policy import check_probs
 from equicare.utils import PARAM_MESSAGE, ROW_BLOCK_ELEMENTS
 
-__all__ = ["StreamSums", "StreamEvaluation", "chunk_sums", "evaluate_stream", "STREAM_KEYS",
-           "ChunkSource"]
+__all__ = ["StreamSums", "StreamEvaluation", "chunk_sums", "chunk_squares", "evaluate_stream",
+           "STREAM_KEYS", "STREAM_CI_METHODS", "BCA_STREAM_MESSAGE", "ChunkSource"]
 
 #: Estimators that stream (importance sampling only; no Q-model).
 STREAM_KEYS: tuple[str, ...] = IS_TYPE
+#: Interval methods that stream.
+STREAM_CI_METHODS: tuple[str, ...] = ("studentized", "percentile")
+#: Error when BCa intervals are asked of a streamed evaluation (tests match it).
+BCA_STREAM_MESSAGE = (
+    "BCa intervals are in memory only (their acceleration needs every leave-one-episode-out "
+    "estimate); streamed intervals are 'studentized' or 'percentile'.")
+
+
+def _chunk_matrix(dataset: TrajectoryDataset, policy: Any, keys: Sequence[str], horizon: int,
+                  truncate: float | None) -> tuple[OPEInputs, EpisodeParts, NDArray[np.float64]]:
+    """A chunk's inputs, parts, and the parts with the episode returns as a last column."""
+    if dataset.behavior_prob is None:
+        raise DataValidationError(
+            "Streamed evaluation uses the logged propensities: name the column of the logged "
+            "action's probability under current practice as dataset.behavior_prob in the manifest.")
+    b = np.asarray(dataset.behavior_prob, dtype=np.float64)
+    if not np.all((b > 0) & (b <= 1 + 1e-9)):
+        bad = np.flatnonzero(~((b > 0) & (b <= 1 + 1e-9)))
+        raise DataValidationError(
+            f"{bad.size} logged propensities are not in (0, 1] (first rows of the chunk: "
+            f"{bad[:5].tolist()}); importance weights need the logged action's probability.")
+    # the target's probability of the logged action, in blocks of whole episodes: never a
+    # (chunk rows, n_actions) matrix beyond ROW_BLOCK_ELEMENTS
+    p_logged = np.empty(dataset.n_steps, dtype=np.float64)
+    max_rows = max(1, ROW_BLOCK_ELEMENTS // max(1, dataset.n_actions))
+    for lo, hi, part in dataset.episode_blocks(max_rows):
+        probs = check_probs(_target_probs(part, policy), part.n_steps, part.n_actions,
+                            "evaluate_stream")
+        p_logged[lo:hi] = probs[np.arange(part.n_steps), part.actions]
+    inputs = OPEInputs(rewards=dataset.rewards, episode_offsets=dataset.episode_offsets,
+                       gamma=dataset.gamma, rho=p_logged / b, horizon=horizon)
+    parts = episode_parts(inputs, keys, truncate=truncate)
+    return inputs, parts, np.column_stack([parts.matrix, inputs.returns()])
 
 
 def chunk_sums(
@@ -76,28 +126,7 @@ def chunk_sums(
     -------
     StreamSums
     """
-    if dataset.behavior_prob is None:
-        raise DataValidationError(
-            "Streamed evaluation uses the logged propensities: name the column of the logged "
-            "action's probability under current practice as dataset.behavior_prob in the manifest.")
-    b = np.asarray(dataset.behavior_prob, dtype=np.float64)
-    if not np.all((b > 0) & (b <= 1 + 1e-9)):
-        bad = np.flatnonzero(~((b > 0) & (b <= 1 + 1e-9)))
-        raise DataValidationError(
-            f"{bad.size} logged propensities are not in (0, 1] (first rows of the chunk: "
-            f"{bad[:5].tolist()}); importance weights need the logged action's probability.")
-    # the target's probability of the logged action, in blocks of whole episodes: never a
-    # (chunk rows, n_actions) matrix beyond ROW_BLOCK_ELEMENTS
-    p_logged = np.empty(dataset.n_steps, dtype=np.float64)
-    max_rows = max(1, ROW_BLOCK_ELEMENTS // max(1, dataset.n_actions))
-    for lo, hi, part in dataset.episode_blocks(max_rows):
-        probs = check_probs(_target_probs(part, policy), part.n_steps, part.n_actions,
-                            "evaluate_stream")
-        p_logged[lo:hi] = probs[np.arange(part.n_steps), part.actions]
-    inputs = OPEInputs(rewards=dataset.rewards, episode_offsets=dataset.episode_offsets,
-                       gamma=dataset.gamma, rho=p_logged / b, horizon=horizon)
-    parts = episode_parts(inputs, keys, truncate=truncate)
-    mat = np.column_stack([parts.matrix, inputs.returns()])
+    inputs, parts, mat = _chunk_matrix(dataset, policy, keys, horizon, truncate)
     w = poisson_weights(episode_keys(dataset.episode_ids), n_boot, seed)
     tw = inputs.trajectory_weights(truncate)
     return StreamSums(n_episodes=dataset.n_episodes, n_steps=dataset.n_steps,
@@ -106,9 +135,21 @@ def chunk_sums(
                       parts_layout=(parts.keys, parts.slices, parts.horizon))
 
 
+def chunk_squares(dataset: TrajectoryDataset, policy: Any, *, keys: Sequence[str], horizon: int,
+                  truncate: float | None, coefs: StudentCoefs) -> SquareSums:
+    """The standard-error pass of one chunk: summed squared influences (studentized intervals).
+
+    Rebuilds the chunk's parts exactly as :func:`chunk_sums` did and returns
+    ``sum_e w_be IF_be^2`` of every estimator under the full sample and every Poisson replicate
+    (:meth:`~equicare.ope._stream_sums.StudentCoefs.squares`).
+    """
+    _, _, mat = _chunk_matrix(dataset, policy, keys, horizon, truncate)
+    return coefs.squares(mat, dataset.episode_ids)
+
+
 @dataclass(frozen=True)
 class StreamEstimate:
-    """One estimator's value, percentile interval and bootstrap standard error."""
+    """One estimator's value, bootstrap interval and bootstrap standard error."""
 
     value: float
     ci: tuple[float, float]
@@ -138,6 +179,8 @@ class StreamEvaluation:
         when FQE, DR or WDR were computed.
     behavior_model : dict, optional
         The behaviour model's sample and summary when the propensities were estimated.
+    ci_method : {"studentized", "percentile"}
+        Interval of the estimators (the behaviour value's is percentile, as in memory).
     """
 
     n_episodes: int
@@ -150,6 +193,7 @@ class StreamEvaluation:
     n_boot: int
     q_model: dict[str, Any] | None = None
     behavior_model: dict[str, Any] | None = None
+    ci_method: str = "percentile"
 
     def to_dict(self) -> dict[str, Any]:
         """The result JSON (Contract 3: ``n_episodes``, ``behavior``, ``estimates``, ``ess``)."""
@@ -158,7 +202,7 @@ class StreamEvaluation:
             "behavior": {"value": self.behavior.value, "ci": list(self.behavior.ci)},
             "estimates": {k: e.to_dict() for k, e in self.estimates.items()},
             "ess": {"trajectory": self.ess, "trajectory_pct": 100.0 * self.ess / self.n_episodes},
-            "bootstrap": {"n_boot": self.n_boot, "weights": "poisson", "ci": "percentile"},
+            "bootstrap": {"n_boot": self.n_boot, "weights": "poisson", "ci": self.ci_method},
             "streaming": {"n_chunks": self.n_chunks},
         }
         out["propensity_source"] = "logged" if self.behavior_model is None else "estimated"
@@ -171,33 +215,34 @@ class StreamEvaluation:
 
 def finish(sums: StreamSums, *, alpha: float = 0.05, n_chunks: int = 1,
            q_model: dict[str, Any] | None = None,
-           behavior_model: dict[str, Any] | None = None) -> StreamEvaluation:
-    """Turn summed statistics into estimates with percentile intervals.
+           behavior_model: dict[str, Any] | None = None,
+           squares: SquareSums | None = None) -> StreamEvaluation:
+    """Turn summed statistics into estimates with intervals.
 
     The influence columns (``sums.infl_keys``) add the linearised Q-model refit to every
     replicate of FQE, DR and WDR exactly as the in-memory engine does: episode ``e``'s
     correction is ``n raw_e - sum_e raw_e`` (centred, so the point estimate is unchanged), times
-    the mean step-0 weight for WDR.
+    the mean step-0 weight for WDR (:func:`~equicare.ope._stream_sums.corrected_sums`). With
+    ``squares`` (the standard-error pass) the intervals are studentized
+    (:func:`~equicare.ope._bootstrap.studentized_interval`), else percentile.
     """
     keys, slices, horizon = sums.parts_layout
-    n_inf = len(sums.infl_keys)
-    n_parts = sums.total.size - 1 - n_inf
-    total = sums.total[:n_parts]
-    boot = sums.boot[:, :n_parts].copy()
+    total, boot = corrected_sums(sums)
+    n_parts = total.size
     n = float(sums.n_episodes)
-    for j, k in enumerate(sums.infl_keys):
-        col = slices[k].start
-        factor = float(total[col + horizon]) / n if k == "wdr" else 1.0
-        inf_total = float(sums.total[n_parts + 1 + j])
-        boot[:, col] += factor * (n * sums.boot[:, n_parts + 1 + j] - sums.boot_n * inf_total)
     template = EpisodeParts(matrix=np.zeros((0, n_parts)), slices=slices, keys=keys,
                             horizon=horizon)
     point = combine(template, total, np.asarray(n))
     reps = combine(template, boot, sums.boot_n)
     estimates = {}
-    for k in keys:
-        r = reps[k]
-        estimates[k] = StreamEstimate(value=float(point[k]), ci=percentile_interval(r, alpha),
+    for i, k in enumerate(keys):
+        r, v = reps[k], float(point[k])
+        if squares is None:
+            ci = percentile_interval(r, alpha)
+        else:
+            se = np.sqrt(squares.sq[i])
+            ci = studentized_interval(v, r, se[1:], float(se[0]), alpha)
+        estimates[k] = StreamEstimate(value=v, ci=ci,
                                       se=float(r.std(ddof=1)) if r.size > 1 else 0.0)
     beh_reps = np.divide(sums.boot[:, n_parts], sums.boot_n, out=np.zeros_like(sums.boot_n),
                          where=sums.boot_n > 0)
@@ -208,7 +253,8 @@ def finish(sums: StreamSums, *, alpha: float = 0.05, n_chunks: int = 1,
     return StreamEvaluation(n_episodes=sums.n_episodes, n_steps=sums.n_steps, n_chunks=n_chunks,
                             gamma=sums.gamma, behavior=behavior, estimates=estimates,
                             ess=float(ess), n_boot=int(sums.boot_n.size), q_model=q_model,
-                            behavior_model=behavior_model)
+                            behavior_model=behavior_model,
+                            ci_method="percentile" if squares is None else "studentized")
 
 
 # ---------------------------------------------------------------------- map-reduce over chunks
@@ -344,6 +390,7 @@ def evaluate_stream(
     behavior_model: Any = "logistic",
     behavior_sample_rows: int = 1_000_000,
     n_boot: int = 1000,
+    ci_method: str = "studentized",
     alpha: float = 0.05,
     random_state: int = 42,
     truncate: float | None = None,
@@ -378,8 +425,14 @@ def evaluate_stream(
         Rows (about) of that sample; at least the panel's rows fits on the whole panel.
     n_boot : int
         Poisson bootstrap replicates.
+    ci_method : {"studentized", "percentile"}
+        ``"studentized"`` (the default, as in memory): symmetric bootstrap-t intervals, each
+        replicate studentised by its own delta-method standard error. That standard error
+        needs the replicate's normalisers before the squared influences can be summed, so it
+        takes one more pass over the chunks (:func:`chunk_squares`). ``"percentile"``: no
+        extra pass. BCa is in memory only.
     alpha : float
-        ``1 - alpha`` intervals (percentile).
+        ``1 - alpha`` intervals.
     random_state : int
         Seed of the counter-based bootstrap weights (same seed, same intervals, any sharding).
     truncate : float, optional
@@ -408,6 +461,12 @@ def evaluate_stream(
         raise ValueError(PARAM_MESSAGE.format(
             name="estimators", owner="evaluate_stream",
             expected="estimators that stream: " + ", ".join(allowed), got=bad))
+    if ci_method == "bca":
+        raise InvalidParameterError(BCA_STREAM_MESSAGE)
+    if ci_method not in STREAM_CI_METHODS:
+        raise InvalidParameterError(PARAM_MESSAGE.format(
+            name="ci_method", owner="evaluate_stream",
+            expected="'studentized' or 'percentile'", got=ci_method))
     if isinstance(random_state, bool) or not isinstance(random_state, int | np.integer):
         raise ValueError(PARAM_MESSAGE.format(name="random_state", owner="evaluate_stream",
                                               expected="an int seed", got=random_state))
@@ -426,12 +485,17 @@ def evaluate_stream(
         from equicare.ope._stream_q import evaluate_stream_q, stream_q_config
 
         cfg = stream_q_config(q_model, [k for k in keys if k in Q_TYPE])
-        q_sums, n_q, q_info = evaluate_stream_q(src, policy, keys=keys, cfg=cfg, n_boot=n_boot,
-                                                seed=seed, truncate=truncate,
-                                                progress=progress)
+        q_sums, n_q, q_info, squares = evaluate_stream_q(
+            src, policy, keys=keys, cfg=cfg, n_boot=n_boot, seed=seed, truncate=truncate,
+            progress=progress, studentized=ci_method == "studentized")
         return finish(q_sums, alpha=alpha, n_chunks=n_q, q_model=q_info,
-                      behavior_model=beh_info)
+                      behavior_model=beh_info, squares=squares)
     fn = functools.partial(chunk_sums, policy=policy, keys=keys, horizon=src.horizon,
                            n_boot=n_boot, seed=seed, truncate=truncate)
     total, n = src.map_reduce(fn, progress)
-    return finish(total, alpha=alpha, n_chunks=n, behavior_model=beh_info)
+    sq = None
+    if ci_method == "studentized":  # the standard-error pass
+        sq, _ = src.map_reduce(functools.partial(
+            chunk_squares, policy=policy, keys=keys, horizon=src.horizon, truncate=truncate,
+            coefs=student_coefs(total, seed)))
+    return finish(total, alpha=alpha, n_chunks=n, behavior_model=beh_info, squares=sq)

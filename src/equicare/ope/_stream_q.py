@@ -43,7 +43,7 @@ from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
 from equicare.exceptions import InvalidParameterError
-from equicare.ope._core import OPEInputs, episode_parts
+from equicare.ope._core import EpisodeParts, OPEInputs, episode_parts
 from equicare.ope._fqe import (
     FQEConfig,
     StateStats,
@@ -66,7 +66,13 @@ from equicare.ope._lstd import (
     solve_lstd_sums,
 )
 from equicare.ope._resample import episode_keys, poisson_weights
-from equicare.ope._stream_sums import StreamSums, _target_probs
+from equicare.ope._stream_sums import (
+    SquareSums,
+    StreamSums,
+    StudentCoefs,
+    _target_probs,
+    student_coefs,
+)
 from equicare.utils import ROW_BLOCK_ELEMENTS, row_blocks
 
 __all__ = ["STREAM_Q_MODELS", "stream_q_config", "evaluate_stream_q", "fit_q_stream",
@@ -450,8 +456,9 @@ class _Pass2:
         return _Pass2(sums=self.sums + o.sums, bounded=self.bounded and o.bounded)
 
 
-def _pass2_chunk(dataset: TrajectoryDataset, *, policy: Any, design: _Design, fit: _Fit,
-                 n_boot: int, seed: int) -> _Pass2:
+def _pass2_matrix(dataset: TrajectoryDataset, *, policy: Any, design: _Design, fit: _Fit
+                  ) -> tuple[OPEInputs, EpisodeParts, NDArray[np.float64], bool]:
+    """A chunk's inputs, parts, the matrix ``[parts, return, raw influences]`` and stability."""
     pe = _target_matrix(dataset, policy)
     x, x_pi, lm = design.build(dataset, pe)
     theta = fit.theta
@@ -476,7 +483,12 @@ def _pass2_chunk(dataset: TrajectoryDataset, *, policy: Any, design: _Design, fi
         delta = dataset.rewards + dataset.gamma * v_next - np.asarray(x @ theta)
         contrib = np.asarray(x @ fit.z) * delta[:, None]
         cols.append(np.add.reduceat(contrib, dataset.episode_offsets[:-1], axis=0))
-    mat = np.concatenate(cols, axis=1)
+    return inputs, parts, np.concatenate(cols, axis=1), bounded
+
+
+def _pass2_chunk(dataset: TrajectoryDataset, *, policy: Any, design: _Design, fit: _Fit,
+                 n_boot: int, seed: int) -> _Pass2:
+    inputs, parts, mat, bounded = _pass2_matrix(dataset, policy=policy, design=design, fit=fit)
     w = poisson_weights(episode_keys(dataset.episode_ids), n_boot, seed)
     tw = inputs.trajectory_weights(design.truncate)
     sums = StreamSums(n_episodes=dataset.n_episodes, n_steps=dataset.n_steps,
@@ -485,6 +497,18 @@ def _pass2_chunk(dataset: TrajectoryDataset, *, policy: Any, design: _Design, fi
                       parts_layout=(parts.keys, parts.slices, parts.horizon),
                       infl_keys=fit.infl_keys)
     return _Pass2(sums=sums, bounded=bounded)
+
+
+def _pass3_chunk(dataset: TrajectoryDataset, *, policy: Any, design: _Design, fit: _Fit,
+                 coefs: StudentCoefs) -> SquareSums:
+    """Pass 3 (studentized intervals): the chunk's summed squared influences.
+
+    The chunk's parts are rebuilt as in pass 2 (same ``theta``, same refit directions) and
+    :meth:`~equicare.ope._stream_sums.StudentCoefs.squares` adds the linearised refit and sums
+    ``w_be IF_be^2`` over the chunk's episodes.
+    """
+    _, _, mat, _ = _pass2_matrix(dataset, policy=policy, design=design, fit=fit)
+    return coefs.squares(mat, dataset.episode_ids)
 
 
 @dataclass(frozen=True, eq=False)
@@ -630,9 +654,13 @@ def fit_q_stream(source: Any, policy: Any, *, cfg: FQEConfig, keys: tuple[str, .
 
 def evaluate_stream_q(source: Any, policy: Any, *, keys: tuple[str, ...], cfg: FQEConfig,
                       n_boot: int, seed: int, truncate: float | None,
-                      progress: Callable[[int], None] | None = None
-                      ) -> tuple[StreamSums, int, dict[str, Any]]:
+                      progress: Callable[[int], None] | None = None,
+                      studentized: bool = False
+                      ) -> tuple[StreamSums, int, dict[str, Any], SquareSums | None]:
     """Streamed evaluation with FQE, DR and WDR (three map-reduce passes over ``source``).
+
+    With ``studentized`` a fourth pass (:func:`_pass3_chunk`) sums the squared influences that
+    the replicates' standard errors need.
 
     Parameters
     ----------
@@ -645,7 +673,9 @@ def evaluate_stream_q(source: Any, policy: Any, *, keys: tuple[str, ...], cfg: F
     n_boot, seed, truncate
         As in :func:`~equicare.ope.evaluate_stream`.
     progress : callable, optional
-        Called with the number of chunks done in the last pass.
+        Called with the number of chunks done in the estimates pass.
+    studentized : bool
+        Run the standard-error pass of the studentized intervals.
 
     Returns
     -------
@@ -655,6 +685,8 @@ def evaluate_stream_q(source: Any, policy: Any, *, keys: tuple[str, ...], cfg: F
     n_chunks : int
     q_model : dict
         Name, solver and how the refit enters the bootstrap.
+    squares : SquareSums or None
+        The summed squared influences (``studentized``).
     """
     q_keys = tuple(k for k in ("fqe", "dr", "wdr") if k in keys)
     qfit = fit_q_stream(source, policy, cfg=cfg, keys=keys, truncate=truncate, check=False)
@@ -673,9 +705,14 @@ def evaluate_stream_q(source: Any, policy: Any, *, keys: tuple[str, ...], cfg: F
         p2, n = source.map_reduce(functools.partial(_by_blocks, _pass2_chunk, policy=policy,
                                                     design=qfit.design, fit=fit,
                                                     n_boot=n_boot, seed=seed), progress)
+    squares = None
+    if studentized:
+        squares, _ = source.map_reduce(functools.partial(
+            _by_blocks, _pass3_chunk, policy=policy, design=qfit.design, fit=fit,
+            coefs=student_coefs(p2.sums, seed)))
     name = "linear" if cfg.model == "linear" else "tabular_stationary"
     q_info = {"chosen": name, **info,
               "bootstrap": ("Q-model refit linearised in every replicate" if fit.z is not None
                             else "Q-model fitted once on all episodes"),
-              "passes": 3}
-    return p2.sums, n, q_info
+              "passes": 4 if studentized else 3}
+    return p2.sums, n, q_info, squares

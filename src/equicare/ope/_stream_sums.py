@@ -9,9 +9,16 @@ import numpy as np
 from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
+from equicare.ope._bootstrap import (
+    influence_coefs,
+    ratio_columns,
+    ratio_terms,
+    squared_influence,
+)
+from equicare.ope._resample import episode_keys, poisson_weights
 from equicare.utils import PARAM_MESSAGE
 
-__all__ = ["StreamSums"]
+__all__ = ["StreamSums", "SquareSums", "StudentCoefs", "corrected_sums", "student_coefs"]
 
 
 @dataclass
@@ -56,6 +63,134 @@ class StreamSums:
                           boot_n=self.boot_n + other.boot_n, w_sum=self.w_sum + other.w_sum,
                           w_sq=self.w_sq + other.w_sq, gamma=self.gamma,
                           parts_layout=self.parts_layout, infl_keys=self.infl_keys)
+
+
+def corrected_sums(sums: StreamSums) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """The parts' plain and replicate sums with the linearised Q-model refit added.
+
+    Episode ``e``'s correction of an estimator in ``sums.infl_keys`` is
+    ``f (n raw_e - sum_e raw_e)`` (centred, so the plain sums are unchanged) with ``f`` the mean
+    step-0 weight for WDR and 1 otherwise, as in the in-memory engine
+    (:func:`equicare.ope._evaluate._with_q_refit`).
+
+    Returns
+    -------
+    total : ndarray of shape (n_parts,)
+    boot : ndarray of shape (n_boot, n_parts)
+    """
+    n_parts = _n_parts(sums)
+    total = sums.total[:n_parts]
+    boot = sums.boot[:, :n_parts].copy()
+    for col, factor, raw, r_total in _corrections(sums):
+        boot[:, col] += factor * (sums.n_episodes * sums.boot[:, raw] - sums.boot_n * r_total)
+    return total, boot
+
+
+def _n_parts(sums: StreamSums) -> int:
+    return int(sums.total.size - 1 - len(sums.infl_keys))
+
+
+def _corrections(sums: StreamSums) -> list[tuple[int, float, int, float]]:
+    """``(column, factor, raw influence column, its total)`` of every corrected estimator."""
+    _, slices, horizon = sums.parts_layout
+    n_parts = _n_parts(sums)
+    out = []
+    for j, k in enumerate(sums.infl_keys):
+        col = slices[k].start
+        factor = float(sums.total[col + horizon]) / sums.n_episodes if k == "wdr" else 1.0
+        raw = n_parts + 1 + j
+        out.append((col, factor, raw, float(sums.total[raw])))
+    return out
+
+
+@dataclass
+class SquareSums:
+    """Summed squared influences of every estimator, under every weighting.
+
+    Attributes
+    ----------
+    sq : ndarray of shape (n_keys, n_boot + 1)
+        ``sum_e w_be IF_be^2``; column 0 is the full sample (every weight 1), column ``b + 1``
+        the Poisson replicate ``b``.
+    """
+
+    sq: NDArray[np.float64]
+
+    def __add__(self, other: SquareSums) -> SquareSums:
+        return SquareSums(sq=self.sq + other.sq)
+
+
+@dataclass(frozen=True, eq=False)
+class StudentCoefs:
+    """What the standard-error pass of a studentized interval needs from the whole panel.
+
+    Every estimator is ``sum_j S_A_j / S_B_j`` of weighted column sums of the parts; its
+    influence under weighting ``b`` is ``IF_be = sum_j x_eA_j u_bj - x_eB_j v_bj`` with
+    coefficients from that weighting's sums (:func:`~equicare.ope._bootstrap.influence_coefs`),
+    known only once the estimates pass has summed every chunk. Small: ``(n_boot + 1, J)`` per
+    estimator, ``J`` at most four times the longest episode.
+
+    Attributes
+    ----------
+    keys : tuple of str
+    cols : dict of str to (ndarray, ndarray)
+        The columns ``(A, B)`` of each estimator (:func:`~equicare.ope._bootstrap.ratio_terms`).
+    u, v : dict of str to ndarray of shape (n_boot + 1, J)
+        Row 0: the full sample; row ``b + 1``: replicate ``b``.
+    n_parts : int
+    corrections : list of (int, float, int, float)
+        The linearised Q-model refit (:func:`corrected_sums`).
+    n_episodes : int
+    n_boot, seed : int
+        Of the Poisson weights (:func:`~equicare.ope._resample.poisson_weights`).
+    """
+
+    keys: tuple[str, ...]
+    cols: dict[str, tuple[NDArray[np.int64], NDArray[np.int64]]]
+    u: dict[str, NDArray[np.float64]]
+    v: dict[str, NDArray[np.float64]]
+    n_parts: int
+    corrections: list[tuple[int, float, int, float]]
+    n_episodes: int
+    n_boot: int
+    seed: int
+
+    def squares(self, mat: NDArray[np.float64], episode_ids: Any) -> SquareSums:
+        """The summed squared influences of a chunk's episodes.
+
+        Parameters
+        ----------
+        mat : ndarray of shape (n_chunk_episodes, n_columns)
+            The chunk's parts as the estimates pass built them (parts, return, raw influences).
+        episode_ids : array-like of shape (n_chunk_episodes,)
+        """
+        parts = mat[:, :self.n_parts].copy()
+        for col, factor, raw, r_total in self.corrections:
+            parts[:, col] += factor * (self.n_episodes * mat[:, raw] - r_total)
+        w = np.vstack([np.ones((1, parts.shape[0])),
+                       poisson_weights(episode_keys(episode_ids), self.n_boot, self.seed)])
+        sq = np.empty((len(self.keys), self.n_boot + 1))
+        for i, k in enumerate(self.keys):
+            xa, xb = ratio_columns(parts, *self.cols[k])
+            sq[i] = squared_influence(xa, xb, self.u[k], self.v[k], w)
+        return SquareSums(sq=sq)
+
+
+def student_coefs(sums: StreamSums, seed: int) -> StudentCoefs:
+    """The :class:`StudentCoefs` of summed statistics (after the estimates pass)."""
+    keys, slices, horizon = sums.parts_layout
+    total, boot = corrected_sums(sums)
+    s_all = np.vstack([total[None, :], boot])
+    n_all = np.r_[float(sums.n_episodes), sums.boot_n]
+    cols, u, v = {}, {}, {}
+    for k in keys:
+        a, b = ratio_terms(slices, horizon, k)
+        sb = np.where(b[None, :] < 0, n_all[:, None], s_all[:, np.maximum(b, 0)])
+        cols[k] = (a, b)
+        u[k], v[k] = influence_coefs(s_all[:, a], sb)
+    return StudentCoefs(keys=tuple(keys), cols=cols, u=u, v=v, n_parts=_n_parts(sums),
+                        corrections=_corrections(sums), n_episodes=sums.n_episodes,
+                        n_boot=int(sums.boot_n.size), seed=seed)
 
 
 def _target_probs(dataset: TrajectoryDataset, policy: Any) -> NDArray[np.float64]:

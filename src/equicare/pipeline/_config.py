@@ -49,7 +49,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "truncate": 0.0,
         "q_model": "linear",
         "sensitivity": True,
-        "ci": "percentile",
+        "ci": "studentized",
         "holdout": 0.5,
         "truth_members": 2000,
     },
@@ -75,7 +75,7 @@ _SYNTH_KEYS = {"members": 2000, "weeks": 52, "seed": 42, "history_dependence": F
 _CHOICES: dict[str, list[Any]] = {
     "behavior.model": ["auto", "logged", "logistic", "lgbm"],
     "ope.q_model": ["linear", "gbm", "mlp", "tabular"],
-    "ope.ci": ["percentile", "bca"],
+    "ope.ci": ["studentized", "percentile", "bca"],
     "frontier.kind": ["parity", "group_robust"],
     "output.executor": ["local", "serial", "ray"],
     "learner.algo": ["bc", "awr", "cql"],

@@ -347,11 +347,13 @@ class _HeldOut:
 def _held_out(valid: Any, policy: Any, cfg: SelectConfig, q_model: str) -> _HeldOut:
     """Every estimator on the held-out episodes, with paired bounds of the gain.
 
-    The computation of :func:`equicare.ope.evaluate` (same seeds, so the same values and
-    intervals), keeping the bootstrap replicates: the count matrix depends on the seed and the
-    number of held-out episodes only, so every candidate and the behaviour's mean observed
-    return are resampled with the same replicate weights. The gain's bound of estimator ``k`` is
-    the ``alpha / 2`` quantile of ``V_k(counts_b) - mean_return(counts_b)`` over replicates ``b``.
+    The computation of :func:`equicare.ope.evaluate` with ``ci_method="percentile"`` (same
+    seeds, so the same values and intervals; selection keeps its own quantile rules, not the
+    studentized default of ``evaluate``), keeping the bootstrap replicates: the count matrix
+    depends on the seed and the number of held-out episodes only, so every candidate and the
+    behaviour's mean observed return are resampled with the same replicate weights. The gain's
+    bound of estimator ``k`` is the ``alpha / 2`` quantile of ``V_k(counts_b) -
+    mean_return(counts_b)`` over replicates ``b``.
     """
     import numpy as np
     from threadpoolctl import threadpool_limits
