@@ -62,3 +62,67 @@ def test_learners_that_do_not_stream_are_refused(mdp_panel):
         fit_stream(LEARNERS["spibb"](), path, man)
     with pytest.raises(InvalidParameterError, match="buffer_chunks"):
         fit_stream(BC(n_steps=5), path, man, buffer_chunks=0)
+
+
+def _weights(learner):
+    return {f"{name}.{k}": v.detach().clone() for name, net in learner.nets_.items()
+            for k, v in net.state_dict().items()}
+
+
+def test_prefetch_timing_does_not_change_the_trained_weights(mdp_panel, monkeypatch):
+    """Buffers built ahead in a thread (slowed at random) give bitwise the synchronous weights."""
+    import random
+    import threading
+    import time
+
+    import torch
+
+    import equicare.learn._stream as stream
+
+    _, path, man, _ = mdp_panel
+    sync = fit_stream(BC(n_steps=120, seed=3, hidden=(16,)), path, man, chunk_rows=1500,
+                      prefetch=0)
+    build = stream._buffer_data
+    jitter = random.Random(11)
+
+    def slow_build(buffer, **kw):
+        time.sleep(jitter.random() * 0.03)  # the thread runs late at random points
+        return build(buffer, **kw)
+
+    monkeypatch.setattr(stream, "_buffer_data", slow_build)
+    threads = threading.active_count()
+    ahead = fit_stream(BC(n_steps=120, seed=3, hidden=(16,)), path, man, chunk_rows=1500,
+                       prefetch=2)
+    assert threading.active_count() == threads  # the prefetch thread has ended
+    assert sync.stream_info_["chunks_read"] == ahead.stream_info_["chunks_read"] >= 8
+    assert ahead.stream_info_["wait_seconds"] > 0
+    a, b = _weights(sync), _weights(ahead)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    other = fit_stream(BC(n_steps=120, seed=4, hidden=(16,)), path, man, chunk_rows=1500)
+    assert not all(torch.equal(a[k], v) for k, v in _weights(other).items())
+
+
+def test_an_error_while_prefetching_is_raised_by_fit_stream(mdp_panel, monkeypatch):
+    import threading
+
+    import equicare.learn._stream as stream
+    from equicare.exceptions import DataValidationError
+
+    _, path, man, _ = mdp_panel
+    build = stream._buffer_data
+    calls = []
+
+    def failing(buffer, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise DataValidationError("chunk 3 is broken")
+        return build(buffer, **kw)
+
+    monkeypatch.setattr(stream, "_buffer_data", failing)
+    threads = threading.active_count()
+    with pytest.raises(DataValidationError, match="chunk 3 is broken"):
+        fit_stream(BC(n_steps=400, seed=3, hidden=(16,)), path, man, chunk_rows=1500)
+    assert threading.active_count() == threads
+    with pytest.raises(InvalidParameterError, match="prefetch"):
+        fit_stream(BC(n_steps=5), path, man, prefetch=-1)

@@ -23,11 +23,14 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 import os
+import queue
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -43,6 +46,10 @@ __all__ = ["fit_stream", "STREAM_ALGOS"]
 
 #: Learners that train from a stream (their updates read only rows of whole episodes).
 STREAM_ALGOS = ("bc", "awr", "cql")
+#: Steps at the start of training left out of ``steps_per_second_after_warmup``.
+WARMUP_STEPS = 100
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -108,6 +115,105 @@ def _setup(learner: OfflineLearner, ref: TrajectoryDataset, support: NDArray[np.
     return tdata
 
 
+def _buffer_data(buffer: list[TrajectoryDataset], *, learner: OfflineLearner,
+                 n_critic_groups: int) -> TrainData:
+    """Training tensors of the shuffle buffer's rows (runs in the prefetch thread)."""
+    from equicare.ope._stream_behavior import _concat
+
+    cfg = learner.config
+    data = buffer[0] if len(buffer) == 1 else _concat(buffer)
+    g, _ = group_codes(data, learner.group_attr_, learner.group_levels_)
+    return TrainData.build(data, cfg.input_window, learner.support_, g, cfg.input_actions,
+                           n_critic_groups, learner.categorical_levels_)
+
+
+def _buffers(chunks: Iterator[TrajectoryDataset], buffer_chunks: int,
+             build: Callable[[list[TrajectoryDataset]], TrainData]
+             ) -> Iterator[tuple[int, TrainData]]:
+    """``(rows of the newest chunk, training tensors of the last buffer_chunks chunks)``."""
+    buffer: list[TrajectoryDataset] = []
+    for ds in chunks:
+        buffer = [*buffer[-(buffer_chunks - 1):], ds] if buffer_chunks > 1 else [ds]
+        yield ds.n_steps, build(buffer)
+
+
+class _Prefetch(Generic[T]):
+    """Run an iterator in a background thread, at most ``depth`` items ahead of the consumer.
+
+    Reading, decoding and validating chunks and building their training tensors happen while the
+    gradient steps run (Arrow, pandas and NumPy's large operations and torch's kernels release
+    the GIL). Items arrive in the iterator's order, so what the consumer does with them (the
+    shuffle, the steps per chunk) does not depend on the thread's timing. ``depth=0`` iterates
+    in the caller's thread. An exception in the thread is raised by :meth:`next`; leaving the
+    ``with`` block stops the thread (after the item it is building) and closes the iterator.
+    """
+
+    def __init__(self, items: Iterator[T], depth: int) -> None:
+        self._items = items
+        self._depth = int(depth)
+        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=max(self._depth, 1))
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._done = False
+
+    def __enter__(self) -> _Prefetch[T]:
+        if self._depth > 0:
+            self._thread = threading.Thread(target=self._run, name="equicare-prefetch",
+                                            daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        else:
+            _close(self._items)
+
+    def _run(self) -> None:
+        try:
+            for item in self._items:
+                if not self._put(("item", item)):
+                    return
+            self._put(("end", None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            self._put(("error", exc))
+        finally:
+            _close(self._items)
+
+    def _put(self, message: tuple[str, Any]) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(message, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def next(self) -> T | None:
+        """The next item, or None at the end."""
+        if self._done:
+            return None
+        if self._thread is None:
+            item = next(self._items, None)
+            self._done = item is None
+            return item
+        kind, value = self._queue.get()
+        if kind == "error":
+            self._done = True
+            raise value
+        if kind == "end":
+            self._done = True
+            return None
+        return value  # type: ignore[no-any-return]
+
+
+def _close(items: Iterator[Any]) -> None:
+    close = getattr(items, "close", None)
+    if close is not None:
+        close()
+
+
 def fit_stream(
     learner: OfflineLearner,
     source: str | os.PathLike[str],
@@ -116,6 +222,7 @@ def fit_stream(
     chunk_rows: int = 500_000,
     buffer_chunks: int = 2,
     sample_rows: int = 200_000,
+    prefetch: int = 1,
     progress: bool = False,
 ) -> OfflineLearner:
     """Train ``learner`` on a panel read in chunks of whole episodes (see the module docstring).
@@ -133,6 +240,10 @@ def fit_stream(
         Chunks in the shuffle buffer (>= 1); mini-batches are drawn from their rows.
     sample_rows : int
         Rows (about) of the sample that fixes input statistics and vocabularies.
+    prefetch : int
+        Shuffle buffers prepared ahead in a background thread while the gradient steps run
+        (reading, decoding, validating the next chunk and building its tensors); 0 prepares
+        them in the caller's thread between the steps. The trained weights do not depend on it.
     progress : bool
         Show a progress bar.
 
@@ -145,22 +256,22 @@ def fit_stream(
     from equicare._progress import progress_task
     from equicare.data import iter_chunks, scan_panel
     from equicare.data._io import _manifest_of
-    from equicare.ope._stream import ChunkSource
     from equicare.ope._stream_behavior import _concat
 
     if learner.algo not in STREAM_ALGOS:
         raise InvalidParameterError(
             f"{learner.algo} does not train from a stream; use one of {', '.join(STREAM_ALGOS)}.")
-    for name, v in (("buffer_chunks", buffer_chunks), ("sample_rows", sample_rows),
-                    ("chunk_rows", chunk_rows)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise InvalidParameterError(f"{name} must be an int >= 1; got {v!r}.")
+    for name, v, low in (("buffer_chunks", buffer_chunks, 1), ("sample_rows", sample_rows, 1),
+                         ("chunk_rows", chunk_rows, 1), ("prefetch", prefetch, 0)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise InvalidParameterError(f"{name} must be an int >= {low}; got {v!r}.")
     cfg = learner.config
     man = _manifest_of(manifest)
-    scan = scan_panel(source, man)
-    src = ChunkSource(source, manifest=man, chunk_rows=chunk_rows, owner="fit_stream")
+    scan = scan_panel(source, man)  # once: the passes below reuse it
     rate = min(1.0, sample_rows / max(scan.n_rows, 1))
-    first, _ = src.map_reduce(functools.partial(_pass_a, rate=rate, seed=int(cfg.seed)))
+    first = functools.reduce(operator.add, (
+        _pass_a(c.dataset, rate=rate, seed=int(cfg.seed))
+        for c in iter_chunks(source, man, chunk_rows=chunk_rows, scan=scan)))
     if not first.sample:
         raise DataValidationError("The panel's sample has no episode; raise sample_rows.")
     ref = _concat(first.sample)
@@ -174,46 +285,56 @@ def fit_stream(
     del ref, first
     rng = np.random.default_rng(cfg.seed)
     n_steps = int(cfg.n_steps)
+    warmup = min(WARMUP_STEPS, n_steps // 10)
     learner.history_ = []
     step = 0
-    buffer: list[TrajectoryDataset] = []
     t0 = time.perf_counter()
-    train_seconds = 0.0
+    train_seconds = wait_seconds = warm_seconds = 0.0
     n_chunks = 0
+    n_cg = learner._n_groups if learner._critic_groups() else 0
+    build = functools.partial(_buffer_data, learner=learner, n_critic_groups=n_cg)
     with progress_task(f"train {learner.algo} (streamed)", n_steps, enabled=progress) as bar:
         while step < n_steps:
             done_before = step
-            for chunk in iter_chunks(source, man, chunk_rows=chunk_rows, scan=scan):
-                ds = chunk.dataset
-                buffer = [*buffer[-(buffer_chunks - 1):], ds] if buffer_chunks > 1 else [ds]
-                data = _concat(buffer)
-                g, _ = group_codes(data, learner.group_attr_, learner.group_levels_)
-                n_cg = learner._n_groups if learner._critic_groups() else 0
-                tdata = TrainData.build(data, cfg.input_window, learner.support_, g,
-                                        cfg.input_actions, n_cg, learner.categorical_levels_)
-                if tdata.rows.shape[0] == 0:
-                    continue
-                share = ds.n_steps / scan.n_rows
-                k = min(n_steps - step, max(1, math.ceil(n_steps * share)))
-                sampler = EpochSampler(tdata.rows, cfg.batch_size, rng)
-                t1 = time.perf_counter()
-                sums: dict[str, float] = {}
-                for _ in range(k):
-                    if learner._uses_value_signal() and (
-                            step % 50 == 0 or learner._group_signal is None):
-                        learner._refresh_group_signal(tdata)
-                    losses = learner._update(tdata, sampler.next(), step)
-                    for key, loss in losses.items():
-                        sums[key] = sums.get(key, 0.0) + float(loss)
-                    step += 1
-                train_seconds += time.perf_counter() - t1
-                n_chunks += 1
-                learner.history_.append({"step": step, "chunk_steps": k, "chunk_rows": ds.n_steps,
-                                         **{f"train_{key}": tot / k for key, tot in sums.items()},
-                                         "seconds": time.perf_counter() - t0})
-                bar.update(completed=step)
-                if step >= n_steps:
-                    break
+            chunks = (c.dataset for c in iter_chunks(source, man, chunk_rows=chunk_rows,
+                                                     scan=scan))
+            with _Prefetch(_buffers(chunks, buffer_chunks, build), prefetch) as buffers:
+                while True:
+                    t_wait = time.perf_counter()
+                    item = buffers.next()
+                    wait = time.perf_counter() - t_wait
+                    wait_seconds += wait
+                    if item is None:
+                        break
+                    chunk_n, tdata = item
+                    if tdata.rows.shape[0] == 0:
+                        continue
+                    share = chunk_n / scan.n_rows
+                    k = min(n_steps - step, max(1, math.ceil(n_steps * share)))
+                    sampler = EpochSampler(tdata.rows, cfg.batch_size, rng)
+                    t1 = time.perf_counter()
+                    sums: dict[str, float] = {}
+                    for _ in range(k):
+                        if step == warmup:
+                            warm_seconds = train_seconds + time.perf_counter() - t1
+                        if learner._uses_value_signal() and (
+                                step % 50 == 0 or learner._group_signal is None):
+                            learner._refresh_group_signal(tdata)
+                        losses = learner._update(tdata, sampler.next(), step)
+                        for key, loss in losses.items():
+                            sums[key] = sums.get(key, 0.0) + float(loss)
+                        step += 1
+                    loop = time.perf_counter() - t1
+                    train_seconds += loop
+                    n_chunks += 1
+                    learner.history_.append({
+                        "step": step, "chunk_steps": k, "chunk_rows": chunk_n,
+                        **{f"train_{key}": tot / k for key, tot in sums.items()},
+                        "train_seconds": loop, "wait_seconds": wait,
+                        "seconds": time.perf_counter() - t0})
+                    bar.update(completed=step)
+                    if step >= n_steps:
+                        break
             if step == done_before:
                 raise DataValidationError(f"{type(learner).__name__}: no training row has an "
                                           "action in the support.")
@@ -225,8 +346,15 @@ def fit_stream(
     learner.group_weights_ = learner._dro.q.numpy().copy()
     learner.stream_info_ = {"chunk_rows": chunk_rows, "buffer_chunks": buffer_chunks,
                             "sample_rate": rate, "chunks_read": n_chunks, "n_rows": scan.n_rows,
-                            "train_seconds": train_seconds,
-                            "steps_per_second": step / train_seconds if train_seconds else 0.0}
+                            "prefetch": prefetch, "train_seconds": train_seconds,
+                            "wait_seconds": wait_seconds,
+                            "steps_per_second": step / train_seconds if train_seconds else 0.0,
+                            "steps_per_second_after_warmup":
+                                (step - warmup) / (train_seconds - warm_seconds)
+                                if train_seconds > warm_seconds else 0.0,
+                            "warmup_steps": warmup,
+                            "wall_steps_per_second": step / (train_seconds + wait_seconds)
+                                if train_seconds + wait_seconds else 0.0}
     return learner
 
 
