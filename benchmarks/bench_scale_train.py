@@ -1,17 +1,22 @@
 """Streamed training benchmark (``run_all.py --only scale_train``): BC steps/s on 1M vs 20M rows.
 
 Each panel is simulated part by part (``write_care_parts``: 52 weeks, no churn) into a folder of
-Parquet files; in a fresh child process (its own peak resident memory, VmHWM), BC trains for
-2,000 steps of 256 rows with :func:`equicare.learn._stream.fit_stream`: one pass counts the
-actions and samples 200k rows of episodes (input statistics), then mini-batches are drawn from a
-shuffle buffer of two 500k-row chunks while the panel streams by, the steps spread over the chunks
-in proportion to their rows.
+Parquet files. BC then trains with :func:`equicare.learn._stream.fit_stream` (one pass counts the
+actions and samples 200k rows of episodes for the input statistics; then mini-batches of 256 rows
+are drawn from a shuffle buffer of two 500k-row chunks while the panel streams by, the next
+buffer prepared in a background thread; the steps are spread over the chunks in proportion to
+their rows), each run in a fresh child process (its own peak resident memory, VmHWM).
 
-Reported per size: gradient steps per second of the training loop (batches from the buffer),
-end-to-end seconds (reading the panel twice included) and peak MB; and the ratio of the loop's
-steps/s at the largest size over the smallest (issue #16: no fewer steps/s at 20M than at 1M,
-memory bounded). Sizes: ``EQUICARE_BENCH_SCALE_TRAIN_SIZES`` (default ``1,20`` millions of rows).
-Like ``bench_scale``, it runs only when named (``run_all.py --only scale_train``).
+The runs are **interleaved** (1M, 20M, 1M, 20M, ...; ``EQUICARE_BENCH_SCALE_TRAIN_REPEATS``
+rounds, default 3) so that a change of the host's load hits every size alike. Reported per size:
+the **median** over the rounds of the gradient steps per second after the first 100 steps
+(the warm-up), with the lowest and highest run; the wall-clock steps/s of the training pass
+(waits for the next buffer included) and the seconds spent waiting; the median end-to-end
+seconds; the largest peak. And the ratio of the median steps/s at the largest size over the
+smallest, with the range of the per-round ratios (issue #16: no fewer steps/s at 20M than at 1M,
+memory bounded). Sizes: ``EQUICARE_BENCH_SCALE_TRAIN_SIZES`` (default ``1,20`` millions of rows);
+steps per run: ``EQUICARE_BENCH_SCALE_TRAIN_STEPS`` (default 2,000). Like ``bench_scale``, it
+runs only when named (``run_all.py --only scale_train``).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,7 +47,9 @@ bc = fit_stream(BC(n_steps=int(sys.argv[3]), batch_size=256, seed=1), sys.argv[1
                 chunk_rows=500_000, buffer_chunks=2, sample_rows=200_000)
 info = bc.stream_info_
 print(json.dumps({"seconds": time.perf_counter() - t, "peak_mb": hwm_mb(),
-                  "steps_per_second": info["steps_per_second"], "steps": bc.n_steps_done_,
+                  "steps_per_second": info["steps_per_second_after_warmup"],
+                  "wall_steps_per_second": info["wall_steps_per_second"],
+                  "wait_seconds": info["wait_seconds"], "steps": bc.n_steps_done_,
                   "chunks_read": info["chunks_read"]}))
 """
 
@@ -54,50 +62,75 @@ def _entry(value: float, unit: str, note: str | None = None) -> dict[str, Any]:
     return out
 
 
+def _child(panel: str, manifest: str, steps: int) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, "-c", _CHILD, panel, manifest, str(steps)],
+                         capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-3000:])
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
 def run(quick: bool = False) -> dict[str, dict[str, Any]]:
-    """Measure; ``quick``: 50k and 100k rows, 200 steps."""
-    sizes = tuple(float(x) for x in os.environ.get("EQUICARE_BENCH_SCALE_TRAIN_SIZES",
-                                                   "1,20").split(","))
-    steps = 2000
+    """Measure; ``quick``: 50k and 100k rows, 300 steps, 2 rounds."""
+    env = os.environ.get
+    sizes = tuple(float(x) for x in env("EQUICARE_BENCH_SCALE_TRAIN_SIZES", "1,20").split(","))
+    steps = int(env("EQUICARE_BENCH_SCALE_TRAIN_STEPS", "2000"))
+    rounds = int(env("EQUICARE_BENCH_SCALE_TRAIN_REPEATS", "3"))
     if quick:
-        sizes, steps = (0.05, 0.1), 200
+        sizes, steps, rounds = (0.05, 0.1), 300, 2
     from equicare.sim._care_parts import write_care_parts
     from equicare.sim.care import CareConfig, CareManagementSim
 
     sim = CareManagementSim(CareConfig(churn=False))
     base = Path(tempfile.mkdtemp(prefix="equicare-scale-train-"))
     results: dict[str, dict[str, Any]] = {}
-    rates: list[float] = []
     try:
+        panels = {}
         for m in sizes:
-            d = base / f"care_{m:g}m"
             t = time.perf_counter()
-            info = write_care_parts(sim, d, n_members=int(round(m * 1_000_000 / 52)), n_weeks=52,
+            info = write_care_parts(sim, base / f"care_{m:g}m",
+                                    n_members=int(round(m * 1_000_000 / 52)), n_weeks=52,
                                     members_per_part=20_000, seed=7, overwrite=True)
             print(f"{info['n_rows']:,} rows written in {time.perf_counter() - t:.1f} s",
                   flush=True)
-            out = subprocess.run([sys.executable, "-c", _CHILD, info["panel"], info["manifest"],
-                                  str(steps)], capture_output=True, text=True, check=False)
-            if out.returncode != 0:
-                raise RuntimeError(out.stderr[-3000:])
-            r = json.loads(out.stdout.strip().splitlines()[-1])
+            panels[m] = (info["panel"], info["manifest"])
+        runs: dict[float, list[dict[str, Any]]] = {m: [] for m in sizes}
+        for k in range(rounds):
+            for m in sizes:
+                r = _child(*panels[m], steps)
+                runs[m].append(r)
+                print(f"  round {k + 1}, {m:g}M rows: {r['steps_per_second']:.1f} steps/s "
+                      f"({r['wall_steps_per_second']:.1f} with waits, {r['wait_seconds']:.1f} s "
+                      f"waiting), {r['seconds']:.1f} s end to end, {r['peak_mb']:.0f} MB",
+                      flush=True)
+        for m in sizes:
+            rs = runs[m]
+            sps = [r["steps_per_second"] for r in rs]
             tag = f"{m:g}M"
-            print(f"  BC {r['steps_per_second']:.1f} steps/s, {r['seconds']:.1f} s end to end, "
-                  f"{r['peak_mb']:.0f} MB", flush=True)
             results[f"scale_train_bc_stream_{tag}_rows_steps_per_s"] = _entry(
-                r["steps_per_second"], "steps/s",
-                f"{r['steps']} steps of 256 rows from a 2-chunk shuffle buffer; "
-                f"{r['chunks_read']} chunks read")
+                statistics.median(sps), "steps/s",
+                f"median of {rounds} interleaved runs (range {min(sps):.1f}-{max(sps):.1f}) of "
+                f"{steps} steps of 256 rows, after {min(100, steps // 10)} warm-up steps; "
+                f"{rs[0]['chunks_read']} chunks read")
+            wall = [r["wall_steps_per_second"] for r in rs]
+            results[f"scale_train_bc_stream_{tag}_rows_wall_steps_per_s"] = _entry(
+                statistics.median(wall), "steps/s",
+                "median wall-clock steps/s of the training pass, waits for the next buffer "
+                f"included (median wait {statistics.median(r['wait_seconds'] for r in rs):.1f} s)")
             results[f"scale_train_bc_stream_{tag}_rows"] = _entry(
-                r["seconds"], "s", "end to end: the counting/sampling pass and the training pass")
-            results[f"scale_train_bc_stream_{tag}_rows_peak"] = _entry(r["peak_mb"], "MB")
-            rates.append(r["steps_per_second"])
-            shutil.rmtree(d, ignore_errors=True)
-        if len(rates) >= 2:
+                statistics.median(r["seconds"] for r in rs), "s",
+                "median end to end: the counting/sampling pass and the training pass")
+            results[f"scale_train_bc_stream_{tag}_rows_peak"] = _entry(
+                max(r["peak_mb"] for r in rs), "MB", f"largest of {rounds} runs")
+        if len(sizes) >= 2:
+            lo, hi = sizes[0], sizes[-1]
+            med = [statistics.median(r["steps_per_second"] for r in runs[m]) for m in (lo, hi)]
+            pairs = [b["steps_per_second"] / a["steps_per_second"]
+                     for a, b in zip(runs[lo], runs[hi], strict=True)]
             results["scale_train_bc_steps_per_s_ratio"] = _entry(
-                rates[-1] / rates[0], "x",
-                f"training-loop steps/s at {sizes[-1]:g}M rows over {sizes[0]:g}M (>= 1: no "
-                "slower on the larger panel)")
+                med[1] / med[0], "x",
+                f"median steps/s at {hi:g}M rows over {lo:g}M (>= 1: no slower on the larger "
+                f"panel); per-round ratios {min(pairs):.2f}-{max(pairs):.2f}")
     finally:
         shutil.rmtree(base, ignore_errors=True)
     return results

@@ -11,9 +11,13 @@ holding the panel:
    difference needs is in the same chunk), keeps the last ``buffer_chunks`` chunks in a shuffle
    buffer and draws each mini-batch uniformly from the buffer's rows. ``n_steps`` are spread over
    the chunks in proportion to their rows; when they outnumber one pass, the panel is read again.
+   A producer process reads the next chunk and builds the next buffer's tensors while the steps
+   run (``prefetch`` buffers ahead), so a step costs the same whatever the panel's size; the
+   buffers arrive in order and the shuffle is drawn here, so the weights do not depend on it.
 
-Peak memory is the buffer (``buffer_chunks x chunk_rows`` rows of training tensors), the sample and
-the model, whatever the panel's size. Differences from the in-memory fit: batches come from the
+Peak memory is the buffer (``buffer_chunks x chunk_rows`` rows of training tensors, ``1 +
+prefetch`` of them here), the sample and the model, plus the producer's one chunk being read,
+whatever the panel's size. Differences from the in-memory fit: batches come from the
 buffer rather than the whole table (a uniform shuffle only within the buffer), there is no
 validation split (no early stopping: the run does ``n_steps``), and the input statistics come from
 the sample.
@@ -26,11 +30,10 @@ import math
 import operator
 import os
 import queue
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -49,7 +52,6 @@ STREAM_ALGOS = ("bc", "awr", "cql")
 #: Steps at the start of training left out of ``steps_per_second_after_warmup``.
 WARMUP_STEPS = 100
 
-T = TypeVar("T")
 
 
 @dataclass
@@ -115,103 +117,174 @@ def _setup(learner: OfflineLearner, ref: TrajectoryDataset, support: NDArray[np.
     return tdata
 
 
-def _buffer_data(buffer: list[TrajectoryDataset], *, learner: OfflineLearner,
-                 n_critic_groups: int) -> TrainData:
-    """Training tensors of the shuffle buffer's rows (runs in the prefetch thread)."""
-    from equicare.ope._stream_behavior import _concat
+@dataclass(frozen=True)
+class _Buffers:
+    """Everything that turns the panel into shuffle buffers (picklable: the producer's task).
 
-    cfg = learner.config
-    data = buffer[0] if len(buffer) == 1 else _concat(buffer)
-    g, _ = group_codes(data, learner.group_attr_, learner.group_levels_)
-    return TrainData.build(data, cfg.input_window, learner.support_, g, cfg.input_actions,
-                           n_critic_groups, learner.categorical_levels_)
-
-
-def _buffers(chunks: Iterator[TrajectoryDataset], buffer_chunks: int,
-             build: Callable[[list[TrajectoryDataset]], TrainData]
-             ) -> Iterator[tuple[int, TrainData]]:
-    """``(rows of the newest chunk, training tensors of the last buffer_chunks chunks)``."""
-    buffer: list[TrajectoryDataset] = []
-    for ds in chunks:
-        buffer = [*buffer[-(buffer_chunks - 1):], ds] if buffer_chunks > 1 else [ds]
-        yield ds.n_steps, build(buffer)
-
-
-class _Prefetch(Generic[T]):
-    """Run an iterator in a background thread, at most ``depth`` items ahead of the consumer.
-
-    Reading, decoding and validating chunks and building their training tensors happen while the
-    gradient steps run (Arrow, pandas and NumPy's large operations and torch's kernels release
-    the GIL). Items arrive in the iterator's order, so what the consumer does with them (the
-    shuffle, the steps per chunk) does not depend on the thread's timing. ``depth=0`` iterates
-    in the caller's thread. An exception in the thread is raised by :meth:`next`; leaving the
-    ``with`` block stops the thread (after the item it is building) and closes the iterator.
+    Attributes
+    ----------
+    source : str
+    manifest : Manifest
+    scan : PanelScan
+    chunk_rows, buffer_chunks : int
+    window : int
+        The learner's input window.
+    history_actions : bool
+    support : ndarray of shape (n_support,)
+    group_attr : str or None
+    group_levels : ndarray
+    critic_groups : int
+    vocabulary : tuple of tuple of str, optional
     """
 
-    def __init__(self, items: Iterator[T], depth: int) -> None:
-        self._items = items
-        self._depth = int(depth)
-        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=max(self._depth, 1))
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._done = False
+    source: str
+    manifest: Any
+    scan: Any
+    chunk_rows: int
+    buffer_chunks: int
+    window: int
+    history_actions: bool
+    support: NDArray[np.int64]
+    group_attr: str | None
+    group_levels: NDArray[Any]
+    critic_groups: int
+    vocabulary: tuple[tuple[str, ...], ...] | None
 
-    def __enter__(self) -> _Prefetch[T]:
-        if self._depth > 0:
-            self._thread = threading.Thread(target=self._run, name="equicare-prefetch",
-                                            daemon=True)
-            self._thread.start()
+    def build(self, buffer: list[TrajectoryDataset]) -> TrainData:
+        """Training tensors of the buffer's rows."""
+        from equicare.ope._stream_behavior import _concat
+
+        data = buffer[0] if len(buffer) == 1 else _concat(buffer)
+        g, _ = group_codes(data, self.group_attr, self.group_levels)
+        return TrainData.build(data, self.window, self.support, g, self.history_actions,
+                               self.critic_groups, self.vocabulary)
+
+    def __iter__(self) -> Iterator[tuple[int, TrainData]]:
+        """``(rows of the newest chunk, tensors of the last buffer_chunks chunks)`` per chunk."""
+        from equicare.data import iter_chunks
+
+        k = self.buffer_chunks
+        buffer: list[TrajectoryDataset] = []
+        for chunk in iter_chunks(self.source, self.manifest, chunk_rows=self.chunk_rows,
+                                 scan=self.scan):
+            ds = chunk.dataset
+            buffer = [*buffer[-(k - 1):], ds] if k > 1 else [ds]
+            yield ds.n_steps, self.build(buffer)
+
+
+def _peak_mb() -> float:
+    """Peak resident memory (VmHWM) of the calling process, MB; NaN where /proc is missing."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _produce(task: _Buffers, out: Any, received: Any) -> None:
+    """The producer process: every shuffle buffer of one pass, in order, then its peak memory.
+
+    It stays alive until the consumer sets ``received``: the tensors' shared memory is handed
+    over by this process when the consumer unpickles them.
+    """
+    import pickle
+
+    import torch
+
+    torch.set_num_threads(1)
+    try:
+        for item in task:
+            out.put(("item", item))
+        out.put(("end", _peak_mb()))
+    except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+        try:
+            pickle.dumps(exc)
+        except Exception:  # noqa: BLE001 - an exception that does not pickle: its text
+            exc = RuntimeError(f"{type(exc).__name__}: {exc}")
+        out.put(("error", exc))
+    received.wait()
+
+
+class _Prefetch:
+    """The shuffle buffers of one pass, prepared ``depth`` ahead by a separate process.
+
+    Reading, decoding and validating the next chunk and building its training tensors run in a
+    producer process (spawned: no fork of a process holding torch threads) while the gradient
+    steps run here: no work shares this process's interpreter lock with the steps, so their
+    speed does not depend on how often a new buffer arrives, i.e. on the panel's size. Tensors
+    come back through shared memory (``torch.multiprocessing``). Buffers arrive in storage order
+    and carry no randomness, so the shuffle and the trained weights do not depend on the
+    producer's timing. ``depth=0`` builds each buffer here, between the steps.
+    """
+
+    def __init__(self, task: _Buffers, depth: int) -> None:
+        self._task = task
+        self._depth = int(depth)
+        self._iter: Iterator[tuple[int, TrainData]] | None = None
+        self._proc: Any = None
+        self._queue: Any = None
+        self._done = False
+        #: the producer's peak resident memory (MB), known at the end of the pass
+        self.producer_peak_mb = 0.0
+
+    def __enter__(self) -> _Prefetch:
+        if self._depth == 0:
+            self._iter = iter(self._task)
+            return self
+        import torch.multiprocessing as tmp
+
+        ctx = tmp.get_context("spawn")
+        self._queue = ctx.Queue(maxsize=self._depth)
+        self._received = ctx.Event()
+        self._proc = ctx.Process(target=_produce,
+                                 args=(self._task, self._queue, self._received),
+                                 name="equicare-prefetch", daemon=True)
+        self._proc.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        else:
-            _close(self._items)
+        if self._proc is not None:
+            self._received.set()
+            if not self._done:  # stopped early: the rest of the pass is not needed
+                self._proc.terminate()
+            self._proc.join()
+            self._queue.close()
+            self._queue.cancel_join_thread()
+        elif self._iter is not None:
+            close = getattr(self._iter, "close", None)
+            if close is not None:
+                close()
 
-    def _run(self) -> None:
-        try:
-            for item in self._items:
-                if not self._put(("item", item)):
-                    return
-            self._put(("end", None))
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
-            self._put(("error", exc))
-        finally:
-            _close(self._items)
-
-    def _put(self, message: tuple[str, Any]) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(message, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def next(self) -> T | None:
-        """The next item, or None at the end."""
+    def next(self) -> tuple[int, TrainData] | None:
+        """The next buffer, or None at the end of the pass."""
         if self._done:
             return None
-        if self._thread is None:
-            item = next(self._items, None)
+        if self._iter is not None:
+            item = next(self._iter, None)
             self._done = item is None
             return item
-        kind, value = self._queue.get()
+        while True:
+            try:
+                kind, value = self._queue.get(timeout=1.0)
+                break
+            except queue.Empty:
+                if not self._proc.is_alive():
+                    self._done = True
+                    raise RuntimeError(
+                        "The process preparing the training buffers stopped (exit code "
+                        f"{self._proc.exitcode}); with little shared memory (/dev/shm, e.g. "
+                        "a container's default) pass prefetch=0.") from None
         if kind == "error":
             self._done = True
             raise value
         if kind == "end":
             self._done = True
+            self.producer_peak_mb = float(value)
             return None
         return value  # type: ignore[no-any-return]
-
-
-def _close(items: Iterator[Any]) -> None:
-    close = getattr(items, "close", None)
-    if close is not None:
-        close()
 
 
 def fit_stream(
@@ -241,9 +314,9 @@ def fit_stream(
     sample_rows : int
         Rows (about) of the sample that fixes input statistics and vocabularies.
     prefetch : int
-        Shuffle buffers prepared ahead in a background thread while the gradient steps run
-        (reading, decoding, validating the next chunk and building its tensors); 0 prepares
-        them in the caller's thread between the steps. The trained weights do not depend on it.
+        Shuffle buffers prepared ahead by a separate producer process while the gradient steps
+        run (reading, decoding and validating the next chunk, building its tensors); 0 prepares
+        them in this process between the steps. The trained weights do not depend on it.
     progress : bool
         Show a progress bar.
 
@@ -291,14 +364,17 @@ def fit_stream(
     t0 = time.perf_counter()
     train_seconds = wait_seconds = warm_seconds = 0.0
     n_chunks = 0
-    n_cg = learner._n_groups if learner._critic_groups() else 0
-    build = functools.partial(_buffer_data, learner=learner, n_critic_groups=n_cg)
+    task = _Buffers(source=str(source), manifest=man, scan=scan, chunk_rows=chunk_rows,
+                    buffer_chunks=buffer_chunks, window=cfg.input_window,
+                    history_actions=cfg.input_actions, support=learner.support_,
+                    group_attr=learner.group_attr_, group_levels=learner.group_levels_,
+                    critic_groups=learner._n_groups if learner._critic_groups() else 0,
+                    vocabulary=learner.categorical_levels_)
+    producer_peak = 0.0
     with progress_task(f"train {learner.algo} (streamed)", n_steps, enabled=progress) as bar:
         while step < n_steps:
             done_before = step
-            chunks = (c.dataset for c in iter_chunks(source, man, chunk_rows=chunk_rows,
-                                                     scan=scan))
-            with _Prefetch(_buffers(chunks, buffer_chunks, build), prefetch) as buffers:
+            with _Prefetch(task, prefetch) as buffers:
                 while True:
                     t_wait = time.perf_counter()
                     item = buffers.next()
@@ -335,6 +411,7 @@ def fit_stream(
                     bar.update(completed=step)
                     if step >= n_steps:
                         break
+            producer_peak = max(producer_peak, buffers.producer_peak_mb)
             if step == done_before:
                 raise DataValidationError(f"{type(learner).__name__}: no training row has an "
                                           "action in the support.")
@@ -347,7 +424,7 @@ def fit_stream(
     learner.stream_info_ = {"chunk_rows": chunk_rows, "buffer_chunks": buffer_chunks,
                             "sample_rate": rate, "chunks_read": n_chunks, "n_rows": scan.n_rows,
                             "prefetch": prefetch, "train_seconds": train_seconds,
-                            "wait_seconds": wait_seconds,
+                            "wait_seconds": wait_seconds, "producer_peak_mb": producer_peak,
                             "steps_per_second": step / train_seconds if train_seconds else 0.0,
                             "steps_per_second_after_warmup":
                                 (step - warmup) / (train_seconds - warm_seconds)
