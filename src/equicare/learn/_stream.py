@@ -25,6 +25,7 @@ the sample.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import operator
@@ -172,20 +173,20 @@ class _Buffers:
             yield ds.n_steps, self.build(buffer)
 
 
-def _peak_mb() -> float:
-    """Peak resident memory (VmHWM) of the calling process, MB; NaN where /proc is missing."""
+def _peak_mb(pid: int | str = "self") -> float:
+    """Peak resident memory (VmHWM) of a process, MB; 0 where /proc does not tell."""
     try:
-        with open("/proc/self/status") as fh:
+        with open(f"/proc/{pid}/status") as fh:
             for line in fh:
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1]) / 1024.0
     except OSError:
         pass
-    return float("nan")
+    return 0.0
 
 
 def _produce(task: _Buffers, out: Any, received: Any) -> None:
-    """The producer process: every shuffle buffer of one pass, in order, then its peak memory.
+    """The producer process: every shuffle buffer of one pass, in order.
 
     It stays alive until the consumer sets ``received``: the tensors' shared memory is handed
     over by this process when the consumer unpickles them.
@@ -198,7 +199,7 @@ def _produce(task: _Buffers, out: Any, received: Any) -> None:
     try:
         for item in task:
             out.put(("item", item))
-        out.put(("end", _peak_mb()))
+        out.put(("end", None))
     except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
         try:
             pickle.dumps(exc)
@@ -227,7 +228,7 @@ class _Prefetch:
         self._proc: Any = None
         self._queue: Any = None
         self._done = False
-        #: the producer's peak resident memory (MB), known at the end of the pass
+        #: the producer's peak resident memory (MB), read when the pass ends
         self.producer_peak_mb = 0.0
 
     def __enter__(self) -> _Prefetch:
@@ -247,6 +248,7 @@ class _Prefetch:
 
     def __exit__(self, *exc: object) -> None:
         if self._proc is not None:
+            self.producer_peak_mb = _peak_mb(self._proc.pid)  # it waits for ``received``
             self._received.set()
             if not self._done:  # stopped early: the rest of the pass is not needed
                 self._proc.terminate()
@@ -282,7 +284,6 @@ class _Prefetch:
             raise value
         if kind == "end":
             self._done = True
-            self.producer_peak_mb = float(value)
             return None
         return value  # type: ignore[no-any-return]
 
@@ -362,9 +363,12 @@ def fit_stream(
     learner.history_ = []
     step = 0
     t0 = time.perf_counter()
-    train_seconds = wait_seconds = warm_seconds = 0.0
+    train_seconds = wait_seconds = warm_seconds = cpu_seconds = warm_cpu = 0.0
     n_chunks = 0
-    task = _Buffers(source=str(source), manifest=man, scan=scan, chunk_rows=chunk_rows,
+    # the producer needs the scan's levels and layout, not its per-episode arrays
+    slim = dataclasses.replace(scan, episode_ids=scan.episode_ids[:0],
+                               lengths=scan.lengths[:0], episode_groups={})
+    task = _Buffers(source=str(source), manifest=man, scan=slim, chunk_rows=chunk_rows,
                     buffer_chunks=buffer_chunks, window=cfg.input_window,
                     history_actions=cfg.input_actions, support=learner.support_,
                     group_attr=learner.group_attr_, group_levels=learner.group_levels_,
@@ -388,11 +392,12 @@ def fit_stream(
                     share = chunk_n / scan.n_rows
                     k = min(n_steps - step, max(1, math.ceil(n_steps * share)))
                     sampler = EpochSampler(tdata.rows, cfg.batch_size, rng)
-                    t1 = time.perf_counter()
+                    t1, c1 = time.perf_counter(), time.thread_time()
                     sums: dict[str, float] = {}
                     for _ in range(k):
                         if step == warmup:
                             warm_seconds = train_seconds + time.perf_counter() - t1
+                            warm_cpu = cpu_seconds + time.thread_time() - c1
                         if learner._uses_value_signal() and (
                                 step % 50 == 0 or learner._group_signal is None):
                             learner._refresh_group_signal(tdata)
@@ -402,6 +407,7 @@ def fit_stream(
                         step += 1
                     loop = time.perf_counter() - t1
                     train_seconds += loop
+                    cpu_seconds += time.thread_time() - c1
                     n_chunks += 1
                     learner.history_.append({
                         "step": step, "chunk_steps": k, "chunk_rows": chunk_n,
@@ -430,6 +436,11 @@ def fit_stream(
                                 (step - warmup) / (train_seconds - warm_seconds)
                                 if train_seconds > warm_seconds else 0.0,
                             "warmup_steps": warmup,
+                            # per CPU-second of the training thread: what other processes
+                            # (the producer, a loaded host) take from it does not count
+                            "cpu_steps_per_second_after_warmup":
+                                (step - warmup) / (cpu_seconds - warm_cpu)
+                                if cpu_seconds > warm_cpu else 0.0,
                             "wall_steps_per_second": step / (train_seconds + wait_seconds)
                                 if train_seconds + wait_seconds else 0.0}
     return learner
