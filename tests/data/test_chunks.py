@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from equicare.data import Manifest, iter_chunks, load_dataset, scan_panel, validate_stream
-from equicare.exceptions import DataValidationError
 from equicare.data._chunks import BATCH_ROWS
+from equicare.exceptions import DataValidationError
 
 from ..conftest import MANIFEST, make_frame
 
