@@ -131,6 +131,7 @@ def test_an_error_in_the_producer_is_raised_by_fit_stream(mdp_panel, tmp_path, m
 
     monkeypatch.setattr(stream, "_setup", setup_then_break)
     with pytest.raises(DataValidationError, match="cannot read the panel"):
-        fit_stream(BC(n_steps=50, seed=3, hidden=(16,)), copy, man, chunk_rows=1500)
+        fit_stream(BC(n_steps=50, seed=3, hidden=(16,)), copy, man, chunk_rows=1500,
+                   prefetch=1)
     with pytest.raises(InvalidParameterError, match="prefetch"):
         fit_stream(BC(n_steps=5), path, man, prefetch=-1)

@@ -11,9 +11,9 @@ holding the panel:
    difference needs is in the same chunk), keeps the last ``buffer_chunks`` chunks in a shuffle
    buffer and draws each mini-batch uniformly from the buffer's rows. ``n_steps`` are spread over
    the chunks in proportion to their rows; when they outnumber one pass, the panel is read again.
-   A producer process reads the next chunk and builds the next buffer's tensors while the steps
-   run (``prefetch`` buffers ahead), so a step costs the same whatever the panel's size; the
-   buffers arrive in order and the shuffle is drawn here, so the weights do not depend on it.
+   With ``prefetch > 0`` a producer process reads the next chunk and builds the next buffer's
+   tensors while the steps run (``prefetch`` buffers ahead); the buffers arrive in order and the
+   shuffle is drawn here, so the weights do not depend on it.
 
 Peak memory is the buffer (``buffer_chunks x chunk_rows`` rows of training tensors, ``1 +
 prefetch`` of them here), the sample and the model, plus the producer's one chunk being read,
@@ -277,8 +277,10 @@ class _Prefetch:
                     self._done = True
                     raise RuntimeError(
                         "The process preparing the training buffers stopped (exit code "
-                        f"{self._proc.exitcode}); with little shared memory (/dev/shm, e.g. "
-                        "a container's default) pass prefetch=0.") from None
+                        f"{self._proc.exitcode}). It is spawned: a script that trains with "
+                        "prefetch > 0 must run its code under `if __name__ == \"__main__\":`; "
+                        "it also needs shared memory (/dev/shm) for two buffers. Or pass "
+                        "prefetch=0.") from None
         if kind == "error":
             self._done = True
             raise value
@@ -296,7 +298,7 @@ def fit_stream(
     chunk_rows: int = 500_000,
     buffer_chunks: int = 2,
     sample_rows: int = 200_000,
-    prefetch: int = 1,
+    prefetch: int = 0,
     progress: bool = False,
 ) -> OfflineLearner:
     """Train ``learner`` on a panel read in chunks of whole episodes (see the module docstring).
@@ -315,9 +317,12 @@ def fit_stream(
     sample_rows : int
         Rows (about) of the sample that fixes input statistics and vocabularies.
     prefetch : int
-        Shuffle buffers prepared ahead by a separate producer process while the gradient steps
-        run (reading, decoding and validating the next chunk, building its tensors); 0 prepares
-        them in this process between the steps. The trained weights do not depend on it.
+        Shuffle buffers prepared ahead by a separate, spawned producer process while the gradient
+        steps run (reading, decoding and validating the next chunk, building its tensors); 0 (the
+        default) prepares them in this process between the steps. The trained weights do not
+        depend on it. With ``prefetch > 0`` a script must run under ``if __name__ ==
+        "__main__":`` (as for any spawned process) and the producer adds its own memory (about
+        1 GB with 500k-row chunks); it pays off when a core is free for it.
     progress : bool
         Show a progress bar.
 
