@@ -80,7 +80,7 @@ def test_prefetch_timing_does_not_change_the_trained_weights(mdp_panel, monkeypa
     import equicare.learn._stream as stream
 
     _, path, man, _ = mdp_panel
-    sync = fit_stream(BC(n_steps=120, seed=3, hidden=(16,)), path, man, chunk_rows=1500,
+    sync = fit_stream(BC(n_steps=60, seed=3, hidden=(16,)), path, man, chunk_rows=1500,
                       prefetch=0)
     update = BC._update
     jitter = random.Random(11)
@@ -99,7 +99,7 @@ def test_prefetch_timing_does_not_change_the_trained_weights(mdp_panel, monkeypa
         return leave(self, *exc)
 
     monkeypatch.setattr(stream._Prefetch, "__exit__", spy)
-    ahead = fit_stream(BC(n_steps=120, seed=3, hidden=(16,)), path, man, chunk_rows=1500,
+    ahead = fit_stream(BC(n_steps=60, seed=3, hidden=(16,)), path, man, chunk_rows=1500,
                        prefetch=2)
     assert sync.stream_info_["chunks_read"] == ahead.stream_info_["chunks_read"] >= 8
     assert producers and None not in producers  # the buffers came from a producer process
@@ -107,11 +107,12 @@ def test_prefetch_timing_does_not_change_the_trained_weights(mdp_panel, monkeypa
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     monkeypatch.undo()
-    other = fit_stream(BC(n_steps=120, seed=4, hidden=(16,)), path, man, chunk_rows=1500,
+    other = fit_stream(BC(n_steps=60, seed=4, hidden=(16,)), path, man, chunk_rows=1500,
                        prefetch=0)
     assert not all(torch.equal(a[k], v) for k, v in _weights(other).items())
 
 
+@pytest.mark.slow
 def test_an_error_in_the_producer_is_raised_by_fit_stream(mdp_panel, tmp_path, monkeypatch):
     """The panel becomes unreadable after the first pass: the producer's error reaches us."""
     import shutil
