@@ -213,7 +213,8 @@ def _shared_values(values: NDArray[Any]) -> NDArray[Any]:
     if values.dtype != object or values.size == 0:
         return values
     codes, uniques = pd.factorize(values, use_na_sentinel=False)
-    return np.asarray(uniques, dtype=object)[codes]
+    out: NDArray[Any] = np.asarray(uniques, dtype=object)[codes]
+    return out
 
 
 def scan_panel(path: str | os.PathLike[str],
