@@ -196,8 +196,8 @@ def run(quick: bool = False, sizes_m: tuple[float, ...] | None = None, folder: s
                     "peer": "equicare streamed (1 process)", "peer_value": e["seconds"],
                     "ratio": e["seconds"] / pool["seconds"],
                     "note": f"like-for-like: the same evaluation on a local pool of 2 processes, "
-                            f"one shard each (a fresh pool per pass); same numbers as streamed "
-                            f"(1e-9): {same_pool}"}
+                            f"one shard each (one pool kept for every pass); same numbers as "
+                            f"streamed (1e-9): {same_pool}"}
                 print(f"  process pool (2) {pool['seconds']:.1f} s, same numbers: {same_pool}",
                       flush=True)
                 if ray:

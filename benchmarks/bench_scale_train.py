@@ -1,17 +1,25 @@
 """Streamed training benchmark (``run_all.py --only scale_train``): BC steps/s on 1M vs 20M rows.
 
 Each panel is simulated part by part (``write_care_parts``: 52 weeks, no churn) into a folder of
-Parquet files; in a fresh child process (its own peak resident memory, VmHWM), BC trains for
-2,000 steps of 256 rows with :func:`equicare.learn._stream.fit_stream`: one pass counts the
-actions and samples 200k rows of episodes (input statistics), then mini-batches are drawn from a
-shuffle buffer of two 500k-row chunks while the panel streams by, the steps spread over the chunks
-in proportion to their rows.
+Parquet files. BC then trains with :func:`equicare.learn._stream.fit_stream` (one pass counts the
+actions and samples 200k rows of episodes for the input statistics; then mini-batches of 256 rows
+are drawn from a shuffle buffer of two 500k-row chunks while the panel streams by, the steps
+spread over the chunks in proportion to their rows), each run in a fresh child process (its own
+peak resident memory, VmHWM), in two modes: the next buffer built in the training process between
+the steps (``prefetch=0``, the default) and by a producer process while the steps run
+(``prefetch=1``; ``EQUICARE_BENCH_SCALE_TRAIN_PREFETCH``, default ``0,1``).
 
-Reported per size: gradient steps per second of the training loop (batches from the buffer),
-end-to-end seconds (reading the panel twice included) and peak MB; and the ratio of the loop's
-steps/s at the largest size over the smallest (issue #16: no fewer steps/s at 20M than at 1M,
-memory bounded). Sizes: ``EQUICARE_BENCH_SCALE_TRAIN_SIZES`` (default ``1,20`` millions of rows).
-Like ``bench_scale``, it runs only when named (``run_all.py --only scale_train``).
+The runs are **interleaved** (1M, 20M, 1M, 20M, ...; ``EQUICARE_BENCH_SCALE_TRAIN_REPEATS``
+rounds, default 3) so that a change of the host's load hits every size alike. Reported per size
+and mode: the **median** over the rounds of the gradient steps per second after the first 100
+steps (the warm-up), with the lowest and highest run and the steps per CPU-second of the training
+thread; the wall-clock steps/s of the training pass (waits for the next buffer included) and the
+seconds spent waiting; the median end-to-end seconds; the largest peak (the training process's
+plus the producer's). And the ratio of the median steps/s at the largest size over the smallest,
+with the range of the per-round ratios (issue #16: no fewer steps/s at 20M than at 1M, memory
+bounded). Sizes: ``EQUICARE_BENCH_SCALE_TRAIN_SIZES`` (default ``1,20`` millions of rows); steps
+per run: ``EQUICARE_BENCH_SCALE_TRAIN_STEPS`` (default 2,000). Like ``bench_scale``, it runs only
+when named (``run_all.py --only scale_train``).
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,10 +47,15 @@ from equicare.learn import BC
 from equicare.learn._stream import fit_stream
 t = time.perf_counter()
 bc = fit_stream(BC(n_steps=int(sys.argv[3]), batch_size=256, seed=1), sys.argv[1], sys.argv[2],
-                chunk_rows=500_000, buffer_chunks=2, sample_rows=200_000)
+                chunk_rows=500_000, buffer_chunks=2, sample_rows=200_000,
+                prefetch=int(sys.argv[4]))
 info = bc.stream_info_
 print(json.dumps({"seconds": time.perf_counter() - t, "peak_mb": hwm_mb(),
-                  "steps_per_second": info["steps_per_second"], "steps": bc.n_steps_done_,
+                  "steps_per_second": info["steps_per_second_after_warmup"],
+                  "wall_steps_per_second": info["wall_steps_per_second"],
+                  "cpu_steps_per_second": info["cpu_steps_per_second_after_warmup"],
+                  "wait_seconds": info["wait_seconds"], "steps": bc.n_steps_done_,
+                  "producer_peak_mb": info["producer_peak_mb"],
                   "chunks_read": info["chunks_read"]}))
 """
 
@@ -54,50 +68,98 @@ def _entry(value: float, unit: str, note: str | None = None) -> dict[str, Any]:
     return out
 
 
+def _child(panel: str, manifest: str, steps: int, prefetch: int = 0) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, "-c", _CHILD, panel, manifest, str(steps),
+                          str(prefetch)],
+                         capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-3000:])
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def _summary(runs: dict[float, list[dict[str, Any]]], sizes: tuple[float, ...], rounds: int,
+             steps: int, suffix: str) -> dict[str, dict[str, Any]]:
+    """Entries of one prefetch mode (``suffix`` "" for the default, in-process buffers)."""
+    results: dict[str, dict[str, Any]] = {}
+    how = ("buffers built in the training process (prefetch=0)" if not suffix else
+           f"buffers from a producer process ({suffix.lstrip('_')})")
+    for m in sizes:
+        rs = runs[m]
+        sps = [r["steps_per_second"] for r in rs]
+        tag = f"{m:g}M"
+        results[f"scale_train_bc_stream_{tag}_rows_steps_per_s{suffix}"] = _entry(
+            statistics.median(sps), "steps/s",
+            f"median of {rounds} interleaved runs (range {min(sps):.1f}-{max(sps):.1f}) of "
+            f"{steps} steps of 256 rows after {min(100, steps // 10)} warm-up steps; {how}; "
+            f"{rs[0]['chunks_read']} chunks read; per CPU-second of the training thread: "
+            f"{statistics.median(r['cpu_steps_per_second'] for r in rs):.1f}")
+        wall = [r["wall_steps_per_second"] for r in rs]
+        results[f"scale_train_bc_stream_{tag}_rows_wall_steps_per_s{suffix}"] = _entry(
+            statistics.median(wall), "steps/s",
+            "median wall-clock steps/s of the training pass, waits for the next buffer "
+            f"included (median wait {statistics.median(r['wait_seconds'] for r in rs):.1f} s)")
+        results[f"scale_train_bc_stream_{tag}_rows{suffix}"] = _entry(
+            statistics.median(r["seconds"] for r in rs), "s",
+            "median end to end: the counting/sampling pass and the training pass")
+        top = max(rs, key=lambda r: r["peak_mb"] + r["producer_peak_mb"])
+        results[f"scale_train_bc_stream_{tag}_rows_peak{suffix}"] = _entry(
+            top["peak_mb"] + top["producer_peak_mb"], "MB",
+            f"largest of {rounds} runs: training process {top['peak_mb']:.0f} MB + "
+            f"buffer producer {top['producer_peak_mb']:.0f} MB (each its own peak)")
+    if len(sizes) >= 2:
+        lo, hi = sizes[0], sizes[-1]
+        med = [statistics.median(r["steps_per_second"] for r in runs[m]) for m in (lo, hi)]
+        pairs = [b["steps_per_second"] / a["steps_per_second"]
+                 for a, b in zip(runs[lo], runs[hi], strict=True)]
+        results[f"scale_train_bc_steps_per_s_ratio{suffix}"] = _entry(
+            med[1] / med[0], "x",
+            f"median steps/s at {hi:g}M rows over {lo:g}M (>= 1: no slower on the larger "
+            f"panel); per-round ratios {min(pairs):.2f}-{max(pairs):.2f}; {how}")
+    return results
+
+
 def run(quick: bool = False) -> dict[str, dict[str, Any]]:
-    """Measure; ``quick``: 50k and 100k rows, 200 steps."""
-    sizes = tuple(float(x) for x in os.environ.get("EQUICARE_BENCH_SCALE_TRAIN_SIZES",
-                                                   "1,20").split(","))
-    steps = 2000
+    """Measure; ``quick``: 50k and 100k rows, 300 steps, 2 rounds."""
+    env = os.environ.get
+    sizes = tuple(float(x) for x in env("EQUICARE_BENCH_SCALE_TRAIN_SIZES", "1,20").split(","))
+    steps = int(env("EQUICARE_BENCH_SCALE_TRAIN_STEPS", "2000"))
+    rounds = int(env("EQUICARE_BENCH_SCALE_TRAIN_REPEATS", "3"))
+    modes = tuple(int(x) for x in env("EQUICARE_BENCH_SCALE_TRAIN_PREFETCH", "0,1").split(","))
     if quick:
-        sizes, steps = (0.05, 0.1), 200
+        sizes, steps, rounds = (0.05, 0.1), 300, 2
     from equicare.sim._care_parts import write_care_parts
     from equicare.sim.care import CareConfig, CareManagementSim
 
     sim = CareManagementSim(CareConfig(churn=False))
     base = Path(tempfile.mkdtemp(prefix="equicare-scale-train-"))
     results: dict[str, dict[str, Any]] = {}
-    rates: list[float] = []
+    all_runs: dict[int, dict[float, list[dict[str, Any]]]] = {}
     try:
+        panels = {}
         for m in sizes:
-            d = base / f"care_{m:g}m"
             t = time.perf_counter()
-            info = write_care_parts(sim, d, n_members=int(round(m * 1_000_000 / 52)), n_weeks=52,
+            info = write_care_parts(sim, base / f"care_{m:g}m",
+                                    n_members=int(round(m * 1_000_000 / 52)), n_weeks=52,
                                     members_per_part=20_000, seed=7, overwrite=True)
             print(f"{info['n_rows']:,} rows written in {time.perf_counter() - t:.1f} s",
                   flush=True)
-            out = subprocess.run([sys.executable, "-c", _CHILD, info["panel"], info["manifest"],
-                                  str(steps)], capture_output=True, text=True, check=False)
-            if out.returncode != 0:
-                raise RuntimeError(out.stderr[-3000:])
-            r = json.loads(out.stdout.strip().splitlines()[-1])
-            tag = f"{m:g}M"
-            print(f"  BC {r['steps_per_second']:.1f} steps/s, {r['seconds']:.1f} s end to end, "
-                  f"{r['peak_mb']:.0f} MB", flush=True)
-            results[f"scale_train_bc_stream_{tag}_rows_steps_per_s"] = _entry(
-                r["steps_per_second"], "steps/s",
-                f"{r['steps']} steps of 256 rows from a 2-chunk shuffle buffer; "
-                f"{r['chunks_read']} chunks read")
-            results[f"scale_train_bc_stream_{tag}_rows"] = _entry(
-                r["seconds"], "s", "end to end: the counting/sampling pass and the training pass")
-            results[f"scale_train_bc_stream_{tag}_rows_peak"] = _entry(r["peak_mb"], "MB")
-            rates.append(r["steps_per_second"])
-            shutil.rmtree(d, ignore_errors=True)
-        if len(rates) >= 2:
-            results["scale_train_bc_steps_per_s_ratio"] = _entry(
-                rates[-1] / rates[0], "x",
-                f"training-loop steps/s at {sizes[-1]:g}M rows over {sizes[0]:g}M (>= 1: no "
-                "slower on the larger panel)")
+            panels[m] = (info["panel"], info["manifest"])
+        for mode in modes:
+            runs: dict[float, list[dict[str, Any]]] = {m: [] for m in sizes}
+            all_runs[mode] = runs
+        for k in range(rounds):
+            for m in sizes:
+                for mode in modes:
+                    r = _child(*panels[m], steps, mode)
+                    all_runs[mode][m].append(r)
+                    print(f"  round {k + 1}, {m:g}M rows, prefetch {mode}: "
+                          f"{r['steps_per_second']:.1f} steps/s "
+                          f"({r['wall_steps_per_second']:.1f} with waits, "
+                          f"{r['wait_seconds']:.1f} s waiting), {r['seconds']:.1f} s end to end, "
+                          f"{r['peak_mb']:.0f} + {r['producer_peak_mb']:.0f} MB", flush=True)
+        for mode in modes:
+            results.update(_summary(all_runs[mode], sizes, rounds, steps,
+                                    "" if mode == 0 else f"_prefetch{mode}"))
     finally:
         shutil.rmtree(base, ignore_errors=True)
     return results

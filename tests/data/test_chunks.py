@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from equicare.data import Manifest, iter_chunks, load_dataset, scan_panel, validate_stream
+from equicare.data._chunks import BATCH_ROWS
 from equicare.exceptions import DataValidationError
 
 from ..conftest import MANIFEST, make_frame
@@ -100,6 +101,9 @@ def test_scan_finds_lengths_and_clustering(frame, tmp_path):
     race = frame.groupby("member_id")["race"].first()
     assert dict(zip(scan.episode_ids.tolist(), scan.episode_groups["race"].tolist(),
                     strict=True)) == race.to_dict()
+    # one object per level and record batch, not one string per episode (memory of big panels)
+    n_batches = -(-scan.n_rows // BATCH_ROWS)
+    assert len({id(v) for v in scan.episode_groups["race"]}) <= race.nunique() * n_batches
     (tmp_path / "s").mkdir()
     shuffled = scan_panel(_write(frame, "parquet_shuffled", tmp_path / "s"), man)
     assert not shuffled.clustered

@@ -102,3 +102,60 @@ def test_sharded_audit_equals_streamed(panel):
     assert fa.keys() == fb.keys()
     for k, v in fa.items():
         assert fb[k] == (pytest.approx(v, rel=1e-9, abs=1e-12) if isinstance(v, float) else v), k
+
+
+class _Counting:
+    """An executor that records how many shard tasks each ``map`` sent (and forwards sessions)."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, []
+
+    @property
+    def n_workers(self):
+        return self.inner.n_workers
+
+    def session(self):
+        import contextlib
+
+        return getattr(self.inner, "session", contextlib.nullcontext)()
+
+    def map(self, fn, items):
+        items = list(items)
+        self.calls.append(len(items))
+        return self.inner.map(fn, items)
+
+
+def _dr_audit_on(executor, panel, n_shards):
+    path, man, ds = panel
+    cfg = FairnessAudit(action="modality=home_visit", n_boot=60, n_permutations=40,
+                        estimator="dr")
+    w = poisson_weights(episode_keys(ds.episode_ids), 60, seed=6)
+    ref = _flatten(cfg.run(ds, {"risk": RiskPolicy()}, weights=w, random_state=6).to_dict())
+    counting = _Counting(executor)
+    got = _flatten(audit_stream(path, {"risk": RiskPolicy()}, manifest=man, config=cfg,
+                                random_state=6, chunk_rows=60, executor=counting,
+                                n_shards=n_shards).to_dict())
+    # the Q-model's passes (statistics, fit, stability check) and the audit's: each on >1 shard
+    assert len(counting.calls) >= 3 and min(counting.calls) >= 2, counting.calls
+    assert ref.keys() == got.keys()
+    for k, v in ref.items():
+        if isinstance(v, float):
+            assert got[k] == pytest.approx(v, rel=1e-9, abs=1e-12), k
+        else:
+            assert got[k] == v, k
+
+
+@pytest.mark.slow
+def test_dr_audit_on_two_worker_processes_equals_in_memory(panel):
+    """Group values by DR with every pass's shards on a pool of 2 spawned processes."""
+    from equicare.pipeline import LocalExecutor
+
+    _dr_audit_on(LocalExecutor(jobs=2), panel, n_shards=3)
+
+
+@pytest.mark.slow
+def test_dr_audit_on_two_ray_workers_equals_in_memory(panel, ray):
+    from equicare.pipeline import get_executor
+
+    with get_executor("ray", address="local", jobs=2) as ex:
+        _dr_audit_on(ex, panel, n_shards=4)

@@ -34,7 +34,7 @@ def _table(model, mdp, ds):
 def test_streamed_bc_recovers_the_behaviour_policy(mdp_panel):
     mdp, path, man, ds = mdp_panel
     bc = fit_stream(BC(n_steps=500, seed=1, hidden=(32,)), path, man, chunk_rows=3000,
-                    buffer_chunks=2)
+                    buffer_chunks=2, prefetch=0)
     info = bc.stream_info_
     assert info["chunks_read"] >= 4 and bc.n_steps_done_ == 500
     assert all(h["chunk_rows"] <= 3000 + 40 for h in bc.history_)  # one chunk at a time
@@ -46,7 +46,8 @@ def test_streamed_bc_recovers_the_behaviour_policy(mdp_panel):
 
 def test_streamed_awr_improves_on_the_behaviour_policy(mdp_panel):
     mdp, path, man, ds = mdp_panel
-    awr = fit_stream(AWR(n_steps=600, seed=1, hidden=(32,)), path, man, chunk_rows=3000)
+    awr = fit_stream(AWR(n_steps=600, seed=1, hidden=(32,)), path, man, chunk_rows=3000,
+                     prefetch=0)  # the same weights as with the producer process (test below)
 
     def value(t):
         return 0.5 * mdp.value(t, "A") + 0.5 * mdp.value(t, "B")
@@ -62,3 +63,76 @@ def test_learners_that_do_not_stream_are_refused(mdp_panel):
         fit_stream(LEARNERS["spibb"](), path, man)
     with pytest.raises(InvalidParameterError, match="buffer_chunks"):
         fit_stream(BC(n_steps=5), path, man, buffer_chunks=0)
+
+
+def _weights(learner):
+    return {f"{name}.{k}": v.detach().clone() for name, net in learner.nets_.items()
+            for k, v in net.state_dict().items()}
+
+
+def test_prefetch_timing_does_not_change_the_trained_weights(mdp_panel, monkeypatch):
+    """Buffers from the producer process, with the steps slowed at random: the same weights."""
+    import random
+    import time
+
+    import torch
+
+    import equicare.learn._stream as stream
+
+    _, path, man, _ = mdp_panel
+    sync = fit_stream(BC(n_steps=60, seed=3, hidden=(16,)), path, man, chunk_rows=1500,
+                      prefetch=0)
+    update = BC._update
+    jitter = random.Random(11)
+
+    def slow_update(self, data, rows, step):
+        if jitter.random() < 0.1:
+            time.sleep(jitter.random() * 0.05)  # the producer is ahead or behind at random
+        return update(self, data, rows, step)
+
+    monkeypatch.setattr(BC, "_update", slow_update)
+    producers = []
+    leave = stream._Prefetch.__exit__
+
+    def spy(self, *exc):
+        producers.append(self._proc.pid if self._proc is not None else None)
+        return leave(self, *exc)
+
+    monkeypatch.setattr(stream._Prefetch, "__exit__", spy)
+    ahead = fit_stream(BC(n_steps=60, seed=3, hidden=(16,)), path, man, chunk_rows=1500,
+                       prefetch=2)
+    assert sync.stream_info_["chunks_read"] == ahead.stream_info_["chunks_read"] >= 8
+    assert producers and None not in producers  # the buffers came from a producer process
+    a, b = _weights(sync), _weights(ahead)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    monkeypatch.undo()
+    other = fit_stream(BC(n_steps=60, seed=4, hidden=(16,)), path, man, chunk_rows=1500,
+                       prefetch=0)
+    assert not all(torch.equal(a[k], v) for k, v in _weights(other).items())
+
+
+@pytest.mark.slow
+def test_an_error_in_the_producer_is_raised_by_fit_stream(mdp_panel, tmp_path, monkeypatch):
+    """The panel becomes unreadable after the first pass: the producer's error reaches us."""
+    import shutil
+
+    import equicare.learn._stream as stream
+    from equicare.exceptions import DataValidationError
+
+    _, path, man, _ = mdp_panel
+    copy = tmp_path / "tab.parquet"
+    shutil.copy(path, copy)
+    setup = stream._setup
+
+    def setup_then_break(*args, **kw):
+        out = setup(*args, **kw)
+        copy.write_bytes(b"not a parquet file")
+        return out
+
+    monkeypatch.setattr(stream, "_setup", setup_then_break)
+    with pytest.raises(DataValidationError, match="cannot read the panel"):
+        fit_stream(BC(n_steps=50, seed=3, hidden=(16,)), copy, man, chunk_rows=1500,
+                   prefetch=1)
+    with pytest.raises(InvalidParameterError, match="prefetch"):
+        fit_stream(BC(n_steps=5), path, man, prefetch=-1)

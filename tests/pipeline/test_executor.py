@@ -52,6 +52,33 @@ def test_local_pool_equals_serial():
     assert serial == pooled
 
 
+def _pid(_: int) -> int:
+    import os
+
+    return os.getpid()
+
+
+def test_session_keeps_one_pool_for_every_map():
+    """Inside a session the same worker processes serve every map (multi-pass streamed jobs)."""
+    import pickle
+
+    ex = LocalExecutor(jobs=2)
+    with ex.session() as same:
+        assert same is ex
+        first = set(ex.map(_pid, range(4)))
+        second = set(ex.map(_pid, range(4)))
+        assert pickle.loads(pickle.dumps(ex)) == ex  # the pool is not pickled
+        with ex.session():  # nested: the outer pool
+            third = set(ex.map(_pid, range(4)))
+        assert ex.map(_task, [4, 3]) == [_task(4), _task(3)]
+        pool = ex.__dict__["_pool"]
+        workers = set(pool._processes)  # the session's pool's processes
+    assert first | second | third <= workers and len(workers) <= 2  # no pool per map
+    assert "_pool" not in ex.__dict__  # closed with the session
+    with LocalExecutor(jobs=1).session() as serial:  # one worker: no pool at all
+        assert serial.map(_task, [1]) == [_task(1)]
+
+
 def _started(log: list[int], seed: int) -> int:
     log.append(seed)
     return seed

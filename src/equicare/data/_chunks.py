@@ -203,6 +203,20 @@ def _column_numpy(batch: Any, name: str) -> NDArray[Any]:
     return np.asarray(batch.column(name).to_numpy(zero_copy_only=False))
 
 
+def _shared_values(values: NDArray[Any]) -> NDArray[Any]:
+    """The same values, every repeat of a level pointing to one object.
+
+    Arrow converts each row of a string column to its own Python string (~60 bytes each); a
+    group label repeats a handful of levels over hundreds of thousands of episodes, so sharing
+    them keeps the scan at 8 bytes per episode and attribute.
+    """
+    if values.dtype != object or values.size == 0:
+        return values
+    codes, uniques = pd.factorize(values, use_na_sentinel=False)
+    out: NDArray[Any] = np.asarray(uniques, dtype=object)[codes]
+    return out
+
+
 def scan_panel(path: str | os.PathLike[str],
                manifest: Manifest | Mapping[str, Any] | str | os.PathLike[str]) -> PanelScan:
     """First pass: episodes, their lengths, categorical levels and whether rows are clustered.
@@ -249,7 +263,7 @@ def scan_panel(path: str | os.PathLike[str],
             run_ids.append(ep[starts])
             run_lens.append(np.diff(np.r_[starts, m]).astype(np.int64))
             for g in man.groups:
-                run_groups[g].append(_column_numpy(b, g)[starts])
+                run_groups[g].append(_shared_values(_column_numpy(b, g)[starts]))
         for c in man.categorical_states:
             levels[c].update(pd.unique(_column_numpy(b, c)).tolist())
         prev = ep[-1]

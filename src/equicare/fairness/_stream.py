@@ -252,6 +252,7 @@ def audit_stream(
     from equicare.data._io import _manifest_of
     from equicare.ope import combine
     from equicare.ope._core import EpisodeParts
+    from equicare.ope._stream import ChunkSource, executor_session
 
     cfg = config if config is not None else FairnessAudit()
     if cfg.estimator not in (*STREAM_ESTIMATORS, *Q_ESTIMATORS, None):
@@ -285,33 +286,33 @@ def audit_stream(
     seed = int(random_state)
     _, rng = split_random_state(seed)
     names = [BEHAVIOR, *pols]
-    q_fits: dict[str, Any] = {}
-    if cfg.estimator in Q_ESTIMATORS and pols:
-        # each policy's Q-model from sums over chunks (two passes, three with the linear
-        # model's stability check), then applied chunk by chunk below
-        from equicare.ope._stream import ChunkSource
-        from equicare.ope._stream_q import fit_q_stream, stream_q_config
+    with executor_session(executor):  # one local pool for the Q-model's passes and this one
+        q_fits: dict[str, Any] = {}
+        if cfg.estimator in Q_ESTIMATORS and pols:
+            # each policy's Q-model from sums over chunks (two passes, three with the linear
+            # model's stability check), then applied chunk by chunk below
+            from equicare.ope._stream_q import fit_q_stream, stream_q_config
 
-        src = ChunkSource(source, manifest=man, chunk_rows=chunk_rows, executor=executor,
-                          n_shards=n_shards, owner="audit_stream")
-        qcfg = stream_q_config(cfg.q_model, [cfg.estimator])
-        q_fits = {name: fit_q_stream(src, pol, cfg=qcfg, keys=(cfg.estimator,),
-                                     truncate=cfg.truncate).applier()
-                  for name, pol in pols.items()}
-    ctx = _Context(cfg=cfg, policies=pols, attrs=attrs, published=gi_all.labels,
-                   horizon=scan.max_len, seed=seed, q_fits=q_fits)
-    part = _Partial()
-    if executor is not None:
-        from equicare.data import plan_shards
+            src = ChunkSource(source, manifest=man, chunk_rows=chunk_rows, executor=executor,
+                              n_shards=n_shards, owner="audit_stream")
+            qcfg = stream_q_config(cfg.q_model, [cfg.estimator])
+            q_fits = {name: fit_q_stream(src, pol, cfg=qcfg, keys=(cfg.estimator,),
+                                         truncate=cfg.truncate).applier()
+                      for name, pol in pols.items()}
+        ctx = _Context(cfg=cfg, policies=pols, attrs=attrs, published=gi_all.labels,
+                       horizon=scan.max_len, seed=seed, q_fits=q_fits)
+        part = _Partial()
+        if executor is not None:
+            from equicare.data import plan_shards
 
-        shards = n_shards or int(getattr(executor, "n_workers", 2) or 2)
-        tasks = [_ShardTask(spec=s, ctx=ctx, chunk_rows=chunk_rows)
-                 for s in plan_shards(source, man, shards, scan=scan)]
-        for p in executor.map(_run_shard, tasks):
-            part.merge(p)
-    else:
-        for chunk in iter_chunks(source, man, chunk_rows=chunk_rows, scan=scan):
-            _add_chunk(part, chunk.dataset, ctx)
+            shards = n_shards or int(getattr(executor, "n_workers", 2) or 2)
+            tasks = [_ShardTask(spec=s, ctx=ctx, chunk_rows=chunk_rows)
+                     for s in plan_shards(source, man, shards, scan=scan)]
+            for p in executor.map(_run_shard, tasks):
+                part.merge(p)
+        else:
+            for chunk in iter_chunks(source, man, chunk_rows=chunk_rows, scan=scan):
+                _add_chunk(part, chunk.dataset, ctx)
     spec = part.spec
     assert spec is not None
     gi = GroupIndex(name=gname, labels=gi_all.labels, suppressed=gi_all.suppressed,

@@ -11,9 +11,13 @@ holding the panel:
    difference needs is in the same chunk), keeps the last ``buffer_chunks`` chunks in a shuffle
    buffer and draws each mini-batch uniformly from the buffer's rows. ``n_steps`` are spread over
    the chunks in proportion to their rows; when they outnumber one pass, the panel is read again.
+   With ``prefetch > 0`` a producer process reads the next chunk and builds the next buffer's
+   tensors while the steps run (``prefetch`` buffers ahead); the buffers arrive in order and the
+   shuffle is drawn here, so the weights do not depend on it.
 
-Peak memory is the buffer (``buffer_chunks x chunk_rows`` rows of training tensors), the sample and
-the model, whatever the panel's size. Differences from the in-memory fit: batches come from the
+Peak memory is the buffer (``buffer_chunks x chunk_rows`` rows of training tensors, ``1 +
+prefetch`` of them here), the sample and the model, plus the producer's one chunk being read,
+whatever the panel's size. Differences from the in-memory fit: batches come from the
 buffer rather than the whole table (a uniform shuffle only within the buffer), there is no
 validation split (no early stopping: the run does ``n_steps``), and the input statistics come from
 the sample.
@@ -21,11 +25,14 @@ the sample.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
+import operator
 import os
+import queue
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +50,9 @@ __all__ = ["fit_stream", "STREAM_ALGOS"]
 
 #: Learners that train from a stream (their updates read only rows of whole episodes).
 STREAM_ALGOS = ("bc", "awr", "cql")
+#: Steps at the start of training left out of ``steps_per_second_after_warmup``.
+WARMUP_STEPS = 100
+
 
 
 @dataclass
@@ -108,6 +118,178 @@ def _setup(learner: OfflineLearner, ref: TrajectoryDataset, support: NDArray[np.
     return tdata
 
 
+@dataclass(frozen=True)
+class _Buffers:
+    """Everything that turns the panel into shuffle buffers (picklable: the producer's task).
+
+    Attributes
+    ----------
+    source : str
+    manifest : Manifest
+    scan : PanelScan
+    chunk_rows, buffer_chunks : int
+    window : int
+        The learner's input window.
+    history_actions : bool
+    support : ndarray of shape (n_support,)
+    group_attr : str or None
+    group_levels : ndarray
+    critic_groups : int
+    vocabulary : tuple of tuple of str, optional
+    """
+
+    source: str
+    manifest: Any
+    scan: Any
+    chunk_rows: int
+    buffer_chunks: int
+    window: int
+    history_actions: bool
+    support: NDArray[np.int64]
+    group_attr: str | None
+    group_levels: NDArray[Any]
+    critic_groups: int
+    vocabulary: tuple[tuple[str, ...], ...] | None
+
+    def build(self, buffer: list[TrajectoryDataset]) -> TrainData:
+        """Training tensors of the buffer's rows."""
+        from equicare.ope._stream_behavior import _concat
+
+        data = buffer[0] if len(buffer) == 1 else _concat(buffer)
+        g, _ = group_codes(data, self.group_attr, self.group_levels)
+        return TrainData.build(data, self.window, self.support, g, self.history_actions,
+                               self.critic_groups, self.vocabulary)
+
+    def __iter__(self) -> Iterator[tuple[int, TrainData]]:
+        """``(rows of the newest chunk, tensors of the last buffer_chunks chunks)`` per chunk."""
+        from equicare.data import iter_chunks
+
+        k = self.buffer_chunks
+        buffer: list[TrajectoryDataset] = []
+        for chunk in iter_chunks(self.source, self.manifest, chunk_rows=self.chunk_rows,
+                                 scan=self.scan):
+            ds = chunk.dataset
+            buffer = [*buffer[-(k - 1):], ds] if k > 1 else [ds]
+            yield ds.n_steps, self.build(buffer)
+
+
+def _peak_mb(pid: int | str = "self") -> float:
+    """Peak resident memory (VmHWM) of a process, MB; 0 where /proc does not tell."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return 0.0
+
+
+def _produce(task: _Buffers, out: Any, received: Any) -> None:
+    """The producer process: every shuffle buffer of one pass, in order.
+
+    It stays alive until the consumer sets ``received``: the tensors' shared memory is handed
+    over by this process when the consumer unpickles them.
+    """
+    import pickle
+
+    import torch
+
+    torch.set_num_threads(1)
+    try:
+        for item in task:
+            out.put(("item", item))
+        out.put(("end", None))
+    except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+        try:
+            pickle.dumps(exc)
+        except Exception:  # noqa: BLE001 - an exception that does not pickle: its text
+            exc = RuntimeError(f"{type(exc).__name__}: {exc}")
+        out.put(("error", exc))
+    received.wait()
+
+
+class _Prefetch:
+    """The shuffle buffers of one pass, prepared ``depth`` ahead by a separate process.
+
+    Reading, decoding and validating the next chunk and building its training tensors run in a
+    producer process (spawned: no fork of a process holding torch threads) while the gradient
+    steps run here: no work shares this process's interpreter lock with the steps, so their
+    speed does not depend on how often a new buffer arrives, i.e. on the panel's size. Tensors
+    come back through shared memory (``torch.multiprocessing``). Buffers arrive in storage order
+    and carry no randomness, so the shuffle and the trained weights do not depend on the
+    producer's timing. ``depth=0`` builds each buffer here, between the steps.
+    """
+
+    def __init__(self, task: _Buffers, depth: int) -> None:
+        self._task = task
+        self._depth = int(depth)
+        self._iter: Iterator[tuple[int, TrainData]] | None = None
+        self._proc: Any = None
+        self._queue: Any = None
+        self._done = False
+        #: the producer's peak resident memory (MB), read when the pass ends
+        self.producer_peak_mb = 0.0
+
+    def __enter__(self) -> _Prefetch:
+        if self._depth == 0:
+            self._iter = iter(self._task)
+            return self
+        import torch.multiprocessing as tmp
+
+        ctx = tmp.get_context("spawn")
+        self._queue = ctx.Queue(maxsize=self._depth)
+        self._received = ctx.Event()
+        self._proc = ctx.Process(target=_produce,
+                                 args=(self._task, self._queue, self._received),
+                                 name="equicare-prefetch", daemon=True)
+        self._proc.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._proc is not None:
+            self.producer_peak_mb = _peak_mb(self._proc.pid)  # it waits for ``received``
+            self._received.set()
+            if not self._done:  # stopped early: the rest of the pass is not needed
+                self._proc.terminate()
+            self._proc.join()
+            self._queue.close()
+            self._queue.cancel_join_thread()
+        elif self._iter is not None:
+            close = getattr(self._iter, "close", None)
+            if close is not None:
+                close()
+
+    def next(self) -> tuple[int, TrainData] | None:
+        """The next buffer, or None at the end of the pass."""
+        if self._done:
+            return None
+        if self._iter is not None:
+            item = next(self._iter, None)
+            self._done = item is None
+            return item
+        while True:
+            try:
+                kind, value = self._queue.get(timeout=1.0)
+                break
+            except queue.Empty:
+                if not self._proc.is_alive():
+                    self._done = True
+                    raise RuntimeError(
+                        "The process preparing the training buffers stopped (exit code "
+                        f"{self._proc.exitcode}). It is spawned: a script that trains with "
+                        "prefetch > 0 must run its code under `if __name__ == \"__main__\":`; "
+                        "it also needs shared memory (/dev/shm) for two buffers. Or pass "
+                        "prefetch=0.") from None
+        if kind == "error":
+            self._done = True
+            raise value
+        if kind == "end":
+            self._done = True
+            return None
+        return value  # type: ignore[no-any-return]
+
+
 def fit_stream(
     learner: OfflineLearner,
     source: str | os.PathLike[str],
@@ -116,6 +298,7 @@ def fit_stream(
     chunk_rows: int = 500_000,
     buffer_chunks: int = 2,
     sample_rows: int = 200_000,
+    prefetch: int = 0,
     progress: bool = False,
 ) -> OfflineLearner:
     """Train ``learner`` on a panel read in chunks of whole episodes (see the module docstring).
@@ -133,6 +316,13 @@ def fit_stream(
         Chunks in the shuffle buffer (>= 1); mini-batches are drawn from their rows.
     sample_rows : int
         Rows (about) of the sample that fixes input statistics and vocabularies.
+    prefetch : int
+        Shuffle buffers prepared ahead by a separate, spawned producer process while the gradient
+        steps run (reading, decoding and validating the next chunk, building its tensors); 0 (the
+        default) prepares them in this process between the steps. The trained weights do not
+        depend on it. With ``prefetch > 0`` a script must run under ``if __name__ ==
+        "__main__":`` (as for any spawned process) and the producer adds its own memory (about
+        1 GB with 500k-row chunks); it pays off when a core is free for it.
     progress : bool
         Show a progress bar.
 
@@ -145,22 +335,22 @@ def fit_stream(
     from equicare._progress import progress_task
     from equicare.data import iter_chunks, scan_panel
     from equicare.data._io import _manifest_of
-    from equicare.ope._stream import ChunkSource
     from equicare.ope._stream_behavior import _concat
 
     if learner.algo not in STREAM_ALGOS:
         raise InvalidParameterError(
             f"{learner.algo} does not train from a stream; use one of {', '.join(STREAM_ALGOS)}.")
-    for name, v in (("buffer_chunks", buffer_chunks), ("sample_rows", sample_rows),
-                    ("chunk_rows", chunk_rows)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise InvalidParameterError(f"{name} must be an int >= 1; got {v!r}.")
+    for name, v, low in (("buffer_chunks", buffer_chunks, 1), ("sample_rows", sample_rows, 1),
+                         ("chunk_rows", chunk_rows, 1), ("prefetch", prefetch, 0)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise InvalidParameterError(f"{name} must be an int >= {low}; got {v!r}.")
     cfg = learner.config
     man = _manifest_of(manifest)
-    scan = scan_panel(source, man)
-    src = ChunkSource(source, manifest=man, chunk_rows=chunk_rows, owner="fit_stream")
+    scan = scan_panel(source, man)  # once: the passes below reuse it
     rate = min(1.0, sample_rows / max(scan.n_rows, 1))
-    first, _ = src.map_reduce(functools.partial(_pass_a, rate=rate, seed=int(cfg.seed)))
+    first = functools.reduce(operator.add, (
+        _pass_a(c.dataset, rate=rate, seed=int(cfg.seed))
+        for c in iter_chunks(source, man, chunk_rows=chunk_rows, scan=scan)))
     if not first.sample:
         raise DataValidationError("The panel's sample has no episode; raise sample_rows.")
     ref = _concat(first.sample)
@@ -174,46 +364,65 @@ def fit_stream(
     del ref, first
     rng = np.random.default_rng(cfg.seed)
     n_steps = int(cfg.n_steps)
+    warmup = min(WARMUP_STEPS, n_steps // 10)
     learner.history_ = []
     step = 0
-    buffer: list[TrajectoryDataset] = []
     t0 = time.perf_counter()
-    train_seconds = 0.0
+    train_seconds = wait_seconds = warm_seconds = cpu_seconds = warm_cpu = 0.0
     n_chunks = 0
+    # the producer needs the scan's levels and layout, not its per-episode arrays
+    slim = dataclasses.replace(scan, episode_ids=scan.episode_ids[:0],
+                               lengths=scan.lengths[:0], episode_groups={})
+    task = _Buffers(source=str(source), manifest=man, scan=slim, chunk_rows=chunk_rows,
+                    buffer_chunks=buffer_chunks, window=cfg.input_window,
+                    history_actions=cfg.input_actions, support=learner.support_,
+                    group_attr=learner.group_attr_, group_levels=learner.group_levels_,
+                    critic_groups=learner._n_groups if learner._critic_groups() else 0,
+                    vocabulary=learner.categorical_levels_)
+    producer_peak = 0.0
     with progress_task(f"train {learner.algo} (streamed)", n_steps, enabled=progress) as bar:
         while step < n_steps:
             done_before = step
-            for chunk in iter_chunks(source, man, chunk_rows=chunk_rows, scan=scan):
-                ds = chunk.dataset
-                buffer = [*buffer[-(buffer_chunks - 1):], ds] if buffer_chunks > 1 else [ds]
-                data = _concat(buffer)
-                g, _ = group_codes(data, learner.group_attr_, learner.group_levels_)
-                n_cg = learner._n_groups if learner._critic_groups() else 0
-                tdata = TrainData.build(data, cfg.input_window, learner.support_, g,
-                                        cfg.input_actions, n_cg, learner.categorical_levels_)
-                if tdata.rows.shape[0] == 0:
-                    continue
-                share = ds.n_steps / scan.n_rows
-                k = min(n_steps - step, max(1, math.ceil(n_steps * share)))
-                sampler = EpochSampler(tdata.rows, cfg.batch_size, rng)
-                t1 = time.perf_counter()
-                sums: dict[str, float] = {}
-                for _ in range(k):
-                    if learner._uses_value_signal() and (
-                            step % 50 == 0 or learner._group_signal is None):
-                        learner._refresh_group_signal(tdata)
-                    losses = learner._update(tdata, sampler.next(), step)
-                    for key, loss in losses.items():
-                        sums[key] = sums.get(key, 0.0) + float(loss)
-                    step += 1
-                train_seconds += time.perf_counter() - t1
-                n_chunks += 1
-                learner.history_.append({"step": step, "chunk_steps": k, "chunk_rows": ds.n_steps,
-                                         **{f"train_{key}": tot / k for key, tot in sums.items()},
-                                         "seconds": time.perf_counter() - t0})
-                bar.update(completed=step)
-                if step >= n_steps:
-                    break
+            with _Prefetch(task, prefetch) as buffers:
+                while True:
+                    t_wait = time.perf_counter()
+                    item = buffers.next()
+                    wait = time.perf_counter() - t_wait
+                    wait_seconds += wait
+                    if item is None:
+                        break
+                    chunk_n, tdata = item
+                    if tdata.rows.shape[0] == 0:
+                        continue
+                    share = chunk_n / scan.n_rows
+                    k = min(n_steps - step, max(1, math.ceil(n_steps * share)))
+                    sampler = EpochSampler(tdata.rows, cfg.batch_size, rng)
+                    t1, c1 = time.perf_counter(), time.thread_time()
+                    sums: dict[str, float] = {}
+                    for _ in range(k):
+                        if step == warmup:
+                            warm_seconds = train_seconds + time.perf_counter() - t1
+                            warm_cpu = cpu_seconds + time.thread_time() - c1
+                        if learner._uses_value_signal() and (
+                                step % 50 == 0 or learner._group_signal is None):
+                            learner._refresh_group_signal(tdata)
+                        losses = learner._update(tdata, sampler.next(), step)
+                        for key, loss in losses.items():
+                            sums[key] = sums.get(key, 0.0) + float(loss)
+                        step += 1
+                    loop = time.perf_counter() - t1
+                    train_seconds += loop
+                    cpu_seconds += time.thread_time() - c1
+                    n_chunks += 1
+                    learner.history_.append({
+                        "step": step, "chunk_steps": k, "chunk_rows": chunk_n,
+                        **{f"train_{key}": tot / k for key, tot in sums.items()},
+                        "train_seconds": loop, "wait_seconds": wait,
+                        "seconds": time.perf_counter() - t0})
+                    bar.update(completed=step)
+                    if step >= n_steps:
+                        break
+            producer_peak = max(producer_peak, buffers.producer_peak_mb)
             if step == done_before:
                 raise DataValidationError(f"{type(learner).__name__}: no training row has an "
                                           "action in the support.")
@@ -225,8 +434,20 @@ def fit_stream(
     learner.group_weights_ = learner._dro.q.numpy().copy()
     learner.stream_info_ = {"chunk_rows": chunk_rows, "buffer_chunks": buffer_chunks,
                             "sample_rate": rate, "chunks_read": n_chunks, "n_rows": scan.n_rows,
-                            "train_seconds": train_seconds,
-                            "steps_per_second": step / train_seconds if train_seconds else 0.0}
+                            "prefetch": prefetch, "train_seconds": train_seconds,
+                            "wait_seconds": wait_seconds, "producer_peak_mb": producer_peak,
+                            "steps_per_second": step / train_seconds if train_seconds else 0.0,
+                            "steps_per_second_after_warmup":
+                                (step - warmup) / (train_seconds - warm_seconds)
+                                if train_seconds > warm_seconds else 0.0,
+                            "warmup_steps": warmup,
+                            # per CPU-second of the training thread: what other processes
+                            # (the producer, a loaded host) take from it does not count
+                            "cpu_steps_per_second_after_warmup":
+                                (step - warmup) / (cpu_seconds - warm_cpu)
+                                if cpu_seconds > warm_cpu else 0.0,
+                            "wall_steps_per_second": step / (train_seconds + wait_seconds)
+                                if train_seconds + wait_seconds else 0.0}
     return learner
 
 

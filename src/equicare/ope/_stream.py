@@ -30,6 +30,7 @@ per-replicate sums instead would need ``(n_boot, J, J)`` cross products for WPDI
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -362,6 +363,17 @@ class ChunkSource:
         return _reduce(each())
 
 
+@contextlib.contextmanager
+def executor_session(executor: Any) -> Iterator[Any]:
+    """``executor.session()`` when it has one (a local pool kept for every pass), else a no-op."""
+    session = getattr(executor, "session", None)
+    if session is None:
+        yield executor
+        return
+    with session() as ex:
+        yield ex
+
+
 def _transformed(fn: Callable[[TrajectoryDataset], Any],
                  transform: Callable[[TrajectoryDataset], TrajectoryDataset],
                  dataset: TrajectoryDataset) -> Any:
@@ -473,29 +485,30 @@ def evaluate_stream(
     seed = int(random_state)
     src = ChunkSource(source, manifest=manifest, chunk_rows=chunk_rows, executor=executor,
                       n_shards=n_shards)
-    beh_info = None
-    if not src.logged:  # no logged propensities: a behaviour model on a sample of episodes
-        from equicare.ope._stream_behavior import fit_behavior_stream
+    with executor_session(executor):  # one local pool for every pass
+        beh_info = None
+        if not src.logged:  # no logged propensities: a behaviour model on a sample of episodes
+            from equicare.ope._stream_behavior import fit_behavior_stream
 
-        sb = fit_behavior_stream(src, model=behavior_model, sample_rows=behavior_sample_rows,
-                                 seed=seed)
-        src.transform = sb
-        beh_info = sb.info
-    if any(k in Q_TYPE for k in keys):
-        from equicare.ope._stream_q import evaluate_stream_q, stream_q_config
+            sb = fit_behavior_stream(src, model=behavior_model, sample_rows=behavior_sample_rows,
+                                     seed=seed)
+            src.transform = sb
+            beh_info = sb.info
+        if any(k in Q_TYPE for k in keys):
+            from equicare.ope._stream_q import evaluate_stream_q, stream_q_config
 
-        cfg = stream_q_config(q_model, [k for k in keys if k in Q_TYPE])
-        q_sums, n_q, q_info, squares = evaluate_stream_q(
-            src, policy, keys=keys, cfg=cfg, n_boot=n_boot, seed=seed, truncate=truncate,
-            progress=progress, studentized=ci_method == "studentized")
-        return finish(q_sums, alpha=alpha, n_chunks=n_q, q_model=q_info,
-                      behavior_model=beh_info, squares=squares)
-    fn = functools.partial(chunk_sums, policy=policy, keys=keys, horizon=src.horizon,
-                           n_boot=n_boot, seed=seed, truncate=truncate)
-    total, n = src.map_reduce(fn, progress)
-    sq = None
-    if ci_method == "studentized":  # the standard-error pass
-        sq, _ = src.map_reduce(functools.partial(
-            chunk_squares, policy=policy, keys=keys, horizon=src.horizon, truncate=truncate,
-            coefs=student_coefs(total, seed)))
-    return finish(total, alpha=alpha, n_chunks=n, behavior_model=beh_info, squares=sq)
+            cfg = stream_q_config(q_model, [k for k in keys if k in Q_TYPE])
+            q_sums, n_q, q_info, squares = evaluate_stream_q(
+                src, policy, keys=keys, cfg=cfg, n_boot=n_boot, seed=seed, truncate=truncate,
+                progress=progress, studentized=ci_method == "studentized")
+            return finish(q_sums, alpha=alpha, n_chunks=n_q, q_model=q_info,
+                          behavior_model=beh_info, squares=squares)
+        fn = functools.partial(chunk_sums, policy=policy, keys=keys, horizon=src.horizon,
+                               n_boot=n_boot, seed=seed, truncate=truncate)
+        total, n = src.map_reduce(fn, progress)
+        sq = None
+        if ci_method == "studentized":  # the standard-error pass
+            sq, _ = src.map_reduce(functools.partial(
+                chunk_squares, policy=policy, keys=keys, horizon=src.horizon, truncate=truncate,
+                coefs=student_coefs(total, seed)))
+        return finish(total, alpha=alpha, n_chunks=n, behavior_model=beh_info, squares=sq)

@@ -109,16 +109,56 @@ class LocalExecutor:
         return list(self.imap(fn, items))
 
     def imap(self, fn: Callable[[Any], R], items: Iterable[Any]) -> Iterator[R]:
-        """Like :meth:`map`, yielding results in input order as they finish, from one pool."""
+        """Like :meth:`map`, yielding results in input order as they finish, from one pool.
+
+        Inside :meth:`session` every call uses the session's pool; otherwise each call starts
+        (and ends) its own.
+        """
         seq: Sequence[Any] = list(items)
         if self.n_workers == 1 or len(seq) <= 1:
             yield from (fn(x) for x in seq)
             return
-        import multiprocessing as mp
-
-        ctx = mp.get_context("spawn")  # no fork of a process holding torch threads
-        with ProcessPoolExecutor(max_workers=min(self.n_workers, len(seq)), mp_context=ctx) as pool:
+        pool = self.__dict__.get("_pool")
+        if pool is not None:
             yield from pool.map(fn, seq)
+            return
+        with _spawn_pool(min(self.n_workers, len(seq))) as own:
+            yield from own.map(fn, seq)
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[LocalExecutor]:
+        """Keep one pool of worker processes for every ``map`` inside the block.
+
+        Multi-pass jobs (streamed FQE and DR make three passes, each a ``map`` over the shards)
+        start the workers, and import the library in them, once instead of once per pass.
+        Nested sessions share the outer one's pool.
+
+        Examples
+        --------
+        >>> ex = LocalExecutor(jobs=2)
+        >>> with ex.session():  # doctest: +SKIP
+        ...     first, second = ex.map(abs, [-1, -2]), ex.map(abs, [-3, -4])
+        """
+        if self.n_workers == 1 or self.__dict__.get("_pool") is not None:
+            yield self
+            return
+        with _spawn_pool(self.n_workers) as pool:
+            object.__setattr__(self, "_pool", pool)  # frozen: the pool is not a setting
+            try:
+                yield self
+            finally:
+                object.__delattr__(self, "_pool")
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle the settings only (a session's pool stays in this process)."""
+        return {k: v for k, v in self.__dict__.items() if k != "_pool"}
+
+
+def _spawn_pool(n: int) -> ProcessPoolExecutor:
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")  # no fork of a process holding torch threads
+    return ProcessPoolExecutor(max_workers=n, mp_context=ctx)
 
 
 RAY_MISSING = "The ray executor needs Ray: pip install 'equicare[ray]'."
