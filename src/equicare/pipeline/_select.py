@@ -40,9 +40,10 @@ class SelectConfig:
     ----------
     n_wedges : tuple of float
         ``N_wedge`` values of the SPIBB candidates (empty: no SPIBB).
-    pvi : tuple of (float, float, float)
-        ``(beta, prior, mix)`` of the pessimistic value iteration candidates
-        (:class:`~equicare.learn.PVI`; a pair ``(beta, prior)`` means ``mix = 1``; empty: none).
+    pvi : tuple of (float, float, float, float)
+        ``(beta, prior, mix, tau)`` of the pessimistic value iteration candidates
+        (:class:`~equicare.learn.PVI`; a pair ``(beta, prior)`` means ``mix = 1, tau = 0``, a
+        triple ``tau = 0``; empty: none).
     neural : tuple of str
         Neural learners among ``bc, awr, cql`` trained as candidates.
     neural_steps : int
@@ -50,7 +51,8 @@ class SelectConfig:
     neural_hidden : tuple of int
         Hidden widths of the neural candidates' MLPs.
     valid_fraction : float
-        Share of episodes held out for the evaluation (stratified by the first group attribute).
+        Share of episodes held out for the evaluation with ``folds = 1`` (stratified by the
+        first group attribute).
     estimators : tuple of str
         OPE estimators whose intervals rank the candidates: a candidate's lower bound is the
         smallest of their lower bounds (every estimator must beat the behaviour). The default
@@ -79,22 +81,25 @@ class SelectConfig:
         practice (almost) never takes is not eligible: off the behaviour's support no OPE bound
         is trustworthy (default 1%; SPIBB candidates stay on the support by construction).
     refit_full : bool
-        Retrain the chosen candidate on all episodes before saving (the bound was computed for
-        the candidate trained on the training episodes only; default False keeps that one).
+        With ``folds = 1``: retrain the chosen candidate on all episodes before saving (the
+        bound was computed for the candidate trained on the training episodes only; False keeps
+        that one). Held-out rows of cells a candidate never saw are then evaluated with the
+        behaviour reproduction (the refitted policy sees those cells).
     folds : {1, 2}
-        1: one split (``valid_fraction`` held out). 2: cross-fitting: the episodes are halved,
-        each candidate is trained on one half and evaluated on the other and vice versa, the two
-        held-out evaluations are pooled (every episode is held out once), and the chosen
-        candidate is retrained on all episodes (``valid_fraction`` and ``refit_full`` unused).
-        The bound is then one of the mean value of the two half-trained policies, not of the
-        saved one.
+        2 (default): cross-fitting. The episodes are halved; each candidate is trained on one
+        half and evaluated on the other and vice versa; the two held-out evaluations are pooled
+        (every episode is held out once; values and bootstrap replicates weighted by held-out
+        episodes), and the chosen candidate is retrained on all episodes (``valid_fraction``
+        and ``refit_full`` unused). The bound is one of the mean value of the two half-trained
+        policies, not of the saved one. 1: one split, ``valid_fraction`` held out.
     seed : int
     """
 
-    n_wedges: tuple[float, ...] = (10.0, 20.0, 50.0, 100.0, 200.0, 500.0)
+    n_wedges: tuple[float, ...] = (10.0, 100.0)
     pvi: tuple[tuple[float, ...], ...] = (
-        (0.3, 5.0, 1.0), (0.3, 20.0, 1.0), (1.0, 5.0, 1.0), (1.0, 20.0, 1.0), (0.3, 5.0, 0.7),
-        (0.3, 5.0, 0.5), (0.3, 5.0, 0.3), (1.0, 20.0, 0.5))
+        (0.3, 5.0, 1.0, 0.0), (0.3, 20.0, 1.0, 0.0), (0.3, 20.0, 1.0, 0.1),
+        (0.3, 20.0, 1.0, 0.3), (1.0, 20.0, 1.0, 0.1), (0.3, 20.0, 0.7, 0.1),
+        (0.3, 20.0, 0.5, 0.1))
     neural: tuple[str, ...] = NEURAL
     neural_steps: int = 500
     neural_hidden: tuple[int, ...] = (64, 64)
@@ -107,7 +112,7 @@ class SelectConfig:
     rank: Literal["estimate", "bound"] = "estimate"
     max_off_support_pct: float = 1.0
     refit_full: bool = False
-    folds: int = 1
+    folds: int = 2
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -341,6 +346,39 @@ def _off_support_pct(dataset: Any, valid: Any, policy: Any) -> float | None:
     return float(100.0 * (probs * unseen).sum() / max(valid.n_steps, 1))
 
 
+@dataclass(frozen=True, eq=False)
+class _Completed:
+    """A cell policy whose unseen cells follow another policy (for held-out evaluation).
+
+    A candidate trained on part of the episodes has never seen some of the held-out rows'
+    cells; its saved table gives them the training marginal of the actions, which the candidate
+    retrained on all episodes (what is saved when the choice is refitted) would not: there it
+    sees those cells. They are evaluated with ``fallback`` (the behaviour reproduction fitted
+    on all episodes, the policy saved when nothing passes), so the bound is about the learned
+    part, not about an artefact of the split.
+    """
+
+    policy: Any
+    fallback: Any
+
+    @property
+    def n_actions(self) -> int:
+        """Size of the flat action space."""
+        return int(self.policy.n_actions)
+
+    def action_probs(self, dataset: Any) -> Any:
+        """The candidate's probabilities, the fallback's in unseen cells, ``(n_steps, A)``."""
+        import numpy as np
+
+        probs = np.asarray(self.policy.action_probs(dataset), dtype=np.float64)
+        unseen = self.policy.cell_index(dataset) == self.policy.n_cells
+        if unseen.any():
+            probs = probs.copy()
+            probs[unseen] = np.asarray(self.fallback.action_probs(dataset), dtype=np.float64)[
+                unseen]
+        return probs
+
+
 @dataclass(frozen=True)
 class _HeldOut:
     """Held-out estimates of one candidate (and the behaviour, on the same replicates)."""
@@ -504,6 +542,14 @@ def select_policy(dataset: Any, config: SelectConfig | None = None, *,
         say(f"{train.n_episodes} training and {valid.n_episodes} held-out episodes")
     q_model = cfg.q_model or default_q_model(dataset)
     say(f"OPE {', '.join(cfg.estimators)} with the {q_model} Q-model")
+    numeric = "ignore" if _discrete(dataset) else "bin"
+    beh = _fit("spibb", {"n_wedge": float("inf"), "numeric": numeric}, dataset)
+    refit = cfg.refit_full or cfg.folds == 2
+
+    def judged(policy: Any) -> Any:  # what the held-out rows of unseen cells will get
+        return _Completed(policy, beh.policy_) if refit and hasattr(policy, "cell_index") \
+            else policy
+
     rows: list[Candidate] = []
     fitted: dict[str, Any] = {}
     behavior_value = math.nan
@@ -521,7 +567,7 @@ def select_policy(dataset: Any, config: SelectConfig | None = None, *,
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", SupportWarning)
-                parts = [_held_out(va, ln.policy_, c, q_model)
+                parts = [_held_out(va, judged(ln.policy_), c, q_model)
                          for (_, va, c), ln in zip(folds, learners, strict=True)]
         except (ValueError, RuntimeError) as exc:
             rows.append(Candidate(name, algo, params, train_seconds=t1 - t0,
@@ -530,7 +576,7 @@ def select_policy(dataset: Any, config: SelectConfig | None = None, *,
         ho = parts[0] if len(parts) == 1 else _cross_fitted(parts, cfg)
         behavior_value, behavior_ci = ho.behavior_value, ho.behavior_ci
         lcb, gain = ho.lcb, ho.lcb_gain
-        offs = [_off_support_pct(dataset, va, ln.policy_)
+        offs = [_off_support_pct(dataset, va, judged(ln.policy_))
                 for (_, va, _), ln in zip(folds, learners, strict=True)]
         off = ho.support_pct if offs[0] is None else max(o for o in offs if o is not None)
         note = None
@@ -558,14 +604,12 @@ def select_policy(dataset: Any, config: SelectConfig | None = None, *,
         settings["rule"] = "cross-fitted on two halves: " + settings["rule"]
     if best is not None:
         learner = fitted[best.name]
-        if cfg.refit_full or cfg.folds == 2:
+        if refit:
             say(f"refitting {best.name} on all episodes")
             learner = _fit(best.algo, best.params, dataset)
         return SelectionResult(rows, behavior_value, behavior_ci, best.name, False, learner,
                                settings, fitted)
     say("no candidate's bound shows a gain over the behaviour: reproducing the behaviour policy")
-    numeric = "ignore" if _discrete(dataset) else "bin"
-    beh = _fit("spibb", {"n_wedge": float("inf"), "numeric": numeric}, dataset)
     return SelectionResult(rows, behavior_value, behavior_ci, "behavior", True, beh, settings,
                            fitted)
 
