@@ -38,7 +38,8 @@ def _panel(cfg, n: int, seed: int):
 
 
 def run_one(name: str, seed: int, episodes: int, neural: list[str], neural_steps: int,
-            bound: str = "paired", pvi: tuple | None = None, folds: int = 1) -> dict:
+            bound: str = "paired", pvi: tuple | None = None, folds: int = 2,
+            refit_full: bool = False) -> dict:
     """Exact values of every policy for one configuration and seed."""
     from equicare.learn import SPIBB
     from equicare.learn._registry import LEARNERS
@@ -57,7 +58,7 @@ def run_one(name: str, seed: int, episodes: int, neural: list[str], neural_steps
     t0 = time.perf_counter()
     extra = {} if pvi is None else {"pvi": pvi}
     res = select_policy(ds, SelectConfig(neural=(), seed=seed, bound=bound, folds=folds,
-                                         **extra))
+                                         refit_full=refit_full, **extra))
     sel_s = time.perf_counter() - t0
     row = {"config": name, "seed": seed, "behavior": vb, "optimal": vo,
            "n_rows": ds.n_steps, "selected": exact(res.learner.policy_),
@@ -201,9 +202,11 @@ def main() -> None:
     ap.add_argument("--bound", choices=("paired", "separate"), default="paired")
     ap.add_argument("--pvi", type=json.loads, default=None,
                     help='PVI candidates as JSON [[beta, prior, mix, tau], ...] ("[]": SPIBB only)')
-    ap.add_argument("--folds", type=int, choices=(1, 2), default=1,
-                    help="2: cross-fitted selection (candidates' exact values: the first "
-                         "half's fit)")
+    ap.add_argument("--folds", type=int, choices=(1, 2), default=2,
+                    help="2 (default): cross-fitted selection (candidates' exact values: the "
+                         "first half's fit); 1: one 70/30 split")
+    ap.add_argument("--refit-full", action="store_true",
+                    help="with --folds 1: retrain the chosen candidate on all episodes")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--from", dest="saved", type=Path, default=None,
                     help="re-apply the rule (--bound, --rank, --candidates) to a saved study")
@@ -220,7 +223,8 @@ def main() -> None:
     for name in args.configs:
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             r = run_one(name, seed, args.episodes, args.neural, args.neural_steps, args.bound,
-                        None if args.pvi is None else tuple(map(tuple, args.pvi)), args.folds)
+                        None if args.pvi is None else tuple(map(tuple, args.pvi)), args.folds,
+                        args.refit_full)
             rows.append(r)
             print(f"{name} seed {seed}: selected {r['chosen']} gap {gap(r['selected'], r):+.3f}"
                   f" ({r['select_seconds']:.1f} s)"
