@@ -126,9 +126,9 @@ def test_cross_fitting_pools_both_halves_and_refits_on_all() -> None:
             parts[1].reps[k] - parts[1].behavior_reps)
         assert pooled.estimates[k]["gain_lcb"] == pytest.approx(np.quantile(diff, 0.05))
     # the behaviour's pooled value is the mean return of all episodes
-    assert pooled.behavior_value == pytest.approx(
-        float(np.mean([ds.rewards[s:e].sum() for s, e in zip(ds.episode_offsets[:-1],
-                                                             ds.episode_offsets[1:])])))
+    returns = np.add.reduceat(ds.rewards, ds.episode_offsets[:-1])  # gamma = 1 here
+    assert ds.gamma == 1.0
+    assert pooled.behavior_value == pytest.approx(float(returns.mean()))
     # measured: the pooled gain bound of the tilted PVI mixture is +0.029 (exact gain +0.023)
     res = select_policy(ds, SelectConfig(bootstrap=60, seed=5, neural=(), folds=2,
                                          n_wedges=(), pvi=((0.3, 20.0, 0.5, 0.1),)))
@@ -211,11 +211,12 @@ def test_cli_select_auto_writes_the_table(tmp_path) -> None:
                                   "s5000_a25_g099"])
 def test_selection_study(name: str) -> None:
     """Five seeds, 5,000 episodes, default candidates without the neural ones (the computation
-    of ``benchmarks/bench_select.py``): never below behaviour beyond noise; gap closed.
+    of ``benchmarks/bench_select.py``; cross-fitted, tilted PVI candidates): never below
+    behaviour beyond noise; gap closed.
 
-    The 50% gap target of issue #15 is met on the 50-state configurations only (docs/learn.md:
-    measured 55% / 58% there, 24% / 20% on 700 x 25, 16% on 5000 x 25). Asserted: no seed more
-    than 0.01 below the behaviour; mean gap closed above 40% (50 states), 15% (700), 10% (5000).
+    docs/learn.md, measured with these seeds: 62% / 65% on the 50-state configurations, 23% /
+    TBD on 700 x 25 (g1 / g099), 16% on 5000 x 25 (every seed falls back). Asserted: no seed more
+    than 0.01 below the behaviour; mean gap closed above 50% (50 states), 15% (700), 10% (5000).
     """
     cfg = garnet_preset(name)
     gaps, drops = [], []
@@ -229,5 +230,5 @@ def test_selection_study(name: str) -> None:
         gaps.append((v - vb) / (vo - vb))
         drops.append(v - vb)
     assert min(drops) > -0.01, drops
-    floor = {50: 0.4, 700: 0.15, 5000: 0.1}[cfg.n_states]
+    floor = {50: 0.5, 700: 0.15, 5000: 0.1}[cfg.n_states]
     assert np.mean(gaps) > floor, gaps
