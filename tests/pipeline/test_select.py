@@ -214,9 +214,10 @@ def test_selection_study(name: str) -> None:
     of ``benchmarks/bench_select.py``; cross-fitted, tilted PVI candidates): never below
     behaviour beyond noise; gap closed.
 
-    docs/learn.md, measured with these seeds: 62% / 65% on the 50-state configurations, 23% /
-    TBD on 700 x 25 (g1 / g099), 16% on 5000 x 25 (every seed falls back). Asserted: no seed more
-    than 0.01 below the behaviour; mean gap closed above 50% (50 states), 15% (700), 10% (5000).
+    docs/learn.md, measured with these seeds by the bench (same computation): 62% / 65% on
+    the 50-state configurations, 23% / 42% on 700 x 25 (g1 / g099), 16% on 5000 x 25 (every seed
+    falls back). Asserted: no seed more than 0.01 below the behaviour; mean gap closed above 50%
+    (50 states), 15% (700), 10% (5000).
     """
     cfg = garnet_preset(name)
     gaps, drops = [], []
