@@ -38,7 +38,8 @@ def _panel(cfg, n: int, seed: int):
 
 
 def run_one(name: str, seed: int, episodes: int, neural: list[str], neural_steps: int,
-            bound: str = "paired", pvi: tuple | None = None) -> dict:
+            bound: str = "paired", pvi: tuple | None = None, folds: int = 2,
+            refit_full: bool = False) -> dict:
     """Exact values of every policy for one configuration and seed."""
     from equicare.learn import SPIBB
     from equicare.learn._registry import LEARNERS
@@ -56,7 +57,8 @@ def run_one(name: str, seed: int, episodes: int, neural: list[str], neural_steps
 
     t0 = time.perf_counter()
     extra = {} if pvi is None else {"pvi": pvi}
-    res = select_policy(ds, SelectConfig(neural=(), seed=seed, bound=bound, **extra))
+    res = select_policy(ds, SelectConfig(neural=(), seed=seed, bound=bound, folds=folds,
+                                         refit_full=refit_full, **extra))
     sel_s = time.perf_counter() - t0
     row = {"config": name, "seed": seed, "behavior": vb, "optimal": vo,
            "n_rows": ds.n_steps, "selected": exact(res.learner.policy_),
@@ -190,13 +192,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--configs", nargs="*", default=list(GARNET_PRESETS))
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--first-seed", type=int, default=1,
+                    help="seeds first-seed .. first-seed + seeds - 1 (tune on other seeds "
+                         "than the ones you report)")
     ap.add_argument("--episodes", type=int, default=5000)
     ap.add_argument("--neural", nargs="*", default=[])
     ap.add_argument("--neural-steps", type=int, default=2000)
     ap.add_argument("--time-cli", action="store_true")
     ap.add_argument("--bound", choices=("paired", "separate"), default="paired")
     ap.add_argument("--pvi", type=json.loads, default=None,
-                    help='PVI candidates as JSON [[beta, prior], ...] ("[]": SPIBB only)')
+                    help='PVI candidates as JSON [[beta, prior, mix, tau], ...] ("[]": SPIBB only)')
+    ap.add_argument("--folds", type=int, choices=(1, 2), default=2,
+                    help="2 (default): cross-fitted selection (candidates' exact values: the "
+                         "first half's fit); 1: one 70/30 split")
+    ap.add_argument("--refit-full", action="store_true",
+                    help="with --folds 1: retrain the chosen candidate on all episodes")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--from", dest="saved", type=Path, default=None,
                     help="re-apply the rule (--bound, --rank, --candidates) to a saved study")
@@ -211,9 +221,10 @@ def main() -> None:
         rows = reselect(saved, names, args.bound, args.rank)
         args.configs = []
     for name in args.configs:
-        for seed in range(1, args.seeds + 1):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             r = run_one(name, seed, args.episodes, args.neural, args.neural_steps, args.bound,
-                        None if args.pvi is None else tuple(map(tuple, args.pvi)))
+                        None if args.pvi is None else tuple(map(tuple, args.pvi)), args.folds,
+                        args.refit_full)
             rows.append(r)
             print(f"{name} seed {seed}: selected {r['chosen']} gap {gap(r['selected'], r):+.3f}"
                   f" ({r['select_seconds']:.1f} s)"

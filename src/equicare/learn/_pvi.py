@@ -64,6 +64,13 @@ class PVIConfig:
     mix : float, default 1
         Weight of the greedy policy in the returned ``(1 - mix) pi_b + mix pi_greedy``
         (1: the greedy policy; 0: the behaviour estimate).
+    tau : float, default 0
+        0: the greedy step takes the largest ``Q_lower`` among pairs logged ``min_count``
+        times. ``tau > 0`` (value units): it takes the mode of the behaviour-tilted policy
+        ``pi_b(a | x) exp(Q_lower(x, a) / tau)`` over the logged actions, i.e. the largest
+        ``Q_lower(x, a) / tau + log pi_b(a | x)``: the clinicians' preference counts as prior
+        evidence, and a rarely given action must beat a common one by ``tau log`` of their
+        propensity ratio.
     behavior : {"auto", "counts", "logged"}
         Behaviour estimate per cell (as in :class:`~equicare.learn.SPIBBConfig`); it is the
         policy of cells without an eligible pair.
@@ -80,6 +87,7 @@ class PVIConfig:
     prior: float = 5.0
     min_count: int = 3
     mix: float = 1.0
+    tau: float = 0.0
     behavior: Literal["auto", "counts", "logged"] = "auto"
     numeric: Literal["ignore", "bin"] = "ignore"
     numeric_bins: int = 10
@@ -92,6 +100,7 @@ class PVIConfig:
         check_param(self.prior, "prior", o, kind=(int, float), low=0)
         check_param(self.min_count, "min_count", o, kind=int, low=1, expected="an int >= 1")
         check_param(self.mix, "mix", o, kind=(int, float), low=0, high=1)
+        check_param(self.tau, "tau", o, kind=(int, float), low=0)
         check_param(self.behavior, "behavior", o, choices=("auto", "counts", "logged"))
         check_param(self.numeric, "numeric", o, choices=("ignore", "bin"))
         check_param(self.numeric_bins, "numeric_bins", o, kind=int, low=2,
@@ -157,6 +166,8 @@ class PVI(SPIBB):
         m = self._model(dataset)
         pi, Q = pessimistic_iteration(m, beta=float(cfg.beta), prior=float(cfg.prior),
                                       min_count=int(cfg.min_count), tol=float(cfg.tol))
+        if cfg.tau > 0:
+            pi = tilted_mode(Q, m.pb, float(cfg.tau))
         pi = (1.0 - cfg.mix) * m.pb + cfg.mix * pi
         self.q_ = Q
         eligible = m.counts >= cfg.min_count
@@ -233,3 +244,26 @@ def pessimistic_iteration(m: CellModel, *, beta: float, prior: float, min_count:
     pi[rows] = 0.0
     pi[rows, best[rows]] = 1.0
     return pi, Q
+
+
+def tilted_mode(Q: NDArray[np.float64], pb: NDArray[np.float64],
+                tau: float) -> NDArray[np.float64]:
+    """Mode of ``pb exp(Q / tau)`` per cell, over the actions with ``pb > 0``.
+
+    Parameters
+    ----------
+    Q : ndarray of shape (n_cells, n_actions)
+    pb : ndarray of shape (n_cells, n_actions)
+        Behaviour estimate (every row has a positive entry).
+    tau : float
+        Temperature in value units (> 0).
+
+    Returns
+    -------
+    ndarray of shape (n_cells, n_actions)
+        One-hot rows.
+    """
+    score = np.where(pb > 0, Q / tau + np.log(np.where(pb > 0, pb, 1.0)), -np.inf)
+    pi = np.zeros_like(pb)
+    pi[np.arange(pb.shape[0]), score.argmax(axis=1)] = 1.0
+    return pi

@@ -40,9 +40,10 @@ class SelectConfig:
     ----------
     n_wedges : tuple of float
         ``N_wedge`` values of the SPIBB candidates (empty: no SPIBB).
-    pvi : tuple of (float, float, float)
-        ``(beta, prior, mix)`` of the pessimistic value iteration candidates
-        (:class:`~equicare.learn.PVI`; a pair ``(beta, prior)`` means ``mix = 1``; empty: none).
+    pvi : tuple of (float, float, float, float)
+        ``(beta, prior, mix, tau)`` of the pessimistic value iteration candidates
+        (:class:`~equicare.learn.PVI`; a pair ``(beta, prior)`` means ``mix = 1, tau = 0``, a
+        triple ``tau = 0``; empty: none).
     neural : tuple of str
         Neural learners among ``bc, awr, cql`` trained as candidates.
     neural_steps : int
@@ -50,7 +51,8 @@ class SelectConfig:
     neural_hidden : tuple of int
         Hidden widths of the neural candidates' MLPs.
     valid_fraction : float
-        Share of episodes held out for the evaluation (stratified by the first group attribute).
+        Share of episodes held out for the evaluation with ``folds = 1`` (stratified by the
+        first group attribute).
     estimators : tuple of str
         OPE estimators whose intervals rank the candidates: a candidate's lower bound is the
         smallest of their lower bounds (every estimator must beat the behaviour). The default
@@ -79,15 +81,25 @@ class SelectConfig:
         practice (almost) never takes is not eligible: off the behaviour's support no OPE bound
         is trustworthy (default 1%; SPIBB candidates stay on the support by construction).
     refit_full : bool
-        Retrain the chosen candidate on all episodes before saving (the bound was computed for
-        the candidate trained on the training episodes only; default False keeps that one).
+        With ``folds = 1``: retrain the chosen candidate on all episodes before saving (the
+        bound was computed for the candidate trained on the training episodes only; False keeps
+        that one). Held-out rows of cells a candidate never saw are then evaluated with the
+        behaviour reproduction (the refitted policy sees those cells).
+    folds : {1, 2}
+        2 (default): cross-fitting. The episodes are halved; each candidate is trained on one
+        half and evaluated on the other and vice versa; the two held-out evaluations are pooled
+        (every episode is held out once; values and bootstrap replicates weighted by held-out
+        episodes), and the chosen candidate is retrained on all episodes (``valid_fraction``
+        and ``refit_full`` unused). The bound is one of the mean value of the two half-trained
+        policies, not of the saved one. 1: one split, ``valid_fraction`` held out.
     seed : int
     """
 
-    n_wedges: tuple[float, ...] = (10.0, 20.0, 50.0, 100.0, 200.0, 500.0)
-    pvi: tuple[tuple[float, float, float], ...] = (
-        (0.3, 5.0, 1.0), (0.3, 20.0, 1.0), (1.0, 5.0, 1.0), (1.0, 20.0, 1.0), (0.3, 5.0, 0.7),
-        (0.3, 5.0, 0.5), (0.3, 5.0, 0.3), (1.0, 20.0, 0.5))
+    n_wedges: tuple[float, ...] = (10.0, 100.0)
+    pvi: tuple[tuple[float, ...], ...] = (
+        (0.3, 5.0, 1.0, 0.0), (0.3, 20.0, 1.0, 0.0), (0.3, 20.0, 1.0, 0.1),
+        (0.3, 20.0, 1.0, 0.3), (1.0, 20.0, 1.0, 0.1), (0.3, 20.0, 0.7, 0.1),
+        (0.3, 20.0, 0.5, 0.1))
     neural: tuple[str, ...] = NEURAL
     neural_steps: int = 500
     neural_hidden: tuple[int, ...] = (64, 64)
@@ -100,6 +112,7 @@ class SelectConfig:
     rank: Literal["estimate", "bound"] = "estimate"
     max_off_support_pct: float = 1.0
     refit_full: bool = False
+    folds: int = 2
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -111,18 +124,20 @@ class SelectConfig:
         for n in self.n_wedges:
             check_param(n, "n_wedges", o, kind=(int, float), low=0,
                         expected="a tuple of numbers >= 0")
-        triples = []
+        quads = []
         for item in self.pvi:
-            if (isinstance(item, str) or not hasattr(item, "__len__") or len(item) not in (2, 3)
+            if (isinstance(item, str) or not hasattr(item, "__len__")
+                    or len(item) not in (2, 3, 4)
                     or not all(isinstance(v, int | float) and not isinstance(v, bool)
                                and v >= 0 for v in item)
-                    or (len(item) == 3 and item[2] > 1)):
+                    or (len(item) >= 3 and item[2] > 1)):
                 raise ValueError("The 'pvi' parameter of SelectConfig must be a list of "
-                                 "[beta, prior] or [beta, prior, mix] lists of numbers >= 0 "
-                                 f"(mix <= 1). Got {item!r} instead.")
-            triples.append((float(item[0]), float(item[1]),
-                            float(item[2]) if len(item) == 3 else 1.0))
-        object.__setattr__(self, "pvi", tuple(triples))
+                                 "[beta, prior], [beta, prior, mix] or [beta, prior, mix, tau] "
+                                 f"lists of numbers >= 0 (mix <= 1). Got {item!r} instead.")
+            quads.append((float(item[0]), float(item[1]),
+                          float(item[2]) if len(item) >= 3 else 1.0,
+                          float(item[3]) if len(item) == 4 else 0.0))
+        object.__setattr__(self, "pvi", tuple(quads))
         for a in self.neural:
             check_param(a, "neural", o, choices=NEURAL)
         if not self.n_wedges and not self.pvi and not self.neural:
@@ -148,6 +163,7 @@ class SelectConfig:
         check_param(self.alpha, "alpha", o, kind=(int, float), low=0, high=1,
                     low_inclusive=False, high_inclusive=False)
         check_param(self.refit_full, "refit_full", o, kind=bool)
+        check_param(self.folds, "folds", o, choices=(1, 2))
         check_param(self.seed, "seed", o, kind=int, low=0, expected="an int >= 0")
 
     def to_dict(self) -> dict[str, Any]:
@@ -282,9 +298,10 @@ def _candidate_specs(dataset: Any, cfg: SelectConfig) -> list[tuple[str, str, di
     for n in cfg.n_wedges:
         label = f"spibb_n{n:g}"
         specs.append((label, "spibb", {"n_wedge": float(n), "numeric": numeric}))
-    for beta, prior, mix in cfg.pvi:
-        label = f"pvi_b{beta:g}_k{prior:g}" + ("" if mix == 1 else f"_m{mix:g}")
-        specs.append((label, "pvi", {"beta": beta, "prior": prior, "mix": mix,
+    for beta, prior, mix, tau in cfg.pvi:
+        label = (f"pvi_b{beta:g}_k{prior:g}" + ("" if tau == 0 else f"_t{tau:g}")
+                 + ("" if mix == 1 else f"_m{mix:g}"))
+        specs.append((label, "pvi", {"beta": beta, "prior": prior, "mix": mix, "tau": tau,
                                      "numeric": numeric}))
     for algo in cfg.neural:
         specs.append((algo, algo, {"n_steps": cfg.neural_steps, "hidden": cfg.neural_hidden,
@@ -329,6 +346,39 @@ def _off_support_pct(dataset: Any, valid: Any, policy: Any) -> float | None:
     return float(100.0 * (probs * unseen).sum() / max(valid.n_steps, 1))
 
 
+@dataclass(frozen=True, eq=False)
+class _Completed:
+    """A cell policy whose unseen cells follow another policy (for held-out evaluation).
+
+    A candidate trained on part of the episodes has never seen some of the held-out rows'
+    cells; its saved table gives them the training marginal of the actions, which the candidate
+    retrained on all episodes (what is saved when the choice is refitted) would not: there it
+    sees those cells. They are evaluated with ``fallback`` (the behaviour reproduction fitted
+    on all episodes, the policy saved when nothing passes), so the bound is about the learned
+    part, not about an artefact of the split.
+    """
+
+    policy: Any
+    fallback: Any
+
+    @property
+    def n_actions(self) -> int:
+        """Size of the flat action space."""
+        return int(self.policy.n_actions)
+
+    def action_probs(self, dataset: Any) -> Any:
+        """The candidate's probabilities, the fallback's in unseen cells, ``(n_steps, A)``."""
+        import numpy as np
+
+        probs = np.asarray(self.policy.action_probs(dataset), dtype=np.float64)
+        unseen = self.policy.cell_index(dataset) == self.policy.n_cells
+        if unseen.any():
+            probs = probs.copy()
+            probs[unseen] = np.asarray(self.fallback.action_probs(dataset), dtype=np.float64)[
+                unseen]
+        return probs
+
+
 @dataclass(frozen=True)
 class _HeldOut:
     """Held-out estimates of one candidate (and the behaviour, on the same replicates)."""
@@ -342,6 +392,63 @@ class _HeldOut:
     behavior_value: float
     behavior_ci: tuple[float, float]
     support_pct: float
+    n_episodes: int = 0
+    point: dict[str, float] = field(default_factory=dict)
+    reps: dict[str, Any] = field(default_factory=dict, repr=False)
+    behavior_reps: Any = None
+
+
+def _summarise(point: dict[str, float], reps: dict[str, Any], beh_value: float,
+               beh_reps: Any, cfg: SelectConfig, support_pct: float,
+               n_episodes: int) -> _HeldOut:
+    """Values, intervals and the paired bounds of the gain from replicates (one estimator each).
+
+    ``reps[k]`` has shape (bootstrap,), ``beh_reps`` too (the behaviour's mean return on the
+    same resampled episodes).
+    """
+    import numpy as np
+
+    from equicare.ope._bootstrap import percentile_interval
+
+    keys = tuple(cfg.estimators)
+    per: dict[str, dict[str, Any]] = {}
+    gains = []
+    for k in keys:
+        ci = percentile_interval(reps[k], cfg.alpha)
+        gain = float(np.quantile(reps[k] - beh_reps, cfg.alpha / 2))
+        gains.append(gain)
+        per[k] = {"value": point[k], "ci": [ci[0], ci[1]], "gain_lcb": gain}
+    lcb = min(float(per[k]["ci"][0]) for k in keys)
+    last = per[keys[-1]]
+    return _HeldOut(estimates=per, value=float(last["value"]), lcb=lcb, ucb=float(last["ci"][1]),
+                    lcb_gain=min(gains) if cfg.bound == "paired" else lcb - beh_value,
+                    gain=float(np.mean([point[k] for k in keys])) - beh_value,
+                    behavior_value=beh_value,
+                    behavior_ci=percentile_interval(beh_reps, cfg.alpha),
+                    support_pct=support_pct, n_episodes=n_episodes, point=dict(point),
+                    reps=dict(reps), behavior_reps=beh_reps)
+
+
+def _cross_fitted(parts: list[_HeldOut], cfg: SelectConfig) -> _HeldOut:
+    """Pool the held-out estimates of the folds (each fold's policy on its held-out episodes).
+
+    The point values are the folds' values weighted by their held-out episodes; the replicates
+    are the same weighted means of the folds' replicates (the folds' bootstraps are independent,
+    so replicate ``b`` of the pooled estimate pairs replicate ``b`` of every fold). The result
+    bounds the episode-weighted mean value of the fold policies minus the behaviour's.
+    """
+    import numpy as np
+
+    w = np.asarray([p.n_episodes for p in parts], dtype=np.float64)
+    w = w / w.sum()
+    keys = tuple(cfg.estimators)
+    point = {k: float(sum(wi * p.point[k] for wi, p in zip(w, parts, strict=True)))
+             for k in keys}
+    reps = {k: sum(wi * p.reps[k] for wi, p in zip(w, parts, strict=True)) for k in keys}
+    beh_reps = sum(wi * p.behavior_reps for wi, p in zip(w, parts, strict=True))
+    beh = float(sum(wi * p.behavior_value for wi, p in zip(w, parts, strict=True)))
+    return _summarise(point, reps, beh, beh_reps, cfg, max(p.support_pct for p in parts),
+                      sum(p.n_episodes for p in parts))
 
 
 def _held_out(valid: Any, policy: Any, cfg: SelectConfig, q_model: str) -> _HeldOut:
@@ -358,11 +465,7 @@ def _held_out(valid: Any, policy: Any, cfg: SelectConfig, q_model: str) -> _Held
     import numpy as np
     from threadpoolctl import threadpool_limits
 
-    from equicare.ope._bootstrap import (
-        bootstrap_counts,
-        bootstrap_replicates,
-        percentile_interval,
-    )
+    from equicare.ope._bootstrap import bootstrap_counts, bootstrap_replicates
     from equicare.ope._core import episode_parts, point_estimates
     from equicare.ope._evaluate import _thread_limit, _with_q_refit
     from equicare.ope._prepare import as_fqe_config, prepare
@@ -389,22 +492,10 @@ def _held_out(valid: Any, policy: Any, cfg: SelectConfig, q_model: str) -> _Held
             support_pct = float(model_support_diagnostics(
                 valid, prep.target_probs, prep.behavior_model, threshold=1e-3,
                 estimators=keys).share_pct)
-    per: dict[str, dict[str, Any]] = {}
-    gains = []
-    for k in keys:
-        ci = percentile_interval(reps[k], cfg.alpha)
-        gain = float(np.quantile(reps[k] - beh_reps, cfg.alpha / 2))
-        gains.append(gain)
-        per[k] = {"value": point[k], "ci": [ci[0], ci[1]], "gain_lcb": gain}
-    lcb = min(float(per[k]["ci"][0]) for k in keys)
-    beh_value = float(ret.mean())
-    last = per[keys[-1]]
-    return _HeldOut(estimates=per, value=float(last["value"]), lcb=lcb, ucb=float(last["ci"][1]),
-                    lcb_gain=min(gains) if cfg.bound == "paired" else lcb - beh_value,
-                    gain=float(np.mean([point[k] for k in keys])) - beh_value,
-                    behavior_value=beh_value,
-                    behavior_ci=percentile_interval(beh_reps, cfg.alpha),
-                    support_pct=support_pct)
+    return _summarise({k: float(point[k]) for k in keys},
+                      {k: np.asarray(reps[k], dtype=np.float64) for k in keys},
+                      float(ret.mean()), np.asarray(beh_reps, dtype=np.float64), cfg,
+                      support_pct, int(valid.n_episodes))
 
 
 def select_policy(dataset: Any, config: SelectConfig | None = None, *,
@@ -433,15 +524,34 @@ def select_policy(dataset: Any, config: SelectConfig | None = None, *,
     same held-out data makes the kept candidate's bound slightly optimistic (no multiplicity
     correction); the Garnet study in ``docs/learn.md`` measures the result against exact values.
     """
+    from dataclasses import replace
+
     from equicare.exceptions import SupportWarning
 
     cfg = config or SelectConfig()
     say = progress or (lambda _msg: None)
     strat = next(iter(dataset.groups), None)
-    train, valid = dataset.split(cfg.valid_fraction, random_state=cfg.seed, stratify=strat)
+    if cfg.folds == 2:
+        half_a, half_b = dataset.split(0.5, random_state=cfg.seed, stratify=strat)
+        # (train, held out, evaluation seed) per fold: independent bootstraps
+        folds = [(half_a, half_b, cfg), (half_b, half_a, replace(cfg, seed=cfg.seed + 1))]
+        train, valid = half_a, half_b
+        say(f"cross-fitting on two halves of {half_a.n_episodes} and {half_b.n_episodes} "
+            f"episodes")
+    else:
+        train, valid = dataset.split(cfg.valid_fraction, random_state=cfg.seed, stratify=strat)
+        folds = [(train, valid, cfg)]
+        say(f"{train.n_episodes} training and {valid.n_episodes} held-out episodes")
     q_model = cfg.q_model or default_q_model(dataset)
-    say(f"{train.n_episodes} training and {valid.n_episodes} held-out episodes; "
-        f"OPE {', '.join(cfg.estimators)} with the {q_model} Q-model")
+    say(f"OPE {', '.join(cfg.estimators)} with the {q_model} Q-model")
+    numeric = "ignore" if _discrete(dataset) else "bin"
+    beh = _fit("spibb", {"n_wedge": float("inf"), "numeric": numeric}, dataset)
+    refit = cfg.refit_full or cfg.folds == 2
+
+    def judged(policy: Any) -> Any:  # what the held-out rows of unseen cells will get
+        return _Completed(policy, beh.policy_) if refit and hasattr(policy, "cell_index") \
+            else policy
+
     rows: list[Candidate] = []
     fitted: dict[str, Any] = {}
     behavior_value = math.nan
@@ -450,24 +560,27 @@ def select_policy(dataset: Any, config: SelectConfig | None = None, *,
         say(f"candidate {name}")
         t0 = time.perf_counter()
         try:
-            learner = _fit(algo, params, train)
+            learners = [_fit(algo, params, tr) for tr, _, _ in folds]
         except (ValueError, RuntimeError) as exc:
             rows.append(Candidate(name, algo, params, error=str(exc).splitlines()[0]))
             continue
+        learner = learners[0]
         t1 = time.perf_counter()
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", SupportWarning)
-                ho = _held_out(valid, learner.policy_, cfg, q_model)
+                parts = [_held_out(va, judged(ln.policy_), c, q_model)
+                         for (_, va, c), ln in zip(folds, learners, strict=True)]
         except (ValueError, RuntimeError) as exc:
             rows.append(Candidate(name, algo, params, train_seconds=t1 - t0,
                                   error=str(exc).splitlines()[0]))
             continue
+        ho = parts[0] if len(parts) == 1 else _cross_fitted(parts, cfg)
         behavior_value, behavior_ci = ho.behavior_value, ho.behavior_ci
         lcb, gain = ho.lcb, ho.lcb_gain
-        off = _off_support_pct(dataset, valid, learner.policy_)
-        if off is None:  # no categorical cells: the behaviour model's support check
-            off = ho.support_pct
+        offs = [_off_support_pct(dataset, va, judged(ln.policy_))
+                for (_, va, _), ln in zip(folds, learners, strict=True)]
+        off = ho.support_pct if offs[0] is None else max(o for o in offs if o is not None)
         note = None
         if off > cfg.max_off_support_pct:  # no OPE bound is trustworthy off the support
             note = (f"not eligible: {off:.1f}% of its mass on (state, action) pairs current "
@@ -488,16 +601,17 @@ def select_policy(dataset: Any, config: SelectConfig | None = None, *,
     settings = {"config": cfg.to_dict(), "q_model": q_model,
                 "n_train_episodes": train.n_episodes, "n_valid_episodes": valid.n_episodes,
                 "rule": rule + ", else reproduce the behaviour policy"}
+    if cfg.folds == 2:
+        settings["n_train_episodes"] = settings["n_valid_episodes"] = dataset.n_episodes
+        settings["rule"] = "cross-fitted on two halves: " + settings["rule"]
     if best is not None:
         learner = fitted[best.name]
-        if cfg.refit_full:
+        if refit:
             say(f"refitting {best.name} on all episodes")
             learner = _fit(best.algo, best.params, dataset)
         return SelectionResult(rows, behavior_value, behavior_ci, best.name, False, learner,
                                settings, fitted)
     say("no candidate's bound shows a gain over the behaviour: reproducing the behaviour policy")
-    numeric = "ignore" if _discrete(dataset) else "bin"
-    beh = _fit("spibb", {"n_wedge": float("inf"), "numeric": numeric}, dataset)
     return SelectionResult(rows, behavior_value, behavior_ci, "behavior", True, beh, settings,
                            fitted)
 
