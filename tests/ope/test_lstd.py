@@ -84,3 +84,38 @@ def test_wide_categorical_linear_fit_memory_is_linear_in_rows():
     assert fit.info["design"] == "sparse" and fit.lstd is not None
     # a dense (p, p, m) block alone would be 701 * 701 * 26 * 8 bytes = 102 MB
     assert peak < 60e6, peak
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("where", ["xtx", "b"])
+def test_a_non_finite_system_is_none_and_never_reaches_lapack(sparse, where, monkeypatch):
+    """A NaN in the sums gives None (the caller skips the Q-model), like a singular system,
+    without factorising it (OpenBLAS's getrf can pick out-of-range pivots on NaN input)."""
+    import scipy.linalg
+    import scipy.sparse as sp
+    import scipy.sparse.linalg
+
+    from equicare.ope._lstd import LSTDSums, solve_lstd_sums
+
+    rng = np.random.default_rng(0)
+    n = 6
+    xtx = np.eye(n) * 4 + rng.random((n, n)) * 0.1
+    b = rng.random(n)
+    good = LSTDSums(xtx=sp.csr_matrix(xtx) if sparse else xtx, cross=None, b=b)
+    sol = solve_lstd_sums(good, 0.0, np.zeros(n))
+    assert sol is not None
+    np.testing.assert_allclose(xtx @ sol.theta, b, rtol=1e-10)
+    if where == "xtx":
+        xtx = xtx.copy()
+        xtx[2, 3] = np.nan
+    else:
+        b = b.copy()
+        b[1] = np.inf
+    bad = LSTDSums(xtx=sp.csr_matrix(xtx) if sparse else xtx, cross=None, b=b)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a non-finite system reached the LU factorisation")
+
+    monkeypatch.setattr(scipy.linalg, "lu_factor", refuse)
+    monkeypatch.setattr(scipy.sparse.linalg, "splu", refuse)
+    assert solve_lstd_sums(bad, 0.0, np.zeros(n)) is None

@@ -287,6 +287,12 @@ def solve_lstd_sums(sums: LSTDSums, gamma: float, ridge: NDArray[np.float64]
         else:
             m = m - gamma * cross
     b = sums.b
+    # a non-finite system is reported as None before LAPACK sees it (factorised with
+    # check_finite=False, OpenBLAS's getrf can pick out-of-range pivots on NaN input: OpenBLAS
+    # issue 671)
+    entries = m.data if sp.issparse(m) else np.asarray(m)
+    if not (np.all(np.isfinite(entries)) and np.all(np.isfinite(b))):
+        return None
     solve_t: Callable[[NDArray[np.float64]], NDArray[np.float64]]
     if n_par <= DENSE_PARAMS:
         md = m.toarray() if sp.issparse(m) else np.asarray(m)
