@@ -119,3 +119,29 @@ def test_a_non_finite_system_is_none_and_never_reaches_lapack(sparse, where, mon
     monkeypatch.setattr(scipy.linalg, "lu_factor", refuse)
     monkeypatch.setattr(scipy.sparse.linalg, "splu", refuse)
     assert solve_lstd_sums(bad, 0.0, np.zeros(n)) is None
+
+
+def test_a_structurally_singular_sparse_system_is_none_without_superlu(monkeypatch, capfd):
+    """Above DENSE_PARAMS the LU is SuperLU's; a parameter no row touches makes the system
+    structurally singular, which gives None before SuperLU (it prints BLAS errors to stdout on
+    such matrices before raising)."""
+    import scipy.sparse as sp
+    import scipy.sparse.linalg
+
+    from equicare.ope._lstd import DENSE_PARAMS, LSTDSums, solve_lstd_sums
+
+    n = DENSE_PARAMS + 50
+    diag = np.full(n, 2.0)
+    good = LSTDSums(xtx=sp.diags(diag).tocsr(), cross=None, b=np.ones(n))
+    sol = solve_lstd_sums(good, 0.0, np.zeros(n))
+    assert sol is not None
+    np.testing.assert_allclose(sol.theta, 0.5)
+    diag[[7, 100, n - 1]] = 0.0
+    bad = LSTDSums(xtx=sp.diags(diag).tocsr(), cross=None, b=np.ones(n))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a structurally singular system reached SuperLU")
+
+    monkeypatch.setattr(scipy.sparse.linalg, "splu", refuse)
+    assert solve_lstd_sums(bad, 0.0, np.zeros(n)) is None
+    assert capfd.readouterr().out == ""

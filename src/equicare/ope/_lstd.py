@@ -308,8 +308,17 @@ def solve_lstd_sums(sums: LSTDSums, gamma: float, ridge: NDArray[np.float64]
         def solve_t(g: NDArray[np.float64]) -> NDArray[np.float64]:
             return np.asarray(lu_solve(lu, g, trans=1, check_finite=False))
     else:
+        from scipy.sparse.csgraph import structural_rank
+
+        mc = sp.csc_matrix(m)
+        mc.eliminate_zeros()
+        # a structurally singular system (e.g. a parameter no row touches) is None without
+        # SuperLU, which prints BLAS errors ("On entry to DGEMV ...") to stdout before it
+        # raises on such a matrix
+        if structural_rank(mc) < n_par:
+            return None
         try:
-            slu = splu(sp.csc_matrix(m))
+            slu = splu(mc)
             theta = slu.solve(b)
         except RuntimeError:  # exactly singular
             return None
