@@ -35,14 +35,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-_CHILD = r"""
+from bench_scale import _HWM
+
+_CHILD = _HWM + r"""
 import json, sys, time
-def hwm_mb():
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
 from equicare.learn import BC
 from equicare.learn._stream import fit_stream
 t = time.perf_counter()

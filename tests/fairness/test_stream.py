@@ -40,14 +40,18 @@ def test_streamed_audit_equals_in_memory(panel, estimator, chunk_rows):
     ref = cfg.run(ds, {"risk": RiskPolicy()}, weights=w, random_state=8)
     got = audit_stream(path, {"risk": RiskPolicy()}, manifest=man, config=cfg,
                        chunk_rows=chunk_rows, random_state=8)
-    a, b = ref.to_dict(), got.to_dict()
-    flat_a, flat_b = _flatten(a), _flatten(b)
-    assert flat_a.keys() == flat_b.keys()
-    for k, v in flat_a.items():
+    _assert_same(ref.to_dict(), got.to_dict())
+
+
+def _assert_same(a, b):
+    """Two result dicts hold the same keys and numbers (floats to 1e-9 relative)."""
+    ref, got = _flatten(a), _flatten(b)
+    assert ref.keys() == got.keys()
+    for k, v in ref.items():
         if isinstance(v, float):
-            assert flat_b[k] == pytest.approx(v, rel=1e-9, abs=1e-12), k
+            assert got[k] == pytest.approx(v, rel=1e-9, abs=1e-12), k
         else:
-            assert flat_b[k] == v, k
+            assert got[k] == v, k
 
 
 def _flatten(d, prefix=""):
@@ -78,16 +82,10 @@ def test_sharded_audit_with_dr_equals_in_memory(panel):
     cfg = FairnessAudit(action="modality=home_visit", n_boot=100, n_permutations=50,
                         estimator="wdr")
     w = poisson_weights(episode_keys(ds.episode_ids), 100, seed=4)
-    ref = _flatten(cfg.run(ds, {"risk": RiskPolicy()}, weights=w, random_state=4).to_dict())
-    got = _flatten(audit_stream(path, {"risk": RiskPolicy()}, manifest=man, config=cfg,
-                                random_state=4, chunk_rows=80,
-                                executor=get_executor("local", jobs=1), n_shards=2).to_dict())
-    assert ref.keys() == got.keys()
-    for k, v in ref.items():
-        if isinstance(v, float):
-            assert got[k] == pytest.approx(v, rel=1e-9, abs=1e-12), k
-        else:
-            assert got[k] == v, k
+    ref = cfg.run(ds, {"risk": RiskPolicy()}, weights=w, random_state=4)
+    got = audit_stream(path, {"risk": RiskPolicy()}, manifest=man, config=cfg, random_state=4,
+                       chunk_rows=80, executor=get_executor("local", jobs=1), n_shards=2)
+    _assert_same(ref.to_dict(), got.to_dict())
 
 
 def test_sharded_audit_equals_streamed(panel):
@@ -98,10 +96,7 @@ def test_sharded_audit_equals_streamed(panel):
     ref = audit_stream(path, {"risk": RiskPolicy()}, manifest=man, config=cfg, random_state=3)
     got = audit_stream(path, {"risk": RiskPolicy()}, manifest=man, config=cfg, random_state=3,
                        chunk_rows=20, executor=get_executor("local", jobs=1), n_shards=4)
-    fa, fb = _flatten(ref.to_dict()), _flatten(got.to_dict())
-    assert fa.keys() == fb.keys()
-    for k, v in fa.items():
-        assert fb[k] == (pytest.approx(v, rel=1e-9, abs=1e-12) if isinstance(v, float) else v), k
+    _assert_same(ref.to_dict(), got.to_dict())
 
 
 class _Counting:
@@ -125,24 +120,18 @@ class _Counting:
         return self.inner.map(fn, items)
 
 
-def _dr_audit_on(executor, panel, n_shards):
+def _assert_dr_audit_equals_in_memory(executor, panel, n_shards):
     path, man, ds = panel
     cfg = FairnessAudit(action="modality=home_visit", n_boot=60, n_permutations=40,
                         estimator="dr")
     w = poisson_weights(episode_keys(ds.episode_ids), 60, seed=6)
-    ref = _flatten(cfg.run(ds, {"risk": RiskPolicy()}, weights=w, random_state=6).to_dict())
+    ref = cfg.run(ds, {"risk": RiskPolicy()}, weights=w, random_state=6)
     counting = _Counting(executor)
-    got = _flatten(audit_stream(path, {"risk": RiskPolicy()}, manifest=man, config=cfg,
-                                random_state=6, chunk_rows=60, executor=counting,
-                                n_shards=n_shards).to_dict())
+    got = audit_stream(path, {"risk": RiskPolicy()}, manifest=man, config=cfg, random_state=6,
+                       chunk_rows=60, executor=counting, n_shards=n_shards)
     # the Q-model's passes (statistics, fit, stability check) and the audit's: each on >1 shard
     assert len(counting.calls) >= 3 and min(counting.calls) >= 2, counting.calls
-    assert ref.keys() == got.keys()
-    for k, v in ref.items():
-        if isinstance(v, float):
-            assert got[k] == pytest.approx(v, rel=1e-9, abs=1e-12), k
-        else:
-            assert got[k] == v, k
+    _assert_same(ref.to_dict(), got.to_dict())
 
 
 @pytest.mark.slow
@@ -150,7 +139,7 @@ def test_dr_audit_on_two_worker_processes_equals_in_memory(panel):
     """Group values by DR with every pass's shards on a pool of 2 spawned processes."""
     from equicare.pipeline import LocalExecutor
 
-    _dr_audit_on(LocalExecutor(jobs=2), panel, n_shards=3)
+    _assert_dr_audit_equals_in_memory(LocalExecutor(jobs=2), panel, n_shards=3)
 
 
 @pytest.mark.slow
@@ -158,4 +147,4 @@ def test_dr_audit_on_two_ray_workers_equals_in_memory(panel, ray):
     from equicare.pipeline import get_executor
 
     with get_executor("ray", address="local", jobs=2) as ex:
-        _dr_audit_on(ex, panel, n_shards=4)
+        _assert_dr_audit_equals_in_memory(ex, panel, n_shards=4)

@@ -146,9 +146,10 @@ class TablePolicy:
         return self.table[ds.categorical[:, 0]]
 
 
-def test_streamed_estimates_and_intervals_against_the_exact_value(tmp_path):
-    """Tabular MDP with exact values: streamed IS-type estimates land on the truth."""
-    from equicare.data import from_frame
+def tabular_panel():
+    """4,000 episodes of the tabular MDP with logged propensities, a supported target (60%
+    behaviour, 40% the best logged action) and its exact value:
+    ``(mdp, frame, manifest dict, target table, truth)``."""
     from tests.learn.tabular_mdp import KINDS, LEVELS, TabularMDP, manifest
 
     mdp = TabularMDP(behaviour_noise=0.5, p_end=0.15)
@@ -162,6 +163,14 @@ def test_streamed_estimates_and_intervals_against_the_exact_value(tmp_path):
     target = 0.6 * mdp.behaviour + 0.4 * np.eye(mdp.n_actions)[
         np.argmax(np.where(mdp.behaviour > 0, mdp.q_optimal(mdp.support), -np.inf), axis=1)]
     truth = mdp.value(target, "A") * 0.5 + mdp.value(target, "B") * 0.5
+    return mdp, frame, man, target, truth
+
+
+def test_streamed_estimates_and_intervals_against_the_exact_value(tmp_path):
+    """Tabular MDP with exact values: streamed IS-type estimates land on the truth."""
+    from equicare.data import from_frame
+
+    mdp, frame, man, target, truth = tabular_panel()
     path = tmp_path / "tab.parquet"
     frame.to_parquet(path, index=False, row_group_size=500)
     ds = from_frame(frame, man, emit_warnings=False)

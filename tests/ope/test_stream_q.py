@@ -17,7 +17,7 @@ from equicare.ope._prepare import prepare
 from equicare.pipeline import get_executor
 
 from ..conftest import MANIFEST, make_frame
-from .test_stream import RiskPolicy, TablePolicy, _same
+from .test_stream import RiskPolicy, TablePolicy, _same, tabular_panel
 
 ALL = ("is", "wis", "pdis", "wpdis", "fqe", "dr", "wdr")
 Q_MODELS = ("linear", "tabular_stationary")
@@ -150,19 +150,8 @@ def test_shard_tasks_pickle(panel):
 def test_streamed_dr_and_fqe_land_on_the_exact_value(tmp_path):
     """Tabular MDP with an exact value: streamed FQE/DR/WDR (stationary tabular Q) cover it."""
     from equicare.data import from_frame
-    from tests.learn.tabular_mdp import KINDS, LEVELS, TabularMDP, manifest
 
-    mdp = TabularMDP(behaviour_noise=0.5, p_end=0.15)
-    frame = mdp.sample_frame(4000, random_state=7)
-    kind = frame["kind"].map({k: i for i, k in enumerate(KINDS)}).to_numpy()
-    level = frame["level"].map({k: i for i, k in enumerate(LEVELS)}).to_numpy()
-    frame["prop"] = mdp.behaviour[frame["state"].to_numpy(), kind * len(LEVELS) + level]
-    man = manifest()
-    man["dataset"]["behavior_prob"] = "prop"
-    man["dataset"]["groups"] = []
-    target = 0.6 * mdp.behaviour + 0.4 * np.eye(mdp.n_actions)[
-        np.argmax(np.where(mdp.behaviour > 0, mdp.q_optimal(mdp.support), -np.inf), axis=1)]
-    truth = mdp.value(target, "A") * 0.5 + mdp.value(target, "B") * 0.5
+    _, frame, man, target, truth = tabular_panel()
     path = tmp_path / "tab.parquet"
     frame.to_parquet(path, index=False, row_group_size=500)
     res = evaluate_stream(path, TablePolicy(target), manifest=man, estimators=("fqe", "dr", "wdr"),
