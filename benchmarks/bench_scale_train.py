@@ -2,9 +2,11 @@
 
 Each panel is simulated part by part (``write_care_parts``: 52 weeks, no churn) into a folder of
 Parquet files. BC then trains with :func:`equicare.learn._stream.fit_stream` (one pass counts the
-actions and samples 200k rows of episodes for the input statistics; then mini-batches of 256 rows
-are drawn from a shuffle buffer of two 500k-row chunks while the panel streams by, the steps
-spread over the chunks in proportion to their rows), each run in a fresh child process (its own
+actions and samples 200k rows of episodes for the input statistics; then the training pass reads
+what its step budget needs, ``read_factor`` (2) x steps x 256 rows: the whole 1M-row panel, or
+about 1M rows of a larger one in random units of whole episodes, and draws mini-batches of 256
+rows from a shuffle buffer of two 500k-row chunks, the steps spread over the chunks in proportion
+to their rows), each run in a fresh child process (its own
 peak resident memory, VmHWM), in two modes: the next buffer built in the training process between
 the steps (``prefetch=0``, the default) and by a producer process while the steps run
 (``prefetch=1``; ``EQUICARE_BENCH_SCALE_TRAIN_PREFETCH``, default ``0,1``).
@@ -15,11 +17,11 @@ and mode: the **median** over the rounds of the gradient steps per second after 
 steps (the warm-up), with the lowest and highest run and the steps per CPU-second of the training
 thread; the wall-clock steps/s of the training pass (waits for the next buffer included) and the
 seconds spent waiting; the median end-to-end seconds; the largest peak (the training process's
-plus the producer's). And the ratio of the median steps/s at the largest size over the smallest,
-with the range of the per-round ratios (issue #16: no fewer steps/s at 20M than at 1M, memory
-bounded). Sizes: ``EQUICARE_BENCH_SCALE_TRAIN_SIZES`` (default ``1,20`` millions of rows); steps
-per run: ``EQUICARE_BENCH_SCALE_TRAIN_STEPS`` (default 2,000). Like ``bench_scale``, it runs only
-when named (``run_all.py --only scale_train``).
+plus the producer's). And the ratios of the median steps/s (gradient steps, and wall-clock) at
+the largest size over the smallest, with the range of the per-round ratios (issue #16: no fewer
+steps/s at 20M than at 1M, memory bounded). Sizes: ``EQUICARE_BENCH_SCALE_TRAIN_SIZES``
+(default ``1,20`` millions of rows); steps per run: ``EQUICARE_BENCH_SCALE_TRAIN_STEPS`` (default
+2,000). Like ``bench_scale``, it runs only when named (``run_all.py --only scale_train``).
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ print(json.dumps({"seconds": time.perf_counter() - t, "peak_mb": hwm_mb(),
                   "cpu_steps_per_second": info["cpu_steps_per_second_after_warmup"],
                   "wait_seconds": info["wait_seconds"], "steps": bc.n_steps_done_,
                   "producer_peak_mb": info["producer_peak_mb"],
-                  "chunks_read": info["chunks_read"]}))
+                  "chunks_read": info["chunks_read"], "read": info["read"],
+                  "rows_read": info["rows_read_per_pass"]}))
 """
 
 
@@ -87,7 +90,8 @@ def _summary(runs: dict[float, list[dict[str, Any]]], sizes: tuple[float, ...], 
             statistics.median(sps), "steps/s",
             f"median of {rounds} interleaved runs (range {min(sps):.1f}-{max(sps):.1f}) of "
             f"{steps} steps of 256 rows after {min(100, steps // 10)} warm-up steps; {how}; "
-            f"{rs[0]['chunks_read']} chunks read; per CPU-second of the training thread: "
+            f"{rs[0]['chunks_read']} chunks read ({rs[0]['rows_read']:,} rows, "
+            f"{rs[0]['read']}); per CPU-second of the training thread: "
             f"{statistics.median(r['cpu_steps_per_second'] for r in rs):.1f}")
         wall = [r["wall_steps_per_second"] for r in rs]
         results[f"scale_train_bc_stream_{tag}_rows_wall_steps_per_s{suffix}"] = _entry(
@@ -111,6 +115,13 @@ def _summary(runs: dict[float, list[dict[str, Any]]], sizes: tuple[float, ...], 
             med[1] / med[0], "x",
             f"median steps/s at {hi:g}M rows over {lo:g}M (>= 1: no slower on the larger "
             f"panel); per-round ratios {min(pairs):.2f}-{max(pairs):.2f}; {how}")
+        wall = [statistics.median(r["wall_steps_per_second"] for r in runs[m]) for m in (lo, hi)]
+        wpairs = [b["wall_steps_per_second"] / a["wall_steps_per_second"]
+                  for a, b in zip(runs[lo], runs[hi], strict=True)]
+        results[f"scale_train_bc_wall_steps_per_s_ratio{suffix}"] = _entry(
+            wall[1] / wall[0], "x",
+            f"median wall-clock steps/s (waits for data included) at {hi:g}M rows over {lo:g}M; "
+            f"per-round ratios {min(wpairs):.2f}-{max(wpairs):.2f}; {how}")
     return results
 
 

@@ -210,3 +210,62 @@ def test_sharded_validation_equals_streamed(frame, tmp_path):
     serial_text = "\n".join(serial.errors)
     for row in ("first: 3;", "first: 120;"):  # the panel's own rows, whatever the split
         assert row in text and row in serial_text
+
+
+@pytest.mark.parametrize("kind", ["parquet_sorted", "hive"])
+def test_sampled_ranges_are_whole_episodes_read_exactly(frame, tmp_path, kind):
+    from equicare.data._chunks import iter_range_chunks, random_access, sample_ranges
+
+    path = _write(frame, kind, tmp_path)
+    man = _manifest()
+    scan = scan_panel(path, man)
+    whole = load_dataset(path, man, emit_warnings=False)
+    starts = set(np.r_[0, np.cumsum(scan.lengths)].tolist())
+    assert random_access(path, scan)
+    ranges = sample_ranges(path, scan, 120, seed=5, unit_rows=40)
+    assert ranges == sample_ranges(path, scan, 120, seed=5, unit_rows=40)  # seeded
+    assert ranges != sample_ranges(path, scan, 120, seed=6, unit_rows=40)
+    rows = sum(b - a for a, b in ranges)
+    assert 120 <= rows < len(frame)
+    assert all(a in starts and b in starts and a < b for a, b in ranges)  # episode-aligned
+    spans = sorted(ranges)
+    assert all(x[1] <= y[0] for x, y in zip(spans[:-1], spans[1:], strict=True))  # disjoint
+    # only the drawn episodes, each whole and exactly as stored
+    chunks = list(iter_range_chunks(path, man, ranges, chunk_rows=25,
+                                    categorical_levels=scan.categorical_levels))
+    got = _concat(chunks)
+    assert len(got) == rows
+    want = _rows_of(whole)
+    want = want[want["ep"].isin(set(got["ep"]))].reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, want)
+    # a budget that covers the panel draws every unit: the panel once
+    every = sample_ranges(path, scan, 10 * len(frame), seed=5, unit_rows=40)
+    assert sorted(every)[0][0] == 0 and sum(b - a for a, b in every) == len(frame)
+
+
+def test_sampled_units_are_drawn_uniformly(frame, tmp_path):
+    from equicare.data._chunks import sample_ranges
+
+    path = _write(frame, "parquet_sorted", tmp_path)
+    scan = scan_panel(path, _manifest())
+    units = sorted(sample_ranges(path, scan, 10**9, seed=0, unit_rows=50))
+    hits = np.zeros(len(units))
+    n = 400
+    for seed in range(n):
+        for r in sample_ranges(path, scan, 60, seed=seed, unit_rows=50):
+            hits[units.index(r)] += 1
+    p = hits / n  # each unit's inclusion rate: equal for every unit in expectation
+    assert np.all(np.abs(p - p.mean()) < 4 * np.sqrt(p.mean() * (1 - p.mean()) / n)), p
+
+
+def test_row_ranges_need_clustered_parquet(frame, tmp_path):
+    from equicare.data._chunks import random_access, sample_ranges
+
+    man = _manifest()
+    for kind in ("csv", "parquet_shuffled"):
+        (tmp_path / kind).mkdir()
+        path = _write(frame, kind, tmp_path / kind)
+        scan = scan_panel(path, man)
+        assert not random_access(path, scan)
+        with pytest.raises(DataValidationError, match="clustered Parquet"):
+            sample_ranges(path, scan, 50, seed=0)

@@ -136,3 +136,39 @@ def test_an_error_in_the_producer_is_raised_by_fit_stream(mdp_panel, tmp_path, m
                    prefetch=1)
     with pytest.raises(InvalidParameterError, match="prefetch"):
         fit_stream(BC(n_steps=5), path, man, prefetch=-1)
+
+
+def test_a_small_step_budget_reads_a_random_sample_of_the_panel(mdp_panel, tmp_path):
+    """300 steps of 32 rows with read_factor 0.5 read ~4,800 of ~13k rows, drawn at random."""
+    import pandas as pd
+    import torch
+
+    mdp, stored, man, ds = mdp_panel
+    frame = pd.read_parquet(stored)
+    path = tmp_path / "clustered.parquet"  # episodes stored together: readable by row ranges
+    frame.sort_values(["ep", "t"]).to_parquet(path, index=False, row_group_size=500)
+    kw = dict(chunk_rows=1500, read_factor=0.5)
+    bc = fit_stream(BC(n_steps=300, batch_size=32, seed=2, hidden=(32,)), path, man,
+                    prefetch=0, **kw)
+    info = bc.stream_info_
+    assert info["read"] == "sampled" and info["units_read"] >= 2
+    assert 4800 <= info["rows_read_per_pass"] < 4800 + 600  # units of one 500-row group
+    assert sum(h["chunk_rows"] for h in bc.history_) == info["rows_read_per_pass"]
+    assert bc.n_steps_done_ == 300
+    # learned from the sample alone: the clinicians' policy in every state
+    err = np.abs(_table(bc, mdp, ds) - mdp.behaviour).sum(axis=1).mean()
+    assert err < 0.15, err
+    # the producer process reads the same sample in the same order: the same weights
+    ahead = fit_stream(BC(n_steps=300, batch_size=32, seed=2, hidden=(32,)), path, man,
+                       prefetch=1, **kw)
+    a, b = _weights(bc), _weights(ahead)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # a CSV panel cannot be read by row ranges: the whole panel, in storage order
+    csv = tmp_path / "tab.csv"
+    frame.to_csv(csv, index=False)
+    whole = fit_stream(BC(n_steps=50, batch_size=32, seed=2, hidden=(16,)), csv, man,
+                       prefetch=0, **kw)
+    assert whole.stream_info_["read"] == "whole panel"
+    assert whole.stream_info_["rows_read_per_pass"] == ds.n_steps
+    with pytest.raises(InvalidParameterError, match="read_factor"):
+        fit_stream(BC(n_steps=5), path, man, read_factor=0.0)

@@ -101,7 +101,9 @@ def train_model(data: str | os.PathLike[str], manifest: str | os.PathLike[str], 
     chunk_rows : int, optional
         Stream the panel in chunks of whole episodes (bc, awr, cql;
         :func:`equicare.learn._stream.fit_stream`): mini-batches from a shuffle buffer of two
-        chunks, never the whole table in memory.
+        chunks, never the whole table in memory. The training pass reads about 2 x steps x batch
+        rows, whole episodes drawn at random across a clustered Parquet panel (the whole panel
+        when that covers it, or for CSV, DuckDB and unclustered Parquet).
 
     Returns
     -------
@@ -164,7 +166,8 @@ def train_model(data: str | os.PathLike[str], manifest: str | os.PathLike[str], 
                 "n_actions": int(learner.action_space_.n_actions),
                 "support_size": int(learner.support_.size), "n_rows": info["n_rows"],
                 "streaming": {k: info[k] for k in ("chunk_rows", "buffer_chunks", "chunks_read",
-                                                   "sample_rate", "steps_per_second")},
+                                                   "read", "rows_read_per_pass", "sample_rate",
+                                                   "steps_per_second")},
                 "seconds": round(seconds, 2)}
     ds = load_dataset(data, manifest, emit_warnings=False)
     if fair_action is not None:
@@ -383,7 +386,8 @@ def register(app: "typer.Typer") -> None:
         over current practice and falls back to current practice.
         Options marked with a learner apply to it only; giving one to another learner is an
         error. With --chunk-rows, bc, awr and cql train from the panel streamed in chunks of
-        whole episodes (mini-batches from a shuffle buffer; no validation split).
+        whole episodes (mini-batches from a shuffle buffer; no validation split; about 2 x
+        steps x batch rows read, whole episodes at random across a clustered Parquet panel).
 
         Example: equicare train data/panel.parquet --manifest data/manifest.toml --algo awr
         --encoder lstm --window 4 --fair-action modality=home_visit --fair-lambda 1.0

@@ -37,7 +37,8 @@ from equicare.exceptions import DataValidationError
 from equicare.utils import PARAM_MESSAGE
 
 __all__ = ["PanelScan", "Chunk", "ShardSpec", "scan_panel", "iter_chunks", "validate_stream",
-           "plan_shards", "iter_shard_chunks", "cluster_panel"]
+           "plan_shards", "iter_shard_chunks", "cluster_panel", "random_access", "sample_ranges",
+           "iter_range_chunks"]
 
 #: Rows per Arrow record batch read from storage.
 BATCH_ROWS = 65_536
@@ -601,44 +602,140 @@ def plan_shards(
             for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
-def _shard_batches(spec: ShardSpec) -> Iterator[Any]:
-    """Record batches of a shard's rows (only the row groups it overlaps are read)."""
+def _range_batches(path: str, man: Manifest, ranges: list[tuple[int, int]]) -> Iterator[Any]:
+    """Record batches of storage rows ``[start, stop)`` of each range, in the ranges' order.
+
+    Only the row groups a range overlaps are read; the ranges may come in any order.
+    """
     import pyarrow as pa
     import pyarrow.dataset as pads
 
-    p = Path(spec.path)
-    cols = _columns(spec.manifest)
+    p = Path(path)
+    cols = _columns(man)
     files = [str(p)] if p.is_file() else parquet_files(p)
     schema = pads.dataset(files, format="parquet", partitioning=None if p.is_file() else "hive",
                           partition_base_dir=None if p.is_file() else str(p)).schema
-    offset = 0
-    for frag, n in _row_groups(p):
-        lo, hi = offset, offset + n
-        offset = hi
-        if hi <= spec.start:
-            continue
-        if lo >= spec.stop:
-            break
-        tab = frag.to_table(schema=schema, columns=cols)
-        a, b = max(spec.start - lo, 0), min(spec.stop, hi) - lo
-        tab = tab.slice(a, b - a)
-        rows = pa.array(np.arange(lo + a, lo + b, dtype=np.int64))
-        yield from tab.append_column(_ROW, rows).to_batches()
+    groups = _row_groups(p)
+    bounds = np.r_[0, np.cumsum([n for _, n in groups])].astype(np.int64)
+    for start, stop in ranges:
+        first = int(np.searchsorted(bounds, start, side="right")) - 1
+        for g in range(max(first, 0), len(groups)):
+            lo, hi = int(bounds[g]), int(bounds[g + 1])
+            if lo >= stop:
+                break
+            if hi <= start:
+                continue
+            tab = groups[g][0].to_table(schema=schema, columns=cols)
+            a, b = max(start - lo, 0), min(stop, hi) - lo
+            tab = tab.slice(a, b - a)
+            rows = pa.array(np.arange(lo + a, lo + b, dtype=np.int64))
+            yield from tab.append_column(_ROW, rows).to_batches()
+
+
+def _shard_batches(spec: ShardSpec) -> Iterator[Any]:
+    """Record batches of a shard's rows (only the row groups it overlaps are read)."""
+    yield from _range_batches(spec.path, spec.manifest, [(spec.start, spec.stop)])
+
+
+def random_access(path: str | os.PathLike[str], scan: PanelScan) -> bool:
+    """Whether episode-aligned row ranges of the panel can be read without reading the rest.
+
+    True for a Parquet file or folder whose episodes are stored contiguously (row groups are
+    read on their own); a CSV or DuckDB file, or a panel that must be clustered first, is read
+    from the start.
+    """
+    p = Path(path)
+    return scan.clustered and p.exists() and _source_kind(p) in ("parquet", "parquet_dir")
+
+
+def sample_ranges(
+    path: str | os.PathLike[str],
+    scan: PanelScan,
+    rows: int,
+    *,
+    seed: int,
+    unit_rows: int = BATCH_ROWS,
+) -> list[tuple[int, int]]:
+    """A random set of episode-aligned row ranges with about ``rows`` rows, in random order.
+
+    The panel is cut into units of whole episodes at row-group boundaries (about ``unit_rows``
+    rows each: every ``k``-th row-group boundary, moved forward to the next episode start, so an
+    episode straddling two row groups belongs to the unit of its first row). Units are drawn
+    uniformly without replacement until they hold at least ``rows`` rows. Reading a unit reads
+    only its row groups (plus the next one for a straddling last episode), so the cost of reading
+    the sample does not grow with the panel.
+
+    Parameters
+    ----------
+    path : path-like
+        A clustered Parquet file or folder (:func:`random_access`).
+    scan : PanelScan
+        Its scan (episode lengths in storage order).
+    rows : int
+        Rows wanted (at least one unit is drawn; all of them when ``rows >= scan.n_rows``).
+    seed : int
+        Seed of the draw (the same seed gives the same ranges in the same order).
+    unit_rows : int
+        Target rows per unit (at least one row group).
+
+    Returns
+    -------
+    list of (start, stop)
+        Storage rows ``[start, stop)`` of each drawn unit, in the (random) order to read them.
+    """
+    _check_chunk_rows(unit_rows, "sample_ranges")
+    p = Path(path)
+    if not random_access(p, scan):
+        raise DataValidationError(f"{p}: row ranges are read from a clustered Parquet panel "
+                                  "(equicare.data.cluster_panel writes one).")
+    sizes = np.array([n for _, n in _row_groups(p)], dtype=np.int64)
+    rg_bounds = np.cumsum(sizes)[:-1]
+    stride = max(1, int(round(unit_rows / max(float(np.median(sizes)), 1.0))))
+    starts = np.r_[0, np.cumsum(scan.lengths)].astype(np.int64)  # episode starts + the end
+    cuts = starts[np.searchsorted(starts, rg_bounds[stride - 1::stride])]
+    bounds = np.unique(np.r_[0, cuts, scan.n_rows])
+    units = np.c_[bounds[:-1], bounds[1:]]
+    order = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5A3])).permutation(
+        units.shape[0])
+    lens = units[order, 1] - units[order, 0]
+    take = int(np.searchsorted(np.cumsum(lens), min(int(rows), scan.n_rows))) + 1
+    return [(int(a), int(b)) for a, b in units[order[:take]]]
+
+
+def iter_range_chunks(
+    path: str | os.PathLike[str],
+    manifest: Manifest | Mapping[str, Any] | str | os.PathLike[str],
+    ranges: list[tuple[int, int]],
+    *,
+    categorical_levels: Mapping[str, tuple[Any, ...]],
+    chunk_rows: int = CHUNK_ROWS,
+) -> Iterator[Chunk]:
+    """Read episode-aligned row ranges of a clustered Parquet panel as chunks of whole episodes.
+
+    The ranges (from :func:`sample_ranges` or :func:`plan_shards`) are read in the given order
+    and regrouped into validated chunks of about ``chunk_rows`` rows; categories are coded with
+    ``categorical_levels`` (the whole panel's, from its scan).
+    """
+    _check_chunk_rows(chunk_rows, "iter_range_chunks")
+    man = _manifest_of(manifest)
+    p = Path(path)
+    scan = PanelScan(source=str(p), n_rows=sum(b - a for a, b in ranges),
+                     episode_ids=np.zeros(0), lengths=np.zeros(0, dtype=np.int64),
+                     clustered=True, categorical_levels=dict(categorical_levels))
+    for k, table in enumerate(_cut(_range_batches(str(p), man, list(ranges)), man.episode,
+                                   chunk_rows)):
+        ds, rep = _chunk_dataset(table, man, scan, str(p))
+        rep.raise_if_errors()
+        assert ds is not None
+        yield Chunk(index=k, dataset=ds, first_row=int(table.column(_ROW)[0].as_py()))
 
 
 def iter_shard_chunks(spec: ShardSpec, *, chunk_rows: int = CHUNK_ROWS) -> Iterator[Chunk]:
     """Read one shard as chunks of whole episodes (only the row groups it overlaps are read)."""
     _check_chunk_rows(chunk_rows, "iter_shard_chunks")
-    man = spec.manifest
-    p = Path(spec.path)
-    scan = PanelScan(source=str(p), n_rows=spec.stop - spec.start, episode_ids=np.zeros(0),
-                     lengths=np.zeros(0, dtype=np.int64), clustered=True,
-                     categorical_levels=spec.categorical_levels)
-    for k, table in enumerate(_cut(_shard_batches(spec), man.episode, chunk_rows)):
-        ds, rep = _chunk_dataset(table, man, scan, str(p))
-        rep.raise_if_errors()
-        assert ds is not None
-        yield Chunk(index=k, dataset=ds, first_row=int(table.column(_ROW)[0].as_py()))
+    yield from iter_range_chunks(spec.path, spec.manifest, [(spec.start, spec.stop)],
+                                 categorical_levels=spec.categorical_levels,
+                                 chunk_rows=chunk_rows)
 
 
 def cluster_panel(

@@ -7,10 +7,16 @@ holding the panel:
    ``min_support_count`` times) and keeps a random sample of whole episodes (keyed by episode id,
    at most about ``sample_rows`` rows) that fixes the networks' input standardisation and the
    categorical vocabulary; group levels come from the panel scan;
-2. **training** reads the panel chunk by chunk (whole episodes, so every next row a temporal
-   difference needs is in the same chunk), keeps the last ``buffer_chunks`` chunks in a shuffle
-   buffer and draws each mini-batch uniformly from the buffer's rows. ``n_steps`` are spread over
-   the chunks in proportion to their rows; when they outnumber one pass, the panel is read again.
+2. **training** reads chunks of whole episodes (so every next row a temporal difference needs
+   is in the same chunk), keeps the last ``buffer_chunks`` chunks in a shuffle buffer and draws
+   each mini-batch uniformly from the buffer's rows. It reads only what its step budget needs:
+   about ``read_factor x n_steps x batch_size`` rows, as units of whole episodes (a row group or a
+   few) drawn at random across the panel and read in random order
+   (:func:`equicare.data._chunks.sample_ranges`), so a step costs the same on a 20M-row panel as
+   on a 1M-row one. When the budget covers the panel, or the panel cannot be read by row ranges
+   (a CSV or DuckDB file, or Parquet whose episodes are not stored together), the whole panel is
+   read in storage order. ``n_steps`` are spread over the chunks read in proportion to their
+   rows.
    With ``prefetch > 0`` a producer process reads the next chunk and builds the next buffer's
    tensors while the steps run (``prefetch`` buffers ahead); the buffers arrive in order and the
    shuffle is drawn here, so the weights do not depend on it.
@@ -136,6 +142,9 @@ class _Buffers:
     group_levels : ndarray
     critic_groups : int
     vocabulary : tuple of tuple of str, optional
+    ranges : tuple of (start, stop), optional
+        Episode-aligned storage row ranges to read, in this order (a sample of the panel); None
+        reads the whole panel in storage order.
     """
 
     source: str
@@ -150,6 +159,7 @@ class _Buffers:
     group_levels: NDArray[Any]
     critic_groups: int
     vocabulary: tuple[tuple[str, ...], ...] | None
+    ranges: tuple[tuple[int, int], ...] | None = None
 
     def build(self, buffer: list[TrajectoryDataset]) -> TrainData:
         """Training tensors of the buffer's rows."""
@@ -163,11 +173,16 @@ class _Buffers:
     def __iter__(self) -> Iterator[tuple[int, TrainData]]:
         """``(rows of the newest chunk, tensors of the last buffer_chunks chunks)`` per chunk."""
         from equicare.data import iter_chunks
+        from equicare.data._chunks import iter_range_chunks
 
         k = self.buffer_chunks
         buffer: list[TrajectoryDataset] = []
-        for chunk in iter_chunks(self.source, self.manifest, chunk_rows=self.chunk_rows,
-                                 scan=self.scan):
+        chunks = (iter_chunks(self.source, self.manifest, chunk_rows=self.chunk_rows,
+                              scan=self.scan) if self.ranges is None else
+                  iter_range_chunks(self.source, self.manifest, list(self.ranges),
+                                    categorical_levels=self.scan.categorical_levels,
+                                    chunk_rows=self.chunk_rows))
+        for chunk in chunks:
             ds = chunk.dataset
             buffer = [*buffer[-(k - 1):], ds] if k > 1 else [ds]
             yield ds.n_steps, self.build(buffer)
@@ -299,6 +314,7 @@ def fit_stream(
     buffer_chunks: int = 2,
     sample_rows: int = 200_000,
     prefetch: int = 0,
+    read_factor: float | None = 2.0,
     progress: bool = False,
 ) -> OfflineLearner:
     """Train ``learner`` on a panel read in chunks of whole episodes (see the module docstring).
@@ -323,6 +339,12 @@ def fit_stream(
         depend on it. With ``prefetch > 0`` a script must run under ``if __name__ ==
         "__main__":`` (as for any spawned process) and the producer adds its own memory (about
         1 GB with 500k-row chunks); it pays off when a core is free for it.
+    read_factor : float or None
+        The training pass reads about ``read_factor x n_steps x batch_size`` rows (each row read
+        is drawn about ``1 / read_factor`` times): whole episodes in units drawn at random across
+        a clustered Parquet panel, whatever its size. None, or a budget that covers the panel,
+        reads the whole panel in storage order (as does any panel that is not clustered
+        Parquet).
     progress : bool
         Show a progress bar.
 
@@ -344,6 +366,11 @@ def fit_stream(
                          ("chunk_rows", chunk_rows, 1), ("prefetch", prefetch, 0)):
         if isinstance(v, bool) or not isinstance(v, int) or v < low:
             raise InvalidParameterError(f"{name} must be an int >= {low}; got {v!r}.")
+    if read_factor is not None and (isinstance(read_factor, bool)
+                                    or not isinstance(read_factor, int | float)
+                                    or not math.isfinite(read_factor) or read_factor <= 0):
+        raise InvalidParameterError(
+            f"read_factor must be a finite number > 0 or None; got {read_factor!r}.")
     cfg = learner.config
     man = _manifest_of(manifest)
     scan = scan_panel(source, man)  # once: the passes below reuse it
@@ -373,12 +400,20 @@ def fit_stream(
     # the producer needs the scan's levels and layout, not its per-episode arrays
     slim = dataclasses.replace(scan, episode_ids=scan.episode_ids[:0],
                                lengths=scan.lengths[:0], episode_groups={})
+    from equicare.data._chunks import random_access, sample_ranges
+
+    budget = None if read_factor is None else math.ceil(read_factor * n_steps * cfg.batch_size)
+    ranges = None
+    if budget is not None and budget < scan.n_rows and random_access(source, scan):
+        ranges = tuple(sample_ranges(source, scan, budget, seed=int(cfg.seed),
+                                     unit_rows=max(1, chunk_rows // 8)))
+    planned = scan.n_rows if ranges is None else sum(b - a for a, b in ranges)
     task = _Buffers(source=str(source), manifest=man, scan=slim, chunk_rows=chunk_rows,
                     buffer_chunks=buffer_chunks, window=cfg.input_window,
                     history_actions=cfg.input_actions, support=learner.support_,
                     group_attr=learner.group_attr_, group_levels=learner.group_levels_,
                     critic_groups=learner._n_groups if learner._critic_groups() else 0,
-                    vocabulary=learner.categorical_levels_)
+                    vocabulary=learner.categorical_levels_, ranges=ranges)
     producer_peak = 0.0
     with progress_task(f"train {learner.algo} (streamed)", n_steps, enabled=progress) as bar:
         while step < n_steps:
@@ -394,7 +429,7 @@ def fit_stream(
                     chunk_n, tdata = item
                     if tdata.rows.shape[0] == 0:
                         continue
-                    share = chunk_n / scan.n_rows
+                    share = chunk_n / planned
                     k = min(n_steps - step, max(1, math.ceil(n_steps * share)))
                     sampler = EpochSampler(tdata.rows, cfg.batch_size, rng)
                     t1, c1 = time.perf_counter(), time.thread_time()
@@ -434,6 +469,9 @@ def fit_stream(
     learner.group_weights_ = learner._dro.q.numpy().copy()
     learner.stream_info_ = {"chunk_rows": chunk_rows, "buffer_chunks": buffer_chunks,
                             "sample_rate": rate, "chunks_read": n_chunks, "n_rows": scan.n_rows,
+                            "read": "sampled" if ranges is not None else "whole panel",
+                            "rows_read_per_pass": planned,
+                            "units_read": len(ranges) if ranges is not None else None,
                             "prefetch": prefetch, "train_seconds": train_seconds,
                             "wait_seconds": wait_seconds, "producer_peak_mb": producer_peak,
                             "steps_per_second": step / train_seconds if train_seconds else 0.0,
