@@ -234,3 +234,38 @@ def test_selection_study(name: str) -> None:
     assert min(drops) > -0.01, drops
     floor = {50: 0.5, 700: 0.15, 5000: 0.1}[cfg.n_states]
     assert np.mean(gaps) > floor, gaps
+
+
+def test_rules_rescored_from_a_superset_run_match_a_run_with_that_rule() -> None:
+    """One run with more estimators records every candidate's paired bound per estimator; the
+    rule over a subset (``choose_by_bounds``) keeps exactly what a run with that subset keeps,
+    and its choice retrained on all episodes is not below the behaviour (exact values)."""
+    from equicare.pipeline import choose_by_bounds
+
+    mdp, ds = _panel(4, 1500)  # the three rules keep three different policies here
+    base = dict(n_wedges=(20.0,), pvi=((0.3, 20.0, 1.0, 0.1), (0.3, 20.0, 0.5, 0.1)),
+                neural=(), bootstrap=50, seed=4)
+    wide = select_policy(ds, SelectConfig(estimators=("wis", "fqe", "dr", "wdr"), **base))
+    vb = mdp.value(mdp.behavior_policy)
+    table = [c.to_dict() for c in wide.candidates]
+    kept = {}
+    for rule in (("wis", "wdr"), ("wdr",), ("wis",)):
+        run = select_policy(ds, SelectConfig(estimators=rule, **base))
+        kept[rule] = choose_by_bounds(table, wide.behavior_value, rule)
+        assert kept[rule] == run.chosen, rule
+        for c, w in zip(run.candidates, wide.candidates, strict=True):
+            for k in rule:
+                assert c.estimates[k]["gain_lcb"] == pytest.approx(
+                    w.estimates[k]["gain_lcb"], abs=1e-12)
+        assert not run.fallback
+        t, _ = garnet_policy_table(mdp, ds, run.learner.policy_)
+        assert mdp.value(t) > vb - 0.005
+    assert len(set(kept.values())) == 3, kept  # the rules disagree on this panel
+    # the rule is the conjunction: a candidate passes only if every estimator's bound is > 0
+    both = {c["name"] for c in table
+            if min(c["estimates"][k]["gain_lcb"] for k in ("wis", "wdr")) > 0}
+    assert (kept[("wis", "wdr")] == "behavior") == (not both)
+    assert choose_by_bounds(table, wide.behavior_value, ("wis", "wdr"), rank="bound") in (
+        both | {"behavior"})
+    with pytest.raises(ValueError, match="no held-out estimate"):
+        choose_by_bounds(table, wide.behavior_value, ("pdis",))

@@ -24,7 +24,7 @@ from typing import Any, Literal
 from equicare.utils import atomic_write_text, check_param, config_to_dict
 
 __all__ = ["SelectConfig", "Candidate", "SelectionResult", "select_policy", "train_select",
-           "SELECTION_FILE", "default_q_model"]
+           "SELECTION_FILE", "default_q_model", "choose_by_bounds"]
 
 SELECTION_FILE = "selection.json"
 NEURAL = ("bc", "awr", "cql")
@@ -614,6 +614,56 @@ def select_policy(dataset: Any, config: SelectConfig | None = None, *,
     say("no candidate's bound shows a gain over the behaviour: reproducing the behaviour policy")
     return SelectionResult(rows, behavior_value, behavior_ci, "behavior", True, beh, settings,
                            fitted)
+
+
+def choose_by_bounds(candidates: list[dict[str, Any]], behavior_value: float,
+                     estimators: tuple[str, ...], rank: str = "estimate") -> str:
+    """The candidate a paired rule over ``estimators`` keeps, from a saved candidates table.
+
+    For studies of the rule (``benchmarks/bench_select.py``): a :func:`select_policy` run with
+    a superset of estimators records, for every candidate, each estimator's pooled point value
+    and paired bound of the gain (``estimates[k]["value"]``, ``estimates[k]["gain_lcb"]``); each
+    is computed independently of the other estimators (same split, Q-model and bootstrap
+    counts), so this returns exactly what a run with ``estimators`` (``bound="paired"``) keeps.
+
+    Parameters
+    ----------
+    candidates : list of dict
+        Rows of :meth:`SelectionResult.to_dict` (``"candidates"``).
+    behavior_value : float
+        The behaviour's pooled held-out value.
+    estimators : tuple of str
+        Estimators whose paired bounds must all be above 0.
+    rank : {"estimate", "bound"}
+        As :attr:`SelectConfig.rank`.
+
+    Returns
+    -------
+    str
+        The kept candidate's name, or ``"behavior"`` when none passes.
+    """
+    import numpy as np
+
+    check_param(rank, "rank", "choose_by_bounds", choices=RANKS)
+    if not estimators:
+        raise ValueError("choose_by_bounds: estimators must name at least one estimator.")
+    best, best_key = "behavior", -math.inf
+    for c in candidates:
+        est = c.get("estimates") or {}
+        if c.get("error") is not None or not est:  # failed or not eligible
+            continue
+        missing = [k for k in estimators if k not in est]
+        if missing:
+            raise ValueError(f"Candidate {c.get('name')!r} has no held-out estimate for "
+                             f"{missing}; it has {sorted(est)}.")
+        lcb = min(float(est[k]["gain_lcb"]) for k in estimators)
+        if not (math.isfinite(lcb) and lcb > 0):
+            continue
+        gain = float(np.mean([float(est[k]["value"]) for k in estimators])) - behavior_value
+        key = gain if rank == "estimate" else lcb
+        if key > best_key:  # first on ties, as max() in select_policy
+            best, best_key = str(c["name"]), key
+    return best
 
 
 def train_select(data: str | os.PathLike[str], manifest: str | os.PathLike[str], *,
