@@ -40,7 +40,7 @@ def _panel(cfg, n: int, seed: int):
 def run_one(name: str, seed: int, episodes: int, neural: list[str], neural_steps: int,
             bound: str = "paired", pvi: tuple | None = None, folds: int = 2,
             refit_full: bool = False, estimators: tuple[str, ...] | None = None,
-            full_exact: bool = False) -> dict:
+            full_exact: bool = False, n_wedges: tuple[float, ...] | None = None) -> dict:
     """Exact values of every policy for one configuration and seed.
 
     ``estimators``: the OPE estimators of the selection (default: ``SelectConfig``'s); a
@@ -65,6 +65,8 @@ def run_one(name: str, seed: int, episodes: int, neural: list[str], neural_steps
 
     t0 = time.perf_counter()
     extra: dict = {} if pvi is None else {"pvi": pvi}
+    if n_wedges is not None:
+        extra["n_wedges"] = tuple(n_wedges)
     if estimators is not None:
         extra["estimators"] = tuple(estimators)
     res = select_policy(ds, SelectConfig(neural=(), seed=seed, bound=bound, folds=folds,
@@ -156,7 +158,32 @@ def reselect(rows: list[dict], names: set[str] | None = None, bound: str = "pair
     return out
 
 
-def rescore(rows: list[dict], estimators: tuple[str, ...], rank: str = "estimate") -> list[dict]:
+def merge_runs(rows: list[dict]) -> list[dict]:
+    """Join runs of the same configuration and seed that trained different candidates.
+
+    Candidates are evaluated independently (same split, Q-model seed and bootstrap counts), so
+    the tables of two runs with disjoint candidate sets are one run's table over their union
+    (checked: same behaviour held-out value).
+    """
+    out: dict[tuple[str, int], dict] = {}
+    for r in rows:
+        key = (r["config"], r["seed"])
+        if key not in out:
+            out[key] = {**r, "table": list(r["table"]), "candidates": dict(r["candidates"]),
+                        "candidates_full": dict(r.get("candidates_full") or {})}
+            continue
+        m = out[key]
+        if abs(m["behavior_heldout"] - r["behavior_heldout"]) > 1e-12:
+            raise ValueError(f"{key}: runs with different held-out behaviour values")
+        names = {c["name"] for c in m["table"]}
+        m["table"] += [c for c in r["table"] if c["name"] not in names]
+        m["candidates"].update(r["candidates"])
+        m["candidates_full"].update(r.get("candidates_full") or {})
+    return list(out.values())
+
+
+def rescore(rows: list[dict], estimators: tuple[str, ...], rank: str = "estimate",
+            names: set[str] | None = None) -> list[dict]:
     """The rows as a paired rule over ``estimators`` would have chosen (offline, exact).
 
     Each row must come from a run whose selection computed (at least) ``estimators``; the
@@ -169,18 +196,26 @@ def rescore(rows: list[dict], estimators: tuple[str, ...], rank: str = "estimate
 
     out = []
     for r in rows:
-        chosen = choose_by_bounds(r["table"], r["behavior_heldout"], tuple(estimators), rank)
+        table = [c for c in r["table"] if names is None or c["name"] in names]
+        chosen = choose_by_bounds(table, r["behavior_heldout"], tuple(estimators), rank)
         values = r.get("candidates_full") or r["candidates"]
         value = r["behavior_estimate"] if chosen == "behavior" else values[chosen]
         out.append({**r, "chosen": chosen, "selected": value})
     return out
 
 
-def compare_rules(rows: list[dict], rules: list[tuple[str, ...]]) -> list[dict]:
-    """Per rule: gap closed and (selected - behaviour) per row, mean gap, worst, fallbacks."""
+def compare_rules(rows: list[dict], rules: list[tuple[str, ...]],
+                  names: set[str] | None = None) -> list[dict]:
+    """Per rule: gap closed and (selected - behaviour) per row, mean gap, worst, fallbacks.
+
+    A rule is a tuple of estimators, optionally with ``"rank=bound"`` (keep the largest bound
+    among those that pass instead of the largest estimated gain).
+    """
     out = []
     for rule in rules:
-        rs = rescore(rows, rule)
+        ests = tuple(k for k in rule if not k.startswith("rank="))
+        rank = next((k[5:] for k in rule if k.startswith("rank=")), "estimate")
+        rs = rescore(rows, ests, rank, names)
         per = [{"config": r["config"], "seed": r["seed"], "chosen": r["chosen"],
                 "gap": gap(r["selected"], r), "drop": r["selected"] - r["behavior"]}
                for r in rs]
@@ -294,6 +329,8 @@ def main() -> None:
     ap.add_argument("--estimators", nargs="*", default=None,
                     help="OPE estimators of the selection (a superset lets --rules compare "
                          "bound rules on the same run)")
+    ap.add_argument("--n-wedges", type=float, nargs="*", default=None,
+                    help="SPIBB candidates' N_wedge values (default: SelectConfig's)")
     ap.add_argument("--full-exact", action="store_true",
                     help="also the exact value of every candidate retrained on all episodes")
     ap.add_argument("--rules", type=json.loads, default=None,
@@ -307,7 +344,8 @@ def main() -> None:
         for path in str(args.saved).split(","):
             saved += json.loads(Path(path).read_text())["rows"]
         names = None if args.candidates is None else set(args.candidates)
-        rows = saved if args.rules else reselect(saved, names, args.bound, args.rank)
+        rows = merge_runs(saved) if args.rules else reselect(saved, names, args.bound,
+                                                              args.rank)
         args.configs = []
     for name in args.configs:
         for seed in range(args.first_seed, args.first_seed + args.seeds):
@@ -315,7 +353,7 @@ def main() -> None:
                         None if args.pvi is None else tuple(map(tuple, args.pvi)), args.folds,
                         args.refit_full,
                         None if args.estimators is None else tuple(args.estimators),
-                        args.full_exact)
+                        args.full_exact, None if args.n_wedges is None else tuple(args.n_wedges))
             rows.append(r)
             if args.out:  # after every run: a long study keeps what it measured
                 args.out.write_text(json.dumps({"rows": rows}, indent=2, default=str) + "\n")
@@ -323,7 +361,8 @@ def main() -> None:
                   f" ({r['select_seconds']:.1f} s)"
                   + "".join(f" {a} {gap(r[a], r):+.3f}" for a in args.neural), flush=True)
     if args.rules:
-        cmp = compare_rules(rows, [tuple(r) for r in args.rules])
+        cmp = compare_rules(rows, [tuple(r) for r in args.rules],
+                            None if args.candidates is None else set(args.candidates))
         print_rules(cmp)
         if args.out and args.saved is not None:  # a fresh study's --out keeps its rows
             args.out.write_text(json.dumps({"rules": cmp}, indent=2) + "\n")
