@@ -60,7 +60,8 @@ class SelectConfig:
         point value). Default WDR alone (with ``rank="bound"``): on the Garnet test bed
         (tuning seeds 101-105, then seeds 1-5; ``docs/learn.md``, "Which bound rule") it
         closed more of the gap than WIS and WDR together, whose WIS bound is too wide on long
-        episodes with many actions, and stayed safe when unsafe candidates were added.
+        episodes with many actions, with the same worst case. Neither rule rejects every
+        unsafe candidate: with deliberately unsafe ones added, both kept one on seeds 1-5.
     q_model : str or None
         Q-model of the OPE; None: ``auto`` when the installed OPE offers it, else ``tabular``
         for panels with categorical states and ``linear`` otherwise.
@@ -78,9 +79,10 @@ class SelectConfig:
         Which of the candidates that pass the bound is kept: the largest lower bound of the
         gain (default) or the largest estimated gain (the mean over the estimators of the point
         value minus the behaviour's). With candidates whose bound passes wrongly (a policy far
-        from the behaviour, a noisy estimate with a high point value), ``estimate`` keeps
-        exactly those: on the Garnet tuning seeds with deliberately unsafe candidates added it
-        kept one 0.071 below the behaviour under every estimator set tried, ``bound`` none.
+        from the behaviour, a noisy estimate with a high point value), ``estimate`` tends to
+        keep exactly those: on the Garnet tuning seeds with deliberately unsafe candidates
+        added it kept one 0.071 below the behaviour under every estimator set tried, ``bound``
+        none there (but on seeds 1-5 WDR with ``bound`` kept one too, see docs/learn.md).
     max_off_support_pct : float
         A candidate that puts more than this share (%) of its held-out mass on actions current
         practice (almost) never takes is not eligible: off the behaviour's support no OPE bound
