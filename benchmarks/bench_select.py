@@ -39,8 +39,16 @@ def _panel(cfg, n: int, seed: int):
 
 def run_one(name: str, seed: int, episodes: int, neural: list[str], neural_steps: int,
             bound: str = "paired", pvi: tuple | None = None, folds: int = 2,
-            refit_full: bool = False) -> dict:
-    """Exact values of every policy for one configuration and seed."""
+            refit_full: bool = False, estimators: tuple[str, ...] | None = None,
+            full_exact: bool = False, n_wedges: tuple[float, ...] | None = None) -> dict:
+    """Exact values of every policy for one configuration and seed.
+
+    ``estimators``: the OPE estimators of the selection (default: ``SelectConfig``'s); a
+    superset lets :func:`rescore` re-apply any rule over a subset of them to the same run.
+    ``full_exact``: also the exact value of every candidate retrained on all episodes
+    (``candidates_full``; what a rule that keeps it saves with ``folds = 2`` or
+    ``refit_full``), so that :func:`rescore` is exact, not the half-trained fit's value.
+    """
     from equicare.learn import SPIBB
     from equicare.learn._registry import LEARNERS
     from equicare.pipeline._select import SelectConfig, select_policy
@@ -56,7 +64,11 @@ def run_one(name: str, seed: int, episodes: int, neural: list[str], neural_steps
         return mdp.value(table)
 
     t0 = time.perf_counter()
-    extra = {} if pvi is None else {"pvi": pvi}
+    extra: dict = {} if pvi is None else {"pvi": pvi}
+    if n_wedges is not None:
+        extra["n_wedges"] = tuple(n_wedges)
+    if estimators is not None:
+        extra["estimators"] = tuple(estimators)
     res = select_policy(ds, SelectConfig(neural=(), seed=seed, bound=bound, folds=folds,
                                          refit_full=refit_full, **extra))
     sel_s = time.perf_counter() - t0
@@ -67,6 +79,19 @@ def run_one(name: str, seed: int, episodes: int, neural: list[str], neural_steps
            "behavior_estimate": exact(SPIBB(n_wedge=float("inf")).fit(ds).policy_),
            "behavior_heldout": res.behavior_value,
            "table": [c.to_dict() for c in res.candidates]}
+    # per candidate, per estimator: pooled point value and paired lower bound of the gain
+    row["bounds"] = {c.name: {k: {"value": e["value"], "gain_lcb": e["gain_lcb"]}
+                              for k, e in c.estimates.items()}
+                     for c in res.candidates if c.error is None and c.estimates}
+    if full_exact:
+        from equicare.pipeline._select import _candidate_specs, _fit
+
+        t1 = time.perf_counter()
+        row["candidates_full"] = {name: exact(_fit(algo, params, ds).policy_)
+                                  for name, algo, params in _candidate_specs(
+                                      ds, SelectConfig(neural=(), seed=seed, **extra))
+                                  if name in res.learners}
+        row["full_seconds"] = time.perf_counter() - t1
     for algo in neural:
         t1 = time.perf_counter()
         learner = LEARNERS[algo](n_steps=neural_steps, valid_fraction=0.0, seed=seed)
@@ -131,6 +156,94 @@ def reselect(rows: list[dict], names: set[str] | None = None, bound: str = "pair
         value = r["candidates"][chosen] if passed else r["behavior_estimate"]
         out.append({**r, "chosen": chosen, "selected": value})
     return out
+
+
+def merge_runs(rows: list[dict]) -> list[dict]:
+    """Join runs of the same configuration and seed that trained different candidates.
+
+    Candidates are evaluated independently (same split, Q-model seed and bootstrap counts), so
+    the tables of two runs with disjoint candidate sets are one run's table over their union
+    (checked: same behaviour held-out value).
+    """
+    out: dict[tuple[str, int], dict] = {}
+    for r in rows:
+        key = (r["config"], r["seed"])
+        if key not in out:
+            out[key] = {**r, "table": list(r["table"]), "candidates": dict(r["candidates"]),
+                        "candidates_full": dict(r.get("candidates_full") or {})}
+            continue
+        m = out[key]
+        if abs(m["behavior_heldout"] - r["behavior_heldout"]) > 1e-12:
+            raise ValueError(f"{key}: runs with different held-out behaviour values")
+        names = {c["name"] for c in m["table"]}
+        m["table"] += [c for c in r["table"] if c["name"] not in names]
+        m["candidates"].update(r["candidates"])
+        m["candidates_full"].update(r.get("candidates_full") or {})
+    return list(out.values())
+
+
+def rescore(rows: list[dict], estimators: tuple[str, ...], rank: str = "estimate",
+            names: set[str] | None = None) -> list[dict]:
+    """The rows as a paired rule over ``estimators`` would have chosen (offline, exact).
+
+    Each row must come from a run whose selection computed (at least) ``estimators``; the
+    choice is :func:`equicare.pipeline.choose_by_bounds` on the saved table, and its value is
+    the kept candidate's exact value retrained on all episodes (``candidates_full``, from
+    ``--full-exact``; without it the half-trained fit's, a pessimistic stand-in) or the
+    behaviour reproduction's when nothing passes.
+    """
+    from equicare.pipeline._select import choose_by_bounds
+
+    out = []
+    for r in rows:
+        table = [c for c in r["table"] if names is None or c["name"] in names]
+        chosen = choose_by_bounds(table, r["behavior_heldout"], tuple(estimators), rank)
+        values = r.get("candidates_full") or r["candidates"]
+        value = r["behavior_estimate"] if chosen == "behavior" else values[chosen]
+        out.append({**r, "chosen": chosen, "selected": value})
+    return out
+
+
+def compare_rules(rows: list[dict], rules: list[tuple[str, ...]],
+                  names: set[str] | None = None) -> list[dict]:
+    """Per rule: gap closed and (selected - behaviour) per row, mean gap, worst, fallbacks.
+
+    A rule is a tuple of estimators, optionally with ``"rank=bound"`` (keep the largest bound
+    among those that pass instead of the largest estimated gain).
+    """
+    out = []
+    for rule in rules:
+        ests = tuple(k for k in rule if not k.startswith("rank="))
+        rank = next((k[5:] for k in rule if k.startswith("rank=")), "estimate")
+        rs = rescore(rows, ests, rank, names)
+        per = [{"config": r["config"], "seed": r["seed"], "chosen": r["chosen"],
+                "gap": gap(r["selected"], r), "drop": r["selected"] - r["behavior"]}
+               for r in rs]
+        by_cfg = {}
+        for p in per:
+            by_cfg.setdefault(p["config"], []).append(p["gap"])
+        out.append({"rule": "+".join(rule), "rows": per,
+                    "mean_gap": float(np.mean([np.mean(v) for v in by_cfg.values()])),
+                    "worst": float(min(p["drop"] for p in per)),
+                    "fallbacks": sum(p["chosen"] == "behavior" for p in per)})
+    return out
+
+
+def print_rules(cmp: list[dict]) -> None:
+    """One line per (configuration, seed), one column per rule: gap closed (F: fallback)."""
+    head = f"{'config':16s} {'seed':>4s} " + " ".join(f"{c['rule']:>16s}" for c in cmp)
+    print(head)
+    for i, r0 in enumerate(cmp[0]["rows"]):
+        cells = []
+        for c in cmp:
+            p = c["rows"][i]
+            cells.append(f"{100 * p['gap']:+6.1f}% {'F' if p['chosen'] == 'behavior' else ' '}"
+                         f"{p['drop']:+.3f}")
+        print(f"{r0['config']:16s} {r0['seed']:4d} " + " ".join(f"{x:>16s}" for x in cells))
+    print(f"{'mean over configs':21s} " + " ".join(f"{100 * c['mean_gap']:15.1f}%"
+                                                  for c in cmp))
+    print(f"{'worst drop':21s} " + " ".join(f"{c['worst']:+16.4f}" for c in cmp))
+    print(f"{'fallbacks':21s} " + " ".join(f"{c['fallbacks']:16d}" for c in cmp))
 
 
 def time_cli(episodes: int = 5000) -> dict:
@@ -213,22 +326,48 @@ def main() -> None:
     ap.add_argument("--rank", choices=("estimate", "bound"), default="estimate")
     ap.add_argument("--candidates", nargs="*", default=None,
                     help="with --from: choose among these candidates only")
+    ap.add_argument("--estimators", nargs="*", default=None,
+                    help="OPE estimators of the selection (a superset lets --rules compare "
+                         "bound rules on the same run)")
+    ap.add_argument("--n-wedges", type=float, nargs="*", default=None,
+                    help="SPIBB candidates' N_wedge values (default: SelectConfig's)")
+    ap.add_argument("--full-exact", action="store_true",
+                    help="also the exact value of every candidate retrained on all episodes")
+    ap.add_argument("--rules", type=json.loads, default=None,
+                    help='bound rules to compare, JSON [["wis","wdr"],["wdr"],...]: per run, '
+                         "the candidate each keeps (paired bounds of every listed estimator "
+                         "above 0) and its exact value")
     args = ap.parse_args()
     rows = []
+    saved: list[dict] = []
     if args.saved is not None:
-        saved = json.loads(args.saved.read_text())["rows"]
+        for path in str(args.saved).split(","):
+            saved += json.loads(Path(path).read_text())["rows"]
         names = None if args.candidates is None else set(args.candidates)
-        rows = reselect(saved, names, args.bound, args.rank)
+        rows = merge_runs(saved) if args.rules else reselect(saved, names, args.bound,
+                                                              args.rank)
         args.configs = []
     for name in args.configs:
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             r = run_one(name, seed, args.episodes, args.neural, args.neural_steps, args.bound,
                         None if args.pvi is None else tuple(map(tuple, args.pvi)), args.folds,
-                        args.refit_full)
+                        args.refit_full,
+                        None if args.estimators is None else tuple(args.estimators),
+                        args.full_exact, None if args.n_wedges is None else tuple(args.n_wedges))
             rows.append(r)
+            if args.out:  # after every run: a long study keeps what it measured
+                args.out.write_text(json.dumps({"rows": rows}, indent=2, default=str) + "\n")
             print(f"{name} seed {seed}: selected {r['chosen']} gap {gap(r['selected'], r):+.3f}"
                   f" ({r['select_seconds']:.1f} s)"
                   + "".join(f" {a} {gap(r[a], r):+.3f}" for a in args.neural), flush=True)
+    if args.rules:
+        cmp = compare_rules(rows, [tuple(r) for r in args.rules],
+                            None if args.candidates is None else set(args.candidates))
+        print_rules(cmp)
+        if args.out and args.saved is not None:  # a fresh study's --out keeps its rows
+            args.out.write_text(json.dumps({"rules": cmp}, indent=2) + "\n")
+        if args.saved is not None:
+            return
     summary = summarise(rows, args.neural) if rows else []
     if summary:
         from rich.console import Console

@@ -15,6 +15,7 @@ _LAZY = {
     "SelectConfig": "equicare.pipeline._select",
     "SelectionResult": "equicare.pipeline._select",
     "select_policy": "equicare.pipeline._select",
+    "choose_by_bounds": "equicare.pipeline._select",
     "train_select": "equicare.pipeline._select",
 }
 

@@ -6,8 +6,9 @@ budget) are trained on the training episodes and evaluated on held-out episodes 
 :mod:`equicare.ope` (the computation of :func:`equicare.ope.evaluate`, one bootstrap count matrix
 shared by every candidate and the behaviour). By default (``bound="paired"``) a candidate's
 bound is the one-sided lower confidence bound of its improvement over the behaviour, from the
-same bootstrap replicates of both (paired); the candidate with the largest such bound is kept if
-the bound is above 0. Otherwise the result is a model folder that reproduces the behaviour policy.
+same bootstrap replicates of both (paired; WDR by default); the candidate with the largest such
+bound is kept if the bound is above 0. Otherwise the result is a model folder that reproduces the
+behaviour policy.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any, Literal
 from equicare.utils import atomic_write_text, check_param, config_to_dict
 
 __all__ = ["SelectConfig", "Candidate", "SelectionResult", "select_policy", "train_select",
-           "SELECTION_FILE", "default_q_model"]
+           "SELECTION_FILE", "default_q_model", "choose_by_bounds"]
 
 SELECTION_FILE = "selection.json"
 NEURAL = ("bc", "awr", "cql")
@@ -54,10 +55,13 @@ class SelectConfig:
         Share of episodes held out for the evaluation with ``folds = 1`` (stratified by the
         first group attribute).
     estimators : tuple of str
-        OPE estimators whose intervals rank the candidates: a candidate's lower bound is the
-        smallest of their lower bounds (every estimator must beat the behaviour). The default
-        pairs WIS (no Q-model) with WDR (the last one is the reported point value): on the
-        Garnet test bed a biased Q-model alone let unsafe candidates through.
+        OPE estimators whose paired bounds decide: a candidate's bound is the smallest of their
+        lower bounds (every estimator must beat the behaviour; the last one is the reported
+        point value). Default WDR alone (with ``rank="bound"``): on the Garnet test bed
+        (tuning seeds 101-105, then seeds 1-5; ``docs/learn.md``, "Which bound rule") it
+        closed more of the gap than WIS and WDR together, whose WIS bound is too wide on long
+        episodes with many actions, with the same worst case. Neither rule rejects every
+        unsafe candidate: with deliberately unsafe ones added, both kept one on seeds 1-5.
     q_model : str or None
         Q-model of the OPE; None: ``auto`` when the installed OPE offers it, else ``tabular``
         for panels with categorical states and ``linear`` otherwise.
@@ -72,10 +76,13 @@ class SelectConfig:
         bound. ``separate``: the candidate's own lower bound must exceed the behaviour's point
         value (looser: it ignores that both estimates move together).
     rank : {"estimate", "bound"}
-        Which of the candidates that pass the bound is kept: the largest estimated gain (the
-        mean over the estimators of the point value minus the behaviour's; default) or the
-        largest lower bound of the gain. The bound decides safety either way; ``estimate`` does
-        not let a low-variance small gain beat a larger one that also passed.
+        Which of the candidates that pass the bound is kept: the largest lower bound of the
+        gain (default) or the largest estimated gain (the mean over the estimators of the point
+        value minus the behaviour's). With candidates whose bound passes wrongly (a policy far
+        from the behaviour, a noisy estimate with a high point value), ``estimate`` tends to
+        keep exactly those: on the Garnet tuning seeds with deliberately unsafe candidates
+        added it kept one 0.071 below the behaviour under every estimator set tried, ``bound``
+        none there (but on seeds 1-5 WDR with ``bound`` kept one too, see docs/learn.md).
     max_off_support_pct : float
         A candidate that puts more than this share (%) of its held-out mass on actions current
         practice (almost) never takes is not eligible: off the behaviour's support no OPE bound
@@ -104,12 +111,12 @@ class SelectConfig:
     neural_steps: int = 500
     neural_hidden: tuple[int, ...] = (64, 64)
     valid_fraction: float = 0.3
-    estimators: tuple[str, ...] = ("wis", "wdr")
+    estimators: tuple[str, ...] = ("wdr",)
     q_model: str | None = None
     bootstrap: int = 200
     alpha: float = 0.1
     bound: Literal["paired", "separate"] = "paired"
-    rank: Literal["estimate", "bound"] = "estimate"
+    rank: Literal["estimate", "bound"] = "bound"
     max_off_support_pct: float = 1.0
     refit_full: bool = False
     folds: int = 2
@@ -614,6 +621,56 @@ def select_policy(dataset: Any, config: SelectConfig | None = None, *,
     say("no candidate's bound shows a gain over the behaviour: reproducing the behaviour policy")
     return SelectionResult(rows, behavior_value, behavior_ci, "behavior", True, beh, settings,
                            fitted)
+
+
+def choose_by_bounds(candidates: list[dict[str, Any]], behavior_value: float,
+                     estimators: tuple[str, ...], rank: str = "estimate") -> str:
+    """The candidate a paired rule over ``estimators`` keeps, from a saved candidates table.
+
+    For studies of the rule (``benchmarks/bench_select.py``): a :func:`select_policy` run with
+    a superset of estimators records, for every candidate, each estimator's pooled point value
+    and paired bound of the gain (``estimates[k]["value"]``, ``estimates[k]["gain_lcb"]``); each
+    is computed independently of the other estimators (same split, Q-model and bootstrap
+    counts), so this returns exactly what a run with ``estimators`` (``bound="paired"``) keeps.
+
+    Parameters
+    ----------
+    candidates : list of dict
+        Rows of :meth:`SelectionResult.to_dict` (``"candidates"``).
+    behavior_value : float
+        The behaviour's pooled held-out value.
+    estimators : tuple of str
+        Estimators whose paired bounds must all be above 0.
+    rank : {"estimate", "bound"}
+        As :attr:`SelectConfig.rank`.
+
+    Returns
+    -------
+    str
+        The kept candidate's name, or ``"behavior"`` when none passes.
+    """
+    import numpy as np
+
+    check_param(rank, "rank", "choose_by_bounds", choices=RANKS)
+    if not estimators:
+        raise ValueError("choose_by_bounds: estimators must name at least one estimator.")
+    best, best_key = "behavior", -math.inf
+    for c in candidates:
+        est = c.get("estimates") or {}
+        if c.get("error") is not None or not est:  # failed or not eligible
+            continue
+        missing = [k for k in estimators if k not in est]
+        if missing:
+            raise ValueError(f"Candidate {c.get('name')!r} has no held-out estimate for "
+                             f"{missing}; it has {sorted(est)}.")
+        lcb = min(float(est[k]["gain_lcb"]) for k in estimators)
+        if not (math.isfinite(lcb) and lcb > 0):
+            continue
+        gain = float(np.mean([float(est[k]["value"]) for k in estimators])) - behavior_value
+        key = gain if rank == "estimate" else lcb
+        if key > best_key:  # first on ties, as max() in select_policy
+            best, best_key = str(c["name"]), key
+    return best
 
 
 def train_select(data: str | os.PathLike[str], manifest: str | os.PathLike[str], *,
