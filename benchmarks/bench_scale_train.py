@@ -108,20 +108,17 @@ def _summary(runs: dict[float, list[dict[str, Any]]], sizes: tuple[float, ...], 
             f"buffer producer {top['producer_peak_mb']:.0f} MB (each its own peak)")
     if len(sizes) >= 2:
         lo, hi = sizes[0], sizes[-1]
-        med = [statistics.median(r["steps_per_second"] for r in runs[m]) for m in (lo, hi)]
-        pairs = [b["steps_per_second"] / a["steps_per_second"]
-                 for a, b in zip(runs[lo], runs[hi], strict=True)]
-        results[f"scale_train_bc_steps_per_s_ratio{suffix}"] = _entry(
-            med[1] / med[0], "x",
-            f"median steps/s at {hi:g}M rows over {lo:g}M (>= 1: no slower on the larger "
-            f"panel); per-round ratios {min(pairs):.2f}-{max(pairs):.2f}; {how}")
-        wall = [statistics.median(r["wall_steps_per_second"] for r in runs[m]) for m in (lo, hi)]
-        wpairs = [b["wall_steps_per_second"] / a["wall_steps_per_second"]
-                  for a, b in zip(runs[lo], runs[hi], strict=True)]
-        results[f"scale_train_bc_wall_steps_per_s_ratio{suffix}"] = _entry(
-            wall[1] / wall[0], "x",
-            f"median wall-clock steps/s (waits for data included) at {hi:g}M rows over {lo:g}M; "
-            f"per-round ratios {min(wpairs):.2f}-{max(wpairs):.2f}; {how}")
+        for key, name, what in (
+                ("steps_per_second", "steps_per_s_ratio",
+                 "median steps/s at {hi}M rows over {lo}M (>= 1: no slower on the larger panel)"),
+                ("wall_steps_per_second", "wall_steps_per_s_ratio",
+                 "median wall-clock steps/s (waits for data included) at {hi}M rows over {lo}M")):
+            med = [statistics.median(r[key] for r in runs[m]) for m in (lo, hi)]
+            pairs = [b[key] / a[key] for a, b in zip(runs[lo], runs[hi], strict=True)]
+            results[f"scale_train_bc_{name}{suffix}"] = _entry(
+                med[1] / med[0], "x",
+                f"{what.format(hi=f'{hi:g}', lo=f'{lo:g}')}; per-round ratios "
+                f"{min(pairs):.2f}-{max(pairs):.2f}; {how}")
     return results
 
 
