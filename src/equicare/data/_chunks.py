@@ -134,12 +134,7 @@ def _batches(path: Path, man: Manifest, columns: list[str], batch_rows: int = BA
     kind = _source_kind(path)
     try:
         if kind in ("parquet", "parquet_dir"):
-            import pyarrow.dataset as pads
-
-            files = [str(path)] if kind == "parquet" else parquet_files(path)
-            ds = pads.dataset(files, format="parquet",
-                              partitioning="hive" if kind == "parquet_dir" else None,
-                              partition_base_dir=str(path) if kind == "parquet_dir" else None)
+            ds = _parquet_dataset(path)
             _check_columns(path, ds.schema.names, columns, man)
             # no read-ahead across files: Arrow's default (4 files, 16 batches) buffers whole
             # files and made the peak grow with the number of parts (+270 MB at 5M rows)
@@ -546,13 +541,18 @@ class ShardSpec:
     categorical_levels: dict[str, tuple[Any, ...]]
 
 
-def _row_groups(path: Path) -> list[tuple[Any, int]]:
-    """Row-group fragments of a Parquet panel in storage order, with their row counts."""
+def _parquet_dataset(path: Path) -> Any:
+    """A Parquet file, or a folder of Parquet files (hive-partitioned or not): an Arrow dataset."""
     import pyarrow.dataset as pads
 
-    files = [str(path)] if path.is_file() else parquet_files(path)
-    ds = pads.dataset(files, format="parquet", partitioning=None if path.is_file() else "hive",
-                      partition_base_dir=None if path.is_file() else str(path))
+    if path.is_file():
+        return pads.dataset([str(path)], format="parquet")
+    return pads.dataset(parquet_files(path), format="parquet", partitioning="hive",
+                        partition_base_dir=str(path))
+
+
+def _row_groups(ds: Any) -> list[tuple[Any, int]]:
+    """Row-group fragments of a Parquet dataset in storage order, with their row counts."""
     out = []
     for frag in ds.get_fragments():
         for rg in frag.split_by_row_group():
@@ -608,14 +608,11 @@ def _range_batches(path: str, man: Manifest, ranges: list[tuple[int, int]]) -> I
     Only the row groups a range overlaps are read; the ranges may come in any order.
     """
     import pyarrow as pa
-    import pyarrow.dataset as pads
 
-    p = Path(path)
     cols = _columns(man)
-    files = [str(p)] if p.is_file() else parquet_files(p)
-    schema = pads.dataset(files, format="parquet", partitioning=None if p.is_file() else "hive",
-                          partition_base_dir=None if p.is_file() else str(p)).schema
-    groups = _row_groups(p)
+    ds = _parquet_dataset(Path(path))
+    schema = ds.schema
+    groups = _row_groups(ds)
     bounds = np.r_[0, np.cumsum([n for _, n in groups])].astype(np.int64)
     for start, stop in ranges:
         first = int(np.searchsorted(bounds, start, side="right")) - 1
@@ -688,7 +685,7 @@ def sample_ranges(
     if not random_access(p, scan):
         raise DataValidationError(f"{p}: row ranges are read from a clustered Parquet panel "
                                   "(equicare.data.cluster_panel writes one).")
-    sizes = np.array([n for _, n in _row_groups(p)], dtype=np.int64)
+    sizes = np.array([n for _, n in _row_groups(_parquet_dataset(p))], dtype=np.int64)
     rg_bounds = np.cumsum(sizes)[:-1]
     stride = max(1, int(round(unit_rows / max(float(np.median(sizes)), 1.0))))
     starts = np.r_[0, np.cumsum(scan.lengths)].astype(np.int64)  # episode starts + the end

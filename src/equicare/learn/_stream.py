@@ -356,6 +356,7 @@ def fit_stream(
     """
     from equicare._progress import progress_task
     from equicare.data import iter_chunks, scan_panel
+    from equicare.data._chunks import random_access, sample_ranges
     from equicare.data._io import _manifest_of
     from equicare.ope._stream_behavior import _concat
 
@@ -400,8 +401,6 @@ def fit_stream(
     # the producer needs the scan's levels and layout, not its per-episode arrays
     slim = dataclasses.replace(scan, episode_ids=scan.episode_ids[:0],
                                lengths=scan.lengths[:0], episode_groups={})
-    from equicare.data._chunks import random_access, sample_ranges
-
     budget = None if read_factor is None else math.ceil(read_factor * n_steps * cfg.batch_size)
     ranges = None
     if budget is not None and budget < scan.n_rows and random_access(source, scan):

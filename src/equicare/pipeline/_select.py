@@ -598,9 +598,8 @@ def select_policy(dataset: Any, config: SelectConfig | None = None, *,
                               eval_seconds=time.perf_counter() - t1, estimates=ho.estimates,
                               error=note))
         fitted[name] = learner
-    passed = [c for c in rows if math.isfinite(c.lcb_gain) and c.lcb_gain > 0]
-    key = (lambda c: c.gain) if cfg.rank == "estimate" else (lambda c: c.lcb_gain)
-    best = max(passed, key=key) if passed else None
+    kept = _keep([(c.name, c.gain, c.lcb_gain) for c in rows], cfg.rank)
+    best = next(c for c in rows if c.name == kept) if kept is not None else None
     rule = ("among the candidates whose " + ("paired lower bound of the gain over the "
             "behaviour is above 0" if cfg.bound == "paired" else "lower bound beats the "
             "behaviour's held-out value") + ", keep the largest " + (
@@ -621,6 +620,19 @@ def select_policy(dataset: Any, config: SelectConfig | None = None, *,
     say("no candidate's bound shows a gain over the behaviour: reproducing the behaviour policy")
     return SelectionResult(rows, behavior_value, behavior_ci, "behavior", True, beh, settings,
                            fitted)
+
+
+def _keep(scored: list[tuple[str, float, float]], rank: str) -> str | None:
+    """The selection rule on ``(name, estimated gain, lower bound of the gain)`` triples.
+
+    Among the candidates whose bound is finite and above 0, the first with the largest
+    estimated gain (``rank="estimate"``) or bound (``"bound"``); None when none passes.
+    """
+    passed = [s for s in scored if math.isfinite(s[2]) and s[2] > 0]
+    if not passed:
+        return None
+    i = 1 if rank == "estimate" else 2
+    return max(passed, key=lambda s: s[i])[0]
 
 
 def choose_by_bounds(candidates: list[dict[str, Any]], behavior_value: float,
@@ -654,7 +666,7 @@ def choose_by_bounds(candidates: list[dict[str, Any]], behavior_value: float,
     check_param(rank, "rank", "choose_by_bounds", choices=RANKS)
     if not estimators:
         raise ValueError("choose_by_bounds: estimators must name at least one estimator.")
-    best, best_key = "behavior", -math.inf
+    scored = []
     for c in candidates:
         est = c.get("estimates") or {}
         if c.get("error") is not None or not est:  # failed or not eligible
@@ -663,14 +675,12 @@ def choose_by_bounds(candidates: list[dict[str, Any]], behavior_value: float,
         if missing:
             raise ValueError(f"Candidate {c.get('name')!r} has no held-out estimate for "
                              f"{missing}; it has {sorted(est)}.")
-        lcb = min(float(est[k]["gain_lcb"]) for k in estimators)
-        if not (math.isfinite(lcb) and lcb > 0):
-            continue
-        gain = float(np.mean([float(est[k]["value"]) for k in estimators])) - behavior_value
-        key = gain if rank == "estimate" else lcb
-        if key > best_key:  # first on ties, as max() in select_policy
-            best, best_key = str(c["name"]), key
-    return best
+        scored.append((str(c["name"]),
+                       float(np.mean([float(est[k]["value"]) for k in estimators]))
+                       - behavior_value,
+                       min(float(est[k]["gain_lcb"]) for k in estimators)))
+    kept = _keep(scored, rank)
+    return "behavior" if kept is None else kept
 
 
 def train_select(data: str | os.PathLike[str], manifest: str | os.PathLike[str], *,
