@@ -315,9 +315,9 @@ def main() -> None:
     ap.add_argument("--bound", choices=("paired", "separate"), default="paired")
     ap.add_argument("--pvi", type=json.loads, default=None,
                     help='PVI candidates as JSON [[beta, prior, mix, tau], ...] ("[]": SPIBB only)')
-    ap.add_argument("--folds", type=int, choices=(1, 2), default=2,
-                    help="2 (default): cross-fitted selection (candidates' exact values: the "
-                         "first half's fit); 1: one 70/30 split")
+    ap.add_argument("--folds", type=int, default=2,
+                    help="K >= 2: K-fold cross-fitted selection (default 2; candidates' exact "
+                         "values: the first fold's fit); 1: one 70/30 split")
     ap.add_argument("--refit-full", action="store_true",
                     help="with --folds 1: retrain the chosen candidate on all episodes")
     ap.add_argument("--out", type=Path, default=None)

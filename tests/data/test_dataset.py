@@ -57,6 +57,30 @@ def test_split_is_reproducible_and_disjoint(ds):
     assert va.n_episodes == pytest.approx(0.25 * ds.n_episodes, abs=3)
 
 
+def test_kfold_holds_every_episode_out_once_keeping_strata(ds):
+    pairs = ds.kfold(4, random_state=3, stratify="race")
+    assert len(pairs) == 4
+    held = np.concatenate([va.episode_ids for _, va in pairs])
+    np.testing.assert_array_equal(np.sort(held), np.sort(ds.episode_ids))  # a partition
+    labels = np.asarray(ds.group_labels("race"))
+    for tr, va in pairs:
+        assert set(tr.episode_ids).isdisjoint(va.episode_ids)
+        assert tr.n_episodes + va.n_episodes == ds.n_episodes
+        assert tr.n_steps + va.n_steps == ds.n_steps
+        # every stratum is dealt evenly: per fold within one episode of n / 4
+        va_labels = np.asarray(va.group_labels("race"))
+        for g in np.unique(labels):
+            assert abs((va_labels == g).sum() - (labels == g).sum() / 4) <= 1
+    again = ds.kfold(4, random_state=3, stratify="race")
+    for (_, a), (_, b) in zip(pairs, again, strict=True):
+        np.testing.assert_array_equal(a.episode_ids, b.episode_ids)
+    other = ds.kfold(4, random_state=4, stratify="race")
+    assert not np.array_equal(pairs[0][1].episode_ids, other[0][1].episode_ids)
+    for bad in (1, 2.0, True):
+        with pytest.raises(ValueError, match="n_folds"):
+            ds.kfold(bad)  # type: ignore[arg-type]
+
+
 def test_reweighting(ds):
     ds2 = ds.with_reward_weights({"engagement": 0.0})
     np.testing.assert_allclose(ds2.rewards, ds.reward_components[:, 0])

@@ -143,8 +143,49 @@ def test_cross_fitting_pools_both_halves_and_refits_on_all() -> None:
     full = PVI(prior=20.0, mix=0.5, tau=0.1).fit(ds)
     np.testing.assert_array_equal(res.learner.counts_, full.counts_)
     np.testing.assert_array_equal(res.learner.policy_.table, full.policy_.table)
-    with pytest.raises(ValueError, match="folds"):
-        SelectConfig(folds=3)
+    for bad in (0, 21, 2.5):
+        with pytest.raises(ValueError, match="folds"):
+            SelectConfig(folds=bad)  # type: ignore[arg-type]
+
+
+def test_k_fold_cross_fitting_holds_every_episode_out_once() -> None:
+    """folds = K > 2: the K held-out evaluations (each fold's policy trained on the other
+    K - 1 folds) are pooled with weights = held-out episodes, so the behaviour's pooled value
+    is the mean return of every episode; the kept candidate is retrained on all episodes and
+    is not below the clinicians in exact value."""
+    from equicare.learn import PVI
+    from equicare.pipeline._select import _cross_fitted, _held_out
+
+    mdp, ds = _panel(5, 2000)
+    cfg = SelectConfig(bootstrap=60, seed=5, pvi=((0.3, 20.0, 0.5, 0.1),), n_wedges=(),
+                       neural=(), folds=4)
+    res = select_policy(ds, cfg)
+    assert res.settings["rule"].startswith("cross-fitted on 4 folds")
+    assert res.settings["n_valid_episodes"] == ds.n_episodes
+    # the same pooling by hand: folds from kfold, evaluation seeds seed + k
+    from dataclasses import replace
+
+    from equicare.pipeline._select import _Completed, _fit
+
+    beh = _fit("spibb", {"n_wedge": float("inf"), "numeric": "ignore"}, ds).policy_
+    pairs = ds.kfold(4, random_state=5, stratify="group")
+    parts = [_held_out(va, _Completed(PVI(prior=20.0, mix=0.5, tau=0.1).fit(tr).policy_, beh),
+                       replace(cfg, seed=5 + k), res.settings["q_model"])
+             for k, (tr, va) in enumerate(pairs)]
+    pooled = _cross_fitted(parts, cfg)
+    returns = np.add.reduceat(ds.rewards, ds.episode_offsets[:-1])
+    assert pooled.behavior_value == pytest.approx(float(returns.mean()))
+    w = np.array([va.n_episodes for _, va in pairs], dtype=float) / ds.n_episodes
+    assert pooled.point["wdr"] == pytest.approx(sum(wi * p.point["wdr"]
+                                                    for wi, p in zip(w, parts, strict=True)))
+    cand = res.candidates[0]
+    assert cand.estimates["wdr"]["value"] == pytest.approx(pooled.point["wdr"])
+    assert cand.lcb_gain == pytest.approx(pooled.lcb_gain)
+    assert not res.fallback
+    full = PVI(prior=20.0, mix=0.5, tau=0.1).fit(ds)
+    np.testing.assert_array_equal(res.learner.policy_.table, full.policy_.table)
+    table, _ = garnet_policy_table(mdp, ds, res.learner.policy_)
+    assert mdp.value(table) > mdp.value(mdp.behavior_policy) + 0.01
 
 
 def test_policies_off_the_support_are_not_eligible() -> None:

@@ -446,6 +446,52 @@ class TrajectoryDataset:
             is_valid[order[-1]] = False
         return self.subset(~is_valid), self.subset(is_valid)
 
+    def kfold(
+        self,
+        n_folds: int,
+        random_state: RandomState = None,
+        stratify: str | None = None,
+    ) -> list[tuple[TrajectoryDataset, TrajectoryDataset]]:
+        """Split episodes into ``n_folds`` folds: one (train, held-out) pair per fold.
+
+        Every episode is held out exactly once. Within each stratum the episodes are shuffled
+        and dealt to the folds in turn, so fold sizes differ by at most one per stratum.
+
+        Parameters
+        ----------
+        n_folds : int >= 2
+        random_state : int, Generator or None
+        stratify : str, optional
+            Group attribute whose proportions every fold keeps.
+
+        Returns
+        -------
+        list of (TrajectoryDataset, TrajectoryDataset)
+            ``n_folds`` pairs; the held-out parts partition the episodes.
+        """
+        if isinstance(n_folds, bool) or not isinstance(n_folds, int | np.integer) \
+                or n_folds < 2:
+            raise InvalidParameterError(f"n_folds must be an int >= 2, got {n_folds!r}.")
+        if self.n_episodes < n_folds:
+            raise InvalidParameterError(
+                f"Need at least {n_folds} episodes for {n_folds} folds, got {self.n_episodes}.")
+        rng = check_random_state(random_state)
+        keys = (
+            np.zeros(self.n_episodes, dtype=np.int64)
+            if stratify is None
+            else np.unique(self.group_labels(stratify), return_inverse=True)[1]
+        )
+        order = np.lexsort((rng.random(self.n_episodes), keys))
+        ks = keys[order]
+        starts = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]])
+        sizes = np.diff(np.r_[starts, ks.size])
+        rank = np.arange(ks.size) - np.repeat(starts, sizes)
+        # deal each stratum from a random fold on, so small strata do not all start at fold 0
+        shift = np.repeat(rng.integers(0, n_folds, size=starts.size), sizes)
+        fold = np.empty(self.n_episodes, dtype=np.int64)
+        fold[order] = (rank + shift) % n_folds
+        return [(self.subset(fold != k), self.subset(fold == k)) for k in range(n_folds)]
+
     def with_reward_weights(self, weights: dict[str, float]) -> TrajectoryDataset:
         """Same data with other reward-component weights (unknown names raise ``KeyError``)."""
         w = self.reward_weights.copy()

@@ -92,13 +92,17 @@ class SelectConfig:
         bound was computed for the candidate trained on the training episodes only; False keeps
         that one). Held-out rows of cells a candidate never saw are then evaluated with the
         behaviour reproduction (the refitted policy sees those cells).
-    folds : {1, 2}
+    folds : int in [1, 20]
         2 (default): cross-fitting. The episodes are halved; each candidate is trained on one
         half and evaluated on the other and vice versa; the two held-out evaluations are pooled
         (every episode is held out once; values and bootstrap replicates weighted by held-out
         episodes), and the chosen candidate is retrained on all episodes (``valid_fraction``
         and ``refit_full`` unused). The bound is one of the mean value of the two half-trained
-        policies, not of the saved one. 1: one split, ``valid_fraction`` held out.
+        policies, not of the saved one. ``K > 2``: the same with ``K`` folds
+        (:meth:`TrajectoryDataset.kfold`, stratified like the halves): each candidate is
+        trained ``K`` times on ``K - 1`` folds, so the policies bounded are closer to the
+        saved one, and each fold's OPE sees ``1 / K`` of the episodes. 1: one split,
+        ``valid_fraction`` held out.
     seed : int
     """
 
@@ -170,7 +174,8 @@ class SelectConfig:
         check_param(self.alpha, "alpha", o, kind=(int, float), low=0, high=1,
                     low_inclusive=False, high_inclusive=False)
         check_param(self.refit_full, "refit_full", o, kind=bool)
-        check_param(self.folds, "folds", o, choices=(1, 2))
+        check_param(self.folds, "folds", o, kind=int, low=1, high=20,
+                    expected="an int in [1, 20]")
         check_param(self.seed, "seed", o, kind=int, low=0, expected="an int >= 0")
 
     def to_dict(self) -> dict[str, Any]:
@@ -545,6 +550,11 @@ def select_policy(dataset: Any, config: SelectConfig | None = None, *,
         train, valid = half_a, half_b
         say(f"cross-fitting on two halves of {half_a.n_episodes} and {half_b.n_episodes} "
             f"episodes")
+    elif cfg.folds > 2:
+        pairs = dataset.kfold(cfg.folds, random_state=cfg.seed, stratify=strat)
+        folds = [(tr, va, replace(cfg, seed=cfg.seed + k)) for k, (tr, va) in enumerate(pairs)]
+        train, valid = pairs[0]
+        say(f"cross-fitting on {cfg.folds} folds of about {valid.n_episodes} held-out episodes")
     else:
         train, valid = dataset.split(cfg.valid_fraction, random_state=cfg.seed, stratify=strat)
         folds = [(train, valid, cfg)]
@@ -553,7 +563,7 @@ def select_policy(dataset: Any, config: SelectConfig | None = None, *,
     say(f"OPE {', '.join(cfg.estimators)} with the {q_model} Q-model")
     numeric = "ignore" if _discrete(dataset) else "bin"
     beh = _fit("spibb", {"n_wedge": float("inf"), "numeric": numeric}, dataset)
-    refit = cfg.refit_full or cfg.folds == 2
+    refit = cfg.refit_full or cfg.folds >= 2
 
     def judged(policy: Any) -> Any:  # what the held-out rows of unseen cells will get
         return _Completed(policy, beh.policy_) if refit and hasattr(policy, "cell_index") \
@@ -607,9 +617,10 @@ def select_policy(dataset: Any, config: SelectConfig | None = None, *,
     settings = {"config": cfg.to_dict(), "q_model": q_model,
                 "n_train_episodes": train.n_episodes, "n_valid_episodes": valid.n_episodes,
                 "rule": rule + ", else reproduce the behaviour policy"}
-    if cfg.folds == 2:
+    if cfg.folds >= 2:
         settings["n_train_episodes"] = settings["n_valid_episodes"] = dataset.n_episodes
-        settings["rule"] = "cross-fitted on two halves: " + settings["rule"]
+        settings["rule"] = ("cross-fitted on two halves: " if cfg.folds == 2 else
+                            f"cross-fitted on {cfg.folds} folds: ") + settings["rule"]
     if best is not None:
         learner = fitted[best.name]
         if refit:
