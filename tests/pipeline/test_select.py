@@ -153,8 +153,10 @@ def test_k_fold_cross_fitting_holds_every_episode_out_once() -> None:
     K - 1 folds) are pooled with weights = held-out episodes, so the behaviour's pooled value
     is the mean return of every episode; the kept candidate is retrained on all episodes and
     is not below the clinicians in exact value."""
+    from dataclasses import replace
+
     from equicare.learn import PVI
-    from equicare.pipeline._select import _cross_fitted, _held_out
+    from equicare.pipeline._select import _Completed, _cross_fitted, _fit, _held_out
 
     mdp, ds = _panel(5, 2000)
     cfg = SelectConfig(bootstrap=60, seed=5, pvi=((0.3, 20.0, 0.5, 0.1),), n_wedges=(),
@@ -163,10 +165,6 @@ def test_k_fold_cross_fitting_holds_every_episode_out_once() -> None:
     assert res.settings["rule"].startswith("cross-fitted on 4 folds")
     assert res.settings["n_valid_episodes"] == ds.n_episodes
     # the same pooling by hand: folds from kfold, evaluation seeds seed + k
-    from dataclasses import replace
-
-    from equicare.pipeline._select import _Completed, _fit
-
     beh = _fit("spibb", {"n_wedge": float("inf"), "numeric": "ignore"}, ds).policy_
     pairs = ds.kfold(4, random_state=5, stratify="group")
     parts = [_held_out(va, _Completed(PVI(prior=20.0, mix=0.5, tau=0.1).fit(tr).policy_, beh),

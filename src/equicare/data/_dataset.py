@@ -406,6 +406,26 @@ class TrajectoryDataset:
         labels = self.group_labels(attr)
         return {lv: self.subset(labels == lv) for lv in np.unique(labels)}
 
+    def _stratum_ranks(self, rng: np.random.Generator, stratify: str | None
+                       ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
+        """Episodes shuffled within strata: ``(order, sizes, rank)``.
+
+        ``order`` lists the episodes stratum by stratum, in random order within each;
+        ``sizes`` are the strata's sizes in that order; ``rank[i]`` is the position of
+        ``order[i]`` within its stratum. One ``rng.random(n_episodes)`` draw.
+        """
+        keys = (
+            np.zeros(self.n_episodes, dtype=np.int64)
+            if stratify is None
+            else np.unique(self.group_labels(stratify), return_inverse=True)[1]
+        )
+        order = np.lexsort((rng.random(self.n_episodes), keys))
+        ks = keys[order]
+        starts = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]])
+        sizes = np.diff(np.r_[starts, ks.size])
+        rank = np.arange(ks.size) - np.repeat(starts, sizes)
+        return order, sizes, rank
+
     def split(
         self,
         valid_fraction: float = 0.2,
@@ -426,19 +446,9 @@ class TrajectoryDataset:
         if self.n_episodes < 2:
             raise InvalidParameterError("Need at least 2 episodes to split.")
         rng = check_random_state(random_state)
-        keys = (
-            np.zeros(self.n_episodes, dtype=np.int64)
-            if stratify is None
-            else np.unique(self.group_labels(stratify), return_inverse=True)[1]
-        )
+        # within each stratum, the lowest-ranked fraction goes to validation
+        order, sizes, rank = self._stratum_ranks(rng, stratify)
         is_valid = np.zeros(self.n_episodes, dtype=bool)
-        u = rng.random(self.n_episodes)
-        # within each stratum, the lowest-u fraction goes to validation
-        order = np.lexsort((u, keys))
-        ks = keys[order]
-        starts = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]])
-        sizes = np.diff(np.r_[starts, ks.size])
-        rank = np.arange(ks.size) - np.repeat(starts, sizes)
         n_valid = np.maximum(1, np.round(sizes * valid_fraction)).astype(np.int64)
         n_valid = np.minimum(n_valid, np.maximum(sizes - 1, 1))
         is_valid[order] = rank < np.repeat(n_valid, sizes)
@@ -476,18 +486,9 @@ class TrajectoryDataset:
             raise InvalidParameterError(
                 f"Need at least {n_folds} episodes for {n_folds} folds, got {self.n_episodes}.")
         rng = check_random_state(random_state)
-        keys = (
-            np.zeros(self.n_episodes, dtype=np.int64)
-            if stratify is None
-            else np.unique(self.group_labels(stratify), return_inverse=True)[1]
-        )
-        order = np.lexsort((rng.random(self.n_episodes), keys))
-        ks = keys[order]
-        starts = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]])
-        sizes = np.diff(np.r_[starts, ks.size])
-        rank = np.arange(ks.size) - np.repeat(starts, sizes)
+        order, sizes, rank = self._stratum_ranks(rng, stratify)
         # deal each stratum from a random fold on, so small strata do not all start at fold 0
-        shift = np.repeat(rng.integers(0, n_folds, size=starts.size), sizes)
+        shift = np.repeat(rng.integers(0, n_folds, size=sizes.size), sizes)
         fold = np.empty(self.n_episodes, dtype=np.int64)
         fold[order] = (rank + shift) % n_folds
         return [(self.subset(fold != k), self.subset(fold == k)) for k in range(n_folds)]
