@@ -201,6 +201,17 @@ def test_tilted_pvi_on_a_700_state_garnet() -> None:
     mdp, ds = _panel(7, n=5000, cfg=garnet_preset("s700_a25_g1"))
     vb = mdp.value(mdp.behavior_policy)
     vo = mdp.value(garnet_target_policies(mdp)["optimal"])
-    tilt = (_exact(mdp, ds, PVI(prior=20.0, tau=0.1).fit(ds)) - vb) / (vo - vb)
+    tilted = PVI(prior=20.0, tau=0.1).fit(ds)
+    tilt = (_exact(mdp, ds, tilted) - vb) / (vo - vb)
     plain = (_exact(mdp, ds, PVI(prior=20.0).fit(ds)) - vb) / (vo - vb)
     assert tilt > 0.45 and tilt > plain + 0.1, (tilt, plain)
+    # the tilted mode chooses among logged actions only: with the known baseline every
+    # unlogged action has the clinicians' remainder, which is left to them, never chosen
+    pol = tilted.policy_
+    logged = np.zeros((pol.n_cells, ds.n_actions), dtype=bool)
+    logged[pol.cell_index(ds), ds.actions] = True
+    table, deferred = pol.table[:-1], pol.deferred[:-1]
+    assert (deferred == (~logged & (table > 0))).all()
+    mixed = PVI(prior=20.0, tau=0.1, mix=0.5).fit(ds).policy_  # half of it left to them
+    np.testing.assert_allclose((mixed.table[:-1] * ~logged).sum(axis=1),
+                               0.5 * (tilted.behavior_ * ~logged).sum(axis=1), atol=1e-12)

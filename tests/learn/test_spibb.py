@@ -53,21 +53,51 @@ def test_infinite_wedge_reproduces_the_behaviour_estimate() -> None:
     m = SPIBB(n_wedge=float("inf")).fit(ds)
     np.testing.assert_allclose(m.policy_.table[:-1], m.behavior_)
     assert m.bootstrapped_.all()
-    # logged propensities: the true behaviour renormalised over the logged actions
     from equicare.sim.garnet import garnet_state_index
 
     s = garnet_state_index(ds)
     probs = m.action_probs(ds)
-    logged = np.zeros((ds.n_steps, ds.n_actions), dtype=bool)
     n_sa = np.zeros((mdp.n_states, ds.n_actions), dtype=bool)
     n_sa[s, ds.actions] = True
     logged = n_sa[s]
-    want = np.where(logged, mdp.behavior_policy[s], 0.0)
-    want /= want.sum(axis=1, keepdims=True)
-    np.testing.assert_allclose(probs, want, atol=1e-12)
+    b = mdp.behavior_policy[s]
+    # default with logged propensities (the known baseline): the true probability of every
+    # logged action, the rest spread evenly over the unlogged ones and left to the clinicians
+    rest = 1.0 - np.where(logged, b, 0.0).sum(axis=1, keepdims=True)
+    n_un = (~logged).sum(axis=1, keepdims=True)
+    want = np.where(logged, b, rest / np.maximum(n_un, 1))
+    np.testing.assert_allclose(probs, want / want.sum(axis=1, keepdims=True), atol=1e-12)
+    assert (~logged & (probs > 0)).any()
+    np.testing.assert_array_equal(m.policy_.deferred_mask(ds), ~logged & (probs > 0))
+    table, _ = garnet_policy_table(mdp, ds, m.policy_)  # so its exact value is the clinicians'
+    assert mdp.value(table) == pytest.approx(mdp.value(mdp.behavior_policy), abs=1e-12)
+    # behavior="logged": the true behaviour renormalised over the logged actions, no deferral
+    renorm = SPIBB(n_wedge=float("inf"), behavior="logged").fit(ds)
+    want = np.where(logged, b, 0.0)
+    np.testing.assert_allclose(renorm.action_probs(ds), want / want.sum(axis=1, keepdims=True),
+                               atol=1e-12)
+    assert renorm.policy_.deferred is None
     counts = SPIBB(n_wedge=float("inf"), behavior="counts").fit(ds)
     freq = np.bincount(s * 5 + ds.actions, minlength=250).reshape(50, 5)[s].astype(float)
     np.testing.assert_allclose(counts.action_probs(ds), freq / freq.sum(1, keepdims=True))
+
+
+def test_known_baseline_keeps_logged_propensities_and_renormalises_an_excess() -> None:
+    from equicare.learn._spibb import behavior_table
+
+    # cell 0: actions 0 and 1 logged at 0.5 and 0.2 -> 0.3 left for actions 2 and 3;
+    # cell 1: propensities averaging above 1 in total -> renormalised, nothing left over
+    n_all = np.array([[2.0, 1.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
+    flat = np.array([0, 0, 1, 4, 5])
+    prob = np.array([0.4, 0.6, 0.2, 0.9, 0.6])
+    pb = behavior_table(n_all, flat, prob, "known")
+    np.testing.assert_allclose(pb, [[0.5, 0.2, 0.15, 0.15], [0.6, 0.4, 0.0, 0.0]])
+    np.testing.assert_allclose(behavior_table(n_all, flat, prob, "logged"),
+                               [[5 / 7, 2 / 7, 0, 0], [0.6, 0.4, 0, 0]])
+    np.testing.assert_allclose(behavior_table(n_all, flat, None, "auto"),
+                               [[2 / 3, 1 / 3, 0, 0], [0.5, 0.5, 0, 0]])
+    with pytest.raises(DataValidationError, match="behavior='known' needs logged propens"):
+        behavior_table(n_all, flat, None, "known")
 
 
 def _censor_frame(terminal_last: bool) -> pd.DataFrame:
@@ -115,6 +145,9 @@ def test_save_load_and_load_policy(tmp_path) -> None:
     assert isinstance(pol, CellPolicy)
     np.testing.assert_array_equal(pol.action_probs(ds), m.action_probs(ds))
     assert back.config == m.config
+    # what is left to current practice survives the model folder
+    assert m.policy_.deferred is not None and m.policy_.deferred_share() > 0
+    np.testing.assert_array_equal(pol.deferred_mask(ds), m.policy_.deferred_mask(ds))
 
 
 def test_unseen_cells_get_the_fallback_row() -> None:
@@ -128,6 +161,7 @@ def test_unseen_cells_get_the_fallback_row() -> None:
     assert new.any()
     np.testing.assert_allclose(probs[new], np.broadcast_to(m.policy_.table[-1],
                                                            (new.sum(), 5)))
+    assert m.policy_.deferred_mask(other)[new].all()  # and are left to current practice
 
 
 def test_numeric_states_refused_or_binned() -> None:

@@ -213,6 +213,35 @@ def test_policies_off_the_support_are_not_eligible() -> None:
     assert res.chosen != "bc" or _off_support_pct(ds, ds, res.learner.policy_) <= 1.0
 
 
+def test_the_clinicians_unlogged_remainder_is_theirs_not_off_the_support() -> None:
+    """With the known baseline a candidate leaves the clinicians' unlogged mass to them: the
+    support check counts only what a candidate adds beyond its own training baseline."""
+    from dataclasses import replace
+
+    from equicare.learn import SPIBB
+    from equicare.pipeline._select import _Completed, _off_support_pct, _own_baseline
+
+    cfg = GarnetConfig(n_states=400, n_actions=10, n_successors=3)
+    _, ds = _panel(3, 600, cfg)
+    train, valid = ds.split(0.5, random_state=0)
+    beh = SPIBB(n_wedge=float("inf")).fit(ds).policy_
+    cand = SPIBB(n_wedge=10).fit(train)
+    pol, own = _Completed(cand.policy_, beh), _Completed(_own_baseline(cand), beh)
+    raw = _off_support_pct(ds, valid, pol)
+    assert raw > 1.0  # the clinicians' own remainder sits on actions never logged in a cell
+    assert _off_support_pct(ds, valid, pol, own) == pytest.approx(0.0, abs=1e-9)
+    # against the full panel's baseline instead, the halves' different remainders would count
+    assert _off_support_pct(ds, valid, pol, beh) > 0.5
+    # a candidate that moves its logged mass onto never-logged actions is still caught
+    t = cand.policy_.table.copy()
+    un = ~cand.policy_.deferred  # entries the clinicians do not own: logged pairs
+    moved = t * un
+    t = t * ~un
+    t[:, 0] += moved.sum(axis=1)  # all of it on action 0, logged or not
+    bad = replace(cand.policy_, table=t)
+    assert _off_support_pct(ds, valid, _Completed(bad, beh), own) > 5.0
+
+
 def test_cli_select_auto_writes_the_table(tmp_path) -> None:
     from typer.testing import CliRunner
 

@@ -41,7 +41,7 @@ import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
-from equicare.learn._spibb import SPIBB, CellModel
+from equicare.learn._spibb import BEHAVIOR_MODES, SPIBB, CellModel
 from equicare.utils import check_param, config_to_dict
 
 __all__ = ["PVI", "PVIConfig"]
@@ -71,7 +71,7 @@ class PVIConfig:
         ``Q_lower(x, a) / tau + log pi_b(a | x)``: the clinicians' preference counts as prior
         evidence, and a rarely given action must beat a common one by ``tau log`` of their
         propensity ratio.
-    behavior : {"auto", "counts", "logged"}
+    behavior : {"auto", "counts", "logged", "known"}
         Behaviour estimate per cell (as in :class:`~equicare.learn.SPIBBConfig`); it is the
         policy of cells without an eligible pair.
     numeric : {"ignore", "bin"}
@@ -88,7 +88,7 @@ class PVIConfig:
     min_count: int = 3
     mix: float = 1.0
     tau: float = 0.0
-    behavior: Literal["auto", "counts", "logged"] = "auto"
+    behavior: Literal["auto", "counts", "logged", "known"] = "auto"
     numeric: Literal["ignore", "bin"] = "ignore"
     numeric_bins: int = 10
     horizon: int | None = None
@@ -101,7 +101,7 @@ class PVIConfig:
         check_param(self.min_count, "min_count", o, kind=int, low=1, expected="an int >= 1")
         check_param(self.mix, "mix", o, kind=(int, float), low=0, high=1)
         check_param(self.tau, "tau", o, kind=(int, float), low=0)
-        check_param(self.behavior, "behavior", o, choices=("auto", "counts", "logged"))
+        check_param(self.behavior, "behavior", o, choices=BEHAVIOR_MODES)
         check_param(self.numeric, "numeric", o, choices=("ignore", "bin"))
         check_param(self.numeric_bins, "numeric_bins", o, kind=int, low=2,
                     expected="an int >= 2")
@@ -167,7 +167,7 @@ class PVI(SPIBB):
         pi, Q = pessimistic_iteration(m, beta=float(cfg.beta), prior=float(cfg.prior),
                                       min_count=int(cfg.min_count), tol=float(cfg.tol))
         if cfg.tau > 0:
-            pi = tilted_mode(Q, m.pb, float(cfg.tau))
+            pi = tilted_mode(Q, np.where(m.n_all > 0, m.pb, 0.0), float(cfg.tau))
         pi = (1.0 - cfg.mix) * m.pb + cfg.mix * pi
         self.q_ = Q
         eligible = m.counts >= cfg.min_count

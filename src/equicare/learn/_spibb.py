@@ -30,7 +30,10 @@ from equicare.exceptions import DataValidationError, PolicyError
 from equicare.policy._cells import CellPolicy, cell_codes
 from equicare.utils import check_is_fitted, check_param, config_to_dict
 
-__all__ = ["SPIBB", "SPIBBConfig", "CellModel", "MSG_NOT_DISCRETE"]
+__all__ = ["SPIBB", "SPIBBConfig", "CellModel", "MSG_NOT_DISCRETE", "BEHAVIOR_MODES",
+           "behavior_table"]
+
+BEHAVIOR_MODES = ("auto", "counts", "logged", "known")
 
 MSG_NOT_DISCRETE = ("SPIBB works on discrete state cells: the dataset has no categorical state "
                     "columns and numeric_bins is 0. Declare the discrete columns as "
@@ -56,10 +59,16 @@ class SPIBBConfig:
         ``n_wedge`` is not used.
     epsilon : float, default 0.5
         Budget of the soft constraint (0: the behaviour policy).
-    behavior : {"auto", "counts", "logged"}
-        Estimate of the behaviour policy per cell: action frequencies (``counts``), or the mean
+    behavior : {"auto", "counts", "logged", "known"}
+        Estimate of the behaviour policy per cell: action frequencies (``counts``); the mean
         logged propensity of each logged action renormalised over the logged actions
-        (``logged``). ``auto``: ``logged`` when the dataset has ``behavior_prob``.
+        (``logged``); or the logged propensities taken as the known baseline (``known``, the
+        setting SPIBB was designed for): each logged (cell, action) pair keeps its mean logged
+        propensity, and the cell's remaining mass ``1 - sum`` is spread evenly over the actions
+        never logged in the cell (renormalised when the logged propensities already sum to 1 or
+        more). Where the policy copies the baseline, its importance ratio on logged rows is then
+        1, not ``1 / sum``, which is what keeps off-policy evaluation of a sparse panel stable.
+        ``auto``: ``known`` when the dataset has ``behavior_prob``, else ``counts``.
     numeric : {"ignore", "bin"}
         Numeric state columns: ignored when categorical columns define the cells (``ignore``,
         e.g. a severity score derived from the state), or cut into ``numeric_bins`` quantile
@@ -76,7 +85,7 @@ class SPIBBConfig:
     n_wedge: float = 20.0
     variant: Literal["pi_b", "soft"] = "pi_b"
     epsilon: float = 0.5
-    behavior: Literal["auto", "counts", "logged"] = "auto"
+    behavior: Literal["auto", "counts", "logged", "known"] = "auto"
     numeric: Literal["ignore", "bin"] = "ignore"
     numeric_bins: int = 10
     horizon: int | None = None
@@ -88,7 +97,7 @@ class SPIBBConfig:
                     expected="a number >= 0 (inf: the behaviour policy)")
         check_param(self.variant, "variant", o, choices=("pi_b", "soft"))
         check_param(self.epsilon, "epsilon", o, kind=(int, float), low=0)
-        check_param(self.behavior, "behavior", o, choices=("auto", "counts", "logged"))
+        check_param(self.behavior, "behavior", o, choices=BEHAVIOR_MODES)
         check_param(self.numeric, "numeric", o, choices=("ignore", "bin"))
         check_param(self.numeric_bins, "numeric_bins", o, kind=int, low=2,
                     expected="an int >= 2")
@@ -116,6 +125,55 @@ class SPIBBConfig:
         return cls(**d)
 
 
+def resolve_behavior(mode: str, behavior_prob: Any) -> str:
+    """``auto`` resolved: ``known`` with logged propensities, else ``counts``."""
+    if mode == "auto":
+        return "known" if behavior_prob is not None else "counts"
+    return mode
+
+
+def behavior_table(n_all: NDArray[np.float64], flat: NDArray[np.int64],
+                   behavior_prob: NDArray[np.float64] | None, mode: str,
+                   owner: str = "SPIBB") -> NDArray[np.float64]:
+    """Behaviour policy per cell from the logged rows (see ``SPIBBConfig.behavior``).
+
+    Parameters
+    ----------
+    n_all : ndarray of shape (n_cells, n_actions)
+        Logged rows per (cell, action) pair.
+    flat : ndarray of shape (n_steps,), int64
+        ``cell * n_actions + action`` of each row.
+    behavior_prob : ndarray of shape (n_steps,) or None
+        Logged propensity of each row's action.
+    mode : {"auto", "counts", "logged", "known"}
+    owner : str
+        Learner named in the error message.
+
+    Returns
+    -------
+    ndarray of shape (n_cells, n_actions)
+        Rows sum to 1; positive exactly on the logged pairs, except with ``known``, where the
+        remaining mass sits on the cell's unlogged actions.
+    """
+    C, A = n_all.shape
+    mode = resolve_behavior(mode, behavior_prob)
+    if mode == "counts":
+        pb = n_all.copy()
+    else:
+        if behavior_prob is None:
+            raise DataValidationError(f"{owner}: behavior={mode!r} needs logged propensities "
+                                      "(manifest dataset.behavior_prob).")
+        psum = np.bincount(flat, weights=behavior_prob, minlength=C * A).reshape(C, A)
+        pb = np.where(n_all > 0, psum / np.maximum(n_all, 1), 0.0)
+        if mode == "known":
+            unlogged = n_all == 0
+            rest = 1.0 - pb.sum(axis=1)
+            n_un = unlogged.sum(axis=1)
+            spread = np.where((rest > 0) & (n_un > 0), rest / np.maximum(n_un, 1), 0.0)
+            pb = np.where(unlogged, spread[:, None], pb)
+    return np.asarray(pb / pb.sum(axis=1, keepdims=True), dtype=np.float64)
+
+
 @dataclass(frozen=True, eq=False)
 class CellModel:
     """The maximum-likelihood MDP of a panel's cells (shared by the tabular learners).
@@ -130,7 +188,7 @@ class CellModel:
     n_all : ndarray of shape (n_cells, n_actions)
         Logged rows per pair (censored last rows included).
     pb : ndarray of shape (n_cells, n_actions)
-        Behaviour estimate per cell.
+        Behaviour estimate per cell (:func:`behavior_table`).
     R : ndarray of shape (n_cells, n_actions)
         Mean reward of the model transitions.
     P : scipy.sparse.csr_matrix of shape (n_cells * n_actions, n_cells)
@@ -143,6 +201,9 @@ class CellModel:
         Bellman backups of the finite-horizon value iteration.
     first : ndarray of shape (n_episodes,), int64
         Cell of each episode's first row.
+    known : bool
+        ``pb`` is the known baseline (``behavior="known"``): its mass on unlogged pairs is
+        current practice's remainder.
     """
 
     cell: NDArray[np.int64]
@@ -158,6 +219,7 @@ class CellModel:
     has_model: NDArray[np.bool_]
     horizon: int
     first: NDArray[np.int64]
+    known: bool = False
 
 
 class SPIBB:
@@ -286,19 +348,8 @@ class SPIBB:
         # ---- behaviour estimate per cell (all rows, censored last rows included)
         flat = cell * A + a
         n_all = np.bincount(flat, minlength=C * A).reshape(C, A).astype(np.float64)
-        mode = cfg.behavior
-        if mode == "auto":
-            mode = "logged" if dataset.behavior_prob is not None else "counts"
-        if mode == "logged":
-            if dataset.behavior_prob is None:
-                raise DataValidationError(f"{type(self).__name__}: behavior='logged' needs "
-                                          "logged propensities (manifest "
-                                          "dataset.behavior_prob).")
-            psum = np.bincount(flat, weights=dataset.behavior_prob, minlength=C * A)
-            pb = np.where(n_all > 0, psum.reshape(C, A) / np.maximum(n_all, 1), 0.0)
-        else:
-            pb = n_all.copy()
-        pb = pb / pb.sum(axis=1, keepdims=True)
+        pb = behavior_table(n_all, flat, dataset.behavior_prob, cfg.behavior,
+                            type(self).__name__)
         # ---- MLE model: terminal rows absorb, censored last rows are dropped
         nxt = dataset.next_index
         term = dataset.terminals.astype(bool)
@@ -315,7 +366,8 @@ class SPIBB:
         return CellModel(cell=cell, keys=keys, n_cells=C, n_actions=A, gamma=float(dataset.gamma),
                          n_all=n_all, pb=pb, R=R, P=P, counts=counts, has_model=counts > 0,
                          horizon=cfg.horizon or int(dataset.episode_lengths.max()),
-                         first=cell[dataset.is_first])
+                         first=cell[dataset.is_first],
+                         known=resolve_behavior(cfg.behavior, dataset.behavior_prob) == "known")
 
     def _finish(self, dataset: Any, m: CellModel, pi: NDArray[np.float64]) -> None:
         """Set the fitted attributes shared by the tabular learners (after ``q_``, ``value_``)."""
@@ -326,10 +378,14 @@ class SPIBB:
             m.pb, m.R, m.P, m.gamma, m.horizon, m.has_model)[m.first]))
         marginal = m.n_all.sum(axis=0) / m.n_all.sum()
         columns, levels, numeric, edges = self._layout
+        deferred = None
+        if m.known:  # the clinicians' unlogged remainder stays theirs; unseen cells defer whole
+            deferred = np.vstack([(m.n_all == 0) & (pi > 0),
+                                  np.ones((1, m.n_actions), dtype=bool)])
         self.policy_ = CellPolicy(table=np.vstack([pi, marginal]), keys=m.keys, columns=columns,
                                   levels=levels, numeric=numeric, edges=edges,
                                   action_space=dataset.action_space,
-                                  source=f"<{type(self).__name__}>")
+                                  source=f"<{type(self).__name__}>", deferred=deferred)
         self.action_space_ = dataset.action_space
         self.state_names_ = tuple(dataset.state_names)
         from equicare.policy._learned import manifest_fingerprint
@@ -470,6 +526,7 @@ class SPIBB:
                "ignored_numeric": list(self.ignored_numeric_),
                "n_cells": int(self.n_cells_),
                "bootstrapped_share": float(self.bootstrapped_.mean()),
+               "deferred_share": self.policy_.deferred_share(),
                "model_value": self.value_, "model_behavior_value": self.behavior_value_,
                **(extra or {})}
         return write_model_folder(path, cfg, self.policy_.tensors(), overwrite=overwrite)

@@ -41,10 +41,10 @@ class SelectConfig:
     ----------
     n_wedges : tuple of float
         ``N_wedge`` values of the SPIBB candidates (empty: no SPIBB).
-    pvi : tuple of (float, float, float, float)
-        ``(beta, prior, mix, tau)`` of the pessimistic value iteration candidates
+    pvi : tuple of (float, float, float, float[, int])
+        ``(beta, prior, mix, tau[, min_count])`` of the pessimistic value iteration candidates
         (:class:`~equicare.learn.PVI`; a pair ``(beta, prior)`` means ``mix = 1, tau = 0``, a
-        triple ``tau = 0``; empty: none).
+        triple ``tau = 0``, four numbers ``min_count = 3``; empty: none).
     neural : tuple of str
         Neural learners among ``bc, awr, cql`` trained as candidates.
     neural_steps : int
@@ -138,16 +138,21 @@ class SelectConfig:
         quads = []
         for item in self.pvi:
             if (isinstance(item, str) or not hasattr(item, "__len__")
-                    or len(item) not in (2, 3, 4)
+                    or len(item) not in (2, 3, 4, 5)
                     or not all(isinstance(v, int | float) and not isinstance(v, bool)
                                and v >= 0 for v in item)
-                    or (len(item) >= 3 and item[2] > 1)):
+                    or (len(item) >= 3 and item[2] > 1)
+                    or (len(item) == 5 and (item[4] < 1 or item[4] != int(item[4])))):
                 raise ValueError("The 'pvi' parameter of SelectConfig must be a list of "
-                                 "[beta, prior], [beta, prior, mix] or [beta, prior, mix, tau] "
-                                 f"lists of numbers >= 0 (mix <= 1). Got {item!r} instead.")
-            quads.append((float(item[0]), float(item[1]),
-                          float(item[2]) if len(item) >= 3 else 1.0,
-                          float(item[3]) if len(item) == 4 else 0.0))
+                                 "[beta, prior], [beta, prior, mix], [beta, prior, mix, tau] or "
+                                 "[beta, prior, mix, tau, min_count] lists of numbers >= 0 "
+                                 f"(mix <= 1, min_count an int >= 1). Got {item!r} instead.")
+            quad: tuple[float, ...] = (float(item[0]), float(item[1]),
+                                       float(item[2]) if len(item) >= 3 else 1.0,
+                                       float(item[3]) if len(item) >= 4 else 0.0)
+            if len(item) == 5 and int(item[4]) != 3:
+                quad += (float(int(item[4])),)
+            quads.append(quad)
         object.__setattr__(self, "pvi", tuple(quads))
         for a in self.neural:
             check_param(a, "neural", o, choices=NEURAL)
@@ -310,11 +315,16 @@ def _candidate_specs(dataset: Any, cfg: SelectConfig) -> list[tuple[str, str, di
     for n in cfg.n_wedges:
         label = f"spibb_n{n:g}"
         specs.append((label, "spibb", {"n_wedge": float(n), "numeric": numeric}))
-    for beta, prior, mix, tau in cfg.pvi:
+    for beta, prior, mix, tau, *rest in cfg.pvi:
+        min_count = int(rest[0]) if rest else 3
         label = (f"pvi_b{beta:g}_k{prior:g}" + ("" if tau == 0 else f"_t{tau:g}")
-                 + ("" if mix == 1 else f"_m{mix:g}"))
-        specs.append((label, "pvi", {"beta": beta, "prior": prior, "mix": mix, "tau": tau,
-                                     "numeric": numeric}))
+                 + ("" if mix == 1 else f"_m{mix:g}")
+                 + ("" if min_count == 3 else f"_n{min_count}"))
+        params: dict[str, Any] = {"beta": beta, "prior": prior, "mix": mix, "tau": tau,
+                                  "numeric": numeric}
+        if min_count != 3:
+            params["min_count"] = min_count
+        specs.append((label, "pvi", params))
     for algo in cfg.neural:
         specs.append((algo, algo, {"n_steps": cfg.neural_steps, "hidden": cfg.neural_hidden,
                                    "valid_fraction": 0.0, "seed": cfg.seed}))
@@ -338,12 +348,16 @@ def _cell_keys(ds: Any) -> Any:
     return key
 
 
-def _off_support_pct(dataset: Any, valid: Any, policy: Any) -> float | None:
+def _off_support_pct(dataset: Any, valid: Any, policy: Any,
+                     baseline: Any = None) -> float | None:
     """Share (%) of the policy's held-out mass on (cell, action) pairs never logged at all.
 
     The pairs are counted over the whole panel (training and held-out episodes), so a pair is
-    off the support only when current practice never took that action in that state. None when
-    the states have no categorical cells.
+    off the support only when current practice never took that action in that state. With
+    ``baseline`` (the behaviour reproduction), a row's mass off the support counts only beyond
+    the baseline's own there: with the known-baseline estimate (``behavior="known"``) the
+    clinicians' unlogged remainder is theirs, not the candidate's. None when the states have no
+    categorical cells.
     """
     import numpy as np
 
@@ -355,7 +369,29 @@ def _off_support_pct(dataset: Any, valid: Any, policy: Any) -> float | None:
     probs = np.asarray(policy.action_probs(valid), dtype=np.float64)
     pairs = held[:, None] * n_a + np.arange(n_a)[None, :]
     unseen = ~np.isin(pairs, seen)
-    return float(100.0 * (probs * unseen).sum() / max(valid.n_steps, 1))
+    off = (probs * unseen).sum(axis=1)
+    if baseline is not None:
+        own = (np.asarray(baseline.action_probs(valid), dtype=np.float64) * unseen).sum(axis=1)
+        off = np.maximum(off - own, 0.0)
+    return float(100.0 * off.sum() / max(valid.n_steps, 1))
+
+
+def _own_baseline(learner: Any) -> Any:
+    """The behaviour estimate a tabular learner copies (its cells), else its policy's owner.
+
+    A candidate's mass off the support is judged beyond the clinicians' remainder *in its own
+    training baseline*: with ``behavior="known"`` that remainder is current practice's, left to
+    the clinicians, whichever half of the episodes the candidate was trained on.
+    """
+    from dataclasses import replace
+
+    import numpy as np
+
+    pol = getattr(learner, "policy_", None)
+    base = getattr(learner, "behavior_", None)
+    if pol is None or base is None or not hasattr(pol, "cell_index"):
+        return None
+    return replace(pol, table=np.vstack([base, pol.table[-1:]]))
 
 
 @dataclass(frozen=True, eq=False)
@@ -595,7 +631,7 @@ def select_policy(dataset: Any, config: SelectConfig | None = None, *,
         ho = parts[0] if len(parts) == 1 else _cross_fitted(parts, cfg)
         behavior_value, behavior_ci = ho.behavior_value, ho.behavior_ci
         lcb, gain = ho.lcb, ho.lcb_gain
-        offs = [_off_support_pct(dataset, va, judged(ln.policy_))
+        offs = [_off_support_pct(dataset, va, judged(ln.policy_), judged(_own_baseline(ln)))
                 for (_, va, _), ln in zip(folds, learners, strict=True)]
         off = ho.support_pct if offs[0] is None else max(o for o in offs if o is not None)
         note = None

@@ -4,6 +4,13 @@ A *cell* is the combination of the categorical state columns' labels, optionally
 state columns cut into bins. Rows are mapped to cells by their labels, not by the dataset's codes,
 so the policy applies to any panel with the same columns; rows of a cell never seen in training
 get the fallback distribution (the last row of the table).
+
+A cell policy may *defer* part of its mass to current practice (``deferred``): the tabular learners
+do so when the clinicians' propensities are logged (``behavior="known"``). In each cell the
+clinicians' own probability of the actions never logged there is left to them: the policy keeps
+the clinician's choice when it falls on one of those actions. The table spreads that mass evenly
+over them only as a stand-in (off-policy evaluation never needs its split, because those actions
+do not occur in the cell's logged rows); the true policy is current practice there.
 """
 
 from __future__ import annotations
@@ -96,6 +103,10 @@ class CellPolicy:
     action_space : FactoredActionSpace
     source : str
         Name used in error messages.
+    deferred : ndarray of shape (n_cells + 1, n_actions), bool, optional
+        Entries whose probability is current practice's own, left to the clinicians (module
+        docstring); the table's split of that mass over them is a stand-in. None: the table is
+        the whole policy.
     """
 
     table: NDArray[np.float64]
@@ -107,6 +118,7 @@ class CellPolicy:
     action_space: FactoredActionSpace
     source: str = "<cell policy>"
     window: int = 1
+    deferred: NDArray[np.bool_] | None = None
 
     def __post_init__(self) -> None:
         t = np.asarray(self.table, dtype=np.float64)
@@ -115,6 +127,12 @@ class CellPolicy:
             raise PolicyError(f"{self.source}: {self.keys.shape[0]} cells but {t.shape[0]} table "
                               "rows (expected one more, the fallback).")
         object.__setattr__(self, "table", t)
+        if self.deferred is not None:
+            d = np.asarray(self.deferred, dtype=bool)
+            if d.shape != t.shape:
+                raise PolicyError(f"{self.source}: deferred mask of shape {d.shape}, expected "
+                                  f"the table's {t.shape}.")
+            object.__setattr__(self, "deferred", d)
 
     @property
     def n_actions(self) -> int:
@@ -156,19 +174,39 @@ class CellPolicy:
         """Most likely flat action per row, shape ``(n_steps,)``."""
         return np.asarray(np.argmax(self.action_probs(dataset), axis=1), dtype=np.int64)
 
+    def deferred_mask(self, dataset: Any) -> NDArray[np.bool_] | None:
+        """Entries left to current practice at each row, shape ``(n_steps, n_actions)``.
+
+        None when the policy defers nothing (the table is the whole policy).
+        """
+        if self.deferred is None:
+            return None
+        return np.asarray(self.deferred[self.cell_index(dataset)], dtype=bool)
+
+    def deferred_share(self) -> float:
+        """Mean share of a seen cell's mass left to current practice (0 without deferral)."""
+        if self.deferred is None or self.n_cells == 0:
+            return 0.0
+        return float((self.table[:-1] * self.deferred[:-1]).sum(axis=1).mean())
+
     # ------------------------------------------------------------------ model folder
     def describe(self) -> dict[str, Any]:
         """The ``"policy"`` entry of a model folder's ``config.json`` (weights: ``policy.*``)."""
         return {"kind": "cells", "weights": "policy", "columns": list(self.columns),
                 "levels": [list(lv) for lv in self.levels], "numeric": list(self.numeric),
-                "edges": [[float(v) for v in e] for e in self.edges]}
+                "edges": [[float(v) for v in e] for e in self.edges],
+                "deferred": self.deferred is not None}
 
     def tensors(self) -> dict[str, Any]:
         """Weights for ``model.safetensors``: the table and the cell keys."""
         import torch
 
-        return {"policy.table": torch.from_numpy(np.ascontiguousarray(self.table)),
-                "policy.keys": torch.from_numpy(np.ascontiguousarray(self.keys))}
+        out = {"policy.table": torch.from_numpy(np.ascontiguousarray(self.table)),
+               "policy.keys": torch.from_numpy(np.ascontiguousarray(self.keys))}
+        if self.deferred is not None:
+            out["policy.deferred"] = torch.from_numpy(
+                np.ascontiguousarray(self.deferred.astype(np.uint8)))
+        return out
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], tensors: Mapping[str, Any], source: str
@@ -177,6 +215,9 @@ class CellPolicy:
         try:
             pol = cfg["policy"]
             pre = str(pol.get("weights", "policy"))
+            deferred = None
+            if pol.get("deferred", False):
+                deferred = tensors[f"{pre}.deferred"].numpy().astype(bool)
             return cls(table=tensors[f"{pre}.table"].numpy().astype(np.float64),
                        keys=tensors[f"{pre}.keys"].numpy().astype(np.int64),
                        columns=tuple(str(c) for c in pol["columns"]),
@@ -184,6 +225,6 @@ class CellPolicy:
                        numeric=tuple(str(c) for c in pol["numeric"]),
                        edges=tuple(np.asarray(e, dtype=np.float64) for e in pol["edges"]),
                        action_space=FactoredActionSpace.from_dict(cfg["action_space"]),
-                       source=source)
+                       source=source, deferred=deferred)
         except (KeyError, TypeError, ValueError) as exc:
             raise PolicyError(f"{source}: malformed cell policy ({exc}).") from exc

@@ -578,7 +578,10 @@ def garnet_policy_table(mdp: GarnetMDP, dataset: Any, policy: Any,
 
     The policy is queried at one row of every state present in ``dataset`` (a one-row episode
     per state, so history-free policies only); states absent from ``dataset`` get the
-    clinicians' probabilities (no learner has seen them).
+    clinicians' probabilities (no learner has seen them). A policy that leaves part of its mass
+    to current practice (``deferred_mask``, e.g. a cell policy fitted with the known baseline)
+    gets the clinicians' true probabilities over those actions, scaled to that mass: the
+    clinicians choose there.
 
     Returns
     -------
@@ -602,6 +605,13 @@ def garnet_policy_table(mdp: GarnetMDP, dataset: Any, policy: Any,
         behavior_prob=None if dataset.behavior_prob is None else dataset.behavior_prob[rows],
         need=None, mediators=None, extras={}, _cache={})
     probs = np.asarray(policy.action_probs(probe), dtype=np.float64)
+    deferred = policy.deferred_mask(probe) if hasattr(policy, "deferred_mask") else None
+    if deferred is not None:  # mass left to current practice: the clinicians' own choice
+        b = mdp.behavior_policy[s[rows]] * deferred
+        z = b.sum(axis=1, keepdims=True)
+        rest = (probs * deferred).sum(axis=1, keepdims=True)
+        probs = np.where(deferred, rest * b / np.where(z > 0, z, 1.0), probs)
+        probs = probs / probs.sum(axis=1, keepdims=True)
     table = mdp.behavior_policy.copy()
     table[s[rows]] = probs
     seen = np.zeros(mdp.n_states, dtype=bool)
