@@ -82,6 +82,32 @@ def test_infinite_wedge_reproduces_the_behaviour_estimate() -> None:
     np.testing.assert_allclose(counts.action_probs(ds), freq / freq.sum(1, keepdims=True))
 
 
+def test_a_deferring_policy_is_valued_as_current_practice_on_held_out_rows() -> None:
+    # the behaviour reproduction fitted on one half defers every unlogged action of a cell to
+    # the clinicians; on the other half, rows whose action that half never logged in the cell
+    # (or whose cell it never saw) get the clinicians' own propensity, so every importance
+    # ratio is 1 and IS is the held-out mean return exactly; the table's even stand-in is not
+    from dataclasses import replace
+
+    from equicare.ope import evaluate
+
+    cfg = GarnetConfig(n_states=300, n_actions=10, n_successors=3)
+    mdp, ds = _panel(4, n=800, cfg=cfg)
+    train, held = ds.split(0.5, random_state=0)
+    pol = SPIBB(n_wedge=float("inf")).fit(train).policy_
+    probs = pol.action_probs(held)
+    ratio = probs[np.arange(held.n_steps), held.actions] / held.behavior_prob
+    np.testing.assert_allclose(ratio, 1.0, atol=1e-9)
+    stand_in = replace(pol, deferred=None).action_probs(held)
+    off = stand_in[np.arange(held.n_steps), held.actions] / held.behavior_prob
+    assert np.abs(off - 1.0).max() > 0.5  # what the stand-in alone would have given
+    res = evaluate(held, pol, estimators="is", q_model="tabular", bootstrap=0,
+                   diagnose_support=False, groups=[])
+    returns = np.add.reduceat(held.rewards * held.gamma ** held.times, held.episode_offsets[:-1])
+    assert res.estimates["is"].value == pytest.approx(float(returns.mean()), rel=1e-9)
+    np.testing.assert_array_equal(pol.predict(held), pol.table[pol.cell_index(held)].argmax(1))
+
+
 def test_known_baseline_keeps_logged_propensities_and_renormalises_an_excess() -> None:
     from equicare.learn._spibb import behavior_table
 
@@ -159,9 +185,15 @@ def test_unseen_cells_get_the_fallback_row() -> None:
     labels = np.asarray(other.categorical_levels[0], dtype=object)[other.categorical[:, 0]]
     new = np.array([lv not in seen for lv in labels])
     assert new.any()
-    np.testing.assert_allclose(probs[new], np.broadcast_to(m.policy_.table[-1],
-                                                           (new.sum(), 5)))
-    assert m.policy_.deferred_mask(other)[new].all()  # and are left to current practice
+    assert (m.policy_.cell_index(other)[new] == m.policy_.n_cells).all()
+    assert m.policy_.deferred_mask(other)[new].all()  # and are left to current practice:
+    rows = np.flatnonzero(new)  # the logged action keeps the clinicians' own propensity
+    np.testing.assert_allclose(probs[rows, other.actions[rows]], other.behavior_prob[rows])
+    from dataclasses import replace
+
+    plain = replace(m.policy_, deferred=None)  # without deferral: the fallback row itself
+    np.testing.assert_allclose(plain.action_probs(other)[new],
+                               np.broadcast_to(m.policy_.table[-1], (new.sum(), 5)))
 
 
 def test_numeric_states_refused_or_binned() -> None:

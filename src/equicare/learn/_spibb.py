@@ -378,14 +378,19 @@ class SPIBB:
             m.pb, m.R, m.P, m.gamma, m.horizon, m.has_model)[m.first]))
         marginal = m.n_all.sum(axis=0) / m.n_all.sum()
         columns, levels, numeric, edges = self._layout
-        deferred = None
+        deferred = rate = None
         if m.known:  # the clinicians' unlogged remainder stays theirs; unseen cells defer whole
-            deferred = np.vstack([(m.n_all == 0) & (pi > 0),
-                                  np.ones((1, m.n_actions), dtype=bool)])
+            d = (m.n_all == 0) & (pi > 0)
+            theirs = (m.pb * d).sum(axis=1)
+            kept = np.where(theirs > 0, (pi * d).sum(axis=1) / np.where(theirs > 0, theirs, 1.0),
+                            1.0)
+            deferred = np.vstack([d, np.ones((1, m.n_actions), dtype=bool)])
+            rate = np.append(np.clip(kept, 0.0, 1.0), 1.0)
         self.policy_ = CellPolicy(table=np.vstack([pi, marginal]), keys=m.keys, columns=columns,
                                   levels=levels, numeric=numeric, edges=edges,
                                   action_space=dataset.action_space,
-                                  source=f"<{type(self).__name__}>", deferred=deferred)
+                                  source=f"<{type(self).__name__}>", deferred=deferred,
+                                  deferred_rate=rate)
         self.action_space_ = dataset.action_space
         self.state_names_ = tuple(dataset.state_names)
         from equicare.policy._learned import manifest_fingerprint

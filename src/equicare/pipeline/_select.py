@@ -391,7 +391,7 @@ def _own_baseline(learner: Any) -> Any:
     base = getattr(learner, "behavior_", None)
     if pol is None or base is None or not hasattr(pol, "cell_index"):
         return None
-    return replace(pol, table=np.vstack([base, pol.table[-1:]]))
+    return replace(pol, table=np.vstack([base, pol.table[-1:]]), deferred_rate=None)
 
 
 @dataclass(frozen=True, eq=False)

@@ -8,9 +8,12 @@ get the fallback distribution (the last row of the table).
 A cell policy may *defer* part of its mass to current practice (``deferred``): the tabular learners
 do so when the clinicians' propensities are logged (``behavior="known"``). In each cell the
 clinicians' own probability of the actions never logged there is left to them: the policy keeps
-the clinician's choice when it falls on one of those actions. The table spreads that mass evenly
-over them only as a stand-in (off-policy evaluation never needs its split, because those actions
-do not occur in the cell's logged rows); the true policy is current practice there.
+the clinician's choice when it falls on one of those actions (with probability ``deferred_rate``,
+1 unless the policy is a mixture). The table spreads that mass evenly over them only as a
+stand-in; on a panel with logged propensities, :meth:`CellPolicy.action_probs` gives a row whose
+logged action is one of them the probability ``deferred_rate * behavior_prob``, what the
+deferring policy truly puts there, so off-policy evaluation values the deployed policy, not the
+stand-in.
 """
 
 from __future__ import annotations
@@ -107,6 +110,9 @@ class CellPolicy:
         Entries whose probability is current practice's own, left to the clinicians (module
         docstring); the table's split of that mass over them is a stand-in. None: the table is
         the whole policy.
+    deferred_rate : ndarray of shape (n_cells + 1,), optional
+        Share of the clinicians' own probability the policy keeps on its deferred entries
+        (``pi(a|x) = rate(x) b(a|x)`` there); ones when omitted.
     """
 
     table: NDArray[np.float64]
@@ -119,6 +125,7 @@ class CellPolicy:
     source: str = "<cell policy>"
     window: int = 1
     deferred: NDArray[np.bool_] | None = None
+    deferred_rate: NDArray[np.float64] | None = None
 
     def __post_init__(self) -> None:
         t = np.asarray(self.table, dtype=np.float64)
@@ -133,6 +140,12 @@ class CellPolicy:
                 raise PolicyError(f"{self.source}: deferred mask of shape {d.shape}, expected "
                                   f"the table's {t.shape}.")
             object.__setattr__(self, "deferred", d)
+            rate = (np.ones(t.shape[0]) if self.deferred_rate is None
+                    else np.asarray(self.deferred_rate, dtype=np.float64))
+            if rate.shape != (t.shape[0],) or not np.all((rate >= 0) & (rate <= 1 + 1e-9)):
+                raise PolicyError(f"{self.source}: deferred_rate must hold {t.shape[0]} values "
+                                  "in [0, 1].")
+            object.__setattr__(self, "deferred_rate", rate)
 
     @property
     def n_actions(self) -> int:
@@ -167,12 +180,39 @@ class CellPolicy:
         return np.where(pos < 0, self.n_cells, pos).astype(np.int64)
 
     def action_probs(self, dataset: Any) -> NDArray[np.float64]:
-        """Probabilities of each flat action at each row, shape ``(n_steps, n_actions)``."""
-        return self.table[self.cell_index(dataset)]
+        """Probabilities of each flat action at each row, shape ``(n_steps, n_actions)``.
+
+        The row's cell's table row; for a deferring policy on a panel with logged propensities,
+        a row whose logged action is deferred gets ``deferred_rate * behavior_prob`` on it (the
+        clinicians' own probability, kept), the rest of the deferred mass evenly on the cell's
+        other deferred actions.
+        """
+        idx = self.cell_index(dataset)
+        probs = self.table[idx]
+        b = getattr(dataset, "behavior_prob", None)
+        if self.deferred is None or self.deferred_rate is None or b is None:
+            return probs
+        a = np.asarray(dataset.actions, dtype=np.int64)
+        d = self.deferred[idx]
+        rows = np.flatnonzero(d[np.arange(a.size), a])
+        if rows.size == 0:
+            return probs
+        probs = probs.copy()
+        dr, pr, ar = d[rows], probs[rows], a[rows]
+        mass = (pr * dr).sum(axis=1)
+        others = dr.sum(axis=1) - 1
+        own = np.minimum(self.deferred_rate[idx[rows]] * np.asarray(b)[rows], mass)
+        own = np.where(others > 0, own, mass)
+        rest = np.where(others > 0, (mass - own) / np.maximum(others, 1), 0.0)
+        pr = np.where(dr, rest[:, None], pr)
+        pr[np.arange(rows.size), ar] = own
+        probs[rows] = pr
+        return probs
 
     def predict(self, dataset: Any) -> NDArray[np.int64]:
-        """Most likely flat action per row, shape ``(n_steps,)``."""
-        return np.asarray(np.argmax(self.action_probs(dataset), axis=1), dtype=np.int64)
+        """Most likely flat action per row (the cell's table row), shape ``(n_steps,)``."""
+        return np.asarray(np.argmax(self.table[self.cell_index(dataset)], axis=1),
+                          dtype=np.int64)
 
     def deferred_mask(self, dataset: Any) -> NDArray[np.bool_] | None:
         """Entries left to current practice at each row, shape ``(n_steps, n_actions)``.
@@ -206,6 +246,9 @@ class CellPolicy:
         if self.deferred is not None:
             out["policy.deferred"] = torch.from_numpy(
                 np.ascontiguousarray(self.deferred.astype(np.uint8)))
+            rate = np.ones(self.table.shape[0]) if self.deferred_rate is None \
+                else self.deferred_rate
+            out["policy.deferred_rate"] = torch.from_numpy(np.ascontiguousarray(rate))
         return out
 
     @classmethod
@@ -215,9 +258,10 @@ class CellPolicy:
         try:
             pol = cfg["policy"]
             pre = str(pol.get("weights", "policy"))
-            deferred = None
+            deferred = rate = None
             if pol.get("deferred", False):
                 deferred = tensors[f"{pre}.deferred"].numpy().astype(bool)
+                rate = tensors[f"{pre}.deferred_rate"].numpy().astype(np.float64)
             return cls(table=tensors[f"{pre}.table"].numpy().astype(np.float64),
                        keys=tensors[f"{pre}.keys"].numpy().astype(np.int64),
                        columns=tuple(str(c) for c in pol["columns"]),
@@ -225,6 +269,6 @@ class CellPolicy:
                        numeric=tuple(str(c) for c in pol["numeric"]),
                        edges=tuple(np.asarray(e, dtype=np.float64) for e in pol["edges"]),
                        action_space=FactoredActionSpace.from_dict(cfg["action_space"]),
-                       source=source, deferred=deferred)
+                       source=source, deferred=deferred, deferred_rate=rate)
         except (KeyError, TypeError, ValueError) as exc:
             raise PolicyError(f"{source}: malformed cell policy ({exc}).") from exc
