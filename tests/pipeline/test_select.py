@@ -148,6 +148,21 @@ def test_cross_fitting_pools_both_halves_and_refits_on_all() -> None:
             SelectConfig(folds=bad)  # type: ignore[arg-type]
 
 
+def test_pvi_candidates_take_an_optional_min_count() -> None:
+    from equicare.pipeline._select import _candidate_specs
+
+    _, ds = _panel(0, 200)
+    cfg = SelectConfig(n_wedges=(), neural=(), pvi=[[0.3, 20, 1, 0.1, 10], [0.3, 20, 1, 0.1, 3],
+                                                    [0.3, 5]])
+    specs = _candidate_specs(ds, cfg)
+    assert [name for name, _, _ in specs] == ["pvi_b0.3_k20_t0.1_n10", "pvi_b0.3_k20_t0.1",
+                                              "pvi_b0.3_k5"]
+    assert specs[0][2]["min_count"] == 10 and "min_count" not in specs[1][2]
+    for bad in ([0.3, 20, 1, 0.1, 0], [0.3, 20, 1, 0.1, 2.5], [0.3, 20, 1, 0.1, 3, 1]):
+        with pytest.raises(ValueError, match="min_count an int >= 1"):
+            SelectConfig(pvi=[bad])
+
+
 def test_k_fold_cross_fitting_holds_every_episode_out_once() -> None:
     """folds = K > 2: the K held-out evaluations (each fold's policy trained on the other
     K - 1 folds) are pooled with weights = held-out episodes, so the behaviour's pooled value
