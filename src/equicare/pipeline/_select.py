@@ -354,10 +354,10 @@ def _off_support_pct(dataset: Any, valid: Any, policy: Any,
 
     The pairs are counted over the whole panel (training and held-out episodes), so a pair is
     off the support only when current practice never took that action in that state. With
-    ``baseline`` (the behaviour reproduction), a row's mass off the support counts only beyond
-    the baseline's own there: with the known-baseline estimate (``behavior="known"``) the
-    clinicians' unlogged remainder is theirs, not the candidate's. None when the states have no
-    categorical cells.
+    ``baseline`` (the candidate's own training baseline, :func:`_own_baseline`), a row's mass
+    off the support counts only beyond the baseline's own there: with the known-baseline
+    estimate (``behavior="known"``) the clinicians' unlogged remainder is theirs, not the
+    candidate's. None when the states have no categorical cells.
     """
     import numpy as np
 
@@ -377,7 +377,7 @@ def _off_support_pct(dataset: Any, valid: Any, policy: Any,
 
 
 def _own_baseline(learner: Any) -> Any:
-    """The behaviour estimate a tabular learner copies (its cells), else its policy's owner.
+    """The behaviour estimate a tabular learner copies, as a cell policy; None for others.
 
     A candidate's mass off the support is judged beyond the clinicians' remainder *in its own
     training baseline*: with ``behavior="known"`` that remainder is current practice's, left to

@@ -190,8 +190,9 @@ class CellPolicy:
         idx = self.cell_index(dataset)
         probs = self.table[idx]
         b = getattr(dataset, "behavior_prob", None)
-        if self.deferred is None or self.deferred_rate is None or b is None:
+        if self.deferred is None or b is None:
             return probs
+        rate = np.asarray(self.deferred_rate)  # set with ``deferred`` in __post_init__
         a = np.asarray(dataset.actions, dtype=np.int64)
         d = self.deferred[idx]
         rows = np.flatnonzero(d[np.arange(a.size), a])
@@ -201,7 +202,7 @@ class CellPolicy:
         dr, pr, ar = d[rows], probs[rows], a[rows]
         mass = (pr * dr).sum(axis=1)
         others = dr.sum(axis=1) - 1
-        own = np.minimum(self.deferred_rate[idx[rows]] * np.asarray(b)[rows], mass)
+        own = np.minimum(rate[idx[rows]] * np.asarray(b)[rows], mass)
         own = np.where(others > 0, own, mass)
         rest = np.where(others > 0, (mass - own) / np.maximum(others, 1), 0.0)
         pr = np.where(dr, rest[:, None], pr)
@@ -221,7 +222,7 @@ class CellPolicy:
         """
         if self.deferred is None:
             return None
-        return np.asarray(self.deferred[self.cell_index(dataset)], dtype=bool)
+        return self.deferred[self.cell_index(dataset)]
 
     def deferred_share(self) -> float:
         """Mean share of a seen cell's mass left to current practice (0 without deferral)."""
@@ -246,9 +247,8 @@ class CellPolicy:
         if self.deferred is not None:
             out["policy.deferred"] = torch.from_numpy(
                 np.ascontiguousarray(self.deferred.astype(np.uint8)))
-            rate = np.ones(self.table.shape[0]) if self.deferred_rate is None \
-                else self.deferred_rate
-            out["policy.deferred_rate"] = torch.from_numpy(np.ascontiguousarray(rate))
+            out["policy.deferred_rate"] = torch.from_numpy(
+                np.ascontiguousarray(np.asarray(self.deferred_rate)))
         return out
 
     @classmethod
