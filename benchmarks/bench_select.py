@@ -40,7 +40,8 @@ def _panel(cfg, n: int, seed: int):
 def run_one(name: str, seed: int, episodes: int, neural: list[str], neural_steps: int,
             bound: str = "paired", pvi: tuple | None = None, folds: int = 2,
             refit_full: bool = False, estimators: tuple[str, ...] | None = None,
-            full_exact: bool = False, n_wedges: tuple[float, ...] | None = None) -> dict:
+            full_exact: bool = False, n_wedges: tuple[float, ...] | None = None,
+            rank_by: str | None = None) -> dict:
     """Exact values of every policy for one configuration and seed.
 
     ``estimators``: the OPE estimators of the selection (default: ``SelectConfig``'s); a
@@ -69,6 +70,8 @@ def run_one(name: str, seed: int, episodes: int, neural: list[str], neural_steps
         extra["n_wedges"] = tuple(n_wedges)
     if estimators is not None:
         extra["estimators"] = tuple(estimators)
+    if rank_by is not None:
+        extra["rank_by"] = rank_by
     res = select_policy(ds, SelectConfig(neural=(), seed=seed, bound=bound, folds=folds,
                                          refit_full=refit_full, **extra))
     sel_s = time.perf_counter() - t0
@@ -183,7 +186,7 @@ def merge_runs(rows: list[dict]) -> list[dict]:
 
 
 def rescore(rows: list[dict], estimators: tuple[str, ...], rank: str = "estimate",
-            names: set[str] | None = None) -> list[dict]:
+            names: set[str] | None = None, rank_by: str | None = None) -> list[dict]:
     """The rows as a paired rule over ``estimators`` would have chosen (offline, exact).
 
     Each row must come from a run whose selection computed (at least) ``estimators``; the
@@ -197,7 +200,8 @@ def rescore(rows: list[dict], estimators: tuple[str, ...], rank: str = "estimate
     out = []
     for r in rows:
         table = [c for c in r["table"] if names is None or c["name"] in names]
-        chosen = choose_by_bounds(table, r["behavior_heldout"], tuple(estimators), rank)
+        chosen = choose_by_bounds(table, r["behavior_heldout"], tuple(estimators), rank,
+                                  rank_by)
         values = r.get("candidates_full") or r["candidates"]
         value = r["behavior_estimate"] if chosen == "behavior" else values[chosen]
         out.append({**r, "chosen": chosen, "selected": value})
@@ -209,13 +213,15 @@ def compare_rules(rows: list[dict], rules: list[tuple[str, ...]],
     """Per rule: gap closed and (selected - behaviour) per row, mean gap, worst, fallbacks.
 
     A rule is a tuple of estimators, optionally with ``"rank=bound"`` (keep the largest bound
-    among those that pass instead of the largest estimated gain).
+    among those that pass instead of the largest estimated gain) and ``"rank_by=fqe"`` (order
+    them by that estimator, :attr:`SelectConfig.rank_by`).
     """
     out = []
     for rule in rules:
-        ests = tuple(k for k in rule if not k.startswith("rank="))
+        ests = tuple(k for k in rule if not k.startswith(("rank=", "rank_by=")))
         rank = next((k[5:] for k in rule if k.startswith("rank=")), "estimate")
-        rs = rescore(rows, ests, rank, names)
+        rank_by = next((k[8:] for k in rule if k.startswith("rank_by=")), None)
+        rs = rescore(rows, ests, rank, names, rank_by)
         per = [{"config": r["config"], "seed": r["seed"], "chosen": r["chosen"],
                 "gap": gap(r["selected"], r), "drop": r["selected"] - r["behavior"]}
                for r in rs]
@@ -333,6 +339,8 @@ def main() -> None:
                     help="SPIBB candidates' N_wedge values (default: SelectConfig's)")
     ap.add_argument("--full-exact", action="store_true",
                     help="also the exact value of every candidate retrained on all episodes")
+    ap.add_argument("--rank-by", default=None,
+                    help="SelectConfig.rank_by: the estimator that orders the candidates that pass")
     ap.add_argument("--rules", type=json.loads, default=None,
                     help='bound rules to compare, JSON [["wis","wdr"],["wdr"],...]: per run, '
                          "the candidate each keeps (paired bounds of every listed estimator "
@@ -353,7 +361,8 @@ def main() -> None:
                         None if args.pvi is None else tuple(map(tuple, args.pvi)), args.folds,
                         args.refit_full,
                         None if args.estimators is None else tuple(args.estimators),
-                        args.full_exact, None if args.n_wedges is None else tuple(args.n_wedges))
+                        args.full_exact, None if args.n_wedges is None else tuple(args.n_wedges),
+                        args.rank_by)
             rows.append(r)
             if args.out:  # after every run: a long study keeps what it measured
                 args.out.write_text(json.dumps({"rows": rows}, indent=2, default=str) + "\n")

@@ -336,12 +336,14 @@ def test_rules_rescored_from_a_superset_run_match_a_run_with_that_rule() -> None
     table = [c.to_dict() for c in wide.candidates]
     kept = {}
     assert SelectConfig().estimators == ("wdr",) and SelectConfig().rank == "bound"
-    for rule, rank in ((("wdr",), "bound"), (("wis", "wdr"), "estimate"), (("wdr",), "estimate")):
-        run = select_policy(ds, SelectConfig(estimators=rule, rank=rank, **base))
-        kept[rule, rank] = choose_by_bounds(table, wide.behavior_value, rule, rank)
-        assert kept[rule, rank] == run.chosen, (rule, rank)
+    for rule, rank, by in ((("wdr",), "bound", None), (("wis", "wdr"), "estimate", None),
+                           (("wdr",), "estimate", None), (("wdr",), "bound", "fqe")):
+        run = select_policy(ds, SelectConfig(estimators=rule, rank=rank, rank_by=by, **base))
+        kept[rule, rank, by] = choose_by_bounds(table, wide.behavior_value, rule, rank, by)
+        assert kept[rule, rank, by] == run.chosen, (rule, rank, by)
         for c, w in zip(run.candidates, wide.candidates, strict=True):
-            for k in rule:
+            assert set(c.estimates) == set(rule) | ({by} if by else set())
+            for k in c.estimates:
                 assert c.estimates[k]["gain_lcb"] == pytest.approx(
                     w.estimates[k]["gain_lcb"], abs=1e-12)
         assert not run.fallback
@@ -349,12 +351,23 @@ def test_rules_rescored_from_a_superset_run_match_a_run_with_that_rule() -> None
         assert mdp.value(t) > vb - 0.005
     # the new and the earlier default disagree on this panel (measured: spibb_n20 against
     # pvi_b0.3_k20_t0.1_m0.5), and both choices are safe in exact value
-    assert kept[("wdr",), "bound"] != kept[("wis", "wdr"), "estimate"], kept
+    assert kept[("wdr",), "bound", None] != kept[("wis", "wdr"), "estimate", None], kept
+    # rank_by: WDR decides who passes, FQE's paired bound orders them (by hand)
+    passing = [c for c in table if c["error"] is None and c["estimates"]["wdr"]["gain_lcb"] > 0]
+    assert passing
+    assert kept[("wdr",), "bound", "fqe"] == max(
+        passing, key=lambda c: c["estimates"]["fqe"]["gain_lcb"])["name"]
+    assert choose_by_bounds(table, wide.behavior_value, ("wdr",), "estimate", "fqe") == max(
+        passing, key=lambda c: c["estimates"]["fqe"]["value"])["name"]
     # the rule is the conjunction: a candidate passes only if every estimator's bound is > 0
     both = {c["name"] for c in table
             if min(c["estimates"][k]["gain_lcb"] for k in ("wis", "wdr")) > 0}
-    assert (kept[("wis", "wdr"), "estimate"] == "behavior") == (not both)
+    assert (kept[("wis", "wdr"), "estimate", None] == "behavior") == (not both)
     assert choose_by_bounds(table, wide.behavior_value, ("wis", "wdr"), rank="bound") in (
         both | {"behavior"})
     with pytest.raises(ValueError, match="no held-out estimate"):
         choose_by_bounds(table, wide.behavior_value, ("pdis",))
+    with pytest.raises(ValueError, match="no held-out estimate"):
+        choose_by_bounds(table, wide.behavior_value, ("wdr",), "bound", "pdis")
+    with pytest.raises(ValueError, match="rank_by"):
+        SelectConfig(rank_by="best")

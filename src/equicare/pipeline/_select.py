@@ -31,6 +31,7 @@ SELECTION_FILE = "selection.json"
 NEURAL = ("bc", "awr", "cql")
 BOUNDS = ("paired", "separate")
 RANKS = ("estimate", "bound")
+ESTIMATORS = ("wdr", "dr", "wis", "wpdis", "fqe", "is", "pdis")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,6 +84,13 @@ class SelectConfig:
         keep exactly those: on the Garnet tuning seeds with deliberately unsafe candidates
         added it kept one 0.071 below the behaviour under every estimator set tried, ``bound``
         none there (but on seeds 1-5 WDR with ``bound`` kept one too, see docs/learn.md).
+    rank_by : str or None
+        The OPE estimator that orders the candidates which pass: its paired lower bound of the
+        gain (``rank="bound"``) or its estimated gain (``rank="estimate"``). It need not be one
+        of ``estimators``: it is then computed as well but does not decide who passes (e.g.
+        pass on the doubly robust WDR bound, which stays consistent when the Q-model is wrong,
+        and order by FQE's tighter bound). None: the passing estimators themselves (their
+        smallest bound, their mean estimate).
     max_off_support_pct : float
         A candidate that puts more than this share (%) of its held-out mass on actions current
         practice (almost) never takes is not eligible: off the behaviour's support no OPE bound
@@ -121,6 +129,7 @@ class SelectConfig:
     alpha: float = 0.1
     bound: Literal["paired", "separate"] = "paired"
     rank: Literal["estimate", "bound"] = "bound"
+    rank_by: str | None = None
     max_off_support_pct: float = 1.0
     refit_full: bool = False
     folds: int = 2
@@ -171,8 +180,9 @@ class SelectConfig:
         if not self.estimators:
             raise ValueError("SelectConfig: estimators must name at least one OPE estimator.")
         for e in self.estimators:
-            check_param(e, "estimators", o,
-                        choices=("wdr", "dr", "wis", "wpdis", "fqe", "is", "pdis"))
+            check_param(e, "estimators", o, choices=ESTIMATORS)
+        if self.rank_by is not None:
+            check_param(self.rank_by, "rank_by", o, choices=ESTIMATORS)
         check_param(self.bootstrap, "bootstrap", o, kind=int, low=20, expected="an int >= 20")
         check_param(self.max_off_support_pct, "max_off_support_pct", o, kind=(int, float),
                     low=0, high=100)
@@ -186,6 +196,12 @@ class SelectConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dictionary."""
         return config_to_dict(self)
+
+    @property
+    def computed(self) -> tuple[str, ...]:
+        """The estimators each candidate is evaluated with: ``estimators`` plus ``rank_by``."""
+        extra = () if self.rank_by is None or self.rank_by in self.estimators else (self.rank_by,)
+        return tuple(self.estimators) + extra
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SelectConfig:
@@ -460,12 +476,11 @@ def _summarise(point: dict[str, float], reps: dict[str, Any], beh_value: float,
 
     keys = tuple(cfg.estimators)
     per: dict[str, dict[str, Any]] = {}
-    gains = []
-    for k in keys:
+    for k in cfg.computed:
         ci = percentile_interval(reps[k], cfg.alpha)
         gain = float(np.quantile(reps[k] - beh_reps, cfg.alpha / 2))
-        gains.append(gain)
         per[k] = {"value": point[k], "ci": [ci[0], ci[1]], "gain_lcb": gain}
+    gains = [float(per[k]["gain_lcb"]) for k in keys]
     lcb = min(float(per[k]["ci"][0]) for k in keys)
     last = per[keys[-1]]
     return _HeldOut(estimates=per, value=float(last["value"]), lcb=lcb, ucb=float(last["ci"][1]),
@@ -489,7 +504,7 @@ def _cross_fitted(parts: list[_HeldOut], cfg: SelectConfig) -> _HeldOut:
 
     w = np.asarray([p.n_episodes for p in parts], dtype=np.float64)
     w = w / w.sum()
-    keys = tuple(cfg.estimators)
+    keys = cfg.computed
     point = {k: float(sum(wi * p.point[k] for wi, p in zip(w, parts, strict=True)))
              for k in keys}
     reps = {k: sum(wi * p.reps[k] for wi, p in zip(w, parts, strict=True)) for k in keys}
@@ -519,7 +534,7 @@ def _held_out(valid: Any, policy: Any, cfg: SelectConfig, q_model: str) -> _Held
     from equicare.ope._prepare import as_fqe_config, prepare
     from equicare.utils import check_random_state
 
-    keys = tuple(cfg.estimators)
+    keys = cfg.computed
     rng = check_random_state(cfg.seed)  # the seeds evaluate(random_state=seed) derives
     seed_prep, seed_boot, _ = (int(s) for s in rng.integers(0, 2**31 - 1, size=3))
     with threadpool_limits(limits=_thread_limit(valid)):
@@ -644,12 +659,14 @@ def select_policy(dataset: Any, config: SelectConfig | None = None, *,
                               eval_seconds=time.perf_counter() - t1, estimates=ho.estimates,
                               error=note))
         fitted[name] = learner
-    kept = _keep([(c.name, c.gain, c.lcb_gain) for c in rows], cfg.rank)
+    kept = _keep([(c.name, c.lcb_gain, _rank_score(c.estimates, c.gain, c.lcb_gain, cfg,
+                                                    behavior_value)) for c in rows])
     best = next(c for c in rows if c.name == kept) if kept is not None else None
     rule = ("among the candidates whose " + ("paired lower bound of the gain over the "
             "behaviour is above 0" if cfg.bound == "paired" else "lower bound beats the "
             "behaviour's held-out value") + ", keep the largest " + (
-            "estimated gain" if cfg.rank == "estimate" else "lower bound"))
+            "estimated gain" if cfg.rank == "estimate" else "lower bound") + (
+            "" if cfg.rank_by is None else f" by {cfg.rank_by}"))
     settings = {"config": cfg.to_dict(), "q_model": q_model,
                 "n_train_episodes": train.n_episodes, "n_valid_episodes": valid.n_episodes,
                 "rule": rule + ", else reproduce the behaviour policy"}
@@ -669,21 +686,32 @@ def select_policy(dataset: Any, config: SelectConfig | None = None, *,
                            fitted)
 
 
-def _keep(scored: list[tuple[str, float, float]], rank: str) -> str | None:
-    """The selection rule on ``(name, estimated gain, lower bound of the gain)`` triples.
+def _rank_score(estimates: dict[str, Any], gain: float, lcb_gain: float, cfg: SelectConfig,
+                behavior_value: float) -> float:
+    """What orders a candidate that passes: ``cfg.rank`` of ``cfg.rank_by`` (or of the rule)."""
+    if cfg.rank_by is None or not estimates:
+        return gain if cfg.rank == "estimate" else lcb_gain
+    e = estimates[cfg.rank_by]
+    if cfg.rank == "estimate":
+        return float(e["value"]) - behavior_value
+    return float(e["gain_lcb"]) if cfg.bound == "paired" else float(e["ci"][0]) - behavior_value
 
-    Among the candidates whose bound is finite and above 0, the first with the largest
-    estimated gain (``rank="estimate"``) or bound (``"bound"``); None when none passes.
+
+def _keep(scored: list[tuple[str, float, float]]) -> str | None:
+    """The selection rule on ``(name, lower bound of the gain, rank score)`` triples.
+
+    Among the candidates whose bound is finite and above 0, the first with the largest rank
+    score (:func:`_rank_score`); None when none passes.
     """
-    passed = [s for s in scored if math.isfinite(s[2]) and s[2] > 0]
+    passed = [s for s in scored if math.isfinite(s[1]) and s[1] > 0]
     if not passed:
         return None
-    i = 1 if rank == "estimate" else 2
-    return max(passed, key=lambda s: s[i])[0]
+    return max(passed, key=lambda s: s[2])[0]
 
 
 def choose_by_bounds(candidates: list[dict[str, Any]], behavior_value: float,
-                     estimators: tuple[str, ...], rank: str = "estimate") -> str:
+                     estimators: tuple[str, ...], rank: str = "estimate",
+                     rank_by: str | None = None) -> str:
     """The candidate a paired rule over ``estimators`` keeps, from a saved candidates table.
 
     For studies of the rule (``benchmarks/bench_select.py``): a :func:`select_policy` run with
@@ -702,6 +730,8 @@ def choose_by_bounds(candidates: list[dict[str, Any]], behavior_value: float,
         Estimators whose paired bounds must all be above 0.
     rank : {"estimate", "bound"}
         As :attr:`SelectConfig.rank`.
+    rank_by : str or None
+        As :attr:`SelectConfig.rank_by` (its estimates must be in the table too).
 
     Returns
     -------
@@ -713,20 +743,22 @@ def choose_by_bounds(candidates: list[dict[str, Any]], behavior_value: float,
     check_param(rank, "rank", "choose_by_bounds", choices=RANKS)
     if not estimators:
         raise ValueError("choose_by_bounds: estimators must name at least one estimator.")
+    cfg = SelectConfig(estimators=tuple(estimators), rank=rank,  # type: ignore[arg-type]
+                       rank_by=rank_by)
     scored = []
     for c in candidates:
         est = c.get("estimates") or {}
         if c.get("error") is not None or not est:  # failed or not eligible
             continue
-        missing = [k for k in estimators if k not in est]
+        missing = [k for k in cfg.computed if k not in est]
         if missing:
             raise ValueError(f"Candidate {c.get('name')!r} has no held-out estimate for "
                              f"{missing}; it has {sorted(est)}.")
-        scored.append((str(c["name"]),
-                       float(np.mean([float(est[k]["value"]) for k in estimators]))
-                       - behavior_value,
-                       min(float(est[k]["gain_lcb"]) for k in estimators)))
-    kept = _keep(scored, rank)
+        gain = float(np.mean([float(est[k]["value"]) for k in estimators])) - behavior_value
+        lcb_gain = min(float(est[k]["gain_lcb"]) for k in estimators)
+        scored.append((str(c["name"]), lcb_gain,
+                       _rank_score(est, gain, lcb_gain, cfg, behavior_value)))
+    kept = _keep(scored)
     return "behavior" if kept is None else kept
 
 
