@@ -163,6 +163,31 @@ def test_pvi_candidates_take_an_optional_min_count() -> None:
             SelectConfig(pvi=[bad])
 
 
+def test_bonferroni_puts_every_bound_at_alpha_over_the_number_of_candidates() -> None:
+    """``multiplicity="bonferroni"`` is the plain rule at level ``alpha / K``: the same
+    replicates, each candidate's bound the ``alpha / (2K)`` quantile (lower than the plain one),
+    so fewer pass; too few replicates for that quantile is refused with the number needed."""
+    _, ds = _panel(3, 600)
+    base = dict(n_wedges=(20.0,), pvi=((0.3, 5.0), (0.3, 20.0, 0.5, 0.1)), neural=(), seed=3)
+    k = 3
+    plain = select_policy(ds, SelectConfig(bootstrap=400, **base))
+    bonf = select_policy(ds, SelectConfig(bootstrap=400, multiplicity="bonferroni", **base))
+    by_hand = select_policy(ds, SelectConfig(bootstrap=400, alpha=0.1 / k, **base))
+    assert bonf.chosen == by_hand.chosen
+    assert bonf.settings["alpha_per_candidate"] == pytest.approx(0.1 / k)
+    assert "Bonferroni over 3 candidates" in bonf.settings["rule"]
+    for p_, b_, h_ in zip(plain.candidates, bonf.candidates, by_hand.candidates, strict=True):
+        assert b_.lcb_gain == pytest.approx(h_.lcb_gain, abs=1e-12)
+        assert b_.estimates["wdr"]["value"] == pytest.approx(p_.estimates["wdr"]["value"])
+        assert b_.lcb_gain < p_.lcb_gain
+    passed = {c.name for c in plain.candidates if c.lcb_gain > 0}
+    assert {c.name for c in bonf.candidates if c.lcb_gain > 0} <= passed
+    with pytest.raises(ValueError, match="bootstrap >= 300"):
+        select_policy(ds, SelectConfig(bootstrap=200, multiplicity="bonferroni", **base))
+    with pytest.raises(ValueError, match="multiplicity"):
+        SelectConfig(multiplicity="holm")
+
+
 def test_k_fold_cross_fitting_holds_every_episode_out_once() -> None:
     """folds = K > 2: the K held-out evaluations (each fold's policy trained on the other
     K - 1 folds) are pooled with weights = held-out episodes, so the behaviour's pooled value

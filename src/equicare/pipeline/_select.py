@@ -30,6 +30,7 @@ __all__ = ["SelectConfig", "Candidate", "SelectionResult", "select_policy", "tra
 SELECTION_FILE = "selection.json"
 NEURAL = ("bc", "awr", "cql")
 BOUNDS = ("paired", "separate")
+MULTIPLICITY = ("none", "bonferroni")
 RANKS = ("estimate", "bound")
 ESTIMATORS = ("wdr", "dr", "wis", "wpdis", "fqe", "is", "pdis")
 
@@ -91,6 +92,13 @@ class SelectConfig:
         pass on the doubly robust WDR bound, which stays consistent when the Q-model is wrong,
         and order by FQE's tighter bound). None: the passing estimators themselves (their
         smallest bound, their mean estimate).
+    multiplicity : {"none", "bonferroni"}
+        ``none`` (default): every candidate's bound is at level ``alpha``; keeping the best of
+        ``K`` candidates by the same held-out episodes then makes the kept one's bound
+        optimistic. ``bonferroni``: every bound (and interval) is at level ``alpha / K``, so
+        with probability about ``1 - alpha / 2`` no candidate worse than the behaviour passes
+        (simultaneous one-sided bounds; fewer candidates pass). It needs enough bootstrap
+        replicates in the tail: ``bootstrap * alpha / (2 K) >= 5``.
     max_off_support_pct : float
         A candidate that puts more than this share (%) of its held-out mass on actions current
         practice (almost) never takes is not eligible: off the behaviour's support no OPE bound
@@ -130,6 +138,7 @@ class SelectConfig:
     bound: Literal["paired", "separate"] = "paired"
     rank: Literal["estimate", "bound"] = "bound"
     rank_by: str | None = None
+    multiplicity: Literal["none", "bonferroni"] = "none"
     max_off_support_pct: float = 1.0
     refit_full: bool = False
     folds: int = 2
@@ -170,6 +179,7 @@ class SelectConfig:
                              "neural).")
         check_param(self.bound, "bound", o, choices=BOUNDS)
         check_param(self.rank, "rank", o, choices=RANKS)
+        check_param(self.multiplicity, "multiplicity", o, choices=MULTIPLICITY)
         check_param(self.neural_steps, "neural_steps", o, kind=int, low=1, expected="an int >= 1")
         check_param(self.valid_fraction, "valid_fraction", o, kind=(int, float), low=0, high=1,
                     low_inclusive=False, high_inclusive=False)
@@ -593,22 +603,24 @@ def select_policy(dataset: Any, config: SelectConfig | None = None, *,
 
     cfg = config or SelectConfig()
     say = progress or (lambda _msg: None)
+    specs = _candidate_specs(dataset, cfg)
+    ecfg = _evaluation_config(cfg, len(specs))
     strat = next(iter(dataset.groups), None)
     if cfg.folds == 2:
         half_a, half_b = dataset.split(0.5, random_state=cfg.seed, stratify=strat)
         # (train, held out, evaluation seed) per fold: independent bootstraps
-        folds = [(half_a, half_b, cfg), (half_b, half_a, replace(cfg, seed=cfg.seed + 1))]
+        folds = [(half_a, half_b, ecfg), (half_b, half_a, replace(ecfg, seed=cfg.seed + 1))]
         train, valid = half_a, half_b
         say(f"cross-fitting on two halves of {half_a.n_episodes} and {half_b.n_episodes} "
             f"episodes")
     elif cfg.folds > 2:
         pairs = dataset.kfold(cfg.folds, random_state=cfg.seed, stratify=strat)
-        folds = [(tr, va, replace(cfg, seed=cfg.seed + k)) for k, (tr, va) in enumerate(pairs)]
+        folds = [(tr, va, replace(ecfg, seed=cfg.seed + k)) for k, (tr, va) in enumerate(pairs)]
         train, valid = pairs[0]
         say(f"cross-fitting on {cfg.folds} folds of about {valid.n_episodes} held-out episodes")
     else:
         train, valid = dataset.split(cfg.valid_fraction, random_state=cfg.seed, stratify=strat)
-        folds = [(train, valid, cfg)]
+        folds = [(train, valid, ecfg)]
         say(f"{train.n_episodes} training and {valid.n_episodes} held-out episodes")
     q_model = cfg.q_model or default_q_model(dataset)
     say(f"OPE {', '.join(cfg.estimators)} with the {q_model} Q-model")
@@ -624,7 +636,7 @@ def select_policy(dataset: Any, config: SelectConfig | None = None, *,
     fitted: dict[str, Any] = {}
     behavior_value = math.nan
     behavior_ci = (math.nan, math.nan)
-    for name, algo, params in _candidate_specs(dataset, cfg):
+    for name, algo, params in specs:
         say(f"candidate {name}")
         t0 = time.perf_counter()
         try:
@@ -643,7 +655,7 @@ def select_policy(dataset: Any, config: SelectConfig | None = None, *,
             rows.append(Candidate(name, algo, params, train_seconds=t1 - t0,
                                   error=str(exc).splitlines()[0]))
             continue
-        ho = parts[0] if len(parts) == 1 else _cross_fitted(parts, cfg)
+        ho = parts[0] if len(parts) == 1 else _cross_fitted(parts, ecfg)
         behavior_value, behavior_ci = ho.behavior_value, ho.behavior_ci
         lcb, gain = ho.lcb, ho.lcb_gain
         offs = [_off_support_pct(dataset, va, judged(ln.policy_), judged(_own_baseline(ln)))
@@ -667,7 +679,10 @@ def select_policy(dataset: Any, config: SelectConfig | None = None, *,
             "behaviour's held-out value") + ", keep the largest " + (
             "estimated gain" if cfg.rank == "estimate" else "lower bound") + (
             "" if cfg.rank_by is None else f" by {cfg.rank_by}"))
-    settings = {"config": cfg.to_dict(), "q_model": q_model,
+    if cfg.multiplicity == "bonferroni":
+        rule += (f" (Bonferroni over {len(specs)} candidates: one-sided level "
+                 f"{ecfg.alpha / 2:.4g} each)")
+    settings = {"config": cfg.to_dict(), "q_model": q_model, "alpha_per_candidate": ecfg.alpha,
                 "n_train_episodes": train.n_episodes, "n_valid_episodes": valid.n_episodes,
                 "rule": rule + ", else reproduce the behaviour policy"}
     if cfg.folds >= 2:
@@ -684,6 +699,23 @@ def select_policy(dataset: Any, config: SelectConfig | None = None, *,
     say("no candidate's bound shows a gain over the behaviour: reproducing the behaviour policy")
     return SelectionResult(rows, behavior_value, behavior_ci, "behavior", True, beh, settings,
                            fitted)
+
+
+def _evaluation_config(cfg: SelectConfig, n_candidates: int) -> SelectConfig:
+    """``cfg`` with the level of every bound: ``alpha / K`` under Bonferroni, else ``alpha``."""
+    from dataclasses import replace
+
+    if cfg.multiplicity == "none":
+        return cfg
+    alpha = cfg.alpha / max(n_candidates, 1)
+    tail = cfg.bootstrap * alpha / 2
+    if tail < 5:
+        need = math.ceil(10 / alpha)
+        raise ValueError(f"SelectConfig: multiplicity='bonferroni' over {n_candidates} candidates "
+                         f"puts each bound at the {alpha / 2:.4g} quantile, which {cfg.bootstrap} "
+                         f"bootstrap replicates cannot resolve ({tail:.1f} replicates in the "
+                         f"tail, at least 5 needed); set bootstrap >= {need}.")
+    return replace(cfg, alpha=alpha)
 
 
 def _rank_score(estimates: dict[str, Any], gain: float, lcb_gain: float, cfg: SelectConfig,
