@@ -202,6 +202,13 @@ class SelectConfig:
         check_param(self.folds, "folds", o, kind=int, low=1, high=20,
                     expected="an int in [1, 20]")
         check_param(self.seed, "seed", o, kind=int, low=0, expected="an int >= 0")
+        k = len(self.n_wedges) + len(self.pvi) + len(self.neural)
+        alpha = self.alpha / k
+        if self.multiplicity == "bonferroni" and self.bootstrap * alpha / 2 < 5:
+            raise ValueError(f"SelectConfig: multiplicity='bonferroni' over {k} candidates puts "
+                             f"each bound at the {alpha / 2:.4g} quantile, which "
+                             f"{self.bootstrap} bootstrap replicates cannot resolve (at least 5 "
+                             f"replicates in the tail); set bootstrap >= {math.ceil(10 / alpha)}.")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dictionary."""
@@ -707,15 +714,7 @@ def _evaluation_config(cfg: SelectConfig, n_candidates: int) -> SelectConfig:
 
     if cfg.multiplicity == "none":
         return cfg
-    alpha = cfg.alpha / max(n_candidates, 1)
-    tail = cfg.bootstrap * alpha / 2
-    if tail < 5:
-        need = math.ceil(10 / alpha)
-        raise ValueError(f"SelectConfig: multiplicity='bonferroni' over {n_candidates} candidates "
-                         f"puts each bound at the {alpha / 2:.4g} quantile, which {cfg.bootstrap} "
-                         f"bootstrap replicates cannot resolve ({tail:.1f} replicates in the "
-                         f"tail, at least 5 needed); set bootstrap >= {need}.")
-    return replace(cfg, alpha=alpha)
+    return replace(cfg, alpha=cfg.alpha / max(n_candidates, 1), multiplicity="none")
 
 
 def _rank_score(estimates: dict[str, Any], gain: float, lcb_gain: float, cfg: SelectConfig,
