@@ -41,7 +41,8 @@ def run_one(name: str, seed: int, episodes: int, neural: list[str], neural_steps
             bound: str = "paired", pvi: tuple | None = None, folds: int = 2,
             refit_full: bool = False, estimators: tuple[str, ...] | None = None,
             full_exact: bool = False, n_wedges: tuple[float, ...] | None = None,
-            rank_by: str | None = None) -> dict:
+            rank_by: str | None = None, multiplicity: str = "none",
+            bootstrap: int | None = None) -> dict:
     """Exact values of every policy for one configuration and seed.
 
     ``estimators``: the OPE estimators of the selection (default: ``SelectConfig``'s); a
@@ -72,6 +73,10 @@ def run_one(name: str, seed: int, episodes: int, neural: list[str], neural_steps
         extra["estimators"] = tuple(estimators)
     if rank_by is not None:
         extra["rank_by"] = rank_by
+    if multiplicity != "none":
+        extra["multiplicity"] = multiplicity
+    if bootstrap is not None:
+        extra["bootstrap"] = bootstrap
     res = select_policy(ds, SelectConfig(neural=(), seed=seed, bound=bound, folds=folds,
                                          refit_full=refit_full, **extra))
     sel_s = time.perf_counter() - t0
@@ -341,6 +346,9 @@ def main() -> None:
                     help="also the exact value of every candidate retrained on all episodes")
     ap.add_argument("--rank-by", default=None,
                     help="SelectConfig.rank_by: the estimator that orders the candidates that pass")
+    ap.add_argument("--multiplicity", choices=("none", "bonferroni"), default="none",
+                    help="SelectConfig.multiplicity (bonferroni needs --bootstrap >= 10 K / alpha)")
+    ap.add_argument("--bootstrap", type=int, default=None, help="SelectConfig.bootstrap")
     ap.add_argument("--rules", type=json.loads, default=None,
                     help='bound rules to compare, JSON [["wis","wdr"],["wdr"],...]: per run, '
                          "the candidate each keeps (paired bounds of every listed estimator "
@@ -362,7 +370,7 @@ def main() -> None:
                         args.refit_full,
                         None if args.estimators is None else tuple(args.estimators),
                         args.full_exact, None if args.n_wedges is None else tuple(args.n_wedges),
-                        args.rank_by)
+                        args.rank_by, args.multiplicity, args.bootstrap)
             rows.append(r)
             if args.out:  # after every run: a long study keeps what it measured
                 args.out.write_text(json.dumps({"rows": rows}, indent=2, default=str) + "\n")
