@@ -42,7 +42,7 @@ def run_one(name: str, seed: int, episodes: int, neural: list[str], neural_steps
             refit_full: bool = False, estimators: tuple[str, ...] | None = None,
             full_exact: bool = False, n_wedges: tuple[float, ...] | None = None,
             rank_by: str | None = None, multiplicity: str = "none",
-            bootstrap: int | None = None) -> dict:
+            bootstrap: int | None = None, q_model: str | None = None) -> dict:
     """Exact values of every policy for one configuration and seed.
 
     ``estimators``: the OPE estimators of the selection (default: ``SelectConfig``'s); a
@@ -77,6 +77,8 @@ def run_one(name: str, seed: int, episodes: int, neural: list[str], neural_steps
         extra["multiplicity"] = multiplicity
     if bootstrap is not None:
         extra["bootstrap"] = bootstrap
+    if q_model is not None:
+        extra["q_model"] = q_model
     res = select_policy(ds, SelectConfig(neural=(), seed=seed, bound=bound, folds=folds,
                                          refit_full=refit_full, **extra))
     sel_s = time.perf_counter() - t0
@@ -349,6 +351,7 @@ def main() -> None:
     ap.add_argument("--multiplicity", choices=("none", "bonferroni"), default="none",
                     help="SelectConfig.multiplicity (bonferroni needs --bootstrap >= 10 K / alpha)")
     ap.add_argument("--bootstrap", type=int, default=None, help="SelectConfig.bootstrap")
+    ap.add_argument("--q-model", default=None, help="SelectConfig.q_model (default: auto)")
     ap.add_argument("--rules", type=json.loads, default=None,
                     help='bound rules to compare, JSON [["wis","wdr"],["wdr"],...]: per run, '
                          "the candidate each keeps (paired bounds of every listed estimator "
@@ -370,7 +373,7 @@ def main() -> None:
                         args.refit_full,
                         None if args.estimators is None else tuple(args.estimators),
                         args.full_exact, None if args.n_wedges is None else tuple(args.n_wedges),
-                        args.rank_by, args.multiplicity, args.bootstrap)
+                        args.rank_by, args.multiplicity, args.bootstrap, args.q_model)
             rows.append(r)
             if args.out:  # after every run: a long study keeps what it measured
                 args.out.write_text(json.dumps({"rows": rows}, indent=2, default=str) + "\n")

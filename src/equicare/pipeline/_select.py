@@ -601,8 +601,9 @@ def select_policy(dataset: Any, config: SelectConfig | None = None, *,
     keep it if that bound is above 0; otherwise return SPIBB with ``N_wedge = inf`` fitted on
     all episodes, i.e. the estimated behaviour policy per cell (numeric states cut into bins
     when the panel has no categorical state). Choosing the best of several candidates by the
-    same held-out data makes the kept candidate's bound slightly optimistic (no multiplicity
-    correction); the Garnet study in ``docs/learn.md`` measures the result against exact values.
+    same held-out data makes the kept candidate's bound slightly optimistic unless
+    ``multiplicity="bonferroni"`` puts every bound at ``alpha / K``; the Garnet study in
+    ``docs/learn.md`` measures the result against exact values.
     """
     from dataclasses import replace
 
