@@ -232,18 +232,30 @@ def print_selection(res: dict[str, Any]) -> None:
         return "-" if x is None else f"{x:.4f}"
 
     beh = res["behavior"]
+    cfg = (res.get("settings") or {}).get("config") or {}
+    by, rank = cfg.get("rank_by"), cfg.get("rank", "bound")
     t = Table(title=f"Candidates (held-out; behaviour value {beh['value']:.4f})")
-    for col in ("candidate", "value", "lower", "upper", "gain lower", "beats behaviour",
-                "train s"):
+    cols = ["candidate", "value", "lower", "upper", "gain lower", "beats behaviour"]
+    if by:  # the estimator that orders the candidates that pass
+        cols.append(f"{by} gain {'lower' if rank == 'bound' else 'estimate'}")
+    for col in (*cols, "train s"):
         t.add_column(col)
     t.add_column("note", overflow="fold", max_width=60)
     for c in res["candidates"]:
         gain = c.get("lcb_gain")
         beats = "" if gain is None else ("yes" if gain > 0 else "no")
         mark = " *" if c["name"] == res["chosen"] else ""
-        t.add_row(c["name"] + mark, f(c["value"]), f(c["lcb"]), f(c["ucb"]), f(gain), beats,
-                  f"{c['train_seconds']:.1f}", c["error"] or "")
+        row = [c["name"] + mark, f(c["value"]), f(c["lcb"]), f(c["ucb"]), f(gain), beats]
+        if by:
+            e = (c.get("estimates") or {}).get(by)
+            row.append("-" if e is None or gain is None else f(
+                e["gain_lcb"] if rank == "bound" else e["value"] - beh["value"]))
+        t.add_row(*row, f"{c['train_seconds']:.1f}", c["error"] or "")
     print_table(t)
+    if by:
+        con.print(f"Candidates whose gain lower bound is above 0 pass; the kept one has the "
+                  f"largest {by} gain {'lower bound' if rank == 'bound' else 'estimate'}.",
+                  highlight=False)
     how = ("fallback: no candidate's lower bound shows a gain over the behaviour; the model "
            "reproduces the behaviour policy" if res["fallback"] else f"kept {res['chosen']}")
     con.print(f"{how}. Wrote {res['model_dir']} (selection.json) in {res['seconds']:.1f} s.",
