@@ -36,9 +36,10 @@ def test_selected_policy_is_not_worse_than_behaviour() -> None:
     assert mdp.value(table) > vb - 0.005
     assert len(res.candidates) == len(FAST.n_wedges)
     assert all(np.isfinite(c.lcb) for c in res.candidates)
-    # on a panel of categorical states: the tabular Q-model, WDR decides who passes and FQE's
-    # paired bound orders them
-    assert res.settings["q_model"] == "tabular" and res.settings["config"]["rank_by"] == "fqe"
+    # on a panel of categorical states: the stationary tabular Q-model, WDR decides who
+    # passes and FQE's paired bound orders them
+    assert res.settings["q_model"] == "tabular_stationary"
+    assert res.settings["config"]["rank_by"] == "fqe"
     passed = [c for c in res.candidates if c.lcb_gain > 0]
     assert res.fallback == (not passed)
     if passed:
@@ -380,8 +381,7 @@ def test_rules_rescored_from_a_superset_run_match_a_run_with_that_rule() -> None
         t, _ = garnet_policy_table(mdp, ds, run.learner.policy_)
         assert mdp.value(t) > vb - 0.005
     # the default (WDR passes, FQE's bound orders) and the rule before it (WDR's bound orders)
-    # disagree on this panel (measured with the tabular Q-model: pvi_b0.3_k20_t0.1 against
-    # pvi_b0.3_k20_t0.1_m0.5), and every choice is safe in exact value (above)
+    # disagree on this panel, and every choice is safe in exact value (above)
     assert SelectConfig().rank_by == "auto"
     assert kept[("wdr",), "bound", "fqe"] != kept[("wdr",), "bound", None], kept
     # rank_by: WDR decides who passes, FQE's paired bound orders them (by hand)

@@ -65,9 +65,10 @@ class SelectConfig:
         episodes with many actions, with the same worst case. Neither rule rejects every
         unsafe candidate: with deliberately unsafe ones added, both kept one on seeds 1-5.
     q_model : str or None
-        Q-model of the OPE; None: ``tabular`` on panels with categorical state columns (the
-        tabular candidates act per cell, and a Q-model that resolves every cell is what their
-        doubly robust estimates need; on the Garnet study it beat ``auto`` together with
+        Q-model of the OPE; None: ``tabular_stationary`` on panels with categorical state
+        columns (the tabular candidates act per cell, and a Q-model that resolves every cell
+        and pools the steps is what their estimates need on sparse panels; on the Garnet study
+        it beat ``auto``, the per-step ``tabular`` and ``tabular_window`` together with
         ``rank_by="fqe"``, ``docs/learn.md``, "The Q-model of the selection"), ``auto``
         otherwise.
     bootstrap : int
@@ -327,8 +328,8 @@ class SelectionResult:
 
 
 def default_q_model(dataset: Any) -> str:
-    """``tabular`` on panels with categorical state columns, else ``auto``."""
-    return "tabular" if _discrete(dataset) else "auto"
+    """``tabular_stationary`` on panels with categorical state columns, else ``auto``."""
+    return "tabular_stationary" if _discrete(dataset) else "auto"
 
 
 def _resolve(cfg: SelectConfig, dataset: Any) -> SelectConfig:
