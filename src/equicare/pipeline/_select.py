@@ -6,9 +6,10 @@ budget) are trained on the training episodes and evaluated on held-out episodes 
 :mod:`equicare.ope` (the computation of :func:`equicare.ope.evaluate`, one bootstrap count matrix
 shared by every candidate and the behaviour). By default (``bound="paired"``) a candidate's
 bound is the one-sided lower confidence bound of its improvement over the behaviour, from the
-same bootstrap replicates of both (paired; WDR by default); the candidate with the largest such
-bound is kept if the bound is above 0. Otherwise the result is a model folder that reproduces the
-behaviour policy.
+same bootstrap replicates of both (paired; WDR by default). Among the candidates whose bound is
+above 0, the one with the largest bound is kept; on panels with categorical states the OPE uses
+the stationary tabular Q-model and FQE's paired bound orders the candidates that passed
+(``rank_by``). Otherwise the result is a model folder that reproduces the behaviour policy.
 """
 
 from __future__ import annotations
@@ -606,11 +607,13 @@ def select_policy(dataset: Any, config: SelectConfig | None = None, *,
 
     Notes
     -----
-    Rule: among eligible candidates whose evaluation succeeded, take the largest lower bound of
-    the gain over the behaviour (paired bootstrap, or ``L - V_b`` with ``bound="separate"``);
-    keep it if that bound is above 0; otherwise return SPIBB with ``N_wedge = inf`` fitted on
-    all episodes, i.e. the estimated behaviour policy per cell (numeric states cut into bins
-    when the panel has no categorical state). Choosing the best of several candidates by the
+    Rule: among eligible candidates whose evaluation succeeded and whose lower bound of the gain
+    over the behaviour (paired bootstrap, or ``L - V_b`` with ``bound="separate"``) is above 0,
+    keep the one with the largest such bound (of ``rank_by``'s estimator when set: FQE on
+    panels with categorical states); if none passes, return SPIBB with ``N_wedge = inf`` fitted on
+    all episodes: current practice itself when propensities are logged (the known baseline),
+    else the estimated behaviour policy per cell (numeric states cut into bins when the panel
+    has no categorical state). Choosing the best of several candidates by the
     same held-out data makes the kept candidate's bound slightly optimistic unless
     ``multiplicity="bonferroni"`` puts every bound at ``alpha / K``; the Garnet study in
     ``docs/learn.md`` measures the result against exact values.
