@@ -19,7 +19,7 @@ import math
 import os
 import time
 import warnings
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -208,7 +208,7 @@ class SelectConfig:
         check_param(self.folds, "folds", o, kind=int, low=1, high=20,
                     expected="an int in [1, 20]")
         check_param(self.seed, "seed", o, kind=int, low=0, expected="an int >= 0")
-        k = len(self.n_wedges) + len(self.pvi) + len(self.neural)
+        k = self.n_candidates
         alpha = self.alpha / k
         if self.multiplicity == "bonferroni" and self.bootstrap * alpha / 2 < 5:
             raise ValueError(f"SelectConfig: multiplicity='bonferroni' over {k} candidates puts "
@@ -219,6 +219,11 @@ class SelectConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dictionary."""
         return config_to_dict(self)
+
+    @property
+    def n_candidates(self) -> int:
+        """``K``: one candidate per ``n_wedges`` value, ``pvi`` entry and ``neural`` learner."""
+        return len(self.n_wedges) + len(self.pvi) + len(self.neural)
 
     @property
     def computed(self) -> tuple[str, ...]:
@@ -335,8 +340,6 @@ def default_q_model(dataset: Any) -> str:
 
 def _resolve(cfg: SelectConfig, dataset: Any) -> SelectConfig:
     """``cfg`` with ``rank_by="auto"`` and ``q_model=None`` replaced by what they mean here."""
-    from dataclasses import replace
-
     rank_by = cfg.rank_by
     if rank_by == "auto":
         rank_by = "fqe" if _discrete(dataset) else None
@@ -427,8 +430,6 @@ def _own_baseline(learner: Any) -> Any:
     training baseline*: with ``behavior="known"`` that remainder is current practice's, left to
     the clinicians, whichever half of the episodes the candidate was trained on.
     """
-    from dataclasses import replace
-
     import numpy as np
 
     pol = getattr(learner, "policy_", None)
@@ -618,14 +619,12 @@ def select_policy(dataset: Any, config: SelectConfig | None = None, *,
     ``multiplicity="bonferroni"`` puts every bound at ``alpha / K``; the Garnet study in
     ``docs/learn.md`` measures the result against exact values.
     """
-    from dataclasses import replace
-
     from equicare.exceptions import SupportWarning
 
     cfg = _resolve(config or SelectConfig(), dataset)
     say = progress or (lambda _msg: None)
     specs = _candidate_specs(dataset, cfg)
-    ecfg = _evaluation_config(cfg, len(specs))
+    ecfg = _evaluation_config(cfg)
     strat = next(iter(dataset.groups), None)
     if cfg.folds == 2:
         half_a, half_b = dataset.split(0.5, random_state=cfg.seed, stratify=strat)
@@ -702,7 +701,7 @@ def select_policy(dataset: Any, config: SelectConfig | None = None, *,
             "estimated gain" if cfg.rank == "estimate" else "lower bound") + (
             "" if cfg.rank_by is None else f" by {cfg.rank_by}"))
     if cfg.multiplicity == "bonferroni":
-        rule += (f" (Bonferroni over {len(specs)} candidates: one-sided level "
+        rule += (f" (Bonferroni over {cfg.n_candidates} candidates: one-sided level "
                  f"{ecfg.alpha / 2:.4g} each)")
     settings = {"config": cfg.to_dict(), "q_model": q_model, "alpha_per_candidate": ecfg.alpha,
                 "n_train_episodes": train.n_episodes, "n_valid_episodes": valid.n_episodes,
@@ -723,13 +722,11 @@ def select_policy(dataset: Any, config: SelectConfig | None = None, *,
                            fitted)
 
 
-def _evaluation_config(cfg: SelectConfig, n_candidates: int) -> SelectConfig:
+def _evaluation_config(cfg: SelectConfig) -> SelectConfig:
     """``cfg`` with the level of every bound: ``alpha / K`` under Bonferroni, else ``alpha``."""
-    from dataclasses import replace
-
     if cfg.multiplicity == "none":
         return cfg
-    return replace(cfg, alpha=cfg.alpha / max(n_candidates, 1), multiplicity="none")
+    return replace(cfg, alpha=cfg.alpha / cfg.n_candidates, multiplicity="none")
 
 
 def _rank_score(estimates: dict[str, Any], gain: float, lcb_gain: float, cfg: SelectConfig,
