@@ -172,3 +172,80 @@ def test_large_configurations_match_monte_carlo(name: str) -> None:
         z, z_groups = _z(mdp, fams[family], 50_000, seed=5)
         assert abs(z) < 4, (family, z)
         assert all(abs(v) < 4 for v in z_groups.values()), (family, z_groups)
+
+
+# ------------------------------------------------------------------ efficiency bounds
+def _moved(mdp: GarnetMDP, k: int, eps: float) -> GarnetMDP:
+    """A copy of ``mdp`` with ``eps`` of row ``k``'s probability moved from its last entry to
+    its first (rewards follow the *good* column)."""
+    from copy import deepcopy
+
+    out = deepcopy(mdp)
+    out.P = mdp.P.copy()
+    lo, hi = mdp.P.indptr[k], mdp.P.indptr[k + 1]
+    out.P.data[lo] += eps
+    out.P.data[hi - 1] -= eps
+    S, A = mdp.n_states, mdp.n_actions
+    out._Pt = out.P[:, :S].tocsr()
+    out.reward = np.asarray(out.P[:, [S]].todense()).reshape(S, A)
+    return out
+
+
+def test_value_gradient_matches_finite_differences() -> None:
+    mdp = GarnetMDP(SMALL, random_state=3)
+    pi = garnet_target_policies(mdp)["soft_optimal"]
+    grad = mdp.value_gradient(pi)
+    assert grad.shape == (mdp.P.nnz,)
+    rng = np.random.default_rng(0)
+    checked = 0
+    for k in rng.choice(mdp.P.shape[0], 40, replace=False):
+        lo, hi = mdp.P.indptr[k], mdp.P.indptr[k + 1]
+        if hi - lo < 2:
+            continue
+        eps = 1e-6
+        fd = (mdp_value := _moved(mdp, int(k), eps).value(pi)) - mdp.value(pi)
+        assert np.isfinite(mdp_value)
+        assert fd / eps == pytest.approx(grad[lo] - grad[hi - 1], rel=1e-4, abs=1e-9)
+        checked += abs(grad[lo] - grad[hi - 1]) > 1e-6
+    assert checked >= 5  # the check is not only on pairs the policy never reaches
+
+
+def test_sequential_bound_of_the_behaviour_is_the_variance_of_its_return() -> None:
+    """For pi = b every weight is 1: DR with the exact Q is the return itself, so the
+    sequential bound is Var(return over the window) exactly; the Markov bounds are smaller."""
+    mdp = GarnetMDP(SMALL, random_state=4)
+    b = mdp.behavior_policy
+    seq = mdp.efficiency_bound(b, model="sequential")
+    pan = mdp.simulate(40_000, random_state=5)
+    var = pan.returns.var(ddof=1)
+    se = var * np.sqrt(2.0 / (pan.n_episodes - 1))  # sd of a sample variance (Bernoulli-ish)
+    assert abs(seq.variance - var) < 4 * se + 0.02 * var, (seq.variance, var)
+    assert seq.value == pytest.approx(mdp.value(b))
+    hom = mdp.efficiency_bound(b)
+    mar = mdp.efficiency_bound(b, model="markov")
+    assert hom.variance <= mar.variance * (1 + 1e-9)
+    assert mar.variance == pytest.approx(seq.variance, rel=1e-9)  # every ratio d_pi/d_b is 1
+    assert hom.variance < seq.variance  # pooling the steps is worth a little even on-policy
+
+
+@pytest.mark.parametrize("family", ["soft_optimal", "mixture_30", "tilted", "optimal_supported"])
+def test_bounds_are_ordered_by_what_the_model_assumes(family: str) -> None:
+    mdp = GarnetMDP(SMALL, random_state=6)
+    pi = garnet_target_policies(mdp)[family]
+    v = [mdp.efficiency_bound(pi, model=m).variance for m in ("homogeneous", "markov",
+                                                              "sequential")]
+    assert 0 < v[0] <= v[1] * (1 + 1e-9), v
+    assert v[1] <= v[2] * (1 + 1e-9), v
+    eb = mdp.efficiency_bound(pi)
+    assert eb.sd(4 * 1000) == pytest.approx(eb.sd(1000) / 2)
+    assert eb.relative_sd(1000) == pytest.approx(eb.sd(1000) / mdp.value(pi))
+
+
+def test_unsupported_target_has_no_finite_bound() -> None:
+    mdp = GarnetMDP(SMALL, random_state=6)
+    pi = garnet_target_policies(mdp)["unsupported"]
+    for model in ("homogeneous", "markov", "sequential"):
+        eb = mdp.efficiency_bound(pi, model=model)
+        assert eb.n_unidentified > 0 and eb.variance == np.inf and eb.model == model
+    with pytest.raises(ValueError, match="model"):
+        mdp.efficiency_bound(pi, model="iid")  # type: ignore[arg-type]

@@ -29,6 +29,7 @@ _LAZY: dict[str, str] = {
     "random_mediation_mdp": "equicare.sim.mediation",
     "effects_from_etas": "equicare.sim.mediation",
     # clinical-shaped random MDPs (Garnet) with exact values
+    "EfficiencyBound": "equicare.sim.garnet",
     "GarnetConfig": "equicare.sim.garnet",
     "GarnetMDP": "equicare.sim.garnet",
     "GarnetPanel": "equicare.sim.garnet",

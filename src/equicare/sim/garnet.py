@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -35,6 +35,7 @@ from equicare.utils import RandomState, check_param, check_random_state, config_
 
 __all__ = [
     "GARNET_PRESETS",
+    "EfficiencyBound",
     "GarnetConfig",
     "GarnetMDP",
     "GarnetPanel",
@@ -431,6 +432,145 @@ class GarnetMDP:
             d = g * (P_pi.T @ d)
         return out
 
+    def value_gradient(self, pi: Any) -> NDArray[np.float64]:
+        """Derivative of the logged-window value with respect to every transition probability.
+
+        ``G[(s, a), s'] = sum_{t < H} gamma^t d_t(s, a) h_t(s')`` for each stored entry of
+        :attr:`P`, with ``d_t(s, a) = P_pi(s_t = s) pi(a | s)`` and ``h_t(s') = gamma V_{t+1}(s')``
+        for a transient ``s'``, 1 for *good* and 0 for *bad* (the reward of the entry): moving
+        probability ``delta`` from one successor of ``(s, a)`` to another changes the value by
+        ``sum_{s'} delta(s') G[(s, a), s']`` to first order.
+
+        Parameters
+        ----------
+        pi : array-like of shape (S, A)
+
+        Returns
+        -------
+        ndarray of shape (P.nnz,)
+            Aligned with ``P.data`` (CSR order).
+        """
+        p = self.check_policy(pi)
+        S, A, H, g = self.n_states, self.n_actions, self.config.max_horizon, self.config.gamma
+        P_pi = self._p_pi(p)
+        r_pi = (p * self.reward).sum(axis=1)
+        v_next = np.zeros((H, S))  # v_next[t] = V_{t+1}; V_H = 0
+        for t in range(H - 2, -1, -1):
+            v_next[t] = r_pi + g * (P_pi @ v_next[t + 1])
+        rows = np.repeat(np.arange(S * A), np.diff(self.P.indptr))
+        cols = self.P.indices
+        transient = cols < S
+        col_t = np.minimum(cols, S - 1)
+        grad = np.zeros(self.P.nnz)
+        y = self.mu.copy()  # gamma^t P_pi(s_t = s)
+        for t in range(H):
+            c = (y[:, None] * p).ravel()[rows]
+            grad += c * np.where(transient, g * v_next[t][col_t], (cols == S).astype(float))
+            y = g * (P_pi.T @ y)
+        return grad
+
+    def efficiency_bound(self, pi: Any, behavior: Any = None,
+                         model: Literal["homogeneous", "markov", "sequential"] = "homogeneous"
+                         ) -> EfficiencyBound:
+        """Efficiency bound of the logged-window value of ``pi``: the least asymptotic variance.
+
+        No regular estimator of :meth:`value` from ``n`` episodes logged under ``behavior`` has
+        an asymptotic variance below ``variance / n``, in the model the estimator assumes. With
+        ``h_t(s') = 1[s' = good] + gamma V_{t+1}(s')`` (0 for *bad*) and
+        ``sigma_t^2(s, a) = Var_{s' ~ P(. | s, a)} h_t(s')``, the three models are
+        (``Var_mu V_0(s_0)`` is added to each):
+
+        * ``"homogeneous"``: a Markov decision process with the same dynamics at every step
+          (what the stationary and window tables assume; the Garnet truth). The variance of the
+          maximum-likelihood plug-in, ``sum_{s,a} Var_{s'} G_{sa}(s') / N_b(s, a)`` with ``G``
+          the :meth:`value_gradient` and ``N_b(s, a) = sum_{t<H} P_b(s_t = s) b(a | s)`` the
+          expected logged visits per episode (Billingsley 1961; Yin & Wang 2020).
+        * ``"markov"``: Markov dynamics that may change with the step (the per-step table,
+          marginalised importance sampling): ``sum_t gamma^{2t} sum_{s,a} d^pi_t(s, a)^2 /
+          d^b_t(s, a) sigma_t^2(s, a)`` (Kallus & Uehara 2020; Yin & Wang 2020).
+        * ``"sequential"``: no Markov assumption, only sequential ignorability (what
+          per-decision DR and WDR use): ``sum_t gamma^{2t} E_b[rho_{0:t}^2 sigma_t^2(s_t,
+          a_t)]``, the variance of DR with the exact Q-function (Jiang & Li 2016, Theorem 2),
+          computed by a forward recursion of the squared cumulative weights.
+
+        Parameters
+        ----------
+        pi : array-like of shape (S, A)
+        behavior : array-like of shape (S, A), optional
+            Default: :attr:`behavior_policy`.
+        model : {"homogeneous", "markov", "sequential"}, default="homogeneous"
+
+        Returns
+        -------
+        EfficiencyBound
+        """
+        check_param(model, "model", "GarnetMDP.efficiency_bound",
+                    choices=("homogeneous", "markov", "sequential"))
+        p = self.check_policy(pi)
+        b = self.behavior_policy if behavior is None else self.check_policy(behavior, "behavior")
+        S, A, H, g = self.n_states, self.n_actions, self.config.max_horizon, self.config.gamma
+        v0 = self.state_values(p)
+        init = float(self.mu @ v0**2 - (self.mu @ v0) ** 2)
+        rows = np.repeat(np.arange(S * A), np.diff(self.P.indptr))
+        bflat = b.ravel()
+        P_b = self._p_pi(b)
+        if model == "homogeneous":
+            grad = self.value_gradient(p)
+            mean = np.bincount(rows, weights=self.P.data * grad, minlength=S * A)
+            second = np.bincount(rows, weights=self.P.data * grad**2, minlength=S * A)
+            var_row = np.maximum(second - mean**2, 0.0)
+            x = self.mu.copy()
+            visits = np.zeros(S)
+            for _ in range(H):  # undiscounted expected visits: the data count rows
+                visits += x
+                x = P_b.T @ x
+            n_bar = (visits[:, None] * b).ravel()
+            needed = var_row > 0
+            missing = needed & (n_bar <= 0)
+            ok = needed & ~missing
+            trans = float(np.sum(var_row[ok] / n_bar[ok]))
+            return EfficiencyBound(value=float(self.mu @ v0), initial=init, transitions=trans,
+                                   n_unidentified=int(missing.sum()), model=model)
+        # per-step terms: sigma_t^2(s, a) from h_t, weights from a forward recursion
+        P_pi = self._p_pi(p)
+        r_pi = (p * self.reward).sum(axis=1)
+        v_next = np.zeros((H, S))
+        for t in range(H - 2, -1, -1):
+            v_next[t] = r_pi + g * (P_pi @ v_next[t + 1])
+        cols = self.P.indices
+        col_t = np.minimum(cols, S - 1)
+        transient = cols < S
+        good = (cols == S).astype(np.float64)
+        pflat = p.ravel()
+        ratio2 = np.divide(pflat**2, bflat, out=np.zeros_like(pflat), where=bflat > 0)
+        unsupported = (pflat > 0) & (bflat <= 0)
+        P_tr = self._Pt  # (S A, S): transient part
+        x_pi, x_b, m = self.mu.copy(), self.mu.copy(), self.mu.copy()
+        trans = 0.0
+        missing = np.zeros(S * A, dtype=bool)
+        for t in range(H):
+            h = np.where(transient, g * v_next[t][col_t], good)
+            e1 = np.bincount(rows, weights=self.P.data * h, minlength=S * A)
+            e2 = np.bincount(rows, weights=self.P.data * h**2, minlength=S * A)
+            sig2 = np.maximum(e2 - e1**2, 0.0)
+            if model == "markov":
+                d_pi = (x_pi[:, None] * p).ravel()
+                d_b = (x_b[:, None] * b).ravel()
+                need = (d_pi > 0) & (sig2 > 0)
+                miss = need & (d_b <= 0)
+                ok = need & ~miss
+                trans += g ** (2 * t) * float(np.sum(d_pi[ok] ** 2 / d_b[ok] * sig2[ok]))
+                x_pi = P_pi.T @ x_pi
+                x_b = P_b.T @ x_b
+            else:
+                u = m.repeat(A) * ratio2
+                miss = (m.repeat(A) > 0) & unsupported & (sig2 > 0)
+                trans += g ** (2 * t) * float(u @ sig2)
+                m = P_tr.T @ u
+            missing |= miss
+        return EfficiencyBound(value=float(self.mu @ v0), initial=init, transitions=trans,
+                               n_unidentified=int(missing.sum()), model=model)
+
     # ------------------------------------------------------------------ simulation
     def simulate(self, n_episodes: int, policy: Any = None,
                  random_state: RandomState = None, severity_row_noise: float = 0.0
@@ -496,6 +636,46 @@ class GarnetMDP:
                            reward=reward, terminal=n_all >= S,
                            propensity=self.behavior_policy[s_all, a_all], severity=sev,
                            group=group, returns=np.asarray(returns, dtype=np.float64))
+
+
+@dataclass(frozen=True)
+class EfficiencyBound:
+    """The efficiency bound of one policy's value (:meth:`GarnetMDP.efficiency_bound`).
+
+    Attributes
+    ----------
+    value : float
+        The exact logged-window value.
+    initial : float
+        Per-episode variance from the initial state, ``Var_mu(V_0(s_0))``.
+    transitions : float
+        Per-episode variance from estimating the transitions (finite: pairs the behaviour never
+        logs are counted in ``n_unidentified`` instead).
+    n_unidentified : int
+        (state, action) pairs whose dynamics the value depends on but the behaviour never
+        takes: the value is not identified from the data there, so no finite bound exists.
+    model : str
+        The model the bound assumes (``"homogeneous"``, ``"markov"`` or ``"sequential"``).
+    """
+
+    value: float
+    initial: float
+    transitions: float
+    n_unidentified: int = 0
+    model: str = "homogeneous"
+
+    @property
+    def variance(self) -> float:
+        """Per-episode asymptotic variance (``inf`` if the value is not identified)."""
+        return math.inf if self.n_unidentified else self.initial + self.transitions
+
+    def sd(self, n_episodes: int) -> float:
+        """Smallest standard deviation of a regular estimator from ``n_episodes`` episodes."""
+        return math.sqrt(self.variance / n_episodes)
+
+    def relative_sd(self, n_episodes: int) -> float:
+        """:meth:`sd` as a share of the value."""
+        return self.sd(n_episodes) / abs(self.value)
 
 
 def _floor(p: NDArray[np.float64], floor: float) -> NDArray[np.float64]:
