@@ -21,7 +21,8 @@ SEEDS = (200, 201, 202, 203)
 #: Why the DR/WDR targets of issue 14 fail at 5,000 episodes whatever the Q-model.
 INFEASIBLE = ("DR and WDR with the exact Q-function of the logged window (no model error at "
               "all) miss the targets too: their error is the per-decision importance weights' "
-              "own noise (docs/ope.md, 'Garnet test bed')")
+              "own noise, whose variance (the sequential efficiency bound) is astronomically "
+              "large here (docs/ope.md, 'Efficiency bounds'; tests/ope/test_efficiency_bounds.py)")
 
 
 @pytest.fixture(scope="module")
