@@ -23,6 +23,7 @@ True
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
@@ -451,23 +452,35 @@ class GarnetMDP:
             Aligned with ``P.data`` (CSR order).
         """
         p = self.check_policy(pi)
-        S, A, H, g = self.n_states, self.n_actions, self.config.max_horizon, self.config.gamma
+        S, A, g = self.n_states, self.n_actions, self.config.gamma
+        P_pi = self._p_pi(p)
+        rows = np.repeat(np.arange(S * A), np.diff(self.P.indptr))
+        grad = np.zeros(self.P.nnz)
+        y = self.mu.copy()  # gamma^t P_pi(s_t = s)
+        for h in self._entry_values(p):
+            grad += (y[:, None] * p).ravel()[rows] * h
+            y = g * (P_pi.T @ y)
+        return grad
+
+    def _entry_values(self, p: NDArray[np.float64]) -> Iterator[NDArray[np.float64]]:
+        """``h_t`` at every stored entry of :attr:`P` for ``t = 0 .. H-1``, each ``(P.nnz,)``.
+
+        ``h_t(s') = gamma V_{t+1}(s')`` for a transient ``s'`` (``V_H = 0``, backward recursion
+        over the logged window; only the ``(H, S)`` values are stored), 1 for *good* (its
+        reward) and 0 for *bad*.
+        """
+        S, H, g = self.n_states, self.config.max_horizon, self.config.gamma
         P_pi = self._p_pi(p)
         r_pi = (p * self.reward).sum(axis=1)
-        v_next = np.zeros((H, S))  # v_next[t] = V_{t+1}; V_H = 0
+        v_next = np.zeros((H, S))  # v_next[t] = V_{t+1}
         for t in range(H - 2, -1, -1):
             v_next[t] = r_pi + g * (P_pi @ v_next[t + 1])
-        rows = np.repeat(np.arange(S * A), np.diff(self.P.indptr))
         cols = self.P.indices
         transient = cols < S
         col_t = np.minimum(cols, S - 1)
-        grad = np.zeros(self.P.nnz)
-        y = self.mu.copy()  # gamma^t P_pi(s_t = s)
+        good = (cols == S).astype(np.float64)
         for t in range(H):
-            c = (y[:, None] * p).ravel()[rows]
-            grad += c * np.where(transient, g * v_next[t][col_t], (cols == S).astype(float))
-            y = g * (P_pi.T @ y)
-        return grad
+            yield np.where(transient, g * v_next[t][col_t], good)
 
     def efficiency_bound(self, pi: Any, behavior: Any = None,
                          model: Literal["homogeneous", "markov", "sequential"] = "homogeneous"
@@ -533,14 +546,6 @@ class GarnetMDP:
                                    n_unidentified=int(missing.sum()), model=model)
         # per-step terms: sigma_t^2(s, a) from h_t, weights from a forward recursion
         P_pi = self._p_pi(p)
-        r_pi = (p * self.reward).sum(axis=1)
-        v_next = np.zeros((H, S))
-        for t in range(H - 2, -1, -1):
-            v_next[t] = r_pi + g * (P_pi @ v_next[t + 1])
-        cols = self.P.indices
-        col_t = np.minimum(cols, S - 1)
-        transient = cols < S
-        good = (cols == S).astype(np.float64)
         pflat = p.ravel()
         ratio2 = np.divide(pflat**2, bflat, out=np.zeros_like(pflat), where=bflat > 0)
         unsupported = (pflat > 0) & (bflat <= 0)
@@ -548,8 +553,7 @@ class GarnetMDP:
         x_pi, x_b, m = self.mu.copy(), self.mu.copy(), self.mu.copy()
         trans = 0.0
         missing = np.zeros(S * A, dtype=bool)
-        for t in range(H):
-            h = np.where(transient, g * v_next[t][col_t], good)
+        for t, h in enumerate(self._entry_values(p)):
             e1 = np.bincount(rows, weights=self.P.data * h, minlength=S * A)
             e2 = np.bincount(rows, weights=self.P.data * h**2, minlength=S * A)
             sig2 = np.maximum(e2 - e1**2, 0.0)
