@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
+from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np
@@ -452,9 +453,9 @@ class GarnetMDP:
             Aligned with ``P.data`` (CSR order).
         """
         p = self.check_policy(pi)
-        S, A, g = self.n_states, self.n_actions, self.config.gamma
+        g = self.config.gamma
         P_pi = self._p_pi(p)
-        rows = np.repeat(np.arange(S * A), np.diff(self.P.indptr))
+        rows = self._entry_rows
         grad = np.zeros(self.P.nnz)
         y = self.mu.copy()  # gamma^t P_pi(s_t = s)
         for h in self._entry_values(p):
@@ -481,6 +482,21 @@ class GarnetMDP:
         good = (cols == S).astype(np.float64)
         for t in range(H):
             yield np.where(transient, g * v_next[t][col_t], good)
+
+    @cached_property
+    def _entry_rows(self) -> NDArray[np.int64]:
+        """The (state, action) row of every stored entry of :attr:`P`, shape ``(P.nnz,)``."""
+        return np.repeat(np.arange(self.P.shape[0]), np.diff(self.P.indptr))
+
+    def _pair_variance(self, vals: NDArray[np.float64]) -> NDArray[np.float64]:
+        """``Var_{s' ~ P(. | s, a)} vals(s')`` per pair, shape ``(S A,)``.
+
+        ``vals`` is aligned with ``P.data`` (one value per stored successor).
+        """
+        rows, n = self._entry_rows, self.P.shape[0]
+        mean = np.bincount(rows, weights=self.P.data * vals, minlength=n)
+        second = np.bincount(rows, weights=self.P.data * vals**2, minlength=n)
+        return np.asarray(np.maximum(second - mean**2, 0.0), dtype=np.float64)
 
     def efficiency_bound(self, pi: Any, behavior: Any = None,
                          model: Literal["homogeneous", "markov", "sequential"] = "homogeneous"
@@ -524,14 +540,10 @@ class GarnetMDP:
         S, A, H, g = self.n_states, self.n_actions, self.config.max_horizon, self.config.gamma
         v0 = self.state_values(p)
         init = float(self.mu @ v0**2 - (self.mu @ v0) ** 2)
-        rows = np.repeat(np.arange(S * A), np.diff(self.P.indptr))
         bflat = b.ravel()
         P_b = self._p_pi(b)
         if model == "homogeneous":
-            grad = self.value_gradient(p)
-            mean = np.bincount(rows, weights=self.P.data * grad, minlength=S * A)
-            second = np.bincount(rows, weights=self.P.data * grad**2, minlength=S * A)
-            var_row = np.maximum(second - mean**2, 0.0)
+            var_row = self._pair_variance(self.value_gradient(p))
             x = self.mu.copy()
             visits = np.zeros(S)
             for _ in range(H):  # undiscounted expected visits: the data count rows
@@ -554,9 +566,7 @@ class GarnetMDP:
         trans = 0.0
         missing = np.zeros(S * A, dtype=bool)
         for t, h in enumerate(self._entry_values(p)):
-            e1 = np.bincount(rows, weights=self.P.data * h, minlength=S * A)
-            e2 = np.bincount(rows, weights=self.P.data * h**2, minlength=S * A)
-            sig2 = np.maximum(e2 - e1**2, 0.0)
+            sig2 = self._pair_variance(h)
             if model == "markov":
                 d_pi = (x_pi[:, None] * p).ravel()
                 d_b = (x_b[:, None] * b).ravel()
