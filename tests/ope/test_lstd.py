@@ -145,3 +145,74 @@ def test_a_structurally_singular_sparse_system_is_none_without_superlu(monkeypat
     monkeypatch.setattr(scipy.sparse.linalg, "splu", refuse)
     assert solve_lstd_sums(bad, 0.0, np.zeros(n)) is None
     assert capfd.readouterr().out == ""
+
+
+def _stationary_system(preset: str, n_episodes: int):
+    """The stationary table's ``M`` (CSC) and ``b`` on a Garnet panel (soft-optimal target)."""
+    import scipy.sparse as sp
+
+    from equicare.ope._fqe import _cells, _next_rows, _tabular_design
+    from equicare.ope._lstd import SparsePi, lstd_sums
+
+    _, ds, pols = make(preset, n_episodes, seed=5)
+    pe = pols["soft_optimal"][ds.categorical[:, 0]]
+    x, x_pi, *_ = _tabular_design(_cells(ds)[0], ds.actions, pe)
+    s = lstd_sums(x, SparsePi(x_pi), ds.rewards, _next_rows(ds)[1], ds.gamma)
+    m = sp.csc_matrix(s.xtx - ds.gamma * s.cross)
+    return m, s
+
+
+def test_large_systems_are_solved_iteratively_to_the_lu_solution(monkeypatch):
+    """Above DENSE_PARAMS the stationary table (gamma 1, stays up to 120 steps) is solved by
+    Jacobi-preconditioned GMRES without SuperLU; theta and the transposed solves agree with
+    SuperLU's to 1e-9."""
+    import scipy.sparse.linalg
+
+    from equicare.ope._lstd import DENSE_PARAMS, solve_lstd_sums
+
+    m, sums = _stationary_system("s700_a25_g1", 3000)
+    n = m.shape[0]
+    assert n > DENSE_PARAMS
+    lu = scipy.sparse.linalg.splu(m)
+    theta_lu = lu.solve(sums.b)
+    g = np.random.default_rng(1).standard_normal((n, 3))
+    z_lu = lu.solve(g, trans="T")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("SuperLU was called although GMRES converges")
+
+    monkeypatch.setattr(scipy.sparse.linalg, "splu", refuse)
+    sol = solve_lstd_sums(sums, 1.0, np.zeros(n))
+    assert sol is not None
+    np.testing.assert_allclose(sol.theta, theta_lu, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(sol.solve_t(g), z_lu, rtol=1e-8, atol=1e-8)
+    np.testing.assert_allclose(sol.solve_t(g[:, 0]), z_lu[:, 0], rtol=1e-8, atol=1e-8)
+
+
+def test_where_gmres_does_not_converge_superlu_solves(monkeypatch):
+    """A column GMRES leaves above ITERATIVE_RTOL goes to SuperLU (the same numbers), and a
+    system SuperLU finds exactly singular is None, as without the iterative path."""
+    import scipy.sparse as sp
+    import scipy.sparse.linalg
+
+    import equicare.ope._lstd as lstd
+
+    m, sums = _stationary_system("s700_a25_g1", 3000)
+    n = m.shape[0]
+    ref = scipy.sparse.linalg.splu(m)
+    scipy_lu_theta = ref.solve(sums.b)
+    monkeypatch.setattr(lstd, "ITERATIVE_MAXITER", 1)  # 1 restart cycle: too few here
+    monkeypatch.setattr(lstd, "ITERATIVE_RTOL", 1e-15)
+    sol = lstd.solve_lstd_sums(sums, 1.0, np.zeros(n))
+    assert sol is not None
+    np.testing.assert_allclose(sol.theta, scipy_lu_theta, rtol=1e-12, atol=1e-12)
+    g = np.ones((n, 2))
+    np.testing.assert_allclose(sol.solve_t(g), ref.solve(g, trans="T"), rtol=1e-12, atol=1e-12)
+    # a closed loop without exit at gamma 1: M = D - C with C = D on a 2-cycle is singular
+    k = lstd.DENSE_PARAMS + 10
+    d = np.full(k, 2.0)
+    xtx = sp.diags(d).tocsr()
+    perm = np.arange(k) ^ 1  # pairs (0, 1), (2, 3), ... lead to each other
+    cross = sp.csr_matrix((d, (np.arange(k), perm)), shape=(k, k))
+    loop = lstd.LSTDSums(xtx=xtx, cross=cross, b=np.ones(k))
+    assert lstd.solve_lstd_sums(loop, 1.0, np.zeros(k)) is None
