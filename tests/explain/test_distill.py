@@ -216,3 +216,22 @@ def test_deviation_targets_follow_the_gain():
     assert np.all(labels == 3)
     labels, w = deviation_targets(ds, np.tile([1.0, 0, 0], (n, 1)), usual, q)  # a worse action
     assert np.all(labels == 3) and np.allclose(w, 1.0)
+
+
+@pytest.mark.parametrize("kw", [{}, {"labels": "sample", "n_samples": 2},
+                                {"mode": "exceptions", "usual_care": "tree"}],
+                         ids=["argmax", "sample", "exceptions"])
+def test_sparse_features_give_the_same_tree(sim_data, monkeypatch, kw):
+    """Above SPARSE_FEATURE_CELLS the candidate features are a sparse matrix (a state with
+    thousands of one-hot levels); scikit-learn's sparse splitter finds the same rules (up to
+    equivalent splits: "site is a" and "site is not b" of a two-level column tie)."""
+    import equicare.policy._tree as tree_mod
+
+    train, fresh = sim_data
+    cfg = DistillConfig(max_depth=3, **kw)
+    dense = Distiller(cfg).fit(train, tree_sim.NoisyExpert(), random_state=0).policy_
+    monkeypatch.setattr(tree_mod, "SPARSE_FEATURE_CELLS", 0)
+    sparse = Distiller(cfg).fit(train, tree_sim.NoisyExpert(), random_state=0).policy_
+    assert sparse.n_nodes == dense.n_nodes
+    for ds in (train, fresh):
+        np.testing.assert_allclose(sparse.action_probs(ds), dense.action_probs(ds))

@@ -121,3 +121,44 @@ def test_split_rows_map_back_to_the_panel():
         rows = _rows_in(ds, part)
         np.testing.assert_array_equal(ds.states[rows], part.states)
         np.testing.assert_array_equal(ds.actions[rows], part.actions)
+
+
+class _TablePolicy:
+    """A source policy given by a (state, action) table over a categorical state."""
+
+    window = 1
+
+    def __init__(self, table):
+        self.table = table
+
+    def action_probs(self, ds):
+        return self.table[ds.categorical[:, 0]]
+
+
+def test_support_with_logged_propensities_is_evaluates_check(monkeypatch):
+    """Logged propensities: the card's support is evaluate's check (never logged in the
+    state's cell, for a 50-level state), fitted once, and no cross-fitted behaviour model."""
+    from equicare.ope._support import LoggedSupport
+    from equicare.policy import BehaviorModel
+    from tests.ope._garnet import make
+
+    mdp, ds, pols = make("s50_a5_g1", 300, seed=7)
+    assert ds.behavior_prob is not None
+    real_fit = BehaviorModel.fit
+
+    def no_cross_fit(self, *a, **k):
+        assert self.n_folds <= 1, "a cross-fitted behaviour model was fitted"
+        return real_fit(self, *a, **k)
+
+    monkeypatch.setattr(BehaviorModel, "fit", no_cross_fit)
+    src = _TablePolicy(pols["unsupported"])
+    cfg = ExplainConfig(bootstrap=0, frontier_bootstrap=0, depths=(1, 2), depth=2)
+    card = explain_policy(ds, src, cfg, random_state=0)
+    assert "empirical per categorical cell" in card.support["check"]
+    assert any("never took in it" in c and "empirical per categorical cell" in c
+               for c in card.caveats)
+    _, test = ds.split(cfg.holdout, random_state=int(np.random.default_rng(0).integers(
+        0, 2**31 - 1, size=8)[0]), stratify=ds.group_attrs[0] if ds.group_attrs else None)
+    expected = 100 * LoggedSupport(test).mass(src.action_probs(test), cfg.rare_threshold).mean()
+    assert card.support["source_pct"] == pytest.approx(expected)
+    assert card.support["source_pct"] > 1.0  # the family puts mass on never-logged pairs

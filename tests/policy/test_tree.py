@@ -52,6 +52,57 @@ def test_features_match_a_loop_reference(ds):
     np.testing.assert_allclose(x[~first, 4], ds.rewards[np.flatnonzero(~first) - 1])
 
 
+
+def test_sparse_features_equal_dense(ds):
+    """sparse=True gives the dense matrix as CSC; "auto" is sparse only above the cell limit;
+    an unknown level is an all-zero column either way."""
+    import scipy.sparse as sp
+
+    import equicare.policy._tree as tree_mod
+
+    feats = [{"kind": "state", "name": "risk"},
+             {"kind": "categorical", "name": "region", "level": "south"},
+             {"kind": "categorical", "name": "region", "level": "atlantis"},
+             {"kind": "prev_action", "component": "modality", "level": "phone"},
+             {"kind": "recent_action", "component": "modality", "level": "phone", "rows": 3},
+             {"kind": "prev_reward"}, {"kind": "prev_state", "name": "risk"}]
+    dense = tree_features(ds, feats)
+    xs = tree_features(ds, feats, sparse=True)
+    assert sp.issparse(xs) and xs.format == "csc"
+    np.testing.assert_array_equal(xs.toarray(), dense)
+    assert not dense[:, 2].any()
+    assert not sp.issparse(tree_features(ds, feats, sparse="auto"))
+    old = tree_mod.SPARSE_FEATURE_CELLS
+    try:
+        tree_mod.SPARSE_FEATURE_CELLS = ds.n_steps * len(feats) - 1
+        assert sp.issparse(tree_features(ds, feats, sparse="auto"))
+    finally:
+        tree_mod.SPARSE_FEATURE_CELLS = old
+
+
+def test_apply_reads_only_the_features_the_splits_test(ds, monkeypatch):
+    """apply computes the tested features only (a wide one-hot state is not materialised),
+    with the same leaves as on the whole feature matrix."""
+    import equicare.policy._tree as tree_mod
+
+    pol, clf, x = _fit_sklearn(ds, depth=4)
+    # 50 more one-hot candidates that no split tests, like a wide categorical state's levels
+    pol = dataclasses.replace(pol, features=(*pol.features, *(
+        {"kind": "categorical", "name": "region", "level": f"code{i}"} for i in range(50))))
+    used = pol.used_features
+    assert 0 < used.size <= x.shape[1] < len(pol.features)
+    seen = []
+    real = tree_mod.tree_features
+
+    def spy(dataset, features, source="<tree>", **kw):
+        seen.append(len(features))
+        return real(dataset, features, source, **kw)
+
+    monkeypatch.setattr(tree_mod, "tree_features", spy)
+    np.testing.assert_array_equal(pol.apply(ds), pol.apply_features(x))
+    assert seen == [used.size]
+    np.testing.assert_array_equal(pol.apply(ds), clf.apply(x))
+
 def _fit_sklearn(ds, depth=3, seed=0):
     from sklearn.tree import DecisionTreeClassifier
 

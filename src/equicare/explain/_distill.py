@@ -62,6 +62,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
+import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
@@ -348,7 +349,7 @@ class Distiller:
         probs = check_probs(probs, dataset.n_steps, dataset.n_actions, "source policy")
         window = cfg.history if cfg.history is not None else int(getattr(policy, "window", 1))
         feats = feature_records(dataset, window)
-        x = tree_features(dataset, feats, "distillation")
+        x = tree_features(dataset, feats, "distillation", sparse="auto")
         A = dataset.n_actions
         seed_w, seed_u, seed_t = (int(v) for v in rng.integers(2**31 - 1, size=3))
         usual_pol: Any = None
@@ -374,13 +375,13 @@ class Distiller:
                 k = cfg.n_samples
                 y = np.concatenate([np.where(target < A, sample_actions(probs, rng), A)
                                     for _ in range(k)])
-                xf, wf = np.tile(x, (k, 1)), np.tile(w, k) / k
+                xf, wf = _tile_rows(x, k), np.tile(w, k) / k
         elif cfg.labels == "argmax":
             xf, y, wf = x, np.argmax(probs, axis=1), w
         else:
             k = cfg.n_samples
             y = np.concatenate([sample_actions(probs, rng) for _ in range(k)])
-            xf, wf = np.tile(x, (k, 1)), np.tile(w, k) / k
+            xf, wf = _tile_rows(x, k), np.tile(w, k) / k
         tree = DecisionTreeClassifier(max_depth=cfg.max_depth, max_leaf_nodes=cfg.max_leaf_nodes,
                                       min_samples_leaf=cfg.min_samples_leaf,
                                       ccp_alpha=float(cfg.ccp_alpha), random_state=seed_t)
@@ -399,7 +400,7 @@ class Distiller:
         if usual_nodes.any():
             # a usual-care node's stored distribution: the mean estimated practice of its rows
             # (for reading; its rows follow the behaviour model itself)
-            path = tree.decision_path(x.astype(np.float32))
+            path = tree.decision_path(x.astype(np.float32))  # dense or sparse
             n_node = np.asarray(path.sum(axis=0)).ravel()
             mean_b = np.asarray(path.T @ b) / np.maximum(n_node, 1)[:, None]
             empty = n_node == 0
@@ -439,6 +440,14 @@ class Distiller:
         """The distilled policy's probabilities, shape ``(n_steps, n_actions)``."""
         check_is_fitted(self, "policy_")
         return self.policy_.action_probs(dataset)
+
+
+def _tile_rows(x: NDArray[np.float64] | sp.csc_matrix, k: int
+               ) -> NDArray[np.float64] | sp.csr_matrix:
+    """``x`` stacked ``k`` times by rows (dense or sparse)."""
+    if sp.issparse(x):
+        return sp.csr_matrix(sp.vstack([x] * k, format="csr"))
+    return np.tile(x, (k, 1))
 
 
 def merge_same_action(children_left: NDArray[np.int64], children_right: NDArray[np.int64],

@@ -18,7 +18,8 @@ fairness
     and the rules;
 support
     the share of each policy's probability mass on actions that practice rarely takes in that
-    state (estimated behaviour probability below ``rare_threshold``).
+    state (behaviour probability below ``rare_threshold``, or never logged in the row's
+    categorical state; with logged propensities checked as ``evaluate`` checks them).
 
 Nothing row-level leaves this module: every number is an aggregate, and subgroups with fewer
 than ``min_cell`` episodes are suppressed.
@@ -27,6 +28,7 @@ than ``min_cell`` episodes are suppressed.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
@@ -235,6 +237,33 @@ def support_share(probs: NDArray[np.float64], behavior_probs: NDArray[np.float64
     return float(100.0 * (probs * rare).sum(axis=1).mean())
 
 
+def _support_check(test: TrajectoryDataset, threshold: float, seed: int
+                   ) -> tuple[Callable[[NDArray[np.float64]], float], NDArray[np.float64], str]:
+    """The support share (%) of any policy on ``test``, the propensities, and how it is checked.
+
+    With logged propensities: :class:`equicare.ope.LoggedSupport` (what ``evaluate`` checks;
+    an action is unsupported where it was never logged in the row's categorical state, or a
+    fast behaviour model gives it probability below ``threshold``), fitted once. Without: a
+    cross-fitted :class:`~equicare.policy.BehaviorModel` gives the propensities and the support
+    (probability below ``threshold``, or never logged in the row's categorical state).
+    """
+    from equicare.ope._support import LoggedSupport, model_support_diagnostics
+    from equicare.policy import BehaviorModel
+
+    if test.behavior_prob is not None:
+        checker = LoggedSupport(test, random_state=seed)
+        return (lambda p: float(100.0 * checker.mass(p, threshold).mean()),
+                np.asarray(test.behavior_prob, dtype=np.float64),
+                str(checker.summary["support_check"]))
+    bm = BehaviorModel(n_folds=2, random_state=seed).fit(test)
+
+    def pct(p: NDArray[np.float64]) -> float:
+        return model_support_diagnostics(test, p, bm, threshold=threshold, warn=False).share_pct
+
+    return pct, np.asarray(bm.propensities(test), dtype=np.float64), (
+        "estimated propensities: a cross-fitted behaviour model")
+
+
 def _est(res: Any) -> dict[str, Any]:
     return {k: e.to_dict() for k, e in res.estimates.items()}
 
@@ -342,7 +371,6 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
     """
     from equicare.fairness import audit
     from equicare.ope import evaluate
-    from equicare.policy import BehaviorModel
 
     cfg = config or ExplainConfig()
     check_param(random_state, "random_state", "explain_policy", kind=int, low=0)
@@ -383,10 +411,10 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
                 weights = np.ones(fit_ds.n_steps)
         else:
             weights = choice_weights(fit_ds, src_fit, dcfg, random_state=seeds[1], q=q_fit)
-        # behaviour: logged propensities for the weights when present; a model for support
-        bm = BehaviorModel(n_folds=2, random_state=seeds[2]).fit(test)
-        b_full = bm.action_probs(test)
-        props = test.behavior_prob if test.behavior_prob is not None else bm.propensities(test)
+        # behaviour: the logged propensities and evaluate's support check for logged data
+        # (empirical per categorical cell, a fast model for numeric states) when present; else
+        # a cross-fitted behaviour model for both
+        support_pct, props, support_check = _support_check(test, cfg.rare_threshold, seeds[2])
 
         def value(probs: NDArray[np.float64], n_boot: int, seed: int) -> Any:
             return evaluate(test, probs, estimators=cfg.estimators, q_model=cfg.q_model,
@@ -409,7 +437,7 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
             frontier.append({"depth": d, "n_rules": rule_count(dist.policy_),
                              "agreement": float(agree.mean()), "tv": float(tv.mean()),
                              "estimator": key, "value": e.value, "ci": list(e.ci),
-                             "support_pct": support_share(probs, b_full, cfg.rare_threshold)})
+                             "support_pct": support_pct(probs)})
         dist, rules_test, agree, tv = trees[cfg.depth]
         tree = dist.policy_
         rules_val = value(rules_test, cfg.bootstrap, seeds[3])
@@ -447,9 +475,8 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
     val = {"behavior": beh.to_dict(), "source": _est(src_val), "rules": _est(rules_val),
            "improvement_kept": kept, "estimator_for_frontier": key,
            "propensities": "logged" if test.behavior_prob is not None else "estimated"}
-    sup = {"threshold": cfg.rare_threshold,
-           "rules_pct": support_share(rules_test, b_full, cfg.rare_threshold),
-           "source_pct": support_share(src_test, b_full, cfg.rare_threshold)}
+    sup = {"threshold": cfg.rare_threshold, "check": support_check,
+           "rules_pct": support_pct(rules_test), "source_pct": support_pct(src_test)}
     fid = {"agreement": float(agree.mean()), "tv": float(tv.mean()),
            "weighted_agreement_fit": dist.agreement_, "n_test_rows": int(test.n_steps),
            "n_test_episodes": int(test.n_episodes)}
@@ -484,8 +511,9 @@ def _caveats(fid: dict[str, Any], sup: dict[str, Any], val: dict[str, Any], key:
         "either would do elsewhere.",
         f"Support: the rules put {sup['rules_pct']:.1f}% of their probability mass on actions "
         f"that current practice takes with probability below {cfg.rare_threshold:g} in that "
-        f"state (the source policy: {sup['source_pct']:.1f}%). Off-policy values of that mass "
-        "rest on the Q-model's extrapolation, not on observed outcomes.",
+        f"state or never took in it (the source policy: {sup['source_pct']:.1f}%; checked "
+        f"by {sup['check']}). Off-policy values of that mass rest on the Q-model's "
+        "extrapolation, not on observed outcomes.",
         "Values are off-policy estimates from observational data: valid only if every factor "
         "that drove both the logged decisions and the outcomes is among the recorded state "
         "features (no unmeasured confounding).",

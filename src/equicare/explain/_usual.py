@@ -105,7 +105,7 @@ def fit_usual_care(dataset: TrajectoryDataset, kind: UsualKind = "auto", *, dept
                           source="current practice (observed frequencies per cell)")
     rng = check_random_state(random_state)
     feats = feature_records(dataset, 1)
-    x = tree_features(dataset, feats, "usual care")
+    x = tree_features(dataset, feats, "usual care", sparse="auto")
     tree = DecisionTreeClassifier(max_depth=depth, min_samples_leaf=min_samples_leaf,
                                   random_state=int(rng.integers(2**31 - 1))).fit(x, acts)
     t = tree.tree_

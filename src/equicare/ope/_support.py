@@ -15,7 +15,7 @@ from equicare.ope._core import IS_TYPE
 from equicare.utils import check_param, row_blocks
 
 __all__ = ["SupportReport", "support_diagnostics", "model_support_diagnostics",
-           "logged_support_diagnostics", "cell_observed", "SUPPORT_THRESHOLD",
+           "logged_support_diagnostics", "LoggedSupport", "cell_observed", "SUPPORT_THRESHOLD",
            "SUPPORT_WARN_PCT", "SUPPORT_MESSAGE"]
 
 #: Rows (at most, whole episodes) the fast numeric behaviour model of the logged-propensity
@@ -209,6 +209,102 @@ def cell_observed(dataset: TrajectoryDataset) -> NDArray[np.bool_] | None:
     return _CellObserved(dataset).rows(slice(None))
 
 
+class LoggedSupport:
+    """The support check for data with logged propensities, fitted once, for any target policy.
+
+    An action is unsupported at a row when it was never logged in the row's categorical cell
+    (empirical support from sparse per-cell counts, when there are categorical states) or, with
+    numeric states and at most 32 categorical levels in all, when a fast behaviour model gives
+    it probability below ``threshold``: one (not cross-fitted) fit on at most 20,000 rows of
+    whole episodes, with the numeric states, the one-hot categorical states, the previous action
+    and the step. With wide categorical states (more than 32 levels) the cells are fine enough
+    and the empirical support is the whole check.
+
+    Parameters
+    ----------
+    dataset : TrajectoryDataset
+    behavior_model : str, default="logistic"
+        Estimator of the fast numeric model.
+    random_state : int
+        Seed of the rows the fast model is fitted on.
+
+    Attributes
+    ----------
+    summary : dict
+        How the check is made (for the result JSON's ``behavior_model``).
+    uses_categorical : bool
+    """
+
+    def __init__(self, dataset: TrajectoryDataset, *, behavior_model: Any = "logistic",
+                 random_state: int = 0) -> None:
+        from dataclasses import replace
+
+        from equicare.policy._behavior import BehaviorModel
+
+        self.dataset = dataset
+        has_cat = dataset.categorical is not None and dataset.categorical.shape[1] > 0
+        self.uses_categorical = has_cat
+        self._cells = _CellObserved(dataset) if has_cat else None
+        n_onehot = sum(len(lv) for lv in dataset.categorical_levels) if has_cat else 0
+        view = dataset
+        if has_cat and n_onehot > FAST_SUPPORT_ONEHOT:
+            view = replace(dataset, categorical=None, categorical_names=(),
+                           categorical_levels=())
+        self._view = view
+        self.summary: dict[str, Any] = {"support_check": "logged propensities: empirical per "
+                                        "categorical cell" if has_cat else
+                                        "logged propensities"}
+        self._model: Any = None
+        # with wide categorical states the cells are the states (and any numeric score is
+        # mostly a function of them): a numeric-only model would flag actions clinicians take
+        # in the cell
+        if not (has_cat and n_onehot > FAST_SUPPORT_ONEHOT) and (
+                view.states.shape[1] > 0 or view.categorical is not None):
+            rng = np.random.default_rng(random_state)
+            order = rng.permutation(view.n_episodes)
+            keep = order[: max(1, int(np.searchsorted(np.cumsum(view.episode_lengths[order]),
+                                                      FAST_SUPPORT_ROWS)))]
+            spec = behavior_model if isinstance(behavior_model, str) else "logistic"
+            self._model = BehaviorModel(estimator=spec, n_folds=1, max_iter=100,
+                                        random_state=random_state, calibration=False)
+            self._model.fit(view.subset(np.sort(keep)))
+            self.summary["support_check"] += (
+                ", plus a fast numeric behaviour model (" + spec +
+                f", {int(view.episode_lengths[keep].sum())} rows, not cross-fitted)")
+
+    def mass(self, target_probs: NDArray[np.float64], threshold: float = SUPPORT_THRESHOLD
+             ) -> NDArray[np.float64]:
+        """Target mass on unsupported actions at each row, shape ``(n_steps,)``.
+
+        Parameters
+        ----------
+        target_probs : ndarray of shape (n_steps, n_actions)
+        threshold : float
+        """
+        check_param(threshold, "threshold", "support_diagnostics", kind=float, low=0.0,
+                    high=1.0)
+        mass = np.empty(self.dataset.n_steps)
+        cells = self._cells
+        if self._model is not None:
+            for rows, probs in self._model.action_prob_blocks(self._view):
+                obs = None if cells is None else cells.rows(rows)
+                mass[rows] = _unsupported_mass(target_probs[rows], probs, obs, threshold)
+        else:
+            assert cells is not None
+            for sl in row_blocks(self.dataset.n_steps, self.dataset.n_actions):
+                tp = target_probs[sl]
+                mass[sl] = _unsupported_mass(tp, np.ones_like(tp), cells.rows(sl), threshold)
+        return mass
+
+    def report(self, target_probs: NDArray[np.float64], *,
+               threshold: float = SUPPORT_THRESHOLD,
+               estimators: tuple[str, ...] = ("is", "wis", "pdis", "wpdis", "fqe", "dr", "wdr"),
+               warn: bool = True) -> SupportReport:
+        """The :class:`SupportReport` of a target policy (see :func:`support_diagnostics`)."""
+        return _report(self.dataset, self.mass(target_probs, threshold), threshold,
+                       self.uses_categorical, estimators, warn)
+
+
 def logged_support_diagnostics(
     dataset: TrajectoryDataset,
     target_probs: NDArray[np.float64],
@@ -221,13 +317,7 @@ def logged_support_diagnostics(
 ) -> tuple[SupportReport, dict[str, Any]]:
     """Support check for data with logged propensities, without a cross-fitted behaviour model.
 
-    An action is unsupported at a row when it was never logged in the row's categorical cell
-    (empirical support from sparse per-cell counts, when there are categorical states) or, with
-    numeric states and at most 32 categorical levels in all, when a fast behaviour model gives
-    it probability below ``threshold``: one (not cross-fitted) fit on at most 20,000 rows of
-    whole episodes, with the numeric states, the one-hot categorical states, the previous action
-    and the step. With wide categorical states (more than 32 levels) the cells are fine enough
-    and the empirical support is the whole check.
+    :class:`LoggedSupport` fitted on ``dataset`` and applied to one target policy.
 
     Returns
     -------
@@ -235,46 +325,10 @@ def logged_support_diagnostics(
     summary : dict
         How the check was made (for the result JSON's ``behavior_model``).
     """
-    from dataclasses import replace
-
-    from equicare.policy._behavior import BehaviorModel
-
     check_param(threshold, "threshold", "support_diagnostics", kind=float, low=0.0, high=1.0)
-    has_cat = dataset.categorical is not None and dataset.categorical.shape[1] > 0
-    cells = _CellObserved(dataset) if has_cat else None
-    n_onehot = sum(len(lv) for lv in dataset.categorical_levels) if has_cat else 0
-    view = dataset
-    if has_cat and n_onehot > FAST_SUPPORT_ONEHOT:
-        view = replace(dataset, categorical=None, categorical_names=(), categorical_levels=())
-    summary: dict[str, Any] = {"support_check": "logged propensities: empirical per "
-                               "categorical cell" if has_cat else "logged propensities"}
-    model = None
-    # with wide categorical states the cells are the states (and any numeric score is mostly a
-    # function of them): a numeric-only model would flag actions clinicians take in the cell
-    if not (has_cat and n_onehot > FAST_SUPPORT_ONEHOT) and (
-            view.states.shape[1] > 0 or view.categorical is not None):
-        rng = np.random.default_rng(random_state)
-        order = rng.permutation(view.n_episodes)
-        keep = order[: max(1, int(np.searchsorted(np.cumsum(view.episode_lengths[order]),
-                                                  FAST_SUPPORT_ROWS)))]
-        spec = behavior_model if isinstance(behavior_model, str) else "logistic"
-        model = BehaviorModel(estimator=spec, n_folds=1, max_iter=100,
-                              random_state=random_state, calibration=False)
-        model.fit(view.subset(np.sort(keep)))
-        summary["support_check"] += (", plus a fast numeric behaviour model (" + spec +
-                                     f", {int(view.episode_lengths[keep].sum())} rows, "
-                                     "not cross-fitted)")
-    mass = np.empty(dataset.n_steps)
-    if model is not None:
-        for rows, probs in model.action_prob_blocks(view):
-            obs = None if cells is None else cells.rows(rows)
-            mass[rows] = _unsupported_mass(target_probs[rows], probs, obs, threshold)
-    else:
-        assert cells is not None
-        for sl in row_blocks(dataset.n_steps, dataset.n_actions):
-            tp = target_probs[sl]
-            mass[sl] = _unsupported_mass(tp, np.ones_like(tp), cells.rows(sl), threshold)
-    return _report(dataset, mass, threshold, has_cat, estimators, warn), summary
+    checker = LoggedSupport(dataset, behavior_model=behavior_model, random_state=random_state)
+    rep = checker.report(target_probs, threshold=threshold, estimators=estimators, warn=warn)
+    return rep, checker.summary
 
 
 def _unsupported_mass(target_probs: NDArray[np.float64], behavior_probs: NDArray[np.float64],

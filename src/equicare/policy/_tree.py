@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from equicare.exceptions import PolicyError
@@ -84,8 +85,14 @@ def _component_codes(dataset: Any, component: str, level: str, source: str
     return np.asarray(dataset.action_codes[:, j] == levels.index(level))
 
 
+#: Rows x features above which :func:`tree_features` with ``sparse="auto"`` returns a sparse
+#: matrix (dense float64 would take more than 160 MB; wide categorical states are one-hot).
+SPARSE_FEATURE_CELLS = 20_000_000
+
+
 def tree_features(dataset: Any, features: Sequence[Mapping[str, Any]],
-                  source: str = "<tree>") -> NDArray[np.float64]:
+                  source: str = "<tree>", *, sparse: bool | str = False
+                  ) -> NDArray[np.float64] | sp.csc_matrix:
     """The tree's input matrix of a dataset.
 
     Parameters
@@ -95,10 +102,14 @@ def tree_features(dataset: Any, features: Sequence[Mapping[str, Any]],
         Feature records (see the module docstring).
     source : str
         Name used in error messages.
+    sparse : bool or "auto", default=False
+        Return a ``scipy.sparse`` CSC matrix (True), a dense array (False), or sparse only when
+        rows x features exceed :data:`SPARSE_FEATURE_CELLS` ("auto"; scikit-learn's trees take
+        either, and the one-hot columns of a state with thousands of levels are mostly zero).
 
     Returns
     -------
-    ndarray of shape (n_steps, n_features)
+    ndarray or csc_matrix of shape (n_steps, n_features)
 
     Raises
     ------
@@ -106,18 +117,32 @@ def tree_features(dataset: Any, features: Sequence[Mapping[str, Any]],
         A feature reads a column the dataset does not have, or has an unknown kind.
     """
     n = dataset.n_steps
-    out = np.zeros((n, len(features)), dtype=np.float64)
+    as_sparse = (n * len(features) > SPARSE_FEATURE_CELLS) if sparse == "auto" else bool(sparse)
     step = np.asarray(dataset.step)
     has_prev = step > 0
     prev = np.maximum(np.arange(n) - 1, 0)
     starts = np.repeat(dataset.episode_offsets[:-1], dataset.episode_lengths)
+    level_index: dict[str, dict[str, int]] = {}  # categorical column -> level -> code
+    cols: list[NDArray[np.int64]] = []  # sparse: row indices and values of each column
+    vals: list[NDArray[np.float64]] = []
+    out = None if as_sparse else np.zeros((n, len(features)), dtype=np.float64)
+
+    def put(j: int, col: NDArray[Any]) -> None:
+        c = np.asarray(col, dtype=np.float64)
+        if out is not None:
+            out[:, j] = c
+        else:
+            nz = np.flatnonzero(c)
+            cols.append(nz)
+            vals.append(c[nz])
+
     for j, f in enumerate(features):
         kind = f.get("kind")
         if kind == "state":
-            out[:, j] = _state_column(dataset, str(f["name"]), source)
+            put(j, _state_column(dataset, str(f["name"]), source))
         elif kind == "prev_state":
             col = _state_column(dataset, str(f["name"]), source)
-            out[:, j] = np.where(has_prev, col[prev], col)
+            put(j, np.where(has_prev, col[prev], col))
         elif kind == "categorical":
             name, level = str(f["name"]), str(f["level"])
             if name not in dataset.categorical_names:
@@ -125,25 +150,33 @@ def tree_features(dataset: Any, features: Sequence[Mapping[str, Any]],
                     source=source, what="categorical state", name=name,
                     have=list(dataset.categorical_names)))
             c = list(dataset.categorical_names).index(name)
-            levels = [str(v) for v in dataset.categorical_levels[c]]
-            if level in levels:
-                out[:, j] = dataset.categorical[:, c] == levels.index(level)
+            if name not in level_index:
+                level_index[name] = {str(v): i for i, v in
+                                     enumerate(dataset.categorical_levels[c])}
+            code = level_index[name].get(level)
+            put(j, np.zeros(n) if code is None else dataset.categorical[:, c] == code)
         elif kind == "prev_action":
             hit = _component_codes(dataset, str(f["component"]), str(f["level"]), source)
-            out[:, j] = has_prev & hit[prev]
+            put(j, has_prev & hit[prev])
         elif kind == "prev_reward":
-            out[:, j] = np.where(has_prev, dataset.rewards[prev], 0.0)
+            put(j, np.where(has_prev, dataset.rewards[prev], 0.0))
         elif kind == "recent_action":
             hit = _component_codes(dataset, str(f["component"]), str(f["level"]), source)
             rows = int(f["rows"])
             # csum[i] = hits in rows < i; the count over rows [max(start, i - rows), i)
             csum = np.concatenate([[0], np.cumsum(hit, dtype=np.int64)])
             lo = np.maximum(starts, np.arange(n) - rows)
-            out[:, j] = csum[np.arange(n)] - csum[lo]
+            put(j, csum[np.arange(n)] - csum[lo])
         else:
             raise PolicyError(f"{source}: unknown tree feature kind {kind!r}; expected one of "
                               f"{', '.join(FEATURE_KINDS)}.")
-    return out
+    if out is not None:
+        return out
+    indptr = np.zeros(len(features) + 1, dtype=np.int64)
+    np.cumsum([c.size for c in cols], out=indptr[1:])
+    rows_all = np.concatenate(cols) if cols else np.zeros(0, dtype=np.int64)
+    vals_all = np.concatenate(vals) if vals else np.zeros(0)
+    return sp.csc_matrix((vals_all, rows_all, indptr), shape=(n, len(features)))
 
 
 def feature_label(f: Mapping[str, Any], time_unit: str = "step") -> str:
@@ -321,33 +354,53 @@ class TreePolicy:
                               f"{self.action_space.to_dict()}; the dataset has "
                               f"{dataset.action_space.to_dict()}. Use the matching manifest.")
 
-    def apply_features(self, x: NDArray[Any]) -> NDArray[np.int64]:
+    def apply_features(self, x: NDArray[Any] | sp.spmatrix,
+                       columns: NDArray[np.int64] | None = None) -> NDArray[np.int64]:
         """Leaf reached by each row of a feature matrix.
 
         Parameters
         ----------
-        x : ndarray of shape (n, n_features)
+        x : ndarray or sparse matrix of shape (n, n_features) or (n, len(columns))
+        columns : ndarray of shape (n_features,), int, optional
+            Column of ``x`` that holds each feature (``-1`` for features ``x`` leaves out,
+            which no split may test); default: feature ``j`` in column ``j``.
 
         Returns
         -------
         ndarray of shape (n,), int
         """
-        x32 = np.asarray(x, dtype=np.float32)  # scikit-learn compares float32 inputs
+        xd = x.toarray() if sp.issparse(x) else x  # type: ignore[union-attr]
+        x32 = np.asarray(xd, dtype=np.float32)  # scikit-learn compares float32 inputs
+        feat = self.feature if columns is None else np.where(
+            self.feature >= 0, columns[np.maximum(self.feature, 0)], self.feature)
         n = x32.shape[0]
         node = np.zeros(n, dtype=np.int64)
         rows = np.arange(n)
         active = self.children_left[node] >= 0
         while active.any():
             r, nd = rows[active], node[active]
-            go_left = x32[r, self.feature[nd]].astype(np.float64) <= self.threshold[nd]
+            go_left = x32[r, feat[nd]].astype(np.float64) <= self.threshold[nd]
             node[r] = np.where(go_left, self.children_left[nd], self.children_right[nd])
             active[r] = self.children_left[node[r]] >= 0
         return node
 
+    @property
+    def used_features(self) -> NDArray[np.int64]:
+        """Indices of the features some split tests, sorted, shape ``(k,)``."""
+        return np.unique(self.feature[self.children_left >= 0]).astype(np.int64)
+
     def apply(self, dataset: Any) -> NDArray[np.int64]:
-        """Leaf reached by each row of ``dataset``, shape ``(n_steps,)``."""
+        """Leaf reached by each row of ``dataset``, shape ``(n_steps,)``.
+
+        Only the features some split tests are computed (a tree over a state with thousands of
+        one-hot levels reads a handful of them).
+        """
         self.check_compatible(dataset)
-        return self.apply_features(tree_features(dataset, self.features, self.source))
+        used = self.used_features
+        columns = np.full(len(self.features), -1, dtype=np.int64)
+        columns[used] = np.arange(used.size)
+        x = tree_features(dataset, [self.features[j] for j in used], self.source)
+        return self.apply_features(x, columns)
 
     def action_probs(self, dataset: Any) -> NDArray[np.float64]:
         """Probabilities of each flat action at each row, shape ``(n_steps, n_actions)``.
