@@ -23,12 +23,10 @@ Run: ``.venv/bin/python benchmarks/bench_explain.py``.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench_ope_garnet import _OURS, PANELS, SMALL_EPISODES, _entry, _run
+from bench_ope_garnet import _OURS, _entry, _run, measure_panels
 
 FAMILY = "soft_optimal"
 
@@ -47,14 +45,11 @@ def run_panel(name: str, preset: str, n_episodes: int, workdir: Path) -> dict[st
 
 def run() -> dict[str, dict[str, Any]]:
     """Measure both panels (see the module docstring)."""
-    small = os.environ.get("EQUICARE_BENCH_SCALE") == "small"
     out: dict[str, dict[str, Any]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, (preset, n_ep) in PANELS.items():
-            m = run_panel(name, preset, SMALL_EPISODES if small else n_ep, Path(tmp))
-            out[f"explain_garnet_{name}_end_to_end"] = _entry(m["wall"], "s")
-            out[f"explain_garnet_{name}_peak_memory"] = _entry(m["max_rss_mb"], "MB")
-            print(f"{name}: {m['wall']:.1f} s, {m['max_rss_mb']:.0f} MB")
+    for name, m in measure_panels(run_panel):
+        out[f"explain_garnet_{name}_end_to_end"] = _entry(m["wall"], "s")
+        out[f"explain_garnet_{name}_peak_memory"] = _entry(m["max_rss_mb"], "MB")
+        print(f"{name}: {m['wall']:.1f} s, {m['max_rss_mb']:.0f} MB")
     return out
 
 

@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -207,29 +208,35 @@ def run_panel(name: str, preset: str, n_episodes: int, workdir: Path) -> dict[st
             "peer": peer, "rows": int(res["n_steps"])}
 
 
-def run() -> dict[str, dict[str, Any]]:
-    """Measure both panels (see the module docstring)."""
+def measure_panels(run_one: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(name, run_one(name, preset, n_episodes, workdir))`` for each of :data:`PANELS`, in a
+    temporary folder (300 episodes with ``EQUICARE_BENCH_SCALE=small``)."""
     small = os.environ.get("EQUICARE_BENCH_SCALE") == "small"
-    out: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, (preset, n_ep) in PANELS.items():
-            m = run_panel(name, preset, SMALL_EPISODES if small else n_ep, Path(tmp))
-            peer = m["peer"]
-            has_peer = "skipped" not in peer
-            label = "scope-rl 0.2.1 + d3rlpy 2.8.1 DiscreteFQE" if has_peer else None
-            if not has_peer:
-                print(f"{name}: peer skipped ({peer['skipped']})")
-            truth = m["truth"]
-            dr = m["result"]["estimates"]["dr"]["value"]
-            out[f"ope_garnet_{name}_end_to_end"] = _entry(
-                m["ours"]["wall"], "s", label, peer["wall"] if has_peer else None)
-            out[f"ope_garnet_{name}_peak_memory"] = _entry(
-                m["ours"]["max_rss_mb"], "MB", label, peer["max_rss_mb"] if has_peer else None)
-            out[f"ope_garnet_{name}_dr_rel_error"] = _entry(
-                abs(dr / truth - 1.0), "relative", label,
-                abs(peer["dr"] / truth - 1.0) if has_peer else None)
-            print(f"{name}: {m['rows']} rows, q_model {m['result']['q_model'].get('chosen')}, "
-                  f"DR {dr:.4f} vs truth {truth:.4f}")
+            yield name, run_one(name, preset, SMALL_EPISODES if small else n_ep, Path(tmp))
+
+
+def run() -> dict[str, dict[str, Any]]:
+    """Measure both panels (see the module docstring)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, m in measure_panels(run_panel):
+        peer = m["peer"]
+        has_peer = "skipped" not in peer
+        label = "scope-rl 0.2.1 + d3rlpy 2.8.1 DiscreteFQE" if has_peer else None
+        if not has_peer:
+            print(f"{name}: peer skipped ({peer['skipped']})")
+        truth = m["truth"]
+        dr = m["result"]["estimates"]["dr"]["value"]
+        out[f"ope_garnet_{name}_end_to_end"] = _entry(
+            m["ours"]["wall"], "s", label, peer["wall"] if has_peer else None)
+        out[f"ope_garnet_{name}_peak_memory"] = _entry(
+            m["ours"]["max_rss_mb"], "MB", label, peer["max_rss_mb"] if has_peer else None)
+        out[f"ope_garnet_{name}_dr_rel_error"] = _entry(
+            abs(dr / truth - 1.0), "relative", label,
+            abs(peer["dr"] / truth - 1.0) if has_peer else None)
+        print(f"{name}: {m['rows']} rows, q_model {m['result']['q_model'].get('chosen')}, "
+              f"DR {dr:.4f} vs truth {truth:.4f}")
     return out
 
 
