@@ -117,6 +117,16 @@ def test_evaluate_streams_shards_and_refuses_q_model_estimators(parts):
     assert json.loads(pct.stdout)["bootstrap"]["ci"] == "percentile"
     res = runner.invoke(app, base + ["--chunk-rows", "120", "--estimators", "dr"])
     assert res.exit_code == 2 and "cannot stream" in res.output
+    # "all" with a Q-model that does not stream: the IS family, and the table says what is not
+    text_base = [a for a in base if a != "--json"]
+    res = runner.invoke(app, text_base + ["--chunk-rows", "120", "--q-model", "gbm"])
+    assert res.exit_code == 0, res.output
+    said = " ".join(res.output.split())
+    assert "Not estimated: fqe, dr, wdr (--q-model gbm does not stream" in said, said
+    res = runner.invoke(app, base + ["--chunk-rows", "120", "--q-model", "gbm", "--estimators",
+                                     "wdr"])
+    assert res.exit_code == 2
+    assert "its fit needs the whole panel in memory" in " ".join(res.output.split())
     res = runner.invoke(app, base + ["--chunk-rows", "120", "--ci", "bca"])
     assert res.exit_code == 2 and "--ci bca is in memory only" in " ".join(res.output.split())
 

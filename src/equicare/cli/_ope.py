@@ -224,8 +224,10 @@ def run_evaluate_stream(data: Path, *, manifest: Path, policy: Path, estimators:
     allowed = ESTIMATOR_KEYS if q_streams else STREAM_KEYS
     bad = [k for k in keys if k not in allowed]
     if bad:
-        why = (f"--q-model {q_model} does not stream (auto chooses among Q-models by "
-               "cross-fitting on the whole panel); pass --q-model linear or tabular_stationary"
+        why = (f"--q-model {q_model} does not stream ("
+               + ("auto chooses among Q-models by cross-fitting on the whole panel"
+                  if q_model == "auto" else "its fit needs the whole panel in memory")
+               + "); pass --q-model linear or tabular_stationary"
                if any(k in ("fqe", "dr", "wdr") for k in bad) and not q_streams
                else f"with --chunk-rows the estimators are {', '.join(ESTIMATOR_KEYS)}")
         raise InvalidParameterError(
@@ -379,6 +381,12 @@ def register(app: typer.Typer) -> None:
                 console.print(f"Q-model: {sres.q_model['chosen']} (streamed LSTD fit, "
                               f"solver {sres.q_model['solver']}; "
                               f"{sres.q_model['bootstrap']})", highlight=False)
+            else:
+                skipped = [k for k in ("fqe", "dr", "wdr") if k not in sres.estimates]
+                if skipped and estimators.strip() == "all":
+                    console.print(f"Not estimated: {', '.join(skipped)} (--q-model "
+                                  f"{q_model.value} does not stream; pass --q-model linear or "
+                                  "tabular_stationary for them)", highlight=False)
             console.print(f"ESS: trajectory {sres.ess:.1f} "
                           f"({100 * sres.ess / sres.n_episodes:.2f}% of episodes); "
                           f"{sres.n_chunks} chunks", highlight=False)
