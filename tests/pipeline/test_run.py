@@ -167,3 +167,36 @@ def test_report_renders_in_chromium(tmp_path):
     assert dom.stdout.count("<img") >= 4 and dom.stdout.count("<table") >= 3
     console_errors = [ln for ln in dom.stderr.splitlines() if "CONSOLE" in ln and "ERROR" in ln]
     assert not console_errors, console_errors
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.EquicareWarning")
+def test_a_user_panel_gets_a_default_audit_action_and_a_wrong_one_fails_before_training(
+        tmp_path):
+    """A panel without the care simulator's `modality` component: an empty [audit] action
+    audits "every level of the first component but its first"; a set the panel does not have
+    is a config error when the data loads (nothing trained, no run directory finished)."""
+    d = tmp_path / "garnet"
+    res = runner.invoke(app, ["synth", "--sim", "garnet", "--states", "20", "--actions", "4",
+                              "--episodes", "150", "--seed", "2", "--out", str(d)])
+    assert res.exit_code == 0, res.output
+    base = (f'name = "g"\nseed = 0\n[data]\npath = "{d / "panel.parquet"}"\n'
+            f'manifest = "{d / "manifest.toml"}"\n[learner]\nalgo = "bc"\nn_steps = 20\n'
+            '[ope]\nbootstrap = 20\nsensitivity = false\n[audit]\npermutations = 0\n'
+            f'[output]\nstore = "{tmp_path / "runs"}"\n')
+    bad = tmp_path / "bad.toml"
+    bad.write_text(base.replace("permutations = 0", 'permutations = 0\naction = '
+                                '"modality=home_visit"'))
+    res = runner.invoke(app, ["run", str(bad), "--no-progress"])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 2, res.output
+    assert "[audit] action 'modality=home_visit' does not fit the panel" in said, said
+    assert "known components: ['action']" in said
+    assert not list((tmp_path / "runs").glob("*/model"))  # failed before training
+    good = tmp_path / "good.toml"
+    good.write_text(base)
+    res = runner.invoke(app, ["run", str(good), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    store = RunStore(tmp_path / "runs")
+    rid = store.list_runs().query("status == 'finished'")["run_id"].iloc[0]
+    audit = json.loads((store.run_dir(rid) / "audit.json").read_text())
+    assert audit["action"] == "action=1|2|3"

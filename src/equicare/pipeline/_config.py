@@ -53,9 +53,11 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "holdout": 0.5,
         "truth_members": 2000,
     },
-    "audit": {"group": "", "intersect": "", "action": "modality=home_visit", "permutations": 1000},
+    # action "": every level of the panel's first action component except its first ("any
+    # outreach"; equicare.fairness default_action), resolved and checked when the data loads
+    "audit": {"group": "", "intersect": "", "action": "", "permutations": 1000},
     "frontier": {"lambdas": [], "kind": "parity"},
-    "mediation": {"enabled": False, "bootstrap": 200, "action": "modality=home_visit"},
+    "mediation": {"enabled": False, "bootstrap": 200, "action": ""},
     "explain": {"enabled": False, "depth": 3, "bootstrap": 200, "labels": "argmax",
                 "mode": "exceptions"},
     "plan": {

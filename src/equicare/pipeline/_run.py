@@ -21,7 +21,7 @@ import numpy as np
 
 from equicare._progress import progress_task, shared_progress
 from equicare.exceptions import InvalidParameterError
-from equicare.pipeline._config import RunConfig
+from equicare.pipeline._config import ConfigError, RunConfig
 from equicare.pipeline._store import Metric, RunStore
 from equicare.utils import atomic_write_text
 
@@ -214,7 +214,10 @@ def _stage_data(
     train, test = ds.split(
         cfg["ope"]["holdout"], random_state=seed, stratify=ds.group_attrs[0] if ds.groups else None
     )
-    state.update(dataset=ds, sim=sim, train=train, test=test)
+    state.update(dataset=ds, sim=sim, train=train, test=test,
+                 audit_action=_action_of(cfg, "audit", ds),
+                 mediation_action=(_action_of(cfg, "mediation", ds)
+                                   if cfg["mediation"]["enabled"] else ""))
     summary = ds.summary()
     state["data_summary"] = summary
     _write_json(out / "data_summary.json", summary)
@@ -225,6 +228,25 @@ def _stage_data(
         Metric("data.train_episodes", train.n_episodes),
         Metric("data.test_episodes", test.n_episodes),
     ]
+
+
+def _action_of(cfg: RunConfig, section: str, ds: Any) -> str:
+    """The ``[section] action`` of the run on this panel, checked before any work.
+
+    Empty: every level of the first action component except its first ("any outreach", the
+    audit's default set, ``equicare.fairness._rows.default_action``). A set the panel's action
+    space does not have is a config error naming the key and the panel's components (raised
+    when the data loads, before training).
+    """
+    from equicare.fairness._rows import default_action
+
+    spec = str(cfg[section]["action"]) or default_action(ds.action_space)
+    try:
+        ds.action_space.parse_action_set(spec)
+    except (ValueError, KeyError) as exc:  # unknown level / unknown component
+        raise ConfigError(f"{cfg.source}: [{section}] action {spec!r} does not fit the panel: "
+                          f"{exc}") from exc
+    return spec
 
 
 def _stage_train(
@@ -321,7 +343,7 @@ def _stage_audit(
     res = audit(
         test,
         {name: state["learned_probs_test"]},
-        action=a["action"],
+        action=state["audit_action"],
         group=a["group"] or None,
         intersect=[a["intersect"]] if a["intersect"] else [],
         random_state=seed,
@@ -366,7 +388,7 @@ def _stage_frontier(
         build_learner(cfg, seed),
         lambdas=cfg["frontier"]["lambdas"],
         weight="fair_lambda" if cfg["frontier"]["kind"] == "parity" else "group_robust",
-        action=cfg["audit"]["action"],
+        action=state["audit_action"],
         group=cfg["audit"]["group"] or None,
         eval_dataset=state["test"],
         q_model=cfg["ope"]["q_model"],
@@ -422,7 +444,7 @@ def _stage_explain(
         q_model=cfg["ope"]["q_model"],
         bootstrap=e["bootstrap"],
         frontier_bootstrap=min(e["bootstrap"], 50),
-        action=cfg["audit"]["action"] or None,
+        action=state["audit_action"],
         group=cfg["audit"]["group"] or None,
         mode=e["mode"],
         distill=DistillConfig(
@@ -464,7 +486,7 @@ def _stage_mediation(
         raise InvalidParameterError(
             "mediation.enabled needs a mediator column (manifest dataset.mediators).")
     m = cfg["mediation"]
-    binary, mask = binarize_actions(test, m["action"])
+    binary, mask = binarize_actions(test, state["mediation_action"])
     probs = collapse_probs(state["learned_probs_test"], mask)
     rows = binary.next_index >= 0
     target = PolicyProbs(
