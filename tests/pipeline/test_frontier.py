@@ -47,7 +47,7 @@ def test_frontier_grid_and_pareto(panel) -> None:
     cfg = {"n_steps": 60, "hidden": [16], "batch_size": 128, "valid_fraction": 0.0,
            "eval_every": 30}
     res = frontier(panel, "bc", lambdas=[0.0, 50.0], group="race", config=cfg,
-                   estimator="wis", n_boot=100, random_state=0)
+                   action="modality=home_visit", estimator="wis", n_boot=100, random_state=0)
     t = res.table
     assert list(t["lambda"]) == [0.0, 50.0]
     assert {"value", "value_lower", "value_upper", "gap_pp", "gap_lower", "gap_upper",
@@ -85,7 +85,8 @@ def test_frontier_grid_and_pareto(panel) -> None:
             return super().imap(fn, items)
 
     res2 = frontier(panel, "bc", lambdas=[0.0, 50.0], group="race", config=cfg,
-                    estimator="wis", n_boot=100, random_state=0, executor=Recorder())
+                    action="modality=home_visit", estimator="wis", n_boot=100, random_state=0,
+                    executor=Recorder())
     assert calls and calls[0] > 0
     assert res2.table.drop(columns="worst_group").equals(t.drop(columns="worst_group"))
 
@@ -96,9 +97,21 @@ def test_frontier_grid_and_pareto(panel) -> None:
      "The 'lambdas' parameter of frontier must be numbers in [0, 1]. Got 2.0 instead."),
     ({"lambdas": []}, "The 'lambdas' parameter of frontier must be a non-empty sequence"),
     ({"weight": "dp"}, "The 'weight' parameter of frontier must be one of"),
+    ({"action": "modality=teleport"}, "Unknown level(s) ['teleport'] of action component"),
 ])
 def test_frontier_bad_inputs(panel, kwargs, message) -> None:
     from equicare.fairness import frontier
 
     with pytest.raises(ValueError, match=re.escape(message)):
         frontier(panel, **{"learner": "bc", **kwargs})
+
+
+def test_frontier_default_action_is_the_panels_any_outreach(panel) -> None:
+    from equicare.fairness import frontier
+    from equicare.fairness._rows import default_action
+
+    res = frontier(panel, "bc", lambdas=[0.0], group="race", estimator="wis", n_boot=0,
+                   config={"n_steps": 5, "hidden": [8], "valid_fraction": 0.0},
+                   random_state=0)
+    assert res.action == default_action(panel.action_space)
+    assert res.action.startswith("modality=") and "|" in res.action

@@ -210,7 +210,7 @@ def audit_tables(res: AuditResult, estimator: str | None = None) -> list[Table]:
 
 def run_frontier(
     data: Path, *, manifest: Path, learner: str = "awr", lambdas: str = "0,0.5,1,2,5",
-    weight: str = "fair_lambda", action: str = "modality=home_visit", group: str | None = None,
+    weight: str = "fair_lambda", action: str | None = None, group: str | None = None,
     n_steps: int | None = None, eval_fraction: float = 0.3, estimator: str = "dr",
     q_model: str = "linear", bootstrap: int = 200, executor: str = "local", jobs: int = 1,
     out: Path | None = None, force: bool = False, seed: int = 42, progress: bool = False,
@@ -365,8 +365,9 @@ def register(app: typer.Typer) -> None:
         weight: Annotated[Weight, typer.Option(
             help="Weight varied: fair_lambda (parity penalty) or group_robust (in [0, 1]).")
         ] = Weight.FAIR_LAMBDA,
-        action: Annotated[str, typer.Option(
-            help="Action set of the parity penalty and gap.")] = "modality=home_visit",
+        action: Annotated[str | None, typer.Option(
+            help="Action set of the parity penalty and gap (default: every level of the first "
+                 "action component but its first).")] = None,
         group: Annotated[str | None, typer.Option(help="Group attribute.")] = None,
         steps: Annotated[int | None, typer.Option(
             min=1, help="Gradient steps per learner (default: the learner's).")] = None,

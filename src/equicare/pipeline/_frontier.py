@@ -219,7 +219,7 @@ def frontier(
     *,
     lambdas: Sequence[float] = (0.0, 0.5, 1.0, 2.0, 5.0),
     weight: Weight = "fair_lambda",
-    action: str = "modality=home_visit",
+    action: str | None = None,
     group: str | None = None,
     config: Any = None,
     eval_dataset: TrajectoryDataset | None = None,
@@ -254,8 +254,9 @@ def frontier(
     lambdas : sequence of float
         Fairness weights (``group_robust`` needs values in [0, 1]).
     weight : {"fair_lambda", "group_robust"}
-    action : str
-        Action set of the parity gap and the penalty.
+    action : str, optional
+        Action set of the parity gap and the penalty (default: every level of the first action
+        component but its first, "any outreach", as in :func:`equicare.fairness.audit`).
     group : str, optional
         Group attribute (default: the dataset's first).
     config : LearnerConfig or mapping, optional
@@ -302,6 +303,11 @@ def frontier(
     else:
         base = config
     gattr = group or (dataset.group_attrs[0] if dataset.groups else None)
+    if action is None:
+        from equicare.fairness._rows import default_action
+
+        action = default_action(dataset.action_space)
+    dataset.action_space.parse_action_set(action)  # a set the panel lacks fails before training
     w_state, rng = split_random_state(random_state)
     seeds = spawn_seeds(rng, 2 + len(lams))
     if eval_dataset is None:
