@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -136,6 +137,36 @@ def test_observed_in_state_uses_categorical_counts():
     s = ds.categorical[:, 0]
     assert not obs[s == 0, 1].any() and obs[s == 0, 0].all() and obs[s == 1].all()
 
+
+
+def test_observed_with_several_categorical_columns_is_per_level():
+    """Two categorical columns: an action counts as logged at a row when every column's level
+    saw it (their combinations are too thin to tell), for the behaviour model and for evaluate's
+    logged-propensity check alike; memory is per level, not per combination."""
+    from equicare.ope._support import LoggedSupport, cell_observed
+
+    beh = np.array([[1.0, 0.0], [0.5, 0.5]])  # action 1 never taken in state 0
+    ds = small_mdp(horizon=2).sample(beh, 300, seed=1)
+    rng = np.random.default_rng(0)
+    site = rng.integers(0, 3, ds.n_episodes)[ds.episode_index]
+    acts = ds.actions.copy()
+    acts[(site == 2)] = 0  # site s2 never logs action 1
+    both = replace(ds, actions=acts, categorical=np.c_[ds.categorical, site],
+                   categorical_names=(*ds.categorical_names, "site"),
+                   categorical_levels=(*ds.categorical_levels, ("s0", "s1", "s2")),
+                   behavior_prob=None, _cache={})
+    s = both.categorical[:, 0]
+    expected = np.ones((both.n_steps, 2), dtype=bool)
+    expected[:, 1] = (s != 0) & (site != 2)
+    bm = BehaviorModel(n_folds=2).fit(both)
+    assert [c.shape for c in bm.cat_action_counts_] == [(2, 2), (3, 2)]
+    np.testing.assert_array_equal(bm.observed_in_state(both), expected)
+    np.testing.assert_array_equal(cell_observed(both), expected)
+    # a target always choosing action 1: its unsupported mass is the rows where it was never
+    # logged at some column's level
+    target = np.tile([0.0, 1.0], (both.n_steps, 1))
+    mass = LoggedSupport(both).mass(target)
+    np.testing.assert_allclose(mass, ~expected[:, 1])
 
 def test_not_fitted_and_bad_parameters():
     ds, _ = _factored_data(n_episodes=20)

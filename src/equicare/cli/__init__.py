@@ -289,7 +289,10 @@ def _print_summary(s: dict[str, Any]) -> None:
     t.add_row("steps", f"{s['n_steps']:,}")
     el = s["episode_length"]
     t.add_row("episode length", f"min {el['min']}, median {el['median']:g}, max {el['max']}")
-    t.add_row("state features", str(s["n_features"]))
+    t.add_row("numeric state features", str(s["n_features"]))
+    for name, c in s.get("categorical_states", {}).items():
+        t.add_row(f"categorical state '{name}'",
+                  f"{c['levels']:,} levels ({c['observed']:,} observed)")
     if "episode_ends" in s:
         ends = s["episode_ends"]
         t.add_row("episode ends", f"{ends['terminal']:,} terminal, {ends['censored']:,} censored")

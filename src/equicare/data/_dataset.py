@@ -523,6 +523,12 @@ class TrajectoryDataset:
                 "max": int(self.episode_lengths.max()),
             },
             "n_features": self.n_features,
+            "categorical_states": {
+                str(n): {"levels": len(lv),
+                         "observed": int(np.unique(self.categorical[:, j]).size)}
+                for j, (n, lv) in enumerate(zip(self.categorical_names,
+                                                self.categorical_levels, strict=True))
+            } if self.categorical is not None else {},
             "episode_ends": {"terminal": int(self.n_episodes - self.censored.sum()),
                              "censored": int(self.censored.sum())},
             "n_actions": self.n_actions,

@@ -251,7 +251,10 @@ def validate_frame(
         if gap.any():
             err(
                 f"{source}: gaps in column {manifest.time!r} within an episode at "
-                f"{_rows(gap, order)}; expected consecutive time steps (t, t+1, ...)."
+                f"{_rows(gap, order)}; expected consecutive time steps (t, t+1, ...). If the "
+                "times are dates or irregular visits, add a column numbering each episode's rows "
+                "0, 1, 2, ... in time order and name it as the manifest's time (a decision step "
+                "is a row; missing periods are not imputed)."
             )
         rep.order = order.astype(np.int64)
         rep.episode_codes = codes.astype(np.int64)

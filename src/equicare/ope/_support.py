@@ -179,30 +179,43 @@ def model_support_diagnostics(
 
 
 class _CellObserved:
-    """Which actions were logged in each row's categorical cell (sparse counts per cell)."""
+    """Which actions were logged at each row's level of every categorical column.
+
+    Sparse (level, action) counts per column. With one column: the row's categorical state;
+    with several, an action is unobserved when some column's level never saw it (see
+    :meth:`equicare.policy.BehaviorModel.observed_in_state`: the columns' combinations are
+    usually too thin to tell).
+    """
 
     def __init__(self, dataset: TrajectoryDataset) -> None:
         import scipy.sparse as sp
 
         assert dataset.categorical is not None
         n_a = dataset.n_actions
-        _, cell = np.unique(dataset.categorical, axis=0, return_inverse=True)
-        self.cell = np.asarray(cell, dtype=np.int64).ravel()
-        n_cells = int(self.cell.max()) + 1
-        self.counts = sp.csr_matrix((np.ones(dataset.n_steps), (self.cell, dataset.actions)),
-                                    shape=(n_cells, n_a))
-        self.counts.sum_duplicates()
+        self.codes = np.asarray(dataset.categorical, dtype=np.int64)
+        self.counts = []
+        for j in range(self.codes.shape[1]):
+            n_lv = int(max(len(dataset.categorical_levels[j]), self.codes[:, j].max() + 1))
+            c = sp.csr_matrix((np.ones(dataset.n_steps), (self.codes[:, j], dataset.actions)),
+                              shape=(n_lv, n_a))
+            c.sum_duplicates()
+            self.counts.append(c)
 
     def rows(self, rows: NDArray[np.int64] | slice) -> NDArray[np.bool_]:
         """Observed mask of the rows, shape ``(n_rows, n_actions)``."""
-        return np.asarray(self.counts[self.cell[rows]].toarray() > 0)
+        out: NDArray[np.bool_] | None = None
+        for j, c in enumerate(self.counts):
+            seen = np.asarray(c[self.codes[rows, j]].toarray() > 0)
+            out = seen if out is None else out & seen
+        assert out is not None
+        return out
 
 
 def cell_observed(dataset: TrajectoryDataset) -> NDArray[np.bool_] | None:
-    """Whether each action was logged in the row's categorical cell, ``(n_steps, n_actions)``.
+    """Whether each action was logged at the row's categorical levels, ``(n_steps, n_actions)``.
 
-    None when the dataset has no categorical states. Built from sparse (cell, action) counts,
-    so memory is linear in rows whatever the number of cells.
+    None when the dataset has no categorical states. Built from sparse (level, action) counts
+    per column (:class:`_CellObserved`), so memory is linear in rows and levels.
     """
     if dataset.categorical is None or dataset.categorical.shape[1] == 0:
         return None

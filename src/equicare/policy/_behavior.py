@@ -270,22 +270,28 @@ class BehaviorModel(BaseEstimator):
         return self
 
     def _cat_counts(self, dataset: TrajectoryDataset) -> None:
-        """Count each action per combination of categorical states (support diagnostics)."""
+        """Count each action per level of each categorical state column (support diagnostics).
+
+        One ``(levels, n_actions)`` table per column, so memory is linear in the levels
+        whatever the number of columns (see :meth:`observed_in_state`).
+        """
         self.cat_sizes_: tuple[int, ...] = tuple(len(lv) for lv in dataset.categorical_levels)
-        self.cat_action_counts_: NDArray[np.int64] | None = None
+        self.cat_action_counts_: list[NDArray[np.int64]] | None = None
         if dataset.categorical is None or not self.cat_sizes_:
             return
-        n_cells = int(np.prod(self.cat_sizes_))
-        if n_cells * self.n_actions_ > 10_000_000:
-            return
-        cell = np.ravel_multi_index(dataset.categorical.T, self.cat_sizes_)
-        counts = np.bincount(cell * self.n_actions_ + dataset.actions,
-                             minlength=n_cells * self.n_actions_)
-        self.cat_action_counts_ = counts.reshape(n_cells, self.n_actions_)
+        self.cat_action_counts_ = [
+            np.bincount(dataset.categorical[:, j] * self.n_actions_ + dataset.actions,
+                        minlength=size * self.n_actions_).reshape(size, self.n_actions_)
+            for j, size in enumerate(self.cat_sizes_)]
 
     def observed_in_state(self, dataset: TrajectoryDataset,
                           rows: NDArray[np.int64] | None = None) -> NDArray[np.bool_] | None:
-        """Whether each action was logged in the row's categorical-state cell in the fitting data.
+        """Whether each action was logged at the row's level of every categorical state column.
+
+        With one categorical column this is "logged in the row's categorical state". With
+        several, an action counts as never logged when some column's level never saw it: their
+        combinations are usually too thin to tell (two rows per cell is common), and an action
+        logged at the row's level of every column is one the data can speak to.
 
         Parameters
         ----------
@@ -305,8 +311,10 @@ class BehaviorModel(BaseEstimator):
         if sizes != self.cat_sizes_ or (dataset.categorical >= np.asarray(sizes)).any():
             return None
         cat = dataset.categorical if rows is None else dataset.categorical[rows]
-        cell = np.ravel_multi_index(cat.T, self.cat_sizes_)
-        return np.asarray(self.cat_action_counts_[cell] > 0)
+        out = np.ones((cat.shape[0], self.n_actions_), dtype=bool)
+        for j, counts in enumerate(self.cat_action_counts_):
+            out &= counts[cat[:, j]] > 0
+        return out
 
     # ------------------------------------------------------------------ prediction
     def _proba_component(self, model: Any, X: NDArray[np.float64], n_levels: int
