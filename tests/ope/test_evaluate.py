@@ -261,3 +261,27 @@ def test_auto_fqe_interval_carries_the_estimated_bias():
     lo, hi = res.estimates["fqe"].ci
     assert lo <= fixed.estimates["fqe"].ci[0] and hi >= fixed.estimates["fqe"].ci[1]
     assert lo <= mdp.value(pols["soft_optimal"]) <= hi
+
+
+def test_thin_combinations_of_categorical_states_warn_for_the_table():
+    """A second categorical column that multiplies the table's cells into thin ones draws a
+    DataWarning naming the columns and the rows per cell; one column, or a linear Q-model,
+    does not."""
+    from equicare.exceptions import DataWarning
+    from tests.ope._garnet import make
+
+    _, ds, pols = make("s50_a5_g1", 400, seed=3)
+    pe = pols["soft_optimal"][ds.categorical[:, 0]]
+    site = np.random.default_rng(0).integers(0, 100, ds.n_episodes)[ds.episode_index]
+    two = replace(ds, categorical=np.c_[ds.categorical, site],
+                  categorical_names=("state", "site"),
+                  categorical_levels=(*ds.categorical_levels, tuple(range(100))), _cache={})
+    kw = {"estimators": ("dr",), "bootstrap": 0, "random_state": 0}
+    with pytest.warns(DataWarning, match=r"combinations of the categorical states \(state x "
+                      r"site: [\d,]+ visited, [\d.]+ rows each, against \d+ rows per level of "
+                      r"'site' alone\)"):
+        evaluate(two, pe, q_model="tabular_stationary", **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        evaluate(ds, pe, q_model="tabular_stationary", **kw)
+        evaluate(two, pe, q_model="linear", **kw)
