@@ -227,3 +227,24 @@ def test_soft_variant_and_config() -> None:
     assert SPIBBConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(NotFittedError):
         SPIBB().action_probs(ds)
+
+
+def test_thin_combinations_of_categorical_columns_warn() -> None:
+    """A second categorical column that splits the cells into thin combinations draws a
+    DataWarning naming the learner and the columns; one column does not."""
+    import warnings
+    from dataclasses import replace
+
+    from equicare.exceptions import DataWarning
+
+    _, ds = _panel(0, n=300)
+    site = np.random.default_rng(0).integers(0, 100, ds.n_episodes)[ds.episode_index]
+    two = replace(ds, categorical=np.c_[ds.categorical, site],
+                  categorical_names=(*ds.categorical_names, "site"),
+                  categorical_levels=(*ds.categorical_levels, tuple(range(100))), _cache={})
+    with pytest.warns(DataWarning, match=r"SPIBB's cells are the combinations of the "
+                      r"categorical states \(state x site"):
+        SPIBB(n_wedge=20).fit(two)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        SPIBB(n_wedge=20).fit(ds)

@@ -277,7 +277,8 @@ def test_thin_combinations_of_categorical_states_warn_for_the_table():
                   categorical_names=("state", "site"),
                   categorical_levels=(*ds.categorical_levels, tuple(range(100))), _cache={})
     kw = {"estimators": ("dr",), "bootstrap": 0, "random_state": 0}
-    with pytest.warns(DataWarning, match=r"combinations of the categorical states \(state x "
+    with pytest.warns(DataWarning, match=r"Q-model.s cells are the combinations of the "
+                      r"categorical states \(state x "
                       r"site: [\d,]+ visited, [\d.]+ rows each, against \d+ rows per level of "
                       r"'site' alone\)"):
         evaluate(two, pe, q_model="tabular_stationary", **kw)

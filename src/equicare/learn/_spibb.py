@@ -18,6 +18,7 @@ its true value is not much below the behaviour's (Theorem 2 of the paper).
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Self
@@ -26,7 +27,8 @@ import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
-from equicare.exceptions import DataValidationError, PolicyError
+from equicare.data._cells import thin_cells_message
+from equicare.exceptions import DataValidationError, DataWarning, PolicyError
 from equicare.policy._cells import CellPolicy, cell_codes
 from equicare.utils import check_is_fitted, check_param, config_to_dict
 
@@ -288,6 +290,9 @@ class SPIBB:
                           for j in range(dataset.n_features))
         if not columns and not numeric:
             raise DataValidationError(MSG_NOT_DISCRETE)
+        msg = thin_cells_message(dataset, f"{type(self).__name__}'s cells")
+        if msg is not None:
+            warnings.warn(msg, DataWarning, stacklevel=3)
         codes, levels = cell_codes(dataset, columns, numeric, edges)
         keys, cell = np.unique(codes, axis=0, return_inverse=True)
         self.cell_columns_ = columns

@@ -9,6 +9,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
+from equicare.data._cells import thin_cells_message
 from equicare.exceptions import DataValidationError, InvalidParameterError
 from equicare.ope._core import ALL_KEYS, IS_TYPE, OPEInputs
 from equicare.ope._fqe import FQEConfig, LoggedQFit, fit_fqe_logged, logged_q_fit
@@ -217,7 +218,7 @@ def prepare(
         qcfg = candidate_config(selection.chosen)
     qfit = None
     if given is None and (needs_q or "bandit_dr" in keys) and _concrete(qcfg).model == "tabular":
-        msg = thin_cells_message(dataset)
+        msg = thin_cells_message(dataset, "The tabular Q-model's cells")
         if msg is not None:
             import warnings
 
@@ -239,41 +240,6 @@ def prepare(
     return Prepared(inputs=inputs, target_probs=pe, actions=dataset.actions, behavior_prob=b,
                     propensity_source=source, behavior_model=bm, qfit=qfit,
                     bandit_qfit=bandit_qfit, q_selection=selection)
-
-
-#: Rows per visited combination of categorical states below which (and below a quarter of the
-#: rows per level of the finest column) :func:`thin_cells_message` warns.
-THIN_CELL_ROWS = 5.0
-
-
-def thin_cells_message(dataset: TrajectoryDataset) -> str | None:
-    """A warning when several categorical columns make the tabular Q-model's cells thin, or None.
-
-    The table's cells are the combinations of all categorical state columns. A column that does
-    not drive outcomes (a care site, say) multiplies the cells without adding information, and
-    in cells of two or three rows FQE, DR and WDR lean on imputation: on a 700-state Garnet panel
-    (48,850 rows) an extra 30-level column moved FQE from -0.2% to -7.6% and DR from -1.3% to
-    -8.5% of the truth. Warns when there are several columns, fewer than
-    :data:`THIN_CELL_ROWS` rows per visited combination, and under a quarter of the rows per
-    level of the finest column alone.
-    """
-    cat = dataset.categorical
-    if cat is None or cat.ndim != 2 or cat.shape[1] < 2 or dataset.n_steps == 0:
-        return None
-    n = float(dataset.n_steps)
-    n_comb = int(np.unique(cat, axis=0).shape[0])
-    per_comb = n / max(n_comb, 1)
-    per_level = [n / max(int(np.unique(cat[:, j]).size), 1) for j in range(cat.shape[1])]
-    j_fine = int(np.argmin(per_level))
-    if per_comb >= THIN_CELL_ROWS or 4.0 * per_comb >= per_level[j_fine]:
-        return None
-    names = " x ".join(str(c) for c in dataset.categorical_names)
-    return (f"The tabular Q-model's cells are the combinations of the categorical states "
-            f"({names}: {n_comb:,} visited, {per_comb:.1f} rows each, against "
-            f"{per_level[j_fine]:.0f} rows per level of {dataset.categorical_names[j_fine]!r} "
-            "alone). FQE, DR and WDR lean on imputation in cells this thin. List in the "
-            "manifest's categorical_states only the columns that define the clinical state "
-            "(an attribute such as a care site can be a group).")
 
 
 def _concrete(cfg: FQEConfig | str) -> FQEConfig:
