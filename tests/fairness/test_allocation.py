@@ -278,3 +278,16 @@ def test_allocation_invariants(seed: int, level: str) -> None:
         if np.isfinite(pp[ok]).all() and f.overall > 0:
             share = w * r / np.sum(w * r)
             assert np.sum(need[ok] / need.sum() * pp[ok]) == pytest.approx(share[ok].sum())
+
+
+def test_action_labels_stay_short_and_the_default_set_is_any_outreach() -> None:
+    """Titles and headers get a short label for long sets (a 100-level action's default set
+    listed 99 levels in the report's figure titles); short specs are unchanged."""
+    from equicare.fairness._rows import action_label, default_action
+    from equicare.spaces import FactoredActionSpace
+
+    assert action_label("modality=home_visit") == "modality=home_visit"
+    wide = default_action(FactoredActionSpace.single(100))
+    assert wide.startswith("action=1|2|") and wide.endswith("|99")
+    assert action_label(wide) == "action in {1, 2, ..., 99} (99 levels)"
+    assert default_action(SPACE).count("|") == SPACE.components[0].n_levels - 2

@@ -37,6 +37,7 @@ from equicare.cli._utils import (
     StreamExecutor,
     Threads,
 )
+from equicare.fairness._rows import action_label
 
 __all__ = ["parse_policy_specs", "load_policies", "run_audit", "run_frontier", "audit_tables",
            "frontier_table", "register"]
@@ -163,8 +164,9 @@ def audit_tables(res: AuditResult, estimator: str | None = None) -> list[Table]:
 
     names = list(res.policies)
     first = res.policies[names[0]].allocation
-    t1 = Table(title=f"{res.action}: share of member-weeks (%) by {res.group}"
-               if first.level == "step" else f"{res.action}: mean share per episode (%) by "
+    label = action_label(res.action)
+    t1 = Table(title=f"{label}: share of member-weeks (%) by {res.group}"
+               if first.level == "step" else f"{label}: mean share per episode (%) by "
                f"{res.group}")
     t1.add_column(res.group)
     t1.add_column("episodes", justify="right")

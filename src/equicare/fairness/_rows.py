@@ -47,6 +47,22 @@ def default_action(space: FactoredActionSpace) -> str:
     return f"{comp.name}=" + "|".join(levels)
 
 
+def action_label(spec: str, max_len: int = 40) -> str:
+    """A short readable label of an action set for titles, axes and table headers.
+
+    ``spec`` itself when it has at most ``max_len`` characters; else the component, the first
+    two and the last level and the number of levels, e.g. ``"action in {1, 2, ..., 99} (99
+    levels)"`` for the default set of a 100-level action (the full set stays in the JSON).
+    """
+    if len(spec) <= max_len or "=" not in spec:
+        return spec
+    comp, _, rest = spec.partition("=")
+    levels = [lv for lv in rest.split("|") if lv]
+    if len(levels) <= 3:
+        return spec
+    return f"{comp} in {{{levels[0]}, {levels[1]}, ..., {levels[-1]}}} ({len(levels)} levels)"
+
+
 def action_set(space: FactoredActionSpace, action: str | NDArray[np.bool_] | None
                ) -> tuple[str, NDArray[np.bool_]]:
     """Resolve an action set given as ``"component=level|level"``, a mask, or ``None`` (default).

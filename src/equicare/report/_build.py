@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from equicare.fairness._rows import action_label
 from equicare.report import _figures as F
 from equicare.report._html import Report
 from equicare.utils import MIN_CELL
@@ -75,7 +76,8 @@ def build_run_report(
             kpis[f"true value, {k} (simulator)"] = f"{t['value']:.3f} ± {1.96 * t['se']:.3f}"
     if audit:
         for p, a in audit["policies"].items():
-            kpis[f"{audit['action']} parity gap, {p}"] = f"{a['parity_gap_pp']['value']:.2f} pp"
+            label = action_label(audit["action"])
+            kpis[f"{label} parity gap, {p}"] = f"{a['parity_gap_pp']['value']:.2f} pp"
     rep.kpis(kpis)
     if config:
         rep.text(

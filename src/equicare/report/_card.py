@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from equicare.fairness._rows import action_label
 from equicare.report._figures import _plt
 from equicare.report._html import Report
 from equicare.utils import atomic_write_text
@@ -146,7 +147,8 @@ def build_card_report(card: Mapping[str, Any], *, figure_dir: Path | None = None
                 row.update({"agreement": "100%", "total variation": "0",
                             "rarely taken %": f"{sup['source_pct']:.1f}"})
         p = pols.get(pol_key, {})
-        row[f"parity gap pp ({fair.get('action', 'suppressed')})"] = _ci(p.get("parity_gap_pp"))
+        label = action_label(fair.get("action", "suppressed"))
+        row[f"parity gap pp ({label})"] = _ci(p.get("parity_gap_pp"))
         row["parity ratio"] = _ci(p.get("parity_ratio"))
         wg = p.get("worst_group")
         row["worst group (value)"] = ("" if wg is None else
@@ -171,7 +173,8 @@ def build_card_report(card: Mapping[str, Any], *, figure_dir: Path | None = None
         pp_rows.append(row)
     if pp_rows:
         rep.table(pd.DataFrame(pp_rows),
-                  caption=f"Proportional parity of {fair['action']} (rate relative to need) "
+                  caption=f"Proportional parity of {action_label(fair['action'])} (rate "
+                          "relative to need) "
                           f"by {fair['group']}; cells under 11 episodes suppressed")
 
     rep.section("Size, fidelity and value")

@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from equicare.fairness._rows import action_label
+
 __all__ = [
     "forest_plot",
     "ess_plot",
@@ -157,8 +159,8 @@ def allocation_plot(audit: Mapping[str, Any]) -> Any:
             label=p,
         )
     ax.set_xticks(x, groups, rotation=20)
-    ax.set_ylabel(f"{audit['action']} rate (%)")
-    ax.set_title(f"Allocation of {audit['action']} by {audit['group']}")
+    ax.set_ylabel(f"{action_label(audit['action'])} rate (%)")
+    ax.set_title(f"Allocation of {action_label(audit['action'])} by {audit['group']}")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -178,7 +180,7 @@ def parity_gap_plot(audit: Mapping[str, Any]) -> Any:
             ax.plot(ci, [yi, yi], color="k", lw=1.5)
     ax.set_yticks(y, pols)
     ax.set_xlabel("parity gap, max - min rate (percentage points)")
-    ax.set_title(f"Parity gap of {audit['action']}")
+    ax.set_title(f"Parity gap of {action_label(audit['action'])}")
     fig.tight_layout()
     return fig
 
