@@ -117,44 +117,55 @@ def tree_features(dataset: Any, features: Sequence[Mapping[str, Any]],
         A feature reads a column the dataset does not have, or has an unknown kind.
     """
     n = dataset.n_steps
-    as_sparse = (n * len(features) > SPARSE_FEATURE_CELLS) if sparse == "auto" else bool(sparse)
+    n_feat = len(features)
+    as_sparse = (n * n_feat > SPARSE_FEATURE_CELLS) if sparse == "auto" else bool(sparse)
     step = np.asarray(dataset.step)
     has_prev = step > 0
     prev = np.maximum(np.arange(n) - 1, 0)
     starts = np.repeat(dataset.episode_offsets[:-1], dataset.episode_lengths)
-    level_index: dict[str, dict[str, int]] = {}  # categorical column -> level -> code
-    cols: list[NDArray[np.int64]] = []  # sparse: row indices and values of each column
-    vals: list[NDArray[np.float64]] = []
-    out = None if as_sparse else np.zeros((n, len(features)), dtype=np.float64)
+    # nonzeros as (rows, feature, values) triplets, one entry per feature or per categorical
+    # column (all of its level indicators at once: one pass over the rows, not one per level)
+    trip_r: list[NDArray[np.int64]] = []
+    trip_j: list[NDArray[np.int64]] = []
+    trip_v: list[NDArray[np.float64]] = []
 
     def put(j: int, col: NDArray[Any]) -> None:
         c = np.asarray(col, dtype=np.float64)
-        if out is not None:
-            out[:, j] = c
-        else:
-            nz = np.flatnonzero(c)
-            cols.append(nz)
-            vals.append(c[nz])
+        nz = np.flatnonzero(c)
+        trip_r.append(nz)
+        trip_j.append(np.full(nz.size, j, dtype=np.int64))
+        trip_v.append(c[nz])
 
+    by_column: dict[str, list[tuple[int, str]]] = {}
+    for j, f in enumerate(features):
+        if f.get("kind") == "categorical":
+            name = str(f["name"])
+            if name not in dataset.categorical_names:
+                raise PolicyError(MSG_MISSING_COLUMN.format(
+                    source=source, what="categorical state", name=name,
+                    have=list(dataset.categorical_names)))
+            by_column.setdefault(name, []).append((j, str(f["level"])))
+    for name, items in by_column.items():
+        c = list(dataset.categorical_names).index(name)
+        code_of = {str(v): i for i, v in enumerate(dataset.categorical_levels[c])}
+        feature_of_code = np.full(len(dataset.categorical_levels[c]), -1, dtype=np.int64)
+        for j, level in items:  # an unknown level is an all-zero column
+            if level in code_of:
+                feature_of_code[code_of[level]] = j
+        fj = feature_of_code[np.asarray(dataset.categorical[:, c], dtype=np.int64)]
+        rows = np.flatnonzero(fj >= 0)
+        trip_r.append(rows)
+        trip_j.append(fj[rows])
+        trip_v.append(np.ones(rows.size))
     for j, f in enumerate(features):
         kind = f.get("kind")
+        if kind == "categorical":
+            continue
         if kind == "state":
             put(j, _state_column(dataset, str(f["name"]), source))
         elif kind == "prev_state":
             col = _state_column(dataset, str(f["name"]), source)
             put(j, np.where(has_prev, col[prev], col))
-        elif kind == "categorical":
-            name, level = str(f["name"]), str(f["level"])
-            if name not in dataset.categorical_names:
-                raise PolicyError(MSG_MISSING_COLUMN.format(
-                    source=source, what="categorical state", name=name,
-                    have=list(dataset.categorical_names)))
-            c = list(dataset.categorical_names).index(name)
-            if name not in level_index:
-                level_index[name] = {str(v): i for i, v in
-                                     enumerate(dataset.categorical_levels[c])}
-            code = level_index[name].get(level)
-            put(j, np.zeros(n) if code is None else dataset.categorical[:, c] == code)
         elif kind == "prev_action":
             hit = _component_codes(dataset, str(f["component"]), str(f["level"]), source)
             put(j, has_prev & hit[prev])
@@ -162,21 +173,22 @@ def tree_features(dataset: Any, features: Sequence[Mapping[str, Any]],
             put(j, np.where(has_prev, dataset.rewards[prev], 0.0))
         elif kind == "recent_action":
             hit = _component_codes(dataset, str(f["component"]), str(f["level"]), source)
-            rows = int(f["rows"])
+            rows_back = int(f["rows"])
             # csum[i] = hits in rows < i; the count over rows [max(start, i - rows), i)
             csum = np.concatenate([[0], np.cumsum(hit, dtype=np.int64)])
-            lo = np.maximum(starts, np.arange(n) - rows)
+            lo = np.maximum(starts, np.arange(n) - rows_back)
             put(j, csum[np.arange(n)] - csum[lo])
         else:
             raise PolicyError(f"{source}: unknown tree feature kind {kind!r}; expected one of "
                               f"{', '.join(FEATURE_KINDS)}.")
-    if out is not None:
+    r = np.concatenate(trip_r) if trip_r else np.zeros(0, dtype=np.int64)
+    jj = np.concatenate(trip_j) if trip_j else np.zeros(0, dtype=np.int64)
+    v = np.concatenate(trip_v) if trip_v else np.zeros(0)
+    if not as_sparse:
+        out = np.zeros((n, n_feat), dtype=np.float64)
+        out[r, jj] = v
         return out
-    indptr = np.zeros(len(features) + 1, dtype=np.int64)
-    np.cumsum([c.size for c in cols], out=indptr[1:])
-    rows_all = np.concatenate(cols) if cols else np.zeros(0, dtype=np.int64)
-    vals_all = np.concatenate(vals) if vals else np.zeros(0)
-    return sp.csc_matrix((vals_all, rows_all, indptr), shape=(n, len(features)))
+    return sp.csc_matrix((v, (r, jj)), shape=(n, n_feat))
 
 
 def feature_label(f: Mapping[str, Any], time_unit: str = "step") -> str:
