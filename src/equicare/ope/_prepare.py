@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -10,7 +11,7 @@ from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
 from equicare.data._cells import thin_cells_message
-from equicare.exceptions import DataValidationError, InvalidParameterError
+from equicare.exceptions import DataValidationError, DataWarning, InvalidParameterError
 from equicare.ope._core import ALL_KEYS, IS_TYPE, OPEInputs
 from equicare.ope._fqe import FQEConfig, LoggedQFit, fit_fqe_logged, logged_q_fit
 from equicare.ope._select import AUTO_CANDIDATES, QSelection, candidate_config, select_q_model
@@ -220,10 +221,6 @@ def prepare(
     if given is None and (needs_q or "bandit_dr" in keys) and _concrete(qcfg).model == "tabular":
         msg = thin_cells_message(dataset, "The tabular Q-model's cells")
         if msg is not None:
-            import warnings
-
-            from equicare.exceptions import DataWarning
-
             warnings.warn(msg, DataWarning, stacklevel=2)
     if needs_q:  # Q at the logged actions and V only: no (n_steps, n_actions) Q matrix is kept
         qfit = given or fit_fqe_logged(dataset, pe, _concrete(qcfg), random_state=seed)
