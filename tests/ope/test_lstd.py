@@ -216,3 +216,28 @@ def test_where_gmres_does_not_converge_superlu_solves(monkeypatch):
     cross = sp.csr_matrix((d, (np.arange(k), perm)), shape=(k, k))
     loop = lstd.LSTDSums(xtx=xtx, cross=cross, b=np.ones(k))
     assert lstd.solve_lstd_sums(loop, 1.0, np.zeros(k)) is None
+
+
+def test_a_closed_loop_without_reward_keeps_theta_and_solves_its_adjoint():
+    """At gamma 1 a loop of pairs without exit and without reward makes the system singular
+    but consistent: GMRES returns theta = 0 on the loop (the vanishing-ridge limit) and the
+    transposed solve, inconsistent where a functional reaches the loop, used to raise
+    SuperLU's "Factor is exactly singular" (a 2-fold auto fit on a 700-state x 30-site panel).
+    Now it is the vanishing ridge's solve: exact off the loop, finite and large on it."""
+    import scipy.sparse as sp
+
+    import equicare.ope._lstd as lstd
+
+    k = lstd.DENSE_PARAMS + 10
+    d = np.full(k, 2.0)
+    xtx = sp.diags(d).tocsr()
+    # pairs 0 and 1 lead to each other; every other pair ends its episode
+    cross = sp.csr_matrix((d[:2], ([0, 1], [1, 0])), shape=(k, k))
+    b = np.r_[0.0, 0.0, np.ones(k - 2)]
+    sol = lstd.solve_lstd_sums(lstd.LSTDSums(xtx=xtx, cross=cross, b=b), 1.0, np.zeros(k))
+    assert sol is not None
+    np.testing.assert_allclose(sol.theta, b / 2.0, atol=1e-10)
+    z = sol.solve_t(np.ones(k))
+    assert np.isfinite(z).all()
+    np.testing.assert_allclose(z[2:], 0.5, rtol=1e-8)
+    assert np.all(z[:2] > 1e6)

@@ -46,7 +46,7 @@ from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
 from equicare.exceptions import InvalidParameterError
-from equicare.ope._lstd import KronPi, LSTDFit, SparsePi, solve_lstd
+from equicare.ope._lstd import VANISHING_RIDGE, KronPi, LSTDFit, SparsePi, solve_lstd
 from equicare.utils import (
     PARAM_MESSAGE,
     RandomState,
@@ -599,8 +599,8 @@ def _tabular_lstd(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma: fl
     fit = solve_lstd(x, SparsePi(x_pi), r, has_next, gamma, np.zeros(x.shape[1]), weights)
     if fit is None:  # a closed loop without exit in the data (gamma 1): a vanishing ridge
         counts = np.asarray(x.sum(axis=0)).ravel()
-        fit = solve_lstd(x, SparsePi(x_pi), r, has_next, gamma, 1e-8 * np.maximum(counts, 1.0),
-                         weights)
+        fit = solve_lstd(x, SparsePi(x_pi), r, has_next, gamma,
+                         VANISHING_RIDGE * np.maximum(counts, 1.0), weights)
     if fit is None:
         raise ValueError("The stationary tabular FQE system is singular; use horizon='backward'.")
     return _TabularLSTD(lstd=fit, cell_rows=cellc, pair_cell=pair_cell, pair_action=pair_action,

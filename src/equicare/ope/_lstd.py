@@ -259,6 +259,9 @@ def lstd_sums(x: sp.csr_matrix, x_pi: PiDesign, rewards: NDArray[np.float64],
     return LSTDSums(xtx=xtx, cross=cross, b=np.asarray(xt @ rewards))
 
 
+#: Ridge, relative to the diagonal, that makes a singular stationary table's system solvable
+#: (a closed loop without exit at gamma 1).
+VANISHING_RIDGE = 1e-8
 #: Relative residual ``||M theta - b|| / ||b||`` an iterative solve must reach to be used.
 ITERATIVE_RTOL = 1e-11
 #: Krylov iterations (GMRES, restarted every 100) before falling back to SuperLU.
@@ -305,6 +308,15 @@ def _with_lu_fallback(m: sp.csc_matrix,
 
     Each column by ``iterative`` (a solver of ``m^T``), SuperLU for the columns it does not
     solve (factorised once, on first need).
+
+    ``m`` may be singular although GMRES solved ``m theta = b``: at gamma 1 a closed loop of
+    pairs without exit and without reward (the target policy cycling among cells whose logged
+    transitions never leave them) makes the system consistent, and GMRES from zero returns
+    ``theta = 0`` on the loop, the limit of a vanishing ridge. The transposed system is then
+    inconsistent for functionals that reach the loop (its occupancy under the target policy is
+    unbounded), and SuperLU raises; those columns are solved with the same vanishing ridge
+    (:data:`VANISHING_RIDGE` times the diagonal) that the stationary table's fit adds to a
+    singular system, so ``theta`` and its adjoint are of one system.
     """
     from scipy.sparse.linalg import splu
 
@@ -312,7 +324,11 @@ def _with_lu_fallback(m: sp.csc_matrix,
 
     def direct(g: NDArray[np.float64]) -> NDArray[np.float64]:
         if not lu:
-            lu.append(splu(m))
+            try:
+                lu.append(splu(m))
+            except RuntimeError:  # exactly singular: see the docstring
+                d = np.maximum(np.abs(np.asarray(m.diagonal(), dtype=np.float64)), 1.0)
+                lu.append(splu(sp.csc_matrix(m + sp.diags(VANISHING_RIDGE * d))))
         return np.asarray(lu[0].solve(g, trans="T"))
 
     def solve_t(g: NDArray[np.float64]) -> NDArray[np.float64]:
