@@ -128,3 +128,36 @@ def test_q_model_line_says_when_the_reference_is_kept():
     q["chosen"] = "linear"
     line = q_model_line(SimpleNamespace(q_model=q))
     assert line is not None and "reference" not in line
+
+
+def test_q_cells_name_the_tables_columns(files):
+    """--q-cells fixes the Q-table's cells (reported in the result JSON); a column that is not
+    a categorical state, or a Q-model that is not a table, is a usage error (exit 2)."""
+    res, out = _run(files, "--q-model", "tabular_stationary", "--q-cells", "region", "--force")
+    assert res.exit_code == 0, res.output
+    assert json.loads(out.read_text())["q_model"]["chosen"] == "tabular_stationary[region]"
+    assert "Q-model: tabular_stationary[region]" in res.output  # not eaten as Rich markup
+    res, _ = _run(files, "--q-model", "tabular_stationary", "--q-cells", "site", "--force")
+    assert res.exit_code == 2
+    assert ("name ['site'], which is not a categorical state column; the dataset's "
+            "categorical states are ['region']") in " ".join(res.output.split())
+    res, _ = _run(files, "--q-cells", "region", "--force")  # _run passes --q-model linear
+    assert res.exit_code == 2
+    assert "--q-cells applies to the tabular Q-models and auto" in " ".join(res.output.split())
+
+
+def test_q_model_line_says_which_columns_the_tables_pool_over():
+    from types import SimpleNamespace
+
+    from equicare.cli._ope import q_model_line
+
+    q = {"chosen": "tabular_stationary[state]", "reference": "tabular_stationary[state]",
+         "n_folds": 2, "candidates": {"tabular_stationary[state]": 1e-4, "linear": 2e-3},
+         "cell_choice": {"columns": ["state"], "dropped": ["site"],
+                         "tests": {"state": {"gain": 0.18, "se": 0.01, "kept": True},
+                                   "site": {"gain": -0.31, "se": 0.012, "kept": False}}}}
+    line = q_model_line(SimpleNamespace(q_model=q))
+    assert line is not None
+    assert ("The tables pool over site: given state and the action it does not improve the "
+            "held-out log-likelihood of the next state, end and reward (per episode: site "
+            "-0.31 (SE 0.012))") in line

@@ -231,7 +231,9 @@ def test_soft_variant_and_config() -> None:
 
 def test_thin_combinations_of_categorical_columns_warn() -> None:
     """A second categorical column that splits the cells into thin combinations draws a
-    DataWarning naming the learner and the columns; one column does not."""
+    DataWarning naming the learner and the columns with ``cells="all"``; by default
+    (``cells="auto"``) a column that does not change the dynamics is pooled over, and the
+    policy is the one-column policy."""
     import warnings
     from dataclasses import replace
 
@@ -244,7 +246,17 @@ def test_thin_combinations_of_categorical_columns_warn() -> None:
                   categorical_levels=(*ds.categorical_levels, tuple(range(100))), _cache={})
     with pytest.warns(DataWarning, match=r"SPIBB's cells are the combinations of the "
                       r"categorical states \(state x site"):
-        SPIBB(n_wedge=20).fit(two)
+        SPIBB(n_wedge=20, cells="all").fit(two)
     with warnings.catch_warnings():
         warnings.simplefilter("error", DataWarning)
-        SPIBB(n_wedge=20).fit(ds)
+        one = SPIBB(n_wedge=20).fit(ds)
+        pooled = SPIBB(n_wedge=20).fit(two)
+    assert pooled.cell_columns_ == ("state",) and one.cell_choice_ is None
+    assert pooled.cell_choice_ is not None and pooled.cell_choice_["dropped"] == ["site"]
+    np.testing.assert_allclose(pooled.action_probs(two), one.action_probs(ds))
+    assert SPIBB(n_wedge=20, cells=("site",)).fit(two).cell_columns_ == ("site",)
+    with pytest.raises(ValueError, match=r"SPIBB's cells \['ward'\] name \['ward'\], which is "
+                       r"not a categorical state column"):
+        SPIBB(cells=("ward",)).fit(two)
+    with pytest.raises(ValueError, match="The 'cells' parameter of SPIBBConfig"):
+        SPIBBConfig(cells=("state", "state"))

@@ -36,6 +36,47 @@ def make(preset: str, n_episodes: int, seed: int, mdp_seed: int = 1
     return mdp, panel_dataset(mdp, panel), garnet_target_policies(mdp)
 
 
+def with_site(ds: TrajectoryDataset, site: np.ndarray, name: str = "site"
+              ) -> TrajectoryDataset:
+    """``ds`` with a second categorical state column: ``site`` per episode (its levels
+    0..max)."""
+    from dataclasses import replace
+
+    site = np.asarray(site, dtype=np.int64)
+    levels = tuple(range(int(site.max()) + 1))
+    return replace(ds, categorical=np.c_[ds.categorical, site[ds.episode_index]],
+                   categorical_names=(*ds.categorical_names, name),
+                   categorical_levels=(*ds.categorical_levels, levels), _cache={})
+
+
+def two_site_panel(preset: str, n_per_site: int, seed: int, family: str
+                   ) -> tuple[TrajectoryDataset, np.ndarray, float]:
+    """A site column that matters: site j's episodes come from Garnet MDP ``j + 1``.
+
+    Returns the panel (categorical ``state``, ``site``), the target probabilities of every row
+    (``family`` of the row's site) and the exact value (the sites' mean).
+    """
+    from dataclasses import replace
+
+    mdps = [GarnetMDP(garnet_preset(preset), random_state=1 + j) for j in range(2)]
+    pols = [garnet_target_policies(m)[family] for m in mdps]
+    parts = [panel_dataset(m, m.simulate(n_per_site, random_state=seed + 1000 * j))
+             for j, m in enumerate(mdps)]
+    a, b = parts
+    cat = lambda f: np.concatenate([getattr(a, f), getattr(b, f)])  # noqa: E731
+    ds = replace(a, states=cat("states"), actions=cat("actions"),
+                 reward_components=cat("reward_components"), terminals=cat("terminals"),
+                 episode_offsets=np.r_[a.episode_offsets, b.episode_offsets[1:] + a.n_steps],
+                 episode_ids=np.arange(a.n_episodes + b.n_episodes), times=cat("times"),
+                 groups={k: np.concatenate([a.groups[k], b.groups[k]]) for k in a.groups},
+                 categorical=cat("categorical"), behavior_prob=cat("behavior_prob"), _cache={})
+    site = np.r_[np.zeros(a.n_episodes, np.int64), np.ones(b.n_episodes, np.int64)]
+    two = with_site(ds, site)
+    s = two.categorical[:, 0]
+    pe = np.where((two.categorical[:, 1] == 0)[:, None], pols[0][s], pols[1][s])
+    return two, pe, float(np.mean([m.value(p) for m, p in zip(mdps, pols, strict=True)]))
+
+
 #: Configurations of the accuracy and coverage studies (S in {50, 700}, A in {5, 25}, both
 #: gammas); the 5,000-state ones are in the benchmark.
 STUDY_PRESETS = ("s50_a5_g1", "s50_a5_g099", "s50_a25_g1", "s700_a5_g099", "s700_a25_g1",

@@ -124,3 +124,38 @@ def test_intervals_cover_the_truth():
     cov = df.groupby("estimator")["covered"].mean()
     assert cov["dr"] >= 0.90 and cov["wdr"] >= 0.90, cov
     assert cov["fqe"] >= 0.85, cov
+
+
+def test_auto_pools_over_a_column_only_when_it_does_not_drive_the_dynamics():
+    """Held-out panels (seeds 200-201, 5,000 episodes, `s700_a25_g1`) with a second categorical
+    column: a 30-level site drawn per episode is dropped from the tables' cells and FQE's mean
+    |error| over the supported families falls by more than half (docs/ope.md: 1.5% against
+    5.6% on the development seeds); a site whose episodes come from their own MDP is kept."""
+    from equicare.exceptions import DataWarning
+    from equicare.ope import FQEConfig, evaluate
+    from equicare.sim.garnet import GarnetMDP, garnet_preset, garnet_target_policies
+    from tests.ope._garnet import panel_dataset, two_site_panel, with_site
+
+    kw = {"estimators": ("fqe",), "bootstrap": 0, "groups": [], "random_state": 0,
+          "diagnose_support": False}
+    mdp = GarnetMDP(garnet_preset("s700_a25_g1"), random_state=1)
+    pols = garnet_target_policies(mdp)
+    errs: dict[str, list[float]] = {"auto": [], "all": []}
+    for seed in (200, 201):
+        ds = panel_dataset(mdp, mdp.simulate(5000, random_state=seed))
+        two = with_site(ds, np.random.default_rng(seed).integers(0, 30, ds.n_episodes))
+        for fam in SUPPORTED:
+            pe, truth = pols[fam][ds.categorical[:, 0]], mdp.value(pols[fam])
+            res = evaluate(two, pe, q_model="auto", **kw)
+            assert res.q_model is not None and res.q_model["cells"] == ["state"]
+            with pytest.warns(DataWarning, match="These are the cells named"):
+                full = evaluate(two, pe, q_model=FQEConfig(model="auto",
+                                                           cells=("state", "site")), **kw)
+            errs["auto"].append(abs(res.estimates["fqe"].value / truth - 1))
+            errs["all"].append(abs(full.estimates["fqe"].value / truth - 1))
+        relevant, pe, _ = two_site_panel("s700_a25_g1", 2500, seed, "soft_optimal")
+        res = evaluate(relevant, pe, q_model="auto", **kw)
+        assert res.q_model is not None and res.q_model["cell_choice"]["dropped"] == []
+    print(f"\nFQE mean |error|: cells chosen {100 * np.mean(errs['auto']):.2f}%, all columns "
+          f"{100 * np.mean(errs['all']):.2f}%")
+    assert np.mean(errs["auto"]) < 0.5 * np.mean(errs["all"])

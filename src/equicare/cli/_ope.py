@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -36,6 +37,31 @@ OUT_EXISTS = "{path} exists; refusing to overwrite it (pass --force to replace i
 Q_MODELS = ("auto", "linear", "gbm", "mlp", "tabular", "tabular_stationary", "tabular_backward",
             "tabular_window")
 BEHAVIOR_MODELS = ("logistic", "lgbm")
+
+
+def q_model_spec(q_model: str, q_cells: str | None) -> Any:
+    """``--q-model`` with ``--q-cells`` as :func:`equicare.ope.evaluate` takes it.
+
+    ``q_cells`` (a comma list of categorical state columns) fixes the tables' cells: of a
+    tabular Q-model, or of ``auto``'s tabular candidates (which otherwise choose them).
+    """
+    if q_cells is None:
+        return q_model
+    from equicare.ope import FQEConfig
+    from equicare.ope._select import candidate_config
+
+    cells = tuple(c.strip() for c in q_cells.split(",") if c.strip())
+    if not cells:
+        raise InvalidParameterError("--q-cells must name categorical state columns, e.g. "
+                                    f"--q-cells diagnosis,severity_band; got {q_cells!r}.")
+    if q_model == "auto":
+        return FQEConfig(model="auto", cells=cells)
+    if q_model == "tabular":
+        return FQEConfig(model="tabular", cells=cells)
+    if q_model.startswith("tabular_"):
+        return replace(candidate_config(q_model), cells=cells)
+    raise InvalidParameterError(f"--q-cells applies to the tabular Q-models and auto; got "
+                                f"--q-model {q_model}.")
 
 
 def load_target_policy(path: Path) -> Any:
@@ -95,6 +121,7 @@ def run_evaluate(
     seed: int = 42,
     force: bool = False,
     progress: bool = False,
+    q_cells: str | None = None,
 ) -> tuple[EvaluationResult, list[str]]:
     """Evaluate a policy file or model folder on a panel; write the result JSON when ``out``.
 
@@ -113,6 +140,9 @@ def run_evaluate(
     force : bool
     progress : bool
         One line on stderr per stage of the evaluation.
+    q_cells : str, optional
+        Comma list of the categorical state columns whose combinations are the tables' cells
+        (:func:`q_model_spec`).
 
     Returns
     -------
@@ -148,6 +178,7 @@ def run_evaluate(
     if truncate is not None and not truncate > 0:
         raise InvalidParameterError(f"--truncate must be a number > 0; got {truncate!r}.")
     keys = parse_estimators(estimators)
+    q_spec = q_model_spec(q_model, q_cells)
     with warnings.catch_warnings():  # validation warnings are for `equicare validate`
         warnings.simplefilter("ignore", DataWarning)
         try:
@@ -158,7 +189,7 @@ def run_evaluate(
     pol = load_target_policy(policy)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        res = evaluate(ds, pol, estimators=keys, q_model=q_model, behavior_model=behavior_model,
+        res = evaluate(ds, pol, estimators=keys, q_model=q_spec, behavior_model=behavior_model,
                        bootstrap=bootstrap, ci_method=ci,  # type: ignore[arg-type]
                        truncate=truncate, random_state=seed, progress=progress)
     payload = res.to_dict()
@@ -197,7 +228,7 @@ def run_evaluate_stream(data: Path, *, manifest: Path, policy: Path, estimators:
                         q_model: str = "auto", behavior_model: str = "logistic",
                         ci: str = "studentized", chunk_rows: int = 500_000,
                         executor: Any = None, out: Path | None = None,
-                        force: bool = False) -> Any:
+                        force: bool = False, q_cells: str | None = None) -> Any:
     """``evaluate --chunk-rows``: :func:`equicare.ope.evaluate_stream`, then the result JSON.
 
     ``ci`` is ``studentized`` (one more pass over the chunks for the replicates' standard
@@ -238,8 +269,9 @@ def run_evaluate_stream(data: Path, *, manifest: Path, policy: Path, estimators:
         raise InvalidParameterError(
             "--ci bca is in memory only (its acceleration needs every leave-one-episode-out "
             "estimate); with --chunk-rows use --ci studentized (the default) or percentile.")
+    q_spec = q_model_spec(q_model, q_cells) if q_streams else "auto"
     res = evaluate_stream(data, load_target_policy(policy), manifest=manifest, estimators=keys,
-                          q_model=q_model if q_streams else "auto",
+                          q_model=q_spec,
                           behavior_model=behavior_model, n_boot=bootstrap, ci_method=ci,
                           truncate=truncate, random_state=seed, chunk_rows=chunk_rows,
                           executor=executor)
@@ -288,6 +320,14 @@ def q_model_line(res: EvaluationResult) -> str | None:
 
         line += (f"; {chosen} is the reference and is kept: {lowest}'s estimated bias is not "
                  f"smaller by more than {AUTO_N_SE:g} standard errors")
+    choice = q.get("cell_choice") or {}
+    if choice.get("dropped"):
+        tests = choice.get("tests", {})
+        why = ", ".join(f"{c} {tests[c]['gain']:+.3g} (SE {tests[c]['se']:.2g})"
+                        for c in choice["dropped"] if c in tests)
+        line += (f". The tables pool over {', '.join(choice['dropped'])}: given "
+                 f"{', '.join(choice['columns'])} and the action it does not improve the held-out "
+                 f"log-likelihood of the next state, end and reward (per episode: {why})")
     return line
 
 
@@ -320,6 +360,10 @@ def register(app: typer.Typer) -> None:
             help="Bootstrap interval: studentized (symmetric bootstrap-t, each replicate "
                  "studentised by its own delta-method SE), percentile, or bca (in memory "
                  "only).")] = EvalCI.STUDENTIZED,
+        q_cells: Annotated[str | None, typer.Option(
+            help="Comma list of the categorical state columns whose combinations are the "
+                 "Q-tables' cells (default: with several columns, auto keeps those that change "
+                 "the dynamics given the others; a fixed tabular model takes all).")] = None,
         chunk_rows: ChunkRows = None,
         executor: StreamExecutor = None,
         address: Address = "auto",
@@ -367,7 +411,8 @@ def register(app: typer.Typer) -> None:
                                                q_model=q_model.value,
                                                behavior_model=behavior_model.value,
                                                ci=ci.value, chunk_rows=chunk_rows,
-                                               executor=ex, out=out, force=force)
+                                               executor=ex, out=out, force=force,
+                                               q_cells=q_cells)
                 finally:
                     if ex is not None and hasattr(ex, "shutdown"):
                         ex.shutdown()
@@ -378,9 +423,9 @@ def register(app: typer.Typer) -> None:
 
             print_table(stream_table(sres))
             if sres.q_model is not None:
-                console.print(f"Q-model: {sres.q_model['chosen']} (streamed LSTD fit, "
-                              f"solver {sres.q_model['solver']}; "
-                              f"{sres.q_model['bootstrap']})", highlight=False)
+                console.print(escape(f"Q-model: {sres.q_model['chosen']} (streamed LSTD "
+                                     f"fit, solver {sres.q_model['solver']}; "
+                                     f"{sres.q_model['bootstrap']})"), highlight=False)
             else:
                 skipped = [k for k in ("fqe", "dr", "wdr") if k not in sres.estimates]
                 if skipped and estimators.strip() == "all":
@@ -398,7 +443,7 @@ def register(app: typer.Typer) -> None:
                 data, manifest=manifest, policy=policy, out=out,
                 behavior_model=behavior_model.value, estimators=estimators, bootstrap=bootstrap,
                 truncate=truncate, q_model=q_model.value, ci=ci.value, seed=seed, force=force,
-                progress=progress)
+                progress=progress, q_cells=q_cells)
         for m in msgs:
             err_console.print(f"[yellow]warning:[/] {escape(' '.join(m.split()))}",
                               highlight=False, soft_wrap=True)
@@ -409,8 +454,8 @@ def register(app: typer.Typer) -> None:
 
         print_table(result_table(res))
         qline = q_model_line(res)
-        if qline:
-            console.print(qline, highlight=False)
+        if qline:  # candidate names carry their cells in brackets: not Rich markup
+            console.print(escape(qline), highlight=False)
         e = res.ess
         console.print(f"ESS: trajectory {e.trajectory:.1f} ({e.trajectory_pct:.2f}% of episodes),"
                       f" per-decision {e.per_decision_pct:.2f}%", highlight=False)

@@ -41,6 +41,7 @@ import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
+from equicare.data._cells import check_cells
 from equicare.learn._spibb import BEHAVIOR_MODES, SPIBB, CellModel
 from equicare.utils import check_param, config_to_dict
 
@@ -75,6 +76,11 @@ class PVIConfig:
         Behaviour estimate per cell (as in :class:`~equicare.learn.SPIBBConfig`); it is the
         policy of cells without an eligible pair.
     numeric : {"ignore", "bin"}
+    cells : "auto", "all" or tuple of str, default "auto"
+        The categorical state columns whose combinations are the cells. ``"auto"``: with
+        several columns, those that change the dynamics given the others
+        (:func:`equicare.data._cells.choose_cells`; a care site that does not drive outcomes
+        is pooled over); ``"all"``: every column.
     numeric_bins : int, default 10
         As in :class:`~equicare.learn.SPIBBConfig`.
     horizon : int or None
@@ -91,6 +97,7 @@ class PVIConfig:
     behavior: Literal["auto", "counts", "logged", "known"] = "auto"
     numeric: Literal["ignore", "bin"] = "ignore"
     numeric_bins: int = 10
+    cells: str | tuple[str, ...] = "auto"
     horizon: int | None = None
     tol: float = 1e-10
 
@@ -105,6 +112,7 @@ class PVIConfig:
         check_param(self.numeric, "numeric", o, choices=("ignore", "bin"))
         check_param(self.numeric_bins, "numeric_bins", o, kind=int, low=2,
                     expected="an int >= 2")
+        object.__setattr__(self, "cells", check_cells(self.cells, o))
         check_param(self.horizon, "horizon", o, kind=int, low=1, allow_none=True,
                     expected="an int >= 1 or None")
         check_param(self.tol, "tol", o, kind=(int, float), low=0)

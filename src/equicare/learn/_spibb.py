@@ -27,7 +27,7 @@ import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
-from equicare.data._cells import thin_cells_message
+from equicare.data._cells import check_cells, resolve_cells, thin_cells_message
 from equicare.exceptions import DataValidationError, DataWarning, PolicyError
 from equicare.policy._cells import CellPolicy, cell_codes
 from equicare.utils import check_is_fitted, check_param, config_to_dict
@@ -75,6 +75,11 @@ class SPIBBConfig:
         Numeric state columns: ignored when categorical columns define the cells (``ignore``,
         e.g. a severity score derived from the state), or cut into ``numeric_bins`` quantile
         bins that join the cell key (``bin``). With no categorical column, ``bin`` is required.
+    cells : "auto", "all" or tuple of str, default "auto"
+        The categorical state columns whose combinations are the cells. ``"auto"``: with
+        several columns, those that change the dynamics given the others
+        (:func:`equicare.data._cells.choose_cells`; a care site that does not drive outcomes
+        is pooled over); ``"all"``: every column.
     numeric_bins : int, default 10
         Bins per numeric column when ``numeric="bin"``.
     horizon : int or None
@@ -90,6 +95,7 @@ class SPIBBConfig:
     behavior: Literal["auto", "counts", "logged", "known"] = "auto"
     numeric: Literal["ignore", "bin"] = "ignore"
     numeric_bins: int = 10
+    cells: str | tuple[str, ...] = "auto"
     horizon: int | None = None
     tol: float = 1e-10
 
@@ -103,6 +109,7 @@ class SPIBBConfig:
         check_param(self.numeric, "numeric", o, choices=("ignore", "bin"))
         check_param(self.numeric_bins, "numeric_bins", o, kind=int, low=2,
                     expected="an int >= 2")
+        object.__setattr__(self, "cells", check_cells(self.cells, o))
         check_param(self.horizon, "horizon", o, kind=int, low=1, allow_none=True,
                     expected="an int >= 1 or None")
         check_param(self.tol, "tol", o, kind=(int, float), low=0)
@@ -251,6 +258,10 @@ class SPIBB:
         Value of the estimated behaviour policy in the MLE model, likewise.
     n_cells_ : int
     cell_columns_ : tuple of str
+        The categorical columns whose combinations are the cells (``cells``).
+    cell_choice_ : dict or None
+        With ``cells="auto"`` and several columns, how they were chosen
+        (:meth:`equicare.data._cells.CellChoice.to_dict`).
     ignored_numeric_ : tuple of str
         Numeric state columns the cells do not read.
 
@@ -280,7 +291,8 @@ class SPIBB:
     # ------------------------------------------------------------------ fit
     def _cells(self, dataset: Any) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
         cfg = self.config
-        columns = tuple(dataset.categorical_names) if dataset.categorical is not None else ()
+        columns, choice = resolve_cells(dataset, cfg.cells, type(self).__name__)
+        self.cell_choice_ = None if choice is None else choice.to_dict()
         numeric: tuple[str, ...] = ()
         edges: tuple[NDArray[np.float64], ...] = ()
         if cfg.numeric == "bin" and dataset.n_features > 0:
@@ -290,7 +302,11 @@ class SPIBB:
                           for j in range(dataset.n_features))
         if not columns and not numeric:
             raise DataValidationError(MSG_NOT_DISCRETE)
-        msg = thin_cells_message(dataset, f"{type(self).__name__}'s cells")
+        msg = thin_cells_message(dataset, f"{type(self).__name__}'s cells", columns,
+                                 None if cfg.cells != "auto" else
+                                 "cells='auto' kept every column (each changes the dynamics "
+                                 "given the others); name fewer with cells=(...) if some do "
+                                 "not define the clinical state.")
         if msg is not None:
             warnings.warn(msg, DataWarning, stacklevel=3)
         codes, levels = cell_codes(dataset, columns, numeric, edges)
@@ -532,6 +548,7 @@ class SPIBB:
                "action_space": self.action_space_.to_dict(),
                "manifest_fingerprint": getattr(self, "manifest_fingerprint_", None),
                "feature_names": list(self.cell_columns_),
+               "cell_choice": getattr(self, "cell_choice_", None),
                "state_names": list(self.state_names_),
                "ignored_numeric": list(self.ignored_numeric_),
                "n_cells": int(self.n_cells_),
@@ -556,6 +573,7 @@ class SPIBB:
             self.policy_ = CellPolicy.from_config(cfg, tensors, str(path))
             self.action_space_ = FactoredActionSpace.from_dict(cfg["action_space"])
             self.cell_columns_ = tuple(cfg["feature_names"])
+            self.cell_choice_ = cfg.get("cell_choice")
             self.state_names_ = tuple(cfg["state_names"])
             self.ignored_numeric_ = tuple(cfg.get("ignored_numeric", ()))
             self.n_cells_ = int(cfg["n_cells"])

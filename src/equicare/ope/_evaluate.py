@@ -635,9 +635,10 @@ def _q_name(qcfg: Any) -> str:
     if isinstance(qcfg, str):
         return qcfg
     horizon = getattr(qcfg, "horizon", "auto")
-    if qcfg.model == "tabular" and horizon != "auto":
-        return f"tabular_{horizon}"
-    return str(qcfg.model)
+    name = (f"tabular_{horizon}" if qcfg.model == "tabular" and horizon != "auto"
+            else str(qcfg.model))
+    cells = getattr(qcfg, "cells", None)
+    return name if cells is None else f"{name}[{','.join(cells)}]"
 
 
 def evaluate_subgroups(

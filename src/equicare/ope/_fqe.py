@@ -45,6 +45,7 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
+from equicare.data._cells import check_cells, column_positions
 from equicare.exceptions import InvalidParameterError
 from equicare.ope._lstd import VANISHING_RIDGE, KronPi, LSTDFit, SparsePi, solve_lstd
 from equicare.utils import (
@@ -57,7 +58,8 @@ from equicare.utils import (
     row_blocks,
 )
 
-__all__ = ["FQEConfig", "QFit", "LoggedQFit", "fit_fqe", "fit_fqe_logged", "QModel"]
+__all__ = ["FQEConfig", "QFit", "LoggedQFit", "fit_fqe", "fit_fqe_logged", "QModel",
+           "cell_columns"]
 
 QModel = Literal["auto", "tabular", "linear", "gbm", "mlp"]
 _OWNER = "FQEConfig"
@@ -103,6 +105,12 @@ class FQEConfig:
     learning_rate : float, default=1e-3
     gbm_max_iter : int, default=100
         Boosting rounds per gbm fit.
+    cells : tuple of str, optional
+        Tabular model only: the categorical state columns whose combinations are the table's
+        cells (default: all of them). A column that does not drive outcomes, a care site say,
+        multiplies the cells without adding information; with several columns
+        ``model="auto"`` keeps those that change the dynamics given the others
+        (:func:`equicare.data._cells.choose_cells`).
     """
 
     model: QModel = "linear"
@@ -118,6 +126,7 @@ class FQEConfig:
     batch_size: int = 1024
     learning_rate: float = 1e-3
     gbm_max_iter: int = 100
+    cells: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         check_param(self.model, "model", _OWNER,
@@ -136,6 +145,12 @@ class FQEConfig:
                     low_inclusive=False)
         check_param(self.gbm_max_iter, "gbm_max_iter", _OWNER, kind=int, low=1)
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        if self.cells is not None:
+            if self.model not in ("tabular", "auto"):
+                raise InvalidParameterError(PARAM_MESSAGE.format(
+                    name="cells", owner=_OWNER, expected="None unless model is 'tabular' or "
+                    "'auto' (they are a table's cells)", got=self.cells))
+            object.__setattr__(self, "cells", check_cells(self.cells, _OWNER, modes=()))
         if self.resolved_horizon == "backward" and self.model in ("linear", "mlp"):
             raise InvalidParameterError(PARAM_MESSAGE.format(
                 name="horizon", owner=_OWNER,
@@ -431,7 +446,7 @@ def _fit(dataset: TrajectoryDataset, target_probs: NDArray[np.float64],
         # registers the selector here: it fits candidates with this module, so importing it
         # from here would make an import cycle
         select_q_model, candidate_config = AUTO_SELECTOR["select"], AUTO_SELECTOR["config"]
-        sel = select_q_model(dataset, pe, random_state=random_state)
+        sel = select_q_model(dataset, pe, random_state=random_state, cells=cfg.cells)
         pe, qfun, info = _fit(dataset, pe, candidate_config(sel.chosen), gamma, random_state,
                               weights)
         info["selection"] = sel.to_dict()
@@ -451,13 +466,24 @@ def _fit(dataset: TrajectoryDataset, target_probs: NDArray[np.float64],
 
 
 # ---------------------------------------------------------------------- tabular
-def _cells(dataset: TrajectoryDataset) -> tuple[NDArray[np.int64], int]:
+def cell_columns(dataset: TrajectoryDataset, columns: tuple[str, ...] | None
+                 ) -> tuple[int, ...]:
+    """Positions of ``columns`` among the dataset's categorical states (all when None)."""
+    if columns is None:
+        return tuple(range(len(dataset.categorical_names)))
+    return column_positions(dataset, columns, "The tabular Q-model's cells")
+
+
+def _cells(dataset: TrajectoryDataset, columns: tuple[str, ...] | None = None
+           ) -> tuple[NDArray[np.int64], int]:
+    """Cell (combination of the ``columns``' levels) of every row, and the number of cells."""
     if dataset.categorical is None or dataset.categorical.shape[1] == 0:
         raise InvalidParameterError("The tabular Q-model needs categorical_states in the dataset "
                          "(use q_model='linear' for numeric states).")
-    sizes = tuple(len(lv) for lv in dataset.categorical_levels)
-    return (np.asarray(np.ravel_multi_index(dataset.categorical.T, sizes), dtype=np.int64),
-            int(np.prod(sizes)))
+    cols = list(cell_columns(dataset, columns))
+    sizes = tuple(len(dataset.categorical_levels[j]) for j in cols)
+    return (np.asarray(np.ravel_multi_index(dataset.categorical[:, cols].T, sizes),
+                       dtype=np.int64), int(np.prod(sizes)))
 
 
 def _fill_unvisited(sums: NDArray[np.float64], counts: NDArray[np.float64]
@@ -479,7 +505,7 @@ def _fit_tabular(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma: flo
     a, r = dataset.actions, dataset.rewards
     nxt, has_next = _next_rows(dataset)
     if cfg.resolved_horizon == "backward":
-        cell_full, _ = _cells(dataset)
+        cell_full, _ = _cells(dataset, cfg.cells)
         _, cell = np.unique(cell_full, return_inverse=True)  # visited cells only
         cell = cell.astype(np.int64).ravel()
         n_cells = int(cell.max()) + 1
@@ -502,8 +528,8 @@ def _fit_tabular(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma: flo
             v_rows[rows] = np.einsum("ij,ij->i", q_rows[rows], pe[rows])
         return q_rows, {"solver": "backward", "n_cells": n_cells}
     if cfg.resolved_horizon == "window":
-        return _fit_tabular_window(dataset, pe, gamma, weights)
-    fit = _tabular_lstd(dataset, pe, gamma, weights)
+        return _fit_tabular_window(dataset, pe, gamma, weights, cfg.cells)
+    fit = _tabular_lstd(dataset, pe, gamma, weights, cfg.cells)
     table = _tabular_table(fit)
     seen = fit.cell_rows >= 0
     q_rows = np.zeros((dataset.n_steps, n_a))
@@ -588,9 +614,10 @@ def _tabular_design(cell: NDArray[np.int64], actions: NDArray[np.int64], pe: NDA
 
 
 def _tabular_lstd(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma: float,
-                  weights: NDArray[np.float64] | None = None) -> _TabularLSTD:
+                  weights: NDArray[np.float64] | None = None,
+                  columns: tuple[str, ...] | None = None) -> _TabularLSTD:
     """Solve the empirical Bellman equations ``Q = R + gamma P_pi Q`` on visited pairs."""
-    cell, _ = _cells(dataset)
+    cell, _ = _cells(dataset, columns)
     train = None if weights is None else weights > 0
     x, x_pi, cellc, pair_cell, pair_action, n_cells = _tabular_design(cell, dataset.actions, pe,
                                                                         train)
@@ -618,7 +645,8 @@ def _tabular_table(fit: _TabularLSTD) -> NDArray[np.float64]:
 
 
 def _fit_tabular_window(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma: float,
-                        weights: NDArray[np.float64] | None = None
+                        weights: NDArray[np.float64] | None = None,
+                        columns: tuple[str, ...] | None = None
                         ) -> tuple[NDArray[np.float64], dict[str, Any]]:
     r"""Stationary tabular dynamics valued over the logged window (``horizon="window"``).
 
@@ -653,7 +681,7 @@ def _fit_tabular_window(dataset: TrajectoryDataset, pe: NDArray[np.float64], gam
     :data:`WINDOW_LINEARISED_CELLS`; above, the Q-model is held fixed).
     """
     n, n_a = pe.shape
-    cell, _ = _cells(dataset)
+    cell, _ = _cells(dataset, columns)
     w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
     train = w > 0
     x_logged, x_pi, cellc, pair_cell, pair_action, n_cells = _tabular_design(

@@ -58,17 +58,23 @@ def target_probabilities(dataset: TrajectoryDataset, policy_or_probs: Any) -> ND
 def as_fqe_config(q_model: Any) -> FQEConfig | Literal["auto"]:
     """Accept ``"auto"``, a model name or an :class:`FQEConfig`."""
     if isinstance(q_model, FQEConfig):
-        return "auto" if q_model.model == "auto" else q_model
+        return "auto" if q_model.model == "auto" and q_model.cells is None else q_model
     if q_model == "auto":
         return "auto"
     if isinstance(q_model, str) and q_model in ("tabular", "linear", "gbm", "mlp"):
         return FQEConfig(model=q_model)  # type: ignore[arg-type]
-    if isinstance(q_model, str) and q_model in (*AUTO_CANDIDATES, "tabular_window"):
-        return candidate_config(q_model)
+    base = q_model.split("[", 1)[0] if isinstance(q_model, str) else None
+    if base in (*AUTO_CANDIDATES, "tabular_window"):
+        try:
+            return candidate_config(q_model)
+        except (ValueError, InvalidParameterError):
+            pass
     raise InvalidParameterError(PARAM_MESSAGE.format(
         name="q_model", owner="evaluate",
         expected="'auto', 'tabular', 'tabular_stationary', 'tabular_backward', "
-                 "'tabular_window', 'linear', 'gbm', 'mlp' or an FQEConfig", got=q_model))
+                 "'tabular_window' (a table may name its cells' columns: "
+                 "'tabular_stationary[diagnosis,site]'), 'linear', 'gbm', 'mlp' or an FQEConfig",
+        got=q_model))
 
 
 def _make_behavior_model(spec: Any, seed: int) -> BehaviorModel:
@@ -214,12 +220,25 @@ def prepare(
         given = logged_q_fit(qm, pe, dataset.actions, info={"solver": "given"})
     qcfg = as_fqe_config(q_model)
     selection = None
-    if qcfg == "auto" and given is None and (needs_q or "bandit_dr" in keys):
-        selection = select_q_model(dataset, pe, random_state=seed)
+    is_auto = qcfg == "auto" or (isinstance(qcfg, FQEConfig) and qcfg.model == "auto")
+    if is_auto and given is None and (needs_q or "bandit_dr" in keys):
+        selection = select_q_model(dataset, pe, random_state=seed,
+                                   cells=qcfg.cells if isinstance(qcfg, FQEConfig) else None)
         qcfg = candidate_config(selection.chosen)
     qfit = None
     if given is None and (needs_q or "bandit_dr" in keys) and _concrete(qcfg).model == "tabular":
-        msg = thin_cells_message(dataset, "The tabular Q-model's cells")
+        named = _concrete(qcfg).cells is not None and (
+            selection is None or selection.cell_choice is None)
+        hint = ("These are the cells named (--q-cells, FQEConfig(cells=...)); q_model='auto' "
+                "without cells pools over the columns that do not change the dynamics."
+                if named else
+                "q_model='auto' kept these columns: each changes the dynamics given the "
+                "others (held-out log-likelihood); if some do not define the clinical state, "
+                "name the cells: --q-cells, FQEConfig(cells=...)." if selection is not None else
+                "q_model='auto' pools over the columns that do not change the dynamics given "
+                "the others; or name the cells: --q-cells, FQEConfig(cells=...).")
+        msg = thin_cells_message(dataset, "The tabular Q-model's cells", _concrete(qcfg).cells,
+                                 hint)
         if msg is not None:
             warnings.warn(msg, DataWarning, stacklevel=2)
     if needs_q:  # Q at the logged actions and V only: no (n_steps, n_actions) Q matrix is kept

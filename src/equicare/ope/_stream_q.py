@@ -197,7 +197,7 @@ class _Pre:
 def _pre_chunk(dataset: TrajectoryDataset, *, cfg: FQEConfig) -> _Pre:
     r_absmax = float(np.abs(dataset.rewards).max()) if dataset.n_steps else 0.0
     if cfg.model == "tabular":
-        cell, _ = _cells(dataset)
+        cell, _ = _cells(dataset, cfg.cells)
         return _Pre(moments=None, visited=visited_pairs(cell, dataset.actions, dataset.n_actions),
                     r_absmax=r_absmax)
     cats = _category_design(dataset)
@@ -223,7 +223,7 @@ class _Design:
               ) -> tuple[sp.csr_matrix, PiDesign, _LinearModel | None]:
         """``X`` (logged actions), ``X_pi`` and the linear model (None for tabular)."""
         if self.cfg.model == "tabular":
-            cell, _ = _cells(dataset)
+            cell, _ = _cells(dataset, self.cfg.cells)
             x, x_pi, _, _, _, _ = _tabular_design(cell, dataset.actions, pe,
                                                   visited=self.visited)
             return x, SparsePi(x_pi), None
@@ -710,7 +710,8 @@ def evaluate_stream_q(source: Any, policy: Any, *, keys: tuple[str, ...], cfg: F
         squares, _ = source.map_reduce(functools.partial(
             _by_blocks, _pass3_chunk, policy=policy, design=qfit.design, fit=fit,
             coefs=student_coefs(p2.sums, seed)))
-    name = "linear" if cfg.model == "linear" else "tabular_stationary"
+    name = ("linear" if cfg.model == "linear" else "tabular_stationary" if cfg.cells is None
+            else f"tabular_stationary[{','.join(cfg.cells)}]")
     q_info = {"chosen": name, **info,
               "bootstrap": ("Q-model refit linearised in every replicate" if fit.z is not None
                             else "Q-model fitted once on all episodes"),

@@ -1,0 +1,57 @@
+"""Choosing the categorical columns of the tables' cells (equicare.data._cells.choose_cells)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from equicare.data._cells import CellChoice, choose_cells
+from tests.ope._garnet import make, two_site_panel, with_site
+
+
+@pytest.fixture(scope="module")
+def garnet():
+    return make("s50_a25_g1", 2000, seed=7)
+
+
+def test_a_site_that_does_not_drive_outcomes_is_pooled_over(garnet):
+    """A 30-level site drawn at random per episode changes nothing the dynamics do: the
+    tables pool over it; the state column, which drives the outcomes, is kept."""
+    _, ds, _ = garnet
+    two = with_site(ds, np.random.default_rng(0).integers(0, 30, ds.n_episodes))
+    choice = choose_cells(two, random_state=0)
+    assert choice.columns == ("state",) and choice.dropped == ("site",)
+    assert choice.tests["site"]["gain"] + 2 * choice.tests["site"]["se"] < 0
+    assert choice.tests["state"]["kept"] and not choice.tests["site"]["kept"]
+    assert choice.tests["state"]["gain"] > 2 * choice.tests["state"]["se"]
+    d = choice.to_dict()
+    assert d["columns"] == ["state"] and d["dropped"] == ["site"] and d["n_folds"] == 5
+
+
+def test_a_site_with_its_own_dynamics_is_kept():
+    """Two sites whose episodes come from different Garnet MDPs: both columns are kept."""
+    two, _, _ = two_site_panel("s50_a25_g1", 1000, seed=3, family="soft_optimal")
+    choice = choose_cells(two, random_state=0)
+    assert choice.columns == ("state", "site") and choice.dropped == ()
+    assert all(t["kept"] for t in choice.tests.values())
+
+
+def test_backward_elimination_drops_every_irrelevant_column(garnet):
+    """Three columns, two of them noise (a site per episode, a code per row): both are
+    dropped, and the same seed gives the same choice."""
+    _, ds, _ = garnet
+    rng = np.random.default_rng(1)
+    two = with_site(ds, rng.integers(0, 5, ds.n_episodes))
+    three = replace(two, categorical=np.c_[two.categorical, rng.integers(0, 4, two.n_steps)],
+                    categorical_names=(*two.categorical_names, "code"),
+                    categorical_levels=(*two.categorical_levels, tuple(range(4))), _cache={})
+    a = choose_cells(three, random_state=3)
+    assert a.columns == ("state",) and set(a.dropped) == {"site", "code"}
+    assert a == choose_cells(three, random_state=3)
+
+
+def test_one_column_or_one_episode_is_left_as_it_is(garnet):
+    _, ds, _ = garnet
+    assert choose_cells(ds) == CellChoice(columns=("state",), dropped=(), tests={}, n_folds=0)
