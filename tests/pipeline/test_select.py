@@ -258,6 +258,39 @@ def test_policies_off_the_support_are_not_eligible() -> None:
     assert res.chosen != "bc" or _off_support_pct(ds, ds, res.learner.policy_) <= 1.0
 
 
+def test_a_second_categorical_column_does_not_put_the_support_out_of_reach() -> None:
+    """With a 30-level site column the (state, site) combinations are thin; an action counts
+    as never logged only when the state or the site never saw it, so a policy on logged
+    (state, action) pairs stays on the support, and one on pairs the state never saw stays
+    off it; the selection's default Q-table pools over the site."""
+    from dataclasses import replace
+
+    from equicare.pipeline._select import _off_support_pct, default_q_model
+    from equicare.policy import TabularPolicy
+
+    mdp, ds = _panel(2, 1500)
+    site = np.random.default_rng(0).integers(0, 30, ds.n_episodes)[ds.episode_index]
+    two = replace(ds, categorical=np.c_[ds.categorical, site],
+                  categorical_names=(*ds.categorical_names, "site"),
+                  categorical_levels=(*ds.categorical_levels, tuple(range(30))), _cache={})
+    valid = two.subset(np.arange(two.n_episodes // 2, two.n_episodes))
+    cells = ds.categorical[:, 0]
+    logged = np.zeros((int(cells.max()) + 1, ds.n_actions), dtype=bool)
+    logged[cells, ds.actions] = True
+    on = np.where(logged, 1.0, 0.0)
+    pol = TabularPolicy(on / on.sum(axis=1, keepdims=True))
+    combos = {(c, s, a) for c, s, a in zip(cells, site, ds.actions, strict=True)}
+    thin = np.mean([(c, s, a) not in combos for c, s in zip(cells, site, strict=True)
+                    for a in np.flatnonzero(logged[c])])
+    assert thin > 0.2  # the product check would call these never logged
+    assert _off_support_pct(two, valid, pol) == pytest.approx(0.0)
+    off = np.where(logged, 0.0, 1.0)
+    off[off.sum(axis=1) == 0] = 1.0
+    assert _off_support_pct(two, valid, TabularPolicy(off / off.sum(axis=1, keepdims=True))) > 50
+    assert default_q_model(two) == "tabular_stationary[state]"
+    assert default_q_model(ds) == "tabular_stationary"
+
+
 def test_the_clinicians_unlogged_remainder_is_theirs_not_off_the_support() -> None:
     """With the known baseline a candidate leaves the clinicians' unlogged mass to them: the
     support check counts only what a candidate adds beyond its own training baseline."""

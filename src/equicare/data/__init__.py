@@ -1,5 +1,6 @@
 """Datasets: the manifest contract, loading, validation, TrajectoryDataset and splits."""
 
+from equicare.data._cells import CellChoice, choose_cells
 from equicare.data._chunks import (
     Chunk,
     PanelScan,
@@ -28,6 +29,8 @@ from equicare.data.validate import ValidationReport, validate_frame
 
 __all__ = [
     "ActionColumn",
+    "CellChoice",
+    "choose_cells",
     "Chunk",
     "ShardSpec",
     "cluster_panel",

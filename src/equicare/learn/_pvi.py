@@ -79,7 +79,7 @@ class PVIConfig:
     cells : "auto", "all" or tuple of str, default "auto"
         The categorical state columns whose combinations are the cells. ``"auto"``: with
         several columns, those that change the dynamics given the others
-        (:func:`equicare.data._cells.choose_cells`; a care site that does not drive outcomes
+        (:func:`equicare.data.choose_cells`; a care site that does not drive outcomes
         is pooled over); ``"all"``: every column.
     numeric_bins : int, default 10
         As in :class:`~equicare.learn.SPIBBConfig`.

@@ -78,7 +78,7 @@ class SPIBBConfig:
     cells : "auto", "all" or tuple of str, default "auto"
         The categorical state columns whose combinations are the cells. ``"auto"``: with
         several columns, those that change the dynamics given the others
-        (:func:`equicare.data._cells.choose_cells`; a care site that does not drive outcomes
+        (:func:`equicare.data.choose_cells`; a care site that does not drive outcomes
         is pooled over); ``"all"``: every column.
     numeric_bins : int, default 10
         Bins per numeric column when ``numeric="bin"``.
@@ -261,7 +261,7 @@ class SPIBB:
         The categorical columns whose combinations are the cells (``cells``).
     cell_choice_ : dict or None
         With ``cells="auto"`` and several columns, how they were chosen
-        (:meth:`equicare.data._cells.CellChoice.to_dict`).
+        (:meth:`equicare.data.CellChoice.to_dict`).
     ignored_numeric_ : tuple of str
         Numeric state columns the cells do not read.
 

@@ -110,7 +110,7 @@ class FQEConfig:
         cells (default: all of them). A column that does not drive outcomes, a care site say,
         multiplies the cells without adding information; with several columns
         ``model="auto"`` keeps those that change the dynamics given the others
-        (:func:`equicare.data._cells.choose_cells`).
+        (:func:`equicare.data.choose_cells`).
     """
 
     model: QModel = "linear"

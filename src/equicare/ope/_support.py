@@ -15,8 +15,8 @@ from equicare.ope._core import IS_TYPE
 from equicare.utils import check_param, row_blocks
 
 __all__ = ["SupportReport", "support_diagnostics", "model_support_diagnostics",
-           "logged_support_diagnostics", "LoggedSupport", "cell_observed", "SUPPORT_THRESHOLD",
-           "SUPPORT_WARN_PCT", "SUPPORT_MESSAGE"]
+           "logged_support_diagnostics", "LoggedSupport", "CellObserved", "cell_observed",
+           "SUPPORT_THRESHOLD", "SUPPORT_WARN_PCT", "SUPPORT_MESSAGE"]
 
 #: Rows (at most, whole episodes) the fast numeric behaviour model of the logged-propensity
 #: support check is fitted on.
@@ -178,7 +178,7 @@ def model_support_diagnostics(
     return _report(dataset, mass, threshold, uses_categorical, estimators, warn)
 
 
-class _CellObserved:
+class CellObserved:
     """Which actions were logged at each row's level of every categorical column.
 
     Sparse (level, action) counts per column. With one column: the row's categorical state;
@@ -203,9 +203,16 @@ class _CellObserved:
 
     def rows(self, rows: NDArray[np.int64] | slice) -> NDArray[np.bool_]:
         """Observed mask of the rows, shape ``(n_rows, n_actions)``."""
+        return self.at(self.codes[rows])
+
+    def at(self, codes: NDArray[np.int64]) -> NDArray[np.bool_]:
+        """Observed mask of rows with these categorical codes (same levels).
+
+        Returns an array of shape ``(n_rows, n_actions)``.
+        """
         out: NDArray[np.bool_] | None = None
         for j, c in enumerate(self.counts):
-            seen = np.asarray(c[self.codes[rows, j]].toarray() > 0)
+            seen = np.asarray(c[np.asarray(codes[:, j], dtype=np.int64)].toarray() > 0)
             out = seen if out is None else out & seen
         assert out is not None
         return out
@@ -215,11 +222,11 @@ def cell_observed(dataset: TrajectoryDataset) -> NDArray[np.bool_] | None:
     """Whether each action was logged at the row's categorical levels, ``(n_steps, n_actions)``.
 
     None when the dataset has no categorical states. Built from sparse (level, action) counts
-    per column (:class:`_CellObserved`), so memory is linear in rows and levels.
+    per column (:class:`CellObserved`), so memory is linear in rows and levels.
     """
     if dataset.categorical is None or dataset.categorical.shape[1] == 0:
         return None
-    return _CellObserved(dataset).rows(slice(None))
+    return CellObserved(dataset).rows(slice(None))
 
 
 class LoggedSupport:
@@ -257,7 +264,7 @@ class LoggedSupport:
         self.dataset = dataset
         has_cat = dataset.categorical is not None and dataset.categorical.shape[1] > 0
         self.uses_categorical = has_cat
-        self._cells = _CellObserved(dataset) if has_cat else None
+        self._cells = CellObserved(dataset) if has_cat else None
         n_onehot = sum(len(lv) for lv in dataset.categorical_levels) if has_cat else 0
         view = dataset
         if has_cat and n_onehot > FAST_SUPPORT_ONEHOT:

@@ -67,7 +67,8 @@ class SelectConfig:
         unsafe candidate: with deliberately unsafe ones added, both kept one on seeds 1-5.
     q_model : str or None
         Q-model of the OPE; None: ``tabular_stationary`` on panels with categorical state
-        columns (the tabular candidates act per cell, and a Q-model that resolves every cell
+        columns (over the columns that change the dynamics, :func:`default_q_model`; the
+        tabular candidates act per cell, and a Q-model that resolves every cell
         and pools the steps is what their estimates need on sparse panels; on the Garnet study
         it beat ``auto``, the per-step ``tabular`` and ``tabular_window`` together with
         ``rank_by="fqe"``, ``docs/learn.md``, "The Q-model of the selection"), ``auto``
@@ -334,8 +335,22 @@ class SelectionResult:
 
 
 def default_q_model(dataset: Any) -> str:
-    """``tabular_stationary`` on panels with categorical state columns, else ``auto``."""
-    return "tabular_stationary" if _discrete(dataset) else "auto"
+    """``tabular_stationary`` on panels with categorical state columns, else ``auto``.
+
+    With several categorical columns the table's cells are those of
+    :func:`equicare.data.choose_cells` (``tabular_stationary[state]`` when a site that does
+    not change the dynamics is pooled over), the cells the SPIBB and PVI candidates use.
+    """
+    if not _discrete(dataset):
+        return "auto"
+    if dataset.categorical.shape[1] > 1:
+        from equicare.data import choose_cells
+        from equicare.ope._select import candidate_name
+
+        choice = choose_cells(dataset, random_state=0)
+        if choice.dropped:
+            return candidate_name("tabular_stationary", choice.columns)
+    return "tabular_stationary"
 
 
 def _resolve(cfg: SelectConfig, dataset: Any) -> SelectConfig:
@@ -383,24 +398,15 @@ def _fit(algo: str, params: dict[str, Any], data: Any) -> Any:
     return learner.fit(data, progress=False)
 
 
-def _cell_keys(ds: Any) -> Any:
-    """One integer per row for its combination of categorical states (None without any)."""
-    import numpy as np
-
-    if ds.categorical is None or ds.categorical.shape[1] == 0:
-        return None
-    key = np.zeros(ds.n_steps, dtype=np.int64)
-    for j, levels in enumerate(ds.categorical_levels):
-        key = key * len(levels) + ds.categorical[:, j]
-    return key
-
-
 def _off_support_pct(dataset: Any, valid: Any, policy: Any,
                      baseline: Any = None) -> float | None:
-    """Share (%) of the policy's held-out mass on (cell, action) pairs never logged at all.
+    """Share (%) of the policy's held-out mass on (state, action) pairs never logged at all.
 
     The pairs are counted over the whole panel (training and held-out episodes), so a pair is
     off the support only when current practice never took that action in that state. With
+    several categorical columns an action is off the support when some column's level never
+    saw it (as in ``evaluate``'s support check: their combinations are usually too thin to
+    tell, and a pooled site would otherwise put every candidate off the support). With
     ``baseline`` (the candidate's own training baseline, :func:`_own_baseline`), a row's mass
     off the support counts only beyond the baseline's own there: with the known-baseline
     estimate (``behavior="known"``) the clinicians' unlogged remainder is theirs, not the
@@ -408,14 +414,12 @@ def _off_support_pct(dataset: Any, valid: Any, policy: Any,
     """
     import numpy as np
 
-    full, held = _cell_keys(dataset), _cell_keys(valid)
-    if full is None or held is None:
+    from equicare.ope._support import CellObserved
+
+    if dataset.categorical is None or dataset.categorical.shape[1] == 0:
         return None
-    n_a = int(dataset.n_actions)
-    seen = np.unique(full * n_a + dataset.actions)
+    unseen = ~CellObserved(dataset).at(np.asarray(valid.categorical, dtype=np.int64))
     probs = np.asarray(policy.action_probs(valid), dtype=np.float64)
-    pairs = held[:, None] * n_a + np.arange(n_a)[None, :]
-    unseen = ~np.isin(pairs, seen)
     off = (probs * unseen).sum(axis=1)
     if baseline is not None:
         own = (np.asarray(baseline.action_probs(valid), dtype=np.float64) * unseen).sum(axis=1)
