@@ -183,9 +183,11 @@ def choose_cells(dataset: Any, *, n_folds: int = CELL_FOLDS, n_se: float = CELL_
     Li, Walsh & Littman 2006): its Bellman equations are those of the finer table. Each round
     tests every kept column: the held-out log-likelihood (cross-fitted over episodes) of those
     outcomes under the cells with the column, backed off to the cells without it
-    (:func:`_held_out_gain`), minus that without it. The column with the smallest gain that is
-    not more than ``n_se`` standard errors (over episodes) above zero is dropped; the
-    elimination stops when every kept column's gain is, or one column is left.
+    (:func:`_held_out_gain`), minus that without it. The column with the smallest margin,
+    gain minus ``n_se`` standard errors (over episodes), is dropped when that margin is not
+    above zero; the elimination stops when every kept column's margin is, or one column is
+    left. Cost: a few sorts of the rows per test (0.27 s on 68k rows, 2.5 s on 644k rows with
+    two columns).
 
     The target policy is not consulted: a table already pools over what is not in its cells
     (the numeric states), and its next-state values weigh each row's own target
