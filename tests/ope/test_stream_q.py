@@ -209,3 +209,29 @@ def test_ray_shards_equal_in_memory_with_a_q_model(panel, ray):
                                   n_shards=4, **kw)
     assert sharded.n_chunks >= 4
     _same(whole, sharded)
+
+
+def test_streamed_table_takes_its_cells(tmp_path):
+    """With a second categorical column, the streamed table over the cells named equals the
+    in-memory one (``q_model="tabular_stationary[region]"``), and is named so."""
+    frame = make_frame(n_members=120, seed=5, min_len=1, max_len=10)
+    frame["site"] = np.random.default_rng(0).integers(0, 6, frame["member_id"].nunique())[
+        frame["member_id"].astype("category").cat.codes.to_numpy()]
+    path = tmp_path / "panel.parquet"
+    frame.sort_values(["member_id", "week"]).to_parquet(path, index=False, row_group_size=50)
+    d = copy.deepcopy(MANIFEST)
+    d["dataset"]["categorical_states"] = ["region", "site"]
+    man = Manifest.from_dict(d)
+    ds = load_dataset(path, man, emit_warnings=False)
+    ref = evaluate(ds, RiskPolicy(), estimators=("fqe", "dr", "wdr"),
+                   q_model="tabular_stationary[region]", bootstrap=0, diagnose_support=False)
+    full = evaluate(ds, RiskPolicy(), estimators=("fqe",), q_model="tabular_stationary",
+                    bootstrap=0, diagnose_support=False)
+    assert full.estimates["fqe"].value != pytest.approx(ref.estimates["fqe"].value, rel=1e-6)
+    got = evaluate_stream(path, RiskPolicy(), manifest=man, estimators=("fqe", "dr", "wdr"),
+                          q_model=FQEConfig(model="tabular", horizon="stationary",
+                                            cells=("region",)),
+                          n_boot=20, random_state=1, chunk_rows=60)
+    for k in ("fqe", "dr", "wdr"):
+        assert got.estimates[k].value == pytest.approx(ref.estimates[k].value, rel=1e-9), k
+    assert got.q_model is not None and got.q_model["chosen"] == "tabular_stationary[region]"
