@@ -21,7 +21,7 @@ from equicare.ope import (
     sensitivity_analysis,
     support_diagnostics,
 )
-from equicare.ope._support import SUPPORT_MESSAGE, model_support_diagnostics
+from equicare.ope._support import SUPPORT_HEAD, SUPPORT_MESSAGE, model_support_diagnostics
 from equicare.policy import BehaviorModel, TabularPolicy
 
 from ._mdp import BEHAVIOR, TARGET, small_mdp
@@ -100,6 +100,12 @@ def test_support_warning_names_biased_estimators():
                                  cat=", or never logged in that categorical state",
                                  biased="is, wis, pdis, wpdis", q_based="fqe, dr, wdr")
     assert str(rec[0].message) == msg
+    with pytest.warns(SupportWarning) as rec:  # one estimator: no empty list, a singular verb
+        evaluate(data, TabularPolicy(target), estimators="fqe", q_model="tabular", bootstrap=0,
+                 groups=[])
+    assert str(rec[0].message) == SUPPORT_HEAD.format(
+        pct=share, thr=1e-3, cat=", or never logged in that categorical state") + (
+        " fqe relies on the Q-model's extrapolation for that mass.")
     s = res.to_dict()["support"]
     assert s["warning"] and s["biased_estimators"] == ["is", "wis", "pdis", "wpdis"]
     assert s["message"] == msg

@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 from scipy.special import ndtri
 
 from equicare.data import TrajectoryDataset
-from equicare.exceptions import InvalidParameterError, SmallCellWarning
+from equicare.exceptions import DataWarning, InvalidParameterError, SmallCellWarning
 from equicare.ope._bootstrap import (
     CI_METHODS,
     CIMethod,
@@ -614,6 +614,7 @@ def _evaluate(
     attrs = list(dataset.group_attrs if groups is None else groups)
     if attrs:
         say(f"subgroups: {', '.join(attrs)}")
+    read_pooled = _pooled_columns_read(prep, dataset, attrs)
     rng_g = np.random.default_rng(seed_boot + 1)
     n_cells = sum(np.unique(dataset.group_labels(a).astype(str)).size for a in attrs)
     group_out = _group_results(prep, dataset, keys, attrs,
@@ -622,12 +623,42 @@ def _evaluate(
     q_info = None if prep.qfit is None else {"seconds": prep.qfit.seconds, **prep.qfit.info}
     if q_info is not None and prep.q_selection is not None:
         q_info.update(prep.q_selection.to_dict())
+        if q_info.get("cell_choice") is not None:
+            q_info["cell_choice"]["target_reads"] = read_pooled
     elif q_info is not None:
         q_info["chosen"] = "given" if q is not None else _q_name(qcfg)
     return EvaluationResult(
         n_episodes=dataset.n_episodes, n_steps=dataset.n_steps, gamma=float(dataset.gamma),
         behavior=beh, estimates=ests, ess=ess, support=support, groups=group_out,
         settings=settings, behavior_model=bm_summary, q_model=q_info)
+
+
+def _pooled_columns_read(prep: Prepared, dataset: TrajectoryDataset, attrs: Sequence[str]
+                         ) -> list[str]:
+    """Subgroup columns that ``auto``'s tables pool over and the target policy reads.
+
+    Pooling over a column that does not change the dynamics keeps the overall estimates right
+    (the pooled values' errors cancel over the column's levels), not the estimates within its
+    levels when the target policy reads it: those are warned about (``DataWarning``).
+    """
+    from equicare.data._cells import policy_reads
+
+    sel = prep.q_selection
+    if sel is None or sel.cell_choice is None or not sel.cell_choice.dropped:
+        return []
+    kept = sel.cell_choice.columns
+    read = [c for c in sel.cell_choice.dropped
+            if c in attrs and policy_reads(dataset, prep.target_probs, c, kept)]
+    if read:
+        cols = ", ".join(read)
+        warnings.warn(
+            f"The Q-tables pool over {cols} (it does not change the dynamics given "
+            f"{', '.join(kept)}), but the target policy reads {cols}: the overall FQE, DR and "
+            f"WDR average over its levels, while the estimates within each level of {cols} "
+            "carry the pooled values' error (docs/ope.md, 'Several categorical columns'). For "
+            f"values within its levels name the cells: --q-cells {','.join((*kept, *read))} "
+            "(FQEConfig(cells=...)).", DataWarning, stacklevel=3)
+    return read
 
 
 def _q_name(qcfg: Any) -> str:

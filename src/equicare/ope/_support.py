@@ -16,7 +16,7 @@ from equicare.utils import check_param, row_blocks
 
 __all__ = ["SupportReport", "support_diagnostics", "model_support_diagnostics",
            "logged_support_diagnostics", "LoggedSupport", "CellObserved", "cell_observed",
-           "SUPPORT_THRESHOLD", "SUPPORT_WARN_PCT", "SUPPORT_MESSAGE"]
+           "SUPPORT_THRESHOLD", "SUPPORT_WARN_PCT", "SUPPORT_MESSAGE", "SUPPORT_HEAD"]
 
 #: Rows (at most, whole episodes) the fast numeric behaviour model of the logged-propensity
 #: support check is fitted on.
@@ -29,10 +29,12 @@ SUPPORT_THRESHOLD = 1e-3
 #: Share (%) of target mass on unsupported actions above which a SupportWarning is emitted.
 SUPPORT_WARN_PCT = 1.0
 #: Message of the SupportWarning (tests match it).
-SUPPORT_MESSAGE = (
+SUPPORT_HEAD = (
     "The target policy puts {pct:.2f}% of its probability mass on actions that current practice "
-    "(almost) never takes in that state (estimated behaviour probability < {thr:g}{cat}). "
-    "{biased} are biased by it: importance weighting cannot see those actions, so they estimate "
+    "(almost) never takes in that state (estimated behaviour probability < {thr:g}{cat}).")
+#: The whole message when several estimators of both kinds were asked for.
+SUPPORT_MESSAGE = SUPPORT_HEAD + (
+    " {biased} are biased by it: importance weighting cannot see those actions, so they estimate "
     "the value of a different policy. {q_based} rely on the Q-model's extrapolation for that mass."
 )
 
@@ -73,12 +75,25 @@ class SupportReport:
         return self.share_pct > SUPPORT_WARN_PCT
 
     def message(self) -> str:
-        """Return the SupportWarning text."""
-        return SUPPORT_MESSAGE.format(
+        """Return the SupportWarning text.
+
+        :data:`SUPPORT_MESSAGE` when several estimators of both kinds were asked for; a
+        sentence is left out when its list is empty, and its verb is singular for one.
+        """
+        parts = [SUPPORT_HEAD.format(
             pct=self.share_pct, thr=self.threshold,
-            cat=", or never logged in that categorical state" if self.uses_categorical else "",
-            biased=", ".join(self.biased_estimators) or "No estimator",
-            q_based=", ".join(self.extrapolating_estimators) or "No estimator")
+            cat=", or never logged in that categorical state" if self.uses_categorical else "")]
+        biased, q_based = self.biased_estimators, self.extrapolating_estimators
+        if biased:
+            many = len(biased) > 1
+            parts.append(f"{', '.join(biased)} {'are' if many else 'is'} biased by it: "
+                         "importance weighting cannot see those actions, so "
+                         f"{'they estimate' if many else 'it estimates'} the value of a "
+                         "different policy.")
+        if q_based:
+            parts.append(f"{', '.join(q_based)} {'rely' if len(q_based) > 1 else 'relies'} on "
+                         "the Q-model's extrapolation for that mass.")
+        return " ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly summary (result JSON ``"support"``)."""
