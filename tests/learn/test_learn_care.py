@@ -132,10 +132,10 @@ def _data_gap(ds, policy, mask):
 @pytest.mark.slow
 def test_parity_penalty_cuts_home_visit_gap_and_keeps_value():
     """lambda = 1 on twelve training seeds: the true home-visit gap (allocation under the
-    simulator, the policy's own state distribution) falls by >= 50% on average and at the
-    median, falls on every seed, and every seed keeps >= 95% of the value improvement
-    (measured: mean 62%, median 65%, 30-85%, >= 95.7% kept; docs/learn.md). The gap on the
-    logged states (what the penalty constrains) is printed beside it."""
+    simulator, the policy's own state distribution) falls by >= 60% on average (issue 4's
+    bar) and >= 50% at the median, falls on every seed, and every seed keeps >= 95% of the
+    value improvement (measured: mean 62%, median 65%, 30-85%, >= 95.7% kept; docs/learn.md).
+    The gap on the logged states (what the penalty constrains) is printed beside it."""
     sim = CareManagementSim()
     ds, RaceAware = _race_aware(sim)
     mask = ds.action_space.parse_action_set("modality=home_visit")
@@ -164,7 +164,7 @@ def test_parity_penalty_cuts_home_visit_gap_and_keeps_value():
     print(f"true gap: mean cut {100 * np.mean(cuts):.0f}%, median {100 * np.median(cuts):.0f}%, "
           f"smallest {100 * min(cuts):.0f}%; logged states: mean cut "
           f"{100 * np.mean(data_cuts):.0f}%; smallest improvement kept {100 * min(kept):.1f}%")
-    assert np.mean(cuts) >= 0.5
+    assert np.mean(cuts) >= 0.6
     assert np.median(cuts) >= 0.5
     assert min(cuts) > 0
     assert min(kept) >= 0.95
