@@ -50,6 +50,19 @@ def test_value_of_the_rules_matches_the_exact_truth(card_and_data):
     assert card.value["improvement_kept"]["dr"] > 1.0  # better than the noisy source
 
 
+def test_the_q_model_of_the_values_is_chosen_once_by_auto(card_and_data):
+    """``q_model="auto"`` (the default): one choice for every value on the card, reported
+    with its candidates' scores; the rules' weights keep the linear model."""
+    from equicare.explain._evidence import weights_q_model
+
+    card, _, _ = card_and_data
+    sel = card.value["q_model_selection"]
+    assert card.value["q_model"] == sel["chosen"] and sel["n_folds"] >= 2
+    assert set(sel["candidates"]) >= {"linear"}
+    assert card.settings["q_model"] == "auto" and card.settings["distill"]["q_model"] == "linear"
+    assert weights_q_model("auto") == "linear" and weights_q_model("gbm") == "gbm"
+
+
 def test_frontier_support_and_fairness(card_and_data):
     card, _, _ = card_and_data
     fr = card.frontier
@@ -107,6 +120,7 @@ def test_support_share():
                                       "Got 'magic' instead."),
     ({"rare_threshold": 0.0}, "The 'rare_threshold' parameter of ExplainConfig must be a number "
                               "in (0, 1]. Got 0.0 instead."),
+    ({"q_model": "forest"}, "The 'q_model' parameter of ExplainConfig must be 'auto', 'linear'"),
 ])
 def test_bad_config(kwargs, message):
     with pytest.raises(ValueError, match=re.escape(message)):

@@ -81,6 +81,18 @@ def test_group_values_match_ope_engine() -> None:
         assert v == pytest.approx(ref[g].estimates["wis"].value, rel=1e-9)
 
 
+def test_the_audit_takes_every_q_model_evaluate_takes() -> None:
+    """``q_model`` of the audit is any of ``evaluate``'s (``auto``, the tables by name, cells
+    in brackets); anything else is refused naming the audit."""
+    from equicare.exceptions import InvalidParameterError
+    from equicare.fairness._audit import FairnessAudit
+
+    for q in ("auto", "tabular_stationary", "tabular_window", "tabular_stationary[state]"):
+        assert FairnessAudit(action=HOME, q_model=q).q_model == q
+    with pytest.raises(InvalidParameterError, match="The 'q_model' parameter of FairnessAudit"):
+        FairnessAudit(action=HOME, q_model="forest")
+
+
 def test_outcome_intervals_share_the_replicates(rewarded) -> None:
     from equicare.fairness import bootstrap_weights
 

@@ -21,7 +21,8 @@ def test_defaults_filled():
         ({"ope": {"bootstrap": "many"}}, "ope.bootstrap must be an integer, got 'many'."),
         (
             {"ope": {"q_model": "forest"}},
-            "ope.q_model must be one of 'linear', 'gbm', 'mlp', 'tabular'; got 'forest'.",
+            "ope.q_model must be one of 'linear', 'auto', 'gbm', 'mlp', 'tabular', "
+            "'tabular_stationary', 'tabular_backward', 'tabular_window'; got 'forest'.",
         ),
         ({"ope": {"estimators": ["dr", "magic"]}}, "unknown estimator 'magic'"),
         (

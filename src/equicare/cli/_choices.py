@@ -6,7 +6,7 @@ from enum import StrEnum
 
 __all__ = ["Sim", "Algo", "OfflineAlgo", "Encoder", "OmgReward", "Form", "BehaviorModel",
            "QModel", "EvalCI", "AuditCI", "Level", "AuditEstimator", "ValueEstimator", "Weight",
-           "ExecutorName", "Labels", "ExplainMode", "ExplainQModel", "Domain", "Curve", "Basis",
+           "ExecutorName", "Labels", "ExplainMode", "Domain", "Curve", "Basis",
            "Env", "Scenario", "OnlineAlgo", "Mode", "GroupSignal", "Example", "Select"]
 
 
@@ -232,12 +232,3 @@ class ExplainMode(_Choice):
 
     EXCEPTIONS = "exceptions"
     IMITATE = "imitate"
-
-
-class ExplainQModel(_Choice):
-    """Q-models of ``explain`` (row weights and evidence)."""
-
-    LINEAR = "linear"
-    GBM = "gbm"
-    MLP = "mlp"
-    TABULAR = "tabular"

@@ -8,14 +8,14 @@ from typing import Annotated, Any
 
 import typer
 
-from equicare.cli._choices import ExplainMode, ExplainQModel, Labels
+from equicare.cli._choices import ExplainMode, Labels, QModel
 from equicare.cli._utils import Force, JsonOut, Seed, Threads
 
 __all__ = ["run_explain", "register"]
 
 
 def run_explain(model: Path, data: Path, *, manifest: Path, out: Path, depth: int = 3,
-                max_rules: int | None = None, holdout: float = 0.3, q_model: str = "linear",
+                max_rules: int | None = None, holdout: float = 0.3, q_model: str = "auto",
                 estimators: str = "wis,dr", bootstrap: int = 200, action: str | None = None,
                 group: str | None = None, labels: str = "argmax",
                 mode: str = "exceptions", seed: int = 42,
@@ -37,6 +37,7 @@ def run_explain(model: Path, data: Path, *, manifest: Path, out: Path, depth: in
     from equicare.data import load_dataset
     from equicare.exceptions import DataWarning
     from equicare.explain import DistillConfig, ExplainConfig, explain_policy, load_source_policy
+    from equicare.explain._evidence import weights_q_model
     from equicare.report import write_card
 
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
@@ -47,7 +48,8 @@ def run_explain(model: Path, data: Path, *, manifest: Path, out: Path, depth: in
                         bootstrap=bootstrap, frontier_bootstrap=min(bootstrap, 50),
                         action=action, group=group, mode=mode,
                         distill=DistillConfig(max_depth=depth, max_leaf_nodes=max_rules,
-                                              q_model=q_model, labels=labels))
+                                              q_model=weights_q_model(q_model),
+                                              labels=labels))
     with warnings.catch_warnings():  # validation warnings are for `equicare validate`
         warnings.simplefilter("ignore", DataWarning)
         ds = load_dataset(data, manifest)
@@ -74,9 +76,9 @@ def register(app: typer.Typer) -> None:
             min=2, help="Cap on the number of rules (leaves).")] = None,
         holdout: Annotated[float, typer.Option(
             help="Share of episodes held out for the evidence.")] = 0.3,
-        q_model: Annotated[ExplainQModel, typer.Option(
-            help="Q-model of the row weights and of the OPE (tabular for fully categorical "
-                 "states).")] = ExplainQModel.LINEAR,
+        q_model: Annotated[QModel, typer.Option(
+            help="Q-model of the row weights and of the OPE: auto (chosen once for the source "
+                 "policy by evaluate's cross-fitted criterion) or a fixed one.")] = QModel.AUTO,
         estimators: Annotated[str, typer.Option(
             help="Comma list of OPE estimators: is, wis, pdis, wpdis, fqe, dr, wdr.")
         ] = "wis,dr",

@@ -68,6 +68,7 @@ from numpy.typing import NDArray
 from equicare.data import TrajectoryDataset
 from equicare.explain._features import feature_records
 from equicare.explain._usual import fit_usual_care
+from equicare.ope._prepare import check_q_model
 from equicare.policy._base import check_probs, sample_actions
 from equicare.policy._tree import TreePolicy, tree_features
 from equicare.utils import (
@@ -99,8 +100,9 @@ class DistillConfig:
         Fewest fitting rows behind a rule.
     weighting : {"q_spread", "uniform"}, default="q_spread"
         Row weights: the spread of the source's Q over the observed actions, or none.
-    q_model : {"linear", "gbm", "tabular", "mlp"}, default="linear"
-        Function class of the FQE Q-model behind the weights.
+    q_model : str, default="linear"
+        The FQE Q-model behind the weights: any ``q_model`` of :func:`equicare.ope.evaluate`
+        (``"linear"``, ``"auto"``, ``"tabular_stationary"``, ...).
     weight_floor : float, default=0.1
         Share ``f`` of the mean weight every row keeps (in [0, 1]).
     labels : {"argmax", "sample"}, default="argmax"
@@ -134,7 +136,7 @@ class DistillConfig:
     max_leaf_nodes: int | None = None
     min_samples_leaf: int = 20
     weighting: Literal["q_spread", "uniform"] = "q_spread"
-    q_model: Literal["linear", "gbm", "tabular", "mlp"] = "linear"
+    q_model: str = "linear"
     weight_floor: float = 0.1
     labels: Literal["argmax", "sample"] = "argmax"
     n_samples: int = 4
@@ -152,7 +154,7 @@ class DistillConfig:
                     allow_none=True)
         check_param(self.min_samples_leaf, "min_samples_leaf", _OWNER, kind=int, low=1)
         check_param(self.weighting, "weighting", _OWNER, choices=("q_spread", "uniform"))
-        check_param(self.q_model, "q_model", _OWNER, choices=("linear", "gbm", "tabular", "mlp"))
+        check_q_model(self.q_model, _OWNER)
         check_param(self.weight_floor, "weight_floor", _OWNER, kind=(int, float), low=0, high=1)
         check_param(self.labels, "labels", _OWNER, choices=("argmax", "sample"))
         check_param(self.n_samples, "n_samples", _OWNER, kind=int, low=1)
@@ -226,10 +228,10 @@ def source_q(dataset: TrajectoryDataset, source_probs: NDArray[np.float64],
         Its ``q_model`` is the function class.
     random_state : int, Generator or None
     """
-    from equicare.ope import FQEConfig, fit_fqe
+    from equicare.ope import fit_fqe
+    from equicare.ope._prepare import q_model_config
 
-    fit = fit_fqe(dataset, source_probs, FQEConfig(model=cfg.q_model),
-                  random_state=random_state)
+    fit = fit_fqe(dataset, source_probs, q_model_config(cfg.q_model), random_state=random_state)
     return np.asarray(fit.q, dtype=np.float64)
 
 

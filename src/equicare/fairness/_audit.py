@@ -223,8 +223,9 @@ class FairnessAudit:
         ``is, wis, pdis, wpdis, dr, wdr, fqe``. The behaviour's values are on-policy means of the
         discounted return.
     q_model : str
-        Q-model of the OPE engine's FQE for ``dr``, ``wdr`` and ``fqe`` (``"linear"``,
-        ``"tabular"``, ``"gbm"``, ``"mlp"``), fitted once per policy on all episodes.
+        Q-model of the OPE engine's FQE for ``dr``, ``wdr`` and ``fqe``, fitted once per
+        policy on all episodes: any ``q_model`` of :func:`equicare.ope.evaluate` (``"linear"``,
+        ``"auto"``, ``"tabular_stationary[state]"``, ...).
     truncate : float, optional
         Cap on cumulative importance weights.
     with_level_rates : bool
@@ -252,8 +253,9 @@ class FairnessAudit:
                       "FairnessAudit")
         check_param(self.ci_method, "ci_method", "FairnessAudit", choices=("basic", "percentile"))
         check_param(self.estimator, "estimator", "FairnessAudit", choices=(*ESTIMATORS, None))
-        check_param(self.q_model, "q_model", "FairnessAudit",
-                    choices=("linear", "tabular", "gbm", "mlp"))
+        from equicare.ope._prepare import check_q_model
+
+        check_q_model(self.q_model, "FairnessAudit")
         check_param(self.truncate, "truncate", "FairnessAudit", kind=(int, float), low=0.0,
                     low_inclusive=False, allow_none=True, expected="a positive float or None")
 

@@ -19,8 +19,8 @@ from equicare.policy import check_probs
 from equicare.policy._behavior import BehaviorModel
 from equicare.utils import PARAM_MESSAGE, RandomState, check_random_state
 
-__all__ = ["Prepared", "prepare", "target_probabilities", "as_fqe_config",
-           "ZERO_PROPENSITY_MESSAGE", "BehaviorSpec"]
+__all__ = ["Prepared", "prepare", "target_probabilities", "as_fqe_config", "check_q_model",
+           "q_model_config", "ZERO_PROPENSITY_MESSAGE", "BehaviorSpec"]
 
 BehaviorSpec = Literal["logistic", "lgbm"] | BehaviorModel | Any
 
@@ -75,6 +75,29 @@ def as_fqe_config(q_model: Any) -> FQEConfig | Literal["auto"]:
                  "'tabular_window' (a table may name its cells' columns: "
                  "'tabular_stationary[diagnosis,site]'), 'linear', 'gbm', 'mlp' or an FQEConfig",
         got=q_model))
+
+
+def check_q_model(q_model: Any, owner: str) -> None:
+    """Raise :class:`InvalidParameterError` naming ``owner`` for a ``q_model`` evaluate rejects.
+
+    Accepted: what :func:`as_fqe_config` takes (``"auto"``, a model or candidate name,
+    ``"tabular_stationary[cols]"``, an :class:`FQEConfig`).
+    """
+    try:
+        as_fqe_config(q_model)
+    except InvalidParameterError:
+        raise InvalidParameterError(PARAM_MESSAGE.format(
+            name="q_model", owner=owner,
+            expected="'auto', 'linear', 'gbm', 'mlp', 'tabular', 'tabular_stationary', "
+                     "'tabular_backward', 'tabular_window' (a table may name its cells' columns: "
+                     "'tabular_stationary[diagnosis,site]') or an FQEConfig", got=q_model)
+        ) from None
+
+
+def q_model_config(q_model: Any) -> FQEConfig:
+    """:func:`as_fqe_config` as an :class:`FQEConfig` (``"auto"``: ``FQEConfig(model="auto")``)."""
+    cfg = as_fqe_config(q_model)
+    return FQEConfig(model="auto") if isinstance(cfg, str) else cfg
 
 
 def _make_behavior_model(spec: Any, seed: int) -> BehaviorModel:

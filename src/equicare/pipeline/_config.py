@@ -76,7 +76,8 @@ _SYNTH_KEYS = {"members": 2000, "weeks": 52, "seed": 42, "history_dependence": F
 
 _CHOICES: dict[str, list[Any]] = {
     "behavior.model": ["auto", "logged", "logistic", "lgbm"],
-    "ope.q_model": ["linear", "gbm", "mlp", "tabular"],
+    "ope.q_model": ["linear", "auto", "gbm", "mlp", "tabular", "tabular_stationary",
+                    "tabular_backward", "tabular_window"],
     "ope.ci": ["studentized", "percentile", "bca"],
     "frontier.kind": ["parity", "group_robust"],
     "output.executor": ["local", "serial", "ray"],

@@ -436,6 +436,7 @@ def _stage_explain(
 ) -> None:
     """Distil the learned policy into rules and write the policy card (``card/``)."""
     from equicare.explain import DistillConfig, ExplainConfig, explain_policy
+    from equicare.explain._evidence import weights_q_model
     from equicare.report import write_card
 
     e = cfg["explain"]
@@ -448,7 +449,8 @@ def _stage_explain(
         group=cfg["audit"]["group"] or None,
         mode=e["mode"],
         distill=DistillConfig(
-            max_depth=e["depth"], q_model=cfg["ope"]["q_model"], labels=e["labels"]
+            max_depth=e["depth"], q_model=weights_q_model(cfg["ope"]["q_model"]),
+            labels=e["labels"]
         ),
     )
     card = explain_policy(
