@@ -102,7 +102,10 @@ class DistillConfig:
         Row weights: the spread of the source's Q over the observed actions, or none.
     q_model : str, default="linear"
         The FQE Q-model behind the weights: any ``q_model`` of :func:`equicare.ope.evaluate`
-        (``"linear"``, ``"auto"``, ``"tabular_stationary"``, ...).
+        (``"linear"``, ``"tabular"``, ``"tabular_stationary"``, ...). ``"auto"`` is
+        ``evaluate``'s criterion, which judges a model's value rather than the spread of its
+        action values that the weights need; ``explain`` therefore turns its own ``"auto"``
+        into ``"linear"`` here (:func:`equicare.explain._evidence.weights_q_model`).
     weight_floor : float, default=0.1
         Share ``f`` of the mean weight every row keeps (in [0, 1]).
     labels : {"argmax", "sample"}, default="argmax"
