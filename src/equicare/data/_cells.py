@@ -309,7 +309,8 @@ def _mean_tv(probs: NDArray[np.float64], coarse: NDArray[np.int64],
         k = int(codes.max()) + 1
         ind = sp.csr_matrix((np.ones(n), (codes, np.arange(n))), shape=(k, n))
         cnt = np.asarray(ind.sum(axis=1)).ravel()
-        return np.asarray(ind @ probs) / np.maximum(cnt, 1.0)[:, None]
+        return np.asarray(np.asarray(ind @ probs) / np.maximum(cnt, 1.0)[:, None],
+                          dtype=np.float64)
 
     return float(0.5 * np.abs(means(fine)[fine] - means(coarse)[coarse]).sum(axis=1).mean())
 
