@@ -30,6 +30,15 @@ def test_a_site_that_does_not_drive_outcomes_is_pooled_over(garnet):
     assert d["columns"] == ["state"] and d["dropped"] == ["site"] and d["n_folds"] == 5
 
 
+def test_the_panel_summary_says_which_columns_the_tables_keep(garnet):
+    """``validate``'s summary (``TrajectoryDataset.summary``): ``table_cells`` with several
+    categorical columns, nothing with one."""
+    _, ds, _ = garnet
+    two = with_site(ds, np.random.default_rng(0).integers(0, 30, ds.n_episodes))
+    assert two.summary()["table_cells"] == {"columns": ["state"], "dropped": ["site"]}
+    assert "table_cells" not in ds.summary()
+
+
 def test_a_site_with_its_own_dynamics_is_kept():
     """Two sites whose episodes come from different Garnet MDPs: both columns are kept."""
     two, _, _ = two_site_panel("s50_a25_g1", 1000, seed=3, family="soft_optimal")

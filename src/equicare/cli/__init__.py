@@ -293,6 +293,12 @@ def _print_summary(s: dict[str, Any]) -> None:
     for name, c in s.get("categorical_states", {}).items():
         t.add_row(f"categorical state '{name}'",
                   f"{c['levels']:,} levels ({c['observed']:,} observed)")
+    if s.get("table_cells"):
+        tc = s["table_cells"]
+        why = (f"; pooled over {', '.join(tc['dropped'])} (no change in the dynamics given "
+               f"{', '.join(tc['columns'])})" if tc["dropped"] else
+               " (each column changes the dynamics given the others)")
+        t.add_row("tables' cells", " x ".join(tc["columns"]) + why)
     if "episode_ends" in s:
         ends = s["episode_ends"]
         t.add_row("episode ends", f"{ends['terminal']:,} terminal, {ends['censored']:,} censored")

@@ -556,4 +556,11 @@ class TrajectoryDataset:
             }
         if self.need is not None:
             out["need_pct"] = float(100.0 * np.mean(self.need))
+        if self.categorical is not None and self.categorical.shape[1] > 1:
+            from equicare.data._cells import choose_cells
+
+            # which columns the tables' cells keep (what evaluate's auto, SPIBB and PVI use)
+            choice = choose_cells(self, random_state=0)
+            out["table_cells"] = {"columns": list(choice.columns),
+                                  "dropped": list(choice.dropped)}
         return out
