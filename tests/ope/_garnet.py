@@ -215,3 +215,24 @@ def accuracy_records(presets: tuple[str, ...], seeds: tuple[int, ...], n_episode
                                     "estimator": k, "value": v, "truth": truth,
                                     "rel_error": v / truth - 1.0, "chosen": chosen})
     return out
+
+
+def cell_policy_value(mdp: GarnetMDP, model: object, data: TrajectoryDataset,
+                      site: int | None = None) -> float:
+    """Exact value of a per-cell learner's policy (SPIBB, PVI) in every Garnet state.
+
+    Its action probabilities are read at one row per state (at level ``site`` of the second
+    categorical column when given), then valued by :meth:`GarnetMDP.value`.
+    """
+    from dataclasses import replace
+
+    n = mdp.n_states
+    cat = (np.arange(n)[:, None] if site is None
+           else np.c_[np.arange(n), np.full(n, site)]).astype(np.int64)
+    rows = replace(data, states=np.zeros((n, data.states.shape[1]), np.float32),
+                   actions=np.zeros(n, np.int64), reward_components=np.zeros((n, 1)),
+                   terminals=np.ones(n, bool), episode_offsets=np.arange(n + 1),
+                   episode_ids=np.arange(n), times=np.zeros(n, np.int64),
+                   groups={k: np.asarray(v)[:1].repeat(n) for k, v in data.groups.items()},
+                   categorical=cat, behavior_prob=np.ones(n), _cache={})
+    return float(mdp.value(model.action_probs(rows)))  # type: ignore[attr-defined]
