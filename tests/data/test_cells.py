@@ -61,6 +61,19 @@ def test_backward_elimination_drops_every_irrelevant_column(garnet):
     assert a == choose_cells(three, random_state=3)
 
 
-def test_one_column_or_one_episode_is_left_as_it_is(garnet):
+def test_one_column_or_no_outcome_is_left_as_it_is(garnet):
+    """One column; or episodes of one censored row each (no next state, no end: nothing to
+    test) keep every column."""
     _, ds, _ = garnet
     assert choose_cells(ds) == CellChoice(columns=("state",), dropped=(), tests={}, n_folds=0)
+    starts = ds.episode_offsets[:-1]
+    first = ds.subset(np.arange(ds.n_episodes))  # a copy, then one censored row per episode
+    one_row = replace(first, states=first.states[starts], actions=first.actions[starts],
+                      reward_components=first.reward_components[starts],
+                      terminals=np.zeros(starts.size, bool),
+                      episode_offsets=np.arange(starts.size + 1), times=first.times[starts],
+                      categorical=first.categorical[starts],
+                      behavior_prob=first.behavior_prob[starts], _cache={})
+    two = with_site(one_row, np.random.default_rng(0).integers(0, 3, one_row.n_episodes))
+    assert choose_cells(two) == CellChoice(columns=("state", "site"), dropped=(), tests={},
+                                           n_folds=0)

@@ -214,6 +214,10 @@ def choose_cells(dataset: Any, *, n_folds: int = CELL_FOLDS, n_se: float = CELL_
     cat = dataset.categorical
     if cat is None or cat.ndim != 2 or cat.shape[1] < 2 or dataset.n_episodes < 2:
         return CellChoice(columns=names, dropped=(), tests={}, n_folds=0)
+    nxt = dataset.next_index
+    if not np.any(((nxt >= 0) & ~dataset.terminals) | dataset.terminals):
+        # every episode is one censored row: nothing says what any column does
+        return CellChoice(columns=names, dropped=(), tests={}, n_folds=0)
     rng = check_random_state(random_state)
     k = int(max(2, min(n_folds, dataset.n_episodes)))
     fold = np.arange(dataset.n_episodes) % k
