@@ -271,8 +271,9 @@ def test_auto_fqe_interval_carries_the_estimated_bias():
 
 def test_thin_combinations_of_categorical_states_warn_for_the_table():
     """A second categorical column that multiplies the table's cells into thin ones draws a
-    DataWarning naming the columns and the rows per cell; one column, or a linear Q-model,
-    does not."""
+    DataWarning naming the columns and the rows per cell when the cells are named so; a fixed
+    table without named cells pools over the column (it does not drive the dynamics), and one
+    column, or a linear Q-model, draws nothing."""
     from equicare.exceptions import DataWarning
     from tests.ope._garnet import make
 
@@ -286,9 +287,15 @@ def test_thin_combinations_of_categorical_states_warn_for_the_table():
     with pytest.warns(DataWarning, match=r"Q-model.s cells are the combinations of the "
                       r"categorical states \(state x "
                       r"site: [\d,]+ visited, [\d.]+ rows each, against \d+ rows per level of "
-                      r"'site' alone\)"):
-        evaluate(two, pe, q_model="tabular_stationary", **kw)
+                      r"'site' alone\): .*These are the cells named"):
+        evaluate(two, pe, q_model="tabular_stationary[state,site]", **kw)
     with warnings.catch_warnings():
         warnings.simplefilter("error", DataWarning)
         evaluate(ds, pe, q_model="tabular_stationary", **kw)
         evaluate(two, pe, q_model="linear", **kw)
+        pooled = evaluate(two, pe, q_model="tabular_stationary", **kw)
+    assert pooled.q_model is not None
+    assert pooled.q_model["chosen"] == "tabular_stationary[state]"
+    assert pooled.q_model["cell_choice"]["dropped"] == ["site"]
+    one = evaluate(ds, pe, q_model="tabular_stationary", **kw)
+    assert pooled.estimates["dr"].value == pytest.approx(one.estimates["dr"].value, rel=1e-9)

@@ -213,7 +213,8 @@ def test_ray_shards_equal_in_memory_with_a_q_model(panel, ray):
 
 def test_streamed_table_takes_its_cells(tmp_path):
     """With a second categorical column, the streamed table over the cells named equals the
-    in-memory one (``q_model="tabular_stationary[region]"``), and is named so."""
+    in-memory one (``q_model="tabular_stationary[region]"``), and is named so; without cells
+    they are chosen on a sample of episodes, as ``auto`` chooses them in memory."""
     frame = make_frame(n_members=120, seed=5, min_len=1, max_len=10)
     frame["site"] = np.random.default_rng(0).integers(0, 6, frame["member_id"].nunique())[
         frame["member_id"].astype("category").cat.codes.to_numpy()]
@@ -225,8 +226,9 @@ def test_streamed_table_takes_its_cells(tmp_path):
     ds = load_dataset(path, man, emit_warnings=False)
     ref = evaluate(ds, RiskPolicy(), estimators=("fqe", "dr", "wdr"),
                    q_model="tabular_stationary[region]", bootstrap=0, diagnose_support=False)
-    full = evaluate(ds, RiskPolicy(), estimators=("fqe",), q_model="tabular_stationary",
-                    bootstrap=0, diagnose_support=False)
+    full = evaluate(ds, RiskPolicy(), estimators=("fqe",),
+                    q_model="tabular_stationary[region,site]", bootstrap=0,
+                    diagnose_support=False)
     assert full.estimates["fqe"].value != pytest.approx(ref.estimates["fqe"].value, rel=1e-6)
     got = evaluate_stream(path, RiskPolicy(), manifest=man, estimators=("fqe", "dr", "wdr"),
                           q_model=FQEConfig(model="tabular", horizon="stationary",
@@ -235,3 +237,15 @@ def test_streamed_table_takes_its_cells(tmp_path):
     for k in ("fqe", "dr", "wdr"):
         assert got.estimates[k].value == pytest.approx(ref.estimates[k].value, rel=1e-9), k
     assert got.q_model is not None and got.q_model["chosen"] == "tabular_stationary[region]"
+    # without cells: chosen on a sample of episodes (here the whole panel), as in memory
+    from equicare.data import choose_cells
+
+    assert choose_cells(ds, random_state=1).columns == ("region",)
+    auto = evaluate_stream(path, RiskPolicy(), manifest=man, estimators=("fqe", "dr", "wdr"),
+                           q_model="tabular_stationary", n_boot=20, random_state=1,
+                           chunk_rows=60)
+    assert auto.q_model is not None and auto.q_model["chosen"] == "tabular_stationary[region]"
+    assert auto.q_model["cell_choice"]["dropped"] == ["site"]
+    assert auto.q_model["cell_choice"]["sample_rows"] == ds.n_steps
+    for k in ("fqe", "dr", "wdr"):
+        assert auto.estimates[k].value == pytest.approx(ref.estimates[k].value, rel=1e-9), k

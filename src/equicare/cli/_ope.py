@@ -307,19 +307,20 @@ def q_model_line(res: EvaluationResult) -> str | None:
     chosen = q.get("chosen", "?")
     cands = q.get("candidates")
     if not cands:
-        return f"Q-model: {chosen}"
-    if not q.get("n_folds"):
-        return f"Q-model: {chosen} (auto; the only applicable candidate)"
-    parts = [f"{n} {v:.3g}" if v is not None else f"{n} skipped" for n, v in cands.items()]
-    line = (f"Q-model: {chosen} (auto; estimated squared value bias, lower is better: "
-            + ", ".join(parts) + ")")
-    scored = {n: v for n, v in cands.items() if v is not None}
-    lowest = min(scored, key=lambda n: scored[n]) if scored else chosen
-    if lowest != chosen and q.get("reference") == chosen:
-        from equicare.ope._select import AUTO_N_SE
+        line = f"Q-model: {chosen}"
+    elif not q.get("n_folds"):
+        line = f"Q-model: {chosen} (auto; the only applicable candidate)"
+    else:
+        parts = [f"{n} {v:.3g}" if v is not None else f"{n} skipped" for n, v in cands.items()]
+        line = (f"Q-model: {chosen} (auto; estimated squared value bias, lower is better: "
+                + ", ".join(parts) + ")")
+        scored = {n: v for n, v in cands.items() if v is not None}
+        lowest = min(scored, key=lambda n: scored[n]) if scored else chosen
+        if lowest != chosen and q.get("reference") == chosen:
+            from equicare.ope._select import AUTO_N_SE
 
-        line += (f"; {chosen} is the reference and is kept: {lowest}'s estimated bias is not "
-                 f"smaller by more than {AUTO_N_SE:g} standard errors")
+            line += (f"; {chosen} is the reference and is kept: {lowest}'s estimated bias is "
+                     f"not smaller by more than {AUTO_N_SE:g} standard errors")
     choice = q.get("cell_choice") or {}
     if choice.get("dropped"):
         tests = choice.get("tests", {})
@@ -362,8 +363,8 @@ def register(app: typer.Typer) -> None:
                  "only).")] = EvalCI.STUDENTIZED,
         q_cells: Annotated[str | None, typer.Option(
             help="Comma list of the categorical state columns whose combinations are the "
-                 "Q-tables' cells (default: with several columns, auto keeps those that change "
-                 "the dynamics given the others; a fixed tabular model takes all).")] = None,
+                 "Q-tables' cells (default: with several columns, those that change the "
+                 "dynamics given the others, for auto and a fixed tabular model alike).")] = None,
         chunk_rows: ChunkRows = None,
         executor: StreamExecutor = None,
         address: Address = "auto",
@@ -423,9 +424,14 @@ def register(app: typer.Typer) -> None:
 
             print_table(stream_table(sres))
             if sres.q_model is not None:
+                cc = sres.q_model.get("cell_choice") or {}
+                pooled = (f". The table pools over {', '.join(cc['dropped'])}: it does not "
+                          f"change the dynamics given {', '.join(cc['columns'])} (tested on "
+                          f"{cc['sample_rows']:,} rows of sampled episodes)"
+                          if cc.get("dropped") else "")
                 console.print(escape(f"Q-model: {sres.q_model['chosen']} (streamed LSTD "
                                      f"fit, solver {sres.q_model['solver']}; "
-                                     f"{sres.q_model['bootstrap']})"), highlight=False)
+                                     f"{sres.q_model['bootstrap']}){pooled}"), highlight=False)
             else:
                 skipped = [k for k in ("fqe", "dr", "wdr") if k not in sres.estimates]
                 if skipped and estimators.strip() == "all":

@@ -43,7 +43,7 @@ from equicare.ope._core import (
 )
 from equicare.ope._ess import EffectiveSampleSize, effective_sample_size
 from equicare.ope._fqe import FQEConfig
-from equicare.ope._prepare import BehaviorSpec, Prepared, as_fqe_config, prepare
+from equicare.ope._prepare import BehaviorSpec, Prepared, as_fqe_config, prepare, q_model_name
 from equicare.ope._support import (
     SupportReport,
     logged_support_diagnostics,
@@ -562,7 +562,7 @@ def _evaluate(
     qcfg = as_fqe_config(q_model)
     rng = check_random_state(random_state)
     seed_prep, seed_boot, seed_refit = (int(s) for s in rng.integers(0, 2**31 - 1, size=3))
-    qname = _q_name(qcfg)
+    qname = q_model_name(qcfg)
     say(f"{dataset.n_episodes} episodes, {dataset.n_steps} steps: fitting the nuisance models "
         f"(Q-model {qname})")
     prep = prepare(dataset, policy, keys=keys, behavior_prob=behavior_prob,
@@ -626,7 +626,9 @@ def _evaluate(
         if q_info.get("cell_choice") is not None:
             q_info["cell_choice"]["target_reads"] = read_pooled
     elif q_info is not None:
-        q_info["chosen"] = "given" if q is not None else _q_name(qcfg)
+        q_info["chosen"] = "given" if q is not None else (prep.q_name or q_model_name(qcfg))
+        if prep.q_cells is not None:
+            q_info["cell_choice"] = {**prep.q_cells.to_dict(), "target_reads": read_pooled}
     return EvaluationResult(
         n_episodes=dataset.n_episodes, n_steps=dataset.n_steps, gamma=float(dataset.gamma),
         behavior=beh, estimates=ests, ess=ess, support=support, groups=group_out,
@@ -643,11 +645,11 @@ def _pooled_columns_read(prep: Prepared, dataset: TrajectoryDataset, attrs: Sequ
     """
     from equicare.data._cells import policy_reads
 
-    sel = prep.q_selection
-    if sel is None or sel.cell_choice is None or not sel.cell_choice.dropped:
+    choice = prep.q_cells if prep.q_selection is None else prep.q_selection.cell_choice
+    if choice is None or not choice.dropped:
         return []
-    kept = sel.cell_choice.columns
-    read = [c for c in sel.cell_choice.dropped
+    kept = choice.columns
+    read = [c for c in choice.dropped
             if c in attrs and policy_reads(dataset, prep.target_probs, c, kept)]
     if read:
         cols = ", ".join(read)
@@ -659,17 +661,6 @@ def _pooled_columns_read(prep: Prepared, dataset: TrajectoryDataset, attrs: Sequ
             f"values within its levels name the cells: --q-cells {','.join((*kept, *read))} "
             "(FQEConfig(cells=...)).", DataWarning, stacklevel=3)
     return read
-
-
-def _q_name(qcfg: Any) -> str:
-    """The name a user would type for a Q-model setting (``tabular_window``, not ``tabular``)."""
-    if isinstance(qcfg, str):
-        return qcfg
-    horizon = getattr(qcfg, "horizon", "auto")
-    name = (f"tabular_{horizon}" if qcfg.model == "tabular" and horizon != "auto"
-            else str(qcfg.model))
-    cells = getattr(qcfg, "cells", None)
-    return name if cells is None else f"{name}[{','.join(cells)}]"
 
 
 def evaluate_subgroups(

@@ -107,10 +107,11 @@ class FQEConfig:
         Boosting rounds per gbm fit.
     cells : tuple of str, optional
         Tabular model only: the categorical state columns whose combinations are the table's
-        cells (default: all of them). A column that does not drive outcomes, a care site say,
-        multiplies the cells without adding information; with several columns
-        ``model="auto"`` keeps those that change the dynamics given the others
-        (:func:`equicare.data.choose_cells`).
+        cells. None: all of them in :func:`fit_fqe`; :func:`~equicare.ope.evaluate`,
+        :func:`~equicare.ope.evaluate_stream` and the CLI then choose them
+        (:func:`equicare.data.choose_cells`: those that change the dynamics given the others).
+        A column that does not drive outcomes, a care site say, multiplies the cells without
+        adding information.
     """
 
     model: QModel = "linear"

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
-from equicare.data._cells import thin_cells_message
+from equicare.data._cells import CellChoice, choose_cells, thin_cells_message
 from equicare.exceptions import DataValidationError, DataWarning, InvalidParameterError
 from equicare.ope._core import ALL_KEYS, IS_TYPE, OPEInputs
 from equicare.ope._fqe import FQEConfig, LoggedQFit, fit_fqe_logged, logged_q_fit
@@ -20,7 +20,7 @@ from equicare.policy._behavior import BehaviorModel
 from equicare.utils import PARAM_MESSAGE, RandomState, check_random_state
 
 __all__ = ["Prepared", "prepare", "target_probabilities", "as_fqe_config", "check_q_model",
-           "q_model_config", "ZERO_PROPENSITY_MESSAGE", "BehaviorSpec"]
+           "q_model_config", "q_model_name", "ZERO_PROPENSITY_MESSAGE", "BehaviorSpec"]
 
 BehaviorSpec = Literal["logistic", "lgbm"] | BehaviorModel | Any
 
@@ -75,6 +75,20 @@ def as_fqe_config(q_model: Any) -> FQEConfig | Literal["auto"]:
                  "'tabular_window' (a table may name its cells' columns: "
                  "'tabular_stationary[diagnosis,site]'), 'linear', 'gbm', 'mlp' or an FQEConfig",
         got=q_model))
+
+
+def q_model_name(qcfg: Any) -> str:
+    """The name a user would type for a Q-model setting.
+
+    ``tabular_window``, not ``tabular``; a table's cells in brackets.
+    """
+    if isinstance(qcfg, str):
+        return qcfg
+    horizon = getattr(qcfg, "horizon", "auto")
+    name = (f"tabular_{horizon}" if qcfg.model == "tabular" and horizon != "auto"
+            else str(qcfg.model))
+    cells = getattr(qcfg, "cells", None)
+    return name if cells is None else f"{name}[{','.join(cells)}]"
 
 
 def check_q_model(q_model: Any, owner: str) -> None:
@@ -148,6 +162,11 @@ class Prepared:
         One-step reward model of the bandit mode.
     q_selection : QSelection or None
         Candidates' scores and the choice when ``q_model="auto"``.
+    q_cells : CellChoice or None
+        How a fixed tabular Q-model's cells were chosen when they were not named (several
+        categorical columns; :func:`equicare.data.choose_cells`).
+    q_name : str or None
+        The Q-model used, as a user would name it (``"tabular_stationary[state]"``).
     """
 
     inputs: OPEInputs
@@ -159,6 +178,8 @@ class Prepared:
     qfit: LoggedQFit | None
     bandit_qfit: LoggedQFit | None = None
     q_selection: QSelection | None = None
+    q_cells: CellChoice | None = None
+    q_name: str | None = None
 
     @property
     def q_linearised(self) -> bool:
@@ -203,7 +224,9 @@ def prepare(
         A given Q matrix (skips FQE).
     q_model : str or FQEConfig
         ``"auto"`` (choose by cross-fitted held-out TD error, see
-        :func:`~equicare.ope.select_q_model`), a model or candidate name, or an FQEConfig.
+        :func:`~equicare.ope.select_q_model`), a model or candidate name, or an FQEConfig. A
+        tabular model whose cells are not named takes, with several categorical columns, those
+        of :func:`equicare.data.choose_cells` (the columns that change the dynamics).
     random_state : int, Generator or None
 
     Returns
@@ -248,6 +271,13 @@ def prepare(
         selection = select_q_model(dataset, pe, random_state=seed,
                                    cells=qcfg.cells if isinstance(qcfg, FQEConfig) else None)
         qcfg = candidate_config(selection.chosen)
+    q_cells = None
+    if (isinstance(qcfg, FQEConfig) and qcfg.model == "tabular" and qcfg.cells is None
+            and given is None and (needs_q or "bandit_dr" in keys)
+            and dataset.categorical is not None and dataset.categorical.shape[1] > 1):
+        q_cells = choose_cells(dataset, random_state=seed)
+        if q_cells.dropped:
+            qcfg = replace(qcfg, cells=q_cells.columns)
     qfit = None
     if given is None and (needs_q or "bandit_dr" in keys) and _concrete(qcfg).model == "tabular":
         named = _concrete(qcfg).cells is not None and (
@@ -278,7 +308,8 @@ def prepare(
         v_s=None if qfit is None else qfit.v)
     return Prepared(inputs=inputs, target_probs=pe, actions=dataset.actions, behavior_prob=b,
                     propensity_source=source, behavior_model=bm, qfit=qfit,
-                    bandit_qfit=bandit_qfit, q_selection=selection)
+                    bandit_qfit=bandit_qfit, q_selection=selection, q_cells=q_cells,
+                    q_name=None if given is not None else q_model_name(qcfg))
 
 
 def _concrete(cfg: FQEConfig | str) -> FQEConfig:

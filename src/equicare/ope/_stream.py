@@ -334,6 +334,15 @@ class ChunkSource:
             self.n_rows = sum(c.dataset.n_steps for c in self.chunks)
             self.logged = all(c.dataset.behavior_prob is not None for c in self.chunks)
 
+    def n_categorical(self) -> int:
+        """Number of categorical state columns of the panel."""
+        if self.dataset is not None:
+            return len(self.dataset.categorical_names)
+        if self.path is not None:
+            return len(self.manifest.categorical_states)
+        assert self.chunks is not None
+        return len(self.chunks[0].dataset.categorical_names)
+
     def map_reduce(self, fn: Callable[[TrajectoryDataset], Any],
                    progress: Callable[[int], None] | None = None) -> tuple[Any, int]:
         """Sum of ``fn`` over every chunk, and the number of chunks."""
@@ -498,9 +507,17 @@ def evaluate_stream(
             from equicare.ope._stream_q import evaluate_stream_q, stream_q_config
 
             cfg = stream_q_config(q_model, [k for k in keys if k in Q_TYPE])
+            cell_info = None
+            if cfg.model == "tabular" and cfg.cells is None and src.n_categorical() > 1:
+                from equicare.ope._stream_q import choose_cells_stream
+
+                cfg, cell_info = choose_cells_stream(src, cfg, sample_rows=behavior_sample_rows,
+                                                     seed=seed)
             q_sums, n_q, q_info, squares = evaluate_stream_q(
                 src, policy, keys=keys, cfg=cfg, n_boot=n_boot, seed=seed, truncate=truncate,
                 progress=progress, studentized=ci_method == "studentized")
+            if cell_info is not None:
+                q_info["cell_choice"] = cell_info
             return finish(q_sums, alpha=alpha, n_chunks=n_q, q_model=q_info,
                           behavior_model=beh_info, squares=squares)
         fn = functools.partial(chunk_sums, policy=policy, keys=keys, horizon=src.horizon,

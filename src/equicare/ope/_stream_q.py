@@ -76,7 +76,7 @@ from equicare.ope._stream_sums import (
 from equicare.utils import ROW_BLOCK_ELEMENTS, row_blocks
 
 __all__ = ["STREAM_Q_MODELS", "stream_q_config", "evaluate_stream_q", "fit_q_stream",
-           "StreamQFit", "QValues", "AUTO_MESSAGE"]
+           "choose_cells_stream", "StreamQFit", "QValues", "AUTO_MESSAGE"]
 
 #: Q-models that stream (LSTD fixed points).
 STREAM_Q_MODELS: tuple[str, ...] = ("linear", "tabular_stationary")
@@ -84,6 +84,33 @@ STREAM_Q_MODELS: tuple[str, ...] = ("linear", "tabular_stationary")
 AUTO_MESSAGE = (
     "q_model='auto' does not stream (it chooses among Q-models by cross-fitting on the whole "
     "panel): name one of {models} to stream {keys}.")
+
+
+def choose_cells_stream(source: Any, cfg: FQEConfig, *, sample_rows: int, seed: int
+                        ) -> tuple[FQEConfig, dict[str, Any]]:
+    """The streamed table's cells, chosen on a random sample of whole episodes (one pass).
+
+    :func:`equicare.data.choose_cells` on about ``sample_rows`` rows of whole episodes (the
+    sample of :func:`equicare.ope._stream_behavior.fit_behavior_stream`, with the same
+    seed): the columns that change the dynamics given the others. Returns the config with
+    those cells (unchanged when none is dropped) and the choice with the sample's size.
+    """
+    import dataclasses
+
+    from equicare.data import choose_cells
+    from equicare.ope._stream_behavior import _concat, _sample_chunk
+
+    rate = min(1.0, float(sample_rows) / max(int(source.n_rows), 1))
+    sample, _ = source.map_reduce(functools.partial(_sample_chunk, rate=rate, seed=seed))
+    if not sample.parts:  # a sample without episodes says nothing: keep every column
+        return cfg, {"columns": None, "dropped": [], "sample_rate": rate, "sample_rows": 0}
+    data = _concat(sample.parts)
+    choice = choose_cells(data, random_state=seed)
+    info = {**choice.to_dict(), "sample_rate": rate, "sample_episodes": int(data.n_episodes),
+            "sample_rows": int(data.n_steps)}
+    if choice.dropped:
+        cfg = dataclasses.replace(cfg, cells=choice.columns)
+    return cfg, info
 
 
 def stream_q_config(q_model: Any, keys: Sequence[str] = ("fqe", "dr", "wdr")) -> FQEConfig:
