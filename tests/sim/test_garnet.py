@@ -162,6 +162,44 @@ def test_cli_writes_loadable_files(tmp_path) -> None:
     assert CliRunner().invoke(app, [*args, "--force"]).exit_code == 0
 
 
+def test_cli_sites_add_a_column_that_changes_nothing(tmp_path) -> None:
+    """``--sites 12``: a categorical ``site`` per episode; the rest of the panel, the policies
+    and the truth are those without it, and evaluate's table pools over the site."""
+    from typer.testing import CliRunner
+
+    from equicare.cli import app
+    from equicare.data import load_dataset
+    from equicare.ope import evaluate
+    from equicare.policy import FilePolicy
+
+    base = ["synth", "--sim", "garnet", "--states", "50", "--actions", "5", "--episodes", "400",
+            "--seed", "2"]
+    assert CliRunner().invoke(app, [*base, "--out", str(tmp_path / "a")]).exit_code == 0
+    res = CliRunner().invoke(app, [*base, "--sites", "12", "--out", str(tmp_path / "b")])
+    assert res.exit_code == 0, res.output
+    a = load_dataset(tmp_path / "a" / "panel.parquet", tmp_path / "a" / "manifest.toml")
+    b = load_dataset(tmp_path / "b" / "panel.parquet", tmp_path / "b" / "manifest.toml")
+    assert b.categorical_names == ("state", "site") and len(b.categorical_levels[1]) == 12
+    np.testing.assert_array_equal(a.categorical[:, 0], b.categorical[:, 0])
+    np.testing.assert_array_equal(a.actions, b.actions)
+    site = b.categorical[:, 1]
+    assert (site == site[b.episode_offsets[:-1]][b.episode_index]).all()  # one per episode
+    ta = json.loads((tmp_path / "a" / "truth.json").read_text())
+    tb = json.loads((tmp_path / "b" / "truth.json").read_text())
+    assert tb["site"]["levels"] == 12
+    assert {k: v["value"] for k, v in ta["policies"].items()} == {
+        k: v["value"] for k, v in tb["policies"].items()}
+    pol = FilePolicy(tmp_path / "b" / tb["policies"]["soft_optimal"]["file"])
+    kw = {"estimators": "fqe", "q_model": "tabular_stationary", "bootstrap": 0, "groups": [],
+          "diagnose_support": False}
+    res_b = evaluate(b, pol, **kw)
+    assert res_b.q_model is not None and res_b.q_model["chosen"] == "tabular_stationary[state]"
+    res_a = evaluate(a, pol, **kw)
+    assert res_b.estimates["fqe"].value == pytest.approx(res_a.estimates["fqe"].value, rel=1e-9)
+    res = CliRunner().invoke(app, ["synth", "--sites", "3", "--out", str(tmp_path / "c")])
+    assert res.exit_code == 2 and "--sites" in res.output
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["s700_a25_g1", "s700_a100_g1", "s5000_a25_g099",
                                   "s5000_a100_g1"])

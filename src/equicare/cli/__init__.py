@@ -102,6 +102,9 @@ def synth(
     gamma: Annotated[float | None, typer.Option(help="garnet: discount in (0, 1].")] = None,
     preset: Annotated[str | None, typer.Option(
         help="garnet: named configuration, e.g. s700_a25_g1.")] = None,
+    sites: Annotated[int | None, typer.Option(
+        min=1, help="garnet: add a categorical state 'site' with this many levels, one per "
+                    "episode, that changes nothing (the tables should pool over it).")] = None,
     force: Force = False,
     json_out: JsonOut = False,
     threads: Threads = "auto",
@@ -112,6 +115,9 @@ def synth(
 
     Example: equicare synth --sim garnet --states 700 --actions 25 --episodes 5000 --seed 1
     --out garnet/
+
+    Example: equicare synth --sim garnet --preset s700_a25_g1 --sites 30 --episodes 5000
+    --out garnet_sites/
     """
     from equicare.data import load_dataset
 
@@ -126,7 +132,8 @@ def synth(
     if kind != "garnet":
         not_applicable({"--episodes": episodes is not None, "--states": states is not None,
                         "--actions": actions is not None, "--gamma": gamma is not None,
-                        "--preset": preset is not None}, f"--sim {kind}")
+                        "--preset": preset is not None, "--sites": sites is not None},
+                       f"--sim {kind}")
     panel_path = out / ("panel" if part_members is not None else "panel.parquet")
     check_out_paths([panel_path, out / "manifest.toml"], force)
     extra: dict[str, object] = {}
@@ -153,7 +160,7 @@ def synth(
 
             res = synth_garnet_cli(out, episodes=episodes or members, states=states,
                                    actions=actions, gamma=gamma, preset=preset, seed=seed,
-                                   force=force)
+                                   force=force, sites=sites or 0)
             panel, manifest = res["panel"], res["manifest"]
         elif kind == "care":
             from equicare.sim._care_cli import synth_care

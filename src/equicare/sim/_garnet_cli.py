@@ -31,11 +31,12 @@ TRUTH_FILE = "truth.json"
 POLICY_DIR = "policies"
 
 
-def garnet_manifest(config: GarnetConfig) -> Manifest:
-    """The Contract-1 manifest of a Garnet panel."""
+def garnet_manifest(config: GarnetConfig, sites: int = 0) -> Manifest:
+    """The Contract-1 manifest of a Garnet panel (``sites``: a second categorical ``site``)."""
     return Manifest.from_dict({
         "dataset": {"episode": "episode", "time": "t", "states": ["severity"],
-                    "categorical_states": ["state"], "groups": ["group"],
+                    "categorical_states": ["state", "site"] if sites else ["state"],
+                    "groups": ["group"],
                     "terminal": "terminal", "behavior_prob": "propensity",
                     "gamma": float(config.gamma)},
         "actions": {"action": {"levels": int(config.n_actions)}},
@@ -128,9 +129,15 @@ def garnet_truth(mdp: GarnetMDP, panel: GarnetPanel,
     return out
 
 
+def site_column(n_episodes: int, sites: int, seed: int) -> NDArray[np.int64]:
+    """A care site per episode, uniform over ``sites`` levels (seeded; ``seed + 7919``)."""
+    return np.asarray(np.random.default_rng(seed + 7919).integers(0, sites, n_episodes),
+                      dtype=np.int64)
+
+
 def synth_garnet(out_dir: str | os.PathLike[str], *, config: GarnetConfig | None = None,
-                 n_episodes: int = 5000, seed: int = 0, overwrite: bool = False
-                 ) -> dict[str, Any]:
+                 n_episodes: int = 5000, seed: int = 0, overwrite: bool = False,
+                 sites: int = 0) -> dict[str, Any]:
     """Generate a Garnet test-bed panel and write it with its manifest, policies and truth.
 
     Writes ``panel.parquet``, ``manifest.toml``, ``policies/<family>.parquet`` (long form
@@ -145,6 +152,11 @@ def synth_garnet(out_dir: str | os.PathLike[str], *, config: GarnetConfig | None
         Episodes; seed of the MDP and of the episodes (see :func:`garnet_panel`).
     overwrite : bool
         Replace existing files; otherwise any existing target raises before anything is written.
+    sites : int
+        With ``sites > 0`` a second categorical state column ``site`` (``site00``, ...): one
+        level per episode, drawn uniformly, that changes nothing in the dynamics, the behaviour
+        or the target policies (so ``truth.json`` holds). Real panels carry such columns; the
+        tables of ``evaluate``, SPIBB and PVI should pool over it (docs/ope.md, "Cells").
 
     Returns
     -------
@@ -163,9 +175,15 @@ def synth_garnet(out_dir: str | os.PathLike[str], *, config: GarnetConfig | None
                 raise FileExistsError(f"{t} exists; refusing to overwrite (pass --force).")
     d.mkdir(parents=True, exist_ok=True)
     (d / POLICY_DIR).mkdir(exist_ok=True)
+    frame = garnet_frame(mdp, panel)
+    if sites:
+        site = site_column(panel.n_episodes, sites, seed)
+        width = len(str(sites - 1))
+        frame["site"] = pd.Categorical.from_codes(
+            site[panel.episode], categories=[f"site{j:0{width}d}" for j in range(sites)])
     with atomic_write(d / PANEL_FILE, "wb") as fh:
-        garnet_frame(mdp, panel).to_parquet(fh, index=False)
-    atomic_write_text(d / MANIFEST_FILE, garnet_manifest(cfg).to_toml())
+        frame.to_parquet(fh, index=False)
+    atomic_write_text(d / MANIFEST_FILE, garnet_manifest(cfg, sites).to_toml())
     paths = {}
     for name, pi in policies.items():
         p = d / POLICY_DIR / f"{name}.parquet"
@@ -174,6 +192,9 @@ def synth_garnet(out_dir: str | os.PathLike[str], *, config: GarnetConfig | None
         paths[name] = str(p)
     truth = garnet_truth(mdp, panel, policies)
     truth["seed"] = int(seed)
+    if sites:
+        truth["site"] = {"levels": int(sites), "effect": "none (drawn per episode; the "
+                         "dynamics, the behaviour and the target policies ignore it)"}
     atomic_write_text(d / TRUTH_FILE, json.dumps(truth, indent=2) + "\n")
     return {"out_dir": str(d), "panel": str(d / PANEL_FILE), "manifest": str(d / MANIFEST_FILE),
             "truth": str(d / TRUTH_FILE), "policies": paths}
@@ -181,7 +202,7 @@ def synth_garnet(out_dir: str | os.PathLike[str], *, config: GarnetConfig | None
 
 def synth_garnet_cli(out_dir: str | os.PathLike[str], *, episodes: int, states: int | None,
                      actions: int | None, gamma: float | None, preset: str | None, seed: int,
-                     force: bool) -> dict[str, Any]:
+                     force: bool, sites: int = 0) -> dict[str, Any]:
     """``equicare synth --sim garnet``: a preset (default ``s700_a25_g1``) with overrides."""
     from dataclasses import replace
 
@@ -198,4 +219,5 @@ def synth_garnet_cli(out_dir: str | os.PathLike[str], *, episodes: int, states: 
     if gamma is not None:
         over["gamma"] = gamma
     cfg = replace(cfg, **over)
-    return synth_garnet(out_dir, config=cfg, n_episodes=episodes, seed=seed, overwrite=force)
+    return synth_garnet(out_dir, config=cfg, n_episodes=episodes, seed=seed, overwrite=force,
+                        sites=sites)
