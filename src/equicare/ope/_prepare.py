@@ -272,8 +272,8 @@ def prepare(
                                    cells=qcfg.cells if isinstance(qcfg, FQEConfig) else None)
         qcfg = candidate_config(selection.chosen)
     q_cells = None
-    if (isinstance(qcfg, FQEConfig) and qcfg.model == "tabular" and qcfg.cells is None
-            and given is None and (needs_q or "bandit_dr" in keys)
+    if (selection is None and isinstance(qcfg, FQEConfig) and qcfg.model == "tabular"
+            and qcfg.cells is None and given is None and (needs_q or "bandit_dr" in keys)
             and dataset.categorical is not None and dataset.categorical.shape[1] > 1):
         q_cells = choose_cells(dataset, random_state=seed)
         if q_cells.dropped:
