@@ -188,3 +188,20 @@ def test_a_pooled_column_the_target_reads_warns_for_its_subgroups():
         res = evaluate(two, pols["soft_optimal"][s], **kw)
         evaluate(two, reads, **{**kw, "groups": []})  # no subgroup by site: nothing to warn
     assert res.q_model is not None and res.q_model["cell_choice"]["target_reads"] == []
+
+
+def test_auto_decides_the_cells_once():
+    """When auto keeps every column (a site with its own dynamics), the fixed-table step of
+    ``prepare`` does not choose the cells again (a second, differently seeded test could
+    disagree with the cells auto scored)."""
+    from equicare.ope._prepare import prepare
+    from tests.ope._garnet import two_site_panel
+
+    two, pe, _ = two_site_panel("s50_a25_g1", 600, seed=5, family="soft_optimal")
+    prep = prepare(two, pe, keys=("fqe",), q_model="auto", random_state=0)
+    assert prep.q_selection is not None and prep.q_selection.cell_choice is not None
+    assert prep.q_selection.cell_choice.dropped == ()
+    assert prep.q_cells is None and prep.q_name == prep.q_selection.chosen
+    fixed = prepare(two, pe, keys=("fqe",), q_model="tabular_stationary", random_state=0)
+    assert fixed.q_cells is not None and fixed.q_cells.dropped == ()
+    assert fixed.q_name == "tabular_stationary"
