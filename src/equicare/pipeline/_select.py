@@ -398,8 +398,22 @@ def _fit(algo: str, params: dict[str, Any], data: Any) -> Any:
     return learner.fit(data, progress=False)
 
 
+def _unseen(dataset: Any, valid: Any) -> Any:
+    """Actions never logged in the panel at each held-out row's categorical levels.
+
+    Shape ``(valid.n_steps, n_actions)``; None without categorical states.
+    """
+    import numpy as np
+
+    from equicare.ope._support import CellObserved
+
+    if dataset.categorical is None or dataset.categorical.shape[1] == 0:
+        return None
+    return ~CellObserved(dataset).at(np.asarray(valid.categorical, dtype=np.int64))
+
+
 def _off_support_pct(dataset: Any, valid: Any, policy: Any,
-                     baseline: Any = None) -> float | None:
+                     baseline: Any = None, unseen: Any = None) -> float | None:
     """Share (%) of the policy's held-out mass on (state, action) pairs never logged at all.
 
     The pairs are counted over the whole panel (training and held-out episodes), so a pair is
@@ -410,15 +424,16 @@ def _off_support_pct(dataset: Any, valid: Any, policy: Any,
     ``baseline`` (the candidate's own training baseline, :func:`_own_baseline`), a row's mass
     off the support counts only beyond the baseline's own there: with the known-baseline
     estimate (``behavior="known"``) the clinicians' unlogged remainder is theirs, not the
-    candidate's. None when the states have no categorical cells.
+    candidate's. None when the states have no categorical cells. ``unseen``:
+    :func:`_unseen` of ``(dataset, valid)``, when already computed (it is the same for every
+    candidate).
     """
     import numpy as np
 
-    from equicare.ope._support import CellObserved
-
-    if dataset.categorical is None or dataset.categorical.shape[1] == 0:
+    if unseen is None:
+        unseen = _unseen(dataset, valid)
+    if unseen is None:
         return None
-    unseen = ~CellObserved(dataset).at(np.asarray(valid.categorical, dtype=np.int64))
     probs = np.asarray(policy.action_probs(valid), dtype=np.float64)
     off = (probs * unseen).sum(axis=1)
     if baseline is not None:
@@ -657,6 +672,7 @@ def select_policy(dataset: Any, config: SelectConfig | None = None, *,
         return _Completed(policy, beh.policy_) if refit and hasattr(policy, "cell_index") \
             else policy
 
+    unseen_f = [_unseen(dataset, va) for _, va, _ in folds]  # the same for every candidate
     rows: list[Candidate] = []
     fitted: dict[str, Any] = {}
     behavior_value = math.nan
@@ -683,8 +699,9 @@ def select_policy(dataset: Any, config: SelectConfig | None = None, *,
         ho = parts[0] if len(parts) == 1 else _cross_fitted(parts, ecfg)
         behavior_value, behavior_ci = ho.behavior_value, ho.behavior_ci
         lcb, gain = ho.lcb, ho.lcb_gain
-        offs = [_off_support_pct(dataset, va, judged(ln.policy_), judged(_own_baseline(ln)))
-                for (_, va, _), ln in zip(folds, learners, strict=True)]
+        offs = [_off_support_pct(dataset, va, judged(ln.policy_), judged(_own_baseline(ln)),
+                                 unseen=u)
+                for (_, va, _), ln, u in zip(folds, learners, unseen_f, strict=True)]
         off = ho.support_pct if offs[0] is None else max(o for o in offs if o is not None)
         note = None
         if off > cfg.max_off_support_pct:  # no OPE bound is trustworthy off the support
