@@ -32,7 +32,8 @@ from equicare.data import TrajectoryDataset
 from equicare.ope._resample import _GOLDEN, _SEED_MIX, _splitmix64, episode_keys
 from equicare.policy._behavior import BehaviorModel
 
-__all__ = ["StreamBehavior", "fit_behavior_stream", "sample_mask", "SAMPLE_ROWS"]
+__all__ = ["StreamBehavior", "fit_behavior_stream", "sample_mask", "sample_episodes",
+           "SAMPLE_ROWS"]
 
 #: Default rows of the behaviour model's sample of episodes.
 SAMPLE_ROWS = 1_000_000
@@ -84,6 +85,20 @@ def _concat(parts: list[TrajectoryDataset]) -> TrajectoryDataset:
         mediators=cat("mediators"),
         extras={k: np.concatenate([p.extras[k] for p in parts]) for k in first.extras},
         _cache={})
+
+
+def sample_episodes(source: Any, sample_rows: int, seed: int
+                    ) -> tuple[TrajectoryDataset | None, float]:
+    """About ``sample_rows`` rows of whole episodes of ``source`` (one pass), and the rate.
+
+    The sample is a pure function of (seed, episode id, rate) (:func:`sample_mask`); None when
+    it has no episode.
+    """
+    import functools
+
+    rate = min(1.0, float(sample_rows) / max(int(source.n_rows), 1))
+    sample, _ = source.map_reduce(functools.partial(_sample_chunk, rate=rate, seed=seed))
+    return (_concat(sample.parts) if sample.parts else None), rate
 
 
 @dataclass(frozen=True, eq=False)
@@ -162,18 +177,14 @@ def fit_behavior_stream(source: Any, *, model: Any = "logistic", sample_rows: in
     -------
     StreamBehavior
     """
-    import functools
-
     from sklearn.base import clone
 
     if isinstance(sample_rows, bool) or not isinstance(sample_rows, int) or sample_rows < 1:
         raise ValueError(f"behavior_sample_rows must be an int >= 1; got {sample_rows!r}.")
-    rate = min(1.0, float(sample_rows) / max(int(source.n_rows), 1))
-    sample, _ = source.map_reduce(functools.partial(_sample_chunk, rate=rate, seed=seed))
-    if not sample.parts:
+    data, rate = sample_episodes(source, sample_rows, seed)
+    if data is None:
         raise ValueError(f"The behaviour model's sample (rate {rate:.3g}) has no episode; "
                          "raise behavior_sample_rows.")
-    data = _concat(sample.parts)
     bm = clone(model) if isinstance(model, BehaviorModel) else BehaviorModel(
         estimator=model, random_state=seed)
     bm.fit(data)

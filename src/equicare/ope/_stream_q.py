@@ -98,13 +98,11 @@ def choose_cells_stream(source: Any, cfg: FQEConfig, *, sample_rows: int, seed: 
     import dataclasses
 
     from equicare.data import choose_cells
-    from equicare.ope._stream_behavior import _concat, _sample_chunk
+    from equicare.ope._stream_behavior import sample_episodes
 
-    rate = min(1.0, float(sample_rows) / max(int(source.n_rows), 1))
-    sample, _ = source.map_reduce(functools.partial(_sample_chunk, rate=rate, seed=seed))
-    if not sample.parts:  # a sample without episodes says nothing: keep every column
+    data, rate = sample_episodes(source, sample_rows, seed)
+    if data is None:  # a sample without episodes says nothing: keep every column
         return cfg, {"columns": None, "dropped": [], "sample_rate": rate, "sample_rows": 0}
-    data = _concat(sample.parts)
     choice = choose_cells(data, random_state=seed)
     info = {**choice.to_dict(), "sample_rate": rate, "sample_episodes": int(data.n_episodes),
             "sample_rows": int(data.n_steps)}
