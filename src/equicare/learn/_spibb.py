@@ -304,9 +304,9 @@ class SPIBB:
             raise DataValidationError(MSG_NOT_DISCRETE)
         msg = thin_cells_message(dataset, f"{type(self).__name__}'s cells", columns,
                                  None if cfg.cells != "auto" else
-                                 "cells='auto' kept every column (each changes the dynamics "
-                                 "given the others); name fewer with cells=(...) if some do "
-                                 "not define the clinical state.")
+                                 "cells='auto' kept these columns (each changes the "
+                                 "dynamics given the others); name fewer with cells=(...) if "
+                                 "some do not define the clinical state.")
         if msg is not None:
             warnings.warn(msg, DataWarning, stacklevel=3)
         codes, levels = cell_codes(dataset, columns, numeric, edges)
