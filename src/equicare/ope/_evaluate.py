@@ -623,12 +623,10 @@ def _evaluate(
     q_info = None if prep.qfit is None else {"seconds": prep.qfit.seconds, **prep.qfit.info}
     if q_info is not None and prep.q_selection is not None:
         q_info.update(prep.q_selection.to_dict())
-        if q_info.get("cell_choice") is not None:
-            q_info["cell_choice"]["target_reads"] = read_pooled
     elif q_info is not None:
         q_info["chosen"] = "given" if q is not None else (prep.q_name or q_model_name(qcfg))
-        if prep.q_cells is not None:
-            q_info["cell_choice"] = {**prep.q_cells.to_dict(), "target_reads": read_pooled}
+    if q_info is not None and prep.cell_choice is not None:
+        q_info["cell_choice"] = {**prep.cell_choice.to_dict(), "target_reads": read_pooled}
     return EvaluationResult(
         n_episodes=dataset.n_episodes, n_steps=dataset.n_steps, gamma=float(dataset.gamma),
         behavior=beh, estimates=ests, ess=ess, support=support, groups=group_out,
@@ -645,7 +643,7 @@ def _pooled_columns_read(prep: Prepared, dataset: TrajectoryDataset, attrs: Sequ
     """
     from equicare.data._cells import policy_reads
 
-    choice = prep.q_cells if prep.q_selection is None else prep.q_selection.cell_choice
+    choice = prep.cell_choice
     if choice is None or not choice.dropped:
         return []
     kept = choice.columns

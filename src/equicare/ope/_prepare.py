@@ -182,6 +182,11 @@ class Prepared:
     q_name: str | None = None
 
     @property
+    def cell_choice(self) -> CellChoice | None:
+        """How the tables' cells were chosen: by ``auto`` or for a fixed table (or None)."""
+        return self.q_cells if self.q_selection is None else self.q_selection.cell_choice
+
+    @property
     def q_linearised(self) -> bool:
         """Whether the Q-model's refit enters the bootstrap (LSTD-type Q-models)."""
         return self.qfit is not None and self.qfit.lstd is not None
