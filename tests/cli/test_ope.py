@@ -161,3 +161,9 @@ def test_q_model_line_says_which_columns_the_tables_pool_over():
     assert ("The tables pool over site: given state and the action it does not improve the "
             "held-out log-likelihood of the next state, end and reward (per episode: site "
             "-0.31 (SE 0.012))") in line
+    q["per_level"] = {"site": {"policy": "empirical", "backed_off": {"0": 0.08}}}
+    line = q_model_line(SimpleNamespace(q_model=q))
+    assert line is not None and line.endswith(
+        "The target policy reads site: the subgroups by site refit the Q-model per level with "
+        "that level's policy (the level's own target probabilities per cell, the pooled ones "
+        "where the level never goes)")

@@ -236,3 +236,126 @@ def cell_policy_value(mdp: GarnetMDP, model: object, data: TrajectoryDataset,
                    groups={k: np.asarray(v)[:1].repeat(n) for k, v in data.groups.items()},
                    categorical=cat, behavior_prob=np.ones(n), _cache={})
     return float(mdp.value(model.action_probs(rows)))  # type: ignore[attr-defined]
+
+
+class SitePolicy:
+    """The first half of the sites follow ``good``, the others ``poor`` (per Garnet state)."""
+
+    def __init__(self, good: np.ndarray, poor: np.ndarray, n_sites: int) -> None:
+        self.good, self.poor, self.half = good, poor, n_sites // 2
+
+    def action_probs(self, dataset: TrajectoryDataset) -> np.ndarray:
+        assert dataset.categorical is not None
+        s, site = dataset.categorical[:, 0], dataset.categorical[:, 1]
+        return np.where((site < self.half)[:, None], self.good[s], self.poor[s])
+
+
+def site_panel(n_episodes: int, seed: int, n_sites: int = 10, preset: str = "s50_a25_g1",
+               family: str = "soft_optimal", site_seed: int = 2
+               ) -> tuple[TrajectoryDataset, SitePolicy, np.ndarray, dict[str, np.ndarray]]:
+    """A Garnet panel with an irrelevant ``site`` (also a subgroup attribute), a target that
+    reads it (half the sites follow ``family``, half the behaviour) and each site's exact
+    value."""
+    from dataclasses import replace
+
+    mdp, ds, pols = make(preset, n_episodes, seed=seed)
+    site_ep = np.random.default_rng(site_seed).integers(0, n_sites, ds.n_episodes)
+    two = with_site(ds, site_ep)
+    two = replace(two, groups={**two.groups, "site": site_ep.astype(str)}, _cache={})
+    policy = SitePolicy(pols[family], pols["behavior"], n_sites)
+    truth = np.where(np.arange(n_sites) < n_sites // 2, mdp.value(pols[family]),
+                     mdp.value(pols["behavior"]))
+    return two, policy, truth, pols
+
+
+def per_level_records(presets: tuple[str, ...], families: tuple[str, ...],
+                      seeds: tuple[int, ...], n_episodes: int = 5000, n_boot: int = 200
+                      ) -> list[dict[str, object]]:
+    """Per-site FQE, DR and WDR of :func:`site_panel` panels (30 sites with 700 states, else
+    10): pooled table (the per-level refit switched off), refitted per level from the policy's
+    probabilities (empirical) and from the policy object (counterfactual). One record per
+    (panel, mode, estimator): mean |error| over sites, mean error of each half, coverage."""
+    import warnings
+
+    import equicare.ope._levels as levels
+    from equicare.ope import evaluate
+
+    refits = levels.refits_per_level
+    recs: list[dict[str, object]] = []
+    try:
+        for preset in presets:
+            n_sites = 30 if preset.startswith("s700") else 10
+            for fam in families:
+                for seed in seeds:
+                    two, pol, truth, _ = site_panel(n_episodes, seed, n_sites, preset, fam,
+                                                    site_seed=seed + 7)
+                    probs = pol.action_probs(two)
+                    for mode in ("pooled", "empirical", "counterfactual"):
+                        levels.refits_per_level = (  # type: ignore[assignment]
+                            (lambda prep: False) if mode == "pooled" else refits)
+                        with warnings.catch_warnings():
+                            warnings.simplefilter("ignore")
+                            res = evaluate(two, pol if mode == "counterfactual" else probs,
+                                           estimators=("fqe", "dr", "wdr"), bootstrap=n_boot,
+                                           random_state=0, groups=["site"],
+                                           diagnose_support=False)
+                        for k in ("fqe", "dr", "wdr"):
+                            est = [res.groups["site"][str(lv)].estimates[k]
+                                   for lv in range(n_sites)]
+                            err = np.array([e.value for e in est]) / truth - 1
+                            recs.append({
+                                "preset": preset, "family": fam, "seed": seed, "mode": mode,
+                                "est": k, "abs": float(np.abs(err).mean()),
+                                "a": float(err[: n_sites // 2].mean()),
+                                "b": float(err[n_sites // 2:].mean()),
+                                "cover": float(np.mean([
+                                    e.ci[0] <= t <= e.ci[1]
+                                    for e, t in zip(est, truth, strict=True)]))})
+    finally:
+        levels.refits_per_level = refits  # type: ignore[assignment]
+    return recs
+
+
+def subgroup_coverage_records(presets: tuple[str, ...], seeds: tuple[int, ...],
+                              n_episodes: int = 1000, n_boot: int = 200
+                              ) -> list[dict[str, object]]:
+    """Per-subgroup (initial-state strata) intervals of FQE, DR and WDR against the exact group
+    values, with the Q-model's refit (``"refit"``) and held fixed within subgroups
+    (``"fixed"``: the other episodes' share switched off and no own terms)."""
+    import warnings
+
+    import equicare.ope._evaluate as ev
+    from equicare.ope import evaluate
+
+    refit = ev._subgroup_q_refit
+    recs: list[dict[str, object]] = []
+    try:
+        for preset in presets:
+            for seed in seeds:
+                mdp, ds, pols = make(preset, n_episodes, seed=seed)
+                for fam in SUPPORTED:
+                    truth = mdp.group_values(pols[fam])
+                    pe = pols[fam][ds.categorical[:, 0]]
+                    for mode in ("fixed", "refit"):
+                        ev._subgroup_q_refit = refit if mode == "refit" else (  # type: ignore
+                            lambda prep, parts, ep, tr, no: (
+                                parts, np.zeros((prep.inputs.n_episodes - ep.size, 0))))
+                        with warnings.catch_warnings():
+                            warnings.simplefilter("ignore")
+                            res = evaluate(ds, pe, estimators=("fqe", "dr", "wdr"),
+                                           bootstrap=n_boot, random_state=seed,
+                                           groups=["group"], diagnose_support=False)
+                        for lv, g in res.groups["group"].items():
+                            if g.suppressed:
+                                continue
+                            t = truth["g" + lv]
+                            for k in ("fqe", "dr", "wdr"):
+                                e = g.estimates[k]
+                                recs.append({"preset": preset, "seed": seed, "family": fam,
+                                             "mode": mode, "level": lv, "est": k,
+                                             "err": e.value / t - 1,
+                                             "width": (e.ci[1] - e.ci[0]) / t,
+                                             "cover": bool(e.ci[0] <= t <= e.ci[1])})
+    finally:
+        ev._subgroup_q_refit = refit  # type: ignore[assignment]
+    return recs

@@ -8,6 +8,7 @@ import pytest
 from equicare.exceptions import InvalidParameterError
 from equicare.ope import evaluate
 from equicare.ope._bootstrap import (
+    Shift,
     bootstrap_counts,
     bootstrap_replicates,
     estimates_with_ci,
@@ -112,3 +113,33 @@ def test_evaluate_with_studentized_intervals_covers_the_exact_value():
         assert lo <= truth <= hi, (k, lo, hi, truth)
     with pytest.raises(InvalidParameterError):
         evaluate(data, TabularPolicy(TARGET), ci_method="t", groups=[])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("method", ["percentile", "studentized", "bca"])
+def test_a_shift_moves_the_replicates_and_adds_its_variance(parts, method):
+    """An independent replicate term (a subgroup's other episodes' share of the Q-model refit)
+    enters every interval method; a zero term changes nothing."""
+    counts = bootstrap_counts(parts.matrix.shape[0], 400, 0)
+    base = estimates_with_ci(parts, n_boot=400, method=method, counts=counts)
+    zero = Shift(replicates={"fqe": np.zeros(400)}, variance={"fqe": 0.0})
+    same = estimates_with_ci(parts, n_boot=400, method=method, counts=counts, shift=zero)
+    assert same["fqe"].ci == pytest.approx(base["fqe"].ci, abs=1e-15)
+    sd = 3 * base["fqe"].se
+    term = np.random.default_rng(1).normal(0.0, sd, 400)
+    wide = estimates_with_ci(parts, n_boot=400, method=method, counts=counts,
+                             shift=Shift(replicates={"fqe": term}, variance={"fqe": sd**2}))
+    assert wide["fqe"].value == base["fqe"].value
+    width = wide["fqe"].ci[1] - wide["fqe"].ci[0]
+    # the combined standard deviation is sqrt(1 + 9) = 3.16 times the parts' own
+    assert 2.6 < width / (base["fqe"].ci[1] - base["fqe"].ci[0]) < 3.8
+    assert wide["fqe"].se == pytest.approx(np.sqrt(base["fqe"].se ** 2 + term.var()), rel=0.1)
+    assert wide["wis"].ci == base["wis"].ci  # estimators without a term are untouched
+
+
+def test_a_shift_widens_the_jackknife_interval(parts):
+    base = estimates_with_ci(parts, n_boot=0)
+    se = base["dr"].se
+    wide = estimates_with_ci(parts, n_boot=0, shift=Shift(replicates={},
+                                                          variance={"dr": (2 * se) ** 2}))
+    assert wide["dr"].se == pytest.approx(np.sqrt(5) * se)
+    assert wide["fqe"].se == base["fqe"].se

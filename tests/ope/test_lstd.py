@@ -241,3 +241,57 @@ def test_a_closed_loop_without_reward_keeps_theta_and_solves_its_adjoint():
     assert np.isfinite(z).all()
     np.testing.assert_allclose(z[2:], 0.5, rtol=1e-8)
     assert np.all(z[:2] > 1e6)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=["tabular_stationary", "linear", "tabular_window"])
+def test_a_subgroups_linearised_refit_is_the_derivative_of_refitting(cfg):
+    """A subgroup's estimates move with the Q-model refitted on every episode: its own
+    episodes' terms (in the parts) plus the other episodes' effects match refits to first
+    order, for a perturbation that keeps each stratum's total weight (the stratified
+    bootstrap's)."""
+    from equicare.ope._core import combine
+    from equicare.ope._evaluate import _subgroup_q_refit
+
+    _, ds, pols = make("s50_a5_g099", 300, seed=3)
+    pe = pols["soft_optimal"][ds.categorical[:, 0]]
+    prep = prepare(ds, pe, keys=("fqe", "dr", "wdr"), q_model=cfg)
+    labels = ds.group_labels("group")
+    g = np.flatnonzero(labels == np.unique(labels)[0])
+    assert 30 < g.size < ds.n_episodes - 30
+    keys = ("fqe", "dr", "wdr")
+    parts_g, other = _subgroup_q_refit(prep, episode_parts(prep.inputs.subset(g), keys), g,
+                                       None, "absorbing")
+    assert other.shape == (ds.n_episodes - g.size, 3)
+    # centred terms: the point estimates are those without the refit
+    plain = combine(parts_g, parts_g.matrix.sum(axis=0), np.asarray(float(g.size)))
+    no_refit = episode_parts(prep.inputs.subset(g), keys)
+    for k, v in combine(no_refit, no_refit.matrix.sum(axis=0),
+                        np.asarray(float(g.size))).items():
+        assert float(plain[k]) == pytest.approx(float(v), rel=1e-12), k
+    rng = np.random.default_rng(0)
+    u = rng.standard_normal(ds.n_episodes)
+    in_g = np.zeros(ds.n_episodes, dtype=bool)
+    in_g[g] = True
+    u[in_g] -= u[in_g].mean()
+    u[~in_g] -= u[~in_g].mean()
+    eps = 1e-4
+
+    def linear(sign: float) -> dict[str, float]:
+        w = 1 + sign * eps * u
+        est = combine(parts_g, w[g] @ parts_g.matrix, np.asarray(w[g].sum()))
+        shift = (w[~in_g] - 1) @ other
+        return {k: float(est[k]) + float(shift[j]) for j, k in enumerate(keys)}
+
+    def refit(sign: float) -> dict[str, float]:
+        w = 1 + sign * eps * u
+        fit = fit_fqe_logged(ds, pe, cfg, weights=w[ds.episode_index])
+        parts = episode_parts(prep.inputs.with_q(fit.q_sa, fit.v).subset(g), keys)
+        est = combine(parts, w[g] @ parts.matrix, np.asarray(w[g].sum()))
+        return {k: float(v) for k, v in est.items()}
+
+    lin_up, lin_dn, up, dn = linear(1.0), linear(-1.0), refit(1.0), refit(-1.0)
+    for k in keys:
+        exact = (up[k] - dn[k]) / (2 * eps)
+        lin = (lin_up[k] - lin_dn[k]) / (2 * eps)
+        assert abs(exact) > 1e-3, k  # the refit moves the subgroup's estimate
+        assert lin == pytest.approx(exact, rel=1e-4, abs=1e-6), k

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -161,33 +160,6 @@ def test_cells_name_categorical_columns_of_a_table():
                  groups=[])
     with pytest.raises(InvalidParameterError, match="q_model"):
         evaluate(ds, pe, q_model="linear[state]", estimators="fqe", bootstrap=0, groups=[])
-
-
-def test_a_pooled_column_the_target_reads_warns_for_its_subgroups():
-    """A site that is also a subgroup attribute and that the target policy reads (half the
-    sites follow the family, half the behaviour): the tables pool over it (the dynamics do not
-    change with it) and evaluate warns that the per-site estimates carry the pooled values'
-    error; a target that does not read it draws no warning."""
-    from equicare.exceptions import DataWarning
-    from tests.ope._garnet import with_site
-
-    mdp, ds, pols = make("s50_a25_g1", 1500, seed=4)
-    site_ep = np.random.default_rng(2).integers(0, 10, ds.n_episodes)
-    two = with_site(ds, site_ep)
-    two = replace(two, groups={**two.groups, "site": site_ep.astype(str)}, _cache={})
-    s, site = ds.categorical[:, 0], two.categorical[:, 1]
-    reads = np.where((site < 5)[:, None], pols["soft_optimal"][s], pols["behavior"][s])
-    kw = {"estimators": ("fqe",), "bootstrap": 0, "random_state": 0, "groups": ["site"],
-          "diagnose_support": False}
-    with pytest.warns(DataWarning, match=r"The Q-tables pool over site .*the target policy "
-                      r"reads site.*--q-cells state,site"):
-        res = evaluate(two, reads, **kw)
-    assert res.q_model is not None and res.q_model["cell_choice"]["target_reads"] == ["site"]
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", DataWarning)
-        res = evaluate(two, pols["soft_optimal"][s], **kw)
-        evaluate(two, reads, **{**kw, "groups": []})  # no subgroup by site: nothing to warn
-    assert res.q_model is not None and res.q_model["cell_choice"]["target_reads"] == []
 
 
 def test_auto_decides_the_cells_once():

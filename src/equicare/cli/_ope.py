@@ -329,6 +329,12 @@ def q_model_line(res: EvaluationResult) -> str | None:
         line += (f". The tables pool over {', '.join(choice['dropped'])}: given "
                  f"{', '.join(choice['columns'])} and the action it does not improve the held-out "
                  f"log-likelihood of the next state, end and reward (per episode: {why})")
+    for col, lv in (q.get("per_level") or {}).items():
+        how = ("the policy asked at every state with the level set" if lv["policy"] ==
+               "counterfactual" else "the level's own target probabilities per cell, the "
+               "pooled ones where the level never goes")
+        line += (f". The target policy reads {col}: the subgroups by {col} refit the Q-model "
+                 f"per level with that level's policy ({how})")
     return line
 
 

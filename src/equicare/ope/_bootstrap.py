@@ -13,7 +13,7 @@ second). :func:`refit_bootstrap` refits them inside every replicate through an e
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -27,6 +27,7 @@ from equicare.utils import RandomState, check_param, check_random_state
 
 __all__ = [
     "Estimate",
+    "Shift",
     "CIMethod",
     "Executor",
     "bootstrap_counts",
@@ -247,7 +248,8 @@ def studentized_interval(point: float, reps: NDArray[np.float64], se_reps: NDArr
 
 def studentized_intervals(parts: EpisodeParts, counts: NDArray[np.float64],
                           reps: dict[str, NDArray[np.float64]], alpha: float = 0.05,
-                          sums: NDArray[np.float64] | None = None
+                          sums: NDArray[np.float64] | None = None,
+                          extra_var: Mapping[str, float] | None = None
                           ) -> dict[str, tuple[float, float]]:
     r"""Symmetric bootstrap-t intervals (Hall 1988) of every estimator in ``parts``.
 
@@ -272,6 +274,8 @@ def studentized_intervals(parts: EpisodeParts, counts: NDArray[np.float64],
     studentised with the rest. ``counts`` may be multinomial counts or Poisson weights (the
     streamed engine computes the same sums chunk by chunk, :mod:`equicare.ope._stream`).
     ``sums`` (``counts @ parts.matrix``, shape ``(n_boot, n_parts)``) skips recomputing them.
+    ``extra_var`` adds a variance to every standard error (an independent term already in
+    ``reps``: the other episodes' share of a subgroup's Q-model refit, see :func:`Shift`).
     """
     n = parts.matrix.shape[0]
     point = point_estimates(parts)
@@ -286,9 +290,30 @@ def studentized_intervals(parts: EpisodeParts, counts: NDArray[np.float64],
         xa, xb = ratio_columns(parts.matrix, a, b)
         sb = np.where(b[None, :] < 0, n_all[:, None], s_all[:, np.maximum(b, 0)])
         u, v = influence_coefs(s_all[:, a], sb)
-        se = np.sqrt(squared_influence(xa, xb, u, v, weights))
+        se = np.sqrt(squared_influence(xa, xb, u, v, weights)
+                     + (0.0 if extra_var is None else extra_var.get(k, 0.0)))
         out[k] = studentized_interval(point[k], r, se[1:], float(se[0]), alpha)
     return out
+
+
+@dataclass(frozen=True)
+class Shift:
+    """An independent additive term of some estimators' bootstrap replicates.
+
+    A subgroup's estimate moves with the Q-model's refit on *every* episode: its own episodes'
+    share is in the parts, the other episodes' share is this term (resampled separately: a
+    bootstrap stratified by subgroup membership).
+
+    Attributes
+    ----------
+    replicates : dict of str to ndarray of shape (n_boot,)
+        Added to each estimator's replicates (mean about 0).
+    variance : dict of str to float
+        Its variance, added to every studentising and jackknife standard error.
+    """
+
+    replicates: dict[str, NDArray[np.float64]]
+    variance: dict[str, float]
 
 
 def bootstrap_ci(
@@ -299,6 +324,7 @@ def bootstrap_ci(
     alpha: float = 0.05,
     random_state: RandomState = None,
     counts: NDArray[np.float64] | None = None,
+    shift: Shift | None = None,
 ) -> dict[str, tuple[tuple[float, float], float]]:
     """Episode-level bootstrap intervals of every estimator in ``parts``.
 
@@ -314,6 +340,8 @@ def bootstrap_ci(
     random_state : int, Generator or None
     counts : ndarray of shape (n_boot, n_episodes), optional
         Precomputed replicate counts (to share replicates between calls).
+    shift : Shift, optional
+        An independent term added to some estimators' replicates.
 
     Returns
     -------
@@ -328,9 +356,13 @@ def bootstrap_ci(
         counts = bootstrap_counts(n_ep, n_boot, random_state)
     sums = counts @ parts.matrix
     reps = combine(parts, sums, counts.sum(axis=1))  # bootstrap_replicates, keeping the sums
+    if shift is not None:
+        reps = {k: r + shift.replicates[k] if k in shift.replicates else r
+                for k, r in reps.items()}
     point = point_estimates(parts) if method == "bca" else {}
     jack = jackknife_estimates(parts) if method == "bca" else {}
-    stud = (studentized_intervals(parts, counts, reps, alpha, sums=sums)
+    stud = (studentized_intervals(parts, counts, reps, alpha, sums=sums,
+                                  extra_var=None if shift is None else shift.variance)
             if method == "studentized" else {})
     out: dict[str, tuple[tuple[float, float], float]] = {}
     for k, r in reps.items():
@@ -349,8 +381,13 @@ def estimates_with_ci(
     alpha: float = 0.05,
     random_state: RandomState = None,
     counts: NDArray[np.float64] | None = None,
+    shift: Shift | None = None,
 ) -> dict[str, Estimate]:
-    """Estimate with bootstrap intervals (jackknife normal intervals when ``n_boot == 0``)."""
+    """Estimate with bootstrap intervals (jackknife normal intervals when ``n_boot == 0``).
+
+    ``shift`` adds an independent term to some estimators' replicates and its variance to
+    their standard errors (:class:`Shift`).
+    """
     check_param(n_boot, "n_boot", "estimates_with_ci", kind=int, low=0)
     point = point_estimates(parts)
     n_ep = int(parts.matrix.shape[0])
@@ -362,9 +399,11 @@ def estimates_with_ci(
             j = jack[k]
             ss = float(np.sum((j - j.mean()) ** 2))
             se = float(np.sqrt((n_ep - 1) / n_ep * ss)) if n_ep > 1 else 0.0
+            if shift is not None:
+                se = float(np.sqrt(se**2 + shift.variance.get(k, 0.0)))
             out[k] = Estimate(value=v, ci=(v - z * se, v + z * se), se=se, n_episodes=n_ep)
         return out
     cis = bootstrap_ci(parts, n_boot=max(n_boot, 1), method=method, alpha=alpha,
-                       random_state=random_state, counts=counts)
+                       random_state=random_state, counts=counts, shift=shift)
     return {k: Estimate(value=point[k], ci=cis[k][0], se=cis[k][1], n_episodes=n_ep)
             for k in parts.keys}

@@ -28,6 +28,7 @@ from equicare.ope._bootstrap import (
     CIMethod,
     Estimate,
     Executor,
+    Shift,
     bootstrap_counts,
     estimates_with_ci,
     percentile_interval,
@@ -132,7 +133,8 @@ class EvaluationResult:
     behavior_model : dict or None
         Summary of the fitted behaviour model (floored rows, calibration).
     q_model : dict or None
-        Fitting time and solver of the Q-model.
+        Fitting time and solver of the Q-model; with ``auto`` its candidates' scores; the
+        tables' ``cell_choice``; ``per_level`` for subgroup columns refitted per level.
     """
 
     n_episodes: int
@@ -224,14 +226,21 @@ def estimates_from_prepared(
     inputs = prep.inputs if episodes is None else prep.inputs.subset(episodes)
     main = tuple(k for k in keys if k != "bandit_dr")
     n_ep = inputs.n_episodes
-    counts = bootstrap_counts(n_ep, n_boot, random_state) if n_boot > 0 else None
+    rng = check_random_state(random_state)
+    counts = bootstrap_counts(n_ep, n_boot, rng) if n_boot > 0 else None
     out: dict[str, Estimate] = {}
     if main:
         parts = episode_parts(inputs, main, truncate=truncate, normalization=normalization)
+        shift = None
         if episodes is None and prep.q_linearised:
             parts = _with_q_refit(prep, parts, truncate, normalization)
+        elif episodes is not None and prep.q_linearised:
+            parts, other = _subgroup_q_refit(prep, parts, np.asarray(episodes, dtype=np.int64),
+                                             truncate, normalization)
+            shift = _other_episodes_shift(
+                other, [k for k in ("fqe", "dr", "wdr") if k in parts.keys], n_boot, rng)
         out.update(estimates_with_ci(parts, n_boot=n_boot, method=ci_method, alpha=alpha,
-                                     counts=counts))
+                                     counts=counts, shift=shift))
     if "bandit_dr" in keys:
         binp = prep.bandit_inputs()
         if episodes is not None:
@@ -280,21 +289,14 @@ def bias_aware(est: Estimate, bias: float, bias_se: float, alpha: float = 0.05) 
     return Estimate(value=est.value, ci=ci, se=est.se, n_episodes=est.n_episodes)
 
 
-def _with_q_refit(prep: Prepared, parts: EpisodeParts, truncate: float | None,
-                  normalization: Normalization) -> EpisodeParts:
-    """Add the first-order effect of refitting the Q-model to the FQE, DR and WDR parts.
+def _refit_row_weights(inputs: OPEInputs, keys: Sequence[str], truncate: float | None,
+                       normalization: Normalization
+                       ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Row weights of ``V`` and ``Q`` in FQE, DR and WDR, shape ``(n_steps, len(keys))`` each.
 
-    For the LSTD-type Q-models (stationary tabular, linear) the estimate's sensitivity to each
-    episode through the fitted ``theta`` is ``n z^T g_e`` (see :mod:`equicare.ope._lstd`); with
-    it in the per-episode parts every bootstrap replicate behaves as if the Q-model had been
-    refitted on the replicate (linearised), at the cost of one transposed solve.
+    The estimators' gradients in the Q-model's parameters are ``X_pi^T first - X^T logged``
+    (:meth:`equicare.ope._lstd.LSTDFit.gradients`).
     """
-    assert prep.qfit is not None and prep.qfit.lstd is not None
-    lstd = prep.qfit.lstd
-    inputs = prep.inputs
-    keys = [k for k in ("fqe", "dr", "wdr") if k in parts.keys]
-    if not keys:
-        return parts
     n_ep = inputs.n_episodes
     e, t = inputs.episode_index, inputs.step
     disc = inputs.gamma ** t.astype(np.float64)
@@ -318,7 +320,12 @@ def _with_q_refit(prep: Prepared, parts: EpisodeParts, truncate: float | None,
             sp_t = den_prev.sum(axis=0)
             first[:, j] = disc * w_prev / np.where(sp_t[t] > 0, sp_t[t], 1.0)
             logged[:, j] = disc * w_row / np.where(s_t[t] > 0, s_t[t], 1.0)
-    corr = lstd.influence(lstd.gradients(first, logged), inputs.rewards, inputs.episode_offsets)
+    return first, logged
+
+
+def _add_to_parts(parts: EpisodeParts, keys: Sequence[str], corr: NDArray[np.float64]
+                  ) -> EpisodeParts:
+    """Add per-episode terms (``n`` times the effect on the estimate) to the estimators' parts."""
     mat = parts.matrix.copy()
     for j, k in enumerate(keys):
         col = parts.slices[k].start
@@ -332,15 +339,112 @@ def _with_q_refit(prep: Prepared, parts: EpisodeParts, truncate: float | None,
     return EpisodeParts(matrix=mat, slices=parts.slices, keys=parts.keys, horizon=parts.horizon)
 
 
+def _with_q_refit(prep: Prepared, parts: EpisodeParts, truncate: float | None,
+                  normalization: Normalization) -> EpisodeParts:
+    """Add the first-order effect of refitting the Q-model to the FQE, DR and WDR parts.
+
+    For the LSTD-type Q-models (stationary tabular, linear) the estimate's sensitivity to each
+    episode through the fitted ``theta`` is ``n z^T g_e`` (see :mod:`equicare.ope._lstd`); with
+    it in the per-episode parts every bootstrap replicate behaves as if the Q-model had been
+    refitted on the replicate (linearised), at the cost of one transposed solve.
+    """
+    assert prep.qfit is not None and prep.qfit.lstd is not None
+    lstd = prep.qfit.lstd
+    keys = [k for k in ("fqe", "dr", "wdr") if k in parts.keys]
+    if not keys:
+        return parts
+    first, logged = _refit_row_weights(prep.inputs, keys, truncate, normalization)
+    corr = lstd.influence(lstd.gradients(first, logged), prep.inputs.rewards,
+                          prep.inputs.episode_offsets)
+    return _add_to_parts(parts, keys, corr)
+
+
+def _subgroup_q_refit(prep: Prepared, parts: EpisodeParts, episodes: NDArray[np.int64],
+                      truncate: float | None, normalization: Normalization
+                      ) -> tuple[EpisodeParts, NDArray[np.float64]]:
+    """A subgroup's share of the Q-model's refit: own terms in the parts, the others' effects.
+
+    The Q-model is fitted on every episode, so refitting it on a bootstrap replicate moves the
+    subgroup's FQE, DR and WDR through all of them: by ``sum_e c_e z_G^T g_e`` to first order,
+    with ``z_G`` from the subgroup estimate's gradient (:func:`_with_q_refit`). The subgroup's
+    own episodes carry their (centred) terms in the parts, studentised with the rest as the
+    overall estimate's; the other episodes' effects, shape ``(n_other, k)`` for the FQE, DR and
+    WDR keys in ``parts``, are resampled separately (:func:`_other_episodes_shift`: a bootstrap
+    stratified by membership). The point estimates do not change.
+    """
+    assert prep.qfit is not None and prep.qfit.lstd is not None
+    lstd = prep.qfit.lstd
+    keys = [k for k in ("fqe", "dr", "wdr") if k in parts.keys]
+    full = prep.inputs
+    if not keys:
+        return parts, np.zeros((full.n_episodes - episodes.size, 0))
+    sub = full.subset(episodes)
+    f_sub, l_sub = _refit_row_weights(sub, keys, truncate, normalization)
+    lengths = np.diff(full.episode_offsets)[episodes]
+    rows = (np.repeat(full.episode_offsets[episodes], lengths) + np.arange(int(lengths.sum()))
+            - np.repeat(np.cumsum(lengths) - lengths, lengths))
+    first = np.zeros((full.n_steps, len(keys)))
+    logged = np.zeros_like(first)
+    first[rows], logged[rows] = f_sub, l_sub
+    n = full.n_episodes
+    effect = lstd.influence(lstd.gradients(first, logged), full.rewards,
+                            full.episode_offsets) / n  # (n, k): each episode's first-order effect
+    own = effect[episodes]
+    parts = _add_to_parts(parts, keys, episodes.size * (own - own.mean(axis=0, keepdims=True)))
+    mask = np.ones(n, dtype=bool)
+    mask[episodes] = False
+    return parts, np.asarray(effect[mask])
+
+
+def _other_episodes_shift(other: NDArray[np.float64], keys: Sequence[str], n_boot: int,
+                          random_state: RandomState) -> Shift | None:
+    """The other episodes' share of a subgroup's refit as a resampled replicate term.
+
+    ``sum_e (c_e - 1) other_e`` over a multinomial resample of the other episodes, and its
+    variance ``sum_e (other_e - mean)^2``.
+    """
+    if other.shape[0] == 0 or other.shape[1] == 0:
+        return None
+    centred = other - other.mean(axis=0, keepdims=True)
+    variance = {k: float(np.sum(centred[:, j] ** 2)) for j, k in enumerate(keys)}
+    reps: dict[str, NDArray[np.float64]] = {}
+    if n_boot > 0:
+        counts = bootstrap_counts(other.shape[0], n_boot, random_state)
+        term = counts @ other - other.sum(axis=0, keepdims=True)  # (n_boot, k)
+        reps = {k: np.asarray(term[:, j]) for j, k in enumerate(keys)}
+    return Shift(replicates=reps, variance=variance)
+
+
+@dataclass(frozen=True)
+class _LevelRefit:
+    """Subgroup columns whose levels get their own Q-model.
+
+    Pooled dynamics, the level's policy (:mod:`equicare.ope._levels`).
+    """
+
+    columns: tuple[str, ...]
+    cells: tuple[str, ...]
+    probs: NDArray[np.float64]
+    policy: Any = None
+
+
 def _group_results(prep: Prepared, dataset: TrajectoryDataset, keys: Sequence[str],
                    attrs: Sequence[str], seeds: Sequence[int], min_cell: int,
-                   **kw: Any) -> dict[str, dict[str, GroupResult]]:
+                   refit: _LevelRefit | None = None, **kw: Any
+                   ) -> tuple[dict[str, dict[str, GroupResult]], dict[str, Any]]:
+    """Every estimator per level of each attribute, and how levels' Q-models were refitted."""
+    from equicare.ope._levels import level_prepared, level_target_probs
+
     out: dict[str, dict[str, GroupResult]] = {}
+    info: dict[str, Any] = {}
     small: list[str] = []
     seed_iter = iter(seeds)
     for attr in attrs:
         labels = dataset.group_labels(attr)
         levels: dict[str, GroupResult] = {}
+        per_level = refit is not None and attr in refit.columns
+        sources: set[str] = set()
+        backed: dict[str, float] = {}
         for lv in np.unique(labels.astype(str)):  # one small vectorised evaluation per level
             ep = np.flatnonzero(labels.astype(str) == lv)
             seed = next(seed_iter)
@@ -348,16 +452,28 @@ def _group_results(prep: Prepared, dataset: TrajectoryDataset, keys: Sequence[st
                 levels[str(lv)] = GroupResult(n_episodes=int(ep.size), suppressed=True)
                 small.append(f"{attr}={lv}")
                 continue
-            ests, beh, ess = estimates_from_prepared(prep, keys, episodes=ep, random_state=seed,
+            use = prep
+            if per_level:
+                assert refit is not None
+                lp = level_target_probs(dataset, refit.probs, attr, refit.cells, ep, str(lv),
+                                        policy=refit.policy)
+                use = level_prepared(prep, dataset, lp, seed)
+                sources.add(lp.source)
+                backed[str(lv)] = round(lp.backed_off, 4)
+            ests, beh, ess = estimates_from_prepared(use, keys, episodes=ep, random_state=seed,
                                                      **kw)
             levels[str(lv)] = GroupResult(n_episodes=int(ep.size), suppressed=False,
                                           estimates=ests, behavior=beh, ess=ess)
         out[attr] = levels
+        if per_level:
+            info[attr] = {"q_model": "refitted per level: pooled dynamics, the level's policy",
+                          "policy": "counterfactual" if sources == {"counterfactual"}
+                          else "empirical", "backed_off": backed}
     if small:
         warnings.warn(f"{len(small)} group cells have fewer than {min_cell} episodes and were "
                       f"suppressed: {', '.join(small[:10])}{' ...' if len(small) > 10 else ''}.",
                       SmallCellWarning, stacklevel=3)
-    return out
+    return out, info
 
 
 # ---------------------------------------------------------------------- refit bootstrap
@@ -473,7 +589,10 @@ def evaluate(
     normalization : {"absorbing", "alive"}
         Denominators of WPDIS/WDR with variable-length episodes (see ``episode_parts``).
     groups : sequence of str, optional
-        Group attributes to evaluate within (default: all of the dataset's).
+        Group attributes to evaluate within (default: all of the dataset's). Within a level,
+        the intervals of an LSTD-type Q-model carry its refit on every episode. A level of a
+        categorical state column that the tables pool over and the target policy reads gets
+        its own Q-model (pooled dynamics, the level's policy; ``q_model["per_level"]``).
     support_threshold : float
         Estimated behaviour probability below which an action counts as unsupported.
     diagnose_support : bool, default=True
@@ -614,12 +733,15 @@ def _evaluate(
     attrs = list(dataset.group_attrs if groups is None else groups)
     if attrs:
         say(f"subgroups: {', '.join(attrs)}")
-    read_pooled = _pooled_columns_read(prep, dataset, attrs)
+    read_pooled, level_refit = _pooled_columns_read(prep, dataset, attrs, policy)
+    if level_refit is not None:
+        say(f"subgroups by {', '.join(level_refit.columns)}: the Q-model refitted per level "
+            "(pooled dynamics, the level's policy)")
     rng_g = np.random.default_rng(seed_boot + 1)
     n_cells = sum(np.unique(dataset.group_labels(a).astype(str)).size for a in attrs)
-    group_out = _group_results(prep, dataset, keys, attrs,
-                               [int(s) for s in rng_g.integers(0, 2**31 - 1, size=n_cells)],
-                               MIN_CELL, **kw) if attrs else {}
+    group_out, per_level = _group_results(
+        prep, dataset, keys, attrs, [int(s) for s in rng_g.integers(0, 2**31 - 1, size=n_cells)],
+        MIN_CELL, level_refit, **kw) if attrs else ({}, {})
     q_info = None if prep.qfit is None else {"seconds": prep.qfit.seconds, **prep.qfit.info}
     if q_info is not None and prep.q_selection is not None:
         q_info.update(prep.q_selection.to_dict())
@@ -627,38 +749,48 @@ def _evaluate(
         q_info["chosen"] = "given" if q is not None else (prep.q_name or q_model_name(qcfg))
     if q_info is not None and prep.cell_choice is not None:
         q_info["cell_choice"] = {**prep.cell_choice.to_dict(), "target_reads": read_pooled}
+        if per_level:
+            q_info["per_level"] = per_level
     return EvaluationResult(
         n_episodes=dataset.n_episodes, n_steps=dataset.n_steps, gamma=float(dataset.gamma),
         behavior=beh, estimates=ests, ess=ess, support=support, groups=group_out,
         settings=settings, behavior_model=bm_summary, q_model=q_info)
 
 
-def _pooled_columns_read(prep: Prepared, dataset: TrajectoryDataset, attrs: Sequence[str]
-                         ) -> list[str]:
-    """Subgroup columns that ``auto``'s tables pool over and the target policy reads.
+def _pooled_columns_read(prep: Prepared, dataset: TrajectoryDataset, attrs: Sequence[str],
+                         policy: Any) -> tuple[list[str], _LevelRefit | None]:
+    """Subgroup columns that the tables pool over and the target policy reads, and their refit.
 
     Pooling over a column that does not change the dynamics keeps the overall estimates right
     (the pooled values' errors cancel over the column's levels), not the estimates within its
-    levels when the target policy reads it: those are warned about (``DataWarning``).
+    levels when the target policy reads it. Those levels get their own Q-model, fitted on all
+    rows with the level's policy (:mod:`equicare.ope._levels`); a gbm or mlp Q-model is not
+    refitted, and the estimates within the levels are then warned about (``DataWarning``).
     """
     from equicare.data._cells import policy_reads
+    from equicare.ope._levels import refits_per_level
 
     choice = prep.cell_choice
     if choice is None or not choice.dropped:
-        return []
+        return [], None
     kept = choice.columns
     read = [c for c in choice.dropped
             if c in attrs and policy_reads(dataset, prep.target_probs, c, kept)]
-    if read:
-        cols = ", ".join(read)
-        warnings.warn(
-            f"The Q-tables pool over {cols} (it does not change the dynamics given "
-            f"{', '.join(kept)}), but the target policy reads {cols}: the overall FQE, DR and "
-            f"WDR average over its levels, while the estimates within each level of {cols} "
-            "carry the pooled values' error (docs/ope.md, 'Several categorical columns'). For "
-            f"values within its levels name the cells: --q-cells {','.join((*kept, *read))} "
-            "(FQEConfig(cells=...)).", DataWarning, stacklevel=3)
-    return read
+    if not read:
+        return [], None
+    if refits_per_level(prep):
+        return read, _LevelRefit(columns=tuple(read), cells=kept, probs=prep.target_probs,
+                                 policy=policy)
+    cols = ", ".join(read)
+    warnings.warn(
+        f"The Q-model pools over {cols} (it does not change the dynamics given "
+        f"{', '.join(kept)}), but the target policy reads {cols}: the overall FQE, DR and "
+        f"WDR average over its levels, while the estimates within each level of {cols} "
+        f"carry the pooled values' error, and the {prep.q_name} Q-model is not refitted per "
+        "level (docs/ope.md, 'Several categorical columns'). For values within its levels use "
+        "a tabular or linear Q-model (--q-model tabular_stationary), or name the cells: "
+        f"--q-cells {','.join((*kept, *read))}.", DataWarning, stacklevel=3)
+    return read, None
 
 
 def evaluate_subgroups(
@@ -696,8 +828,10 @@ def evaluate_subgroups(
                    behavior_model=behavior_model, q=q, q_model=as_fqe_config(q_model),
                    random_state=int(rng.integers(2**31 - 1)))
     attr_list = list(dataset.group_attrs if attrs is None else attrs)
+    _, level_refit = _pooled_columns_read(prep, dataset, attr_list, policy)
     n_cells = sum(np.unique(dataset.group_labels(a).astype(str)).size for a in attr_list)
-    return _group_results(prep, dataset, keys, attr_list,
-                          [int(s) for s in rng.integers(0, 2**31 - 1, size=n_cells)], min_cell,
-                          truncate=truncate, normalization=normalization, n_boot=bootstrap,
-                          ci_method=ci_method, alpha=alpha)
+    out, _ = _group_results(prep, dataset, keys, attr_list,
+                            [int(s) for s in rng.integers(0, 2**31 - 1, size=n_cells)], min_cell,
+                            level_refit, truncate=truncate, normalization=normalization,
+                            n_boot=bootstrap, ci_method=ci_method, alpha=alpha)
+    return out

@@ -167,6 +167,8 @@ class Prepared:
         categorical columns; :func:`equicare.data.choose_cells`).
     q_name : str or None
         The Q-model used, as a user would name it (``"tabular_stationary[state]"``).
+    q_config : FQEConfig or None
+        The Q-model fitted (None when ``q`` was given or no Q-model was needed).
     """
 
     inputs: OPEInputs
@@ -180,6 +182,7 @@ class Prepared:
     q_selection: QSelection | None = None
     q_cells: CellChoice | None = None
     q_name: str | None = None
+    q_config: FQEConfig | None = None
 
     @property
     def cell_choice(self) -> CellChoice | None:
@@ -314,7 +317,8 @@ def prepare(
     return Prepared(inputs=inputs, target_probs=pe, actions=dataset.actions, behavior_prob=b,
                     propensity_source=source, behavior_model=bm, qfit=qfit,
                     bandit_qfit=bandit_qfit, q_selection=selection, q_cells=q_cells,
-                    q_name=None if given is not None else q_model_name(qcfg))
+                    q_name=None if given is not None else q_model_name(qcfg),
+                    q_config=_concrete(qcfg) if given is None and qfit is not None else None)
 
 
 def _concrete(cfg: FQEConfig | str) -> FQEConfig:
