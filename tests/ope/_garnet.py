@@ -317,17 +317,26 @@ def per_level_records(presets: tuple[str, ...], families: tuple[str, ...],
 
 
 def subgroup_coverage_records(presets: tuple[str, ...], seeds: tuple[int, ...],
-                              n_episodes: int = 1000, n_boot: int = 200
+                              n_episodes: int = 1000, n_boot: int = 200,
+                              modes: tuple[str, ...] = ("fixed", "refit", "refit_bias")
                               ) -> list[dict[str, object]]:
     """Per-subgroup (initial-state strata) intervals of FQE, DR and WDR against the exact group
-    values, with the Q-model's refit (``"refit"``) and held fixed within subgroups
-    (``"fixed"``: the other episodes' share switched off and no own terms)."""
+    values. Modes: ``"fixed"`` (the Q-model held fixed within subgroups, no subgroup bias),
+    ``"refit"`` (its refit on every episode in the intervals), ``"refit_bias"`` (and FQE's
+    interval bias-aware with ``auto``'s estimated subgroup bias: ``evaluate``'s default)."""
     import warnings
 
     import equicare.ope._evaluate as ev
     from equicare.ope import evaluate
 
-    refit = ev._subgroup_q_refit
+    refit, prepare = ev._subgroup_q_refit, ev.prepare
+
+    def fixed(prep, parts, ep, tr, no):  # type: ignore[no-untyped-def]
+        return parts, np.zeros((prep.inputs.n_episodes - ep.size, 0))
+
+    def no_group_bias(*args, **kw):  # type: ignore[no-untyped-def]
+        return prepare(*args, **{**kw, "groups": ()})
+
     recs: list[dict[str, object]] = []
     try:
         for preset in presets:
@@ -336,10 +345,9 @@ def subgroup_coverage_records(presets: tuple[str, ...], seeds: tuple[int, ...],
                 for fam in SUPPORTED:
                     truth = mdp.group_values(pols[fam])
                     pe = pols[fam][ds.categorical[:, 0]]
-                    for mode in ("fixed", "refit"):
-                        ev._subgroup_q_refit = refit if mode == "refit" else (  # type: ignore
-                            lambda prep, parts, ep, tr, no: (
-                                parts, np.zeros((prep.inputs.n_episodes - ep.size, 0))))
+                    for mode in modes:
+                        ev._subgroup_q_refit = fixed if mode == "fixed" else refit  # type: ignore
+                        ev.prepare = prepare if mode == "refit_bias" else no_group_bias  # type: ignore
                         with warnings.catch_warnings():
                             warnings.simplefilter("ignore")
                             res = evaluate(ds, pe, estimators=("fqe", "dr", "wdr"),
@@ -358,4 +366,5 @@ def subgroup_coverage_records(presets: tuple[str, ...], seeds: tuple[int, ...],
                                              "cover": bool(e.ci[0] <= t <= e.ci[1])})
     finally:
         ev._subgroup_q_refit = refit  # type: ignore[assignment]
+        ev.prepare = prepare  # type: ignore[assignment]
     return recs

@@ -177,3 +177,22 @@ def test_auto_decides_the_cells_once():
     fixed = prepare(two, pe, keys=("fqe",), q_model="tabular_stationary", random_state=0)
     assert fixed.q_cells is not None and fixed.q_cells.dropped == ()
     assert fixed.q_name == "tabular_stationary"
+
+
+def test_auto_estimates_each_subgroups_bias_with_its_own_density_ratio():
+    """A level holding every episode gets exactly the overall bias estimate; the levels of the
+    initial-state strata get their own (the strata's occupancies differ)."""
+    from dataclasses import replace
+
+    mdp, ds, pols = make("s50_a5_g1", 600, seed=3)
+    ds = replace(ds, groups={**ds.groups, "everyone": np.full(ds.n_episodes, "all")}, _cache={})
+    pe = pols["soft_optimal"][ds.categorical[:, 0]]
+    sel = select_q_model(ds, pe, random_state=0, groups=("everyone", "group"))
+    b, se = sel.group_bias["everyone"]["all"]
+    assert b == pytest.approx(sel.bias[sel.chosen], rel=1e-9, abs=1e-15)
+    assert se == pytest.approx(sel.bias_se[sel.chosen], rel=1e-9)
+    strata = sel.group_bias["group"]
+    assert sorted(strata) == ["0", "1", "2"]
+    assert len({round(v[0], 12) for v in strata.values()}) == 3
+    assert "group_bias" in sel.to_dict()
+    assert select_q_model(ds, pe, random_state=0).group_bias == {}

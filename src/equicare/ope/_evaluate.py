@@ -218,10 +218,13 @@ def estimates_from_prepared(
     alpha: float = 0.05,
     random_state: RandomState = None,
     episodes: NDArray[np.int64] | None = None,
+    fqe_bias: tuple[float, float] | None = None,
 ) -> tuple[dict[str, Estimate], Estimate, EffectiveSampleSize]:
     """Estimates, the behaviour value and ESS from prepared inputs (optionally some episodes).
 
-    One bootstrap count matrix is shared by all estimators (and the behaviour value).
+    One bootstrap count matrix is shared by all estimators (and the behaviour value). FQE's
+    interval is made bias-aware (:func:`bias_aware`) with ``auto``'s estimated bias: the
+    overall one, or for ``episodes`` (a subgroup) ``fqe_bias`` = (bias, standard error).
     """
     inputs = prep.inputs if episodes is None else prep.inputs.subset(episodes)
     main = tuple(k for k in keys if k != "bandit_dr")
@@ -253,6 +256,8 @@ def estimates_from_prepared(
         b, b_se = sel.bias.get(sel.chosen), sel.bias_se.get(sel.chosen)
         if b is not None and b_se is not None:
             out["fqe"] = bias_aware(out["fqe"], b, b_se, alpha)
+    elif episodes is not None and "fqe" in out and fqe_bias is not None:
+        out["fqe"] = bias_aware(out["fqe"], fqe_bias[0], fqe_bias[1], alpha)
     ordered = {k: out[k] for k in keys}
     return (ordered, _behavior_estimate(inputs, counts, n_boot, alpha),
             effective_sample_size(inputs, truncate))
@@ -453,6 +458,9 @@ def _group_results(prep: Prepared, dataset: TrajectoryDataset, keys: Sequence[st
                 small.append(f"{attr}={lv}")
                 continue
             use = prep
+            sel = prep.q_selection
+            gbias = None if sel is None or per_level else sel.group_bias.get(attr, {}).get(
+                str(lv))
             if per_level:
                 assert refit is not None
                 lp = level_target_probs(dataset, refit.probs, attr, refit.cells, ep, str(lv),
@@ -461,7 +469,7 @@ def _group_results(prep: Prepared, dataset: TrajectoryDataset, keys: Sequence[st
                 sources.add(lp.source)
                 backed[str(lv)] = round(lp.backed_off, 4)
             ests, beh, ess = estimates_from_prepared(use, keys, episodes=ep, random_state=seed,
-                                                     **kw)
+                                                     fqe_bias=gbias, **kw)
             levels[str(lv)] = GroupResult(n_episodes=int(ep.size), suppressed=False,
                                           estimates=ests, behavior=beh, ess=ess)
         out[attr] = levels
@@ -684,8 +692,10 @@ def _evaluate(
     qname = q_model_name(qcfg)
     say(f"{dataset.n_episodes} episodes, {dataset.n_steps} steps: fitting the nuisance models "
         f"(Q-model {qname})")
+    attrs = list(dataset.group_attrs if groups is None else groups)
     prep = prepare(dataset, policy, keys=keys, behavior_prob=behavior_prob,
-                   behavior_model=behavior_model, q=q, q_model=qcfg, random_state=seed_prep)
+                   behavior_model=behavior_model, q=q, q_model=qcfg, random_state=seed_prep,
+                   groups=attrs)
     say(f"estimators {', '.join(keys)} with {bootstrap} bootstrap replicates")
     bm = prep.behavior_model
     support = None
@@ -714,8 +724,10 @@ def _evaluate(
                      else "fitted once on all episodes")}
     sel = prep.q_selection
     if "fqe" in keys and sel is not None and sel.bias.get(sel.chosen) is not None and not refit:
-        settings["fqe_interval"] = ("bootstrap joined with the bias-aware interval of auto's "
-                                    "estimated Q-model bias (overall only)")
+        settings["fqe_interval"] = (
+            "bootstrap joined with the bias-aware interval of auto's estimated Q-model bias "
+            + ("(overall, and per subgroup level with the level's own density ratio)"
+               if sel.group_bias else "(overall only)"))
     if refit and bootstrap > 0:
         from sklearn.base import clone
 
@@ -730,7 +742,6 @@ def _evaluate(
         ests = {k: Estimate(value=e.value, ci=percentile_interval(reps[k], alpha),
                             se=float(reps[k].std(ddof=1)), n_episodes=e.n_episodes)
                 for k, e in ests.items()}
-    attrs = list(dataset.group_attrs if groups is None else groups)
     if attrs:
         say(f"subgroups: {', '.join(attrs)}")
     read_pooled, level_refit = _pooled_columns_read(prep, dataset, attrs, policy)
@@ -824,10 +835,10 @@ def evaluate_subgroups(
     """
     keys = parse_estimators(estimators)
     rng = check_random_state(random_state)
+    attr_list = list(dataset.group_attrs if attrs is None else attrs)
     prep = prepare(dataset, policy, keys=keys, behavior_prob=behavior_prob,
                    behavior_model=behavior_model, q=q, q_model=as_fqe_config(q_model),
-                   random_state=int(rng.integers(2**31 - 1)))
-    attr_list = list(dataset.group_attrs if attrs is None else attrs)
+                   random_state=int(rng.integers(2**31 - 1)), groups=attr_list)
     _, level_refit = _pooled_columns_read(prep, dataset, attr_list, policy)
     n_cells = sum(np.unique(dataset.group_labels(a).astype(str)).size for a in attr_list)
     out, _ = _group_results(prep, dataset, keys, attr_list,

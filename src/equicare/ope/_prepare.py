@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -213,6 +214,7 @@ def prepare(
     q: Any | None = None,
     q_model: Any = "linear",
     random_state: RandomState = None,
+    groups: Sequence[str] = (),
 ) -> Prepared:
     """Compute target probabilities, propensities and the Q-model once.
 
@@ -236,6 +238,9 @@ def prepare(
         tabular model whose cells are not named takes, with several categorical columns, those
         of :func:`equicare.data.choose_cells` (the columns that change the dynamics).
     random_state : int, Generator or None
+    groups : sequence of str
+        Subgroup attributes whose levels ``auto`` estimates its bias for
+        (``QSelection.group_bias``).
 
     Returns
     -------
@@ -277,7 +282,8 @@ def prepare(
     is_auto = qcfg == "auto" or (isinstance(qcfg, FQEConfig) and qcfg.model == "auto")
     if is_auto and given is None and (needs_q or "bandit_dr" in keys):
         selection = select_q_model(dataset, pe, random_state=seed,
-                                   cells=qcfg.cells if isinstance(qcfg, FQEConfig) else None)
+                                   cells=qcfg.cells if isinstance(qcfg, FQEConfig) else None,
+                                   groups=tuple(groups))
         qcfg = candidate_config(selection.chosen)
     q_cells = None
     if (selection is None and isinstance(qcfg, FQEConfig) and qcfg.model == "tabular"

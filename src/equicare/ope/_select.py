@@ -74,6 +74,7 @@ chose the linear model, whose misspecification bias its intervals do not carry.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -165,6 +166,10 @@ class QSelection:
     cell_choice : CellChoice or None
         How they were chosen (:func:`equicare.data.choose_cells`; None with one categorical
         column, or cells given).
+    group_bias : dict of str to dict of str to (float, float)
+        The chosen candidate's estimated value bias and its standard error within each level of
+        each subgroup attribute asked for (``groups`` of :func:`select_q_model`): the held-out
+        TD errors weighted by the level's own density ratio ``d^pi_G / d^D``.
     """
 
     chosen: str
@@ -178,6 +183,7 @@ class QSelection:
     reference: str | None = None
     cells: tuple[str, ...] | None = None
     cell_choice: CellChoice | None = None
+    group_bias: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly summary (result JSON ``"q_model"``)."""
@@ -192,7 +198,10 @@ class QSelection:
                 "n_folds": self.n_folds, "candidates": dict(self.candidates),
                 "td_error": dict(self.td_error), "skipped": dict(self.skipped),
                 "seconds": dict(self.seconds), "bias": dict(self.bias),
-                "bias_se": dict(self.bias_se)}
+                "bias_se": dict(self.bias_se),
+                **({"group_bias": {a: {lv: {"bias": b, "se": se} for lv, (b, se) in d.items()}
+                                   for a, d in self.group_bias.items()}}
+                   if self.group_bias else {})}
 
 
 def _held_out_td(fit: LoggedQFit, dataset: TrajectoryDataset, gamma: float
@@ -211,28 +220,38 @@ def _seen_transitions(cells: NDArray[np.int64], train: NDArray[np.bool_],
     return np.asarray(seen & np.where(nxt >= 0, seen[np.maximum(nxt, 0)], True))
 
 
-def _density_ratio(fit: LoggedQFit, dataset: TrajectoryDataset, train: NDArray[np.bool_]
+def _density_ratio(fit: LoggedQFit, dataset: TrajectoryDataset, train: NDArray[np.bool_],
+                   start_sets: NDArray[np.bool_] | None = None
                    ) -> NDArray[np.float64] | None:
-    """Estimated ``d^pi / d^D`` at every row from an LSTD fit on the training rows, or None."""
+    """Estimated ``d^pi / d^D`` at every row from an LSTD fit on the training rows, or None.
+
+    ``d^pi`` starts from the training episodes' first rows, or, with ``start_sets`` (shape
+    ``(n_episodes, m)``), from those of each set's training episodes (a subgroup's own
+    occupancy): shape ``(n_steps,)``, or ``(n_steps, m)`` with ``start_sets``.
+    """
     if fit.lstd is None or not isinstance(fit.lstd, LSTDFit):
         return None
-    first = np.zeros((dataset.n_steps, 1))
     starts = dataset.episode_offsets[:-1]
-    n_train = max(int(train[starts].sum()), 1)
-    first[starts[train[starts]], 0] = 1.0 / n_train
+    sets = (np.ones((dataset.n_episodes, 1), dtype=bool) if start_sets is None
+            else np.asarray(start_sets, dtype=bool))
+    member = sets & train[starts][:, None]
+    n_train = np.maximum(member.sum(axis=0), 1).astype(np.float64)
+    first = np.zeros((dataset.n_steps, sets.shape[1]))
+    first[starts] = member / n_train
     z = fit.lstd.solve_t(fit.lstd.gradients(first, np.zeros_like(first)))
-    w = np.asarray(fit.lstd.x @ z).ravel() * n_train
+    w = np.asarray(fit.lstd.x @ z).reshape(dataset.n_steps, -1) * n_train
     if not np.isfinite(w).all():
         return None
     # truncated like importance weights: sparse pairs that the target policy revisits can get
     # ratios in the millions, which would make every candidate's score noise
-    return np.asarray(np.clip(w, 0.0, RATIO_CAP), dtype=np.float64)
+    w = np.asarray(np.clip(w, 0.0, RATIO_CAP), dtype=np.float64)
+    return w[:, 0] if start_sets is None else w
 
 
 def select_q_model(dataset: TrajectoryDataset, target_probs: NDArray[np.float64], *,
                    candidates: tuple[str, ...] | None = None, n_folds: int = AUTO_FOLDS,
-                   random_state: RandomState = None, cells: tuple[str, ...] | None = None
-                   ) -> QSelection:
+                   random_state: RandomState = None, cells: tuple[str, ...] | None = None,
+                   groups: Sequence[str] = ()) -> QSelection:
     """Score each applicable candidate by cross-fitting; choose by :func:`choose_with_reference`.
 
     With several categorical state columns (and ``cells`` not given) the tabular candidates'
@@ -251,6 +270,9 @@ def select_q_model(dataset: TrajectoryDataset, target_probs: NDArray[np.float64]
         Seed of the folds and the gbm/mlp fits.
     cells : tuple of str, optional
         The categorical columns whose combinations are the tables' cells (no choice of cells).
+    groups : sequence of str
+        Subgroup attributes whose levels get the chosen candidate's estimated bias
+        (``QSelection.group_bias``; the subgroups' FQE intervals in :func:`evaluate`).
 
     Returns
     -------
@@ -308,11 +330,17 @@ def select_q_model(dataset: TrajectoryDataset, target_probs: NDArray[np.float64]
     scored_f = [h if prod is None else h & _seen_transitions(prod, ~h, nxt_ok) for h in held_f]
     order = sorted(run, key=lambda n: n != weight_model)
     b = {name: np.zeros(dataset.n_episodes) for name in order}
+    levels = [(a, lv) for a in groups
+              for lv in np.unique(dataset.group_labels(a).astype(str))]
+    sets = (np.stack([dataset.group_labels(a).astype(str) == lv for a, lv in levels], axis=1)
+            if levels else None)
+    b_g = {name: np.zeros((dataset.n_episodes, len(levels))) for name in order}
     sq = {name: 0.0 for name in order}
     seconds = {name: 0.0 for name in order}
     for f in range(k):
         held, scored = held_f[f], scored_f[f]
         w_hat: NDArray[np.float64] | None = None
+        w_grp: NDArray[np.float64] | None = None
         for name in order:
             t0 = time.perf_counter()
             fit = fit_fqe_logged(dataset, target_probs, candidate_config(name),
@@ -322,8 +350,14 @@ def select_q_model(dataset: TrajectoryDataset, target_probs: NDArray[np.float64]
                 w_hat = _density_ratio(fit, dataset, ~held)
                 if w_hat is None:  # no LSTD model: per-decision importance weights are not
                     w_hat = np.ones(dataset.n_steps)  # available here; plain TD sums
+                elif sets is not None:
+                    w_grp = _density_ratio(fit, dataset, ~held, sets)
             ep_sum = np.add.reduceat(np.where(scored, w_hat * td, 0.0), starts)
             b[name] += np.where(fold == f, ep_sum, 0.0)
+            if w_grp is not None:  # each level's own occupancy weighs the same TD errors
+                grp_sum = np.add.reduceat(np.where(scored[:, None], w_grp * td[:, None], 0.0),
+                                          starts, axis=0)
+                b_g[name] += np.where((fold == f)[:, None], grp_sum, 0.0)
             sq[name] += float(np.sum(td[scored] ** 2))
             seconds[name] += time.perf_counter() - t0
     n = float(dataset.n_episodes)
@@ -343,10 +377,17 @@ def select_q_model(dataset: TrajectoryDataset, target_probs: NDArray[np.float64]
     if not fitted:
         raise ValueError("No Q-model candidate applies to this dataset.")
     chosen = choose_with_reference(fitted, bias, bias_se, weight_model)
+    group_bias: dict[str, dict[str, tuple[float, float]]] = {}
+    if sets is not None and b_g[chosen].any():  # (all zero: no density ratio was available)
+        for j, (a, lv) in enumerate(levels):
+            col = b_g[chosen][:, j]
+            group_bias.setdefault(a, {})[lv] = (
+                float(col.mean()), float(col.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0)
     return QSelection(chosen=chosen, candidates=scores, td_error=tds, skipped=skipped,
                       n_folds=k, seconds=seconds, bias=bias, bias_se=bias_se,
                       reference=weight_model if weight_model in fitted else None,
-                      cells=cells if has_cat else None, cell_choice=cell_choice)
+                      cells=cells if has_cat else None, cell_choice=cell_choice,
+                      group_bias=group_bias)
 
 
 def choose_with_reference(scores: dict[str, float], bias: dict[str, float | None],
