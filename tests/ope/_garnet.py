@@ -368,3 +368,30 @@ def subgroup_coverage_records(presets: tuple[str, ...], seeds: tuple[int, ...],
         ev._subgroup_q_refit = refit  # type: ignore[assignment]
         ev.prepare = prepare  # type: ignore[assignment]
     return recs
+
+
+def censor_windows(ds: TrajectoryDataset, lo: int, hi: int, seed: int
+                   ) -> tuple[TrajectoryDataset, np.ndarray]:
+    """``ds`` cut at a window drawn per episode, uniform on ``[lo, hi]`` steps, independently
+    of the state (administrative censoring: an episode that runs past its window loses the rest
+    and its last row is not terminal). Returns the panel and the windows."""
+    from dataclasses import replace
+
+    windows = np.random.default_rng(seed).integers(lo, hi + 1, ds.n_episodes)
+    idx = np.flatnonzero(ds.step < windows[ds.episode_index])
+    lengths = np.bincount(ds.episode_index[idx], minlength=ds.n_episodes)
+    offsets = np.r_[0, np.cumsum(lengths)].astype(np.int64)
+    terminals = ds.terminals[idx].copy()
+    terminals[(offsets[1:] - 1)[ds.episode_lengths > windows]] = False
+    assert ds.categorical is not None and ds.behavior_prob is not None
+    return replace(ds, states=ds.states[idx], actions=ds.actions[idx],
+                   reward_components=ds.reward_components[idx], terminals=terminals,
+                   episode_offsets=offsets, times=ds.times[idx],
+                   categorical=ds.categorical[idx], behavior_prob=ds.behavior_prob[idx],
+                   _cache={}), windows
+
+
+def window_mean_value(mdp: GarnetMDP, pi: np.ndarray, lo: int, hi: int) -> float:
+    """Exact value averaged over windows uniform on ``[lo, hi]``: ``mean_L mu^T V_L``."""
+    vals = [mdp.value(pi, horizon=k) for k in range(lo, hi + 1)]
+    return float(np.mean(vals))
