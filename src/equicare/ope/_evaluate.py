@@ -54,7 +54,8 @@ from equicare.policy._behavior import BehaviorModel
 from equicare.utils import MIN_CELL, PARAM_MESSAGE, RandomState, check_param, check_random_state
 
 __all__ = ["evaluate", "evaluate_subgroups", "EvaluationResult", "GroupResult",
-           "estimates_from_prepared", "parse_estimators", "refit_bootstrap", "bias_aware"]
+           "estimates_from_prepared", "parse_estimators", "refit_bootstrap", "bias_aware",
+           "refit_effects"]
 
 
 def parse_estimators(estimators: str | Sequence[str]) -> tuple[str, ...]:
@@ -377,12 +378,36 @@ def _subgroup_q_refit(prep: Prepared, parts: EpisodeParts, episodes: NDArray[np.
     WDR keys in ``parts``, are resampled separately (:func:`_other_episodes_shift`: a bootstrap
     stratified by membership). The point estimates do not change.
     """
-    assert prep.qfit is not None and prep.qfit.lstd is not None
-    lstd = prep.qfit.lstd
     keys = [k for k in ("fqe", "dr", "wdr") if k in parts.keys]
     full = prep.inputs
     if not keys:
         return parts, np.zeros((full.n_episodes - episodes.size, 0))
+    n = full.n_episodes
+    effect = refit_effects(prep, episodes, keys, truncate, normalization)
+    own = effect[episodes]
+    parts = _add_to_parts(parts, keys, episodes.size * (own - own.mean(axis=0, keepdims=True)))
+    mask = np.ones(n, dtype=bool)
+    mask[episodes] = False
+    return parts, np.asarray(effect[mask])
+
+
+def refit_effects(prep: Prepared, episodes: NDArray[np.int64], keys: Sequence[str],
+                  truncate: float | None = None, normalization: Normalization = "absorbing"
+                  ) -> NDArray[np.float64]:
+    """Each episode's first-order effect on the estimates over ``episodes`` through the refit.
+
+    The estimators ``keys`` (FQE, DR, WDR) computed over ``episodes`` (a subgroup) move, when
+    the LSTD-type Q-model is refitted with episode weights ``c``, by ``sum_e (c_e - 1) effect_e``
+    to first order (:func:`_subgroup_q_refit`; the fairness audit's group values use it too).
+
+    Returns
+    -------
+    ndarray of shape (n_episodes, len(keys))
+        Centred over all episodes.
+    """
+    assert prep.qfit is not None and prep.qfit.lstd is not None
+    lstd = prep.qfit.lstd
+    full = prep.inputs
     sub = full.subset(episodes)
     f_sub, l_sub = _refit_row_weights(sub, keys, truncate, normalization)
     lengths = np.diff(full.episode_offsets)[episodes]
@@ -391,14 +416,8 @@ def _subgroup_q_refit(prep: Prepared, parts: EpisodeParts, episodes: NDArray[np.
     first = np.zeros((full.n_steps, len(keys)))
     logged = np.zeros_like(first)
     first[rows], logged[rows] = f_sub, l_sub
-    n = full.n_episodes
-    effect = lstd.influence(lstd.gradients(first, logged), full.rewards,
-                            full.episode_offsets) / n  # (n, k): each episode's first-order effect
-    own = effect[episodes]
-    parts = _add_to_parts(parts, keys, episodes.size * (own - own.mean(axis=0, keepdims=True)))
-    mask = np.ones(n, dtype=bool)
-    mask[episodes] = False
-    return parts, np.asarray(effect[mask])
+    return np.asarray(lstd.influence(lstd.gradients(first, logged), full.rewards,
+                                     full.episode_offsets) / full.n_episodes)
 
 
 def _other_episodes_shift(other: NDArray[np.float64], keys: Sequence[str], n_boot: int,
