@@ -224,3 +224,31 @@ def test_care_sim_recovers_behavior_disparity() -> None:
 @pytest.mark.slow
 def test_care_sim_recovers_behavior_disparity_large() -> None:
     check_care_disparity(n_members=20000, n_truth=40000, fit_steps=2000)
+
+
+def test_q_based_group_values_carry_the_q_models_refit():
+    """FQE group values from an LSTD-type Q-model fitted on every episode: the replicates include
+    its refit (each group's own first-order effects), so their spread matches evaluate's
+    subgroup standard errors (which include it); held fixed, it was 6-20 times smaller."""
+    from equicare.ope import evaluate
+    from tests.ope._garnet import make
+
+    _, ds, pols = make("s50_a5_g1", 1000, seed=3)
+    pe = pols["soft_optimal"][ds.categorical[:, 0]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = audit(ds, {"soft": pe}, group="group", estimator="fqe",
+                    q_model="tabular_stationary", n_boot=400, random_state=0)
+        ev = evaluate(ds, pe, estimators=("fqe",), q_model="tabular_stationary", bootstrap=400,
+                      random_state=0, groups=["group"], diagnose_support=False)
+    out = res.policies["soft"].outcome
+    assert out is not None and out.value_reps is not None and out.overall_reps is not None
+    np.testing.assert_allclose(out.values, [ev.groups["group"][g].estimates["fqe"].value
+                                            for g in out.groups], rtol=1e-12)
+    sd = out.value_reps.std(axis=0, ddof=1)
+    se = np.array([ev.groups["group"][g].estimates["fqe"].se for g in out.groups])
+    assert np.all((sd > 0.75 * se) & (sd < 1.33 * se)), (sd, se)
+    overall_se = ev.estimates["fqe"].se
+    assert 0.75 * overall_se < out.overall_reps.std(ddof=1) < 1.33 * overall_se
+    # the refit shift is centred: the replicates' mean stays at the point value
+    assert abs(out.value_reps.mean(axis=0) - out.values).max() < 0.25 * sd.min()

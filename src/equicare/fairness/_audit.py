@@ -156,12 +156,15 @@ def _outcome_frame(name: str, estimator: str, parts_matrix: NDArray[np.float64],
                                         NDArray[np.float64]],
                    gi: GroupIndex, weights: NDArray[np.float64] | None, alpha: float,
                    ci_method: CIMethod,
-                   sums: tuple[NDArray[np.float64], NDArray[np.float64] | None] | None = None
+                   sums: tuple[NDArray[np.float64], NDArray[np.float64] | None] | None = None,
+                   rep_shift: NDArray[np.float64] | None = None
                    ) -> OutcomeFrame:
     """Group values from per-episode parts: group sums for the data and each replicate.
 
     ``sums`` gives the group sums of ``[parts, 1]`` already computed (a streamed panel); then
-    ``parts_matrix`` and ``weights`` are not used.
+    ``parts_matrix`` and ``weights`` are not used. ``rep_shift`` (shape ``(n_boot, n_groups +
+    1)``, the last column for the overall value) is added to the replicates: the Q-model's
+    refit (:func:`refit_shift`).
     """
     if sums is None:
         h = gi.one_hot()
@@ -177,6 +180,9 @@ def _outcome_frame(name: str, estimator: str, parts_matrix: NDArray[np.float64],
         value_reps = combine_fn(reps[..., :-1], reps[..., -1])
         overall_reps = combine_fn(reps[..., :-1].sum(axis=1), reps[..., -1].sum(axis=1))
         count_reps = reps[..., -1]
+        if rep_shift is not None:
+            value_reps = value_reps + rep_shift[:, :-1]
+            overall_reps = overall_reps + rep_shift[:, -1]
     return OutcomeFrame(policy=name, group=gi.name, estimator=estimator, groups=gi.labels,
                         suppressed=gi.suppressed, counts=gi.counts, values=np.asarray(values),
                         value_reps=value_reps, overall_value=overall, overall_reps=overall_reps,
@@ -364,6 +370,7 @@ class FairnessAudit:
 
         key = self.estimator
         assert key is not None
+        shift = None
         b = dataset.behavior_prob
         if (key in ("is", "wis", "pdis", "wpdis") and b is not None
                 and bool(np.all(np.isfinite(b) & (b > 0) & (b <= 1 + 1e-9)))):
@@ -374,15 +381,42 @@ class FairnessAudit:
         else:
             # estimated propensities and/or an FQE Q-model (or unusable logged propensities,
             # which the OPE engine reports): the OPE engine prepares everything
-            inputs = prepare(dataset, policy, keys=(key,), q_model=self.q_model,
-                             random_state=seed).inputs
+            prep = prepare(dataset, policy, keys=(key,), q_model=self.q_model,
+                           random_state=seed)
+            inputs = prep.inputs
+            if key in ("fqe", "dr", "wdr") and prep.q_linearised and weights is not None:
+                shift = refit_shift(prep, key, gi, weights, self.truncate)
         parts = episode_parts(inputs, [key], truncate=self.truncate)
 
         def comb(sums: NDArray[np.float64], counts: NDArray[np.float64]) -> NDArray[np.float64]:
             return np.asarray(combine(parts, sums, np.asarray(counts))[key])
 
         return _outcome_frame(name, key, parts.matrix, comb, gi, weights, self.alpha,
-                              self.ci_method)
+                              self.ci_method, rep_shift=shift)
+
+
+def refit_shift(prep: Any, key: str, gi: GroupIndex, weights: NDArray[np.float64],
+                truncate: float | None) -> NDArray[np.float64]:
+    """The Q-model's refit in each replicate of the group values and the overall value.
+
+    The Q-model is fitted on every episode, so a replicate that reweights the episodes by ``w``
+    moves each group's FQE, DR or WDR by ``sum_e (w_e - 1) effect_e`` to first order, with the
+    group's own effects (:func:`equicare.ope._evaluate.refit_effects`, centred over all
+    episodes: one transposed solve per group); the last column is the overall value's (the
+    published groups' episodes). The streamed audit computes the same from chunk sums.
+
+    Returns
+    -------
+    ndarray of shape (n_boot, n_groups + 1)
+    """
+    from equicare.ope._evaluate import refit_effects
+
+    h = gi.one_hot()
+    sets = [np.flatnonzero(h[:, g] > 0) for g in range(h.shape[1])]
+    sets.append(np.flatnonzero(h.sum(axis=1) > 0))
+    centred = weights - 1.0
+    return np.stack([centred @ refit_effects(prep, ep, [key], truncate)[:, 0] for ep in sets],
+                    axis=1)
 
 
 def audit(dataset: TrajectoryDataset,

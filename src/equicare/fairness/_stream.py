@@ -94,6 +94,50 @@ class _Context:
     horizon: int
     seed: int
     q_fits: dict[str, Any] = field(default_factory=dict)
+    #: refit directions per policy, ``(n_params, n_groups + 1)`` (the Q-model's refit)
+    q_refit: dict[str, NDArray[np.float64]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Membership:
+    """Each episode's published group (one-hot) and, last column, whether it is audited."""
+
+    attrs: tuple[str, ...]
+    published: tuple[str, ...]
+
+    def __call__(self, ds: TrajectoryDataset) -> NDArray[np.bool_]:
+        codes = pd.Index(self.published).get_indexer(_labels(ds.groups, list(self.attrs)))
+        m = np.zeros((ds.n_episodes, len(self.published) + 1), dtype=bool)
+        k = codes >= 0
+        m[np.flatnonzero(k), codes[k]] = True
+        m[:, -1] = k
+        return m
+
+
+@dataclass
+class _RefitAcc:
+    """Sums that give the Q-model's refit in every replicate (:func:`refit_shift` in memory)."""
+
+    s1: NDArray[np.float64] | None = None  # (n_boot, C): sum_e (w_be - 1) effect_e
+    s2: NDArray[np.float64] | None = None  # (n_boot,): sum_e (w_be - 1)
+    s3: NDArray[np.float64] | None = None  # (C,): sum_e effect_e
+    n: int = 0
+
+    def add(self, effect: NDArray[np.float64], w: NDArray[np.float64]) -> None:
+        c = w - 1.0
+        self.merge(c @ effect, c.sum(axis=1), effect.sum(axis=0), effect.shape[0])
+
+    def merge(self, s1: Any, s2: Any, s3: Any, n: int) -> None:
+        if self.s1 is None:
+            self.s1, self.s2, self.s3 = s1, s2, s3
+        else:
+            self.s1, self.s2, self.s3 = self.s1 + s1, self.s2 + s2, self.s3 + s3
+        self.n += n
+
+    def shift(self) -> NDArray[np.float64]:
+        """``sum_e (w_be - 1) (effect_e - mean effect)``, shape ``(n_boot, C)``."""
+        assert self.s1 is not None and self.s2 is not None and self.s3 is not None
+        return np.asarray(self.s1 - self.s2[:, None] * (self.s3 / max(self.n, 1))[None, :])
 
 
 @dataclass
@@ -109,8 +153,12 @@ class _Partial:
     layouts: dict[str, Any] = field(default_factory=dict)
     spec: str | None = None
     level_names: list[str] = field(default_factory=list)
+    refit: dict[str, _RefitAcc] = field(default_factory=dict)
 
     def merge(self, other: _Partial) -> None:
+        for k, r in other.refit.items():
+            if r.s1 is not None:
+                self.refit.setdefault(k, _RefitAcc()).merge(r.s1, r.s2, r.s3, r.n)
         if other.alloc.point is not None:
             self.alloc.merge(*other.alloc.sums())
         for k, acc in other.out.items():
@@ -182,6 +230,11 @@ def _add_chunk(part: _Partial, ds: TrajectoryDataset, ctx: _Context) -> None:
         parts = episode_parts(inputs, [cfg.estimator], truncate=cfg.truncate)
         part.layouts[name] = EpisodeLayout(parts.slices, parts.keys, parts.horizon)
         part.out.setdefault(name, _Acc()).add(h, np.concatenate([parts.matrix, ones], axis=1), w)
+        if name in ctx.q_refit and w is not None:  # the Q-model's refit, group by group
+            from equicare.ope._stream_q import refit_contributions
+
+            effect = refit_contributions(ds, pols[name], ctx.q_fits[name], ctx.q_refit[name])
+            part.refit.setdefault(name, _RefitAcc()).add(effect, w)
 
 
 @dataclass(frozen=True)
@@ -288,6 +341,7 @@ def audit_stream(
     names = [BEHAVIOR, *pols]
     with executor_session(executor):  # one local pool for the Q-model's passes and this one
         q_fits: dict[str, Any] = {}
+        q_refit: dict[str, NDArray[np.float64]] = {}
         if cfg.estimator in Q_ESTIMATORS and pols:
             # each policy's Q-model from sums over chunks (two passes, three with the linear
             # model's stability check), then applied chunk by chunk below
@@ -295,12 +349,20 @@ def audit_stream(
 
             src = ChunkSource(source, manifest=man, chunk_rows=chunk_rows, executor=executor,
                               n_shards=n_shards, owner="audit_stream")
+            from equicare.ope._stream_q import group_refit_directions
+
             qcfg = stream_q_config(cfg.q_model, [cfg.estimator])
-            q_fits = {name: fit_q_stream(src, pol, cfg=qcfg, keys=(cfg.estimator,),
-                                         truncate=cfg.truncate).applier()
-                      for name, pol in pols.items()}
+            fits = {name: fit_q_stream(src, pol, cfg=qcfg, keys=(cfg.estimator,),
+                                       truncate=cfg.truncate) for name, pol in pols.items()}
+            q_fits = {name: f.applier() for name, f in fits.items()}
+            if cfg.n_boot > 0:  # one more pass per policy: each group's refit direction
+                memb = _Membership(tuple(attrs), gi_all.labels)
+                for name, f in fits.items():
+                    z = group_refit_directions(src, f, pols[name], cfg.estimator, memb)
+                    if z is not None:
+                        q_refit[name] = z
         ctx = _Context(cfg=cfg, policies=pols, attrs=attrs, published=gi_all.labels,
-                       horizon=scan.max_len, seed=seed, q_fits=q_fits)
+                       horizon=scan.max_len, seed=seed, q_fits=q_fits, q_refit=q_refit)
         part = _Partial()
         if executor is not None:
             from equicare.data import plan_shards
@@ -339,8 +401,11 @@ def audit_stream(
                                     keys=parts.keys, horizon=parts.horizon)
                 return np.asarray(combine(tmpl, s, np.asarray(c))[key])
 
-            outcomes[name] = _outcome_frame(name, key, np.zeros((0, 1)), comb, gi, None,
-                                            cfg.alpha, cfg.ci_method, sums=part.out[name].sums())
+            acc = part.refit.get(name)
+            outcomes[name] = _outcome_frame(
+                name, key, np.zeros((0, 1)), comb, gi, None, cfg.alpha, cfg.ci_method,
+                sums=part.out[name].sums(),
+                rep_shift=None if acc is None or acc.s1 is None else acc.shift())
     levels = None
     if cfg.with_level_rates:
         levels = level_table(names, np.concatenate(part.ep_lnum, axis=1), den_all, gi,

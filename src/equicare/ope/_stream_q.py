@@ -76,7 +76,8 @@ from equicare.ope._stream_sums import (
 from equicare.utils import ROW_BLOCK_ELEMENTS, row_blocks
 
 __all__ = ["STREAM_Q_MODELS", "stream_q_config", "evaluate_stream_q", "fit_q_stream",
-           "choose_cells_stream", "StreamQFit", "QValues", "AUTO_MESSAGE"]
+           "choose_cells_stream", "StreamQFit", "QValues", "AUTO_MESSAGE",
+           "group_refit_directions", "refit_contributions"]
 
 #: Q-models that stream (LSTD fixed points).
 STREAM_Q_MODELS: tuple[str, ...] = ("linear", "tabular_stationary")
@@ -742,3 +743,124 @@ def evaluate_stream_q(source: Any, policy: Any, *, keys: tuple[str, ...], cfg: F
                             else "Q-model fitted once on all episodes"),
               "passes": 4 if studentized else 3}
     return p2.sums, n, q_info, squares
+
+
+# ---------------------------------------------------------------------- groups' refit directions
+@dataclass(frozen=True, eq=False)
+class _GroupPieces:
+    """Per-group sums of the pieces of an estimator's gradient in ``theta`` (``C`` groups)."""
+
+    n: NDArray[np.float64]  # (C,) episodes per group
+    first: NDArray[np.float64] | None  # (n_params, C): X_pi over the groups' step-0 rows
+    d: NDArray[np.float64] | None  # (n_params, C): DR's sum disc (w_prev X_pi - w X)
+    a: NDArray[np.float64] | None  # (n_params, H, C): WDR's sum disc w_prev X_pi per step
+    b: NDArray[np.float64] | None  # (n_params, H, C): WDR's sum disc w X per step
+    s: NDArray[np.float64] | None  # (H, C): sum of w per step
+    s_prev: NDArray[np.float64] | None  # (H, C): sum of w_prev per step
+
+    def __add__(self, o: _GroupPieces) -> _GroupPieces:
+        def add(u: Any, v: Any) -> Any:
+            return None if u is None else u + v
+
+        return _GroupPieces(n=self.n + o.n, first=add(self.first, o.first), d=add(self.d, o.d),
+                            a=add(self.a, o.a), b=add(self.b, o.b), s=add(self.s, o.s),
+                            s_prev=add(self.s_prev, o.s_prev))
+
+    def gradients(self, key: str) -> NDArray[np.float64]:
+        """``dF_c/dtheta`` of each group's estimate, shape ``(n_params, C)``."""
+        n = np.maximum(self.n, 1.0)
+        if key == "fqe":
+            assert self.first is not None
+            return self.first / n
+        if key == "dr":
+            assert self.d is not None
+            return self.d / n
+        assert self.a is not None and self.b is not None
+        assert self.s is not None and self.s_prev is not None
+        sp_t = np.where(self.s_prev > 0, self.s_prev, 1.0)
+        s_t = np.where(self.s > 0, self.s, 1.0)
+        return np.asarray((self.a / sp_t[None]).sum(axis=1) - (self.b / s_t[None]).sum(axis=1))
+
+
+def _group_pieces_chunk(dataset: TrajectoryDataset, *, policy: Any, design: _Design, key: str,
+                        membership: Callable[[TrajectoryDataset], NDArray[np.bool_]]
+                        ) -> _GroupPieces:
+    pe = _target_matrix(dataset, policy)
+    x, x_pi, _ = design.build(dataset, pe)
+    member = np.asarray(membership(dataset), dtype=bool)  # (n_episodes, C)
+    rows = member[dataset.episode_index].astype(np.float64)  # (n_steps, C)
+    n_c = member.sum(axis=0).astype(np.float64)
+    inputs = _weights_inputs(dataset, pe, design.horizon)
+    t = inputs.step
+    if key == "fqe":
+        first = x_pi.rmatvec((t == 0).astype(np.float64)[:, None] * rows)
+        return _GroupPieces(n=n_c, first=np.asarray(first), d=None, a=None, b=None, s=None,
+                            s_prev=None)
+    w = inputs.cumulative_weights(design.truncate)
+    e = inputs.episode_index
+    disc = inputs.gamma ** t.astype(np.float64)
+    w_row = w[e, t]
+    w_prev = np.where(t > 0, w[e, np.maximum(t - 1, 0)], 1.0)
+    if key == "dr":
+        d = (x_pi.rmatvec((disc * w_prev)[:, None] * rows)
+             - np.asarray(x.T @ ((disc * w_row)[:, None] * rows)))
+        return _GroupPieces(n=n_c, first=None, d=np.asarray(d), a=None, b=None, s=None,
+                            s_prev=None)
+    h = design.horizon
+    n_groups = member.shape[1]
+    a = np.stack([_grouped_t(x_pi, disc * w_prev * rows[:, c], t, h) for c in range(n_groups)],
+                 axis=2)
+    b = np.stack([_grouped_t(x, disc * w_row * rows[:, c], t, h) for c in range(n_groups)],
+                 axis=2)
+    mf = member.astype(np.float64)
+    s = w.T @ mf  # (H, C)
+    s_prev = np.empty((h, n_groups))
+    s_prev[0] = n_c
+    s_prev[1:] = w[:, :-1].T @ mf
+    return _GroupPieces(n=n_c, first=None, d=None, a=a, b=b, s=s, s_prev=s_prev)
+
+
+def group_refit_directions(source: Any, fit: StreamQFit, policy: Any, key: str,
+                           membership: Callable[[TrajectoryDataset], NDArray[np.bool_]]
+                           ) -> NDArray[np.float64] | None:
+    """The refit directions ``z_c = M^{-T} dF_c/dtheta`` of each group's estimate (one pass).
+
+    ``membership(chunk)`` gives each episode's groups, shape ``(n_episodes, C)``; the estimate
+    of group ``c`` averages over its episodes (WDR normalised within it). None when the fit has
+    no factorised fixed point (the iterated fall-back: the Q-model is held fixed).
+
+    Returns
+    -------
+    ndarray of shape (n_params, C) or None
+    """
+    if fit.solution is None:
+        return None
+    pieces, _ = source.map_reduce(functools.partial(
+        _by_blocks, _group_pieces_chunk, policy=policy, design=fit.design, key=key,
+        membership=membership))
+    return np.asarray(fit.solution.solve_t(pieces.gradients(key)))
+
+
+def refit_contributions(dataset: TrajectoryDataset, policy: Any, q: QValues,
+                        z: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Each episode's ``sum_{i in e} x_i^T z_c delta_i`` for every direction, ``(n_episodes, C)``.
+
+    The raw first-order effect of the episode on estimates with refit directions ``z``
+    (:func:`group_refit_directions`), with the TD residuals of the fitted ``theta``.
+    """
+    out = np.empty((dataset.n_episodes, z.shape[1]))
+    max_rows = max(1, ROW_BLOCK_ELEMENTS // max(1, dataset.n_actions))
+    done = 0
+    for _, _, part in dataset.episode_blocks(max_rows):  # whole episodes, bounded memory
+        pe = _target_matrix(part, policy)
+        x, x_pi, _ = q.design.build(part, pe)
+        _, has_next = _next_rows(part)
+        v = x_pi.matvec(q.theta)
+        v_next = np.zeros_like(v)
+        v_next[:-1] = np.where(has_next[:-1], v[1:], 0.0)
+        delta = part.rewards + part.gamma * v_next - np.asarray(x @ q.theta)
+        contrib = np.asarray(x @ z) * delta[:, None]
+        out[done:done + part.n_episodes] = np.add.reduceat(contrib, part.episode_offsets[:-1],
+                                                           axis=0)
+        done += part.n_episodes
+    return out
