@@ -221,31 +221,30 @@ def _seen_transitions(cells: NDArray[np.int64], train: NDArray[np.bool_],
 
 
 def _density_ratio(fit: LoggedQFit, dataset: TrajectoryDataset, train: NDArray[np.bool_],
-                   start_sets: NDArray[np.bool_] | None = None
-                   ) -> NDArray[np.float64] | None:
+                   start_sets: NDArray[np.bool_]) -> NDArray[np.float64] | None:
     """Estimated ``d^pi / d^D`` at every row from an LSTD fit on the training rows, or None.
 
-    ``d^pi`` starts from the training episodes' first rows, or, with ``start_sets`` (shape
-    ``(n_episodes, m)``), from those of each set's training episodes (a subgroup's own
-    occupancy): shape ``(n_steps,)``, or ``(n_steps, m)`` with ``start_sets``.
+    One column per start set (``start_sets``, shape ``(n_episodes, m)``): ``d^pi`` starts from
+    the first rows of the set's training episodes (every episode: the value's occupancy; a
+    subgroup: its own), all from one transposed solve. Shape ``(n_steps, m)``; None without an
+    LSTD fit or when the first column is not finite (a later column that is not is NaN).
     """
     if fit.lstd is None or not isinstance(fit.lstd, LSTDFit):
         return None
     starts = dataset.episode_offsets[:-1]
-    sets = (np.ones((dataset.n_episodes, 1), dtype=bool) if start_sets is None
-            else np.asarray(start_sets, dtype=bool))
-    member = sets & train[starts][:, None]
+    member = np.asarray(start_sets, dtype=bool) & train[starts][:, None]
     n_train = np.maximum(member.sum(axis=0), 1).astype(np.float64)
-    first = np.zeros((dataset.n_steps, sets.shape[1]))
+    first = np.zeros((dataset.n_steps, member.shape[1]))
     first[starts] = member / n_train
     z = fit.lstd.solve_t(fit.lstd.gradients(first, np.zeros_like(first)))
     w = np.asarray(fit.lstd.x @ z).reshape(dataset.n_steps, -1) * n_train
-    if not np.isfinite(w).all():
+    finite = np.isfinite(w).all(axis=0)
+    if not finite[0]:
         return None
+    w[:, ~finite] = np.nan
     # truncated like importance weights: sparse pairs that the target policy revisits can get
     # ratios in the millions, which would make every candidate's score noise
-    w = np.asarray(np.clip(w, 0.0, RATIO_CAP), dtype=np.float64)
-    return w[:, 0] if start_sets is None else w
+    return np.asarray(np.clip(w, 0.0, RATIO_CAP), dtype=np.float64)
 
 
 def select_q_model(dataset: TrajectoryDataset, target_probs: NDArray[np.float64], *,
@@ -334,6 +333,8 @@ def select_q_model(dataset: TrajectoryDataset, target_probs: NDArray[np.float64]
               for lv in np.unique(dataset.group_labels(a).astype(str))]
     sets = (np.stack([dataset.group_labels(a).astype(str) == lv for a, lv in levels], axis=1)
             if levels else None)
+    everyone = np.ones((dataset.n_episodes, 1), dtype=bool)
+    start_sets = everyone if sets is None else np.concatenate([everyone, sets], axis=1)
     b_g = {name: np.zeros((dataset.n_episodes, len(levels))) for name in order}
     sq = {name: 0.0 for name in order}
     seconds = {name: 0.0 for name in order}
@@ -347,11 +348,13 @@ def select_q_model(dataset: TrajectoryDataset, target_probs: NDArray[np.float64]
                                  random_state=seed, weights=(~held).astype(np.float64))
             td = _held_out_td(fit, dataset, gamma)
             if w_hat is None:  # the fold's first fit: the weight model's when it runs
-                w_hat = _density_ratio(fit, dataset, ~held)
-                if w_hat is None:  # no LSTD model: per-decision importance weights are not
+                w_all = _density_ratio(fit, dataset, ~held, start_sets)
+                if w_all is None:  # no LSTD model: per-decision importance weights are not
                     w_hat = np.ones(dataset.n_steps)  # available here; plain TD sums
-                elif sets is not None:
-                    w_grp = _density_ratio(fit, dataset, ~held, sets)
+                else:  # column 0: every episode's start; then each level's
+                    w_hat = w_all[:, 0]
+                    if sets is not None and np.isfinite(w_all[:, 1:]).all():
+                        w_grp = w_all[:, 1:]
             ep_sum = np.add.reduceat(np.where(scored, w_hat * td, 0.0), starts)
             b[name] += np.where(fold == f, ep_sum, 0.0)
             if w_grp is not None:  # each level's own occupancy weighs the same TD errors
