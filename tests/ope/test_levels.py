@@ -88,7 +88,7 @@ def test_a_q_model_that_is_not_refitted_per_level_warns_for_the_levels():
     prep = prepare(two, policy.action_probs(two), keys=("fqe",), q_model="auto", random_state=0)
     read, refit = _pooled_columns_read(prep, two, ["site"], policy)
     assert read == ["site"] and refit is not None and refit.cells == ("state",)
-    gbm = replace(prep, q_config=FQEConfig(model="gbm"), q_name="gbm")
+    gbm = replace(prep, q_config=FQEConfig(model="gbm"))
     with pytest.warns(DataWarning, match=r"The Q-model pools over site .*the target policy reads "
                       r"site.*the gbm Q-model is not refitted per level.*--q-cells state,site"):
         read, refit = _pooled_columns_read(gbm, two, ["site"], policy)

@@ -166,10 +166,9 @@ class Prepared:
     q_cells : CellChoice or None
         How a fixed tabular Q-model's cells were chosen when they were not named (several
         categorical columns; :func:`equicare.data.choose_cells`).
-    q_name : str or None
-        The Q-model used, as a user would name it (``"tabular_stationary[state]"``).
     q_config : FQEConfig or None
-        The Q-model fitted (None when ``q`` was given or no Q-model was needed).
+        The Q-model fitted (None when ``q`` was given or no Q-model was needed); :attr:`q_name`
+        names it.
     """
 
     inputs: OPEInputs
@@ -182,8 +181,12 @@ class Prepared:
     bandit_qfit: LoggedQFit | None = None
     q_selection: QSelection | None = None
     q_cells: CellChoice | None = None
-    q_name: str | None = None
     q_config: FQEConfig | None = None
+
+    @property
+    def q_name(self) -> str | None:
+        """The Q-model used, as a user would name it (``"tabular_stationary[state]"``)."""
+        return None if self.q_config is None else q_model_name(self.q_config)
 
     @property
     def cell_choice(self) -> CellChoice | None:
@@ -323,7 +326,6 @@ def prepare(
     return Prepared(inputs=inputs, target_probs=pe, actions=dataset.actions, behavior_prob=b,
                     propensity_source=source, behavior_model=bm, qfit=qfit,
                     bandit_qfit=bandit_qfit, q_selection=selection, q_cells=q_cells,
-                    q_name=None if given is not None else q_model_name(qcfg),
                     q_config=_concrete(qcfg) if given is None and qfit is not None else None)
 
 
