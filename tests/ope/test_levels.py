@@ -87,7 +87,8 @@ def test_a_q_model_that_is_not_refitted_per_level_warns_for_the_levels():
     two, policy, _, _ = site_panel(600, seed=1)
     prep = prepare(two, policy.action_probs(two), keys=("fqe",), q_model="auto", random_state=0)
     read, refit = _pooled_columns_read(prep, two, ["site"], policy)
-    assert read == ["site"] and refit is not None and refit.cells == ("state",)
+    assert read == ["site"] and refit is not None and refit.columns == ("site",)
+    assert prep.cell_choice is not None and prep.cell_choice.columns == ("state",)
     gbm = replace(prep, q_config=FQEConfig(model="gbm"))
     with pytest.warns(DataWarning, match=r"The Q-model pools over site .*the target policy reads "
                       r"site.*the gbm Q-model is not refitted per level.*--q-cells state,site"):

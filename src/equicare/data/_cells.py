@@ -15,7 +15,7 @@ from numpy.typing import NDArray
 
 __all__ = ["thin_cells_message", "THIN_CELL_ROWS", "CellChoice", "choose_cells", "CELL_N_SE",
            "CELL_BACKOFF", "CELL_FOLDS", "check_cells", "resolve_cells", "column_positions",
-           "policy_reads", "READS_SHUFFLES"]
+           "policy_reads", "READS_SHUFFLES", "cell_means"]
 
 
 #: Rows per visited combination of categorical states below which (and below a quarter of the
@@ -302,21 +302,30 @@ def resolve_cells(dataset: Any, cells: str | tuple[str, ...], owner: str
 READS_SHUFFLES = 4
 
 
+def cell_means(values: NDArray[np.float64], codes: NDArray[np.int64],
+               rows: NDArray[np.bool_] | None = None
+               ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Mean of ``values`` (shape ``(n, m)``) per code over every row or the ``rows`` given.
+
+    Returns the means, shape ``(n_codes, m)`` (0 for a code without rows), and the rows per
+    code, shape ``(n_codes,)``; one sparse product.
+    """
+    import scipy.sparse as sp
+
+    n = values.shape[0]
+    k = int(codes.max()) + 1 if n else 0
+    w = np.ones(n) if rows is None else np.asarray(rows, dtype=np.float64)
+    ind = sp.csr_matrix((w, (codes, np.arange(n))), shape=(k, n))
+    cnt = np.asarray(ind.sum(axis=1)).ravel()
+    return (np.asarray(np.asarray(ind @ values) / np.maximum(cnt, 1.0)[:, None],
+                       dtype=np.float64), cnt)
+
+
 def _mean_tv(probs: NDArray[np.float64], coarse: NDArray[np.int64],
              fine: NDArray[np.int64]) -> float:
     """Row-weighted mean total variation of fine-cell from coarse-cell mean probabilities."""
-    import scipy.sparse as sp
-
-    n = probs.shape[0]
-
-    def means(codes: NDArray[np.int64]) -> NDArray[np.float64]:
-        k = int(codes.max()) + 1
-        ind = sp.csr_matrix((np.ones(n), (codes, np.arange(n))), shape=(k, n))
-        cnt = np.asarray(ind.sum(axis=1)).ravel()
-        return np.asarray(np.asarray(ind @ probs) / np.maximum(cnt, 1.0)[:, None],
-                          dtype=np.float64)
-
-    return float(0.5 * np.abs(means(fine)[fine] - means(coarse)[coarse]).sum(axis=1).mean())
+    m_fine, m_coarse = cell_means(probs, fine)[0], cell_means(probs, coarse)[0]
+    return float(0.5 * np.abs(m_fine[fine] - m_coarse[coarse]).sum(axis=1).mean())
 
 
 def policy_reads(dataset: Any, probs: NDArray[np.float64], column: str,

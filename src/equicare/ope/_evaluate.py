@@ -443,12 +443,11 @@ def _other_episodes_shift(other: NDArray[np.float64], keys: Sequence[str], n_boo
 class _LevelRefit:
     """Subgroup columns whose levels get their own Q-model.
 
-    Pooled dynamics, the level's policy (:mod:`equicare.ope._levels`).
+    Pooled dynamics (the cells of ``prep.cell_choice``), the level's policy
+    (:mod:`equicare.ope._levels`).
     """
 
     columns: tuple[str, ...]
-    cells: tuple[str, ...]
-    probs: NDArray[np.float64]
     policy: Any = None
 
 
@@ -482,7 +481,9 @@ def _group_results(prep: Prepared, dataset: TrajectoryDataset, keys: Sequence[st
                 str(lv))
             if per_level:
                 assert refit is not None
-                lp = level_target_probs(dataset, refit.probs, attr, refit.cells, ep, str(lv),
+                assert prep.cell_choice is not None
+                lp = level_target_probs(dataset, prep.target_probs, attr,
+                                        prep.cell_choice.columns, ep, str(lv),
                                         policy=refit.policy)
                 use = level_prepared(prep, dataset, lp, seed)
                 sources.add(lp.source)
@@ -809,8 +810,7 @@ def _pooled_columns_read(prep: Prepared, dataset: TrajectoryDataset, attrs: Sequ
     if not read:
         return [], None
     if refits_per_level(prep):
-        return read, _LevelRefit(columns=tuple(read), cells=kept, probs=prep.target_probs,
-                                 policy=policy)
+        return read, _LevelRefit(columns=tuple(read), policy=policy)
     cols = ", ".join(read)
     warnings.warn(
         f"The Q-model pools over {cols} (it does not change the dynamics given "

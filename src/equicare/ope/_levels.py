@@ -28,12 +28,11 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
-import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
-from equicare.data._cells import column_positions
-from equicare.ope._fqe import FQEConfig, fit_fqe_logged
+from equicare.data._cells import cell_means, column_positions
+from equicare.ope._fqe import FQEConfig, _cells, fit_fqe_logged
 from equicare.ope._prepare import Prepared
 
 __all__ = ["LevelPolicy", "level_target_probs", "level_prepared", "counterfactual_capable",
@@ -113,22 +112,13 @@ def level_target_probs(dataset: TrajectoryDataset, probs: NDArray[np.float64], c
         moved = replace(dataset, categorical=cat, _cache={})
         out = np.where(own_rows[:, None], p, target_probabilities(moved, policy))
         return LevelPolicy(probs=out, source="counterfactual", backed_off=0.0)
-    cat = np.asarray(dataset.categorical, dtype=np.int64)
-    if cells:
-        keep = list(column_positions(dataset, cells, "level_target_probs"))
-        sizes = tuple(len(dataset.categorical_levels[k]) for k in keep)
-        full = np.ravel_multi_index(cat[:, keep].T, sizes)
-        _, cell = np.unique(full, return_inverse=True)
+    if cells:  # the Q-table's cells, compressed to the visited ones
+        _, cell = np.unique(_cells(dataset, cells)[0], return_inverse=True)
     else:
         cell = np.zeros(dataset.n_steps, dtype=np.int64)
     cell = cell.astype(np.int64).ravel()
-    n, k = dataset.n_steps, int(cell.max()) + 1
-    ind = sp.csr_matrix((np.ones(n), (cell, np.arange(n))), shape=(k, n))
-    mine = sp.csr_matrix((own_rows.astype(np.float64), (cell, np.arange(n))), shape=(k, n))
-    cnt_all = np.asarray(ind.sum(axis=1)).ravel()
-    cnt_own = np.asarray(mine.sum(axis=1)).ravel()
-    pooled = np.asarray(ind @ p) / np.maximum(cnt_all, 1.0)[:, None]
-    level = np.asarray(mine @ p) / np.maximum(cnt_own, 1.0)[:, None]
+    pooled, _ = cell_means(p, cell)
+    level, cnt_own = cell_means(p, cell, own_rows)
     table = np.where((cnt_own > 0)[:, None], level, pooled)
     out = np.where(own_rows[:, None], p, table[cell])
     backed = float(np.mean(cnt_own[cell] == 0))
