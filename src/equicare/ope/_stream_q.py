@@ -367,6 +367,40 @@ def _weights_inputs(dataset: TrajectoryDataset, pe: NDArray[np.float64], horizon
                      gamma=dataset.gamma, rho=rho, q_sa=q_sa, v_s=v, horizon=horizon)
 
 
+def _step_weights(inputs: OPEInputs, truncate: float | None
+                  ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64],
+                             NDArray[np.float64]]:
+    """Cumulative weights on the grid, and per row the discount, ``w_t`` and ``w_{t-1}``."""
+    w = inputs.cumulative_weights(truncate)
+    e, t = inputs.episode_index, inputs.step
+    disc = inputs.gamma ** t.astype(np.float64)
+    return w, disc, w[e, t], np.where(t > 0, w[e, np.maximum(t - 1, 0)], 1.0)
+
+
+def _wdr_gradient(a: NDArray[np.float64], b: NDArray[np.float64], s: NDArray[np.float64],
+                  s_prev: NDArray[np.float64]) -> NDArray[np.float64]:
+    """WDR's gradient from its per-step pieces, over its per-step self-normalising sums.
+
+    ``a``, ``b``: shape ``(n_params, H, ...)``; ``s``, ``s_prev``: shape ``(H, ...)``.
+    """
+    sp_t = np.where(s_prev > 0, s_prev, 1.0)
+    s_t = np.where(s > 0, s, 1.0)
+    return np.asarray((a / sp_t[None]).sum(axis=1) - (b / s_t[None]).sum(axis=1))
+
+
+def _refit_contributions(dataset: TrajectoryDataset, x: sp.csr_matrix, x_pi: PiDesign,
+                         theta: NDArray[np.float64], z: NDArray[np.float64]
+                         ) -> NDArray[np.float64]:
+    """Each episode's ``sum_{i in e} x_i^T z delta_i``, the TD residuals of ``theta``."""
+    _, has_next = _next_rows(dataset)
+    v = x_pi.matvec(theta)
+    v_next = np.zeros_like(v)
+    v_next[:-1] = np.where(has_next[:-1], v[1:], 0.0)
+    delta = dataset.rewards + dataset.gamma * v_next - np.asarray(x @ theta)
+    contrib = np.asarray(x @ z) * delta[:, None]
+    return np.asarray(np.add.reduceat(contrib, dataset.episode_offsets[:-1], axis=0))
+
+
 def _pass1_chunk(dataset: TrajectoryDataset, *, policy: Any, design: _Design) -> _Pass1:
     pe = _target_matrix(dataset, policy)
     x, x_pi, lm = design.build(dataset, pe)
@@ -380,11 +414,8 @@ def _pass1_chunk(dataset: TrajectoryDataset, *, policy: Any, design: _Design) ->
         t0 = (inputs.step == 0).astype(np.float64)[:, None]
         first = x_pi.rmatvec(t0)[:, 0]
     if "dr" in keys or "wdr" in keys:
-        w = inputs.cumulative_weights(design.truncate)
-        e, t = inputs.episode_index, inputs.step
-        disc = inputs.gamma ** t.astype(np.float64)
-        w_row = w[e, t]
-        w_prev = np.where(t > 0, w[e, np.maximum(t - 1, 0)], 1.0)
+        t = inputs.step
+        w, disc, w_row, w_prev = _step_weights(inputs, design.truncate)
         h = design.horizon
         a = _grouped_t(x_pi, disc * w_prev, t, h)
         bb = _grouped_t(x, disc * w_row, t, h)
@@ -420,9 +451,7 @@ def _gradients(p1: _Pass1, keys: Sequence[str]) -> NDArray[np.float64]:
         else:
             assert p1.a is not None and p1.b is not None
             assert p1.s is not None and p1.s_prev is not None
-            sp_t = np.where(p1.s_prev > 0, p1.s_prev, 1.0)
-            s_t = np.where(p1.s > 0, p1.s, 1.0)
-            cols.append((p1.a / sp_t).sum(axis=1) - (p1.b / s_t).sum(axis=1))
+            cols.append(_wdr_gradient(p1.a, p1.b, p1.s, p1.s_prev))
     return np.column_stack(cols)
 
 
@@ -502,13 +531,7 @@ def _pass2_matrix(dataset: TrajectoryDataset, *, policy: Any, design: _Design, f
     parts = episode_parts(inputs, design.keys, truncate=design.truncate)
     cols = [parts.matrix, inputs.returns()[:, None]]
     if fit.z is not None:
-        _, has_next = _next_rows(dataset)
-        v_lstd = x_pi.matvec(theta)
-        v_next = np.zeros_like(v_lstd)
-        v_next[:-1] = np.where(has_next[:-1], v_lstd[1:], 0.0)
-        delta = dataset.rewards + dataset.gamma * v_next - np.asarray(x @ theta)
-        contrib = np.asarray(x @ fit.z) * delta[:, None]
-        cols.append(np.add.reduceat(contrib, dataset.episode_offsets[:-1], axis=0))
+        cols.append(_refit_contributions(dataset, x, x_pi, theta, fit.z))
     return inputs, parts, np.concatenate(cols, axis=1), bounded
 
 
@@ -777,9 +800,7 @@ class _GroupPieces:
             return self.d / n
         assert self.a is not None and self.b is not None
         assert self.s is not None and self.s_prev is not None
-        sp_t = np.where(self.s_prev > 0, self.s_prev, 1.0)
-        s_t = np.where(self.s > 0, self.s, 1.0)
-        return np.asarray((self.a / sp_t[None]).sum(axis=1) - (self.b / s_t[None]).sum(axis=1))
+        return _wdr_gradient(self.a, self.b, self.s, self.s_prev)
 
 
 def _group_pieces_chunk(dataset: TrajectoryDataset, *, policy: Any, design: _Design, key: str,
@@ -796,11 +817,7 @@ def _group_pieces_chunk(dataset: TrajectoryDataset, *, policy: Any, design: _Des
         first = x_pi.rmatvec((t == 0).astype(np.float64)[:, None] * rows)
         return _GroupPieces(n=n_c, first=np.asarray(first), d=None, a=None, b=None, s=None,
                             s_prev=None)
-    w = inputs.cumulative_weights(design.truncate)
-    e = inputs.episode_index
-    disc = inputs.gamma ** t.astype(np.float64)
-    w_row = w[e, t]
-    w_prev = np.where(t > 0, w[e, np.maximum(t - 1, 0)], 1.0)
+    w, disc, w_row, w_prev = _step_weights(inputs, design.truncate)
     if key == "dr":
         d = (x_pi.rmatvec((disc * w_prev)[:, None] * rows)
              - np.asarray(x.T @ ((disc * w_row)[:, None] * rows)))
@@ -852,15 +869,7 @@ def refit_contributions(dataset: TrajectoryDataset, policy: Any, q: QValues,
     max_rows = max(1, ROW_BLOCK_ELEMENTS // max(1, dataset.n_actions))
     done = 0
     for _, _, part in dataset.episode_blocks(max_rows):  # whole episodes, bounded memory
-        pe = _target_matrix(part, policy)
-        x, x_pi, _ = q.design.build(part, pe)
-        _, has_next = _next_rows(part)
-        v = x_pi.matvec(q.theta)
-        v_next = np.zeros_like(v)
-        v_next[:-1] = np.where(has_next[:-1], v[1:], 0.0)
-        delta = part.rewards + part.gamma * v_next - np.asarray(x @ q.theta)
-        contrib = np.asarray(x @ z) * delta[:, None]
-        out[done:done + part.n_episodes] = np.add.reduceat(contrib, part.episode_offsets[:-1],
-                                                           axis=0)
+        x, x_pi, _ = q.design.build(part, _target_matrix(part, policy))
+        out[done:done + part.n_episodes] = _refit_contributions(part, x, x_pi, q.theta, z)
         done += part.n_episodes
     return out
