@@ -280,6 +280,22 @@ class OPEInputs:
             w = np.minimum(w, truncate)
         return w
 
+    def row_weights(self, truncate: float | None = None
+                    ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64],
+                               NDArray[np.float64]]:
+        """The cumulative weights on the grid, and per row the discount, ``w_t`` and ``w_{t-1}``.
+
+        Returns
+        -------
+        w : ndarray of shape (n_episodes, max_len)
+        disc, w_row, w_prev : ndarray of shape (n_steps,)
+            ``gamma^t``, the row's cumulative weight and the one before it (1 at ``t = 0``).
+        """
+        w = self.cumulative_weights(truncate)
+        e, t = self.episode_index, self.step
+        disc = self.gamma ** t.astype(np.float64)
+        return w, disc, w[e, t], np.where(t > 0, w[e, np.maximum(t - 1, 0)], 1.0)
+
     def trajectory_weights(self, truncate: float | None = None) -> NDArray[np.float64]:
         """Trajectory weights ``W_e = prod_t rho_t`` (optionally truncated), ``(n_episodes,)``."""
         return self.cumulative_weights(truncate)[:, -1]

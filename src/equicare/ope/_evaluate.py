@@ -304,11 +304,8 @@ def _refit_row_weights(inputs: OPEInputs, keys: Sequence[str], truncate: float |
     (:meth:`equicare.ope._lstd.LSTDFit.gradients`).
     """
     n_ep = inputs.n_episodes
-    e, t = inputs.episode_index, inputs.step
-    disc = inputs.gamma ** t.astype(np.float64)
-    w = inputs.cumulative_weights(truncate)
-    w_row = w[e, t]
-    w_prev = np.where(t > 0, w[e, np.maximum(t - 1, 0)], 1.0)
+    t = inputs.step
+    w, disc, w_row, w_prev = inputs.row_weights(truncate)
     first = np.zeros((inputs.n_steps, len(keys)))
     logged = np.zeros_like(first)
     for j, k in enumerate(keys):

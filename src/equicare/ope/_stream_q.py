@@ -367,16 +367,6 @@ def _weights_inputs(dataset: TrajectoryDataset, pe: NDArray[np.float64], horizon
                      gamma=dataset.gamma, rho=rho, q_sa=q_sa, v_s=v, horizon=horizon)
 
 
-def _step_weights(inputs: OPEInputs, truncate: float | None
-                  ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64],
-                             NDArray[np.float64]]:
-    """Cumulative weights on the grid, and per row the discount, ``w_t`` and ``w_{t-1}``."""
-    w = inputs.cumulative_weights(truncate)
-    e, t = inputs.episode_index, inputs.step
-    disc = inputs.gamma ** t.astype(np.float64)
-    return w, disc, w[e, t], np.where(t > 0, w[e, np.maximum(t - 1, 0)], 1.0)
-
-
 def _wdr_gradient(a: NDArray[np.float64], b: NDArray[np.float64], s: NDArray[np.float64],
                   s_prev: NDArray[np.float64]) -> NDArray[np.float64]:
     """WDR's gradient from its per-step pieces, over its per-step self-normalising sums.
@@ -415,7 +405,7 @@ def _pass1_chunk(dataset: TrajectoryDataset, *, policy: Any, design: _Design) ->
         first = x_pi.rmatvec(t0)[:, 0]
     if "dr" in keys or "wdr" in keys:
         t = inputs.step
-        w, disc, w_row, w_prev = _step_weights(inputs, design.truncate)
+        w, disc, w_row, w_prev = inputs.row_weights(design.truncate)
         h = design.horizon
         a = _grouped_t(x_pi, disc * w_prev, t, h)
         bb = _grouped_t(x, disc * w_row, t, h)
@@ -817,7 +807,7 @@ def _group_pieces_chunk(dataset: TrajectoryDataset, *, policy: Any, design: _Des
         first = x_pi.rmatvec((t == 0).astype(np.float64)[:, None] * rows)
         return _GroupPieces(n=n_c, first=np.asarray(first), d=None, a=None, b=None, s=None,
                             s_prev=None)
-    w, disc, w_row, w_prev = _step_weights(inputs, design.truncate)
+    w, disc, w_row, w_prev = inputs.row_weights(design.truncate)
     if key == "dr":
         d = (x_pi.rmatvec((disc * w_prev)[:, None] * rows)
              - np.asarray(x.T @ ((disc * w_row)[:, None] * rows)))
