@@ -105,9 +105,17 @@ class _Membership:
     attrs: tuple[str, ...]
     published: tuple[str, ...]
 
+    def codes(self, ds: TrajectoryDataset) -> NDArray[np.int64]:
+        """Each episode's published group, -1 for a suppressed one."""
+        return np.asarray(pd.Index(self.published).get_indexer(
+            _labels(ds.groups, list(self.attrs))), dtype=np.int64)
+
     def __call__(self, ds: TrajectoryDataset) -> NDArray[np.bool_]:
-        codes = pd.Index(self.published).get_indexer(_labels(ds.groups, list(self.attrs)))
-        m = np.zeros((ds.n_episodes, len(self.published) + 1), dtype=bool)
+        return self.matrix(self.codes(ds))
+
+    def matrix(self, codes: NDArray[np.int64]) -> NDArray[np.bool_]:
+        """Membership of each episode (its ``codes``), shape ``(n_episodes, n_groups + 1)``."""
+        m = np.zeros((codes.size, len(self.published) + 1), dtype=bool)
         k = codes >= 0
         m[np.flatnonzero(k), codes[k]] = True
         m[:, -1] = k
@@ -185,10 +193,9 @@ def _add_chunk(part: _Partial, ds: TrajectoryDataset, ctx: _Context) -> None:
     cols = mask[:, None].astype(np.float64)
     if cfg.with_level_rates:
         cols = np.concatenate([cols, lmat], axis=1)
-    codes = pd.Index(ctx.published).get_indexer(_labels(ds.groups, ctx.attrs)).astype(np.int64)
-    h = np.zeros((ds.n_episodes, len(ctx.published)))
-    k = codes >= 0
-    h[np.flatnonzero(k), codes[k]] = 1.0
+    member = _Membership(tuple(ctx.attrs), ctx.published)
+    codes = member.codes(ds)
+    h = member.matrix(codes)[:, :-1].astype(np.float64)
     w = (poisson_weights(episode_keys(ds.episode_ids), cfg.n_boot, ctx.seed)
          if cfg.n_boot > 0 else None)
     nums, lnums, p_logged = [], [], {}
