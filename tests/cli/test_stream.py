@@ -145,6 +145,25 @@ def test_evaluate_streams_fqe_dr_wdr_with_an_explicit_q_model(parts):
     for k in ("fqe", "dr", "wdr"):
         assert s["estimates"][k]["value"] == pytest.approx(whole["estimates"][k]["value"],
                                                            rel=1e-9)
+    # every manifest group attribute's levels, as in memory (small ones suppressed)
+    assert set(s["groups"]) == set(whole["groups"]) and s["groups"]
+    n_published = 0
+    for attr, levels in whole["groups"].items():
+        assert set(s["groups"][attr]) == set(levels)
+        for lv, g in levels.items():
+            h = s["groups"][attr][lv]
+            assert h["n_episodes"] == g["n_episodes"]
+            if g.get("suppressed"):
+                assert h == {"suppressed": True, "n_episodes": None}
+                continue
+            n_published += 1
+            for k in ("is", "fqe", "dr", "wdr"):
+                assert h["estimates"][k]["value"] == pytest.approx(
+                    g["estimates"][k]["value"], rel=1e-9), (attr, lv, k)
+    assert n_published >= 2
+    res = runner.invoke(app, base[:-1] + ["--chunk-rows", "150"])
+    assert res.exit_code == 0, res.output
+    assert "Subgroups, every estimator within each level" in " ".join(res.output.split())
     res = runner.invoke(app, ["evaluate", info["panel"], "--manifest", man, "--policy",
                               str(d / "bc"), "--chunk-rows", "150", "--estimators", "fqe,dr"])
     assert res.exit_code == 2

@@ -228,8 +228,12 @@ def run_evaluate_stream(data: Path, *, manifest: Path, policy: Path, estimators:
                         q_model: str = "auto", behavior_model: str = "logistic",
                         ci: str = "studentized", chunk_rows: int = 500_000,
                         executor: Any = None, out: Path | None = None,
-                        force: bool = False, q_cells: str | None = None) -> Any:
+                        force: bool = False, q_cells: str | None = None
+                        ) -> tuple[Any, list[str]]:
     """``evaluate --chunk-rows``: :func:`equicare.ope.evaluate_stream`, then the result JSON.
+
+    Returns the streamed result and the warnings raised (suppressed small cells), for printing.
+    Subgroups are every manifest group attribute, as in memory.
 
     ``ci`` is ``studentized`` (one more pass over the chunks for the replicates' standard
     errors) or ``percentile``; ``bca`` is in memory only (a user error here).
@@ -270,16 +274,20 @@ def run_evaluate_stream(data: Path, *, manifest: Path, policy: Path, estimators:
             "--ci bca is in memory only (its acceleration needs every leave-one-episode-out "
             "estimate); with --chunk-rows use --ci studentized (the default) or percentile.")
     q_spec = q_model_spec(q_model, q_cells) if q_streams else "auto"
-    res = evaluate_stream(data, load_target_policy(policy), manifest=manifest, estimators=keys,
-                          q_model=q_spec,
-                          behavior_model=behavior_model, n_boot=bootstrap, ci_method=ci,
-                          truncate=truncate, random_state=seed, chunk_rows=chunk_rows,
-                          executor=executor)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = evaluate_stream(data, load_target_policy(policy), manifest=manifest,
+                              estimators=keys, q_model=q_spec,
+                              behavior_model=behavior_model, n_boot=bootstrap, ci_method=ci,
+                              truncate=truncate, random_state=seed, chunk_rows=chunk_rows,
+                              executor=executor)
     if out is not None:
         if out.exists() and not force:
             raise FileExistsError(OUT_EXISTS.format(path=out))
         atomic_write_text(out, json.dumps(res.to_dict(), indent=2))
-    return res
+    msgs = list(dict.fromkeys(str(w.message) for w in caught
+                              if not issubclass(w.category, DeprecationWarning)))
+    return res, msgs
 
 
 def stream_table(res: Any) -> Table:
@@ -297,6 +305,19 @@ def stream_table(res: Any) -> Table:
     for k, e in res.estimates.items():
         t.add_row(k, _fmt(e.value), f"[{_fmt(e.ci[0])}, {_fmt(e.ci[1])}]", _fmt(e.se))
     return t
+
+
+def groups_line(groups: dict[str, dict[str, Any]]) -> str | None:
+    """One line: the subgroup attributes, their levels and how many were suppressed."""
+    if not groups:
+        return None
+    items = []
+    for attr, levels in groups.items():
+        small = sum(bool(g.suppressed) for g in levels.values())
+        items.append(f"{attr} {len(levels)} level{'s' if len(levels) != 1 else ''}"
+                     + (f" ({small} suppressed: fewer than 11 episodes)" if small else ""))
+    return ("Subgroups, every estimator within each level (in the result JSON, --out or "
+            "--json): " + ", ".join(items))
 
 
 def q_model_line(res: EvaluationResult) -> str | None:
@@ -412,17 +433,18 @@ def register(app: typer.Typer) -> None:
         if chunk_rows is not None:
             with user_errors():
                 try:
-                    sres = run_evaluate_stream(data, manifest=manifest, policy=policy,
-                                               estimators=estimators, bootstrap=bootstrap,
-                                               truncate=truncate, seed=seed,
-                                               q_model=q_model.value,
-                                               behavior_model=behavior_model.value,
-                                               ci=ci.value, chunk_rows=chunk_rows,
-                                               executor=ex, out=out, force=force,
-                                               q_cells=q_cells)
+                    sres, smsgs = run_evaluate_stream(
+                        data, manifest=manifest, policy=policy, estimators=estimators,
+                        bootstrap=bootstrap, truncate=truncate, seed=seed,
+                        q_model=q_model.value, behavior_model=behavior_model.value,
+                        ci=ci.value, chunk_rows=chunk_rows, executor=ex, out=out, force=force,
+                        q_cells=q_cells)
                 finally:
                     if ex is not None and hasattr(ex, "shutdown"):
                         ex.shutdown()
+            for m in smsgs:
+                err_console.print(f"[yellow]warning:[/] {escape(' '.join(m.split()))}",
+                                  highlight=False, soft_wrap=True)
             if json_out:
                 print_json(sres.to_dict())
                 return
@@ -447,6 +469,9 @@ def register(app: typer.Typer) -> None:
             console.print(f"ESS: trajectory {sres.ess:.1f} "
                           f"({100 * sres.ess / sres.n_episodes:.2f}% of episodes); "
                           f"{sres.n_chunks} chunks", highlight=False)
+            gline = groups_line(sres.groups)
+            if gline:
+                console.print(escape(gline), highlight=False)
             if out is not None:
                 console.print(f"Wrote {escape(str(out))}", highlight=False)
             return
@@ -474,5 +499,8 @@ def register(app: typer.Typer) -> None:
         if res.support is not None:
             console.print(f"Support: {res.support.share_pct:.2f}% of the target policy's mass on "
                           "actions current practice (almost) never takes", highlight=False)
+        gline = groups_line(res.groups)
+        if gline:
+            console.print(escape(gline), highlight=False)
         if out is not None:
             console.print(f"Wrote {escape(str(out))}", highlight=False)

@@ -365,9 +365,9 @@ def audit_stream(
             if cfg.n_boot > 0:  # one more pass per policy: each group's refit direction
                 memb = _Membership(tuple(attrs), gi_all.labels)
                 for name, f in fits.items():
-                    z = group_refit_directions(src, f, pols[name], cfg.estimator, memb)
+                    z = group_refit_directions(src, f, pols[name], (cfg.estimator,), memb)
                     if z is not None:
-                        q_refit[name] = z
+                        q_refit[name] = z[cfg.estimator]
         ctx = _Context(cfg=cfg, policies=pols, attrs=attrs, published=gi_all.labels,
                        horizon=scan.max_len, seed=seed, q_fits=q_fits, q_refit=q_refit)
         part = _Partial()

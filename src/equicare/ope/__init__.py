@@ -52,6 +52,7 @@ from equicare.ope._select import QSelection, select_q_model
 from equicare.ope._sensitivity import SENSITIVITY_COLUMNS, sensitivity_analysis
 from equicare.ope._stream import (
     StreamEvaluation,
+    StreamGroup,
     StreamSums,
     chunk_sums,
     evaluate_stream,
@@ -60,6 +61,7 @@ from equicare.ope._support import SupportReport, support_diagnostics
 
 __all__ = [
     "StreamEvaluation",
+    "StreamGroup",
     "StreamSums",
     "chunk_sums",
     "episode_keys",

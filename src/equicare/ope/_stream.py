@@ -26,25 +26,41 @@ once every chunk has been summed, so the squares are summed in one more pass ove
 (:func:`chunk_squares`): the chunk's parts are rebuilt, and ``(n_boot + 1, J)`` coefficients
 (``J`` at most four times the longest episode) are all it receives. Expanding the squares into
 per-replicate sums instead would need ``(n_boot, J, J)`` cross products for WPDIS and WDR.
+
+Subgroups (each level of each group attribute, as in memory) are the same sums restricted to the
+level's episodes, added in the same passes; with a Q-model each level's intervals carry the
+Q-model's refit on every episode (:mod:`equicare.ope._stream_groups`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from equicare.data import Chunk, TrajectoryDataset
-from equicare.exceptions import DataValidationError, InvalidParameterError
-from equicare.ope._bootstrap import percentile_interval, studentized_interval
+from equicare.exceptions import DataValidationError, InvalidParameterError, SmallCellWarning
+from equicare.ope._bootstrap import Shift, percentile_interval, studentized_interval
 from equicare.ope._core import IS_TYPE, EpisodeParts, OPEInputs, combine, episode_parts
 from equicare.ope._resample import episode_keys, poisson_weights
+from equicare.ope._stream_groups import (
+    GroupPlan,
+    GroupSquares,
+    GroupSums,
+    WithGroups,
+    group_chunk_squares,
+    group_chunk_sums,
+    group_coefs,
+    plan_groups,
+)
 from equicare.ope._stream_sums import (
     SquareSums,
     StreamSums,
@@ -54,9 +70,10 @@ from equicare.ope._stream_sums import (
     student_coefs,
 )
 from equicare.policy import check_probs
-from equicare.utils import PARAM_MESSAGE, ROW_BLOCK_ELEMENTS
+from equicare.utils import MIN_CELL, PARAM_MESSAGE, ROW_BLOCK_ELEMENTS
 
-__all__ = ["StreamSums", "StreamEvaluation", "chunk_sums", "chunk_squares", "evaluate_stream",
+__all__ = ["StreamSums", "StreamEvaluation", "StreamGroup", "chunk_sums", "chunk_squares",
+           "evaluate_stream",
            "STREAM_KEYS", "STREAM_CI_METHODS", "BCA_STREAM_MESSAGE", "ChunkSource"]
 
 #: Estimators that stream (importance sampling only; no Q-model).
@@ -127,13 +144,25 @@ def chunk_sums(
     -------
     StreamSums
     """
+    sums: StreamSums = _is_sums(dataset, policy, keys=keys, horizon=horizon, n_boot=n_boot,
+                                seed=seed, truncate=truncate).main
+    return sums
+
+
+def _is_sums(dataset: TrajectoryDataset, policy: Any, *, keys: Sequence[str], horizon: int,
+             n_boot: int, seed: int, truncate: float | None,
+             groups: GroupPlan | None = None) -> WithGroups:
+    """:func:`chunk_sums` and, with ``groups``, every subgroup level's sums."""
     inputs, parts, mat = _chunk_matrix(dataset, policy, keys, horizon, truncate)
     w = poisson_weights(episode_keys(dataset.episode_ids), n_boot, seed)
     tw = inputs.trajectory_weights(truncate)
-    return StreamSums(n_episodes=dataset.n_episodes, n_steps=dataset.n_steps,
+    layout = (parts.keys, parts.slices, parts.horizon)
+    sums = StreamSums(n_episodes=dataset.n_episodes, n_steps=dataset.n_steps,
                       total=mat.sum(axis=0), boot=w @ mat, boot_n=w.sum(axis=1),
                       w_sum=float(tw.sum()), w_sq=float(np.dot(tw, tw)), gamma=dataset.gamma,
-                      parts_layout=(parts.keys, parts.slices, parts.horizon))
+                      parts_layout=layout)
+    return WithGroups(sums, None if groups is None else
+                      group_chunk_sums(dataset, mat, tw, w, groups, layout=layout))
 
 
 def chunk_squares(dataset: TrajectoryDataset, policy: Any, *, keys: Sequence[str], horizon: int,
@@ -144,8 +173,19 @@ def chunk_squares(dataset: TrajectoryDataset, policy: Any, *, keys: Sequence[str
     ``sum_e w_be IF_be^2`` of every estimator under the full sample and every Poisson replicate
     (:meth:`~equicare.ope._stream_sums.StudentCoefs.squares`).
     """
+    sq: SquareSums = _is_squares(dataset, policy, keys=keys, horizon=horizon, truncate=truncate,
+                                 coefs=coefs).main
+    return sq
+
+
+def _is_squares(dataset: TrajectoryDataset, policy: Any, *, keys: Sequence[str], horizon: int,
+                truncate: float | None, coefs: StudentCoefs, groups: GroupPlan | None = None,
+                level_coefs: list[StudentCoefs | None] | None = None) -> WithGroups:
+    """:func:`chunk_squares` and, with ``groups``, every subgroup level's squares."""
     _, _, mat = _chunk_matrix(dataset, policy, keys, horizon, truncate)
-    return coefs.squares(mat, dataset.episode_ids)
+    return WithGroups(coefs.squares(mat, dataset.episode_ids),
+                      None if groups is None or level_coefs is None
+                      else group_chunk_squares(dataset, mat, groups, level_coefs))
 
 
 @dataclass(frozen=True)
@@ -159,6 +199,39 @@ class StreamEstimate:
     def to_dict(self) -> dict[str, Any]:
         """``{"value", "ci", "se"}`` as in Contract 3."""
         return {"value": self.value, "ci": [self.ci[0], self.ci[1]], "se": self.se}
+
+
+@dataclass(frozen=True)
+class StreamGroup:
+    """Estimates within one subgroup level of a streamed evaluation (or a suppressed cell).
+
+    Attributes
+    ----------
+    n_episodes : int
+    suppressed : bool
+        True when the level has fewer than ``MIN_CELL`` (11) episodes: nothing is reported.
+    behavior : StreamEstimate or None
+        Mean observed return of the level's episodes.
+    estimates : dict of str to StreamEstimate
+    ess : float or None
+        Kish's effective sample size of the level's trajectory weights.
+    """
+
+    n_episodes: int
+    suppressed: bool
+    behavior: StreamEstimate | None = None
+    estimates: dict[str, StreamEstimate] = field(default_factory=dict)
+    ess: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Contract 3 group entry; ``{"suppressed": true, "n_episodes": null}`` when suppressed."""
+        if self.suppressed:
+            return {"suppressed": True, "n_episodes": None}
+        assert self.behavior is not None and self.ess is not None
+        return {"n_episodes": self.n_episodes, "behavior": self.behavior.to_dict(),
+                "estimates": {k: e.to_dict() for k, e in self.estimates.items()},
+                "ess": {"trajectory": self.ess,
+                        "trajectory_pct": 100.0 * self.ess / self.n_episodes}}
 
 
 @dataclass(frozen=True)
@@ -182,6 +255,9 @@ class StreamEvaluation:
         The behaviour model's sample and summary when the propensities were estimated.
     ci_method : {"studentized", "percentile"}
         Interval of the estimators (the behaviour value's is percentile, as in memory).
+    groups : dict of str to dict of str to StreamGroup
+        Every estimator within each level of each group attribute (nuisance models fitted on
+        all episodes; with a Q-model the intervals carry its refit on every episode).
     """
 
     n_episodes: int
@@ -195,6 +271,7 @@ class StreamEvaluation:
     q_model: dict[str, Any] | None = None
     behavior_model: dict[str, Any] | None = None
     ci_method: str = "percentile"
+    groups: dict[str, dict[str, StreamGroup]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The result JSON (Contract 3: ``n_episodes``, ``behavior``, ``estimates``, ``ess``)."""
@@ -205,6 +282,8 @@ class StreamEvaluation:
             "ess": {"trajectory": self.ess, "trajectory_pct": 100.0 * self.ess / self.n_episodes},
             "bootstrap": {"n_boot": self.n_boot, "weights": "poisson", "ci": self.ci_method},
             "streaming": {"n_chunks": self.n_chunks},
+            "groups": {attr: {lv: g.to_dict() for lv, g in levels.items()}
+                       for attr, levels in self.groups.items()},
         }
         out["propensity_source"] = "logged" if self.behavior_model is None else "estimated"
         if self.behavior_model is not None:
@@ -217,7 +296,7 @@ class StreamEvaluation:
 def finish(sums: StreamSums, *, alpha: float = 0.05, n_chunks: int = 1,
            q_model: dict[str, Any] | None = None,
            behavior_model: dict[str, Any] | None = None,
-           squares: SquareSums | None = None) -> StreamEvaluation:
+           squares: SquareSums | None = None, shift: Shift | None = None) -> StreamEvaluation:
     """Turn summed statistics into estimates with intervals.
 
     The influence columns (``sums.infl_keys``) add the linearised Q-model refit to every
@@ -225,7 +304,9 @@ def finish(sums: StreamSums, *, alpha: float = 0.05, n_chunks: int = 1,
     correction is ``n raw_e - sum_e raw_e`` (centred, so the point estimate is unchanged), times
     the mean step-0 weight for WDR (:func:`~equicare.ope._stream_sums.corrected_sums`). With
     ``squares`` (the standard-error pass) the intervals are studentized
-    (:func:`~equicare.ope._bootstrap.studentized_interval`), else percentile.
+    (:func:`~equicare.ope._bootstrap.studentized_interval`), else percentile. ``shift`` adds an
+    independent term to some estimators' replicates and its variance to their studentising
+    standard errors (a subgroup level's other episodes' share of the refit).
     """
     keys, slices, horizon = sums.parts_layout
     total, boot = corrected_sums(sums)
@@ -238,10 +319,14 @@ def finish(sums: StreamSums, *, alpha: float = 0.05, n_chunks: int = 1,
     estimates = {}
     for i, k in enumerate(keys):
         r, v = reps[k], float(point[k])
+        extra = 0.0
+        if shift is not None and k in shift.replicates:
+            r = r + shift.replicates[k]
+            extra = shift.variance[k]
         if squares is None:
             ci = percentile_interval(r, alpha)
         else:
-            se = np.sqrt(squares.sq[i])
+            se = np.sqrt(squares.sq[i] + extra)
             ci = studentized_interval(v, r, se[1:], float(se[0]), alpha)
         estimates[k] = StreamEstimate(value=v, ci=ci,
                                       se=float(r.std(ddof=1)) if r.size > 1 else 0.0)
@@ -256,6 +341,40 @@ def finish(sums: StreamSums, *, alpha: float = 0.05, n_chunks: int = 1,
                             ess=float(ess), n_boot=int(sums.boot_n.size), q_model=q_model,
                             behavior_model=behavior_model,
                             ci_method="percentile" if squares is None else "studentized")
+
+
+def finish_groups(plan: GroupPlan, groups: GroupSums, squares: GroupSquares | None, *,
+                  alpha: float = 0.05) -> dict[str, dict[str, StreamGroup]]:
+    """Every subgroup level's estimates from its summed statistics (:func:`finish` per level).
+
+    Levels with fewer than ``plan.min_cell`` episodes are suppressed, with a
+    :class:`~equicare.exceptions.SmallCellWarning`.
+    """
+    out: dict[str, dict[str, StreamGroup]] = {}
+    index = {col: c for c, col in enumerate(plan.columns)}
+    small: list[str] = []
+    for attr, counts in zip(plan.attrs, plan.counts, strict=True):
+        levels: dict[str, StreamGroup] = {}
+        for lv, n in counts.items():
+            c = index.get((attr, lv), -1)
+            sums = None if c < 0 else groups.sums[c]
+            if sums is None:
+                small.append(f"{attr}={lv}")
+                levels[lv] = StreamGroup(n_episodes=n, suppressed=True)
+                continue
+            keys = sums.infl_keys
+            shift = (None if groups.other is None or not keys
+                     else groups.other.shift(c, keys))
+            sq = None if squares is None else squares.sq[c]
+            res = finish(sums, alpha=alpha, squares=sq, shift=shift)
+            levels[lv] = StreamGroup(n_episodes=res.n_episodes, suppressed=False,
+                                     behavior=res.behavior, estimates=res.estimates, ess=res.ess)
+        out[attr] = levels
+    if small:
+        warnings.warn(f"{len(small)} group cells have fewer than {plan.min_cell} episodes and "
+                      f"were suppressed: {', '.join(small[:10])}"
+                      f"{' ...' if len(small) > 10 else ''}.", SmallCellWarning, stacklevel=3)
+    return out
 
 
 # ---------------------------------------------------------------------- map-reduce over chunks
@@ -333,6 +452,17 @@ class ChunkSource:
             self.horizon = max(int(c.dataset.episode_lengths.max()) for c in self.chunks)
             self.n_rows = sum(c.dataset.n_steps for c in self.chunks)
             self.logged = all(c.dataset.behavior_prob is not None for c in self.chunks)
+
+    def episode_groups(self) -> dict[str, NDArray[Any]]:
+        """Every group attribute's label of each episode (from the scan when on storage)."""
+        if self.dataset is not None:
+            return dict(self.dataset.groups)
+        if self.path is not None:
+            return dict(self.scan.episode_groups)
+        assert self.chunks is not None
+        names = list(self.chunks[0].dataset.groups)
+        return {g: np.concatenate([np.asarray(c.dataset.groups[g]) for c in self.chunks])
+                for g in names}
 
     def n_categorical(self) -> int:
         """Number of categorical state columns of the panel."""
@@ -415,6 +545,7 @@ def evaluate_stream(
     alpha: float = 0.05,
     random_state: int = 42,
     truncate: float | None = None,
+    groups: Sequence[str] | None = None,
     chunk_rows: int = 500_000,
     executor: Any = None,
     n_shards: int | None = None,
@@ -458,6 +589,13 @@ def evaluate_stream(
         Seed of the counter-based bootstrap weights (same seed, same intervals, any sharding).
     truncate : float, optional
         Cap on cumulative importance weights.
+    groups : sequence of str, optional
+        Group attributes to evaluate within (default: every one the panel has; ``()`` for
+        none), as in memory: each level's estimators on its own episodes, the nuisance models
+        fitted on all of them, levels under 11 episodes suppressed. With a Q-model each level's
+        intervals carry its refit on every episode (one more pass for the levels' refit
+        directions; :mod:`equicare.ope._stream_groups`). Not streamed: the per-level Q-model of
+        a pooled column the policy reads, and ``auto``'s estimated bias (in memory only).
     chunk_rows : int
         Rows per chunk (whole episodes).
     executor : object with ``map(fn, items)``, optional
@@ -494,6 +632,7 @@ def evaluate_stream(
     seed = int(random_state)
     src = ChunkSource(source, manifest=manifest, chunk_rows=chunk_rows, executor=executor,
                       n_shards=n_shards)
+    plan = plan_groups(src.episode_groups(), groups, MIN_CELL)
     with executor_session(executor):  # one local pool for every pass
         beh_info = None
         if not src.logged:  # no logged propensities: a behaviour model on a sample of episodes
@@ -513,19 +652,29 @@ def evaluate_stream(
 
                 cfg, cell_info = choose_cells_stream(src, cfg, sample_rows=behavior_sample_rows,
                                                      seed=seed)
-            q_sums, n_q, q_info, squares = evaluate_stream_q(
+            out = evaluate_stream_q(
                 src, policy, keys=keys, cfg=cfg, n_boot=n_boot, seed=seed, truncate=truncate,
-                progress=progress, studentized=ci_method == "studentized")
+                progress=progress, studentized=ci_method == "studentized", groups=plan)
             if cell_info is not None:
-                q_info["cell_choice"] = cell_info
-            return finish(q_sums, alpha=alpha, n_chunks=n_q, q_model=q_info,
-                          behavior_model=beh_info, squares=squares)
-        fn = functools.partial(chunk_sums, policy=policy, keys=keys, horizon=src.horizon,
-                               n_boot=n_boot, seed=seed, truncate=truncate)
-        total, n = src.map_reduce(fn, progress)
-        sq = None
-        if ci_method == "studentized":  # the standard-error pass
-            sq, _ = src.map_reduce(functools.partial(
-                chunk_squares, policy=policy, keys=keys, horizon=src.horizon, truncate=truncate,
-                coefs=student_coefs(total, seed)))
-        return finish(total, alpha=alpha, n_chunks=n, behavior_model=beh_info, squares=sq)
+                out.q_model["cell_choice"] = cell_info
+            res = finish(out.sums, alpha=alpha, n_chunks=out.n_chunks, q_model=out.q_model,
+                         behavior_model=beh_info, squares=out.squares)
+            g_sums, g_squares = out.groups, out.group_squares
+        else:
+            fn = functools.partial(_is_sums, policy=policy, keys=keys, horizon=src.horizon,
+                                   n_boot=n_boot, seed=seed, truncate=truncate, groups=plan)
+            total, n = src.map_reduce(fn, progress)
+            sq = g_squares = None
+            if ci_method == "studentized":  # the standard-error pass
+                level_coefs = None if total.groups is None else group_coefs(total.groups, seed)
+                both, _ = src.map_reduce(functools.partial(
+                    _is_squares, policy=policy, keys=keys, horizon=src.horizon,
+                    truncate=truncate, coefs=student_coefs(total.main, seed), groups=plan,
+                    level_coefs=level_coefs))
+                sq, g_squares = both.main, both.groups
+            res = finish(total.main, alpha=alpha, n_chunks=n, behavior_model=beh_info,
+                         squares=sq)
+            g_sums = total.groups
+    if plan is None or g_sums is None:
+        return res
+    return dataclasses.replace(res, groups=finish_groups(plan, g_sums, g_squares, alpha=alpha))

@@ -66,6 +66,14 @@ from equicare.ope._lstd import (
     solve_lstd_sums,
 )
 from equicare.ope._resample import episode_keys, poisson_weights
+from equicare.ope._stream_groups import (
+    GroupPlan,
+    GroupSums,
+    WithGroups,
+    group_chunk_squares,
+    group_chunk_sums,
+    group_coefs,
+)
 from equicare.ope._stream_sums import (
     SquareSums,
     StreamSums,
@@ -75,7 +83,8 @@ from equicare.ope._stream_sums import (
 )
 from equicare.utils import ROW_BLOCK_ELEMENTS, row_blocks
 
-__all__ = ["STREAM_Q_MODELS", "stream_q_config", "evaluate_stream_q", "fit_q_stream",
+__all__ = ["STREAM_Q_MODELS", "stream_q_config", "evaluate_stream_q", "StreamQOutput",
+           "fit_q_stream",
            "choose_cells_stream", "StreamQFit", "QValues", "AUTO_MESSAGE",
            "group_refit_directions", "refit_contributions"]
 
@@ -425,6 +434,8 @@ class _Fit:
     z: NDArray[np.float64] | None
     infl_keys: tuple[str, ...]
     check_limit: float | None  # linear fixed point: |Q| bound of the stability check
+    #: subgroup levels' refit directions, ``(n_params, K * C)`` (estimator-major, as ``z``)
+    z_groups: NDArray[np.float64] | None = None
 
 
 def _gradients(p1: _Pass1, keys: Sequence[str]) -> NDArray[np.float64]:
@@ -496,14 +507,22 @@ def _solve(p1: _Pass1, design: _Design, gamma: float
 class _Pass2:
     sums: StreamSums
     bounded: bool
+    groups: GroupSums | None = None
 
     def __add__(self, o: _Pass2) -> _Pass2:
-        return _Pass2(sums=self.sums + o.sums, bounded=self.bounded and o.bounded)
+        return _Pass2(sums=self.sums + o.sums, bounded=self.bounded and o.bounded,
+                      groups=None if self.groups is None or o.groups is None
+                      else self.groups + o.groups)
 
 
 def _pass2_matrix(dataset: TrajectoryDataset, *, policy: Any, design: _Design, fit: _Fit
-                  ) -> tuple[OPEInputs, EpisodeParts, NDArray[np.float64], bool]:
-    """A chunk's inputs, parts, the matrix ``[parts, return, raw influences]`` and stability."""
+                  ) -> tuple[OPEInputs, EpisodeParts, NDArray[np.float64], bool,
+                             NDArray[np.float64] | None]:
+    """A chunk's inputs, parts, the matrix ``[parts, return, raw influences]`` and stability.
+
+    Last, each episode's refit effect on each subgroup level's estimators,
+    ``(n_episodes, C, K)`` (None without ``fit.z_groups``).
+    """
     pe = _target_matrix(dataset, policy)
     x, x_pi, lm = design.build(dataset, pe)
     theta = fit.theta
@@ -520,34 +539,47 @@ def _pass2_matrix(dataset: TrajectoryDataset, *, policy: Any, design: _Design, f
     inputs = _weights_inputs(dataset, pe, design.horizon, q_sa=q_sa, v=v)
     parts = episode_parts(inputs, design.keys, truncate=design.truncate)
     cols = [parts.matrix, inputs.returns()[:, None]]
+    eff = None
     if fit.z is not None:
-        cols.append(_refit_contributions(dataset, x, x_pi, theta, fit.z))
-    return inputs, parts, np.concatenate(cols, axis=1), bounded
+        k = fit.z.shape[1]
+        zs = fit.z if fit.z_groups is None else np.concatenate([fit.z, fit.z_groups], axis=1)
+        raw = _refit_contributions(dataset, x, x_pi, theta, zs)
+        cols.append(raw[:, :k])
+        if fit.z_groups is not None:  # (n_episodes, K, C) -> (n_episodes, C, K)
+            eff = raw[:, k:].reshape(raw.shape[0], k, -1).transpose(0, 2, 1)
+    return inputs, parts, np.concatenate(cols, axis=1), bounded, eff
 
 
 def _pass2_chunk(dataset: TrajectoryDataset, *, policy: Any, design: _Design, fit: _Fit,
-                 n_boot: int, seed: int) -> _Pass2:
-    inputs, parts, mat, bounded = _pass2_matrix(dataset, policy=policy, design=design, fit=fit)
+                 n_boot: int, seed: int, groups: GroupPlan | None = None) -> _Pass2:
+    inputs, parts, mat, bounded, eff = _pass2_matrix(dataset, policy=policy, design=design,
+                                                     fit=fit)
     w = poisson_weights(episode_keys(dataset.episode_ids), n_boot, seed)
     tw = inputs.trajectory_weights(design.truncate)
+    layout = (parts.keys, parts.slices, parts.horizon)
     sums = StreamSums(n_episodes=dataset.n_episodes, n_steps=dataset.n_steps,
                       total=mat.sum(axis=0), boot=w @ mat, boot_n=w.sum(axis=1),
                       w_sum=float(tw.sum()), w_sq=float(np.dot(tw, tw)), gamma=dataset.gamma,
-                      parts_layout=(parts.keys, parts.slices, parts.horizon),
-                      infl_keys=fit.infl_keys)
-    return _Pass2(sums=sums, bounded=bounded)
+                      parts_layout=layout, infl_keys=fit.infl_keys)
+    g = (None if groups is None else
+         group_chunk_sums(dataset, mat, tw, w, groups, layout=layout, infl_keys=fit.infl_keys,
+                          eff=eff))
+    return _Pass2(sums=sums, bounded=bounded, groups=g)
 
 
 def _pass3_chunk(dataset: TrajectoryDataset, *, policy: Any, design: _Design, fit: _Fit,
-                 coefs: StudentCoefs) -> SquareSums:
+                 coefs: StudentCoefs, groups: GroupPlan | None = None,
+                 level_coefs: list[StudentCoefs | None] | None = None) -> WithGroups:
     """Pass 3 (studentized intervals): the chunk's summed squared influences.
 
     The chunk's parts are rebuilt as in pass 2 (same ``theta``, same refit directions) and
     :meth:`~equicare.ope._stream_sums.StudentCoefs.squares` adds the linearised refit and sums
-    ``w_be IF_be^2`` over the chunk's episodes.
+    ``w_be IF_be^2`` over the chunk's episodes; with ``groups``, each level's over its own.
     """
-    _, _, mat, _ = _pass2_matrix(dataset, policy=policy, design=design, fit=fit)
-    return coefs.squares(mat, dataset.episode_ids)
+    _, _, mat, _, eff = _pass2_matrix(dataset, policy=policy, design=design, fit=fit)
+    g = (None if groups is None or level_coefs is None
+         else group_chunk_squares(dataset, mat, groups, level_coefs, eff))
+    return WithGroups(coefs.squares(mat, dataset.episode_ids), g)
 
 
 @dataclass(frozen=True, eq=False)
@@ -691,15 +723,46 @@ def fit_q_stream(source: Any, policy: Any, *, cfg: FQEConfig, keys: tuple[str, .
     return fit
 
 
+@dataclass(frozen=True)
+class StreamQOutput:
+    """What :func:`evaluate_stream_q` sums over the chunks.
+
+    Attributes
+    ----------
+    sums : StreamSums
+        Summed parts, replicates and influence columns (``equicare.ope._stream.finish`` turns
+        them into estimates).
+    n_chunks : int
+    q_model : dict
+        Name, solver and how the refit enters the bootstrap.
+    squares : SquareSums or None
+        The summed squared influences (studentized intervals).
+    groups : GroupSums or None
+        Each subgroup level's sums, with the other episodes' share of its refit.
+    group_squares : GroupSquares or None
+        Each level's summed squared influences.
+    """
+
+    sums: StreamSums
+    n_chunks: int
+    q_model: dict[str, Any]
+    squares: SquareSums | None = None
+    groups: GroupSums | None = None
+    group_squares: Any = None
+
+
 def evaluate_stream_q(source: Any, policy: Any, *, keys: tuple[str, ...], cfg: FQEConfig,
                       n_boot: int, seed: int, truncate: float | None,
                       progress: Callable[[int], None] | None = None,
-                      studentized: bool = False
-                      ) -> tuple[StreamSums, int, dict[str, Any], SquareSums | None]:
+                      studentized: bool = False, groups: GroupPlan | None = None
+                      ) -> StreamQOutput:
     """Streamed evaluation with FQE, DR and WDR (three map-reduce passes over ``source``).
 
     With ``studentized`` a fourth pass (:func:`_pass3_chunk`) sums the squared influences that
-    the replicates' standard errors need.
+    the replicates' standard errors need. With ``groups`` one more pass, before the estimates,
+    sums each level's gradient pieces for its refit directions
+    (:func:`group_refit_directions`), and the estimates and squares passes add every level's
+    statistics (:mod:`equicare.ope._stream_groups`).
 
     Parameters
     ----------
@@ -715,27 +778,26 @@ def evaluate_stream_q(source: Any, policy: Any, *, keys: tuple[str, ...], cfg: F
         Called with the number of chunks done in the estimates pass.
     studentized : bool
         Run the standard-error pass of the studentized intervals.
+    groups : GroupPlan, optional
+        Subgroup levels to estimate within.
 
     Returns
     -------
-    sums : StreamSums
-        Summed parts, replicates and influence columns (``equicare.ope._stream.finish`` turns
-        them into estimates).
-    n_chunks : int
-    q_model : dict
-        Name, solver and how the refit enters the bootstrap.
-    squares : SquareSums or None
-        The summed squared influences (``studentized``).
+    StreamQOutput
     """
     q_keys = tuple(k for k in ("fqe", "dr", "wdr") if k in keys)
     qfit = fit_q_stream(source, policy, cfg=cfg, keys=keys, truncate=truncate, check=False)
     sol = qfit.solution
     z = None if sol is None else sol.solve_t(_gradients(qfit.pass1, q_keys))
+    zg = None
+    if z is not None and groups is not None and groups.n_columns:
+        dirs = group_refit_directions(source, qfit, policy, q_keys, groups.membership)
+        zg = None if dirs is None else np.concatenate([dirs[k] for k in q_keys], axis=1)
     fit = _Fit(theta=qfit.theta, z=z, infl_keys=q_keys if z is not None else (),
-               check_limit=qfit.check_limit)
+               check_limit=qfit.check_limit, z_groups=zg)
     p2, n = source.map_reduce(functools.partial(_by_blocks, _pass2_chunk, policy=policy,
                                                 design=qfit.design, fit=fit, n_boot=n_boot,
-                                                seed=seed), progress)
+                                                seed=seed, groups=groups), progress)
     info = qfit.info
     if not p2.bounded:  # unstable fixed point: iterate from the same sums, Q held fixed
         qfit = qfit.iterated()
@@ -743,19 +805,23 @@ def evaluate_stream_q(source: Any, policy: Any, *, keys: tuple[str, ...], cfg: F
         fit = _Fit(theta=qfit.theta, z=None, infl_keys=(), check_limit=None)
         p2, n = source.map_reduce(functools.partial(_by_blocks, _pass2_chunk, policy=policy,
                                                     design=qfit.design, fit=fit,
-                                                    n_boot=n_boot, seed=seed), progress)
-    squares = None
+                                                    n_boot=n_boot, seed=seed, groups=groups),
+                                  progress)
+    squares = g_squares = None
     if studentized:
-        squares, _ = source.map_reduce(functools.partial(
+        level_coefs = None if p2.groups is None else group_coefs(p2.groups, seed)
+        both, _ = source.map_reduce(functools.partial(
             _by_blocks, _pass3_chunk, policy=policy, design=qfit.design, fit=fit,
-            coefs=student_coefs(p2.sums, seed)))
+            coefs=student_coefs(p2.sums, seed), groups=groups, level_coefs=level_coefs))
+        squares, g_squares = both.main, both.groups
     name = ("linear" if cfg.model == "linear" else "tabular_stationary" if cfg.cells is None
             else f"tabular_stationary[{','.join(cfg.cells)}]")
     q_info = {"chosen": name, **info,
               "bootstrap": ("Q-model refit linearised in every replicate" if fit.z is not None
                             else "Q-model fitted once on all episodes"),
-              "passes": 4 if studentized else 3}
-    return p2.sums, n, q_info, squares
+              "passes": (4 if studentized else 3) + (zg is not None)}
+    return StreamQOutput(sums=p2.sums, n_chunks=n, q_model=q_info, squares=squares,
+                         groups=p2.groups, group_squares=g_squares)
 
 
 # ---------------------------------------------------------------------- groups' refit directions
@@ -793,7 +859,8 @@ class _GroupPieces:
         return _wdr_gradient(self.a, self.b, self.s, self.s_prev)
 
 
-def _group_pieces_chunk(dataset: TrajectoryDataset, *, policy: Any, design: _Design, key: str,
+def _group_pieces_chunk(dataset: TrajectoryDataset, *, policy: Any, design: _Design,
+                        keys: tuple[str, ...],
                         membership: Callable[[TrajectoryDataset], NDArray[np.bool_]]
                         ) -> _GroupPieces:
     pe = _target_matrix(dataset, policy)
@@ -803,34 +870,33 @@ def _group_pieces_chunk(dataset: TrajectoryDataset, *, policy: Any, design: _Des
     n_c = member.sum(axis=0).astype(np.float64)
     inputs = _weights_inputs(dataset, pe, design.horizon)
     t = inputs.step
-    if key == "fqe":
-        first = x_pi.rmatvec((t == 0).astype(np.float64)[:, None] * rows)
-        return _GroupPieces(n=n_c, first=np.asarray(first), d=None, a=None, b=None, s=None,
-                            s_prev=None)
-    w, disc, w_row, w_prev = inputs.row_weights(design.truncate)
-    if key == "dr":
-        d = (x_pi.rmatvec((disc * w_prev)[:, None] * rows)
-             - np.asarray(x.T @ ((disc * w_row)[:, None] * rows)))
-        return _GroupPieces(n=n_c, first=None, d=np.asarray(d), a=None, b=None, s=None,
-                            s_prev=None)
-    h = design.horizon
-    n_groups = member.shape[1]
-    a = np.stack([_grouped_t(x_pi, disc * w_prev * rows[:, c], t, h) for c in range(n_groups)],
-                 axis=2)
-    b = np.stack([_grouped_t(x, disc * w_row * rows[:, c], t, h) for c in range(n_groups)],
-                 axis=2)
-    mf = member.astype(np.float64)
-    s = w.T @ mf  # (H, C)
-    s_prev = np.empty((h, n_groups))
-    s_prev[0] = n_c
-    s_prev[1:] = w[:, :-1].T @ mf
-    return _GroupPieces(n=n_c, first=None, d=None, a=a, b=b, s=s, s_prev=s_prev)
+    first = d = a = b = s = s_prev = None
+    if "fqe" in keys:
+        first = np.asarray(x_pi.rmatvec((t == 0).astype(np.float64)[:, None] * rows))
+    if "dr" in keys or "wdr" in keys:
+        w, disc, w_row, w_prev = inputs.row_weights(design.truncate)
+    if "dr" in keys:
+        d = np.asarray(x_pi.rmatvec((disc * w_prev)[:, None] * rows)
+                       - np.asarray(x.T @ ((disc * w_row)[:, None] * rows)))
+    if "wdr" in keys:
+        h = design.horizon
+        n_groups = member.shape[1]
+        a = np.stack([_grouped_t(x_pi, disc * w_prev * rows[:, c], t, h)
+                      for c in range(n_groups)], axis=2)
+        b = np.stack([_grouped_t(x, disc * w_row * rows[:, c], t, h) for c in range(n_groups)],
+                     axis=2)
+        mf = member.astype(np.float64)
+        s = w.T @ mf  # (H, C)
+        s_prev = np.empty((h, n_groups))
+        s_prev[0] = n_c
+        s_prev[1:] = w[:, :-1].T @ mf
+    return _GroupPieces(n=n_c, first=first, d=d, a=a, b=b, s=s, s_prev=s_prev)
 
 
-def group_refit_directions(source: Any, fit: StreamQFit, policy: Any, key: str,
+def group_refit_directions(source: Any, fit: StreamQFit, policy: Any, keys: Sequence[str],
                            membership: Callable[[TrajectoryDataset], NDArray[np.bool_]]
-                           ) -> NDArray[np.float64] | None:
-    """The refit directions ``z_c = M^{-T} dF_c/dtheta`` of each group's estimate (one pass).
+                           ) -> dict[str, NDArray[np.float64]] | None:
+    """The refit directions ``z_c = M^{-T} dF_c/dtheta`` of each group's estimates (one pass).
 
     ``membership(chunk)`` gives each episode's groups, shape ``(n_episodes, C)``; the estimate
     of group ``c`` averages over its episodes (WDR normalised within it). None when the fit has
@@ -838,14 +904,19 @@ def group_refit_directions(source: Any, fit: StreamQFit, policy: Any, key: str,
 
     Returns
     -------
-    ndarray of shape (n_params, C) or None
+    dict of str to ndarray of shape (n_params, C), or None
+        One entry per estimator of ``keys`` (among ``fqe, dr, wdr``).
     """
     if fit.solution is None:
         return None
+    keys = tuple(keys)
     pieces, _ = source.map_reduce(functools.partial(
-        _by_blocks, _group_pieces_chunk, policy=policy, design=fit.design, key=key,
+        _by_blocks, _group_pieces_chunk, policy=policy, design=fit.design, keys=keys,
         membership=membership))
-    return np.asarray(fit.solution.solve_t(pieces.gradients(key)))
+    grads = np.concatenate([pieces.gradients(k) for k in keys], axis=1)
+    z = np.asarray(fit.solution.solve_t(grads))  # one multi-right-hand-side solve
+    n_c = grads.shape[1] // len(keys)
+    return {k: z[:, j * n_c:(j + 1) * n_c] for j, k in enumerate(keys)}
 
 
 def refit_contributions(dataset: TrajectoryDataset, policy: Any, q: QValues,

@@ -1,0 +1,169 @@
+"""Subgroups of a streamed evaluation against the in-memory engine and across chunkings."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import numpy as np
+import pytest
+
+from equicare.data import Manifest, load_dataset
+from equicare.exceptions import DataValidationError, SmallCellWarning
+from equicare.ope import FQEConfig, episode_keys, evaluate, evaluate_stream, poisson_weights
+from equicare.ope._bootstrap import percentile_interval, studentized_intervals
+from equicare.ope._core import combine, episode_parts
+from equicare.ope._evaluate import _subgroup_q_refit
+from equicare.ope._prepare import prepare
+from equicare.pipeline import get_executor
+
+from ..conftest import MANIFEST, make_frame
+from .test_stream import RiskPolicy
+
+ALL = ("is", "wis", "pdis", "wpdis", "fqe", "dr", "wdr")
+Q_KEYS = ("fqe", "dr", "wdr")
+
+
+@pytest.fixture(scope="module")
+def panel(tmp_path_factory):
+    """300 members, 1-12 weeks each, Parquet row groups of 64 rows; groups race and sex."""
+    folder = tmp_path_factory.mktemp("stream_groups")
+    frame = make_frame(n_members=300, seed=11, min_len=1, max_len=12)
+    path = folder / "panel.parquet"
+    frame.sort_values(["member_id", "week"]).to_parquet(path, index=False, row_group_size=64)
+    man = Manifest.from_dict(copy.deepcopy(MANIFEST))
+    return path, man, load_dataset(path, man, emit_warnings=False)
+
+
+def _cfg(q_model: str) -> FQEConfig:
+    return (FQEConfig(model="linear") if q_model == "linear"
+            else FQEConfig(model="tabular", horizon="stationary"))
+
+
+@pytest.mark.parametrize("q_model", [None, "linear", "tabular_stationary"])
+def test_every_levels_estimates_equal_in_memory_evaluate(panel, q_model):
+    path, man, ds = panel
+    keys = ALL if q_model else ALL[:4]
+    ref = evaluate(ds, RiskPolicy(), estimators=keys, q_model=q_model or "linear", bootstrap=0,
+                   diagnose_support=False)
+    got = evaluate_stream(path, RiskPolicy(), manifest=man, estimators=keys,
+                          q_model=q_model or "auto", n_boot=20, random_state=1, chunk_rows=60)
+    assert got.n_chunks > 10
+    assert set(got.groups) == set(ds.group_attrs) == {"race", "sex"}
+    n_levels = 0
+    for attr, levels in ref.groups.items():
+        assert set(got.groups[attr]) == set(levels)
+        for lv, r in levels.items():
+            g = got.groups[attr][lv]
+            assert g.suppressed == r.suppressed
+            if r.suppressed:
+                continue
+            n_levels += 1
+            assert g.n_episodes == r.n_episodes
+            assert g.behavior.value == pytest.approx(r.behavior.value, rel=1e-12)
+            assert g.ess == pytest.approx(r.ess.trajectory, rel=1e-9)
+            for k in keys:
+                assert g.estimates[k].value == pytest.approx(r.estimates[k].value, rel=1e-9,
+                                                             abs=1e-12), (attr, lv, k)
+    assert n_levels == 5
+    d = got.to_dict()["groups"]
+    assert d["sex"]["f"]["n_episodes"] == got.groups["sex"]["f"].n_episodes
+    assert set(d["race"]["a"]["estimates"]) == set(keys)
+
+
+def _reference(ds, q_model, level_episodes, w):
+    """The in-memory subgroup bootstrap under Poisson weights ``w``: the level's parts with
+    its own refit terms, plus the other episodes' centred effects."""
+    prep = prepare(ds, RiskPolicy(), keys=ALL, q_model=_cfg(q_model))
+    assert prep.q_linearised
+    sub = prep.inputs.subset(level_episodes)
+    parts, other = _subgroup_q_refit(prep, episode_parts(sub, ALL), level_episodes, None,
+                                     "absorbing")
+    wg = w[:, level_episodes]
+    reps = combine(parts, wg @ parts.matrix, wg.sum(axis=1))
+    mask = np.ones(ds.n_episodes, dtype=bool)
+    mask[level_episodes] = False
+    centred = other - other.mean(axis=0, keepdims=True)
+    term = (w[:, mask] - 1.0) @ centred
+    extra = {}
+    for j, k in enumerate(Q_KEYS):
+        reps[k] = reps[k] + term[:, j]
+        extra[k] = float(np.sum(centred[:, j] ** 2))
+    return parts, wg, reps, extra
+
+
+@pytest.mark.parametrize("q_model", ["linear", "tabular_stationary"])
+def test_a_levels_intervals_are_the_in_memory_subgroup_refit_under_poisson_weights(panel,
+                                                                                    q_model):
+    """Percentile and studentized: the level's own refit terms in its parts, the other
+    episodes' share of the refit as an independent term whose variance studentises too."""
+    path, man, ds = panel
+    labels = ds.group_labels("race").astype(str)
+    ep = np.flatnonzero(labels == "b")
+    w = poisson_weights(episode_keys(ds.episode_ids), 300, seed=5)
+    parts, wg, reps, extra = _reference(ds, q_model, ep, w)
+    pct = evaluate_stream(path, RiskPolicy(), manifest=man, estimators=ALL, q_model=q_model,
+                          n_boot=300, random_state=5, chunk_rows=70, ci_method="percentile")
+    stud = evaluate_stream(path, RiskPolicy(), manifest=man, estimators=ALL, q_model=q_model,
+                           n_boot=300, random_state=5, chunk_rows=70)
+    ref_stud = studentized_intervals(parts, wg, reps, extra_var=extra)
+    for k in ALL:
+        g = pct.groups["race"]["b"].estimates[k]
+        assert g.se == pytest.approx(float(reps[k].std(ddof=1)), rel=1e-8), k
+        np.testing.assert_allclose(g.ci, percentile_interval(reps[k]), rtol=1e-8, err_msg=k)
+        np.testing.assert_allclose(stud.groups["race"]["b"].estimates[k].ci, ref_stud[k],
+                                   rtol=1e-8, err_msg=k)
+    # the other episodes' share matters: without it FQE's spread is far smaller
+    own_only = combine(parts, wg @ parts.matrix, wg.sum(axis=1))["fqe"]
+    assert pct.groups["race"]["b"].estimates["fqe"].se > 1.5 * float(own_only.std(ddof=1))
+    assert stud.q_model is not None and stud.q_model["passes"] == 5  # + levels' directions
+    bare = evaluate_stream(path, RiskPolicy(), manifest=man, estimators=ALL, q_model=q_model,
+                           n_boot=300, random_state=5, chunk_rows=70, groups=())
+    assert bare.q_model is not None and bare.q_model["passes"] == 4 and bare.groups == {}
+    for k in ALL:  # the levels leave the whole panel's intervals as they were
+        assert bare.estimates[k].ci == stud.estimates[k].ci, k
+
+
+@pytest.mark.parametrize("q_model", [None, "linear"])
+def test_levels_are_the_same_for_any_chunking_and_sharding(panel, q_model):
+    path, man, ds = panel
+    kw = {"estimators": ALL if q_model else ALL[:4], "q_model": q_model or "auto",
+          "n_boot": 200, "random_state": 3, "truncate": 20.0}
+    whole = evaluate_stream(ds, RiskPolicy(), **kw).to_dict()["groups"]
+    runs = [evaluate_stream(path, RiskPolicy(), manifest=man, chunk_rows=25, **kw),
+            evaluate_stream(path, RiskPolicy(), manifest=man, chunk_rows=100,
+                            executor=get_executor("local", jobs=1), n_shards=2, **kw)]
+    for run in runs:
+        got = run.to_dict()["groups"]
+        for attr, levels in whole.items():
+            for lv, g in levels.items():
+                h = got[attr][lv]
+                assert h["n_episodes"] == g["n_episodes"]
+                np.testing.assert_allclose(h["behavior"]["ci"], g["behavior"]["ci"], rtol=1e-9)
+                for k, e in g["estimates"].items():
+                    for f in ("value", "se", "ci"):
+                        np.testing.assert_allclose(h["estimates"][k][f], e[f], rtol=1e-9,
+                                                   err_msg=f"{attr}={lv} {k} {f}")
+
+
+def test_small_levels_are_suppressed_and_unknown_attributes_named(panel, tmp_path):
+    path, man, ds = panel
+    frame = make_frame(n_members=120, seed=4, min_len=2, max_len=6)
+    first = frame["member_id"].isin(frame["member_id"].unique()[:6])
+    frame.loc[first, "race"] = "z"  # 6 members: under the 11-episode cell
+    small = tmp_path / "small.parquet"
+    frame.sort_values(["member_id", "week"]).to_parquet(small, index=False)
+    with pytest.warns(SmallCellWarning, match="race=z"):
+        res = evaluate_stream(small, RiskPolicy(), manifest=man, n_boot=50, chunk_rows=100)
+    assert res.groups["race"]["z"].suppressed
+    assert res.to_dict()["groups"]["race"]["z"] == {"suppressed": True, "n_episodes": None}
+    assert not res.groups["race"]["a"].suppressed
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        none = evaluate_stream(small, RiskPolicy(), manifest=man, n_boot=50, chunk_rows=100,
+                               groups=())
+    assert none.groups == {} and none.to_dict()["groups"] == {}
+    only = evaluate_stream(path, RiskPolicy(), manifest=man, n_boot=20, groups=["sex"])
+    assert set(only.groups) == {"sex"}
+    with pytest.raises(DataValidationError, match=r"'site'.*\['race', 'sex'\]"):
+        evaluate_stream(path, RiskPolicy(), manifest=man, n_boot=20, groups=["site"])
