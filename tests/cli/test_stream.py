@@ -185,3 +185,30 @@ def test_train_streams_bc_and_refuses_learners_that_do_not(parts, tmp_path):
     res = runner.invoke(app, ["train", info["panel"], "--manifest", man, "--algo", "spibb",
                               "--chunk-rows", "150", "--out", str(tmp_path / "s")])
     assert res.exit_code == 2 and "--chunk-rows does not apply to --algo spibb" in res.output
+
+
+def test_audit_streams_group_values_with_the_stationary_table(tmp_path):
+    """``audit --q-model tabular_stationary --chunk-rows``: the in-memory group values (a
+    Garnet panel: one categorical state column); a Q-model that does not stream exits 2."""
+    res = runner.invoke(app, ["synth", "--sim", "garnet", "--preset", "s50_a5_g1", "--episodes",
+                              "300", "--seed", "2", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    base = ["audit", str(tmp_path / "panel.parquet"), "-m", str(tmp_path / "manifest.toml"),
+            "--policy", f"soft={tmp_path / 'policies' / 'soft_optimal.parquet'}",
+            "--estimators", "fqe", "--q-model", "tabular_stationary", "--bootstrap", "50",
+            "--permutations", "20", "--json"]
+    whole = runner.invoke(app, base)
+    streamed = runner.invoke(app, base + ["--chunk-rows", "900"])
+    assert whole.exit_code == 0 and streamed.exit_code == 0, whole.output + streamed.output
+    a = json.loads(whole.stdout)["policies"]["soft"]
+    b = json.loads(streamed.stdout)["policies"]["soft"]
+    assert a["value_estimator"] == b["value_estimator"] == "fqe"
+    assert set(b["value_by_group"]) == {"g0", "g1", "g2"}
+    for g, v in a["value_by_group"].items():
+        assert b["value_by_group"][g]["value"] == pytest.approx(v["value"], rel=1e-9), g
+    truth = json.loads((tmp_path / "truth.json").read_text())["policies"]["soft_optimal"]
+    lo, hi = b["value"]["ci"]  # 300 episodes: the exact value is inside the interval
+    assert lo <= truth["value"] <= hi and hi - lo < 0.3
+    bad = runner.invoke(app, [*base[:9], "auto", *base[10:], "--chunk-rows", "900"])
+    assert bad.exit_code == 2, bad.output
+    assert "'linear' or 'tabular_stationary'" in " ".join(bad.output.split())

@@ -67,11 +67,31 @@ def _flatten(d, prefix=""):
     return out
 
 
+@pytest.mark.parametrize("estimator", ["fqe", "dr", "wdr"])
+def test_streamed_audit_with_the_stationary_table_equals_in_memory(panel, estimator):
+    """Group values by the stationary tabular Q-model (the usual choice on categorical states)
+    from chunk sums, its refit in every replicate: the in-memory audit's numbers."""
+    path, man, ds = panel
+    cfg = FairnessAudit(action="modality=home_visit", n_boot=120, n_permutations=50,
+                        estimator=estimator, q_model="tabular_stationary")
+    w = poisson_weights(episode_keys(ds.episode_ids), 120, seed=9)
+    ref = cfg.run(ds, {"risk": RiskPolicy()}, weights=w, random_state=9)
+    got = audit_stream(path, {"risk": RiskPolicy()}, manifest=man, config=cfg,
+                       chunk_rows=45, random_state=9)
+    _assert_same(ref.to_dict(), got.to_dict())
+    fixed = FairnessAudit(action="modality=home_visit", n_boot=120, n_permutations=50,
+                          estimator=estimator, q_model="linear")
+    other = audit_stream(path, {"risk": RiskPolicy()}, manifest=man, config=fixed,
+                         chunk_rows=45, random_state=9)
+    assert other.to_dict() != got.to_dict()  # the table is not the linear model
+
+
 def test_streamed_audit_refuses_q_models_that_do_not_stream(panel):
     path, man, _ = panel
-    with pytest.raises(ValueError, match="q_model"):
-        audit_stream(path, {}, manifest=man, config=FairnessAudit(estimator="dr",
-                                                                   q_model="tabular"))
+    for q_model in ("tabular", "auto", "gbm"):
+        with pytest.raises(ValueError, match="'linear' or 'tabular_stationary'"):
+            audit_stream(path, {}, manifest=man, config=FairnessAudit(estimator="dr",
+                                                                       q_model=q_model))
 
 
 def test_sharded_audit_with_dr_equals_in_memory(panel):

@@ -102,8 +102,8 @@ def run_audit(
 
     With ``chunk_rows`` the panel is streamed (:func:`equicare.fairness.audit_stream`: Poisson
     bootstrap weights keyed by episode id; group values by importance sampling, or FQE/DR/WDR
-    with a linear Q-model fitted from chunk sums), optionally one shard per task on
-    ``executor``.
+    with a linear or stationary tabular Q-model fitted from chunk sums), optionally one shard
+    per task on ``executor``.
 
     Raises
     ------
@@ -298,6 +298,9 @@ def register(app: typer.Typer) -> None:
             min=0, help="Permutations of the test of no allocation difference.")] = 1000,
         estimators: Annotated[AuditEstimator, typer.Option(
             help="OPE estimator of the group values (one), or none.")] = AuditEstimator.WIS,
+        q_model: Annotated[QModel, typer.Option(
+            help="Q-model of fqe, dr and wdr group values (any of evaluate's; with --chunk-rows "
+                 "linear or tabular_stationary).")] = QModel.LINEAR,
         min_cell: Annotated[int, typer.Option(
             min=1, help="Suppress groups with fewer episodes.")] = 11,
         ci: Annotated[AuditCI, typer.Option(
@@ -315,12 +318,15 @@ def register(app: typer.Typer) -> None:
         """Audit allocation and outcomes by group for the behaviour and each policy.
 
         With --chunk-rows the panel is streamed (group values by is, wis, pdis, wpdis, or fqe,
-        dr, wdr with a linear Q-model fitted from chunk sums; Poisson bootstrap keyed by episode
-        id), on --executor shards too.
+        dr, wdr with --q-model linear or tabular_stationary fitted from chunk sums; Poisson
+        bootstrap keyed by episode id), on --executor shards too.
 
         Example: equicare audit data/panel.parquet --manifest data/manifest.toml --policy
         awr=awr_probs.parquet --group race_ethnicity --action modality=home_visit
         --out audit.json
+
+        Example: equicare audit big/panel/ -m big/manifest.toml --policy awr=models/awr
+        --estimators dr --q-model tabular_stationary --chunk-rows 500000
         """
         from rich.markup import escape
 
@@ -340,8 +346,8 @@ def register(app: typer.Typer) -> None:
                                 intersect=intersect, action=action, out=out, force=force,
                                 level=level.value, need=need, bootstrap=bootstrap,
                                 n_permutations=permutations, estimator=est, min_cell=min_cell,
-                                ci_method=ci.value, seed=seed, chunk_rows=chunk_rows,
-                                executor=ex)
+                                q_model=q_model.value, ci_method=ci.value, seed=seed,
+                                chunk_rows=chunk_rows, executor=ex)
             finally:
                 if ex is not None and hasattr(ex, "shutdown"):
                     ex.shutdown()

@@ -243,7 +243,9 @@ def _build(
         for c in man.categorical_states:
             if categorical_levels is not None and c in categorical_levels:
                 lv_fixed = list(categorical_levels[c])
-                cc = pd.Categorical(df[c], categories=lv_fixed).codes.astype(np.int64)
+                # plain values: a categorical column's own unused categories (a chunk of a
+                # panel written with pandas categoricals) are not the panel's levels
+                cc = pd.Categorical(df[c].to_numpy(), categories=lv_fixed).codes.astype(np.int64)
                 if (cc < 0).any():
                     bad = df[c][cc < 0].iloc[0]
                     raise DataValidationError(

@@ -9,9 +9,9 @@ in-memory :meth:`FairnessAudit.run` given the same weights (tests check 1e-9). W
 episode is a handful of numbers (for the permutation test and the level-rate table), never rows.
 
 Group values use the importance-sampling estimators (``is``, ``wis``, ``pdis``, ``wpdis``) with the
-logged propensities, or ``fqe``, ``dr``, ``wdr`` with each policy's linear Q-model fitted first from
-sufficient statistics summed over chunks (:mod:`equicare.ope._stream_q`; the same fit as in
-memory, held fixed across replicates as the in-memory audit does).
+logged propensities, or ``fqe``, ``dr``, ``wdr`` with each policy's linear or stationary tabular
+Q-model fitted first from sufficient statistics summed over chunks (:mod:`equicare.ope._stream_q`;
+the same fit as in memory, its refit carried into every replicate as the in-memory audit does).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
-from equicare.exceptions import DataValidationError
+from equicare.exceptions import DataValidationError, InvalidParameterError
 from equicare.fairness._allocation import build_frames, level_table
 from equicare.fairness._audit import (
     BEHAVIOR,
@@ -45,7 +45,7 @@ __all__ = ["audit_stream", "STREAM_ESTIMATORS"]
 
 #: Estimators of the group values that stream with the logged propensities alone.
 STREAM_ESTIMATORS = ("is", "wis", "pdis", "wpdis")
-#: Estimators of the group values that stream with a linear Q-model fitted from chunk sums.
+#: Estimators of the group values that stream with a Q-model fitted from chunk sums.
 Q_ESTIMATORS = ("fqe", "dr", "wdr")
 
 
@@ -291,7 +291,9 @@ def audit_stream(
     manifest : Manifest, dict or path to a TOML manifest
     config : FairnessAudit, optional
         Settings (default ``FairnessAudit()``); ``estimator`` must be one of ``is, wis, pdis,
-        wpdis``, None, or ``fqe, dr, wdr`` with ``q_model="linear"``.
+        wpdis``, None, or ``fqe, dr, wdr`` with ``q_model="linear"`` or
+        ``"tabular_stationary"`` (with several categorical state columns the table's cells are
+        chosen on a sample of whole episodes, as streamed ``evaluate`` does).
     chunk_rows : int
         Rows per chunk.
     random_state : int
@@ -316,21 +318,25 @@ def audit_stream(
 
     cfg = config if config is not None else FairnessAudit()
     if cfg.estimator not in (*STREAM_ESTIMATORS, *Q_ESTIMATORS, None):
-        raise ValueError(PARAM_MESSAGE.format(
+        raise InvalidParameterError(PARAM_MESSAGE.format(
             name="estimator", owner="audit_stream",
             expected="one of 'is', 'wis', 'pdis', 'wpdis', 'fqe', 'dr', 'wdr' or None",
             got=cfg.estimator))
-    if cfg.estimator in Q_ESTIMATORS and cfg.q_model != "linear":
-        raise ValueError(PARAM_MESSAGE.format(
+    from equicare.ope._stream_q import STREAM_Q_MODELS
+
+    if cfg.estimator in Q_ESTIMATORS and cfg.q_model not in STREAM_Q_MODELS:
+        raise InvalidParameterError(PARAM_MESSAGE.format(
             name="q_model", owner="audit_stream",
-            expected=f"'linear' with estimator={cfg.estimator!r} (the audit's 'tabular' Q-model "
-                     "is fitted per step, backward, which does not stream)", got=cfg.q_model))
+            expected=f"'linear' or 'tabular_stationary' with estimator={cfg.estimator!r} (fitted "
+                     "from sums over chunks; the per-step tables and 'auto' need the whole panel "
+                     "in memory)", got=cfg.q_model))
     if isinstance(random_state, bool) or not isinstance(random_state, int | np.integer):
-        raise ValueError(PARAM_MESSAGE.format(name="random_state", owner="audit_stream",
-                                              expected="an int seed", got=random_state))
+        raise InvalidParameterError(PARAM_MESSAGE.format(
+            name="random_state", owner="audit_stream", expected="an int seed", got=random_state))
     pols = dict(policies or {})
     if BEHAVIOR in pols:
-        raise ValueError(f"The policy name {BEHAVIOR!r} is reserved for the logged behaviour.")
+        raise InvalidParameterError(
+            f"The policy name {BEHAVIOR!r} is reserved for the logged behaviour.")
     man = _manifest_of(manifest)
     scan = scan_panel(source, man)
     if not man.groups:
@@ -359,6 +365,10 @@ def audit_stream(
             from equicare.ope._stream_q import group_refit_directions
 
             qcfg = stream_q_config(cfg.q_model, [cfg.estimator])
+            if qcfg.model == "tabular" and qcfg.cells is None and src.n_categorical() > 1:
+                from equicare.ope._stream_q import choose_cells_stream
+
+                qcfg, _ = choose_cells_stream(src, qcfg, sample_rows=1_000_000, seed=seed)
             fits = {name: fit_q_stream(src, pol, cfg=qcfg, keys=(cfg.estimator,),
                                        truncate=cfg.truncate) for name, pol in pols.items()}
             q_fits = {name: f.applier() for name, f in fits.items()}

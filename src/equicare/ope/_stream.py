@@ -434,8 +434,8 @@ class ChunkSource:
             from equicare.data._io import _manifest_of
 
             if manifest is None:
-                raise ValueError(PARAM_MESSAGE.format(name="manifest", owner=owner,
-                                                      expected="the panel's manifest", got=None))
+                raise InvalidParameterError(PARAM_MESSAGE.format(
+                    name="manifest", owner=owner, expected="the panel's manifest", got=None))
             self.path = source
             self.manifest = _manifest_of(manifest)
             self.scan = scan_panel(source, self.manifest)
@@ -617,7 +617,7 @@ def evaluate_stream(
     allowed = (*STREAM_KEYS, "fqe", "dr", "wdr")
     bad = [k for k in keys if k not in allowed]
     if bad:
-        raise ValueError(PARAM_MESSAGE.format(
+        raise InvalidParameterError(PARAM_MESSAGE.format(
             name="estimators", owner="evaluate_stream",
             expected="estimators that stream: " + ", ".join(allowed), got=bad))
     if ci_method == "bca":
@@ -627,8 +627,9 @@ def evaluate_stream(
             name="ci_method", owner="evaluate_stream",
             expected="'studentized' or 'percentile'", got=ci_method))
     if isinstance(random_state, bool) or not isinstance(random_state, int | np.integer):
-        raise ValueError(PARAM_MESSAGE.format(name="random_state", owner="evaluate_stream",
-                                              expected="an int seed", got=random_state))
+        raise InvalidParameterError(PARAM_MESSAGE.format(
+            name="random_state", owner="evaluate_stream", expected="an int seed",
+            got=random_state))
     seed = int(random_state)
     src = ChunkSource(source, manifest=manifest, chunk_rows=chunk_rows, executor=executor,
                       n_shards=n_shards)
