@@ -47,6 +47,16 @@ def _same(a, b, rtol=1e-9):
             np.testing.assert_allclose(da["estimates"][k][f], db["estimates"][k][f], rtol=rtol)
         np.testing.assert_allclose(da["estimates"][k]["ci"], db["estimates"][k]["ci"], rtol=rtol)
     np.testing.assert_allclose(da["ess"]["trajectory"], db["ess"]["trajectory"], rtol=rtol)
+    assert da["groups"].keys() == db["groups"].keys()
+    for attr, levels in da["groups"].items():  # every subgroup level too
+        assert levels.keys() == db["groups"][attr].keys()
+        for lv, g in levels.items():
+            h = db["groups"][attr][lv]
+            assert g["n_episodes"] == h["n_episodes"], (attr, lv)
+            for k, e in g.get("estimates", {}).items():
+                for f in ("value", "se", "ci"):
+                    np.testing.assert_allclose(e[f], h["estimates"][k][f], rtol=rtol,
+                                               err_msg=f"{attr}={lv} {k} {f}")
 
 
 def test_streamed_equals_in_memory_for_any_chunking(panel):

@@ -116,7 +116,7 @@ def test_a_levels_intervals_are_the_in_memory_subgroup_refit_under_poisson_weigh
     # the other episodes' share matters: without it FQE's spread is far smaller
     own_only = combine(parts, wg @ parts.matrix, wg.sum(axis=1))["fqe"]
     assert pct.groups["race"]["b"].estimates["fqe"].se > 1.5 * float(own_only.std(ddof=1))
-    assert stud.q_model is not None and stud.q_model["passes"] == 5  # + levels' directions
+    assert stud.q_model is not None and stud.q_model["passes"] == 4  # pieces in the fit pass
     bare = evaluate_stream(path, RiskPolicy(), manifest=man, estimators=ALL, q_model=q_model,
                            n_boot=300, random_state=5, chunk_rows=70, groups=())
     assert bare.q_model is not None and bare.q_model["passes"] == 4 and bare.groups == {}

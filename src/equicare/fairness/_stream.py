@@ -110,8 +110,14 @@ class _Membership:
         return np.asarray(pd.Index(self.published).get_indexer(
             _labels(ds.groups, list(self.attrs))), dtype=np.int64)
 
-    def __call__(self, ds: TrajectoryDataset) -> NDArray[np.bool_]:
-        return self.matrix(self.codes(ds))
+    def partitions(self, ds: TrajectoryDataset) -> NDArray[np.int64]:
+        """Two partitions of the episodes: the published group, and the audited column.
+
+        Shape ``(n_episodes, 2)``: the group's column, then ``n_groups`` (the audited
+        episodes); -1 for a suppressed group's episodes in both.
+        """
+        c = self.codes(ds)
+        return np.stack([c, np.where(c >= 0, len(self.published), -1)], axis=1)
 
     def matrix(self, codes: NDArray[np.int64]) -> NDArray[np.bool_]:
         """Membership of each episode (its ``codes``), shape ``(n_episodes, n_groups + 1)``."""
@@ -362,7 +368,7 @@ def audit_stream(
 
             src = ChunkSource(source, manifest=man, chunk_rows=chunk_rows, executor=executor,
                               n_shards=n_shards, owner="audit_stream")
-            from equicare.ope._stream_q import group_refit_directions
+            from equicare.ope._stream_q import GroupCodes, group_refit_directions
 
             qcfg = stream_q_config(cfg.q_model, [cfg.estimator])
             if qcfg.model == "tabular" and qcfg.cells is None and src.n_categorical() > 1:
@@ -375,7 +381,9 @@ def audit_stream(
             if cfg.n_boot > 0:  # one more pass per policy: each group's refit direction
                 memb = _Membership(tuple(attrs), gi_all.labels)
                 for name, f in fits.items():
-                    z = group_refit_directions(src, f, pols[name], (cfg.estimator,), memb)
+                    z = group_refit_directions(src, f, pols[name], GroupCodes(
+                        codes=memb.partitions, n_groups=len(memb.published) + 1,
+                        keys=(cfg.estimator,)))
                     if z is not None:
                         q_refit[name] = z[cfg.estimator]
         ctx = _Context(cfg=cfg, policies=pols, attrs=attrs, published=gi_all.labels,

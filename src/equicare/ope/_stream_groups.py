@@ -83,10 +83,6 @@ class GroupPlan:
             offset += len(lvs)
         return out
 
-    def membership(self, ds: TrajectoryDataset) -> NDArray[np.bool_]:
-        """Whether each episode is in each published level, shape ``(n_episodes, n_columns)``."""
-        return self._matrix(self.codes(ds))
-
     def _matrix(self, codes: NDArray[np.int64]) -> NDArray[np.bool_]:
         m = np.zeros((codes.shape[0], self.n_columns), dtype=bool)
         for j in range(codes.shape[1]):  # one attribute at a time (a handful)
@@ -293,10 +289,13 @@ def group_chunk_squares(ds: TrajectoryDataset, mat: NDArray[np.float64], plan: G
     """One chunk's summed squared influences of every level (its own episodes)."""
     sq: list[SquareSums | None] = [None] * plan.n_columns
     ids = np.asarray(ds.episode_ids)
+    w = None  # every level's coefficients share the seed and replicates: one draw per chunk
     for c, own in _levels(plan, plan.codes(ds)):
         coef = coefs[c]
         if coef is None:
             continue
+        if w is None:
+            w = coef.weights(ids)
         m = _level_matrix(mat, own, c, eff if coef.corrections else None)
-        sq[c] = coef.squares(m, ids[own])
+        sq[c] = coef.squares(m, ids[own], w[:, own])
     return GroupSquares(sq=sq)

@@ -84,6 +84,7 @@ from equicare.ope._stream_sums import (
 from equicare.utils import ROW_BLOCK_ELEMENTS, row_blocks
 
 __all__ = ["STREAM_Q_MODELS", "stream_q_config", "evaluate_stream_q", "StreamQOutput",
+           "GroupCodes",
            "fit_q_stream",
            "choose_cells_stream", "StreamQFit", "QValues", "AUTO_MESSAGE",
            "group_refit_directions", "refit_contributions"]
@@ -269,9 +270,18 @@ class _Design:
 
 def _grouped_t(design: sp.csr_matrix | PiDesign, c: NDArray[np.float64], t: NDArray[np.int64],
                width: int) -> NDArray[np.float64]:
-    """``sum_{i: t_i = s} c_i x_i`` for every step ``s``: shape ``(n_params, width)``."""
-    n = c.size
-    by_step = sp.csr_matrix((c, (np.arange(n), t)), shape=(n, width))
+    """``sum_{i, j: t_ij = s} c_ij x_i`` for every output ``s``: shape ``(n_params, width)``.
+
+    ``c`` and ``t`` have shape ``(n,)`` (each row adds to one output, e.g. its step) or
+    ``(n, m)`` (each row adds to ``m`` outputs at once, e.g. its step within each of ``m``
+    partitions of the episodes): the design's rows are formed once whatever ``m``.
+    """
+    n = c.shape[0]
+    c2 = np.asarray(c, dtype=np.float64).reshape(n, -1)
+    t2 = np.asarray(t, dtype=np.int64).reshape(n, -1)
+    m = c2.shape[1]
+    by_step = sp.csr_matrix((c2.ravel(), (np.repeat(np.arange(n), m), t2.ravel())),
+                            shape=(n, width))
     mat: Any = design.x_pi if isinstance(design, SparsePi) else design
     if sp.issparse(mat):
         return np.asarray((sp.csr_matrix(mat.T) @ by_step).toarray())
@@ -279,7 +289,8 @@ def _grouped_t(design: sp.csr_matrix | PiDesign, c: NDArray[np.float64], t: NDAr
     top = np.zeros((width, design.n_kron))
     for sl in row_blocks(n, design.n_kron):  # [phi (x) u] one block of rows at a time
         k = sl.stop - sl.start
-        g = sp.csr_matrix((c[sl], (t[sl], np.arange(k))), shape=(width, k))
+        g = sp.csr_matrix((c2[sl].ravel(), (t2[sl].ravel(), np.repeat(np.arange(k), m))),
+                          shape=(width, k))
         top += g @ design._block(sl)
     out = top.T
     if design.cats is not None:
@@ -356,6 +367,8 @@ class _Pass1:
     s_prev: NDArray[np.float64] | None  # (H,): sum of w_prev per step (WDR control)
     shape: tuple[int, int]  # (p, m) of the linear model, (0, 0) for tabular
     gamma: float
+    #: the same pieces within each subgroup level (:class:`GroupCodes`), when asked for
+    groups: _GroupPieces | None = None
 
     def __add__(self, o: _Pass1) -> _Pass1:
         def add(u: Any, v: Any) -> Any:
@@ -364,7 +377,26 @@ class _Pass1:
         return _Pass1(sums=self.sums + o.sums, n_episodes=self.n_episodes + o.n_episodes,
                       first=add(self.first, o.first), a=add(self.a, o.a), b=add(self.b, o.b),
                       s=add(self.s, o.s), s_prev=add(self.s_prev, o.s_prev), shape=self.shape,
-                      gamma=self.gamma)
+                      gamma=self.gamma, groups=add(self.groups, o.groups))
+
+
+@dataclass(frozen=True, eq=False)
+class GroupCodes:
+    """Groups whose estimates' refit directions a pass collects (partitions of the episodes).
+
+    Attributes
+    ----------
+    codes : callable
+        ``codes(chunk)``, shape ``(n_episodes, P)``: each episode's group (column in
+        ``[0, n_groups)``) in each of ``P`` partitions, -1 for none.
+    n_groups : int
+    keys : tuple of str
+        Estimators among ``fqe, dr, wdr``.
+    """
+
+    codes: Callable[[TrajectoryDataset], NDArray[np.int64]]
+    n_groups: int
+    keys: tuple[str, ...]
 
 
 def _weights_inputs(dataset: TrajectoryDataset, pe: NDArray[np.float64], horizon: int,
@@ -400,7 +432,8 @@ def _refit_contributions(dataset: TrajectoryDataset, x: sp.csr_matrix, x_pi: PiD
     return np.asarray(np.add.reduceat(contrib, dataset.episode_offsets[:-1], axis=0))
 
 
-def _pass1_chunk(dataset: TrajectoryDataset, *, policy: Any, design: _Design) -> _Pass1:
+def _pass1_chunk(dataset: TrajectoryDataset, *, policy: Any, design: _Design,
+                 groups: GroupCodes | None = None) -> _Pass1:
     pe = _target_matrix(dataset, policy)
     x, x_pi, lm = design.build(dataset, pe)
     _, has_next = _next_rows(dataset)
@@ -422,8 +455,11 @@ def _pass1_chunk(dataset: TrajectoryDataset, *, policy: Any, design: _Design) ->
         s_prev = np.empty(h)
         s_prev[0] = float(inputs.n_episodes)
         s_prev[1:] = w[:, :-1].sum(axis=0)
+    gp = (None if groups is None else
+          _group_pieces(dataset, x, x_pi, inputs, design, groups.keys, groups.codes(dataset),
+                        groups.n_groups))
     return _Pass1(sums=sums, n_episodes=dataset.n_episodes, first=first, a=a, b=bb, s=s,
-                  s_prev=s_prev, shape=shape, gamma=float(dataset.gamma))
+                  s_prev=s_prev, shape=shape, gamma=float(dataset.gamma), groups=gp)
 
 
 @dataclass(frozen=True, eq=False)
@@ -680,7 +716,8 @@ class _Bounded:
 
 
 def fit_q_stream(source: Any, policy: Any, *, cfg: FQEConfig, keys: tuple[str, ...],
-                 truncate: float | None = None, check: bool = True) -> StreamQFit:
+                 truncate: float | None = None, check: bool = True,
+                 groups: GroupCodes | None = None) -> StreamQFit:
     """Fit a streamable Q-model of ``policy`` over the chunks of ``source`` (passes 0 and 1).
 
     Parameters
@@ -696,6 +733,8 @@ def fit_q_stream(source: Any, policy: Any, *, cfg: FQEConfig, keys: tuple[str, .
         Run the in-memory stability check of the linear fixed point as one more pass (and fall
         back to iterated regressions when it fails); :func:`evaluate_stream_q` checks in its
         estimate pass instead.
+    groups : GroupCodes, optional
+        Groups whose gradient pieces pass 1 also sums (:func:`group_refit_directions`).
 
     Returns
     -------
@@ -710,7 +749,7 @@ def fit_q_stream(source: Any, policy: Any, *, cfg: FQEConfig, keys: tuple[str, .
     design = _Design(cfg=cfg, stats=stats, visited=pre.visited, horizon=horizon,
                      truncate=truncate, keys=keys)
     p1, _ = source.map_reduce(functools.partial(_by_blocks, _pass1_chunk, policy=policy,
-                                                design=design))
+                                                design=design, groups=groups))
     sol, theta, info = _solve(p1, design, p1.gamma)
     fit = StreamQFit(design=design, theta=theta, solution=sol, pass1=p1, info=info,
                      r_absmax=pre.r_absmax)
@@ -759,10 +798,9 @@ def evaluate_stream_q(source: Any, policy: Any, *, keys: tuple[str, ...], cfg: F
     """Streamed evaluation with FQE, DR and WDR (three map-reduce passes over ``source``).
 
     With ``studentized`` a fourth pass (:func:`_pass3_chunk`) sums the squared influences that
-    the replicates' standard errors need. With ``groups`` one more pass, before the estimates,
-    sums each level's gradient pieces for its refit directions
-    (:func:`group_refit_directions`), and the estimates and squares passes add every level's
-    statistics (:mod:`equicare.ope._stream_groups`).
+    the replicates' standard errors need. With ``groups`` pass 1 also sums each level's gradient
+    pieces for its refit directions (:func:`group_refit_directions`), and the estimates and
+    squares passes add every level's statistics (:mod:`equicare.ope._stream_groups`).
 
     Parameters
     ----------
@@ -786,12 +824,15 @@ def evaluate_stream_q(source: Any, policy: Any, *, keys: tuple[str, ...], cfg: F
     StreamQOutput
     """
     q_keys = tuple(k for k in ("fqe", "dr", "wdr") if k in keys)
-    qfit = fit_q_stream(source, policy, cfg=cfg, keys=keys, truncate=truncate, check=False)
+    codes = (GroupCodes(codes=groups.codes, n_groups=groups.n_columns, keys=q_keys)
+             if groups is not None and groups.n_columns else None)
+    qfit = fit_q_stream(source, policy, cfg=cfg, keys=keys, truncate=truncate, check=False,
+                        groups=codes)
     sol = qfit.solution
     z = None if sol is None else sol.solve_t(_gradients(qfit.pass1, q_keys))
     zg = None
-    if z is not None and groups is not None and groups.n_columns:
-        dirs = group_refit_directions(source, qfit, policy, q_keys, groups.membership)
+    if z is not None and codes is not None:  # the levels' pieces came with pass 1
+        dirs = group_refit_directions(source, qfit, policy, codes)
         zg = None if dirs is None else np.concatenate([dirs[k] for k in q_keys], axis=1)
     fit = _Fit(theta=qfit.theta, z=z, infl_keys=q_keys if z is not None else (),
                check_limit=qfit.check_limit, z_groups=zg)
@@ -819,7 +860,7 @@ def evaluate_stream_q(source: Any, policy: Any, *, keys: tuple[str, ...], cfg: F
     q_info = {"chosen": name, **info,
               "bootstrap": ("Q-model refit linearised in every replicate" if fit.z is not None
                             else "Q-model fitted once on all episodes"),
-              "passes": (4 if studentized else 3) + (zg is not None)}
+              "passes": 4 if studentized else 3}
     return StreamQOutput(sums=p2.sums, n_chunks=n, q_model=q_info, squares=squares,
                          groups=p2.groups, group_squares=g_squares)
 
@@ -860,59 +901,77 @@ class _GroupPieces:
 
 
 def _group_pieces_chunk(dataset: TrajectoryDataset, *, policy: Any, design: _Design,
-                        keys: tuple[str, ...],
-                        membership: Callable[[TrajectoryDataset], NDArray[np.bool_]]
-                        ) -> _GroupPieces:
+                        groups: GroupCodes) -> _GroupPieces:
     pe = _target_matrix(dataset, policy)
     x, x_pi, _ = design.build(dataset, pe)
-    member = np.asarray(membership(dataset), dtype=bool)  # (n_episodes, C)
-    rows = member[dataset.episode_index].astype(np.float64)  # (n_steps, C)
-    n_c = member.sum(axis=0).astype(np.float64)
-    inputs = _weights_inputs(dataset, pe, design.horizon)
+    return _group_pieces(dataset, x, x_pi, _weights_inputs(dataset, pe, design.horizon), design,
+                         groups.keys, groups.codes(dataset), groups.n_groups)
+
+
+def _group_pieces(dataset: TrajectoryDataset, x: sp.csr_matrix, x_pi: PiDesign,
+                  inputs: OPEInputs, design: _Design, keys: tuple[str, ...],
+                  codes: NDArray[np.int64], n_groups: int) -> _GroupPieces:
+    """A chunk's gradient pieces of every group's FQE, DR and WDR (those in ``keys``).
+
+    All partitions' groups come out of one grouped product per piece.
+    """
+    ep_codes = np.asarray(codes, dtype=np.int64).reshape(dataset.n_episodes, -1)
+    valid = ep_codes >= 0  # (n_episodes, P): each partition's group of the episode, or none
+    member = np.zeros((dataset.n_episodes, n_groups))
+    for j in range(ep_codes.shape[1]):  # a handful of partitions
+        member[np.flatnonzero(valid[:, j]), ep_codes[valid[:, j], j]] = 1.0
+    n_c = member.sum(axis=0)
+    row_codes = np.maximum(ep_codes, 0)[dataset.episode_index]  # (n_steps, P)
+    row_valid = valid[dataset.episode_index].astype(np.float64)
     t = inputs.step
     first = d = a = b = s = s_prev = None
-    if "fqe" in keys:
-        first = np.asarray(x_pi.rmatvec((t == 0).astype(np.float64)[:, None] * rows))
+    if "fqe" in keys:  # every group's step-0 rows of X_pi, all partitions in one product
+        first = _grouped_t(x_pi, (t == 0)[:, None] * row_valid, row_codes, n_groups)
     if "dr" in keys or "wdr" in keys:
         w, disc, w_row, w_prev = inputs.row_weights(design.truncate)
     if "dr" in keys:
-        d = np.asarray(x_pi.rmatvec((disc * w_prev)[:, None] * rows)
-                       - np.asarray(x.T @ ((disc * w_row)[:, None] * rows)))
-    if "wdr" in keys:
+        d = (_grouped_t(x_pi, (disc * w_prev)[:, None] * row_valid, row_codes, n_groups)
+             - _grouped_t(x, (disc * w_row)[:, None] * row_valid, row_codes, n_groups))
+    if "wdr" in keys:  # per (group, step): output index group * H + step
         h = design.horizon
-        n_groups = member.shape[1]
-        a = np.stack([_grouped_t(x_pi, disc * w_prev * rows[:, c], t, h)
-                      for c in range(n_groups)], axis=2)
-        b = np.stack([_grouped_t(x, disc * w_row * rows[:, c], t, h) for c in range(n_groups)],
-                     axis=2)
-        mf = member.astype(np.float64)
-        s = w.T @ mf  # (H, C)
+        idx = row_codes * h + t[:, None]
+
+        def by_group_step(design_: Any, c: NDArray[np.float64]) -> NDArray[np.float64]:
+            out = _grouped_t(design_, c[:, None] * row_valid, idx, n_groups * h)
+            return np.ascontiguousarray(out.reshape(-1, n_groups, h).transpose(0, 2, 1))
+
+        a = by_group_step(x_pi, disc * w_prev)
+        b = by_group_step(x, disc * w_row)
+        s = w.T @ member  # (H, C)
         s_prev = np.empty((h, n_groups))
         s_prev[0] = n_c
-        s_prev[1:] = w[:, :-1].T @ mf
+        s_prev[1:] = w[:, :-1].T @ member
     return _GroupPieces(n=n_c, first=first, d=d, a=a, b=b, s=s, s_prev=s_prev)
 
 
-def group_refit_directions(source: Any, fit: StreamQFit, policy: Any, keys: Sequence[str],
-                           membership: Callable[[TrajectoryDataset], NDArray[np.bool_]]
+def group_refit_directions(source: Any, fit: StreamQFit, policy: Any, groups: GroupCodes
                            ) -> dict[str, NDArray[np.float64]] | None:
-    """The refit directions ``z_c = M^{-T} dF_c/dtheta`` of each group's estimates (one pass).
+    """The refit directions ``z_c = M^{-T} dF_c/dtheta`` of each group's estimates.
 
-    ``membership(chunk)`` gives each episode's groups, shape ``(n_episodes, C)``; the estimate
-    of group ``c`` averages over its episodes (WDR normalised within it). None when the fit has
-    no factorised fixed point (the iterated fall-back: the Q-model is held fixed).
+    The groups come in partitions of the episodes (the levels of one attribute, say; see
+    :class:`GroupCodes`), so the design's rows are formed once per chunk, not once per group.
+    The estimate of group ``c`` averages over its episodes (WDR normalised within it). The
+    pieces come from the fit's pass 1 when it collected them (:func:`fit_q_stream` with
+    ``groups``), else from one more pass. None when the fit has no factorised fixed point (the
+    iterated fall-back: the Q-model is held fixed).
 
     Returns
     -------
-    dict of str to ndarray of shape (n_params, C), or None
-        One entry per estimator of ``keys`` (among ``fqe, dr, wdr``).
+    dict of str to ndarray of shape (n_params, n_groups), or None
+        One entry per estimator of ``groups.keys`` (among ``fqe, dr, wdr``).
     """
     if fit.solution is None:
         return None
-    keys = tuple(keys)
-    pieces, _ = source.map_reduce(functools.partial(
-        _by_blocks, _group_pieces_chunk, policy=policy, design=fit.design, keys=keys,
-        membership=membership))
+    pieces = fit.pass1.groups
+    if pieces is None:
+        pieces, _ = source.map_reduce(functools.partial(
+            _by_blocks, _group_pieces_chunk, policy=policy, design=fit.design, groups=groups))
+    keys = groups.keys
     grads = np.concatenate([pieces.gradients(k) for k in keys], axis=1)
     z = np.asarray(fit.solution.solve_t(grads))  # one multi-right-hand-side solve
     n_c = grads.shape[1] // len(keys)

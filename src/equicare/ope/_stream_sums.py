@@ -155,7 +155,12 @@ class StudentCoefs:
     n_boot: int
     seed: int
 
-    def squares(self, mat: NDArray[np.float64], episode_ids: Any) -> SquareSums:
+    def weights(self, episode_ids: Any) -> NDArray[np.float64]:
+        """The episodes' Poisson weights, shape ``(n_boot, n_episodes)``."""
+        return poisson_weights(episode_keys(episode_ids), self.n_boot, self.seed)
+
+    def squares(self, mat: NDArray[np.float64], episode_ids: Any,
+                weights: NDArray[np.float64] | None = None) -> SquareSums:
         """The summed squared influences of a chunk's episodes.
 
         Parameters
@@ -163,12 +168,14 @@ class StudentCoefs:
         mat : ndarray of shape (n_chunk_episodes, n_columns)
             The chunk's parts as the estimates pass built them (parts, return, raw influences).
         episode_ids : array-like of shape (n_chunk_episodes,)
+        weights : ndarray of shape (n_boot, n_chunk_episodes), optional
+            Their Poisson weights (:meth:`weights`), when already drawn.
         """
         parts = mat[:, :self.n_parts].copy()
         for col, factor, raw, r_total in self.corrections:
             parts[:, col] += factor * (self.n_episodes * mat[:, raw] - r_total)
         w = np.vstack([np.ones((1, parts.shape[0])),
-                       poisson_weights(episode_keys(episode_ids), self.n_boot, self.seed)])
+                       self.weights(episode_ids) if weights is None else weights])
         sq = np.empty((len(self.keys), self.n_boot + 1))
         for i, k in enumerate(self.keys):
             xa, xb = ratio_columns(parts, *self.cols[k])
