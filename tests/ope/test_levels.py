@@ -102,6 +102,35 @@ def test_a_q_model_that_is_not_refitted_per_level_warns_for_the_levels():
             [], None)
 
 
+def test_a_levels_own_bias_is_autos_subgroup_bias_when_its_policy_is_the_pooled_one():
+    """``level_fqe_bias`` (the bias of a level's refitted Q-model) is ``auto``'s subgroup bias
+    computed the same way (same folds, same fits) when the level's policy is the panel's: a
+    target that does not read the column. With a policy that does, it differs."""
+    from equicare.ope import select_q_model
+    from equicare.ope._evaluate import level_fqe_bias
+
+    two, policy, _, _ = site_panel(800, seed=3)
+    soft = policy.good[two.categorical[:, 0]]
+    ds = replace(two, categorical=two.categorical[:, :1], categorical_names=("state",),
+                 categorical_levels=two.categorical_levels[:1], _cache={})
+    sel = select_q_model(ds, soft, groups=["site"], random_state=11)
+    assert sel.group_bias and sel.chosen in sel.candidates
+    labels = ds.group_labels("site").astype(str)
+    for lv in ("0", "3"):
+        ep = np.flatnonzero(labels == lv)
+        got = level_fqe_bias(sel, ds, soft, ep, seed=11)
+        assert got is not None
+        assert got[0] == pytest.approx(sel.group_bias["site"][lv][0], rel=1e-9, abs=1e-12)
+        assert got[1] == pytest.approx(sel.group_bias["site"][lv][1], rel=1e-9)
+    # site 7 follows current practice, not the soft-optimal policy: its own Q-model's bias
+    ep = np.flatnonzero(labels == "7")
+    reads = level_target_probs(two, policy.action_probs(two), "site", ("state",), ep, "7",
+                               policy=policy)
+    other = level_fqe_bias(sel, ds, reads.probs, ep, seed=11)
+    assert other is not None
+    assert other[0] != pytest.approx(level_fqe_bias(sel, ds, soft, ep, seed=11)[0], rel=1e-3)
+
+
 @pytest.mark.slow
 def test_per_level_refit_study():
     """The table of docs/ope.md ("Several categorical columns"): per-site estimates on three

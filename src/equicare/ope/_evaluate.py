@@ -45,6 +45,7 @@ from equicare.ope._core import (
 from equicare.ope._ess import EffectiveSampleSize, effective_sample_size
 from equicare.ope._fqe import FQEConfig
 from equicare.ope._prepare import BehaviorSpec, Prepared, as_fqe_config, prepare, q_model_name
+from equicare.ope._select import QSelection
 from equicare.ope._support import (
     SupportReport,
     logged_support_diagnostics,
@@ -436,6 +437,35 @@ def _other_episodes_shift(other: NDArray[np.float64], keys: Sequence[str], n_boo
     return Shift(replicates=reps, variance=variance)
 
 
+def level_fqe_bias(sel: QSelection, dataset: TrajectoryDataset, probs: NDArray[np.float64],
+                   episodes: NDArray[np.int64], seed: int) -> tuple[float, float] | None:
+    """The estimated FQE bias of a level whose Q-model is refitted with its own policy.
+
+    As ``auto``'s subgroup bias (:func:`~equicare.ope.select_q_model` with ``groups``), for the
+    level's Q-model ``Q_l = R + gamma P (pi_l Q_l)``: the chosen candidate fitted with the
+    level's policy ``probs`` on each fold's training episodes, its held-out TD errors under that
+    policy, weighted by the level's own density ratio (the reference table's adjoint under
+    ``pi_l``, started from the level's training episodes). Folds drawn from ``seed``.
+
+    Returns
+    -------
+    (bias, standard error), or None when no density ratio was available
+    """
+    from equicare.ope._select import AUTO_FOLDS, cross_fit
+
+    rng = np.random.default_rng(seed)
+    fold = np.arange(dataset.n_episodes) % max(2, min(AUTO_FOLDS, dataset.n_episodes))
+    rng.shuffle(fold)
+    member = np.zeros((dataset.n_episodes, 1), dtype=bool)
+    member[np.asarray(episodes, dtype=np.int64)] = True
+    ref = sel.reference or sel.chosen
+    names = list(dict.fromkeys([ref, sel.chosen]))
+    cf = cross_fit(dataset, probs, names, ref, fold, int(rng.integers(2**31 - 1)), member)
+    if not cf.b_sets[sel.chosen].any():
+        return None
+    return cf.set_bias(sel.chosen, 0)
+
+
 @dataclass(frozen=True)
 class _LevelRefit:
     """Subgroup columns whose levels get their own Q-model.
@@ -483,6 +513,8 @@ def _group_results(prep: Prepared, dataset: TrajectoryDataset, keys: Sequence[st
                                         prep.cell_choice.columns, ep, str(lv),
                                         policy=refit.policy)
                 use = level_prepared(prep, dataset, lp, seed)
+                if sel is not None:  # auto: the level's own Q-model's estimated bias
+                    gbias = level_fqe_bias(sel, dataset, lp.probs, ep, seed)
                 sources.add(lp.source)
                 backed[str(lv)] = round(lp.backed_off, 4)
             ests, beh, ess = estimates_from_prepared(use, keys, episodes=ep, random_state=seed,
@@ -743,8 +775,9 @@ def _evaluate(
     if "fqe" in keys and sel is not None and sel.bias.get(sel.chosen) is not None and not refit:
         settings["fqe_interval"] = (
             "bootstrap joined with the bias-aware interval of auto's estimated Q-model bias "
-            + ("(overall, and per subgroup level with the level's own density ratio)"
-               if sel.group_bias else "(overall only)"))
+            + ("(overall, and per subgroup level with the level's own density ratio; a "
+               "level whose Q-model is refitted with its own policy gets that Q-model's own "
+               "cross-fitted bias)" if sel.group_bias else "(overall only)"))
     if refit and bootstrap > 0:
         from sklearn.base import clone
 

@@ -87,7 +87,8 @@ from equicare.ope._fqe import AUTO_SELECTOR, FQEConfig, LoggedQFit, cell_columns
 from equicare.ope._lstd import LSTDFit
 from equicare.utils import RandomState, check_random_state
 
-__all__ = ["QSelection", "select_q_model", "AUTO_CANDIDATES", "AUTO_FOLDS",
+__all__ = ["QSelection", "select_q_model", "cross_fit", "CrossFit", "AUTO_CANDIDATES",
+           "AUTO_FOLDS",
            "AUTO_FLEXIBLE_WORK", "AUTO_N_SE", "candidate_config", "candidate_name",
            "choose_with_reference"]
 
@@ -247,6 +248,114 @@ def _density_ratio(fit: LoggedQFit, dataset: TrajectoryDataset, train: NDArray[n
     return np.asarray(np.clip(w, 0.0, RATIO_CAP), dtype=np.float64)
 
 
+@dataclass(frozen=True)
+class CrossFit:
+    """Per-episode held-out estimated biases of cross-fitted Q-models (:func:`cross_fit`).
+
+    Attributes
+    ----------
+    b : dict of str to ndarray of shape (n_episodes,)
+        Each candidate's ``b_e = sum_{i in e} w_i delta_i`` over its held-out scored rows, with
+        ``w`` the density ratio of every episode's start (the value's occupancy).
+    b_sets : dict of str to ndarray of shape (n_episodes, m)
+        The same TD errors weighted by each start set's own density ratio (zeros when no ratio
+        was available).
+    sq : dict of str to float
+        Sum of squared held-out TD errors.
+    seconds : dict of str to float
+    """
+
+    b: dict[str, NDArray[np.float64]]
+    b_sets: dict[str, NDArray[np.float64]]
+    sq: dict[str, float]
+    seconds: dict[str, float]
+
+    def set_bias(self, name: str, column: int) -> tuple[float, float]:
+        """``(mean, standard error)`` over episodes of one start set's estimated bias."""
+        col = self.b_sets[name][:, column]
+        n = col.size
+        return float(col.mean()), float(col.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
+
+
+def cross_fit(dataset: TrajectoryDataset, target_probs: NDArray[np.float64],
+              names: Sequence[str], weight_model: str, fold: NDArray[np.int64], seed: int,
+              sets: NDArray[np.bool_] | None = None) -> CrossFit:
+    """Fit every candidate on each fold's training episodes; weigh the held-out TD errors.
+
+    Held-out rows are scored where their state cell and the next row's are visited by the
+    training rows (categorical states). The density ratio comes from the fold's first fit,
+    ``weight_model``'s when it is among ``names`` (it is fitted first); column 0 of the start
+    sets is every episode, then the columns of ``sets``.
+
+    Parameters
+    ----------
+    dataset : TrajectoryDataset
+    target_probs : ndarray of shape (n_steps, n_actions)
+    names : sequence of str
+        Candidates (:func:`candidate_config` names).
+    weight_model : str
+        The candidate whose LSTD adjoint gives the density ratios.
+    fold : ndarray of shape (n_episodes,)
+        Each episode's fold, ``0 .. k-1``.
+    seed : int
+        Of the gbm and mlp fits.
+    sets : ndarray of shape (n_episodes, m), optional
+        Start sets (subgroup levels) whose own density ratios weigh the same TD errors.
+
+    Returns
+    -------
+    CrossFit
+    """
+    k = int(fold.max()) + 1
+    has_cat = dataset.categorical is not None and dataset.categorical.shape[1] > 0
+    row_fold = fold[dataset.episode_index]
+    gamma = float(dataset.gamma)
+    starts = dataset.episode_offsets[:-1]
+    nxt = dataset.next_index
+    nxt_ok = np.where((nxt >= 0) & ~dataset.terminals, nxt, -1)
+    prod = None
+    if has_cat:  # held-out transitions are scored between (all-column) cells training visits
+        assert dataset.categorical is not None
+        sizes = tuple(len(lv) for lv in dataset.categorical_levels)
+        prod = np.asarray(np.ravel_multi_index(dataset.categorical.T, sizes), dtype=np.int64)
+    held_f = [row_fold == f for f in range(k)]
+    scored_f = [h if prod is None else h & _seen_transitions(prod, ~h, nxt_ok) for h in held_f]
+    order = sorted(names, key=lambda n: n != weight_model)
+    n_sets = 0 if sets is None else sets.shape[1]
+    everyone = np.ones((dataset.n_episodes, 1), dtype=bool)
+    start_sets = everyone if sets is None else np.concatenate([everyone, sets], axis=1)
+    b = {name: np.zeros(dataset.n_episodes) for name in order}
+    b_g = {name: np.zeros((dataset.n_episodes, n_sets)) for name in order}
+    sq = {name: 0.0 for name in order}
+    seconds = {name: 0.0 for name in order}
+    for f in range(k):
+        held, scored = held_f[f], scored_f[f]
+        w_hat: NDArray[np.float64] | None = None
+        w_grp: NDArray[np.float64] | None = None
+        for name in order:
+            t0 = time.perf_counter()
+            fit = fit_fqe_logged(dataset, target_probs, candidate_config(name),
+                                 random_state=seed, weights=(~held).astype(np.float64))
+            td = _held_out_td(fit, dataset, gamma)
+            if w_hat is None:  # the fold's first fit: the weight model's when it runs
+                w_all = _density_ratio(fit, dataset, ~held, start_sets)
+                if w_all is None:  # no LSTD model: per-decision importance weights are not
+                    w_hat = np.ones(dataset.n_steps)  # available here; plain TD sums
+                else:  # column 0: every episode's start; then each level's
+                    w_hat = w_all[:, 0]
+                    if n_sets and np.isfinite(w_all[:, 1:]).all():
+                        w_grp = w_all[:, 1:]
+            ep_sum = np.add.reduceat(np.where(scored, w_hat * td, 0.0), starts)
+            b[name] += np.where(fold == f, ep_sum, 0.0)
+            if w_grp is not None:  # each level's own occupancy weighs the same TD errors
+                grp_sum = np.add.reduceat(np.where(scored[:, None], w_grp * td[:, None], 0.0),
+                                          starts, axis=0)
+                b_g[name] += np.where((fold == f)[:, None], grp_sum, 0.0)
+            sq[name] += float(np.sum(td[scored] ** 2))
+            seconds[name] += time.perf_counter() - t0
+    return CrossFit(b=b, b_sets=b_g, sq=sq, seconds=seconds)
+
+
 def select_q_model(dataset: TrajectoryDataset, target_probs: NDArray[np.float64], *,
                    candidates: tuple[str, ...] | None = None, n_folds: int = AUTO_FOLDS,
                    random_state: RandomState = None, cells: tuple[str, ...] | None = None,
@@ -313,56 +422,14 @@ def select_q_model(dataset: TrajectoryDataset, target_probs: NDArray[np.float64]
                           cells=cells, cell_choice=cell_choice)
     fold = np.arange(dataset.n_episodes) % k
     rng.shuffle(fold)
-    row_fold = fold[dataset.episode_index]
     seed = int(rng.integers(2**31 - 1))
     weight_model = candidate_name("tabular_stationary", cells) if has_cat else "linear"
-    gamma = float(dataset.gamma)
-    starts = dataset.episode_offsets[:-1]
-    nxt = dataset.next_index
-    nxt_ok = np.where((nxt >= 0) & ~dataset.terminals, nxt, -1)
-    prod = None
-    if has_cat:  # held-out transitions are scored between (all-column) cells training visits
-        assert dataset.categorical is not None
-        sizes = tuple(len(lv) for lv in dataset.categorical_levels)
-        prod = np.asarray(np.ravel_multi_index(dataset.categorical.T, sizes), dtype=np.int64)
-    held_f = [row_fold == f for f in range(k)]
-    scored_f = [h if prod is None else h & _seen_transitions(prod, ~h, nxt_ok) for h in held_f]
-    order = sorted(run, key=lambda n: n != weight_model)
-    b = {name: np.zeros(dataset.n_episodes) for name in order}
     levels = [(a, lv) for a in groups
               for lv in np.unique(dataset.group_labels(a).astype(str))]
     sets = (np.stack([dataset.group_labels(a).astype(str) == lv for a, lv in levels], axis=1)
             if levels else None)
-    everyone = np.ones((dataset.n_episodes, 1), dtype=bool)
-    start_sets = everyone if sets is None else np.concatenate([everyone, sets], axis=1)
-    b_g = {name: np.zeros((dataset.n_episodes, len(levels))) for name in order}
-    sq = {name: 0.0 for name in order}
-    seconds = {name: 0.0 for name in order}
-    for f in range(k):
-        held, scored = held_f[f], scored_f[f]
-        w_hat: NDArray[np.float64] | None = None
-        w_grp: NDArray[np.float64] | None = None
-        for name in order:
-            t0 = time.perf_counter()
-            fit = fit_fqe_logged(dataset, target_probs, candidate_config(name),
-                                 random_state=seed, weights=(~held).astype(np.float64))
-            td = _held_out_td(fit, dataset, gamma)
-            if w_hat is None:  # the fold's first fit: the weight model's when it runs
-                w_all = _density_ratio(fit, dataset, ~held, start_sets)
-                if w_all is None:  # no LSTD model: per-decision importance weights are not
-                    w_hat = np.ones(dataset.n_steps)  # available here; plain TD sums
-                else:  # column 0: every episode's start; then each level's
-                    w_hat = w_all[:, 0]
-                    if sets is not None and np.isfinite(w_all[:, 1:]).all():
-                        w_grp = w_all[:, 1:]
-            ep_sum = np.add.reduceat(np.where(scored, w_hat * td, 0.0), starts)
-            b[name] += np.where(fold == f, ep_sum, 0.0)
-            if w_grp is not None:  # each level's own occupancy weighs the same TD errors
-                grp_sum = np.add.reduceat(np.where(scored[:, None], w_grp * td[:, None], 0.0),
-                                          starts, axis=0)
-                b_g[name] += np.where((fold == f)[:, None], grp_sum, 0.0)
-            sq[name] += float(np.sum(td[scored] ** 2))
-            seconds[name] += time.perf_counter() - t0
+    cf = cross_fit(dataset, target_probs, run, weight_model, fold, seed, sets)
+    b, sq, seconds = cf.b, cf.sq, cf.seconds
     n = float(dataset.n_episodes)
     scores: dict[str, float | None] = {name: None for name in names}
     tds: dict[str, float | None] = {name: None for name in names}
@@ -381,11 +448,9 @@ def select_q_model(dataset: TrajectoryDataset, target_probs: NDArray[np.float64]
         raise ValueError("No Q-model candidate applies to this dataset.")
     chosen = choose_with_reference(fitted, bias, bias_se, weight_model)
     group_bias: dict[str, dict[str, tuple[float, float]]] = {}
-    if sets is not None and b_g[chosen].any():  # (all zero: no density ratio was available)
+    if sets is not None and cf.b_sets[chosen].any():  # (zero: no density ratio was available)
         for j, (a, lv) in enumerate(levels):
-            col = b_g[chosen][:, j]
-            group_bias.setdefault(a, {})[lv] = (
-                float(col.mean()), float(col.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0)
+            group_bias.setdefault(a, {})[lv] = cf.set_bias(chosen, j)
     return QSelection(chosen=chosen, candidates=scores, td_error=tds, skipped=skipped,
                       n_folds=k, seconds=seconds, bias=bias, bias_se=bias_se,
                       reference=weight_model if weight_model in fitted else None,
