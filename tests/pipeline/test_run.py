@@ -64,8 +64,12 @@ def test_run_writes_report_and_records_the_run(tmp_path):
         "Mediation",
         "restless bandits",
         "Readable rules (policy card)",
+        "Configuration",
+        "Q-model (FQE, DR, WDR)",
+        "Value by group",
     ):
         assert needle in html, needle
+    assert "&quot;share_pct&quot;" not in html  # support is a table, not a JSON dump
     card = json.loads((d / "card" / "policy_card.json").read_text())
     assert card["tree"]["depth"] <= 2 and (d / "card" / "policy_card.html").is_file()
     result = json.loads((d / "result.json").read_text())

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from equicare.fairness._rows import action_label
@@ -27,6 +28,53 @@ CAVEATS = [
     "propensities are perturbed.",
     f"Groups with fewer than {MIN_CELL} episodes are suppressed in every table and figure.",
 ]
+
+
+def config_frame(config: dict[str, Any]) -> pd.DataFrame:
+    """The run configuration as ``section.key = value`` rows (disabled optional stages out)."""
+    rows = []
+    for section, v in config.items():
+        if isinstance(v, dict):
+            if section in ("plan", "mediation", "explain") and not v.get("enabled"):
+                continue
+            rows += [(f"{section}.{k}", json.dumps(x, default=str)) for k, x in v.items()]
+        else:
+            rows.append((section, json.dumps(v, default=str)))
+    return pd.DataFrame(rows, columns=["setting", "value"])
+
+
+def support_frame(sup: dict[str, Any]) -> pd.DataFrame:
+    """The support diagnostics of a result JSON as ``item, value`` rows."""
+    pe = sup.get("per_episode_pct") or {}
+    over = sup.get("episodes_over_warn_pct")
+    rows = [
+        ("target mass on unsupported actions", f"{sup['share_pct']:.2f}%"),
+        ("per episode: median / 90th percentile / max",
+         " / ".join(f"{pe[k]:.1f}%" if k in pe else "-" for k in ("median", "p90", "max"))),
+        ("episodes over the warning level", "-" if over is None else f"{over:.1f}%"),
+        ("unsupported: estimated behaviour probability below", f"{sup['threshold']:g}"),
+        ("estimators biased by it", ", ".join(sup.get("biased_estimators") or []) or "none"),
+        ("estimators extrapolating with the Q-model",
+         ", ".join(sup.get("extrapolating_estimators") or []) or "none"),
+    ]
+    return pd.DataFrame(rows, columns=["item", "value"])
+
+
+def q_model_sentence(q: dict[str, Any]) -> str:
+    """The Q-model used, and with ``auto`` how it was chosen, in one sentence."""
+    chosen = q.get("chosen", "?")
+    if not q.get("n_folds"):
+        return f"Q-model: {chosen}."
+    line = (f"Q-model: {chosen}, chosen by auto: {q['n_folds']}-fold cross-fitted held-out TD "
+            "errors weighted by the estimated density ratio d_pi/d_D (score: the squared "
+            "estimated value bias plus its variance; lower is better)")
+    if q.get("reference") == chosen:
+        line += f"; {chosen} is the reference, kept unless another beats it by 2 standard errors"
+    cc = q.get("cell_choice") or {}
+    if cc.get("dropped"):
+        line += (f". The tables pool over {', '.join(cc['dropped'])} (it does not change the "
+                 f"dynamics given {', '.join(cc['columns'])})")
+    return line + "."
 
 
 def _load(path: Path) -> Any:
@@ -79,18 +127,6 @@ def build_run_report(
             label = action_label(audit["action"])
             kpis[f"{label} parity gap, {p}"] = f"{a['parity_gap_pp']['value']:.2f} pp"
     rep.kpis(kpis)
-    if config:
-        rep.text(
-            "Configuration: "
-            + json.dumps(
-                {
-                    k: v
-                    for k, v in config.items()
-                    if k not in ("plan", "mediation") or (isinstance(v, dict) and v.get("enabled"))
-                },
-                default=str,
-            )
-        )
     times = summary.get("stage_seconds")
     if times:
         rep.table(
@@ -150,27 +186,52 @@ def build_run_report(
             "Kish effective sample size of the importance "
             "weights: near 0% means IS-type estimates rest on a handful of episodes.",
         )
+        q = result.get("q_model") or {}
+        if q.get("chosen"):
+            rep.heading("Q-model (FQE, DR, WDR)")
+            rep.text(q_model_sentence(q))
+            cands = q.get("candidates") or {}
+            if any(v is not None for v in cands.values()):
+                bias = q.get("bias") or {}
+                rep.table(
+                    pd.DataFrame(
+                        {
+                            "candidate": list(cands),
+                            "score (squared bias + variance)": [
+                                np.nan if v is None else v for v in cands.values()
+                            ],
+                            "estimated bias": [
+                                np.nan if bias.get(c) is None else bias[c] for c in cands
+                            ],
+                            "note": [(q.get("skipped") or {}).get(c, "") for c in cands],
+                        }
+                    ),
+                    caption="auto's candidates (lower score is better)",
+                    n_col=None,
+                )
         sup = result.get("support")
         if sup:
+            rep.heading("Support")
             rep.text(
-                "Support: "
-                + json.dumps(
-                    {k: v for k, v in sup.items() if not isinstance(v, list | dict)}, default=str
-                )
+                sup.get("message")
+                or "The target policy stays on actions current practice takes.",
+                note=bool(sup.get("warning")),
             )
+            rep.table(support_frame(sup), n_col=None)
         groups = []
         for attr, levels in result.get("groups", {}).items():
             for lv, g in levels.items():
                 row = {"attribute": attr, "group": lv, "n_episodes": g.get("n_episodes")}
                 if not g.get("suppressed"):
                     for k, e in g["estimates"].items():
-                        row[k] = e["value"]
-                    row["behavior"] = g["behavior"]["value"]
+                        row[k] = f"{e['value']:.3f} [{e['ci'][0]:.3f}, {e['ci'][1]:.3f}]"
+                    row["behavior"] = f"{g['behavior']['value']:.3f}"
                 groups.append(row)
         if groups:
             rep.heading("Value by group")
             rep.table(
-                pd.DataFrame(groups), caption="Per-group estimates (suppressed < 11 episodes)"
+                pd.DataFrame(groups),
+                caption="Per-group estimates with 95% intervals (suppressed < 11 episodes)",
             )
 
     sens = d / "sensitivity.csv"
@@ -317,4 +378,8 @@ def build_run_report(
     rep.section("Caveats")
     for c in CAVEATS:
         rep.text(c, note=True)
+    if config:
+        rep.section("Configuration")
+        rep.table(config_frame(config), caption="run.toml (optional stages that did not run left "
+                  "out)", n_col=None)
     return rep

@@ -1,0 +1,37 @@
+"""The run report's readable pieces: configuration, support and Q-model sections."""
+
+from __future__ import annotations
+
+from equicare.report._build import config_frame, q_model_sentence, support_frame
+
+
+def test_configuration_is_one_row_per_setting_without_disabled_stages():
+    cfg = {"name": "x", "seed": 0, "learner": {"algo": "awr", "n_steps": 500},
+           "plan": {"enabled": False, "seeds": 2}, "explain": {"enabled": True, "depth": 3}}
+    df = config_frame(cfg)
+    assert list(df["setting"]) == ["name", "seed", "learner.algo", "learner.n_steps",
+                                   "explain.enabled", "explain.depth"]
+    assert list(df["value"])[:3] == ['"x"', "0", '"awr"']
+
+
+def test_support_reads_as_items_not_json():
+    sup = {"share_pct": 27.58, "threshold": 0.001, "per_episode_pct": {"median": 37.8,
+           "p90": 70.8, "max": 99.7}, "episodes_over_warn_pct": 99.8,
+           "biased_estimators": ["is", "wis"], "extrapolating_estimators": [],
+           "message": "The target policy puts 27.58% ...", "warning": True}
+    df = support_frame(sup)
+    got = dict(zip(df["item"], df["value"], strict=True))
+    assert got["target mass on unsupported actions"] == "27.58%"
+    assert got["per episode: median / 90th percentile / max"] == "37.8% / 70.8% / 99.7%"
+    assert got["estimators biased by it"] == "is, wis"
+    assert got["estimators extrapolating with the Q-model"] == "none"
+
+
+def test_q_model_sentence_says_how_auto_chose():
+    fixed = q_model_sentence({"chosen": "linear", "solver": "fixed_point"})
+    assert fixed == "Q-model: linear."
+    auto = q_model_sentence({"chosen": "tabular_stationary[state]", "n_folds": 2,
+                             "reference": "tabular_stationary[state]",
+                             "cell_choice": {"dropped": ["site"], "columns": ["state"]}})
+    assert "chosen by auto: 2-fold cross-fitted" in auto
+    assert "is the reference" in auto and "pool over site" in auto
