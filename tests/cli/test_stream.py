@@ -115,7 +115,13 @@ def test_evaluate_streams_shards_and_refuses_q_model_estimators(parts):
     pct = runner.invoke(app, base + ["--chunk-rows", "120", "--ci", "percentile"])
     assert pct.exit_code == 0, pct.output
     assert json.loads(pct.stdout)["bootstrap"]["ci"] == "percentile"
-    res = runner.invoke(app, base + ["--chunk-rows", "120", "--estimators", "dr"])
+    # the default --q-model auto streams: all seven, the choice said in the table's footer
+    assert set(s["estimates"]) == {"is", "wis", "pdis", "wpdis", "fqe", "dr", "wdr"}
+    assert s["q_model"]["selection"]["sample_rows"] == s["n_steps"]
+    res = runner.invoke(app, [a for a in base if a != "--json"] + ["--chunk-rows", "120"])
+    assert res.exit_code == 0 and "chosen by auto on" in " ".join(res.output.split())
+    res = runner.invoke(app, base + ["--chunk-rows", "120", "--estimators", "dr",
+                                     "--q-model", "gbm"])
     assert res.exit_code == 2 and "cannot stream" in res.output
     # "all" with a Q-model that does not stream: the IS family, and the table says what is not
     text_base = [a for a in base if a != "--json"]
@@ -165,9 +171,10 @@ def test_evaluate_streams_fqe_dr_wdr_with_an_explicit_q_model(parts):
     assert res.exit_code == 0, res.output
     assert "Subgroups, every estimator within each level" in " ".join(res.output.split())
     res = runner.invoke(app, ["evaluate", info["panel"], "--manifest", man, "--policy",
-                              str(d / "bc"), "--chunk-rows", "150", "--estimators", "fqe,dr"])
+                              str(d / "bc"), "--chunk-rows", "150", "--estimators", "fqe,dr",
+                              "--q-model", "tabular_backward"])
     assert res.exit_code == 2
-    assert "--q-model auto does not stream" in " ".join(res.output.split())
+    assert "--q-model tabular_backward does not stream" in " ".join(res.output.split())
 
 
 def test_train_streams_bc_and_refuses_learners_that_do_not(parts, tmp_path):

@@ -194,7 +194,7 @@ def test_streamed_estimates_and_intervals_against_the_exact_value(tmp_path):
     assert abs(res.behavior.value - beh) < 3.5 * res.behavior.se
     _same(res, evaluate_stream(ds, TablePolicy(target), n_boot=500, random_state=2))
     with pytest.raises(ValueError, match="does not stream"):
-        evaluate_stream(ds, TablePolicy(target), estimators=["dr"])
+        evaluate_stream(ds, TablePolicy(target), estimators=["dr"], q_model="gbm")
 
 
 def test_policy_is_called_in_blocks_of_whole_episodes(panel, monkeypatch):

@@ -170,14 +170,58 @@ def test_streamed_dr_and_fqe_land_on_the_exact_value(tmp_path):
 
 def test_q_models_that_do_not_stream_are_refused(panel):
     path, man, ds = panel
-    with pytest.raises(InvalidParameterError, match="q_model='auto' does not stream"):
-        evaluate_stream(ds, RiskPolicy(), estimators=("dr",))
     for bad in ("gbm", "tabular_backward", FQEConfig(model="linear", state_design="quadratic")):
         with pytest.raises(InvalidParameterError, match="does not stream"):
             evaluate_stream(ds, RiskPolicy(), estimators=("fqe",), q_model=bad)
-    # the importance-sampling estimators need no Q-model: auto is fine there
+    # the importance-sampling estimators need no Q-model
     assert set(evaluate_stream(ds, RiskPolicy(), n_boot=5).estimates) == {
         "is", "wis", "pdis", "wpdis"}
+
+
+@pytest.mark.parametrize("sample_rows", [10**7, 400])
+def test_auto_is_the_in_memory_choice_on_a_sample_and_widens_fqe_by_its_bias(sample_rows):
+    """``q_model="auto"`` streamed: ``select_q_model`` among the stationary table and the
+    linear model on a sample of whole episodes (the whole panel when it is small enough: then
+    exactly the in-memory choice), the chosen model fitted on every chunk, and FQE's intervals,
+    overall and per level, joined with the bias-aware ones of the estimated bias."""
+    from equicare.ope import select_q_model
+    from equicare.ope._bootstrap import Estimate
+    from equicare.ope._evaluate import bias_aware
+    from equicare.ope._select import candidate_config
+    from equicare.ope._stream_behavior import sample_mask
+    from tests.ope._garnet import TablePolicy as GarnetTable
+    from tests.ope._garnet import make
+
+    _, ds, pols = make("s50_a5_g1", 600, seed=3)
+    pol = GarnetTable(pols["soft_optimal"])
+    kw = {"estimators": ("fqe", "dr", "wdr"), "n_boot": 100, "random_state": 5,
+          "behavior_sample_rows": sample_rows}
+    got = evaluate_stream(ds, pol, q_model="auto", **kw)
+    sample = ds if sample_rows >= ds.n_steps else ds.subset(
+        sample_mask(ds.episode_ids, sample_rows / ds.n_steps, 5))
+    assert got.q_model["selection"]["sample_rows"] == sample.n_steps
+    ref = select_q_model(sample, pol.action_probs(sample),
+                         candidates=("linear", "tabular_stationary"), random_state=5,
+                         groups=["group"])
+    sel = got.q_model["selection"]
+    assert sel["chosen"] == got.q_model["chosen"] == ref.chosen
+    assert sel["candidates"] == pytest.approx(ref.candidates, rel=1e-12)
+    # the chosen model fitted on every chunk: the explicit streamed model's estimates ...
+    fixed = evaluate_stream(ds, pol, q_model=candidate_config(ref.chosen), **kw)
+    for k in ("dr", "wdr"):
+        assert got.estimates[k] == fixed.estimates[k]
+    # ... with FQE's intervals widened by the estimated bias, overall and per level
+    e = fixed.estimates["fqe"]
+    widened = bias_aware(Estimate(value=e.value, ci=e.ci, se=e.se, n_episodes=0),
+                         ref.bias[ref.chosen], ref.bias_se[ref.chosen])
+    assert got.estimates["fqe"].ci == pytest.approx(widened.ci, rel=1e-12)
+    assert got.estimates["fqe"].ci[1] - got.estimates["fqe"].ci[0] >= e.ci[1] - e.ci[0]
+    assert "bias-aware" in got.q_model["fqe_interval"]
+    for lv, g in got.groups["group"].items():
+        f = fixed.groups["group"][lv].estimates["fqe"]
+        b, se = ref.group_bias["group"][lv]
+        w = bias_aware(Estimate(value=f.value, ci=f.ci, se=f.se, n_episodes=0), b, se)
+        assert g.estimates["fqe"].ci == pytest.approx(w.ci, rel=1e-12), lv
 
 
 def test_unstable_linear_fixed_point_falls_back_to_iteration_like_in_memory(panel, monkeypatch):

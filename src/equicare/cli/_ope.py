@@ -238,10 +238,12 @@ def run_evaluate_stream(data: Path, *, manifest: Path, policy: Path, estimators:
     ``ci`` is ``studentized`` (one more pass over the chunks for the replicates' standard
     errors) or ``percentile``; ``bca`` is in memory only (a user error here).
 
-    FQE, DR and WDR stream with an explicit ``--q-model linear`` or ``tabular_stationary`` (LSTD
-    fits from sums over chunks). ``estimators="all"`` means all seven estimators with such a
-    Q-model, and the importance-sampling ones (is, wis, pdis, wpdis) with ``--q-model auto``;
-    naming fqe, dr or wdr with a Q-model that does not stream is a user error. A panel without
+    FQE, DR and WDR stream with ``--q-model auto`` (the default: the in-memory choice between
+    the stationary table and the linear model, made on a random sample of 1M rows of whole
+    episodes), ``linear`` or ``tabular_stationary`` (LSTD fits from sums over chunks).
+    ``estimators="all"`` means all seven estimators with such a Q-model, and the
+    importance-sampling ones (is, wis, pdis, wpdis) with another; naming fqe, dr or wdr with a
+    Q-model that does not stream is a user error. A panel without
     logged propensities gets ``behavior_model`` fitted on a random sample of 1M rows of whole
     episodes (:mod:`equicare.ope._stream_behavior`).
     """
@@ -251,7 +253,7 @@ def run_evaluate_stream(data: Path, *, manifest: Path, policy: Path, estimators:
     from equicare.ope._stream_q import STREAM_Q_MODELS
     from equicare.utils import atomic_write_text
 
-    q_streams = q_model in STREAM_Q_MODELS
+    q_streams = q_model in (*STREAM_Q_MODELS, "auto")
     if estimators.strip() == "all":
         keys: tuple[str, ...] = ESTIMATOR_KEYS if q_streams else STREAM_KEYS
     else:
@@ -259,10 +261,8 @@ def run_evaluate_stream(data: Path, *, manifest: Path, policy: Path, estimators:
     allowed = ESTIMATOR_KEYS if q_streams else STREAM_KEYS
     bad = [k for k in keys if k not in allowed]
     if bad:
-        why = (f"--q-model {q_model} does not stream ("
-               + ("auto chooses among Q-models by cross-fitting on the whole panel"
-                  if q_model == "auto" else "its fit needs the whole panel in memory")
-               + "); pass --q-model linear or tabular_stationary"
+        why = (f"--q-model {q_model} does not stream (its fit needs the whole panel in memory); "
+               "pass --q-model auto, linear or tabular_stationary"
                if any(k in ("fqe", "dr", "wdr") for k in bad) and not q_streams
                else f"with --chunk-rows the estimators are {', '.join(ESTIMATOR_KEYS)}")
         raise InvalidParameterError(
@@ -273,7 +273,7 @@ def run_evaluate_stream(data: Path, *, manifest: Path, policy: Path, estimators:
         raise InvalidParameterError(
             "--ci bca is in memory only (its acceleration needs every leave-one-episode-out "
             "estimate); with --chunk-rows use --ci studentized (the default) or percentile.")
-    q_spec = q_model_spec(q_model, q_cells) if q_streams else "auto"
+    q_spec = q_model_spec(q_model, q_cells) if q_streams else "linear"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         res = evaluate_stream(data, load_target_policy(policy), manifest=manifest,
@@ -408,8 +408,9 @@ def register(app: typer.Typer) -> None:
         diagnostics; --out also writes them (with per-group results) as the result JSON.
         With --chunk-rows the panel is streamed (Poisson bootstrap keyed by episode id), on
         --executor shards too: IS, WIS, PDIS and WPDIS, plus FQE, DR and WDR with --q-model
-        linear or tabular_stationary (auto does not stream). Without logged propensities the
-        behaviour model is fitted on a random sample of 1M rows of whole episodes.
+        auto, linear or tabular_stationary (auto chooses between the last two on a random
+        sample of 1M rows of whole episodes). Without logged propensities the behaviour model
+        is fitted on the same kind of sample.
 
         Example: equicare evaluate data/panel.parquet --manifest data/manifest.toml
         --policy awr_probs.parquet --bootstrap 1000 --truncate 50 --out result.json
@@ -457,15 +458,27 @@ def register(app: typer.Typer) -> None:
                           f"change the dynamics given {', '.join(cc['columns'])} (tested on "
                           f"{cc['sample_rows']:,} rows of sampled episodes)"
                           if cc.get("dropped") else "")
+                sel = sres.q_model.get("selection")
+                how = ""
+                if sel:
+                    scores = ", ".join(f"{n} {v:.3g}" for n, v in sel["candidates"].items()
+                                       if v is not None)
+                    how = (f"; chosen by auto on {sel['sample_rows']:,} rows of sampled "
+                           f"episodes, estimated squared value bias {scores}")
+                    cs = sel.get("cell_choice") or {}
+                    if cs.get("dropped"):
+                        pooled = (f". The table pools over {', '.join(cs['dropped'])}: it does "
+                                  f"not change the dynamics given {', '.join(cs['columns'])}")
                 console.print(escape(f"Q-model: {sres.q_model['chosen']} (streamed LSTD "
                                      f"fit, solver {sres.q_model['solver']}; "
-                                     f"{sres.q_model['bootstrap']}){pooled}"), highlight=False)
+                                     f"{sres.q_model['bootstrap']}{how}){pooled}"),
+                              highlight=False)
             else:
                 skipped = [k for k in ("fqe", "dr", "wdr") if k not in sres.estimates]
                 if skipped and estimators.strip() == "all":
                     console.print(f"Not estimated: {', '.join(skipped)} (--q-model "
-                                  f"{q_model.value} does not stream; pass --q-model linear or "
-                                  "tabular_stationary for them)", highlight=False)
+                                  f"{q_model.value} does not stream; pass --q-model auto, linear "
+                                  "or tabular_stationary for them)", highlight=False)
             console.print(f"ESS: trajectory {sres.ess:.1f} "
                           f"({100 * sres.ess / sres.n_episodes:.2f}% of episodes); "
                           f"{sres.n_chunks} chunks", highlight=False)

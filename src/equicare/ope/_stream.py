@@ -564,17 +564,21 @@ def evaluate_stream(
         Required when ``source`` is a path.
     estimators : sequence of str
         Among ``is, wis, pdis, wpdis`` and, with a streamable ``q_model``, ``fqe, dr, wdr``.
-    q_model : {"linear", "tabular_stationary"} or FQEConfig
+    q_model : {"auto", "linear", "tabular_stationary"} or FQEConfig
         Q-model of FQE, DR and WDR, fitted from sufficient statistics summed over chunks (see
         :mod:`equicare.ope._stream_q`); equal to the in-memory fit of the same model.
-        ``"auto"`` (cross-fitted selection) does not stream and is refused when one of them is
-        asked for.
+        ``"auto"`` chooses between the two by ``auto``'s cross-fitted criterion on a random
+        sample of about ``behavior_sample_rows`` rows of whole episodes (the whole panel when it
+        has no more rows: then the in-memory choice among these two), and FQE's intervals,
+        overall and per level, carry the estimated bias as in memory
+        (:func:`~equicare.ope._stream_q.choose_q_stream`).
     behavior_model : {"logistic", "lgbm"}, classifier or BehaviorModel
         When the panel logs no propensities: the behaviour model, fitted on a random sample of
         whole episodes keyed by episode id and applied chunk by chunk
         (:mod:`equicare.ope._stream_behavior`). Unused when propensities are logged.
     behavior_sample_rows : int
-        Rows (about) of that sample; at least the panel's rows fits on the whole panel.
+        Rows (about) of that sample (and of ``auto``'s); at least the panel's rows fits on the
+        whole panel.
     n_boot : int
         Poisson bootstrap replicates.
     ci_method : {"studentized", "percentile"}
@@ -634,6 +638,7 @@ def evaluate_stream(
     src = ChunkSource(source, manifest=manifest, chunk_rows=chunk_rows, executor=executor,
                       n_shards=n_shards)
     plan = plan_groups(src.episode_groups(), groups, MIN_CELL)
+    sel: Any = None  # auto's selection, when it chose the Q-model
     with executor_session(executor):  # one local pool for every pass
         beh_info = None
         if not src.logged:  # no logged propensities: a behaviour model on a sample of episodes
@@ -644,11 +649,23 @@ def evaluate_stream(
             src.transform = sb
             beh_info = sb.info
         if any(k in Q_TYPE for k in keys):
-            from equicare.ope._stream_q import evaluate_stream_q, stream_q_config
+            from equicare.ope._fqe import FQEConfig
+            from equicare.ope._stream_q import (
+                choose_q_stream,
+                evaluate_stream_q,
+                stream_q_config,
+            )
 
-            cfg = stream_q_config(q_model, [k for k in keys if k in Q_TYPE])
             cell_info = None
-            if cfg.model == "tabular" and cfg.cells is None and src.n_categorical() > 1:
+            if _is_auto(q_model):  # the in-memory choice, on a sample of whole episodes
+                cfg, sel, sample_info = choose_q_stream(
+                    src, policy, sample_rows=behavior_sample_rows, seed=seed,
+                    groups=() if plan is None else plan.attrs,
+                    cells=q_model.cells if isinstance(q_model, FQEConfig) else None)
+            else:
+                cfg = stream_q_config(q_model, [k for k in keys if k in Q_TYPE])
+            if (sel is None and cfg.model == "tabular" and cfg.cells is None
+                    and src.n_categorical() > 1):
                 from equicare.ope._stream_q import choose_cells_stream
 
                 cfg, cell_info = choose_cells_stream(src, cfg, sample_rows=behavior_sample_rows,
@@ -658,6 +675,8 @@ def evaluate_stream(
                 progress=progress, studentized=ci_method == "studentized", groups=plan)
             if cell_info is not None:
                 out.q_model["cell_choice"] = cell_info
+            if sel is not None:
+                out.q_model.update(chosen=sel.chosen, selection={**sel.to_dict(), **sample_info})
             res = finish(out.sums, alpha=alpha, n_chunks=out.n_chunks, q_model=out.q_model,
                          behavior_model=beh_info, squares=out.squares)
             g_sums, g_squares = out.groups, out.group_squares
@@ -676,6 +695,54 @@ def evaluate_stream(
             res = finish(total.main, alpha=alpha, n_chunks=n, behavior_model=beh_info,
                          squares=sq)
             g_sums = total.groups
-    if plan is None or g_sums is None:
-        return res
-    return dataclasses.replace(res, groups=finish_groups(plan, g_sums, g_squares, alpha=alpha))
+    if plan is not None and g_sums is not None:
+        res = dataclasses.replace(res, groups=finish_groups(plan, g_sums, g_squares,
+                                                            alpha=alpha))
+    if sel is not None:
+        res = _with_auto_bias(res, sel, alpha)
+    return res
+
+
+def _is_auto(q_model: Any) -> bool:
+    from equicare.ope._fqe import FQEConfig
+
+    return (isinstance(q_model, str) and q_model == "auto") or (
+        isinstance(q_model, FQEConfig) and q_model.model == "auto")
+
+
+def _with_auto_bias(res: StreamEvaluation, sel: Any, alpha: float) -> StreamEvaluation:
+    """FQE's intervals joined with the bias-aware ones of ``auto``'s estimated bias.
+
+    Overall with the chosen model's cross-fitted bias, within each level with the level's own
+    (:func:`~equicare.ope._evaluate.bias_aware`, as in memory).
+    """
+    from equicare.ope._bootstrap import Estimate
+    from equicare.ope._evaluate import bias_aware
+
+    def widen(e: StreamEstimate, bias: float | None, se: float | None) -> StreamEstimate:
+        if bias is None or se is None:
+            return e
+        est = bias_aware(Estimate(value=e.value, ci=e.ci, se=e.se, n_episodes=0), bias, se,
+                         alpha)
+        return StreamEstimate(value=e.value, ci=est.ci, se=e.se)
+
+    ests = dict(res.estimates)
+    if "fqe" in ests:
+        ests["fqe"] = widen(ests["fqe"], sel.bias.get(sel.chosen), sel.bias_se.get(sel.chosen))
+    groups: dict[str, dict[str, StreamGroup]] = {}
+    for attr, levels in res.groups.items():
+        groups[attr] = {}
+        for lv, g in levels.items():
+            gb = sel.group_bias.get(attr, {}).get(lv)
+            if g.suppressed or gb is None or "fqe" not in g.estimates:
+                groups[attr][lv] = g
+                continue
+            groups[attr][lv] = dataclasses.replace(
+                g, estimates={**g.estimates, "fqe": widen(g.estimates["fqe"], *gb)})
+    q_model = dict(res.q_model or {})
+    if sel.bias.get(sel.chosen) is not None and "fqe" in ests:
+        q_model["fqe_interval"] = (
+            "bootstrap joined with the bias-aware interval of auto's estimated Q-model bias "
+            + ("(overall, and per subgroup level with the level's own density ratio)"
+               if sel.group_bias else "(overall only)"))
+    return dataclasses.replace(res, estimates=ests, groups=groups, q_model=q_model)

@@ -32,6 +32,7 @@ need only the same sums; the bootstrap then holds the Q-model fixed, as in memor
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -86,7 +87,7 @@ from equicare.utils import ROW_BLOCK_ELEMENTS, row_blocks
 __all__ = ["STREAM_Q_MODELS", "stream_q_config", "evaluate_stream_q", "StreamQOutput",
            "GroupCodes",
            "fit_q_stream",
-           "choose_cells_stream", "StreamQFit", "QValues", "AUTO_MESSAGE",
+           "choose_cells_stream", "choose_q_stream", "StreamQFit", "QValues", "AUTO_MESSAGE",
            "group_refit_directions", "refit_contributions"]
 
 #: Q-models that stream (LSTD fixed points).
@@ -106,8 +107,6 @@ def choose_cells_stream(source: Any, cfg: FQEConfig, *, sample_rows: int, seed: 
     seed): the columns that change the dynamics given the others. Returns the config with
     those cells (unchanged when none is dropped) and the choice with the sample's size.
     """
-    import dataclasses
-
     from equicare.data import choose_cells
     from equicare.ope._stream_behavior import sample_episodes
 
@@ -120,6 +119,56 @@ def choose_cells_stream(source: Any, cfg: FQEConfig, *, sample_rows: int, seed: 
     if choice.dropped:
         cfg = dataclasses.replace(cfg, cells=choice.columns)
     return cfg, info
+
+
+def choose_q_stream(source: Any, policy: Any, *, sample_rows: int, seed: int,
+                    groups: Sequence[str] = (), cells: tuple[str, ...] | None = None
+                    ) -> tuple[FQEConfig, Any, dict[str, Any]]:
+    """``q_model="auto"`` streamed: the in-memory choice on a random sample of whole episodes.
+
+    :func:`~equicare.ope.select_q_model` among the Q-models that stream (the stationary table
+    over the chosen cells, and the linear model), with its cross-fitted estimated biases, run on
+    about ``sample_rows`` rows of whole episodes (:func:`~equicare.ope._stream_behavior.
+    sample_episodes`, one pass; the whole panel when it has no more rows, and then exactly the
+    in-memory selection among these candidates). The chosen model is then fitted on every chunk.
+
+    Parameters
+    ----------
+    source : ChunkSource
+    policy : Policy or callable
+    sample_rows : int
+    seed : int
+        Of the sample, the folds and the cells' choice.
+    groups : sequence of str
+        Subgroup attributes whose levels get the chosen model's estimated bias.
+    cells : tuple of str, optional
+        The table's cells (no choice of cells), as ``FQEConfig(model="auto", cells=...)``.
+
+    Returns
+    -------
+    cfg : FQEConfig
+        The chosen model's (cells named).
+    selection : QSelection
+    info : dict
+        The sample's size and rate.
+    """
+    from equicare.ope._select import candidate_config, select_q_model
+    from equicare.ope._stream_behavior import sample_episodes
+
+    data, rate = sample_episodes(source, sample_rows, seed)
+    if data is None:
+        raise InvalidParameterError(
+            f"q_model='auto' chooses on a sample of whole episodes, and the sample of about "
+            f"{sample_rows} rows has none: raise behavior_sample_rows or name {STREAM_Q_MODELS}.")
+    probs = _target_matrix(data, policy)
+    sel = select_q_model(data, probs, candidates=STREAM_Q_MODELS, random_state=seed,
+                         cells=cells, groups=[g for g in groups if g in data.groups])
+    cfg = candidate_config(sel.chosen)
+    if cfg.model == "tabular" and cfg.cells is None:  # every column kept: name them all
+        cfg = dataclasses.replace(cfg, cells=tuple(data.categorical_names))
+    info = {"sample_rate": rate, "sample_episodes": int(data.n_episodes),
+            "sample_rows": int(data.n_steps)}
+    return cfg, sel, info
 
 
 def stream_q_config(q_model: Any, keys: Sequence[str] = ("fqe", "dr", "wdr")) -> FQEConfig:
