@@ -392,10 +392,10 @@ class TablePolicy:
 
 
 def stream_subgroup_records(presets: tuple[str, ...], seeds: tuple[int, ...],
-                            n_episodes: int = 1000, n_boot: int = 200
-                            ) -> list[dict[str, object]]:
-    """Per-subgroup (initial-state strata) intervals of streamed FQE, DR and WDR (stationary
-    table, studentized; the panel read as 3 chunks) against the exact group values."""
+                            n_episodes: int = 1000, n_boot: int = 200,
+                            q_model: str = "tabular_stationary") -> list[dict[str, object]]:
+    """Per-subgroup (initial-state strata) intervals of streamed FQE, DR and WDR (studentized;
+    the panel read as 3 chunks) against the exact group values."""
     import warnings
 
     from equicare.data import Chunk
@@ -414,10 +414,11 @@ def stream_subgroup_records(presets: tuple[str, ...], seeds: tuple[int, ...],
                     warnings.simplefilter("ignore")
                     res = evaluate_stream(parts, TablePolicy(pols[fam]),
                                           estimators=("fqe", "dr", "wdr"),
-                                          q_model="tabular_stationary", n_boot=n_boot,
+                                          q_model=q_model, n_boot=n_boot,
                                           random_state=seed, groups=["group"])
                 recs += level_records(res.groups["group"], truth,
-                                      {"preset": preset, "seed": seed, "family": fam})
+                                      {"preset": preset, "seed": seed, "family": fam,
+                                       "q_model": q_model})
     return recs
 
 
