@@ -196,7 +196,8 @@ def test_train_streams_bc_and_refuses_learners_that_do_not(parts, tmp_path):
 
 def test_audit_streams_group_values_with_the_stationary_table(tmp_path):
     """``audit --q-model tabular_stationary --chunk-rows``: the in-memory group values (a
-    Garnet panel: one categorical state column); a Q-model that does not stream exits 2."""
+    Garnet panel: one categorical state column); auto streams too; a Q-model that does not
+    stream exits 2."""
     res = runner.invoke(app, ["synth", "--sim", "garnet", "--preset", "s50_a5_g1", "--episodes",
                               "300", "--seed", "2", "--out", str(tmp_path)])
     assert res.exit_code == 0, res.output
@@ -216,6 +217,8 @@ def test_audit_streams_group_values_with_the_stationary_table(tmp_path):
     truth = json.loads((tmp_path / "truth.json").read_text())["policies"]["soft_optimal"]
     lo, hi = b["value"]["ci"]  # 300 episodes: the exact value is inside the interval
     assert lo <= truth["value"] <= hi and hi - lo < 0.3
-    bad = runner.invoke(app, [*base[:9], "auto", *base[10:], "--chunk-rows", "900"])
+    auto = runner.invoke(app, [*base[:9], "auto", *base[10:], "--chunk-rows", "900"])
+    assert auto.exit_code == 0, auto.output  # chosen on a sample, here the whole panel
+    bad = runner.invoke(app, [*base[:9], "tabular_backward", *base[10:], "--chunk-rows", "900"])
     assert bad.exit_code == 2, bad.output
-    assert "'linear' or 'tabular_stationary'" in " ".join(bad.output.split())
+    assert "'auto', 'linear' or 'tabular_stationary'" in " ".join(bad.output.split())

@@ -86,10 +86,31 @@ def test_streamed_audit_with_the_stationary_table_equals_in_memory(panel, estima
     assert other.to_dict() != got.to_dict()  # the table is not the linear model
 
 
+def test_streamed_audit_with_auto_is_the_in_memory_audit_with_its_choice(panel):
+    """``q_model="auto"`` streamed: each policy's Q-model chosen between the stationary table
+    and the linear model on a sample of whole episodes (here the whole panel), then fitted
+    from chunk sums: the in-memory audit with that Q-model."""
+    from equicare.ope._stream import ChunkSource
+    from equicare.ope._stream_q import choose_q_stream
+
+    path, man, ds = panel
+    _, sel, _ = choose_q_stream(ChunkSource(path, manifest=man, chunk_rows=45), RiskPolicy(),
+                                sample_rows=10**6, seed=9)
+    kw = {"action": "modality=home_visit", "n_boot": 80, "n_permutations": 30,
+          "estimator": "dr"}
+    w = poisson_weights(episode_keys(ds.episode_ids), 80, seed=9)
+    ref = FairnessAudit(q_model=sel.chosen, **kw).run(ds, {"risk": RiskPolicy()}, weights=w,
+                                                      random_state=9)
+    got = audit_stream(path, {"risk": RiskPolicy()}, manifest=man,
+                       config=FairnessAudit(q_model="auto", **kw), chunk_rows=45,
+                       random_state=9)
+    _assert_same(ref.to_dict()["policies"], got.to_dict()["policies"])  # settings name auto
+
+
 def test_streamed_audit_refuses_q_models_that_do_not_stream(panel):
     path, man, _ = panel
-    for q_model in ("tabular", "auto", "gbm"):
-        with pytest.raises(ValueError, match="'linear' or 'tabular_stationary'"):
+    for q_model in ("tabular", "tabular_backward", "gbm"):
+        with pytest.raises(ValueError, match="'auto', 'linear' or 'tabular_stationary'"):
             audit_stream(path, {}, manifest=man, config=FairnessAudit(estimator="dr",
                                                                        q_model=q_model))
 

@@ -300,7 +300,7 @@ def register(app: typer.Typer) -> None:
             help="OPE estimator of the group values (one), or none.")] = AuditEstimator.WIS,
         q_model: Annotated[QModel, typer.Option(
             help="Q-model of fqe, dr and wdr group values (any of evaluate's; with --chunk-rows "
-                 "linear or tabular_stationary).")] = QModel.LINEAR,
+                 "auto, linear or tabular_stationary).")] = QModel.LINEAR,
         min_cell: Annotated[int, typer.Option(
             min=1, help="Suppress groups with fewer episodes.")] = 11,
         ci: Annotated[AuditCI, typer.Option(
@@ -318,8 +318,8 @@ def register(app: typer.Typer) -> None:
         """Audit allocation and outcomes by group for the behaviour and each policy.
 
         With --chunk-rows the panel is streamed (group values by is, wis, pdis, wpdis, or fqe,
-        dr, wdr with --q-model linear or tabular_stationary fitted from chunk sums; Poisson
-        bootstrap keyed by episode id), on --executor shards too.
+        dr, wdr with --q-model auto, linear or tabular_stationary fitted from chunk sums;
+        Poisson bootstrap keyed by episode id), on --executor shards too.
 
         Example: equicare audit data/panel.parquet --manifest data/manifest.toml --policy
         awr=awr_probs.parquet --group race_ethnicity --action modality=home_visit

@@ -45,6 +45,8 @@ __all__ = ["audit_stream", "STREAM_ESTIMATORS"]
 
 #: Estimators of the group values that stream with the logged propensities alone.
 STREAM_ESTIMATORS = ("is", "wis", "pdis", "wpdis")
+#: Rows (about) of the sample of whole episodes that chooses the Q-model (``auto``) or its cells.
+SAMPLE_ROWS = 1_000_000
 #: Estimators of the group values that stream with a Q-model fitted from chunk sums.
 Q_ESTIMATORS = ("fqe", "dr", "wdr")
 
@@ -297,9 +299,11 @@ def audit_stream(
     manifest : Manifest, dict or path to a TOML manifest
     config : FairnessAudit, optional
         Settings (default ``FairnessAudit()``); ``estimator`` must be one of ``is, wis, pdis,
-        wpdis``, None, or ``fqe, dr, wdr`` with ``q_model="linear"`` or
+        wpdis``, None, or ``fqe, dr, wdr`` with ``q_model="linear"``,
         ``"tabular_stationary"`` (with several categorical state columns the table's cells are
-        chosen on a sample of whole episodes, as streamed ``evaluate`` does).
+        chosen on a sample of whole episodes, as streamed ``evaluate`` does) or ``"auto"``
+        (each policy's choice between those two on that sample,
+        :func:`~equicare.ope._stream_q.choose_q_stream`).
     chunk_rows : int
         Rows per chunk.
     random_state : int
@@ -330,12 +334,12 @@ def audit_stream(
             got=cfg.estimator))
     from equicare.ope._stream_q import STREAM_Q_MODELS
 
-    if cfg.estimator in Q_ESTIMATORS and cfg.q_model not in STREAM_Q_MODELS:
+    if cfg.estimator in Q_ESTIMATORS and cfg.q_model not in (*STREAM_Q_MODELS, "auto"):
         raise InvalidParameterError(PARAM_MESSAGE.format(
             name="q_model", owner="audit_stream",
-            expected=f"'linear' or 'tabular_stationary' with estimator={cfg.estimator!r} (fitted "
-                     "from sums over chunks; the per-step tables and 'auto' need the whole panel "
-                     "in memory)", got=cfg.q_model))
+            expected=f"'auto', 'linear' or 'tabular_stationary' with estimator="
+                     f"{cfg.estimator!r} (fitted from sums over chunks; the per-step tables, gbm "
+                     "and mlp need the whole panel in memory)", got=cfg.q_model))
     if isinstance(random_state, bool) or not isinstance(random_state, int | np.integer):
         raise InvalidParameterError(PARAM_MESSAGE.format(
             name="random_state", owner="audit_stream", expected="an int seed", got=random_state))
@@ -368,14 +372,22 @@ def audit_stream(
 
             src = ChunkSource(source, manifest=man, chunk_rows=chunk_rows, executor=executor,
                               n_shards=n_shards, owner="audit_stream")
-            from equicare.ope._stream_q import GroupCodes, group_refit_directions
+            from equicare.ope._stream_q import (
+                GroupCodes,
+                choose_cells_stream,
+                choose_q_stream,
+                group_refit_directions,
+            )
 
-            qcfg = stream_q_config(cfg.q_model, [cfg.estimator])
-            if qcfg.model == "tabular" and qcfg.cells is None and src.n_categorical() > 1:
-                from equicare.ope._stream_q import choose_cells_stream
+            def q_config(pol: Any) -> Any:
+                if cfg.q_model == "auto":  # per policy, chosen on a sample of whole episodes
+                    return choose_q_stream(src, pol, sample_rows=SAMPLE_ROWS, seed=seed)[0]
+                qc = stream_q_config(cfg.q_model, [str(cfg.estimator)])
+                if qc.model == "tabular" and qc.cells is None and src.n_categorical() > 1:
+                    qc, _ = choose_cells_stream(src, qc, sample_rows=SAMPLE_ROWS, seed=seed)
+                return qc
 
-                qcfg, _ = choose_cells_stream(src, qcfg, sample_rows=1_000_000, seed=seed)
-            fits = {name: fit_q_stream(src, pol, cfg=qcfg, keys=(cfg.estimator,),
+            fits = {name: fit_q_stream(src, pol, cfg=q_config(pol), keys=(cfg.estimator,),
                                        truncate=cfg.truncate) for name, pol in pols.items()}
             q_fits = {name: f.applier() for name, f in fits.items()}
             if cfg.n_boot > 0:  # one more pass per policy: each group's refit direction
