@@ -597,9 +597,10 @@ def evaluate_stream(
         Group attributes to evaluate within (default: every one the panel has; ``()`` for
         none), as in memory: each level's estimators on its own episodes, the nuisance models
         fitted on all of them, levels under 11 episodes suppressed. With a Q-model each level's
-        intervals carry its refit on every episode (one more pass for the levels' refit
-        directions; :mod:`equicare.ope._stream_groups`). Not streamed: the per-level Q-model of
-        a pooled column the policy reads, and ``auto``'s estimated bias (in memory only).
+        intervals carry its refit on every episode (the levels' gradient pieces are summed in
+        the fit's pass; :mod:`equicare.ope._stream_groups`), and with ``auto`` each level's FQE
+        interval its estimated bias. Not streamed: the per-level Q-model of a pooled column the
+        policy reads (in memory only).
     chunk_rows : int
         Rows per chunk (whole episodes).
     executor : object with ``map(fn, items)``, optional
