@@ -6,7 +6,7 @@ level's statistics are the same additive sums as the panel's
 (:class:`~equicare.ope._stream_sums.StreamSums`) restricted to its episodes: each chunk adds its
 members' parts, their Poisson-bootstrap sums and trajectory weights to the level's sums, and the
 chunks' sums add up in any order or sharding. Every attribute partitions the episodes, so the
-levels of one attribute cost one more pass of the panel's bootstrap products, whatever their
+levels of one attribute cost one more set of the panel's bootstrap products, whatever their
 number.
 
 With a Q-model (FQE, DR, WDR) a level's estimate moves with the Q-model's refit on *every*
