@@ -10,7 +10,8 @@ a fresh child process so its peak resident memory (VmHWM) is its own:
   estimators: IS, WIS, PDIS, WPDIS and FQE, DR, WDR with the linear Q-model fitted from
   sufficient statistics summed over chunks (three passes), the behaviour value, ESS and 1,000
   Poisson bootstrap replicates (the Q-model's refit linearised into each), chunk by chunk
-  (500k rows);
+  (500k rows), and every estimator within each level of the panel's group attributes (the
+  default of ``evaluate_stream``);
 * ``audit_stream`` of the same policy and the logged behaviour (allocation of home visits by
   race/ethnicity, WIS group values, 1,000 bootstrap replicates, 1,000 permutations);
 * at 5M rows the same evaluation sharded on 2 local Ray workers and on a local pool of 2
