@@ -39,6 +39,7 @@ from equicare.fairness._audit import (
 from equicare.fairness._bootstrap import split_random_state
 from equicare.fairness._groups import GroupIndex, group_index
 from equicare.fairness._rows import action_set, episode_totals, level_matrix, need_rows, row_pass
+from equicare.ope._stream_groups import membership_matrix
 from equicare.utils import PARAM_MESSAGE
 
 __all__ = ["audit_stream", "STREAM_ESTIMATORS"]
@@ -121,14 +122,6 @@ class _Membership:
         c = self.codes(ds)
         return np.stack([c, np.where(c >= 0, len(self.published), -1)], axis=1)
 
-    def matrix(self, codes: NDArray[np.int64]) -> NDArray[np.bool_]:
-        """Membership of each episode (its ``codes``), shape ``(n_episodes, n_groups + 1)``."""
-        m = np.zeros((codes.size, len(self.published) + 1), dtype=bool)
-        k = codes >= 0
-        m[np.flatnonzero(k), codes[k]] = True
-        m[:, -1] = k
-        return m
-
 
 @dataclass
 class _RefitAcc:
@@ -203,7 +196,7 @@ def _add_chunk(part: _Partial, ds: TrajectoryDataset, ctx: _Context) -> None:
         cols = np.concatenate([cols, lmat], axis=1)
     member = _Membership(tuple(ctx.attrs), ctx.published)
     codes = member.codes(ds)
-    h = member.matrix(codes)[:, :-1].astype(np.float64)
+    h = membership_matrix(codes, len(ctx.published)).astype(np.float64)
     w = (poisson_weights(episode_keys(ds.episode_ids), cfg.n_boot, ctx.seed)
          if cfg.n_boot > 0 else None)
     nums, lnums, p_logged = [], [], {}

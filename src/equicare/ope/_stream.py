@@ -67,6 +67,7 @@ from equicare.ope._stream_sums import (
     StudentCoefs,
     _target_probs,
     corrected_sums,
+    episode_sums,
     student_coefs,
 )
 from equicare.policy import check_probs
@@ -157,10 +158,8 @@ def _is_sums(dataset: TrajectoryDataset, policy: Any, *, keys: Sequence[str], ho
     w = poisson_weights(episode_keys(dataset.episode_ids), n_boot, seed)
     tw = inputs.trajectory_weights(truncate)
     layout = (parts.keys, parts.slices, parts.horizon)
-    sums = StreamSums(n_episodes=dataset.n_episodes, n_steps=dataset.n_steps,
-                      total=mat.sum(axis=0), boot=w @ mat, boot_n=w.sum(axis=1),
-                      w_sum=float(tw.sum()), w_sq=float(np.dot(tw, tw)), gamma=dataset.gamma,
-                      parts_layout=layout)
+    sums = episode_sums(mat, w, tw, n_steps=dataset.n_steps, gamma=dataset.gamma,
+                        layout=layout)
     return WithGroups(sums, None if groups is None else
                       group_chunk_sums(dataset, mat, tw, w, groups, layout=layout))
 

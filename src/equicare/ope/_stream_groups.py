@@ -33,10 +33,16 @@ from numpy.typing import NDArray
 from equicare.data import TrajectoryDataset
 from equicare.exceptions import DataValidationError
 from equicare.ope._bootstrap import Shift
-from equicare.ope._stream_sums import SquareSums, StreamSums, StudentCoefs, student_coefs
+from equicare.ope._stream_sums import (
+    SquareSums,
+    StreamSums,
+    StudentCoefs,
+    episode_sums,
+    student_coefs,
+)
 
 __all__ = ["GroupPlan", "GroupSums", "GroupSquares", "OtherRefit", "WithGroups", "plan_groups",
-           "group_chunk_sums", "group_chunk_squares", "group_coefs"]
+           "group_chunk_sums", "group_chunk_squares", "group_coefs", "membership_matrix"]
 
 
 @dataclass(frozen=True)
@@ -83,12 +89,26 @@ class GroupPlan:
             offset += len(lvs)
         return out
 
-    def _matrix(self, codes: NDArray[np.int64]) -> NDArray[np.bool_]:
-        m = np.zeros((codes.shape[0], self.n_columns), dtype=bool)
-        for j in range(codes.shape[1]):  # one attribute at a time (a handful)
-            k = codes[:, j] >= 0
-            m[np.flatnonzero(k), codes[k, j]] = True
-        return m
+
+
+def membership_matrix(codes: NDArray[np.int64], n_columns: int) -> NDArray[np.bool_]:
+    """One-hot membership of episodes given their columns in one or more partitions.
+
+    Parameters
+    ----------
+    codes : ndarray of shape (n_episodes,) or (n_episodes, P)
+        Each episode's column in each of ``P`` partitions of the episodes (-1: none).
+    n_columns : int
+
+    Returns
+    -------
+    ndarray of shape (n_episodes, n_columns)
+    """
+    c = np.asarray(codes, dtype=np.int64).reshape(codes.shape[0], -1)
+    m = np.zeros((c.shape[0], n_columns), dtype=bool)
+    rows, part = np.nonzero(c >= 0)
+    m[rows, c[rows, part]] = True
+    return m
 
 
 def plan_groups(labels: dict[str, NDArray[Any]], attrs: Sequence[str] | None,
@@ -259,17 +279,13 @@ def group_chunk_sums(ds: TrajectoryDataset, mat: NDArray[np.float64],
     sums: list[StreamSums | None] = [None] * plan.n_columns
     lengths = ds.episode_lengths
     for c, own in _levels(plan, codes):  # a loop over levels, each a vectorised block
-        m = _level_matrix(mat, own, c, eff if infl_keys else None)
-        wo = w[:, own]
-        tw = traj_weights[own]
-        sums[c] = StreamSums(n_episodes=int(own.size), n_steps=int(lengths[own].sum()),
-                             total=m.sum(axis=0), boot=wo @ m, boot_n=wo.sum(axis=1),
-                             w_sum=float(tw.sum()), w_sq=float(np.dot(tw, tw)),
-                             gamma=ds.gamma, parts_layout=layout, infl_keys=infl_keys)
+        sums[c] = episode_sums(_level_matrix(mat, own, c, eff if infl_keys else None),
+                               w[:, own], traj_weights[own], n_steps=int(lengths[own].sum()),
+                               gamma=ds.gamma, layout=layout, infl_keys=infl_keys)
     other = None
     if eff is not None and infl_keys:
         n_e, n_c, k = eff.shape
-        notm = (~plan._matrix(codes)).astype(np.float64)  # (n_episodes, C)
+        notm = (~membership_matrix(codes, n_c)).astype(np.float64)  # (n_episodes, C)
         e2 = eff * notm[:, :, None]
         cw = w - 1.0
         other = OtherRefit(s1=(cw @ e2.reshape(n_e, n_c * k)).reshape(w.shape[0], n_c, k),

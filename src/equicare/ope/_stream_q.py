@@ -74,12 +74,14 @@ from equicare.ope._stream_groups import (
     group_chunk_squares,
     group_chunk_sums,
     group_coefs,
+    membership_matrix,
 )
 from equicare.ope._stream_sums import (
     SquareSums,
     StreamSums,
     StudentCoefs,
     _target_probs,
+    episode_sums,
     student_coefs,
 )
 from equicare.utils import ROW_BLOCK_ELEMENTS, row_blocks
@@ -642,10 +644,8 @@ def _pass2_chunk(dataset: TrajectoryDataset, *, policy: Any, design: _Design, fi
     w = poisson_weights(episode_keys(dataset.episode_ids), n_boot, seed)
     tw = inputs.trajectory_weights(design.truncate)
     layout = (parts.keys, parts.slices, parts.horizon)
-    sums = StreamSums(n_episodes=dataset.n_episodes, n_steps=dataset.n_steps,
-                      total=mat.sum(axis=0), boot=w @ mat, boot_n=w.sum(axis=1),
-                      w_sum=float(tw.sum()), w_sq=float(np.dot(tw, tw)), gamma=dataset.gamma,
-                      parts_layout=layout, infl_keys=fit.infl_keys)
+    sums = episode_sums(mat, w, tw, n_steps=dataset.n_steps, gamma=dataset.gamma,
+                        layout=layout, infl_keys=fit.infl_keys)
     g = (None if groups is None else
          group_chunk_sums(dataset, mat, tw, w, groups, layout=layout, infl_keys=fit.infl_keys,
                           eff=eff))
@@ -966,9 +966,7 @@ def _group_pieces(dataset: TrajectoryDataset, x: sp.csr_matrix, x_pi: PiDesign,
     """
     ep_codes = np.asarray(codes, dtype=np.int64).reshape(dataset.n_episodes, -1)
     valid = ep_codes >= 0  # (n_episodes, P): each partition's group of the episode, or none
-    member = np.zeros((dataset.n_episodes, n_groups))
-    for j in range(ep_codes.shape[1]):  # a handful of partitions
-        member[np.flatnonzero(valid[:, j]), ep_codes[valid[:, j], j]] = 1.0
+    member = membership_matrix(ep_codes, n_groups).astype(np.float64)
     n_c = member.sum(axis=0)
     row_codes = np.maximum(ep_codes, 0)[dataset.episode_index]  # (n_steps, P)
     row_valid = valid[dataset.episode_index].astype(np.float64)

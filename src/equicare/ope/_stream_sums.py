@@ -18,7 +18,8 @@ from equicare.ope._bootstrap import (
 from equicare.ope._resample import episode_keys, poisson_weights
 from equicare.utils import PARAM_MESSAGE
 
-__all__ = ["StreamSums", "SquareSums", "StudentCoefs", "corrected_sums", "student_coefs"]
+__all__ = ["StreamSums", "SquareSums", "StudentCoefs", "corrected_sums", "episode_sums",
+           "student_coefs"]
 
 
 @dataclass
@@ -63,6 +64,33 @@ class StreamSums:
                           boot_n=self.boot_n + other.boot_n, w_sum=self.w_sum + other.w_sum,
                           w_sq=self.w_sq + other.w_sq, gamma=self.gamma,
                           parts_layout=self.parts_layout, infl_keys=self.infl_keys)
+
+
+def episode_sums(mat: NDArray[np.float64], w: NDArray[np.float64],
+                 traj_weights: NDArray[np.float64], *, n_steps: int, gamma: float,
+                 layout: tuple[tuple[str, ...], dict[str, slice], int],
+                 infl_keys: tuple[str, ...] = ()) -> StreamSums:
+    """The :class:`StreamSums` of some episodes.
+
+    Parameters
+    ----------
+    mat : ndarray of shape (n_episodes, n_columns)
+        Their parts, return and (``infl_keys``) raw refit influences.
+    w : ndarray of shape (n_boot, n_episodes)
+        Their Poisson bootstrap weights.
+    traj_weights : ndarray of shape (n_episodes,)
+    n_steps : int
+        Their rows.
+    gamma : float
+    layout : tuple
+        ``StreamSums.parts_layout``.
+    infl_keys : tuple of str
+    """
+    tw = traj_weights
+    return StreamSums(n_episodes=int(mat.shape[0]), n_steps=int(n_steps), total=mat.sum(axis=0),
+                      boot=w @ mat, boot_n=w.sum(axis=1), w_sum=float(tw.sum()),
+                      w_sq=float(np.dot(tw, tw)), gamma=gamma, parts_layout=layout,
+                      infl_keys=infl_keys)
 
 
 def corrected_sums(sums: StreamSums) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
