@@ -361,24 +361,19 @@ def audit_stream(
         if cfg.estimator in Q_ESTIMATORS and pols:
             # each policy's Q-model from sums over chunks (two passes, three with the linear
             # model's stability check), then applied chunk by chunk below
-            from equicare.ope._stream_q import fit_q_stream, stream_q_config
+            from equicare.ope._stream_q import (
+                GroupCodes,
+                fit_q_stream,
+                group_refit_directions,
+                resolve_stream_q,
+            )
 
             src = ChunkSource(source, manifest=man, chunk_rows=chunk_rows, executor=executor,
                               n_shards=n_shards, owner="audit_stream")
-            from equicare.ope._stream_q import (
-                GroupCodes,
-                choose_cells_stream,
-                choose_q_stream,
-                group_refit_directions,
-            )
 
-            def q_config(pol: Any) -> Any:
-                if cfg.q_model == "auto":  # per policy, chosen on a sample of whole episodes
-                    return choose_q_stream(src, pol, sample_rows=SAMPLE_ROWS, seed=seed)[0]
-                qc = stream_q_config(cfg.q_model, [str(cfg.estimator)])
-                if qc.model == "tabular" and qc.cells is None and src.n_categorical() > 1:
-                    qc, _ = choose_cells_stream(src, qc, sample_rows=SAMPLE_ROWS, seed=seed)
-                return qc
+            def q_config(pol: Any) -> Any:  # auto: per policy, chosen on a sample of episodes
+                return resolve_stream_q(src, pol, cfg.q_model, keys=[str(cfg.estimator)],
+                                        sample_rows=SAMPLE_ROWS, seed=seed)[0]
 
             fits = {name: fit_q_stream(src, pol, cfg=q_config(pol), keys=(cfg.estimator,),
                                        truncate=cfg.truncate) for name, pol in pols.items()}

@@ -649,34 +649,17 @@ def evaluate_stream(
             src.transform = sb
             beh_info = sb.info
         if any(k in Q_TYPE for k in keys):
-            from equicare.ope._fqe import FQEConfig
-            from equicare.ope._stream_q import (
-                choose_q_stream,
-                evaluate_stream_q,
-                stream_q_config,
-            )
+            from equicare.ope._stream_q import evaluate_stream_q, resolve_stream_q
 
-            cell_info = None
-            if _is_auto(q_model):  # the in-memory choice, on a sample of whole episodes
-                cfg, sel, sample_info = choose_q_stream(
-                    src, policy, sample_rows=behavior_sample_rows, seed=seed,
-                    groups=() if plan is None else plan.attrs,
-                    cells=q_model.cells if isinstance(q_model, FQEConfig) else None)
-            else:
-                cfg = stream_q_config(q_model, [k for k in keys if k in Q_TYPE])
-            if (sel is None and cfg.model == "tabular" and cfg.cells is None
-                    and src.n_categorical() > 1):
-                from equicare.ope._stream_q import choose_cells_stream
-
-                cfg, cell_info = choose_cells_stream(src, cfg, sample_rows=behavior_sample_rows,
-                                                     seed=seed)
+            # auto: the in-memory choice on a sample of whole episodes
+            cfg, sel, q_info = resolve_stream_q(
+                src, policy, q_model, keys=[k for k in keys if k in Q_TYPE],
+                sample_rows=behavior_sample_rows, seed=seed,
+                groups=() if plan is None else plan.attrs)
             out = evaluate_stream_q(
                 src, policy, keys=keys, cfg=cfg, n_boot=n_boot, seed=seed, truncate=truncate,
                 progress=progress, studentized=ci_method == "studentized", groups=plan)
-            if cell_info is not None:
-                out.q_model["cell_choice"] = cell_info
-            if sel is not None:
-                out.q_model.update(chosen=sel.chosen, selection={**sel.to_dict(), **sample_info})
+            out.q_model.update(q_info)
             res = finish(out.sums, alpha=alpha, n_chunks=out.n_chunks, q_model=out.q_model,
                          behavior_model=beh_info, squares=out.squares)
             g_sums, g_squares = out.groups, out.group_squares
@@ -701,13 +684,6 @@ def evaluate_stream(
     if sel is not None:
         res = _with_auto_bias(res, sel, alpha)
     return res
-
-
-def _is_auto(q_model: Any) -> bool:
-    from equicare.ope._fqe import FQEConfig
-
-    return (isinstance(q_model, str) and q_model == "auto") or (
-        isinstance(q_model, FQEConfig) and q_model.model == "auto")
 
 
 def _with_auto_bias(res: StreamEvaluation, sel: Any, alpha: float) -> StreamEvaluation:

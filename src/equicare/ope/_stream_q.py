@@ -89,7 +89,8 @@ from equicare.utils import ROW_BLOCK_ELEMENTS, row_blocks
 __all__ = ["STREAM_Q_MODELS", "stream_q_config", "evaluate_stream_q", "StreamQOutput",
            "GroupCodes",
            "fit_q_stream",
-           "choose_cells_stream", "choose_q_stream", "StreamQFit", "QValues", "AUTO_MESSAGE",
+           "choose_cells_stream", "choose_q_stream", "resolve_stream_q", "StreamQFit", "QValues",
+           "AUTO_MESSAGE",
            "group_refit_directions", "refit_contributions"]
 
 #: Q-models that stream (LSTD fixed points).
@@ -171,6 +172,37 @@ def choose_q_stream(source: Any, policy: Any, *, sample_rows: int, seed: int,
     info = {"sample_rate": rate, "sample_episodes": int(data.n_episodes),
             "sample_rows": int(data.n_steps)}
     return cfg, sel, info
+
+
+def resolve_stream_q(source: Any, policy: Any, q_model: Any, *, keys: Sequence[str],
+                     sample_rows: int, seed: int, groups: Sequence[str] = ()
+                     ) -> tuple[FQEConfig, Any, dict[str, Any]]:
+    """The streamed Q-model that ``q_model`` names, chosen or completed on a sample if need be.
+
+    ``"auto"`` (or ``FQEConfig(model="auto")``): :func:`choose_q_stream`. A stationary table
+    without named cells on a panel with several categorical columns: its cells by
+    :func:`choose_cells_stream`. Otherwise :func:`stream_q_config`.
+
+    Returns
+    -------
+    cfg : FQEConfig
+    selection : QSelection or None
+        ``auto``'s selection.
+    info : dict
+        What the result's ``q_model`` adds: ``chosen`` and ``selection`` (auto), or
+        ``cell_choice``.
+    """
+    if (isinstance(q_model, str) and q_model == "auto") or (
+            isinstance(q_model, FQEConfig) and q_model.model == "auto"):
+        cfg, sel, sample = choose_q_stream(
+            source, policy, sample_rows=sample_rows, seed=seed, groups=groups,
+            cells=q_model.cells if isinstance(q_model, FQEConfig) else None)
+        return cfg, sel, {"chosen": sel.chosen, "selection": {**sel.to_dict(), **sample}}
+    cfg = stream_q_config(q_model, keys)
+    if cfg.model == "tabular" and cfg.cells is None and source.n_categorical() > 1:
+        cfg, cells = choose_cells_stream(source, cfg, sample_rows=sample_rows, seed=seed)
+        return cfg, None, {"cell_choice": cells}
+    return cfg, None, {}
 
 
 def stream_q_config(q_model: Any, keys: Sequence[str] = ("fqe", "dr", "wdr")) -> FQEConfig:
