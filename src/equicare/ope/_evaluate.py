@@ -296,6 +296,18 @@ def bias_aware(est: Estimate, bias: float, bias_se: float, alpha: float = 0.05) 
     return Estimate(value=est.value, ci=ci, se=est.se, n_episodes=est.n_episodes)
 
 
+def fqe_interval_note(sel: QSelection, refitted_levels: bool = True) -> str:
+    """How FQE's intervals carry ``auto``'s estimated bias (``settings.fqe_interval``).
+
+    ``refitted_levels``: whether levels refitted with their own policy (in memory only) exist.
+    """
+    per_level = ("(overall, and per subgroup level with the level's own density ratio"
+                 + ("; a level whose Q-model is refitted with its own policy gets that Q-model's "
+                    "own cross-fitted bias)" if refitted_levels else ")"))
+    return ("bootstrap joined with the bias-aware interval of auto's estimated Q-model bias "
+            + (per_level if sel.group_bias else "(overall only)"))
+
+
 def _refit_row_weights(inputs: OPEInputs, keys: Sequence[str], truncate: float | None,
                        normalization: Normalization
                        ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
@@ -773,11 +785,7 @@ def _evaluate(
                      else "fitted once on all episodes")}
     sel = prep.q_selection
     if "fqe" in keys and sel is not None and sel.bias.get(sel.chosen) is not None and not refit:
-        settings["fqe_interval"] = (
-            "bootstrap joined with the bias-aware interval of auto's estimated Q-model bias "
-            + ("(overall, and per subgroup level with the level's own density ratio; a "
-               "level whose Q-model is refitted with its own policy gets that Q-model's own "
-               "cross-fitted bias)" if sel.group_bias else "(overall only)"))
+        settings["fqe_interval"] = fqe_interval_note(sel)
     if refit and bootstrap > 0:
         from sklearn.base import clone
 

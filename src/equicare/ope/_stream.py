@@ -295,7 +295,8 @@ class StreamEvaluation:
 def finish(sums: StreamSums, *, alpha: float = 0.05, n_chunks: int = 1,
            q_model: dict[str, Any] | None = None,
            behavior_model: dict[str, Any] | None = None,
-           squares: SquareSums | None = None, shift: Shift | None = None) -> StreamEvaluation:
+           squares: SquareSums | None = None, shift: Shift | None = None,
+           fqe_bias: tuple[float, float] | None = None) -> StreamEvaluation:
     """Turn summed statistics into estimates with intervals.
 
     The influence columns (``sums.infl_keys``) add the linearised Q-model refit to every
@@ -305,7 +306,9 @@ def finish(sums: StreamSums, *, alpha: float = 0.05, n_chunks: int = 1,
     ``squares`` (the standard-error pass) the intervals are studentized
     (:func:`~equicare.ope._bootstrap.studentized_interval`), else percentile. ``shift`` adds an
     independent term to some estimators' replicates and its variance to their studentising
-    standard errors (a subgroup level's other episodes' share of the refit).
+    standard errors (a subgroup level's other episodes' share of the refit). ``fqe_bias``
+    (``auto``'s estimated bias and its standard error) joins FQE's interval with the bias-aware
+    one (:func:`~equicare.ope._evaluate.bias_aware`, as in memory).
     """
     keys, slices, horizon = sums.parts_layout
     total, boot = corrected_sums(sums)
@@ -327,8 +330,14 @@ def finish(sums: StreamSums, *, alpha: float = 0.05, n_chunks: int = 1,
         else:
             se = np.sqrt(squares.sq[i] + extra)
             ci = studentized_interval(v, r, se[1:], float(se[0]), alpha)
-        estimates[k] = StreamEstimate(value=v, ci=ci,
-                                      se=float(r.std(ddof=1)) if r.size > 1 else 0.0)
+        se_r = float(r.std(ddof=1)) if r.size > 1 else 0.0
+        if k == "fqe" and fqe_bias is not None:
+            from equicare.ope._bootstrap import Estimate
+            from equicare.ope._evaluate import bias_aware
+
+            ci = bias_aware(Estimate(value=v, ci=ci, se=se_r, n_episodes=0), *fqe_bias,
+                            alpha).ci
+        estimates[k] = StreamEstimate(value=v, ci=ci, se=se_r)
     beh_reps = np.divide(sums.boot[:, n_parts], sums.boot_n, out=np.zeros_like(sums.boot_n),
                          where=sums.boot_n > 0)
     behavior = StreamEstimate(value=float(sums.total[n_parts] / n),
@@ -343,11 +352,14 @@ def finish(sums: StreamSums, *, alpha: float = 0.05, n_chunks: int = 1,
 
 
 def finish_groups(plan: GroupPlan, groups: GroupSums, squares: GroupSquares | None, *,
-                  alpha: float = 0.05) -> dict[str, dict[str, StreamGroup]]:
+                  alpha: float = 0.05,
+                  group_bias: dict[str, dict[str, tuple[float, float]]] | None = None
+                  ) -> dict[str, dict[str, StreamGroup]]:
     """Every subgroup level's estimates from its summed statistics (:func:`finish` per level).
 
     Levels with fewer than ``plan.min_cell`` episodes are suppressed, with a
-    :class:`~equicare.exceptions.SmallCellWarning`.
+    :class:`~equicare.exceptions.SmallCellWarning`. ``group_bias`` (``auto``'s, per attribute
+    and level) makes each level's FQE interval bias-aware.
     """
     out: dict[str, dict[str, StreamGroup]] = {}
     index = {col: c for c, col in enumerate(plan.columns)}
@@ -365,7 +377,8 @@ def finish_groups(plan: GroupPlan, groups: GroupSums, squares: GroupSquares | No
             shift = (None if groups.other is None or not keys
                      else groups.other.shift(c, keys))
             sq = None if squares is None else squares.sq[c]
-            res = finish(sums, alpha=alpha, squares=sq, shift=shift)
+            res = finish(sums, alpha=alpha, squares=sq, shift=shift,
+                         fqe_bias=(group_bias or {}).get(attr, {}).get(lv))
             levels[lv] = StreamGroup(n_episodes=res.n_episodes, suppressed=False,
                                      behavior=res.behavior, estimates=res.estimates, ess=res.ess)
         out[attr] = levels
@@ -639,6 +652,7 @@ def evaluate_stream(
                       n_shards=n_shards)
     plan = plan_groups(src.episode_groups(), groups, MIN_CELL)
     sel: Any = None  # auto's selection, when it chose the Q-model
+    fqe_bias = None
     with executor_session(executor):  # one local pool for every pass
         beh_info = None
         if not src.logged:  # no logged propensities: a behaviour model on a sample of episodes
@@ -660,8 +674,13 @@ def evaluate_stream(
                 src, policy, keys=keys, cfg=cfg, n_boot=n_boot, seed=seed, truncate=truncate,
                 progress=progress, studentized=ci_method == "studentized", groups=plan)
             out.q_model.update(q_info)
+            if sel is not None and sel.bias.get(sel.chosen) is not None and "fqe" in keys:
+                from equicare.ope._evaluate import fqe_interval_note
+
+                fqe_bias = (sel.bias[sel.chosen], sel.bias_se[sel.chosen])
+                out.q_model["fqe_interval"] = fqe_interval_note(sel, refitted_levels=False)
             res = finish(out.sums, alpha=alpha, n_chunks=out.n_chunks, q_model=out.q_model,
-                         behavior_model=beh_info, squares=out.squares)
+                         behavior_model=beh_info, squares=out.squares, fqe_bias=fqe_bias)
             g_sums, g_squares = out.groups, out.group_squares
         else:
             fn = functools.partial(_is_sums, policy=policy, keys=keys, horizon=src.horizon,
@@ -679,46 +698,7 @@ def evaluate_stream(
                          squares=sq)
             g_sums = total.groups
     if plan is not None and g_sums is not None:
-        res = dataclasses.replace(res, groups=finish_groups(plan, g_sums, g_squares,
-                                                            alpha=alpha))
-    if sel is not None:
-        res = _with_auto_bias(res, sel, alpha)
+        res = dataclasses.replace(res, groups=finish_groups(
+            plan, g_sums, g_squares, alpha=alpha,
+            group_bias=None if sel is None else sel.group_bias))
     return res
-
-
-def _with_auto_bias(res: StreamEvaluation, sel: Any, alpha: float) -> StreamEvaluation:
-    """FQE's intervals joined with the bias-aware ones of ``auto``'s estimated bias.
-
-    Overall with the chosen model's cross-fitted bias, within each level with the level's own
-    (:func:`~equicare.ope._evaluate.bias_aware`, as in memory).
-    """
-    from equicare.ope._bootstrap import Estimate
-    from equicare.ope._evaluate import bias_aware
-
-    def widen(e: StreamEstimate, bias: float | None, se: float | None) -> StreamEstimate:
-        if bias is None or se is None:
-            return e
-        est = bias_aware(Estimate(value=e.value, ci=e.ci, se=e.se, n_episodes=0), bias, se,
-                         alpha)
-        return StreamEstimate(value=e.value, ci=est.ci, se=e.se)
-
-    ests = dict(res.estimates)
-    if "fqe" in ests:
-        ests["fqe"] = widen(ests["fqe"], sel.bias.get(sel.chosen), sel.bias_se.get(sel.chosen))
-    groups: dict[str, dict[str, StreamGroup]] = {}
-    for attr, levels in res.groups.items():
-        groups[attr] = {}
-        for lv, g in levels.items():
-            gb = sel.group_bias.get(attr, {}).get(lv)
-            if g.suppressed or gb is None or "fqe" not in g.estimates:
-                groups[attr][lv] = g
-                continue
-            groups[attr][lv] = dataclasses.replace(
-                g, estimates={**g.estimates, "fqe": widen(g.estimates["fqe"], *gb)})
-    q_model = dict(res.q_model or {})
-    if sel.bias.get(sel.chosen) is not None and "fqe" in ests:
-        q_model["fqe_interval"] = (
-            "bootstrap joined with the bias-aware interval of auto's estimated Q-model bias "
-            + ("(overall, and per subgroup level with the level's own density ratio)"
-               if sel.group_bias else "(overall only)"))
-    return dataclasses.replace(res, estimates=ests, groups=groups, q_model=q_model)
