@@ -463,16 +463,14 @@ def level_fqe_bias(sel: QSelection, dataset: TrajectoryDataset, probs: NDArray[n
     -------
     (bias, standard error), or None when no density ratio was available
     """
-    from equicare.ope._select import AUTO_FOLDS, cross_fit
+    from equicare.ope._select import AUTO_FOLDS, cross_fit, draw_folds
 
-    rng = np.random.default_rng(seed)
-    fold = np.arange(dataset.n_episodes) % max(2, min(AUTO_FOLDS, dataset.n_episodes))
-    rng.shuffle(fold)
+    fold, fit_seed = draw_folds(dataset.n_episodes, AUTO_FOLDS, np.random.default_rng(seed))
     member = np.zeros((dataset.n_episodes, 1), dtype=bool)
     member[np.asarray(episodes, dtype=np.int64)] = True
     ref = sel.reference or sel.chosen
     names = list(dict.fromkeys([ref, sel.chosen]))
-    cf = cross_fit(dataset, probs, names, ref, fold, int(rng.integers(2**31 - 1)), member)
+    cf = cross_fit(dataset, probs, names, ref, fold, fit_seed, member)
     if not cf.b_sets[sel.chosen].any():
         return None
     return cf.set_bias(sel.chosen, 0)

@@ -87,7 +87,8 @@ from equicare.ope._fqe import AUTO_SELECTOR, FQEConfig, LoggedQFit, cell_columns
 from equicare.ope._lstd import LSTDFit
 from equicare.utils import RandomState, check_random_state
 
-__all__ = ["QSelection", "select_q_model", "cross_fit", "CrossFit", "AUTO_CANDIDATES",
+__all__ = ["QSelection", "select_q_model", "cross_fit", "draw_folds", "CrossFit",
+           "AUTO_CANDIDATES",
            "AUTO_FOLDS",
            "AUTO_FLEXIBLE_WORK", "AUTO_N_SE", "candidate_config", "candidate_name",
            "choose_with_reference"]
@@ -246,6 +247,14 @@ def _density_ratio(fit: LoggedQFit, dataset: TrajectoryDataset, train: NDArray[n
     # truncated like importance weights: sparse pairs that the target policy revisits can get
     # ratios in the millions, which would make every candidate's score noise
     return np.asarray(np.clip(w, 0.0, RATIO_CAP), dtype=np.float64)
+
+
+def draw_folds(n_episodes: int, n_folds: int, rng: np.random.Generator
+               ) -> tuple[NDArray[np.int64], int]:
+    """Each episode's fold (``n_folds`` of near-equal size, shuffled) and a seed for the fits."""
+    fold = np.arange(n_episodes) % int(max(2, min(n_folds, n_episodes)))
+    rng.shuffle(fold)
+    return fold, int(rng.integers(2**31 - 1))
 
 
 @dataclass(frozen=True)
@@ -420,9 +429,7 @@ def select_q_model(dataset: TrajectoryDataset, target_probs: NDArray[np.float64]
         return QSelection(chosen=run[0], candidates={name: None for name in names},
                           td_error={name: None for name in names}, skipped=skipped, n_folds=0,
                           cells=cells, cell_choice=cell_choice)
-    fold = np.arange(dataset.n_episodes) % k
-    rng.shuffle(fold)
-    seed = int(rng.integers(2**31 - 1))
+    fold, seed = draw_folds(dataset.n_episodes, k, rng)
     weight_model = candidate_name("tabular_stationary", cells) if has_cat else "linear"
     levels = [(a, lv) for a in groups
               for lv in np.unique(dataset.group_labels(a).astype(str))]
