@@ -111,7 +111,7 @@ def test_studentized_streamed_and_sharded_equal_in_memory(panel):
     assert pct.estimates["wis"].ci != whole.estimates["wis"].ci
 
 
-def test_bca_does_not_stream(panel):
+def test_bca_and_bad_parameters_are_refused(panel):
     from equicare.exceptions import InvalidParameterError
     from equicare.ope._stream import BCA_STREAM_MESSAGE
 
@@ -120,6 +120,8 @@ def test_bca_does_not_stream(panel):
         evaluate_stream(ds, RiskPolicy(), n_boot=10, ci_method="bca")
     with pytest.raises(InvalidParameterError, match="ci_method"):
         evaluate_stream(ds, RiskPolicy(), n_boot=10, ci_method="basic")
+    with pytest.raises(InvalidParameterError, match="'n_boot' parameter of evaluate_stream"):
+        evaluate_stream(ds, RiskPolicy(), n_boot=0)
 
 
 def test_point_estimates_match_the_in_memory_engine(panel):

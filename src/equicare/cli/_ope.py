@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
 from dataclasses import replace
@@ -228,12 +229,13 @@ def run_evaluate_stream(data: Path, *, manifest: Path, policy: Path, estimators:
                         q_model: str = "auto", behavior_model: str = "logistic",
                         ci: str = "studentized", chunk_rows: int = 500_000,
                         executor: Any = None, out: Path | None = None,
-                        force: bool = False, q_cells: str | None = None
-                        ) -> tuple[Any, list[str]]:
+                        force: bool = False, q_cells: str | None = None,
+                        progress: bool = False) -> tuple[Any, list[str]]:
     """``evaluate --chunk-rows``: :func:`equicare.ope.evaluate_stream`, then the result JSON.
 
     Returns the streamed result and the warnings raised (suppressed small cells), for printing.
-    Subgroups are every manifest group attribute, as in memory.
+    Subgroups are every manifest group attribute, as in memory. ``progress`` shows the chunks of
+    the estimates pass and, when a subgroup column gets a Q-model per level, those levels.
 
     ``ci`` is ``studentized`` (one more pass over the chunks for the replicates' standard
     errors) or ``percentile``; ``bca`` is in memory only (a user error here).
@@ -247,6 +249,7 @@ def run_evaluate_stream(data: Path, *, manifest: Path, policy: Path, estimators:
     logged propensities gets ``behavior_model`` fitted on a random sample of 1M rows of whole
     episodes (:mod:`equicare.ope._stream_behavior`).
     """
+    from equicare._progress import ProgressTask, progress_task, shared_progress
     from equicare.ope import evaluate_stream
     from equicare.ope._core import ESTIMATOR_KEYS
     from equicare.ope._stream import STREAM_KEYS
@@ -274,13 +277,26 @@ def run_evaluate_stream(data: Path, *, manifest: Path, policy: Path, estimators:
             "--ci bca is in memory only (its acceleration needs every leave-one-episode-out "
             "estimate); with --chunk-rows use --ci studentized (the default) or percentile.")
     q_spec = q_model_spec(q_model, q_cells) if q_streams else "linear"
-    with warnings.catch_warnings(record=True) as caught:
+    with contextlib.ExitStack() as stack, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        stack.enter_context(shared_progress(enabled=progress))
+        chunks = stack.enter_context(progress_task("Streamed estimates", None, enabled=progress,
+                                                   info="chunks"))
+        per_level: list[ProgressTask] = []
+
+        def level_done(done: int, total: int) -> None:  # opened when a column needs it
+            if not per_level:
+                per_level.append(stack.enter_context(progress_task(
+                    "Q-model per level", total, enabled=progress)))
+            per_level[0].update(completed=done)
+
         res = evaluate_stream(data, load_target_policy(policy), manifest=manifest,
                               estimators=keys, q_model=q_spec,
                               behavior_model=behavior_model, n_boot=bootstrap, ci_method=ci,
                               truncate=truncate, random_state=seed, chunk_rows=chunk_rows,
-                              executor=executor)
+                              executor=executor,
+                              progress=lambda k: chunks.update(completed=k),
+                              level_progress=level_done)
     if out is not None:
         if out.exists() and not force:
             raise FileExistsError(OUT_EXISTS.format(path=out))
@@ -350,13 +366,19 @@ def q_model_line(res: EvaluationResult) -> str | None:
         line += (f". The tables pool over {', '.join(choice['dropped'])}: given "
                  f"{', '.join(choice['columns'])} and the action it does not improve the held-out "
                  f"log-likelihood of the next state, end and reward (per episode: {why})")
+    return line + per_level_sentence(q)
+
+
+def per_level_sentence(q: dict[str, Any]) -> str:
+    """The subgroup columns refitted per level (``q_model["per_level"]``), or ``""``."""
+    out = ""
     for col, lv in (q.get("per_level") or {}).items():
         how = ("the policy asked at every state with the level set" if lv["policy"] ==
                "counterfactual" else "the level's own target probabilities per cell, the "
                "pooled ones where the level never goes")
-        line += (f". The target policy reads {col}: the subgroups by {col} refit the Q-model "
-                 f"per level with that level's policy ({how})")
-    return line
+        out += (f". The target policy reads {col}: the subgroups by {col} refit the Q-model "
+                f"per level with that level's policy ({how})")
+    return out
 
 
 def register(app: typer.Typer) -> None:
@@ -439,7 +461,7 @@ def register(app: typer.Typer) -> None:
                         bootstrap=bootstrap, truncate=truncate, seed=seed,
                         q_model=q_model.value, behavior_model=behavior_model.value,
                         ci=ci.value, chunk_rows=chunk_rows, executor=ex, out=out, force=force,
-                        q_cells=q_cells)
+                        q_cells=q_cells, progress=progress)
                 finally:
                     if ex is not None and hasattr(ex, "shutdown"):
                         ex.shutdown()
@@ -471,7 +493,8 @@ def register(app: typer.Typer) -> None:
                                   f"not change the dynamics given {', '.join(cs['columns'])}")
                 console.print(escape(f"Q-model: {sres.q_model['chosen']} (streamed LSTD "
                                      f"fit, solver {sres.q_model['solver']}; "
-                                     f"{sres.q_model['bootstrap']}{how}){pooled}"),
+                                     f"{sres.q_model['bootstrap']}{how}){pooled}"
+                                     f"{per_level_sentence(sres.q_model)}"),
                               highlight=False)
             else:
                 skipped = [k for k in ("fqe", "dr", "wdr") if k not in sres.estimates]

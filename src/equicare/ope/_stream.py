@@ -61,6 +61,12 @@ from equicare.ope._stream_groups import (
     group_coefs,
     plan_groups,
 )
+from equicare.ope._stream_levels import (
+    LevelColumn,
+    evaluate_levels_stream,
+    per_level_info,
+    plan_levels,
+)
 from equicare.ope._stream_sums import (
     SquareSums,
     StreamSums,
@@ -476,14 +482,14 @@ class ChunkSource:
         return {g: np.concatenate([np.asarray(c.dataset.groups[g]) for c in self.chunks])
                 for g in names}
 
-    def n_categorical(self) -> int:
-        """Number of categorical state columns of the panel."""
+    def categorical_names(self) -> tuple[str, ...]:
+        """The panel's categorical state columns."""
         if self.dataset is not None:
-            return len(self.dataset.categorical_names)
+            return tuple(self.dataset.categorical_names)
         if self.path is not None:
-            return len(self.manifest.categorical_states)
+            return tuple(self.manifest.categorical_states)
         assert self.chunks is not None
-        return len(self.chunks[0].dataset.categorical_names)
+        return tuple(self.chunks[0].dataset.categorical_names)
 
     def map_reduce(self, fn: Callable[[TrajectoryDataset], Any],
                    progress: Callable[[int], None] | None = None) -> tuple[Any, int]:
@@ -562,6 +568,7 @@ def evaluate_stream(
     executor: Any = None,
     n_shards: int | None = None,
     progress: Callable[[int], None] | None = None,
+    level_progress: Callable[[int, int], None] | None = None,
 ) -> StreamEvaluation:
     """Evaluate a policy on a panel of any size, chunk by chunk or shard by shard.
 
@@ -611,8 +618,9 @@ def evaluate_stream(
         fitted on all of them, levels under 11 episodes suppressed. With a Q-model each level's
         intervals carry its refit on every episode (the levels' gradient pieces are summed in
         the fit's pass; :mod:`equicare.ope._stream_groups`), and with ``auto`` each level's FQE
-        interval its estimated bias. Not streamed: the per-level Q-model of a pooled column the
-        policy reads (in memory only).
+        interval its estimated bias. A column that the table pools over and the target policy
+        reads gets a Q-model per level, as in memory (:mod:`equicare.ope._stream_levels`: the
+        Q-model's passes once more per level).
     chunk_rows : int
         Rows per chunk (whole episodes).
     executor : object with ``map(fn, items)``, optional
@@ -623,6 +631,8 @@ def evaluate_stream(
         Shards for the executor (default: its worker count, else 2).
     progress : callable, optional
         Called with the number of chunks done (streamed in this process).
+    level_progress : callable, optional
+        Called with (levels done, levels) as the levels that get their own Q-model are done.
 
     Returns
     -------
@@ -647,11 +657,17 @@ def evaluate_stream(
         raise InvalidParameterError(PARAM_MESSAGE.format(
             name="random_state", owner="evaluate_stream", expected="an int seed",
             got=random_state))
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int | np.integer) or n_boot < 1:
+        raise InvalidParameterError(PARAM_MESSAGE.format(
+            name="n_boot", owner="evaluate_stream",
+            expected="an int >= 1 (the Poisson bootstrap's replicates)", got=n_boot))
     seed = int(random_state)
     src = ChunkSource(source, manifest=manifest, chunk_rows=chunk_rows, executor=executor,
                       n_shards=n_shards)
     plan = plan_groups(src.episode_groups(), groups, MIN_CELL)
     sel: Any = None  # auto's selection, when it chose the Q-model
+    level_cols: list[LevelColumn] = []
+    own_levels: dict[str, tuple[dict[str, StreamGroup], dict[str, Any]]] = {}
     fqe_bias = None
     with executor_session(executor):  # one local pool for every pass
         beh_info = None
@@ -674,14 +690,36 @@ def evaluate_stream(
                 src, policy, keys=keys, cfg=cfg, n_boot=n_boot, seed=seed, truncate=truncate,
                 progress=progress, studentized=ci_method == "studentized", groups=plan)
             out.q_model.update(q_info)
+            level_cols = plan_levels(src, policy, cfg, plan, sample_rows=behavior_sample_rows,
+                                     seed=seed, selection=sel)
+            if "cell_choice" in out.q_model or level_cols:
+                out.q_model.setdefault("cell_choice", {})["target_reads"] = [
+                    c.column for c in level_cols]
             if sel is not None and sel.bias.get(sel.chosen) is not None and "fqe" in keys:
                 from equicare.ope._evaluate import fqe_interval_note
 
                 fqe_bias = (sel.bias[sel.chosen], sel.bias_se[sel.chosen])
-                out.q_model["fqe_interval"] = fqe_interval_note(sel, refitted_levels=False)
+                out.q_model["fqe_interval"] = fqe_interval_note(
+                    sel, refitted_levels=bool(level_cols))
             res = finish(out.sums, alpha=alpha, n_chunks=out.n_chunks, q_model=out.q_model,
                          behavior_model=beh_info, squares=out.squares, fqe_bias=fqe_bias)
             g_sums, g_squares = out.groups, out.group_squares
+            if level_cols:  # each level's own Q-model: the passes once per level
+                assert plan is not None
+                done, total = [0], sum(len(plan.levels[plan.attrs.index(c.column)])
+                                       for c in level_cols)
+
+                def tick() -> None:
+                    done[0] += 1
+                    if level_progress is not None:
+                        level_progress(done[0], total)
+
+                for col in level_cols:
+                    levels, backed = evaluate_levels_stream(
+                        src, policy, col, plan, keys=keys, cfg=cfg, n_boot=n_boot, seed=seed,
+                        truncate=truncate, studentized=ci_method == "studentized",
+                        alpha=alpha, tick=tick)
+                    own_levels[col.column] = (levels, per_level_info(col, backed))
         else:
             fn = functools.partial(_is_sums, policy=policy, keys=keys, horizon=src.horizon,
                                    n_boot=n_boot, seed=seed, truncate=truncate, groups=plan)
@@ -701,4 +739,9 @@ def evaluate_stream(
         res = dataclasses.replace(res, groups=finish_groups(
             plan, g_sums, g_squares, alpha=alpha,
             group_bias=None if sel is None else sel.group_bias))
+    if own_levels:  # subgroup columns the table pools over and the target reads
+        assert res.q_model is not None
+        for column, (levels, _) in own_levels.items():
+            res.groups[column].update(levels)
+        res.q_model["per_level"] = {c: info for c, (_, info) in own_levels.items()}
     return res

@@ -199,7 +199,7 @@ def resolve_stream_q(source: Any, policy: Any, q_model: Any, *, keys: Sequence[s
             cells=q_model.cells if isinstance(q_model, FQEConfig) else None)
         return cfg, sel, {"chosen": sel.chosen, "selection": {**sel.to_dict(), **sample}}
     cfg = stream_q_config(q_model, keys)
-    if cfg.model == "tabular" and cfg.cells is None and source.n_categorical() > 1:
+    if cfg.model == "tabular" and cfg.cells is None and len(source.categorical_names()) > 1:
         cfg, cells = choose_cells_stream(source, cfg, sample_rows=sample_rows, seed=seed)
         return cfg, None, {"cell_choice": cells}
     return cfg, None, {}
@@ -392,15 +392,24 @@ def _pi_rows(x_pi: PiDesign, sl: slice) -> NDArray[np.float64]:
     return np.concatenate([kron, x_pi.cats[sl].toarray()], axis=1)
 
 
+#: Share of non-zero entries of ``X`` from which a chunk's sums use dense BLAS products. Their
+#: cost grows with the parameters squared per row, the sparse products' with the non-zeros per
+#: row squared: on a 43,088-row Garnet chunk (one thread) the stationary table (710 parameters,
+#: one non-zero per row) took 1.84 s dense and 0.006 s sparse, the linear model (164
+#: parameters, density 0.06) 0.99 s and 0.20 s; on a 41,246-row care chunk (144 parameters,
+#: density 0.28) 1.19 s and 0.94 s.
+DENSE_SUMS_DENSITY = 0.3
+
+
 def _chunk_sums(x: sp.csr_matrix, x_pi: PiDesign, rewards: NDArray[np.float64],
                 has_next: NDArray[np.bool_], gamma: float) -> LSTDSums:
     """:func:`~equicare.ope._lstd.lstd_sums` of a chunk.
 
-    Dense BLAS products in row blocks when the system is small enough to be solved densely (the
-    same sums, several times faster than sparse products).
+    Dense BLAS products in row blocks when the system is small enough to be solved densely and
+    the design is dense enough (:data:`DENSE_SUMS_DENSITY`); sparse products otherwise.
     """
     n, n_par = x.shape
-    if n_par > DENSE_PARAMS:
+    if n_par > DENSE_PARAMS or x.nnz < DENSE_SUMS_DENSITY * n * n_par:
         return lstd_sums(x, x_pi, rewards, has_next, gamma)
     xtx = np.zeros((n_par, n_par))
     cross = np.zeros((n_par, n_par)) if gamma > 0 else None
