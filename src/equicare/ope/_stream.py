@@ -715,10 +715,12 @@ def evaluate_stream(
                         level_progress(done[0], total)
 
                 for col in level_cols:
-                    levels, backed = evaluate_levels_stream(
+                    runs, backed = evaluate_levels_stream(
                         src, policy, col, plan, keys=keys, cfg=cfg, n_boot=n_boot, seed=seed,
-                        truncate=truncate, studentized=ci_method == "studentized",
-                        alpha=alpha, tick=tick)
+                        truncate=truncate, studentized=ci_method == "studentized", tick=tick)
+                    levels = {r.label: finish_groups(r.plan, r.sums, r.squares, alpha=alpha,
+                                                     group_bias=r.bias)[col.column][r.label]
+                              for r in runs}
                     own_levels[col.column] = (levels, per_level_info(col, backed))
         else:
             fn = functools.partial(_is_sums, policy=policy, keys=keys, horizon=src.horizon,

@@ -18,7 +18,8 @@ with pooled dynamics and the policy ``pi_l`` the level's members follow
 * :class:`LevelStreamPolicy` is that policy at the rows of any chunk (the level's own rows keep
   their probabilities, so its importance weights do not change);
 * :func:`evaluate_levels_stream` runs the streamed Q-model passes once per level with it
-  (:func:`~equicare.ope._stream_q.evaluate_stream_q` restricted to the level), so each level's
+  (:func:`~equicare.ope._stream_q.evaluate_stream_q` restricted to the level; ``evaluate_stream``
+  finishes the sums), so each level's
   FQE, DR and WDR, and their intervals with the level's own refit, equal the in-memory
   per-level refit (tests: 1e-9 for values).
 
@@ -42,8 +43,8 @@ from equicare.ope._fqe import FQEConfig, _cells
 from equicare.ope._stream_groups import GroupPlan
 from equicare.ope._stream_sums import _target_probs
 
-__all__ = ["LevelColumn", "LevelTable", "LevelStreamPolicy", "plan_levels", "level_tables",
-           "evaluate_levels_stream", "per_level_info"]
+__all__ = ["LevelColumn", "LevelTable", "LevelStreamPolicy", "LevelRun", "plan_levels",
+           "level_tables", "evaluate_levels_stream", "per_level_info"]
 
 
 @dataclass(frozen=True)
@@ -242,29 +243,42 @@ def plan_levels(source: Any, policy: Any, cfg: FQEConfig, groups: GroupPlan | No
     return out
 
 
+@dataclass(frozen=True)
+class LevelRun:
+    """One level's sums from its own streamed Q-model.
+
+    :func:`equicare.ope._stream.finish_groups` with ``plan`` turns them into its estimates.
+    """
+
+    label: str
+    plan: GroupPlan
+    sums: Any
+    squares: Any
+    bias: dict[str, dict[str, tuple[float, float]]] | None
+
+
 def evaluate_levels_stream(source: Any, policy: Any, col: LevelColumn, groups: GroupPlan, *,
                            keys: tuple[str, ...], cfg: FQEConfig, n_boot: int, seed: int,
-                           truncate: float | None, studentized: bool, alpha: float,
+                           truncate: float | None, studentized: bool,
                            tick: Callable[[], None] | None = None
-                           ) -> tuple[dict[str, Any], dict[str, float]]:
+                           ) -> tuple[list[LevelRun], dict[str, float]]:
     """Every published level of ``col.column`` with its own streamed Q-model.
 
     ``tick`` is called as each level is done.
 
     Returns
     -------
-    levels : dict of str to StreamGroup
-        The level's estimates (replacing the pooled ones).
+    runs : list of LevelRun
+        Each level's sums (they replace the pooled ones once finished).
     backed_off : dict of str to float
         Per level, the share of rows valued with the pooled policy (``"empirical"``; else 0).
     """
-    from equicare.ope._stream import finish_groups
     from equicare.ope._stream_q import evaluate_stream_q
 
     a = groups.attrs.index(col.column)
     labels = groups.levels[a]
     table = level_tables(source, policy, col, labels) if col.source == "empirical" else None
-    out: dict[str, Any] = {}
+    runs: list[LevelRun] = []
     backed: dict[str, float] = {}
     for lv in labels:
         if table is None:
@@ -277,14 +291,11 @@ def evaluate_levels_stream(source: Any, policy: Any, col: LevelColumn, groups: G
                         counts=({lv: groups.counts[a][lv]},), min_cell=groups.min_cell)
         res = evaluate_stream_q(source, pol, keys=keys, cfg=cfg, n_boot=n_boot, seed=seed,
                                 truncate=truncate, studentized=studentized, groups=one)
-        if res.groups is None:  # pragma: no cover - a published level always has sums
-            continue
-        bias = {col.column: {lv: col.bias[lv]}} if lv in col.bias else None
-        out[lv] = finish_groups(one, res.groups, res.group_squares, alpha=alpha,
-                                group_bias=bias)[col.column][lv]
+        runs.append(LevelRun(label=lv, plan=one, sums=res.groups, squares=res.group_squares,
+                             bias={col.column: {lv: col.bias[lv]}} if lv in col.bias else None))
         if tick is not None:
             tick()
-    return out, backed
+    return runs, backed
 
 
 def per_level_info(col: LevelColumn, backed: dict[str, float]) -> dict[str, Any]:
