@@ -143,3 +143,45 @@ def test_a_shift_widens_the_jackknife_interval(parts):
                                                           variance={"dr": (2 * se) ** 2}))
     assert wide["dr"].se == pytest.approx(np.sqrt(5) * se)
     assert wide["fqe"].se == base["fqe"].se
+
+
+def test_a_degenerate_standard_error_falls_back_to_the_percentile_interval():
+    """WIS whose weight sits on one episode (effective sample size about 1): its delta-method
+    standard error is about 0 at the full sample and in every replicate that draws that episode,
+    which made the bootstrap-t interval a million wide (or zero wide). The interval is then the
+    percentile one, inside the range of the returns as WIS is; a healthy WIS keeps the
+    symmetric bootstrap-t interval."""
+    from equicare.ope._bootstrap import DEGENERATE_SE, studentized_interval
+
+    rng = np.random.default_rng(3)
+    n = 30
+    g = rng.uniform(0.0, 3.0, n)
+    counts = bootstrap_counts(n, 400, 2)
+    for w, degenerate in ((np.r_[1e9, 1e4 * rng.uniform(size=4), rng.uniform(size=n - 5)], True),
+                          (rng.uniform(0.5, 2.0, n), False)):
+        p = EpisodeParts(matrix=np.c_[w * g, w], slices={"wis": slice(0, 2)}, keys=("wis",),
+                         horizon=1)
+        reps = bootstrap_replicates(p, counts)
+        lo, hi = studentized_intervals(p, counts, reps)["wis"]
+        if degenerate:
+            assert (lo, hi) == percentile_interval(reps["wis"])
+            assert g.min() <= lo <= hi <= g.max()
+        else:
+            point = float((w * g).sum() / w.sum())
+            assert hi - point == pytest.approx(point - lo, rel=1e-9)
+            assert (lo, hi) != percentile_interval(reps["wis"])
+    # the rules: replicates' standard errors numerically zero next to their spread make t
+    # infinite; a quantile of t beyond a Cauchy's is no pivot; a degenerate full-sample SE
+    reps = rng.normal(0.0, 1.0, 200)
+    se_reps = np.full(200, 1.0)
+    assert studentized_interval(0.0, reps, se_reps, 1.0) != percentile_interval(reps)
+    tiny = se_reps.copy()
+    tiny[:20] = 0.5 * DEGENERATE_SE * reps.std(ddof=1)
+    assert studentized_interval(0.0, reps, tiny, 1.0) == percentile_interval(reps)
+    small = se_reps.copy()
+    small[:40] = 0.02  # t about 35 in a fifth: not degenerate, but no pivot
+    assert studentized_interval(0.0, reps, small, 1.0) == percentile_interval(reps)
+    small[:40] = 0.5  # t about 1.4 in a fifth: a heavy tail the bootstrap-t is made for
+    lo, hi = studentized_interval(0.0, reps, small, 1.0)
+    assert hi == -lo and (lo, hi) != percentile_interval(reps)
+    assert studentized_interval(0.0, reps, np.ones(200), 1e-9) == percentile_interval(reps)

@@ -229,17 +229,42 @@ def squared_influence(xa: NDArray[np.float64], xb: NDArray[np.float64],
     return out
 
 
+#: A delta-method standard error below this share of the bootstrap replicates' spread is
+#: degenerate (numerically zero next to it). It happens when one episode's importance weight
+#: dominates an estimate (effective sample size about 1: WIS of a learned policy over 26-week
+#: care episodes): the standard error tends to 0 while the replicates still move with the
+#: large-weight episodes they draw. Measured on a 600-member care panel: subgroup WIS intervals
+#: of [-1.1e6, 1.1e6] (replicates' standard errors ~1e-7) and [0.296999, 0.297001] (the full
+#: sample's ~1e-7), against bootstrap standard errors of 0.36 and 1.19. Healthy heavy tails stay
+#: far above it: the smallest replicate ratio on a 150-member synthetic panel's WIS was 0.02.
+DEGENERATE_SE = 1e-3
+
+
 def studentized_interval(point: float, reps: NDArray[np.float64], se_reps: NDArray[np.float64],
                          se: float, alpha: float = 0.05) -> tuple[float, float]:
     """``point +- q se`` with ``q`` the ``1 - alpha`` quantile of ``|reps - point| / se_reps``.
 
-    A replicate with a zero standard error and a non-zero deviation has ``t = inf``; when the
-    quantile is infinite the percentile interval is returned (degenerate replicates).
+    A standard error under :data:`DEGENERATE_SE` times the replicates' spread is degenerate:
+    such a replicate with a non-zero deviation has ``t = inf``. The percentile interval is
+    returned when the full sample's own standard error is degenerate, or when ``q`` exceeds the
+    same quantile of a Cauchy (Student t with one degree of freedom: 12.7 at ``alpha = 0.05``),
+    where ``t`` is too heavy-tailed to be a pivot (on the same care panel, WIS intervals of
+    subgroups of 133-241 episodes were then [-16.1, 16.8] around 0.33 with a bootstrap standard
+    error of 0.14). Neither rule changed any of 108 FQE, DR and WDR intervals of the Garnet
+    coverage study (three long configurations, three families, four panels) nor the coverage of
+    the skewed-mean check in ``tests/ope/test_bootstrap.py``.
     """
+    spread = float(np.std(reps, ddof=1)) if reps.size > 1 else 0.0
+    floor = DEGENERATE_SE * spread
+    if not se > floor:
+        return percentile_interval(reps, alpha)
     t = np.abs(reps - point)
-    good = se_reps > 0
+    good = se_reps > floor
     t = np.where(good, t / np.where(good, se_reps, 1.0), np.where(t > 0, np.inf, 0.0))
-    q = float(np.quantile(t, 1 - alpha)) if t.size else 0.0
+    with np.errstate(invalid="ignore"):  # inf - inf between two infinite neighbours: nan
+        q = float(np.quantile(t, 1 - alpha)) if t.size else 0.0
+    if q > np.tan(np.pi * (0.5 - alpha / 2)):  # beyond a Cauchy's: t is not a pivot here
+        return percentile_interval(reps, alpha)
     half = q * se if np.isfinite(q) else np.inf
     if not np.isfinite(half):
         return percentile_interval(reps, alpha)
