@@ -132,18 +132,24 @@ def test_interval_covers_recovered_gap() -> None:
 
 # ---------------------------------------------------------------------- suppression, intersection
 def test_small_cells_are_suppressed_everywhere() -> None:
-    ds = random_panel(200, seed=4, shares=(0.5, 0.47, 0.03))
-    n_small = int((ds.groups["race"] == "r2").sum())
-    assert 0 < n_small < 11
-    with pytest.warns(SmallCellWarning, match="1 group"):
+    """r3 is under 11 episodes; the smallest of the others is suppressed with it so that no
+    total minus the published groups reveals r3 (complementary suppression)."""
+    ds = random_panel(200, seed=4, shares=(0.4, 0.3, 0.27, 0.03), rate_by_group=(0.1,) * 4)
+    n = pd.Series(ds.groups["race"]).value_counts()
+    smallest = str(n[["r0", "r1", "r2"]].idxmin())
+    assert 0 < n["r3"] < 11
+    with pytest.warns(SmallCellWarning, match="1 group.*1 more"):
         f = allocation_rates(ds, action=HOME, group="race", n_boot=20, random_state=0)
-    assert f.groups == ("r0", "r1") and f.suppressed == ("r2",)
+    hidden = tuple(sorted((smallest, "r3")))
+    assert f.suppressed == hidden
+    assert f.groups == tuple(g for g in ("r0", "r1", "r2") if g != smallest)
     d = f.to_dict()
-    assert d["rate"]["r2"] == {"suppressed": True}
-    assert d["difference_to_overall_pp"]["r2"] == {"suppressed": True}
-    assert d["proportional_parity"]["r2"] == {"suppressed": True}
+    for g in hidden:
+        assert d["rate"][g] == {"suppressed": True}
+        assert d["difference_to_overall_pp"][g] == {"suppressed": True}
+        assert d["proportional_parity"][g] == {"suppressed": True}
     # the overall rate leaves the suppressed episodes out
-    keep = ds.groups["race"] != "r2"
+    keep = ~np.isin(ds.groups["race"], hidden)
     home = SPACE.level_mask("modality", "home_visit")[ds.actions]
     rows = ds.episode_rows(keep)
     assert f.overall == pytest.approx(home[rows].mean())
@@ -155,7 +161,15 @@ def test_intersectional_groups() -> None:
     tab = pd.crosstab(ds.groups["race"], ds.groups["sex"])
     expected = {f"{r} x {s}": int(tab.loc[r, s]) for r in tab.index for s in tab.columns}
     assert f.group == "race x sex"
-    assert f.n_episodes.to_dict() == {k: v for k, v in expected.items() if v >= 11}
+    published = f.n_episodes.to_dict()
+    assert all(v >= 11 for v in published.values())
+    assert published == {k: v for k, v in expected.items() if k in published}
+    # no line of the table (whole, each race, each sex) reveals a small cell by difference
+    hidden = {k: v for k, v in expected.items() if k not in published}
+    for line in (lambda k: True, *[lambda k, r=r: k.startswith(f"{r} x ") for r in tab.index],
+                 *[lambda k, c=c: k.endswith(f" x {c}") for c in tab.columns]):
+        held = sum(v for k, v in hidden.items() if line(k))
+        assert held == 0 or held >= 11
     home = SPACE.level_mask("modality", "home_visit")[ds.actions]
     lab = ds.episode_rows(ds.intersect_groups(["race", "sex"]))
     for g, r in f.by_group.items():
@@ -214,7 +228,7 @@ def test_policy_called_on_blocks_of_whole_episodes() -> None:
      "The 'weights' parameter of allocation_rates must be an array of shape (n_boot, 4). "
      "Got (3, 5) instead."),
     ({"need": np.ones(3)}, DataValidationError, "need must have shape (8,) (rows) or (4,)"),
-    ({"min_cell": 3}, DataValidationError, "No group of 'g' has at least 3 episodes"),
+    ({"min_cell": 3}, DataValidationError, "No group of 'g' can be published"),
 ])
 def test_bad_inputs(tiny, kwargs, error, message) -> None:
     kw = {"min_cell": 1, "n_boot": 0, **kwargs}

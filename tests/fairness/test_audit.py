@@ -139,16 +139,22 @@ def test_contract7_json(rewarded, tmp_path) -> None:
 
 
 def test_suppressed_group_in_json_and_summary() -> None:
-    codes = np.zeros((30, 2), dtype=int)
-    ds = make_dataset([1] * 30, codes, {"g": ["a"] * 14 + ["b"] * 12 + ["c"] * 4},
-                      rewards=np.ones(30), behavior_prob=np.full(30, 1 / 6))
-    with pytest.warns(SmallCellWarning):
+    """c (4 episodes) is suppressed, and b (12, the smallest other group) with it: published
+    elsewhere, the panel's total minus a and b would give c's size and sum (complementary
+    suppression). The audit's own numbers leave both out."""
+    codes = np.zeros((44, 2), dtype=int)
+    ds = make_dataset([1] * 44, codes,
+                      {"g": ["a"] * 14 + ["d"] * 14 + ["b"] * 12 + ["c"] * 4},
+                      rewards=np.ones(44), behavior_prob=np.full(44, 1 / 6))
+    with pytest.warns(SmallCellWarning, match=r"1 group\(s\) of 'g' have fewer than 11 .*1 more "
+                      "are suppressed so that they cannot be recovered by difference"):
         res = audit(ds, action=HOME, n_boot=10, n_permutations=10, random_state=0)
     d = res.to_dict()["policies"]["behavior"]
-    assert d["rate"]["c"] == {"suppressed": True}
-    assert d["value_by_group"]["c"] == {"suppressed": True}
-    assert res.n_episodes == 26 and res.suppressed == ("c",)
-    assert "c" not in res.level_rates.columns
+    for g in ("b", "c"):
+        assert d["rate"][g] == {"suppressed": True}
+        assert d["value_by_group"][g] == {"suppressed": True}
+        assert g not in res.level_rates.columns
+    assert res.n_episodes == 28 and res.suppressed == ("b", "c")
     assert list(res.summary().index) == ["behavior"]
 
 

@@ -11,7 +11,8 @@ from .conftest import random_panel
 
 @pytest.fixture(scope="module")
 def result():
-    ds = random_panel(300, seed=31, shares=(0.55, 0.42, 0.03))  # r2 has < 11 episodes
+    # r3 has < 11 episodes; r2, the smallest other group, is suppressed with it (complementary)
+    ds = random_panel(300, seed=31, shares=(0.4, 0.37, 0.2, 0.03), rate_by_group=(0.1,) * 4)
     probs = np.full((ds.n_steps, ds.n_actions), 1.0 / ds.n_actions)
     with pytest.warns(SmallCellWarning):
         return audit(ds, {"uniform": probs}, group="race", n_boot=50, n_permutations=20,
@@ -26,7 +27,7 @@ def test_allocation_figure_applies_suppression(result) -> None:
     fig = plot_allocation(result)
     ax = fig.axes[0]
     ticks = [t.get_text() for t in ax.get_xticklabels()]
-    assert ticks == ["r0", "r1"]  # the suppressed group r2 is never drawn
+    assert ticks == ["r0", "r1"]  # the suppressed groups r2 and r3 are never drawn
     expected = [100 * r for name in ("behavior", "uniform")
                 for r in result[name].allocation.rates]
     np.testing.assert_allclose(_bar_heights(ax), expected)

@@ -8,6 +8,7 @@ import warnings
 from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from equicare import utils
@@ -78,10 +79,15 @@ def test_small_cells_are_suppressed(ds):
     lab = groups["grp"].astype(object)
     lab[:5] = "tiny"
     small = replace(ds, groups={"grp": lab}, _cache={})
-    with pytest.warns(SmallCellWarning, match=r"1 group cells have fewer than 11 episodes"):
+    levels = pd.Series(lab).value_counts()
+    smallest = str(levels.drop("tiny").idxmin())  # suppressed with it: total - others = tiny
+    with pytest.warns(SmallCellWarning, match=r"2 group cells were suppressed: grp=.*fewer "
+                      r"than 11 episodes .*complementary suppression"):
         res = evaluate(small, TabularPolicy(TARGET), q_model="tabular", bootstrap=50)
-    assert res.groups["grp"]["tiny"].suppressed
-    assert res.to_dict()["groups"]["grp"]["tiny"] == {"suppressed": True, "n_episodes": None}
+    for lv in ("tiny", smallest):
+        assert res.groups["grp"][lv].suppressed
+        assert res.to_dict()["groups"]["grp"][lv] == {"suppressed": True, "n_episodes": None}
+    assert sum(not g.suppressed for g in res.groups["grp"].values()) == levels.size - 2
     frame = res.to_frame()
     row = frame[(frame.level == "tiny")]
     assert len(row) == 1 and bool(row.suppressed.iloc[0]) and np.isnan(row.value.iloc[0])

@@ -155,9 +155,15 @@ def test_small_levels_are_suppressed_and_unknown_attributes_named(panel, tmp_pat
     frame.sort_values(["member_id", "week"]).to_parquet(small, index=False)
     with pytest.warns(SmallCellWarning, match="race=z"):
         res = evaluate_stream(small, RiskPolicy(), manifest=man, n_boot=50, chunk_rows=100)
-    assert res.groups["race"]["z"].suppressed
-    assert res.to_dict()["groups"]["race"]["z"] == {"suppressed": True, "n_episodes": None}
-    assert not res.groups["race"]["a"].suppressed
+    # a (32 episodes), the smallest other level, is suppressed with z (complementary)
+    for lv in ("z", "a"):
+        assert res.groups["race"][lv].suppressed
+        assert res.to_dict()["groups"]["race"][lv] == {"suppressed": True, "n_episodes": None}
+    assert not res.groups["race"]["b"].suppressed and not res.groups["race"]["c"].suppressed
+    with pytest.warns(SmallCellWarning, match="race=a, race=z"):  # the same cells in memory
+        ref = evaluate(load_dataset(small, man, emit_warnings=False), RiskPolicy(),
+                       estimators=("is",), bootstrap=0, groups=["race"], diagnose_support=False)
+    assert {lv for lv, g in ref.groups["race"].items() if g.suppressed} == {"z", "a"}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         none = evaluate_stream(small, RiskPolicy(), manifest=man, n_boot=50, chunk_rows=100,

@@ -8,6 +8,7 @@ import subprocess
 import tomllib
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -198,9 +199,22 @@ def test_a_user_panel_gets_a_default_audit_action_and_a_wrong_one_fails_before_t
     assert not list((tmp_path / "runs").glob("*/model"))  # failed before training
     good = tmp_path / "good.toml"
     good.write_text(base)
+    panel = pd.read_parquet(d / "panel.parquet")  # five episodes in a group of their own
+    panel["group"] = panel["group"].astype(str)
+    panel.loc[panel["episode"] < 5, "group"] = "g9"
+    panel.to_parquet(d / "panel.parquet", index=False)
     res = runner.invoke(app, ["run", str(good), "--no-progress"])
     assert res.exit_code == 0, res.output
     store = RunStore(tmp_path / "runs")
     rid = store.list_runs().query("status == 'finished'")["run_id"].iloc[0]
     audit = json.loads((store.run_dir(rid) / "audit.json").read_text())
     assert audit["action"] == "action=1|2|3"
+    # the run's data summary suppresses g9 and, so that the total does not give it away, the
+    # smallest other group (complementary suppression)
+    counts = panel.groupby("group")["episode"].nunique()
+    summary = json.loads((store.run_dir(rid) / "data_summary.json").read_text())["groups"]
+    smallest = counts.drop("g9").idxmin()
+    assert summary["group"]["g9"] is None and summary["group"][smallest] is None
+    assert {k: v for k, v in summary["group"].items() if v is not None} == {
+        k: int(v) for k, v in counts.items() if k not in ("g9", smallest)}
+

@@ -42,6 +42,7 @@ from equicare.explain._rules import rule_count, tree_rules
 from equicare.ope._prepare import check_q_model
 from equicare.policy._base import check_probs
 from equicare.policy._tree import TreePolicy
+from equicare.privacy import suppressed_labels
 from equicare.utils import MIN_CELL, check_param
 
 __all__ = ["ExplainConfig", "PolicyCard", "explain_policy", "fidelity", "support_share",
@@ -314,13 +315,14 @@ def _disagreement(ds: TrajectoryDataset, agree: NDArray[np.bool_], tv: NDArray[n
                   else ds.intersect_groups(list(combo)))
         levels, inv = np.unique(labels, return_inverse=True)
         n = np.bincount(inv, minlength=levels.size)
+        hidden = suppressed_labels([ds.group_labels(a) for a in combo], min_cell)
         # row-weighted means within each subgroup (episodes weighted by their rows)
         lens = ds.episode_lengths.astype(np.float64)
         rows_g = np.bincount(inv, weights=lens, minlength=levels.size)
         a_g = np.bincount(inv, weights=ep_agree * lens, minlength=levels.size) / rows_g
         t_g = np.bincount(inv, weights=ep_tv * lens, minlength=levels.size) / rows_g
         for k, lv in enumerate(levels):
-            if n[k] < min_cell:
+            if str(lv) in hidden:
                 rows.append({"attribute": " x ".join(combo), "group": str(lv),
                              "suppressed": True, "n_episodes": None})
             else:

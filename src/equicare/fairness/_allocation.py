@@ -18,7 +18,7 @@ from equicare.fairness._bootstrap import (
     bootstrap_weights,
     split_random_state,
 )
-from equicare.fairness._groups import SUPPRESSED, GroupIndex, dataset_groups, group_index
+from equicare.fairness._groups import SUPPRESSED, GroupIndex, dataset_group_index
 from equicare.fairness._permutation import permutation_test
 from equicare.fairness._rows import (
     Level,
@@ -534,8 +534,7 @@ def allocation_rates(
     check_param(ci_method, "ci_method", "allocation_rates", choices=("basic", "percentile"))
     w_state, rng = split_random_state(random_state)
     spec, mask = action_set(dataset.action_space, action)
-    gname, labels = dataset_groups(dataset, group, intersect)
-    gi = group_index(labels, name=gname, min_cell=min_cell)
+    gi = dataset_group_index(dataset, group, intersect, min_cell=min_cell)
     x = row_allocation(dataset, policy, mask[:, None].astype(np.float64))[:, 0]
     num, den = episode_totals(dataset, x, level)
     nr = need_rows(dataset, need)
@@ -610,8 +609,7 @@ def level_rates(dataset: TrajectoryDataset, policies: Mapping[str, Policy | NDAr
     _check_common(level, 0.05, 0, 0, min_cell, "level_rates")
     pols = dict(policies) if policies is not None else {"behavior": None}
     names, mat = level_matrix(dataset.action_space)
-    gname, labels = dataset_groups(dataset, group, intersect)
-    gi = group_index(labels, name=gname, min_cell=min_cell)
+    gi = dataset_group_index(dataset, group, intersect, min_cell=min_cell)
     nums = []
     den = np.zeros(0)
     for pname, pol in pols.items():

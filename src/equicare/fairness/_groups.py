@@ -12,9 +12,10 @@ from numpy.typing import ArrayLike, NDArray
 
 from equicare.data import TrajectoryDataset
 from equicare.exceptions import DataValidationError, SmallCellWarning
+from equicare.privacy import suppressed_labels
 from equicare.utils import MIN_CELL
 
-__all__ = ["GroupIndex", "group_index", "SUPPRESSED"]
+__all__ = ["GroupIndex", "group_index", "dataset_group_index", "SUPPRESSED"]
 
 #: What a suppressed cell looks like in every result JSON (Contract 7).
 SUPPRESSED: dict[str, Any] = {"suppressed": True}
@@ -70,8 +71,13 @@ class GroupIndex:
 
 
 def group_index(labels: ArrayLike, *, name: str = "group", min_cell: int = MIN_CELL,
-                warn: bool = True) -> GroupIndex:
+                warn: bool = True, components: Sequence[ArrayLike] | None = None) -> GroupIndex:
     """Code episode labels by group and suppress groups with fewer than ``min_cell`` episodes.
+
+    Suppression is primary and complementary (:func:`equicare.privacy.suppressed_cells`): groups
+    under ``min_cell`` episodes, and further groups wherever the suppressed ones of a line of the
+    table (the whole table; for an intersection each row and column too) would otherwise be
+    recoverable by difference.
 
     Parameters
     ----------
@@ -84,6 +90,9 @@ def group_index(labels: ArrayLike, *, name: str = "group", min_cell: int = MIN_C
     warn : bool
         Emit a :class:`~equicare.exceptions.SmallCellWarning` naming how many groups were
         suppressed (never their labels' sizes).
+    components : sequence of array-like of shape (n_episodes,), optional
+        For intersectional ``labels`` (``"black x female"``), each attribute's labels, so that
+        the rows and columns of the intersection are protected too.
 
     Returns
     -------
@@ -98,17 +107,25 @@ def group_index(labels: ArrayLike, *, name: str = "group", min_cell: int = MIN_C
     if lab.ndim != 1:
         raise DataValidationError(f"Group labels of {name!r} must be one label per episode.")
     uniq, inv, cnt = np.unique(lab, return_inverse=True, return_counts=True)
-    keep = cnt >= int(min_cell)
+    comps = [lab] if components is None else list(components)
+    keep = ~np.isin(uniq, np.array(sorted(suppressed_labels(comps, min_cell)), dtype=str))
     if not keep.any():
         raise DataValidationError(
-            f"No group of {name!r} has at least {min_cell} episodes; nothing can be published.")
+            f"No group of {name!r} can be published, nothing can be published: its groups "
+            f"with fewer than {min_cell} episodes are suppressed, and so are the groups that "
+            "would reveal them by difference from the total (with one small group and one "
+            "other, both).")
     new_code = np.full(uniq.size, -1, dtype=np.int64)
     new_code[keep] = np.arange(int(keep.sum()))
     suppressed = tuple(str(u) for u in uniq[~keep])
     if suppressed and warn:
+        primary = int((cnt[~keep] < int(min_cell)).sum())
+        extra = len(suppressed) - primary
         warnings.warn(
-            f"{len(suppressed)} group(s) of {name!r} have fewer than {min_cell} episodes and are "
-            "suppressed (left out of every table, figure and summary).",
+            f"{primary} group(s) of {name!r} have fewer than {min_cell} episodes and are "
+            "suppressed (left out of every table, figure and summary)"
+            + (f"; {extra} more are suppressed so that they cannot be recovered by difference "
+               "from the totals" if extra else "") + ".",
             SmallCellWarning, stacklevel=3)
     return GroupIndex(name=name, labels=tuple(str(u) for u in uniq[keep]), suppressed=suppressed,
                       codes=new_code[inv].astype(np.int64), counts=cnt[keep].astype(np.int64),
@@ -138,3 +155,13 @@ def dataset_groups(dataset: TrajectoryDataset, group: str | None = None,
     labels = (dataset.group_labels(attrs[0]).astype(str) if len(attrs) == 1
               else dataset.intersect_groups(attrs))
     return " x ".join(attrs), np.asarray(labels, dtype=str)
+
+
+def dataset_group_index(dataset: TrajectoryDataset, group: str | None = None,
+                        intersect: Sequence[str] = (), *, min_cell: int = MIN_CELL,
+                        warn: bool = True) -> GroupIndex:
+    """:func:`group_index` of :func:`dataset_groups`, intersections protected line by line."""
+    name, labels = dataset_groups(dataset, group, intersect)
+    attrs = [group or dataset.group_attrs[0], *intersect]
+    comps = [dataset.group_labels(a).astype(str) for a in attrs]
+    return group_index(labels, name=name, min_cell=min_cell, warn=warn, components=comps)

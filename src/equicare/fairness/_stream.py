@@ -351,7 +351,9 @@ def audit_stream(
         raise DataValidationError(f"Unknown group attribute(s) {unknown}; the panel has "
                                   f"{list(man.groups)}.")
     gname = " x ".join(attrs)
-    gi_all = group_index(_labels(scan.episode_groups, attrs), name=gname, min_cell=cfg.min_cell)
+    gi_all = group_index(_labels(scan.episode_groups, attrs), name=gname, min_cell=cfg.min_cell,
+                         components=[np.asarray(scan.episode_groups[a]).astype(str)
+                                     for a in attrs])
     seed = int(random_state)
     _, rng = split_random_state(seed)
     names = [BEHAVIOR, *pols]

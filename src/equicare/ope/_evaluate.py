@@ -52,6 +52,7 @@ from equicare.ope._support import (
     model_support_diagnostics,
 )
 from equicare.policy._behavior import BehaviorModel
+from equicare.privacy import small_cells_message, suppressed_levels
 from equicare.utils import MIN_CELL, PARAM_MESSAGE, RandomState, check_param, check_random_state
 
 __all__ = ["evaluate", "evaluate_subgroups", "EvaluationResult", "GroupResult",
@@ -85,7 +86,9 @@ class GroupResult:
     ----------
     n_episodes : int
     suppressed : bool
-        True when the group has fewer than ``MIN_CELL`` (11) episodes: nothing is reported.
+        True when the group has fewer than ``MIN_CELL`` (11) episodes, or would reveal such a
+        group by difference (complementary suppression, :mod:`equicare.privacy`): nothing is
+        reported.
     estimates : dict of str to Estimate
     behavior : Estimate or None
         Mean observed return of the group's episodes.
@@ -505,10 +508,11 @@ def _group_results(prep: Prepared, dataset: TrajectoryDataset, keys: Sequence[st
         per_level = refit is not None and attr in refit.columns
         sources: set[str] = set()
         backed: dict[str, float] = {}
+        hidden = suppressed_levels(labels, min_cell)  # primary and complementary
         for lv in np.unique(labels.astype(str)):  # one small vectorised evaluation per level
             ep = np.flatnonzero(labels.astype(str) == lv)
             seed = next(seed_iter)
-            if ep.size < min_cell:
+            if str(lv) in hidden:
                 levels[str(lv)] = GroupResult(n_episodes=int(ep.size), suppressed=True)
                 small.append(f"{attr}={lv}")
                 continue
@@ -537,9 +541,7 @@ def _group_results(prep: Prepared, dataset: TrajectoryDataset, keys: Sequence[st
                           "policy": "counterfactual" if sources == {"counterfactual"}
                           else "empirical", "backed_off": backed}
     if small:
-        warnings.warn(f"{len(small)} group cells have fewer than {min_cell} episodes and were "
-                      f"suppressed: {', '.join(small[:10])}{' ...' if len(small) > 10 else ''}.",
-                      SmallCellWarning, stacklevel=3)
+        warnings.warn(small_cells_message(small, min_cell), SmallCellWarning, stacklevel=3)
     return out, info
 
 

@@ -77,6 +77,7 @@ from equicare.ope._stream_sums import (
     student_coefs,
 )
 from equicare.policy import check_probs
+from equicare.privacy import small_cells_message
 from equicare.utils import MIN_CELL, PARAM_MESSAGE, ROW_BLOCK_ELEMENTS
 
 __all__ = ["StreamSums", "StreamEvaluation", "StreamGroup", "chunk_sums", "chunk_squares",
@@ -214,7 +215,8 @@ class StreamGroup:
     ----------
     n_episodes : int
     suppressed : bool
-        True when the level has fewer than ``MIN_CELL`` (11) episodes: nothing is reported.
+        True when the level has fewer than ``MIN_CELL`` (11) episodes, or would reveal such a
+        level by difference (complementary suppression): nothing is reported.
     behavior : StreamEstimate or None
         Mean observed return of the level's episodes.
     estimates : dict of str to StreamEstimate
@@ -389,9 +391,7 @@ def finish_groups(plan: GroupPlan, groups: GroupSums, squares: GroupSquares | No
                                      behavior=res.behavior, estimates=res.estimates, ess=res.ess)
         out[attr] = levels
     if small:
-        warnings.warn(f"{len(small)} group cells have fewer than {plan.min_cell} episodes and "
-                      f"were suppressed: {', '.join(small[:10])}"
-                      f"{' ...' if len(small) > 10 else ''}.", SmallCellWarning, stacklevel=3)
+        warnings.warn(small_cells_message(small, plan.min_cell), SmallCellWarning, stacklevel=3)
     return out
 
 

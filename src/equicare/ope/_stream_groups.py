@@ -40,6 +40,7 @@ from equicare.ope._stream_sums import (
     episode_sums,
     student_coefs,
 )
+from equicare.privacy import suppressed_levels
 
 __all__ = ["GroupPlan", "GroupSums", "GroupSquares", "OtherRefit", "WithGroups", "plan_groups",
            "group_chunk_sums", "group_chunk_squares", "group_coefs", "membership_matrix"]
@@ -54,7 +55,8 @@ class GroupPlan:
     attrs : tuple of str
         Group attributes (manifest ``dataset.groups``).
     levels : tuple of tuple of str
-        Each attribute's published levels (at least ``min_cell`` episodes), sorted.
+        Each attribute's published levels (at least ``min_cell`` episodes and not suppressed
+        to protect a smaller one, :func:`equicare.privacy.suppressed_levels`), sorted.
     counts : tuple of dict of str to int
         Each attribute's episodes per level, suppressed levels included.
     min_cell : int
@@ -141,8 +143,9 @@ def plan_groups(labels: dict[str, NDArray[Any]], attrs: Sequence[str] | None,
     levels, counts = [], []
     for a in names:
         lv, n = np.unique(np.asarray(labels[a]).astype(str), return_counts=True)
+        hidden = suppressed_levels(labels[a], min_cell)  # primary and complementary
         counts.append({str(k): int(c) for k, c in zip(lv, n, strict=True)})
-        levels.append(tuple(str(k) for k, c in zip(lv, n, strict=True) if c >= min_cell))
+        levels.append(tuple(str(k) for k in lv if str(k) not in hidden))
     return GroupPlan(attrs=tuple(names), levels=tuple(levels), counts=tuple(counts),
                      min_cell=int(min_cell))
 

@@ -18,7 +18,7 @@ from equicare.data import TrajectoryDataset
 from equicare.exceptions import InvalidParameterError, SmallCellWarning
 from equicare.fairness._audit import BEHAVIOR, AuditResult, FairnessAudit
 from equicare.fairness._bootstrap import bootstrap_weights, split_random_state
-from equicare.fairness._groups import dataset_groups, group_index
+from equicare.fairness._groups import dataset_group_index
 from equicare.pipeline._executor import torch_threads
 from equicare.utils import (
     MIN_CELL,
@@ -315,7 +315,7 @@ def frontier(
     else:
         train, evald = dataset, eval_dataset
     # one warning (here, in the caller's process) if held-out groups are suppressed
-    group_index(dataset_groups(evald, gattr)[1], name=str(gattr), min_cell=min_cell)
+    dataset_group_index(evald, gattr, min_cell=min_cell)
     audit_cfg = FairnessAudit(action=action, group=gattr, n_boot=n_boot, alpha=alpha,
                               n_permutations=0, min_cell=min_cell, estimator=estimator,
                               q_model=q_model, with_level_rates=False)

@@ -23,6 +23,7 @@ from equicare._progress import progress_task, shared_progress
 from equicare.exceptions import InvalidParameterError
 from equicare.pipeline._config import ConfigError, RunConfig
 from equicare.pipeline._store import Metric, RunStore
+from equicare.privacy import suppress_counts
 from equicare.utils import atomic_write_text
 
 __all__ = ["RunOutcome", "run_pipeline", "load_run_data", "build_learner"]
@@ -219,6 +220,7 @@ def _stage_data(
                  mediation_action=(_action_of(cfg, "mediation", ds)
                                    if cfg["mediation"]["enabled"] else ""))
     summary = ds.summary()
+    summary["groups"] = {a: suppress_counts(c) for a, c in summary["groups"].items()}
     state["data_summary"] = summary
     _write_json(out / "data_summary.json", summary)
     metrics += [

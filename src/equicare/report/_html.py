@@ -47,6 +47,9 @@ def suppress_small_cells(
 ) -> pd.DataFrame:
     """Blank every value of rows whose ``n_col`` is below ``min_cell`` (shown as ``suppressed``).
 
+    A missing ``n_col`` (None or NaN: a cell suppressed upstream, possibly to protect a smaller
+    one, :mod:`equicare.privacy`) is blanked too and its count shown as ``suppressed``.
+
     Parameters
     ----------
     df : pandas.DataFrame
@@ -57,11 +60,13 @@ def suppress_small_cells(
     if n_col not in df.columns:
         return df
     out = df.astype(object).copy()
-    small = pd.to_numeric(df[n_col], errors="coerce").fillna(0).to_numpy() < min_cell
+    n = pd.to_numeric(df[n_col], errors="coerce")
+    small = (n.fillna(0).to_numpy() < min_cell)
     keep = [c for c in df.columns[:1]]
     for c in df.columns:
         if c not in keep:
             out.loc[small, c] = "suppressed" if c != n_col else f"<{min_cell}"
+    out.loc[n.isna().to_numpy(), n_col] = "suppressed"
     return out
 
 

@@ -1,0 +1,94 @@
+"""Primary and complementary small-cell suppression (equicare/privacy.py)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from equicare.privacy import suppress_counts, suppressed_cells, suppressed_labels
+
+
+def _episodes(table: dict[tuple[str, ...], int]) -> list[np.ndarray]:
+    keys = list(table)
+    k = len(keys[0])
+    return [np.repeat([key[j] for key in keys], list(table.values())) for j in range(k)]
+
+
+def _lines(cells: pd.DataFrame) -> list[np.ndarray]:
+    k = cells.shape[1] - 1
+    out = [np.arange(len(cells))]
+    if k > 1:
+        for j in range(k):
+            others = [c for c in range(k) if c != j]
+            for _, idx in cells.groupby(others).indices.items():
+                out.append(np.asarray(idx))
+    return out
+
+
+def _no_line_reveals_a_small_union(cells: pd.DataFrame, sup: np.ndarray, min_cell: int) -> None:
+    n = cells["n"].to_numpy()
+    assert (n[~sup] >= min_cell).all()
+    for idx in _lines(cells):
+        held = int(n[idx][sup[idx]].sum())
+        # a line whose cells are all suppressed totals its margin, itself suppressed if small
+        assert held == 0 or held >= min_cell or sup[idx].all(), (cells.iloc[idx], sup[idx])
+
+
+def test_no_suppression_when_every_cell_is_large():
+    cells, sup = suppressed_cells(_episodes({("a",): 20, ("b",): 11, ("c",): 30}))
+    assert not sup.any() and set(cells["n"]) == {20, 11, 30}
+
+
+def test_one_small_level_takes_the_smallest_other_with_it():
+    comps = _episodes({("a",): 40, ("b",): 15, ("c",): 30, ("d",): 3})
+    assert suppressed_labels(comps) == {"b", "d"}
+    # two small levels that together reach 11 need nothing more
+    assert suppressed_labels(_episodes({("a",): 40, ("b",): 6, ("c",): 5})) == {"b", "c"}
+    # with one other level, both go
+    assert suppressed_labels(_episodes({("a",): 40, ("b",): 3})) == {"a", "b"}
+    # several complements when the smallest other is not enough
+    big = _episodes({("a",): 100, ("b",): 2, ("c",): 3, ("d",): 4})
+    assert suppressed_labels(big) == {"a", "b", "c", "d"}
+    assert suppress_counts({"a": 40, "b": 15, "c": 30, "d": 3}) == {
+        "a": 40, "b": None, "c": 30, "d": None}
+
+
+def test_the_auditors_differencing_attack_no_longer_recovers_a_member():
+    """A 299-episode held-out set: sex female 175, male 120, nonbinary 4, with race black 66
+    published as a margin and black x female 40, black x male 25 in the intersection table.
+    Before, ``black - black x female - black x male`` gave the one black nonbinary member,
+    and ``total - female - male`` the four nonbinary members."""
+    table = {("black", "female"): 40, ("black", "male"): 25, ("black", "nonbinary"): 1,
+             ("white", "female"): 90, ("white", "male"): 60, ("white", "nonbinary"): 2,
+             ("hispanic", "female"): 45, ("hispanic", "male"): 35, ("hispanic", "nonbinary"): 1}
+    comps = _episodes(table)
+    assert suppressed_labels([comps[1]]) == {"male", "nonbinary"}  # the sex margins
+    cells, sup = suppressed_cells(comps)
+    _no_line_reveals_a_small_union(cells, sup, 11)
+    hidden = suppressed_labels(comps)
+    assert {"black x nonbinary", "black x male"} <= hidden
+    # the published margins and cells now leave only unions of at least 11 episodes
+    for race in ("black", "white", "hispanic"):
+        held = sum(v for (r, s), v in table.items() if r == race and f"{r} x {s}" in hidden)
+        assert held == 0 or held >= 11
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_random_tables_never_reveal_a_small_union_on_any_line(seed):
+    rng = np.random.default_rng(seed)
+    k = int(rng.integers(1, 4))
+    levels = [[f"l{j}{i}" for i in range(int(rng.integers(2, 5)))] for j in range(k)]
+    table = {}
+    for key in itertools.product(*levels):
+        n = int(rng.choice([0, 1, 2, 5, 9, 12, 30, 80], p=[.1, .1, .1, .15, .1, .15, .15, .15]))
+        if n:
+            table[key] = n
+    if not table:
+        return
+    cells, sup = suppressed_cells(_episodes(table), min_cell=11)
+    _no_line_reveals_a_small_union(cells, sup, 11)
+    # primary cells are always among the suppressed
+    assert sup[cells["n"].to_numpy() < 11].all()
