@@ -42,6 +42,25 @@ def test_compare_and_prefix(tmp_path):
         store.get_run("zzz")
 
 
+def test_runs_with_different_learners_compare_by_role_and_name_their_differences(tmp_path):
+    """``ope.dr.bc`` against ``ope.dr.awr`` lined up as ``ope.dr.learned``; the settings the
+    configs differ in are listed (not where results went)."""
+    store = RunStore(tmp_path)
+    a = store.start({"learner": {"algo": "bc"}, "audit": {"group": "race"},
+                     "output": {"store": "x"}})
+    store.finish(a, [Metric("ope.dr.bc", 1.0), Metric("ope.behavior", 0.5),
+                     Metric("audit.parity_gap_pp.bc", 4.0)])
+    b = store.start({"learner": {"algo": "awr"}, "audit": {"group": "sex"},
+                     "output": {"store": "y"}})
+    store.finish(b, [Metric("ope.dr.awr", 1.5), Metric("ope.behavior", 0.5),
+                     Metric("audit.parity_gap_pp.awr", 2.0)])
+    cmp_ = store.compare(a, b).set_index("name")
+    assert set(cmp_.index) == {"ope.dr.learned", "ope.behavior", "audit.parity_gap_pp.learned"}
+    assert float(cmp_.loc["ope.dr.learned", "diff"]) == 0.5
+    assert store.config_diff(a, b) == [("audit.group", "race", "sex"),
+                                       ("learner.algo", "bc", "awr")]
+
+
 def test_failed_run_not_finished(tmp_path):
     store = RunStore(tmp_path)
     rid = store.start({})

@@ -356,8 +356,12 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Compare two runs' metrics side by side.
 
+        A metric named after a run's learner is compared under its role (``ope.dr.learned``),
+        and the settings the two configs differ in are listed first.
+
         Example: equicare runs compare latest~1 latest --store runs
         """
+        from rich.markup import escape
         from rich.table import Table
 
         from equicare.pipeline import RunStore
@@ -366,9 +370,15 @@ def register(app: typer.Typer) -> None:
             s = RunStore(store)
             a, b = _resolve_run(s, run_a)["run_id"], _resolve_run(s, run_b)["run_id"]
             df = s.compare(a, b)
+            diff = s.config_diff(a, b)
         if json_out:
-            print_json({"a": a, "b": b, "metrics": df.to_dict(orient="records")})
+            print_json({"a": a, "b": b, "metrics": df.to_dict(orient="records"),
+                        "config_diff": [{"key": k, "a": va, "b": vb} for k, va, vb in diff]})
             return
+        if diff:
+            console.print(escape(
+                "The configs differ (differences below may come from these): "
+                + "; ".join(f"{k}: {va!r} -> {vb!r}" for k, va, vb in diff)), highlight=False)
         t = Table(title=f"{a} vs {b}")
         for c in ("name", "group", "A", "B", "B - A"):
             t.add_column(c, overflow="fold")

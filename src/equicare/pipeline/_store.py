@@ -258,14 +258,53 @@ class RunStore:
             ).df()
 
     def compare(self, run_a: str, run_b: str) -> pd.DataFrame:
-        """Metrics of two runs side by side with their difference."""
-        a, b = self.metrics(run_a), self.metrics(run_b)
+        """Metrics of two runs side by side with their difference.
+
+        A metric named after the run's learner (``ope.dr.bc``, ``audit.parity_gap_pp.awr``)
+        is compared under its role, ``learned`` (``ope.dr.learned``), so two runs with
+        different learners line up; :meth:`config_diff` says what else differs.
+        """
+        a, b = (_by_role(self.metrics(r), _learner(self.get_run(r)["config"]))
+                for r in (run_a, run_b))
         key = ["name", "group"]
         a["group"] = a["group"].fillna("")
         b["group"] = b["group"].fillna("")
         m = a.merge(b, on=key, how="outer", suffixes=("_a", "_b"))
         m["diff"] = m["value_b"] - m["value_a"]
         return m[key + ["value_a", "value_b", "diff"]]
+
+
+    def config_diff(self, run_a: str, run_b: str) -> list[tuple[str, Any, Any]]:
+        """The settings two runs' configs differ in: ``(dotted key, a, b)``, sorted.
+
+        ``output.*`` (where results went) and ``name`` are left out.
+        """
+        fa, fb = (_flatten(self.get_run(r)["config"]) for r in (run_a, run_b))
+        keys = sorted(k for k in set(fa) | set(fb)
+                      if not k.startswith("output.") and k != "name")
+        return [(k, fa.get(k), fb.get(k)) for k in keys if fa.get(k) != fb.get(k)]
+
+
+def _learner(config: dict[str, Any]) -> str:
+    return str((config.get("learner") or {}).get("algo", "awr"))
+
+
+def _by_role(metrics: pd.DataFrame, learner: str) -> pd.DataFrame:
+    """Metric names with the learner's name segment replaced by ``learned``."""
+    out = metrics.copy()
+    out["name"] = [".".join("learned" if seg == learner else seg for seg in str(n).split("."))
+                   for n in out["name"]]
+    return out
+
+
+def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in config.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def _num(x: float | None) -> float | None:
