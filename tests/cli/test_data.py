@@ -109,4 +109,11 @@ def test_run_example_show_config_and_bad_run_names(tmp_path):
     res = runner.invoke(app, ["run"])
     assert res.exit_code == 2 and res.output.startswith("error: give a run configuration TOML")
     res = runner.invoke(app, ["runs", "show", "latest~3", "--store", str(tmp_path / "runs")])
-    assert res.exit_code == 2 and "holds 0 run(s)" in res.output
+    assert res.exit_code == 2 and "No run store at" in " ".join(res.output.split())
+    assert not (tmp_path / "runs").exists()  # a mistyped --store creates nothing
+    from equicare.pipeline import RunStore
+
+    RunStore(tmp_path / "runs")
+    for cmd in (["runs", "show", "latest~3"], ["report", "latest"]):
+        res = runner.invoke(app, [*cmd, "--store", str(tmp_path / "runs")])
+        assert res.exit_code == 2 and "holds 0 run(s)" in res.output

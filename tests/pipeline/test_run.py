@@ -96,7 +96,7 @@ def test_run_writes_report_and_records_the_run(tmp_path):
     show = runner.invoke(app, ["runs", "show", rid, "--store", str(tmp_path / "runs"), "--json"])
     assert json.loads(show.output)["run"]["status"] == "finished"
     cmp_ = runner.invoke(app, ["runs", "compare", rid, rid, "--store", str(tmp_path / "runs")])
-    assert cmp_.exit_code == 0 and "ope.dr.awr" in cmp_.output
+    assert cmp_.exit_code == 0 and "ope.dr.learned" in cmp_.output
 
 
 def test_bad_config_exits_2(tmp_path):

@@ -230,11 +230,10 @@ def register(app: typer.Typer) -> None:
 
         Example: equicare report latest --store runs --out report.html
         """
-        from equicare.pipeline import RunStore
         from equicare.report import build_run_report
 
         with user_errors():
-            s = RunStore(store)
+            s = _existing_store(store)
             row = _resolve_run(s, run_id)
             if row["status"] != "finished":
                 fail(f"run {row['run_id']} is {row['status']}; only finished runs have a report.")
@@ -282,10 +281,9 @@ def register(app: typer.Typer) -> None:
         """
         from rich.table import Table
 
-        from equicare.pipeline import RunStore
 
         with user_errors():
-            df = RunStore(store).list_runs()
+            df = _existing_store(store).list_runs()
         if json_out:
             print_json(df.to_dict(orient="records"))
             return
@@ -318,10 +316,9 @@ def register(app: typer.Typer) -> None:
         """
         from rich.table import Table
 
-        from equicare.pipeline import RunStore
 
         with user_errors():
-            s = RunStore(store)
+            s = _existing_store(store)
             row = _resolve_run(s, run_id)
             m = s.metrics(row["run_id"])
         if json_out:
@@ -364,10 +361,9 @@ def register(app: typer.Typer) -> None:
         from rich.markup import escape
         from rich.table import Table
 
-        from equicare.pipeline import RunStore
 
         with user_errors():
-            s = RunStore(store)
+            s = _existing_store(store)
             a, b = _resolve_run(s, run_a)["run_id"], _resolve_run(s, run_b)["run_id"]
             df = s.compare(a, b)
             diff = s.config_diff(a, b)
@@ -391,6 +387,18 @@ def register(app: typer.Typer) -> None:
                 _fmt(r["diff"]),
             )
         print_table(t)
+
+
+def _existing_store(store: Path) -> Any:
+    """The run store at ``store``, or a user error when there is none (never create one)."""
+    from equicare.exceptions import InvalidParameterError
+    from equicare.pipeline import RunStore
+
+    if not (Path(store) / "equicare.duckdb").is_file():
+        raise InvalidParameterError(
+            f"No run store at {store} (no equicare.duckdb there); runs are stored where "
+            "`equicare run --store` or the config's [output] store put them (default: runs).")
+    return RunStore(store)
 
 
 def _fmt(v: object) -> str:
