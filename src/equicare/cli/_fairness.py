@@ -326,7 +326,7 @@ def register(app: typer.Typer) -> None:
         --out audit.json
 
         Example: equicare audit big/panel/ -m big/manifest.toml --policy awr=models/awr
-        --estimators dr --q-model tabular_stationary --chunk-rows 500000
+        --estimators dr --q-model linear --chunk-rows 500000
         """
         from rich.markup import escape
 
