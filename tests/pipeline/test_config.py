@@ -54,3 +54,23 @@ def test_overrides_and_grid(tmp_path):
     assert parse_grid("learner.encoder=[mlp, lstm]") == ("learner.encoder", ["mlp", "lstm"])
     with pytest.raises(ConfigError, match="must look like"):
         parse_grid("learner.window")
+
+
+def test_to_toml_round_trips_and_show_config_applies_set(tmp_path):
+    """``run --show-config --set ...`` printed the file and ignored the overrides; it now
+    prints the config that would run, which loads back to the same settings."""
+    from typer.testing import CliRunner
+
+    from equicare.cli import app
+    from equicare.cli._pipeline import example_path
+    from equicare.pipeline import load_run_config
+
+    want = load_run_config(example_path("care")).with_overrides({"learner.n_steps": 5})
+    res = CliRunner().invoke(app, ["run", "--example", "care", "--show-config",
+                                   "--set", "learner.n_steps=5", "--seed", "3"])
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "shown.toml"
+    out.write_text(res.output)
+    got = load_run_config(out)
+    assert got.to_dict() == want.with_overrides({"seed": 3}).to_dict()
+    assert got["learner"]["n_steps"] == 5 and got["seed"] == 3

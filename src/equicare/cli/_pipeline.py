@@ -113,7 +113,8 @@ def register(app: typer.Typer) -> None:
         seed: Annotated[int | None, typer.Option(
             min=0, help="Random seed (default: the config's seed).")] = None,
         show_config: Annotated[bool, typer.Option(
-            "--show-config", help="Print the configuration TOML and exit (to copy and edit).")
+            "--show-config", help="Print the configuration TOML and exit (to copy and edit); "
+                                  "with --set or --seed, the config they give.")
         ] = False,
         progress: Progress = True,
         json_out: JsonOut = False,
@@ -129,7 +130,15 @@ def register(app: typer.Typer) -> None:
             src = example_path(example.value) if example is not None else config
             if src is None or not src.is_file():
                 fail("--show-config needs a run configuration TOML or --example NAME.")
-            typer.echo(src.read_text(encoding="utf-8"), nl=False)
+            if not set_ and seed is None:  # the file as written, comments and all
+                typer.echo(src.read_text(encoding="utf-8"), nl=False)
+                return
+            with user_errors():  # what would run: the overrides applied, every setting
+                cfg, _ = _load(config, example, set_, store)
+                if seed is not None:
+                    cfg = cfg.with_overrides({"seed": seed})
+            typer.echo(f"# {src} with --set/--seed applied (every setting, defaults included)")
+            typer.echo(cfg.to_toml(), nl=False)
             return
         with user_errors():
             cfg, root = _load(config, example, set_, store)

@@ -247,6 +247,22 @@ class RunConfig:
         p = Path(path)
         return p if p.is_absolute() else (self.base_dir / p).resolve()
 
+    def to_toml(self) -> str:
+        """The checked config as TOML (every setting, defaults included; no comments)."""
+        from equicare.data._manifest import _toml_key, _toml_value
+
+        def table(d: Mapping[str, Any], prefix: str) -> list[str]:
+            flat = [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in d.items()
+                    if not isinstance(v, Mapping) and v is not None]
+            lines = ([f"[{prefix}]"] if prefix and flat else []) + flat
+            for k, v in d.items():
+                if isinstance(v, Mapping):
+                    sub = table(v, f"{prefix}.{_toml_key(k)}" if prefix else _toml_key(k))
+                    lines += ([""] if lines and sub else []) + sub
+            return lines
+
+        return "\n".join(table(self.to_dict(), "")) + "\n"
+
     def with_overrides(self, overrides: Mapping[str, Any]) -> RunConfig:
         """A new checked config with dotted-key overrides applied (``{"learner.window": 4}``)."""
         d = copy.deepcopy(self.raw)
