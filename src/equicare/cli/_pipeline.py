@@ -421,7 +421,9 @@ def _fmt(v: object) -> str:
 def _print_outcome(out: object) -> None:
     from rich.table import Table
 
-    t = Table(title=f"Run {out.run_id} finished")  # type: ignore[attr-defined]
+    # the id on a line of its own: a table title wraps to the table's width, splitting it
+    console.print(f"Run {out.run_id} finished", highlight=False, soft_wrap=True)  # type: ignore[attr-defined]
+    t = Table(title="Stages")
     t.add_column("stage")
     t.add_column("seconds", justify="right")
     for k, v in out.stage_seconds.items():  # type: ignore[attr-defined]
