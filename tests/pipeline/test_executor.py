@@ -342,3 +342,29 @@ def test_serial_sweep_and_frontier_points_restore_torch_threads(monkeypatch) -> 
         assert seen == [1] and torch.get_num_threads() == target
     finally:
         torch.set_num_threads(before)
+
+
+def _sleep(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def test_an_interrupt_stops_the_pools_workers_instead_of_waiting():
+    """A sweep stopped by SIGTERM left its pool's workers running (the parent waited on, or
+    left, tasks that were still sleeping); on an exception the pool's workers now stop."""
+    import os
+    import signal
+
+    from equicare.pipeline._executor import Interrupted, _owned_pool, sigterm_as_interrupt
+
+    t0 = time.perf_counter()
+    with pytest.raises(Interrupted), sigterm_as_interrupt(), _owned_pool(2) as pool:
+        futures = [pool.submit(_sleep, 60.0) for _ in range(2)]
+        while not all(f.running() for f in futures):
+            time.sleep(0.05)
+        workers = list(pool._processes.values())
+        os.kill(os.getpid(), signal.SIGTERM)  # as `kill PID` does
+        time.sleep(5)
+    assert time.perf_counter() - t0 < 40  # not the 60 s the tasks would take
+    assert workers and not any(w.is_alive() for w in workers)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is restored

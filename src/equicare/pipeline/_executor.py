@@ -122,7 +122,7 @@ class LocalExecutor:
         if pool is not None:
             yield from pool.map(fn, seq)
             return
-        with _spawn_pool(min(self.n_workers, len(seq))) as own:
+        with _owned_pool(min(self.n_workers, len(seq))) as own:
             yield from own.map(fn, seq)
 
     @contextlib.contextmanager
@@ -142,7 +142,7 @@ class LocalExecutor:
         if self.n_workers == 1 or self.__dict__.get("_pool") is not None:
             yield self
             return
-        with _spawn_pool(self.n_workers) as pool:
+        with _owned_pool(self.n_workers) as pool:
             object.__setattr__(self, "_pool", pool)  # frozen: the pool is not a setting
             try:
                 yield self
@@ -152,6 +152,54 @@ class LocalExecutor:
     def __getstate__(self) -> dict[str, Any]:
         """Pickle the settings only (a session's pool stays in this process)."""
         return {k: v for k, v in self.__dict__.items() if k != "_pool"}
+
+
+@contextlib.contextmanager
+def _owned_pool(n: int) -> Iterator[ProcessPoolExecutor]:
+    """A process pool, shut down at the end; on an error or an interrupt its workers are stopped.
+
+    Ctrl-C, or SIGTERM turned into an exception, stops the workers instead of waiting for their
+    tasks: a sweep stopped by SIGTERM left its workers running after the parent had gone.
+    """
+    pool = _spawn_pool(n)
+    try:
+        yield pool
+    except BaseException:
+        workers = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for w in workers:
+            if w.is_alive():
+                w.terminate()
+        for w in workers:
+            w.join(timeout=5)
+        raise
+    pool.shutdown(wait=True)
+
+
+class Interrupted(Exception):
+    """SIGTERM received inside :func:`sigterm_as_interrupt` (handled as Ctrl-C)."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into :class:`Interrupted` inside the block (main thread only).
+
+    A stopped run or sweep is then recorded as interrupted and its worker pool stopped.
+    """
+    import signal
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Interrupted(f"received signal {signum}")
+
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not in the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def _spawn_pool(n: int) -> ProcessPoolExecutor:

@@ -8,11 +8,9 @@ marks it ``interrupted``; an exception marks it ``failed`` (earlier runs are nev
 from __future__ import annotations
 
 import json
-import signal
 import time
 import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ import numpy as np
 from equicare._progress import progress_task, shared_progress
 from equicare.exceptions import InvalidParameterError
 from equicare.pipeline._config import ConfigError, RunConfig
+from equicare.pipeline._executor import Interrupted, sigterm_as_interrupt
 from equicare.pipeline._store import Metric, RunStore
 from equicare.privacy import suppress_counts
 from equicare.utils import atomic_write_text
@@ -39,26 +38,6 @@ class RunOutcome:
     metrics: list[Metric]
     stage_seconds: dict[str, float]
     summary: dict[str, Any] = field(default_factory=dict)
-
-
-class _Interrupted(Exception):
-    pass
-
-
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    def handler(signum: int, frame: Any) -> None:
-        raise _Interrupted(f"received signal {signum}")
-
-    try:
-        old = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not in the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
 
 
 def load_run_data(cfg: RunConfig) -> tuple[Any, Any]:
@@ -141,7 +120,7 @@ def run_pipeline(
     metrics: list[Metric] = []
     state: dict[str, Any] = {"progress": progress}
     try:
-        with _sigterm_as_interrupt(), shared_progress(progress) as _:
+        with sigterm_as_interrupt(), shared_progress(progress) as _:
             with progress_task("pipeline", total=_n_stages(cfg), enabled=progress) as overall:
                 for name, fn in _stages(cfg):
                     overall.update(info=name)
@@ -155,7 +134,7 @@ def run_pipeline(
         report = _write_report(cfg, state, out, run_id)
         summary = _summary(state)
         final = store.finish(run_id, metrics)
-    except (KeyboardInterrupt, _Interrupted) as exc:
+    except (KeyboardInterrupt, Interrupted) as exc:
         store.fail(run_id, "interrupted", str(exc) or "interrupted by the user")
         raise KeyboardInterrupt from None
     except BaseException as exc:

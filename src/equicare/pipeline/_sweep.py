@@ -20,9 +20,11 @@ from equicare._progress import progress_task
 from equicare.pipeline._config import RunConfig
 from equicare.pipeline._executor import (
     Executor,
+    Interrupted,
     RayExecutor,
     get_executor,
     iter_map,
+    sigterm_as_interrupt,
     torch_threads,
 )
 from equicare.pipeline._store import Metric, RunStore
@@ -132,7 +134,7 @@ def run_sweep(
     )
     out = store.partial_dir(run_id)
     try:
-        with progress_task(
+        with sigterm_as_interrupt(), progress_task(
             f"sweep ({len(tasks)} points)", total=len(tasks), enabled=progress
         ) as bar:
             rows = []
@@ -162,10 +164,11 @@ def run_sweep(
             out / "sweep.json", json.dumps({"grid": grid, "points": rows}, indent=2, default=float)
         )
         final = store.finish(run_id, metrics)
+    except (KeyboardInterrupt, Interrupted) as exc:
+        store.fail(run_id, "interrupted", str(exc) or "interrupted by the user")
+        raise KeyboardInterrupt from None
     except BaseException as exc:
-        store.fail(
-            run_id, "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", str(exc)
-        )
+        store.fail(run_id, "failed", str(exc))
         raise
     finally:
         if executor is None and hasattr(ex, "shutdown"):
