@@ -305,3 +305,23 @@ def test_thin_combinations_of_categorical_states_warn_for_the_table():
     assert pooled.q_model["cell_choice"]["dropped"] == ["site"]
     one = evaluate(ds, pe, q_model="tabular_stationary", **kw)
     assert pooled.estimates["dr"].value == pytest.approx(one.estimates["dr"].value, rel=1e-9)
+
+
+def test_an_estimate_far_outside_the_observed_returns_is_warned_about(ds):
+    """Propensities a million times too small on a few rows (as estimated ones near 0 give):
+    IS runs to values far beyond any return in the panel. The warning names it; estimates in
+    range draw nothing."""
+    from equicare.exceptions import DataWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        evaluate(ds, TabularPolicy(TARGET), estimators=("is", "wis"), bootstrap=0, groups=[],
+                 diagnose_support=False)
+    bp = ds.behavior_prob.copy()
+    bp[:3] *= 1e-6
+    bad = replace(ds, behavior_prob=bp, _cache={})
+    with pytest.warns(DataWarning, match=r"is .* far outside the range of the observed returns"):
+        res = evaluate(bad, TabularPolicy(TARGET), estimators=("is", "wis"), bootstrap=0,
+                       groups=[], diagnose_support=False)
+    g = ds.returns()
+    assert res.estimates["is"].value > g.max() + (g.max() - g.min())

@@ -771,6 +771,7 @@ def _evaluate(
     kw: dict[str, Any] = {"truncate": truncate, "normalization": normalization,
                           "n_boot": bootstrap, "ci_method": ci_method, "alpha": alpha}
     ests, beh, ess = estimates_from_prepared(prep, keys, random_state=seed_boot, **kw)
+    _warn_out_of_range(ests, dataset.returns(), ess)
     settings: dict[str, Any] = {
         "estimators": list(keys),
         "q_model": ("given" if q is not None else qcfg if isinstance(qcfg, str)
@@ -824,6 +825,30 @@ def _evaluate(
         n_episodes=dataset.n_episodes, n_steps=dataset.n_steps, gamma=float(dataset.gamma),
         behavior=beh, estimates=ests, ess=ess, support=support, groups=group_out,
         settings=settings, behavior_model=bm_summary, q_model=q_info)
+
+
+def _warn_out_of_range(ests: dict[str, Estimate], returns: NDArray[np.float64],
+                       ess: Any) -> None:
+    """Warn when an estimate lies far outside the range of the observed returns.
+
+    A policy's value is an average of returns; an estimate more than the returns' whole span
+    beyond them (DR of 1.2e7 on a panel whose returns lie in [0, 1], with estimated propensities
+    near 0) is the importance weights blowing up, not a value. ``DataWarning``.
+    """
+    if returns.size == 0:
+        return
+    lo, hi = float(returns.min()), float(returns.max())
+    span = max(hi - lo, 1e-12)
+    bad = [f"{k} {e.value:.4g}" for k, e in ests.items()
+           if np.isfinite(e.value) and not lo - span <= e.value <= hi + span]
+    if bad:
+        n_eff = getattr(ess, "trajectory", None)
+        warnings.warn(
+            f"{', '.join(bad)} lie{'s' if len(bad) == 1 else ''} far outside the range of the "
+            f"observed returns [{lo:.4g}, {hi:.4g}]: the importance weights are extreme"
+            + (f" (trajectory ESS {n_eff:.1f})" if isinstance(n_eff, float | int) else "")
+            + ". Do not use them; truncate the weights (--truncate), prefer FQE or WDR, or log "
+            "the propensities instead of estimating them.", DataWarning, stacklevel=3)
 
 
 def _pooled_columns_read(prep: Prepared, dataset: TrajectoryDataset, attrs: Sequence[str],
