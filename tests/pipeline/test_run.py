@@ -119,6 +119,11 @@ def test_sweep_serial_equals_local_pool(tmp_path):
     cols = ["learner.n_steps", "dr", "wdr", "true_value"]
     assert a.table[cols].equals(b.table[cols])
     assert (a.run_dir / "report.html").is_file()
+    # every estimator the config names (it was always wis, dr, wdr, fqe silently dropped)
+    assert set(cfg["ope"]["estimators"]) <= set(a.table.columns)
+    one = run_sweep(cfg.with_overrides({"ope.estimators": ["fqe", "dr"]}),
+                    {"learner.n_steps": [20]}, executor=get_executor("serial"), progress=False)
+    assert {"fqe", "dr"} <= set(one.table.columns) and "wis" not in one.table.columns
 
 
 @pytest.mark.browser

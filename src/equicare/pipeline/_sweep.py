@@ -71,14 +71,15 @@ def _sweep_point(task: tuple[dict[str, Any], str, str, dict[str, Any]]) -> dict[
     learner = build_learner(cfg, seed)
     learner.fit(train, progress=False)
     o = cfg["ope"]
-    res = evaluate(
+    res = evaluate(  # the config's estimators and replicates, as `run` uses them
         test,
         learner.action_probs(test),
-        estimators=("wis", "dr", "wdr"),
+        estimators=o["estimators"],
         q_model=o["q_model"],
-        bootstrap=min(o["bootstrap"], 500),
+        bootstrap=o["bootstrap"],
         truncate=o["truncate"] or None,
         random_state=seed,
+        groups=[],
     )
     row: dict[str, Any] = dict(overrides)
     row["behavior"] = res.behavior.value
