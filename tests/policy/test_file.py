@@ -104,3 +104,51 @@ def test_streamed_policy_file_equals_the_whole_file(tmp_path, suffix, form):
     with pytest.raises(ValueError, match="no chunks"):
         write_policy_stream([], tmp_path / f"empty{suffix}")
     assert not (tmp_path / f".empty{suffix}.tmp").exists()
+
+
+def test_large_parquet_is_read_for_the_asked_episodes_only(tmp_path, ds, probs, monkeypatch):
+    """A Parquet file above ROW_BLOCK_ELEMENTS cells is never read whole: each call reads the
+    rows of its dataset's episodes (memory follows the chunk), results as from the whole file;
+    a pickled policy carries no rows."""
+    import pickle
+
+    from equicare import utils
+    from equicare.policy import write_policy_stream
+
+    n_e = ds.n_episodes
+    blocks = [ds.subset(np.arange(lo, min(lo + 5, n_e))) for lo in range(0, n_e, 5)]
+    offs = ds.episode_offsets
+    parts = [(b, probs[offs[lo]:offs[min(lo + 5, n_e)]])
+             for b, lo in zip(blocks, range(0, n_e, 5), strict=True)]
+    path = write_policy_stream(parts, tmp_path / "p.parquet")  # one row group per block
+    monkeypatch.setattr(utils, "ROW_BLOCK_ELEMENTS", 50)
+
+    def no_whole_read(*a, **k):
+        raise AssertionError("the whole policy file was read")
+
+    monkeypatch.setattr(pd, "read_parquet", no_whole_read)
+    read: list[int] = []
+    real = FilePolicy._read_episodes
+
+    def spy(self, ep_col, ids):
+        df, rows = real(self, ep_col, ids)
+        read.append(len(df))
+        return df, rows
+
+    monkeypatch.setattr(FilePolicy, "_read_episodes", spy)
+    fp = FilePolicy(path)
+    for b, p in parts:
+        np.testing.assert_array_equal(fp.action_probs(b), p)
+        assert read[-1] == b.n_steps  # only this block's rows
+    np.testing.assert_array_equal(fp.action_probs(ds), probs)
+    back = pickle.loads(pickle.dumps(fp))
+    assert back._table == {} and fp._table  # the per-process cache stays behind
+    np.testing.assert_array_equal(back.action_probs(blocks[1]), parts[1][1])
+    # long form too, with a file whose rows are shuffled
+    long = tmp_path / "long.parquet"
+    write_policy_file(ds, probs, tmp_path / "l.csv", form="long")
+    pd.read_csv(tmp_path / "l.csv").sample(frac=1.0, random_state=0).to_parquet(
+        long, index=False, row_group_size=40)
+    np.testing.assert_allclose(FilePolicy(long).action_probs(blocks[2]), parts[2][1],
+                               atol=1e-15)
+
