@@ -152,3 +152,20 @@ def test_large_parquet_is_read_for_the_asked_episodes_only(tmp_path, ds, probs, 
     np.testing.assert_allclose(FilePolicy(long).action_probs(blocks[2]), parts[2][1],
                                atol=1e-15)
 
+
+def test_long_form_action_labels(tmp_path, ds, probs):
+    """``action`` may hold the manifest's labels; anything else is a PolicyError (exit 2)."""
+    path = write_policy_file(ds, probs, tmp_path / "p.csv", form="long")
+    df = pd.read_csv(path)
+    labels = np.asarray(ds.action_space.labels(), dtype=object)
+    df["action"] = labels[df["action"].to_numpy()]
+    np.testing.assert_allclose(FilePolicy(frame=df).action_probs(ds), probs, atol=1e-12)
+    df.loc[df.index[2], "action"] = "fax/urgent"
+    with pytest.raises(PolicyError, match=r"column 'action' must hold the flat action index "
+                       r"\(an integer in \[0, 6\)\) or an action label of the manifest such as "
+                       r"'none/routine'; 1 rows do not \(first: row 2 \(member_id="):
+        FilePolicy(frame=df).action_probs(ds)
+    wide = pd.read_csv(write_policy_file(ds, probs, tmp_path / "w.csv"))
+    wide = wide.rename(columns={f"p_{i}": f"p_{lab}" for i, lab in enumerate(labels)})
+    np.testing.assert_allclose(FilePolicy(frame=wide).action_probs(ds), probs, atol=1e-12)
+

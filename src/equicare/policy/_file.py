@@ -19,7 +19,7 @@ from equicare.policy._base import check_probs
 
 __all__ = ["FilePolicy", "write_policy_file", "write_policy_stream", "read_policy_file"]
 
-_WIDE = re.compile(r"^p_(\d+)$")
+_WIDE = re.compile(r"^p_(.+)$")
 _ROWS = "0-based data rows of the policy file"
 #: A long-form file's dense index has one column per action; for the "small enough to read
 #: whole" test its rows count as this many cells each.
@@ -93,8 +93,9 @@ class FilePolicy:
     """A policy given as a table of probabilities per (episode, time) row.
 
     Long form: columns ``episode, time, action, prob`` (every action with non-zero probability
-    listed); wide form: ``episode, time, p_0 ... p_{n-1}``. The episode and time columns carry
-    the dataset manifest's names.
+    listed; ``action`` is the flat index or the manifest's action label such as
+    ``"phone/rn/chronic/routine"``); wide form: ``episode, time, p_0 ... p_{n-1}`` (or
+    ``p_<label>``). The episode and time columns carry the dataset manifest's names.
 
     A Parquet file larger than ``ROW_BLOCK_ELEMENTS`` cells is never read whole: each call of
     :meth:`action_probs` reads only the rows of the dataset's episodes (row groups whose episode
@@ -187,11 +188,17 @@ class FilePolicy:
     def n_actions(self) -> int:
         """Number of flat actions (from the wide columns or the largest long-form action)."""
         if self.form == "wide":
-            return 1 + max(int(c[2:]) for c in self._columns() if _WIDE.match(c))
+            suffixes = [c[2:] for c in self._columns() if _WIDE.match(c)]
+            if all(s.isdigit() for s in suffixes):
+                return 1 + max(int(s) for s in suffixes)
+            return len(suffixes)
         if self._whole():
             col = self._df()["action"]
         else:
             col = self._pfile().read(columns=["action"]).column(0).to_pandas()
+        if not pd.api.types.is_numeric_dtype(col):
+            raise PolicyError(f"{self.source}: column 'action' holds action labels; the number "
+                              "of actions is the dataset's.")
         return int(col.max()) + 1
 
     def _layout(self, ep_col: str, t_col: str, labels: list[str]) -> _Layout:
@@ -206,10 +213,16 @@ class FilePolicy:
         if self.form == "long":
             return _Layout("long", (), np.zeros(0, dtype=np.int64))
         n_a = len(labels)
+        pos = {lab: i for i, lab in enumerate(labels)}
         pcols = [c for c in cols if _WIDE.match(c)]
         idx = []
         for c in pcols:  # one per column, not per row
-            i = int(c[2:])
+            s = c[2:]
+            if s not in pos and not s.isdigit():
+                raise PolicyError(
+                    f"{self.source}: column {c!r} is neither p_<flat action index> nor "
+                    f"p_<action label> (labels look like {labels[0]!r}).")
+            i = int(s) if s.isdigit() else pos[s]
             if i >= n_a:
                 raise PolicyError(
                     f"{self.source}: column {c} but the dataset has only {n_a} actions "
@@ -425,10 +438,24 @@ def _index(df: pd.DataFrame, rows: NDArray[np.int64], ep_col: str, t_col: str, l
 
 def _actions(df: pd.DataFrame, rows: NDArray[np.int64], labels: list[str], ep_col: str,
              t_col: str, source: str) -> NDArray[np.int64]:
-    """The long form's ``action`` column as flat indices."""
+    """The long form's ``action`` column as flat indices (integers or the manifest's labels)."""
     s = df["action"]
     n_a = len(labels)
-    a = np.asarray(s.to_numpy(), dtype=np.float64)
+    a: NDArray[np.float64]
+    if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
+        a = np.asarray(s.to_numpy(dtype=np.float64, na_value=np.nan), dtype=np.float64)
+    else:
+        a = pd.Index(labels).get_indexer(s.astype(object)).astype(np.float64)
+        rest = a < 0
+        a[rest] = pd.to_numeric(s[rest], errors="coerce").to_numpy(np.float64, na_value=np.nan)
+    bad = ~np.isfinite(a) | (a != np.round(a))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise PolicyError(
+            f"{source}: column 'action' must hold the flat action index (an integer in "
+            f"[0, {n_a})) or an action label of the manifest such as {labels[0]!r}; "
+            f"{int(bad.sum())} rows do not (first: {_row_key(df, rows, i, ep_col, t_col)} has "
+            f"{_py(s.iloc[i])!r}; {_ROWS}).")
     out = (a < 0) | (a >= n_a)
     if out.any():
         i = int(np.argmax(out))
