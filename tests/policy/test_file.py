@@ -169,3 +169,24 @@ def test_long_form_action_labels(tmp_path, ds, probs):
     wide = wide.rename(columns={f"p_{i}": f"p_{lab}" for i, lab in enumerate(labels)})
     np.testing.assert_allclose(FilePolicy(frame=wide).action_probs(ds), probs, atol=1e-12)
 
+
+def test_messages_name_the_file_row_key_and_column(tmp_path, ds, probs):
+    """Probability errors name the policy file's own row, its key and the column."""
+    path = write_policy_file(ds, probs, tmp_path / "p.csv")
+    df = pd.read_csv(path).sample(frac=1.0, random_state=3).reset_index(drop=True)
+    ep, wk = df.loc[5, "member_id"], df.loc[5, "week"]
+    bad = df.copy()
+    bad.loc[5, "p_0"] += 0.1
+    with pytest.raises(PolicyError, match=rf"probabilities of 1 rows do not sum to 1 within "
+                       rf"1e-06 \(first: row 5 \(member_id={ep!r}, week={wk}\) sums to 1\.1"):
+        FilePolicy(frame=bad).action_probs(ds)
+    bad = df.copy()
+    bad.loc[5, "p_2"] = np.nan
+    with pytest.raises(PolicyError, match=rf"1 rows have negative or non-finite probabilities "
+                       rf"\(first: row 5 \(member_id={ep!r}, week={wk}\) p_2=nan; 0-based"):
+        FilePolicy(frame=bad).action_probs(ds)
+    long = pd.read_csv(write_policy_file(ds, probs, tmp_path / "l.csv", form="long"))
+    long.loc[7, "prob"] = -0.5
+    with pytest.raises(PolicyError, match=r"prob=-0\.5 at row 7; 0-based data rows"):
+        FilePolicy(frame=long).action_probs(ds)
+

@@ -15,7 +15,8 @@ from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
 from equicare.exceptions import InvalidParameterError, PolicyError
-from equicare.policy._base import check_probs
+from equicare.policy._base import PROB_TOL, check_probs
+from equicare.utils import row_blocks
 
 __all__ = ["FilePolicy", "write_policy_file", "write_policy_stream", "read_policy_file"]
 
@@ -328,7 +329,7 @@ class FilePolicy:
                 f"(first: {ep_col}={e0!r}, {t_col}={int(dataset.times[miss[0]])}); "
                 "a policy file must cover every row of the dataset."
             )
-        return check_probs(ix.probs[pos], dataset.n_steps, len(labels), self.source)
+        return _checked_rows(ix, pos.astype(np.int64), ep_col, t_col, self.source)
 
 
 def _may_hold(stats: Any, want: Any, typ: Any) -> bool:
@@ -349,6 +350,13 @@ def _may_hold(stats: Any, want: Any, typ: Any) -> bool:
 def _py(v: Any) -> Any:
     """A NumPy scalar as the Python value (for messages)."""
     return v.item() if isinstance(v, np.generic) else v
+
+
+def _key(ix: _Indexed, k: int, ep_col: str, t_col: str) -> str:
+    """``row 5 (member_id=731, week=11)`` for key ``k``."""
+    code, t = ix.lookup[k]
+    ep = _py(ix.episodes[int(code)])
+    return f"row {int(ix.first[k])} ({ep_col}={ep!r}, {t_col}={int(t)})"
 
 
 def _row_key(df: pd.DataFrame, rows: NDArray[np.int64], i: int, ep_col: str, t_col: str) -> str:
@@ -463,6 +471,51 @@ def _actions(df: pd.DataFrame, rows: NDArray[np.int64], labels: list[str], ep_co
             f"{source}: {int(out.sum())} rows have an action outside [0, {n_a}) (first: "
             f"{_row_key(df, rows, i, ep_col, t_col)} has action {_py(s.iloc[i])!r}; {_ROWS}).")
     return a.astype(np.int64)
+
+
+def _checked_rows(ix: _Indexed, pos: NDArray[np.int64], ep_col: str, t_col: str, source: str
+                  ) -> NDArray[np.float64]:
+    """``ix.probs[pos]``, checked like :func:`check_probs` but naming the file's rows.
+
+    Returns
+    -------
+    ndarray of shape (len(pos), n_actions)
+    """
+    p = ix.probs[pos]
+    bad = np.zeros(p.shape[0], dtype=bool)
+    for sl in row_blocks(p.shape[0], p.shape[1]):  # no (n_steps, n_actions) masks
+        block = p[sl]
+        bad[sl] = ~np.isfinite(block).all(axis=1) | (block < 0).any(axis=1)
+    if bad.any():
+        keys = np.unique(pos[bad])
+        keys = keys[np.argsort(ix.first[keys], kind="stable")][:5]
+        shown = []
+        for k in keys.tolist():  # at most five keys
+            if ix.prob is None:
+                j = int(np.argmax(~np.isfinite(ix.probs[k]) | (ix.probs[k] < 0)))
+                shown.append(f"{_key(ix, k, ep_col, t_col)} {ix.names[j]}={ix.probs[k, j]:g}")
+            else:
+                r = np.flatnonzero((ix.key_of_row == k)
+                                   & ~(np.isfinite(ix.prob) & (ix.prob >= 0)))
+                i = int(r[np.argmin(ix.rows[r])]) if r.size else -1
+                shown.append(f"{_key(ix, k, ep_col, t_col)} prob="
+                             f"{ix.prob[i] if i >= 0 else np.nan:g}"
+                             + (f" at row {int(ix.rows[i])}" if i >= 0 else ""))
+        raise PolicyError(
+            f"{source}: {int(np.unique(pos[bad]).size)} rows have negative or non-finite "
+            f"probabilities (first: {'; '.join(shown)}; {_ROWS}).")
+    s = p.sum(axis=1)
+    off = np.abs(s - 1.0) > PROB_TOL
+    if off.any():
+        keys, at = np.unique(pos[off], return_index=True)
+        order = np.argsort(ix.first[keys], kind="stable")[:5]
+        sums = s[np.flatnonzero(off)[at[order]]]
+        shown = [f"{_key(ix, int(k), ep_col, t_col)} sums to {v:.6g}"
+                 for k, v in zip(keys[order].tolist(), sums.tolist(), strict=True)]
+        raise PolicyError(
+            f"{source}: probabilities of {int(keys.size)} rows do not sum to 1 within "
+            f"{PROB_TOL:g} (first: {'; '.join(shown)}; {_ROWS}).")
+    return p
 
 
 def write_policy_file(
