@@ -190,3 +190,11 @@ def test_messages_name_the_file_row_key_and_column(tmp_path, ds, probs):
     with pytest.raises(PolicyError, match=r"prob=-0\.5 at row 7; 0-based data rows"):
         FilePolicy(frame=long).action_probs(ds)
 
+
+
+def test_wide_file_with_too_few_columns(tmp_path, ds, probs):
+    path = write_policy_file(ds, probs, tmp_path / "p.csv")
+    df = pd.read_csv(path).drop(columns=["p_3", "p_4", "p_5"])
+    with pytest.raises(PolicyError, match=r"has p_0\.\.p_2; the dataset has 6 actions "
+                       r"\(p_3\.\.p_5 missing\)"):
+        FilePolicy(frame=df).action_probs(ds)

@@ -47,6 +47,17 @@ def _checked_path(path: str | os.PathLike[str]) -> Path:
     return p
 
 
+def _spans(idx: NDArray[np.int64]) -> str:
+    """``p_0..p_9, p_12`` for sorted flat indices (at most four runs shown)."""
+    if idx.size == 0:
+        return "none"
+    cut = np.flatnonzero(np.diff(idx) != 1) + 1
+    starts, stops = idx[np.r_[0, cut]], idx[np.r_[cut - 1, idx.size - 1]]
+    runs = [f"p_{a}" if a == b else f"p_{a}..p_{b}"
+            for a, b in zip(starts[:4].tolist(), stops[:4].tolist(), strict=True)]
+    return ", ".join(runs) + (", ..." if starts.size > 4 else "")
+
+
 @dataclass(frozen=True)
 class _Layout:
     """Where a wide file keeps each flat action: column ``cols[k]`` holds action ``idx[k]``."""
@@ -234,6 +245,11 @@ class FilePolicy:
         if (counts > 1).any():
             twice = [c for c, i in zip(pcols, idx, strict=True) if i == uniq[counts > 1][0]]
             raise PolicyError(f"{self.source}: columns {twice} are the same action.")
+        absent = np.setdiff1d(np.arange(n_a), uniq)
+        if absent.size:
+            raise PolicyError(
+                f"{self.source}: has {_spans(uniq)}; the dataset has {n_a} actions "
+                f"({_spans(absent)} missing); a wide policy file has one column per action.")
         return _Layout("wide", tuple(pcols), arr)
 
     def _read_episodes(self, ep_col: str, ids: NDArray[Any]
