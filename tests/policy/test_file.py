@@ -104,3 +104,97 @@ def test_streamed_policy_file_equals_the_whole_file(tmp_path, suffix, form):
     with pytest.raises(ValueError, match="no chunks"):
         write_policy_stream([], tmp_path / f"empty{suffix}")
     assert not (tmp_path / f".empty{suffix}.tmp").exists()
+
+
+def test_large_parquet_is_read_for_the_asked_episodes_only(tmp_path, ds, probs, monkeypatch):
+    """A Parquet file above ROW_BLOCK_ELEMENTS cells is never read whole: each call reads the
+    rows of its dataset's episodes (memory follows the chunk), results as from the whole file;
+    a pickled policy carries no rows."""
+    import pickle
+
+    from equicare import utils
+    from equicare.policy import write_policy_stream
+
+    n_e = ds.n_episodes
+    blocks = [ds.subset(np.arange(lo, min(lo + 5, n_e))) for lo in range(0, n_e, 5)]
+    offs = ds.episode_offsets
+    parts = [(b, probs[offs[lo]:offs[min(lo + 5, n_e)]])
+             for b, lo in zip(blocks, range(0, n_e, 5), strict=True)]
+    path = write_policy_stream(parts, tmp_path / "p.parquet")  # one row group per block
+    monkeypatch.setattr(utils, "ROW_BLOCK_ELEMENTS", 50)
+
+    def no_whole_read(*a, **k):
+        raise AssertionError("the whole policy file was read")
+
+    monkeypatch.setattr(pd, "read_parquet", no_whole_read)
+    read: list[int] = []
+    real = FilePolicy._read_episodes
+
+    def spy(self, ep_col, ids):
+        df, rows = real(self, ep_col, ids)
+        read.append(len(df))
+        return df, rows
+
+    monkeypatch.setattr(FilePolicy, "_read_episodes", spy)
+    fp = FilePolicy(path)
+    for b, p in parts:
+        np.testing.assert_array_equal(fp.action_probs(b), p)
+        assert read[-1] == b.n_steps  # only this block's rows
+    np.testing.assert_array_equal(fp.action_probs(ds), probs)
+    back = pickle.loads(pickle.dumps(fp))
+    assert back._table == {} and fp._table  # the per-process cache stays behind
+    np.testing.assert_array_equal(back.action_probs(blocks[1]), parts[1][1])
+    # long form too, with a file whose rows are shuffled
+    long = tmp_path / "long.parquet"
+    write_policy_file(ds, probs, tmp_path / "l.csv", form="long")
+    pd.read_csv(tmp_path / "l.csv").sample(frac=1.0, random_state=0).to_parquet(
+        long, index=False, row_group_size=40)
+    np.testing.assert_allclose(FilePolicy(long).action_probs(blocks[2]), parts[2][1],
+                               atol=1e-15)
+
+
+def test_long_form_action_labels(tmp_path, ds, probs):
+    """``action`` may hold the manifest's labels; anything else is a PolicyError (exit 2)."""
+    path = write_policy_file(ds, probs, tmp_path / "p.csv", form="long")
+    df = pd.read_csv(path)
+    labels = np.asarray(ds.action_space.labels(), dtype=object)
+    df["action"] = labels[df["action"].to_numpy()]
+    np.testing.assert_allclose(FilePolicy(frame=df).action_probs(ds), probs, atol=1e-12)
+    df.loc[df.index[2], "action"] = "fax/urgent"
+    with pytest.raises(PolicyError, match=r"column 'action' must hold the flat action index "
+                       r"\(an integer in \[0, 6\)\) or an action label of the manifest such as "
+                       r"'none/routine'; 1 rows do not \(first: row 2 \(member_id="):
+        FilePolicy(frame=df).action_probs(ds)
+    wide = pd.read_csv(write_policy_file(ds, probs, tmp_path / "w.csv"))
+    wide = wide.rename(columns={f"p_{i}": f"p_{lab}" for i, lab in enumerate(labels)})
+    np.testing.assert_allclose(FilePolicy(frame=wide).action_probs(ds), probs, atol=1e-12)
+
+
+def test_messages_name_the_file_row_key_and_column(tmp_path, ds, probs):
+    """Probability errors name the policy file's own row, its key and the column."""
+    path = write_policy_file(ds, probs, tmp_path / "p.csv")
+    df = pd.read_csv(path).sample(frac=1.0, random_state=3).reset_index(drop=True)
+    ep, wk = df.loc[5, "member_id"], df.loc[5, "week"]
+    bad = df.copy()
+    bad.loc[5, "p_0"] += 0.1
+    with pytest.raises(PolicyError, match=rf"probabilities of 1 rows do not sum to 1 within "
+                       rf"1e-06 \(first: row 5 \(member_id={ep!r}, week={wk}\) sums to 1\.1"):
+        FilePolicy(frame=bad).action_probs(ds)
+    bad = df.copy()
+    bad.loc[5, "p_2"] = np.nan
+    with pytest.raises(PolicyError, match=rf"1 rows have negative or non-finite probabilities "
+                       rf"\(first: row 5 \(member_id={ep!r}, week={wk}\) p_2=nan; 0-based"):
+        FilePolicy(frame=bad).action_probs(ds)
+    long = pd.read_csv(write_policy_file(ds, probs, tmp_path / "l.csv", form="long"))
+    long.loc[7, "prob"] = -0.5
+    with pytest.raises(PolicyError, match=r"prob=-0\.5 at row 7; 0-based data rows"):
+        FilePolicy(frame=long).action_probs(ds)
+
+
+
+def test_wide_file_with_too_few_columns(tmp_path, ds, probs):
+    path = write_policy_file(ds, probs, tmp_path / "p.csv")
+    df = pd.read_csv(path).drop(columns=["p_3", "p_4", "p_5"])
+    with pytest.raises(PolicyError, match=r"has p_0\.\.p_2; the dataset has 6 actions "
+                       r"\(p_3\.\.p_5 missing\)"):
+        FilePolicy(frame=df).action_probs(ds)

@@ -15,23 +15,89 @@ from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
 from equicare.exceptions import InvalidParameterError, PolicyError
-from equicare.policy._base import check_probs
+from equicare.policy._base import PROB_TOL, check_probs
+from equicare.utils import row_blocks
 
 __all__ = ["FilePolicy", "write_policy_file", "write_policy_stream", "read_policy_file"]
 
-_WIDE = re.compile(r"^p_(\d+)$")
+_WIDE = re.compile(r"^p_(.+)$")
+_ROWS = "0-based data rows of the policy file"
+#: A long-form file's dense index has one column per action; for the "small enough to read
+#: whole" test its rows count as this many cells each.
+_LONG_WIDTH = 256
+#: Rows per batch when a Parquet row group is read for the rows of some episodes.
+_BATCH_ROWS = 65_536
 
 
 def read_policy_file(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Read a policy file (Parquet or CSV) into a DataFrame."""
+    p = _checked_path(path)
+    if p.suffix.lower() in (".parquet", ".pq"):
+        return pd.read_parquet(p)
+    return pd.read_csv(p)
+
+
+def _checked_path(path: str | os.PathLike[str]) -> Path:
     p = Path(path)
     if not p.is_file():
         raise PolicyError(f"Policy file not found: {p}")
-    if p.suffix.lower() in (".parquet", ".pq"):
-        return pd.read_parquet(p)
-    if p.suffix.lower() == ".csv":
-        return pd.read_csv(p)
-    raise PolicyError(f"{p}: unsupported policy file type {p.suffix!r}; expected .parquet or .csv.")
+    if p.suffix.lower() not in (".parquet", ".pq", ".csv"):
+        raise PolicyError(
+            f"{p}: unsupported policy file type {p.suffix!r}; expected .parquet or .csv.")
+    return p
+
+
+def _spans(idx: NDArray[np.int64]) -> str:
+    """``p_0..p_9, p_12`` for sorted flat indices (at most four runs shown)."""
+    if idx.size == 0:
+        return "none"
+    cut = np.flatnonzero(np.diff(idx) != 1) + 1
+    starts, stops = idx[np.r_[0, cut]], idx[np.r_[cut - 1, idx.size - 1]]
+    runs = [f"p_{a}" if a == b else f"p_{a}..p_{b}"
+            for a, b in zip(starts[:4].tolist(), stops[:4].tolist(), strict=True)]
+    return ", ".join(runs) + (", ..." if starts.size > 4 else "")
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where a wide file keeps each flat action: column ``cols[k]`` holds action ``idx[k]``."""
+
+    form: Literal["long", "wide"]
+    cols: tuple[str, ...]
+    idx: NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class _Indexed:
+    """Rows of (part of) a policy file indexed by their (episode, time) key.
+
+    Attributes
+    ----------
+    episodes : pandas.Index
+        Distinct episode ids of the rows read.
+    lookup : pandas.MultiIndex
+        ``(episode code, time)`` of each key, length ``n_keys``.
+    probs : ndarray of shape (n_keys, n_actions)
+    first : ndarray of shape (n_keys,)
+        File row (0-based data row) of each key's first row.
+    key_of_row : ndarray of shape (n_read,)
+        Key of each row read (-1 when its episode id is missing).
+    rows : ndarray of shape (n_read,)
+        File row of each row read.
+    prob : ndarray of shape (n_read,) or None
+        The long form's ``prob`` column (None for the wide form).
+    names : tuple of str
+        The column holding each flat action (``"prob"`` in the long form).
+    """
+
+    episodes: pd.Index
+    lookup: pd.MultiIndex
+    probs: NDArray[np.float64]
+    first: NDArray[np.int64]
+    key_of_row: NDArray[np.int64]
+    rows: NDArray[np.int64]
+    prob: NDArray[np.float64] | None
+    names: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -39,8 +105,15 @@ class FilePolicy:
     """A policy given as a table of probabilities per (episode, time) row.
 
     Long form: columns ``episode, time, action, prob`` (every action with non-zero probability
-    listed); wide form: ``episode, time, p_0 ... p_{n-1}``. The episode and time columns carry the
-    dataset manifest's names.
+    listed; ``action`` is the flat index or the manifest's action label such as
+    ``"phone/rn/chronic/routine"``); wide form: ``episode, time, p_0 ... p_{n-1}`` (or
+    ``p_<label>``). The episode and time columns carry the dataset manifest's names.
+
+    A Parquet file larger than ``ROW_BLOCK_ELEMENTS`` cells is never read whole: each call of
+    :meth:`action_probs` reads only the rows of the dataset's episodes (row groups whose episode
+    statistics cannot hold them are skipped), so memory follows the dataset asked about, e.g. one
+    chunk of a streamed panel. Smaller Parquet files, CSV files and frames are read once and
+    indexed. The cache is per process: a pickled policy carries its path, not its rows.
 
     Parameters
     ----------
@@ -58,26 +131,65 @@ class FilePolicy:
         if (self.path is None) == (self.frame is None):
             raise InvalidParameterError("Give exactly one of path or frame.")
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle without the per-process cache (rows read, open Parquet file)."""
+        return {**self.__dict__, "_table": {}}
+
     @property
     def source(self) -> str:
         """File name used in messages."""
         return str(self.path) if self.path is not None else "<policy frame>"
 
-    def _df(self) -> pd.DataFrame:
-        if "df" not in self._table:
+    def _cached(self, key: Any, make: Any) -> Any:
+        if key not in self._table:
+            self._table[key] = make()
+        return self._table[key]
+
+    def _pfile(self) -> Any:
+        """The open ``pyarrow.parquet.ParquetFile`` (Parquet paths only), once per process."""
+        import pyarrow.parquet as pq
+
+        return self._cached("pfile", lambda: pq.ParquetFile(self.path))
+
+    def _is_parquet(self) -> bool:
+        return self.frame is None and _checked_path(self.path).suffix.lower() in (  # type: ignore[arg-type]
+            ".parquet", ".pq")
+
+    def _columns(self) -> list[str]:
+        """Column names of the file (no rows read)."""
+        def make() -> list[str]:
             if self.frame is not None:
-                self._table["df"] = self.frame
-            else:  # __post_init__ guarantees a path when there is no frame
-                self._table["df"] = read_policy_file(self.path)  # type: ignore[arg-type]
-        return self._table["df"]
+                return [str(c) for c in self.frame.columns]
+            if self._is_parquet():
+                return [str(c) for c in self._pfile().schema_arrow.names]
+            return [str(c) for c in pd.read_csv(_checked_path(self.path), nrows=0).columns]  # type: ignore[arg-type]
+        return self._cached("columns", make)  # type: ignore[no-any-return]
+
+    def _whole(self) -> bool:
+        """Whether the file is read whole (frames, CSV files, Parquet files of few cells)."""
+        if not self._is_parquet():
+            return True
+        from equicare import utils
+
+        width = (sum(1 for c in self._columns() if _WIDE.match(c)) if self.form == "wide"
+                 else _LONG_WIDTH)
+        return int(self._pfile().metadata.num_rows) * max(1, width) <= utils.ROW_BLOCK_ELEMENTS
+
+    def _df(self) -> pd.DataFrame:
+        """The whole table (frames, CSV files and small Parquet files)."""
+        def make() -> pd.DataFrame:
+            if self.frame is not None:
+                return self.frame
+            return read_policy_file(self.path)  # type: ignore[arg-type]
+        return self._cached("df", make)
 
     @property
     def form(self) -> Literal["long", "wide"]:
         """``"long"`` or ``"wide"``."""
-        cols = set(self._df().columns)
+        cols = set(self._columns())
         if {"action", "prob"} <= cols:
             return "long"
-        if any(_WIDE.match(str(c)) for c in cols):
+        if any(_WIDE.match(c) for c in cols):
             return "wide"
         raise PolicyError(
             f"{self.source}: expected columns 'action' and 'prob' (long form) or "
@@ -87,93 +199,143 @@ class FilePolicy:
     @property
     def n_actions(self) -> int:
         """Number of flat actions (from the wide columns or the largest long-form action)."""
-        df = self._df()
         if self.form == "wide":
-            return 1 + max(
-                int(_WIDE.match(str(c)).group(1))  # type: ignore[union-attr]
-                for c in df.columns
-                if _WIDE.match(str(c))
-            )
-        return int(df["action"].max()) + 1
+            suffixes = [c[2:] for c in self._columns() if _WIDE.match(c)]
+            if all(s.isdigit() for s in suffixes):
+                return 1 + max(int(s) for s in suffixes)
+            return len(suffixes)
+        if self._whole():
+            col = self._df()["action"]
+        else:
+            col = self._pfile().read(columns=["action"]).column(0).to_pandas()
+        if not pd.api.types.is_numeric_dtype(col):
+            raise PolicyError(f"{self.source}: column 'action' holds action labels; the number "
+                              "of actions is the dataset's.")
+        return int(col.max()) + 1
 
-    def _index(self, ep_col: str, t_col: str, n_a: int
-               ) -> tuple[pd.Index, pd.MultiIndex, NDArray[np.float64]]:
-        """Row index of the file, built once per (key columns, action count) and cached.
-
-        Returns the file's distinct episode ids, a ``(episode code, time)`` index of its rows and
-        the probabilities of those rows, shape ``(n_file_rows, n_a)``. The file may cover more
-        episodes than any dataset it is asked about (e.g. one block of its panel).
-        """
-        key = ("index", ep_col, t_col, n_a)
-        if key in self._table:
-            return self._table[key]  # type: ignore[no-any-return]
-        df = self._df()
-        missing = [c for c in (ep_col, t_col) if c not in df.columns]
+    def _layout(self, ep_col: str, t_col: str, labels: list[str]) -> _Layout:
+        """Check the key and probability columns against the dataset's actions (no rows read)."""
+        cols = self._columns()
+        missing = [c for c in (ep_col, t_col) if c not in cols]
         if missing:
             raise PolicyError(
                 f"{self.source}: key column(s) {missing} missing; a policy file is "
                 f"keyed by the dataset's episode and time columns ({ep_col!r}, {t_col!r})."
             )
-        codes, uniq = pd.factorize(df[ep_col])
-        times = df[t_col].to_numpy(dtype=np.int64)
-        if self.form == "wide":
-            pcols = sorted(
-                (c for c in df.columns if _WIDE.match(str(c))),
-                key=lambda c: int(_WIDE.match(str(c)).group(1)),  # type: ignore[union-attr]
-            )
-            idx = [int(_WIDE.match(str(c)).group(1)) for c in pcols]  # type: ignore[union-attr]
-            if max(idx) >= n_a:
+        if self.form == "long":
+            return _Layout("long", (), np.zeros(0, dtype=np.int64))
+        n_a = len(labels)
+        pos = {lab: i for i, lab in enumerate(labels)}
+        pcols = [c for c in cols if _WIDE.match(c)]
+        idx = []
+        for c in pcols:  # one per column, not per row
+            s = c[2:]
+            if s not in pos and not s.isdigit():
                 raise PolicyError(
-                    f"{self.source}: column p_{max(idx)} but the dataset has only {n_a} actions."
-                )
-            probs_rows = np.zeros((len(df), n_a))
-            probs_rows[:, idx] = df[pcols].to_numpy(dtype=np.float64)
-            keys_e, keys_t = codes.astype(np.int64), times
-        else:
-            a = df["action"].to_numpy()
-            if (a < 0).any() or (a >= n_a).any():
-                bad = np.flatnonzero((a < 0) | (a >= n_a))
+                    f"{self.source}: column {c!r} is neither p_<flat action index> nor "
+                    f"p_<action label> (labels look like {labels[0]!r}).")
+            i = int(s) if s.isdigit() else pos[s]
+            if i >= n_a:
                 raise PolicyError(
-                    f"{self.source}: {bad.size} rows have an action outside "
-                    f"[0, {n_a}) (first rows: {bad[:5].tolist()})."
-                )
-            row_codes, row_keys = pd.factorize(pd.MultiIndex.from_arrays([codes, times]))
-            probs_rows = np.zeros((len(row_keys), n_a))
-            np.add.at(probs_rows, (row_codes, a.astype(np.int64)),
-                      df["prob"].to_numpy(np.float64))
-            keys_e = row_keys.get_level_values(0).to_numpy().astype(np.int64)
-            keys_t = row_keys.get_level_values(1).to_numpy().astype(np.int64)
-        ok = keys_e >= 0  # rows with a missing episode id can match no dataset row
-        lookup = pd.MultiIndex.from_arrays([keys_e[ok], keys_t[ok]])
-        if lookup.has_duplicates:
-            raise PolicyError(f"{self.source}: duplicate (episode, time) rows in the policy file.")
-        out = (pd.Index(uniq), lookup, probs_rows[ok])
-        self._table[key] = out
-        return out
+                    f"{self.source}: column {c} but the dataset has only {n_a} actions "
+                    f"(p_0..p_{n_a - 1}).")
+            idx.append(i)
+        arr = np.asarray(idx, dtype=np.int64)
+        uniq, counts = np.unique(arr, return_counts=True)
+        if (counts > 1).any():
+            twice = [c for c, i in zip(pcols, idx, strict=True) if i == uniq[counts > 1][0]]
+            raise PolicyError(f"{self.source}: columns {twice} are the same action.")
+        absent = np.setdiff1d(np.arange(n_a), uniq)
+        if absent.size:
+            raise PolicyError(
+                f"{self.source}: has {_spans(uniq)}; the dataset has {n_a} actions "
+                f"({_spans(absent)} missing); a wide policy file has one column per action.")
+        return _Layout("wide", tuple(pcols), arr)
+
+    def _read_episodes(self, ep_col: str, ids: NDArray[Any]
+                       ) -> tuple[pd.DataFrame, NDArray[np.int64]]:
+        """The file's rows whose episode is one of ``ids``, and their file rows.
+
+        Reads the episode column of each row group whose statistics may hold one of ``ids``,
+        then, batch by batch, only the rows that match: memory follows the rows returned.
+        """
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        pf = self._pfile()
+        schema = pf.schema_arrow
+        typ = schema.field(ep_col).type
+        if pa.types.is_dictionary(typ):
+            typ = typ.value_type
+        try:
+            want = pa.array(np.asarray(ids)).cast(typ)
+        except (pa.ArrowException, TypeError, ValueError):
+            want = pa.array([], type=typ)  # no file row can match; reported as missing rows
+        meta = pf.metadata
+        j = next(k for k in range(meta.num_columns)
+                 if meta.row_group(0).column(k).path_in_schema == ep_col) if (
+            meta.num_row_groups) else 0
+        pieces: list[Any] = []
+        rows: list[NDArray[np.int64]] = []
+        start = 0
+        for g in range(meta.num_row_groups):  # row groups, not rows
+            n = int(meta.row_group(g).num_rows)
+            if len(want) and _may_hold(meta.row_group(g).column(j).statistics, want, typ):
+                keys = pf.read_row_group(g, columns=[ep_col]).column(0).cast(typ)
+                hit = np.flatnonzero(
+                    pc.is_in(keys, value_set=want).to_numpy(zero_copy_only=False))
+                off = 0
+                for batch in (pf.iter_batches(batch_size=_BATCH_ROWS, row_groups=[g])
+                              if hit.size else ()):
+                    sel = hit[(hit >= off) & (hit < off + batch.num_rows)] - off
+                    if sel.size:
+                        pieces.append(batch.take(pa.array(sel)))
+                        rows.append(start + off + sel)
+                    off += batch.num_rows
+            start += n
+        table = (pa.Table.from_batches(pieces, schema=schema) if pieces
+                 else schema.empty_table())
+        return (table.to_pandas().reset_index(drop=True),
+                np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64))
+
+    def _indexed(self, dataset: TrajectoryDataset, ep_col: str, t_col: str, layout: _Layout,
+                 labels: list[str]) -> _Indexed:
+        """The indexed rows serving ``dataset``: the whole file once, else its episodes' rows."""
+        if self._whole():
+            df = self._df()
+            return self._cached(  # type: ignore[no-any-return]
+                ("index", ep_col, t_col, tuple(labels)),
+                lambda: _index(df, np.arange(len(df), dtype=np.int64), ep_col, t_col, layout,
+                               labels, self.source))
+        df, rows = self._read_episodes(ep_col, dataset.episode_ids)
+        return _index(df, rows, ep_col, t_col, layout, labels, self.source)
 
     def action_probs(self, dataset: TrajectoryDataset) -> NDArray[np.float64]:
         """Probabilities aligned to the dataset's rows, shape ``(n_steps, dataset.n_actions)``.
 
         The file may hold more episodes than ``dataset`` (any subset of the panel it was written
         for is served, e.g. the row blocks of an audit); every row of ``dataset`` must be in it.
-        The file is indexed once and the index reused by later calls.
+        A small file is indexed once and the index reused by later calls; a large Parquet file
+        is read for ``dataset``'s episodes only.
 
         Raises
         ------
         PolicyError
-            Missing key columns, dataset rows not covered, unknown actions, probabilities that are
-            negative or do not sum to 1 within 1e-6.
+            Missing key or action columns, dataset rows not covered, unknown actions,
+            probabilities that are negative or do not sum to 1 within 1e-6 (naming the file's
+            0-based data row, its (episode, time) key and the column).
         """
         man = dataset.manifest
         ep_col = man.episode if man is not None else "episode"
         t_col = man.time if man is not None else "time"
-        n_a = dataset.n_actions
-        episodes, lookup, probs_rows = self._index(ep_col, t_col, n_a)
+        labels = dataset.action_space.labels()
+        layout = self._layout(ep_col, t_col, labels)
+        ix = self._indexed(dataset, ep_col, t_col, layout, labels)
         # dataset row r <-> (file code of episode_index[r], times[r]); -1 = episode not in file
-        ep_code = episodes.get_indexer(pd.Index(dataset.episode_ids)).astype(np.int64)
+        ep_code = ix.episodes.get_indexer(pd.Index(dataset.episode_ids)).astype(np.int64)
         want = pd.MultiIndex.from_arrays([ep_code[dataset.episode_index],
                                           np.asarray(dataset.times, dtype=np.int64)])
-        pos = lookup.get_indexer(want)
+        pos = ix.lookup.get_indexer(want)
         if (pos < 0).any():
             miss = np.flatnonzero(pos < 0)
             e0 = dataset.episode_ids[dataset.episode_index[miss[0]]]
@@ -183,7 +345,193 @@ class FilePolicy:
                 f"(first: {ep_col}={e0!r}, {t_col}={int(dataset.times[miss[0]])}); "
                 "a policy file must cover every row of the dataset."
             )
-        return check_probs(probs_rows[pos], dataset.n_steps, n_a, self.source)
+        return _checked_rows(ix, pos.astype(np.int64), ep_col, t_col, self.source)
+
+
+def _may_hold(stats: Any, want: Any, typ: Any) -> bool:
+    """Whether a row group whose episode column has ``stats`` may hold one of ``want``."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if stats is None or not stats.has_min_max:
+        return True
+    try:
+        lo, hi = pa.scalar(stats.min).cast(typ), pa.scalar(stats.max).cast(typ)
+        inside = pc.and_(pc.greater_equal(want, lo), pc.less_equal(want, hi))
+        return bool(pc.any(inside).as_py())
+    except (pa.ArrowException, TypeError, ValueError):
+        return True
+
+
+def _py(v: Any) -> Any:
+    """A NumPy scalar as the Python value (for messages)."""
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _key(ix: _Indexed, k: int, ep_col: str, t_col: str) -> str:
+    """``row 5 (member_id=731, week=11)`` for key ``k``."""
+    code, t = ix.lookup[k]
+    ep = _py(ix.episodes[int(code)])
+    return f"row {int(ix.first[k])} ({ep_col}={ep!r}, {t_col}={int(t)})"
+
+
+def _row_key(df: pd.DataFrame, rows: NDArray[np.int64], i: int, ep_col: str, t_col: str) -> str:
+    """``row 5 (member_id=731, week=11)`` for the ``i``-th row read."""
+    ep, t = _py(df[ep_col].iloc[i]), _py(df[t_col].iloc[i])
+    return f"row {int(rows[i])} ({ep_col}={ep!r}, {t_col}={t!r})"
+
+
+def _numbers(df: pd.DataFrame, col: str, rows: NDArray[np.int64], ep_col: str, t_col: str,
+             source: str, what: str) -> NDArray[np.float64]:
+    """Column ``col`` as float64, or a PolicyError naming its first non-number."""
+    s = df[col]
+    if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
+        return np.asarray(s.to_numpy(dtype=np.float64, na_value=np.nan), dtype=np.float64)
+    num = np.asarray(pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64,
+                                                                 na_value=np.nan))
+    bad = np.flatnonzero(np.isnan(num) & s.notna().to_numpy())
+    if bad.size:
+        raise PolicyError(
+            f"{source}: column {col!r} must hold {what}; {bad.size} rows do not (first: "
+            f"{_row_key(df, rows, int(bad[0]), ep_col, t_col)} has {_py(s.iloc[bad[0]])!r}; "
+            f"{_ROWS}).")
+    return num
+
+
+def _index(df: pd.DataFrame, rows: NDArray[np.int64], ep_col: str, t_col: str, layout: _Layout,
+           labels: list[str], source: str) -> _Indexed:
+    """Index the rows ``df`` (file rows ``rows``) by (episode, time) over ``len(labels)`` actions.
+
+    Returns
+    -------
+    _Indexed
+        ``probs`` has shape ``(n_keys, len(labels))``.
+    """
+    n_a = len(labels)
+    codes, uniq = pd.factorize(df[ep_col])
+    codes = codes.astype(np.int64)
+    tf = _numbers(df, t_col, rows, ep_col, t_col, source, "integer times")
+    badt = np.flatnonzero((codes >= 0) & ~(np.isfinite(tf) & (tf == np.round(tf))))
+    if badt.size:
+        raise PolicyError(
+            f"{source}: column {t_col!r} must hold integer times; {badt.size} rows do not "
+            f"(first: {_row_key(df, rows, int(badt[0]), ep_col, t_col)}; {_ROWS}).")
+    times = np.where(np.isfinite(tf), tf, -1).astype(np.int64)
+    ok = codes >= 0  # rows with a missing episode id can match no dataset row
+    names: tuple[str, ...]
+    prob: NDArray[np.float64] | None
+    if layout.form == "wide":
+        wide = df[list(layout.cols)]
+        text = [c for c in layout.cols if not pd.api.types.is_numeric_dtype(wide[c])
+                or pd.api.types.is_bool_dtype(wide[c])]
+        for c in text:  # columns, not rows: a non-number is reported by name
+            _numbers(df, c, rows, ep_col, t_col, source, "probabilities")
+        if text:
+            wide = wide.apply(pd.to_numeric, errors="coerce")
+        values = wide.to_numpy(dtype=np.float64, na_value=np.nan)
+        probs = np.zeros((int(ok.sum()), n_a))
+        probs[:, layout.idx] = values if ok.all() else values[ok]
+        lookup = pd.MultiIndex.from_arrays([codes[ok], times[ok]])
+        first = rows[ok]
+        key_of_row = np.where(ok, np.cumsum(ok) - 1, -1).astype(np.int64)
+        names_arr = np.empty(n_a, dtype=object)
+        names_arr[layout.idx] = layout.cols
+        names, prob = tuple(names_arr.tolist()), None
+        if lookup.has_duplicates:
+            k = int(np.argmax(lookup.duplicated()))
+            raise PolicyError(
+                f"{source}: duplicate (episode, time) rows in the policy file (first repeat: "
+                f"{_row_key(df, rows, int(np.flatnonzero(ok)[k]), ep_col, t_col)}; {_ROWS}).")
+    else:
+        a = _actions(df, rows, labels, ep_col, t_col, source)
+        prob = _numbers(df, "prob", rows, ep_col, t_col, source, "probabilities")
+        row_codes, row_keys = pd.factorize(pd.MultiIndex.from_arrays([codes[ok], times[ok]]))
+        n_keys = len(row_keys)
+        probs = np.zeros((n_keys, n_a))
+        np.add.at(probs, (row_codes, a[ok]), prob[ok])
+        first = np.full(n_keys, np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(first, row_codes, rows[ok])
+        key_of_row = np.full(len(df), -1, dtype=np.int64)
+        key_of_row[ok] = row_codes
+        lookup = pd.MultiIndex.from_arrays(
+            [row_keys.get_level_values(0).to_numpy().astype(np.int64),
+             row_keys.get_level_values(1).to_numpy().astype(np.int64)])
+        names = ("prob",) * n_a
+    return _Indexed(pd.Index(uniq), lookup, probs, first, key_of_row, rows, prob, names)
+
+
+def _actions(df: pd.DataFrame, rows: NDArray[np.int64], labels: list[str], ep_col: str,
+             t_col: str, source: str) -> NDArray[np.int64]:
+    """The long form's ``action`` column as flat indices (integers or the manifest's labels)."""
+    s = df["action"]
+    n_a = len(labels)
+    a: NDArray[np.float64]
+    if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
+        a = np.asarray(s.to_numpy(dtype=np.float64, na_value=np.nan), dtype=np.float64)
+    else:
+        a = pd.Index(labels).get_indexer(s.astype(object)).astype(np.float64)
+        rest = a < 0
+        a[rest] = pd.to_numeric(s[rest], errors="coerce").to_numpy(np.float64, na_value=np.nan)
+    bad = ~np.isfinite(a) | (a != np.round(a))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise PolicyError(
+            f"{source}: column 'action' must hold the flat action index (an integer in "
+            f"[0, {n_a})) or an action label of the manifest such as {labels[0]!r}; "
+            f"{int(bad.sum())} rows do not (first: {_row_key(df, rows, i, ep_col, t_col)} has "
+            f"{_py(s.iloc[i])!r}; {_ROWS}).")
+    out = (a < 0) | (a >= n_a)
+    if out.any():
+        i = int(np.argmax(out))
+        raise PolicyError(
+            f"{source}: {int(out.sum())} rows have an action outside [0, {n_a}) (first: "
+            f"{_row_key(df, rows, i, ep_col, t_col)} has action {_py(s.iloc[i])!r}; {_ROWS}).")
+    return a.astype(np.int64)
+
+
+def _checked_rows(ix: _Indexed, pos: NDArray[np.int64], ep_col: str, t_col: str, source: str
+                  ) -> NDArray[np.float64]:
+    """``ix.probs[pos]``, checked like :func:`check_probs` but naming the file's rows.
+
+    Returns
+    -------
+    ndarray of shape (len(pos), n_actions)
+    """
+    p = ix.probs[pos]
+    bad = np.zeros(p.shape[0], dtype=bool)
+    for sl in row_blocks(p.shape[0], p.shape[1]):  # no (n_steps, n_actions) masks
+        block = p[sl]
+        bad[sl] = ~np.isfinite(block).all(axis=1) | (block < 0).any(axis=1)
+    if bad.any():
+        keys = np.unique(pos[bad])
+        keys = keys[np.argsort(ix.first[keys], kind="stable")][:5]
+        shown = []
+        for k in keys.tolist():  # at most five keys
+            if ix.prob is None:
+                j = int(np.argmax(~np.isfinite(ix.probs[k]) | (ix.probs[k] < 0)))
+                shown.append(f"{_key(ix, k, ep_col, t_col)} {ix.names[j]}={ix.probs[k, j]:g}")
+            else:
+                r = np.flatnonzero((ix.key_of_row == k)
+                                   & ~(np.isfinite(ix.prob) & (ix.prob >= 0)))
+                i = int(r[np.argmin(ix.rows[r])]) if r.size else -1
+                shown.append(f"{_key(ix, k, ep_col, t_col)} prob="
+                             f"{ix.prob[i] if i >= 0 else np.nan:g}"
+                             + (f" at row {int(ix.rows[i])}" if i >= 0 else ""))
+        raise PolicyError(
+            f"{source}: {int(np.unique(pos[bad]).size)} rows have negative or non-finite "
+            f"probabilities (first: {'; '.join(shown)}; {_ROWS}).")
+    s = p.sum(axis=1)
+    off = np.abs(s - 1.0) > PROB_TOL
+    if off.any():
+        keys, at = np.unique(pos[off], return_index=True)
+        order = np.argsort(ix.first[keys], kind="stable")[:5]
+        sums = s[np.flatnonzero(off)[at[order]]]
+        shown = [f"{_key(ix, int(k), ep_col, t_col)} sums to {v:.6g}"
+                 for k, v in zip(keys[order].tolist(), sums.tolist(), strict=True)]
+        raise PolicyError(
+            f"{source}: probabilities of {int(keys.size)} rows do not sum to 1 within "
+            f"{PROB_TOL:g} (first: {'; '.join(shown)}; {_ROWS}).")
+    return p
 
 
 def write_policy_file(
