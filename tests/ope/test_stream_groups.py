@@ -72,16 +72,22 @@ def test_every_levels_estimates_equal_in_memory_evaluate(panel, q_model):
 
 
 def _reference(ds, q_model, level_episodes, w):
-    """The in-memory subgroup bootstrap under Poisson weights ``w``: the level's parts with
-    its own refit terms, plus the other episodes' centred effects."""
     prep = prepare(ds, RiskPolicy(), keys=ALL, q_model=_cfg(q_model))
     assert prep.q_linearised
+    return level_reference(prep, ALL, level_episodes, w)
+
+
+def level_reference(prep, keys, level_episodes, w):
+    """The in-memory subgroup bootstrap under Poisson weights ``w``: the level's parts with
+    its own refit terms, plus the other episodes' centred effects (their variance in
+    ``extra``). Returns ``parts, wg, reps, extra``."""
+    ds_episodes = prep.inputs.n_episodes
     sub = prep.inputs.subset(level_episodes)
-    parts, other = _subgroup_q_refit(prep, episode_parts(sub, ALL), level_episodes, None,
+    parts, other = _subgroup_q_refit(prep, episode_parts(sub, keys), level_episodes, None,
                                      "absorbing")
     wg = w[:, level_episodes]
     reps = combine(parts, wg @ parts.matrix, wg.sum(axis=1))
-    mask = np.ones(ds.n_episodes, dtype=bool)
+    mask = np.ones(ds_episodes, dtype=bool)
     mask[level_episodes] = False
     centred = other - other.mean(axis=0, keepdims=True)
     term = (w[:, mask] - 1.0) @ centred

@@ -15,14 +15,14 @@ import pytest
 from equicare.data import load_dataset
 from equicare.ope import episode_keys, evaluate, evaluate_stream, poisson_weights
 from equicare.ope._bootstrap import percentile_interval, studentized_intervals
-from equicare.ope._core import combine, episode_parts
-from equicare.ope._evaluate import _subgroup_q_refit
 from equicare.ope._levels import level_prepared, level_target_probs
 from equicare.ope._prepare import prepare
 from equicare.ope._stream_levels import LevelStreamPolicy
 from equicare.policy import load_policy, write_policy_file
 from equicare.sim._garnet_cli import synth_garnet
 from equicare.sim.garnet import garnet_panel, garnet_preset, garnet_target_policies
+
+from .test_stream_groups import level_reference
 
 Q_KEYS = ("fqe", "dr", "wdr")
 KEYS = ("is", "wpdis", *Q_KEYS)
@@ -102,19 +102,8 @@ def test_a_sites_intervals_are_the_in_memory_refit_of_its_own_q_model(sites):
     assert prep.cell_choice is not None and prep.cell_choice.columns == ("state",)
     lp = level_target_probs(ds, prep.target_probs, "site", ("state",), ep, lv, policy=policy)
     own = level_prepared(prep, ds, lp, 0)
-    sub = own.inputs.subset(ep)
-    parts, other = _subgroup_q_refit(own, episode_parts(sub, keys), ep, None, "absorbing")
     w = poisson_weights(episode_keys(ds.episode_ids), 200, seed=5)
-    wg = w[:, ep]
-    reps = combine(parts, wg @ parts.matrix, wg.sum(axis=1))
-    mask = np.ones(ds.n_episodes, dtype=bool)
-    mask[ep] = False
-    centred = other - other.mean(axis=0, keepdims=True)
-    term = (w[:, mask] - 1.0) @ centred
-    extra = {}
-    for j, k in enumerate(Q_KEYS):
-        reps[k] = reps[k] + term[:, j]
-        extra[k] = float(np.sum(centred[:, j] ** 2))
+    parts, wg, reps, extra = level_reference(own, keys, ep, w)
     kw = {"manifest": man, "estimators": keys, "q_model": "tabular_stationary", "n_boot": 200,
           "random_state": 5, "chunk_rows": 2000, "groups": ["site"]}
     pct = evaluate_stream(path, policy, ci_method="percentile", **kw)
