@@ -90,6 +90,8 @@ def test_refuses_to_overwrite_without_force(app, files):
     (["--fair-action", "colour=red"], "Unknown action component 'colour'"),
     (["--param", "betta=0.3"], "Unknown learner setting for awr"),
     (["--param", "beta"], "--param must look like KEY=VALUE"),
+    (["--algo", "cql", "--fair-action", "kind=c", "--param", "policy=greedy"],
+     "The 'policy' parameter of CQLConfig must be 'softmax' when fair_lambda > 0."),
 ])
 def test_bad_flags_give_one_line_errors(app, files, extra, message):
     res = runner.invoke(app, ["train", str(files / "panel.parquet"), "--manifest",

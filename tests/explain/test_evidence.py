@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pytest
 
+from equicare.exceptions import InvalidParameterError
 from equicare.explain import ExplainConfig, explain_policy, fidelity, support_share
 from tests.explain import tree_sim
 
@@ -121,9 +122,10 @@ def test_support_share():
     ({"rare_threshold": 0.0}, "The 'rare_threshold' parameter of ExplainConfig must be a number "
                               "in (0, 1]. Got 0.0 instead."),
     ({"q_model": "forest"}, "The 'q_model' parameter of ExplainConfig must be 'auto', 'linear'"),
+    ({"estimators": ()}, "ExplainConfig.estimators needs at least one estimator."),
 ])
 def test_bad_config(kwargs, message):
-    with pytest.raises(ValueError, match=re.escape(message)):
+    with pytest.raises(InvalidParameterError, match=re.escape(message)):
         ExplainConfig(**kwargs)
 
 

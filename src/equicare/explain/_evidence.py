@@ -36,7 +36,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
-from equicare.exceptions import DataValidationError
+from equicare.exceptions import DataValidationError, InvalidParameterError
 from equicare.explain._distill import DistillConfig, Distiller, choice_weights, source_q
 from equicare.explain._rules import rule_count, tree_rules
 from equicare.ope._prepare import check_q_model
@@ -129,7 +129,7 @@ class ExplainConfig:
                     low_inclusive=False, high_inclusive=False)
         object.__setattr__(self, "estimators", tuple(self.estimators))
         if not self.estimators:
-            raise ValueError("ExplainConfig.estimators needs at least one estimator.")
+            raise InvalidParameterError("ExplainConfig.estimators needs at least one estimator.")
         for e in self.estimators:
             check_param(e, "estimators", _OWNER, choices=_ESTIMATORS)
         check_q_model(self.q_model, _OWNER)
