@@ -331,13 +331,16 @@ def register(app: typer.Typer) -> None:
             f"{row['run_id']} {row['status']}  started {row['started']}  "
             f"seed {row['seed']}  git {row['git_revision']}", highlight=False
         )
+        message = _text(row.get("message"))
+        if row["status"] != "finished" and message:
+            console.print(f"message: {message}", highlight=False, markup=False)
         t = Table()
         for c in ("name", "group", "value", "ci_low", "ci_high"):
             t.add_column(c, overflow="fold")
         for _, r in m.iterrows():
             t.add_row(
                 r["name"],
-                str(r["group"] or ""),
+                _text(r["group"]),
                 _fmt(r["value"]),
                 _fmt(r["ci_low"]),
                 _fmt(r["ci_high"]),
@@ -375,12 +378,19 @@ def register(app: typer.Typer) -> None:
         for _, r in df.iterrows():
             t.add_row(
                 r["name"],
-                str(r["group"] or ""),
+                _text(r["group"]),
                 _fmt(r["value_a"]),
                 _fmt(r["value_b"]),
                 _fmt(r["diff"]),
             )
         print_table(t)
+
+
+def _text(v: object) -> str:
+    """A table cell: ``""`` for a missing value (``None``, ``NaN``), else ``str(v)``."""
+    if v is None or (isinstance(v, float) and v != v):
+        return ""
+    return str(v)
 
 
 def _fmt(v: object) -> str:
