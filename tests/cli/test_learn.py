@@ -103,6 +103,17 @@ def test_bad_flags_give_one_line_errors(app, files, extra, message):
     assert not (files / "never").exists()
 
 
+def test_omg_model_free_with_a_learned_reward_names_the_flags(app, files):
+    res = runner.invoke(app, ["train", str(files / "panel.parquet"), "--manifest",
+                              str(files / "manifest.toml"), "--out", str(files / "never"),
+                              "--algo", "omg", "--small", "--model-free"])
+    said = " ".join(_err(res).split())
+    assert res.exit_code == 2, said
+    assert "error: --model-free needs --reward dataset" in said
+    assert "use_model" not in said
+    assert not (files / "never").exists()
+
+
 def test_predict_with_model_from_another_dataset(app, files):
     model = files / "model_other"
     res = runner.invoke(app, ["train", str(files / "panel.parquet"), "--manifest",

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from equicare import utils
+from equicare.exceptions import InvalidParameterError
 from equicare.ope import FQEConfig, fit_fqe
 from equicare.ope._fqe import fit_fqe_logged
 from equicare.policy import TabularPolicy
@@ -147,7 +148,11 @@ def test_tabular_needs_categorical_states():
     from dataclasses import replace
 
     ds2 = replace(ds, categorical=None, categorical_names=(), categorical_levels=(), _cache={})
-    with pytest.raises(ValueError, match="needs categorical_states"):
+    from equicare.ope._fqe import MSG_TABULAR_NUMERIC
+
+    # names the command-line flag as well as the Python argument
+    assert "--q-model linear" in MSG_TABULAR_NUMERIC
+    with pytest.raises(InvalidParameterError, match=re.escape(MSG_TABULAR_NUMERIC)):
         fit_fqe(ds2, np.full((ds2.n_steps, 2), 0.5), FQEConfig(model="tabular"))
 
 

@@ -475,12 +475,17 @@ def cell_columns(dataset: TrajectoryDataset, columns: tuple[str, ...] | None
     return column_positions(dataset, columns, "The tabular Q-model's cells")
 
 
+#: The tabular Q-models on a panel without categorical states (named for the command line too).
+MSG_TABULAR_NUMERIC = ("The tabular Q-model needs categorical_states in the dataset (manifest); "
+                       "for numeric states use the linear Q-model (--q-model linear on the "
+                       "command line, q_model='linear' in Python).")
+
+
 def _cells(dataset: TrajectoryDataset, columns: tuple[str, ...] | None = None
            ) -> tuple[NDArray[np.int64], int]:
     """Cell (combination of the ``columns``' levels) of every row, and the number of cells."""
     if dataset.categorical is None or dataset.categorical.shape[1] == 0:
-        raise InvalidParameterError("The tabular Q-model needs categorical_states in the dataset "
-                         "(use q_model='linear' for numeric states).")
+        raise InvalidParameterError(MSG_TABULAR_NUMERIC)
     cols = list(cell_columns(dataset, columns))
     sizes = tuple(len(dataset.categorical_levels[j]) for j in cols)
     return (np.asarray(np.ravel_multi_index(dataset.categorical[:, cols].T, sizes),
