@@ -64,3 +64,36 @@ def test_json_safe_turns_missing_and_infinite_numbers_into_null():
     got = json_safe({"a": [np.nan, 1.0, np.float32("inf"), np.int64(3), np.array([1.0, np.nan]),
                            pd.NA, pd.NaT, None, "x", (2, -math.inf)]})
     assert got == {"a": [None, 1.0, None, 3, [1.0, None], None, None, None, "x", [2, None]]}
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder): (p.stat().st_mtime_ns, p.read_bytes())
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_report_elsewhere_leaves_the_archived_run_folder_alone(tmp_path):
+    """``report RUN --out other.html`` embeds its figures and writes nothing in the run folder
+    (it used to rewrite the run's figures/ in place); the run's own report.html (--force) still
+    refreshes its figures."""
+    from equicare.fairness import audit
+    from tests.fairness.conftest import random_panel
+
+    ds = random_panel(60, 0)
+    res = audit(ds, {}, action="modality=home_visit", group="race", n_boot=20, n_permutations=0,
+                random_state=0)
+    s = RunStore(tmp_path / "runs")
+    rid = s.start({"name": "r"}, name="r", seed=0)
+    (s.partial_dir(rid) / "audit.json").write_text(json.dumps(res.to_dict()))
+    run_dir = s.finish(rid, [Metric("audit.rate.behavior", 0.1)])
+    before = _snapshot(run_dir)
+    other = tmp_path / "elsewhere" / "other.html"
+    other.parent.mkdir()
+    res = runner.invoke(app, ["report", rid, "--store", str(s.root), "--out", str(other)])
+    assert res.exit_code == 0, res.output
+    assert _snapshot(run_dir) == before  # nothing written, nothing touched
+    html = other.read_text()
+    assert html.count("data:image/png;base64,") >= 2  # the figures are in the page
+    assert sorted(p.name for p in other.parent.iterdir()) == ["other.html"]
+    res = runner.invoke(app, ["report", rid, "--store", str(s.root), "--force"])
+    assert res.exit_code == 0, res.output
+    assert (run_dir / "figures" / "allocation.png").is_file()

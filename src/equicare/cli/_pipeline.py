@@ -220,8 +220,9 @@ def register(app: typer.Typer) -> None:
             help="Run id, a unique prefix, latest or latest~N.")],
         store: Annotated[Path, typer.Option(help=_STORE_HELP)] = Path("runs"),
         out: Annotated[Path | None, typer.Option(
-            "--out", "-o", help="Write the report here (default: report.html in the run's "
-                                "folder).")] = None,
+            "--out", "-o", help="Write the report here, figures embedded; the run's folder "
+                                "is left as it is (default: report.html in the run's folder, "
+                                "with --force).")] = None,
         force: Force = False,
         json_out: JsonOut = False,
         threads: Threads = "auto",
@@ -256,7 +257,12 @@ def register(app: typer.Typer) -> None:
                 with atomic_write(path, "wb") as fh:
                     fh.write(html)
             else:
-                build_run_report(d, run_id=row["run_id"], config=row["config"]).write(path)
+                # A finished run's folder is an archive: a report written elsewhere embeds its
+                # figures and writes no copies (they went to the run's figures/ before);
+                # only the run's own report.html (--force) refreshes the run's figures.
+                in_place = path.resolve() == (d / "report.html").resolve()
+                build_run_report(d, run_id=row["run_id"], config=row["config"],
+                                 figure_copies=in_place).write(path)
         if json_out:
             print_json({"run_id": row["run_id"], "report": str(path)})
             return
