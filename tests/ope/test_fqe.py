@@ -156,6 +156,19 @@ def test_tabular_needs_categorical_states():
         fit_fqe(ds2, np.full((ds2.n_steps, 2), 0.5), FQEConfig(model="tabular"))
 
 
+def test_a_singular_stationary_table_is_a_user_error_naming_the_flag(monkeypatch):
+    import equicare.ope._fqe as fqe_mod
+    from equicare.ope._fqe import MSG_SINGULAR_STATIONARY
+
+    mdp = small_mdp(end=False, horizon=1)
+    ds = mdp.sample(BEHAVIOR, 50, seed=0)
+    monkeypatch.setattr(fqe_mod, "solve_lstd", lambda *a, **k: None)  # no solution, even ridged
+    assert "--q-model tabular_backward" in MSG_SINGULAR_STATIONARY
+    with pytest.raises(InvalidParameterError, match=re.escape(MSG_SINGULAR_STATIONARY)):
+        fit_fqe(ds, TabularPolicy(TARGET).action_probs(ds),
+                FQEConfig(model="tabular", horizon="stationary"))
+
+
 def _care_data():
     from equicare.sim.care import CareConfig, CareManagementSim
 

@@ -112,7 +112,7 @@ def test_presets_cover_the_grid() -> None:
     assert {c.n_states for c in cfgs} == {50, 700, 5000}
     assert {c.n_actions for c in cfgs} == {5, 25, 100}
     assert {c.gamma for c in cfgs} == {1.0, 0.99}
-    with pytest.raises(ValueError, match="Unknown Garnet preset"):
+    with pytest.raises(InvalidParameterError, match="Unknown Garnet preset"):
         garnet_preset("nope")
 
 

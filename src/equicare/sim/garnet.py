@@ -186,7 +186,8 @@ GARNET_PRESETS: dict[str, GarnetConfig] = {
 def garnet_preset(name: str) -> GarnetConfig:
     """The named configuration of :data:`GARNET_PRESETS` (``"s700_a25_g1"`` ...)."""
     if name not in GARNET_PRESETS:
-        raise ValueError(f"Unknown Garnet preset {name!r}; known: {sorted(GARNET_PRESETS)}.")
+        raise InvalidParameterError(
+            f"Unknown Garnet preset {name!r}; known: {sorted(GARNET_PRESETS)}.")
     return GARNET_PRESETS[name]
 
 
