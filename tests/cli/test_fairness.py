@@ -115,3 +115,12 @@ def test_frontier_command(app, panel, tmp_path) -> None:
     r2 = _run(app, ["frontier", str(panel["data"]), "--manifest", str(panel["manifest"]),
                     "--lambdas", "0,x"])
     assert r2.exit_code == 2 and "--lambdas must be comma-separated numbers" in r2.output
+
+
+def test_a_missing_interval_prints_nothing():
+    """A null Gini has a null interval: the table shows '-', not '- [-, -]'."""
+    from equicare.cli._fairness import _ci, _fmt
+
+    nan = float("nan")
+    assert f"{_fmt(nan, 1, 3)} {_ci((nan, nan), 1, 3)}".strip() == "-"
+    assert _ci((0.01, 0.03), 1, 3) == "[0.010, 0.030]"

@@ -90,6 +90,8 @@ def test_refuses_to_overwrite_without_force(app, files):
     (["--fair-action", "colour=red"], "Unknown action component 'colour'"),
     (["--param", "betta=0.3"], "Unknown learner setting for awr"),
     (["--param", "beta"], "--param must look like KEY=VALUE"),
+    (["--algo", "cql", "--fair-action", "kind=c", "--param", "policy=greedy"],
+     "The 'policy' parameter of CQLConfig must be 'softmax' when fair_lambda > 0."),
 ])
 def test_bad_flags_give_one_line_errors(app, files, extra, message):
     res = runner.invoke(app, ["train", str(files / "panel.parquet"), "--manifest",
@@ -98,6 +100,17 @@ def test_bad_flags_give_one_line_errors(app, files, extra, message):
     assert res.exit_code == 2
     assert message in _err(res)
     assert "Traceback" not in _err(res)
+    assert not (files / "never").exists()
+
+
+def test_omg_model_free_with_a_learned_reward_names_the_flags(app, files):
+    res = runner.invoke(app, ["train", str(files / "panel.parquet"), "--manifest",
+                              str(files / "manifest.toml"), "--out", str(files / "never"),
+                              "--algo", "omg", "--small", "--model-free"])
+    said = " ".join(_err(res).split())
+    assert res.exit_code == 2, said
+    assert "error: --model-free needs --reward dataset" in said
+    assert "use_model" not in said
     assert not (files / "never").exists()
 
 

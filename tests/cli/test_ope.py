@@ -59,6 +59,25 @@ def test_evaluate_writes_contract_3(files):
     assert not list(files["dir"].glob(".result.json*"))  # atomic write leaves no temp file
 
 
+def test_the_result_file_is_strict_json(files, monkeypatch):
+    """A value that cannot be computed is null in the result file, never NaN (not JSON)."""
+    from equicare.ope._evaluate import EvaluationResult
+
+    real = EvaluationResult.to_dict
+
+    def with_nan(self):
+        d = real(self)
+        d["ess"]["kish"] = float("nan")
+        return d
+
+    monkeypatch.setattr(EvaluationResult, "to_dict", with_nan)
+    res, out = _run(files, "--estimators", "wis")
+    assert res.exit_code == 0, res.output
+    text = out.read_text()
+    assert "NaN" not in text
+    assert json.loads(text)["ess"]["kish"] is None
+
+
 def test_refuses_to_overwrite_without_force(files):
     out = files["dir"] / "result.json"
     out.write_text("keep me")

@@ -105,6 +105,16 @@ def test_capacity_command(app, tmp_path):
     assert fig.stat().st_size > 1000
 
 
+def test_capacity_without_a_goal_names_the_flag(app):
+    res = runner.invoke(app, ["capacity", "--domain", "synthetic", "--target-share", "0.5",
+                              "--seeds", "3"])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 2, res.output
+    assert said.startswith("error: --goal is needed: domain 'synthetic' defines no high-risk "
+                           "states"), said
+    assert "goal_states" not in said and "or names (bad, good)." in said
+
+
 def test_parse_budget():
     assert parse_budget("0.2") == 0.2 and parse_budget("20") == 20 and parse_budget("1") == 1
     assert parse_budget("1.0") == 1.0

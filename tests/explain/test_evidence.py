@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pytest
 
+from equicare.exceptions import InvalidParameterError
 from equicare.explain import ExplainConfig, explain_policy, fidelity, support_share
 from tests.explain import tree_sim
 
@@ -48,6 +49,30 @@ def test_value_of_the_rules_matches_the_exact_truth(card_and_data):
     beh = _true_value(test, np.full(test.n_steps, 1 / 3))
     assert dr["ci"][0] > beh
     assert card.value["improvement_kept"]["dr"] > 1.0  # better than the noisy source
+
+
+def test_improvement_kept_is_only_a_share_of_a_positive_gain():
+    """Both gains negative (source -0.41, rules -1.06 against current practice) used to read
+    "257% improvement kept"; a source no better than current practice keeps nothing: n/a."""
+    from equicare.explain._evidence import improvement_kept
+
+    kept, gains = improvement_kept(1.11, {"dr": 0.70, "wis": 1.49, "fqe": 1.11},
+                                   {"dr": 0.05, "wis": 0.01, "fqe": 2.0})
+    assert kept["dr"] is None and kept["fqe"] is None
+    assert gains["dr"] == pytest.approx(-0.41)
+    assert kept["wis"] == pytest.approx((0.01 - 1.11) / (1.49 - 1.11))  # a loss: negative share
+
+
+def test_the_card_says_why_no_share_is_kept():
+    from equicare.explain._evidence import _caveats
+
+    val = {"improvement_kept": {"dr": None}, "source_gain": {"dr": -0.41}}
+    fid = {"n_test_episodes": 10}
+    sup = {"rules_pct": 0.0, "source_pct": 1.0, "check": "logged propensities"}
+    out = _caveats(fid, sup, val, "dr", ExplainConfig(), [])
+    assert ("The source policy's estimated value is not above current practice's (dr: a gain "
+            "of -0.41), so there is no improvement for the rules to keep and no share kept is "
+            "reported (n/a).") in out
 
 
 def test_the_q_model_of_the_values_is_chosen_once_by_auto(card_and_data):
@@ -121,9 +146,10 @@ def test_support_share():
     ({"rare_threshold": 0.0}, "The 'rare_threshold' parameter of ExplainConfig must be a number "
                               "in (0, 1]. Got 0.0 instead."),
     ({"q_model": "forest"}, "The 'q_model' parameter of ExplainConfig must be 'auto', 'linear'"),
+    ({"estimators": ()}, "ExplainConfig.estimators needs at least one estimator."),
 ])
 def test_bad_config(kwargs, message):
-    with pytest.raises(ValueError, match=re.escape(message)):
+    with pytest.raises(InvalidParameterError, match=re.escape(message)):
         ExplainConfig(**kwargs)
 
 

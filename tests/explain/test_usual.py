@@ -7,6 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from equicare.exceptions import InvalidParameterError
 from equicare.explain import fit_usual_care
 from equicare.explain._usual import usual_care_kind
 from tests.explain import tree_sim
@@ -24,7 +25,7 @@ def test_usual_care_cells_are_the_observed_frequencies():
     ds = tree_sim.generate(50, seed=5)
     ds.states[:, :] = ds.categorical[:, :1].astype(float)
     assert usual_care_kind(ds) == "cells"
-    with pytest.raises(ValueError, match="usual_care='cells' needs categorical states"):
+    with pytest.raises(InvalidParameterError, match="usual_care='cells' needs categorical states"):
         usual_care_kind(replace(ds, categorical=None, categorical_names=(),
                                 categorical_levels=()), "cells")
 

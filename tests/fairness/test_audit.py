@@ -195,6 +195,21 @@ def test_mixed_sign_values_give_no_gini() -> None:
     assert o.to_dict()["gini"]["value"] is None
 
 
+@pytest.mark.parametrize("ci_method", ["basic", "percentile"])
+def test_no_gini_has_no_interval(ci_method) -> None:
+    """Mixed-sign group values: the Gini is null and so is its interval, even though most
+    replicates (here all but one) share a sign and have a Gini of their own."""
+    reps = np.array([[0.5 + 0.01 * b, 2.0 + 0.02 * b] for b in range(40)] + [[-1.0, 2.0]])
+    o = OutcomeFrame(policy="p", group="g", estimator="wis", groups=("a", "b"), suppressed=(),
+                     counts=np.array([20, 20]), values=np.array([-1.0, 2.0]), value_reps=reps,
+                     overall_value=0.5, overall_reps=reps.mean(axis=1), ci_method=ci_method)
+    assert np.isnan(o.gini_ci()).all() and np.isnan(o.gini_ci(weighted=True)).all()
+    d = o.to_dict()
+    assert d["gini"] == {"value": None, "ci": None}
+    assert d["gini_weighted"] == {"value": None, "ci": None}
+    assert d["value_gap"]["ci"] is not None  # the other metrics keep theirs
+
+
 # ---------------------------------------------------------------------- care-management simulator
 def check_care_disparity(n_members: int, n_truth: int, fit_steps: int) -> None:
     import torch

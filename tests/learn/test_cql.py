@@ -66,12 +66,14 @@ def test_cql_save_load_round_trip(tmp_path, small_data):
 def test_parity_penalty_refuses_a_greedy_deployment():
     import re
 
+    from equicare.exceptions import InvalidParameterError
     from equicare.learn import CQLConfig
     from equicare.learn._cql import MSG_GREEDY_FAIR
 
-    with pytest.raises(ValueError, match=re.escape(MSG_GREEDY_FAIR)):
+    # a user mistake (the CLI's exit 2), not a plain ValueError (an "internal error")
+    with pytest.raises(InvalidParameterError, match=re.escape(MSG_GREEDY_FAIR)):
         CQLConfig(policy="greedy", fair_action="kind=c", fair_lambda=1.0)
-    with pytest.raises(ValueError, match=re.escape(MSG_GREEDY_FAIR)):
+    with pytest.raises(InvalidParameterError, match=re.escape(MSG_GREEDY_FAIR)):
         CQL(policy="greedy", fair_action="kind=c", fair_lambda=0.5)
     CQLConfig(policy="greedy", fair_action="kind=c", fair_lambda=0.0)  # no penalty: fine
     CQLConfig(policy="softmax", fair_action="kind=c", fair_lambda=1.0)

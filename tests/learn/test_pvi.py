@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from equicare.data import from_frame
-from equicare.exceptions import NotFittedError, PolicyError
+from equicare.exceptions import InvalidParameterError, NotFittedError, PolicyError
 from equicare.learn import PVI, SPIBB, PVIConfig
 from equicare.sim._garnet_cli import garnet_frame, garnet_manifest
 from equicare.sim.garnet import (
@@ -141,7 +141,7 @@ def test_save_load_config_and_errors(tmp_path) -> None:
     msg = "The 'beta' parameter of PVIConfig must be a number in [0, inf). Got -1 instead."
     with pytest.raises(ValueError, match=re.escape(msg)):
         PVIConfig(beta=-1)
-    with pytest.raises(ValueError, match="Unknown PVIConfig keys"):
+    with pytest.raises(InvalidParameterError, match="Unknown PVIConfig keys"):
         PVIConfig.from_dict({"n_wedge": 3})
     with pytest.raises(TypeError, match="PVI expects a PVIConfig"):
         PVI(config=c.to_dict())  # type: ignore[arg-type]

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from equicare.data import from_frame
-from equicare.exceptions import DataValidationError, NotFittedError
+from equicare.exceptions import DataValidationError, InvalidParameterError, NotFittedError
 from equicare.learn import SPIBB, SPIBBConfig
 from equicare.learn._spibb import MSG_NOT_DISCRETE
 from equicare.sim._garnet_cli import garnet_frame, garnet_manifest
@@ -225,6 +225,8 @@ def test_soft_variant_and_config() -> None:
         SPIBBConfig(variant="x")  # type: ignore[arg-type]
     cfg = SPIBBConfig(n_wedge=float("inf"))
     assert SPIBBConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(InvalidParameterError, match="Unknown SPIBBConfig keys"):
+        SPIBBConfig.from_dict({"n_wedge_": 3})
     with pytest.raises(NotFittedError):
         SPIBB().action_probs(ds)
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from equicare import utils
+from equicare.exceptions import InvalidParameterError
 from equicare.ope import FQEConfig, fit_fqe
 from equicare.ope._fqe import fit_fqe_logged
 from equicare.policy import TabularPolicy
@@ -147,8 +148,25 @@ def test_tabular_needs_categorical_states():
     from dataclasses import replace
 
     ds2 = replace(ds, categorical=None, categorical_names=(), categorical_levels=(), _cache={})
-    with pytest.raises(ValueError, match="needs categorical_states"):
+    from equicare.ope._fqe import MSG_TABULAR_NUMERIC
+
+    # names the command-line flag as well as the Python argument
+    assert "--q-model linear" in MSG_TABULAR_NUMERIC
+    with pytest.raises(InvalidParameterError, match=re.escape(MSG_TABULAR_NUMERIC)):
         fit_fqe(ds2, np.full((ds2.n_steps, 2), 0.5), FQEConfig(model="tabular"))
+
+
+def test_a_singular_stationary_table_is_a_user_error_naming_the_flag(monkeypatch):
+    import equicare.ope._fqe as fqe_mod
+    from equicare.ope._fqe import MSG_SINGULAR_STATIONARY
+
+    mdp = small_mdp(end=False, horizon=1)
+    ds = mdp.sample(BEHAVIOR, 50, seed=0)
+    monkeypatch.setattr(fqe_mod, "solve_lstd", lambda *a, **k: None)  # no solution, even ridged
+    assert "--q-model tabular_backward" in MSG_SINGULAR_STATIONARY
+    with pytest.raises(InvalidParameterError, match=re.escape(MSG_SINGULAR_STATIONARY)):
+        fit_fqe(ds, TabularPolicy(TARGET).action_probs(ds),
+                FQEConfig(model="tabular", horizon="stationary"))
 
 
 def _care_data():

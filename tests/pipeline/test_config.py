@@ -36,6 +36,30 @@ def test_defaults_filled():
         ),
         ({"reward": {"engagement": float("nan")}}, "reward.engagement must be a finite number"),
         ({"output": {"executor": "spark"}}, "output.executor must be one of"),
+        # values checked at load (not after training, nor under an internal parameter's name)
+        ({"frontier": {"lambdas": ["a"]}},
+         "run.toml: frontier.lambdas must be a list of numbers >= 0, got 'a' in ['a']."),
+        ({"frontier": {"lambdas": [0, "0.5"]}}, "frontier.lambdas must be a list of numbers"),
+        ({"frontier": {"lambdas": [0.5, 2], "kind": "group_robust"}},
+         "frontier.lambdas must be a list of numbers in [0, 1] (frontier.kind = "
+         "'group_robust'), got 2"),
+        ({"audit": {"permutations": -5}},
+         "run.toml: audit.permutations must be an integer >= 0 (0: no permutation test), "
+         "got -5."),
+        ({"ope": {"truncate": -1}},
+         "run.toml: ope.truncate must be a number >= 0 (0: no truncation), got -1."),
+        ({"ope": {"truncate": float("nan")}}, "ope.truncate must be a number >= 0"),
+        ({"ope": {"bootstrap": -1}}, "run.toml: ope.bootstrap must be an integer >= 0, got -1."),
+        ({"output": {"jobs": 0}},
+         "run.toml: output.jobs must be an integer >= 1 (or -1: every core), got 0."),
+        ({"plan": {"arms": -3}}, "run.toml: plan.arms must be an integer >= 1, got -3."),
+        ({"plan": {"seeds": 0}}, "run.toml: plan.seeds must be an integer >= 1, got 0."),
+        ({"plan": {"budget": 1.5}}, "run.toml: plan.budget must be a share in [0, 1]"),
+        ({"plan": {"policies": ["opt", "bogus"]}},
+         "run.toml: plan.policies has unknown policy 'bogus'; allowed: noact, random, opt"),
+        ({"data": {"synthetic": {"members": 0}}},
+         "run.toml: data.synthetic.members must be an integer >= 1, got 0."),
+        ({"seed": -1}, "run.toml: seed must be an integer >= 0, got -1."),
     ],
 )
 def test_errors(d, msg):
@@ -74,3 +98,9 @@ def test_to_toml_round_trips_and_show_config_applies_set(tmp_path):
     got = load_run_config(out)
     assert got.to_dict() == want.with_overrides({"seed": 3}).to_dict()
     assert got["learner"]["n_steps"] == 5 and got["seed"] == 3
+
+
+def test_values_in_range_pass():
+    cfg = RunConfig.from_dict({"frontier": {"lambdas": [0, 0.5, 3]}, "output": {"jobs": -1},
+                               "plan": {"budget": 5, "arms": 20}, "ope": {"truncate": 0}})
+    assert cfg["frontier"]["lambdas"] == [0, 0.5, 3] and cfg["plan"]["budget"] == 5

@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pytest
 
+from equicare.exceptions import EquicareError
 from equicare.fairness import pareto_mask
 
 from ..fairness.conftest import random_panel
@@ -96,13 +97,17 @@ def test_frontier_grid_and_pareto(panel) -> None:
     ({"weight": "group_robust", "lambdas": [0.0, 2.0]},
      "The 'lambdas' parameter of frontier must be numbers in [0, 1]. Got 2.0 instead."),
     ({"lambdas": []}, "The 'lambdas' parameter of frontier must be a non-empty sequence"),
+    ({"lambdas": ["a"]}, "The 'lambdas' parameter of frontier must be a non-empty sequence of "
+                         "numbers. Got ['a'] instead."),
+    ({"lambdas": [0.0, "0.5"]}, "The 'lambdas' parameter of frontier must be a non-empty "
+                                "sequence of numbers."),
     ({"weight": "dp"}, "The 'weight' parameter of frontier must be one of"),
     ({"action": "modality=teleport"}, "Unknown level(s) ['teleport'] of action component"),
 ])
 def test_frontier_bad_inputs(panel, kwargs, message) -> None:
     from equicare.fairness import frontier
 
-    with pytest.raises(ValueError, match=re.escape(message)):
+    with pytest.raises(EquicareError, match=re.escape(message)):  # a user mistake: exit 2
         frontier(panel, **{"learner": "bc", **kwargs})
 
 

@@ -202,6 +202,15 @@ def test_a_user_panel_gets_a_default_audit_action_and_a_wrong_one_fails_before_t
     assert "[audit] action 'modality=home_visit' does not fit the panel" in said, said
     assert "known components: ['action']" in said
     assert not list((tmp_path / "runs").glob("*/model"))  # failed before training
+    # [audit] group / intersect: checked when the data loads too, naming the file and key
+    for key in ("group", "intersect"):
+        bad.write_text(base.replace("permutations = 0", f'permutations = 0\n{key} = "race"'))
+        res = runner.invoke(app, ["run", str(bad), "--no-progress"])
+        said = " ".join(res.output.split())
+        assert res.exit_code == 2, res.output
+        assert (f"{bad}: [audit] {key} 'race' is not a group attribute of the panel; expected "
+                "one of ['") in said, said
+        assert not list((tmp_path / "runs").glob("*/model"))
     good = tmp_path / "good.toml"
     good.write_text(base)
     panel = pd.read_parquet(d / "panel.parquet")  # five episodes in a group of their own

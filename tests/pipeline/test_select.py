@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from equicare.data import from_frame
+from equicare.exceptions import InvalidParameterError
 from equicare.pipeline._select import SELECTION_FILE, SelectConfig, select_policy
 from equicare.sim._garnet_cli import garnet_frame, garnet_manifest
 from equicare.sim.garnet import (
@@ -164,7 +165,7 @@ def test_pvi_candidates_take_an_optional_min_count() -> None:
                                               "pvi_b0.3_k5"]
     assert specs[0][2]["min_count"] == 10 and "min_count" not in specs[1][2]
     for bad in ([0.3, 20, 1, 0.1, 0], [0.3, 20, 1, 0.1, 2.5], [0.3, 20, 1, 0.1, 3, 1]):
-        with pytest.raises(ValueError, match="min_count an int >= 1"):
+        with pytest.raises(InvalidParameterError, match="min_count an int >= 1"):
             SelectConfig(pvi=[bad])
 
 
@@ -187,7 +188,7 @@ def test_bonferroni_puts_every_bound_at_alpha_over_the_number_of_candidates() ->
         assert b_.lcb_gain < p_.lcb_gain
     passed = {c.name for c in plain.candidates if c.lcb_gain > 0}
     assert {c.name for c in bonf.candidates if c.lcb_gain > 0} <= passed
-    with pytest.raises(ValueError, match="bootstrap >= 300"):  # refused before any work
+    with pytest.raises(InvalidParameterError, match="bootstrap >= 300"):  # before any work
         SelectConfig(bootstrap=200, multiplicity="bonferroni", **base)
     with pytest.raises(ValueError, match="multiplicity"):
         SelectConfig(multiplicity="holm")

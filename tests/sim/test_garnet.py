@@ -9,6 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from equicare.exceptions import InvalidParameterError
 from equicare.sim.garnet import (
     GARNET_PRESETS,
     GarnetConfig,
@@ -111,7 +112,7 @@ def test_presets_cover_the_grid() -> None:
     assert {c.n_states for c in cfgs} == {50, 700, 5000}
     assert {c.n_actions for c in cfgs} == {5, 25, 100}
     assert {c.gamma for c in cfgs} == {1.0, 0.99}
-    with pytest.raises(ValueError, match="Unknown Garnet preset"):
+    with pytest.raises(InvalidParameterError, match="Unknown Garnet preset"):
         garnet_preset("nope")
 
 
@@ -119,7 +120,7 @@ def test_config_checks_and_round_trip() -> None:
     msg = "The 'n_states' parameter of GarnetConfig must be an int >= 2. Got 1 instead."
     with pytest.raises(ValueError, match=re.escape(msg)):
         GarnetConfig(n_states=1)
-    with pytest.raises(ValueError, match="Unknown GarnetConfig keys"):
+    with pytest.raises(InvalidParameterError, match="Unknown GarnetConfig keys"):
         GarnetConfig.from_dict({"n_state": 3})
     assert GarnetConfig.from_dict(SMALL.to_dict()) == SMALL
     mdp = GarnetMDP(SMALL, random_state=0)

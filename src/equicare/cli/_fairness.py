@@ -150,7 +150,9 @@ def _fmt(v: float | None, scale: float = 1.0, digits: int = 2) -> str:
 
 
 def _ci(ci: tuple[float, float] | None, scale: float = 1.0, digits: int = 2) -> str:
-    if ci is None:
+    import math
+
+    if ci is None or not any(math.isfinite(b) for b in ci):  # no interval (e.g. no Gini)
         return ""
     return f"[{_fmt(ci[0], scale, digits)}, {_fmt(ci[1], scale, digits)}]"
 

@@ -451,6 +451,9 @@ def register(app: "typer.Typer") -> None:
             return
         if algo is Algo.OMG:
             not_applicable(offline, "--algo omg")
+            if model_free and (reward or OmgReward.LEARNED) is OmgReward.LEARNED:
+                fail("--model-free needs --reward dataset: the learned reward (guided cost "
+                     "learning, the default --reward learned) trains on model rollouts.")
             from equicare.cli._dosing import build_omg_config, stage_progress, train_omg
 
             with user_errors():

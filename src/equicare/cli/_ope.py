@@ -196,7 +196,10 @@ def run_evaluate(
     payload = res.to_dict()
     payload["inputs"] = {"data": str(data), "manifest": str(manifest), "policy": str(policy)}
     if out is not None:
-        atomic_write_text(out, json.dumps(payload, indent=2, allow_nan=True) + "\n")
+        from equicare.cli._utils import json_safe
+
+        # the contract's "a value that cannot be computed is null" (NaN is not JSON)
+        atomic_write_text(out, json.dumps(json_safe(payload), indent=2, allow_nan=False) + "\n")
     msgs = list(dict.fromkeys(str(w.message) for w in caught
                               if not issubclass(w.category, DeprecationWarning)))
     return res, msgs

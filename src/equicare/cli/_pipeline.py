@@ -229,8 +229,9 @@ def register(app: typer.Typer) -> None:
             help="Run id, a unique prefix, latest or latest~N.")],
         store: Annotated[Path, typer.Option(help=_STORE_HELP)] = Path("runs"),
         out: Annotated[Path | None, typer.Option(
-            "--out", "-o", help="Write the report here (default: report.html in the run's "
-                                "folder).")] = None,
+            "--out", "-o", help="Write the report here, figures embedded; the run's folder "
+                                "is left as it is (default: report.html in the run's folder, "
+                                "with --force).")] = None,
         force: Force = False,
         json_out: JsonOut = False,
         threads: Threads = "auto",
@@ -264,7 +265,12 @@ def register(app: typer.Typer) -> None:
                 with atomic_write(path, "wb") as fh:
                     fh.write(html)
             else:
-                build_run_report(d, run_id=row["run_id"], config=row["config"]).write(path)
+                # A finished run's folder is an archive: a report written elsewhere embeds its
+                # figures and writes no copies (they went to the run's figures/ before);
+                # only the run's own report.html (--force) refreshes the run's figures.
+                in_place = path.resolve() == (d / "report.html").resolve()
+                build_run_report(d, run_id=row["run_id"], config=row["config"],
+                                 figure_copies=in_place).write(path)
         if json_out:
             print_json({"run_id": row["run_id"], "report": str(path)})
             return
@@ -337,13 +343,16 @@ def register(app: typer.Typer) -> None:
             f"{row['run_id']} {row['status']}  started {row['started']}  "
             f"seed {row['seed']}  git {row['git_revision']}", highlight=False
         )
+        message = _text(row.get("message"))
+        if row["status"] != "finished" and message:
+            console.print(f"message: {message}", highlight=False, markup=False)
         t = Table()
         for c in ("name", "group", "value", "ci_low", "ci_high"):
             t.add_column(c, overflow="fold")
         for _, r in m.iterrows():
             t.add_row(
                 r["name"],
-                str(r["group"] or ""),
+                _text(r["group"]),
                 _fmt(r["value"]),
                 _fmt(r["ci_low"]),
                 _fmt(r["ci_high"]),
@@ -390,7 +399,7 @@ def register(app: typer.Typer) -> None:
         for _, r in df.iterrows():
             t.add_row(
                 r["name"],
-                str(r["group"] or ""),
+                _text(r["group"]),
                 _fmt(r["value_a"]),
                 _fmt(r["value_b"]),
                 _fmt(r["diff"]),
@@ -408,6 +417,13 @@ def _existing_store(store: Path) -> Any:
             f"No run store at {store} (no equicare.duckdb there); runs are stored where "
             "`equicare run --store` or the config's [output] store put them (default: runs).")
     return RunStore(store)
+
+
+def _text(v: object) -> str:
+    """A table cell: ``""`` for a missing value (``None``, ``NaN``), else ``str(v)``."""
+    if v is None or (isinstance(v, float) and v != v):
+        return ""
+    return str(v)
 
 
 def _fmt(v: object) -> str:

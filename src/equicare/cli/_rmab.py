@@ -23,6 +23,7 @@ from equicare.cli._utils import (
     Threads,
     check_out_paths,
     console,
+    fail,
     print_json,
     print_table,
     user_errors,
@@ -369,6 +370,11 @@ def register(app: typer.Typer) -> None:
             d = build_domain(None if domain is None else domain.value, domain_file=domain_file,
                              from_panel=from_panel, manifest=manifest, arms=arms,
                              horizon=horizon, alpha=alpha, experiment=experiment, seed=seed)
+            if goal is None and d.high_risk is None:  # say it with the flag, not goal_states
+                names = f" ({', '.join(d.state_names)})" if d.state_names else ""
+                fail(f"--goal is needed: domain {d.name!r} defines no high-risk states whose "
+                     f"complement would be the default goal; give --goal with comma-separated "
+                     f"state codes 0..{d.n_states - 1} or names{names}.")
             bl = None if budgets is None else [parse_budget(b) for b in budgets.split(",")]
             res = run_capacity(d, target=target_share,
                                goal_states=None if goal is None else goal.split(","),

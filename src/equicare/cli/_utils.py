@@ -38,7 +38,7 @@ from typer.exceptions import Exit as TyperExit
 
 from equicare.exceptions import DataValidationError, EquicareError
 
-__all__ = ["console", "err_console", "fail", "info", "user_errors", "print_json",
+__all__ = ["console", "err_console", "fail", "info", "user_errors", "print_json", "json_safe",
            "check_out_path", "check_out_paths", "print_table", "not_applicable", "EquicareGroup",
            "thread_plan", "thread_limits", "Threads", "Force", "JsonOut", "Seed", "Progress",
            "DEPRECATED_OPTIONS", "OUT_EXISTS"]
@@ -113,9 +113,33 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(code=2) from None
 
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every missing or non-finite number as ``None`` (JSON ``null``).
+
+    ``NaN`` and ``Infinity`` are not JSON (RFC 8259): a strict parser (``jq``, JavaScript's
+    ``JSON.parse``) refuses the whole document. Frames turned into records carry ``NaN`` for a
+    missing cell, and pandas' ``NA`` / ``NaT`` are missing too.
+    """
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, float) or type(obj).__name__.startswith("float"):
+        try:
+            f = float(obj)
+        except (TypeError, ValueError):
+            return obj
+        return f if f == f and f not in (float("inf"), float("-inf")) else None
+    if type(obj).__name__ in ("NAType", "NaTType"):
+        return None
+    if type(obj).__module__ == "numpy" and hasattr(obj, "tolist"):  # numpy scalars and arrays
+        return json_safe(obj.tolist())
+    return obj
+
+
 def print_json(obj: Any) -> None:
-    """Print machine-readable JSON on stdout."""
-    typer.echo(json.dumps(obj, indent=2, default=str, allow_nan=True))
+    """Print machine-readable JSON on stdout (``NaN`` and infinities as ``null``)."""
+    typer.echo(json.dumps(json_safe(obj), indent=2, default=str, allow_nan=False))
 
 
 def check_out_path(path: Path | None, force: bool) -> None:

@@ -36,7 +36,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
-from equicare.exceptions import DataValidationError
+from equicare.exceptions import DataValidationError, InvalidParameterError
 from equicare.explain._distill import DistillConfig, Distiller, choice_weights, source_q
 from equicare.explain._rules import rule_count, tree_rules
 from equicare.ope._prepare import check_q_model
@@ -130,7 +130,7 @@ class ExplainConfig:
                     low_inclusive=False, high_inclusive=False)
         object.__setattr__(self, "estimators", tuple(self.estimators))
         if not self.estimators:
-            raise ValueError("ExplainConfig.estimators needs at least one estimator.")
+            raise InvalidParameterError("ExplainConfig.estimators needs at least one estimator.")
         for e in self.estimators:
             check_param(e, "estimators", _OWNER, choices=_ESTIMATORS)
         check_q_model(self.q_model, _OWNER)
@@ -492,13 +492,11 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
         r["test_share"] = n_k / max(test.n_steps, 1)
         r["test_agreement"] = None if n_k == 0 else a_k / n_k
     beh = src_val.behavior
-    kept: dict[str, float | None] = {}
-    for k in cfg.estimators:
-        gain_src = src_val.estimates[k].value - beh.value
-        gain_rules = rules_val.estimates[k].value - beh.value
-        kept[k] = None if abs(gain_src) < 1e-12 else float(gain_rules / gain_src)
+    kept, gains = improvement_kept(
+        beh.value, {k: src_val.estimates[k].value for k in cfg.estimators},
+        {k: rules_val.estimates[k].value for k in cfg.estimators})
     val = {"behavior": beh.to_dict(), "source": _est(src_val), "rules": _est(rules_val),
-           "improvement_kept": kept, "estimator_for_frontier": key,
+           "improvement_kept": kept, "source_gain": gains, "estimator_for_frontier": key,
            "q_model": q_name, "q_model_selection": q_selection,
            "propensities": "logged" if test.behavior_prob is not None else "estimated"}
     sup = {"threshold": cfg.rare_threshold, "check": support_check,
@@ -529,6 +527,42 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
                       caveats=caveats, settings=cfg.to_dict())
 
 
+def improvement_kept(behavior: float, source: dict[str, float], rules: dict[str, float]
+                     ) -> tuple[dict[str, float | None], dict[str, float]]:
+    r"""Share of the source policy's estimated gain over current practice that the rules keep.
+
+    .. math::
+
+        \text{kept} = \frac{V(\text{rules}) - V(\text{behaviour})}
+                            {V(\text{source}) - V(\text{behaviour})}
+
+    Only defined when the source policy improves on current practice: a source gain <= 0
+    (within ``1e-12``) gives ``None``, since a ratio of two losses ("257% kept" when both are
+    negative) or of a loss and a gain has no meaning as a share kept.
+
+    Parameters
+    ----------
+    behavior : float
+        Estimated value of current practice.
+    source, rules : dict of str to float
+        Estimated values of the source policy and of the rules, by estimator.
+
+    Returns
+    -------
+    kept : dict of str to float or None
+        The share by estimator (``None`` where the source gain is <= 0).
+    gains : dict of str to float
+        The source policy's gain over current practice by estimator.
+    """
+    kept: dict[str, float | None] = {}
+    gains: dict[str, float] = {}
+    for k, v in source.items():
+        gain_src = float(v - behavior)
+        gains[k] = gain_src
+        kept[k] = None if not gain_src > 1e-12 else float((rules[k] - behavior) / gain_src)
+    return kept, gains
+
+
 def _caveats(fid: dict[str, Any], sup: dict[str, Any], val: dict[str, Any], key: str,
              cfg: ExplainConfig, msgs: list[str]) -> list[str]:
     out = [
@@ -546,6 +580,11 @@ def _caveats(fid: dict[str, Any], sup: dict[str, Any], val: dict[str, Any], key:
         f"Subgroups with fewer than {cfg.min_cell} episodes are suppressed in every table.",
     ]
     kept = val["improvement_kept"].get(key)
+    gain = val.get("source_gain", {}).get(key)
+    if gain is not None and not gain > 1e-12:
+        out.append(f"The source policy's estimated value is not above current practice's "
+                   f"({key}: a gain of {gain:+.3g}), so there is no improvement for the rules "
+                   "to keep and no share kept is reported (n/a).")
     if kept is not None and kept < 0.8:
         out.append(f"The rules keep only {round(100 * kept) or 0}% of the source policy's "
                    "estimated "

@@ -27,6 +27,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
+from equicare.exceptions import InvalidParameterError
 from equicare.explain._features import feature_records
 from equicare.policy._cells import CellPolicy, cell_codes
 from equicare.policy._tree import TreePolicy, tree_features
@@ -51,8 +52,8 @@ def usual_care_kind(dataset: TrajectoryDataset, kind: UsualKind = "auto") -> str
     has_cat = dataset.categorical is not None and len(dataset.categorical_names) > 0
     if kind != "auto":
         if kind == "cells" and not has_cat:
-            raise ValueError("usual_care='cells' needs categorical states; the data has none "
-                             "(use 'tree').")
+            raise InvalidParameterError("usual_care='cells' needs categorical states; the data "
+                                        "has none (use 'tree').")
         return kind
     if not has_cat:
         return "tree"

@@ -134,8 +134,15 @@ class OutcomeFrame:
         return float(gini(self.values, w))
 
     def gini_ci(self, weighted: bool = False) -> tuple[float, float]:
-        """Interval of :meth:`gini` (replicate group sizes as weights when ``weighted``)."""
+        """Interval of :meth:`gini` (replicate group sizes as weights when ``weighted``).
+
+        ``(nan, nan)`` when :meth:`gini` is NaN (group values of mixed sign have no Gini): the
+        replicates whose values happen to share a sign say nothing about a Gini that does not
+        exist (a percentile interval of them used to be reported around a null value).
+        """
         reps = self._need(self.value_reps)
+        if not np.isfinite(self.gini(weighted)):
+            return (float("nan"), float("nan"))
         w = None
         if weighted:
             w = self.count_reps if self.count_reps is not None else self.counts.astype(float)
@@ -156,8 +163,8 @@ class OutcomeFrame:
 
         def entry(v: float, ci: tuple[float, float] | None) -> dict[str, Any]:
             d: dict[str, Any] = {"value": _num(v)}
-            if ci is not None:
-                d["ci"] = [_num(ci[0]), _num(ci[1])]
+            if ci is not None:  # no value (a Gini of mixed-sign values): no interval either
+                d["ci"] = None if d["value"] is None else [_num(ci[0]), _num(ci[1])]
             return d
 
         vbg: dict[str, Any] = {}

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from equicare.exceptions import InvalidParameterError
 from equicare.learn._base import LearnerConfig, OfflineLearner
 from equicare.learn._data import TrainData
 from equicare.models._inputs import batched_forward
@@ -84,7 +85,7 @@ class CQLConfig(LearnerConfig):
                     expected="an int >= 1")
         check_param(self.td_loss, "td_loss", o, choices=("mse", "huber"))
         if self.policy == "greedy" and self.fair_lambda > 0:
-            raise ValueError(MSG_GREEDY_FAIR)
+            raise InvalidParameterError(MSG_GREEDY_FAIR)
 
 
 class CQL(OfflineLearner):

@@ -42,6 +42,7 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from equicare.data._cells import check_cells
+from equicare.exceptions import InvalidParameterError
 from equicare.learn._spibb import BEHAVIOR_MODES, SPIBB, CellModel
 from equicare.utils import check_param, config_to_dict
 
@@ -127,7 +128,8 @@ class PVIConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"Unknown PVIConfig keys {unknown}; known: {sorted(known)}.")
+            raise InvalidParameterError(
+                f"Unknown PVIConfig keys {unknown}; known: {sorted(known)}.")
         return cls(**d)
 
 

@@ -28,7 +28,12 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from equicare.data._cells import check_cells, resolve_cells, thin_cells_message
-from equicare.exceptions import DataValidationError, DataWarning, PolicyError
+from equicare.exceptions import (
+    DataValidationError,
+    DataWarning,
+    InvalidParameterError,
+    PolicyError,
+)
 from equicare.policy._cells import CellPolicy, cell_codes
 from equicare.utils import check_is_fitted, check_param, config_to_dict
 
@@ -127,7 +132,8 @@ class SPIBBConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"Unknown SPIBBConfig keys {unknown}; known: {sorted(known)}.")
+            raise InvalidParameterError(
+                f"Unknown SPIBBConfig keys {unknown}; known: {sorted(known)}.")
         d = dict(d)
         if d.get("n_wedge") == "inf":
             d["n_wedge"] = float("inf")

@@ -475,12 +475,22 @@ def cell_columns(dataset: TrajectoryDataset, columns: tuple[str, ...] | None
     return column_positions(dataset, columns, "The tabular Q-model's cells")
 
 
+#: The stationary tabular system has no solution on this panel (a closed loop, gamma 1).
+MSG_SINGULAR_STATIONARY = ("The stationary tabular FQE system is singular; use the backward "
+                           "table (--q-model tabular_backward on the command line, "
+                           "horizon='backward' in Python).")
+
+#: The tabular Q-models on a panel without categorical states (named for the command line too).
+MSG_TABULAR_NUMERIC = ("The tabular Q-model needs categorical_states in the dataset (manifest); "
+                       "for numeric states use the linear Q-model (--q-model linear on the "
+                       "command line, q_model='linear' in Python).")
+
+
 def _cells(dataset: TrajectoryDataset, columns: tuple[str, ...] | None = None
            ) -> tuple[NDArray[np.int64], int]:
     """Cell (combination of the ``columns``' levels) of every row, and the number of cells."""
     if dataset.categorical is None or dataset.categorical.shape[1] == 0:
-        raise InvalidParameterError("The tabular Q-model needs categorical_states in the dataset "
-                         "(use q_model='linear' for numeric states).")
+        raise InvalidParameterError(MSG_TABULAR_NUMERIC)
     cols = list(cell_columns(dataset, columns))
     sizes = tuple(len(dataset.categorical_levels[j]) for j in cols)
     return (np.asarray(np.ravel_multi_index(dataset.categorical[:, cols].T, sizes),
@@ -630,7 +640,7 @@ def _tabular_lstd(dataset: TrajectoryDataset, pe: NDArray[np.float64], gamma: fl
         fit = solve_lstd(x, SparsePi(x_pi), r, has_next, gamma,
                          VANISHING_RIDGE * np.maximum(counts, 1.0), weights)
     if fit is None:
-        raise ValueError("The stationary tabular FQE system is singular; use horizon='backward'.")
+        raise InvalidParameterError(MSG_SINGULAR_STATIONARY)
     return _TabularLSTD(lstd=fit, cell_rows=cellc, pair_cell=pair_cell, pair_action=pair_action,
                         n_cells=n_cells, n_actions=dataset.n_actions)
 

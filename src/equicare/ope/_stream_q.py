@@ -610,8 +610,10 @@ def _solve(p1: _Pass1, design: _Design, gamma: float
         if sol is None:  # a closed loop without exit in the data: a vanishing ridge
             sol = solve_lstd_sums(sums, gamma, 1e-8 * np.maximum(diag, 1.0))
         if sol is None:
-            raise ValueError("The stationary tabular FQE system is singular; use "
-                             "horizon='backward' (in memory).")
+            raise InvalidParameterError(
+                "The stationary tabular FQE system is singular; use the backward table in "
+                "memory (--q-model tabular_backward without --chunk-rows on the command line, "
+                "horizon='backward' in Python).")
         return sol, sol.theta, {"solver": "sparse_fixed_point", "n_pairs": int(n_par)}
     p, m = p1.shape
     penalty = np.full(n_par, float(cfg.alpha))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -86,6 +87,71 @@ _CHOICES: dict[str, list[Any]] = {
     "explain.labels": ["argmax", "sample"],
     "explain.mode": ["exceptions", "imitate"],
 }
+
+
+#: Numeric keys checked at load: ``key -> (lowest allowed, what was expected)``.
+_LOWEST: dict[str, tuple[float, str]] = {
+    "seed": (0, "an integer >= 0"),
+    "ope.bootstrap": (0, "an integer >= 0"),
+    "ope.truncate": (0, "a number >= 0 (0: no truncation)"),
+    "ope.truth_members": (0, "an integer >= 0 (0: no ground truth)"),
+    "audit.permutations": (0, "an integer >= 0 (0: no permutation test)"),
+    "mediation.bootstrap": (0, "an integer >= 0"),
+    "explain.bootstrap": (0, "an integer >= 0"),
+    "plan.arms": (1, "an integer >= 1"),
+    "plan.horizon": (1, "an integer >= 1"),
+    "plan.seeds": (1, "an integer >= 1"),
+    "data.synthetic.members": (1, "an integer >= 1"),
+    "data.synthetic.weeks": (1, "an integer >= 1"),
+    "data.synthetic.seed": (0, "an integer >= 0"),
+}
+
+
+def _lookup(raw: Mapping[str, Any], dotted: str) -> Any:
+    cur: Any = raw
+    for part in dotted.split("."):
+        cur = cur[part]
+    return cur
+
+
+def _value_problems(out: Mapping[str, Any], source: str) -> list[str]:
+    """Range and list-element checks of the keys whose type is already right."""
+    from equicare.rmab._simulate import POLICIES
+
+    problems: list[str] = []
+    for key, (low, expected) in _LOWEST.items():
+        if key.startswith("data.synthetic.") and not out["data"]["synthetic"]:
+            continue  # a panel from data.path
+        v = _lookup(out, key)
+        if not (isinstance(v, int | float) and math.isfinite(v) and v >= low):
+            problems.append(f"{source}: {key} must be {expected}, got {v!r}.")
+    jobs = out["output"]["jobs"]
+    if jobs == 0 or jobs < -1:
+        problems.append(f"{source}: output.jobs must be an integer >= 1 (or -1: every core), "
+                        f"got {jobs!r}.")
+    plan = out["plan"]
+    budget = plan["budget"]
+    if not (math.isfinite(budget) and 0 <= budget
+            and (budget <= 1 if isinstance(budget, float) else budget <= max(plan["arms"], 0))):
+        problems.append(f"{source}: plan.budget must be a share in [0, 1] (e.g. 0.2) or a "
+                        f"number of arms in [0, plan.arms], got {budget!r}.")
+    for name in plan["policies"]:
+        if name not in POLICIES:
+            problems.append(f"{source}: plan.policies has unknown policy {name!r}; allowed: "
+                            f"{', '.join(POLICIES)}.")
+    if not plan["policies"]:
+        problems.append(f"{source}: plan.policies must name at least one policy.")
+    kind = out["frontier"]["kind"]
+    hi = 1.0 if kind == "group_robust" else math.inf
+    for lam in out["frontier"]["lambdas"]:
+        if (isinstance(lam, bool) or not isinstance(lam, int | float) or not math.isfinite(lam)
+                or not 0 <= lam <= hi):
+            expected = ("numbers in [0, 1] (frontier.kind = 'group_robust')"
+                        if hi == 1.0 else "numbers >= 0")
+            problems.append(f"{source}: frontier.lambdas must be a list of {expected}, got "
+                            f"{lam!r} in {out['frontier']['lambdas']!r}.")
+            break
+    return problems
 
 
 def _suggest(key: str, known: list[str]) -> str:
@@ -201,8 +267,6 @@ class RunConfig:
                 f"{source}: ope.holdout must be a number in (0, 1) (share of episodes "
                 f"held out for evaluation), got {out['ope']['holdout']!r}."
             )
-        if isinstance(out["ope"]["bootstrap"], int) and out["ope"]["bootstrap"] < 0:
-            problems.append(f"{source}: ope.bootstrap must be >= 0, got {out['ope']['bootstrap']}.")
         data = out["data"]
         synth = data["synthetic"]
         for k, v in synth.items():
@@ -226,6 +290,8 @@ class RunConfig:
             data["synthetic"] = dict(_SYNTH_KEYS)
         elif synth:
             data["synthetic"] = {**_SYNTH_KEYS, **synth}
+        if not problems:  # every type is right: check the ranges
+            problems += _value_problems(out, source)
         if problems:
             msg = (
                 problems[0]

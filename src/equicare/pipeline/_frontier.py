@@ -284,6 +284,12 @@ def frontier(
     check_param(weight, "weight", "frontier", choices=("fair_lambda", "group_robust"))
     check_param(eval_fraction, "eval_fraction", "frontier", kind=(int, float), low=0.0, high=1.0,
                 low_inclusive=False, high_inclusive=False)
+    if isinstance(lambdas, str) or any(
+            isinstance(v, bool | str) or not isinstance(v, int | float | np.integer | np.floating)
+            for v in lambdas):
+        raise InvalidParameterError(PARAM_MESSAGE.format(name="lambdas", owner="frontier",
+                                              expected="a non-empty sequence of numbers",
+                                              got=lambdas))
     lams = [float(v) for v in lambdas]
     if not lams:
         raise InvalidParameterError(PARAM_MESSAGE.format(name="lambdas", owner="frontier",

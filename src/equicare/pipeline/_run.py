@@ -194,6 +194,7 @@ def _stage_data(
     train, test = ds.split(
         cfg["ope"]["holdout"], random_state=seed, stratify=ds.group_attrs[0] if ds.groups else None
     )
+    _check_groups(cfg, ds)
     state.update(dataset=ds, sim=sim, train=train, test=test,
                  audit_action=_action_of(cfg, "audit", ds),
                  mediation_action=(_action_of(cfg, "mediation", ds)
@@ -228,6 +229,27 @@ def _action_of(cfg: RunConfig, section: str, ds: Any) -> str:
         raise ConfigError(f"{cfg.source}: [{section}] action {spec!r} does not fit the panel: "
                           f"{exc}") from exc
     return spec
+
+
+def _check_groups(cfg: RunConfig, ds: Any) -> None:
+    """Check that ``[audit] group`` and ``intersect`` name group attributes of the panel.
+
+    Checked when the data loads, before training (the audit, the frontier and the policy card
+    use them); a name the panel does not have is a config error naming the key.
+    """
+    a = cfg["audit"]
+    if not ds.groups:
+        raise ConfigError(f"{cfg.source}: the panel has no group attributes (manifest "
+                          "dataset.groups); the run's fairness audit needs at least one.")
+    known = list(ds.group_attrs)
+    for key in ("group", "intersect"):
+        name = str(a[key])
+        if name and name not in ds.groups:
+            raise ConfigError(f"{cfg.source}: [audit] {key} {name!r} is not a group attribute "
+                              f"of the panel; expected one of {known}.")
+    if a["intersect"] and a["intersect"] == (a["group"] or known[0]):
+        raise ConfigError(f"{cfg.source}: [audit] intersect {a['intersect']!r} must differ "
+                          f"from the audited group attribute {a['group'] or known[0]!r}.")
 
 
 def _stage_train(

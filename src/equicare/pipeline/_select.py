@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from equicare.exceptions import InvalidParameterError
 from equicare.utils import atomic_write_text, check_param, config_to_dict
 
 __all__ = ["SelectConfig", "Candidate", "SelectionResult", "select_policy", "train_select",
@@ -168,10 +169,11 @@ class SelectConfig:
                                and v >= 0 for v in item)
                     or (len(item) >= 3 and item[2] > 1)
                     or (len(item) == 5 and (item[4] < 1 or item[4] != int(item[4])))):
-                raise ValueError("The 'pvi' parameter of SelectConfig must be a list of "
-                                 "[beta, prior], [beta, prior, mix], [beta, prior, mix, tau] or "
-                                 "[beta, prior, mix, tau, min_count] lists of numbers >= 0 "
-                                 f"(mix <= 1, min_count an int >= 1). Got {item!r} instead.")
+                raise InvalidParameterError(
+                    "The 'pvi' parameter of SelectConfig must be a list of "
+                    "[beta, prior], [beta, prior, mix], [beta, prior, mix, tau] or "
+                    "[beta, prior, mix, tau, min_count] lists of numbers >= 0 "
+                    f"(mix <= 1, min_count an int >= 1). Got {item!r} instead.")
             quad: tuple[float, ...] = (float(item[0]), float(item[1]),
                                        float(item[2]) if len(item) >= 3 else 1.0,
                                        float(item[3]) if len(item) >= 4 else 0.0)
@@ -182,8 +184,8 @@ class SelectConfig:
         for a in self.neural:
             check_param(a, "neural", o, choices=NEURAL)
         if not self.n_wedges and not self.pvi and not self.neural:
-            raise ValueError("SelectConfig: give at least one candidate (n_wedges, pvi or "
-                             "neural).")
+            raise InvalidParameterError("SelectConfig: give at least one candidate (n_wedges, "
+                                        "pvi or neural).")
         check_param(self.bound, "bound", o, choices=BOUNDS)
         check_param(self.rank, "rank", o, choices=RANKS)
         check_param(self.multiplicity, "multiplicity", o, choices=MULTIPLICITY)
@@ -195,7 +197,8 @@ class SelectConfig:
             if isinstance(v, list | str):
                 object.__setattr__(self, name, (v,) if isinstance(v, str) else tuple(v))
         if not self.estimators:
-            raise ValueError("SelectConfig: estimators must name at least one OPE estimator.")
+            raise InvalidParameterError(
+                "SelectConfig: estimators must name at least one OPE estimator.")
         for e in self.estimators:
             check_param(e, "estimators", o, choices=ESTIMATORS)
         if self.rank_by is not None:
@@ -212,10 +215,11 @@ class SelectConfig:
         k = self.n_candidates
         alpha = self.alpha / k
         if self.multiplicity == "bonferroni" and self.bootstrap * alpha / 2 < 5:
-            raise ValueError(f"SelectConfig: multiplicity='bonferroni' over {k} candidates puts "
-                             f"each bound at the {alpha / 2:.4g} quantile, which "
-                             f"{self.bootstrap} bootstrap replicates cannot resolve (at least 5 "
-                             f"replicates in the tail); set bootstrap >= {math.ceil(10 / alpha)}.")
+            raise InvalidParameterError(
+                f"SelectConfig: multiplicity='bonferroni' over {k} candidates puts "
+                f"each bound at the {alpha / 2:.4g} quantile, which "
+                f"{self.bootstrap} bootstrap replicates cannot resolve (at least 5 "
+                f"replicates in the tail); set bootstrap >= {math.ceil(10 / alpha)}.")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dictionary."""
@@ -239,7 +243,8 @@ class SelectConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"Unknown SelectConfig keys {unknown}; known: {sorted(known)}.")
+            raise InvalidParameterError(
+                f"Unknown SelectConfig keys {unknown}; known: {sorted(known)}.")
         return cls(**d)
 
 

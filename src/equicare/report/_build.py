@@ -87,6 +87,7 @@ def build_run_report(
     run_id: str = "",
     config: dict[str, Any] | None = None,
     figure_dir: Path | None = None,
+    figure_copies: bool = True,
 ) -> Report:
     """Assemble the HTML report of a run from the files in ``run_dir``.
 
@@ -99,9 +100,13 @@ def build_run_report(
         The run config (shown in the summary).
     figure_dir : Path, optional
         Where PNG/SVG copies of the figures go (default ``run_dir/figures``).
+    figure_copies : bool
+        Write those copies; ``False`` keeps the figures only embedded in the HTML and writes
+        nothing anywhere (a report of an archived run written elsewhere).
     """
     d = Path(run_dir)
-    fig_dir = figure_dir if figure_dir is not None else d / "figures"
+    fig_dir = None if not figure_copies else figure_dir if figure_dir is not None else (
+        d / "figures")
     data = _load(d / "data_summary.json") or {}
     result = _load(d / "result.json")
     audit = _load(d / "audit.json")

@@ -33,6 +33,7 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 from scipy.sparse.linalg import spsolve
 
+from equicare.exceptions import InvalidParameterError
 from equicare.utils import RandomState, check_param, check_random_state, config_to_dict
 
 __all__ = [
@@ -162,7 +163,8 @@ class GarnetConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"Unknown GarnetConfig keys {unknown}; known: {sorted(known)}.")
+            raise InvalidParameterError(
+                f"Unknown GarnetConfig keys {unknown}; known: {sorted(known)}.")
         return cls(**d)
 
 
@@ -184,7 +186,8 @@ GARNET_PRESETS: dict[str, GarnetConfig] = {
 def garnet_preset(name: str) -> GarnetConfig:
     """The named configuration of :data:`GARNET_PRESETS` (``"s700_a25_g1"`` ...)."""
     if name not in GARNET_PRESETS:
-        raise ValueError(f"Unknown Garnet preset {name!r}; known: {sorted(GARNET_PRESETS)}.")
+        raise InvalidParameterError(
+            f"Unknown Garnet preset {name!r}; known: {sorted(GARNET_PRESETS)}.")
     return GARNET_PRESETS[name]
 
 

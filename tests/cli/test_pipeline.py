@@ -1,0 +1,99 @@
+"""``equicare run | report | runs``: the thin layer over the run store."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from typer.testing import CliRunner
+
+from equicare.cli import app
+from equicare.pipeline import RunStore
+from equicare.pipeline._store import Metric
+
+runner = CliRunner()
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"not JSON: {name}")
+
+
+@pytest.fixture
+def store(tmp_path):
+    """A store with one finished run (metrics without group or interval) and a failed one."""
+    s = RunStore(tmp_path / "runs")
+    rid = s.start({"name": "ok"}, name="ok", seed=0)
+    s.finish(rid, [Metric("audit.gini.bc", 0.25),
+                   Metric("ope.dr.bc.race", 0.5, group="A", ci_low=0.4, ci_high=0.6),
+                   Metric("audit.worst", math.nan)])
+    bad = s.start({"name": "bad"}, name="bad", seed=1)
+    s.fail(bad, "failed", "ConfigError: run.toml: [audit] group 'race' is not a group")
+    return s, rid, bad
+
+
+def test_runs_show_json_is_valid_json_with_nulls(store):
+    s, rid, _ = store
+    res = runner.invoke(app, ["runs", "show", rid, "--store", str(s.root), "--json"])
+    assert res.exit_code == 0, res.output
+    assert "NaN" not in res.stdout
+    doc = json.loads(res.stdout, parse_constant=_reject_constant)  # strict: no NaN / Infinity
+    gini = next(m for m in doc["metrics"] if m["name"] == "audit.gini.bc")
+    assert gini["ci_low"] is None and gini["ci_high"] is None and gini["value"] == 0.25
+    worst = next(m for m in doc["metrics"] if m["name"] == "audit.worst")
+    assert worst["value"] is None
+
+
+def test_runs_show_leaves_missing_groups_blank_and_shows_a_failed_runs_message(store):
+    s, rid, bad = store
+    res = runner.invoke(app, ["runs", "show", rid, "--store", str(s.root)])
+    assert res.exit_code == 0, res.output
+    assert "nan" not in res.stdout.lower()
+    res = runner.invoke(app, ["runs", "show", bad, "--store", str(s.root)])
+    assert res.exit_code == 0, res.output
+    said = " ".join(res.stdout.split())
+    assert "message: ConfigError: run.toml: [audit] group 'race' is not a group" in said
+
+
+def test_json_safe_turns_missing_and_infinite_numbers_into_null():
+    import numpy as np
+    import pandas as pd
+
+    from equicare.cli._utils import json_safe
+
+    got = json_safe({"a": [np.nan, 1.0, np.float32("inf"), np.int64(3), np.array([1.0, np.nan]),
+                           pd.NA, pd.NaT, None, "x", (2, -math.inf)]})
+    assert got == {"a": [None, 1.0, None, 3, [1.0, None], None, None, None, "x", [2, None]]}
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder): (p.stat().st_mtime_ns, p.read_bytes())
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_report_elsewhere_leaves_the_archived_run_folder_alone(tmp_path):
+    """``report RUN --out other.html`` embeds its figures and writes nothing in the run folder
+    (it used to rewrite the run's figures/ in place); the run's own report.html (--force) still
+    refreshes its figures."""
+    from equicare.fairness import audit
+    from tests.fairness.conftest import random_panel
+
+    ds = random_panel(60, 0)
+    res = audit(ds, {}, action="modality=home_visit", group="race", n_boot=20, n_permutations=0,
+                random_state=0)
+    s = RunStore(tmp_path / "runs")
+    rid = s.start({"name": "r"}, name="r", seed=0)
+    (s.partial_dir(rid) / "audit.json").write_text(json.dumps(res.to_dict()))
+    run_dir = s.finish(rid, [Metric("audit.rate.behavior", 0.1)])
+    before = _snapshot(run_dir)
+    other = tmp_path / "elsewhere" / "other.html"
+    other.parent.mkdir()
+    res = runner.invoke(app, ["report", rid, "--store", str(s.root), "--out", str(other)])
+    assert res.exit_code == 0, res.output
+    assert _snapshot(run_dir) == before  # nothing written, nothing touched
+    html = other.read_text()
+    assert html.count("data:image/png;base64,") >= 2  # the figures are in the page
+    assert sorted(p.name for p in other.parent.iterdir()) == ["other.html"]
+    res = runner.invoke(app, ["report", rid, "--store", str(s.root), "--force"])
+    assert res.exit_code == 0, res.output
+    assert (run_dir / "figures" / "allocation.png").is_file()
