@@ -92,6 +92,11 @@ def test_refuses_to_overwrite_without_force(app, files):
     (["--param", "beta"], "--param must look like KEY=VALUE"),
     (["--algo", "cql", "--fair-action", "kind=c", "--param", "policy=greedy"],
      "The 'policy' parameter of CQLConfig must be 'softmax' when fair_lambda > 0."),
+    # settings with a flag of their own were taken by --param and then overwritten by the flag
+    (["--param", "n_steps=50"], "--param n_steps has a flag of its own: use --steps instead."),
+    (["--param", "seed=3", "--param", "encoder=lstm"],
+     "--param seed, encoder have a flag of their own: use --seed, --encoder instead."),
+    (["--select", "auto", "--algo", "cql"], "--algo, --steps do not apply to --select auto"),
 ])
 def test_bad_flags_give_one_line_errors(app, files, extra, message):
     res = runner.invoke(app, ["train", str(files / "panel.parquet"), "--manifest",

@@ -205,8 +205,13 @@ def test_numeric_states_refused_or_binned() -> None:
     man = {"dataset": {"episode": "ep", "time": "t", "states": ["x"], "gamma": 0.9},
            "actions": {"a": {"levels": 3}}, "reward": {"column": "r"}}
     ds = from_frame(df, man, emit_warnings=False)
-    with pytest.raises(DataValidationError, match=re.escape(MSG_NOT_DISCRETE)):
+    with pytest.raises(DataValidationError, match=re.escape(MSG_NOT_DISCRETE.format(
+            learner="SPIBB"))):
         SPIBB().fit(ds)
+    from equicare.learn import PVI
+
+    with pytest.raises(DataValidationError, match=r"^PVI works on .*--param numeric=bin"):
+        PVI().fit(ds)  # it named SPIBB and numeric_bins (which was 10, not 0)
     m = SPIBB(numeric="bin", numeric_bins=4, n_wedge=5).fit(ds)
     assert m.n_cells_ == 4
     np.testing.assert_allclose(m.action_probs(ds).sum(axis=1), 1.0)

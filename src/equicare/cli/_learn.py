@@ -69,6 +69,23 @@ def _refuse_existing(path: Path, force: bool, what: str) -> None:
                               "replace it).")
 
 
+#: Learner settings that have a flag of their own: ``--param`` may not set them (the flag's
+#: value, or its default, would silently win; the same key twice is ambiguous).
+FLAG_PARAMS = {"n_steps": "--steps", "seed": "--seed", "encoder": "--encoder",
+               "window": "--window", "fair_action": "--fair-action",
+               "fair_lambda": "--fair-lambda", "group_robust": "--group-robust"}
+
+
+def _refuse_flag_params(params: dict[str, Any]) -> None:
+    """A user error naming the flag for each ``--param`` key that has one."""
+    dup = [k for k in params if k in FLAG_PARAMS]
+    if dup:
+        raise InvalidParameterError(
+            "--param " + ", ".join(dup) + (" has" if len(dup) == 1 else " have")
+            + " a flag of " + ("its" if len(dup) == 1 else "their") + " own: use "
+            + ", ".join(FLAG_PARAMS[k] for k in dup) + " instead.")
+
+
 def train_model(data: str | os.PathLike[str], manifest: str | os.PathLike[str], *,
                 out: str | os.PathLike[str], algo: str = "awr", encoder: str = "mlp",
                 window: int = 4, fair_action: str | None = None,
@@ -132,6 +149,7 @@ def train_model(data: str | os.PathLike[str], manifest: str | os.PathLike[str], 
     _refuse_existing(out_path, force, "Model folder")
     klass: Any = LEARNERS[algo]
     kw: dict[str, Any] = dict(params or {})
+    _refuse_flag_params(kw)
     if algo not in TABULAR:  # SPIBB and PVI are tabular: no encoder, steps or seed
         kw.update(encoder=encoder, window=window, n_steps=steps, seed=seed)
     if fair_action is not None:
@@ -203,7 +221,8 @@ def select_train(data: str | os.PathLike[str], manifest: str | os.PathLike[str],
     from equicare.pipeline._select import SelectConfig, train_select
 
     kw = dict(params or {})
-    kw.setdefault("seed", seed)
+    _refuse_flag_params(kw)
+    kw["seed"] = seed
     known = sorted(SelectConfig.__dataclass_fields__)
     unknown = sorted(set(kw) - set(known))
     if unknown:
@@ -330,10 +349,10 @@ def register(app: "typer.Typer") -> None:
         manifest: Annotated[Path, typer.Option("--manifest", "-m",
                                                help="TOML manifest of the panel.")],
         out: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write.")],
-        algo: Annotated[Algo, typer.Option(
+        algo: Annotated[Algo | None, typer.Option(
             help="Learner: bc, awr, cql (offline RL on the logged reward), spibb or pvi "
                  "(tabular safe improvement on discrete states) or omg (dosing: OMG-RL, "
-                 "learned reward).")] = Algo.AWR,
+                 "learned reward) [default: awr].")] = None,
         encoder: Annotated[Encoder | None, typer.Option(
             help="bc/awr/cql: state encoder [default: mlp].")] = None,
         window: Annotated[int | None, typer.Option(
@@ -421,11 +440,13 @@ def register(app: "typer.Typer") -> None:
                     "--conservative-weight": conservative_weight is not None, "--small": small}
         check_out_path(out, force)
         if chunk_rows is not None and (select is not None or algo in (Algo.SPIBB, Algo.OMG)):
-            what = "--select auto" if select is not None else f"--algo {algo.value}"
+            what = ("--select auto" if select is not None or algo is None
+                    else f"--algo {algo.value}")
             fail(f"--chunk-rows does not apply to {what} (bc, awr and cql train from a "
                  "stream).")
         if select is not None:
-            not_applicable({**omg_only, **{k: v for k, v in offline.items() if k != "--param"}},
+            not_applicable({**omg_only, "--algo": algo is not None,
+                            **{k: v for k, v in offline.items() if k != "--param"}},
                            "--select auto")
             with user_errors():
                 sel = select_train(data, manifest, out=out, seed=seed,
@@ -435,6 +456,7 @@ def register(app: "typer.Typer") -> None:
                 return
             print_selection(sel)
             return
+        algo = algo or Algo.AWR
         if algo in (Algo.SPIBB, Algo.PVI):
             not_applicable({**omg_only, **{k: v for k, v in offline.items() if k != "--param"}},
                            f"--algo {algo.value}")

@@ -42,10 +42,11 @@ __all__ = ["SPIBB", "SPIBBConfig", "CellModel", "MSG_NOT_DISCRETE", "BEHAVIOR_MO
 
 BEHAVIOR_MODES = ("auto", "counts", "logged", "known")
 
-MSG_NOT_DISCRETE = ("SPIBB works on discrete state cells: the dataset has no categorical state "
-                    "columns and numeric_bins is 0. Declare the discrete columns as "
-                    "dataset.categorical_states in the manifest, or set numeric_bins (e.g. 10) "
-                    "to cut each numeric state column into quantile bins.")
+MSG_NOT_DISCRETE = ("{learner} works on discrete state cells: the dataset has no categorical "
+                    "state columns and its numeric ones are ignored (numeric='ignore'). Declare "
+                    "the discrete columns as dataset.categorical_states in the manifest, or cut "
+                    "each numeric state column into quantile bins with numeric='bin' "
+                    "(--param numeric=bin; numeric_bins sets how many, default 10).")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -307,7 +308,7 @@ class SPIBB:
             edges = tuple(np.unique(np.quantile(dataset.states[:, j].astype(np.float64), qs))
                           for j in range(dataset.n_features))
         if not columns and not numeric:
-            raise DataValidationError(MSG_NOT_DISCRETE)
+            raise DataValidationError(MSG_NOT_DISCRETE.format(learner=type(self).__name__))
         msg = thin_cells_message(dataset, f"{type(self).__name__}'s cells", columns,
                                  None if cfg.cells != "auto" else
                                  "cells='auto' kept these columns (each changes the "
