@@ -90,3 +90,27 @@ def test_loader_on_random_tables(n, seed, max_len):
     # every row survives with its values: compare sorted reward sums per episode
     by = frame.groupby("member_id")["r_engagement"].sum().sort_index().to_numpy()
     np.testing.assert_allclose(ds.episode_sum(ds.reward_components[:, 1], discount=False), by)
+
+
+def test_whole_number_labels_read_as_integers_in_memory_and_streamed(tmp_path, frame,
+                                                                     manifest_dict):
+    """A categorical column written 136.0 (a CSV export of a float column) has the labels of
+    one written 136: same levels, same codes, in memory and in chunks (Contract 1)."""
+    from equicare.data import iter_chunks
+
+    f = frame.copy()
+    f["region"] = np.where(f["region"] == "north", 136, 7)
+    g = f.copy()
+    g["region"] = g["region"].astype(float)
+    f.to_csv(tmp_path / "int.csv", index=False)
+    g.to_csv(tmp_path / "float.csv", index=False)
+    assert "136.0" in (tmp_path / "float.csv").read_text()
+    a = load_dataset(tmp_path / "int.csv", manifest_dict, emit_warnings=False)
+    b = load_dataset(tmp_path / "float.csv", manifest_dict, emit_warnings=False)
+    assert a.categorical_levels == b.categorical_levels == ((7, 136),)
+    assert [str(v) for v in b.categorical_levels[0]] == ["7", "136"]
+    assert_same(a, b)
+    chunks = list(iter_chunks(tmp_path / "float.csv", manifest_dict, chunk_rows=20))
+    assert len(chunks) > 2
+    assert all(c.dataset.categorical_levels == ((7, 136),) for c in chunks)
+    assert to_frame(b)["region"].dtype == np.int64  # written back as integers

@@ -31,6 +31,7 @@ from numpy.typing import NDArray
 
 from equicare.data._dataset import TrajectoryDataset
 from equicare.data._io import _DUCKDB_EXT, _build, _manifest_of, parquet_files
+from equicare.data._labels import categorical_labels
 from equicare.data._manifest import Manifest
 from equicare.data.validate import ValidationReport, validate_frame
 from equicare.exceptions import DataValidationError
@@ -261,7 +262,7 @@ def scan_panel(path: str | os.PathLike[str],
             for g in man.groups:
                 run_groups[g].append(_shared_values(_column_numpy(b, g)[starts]))
         for c in man.categorical_states:
-            levels[c].update(pd.unique(_column_numpy(b, c)).tolist())
+            levels[c].update(pd.unique(categorical_labels(_column_numpy(b, c))).tolist())
         prev = ep[-1]
         n += m
     if n == 0:

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from equicare.data._dataset import TrajectoryDataset
+from equicare.data._labels import categorical_labels
 from equicare.data._manifest import Manifest, read_manifest
 from equicare.data.validate import ValidationReport, validate_frame
 from equicare.exceptions import DataValidationError, InvalidParameterError
@@ -213,6 +214,8 @@ def _build(
 
     ``categorical_levels`` fixes each categorical column's levels (a chunk of a larger panel must
     code its categories like the whole panel does); by default they are the sorted levels present.
+    Labels are normalised first (:func:`~equicare.data._labels.categorical_labels`: a whole
+    number is an integer, so ``136.0`` and ``136`` are one level).
     """
     assert rep.order is not None and rep.episode_codes is not None  # guaranteed when rep.ok
     assert rep.action_codes is not None and rep.episode_uniques is not None
@@ -241,20 +244,22 @@ def _build(
     if man.categorical_states:
         cat_cols = []
         for c in man.categorical_states:
+            labels = categorical_labels(df[c])  # 136.0 and 136 are one level (Contract 1)
             if categorical_levels is not None and c in categorical_levels:
                 lv_fixed = list(categorical_levels[c])
                 # plain values: a categorical column's own unused categories (a chunk of a
                 # panel written with pandas categoricals) are not the panel's levels
-                cc = pd.Categorical(df[c].to_numpy(), categories=lv_fixed).codes.astype(np.int64)
+                cc = pd.Categorical(labels.to_numpy(), categories=lv_fixed).codes.astype(
+                    np.int64)
                 if (cc < 0).any():
-                    bad = df[c][cc < 0].iloc[0]
+                    bad = labels[cc < 0].iloc[0]
                     raise DataValidationError(
                         f"column {c!r}: level {bad!r} is not among the panel's levels."
                     )
                 cat_cols.append(cc[order])
                 cat_levels.append(tuple(lv_fixed))
                 continue
-            cc, lv = pd.factorize(df[c], sort=True)
+            cc, lv = pd.factorize(labels, sort=True)
             cat_cols.append(cc[order])
             cat_levels.append(tuple(lv.tolist()))
         categorical = np.ascontiguousarray(np.stack(cat_cols, axis=1).astype(np.int64))
