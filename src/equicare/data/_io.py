@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
 import os
 from collections.abc import Mapping, Sequence
@@ -28,6 +29,7 @@ __all__ = [
     "write_duckdb",
     "validate_path",
     "parquet_files",
+    "check_utf8",
 ]
 
 _DUCKDB_EXT = (".duckdb", ".db", ".ddb")
@@ -51,7 +53,8 @@ def read_table(
     Parameters
     ----------
     path : str or Path
-        ``.csv``, ``.parquet``/``.pq`` or a DuckDB file (``.duckdb``, ``.db``).
+        ``.csv`` (UTF-8 text, :func:`check_utf8`), ``.parquet``/``.pq`` or a DuckDB file
+        (``.duckdb``, ``.db``).
     table : str, optional
         Table name inside a DuckDB file (required there unless the file has exactly one table).
 
@@ -76,6 +79,7 @@ def read_table(
         return tab.to_pandas(), list(tab.column_names)
     suffix = p.suffix.lower()
     if suffix == ".csv":
+        check_utf8(p)
         with p.open(newline="", encoding="utf-8") as fh:
             header = next(csv.reader(fh), [])
         try:
@@ -123,6 +127,76 @@ def read_table(
         f"{p}: unsupported file type {suffix!r}; expected .csv, .parquet or a DuckDB file "
         f"({', '.join(_DUCKDB_EXT)})."
     )
+
+
+#: Bytes read at a time by :func:`check_utf8`.
+UTF8_BLOCK = 1 << 22
+#: Bytes of a line kept to name the column of a bad byte (longer lines: no column named).
+UTF8_LINE = 1 << 20
+MSG_NOT_UTF8 = ("{path}: the file is not UTF-8 text: byte {byte} at line {line}{column} cannot "
+                "be decoded as UTF-8 (byte offset {offset}). equicare reads CSV files as UTF-8; "
+                "re-encode the file, e.g. `iconv -f latin1 -t utf-8 {path} > {fixed}` (or in "
+                "pandas: pd.read_csv(path, encoding='latin-1').to_csv(new_path, index=False)), "
+                "or write the panel as Parquet.")
+
+
+def check_utf8(path: str | os.PathLike[str]) -> None:
+    """Refuse a CSV file that is not UTF-8 text (Contract 1), naming its first bad byte.
+
+    Reads the file in blocks of :data:`UTF8_BLOCK` bytes (memory stays bounded by a block and
+    the current line, at most :data:`UTF8_LINE` bytes of it); the in-memory and streamed readers
+    both call it, so both refuse the same files.
+
+    Raises
+    ------
+    DataValidationError
+        A byte sequence is not UTF-8; the message names the line, the column and how to
+        re-encode the file.
+    """
+    p = Path(path)
+    offset = 0  # absolute position of ``data[0]``
+    line = 1
+    pending = b""
+    head = b""  # the current line's bytes before ``data`` (capped)
+    header: list[str] | None = None
+    with p.open("rb") as fh:
+        while True:
+            block = fh.read(UTF8_BLOCK)
+            final = not block
+            data = pending + block
+            try:
+                _, used = codecs.utf_8_decode(data, "strict", final)
+            except UnicodeDecodeError as exc:
+                nl = data.rfind(b"\n", 0, exc.start)
+                before = data[nl + 1:exc.start] if nl >= 0 else head + data[:exc.start]
+                first = data.find(b"\n", 0, exc.start)
+                if header is None and first >= 0 and len(head) <= UTF8_LINE:
+                    header = _csv_fields(head + data[:first])
+                column = ""
+                if header is not None and len(before) <= UTF8_LINE:
+                    k = len(_csv_fields(before)) - 1
+                    if 0 <= k < len(header):
+                        column = f", column {header[k]!r}"
+                raise DataValidationError(MSG_NOT_UTF8.format(
+                    path=p, byte=f"0x{data[exc.start]:02x}",
+                    line=line + data.count(b"\n", 0, exc.start), column=column,
+                    offset=offset + exc.start, fixed=p.with_name(f"{p.stem}_utf8{p.suffix}"))
+                ) from exc
+            nl = data.rfind(b"\n", 0, used)
+            if header is None and nl >= 0 and len(head) <= UTF8_LINE:
+                header = _csv_fields(head + data[:data.find(b"\n")])
+            head = data[nl + 1:used] if nl >= 0 else head + data[:used]
+            head = head if len(head) <= UTF8_LINE else head[:UTF8_LINE + 1]
+            line += data.count(b"\n", 0, used)
+            pending = data[used:]
+            offset += used
+            if final:
+                return
+
+
+def _csv_fields(raw: bytes) -> list[str]:
+    """The fields of one CSV line (bytes read as Latin-1, which never fails)."""
+    return next(csv.reader([raw.decode("latin-1").rstrip("\r")]), [])
 
 
 def parquet_files(folder: str | os.PathLike[str]) -> list[str]:
