@@ -117,3 +117,18 @@ def test_run_example_show_config_and_bad_run_names(tmp_path):
     for cmd in (["runs", "show", "latest~3"], ["report", "latest"]):
         res = runner.invoke(app, [*cmd, "--store", str(tmp_path / "runs")])
         assert res.exit_code == 2 and "holds 0 run(s)" in res.output
+
+
+def test_validate_warns_when_logged_propensities_do_not_fit_the_actions(panel):
+    """make_frame draws actions uniformly over 6 combinations and propensities at random."""
+    p, m, frame = panel
+    out = json.loads(runner.invoke(app, ["validate", str(p), "--manifest", str(m),
+                                         "--json"]).output)
+    assert out["valid"]  # a warning, never a failure
+    assert any(w.startswith(f"{p}: the logged propensities (column 'propensity') disagree")
+               for w in out["warnings"])
+    frame["propensity"] = 1 / 6  # the truth
+    frame.to_csv(p, index=False)
+    out = json.loads(runner.invoke(app, ["validate", str(p), "--manifest", str(m),
+                                         "--json"]).output)
+    assert out["valid"] and not any("logged propensities" in w for w in out["warnings"])

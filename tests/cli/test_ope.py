@@ -225,3 +225,16 @@ def test_subgroups_by_a_pooled_site_that_the_policy_reads(tmp_path):
     assert q["per_level"]["site"]["policy"] == "empirical"
     assert set(q["per_level"]["site"]["backed_off"]) == {"site0", "site1", "site2", "site3"}
     assert "the subgroups by site refit the Q-model per level" in " ".join(res.output.split())
+
+
+def test_evaluate_warns_when_logged_propensities_do_not_fit_the_actions(files):
+    """make_frame draws actions uniformly over 6 combinations and propensities at random: the
+    importance weights rest on numbers that mean nothing, and evaluate says so."""
+    res, _ = _run(files)
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert (f"{files['data']}: the logged propensities (column 'propensity') disagree with the "
+            "logged actions") in text
+    files["df"].assign(propensity=1 / 6).to_csv(files["data"], index=False)  # the truth
+    res, _ = _run(files, "--force")
+    assert res.exit_code == 0 and "logged propensities" not in res.output

@@ -90,3 +90,52 @@ def test_loader_on_random_tables(n, seed, max_len):
     # every row survives with its values: compare sorted reward sums per episode
     by = frame.groupby("member_id")["r_engagement"].sum().sort_index().to_numpy()
     np.testing.assert_allclose(ds.episode_sum(ds.reward_components[:, 1], discount=False), by)
+
+
+def test_whole_number_labels_read_as_integers_in_memory_and_streamed(tmp_path, frame,
+                                                                     manifest_dict):
+    """A categorical column written 136.0 (a CSV export of a float column) has the labels of
+    one written 136: same levels, same codes, in memory and in chunks (Contract 1)."""
+    from equicare.data import iter_chunks
+
+    f = frame.copy()
+    f["region"] = np.where(f["region"] == "north", 136, 7)
+    g = f.copy()
+    g["region"] = g["region"].astype(float)
+    f.to_csv(tmp_path / "int.csv", index=False)
+    g.to_csv(tmp_path / "float.csv", index=False)
+    assert "136.0" in (tmp_path / "float.csv").read_text()
+    a = load_dataset(tmp_path / "int.csv", manifest_dict, emit_warnings=False)
+    b = load_dataset(tmp_path / "float.csv", manifest_dict, emit_warnings=False)
+    assert a.categorical_levels == b.categorical_levels == ((7, 136),)
+    assert [str(v) for v in b.categorical_levels[0]] == ["7", "136"]
+    assert_same(a, b)
+    chunks = list(iter_chunks(tmp_path / "float.csv", manifest_dict, chunk_rows=20))
+    assert len(chunks) > 2
+    assert all(c.dataset.categorical_levels == ((7, 136),) for c in chunks)
+    assert to_frame(b)["region"].dtype == np.int64  # written back as integers
+
+
+@pytest.mark.parametrize("block", [7, 1 << 22])
+def test_a_csv_that_is_not_utf8_is_refused_naming_line_and_column(tmp_path, frame,
+                                                                  manifest_dict, monkeypatch,
+                                                                  block):
+    """Latin-1 text crashed every command with a UnicodeDecodeError (exit 1)."""
+    import equicare.data._io as io_mod
+    from equicare.data import iter_chunks
+    from equicare.exceptions import DataValidationError
+
+    f = frame.sort_values(["member_id", "week"]).reset_index(drop=True)
+    f["note"] = "caf\u00e9"  # é: one byte in Latin-1, two in UTF-8
+    good, bad = tmp_path / "utf8.csv", tmp_path / "latin1.csv"
+    f.to_csv(good, index=False)
+    f.to_csv(bad, index=False, encoding="latin-1")
+    monkeypatch.setattr(io_mod, "UTF8_BLOCK", block)  # 7: é split across blocks is valid
+    ds = load_dataset(good, manifest_dict, emit_warnings=False)
+    assert ds.extras["note"][0] == "caf\u00e9"
+    msg = (rf"{bad}: the file is not UTF-8 text: byte 0xe9 at line 2, column 'note' cannot be "
+           r"decoded as UTF-8 \(byte offset \d+\)\. equicare reads CSV files as UTF-8; re-encode")
+    with pytest.raises(DataValidationError, match=msg):
+        load_dataset(bad, manifest_dict)
+    with pytest.raises(DataValidationError, match=msg):  # streamed: the same refusal
+        next(iter_chunks(bad, manifest_dict, chunk_rows=20))

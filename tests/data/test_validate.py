@@ -256,3 +256,29 @@ def test_terminal_and_censored_episode_ends(frame, manifest_dict):
                                             "censored": ds.n_episodes - len(ended)}
     sub = ds.subset(np.flatnonzero(ds.censored))  # subsets keep the flags
     assert sub.censored.all() and not sub.terminals.any()
+
+
+@pytest.mark.parametrize("kind", ["date_strings", "datetime", "text"])
+def test_dates_as_time_name_the_first_row_and_say_how_to_number_steps(frame, manifest_dict,
+                                                                      kind):
+    """Dates named as the time got "must hold integers, got object values", no row, no hint."""
+    f = frame.copy()
+    day = pd.Timestamp("2024-01-01") + pd.to_timedelta(7 * f["week"], unit="D")
+    f["week"] = {"date_strings": day.dt.strftime("%Y-%m-%d"), "datetime": day,
+                 "text": "w" + f["week"].astype(str)}[kind]
+    first = f["week"].iloc[0]
+    shown = repr(first) if kind == "text" else str(first)
+    err = assert_invalid(f, manifest_dict,
+                         f"panel.csv: column 'week' (time) must hold integers; {len(f)} rows "
+                         f"(first: 0, 1, 2, 3, 4, ...; 0-based data rows) do not (row 0: {shown},")
+    if kind == "text":
+        assert "Convert the column to integer steps" in str(err)
+    else:
+        assert "These look like dates: number each episode's rows in time order" in str(err)
+        assert ("df['step'] = pd.to_datetime(df['week']).groupby(df['member_id'])"
+                ".rank(method='first').astype(int) - 1") in str(err)
+        # the hint's recipe gives a valid panel
+        g = f.copy()
+        g["week"] = pd.to_datetime(g["week"]).groupby(g["member_id"]).rank(
+            method="first").astype(int) - 1
+        assert validate_frame(g, Manifest.from_dict(manifest_dict), "panel.csv").ok

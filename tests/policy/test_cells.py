@@ -57,3 +57,41 @@ def test_deferral_arrays_are_checked() -> None:
         _policy(deferred=np.ones((1, 3), dtype=bool))
     with pytest.raises(PolicyError, match="deferred_rate must hold 2 values in"):
         _policy(deferred_rate=np.array([1.5, 1.0]))
+
+
+def _labelled(labels: list[object], levels: list[object]) -> SimpleNamespace:
+    ds = _rows([levels.index(v) for v in labels], [0] * len(labels), None)
+    ds.categorical_levels = [levels]
+    return ds
+
+
+def test_labels_written_as_floats_find_the_policys_cells() -> None:
+    """A policy trained on labels 136 reads a panel whose labels are 136.0, and back."""
+    import warnings
+
+    pol = _policy(levels=(("136",),), deferred=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert pol.cell_index(_labelled([136.0, 136.0], [136.0])).tolist() == [0, 0]
+        old = _policy(levels=(("136.0",),), deferred=None)  # saved before the normalisation
+        assert old.cell_index(_labelled([136, 136], [136])).tolist() == [0, 0]
+
+
+def test_mostly_unseen_levels_warn_and_no_known_level_is_refused() -> None:
+    from equicare.exceptions import DataWarning
+
+    pol = _policy(levels=(("a", "b"),), keys=np.array([[0], [1]]),
+                  table=np.array([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]]), deferred=None)
+    ds = _labelled(["a", "x", "x"], ["a", "x"])
+    with pytest.warns(DataWarning, match=r"column 'cell', 2 of 3 rows \(67%\) have levels the "
+                      r"model never saw in training: e\.g\. 'x', where the model knows 2 "
+                      r"levels \('a', 'b'\)"):
+        assert pol.cell_index(ds).tolist() == [0, 2, 2]
+    import warnings
+
+    with warnings.catch_warnings():  # half the rows or fewer: no warning
+        warnings.simplefilter("error")
+        pol.cell_index(_labelled(["a", "x"], ["a", "x"]))
+    with pytest.raises(PolicyError, match=r"none of the 2 levels of the categorical state column "
+                       r"'cell' in the data \(e\.g\. 's1'\) is among the 2 levels"):
+        pol.action_probs(_labelled(["s1", "s2"], ["s1", "s2"]))

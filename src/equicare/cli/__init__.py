@@ -228,6 +228,11 @@ def validate(
                 raise typer.Exit(code=2)
             rep.raise_if_errors()
         ds = load_dataset(data, manifest, emit_warnings=False)
+    from equicare.ope._propensity_check import propensity_warning
+
+    msg = propensity_warning(ds, str(data))  # a warning, never a failure
+    if msg is not None:
+        rep.warnings.append(msg)
     summary = ds.summary()
     if json_out:
         print_json({"valid": True, **summary, "warnings": rep.warnings, "notes": rep.notes})

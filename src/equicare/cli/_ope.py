@@ -202,6 +202,11 @@ def run_evaluate(
         atomic_write_text(out, json.dumps(json_safe(payload), indent=2, allow_nan=False) + "\n")
     msgs = list(dict.fromkeys(str(w.message) for w in caught
                               if not issubclass(w.category, DeprecationWarning)))
+    if res.settings.get("propensity_source") == "logged":  # IS weights rest on that column
+        from equicare.ope._propensity_check import propensity_warning
+
+        msg = propensity_warning(ds, str(data))
+        msgs += [msg] if msg is not None else []
     return res, msgs
 
 

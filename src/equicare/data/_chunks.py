@@ -30,7 +30,8 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from equicare.data._dataset import TrajectoryDataset
-from equicare.data._io import _DUCKDB_EXT, _build, _manifest_of, parquet_files
+from equicare.data._io import _DUCKDB_EXT, _build, _manifest_of, check_utf8, parquet_files
+from equicare.data._labels import categorical_labels
 from equicare.data._manifest import Manifest
 from equicare.data.validate import ValidationReport, validate_frame
 from equicare.exceptions import DataValidationError
@@ -233,6 +234,8 @@ def scan_panel(path: str | os.PathLike[str],
     p = Path(path)
     if not p.exists():
         raise DataValidationError(f"Data file not found: {p}")
+    if _source_kind(p) == "csv":  # as read_table does: a CSV must be UTF-8 text
+        check_utf8(p)
     cols = list(dict.fromkeys([man.episode, *man.categorical_states, *man.groups]))
     run_ids: list[NDArray[Any]] = []
     run_groups: dict[str, list[NDArray[Any]]] = {g: [] for g in man.groups}
@@ -261,7 +264,7 @@ def scan_panel(path: str | os.PathLike[str],
             for g in man.groups:
                 run_groups[g].append(_shared_values(_column_numpy(b, g)[starts]))
         for c in man.categorical_states:
-            levels[c].update(pd.unique(_column_numpy(b, c)).tolist())
+            levels[c].update(pd.unique(categorical_labels(_column_numpy(b, c))).tolist())
         prev = ep[-1]
         n += m
     if n == 0:

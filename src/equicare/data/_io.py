@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
 import os
 from collections.abc import Mapping, Sequence
@@ -12,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from equicare.data._dataset import TrajectoryDataset
+from equicare.data._labels import categorical_labels
 from equicare.data._manifest import Manifest, read_manifest
 from equicare.data.validate import ValidationReport, validate_frame
 from equicare.exceptions import DataValidationError, InvalidParameterError
@@ -27,6 +29,7 @@ __all__ = [
     "write_duckdb",
     "validate_path",
     "parquet_files",
+    "check_utf8",
 ]
 
 _DUCKDB_EXT = (".duckdb", ".db", ".ddb")
@@ -50,7 +53,8 @@ def read_table(
     Parameters
     ----------
     path : str or Path
-        ``.csv``, ``.parquet``/``.pq`` or a DuckDB file (``.duckdb``, ``.db``).
+        ``.csv`` (UTF-8 text, :func:`check_utf8`), ``.parquet``/``.pq`` or a DuckDB file
+        (``.duckdb``, ``.db``).
     table : str, optional
         Table name inside a DuckDB file (required there unless the file has exactly one table).
 
@@ -75,6 +79,7 @@ def read_table(
         return tab.to_pandas(), list(tab.column_names)
     suffix = p.suffix.lower()
     if suffix == ".csv":
+        check_utf8(p)
         with p.open(newline="", encoding="utf-8") as fh:
             header = next(csv.reader(fh), [])
         try:
@@ -122,6 +127,76 @@ def read_table(
         f"{p}: unsupported file type {suffix!r}; expected .csv, .parquet or a DuckDB file "
         f"({', '.join(_DUCKDB_EXT)})."
     )
+
+
+#: Bytes read at a time by :func:`check_utf8`.
+UTF8_BLOCK = 1 << 22
+#: Bytes of a line kept to name the column of a bad byte (longer lines: no column named).
+UTF8_LINE = 1 << 20
+MSG_NOT_UTF8 = ("{path}: the file is not UTF-8 text: byte {byte} at line {line}{column} cannot "
+                "be decoded as UTF-8 (byte offset {offset}). equicare reads CSV files as UTF-8; "
+                "re-encode the file, e.g. `iconv -f latin1 -t utf-8 {path} > {fixed}` (or in "
+                "pandas: pd.read_csv(path, encoding='latin-1').to_csv(new_path, index=False)), "
+                "or write the panel as Parquet.")
+
+
+def check_utf8(path: str | os.PathLike[str]) -> None:
+    """Refuse a CSV file that is not UTF-8 text (Contract 1), naming its first bad byte.
+
+    Reads the file in blocks of :data:`UTF8_BLOCK` bytes (memory stays bounded by a block and
+    the current line, at most :data:`UTF8_LINE` bytes of it); the in-memory and streamed readers
+    both call it, so both refuse the same files.
+
+    Raises
+    ------
+    DataValidationError
+        A byte sequence is not UTF-8; the message names the line, the column and how to
+        re-encode the file.
+    """
+    p = Path(path)
+    offset = 0  # absolute position of ``data[0]``
+    line = 1
+    pending = b""
+    head = b""  # the current line's bytes before ``data`` (capped)
+    header: list[str] | None = None
+    with p.open("rb") as fh:
+        while True:
+            block = fh.read(UTF8_BLOCK)
+            final = not block
+            data = pending + block
+            try:
+                _, used = codecs.utf_8_decode(data, "strict", final)
+            except UnicodeDecodeError as exc:
+                nl = data.rfind(b"\n", 0, exc.start)
+                before = data[nl + 1:exc.start] if nl >= 0 else head + data[:exc.start]
+                first = data.find(b"\n", 0, exc.start)
+                if header is None and first >= 0 and len(head) <= UTF8_LINE:
+                    header = _csv_fields(head + data[:first])
+                column = ""
+                if header is not None and len(before) <= UTF8_LINE:
+                    k = len(_csv_fields(before)) - 1
+                    if 0 <= k < len(header):
+                        column = f", column {header[k]!r}"
+                raise DataValidationError(MSG_NOT_UTF8.format(
+                    path=p, byte=f"0x{data[exc.start]:02x}",
+                    line=line + data.count(b"\n", 0, exc.start), column=column,
+                    offset=offset + exc.start, fixed=p.with_name(f"{p.stem}_utf8{p.suffix}"))
+                ) from exc
+            nl = data.rfind(b"\n", 0, used)
+            if header is None and nl >= 0 and len(head) <= UTF8_LINE:
+                header = _csv_fields(head + data[:data.find(b"\n")])
+            head = data[nl + 1:used] if nl >= 0 else head + data[:used]
+            head = head if len(head) <= UTF8_LINE else head[:UTF8_LINE + 1]
+            line += data.count(b"\n", 0, used)
+            pending = data[used:]
+            offset += used
+            if final:
+                return
+
+
+def _csv_fields(raw: bytes) -> list[str]:
+    """The fields of one CSV line (bytes read as Latin-1, which never fails)."""
+    return next(csv.reader([raw.decode("latin-1").rstrip("\r")]), [])
 
 
 def parquet_files(folder: str | os.PathLike[str]) -> list[str]:
@@ -213,6 +288,8 @@ def _build(
 
     ``categorical_levels`` fixes each categorical column's levels (a chunk of a larger panel must
     code its categories like the whole panel does); by default they are the sorted levels present.
+    Labels are normalised first (:func:`~equicare.data._labels.categorical_labels`: a whole
+    number is an integer, so ``136.0`` and ``136`` are one level).
     """
     assert rep.order is not None and rep.episode_codes is not None  # guaranteed when rep.ok
     assert rep.action_codes is not None and rep.episode_uniques is not None
@@ -241,20 +318,22 @@ def _build(
     if man.categorical_states:
         cat_cols = []
         for c in man.categorical_states:
+            labels = categorical_labels(df[c])  # 136.0 and 136 are one level (Contract 1)
             if categorical_levels is not None and c in categorical_levels:
                 lv_fixed = list(categorical_levels[c])
                 # plain values: a categorical column's own unused categories (a chunk of a
                 # panel written with pandas categoricals) are not the panel's levels
-                cc = pd.Categorical(df[c].to_numpy(), categories=lv_fixed).codes.astype(np.int64)
+                cc = pd.Categorical(labels.to_numpy(), categories=lv_fixed).codes.astype(
+                    np.int64)
                 if (cc < 0).any():
-                    bad = df[c][cc < 0].iloc[0]
+                    bad = labels[cc < 0].iloc[0]
                     raise DataValidationError(
                         f"column {c!r}: level {bad!r} is not among the panel's levels."
                     )
                 cat_cols.append(cc[order])
                 cat_levels.append(tuple(lv_fixed))
                 continue
-            cc, lv = pd.factorize(df[c], sort=True)
+            cc, lv = pd.factorize(labels, sort=True)
             cat_cols.append(cc[order])
             cat_levels.append(tuple(lv.tolist()))
         categorical = np.ascontiguousarray(np.stack(cat_cols, axis=1).astype(np.int64))

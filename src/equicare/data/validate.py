@@ -7,6 +7,7 @@ Validation never modifies anything on disk.
 
 from __future__ import annotations
 
+import datetime
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -97,6 +98,49 @@ def _rows_global(mask: NDArray[np.bool_], original_row: NDArray[np.int64] | None
 
 def _is_numeric(s: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype)
+
+
+#: How to turn dates into the time column (the error of a time column of dates).
+MSG_DATE_HINT = (
+    "These look like dates: number each episode's rows in time order and name that column as "
+    "the manifest's time, e.g. in pandas df['step'] = pd.to_datetime(df[{time!r}])"
+    ".groupby(df[{episode!r}]).rank(method='first').astype(int) - 1 (a decision step is a row; "
+    "for a regular grid such as weeks, (date - the episode's first date).days // 7 keeps "
+    "missing weeks visible, and they are then refused as gaps).")
+
+
+def _time_not_integer(t: pd.Series, manifest: Manifest, source: str,
+                      row_numbers: NDArray[np.int64] | None) -> str:
+    """The error for a time column that is not numeric: first bad row and value, and a hint.
+
+    Parameters
+    ----------
+    t : Series of shape (n_rows,)
+        The time column (dates, strings or booleans).
+    """
+    if pd.api.types.is_bool_dtype(t.dtype):
+        bad = np.ones(len(t), dtype=bool)
+    else:
+        num = pd.to_numeric(t, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        bad = ~np.isfinite(num) | (np.floor(num) != num)
+    if not bad.any():  # pragma: no cover - a non-numeric dtype always has a non-number
+        bad = np.ones(len(t), dtype=bool)
+    pos = np.flatnonzero(bad)
+    first = int(pos[0] if row_numbers is None else pos[np.argmin(row_numbers[pos])])
+    value = t.iloc[first]
+    dates = (pd.api.types.is_datetime64_any_dtype(t.dtype)
+             or isinstance(value, (datetime.date, np.datetime64)))  # Arrow CSV reads date32
+    if not dates and isinstance(value, str):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pandas warns when it guesses a date format
+            dates = not pd.isna(pd.to_datetime(pd.Series([value]), errors="coerce").iloc[0])
+    row = first if row_numbers is None else int(row_numbers[first])
+    hint = (MSG_DATE_HINT.format(time=manifest.time, episode=manifest.episode) if dates else
+            "Convert the column to integer steps (0, 1, 2, ... within an episode).")
+    shown = str(value) if dates else repr(value)
+    return (f"{source}: column {manifest.time!r} (time) must hold integers; "
+            f"{_rows_global(bad, None, row_numbers)} do not (row {row}: {shown}, "
+            f"{t.dtype} values). {hint}")
 
 
 def encode_actions(col: pd.Series, spec: ActionColumn) -> NDArray[np.int64]:
@@ -223,7 +267,7 @@ def validate_frame(
     t = df[manifest.time]
     t_ok = False
     if not _is_numeric(t):
-        err(f"{source}: column {manifest.time!r} (time) must hold integers, got {t.dtype} values.")
+        err(_time_not_integer(t, manifest, source, row_numbers))
     else:
         tv = t.to_numpy(dtype=np.float64, na_value=np.nan)
         bad_t = ~np.isfinite(tv) | (np.floor(tv) != tv)

@@ -6,6 +6,7 @@ per-sample Python.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +15,8 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor
 
-from equicare.exceptions import InvalidParameterError
+from equicare.data._labels import match_levels, unseen_levels_message
+from equicare.exceptions import DataWarning, InvalidParameterError
 from equicare.models._encoders import window_index
 
 __all__ = ["ModelInputs", "batched_forward", "previous_action_features", "categorical_codes",
@@ -48,8 +50,11 @@ def categorical_vocabulary(dataset: Any) -> Vocabulary:
 def categorical_codes(dataset: Any, vocabulary: Vocabulary) -> NDArray[np.int64]:
     """Codes of the dataset's categorical states in a model's vocabulary.
 
-    Levels are matched by their string form; a level outside the vocabulary (unseen in
-    training) gets :data:`UNKNOWN_CODE` (0), level ``k`` of the vocabulary gets ``k + 1``.
+    Levels are matched by their string form (:func:`~equicare.data._labels.match_levels`, so
+    ``136.0`` finds ``136``); a level outside the vocabulary (unseen in training) gets
+    :data:`UNKNOWN_CODE` (0), level ``k`` of the vocabulary gets ``k + 1``. A
+    :class:`~equicare.exceptions.DataWarning` names a column whose levels are unseen in more
+    than half the rows.
 
     Returns
     -------
@@ -62,9 +67,14 @@ def categorical_codes(dataset: Any, vocabulary: Vocabulary) -> NDArray[np.int64]
     out = np.empty((dataset.n_steps, n_cat), dtype=np.int64)
     for j, (levels, vocab) in enumerate(zip(dataset.categorical_levels, vocabulary,
                                             strict=True)):
-        index = {v: k + 1 for k, v in enumerate(vocab)}
-        table = np.array([index.get(str(lv), UNKNOWN_CODE) for lv in levels], dtype=np.int64)
-        out[:, j] = table[dataset.categorical[:, j]]  # one lookup per level, not per row
+        lut = match_levels(levels, vocab)  # one lookup per level, not per row
+        codes = dataset.categorical[:, j]
+        out[:, j] = np.where(lut < 0, UNKNOWN_CODE, lut + 1)[codes]
+        msg = unseen_levels_message(
+            str(dataset.categorical_names[j]), out[:, j] == UNKNOWN_CODE, levels, codes, lut,
+            vocab, "The model's inputs", "they are read as an unknown level (the mean embedding)")
+        if msg is not None:
+            warnings.warn(msg, DataWarning, stacklevel=2)
     return out
 
 

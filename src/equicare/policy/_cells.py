@@ -18,7 +18,8 @@ stand-in.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,12 +27,17 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from equicare.exceptions import PolicyError
+from equicare.data._labels import match_levels, unseen_levels_message
+from equicare.exceptions import DataWarning, PolicyError
 from equicare.policy._base import check_probs
 from equicare.spaces import FactoredActionSpace
 
 __all__ = ["CellPolicy", "cell_codes"]
 
+MSG_NO_LEVEL_SEEN = ("{source}: none of the {n} levels of the categorical state column {col!r} "
+                     "in the data (e.g. {example!r}) is among the {m} levels the policy was "
+                     "trained on ({known}); every row would fall in a cell the policy never saw. "
+                     "Check that the column holds the same labels as the training data.")
 MSG_MISSING_COLUMN = ("{source}: the policy's cells are defined by the {kind} state column "
                       "{col!r}, which the dataset does not have (it has {got}).")
 
@@ -40,15 +46,47 @@ def _bin_codes(x: NDArray[Any], edges: NDArray[np.float64]) -> NDArray[np.int64]
     return np.searchsorted(edges, np.asarray(x, dtype=np.float64), side="right").astype(np.int64)
 
 
+def _check_seen(source: str, column: str, unseen: NDArray[np.bool_], levels: Sequence[Any],
+                codes: NDArray[np.int64], lut: NDArray[np.int64], known: Sequence[str]) -> None:
+    """Refuse a column none of whose levels the policy knows; warn when most rows are unseen.
+
+    Raises
+    ------
+    PolicyError
+        No level of the dataset's column is among the policy's (labels written differently,
+        or another column): every row would get the fallback distribution.
+    """
+    if len(levels) and unseen.size and not (lut >= 0).any():
+        shown = ", ".join(repr(v) for v in list(known)[:5]) + (", ..." if len(known) > 5
+                                                               else "")
+        raise PolicyError(MSG_NO_LEVEL_SEEN.format(source=source, col=column, n=len(levels),
+                                                   example=str(levels[0]), m=len(known),
+                                                   known=shown))
+    msg = unseen_levels_message(column, unseen, levels, codes, lut, known,
+                                f"{source}", "they fall in cells the policy never saw and get "
+                                "its fallback distribution")
+    if msg is not None:
+        warnings.warn(msg, DataWarning, stacklevel=4)
+
+
 def cell_codes(dataset: Any, columns: tuple[str, ...], numeric: tuple[str, ...],
                edges: tuple[NDArray[np.float64], ...], levels: tuple[tuple[str, ...], ...]
                | None = None, source: str = "<cell policy>"
                ) -> tuple[NDArray[np.int64], tuple[tuple[str, ...], ...]]:
     """Per-row codes of the cell columns, shape ``(n_steps, len(columns) + len(numeric))``.
 
-    Categorical columns are coded by their position in ``levels`` (labels as strings; -1 when a
-    label is not in ``levels``); when ``levels`` is None they are taken from the dataset (sorted
-    labels). Numeric columns are coded by their bin in ``edges``.
+    Categorical columns are coded by their position in ``levels`` (labels as strings, matched by
+    :func:`~equicare.data._labels.match_levels`, so ``136.0`` finds ``136``; -1 when a label is
+    not in ``levels``); when ``levels`` is None they are taken from the dataset (sorted labels).
+    Numeric columns are coded by their bin in ``edges``.
+
+    With ``levels``, a :class:`~equicare.exceptions.DataWarning` names a column whose levels are
+    unseen in more than half the rows.
+
+    Raises
+    ------
+    PolicyError
+        A column is missing, or none of its levels in the dataset is among ``levels``.
 
     Returns
     -------
@@ -64,15 +102,16 @@ def cell_codes(dataset: Any, columns: tuple[str, ...], numeric: tuple[str, ...],
             raise PolicyError(MSG_MISSING_COLUMN.format(source=source, kind="categorical",
                                                         col=col, got=cat_names))
         k = cat_names.index(col)
-        ds_levels = tuple(str(v) for v in dataset.categorical_levels[k])
         codes = dataset.categorical[:, k]
         if levels is None:
-            used_levels.append(ds_levels)
+            used_levels.append(tuple(str(v) for v in dataset.categorical_levels[k]))
             out.append(codes.astype(np.int64))
         else:
-            pos = {lv: i for i, lv in enumerate(levels[j])}
-            lut = np.array([pos.get(lv, -1) for lv in ds_levels], dtype=np.int64)
-            out.append(lut[codes])
+            lut = match_levels(dataset.categorical_levels[k], levels[j])
+            coded = lut[codes]
+            _check_seen(source, col, coded < 0, dataset.categorical_levels[k], codes, lut,
+                        levels[j])
+            out.append(coded)
             used_levels.append(levels[j])
     names = list(dataset.state_names)
     for col, e in zip(numeric, edges, strict=True):

@@ -1,0 +1,165 @@
+"""Labels of categorical columns: one spelling per level, and matching a model's levels.
+
+The same level is often written two ways: ``136`` in one export and ``136.0`` in another (a CSV
+written from a float column, or a column with a missing value somewhere). Labels are therefore
+normalised when a panel is read (:func:`categorical_labels`): a number with no fractional part is
+the integer. A model stores its levels as strings; :func:`match_levels` finds a dataset's levels
+among them by their string form, and by their normalised string form
+(:func:`label_key`) for levels written before the normalisation (a model saved from a panel
+whose labels read ``136.0``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from numpy.typing import NDArray
+
+__all__ = ["categorical_labels", "label_key", "match_levels", "unseen_levels_message"]
+
+#: Largest integer a float64 holds exactly; whole numbers beyond it keep their float label.
+_EXACT = 2.0 ** 53
+#: A decimal numeral with no fractional part other than zeros, e.g. ``"136.0"`` or ``"-2."``.
+_WHOLE_DECIMAL = re.compile(r"([+-]?\d+)\.0*")
+
+
+def _whole_number(v: Any) -> Any:
+    """``v`` as an int when it is a float with no fractional part, else ``v`` itself."""
+    if isinstance(v, (float, np.floating)):
+        x = float(v)
+        if x.is_integer() and abs(x) < _EXACT:  # is_integer is False for NaN and infinities
+            return int(x)
+    return v
+
+
+def categorical_labels(values: pd.Series | NDArray[Any]) -> pd.Series:
+    """A categorical column's labels, every whole number written as an integer.
+
+    ``136.0`` becomes ``136`` (so a float column and an integer column of the same levels give
+    the same labels, and ``str`` of a label is the same for both); any other value (strings,
+    ``1.5``, integers, missing values) is kept. The rule applies to each value, not to the
+    column, so a panel read in chunks gets the same labels as when read whole.
+
+    Parameters
+    ----------
+    values : Series or ndarray of shape (n_rows,)
+
+    Returns
+    -------
+    Series of shape (n_rows,)
+        ``int64`` when every value is a whole number, else the values with whole-number floats
+        replaced by ints (object dtype). The index of a Series is kept.
+    """
+    s = values if isinstance(values, pd.Series) else pd.Series(np.asarray(values))
+    if isinstance(s.dtype, pd.CategoricalDtype) and not pd.api.types.is_float_dtype(
+            s.cat.categories.dtype):
+        return s
+    if isinstance(s.dtype, pd.CategoricalDtype):  # float categories: their values, normalised
+        s = pd.Series(np.asarray(s), index=s.index, name=s.name)
+    if pd.api.types.is_float_dtype(s.dtype):
+        x = s.to_numpy(dtype=np.float64, na_value=np.nan)
+        whole = np.isfinite(x) & (np.abs(x) < _EXACT)
+        whole[whole] = x[whole] == np.round(x[whole])
+        if whole.all():
+            return pd.Series(x.astype(np.int64), index=s.index, name=s.name)
+        if not whole.any():
+            return s
+        out = x.astype(object)
+        out[whole] = x[whole].astype(np.int64).astype(object)
+        return pd.Series(out, index=s.index, name=s.name, dtype=object)
+    if s.dtype != object:
+        return s
+    # object columns (mixed types): normalise each distinct value once, not each row
+    codes, uniques = pd.factorize(s, use_na_sentinel=True)
+    fixed = [_whole_number(u) for u in uniques]
+    if all(a is b for a, b in zip(fixed, uniques, strict=True)):
+        return s
+    lut = np.empty(len(fixed) + 1, dtype=object)
+    lut[:-1] = fixed
+    lut[-1] = np.nan  # code -1: a missing value stays missing
+    return pd.Series(lut[codes], index=s.index, name=s.name, dtype=object)
+
+
+def label_key(label: Any) -> str:
+    """The normalised string of a label: ``136``, ``136.0`` and ``"136.0"`` all give ``"136"``."""
+    v = _whole_number(label)
+    if isinstance(v, str):
+        m = _WHOLE_DECIMAL.fullmatch(v.strip())
+        if m is not None:
+            return str(int(m.group(1)))
+    return str(v)
+
+
+def match_levels(levels: Sequence[Any], known: Sequence[str]) -> NDArray[np.int64]:
+    """Position of each of a dataset's ``levels`` among a model's ``known`` labels, -1 if absent.
+
+    A level matches the known label with the same string; failing that, the known label with
+    the same :func:`label_key` (when only one has it).
+
+    Parameters
+    ----------
+    levels : sequence of shape (n_levels,)
+        The dataset's labels of one column (any type).
+    known : sequence of str, shape (n_known,)
+        The model's labels of that column.
+
+    Returns
+    -------
+    ndarray of shape (n_levels,), int64
+    """
+    exact = {lv: i for i, lv in enumerate(known)}
+    keyed: dict[str, int] = {}
+    for i, lv in enumerate(known):
+        k = label_key(lv)
+        keyed[k] = -2 if k in keyed else i  # -2: ambiguous, never matched by key
+    out = np.empty(len(levels), dtype=np.int64)
+    for i, lv in enumerate(levels):  # one lookup per level, not per row
+        s = str(lv)
+        pos = exact.get(s)
+        if pos is None:
+            pos = keyed.get(label_key(lv), -1)
+        out[i] = max(pos, -1)
+    return out
+
+
+def unseen_levels_message(column: str, unseen_rows: NDArray[np.bool_], levels: Sequence[Any],
+                          codes: NDArray[np.int64], lut: NDArray[np.int64],
+                          known: Sequence[str], what: str, consequence: str) -> str | None:
+    """A warning when most rows of ``column`` carry levels a model never saw, or None.
+
+    Warns when more than half the rows (or every row) are unseen.
+
+    Parameters
+    ----------
+    column : str
+    unseen_rows : ndarray of shape (n_rows,), bool
+        Rows whose level the model does not know.
+    levels : sequence of shape (n_levels,)
+        The dataset's labels of the column.
+    codes : ndarray of shape (n_rows,), int64
+        Each row's position in ``levels``.
+    lut : ndarray of shape (n_levels,), int64
+        :func:`match_levels` of ``levels``.
+    known : sequence of str
+        The model's labels.
+    what : str
+        The model, as named in the message ("The policy models/spibb").
+    consequence : str
+        What happens to those rows ("they get the fallback distribution").
+    """
+    n = unseen_rows.size
+    k = int(unseen_rows.sum())
+    if n == 0 or 2 * k <= n:
+        return None
+    present = np.unique(codes[unseen_rows])
+    example = levels[int(present[0])]
+    shown = ", ".join(repr(v) for v in list(known)[:5]) + (", ..." if len(known) > 5 else "")
+    none = "" if (lut >= 0).any() else " (none of the column's levels is among the model's)"
+    return (f"{what}: in column {column!r}, {k:,} of {n:,} rows ({100.0 * k / n:.0f}%) have "
+            f"levels the model never saw in training{none}: e.g. {str(example)!r}, where the "
+            f"model knows {len(known)} levels ({shown}); {consequence}. Check that the column "
+            "holds the same labels as the training data.")

@@ -1,0 +1,34 @@
+"""Categorical labels: one spelling per level (136.0 is 136), and matching a model's levels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from equicare.data._labels import categorical_labels, label_key, match_levels
+
+
+def test_whole_number_floats_are_integers() -> None:
+    out = categorical_labels(pd.Series([136.0, 2.0, -3.0], name="s"))
+    assert out.dtype == np.int64 and out.tolist() == [136, 2, -3] and out.name == "s"
+    # per value, not per column: a chunk holding 1.5 labels 2.0 as a chunk without it does
+    mixed = categorical_labels(pd.Series([2.0, 1.5, np.nan]))
+    assert mixed.iloc[0] == 2 and isinstance(mixed.iloc[0], int)
+    assert mixed.iloc[1] == 1.5 and np.isnan(mixed.iloc[2])
+    obj = categorical_labels(pd.Series([7.0, "a", 7], dtype=object))
+    assert [type(v) for v in obj] == [int, str, int]
+    ints, strs = pd.Series([1, 2]), pd.Series(["1.0", "x"])
+    assert categorical_labels(ints) is ints and categorical_labels(strs) is strs
+    cat = categorical_labels(pd.Series(pd.Categorical([3.0, 4.0])))
+    assert cat.tolist() == [3, 4]
+
+
+def test_labels_match_by_their_normalised_form() -> None:
+    assert label_key(136.0) == label_key("136.0") == label_key(136) == "136"
+    assert label_key("1.5") == "1.5" and label_key("s1") == "s1"
+    # a model saved with float labels ("136.0") finds integer data labels and back
+    np.testing.assert_array_equal(match_levels([136, 2, 9], ["2.0", "136.0"]), [1, 0, -1])
+    np.testing.assert_array_equal(match_levels([136.0, "x"], ["136", "x"]), [0, 1])
+    # an exact match wins; two model labels with one key are never matched by key
+    np.testing.assert_array_equal(match_levels(["1.0", 1.0], ["1", "1.0"]), [1, 1])
+    np.testing.assert_array_equal(match_levels(["1.00"], ["1", "1.0"]), [-1])
