@@ -76,6 +76,9 @@ def test_overrides_and_grid(tmp_path):
     assert cfg2["learner"]["window"] == 4 and cfg2["reward"]["engagement"] == 0.1
     assert parse_grid("learner.window=[2,4,6,8]") == ("learner.window", [2, 4, 6, 8])
     assert parse_grid("learner.encoder=[mlp, lstm]") == ("learner.encoder", ["mlp", "lstm"])
+    # without brackets the values were the strings '10' and '20'
+    assert parse_grid("learner.n_steps=10,20") == ("learner.n_steps", [10, 20])
+    assert parse_grid("ope.truncate=[0.5, none]") == ("ope.truncate", [0.5, "none"])
     with pytest.raises(ConfigError, match="must look like"):
         parse_grid("learner.window")
 

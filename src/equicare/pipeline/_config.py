@@ -360,10 +360,21 @@ def apply_override(d: dict[str, Any], dotted: str, value: Any) -> None:
     cur[parts[-1]] = value
 
 
+def _bare(word: str) -> Any:
+    """A bare grid value: a JSON number or true/false when it is one, else the string."""
+    try:
+        value = json.loads(word)
+    except json.JSONDecodeError:
+        return word
+    return value if isinstance(value, int | float | bool) else word
+
+
 def parse_grid(spec: str) -> tuple[str, list[Any]]:
     """Parse ``'learner.window=[2,4,6,8]'`` into ``("learner.window", [2, 4, 6, 8])``.
 
-    Values are JSON (numbers, strings in double quotes, true/false); bare words are strings.
+    Values are JSON (numbers, strings in double quotes, true/false); bare words are strings,
+    and in a list that is not JSON (``[mlp,lstm]``, or ``10,20`` without brackets) each value
+    that is a number or true/false is read as one.
     """
     if "=" not in spec:
         raise ConfigError(f"A --grid must look like 'section.key=[v1,v2,...]', got {spec!r}.")
@@ -373,9 +384,8 @@ def parse_grid(spec: str) -> tuple[str, list[Any]]:
         raise ConfigError(f"A --grid key must be dotted like 'learner.window', got {key!r}.")
     try:
         parsed = json.loads(vals)
-    except json.JSONDecodeError:
-        inner = vals.strip("[]")
-        parsed = [v.strip() for v in inner.split(",") if v.strip()]
+    except json.JSONDecodeError:  # bare words: [mlp,lstm], or no brackets: 10,20
+        parsed = [_bare(v.strip()) for v in vals.strip("[]").split(",") if v.strip()]
     if not isinstance(parsed, list) or not parsed:
         raise ConfigError(f"A --grid value must be a non-empty list, got {vals!r} for {key!r}.")
     return key, parsed
