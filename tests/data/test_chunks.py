@@ -286,3 +286,20 @@ def test_a_categorical_column_with_unused_categories_reads_its_values(frame, tmp
         chunks = list(iter_chunks(path, _manifest(), chunk_rows=50))
     assert len(chunks) > 2
     pd.testing.assert_frame_equal(_concat(chunks), _rows_of(whole))
+
+
+@pytest.mark.parametrize("column, cell", [("race", ""), ("race", "NA"), ("member_id", ""),
+                                          ("member_id", "None")])
+def test_streamed_csv_reads_missing_cells_as_pandas_does(frame, tmp_path, column, cell):
+    """An empty (or 'NA', 'None') group or episode-id cell is missing in the streamed CSV reader
+    too: streamed validation refuses it as in memory (it passed as the text "")."""
+    bad = frame.astype({column: object})
+    bad.loc[[4, 17], column] = "@@"
+    p = tmp_path / "panel.csv"
+    bad.to_csv(p, index=False)
+    p.write_text(p.read_text().replace("@@", cell))
+    man = _manifest()
+    with pytest.raises(DataValidationError, match=f"column '{column}'.* is empty"):
+        load_dataset(p, man)
+    rep, _ = validate_stream(p, man, chunk_rows=25)
+    assert not rep.ok and any(f"column '{column}'" in e and "is empty" in e for e in rep.errors)

@@ -42,6 +42,10 @@ __all__ = ["PanelScan", "Chunk", "ShardSpec", "scan_panel", "iter_chunks", "vali
 
 #: Rows per Arrow record batch read from storage.
 BATCH_ROWS = 65_536
+# pandas.read_csv's default na_values: the streamed CSV reader treats the same cells as missing
+# (pyarrow's own defaults lack '<NA>', 'None' and 'n/a', and keep empty text cells as "")
+CSV_NULLS = ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
+             "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null")
 #: Default rows per chunk (whole episodes; an episode longer than this forms its own chunk).
 CHUNK_ROWS = 500_000
 _ROW = "__equicare_row__"
@@ -146,7 +150,9 @@ def _batches(path: Path, man: Manifest, columns: list[str], batch_rows: int = BA
             reader = pacsv.open_csv(
                 str(path),
                 read_options=pacsv.ReadOptions(block_size=1 << 22),
-                convert_options=pacsv.ConvertOptions(include_columns=columns),
+                convert_options=pacsv.ConvertOptions(
+                    include_columns=columns, null_values=list(CSV_NULLS),
+                    strings_can_be_null=True),
             )
             _check_columns(path, reader.schema.names, columns, man)
             for b in reader:
