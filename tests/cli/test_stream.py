@@ -117,9 +117,13 @@ def test_evaluate_streams_shards_and_refuses_q_model_estimators(parts):
     assert json.loads(pct.stdout)["bootstrap"]["ci"] == "percentile"
     # the default --q-model auto streams: all seven, the choice said in the table's footer
     assert set(s["estimates"]) == {"is", "wis", "pdis", "wpdis", "fqe", "dr", "wdr"}
-    assert s["q_model"]["selection"]["sample_rows"] == s["n_steps"]
+    # no categorical states: linear is the only applicable candidate (nothing sampled)
+    assert s["q_model"]["chosen"] == "linear" and s["q_model"]["selection"]["n_folds"] == 0
+    assert s["q_model"]["selection"]["sample_rows"] == 0
     res = runner.invoke(app, [a for a in base if a != "--json"] + ["--chunk-rows", "120"])
-    assert res.exit_code == 0 and "chosen by auto on" in " ".join(res.output.split())
+    text = " ".join(res.output.split())
+    assert res.exit_code == 0 and "auto: the only applicable candidate" in text, text
+    assert "bias )" not in text
     res = runner.invoke(app, base + ["--chunk-rows", "120", "--estimators", "dr",
                                      "--q-model", "gbm"])
     assert res.exit_code == 2 and "cannot stream" in res.output

@@ -482,7 +482,9 @@ def register(app: typer.Typer) -> None:
                           if cc.get("dropped") else "")
                 sel = sres.q_model.get("selection")
                 how = ""
-                if sel:
+                if sel and not sel.get("n_folds"):
+                    how = "; auto: the only applicable candidate"
+                elif sel:
                     scores = ", ".join(f"{n} {v:.3g}" for n, v in sel["candidates"].items()
                                        if v is not None)
                     how = (f"; chosen by auto on {sel['sample_rows']:,} rows of sampled "

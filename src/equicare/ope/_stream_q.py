@@ -153,11 +153,18 @@ def choose_q_stream(source: Any, policy: Any, *, sample_rows: int, seed: int,
         The chosen model's (cells named).
     selection : QSelection
     info : dict
-        The sample's size and rate.
+        The sample's size and rate (zero when only the linear model applies: a panel without
+        categorical states is not sampled, as in memory nothing is cross-fitted then).
     """
-    from equicare.ope._select import candidate_config, select_q_model
+    from equicare.ope._select import QSelection, candidate_config, select_q_model
     from equicare.ope._stream_behavior import sample_episodes
 
+    if not source.categorical_names():  # only the linear model applies: no sample to draw
+        names = STREAM_Q_MODELS
+        return FQEConfig(model="linear"), QSelection(
+            chosen="linear", candidates=dict.fromkeys(names), td_error=dict.fromkeys(names),
+            skipped={n: "no categorical states" for n in names if n.startswith("tabular")},
+            n_folds=0), {"sample_rate": 0.0, "sample_episodes": 0, "sample_rows": 0}
     data, rate = sample_episodes(source, sample_rows, seed)
     if data is None:
         raise InvalidParameterError(
