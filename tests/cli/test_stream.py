@@ -137,6 +137,12 @@ def test_evaluate_streams_shards_and_refuses_q_model_estimators(parts):
                                      "wdr"])
     assert res.exit_code == 2
     assert "its fit needs the whole panel in memory" in " ".join(res.output.split())
+    # --truncate: the untruncated ESS first, as in memory, then the truncated one; JSON records it
+    res = runner.invoke(app, text_base + ["--chunk-rows", "120", "--estimators", "wis",
+                                          "--truncate", "2"])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 0 and f"ESS: trajectory {s['ess']['trajectory']:.1f}" in said, said
+    assert "truncated at 2:" in said
     res = runner.invoke(app, base + ["--chunk-rows", "120", "--ci", "bca"])
     assert res.exit_code == 2 and "--ci bca is in memory only" in " ".join(res.output.split())
 

@@ -690,13 +690,14 @@ def _pass2_chunk(dataset: TrajectoryDataset, *, policy: Any, design: _Design, fi
     inputs, parts, mat, bounded, eff = _pass2_matrix(dataset, policy=policy, design=design,
                                                      fit=fit)
     w = poisson_weights(episode_keys(dataset.episode_ids), n_boot, seed)
-    tw = inputs.trajectory_weights(design.truncate)
+    tw = inputs.trajectory_weights()  # the ESS of the weights and of the truncated ones
+    tt = None if design.truncate is None else inputs.trajectory_weights(design.truncate)
     layout = (parts.keys, parts.slices, parts.horizon)
     sums = episode_sums(mat, w, tw, n_steps=dataset.n_steps, gamma=dataset.gamma,
-                        layout=layout, infl_keys=fit.infl_keys)
+                        layout=layout, infl_keys=fit.infl_keys, trunc_weights=tt)
     g = (None if groups is None else
          group_chunk_sums(dataset, mat, tw, w, groups, layout=layout, infl_keys=fit.infl_keys,
-                          eff=eff))
+                          eff=eff, trunc_weights=tt))
     return _Pass2(sums=sums, bounded=bounded, groups=g)
 
 
