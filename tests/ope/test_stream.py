@@ -159,6 +159,27 @@ def test_truncated_ess_has_the_in_memory_keys_and_the_cap_is_recorded(panel, q_m
     assert plain["ess"]["trajectory_truncated"] is None and plain["settings"]["truncate"] is None
 
 
+def test_uncovered_policy_file_rows_are_a_lower_bound_per_chunk(panel, tmp_path):
+    """A policy file missing rows: in memory the panel's count; streamed, the first failing
+    chunk's count said as "at least N (in the first chunk that has any)"."""
+    from equicare.exceptions import PolicyError
+    from equicare.policy import FilePolicy, write_policy_file
+
+    path, man, ds = panel
+    part = ds.subset(np.arange(20))
+    f = write_policy_file(part, RiskPolicy().action_probs(part), tmp_path / "part.parquet")
+    missing = ds.n_steps - part.n_steps
+    with pytest.raises(PolicyError, match=f": {missing} dataset rows have no probabilities"):
+        evaluate(ds, FilePolicy(f), estimators=["wis"], bootstrap=0)
+    with pytest.raises(PolicyError) as err:
+        evaluate_stream(path, FilePolicy(f), manifest=man, estimators=["wis"], n_boot=5,
+                        chunk_rows=40)
+    m = re.search(r"at least (\d+) dataset rows \(in the first chunk that has any\) have no "
+                  r"probabilities", str(err.value))
+    assert m is not None, str(err.value)
+    assert 0 < int(m.group(1)) < missing
+
+
 def test_poisson_weights_are_a_function_of_the_episode_id():
     keys = episode_keys(np.array(["a", "b", "c", "d"], dtype=object))
     w = poisson_weights(keys, 300, seed=5)

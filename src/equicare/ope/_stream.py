@@ -38,6 +38,7 @@ import contextlib
 import dataclasses
 import functools
 import os
+import re
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -47,7 +48,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from equicare.data import Chunk, TrajectoryDataset
-from equicare.exceptions import DataValidationError, InvalidParameterError, SmallCellWarning
+from equicare.exceptions import (
+    DataValidationError,
+    InvalidParameterError,
+    PolicyError,
+    SmallCellWarning,
+)
 from equicare.ope._bootstrap import Shift, percentile_interval, studentized_interval
 from equicare.ope._core import IS_TYPE, EpisodeParts, OPEInputs, combine, episode_parts
 from equicare.ope._resample import episode_keys, poisson_weights
@@ -521,11 +527,23 @@ class ChunkSource:
 
     def map_reduce(self, fn: Callable[[TrajectoryDataset], Any],
                    progress: Callable[[int], None] | None = None) -> tuple[Any, int]:
-        """Sum of ``fn`` over every chunk, and the number of chunks."""
+        """Sum of ``fn`` over every chunk, and the number of chunks.
+
+        A :class:`~equicare.exceptions.PolicyError` raised in a chunk (a policy file that does
+        not cover its rows) counts that chunk's rows only: its count is said as a lower bound
+        (:func:`chunk_policy_error`).
+        """
         if self.transform is not None:
             fn = functools.partial(_transformed, fn, self.transform)
         if self.dataset is not None:
             return fn(self.dataset), 1
+        try:
+            return self._map_chunks(fn, progress)
+        except PolicyError as exc:
+            raise chunk_policy_error(exc) from exc
+
+    def _map_chunks(self, fn: Callable[[TrajectoryDataset], Any],
+                    progress: Callable[[int], None] | None) -> tuple[Any, int]:
         if self.path is not None and self.executor is not None:
             tasks = [_ShardApply(spec=sp, fn=fn, chunk_rows=self.chunk_rows)
                      for sp in self.specs]
@@ -545,7 +563,29 @@ class ChunkSource:
                 if progress is not None:
                     progress(k + 1)
 
-        return _reduce(each())
+        try:
+            return _reduce(each())
+        finally:  # a chunk that raised: the reader's temporary folder goes now, not at exit
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+
+
+_NO_PROBS = re.compile(r"(?<!at least )\b(\d+) dataset rows? (?:has|have) no probabilities")
+
+
+def chunk_policy_error(exc: PolicyError, where: str = "in the first chunk that has any"
+                       ) -> PolicyError:
+    """``exc`` raised on part of the panel, its count of uncovered rows said as a lower bound.
+
+    The policy file's check counts the rows of the part it was given (a chunk, a sample); the
+    panel's count would need another pass, so the message says "at least N dataset rows
+    ({where}) have no probabilities".
+    """
+    msg = str(exc)
+    said, n = _NO_PROBS.subn(lambda m: f"at least {m.group(1)} dataset rows ({where}) have no "
+                             "probabilities", msg, count=1)
+    return exc if n == 0 else PolicyError(said)
 
 
 @contextlib.contextmanager

@@ -43,7 +43,7 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
-from equicare.exceptions import InvalidParameterError
+from equicare.exceptions import InvalidParameterError, PolicyError
 from equicare.ope._core import EpisodeParts, OPEInputs, episode_parts
 from equicare.ope._fqe import (
     FQEConfig,
@@ -170,7 +170,14 @@ def choose_q_stream(source: Any, policy: Any, *, sample_rows: int, seed: int,
         raise InvalidParameterError(
             f"q_model='auto' chooses on a sample of whole episodes, and the sample of about "
             f"{sample_rows} rows has none: raise behavior_sample_rows or name {STREAM_Q_MODELS}.")
-    probs = _target_matrix(data, policy)
+    try:
+        probs = _target_matrix(data, policy)
+    except PolicyError as exc:
+        if rate >= 1.0:
+            raise
+        from equicare.ope._stream import chunk_policy_error
+
+        raise chunk_policy_error(exc, "in a sample of whole episodes") from exc
     sel = select_q_model(data, probs, candidates=STREAM_Q_MODELS, random_state=seed,
                          cells=cells, groups=[g for g in groups if g in data.groups])
     cfg = candidate_config(sel.chosen)
