@@ -200,9 +200,11 @@ def test_auto_is_the_in_memory_choice_on_a_sample_and_widens_fqe_by_its_bias(sam
     sample = ds if sample_rows >= ds.n_steps else ds.subset(
         sample_mask(ds.episode_ids, sample_rows / ds.n_steps, 5))
     assert got.q_model["selection"]["sample_rows"] == sample.n_steps
-    ref = select_q_model(sample, pol.action_probs(sample),
-                         candidates=("linear", "tabular_stationary"), random_state=5,
-                         groups=["group"])
+    from equicare.ope._evaluate import nuisance_seed
+
+    ref = select_q_model(sample, pol.action_probs(sample),  # the in-memory evaluate's folds
+                         candidates=("linear", "tabular_stationary"),
+                         random_state=nuisance_seed(5), groups=["group"])
     sel = got.q_model["selection"]
     assert sel["chosen"] == got.q_model["chosen"] == ref.chosen
     assert sel["candidates"] == pytest.approx(ref.candidates, rel=1e-12)

@@ -677,7 +677,11 @@ def evaluate_stream(
     alpha : float
         ``1 - alpha`` intervals.
     random_state : int
-        Seed of the counter-based bootstrap weights (same seed, same intervals, any sharding).
+        Seed of the counter-based bootstrap weights (same seed, same intervals, any sharding)
+        and of the samples of episodes; the nuisance models' folds and fits (behaviour model,
+        ``auto``'s choice, the cells) take the seed that :func:`~equicare.ope.evaluate` derives
+        from it (:func:`~equicare.ope._evaluate.nuisance_seed`), so a sample that is the whole
+        panel gives the in-memory numbers.
     truncate : float, optional
         Cap on cumulative importance weights.
     groups : sequence of str, optional
@@ -730,6 +734,9 @@ def evaluate_stream(
             name="n_boot", owner="evaluate_stream",
             expected="an int >= 1 (the Poisson bootstrap's replicates)", got=n_boot))
     seed = int(random_state)
+    from equicare.ope._evaluate import nuisance_seed
+
+    fit_seed = nuisance_seed(seed)  # the in-memory nuisance models' folds and fits
     src = ChunkSource(source, manifest=manifest, chunk_rows=chunk_rows, executor=executor,
                       n_shards=n_shards)
     plan = plan_groups(src.episode_groups(), groups, MIN_CELL)
@@ -743,7 +750,7 @@ def evaluate_stream(
             from equicare.ope._stream_behavior import fit_behavior_stream
 
             sb = fit_behavior_stream(src, model=behavior_model, sample_rows=behavior_sample_rows,
-                                     seed=seed)
+                                     seed=seed, model_seed=fit_seed)
             src.transform = sb
             beh_info = sb.info
         if any(k in Q_TYPE for k in keys):
@@ -752,7 +759,7 @@ def evaluate_stream(
             # auto: the in-memory choice on a sample of whole episodes
             cfg, sel, q_info = resolve_stream_q(
                 src, policy, q_model, keys=[k for k in keys if k in Q_TYPE],
-                sample_rows=behavior_sample_rows, seed=seed,
+                sample_rows=behavior_sample_rows, seed=seed, model_seed=fit_seed,
                 groups=() if plan is None else plan.attrs)
             out = evaluate_stream_q(
                 src, policy, keys=keys, cfg=cfg, n_boot=n_boot, seed=seed, truncate=truncate,
