@@ -51,7 +51,8 @@ def test_validate_streams_and_names_panel_rows(parts, tmp_path):
                               "--chunk-rows", "60"])
     assert res.exit_code == 2
     text = " ".join(res.output.split())
-    assert "propensity" in text and "first: 7;" in text and "first: 400;" in text
+    # one message, the rows counted over the panel (the chunks' findings merged)
+    assert "propensity" in text and "2 rows (first: 7, 400;" in text
     res = runner.invoke(app, ["validate", str(bad), "--manifest", str(d / "manifest.toml"),
                               "--executor", "local"])
     assert res.exit_code == 2 and "--executor needs --chunk-rows" in res.output
