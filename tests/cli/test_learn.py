@@ -79,6 +79,8 @@ def test_refuses_to_overwrite_without_force(app, files):
     (["--encoder", "lstm", "--window", "0"], "Invalid value for '--window'"),
     (["--window", "3"], "--window does not apply to --encoder mlp"),
     (["--iterations", "3"], "--iterations does not apply to --algo awr."),
+    (["--algo", "pvi", "--chunk-rows", "100"], "--chunk-rows does not apply to --algo pvi"),
+    (["--algo", "spibb", "--chunk-rows", "100"], "--chunk-rows does not apply to --algo spibb"),
     (["--fair-action", "kind=a", "--fair-lambda", "-1"],
      "The 'fair_lambda' parameter of equicare train must be a number >= 0. Got -1.0 instead."),
     (["--fair-lambda", "1"], "The 'fair_action' parameter of equicare train must be an action "

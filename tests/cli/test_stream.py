@@ -51,7 +51,8 @@ def test_validate_streams_and_names_panel_rows(parts, tmp_path):
                               "--chunk-rows", "60"])
     assert res.exit_code == 2
     text = " ".join(res.output.split())
-    assert "propensity" in text and "first: 7;" in text and "first: 400;" in text
+    # one message, the rows counted over the panel (the chunks' findings merged)
+    assert "propensity" in text and "2 rows (first: 7, 400;" in text
     res = runner.invoke(app, ["validate", str(bad), "--manifest", str(d / "manifest.toml"),
                               "--executor", "local"])
     assert res.exit_code == 2 and "--executor needs --chunk-rows" in res.output
@@ -117,9 +118,13 @@ def test_evaluate_streams_shards_and_refuses_q_model_estimators(parts):
     assert json.loads(pct.stdout)["bootstrap"]["ci"] == "percentile"
     # the default --q-model auto streams: all seven, the choice said in the table's footer
     assert set(s["estimates"]) == {"is", "wis", "pdis", "wpdis", "fqe", "dr", "wdr"}
-    assert s["q_model"]["selection"]["sample_rows"] == s["n_steps"]
+    # no categorical states: linear is the only applicable candidate (nothing sampled)
+    assert s["q_model"]["chosen"] == "linear" and s["q_model"]["selection"]["n_folds"] == 0
+    assert s["q_model"]["selection"]["sample_rows"] == 0
     res = runner.invoke(app, [a for a in base if a != "--json"] + ["--chunk-rows", "120"])
-    assert res.exit_code == 0 and "chosen by auto on" in " ".join(res.output.split())
+    text = " ".join(res.output.split())
+    assert res.exit_code == 0 and "auto: the only applicable candidate" in text, text
+    assert "bias )" not in text
     res = runner.invoke(app, base + ["--chunk-rows", "120", "--estimators", "dr",
                                      "--q-model", "gbm"])
     assert res.exit_code == 2 and "cannot stream" in res.output
@@ -133,6 +138,12 @@ def test_evaluate_streams_shards_and_refuses_q_model_estimators(parts):
                                      "wdr"])
     assert res.exit_code == 2
     assert "its fit needs the whole panel in memory" in " ".join(res.output.split())
+    # --truncate: the untruncated ESS first, as in memory, then the truncated one; JSON records it
+    res = runner.invoke(app, text_base + ["--chunk-rows", "120", "--estimators", "wis",
+                                          "--truncate", "2"])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 0 and f"ESS: trajectory {s['ess']['trajectory']:.1f}" in said, said
+    assert "truncated at 2:" in said
     res = runner.invoke(app, base + ["--chunk-rows", "120", "--ci", "bca"])
     assert res.exit_code == 2 and "--ci bca is in memory only" in " ".join(res.output.split())
 

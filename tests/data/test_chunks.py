@@ -12,6 +12,7 @@ import pytest
 from equicare.data import Manifest, iter_chunks, load_dataset, scan_panel, validate_stream
 from equicare.data._chunks import BATCH_ROWS
 from equicare.exceptions import DataValidationError
+from equicare.pipeline import get_executor
 
 from ..conftest import MANIFEST, make_frame
 
@@ -207,9 +208,15 @@ def test_sharded_validation_equals_streamed(frame, tmp_path):
     assert not sharded.ok
     text = "\n".join(sharded.errors)
     assert "3" in text and "120" in text and "r_primary" in text
-    serial_text = "\n".join(serial.errors)
-    for row in ("first: 3;", "first: 120;"):  # the panel's own rows, whatever the split
-        assert row in text and row in serial_text
+    # the panel's own rows, counted over the chunks, whatever the split: the in-memory message
+    assert serial.errors == sharded.errors == load_errors(p, man)
+    assert "2 rows (first: 3, 120;" in text
+
+
+def load_errors(p, man) -> list[str]:
+    with pytest.raises(DataValidationError) as err:
+        load_dataset(p, man)
+    return err.value.problems
 
 
 @pytest.mark.parametrize("kind", ["parquet_sorted", "hive"])
@@ -286,3 +293,64 @@ def test_a_categorical_column_with_unused_categories_reads_its_values(frame, tmp
         chunks = list(iter_chunks(path, _manifest(), chunk_rows=50))
     assert len(chunks) > 2
     pd.testing.assert_frame_equal(_concat(chunks), _rows_of(whole))
+
+
+@pytest.mark.parametrize("column, cell", [("race", ""), ("race", "NA"), ("member_id", ""),
+                                          ("member_id", "None")])
+def test_streamed_csv_reads_missing_cells_as_pandas_does(frame, tmp_path, column, cell):
+    """An empty (or 'NA', 'None') group or episode-id cell is missing in the streamed CSV reader
+    too: streamed validation refuses it as in memory (it passed as the text "")."""
+    bad = frame.astype({column: object})
+    bad.loc[[4, 17], column] = "@@"
+    p = tmp_path / "panel.csv"
+    bad.to_csv(p, index=False)
+    p.write_text(p.read_text().replace("@@", cell))
+    man = _manifest()
+    with pytest.raises(DataValidationError, match=f"column '{column}'.* is empty"):
+        load_dataset(p, man)
+    rep, _ = validate_stream(p, man, chunk_rows=25)
+    assert not rep.ok and any(f"column '{column}'" in e and "is empty" in e for e in rep.errors)
+
+
+@pytest.mark.parametrize("chunk_rows", [7, 40, 10**6])
+def test_streamed_validation_warns_on_the_whole_panel_like_in_memory(frame, tmp_path,
+                                                                     chunk_rows):
+    """The panel-level warnings (unobserved actions, sparse rewards, small group levels) come
+    from counts summed over chunks: the in-memory ones, whatever the chunking (each chunk used
+    to warn on its own counts, e.g. small levels that are not small in the panel)."""
+    from equicare.data import validate_path
+
+    f = frame.copy()
+    f["r_primary"] = 0.0
+    f.loc[f.index[:1], "r_primary"] = 1.0  # sparse in the panel
+    f.loc[f["modality"] == "home_visit", "modality"] = "phone"  # never observed
+    p = tmp_path / "panel.parquet"
+    f.sort_values(["member_id", "week"]).to_parquet(p, index=False, row_group_size=50)
+    man = _manifest()
+    whole = validate_path(p, man)[0]
+    assert any("never observed" in w for w in whole.warnings)
+    assert any("non-zero in only" in w for w in whole.warnings)
+    rep, _ = validate_stream(p, man, chunk_rows=chunk_rows)
+    assert rep.ok and rep.warnings == whole.warnings
+    # a level small in the panel is warned on with its panel count, once
+    f.loc[f["member_id"].isin(f["member_id"].unique()[:4]), "race"] = "tiny"
+    f.sort_values(["member_id", "week"]).to_parquet(p, index=False, row_group_size=50)
+    whole = validate_path(p, man)[0]
+    rep, _ = validate_stream(p, man, chunk_rows=chunk_rows)
+    assert rep.warnings == whole.warnings
+    assert sum("tiny (4)" in w for w in rep.warnings) == 1
+
+
+def test_streamed_validation_reports_a_problem_every_chunk_finds_once(frame, tmp_path):
+    """A problem found in many chunks is one message, its rows counted over the panel: the
+    in-memory message (it was repeated once per chunk with the chunk's rows)."""
+    from equicare.data import validate_path
+
+    f = frame.copy().astype({"risk": str})
+    f.loc[f.index[::3], "risk"] = "high"
+    p = tmp_path / "panel.parquet"
+    f.sort_values(["member_id", "week"]).to_parquet(p, index=False, row_group_size=50)
+    whole = validate_path(p, _manifest())[0]
+    for executor in (None, get_executor("local", jobs=1)):
+        rep, _ = validate_stream(p, _manifest(), chunk_rows=20, executor=executor)
+        assert [e for e in rep.errors if "'risk'" in e] == whole.errors, rep.errors

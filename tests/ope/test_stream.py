@@ -133,6 +133,53 @@ def test_point_estimates_match_the_in_memory_engine(panel):
     assert got.behavior.value == pytest.approx(ref.behavior.value, rel=1e-12)
 
 
+@pytest.mark.parametrize("q_model", [None, "linear"])
+def test_truncated_ess_has_the_in_memory_keys_and_the_cap_is_recorded(panel, q_model):
+    """With ``truncate``, ``ess.trajectory`` is the untruncated ESS in both modes and
+    ``ess.trajectory_truncated`` the truncated one; the streamed JSON records the cap."""
+    path, man, ds = panel
+    keys = ["is", "wis"] + ([] if q_model is None else ["dr"])
+    kw = {"q_model": q_model} if q_model else {}
+    ref = evaluate(ds, RiskPolicy(), estimators=keys, bootstrap=0, truncate=2.0,
+                   diagnose_support=False, **kw).to_dict()
+    got = evaluate_stream(path, RiskPolicy(), manifest=man, estimators=keys, n_boot=10,
+                          truncate=2.0, chunk_rows=40, **kw).to_dict()
+    assert ref["ess"]["trajectory_truncated"] > ref["ess"]["trajectory"] * 1.01  # it bites
+    for f in ("trajectory", "trajectory_pct", "trajectory_truncated",
+              "trajectory_truncated_pct"):
+        assert got["ess"][f] == pytest.approx(ref["ess"][f], rel=1e-9), f
+        for attr, levels in ref["groups"].items():
+            for lv, g in levels.items():
+                if not g.get("suppressed"):
+                    assert got["groups"][attr][lv]["ess"][f] == pytest.approx(
+                        g["ess"][f], rel=1e-9), (attr, lv, f)
+    assert got["ess"]["truncate"] == 2.0 and got["settings"]["truncate"] == 2.0
+    plain = evaluate_stream(ds, RiskPolicy(), estimators=keys, n_boot=10, **kw).to_dict()
+    assert plain["ess"]["trajectory"] == pytest.approx(got["ess"]["trajectory"], rel=1e-9)
+    assert plain["ess"]["trajectory_truncated"] is None and plain["settings"]["truncate"] is None
+
+
+def test_uncovered_policy_file_rows_are_a_lower_bound_per_chunk(panel, tmp_path):
+    """A policy file missing rows: in memory the panel's count; streamed, the first failing
+    chunk's count said as "at least N (in the first chunk that has any)"."""
+    from equicare.exceptions import PolicyError
+    from equicare.policy import FilePolicy, write_policy_file
+
+    path, man, ds = panel
+    part = ds.subset(np.arange(20))
+    f = write_policy_file(part, RiskPolicy().action_probs(part), tmp_path / "part.parquet")
+    missing = ds.n_steps - part.n_steps
+    with pytest.raises(PolicyError, match=f": {missing} dataset rows have no probabilities"):
+        evaluate(ds, FilePolicy(f), estimators=["wis"], bootstrap=0)
+    with pytest.raises(PolicyError) as err:
+        evaluate_stream(path, FilePolicy(f), manifest=man, estimators=["wis"], n_boot=5,
+                        chunk_rows=40)
+    m = re.search(r"at least (\d+) dataset rows \(in the first chunk that has any\) have no "
+                  r"probabilities", str(err.value))
+    assert m is not None, str(err.value)
+    assert 0 < int(m.group(1)) < missing
+
+
 def test_poisson_weights_are_a_function_of_the_episode_id():
     keys = episode_keys(np.array(["a", "b", "c", "d"], dtype=object))
     w = poisson_weights(keys, 300, seed=5)

@@ -48,6 +48,27 @@ def test_whole_panel_sample_is_the_in_memory_behaviour_model(panel):
         assert got.estimates[k].value == pytest.approx(ref.estimates[k].value, rel=1e-9), k
 
 
+@pytest.mark.parametrize("q_model", ["linear", "auto"])
+def test_whole_panel_sample_with_a_named_model_takes_the_in_memory_seeds(panel, q_model):
+    """``behavior_model="logistic"`` (seeded from ``random_state``) and ``auto``'s folds: the
+    streamed route derives the in-memory seeds, so a whole-panel sample gives its numbers."""
+    path, man, ds = panel
+    keys = (*KEYS, "fqe")
+    ref = evaluate(ds, RiskPolicy(), estimators=keys, q_model=q_model, bootstrap=0,
+                   random_state=7, diagnose_support=False)
+    got = evaluate_stream(path, RiskPolicy(), manifest=man, estimators=keys, q_model=q_model,
+                          n_boot=20, random_state=7, chunk_rows=60, behavior_sample_rows=10**9)
+    assert got.behavior_model is not None and got.behavior_model["sample_rate"] == 1.0
+    for k in keys:
+        assert got.estimates[k].value == pytest.approx(ref.estimates[k].value, rel=1e-9), k
+    assert got.q_model is not None and ref.q_model is not None
+    if q_model == "auto":
+        assert got.q_model["chosen"] == ref.q_model["chosen"]
+        bias = got.q_model["selection"]["bias"]  # the two candidates that stream
+        assert len(bias) == 2 and all(v is not None for v in bias.values())
+        assert bias == pytest.approx({n: ref.q_model["bias"][n] for n in bias}, rel=1e-9)
+
+
 def test_a_sample_gives_the_same_numbers_for_any_chunking_and_sharding(panel):
     path, man, ds = panel
     kw = {"estimators": KEYS, "q_model": "linear", "n_boot": 100, "random_state": 2,

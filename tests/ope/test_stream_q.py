@@ -200,9 +200,11 @@ def test_auto_is_the_in_memory_choice_on_a_sample_and_widens_fqe_by_its_bias(sam
     sample = ds if sample_rows >= ds.n_steps else ds.subset(
         sample_mask(ds.episode_ids, sample_rows / ds.n_steps, 5))
     assert got.q_model["selection"]["sample_rows"] == sample.n_steps
-    ref = select_q_model(sample, pol.action_probs(sample),
-                         candidates=("linear", "tabular_stationary"), random_state=5,
-                         groups=["group"])
+    from equicare.ope._evaluate import nuisance_seed
+
+    ref = select_q_model(sample, pol.action_probs(sample),  # the in-memory evaluate's folds
+                         candidates=("linear", "tabular_stationary"),
+                         random_state=nuisance_seed(5), groups=["group"])
     sel = got.q_model["selection"]
     assert sel["chosen"] == got.q_model["chosen"] == ref.chosen
     assert sel["candidates"] == pytest.approx(ref.candidates, rel=1e-12)
@@ -294,3 +296,32 @@ def test_streamed_table_takes_its_cells(tmp_path):
     assert auto.q_model["cell_choice"]["sample_rows"] == ds.n_steps
     for k in ("fqe", "dr", "wdr"):
         assert auto.estimates[k].value == pytest.approx(ref.estimates[k].value, rel=1e-9), k
+
+
+def test_auto_without_categorical_states_takes_linear_without_a_sample(panel, monkeypatch):
+    """No categorical states: linear is the only applicable candidate, chosen as in memory
+    without cross-fitting, and no sampling pass is read."""
+    import equicare.ope._stream_behavior as sb
+    from equicare.ope import select_q_model
+
+    path, _, _ = panel
+    d = copy.deepcopy(MANIFEST)
+    del d["dataset"]["categorical_states"]
+    man = Manifest.from_dict(d)
+    ds = load_dataset(path, man, emit_warnings=False)
+    ref = select_q_model(ds, RiskPolicy().action_probs(ds),
+                         candidates=("linear", "tabular_stationary"), random_state=1)
+    assert ref.chosen == "linear" and ref.n_folds == 0
+
+    def no_sample(*args, **kwargs):
+        raise AssertionError("sampled episodes to choose between one candidate")
+
+    monkeypatch.setattr(sb, "sample_episodes", no_sample)
+    got = evaluate_stream(path, RiskPolicy(), manifest=man, estimators=("fqe", "dr"),
+                          q_model="auto", n_boot=10, random_state=1, chunk_rows=100)
+    fixed = evaluate_stream(path, RiskPolicy(), manifest=man, estimators=("fqe", "dr"),
+                            q_model="linear", n_boot=10, random_state=1, chunk_rows=100)
+    sel = got.q_model["selection"]
+    assert got.q_model["chosen"] == "linear" and sel["n_folds"] == 0
+    assert sel["candidates"] == ref.candidates and sel["skipped"] == ref.skipped
+    assert got.estimates == fixed.estimates

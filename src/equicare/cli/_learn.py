@@ -439,7 +439,8 @@ def register(app: "typer.Typer") -> None:
                     "--reward": reward is not None, "--model-free": model_free,
                     "--conservative-weight": conservative_weight is not None, "--small": small}
         check_out_path(out, force)
-        if chunk_rows is not None and (select is not None or algo in (Algo.SPIBB, Algo.OMG)):
+        memory_only = (Algo.SPIBB, Algo.PVI, Algo.OMG)
+        if chunk_rows is not None and (select is not None or algo in memory_only):
             what = ("--select auto" if select is not None or algo is None
                     else f"--algo {algo.value}")
             fail(f"--chunk-rows does not apply to {what} (bc, awr and cql train from a "

@@ -344,6 +344,14 @@ def groups_line(groups: dict[str, dict[str, Any]]) -> str | None:
             "--json): " + ", ".join(items))
 
 
+def truncated_ess(ess: float | None, truncate: float | None, n_episodes: int) -> str:
+    """The ESS line's clause for the truncated weights ("" without truncation)."""
+    if ess is None or truncate is None:
+        return ""
+    return (f", truncated at {truncate:g}: {ess:.1f} "
+            f"({100 * ess / max(n_episodes, 1):.2f}%)")
+
+
 def q_model_line(res: EvaluationResult) -> str | None:
     """One line: the Q-model used, and with ``auto`` every candidate's score."""
     q = res.q_model
@@ -490,7 +498,9 @@ def register(app: typer.Typer) -> None:
                           if cc.get("dropped") else "")
                 sel = sres.q_model.get("selection")
                 how = ""
-                if sel:
+                if sel and not sel.get("n_folds"):
+                    how = "; auto: the only applicable candidate"
+                elif sel:
                     scores = ", ".join(f"{n} {v:.3g}" for n, v in sel["candidates"].items()
                                        if v is not None)
                     how = (f"; chosen by auto on {sel['sample_rows']:,} rows of sampled "
@@ -511,7 +521,8 @@ def register(app: typer.Typer) -> None:
                                   f"{q_model.value} does not stream; pass --q-model auto, linear "
                                   "or tabular_stationary for them)", highlight=False)
             console.print(f"ESS: trajectory {sres.ess:.1f} "
-                          f"({100 * sres.ess / sres.n_episodes:.2f}% of episodes); "
+                          f"({100 * sres.ess / sres.n_episodes:.2f}% of episodes)"
+                          f"{truncated_ess(sres.ess_truncated, truncate, sres.n_episodes)}; "
                           f"{sres.n_chunks} chunks", highlight=False)
             gline = groups_line(sres.groups)
             if gline:
@@ -538,7 +549,8 @@ def register(app: typer.Typer) -> None:
         if qline:  # candidate names carry their cells in brackets: not Rich markup
             console.print(escape(qline), highlight=False)
         e = res.ess
-        console.print(f"ESS: trajectory {e.trajectory:.1f} ({e.trajectory_pct:.2f}% of episodes),"
+        console.print(f"ESS: trajectory {e.trajectory:.1f} ({e.trajectory_pct:.2f}% of episodes)"
+                      f"{truncated_ess(e.trajectory_truncated, e.truncate, e.n_episodes)},"
                       f" per-decision {e.per_decision_pct:.2f}%", highlight=False)
         if res.support is not None:
             console.print(f"Support: {res.support.share_pct:.2f}% of the target policy's mass on "

@@ -19,6 +19,7 @@ chunks (unlike :func:`~equicare.data.load_dataset`).
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -33,7 +34,13 @@ from equicare.data._dataset import TrajectoryDataset
 from equicare.data._io import _DUCKDB_EXT, _build, _manifest_of, check_utf8, parquet_files
 from equicare.data._labels import categorical_labels
 from equicare.data._manifest import Manifest
-from equicare.data.validate import ValidationReport, validate_frame
+from equicare.data.validate import (
+    _SHOW,
+    PanelCounts,
+    ValidationReport,
+    panel_warnings,
+    validate_frame,
+)
 from equicare.exceptions import DataValidationError
 from equicare.utils import PARAM_MESSAGE
 
@@ -43,6 +50,10 @@ __all__ = ["PanelScan", "Chunk", "ShardSpec", "scan_panel", "iter_chunks", "vali
 
 #: Rows per Arrow record batch read from storage.
 BATCH_ROWS = 65_536
+# pandas.read_csv's default na_values: the streamed CSV reader treats the same cells as missing
+# (pyarrow's own defaults lack '<NA>', 'None' and 'n/a', and keep empty text cells as "")
+CSV_NULLS = ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
+             "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null")
 #: Default rows per chunk (whole episodes; an episode longer than this forms its own chunk).
 CHUNK_ROWS = 500_000
 _ROW = "__equicare_row__"
@@ -147,7 +158,9 @@ def _batches(path: Path, man: Manifest, columns: list[str], batch_rows: int = BA
             reader = pacsv.open_csv(
                 str(path),
                 read_options=pacsv.ReadOptions(block_size=1 << 22),
-                convert_options=pacsv.ConvertOptions(include_columns=columns),
+                convert_options=pacsv.ConvertOptions(
+                    include_columns=columns, null_values=list(CSV_NULLS),
+                    strings_can_be_null=True),
             )
             _check_columns(path, reader.schema.names, columns, man)
             for b in reader:
@@ -440,7 +453,8 @@ def _chunk_dataset(table: Any, man: Manifest, scan: PanelScan, source: str
                    ) -> tuple[TrajectoryDataset | None, ValidationReport]:
     df = table.to_pandas()
     row_numbers = df.pop(_ROW).to_numpy(dtype=np.int64)
-    rep = validate_frame(df, man, source, row_numbers=row_numbers)
+    # the panel-level warnings need the whole panel: callers sum rep.counts (validate_stream)
+    rep = validate_frame(df, man, source, row_numbers=row_numbers, panel_level=False)
     if not rep.ok:
         return None, rep
     return _build(df, man, rep, categorical_levels=scan.categorical_levels), rep
@@ -460,8 +474,10 @@ def validate_stream(
     """Validate a panel chunk by chunk with bounded memory.
 
     Every problem names the file, the column and the panel's own rows, as
-    :func:`~equicare.data.validate_path` does for a panel in memory. Warnings are checked per
-    chunk and reported once each.
+    :func:`~equicare.data.validate_path` does for a panel in memory. The panel-level warnings
+    (unobserved action combinations, sparse rewards, small group levels) come from counts summed
+    over the chunks, so they are the in-memory ones whatever the chunking; a problem that every
+    chunk finds alike is reported once.
 
     Parameters
     ----------
@@ -491,33 +507,42 @@ def validate_stream(
     except DataValidationError as exc:
         report.errors.extend(exc.problems or [str(exc)])
         return report, None
+    totals: list[PanelCounts] = []
     seen_warnings: set[str] = set()
+    merged = _ErrorMerger()
+
+    def add(errors: list[str], warns: list[str], counts: PanelCounts | None) -> None:
+        for e in errors:
+            merged.add(e)
+        report.errors[:] = merged.messages()
+        for w in warns:
+            if _shape(w) not in seen_warnings:  # a chunk's own finding: once per kind
+                seen_warnings.add(_shape(w))
+                report.warnings.append(w)
+        if counts is not None:
+            totals[:] = [counts if not totals else totals[0] + counts]
+
     if executor is not None:
         shards = n_shards or int(getattr(executor, "n_workers", 2) or 2)
         specs = plan_shards(p, man, shards, scan=scan)
-        for errors, warns in executor.map(_validate_shard, [(s, chunk_rows) for s in specs]):
-            report.errors.extend(errors)
-            for w in warns:
-                if _shape(w) not in seen_warnings:  # once per kind, not once per chunk
-                    seen_warnings.add(_shape(w))
-                    report.warnings.append(w)
+        for errors, warns, counts in executor.map(_validate_shard,
+                                                  [(s, chunk_rows) for s in specs]):
+            add(errors, warns, counts)
         if len(report.errors) > max_errors:
             extra = len(report.errors) - max_errors
             report.errors[max_errors:] = [f"{p}: {extra} more problems not shown."]
-        return report, scan
-    with tempfile.TemporaryDirectory(dir=tmp_dir, prefix="equicare-chunks-") as tmp:
-        for k, table in enumerate(_raw_chunks(p, man, scan, chunk_rows, Path(tmp),
-                                              memory_limit)):
-            _, rep = _chunk_dataset(table, man, scan, str(p))
-            report.errors.extend(rep.errors)
-            for w in rep.warnings:
-                if _shape(w) not in seen_warnings:  # once per kind, not once per chunk
-                    seen_warnings.add(_shape(w))
-                    report.warnings.append(w)
-            if len(report.errors) >= max_errors:
-                report.errors.append(f"{p}: stopped after {len(report.errors)} problems "
-                                     f"(chunk {k + 1}); fix these and validate again.")
-                break
+    else:
+        with tempfile.TemporaryDirectory(dir=tmp_dir, prefix="equicare-chunks-") as tmp:
+            for k, table in enumerate(_raw_chunks(p, man, scan, chunk_rows, Path(tmp),
+                                                  memory_limit)):
+                _, rep = _chunk_dataset(table, man, scan, str(p))
+                add(rep.errors, rep.warnings, rep.counts)
+                if len(report.errors) >= max_errors:
+                    report.errors.append(f"{p}: stopped after {len(report.errors)} problems "
+                                         f"(chunk {k + 1}); fix these and validate again.")
+                    break
+    if report.ok and totals:  # the whole panel's counts: the in-memory warnings, once
+        report.warnings.extend(panel_warnings(totals[0], man, str(p)))
     return report, scan
 
 
@@ -776,23 +801,63 @@ def cluster_panel(
     return dst
 
 
+_ROWS_RE = re.compile(r"(\d+) rows? \(first: ([\d, ]+?)(, \.\.\.)?; 0-based data rows\)")
+
+
+@dataclass
+class _ErrorMerger:
+    """Chunks' problems as the whole panel's: one message per problem, rows counted over chunks.
+
+    A message naming rows (``N rows (first: a, b, ...; 0-based data rows)``) that another chunk
+    found alike (the same text but for its rows) is merged with it: the counts add up and the
+    first rows are the smallest of every chunk's first rows, i.e. the panel's (each chunk shows
+    its smallest). Any other message is kept once.
+    """
+
+    found: dict[str, list[Any]] = field(default_factory=dict)
+
+    def add(self, message: str) -> None:
+        m = _ROWS_RE.search(message)
+        if m is None:
+            self.found.setdefault(message, [message, 0, []])
+            return
+        key = message[:m.start()] + "\0" + message[m.end():]
+        entry = self.found.setdefault(key, [key, 0, []])
+        entry[1] += int(m.group(1))
+        entry[2] = sorted({*entry[2], *(int(r) for r in m.group(2).split(", "))})[:_SHOW]
+
+    def messages(self) -> list[str]:
+        out = []
+        for text, n, rows in self.found.values():
+            if "\0" not in text:
+                out.append(text)
+                continue
+            more = ", ..." if n > len(rows) else ""
+            noun = "row" if n == 1 else "rows"
+            shown = ", ".join(str(r) for r in rows)
+            out.append(text.replace("\0", f"{n} {noun} (first: {shown}{more}; 0-based data rows)"))
+        return out
+
+
 def _shape(message: str) -> str:
     """A warning without its numbers: chunks report the same finding with their own counts."""
-    import re
-
     return re.sub(r"\d+(\.\d+)?", "#", message)
 
 
-def _validate_shard(task: tuple[ShardSpec, int]) -> tuple[list[str], list[str]]:
-    """Problems and warnings of one shard (run by an executor)."""
+def _validate_shard(task: tuple[ShardSpec, int]
+                    ) -> tuple[list[str], list[str], PanelCounts | None]:
+    """Problems, warnings and summed panel counts of one shard (run by an executor)."""
     spec, chunk_rows = task
     scan = PanelScan(source=spec.path, n_rows=spec.stop - spec.start, episode_ids=np.zeros(0),
                      lengths=np.zeros(0, dtype=np.int64), clustered=True,
                      categorical_levels=spec.categorical_levels)
     errors: list[str] = []
     warns: list[str] = []
+    total: PanelCounts | None = None
     for table in _cut(_shard_batches(spec), spec.manifest.episode, chunk_rows):
         _, rep = _chunk_dataset(table, spec.manifest, scan, spec.path)
         errors += rep.errors
         warns += [w for w in rep.warnings if w not in warns]
-    return errors, warns
+        if rep.counts is not None:
+            total = rep.counts if total is None else total + rep.counts
+    return errors, warns, total

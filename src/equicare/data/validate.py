@@ -21,7 +21,7 @@ from equicare.exceptions import DataValidationError, DataWarning
 from equicare.utils import MIN_CELL
 
 __all__ = ["ValidationReport", "validate_frame", "encode_actions", "SPARSE_REWARD_PCT",
-           "NO_TERMINAL_NOTE"]
+           "NO_TERMINAL_NOTE", "PanelCounts", "panel_warnings"]
 
 #: Note of a manifest without ``dataset.terminal`` (Contract 1: every episode end is censored).
 NO_TERMINAL_NOTE = "no 'terminal' column: every episode end is treated as censored"
@@ -29,6 +29,73 @@ NO_TERMINAL_NOTE = "no 'terminal' column: every episode end is treated as censor
 #: Reward components non-zero in fewer than this % of rows raise a sparsity warning.
 SPARSE_REWARD_PCT = 1.0
 _SHOW = 5
+
+
+@dataclass
+class PanelCounts:
+    """Additive counts behind the panel-level warnings (one chunk of whole episodes, or a panel).
+
+    Attributes
+    ----------
+    n_rows : int
+    action_counts : ndarray of shape (n_actions,)
+        Rows per flat action.
+    reward_nonzero : dict of str to int
+        Rows where each reward component (by name) is non-zero.
+    group_counts : dict of str to dict of str to int
+        Episodes per level of each group attribute (the level of the episode's first row).
+    """
+
+    n_rows: int
+    action_counts: NDArray[np.int64]
+    reward_nonzero: dict[str, int] = field(default_factory=dict)
+    group_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def __add__(self, other: PanelCounts) -> PanelCounts:
+        def merge(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+            return {k: a.get(k, 0) + b.get(k, 0) for k in dict.fromkeys([*a, *b])}
+
+        return PanelCounts(
+            n_rows=self.n_rows + other.n_rows,
+            action_counts=self.action_counts + other.action_counts,
+            reward_nonzero=merge(self.reward_nonzero, other.reward_nonzero),
+            group_counts={g: merge(self.group_counts.get(g, {}), other.group_counts.get(g, {}))
+                          for g in dict.fromkeys([*self.group_counts, *other.group_counts])})
+
+
+def panel_warnings(counts: PanelCounts, manifest: Manifest, source: str) -> list[str]:
+    """The panel-level warnings (unobserved actions, sparse rewards, small group levels).
+
+    From counts that add up over chunks, so a streamed validation warns as the in-memory one.
+    """
+    out = []
+    space = manifest.action_space
+    n_obs = int((counts.action_counts > 0).sum())
+    if n_obs < space.n_actions:
+        out.append(
+            f"{source}: {space.n_actions - n_obs} of {space.n_actions} action combinations are "
+            f"never observed ({n_obs} observed); policies putting mass on them cannot be "
+            "evaluated by importance sampling."
+        )
+    for r in manifest.reward:
+        pct = 100.0 * counts.reward_nonzero.get(r.name, 0) / max(counts.n_rows, 1)
+        if pct < SPARSE_REWARD_PCT:
+            out.append(
+                f"{source}: reward component {r.name!r} (column {r.column!r}) "
+                "is non-zero in only "
+                f"{pct:.2f}% of rows (< {SPARSE_REWARD_PCT:g}%); estimates will be noisy."
+            )
+    for g in manifest.groups:
+        levels = counts.group_counts.get(g)
+        if levels is None:
+            continue
+        small = [f"{lv} ({c})" for lv, c in sorted(levels.items()) if c < MIN_CELL]
+        if small:
+            out.append(
+                f"{source}: group attribute {g!r} has levels with fewer than {MIN_CELL} "
+                f"episodes: {', '.join(small)}; they are suppressed in published tables."
+            )
+    return out
 
 
 @dataclass
@@ -50,6 +117,8 @@ class ValidationReport:
         Row order that sorts the table by (episode, time); set when the keys are usable.
     episode_codes, action_codes : arrays, optional
         Encodings computed during validation, reused by the loader.
+    counts : PanelCounts, optional
+        The counts behind the panel-level warnings (set when the rows are usable).
     """
 
     source: str
@@ -60,6 +129,7 @@ class ValidationReport:
     episode_codes: NDArray[np.int64] | None = None
     episode_uniques: NDArray[Any] | None = None
     action_codes: NDArray[np.int64] | None = None
+    counts: PanelCounts | None = None
 
     @property
     def ok(self) -> bool:
@@ -199,6 +269,7 @@ def validate_frame(
     source: str = "<table>",
     raw_columns: list[str] | None = None,
     row_numbers: NDArray[np.int64] | None = None,
+    panel_level: bool = True,
 ) -> ValidationReport:
     """Check a table against a manifest.
 
@@ -213,6 +284,10 @@ def validate_frame(
     row_numbers : ndarray of shape (n_rows,), optional
         The rows' numbers in the whole panel when ``df`` is one chunk of it (messages then name
         the panel's rows, not the chunk's).
+    panel_level : bool
+        Add the panel-level warnings (unobserved actions, sparse rewards, small group levels).
+        False for a chunk: its ``counts`` are summed over the chunks and warned on once
+        (:func:`panel_warnings`).
 
     Returns
     -------
@@ -408,22 +483,12 @@ def validate_frame(
     if rep.ok:
         rep.action_codes = np.stack(acodes, axis=1)
         space = manifest.action_space
-        counts = space.counts(space.to_flat(rep.action_codes))
-        n_obs = int((counts > 0).sum())
-        if n_obs < space.n_actions:
-            rep.warnings.append(
-                f"{source}: {space.n_actions - n_obs} of {space.n_actions} action combinations are "
-                f"never observed ({n_obs} observed); policies putting mass on them cannot be "
-                "evaluated by importance sampling."
-            )
-        for r in manifest.reward:
-            pct = 100.0 * float(np.mean(df[r.column].to_numpy() != 0))
-            if pct < SPARSE_REWARD_PCT:
-                rep.warnings.append(
-                    f"{source}: reward component {r.name!r} (column {r.column!r}) "
-                    "is non-zero in only "
-                    f"{pct:.2f}% of rows (< {SPARSE_REWARD_PCT:g}%); estimates will be noisy."
-                )
+        counts = PanelCounts(
+            n_rows=len(df),
+            action_counts=np.asarray(space.counts(space.to_flat(rep.action_codes)),
+                                     dtype=np.int64),
+            reward_nonzero={r.name: int(np.count_nonzero(df[r.column].to_numpy() != 0))
+                            for r in manifest.reward})
         if rep.episode_codes is not None and rep.order is not None:
             first = np.r_[
                 True, rep.episode_codes[rep.order][1:] != rep.episode_codes[rep.order][:-1]
@@ -433,10 +498,8 @@ def validate_frame(
                 lab, cnt = np.unique(
                     df[g].take(first_rows).to_numpy().astype(str), return_counts=True
                 )
-                small = [f"{lv} ({c})" for lv, c in zip(lab, cnt, strict=True) if c < MIN_CELL]
-                if small:
-                    rep.warnings.append(
-                        f"{source}: group attribute {g!r} has levels with fewer than {MIN_CELL} "
-                        f"episodes: {', '.join(small)}; they are suppressed in published tables."
-                    )
+                counts.group_counts[g] = dict(zip(lab.tolist(), cnt.tolist(), strict=True))
+        rep.counts = counts
+        if panel_level:
+            rep.warnings.extend(panel_warnings(counts, manifest, source))
     return rep

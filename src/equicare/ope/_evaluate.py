@@ -44,7 +44,14 @@ from equicare.ope._core import (
 )
 from equicare.ope._ess import EffectiveSampleSize, effective_sample_size
 from equicare.ope._fqe import FQEConfig
-from equicare.ope._prepare import BehaviorSpec, Prepared, as_fqe_config, prepare, q_model_name
+from equicare.ope._prepare import (
+    BehaviorSpec,
+    Prepared,
+    as_fqe_config,
+    model_seed,
+    prepare,
+    q_model_name,
+)
 from equicare.ope._select import QSelection
 from equicare.ope._support import (
     SupportReport,
@@ -297,6 +304,23 @@ def bias_aware(est: Estimate, bias: float, bias_se: float, alpha: float = 0.05) 
     half = float(np.sqrt(ncx2.ppf(1 - alpha, 1, (bound / se) ** 2))) * se
     ci = (min(est.ci[0], est.value - half), max(est.ci[1], est.value + half))
     return Estimate(value=est.value, ci=ci, se=est.se, n_episodes=est.n_episodes)
+
+
+def evaluate_seeds(random_state: int) -> tuple[int, int, int]:
+    """:func:`evaluate`'s seeds: nuisance preparation, bootstrap, refit bootstrap."""
+    rng = check_random_state(random_state)
+    a, b, c = (int(s) for s in rng.integers(0, 2**31 - 1, size=3))
+    return a, b, c
+
+
+def nuisance_seed(random_state: int) -> int:
+    """The seed that :func:`evaluate` (``random_state``) gives its nuisance models.
+
+    The behaviour model's folds and fits, ``auto``'s folds, the cells' choice. The streamed
+    evaluation fits them with it too, so that a sample that is the whole panel gives the
+    in-memory numbers.
+    """
+    return model_seed(evaluate_seeds(random_state)[0])
 
 
 def fqe_interval_note(sel: QSelection, refitted_levels: bool = True) -> str:
@@ -748,8 +772,7 @@ def _evaluate(
     check_param(random_state, "random_state", "evaluate", kind=int, low=0)
     check_param(ci_method, "ci_method", "evaluate", choices=CI_METHODS)
     qcfg = as_fqe_config(q_model)
-    rng = check_random_state(random_state)
-    seed_prep, seed_boot, seed_refit = (int(s) for s in rng.integers(0, 2**31 - 1, size=3))
+    seed_prep, seed_boot, seed_refit = evaluate_seeds(random_state)
     qname = q_model_name(qcfg)
     say(f"{dataset.n_episodes} episodes, {dataset.n_steps} steps: fitting the nuisance models "
         f"(Q-model {qname})")

@@ -115,6 +115,11 @@ def q_model_config(q_model: Any) -> FQEConfig:
     return FQEConfig(model="auto") if isinstance(cfg, str) else cfg
 
 
+def model_seed(random_state: RandomState) -> int:
+    """The seed of :func:`prepare`'s nuisance models (behaviour model, Q selection, cells)."""
+    return int(check_random_state(random_state).integers(2**31 - 1))
+
+
 def _make_behavior_model(spec: Any, seed: int) -> BehaviorModel:
     if isinstance(spec, BehaviorModel):
         return spec
@@ -249,8 +254,7 @@ def prepare(
     -------
     Prepared
     """
-    rng = check_random_state(random_state)
-    seed = int(rng.integers(2**31 - 1))
+    seed = model_seed(random_state)
     pe = target_probabilities(dataset, policy_or_probs)
     bm: BehaviorModel | None = None
     if behavior_prob is not None:

@@ -38,6 +38,7 @@ import contextlib
 import dataclasses
 import functools
 import os
+import re
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -47,7 +48,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from equicare.data import Chunk, TrajectoryDataset
-from equicare.exceptions import DataValidationError, InvalidParameterError, SmallCellWarning
+from equicare.exceptions import (
+    DataValidationError,
+    InvalidParameterError,
+    PolicyError,
+    SmallCellWarning,
+)
 from equicare.ope._bootstrap import Shift, percentile_interval, studentized_interval
 from equicare.ope._core import IS_TYPE, EpisodeParts, OPEInputs, combine, episode_parts
 from equicare.ope._resample import episode_keys, poisson_weights
@@ -163,12 +169,14 @@ def _is_sums(dataset: TrajectoryDataset, policy: Any, *, keys: Sequence[str], ho
     """:func:`chunk_sums` and, with ``groups``, every subgroup level's sums."""
     inputs, parts, mat = _chunk_matrix(dataset, policy, keys, horizon, truncate)
     w = poisson_weights(episode_keys(dataset.episode_ids), n_boot, seed)
-    tw = inputs.trajectory_weights(truncate)
+    tw = inputs.trajectory_weights()  # the ESS of the weights and of the truncated ones
+    tt = None if truncate is None else inputs.trajectory_weights(truncate)
     layout = (parts.keys, parts.slices, parts.horizon)
     sums = episode_sums(mat, w, tw, n_steps=dataset.n_steps, gamma=dataset.gamma,
-                        layout=layout)
+                        layout=layout, trunc_weights=tt)
     return WithGroups(sums, None if groups is None else
-                      group_chunk_sums(dataset, mat, tw, w, groups, layout=layout))
+                      group_chunk_sums(dataset, mat, tw, w, groups, layout=layout,
+                                       trunc_weights=tt))
 
 
 def chunk_squares(dataset: TrajectoryDataset, policy: Any, *, keys: Sequence[str], horizon: int,
@@ -222,6 +230,10 @@ class StreamGroup:
     estimates : dict of str to StreamEstimate
     ess : float or None
         Kish's effective sample size of the level's trajectory weights.
+    ess_truncated : float or None
+        The same of the truncated weights (with ``truncate``).
+    truncate : float or None
+        The truncation threshold.
     """
 
     n_episodes: int
@@ -229,6 +241,8 @@ class StreamGroup:
     behavior: StreamEstimate | None = None
     estimates: dict[str, StreamEstimate] = field(default_factory=dict)
     ess: float | None = None
+    ess_truncated: float | None = None
+    truncate: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Contract 3 group entry; ``{"suppressed": true, "n_episodes": null}`` when suppressed."""
@@ -237,8 +251,16 @@ class StreamGroup:
         assert self.behavior is not None and self.ess is not None
         return {"n_episodes": self.n_episodes, "behavior": self.behavior.to_dict(),
                 "estimates": {k: e.to_dict() for k, e in self.estimates.items()},
-                "ess": {"trajectory": self.ess,
-                        "trajectory_pct": 100.0 * self.ess / self.n_episodes}}
+                "ess": ess_dict(self.ess, self.ess_truncated, self.truncate, self.n_episodes)}
+
+
+def ess_dict(ess: float, truncated: float | None, truncate: float | None,
+             n_episodes: int) -> dict[str, Any]:
+    """The streamed ``"ess"``: the in-memory keys that sums give (``trajectory`` untruncated)."""
+    return {"trajectory": ess, "trajectory_pct": 100.0 * ess / n_episodes, "truncate": truncate,
+            "trajectory_truncated": truncated,
+            "trajectory_truncated_pct": None if truncated is None
+            else 100.0 * truncated / n_episodes}
 
 
 @dataclass(frozen=True)
@@ -253,7 +275,7 @@ class StreamEvaluation:
         Value of current practice (mean discounted return of the logged episodes).
     estimates : dict of str to StreamEstimate
     ess : float
-        Kish's effective sample size of the trajectory weights.
+        Kish's effective sample size of the trajectory weights (untruncated, as in memory).
     n_boot : int
     q_model : dict, optional
         The streamed Q-model (name, solver, parameters, how its refit enters the bootstrap)
@@ -265,6 +287,11 @@ class StreamEvaluation:
     groups : dict of str to dict of str to StreamGroup
         Every estimator within each level of each group attribute (nuisance models fitted on
         all episodes; with a Q-model the intervals carry its refit on every episode).
+    ess_truncated : float or None
+        Kish's effective sample size of the truncated trajectory weights (with ``truncate``).
+    settings : dict
+        The settings that apply to a streamed evaluation (estimators, bootstrap, ci_method,
+        alpha, truncate, random_state, propensity_source), as the in-memory ``settings``.
     """
 
     n_episodes: int
@@ -279,6 +306,8 @@ class StreamEvaluation:
     behavior_model: dict[str, Any] | None = None
     ci_method: str = "percentile"
     groups: dict[str, dict[str, StreamGroup]] = field(default_factory=dict)
+    ess_truncated: float | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The result JSON (Contract 3: ``n_episodes``, ``behavior``, ``estimates``, ``ess``)."""
@@ -286,13 +315,16 @@ class StreamEvaluation:
             "n_episodes": self.n_episodes, "n_steps": self.n_steps, "gamma": self.gamma,
             "behavior": {"value": self.behavior.value, "ci": list(self.behavior.ci)},
             "estimates": {k: e.to_dict() for k, e in self.estimates.items()},
-            "ess": {"trajectory": self.ess, "trajectory_pct": 100.0 * self.ess / self.n_episodes},
+            "ess": ess_dict(self.ess, self.ess_truncated, self.settings.get("truncate"),
+                            self.n_episodes),
             "bootstrap": {"n_boot": self.n_boot, "weights": "poisson", "ci": self.ci_method},
             "streaming": {"n_chunks": self.n_chunks},
             "groups": {attr: {lv: g.to_dict() for lv, g in levels.items()}
                        for attr, levels in self.groups.items()},
         }
         out["propensity_source"] = "logged" if self.behavior_model is None else "estimated"
+        if self.settings:
+            out["settings"] = self.settings
         if self.behavior_model is not None:
             out["behavior_model"] = self.behavior_model
         if self.q_model is not None:
@@ -351,23 +383,24 @@ def finish(sums: StreamSums, *, alpha: float = 0.05, n_chunks: int = 1,
     behavior = StreamEstimate(value=float(sums.total[n_parts] / n),
                               ci=percentile_interval(beh_reps, alpha),
                               se=float(beh_reps.std(ddof=1)) if beh_reps.size > 1 else 0.0)
-    ess = sums.w_sum ** 2 / sums.w_sq if sums.w_sq > 0 else 0.0
+    ess, ess_truncated = sums.ess()
     return StreamEvaluation(n_episodes=sums.n_episodes, n_steps=sums.n_steps, n_chunks=n_chunks,
                             gamma=sums.gamma, behavior=behavior, estimates=estimates,
-                            ess=float(ess), n_boot=int(sums.boot_n.size), q_model=q_model,
-                            behavior_model=behavior_model,
+                            ess=ess, ess_truncated=ess_truncated, n_boot=int(sums.boot_n.size),
+                            q_model=q_model, behavior_model=behavior_model,
                             ci_method="percentile" if squares is None else "studentized")
 
 
 def finish_groups(plan: GroupPlan, groups: GroupSums, squares: GroupSquares | None, *,
                   alpha: float = 0.05,
-                  group_bias: dict[str, dict[str, tuple[float, float]]] | None = None
-                  ) -> dict[str, dict[str, StreamGroup]]:
+                  group_bias: dict[str, dict[str, tuple[float, float]]] | None = None,
+                  truncate: float | None = None) -> dict[str, dict[str, StreamGroup]]:
     """Every subgroup level's estimates from its summed statistics (:func:`finish` per level).
 
     Levels with fewer than ``plan.min_cell`` episodes are suppressed, with a
     :class:`~equicare.exceptions.SmallCellWarning`. ``group_bias`` (``auto``'s, per attribute
-    and level) makes each level's FQE interval bias-aware.
+    and level) makes each level's FQE interval bias-aware. ``truncate`` is the threshold of the
+    levels' truncated-weights ESS (reported with it).
     """
     out: dict[str, dict[str, StreamGroup]] = {}
     index = {col: c for c, col in enumerate(plan.columns)}
@@ -388,7 +421,8 @@ def finish_groups(plan: GroupPlan, groups: GroupSums, squares: GroupSquares | No
             res = finish(sums, alpha=alpha, squares=sq, shift=shift,
                          fqe_bias=(group_bias or {}).get(attr, {}).get(lv))
             levels[lv] = StreamGroup(n_episodes=res.n_episodes, suppressed=False,
-                                     behavior=res.behavior, estimates=res.estimates, ess=res.ess)
+                                     behavior=res.behavior, estimates=res.estimates, ess=res.ess,
+                                     ess_truncated=res.ess_truncated, truncate=truncate)
         out[attr] = levels
     if small:
         warnings.warn(small_cells_message(small, plan.min_cell), SmallCellWarning, stacklevel=3)
@@ -493,11 +527,23 @@ class ChunkSource:
 
     def map_reduce(self, fn: Callable[[TrajectoryDataset], Any],
                    progress: Callable[[int], None] | None = None) -> tuple[Any, int]:
-        """Sum of ``fn`` over every chunk, and the number of chunks."""
+        """Sum of ``fn`` over every chunk, and the number of chunks.
+
+        A :class:`~equicare.exceptions.PolicyError` raised in a chunk (a policy file that does
+        not cover its rows) counts that chunk's rows only: its count is said as a lower bound
+        (:func:`chunk_policy_error`).
+        """
         if self.transform is not None:
             fn = functools.partial(_transformed, fn, self.transform)
         if self.dataset is not None:
             return fn(self.dataset), 1
+        try:
+            return self._map_chunks(fn, progress)
+        except PolicyError as exc:
+            raise chunk_policy_error(exc) from exc
+
+    def _map_chunks(self, fn: Callable[[TrajectoryDataset], Any],
+                    progress: Callable[[int], None] | None) -> tuple[Any, int]:
         if self.path is not None and self.executor is not None:
             tasks = [_ShardApply(spec=sp, fn=fn, chunk_rows=self.chunk_rows)
                      for sp in self.specs]
@@ -517,7 +563,29 @@ class ChunkSource:
                 if progress is not None:
                     progress(k + 1)
 
-        return _reduce(each())
+        try:
+            return _reduce(each())
+        finally:  # a chunk that raised: the reader's temporary folder goes now, not at exit
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+
+
+_NO_PROBS = re.compile(r"(?<!at least )\b(\d+) dataset rows? (?:has|have) no probabilities")
+
+
+def chunk_policy_error(exc: PolicyError, where: str = "in the first chunk that has any"
+                       ) -> PolicyError:
+    """``exc`` raised on part of the panel, its count of uncovered rows said as a lower bound.
+
+    The policy file's check counts the rows of the part it was given (a chunk, a sample); the
+    panel's count would need another pass, so the message says "at least N dataset rows
+    ({where}) have no probabilities".
+    """
+    msg = str(exc)
+    said, n = _NO_PROBS.subn(lambda m: f"at least {m.group(1)} dataset rows ({where}) have no "
+                             "probabilities", msg, count=1)
+    return exc if n == 0 else PolicyError(said)
 
 
 @contextlib.contextmanager
@@ -609,7 +677,11 @@ def evaluate_stream(
     alpha : float
         ``1 - alpha`` intervals.
     random_state : int
-        Seed of the counter-based bootstrap weights (same seed, same intervals, any sharding).
+        Seed of the counter-based bootstrap weights (same seed, same intervals, any sharding)
+        and of the samples of episodes; the nuisance models' folds and fits (behaviour model,
+        ``auto``'s choice, the cells) take the seed that :func:`~equicare.ope.evaluate` derives
+        from it (:func:`~equicare.ope._evaluate.nuisance_seed`), so a sample that is the whole
+        panel gives the in-memory numbers.
     truncate : float, optional
         Cap on cumulative importance weights.
     groups : sequence of str, optional
@@ -662,6 +734,9 @@ def evaluate_stream(
             name="n_boot", owner="evaluate_stream",
             expected="an int >= 1 (the Poisson bootstrap's replicates)", got=n_boot))
     seed = int(random_state)
+    from equicare.ope._evaluate import nuisance_seed
+
+    fit_seed = nuisance_seed(seed)  # the in-memory nuisance models' folds and fits
     src = ChunkSource(source, manifest=manifest, chunk_rows=chunk_rows, executor=executor,
                       n_shards=n_shards)
     plan = plan_groups(src.episode_groups(), groups, MIN_CELL)
@@ -675,7 +750,7 @@ def evaluate_stream(
             from equicare.ope._stream_behavior import fit_behavior_stream
 
             sb = fit_behavior_stream(src, model=behavior_model, sample_rows=behavior_sample_rows,
-                                     seed=seed)
+                                     seed=seed, model_seed=fit_seed)
             src.transform = sb
             beh_info = sb.info
         if any(k in Q_TYPE for k in keys):
@@ -684,7 +759,7 @@ def evaluate_stream(
             # auto: the in-memory choice on a sample of whole episodes
             cfg, sel, q_info = resolve_stream_q(
                 src, policy, q_model, keys=[k for k in keys if k in Q_TYPE],
-                sample_rows=behavior_sample_rows, seed=seed,
+                sample_rows=behavior_sample_rows, seed=seed, model_seed=fit_seed,
                 groups=() if plan is None else plan.attrs)
             out = evaluate_stream_q(
                 src, policy, keys=keys, cfg=cfg, n_boot=n_boot, seed=seed, truncate=truncate,
@@ -719,7 +794,8 @@ def evaluate_stream(
                         src, policy, col, plan, keys=keys, cfg=cfg, n_boot=n_boot, seed=seed,
                         truncate=truncate, studentized=ci_method == "studentized", tick=tick)
                     levels = {r.label: finish_groups(r.plan, r.sums, r.squares, alpha=alpha,
-                                                     group_bias=r.bias)[col.column][r.label]
+                                                     group_bias=r.bias, truncate=truncate
+                                                     )[col.column][r.label]
                               for r in runs}
                     own_levels[col.column] = (levels, per_level_info(col, backed))
         else:
@@ -740,7 +816,11 @@ def evaluate_stream(
     if plan is not None and g_sums is not None:
         res = dataclasses.replace(res, groups=finish_groups(
             plan, g_sums, g_squares, alpha=alpha,
-            group_bias=None if sel is None else sel.group_bias))
+            group_bias=None if sel is None else sel.group_bias, truncate=truncate))
+    res = dataclasses.replace(res, settings={
+        "estimators": list(keys), "bootstrap": n_boot, "ci_method": ci_method, "alpha": alpha,
+        "truncate": truncate, "random_state": seed,
+        "propensity_source": "logged" if beh_info is None else "estimated"})
     if own_levels:  # subgroup columns the table pools over and the target reads
         assert res.q_model is not None
         for column, (levels, _) in own_levels.items():

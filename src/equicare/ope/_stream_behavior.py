@@ -159,7 +159,7 @@ class StreamBehavior:
 
 
 def fit_behavior_stream(source: Any, *, model: Any = "logistic", sample_rows: int = SAMPLE_ROWS,
-                        seed: int = 0) -> StreamBehavior:
+                        seed: int = 0, model_seed: int | None = None) -> StreamBehavior:
     """Fit the behaviour model on a random sample of whole episodes of ``source`` (one pass).
 
     Parameters
@@ -171,7 +171,12 @@ def fit_behavior_stream(source: Any, *, model: Any = "logistic", sample_rows: in
     sample_rows : int
         Rows to sample (about; whole episodes). At least the panel's rows: the whole panel.
     seed : int
-        Seed of the sample (and of the model's folds when ``model`` is a name).
+        Seed of the sample (and of the model's folds when ``model`` is a name and no
+        ``model_seed`` is given).
+    model_seed : int, optional
+        Seed of the model's folds and fits when ``model`` is a name:
+        :func:`~equicare.ope._evaluate.nuisance_seed` of the evaluation's seed gives the
+        in-memory model's (the same folds and fits when the sample is the whole panel).
 
     Returns
     -------
@@ -186,7 +191,7 @@ def fit_behavior_stream(source: Any, *, model: Any = "logistic", sample_rows: in
         raise ValueError(f"The behaviour model's sample (rate {rate:.3g}) has no episode; "
                          "raise behavior_sample_rows.")
     bm = clone(model) if isinstance(model, BehaviorModel) else BehaviorModel(
-        estimator=model, random_state=seed)
+        estimator=model, random_state=seed if model_seed is None else model_seed)
     bm.fit(data)
     keys = episode_keys(data.episode_ids)
     order = np.argsort(keys, kind="stable")

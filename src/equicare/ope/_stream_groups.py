@@ -256,7 +256,8 @@ def _levels(plan: GroupPlan, codes: NDArray[np.int64]) -> list[tuple[int, NDArra
 def group_chunk_sums(ds: TrajectoryDataset, mat: NDArray[np.float64],
                      traj_weights: NDArray[np.float64], w: NDArray[np.float64],
                      plan: GroupPlan, *, layout: Any, infl_keys: tuple[str, ...] = (),
-                     eff: NDArray[np.float64] | None = None) -> GroupSums:
+                     eff: NDArray[np.float64] | None = None,
+                     trunc_weights: NDArray[np.float64] | None = None) -> GroupSums:
     """One chunk's contribution to every level's statistics.
 
     Parameters
@@ -277,6 +278,8 @@ def group_chunk_sums(ds: TrajectoryDataset, mat: NDArray[np.float64],
         Estimators whose Q-model refit enters the bootstrap.
     eff : ndarray of shape (n_episodes, n_columns, K), optional
         Each episode's first-order effect on each level's estimate (``x_e^T z_c delta_e``).
+    trunc_weights : ndarray of shape (n_episodes,), optional
+        Truncated trajectory weights (with ``truncate``).
     """
     codes = plan.codes(ds)
     sums: list[StreamSums | None] = [None] * plan.n_columns
@@ -284,7 +287,9 @@ def group_chunk_sums(ds: TrajectoryDataset, mat: NDArray[np.float64],
     for c, own in _levels(plan, codes):  # a loop over levels, each a vectorised block
         sums[c] = episode_sums(_level_matrix(mat, own, c, eff if infl_keys else None),
                                w[:, own], traj_weights[own], n_steps=int(lengths[own].sum()),
-                               gamma=ds.gamma, layout=layout, infl_keys=infl_keys)
+                               gamma=ds.gamma, layout=layout, infl_keys=infl_keys,
+                               trunc_weights=None if trunc_weights is None
+                               else trunc_weights[own])
     other = None
     if eff is not None and infl_keys:
         n_e, n_c, k = eff.shape

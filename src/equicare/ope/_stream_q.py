@@ -43,7 +43,7 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
-from equicare.exceptions import InvalidParameterError
+from equicare.exceptions import InvalidParameterError, PolicyError
 from equicare.ope._core import EpisodeParts, OPEInputs, episode_parts
 from equicare.ope._fqe import (
     FQEConfig,
@@ -101,14 +101,15 @@ AUTO_MESSAGE = (
     "panel): name one of {models} to stream {keys}.")
 
 
-def choose_cells_stream(source: Any, cfg: FQEConfig, *, sample_rows: int, seed: int
-                        ) -> tuple[FQEConfig, dict[str, Any]]:
+def choose_cells_stream(source: Any, cfg: FQEConfig, *, sample_rows: int, seed: int,
+                        model_seed: int | None = None) -> tuple[FQEConfig, dict[str, Any]]:
     """The streamed table's cells, chosen on a random sample of whole episodes (one pass).
 
     :func:`equicare.data.choose_cells` on about ``sample_rows`` rows of whole episodes (the
     sample of :func:`equicare.ope._stream_behavior.fit_behavior_stream`, with the same
-    seed): the columns that change the dynamics given the others. Returns the config with
-    those cells (unchanged when none is dropped) and the choice with the sample's size.
+    seed): the columns that change the dynamics given the others, the choice's folds drawn from
+    ``model_seed`` (default ``seed``). Returns the config with those cells (unchanged when none
+    is dropped) and the choice with the sample's size.
     """
     from equicare.data import choose_cells
     from equicare.ope._stream_behavior import sample_episodes
@@ -116,7 +117,7 @@ def choose_cells_stream(source: Any, cfg: FQEConfig, *, sample_rows: int, seed: 
     data, rate = sample_episodes(source, sample_rows, seed)
     if data is None:  # a sample without episodes says nothing: keep every column
         return cfg, {"columns": None, "dropped": [], "sample_rate": rate, "sample_rows": 0}
-    choice = choose_cells(data, random_state=seed)
+    choice = choose_cells(data, random_state=seed if model_seed is None else model_seed)
     info = {**choice.to_dict(), "sample_rate": rate, "sample_episodes": int(data.n_episodes),
             "sample_rows": int(data.n_steps)}
     if choice.dropped:
@@ -125,8 +126,8 @@ def choose_cells_stream(source: Any, cfg: FQEConfig, *, sample_rows: int, seed: 
 
 
 def choose_q_stream(source: Any, policy: Any, *, sample_rows: int, seed: int,
-                    groups: Sequence[str] = (), cells: tuple[str, ...] | None = None
-                    ) -> tuple[FQEConfig, Any, dict[str, Any]]:
+                    groups: Sequence[str] = (), cells: tuple[str, ...] | None = None,
+                    model_seed: int | None = None) -> tuple[FQEConfig, Any, dict[str, Any]]:
     """``q_model="auto"`` streamed: the in-memory choice on a random sample of whole episodes.
 
     :func:`~equicare.ope.select_q_model` among the Q-models that stream (the stationary table
@@ -141,11 +142,15 @@ def choose_q_stream(source: Any, policy: Any, *, sample_rows: int, seed: int,
     policy : Policy or callable
     sample_rows : int
     seed : int
-        Of the sample, the folds and the cells' choice.
+        Of the sample (and of the folds and the cells' choice without ``model_seed``).
     groups : sequence of str
         Subgroup attributes whose levels get the chosen model's estimated bias.
     cells : tuple of str, optional
         The table's cells (no choice of cells), as ``FQEConfig(model="auto", cells=...)``.
+    model_seed : int, optional
+        Of the folds and the cells' choice: :func:`~equicare.ope._evaluate.nuisance_seed` of
+        the evaluation's seed gives the in-memory ones (the in-memory selection when the sample
+        is the whole panel).
 
     Returns
     -------
@@ -153,18 +158,33 @@ def choose_q_stream(source: Any, policy: Any, *, sample_rows: int, seed: int,
         The chosen model's (cells named).
     selection : QSelection
     info : dict
-        The sample's size and rate.
+        The sample's size and rate (zero when only the linear model applies: a panel without
+        categorical states is not sampled, as in memory nothing is cross-fitted then).
     """
-    from equicare.ope._select import candidate_config, select_q_model
+    from equicare.ope._select import QSelection, candidate_config, select_q_model
     from equicare.ope._stream_behavior import sample_episodes
 
+    if not source.categorical_names():  # only the linear model applies: no sample to draw
+        names = STREAM_Q_MODELS
+        return FQEConfig(model="linear"), QSelection(
+            chosen="linear", candidates=dict.fromkeys(names), td_error=dict.fromkeys(names),
+            skipped={n: "no categorical states" for n in names if n.startswith("tabular")},
+            n_folds=0), {"sample_rate": 0.0, "sample_episodes": 0, "sample_rows": 0}
     data, rate = sample_episodes(source, sample_rows, seed)
     if data is None:
         raise InvalidParameterError(
             f"q_model='auto' chooses on a sample of whole episodes, and the sample of about "
             f"{sample_rows} rows has none: raise behavior_sample_rows or name {STREAM_Q_MODELS}.")
-    probs = _target_matrix(data, policy)
-    sel = select_q_model(data, probs, candidates=STREAM_Q_MODELS, random_state=seed,
+    try:
+        probs = _target_matrix(data, policy)
+    except PolicyError as exc:
+        if rate >= 1.0:
+            raise
+        from equicare.ope._stream import chunk_policy_error
+
+        raise chunk_policy_error(exc, "in a sample of whole episodes") from exc
+    sel = select_q_model(data, probs, candidates=STREAM_Q_MODELS,
+                         random_state=seed if model_seed is None else model_seed,
                          cells=cells, groups=[g for g in groups if g in data.groups])
     cfg = candidate_config(sel.chosen)
     if cfg.model == "tabular" and cfg.cells is None:  # every column kept: name them all
@@ -175,13 +195,14 @@ def choose_q_stream(source: Any, policy: Any, *, sample_rows: int, seed: int,
 
 
 def resolve_stream_q(source: Any, policy: Any, q_model: Any, *, keys: Sequence[str],
-                     sample_rows: int, seed: int, groups: Sequence[str] = ()
-                     ) -> tuple[FQEConfig, Any, dict[str, Any]]:
+                     sample_rows: int, seed: int, groups: Sequence[str] = (),
+                     model_seed: int | None = None) -> tuple[FQEConfig, Any, dict[str, Any]]:
     """The streamed Q-model that ``q_model`` names, chosen or completed on a sample if need be.
 
     ``"auto"`` (or ``FQEConfig(model="auto")``): :func:`choose_q_stream`. A stationary table
     without named cells on a panel with several categorical columns: its cells by
-    :func:`choose_cells_stream`. Otherwise :func:`stream_q_config`.
+    :func:`choose_cells_stream`. Otherwise :func:`stream_q_config`. ``model_seed``: the
+    choices' folds (default ``seed``, which draws the sample).
 
     Returns
     -------
@@ -196,11 +217,13 @@ def resolve_stream_q(source: Any, policy: Any, q_model: Any, *, keys: Sequence[s
             isinstance(q_model, FQEConfig) and q_model.model == "auto"):
         cfg, sel, sample = choose_q_stream(
             source, policy, sample_rows=sample_rows, seed=seed, groups=groups,
-            cells=q_model.cells if isinstance(q_model, FQEConfig) else None)
+            cells=q_model.cells if isinstance(q_model, FQEConfig) else None,
+            model_seed=model_seed)
         return cfg, sel, {"chosen": sel.chosen, "selection": {**sel.to_dict(), **sample}}
     cfg = stream_q_config(q_model, keys)
     if cfg.model == "tabular" and cfg.cells is None and len(source.categorical_names()) > 1:
-        cfg, cells = choose_cells_stream(source, cfg, sample_rows=sample_rows, seed=seed)
+        cfg, cells = choose_cells_stream(source, cfg, sample_rows=sample_rows, seed=seed,
+                                         model_seed=model_seed)
         return cfg, None, {"cell_choice": cells}
     return cfg, None, {}
 
@@ -685,13 +708,14 @@ def _pass2_chunk(dataset: TrajectoryDataset, *, policy: Any, design: _Design, fi
     inputs, parts, mat, bounded, eff = _pass2_matrix(dataset, policy=policy, design=design,
                                                      fit=fit)
     w = poisson_weights(episode_keys(dataset.episode_ids), n_boot, seed)
-    tw = inputs.trajectory_weights(design.truncate)
+    tw = inputs.trajectory_weights()  # the ESS of the weights and of the truncated ones
+    tt = None if design.truncate is None else inputs.trajectory_weights(design.truncate)
     layout = (parts.keys, parts.slices, parts.horizon)
     sums = episode_sums(mat, w, tw, n_steps=dataset.n_steps, gamma=dataset.gamma,
-                        layout=layout, infl_keys=fit.infl_keys)
+                        layout=layout, infl_keys=fit.infl_keys, trunc_weights=tt)
     g = (None if groups is None else
          group_chunk_sums(dataset, mat, tw, w, groups, layout=layout, infl_keys=fit.infl_keys,
-                          eff=eff))
+                          eff=eff, trunc_weights=tt))
     return _Pass2(sums=sums, bounded=bounded, groups=g)
 
 

@@ -37,6 +37,8 @@ class StreamSums:
         Total Poisson weight of each replicate.
     w_sum, w_sq : float
         Sum of trajectory weights and of their squares.
+    wt_sum, wt_sq : float or None
+        The same of the truncated trajectory weights (None without truncation).
     infl_keys : tuple of str
         Estimators (among ``fqe, dr, wdr``) whose Q-model refit enters the bootstrap: the last
         ``len(infl_keys)`` columns of ``total`` and ``boot`` hold each episode's raw influence
@@ -51,6 +53,8 @@ class StreamSums:
     w_sum: float
     w_sq: float
     gamma: float = 1.0
+    wt_sum: float | None = None
+    wt_sq: float | None = None
     parts_layout: tuple[tuple[str, ...], dict[str, slice], int] = field(
         default=((), {}, 0), repr=False)
     infl_keys: tuple[str, ...] = ()
@@ -63,13 +67,28 @@ class StreamSums:
                           total=self.total + other.total, boot=self.boot + other.boot,
                           boot_n=self.boot_n + other.boot_n, w_sum=self.w_sum + other.w_sum,
                           w_sq=self.w_sq + other.w_sq, gamma=self.gamma,
+                          wt_sum=_add(self.wt_sum, other.wt_sum),
+                          wt_sq=_add(self.wt_sq, other.wt_sq),
                           parts_layout=self.parts_layout, infl_keys=self.infl_keys)
+
+    def ess(self) -> tuple[float, float | None]:
+        """Kish's effective sample size of the trajectory weights, and of the truncated ones."""
+        def kish(total: float, sq: float) -> float:
+            return float(total ** 2 / sq) if sq > 0 else 0.0
+
+        return kish(self.w_sum, self.w_sq), (
+            None if self.wt_sum is None or self.wt_sq is None else kish(self.wt_sum, self.wt_sq))
+
+
+def _add(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a + b
 
 
 def episode_sums(mat: NDArray[np.float64], w: NDArray[np.float64],
                  traj_weights: NDArray[np.float64], *, n_steps: int, gamma: float,
                  layout: tuple[tuple[str, ...], dict[str, slice], int],
-                 infl_keys: tuple[str, ...] = ()) -> StreamSums:
+                 infl_keys: tuple[str, ...] = (),
+                 trunc_weights: NDArray[np.float64] | None = None) -> StreamSums:
     """The :class:`StreamSums` of some episodes.
 
     Parameters
@@ -85,12 +104,15 @@ def episode_sums(mat: NDArray[np.float64], w: NDArray[np.float64],
     layout : tuple
         ``StreamSums.parts_layout``.
     infl_keys : tuple of str
+    trunc_weights : ndarray of shape (n_episodes,), optional
+        Their truncated trajectory weights (with ``truncate``).
     """
-    tw = traj_weights
+    tw, tt = traj_weights, trunc_weights
     return StreamSums(n_episodes=int(mat.shape[0]), n_steps=int(n_steps), total=mat.sum(axis=0),
                       boot=w @ mat, boot_n=w.sum(axis=1), w_sum=float(tw.sum()),
                       w_sq=float(np.dot(tw, tw)), gamma=gamma, parts_layout=layout,
-                      infl_keys=infl_keys)
+                      infl_keys=infl_keys, wt_sum=None if tt is None else float(tt.sum()),
+                      wt_sq=None if tt is None else float(np.dot(tt, tt)))
 
 
 def corrected_sums(sums: StreamSums) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
