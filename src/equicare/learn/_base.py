@@ -600,12 +600,14 @@ class OfflineLearner(BaseEstimator, metaclass=ABCMeta):  # type: ignore[misc]
                                "available in this installation; use early_stopping='loss'.")
         import warnings
 
-        from equicare.exceptions import SupportWarning
+        from equicare.exceptions import DataWarning, SupportWarning
 
         policy = self._make_policy()
         with warnings.catch_warnings():
-            # support diagnostics belong to the final evaluation, not to every validation step
+            # support diagnostics and out-of-range estimates belong to the final evaluation, not
+            # to every validation step
             warnings.simplefilter("ignore", SupportWarning)
+            warnings.simplefilter("ignore", DataWarning)
             res = evaluate(valid, policy, estimators=("dr",), bootstrap=0, groups=(),
                            random_state=self.config.seed)
         return float(res.estimates["dr"].value)

@@ -38,7 +38,6 @@ import contextlib
 import dataclasses
 import functools
 import os
-import re
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -78,6 +77,7 @@ from equicare.ope._stream_sums import (
     StreamSums,
     StudentCoefs,
     _target_probs,
+    chunk_policy_error,
     corrected_sums,
     episode_sums,
     student_coefs,
@@ -569,23 +569,6 @@ class ChunkSource:
             close = getattr(chunks, "close", None)
             if close is not None:
                 close()
-
-
-_NO_PROBS = re.compile(r"(?<!at least )\b(\d+) dataset rows? (?:has|have) no probabilities")
-
-
-def chunk_policy_error(exc: PolicyError, where: str = "in the first chunk that has any"
-                       ) -> PolicyError:
-    """``exc`` raised on part of the panel, its count of uncovered rows said as a lower bound.
-
-    The policy file's check counts the rows of the part it was given (a chunk, a sample); the
-    panel's count would need another pass, so the message says "at least N dataset rows
-    ({where}) have no probabilities".
-    """
-    msg = str(exc)
-    said, n = _NO_PROBS.subn(lambda m: f"at least {m.group(1)} dataset rows ({where}) have no "
-                             "probabilities", msg, count=1)
-    return exc if n == 0 else PolicyError(said)
 
 
 @contextlib.contextmanager

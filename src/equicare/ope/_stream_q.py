@@ -180,7 +180,7 @@ def choose_q_stream(source: Any, policy: Any, *, sample_rows: int, seed: int,
     except PolicyError as exc:
         if rate >= 1.0:
             raise
-        from equicare.ope._stream import chunk_policy_error
+        from equicare.ope._stream_sums import chunk_policy_error
 
         raise chunk_policy_error(exc, "in a sample of whole episodes") from exc
     sel = select_q_model(data, probs, candidates=STREAM_Q_MODELS,

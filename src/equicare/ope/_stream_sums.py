@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,6 +10,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
+from equicare.exceptions import PolicyError
 from equicare.ope._bootstrap import (
     influence_coefs,
     ratio_columns,
@@ -19,6 +21,7 @@ from equicare.ope._resample import episode_keys, poisson_weights
 from equicare.utils import PARAM_MESSAGE
 
 __all__ = ["StreamSums", "SquareSums", "StudentCoefs", "corrected_sums", "episode_sums",
+           "chunk_policy_error",
            "student_coefs"]
 
 
@@ -259,3 +262,20 @@ def _target_probs(dataset: TrajectoryDataset, policy: Any) -> NDArray[np.float64
         name="policy", owner="evaluate_stream",
         expected="a Policy (action_probs(dataset) -> (n_steps, n_actions)) or a callable",
         got=type(policy).__name__))
+
+
+_NO_PROBS = re.compile(r"(?<!at least )\b(\d+) dataset rows? (?:has|have) no probabilities")
+
+
+def chunk_policy_error(exc: PolicyError, where: str = "in the first chunk that has any"
+                       ) -> PolicyError:
+    """``exc`` raised on part of the panel, its count of uncovered rows said as a lower bound.
+
+    The policy file's check counts the rows of the part it was given (a chunk, a sample); the
+    panel's count would need another pass, so the message says "at least N dataset rows
+    ({where}) have no probabilities".
+    """
+    msg = str(exc)
+    said, n = _NO_PROBS.subn(lambda m: f"at least {m.group(1)} dataset rows ({where}) have no "
+                             "probabilities", msg, count=1)
+    return exc if n == 0 else PolicyError(said)
