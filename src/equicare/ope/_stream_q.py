@@ -416,12 +416,13 @@ def _pi_rows(x_pi: PiDesign, sl: slice) -> NDArray[np.float64]:
 
 
 #: Share of non-zero entries of ``X`` from which a chunk's sums use dense BLAS products. Their
-#: cost grows with the parameters squared per row, the sparse products' with the non-zeros per
-#: row squared: on a 43,088-row Garnet chunk (one thread) the stationary table (710 parameters,
-#: one non-zero per row) took 1.84 s dense and 0.006 s sparse, the linear model (164
-#: parameters, density 0.06) 0.99 s and 0.20 s; on a 41,246-row care chunk (144 parameters,
-#: density 0.28) 1.19 s and 0.94 s.
-DENSE_SUMS_DENSITY = 0.3
+#: cost grows with the parameters squared per row, the sparse products' about with the non-zeros
+#: per row squared. Best of 3 on a quiet host (2 threads / 1 thread), about 43k rows: the
+#: stationary Garnet table (710 parameters, density 0.0014) 0.68 / 1.15 s dense against
+#: 0.003 s sparse; the Garnet linear model (164, density 0.061) 0.080 / 0.101 s against
+#: 0.043 s; the care linear model (144, density 0.28) 0.056 / 0.076 s against 0.22 s. The ratio
+#: crosses 1 near a density of 0.1.
+DENSE_SUMS_DENSITY = 0.1
 
 
 def _chunk_sums(x: sp.csr_matrix, x_pi: PiDesign, rewards: NDArray[np.float64],
