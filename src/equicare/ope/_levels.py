@@ -35,8 +35,8 @@ from equicare.data._cells import cell_means, column_positions
 from equicare.ope._fqe import FQEConfig, _cells, fit_fqe_logged
 from equicare.ope._prepare import Prepared
 
-__all__ = ["LevelPolicy", "level_target_probs", "level_prepared", "counterfactual_capable",
-           "refits_per_level", "REFIT_MODELS"]
+__all__ = ["LevelPolicy", "at_level", "level_target_probs", "level_prepared",
+           "counterfactual_capable", "refits_per_level", "REFIT_MODELS"]
 
 #: Q-models refitted per level (cheap sparse solves); gbm and mlp keep the pooled fit.
 REFIT_MODELS = ("tabular", "linear")
@@ -70,6 +70,14 @@ def counterfactual_capable(policy: Any) -> bool:
 def _level_code(dataset: TrajectoryDataset, j: int, label: str) -> int | None:
     levels = [str(v) for v in dataset.categorical_levels[j]]
     return levels.index(label) if label in levels else None
+
+
+def at_level(dataset: TrajectoryDataset, j: int, code: int) -> TrajectoryDataset:
+    """``dataset`` with categorical column ``j`` set to the level ``code`` at every row."""
+    assert dataset.categorical is not None
+    cat = np.array(dataset.categorical, dtype=np.int64, copy=True)
+    cat[:, j] = code
+    return replace(dataset, categorical=cat, _cache={})
 
 
 def level_target_probs(dataset: TrajectoryDataset, probs: NDArray[np.float64], column: str,
@@ -107,10 +115,8 @@ def level_target_probs(dataset: TrajectoryDataset, probs: NDArray[np.float64], c
     if policy is not None and code is not None and counterfactual_capable(policy):
         from equicare.ope._prepare import target_probabilities
 
-        cat = np.array(dataset.categorical, dtype=np.int64, copy=True)
-        cat[:, j] = code
-        moved = replace(dataset, categorical=cat, _cache={})
-        out = np.where(own_rows[:, None], p, target_probabilities(moved, policy))
+        out = np.where(own_rows[:, None], p,
+                       target_probabilities(at_level(dataset, j, code), policy))
         return LevelPolicy(probs=out, source="counterfactual", backed_off=0.0)
     if cells:  # the Q-table's cells, compressed to the visited ones
         _, cell = np.unique(_cells(dataset, cells)[0], return_inverse=True)

@@ -28,7 +28,6 @@ Cost: the Q-model's passes once more per level of such a column (about 4-5 passe
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -164,7 +163,7 @@ class LevelStreamPolicy:
 
     def action_probs(self, ds: TrajectoryDataset) -> NDArray[np.float64]:
         from equicare.data._cells import column_positions
-        from equicare.ope._levels import _level_code
+        from equicare.ope._levels import _level_code, at_level
 
         p = _target_probs(ds, self.policy)
         own = (np.asarray(ds.group_labels(self.column)).astype(str) == self.label)[
@@ -172,11 +171,8 @@ class LevelStreamPolicy:
         if self.table_probs is None:
             j = column_positions(ds, (self.column,), "LevelStreamPolicy")[0]
             code = _level_code(ds, j, self.label)
-            assert code is not None and ds.categorical is not None
-            cat = np.array(ds.categorical, dtype=np.int64, copy=True)
-            cat[:, j] = code
-            other = _target_probs(dataclasses.replace(ds, categorical=cat, _cache={}),
-                                  self.policy)
+            assert code is not None
+            other = _target_probs(at_level(ds, j, code), self.policy)
         else:
             assert self.table_keys is not None
             pos = np.searchsorted(self.table_keys, _cells(ds, self.kept)[0])
