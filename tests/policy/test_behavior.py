@@ -216,3 +216,86 @@ def test_fit_absorbs_only_convergence_warnings():
     assert msgs and set(msgs) == {"a column looks constant"}  # every other warning passes on
     with pytest.raises(RuntimeWarning, match="a column looks constant"):  # warnings as errors
         BehaviorModel(estimator=_Noisy(max_iter=200), n_folds=2).fit(ds)
+
+
+def _garnet_data(n_episodes: int = 1500, seed: int = 0, logged: bool = False):
+    from equicare.data import from_frame
+    from equicare.sim._garnet_cli import garnet_frame, garnet_manifest
+    from equicare.sim.garnet import GarnetConfig, garnet_panel
+
+    cfg = GarnetConfig(n_states=200, n_actions=8, n_successors=3)
+    mdp, pan = garnet_panel(cfg, n_episodes, seed)
+    manifest = garnet_manifest(cfg)
+    frame = garnet_frame(mdp, pan)
+    if not logged:
+        manifest = replace(manifest, behavior_prob=None)
+    return from_frame(frame, manifest, emit_warnings=False)
+
+
+def test_sparse_design_is_the_dense_design():
+    ds = _garnet_data(300)
+    bm = BehaviorModel(n_folds=1).fit(ds)
+    assert bm.sparse_  # 200 one-hot levels + 8 action columns: density ~ 2%
+    dense = BehaviorModel(n_folds=1)._design.__func__  # the dense branch of the same method
+    bm_dense = clone(bm)
+    bm_dense.step_scale_, bm_dense.sparse_ = bm.step_scale_, False
+    np.testing.assert_array_equal(bm._design(ds).toarray(), dense(bm_dense, ds))
+
+
+def test_sparse_logistic_fits_the_dense_optimum():
+    """Scaling without centring only moves the unpenalised intercepts: the same optimum."""
+    from equicare.policy._behavior import _make_classifier
+
+    ds = _garnet_data(400)
+    bm = BehaviorModel(n_folds=1).fit(ds)
+    xs = bm._design(ds)
+    probs = []
+    for sparse, x in [(True, xs), (False, xs.toarray())]:
+        clf = _make_classifier("logistic", 1.0, 5000, 0, sparse=sparse)
+        clf.set_params(logisticregression__tol=1e-10)
+        probs.append(clf.fit(x, ds.actions).predict_proba(x))
+    np.testing.assert_allclose(probs[0], probs[1], atol=2e-5)
+
+
+def test_sparse_behaviour_model_recovers_logged_propensities(monkeypatch):
+    import equicare.policy._behavior as mod
+
+    ds = _garnet_data(1500, logged=True)
+    sparse = BehaviorModel(n_folds=3).fit(ds)
+    monkeypatch.setattr(mod, "SPARSE_DENSITY", 0.0)  # force the dense inputs
+    dense = BehaviorModel(n_folds=3).fit(ds)
+    assert sparse.sparse_ and not dense.sparse_
+    ps, pd = sparse.logged_prob(ds), dense.logged_prob(ds)
+    # the same penalised model up to the solver's tolerance
+    assert np.median(np.abs(ps - pd)) < 2e-3
+    assert abs(sparse.calibration_["log_loss"] - dense.calibration_["log_loss"]) < 5e-3
+    truth = np.log(ds.behavior_prob)
+    err_s = np.mean(np.abs(np.log(ps) - truth))
+    err_d = np.mean(np.abs(np.log(pd) - truth))
+    assert err_s < err_d + 0.01
+    # new data (fold-averaged) and full distributions work on sparse inputs too
+    other = ds.subset(np.arange(0, ds.n_episodes, 7))
+    p = sparse.action_probs(other)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0)
+    np.testing.assert_allclose(sparse.logged_prob(other),
+                               p[np.arange(other.n_steps), other.actions], rtol=1e-10)
+
+
+def test_factored_model_with_sparse_inputs(monkeypatch):
+    import equicare.policy._behavior as mod
+
+    ds, _ = _factored_data(400)
+    cat = np.repeat(np.arange(400) % 120, 5).astype(np.int64)[:, None]
+    ds = replace(ds, categorical=cat, categorical_names=("site",),
+                 categorical_levels=(tuple(f"s{i}" for i in range(120)),))
+    bm = BehaviorModel(factored=True, n_folds=2, C=10.0).fit(ds)
+    assert bm.sparse_ and bm.factored_
+    p = bm.action_probs(ds)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0)
+    np.testing.assert_allclose(bm.logged_prob(ds), p[np.arange(ds.n_steps), ds.actions],
+                               rtol=1e-10)
+    monkeypatch.setattr(mod, "SPARSE_DENSITY", 0.0)
+    dense = BehaviorModel(factored=True, n_folds=2, C=10.0).fit(ds)
+    assert not dense.sparse_
+    # the same chain of penalised models, up to the solver's tolerance
+    assert 0.5 * np.abs(p - dense.action_probs(ds)).sum(axis=1).mean() < 0.01
