@@ -105,6 +105,41 @@ def test_capacity_command(app, tmp_path):
     assert fig.stat().st_size > 1000
 
 
+def _panel_files(tmp_path, n_arms=200, seed=0):
+    """A logged synthetic program as panel.csv plus its manifest.toml."""
+    from equicare.data import Manifest
+
+    d = load_domain("synthetic", n_arms=n_arms)
+    panel = make_panel(d, 12, np.random.default_rng(seed))
+    panel["state"] = panel["state"].astype(int)
+    p = tmp_path / "panel.csv"
+    panel.to_csv(p, index=False)
+    m = Manifest.from_dict({
+        "dataset": {"episode": "member", "time": "week", "categorical_states": ["state"],
+                    "groups": ["group"]},
+        "actions": {"treated": {"levels": 2}},
+        "reward": {"r": {"column": "reward"}}})
+    mf = tmp_path / "manifest.toml"
+    mf.write_text(m.to_toml())
+    return p, mf
+
+
+def test_capacity_from_panel_runs_end_to_end(app, tmp_path):
+    p, mf = _panel_files(tmp_path)
+    out = tmp_path / "cap.json"
+    res = runner.invoke(app, ["capacity", "--from-panel", str(p), "-m", str(mf), "--goal", "1",
+                              "--budgets", "0,0.1,0.2", "--seeds", "2", "--horizon", "6",
+                              "--policy", "opt,random", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    d = json.loads(out.read_text())
+    assert d["budgets"] == [0, 20, 40] and set(d["policies"]) == {"opt", "random"}
+    assert d["goal_states"] == ["1"]
+    share = d["policies"]["opt"]["share"]
+    assert len(share) == 3 and all(0.0 <= v <= 1.0 for v in share) and share[2] >= share[0]
+    said = " ".join(res.output.split())
+    assert "Share of arms in 1 after 6 steps" in said and "opt" in said
+
+
 def test_capacity_without_a_goal_names_the_flag(app):
     res = runner.invoke(app, ["capacity", "--domain", "synthetic", "--target-share", "0.5",
                               "--seeds", "3"])

@@ -71,9 +71,14 @@ def parse_policies(text: str) -> list[str]:
 
 
 def _panel_domain(data: Path, manifest: Path | None, *, arms: int | None, horizon: int,
-                  state: str | None, action: str | None, group: str | None,
-                  reward: str | None, episode: str | None, time: str | None,
-                  state_rewards: list[float] | None) -> RMABDomain:
+                  state: str | None = None, action: str | None = None,
+                  group: str | None = None, reward: str | None = None,
+                  episode: str | None = None, time: str | None = None,
+                  state_rewards: list[float] | None = None) -> RMABDomain:
+    """Arms estimated from a panel; column roles from the options, else the manifest.
+
+    Every role left ``None`` is read from ``manifest`` (``capacity`` has no column options).
+    """
     from equicare.rmab._estimate import estimate_arms
 
     try:
