@@ -67,29 +67,33 @@ def test_plan_bad_domain_file(app, tmp_path):
     assert "Rows of P must sum to 1" in " ".join(res.output.split())
 
 
-def test_plan_from_panel_with_manifest(app, tmp_path):
-    from equicare.data import Manifest
-
-    d = load_domain("synthetic", n_arms=200)
-    panel = make_panel(d, 12, np.random.default_rng(0))
-    panel["state"] = panel["state"].astype(int)
-    p = tmp_path / "panel.csv"
-    panel.to_csv(p, index=False)
-    m = Manifest.from_dict({
-        "dataset": {"episode": "member", "time": "week", "categorical_states": ["state"],
-                    "groups": ["group"]},
-        "actions": {"treated": {"levels": 2}},
-        "reward": {"r": {"column": "reward"}}})
-    mf = tmp_path / "manifest.toml"
-    mf.write_text(m.to_toml())
+@pytest.mark.filterwarnings("always::equicare.exceptions.EquicareWarning")  # shown, not raised
+def test_plan_from_panel_with_manifest_suppresses_small_groups(app, tmp_path):
+    p, mf = _panel_files(tmp_path)  # members per group A-E: 50, 50, 10, 50, 40
     out = tmp_path / "plan.json"
-    res = runner.invoke(app, ["plan", "--from-panel", str(p), "--manifest", str(mf),
-                              "--budget", "20", "--seeds", "2", "--horizon", "8",
-                              "--policy", "opt,mnw-eg", "--out", str(out)])
+    fig = tmp_path / "groups.png"
+    args = ["plan", "--from-panel", str(p), "--manifest", str(mf), "--budget", "20", "--seeds",
+            "2", "--horizon", "8", "--policy", "opt,mnw-eg"]
+    res = runner.invoke(app, [*args, "--out", str(out), "--figure", str(fig)])
     assert res.exit_code == 0, res.output
     got = json.loads(out.read_text())
     assert got["n_arms"] == 200 and got["budget"] == 20
-    assert set(got["policies"]["opt"]["group_mean"]) == {"A", "B", "C", "D", "E"}
+    # C has 10 members; E (40) is hidden too, else C = total - the others
+    assert got["group_sizes"] == {"A": 50, "B": 50, "C": None, "D": 50, "E": None}
+    assert got["suppressed_groups"] == ["C", "E"] and got["min_cell"] == 11
+    for pol in got["policies"].values():
+        for key in ("group_mean", "group_mean_se", "group_budget"):
+            assert set(pol[key]) == {"A", "B", "D"}
+        assert pol["worst_group_name"] in ("A", "B", "D")
+    said = " ".join(res.output.split())
+    assert "A (n=50)" in said and "(n=10)" not in said and "C (n=" not in said
+    assert "E (n=" not in said and "2 group(s) suppressed" in said
+    assert "2 group cells were suppressed: C, E." in said
+    assert fig.stat().st_size > 1000
+    res = runner.invoke(app, [*args, "--json"])
+    assert res.exit_code == 0, res.output
+    js = json.loads(res.stdout)
+    assert js["group_sizes"]["C"] is None and "C" not in js["policies"]["opt"]["group_mean"]
 
 
 def test_capacity_command(app, tmp_path):
@@ -124,6 +128,7 @@ def _panel_files(tmp_path, n_arms=200, seed=0):
     return p, mf
 
 
+@pytest.mark.filterwarnings("always::equicare.exceptions.EquicareWarning")  # shown, not raised
 def test_capacity_from_panel_runs_end_to_end(app, tmp_path):
     p, mf = _panel_files(tmp_path)
     out = tmp_path / "cap.json"
@@ -162,6 +167,17 @@ def test_import_is_light():
             "print(any(m in sys.modules for m in ('matplotlib', 'torch', 'ray')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_group_figure_leaves_out_suppressed_groups():
+    from equicare.rmab import RMABDomain, plan, plot_group_outcomes
+
+    b = load_domain("synthetic", n_arms=40)
+    d = RMABDomain(P=b.P, R=b.R, init=b.init, groups=b.groups, group_names=b.group_names,
+                   suppressed_groups=("C", "E"))
+    fig = plot_group_outcomes(plan(d, budget=4, seeds=1, horizon=4, policies=["opt"]))
+    legend = fig.axes[0].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["A", "B", "D"]
 
 
 def test_figures(tmp_path):

@@ -45,6 +45,7 @@ def test_recovers_transition_matrices_within_posterior_sd():
     assert sampled.n_arms == 50 and not np.allclose(sampled.redraw(2).P, sampled.P)
 
 
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.SmallCellWarning")  # tiny panels
 def test_array_inputs_and_next_state_column():
     ep = np.array([0, 0, 1, 1])
     st = np.array(["lo", "hi", "lo", "lo"])
@@ -57,6 +58,7 @@ def test_array_inputs_and_next_state_column():
     assert est.P[0, 1, 1, 0] == pytest.approx(0.75)
 
 
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.SmallCellWarning")  # tiny panels
 def test_small_cells_warn_and_bad_actions_raise():
     d = load_domain("synthetic", n_arms=20)
     panel = make_panel(d, 3, np.random.default_rng(1))
@@ -96,3 +98,37 @@ def test_capacity_plan_finds_the_smallest_budget():
     assert res.share["opt"].shape == res.budgets.shape
     with pytest.raises(ValueError, match="needs goal_states"):
         capacity_plan(d, target_share=0.5)
+
+
+def test_small_groups_are_suppressed_and_never_named_in_the_sparse_cell_warning():
+    import warnings
+
+    from equicare.exceptions import SmallCellWarning
+    from equicare.rmab._estimate import SMALL_CELLS_HIDDEN
+
+    d = load_domain("synthetic", n_arms=200)  # groups A-E: 50, 50, 10, 50, 40 members
+    panel = make_panel(d, 12, np.random.default_rng(0))
+    panel["group"] = panel["group"].replace({"C": "Aa"})  # the small group sorts second
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        est = estimate_arms(panel, episode="member", time="week", state="state",
+                            action="treated", group="group", reward="reward", min_count=60)
+    # Aa (10 < 11) and, complementary, the smallest other group E (40): Aa is not the total
+    # minus the published groups
+    assert est.suppressed == ("Aa", "E")
+    small = [str(w.message) for w in got if issubclass(w.category, SmallCellWarning)]
+    assert len(small) == 1 and small[0].startswith("2 group cells were suppressed: Aa, E.")
+    sparse = [str(w.message) for w in got if issubclass(w.category, DataWarning)]
+    # Aa's cells are the first sparse ones; the warning names the first of a published group
+    assert len(sparse) == 1 and "first: group 'B', action 1, state '1')" in sparse[0], sparse
+    assert " with " not in sparse[0]  # the count of a small cell is not named
+    dom = est.to_domain(horizon=5)
+    assert dom.suppressed_groups == ("Aa", "E")
+    assert dom.published.tolist() == [True, False, True, True, False]
+    # A and Aa only: A is hidden to protect Aa, so every sparse cell is in a suppressed group
+    with (pytest.warns(SmallCellWarning, match="2 group cells were suppressed: A, Aa."),
+          pytest.warns(DataWarning, match=re.escape(f"({SMALL_CELLS_HIDDEN})"))):
+        est = estimate_arms(panel[panel["group"].isin(["A", "Aa"])], episode="member",
+                            time="week", state="state", action="treated", group="group",
+                            reward="reward", min_count=100)
+    assert est.suppressed == ("A", "Aa")

@@ -156,3 +156,34 @@ def test_each_seed_gets_fresh_arms_unless_fixed():
     np.testing.assert_allclose(two.Pt[two.type][:12], one.Pt[one.type])
     fixed = _ArmBatch(d, 3, 5, PlanConfig(redraw_arms=False))
     np.testing.assert_allclose(fixed.Pt[fixed.type], np.tile(d.P, (3, 1, 1, 1)))
+
+
+def test_suppressed_groups_are_planned_for_but_never_published():
+    from equicare.exceptions import DataValidationError
+    from equicare.rmab import RMABDomain
+
+    base = load_domain("synthetic", n_arms=100)  # A-E: 25, 25, 5, 25, 20 arms
+    kw = {"P": base.P, "R": base.R, "init": base.init, "groups": base.groups,
+          "group_names": base.group_names, "name": "panel"}
+    d = RMABDomain(**kw, suppressed_groups=("C", "E"))
+    full = plan(RMABDomain(**kw), budget=20, seeds=3, random_state=0, policies=["opt", "mmr"])
+    res = plan(d, budget=20, seeds=3, random_state=0, policies=["opt", "mmr"])
+    assert res.suppressed_groups == ("C", "E") and res.published_groups == ("A", "B", "D")
+    out = res.to_dict()
+    assert out["group_sizes"] == {"A": 25, "B": 25, "C": None, "D": 25, "E": None}
+    assert out["suppressed_groups"] == ["C", "E"] and out["min_cell"] == 11
+    for p in ("opt", "mmr"):
+        s, f = out["policies"][p], full.policies[p]
+        for key in ("group_mean", "group_mean_se", "group_budget"):
+            assert set(s[key]) == {"A", "B", "D"}, key
+        # planning used every arm: same simulation, same overall numbers
+        assert s["mean_reward"] == f.mean_reward
+        assert s["utility_loss_vs_opt"] == f.utility_loss_vs_opt
+        pub = [f.group_mean[g] for g in ("A", "B", "D")]
+        assert s["gini"] == pytest.approx(gini(pub))
+        assert s["worst_group"] == min(pub) and s["worst_group_name"] in ("A", "B", "D")
+    assert "'C'" not in json.dumps(out["policies"]) and '"E"' not in json.dumps(out["policies"])
+    with pytest.raises(DataValidationError, match="Every group of domain 'panel' is suppressed"):
+        plan(RMABDomain(**kw, suppressed_groups=base.group_names), budget=20, seeds=1)
+    with pytest.raises(ValueError, match=r"suppressed_groups names unknown groups \['Z'\]"):
+        RMABDomain(**kw, suppressed_groups=("Z",))

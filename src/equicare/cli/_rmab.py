@@ -236,7 +236,8 @@ def _print_plan(res: PlanResult) -> None:
                     f"H={res.horizon}, {res.seeds} seeds (mean total reward per arm)")
     t.add_column("policy")
     t.add_column("mean ± se", justify="right")
-    for g in res.group_names:
+    groups = res.published_groups
+    for g in groups:
         t.add_column(f"{g} (n={res.group_sizes[g]})", justify="right")
     t.add_column("Gini", justify="right")
     t.add_column("worst", justify="right")
@@ -244,8 +245,12 @@ def _print_plan(res: PlanResult) -> None:
     for p, s in res.policies.items():
         loss = "" if s.utility_loss_vs_opt is None else f"{100 * s.utility_loss_vs_opt:.1f}%"
         t.add_row(p, f"{s.mean_reward:.3f} ± {s.mean_reward_se:.3f}",
-                  *[f"{s.group_mean[g]:.3f}" for g in res.group_names], f"{s.gini:.4f}",
+                  *[f"{s.group_mean[g]:.3f}" for g in groups], f"{s.gini:.4f}",
                   f"{s.worst_group:.3f} ({s.worst_group_name})", loss)
+    if res.suppressed_groups:
+        t.caption = (f"{len(res.suppressed_groups)} group(s) suppressed (fewer than "
+                     f"{res.min_cell} members, or hidden so that one cannot be recovered by "
+                     "difference); Gini and worst group are over the groups shown.")
     print_table(t)
 
 

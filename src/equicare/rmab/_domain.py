@@ -134,6 +134,12 @@ class RMABDomain:
         default goal of capacity planning.
     budget_fracs : tuple of float
         Budget fractions of the reference experiments (informational).
+    suppressed_groups : tuple of str
+        Groups whose outcomes must never be published: arms estimated from fewer than
+        :data:`~equicare.utils.MIN_CELL` people, or hidden so that such a group cannot be
+        recovered by difference (:func:`equicare.privacy.suppress_counts`). Set by
+        :meth:`EstimatedArms.to_domain`; planning still uses every arm, only results leave
+        these groups out.
 
     Notes
     -----
@@ -152,6 +158,7 @@ class RMABDomain:
     state_names: tuple[str, ...] | None = None
     high_risk: NDArray[np.bool_] | None = None
     budget_fracs: tuple[float, ...] = ()
+    suppressed_groups: tuple[str, ...] = ()
     _redraw: Callable[[int, np.random.Generator], RMABDomain] | None = field(
         default=None, repr=False)
 
@@ -205,6 +212,12 @@ class RMABDomain:
         if self.state_names is not None:
             object.__setattr__(self, "state_names", tuple(str(x) for x in self.state_names))
         object.__setattr__(self, "budget_fracs", tuple(float(x) for x in self.budget_fracs))
+        hidden = tuple(str(g) for g in self.suppressed_groups)
+        unknown = sorted(set(hidden) - set(names))
+        if unknown:
+            raise InvalidParameterError(
+                f"suppressed_groups names unknown groups {unknown}; groups are {list(names)}.")
+        object.__setattr__(self, "suppressed_groups", hidden)
 
     @property
     def n_arms(self) -> int:
@@ -220,6 +233,12 @@ class RMABDomain:
     def n_groups(self) -> int:
         """Number of groups ``G``."""
         return len(self.group_names)
+
+    @property
+    def published(self) -> NDArray[np.bool_]:
+        """Whether each group's outcomes may be published, shape (n_groups,)."""
+        hidden = set(self.suppressed_groups)
+        return np.array([g not in hidden for g in self.group_names], dtype=bool)
 
     @property
     def group_sizes(self) -> NDArray[np.int64]:

@@ -26,7 +26,13 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from equicare.exceptions import DataValidationError, DataWarning, InvalidParameterError
+from equicare.exceptions import (
+    DataValidationError,
+    DataWarning,
+    InvalidParameterError,
+    SmallCellWarning,
+)
+from equicare.privacy import small_cells_message, suppress_counts
 from equicare.rmab._domain import RMABDomain
 from equicare.utils import MIN_CELL, PARAM_MESSAGE, RandomState, check_random_state
 
@@ -35,8 +41,12 @@ __all__ = ["EstimatedArms", "estimate_arms"]
 Array = NDArray[np.float64]
 
 SMALL_CELLS = ("{n_small} of {n_cells} (group, action, state) cells have fewer than {min_count} "
-               "observed transitions (first: group {group!r}, action {action}, state {state!r} "
-               "with {count}); their transition rows lean on the Dirichlet prior.")
+               "observed transitions ({first}); their transition rows lean on the Dirichlet "
+               "prior.")
+#: ``{first}`` of :data:`SMALL_CELLS`: the first sparse cell of a published group (its count is
+#: not named), or a note that every sparse cell is in a suppressed group.
+SMALL_CELLS_FIRST = "first: group {group!r}, action {action}, state {state!r}"
+SMALL_CELLS_HIDDEN = "all in suppressed groups"
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -60,6 +70,10 @@ class EstimatedArms:
     group_names, state_names : tuple of str
     prior : float
         Dirichlet concentration per next state.
+    suppressed : tuple of str
+        Groups with fewer than :data:`~equicare.utils.MIN_CELL` episodes, and those hidden so
+        that one cannot be recovered by difference (:func:`equicare.privacy.suppress_counts`):
+        their outcomes are never published.
     """
 
     counts: Array
@@ -71,6 +85,7 @@ class EstimatedArms:
     group_names: tuple[str, ...]
     state_names: tuple[str, ...]
     prior: float
+    suppressed: tuple[str, ...] = ()
 
     @property
     def n_states(self) -> int:
@@ -136,6 +151,7 @@ class EstimatedArms:
             return RMABDomain(P=P, R=self.R, init=self.init[groups], groups=groups,
                               group_names=names, name=name, horizon=horizon, gamma=gamma,
                               state_names=self.state_names,
+                              suppressed_groups=self.suppressed,
                               _redraw=draw if sample else None)
 
         return draw(groups.size, check_random_state(random_state))
@@ -297,19 +313,29 @@ def estimate_arms(
     tot = counts.sum(axis=3, keepdims=True)
     P = (counts + prior) / (tot + S * prior)
     P_sd = np.sqrt(P * (1 - P) / (tot + S * prior + 1))
-    cell_n = tot[..., 0]
-    small = cell_n < min_count
-    if small.any():
-        g, a, s = np.argwhere(small)[0]
-        warnings.warn(SMALL_CELLS.format(n_small=int(small.sum()), n_cells=small.size,
-                                         min_count=min_count, group=str(gnames[g]), action=int(a),
-                                         state=state_names[s], count=int(cell_n[g, a, s])),
-                      DataWarning, stacklevel=2)
     first = order[np.r_[True, ep_codes[order][1:] != ep_codes[order][:-1]]]
     init_counts = np.zeros((G, S))
     np.add.at(init_counts, (gcodes[first], codes[first]), 1.0)
     init = (init_counts + prior) / (init_counts.sum(axis=1, keepdims=True) + S * prior)
     n_episodes = np.bincount(gcodes[first], minlength=G).astype(np.int64)
+    shown = suppress_counts({str(g): int(k) for g, k in zip(gnames, n_episodes, strict=True)})
+    hidden = tuple(g for g, k in shown.items() if k is None)
+    if hidden:
+        warnings.warn(small_cells_message(list(hidden)), SmallCellWarning, stacklevel=2)
+    cell_n = tot[..., 0]
+    small = cell_n < min_count
+    if small.any():
+        pub = ~np.isin(gnames.astype(str), np.array(hidden, dtype=str))
+        visible = np.argwhere(small & pub[:, None, None])
+        if visible.size:
+            g, a, s = visible[0]
+            where = SMALL_CELLS_FIRST.format(group=str(gnames[g]), action=int(a),
+                                             state=state_names[s])
+        else:
+            where = SMALL_CELLS_HIDDEN
+        warnings.warn(SMALL_CELLS.format(n_small=int(small.sum()), n_cells=small.size,
+                                         min_count=min_count, first=where),
+                      DataWarning, stacklevel=2)
     if state_rewards is not None:
         R = np.asarray(state_rewards, dtype=np.float64)
         if R.shape != (S,):
@@ -330,4 +356,4 @@ def estimate_arms(
                          "or array) or state_rewards= (one value per state).")
     return EstimatedArms(counts=counts, P=P, P_sd=P_sd, init=init, R=R, n_episodes=n_episodes,
                          group_names=tuple(str(g) for g in gnames), state_names=state_names,
-                         prior=float(prior))
+                         prior=float(prior), suppressed=hidden)

@@ -26,7 +26,9 @@ def _figure(figsize: tuple[float, float]) -> tuple[Figure, Any]:
 
 
 def plot_group_outcomes(result: PlanResult) -> Figure:
-    """Bars of each group's mean total reward per policy (error bars: 1 SE over seeds).
+    """Bars of each published group's mean total reward per policy (error bars: 1 SE).
+
+    Suppressed groups (:attr:`PlanResult.suppressed_groups`) have no bar.
 
     Parameters
     ----------
@@ -36,7 +38,7 @@ def plot_group_outcomes(result: PlanResult) -> Figure:
     -------
     matplotlib.figure.Figure
     """
-    names = list(result.group_names)
+    names = list(result.published_groups)
     pols = list(result.policies)
     fig, ax = _figure((max(6.0, 1.1 * len(pols) * len(names) / 3), 4.0))
     width = 0.8 / max(1, len(names))

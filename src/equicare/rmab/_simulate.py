@@ -16,13 +16,14 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from equicare.exceptions import InvalidParameterError
+from equicare.exceptions import DataValidationError, InvalidParameterError
 from equicare.rmab._allocate import allocate_budget
 from equicare.rmab._curves import unit_curves
 from equicare.rmab._domain import RMABDomain
 from equicare.rmab._metrics import gini, se
 from equicare.rmab._whittle import check_indexability, index_cells, unique_arms
 from equicare.utils import (
+    MIN_CELL,
     PARAM_MESSAGE,
     RandomState,
     check_random_state,
@@ -42,6 +43,9 @@ _EQUITABLE = ("mmr", "mnw", "mnw-eg")
 _INDEX_POLICIES = ("opt", *_EQUITABLE)
 _FULL_TABLE_CELLS = 400_000
 
+ALL_SUPPRESSED = ("Every group of domain {name!r} is suppressed (fewer than {min_cell} members, "
+                  "or hidden so that such a group cannot be recovered by difference): no group "
+                  "outcome can be published; plan with a coarser group column.")
 BUDGET_MESSAGE = ("The 'budget' parameter of {owner} must be an int in [0, {n}] (actions per step, "
                   "at most the number of arms) or a fraction in [0, 1]. Got {got!r} instead.")
 
@@ -293,7 +297,12 @@ class SimulationResult:
 
 @dataclass(frozen=True, kw_only=True, eq=False)
 class PolicySummary:
-    """Contract-5 metrics of one policy (means over seeds, with standard errors)."""
+    """Contract-5 metrics of one policy (means over seeds, with standard errors).
+
+    ``group_mean``, ``group_mean_se`` and ``group_budget`` hold the published groups only;
+    ``gini``, ``gini_se``, ``gini_reference`` and the worst group are computed over them.
+    ``mean_reward`` and the utility loss are over every arm.
+    """
 
     mean_reward: float
     mean_reward_se: float
@@ -322,10 +331,22 @@ class PolicySummary:
         return d
 
 
-def summarize(sim: SimulationResult, opt: SimulationResult | None = None) -> PolicySummary:
-    r"""Metrics of one policy; utility loss is :math:`1 - \bar U / \bar U_{opt}` (paired SE)."""
-    names = sim.group_names
-    gm = sim.group_means()  # (n_seeds, G)
+def summarize(sim: SimulationResult, opt: SimulationResult | None = None,
+              published: NDArray[np.bool_] | None = None) -> PolicySummary:
+    r"""Metrics of one policy; utility loss is :math:`1 - \bar U / \bar U_{opt}` (paired SE).
+
+    Parameters
+    ----------
+    sim, opt : SimulationResult
+        The policy's simulation and the utilitarian one (for the utility loss).
+    published : ndarray of shape (n_groups,) of bool, optional
+        Groups whose outcomes may be published (default: all); the others are left out of the
+        group metrics.
+    """
+    keep = (np.ones(len(sim.group_names), dtype=bool) if published is None
+            else np.asarray(published, dtype=bool))
+    names = tuple(n for n, k in zip(sim.group_names, keep, strict=True) if k)
+    gm = sim.group_means()[:, keep]  # (n_seeds, G published)
     per_seed = sim.rewards.mean(axis=1)
     gm_mean = gm.mean(axis=0)
     overall = float(per_seed.mean())
@@ -342,7 +363,7 @@ def summarize(sim: SimulationResult, opt: SimulationResult | None = None) -> Pol
         group_mean={n: float(v) for n, v in zip(names, gm_mean, strict=True)},
         group_mean_se={n: float(v) for n, v in zip(names, se(gm), strict=True)},
         group_budget={n: float(v) for n, v in
-                      zip(names, sim.group_actions.mean(axis=0), strict=True)},
+                      zip(names, sim.group_actions.mean(axis=0)[keep], strict=True)},
         gini=gini(gm_mean), gini_se=float(se(ginis)),
         gini_reference=gini(gm_mean, "reference", overall=overall),
         worst_group=float(gm_mean[worst]), worst_group_name=names[worst],
@@ -358,11 +379,18 @@ class PlanResult:
     domain : str
     n_arms, budget, horizon, seeds : int
     group_names : tuple of str
+        Every group, suppressed ones included.
     group_sizes : dict of str to int
+        Arms per group (suppressed groups included; :meth:`to_dict` hides them).
     policies : dict of str to PolicySummary
+        Group metrics of the published groups only.
     simulations : dict of str to SimulationResult
     config : PlanConfig
     seconds : float
+    suppressed_groups : tuple of str
+        Groups left out of every published number (:attr:`RMABDomain.suppressed_groups`).
+    min_cell : int
+        Smallest group (in people) that is published.
     """
 
     domain: str
@@ -376,12 +404,25 @@ class PlanResult:
     simulations: dict[str, SimulationResult] = field(repr=False)
     config: PlanConfig = field(default_factory=PlanConfig)
     seconds: float = 0.0
+    suppressed_groups: tuple[str, ...] = ()
+    min_cell: int = MIN_CELL
+
+    @property
+    def published_groups(self) -> tuple[str, ...]:
+        """Groups whose outcomes may be published, in :attr:`group_names` order."""
+        return tuple(g for g in self.group_names if g not in self.suppressed_groups)
+
+    def published_sizes(self) -> dict[str, int | None]:
+        """Arms per group, ``None`` for a suppressed group."""
+        return {g: (None if g in self.suppressed_groups else n)
+                for g, n in self.group_sizes.items()}
 
     def to_dict(self, *, reference_gini: bool = True) -> dict[str, Any]:
-        """Return the Contract-5 JSON object."""
+        """Return the Contract-5 JSON object (suppressed groups' sizes are ``null``)."""
         return {"domain": self.domain, "n_arms": self.n_arms, "budget": self.budget,
                 "horizon": self.horizon, "seeds": self.seeds,
-                "group_sizes": self.group_sizes,
+                "group_sizes": self.published_sizes(),
+                "suppressed_groups": list(self.suppressed_groups), "min_cell": self.min_cell,
                 "policies": {k: v.to_dict(reference_gini=reference_gini)
                              for k, v in self.policies.items()},
                 "config": self.config.to_dict()}
@@ -564,7 +605,13 @@ def plan(
     Returns
     -------
     PlanResult
-        ``to_dict()`` writes the Contract-5 JSON.
+        ``to_dict()`` writes the Contract-5 JSON. Groups in ``domain.suppressed_groups``
+        (estimated from too few people) are planned for but left out of every group metric.
+
+    Raises
+    ------
+    DataValidationError
+        When every group of the domain is suppressed.
 
     Examples
     --------
@@ -581,14 +628,18 @@ def plan(
     for p in pols:
         _check_policy(p, domain)
     B = resolve_budget(budget, domain.n_arms, "plan")
+    published = domain.published
+    if not published.any():
+        raise DataValidationError(ALL_SUPPRESSED.format(name=domain.name, min_cell=MIN_CELL))
     seed = _seed_of(random_state)
     t0 = time.perf_counter()
     batch = _ArmBatch(domain, int(seeds), seed, cfg)
     sims = {p: _run(batch, p, B, H, seed) for p in dict.fromkeys(["opt", *pols])}
     opt = sims["opt"]
-    summaries = {p: summarize(sims[p], opt) for p in pols}
+    summaries = {p: summarize(sims[p], opt, published) for p in pols}
     sizes = {n: int(v) for n, v in zip(domain.group_names, domain.group_sizes, strict=True)}
     return PlanResult(domain=domain.name, n_arms=domain.n_arms, budget=B, horizon=H,
                       seeds=int(seeds), group_names=domain.group_names, group_sizes=sizes,
                       policies=summaries, simulations={p: sims[p] for p in pols}, config=cfg,
-                      seconds=time.perf_counter() - t0)
+                      seconds=time.perf_counter() - t0,
+                      suppressed_groups=domain.suppressed_groups)
