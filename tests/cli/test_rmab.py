@@ -116,6 +116,7 @@ def _panel_files(tmp_path, n_arms=200, seed=0):
     d = load_domain("synthetic", n_arms=n_arms)
     panel = make_panel(d, 12, np.random.default_rng(seed))
     panel["state"] = panel["state"].astype(int)
+    panel["reward_noise"] = np.random.default_rng(seed).random(len(panel))  # continuous
     p = tmp_path / "panel.csv"
     panel.to_csv(p, index=False)
     m = Manifest.from_dict({
@@ -143,6 +144,18 @@ def test_capacity_from_panel_runs_end_to_end(app, tmp_path):
     assert len(share) == 3 and all(0.0 <= v <= 1.0 for v in share) and share[2] >= share[0]
     said = " ".join(res.output.split())
     assert "Share of arms in 1 after 6 steps" in said and "opt" in said
+
+
+def test_plan_from_panel_with_a_continuous_state_exits_2_naming_file_and_column(app, tmp_path):
+    p, mf = _panel_files(tmp_path, n_arms=100)
+    res = runner.invoke(app, ["plan", "--from-panel", str(p), "-m", str(mf), "--state",
+                              "reward_noise", "--seeds", "1"])
+    assert res.exit_code == 2, res.output
+    said = " ".join(res.output.split())
+    assert said.startswith(f"error: {p}: Column 'reward_noise' (state) has 1200 distinct "
+                           "values; the state must be a discrete column with at most 100 "
+                           "levels"), said
+    assert "--state" in said and "internal error" not in said
 
 
 def test_capacity_without_a_goal_names_the_flag(app):

@@ -132,3 +132,27 @@ def test_small_groups_are_suppressed_and_never_named_in_the_sparse_cell_warning(
                             time="week", state="state", action="treated", group="group",
                             reward="reward", min_count=100)
     assert est.suppressed == ("A", "Aa")
+
+
+def test_a_continuous_state_column_is_refused_before_counting():
+    rng = np.random.default_rng(0)
+    n = 5000
+    df = pd.DataFrame({"id": np.repeat(np.arange(500), 10), "risk": rng.random(n),
+                       "treated": rng.integers(0, 2, n), "g": np.repeat(["a", "b"], n // 2),
+                       "r": rng.random(n)})
+    with pytest.raises(DataValidationError) as err:  # would need 2 * 2 * 5000^2 counts
+        estimate_arms(df, episode="id", state="risk", action="treated", group="g", reward="r")
+    assert str(err.value) == (
+        "Column 'risk' (state) has 5000 distinct values; the state must be a discrete column "
+        "with at most 100 levels (state codes 0..4999 would need 0.745 GiB of transition counts "
+        "alone): pass a categorical state column (a manifest's categorical_states, or --state).")
+    # integer codes: the number of states is the largest code + 1
+    df["code"] = np.where(np.arange(n) % 2, 0, 150)
+    with pytest.raises(DataValidationError, match=re.escape(
+            "Column 'code' (state) has 2 distinct values; the state must be a discrete column "
+            "with at most 100 levels (state codes 0..150")):
+        estimate_arms(df, episode="id", state="code", action="treated", group="g", reward="r")
+    with pytest.warns(DataWarning):  # a higher cap is the caller's choice
+        est = estimate_arms(df, episode="id", state="code", action="treated", group="g",
+                            state_rewards=np.zeros(151), max_states=151)
+    assert est.n_states == 151

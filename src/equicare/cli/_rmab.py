@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from equicare.exceptions import InvalidParameterError
+from equicare.exceptions import DataValidationError, InvalidParameterError
 
 if TYPE_CHECKING:  # pragma: no cover
     from equicare.rmab._capacity import CapacityResult
@@ -120,8 +120,12 @@ def _panel_domain(data: Path, manifest: Path | None, *, arms: int | None, horizo
     if missing:
         raise InvalidParameterError(
             f"--from-panel needs --manifest or the column options {missing}.")
-    est = estimate_arms(frame, episode=episode, state=state, action=action, group=group,
-                        time=time, reward=reward, state_rewards=state_rewards)
+    try:
+        est = estimate_arms(frame, episode=episode, state=state, action=action, group=group,
+                            time=time, reward=reward, state_rewards=state_rewards)
+    except DataValidationError as exc:  # name the file: "panel.parquet: Column 'risk' ..."
+        raise DataValidationError(f"{data}: {exc}", [f"{data}: {e}" for e in exc.problems]
+                                  ) from None
     return est.to_domain(n_arms=arms, horizon=horizon, name=Path(data).stem)
 
 

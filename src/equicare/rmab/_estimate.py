@@ -40,6 +40,13 @@ __all__ = ["EstimatedArms", "estimate_arms"]
 
 Array = NDArray[np.float64]
 
+#: Most levels a state column may have: the transition counts and matrices hold
+#: ``n_groups * 2 * S * S`` numbers each and every planned arm ``2 * S * S``.
+MAX_STATES = 100
+TOO_MANY_STATES = ("Column {column!r} (state) has {n_levels} distinct values; the state must be a "
+                   "discrete column with at most {max_states} levels (state codes 0..{top} would "
+                   "need {gib:.3g} GiB of transition counts alone): pass a categorical state "
+                   "column (a manifest's categorical_states, or --state).")
 SMALL_CELLS = ("{n_small} of {n_cells} (group, action, state) cells have fewer than {min_count} "
                "observed transitions ({first}); their transition rows lean on the Dirichlet "
                "prior.")
@@ -194,6 +201,7 @@ def estimate_arms(
     n_states: int | None = None,
     prior: float = 1.0,
     min_count: int = MIN_CELL,
+    max_states: int = MAX_STATES,
 ) -> EstimatedArms:
     """Estimate per-group transition matrices of a binary-action program from a panel.
 
@@ -225,10 +233,19 @@ def estimate_arms(
         Dirichlet concentration per next state (> 0).
     min_count : int
         Cells ``(group, action, state)`` with fewer transitions are warned about.
+    max_states : int
+        Most states allowed (default :data:`MAX_STATES`); a continuous column is refused before
+        any count is allocated.
 
     Returns
     -------
     EstimatedArms
+
+    Raises
+    ------
+    DataValidationError
+        When the state has more than ``max_states`` levels (codes), actions are not 0/1, or a
+        column is missing.
 
     Examples
     --------
@@ -297,6 +314,11 @@ def estimate_arms(
     gnames, gcodes = np.unique(gr_raw.astype(str), return_inverse=True)
     gcodes = gcodes.ravel().astype(np.int64)
     G = gnames.size
+    if S > max_states:
+        n_levels = int(np.unique(codes).size)
+        raise DataValidationError(TOO_MANY_STATES.format(
+            column=state if isinstance(state, str) else "state", n_levels=n_levels,
+            max_states=int(max_states), top=S - 1, gib=G * 2 * S * S * 8 / 2**30))
     # order rows within episodes
     ep_codes = np.unique(ep.astype(str), return_inverse=True)[1].ravel()
     tkey = np.arange(n) if time is None else _column(data, time, "time").astype(np.float64)
