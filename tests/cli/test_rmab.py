@@ -158,6 +158,32 @@ def test_plan_from_panel_with_a_continuous_state_exits_2_naming_file_and_column(
     assert "--state" in said and "internal error" not in said
 
 
+@pytest.mark.filterwarnings("always::equicare.exceptions.EquicareWarning")  # shown, not raised
+def test_from_panel_without_a_manifest_takes_every_column_option(app, tmp_path):
+    p, _ = _panel_files(tmp_path)
+    res = runner.invoke(app, ["plan", "--from-panel", str(p), "--seeds", "1"])
+    assert res.exit_code == 2
+    said = " ".join(res.output.split())
+    assert said == ("error: --from-panel needs a manifest (--manifest) or the column options "
+                    "--episode, --state, --action, --group, --reward."), said
+    cols = ["--episode", "member", "--time", "week", "--state", "state", "--action", "treated",
+            "--group", "group", "--reward", "reward"]
+    out = tmp_path / "plan.json"
+    res = runner.invoke(app, ["plan", "--from-panel", str(p), *cols, "--budget", "20",
+                              "--seeds", "1", "--horizon", "4", "--policy", "opt",
+                              "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(out.read_text())["group_sizes"]["A"] == 50
+    res = runner.invoke(app, ["capacity", "--from-panel", str(p), *cols, "--goal", "1",
+                              "--budgets", "0,0.5", "--seeds", "1", "--horizon", "4",
+                              "--policy", "opt"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["capacity", "--from-panel", str(p), "--episode", "member",
+                              "--seeds", "1", "--goal", "1"])
+    assert res.exit_code == 2 and "column options --state, --action, --group, --reward." in (
+        " ".join(res.output.split()))
+
+
 def test_capacity_without_a_goal_names_the_flag(app):
     res = runner.invoke(app, ["capacity", "--domain", "synthetic", "--target-share", "0.5",
                               "--seeds", "3"])

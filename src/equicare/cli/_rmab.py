@@ -34,6 +34,17 @@ __all__ = ["parse_budget", "parse_policies", "build_domain", "run_plan", "run_ca
 
 DEFAULT_POLICIES = "opt,mmr,mnw,mnw-eg,random,noact"
 OUT_EXISTS = "{path} exists; refusing to overwrite it (pass --force to replace it)."
+PANEL_COLUMNS = ("--from-panel needs a manifest (--manifest) or the column options {missing}"
+                 "{also}.")
+
+# Column roles of --from-panel (shared by plan and capacity); a manifest fills the rest.
+PanelState = Annotated[str | None, typer.Option(help="Panel: discrete state column.")]
+PanelAction = Annotated[str | None, typer.Option(help="Panel: 0/1 treated column.")]
+PanelGroup = Annotated[str | None, typer.Option(help="Panel: group column.")]
+PanelReward = Annotated[str | None, typer.Option(help="Panel: reward column.")]
+PanelEpisode = Annotated[str | None, typer.Option(help="Panel: episode (member) id column.")]
+PanelTime = Annotated[str | None, typer.Option(
+    help="Panel: step column ordering each episode's rows (default: row order).")]
 
 
 def parse_budget(text: str | float | int) -> int | float:
@@ -116,10 +127,12 @@ def _panel_domain(data: Path, manifest: Path | None, *, arms: int | None, horizo
         if reward is None and state_rewards is None and len(m.reward) == 1:
             reward = m.reward[0].column
     missing = [n for n, v in (("--episode", episode), ("--state", state), ("--action", action),
-                              ("--group", group)) if v is None]
+                              ("--group", group), ("--reward", reward or state_rewards))
+               if v is None]
     if missing:
-        raise InvalidParameterError(
-            f"--from-panel needs --manifest or the column options {missing}.")
+        raise InvalidParameterError(PANEL_COLUMNS.format(
+            missing=", ".join(missing), also="" if manifest is None else
+            f" ({manifest} does not name them)"))
     try:
         est = estimate_arms(frame, episode=episode, state=state, action=action, group=group,
                             time=time, reward=reward, state_rewards=state_rewards)
@@ -280,10 +293,12 @@ def register(app: typer.Typer) -> None:
             "--manifest", "-m",
             help="Manifest of --from-panel (names episode, time, state, action, group).")
         ] = None,
-        state: Annotated[str | None, typer.Option(help="Panel: discrete state column.")] = None,
-        action: Annotated[str | None, typer.Option(help="Panel: 0/1 treated column.")] = None,
-        group: Annotated[str | None, typer.Option(help="Panel: group column.")] = None,
-        reward: Annotated[str | None, typer.Option(help="Panel: reward column.")] = None,
+        state: PanelState = None,
+        action: PanelAction = None,
+        group: PanelGroup = None,
+        reward: PanelReward = None,
+        episode: PanelEpisode = None,
+        time: PanelTime = None,
         arms: Annotated[int | None, typer.Option(help="Number of arms (default: domain's).")
                         ] = None,
         budget: Annotated[str, typer.Option(
@@ -321,8 +336,7 @@ def register(app: typer.Typer) -> None:
                              from_panel=from_panel, manifest=manifest, arms=arms,
                              horizon=horizon, alpha=alpha, experiment=experiment, seed=seed,
                              columns={"state": state, "action": action, "group": group,
-                                      "reward": reward, "episode": None, "time": None,
-                                      "state_rewards": None})
+                                      "reward": reward, "episode": episode, "time": time})
             res = run_plan(d, budget=parse_budget(budget),
                            policies=_policy_names(policy, DEFAULT_POLICIES), horizon=horizon,
                            seeds=seeds, seed=seed, out=out, force=force, reference=reference,
@@ -348,6 +362,12 @@ def register(app: typer.Typer) -> None:
                               ] = None,
         manifest: Annotated[Path | None, typer.Option(
             "--manifest", "-m", help="Manifest of --from-panel.")] = None,
+        state: PanelState = None,
+        action: PanelAction = None,
+        group: PanelGroup = None,
+        reward: PanelReward = None,
+        episode: PanelEpisode = None,
+        time: PanelTime = None,
         arms: Annotated[int | None, typer.Option(help="Number of arms.")] = None,
         target_share: Annotated[float, typer.Option(
             help="Required share of arms in the goal states after the horizon.")] = 0.5,
@@ -383,7 +403,9 @@ def register(app: typer.Typer) -> None:
         with user_errors():
             d = build_domain(None if domain is None else domain.value, domain_file=domain_file,
                              from_panel=from_panel, manifest=manifest, arms=arms,
-                             horizon=horizon, alpha=alpha, experiment=experiment, seed=seed)
+                             horizon=horizon, alpha=alpha, experiment=experiment, seed=seed,
+                             columns={"state": state, "action": action, "group": group,
+                                      "reward": reward, "episode": episode, "time": time})
             if goal is None and d.high_risk is None:  # say it with the flag, not goal_states
                 names = f" ({', '.join(d.state_names)})" if d.state_names else ""
                 fail(f"--goal is needed: domain {d.name!r} defines no high-risk states whose "
