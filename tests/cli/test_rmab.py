@@ -184,6 +184,47 @@ def test_from_panel_without_a_manifest_takes_every_column_option(app, tmp_path):
         " ".join(res.output.split()))
 
 
+@pytest.mark.parametrize("args, said", [
+    (["plan", "--domain", "synthetic", "--policy", "foo"],
+     "error: --policy: unknown policy 'foo'; choose from noact, random, opt, mmr, mnw, mnw-eg, "
+     "hr-random, hr-rr."),
+    (["capacity", "--domain", "synthetic", "--goal", "good", "--budgets=-1,0.1"],
+     "error: --budgets must be >= 0; got '-1'."),
+    (["capacity", "--domain", "synthetic", "--goal", "good", "--budgets", "0.1,2.5"],
+     "error: --budgets above 1 must be a whole number of actions; got '2.5'."),
+    (["plan", "--domain", "maternal", "--alpha", "0.5"],
+     "error: --alpha applies only to the diabetes domain (the reward's engagement weight); "
+     "domain 'maternal' has no such setting."),
+    (["plan", "--domain", "synthetic", "--experiment", "B"],
+     "error: --experiment applies only to the maternal domain (which group is 60%); domain "
+     "'synthetic' has no such setting."),
+    (["capacity", "--domain", "diabetes", "--experiment", "B"],
+     "error: --experiment applies only to the maternal domain (which group is 60%); domain "
+     "'diabetes' has no such setting."),
+])
+def test_option_messages_name_the_options_that_exist(app, args, said):
+    res = runner.invoke(app, [*args, "--seeds", "1"])
+    assert res.exit_code == 2, res.output
+    assert " ".join(res.output.split()) == said
+
+
+@pytest.mark.filterwarnings("always::equicare.exceptions.EquicareWarning")  # shown, not raised
+def test_from_panel_bad_action_value_is_shown_plainly(app, tmp_path):
+    p, mf = _panel_files(tmp_path, n_arms=100)
+    import pandas as pd
+
+    df = pd.read_csv(p)
+    df["tr2"] = df["treated"]
+    df.loc[7, "tr2"] = 2
+    df.to_csv(p, index=False)
+    res = runner.invoke(app, ["plan", "--from-panel", str(p), "-m", str(mf), "--action", "tr2",
+                              "--seeds", "1"])
+    assert res.exit_code == 2, res.output
+    assert " ".join(res.output.split()) == (
+        f"error: {p}: Column 'tr2' must hold 0/1 (treated or not); row 7 (0-based data row) "
+        "has 2.")
+
+
 def test_capacity_without_a_goal_names_the_flag(app):
     res = runner.invoke(app, ["capacity", "--domain", "synthetic", "--target-share", "0.5",
                               "--seeds", "3"])

@@ -7,7 +7,7 @@ from importlib import resources
 import numpy as np
 import pytest
 
-from equicare.exceptions import DataValidationError
+from equicare.exceptions import DataValidationError, InvalidParameterError
 from equicare.rmab import RMABDomain, load_domain
 from equicare.rmab._domain import (
     EMPTY_GROUP,
@@ -130,3 +130,17 @@ def test_array_errors():
     assert d.group_names == ("x", "y") and d.n_arms == 2
     assert d.redraw(0) is d  # arrays have no generator
     assert load_domain(d.to_dict()).n_arms == 2
+
+
+@pytest.mark.parametrize("name, kwargs, msg", [
+    ("maternal", {"alpha": 0.5},
+     "'alpha' applies only to the diabetes domain (the reward's engagement weight); domain "
+     "'maternal' has no such setting."),
+    ("synthetic", {"experiment": "B"},
+     "'experiment' applies only to the maternal domain (which group is 60%); domain "
+     "'synthetic' has no such setting."),
+])
+def test_settings_of_another_domain_are_refused(name, kwargs, msg):
+    with pytest.raises(InvalidParameterError) as err:
+        load_domain(name, **kwargs)
+    assert str(err.value) == msg

@@ -68,7 +68,8 @@ def test_small_cells_warn_and_bad_actions_raise():
     bad = panel.copy()
     bad["treated"] = bad["treated"].astype(object)
     bad.iloc[4, bad.columns.get_loc("treated")] = 2
-    with pytest.raises(DataValidationError, match=re.escape("Column 'treated' must hold 0/1")):
+    with pytest.raises(DataValidationError, match=re.escape(
+            "Column 'treated' must hold 0/1 (treated or not); row 4 (0-based data row) has 2.")):
         estimate_arms(bad, episode="member", state="state", action="treated", group="group",
                       reward="reward", min_count=0)
     with pytest.raises(DataValidationError, match=re.escape("Column 'nope' (group)")):

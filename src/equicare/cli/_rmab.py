@@ -47,8 +47,16 @@ PanelTime = Annotated[str | None, typer.Option(
     help="Panel: step column ordering each episode's rows (default: row order).")]
 
 
-def parse_budget(text: str | float | int) -> int | float:
-    """``"0.2"`` -> fraction 0.2; ``"20"`` -> 20 actions per step."""
+def parse_budget(text: str | float | int, option: str = "--budget") -> int | float:
+    """``"0.2"`` -> fraction 0.2; ``"20"`` -> 20 actions per step.
+
+    Parameters
+    ----------
+    text : str, float or int
+        The budget as written on the command line.
+    option : str
+        The option named in error messages (``capacity`` passes ``"--budgets"``).
+    """
     if isinstance(text, int | float) and not isinstance(text, bool):
         return text
     s = str(text).strip()
@@ -56,15 +64,15 @@ def parse_budget(text: str | float | int) -> int | float:
         v = float(s)
     except ValueError:
         raise InvalidParameterError(
-            f"--budget must be a number (a fraction like 0.2 or a count like 20); "
-                         f"got {text!r}.") from None
+            f"{option} must be a number (a fraction like 0.2 or a count like 20); "
+            f"got {text!r}.") from None
     if v < 0:
-        raise InvalidParameterError(f"--budget must be >= 0; got {text!r}.")
+        raise InvalidParameterError(f"{option} must be >= 0; got {text!r}.")
     if any(c in s for c in ".eE") and v <= 1:
         return v
     if v != int(v):
         raise InvalidParameterError(
-            f"--budget above 1 must be a whole number of actions; got {text!r}.")
+            f"{option} above 1 must be a whole number of actions; got {text!r}.")
     return int(v)
 
 
@@ -76,7 +84,7 @@ def parse_policies(text: str) -> list[str]:
     bad = [p for p in names if p not in POLICIES]
     if bad or not names:
         raise InvalidParameterError(
-            f"--policies: unknown policy {bad[0] if bad else text!r}; choose from "
+            f"--policy: unknown policy {bad[0] if bad else text!r}; choose from "
                          f"{', '.join(POLICIES)}.")
     return names
 
@@ -156,7 +164,7 @@ def build_domain(
     columns: dict[str, Any] | None = None,
 ) -> RMABDomain:
     """Build the domain named on the command line (a file, a bundled name, or a panel)."""
-    from equicare.rmab._domain import load_domain
+    from equicare.rmab._domain import DOMAIN_SETTINGS, ONLY_FOR, load_domain
 
     given = [x for x in (domain, domain_file, from_panel) if x is not None]
     if len(given) != 1:
@@ -164,6 +172,12 @@ def build_domain(
             "Give exactly one of DOMAIN.json, --domain NAME or --from-panel DATA.")
     if arms is not None and arms < 1:
         raise InvalidParameterError(f"--arms must be >= 1; got {arms}.")
+    for option, value in (("alpha", alpha), ("experiment", experiment)):
+        applies, what = DOMAIN_SETTINGS[option]
+        if value is not None and domain != applies and domain_file is None:
+            raise InvalidParameterError(ONLY_FOR.format(
+                option=f"--{option}", applies=applies, what=what,
+                name=domain if domain is not None else Path(str(from_panel)).stem))
     if from_panel is not None:
         cols = dict(columns or {})
         return _panel_domain(from_panel, manifest, arms=arms, horizon=horizon or 20, **cols)
@@ -411,7 +425,8 @@ def register(app: typer.Typer) -> None:
                 fail(f"--goal is needed: domain {d.name!r} defines no high-risk states whose "
                      f"complement would be the default goal; give --goal with comma-separated "
                      f"state codes 0..{d.n_states - 1} or names{names}.")
-            bl = None if budgets is None else [parse_budget(b) for b in budgets.split(",")]
+            bl = None if budgets is None else [parse_budget(b, "--budgets")
+                                          for b in budgets.split(",")]
             res = run_capacity(d, target=target_share,
                                goal_states=None if goal is None else goal.split(","),
                                policies=_policy_names(policy, "opt,mmr,mnw-eg,random"),

@@ -40,6 +40,11 @@ INIT_BAD = ("{source}init must be a probability distribution over the {n_states}
 GROUPS_SHAPE = "{source}groups must have one label per arm ({n_arms}); got shape {shape}."
 EMPTY_GROUP = ("Group {name!r} has no arms{detail}; every group must have at least one arm "
                "(use more arms or drop the group).")
+ONLY_FOR = ("{option} applies only to the {applies} domain ({what}); domain {name!r} has no "
+            "such setting.")
+#: What each domain-specific setting is, and the domain kind it belongs to.
+DOMAIN_SETTINGS = {"alpha": ("diabetes", "the reward's engagement weight"),
+                   "experiment": ("maternal", "which group is 60%")}
 UNKNOWN_DOMAIN = ("Unknown domain {name!r}: expected a path to a Contract-4 JSON file or one of "
                   "'synthetic', 'maternal', 'diabetes'.")
 
@@ -587,6 +592,12 @@ def load_domain(
             if not isinstance(raw, Mapping):
                 raise DataValidationError(f"{p}: the top level must be a JSON object.")
     kind = raw.get("kind", "contract4")
+    for option, value in (("alpha", alpha), ("experiment", experiment)):
+        applies, what = DOMAIN_SETTINGS[option]
+        if value is not None and kind != applies:
+            raise InvalidParameterError(ONLY_FOR.format(
+                option=f"'{option}'", applies=applies, what=what,
+                name=str(raw.get("name", source or "custom"))))
     if kind == "maternal":
         draw = _maternal_drawer(raw, experiment or str(raw.get("default_experiment", "A")))
     elif kind == "diabetes":

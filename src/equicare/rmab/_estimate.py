@@ -281,8 +281,9 @@ def estimate_arms(
     if bad.any():
         i = int(np.argmax(bad))
         name = action if isinstance(action, str) else "action"
+        value = ac_raw[i].item() if isinstance(ac_raw[i], np.generic) else ac_raw[i]
         raise DataValidationError(f"Column {name!r} must hold 0/1 (treated or not); row {i} "
-                                  f"has {ac_raw[i]!r}.")
+                                  f"(0-based data row) has {value!r}.")
     ac_i = ac.astype(np.int64)
     # state codes
     if st_raw.dtype.kind in "iu" or (st_raw.dtype.kind == "f" and np.all(st_raw == np.round(
