@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from equicare.learn import AWR, BC, CQL
-from equicare.learn._fairness import GroupDRO, group_means, parity_penalty
+from equicare.learn._fairness import GroupDRO, episode_values, group_means, parity_penalty
 from tests.learn.tabular_mdp import TabularMDP
 
 
@@ -130,3 +130,112 @@ def test_awr_critic_reads_the_group_by_default_only_when_group_robust(hidden_gro
     assert plain.nets_["critic"].spec.n_features == n_feat
     assert robust.nets_["critic"].spec.n_features == n_feat + 2  # one-hot of groups A, B
     assert robust._uses_value_signal()
+
+
+def _chain_episodes(n: int, seed: int, window: int):
+    """Behaviour episodes of a 3-state MDP with a terminal exit, censored after ``window``.
+
+    Returns the row arrays of :func:`episode_values` plus the exact ``V^pi``, ``Q^pi`` tables
+    and each episode's initial state.
+    """
+    rng = np.random.default_rng(seed)
+    S, A, gamma = 3, 2, 0.9
+    R = np.array([[0.0, 1.0], [0.5, -0.2], [2.0, 0.3]])
+    P = np.zeros((S, A, S + 1))  # last column: terminal
+    P[:, 0] = [[0.6, 0.2, 0.1, 0.1], [0.1, 0.5, 0.3, 0.1], [0.3, 0.3, 0.2, 0.2]]
+    P[:, 1] = [[0.1, 0.4, 0.3, 0.2], [0.2, 0.2, 0.5, 0.1], [0.1, 0.6, 0.1, 0.2]]
+    b = np.array([[0.7, 0.3], [0.4, 0.6], [0.5, 0.5]])
+    pi = np.array([[0.2, 0.8], [0.9, 0.1], [0.3, 0.7]])
+    Ppi = np.einsum("sa,sat->st", pi, P[:, :, :S])
+    V = np.linalg.solve(np.eye(S) - gamma * Ppi, (pi * R).sum(1))
+    Q = R + gamma * P[:, :, :S] @ V
+    s = rng.integers(0, S, n)
+    s0 = s.copy()
+    alive = np.ones(n, dtype=bool)
+    rows = []  # (episode, step, state, action, reward, terminal)
+    for t in range(window):
+        a = (rng.random(n) < b[s, 1]).astype(int)
+        cdf = P.cumsum(axis=2)[s, a]
+        nxt = np.minimum((rng.random(n)[:, None] > cdf).sum(axis=1), S)
+        ep = np.flatnonzero(alive)
+        rows.append(np.c_[ep, np.full(ep.size, t), s[ep], a[ep], R[s[ep], a[ep]],
+                          nxt[ep] == S])
+        alive &= nxt != S
+        s = np.where(nxt == S, 0, nxt)
+        if not alive.any():
+            break
+    x = np.concatenate(rows)
+    x = x[np.lexsort((x[:, 1], x[:, 0]))]
+    ep, step = x[:, 0].astype(int), x[:, 1].astype(int)
+    last = np.r_[ep[1:] != ep[:-1], True]
+    st, ac = x[:, 2].astype(int), x[:, 3].astype(int)
+    t = {k: torch.as_tensor(v) for k, v in dict(
+        v=V[st], q=Q[st, ac], r=x[:, 4], episode=ep, step=step, last=last,
+        done=x[:, 5] > 0).items()}
+    return t, gamma, n, V, s0
+
+
+def test_episode_values_are_unbiased_for_the_exact_q_and_the_return_for_a_flat_critic():
+    # the performance-difference identity (episodes end at the terminal exit)
+    t, gamma, n, V, s0 = _chain_episodes(20_000, 0, window=200)
+    assert not (t["last"] & ~t["done"]).any()
+    est = episode_values(t["v"], t["q"], t["r"], gamma, t["episode"], t["step"], t["last"],
+                         t["done"], n).numpy()
+    se = est.std() / np.sqrt(n)
+    assert abs(est.mean() - V[s0].mean()) < 3 * se
+    # a flat critic gives the observed discounted return (the behaviour's value, not pi's)
+    flat = torch.zeros_like(t["v"])
+    ret = episode_values(flat, flat, t["r"], gamma, t["episode"], t["step"], t["last"],
+                         t["done"], n).numpy()
+    disc = gamma ** t["step"].numpy() * t["r"].numpy()
+    np.testing.assert_allclose(ret, np.bincount(t["episode"].numpy(), weights=disc), atol=1e-12)
+    assert abs(ret.mean() - V[s0].mean()) > 10 * se
+
+
+def test_episode_values_by_hand_with_a_censored_episode():
+    # episode 0: 3 rows, terminal; episode 1: 2 rows, censored (the window closed)
+    v = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
+    q = torch.tensor([0.5, 2.5, 1.0, 3.0, 4.5])
+    r = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.6])
+    episode = torch.tensor([0, 0, 0, 1, 1])
+    step = torch.tensor([0, 1, 2, 0, 1])
+    last = torch.tensor([False, False, True, False, True])
+    done = torch.tensor([False, False, True, False, False])
+    g = 0.9
+    full = episode_values(v, q, r, g, episode, step, last, done, 2).numpy()
+    e0 = (0.1 + 0.5) + g * (0.2 - 0.5) + g**2 * (0.3 + 2.0)
+    e1 = (0.4 + 1.0) + g * (0.6 + 0.5) + g * (4.5 - 0.6)  # + the critic's censored rest
+    np.testing.assert_allclose(full, [e0, e1], atol=1e-12)
+    one = episode_values(v, q, r, g, episode, step, last, done, 2, n_corrected=1).numpy()
+    np.testing.assert_allclose(one, [0.1 + 0.5 + g * 0.2 + g**2 * 0.3,
+                                     0.4 + 1.0 + g * 0.6 + g * (4.5 - 0.6)], atol=1e-12)
+    # a state-value critic of the behaviour: the return, and V(s) - r at a censored end
+    beh = episode_values(v, None, r, g, episode, step, last, done, 2).numpy()
+    np.testing.assert_allclose(beh, [0.1 + g * 0.2 + g**2 * 0.3, 0.4 + g * 0.6 + g * (5.0 - 0.6)],
+                               atol=1e-12)
+
+
+def test_value_signal_points_at_the_worst_off_group_on_long_stays():
+    """A critic that has not propagated 30-step stays back must not steer DRO.
+
+    On this Garnet panel (gamma 1) the critic alone rated the long-stay group g0 worst after a
+    few hundred steps (its exact behaviour value is the highest) and DRO moved all the weight
+    there; the signal now follows the observed returns plus the first-step advantage.
+    """
+    from equicare.data import from_frame
+    from equicare.sim._garnet_cli import garnet_frame, garnet_manifest
+    from equicare.sim.garnet import GarnetConfig, garnet_panel, garnet_target_policies
+
+    cfg = GarnetConfig(n_states=50, n_actions=5, n_successors=3)
+    mdp, pan = garnet_panel(cfg, 1500, 11)
+    ds = from_frame(garnet_frame(mdp, pan), garnet_manifest(cfg), emit_warnings=False)
+    truth = mdp.group_values(garnet_target_policies(mdp)["behavior"])
+    worst = min(truth, key=truth.get)
+    lengths = ds.episode_lengths
+    model = AWR(n_steps=300, seed=0, group_robust=1.0, eval_every=300).fit(ds, progress=False)
+    levels = [str(g) for g in model.group_levels_]
+    assert levels[int(np.argmax(model._dro.q.numpy()))] == worst
+    # the panel has the long stays that made the critic-only signal fail
+    g = np.asarray(ds.group_labels("group")).astype(str)
+    g = g[ds.episode_offsets[:-1]] if g.size == ds.n_steps else g
+    assert max(lengths[g == lv].mean() for lv in levels) > 25

@@ -165,13 +165,20 @@ class AWR(OfflineLearner):
             ok = data.td_ok[rows]
             return torch.where(ok, td_target - critic_out.detach().squeeze(1), 0.0)
 
-    def _initial_values(self, data: TrainData) -> Tensor:
-        """Critic's value of the current policy at each episode's initial state (no gradient)."""
-        out = batched_forward(self.nets_["critic"], data.critic_inputs, rows=data.initial)
+    def _value_parts(self, data: TrainData, rows: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Critic's values at ``rows`` for the group-robust signal (no gradient).
+
+        A state-value critic's ``V(s)`` (the behaviour's), else ``V^pi(s)`` and
+        ``Q(s, a_logged)``.
+        """
+        out = batched_forward(self.nets_["critic"], data.critic_inputs, rows=rows)
         if self.config.critic == "v":
-            return out.squeeze(1)
-        logits = batched_forward(self.nets_["policy"], data.inputs, rows=data.initial)
-        return (torch.softmax(logits, dim=1) * out).sum(dim=1)
+            return out.squeeze(1), None
+        logits = batched_forward(self.nets_["policy"], data.inputs, rows=rows)
+        v = (torch.softmax(logits, dim=1) * out).sum(dim=1)
+        pos = data.action_pos[rows]
+        q = out.gather(1, pos.clamp(min=0)[:, None]).squeeze(1)
+        return v, torch.where(pos >= 0, q, v)
 
     def _weights(self, adv: Tensor, update_scale: bool) -> Tensor:
         cfg = self.config

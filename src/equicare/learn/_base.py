@@ -27,7 +27,12 @@ from torch import Tensor
 
 from equicare.exceptions import DataValidationError, InvalidParameterError, PolicyError
 from equicare.learn._data import EpochSampler, TrainData, group_codes, support_of
-from equicare.learn._fairness import GroupDRO, group_value_signal, parity_penalty
+from equicare.learn._fairness import (
+    GroupDRO,
+    episode_values,
+    group_value_signal,
+    parity_penalty,
+)
 from equicare.models._encoders import embedding_size
 from equicare.models._inputs import batched_forward, categorical_vocabulary, input_names
 from equicare.models._networks import Network, NetworkSpec
@@ -56,6 +61,9 @@ CHECKPOINT_JSON = "checkpoint.json"
 CHECKPOINT_WEIGHTS = "checkpoint.safetensors"
 #: steps between refreshes of the group-robust value signal (a pass over the initial states)
 GROUP_SIGNAL_EVERY = 50
+#: Rows (about; whole episodes) the group-robust value signal reads.
+GROUP_SIGNAL_ROWS = 50_000
+GROUP_SIGNAL_CORRECTED: int | None = 1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -358,20 +366,57 @@ class OfflineLearner(BaseEstimator, metaclass=ABCMeta):  # type: ignore[misc]
         return cfg.group_robust_signal == "value" or (cfg.group_robust_signal == "auto"
                                                       and self._critic_groups())
 
-    def _initial_values(self, data: TrainData) -> Tensor | None:
-        """Estimated value of the current policy at ``data.initial`` rows, shape (n_episodes,).
+    def _value_parts(self, data: TrainData, rows: Tensor
+                     ) -> tuple[Tensor, Tensor | None] | None:
+        """Critic's ``V^pi(s)`` and ``Q(s, a_logged)`` at ``rows`` (see ``episode_values``).
 
         None for learners without a value estimate (BC): their group weights follow the losses.
+        ``Q`` is None for a state-value critic of the behaviour policy.
         """
         return None
 
+    def _signal_layout(self, data: TrainData) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Rows of the episodes the value signal reads, with their episode, step and last flag.
+
+        Every episode up to ``GROUP_SIGNAL_ROWS`` rows, else a seeded random subset of whole
+        episodes of about that many rows (cached per ``data``).
+        """
+        cached = getattr(self, "_signal_cache", None)
+        if cached is not None and cached[0] is data:
+            return cached[1]  # type: ignore[no-any-return]
+        n = int(data.reward.shape[0])
+        starts = data.initial.numpy()
+        ends = np.r_[starts[1:], n]
+        lengths = ends - starts
+        eps = np.arange(starts.size)
+        if n > GROUP_SIGNAL_ROWS:
+            order = np.random.default_rng(self.config.seed).permutation(starts.size)
+            keep = int(np.searchsorted(np.cumsum(lengths[order]), GROUP_SIGNAL_ROWS)) + 1
+            eps = np.sort(order[:keep])
+        ep_len = lengths[eps]
+        episode = np.repeat(np.arange(eps.size), ep_len)
+        offs = np.r_[0, np.cumsum(ep_len)[:-1]]
+        step = np.arange(int(ep_len.sum())) - offs[episode]
+        rows = starts[eps][episode] + step
+        last = step == ep_len[episode] - 1
+        layout = (torch.as_tensor(rows), torch.as_tensor(episode), torch.as_tensor(step),
+                  torch.as_tensor(last), torch.as_tensor(eps))
+        self._signal_cache = (data, layout)
+        return layout
+
     def _refresh_group_signal(self, data: TrainData) -> None:
         """Recompute the groups' value signal from the current networks (None without one)."""
+        rows, episode, step, last, eps = self._signal_layout(data)
         with torch.no_grad():
-            values = self._initial_values(data)
-        self._group_signal = (None if values is None else
-                              group_value_signal(values, data.group[data.initial],
-                                                 self._n_groups))
+            parts = self._value_parts(data, rows)
+        if parts is None:
+            self._group_signal = None
+            return
+        values = episode_values(parts[0], parts[1], data.reward[rows], data.gamma, episode, step,
+                                last, data.done[rows] > 0, int(eps.shape[0]),
+                                n_corrected=GROUP_SIGNAL_CORRECTED)
+        self._group_signal = group_value_signal(values, data.group[data.initial[eps]],
+                                                self._n_groups).float()
 
     def _spec(self, base: dict[str, Any], **kw: Any) -> NetworkSpec:
         return NetworkSpec(**{**base, **kw})

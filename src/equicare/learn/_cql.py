@@ -151,12 +151,16 @@ class CQL(OfflineLearner):
         return {"loss": loss.detach(), "td": td.detach().mean(),
                 "cql": conservative.detach().mean()}
 
-    def _initial_values(self, data: TrainData) -> Tensor:
-        """Value of the current (softmax or greedy) policy at each episode's initial state."""
-        q = batched_forward(self.nets_["policy"], data.inputs, rows=data.initial)
+    def _value_parts(self, data: TrainData, rows: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``V^pi(s)`` of the current (softmax or greedy) policy and ``Q(s, a_logged)``."""
+        q = batched_forward(self.nets_["policy"], data.inputs, rows=rows)
         if self.config.policy == "greedy":
-            return q.max(dim=1).values
-        return (torch.softmax(q / self.config.temperature, dim=1) * q).sum(dim=1)
+            v = q.max(dim=1).values
+        else:
+            v = (torch.softmax(q / self.config.temperature, dim=1) * q).sum(dim=1)
+        pos = data.action_pos[rows]
+        q_logged = q.gather(1, pos.clamp(min=0)[:, None]).squeeze(1)
+        return v, torch.where(pos >= 0, q_logged, v)
 
     def _valid_loss(self, data: TrainData) -> float:
         rows = data.rows

@@ -29,6 +29,22 @@ smallest group value ``J_g``),
 
 over the initial states of each group's episodes ``E_g`` (the value of a policy is defined over
 the initial-state distribution), so the group with the lowest estimated value gets the weight.
+
+``V^pi(s_{e,0})`` is not read off the critic alone: early in training, and on long stays at
+``gamma = 1``, a temporal-difference critic has not propagated the outcomes back to the initial
+states (on a Garnet panel with 34-step stays it rated the best-off group worst and DRO moved all
+the weight there). :func:`episode_values` estimates it from the episode's observed return plus
+the critic's advantages of ``pi`` along the logged path (the performance-difference identity,
+Kakade & Langford, 2002),
+
+.. math::
+
+    \hat V^{\pi}(s_{e,0}) = \sum_t \gamma^t r_t
+        + \sum_t \gamma^t \big(\hat V^{\pi}(s_t) - \hat Q(s_t, a_t)\big)
+        + [\text{censored}]\, \gamma^{T-1} \big(\hat Q(s_{T-1}, a_{T-1}) - r_{T-1}\big),
+
+unbiased for the exact ``Q^pi`` and equal to the observed return (the behaviour's value) when
+the critic is flat; the last term values the unobserved rest of a censored episode.
 """
 
 from __future__ import annotations
@@ -36,7 +52,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["parity_penalty", "GroupDRO", "group_means", "group_value_signal"]
+__all__ = ["parity_penalty", "GroupDRO", "group_means", "group_value_signal", "episode_values"]
 
 
 def group_means(values: Tensor, group: Tensor, n_groups: int) -> tuple[Tensor, Tensor]:
@@ -76,6 +92,53 @@ def parity_penalty(p_set: Tensor, group: Tensor, n_groups: int) -> Tensor:
     """
     means, present = group_means(p_set, group, n_groups)
     return ((means - p_set.mean()) ** 2 * present).sum()
+
+
+def episode_values(v_pi: Tensor, q_logged: Tensor | None, reward: Tensor, gamma: float,
+                   episode: Tensor, step: Tensor, last: Tensor, done: Tensor,
+                   n_episodes: int, n_corrected: int | None = None) -> Tensor:
+    """Each episode's estimated value of ``pi`` at its initial state (module docstring).
+
+    Parameters
+    ----------
+    v_pi : Tensor of shape (n,)
+        Critic's value of the current policy at each row's state, ``sum_a pi(a|s) Q(s, a)``
+        (a state-value critic's ``V(s)``).
+    q_logged : Tensor of shape (n,) or None
+        Critic's value of the logged action (rows whose action is outside the policy's support
+        carry ``v_pi``). None for a state-value critic of the behaviour: the observed return
+        already estimates its value, only censored ends use ``v_pi``.
+    reward : Tensor of shape (n,)
+    gamma : float
+    episode : Tensor of shape (n,), int64
+        Episode of each row, in ``[0, n_episodes)``.
+    step : Tensor of shape (n,), int64
+        Position of the row in its episode.
+    last : Tensor of shape (n,), bool
+        The episode's last row.
+    done : Tensor of shape (n,), bool
+        The row ends the episode for good (terminal); a last row that is not done is censored.
+    n_episodes : int
+    n_corrected : int, optional
+        Only the first ``n_corrected`` steps of an episode carry the advantage correction
+        (default: every step).
+
+    Returns
+    -------
+    Tensor of shape (n_episodes,), float64
+    """
+    r = reward.double()
+    disc = torch.as_tensor(gamma, dtype=torch.float64) ** step.double()
+    q = v_pi.double() if q_logged is None else q_logged.double()
+    terms = r.clone()
+    if q_logged is not None:
+        adv = v_pi.double() - q
+        if n_corrected is not None:
+            adv = torch.where(step < n_corrected, adv, torch.zeros_like(adv))
+        terms = terms + adv
+    censored = last & ~done
+    terms = terms + torch.where(censored, q - r, torch.zeros_like(r))
+    return torch.zeros(n_episodes, dtype=torch.float64).index_add(0, episode, disc * terms)
 
 
 def group_value_signal(values: Tensor, group: Tensor, n_groups: int) -> Tensor:
