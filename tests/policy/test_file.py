@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from equicare.data import from_frame
-from equicare.exceptions import PolicyError
+from equicare.exceptions import InvalidParameterError, PolicyError
 from equicare.policy import FilePolicy, write_policy_file
 
 from ..conftest import make_frame
@@ -101,7 +101,8 @@ def test_streamed_policy_file_equals_the_whole_file(tmp_path, suffix, form):
     pd.testing.assert_frame_equal(a, b, check_dtype=False)
     with pytest.raises(FileExistsError, match="refusing to overwrite"):
         write_policy_stream([], streamed)
-    with pytest.raises(ValueError, match="no chunks"):
+    with pytest.raises(InvalidParameterError,
+                       match=r"The 'chunks' parameter of write_policy_stream must yield at least"):
         write_policy_stream([], tmp_path / f"empty{suffix}")
     assert not (tmp_path / f".empty{suffix}.tmp").exists()
 

@@ -632,7 +632,9 @@ def write_policy_stream(
             writer.close()
             writer = None
         if not tmp.exists():
-            raise ValueError("write_policy_stream received no chunks; nothing was written.")
+            raise InvalidParameterError("The 'chunks' parameter of write_policy_stream must "
+                                        "yield at least one chunk. Got none instead; nothing "
+                                        "was written.")
         os.replace(tmp, p)
     except BaseException:
         if writer is not None:
