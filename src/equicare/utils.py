@@ -87,7 +87,7 @@ def check_random_state(random_state: RandomState) -> np.random.Generator:
                 )
             )
         return np.random.default_rng(None if random_state is None else int(random_state))
-    raise TypeError(
+    raise InvalidParameterError(
         PARAM_MESSAGE.format(
             name="random_state",
             owner="check_random_state",

@@ -233,3 +233,34 @@ def test_audit_streams_group_values_with_the_stationary_table(tmp_path):
     bad = runner.invoke(app, [*base[:9], "tabular_backward", *base[10:], "--chunk-rows", "900"])
     assert bad.exit_code == 2, bad.output
     assert "'auto', 'linear' or 'tabular_stationary'" in " ".join(bad.output.split())
+
+
+def test_streamed_behaviour_sample_without_episodes_is_a_one_line_user_error(tmp_path,
+                                                                            monkeypatch):
+    """An empty behaviour-model sample (few, very long episodes) exits 2, not 'internal error'."""
+    import copy
+
+    from equicare.data import Manifest, from_frame
+    from equicare.ope import _stream_behavior
+    from equicare.policy import write_policy_file
+
+    from ..conftest import MANIFEST, make_frame
+
+    md = copy.deepcopy(MANIFEST)
+    md["dataset"].pop("behavior_prob")
+    df = make_frame(30, seed=1).drop(columns=["propensity"])
+    ds = from_frame(df, md, emit_warnings=False)
+    probs = np.random.default_rng(0).dirichlet(np.ones(ds.n_actions), size=ds.n_steps)
+    pol = write_policy_file(ds, probs, tmp_path / "policy.parquet")
+    df.to_parquet(tmp_path / "panel.parquet", index=False)
+    (tmp_path / "m.toml").write_text(Manifest.from_dict(md).to_toml())
+    monkeypatch.setattr(_stream_behavior, "sample_episodes",
+                        lambda source, rows, seed: (None, 1e-6))
+    res = runner.invoke(app, ["evaluate", str(tmp_path / "panel.parquet"), "--manifest",
+                              str(tmp_path / "m.toml"), "--policy", str(pol), "--q-model",
+                              "linear", "--chunk-rows", "50", "--no-progress"])
+    assert res.exit_code == 2, res.output
+    errors = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "internal error" not in res.output
+    assert "The behaviour model's sample (rate 1e-06) has no episode" in " ".join(
+        res.output.split())

@@ -11,7 +11,7 @@ import pytest
 
 from equicare.data import Manifest, iter_chunks, load_dataset, scan_panel, validate_stream
 from equicare.data._chunks import BATCH_ROWS
-from equicare.exceptions import DataValidationError
+from equicare.exceptions import DataValidationError, InvalidParameterError
 from equicare.pipeline import get_executor
 
 from ..conftest import MANIFEST, make_frame
@@ -150,7 +150,8 @@ def test_clear_errors(tmp_path):
     f.to_parquet(p, index=False)
     with pytest.raises(DataValidationError, match="column 'risk'"):
         scan_panel(p, man) and list(iter_chunks(p, man))
-    with pytest.raises(ValueError, match="chunk_rows"):
+    with pytest.raises(InvalidParameterError,
+                       match=r"The 'chunk_rows' parameter of iter_chunks must be an int >= 1"):
         list(iter_chunks(p, man, chunk_rows=0))
 
 

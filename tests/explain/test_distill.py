@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from equicare.exceptions import NotFittedError
+from equicare.exceptions import InvalidParameterError, NotFittedError
 from equicare.explain import (
     DistillConfig,
     Distiller,
@@ -146,9 +146,11 @@ def test_config_round_trip_and_fit_errors(sim_data):
     cfg = DistillConfig(max_depth=4, max_leaf_nodes=6, labels="sample")
     assert DistillConfig.from_dict(cfg.to_dict()) == cfg
     train, _ = sim_data
-    with pytest.raises(ValueError, match="needs the source policy"):
+    with pytest.raises(InvalidParameterError,
+                       match=r"The 'policy' parameter of Distiller.fit must be a Policy when "):
         Distiller().fit(train)
-    with pytest.raises(ValueError, match="weights must be finite"):
+    with pytest.raises(InvalidParameterError,
+                       match=r"The 'weights' parameter of Distiller.fit must be finite"):
         Distiller(replace(cfg, labels="argmax")).fit(train, tree_sim.NoisyExpert(),
                                                      weights=-np.ones(train.n_steps))
     with pytest.raises(NotFittedError, match="This Distiller instance is not fitted yet"):

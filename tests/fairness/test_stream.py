@@ -189,3 +189,36 @@ def test_dr_audit_on_two_ray_workers_equals_in_memory(panel, ray):
 
     with get_executor("ray", address="local", jobs=2) as ex:
         _assert_dr_audit_equals_in_memory(ex, panel, n_shards=4)
+
+
+def test_streamed_audit_fits_the_q_model_with_the_in_memory_audits_seed(panel, monkeypatch):
+    """``q_model="auto"``: the streamed audit chooses with the seed the in-memory audit and
+    ``evaluate`` use (``nuisance_seed``), so on a sample that is the whole panel its choice,
+    scores and numbers are the in-memory audit's under the same seed."""
+    from equicare.ope import _prepare, _select
+    from equicare.ope._evaluate import nuisance_seed
+
+    path, man, ds = panel
+    calls: list[tuple[int, dict]] = []
+    real = _select.select_q_model
+
+    def spy(*args, **kwargs):
+        sel = real(*args, **kwargs)
+        calls.append((kwargs["random_state"], dict(sel.candidates)))
+        return sel
+
+    monkeypatch.setattr(_prepare, "select_q_model", spy)  # the in-memory audit's prepare
+    monkeypatch.setattr(_select, "select_q_model", spy)  # the streamed choice
+    kw = {"action": "modality=home_visit", "n_boot": 60, "n_permutations": 30,
+          "estimator": "dr", "q_model": "auto"}
+    w = poisson_weights(episode_keys(ds.episode_ids), 60, seed=11)
+    ref = FairnessAudit(**kw).run(ds, {"risk": RiskPolicy()}, weights=w, random_state=11)
+    got = audit_stream(path, {"risk": RiskPolicy()}, manifest=man, config=FairnessAudit(**kw),
+                       chunk_rows=45, random_state=11)
+    (mem_seed, mem_scores), (st_seed, st_scores) = calls
+    assert mem_seed == st_seed == nuisance_seed(11)
+    # the candidates both consider (streamed auto: those that stream) score the same
+    assert set(st_scores) == {"linear", "tabular_stationary"} <= set(mem_scores)
+    assert st_scores == pytest.approx({k: mem_scores[k] for k in st_scores}, rel=1e-9)
+    # here the in-memory auto also keeps the stationary table: the same audit
+    _assert_same(ref.to_dict(), got.to_dict())

@@ -5,7 +5,7 @@ import pytest
 import torch
 from sklearn.base import clone
 
-from equicare.exceptions import DataValidationError, PolicyError
+from equicare.exceptions import DataValidationError, InvalidParameterError, PolicyError
 from equicare.learn import (
     AWR,
     BC,
@@ -81,7 +81,8 @@ def test_fit_time_errors(small_data):
         BC(fair_action="kind=zz", fair_lambda=1.0, n_steps=2).fit(small_data, progress=False)
     with pytest.raises(DataValidationError, match="unknown group attribute 'race'"):
         BC(group_attr="race", n_steps=2).fit(small_data, progress=False)
-    with pytest.raises(TypeError, match="expects a TrajectoryDataset"):
+    with pytest.raises(InvalidParameterError,
+                       match=r"The 'dataset' parameter of BC.fit must be a TrajectoryDataset"):
         BC(n_steps=2).fit(np.zeros((3, 3)), progress=False)
 
 

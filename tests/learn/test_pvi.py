@@ -143,7 +143,8 @@ def test_save_load_config_and_errors(tmp_path) -> None:
         PVIConfig(beta=-1)
     with pytest.raises(InvalidParameterError, match="Unknown PVIConfig keys"):
         PVIConfig.from_dict({"n_wedge": 3})
-    with pytest.raises(TypeError, match="PVI expects a PVIConfig"):
+    with pytest.raises(InvalidParameterError,
+                       match=r"The 'config' parameter of PVI must be a PVIConfig"):
         PVI(config=c.to_dict())  # type: ignore[arg-type]
 
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from equicare.exceptions import InvalidParameterError
 from equicare.models import HistoryEncoder, MLPEncoder, Standardize, seeded, window_index
 
 GEN = torch.Generator().manual_seed(12345)
@@ -166,9 +167,20 @@ def test_network_with_categorical_codes_round_trip_and_standardisation():
     np.testing.assert_allclose(norm.scale[9:11].numpy(), [0.5, 0.5])
     np.testing.assert_allclose(norm.mean[11].item(), 9.5)
     assert net(torch.as_tensor(x[:4], dtype=torch.float32)).shape == (4, 3)
-    with pytest.raises(ValueError, match="must equal the number of levels of a one-hot column"):
+    with pytest.raises(InvalidParameterError,
+                       match="must be the number of levels for a one-hot column"):
         NetworkSpec(n_features=3, sizes=(3,), support=(0,), categorical_levels=(("a", "b"),),
                     categorical_onehot=(True,), embedding_dims=(1,))
-    with pytest.raises(ValueError, match="one positive width per non-empty categorical column"):
+    with pytest.raises(InvalidParameterError,
+                       match="one positive width per non-empty categorical column"):
         NetworkSpec(n_features=3, sizes=(3,), support=(0,), categorical_levels=(("a", "b"),),
                     embedding_dims=(1, 2))
+
+
+def test_bad_embedding_arguments_are_parameter_errors():
+    from equicare.models._encoders import embedding_size
+
+    with pytest.raises(InvalidParameterError,
+                       match=r"The 'n_levels' parameter of embedding_size must be an int >= 1\. "
+                             r"Got 0 instead\."):
+        embedding_size(0)

@@ -7,10 +7,10 @@ import warnings
 import numpy as np
 import pytest
 
-from equicare.exceptions import SupportWarning
+from equicare.exceptions import InvalidParameterError, SupportWarning
 from equicare.ope import _select as select_mod
 from equicare.ope import evaluate
-from equicare.ope._select import AUTO_CANDIDATES, select_q_model
+from equicare.ope._select import AUTO_CANDIDATES, candidate_config, select_q_model
 from tests.ope._garnet import SUPPORTED, make
 
 
@@ -196,3 +196,13 @@ def test_auto_estimates_each_subgroups_bias_with_its_own_density_ratio():
     assert len({round(v[0], 12) for v in strata.values()}) == 3
     assert "group_bias" in sel.to_dict()
     assert select_q_model(ds, pe, random_state=0).group_bias == {}
+
+
+def test_bad_candidate_names_are_parameter_errors():
+    with pytest.raises(InvalidParameterError,
+                       match=r"The 'q_model' parameter of candidate_config must be one of "):
+        candidate_config("forest")
+    with pytest.raises(InvalidParameterError,
+                       match=r"must be a tabular Q-model when cells are named in brackets\. "
+                             r"Got 'gbm\[site\]' instead\."):
+        candidate_config("gbm[site]")

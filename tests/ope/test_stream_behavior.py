@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from equicare.data import Manifest, load_dataset
+from equicare.exceptions import DataValidationError, InvalidParameterError
 from equicare.ope import evaluate, evaluate_stream
 from equicare.ope._stream_behavior import sample_mask
 from equicare.pipeline import get_executor
@@ -119,3 +120,17 @@ def test_estimated_propensities_from_a_sample_recover_the_exact_value(tmp_path):
     e = res.estimates["dr"]
     assert abs(e.value - truth) < 3.5 * e.se, (e.value, truth, e.se)
     assert e.ci[0] < truth < e.ci[1]
+
+
+def test_bad_sample_size_and_empty_sample_are_user_errors(panel, monkeypatch):
+    from equicare.ope import _stream_behavior as sb
+
+    path, man, ds = panel
+    with pytest.raises(InvalidParameterError,
+                       match=r"The 'behavior_sample_rows' parameter of evaluate_stream must be an "
+                             r"int >= 1\. Got 0 instead\."):
+        evaluate_stream(path, RiskPolicy(), manifest=man, estimators=KEYS, q_model="linear",
+                        chunk_rows=60, behavior_sample_rows=0)
+    with pytest.raises(DataValidationError, match="The behaviour model's sample .* has no episode"):
+        monkeypatch.setattr(sb, "sample_episodes", lambda source, rows, seed: (None, 0.001))
+        sb.fit_behavior_stream(object(), sample_rows=10, seed=0)

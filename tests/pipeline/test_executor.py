@@ -39,6 +39,52 @@ def _task(seed: int) -> float:
     return float(np.random.default_rng(seed).normal(size=100).mean())
 
 
+def _warning_task(i: int) -> int:
+    import warnings
+
+    from equicare.exceptions import DataWarning
+
+    warnings.warn("the same warning from every task", DataWarning, stacklevel=1)
+    if i == 2:
+        warnings.warn(f"only task {i} says this", UserWarning, stacklevel=1)
+    return i * 10
+
+
+@pytest.mark.parametrize("executor", ["serial", "local"])
+def test_task_warnings_are_issued_in_the_caller_once(executor):
+    """Warnings raised in pool workers reach the caller's showwarning, deduplicated."""
+    import warnings
+
+    from equicare.exceptions import DataWarning
+
+    ex = get_executor(executor, jobs=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        assert list(iter_map(ex, _warning_task, [1, 2, 3])) == [10, 20, 30]
+    got = [(w.category, str(w.message)) for w in caught]
+    assert got == [(DataWarning, "the same warning from every task"),
+                   (UserWarning, "only task 2 says this")]
+
+
+def test_sweep_worker_warnings_are_one_line_cli_warnings(tmp_path):
+    """`equicare sweep --executor local --jobs 2`: the workers' warnings are printed as the
+    command line's `warning: ...` lines (as in-process), not Python's raw format."""
+    import os
+
+    cfg = tiny_config(tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "equicare.cli", "sweep", str(cfg), "--grid",
+         "learner.n_steps=[20,40]", "--executor", "local", "--jobs", "2", "--no-progress"],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert lines and all(ln.startswith("warning: ") for ln in lines), proc.stderr
+    assert "SupportWarning:" not in proc.stderr and "_support.py" not in proc.stderr
+    assert len(lines) == len(set(lines))
+    assert any("probability mass on actions" in ln for ln in lines)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -107,6 +107,37 @@ def test_bad_config_exits_2(tmp_path):
     assert "did you mean 'bootstrap'?" in res.output
 
 
+@pytest.mark.parametrize("command", ["run", "sweep"])
+def test_config_that_does_not_fit_the_data_leaves_no_run(tmp_path, command):
+    """A config mismatch found when the data loads (after the run was opened) exits 2 and
+    leaves no run row and no partial folder in the store; a later failure is still recorded."""
+    cfg = tiny_config(tmp_path)
+    cfg.write_text(cfg.read_text().replace("[learner]", "[reward]\nno_such = 0.5\n\n[learner]"))
+    args = [command, str(cfg), "--no-progress"] + (
+        ["--grid", "learner.n_steps=[20]"] if command == "sweep" else [])
+    res = runner.invoke(app, args)
+    said = " ".join(res.output.split())
+    assert res.exit_code == 2, res.output
+    assert "Unknown reward component 'no_such'" in said, said
+    store = RunStore(tmp_path / "runs")
+    assert store.list_runs().empty
+    assert not list((tmp_path / "runs").glob("*.partial"))
+
+
+def test_user_error_after_the_first_stage_is_recorded_as_failed(tmp_path, monkeypatch):
+    from equicare.exceptions import DataValidationError
+    from equicare.pipeline import _run
+
+    def train(*args):
+        raise DataValidationError("found while training")
+
+    monkeypatch.setattr(_run, "_stage_train", train)
+    res = runner.invoke(app, ["run", str(tiny_config(tmp_path)), "--no-progress"])
+    assert res.exit_code == 2, res.output
+    runs = RunStore(tmp_path / "runs").list_runs()
+    assert list(runs["status"]) == ["failed"]
+
+
 @pytest.mark.filterwarnings("ignore::equicare.exceptions.EquicareWarning")
 def test_sweep_serial_equals_local_pool(tmp_path):
     from equicare.pipeline import get_executor, load_run_config

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from equicare.data import from_frame
-from equicare.exceptions import InvalidParameterError
+from equicare.exceptions import DataValidationError, InvalidParameterError
 from equicare.pipeline._select import SELECTION_FILE, SelectConfig, select_policy
 from equicare.sim._garnet_cli import garnet_frame, garnet_manifest
 from equicare.sim.garnet import (
@@ -433,8 +433,11 @@ def test_rules_rescored_from_a_superset_run_match_a_run_with_that_rule() -> None
     assert (kept[("wis", "wdr"), "estimate", None] == "behavior") == (not both)
     assert choose_by_bounds(table, wide.behavior_value, ("wis", "wdr"), rank="bound") in (
         both | {"behavior"})
-    with pytest.raises(ValueError, match="no held-out estimate"):
+    with pytest.raises(DataValidationError, match="no held-out estimate"):
         choose_by_bounds(table, wide.behavior_value, ("pdis",))
+    with pytest.raises(InvalidParameterError,
+                       match=r"The 'estimators' parameter of choose_by_bounds must be a non-empty"):
+        choose_by_bounds(table, wide.behavior_value, ())
     with pytest.raises(ValueError, match="no held-out estimate"):
         choose_by_bounds(table, wide.behavior_value, ("wdr",), "bound", "pdis")
     with pytest.raises(ValueError, match="rank_by"):

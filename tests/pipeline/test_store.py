@@ -68,6 +68,16 @@ def test_failed_run_not_finished(tmp_path):
     assert store.get_run(rid)["status"] == "failed"
 
 
+def test_discarded_run_leaves_nothing(tmp_path):
+    store = RunStore(tmp_path)
+    keep = store.start({"a": 1})
+    rid = store.start({"b": 2})
+    (store.partial_dir(rid) / "half.json").write_text("{")
+    store.discard(rid)
+    assert list(store.list_runs()["run_id"]) == [keep]
+    assert not store.partial_dir(rid).exists() and store.partial_dir(keep).is_dir()
+
+
 SCRIPT = textwrap.dedent("""
     import sys, time
     from equicare.pipeline._store import RunStore

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from equicare.data import from_frame
-from equicare.exceptions import PolicyError
+from equicare.exceptions import InvalidParameterError, PolicyError
 from equicare.policy import FilePolicy, write_policy_file
 
 from ..conftest import make_frame
@@ -101,7 +101,8 @@ def test_streamed_policy_file_equals_the_whole_file(tmp_path, suffix, form):
     pd.testing.assert_frame_equal(a, b, check_dtype=False)
     with pytest.raises(FileExistsError, match="refusing to overwrite"):
         write_policy_stream([], streamed)
-    with pytest.raises(ValueError, match="no chunks"):
+    with pytest.raises(InvalidParameterError,
+                       match=r"The 'chunks' parameter of write_policy_stream must yield at least"):
         write_policy_stream([], tmp_path / f"empty{suffix}")
     assert not (tmp_path / f".empty{suffix}.tmp").exists()
 
@@ -198,3 +199,113 @@ def test_wide_file_with_too_few_columns(tmp_path, ds, probs):
     with pytest.raises(PolicyError, match=r"has p_0\.\.p_2; the dataset has 6 actions "
                        r"\(p_3\.\.p_5 missing\)"):
         FilePolicy(frame=df).action_probs(ds)
+
+
+def test_large_csv_is_read_in_batches_for_the_asked_episodes_only(tmp_path, ds, probs,
+                                                                  monkeypatch):
+    """A CSV file above 8 * ROW_BLOCK_ELEMENTS bytes is never read whole: each call keeps the
+    rows of its dataset's episodes, reading the file in batches of _BATCH_ROWS rows; results
+    and messages as from the Parquet file (and the whole file)."""
+    from equicare import utils
+    from equicare.policy import _file
+
+    n_e = ds.n_episodes
+    blocks = [ds.subset(np.arange(lo, min(lo + 5, n_e))) for lo in range(0, n_e, 5)]
+    offs = ds.episode_offsets
+    for form in ("wide", "long"):
+        pq_path = write_policy_file(ds, probs, tmp_path / f"{form}.parquet", form=form)
+        csv_path = tmp_path / f"{form}.csv"  # rows shuffled: an episode spans batches
+        pd.read_parquet(pq_path).sample(frac=1.0, random_state=1).to_csv(
+            csv_path, index=False, float_format="%.17g")
+        monkeypatch.setattr(utils, "ROW_BLOCK_ELEMENTS", 50)
+        monkeypatch.setattr(_file, "_BATCH_ROWS", 16)
+        real_read_csv = pd.read_csv
+
+        def batched_only(*a, real_read_csv=real_read_csv, **k):
+            assert k.get("nrows") == 0 or k.get("chunksize") == 16, "the whole file was read"
+            return real_read_csv(*a, **k)
+
+        monkeypatch.setattr(pd, "read_csv", batched_only)
+        batches: list[int] = []
+        real_batches = FilePolicy._csv_batches
+
+        def counted(self, usecols=None, real_batches=real_batches, batches=batches):
+            for df in real_batches(self, usecols):
+                batches.append(len(df))
+                yield df
+
+        monkeypatch.setattr(FilePolicy, "_csv_batches", counted)
+        kept: list[int] = []
+        real = FilePolicy._read_episodes
+
+        def spy(self, ep_col, ids, real=real, kept=kept):
+            df, rows = real(self, ep_col, ids)
+            kept.append(len(df))
+            return df, rows
+
+        monkeypatch.setattr(FilePolicy, "_read_episodes", spy)
+        fcsv, fpq = FilePolicy(csv_path), FilePolicy(pq_path)
+        assert fcsv.n_actions == fpq.n_actions == ds.n_actions
+        for lo, b in zip(range(0, n_e, 5), blocks, strict=True):
+            got = fcsv.action_probs(b)
+            np.testing.assert_array_equal(got, fpq.action_probs(b))
+            np.testing.assert_allclose(got, probs[offs[lo]:offs[min(lo + 5, n_e)]],
+                                       atol=1e-15)
+            assert kept[-2] == b.n_steps * (ds.n_actions if form == "long" else 1) - (
+                int((probs[offs[lo]:offs[min(lo + 5, n_e)]] == 0).sum()) if form == "long"
+                else 0)  # only this block's rows are kept
+        assert batches and max(batches) <= 16
+        assert "df" not in fcsv._table  # never read whole
+        monkeypatch.undo()
+    # the same messages as the whole file's, with the file's own row numbers
+    monkeypatch.setattr(utils, "ROW_BLOCK_ELEMENTS", 50)
+    monkeypatch.setattr(_file, "_BATCH_ROWS", 16)
+    bad = pd.read_csv(write_policy_file(ds, probs, tmp_path / "w.csv"))
+    bad.loc[40, "p_0"] += 0.1
+    bad.to_csv(tmp_path / "bad.csv", index=False, float_format="%.17g")
+    ep, wk = bad.loc[40, "member_id"], bad.loc[40, "week"]
+    with pytest.raises(PolicyError, match=rf"probabilities of 1 rows do not sum to 1 within "
+                       rf"1e-06 \(first: row 40 \(member_id={ep!r}, week={wk}\) sums to 1\.1"):
+        FilePolicy(tmp_path / "bad.csv").action_probs(ds)
+    short = bad.drop(index=np.flatnonzero(bad["member_id"] == ds.episode_ids[3]))
+    short.loc[40, "p_0"] -= 0.1
+    short.to_csv(tmp_path / "short.csv", index=False, float_format="%.17g")
+    with pytest.raises(PolicyError, match=r"dataset rows have no probabilities"):
+        FilePolicy(tmp_path / "short.csv").action_probs(blocks[0])
+
+
+def test_streamed_evaluation_with_a_large_csv_policy_equals_parquet(tmp_path, manifest_dict,
+                                                                     monkeypatch):
+    """evaluate_stream with a CSV policy file read per chunk: the Parquet file's numbers."""
+    import json
+
+    from equicare.data import Manifest
+    from equicare.ope import evaluate_stream
+    from equicare.policy import _file
+
+    frame = make_frame(40, seed=4)
+    panel = tmp_path / "panel.parquet"
+    frame.to_parquet(panel, index=False)
+    man = Manifest.from_dict(manifest_dict)
+    big = from_frame(frame, manifest_dict, emit_warnings=False)
+    p = np.random.default_rng(1).dirichlet(np.ones(big.n_actions), size=big.n_steps)
+    pq_path = write_policy_file(big, p, tmp_path / "pol.parquet")
+    csv_path = write_policy_file(big, p, tmp_path / "pol.csv")
+    # the CSV file is "large" (the Parquet one is read whole: the reference numbers)
+    monkeypatch.setattr(_file, "_CSV_CELL_BYTES", 0)
+    monkeypatch.setattr(_file, "_BATCH_ROWS", 16)
+    reads: list[int] = []
+    real = FilePolicy._read_csv_episodes
+
+    def spy(self, ep_col, ids):
+        out = real(self, ep_col, ids)
+        reads.append(len(out[0]))
+        return out
+
+    monkeypatch.setattr(FilePolicy, "_read_csv_episodes", spy)
+    kw = {"manifest": man, "estimators": ["wis", "pdis", "dr"], "q_model": "linear",
+          "n_boot": 30, "chunk_rows": 30, "random_state": 2}
+    a = evaluate_stream(panel, FilePolicy(pq_path), **kw)
+    b = evaluate_stream(panel, FilePolicy(csv_path), **kw)
+    assert json.dumps(a.to_dict(), sort_keys=True) == json.dumps(b.to_dict(), sort_keys=True)
+    assert len(reads) > 2 and max(reads) < big.n_steps  # chunk by chunk, never the whole file

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from equicare.exceptions import PolicyError
+from equicare.exceptions import InvalidParameterError, PolicyError
 from equicare.policy import LearnedPolicy, Policy, load_policy
 
 
@@ -300,3 +300,12 @@ def test_legacy_omg_folder_gets_a_clear_message(tmp_path):
     (tmp_path / "policy.safetensors").write_bytes(b"")
     with pytest.raises(PolicyError, match="written by an earlier equicare"):
         load_policy(tmp_path)
+
+
+def test_write_model_folder_names_a_bad_config(tmp_path):
+    from equicare.policy._learned import write_model_folder
+
+    with pytest.raises(InvalidParameterError,
+                       match=r"The 'config' parameter of write_model_folder must be a mapping "
+                             r"with a 'action_space' entry"):
+        write_model_folder(tmp_path / "m", {"learner": "bc"}, {})

@@ -26,7 +26,8 @@ keeps it in sync. Conventions shared by every command:
 - a user mistake prints one line `error: ...` on stderr and exits with code 2; an internal error
   says it is a bug, names the log file holding its traceback (`$EQUICARE_LOG_DIR`, default
   `~/.cache/equicare/logs`) and exits with code 1; Ctrl-C exits with code 130;
-- Python warnings print as one line `warning: ...`;
+- Python warnings print as one line `warning: ...` (those raised in `--executor` workers too,
+  each message once);
 - `--threads auto` (default) runs torch and OpenMP on one thread (equicare's networks are small)
   and BLAS on the free cores (at most 4);
 - the result files (`--out`) are described in [contracts.md](contracts.md).

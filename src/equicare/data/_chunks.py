@@ -41,7 +41,7 @@ from equicare.data.validate import (
     panel_warnings,
     validate_frame,
 )
-from equicare.exceptions import DataValidationError
+from equicare.exceptions import DataValidationError, InvalidParameterError
 from equicare.utils import PARAM_MESSAGE
 
 __all__ = ["PanelScan", "Chunk", "ShardSpec", "scan_panel", "iter_chunks", "validate_stream",
@@ -394,8 +394,8 @@ def _cut(batches: Iterator[Any], episode: str, chunk_rows: int) -> Iterator[Any]
 def _check_chunk_rows(chunk_rows: int, owner: str) -> None:
     if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int | np.integer) \
             or chunk_rows < 1:
-        raise ValueError(PARAM_MESSAGE.format(name="chunk_rows", owner=owner,
-                                              expected="an int >= 1", got=chunk_rows))
+        raise InvalidParameterError(PARAM_MESSAGE.format(name="chunk_rows", owner=owner,
+                                                         expected="an int >= 1", got=chunk_rows))
 
 
 def iter_chunks(

@@ -42,7 +42,8 @@ def _as_pandas(df: Any) -> pd.DataFrame:
         out = df.to_pandas()
         if isinstance(out, pd.DataFrame):
             return out
-    raise TypeError(f"Expected a pandas or polars DataFrame, got {type(df).__name__}.")
+    raise InvalidParameterError(f"Expected a pandas, polars or pyarrow table, got "
+                                f"{type(df).__name__}.")
 
 
 def read_table(

@@ -359,7 +359,8 @@ def _toml_value(v: Any) -> str:
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     if isinstance(v, Mapping):
         return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + " }"
-    raise TypeError(f"Cannot write {type(v).__name__} to TOML.")
+    raise ManifestError(f"Cannot write {type(v).__name__} to TOML (value {v!r}); expected a "
+                        "bool, number, string, list or table.")
 
 
 def _toml_key(k: str) -> str:

@@ -66,12 +66,14 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
+from equicare.exceptions import InvalidParameterError
 from equicare.explain._features import feature_records
 from equicare.explain._usual import fit_usual_care
 from equicare.ope._prepare import check_q_model
 from equicare.policy._base import check_probs, sample_actions
 from equicare.policy._tree import TreePolicy, tree_features
 from equicare.utils import (
+    PARAM_MESSAGE,
     RandomState,
     check_is_fitted,
     check_param,
@@ -348,7 +350,9 @@ class Distiller:
 
         cfg = self.config or DistillConfig()
         if policy is None and source_probs is None:
-            raise ValueError("Distiller.fit needs the source policy or its source_probs.")
+            raise InvalidParameterError(PARAM_MESSAGE.format(
+                name="policy", owner="Distiller.fit",
+                expected="a Policy when source_probs is None", got=policy))
         rng = check_random_state(random_state)
         probs = (policy.action_probs(dataset) if source_probs is None else source_probs)
         probs = check_probs(probs, dataset.n_steps, dataset.n_actions, "source policy")
@@ -371,7 +375,10 @@ class Distiller:
         w = (choice_weights(dataset, probs, cfg, random_state=seed_w, q=q)
              if weights is None else np.asarray(weights, dtype=np.float64))
         if w.shape != (dataset.n_steps,) or not np.all(np.isfinite(w) & (w >= 0)):
-            raise ValueError(f"weights must be finite, >= 0 and of shape ({dataset.n_steps},).")
+            raise InvalidParameterError(PARAM_MESSAGE.format(
+                name="weights", owner="Distiller.fit",
+                expected=f"finite values >= 0 of shape ({dataset.n_steps},)",
+                got=f"shape {w.shape}"))
         if cfg.mode == "exceptions":
             # the source's action (argmax, or draws of its distribution) where it deviates
             if cfg.labels == "argmax":

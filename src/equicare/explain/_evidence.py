@@ -405,7 +405,10 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
     else:
         fit_ds = dataset
         if test.action_space.to_dict() != fit_ds.action_space.to_dict():
-            raise ValueError("explain_policy: the test set has another action space.")
+            raise DataValidationError(
+                "explain_policy: the test set has another action space "
+                f"({test.action_space.to_dict()}) than the dataset "
+                f"({fit_ds.action_space.to_dict()}).")
         src_fit = check_probs(policy.action_probs(fit_ds), fit_ds.n_steps, fit_ds.n_actions,
                               "source policy")
         src_test = check_probs(policy.action_probs(test), test.n_steps, test.n_actions,

@@ -301,6 +301,10 @@ class FairnessAudit:
             default they are drawn with :func:`equicare.fairness.bootstrap_weights` from
             ``random_state``; one matrix serves every metric of every policy.
         random_state : int, Generator or None
+            With an int seed, each policy's nuisance models (estimated propensities, the
+            Q-model, ``auto``'s folds) are fitted with the seed ``evaluate`` gives them for it
+            (:func:`~equicare.ope._evaluate.nuisance_seed`), as the streamed audit does: the
+            same models as ``evaluate(..., random_state=seed)`` and ``audit --chunk-rows``.
 
         Returns
         -------
@@ -351,6 +355,11 @@ class FairnessAudit:
             outcomes[BEHAVIOR] = _outcome_frame(BEHAVIOR, "on_policy", returns, _mean_combine,
                                                 gi, w, self.alpha, self.ci_method)
             seeds = rng.integers(0, 2**31 - 1, size=len(pols))
+            if isinstance(random_state, int | np.integer) and not isinstance(random_state, bool):
+                from equicare.ope._evaluate import evaluate_seeds
+
+                # evaluate's preparation seed (prepare fits with nuisance_seed of the seed)
+                seeds[:] = evaluate_seeds(int(random_state))[0]
             for seed, name in zip(seeds, pols, strict=True):
                 outcomes[name] = self._policy_outcome(dataset, name, pols[name], p_logged[name],
                                                       gi, w, int(seed))

@@ -373,9 +373,14 @@ def audit_stream(
             src = ChunkSource(source, manifest=man, chunk_rows=chunk_rows, executor=executor,
                               n_shards=n_shards, owner="audit_stream")
 
+            from equicare.ope._evaluate import nuisance_seed
+
+            fit_seed = nuisance_seed(seed)  # the in-memory audit's (and evaluate's) Q-model seed
+
             def q_config(pol: Any) -> Any:  # auto: per policy, chosen on a sample of episodes
                 return resolve_stream_q(src, pol, cfg.q_model, keys=[str(cfg.estimator)],
-                                        sample_rows=SAMPLE_ROWS, seed=seed)[0]
+                                        sample_rows=SAMPLE_ROWS, seed=seed,
+                                        model_seed=fit_seed)[0]
 
             fits = {name: fit_q_stream(src, pol, cfg=q_config(pol), keys=(cfg.estimator,),
                                        truncate=cfg.truncate) for name, pol in pols.items()}
@@ -397,7 +402,9 @@ def audit_stream(
             shards = n_shards or int(getattr(executor, "n_workers", 2) or 2)
             tasks = [_ShardTask(spec=s, ctx=ctx, chunk_rows=chunk_rows)
                      for s in plan_shards(source, man, shards, scan=scan)]
-            for p in executor.map(_run_shard, tasks):
+            from equicare.pipeline._executor import iter_map  # workers' warnings relayed
+
+            for p in iter_map(executor, _run_shard, tasks):
                 part.merge(p)
         else:
             for chunk in iter_chunks(source, man, chunk_rows=chunk_rows, scan=scan):

@@ -438,8 +438,9 @@ class OfflineLearner(BaseEstimator, metaclass=ABCMeta):  # type: ignore[misc]
         cfg = self.config
         name = type(self).__name__
         if not hasattr(dataset, "action_space") or not hasattr(dataset, "episode_offsets"):
-            raise TypeError(f"{name}.fit expects a TrajectoryDataset, got "
-                            f"{type(dataset).__name__}.")
+            raise InvalidParameterError(PARAM_MESSAGE.format(
+                name="dataset", owner=f"{name}.fit", expected="a TrajectoryDataset",
+                got=type(dataset).__name__))
         if dataset.n_steps == 0 or dataset.n_features == 0 and dataset.categorical is None:
             raise DataValidationError(f"{name}.fit: the dataset has no rows or no state features.")
         needs_groups = cfg.fair_lambda > 0 or cfg.group_robust > 0

@@ -35,7 +35,7 @@ from equicare.exceptions import (
     PolicyError,
 )
 from equicare.policy._cells import CellPolicy, cell_codes
-from equicare.utils import check_is_fitted, check_param, config_to_dict
+from equicare.utils import PARAM_MESSAGE, check_is_fitted, check_param, config_to_dict
 
 __all__ = ["SPIBB", "SPIBBConfig", "CellModel", "MSG_NOT_DISCRETE", "BEHAVIOR_MODES",
            "behavior_table"]
@@ -292,7 +292,9 @@ class SPIBB:
         elif overrides:
             config = replace(config, **overrides)
         if not isinstance(config, cls):
-            raise TypeError(f"{name} expects a {cls.__name__}, got {type(config).__name__}.")
+            raise InvalidParameterError(PARAM_MESSAGE.format(
+                name="config", owner=name, expected=f"a {cls.__name__}",
+                got=type(config).__name__))
         self.config = config
 
     # ------------------------------------------------------------------ fit
@@ -368,8 +370,9 @@ class SPIBB:
         """The cells, the behaviour estimate and the maximum-likelihood MDP of a panel."""
         cfg = self.config
         if not hasattr(dataset, "action_space") or not hasattr(dataset, "episode_offsets"):
-            raise TypeError(f"{type(self).__name__}.fit expects a TrajectoryDataset, got "
-                            f"{type(dataset).__name__}.")
+            raise InvalidParameterError(PARAM_MESSAGE.format(
+                name="dataset", owner=f"{type(self).__name__}.fit",
+                expected="a TrajectoryDataset", got=type(dataset).__name__))
         cell, keys = self._cells(dataset)
         C, A = int(keys.shape[0]), int(dataset.n_actions)
         a = dataset.actions

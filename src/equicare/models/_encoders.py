@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from equicare.exceptions import InvalidParameterError
+from equicare.utils import PARAM_MESSAGE
 
 __all__ = ["Standardize", "MLPEncoder", "HistoryEncoder", "CategoricalEmbedding",
            "embedding_size", "window_index", "mlp"]
@@ -40,7 +41,8 @@ def embedding_size(n_levels: int, max_dim: int = MAX_EMBEDDING_DIM) -> int:
     Examples: 6 levels -> 4, 50 -> 14, 700 -> 50.
     """
     if int(n_levels) < 1:
-        raise ValueError(f"n_levels must be >= 1, got {n_levels}.")
+        raise InvalidParameterError(PARAM_MESSAGE.format(
+            name="n_levels", owner="embedding_size", expected="an int >= 1", got=n_levels))
     return int(max(1, min(int(max_dim), round(1.6 * float(n_levels) ** 0.56))))
 
 
@@ -289,13 +291,17 @@ class CategoricalEmbedding(nn.Module):
                  onehot: Sequence[bool] | None = None) -> None:
         super().__init__()
         if len(cardinalities) != len(dims):
-            raise ValueError("cardinalities and dims must have the same length.")
+            raise InvalidParameterError(PARAM_MESSAGE.format(
+                name="dims", owner="CategoricalEmbedding",
+                expected=f"one width per column ({len(cardinalities)})", got=list(dims)))
         self.onehot = tuple(bool(o) for o in (onehot or [False] * len(dims)))
         if len(self.onehot) != len(dims) or any(
                 o and int(d) != int(n) for o, n, d in zip(self.onehot, cardinalities, dims,
                                                             strict=True)):
-            raise ValueError("onehot needs one flag per column, and a one-hot column's width "
-                             "equals its number of levels.")
+            raise InvalidParameterError(PARAM_MESSAGE.format(
+                name="onehot", owner="CategoricalEmbedding",
+                expected="one flag per column, a one-hot column's width equal to its number of "
+                         "levels", got=list(self.onehot)))
         self.tables = nn.ModuleList(nn.Embedding(int(n), int(d)) for n, d, o in zip(
             cardinalities, dims, self.onehot, strict=True) if not o)
         for j, (n, o) in enumerate(zip(cardinalities, self.onehot, strict=True)):

@@ -16,7 +16,7 @@ from numpy.typing import NDArray
 from torch import Tensor
 
 from equicare.data._labels import match_levels, unseen_levels_message
-from equicare.exceptions import DataWarning, InvalidParameterError
+from equicare.exceptions import DataValidationError, DataWarning, InvalidParameterError
 from equicare.models._encoders import window_index
 
 __all__ = ["ModelInputs", "batched_forward", "previous_action_features", "categorical_codes",
@@ -62,8 +62,8 @@ def categorical_codes(dataset: Any, vocabulary: Vocabulary) -> NDArray[np.int64]
     """
     n_cat = 0 if dataset.categorical is None else dataset.categorical.shape[1]
     if n_cat != len(vocabulary):
-        raise ValueError(f"The model has {len(vocabulary)} categorical state columns; the "
-                         f"dataset has {n_cat}.")
+        raise DataValidationError(f"The model has {len(vocabulary)} categorical state "
+                                  f"columns; the dataset has {n_cat}.")
     out = np.empty((dataset.n_steps, n_cat), dtype=np.int64)
     for j, (levels, vocab) in enumerate(zip(dataset.categorical_levels, vocabulary,
                                             strict=True)):

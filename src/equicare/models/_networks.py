@@ -29,7 +29,7 @@ from equicare.models._heads import (
     JointQHead,
     ValueHead,
 )
-from equicare.utils import check_param
+from equicare.utils import PARAM_MESSAGE, check_param
 
 __all__ = ["NetworkSpec", "Network", "build_network", "seeded"]
 
@@ -98,25 +98,29 @@ class NetworkSpec:
         onehot = tuple(bool(o) for o in self.categorical_onehot) or (False,) * len(levels)
         object.__setattr__(self, "categorical_onehot", onehot)
         if len(onehot) != len(levels):
-            raise ValueError(f"The 'categorical_onehot' parameter of {owner} must hold one flag "
-                             f"per categorical column ({len(levels)}). Got {onehot!r} instead.")
+            raise InvalidParameterError(PARAM_MESSAGE.format(
+                name="categorical_onehot", owner=owner,
+                expected=f"one flag per categorical column ({len(levels)})", got=onehot))
         if not self.embedding_dims and levels:
             object.__setattr__(self, "embedding_dims", tuple(
                 len(col) if o else embedding_size(len(col))
                 for col, o in zip(levels, onehot, strict=True)))
         if any(o and int(d) != len(col) for col, o, d in zip(
                 levels, onehot, self.embedding_dims, strict=False)):
-            raise ValueError(f"The 'embedding_dims' parameter of {owner} must equal the number "
-                             f"of levels of a one-hot column. Got {self.embedding_dims!r} instead.")
+            raise InvalidParameterError(PARAM_MESSAGE.format(
+                name="embedding_dims", owner=owner,
+                expected="the number of levels for a one-hot column", got=self.embedding_dims))
         if len(self.embedding_dims) != len(levels) or any(not col for col in levels) or any(
                 int(d) < 1 for d in self.embedding_dims):
-            raise ValueError(f"The 'embedding_dims' parameter of {owner} must hold one positive "
-                             f"width per non-empty categorical column ({len(levels)}). Got "
-                             f"{self.embedding_dims!r} instead.")
+            raise InvalidParameterError(PARAM_MESSAGE.format(
+                name="embedding_dims", owner=owner,
+                expected=f"one positive width per non-empty categorical column ({len(levels)})",
+                got=self.embedding_dims))
         if levels and self.n_features < len(levels):
-            raise ValueError(f"The 'n_features' parameter of {owner} must count the "
-                             f"{len(levels)} categorical code columns. Got {self.n_features!r} "
-                             "instead.")
+            raise InvalidParameterError(PARAM_MESSAGE.format(
+                name="n_features", owner=owner,
+                expected=f"at least the {len(levels)} categorical code columns",
+                got=self.n_features))
         check_param(self.encoder, "encoder", owner, choices=("mlp", "lstm"))
         check_param(self.head, "head", owner, choices=_HEADS)
         check_param(self.n_features, "n_features", owner, kind=int, low=1,

@@ -22,6 +22,7 @@ import pandas as pd
 from numpy.typing import NDArray
 from scipy.stats import poisson
 
+from equicare.exceptions import InvalidParameterError
 from equicare.utils import PARAM_MESSAGE
 
 __all__ = ["episode_keys", "poisson_weights"]
@@ -78,11 +79,11 @@ def poisson_weights(keys: NDArray[np.uint64], n_boot: int, seed: int) -> NDArray
         Integer counts (mean 1, variance 1).
     """
     if isinstance(n_boot, bool) or not isinstance(n_boot, int | np.integer) or n_boot < 1:
-        raise ValueError(PARAM_MESSAGE.format(name="n_boot", owner="poisson_weights",
-                                              expected="an int >= 1", got=n_boot))
+        raise InvalidParameterError(PARAM_MESSAGE.format(name="n_boot", owner="poisson_weights",
+                                                         expected="an int >= 1", got=n_boot))
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise ValueError(PARAM_MESSAGE.format(name="seed", owner="poisson_weights",
-                                              expected="an int >= 0", got=seed))
+        raise InvalidParameterError(PARAM_MESSAGE.format(name="seed", owner="poisson_weights",
+                                                         expected="an int >= 0", got=seed))
     keys = np.ascontiguousarray(keys, dtype=np.uint64)
     out = np.empty((n_boot, keys.size), dtype=np.float64)
     with np.errstate(over="ignore"):

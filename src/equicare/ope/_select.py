@@ -83,9 +83,10 @@ from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
 from equicare.data._cells import CellChoice, choose_cells
+from equicare.exceptions import DataValidationError, InvalidParameterError
 from equicare.ope._fqe import AUTO_SELECTOR, FQEConfig, LoggedQFit, cell_columns, fit_fqe_logged
 from equicare.ope._lstd import LSTDFit
-from equicare.utils import RandomState, check_random_state
+from equicare.utils import PARAM_MESSAGE, RandomState, check_random_state
 
 __all__ = ["QSelection", "select_q_model", "cross_fit", "draw_folds", "CrossFit",
            "AUTO_CANDIDATES",
@@ -121,7 +122,9 @@ def candidate_config(name: str) -> FQEConfig:
     if name.endswith("]") and "[" in name:
         base, cols = name[:-1].split("[", 1)
         if not base.startswith("tabular"):
-            raise ValueError(f"Only the tabular Q-models take cells in brackets; got {name!r}.")
+            raise InvalidParameterError(PARAM_MESSAGE.format(
+                name="q_model", owner="candidate_config",
+                expected="a tabular Q-model when cells are named in brackets", got=name))
         return replace(candidate_config(base),
                        cells=tuple(c.strip() for c in cols.split(",") if c.strip()) or None)
     if name == "tabular_stationary":
@@ -132,8 +135,10 @@ def candidate_config(name: str) -> FQEConfig:
         return FQEConfig(model="tabular", horizon="window")
     if name in ("linear", "gbm", "mlp"):
         return FQEConfig(model=name)  # type: ignore[arg-type]
-    raise ValueError(f"Unknown Q-model candidate {name!r}; expected one of "
-                     f"{(*AUTO_CANDIDATES, 'tabular_window')}.")
+    raise InvalidParameterError(PARAM_MESSAGE.format(
+        name="q_model", owner="candidate_config",
+        expected="one of " + ", ".join(repr(c) for c in (*AUTO_CANDIDATES, "tabular_window")),
+        got=name))
 
 
 @dataclass(frozen=True)
@@ -452,7 +457,9 @@ def select_q_model(dataset: TrajectoryDataset, target_probs: NDArray[np.float64]
         tds[name] = sq[name] / float(dataset.n_steps)
     fitted = {n_: s_ for n_, s_ in scores.items() if s_ is not None and np.isfinite(s_)}
     if not fitted:
-        raise ValueError("No Q-model candidate applies to this dataset.")
+        raise DataValidationError(
+            "No Q-model candidate applies to this dataset (every candidate was skipped or "
+            f"failed: {skipped or sorted(scores)}); name a q_model instead of 'auto'.")
     chosen = choose_with_reference(fitted, bias, bias_se, weight_model)
     group_bias: dict[str, dict[str, tuple[float, float]]] = {}
     if sets is not None and cf.b_sets[chosen].any():  # (zero: no density ratio was available)

@@ -547,7 +547,9 @@ class ChunkSource:
         if self.path is not None and self.executor is not None:
             tasks = [_ShardApply(spec=sp, fn=fn, chunk_rows=self.chunk_rows)
                      for sp in self.specs]
-            return _reduce(self.executor.map(_apply_shard, tasks))
+            from equicare.pipeline._executor import iter_map  # workers' warnings relayed
+
+            return _reduce(list(iter_map(self.executor, _apply_shard, tasks)))
         if self.path is not None:
             from equicare.data import iter_chunks
 

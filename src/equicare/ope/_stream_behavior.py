@@ -29,8 +29,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
+from equicare.exceptions import DataValidationError, InvalidParameterError
 from equicare.ope._resample import _GOLDEN, _SEED_MIX, _splitmix64, episode_keys
 from equicare.policy._behavior import BehaviorModel
+from equicare.utils import PARAM_MESSAGE
 
 __all__ = ["StreamBehavior", "fit_behavior_stream", "sample_mask", "sample_episodes",
            "SAMPLE_ROWS"]
@@ -185,11 +187,14 @@ def fit_behavior_stream(source: Any, *, model: Any = "logistic", sample_rows: in
     from sklearn.base import clone
 
     if isinstance(sample_rows, bool) or not isinstance(sample_rows, int) or sample_rows < 1:
-        raise ValueError(f"behavior_sample_rows must be an int >= 1; got {sample_rows!r}.")
+        raise InvalidParameterError(PARAM_MESSAGE.format(
+            name="behavior_sample_rows", owner="evaluate_stream", expected="an int >= 1",
+            got=sample_rows))
     data, rate = sample_episodes(source, sample_rows, seed)
     if data is None:
-        raise ValueError(f"The behaviour model's sample (rate {rate:.3g}) has no episode; "
-                         "raise behavior_sample_rows.")
+        raise DataValidationError(f"The behaviour model's sample (rate {rate:.3g}) has no "
+                                  "episode: the panel is empty or behavior_sample_rows is too "
+                                  "small; raise behavior_sample_rows.")
     bm = clone(model) if isinstance(model, BehaviorModel) else BehaviorModel(
         estimator=model, random_state=seed if model_seed is None else model_seed)
     bm.fit(data)

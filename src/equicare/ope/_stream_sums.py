@@ -10,7 +10,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
-from equicare.exceptions import PolicyError
+from equicare.exceptions import InvalidParameterError, PolicyError
 from equicare.ope._bootstrap import (
     influence_coefs,
     ratio_columns,
@@ -258,7 +258,7 @@ def _target_probs(dataset: TrajectoryDataset, policy: Any) -> NDArray[np.float64
         return np.asarray(policy.action_probs(dataset), dtype=np.float64)
     if callable(policy):
         return np.asarray(policy(dataset), dtype=np.float64)
-    raise TypeError(PARAM_MESSAGE.format(
+    raise InvalidParameterError(PARAM_MESSAGE.format(
         name="policy", owner="evaluate_stream",
         expected="a Policy (action_probs(dataset) -> (n_steps, n_actions)) or a callable",
         got=type(policy).__name__))

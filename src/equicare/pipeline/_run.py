@@ -21,7 +21,7 @@ from equicare._progress import progress_task, shared_progress
 from equicare.exceptions import InvalidParameterError
 from equicare.pipeline._config import ConfigError, RunConfig
 from equicare.pipeline._executor import Interrupted, sigterm_as_interrupt
-from equicare.pipeline._store import Metric, RunStore
+from equicare.pipeline._store import USER_ERRORS, Metric, RunStore
 from equicare.privacy import suppress_counts
 from equicare.utils import atomic_write_text
 
@@ -100,6 +100,10 @@ def run_pipeline(
 ) -> RunOutcome:
     """Run the main job described by ``cfg`` and record it in the run store.
 
+    A user mistake (:data:`~equicare.pipeline._store.USER_ERRORS`, e.g. a config that does
+    not fit the data) found before the first stage finished leaves no run in the store; any
+    later failure is recorded as ``failed`` with its partial artifacts.
+
     Parameters
     ----------
     cfg : RunConfig
@@ -138,7 +142,10 @@ def run_pipeline(
         store.fail(run_id, "interrupted", str(exc) or "interrupted by the user")
         raise KeyboardInterrupt from None
     except BaseException as exc:
-        store.fail(run_id, "failed", "".join(traceback.format_exception_only(exc)).strip())
+        if isinstance(exc, USER_ERRORS) and not times:  # nothing done: leave no run behind
+            store.discard(run_id)
+        else:
+            store.fail(run_id, "failed", "".join(traceback.format_exception_only(exc)).strip())
         raise
     return RunOutcome(run_id, final, final / report.name, metrics, times, summary)
 

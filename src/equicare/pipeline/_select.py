@@ -23,8 +23,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from equicare.exceptions import InvalidParameterError
-from equicare.utils import atomic_write_text, check_param, config_to_dict
+from equicare.exceptions import DataValidationError, InvalidParameterError
+from equicare.utils import PARAM_MESSAGE, atomic_write_text, check_param, config_to_dict
 
 __all__ = ["SelectConfig", "Candidate", "SelectionResult", "select_policy", "train_select",
            "SELECTION_FILE", "default_q_model", "choose_by_bounds"]
@@ -813,7 +813,9 @@ def choose_by_bounds(candidates: list[dict[str, Any]], behavior_value: float,
     if rank_by is not None:
         check_param(rank_by, "rank_by", "choose_by_bounds", choices=ESTIMATORS)
     if not estimators:
-        raise ValueError("choose_by_bounds: estimators must name at least one estimator.")
+        raise InvalidParameterError(PARAM_MESSAGE.format(
+            name="estimators", owner="choose_by_bounds",
+            expected="a non-empty tuple of estimator names", got=estimators))
     cfg = SelectConfig(estimators=tuple(estimators), rank=rank,  # type: ignore[arg-type]
                        rank_by=rank_by)
     scored = []
@@ -823,8 +825,8 @@ def choose_by_bounds(candidates: list[dict[str, Any]], behavior_value: float,
             continue
         missing = [k for k in cfg.computed if k not in est]
         if missing:
-            raise ValueError(f"Candidate {c.get('name')!r} has no held-out estimate for "
-                             f"{missing}; it has {sorted(est)}.")
+            raise DataValidationError(f"choose_by_bounds: candidate {c.get('name')!r} has no "
+                                      f"held-out estimate for {missing}; it has {sorted(est)}.")
         gain = float(np.mean([float(est[k]["value"]) for k in estimators])) - behavior_value
         lcb_gain = min(float(est[k]["gain_lcb"]) for k in estimators)
         scored.append((str(c["name"]), lcb_gain,

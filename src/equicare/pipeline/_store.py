@@ -4,7 +4,9 @@ Writes are atomic at the level that matters to a reader: a run's row is created 
 its artifacts are written into ``<root>/<run_id>.partial/`` and renamed to ``<root>/<run_id>/`` only
 when everything is there; its metrics and its ``finished`` status are committed in one
 transaction. A run that is killed stays ``running`` until the store is next opened, when runs
-whose process is gone are marked ``interrupted``. Earlier runs are never touched.
+whose process is gone are marked ``interrupted``. A run stopped by a user mistake (bad config
+or data, :data:`USER_ERRORS`) before its first stage finished is removed (:meth:`RunStore.discard`);
+one that fails later is kept as ``failed``. Earlier runs are never touched.
 """
 
 from __future__ import annotations
@@ -24,9 +26,12 @@ from typing import Any
 
 import pandas as pd
 
-from equicare.exceptions import UnknownNameError
+from equicare.exceptions import EquicareError, UnknownNameError
 
-__all__ = ["RunStore", "Metric", "config_hash", "git_revision"]
+__all__ = ["RunStore", "Metric", "config_hash", "git_revision", "USER_ERRORS"]
+
+#: The errors the command line reports as user mistakes (exit code 2).
+USER_ERRORS: tuple[type[BaseException], ...] = (EquicareError, FileExistsError, FileNotFoundError)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -217,6 +222,17 @@ class RunStore:
                 "UPDATE runs SET status = ?, finished = ?, message = ? WHERE run_id = ?",
                 [status, dt.datetime.now(dt.UTC).replace(tzinfo=None), message[:2000], run_id],
             )
+
+    def discard(self, run_id: str) -> None:
+        """Remove a run that did no work: its row, its metrics and its partial folder.
+
+        For a user mistake found before the first stage finished (a config that does not fit
+        the data): the command exits with an error and leaves no run behind.
+        """
+        with self._connect() as con:
+            con.execute("DELETE FROM metrics WHERE run_id = ?", [run_id])
+            con.execute("DELETE FROM runs WHERE run_id = ?", [run_id])
+        shutil.rmtree(self.partial_dir(run_id), ignore_errors=True)
 
     # ------------------------------------------------------------------ queries
     def list_runs(self) -> pd.DataFrame:

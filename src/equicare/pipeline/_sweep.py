@@ -27,7 +27,7 @@ from equicare.pipeline._executor import (
     sigterm_as_interrupt,
     torch_threads,
 )
-from equicare.pipeline._store import Metric, RunStore
+from equicare.pipeline._store import USER_ERRORS, Metric, RunStore
 from equicare.utils import atomic_write_text
 
 __all__ = ["SweepOutcome", "run_sweep", "sweep_point"]
@@ -115,6 +115,9 @@ def run_sweep(
     executor : Executor, optional
         Default: the config's ``output.executor`` with ``output.jobs`` and ``output.address``;
         a Ray session that default opens is shut down when the sweep ends.
+
+    A user mistake (e.g. a config that does not fit the data) found before the first point
+    finished leaves no run in the store; any later failure is recorded as ``failed``.
     """
     keys = list(grid)
     combos = [dict(zip(keys, vals, strict=True)) for vals in itertools.product(*grid.values())]
@@ -134,11 +137,11 @@ def run_sweep(
         seed=int(cfg["seed"]),
     )
     out = store.partial_dir(run_id)
+    rows: list[dict[str, Any]] = []
     try:
         with sigterm_as_interrupt(), progress_task(
             f"sweep ({len(tasks)} points)", total=len(tasks), enabled=progress
         ) as bar:
-            rows = []
             for row in iter_map(ex, sweep_point, tasks):  # one pool for the whole grid
                 rows.append(row)
                 bar.update(advance=1)
@@ -169,7 +172,10 @@ def run_sweep(
         store.fail(run_id, "interrupted", str(exc) or "interrupted by the user")
         raise KeyboardInterrupt from None
     except BaseException as exc:
-        store.fail(run_id, "failed", str(exc))
+        if isinstance(exc, USER_ERRORS) and not rows:  # no point done: leave no run behind
+            store.discard(run_id)
+        else:
+            store.fail(run_id, "failed", str(exc))
         raise
     finally:
         if executor is None and hasattr(ex, "shutdown"):

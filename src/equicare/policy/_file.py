@@ -25,8 +25,11 @@ _ROWS = "0-based data rows of the policy file"
 #: A long-form file's dense index has one column per action; for the "small enough to read
 #: whole" test its rows count as this many cells each.
 _LONG_WIDTH = 256
-#: Rows per batch when a Parquet row group is read for the rows of some episodes.
+#: Rows per batch when a Parquet row group, or a CSV file, is read for the rows of some episodes.
 _BATCH_ROWS = 65_536
+#: A CSV file has no row count without a pass: for the "small enough to read whole" test its
+#: size counts as one cell per this many bytes.
+_CSV_CELL_BYTES = 8
 
 
 def read_policy_file(path: str | os.PathLike[str]) -> pd.DataFrame:
@@ -109,11 +112,14 @@ class FilePolicy:
     ``"phone/rn/chronic/routine"``); wide form: ``episode, time, p_0 ... p_{n-1}`` (or
     ``p_<label>``). The episode and time columns carry the dataset manifest's names.
 
-    A Parquet file larger than ``ROW_BLOCK_ELEMENTS`` cells is never read whole: each call of
-    :meth:`action_probs` reads only the rows of the dataset's episodes (row groups whose episode
-    statistics cannot hold them are skipped), so memory follows the dataset asked about, e.g. one
-    chunk of a streamed panel. Smaller Parquet files, CSV files and frames are read once and
-    indexed. The cache is per process: a pickled policy carries its path, not its rows.
+    A Parquet file larger than ``ROW_BLOCK_ELEMENTS`` cells, or a CSV file larger than
+    ``8 * ROW_BLOCK_ELEMENTS`` bytes, is never read whole: each call of :meth:`action_probs`
+    keeps only the rows of the dataset's episodes, so memory follows the dataset asked about,
+    e.g. one chunk of a streamed panel. A Parquet file skips the row groups whose episode
+    statistics cannot hold them; a CSV file is read in batches of ``_BATCH_ROWS`` rows, the
+    whole file once per call (Parquet is faster for many chunks). Smaller files and frames are
+    read once and indexed. The cache is per process: a pickled policy carries its path, not its
+    rows.
 
     Parameters
     ----------
@@ -166,11 +172,14 @@ class FilePolicy:
         return self._cached("columns", make)  # type: ignore[no-any-return]
 
     def _whole(self) -> bool:
-        """Whether the file is read whole (frames, CSV files, Parquet files of few cells)."""
-        if not self._is_parquet():
+        """Whether the file is read whole (frames, small CSV files, Parquet files of few cells)."""
+        if self.frame is not None:
             return True
         from equicare import utils
 
+        if not self._is_parquet():
+            size = os.path.getsize(_checked_path(self.path))  # type: ignore[arg-type]
+            return size <= _CSV_CELL_BYTES * utils.ROW_BLOCK_ELEMENTS
         width = (sum(1 for c in self._columns() if _WIDE.match(c)) if self.form == "wide"
                  else _LONG_WIDTH)
         return int(self._pfile().metadata.num_rows) * max(1, width) <= utils.ROW_BLOCK_ELEMENTS
@@ -205,13 +214,21 @@ class FilePolicy:
                 return 1 + max(int(s) for s in suffixes)
             return len(suffixes)
         if self._whole():
-            col = self._df()["action"]
-        else:
-            col = self._pfile().read(columns=["action"]).column(0).to_pandas()
-        if not pd.api.types.is_numeric_dtype(col):
+            cols = [self._df()["action"]]
+        elif self._is_parquet():
+            cols = [self._pfile().read(columns=["action"]).column(0).to_pandas()]
+        else:  # batch by batch
+            cols = [b["action"] for b in self._csv_batches(usecols=["action"])]
+        if not all(pd.api.types.is_numeric_dtype(c) for c in cols):
             raise PolicyError(f"{self.source}: column 'action' holds action labels; the number "
                               "of actions is the dataset's.")
-        return int(col.max()) + 1
+        return int(max((c.max() for c in cols if len(c)), default=-1)) + 1
+
+    def _csv_batches(self, usecols: list[str] | None = None) -> Iterable[pd.DataFrame]:
+        """The CSV file in consecutive frames of at most ``_BATCH_ROWS`` rows (one pass)."""
+        with pd.read_csv(_checked_path(self.path), usecols=usecols,  # type: ignore[arg-type]
+                         chunksize=_BATCH_ROWS) as reader:
+            yield from reader
 
     def _layout(self, ep_col: str, t_col: str, labels: list[str]) -> _Layout:
         """Check the key and probability columns against the dataset's actions (no rows read)."""
@@ -254,7 +271,42 @@ class FilePolicy:
 
     def _read_episodes(self, ep_col: str, ids: NDArray[Any]
                        ) -> tuple[pd.DataFrame, NDArray[np.int64]]:
-        """The file's rows whose episode is one of ``ids``, and their file rows.
+        """The file's rows whose episode is one of ``ids``, and their file rows (0-based).
+
+        Memory follows the rows returned (and one batch): see :meth:`_read_parquet_episodes`
+        and :meth:`_read_csv_episodes`.
+        """
+        if self._is_parquet():
+            return self._read_parquet_episodes(ep_col, ids)
+        return self._read_csv_episodes(ep_col, ids)
+
+    def _read_csv_episodes(self, ep_col: str, ids: NDArray[Any]
+                           ) -> tuple[pd.DataFrame, NDArray[np.int64]]:
+        """The CSV file's rows whose episode is one of ``ids``: one pass, batch by batch.
+
+        Each batch is parsed as ``read_policy_file`` parses the whole file (pandas), and only
+        its matching rows are kept; the episode ids match as in the whole file's index.
+        """
+        want = pd.Index(pd.unique(np.asarray(ids)))
+        pieces: list[pd.DataFrame] = []
+        rows: list[NDArray[np.int64]] = []
+        start = 0
+        for batch in self._csv_batches():
+            if ep_col not in batch.columns:  # the layout check names it first
+                break
+            hit = np.flatnonzero(batch[ep_col].isin(want).to_numpy())
+            if hit.size:
+                pieces.append(batch.iloc[hit])
+                rows.append(start + hit.astype(np.int64))
+            start += len(batch)
+        if not pieces:
+            return (pd.DataFrame(columns=self._columns()), np.zeros(0, dtype=np.int64))
+        return (pd.concat(pieces, ignore_index=True),
+                np.concatenate(rows))
+
+    def _read_parquet_episodes(self, ep_col: str, ids: NDArray[Any]
+                               ) -> tuple[pd.DataFrame, NDArray[np.int64]]:
+        """The Parquet file's rows whose episode is one of ``ids``, and their file rows.
 
         Reads the episode column of each row group whose statistics may hold one of ``ids``,
         then, batch by batch, only the rows that match: memory follows the rows returned.
@@ -632,7 +684,9 @@ def write_policy_stream(
             writer.close()
             writer = None
         if not tmp.exists():
-            raise ValueError("write_policy_stream received no chunks; nothing was written.")
+            raise InvalidParameterError("The 'chunks' parameter of write_policy_stream must "
+                                        "yield at least one chunk. Got none instead; nothing "
+                                        "was written.")
         os.replace(tmp, p)
     except BaseException:
         if writer is not None:

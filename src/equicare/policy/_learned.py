@@ -32,9 +32,9 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from equicare.exceptions import PolicyError
+from equicare.exceptions import InvalidParameterError, PolicyError
 from equicare.spaces import FactoredActionSpace
-from equicare.utils import check_param, row_blocks
+from equicare.utils import PARAM_MESSAGE, check_param, row_blocks
 
 __all__ = [
     "LearnedPolicy",
@@ -142,7 +142,9 @@ def write_model_folder(path: str | os.PathLike[str], config: Mapping[str, Any],
 
     for key in ("learner", "action_space"):
         if key not in config:
-            raise ValueError(f"write_model_folder: config needs a {key!r} entry.")
+            raise InvalidParameterError(PARAM_MESSAGE.format(
+                name="config", owner="write_model_folder",
+                expected=f"a mapping with a {key!r} entry", got=sorted(config)))
     p = Path(path)
     _prepare_target(p, overwrite)
     p.parent.mkdir(parents=True, exist_ok=True)
@@ -158,7 +160,10 @@ def write_model_folder(path: str | os.PathLike[str], config: Mapping[str, Any],
                                        encoding="utf-8")
         for name, content in (extra_files or {}).items():
             if Path(name).name != name or name in (CONFIG_FILE, WEIGHTS_FILE):
-                raise ValueError(f"write_model_folder: bad extra file name {name!r}.")
+                raise InvalidParameterError(PARAM_MESSAGE.format(
+                    name="extra_files", owner="write_model_folder",
+                    expected=f"plain file names other than {CONFIG_FILE!r} and "
+                             f"{WEIGHTS_FILE!r}", got=name))
             if isinstance(content, bytes):
                 (tmp / name).write_bytes(content)
             else:

@@ -516,8 +516,9 @@ def _run(batch: _ArmBatch, policy: str, B: int, H: int, seed: int) -> Simulation
 
 def _check_common(domain: RMABDomain, horizon: int | None, seeds: int) -> int:
     if not isinstance(domain, RMABDomain):
-        raise TypeError(f"domain must be an RMABDomain (see load_domain); got "
-                        f"{type(domain).__name__}.")
+        raise InvalidParameterError(PARAM_MESSAGE.format(
+            name="domain", owner="plan", expected="an RMABDomain (see load_domain)",
+            got=type(domain).__name__))
     H = domain.horizon if horizon is None else horizon
     if isinstance(H, bool) or not isinstance(H, int | np.integer) or H < 1:
         raise InvalidParameterError(PARAM_MESSAGE.format(name="horizon", owner="plan",

@@ -18,6 +18,7 @@ from equicare.data import Manifest, TrajectoryDataset
 from equicare.exceptions import InvalidParameterError, PolicyError
 from equicare.sim._care_config import CARE_GROUP_LEVELS, CARE_STATE_NAMES
 from equicare.sim._care_model import N_ACTIONS, CareModel, Cohort, Latent, draw_noise
+from equicare.utils import PARAM_MESSAGE
 
 __all__ = ["SimOutput", "simulate", "BehaviorActor", "PolicyActor", "PROB_TOL"]
 
@@ -74,8 +75,10 @@ class PolicyActor:
         self.policy = policy
         self.is_policy = hasattr(policy, "action_probs")
         if not self.is_policy and not callable(policy):
-            raise TypeError("policy must be a Policy (with action_probs(dataset)) or a callable "
-                            f"fn(states, groups) -> probs; got {type(policy).__name__}.")
+            raise InvalidParameterError(PARAM_MESSAGE.format(
+                name="policy", owner="simulate",
+                expected="a Policy (with action_probs(dataset)) or a callable "
+                         "fn(states, groups) -> probs", got=type(policy).__name__))
         window = int(getattr(policy, "window", 1) or 1) if self.is_policy else 1
         if window < 1:
             raise InvalidParameterError(f"policy.window must be a positive integer, got {window}.")

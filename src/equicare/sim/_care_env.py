@@ -17,6 +17,7 @@ from equicare.sim._care_config import (
     CareConfig,
 )
 from equicare.sim._care_model import ED_MAX, N_ACTIONS, CareModel, Latent, draw_noise
+from equicare.utils import PARAM_MESSAGE
 
 __all__ = ["CareManagementEnv", "CARE_ENV_ID"]
 
@@ -62,8 +63,8 @@ class CareManagementEnv(gym.Env[NDArray[np.float32], np.int64]):
                  include_groups: bool = False, render_mode: str | None = None) -> None:
         self.config = config if config is not None else CareConfig()
         if not isinstance(self.config, CareConfig):
-            raise TypeError(f"The 'config' parameter of CareManagementEnv must be a CareConfig. "
-                            f"Got {config!r} instead.")
+            raise InvalidParameterError(PARAM_MESSAGE.format(
+                name="config", owner="CareManagementEnv", expected="a CareConfig", got=config))
         if isinstance(n_weeks, bool) or not isinstance(n_weeks, int) or n_weeks < 1:
             raise InvalidParameterError(
                 f"The 'n_weeks' parameter of CareManagementEnv must be a positive "

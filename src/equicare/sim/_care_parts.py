@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from equicare.exceptions import InvalidParameterError
 from equicare.utils import PARAM_MESSAGE, atomic_write_text
 
 __all__ = ["write_care_parts"]
@@ -67,8 +68,8 @@ def write_care_parts(
     for name, v, low in (("n_members", n_members, 1), ("n_weeks", n_weeks, 1),
                          ("members_per_part", members_per_part, 1), ("seed", seed, 0)):
         if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < low:
-            raise ValueError(PARAM_MESSAGE.format(name=name, owner="write_care_parts",
-                                                  expected=f"an int >= {low}", got=v))
+            raise InvalidParameterError(PARAM_MESSAGE.format(name=name, owner="write_care_parts",
+                                                             expected=f"an int >= {low}", got=v))
     d = Path(out_dir)
     parts_dir, man_path = d / PARTS_DIR, d / MANIFEST_FILE
     if not overwrite:

@@ -39,7 +39,7 @@ from equicare.sim._care_engine import BehaviorActor, PolicyActor, simulate
 from equicare.sim._care_model import N_ACTIONS, CareModel
 from equicare.sim._care_panel import CarePanel, care_manifest, panel_frame
 from equicare.sim._care_policies import CareBehaviorPolicy, CareReferencePolicy
-from equicare.utils import RandomState, check_param, check_random_state
+from equicare.utils import PARAM_MESSAGE, RandomState, check_param, check_random_state
 
 __all__ = [
     "CARE_ACTION_LEVELS",
@@ -191,8 +191,8 @@ class CareManagementSim:
 
     def __post_init__(self) -> None:
         if not isinstance(self.config, CareConfig):
-            raise TypeError(f"The 'config' parameter of CareManagementSim must be a CareConfig. "
-                            f"Got {self.config!r} instead.")
+            raise InvalidParameterError(PARAM_MESSAGE.format(
+                name="config", owner="CareManagementSim", expected="a CareConfig", got=self.config))
         object.__setattr__(self, "_model", CareModel(self.config))
         object.__setattr__(self, "_manifest", care_manifest(self.config))
 

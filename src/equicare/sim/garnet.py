@@ -33,7 +33,7 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 from scipy.sparse.linalg import spsolve
 
-from equicare.exceptions import InvalidParameterError
+from equicare.exceptions import InvalidParameterError, PolicyError
 from equicare.utils import RandomState, check_param, check_random_state, config_to_dict
 
 __all__ = [
@@ -377,9 +377,9 @@ class GarnetMDP:
         p = np.asarray(pi, dtype=np.float64)
         S, A = self.n_states, self.n_actions
         if p.shape != (S, A):
-            raise ValueError(f"{name} must have shape ({S}, {A}), got {p.shape}.")
+            raise PolicyError(f"{name} must have shape ({S}, {A}), got {p.shape}.")
         if (p < 0).any() or not np.allclose(p.sum(axis=1), 1.0, atol=1e-6):
-            raise ValueError(f"{name} must hold probabilities >= 0 summing to 1 in every row.")
+            raise PolicyError(f"{name} must hold probabilities >= 0 summing to 1 in every row.")
         return p
 
     def state_values(self, pi: Any, horizon: int | None = -1) -> NDArray[np.float64]:
