@@ -402,7 +402,7 @@ def audit_stream(
             shards = n_shards or int(getattr(executor, "n_workers", 2) or 2)
             tasks = [_ShardTask(spec=s, ctx=ctx, chunk_rows=chunk_rows)
                      for s in plan_shards(source, man, shards, scan=scan)]
-            from equicare.pipeline._executor import iter_map  # workers' warnings relayed
+            from equicare._tasks import iter_map  # workers' warnings relayed
 
             for p in iter_map(executor, _run_shard, tasks):
                 part.merge(p)

@@ -547,7 +547,7 @@ class ChunkSource:
         if self.path is not None and self.executor is not None:
             tasks = [_ShardApply(spec=sp, fn=fn, chunk_rows=self.chunk_rows)
                      for sp in self.specs]
-            from equicare.pipeline._executor import iter_map  # workers' warnings relayed
+            from equicare._tasks import iter_map  # workers' warnings relayed
 
             return _reduce(list(iter_map(self.executor, _apply_shard, tasks)))
         if self.path is not None:

@@ -339,7 +339,7 @@ def frontier(
                            audit=audit_cfg.to_dict(), weights=weights, seed=int(seed),
                            torch_threads=torch_threads))
     from equicare._progress import progress_task
-    from equicare.pipeline._executor import iter_map
+    from equicare._tasks import iter_map
 
     results: Any = (iter_map(executor, _run_point, tasks) if executor is not None
                     else (_run_point(t) for t in tasks))
