@@ -124,3 +124,24 @@ def test_a_missing_interval_prints_nothing():
     nan = float("nan")
     assert f"{_fmt(nan, 1, 3)} {_ci((nan, nan), 1, 3)}".strip() == "-"
     assert _ci((0.01, 0.03), 1, 3) == "[0.010, 0.030]"
+
+
+def test_audit_and_frontier_with_one_published_group_exit_2(app, panel, tmp_path) -> None:
+    """A one-level group attribute: no parity to measure, one line, exit 2."""
+    import pandas as pd
+
+    frame = pd.read_parquet(panel["data"])
+    frame["one"] = "all"
+    man = panel["manifest"].read_text().replace('groups = [', 'groups = ["one", ', 1)
+    (tmp_path / "m.toml").write_text(man)
+    frame.to_parquet(tmp_path / "p.parquet", index=False)
+    base = [str(tmp_path / "p.parquet"), "-m", str(tmp_path / "m.toml"), "--group", "one"]
+    msg = "group 'one': only 1 group can be published (all); a parity audit needs at least 2."
+    for args in (["audit", *base, "--bootstrap", "5", "--permutations", "0"],
+                 ["audit", *base, "--bootstrap", "5", "--permutations", "0",
+                  "--chunk-rows", "1000"],
+                 ["frontier", *base, "--algo", "bc", "--steps", "5", "--lambdas", "0",
+                  "--bootstrap", "0", "--no-progress"]):
+        r = _run(app, args)
+        assert r.exit_code == 2, r.output
+        assert msg in r.output.replace("\n", " ") and "Traceback" not in r.output

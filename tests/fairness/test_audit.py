@@ -273,3 +273,33 @@ def test_q_based_group_values_carry_the_q_models_refit():
     assert 0.75 * overall_se < out.overall_reps.std(ddof=1) < 1.33 * overall_se
     # the refit shift is centred: the replicates' mean stays at the point value
     assert abs(out.value_reps.mean(axis=0) - out.values).max() < 0.25 * sd.min()
+
+
+ONE_GROUP = ("group 'g': only 1 group can be published (a; 2 suppressed: 1 with fewer than 11 "
+             "episodes, 1 so that it cannot be recovered by difference from the total); a "
+             "parity audit needs at least 2.")
+
+
+def _one_published() -> object:
+    """a (30 episodes) is published; c (4) is suppressed and b (12) with it."""
+    ds = make_dataset([1] * 46, np.zeros((46, 2), dtype=int),
+                      {"g": ["a"] * 30 + ["b"] * 12 + ["c"] * 4, "one": ["x"] * 46},
+                      rewards=np.ones(46), behavior_prob=np.full(46, 1 / 6))
+    return ds
+
+
+def test_a_single_published_group_is_an_error_not_perfect_parity() -> None:
+    """With one group left every gap is 0, ratio 1 and Gini 0, never measured: refuse."""
+    from equicare.exceptions import DataValidationError
+    from equicare.fairness import allocation_rates
+
+    ds = _one_published()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SmallCellWarning)
+        with pytest.raises(DataValidationError, match=re.escape(ONE_GROUP)):
+            audit(ds, action=HOME, group="g", n_boot=5, n_permutations=0, random_state=0)
+        with pytest.raises(DataValidationError, match=re.escape(ONE_GROUP)):
+            allocation_rates(ds, action=HOME, group="g", n_boot=0)
+    with pytest.raises(DataValidationError, match=re.escape(
+            "group 'one': only 1 group can be published (x); a parity audit needs at least 2.")):
+        audit(ds, action=HOME, group="one", n_boot=0, n_permutations=0)

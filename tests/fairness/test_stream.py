@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 
+import pandas as pd
 import pytest
 
 from equicare.data import Manifest, load_dataset
@@ -189,3 +191,18 @@ def test_dr_audit_on_two_ray_workers_equals_in_memory(panel, ray):
 
     with get_executor("ray", address="local", jobs=2) as ex:
         _assert_dr_audit_equals_in_memory(ex, panel, n_shards=4)
+
+
+def test_streamed_audit_with_a_single_published_group_is_an_error(panel, tmp_path):
+    from equicare.exceptions import DataValidationError
+
+    path, man, _ = panel
+    frame = pd.read_parquet(path)
+    frame["sex"] = "f"  # one level
+    one = tmp_path / "one.parquet"
+    frame.to_parquet(one, index=False)
+    with pytest.raises(DataValidationError, match=re.escape(
+            "group 'sex': only 1 group can be published (f); a parity audit needs at least 2.")):
+        audit_stream(one, manifest=man, config=FairnessAudit(group="sex", n_boot=0,
+                                                             n_permutations=0),
+                     chunk_rows=50, random_state=0)

@@ -18,7 +18,12 @@ from equicare.fairness._bootstrap import (
     bootstrap_weights,
     split_random_state,
 )
-from equicare.fairness._groups import SUPPRESSED, GroupIndex, dataset_group_index
+from equicare.fairness._groups import (
+    SUPPRESSED,
+    GroupIndex,
+    dataset_group_index,
+    require_comparison,
+)
 from equicare.fairness._permutation import permutation_test
 from equicare.fairness._rows import (
     Level,
@@ -534,7 +539,7 @@ def allocation_rates(
     check_param(ci_method, "ci_method", "allocation_rates", choices=("basic", "percentile"))
     w_state, rng = split_random_state(random_state)
     spec, mask = action_set(dataset.action_space, action)
-    gi = dataset_group_index(dataset, group, intersect, min_cell=min_cell)
+    gi = require_comparison(dataset_group_index(dataset, group, intersect, min_cell=min_cell))
     x = row_allocation(dataset, policy, mask[:, None].astype(np.float64))[:, 0]
     num, den = episode_totals(dataset, x, level)
     nr = need_rows(dataset, need)

@@ -23,7 +23,7 @@ from equicare.fairness._allocation import (
     level_table,
 )
 from equicare.fairness._bootstrap import CIMethod, bootstrap_weights, split_random_state
-from equicare.fairness._groups import GroupIndex, dataset_group_index
+from equicare.fairness._groups import GroupIndex, dataset_group_index, require_comparison
 from equicare.fairness._outcome import OutcomeFrame
 from equicare.fairness._rows import (
     Level,
@@ -311,7 +311,8 @@ class FairnessAudit:
             raise InvalidParameterError(
                 f"The policy name {BEHAVIOR!r} is reserved for the logged behaviour.")
         spec, mask = action_set(dataset.action_space, self.action)
-        gi = dataset_group_index(dataset, self.group, self.intersect, min_cell=self.min_cell)
+        gi = require_comparison(dataset_group_index(dataset, self.group, self.intersect,
+                                                    min_cell=self.min_cell))
         gname = gi.name
         n_ep = dataset.n_episodes
         w_state, rng = split_random_state(random_state)
