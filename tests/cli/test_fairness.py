@@ -145,3 +145,21 @@ def test_audit_and_frontier_with_one_published_group_exit_2(app, panel, tmp_path
         r = _run(app, args)
         assert r.exit_code == 2, r.output
         assert msg in r.output.replace("\n", " ") and "Traceback" not in r.output
+
+
+def test_audit_prints_bracketed_group_labels_as_written(app, panel, tmp_path) -> None:
+    """'Hispanic [/bold]' crashed the table (MarkupError); 'White [non-Hispanic]' lost its tag."""
+    import pandas as pd
+
+    frame = pd.read_parquet(panel["data"])
+    levels = sorted(frame["race_ethnicity"].astype(str).value_counts().index[:3])
+    new = {levels[0]: "Hispanic [/bold]", levels[1]: "White [non-Hispanic]",
+           levels[2]: "Other [red]"}
+    frame["race_ethnicity"] = frame["race_ethnicity"].astype(str).replace(new)
+    frame.to_parquet(tmp_path / "p.parquet", index=False)
+    r = _run(app, ["audit", str(tmp_path / "p.parquet"), "-m", str(panel["manifest"]),
+                   "--group", "race_ethnicity", "--bootstrap", "5", "--permutations", "0",
+                   "--policy", f"eq [v2]={panel['policy']}"])
+    assert r.exit_code == 0, r.output
+    for label in (*new.values(), "eq [v2]"):
+        assert label in r.output
