@@ -163,3 +163,19 @@ def test_audit_prints_bracketed_group_labels_as_written(app, panel, tmp_path) ->
     assert r.exit_code == 0, r.output
     for label in (*new.values(), "eq [v2]"):
         assert label in r.output
+
+
+def test_audit_prints_and_writes_the_weight_diagnostics(app, panel, tmp_path) -> None:
+    """As evaluate: the ESS of the policy's weights (overall, by group) and its support."""
+    out = tmp_path / "diag.json"
+    r = _run(app, ["audit", str(panel["data"]), "--manifest", str(panel["manifest"]),
+                   "--policy", f"eq={panel['policy']}", "--group", "sex", "--bootstrap", "5",
+                   "--permutations", "0", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    d = json.loads(out.read_text())
+    diag = d["policies"]["eq"]["diagnostics"]
+    e = diag["ess"]
+    assert (f"ESS of eq (wis, trajectory weights): {e['trajectory']:.1f} "
+            f"({e['trajectory_pct']:.2f}% of episodes); by group") in r.output.replace("\n", " ")
+    assert set(diag["ess_by_group"]) == set(d["policies"]["eq"]["rate"])
+    assert diag["support"] is not None and isinstance(d["warnings"], list)

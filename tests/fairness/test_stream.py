@@ -17,6 +17,9 @@ from equicare.ope import episode_keys, poisson_weights
 from ..conftest import MANIFEST, make_frame
 from ..ope.test_stream import RiskPolicy
 
+# the in-memory audits of RiskPolicy warn about their weights' low ESS; not compared here
+pytestmark = pytest.mark.filterwarnings("ignore::equicare.exceptions.SupportWarning")
+
 
 @pytest.fixture(scope="module")
 def panel(tmp_path_factory):
@@ -46,14 +49,27 @@ def test_streamed_audit_equals_in_memory(panel, estimator, chunk_rows):
 
 
 def _assert_same(a, b):
-    """Two result dicts hold the same keys and numbers (floats to 1e-9 relative)."""
-    ref, got = _flatten(a), _flatten(b)
+    """Two result dicts hold the same keys and numbers (floats to 1e-9 relative).
+
+    The in-memory audit's weight and support diagnostics (``diagnostics``, ``warnings``) are
+    left out: the streamed audit does not compute them.
+    """
+    ref, got = _flatten(_no_diagnostics(a)), _flatten(_no_diagnostics(b))
     assert ref.keys() == got.keys()
     for k, v in ref.items():
         if isinstance(v, float):
             assert got[k] == pytest.approx(v, rel=1e-9, abs=1e-12), k
         else:
             assert got[k] == v, k
+
+
+def _no_diagnostics(d):
+    d = copy.deepcopy(d)
+    d.pop("warnings", None)
+    for p in (d.get("policies") or d).values():
+        if isinstance(p, dict):
+            p.pop("diagnostics", None)
+    return d
 
 
 def _flatten(d, prefix=""):

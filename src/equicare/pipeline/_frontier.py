@@ -15,7 +15,7 @@ import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 
 from equicare.data import TrajectoryDataset
-from equicare.exceptions import InvalidParameterError, SmallCellWarning
+from equicare.exceptions import InvalidParameterError, SmallCellWarning, SupportWarning
 from equicare.fairness._audit import BEHAVIOR, AuditResult, FairnessAudit
 from equicare.fairness._bootstrap import bootstrap_weights, split_random_state
 from equicare.fairness._groups import dataset_group_index, require_comparison
@@ -188,6 +188,8 @@ def _run_point(task: _Task) -> AuditResult:
         cfg = FairnessAudit.from_dict(task.audit)
         with warnings.catch_warnings():  # the caller warned once about suppressed groups
             warnings.simplefilter("ignore", SmallCellWarning)
+            # the weights and support of each point's values: in its audit's diagnostics
+            warnings.simplefilter("ignore", SupportWarning)
             return cfg.run(task.eval, {"policy": learner}, weights=task.weights,
                            random_state=task.seed)
 
