@@ -179,3 +179,38 @@ def test_audit_prints_and_writes_the_weight_diagnostics(app, panel, tmp_path) ->
             f"({e['trajectory_pct']:.2f}% of episodes); by group") in r.output.replace("\n", " ")
     assert set(diag["ess_by_group"]) == set(d["policies"]["eq"]["rate"])
     assert diag["support"] is not None and isinstance(d["warnings"], list)
+
+
+def test_complementary_cells_are_not_labelled_under_11() -> None:
+    """c (4 episodes) is under 11; b (12) is suppressed only so that c cannot be recovered."""
+    import warnings as _w
+
+    import numpy as np
+    from rich.console import Console
+
+    from equicare.cli._fairness import audit_tables
+    from equicare.exceptions import SmallCellWarning
+    from equicare.fairness import audit
+    from tests.fairness.conftest import make_dataset
+
+    ds = make_dataset([1] * 44, np.zeros((44, 2), dtype=int),
+                      {"g": ["a"] * 14 + ["d"] * 14 + ["b"] * 12 + ["c"] * 4})
+    with _w.catch_warnings():
+        _w.simplefilter("ignore", SmallCellWarning)
+        res = audit(ds, action="modality=home_visit", n_boot=0, n_permutations=0,
+                    estimator=None)
+    con = Console(record=True, width=200)
+    con.print(audit_tables(res)[0], markup=False)
+    rows = {line.split("│")[1].strip(): line.split("│")[2].strip()
+            for line in con.export_text().splitlines() if line.count("│") >= 3}
+    assert rows["c"] == "<11" and rows["b"] == "suppressed" and rows["a"] == "14"
+
+
+def test_audit_summary_line_is_the_librarys_small_cells_message(app, panel) -> None:
+    r = _run(app, ["audit", str(panel["data"]), "--manifest", str(panel["manifest"]),
+                   "--intersect", "sex", "--bootstrap", "0", "--permutations", "0",
+                   "--estimators", "none"])
+    assert r.exit_code == 0, r.output
+    out = r.output.replace("\n", " ")
+    assert "group cells were suppressed:" in out and "(complementary suppression)" in out
+    assert "group(s) with fewer than" not in out

@@ -161,7 +161,9 @@ def _ci(ci: tuple[float, float] | None, scale: float = 1.0, digits: int = 2) -> 
 def audit_tables(res: AuditResult, estimator: str | None = None) -> list[Table]:
     """Rich tables: allocation rate by group (one column per policy) and a summary per policy.
 
-    ``estimator`` names the OPE estimator of the "value" columns (default: the audit's).
+    ``estimator`` names the OPE estimator of the "value" columns (default: the audit's). A
+    suppressed group's episodes read ``<11`` when it has fewer than ``min_cell`` of them and
+    ``suppressed`` when it is suppressed to protect another (complementary suppression).
     """
     from rich.table import Table
 
@@ -183,7 +185,8 @@ def audit_tables(res: AuditResult, estimator: str | None = None) -> list[Table]:
             cells.append(f"{_fmt(a.rates[i], 100)} {_ci(ci, 100)}".strip())
         t1.add_row(g, str(int(first.counts[i])), *cells)
     for g in first.suppressed:
-        t1.add_row(g, f"<{first.min_cell}", *["suppressed"] * len(names))
+        n_label = f"<{first.min_cell}" if g in first.small else "suppressed"
+        t1.add_row(g, n_label, *["suppressed"] * len(names))
     t1.add_row("overall", str(res.n_episodes),
                *[f"{_fmt(res.policies[n].allocation.overall, 100)}" for n in names],
                style="bold")
@@ -390,8 +393,10 @@ def register(app: typer.Typer) -> None:
         for line in diagnostics_lines(res):
             console.print(line, highlight=False, markup=False, soft_wrap=True)
         if res.suppressed:
-            console.print(f"{len(res.suppressed)} group(s) with fewer than {min_cell} episodes "
-                          "suppressed.")
+            from equicare.privacy import small_cells_message
+
+            console.print(small_cells_message(list(res.suppressed), min_cell), highlight=False,
+                          markup=False, soft_wrap=True)
         if out is not None:
             console.print(f"Wrote {escape(str(out))}", highlight=False)
 

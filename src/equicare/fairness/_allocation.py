@@ -149,6 +149,9 @@ class AllocationFrame:
         Their group labels.
     min_cell : int
         Suppression threshold the frame was built with.
+    small : tuple of str
+        The labels of :attr:`suppressed` with fewer than ``min_cell`` episodes; the others are
+        suppressed so that these cannot be recovered by difference (complementary suppression).
     """
 
     policy: str
@@ -172,6 +175,7 @@ class AllocationFrame:
     episode_den: NDArray[np.float64] | None = None
     episode_labels: NDArray[np.str_] | None = None
     min_cell: int = MIN_CELL
+    small: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ helpers
     def _ci(self, reps: NDArray[np.float64] | None, estimate: Any,
@@ -450,7 +454,7 @@ def build_frames(names: Sequence[str], num: NDArray[np.float64], den: NDArray[np
             n_permutations=int(n_permutations) if p_values is not None else 0, alpha=alpha,
             ci_method=ci_method,
             episode_num=num[kept, j], episode_den=den[kept], episode_labels=ep_labels,
-            min_cell=gi.min_cell)
+            min_cell=gi.min_cell, small=gi.small)
     return frames
 
 
