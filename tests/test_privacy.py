@@ -92,3 +92,11 @@ def test_random_tables_never_reveal_a_small_union_on_any_line(seed):
     _no_line_reveals_a_small_union(cells, sup, 11)
     # primary cells are always among the suppressed
     assert sup[cells["n"].to_numpy() < 11].all()
+
+
+def test_small_cells_message_lists_ten_and_counts_the_rest():
+    from equicare.privacy import small_cells_message
+
+    msg = small_cells_message([f"g{i}" for i in range(12)])
+    assert msg.startswith("12 group cells were suppressed: g0, g1, g2, g3, g4, g5, g6, g7, g8, "
+                          "g9 and 2 more. A cell with fewer than 11 episodes is never published")

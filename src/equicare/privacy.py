@@ -126,7 +126,7 @@ def suppress_counts(counts: dict[str, int], min_cell: int = MIN_CELL) -> dict[st
 
 def small_cells_message(cells: Sequence[str], min_cell: int = MIN_CELL) -> str:
     """The warning for suppressed subgroup cells (``"race=pacific"``, ...), sizes not named."""
-    shown = ", ".join(cells[:10]) + (" ..." if len(cells) > 10 else "")
+    shown = ", ".join(cells[:10]) + (f" and {len(cells) - 10} more" if len(cells) > 10 else "")
     return (f"{len(cells)} group cells were suppressed: {shown}. A cell with fewer than "
             f"{min_cell} episodes is never published, nor are the cells that would reveal it by "
             "difference from the totals (complementary suppression).")

@@ -124,3 +124,93 @@ def test_a_missing_interval_prints_nothing():
     nan = float("nan")
     assert f"{_fmt(nan, 1, 3)} {_ci((nan, nan), 1, 3)}".strip() == "-"
     assert _ci((0.01, 0.03), 1, 3) == "[0.010, 0.030]"
+
+
+def test_audit_and_frontier_with_one_published_group_exit_2(app, panel, tmp_path) -> None:
+    """A one-level group attribute: no parity to measure, one line, exit 2."""
+    import pandas as pd
+
+    frame = pd.read_parquet(panel["data"])
+    frame["one"] = "all"
+    man = panel["manifest"].read_text().replace('groups = [', 'groups = ["one", ', 1)
+    (tmp_path / "m.toml").write_text(man)
+    frame.to_parquet(tmp_path / "p.parquet", index=False)
+    base = [str(tmp_path / "p.parquet"), "-m", str(tmp_path / "m.toml"), "--group", "one"]
+    msg = "group 'one': only 1 group can be published (all); a parity audit needs at least 2."
+    for args in (["audit", *base, "--bootstrap", "5", "--permutations", "0"],
+                 ["audit", *base, "--bootstrap", "5", "--permutations", "0",
+                  "--chunk-rows", "1000"],
+                 ["frontier", *base, "--algo", "bc", "--steps", "5", "--lambdas", "0",
+                  "--bootstrap", "0", "--no-progress"]):
+        r = _run(app, args)
+        assert r.exit_code == 2, r.output
+        assert msg in r.output.replace("\n", " ") and "Traceback" not in r.output
+
+
+def test_audit_prints_bracketed_group_labels_as_written(app, panel, tmp_path) -> None:
+    """'Hispanic [/bold]' crashed the table (MarkupError); 'White [non-Hispanic]' lost its tag."""
+    import pandas as pd
+
+    frame = pd.read_parquet(panel["data"])
+    levels = sorted(frame["race_ethnicity"].astype(str).value_counts().index[:3])
+    new = {levels[0]: "Hispanic [/bold]", levels[1]: "White [non-Hispanic]",
+           levels[2]: "Other [red]"}
+    frame["race_ethnicity"] = frame["race_ethnicity"].astype(str).replace(new)
+    frame.to_parquet(tmp_path / "p.parquet", index=False)
+    r = _run(app, ["audit", str(tmp_path / "p.parquet"), "-m", str(panel["manifest"]),
+                   "--group", "race_ethnicity", "--bootstrap", "5", "--permutations", "0",
+                   "--policy", f"eq [v2]={panel['policy']}"])
+    assert r.exit_code == 0, r.output
+    for label in (*new.values(), "eq [v2]"):
+        assert label in r.output
+
+
+def test_audit_prints_and_writes_the_weight_diagnostics(app, panel, tmp_path) -> None:
+    """As evaluate: the ESS of the policy's weights (overall, by group) and its support."""
+    out = tmp_path / "diag.json"
+    r = _run(app, ["audit", str(panel["data"]), "--manifest", str(panel["manifest"]),
+                   "--policy", f"eq={panel['policy']}", "--group", "sex", "--bootstrap", "5",
+                   "--permutations", "0", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    d = json.loads(out.read_text())
+    diag = d["policies"]["eq"]["diagnostics"]
+    e = diag["ess"]
+    assert (f"ESS of eq (wis, trajectory weights): {e['trajectory']:.1f} "
+            f"({e['trajectory_pct']:.2f}% of episodes); by group") in r.output.replace("\n", " ")
+    assert set(diag["ess_by_group"]) == set(d["policies"]["eq"]["rate"])
+    assert diag["support"] is not None and isinstance(d["warnings"], list)
+
+
+def test_complementary_cells_are_not_labelled_under_11() -> None:
+    """c (4 episodes) is under 11; b (12) is suppressed only so that c cannot be recovered."""
+    import warnings as _w
+
+    import numpy as np
+    from rich.console import Console
+
+    from equicare.cli._fairness import audit_tables
+    from equicare.exceptions import SmallCellWarning
+    from equicare.fairness import audit
+    from tests.fairness.conftest import make_dataset
+
+    ds = make_dataset([1] * 44, np.zeros((44, 2), dtype=int),
+                      {"g": ["a"] * 14 + ["d"] * 14 + ["b"] * 12 + ["c"] * 4})
+    with _w.catch_warnings():
+        _w.simplefilter("ignore", SmallCellWarning)
+        res = audit(ds, action="modality=home_visit", n_boot=0, n_permutations=0,
+                    estimator=None)
+    con = Console(record=True, width=200)
+    con.print(audit_tables(res)[0], markup=False)
+    rows = {line.split("│")[1].strip(): line.split("│")[2].strip()
+            for line in con.export_text().splitlines() if line.count("│") >= 3}
+    assert rows["c"] == "<11" and rows["b"] == "suppressed" and rows["a"] == "14"
+
+
+def test_audit_summary_line_is_the_librarys_small_cells_message(app, panel) -> None:
+    r = _run(app, ["audit", str(panel["data"]), "--manifest", str(panel["manifest"]),
+                   "--intersect", "sex", "--bootstrap", "0", "--permutations", "0",
+                   "--estimators", "none"])
+    assert r.exit_code == 0, r.output
+    out = r.output.replace("\n", " ")
+    assert "group cells were suppressed:" in out and "(complementary suppression)" in out
+    assert "group(s) with fewer than" not in out

@@ -77,13 +77,13 @@ def test_audit_streams_and_shards_identically(parts):
     base = ["audit", info["panel"], "--manifest", man, "--policy", f"bc={d / 'bc'}",
             "--action", "modality=home_visit", "--bootstrap", "50", "--permutations", "50",
             "--json"]
-    whole = json.loads(runner.invoke(app, base).output)
+    whole = json.loads(runner.invoke(app, base).stdout)  # warnings go to stderr
     streamed = runner.invoke(app, base + ["--chunk-rows", "150"])
     assert streamed.exit_code == 0, streamed.output
     sharded = runner.invoke(app, base + ["--chunk-rows", "150", "--executor", "local",
                                          "--jobs", "1"])
     assert sharded.exit_code == 0, sharded.output
-    s, h = json.loads(streamed.output), json.loads(sharded.output)
+    s, h = json.loads(streamed.stdout), json.loads(sharded.stdout)
     assert s == h  # same Poisson weights keyed by episode id, whatever the sharding
     # point estimates equal the in-memory audit's (the bootstrap schemes differ)
     for pol in ("behavior", "bc"):

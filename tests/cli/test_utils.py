@@ -138,6 +138,22 @@ def test_tables_are_not_truncated_in_files(capsys):
     assert run_id in out and "f" * 16 in out and "…" not in out
 
 
+def test_tables_print_user_text_literally(capsys):
+    """Group labels, column and policy names with square brackets are text, never markup."""
+    from rich.table import Table
+
+    t = Table(title="rate by race [any race]", caption="see [/bold] below")
+    t.add_column("race [self-reported]")
+    t.add_row("Hispanic [/bold]")
+    t.add_row("White [non-Hispanic]")
+    t.add_row("Other [red]")
+    print_table(t)
+    out = capsys.readouterr().out
+    for text in ("rate by race [any race]", "see [/bold] below", "race [self-reported]",
+                 "Hispanic [/bold]", "White [non-Hispanic]", "Other [red]"):
+        assert text in out
+
+
 def test_progress_prints_lines_without_a_terminal(capsys):
     with progress_task("train awr", 100) as bar:
         bar.update(completed=100, info="loss=0.5")

@@ -355,3 +355,22 @@ def test_streamed_validation_reports_a_problem_every_chunk_finds_once(frame, tmp
     for executor in (None, get_executor("local", jobs=1)):
         rep, _ = validate_stream(p, _manifest(), chunk_rows=20, executor=executor)
         assert [e for e in rep.errors if "'risk'" in e] == whole.errors, rep.errors
+
+
+def test_a_stream_stopping_at_a_bad_chunk_says_its_count_is_a_lower_bound(frame, tmp_path):
+    """Rows 3 and 120 are bad; chunks of 40 rows stop at the first: 'at least 1 row', not
+    '1 row' (the panel has 2). One chunk holding the panel gives the panel's count."""
+    bad = frame.sort_values(["member_id", "week"]).reset_index(drop=True)
+    bad.loc[[3, 120], "r_primary"] = np.nan
+    p = tmp_path / "panel.parquet"
+    bad.to_parquet(p, index=False, row_group_size=30)
+    man = _manifest()
+    with pytest.raises(DataValidationError) as err:
+        list(iter_chunks(p, man, chunk_rows=40))
+    msg = str(err.value)
+    assert "values in at least 1 row (first chunk with any: 3; 0-based data rows; equicare " \
+           "validate counts them all)" in msg, msg
+    with pytest.raises(DataValidationError) as err:
+        list(iter_chunks(p, man, chunk_rows=10**6))
+    assert str(err.value) == load_errors(p, man)[0]
+    assert "2 rows (first: 3, 120; 0-based data rows)" in str(err.value)

@@ -202,3 +202,17 @@ def test_support_with_logged_propensities_is_evaluates_check(monkeypatch):
     expected = 100 * LoggedSupport(test).mass(src.action_probs(test), cfg.rare_threshold).mean()
     assert card.support["source_pct"] == pytest.approx(expected)
     assert card.support["source_pct"] > 1.0  # the family puts mass on never-logged pairs
+
+
+def test_a_single_published_group_leaves_the_fairness_evidence_null_with_the_reason():
+    """One group left (a one-level attribute): no parity gap of 0 or ratio of 1, a reason."""
+    from dataclasses import replace
+
+    train, test = tree_sim.generate(120, seed=12), tree_sim.generate(60, seed=13)
+    test = replace(test, groups={"group": np.full(test.n_episodes, "g1")})
+    cfg = ExplainConfig(bootstrap=0, frontier_bootstrap=0, depths=(1, 2))
+    card = explain_policy(train, tree_sim.NoisyExpert(), cfg, test=test, random_state=0)
+    assert card.fairness["policies"] == {}
+    assert card.fairness["reason"] == ("group 'group': only 1 group can be published (g1); a "
+                                       "parity audit needs at least 2.")
+    assert "parity_gap_pp" not in json.dumps(card.fairness)

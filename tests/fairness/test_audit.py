@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from equicare.exceptions import SmallCellWarning
+from equicare.exceptions import SmallCellWarning, SupportWarning
 from equicare.fairness import AuditResult, FairnessAudit, OutcomeFrame, audit, gini
 from equicare.policy import UniformPolicy
 
@@ -65,8 +65,9 @@ def test_group_values_match_ope_engine() -> None:
     sim = CareManagementSim()
     ds = sim.generate(n_members=300, n_weeks=10, random_state=3).dataset()
     pol = sim.behavior_policy(equitable=True)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # support and ESS: test_audit_reports_support_...
         warnings.simplefilter("ignore", SmallCellWarning)
+        warnings.simplefilter("ignore", SupportWarning)
         res = audit(ds, {"eq": pol}, action=HOME, n_boot=0, n_permutations=0, estimator="dr",
                     random_state=0)
         ref = evaluate_subgroups(ds, pol, attrs=["race_ethnicity"], estimators="dr,wis",
@@ -75,8 +76,10 @@ def test_group_values_match_ope_engine() -> None:
     o = res["eq"].outcome
     for g, v in o.by_group.items():
         assert v == pytest.approx(ref[g].estimates["dr"].value, rel=1e-6, abs=1e-9)
-    res_w = audit(ds, {"eq": pol}, action=HOME, n_boot=0, n_permutations=0, estimator="wis",
-                  random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SupportWarning)
+        res_w = audit(ds, {"eq": pol}, action=HOME, n_boot=0, n_permutations=0,
+                      estimator="wis", random_state=0)
     for g, v in res_w["eq"].outcome.by_group.items():
         assert v == pytest.approx(ref[g].estimates["wis"].value, rel=1e-9)
 
@@ -226,8 +229,9 @@ def check_care_disparity(n_members: int, n_truth: int, fit_steps: int) -> None:
     ds = sim.generate(n_members=n_members, n_weeks=52, random_state=7).dataset()
     fair = BC(n_steps=fit_steps, hidden=(64, 64), batch_size=512, valid_fraction=0.0,
               fair_action=HOME, fair_lambda=20.0, seed=0).fit(ds, progress=False)
-    res = audit(ds, {"bc_fair": fair}, action=HOME, group="race_ethnicity", n_boot=1000,
-                n_permutations=500, random_state=0)
+    with pytest.warns(SupportWarning, match="policy 'bc_fair': The target policy puts"):
+        res = audit(ds, {"bc_fair": fair}, action=HOME, group="race_ethnicity", n_boot=1000,
+                    n_permutations=500, random_state=0)
     beh, pol = res["behavior"].allocation, res["bc_fair"].allocation
     lo, hi = (100 * v for v in beh.difference_ci())
     assert lo <= true_gap <= hi, (lo, true_gap, hi)
@@ -273,3 +277,93 @@ def test_q_based_group_values_carry_the_q_models_refit():
     assert 0.75 * overall_se < out.overall_reps.std(ddof=1) < 1.33 * overall_se
     # the refit shift is centred: the replicates' mean stays at the point value
     assert abs(out.value_reps.mean(axis=0) - out.values).max() < 0.25 * sd.min()
+
+
+ONE_GROUP = ("group 'g': only 1 group can be published (a; 2 suppressed: 1 with fewer than 11 "
+             "episodes, 1 so that it cannot be recovered by difference from the total); a "
+             "parity audit needs at least 2.")
+
+
+def _one_published() -> object:
+    """a (30 episodes) is published; c (4) is suppressed and b (12) with it."""
+    ds = make_dataset([1] * 46, np.zeros((46, 2), dtype=int),
+                      {"g": ["a"] * 30 + ["b"] * 12 + ["c"] * 4, "one": ["x"] * 46},
+                      rewards=np.ones(46), behavior_prob=np.full(46, 1 / 6))
+    return ds
+
+
+def test_a_single_published_group_is_an_error_not_perfect_parity() -> None:
+    """With one group left every gap is 0, ratio 1 and Gini 0, never measured: refuse."""
+    from equicare.exceptions import DataValidationError
+    from equicare.fairness import allocation_rates
+
+    ds = _one_published()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SmallCellWarning)
+        with pytest.raises(DataValidationError, match=re.escape(ONE_GROUP)):
+            audit(ds, action=HOME, group="g", n_boot=5, n_permutations=0, random_state=0)
+        with pytest.raises(DataValidationError, match=re.escape(ONE_GROUP)):
+            allocation_rates(ds, action=HOME, group="g", n_boot=0)
+    with pytest.raises(DataValidationError, match=re.escape(
+            "group 'one': only 1 group can be published (x); a parity audit needs at least 2.")):
+        audit(ds, action=HOME, group="one", n_boot=0, n_permutations=0)
+
+
+def _weights_panel() -> tuple[object, np.ndarray]:
+    """60 episodes of 4 rows, groups a and b; practice takes none or phone (1/2 each, logged).
+
+    The policy gives the logged action 0.05 (ratio 0.1) except in b's first episode (1.0, ratio
+    2): one episode carries b's whole weight. It also puts 0.1 on home visits, never taken
+    (except in that episode).
+    """
+    rng = np.random.default_rng(0)
+    n_ep, length = 60, 4
+    n = n_ep * length
+    codes = np.stack([rng.integers(0, 2, n), np.zeros(n, int)], axis=1)
+    ds = make_dataset([length] * n_ep, codes, {"g": np.repeat(["a", "b"], n_ep // 2)},
+                      rewards=rng.random(n), behavior_prob=np.full(n, 0.5),
+                      states=rng.normal(size=(n, 1)))
+    home = SPACE.to_flat(np.array([[2, 0]]))[0]
+    other = SPACE.to_flat(np.stack([1 - codes[:, 0], codes[:, 1]], axis=1))
+    p = np.zeros((n, SPACE.n_actions))
+    p[np.arange(n), ds.actions] = 0.05
+    p[np.arange(n), other] = 0.85
+    p[:, home] = 0.1
+    b0 = slice(30 * length, 31 * length)
+    p[b0] = 0.0
+    p[np.arange(n)[b0], ds.actions[b0]] = 1.0
+    return ds, p
+
+
+def test_audit_reports_support_and_low_ess_like_evaluate() -> None:
+    """The group values' weights: evaluate's support warning and the ESS, overall and by group."""
+    from equicare.ope import effective_sample_size, evaluate
+
+    ds, p = _weights_panel()
+    with pytest.warns(SupportWarning) as rec:
+        res = audit(ds, {"pol": p}, action=HOME, n_boot=0, n_permutations=0, random_state=0)
+    msgs = [str(w.message) for w in rec]
+    assert any(m.startswith("policy 'pol': The target policy puts 9.83% of its probability "
+                            "mass on actions that current practice (almost) never takes")
+               for m in msgs)
+    low = [m for m in msgs if "effective sample size" in m]
+    assert len(low) == 1 and "in group 'b'" in low[0] and "(trajectory weights)" in low[0]
+    d = res["pol"].diagnostics
+    with pytest.warns(SupportWarning, match="puts 9.83% of"):
+        ev = evaluate(ds, p, estimators=["wis"], bootstrap=0, groups=[])
+    assert d.support.share_pct == pytest.approx(ev.support.share_pct)
+    assert d.ess.trajectory == pytest.approx(ev.ess.trajectory)
+    from equicare.ope import OPEInputs
+
+    inp = OPEInputs(rewards=ds.rewards, episode_offsets=ds.episode_offsets, gamma=ds.gamma,
+                    rho=p[np.arange(ds.n_steps), ds.actions] / 0.5)
+    b = inp.subset(np.arange(30, 60))
+    assert d.ess_by_group["b"].trajectory == pytest.approx(effective_sample_size(b).trajectory)
+    assert d.ess_by_group["b"].trajectory_pct < 10 and d.low_groups() == ["b"]
+    out = res.to_dict()
+    assert out["warnings"] == msgs
+    diag = out["policies"]["pol"]["diagnostics"]
+    assert diag["support"]["share_pct"] == pytest.approx(100 * 0.1 * 236 / 240)  # not b's first
+    assert set(diag["ess_by_group"]) == {"a", "b"} and diag["estimator"] == "wis"
+    assert "diagnostics" not in out["policies"]["behavior"]
+    json.dumps(out)

@@ -107,3 +107,20 @@ def test_values_in_range_pass():
     cfg = RunConfig.from_dict({"frontier": {"lambdas": [0, 0.5, 3]}, "output": {"jobs": -1},
                                "plan": {"budget": 5, "arms": 20}, "ope": {"truncate": 0}})
     assert cfg["frontier"]["lambdas"] == [0, 0.5, 3] and cfg["plan"]["budget"] == 5
+
+
+def test_audit_intersect_takes_a_string_or_a_list_like_the_repeatable_option():
+    from equicare.pipeline._config import audit_intersect
+
+    for value, expected in (("", []), ("sex", ["sex"]), (["sex"], ["sex"]),
+                            (["sex", "age_band"], ["sex", "age_band"]), ([], [])):
+        cfg = RunConfig.from_dict({"audit": {"intersect": value}}, source="run.toml")
+        assert audit_intersect(cfg["audit"]) == expected
+    for bad, msg in (([1], "run.toml: audit.intersect must be a string or a list of non-empty "
+                           "strings, got [1]."),
+                     ([""], "audit.intersect must be a string or a list of non-empty strings"),
+                     (3, "audit.intersect must be a string or a list"),
+                     (["sex", "sex"], "run.toml: audit.intersect must name each attribute "
+                                      "once, got ['sex', 'sex'].")):
+        with pytest.raises(ConfigError, match=re.escape(msg)):
+            RunConfig.from_dict({"audit": {"intersect": bad}}, source="run.toml")

@@ -120,3 +120,16 @@ def test_frontier_default_action_is_the_panels_any_outreach(panel) -> None:
                    random_state=0)
     assert res.action == default_action(panel.action_space)
     assert res.action.startswith("modality=") and "|" in res.action
+
+
+def test_frontier_with_a_single_published_group_fails_before_training(panel) -> None:
+    from equicare.data import TrajectoryDataset
+    from equicare.fairness import frontier
+
+    one = TrajectoryDataset(**{**{f: getattr(panel, f) for f in (
+        "states", "actions", "terminals", "episode_offsets", "episode_ids", "times",
+        "action_space", "state_names", "need", "reward_components", "behavior_prob",
+        "gamma")}, "groups": {"sex": np.full(panel.n_episodes, "f")}})
+    with pytest.raises(EquicareError, match=re.escape(
+            "group 'sex': only 1 group can be published (f); a parity audit needs at least 2.")):
+        frontier(one, "bc", lambdas=[0.0], group="sex", config={"n_steps": 5}, n_boot=0)

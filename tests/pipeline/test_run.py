@@ -263,3 +263,36 @@ def test_a_user_panel_gets_a_default_audit_action_and_a_wrong_one_fails_before_t
     assert {k: v for k, v in summary["group"].items() if v is not None} == {
         k: int(v) for k, v in counts.items() if k not in ("g9", smallest)}
 
+
+
+def test_the_audit_stage_crosses_every_attribute_of_a_list_intersect(tmp_path):
+    """`[audit] intersect = ["sex"]` (a list, as the repeatable --intersect) audits race x sex;
+    a listed attribute the panel lacks, or the audited one, fails when the data loads."""
+    import re
+    import warnings
+
+    import numpy as np
+
+    from equicare.pipeline._config import ConfigError, RunConfig
+    from equicare.pipeline._run import _check_groups, _stage_audit
+    from tests.fairness.conftest import random_panel
+
+    ds = random_panel(300, seed=3)
+    cfg = RunConfig.from_dict({"audit": {"group": "race", "intersect": ["sex"],
+                                         "permutations": 0}, "ope": {"bootstrap": 0}},
+                              source="run.toml")
+    _check_groups(cfg, ds)
+    state = {"test": ds, "learner_name": "bc", "audit_action": "modality=home_visit",
+             "learned_probs_test": np.full((ds.n_steps, ds.n_actions), 1 / ds.n_actions)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _stage_audit(cfg, state, tmp_path, [], 0)
+    assert json.loads((tmp_path / "audit.json").read_text())["group"] == "race x sex"
+    for bad, msg in ((["sex", "zip"], "run.toml: [audit] intersect 'zip' is not a group "
+                                      "attribute of the panel"),
+                     (["race"], "run.toml: [audit] intersect ['race'] must differ from the "
+                                "audited group attribute 'race'.")):
+        c = RunConfig.from_dict({"audit": {"group": "race", "intersect": bad}},
+                                source="run.toml")
+        with pytest.raises(ConfigError, match=re.escape(msg)):
+            _check_groups(c, ds)

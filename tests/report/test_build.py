@@ -35,3 +35,17 @@ def test_q_model_sentence_says_how_auto_chose():
                              "cell_choice": {"dropped": ["site"], "columns": ["state"]}})
     assert "chosen by auto: 2-fold cross-fitted" in auto
     assert "is the reference" in auto and "pool over site" in auto
+
+
+def test_audit_group_cells_suppressed_by_complement_are_not_labelled_under_11():
+    """b (12 episodes) is suppressed only to protect c (4): its count is not '<11'."""
+    from equicare.report._build import audit_group_frame
+    from equicare.report._html import suppress_small_cells
+
+    sup = {"suppressed": True}
+    pol = {"rate": {"a": {"value": 0.2, "n_episodes": 30}, "b": sup, "c": sup},
+           "value_by_group": {"a": {"value": 1.0, "n_episodes": 30}, "b": sup, "c": sup}}
+    shown = suppress_small_cells(audit_group_frame(pol)).set_index("group")
+    assert shown.loc["a", "n_episodes"] == 30
+    assert list(shown.loc[["b", "c"], "n_episodes"]) == ["suppressed", "suppressed"]
+    assert "<11" not in shown.to_string()

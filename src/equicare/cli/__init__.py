@@ -153,7 +153,7 @@ def synth(
             else:
                 console.print(f"Wrote {res['n_rows']:,} rows of {members:,} members in "
                               f"{res['n_parts']} Parquet files under {res['panel']} and "
-                              f"{res['manifest']}", highlight=False)
+                              f"{res['manifest']}", highlight=False, markup=False)
             return
         if kind == "garnet":
             from equicare.sim._garnet_cli import synth_garnet_cli
@@ -181,7 +181,8 @@ def synth(
     if json_out:
         print_json({"out": str(out), **summary, **extra})
         return
-    console.print(f"Wrote {out / 'panel.parquet'} and {out / 'manifest.toml'}", highlight=False)
+    console.print(f"Wrote {out / 'panel.parquet'} and {out / 'manifest.toml'}", highlight=False,
+                  markup=False)
     _print_summary(summary)
     if "behavior_truth" in extra:
         b = res["behavior"]

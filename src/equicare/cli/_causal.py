@@ -237,4 +237,4 @@ def register(app: typer.Typer) -> None:
         print_table(mediation_table(result))
         for p in (out, figure):
             if p is not None:
-                console.print(f"Wrote {p}", highlight=False)
+                console.print(f"Wrote {p}", highlight=False, markup=False)

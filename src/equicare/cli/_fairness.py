@@ -40,7 +40,7 @@ from equicare.cli._utils import (
 from equicare.fairness._rows import action_label
 
 __all__ = ["parse_policy_specs", "load_policies", "run_audit", "run_frontier", "audit_tables",
-           "frontier_table", "register"]
+           "diagnostics_lines", "frontier_table", "register"]
 
 OUT_EXISTS = "{path} exists; refusing to overwrite it (pass --force to replace it)."
 
@@ -114,7 +114,7 @@ def run_audit(
     """
     import warnings
 
-    from equicare.exceptions import SmallCellWarning
+    from equicare.exceptions import SmallCellWarning, SupportWarning
     from equicare.fairness._audit import FairnessAudit
     from equicare.utils import MIN_CELL
 
@@ -129,6 +129,7 @@ def run_audit(
                         ci_method=ci_method)  # type: ignore[arg-type]
     with warnings.catch_warnings():  # suppression is reported in the tables instead
         warnings.simplefilter("ignore", SmallCellWarning)
+        warnings.simplefilter("ignore", SupportWarning)  # in res.warnings, printed by the command
         if chunk_rows is not None:
             from equicare.fairness import audit_stream
 
@@ -160,7 +161,9 @@ def _ci(ci: tuple[float, float] | None, scale: float = 1.0, digits: int = 2) -> 
 def audit_tables(res: AuditResult, estimator: str | None = None) -> list[Table]:
     """Rich tables: allocation rate by group (one column per policy) and a summary per policy.
 
-    ``estimator`` names the OPE estimator of the "value" columns (default: the audit's).
+    ``estimator`` names the OPE estimator of the "value" columns (default: the audit's). A
+    suppressed group's episodes read ``<11`` when it has fewer than ``min_cell`` of them and
+    ``suppressed`` when it is suppressed to protect another (complementary suppression).
     """
     from rich.table import Table
 
@@ -182,7 +185,8 @@ def audit_tables(res: AuditResult, estimator: str | None = None) -> list[Table]:
             cells.append(f"{_fmt(a.rates[i], 100)} {_ci(ci, 100)}".strip())
         t1.add_row(g, str(int(first.counts[i])), *cells)
     for g in first.suppressed:
-        t1.add_row(g, f"<{first.min_cell}", *["suppressed"] * len(names))
+        n_label = f"<{first.min_cell}" if g in first.small else "suppressed"
+        t1.add_row(g, n_label, *["suppressed"] * len(names))
     t1.add_row("overall", str(res.n_episodes),
                *[f"{_fmt(res.policies[n].allocation.overall, 100)}" for n in names],
                style="bold")
@@ -210,6 +214,30 @@ def audit_tables(res: AuditResult, estimator: str | None = None) -> list[Table]:
             val = worst = gini = "-"
         t2.add_row(n, gap.strip(), ratio.strip(), p, val.strip(), worst, gini.strip())
     return [t1, t2]
+
+
+def diagnostics_lines(res: AuditResult) -> list[str]:
+    """The lines under the audit's tables: each policy's weight ESS and support (as evaluate's).
+
+    One ``ESS`` line per policy with diagnostics (overall and by group, the ESS its estimator's
+    weights have) and a ``Support`` line when some of its mass is on actions current practice
+    (almost) never takes.
+    """
+    lines = []
+    for name, pa in res.policies.items():
+        d = pa.diagnostics
+        if d is None:
+            continue
+        kind = "trajectory" if d.kind == "trajectory" else "per-decision"
+        by = ", ".join(f"{g} {d.ess_pct(e) * e.n_episodes / 100:.1f} ({d.ess_pct(e):.2f}%)"
+                       for g, e in d.ess_by_group.items())
+        lines.append(f"ESS of {name} ({d.estimator}, {kind} weights): "
+                     f"{d.ess_pct() * d.ess.n_episodes / 100:.1f} "
+                     f"({d.ess_pct():.2f}% of episodes); by group {by}")
+        if d.support is not None and d.support.share_pct > 0:
+            lines.append(f"Support of {name}: {d.support.share_pct:.2f}% of its mass on actions "
+                         "current practice (almost) never takes")
+    return lines
 
 
 def run_frontier(
@@ -334,6 +362,7 @@ def register(app: typer.Typer) -> None:
 
         from equicare.cli._utils import (
             console,
+            err_console,
             print_json,
             print_table,
             stream_executor,
@@ -353,14 +382,21 @@ def register(app: typer.Typer) -> None:
             finally:
                 if ex is not None and hasattr(ex, "shutdown"):
                     ex.shutdown()
+        for m in res.warnings:  # the weights and support of the group values, as evaluate's
+            err_console.print(f"[yellow]warning:[/] {escape(m)}", highlight=False,
+                              soft_wrap=True)
         if json_out:
             print_json(res.to_dict())
             return
         for t in audit_tables(res, estimator=est):
             print_table(t)
+        for line in diagnostics_lines(res):
+            console.print(line, highlight=False, markup=False, soft_wrap=True)
         if res.suppressed:
-            console.print(f"{len(res.suppressed)} group(s) with fewer than {min_cell} episodes "
-                          "suppressed.")
+            from equicare.privacy import small_cells_message
+
+            console.print(small_cells_message(list(res.suppressed), min_cell), highlight=False,
+                          markup=False, soft_wrap=True)
         if out is not None:
             console.print(f"Wrote {escape(str(out))}", highlight=False)
 

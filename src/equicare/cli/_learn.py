@@ -278,7 +278,7 @@ def print_selection(res: dict[str, Any]) -> None:
     how = ("fallback: no candidate's lower bound shows a gain over the behaviour; the model "
            "reproduces the behaviour policy" if res["fallback"] else f"kept {res['chosen']}")
     con.print(f"{how}. Wrote {res['model_dir']} (selection.json) in {res['seconds']:.1f} s.",
-              highlight=False)
+              highlight=False, markup=False)
 
 
 def predict_policy(model_dir: str | os.PathLike[str], data: str | os.PathLike[str],
@@ -470,7 +470,7 @@ def register(app: "typer.Typer") -> None:
             console.print(f"Wrote {res['model_dir']} ({algo.value}, {res['n_cells']} cells, "
                           f"{100 * res['bootstrapped_share']:.0f}% of (cell, action) pairs kept "
                           f"at the clinicians' probability, {res['seconds']:.1f} s)",
-                          highlight=False)
+                          highlight=False, markup=False)
             return
         if algo is Algo.OMG:
             not_applicable(offline, "--algo omg")
@@ -495,7 +495,7 @@ def register(app: "typer.Typer") -> None:
                 print_json(res)
                 return
             secs = ", ".join(f"{k} {v:.1f} s" for k, v in res["stage_seconds"].items())
-            console.print(f"Wrote {res['out']} (omg; {secs})", highlight=False)
+            console.print(f"Wrote {res['out']} (omg; {secs})", highlight=False, markup=False)
             return
         not_applicable(omg_only, f"--algo {algo.value}")
         if window is not None and (encoder or Encoder.MLP) is not Encoder.LSTM:
@@ -515,7 +515,8 @@ def register(app: "typer.Typer") -> None:
             return
         console.print(f"Wrote {res['model_dir']} ({res['algo']}, {res['n_steps']} steps, best "
                       f"step {res['best_step']}, validation loss "
-                      f"{_num(res['valid_loss'])}, {res['seconds']:.1f} s)", highlight=False)
+                      f"{_num(res['valid_loss'])}, {res['seconds']:.1f} s)", highlight=False,
+                      markup=False)
 
     @app.command("predict")
     def predict(
@@ -547,7 +548,7 @@ def register(app: "typer.Typer") -> None:
             print_json(res)
             return
         console.print(f"Wrote {res['out']} ({res['n_rows']:,} rows x {res['n_actions']} "
-                      f"actions, {res['form']} form)", highlight=False)
+                      f"actions, {res['form']} form)", highlight=False, markup=False)
 
 
 def _num(v: Any) -> str:

@@ -221,7 +221,7 @@ def register(app: typer.Typer) -> None:
         for _, r in res.table.iterrows():
             t.add_row(*[f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in cols])
         print_table(t)
-        console.print(f"report: {res.report}", highlight=False)
+        console.print(f"report: {res.report}", highlight=False, markup=False)
 
     @app.command()
     def report(
@@ -274,7 +274,7 @@ def register(app: typer.Typer) -> None:
         if json_out:
             print_json({"run_id": row["run_id"], "report": str(path)})
             return
-        console.print(f"report: {path}", highlight=False)
+        console.print(f"report: {path}", highlight=False, markup=False)
 
     runs_app = typer.Typer(
         cls=EquicareGroup,
@@ -341,7 +341,7 @@ def register(app: typer.Typer) -> None:
             return
         console.print(
             f"{row['run_id']} {row['status']}  started {row['started']}  "
-            f"seed {row['seed']}  git {row['git_revision']}", highlight=False
+            f"seed {row['seed']}  git {row['git_revision']}", highlight=False, markup=False
         )
         message = _text(row.get("message"))
         if row["status"] != "finished" and message:
@@ -438,7 +438,8 @@ def _print_outcome(out: object) -> None:
     from rich.table import Table
 
     # the id on a line of its own: a table title wraps to the table's width, splitting it
-    console.print(f"Run {out.run_id} finished", highlight=False, soft_wrap=True)  # type: ignore[attr-defined]
+    console.print(f"Run {out.run_id} finished",  # type: ignore[attr-defined]
+                  highlight=False, soft_wrap=True, markup=False)
     t = Table(title="Stages")
     t.add_column("stage")
     t.add_column("seconds", justify="right")
@@ -457,5 +458,5 @@ def _print_outcome(out: object) -> None:
             t2.add_row(f"TRUE {k} (simulator)", f"{tr['value']:.4f}", f"± {1.96 * tr['se']:.4f}")
         print_table(t2)
     for k, v in s.get("parity_gap_pp", {}).items():
-        console.print(f"parity gap ({k}): {v:.2f} pp")
-    console.print(f"report: {out.report}", highlight=False)  # type: ignore[attr-defined]
+        console.print(f"parity gap ({k}): {v:.2f} pp", markup=False)
+    console.print(f"report: {out.report}", highlight=False, markup=False)  # type: ignore[attr-defined]

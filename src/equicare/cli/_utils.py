@@ -39,7 +39,8 @@ from typer.exceptions import Exit as TyperExit
 from equicare.exceptions import DataValidationError, EquicareError
 
 __all__ = ["console", "err_console", "fail", "info", "user_errors", "print_json", "json_safe",
-           "check_out_path", "check_out_paths", "print_table", "not_applicable", "EquicareGroup",
+           "check_out_path", "check_out_paths", "print_table", "literal_table", "not_applicable",
+           "EquicareGroup",
            "thread_plan", "thread_limits", "Threads", "Force", "JsonOut", "Seed", "Progress",
            "DEPRECATED_OPTIONS", "OUT_EXISTS"]
 
@@ -156,21 +157,41 @@ def check_out_paths(paths: list[Path | None], force: bool) -> None:
         check_out_path(p, force)
 
 
+def literal_table(table: Any) -> Any:
+    """Make a Rich table's title and caption literal text (returns the table).
+
+    Cells and headers hold user text (group labels such as ``"Hispanic [any race]"``, column,
+    level and policy names) that Rich would read as markup, dropping it or failing on a stray
+    closing tag; :func:`print_table` prints them with markup off, and this turns the title and
+    caption (rendered with the console's markup otherwise) into :class:`rich.text.Text`.
+    """
+    from rich.text import Text
+
+    for attr in ("title", "caption"):
+        v = getattr(table, attr, None)
+        if isinstance(v, str):
+            setattr(table, attr, Text(v))
+    return table
+
+
 def print_table(table: Any, *, file_console: Console | None = None) -> None:
-    """Print a Rich table without truncating cells.
+    """Print a Rich table without truncating cells, every string in it as literal text.
 
     On a terminal the table gets the terminal's width (long cells fold); when the output is a
     file or a pipe it gets the width its content needs, so run ids and long values stay whole.
+    No markup is read from the table's strings (:func:`literal_table`): a label ``"White
+    [non-Hispanic]"`` prints as written; styles go through ``style=`` arguments only.
     """
     from rich.measure import Measurement
 
     con = file_console or console
+    literal_table(table)
     if con.is_terminal:
-        con.print(table)
+        con.print(table, markup=False)
         return
-    need = Measurement.get(con, con.options.update(width=10_000), table).maximum
+    need = Measurement.get(con, con.options.update(width=10_000, markup=False), table).maximum
     wide = Console(width=max(con.width, need), stderr=con.stderr, highlight=False)
-    wide.print(table, crop=False)
+    wide.print(table, crop=False, markup=False)
 
 
 def not_applicable(given: dict[str, bool], what: str) -> None:

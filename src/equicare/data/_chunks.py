@@ -443,10 +443,45 @@ def iter_chunks(
         for k, table in enumerate(_raw_chunks(p, man, scan, chunk_rows, Path(tmp),
                                               memory_limit)):
             ds, rep = _chunk_dataset(table, man, scan, str(p))
-            rep.raise_if_errors()
+            raise_chunk_errors(rep, whole=table.num_rows >= scan.n_rows)
             assert ds is not None
             yield Chunk(index=k, dataset=ds,
                         first_row=int(table.column(_ROW)[0].as_py()))
+
+
+def chunk_rows_message(message: str) -> str:
+    """A chunk's problem as a statement about the panel: its rows are "at least" the panel's.
+
+    A stream stops at the first chunk with a problem, so the rows it counts are those of that
+    chunk only (``empty in 124 rows`` where the panel has 550): ``N rows (first: ...; 0-based
+    data rows)`` becomes ``at least N rows (first chunk with any: ...; 0-based data rows;
+    equicare validate counts them all)``. Other messages are returned as they are.
+    """
+    m = _ROWS_RE.search(message)
+    if m is None:
+        return message
+    noun = "row" if m.group(1) == "1" else "rows"
+    return (message[:m.start()] + f"at least {m.group(1)} {noun} (first chunk with any: "
+            f"{m.group(2)}{m.group(3) or ''}; 0-based data rows; equicare validate counts them "
+            "all)" + message[m.end():])
+
+
+def raise_chunk_errors(rep: ValidationReport, *, whole: bool) -> None:
+    """Raise a chunk's problems (:meth:`ValidationReport.raise_if_errors`), worded honestly.
+
+    Parameters
+    ----------
+    rep : ValidationReport
+        One chunk's validation.
+    whole : bool
+        The chunk is the whole panel: its row counts are the panel's. Otherwise each count is
+        a lower bound (:func:`chunk_rows_message`).
+    """
+    if not rep.errors or whole:
+        rep.raise_if_errors()
+        return
+    rep.errors[:] = [chunk_rows_message(e) for e in rep.errors]
+    rep.raise_if_errors()
 
 
 def _chunk_dataset(table: Any, man: Manifest, scan: PanelScan, source: str
@@ -750,7 +785,7 @@ def iter_range_chunks(
     for k, table in enumerate(_cut(_range_batches(str(p), man, list(ranges)), man.episode,
                                    chunk_rows)):
         ds, rep = _chunk_dataset(table, man, scan, str(p))
-        rep.raise_if_errors()
+        raise_chunk_errors(rep, whole=table.num_rows >= scan.n_rows)
         assert ds is not None
         yield Chunk(index=k, dataset=ds, first_row=int(table.column(_ROW)[0].as_py()))
 

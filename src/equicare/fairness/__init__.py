@@ -11,6 +11,7 @@ from equicare._lazy import lazy_exports
 from equicare.fairness._allocation import AllocationFrame, allocation_rates, level_rates
 from equicare.fairness._audit import AuditResult, FairnessAudit, PolicyAudit, audit
 from equicare.fairness._bootstrap import bootstrap_ci, bootstrap_weights, percentile_ci
+from equicare.fairness._diagnostics import WeightDiagnostics, weight_diagnostics
 from equicare.fairness._fairlearn import allocation_rate, to_metric_frame
 from equicare.fairness._gini import gini
 from equicare.fairness._groups import GroupIndex, group_index
@@ -26,6 +27,7 @@ __all__ = [
     "GroupIndex",
     "OutcomeFrame",
     "PolicyAudit",
+    "WeightDiagnostics",
     "allocation_rate",
     "allocation_rates",
     "audit",
@@ -39,6 +41,7 @@ __all__ = [
     "percentile_ci",
     "permutation_test",
     "to_metric_frame",
+    "weight_diagnostics",
 ]
 
 # --- heavy or higher-level parts, loaded on first use (matplotlib; learners and executors)

@@ -18,7 +18,12 @@ from equicare.fairness._bootstrap import (
     bootstrap_weights,
     split_random_state,
 )
-from equicare.fairness._groups import SUPPRESSED, GroupIndex, dataset_group_index
+from equicare.fairness._groups import (
+    SUPPRESSED,
+    GroupIndex,
+    dataset_group_index,
+    require_comparison,
+)
 from equicare.fairness._permutation import permutation_test
 from equicare.fairness._rows import (
     Level,
@@ -144,6 +149,9 @@ class AllocationFrame:
         Their group labels.
     min_cell : int
         Suppression threshold the frame was built with.
+    small : tuple of str
+        The labels of :attr:`suppressed` with fewer than ``min_cell`` episodes; the others are
+        suppressed so that these cannot be recovered by difference (complementary suppression).
     """
 
     policy: str
@@ -167,6 +175,7 @@ class AllocationFrame:
     episode_den: NDArray[np.float64] | None = None
     episode_labels: NDArray[np.str_] | None = None
     min_cell: int = MIN_CELL
+    small: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ helpers
     def _ci(self, reps: NDArray[np.float64] | None, estimate: Any,
@@ -445,7 +454,7 @@ def build_frames(names: Sequence[str], num: NDArray[np.float64], den: NDArray[np
             n_permutations=int(n_permutations) if p_values is not None else 0, alpha=alpha,
             ci_method=ci_method,
             episode_num=num[kept, j], episode_den=den[kept], episode_labels=ep_labels,
-            min_cell=gi.min_cell)
+            min_cell=gi.min_cell, small=gi.small)
     return frames
 
 
@@ -534,7 +543,7 @@ def allocation_rates(
     check_param(ci_method, "ci_method", "allocation_rates", choices=("basic", "percentile"))
     w_state, rng = split_random_state(random_state)
     spec, mask = action_set(dataset.action_space, action)
-    gi = dataset_group_index(dataset, group, intersect, min_cell=min_cell)
+    gi = require_comparison(dataset_group_index(dataset, group, intersect, min_cell=min_cell))
     x = row_allocation(dataset, policy, mask[:, None].astype(np.float64))[:, 0]
     num, den = episode_totals(dataset, x, level)
     nr = need_rows(dataset, need)

@@ -23,7 +23,8 @@ from equicare.fairness._allocation import (
     level_table,
 )
 from equicare.fairness._bootstrap import CIMethod, bootstrap_weights, split_random_state
-from equicare.fairness._groups import GroupIndex, dataset_group_index
+from equicare.fairness._diagnostics import WeightDiagnostics, kept_rows, weight_diagnostics
+from equicare.fairness._groups import GroupIndex, dataset_group_index, require_comparison
 from equicare.fairness._outcome import OutcomeFrame
 from equicare.fairness._rows import (
     Level,
@@ -54,17 +55,25 @@ ESTIMATORS = ("is", "wis", "pdis", "wpdis", "dr", "wdr", "fqe")
 
 @dataclass(frozen=True, eq=False)
 class PolicyAudit:
-    """Audit of one policy: its allocation frame and (optionally) its outcome frame."""
+    """Audit of one policy: its allocation frame, outcome frame and weight diagnostics.
+
+    ``diagnostics`` (:class:`~equicare.fairness.WeightDiagnostics`): the ESS of the importance
+    weights overall and by group and the support check of the policy's group values (in-memory
+    audits of a policy with an estimator; None for the behaviour and streamed audits).
+    """
 
     name: str
     allocation: AllocationFrame
     outcome: OutcomeFrame | None = None
+    diagnostics: WeightDiagnostics | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """Contract-7 entry of this policy."""
+        """Contract-7 entry of this policy (plus ``diagnostics`` when there are any)."""
         out = self.allocation.to_dict()
         if self.outcome is not None:
             out.update(self.outcome.to_dict())
+        if self.diagnostics is not None:
+            out["diagnostics"] = self.diagnostics.to_dict()
         return out
 
 
@@ -104,6 +113,12 @@ class AuditResult:
         """Suppressed group labels."""
         return next(iter(self.policies.values())).allocation.suppressed
 
+    @property
+    def warnings(self) -> list[str]:
+        """The weight and support warnings of every policy's group values (see ``diagnostics``)."""
+        return [m for pa in self.policies.values() if pa.diagnostics is not None
+                for m in pa.diagnostics.messages]
+
     def summary(self) -> pd.DataFrame:
         """Tabulate one row per policy: rate, parity gap (pp), ratio, p-value, outcomes."""
         rows = []
@@ -132,6 +147,7 @@ class AuditResult:
             "ci_method": s["ci_method"],
             "min_cell": s["min_cell"], "estimator": s["estimator"],
             "policies": {k: v.to_dict() for k, v in self.policies.items()},
+            "warnings": self.warnings,
         }
         if self.level_rates is not None:
             lr: dict[str, Any] = {}
@@ -315,7 +331,8 @@ class FairnessAudit:
             raise InvalidParameterError(
                 f"The policy name {BEHAVIOR!r} is reserved for the logged behaviour.")
         spec, mask = action_set(dataset.action_space, self.action)
-        gi = dataset_group_index(dataset, self.group, self.intersect, min_cell=self.min_cell)
+        gi = require_comparison(dataset_group_index(dataset, self.group, self.intersect,
+                                                    min_cell=self.min_cell))
         gname = gi.name
         n_ep = dataset.n_episodes
         w_state, rng = split_random_state(random_state)
@@ -350,6 +367,7 @@ class FairnessAudit:
                               level=self.level, alpha=self.alpha, ci_method=self.ci_method,
                               n_permutations=self.n_permutations, random_state=rng)
         outcomes: dict[str, OutcomeFrame | None] = dict.fromkeys(names)
+        diags: dict[str, WeightDiagnostics | None] = dict.fromkeys(names)
         if estimator is not None:
             returns = dataset.returns(discount=True)[:, None]
             outcomes[BEHAVIOR] = _outcome_frame(BEHAVIOR, "on_policy", returns, _mean_combine,
@@ -360,22 +378,29 @@ class FairnessAudit:
 
                 # evaluate's preparation seed (prepare fits with nuisance_seed of the seed)
                 seeds[:] = evaluate_seeds(int(random_state))[0]
+            support = _Support(dataset, gi, self.estimator or "")
             for seed, name in zip(seeds, pols, strict=True):
-                outcomes[name] = self._policy_outcome(dataset, name, pols[name], p_logged[name],
-                                                      gi, w, int(seed))
+                outcomes[name], diags[name] = self._policy_outcome(
+                    dataset, name, pols[name], p_logged[name], gi, w, int(seed), support)
         levels = None
         if self.with_level_rates:
             levels = level_table(names, np.stack(lnums), den, gi, level_names)
         return AuditResult(group=gname, action=spec, n_episodes=gi.n_kept,
-                           policies={k: PolicyAudit(k, frames[k], outcomes[k]) for k in names},
+                           policies={k: PolicyAudit(k, frames[k], outcomes[k], diags[k])
+                                     for k in names},
                            settings=self.to_dict(), level_rates=levels)
 
     def _policy_outcome(self, dataset: TrajectoryDataset, name: str,
                         policy: Policy | NDArray[np.float64], p_logged: NDArray[np.float64],
-                        gi: GroupIndex, weights: NDArray[np.float64] | None, seed: int
-                        ) -> OutcomeFrame:
-        """Group values of one policy from the OPE engine's per-episode parts."""
+                        gi: GroupIndex, weights: NDArray[np.float64] | None, seed: int,
+                        support: _Support) -> tuple[OutcomeFrame, WeightDiagnostics]:
+        """Group values of one policy from the OPE engine's per-episode parts, and diagnostics.
+
+        The diagnostics: :func:`~equicare.fairness.weight_diagnostics` (ESS overall and by
+        group, the support check).
+        """
         from equicare.ope import OPEInputs, combine, episode_parts, prepare
+        from equicare.ope._prepare import target_probabilities
 
         key = self.estimator
         assert key is not None
@@ -387,6 +412,7 @@ class FairnessAudit:
             # policy: no (n_steps, n_actions) matrix is held
             inputs = OPEInputs(rewards=dataset.rewards, episode_offsets=dataset.episode_offsets,
                                gamma=dataset.gamma, rho=p_logged / b)
+            report = support.logged(target_probabilities(dataset, policy), seed)
         else:
             # estimated propensities and/or an FQE Q-model (or unusable logged propensities,
             # which the OPE engine reports): the OPE engine prepares everything
@@ -395,13 +421,48 @@ class FairnessAudit:
             inputs = prep.inputs
             if key in ("fqe", "dr", "wdr") and prep.q_linearised and weights is not None:
                 shift = refit_shift(prep, key, gi, weights, self.truncate)
+            report = (support.logged(prep.target_probs, seed) if prep.behavior_model is None
+                      else support.model(prep.target_probs, prep.behavior_model))
         parts = episode_parts(inputs, [key], truncate=self.truncate)
 
         def comb(sums: NDArray[np.float64], counts: NDArray[np.float64]) -> NDArray[np.float64]:
             return np.asarray(combine(parts, sums, np.asarray(counts))[key])
 
-        return _outcome_frame(name, key, parts.matrix, comb, gi, weights, self.alpha,
-                              self.ci_method, rep_shift=shift)
+        frame = _outcome_frame(name, key, parts.matrix, comb, gi, weights, self.alpha,
+                               self.ci_method, rep_shift=shift)
+        return frame, weight_diagnostics(name, key, inputs, gi, report, truncate=self.truncate)
+
+
+class _Support:
+    """The OPE engine's support check on the audited rows, one logged-propensity check per audit.
+
+    Suppressed episodes are left out (as from every number of the audit).
+    """
+
+    def __init__(self, dataset: TrajectoryDataset, gi: GroupIndex, estimator: str) -> None:
+        self.rows = kept_rows(gi, dataset.episode_offsets)
+        self.all = bool(gi.kept.all())
+        self.data = dataset if self.all else dataset.subset(np.flatnonzero(gi.kept))
+        self.keys = (estimator,)
+        self._logged: Any = None
+
+    def _rows(self, probs: NDArray[np.float64]) -> NDArray[np.float64]:
+        return probs if self.all else probs[self.rows]
+
+    def logged(self, target_probs: NDArray[np.float64], seed: int) -> Any:
+        """Report against the logged propensities' check (:class:`LoggedSupport`)."""
+        from equicare.ope._support import LoggedSupport
+
+        if self._logged is None:
+            self._logged = LoggedSupport(self.data, random_state=seed)
+        return self._logged.report(self._rows(target_probs), estimators=self.keys, warn=False)
+
+    def model(self, target_probs: NDArray[np.float64], behavior_model: Any) -> Any:
+        """Report against the fitted behaviour model of the OPE engine."""
+        from equicare.ope._support import model_support_diagnostics
+
+        return model_support_diagnostics(self.data, self._rows(target_probs), behavior_model,
+                                         estimators=self.keys, warn=False)
 
 
 def refit_shift(prep: Any, key: str, gi: GroupIndex, weights: NDArray[np.float64],

@@ -15,10 +15,15 @@ from equicare.exceptions import DataValidationError, SmallCellWarning
 from equicare.privacy import suppressed_labels
 from equicare.utils import MIN_CELL
 
-__all__ = ["GroupIndex", "group_index", "dataset_group_index", "SUPPRESSED"]
+__all__ = ["GroupIndex", "group_index", "dataset_group_index", "require_comparison",
+           "SUPPRESSED", "FEW_GROUPS_MESSAGE"]
 
 #: What a suppressed cell looks like in every result JSON (Contract 7).
 SUPPRESSED: dict[str, Any] = {"suppressed": True}
+
+#: Error of a parity audit with a single publishable group (:func:`require_comparison`).
+FEW_GROUPS_MESSAGE = ("group {name!r}: only 1 group can be published ({label}{detail}); a "
+                      "parity audit needs at least 2.")
 
 
 @dataclass(frozen=True, eq=False)
@@ -32,12 +37,17 @@ class GroupIndex:
     labels : tuple of str
         Published group labels (sorted), ``n_groups`` of them.
     suppressed : tuple of str
-        Labels of groups with fewer than ``min_cell`` episodes; they are left out of every number.
+        Labels of the suppressed groups (primary and complementary suppression); they are left
+        out of every number.
     codes : ndarray of shape (n_episodes,), int64
         Index into ``labels`` per episode, ``-1`` for episodes of suppressed groups.
     counts : ndarray of shape (n_groups,), int64
         Episodes per published group.
     min_cell : int
+    small : tuple of str
+        The suppressed labels with fewer than ``min_cell`` episodes (primary suppression); the
+        other ones of :attr:`suppressed` are suppressed so that these cannot be recovered by
+        difference (complementary suppression).
     """
 
     name: str
@@ -46,6 +56,7 @@ class GroupIndex:
     codes: NDArray[np.int64]
     counts: NDArray[np.int64]
     min_cell: int
+    small: tuple[str, ...] = ()
 
     @property
     def n_groups(self) -> int:
@@ -127,9 +138,49 @@ def group_index(labels: ArrayLike, *, name: str = "group", min_cell: int = MIN_C
             + (f"; {extra} more are suppressed so that they cannot be recovered by difference "
                "from the totals" if extra else "") + ".",
             SmallCellWarning, stacklevel=3)
+    small = tuple(str(u) for u in uniq[~keep & (cnt < int(min_cell))])
     return GroupIndex(name=name, labels=tuple(str(u) for u in uniq[keep]), suppressed=suppressed,
                       codes=new_code[inv].astype(np.int64), counts=cnt[keep].astype(np.int64),
-                      min_cell=int(min_cell))
+                      min_cell=int(min_cell), small=small)
+
+
+def require_comparison(gi: GroupIndex) -> GroupIndex:
+    """Check that a parity audit has at least two published groups to compare.
+
+    With one published group (a one-level attribute, or the others suppressed) every gap would
+    be 0, every ratio 1 and every Gini 0: perfect parity that was never measured.
+
+    Parameters
+    ----------
+    gi : GroupIndex
+
+    Returns
+    -------
+    GroupIndex
+        ``gi`` itself.
+
+    Raises
+    ------
+    DataValidationError
+        If fewer than two groups are published (the message names the published one and how
+        many were suppressed, never their sizes).
+    """
+    if gi.n_groups >= 2:
+        return gi
+    detail = ""
+    if gi.suppressed:
+        n_small = len(gi.small)
+        extra = len(gi.suppressed) - n_small
+        parts = []
+        if n_small:
+            parts.append(f"{n_small} with fewer than {gi.min_cell} episodes")
+        if extra:
+            parts.append(f"{extra} so that {'it' if n_small == 1 else 'they'} cannot be "
+                         "recovered by difference from the total")
+        detail = f"; {len(gi.suppressed)} suppressed: " + ", ".join(parts)
+    label = gi.labels[0] if gi.labels else ""
+    raise DataValidationError(FEW_GROUPS_MESSAGE.format(name=gi.name, label=label,
+                                                        detail=detail))
 
 
 def dataset_groups(dataset: TrajectoryDataset, group: str | None = None,

@@ -37,7 +37,7 @@ from equicare.fairness._audit import (
     _outcome_frame,
 )
 from equicare.fairness._bootstrap import split_random_state
-from equicare.fairness._groups import GroupIndex, group_index
+from equicare.fairness._groups import GroupIndex, group_index, require_comparison
 from equicare.fairness._rows import action_set, episode_totals, level_matrix, need_rows, row_pass
 from equicare.ope._stream_groups import membership_matrix
 from equicare.utils import PARAM_MESSAGE
@@ -351,9 +351,9 @@ def audit_stream(
         raise DataValidationError(f"Unknown group attribute(s) {unknown}; the panel has "
                                   f"{list(man.groups)}.")
     gname = " x ".join(attrs)
-    gi_all = group_index(_labels(scan.episode_groups, attrs), name=gname, min_cell=cfg.min_cell,
-                         components=[np.asarray(scan.episode_groups[a]).astype(str)
-                                     for a in attrs])
+    gi_all = require_comparison(group_index(
+        _labels(scan.episode_groups, attrs), name=gname, min_cell=cfg.min_cell,
+        components=[np.asarray(scan.episode_groups[a]).astype(str) for a in attrs]))
     seed = int(random_state)
     _, rng = split_random_state(seed)
     names = [BEHAVIOR, *pols]
@@ -413,7 +413,7 @@ def audit_stream(
     assert spec is not None
     gi = GroupIndex(name=gname, labels=gi_all.labels, suppressed=gi_all.suppressed,
                     codes=np.concatenate(part.ep_codes), counts=gi_all.counts,
-                    min_cell=cfg.min_cell)
+                    min_cell=cfg.min_cell, small=gi_all.small)
     num_all = np.concatenate(part.ep_num)
     den_all = np.concatenate(part.ep_den)
     frames = build_frames(names, num_all, den_all, None, gi, None, action=spec,

@@ -22,6 +22,7 @@ from equicare.exceptions import DataValidationError
 
 __all__ = [
     "RunConfig",
+    "audit_intersect",
     "ConfigError",
     "load_run_config",
     "parse_grid",
@@ -55,7 +56,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "truth_members": 2000,
     },
     # action "": every level of the panel's first action component except its first ("any
-    # outreach"; equicare.fairness default_action), resolved and checked when the data loads
+    # outreach"; equicare.fairness default_action), resolved and checked when the data loads;
+    # intersect: one attribute ("sex") or a list of them (["sex", "age_band"]), "" for none
     "audit": {"group": "", "intersect": "", "action": "", "permutations": 1000},
     "frontier": {"lambdas": [], "kind": "parity"},
     "mediation": {"enabled": False, "bootstrap": 200, "action": ""},
@@ -159,6 +161,25 @@ def _suggest(key: str, known: list[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}."
 
 
+#: Keys that take a string or a list of strings (``audit.intersect``: like the repeatable
+#: ``--intersect``).
+_STR_OR_LIST = {"audit.intersect"}
+
+
+def audit_intersect(audit: Mapping[str, Any]) -> list[str]:
+    """The attributes of ``[audit] intersect`` as a list (``""`` none, ``"sex"`` one).
+
+    Parameters
+    ----------
+    audit : mapping
+        The checked ``[audit]`` section.
+    """
+    v = audit["intersect"]
+    if isinstance(v, str):
+        return [v] if v else []
+    return [str(x) for x in v]
+
+
 def _type_ok(value: Any, default: Any) -> bool:
     if isinstance(default, bool):
         return isinstance(value, bool)
@@ -232,7 +253,17 @@ class RunConfig:
                 if sub not in default:
                     problems.append(f"{source}: unknown key {full}{_suggest(sub, list(default))}")
                     continue
-                if not _type_ok(v, default[sub]):
+                if full in _STR_OR_LIST:
+                    if not (isinstance(v, str) or (isinstance(v, list) and all(
+                            isinstance(x, str) and x for x in v))):
+                        problems.append(f"{source}: {full} must be a string or a list of "
+                                        f"non-empty strings, got {v!r}.")
+                        continue
+                    if isinstance(v, list) and len(set(v)) != len(v):
+                        problems.append(f"{source}: {full} must name each attribute once, got "
+                                        f"{v!r}.")
+                        continue
+                elif not _type_ok(v, default[sub]):
                     problems.append(f"{source}: {full} must be {_tname(default[sub])}, got {v!r}.")
                     continue
                 if full in _CHOICES and v not in _CHOICES[full]:

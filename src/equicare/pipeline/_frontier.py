@@ -15,10 +15,10 @@ import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 
 from equicare.data import TrajectoryDataset
-from equicare.exceptions import InvalidParameterError, SmallCellWarning
+from equicare.exceptions import InvalidParameterError, SmallCellWarning, SupportWarning
 from equicare.fairness._audit import BEHAVIOR, AuditResult, FairnessAudit
 from equicare.fairness._bootstrap import bootstrap_weights, split_random_state
-from equicare.fairness._groups import dataset_group_index
+from equicare.fairness._groups import dataset_group_index, require_comparison
 from equicare.pipeline._executor import torch_threads
 from equicare.utils import (
     MIN_CELL,
@@ -188,6 +188,8 @@ def _run_point(task: _Task) -> AuditResult:
         cfg = FairnessAudit.from_dict(task.audit)
         with warnings.catch_warnings():  # the caller warned once about suppressed groups
             warnings.simplefilter("ignore", SmallCellWarning)
+            # the weights and support of each point's values: in its audit's diagnostics
+            warnings.simplefilter("ignore", SupportWarning)
             return cfg.run(task.eval, {"policy": learner}, weights=task.weights,
                            random_state=task.seed)
 
@@ -320,8 +322,9 @@ def frontier(
         train, evald = dataset.split(eval_fraction, random_state=seeds[0], stratify=gattr)
     else:
         train, evald = dataset, eval_dataset
-    # one warning (here, in the caller's process) if held-out groups are suppressed
-    dataset_group_index(evald, gattr, min_cell=min_cell)
+    # one warning (here, in the caller's process) if held-out groups are suppressed; one error
+    # before any training if fewer than two held-out groups can be published
+    require_comparison(dataset_group_index(evald, gattr, min_cell=min_cell))
     audit_cfg = FairnessAudit(action=action, group=gattr, n_boot=n_boot, alpha=alpha,
                               n_permutations=0, min_cell=min_cell, estimator=estimator,
                               q_model=q_model, with_level_rates=False)

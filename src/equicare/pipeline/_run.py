@@ -19,7 +19,7 @@ import numpy as np
 
 from equicare._progress import progress_task, shared_progress
 from equicare.exceptions import InvalidParameterError
-from equicare.pipeline._config import ConfigError, RunConfig
+from equicare.pipeline._config import ConfigError, RunConfig, audit_intersect
 from equicare.pipeline._executor import Interrupted, sigterm_as_interrupt
 from equicare.pipeline._store import USER_ERRORS, Metric, RunStore
 from equicare.privacy import suppress_counts
@@ -249,12 +249,12 @@ def _check_groups(cfg: RunConfig, ds: Any) -> None:
         raise ConfigError(f"{cfg.source}: the panel has no group attributes (manifest "
                           "dataset.groups); the run's fairness audit needs at least one.")
     known = list(ds.group_attrs)
-    for key in ("group", "intersect"):
-        name = str(a[key])
+    for key, name in [("group", str(a["group"])),
+                      *(("intersect", n) for n in audit_intersect(a))]:
         if name and name not in ds.groups:
             raise ConfigError(f"{cfg.source}: [audit] {key} {name!r} is not a group attribute "
                               f"of the panel; expected one of {known}.")
-    if a["intersect"] and a["intersect"] == (a["group"] or known[0]):
+    if (a["group"] or known[0]) in audit_intersect(a):
         raise ConfigError(f"{cfg.source}: [audit] intersect {a['intersect']!r} must differ "
                           f"from the audited group attribute {a['group'] or known[0]!r}.")
 
@@ -355,7 +355,7 @@ def _stage_audit(
         {name: state["learned_probs_test"]},
         action=state["audit_action"],
         group=a["group"] or None,
-        intersect=[a["intersect"]] if a["intersect"] else [],
+        intersect=audit_intersect(a),
         random_state=seed,
         n_permutations=a["permutations"],
         n_boot=cfg["ope"]["bootstrap"],

@@ -77,6 +77,35 @@ def q_model_sentence(q: dict[str, Any]) -> str:
     return line + "."
 
 
+def audit_group_frame(policy: dict[str, Any]) -> pd.DataFrame:
+    """One row per group of a policy's audit entry (Contract 7): episodes, rate, pp, value.
+
+    A suppressed group's ``n_episodes`` is None, shown as ``suppressed``: it may be suppressed
+    to protect a smaller group (complementary suppression), so it is not known to hold fewer
+    than 11 episodes.
+
+    Parameters
+    ----------
+    policy : dict
+        ``audit["policies"][name]``.
+    """
+    pp = policy.get("proportional_parity")
+    rows = []
+    for g, c in policy["rate"].items():
+        r = {
+            "group": g,
+            "n_episodes": c.get("n_episodes") if not c.get("suppressed") else None,
+            "rate": c.get("value"),
+        }
+        if pp and g in pp and not pp[g].get("suppressed"):
+            r["proportional_parity"] = pp[g].get("value")
+        vb = policy.get("value_by_group", {}).get(g)
+        if isinstance(vb, dict) and not vb.get("suppressed"):
+            r["value"] = vb.get("value")
+        rows.append(r)
+    return pd.DataFrame(rows)
+
+
 def _load(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -273,23 +302,8 @@ def build_run_report(
             rows.append(row)
         rep.table(pd.DataFrame(rows), n_col=None)
         for p, a in audit["policies"].items():
-            pp = a.get("proportional_parity")
-            rate = a["rate"]
-            rows = []
-            for g, c in rate.items():
-                r = {
-                    "group": g,
-                    "n_episodes": c.get("n_episodes") if not c.get("suppressed") else 0,
-                    "rate": c.get("value"),
-                }
-                if pp and g in pp and not pp[g].get("suppressed"):
-                    r["proportional_parity"] = pp[g].get("value")
-                vb = a.get("value_by_group", {}).get(g)
-                if isinstance(vb, dict) and not vb.get("suppressed"):
-                    r["value"] = vb.get("value")
-                rows.append(r)
             rep.table(
-                pd.DataFrame(rows),
+                audit_group_frame(a),
                 caption=f"{p}: allocation, proportional parity and value by group",
             )
 

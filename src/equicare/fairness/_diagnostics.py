@@ -1,0 +1,173 @@
+"""Weight and support diagnostics of an audited policy's group values (evaluate's, by group).
+
+The group values of a policy are off-policy estimates: importance weights (``is``, ``wis``,
+``pdis``, ``wpdis``, and the correction terms of ``dr``, ``wdr``) or a Q-model (``fqe``,
+``dr``, ``wdr``). Their intervals are only as good as the weights' effective sample size and the
+policy's support in the data. :func:`weight_diagnostics` reuses the OPE engine's checks
+(:func:`equicare.ope.effective_sample_size` and :mod:`equicare.ope._support`) on the audited
+episodes and on each published group, and warns as ``evaluate`` does.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from equicare.exceptions import SupportWarning
+from equicare.fairness._groups import GroupIndex
+from equicare.ope._core import OPEInputs
+from equicare.ope._ess import EffectiveSampleSize, effective_sample_size
+from equicare.ope._support import SupportReport
+
+__all__ = ["WeightDiagnostics", "weight_diagnostics", "LOW_ESS_PCT", "LOW_ESS_MESSAGE",
+           "IS_ADVICE", "DR_ADVICE", "WEIGHTED"]
+
+#: Estimators whose group values use importance weights.
+WEIGHTED = ("is", "wis", "pdis", "wpdis", "dr", "wdr")
+#: ESS (% of the episodes) below which the audit warns (as the mediation analysis does).
+LOW_ESS_PCT = 10.0
+#: The low-ESS warning (tests match it).
+LOW_ESS_MESSAGE = (
+    "policy {policy!r}: the importance weights of its {estimator} values have an effective "
+    "sample size of {where}: a handful of episodes carry {those}, so {its} interval can miss the "
+    "truth. {advice}")
+#: The advice of :data:`LOW_ESS_MESSAGE` for importance sampling, and for dr and wdr.
+IS_ADVICE = "Prefer dr or wdr (a Q-model), truncate the weights, or log the propensities."
+DR_ADVICE = "Truncate the weights, log the propensities, or compare with fqe."
+#: Prefix of the support warning (the rest is ``evaluate``'s :class:`SupportReport` message).
+SUPPORT_PREFIX = "policy {policy!r}: "
+
+
+def _ess_kind(estimator: str) -> str:
+    """``"trajectory"`` for is/wis, else ``"per_decision"`` (the weights the estimator uses)."""
+    return "trajectory" if estimator in ("is", "wis") else "per_decision"
+
+
+@dataclass(frozen=True)
+class WeightDiagnostics:
+    """ESS of the importance weights and support of one audited policy.
+
+    Attributes
+    ----------
+    policy : str
+    estimator : str
+        Estimator of the group values.
+    ess : EffectiveSampleSize
+        Over the audited episodes (published groups).
+    ess_by_group : dict of str to EffectiveSampleSize
+        Within each published group.
+    support : SupportReport or None
+        Target mass on actions current practice (almost) never takes, over the audited rows.
+    messages : tuple of str
+        The warnings emitted (support, low ESS).
+    """
+
+    policy: str
+    estimator: str
+    ess: EffectiveSampleSize
+    ess_by_group: dict[str, EffectiveSampleSize] = field(repr=False)
+    support: SupportReport | None = None
+    messages: tuple[str, ...] = ()
+
+    @property
+    def kind(self) -> str:
+        """The ESS that matters for the estimator: ``"trajectory"`` or ``"per_decision"``."""
+        return _ess_kind(self.estimator)
+
+    def ess_pct(self, ess: EffectiveSampleSize | None = None) -> float:
+        """The ESS of :attr:`kind` as % of the episodes (of ``ess``, default the overall)."""
+        e = self.ess if ess is None else ess
+        return float(e.trajectory_pct if self.kind == "trajectory" else e.per_decision_pct)
+
+    def low_groups(self) -> list[str]:
+        """Published groups whose ESS % is below :data:`LOW_ESS_PCT`, lowest first."""
+        low = [g for g, e in self.ess_by_group.items() if self.ess_pct(e) < LOW_ESS_PCT]
+        return sorted(low, key=lambda g: self.ess_pct(self.ess_by_group[g]))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``diagnostics`` entry of the policy in the audit JSON."""
+        return {
+            "estimator": self.estimator, "ess_kind": self.kind,
+            "ess": self.ess.to_dict(),
+            "ess_by_group": {g: {"trajectory": e.trajectory, "trajectory_pct": e.trajectory_pct,
+                                 "per_decision_pct": e.per_decision_pct}
+                             for g, e in self.ess_by_group.items()},
+            "support": None if self.support is None else self.support.to_dict(),
+            "low_ess_pct": LOW_ESS_PCT,
+            "warnings": list(self.messages),
+        }
+
+
+def weight_diagnostics(policy: str, estimator: str, inputs: OPEInputs, gi: GroupIndex,
+                       support: SupportReport | None, *, truncate: float | None = None,
+                       warn: bool = True) -> WeightDiagnostics:
+    """ESS overall and by group and the support check of one policy's group values.
+
+    Parameters
+    ----------
+    policy : str
+        Name in the audit.
+    estimator : str
+        Estimator of the group values (the low-ESS warning only for :data:`WEIGHTED` ones).
+    inputs : OPEInputs
+        The OPE inputs of all the dataset's episodes (``rho``: the importance ratios).
+    gi : GroupIndex
+        Groups; suppressed episodes are left out of every number.
+    support : SupportReport or None
+        The OPE engine's support report over the audited rows (built with ``warn=False``); a
+        :class:`~equicare.exceptions.SupportWarning` naming the policy is emitted when it warns.
+    truncate : float, optional
+        Truncation of the weights (also reported, as in ``evaluate``).
+    warn : bool
+        Emit the warnings.
+
+    Returns
+    -------
+    WeightDiagnostics
+    """
+    kept = np.flatnonzero(gi.kept)
+    ess = effective_sample_size(inputs.subset(kept), truncate)
+    by_group = {g: effective_sample_size(inputs.subset(np.flatnonzero(gi.codes == j)), truncate)
+                for j, g in enumerate(gi.labels)}
+    diag = WeightDiagnostics(policy=policy, estimator=estimator, ess=ess, ess_by_group=by_group,
+                             support=support)
+    msgs: list[str] = []
+    if support is not None and support.warn:
+        msgs.append(SUPPORT_PREFIX.format(policy=policy) + support.message())
+    if estimator in WEIGHTED:
+        kind = "trajectory" if diag.kind == "trajectory" else "per-decision"
+        low = diag.low_groups()
+        overall_low = diag.ess_pct() < LOW_ESS_PCT
+        if low or overall_low:
+            parts = []
+            if overall_low:
+                parts.append(f"{_fmt(ess, diag)} over the audited episodes")
+            if low:
+                parts.append(f"{_fmt(by_group[low[0]], diag)} in group {low[0]!r}"
+                             + (f" ({len(low) - 1} more groups below {LOW_ESS_PCT:g}%)"
+                                if len(low) > 1 else ""))
+            many = len(low) > 1 or (overall_low and bool(low))
+            msgs.append(LOW_ESS_MESSAGE.format(
+                policy=policy, estimator=estimator,
+                where=f"{' and '.join(parts)} ({kind} weights)",
+                those="those values" if many else "that value", its="their" if many else "its",
+                advice=DR_ADVICE if estimator in ("dr", "wdr") else IS_ADVICE))
+    if warn:
+        for m in msgs:
+            warnings.warn(m, SupportWarning, stacklevel=3)
+    return WeightDiagnostics(policy=policy, estimator=estimator, ess=ess, ess_by_group=by_group,
+                             support=support, messages=tuple(msgs))
+
+
+def _fmt(e: EffectiveSampleSize, diag: WeightDiagnostics) -> str:
+    pct = diag.ess_pct(e)
+    return f"{pct * e.n_episodes / 100:.1f} episodes ({pct:.2f}%)"
+
+
+def kept_rows(gi: GroupIndex, offsets: NDArray[np.int64]) -> NDArray[np.bool_]:
+    """Rows of the audited episodes, shape ``(n_steps,)``."""
+    return np.repeat(gi.kept, np.diff(offsets))
