@@ -45,6 +45,26 @@ def test_validate_summary(panel):
     assert out["n_steps"] == len(frame)
 
 
+def test_validate_summary_suppresses_small_groups_and_their_complements(tmp_path, manifest_dict):
+    frame = make_frame(60)
+    ids = frame.member_id.unique()
+    attr = manifest_dict["dataset"]["groups"][0]
+    # one level of 5 episodes and two big ones: the small one and one complement are hidden
+    level = {m: ("tiny" if i < 5 else "a" if i < 30 else "b") for i, m in enumerate(ids)}
+    frame[attr] = frame.member_id.map(level)
+    p = tmp_path / "panel.csv"
+    frame.to_csv(p, index=False)
+    m = tmp_path / "manifest.toml"
+    m.write_text(Manifest.from_dict(manifest_dict).to_toml())
+    res = runner.invoke(app, ["validate", str(p), "--manifest", str(m), "--json"])
+    assert res.exit_code == 0, res.output
+    counts = json.loads(res.stdout)["groups"][attr]
+    assert counts["tiny"] is None and sum(v is None for v in counts.values()) == 2
+    res = runner.invoke(app, ["validate", str(p), "--manifest", str(m)])
+    assert "tiny <11" in res.output and " suppressed" in res.output
+    assert " 5," not in res.output and "tiny 5" not in res.output
+
+
 def test_validate_errors_exit_2(panel):
     p, m, frame = panel
     frame.loc[3, "risk"] = np.nan

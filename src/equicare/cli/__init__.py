@@ -179,7 +179,7 @@ def synth(
             extra["behavior_truth"] = res["behavior"]
         summary = load_dataset(panel, manifest, emit_warnings=False).summary()
     if json_out:
-        print_json({"out": str(out), **summary, **extra})
+        print_json({"out": str(out), **_published(summary), **extra})
         return
     console.print(f"Wrote {out / 'panel.parquet'} and {out / 'manifest.toml'}", highlight=False,
                   markup=False)
@@ -236,7 +236,8 @@ def validate(
         rep.warnings.append(msg)
     summary = ds.summary()
     if json_out:
-        print_json({"valid": True, **summary, "warnings": rep.warnings, "notes": rep.notes})
+        print_json({"valid": True, **_published(summary), "warnings": rep.warnings,
+                    "notes": rep.notes})
         return
     _print_summary(summary)
     for note in rep.notes:
@@ -273,7 +274,7 @@ def _validate_stream(data: Path, manifest: Path, chunk_rows: int, executor: Any,
                                   "max": int(lengths.max())},
                "clustered": scan.clustered}
     if json_out:
-        print_json({"valid": True, **summary, "warnings": rep.warnings})
+        print_json({"valid": True, **_published(summary), "warnings": rep.warnings})
         return
     t = Table(title="Panel summary (streamed)", show_header=False)
     t.add_column("item")
@@ -290,9 +291,23 @@ def _validate_stream(data: Path, manifest: Path, chunk_rows: int, executor: Any,
     console.print("[green]valid[/]")
 
 
+def _published(summary: dict[str, Any]) -> dict[str, Any]:
+    """The panel summary with every group count that must not be published set to None.
+
+    Small levels and those that would reveal them by difference from the episode total
+    (:func:`equicare.privacy.suppress_counts`), as in a run's ``data_summary.json``.
+    """
+    from equicare.privacy import suppress_counts
+
+    if not summary.get("groups"):
+        return summary
+    return {**summary, "groups": {a: suppress_counts(c) for a, c in summary["groups"].items()}}
+
+
 def _print_summary(s: dict[str, Any]) -> None:
     from rich.table import Table
 
+    from equicare.privacy import suppress_counts
     from equicare.utils import MIN_CELL
 
     t = Table(title="Panel summary", show_header=False)
@@ -325,9 +340,10 @@ def _print_summary(s: dict[str, Any]) -> None:
     if "need_pct" in s:
         t.add_row("high need", f"{s['need_pct']:.1f}% of episodes")
     for attr, counts in s["groups"].items():
+        shown = suppress_counts(counts)  # small levels "<11", their complements "suppressed"
         cells = ", ".join(
-            f"{k} {v:,}" if v >= MIN_CELL else f"{k} <{MIN_CELL}" for k, v in counts.items()
-        )
+            f"{k} {v:,}" if v is not None else f"{k} <{MIN_CELL}" if counts[k] < MIN_CELL
+            else f"{k} suppressed" for k, v in shown.items())
         t.add_row(f"group '{attr}' (episodes)", cells)
     print_table(t)
 
