@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -132,3 +133,35 @@ def test_mediate_care_panel_with_action_set(tmp_path):
         str(tmp_path / "care" / "manifest.toml"), "--policy", str(tmp_path / "ref.parquet"),
         "--action", "modality=fax", "--out", str(tmp_path / "m2.json")])
     assert bad.exit_code == 2 and "Unknown level" in bad.output
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.DataWarning")
+def test_mediate_many_actions_with_control_policy_fails_fast_with_cli_advice(tmp_path,
+                                                                              monkeypatch):
+    """300 flat actions and a control policy: exit 2 before any fit, naming CLI options."""
+    from equicare.causal import _nuisance
+    from equicare.cli import app as main_app
+    from equicare.policy import write_policy_file
+    from equicare.sim.care import CareManagementSim
+
+    def boom(*args, **kwargs):
+        raise AssertionError("a nuisance model was fitted before the size check")
+
+    monkeypatch.setattr(_nuisance.RewardModel, "fit", boom)
+    sim = CareManagementSim()
+    panel = sim.generate(n_members=40, n_weeks=8, random_state=3)
+    panel.write(tmp_path / "care")
+    ds = panel.dataset()
+    probs = sim.reference_policy().action_probs(ds)
+    write_policy_file(ds, probs, tmp_path / "ref.parquet")
+    write_policy_file(ds, np.full_like(probs, 1 / probs.shape[1]), tmp_path / "ctl.parquet")
+    res = runner.invoke(main_app, [
+        "mediate", str(tmp_path / "care" / "panel.parquet"), "--manifest",
+        str(tmp_path / "care" / "manifest.toml"), "--policy", str(tmp_path / "ref.parquet"),
+        "--control", str(tmp_path / "ctl.parquet"), "--bootstrap", "0"])
+    out = " ".join(res.output.split())
+    assert res.exit_code == 2, res.output
+    assert "Too few transitions for the basis" in out
+    assert f"({ds.n_actions} actions x" in out
+    assert "--action modality=" in out and "--basis constant" in out and "--folds 1" in out
+    assert "basis='" not in out and "n_folds" not in out
