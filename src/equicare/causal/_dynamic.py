@@ -401,9 +401,9 @@ class _Run:
         med: MediatorModel = models["mediator"]
         rew: RewardModel = models["reward"]
         nodes, wts = med.nodes(S, ph)                                  # (n,A,K,m), (n,A,K)
-        rN = rew.predict(S, ph, nodes)                                 # (n,A_m,K,A_r)
-        r_a = np.einsum("nak,naka->na", wts, rN)                       # r(S,a) = E_m r(S,a,m)
-        r0_nodes = np.einsum("nakb,nb->nak", rN, p0)                   # sum_b p0(b) r(S,b,m_k(a))
+        shared = self.enc.discrete                                     # levels: same for all a
+        r_own, r0_nodes = rew.node_terms(S, ph, nodes[:, 0] if shared else nodes, p0, shared)
+        r_a = np.einsum("nak,nak->na", wts, r_own)                     # r(S,a) = E_m r(S,a,m)
         r00 = (p0 * r_a).sum(1)
         q: dict[str, Any] = {"R": md.rewards[idx], "A": A, "r_a": r_a, "r00": r00,
                              "r_A": r_a[ar, A]}
