@@ -16,6 +16,7 @@ from equicare.causal._data import (
     binarize_actions,
     collapse_probs,
     from_dataset,
+    require_mediators,
 )
 from equicare.causal._dynamic import (
     ESTIMATORS,
@@ -122,6 +123,7 @@ def mediate_dataset(ds: Any, target: Any, control: Any = 0, *,
         Collapse a multi-level action to "in this action set or not" (``modality=home_visit``),
         so that a fixed control ``0`` means "never take it".
     """
+    require_mediators(ds)  # first: no other setting helps without a mediator
     if isinstance(control, int) and action is None and ds.n_actions != 2:
         raise InvalidParameterError(CONTROL_NEEDS_ACTION.format(
             control=control, n_actions=ds.n_actions,
