@@ -322,3 +322,31 @@ def test_mr_bias_and_coverage_over_repeated_datasets():
           "coverage", dict(zip(KEYS, coverage, strict=True)))
     assert (bias < 0.1).all()
     assert (coverage >= 0.85).all()
+
+
+def test_too_few_transitions_refused_before_any_model_is_fitted(monkeypatch):
+    """Many actions x basis features > transitions: refuse at once, not after the fits."""
+    from equicare.causal import _dynamic, _nuisance
+    from equicare.causal._dynamic import FewTransitionsError
+
+    def boom(*args, **kwargs):
+        raise AssertionError("a nuisance model was fitted before the size check")
+
+    for cls in (_nuisance.RewardModel, _nuisance.MediatorModel, _nuisance.BehaviorModel):
+        monkeypatch.setattr(cls, "fit", boom)
+    mdp = random_mediation_mdp(6, 20, 2, random_state=0)
+    data = mdp.sample(10, 10, random_state=0)
+    uniform = mdp.policy_fn(np.full((6, 20), 1 / 20))
+    with pytest.raises(FewTransitionsError) as info:
+        DynamicMediation(n_bootstrap=0, estimators=("mr",)).estimate(
+            data, uniform, uniform, random_state=0)
+    err = info.value
+    # onehot basis of 6 states x 2 mediator levels per action
+    assert (err.p, err.n_actions, err.per_action) == (20 * 12 + 1, 20, 12)
+    assert err.need == 2 * err.p and err.n < err.need
+    msg = str(err)
+    assert msg.startswith(FEW_TRANSITIONS_MESSAGE.split("{p}")[0])
+    assert "(20 actions x 12 state-mediator features)" in msg
+    assert "basis='spline' or basis='constant'" in msg and "fewer actions" in msg
+    assert _dynamic.coarser_bases("spline") == ("constant",)
+    assert _dynamic.coarser_bases("constant") == ()

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -74,7 +75,8 @@ def test_mediate_writes_contract6_and_refuses_overwrite(app, panel):
 
 @pytest.mark.parametrize("extra, manifest, msg", [
     (["--estimators", "dm,ipw"], "m.toml", "--estimators must be a comma-separated subset"),
-    ([], "nomed.toml", "The dataset has no mediator columns"),
+    ([], "nomed.toml", "nomed.toml: the dataset has no mediator columns"),
+    (["--action", "action=1"], "nomed.toml", "nomed.toml: the dataset has no mediator columns"),
 ])
 def test_user_errors_exit_2(app, panel, extra, manifest, msg):
     res = runner.invoke(app, ["mediate", str(panel / "panel.csv"), "--manifest",
@@ -132,3 +134,63 @@ def test_mediate_care_panel_with_action_set(tmp_path):
         str(tmp_path / "care" / "manifest.toml"), "--policy", str(tmp_path / "ref.parquet"),
         "--action", "modality=fax", "--out", str(tmp_path / "m2.json")])
     assert bad.exit_code == 2 and "Unknown level" in bad.output
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.DataWarning")
+def test_mediate_many_actions_with_control_policy_fails_fast_with_cli_advice(tmp_path,
+                                                                              monkeypatch):
+    """300 flat actions and a control policy: exit 2 before any fit, naming CLI options."""
+    from equicare.causal import _nuisance
+    from equicare.cli import app as main_app
+    from equicare.policy import write_policy_file
+    from equicare.sim.care import CareManagementSim
+
+    def boom(*args, **kwargs):
+        raise AssertionError("a nuisance model was fitted before the size check")
+
+    monkeypatch.setattr(_nuisance.RewardModel, "fit", boom)
+    sim = CareManagementSim()
+    panel = sim.generate(n_members=40, n_weeks=8, random_state=3)
+    panel.write(tmp_path / "care")
+    ds = panel.dataset()
+    probs = sim.reference_policy().action_probs(ds)
+    write_policy_file(ds, probs, tmp_path / "ref.parquet")
+    write_policy_file(ds, np.full_like(probs, 1 / probs.shape[1]), tmp_path / "ctl.parquet")
+    res = runner.invoke(main_app, [
+        "mediate", str(tmp_path / "care" / "panel.parquet"), "--manifest",
+        str(tmp_path / "care" / "manifest.toml"), "--policy", str(tmp_path / "ref.parquet"),
+        "--control", str(tmp_path / "ctl.parquet"), "--bootstrap", "0"])
+    out = " ".join(res.output.split())
+    assert res.exit_code == 2, res.output
+    assert "Too few transitions for the basis" in out
+    assert f"({ds.n_actions} actions x" in out
+    assert "--action modality=" in out and "--basis constant" in out and "--folds 1" in out
+    assert "basis='" not in out and "n_folds" not in out
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.DataWarning")
+def test_missing_mediators_reported_before_the_control(tmp_path):
+    """A many-action panel without mediators: the manifest is the problem, not --control 0."""
+    import re
+
+    from equicare.cli import app as main_app
+    from equicare.policy import write_policy_file
+    from equicare.sim.care import CareManagementSim
+
+    sim = CareManagementSim()
+    panel = sim.generate(n_members=20, n_weeks=5, random_state=3)
+    panel.write(tmp_path / "care")
+    ds = panel.dataset()
+    write_policy_file(ds, sim.reference_policy().action_probs(ds), tmp_path / "ref.parquet")
+    text = (tmp_path / "care" / "manifest.toml").read_text()
+    nomed = tmp_path / "nomed.toml"
+    nomed.write_text(re.sub(r"(?m)^mediators\s*=.*$", "", text))
+    assert "mediators" not in nomed.read_text()
+    for extra in ([], ["--action", "modality=home_visit"]):
+        res = runner.invoke(main_app, [
+            "mediate", str(tmp_path / "care" / "panel.parquet"), "--manifest", str(nomed),
+            "--policy", str(tmp_path / "ref.parquet"), "--bootstrap", "0", *extra])
+        out = " ".join(res.output.split())
+        assert res.exit_code == 2, res.output
+        assert "nomed.toml: the dataset has no mediator columns" in out, out
+        assert "--control" not in out

@@ -12,11 +12,15 @@ from numpy.typing import NDArray
 from equicare.exceptions import DataValidationError, PolicyError
 
 __all__ = ["MediationData", "PolicyProbs", "as_mediation_data", "binarize_actions",
-           "collapse_probs", "from_dataset", "resolve_policy"]
+           "collapse_probs", "from_dataset", "require_mediators", "resolve_policy"]
 
 #: Error templates (tests match them exactly).
 NO_MEDIATOR_MESSAGE = ("The dataset has no mediator columns; add `mediators = [...]` to the "
                        "[dataset] table of the manifest (Contract 1).")
+#: The same, for a dataset read with a manifest file (names the file).
+NO_MEDIATOR_FILE_MESSAGE = ("{manifest}: the dataset has no mediator columns; add `mediators = "
+                            "[...]` (the columns measured after the action, before the reward) "
+                            "to the [dataset] table of this manifest (Contract 1).")
 CONSTANT_MEDIATOR_MESSAGE = ("Mediator column {name!r} is constant (every row is {value!r}); a "
                              "mediator must vary to carry an effect.")
 FEW_EPISODES_MESSAGE = "Mediation analysis needs at least 2 episodes; got {n}."
@@ -191,8 +195,7 @@ def from_dataset(ds: Any) -> MediationData:
     DataValidationError
         No mediator columns, a constant mediator column, fewer than 2 episodes with a transition.
     """
-    if getattr(ds, "mediators", None) is None:
-        raise DataValidationError(NO_MEDIATOR_MESSAGE)
+    require_mediators(ds)
     feats = ds.features() if hasattr(ds, "features") else ds.states
     states = np.asarray(feats, dtype=np.float64)
     nxt = np.asarray(ds.next_index, dtype=np.int64)
@@ -206,6 +209,20 @@ def from_dataset(ds: Any) -> MediationData:
         behavior_prob=None if bp is None else np.asarray(bp)[rows],
         mediator_names=tuple(getattr(ds, "mediator_names", ()) or ()))
     return MediationData(**{**md.__dict__, "source": ds, "rows": rows, "next_rows": next_rows})
+
+
+def require_mediators(ds: Any) -> None:
+    """Refuse a dataset without mediator columns, naming its manifest file when it has one.
+
+    Raises
+    ------
+    DataValidationError
+    """
+    if getattr(ds, "mediators", None) is not None:
+        return
+    source = str(getattr(getattr(ds, "manifest", None), "source", "<manifest>"))
+    raise DataValidationError(NO_MEDIATOR_MESSAGE if source == "<manifest>"
+                              else NO_MEDIATOR_FILE_MESSAGE.format(manifest=source))
 
 
 def as_mediation_data(data: Any) -> MediationData:

@@ -48,7 +48,7 @@ from equicare.causal._result import (
 from equicare.exceptions import DataValidationError, InvalidParameterError, SupportWarning
 from equicare.utils import PARAM_MESSAGE, RandomState, check_param, check_random_state
 
-__all__ = ["DynamicMediation", "PointExposureMediation", "ESTIMATORS"]
+__all__ = ["DynamicMediation", "PointExposureMediation", "ESTIMATORS", "FewTransitionsError"]
 
 #: Estimators of :class:`DynamicMediation` (Contract-6 keys).
 ESTIMATORS = ("dm", "mis", "mr", "baseline")
@@ -58,15 +58,49 @@ _BASES = ("auto", "onehot", "spline", "rff", "poly", "constant")
 BINARY_ACTION_MESSAGE = ("A fixed control action a0 needs a binary action (codes 0 and 1); the "
                          "data have {n_actions} actions. Give a control policy instead.")
 FEW_TRANSITIONS_MESSAGE = ("Too few transitions for the basis: the largest Q-function basis has "
-                           "{p} features but a cross-fitting fold trains on only {n} transitions "
-                           "(need at least {need}). Use a smaller basis (basis='spline' with fewer "
-                           "knots, or 'constant'), fewer folds, or more data.")
+                           "{p} features ({n_actions} actions x {per_action} state-mediator "
+                           "features) but a cross-fitting fold trains on only {n} transitions "
+                           "(need at least {need}). {advice}")
+#: Advice of :data:`FEW_TRANSITIONS_MESSAGE` for the Python API (the CLI names its options).
+FEW_TRANSITIONS_ADVICE = ("Use fewer actions (collapse them to an action set), a smaller basis "
+                          "({bases}), fewer folds (n_folds), or more data.")
 LOW_ESS_MESSAGE = ("The state density ratio of {name!r} has an effective sample size of {pct:.1f}% "
                    "of the transitions; the target and data visit different states, so MIS and MR "
                    "are imprecise.")
 
 #: Rows per basis feature below which the analysis refuses to run.
 MIN_ROWS_PER_FEATURE = 2
+
+
+class FewTransitionsError(DataValidationError):
+    """Too few transitions per Q-function feature; raised before any model is fitted.
+
+    Attributes
+    ----------
+    p, n, need, n_actions, per_action : int
+        Features of the largest Q-function basis, transitions of the smallest training fold,
+        transitions needed, actions, and features per action.
+    basis : str
+        The state basis used (``auto`` resolved), to suggest a coarser one.
+    """
+
+    def __init__(self, *, p: int, n: int, need: int, n_actions: int, per_action: int,
+                 basis: str) -> None:
+        self.p, self.n, self.need = p, n, need
+        self.n_actions, self.per_action, self.basis = n_actions, per_action, basis
+        super().__init__(self.render(FEW_TRANSITIONS_ADVICE.format(
+            bases=" or ".join(f"basis={b!r}" for b in coarser_bases(basis)) or "fewer knots")))
+
+    def render(self, advice: str) -> str:
+        """The message with ``advice`` (what to change) at the end."""
+        return FEW_TRANSITIONS_MESSAGE.format(p=self.p, n=self.n, need=self.need,
+                                              n_actions=self.n_actions,
+                                              per_action=self.per_action, advice=advice)
+
+
+def coarser_bases(kind: str) -> tuple[str, ...]:
+    """Bases to suggest instead of ``kind`` (resolved): spline (fewer features), constant."""
+    return tuple(b for b in ("spline", "constant") if b != kind and kind != "constant")
 
 # effects = etas @ _CONTRAST (columns in EFFECT_KEYS order)
 _CONTRAST = np.array([[1, 0, 0, 0, 1],
@@ -241,8 +275,8 @@ class DynamicMediation:
         Raises
         ------
         DataValidationError
-            Non-binary action with a fixed control, too few transitions for the basis, or
-            invalid data.
+            Non-binary action with a fixed control, too few transitions for the basis
+            (:class:`FewTransitionsError`, raised before any model is fitted), or invalid data.
         """
         md = as_mediation_data(data)
         rng = check_random_state(random_state)
@@ -301,17 +335,42 @@ class _Run:
                                        cfg.n_knots)
         self.seed = int(rng.integers(2**31 - 1))
         self._bases: dict[str, tuple[NDArray[np.float64], NDArray[np.float64]]] = {}
+        self._kinds: dict[str, str] = {}
 
     def basis(self, kind: str) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         """State basis at states and next states for ``kind`` (cached)."""
         kind = self.cfg.basis if kind == "same" else kind
         if kind not in self._bases:
-            phi, phin, _ = state_features(self.md.states, self.md.next_states, kind,  # type: ignore[arg-type]
-                                          n_knots=self.cfg.n_knots,
-                                          n_features=self.cfg.n_features,
-                                          random_state=self.seed)
-            self._bases[kind] = (phi, phin)
+            phi, phin, used = state_features(self.md.states, self.md.next_states, kind,  # type: ignore[arg-type]
+                                             n_knots=self.cfg.n_knots,
+                                             n_features=self.cfg.n_features,
+                                             random_state=self.seed)
+            self._bases[kind], self._kinds[kind] = (phi, phin), used
         return self._bases[kind]
+
+    def check_size(self, n_train: int) -> None:
+        """Refuse, before any fitting, when a fold has fewer than 2 rows per LSTD feature.
+
+        The largest LSTD design is ``e_a (x) h(phi, enc(m))`` (the G process), with
+        ``n_actions * dim(h)`` features; the Q-functions of the other processes use
+        ``n_actions * dim(phi)``.
+
+        Raises
+        ------
+        FewTransitionsError
+        """
+        if not self.need_q:
+            return
+        phi, _ = self.basis(self.cfg.q_basis)
+        md = self.md
+        h = combine(phi[:1], self.enc.encode(md.mediators[:1]), self.enc.discrete, self.enc.n_raw)
+        per_action = max(phi.shape[1], h.shape[1])
+        p_max = md.n_actions * per_action + 1
+        need = MIN_ROWS_PER_FEATURE * p_max
+        if n_train < need:
+            kind = self.cfg.basis if self.cfg.q_basis == "same" else self.cfg.q_basis
+            raise FewTransitionsError(p=p_max, n=n_train, need=need, n_actions=md.n_actions,
+                                      per_action=per_action, basis=self._kinds[kind])
 
     # -------------------------------------------------------------- nuisance models and rows
     def fit_models(self, idx: NDArray[np.int64]) -> dict[str, Any]:
@@ -342,9 +401,9 @@ class _Run:
         med: MediatorModel = models["mediator"]
         rew: RewardModel = models["reward"]
         nodes, wts = med.nodes(S, ph)                                  # (n,A,K,m), (n,A,K)
-        rN = rew.predict(S, ph, nodes)                                 # (n,A_m,K,A_r)
-        r_a = np.einsum("nak,naka->na", wts, rN)                       # r(S,a) = E_m r(S,a,m)
-        r0_nodes = np.einsum("nakb,nb->nak", rN, p0)                   # sum_b p0(b) r(S,b,m_k(a))
+        shared = self.enc.discrete                                     # levels: same for all a
+        r_own, r0_nodes = rew.node_terms(S, ph, nodes[:, 0] if shared else nodes, p0, shared)
+        r_a = np.einsum("nak,nak->na", wts, r_own)                     # r(S,a) = E_m r(S,a,m)
         r00 = (p0 * r_a).sum(1)
         q: dict[str, Any] = {"R": md.rewards[idx], "A": A, "r_a": r_a, "r00": r00,
                              "r_A": r_a[ar, A]}
@@ -401,6 +460,8 @@ class _Run:
         K = min(cfg.n_folds, N)
         fold_of_ep = self.rng.permutation(N) % K
         row_fold = fold_of_ep[md.episode_index]
+        fold_rows = np.bincount(row_fold, minlength=K)
+        self.check_size(int(n if K == 1 else n - fold_rows.max()))
         eta_dm_folds = []
         dm_infl = np.zeros((n, 5))
         mr_vals = np.zeros((n, 5))
@@ -420,10 +481,6 @@ class _Run:
             fits = None
             if self.need_q:
                 f_tr = self.q_features(tr, q_tr)
-                p_max = max(f_tr["x"].shape[1], f_tr["x4"].shape[1]) + 1
-                if tr.size < MIN_ROWS_PER_FEATURE * p_max:
-                    raise DataValidationError(FEW_TRANSITIONS_MESSAGE.format(
-                        p=p_max, n=tr.size, need=MIN_ROWS_PER_FEATURE * p_max))
                 fits = self.fit_q(f_tr, q_tr)
                 eta_dm_folds.append([ft.eta for ft in fits])
                 scale = n / (K * tr.size)

@@ -10,6 +10,13 @@ nodes; the estimators only need:
 * ``p_m(M | S, a)`` at the observed mediator for every action, and the expected mediator
   encoding ``E[enc(M) | S, a]`` at states and next states;
 * ``pi_b(A | S)`` at the logged action.
+
+The default reward and mediator models use the design ``e_a (x) h`` (one block of features per
+action). Its Gram matrix and logistic Hessian are block diagonal by action, so they are fitted
+one ``q x q`` block per action (:func:`block_ridge_fit`, :class:`BlockNewtonLogit`) and never
+form the dense ``(n, A*q)`` design or an ``(A*q)^2`` matrix: memory ``O(A q^2 + n q)`` and time
+``O(n q^2 + A q^3)``, the same numbers as the dense fit. Predictions for every action are taken
+block by block, in row chunks of bounded size.
 """
 
 from __future__ import annotations
@@ -21,11 +28,23 @@ import numpy as np
 from numpy.typing import NDArray
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from equicare.causal._basis import MediatorEncoder, action_tensor, combine
+from equicare.causal._basis import MediatorEncoder, combine
 
-__all__ = ["RewardModel", "MediatorModel", "BehaviorModel", "NewtonLogit", "ridge_fit"]
+__all__ = ["RewardModel", "MediatorModel", "BehaviorModel", "NewtonLogit", "BlockNewtonLogit",
+           "ridge_fit", "block_ridge_fit"]
 
 _CHUNK = 8192
+#: Floats per intermediate array of the row-chunked predictions (32 MB).
+_BUDGET = 1 << 22
+#: Above this many coefficients (or ``n (K-1)^2`` floats of Hessian weights above ``_BUDGET``)
+#: NewtonLogit solves each Newton step by conjugate gradients on Hessian-vector products instead
+#: of forming the (p (K-1))^2 Hessian.
+NEWTON_MAX_PARAMS = 1024
+
+
+def _exact_newton(n: int, p: int, k1: int) -> bool:
+    """Form the Hessian (small problems) or use conjugate gradients (many classes)."""
+    return p * k1 <= NEWTON_MAX_PARAMS and n * k1 * k1 <= _BUDGET
 
 
 def ridge_fit(X: NDArray[np.float64], y: NDArray[np.float64], ridge: float = 1e-6
@@ -36,8 +55,101 @@ def ridge_fit(X: NDArray[np.float64], y: NDArray[np.float64], ridge: float = 1e-
     return np.linalg.solve(G + lam * np.eye(G.shape[0]), X.T @ y)
 
 
+def action_groups(a: NDArray[np.int64], n_actions: int) -> list[NDArray[np.int64]]:
+    """Rows of each action ``0 .. n_actions - 1`` (in row order), a list of index arrays."""
+    order = np.argsort(a, kind="stable")
+    bounds = np.searchsorted(a[order], np.arange(n_actions + 1))
+    return [order[bounds[k]:bounds[k + 1]] for k in range(n_actions)]
+
+
+def block_ridge_fit(h: NDArray[np.float64], a: NDArray[np.int64], n_actions: int,
+                    y: NDArray[np.float64], ridge: float = 1e-6) -> NDArray[np.float64]:
+    """:func:`ridge_fit` on the design ``e_a (x) h`` without forming it.
+
+    ``X'X`` of ``X = action_tensor(a, h, n_actions)`` is block diagonal (one ``q x q`` block per
+    action) and ``trace(X'X) = |h|^2``, so each action's block is solved on its own rows with the
+    same ridge; an action without rows gets zero coefficients, as in the dense solve.
+
+    Parameters
+    ----------
+    h : ndarray of shape (n, q)
+    a : ndarray of shape (n,), int
+    n_actions : int
+    y : ndarray of shape (n,) or (n, m)
+    ridge : float
+
+    Returns
+    -------
+    ndarray of shape (n_actions, q) or (n_actions, q, m)
+        ``ridge_fit(action_tensor(a, h, n_actions), y).reshape(n_actions, q, ...)``.
+    """
+    n, q = h.shape
+    y2 = y.reshape(n, -1)
+    G = np.zeros((n_actions, q, q))
+    b = np.zeros((n_actions, q, y2.shape[1]))
+    for k, rows in enumerate(action_groups(a, n_actions)):
+        if rows.size:
+            hk = h[rows]
+            G[k] = hk.T @ hk
+            b[k] = hk.T @ y2[rows]
+    lam = ridge * max(float(np.einsum("ij,ij->", h, h)) / max(n_actions * q, 1), 1e-12)
+    G += lam * np.eye(q)
+    coef = np.asarray(np.linalg.solve(G, b), dtype=np.float64)
+    return coef.reshape(n_actions, q, *y.shape[1:])
+
+
 def _onehot(a: NDArray[np.int64], n: int) -> NDArray[np.float64]:
     return np.eye(n)[a]
+
+
+def _logit_probs(X: NDArray[np.float64], B: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Softmax of ``[0, X @ B]``: (n, p) x (p, K-1) -> (n, K)."""
+    eta = np.hstack([np.zeros((X.shape[0], 1)), X @ B])
+    eta -= eta.max(axis=1, keepdims=True)
+    e = np.exp(eta)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _newton_step(X: NDArray[np.float64], P: NDArray[np.float64], g: NDArray[np.float64],
+                 lam: float) -> NDArray[np.float64]:
+    """Newton step ``H^-1 g`` of multinomial logistic regression (exact Hessian).
+
+    ``X`` (n, p), ``P`` (n, K-1) probabilities of the non-reference classes, gradient ``g``
+    (p, K-1); returns (p, K-1).
+    """
+    p, k1 = g.shape
+    # Hessian blocks: X' diag(P_j (delta_jk - P_k)) X
+    W = P[:, :, None] * (np.eye(k1)[None] - P[:, None, :])          # (n, K-1, K-1)
+    H = np.einsum("ni,njk,nl->jikl", X, W, X).reshape(k1 * p, k1 * p)
+    H = H.reshape(k1, p, k1, p).transpose(1, 0, 3, 2).reshape(p * k1, -1)
+    H += lam * np.eye(p * k1)
+    step: NDArray[np.float64] = np.linalg.solve(H, g.reshape(-1)).reshape(p, k1)
+    return step
+
+
+def _newton_cg_step(X: NDArray[np.float64], P: NDArray[np.float64], g: NDArray[np.float64],
+                    lam: float) -> NDArray[np.float64]:
+    """Newton step ``H^-1 g`` by conjugate gradients on Hessian-vector products.
+
+    ``H V = X' (P * U - P * sum_j(P_j U_j)) + lam V`` with ``U = X V``: memory ``O(n K)``,
+    never the ``(p (K-1))^2`` Hessian. Solved to a relative residual of 1e-12.
+    """
+    from scipy.sparse.linalg import LinearOperator, cg
+
+    p, k1 = g.shape
+
+    def hv(v: NDArray[np.float64]) -> NDArray[np.float64]:
+        V = v.reshape(p, k1)
+        U = X @ V
+        PU = P * U
+        out: NDArray[np.float64] = (X.T @ (PU - P * PU.sum(axis=1, keepdims=True))
+                                    + lam * V).reshape(-1)
+        return out
+
+    op = LinearOperator((p * k1, p * k1), matvec=hv, dtype=np.float64)
+    step, _ = cg(op, g.reshape(-1), rtol=1e-12, atol=0.0, maxiter=10 * p * k1)
+    out: NDArray[np.float64] = step.reshape(p, k1)
+    return out
 
 
 def _fit_clone(est: Any, X: NDArray[np.float64], y: NDArray[Any]) -> Any:
@@ -58,7 +170,10 @@ class NewtonLogit(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
     """Multinomial logistic regression by Newton's method with a small ridge (the default).
 
     Features are used as given (the bases carry their own intercept). A scikit-learn-like
-    object: ``fit``, ``predict_proba``, ``classes_``.
+    object: ``fit``, ``predict_proba``, ``classes_``. With more than
+    :data:`NEWTON_MAX_PARAMS` coefficients or many classes (e.g. a behaviour policy over
+    hundreds of actions) each Newton step is solved by conjugate gradients on Hessian-vector
+    products, so memory stays ``O(n K + p K)`` instead of ``O(n K^2 + p^2 K^2)``.
 
     Parameters
     ----------
@@ -81,16 +196,12 @@ class NewtonLogit(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
             return self
         Y = np.eye(K)[yi][:, 1:]
         lam = self.ridge * n * max(float((X ** 2).sum()) / (n * p), 1e-12)
+        solve = _newton_step if _exact_newton(n, p, K - 1) else _newton_cg_step
         B = self.coef_
         for _ in range(self.max_iter):
             P = self._probs(X, B)[:, 1:]                              # (n, K-1)
             g = X.T @ (P - Y) + lam * B                               # (p, K-1)
-            # Hessian blocks: X' diag(P_j (delta_jk - P_k)) X
-            W = P[:, :, None] * (np.eye(K - 1)[None] - P[:, None, :])  # (n, K-1, K-1)
-            H = np.einsum("ni,njk,nl->jikl", X, W, X).reshape((K - 1) * p, (K - 1) * p)
-            H = H.reshape(K - 1, p, K - 1, p).transpose(1, 0, 3, 2).reshape(p * (K - 1), -1)
-            H += lam * np.eye(p * (K - 1))
-            step = np.linalg.solve(H, g.reshape(-1)).reshape(p, K - 1)
+            step = solve(X, P, g, lam)
             B = B - step
             if np.abs(step).max() < 1e-8:
                 break
@@ -99,10 +210,7 @@ class NewtonLogit(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
 
     @staticmethod
     def _probs(X: NDArray[np.float64], B: NDArray[np.float64]) -> NDArray[np.float64]:
-        eta = np.hstack([np.zeros((X.shape[0], 1)), X @ B])
-        eta -= eta.max(axis=1, keepdims=True)
-        e = np.exp(eta)
-        return e / e.sum(axis=1, keepdims=True)
+        return _logit_probs(X, B)
 
     def predict_proba(self, X: NDArray[np.float64]) -> NDArray[np.float64]:
         """Class probabilities, shape (n, n_classes)."""
@@ -113,6 +221,68 @@ class NewtonLogit(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
 
 def _default_logistic() -> Any:
     return NewtonLogit()
+
+
+class BlockNewtonLogit:
+    """:class:`NewtonLogit` on the design ``e_a (x) phi`` without forming it.
+
+    The features of a row are ``phi`` in the block of its action, so the log-likelihood, its
+    gradient and Hessian split into one block per action; the penalty ``lam`` is that of the
+    dense fit (``ridge * n * |phi|^2 / (n * A * p)``) and all blocks take their Newton steps
+    together until the largest step is below 1e-8: the same iterates as
+    ``NewtonLogit().fit(action_tensor(a, phi, A), y)``.
+
+    Parameters
+    ----------
+    n_actions : int
+    ridge : float
+    max_iter : int
+    """
+
+    def __init__(self, n_actions: int, ridge: float = 1e-6, max_iter: int = 50) -> None:
+        self.n_actions, self.ridge, self.max_iter = n_actions, ridge, max_iter
+
+    def fit(self, phi: NDArray[np.float64], a: NDArray[np.int64], y: NDArray[Any]
+            ) -> BlockNewtonLogit:
+        """Fit on basis (n, p), actions (n,) and labels (n,)."""
+        self.classes_, yi = np.unique(y, return_inverse=True)
+        n, p = phi.shape
+        A, K = self.n_actions, self.classes_.size
+        B = np.zeros((A, p, max(K - 1, 0)))
+        self.coef_ = B
+        if K < 2:
+            return self
+        Y = np.eye(K)[yi][:, 1:]
+        lam = self.ridge * n * max(float(np.einsum("ij,ij->", phi, phi)) / (n * A * p), 1e-12)
+        groups = [(k, rows) for k, rows in enumerate(action_groups(a, A)) if rows.size]
+        solve = _newton_step if _exact_newton(max(r.size for _, r in groups), p,
+                                              K - 1) else _newton_cg_step
+        for _ in range(self.max_iter):
+            step = np.zeros_like(B)                  # blocks without rows: gradient 0, step 0
+            for k, rows in groups:
+                X = phi[rows]
+                P = _logit_probs(X, B[k])[:, 1:]
+                step[k] = solve(X, P, X.T @ (P - Y[rows]) + lam * B[k], lam)
+            B = B - step
+            if np.abs(step).max() < 1e-8:
+                break
+        self.coef_ = B
+        return self
+
+    def predict_proba_all(self, phi: NDArray[np.float64], n_classes: int) -> NDArray[np.float64]:
+        """Probabilities of classes ``0 .. n_classes - 1`` under every action, (n, A, n_classes)."""
+        n, A = phi.shape[0], self.n_actions
+        out = np.zeros((n, A, n_classes))
+        cls = np.asarray(self.classes_, dtype=np.int64)
+        if cls.size < 2:
+            out[:, :, cls] = 1.0
+            return out
+        eta = np.concatenate([np.zeros((n, A, 1)), np.einsum("np,apk->nak", phi, self.coef_)],
+                             axis=2)
+        eta -= eta.max(axis=2, keepdims=True)
+        e = np.exp(eta)
+        out[:, :, cls] = e / e.sum(axis=2, keepdims=True)
+        return out
 
 
 @dataclass
@@ -175,27 +345,30 @@ class MediatorModel:
     nodes_z_: NDArray[np.float64] | None = None
     nodes_w_: NDArray[np.float64] | None = None
 
-    def _X(self, states: NDArray[np.float64], phi: NDArray[np.float64],
-           a: NDArray[np.int64]) -> NDArray[np.float64]:
-        if self.estimator is not None:
-            return np.hstack([states, _onehot(a, self.n_actions)])
-        return action_tensor(a, phi, self.n_actions)
+    def _X(self, states: NDArray[np.float64], a: NDArray[np.int64]) -> NDArray[np.float64]:
+        """Features of a scikit-learn estimator: ``[states, one-hot action]``."""
+        return np.hstack([states, _onehot(a, self.n_actions)])
 
     def fit(self, states: NDArray[np.float64], phi: NDArray[np.float64],
             actions: NDArray[np.int64], mediators: NDArray[np.float64]) -> MediatorModel:
         """Fit on rows (states (n, d), basis (n, p), actions (n,), mediators (n, m))."""
-        X = self._X(states, phi, actions)
         if self.encoder.discrete:
             y = self.encoder.codes(mediators)
-            est = self.estimator if self.estimator is not None else _default_logistic()
-            self.model_ = _fit_clone(est, X, y)
+            if self.estimator is None:
+                self.model_ = BlockNewtonLogit(self.n_actions).fit(phi, actions, y)
+            else:
+                self.model_ = _fit_clone(self.estimator, self._X(states, actions), y)
             return self
         if self.estimator is not None:
+            X = self._X(states, actions)
             self.model_ = _fit_clone(self.estimator, X, mediators if mediators.shape[1] > 1
                                      else mediators[:, 0])
+            fitted = self._predict_rows(X)
         else:
-            self.model_ = ridge_fit(X, mediators, self.ridge)
-        resid = mediators - self._mean_rows(X)
+            self.model_ = block_ridge_fit(phi, actions, self.n_actions, mediators,
+                                          self.ridge)                 # (A, p, m)
+            fitted = np.einsum("np,npm->nm", phi, self.model_[actions])
+        resid = mediators - fitted
         cov = np.atleast_2d(np.cov(resid, rowvar=False)) + 1e-9 * np.eye(mediators.shape[1])
         self.chol_ = np.linalg.cholesky(cov).astype(np.float64, copy=False)
         m = mediators.shape[1]
@@ -210,29 +383,27 @@ class MediatorModel:
             self.nodes_w_ = np.full(32, 1.0 / 32)
         return self
 
-    def _mean_rows(self, X: NDArray[np.float64]) -> NDArray[np.float64]:
-        if isinstance(self.model_, np.ndarray):
-            return X @ self.model_
+    def _predict_rows(self, X: NDArray[np.float64]) -> NDArray[np.float64]:
         out = np.asarray(self.model_.predict(X), dtype=np.float64)
         return out.reshape(X.shape[0], -1)
-
-    def _all_actions_X(self, states: NDArray[np.float64], phi: NDArray[np.float64]
-                       ) -> NDArray[np.float64]:
-        n, A = states.shape[0], self.n_actions
-        a = np.repeat(np.arange(A), n)
-        return self._X(np.tile(states, (A, 1)), np.tile(phi, (A, 1)), a)
 
     def probs(self, states: NDArray[np.float64], phi: NDArray[np.float64]) -> NDArray[np.float64]:
         """Discrete: ``p_m(k | S, a)`` for every action and level, shape (n, A, K)."""
         n, A, K = states.shape[0], self.n_actions, self.encoder.n_levels
-        p = _proba(self.model_, self._all_actions_X(states, phi), K)
-        return p.reshape(A, n, K).transpose(1, 0, 2)
+        if self.estimator is None:
+            return self.model_.predict_proba_all(phi, K)
+        out = np.empty((n, A, K))
+        for a in range(A):
+            out[:, a] = _proba(self.model_, self._X(states, np.full(n, a)), K)
+        return out
 
     def means(self, states: NDArray[np.float64], phi: NDArray[np.float64]) -> NDArray[np.float64]:
         """Continuous: ``E[M | S, a]`` for every action, shape (n, A, m)."""
         n, A = states.shape[0], self.n_actions
-        mu = self._mean_rows(self._all_actions_X(states, phi))
-        return mu.reshape(A, n, -1).transpose(1, 0, 2)
+        if self.estimator is None:
+            return np.einsum("np,apm->nam", phi, self.model_)
+        return np.stack([self._predict_rows(self._X(states, np.full(n, a)))
+                         for a in range(A)], axis=1)
 
     def nodes(self, states: NDArray[np.float64], phi: NDArray[np.float64]
               ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
@@ -260,7 +431,14 @@ class MediatorModel:
         if self.encoder.discrete:
             return self.probs(states, phi)
         nodes, w = self.nodes(states, phi)
-        return np.einsum("nak,nakq->naq", w, self.encoder.encode(nodes))
+        n, A, K = w.shape
+        q = self.encoder.encode(nodes[:1, :1, :1]).shape[-1]
+        out = np.empty((n, A, q))
+        step = max(1, _BUDGET // max(A * K * q, 1))
+        for lo in range(0, n, step):                     # rows in chunks of bounded size
+            sl = slice(lo, min(n, lo + step))
+            out[sl] = np.einsum("nak,nakq->naq", w[sl], self.encoder.encode(nodes[sl]))
+        return out
 
     def density(self, states: NDArray[np.float64], phi: NDArray[np.float64],
                 mediators: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -312,9 +490,61 @@ class RewardModel:
             X = np.hstack([states, _onehot(actions, self.n_actions), mediators])
             self.model_ = _fit_clone(self.estimator, X, rewards)
         else:
-            X = action_tensor(actions, self._h(phi, mediators), self.n_actions)
-            self.model_ = ridge_fit(X, rewards, self.ridge).reshape(self.n_actions, -1)
+            self.model_ = block_ridge_fit(self._h(phi, mediators), actions, self.n_actions,
+                                          rewards, self.ridge)          # (A, q)
         return self
+
+    def node_terms(self, states: NDArray[np.float64], phi: NDArray[np.float64],
+                   nodes: NDArray[np.float64], p0: NDArray[np.float64], shared: bool
+                   ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """Rewards at the mediator nodes of every action, own action and mixed over ``p0``.
+
+        Parameters
+        ----------
+        states : ndarray of shape (n, d)
+        phi : ndarray of shape (n, p)
+        nodes : ndarray of shape (n, A, K, m), or (n, K, m) when ``shared``
+            Mediator nodes ``m_k(a)`` of each action (``shared``: the same for every action,
+            as the levels of a discrete mediator).
+        p0 : ndarray of shape (n, A)
+            Weights over the action of the reward.
+        shared : bool
+
+        Returns
+        -------
+        r_own : ndarray of shape (n, A, K)
+            ``r(S, a, m_k(a))``.
+        r_mix : ndarray of shape (n, A, K)
+            ``sum_b p0(b) r(S, b, m_k(a))``.
+
+        Rows are processed in chunks of bounded size; the linear default never forms the
+        ``(n, A, K, A)`` array of every reward action at every node.
+        """
+        n, A = states.shape[0], self.n_actions
+        if shared:
+            R = self.predict(states, phi, nodes)                          # (n, K, A)
+            K = R.shape[1]
+            mix = np.einsum("nkb,nb->nk", R, p0)
+            return (R.transpose(0, 2, 1).copy(),
+                    np.broadcast_to(mix[:, None, :], (n, A, K)).copy())
+        K = nodes.shape[2]
+        r_own, r_mix = np.empty((n, A, K)), np.empty((n, A, K))
+        if self.estimator is None:
+            q = self.model_.shape[1]
+            step = max(1, _BUDGET // max(A * K * q, 1))
+            for lo in range(0, n, step):
+                sl = slice(lo, min(n, lo + step))
+                h = self._h(phi[sl][:, None, None, :], nodes[sl])          # (c, A, K, q)
+                r_own[sl] = np.einsum("cakq,aq->cak", h, self.model_)
+                r_mix[sl] = np.einsum("cakq,cq->cak", h, p0[sl] @ self.model_)
+            return r_own, r_mix
+        step = max(1, _BUDGET // max(A * K * A, 1))
+        for lo in range(0, n, step):
+            sl = slice(lo, min(n, lo + step))
+            R = self.predict(states[sl], phi[sl], nodes[sl])              # (c, A, K, A)
+            r_own[sl] = np.einsum("caka->cak", R)
+            r_mix[sl] = np.einsum("cakb,cb->cak", R, p0[sl])
+        return r_own, r_mix
 
     def predict(self, states: NDArray[np.float64], phi: NDArray[np.float64],
                 mediators: NDArray[np.float64]) -> NDArray[np.float64]:

@@ -16,12 +16,18 @@ from equicare.causal._data import (
     binarize_actions,
     collapse_probs,
     from_dataset,
+    require_mediators,
 )
-from equicare.causal._dynamic import ESTIMATORS, DynamicMediation
+from equicare.causal._dynamic import (
+    ESTIMATORS,
+    DynamicMediation,
+    FewTransitionsError,
+    coarser_bases,
+)
 from equicare.causal._result import EFFECT_KEYS, MediationResult
 from equicare.cli._choices import Basis
 from equicare.cli._utils import OUT_EXISTS, Force, JsonOut, Seed, Threads
-from equicare.exceptions import InvalidParameterError
+from equicare.exceptions import DataValidationError, InvalidParameterError
 from equicare.utils import atomic_write_text
 
 __all__ = ["mediate_dataset", "mediate_path", "policy_from_file", "write_result",
@@ -32,6 +38,25 @@ CONTROL_NEEDS_ACTION = ("--control {control} is a fixed action, which needs a bi
                         "this panel has {n_actions} actions: pass --action COMPONENT=LEVEL "
                         "(e.g. --action {example}) to compare the policy's use of that action "
                         "set against never using it, or give --control a policy file.")
+
+
+#: What to change when a fold has too few transitions for the basis (CLI option names).
+FEW_TRANSITIONS_CLI_ADVICE = "Use {options}, or more data."
+
+
+def _few_transitions_advice(err: FewTransitionsError, ds: Any, action: str | None,
+                            n_folds: int) -> str:
+    """The CLI's advice for :class:`FewTransitionsError`: only options that would help."""
+    options = []
+    if action is None and err.n_actions > 2:
+        options.append(f"fewer actions (--action COMPONENT=LEVEL, e.g. --action "
+                       f"{_action_example(ds)}, with --control 0)")
+    bases = coarser_bases(err.basis)
+    if bases:
+        options.append("a coarser basis (" + " or ".join(f"--basis {b}" for b in bases) + ")")
+    if n_folds > 1:
+        options.append("fewer folds (--folds 1)")
+    return FEW_TRANSITIONS_CLI_ADVICE.format(options=", ".join(options) or "fewer actions")
 
 
 def _action_example(ds: Any) -> str:
@@ -98,6 +123,7 @@ def mediate_dataset(ds: Any, target: Any, control: Any = 0, *,
         Collapse a multi-level action to "in this action set or not" (``modality=home_visit``),
         so that a fixed control ``0`` means "never take it".
     """
+    require_mediators(ds)  # first: no other setting helps without a mediator
     if isinstance(control, int) and action is None and ds.n_actions != 2:
         raise InvalidParameterError(CONTROL_NEEDS_ACTION.format(
             control=control, n_actions=ds.n_actions,
@@ -113,7 +139,12 @@ def mediate_dataset(ds: Any, target: Any, control: Any = 0, *,
 
     cfg = DynamicMediation(estimators=estimators, n_bootstrap=n_bootstrap, n_folds=n_folds,
                            basis=basis)
-    return cfg.estimate(md, as_policy(target), as_policy(control), random_state=random_state)
+    try:
+        return cfg.estimate(md, as_policy(target), as_policy(control),
+                            random_state=random_state)
+    except FewTransitionsError as err:
+        raise DataValidationError(err.render(_few_transitions_advice(
+            err, ds, action, n_folds))) from None
 
 
 def mediate_path(data: str | os.PathLike[str], manifest: str | os.PathLike[str], target: Any,
