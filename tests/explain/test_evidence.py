@@ -202,3 +202,29 @@ def test_support_with_logged_propensities_is_evaluates_check(monkeypatch):
     expected = 100 * LoggedSupport(test).mass(src.action_probs(test), cfg.rare_threshold).mean()
     assert card.support["source_pct"] == pytest.approx(expected)
     assert card.support["source_pct"] > 1.0  # the family puts mass on never-logged pairs
+
+
+def test_a_panel_without_groups_gets_a_card_without_a_fairness_audit():
+    """No group attributes: the card is written with the fairness section marked unavailable
+    (and a caveat), not refused after the work; naming a group is refused before any work."""
+    import dataclasses
+
+    from equicare.report import build_card_report
+
+    train, test = tree_sim.generate(120, seed=14), tree_sim.generate(60, seed=15)
+    train, test = dataclasses.replace(train, groups={}), dataclasses.replace(test, groups={})
+    cfg = ExplainConfig(bootstrap=0, frontier_bootstrap=0, depths=(1, 2))
+    card = explain_policy(train, tree_sim.NoisyExpert(), cfg, test=test, random_state=0)
+    fair = card.fairness
+    assert fair["available"] is False and fair["suppressed"] is False
+    assert fair["policies"] == {} and "no group attributes" in fair["reason"]
+    assert any(c.startswith("No fairness audit: the dataset has no group attributes")
+               for c in card.caveats)
+    assert card.disagreement == []
+    html = build_card_report(card.to_dict()).render()
+    assert "Fairness audit unavailable: the dataset has no group attributes" in html
+    assert "suppressed" not in html.split("Evidence by policy")[1].split("</caption>")[0]
+    with pytest.raises(InvalidParameterError, match="no group attributes"):
+        explain_policy(train, tree_sim.NoisyExpert(),
+                       ExplainConfig(bootstrap=0, frontier_bootstrap=0, depths=(1,),
+                                     group="group"), test=test, random_state=0)

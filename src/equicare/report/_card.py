@@ -130,6 +130,7 @@ def build_card_report(card: Mapping[str, Any], *, figure_dir: Path | None = None
              f"off-policy estimates with 95% episode-bootstrap intervals "
              f"(propensities: {val.get('propensities', 'logged')}).")
     pols = fair["policies"]
+    absent = "suppressed" if fair.get("suppressed") else "none"  # no audit: why
     table = []
     for label, pol_key in (("current practice", "behavior"), (name, "source"),
                            ("rules", "rules")):
@@ -149,7 +150,7 @@ def build_card_report(card: Mapping[str, Any], *, figure_dir: Path | None = None
                 row.update({"agreement": "100%", "total variation": "0",
                             "rarely taken %": f"{sup['source_pct']:.1f}"})
         p = pols.get(pol_key, {})
-        label = action_label(fair.get("action", "suppressed"))
+        label = action_label(fair.get("action", absent))
         row[f"parity gap pp ({label})"] = _ci(p.get("parity_gap_pp"))
         row["parity ratio"] = _ci(p.get("parity_ratio"))
         wg = p.get("worst_group")
@@ -157,9 +158,11 @@ def build_card_report(card: Mapping[str, Any], *, figure_dir: Path | None = None
                                       f"{wg} ({p['worst_group_value']:.3g})")
         table.append(row)
     rep.table(pd.DataFrame(table), caption=f"Evidence by policy (groups: "
-              f"{fair.get('group', 'suppressed')})", n_col=None)
+              f"{fair.get('group', absent)})", n_col=None)
     if fair.get("suppressed"):
         rep.text(f"Fairness audit suppressed: {fair['reason']}", note=True)
+    elif not fair.get("available", True):
+        rep.text(f"Fairness audit unavailable: {fair['reason']}.", note=True)
     pp_rows = []
     groups = sorted({g for p in pols.values() for g in (p.get("proportional_parity") or {})})
     for g in groups:
