@@ -228,3 +228,14 @@ def test_a_panel_without_groups_gets_a_card_without_a_fairness_audit():
         explain_policy(train, tree_sim.NoisyExpert(),
                        ExplainConfig(bootstrap=0, frontier_bootstrap=0, depths=(1,),
                                      group="group"), test=test, random_state=0)
+
+
+def test_no_share_is_kept_when_an_estimate_has_no_value():
+    """WIS with every weight 0 is NaN: no share kept and no gain (null), not NaN in the JSON."""
+    from equicare.explain._evidence import improvement_kept
+
+    nan = float("nan")
+    kept, gains = improvement_kept(1.0, {"wis": nan, "dr": 2.0}, {"wis": nan, "dr": nan})
+    assert kept == {"wis": None, "dr": None} and gains == {"wis": None, "dr": 1.0}
+    kept, _ = improvement_kept(1.0, {"wis": 2.0}, {"wis": nan})
+    assert kept == {"wis": None}

@@ -135,3 +135,22 @@ def test_the_current_directory_is_refused(card, tmp_path, monkeypatch):
     assert list(here.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["here"]
     write_card(card, "card")  # a folder inside the current directory is fine
     assert (here / "card" / "policy_card.json").is_file()
+
+
+def test_an_estimate_without_a_value_reads_n_a(card):
+    """WIS with every weight 0 is null with a reason in the card JSON: the page says "n/a"
+    (not 0 [0, 0]) and the frontier plot leaves a gap."""
+    import copy
+
+    d = copy.deepcopy(card.to_dict())
+    why = "every episode's importance weight is 0"
+    null = {"value": None, "ci": [None, None], "se": None, "n_episodes": 150, "reason": why}
+    d["evidence"]["value"]["rules"]["wis"] = dict(null)
+    d["evidence"]["value"]["source"]["wis"] = dict(null)
+    for r in d["frontier"]:
+        r.update({"estimator": "wis", "value": None, "ci": [None, None], "reason": why})
+    html = build_card_report(d).render()
+    table = html.split("Evidence by policy")[0].split("<table>")[-1]
+    assert "n/a" in html and "0 [0, 0]" not in html
+    rows = re.findall(r"<tr><td>(rules|expert)</td><td>([^<]*)</td>", html)
+    assert rows and all(v == "n/a" for _, v in rows), (rows, table[:200])

@@ -480,7 +480,8 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
             trees[d] = (dist, probs, agree, tv)
             frontier.append({"depth": d, "n_rules": rule_count(dist.policy_),
                              "agreement": float(agree.mean()), "tv": float(tv.mean()),
-                             "estimator": key, "value": e.value, "ci": list(e.ci),
+                             "estimator": key, **{k: v for k, v in e.to_dict().items()
+                                                  if k in ("value", "ci", "reason")},
                              "support_pct": support_pct(probs)})
         dist, rules_test, agree, tv = trees[cfg.depth]
         tree = dist.policy_
@@ -551,7 +552,7 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
 
 
 def improvement_kept(behavior: float, source: dict[str, float], rules: dict[str, float]
-                     ) -> tuple[dict[str, float | None], dict[str, float]]:
+                     ) -> tuple[dict[str, float | None], dict[str, float | None]]:
     r"""Share of the source policy's estimated gain over current practice that the rules keep.
 
     .. math::
@@ -573,16 +574,19 @@ def improvement_kept(behavior: float, source: dict[str, float], rules: dict[str,
     Returns
     -------
     kept : dict of str to float or None
-        The share by estimator (``None`` where the source gain is <= 0).
-    gains : dict of str to float
-        The source policy's gain over current practice by estimator.
+        The share by estimator (``None`` where the source gain is <= 0 or an estimate has no
+        value, e.g. WIS when every importance weight is 0).
+    gains : dict of str to float or None
+        The source policy's gain over current practice by estimator (``None`` where the
+        source's estimate has no value).
     """
     kept: dict[str, float | None] = {}
-    gains: dict[str, float] = {}
+    gains: dict[str, float | None] = {}
     for k, v in source.items():
         gain_src = float(v - behavior)
-        gains[k] = gain_src
-        kept[k] = None if not gain_src > 1e-12 else float((rules[k] - behavior) / gain_src)
+        gains[k] = gain_src if np.isfinite(gain_src) else None
+        share = (rules[k] - behavior) / gain_src if gain_src > 1e-12 else np.nan
+        kept[k] = float(share) if np.isfinite(share) else None
     return kept, gains
 
 
@@ -602,6 +606,10 @@ def _caveats(fid: dict[str, Any], sup: dict[str, Any], val: dict[str, Any], key:
         "features (no unmeasured confounding).",
         f"Subgroups with fewer than {cfg.min_cell} episodes are suppressed in every table.",
     ]
+    for who, pol_key in (("the source policy", "source"), ("the rules", "rules")):
+        for k, e in val.get(pol_key, {}).items():
+            if e.get("reason") is not None:
+                out.append(f"No {k} estimate for {who} (n/a): {e['reason']}.")
     kept = val["improvement_kept"].get(key)
     gain = val.get("source_gain", {}).get(key)
     if gain is not None and not gain > 1e-12:

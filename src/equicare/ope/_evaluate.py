@@ -30,6 +30,7 @@ from equicare.ope._bootstrap import (
     Executor,
     Shift,
     bootstrap_counts,
+    estimate_json,
     estimates_with_ci,
     percentile_interval,
     serial_map,
@@ -120,10 +121,7 @@ class GroupResult:
 
 
 def _est_json(e: Estimate, se: bool = True) -> dict[str, Any]:
-    d: dict[str, Any] = {"value": e.value, "ci": [e.ci[0], e.ci[1]]}
-    if se:
-        d["se"] = e.se
-    return d
+    return estimate_json(e.value, e.ci, e.se if se else None, e.reason)
 
 
 @dataclass(frozen=True)
@@ -821,8 +819,9 @@ def _evaluate(
                                settings={"behavior_model": spec, "q_model": qcfg, "q": q,
                                          "truncate": truncate, "normalization": normalization},
                                random_state=seed_refit, executor=executor)
-        ests = {k: Estimate(value=e.value, ci=percentile_interval(reps[k], alpha),
-                            se=float(reps[k].std(ddof=1)), n_episodes=e.n_episodes)
+        ests = {k: e if e.reason is not None else Estimate(
+                    value=e.value, ci=percentile_interval(reps[k], alpha),
+                    se=float(reps[k].std(ddof=1)), n_episodes=e.n_episodes)
                 for k, e in ests.items()}
     if attrs:
         say(f"subgroups: {', '.join(attrs)}")

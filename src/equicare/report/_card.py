@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from equicare.fairness._rows import action_label
@@ -47,17 +48,26 @@ def card_frontier_plot(card: Mapping[str, Any]) -> Any:
     ax1.set_ylim(0, 1.02)
     ax1.legend(fontsize=8, loc="lower right")
     key = str(fr["estimator"].iloc[0]) if len(fr) else "dr"
-    lo = fr["ci"].map(lambda c: c[0])
-    hi = fr["ci"].map(lambda c: c[1])
-    ax2.errorbar(fr["n_rules"], fr["value"], yerr=[fr["value"] - lo, hi - fr["value"]],
-                 fmt="o-", color="#1f77b4", capsize=3, label=f"rules ({key})")
+    fr["value"] = pd.to_numeric(fr["value"]).astype(float)  # None (no estimate): a gap
+    lo = pd.to_numeric(fr["ci"].map(lambda c: c[0])).astype(float)
+    hi = pd.to_numeric(fr["ci"].map(lambda c: c[1])).astype(float)
+    ok = np.isfinite(fr["value"].to_numpy()) & np.isfinite(lo.to_numpy()) & np.isfinite(
+        hi.to_numpy())
+    if ok.any():
+        v = fr["value"][ok]
+        ax2.errorbar(fr["n_rules"][ok], v, yerr=[v - lo[ok], hi[ok] - v],
+                     fmt="o-", color="#1f77b4", capsize=3, label=f"rules ({key})")
+    else:  # no depth has an estimate (e.g. WIS with every weight 0)
+        ax2.text(0.5, 0.5, f"no {key} estimate of the rules (n/a)", transform=ax2.transAxes,
+                 ha="center", va="center", color="#555")
     val = card["evidence"]["value"]
     src = val["source"].get(key)
-    if src:
+    if src and src.get("value") is not None:
         ax2.axhline(src["value"], color="#d62728", ls="--", lw=1.2, label=f"source ({key})")
     ax2.axhline(val["behavior"]["value"], color="#555", ls=":", lw=1.2,
                 label="current practice (observed)")
-    ax2.set_xscale("log", base=2)
+    if ok.any():
+        ax2.set_xscale("log", base=2)
     ax2.set_xlabel("number of rules")
     ax2.set_ylabel("estimated value (held out)")
     ax2.legend(fontsize=8, loc="best")
@@ -66,6 +76,8 @@ def card_frontier_plot(card: Mapping[str, Any]) -> Any:
 
 
 def _ci(cell: Mapping[str, Any] | None) -> str:
+    if cell and cell.get("reason") is not None and not cell.get("suppressed"):
+        return "n/a"  # an estimate that cannot be computed (e.g. WIS with every weight 0)
     if not cell or cell.get("suppressed") or cell.get("value") is None:
         return ""
     ci = cell.get("ci") or [None, None]
@@ -188,7 +200,8 @@ def build_card_report(card: Mapping[str, Any], *, figure_dir: Path | None = None
                "episodes, by number of rules (depth d1-d6). Right: estimated value of the rules "
                "with 95% intervals; the source policy (dashed) and current practice (dotted).")
     fr = pd.DataFrame([{"depth": r["depth"], "rules": r["n_rules"], "agreement": r["agreement"],
-                        "total variation": r["tv"], f"value ({r['estimator']})": r["value"],
+                        "total variation": r["tv"],
+                        f"value ({r['estimator']})": "n/a" if r["value"] is None else r["value"],
                         "ci low": r["ci"][0], "ci high": r["ci"][1],
                         "rarely taken %": r["support_pct"]} for r in card["frontier"]])
     rep.table(fr, n_col=None, floatfmt="{:.3g}")
