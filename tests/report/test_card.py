@@ -154,3 +154,18 @@ def test_an_estimate_without_a_value_reads_n_a(card):
     assert "n/a" in html and "0 [0, 0]" not in html
     rows = re.findall(r"<tr><td>(rules|expert)</td><td>([^<]*)</td>", html)
     assert rows and all(v == "n/a" for _, v in rows), (rows, table[:200])
+
+
+def test_disagreement_counts_are_integers(card):
+    """Episode counts print as integers (not 25.000) even with a suppressed row (None) in the
+    column; the suppressed row reads "suppressed"."""
+    d = card.to_dict()
+    d["disagreement"] = [
+        {"attribute": "group", "group": "g1", "n_episodes": 25, "agreement": 0.9, "tv": 0.2},
+        {"attribute": "(suppressed)", "group": "2 subgroups with fewer than 11 episodes",
+         "suppressed": True, "n_episodes": None}]
+    html = build_card_report(d).render()
+    part = html.split("<h2>Where the rules and the source disagree</h2>")[1].split("</table>")[0]
+    assert "<td>25</td>" in part and "25.000" not in part
+    assert "<td>0.900</td>" in part and "<td>0.200</td>" in part
+    assert re.search(r"fewer than 11 episodes</td><td>suppressed</td>", part)
