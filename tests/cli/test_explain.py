@@ -182,7 +182,8 @@ def test_evaluate_audit_and_mediate_accept_the_rules(files, tmp_path):
                                   "--action", "modality=home_visit", "--control", "0",
                                   "--bootstrap", "10", "--out", str(tmp_path / f"{mode}_med.json")])
         assert res.exit_code == 0, _err(res)
-        assert json.loads((tmp_path / f"{mode}_med.json").read_text())
+        med = json.loads((tmp_path / f"{mode}_med.json").read_text())
+        assert med["target"] == "rules (depth 2) of bc"  # not the folder name "model"
 
 
 @pytest.fixture(scope="module")

@@ -792,7 +792,7 @@ def _evaluate(
     kw: dict[str, Any] = {"truncate": truncate, "normalization": normalization,
                           "n_boot": bootstrap, "ci_method": ci_method, "alpha": alpha}
     ests, beh, ess = estimates_from_prepared(prep, keys, random_state=seed_boot, **kw)
-    _warn_out_of_range(ests, dataset.returns(), ess)
+    _warn_out_of_range(ests, dataset.returns(), ess, prep.propensity_source)
     settings: dict[str, Any] = {
         "estimators": list(keys),
         "q_model": ("given" if q is not None else qcfg if isinstance(qcfg, str)
@@ -850,12 +850,13 @@ def _evaluate(
 
 
 def _warn_out_of_range(ests: dict[str, Estimate], returns: NDArray[np.float64],
-                       ess: Any) -> None:
+                       ess: Any, propensity_source: str = "estimated") -> None:
     """Warn when an estimate lies far outside the range of the observed returns.
 
     A policy's value is an average of returns; an estimate more than the returns' whole span
     beyond them (DR of 1.2e7 on a panel whose returns lie in [0, 1], with estimated propensities
-    near 0) is the importance weights blowing up, not a value. ``DataWarning``.
+    near 0) is the importance weights blowing up, not a value. ``DataWarning``. Logging the
+    propensities is suggested only when they were estimated (``propensity_source``).
     """
     if returns.size == 0:
         return
@@ -869,8 +870,10 @@ def _warn_out_of_range(ests: dict[str, Estimate], returns: NDArray[np.float64],
             f"{', '.join(bad)} lie{'s' if len(bad) == 1 else ''} far outside the range of the "
             f"observed returns [{lo:.4g}, {hi:.4g}]: the importance weights are extreme"
             + (f" (trajectory ESS {n_eff:.1f})" if isinstance(n_eff, float | int) else "")
-            + ". Do not use them; truncate the weights (--truncate), prefer FQE or WDR, or log "
-            "the propensities instead of estimating them.", DataWarning, stacklevel=3)
+            + ". Do not use them; truncate the weights (--truncate)"
+            + (", prefer FQE or WDR, or log the propensities instead of estimating them."
+               if propensity_source == "estimated" else " or prefer FQE or WDR."),
+            DataWarning, stacklevel=3)
 
 
 def _pooled_columns_read(prep: Prepared, dataset: TrajectoryDataset, attrs: Sequence[str],
