@@ -85,11 +85,38 @@ def test_refuses_to_overwrite_without_force(files, tmp_path):
     assert res.exit_code == 2
     assert "refusing to overwrite it (pass --force to replace it)" in _err(res)
     assert (out / "mine.txt").read_text() == "keep"
+    # --force replaces an earlier card, never a folder holding anything else
+    res = runner.invoke(app, _args(files, "bc", out, "--force", "--depth", "2"))
+    assert res.exit_code == 2 and "is not a policy card folder" in _err(res)
+    assert len(_err(res).strip().splitlines()) == 1
+    assert (out / "mine.txt").read_text() == "keep"
+    (out / "mine.txt").unlink()
+    res = runner.invoke(app, _args(files, "bc", out, "--depth", "3"))
+    assert res.exit_code == 0, _err(res)
     res = runner.invoke(app, _args(files, "bc", out, "--force", "--depth", "2"))
     assert res.exit_code == 0, _err(res)
-    assert not (out / "mine.txt").exists() and (out / "policy_card.json").is_file()
     assert json.loads((out / "policy_card.json").read_text())["tree"]["depth"] <= 2
     assert not list(tmp_path.glob(".card.*"))  # no temporary folders left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["card"]
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.EquicareWarning")
+def test_force_never_replaces_the_input_folder(files, tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("panel.parquet", "manifest.toml"):
+        (data / name).write_bytes((files / name).read_bytes())
+    args = ["explain", str(files / "bc"), str(data / "panel.parquet"), "--manifest",
+            str(data / "manifest.toml"), *FAST, "--force", "--out"]
+    res = runner.invoke(app, [*args, str(data)])
+    assert res.exit_code == 2 and "holding it" in _err(res), _err(res)
+    assert sorted(p.name for p in data.iterdir()) == ["manifest.toml", "panel.parquet"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.chdir(empty)
+    res = runner.invoke(app, [*args, "."])
+    assert res.exit_code == 2 and "is the current directory" in _err(res), _err(res)
+    assert len(_err(res).strip().splitlines()) == 1 and list(empty.iterdir()) == []
 
 
 @pytest.mark.parametrize(("extra", "message"), [
@@ -155,7 +182,8 @@ def test_evaluate_audit_and_mediate_accept_the_rules(files, tmp_path):
                                   "--action", "modality=home_visit", "--control", "0",
                                   "--bootstrap", "10", "--out", str(tmp_path / f"{mode}_med.json")])
         assert res.exit_code == 0, _err(res)
-        assert json.loads((tmp_path / f"{mode}_med.json").read_text())
+        med = json.loads((tmp_path / f"{mode}_med.json").read_text())
+        assert med["target"] == "rules (depth 2) of bc"  # not the folder name "model"
 
 
 @pytest.fixture(scope="module")

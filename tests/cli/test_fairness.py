@@ -102,6 +102,16 @@ def test_parse_policy_specs() -> None:
         parse_policy_specs(["a=x", "a=y"])
 
 
+def test_unnamed_rules_are_named_after_their_source(tmp_path) -> None:
+    import json
+
+    model = tmp_path / "card" / "model"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text(json.dumps({
+        "kind": "tree", "info": {"distill": {"max_depth": 2}, "source": {"path": "m/awr"}}}))
+    assert parse_policy_specs([str(model)]) == {"rules (depth 2) of awr": model}
+
+
 def test_frontier_command(app, panel, tmp_path) -> None:
     out = tmp_path / "frontier.json"
     r = _run(app, ["frontier", str(panel["data"]), "--manifest", str(panel["manifest"]),

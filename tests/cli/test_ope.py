@@ -238,3 +238,23 @@ def test_evaluate_warns_when_logged_propensities_do_not_fit_the_actions(files):
     files["df"].assign(propensity=1 / 6).to_csv(files["data"], index=False)  # the truth
     res, _ = _run(files, "--force")
     assert res.exit_code == 0 and "logged propensities" not in res.output
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_wis_with_every_weight_zero_prints_n_a_and_writes_null(files, stream):
+    """A policy that never takes the logged action: WIS has no value (null with a reason in the
+    result, "n/a" in the table), in memory and streamed."""
+    ds = files["ds"]
+    probs = np.eye(ds.n_actions)[(ds.actions + 1) % ds.n_actions]
+    write_policy_file(ds, probs, files["dir"] / "never.parquet")
+    files = {**files, "policy": files["dir"] / "never.parquet"}
+    extra = ["--estimators", "is,wis"] + (["--chunk-rows", "100"] if stream else [])
+    res, out = _run(files, *extra)
+    assert res.exit_code == 0, res.output
+    d = json.loads(out.read_text())
+    wis = d["estimates"]["wis"]
+    assert wis["value"] is None and wis["ci"] == [None, None] and wis["se"] is None
+    assert "every episode's importance weight is 0" in wis["reason"]
+    row = next(ln for ln in res.stdout.splitlines() if ln.strip("│ ").startswith("wis"))
+    assert row.count("n/a") == 3 and " 0 " not in row, row
+    assert "wis: n/a, every episode's importance weight is 0" in " ".join(res.stdout.split())

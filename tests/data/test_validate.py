@@ -282,3 +282,15 @@ def test_dates_as_time_name_the_first_row_and_say_how_to_number_steps(frame, man
         g["week"] = pd.to_datetime(g["week"]).groupby(g["member_id"]).rank(
             method="first").astype(int) - 1
         assert validate_frame(g, Manifest.from_dict(manifest_dict), "panel.csv").ok
+
+
+def test_small_group_levels_are_named_without_their_counts(manifest_dict):
+    """A level with fewer than 11 episodes is named, its count (a small cell) is not."""
+    frame = make_frame(n_members=40, seed=4)
+    ids = frame["member_id"].unique()
+    frame.loc[frame["member_id"].isin(ids[:7]), "race"] = "Pacific Islander"
+    with pytest.warns(DataWarning) as rec:
+        from_frame(frame, manifest_dict, source="p.csv")
+    msg = next(str(w.message) for w in rec if "fewer than 11 episodes" in str(w.message))
+    assert "Pacific Islander" in msg and "Pacific Islander (" not in msg
+    assert not re.search(r"\(\d+\)", msg), msg

@@ -216,3 +216,40 @@ def test_a_single_published_group_leaves_the_fairness_evidence_null_with_the_rea
     assert card.fairness["reason"] == ("group 'group': only 1 group can be published (g1); a "
                                        "parity audit needs at least 2.")
     assert "parity_gap_pp" not in json.dumps(card.fairness)
+
+
+def test_a_panel_without_groups_gets_a_card_without_a_fairness_audit():
+    """No group attributes: the card is written with the fairness section marked unavailable
+    (and a caveat), not refused after the work; naming a group is refused before any work."""
+    import dataclasses
+
+    from equicare.report import build_card_report
+
+    train, test = tree_sim.generate(120, seed=14), tree_sim.generate(60, seed=15)
+    train, test = dataclasses.replace(train, groups={}), dataclasses.replace(test, groups={})
+    cfg = ExplainConfig(bootstrap=0, frontier_bootstrap=0, depths=(1, 2))
+    card = explain_policy(train, tree_sim.NoisyExpert(), cfg, test=test, random_state=0)
+    fair = card.fairness
+    assert fair["available"] is False and fair["suppressed"] is False
+    assert fair["policies"] == {} and "no group attributes" in fair["reason"]
+    assert any(c.startswith("No fairness audit: the dataset has no group attributes")
+               for c in card.caveats)
+    assert card.disagreement == []
+    html = build_card_report(card.to_dict()).render()
+    assert "Fairness audit unavailable: the dataset has no group attributes" in html
+    assert "suppressed" not in html.split("Evidence by policy")[1].split("</caption>")[0]
+    with pytest.raises(InvalidParameterError, match="no group attributes"):
+        explain_policy(train, tree_sim.NoisyExpert(),
+                       ExplainConfig(bootstrap=0, frontier_bootstrap=0, depths=(1,),
+                                     group="group"), test=test, random_state=0)
+
+
+def test_no_share_is_kept_when_an_estimate_has_no_value():
+    """WIS with every weight 0 is NaN: no share kept and no gain (null), not NaN in the JSON."""
+    from equicare.explain._evidence import improvement_kept
+
+    nan = float("nan")
+    kept, gains = improvement_kept(1.0, {"wis": nan, "dr": 2.0}, {"wis": nan, "dr": nan})
+    assert kept == {"wis": None, "dr": None} and gains == {"wis": None, "dr": 1.0}
+    kept, _ = improvement_kept(1.0, {"wis": 2.0}, {"wis": nan})
+    assert kept == {"wis": None}

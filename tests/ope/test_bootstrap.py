@@ -185,3 +185,27 @@ def test_a_degenerate_standard_error_falls_back_to_the_percentile_interval():
     lo, hi = studentized_interval(0.0, reps, small, 1.0)
     assert hi == -lo and (lo, hi) != percentile_interval(reps)
     assert studentized_interval(0.0, reps, np.ones(200), 1e-9) == percentile_interval(reps)
+
+
+@pytest.mark.parametrize("n_boot", [0, 40])
+def test_wis_with_every_weight_zero_has_no_estimate(n_boot):
+    """Every episode's weight 0: WIS (and WPDIS) are undefined, reported as null with the
+    reason, not 0 [0, 0] with SE 0; the other estimators are unchanged."""
+    from equicare.data import from_frame
+    from equicare.ope._bootstrap import Estimate
+    from equicare.ope._core import MSG_ALL_WEIGHTS_ZERO
+    from tests.conftest import MANIFEST, make_frame
+
+    ds = from_frame(make_frame(40, seed=2), MANIFEST, emit_warnings=False)
+    probs = np.eye(ds.n_actions)[(ds.actions + 1) % ds.n_actions]  # never the logged action
+    res = evaluate(ds, probs, estimators=["is", "wis", "wpdis"], q_model="linear",
+                   bootstrap=n_boot, groups=[], diagnose_support=False, random_state=0)
+    for k in ("wis", "wpdis"):
+        e = res.estimates[k]
+        assert e.reason == MSG_ALL_WEIGHTS_ZERO and np.isnan([e.value, *e.ci, e.se]).all()
+        d = res.to_dict()["estimates"][k]
+        assert d == {"value": None, "ci": [None, None], "se": None,
+                     "reason": MSG_ALL_WEIGHTS_ZERO}
+        assert Estimate.from_dict(e.to_dict()).reason == MSG_ALL_WEIGHTS_ZERO
+    assert res.estimates["is"].value == 0.0 and res.estimates["is"].reason is None
+    assert "reason" not in res.to_dict()["estimates"]["is"]

@@ -325,3 +325,23 @@ def test_an_estimate_far_outside_the_observed_returns_is_warned_about(ds):
                        groups=[], diagnose_support=False)
     g = ds.returns()
     assert res.estimates["is"].value > g.max() + (g.max() - g.min())
+
+
+def test_the_out_of_range_warning_advises_logging_only_estimated_propensities(ds):
+    """With logged propensities the warning does not tell the user to log them."""
+    from equicare.exceptions import DataWarning
+
+    bp = ds.behavior_prob.copy()
+    bp[:3] *= 1e-6
+    bad = replace(ds, behavior_prob=bp, _cache={})
+    with pytest.warns(DataWarning, match="far outside") as rec:
+        evaluate(bad, TabularPolicy(TARGET), estimators=("is",), bootstrap=0, groups=[],
+                 diagnose_support=False)
+    msg = " ".join(str(w.message) for w in rec)
+    assert "log the propensities" not in msg and "truncate the weights (--truncate)" in msg
+    from equicare.ope._bootstrap import Estimate
+    from equicare.ope._evaluate import _warn_out_of_range
+
+    far = {"is": Estimate(value=1e6, ci=(0.0, 2e6), se=1.0, n_episodes=3)}
+    with pytest.warns(DataWarning, match="log the propensities instead of estimating them"):
+        _warn_out_of_range(far, np.array([0.0, 1.0]), None, "estimated")

@@ -277,3 +277,24 @@ def test_ray_shards_equal_in_memory(panel, ray):
                                   chunk_rows=40, executor=ex, n_shards=4)
     assert sharded.n_episodes == whole.n_episodes and sharded.n_chunks >= 4
     _same(whole, sharded)
+
+
+@dataclass(frozen=True)
+class NeverLogged:
+    """Always an action other than the logged one: every importance weight is 0."""
+
+    def action_probs(self, ds):
+        return np.eye(ds.n_actions)[(ds.actions + 1) % ds.n_actions]
+
+
+def test_streamed_wis_with_every_weight_zero_is_null(panel):
+    from equicare.ope._core import MSG_ALL_WEIGHTS_ZERO
+
+    path, man, ds = panel
+    res = evaluate_stream(path, NeverLogged(), manifest=man, estimators=["is", "wis"],
+                          n_boot=50, chunk_rows=200, random_state=0)
+    e = res.estimates["wis"]
+    assert e.reason == MSG_ALL_WEIGHTS_ZERO and np.isnan([e.value, *e.ci, e.se]).all()
+    assert e.to_dict() == {"value": None, "ci": [None, None], "se": None,
+                           "reason": MSG_ALL_WEIGHTS_ZERO}
+    assert res.estimates["is"].reason is None and res.estimates["is"].value == 0.0

@@ -193,3 +193,47 @@ def test_usual_care_leaves_follow_the_stored_behaviour_model(ds, tmp_path):
         dataclasses.replace(pol, usual=usual)
     with pytest.raises(PolicyError, match=re.escape("tree array 'usual' has shape (2,)")):
         dataclasses.replace(pol, usual=np.zeros(2, dtype=bool))
+
+
+def _region_stump(ds, levels=("north", "south")):
+    """One split: region == levels[0] goes right (action 1), else left (action 0)."""
+    probs = np.zeros((3, ds.n_actions))
+    probs[1, 0] = probs[2, 1] = 1.0
+    feats = [{"kind": "categorical", "name": "region", "level": lv} for lv in levels]
+    return TreePolicy(children_left=np.array([1, -1, -1]), children_right=np.array([2, -1, -1]),
+                      feature=np.array([0, -2, -2]), threshold=np.array([0.5, -2.0, -2.0]),
+                      probs=probs, features=feats, action_space=ds.action_space,
+                      source="rules")
+
+
+def test_unseen_levels_warn_like_the_network_models(ds):
+    """Relabelled levels (upper case) match no rule's test: a DataWarning says so, in the
+    network models' words; the known levels give no warning."""
+    import warnings
+
+    from equicare.exceptions import DataWarning
+
+    pol = _region_stump(ds)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        pol.action_probs(ds)
+    frame = make_frame(60, seed=3, min_len=1, max_len=7)
+    frame["region"] = frame["region"].str.upper()
+    up = from_frame(frame, MANIFEST, emit_warnings=False)
+    with pytest.warns(DataWarning, match=r"rules: in column 'region', .* \(100%\) have levels "
+                      r"the model never saw in training .*'NORTH'.*the rules read them as "
+                      r"none of the levels they test"):
+        pol.action_probs(up)
+
+
+def test_levels_match_by_their_normalised_label(ds):
+    """A tree saved with labels ``1.0``/``2.0`` reads a panel whose labels are ``1``/``2``, as
+    the network models do."""
+    frame = make_frame(60, seed=3, min_len=1, max_len=7)
+    frame["region"] = np.where(frame["region"] == "north", 1, 2)
+    num = from_frame(frame, MANIFEST, emit_warnings=False)
+    pol = _region_stump(num, levels=("1.0", "2.0"))
+    x = tree_features(num, pol.features)
+    one = num.categorical_levels[0].index(1)
+    np.testing.assert_array_equal(x[:, 0], num.categorical[:, 0] == one)
+    np.testing.assert_array_equal(pol.predict(num), (num.categorical[:, 0] == one).astype(int))

@@ -74,6 +74,8 @@ def test_write_card_is_atomic_and_refuses_to_overwrite(card, tmp_path):
         write_card(card, out)
     write_card(card, out, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["card"]
+    assert sorted(p.name for p in out.iterdir()) == ["model", "policy_card.html",
+                                                     "policy_card.json", "rules.txt"]
     (tmp_path / "file").write_text("x")
     with pytest.raises(FileExistsError, match="is not a folder"):
         write_card(card, tmp_path / "file", overwrite=True)
@@ -100,3 +102,70 @@ def test_card_renders_in_chromium(which, request, tmp_path):
     assert "Rules in plain language" in dom.stdout
     errors = [ln for ln in dom.stderr.splitlines() if "CONSOLE" in ln and "ERROR" in ln]
     assert not errors, errors
+
+
+def test_force_replaces_only_a_card_folder(card, tmp_path):
+    """A non-empty folder that is not a card (a panel, a manifest) is never replaced."""
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / "panel.parquet").write_text("precious")
+    (out / "policies").mkdir()
+    with pytest.raises(FileExistsError, match="is not a policy card folder"):
+        write_card(card, out, overwrite=True)
+    assert (out / "panel.parquet").read_text() == "precious" and (out / "policies").is_dir()
+    # a card with a stray user file is not a card either
+    out2 = tmp_path / "card"
+    write_card(card, out2)
+    (out2 / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"holds notes\.txt"):
+        write_card(card, out2, overwrite=True)
+    assert (out2 / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["card", "data"]
+
+
+def test_the_current_directory_is_refused(card, tmp_path, monkeypatch):
+    from equicare.exceptions import InvalidParameterError
+
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    for out in (".", here, tmp_path):
+        with pytest.raises(InvalidParameterError, match="current directory"):
+            write_card(card, out, overwrite=True)
+    assert list(here.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["here"]
+    write_card(card, "card")  # a folder inside the current directory is fine
+    assert (here / "card" / "policy_card.json").is_file()
+
+
+def test_an_estimate_without_a_value_reads_n_a(card):
+    """WIS with every weight 0 is null with a reason in the card JSON: the page says "n/a"
+    (not 0 [0, 0]) and the frontier plot leaves a gap."""
+    import copy
+
+    d = copy.deepcopy(card.to_dict())
+    why = "every episode's importance weight is 0"
+    null = {"value": None, "ci": [None, None], "se": None, "n_episodes": 150, "reason": why}
+    d["evidence"]["value"]["rules"]["wis"] = dict(null)
+    d["evidence"]["value"]["source"]["wis"] = dict(null)
+    for r in d["frontier"]:
+        r.update({"estimator": "wis", "value": None, "ci": [None, None], "reason": why})
+    html = build_card_report(d).render()
+    table = html.split("Evidence by policy")[0].split("<table>")[-1]
+    assert "n/a" in html and "0 [0, 0]" not in html
+    rows = re.findall(r"<tr><td>(rules|expert)</td><td>([^<]*)</td>", html)
+    assert rows and all(v == "n/a" for _, v in rows), (rows, table[:200])
+
+
+def test_disagreement_counts_are_integers(card):
+    """Episode counts print as integers (not 25.000) even with a suppressed row (None) in the
+    column; the suppressed row reads "suppressed"."""
+    d = card.to_dict()
+    d["disagreement"] = [
+        {"attribute": "group", "group": "g1", "n_episodes": 25, "agreement": 0.9, "tv": 0.2},
+        {"attribute": "(suppressed)", "group": "2 subgroups with fewer than 11 episodes",
+         "suppressed": True, "n_episodes": None}]
+    html = build_card_report(d).render()
+    part = html.split("<h2>Where the rules and the source disagree</h2>")[1].split("</table>")[0]
+    assert "<td>25</td>" in part and "25.000" not in part
+    assert "<td>0.900</td>" in part and "<td>0.200</td>" in part
+    assert re.search(r"fewer than 11 episodes</td><td>suppressed</td>", part)

@@ -97,12 +97,13 @@ def policy_from_file(path: str | os.PathLike[str], ds: Any, md: MediationData,
     With ``mask`` the probabilities are collapsed to the binary action set.
     """
     from equicare.policy import load_policy
+    from equicare.policy._load import policy_name
 
     full = np.asarray(load_policy(path).action_probs(ds), dtype=np.float64)
     if mask is not None:
         full = collapse_probs(full, mask)
     assert md.rows is not None and md.next_rows is not None
-    return PolicyProbs(full[md.rows], full[md.next_rows], name=Path(path).stem)
+    return PolicyProbs(full[md.rows], full[md.next_rows], name=policy_name(path))
 
 
 def mediate_dataset(ds: Any, target: Any, control: Any = 0, *,

@@ -30,7 +30,10 @@ def run_explain(model: Path, data: Path, *, manifest: Path, out: Path, depth: in
     Raises
     ------
     FileExistsError
-        ``out`` is a non-empty folder and ``force`` is not set (checked before any work).
+        ``out`` is a non-empty folder and ``force`` is not set, or a folder that is not a card
+        (checked before any work).
+    InvalidParameterError
+        ``out`` is or holds the current directory or an input.
     DataValidationError, ValueError, FileNotFoundError
         Bad data, manifest, policy or option.
     """
@@ -39,10 +42,9 @@ def run_explain(model: Path, data: Path, *, manifest: Path, out: Path, depth: in
     from equicare.explain import DistillConfig, ExplainConfig, explain_policy, load_source_policy
     from equicare.explain._evidence import weights_q_model
     from equicare.report import write_card
+    from equicare.report._card import check_card_target
 
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise FileExistsError(f"{out} exists; refusing to overwrite it (pass --force to "
-                              "replace it).")
+    check_card_target(out, overwrite=force, inputs=(model, data, manifest))
     keys = tuple(k.strip() for k in estimators.split(",") if k.strip())
     cfg = ExplainConfig(depth=depth, holdout=holdout, q_model=q_model, estimators=keys,
                         bootstrap=bootstrap, frontier_bootstrap=min(bootstrap, 50),

@@ -53,13 +53,16 @@ def _check_out(out: Path | None, force: bool) -> None:
 def parse_policy_specs(specs: list[str] | None) -> dict[str, Path]:
     """``["awr_fair=models/awr", "policy.parquet"]`` -> ``{"awr_fair": ..., "policy": ...}``.
 
-    A spec is ``NAME=PATH`` or ``PATH`` (name: the file or folder name without suffix).
+    A spec is ``NAME=PATH`` or ``PATH`` (name: the file or folder name without suffix;
+    distilled rules: ``"rules (depth 3) of m_awr"``, :func:`equicare.policy._load.policy_name`).
     """
+    from equicare.policy._load import policy_name
+
     out: dict[str, Path] = {}
     for spec in specs or []:
         name, sep, path = spec.partition("=")
         if not sep:
-            path, name = spec, Path(spec).stem
+            path, name = spec, policy_name(spec)
         name, path = name.strip(), path.strip()
         if not name or not path:
             raise InvalidParameterError(f"--policy must be NAME=PATH or PATH; got {spec!r}.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -214,6 +215,20 @@ def _fmt(x: float) -> str:
     return f"{x:.4g}"
 
 
+def _cells(e: Any) -> tuple[str, str, str]:
+    """Value, interval and SE of an estimate as table cells; "n/a" when it has none."""
+    if getattr(e, "reason", None) is not None or not math.isfinite(e.value):
+        return "n/a", "n/a", "n/a"
+    return _fmt(e.value), f"[{_fmt(e.ci[0])}, {_fmt(e.ci[1])}]", _fmt(e.se)
+
+
+def _caption(estimates: dict[str, Any]) -> str | None:
+    """Why some estimates are "n/a" (one line each), or None."""
+    why = [f"{k}: n/a, {e.reason}" for k, e in estimates.items()
+           if getattr(e, "reason", None) is not None]
+    return "\n".join(why) or None
+
+
 def result_table(res: EvaluationResult) -> Table:
     """Rich table of the estimates (value, interval, standard error)."""
     from rich.table import Table
@@ -228,7 +243,8 @@ def result_table(res: EvaluationResult) -> Table:
     t.add_row("behavior (observed)", _fmt(res.behavior.value),
               f"[{_fmt(res.behavior.ci[0])}, {_fmt(res.behavior.ci[1])}]", _fmt(res.behavior.se))
     for k, e in res.estimates.items():
-        t.add_row(k, _fmt(e.value), f"[{_fmt(e.ci[0])}, {_fmt(e.ci[1])}]", _fmt(e.se))
+        t.add_row(k, *_cells(e))
+    t.caption = _caption(res.estimates)
     return t
 
 
@@ -327,7 +343,8 @@ def stream_table(res: Any) -> Table:
     t.add_row("behaviour (on-policy mean)", _fmt(b.value), f"[{_fmt(b.ci[0])}, {_fmt(b.ci[1])}]",
               _fmt(b.se))
     for k, e in res.estimates.items():
-        t.add_row(k, _fmt(e.value), f"[{_fmt(e.ci[0])}, {_fmt(e.ci[1])}]", _fmt(e.se))
+        t.add_row(k, *_cells(e))
+    t.caption = _caption(res.estimates)
     return t
 
 

@@ -89,7 +89,8 @@ def panel_warnings(counts: PanelCounts, manifest: Manifest, source: str) -> list
         levels = counts.group_counts.get(g)
         if levels is None:
             continue
-        small = [f"{lv} ({c})" for lv, c in sorted(levels.items()) if c < MIN_CELL]
+        # the levels only: a count below MIN_CELL is itself a small cell, never printed
+        small = [str(lv) for lv, c in sorted(levels.items()) if c < MIN_CELL]
         if small:
             out.append(
                 f"{source}: group attribute {g!r} has levels with fewer than {MIN_CELL} "

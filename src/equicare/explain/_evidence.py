@@ -338,12 +338,26 @@ def _disagreement(ds: TrajectoryDataset, agree: NDArray[np.bool_], tv: NDArray[n
     return shown
 
 
+#: Why a card of a panel without group attributes has no fairness audit.
+NO_GROUPS_REASON = ("the dataset has no group attributes (manifest dataset.groups), so there "
+                    "is no group to audit")
+#: A group named for the audit of a panel without group attributes.
+MSG_GROUP_WITHOUT_GROUPS = ("The 'group' parameter of ExplainConfig names {group!r}, but the "
+                            "dataset has no group attributes (manifest dataset.groups); drop "
+                            "--group or add the column to the manifest's dataset.groups.")
+
+
 def _fairness(audit_res: Any) -> dict[str, Any]:
+    """The card's fairness entry: an audit, a suppressed one (a reason string) or none (None)."""
+    if audit_res is None:
+        return {"available": False, "suppressed": False, "reason": NO_GROUPS_REASON,
+                "policies": {}}
     if isinstance(audit_res, str):
-        return {"suppressed": True, "reason": audit_res, "policies": {}}
+        return {"available": False, "suppressed": True, "reason": audit_res, "policies": {}}
     d = audit_res.to_dict()
     summ = audit_res.summary()
-    out: dict[str, Any] = {"action": d["action"], "group": d["group"],
+    out: dict[str, Any] = {"available": True, "suppressed": False,
+                           "action": d["action"], "group": d["group"],
                            "n_episodes": d["n_episodes"], "estimator": d["estimator"],
                            "policies": {}}
     for name, p in d["policies"].items():
@@ -392,6 +406,8 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
 
     cfg = config or ExplainConfig()
     check_param(random_state, "random_state", "explain_policy", kind=int, low=0)
+    if cfg.group is not None and not dataset.groups:
+        raise InvalidParameterError(MSG_GROUP_WITHOUT_GROUPS.format(group=cfg.group))
     rng = np.random.default_rng(random_state)
     seeds = [int(s) for s in rng.integers(0, 2**31 - 1, size=8)]
     if test is None:
@@ -464,17 +480,19 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
             trees[d] = (dist, probs, agree, tv)
             frontier.append({"depth": d, "n_rules": rule_count(dist.policy_),
                              "agreement": float(agree.mean()), "tv": float(tv.mean()),
-                             "estimator": key, "value": e.value, "ci": list(e.ci),
+                             "estimator": key, **{k: v for k, v in e.to_dict().items()
+                                                  if k in ("value", "ci", "reason")},
                              "support_pct": support_pct(probs)})
         dist, rules_test, agree, tv = trees[cfg.depth]
         tree = dist.policy_
         rules_val = value(rules_test, cfg.bootstrap, seeds[3])
-        aud: Any
+        aud: Any = None  # None: no group attributes, so no audit (the card says so)
         try:
-            aud = audit(test, {"source": src_test, "rules": rules_test}, action=cfg.action,
-                        group=cfg.group, n_boot=cfg.bootstrap,
-                        n_permutations=cfg.n_permutations, min_cell=cfg.min_cell,
-                        estimator=key, q_model=q_name, random_state=seeds[6])
+            if test.groups:
+                aud = audit(test, {"source": src_test, "rules": rules_test}, action=cfg.action,
+                            group=cfg.group, n_boot=cfg.bootstrap,
+                            n_permutations=cfg.n_permutations, min_cell=cfg.min_cell,
+                            estimator=key, q_model=q_name, random_state=seeds[6])
         except DataValidationError as exc:
             if not ("nothing can be published" in str(exc)
                     or "a parity audit needs at least 2" in str(exc)):
@@ -512,6 +530,9 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
     disagreement = _disagreement(test, agree, tv, cfg.min_cell, cfg.top_disagreement)
     fair = _fairness(aud)
     caveats = _caveats(fid, sup, val, key, cfg, caught_msgs)
+    if aud is None:
+        caveats.append(f"No fairness audit: {NO_GROUPS_REASON}. Name the protected attributes "
+                       "in the manifest's dataset.groups to audit the rules by group.")
     data = {"n_episodes": int(fit_ds.n_episodes + test.n_episodes),
             "fit_episodes": int(fit_ds.n_episodes), "fit_rows": int(fit_ds.n_steps),
             "test_episodes": int(test.n_episodes), "test_rows": int(test.n_steps),
@@ -533,7 +554,7 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
 
 
 def improvement_kept(behavior: float, source: dict[str, float], rules: dict[str, float]
-                     ) -> tuple[dict[str, float | None], dict[str, float]]:
+                     ) -> tuple[dict[str, float | None], dict[str, float | None]]:
     r"""Share of the source policy's estimated gain over current practice that the rules keep.
 
     .. math::
@@ -555,16 +576,19 @@ def improvement_kept(behavior: float, source: dict[str, float], rules: dict[str,
     Returns
     -------
     kept : dict of str to float or None
-        The share by estimator (``None`` where the source gain is <= 0).
-    gains : dict of str to float
-        The source policy's gain over current practice by estimator.
+        The share by estimator (``None`` where the source gain is <= 0 or an estimate has no
+        value, e.g. WIS when every importance weight is 0).
+    gains : dict of str to float or None
+        The source policy's gain over current practice by estimator (``None`` where the
+        source's estimate has no value).
     """
     kept: dict[str, float | None] = {}
-    gains: dict[str, float] = {}
+    gains: dict[str, float | None] = {}
     for k, v in source.items():
         gain_src = float(v - behavior)
-        gains[k] = gain_src
-        kept[k] = None if not gain_src > 1e-12 else float((rules[k] - behavior) / gain_src)
+        gains[k] = gain_src if np.isfinite(gain_src) else None
+        share = (rules[k] - behavior) / gain_src if gain_src > 1e-12 else np.nan
+        kept[k] = float(share) if np.isfinite(share) else None
     return kept, gains
 
 
@@ -584,6 +608,10 @@ def _caveats(fid: dict[str, Any], sup: dict[str, Any], val: dict[str, Any], key:
         "features (no unmeasured confounding).",
         f"Subgroups with fewer than {cfg.min_cell} episodes are suppressed in every table.",
     ]
+    for who, pol_key in (("the source policy", "source"), ("the rules", "rules")):
+        for k, e in val.get(pol_key, {}).items():
+            if e.get("reason") is not None:
+                out.append(f"No {k} estimate for {who} (n/a): {e['reason']}.")
     kept = val["improvement_kept"].get(key)
     gain = val.get("source_gain", {}).get(key)
     if gain is not None and not gain > 1e-12:

@@ -64,9 +64,45 @@ def _all_levels(tree: TreePolicy, kind: str, name: str) -> list[str]:
             if f.get("kind") == "categorical" and f.get("name") == name]
 
 
+#: Feature kinds that read 0 at an episode's first row (it has no previous row).
+_ZERO_AT_FIRST = ("prev_action", "prev_reward", "recent_action")
+
+
+def first_rows_reach(tree: TreePolicy, path: list[tuple[int, bool, float]]) -> bool:
+    """Whether an episode's first row can follow ``path`` (as far as its history tests say).
+
+    A first row has no previous row: its previous-action indicators, action counts and previous
+    reward are 0 and its previous states are the current ones (see
+    :func:`equicare.policy.tree_features`). A test on the former that 0 fails keeps every first
+    row out of the leaf; otherwise some may reach it.
+
+    Parameters
+    ----------
+    tree : TreePolicy
+    path : list of (feature, goes_right, threshold)
+
+    Returns
+    -------
+    bool
+    """
+    for f, right, t in path:
+        if tree.features[f]["kind"] in _ZERO_AT_FIRST and (float(np.float32(0.0)) > t) != right:
+            return False
+    return True
+
+
 def _conditions(tree: TreePolicy, path: list[tuple[int, bool, float]], time_unit: str
                 ) -> list[dict[str, Any]]:
-    """Merge a path's tests into readable conditions, one per column."""
+    """Merge a path's tests into readable conditions, one per column.
+
+    When an episode's first row can reach the leaf, every condition on the previous row says
+    what it means there, so the text is true for every row the rule routes: "last week's
+    modality is not phone (or first week)" (no previous action and no previous reward: the
+    condition holds), "risk last week (or this week, in a first week) <= 0.6" (a first row reads
+    its current state). Counts ("no modality=phone in the last 3 weeks") need no note.
+    """
+    first = first_rows_reach(tree, path)
+    or_first = f" (or first {time_unit})" if first else ""
     bounds: dict[int, list[float]] = {}
     groups: dict[tuple[str, str], dict[str, Any]] = {}
     order: list[tuple[str, Any]] = []
@@ -100,11 +136,12 @@ def _conditions(tree: TreePolicy, path: list[tuple[int, bool, float]], time_unit
             else:
                 levels = sorted(set(g["not"]))
                 rest = [lv for lv in _all_levels(tree, kind, name) if lv not in levels]
+                note = or_first if kind == "prev_action" else ""
                 if len(rest) == 1:  # "is not a" of a two-level column reads "is b"
-                    text = f"{subject} is {rest[0]}"
+                    text = f"{subject} is {rest[0]}{note}"
                     out.append({"column": subject, "op": "is", "levels": rest, "text": text})
                     continue
-                text = f"{subject} is not {' or '.join(levels)}"
+                text = f"{subject} is not {' or '.join(levels)}{note}"
                 out.append({"column": subject, "op": "is not", "levels": levels, "text": text})
             continue
         rec = tree.features[key]
@@ -124,12 +161,15 @@ def _conditions(tree: TreePolicy, path: list[tuple[int, bool, float]], time_unit
             out.append({"column": what, "op": "count", "low": lo_n, "high": hi_n, "text": text})
             continue
         name = feature_label(rec, time_unit)
+        shown = (f"{name} (or this {time_unit}, in a first {time_unit})"
+                 if first and rec["kind"] == "prev_state" else name)
+        note = or_first if rec["kind"] == "prev_reward" else ""
         if lo > -math.inf and hi < math.inf:
-            text = f"{_num(lo)} < {name} <= {_num(hi)}"
+            text = f"{_num(lo)} < {shown} <= {_num(hi)}{note}"
         elif lo > -math.inf:
-            text = f"{name} > {_num(lo)}"
+            text = f"{shown} > {_num(lo)}{note}"
         else:
-            text = f"{name} <= {_num(hi)}"
+            text = f"{shown} <= {_num(hi)}{note}"
         out.append({"column": name, "op": "range",
                     "low": None if lo == -math.inf else lo,
                     "high": None if hi == math.inf else hi, "text": text})

@@ -22,7 +22,13 @@ from numpy.typing import NDArray
 from scipy.special import ndtr, ndtri
 
 from equicare.exceptions import InvalidParameterError
-from equicare.ope._core import EpisodeParts, combine, jackknife_estimates, point_estimates
+from equicare.ope._core import (
+    EpisodeParts,
+    combine,
+    jackknife_estimates,
+    point_estimates,
+    undefined_estimates,
+)
 from equicare.utils import RandomState, check_param, check_random_state
 
 __all__ = [
@@ -75,23 +81,57 @@ class Estimate:
         bootstrap).
     n_episodes : int
         Episodes used.
+    reason : str or None
+        Why there is no estimate (value, interval and standard error NaN), e.g. every
+        importance weight of WIS is 0; None when there is one.
     """
 
     value: float
     ci: tuple[float, float]
     se: float
     n_episodes: int
+    reason: str | None = None
+
+    @classmethod
+    def undefined(cls, n_episodes: int, reason: str) -> Estimate:
+        """An estimate that cannot be computed: NaN value, interval and standard error."""
+        nan = float("nan")
+        return cls(value=nan, ci=(nan, nan), se=nan, n_episodes=n_episodes, reason=reason)
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"value", "ci", "se", "n_episodes"}`` (JSON-friendly)."""
-        return {"value": self.value, "ci": [self.ci[0], self.ci[1]], "se": self.se,
+        """``{"value", "ci", "se", "n_episodes"}`` (JSON-friendly), NaN as ``None``.
+
+        An estimate that cannot be computed adds its ``"reason"``.
+        """
+        return {**estimate_json(self.value, self.ci, self.se, self.reason),
                 "n_episodes": self.n_episodes}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Estimate:
         """Inverse of :meth:`to_dict`."""
-        return cls(value=float(d["value"]), ci=(float(d["ci"][0]), float(d["ci"][1])),
-                   se=float(d["se"]), n_episodes=int(d["n_episodes"]))
+        def num(x: Any) -> float:
+            return float("nan") if x is None else float(x)
+
+        return cls(value=num(d["value"]), ci=(num(d["ci"][0]), num(d["ci"][1])),
+                   se=num(d["se"]), n_episodes=int(d["n_episodes"]), reason=d.get("reason"))
+
+
+def estimate_json(value: float, ci: tuple[float, float], se: float | None,
+                  reason: str | None = None) -> dict[str, Any]:
+    """``{"value", "ci", "se"}`` of an estimate, non-finite numbers as ``None`` (JSON null).
+
+    ``se=None`` leaves the standard error out; a ``reason`` (why there is no estimate) is added
+    when given.
+    """
+    def num(x: float) -> float | None:
+        return float(x) if np.isfinite(x) else None
+
+    d: dict[str, Any] = {"value": num(value), "ci": [num(ci[0]), num(ci[1])]}
+    if se is not None:
+        d["se"] = num(se)
+    if reason is not None:
+        d["reason"] = reason
+    return d
 
 
 def bootstrap_counts(n_episodes: int, n_boot: int, random_state: RandomState = None
@@ -410,12 +450,27 @@ def estimates_with_ci(
 ) -> dict[str, Estimate]:
     """Estimate with bootstrap intervals (jackknife normal intervals when ``n_boot == 0``).
 
-    ``shift`` adds an independent term to some estimators' replicates and its variance to
-    their standard errors (:class:`Shift`).
+    An estimate that cannot be computed (WIS when every importance weight is 0,
+    :func:`~equicare.ope._core.undefined_estimates`) is :meth:`Estimate.undefined`: NaN with
+    its reason, never 0 [0, 0]. ``shift`` adds an independent term to some estimators'
+    replicates and its variance to their standard errors (:class:`Shift`).
     """
     check_param(n_boot, "n_boot", "estimates_with_ci", kind=int, low=0)
     point = point_estimates(parts)
     n_ep = int(parts.matrix.shape[0])
+    undefined = undefined_estimates(parts, parts.matrix.sum(axis=0))
+    defined = _defined_estimates(parts, point, n_ep, n_boot=n_boot, method=method,
+                                 alpha=alpha, random_state=random_state, counts=counts,
+                                 shift=shift)
+    return {k: Estimate.undefined(n_ep, undefined[k]) if k in undefined else defined[k]
+            for k in parts.keys}
+
+
+def _defined_estimates(parts: EpisodeParts, point: dict[str, float], n_ep: int, *,
+                       n_boot: int, method: CIMethod, alpha: float,
+                       random_state: RandomState, counts: NDArray[np.float64] | None,
+                       shift: Shift | None) -> dict[str, Estimate]:
+    """:func:`estimates_with_ci` before undefined estimates are marked."""
     if n_boot == 0 and counts is None:
         jack = jackknife_estimates(parts)
         z = float(ndtri(1 - alpha / 2))

@@ -502,6 +502,41 @@ def combine(parts: EpisodeParts, sums: NDArray[np.float64], counts: NDArray[np.f
     return out
 
 
+#: Why a self-normalised estimate has no value: its denominator, the sum of the weights, is 0.
+MSG_ALL_WEIGHTS_ZERO = ("every episode's importance weight is 0 (the policy gives probability 0 "
+                        "to a logged action in every episode), so the self-normalised estimate "
+                        "is undefined")
+
+
+def undefined_estimates(parts: EpisodeParts, total: NDArray[np.float64]) -> dict[str, str]:
+    """Estimators whose point estimate is undefined, with the reason.
+
+    WIS (and WPDIS) divide by the sum of the episodes' weights; when every weight is 0 (every
+    step of WPDIS) there is no estimate, not an estimate of 0.
+
+    Parameters
+    ----------
+    parts : EpisodeParts
+        Layout of the columns (``keys``, ``slices``, ``horizon``); its matrix is not read.
+    total : ndarray of shape (n_parts,)
+        Column sums of the parts over all episodes.
+
+    Returns
+    -------
+    dict of str to str
+        ``{key: reason}``; empty when every estimate is defined.
+    """
+    out: dict[str, str] = {}
+    h = parts.horizon
+    for k in parts.keys:
+        s = total[parts.slices[k]]
+        if k == "wis" and not s[1] != 0:
+            out[k] = MSG_ALL_WEIGHTS_ZERO
+        elif k == "wpdis" and not np.any(s[h:] != 0):
+            out[k] = MSG_ALL_WEIGHTS_ZERO
+    return out
+
+
 def point_estimates(parts: EpisodeParts) -> dict[str, float]:
     """Plain estimates (every episode weight 1)."""
     sums = parts.matrix.sum(axis=0)

@@ -30,6 +30,7 @@ from equicare.ope._bootstrap import (
     Executor,
     Shift,
     bootstrap_counts,
+    estimate_json,
     estimates_with_ci,
     percentile_interval,
     serial_map,
@@ -120,10 +121,7 @@ class GroupResult:
 
 
 def _est_json(e: Estimate, se: bool = True) -> dict[str, Any]:
-    d: dict[str, Any] = {"value": e.value, "ci": [e.ci[0], e.ci[1]]}
-    if se:
-        d["se"] = e.se
-    return d
+    return estimate_json(e.value, e.ci, e.se if se else None, e.reason)
 
 
 @dataclass(frozen=True)
@@ -794,7 +792,7 @@ def _evaluate(
     kw: dict[str, Any] = {"truncate": truncate, "normalization": normalization,
                           "n_boot": bootstrap, "ci_method": ci_method, "alpha": alpha}
     ests, beh, ess = estimates_from_prepared(prep, keys, random_state=seed_boot, **kw)
-    _warn_out_of_range(ests, dataset.returns(), ess)
+    _warn_out_of_range(ests, dataset.returns(), ess, prep.propensity_source)
     settings: dict[str, Any] = {
         "estimators": list(keys),
         "q_model": ("given" if q is not None else qcfg if isinstance(qcfg, str)
@@ -821,8 +819,9 @@ def _evaluate(
                                settings={"behavior_model": spec, "q_model": qcfg, "q": q,
                                          "truncate": truncate, "normalization": normalization},
                                random_state=seed_refit, executor=executor)
-        ests = {k: Estimate(value=e.value, ci=percentile_interval(reps[k], alpha),
-                            se=float(reps[k].std(ddof=1)), n_episodes=e.n_episodes)
+        ests = {k: e if e.reason is not None else Estimate(
+                    value=e.value, ci=percentile_interval(reps[k], alpha),
+                    se=float(reps[k].std(ddof=1)), n_episodes=e.n_episodes)
                 for k, e in ests.items()}
     if attrs:
         say(f"subgroups: {', '.join(attrs)}")
@@ -851,12 +850,13 @@ def _evaluate(
 
 
 def _warn_out_of_range(ests: dict[str, Estimate], returns: NDArray[np.float64],
-                       ess: Any) -> None:
+                       ess: Any, propensity_source: str = "estimated") -> None:
     """Warn when an estimate lies far outside the range of the observed returns.
 
     A policy's value is an average of returns; an estimate more than the returns' whole span
     beyond them (DR of 1.2e7 on a panel whose returns lie in [0, 1], with estimated propensities
-    near 0) is the importance weights blowing up, not a value. ``DataWarning``.
+    near 0) is the importance weights blowing up, not a value. ``DataWarning``. Logging the
+    propensities is suggested only when they were estimated (``propensity_source``).
     """
     if returns.size == 0:
         return
@@ -870,8 +870,10 @@ def _warn_out_of_range(ests: dict[str, Estimate], returns: NDArray[np.float64],
             f"{', '.join(bad)} lie{'s' if len(bad) == 1 else ''} far outside the range of the "
             f"observed returns [{lo:.4g}, {hi:.4g}]: the importance weights are extreme"
             + (f" (trajectory ESS {n_eff:.1f})" if isinstance(n_eff, float | int) else "")
-            + ". Do not use them; truncate the weights (--truncate), prefer FQE or WDR, or log "
-            "the propensities instead of estimating them.", DataWarning, stacklevel=3)
+            + ". Do not use them; truncate the weights (--truncate)"
+            + (", prefer FQE or WDR, or log the propensities instead of estimating them."
+               if propensity_source == "estimated" else " or prefer FQE or WDR."),
+            DataWarning, stacklevel=3)
 
 
 def _pooled_columns_read(prep: Prepared, dataset: TrajectoryDataset, attrs: Sequence[str],

@@ -53,8 +53,20 @@ from equicare.exceptions import (
     PolicyError,
     SmallCellWarning,
 )
-from equicare.ope._bootstrap import Shift, percentile_interval, studentized_interval
-from equicare.ope._core import IS_TYPE, EpisodeParts, OPEInputs, combine, episode_parts
+from equicare.ope._bootstrap import (
+    Shift,
+    estimate_json,
+    percentile_interval,
+    studentized_interval,
+)
+from equicare.ope._core import (
+    IS_TYPE,
+    EpisodeParts,
+    OPEInputs,
+    combine,
+    episode_parts,
+    undefined_estimates,
+)
 from equicare.ope._resample import episode_keys, poisson_weights
 from equicare.ope._stream_groups import (
     GroupPlan,
@@ -209,10 +221,14 @@ class StreamEstimate:
     value: float
     ci: tuple[float, float]
     se: float
+    reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"value", "ci", "se"}`` as in Contract 3."""
-        return {"value": self.value, "ci": [self.ci[0], self.ci[1]], "se": self.se}
+        """``{"value", "ci", "se"}`` as in Contract 3, NaN as ``None``.
+
+        An estimate that cannot be computed adds its ``"reason"``.
+        """
+        return estimate_json(self.value, self.ci, self.se, self.reason)
 
 
 @dataclass(frozen=True)
@@ -358,8 +374,13 @@ def finish(sums: StreamSums, *, alpha: float = 0.05, n_chunks: int = 1,
                             horizon=horizon)
     point = combine(template, total, np.asarray(n))
     reps = combine(template, boot, sums.boot_n)
+    undefined = undefined_estimates(template, total)
     estimates = {}
     for i, k in enumerate(keys):
+        if k in undefined:  # every weight 0: no estimate, not 0 [0, 0]
+            nan = float("nan")
+            estimates[k] = StreamEstimate(value=nan, ci=(nan, nan), se=nan, reason=undefined[k])
+            continue
         r, v = reps[k], float(point[k])
         extra = 0.0
         if shift is not None and k in shift.replicates:

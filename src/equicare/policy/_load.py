@@ -7,6 +7,7 @@ in :mod:`equicare.policy._tree`); this module only dispatches, so none of them i
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -23,7 +24,7 @@ from equicare.policy._learned import (
     state_policy,
 )
 
-__all__ = ["POLICY_BUILDERS", "PolicyBuilder", "load_policy"]
+__all__ = ["POLICY_BUILDERS", "PolicyBuilder", "load_policy", "policy_name"]
 
 
 def tree_policy(cfg: Mapping[str, Any], tensors: Mapping[str, Any], source: str) -> Any:
@@ -94,3 +95,36 @@ def load_policy(path: str | os.PathLike[str]) -> Any:
         raise PolicyError(MSG_UNKNOWN_LEARNER.format(file=p / CONFIG_FILE, learner=learner,
                                                      known=", ".join(sorted(POLICY_BUILDERS))))
     return builder(cfg, tensors, str(p))
+
+
+def policy_name(path: str | os.PathLike[str]) -> str:
+    """A readable name of the policy at ``path`` for result files and tables.
+
+    The file or folder name without suffix, except for distilled rules (a tree model folder,
+    usually ``card/model``, whose name says nothing): ``"rules (depth 3) of m_awr"``, from the
+    depth asked for and the source policy recorded in its ``config.json``.
+
+    Parameters
+    ----------
+    path : str or Path
+        A policy file or model folder (not checked: an unreadable one gets its file name).
+
+    Returns
+    -------
+    str
+    """
+    p = Path(path)
+    try:
+        cfg = json.loads((p / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return p.stem
+    if not isinstance(cfg, dict) or cfg.get("kind") != "tree":
+        return p.stem
+    info: dict[str, Any] = cfg["info"] if isinstance(cfg.get("info"), dict) else {}
+    distill = info.get("distill") if isinstance(info.get("distill"), dict) else {}
+    depth = distill.get("max_depth") if distill else None
+    src: dict[str, Any] = info["source"] if isinstance(info.get("source"), dict) else {}
+    of = (Path(str(src["path"])).name if src.get("path") else
+          src.get("algo") if src.get("algo") else None)
+    return ("rules" + (f" (depth {depth})" if depth is not None else "")
+            + (f" of {of}" if of else ""))

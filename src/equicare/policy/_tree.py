@@ -37,6 +37,7 @@ the tensor ``tree.usual`` and the behaviour model's tensors are prefixed ``usual
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +47,8 @@ import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
-from equicare.exceptions import PolicyError
+from equicare.data._labels import match_levels, unseen_levels_message
+from equicare.exceptions import DataWarning, PolicyError
 from equicare.spaces import FactoredActionSpace
 
 __all__ = ["TreePolicy", "tree_features", "feature_label", "TREE_KIND", "FEATURE_KINDS",
@@ -147,11 +149,12 @@ def tree_features(dataset: Any, features: Sequence[Mapping[str, Any]],
             by_column.setdefault(name, []).append((j, str(f["level"])))
     for name, items in by_column.items():
         c = list(dataset.categorical_names).index(name)
-        code_of = {str(v): i for i, v in enumerate(dataset.categorical_levels[c])}
-        feature_of_code = np.full(len(dataset.categorical_levels[c]), -1, dtype=np.int64)
-        for j, level in items:  # an unknown level is an all-zero column
-            if level in code_of:
-                feature_of_code[code_of[level]] = j
+        # a dataset level matches a feature's level by its string or normalised string
+        # (136.0 finds 136), as the network models match their vocabulary; a level no feature
+        # names is an all-zero row of the column's indicators
+        lut = match_levels(dataset.categorical_levels[c], [level for _, level in items])
+        js = np.array([j for j, _ in items], dtype=np.int64)
+        feature_of_code = np.where(lut >= 0, js[np.maximum(lut, 0)], -1)
         fj = feature_of_code[np.asarray(dataset.categorical[:, c], dtype=np.int64)]
         rows = np.flatnonzero(fj >= 0)
         trip_r.append(rows)
@@ -411,8 +414,33 @@ class TreePolicy:
         used = self.used_features
         columns = np.full(len(self.features), -1, dtype=np.int64)
         columns[used] = np.arange(used.size)
+        self._warn_unseen_levels(dataset, used)
         x = tree_features(dataset, [self.features[j] for j in used], self.source)
         return self.apply_features(x, columns)
+
+    def _warn_unseen_levels(self, dataset: Any, used: NDArray[np.int64]) -> None:
+        """Warn when most rows of a tested categorical column have levels the rules never saw.
+
+        The same check and :class:`DataWarning` as the network models, for each categorical
+        column some split tests.
+        """
+        if dataset.categorical is None:
+            return
+        tested = {str(self.features[j]["name"]) for j in used
+                  if self.features[j].get("kind") == "categorical"}
+        names = list(dataset.categorical_names)
+        for name in sorted(tested & set(names)):
+            known = [str(f["level"]) for f in self.features
+                     if f.get("kind") == "categorical" and str(f["name"]) == name]
+            c = names.index(name)
+            levels = dataset.categorical_levels[c]
+            lut = match_levels(levels, known)
+            codes = np.asarray(dataset.categorical[:, c], dtype=np.int64)
+            msg = unseen_levels_message(
+                name, lut[codes] < 0, levels, codes, lut, known, self.source,
+                "the rules read them as none of the levels they test")
+            if msg is not None:
+                warnings.warn(msg, DataWarning, stacklevel=4)
 
     def action_probs(self, dataset: Any) -> NDArray[np.float64]:
         """Probabilities of each flat action at each row, shape ``(n_steps, n_actions)``.

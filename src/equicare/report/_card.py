@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from equicare.fairness._rows import action_label
@@ -22,7 +24,8 @@ from equicare.report._figures import _plt
 from equicare.report._html import Report
 from equicare.utils import atomic_write_text
 
-__all__ = ["build_card_report", "card_frontier_plot", "write_card", "CARD_FILES"]
+__all__ = ["build_card_report", "card_frontier_plot", "check_card_target", "write_card",
+           "CARD_FILES"]
 
 #: Files of a card folder.
 CARD_FILES = {"html": "policy_card.html", "json": "policy_card.json", "rules": "rules.txt",
@@ -45,17 +48,26 @@ def card_frontier_plot(card: Mapping[str, Any]) -> Any:
     ax1.set_ylim(0, 1.02)
     ax1.legend(fontsize=8, loc="lower right")
     key = str(fr["estimator"].iloc[0]) if len(fr) else "dr"
-    lo = fr["ci"].map(lambda c: c[0])
-    hi = fr["ci"].map(lambda c: c[1])
-    ax2.errorbar(fr["n_rules"], fr["value"], yerr=[fr["value"] - lo, hi - fr["value"]],
-                 fmt="o-", color="#1f77b4", capsize=3, label=f"rules ({key})")
+    fr["value"] = pd.to_numeric(fr["value"]).astype(float)  # None (no estimate): a gap
+    lo = pd.to_numeric(fr["ci"].map(lambda c: c[0])).astype(float)
+    hi = pd.to_numeric(fr["ci"].map(lambda c: c[1])).astype(float)
+    ok = np.isfinite(fr["value"].to_numpy()) & np.isfinite(lo.to_numpy()) & np.isfinite(
+        hi.to_numpy())
+    if ok.any():
+        v = fr["value"][ok]
+        ax2.errorbar(fr["n_rules"][ok], v, yerr=[v - lo[ok], hi[ok] - v],
+                     fmt="o-", color="#1f77b4", capsize=3, label=f"rules ({key})")
+    else:  # no depth has an estimate (e.g. WIS with every weight 0)
+        ax2.text(0.5, 0.5, f"no {key} estimate of the rules (n/a)", transform=ax2.transAxes,
+                 ha="center", va="center", color="#555")
     val = card["evidence"]["value"]
     src = val["source"].get(key)
-    if src:
+    if src and src.get("value") is not None:
         ax2.axhline(src["value"], color="#d62728", ls="--", lw=1.2, label=f"source ({key})")
     ax2.axhline(val["behavior"]["value"], color="#555", ls=":", lw=1.2,
                 label="current practice (observed)")
-    ax2.set_xscale("log", base=2)
+    if ok.any():
+        ax2.set_xscale("log", base=2)
     ax2.set_xlabel("number of rules")
     ax2.set_ylabel("estimated value (held out)")
     ax2.legend(fontsize=8, loc="best")
@@ -64,6 +76,8 @@ def card_frontier_plot(card: Mapping[str, Any]) -> Any:
 
 
 def _ci(cell: Mapping[str, Any] | None) -> str:
+    if cell and cell.get("reason") is not None and not cell.get("suppressed"):
+        return "n/a"  # an estimate that cannot be computed (e.g. WIS with every weight 0)
     if not cell or cell.get("suppressed") or cell.get("value") is None:
         return ""
     ci = cell.get("ci") or [None, None]
@@ -128,6 +142,7 @@ def build_card_report(card: Mapping[str, Any], *, figure_dir: Path | None = None
              f"off-policy estimates with 95% episode-bootstrap intervals "
              f"(propensities: {val.get('propensities', 'logged')}).")
     pols = fair["policies"]
+    absent = "suppressed" if fair.get("suppressed") else "none"  # no audit: why
     table = []
     for label, pol_key in (("current practice", "behavior"), (name, "source"),
                            ("rules", "rules")):
@@ -147,7 +162,7 @@ def build_card_report(card: Mapping[str, Any], *, figure_dir: Path | None = None
                 row.update({"agreement": "100%", "total variation": "0",
                             "rarely taken %": f"{sup['source_pct']:.1f}"})
         p = pols.get(pol_key, {})
-        label = action_label(fair.get("action", "suppressed"))
+        label = action_label(fair.get("action", absent))
         row[f"parity gap pp ({label})"] = _ci(p.get("parity_gap_pp"))
         row["parity ratio"] = _ci(p.get("parity_ratio"))
         wg = p.get("worst_group")
@@ -155,9 +170,11 @@ def build_card_report(card: Mapping[str, Any], *, figure_dir: Path | None = None
                                       f"{wg} ({p['worst_group_value']:.3g})")
         table.append(row)
     rep.table(pd.DataFrame(table), caption=f"Evidence by policy (groups: "
-              f"{fair.get('group', 'suppressed')})", n_col=None)
+              f"{fair.get('group', absent)})", n_col=None)
     if fair.get("suppressed"):
         rep.text(f"Fairness audit suppressed: {fair['reason']}", note=True)
+    elif not fair.get("available", True):
+        rep.text(f"Fairness audit unavailable: {fair['reason']}.", note=True)
     pp_rows = []
     groups = sorted({g for p in pols.values() for g in (p.get("proportional_parity") or {})})
     for g in groups:
@@ -183,7 +200,8 @@ def build_card_report(card: Mapping[str, Any], *, figure_dir: Path | None = None
                "episodes, by number of rules (depth d1-d6). Right: estimated value of the rules "
                "with 95% intervals; the source policy (dashed) and current practice (dotted).")
     fr = pd.DataFrame([{"depth": r["depth"], "rules": r["n_rules"], "agreement": r["agreement"],
-                        "total variation": r["tv"], f"value ({r['estimator']})": r["value"],
+                        "total variation": r["tv"],
+                        f"value ({r['estimator']})": "n/a" if r["value"] is None else r["value"],
                         "ci low": r["ci"][0], "ci high": r["ci"][1],
                         "rarely taken %": r["support_pct"]} for r in card["frontier"]])
     rep.table(fr, n_col=None, floatfmt="{:.3g}")
@@ -203,6 +221,75 @@ def build_card_report(card: Mapping[str, Any], *, figure_dir: Path | None = None
     return rep
 
 
+#: A folder that is not a card is never replaced, even with ``overwrite``.
+MSG_NOT_A_CARD = ("{path} is not empty and is not a policy card folder (it holds {extra}); "
+                  "refusing to replace it even with --force. Choose a new or empty folder.")
+#: The card folder may not hold the current directory or an input.
+MSG_HOLDS = ("{path} is {what}; a card folder is replaced whole, so choose a new or empty "
+             "folder for the card (e.g. --out {suggest}).")
+
+
+def _card_entries() -> set[str]:
+    return set(CARD_FILES.values())
+
+
+def check_card_target(out: str | os.PathLike[str], *, overwrite: bool = False,
+                      inputs: tuple[str | os.PathLike[str], ...] = ()) -> None:
+    """Refuse a card folder that cannot be written (before any work).
+
+    A card folder is replaced whole, so ``out`` must be new, empty or an earlier card: a
+    non-empty folder holding only card files (``policy_card.json`` among them). Any other
+    non-empty folder is refused even with ``overwrite``, and so is the current directory, a
+    folder holding it, or a folder holding one of ``inputs``.
+
+    Parameters
+    ----------
+    out : str or Path
+        The card folder.
+    overwrite : bool
+        Replace an earlier card.
+    inputs : tuple of str or Path
+        Files and folders the run reads (panel, manifest, policy).
+
+    Raises
+    ------
+    FileExistsError
+        ``out`` is a file, a non-empty folder without ``overwrite``, or a folder that is not a
+        card.
+    InvalidParameterError
+        ``out`` is or holds the current directory or an input.
+    """
+    from equicare.exceptions import InvalidParameterError
+
+    dest = Path(out)
+    full = Path(os.path.abspath(dest))
+    suggest = "card"
+    cwd = Path(os.path.abspath(os.getcwd()))
+    if full == cwd or full in cwd.parents:
+        raise InvalidParameterError(MSG_HOLDS.format(
+            path=out, what="the current directory" if full == cwd
+            else "a folder holding the current directory", suggest=suggest))
+    for item in inputs:
+        p = Path(os.path.abspath(item))
+        if full == p or full in p.parents:
+            raise InvalidParameterError(MSG_HOLDS.format(
+                path=out, what=f"the input {item} or a folder holding it", suggest=suggest))
+    if dest.exists() and not dest.is_dir():
+        raise FileExistsError(f"{dest} exists and is not a folder.")
+    if dest.is_dir():
+        names = {p.name for p in dest.iterdir()}
+        if not names:
+            return
+        if not overwrite:
+            raise FileExistsError(f"{dest} exists and is not empty; refusing to overwrite it "
+                                  "(pass --force to replace it).")
+        extra = sorted(names - _card_entries())
+        if extra or CARD_FILES["json"] not in names:
+            shown = ", ".join(extra[:3]) + (", ..." if len(extra) > 3 else "") if extra else \
+                f"no {CARD_FILES['json']}"
+            raise FileExistsError(MSG_NOT_A_CARD.format(path=dest, extra=shown))
+
+
 def write_card(card: Any, out: str | os.PathLike[str], *, overwrite: bool = False
                ) -> dict[str, Path]:
     """Write a policy card folder atomically: HTML page, JSON, rules as text, model folder.
@@ -211,8 +298,10 @@ def write_card(card: Any, out: str | os.PathLike[str], *, overwrite: bool = Fals
     ----------
     card : equicare.explain.PolicyCard
     out : str or Path
-        Folder; an existing non-empty folder is refused unless ``overwrite`` (then replaced
-        whole, only after the new card is complete).
+        Folder; a new or empty folder, or (with ``overwrite``) an earlier card folder, which
+        is replaced whole by renames only after the new card is complete. A non-empty folder
+        holding anything but card files, the current directory and the folders holding it are
+        refused (see :func:`check_card_target`); nothing outside ``out`` is touched.
     overwrite : bool
 
     Returns
@@ -223,29 +312,27 @@ def write_card(card: Any, out: str | os.PathLike[str], *, overwrite: bool = Fals
     from equicare.explain._rules import rules_text
 
     dest = Path(out)
-    if dest.exists() and not dest.is_dir():
-        raise FileExistsError(f"{dest} exists and is not a folder.")
-    if dest.is_dir() and any(dest.iterdir()) and not overwrite:
-        raise FileExistsError(f"{dest} exists and is not empty; refusing to overwrite it "
-                              "(pass --force to replace it).")
+    check_card_target(dest, overwrite=overwrite)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp-"))
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; use the usual permissions
         d = card.to_dict()
         atomic_write_text(tmp / CARD_FILES["json"], json.dumps(d, indent=2, default=float) + "\n")
         atomic_write_text(tmp / CARD_FILES["rules"], rules_text(card.rules) + "\n")
         card.tree.save(tmp / CARD_FILES["model"])
         build_card_report(d).write(tmp / CARD_FILES["html"])
-        if dest.exists():
-            old = dest.parent / f".{dest.name}.old-{os.getpid()}"
-            os.replace(dest, old)
-            os.replace(tmp, dest)
+        if dest.is_dir():
+            check_card_target(dest, overwrite=overwrite)  # it may have changed meanwhile
+            old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.old-"))
+            os.rmdir(old)
+            os.rename(dest, old)
+            os.rename(tmp, dest)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            os.replace(tmp, dest)
+            os.rename(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -47,8 +47,9 @@ def suppress_small_cells(
 ) -> pd.DataFrame:
     """Blank every value of rows whose ``n_col`` is below ``min_cell`` (shown as ``suppressed``).
 
-    A missing ``n_col`` (None or NaN: a cell suppressed upstream, possibly to protect a smaller
-    one, :mod:`equicare.privacy`) is blanked too and its count shown as ``suppressed``.
+    The counts shown are integers. A missing ``n_col`` (None or NaN: a cell suppressed
+    upstream, possibly to protect a smaller one, :mod:`equicare.privacy`) is blanked too and
+    its count shown as ``suppressed``.
 
     Parameters
     ----------
@@ -67,6 +68,9 @@ def suppress_small_cells(
         if c not in keep:
             out.loc[small, c] = "suppressed" if c != n_col else f"<{min_cell}"
     out.loc[n.isna().to_numpy(), n_col] = "suppressed"
+    # a count is an integer: 25, not 25.000 (a None elsewhere in the column made it float)
+    shown = (~small) & n.notna().to_numpy()
+    out.loc[shown, n_col] = [int(v) for v in n.to_numpy()[shown]]
     return out
 
 

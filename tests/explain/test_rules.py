@@ -1,0 +1,53 @@
+"""Rules in plain language: the text is true for every row a rule routes."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from equicare.explain import tree_rules
+from equicare.policy import TreePolicy
+from tests.explain import tree_sim
+
+
+def _history_tree(ds):
+    """Splits on the previous action, the previous x1 and the previous reward."""
+    feats = [{"kind": "state", "name": "x1"}, {"kind": "prev_state", "name": "x1"},
+             {"kind": "prev_action", "component": "action", "level": "a0"},
+             {"kind": "prev_reward"}]
+    #        0: last action a0?  1: x1 last <= 0.5?  3: last reward <= 0.5?
+    left = np.array([1, 3, -1, 5, -1, -1, -1])
+    right = np.array([2, 4, -1, 6, -1, -1, -1])
+    feature = np.array([2, 1, -2, 3, -2, -2, -2])
+    threshold = np.array([0.5, 0.5, -2, 0.5, -2, -2, -2], dtype=float)
+    probs = np.full((7, ds.n_actions), 1.0 / ds.n_actions)
+    for leaf, a in ((2, 0), (4, 1), (5, 2), (6, 0)):
+        probs[leaf] = np.eye(ds.n_actions)[a]
+    return TreePolicy(children_left=left, children_right=right, feature=feature,
+                      threshold=threshold, probs=probs, features=feats,
+                      action_space=ds.action_space)
+
+
+def test_rules_on_the_previous_row_say_what_they_mean_at_a_first_row():
+    """A first row has no previous row: a rule it can follow says so on every condition on the
+    previous row ("or first t"); a rule no first row follows has no such note."""
+    ds = tree_sim.generate(200, seed=5)
+    tree = _history_tree(ds)
+    leaves = tree.apply(ds)
+    first = ds.step == 0
+    by_leaf = {r["leaf"]: r for r in tree_rules(tree, time_unit="t")}
+    reached = set()
+    for leaf, r in by_leaf.items():
+        n_first = int((first & (leaves == leaf)).sum())
+        history = [c["text"] for c in r["conditions"] if "last t" in c["text"]]
+        assert history, r["text"]
+        if n_first:
+            reached.add(leaf)
+            assert all("first t" in h for h in history), r["text"]
+        else:
+            assert "first t" not in r["text"], r["text"]
+    assert reached == {4, 5}  # no previous a0 and (x1 last > 0.5, or reward last <= 0.5)
+    assert by_leaf[4]["if"] == ("last t's action is not a0 (or first t) and "
+                                "x1 last t (or this t, in a first t) > 0.5")
+    assert by_leaf[6]["if"] == ("last t's action is not a0 and x1 last t <= 0.5 and "
+                                "last t's reward > 0.5")
+    assert by_leaf[2]["if"] == "last t's action is a0"
