@@ -175,6 +175,9 @@ def _owned_pool(n: int) -> Iterator[ProcessPoolExecutor]:
                 w.terminate()
         for w in workers:
             w.join(timeout=5)
+            if w.is_alive():  # SIGTERM blocked or ignored in the worker: stop it for good
+                w.kill()
+                w.join(timeout=5)
         raise
     pool.shutdown(wait=True)
 
