@@ -375,3 +375,38 @@ def test_a_stream_stopping_at_a_bad_chunk_says_its_count_is_a_lower_bound(frame,
         list(iter_chunks(p, man, chunk_rows=10**6))
     assert str(err.value) == load_errors(p, man)[0]
     assert "2 rows (first: 3, 120; 0-based data rows)" in str(err.value)
+
+
+def _zero_padded(frame: pd.DataFrame) -> pd.DataFrame:
+    """Labels that type inference would read as numbers: '007', '01', episode ids '0042'."""
+    f = frame.copy()
+    f["region"] = f["region"].map({"north": "007", "south": "010"})
+    f["race"] = "0" + pd.factorize(f["race"], sort=True)[0].astype(str)
+    f["member_id"] = f["member_id"].map(lambda i: f"{int(str(i).lstrip('m')):04d}")
+    return f
+
+
+@pytest.mark.parametrize("sort", [True, False])
+def test_streamed_csv_keeps_zero_padded_labels_like_in_memory(frame, tmp_path, sort):
+    """Labels are read as written in chunks too: '007' stays '007' (it was 7), in a clustered
+    CSV and in one the reader has to sort first."""
+    f = _zero_padded(frame)
+    if sort:
+        f = f.sort_values(["member_id", "week"])
+    p = tmp_path / "panel.csv"
+    f.to_csv(p, index=False)
+    man = _manifest()
+    whole = load_dataset(p, man, emit_warnings=False)
+    assert whole.categorical_levels == (("007", "010"),)
+    assert set(whole.groups["race"].tolist()) == set(f["race"])
+    assert set(whole.episode_ids.tolist()) == set(f["member_id"])
+    scan = scan_panel(p, man)
+    assert scan.clustered == sort
+    assert scan.categorical_levels == {"region": ("007", "010")}
+    assert set(scan.episode_ids.tolist()) == set(f["member_id"])
+    chunks = list(iter_chunks(p, man, chunk_rows=37, scan=scan))
+    assert len(chunks) > 2
+    pd.testing.assert_frame_equal(_concat(chunks), _rows_of(whole))
+    assert all(c.dataset.categorical_levels == whole.categorical_levels for c in chunks)
+    rep, _ = validate_stream(p, man, chunk_rows=37)
+    assert rep.ok, rep.errors

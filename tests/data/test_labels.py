@@ -32,3 +32,15 @@ def test_labels_match_by_their_normalised_form() -> None:
     # an exact match wins; two model labels with one key are never matched by key
     np.testing.assert_array_equal(match_levels(["1.0", 1.0], ["1", "1.0"]), [1, 1])
     np.testing.assert_array_equal(match_levels(["1.00"], ["1", "1.0"]), [-1])
+
+
+def test_text_labels_are_numbers_only_when_they_print_as_written():
+    from equicare.data._labels import text_labels
+
+    got = text_labels(pd.Series(["007", "7", "101.0", "1e3", "+5", "01", None, "x"]))
+    assert got.tolist()[:6] == ["007", 7, 101.0, "1e3", "+5", "01"]
+    assert pd.isna(got.iloc[6]) and got.iloc[7] == "x"
+    assert text_labels(pd.Series(["3", "12"])).dtype == np.int64
+    assert text_labels(pd.Series(["3", None, "1.5"])).dtype == np.float64
+    assert text_labels(pd.Series(["True", "False"])).dtype == bool
+    assert text_labels(pd.Series(["007", "010"])).tolist() == ["007", "010"]

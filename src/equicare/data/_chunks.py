@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from numpy.typing import NDArray
 
 from equicare.data._dataset import TrajectoryDataset
 from equicare.data._io import _DUCKDB_EXT, _build, _manifest_of, check_utf8, parquet_files
-from equicare.data._labels import categorical_labels
+from equicare.data._labels import categorical_labels, text_labels
 from equicare.data._manifest import Manifest
 from equicare.data.validate import (
     _SHOW,
@@ -160,7 +160,10 @@ def _batches(path: Path, man: Manifest, columns: list[str], batch_rows: int = BA
                 read_options=pacsv.ReadOptions(block_size=1 << 22),
                 convert_options=pacsv.ConvertOptions(
                     include_columns=columns, null_values=list(CSV_NULLS),
-                    strings_can_be_null=True),
+                    strings_can_be_null=True,
+                    # labels as text (as read_table does): "007" is not 7 (Contract 1)
+                    column_types={c: pa.string() for c in man.label_columns
+                                  if c in columns}),
             )
             _check_columns(path, reader.schema.names, columns, man)
             for b in reader:
@@ -256,11 +259,17 @@ def scan_panel(path: str | os.PathLike[str],
     levels: dict[str, set[Any]] = {c: set() for c in man.categorical_states}
     prev: Any = None
     n = 0
+    text = set(_text_columns(p, man))
+
+    def values(b: Any, c: str) -> NDArray[Any]:
+        v = _column_numpy(b, c)
+        return text_labels(v).to_numpy() if c in text else v  # CSV labels as written
+
     for b in _batches(p, man, cols):
         m = b.num_rows
         if m == 0:
             continue
-        ep = _column_numpy(b, man.episode)
+        ep = values(b, man.episode)
         if pd.isna(ep).any():
             bad = int(np.flatnonzero(pd.isna(ep))[0]) + n
             raise DataValidationError(
@@ -275,9 +284,9 @@ def scan_panel(path: str | os.PathLike[str],
             run_ids.append(ep[starts])
             run_lens.append(np.diff(np.r_[starts, m]).astype(np.int64))
             for g in man.groups:
-                run_groups[g].append(_shared_values(_column_numpy(b, g)[starts]))
+                run_groups[g].append(_shared_values(values(b, g)[starts]))
         for c in man.categorical_states:
-            levels[c].update(pd.unique(categorical_labels(_column_numpy(b, c))).tolist())
+            levels[c].update(pd.unique(categorical_labels(values(b, c))).tolist())
         prev = ep[-1]
         n += m
     if n == 0:
@@ -300,8 +309,9 @@ def scan_panel(path: str | os.PathLike[str],
         vals = [v for v in s if not (isinstance(v, float) and np.isnan(v))]
         try:
             cat_levels[c] = tuple(sorted(vals))
-        except TypeError:
-            cat_levels[c] = tuple(sorted(vals, key=str))
+        except TypeError:  # mixed types ("007" and 100): ordered as in memory (_build)
+            cat_levels[c] = tuple(pd.factorize(pd.Series(vals, dtype=object), sort=True)[1]
+                                  .tolist())
     return PanelScan(source=str(p), n_rows=n, episode_ids=ids, lengths=lens, clustered=clustered,
                      categorical_levels=cat_levels, episode_groups=groups)
 
@@ -442,7 +452,7 @@ def iter_chunks(
     with tempfile.TemporaryDirectory(dir=tmp_dir, prefix="equicare-chunks-") as tmp:
         for k, table in enumerate(_raw_chunks(p, man, scan, chunk_rows, Path(tmp),
                                               memory_limit)):
-            ds, rep = _chunk_dataset(table, man, scan, str(p))
+            ds, rep = _chunk_dataset(table, man, scan, str(p), _text_columns(p, man))
             raise_chunk_errors(rep, whole=table.num_rows >= scan.n_rows)
             assert ds is not None
             yield Chunk(index=k, dataset=ds,
@@ -484,9 +494,16 @@ def raise_chunk_errors(rep: ValidationReport, *, whole: bool) -> None:
     rep.raise_if_errors()
 
 
-def _chunk_dataset(table: Any, man: Manifest, scan: PanelScan, source: str
-                   ) -> tuple[TrajectoryDataset | None, ValidationReport]:
+def _text_columns(path: Path, man: Manifest) -> list[str]:
+    """The label columns a panel stores as text (a CSV's), read with :func:`text_labels`."""
+    return man.label_columns if _source_kind(path) == "csv" else []
+
+
+def _chunk_dataset(table: Any, man: Manifest, scan: PanelScan, source: str,
+                   text: Sequence[str] = ()) -> tuple[TrajectoryDataset | None, ValidationReport]:
     df = table.to_pandas()
+    for c in text:  # CSV labels as written, as read_table reads them
+        df[c] = text_labels(df[c].to_numpy(dtype=object, na_value=None))
     row_numbers = df.pop(_ROW).to_numpy(dtype=np.int64)
     # the panel-level warnings need the whole panel: callers sum rep.counts (validate_stream)
     rep = validate_frame(df, man, source, row_numbers=row_numbers, panel_level=False)
@@ -570,7 +587,7 @@ def validate_stream(
         with tempfile.TemporaryDirectory(dir=tmp_dir, prefix="equicare-chunks-") as tmp:
             for k, table in enumerate(_raw_chunks(p, man, scan, chunk_rows, Path(tmp),
                                                   memory_limit)):
-                _, rep = _chunk_dataset(table, man, scan, str(p))
+                _, rep = _chunk_dataset(table, man, scan, str(p), _text_columns(p, man))
                 add(rep.errors, rep.warnings, rep.counts)
                 if len(report.errors) >= max_errors:
                     report.errors.append(f"{p}: stopped after {len(report.errors)} problems "

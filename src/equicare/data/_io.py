@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from equicare.data._dataset import TrajectoryDataset
-from equicare.data._labels import categorical_labels
+from equicare.data._labels import categorical_labels, text_labels
 from equicare.data._manifest import Manifest, read_manifest
 from equicare.data.validate import ValidationReport, validate_frame
 from equicare.exceptions import DataValidationError, InvalidParameterError
@@ -47,7 +47,7 @@ def _as_pandas(df: Any) -> pd.DataFrame:
 
 
 def read_table(
-    path: str | os.PathLike[str], table: str | None = None
+    path: str | os.PathLike[str], table: str | None = None, *, labels: Sequence[str] = ()
 ) -> tuple[pd.DataFrame, list[str]]:
     """Read a panel table from CSV, Parquet or a DuckDB database file.
 
@@ -58,6 +58,10 @@ def read_table(
         (``.duckdb``, ``.db``).
     table : str, optional
         Table name inside a DuckDB file (required there unless the file has exactly one table).
+    labels : sequence of str
+        Columns holding labels (:attr:`Manifest.label_columns`): a CSV reads them as text, then
+        :func:`~equicare.data._labels.text_labels` (``"007"`` stays ``"007"``, ``"101"`` is
+        ``101``). Other columns, and other formats, keep their types.
 
     Returns
     -------
@@ -83,14 +87,18 @@ def read_table(
         check_utf8(p)
         with p.open(newline="", encoding="utf-8") as fh:
             header = next(csv.reader(fh), [])
+        unique = len(set(header)) == len(header)
+        text = [c for c in dict.fromkeys(labels) if c in header] if unique else []
         try:
             df = (
-                pd.read_csv(p, engine="pyarrow")
-                if len(set(header)) == len(header)
+                pd.read_csv(p, engine="pyarrow", dtype={c: str for c in text})
+                if unique
                 else pd.read_csv(p)
             )
         except Exception as exc:  # pyarrow raises several types for malformed CSV
             raise DataValidationError(f"{p}: cannot parse CSV ({exc}).") from exc
+        for c in text:  # labels as written: "007" is not 7 (Contract 1)
+            df[c] = text_labels(df[c])
         return df, header
     if suffix in (".parquet", ".pq"):
         import pyarrow.parquet as pq
@@ -230,7 +238,7 @@ def validate_path(
 ) -> tuple[ValidationReport, pd.DataFrame, Manifest]:
     """Read a file and validate it; returns the report (errors are not raised)."""
     man = _manifest_of(manifest)
-    df, raw = read_table(path, man.table)
+    df, raw = read_table(path, man.table, labels=man.label_columns)
     return validate_frame(df, man, str(path), raw_columns=raw), df, man
 
 

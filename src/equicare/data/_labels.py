@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-__all__ = ["categorical_labels", "label_key", "match_levels", "unseen_levels_message"]
+__all__ = ["categorical_labels", "text_labels", "label_key", "match_levels",
+           "unseen_levels_message"]
 
 #: Largest integer a float64 holds exactly; whole numbers beyond it keep their float label.
 _EXACT = 2.0 ** 53
@@ -78,6 +79,64 @@ def categorical_labels(values: pd.Series | NDArray[Any]) -> pd.Series:
     fixed = [_whole_number(u) for u in uniques]
     if all(a is b for a, b in zip(fixed, uniques, strict=True)):
         return s
+    lut = np.empty(len(fixed) + 1, dtype=object)
+    lut[:-1] = fixed
+    lut[-1] = np.nan  # code -1: a missing value stays missing
+    return pd.Series(lut[codes], index=s.index, name=s.name, dtype=object)
+
+
+def _text_value(text: Any) -> Any:
+    """A CSV cell as a label: a number (or boolean) only when it prints back as written."""
+    if not isinstance(text, str):
+        return text  # missing
+    for kind in (int, float):
+        try:
+            v = kind(text)
+        except ValueError:
+            continue
+        if str(v) == text and (kind is float or abs(v) < 2 ** 63):
+            return v
+    if text in ("True", "False"):
+        return text == "True"
+    return text
+
+
+def text_labels(values: pd.Series | NDArray[Any]) -> pd.Series:
+    """Labels read from CSV text: a cell is a number only when the number prints as written.
+
+    ``"101"`` is ``101`` and ``"101.0"`` is ``101.0`` (which :func:`categorical_labels` then
+    reads as ``101``); ``"007"``, ``"01"``, ``"1e3"`` and ``"+5"`` stay text, as written
+    (Contract 1: type inference would read ``"007"`` as ``7``). ``"True"``/``"False"`` are
+    booleans. The rule applies to each value, so a panel read in chunks gets the labels it gets
+    when read whole.
+
+    Parameters
+    ----------
+    values : Series or ndarray of shape (n_rows,)
+        Text cells (``str``), missing cells as ``None``/``NaN``.
+
+    Returns
+    -------
+    Series of shape (n_rows,)
+        ``int64`` when every cell is an integer, ``float64`` when every cell is a number or
+        missing, ``bool`` when every cell is a boolean, else object. The index of a Series is
+        kept.
+    """
+    s = values if isinstance(values, pd.Series) else pd.Series(np.asarray(values, dtype=object))
+    codes, uniques = pd.factorize(s.to_numpy(dtype=object, na_value=None),
+                                  use_na_sentinel=True)
+    fixed = [_text_value(u) for u in uniques]
+    missing = bool((codes < 0).any())
+    kinds = {type(v) for v in fixed}
+    if not fixed:
+        return pd.Series(np.full(len(s), np.nan), index=s.index, name=s.name)
+    if kinds <= {int, float} and (float in kinds or missing):
+        lut_f = np.array([float(v) for v in fixed] + [np.nan], dtype=np.float64)
+        return pd.Series(lut_f[codes], index=s.index, name=s.name)
+    if not missing and kinds == {int}:
+        return pd.Series(np.array(fixed, dtype=np.int64)[codes], index=s.index, name=s.name)
+    if not missing and kinds == {bool}:
+        return pd.Series(np.array(fixed, dtype=bool)[codes], index=s.index, name=s.name)
     lut = np.empty(len(fixed) + 1, dtype=object)
     lut[:-1] = fixed
     lut[-1] = np.nan  # code -1: a missing value stays missing

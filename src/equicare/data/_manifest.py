@@ -97,6 +97,17 @@ class Manifest:
         return FactoredActionSpace(tuple(ActionComponent(a.name, a.levels) for a in self.actions))
 
     @property
+    def label_columns(self) -> list[str]:
+        """The columns that hold labels, not quantities: read from CSV as text (Contract 1).
+
+        The episode id, the categorical states, the group attributes and the action columns
+        whose levels are labels (not ``levels = N``).
+        """
+        cols = [self.episode, *self.categorical_states, *self.groups]
+        cols += [a.column for a in self.actions if not a.integer_levels]
+        return list(dict.fromkeys(cols))
+
+    @property
     def named_columns(self) -> list[str]:
         """Every column the manifest names, in a stable order, without repeats."""
         cols: list[str] = [
