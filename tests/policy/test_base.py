@@ -89,3 +89,20 @@ def test_check_probs_finds_bad_rows_in_any_block(monkeypatch):
     with pytest.raises(PolicyError, match=re.escape("1 rows have negative or non-finite "
                                                     "probabilities (first rows: [8])")):
         check_probs(p, 10, 2)
+
+
+def test_every_library_policy_satisfies_the_protocol_under_mypy_strict(monkeypatch):
+    """Policy.n_actions is read-only: the library's policies (properties, frozen dataclass
+    fields) satisfy it under ``mypy --strict`` (a settable member refused all of them)."""
+    from pathlib import Path
+
+    import equicare
+
+    api = pytest.importorskip("mypy.api")
+    root = Path(__file__).resolve().parents[2]
+    # the equicare under test (not an installed copy elsewhere) is the one mypy reads
+    monkeypatch.setenv("MYPYPATH", str(Path(equicare.__file__).resolve().parents[1]))
+    out, err, status = api.run([
+        "--config-file", str(root / "pyproject.toml"), "--cache-dir",
+        str(root / ".mypy_cache"), "--strict", str(Path(__file__).with_name("_typing_check.py"))])
+    assert status == 0, out + err

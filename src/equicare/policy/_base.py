@@ -38,7 +38,13 @@ class Policy(Protocol):
     declare ``window`` (rows of history it needs, default 1) so that simulators can pass only that.
     """
 
-    n_actions: int
+    @property
+    def n_actions(self) -> int:
+        """Number of flat actions (columns of :meth:`action_probs`).
+
+        Read-only: a plain attribute, a property or a frozen dataclass field all satisfy it.
+        """
+        ...
 
     def action_probs(self, dataset: TrajectoryDataset) -> NDArray[np.float64]:
         """Probabilities of each flat action at each row, shape ``(n_steps, n_actions)``."""
