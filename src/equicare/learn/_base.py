@@ -33,6 +33,7 @@ from equicare.learn._fairness import (
     group_value_signal,
     parity_penalty,
 )
+from equicare.learn._params import ConfigParams
 from equicare.models._encoders import embedding_size
 from equicare.models._inputs import batched_forward, categorical_vocabulary, input_names
 from equicare.models._networks import Network, NetworkSpec
@@ -254,7 +255,7 @@ class LearnerConfig:
         return config_from_dict(cls, dict(d))
 
 
-class OfflineLearner(BaseEstimator, metaclass=ABCMeta):  # type: ignore[misc]
+class OfflineLearner(ConfigParams, BaseEstimator, metaclass=ABCMeta):  # type: ignore[misc]
     """Base of :class:`BC`, :class:`AWR` and :class:`CQL` (see each for the algorithm).
 
     Parameters

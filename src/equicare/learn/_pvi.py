@@ -34,6 +34,7 @@ auto`` checks every candidate on held-out episodes before keeping it.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Literal, Self
 
@@ -43,6 +44,7 @@ from numpy.typing import NDArray
 
 from equicare.data._cells import check_cells
 from equicare.exceptions import InvalidParameterError
+from equicare.learn._params import check_fit_options
 from equicare.learn._spibb import BEHAVIOR_MODES, SPIBB, CellModel
 from equicare.utils import check_param, config_to_dict
 
@@ -170,8 +172,15 @@ class PVI(SPIBB):
     algo: ClassVar[str] = "pvi"
     config_class: ClassVar[type[Any]] = PVIConfig
 
-    def fit(self, dataset: Any, *, progress: bool = False, **_: Any) -> Self:
-        """Fit on a :class:`~equicare.data.TrajectoryDataset`; returns ``self``."""
+    def fit(self, dataset: Any, *, valid: Any | None = None, progress: bool = False,
+            checkpoint_dir: str | os.PathLike[str] | None = None, resume: bool = False,
+            **kwargs: Any) -> Self:
+        """Fit on a :class:`~equicare.data.TrajectoryDataset`; returns ``self``.
+
+        Options as :meth:`SPIBB.fit` (any other keyword argument is refused).
+        """
+        check_fit_options(type(self).__name__, self.config, valid=valid,
+                          checkpoint_dir=checkpoint_dir, resume=resume, extra=kwargs)
         cfg: PVIConfig = self.config
         m = self._model(dataset)
         pi, Q = pessimistic_iteration(m, beta=float(cfg.beta), prior=float(cfg.prior),

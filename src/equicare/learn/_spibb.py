@@ -26,6 +26,7 @@ from typing import Any, ClassVar, Literal, Self
 import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
+from sklearn.base import BaseEstimator
 
 from equicare.data._cells import check_cells, resolve_cells, thin_cells_message
 from equicare.exceptions import (
@@ -34,6 +35,7 @@ from equicare.exceptions import (
     InvalidParameterError,
     PolicyError,
 )
+from equicare.learn._params import ConfigParams, check_fit_options
 from equicare.policy._cells import CellPolicy, cell_codes
 from equicare.utils import PARAM_MESSAGE, check_is_fitted, check_param, config_to_dict
 
@@ -238,8 +240,11 @@ class CellModel:
     known: bool = False
 
 
-class SPIBB:
+class SPIBB(ConfigParams, BaseEstimator):  # type: ignore[misc]
     """Pi_b-SPIBB on the discrete state cells of a panel (Laroche et al., 2019).
+
+    A scikit-learn estimator: ``clone`` works, and ``get_params`` / ``set_params`` see
+    ``config`` and each of its fields (``set_params(n_wedge=10)``).
 
     Parameters
     ----------
@@ -325,11 +330,23 @@ class SPIBB:
         self._layout = (columns, levels, numeric, edges)
         return np.asarray(cell, dtype=np.int64).ravel(), keys.astype(np.int64)
 
-    def fit(self, dataset: Any, *, progress: bool = False, **_: Any) -> Self:
+    def fit(self, dataset: Any, *, valid: Any | None = None, progress: bool = False,
+            checkpoint_dir: str | os.PathLike[str] | None = None, resume: bool = False,
+            **kwargs: Any) -> Self:
         """Fit on a :class:`~equicare.data.TrajectoryDataset`; returns ``self``.
 
-        ``progress`` is accepted for the learners' common signature (SPIBB takes seconds).
+        The learners' common signature: ``progress`` is accepted and ignored (SPIBB takes
+        seconds); ``valid``, ``checkpoint_dir`` and ``resume`` only at their defaults (it fits
+        on all of ``dataset`` in one pass).
+
+        Raises
+        ------
+        InvalidParameterError
+            Any other keyword argument (a setting belongs to the constructor), or ``valid``,
+            ``checkpoint_dir`` or ``resume`` given.
         """
+        check_fit_options(type(self).__name__, self.config, valid=valid,
+                          checkpoint_dir=checkpoint_dir, resume=resume, extra=kwargs)
         cfg = self.config
         m = self._model(dataset)
         C, A, gamma = m.n_cells, m.n_actions, m.gamma
