@@ -350,3 +350,27 @@ def test_too_few_transitions_refused_before_any_model_is_fitted(monkeypatch):
     assert "basis='spline' or basis='constant'" in msg and "fewer actions" in msg
     assert _dynamic.coarser_bases("spline") == ("constant",)
     assert _dynamic.coarser_bases("constant") == ()
+
+
+def test_multi_action_panels_are_collapsed_with_the_public_helper():
+    """The error on a fixed control with many actions names the public helper, which (with
+    collapse_probs) makes the analysis run on the 300-action care panel (the recipe of
+    docs/mediation.md)."""
+    from equicare.causal import PolicyProbs, binarize_actions, collapse_probs, from_dataset
+    from equicare.sim.care import CareManagementSim
+
+    sim = CareManagementSim()
+    ds = sim.generate(n_members=120, n_weeks=8, random_state=0).dataset()
+    assert ds.n_actions == 300
+    with pytest.raises(DataValidationError, match=re.escape(
+            "equicare.causal.binarize_actions(dataset, 'component=level')")):
+        DynamicMediation(n_bootstrap=2).estimate(ds, sim.reference_policy(), control=0)
+    binary, mask = binarize_actions(ds, "modality=home_visit")
+    assert binary.n_actions == 2 and mask.shape == (300,) and mask.sum() == 60
+    md = from_dataset(binary)
+    probs = collapse_probs(sim.reference_policy().action_probs(ds), mask)
+    target = PolicyProbs(probs[md.rows], probs[md.next_rows], name="reference")
+    res = DynamicMediation(n_bootstrap=2, basis="constant").estimate(md, target, control=0,
+                                                                     random_state=0)
+    frame = res.to_frame()
+    assert np.isfinite(frame.loc[frame["estimator"] == "dm", "value"]).all()

@@ -3,7 +3,14 @@
 ``import equicare.causal`` is light: matplotlib loads only inside :func:`plot_mediation`.
 """
 
-from equicare.causal._data import MediationData, PolicyProbs, as_mediation_data, from_dataset
+from equicare.causal._data import (
+    MediationData,
+    PolicyProbs,
+    as_mediation_data,
+    binarize_actions,
+    collapse_probs,
+    from_dataset,
+)
 from equicare.causal._dynamic import ESTIMATORS, DynamicMediation, PointExposureMediation
 from equicare.causal._plot import plot_mediation
 from equicare.causal._result import (
@@ -29,6 +36,8 @@ __all__ = [
     "SingleTimeMediation",
     "SingleTimeResult",
     "as_mediation_data",
+    "binarize_actions",
+    "collapse_probs",
     "from_dataset",
     "plot_mediation",
 ]

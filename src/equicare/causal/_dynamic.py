@@ -56,13 +56,17 @@ _BASES = ("auto", "onehot", "spline", "rff", "poly", "constant")
 
 #: Error templates (tests match them exactly).
 BINARY_ACTION_MESSAGE = ("A fixed control action a0 needs a binary action (codes 0 and 1); the "
-                         "data have {n_actions} actions. Give a control policy instead.")
+                         "data have {n_actions} actions. Give a control policy instead, or "
+                         "collapse the actions to an action set with "
+                         "equicare.causal.binarize_actions(dataset, 'component=level') "
+                         "(then control=0 means never taking it).")
 FEW_TRANSITIONS_MESSAGE = ("Too few transitions for the basis: the largest Q-function basis has "
                            "{p} features ({n_actions} actions x {per_action} state-mediator "
                            "features) but a cross-fitting fold trains on only {n} transitions "
                            "(need at least {need}). {advice}")
 #: Advice of :data:`FEW_TRANSITIONS_MESSAGE` for the Python API (the CLI names its options).
-FEW_TRANSITIONS_ADVICE = ("Use fewer actions (collapse them to an action set), a smaller basis "
+FEW_TRANSITIONS_ADVICE = ("Use fewer actions (collapse them to an action set with "
+                          "equicare.causal.binarize_actions), a smaller basis "
                           "({bases}), fewer folds (n_folds), or more data.")
 LOW_ESS_MESSAGE = ("The state density ratio of {name!r} has an effective sample size of {pct:.1f}% "
                    "of the transitions; the target and data visit different states, so MIS and MR "

@@ -24,6 +24,7 @@ _LAZY: dict[str, str] = {
     "PVIConfig": "equicare.learn._pvi",
     "SPIBB": "equicare.learn._spibb",
     "SPIBBConfig": "equicare.learn._spibb",
+    "fit_stream": "equicare.learn._stream",
     "GroupDRO": "equicare.learn._fairness",
     "parity_penalty": "equicare.learn._fairness",
     "to_d3rlpy": "equicare.learn._d3rlpy",

@@ -17,6 +17,14 @@ _LAZY = {
     "select_policy": "equicare.pipeline._select",
     "choose_by_bounds": "equicare.pipeline._select",
     "train_select": "equicare.pipeline._select",
+    # online experiments (hospital simulator, PPO / GRPO): loads torch when used
+    "OnlineExperimentConfig": "equicare.pipeline._online",
+    "run_seed": "equicare.pipeline._online",
+    "run_experiment": "equicare.pipeline._online",
+    "lambda_sweep": "equicare.pipeline._online",
+    "compare_runs": "equicare.pipeline._online",
+    "summarize_runs": "equicare.pipeline._online",
+    "evaluate_hospital_policy": "equicare.pipeline._online",
 }
 
 __all__ = [

@@ -21,6 +21,7 @@ _LAZY: dict[str, str] = {
     "CARE_STATE_NAMES": "equicare.sim.care",
     "CARE_GROUP_LEVELS": "equicare.sim.care",
     "CARE_REWARD_COLUMNS": "equicare.sim.care",
+    "write_care_parts": "equicare.sim._care_parts",
     # dynamic mediation (exact truth)
     "DiscreteMediationMDP": "equicare.sim.mediation",
     "toy1": "equicare.sim.mediation",
