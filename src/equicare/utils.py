@@ -17,6 +17,7 @@ from equicare.exceptions import InvalidParameterError, NotFittedError
 
 __all__ = [
     "RandomState",
+    "int_seed",
     "check_random_state",
     "spawn_seeds",
     "check_is_fitted",
@@ -95,6 +96,38 @@ def check_random_state(random_state: RandomState) -> np.random.Generator:
             got=random_state,
         )
     )
+
+
+def int_seed(random_state: RandomState, owner: str) -> int:
+    """One integer seed from ``random_state``, for functions that derive all their seeds from one.
+
+    An int (or NumPy integer) ``>= 0`` is returned as is; a :class:`numpy.random.Generator`
+    draws the seed once (so it advances); ``None`` draws it from fresh OS entropy.
+
+    Parameters
+    ----------
+    random_state : int, numpy.random.Generator or None
+    owner : str
+        Name of the calling function, for the error message.
+
+    Returns
+    -------
+    int
+        In ``[0, 2**31 - 1)`` when drawn.
+
+    Raises
+    ------
+    InvalidParameterError
+        A bool, a negative int or anything else.
+    """
+    if isinstance(random_state, int | np.integer) and not isinstance(random_state, bool):
+        if int(random_state) >= 0:
+            return int(random_state)
+    elif random_state is None or isinstance(random_state, np.random.Generator):
+        return int(check_random_state(random_state).integers(2**31 - 1))
+    raise InvalidParameterError(PARAM_MESSAGE.format(
+        name="random_state", owner=owner,
+        expected="a non-negative int, a numpy Generator or None", got=random_state))
 
 
 def spawn_seeds(random_state: RandomState, n: int) -> list[int]:

@@ -61,7 +61,14 @@ from equicare.ope._support import (
 )
 from equicare.policy._behavior import BehaviorModel
 from equicare.privacy import small_cells_message, suppressed_levels
-from equicare.utils import MIN_CELL, PARAM_MESSAGE, RandomState, check_param, check_random_state
+from equicare.utils import (
+    MIN_CELL,
+    PARAM_MESSAGE,
+    RandomState,
+    check_param,
+    check_random_state,
+    int_seed,
+)
 
 __all__ = ["evaluate", "evaluate_subgroups", "EvaluationResult", "GroupResult",
            "estimates_from_prepared", "parse_estimators", "refit_bootstrap", "bias_aware",
@@ -642,7 +649,7 @@ def evaluate(
     diagnose_support: bool = True,
     refit: bool = False,
     executor: Executor | None = None,
-    random_state: int = 0,
+    random_state: RandomState = 0,
     n_boot: int | None = None,
     progress: bool = False,
 ) -> EvaluationResult:
@@ -694,8 +701,11 @@ def evaluate(
         Refit the nuisance models in every bootstrap replicate (slow; via ``executor``).
     executor : callable, optional
         ``executor(fn, items)`` used when ``refit`` is set (default: serial map).
-    random_state : int
-        Seed of everything random (folds, models, bootstrap).
+    random_state : int, Generator or None, default=0
+        Seed of everything random (folds, models, bootstrap). An int (or NumPy integer) is the
+        seed; a Generator draws the seed once (and advances), ``None`` draws it from fresh OS
+        entropy. The seed used is ``settings["random_state"]`` of the result (pass it back to
+        reproduce the numbers).
     n_boot : int, optional
         Alias of ``bootstrap`` (takes precedence when given).
     progress : bool
@@ -754,7 +764,7 @@ def _evaluate(
     diagnose_support: bool,
     refit: bool,
     executor: Executor | None,
-    random_state: int,
+    random_state: RandomState,
     n_boot: int | None,
     progress: bool,
 ) -> EvaluationResult:
@@ -767,7 +777,7 @@ def _evaluate(
         if progress:
             print(f"[evaluate] {msg}", file=sys.stderr, flush=True)
 
-    check_param(random_state, "random_state", "evaluate", kind=int, low=0)
+    random_state = int_seed(random_state, "evaluate")
     check_param(ci_method, "ci_method", "evaluate", choices=CI_METHODS)
     qcfg = as_fqe_config(q_model)
     seed_prep, seed_boot, seed_refit = evaluate_seeds(random_state)
