@@ -25,3 +25,15 @@ def test_int_seed_refuses_other_values(bad) -> None:
                                expected="a non-negative int, a numpy Generator or None", got=bad)
     with pytest.raises(InvalidParameterError, match=re.escape(msg)):
         int_seed(bad, "f")
+
+
+def test_check_dataset_names_the_owner_and_how_to_build_one() -> None:
+    import pandas as pd
+
+    from equicare.utils import DATASET_EXPECTED, check_dataset
+
+    msg = PARAM_MESSAGE.format(name="dataset", owner="evaluate", expected=DATASET_EXPECTED,
+                               got="DataFrame")
+    assert "equicare.data.from_frame(frame, manifest)" in msg
+    with pytest.raises(InvalidParameterError, match=re.escape(msg)):
+        check_dataset(pd.DataFrame({"a": [1]}), "evaluate")

@@ -22,6 +22,8 @@ __all__ = [
     "spawn_seeds",
     "check_is_fitted",
     "check_param",
+    "check_dataset",
+    "DATASET_EXPECTED",
     "atomic_write",
     "atomic_write_text",
     "PARAM_MESSAGE",
@@ -128,6 +130,28 @@ def int_seed(random_state: RandomState, owner: str) -> int:
     raise InvalidParameterError(PARAM_MESSAGE.format(
         name="random_state", owner=owner,
         expected="a non-negative int, a numpy Generator or None", got=random_state))
+
+
+#: What a ``dataset`` argument must be (the expected part of its :data:`PARAM_MESSAGE`).
+DATASET_EXPECTED = ("a TrajectoryDataset (build one with "
+                    "equicare.data.from_frame(frame, manifest))")
+
+
+def check_dataset(dataset: Any, owner: str, name: str = "dataset") -> None:
+    """Refuse anything but a trajectory dataset (a pandas frame, a path, ...) at a public entry.
+
+    Duck-typed: an object with ``action_space`` and ``episode_offsets`` passes (a
+    :class:`~equicare.data.TrajectoryDataset` or a subset of one).
+
+    Raises
+    ------
+    InvalidParameterError
+        ``"The 'dataset' parameter of {owner} must be a TrajectoryDataset (build one with
+        equicare.data.from_frame(frame, manifest)). Got 'DataFrame' instead."``
+    """
+    if not hasattr(dataset, "action_space") or not hasattr(dataset, "episode_offsets"):
+        raise InvalidParameterError(PARAM_MESSAGE.format(
+            name=name, owner=owner, expected=DATASET_EXPECTED, got=type(dataset).__name__))
 
 
 def spawn_seeds(random_state: RandomState, n: int) -> list[int]:

@@ -435,3 +435,22 @@ def test_a_group_with_every_weight_zero_is_left_out_of_worst_gap_and_gini() -> N
     for k in ("value_gap", "worst_group_value", "gini", "gini_weighted"):
         assert p[k]["excluded_groups"] == ["asian"], k
         assert p[k]["value"] is not None, k
+
+
+def _frame_message(owner: str) -> str:
+    from equicare.utils import DATASET_EXPECTED, PARAM_MESSAGE
+
+    return PARAM_MESSAGE.format(name="dataset", owner=owner, expected=DATASET_EXPECTED,
+                                got="DataFrame")
+
+
+def test_a_data_frame_is_refused_with_how_to_build_a_dataset():
+    import pandas as pd
+
+    frame = pd.DataFrame({"x": [1]})
+    from equicare.exceptions import InvalidParameterError
+
+    with pytest.raises(InvalidParameterError, match=re.escape(_frame_message("audit"))):
+        audit(frame, {})
+    with pytest.raises(InvalidParameterError, match=re.escape(_frame_message("FairnessAudit.run"))):
+        FairnessAudit().run(frame, {})

@@ -374,3 +374,20 @@ def test_random_state_takes_numpy_ints_generators_and_none(ds):
     # the streamed evaluation's Python default is evaluate's
     default = inspect.signature(evaluate).parameters["random_state"].default
     assert inspect.signature(evaluate_stream).parameters["random_state"].default == default
+
+
+def _frame_message(owner: str) -> str:
+    from equicare.utils import DATASET_EXPECTED, PARAM_MESSAGE
+
+    return PARAM_MESSAGE.format(name="dataset", owner=owner, expected=DATASET_EXPECTED,
+                                got="DataFrame")
+
+
+@pytest.mark.parametrize(("owner", "call"), [
+    ("evaluate", lambda f: evaluate(f, TabularPolicy(TARGET))),
+    ("evaluate_subgroups", lambda f: evaluate_subgroups(f, TabularPolicy(TARGET))),
+    ("sensitivity_analysis", lambda f: sensitivity_analysis(f, TabularPolicy(TARGET))),
+])
+def test_a_data_frame_is_refused_with_how_to_build_a_dataset(owner, call):
+    with pytest.raises(InvalidParameterError, match=re.escape(_frame_message(owner))):
+        call(pd.DataFrame({"x": [1]}))

@@ -40,6 +40,7 @@ from equicare.utils import (
     PARAM_MESSAGE,
     RandomState,
     atomic_write_text,
+    check_dataset,
     check_param,
 )
 
@@ -341,6 +342,7 @@ class FairnessAudit:
         -------
         AuditResult
         """
+        check_dataset(dataset, "FairnessAudit.run")
         pols = dict(policies or {})
         if BEHAVIOR in pols:
             raise InvalidParameterError(
@@ -520,6 +522,7 @@ def audit(dataset: TrajectoryDataset,
     ...             random_state=0)                                       # doctest: +SKIP
     >>> res["behavior"].allocation.difference_ci()                       # doctest: +SKIP
     """
+    check_dataset(dataset, "audit")
     weights = settings.pop("weights", None)
     cfg = FairnessAudit(action=action, group=group, intersect=tuple(intersect), **settings)
     return cfg.run(dataset, policies, weights=weights, random_state=random_state)

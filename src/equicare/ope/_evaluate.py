@@ -65,6 +65,7 @@ from equicare.utils import (
     MIN_CELL,
     PARAM_MESSAGE,
     RandomState,
+    check_dataset,
     check_param,
     check_random_state,
     int_seed,
@@ -722,6 +723,7 @@ def evaluate(
     SmallCellWarning
         When a group level has fewer than 11 episodes (suppressed).
     """
+    check_dataset(dataset, "evaluate")
     from threadpoolctl import threadpool_limits
 
     # BLAS/OpenMP threads: one for the small solves and products of a typical panel (threads
@@ -950,6 +952,7 @@ def evaluate_subgroups(
     -------
     dict of attribute to dict of level (str) to GroupResult
     """
+    check_dataset(dataset, "evaluate_subgroups")
     keys = parse_estimators(estimators)
     rng = check_random_state(random_state)
     attr_list = list(dataset.group_attrs if attrs is None else attrs)
