@@ -391,3 +391,33 @@ def _frame_message(owner: str) -> str:
 def test_a_data_frame_is_refused_with_how_to_build_a_dataset(owner, call):
     with pytest.raises(InvalidParameterError, match=re.escape(_frame_message(owner))):
         call(pd.DataFrame({"x": [1]}))
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"alpha": 2}, "The 'alpha' parameter of evaluate must be a float in (0, 1). Got 2 instead."),
+    ({"alpha": 1.5},
+     "The 'alpha' parameter of evaluate must be a float in (0, 1). Got 1.5 instead."),
+    ({"alpha": "0.05"},
+     "The 'alpha' parameter of evaluate must be a float in (0, 1). Got '0.05' instead."),
+    ({"truncate": 0},
+     "The 'truncate' parameter of evaluate must be a positive float or None. Got 0 instead."),
+    ({"truncate": -1.0},
+     "The 'truncate' parameter of evaluate must be a positive float or None. Got -1.0 instead."),
+])
+def test_alpha_and_truncate_are_checked_on_entry_under_evaluates_name(ds, monkeypatch, kwargs,
+                                                                     message):
+    from equicare.ope import _evaluate
+
+    def no_fit(*args, **kw):
+        raise AssertionError("models fitted before the arguments were checked")
+
+    monkeypatch.setattr(_evaluate, "prepare", no_fit)
+    with pytest.raises(InvalidParameterError, match=re.escape(message)):
+        evaluate(ds, TabularPolicy(TARGET), q_model="tabular", bootstrap=5, **kwargs)
+
+
+def test_an_int_alpha_and_truncate_are_numbers(ds):
+    kw = {"q_model": "tabular", "bootstrap": 20, "groups": [], "random_state": 1}
+    a = evaluate(ds, TabularPolicy(TARGET), truncate=5, **kw).to_dict()["estimates"]
+    b = evaluate(ds, TabularPolicy(TARGET), truncate=5.0, **kw).to_dict()["estimates"]
+    assert a == b

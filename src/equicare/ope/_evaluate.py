@@ -781,6 +781,14 @@ def _evaluate(
 
     random_state = int_seed(random_state, "evaluate")
     check_param(ci_method, "ci_method", "evaluate", choices=CI_METHODS)
+    # the numbers the estimators use, checked before any model is fitted (an int is a number)
+    number = (int, float, np.integer, np.floating)
+    alpha = float(check_param(alpha, "alpha", "evaluate", kind=number, low=0.0, high=1.0,
+                              low_inclusive=False, high_inclusive=False,
+                              expected="a float in (0, 1)"))
+    check_param(truncate, "truncate", "evaluate", kind=number, low=0.0, low_inclusive=False,
+                allow_none=True, expected="a positive float or None")
+    truncate = None if truncate is None else float(truncate)
     qcfg = as_fqe_config(q_model)
     seed_prep, seed_boot, seed_refit = evaluate_seeds(random_state)
     qname = q_model_name(qcfg)
