@@ -478,8 +478,8 @@ def _stage_explain(
     metrics.append(Metric("explain.tv", fid["tv"]))
     metrics.append(Metric("explain.n_rules", float(len(card.rules))))
     for k, est in card.value["rules"].items():
-        metrics.append(Metric(f"ope.{k}.rules", est["value"], ci_low=est["ci"][0],
-                              ci_high=est["ci"][1]))
+        ci = est.get("ci") or [None, None]
+        metrics.append(Metric(f"ope.{k}.rules", est["value"], ci_low=ci[0], ci_high=ci[1]))
 
 
 def _stage_mediation(
