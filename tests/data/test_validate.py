@@ -294,3 +294,13 @@ def test_small_group_levels_are_named_without_their_counts(manifest_dict):
     msg = next(str(w.message) for w in rec if "fewer than 11 episodes" in str(w.message))
     assert "Pacific Islander" in msg and "Pacific Islander (" not in msg
     assert not re.search(r"\(\d+\)", msg), msg
+
+
+def test_validate_frame_takes_a_dict_manifest_like_from_frame(manifest_dict):
+    frame = make_frame(20)
+    rep = validate_frame(frame, manifest_dict)
+    ref = validate_frame(frame, Manifest.from_dict(manifest_dict))
+    assert rep.ok and rep.errors == ref.errors and rep.warnings == ref.warnings
+    bad = frame.drop(columns=["risk"])
+    assert validate_frame(bad, manifest_dict).errors == validate_frame(
+        bad, Manifest.from_dict(manifest_dict)).errors != []

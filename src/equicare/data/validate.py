@@ -8,7 +8,9 @@ Validation never modifies anything on disk.
 from __future__ import annotations
 
 import datetime
+import os
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -266,7 +268,7 @@ def _label_of(u: Any) -> str:
 
 def validate_frame(
     df: pd.DataFrame,
-    manifest: Manifest,
+    manifest: Manifest | Mapping[str, Any] | str | os.PathLike[str],
     source: str = "<table>",
     raw_columns: list[str] | None = None,
     row_numbers: NDArray[np.int64] | None = None,
@@ -277,7 +279,8 @@ def validate_frame(
     Parameters
     ----------
     df : pandas.DataFrame of shape (n_rows, n_columns)
-    manifest : Manifest
+    manifest : Manifest, dict or path to a TOML manifest
+        As :func:`~equicare.data.from_frame` takes it.
     source : str
         Name used in messages (the file path).
     raw_columns : list of str, optional
@@ -295,6 +298,9 @@ def validate_frame(
     ValidationReport
         Errors and warnings; nothing is raised here.
     """
+    from equicare.data._io import _manifest_of
+
+    manifest = _manifest_of(manifest)
     rep = ValidationReport(source=source)
 
     def _rows(mask: NDArray[np.bool_], original_row: NDArray[np.int64] | None = None) -> str:
