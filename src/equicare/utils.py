@@ -17,10 +17,13 @@ from equicare.exceptions import InvalidParameterError, NotFittedError
 
 __all__ = [
     "RandomState",
+    "int_seed",
     "check_random_state",
     "spawn_seeds",
     "check_is_fitted",
     "check_param",
+    "check_dataset",
+    "DATASET_EXPECTED",
     "atomic_write",
     "atomic_write_text",
     "PARAM_MESSAGE",
@@ -95,6 +98,60 @@ def check_random_state(random_state: RandomState) -> np.random.Generator:
             got=random_state,
         )
     )
+
+
+def int_seed(random_state: RandomState, owner: str) -> int:
+    """One integer seed from ``random_state``, for functions that derive all their seeds from one.
+
+    An int (or NumPy integer) ``>= 0`` is returned as is; a :class:`numpy.random.Generator`
+    draws the seed once (so it advances); ``None`` draws it from fresh OS entropy.
+
+    Parameters
+    ----------
+    random_state : int, numpy.random.Generator or None
+    owner : str
+        Name of the calling function, for the error message.
+
+    Returns
+    -------
+    int
+        In ``[0, 2**31 - 1)`` when drawn.
+
+    Raises
+    ------
+    InvalidParameterError
+        A bool, a negative int or anything else.
+    """
+    if isinstance(random_state, int | np.integer) and not isinstance(random_state, bool):
+        if int(random_state) >= 0:
+            return int(random_state)
+    elif random_state is None or isinstance(random_state, np.random.Generator):
+        return int(check_random_state(random_state).integers(2**31 - 1))
+    raise InvalidParameterError(PARAM_MESSAGE.format(
+        name="random_state", owner=owner,
+        expected="a non-negative int, a numpy Generator or None", got=random_state))
+
+
+#: What a ``dataset`` argument must be (the expected part of its :data:`PARAM_MESSAGE`).
+DATASET_EXPECTED = ("a TrajectoryDataset (build one with "
+                    "equicare.data.from_frame(frame, manifest))")
+
+
+def check_dataset(dataset: Any, owner: str, name: str = "dataset") -> None:
+    """Refuse anything but a trajectory dataset (a pandas frame, a path, ...) at a public entry.
+
+    Duck-typed: an object with ``action_space`` and ``episode_offsets`` passes (a
+    :class:`~equicare.data.TrajectoryDataset` or a subset of one).
+
+    Raises
+    ------
+    InvalidParameterError
+        ``"The 'dataset' parameter of {owner} must be a TrajectoryDataset (build one with
+        equicare.data.from_frame(frame, manifest)). Got 'DataFrame' instead."``
+    """
+    if not hasattr(dataset, "action_space") or not hasattr(dataset, "episode_offsets"):
+        raise InvalidParameterError(PARAM_MESSAGE.format(
+            name=name, owner=owner, expected=DATASET_EXPECTED, got=type(dataset).__name__))
 
 
 def spawn_seeds(random_state: RandomState, n: int) -> list[int]:

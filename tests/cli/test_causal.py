@@ -194,3 +194,19 @@ def test_missing_mediators_reported_before_the_control(tmp_path):
         assert res.exit_code == 2, res.output
         assert "nomed.toml: the dataset has no mediator columns" in out, out
         assert "--control" not in out
+
+
+def test_single_row_episodes_exit_2_with_the_data_error(app, tmp_path):
+    rng = np.random.default_rng(0)
+    n = 50
+    pd.DataFrame({"episode": np.arange(n), "time": 0, "s0": rng.normal(size=n),
+                  "m0": np.arange(n) % 2, "action": rng.integers(0, 2, n),
+                  "reward": rng.normal(size=n)}).to_csv(tmp_path / "one.csv", index=False)
+    pd.DataFrame({"episode": np.arange(n), "time": 0, "p_0": 0.5, "p_1": 0.5}
+                 ).to_csv(tmp_path / "target.csv", index=False)
+    (tmp_path / "m.toml").write_text(MANIFEST.format(mediators='mediators = ["m0"]'))
+    res = runner.invoke(app, ["mediate", str(tmp_path / "one.csv"), "--manifest",
+                              str(tmp_path / "m.toml"), "--policy", str(tmp_path / "target.csv"),
+                              "--bootstrap", "0"])
+    assert res.exit_code == 2, res.output
+    assert "needs at least 2 episodes with a transition" in " ".join(res.output.split())

@@ -224,3 +224,27 @@ def test_audit_summary_line_is_the_librarys_small_cells_message(app, panel) -> N
     out = r.output.replace("\n", " ")
     assert "group cells were suppressed:" in out and "(complementary suppression)" in out
     assert "group(s) with fewer than" not in out
+
+
+def test_audit_prints_na_for_a_value_with_every_weight_zero(app, panel, tmp_path) -> None:
+    import numpy as np
+
+    from equicare.data import load_dataset
+    from equicare.policy import write_policy_file
+
+    ds = load_dataset(panel["data"], panel["manifest"], emit_warnings=False)
+    p = np.zeros((ds.n_steps, ds.n_actions))
+    p[np.arange(ds.n_steps), (ds.actions + 1) % ds.n_actions] = 1.0  # never the logged action
+    pol = tmp_path / "never.parquet"
+    write_policy_file(ds, p, pol)
+    out = tmp_path / "audit.json"
+    r = _run(app, ["audit", str(panel["data"]), "--manifest", str(panel["manifest"]),
+                   "--policy", f"never={pol}", "--group", "race_ethnicity", "--action",
+                   "modality=home_visit", "--bootstrap", "20", "--permutations", "0",
+                   "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    row = next(line for line in r.output.splitlines() if line.strip("│ ").startswith("never"))
+    assert "n/a" in row and "0.000" not in row
+    assert "never: value n/a, every episode's importance weight is 0" in " ".join(r.output.split())
+    d = json.loads(out.read_text())["policies"]["never"]
+    assert d["value"]["value"] is None and d["worst_group_value"]["group"] is None

@@ -92,3 +92,16 @@ def test_summary_has_no_rows(ds):
     s = ds.summary()
     assert s["n_episodes"] == ds.n_episodes and s["n_actions"] == 6
     assert set(s["groups"]) == {"race", "sex"}
+
+
+def test_summary_suppresses_small_group_counts_and_their_complements(manifest_dict):
+    frame = make_frame(60, seed=1)
+    ids = frame.member_id.unique()
+    level = {m: ("tiny" if i < 5 else "a" if i < 30 else "b") for i, m in enumerate(ids)}
+    frame["race"] = frame.member_id.map(level)
+    ds = from_frame(frame, manifest_dict, emit_warnings=False)
+    counts = ds.summary()["groups"]["race"]
+    assert counts["tiny"] is None and sum(v is None for v in counts.values()) == 2
+    assert 5 not in counts.values()
+    # the exact sizes stay available to internal code only
+    assert ds._group_counts()["race"] == {"a": 25, "b": 30, "tiny": 5}

@@ -294,3 +294,43 @@ def test_small_group_levels_are_named_without_their_counts(manifest_dict):
     msg = next(str(w.message) for w in rec if "fewer than 11 episodes" in str(w.message))
     assert "Pacific Islander" in msg and "Pacific Islander (" not in msg
     assert not re.search(r"\(\d+\)", msg), msg
+
+
+def test_validate_frame_takes_a_dict_manifest_like_from_frame(manifest_dict):
+    frame = make_frame(20)
+    rep = validate_frame(frame, manifest_dict)
+    ref = validate_frame(frame, Manifest.from_dict(manifest_dict))
+    assert rep.ok and rep.errors == ref.errors and rep.warnings == ref.warnings
+    bad = frame.drop(columns=["risk"])
+    assert validate_frame(bad, manifest_dict).errors == validate_frame(
+        bad, Manifest.from_dict(manifest_dict)).errors != []
+
+
+def test_numbers_stored_as_text_say_so_and_how_to_convert(frame, manifest_dict):
+    from equicare.data.validate import MSG_NUMBERS_AS_TEXT
+
+    frame["risk"] = frame["risk"].astype(str).astype(object)
+    msg = MSG_NUMBERS_AS_TEXT.format(source="panel.csv", column="risk", what="state",
+                                     dtype=frame["risk"].dtype)
+    err = assert_invalid(frame, manifest_dict, msg)
+    assert "0 rows" not in str(err)
+
+
+def test_text_among_numbers_counts_and_shows_the_rows_that_are_not_numbers(frame,
+                                                                          manifest_dict):
+    frame["risk"] = frame["risk"].astype(str).astype(object)
+    frame.loc[[3, 7], "risk"] = "high"
+    frame.loc[5, "risk"] = None
+    assert_invalid(frame, manifest_dict,
+                   "column 'risk' (state) must be numeric, got object; values that are not "
+                   "numbers in 2 rows (first: 3, 7; 0-based data rows), e.g. 'high'.",
+                   "column 'risk' (state) is empty in 1 row (first: 5; 0-based data rows).")
+
+
+def test_a_missing_action_label_is_reported_as_empty_not_nan(frame, manifest_dict):
+    frame["modality"] = frame["modality"].astype(object)
+    frame.loc[[2, 4], "modality"] = None
+    err = str(assert_invalid(frame, manifest_dict,
+                             "column 'modality' (action component 'modality') is empty in 2 rows "
+                             "(first: 2, 4; 0-based data rows)"))
+    assert "'nan'" not in err and "not among the declared levels" not in err

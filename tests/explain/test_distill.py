@@ -237,3 +237,17 @@ def test_sparse_features_give_the_same_tree(sim_data, monkeypatch, kw):
     assert sparse.n_nodes == dense.n_nodes
     for ds in (train, fresh):
         np.testing.assert_allclose(sparse.action_probs(ds), dense.action_probs(ds))
+
+
+def _frame_message(owner: str) -> str:
+    from equicare.utils import DATASET_EXPECTED, PARAM_MESSAGE
+
+    return PARAM_MESSAGE.format(name="dataset", owner=owner, expected=DATASET_EXPECTED,
+                                got="DataFrame")
+
+
+def test_a_data_frame_is_refused_with_how_to_build_a_dataset():
+    import pandas as pd
+
+    with pytest.raises(InvalidParameterError, match=re.escape(_frame_message("distill"))):
+        distill(pd.DataFrame({"x": [1]}), CallablePolicy(lambda x: x, n_actions=3))

@@ -305,3 +305,20 @@ def test_action_labels_stay_short_and_the_default_set_is_any_outreach() -> None:
     assert wide.startswith("action=1|2|") and wide.endswith("|99")
     assert action_label(wide) == "action in {1, 2, ..., 99} (99 levels)"
     assert default_action(SPACE).count("|") == SPACE.components[0].n_levels - 2
+
+
+def _frame_message(owner: str) -> str:
+    from equicare.utils import DATASET_EXPECTED, PARAM_MESSAGE
+
+    return PARAM_MESSAGE.format(name="dataset", owner=owner, expected=DATASET_EXPECTED,
+                                got="DataFrame")
+
+
+def test_a_data_frame_is_refused_with_how_to_build_a_dataset():
+    from equicare.exceptions import InvalidParameterError
+
+    frame = pd.DataFrame({"x": [1]})
+    with pytest.raises(InvalidParameterError, match=re.escape(_frame_message("allocation_rates"))):
+        allocation_rates(frame, action="modality=home_visit")
+    with pytest.raises(InvalidParameterError, match=re.escape(_frame_message("level_rates"))):
+        level_rates(frame, {})

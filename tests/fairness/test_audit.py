@@ -367,3 +367,90 @@ def test_audit_reports_support_and_low_ess_like_evaluate() -> None:
     assert set(diag["ess_by_group"]) == {"a", "b"} and diag["estimator"] == "wis"
     assert "diagnostics" not in out["policies"]["behavior"]
     json.dumps(out)
+
+
+class ZeroWeightPolicy:
+    """Puts all mass on an action other than the logged one in the episodes of ``groups``.
+
+    Every importance weight of those episodes is 0 (picklable, serves any rows).
+    """
+
+    def __init__(self, attribute: str, groups: tuple[str, ...] | None = None) -> None:
+        self.attribute, self.groups = attribute, groups
+
+    def action_probs(self, ds) -> np.ndarray:
+        p = np.full((ds.n_steps, ds.n_actions), 1.0 / ds.n_actions)
+        labels = ds.episode_rows(ds.group_labels(self.attribute))
+        rows = (np.ones(ds.n_steps, bool) if self.groups is None
+                else np.isin(labels, self.groups))
+        p[rows] = 0.0
+        p[np.flatnonzero(rows), (ds.actions[rows] + 1) % ds.n_actions] = 1.0
+        return p
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.SupportWarning")
+def test_wis_with_every_weight_zero_has_no_value_not_zero() -> None:
+    from equicare.fairness._outcome import MSG_NO_VALUES, MSG_TOO_FEW_VALUES
+    from equicare.ope._core import MSG_ALL_WEIGHTS_ZERO
+    from equicare.sim.care import CareManagementSim
+
+    ds = CareManagementSim().generate(n_members=200, n_weeks=6, random_state=0).dataset()
+    res = audit(ds, {"never": ZeroWeightPolicy("race_ethnicity")}, action="modality=home_visit",
+                group="race_ethnicity", random_state=0, n_boot=20, n_permutations=0)
+    o = res["never"].outcome
+    assert np.isnan(o.overall) and o.overall_reason == MSG_ALL_WEIGHTS_ZERO
+    assert np.isnan(o.worst_group()) and o.worst_group_label() is None
+    assert np.isnan(o.difference()) and np.isnan(o.gini())
+    p = json.loads(json.dumps(res.to_dict()))["policies"]["never"]
+    assert p["value"] == {"value": None, "ci": None, "reason": MSG_ALL_WEIGHTS_ZERO}
+    for g, e in p["value_by_group"].items():
+        assert e["value"] is None and e["ci"] is None and e["reason"] == MSG_ALL_WEIGHTS_ZERO, g
+    assert p["value_gap"]["value"] is None and p["value_gap"]["reason"] == MSG_TOO_FEW_VALUES
+    assert p["gini"]["value"] is None and p["gini"]["reason"] == MSG_TOO_FEW_VALUES
+    assert p["worst_group_value"]["value"] is None
+    assert p["worst_group_value"]["reason"] == MSG_NO_VALUES
+    assert p["worst_group_value"]["group"] is None
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.SupportWarning")
+def test_a_group_with_every_weight_zero_is_left_out_of_worst_gap_and_gini() -> None:
+    from equicare.ope._core import MSG_ALL_WEIGHTS_ZERO
+    from equicare.sim.care import CareManagementSim
+
+    ds = CareManagementSim().generate(n_members=300, n_weeks=6, random_state=0).dataset()
+    pol = ZeroWeightPolicy("race_ethnicity", ("asian",))
+    res = audit(ds, {"p": pol}, action="modality=home_visit", group="race_ethnicity",
+                random_state=0, n_boot=30, n_permutations=0)
+    o = res["p"].outcome
+    assert o.undefined == {"asian": MSG_ALL_WEIGHTS_ZERO}
+    rest = o.by_group.drop("asian")
+    assert o.worst_group() == rest.min() and o.worst_group_label() == rest.idxmin()
+    assert o.difference() == pytest.approx(rest.max() - rest.min())
+    assert o.gini() == pytest.approx(gini(rest.to_numpy()))
+    assert np.isfinite(o.overall)
+    p = res.to_dict()["policies"]["p"]
+    assert p["value_by_group"]["asian"]["value"] is None
+    assert p["value_by_group"]["asian"]["reason"] == MSG_ALL_WEIGHTS_ZERO
+    assert p["worst_group_value"]["group"] != "asian"
+    for k in ("value_gap", "worst_group_value", "gini", "gini_weighted"):
+        assert p[k]["excluded_groups"] == ["asian"], k
+        assert p[k]["value"] is not None, k
+
+
+def _frame_message(owner: str) -> str:
+    from equicare.utils import DATASET_EXPECTED, PARAM_MESSAGE
+
+    return PARAM_MESSAGE.format(name="dataset", owner=owner, expected=DATASET_EXPECTED,
+                                got="DataFrame")
+
+
+def test_a_data_frame_is_refused_with_how_to_build_a_dataset():
+    import pandas as pd
+
+    frame = pd.DataFrame({"x": [1]})
+    from equicare.exceptions import InvalidParameterError
+
+    with pytest.raises(InvalidParameterError, match=re.escape(_frame_message("audit"))):
+        audit(frame, {})
+    with pytest.raises(InvalidParameterError, match=re.escape(_frame_message("FairnessAudit.run"))):
+        FairnessAudit().run(frame, {})

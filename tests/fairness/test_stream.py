@@ -255,3 +255,20 @@ def test_streamed_audit_with_a_single_published_group_is_an_error(panel, tmp_pat
         audit_stream(one, manifest=man, config=FairnessAudit(group="sex", n_boot=0,
                                                              n_permutations=0),
                      chunk_rows=50, random_state=0)
+
+
+def test_streamed_audit_leaves_out_a_group_whose_weights_are_all_zero(panel):
+    from .test_audit import ZeroWeightPolicy
+
+    path, man, ds = panel
+    cfg = FairnessAudit(action="modality=home_visit", n_boot=40, n_permutations=0,
+                        estimator="wis", min_cell=11)
+    pols = {"p": ZeroWeightPolicy("race", ("a",)), "never": ZeroWeightPolicy("race")}
+    w = poisson_weights(episode_keys(ds.episode_ids), 40, seed=2)
+    ref = cfg.run(ds, pols, weights=w, random_state=2)
+    got = audit_stream(path, pols, manifest=man, config=cfg, chunk_rows=9, random_state=2)
+    _assert_same(ref.to_dict(), got.to_dict())
+    p = got.to_dict()["policies"]
+    assert p["p"]["value_by_group"]["a"]["value"] is None
+    assert p["p"]["worst_group_value"]["excluded_groups"] == ["a"]
+    assert p["never"]["value"]["value"] is None and "reason" in p["never"]["value"]

@@ -204,8 +204,30 @@ def test_wis_with_every_weight_zero_has_no_estimate(n_boot):
         e = res.estimates[k]
         assert e.reason == MSG_ALL_WEIGHTS_ZERO and np.isnan([e.value, *e.ci, e.se]).all()
         d = res.to_dict()["estimates"][k]
-        assert d == {"value": None, "ci": [None, None], "se": None,
+        assert d == {"value": None, "ci": None, "se": None,
                      "reason": MSG_ALL_WEIGHTS_ZERO}
         assert Estimate.from_dict(e.to_dict()).reason == MSG_ALL_WEIGHTS_ZERO
     assert res.estimates["is"].value == 0.0 and res.estimates["is"].reason is None
     assert "reason" not in res.to_dict()["estimates"]["is"]
+
+
+def test_estimate_from_dict_reads_a_result_jsons_entries():
+    import json
+
+    from equicare.data import from_frame
+    from equicare.ope import evaluate
+    from equicare.ope._bootstrap import Estimate
+    from tests.conftest import MANIFEST, make_frame
+
+    ds = from_frame(make_frame(40, seed=2), MANIFEST, emit_warnings=False)
+    probs = np.eye(ds.n_actions)[(ds.actions + 1) % ds.n_actions]  # never the logged action
+    res = evaluate(ds, probs, estimators=["is", "wis"], q_model="linear", bootstrap=20,
+                   groups=[], diagnose_support=False, random_state=0)
+    d = json.loads(json.dumps(res.to_dict()))["estimates"]
+    is_ = Estimate.from_dict(d["is"])
+    assert (is_.value, is_.ci, is_.se) == (res.estimates["is"].value, res.estimates["is"].ci,
+                                           res.estimates["is"].se)
+    assert Estimate.from_dict({**d["is"], "n_episodes": 40}).n_episodes == 40
+    wis = Estimate.from_dict(d["wis"])
+    assert np.isnan([wis.value, *wis.ci, wis.se]).all() and wis.reason is not None
+    assert Estimate.from_dict(res.estimates["is"].to_dict()) == res.estimates["is"]

@@ -135,3 +135,19 @@ def test_bad_policy_probabilities(data):
     bad = np.full((ds.n_steps, 2), 0.4)
     with pytest.raises(PolicyError, match="do not sum to 1 within 1e-06"):
         WIS(n_bootstrap=0).estimate(ds, bad)
+
+
+def _frame_message(owner: str) -> str:
+    from equicare.utils import DATASET_EXPECTED, PARAM_MESSAGE
+
+    return PARAM_MESSAGE.format(name="dataset", owner=owner, expected=DATASET_EXPECTED,
+                                got="DataFrame")
+
+
+@pytest.mark.parametrize("cls", [IS, WIS, DR, FQE])
+def test_a_data_frame_is_refused_with_how_to_build_a_dataset(cls):
+    from equicare.exceptions import InvalidParameterError
+
+    with pytest.raises(InvalidParameterError,
+                       match=re.escape(_frame_message(f"{cls.__name__}.estimate"))):
+        cls().estimate(pd.DataFrame({"x": [1]}), TabularPolicy(TARGET))

@@ -12,7 +12,12 @@ import pandas as pd
 import pytest
 
 from equicare import utils
-from equicare.exceptions import DataValidationError, SmallCellWarning, SupportWarning
+from equicare.exceptions import (
+    DataValidationError,
+    InvalidParameterError,
+    SmallCellWarning,
+    SupportWarning,
+)
 from equicare.ope import (
     ESTIMATOR_KEYS,
     SENSITIVITY_COLUMNS,
@@ -345,3 +350,74 @@ def test_the_out_of_range_warning_advises_logging_only_estimated_propensities(ds
     far = {"is": Estimate(value=1e6, ci=(0.0, 2e6), se=1.0, n_episodes=3)}
     with pytest.warns(DataWarning, match="log the propensities instead of estimating them"):
         _warn_out_of_range(far, np.array([0.0, 1.0]), None, "estimated")
+
+
+def test_random_state_takes_numpy_ints_generators_and_none(ds):
+    import inspect
+
+    from equicare.ope import evaluate_stream
+
+    kw = {"q_model": "tabular", "bootstrap": 30, "groups": []}
+    ref = evaluate(ds, TabularPolicy(TARGET), random_state=4, **kw).to_dict()
+    same = evaluate(ds, TabularPolicy(TARGET), random_state=np.int64(4), **kw).to_dict()
+    assert same["estimates"] == ref["estimates"] and same["behavior"] == ref["behavior"]
+    gen = evaluate(ds, TabularPolicy(TARGET), random_state=np.random.default_rng(1), **kw)
+    seed = int(np.random.default_rng(1).integers(2**31 - 1))
+    assert gen.settings["random_state"] == seed  # the drawn seed, to reproduce the numbers
+    again = evaluate(ds, TabularPolicy(TARGET), random_state=seed, **kw).to_dict()
+    assert gen.to_dict()["estimates"] == again["estimates"]
+    fresh = evaluate(ds, TabularPolicy(TARGET), random_state=None, **kw)
+    assert isinstance(fresh.settings["random_state"], int)
+    with pytest.raises(InvalidParameterError, match=re.escape(
+            "The 'random_state' parameter of evaluate must be a non-negative int")):
+        evaluate(ds, TabularPolicy(TARGET), random_state=-1, **kw)
+    # the streamed evaluation's Python default is evaluate's
+    default = inspect.signature(evaluate).parameters["random_state"].default
+    assert inspect.signature(evaluate_stream).parameters["random_state"].default == default
+
+
+def _frame_message(owner: str) -> str:
+    from equicare.utils import DATASET_EXPECTED, PARAM_MESSAGE
+
+    return PARAM_MESSAGE.format(name="dataset", owner=owner, expected=DATASET_EXPECTED,
+                                got="DataFrame")
+
+
+@pytest.mark.parametrize(("owner", "call"), [
+    ("evaluate", lambda f: evaluate(f, TabularPolicy(TARGET))),
+    ("evaluate_subgroups", lambda f: evaluate_subgroups(f, TabularPolicy(TARGET))),
+    ("sensitivity_analysis", lambda f: sensitivity_analysis(f, TabularPolicy(TARGET))),
+])
+def test_a_data_frame_is_refused_with_how_to_build_a_dataset(owner, call):
+    with pytest.raises(InvalidParameterError, match=re.escape(_frame_message(owner))):
+        call(pd.DataFrame({"x": [1]}))
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"alpha": 2}, "The 'alpha' parameter of evaluate must be a float in (0, 1). Got 2 instead."),
+    ({"alpha": 1.5},
+     "The 'alpha' parameter of evaluate must be a float in (0, 1). Got 1.5 instead."),
+    ({"alpha": "0.05"},
+     "The 'alpha' parameter of evaluate must be a float in (0, 1). Got '0.05' instead."),
+    ({"truncate": 0},
+     "The 'truncate' parameter of evaluate must be a positive float or None. Got 0 instead."),
+    ({"truncate": -1.0},
+     "The 'truncate' parameter of evaluate must be a positive float or None. Got -1.0 instead."),
+])
+def test_alpha_and_truncate_are_checked_on_entry_under_evaluates_name(ds, monkeypatch, kwargs,
+                                                                     message):
+    from equicare.ope import _evaluate
+
+    def no_fit(*args, **kw):
+        raise AssertionError("models fitted before the arguments were checked")
+
+    monkeypatch.setattr(_evaluate, "prepare", no_fit)
+    with pytest.raises(InvalidParameterError, match=re.escape(message)):
+        evaluate(ds, TabularPolicy(TARGET), q_model="tabular", bootstrap=5, **kwargs)
+
+
+def test_an_int_alpha_and_truncate_are_numbers(ds):
+    kw = {"q_model": "tabular", "bootstrap": 20, "groups": [], "random_state": 1}
+    a = evaluate(ds, TabularPolicy(TARGET), truncate=5, **kw).to_dict()["estimates"]
+    b = evaluate(ds, TabularPolicy(TARGET), truncate=5.0, **kw).to_dict()["estimates"]
+    assert a == b

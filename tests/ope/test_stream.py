@@ -295,6 +295,6 @@ def test_streamed_wis_with_every_weight_zero_is_null(panel):
                           n_boot=50, chunk_rows=200, random_state=0)
     e = res.estimates["wis"]
     assert e.reason == MSG_ALL_WEIGHTS_ZERO and np.isnan([e.value, *e.ci, e.se]).all()
-    assert e.to_dict() == {"value": None, "ci": [None, None], "se": None,
+    assert e.to_dict() == {"value": None, "ci": None, "se": None,
                            "reason": MSG_ALL_WEIGHTS_ZERO}
     assert res.estimates["is"].reason is None and res.estimates["is"].value == 0.0

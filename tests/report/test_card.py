@@ -144,7 +144,7 @@ def test_an_estimate_without_a_value_reads_n_a(card):
 
     d = copy.deepcopy(card.to_dict())
     why = "every episode's importance weight is 0"
-    null = {"value": None, "ci": [None, None], "se": None, "n_episodes": 150, "reason": why}
+    null = {"value": None, "ci": None, "se": None, "n_episodes": 150, "reason": why}
     d["evidence"]["value"]["rules"]["wis"] = dict(null)
     d["evidence"]["value"]["source"]["wis"] = dict(null)
     for r in d["frontier"]:

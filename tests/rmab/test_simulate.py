@@ -187,3 +187,15 @@ def test_suppressed_groups_are_planned_for_but_never_published():
         plan(RMABDomain(**kw, suppressed_groups=base.group_names), budget=20, seeds=1)
     with pytest.raises(ValueError, match=r"suppressed_groups names unknown groups \['Z'\]"):
         RMABDomain(**kw, suppressed_groups=("Z",))
+
+
+def test_one_seed_has_no_standard_errors():
+    d = json.loads(json.dumps(plan(load_domain("synthetic", n_arms=30), budget=0.2, seeds=1,
+                                   random_state=0, policies=["mmr"]).to_dict()))
+    p = d["policies"]["mmr"]
+    assert p["mean_reward_se"] is None and p["gini_se"] is None
+    assert p["utility_loss_vs_opt_se"] is None
+    assert all(v is None for v in p["group_mean_se"].values())
+    two = plan(load_domain("synthetic", n_arms=30), budget=0.2, seeds=2, random_state=0,
+               policies=["mmr"]).to_dict()["policies"]["mmr"]
+    assert two["mean_reward_se"] > 0 and two["gini_se"] is not None

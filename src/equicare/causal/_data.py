@@ -24,6 +24,9 @@ NO_MEDIATOR_FILE_MESSAGE = ("{manifest}: the dataset has no mediator columns; ad
 CONSTANT_MEDIATOR_MESSAGE = ("Mediator column {name!r} is constant (every row is {value!r}); a "
                              "mediator must vary to carry an effect.")
 FEW_EPISODES_MESSAGE = "Mediation analysis needs at least 2 episodes; got {n}."
+FEW_TRANSITION_EPISODES_MESSAGE = (
+    "Mediation analysis needs at least 2 episodes with a transition (2 or more rows); got {n} "
+    "of {total} episodes (an episode's last row has no next state).")
 SHAPE_MESSAGE = "{name} must have {expected}; got shape {shape}."
 NONFINITE_MESSAGE = "{name} has {count} non-finite values (first row: {row})."
 
@@ -139,6 +142,8 @@ class MediationData:
             if not ok:
                 raise DataValidationError(SHAPE_MESSAGE.format(name=name, expected=expected,
                                                                shape=x.shape))
+        if n == 0:
+            raise DataValidationError(FEW_EPISODES_MESSAGE.format(n=0))
         for name, x in (("states", s), ("next_states", sn), ("mediators", m), ("rewards", r),
                         ("actions", a_raw)):
             bad = ~np.isfinite(x.reshape(n, -1)).all(axis=1)
@@ -201,10 +206,15 @@ def from_dataset(ds: Any) -> MediationData:
     nxt = np.asarray(ds.next_index, dtype=np.int64)
     rows = np.flatnonzero(nxt >= 0).astype(np.int64)
     next_rows = nxt[rows]
+    ep_index = np.asarray(ds.episode_index)
+    with_transition = int(np.unique(ep_index[rows]).size)
+    if with_transition < 2:
+        raise DataValidationError(FEW_TRANSITION_EPISODES_MESSAGE.format(
+            n=with_transition, total=int(np.unique(ep_index).size)))
     bp = getattr(ds, "behavior_prob", None)
     md = MediationData.from_arrays(
         states[rows], np.asarray(ds.actions)[rows], np.asarray(ds.mediators)[rows],
-        np.asarray(ds.rewards)[rows], states[next_rows], np.asarray(ds.episode_index)[rows],
+        np.asarray(ds.rewards)[rows], states[next_rows], ep_index[rows],
         n_actions=int(getattr(ds, "n_actions", int(np.max(ds.actions)) + 1)),
         behavior_prob=None if bp is None else np.asarray(bp)[rows],
         mediator_names=tuple(getattr(ds, "mediator_names", ()) or ()))

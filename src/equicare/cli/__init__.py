@@ -177,13 +177,14 @@ def synth(
                                 manifest=out / "manifest.toml", force=force)
             panel, manifest = res["data"], res["manifest"]
             extra["behavior_truth"] = res["behavior"]
-        summary = load_dataset(panel, manifest, emit_warnings=False).summary()
+        written = load_dataset(panel, manifest, emit_warnings=False)
+        summary, small = written.summary(), _small_levels(written)
     if json_out:
-        print_json({"out": str(out), **_published(summary), **extra})
+        print_json({"out": str(out), **summary, **extra})
         return
     console.print(f"Wrote {out / 'panel.parquet'} and {out / 'manifest.toml'}", highlight=False,
                   markup=False)
-    _print_summary(summary)
+    _print_summary(summary, small)
     if "behavior_truth" in extra:
         b = res["behavior"]
         console.print(f"nomogram (simulator truth): time in range {b['tir']['value']:.3f} "
@@ -236,10 +237,9 @@ def validate(
         rep.warnings.append(msg)
     summary = ds.summary()
     if json_out:
-        print_json({"valid": True, **_published(summary), "warnings": rep.warnings,
-                    "notes": rep.notes})
+        print_json({"valid": True, **summary, "warnings": rep.warnings, "notes": rep.notes})
         return
-    _print_summary(summary)
+    _print_summary(summary, _small_levels(ds))
     for note in rep.notes:
         console.print(f"note: {escape(note)}", highlight=False)
     for w in rep.warnings:
@@ -274,7 +274,7 @@ def _validate_stream(data: Path, manifest: Path, chunk_rows: int, executor: Any,
                                   "max": int(lengths.max())},
                "clustered": scan.clustered}
     if json_out:
-        print_json({"valid": True, **_published(summary), "warnings": rep.warnings})
+        print_json({"valid": True, **summary, "warnings": rep.warnings})
         return
     t = Table(title="Panel summary (streamed)", show_header=False)
     t.add_column("item")
@@ -291,23 +291,18 @@ def _validate_stream(data: Path, manifest: Path, chunk_rows: int, executor: Any,
     console.print("[green]valid[/]")
 
 
-def _published(summary: dict[str, Any]) -> dict[str, Any]:
-    """The panel summary with every group count that must not be published set to None.
+def _small_levels(ds: Any) -> dict[str, set[str]]:
+    """Group levels with fewer than 11 episodes (named "<11"; their complements "suppressed")."""
+    from equicare.utils import MIN_CELL
 
-    Small levels and those that would reveal them by difference from the episode total
-    (:func:`equicare.privacy.suppress_counts`), as in a run's ``data_summary.json``.
-    """
-    from equicare.privacy import suppress_counts
-
-    if not summary.get("groups"):
-        return summary
-    return {**summary, "groups": {a: suppress_counts(c) for a, c in summary["groups"].items()}}
+    return {a: {k for k, v in c.items() if v < MIN_CELL}
+            for a, c in ds._group_counts().items()}
 
 
-def _print_summary(s: dict[str, Any]) -> None:
+def _print_summary(s: dict[str, Any], small: dict[str, set[str]]) -> None:
+    """The summary table; ``s["groups"]`` is already suppressed (``summary()``)."""
     from rich.table import Table
 
-    from equicare.privacy import suppress_counts
     from equicare.utils import MIN_CELL
 
     t = Table(title="Panel summary", show_header=False)
@@ -339,10 +334,9 @@ def _print_summary(s: dict[str, Any]) -> None:
         t.add_row("propensity range", f"{bp['min']:.4g} to {bp['max']:.4g}")
     if "need_pct" in s:
         t.add_row("high need", f"{s['need_pct']:.1f}% of episodes")
-    for attr, counts in s["groups"].items():
-        shown = suppress_counts(counts)  # small levels "<11", their complements "suppressed"
-        cells = ", ".join(
-            f"{k} {v:,}" if v is not None else f"{k} <{MIN_CELL}" if counts[k] < MIN_CELL
+    for attr, shown in s["groups"].items():
+        cells = ", ".join(  # small levels "<11", their complements "suppressed"
+            f"{k} {v:,}" if v is not None else f"{k} <{MIN_CELL}" if k in small.get(attr, ())
             else f"{k} suppressed" for k, v in shown.items())
         t.add_row(f"group '{attr}' (episodes)", cells)
     print_table(t)

@@ -202,6 +202,9 @@ def audit_tables(res: AuditResult, estimator: str | None = None) -> list[Table]:
     for col in ("policy", "parity gap (pp)", "ratio", "permutation p", f"value{tag}",
                 f"worst group{tag}", "Gini"):
         t2.add_column(col, justify="left" if col == "policy" else "right")
+    import math
+
+    notes: list[str] = []
     for n in names:
         a, o = res.policies[n].allocation, res.policies[n].outcome
         boot = a.n_boot > 0
@@ -210,12 +213,23 @@ def audit_tables(res: AuditResult, estimator: str | None = None) -> list[Table]:
         p = "-" if a.permutation_p is None else f"{a.permutation_p:.3g}"
         if o is not None:
             ob = o.value_reps is not None
-            val = f"{_fmt(o.overall, 1, 3)} {_ci(o.overall_ci if ob else None, 1, 3)}"
-            worst = (f"{_fmt(o.worst_group(), 1, 3)} ({o.worst_group_label()})")
-            gini = f"{_fmt(o.gini(), 1, 3)} {_ci(o.gini_ci() if ob else None, 1, 3)}"
+            na = "n/a" if o.undefined else "-"  # undefined group values: "n/a" (caption)
+            val = ("n/a" if o.overall_reason is not None else
+                   f"{_fmt(o.overall, 1, 3)} {_ci(o.overall_ci if ob else None, 1, 3)}")
+            wlabel = o.worst_group_label()
+            worst = (na if wlabel is None else f"{_fmt(o.worst_group(), 1, 3)} ({wlabel})")
+            gini = (na if o.undefined and not math.isfinite(o.gini()) else
+                    f"{_fmt(o.gini(), 1, 3)} {_ci(o.gini_ci() if ob else None, 1, 3)}")
+            if o.overall_reason is not None:
+                notes.append(f"{n}: value n/a, {o.overall_reason}")
+            if o.undefined:
+                notes.append(f"{n}: no value for {', '.join(o.undefined)} (left out of the "
+                             f"worst group and Gini), {next(iter(o.undefined.values()))}")
         else:
             val = worst = gini = "-"
         t2.add_row(n, gap.strip(), ratio.strip(), p, val.strip(), worst, gini.strip())
+    if notes:
+        t2.caption = "\n".join(notes)
     return [t1, t2]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -275,7 +276,8 @@ def _print_plan(res: PlanResult) -> None:
     t.add_column("loss vs opt", justify="right")
     for p, s in res.policies.items():
         loss = "" if s.utility_loss_vs_opt is None else f"{100 * s.utility_loss_vs_opt:.1f}%"
-        t.add_row(p, f"{s.mean_reward:.3f} ± {s.mean_reward_se:.3f}",
+        sd = "" if not math.isfinite(s.mean_reward_se) else f" ± {s.mean_reward_se:.3f}"
+        t.add_row(p, f"{s.mean_reward:.3f}{sd}",
                   *[f"{s.group_mean[g]:.3f}" for g in groups], f"{s.gini:.4f}",
                   f"{s.worst_group:.3f} ({s.worst_group_name})", loss)
     if res.suppressed_groups:

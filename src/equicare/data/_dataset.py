@@ -511,8 +511,25 @@ class TrajectoryDataset:
         return replace(self, behavior_prob=p, _cache={})
 
     # ------------------------------------------------------------------ summaries
+    def _group_counts(self) -> dict[str, dict[str, int]]:
+        """Episodes per level of each group attribute, unsuppressed: never to be published.
+
+        For code that needs the exact sizes (e.g. to tell a small level from its complement);
+        :meth:`summary` publishes them with :func:`equicare.privacy.suppress_counts`.
+        """
+        return {k: {str(lv): int(c) for lv, c in zip(*np.unique(v, return_counts=True),
+                                                    strict=True)}
+                for k, v in self.groups.items()}
+
     def summary(self) -> dict[str, Any]:
-        """Plain-data summary used by ``equicare validate`` and the report (no row-level data)."""
+        """Plain-data summary used by ``equicare validate`` and the report (no row-level data).
+
+        Safe to publish: ``groups`` gives the episodes per level of each group attribute with
+        the small levels (fewer than 11 episodes) and the levels that would reveal them by
+        difference set to None (:func:`equicare.privacy.suppress_counts`).
+        """
+        from equicare.privacy import suppress_counts
+
         counts = self.action_space.counts(self.actions)
         out: dict[str, Any] = {
             "n_episodes": self.n_episodes,
@@ -542,12 +559,7 @@ class TrajectoryDataset:
                 zip(self.reward_names, self.reward_weights.tolist(), strict=True)
             ),
             "gamma": self.gamma,
-            "groups": {
-                k: {
-                    str(lv): int(c) for lv, c in zip(*np.unique(v, return_counts=True), strict=True)
-                }
-                for k, v in self.groups.items()
-            },
+            "groups": {k: suppress_counts(c) for k, c in self._group_counts().items()},
         }
         if self.behavior_prob is not None:
             out["behavior_prob"] = {

@@ -8,7 +8,9 @@ Validation never modifies anything on disk.
 from __future__ import annotations
 
 import datetime
+import os
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -171,6 +173,12 @@ def _is_numeric(s: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype)
 
 
+#: A numeric column whose values are numbers stored as text.
+MSG_NUMBERS_AS_TEXT = (
+    "{source}: column {column!r} ({what}) is stored as text ({dtype}) although its values are "
+    "numbers; convert it, e.g. df[{column!r}] = pd.to_numeric(df[{column!r}]), or read the file "
+    "without dtype=str.")
+
 #: How to turn dates into the time column (the error of a time column of dates).
 MSG_DATE_HINT = (
     "These look like dates: number each episode's rows in time order and name that column as "
@@ -266,7 +274,7 @@ def _label_of(u: Any) -> str:
 
 def validate_frame(
     df: pd.DataFrame,
-    manifest: Manifest,
+    manifest: Manifest | Mapping[str, Any] | str | os.PathLike[str],
     source: str = "<table>",
     raw_columns: list[str] | None = None,
     row_numbers: NDArray[np.int64] | None = None,
@@ -277,7 +285,8 @@ def validate_frame(
     Parameters
     ----------
     df : pandas.DataFrame of shape (n_rows, n_columns)
-    manifest : Manifest
+    manifest : Manifest, dict or path to a TOML manifest
+        As :func:`~equicare.data.from_frame` takes it.
     source : str
         Name used in messages (the file path).
     raw_columns : list of str, optional
@@ -295,6 +304,9 @@ def validate_frame(
     ValidationReport
         Errors and warnings; nothing is raised here.
     """
+    from equicare.data._io import _manifest_of
+
+    manifest = _manifest_of(manifest)
     rep = ValidationReport(source=source)
 
     def _rows(mask: NDArray[np.bool_], original_row: NDArray[np.int64] | None = None) -> str:
@@ -402,11 +414,17 @@ def validate_frame(
     def numeric_check(c: str, what: str) -> None:
         s = df[c]
         if not _is_numeric(s) and not pd.api.types.is_bool_dtype(s.dtype):
-            bad_rows = pd.to_numeric(s, errors="coerce").isna().to_numpy()
-            err(
-                f"{source}: column {c!r} ({what}) must be numeric, got {s.dtype}; "
-                f"non-numeric values in {_rows(bad_rows)}."
-            )
+            empty = s.isna().to_numpy()
+            not_number = pd.to_numeric(s, errors="coerce").isna().to_numpy() & ~empty
+            if not_number.any():
+                first = s[not_number].iloc[0]
+                err(f"{source}: column {c!r} ({what}) must be numeric, got {s.dtype}; values "
+                    f"that are not numbers in {_rows(not_number)}, e.g. {str(first)!r}.")
+            else:  # numbers stored as text (a file read with dtype=str, a text column)
+                err(MSG_NUMBERS_AS_TEXT.format(source=source, column=c, what=what,
+                                               dtype=s.dtype))
+            if empty.any():
+                err(f"{source}: column {c!r} ({what}) is empty in {_rows(empty)}.")
             return
         v = s.to_numpy(dtype=np.float64, na_value=np.nan)
         nonfinite = ~np.isfinite(v)
@@ -472,7 +490,11 @@ def validate_frame(
     acodes = []
     for a in manifest.actions:
         codes = encode_actions(df[a.column], a)
-        bad_a = codes < 0
+        empty_a = df[a.column].isna().to_numpy()
+        if empty_a.any():
+            err(f"{source}: column {a.column!r} (action component {a.name!r}) is empty in "
+                f"{_rows(empty_a)}; expected one of {list(a.levels)}.")
+        bad_a = (codes < 0) & ~empty_a
         if bad_a.any():
             seen = pd.unique(df[a.column][bad_a])[:_SHOW]
             err(

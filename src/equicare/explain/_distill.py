@@ -75,6 +75,7 @@ from equicare.policy._tree import TreePolicy, tree_features
 from equicare.utils import (
     PARAM_MESSAGE,
     RandomState,
+    check_dataset,
     check_is_fitted,
     check_param,
     check_random_state,
@@ -516,5 +517,6 @@ def distill(dataset: TrajectoryDataset, policy: Any, *, max_depth: int = 3,
     -------
     TreePolicy
     """
+    check_dataset(dataset, "distill")
     cfg = replace(DistillConfig(**settings), max_depth=max_depth)
     return Distiller(cfg).fit(dataset, policy, random_state=random_state).policy_

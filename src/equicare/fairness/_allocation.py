@@ -34,7 +34,7 @@ from equicare.fairness._rows import (
     row_allocation,
 )
 from equicare.policy import Policy
-from equicare.utils import MIN_CELL, PARAM_MESSAGE, RandomState, check_param
+from equicare.utils import MIN_CELL, PARAM_MESSAGE, RandomState, check_dataset, check_param
 
 __all__ = ["AllocationFrame", "allocation_rates", "level_rates", "group_sums", "build_frames",
            "level_table"]
@@ -539,6 +539,7 @@ def allocation_rates(
     -------
     AllocationFrame
     """
+    check_dataset(dataset, "allocation_rates")
     _check_common(level, alpha, n_boot, n_permutations, min_cell, "allocation_rates")
     check_param(ci_method, "ci_method", "allocation_rates", choices=("basic", "percentile"))
     w_state, rng = split_random_state(random_state)
@@ -615,6 +616,7 @@ def level_rates(dataset: TrajectoryDataset, policies: Mapping[str, Policy | NDAr
         Index ``(policy, action)`` with ``action`` like ``"modality=home_visit"``; one column per
         published group plus ``"overall"``.
     """
+    check_dataset(dataset, "level_rates")
     _check_common(level, 0.05, 0, 0, min_cell, "level_rates")
     pols = dict(policies) if policies is not None else {"behavior": None}
     names, mat = level_matrix(dataset.action_space)

@@ -40,6 +40,7 @@ from equicare.utils import (
     PARAM_MESSAGE,
     RandomState,
     atomic_write_text,
+    check_dataset,
     check_param,
 )
 
@@ -173,14 +174,17 @@ def _outcome_frame(name: str, estimator: str, parts_matrix: NDArray[np.float64],
                    gi: GroupIndex, weights: NDArray[np.float64] | None, alpha: float,
                    ci_method: CIMethod,
                    sums: tuple[NDArray[np.float64], NDArray[np.float64] | None] | None = None,
-                   rep_shift: NDArray[np.float64] | None = None
+                   rep_shift: NDArray[np.float64] | None = None,
+                   reason_fn: Callable[[NDArray[np.float64]], str | None] | None = None
                    ) -> OutcomeFrame:
     """Group values from per-episode parts: group sums for the data and each replicate.
 
     ``sums`` gives the group sums of ``[parts, 1]`` already computed (a streamed panel); then
     ``parts_matrix`` and ``weights`` are not used. ``rep_shift`` (shape ``(n_boot, n_groups +
     1)``, the last column for the overall value) is added to the replicates: the Q-model's
-    refit (:func:`refit_shift`).
+    refit (:func:`refit_shift`). ``reason_fn`` maps the sums of the parts (shape
+    ``(n_parts,)``) of a group or of all episodes to why the estimate is undefined (WIS with every
+    importance weight 0), or None; such a value is NaN with the reason.
     """
     if sums is None:
         h = gi.one_hot()
@@ -189,8 +193,19 @@ def _outcome_frame(name: str, estimator: str, parts_matrix: NDArray[np.float64],
         point, reps = group_sums(h, cols, weights)
     else:
         point, reps = sums
-    values = combine_fn(point[:, :-1], point[:, -1])
+    values = np.array(combine_fn(point[:, :-1], point[:, -1]), dtype=np.float64)
     overall = float(combine_fn(point[:, :-1].sum(axis=0), point[:, -1].sum()))
+    undefined: dict[str, str] = {}
+    overall_reason = None
+    if reason_fn is not None:
+        for i, g in enumerate(gi.labels):
+            why = reason_fn(point[i, :-1])
+            if why is not None:
+                undefined[g] = why
+                values[i] = np.nan
+        overall_reason = reason_fn(point[:, :-1].sum(axis=0))
+        if overall_reason is not None:
+            overall = float("nan")
     value_reps = overall_reps = count_reps = None
     if reps is not None:
         value_reps = combine_fn(reps[..., :-1], reps[..., -1])
@@ -202,7 +217,8 @@ def _outcome_frame(name: str, estimator: str, parts_matrix: NDArray[np.float64],
     return OutcomeFrame(policy=name, group=gi.name, estimator=estimator, groups=gi.labels,
                         suppressed=gi.suppressed, counts=gi.counts, values=np.asarray(values),
                         value_reps=value_reps, overall_value=overall, overall_reps=overall_reps,
-                        count_reps=count_reps, alpha=alpha, ci_method=ci_method)
+                        count_reps=count_reps, alpha=alpha, ci_method=ci_method,
+                        undefined=undefined, overall_reason=overall_reason)
 
 
 def _mean_combine(sums: NDArray[np.float64], counts: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -326,6 +342,7 @@ class FairnessAudit:
         -------
         AuditResult
         """
+        check_dataset(dataset, "FairnessAudit.run")
         pols = dict(policies or {})
         if BEHAVIOR in pols:
             raise InvalidParameterError(
@@ -400,6 +417,7 @@ class FairnessAudit:
         group, the support check).
         """
         from equicare.ope import OPEInputs, combine, episode_parts, prepare
+        from equicare.ope._core import undefined_estimates
         from equicare.ope._prepare import target_probabilities
 
         key = self.estimator
@@ -428,8 +446,11 @@ class FairnessAudit:
         def comb(sums: NDArray[np.float64], counts: NDArray[np.float64]) -> NDArray[np.float64]:
             return np.asarray(combine(parts, sums, np.asarray(counts))[key])
 
+        def why(sums: NDArray[np.float64]) -> str | None:
+            return undefined_estimates(parts, sums).get(key)
+
         frame = _outcome_frame(name, key, parts.matrix, comb, gi, weights, self.alpha,
-                               self.ci_method, rep_shift=shift)
+                               self.ci_method, rep_shift=shift, reason_fn=why)
         return frame, weight_diagnostics(name, key, inputs, gi, report, truncate=self.truncate)
 
 
@@ -501,6 +522,7 @@ def audit(dataset: TrajectoryDataset,
     ...             random_state=0)                                       # doctest: +SKIP
     >>> res["behavior"].allocation.difference_ci()                       # doctest: +SKIP
     """
+    check_dataset(dataset, "audit")
     weights = settings.pop("weights", None)
     cfg = FairnessAudit(action=action, group=group, intersect=tuple(intersect), **settings)
     return cfg.run(dataset, policies, weights=weights, random_state=random_state)

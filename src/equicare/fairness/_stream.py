@@ -316,7 +316,7 @@ def audit_stream(
     from equicare.data import iter_chunks, scan_panel
     from equicare.data._io import _manifest_of
     from equicare.ope import combine
-    from equicare.ope._core import EpisodeParts
+    from equicare.ope._core import EpisodeParts, undefined_estimates
     from equicare.ope._stream import ChunkSource, executor_session
 
     cfg = config if config is not None else FairnessAudit()
@@ -435,11 +435,16 @@ def audit_stream(
                                     keys=parts.keys, horizon=parts.horizon)
                 return np.asarray(combine(tmpl, s, np.asarray(c))[key])
 
+            def why(s: NDArray[np.float64], parts: Any = parts) -> str | None:
+                tmpl = EpisodeParts(matrix=np.zeros((0, 0)), slices=parts.slices,
+                                    keys=parts.keys, horizon=parts.horizon)
+                return undefined_estimates(tmpl, s).get(key)
+
             acc = part.refit.get(name)
             outcomes[name] = _outcome_frame(
                 name, key, np.zeros((0, 1)), comb, gi, None, cfg.alpha, cfg.ci_method,
                 sums=part.out[name].sums(),
-                rep_shift=None if acc is None or acc.s1 is None else acc.shift())
+                rep_shift=None if acc is None or acc.s1 is None else acc.shift(), reason_fn=why)
     levels = None
     if cfg.with_level_rates:
         levels = level_table(names, np.concatenate(part.ep_lnum, axis=1), den_all, gi,

@@ -48,6 +48,7 @@ from equicare.utils import (
     PARAM_MESSAGE,
     atomic_write,
     atomic_write_text,
+    check_dataset,
     check_is_fitted,
     check_param,
     config_from_dict,
@@ -438,10 +439,7 @@ class OfflineLearner(ConfigParams, BaseEstimator, metaclass=ABCMeta):  # type: i
     def _prepare(self, dataset: Any, valid: Any | None) -> tuple[Any, Any | None]:
         cfg = self.config
         name = type(self).__name__
-        if not hasattr(dataset, "action_space") or not hasattr(dataset, "episode_offsets"):
-            raise InvalidParameterError(PARAM_MESSAGE.format(
-                name="dataset", owner=f"{name}.fit", expected="a TrajectoryDataset",
-                got=type(dataset).__name__))
+        check_dataset(dataset, f"{name}.fit")
         if dataset.n_steps == 0 or dataset.n_features == 0 and dataset.categorical is None:
             raise DataValidationError(f"{name}.fit: the dataset has no rows or no state features.")
         needs_groups = cfg.fair_lambda > 0 or cfg.group_robust > 0

@@ -37,7 +37,13 @@ from equicare.exceptions import (
 )
 from equicare.learn._params import ConfigParams, check_fit_options
 from equicare.policy._cells import CellPolicy, cell_codes
-from equicare.utils import PARAM_MESSAGE, check_is_fitted, check_param, config_to_dict
+from equicare.utils import (
+    PARAM_MESSAGE,
+    check_dataset,
+    check_is_fitted,
+    check_param,
+    config_to_dict,
+)
 
 __all__ = ["SPIBB", "SPIBBConfig", "CellModel", "MSG_NOT_DISCRETE", "BEHAVIOR_MODES",
            "behavior_table"]
@@ -386,10 +392,7 @@ class SPIBB(ConfigParams, BaseEstimator):  # type: ignore[misc]
     def _model(self, dataset: Any) -> CellModel:
         """The cells, the behaviour estimate and the maximum-likelihood MDP of a panel."""
         cfg = self.config
-        if not hasattr(dataset, "action_space") or not hasattr(dataset, "episode_offsets"):
-            raise InvalidParameterError(PARAM_MESSAGE.format(
-                name="dataset", owner=f"{type(self).__name__}.fit",
-                expected="a TrajectoryDataset", got=type(dataset).__name__))
+        check_dataset(dataset, f"{type(self).__name__}.fit")
         cell, keys = self._cells(dataset)
         C, A = int(keys.shape[0]), int(dataset.n_actions)
         a = dataset.actions

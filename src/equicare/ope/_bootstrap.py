@@ -108,12 +108,18 @@ class Estimate:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Estimate:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict`; also reads a result JSON's estimate entry (Contract 3).
+
+        A result JSON's entries have no ``n_episodes`` (it is the result's; pass
+        ``{**entry, "n_episodes": res["n_episodes"]}`` to keep it): it is then ``-1``. A null
+        ``ci`` or ``se`` (no estimate) reads as NaN.
+        """
         def num(x: Any) -> float:
             return float("nan") if x is None else float(x)
 
-        return cls(value=num(d["value"]), ci=(num(d["ci"][0]), num(d["ci"][1])),
-                   se=num(d["se"]), n_episodes=int(d["n_episodes"]), reason=d.get("reason"))
+        ci = d.get("ci") or (None, None)
+        return cls(value=num(d["value"]), ci=(num(ci[0]), num(ci[1])), se=num(d.get("se")),
+                   n_episodes=int(d.get("n_episodes", -1)), reason=d.get("reason"))
 
 
 def estimate_json(value: float, ci: tuple[float, float], se: float | None,
@@ -121,12 +127,13 @@ def estimate_json(value: float, ci: tuple[float, float], se: float | None,
     """``{"value", "ci", "se"}`` of an estimate, non-finite numbers as ``None`` (JSON null).
 
     ``se=None`` leaves the standard error out; a ``reason`` (why there is no estimate) is added
-    when given.
+    when given, and the interval is then ``None`` (Contract 3: no estimate, no interval).
     """
     def num(x: float) -> float | None:
         return float(x) if np.isfinite(x) else None
 
-    d: dict[str, Any] = {"value": num(value), "ci": [num(ci[0]), num(ci[1])]}
+    d: dict[str, Any] = {"value": num(value),
+                         "ci": None if reason is not None else [num(ci[0]), num(ci[1])]}
     if se is not None:
         d["se"] = num(se)
     if reason is not None:

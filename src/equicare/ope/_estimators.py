@@ -24,7 +24,7 @@ from equicare.ope._bootstrap import CIMethod, Estimate, estimates_with_ci
 from equicare.ope._core import Normalization, OPEInputs, episode_parts
 from equicare.ope._fqe import FQEConfig
 from equicare.ope._prepare import as_fqe_config, prepare
-from equicare.utils import RandomState, check_param
+from equicare.utils import RandomState, check_dataset, check_param
 
 __all__ = ["OffPolicyEstimator", "IS", "WIS", "PDIS", "WPDIS", "FQE", "DR", "WDR", "BanditDR"]
 
@@ -121,6 +121,7 @@ class OffPolicyEstimator:
         -------
         Estimate
         """
+        check_dataset(dataset, f"{type(self).__name__}.estimate")
         prep = prepare(dataset, policy_or_probs, keys=(self.key,), behavior_prob=behavior_prob,
                        behavior_model=self.behavior_model, q=q,
                        q_model=getattr(self, "q_model", "linear"), random_state=random_state)

@@ -61,7 +61,15 @@ from equicare.ope._support import (
 )
 from equicare.policy._behavior import BehaviorModel
 from equicare.privacy import small_cells_message, suppressed_levels
-from equicare.utils import MIN_CELL, PARAM_MESSAGE, RandomState, check_param, check_random_state
+from equicare.utils import (
+    MIN_CELL,
+    PARAM_MESSAGE,
+    RandomState,
+    check_dataset,
+    check_param,
+    check_random_state,
+    int_seed,
+)
 
 __all__ = ["evaluate", "evaluate_subgroups", "EvaluationResult", "GroupResult",
            "estimates_from_prepared", "parse_estimators", "refit_bootstrap", "bias_aware",
@@ -642,7 +650,7 @@ def evaluate(
     diagnose_support: bool = True,
     refit: bool = False,
     executor: Executor | None = None,
-    random_state: int = 0,
+    random_state: RandomState = 0,
     n_boot: int | None = None,
     progress: bool = False,
 ) -> EvaluationResult:
@@ -694,8 +702,11 @@ def evaluate(
         Refit the nuisance models in every bootstrap replicate (slow; via ``executor``).
     executor : callable, optional
         ``executor(fn, items)`` used when ``refit`` is set (default: serial map).
-    random_state : int
-        Seed of everything random (folds, models, bootstrap).
+    random_state : int, Generator or None, default=0
+        Seed of everything random (folds, models, bootstrap). An int (or NumPy integer) is the
+        seed; a Generator draws the seed once (and advances), ``None`` draws it from fresh OS
+        entropy. The seed used is ``settings["random_state"]`` of the result (pass it back to
+        reproduce the numbers).
     n_boot : int, optional
         Alias of ``bootstrap`` (takes precedence when given).
     progress : bool
@@ -712,6 +723,7 @@ def evaluate(
     SmallCellWarning
         When a group level has fewer than 11 episodes (suppressed).
     """
+    check_dataset(dataset, "evaluate")
     from threadpoolctl import threadpool_limits
 
     # BLAS/OpenMP threads: one for the small solves and products of a typical panel (threads
@@ -754,7 +766,7 @@ def _evaluate(
     diagnose_support: bool,
     refit: bool,
     executor: Executor | None,
-    random_state: int,
+    random_state: RandomState,
     n_boot: int | None,
     progress: bool,
 ) -> EvaluationResult:
@@ -767,8 +779,16 @@ def _evaluate(
         if progress:
             print(f"[evaluate] {msg}", file=sys.stderr, flush=True)
 
-    check_param(random_state, "random_state", "evaluate", kind=int, low=0)
+    random_state = int_seed(random_state, "evaluate")
     check_param(ci_method, "ci_method", "evaluate", choices=CI_METHODS)
+    # the numbers the estimators use, checked before any model is fitted (an int is a number)
+    number = (int, float, np.integer, np.floating)
+    alpha = float(check_param(alpha, "alpha", "evaluate", kind=number, low=0.0, high=1.0,
+                              low_inclusive=False, high_inclusive=False,
+                              expected="a float in (0, 1)"))
+    check_param(truncate, "truncate", "evaluate", kind=number, low=0.0, low_inclusive=False,
+                allow_none=True, expected="a positive float or None")
+    truncate = None if truncate is None else float(truncate)
     qcfg = as_fqe_config(q_model)
     seed_prep, seed_boot, seed_refit = evaluate_seeds(random_state)
     qname = q_model_name(qcfg)
@@ -940,6 +960,7 @@ def evaluate_subgroups(
     -------
     dict of attribute to dict of level (str) to GroupResult
     """
+    check_dataset(dataset, "evaluate_subgroups")
     keys = parse_estimators(estimators)
     rng = check_random_state(random_state)
     attr_list = list(dataset.group_attrs if attrs is None else attrs)

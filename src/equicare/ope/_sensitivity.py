@@ -30,7 +30,7 @@ from equicare.ope._ess import effective_sample_size
 from equicare.ope._evaluate import parse_estimators
 from equicare.ope._fqe import FQEConfig
 from equicare.ope._prepare import BehaviorSpec, as_fqe_config, prepare
-from equicare.utils import check_param, check_random_state
+from equicare.utils import check_dataset, check_param, check_random_state
 
 __all__ = ["sensitivity_analysis", "SENSITIVITY_COLUMNS"]
 
@@ -94,6 +94,7 @@ def sensitivity_analysis(
         ``ci_high``, ``se``, ``ess_pct`` (trajectory ESS % of the weights used) and
         ``shift_from_baseline`` (value minus the baseline value of that estimator).
     """
+    check_dataset(dataset, "sensitivity_analysis")
     keys = parse_estimators(estimators)
     check_param(n_draws, "n_draws", "sensitivity_analysis", kind=int, low=1)
     check_param(bootstrap, "bootstrap", "sensitivity_analysis", kind=int, low=0)

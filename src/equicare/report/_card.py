@@ -49,8 +49,8 @@ def card_frontier_plot(card: Mapping[str, Any]) -> Any:
     ax1.legend(fontsize=8, loc="lower right")
     key = str(fr["estimator"].iloc[0]) if len(fr) else "dr"
     fr["value"] = pd.to_numeric(fr["value"]).astype(float)  # None (no estimate): a gap
-    lo = pd.to_numeric(fr["ci"].map(lambda c: c[0])).astype(float)
-    hi = pd.to_numeric(fr["ci"].map(lambda c: c[1])).astype(float)
+    lo = pd.to_numeric(fr["ci"].map(lambda c: (c or [None, None])[0])).astype(float)
+    hi = pd.to_numeric(fr["ci"].map(lambda c: (c or [None, None])[1])).astype(float)
     ok = np.isfinite(fr["value"].to_numpy()) & np.isfinite(lo.to_numpy()) & np.isfinite(
         hi.to_numpy())
     if ok.any():
@@ -202,7 +202,8 @@ def build_card_report(card: Mapping[str, Any], *, figure_dir: Path | None = None
     fr = pd.DataFrame([{"depth": r["depth"], "rules": r["n_rules"], "agreement": r["agreement"],
                         "total variation": r["tv"],
                         f"value ({r['estimator']})": "n/a" if r["value"] is None else r["value"],
-                        "ci low": r["ci"][0], "ci high": r["ci"][1],
+                        "ci low": (r["ci"] or [None, None])[0],
+                        "ci high": (r["ci"] or [None, None])[1],
                         "rarely taken %": r["support_pct"]} for r in card["frontier"]])
     rep.table(fr, n_col=None, floatfmt="{:.3g}")
 

@@ -53,7 +53,7 @@ def forest_plot(
     y = np.arange(len(names))[::-1] + 1
     for yi, k in zip(y, names, strict=True):
         e = ests[k]
-        lo, hi = e["ci"]
+        lo, hi = e.get("ci") or (np.nan, np.nan)
         ax.plot([lo, hi], [yi, yi], color=_COLORS[0], lw=2)
         ax.plot(e["value"], yi, "o", color=_COLORS[0])
     b = result["behavior"]

@@ -64,7 +64,8 @@ class CapacityResult:
                 "target_share": self.target_share, "goal_states": list(self.goal_states),
                 "budgets": self.budgets.tolist(),
                 "policies": {p: {"share": self.share[p].tolist(),
-                                 "share_se": self.share_se[p].tolist(),
+                                 "share_se": [None if not np.isfinite(v) else float(v)
+                                              for v in self.share_se[p]],
                                  "min_budget": self.min_budget[p]} for p in self.share}}
 
 

@@ -66,8 +66,11 @@ def gini(values: Any, variant: Literal["plain", "reference"] = "plain",
 
 
 def se(x: Array, axis: int = 0) -> Array:
-    """Return the standard error of the mean over ``axis`` (0 with a single replicate)."""
+    """Return the standard error of the mean over ``axis`` (NaN with a single replicate).
+
+    One replicate has no spread to estimate: the result is NaN (``null`` in result JSON), not 0.
+    """
     n = x.shape[axis]
     if n < 2:
-        return np.zeros(np.delete(x.shape, axis))
+        return np.full(np.delete(x.shape, axis), np.nan)
     return np.asarray(x.std(axis=axis, ddof=1) / np.sqrt(n))
