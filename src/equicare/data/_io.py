@@ -14,7 +14,8 @@ import pandas as pd
 
 from equicare.data._dataset import TrajectoryDataset
 from equicare.data._labels import categorical_labels, text_labels
-from equicare.data._manifest import Manifest, read_manifest
+from equicare.data._manifest import Manifest
+from equicare.data._manifest import manifest_of as _manifest_of
 from equicare.data.validate import ValidationReport, validate_frame
 from equicare.exceptions import DataValidationError, InvalidParameterError
 from equicare.utils import atomic_write_text
@@ -223,14 +224,6 @@ def parquet_files(folder: str | os.PathLike[str]) -> list[str]:
         raise DataValidationError(f"{p}: the folder holds no .parquet files; expected a panel "
                                   "written as Parquet files (hive-partitioned folders work too).")
     return files
-
-
-def _manifest_of(manifest: Manifest | Mapping[str, Any] | str | os.PathLike[str]) -> Manifest:
-    if isinstance(manifest, Manifest):
-        return manifest
-    if isinstance(manifest, Mapping):
-        return Manifest.from_dict(manifest)
-    return read_manifest(Path(manifest))
 
 
 def validate_path(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -391,3 +392,12 @@ def _dump_toml(d: Mapping[str, Any]) -> str:
     lines.append("[reward]")
     lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in d["reward"].items()]
     return "\n".join(lines) + "\n"
+
+
+def manifest_of(manifest: Manifest | Mapping[str, Any] | str | os.PathLike[str]) -> Manifest:
+    """A :class:`Manifest` from a manifest, its dict form or the path of its TOML file."""
+    if isinstance(manifest, Manifest):
+        return manifest
+    if isinstance(manifest, Mapping):
+        return Manifest.from_dict(manifest)
+    return read_manifest(Path(manifest))

@@ -304,9 +304,9 @@ def validate_frame(
     ValidationReport
         Errors and warnings; nothing is raised here.
     """
-    from equicare.data._io import _manifest_of
+    from equicare.data._manifest import manifest_of
 
-    manifest = _manifest_of(manifest)
+    manifest = manifest_of(manifest)
     rep = ValidationReport(source=source)
 
     def _rows(mask: NDArray[np.bool_], original_row: NDArray[np.int64] | None = None) -> str:
