@@ -61,7 +61,8 @@ def run_online(
     ValueError
         Bad option values (one clear message).
     FileExistsError
-        ``out`` already holds results and ``force`` is false.
+        ``out`` already holds online results and ``force`` is false, or is a non-empty folder
+        holding none.
     """
     from equicare.pipeline._online import (
         OnlineExperimentConfig,
