@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import numpy as np
@@ -224,6 +225,19 @@ def test_forward_memory_is_bounded_by_the_row_block(model):
         del model.net_.forward
     assert ns.shape == (n, 16)
     assert len(rows) == 4 and max(rows) * SMALL.n_members * 64 <= utils.ROW_BLOCK_ELEMENTS
+
+
+def test_fits_without_next_states(data):
+    # every episode cut to its first row: no transition, only rewards and terminations
+    tr = transitions_from_dataset(data[1])
+    first = data[1].episode_offsets[:-1]
+    sub = type(tr)(**{f.name: getattr(tr, f.name)[first]
+                      for f in dataclasses.fields(tr)})
+    sub.has_next[:] = False
+    cfg = DynamicsConfig(hidden=(16,), max_epochs=2, n_members=2, n_elites=1)
+    model = DynamicsEnsemble(cfg, random_state=0).fit_transitions(sub, data[1].n_actions)
+    np.testing.assert_array_equal(model.structure_.modelled, np.arange(16))
+    assert model.predict(sub.states[:3], sub.actions[:3], random_state=0)[0].shape == (3, 16)
 
 
 def test_rollout_shapes_and_termination(model, data):

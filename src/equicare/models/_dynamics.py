@@ -323,13 +323,13 @@ def _find_structure(tr: Transitions, n_actions: int, tol: float = 1e-4) -> _Stru
     m = tr.has_next
     s, ns, a = tr.states[m].astype(np.float64), tr.next_states[m].astype(np.float64), tr.actions[m]
     d = s.shape[1]
+    if s.shape[0] == 0:  # no next states: every feature is modelled (before any reduction)
+        return _Structure(np.arange(d, dtype=np.int64))
     delta = ns - s
     scale = np.maximum(np.abs(s).max(axis=0), 1.0)
     const_delta: dict[int, float] = {}
     copy_of: dict[int, int] = {}
     by_action: dict[int, list[float]] = {}
-    if s.shape[0] == 0:
-        return _Structure(np.arange(d, dtype=np.int64))
     for j in range(d):  # loop over features (16), not rows
         if np.ptp(delta[:, j]) <= tol * scale[j]:
             const_delta[j] = float(np.median(delta[:, j]))
