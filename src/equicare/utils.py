@@ -32,6 +32,7 @@ __all__ = [
     "config_from_dict",
     "ROW_BLOCK_ELEMENTS",
     "row_blocks",
+    "check_out_location",
 ]
 
 RandomState = int | np.random.Generator | None
@@ -236,6 +237,29 @@ def check_param(
             hb = "]" if (high_inclusive and high is not None) else ")"
             fail(InvalidParameterError, f"a number in {lb}{lo}, {hi}{hb}")
     return value
+
+
+def check_out_location(path: str | os.PathLike[str], *, folder: bool = False,
+                       option: str = "--out") -> None:
+    """Refuse an output path that cannot be written.
+
+    One of its parents is a file or, for an output folder (``folder=True``), the path itself is
+    a file. Checked before any work starts, so that training does not fail at the end.
+
+    Raises
+    ------
+    InvalidParameterError
+        One line naming the option, the path and the file in the way.
+    """
+    p = Path(path)
+    for parent in reversed(p.parents):
+        if parent.exists() and not parent.is_dir():
+            raise InvalidParameterError(
+                f"{option} {p}: {parent} is a file, not a folder; choose a path under a folder.")
+    if folder and p.exists() and not p.is_dir():
+        raise InvalidParameterError(
+            f"{option} {p} is a file; expected a folder (a new or empty one, or pass --force "
+            "to replace an earlier output folder).")
 
 
 @contextlib.contextmanager

@@ -87,6 +87,43 @@ def test_existing_outputs_are_refused_before_any_work(monkeypatch, tmp_path):
     assert fig.read_bytes() == b"old"
 
 
+def _file_in_the_way(tmp_path):
+    (tmp_path / "afile").write_text("mine")
+    data = tmp_path / "panel.parquet"
+    data.write_bytes(b"")
+    (tmp_path / "manifest.toml").write_text("")
+    return data
+
+
+@pytest.mark.parametrize("out", ["afile", "afile/sub"])
+@pytest.mark.parametrize("command", ["synth", "train", "online"])
+def test_out_that_is_or_sits_under_a_file_is_refused_before_any_work(
+        command, out, tmp_path, monkeypatch):
+    import equicare.cli._dosing as dosing_cli
+    import equicare.cli._online as online_cli
+
+    data = _file_in_the_way(tmp_path)
+    for mod, name in [(dosing_cli, "synth_heparin"), (dosing_cli, "train_omg"),
+                      (online_cli, "run_online")]:
+        monkeypatch.setattr(mod, name, _raise(AssertionError("must not run")))
+    target = tmp_path / out
+    argv = {"synth": ["synth", "--sim", "heparin", "--members", "20"],
+            "train": ["train", str(data), "-m", str(tmp_path / "manifest.toml"), "--algo", "omg",
+                      "--small"],
+            "online": ["online", "--algo", "ppo", "--steps", "64"]}[command]
+    for force in ([], ["--force"]):
+        res = runner.invoke(app, [*argv, "--out", str(target), *force])
+        assert res.exit_code == 2, res.output
+        line = res.output.strip()
+        assert "\n" not in line and line.startswith(f"error: --out {target}")
+        if out == "afile":
+            assert line.endswith("is a file; expected a folder (a new or empty one, or pass "
+                                 "--force to replace an earlier output folder).")
+        else:
+            assert f"{tmp_path / 'afile'} is a file, not a folder" in line
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
 def test_thread_plan():
     auto = thread_plan("auto")
     assert auto["torch"] == 1 and auto["openmp"] == 1

@@ -294,6 +294,34 @@ def test_train_function_refuses_existing_folder(tmp_path):
     assert (out / "keep.txt").read_text() == "x"
 
 
+def test_episodes_of_one_row_are_refused_before_training(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from equicare.cli import app
+
+    res = synth_heparin(tmp_path / "panel.parquet", n_patients=15, seed=0,
+                        manifest=tmp_path / "manifest.toml")
+    df = pd.read_parquet(res["data"])
+    df["patient_id"], df["step"], df["done"] = np.arange(len(df)), 0, 0
+    df.to_parquet(res["data"])
+    monkeypatch.setattr(OMG, "_fit", lambda *a, **k: pytest.fail("trained"))
+    out = tmp_path / "run"
+    cli = CliRunner().invoke(app, ["train", str(res["data"]), "-m", str(res["manifest"]),
+                                   "--algo", "omg", "--small", "--no-progress", "--out", str(out)])
+    assert cli.exit_code == 2, cli.output
+    assert cli.output.replace("\n", "") == (
+        f"error: {res['data']} has no transitions (every episode has one row); OMG learns the "
+        "dynamics from consecutive rows of an episode (only the model-free, known-reward variant "
+        "trains on single rows).")
+    assert not out.exists()
+    from equicare.data import load_dataset
+
+    ds = load_dataset(res["data"], res["manifest"], emit_warnings=False)
+    with pytest.raises(DataValidationError, match=re.escape(
+            "The data has no transitions (every episode has one row)")):
+        OMG(OMGConfig(), random_state=0).fit(ds)
+
+
 # ---------------------------------------------------------------------------- full size (slow)
 @pytest.mark.slow
 def test_full_size_claims():

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import numpy as np
 import pytest
 import torch
 
+from equicare import utils
 from equicare.exceptions import NotFittedError
 from equicare.models._dynamics import (
     DynamicsConfig,
@@ -179,6 +181,63 @@ def test_predict_is_reproducible_and_round_trips(model, data, tmp_path):
         np.testing.assert_allclose(x, y, rtol=1e-6)
     np.testing.assert_allclose(loaded.disagreement(ds.states[:50], ds.actions[:50]),
                                model.disagreement(ds.states[:50], ds.actions[:50]), rtol=1e-6)
+
+
+def test_predict_in_row_blocks_matches_one_pass(model, data, monkeypatch):
+    ds = data[1]
+    s, a = ds.states[:101], ds.actions[:101]
+    whole = [model.predict(s, a, random_state=5), model.predict(s, a, deterministic=True)]
+    dis, ale = model.disagreement(s, a), model.aleatoric(s, a)
+    rows = []
+    forward = model.net_.forward
+
+    def spy(x):
+        rows.append(x.shape[1])
+        return forward(x)
+
+    monkeypatch.setattr(model.net_, "forward", spy)
+    monkeypatch.setattr(utils, "ROW_BLOCK_ELEMENTS", 4 * 64 * 10)  # 10 rows per block
+    blocked = [model.predict(s, a, random_state=5), model.predict(s, a, deterministic=True)]
+    assert max(rows) == 10 and sum(rows) == 2 * 101
+    for w, b in zip(whole, blocked, strict=True):
+        for x, y in zip(w, b, strict=True):
+            np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6)  # float32 matmul rounding
+    np.testing.assert_allclose(model.disagreement(s, a), dis, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(model.aleatoric(s, a), ale, rtol=1e-5, atol=1e-7)
+    assert max(rows) == 10
+
+
+def test_forward_memory_is_bounded_by_the_row_block(model):
+    # every member over every row would hold n_members x rows x hidden floats at once
+    n = 3 * utils.ROW_BLOCK_ELEMENTS // (SMALL.n_members * 64) + 7
+    rows = []
+    forward = model.net_.forward
+
+    def spy(x):
+        rows.append(x.shape[1])
+        return forward(x)
+
+    model.net_.forward = spy
+    try:
+        s = np.zeros((n, 16), dtype=np.float32)
+        ns, _, _ = model.predict(s, np.zeros(n, dtype=np.int64), random_state=0)
+    finally:
+        del model.net_.forward
+    assert ns.shape == (n, 16)
+    assert len(rows) == 4 and max(rows) * SMALL.n_members * 64 <= utils.ROW_BLOCK_ELEMENTS
+
+
+def test_fits_without_next_states(data):
+    # every episode cut to its first row: no transition, only rewards and terminations
+    tr = transitions_from_dataset(data[1])
+    first = data[1].episode_offsets[:-1]
+    sub = type(tr)(**{f.name: getattr(tr, f.name)[first]
+                      for f in dataclasses.fields(tr)})
+    sub.has_next[:] = False
+    cfg = DynamicsConfig(hidden=(16,), max_epochs=2, n_members=2, n_elites=1)
+    model = DynamicsEnsemble(cfg, random_state=0).fit_transitions(sub, data[1].n_actions)
+    np.testing.assert_array_equal(model.structure_.modelled, np.arange(16))
+    assert model.predict(sub.states[:3], sub.actions[:3], random_state=0)[0].shape == (3, 16)
 
 
 def test_rollout_shapes_and_termination(model, data):

@@ -100,6 +100,55 @@ def test_run_experiment_writes_and_refuses_overwrite(tmp_path: Path) -> None:
     assert [r["final"] for r in after["seeds"]] == [r["final"] for r in before["seeds"]]
 
 
+def test_force_replaces_earlier_outputs_whole_and_keeps_user_files(tmp_path: Path) -> None:
+    cfg = OnlineExperimentConfig(**TINY, baselines=False)
+    out = tmp_path / "exp"
+    lambda_sweep(cfg, [0.0, 0.5], seeds=1, out=out)
+    (out / "frontier.png").write_bytes(b"old figure")
+    (out / "notes.txt").write_text("mine")
+    # a single run into a sweep folder is refused (frontier.json marks it), before training
+    with pytest.raises(FileExistsError, match=re.escape(
+            EXISTS_MESSAGE.format(path=out, name="frontier.json"))):
+        run_experiment(cfg, seeds=1, out=out)
+    # a smaller grid with force: no stale lambda_0.5/, figures of the old sweep gone
+    lambda_sweep(cfg, [0.0], seeds=1, out=out, force=True)
+    assert not (out / "lambda_0.5").exists() and (out / "lambda_0" / "results.json").exists()
+    assert not (out / "frontier.png").exists()
+    assert (out / "notes.txt").read_text() == "mine"
+    # a sweep replaced by a single run: no frontier left behind
+    run_experiment(cfg, seeds=1, out=out, force=True)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json", "curves.csv", "final_groups.csv", "notes.txt", "results.json", "seeds"]
+
+
+def test_partial_results_are_refused_without_force(tmp_path: Path) -> None:
+    out = tmp_path / "exp"
+    (out / "seeds").mkdir(parents=True)
+    (out / "learning_curves.png").write_bytes(b"old")
+    cfg = OnlineExperimentConfig(**TINY, baselines=False)
+    with pytest.raises(FileExistsError, match="already holds results"):
+        run_experiment(cfg, seeds=1, out=out)
+    with pytest.raises(FileExistsError, match="already holds results"):
+        lambda_sweep(cfg, [0.0], seeds=1, out=out)
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_folder_without_online_results_is_refused_before_training(
+        tmp_path: Path, force: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    import equicare.pipeline._online as mod
+
+    monkeypatch.setattr(mod, "_run_many", lambda *a, **k: pytest.fail("trained"))
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "data.csv").write_text("x")
+    cfg = OnlineExperimentConfig(**TINY)
+    for run in (lambda: run_experiment(cfg, seeds=1, out=out, force=force),
+                lambda: lambda_sweep(cfg, [0.0], seeds=1, out=out, force=force)):
+        with pytest.raises(FileExistsError, match="holds no equicare online results"):
+            run()
+    assert [p.name for p in out.iterdir()] == ["data.csv"]
+
+
 def test_run_seed_pickles() -> None:
     import pickle
 
@@ -156,6 +205,12 @@ def test_cli_runs_and_refuses_to_overwrite(tmp_path: Path) -> None:
     assert res2.exit_code == 2
     assert "already holds results" in res2.output
     assert "Traceback" not in res2.output
+    # a sweep into the single-run folder is refused too (its figures are not overwritten)
+    png = (out / "learning_curves.png").read_bytes()
+    sweep = [a for a in args if a not in ("--lambda", "0.3")] + ["--lambdas", "0,0.5"]
+    res3 = runner.invoke(_app(), sweep)
+    assert res3.exit_code == 2 and "already holds results (results.json)" in res3.output
+    assert (out / "learning_curves.png").read_bytes() == png
 
 
 @pytest.mark.parametrize(("extra", "message"), [

@@ -10,7 +10,7 @@ from gymnasium.utils.env_checker import check_env
 from scipy.integrate import solve_ivp
 
 from equicare.data import from_frame, to_frame
-from equicare.exceptions import DataWarning
+from equicare.exceptions import DataWarning, PolicyError
 from equicare.sim import _heparin_core as core
 from equicare.sim.heparin import (
     ACTION_LABELS,
@@ -240,6 +240,19 @@ def test_policy_object_sees_observations():
     evaluate_heparin_policy(Probe(), n_patients=50, random_state=0)
     assert seen["names"] == STATE_FEATURES
     assert seen["groups"] <= set(HeparinConfig().groups)
+
+
+@pytest.mark.parametrize("fn", [evaluate_heparin_policy, generate_heparin_data])
+def test_history_policy_is_refused(fn):
+    class History:
+        n_actions = 6
+        window = 3
+
+        def action_probs(self, dataset):  # pragma: no cover - must not be reached
+            raise AssertionError("called")
+
+    with pytest.raises(PolicyError, match=r"window=3"):
+        fn(policy=History(), n_patients=10)
 
 
 def test_bad_policy_output_is_rejected():

@@ -24,6 +24,7 @@ from equicare.cli._utils import (
     Seed,
     StreamExecutor,
     Threads,
+    check_out_folder,
     check_out_paths,
     console,
     err_console,
@@ -135,6 +136,7 @@ def synth(
                         "--preset": preset is not None, "--sites": sites is not None},
                        f"--sim {kind}")
     panel_path = out / ("panel" if part_members is not None else "panel.parquet")
+    check_out_folder(out)
     check_out_paths([panel_path, out / "manifest.toml"], force)
     extra: dict[str, object] = {}
     with user_errors():

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from equicare.exceptions import InvalidParameterError
+from equicare.exceptions import DataValidationError, InvalidParameterError
 from equicare.utils import atomic_write, atomic_write_text
 
 if TYPE_CHECKING:
@@ -117,13 +117,15 @@ def train_omg(data: str | os.PathLike[str], manifest: str | os.PathLike[str],
         one-step RMSE when available), ``files``.
     """
     from equicare.data import load_dataset
-    from equicare.dosing._omg import OMG, OMGConfig
+    from equicare.dosing._omg import NO_TRANSITIONS_MESSAGE, OMG, OMGConfig
 
     target = Path(out)
     if target.exists() and (not target.is_dir() or any(target.iterdir())) and not force:
         raise FileExistsError(EXISTS_MESSAGE.format(path=target))
     ds = load_dataset(data, manifest, emit_warnings=False)
     cfg = config if config is not None else OMGConfig()
+    if ds.n_steps == ds.n_episodes and (cfg.use_model or cfg.reward == "learned"):
+        raise DataValidationError(NO_TRANSITIONS_MESSAGE.format(data=data))
     model = OMG(cfg, random_state=seed).fit(ds, progress=progress)
     metrics: dict[str, Any] = {"stage_seconds": model.stage_seconds_,
                                "history_last": model.history_[-1] if model.history_ else {},

@@ -438,7 +438,7 @@ def register(app: "typer.Typer") -> None:
                     "--rollout-horizon": rollout_horizon is not None,
                     "--reward": reward is not None, "--model-free": model_free,
                     "--conservative-weight": conservative_weight is not None, "--small": small}
-        check_out_path(out, force)
+        check_out_path(out, force, folder=True)
         memory_only = (Algo.SPIBB, Algo.PVI, Algo.OMG)
         if chunk_rows is not None and (select is not None or algo in memory_only):
             what = ("--select auto" if select is not None or algo is None

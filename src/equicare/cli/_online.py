@@ -61,7 +61,8 @@ def run_online(
     ValueError
         Bad option values (one clear message).
     FileExistsError
-        ``out`` already holds results and ``force`` is false.
+        ``out`` already holds online results and ``force`` is false, or is a non-empty folder
+        holding none.
     """
     from equicare.pipeline._online import (
         OnlineExperimentConfig,
@@ -191,6 +192,9 @@ def register(app: Any) -> None:
 
             not_applicable({"--lambdas": lambdas is not None}, f"--algo {algo.value} (it sweeps "
                            "GRPO; use --algo grpo)")
+        from equicare.cli._utils import check_out_folder
+
+        check_out_folder(out)
         with user_errors():
             result = run_online(out=out, env=env.value, scenario=scenario.value,
                                 algo=algo.value, lam=lam, lambdas=lambdas, mode=mode.value,

@@ -36,10 +36,11 @@ from typer.core import TyperGroup
 from typer.exceptions import Abort as TyperAbort
 from typer.exceptions import Exit as TyperExit
 
-from equicare.exceptions import DataValidationError, EquicareError
+from equicare.exceptions import DataValidationError, EquicareError, InvalidParameterError
 
 __all__ = ["console", "err_console", "fail", "info", "user_errors", "print_json", "json_safe",
-           "check_out_path", "check_out_paths", "print_table", "literal_table", "not_applicable",
+           "check_out_path", "check_out_paths", "check_out_folder", "print_table",
+           "literal_table", "not_applicable",
            "EquicareGroup",
            "thread_plan", "thread_limits", "Threads", "Force", "JsonOut", "Seed", "Progress",
            "DEPRECATED_OPTIONS", "OUT_EXISTS"]
@@ -143,12 +144,30 @@ def print_json(obj: Any) -> None:
     typer.echo(json.dumps(json_safe(obj), indent=2, default=str, allow_nan=False))
 
 
-def check_out_path(path: Path | None, force: bool) -> None:
-    """Refuse to overwrite an existing output unless ``--force`` (exit code 2)."""
-    if path is not None and path.exists() and not force:
+def check_out_path(path: Path | None, force: bool, *, folder: bool = False,
+                   option: str = "--out") -> None:
+    """Refuse to overwrite an existing output unless ``--force`` (exit code 2).
+
+    Also refuses (even with ``--force``) a path under a file and, for an output folder
+    (``folder=True``), a path that is a file: see :func:`check_out_folder`.
+    """
+    if path is None:
+        return
+    check_out_folder(path, folder=folder, option=option)
+    if path.exists() and not force:
         if path.is_dir() and not any(path.iterdir()):
             return
         fail(OUT_EXISTS.format(path=path))
+
+
+def check_out_folder(path: Path, *, folder: bool = True, option: str = "--out") -> None:
+    """Exit 2 with one line if ``path`` sits under a file or (``folder``) is a file."""
+    from equicare.utils import check_out_location
+
+    try:
+        check_out_location(path, folder=folder, option=option)
+    except InvalidParameterError as exc:
+        fail(str(exc))
 
 
 def check_out_paths(paths: list[Path | None], force: bool) -> None:

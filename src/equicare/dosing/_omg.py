@@ -75,6 +75,10 @@ from equicare.utils import (
 __all__ = ["OMG", "OMGConfig"]
 
 Progress = Callable[[str, int, int], None]
+#: Error when no episode has a second row (no transition to learn dynamics or rewards from).
+NO_TRANSITIONS_MESSAGE = ("{data} has no transitions (every episode has one row); OMG learns the "
+                          "dynamics from consecutive rows of an episode (only the model-free, "
+                          "known-reward variant trains on single rows).")
 STAGES: tuple[str, ...] = ("dynamics", "reward", "policy")
 
 
@@ -344,6 +348,9 @@ class OMG:
             raise DataValidationError("OMG needs at least 2 actions.")
         if dataset.n_features < 1:
             raise DataValidationError("OMG needs numeric state features (manifest states).")
+        if dataset.n_steps == dataset.n_episodes and \
+                (self.config.use_model or self.config.reward == "learned"):
+            raise DataValidationError(NO_TRANSITIONS_MESSAGE.format(data="The data"))
         rng = check_random_state(self.random_state)
         seed = int(rng.integers(2**31 - 1))
         report = progress or (lambda stage, done, total: None)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ import torch
 from numpy.typing import ArrayLike, NDArray
 from torch import Tensor, nn
 
+from equicare import utils
 from equicare.exceptions import InvalidParameterError
 from equicare.utils import (
     PARAM_MESSAGE,
@@ -206,6 +207,17 @@ class GaussianEnsembleNet(nn.Module):
         return mean, logvar, logit
 
 
+def _blocks(n_rows: int, net: GaussianEnsembleNet) -> Iterator[slice]:
+    """Row blocks of a forward pass of every member over ``n_rows`` rows.
+
+    The widest activation of a block (all members) stays within ``ROW_BLOCK_ELEMENTS`` elements,
+    so memory is bounded whatever the number of rows.
+    """
+    weights = [p for p in net.parameters() if p.dim() == 3]  # (n_members, d_in, d_out)
+    widest = max(int(w.shape[2]) for w in weights)
+    return utils.row_blocks(n_rows, int(weights[0].shape[0]) * widest)
+
+
 # ---------------------------------------------------------------------------- config
 @dataclass(frozen=True, kw_only=True)
 class DynamicsConfig:
@@ -311,13 +323,13 @@ def _find_structure(tr: Transitions, n_actions: int, tol: float = 1e-4) -> _Stru
     m = tr.has_next
     s, ns, a = tr.states[m].astype(np.float64), tr.next_states[m].astype(np.float64), tr.actions[m]
     d = s.shape[1]
+    if s.shape[0] == 0:  # no next states: every feature is modelled (before any reduction)
+        return _Structure(np.arange(d, dtype=np.int64))
     delta = ns - s
     scale = np.maximum(np.abs(s).max(axis=0), 1.0)
     const_delta: dict[int, float] = {}
     copy_of: dict[int, int] = {}
     by_action: dict[int, list[float]] = {}
-    if s.shape[0] == 0:
-        return _Structure(np.arange(d, dtype=np.int64))
     for j in range(d):  # loop over features (16), not rows
         if np.ptp(delta[:, j]) <= tol * scale[j]:
             const_delta[j] = float(np.median(delta[:, j]))
@@ -543,8 +555,12 @@ class DynamicsEnsemble:
         self.net_ = net
         self.n_epochs_ = epoch
         with torch.no_grad():
-            mean, logvar, logit = net(X[ho].expand(E, -1, -1))
-            nll = self._nll(mean, logvar, Y[ho], M[ho]).numpy()
+            nll_sum = torch.zeros(E)
+            for sl in _blocks(ho.shape[0], net):
+                hb = ho[sl]
+                mean, logvar, _ = net(X[hb].expand(E, -1, -1))
+                nll_sum += self._nll(mean, logvar, Y[hb], M[hb]) * M[hb].sum().clamp_min(1.0)
+            nll = (nll_sum / M[ho].sum().clamp_min(1.0)).numpy()
         self.elites_ = np.sort(np.argsort(nll)[:cfg.n_elites])
         self.holdout_metrics_ = self._metrics(tr, ho_idx, nll)
         return self
@@ -559,10 +575,13 @@ class DynamicsEnsemble:
     @staticmethod
     def _holdout_mse(net: GaussianEnsembleNet, x: Tensor, y: Tensor, m: Tensor
                      ) -> NDArray[np.float64]:
+        E = net.head.weight.shape[0]
+        per = torch.zeros(E)
         with torch.no_grad():
-            mean, _, _ = net(x.expand(net.head.weight.shape[0], -1, -1))
-            per = ((mean - y) ** 2 * m).sum(dim=(1, 2)) / m.sum().clamp_min(1.0)
-        out: NDArray[np.float64] = per.numpy().astype(np.float64)
+            for sl in _blocks(x.shape[0], net):
+                mean, _, _ = net(x[sl].expand(E, -1, -1))
+                per += ((mean - y[sl]) ** 2 * m[sl]).sum(dim=(1, 2))
+        out: NDArray[np.float64] = (per / m.sum().clamp_min(1.0)).numpy().astype(np.float64)
         return out
 
     def _inputs(self, states: NDArray[Any], actions: NDArray[Any]) -> NDArray[np.float32]:
@@ -596,13 +615,20 @@ class DynamicsEnsemble:
 
     # ------------------------------------------------------------------ prediction
     def _forward_elites(self, states: NDArray[Any], actions: NDArray[Any]
-                        ) -> tuple[Tensor, Tensor, Tensor]:
+                        ) -> Iterator[tuple[slice, Tensor, Tensor, Tensor]]:
+        """Elites' mean, log-variance and termination logit, one block of rows at a time.
+
+        Yields ``(rows, mean, logvar, logit)`` with shapes ``(n_elites, block, ...)``; blocks
+        bound the memory of running every member over every row.
+        """
         check_is_fitted(self, "net_")
-        x = torch.as_tensor(self._inputs(states, actions))
-        with torch.no_grad():
-            mean, logvar, logit = self.net_(x.expand(self.config.n_members, -1, -1))
+        s, a = np.asarray(states), np.asarray(actions)
         el = torch.as_tensor(self.elites_)
-        return mean[el], logvar[el], logit[el]
+        for sl in _blocks(s.shape[0], self.net_):
+            x = torch.as_tensor(self._inputs(s[sl], a[sl]))
+            with torch.no_grad():
+                mean, logvar, logit = self.net_(x.expand(self.config.n_members, -1, -1))
+            yield sl, mean[el], logvar[el], logit[el]
 
     def predict(self, states: NDArray[Any], actions: NDArray[Any], *,
                 random_state: RandomState = None, deterministic: bool = False
@@ -628,19 +654,28 @@ class DynamicsEnsemble:
         rng = check_random_state(random_state)
         s = np.asarray(states, dtype=np.float32)
         a = np.asarray(actions, dtype=np.int64)
-        mean, logvar, logit = self._forward_elites(s, a)
+        check_is_fitted(self, "net_")
         n = s.shape[0]
+        d_y = int(self.net_.d_out)
         if deterministic:
-            y = mean.mean(dim=0).numpy().astype(np.float64)
-            p_done = torch.sigmoid(logit).mean(dim=0).numpy()
-            done = p_done
+            y = np.empty((n, d_y), dtype=np.float64)
+            done = np.empty(n, dtype=np.float32)
+            for sl, mean, _, logit in self._forward_elites(s, a):
+                y[sl] = mean.mean(dim=0).numpy()
+                done[sl] = torch.sigmoid(logit).mean(dim=0).numpy()
         else:
-            pick = torch.as_tensor(rng.integers(0, mean.shape[0], size=n))
-            rows = torch.arange(n)
-            mu, lv = mean[pick, rows], logvar[pick, rows]
+            # the random draws are made for all rows in the unblocked order, so the result does
+            # not depend on the block size
+            pick_all = torch.as_tensor(rng.integers(0, len(self.elites_), size=n))
+            mu = torch.empty((n, d_y))
+            lv = torch.empty((n, d_y))
+            p = np.empty(n, dtype=np.float32)
+            for sl, mean, logvar, logit in self._forward_elites(s, a):
+                pick, rows = pick_all[sl], torch.arange(sl.stop - sl.start)
+                mu[sl], lv[sl] = mean[pick, rows], logvar[pick, rows]
+                p[sl] = torch.sigmoid(logit[pick, rows]).numpy()
             eps = torch.as_tensor(rng.standard_normal(mu.shape).astype(np.float32))
             y = (mu + torch.exp(0.5 * lv) * eps).numpy().astype(np.float64)
-            p = torch.sigmoid(logit[pick, rows]).numpy()
             done = (rng.random(n) < p).astype(np.float64)
         y = y * self.target_std_ + self.target_mean_
         for j, top in self.structure_.clock_end.items():
@@ -674,13 +709,17 @@ class DynamicsEnsemble:
         -------
         ndarray of shape (n,)
         """
-        mean, _, _ = self._forward_elites(np.asarray(states), np.asarray(actions))
-        return torch.sqrt(mean.var(dim=0, unbiased=False).mean(dim=-1)).numpy().astype(np.float64)
+        out = np.empty(np.asarray(states).shape[0], dtype=np.float64)
+        for sl, mean, _, _ in self._forward_elites(states, actions):
+            out[sl] = torch.sqrt(mean.var(dim=0, unbiased=False).mean(dim=-1)).numpy()
+        return out
 
     def aleatoric(self, states: NDArray[Any], actions: NDArray[Any]) -> NDArray[np.float64]:
         """Mean predicted SD (standardised units) over the elites, shape ``(n,)``."""
-        _, logvar, _ = self._forward_elites(np.asarray(states), np.asarray(actions))
-        return torch.exp(0.5 * logvar).mean(dim=(0, 2)).numpy().astype(np.float64)
+        out = np.empty(np.asarray(states).shape[0], dtype=np.float64)
+        for sl, _, logvar, _ in self._forward_elites(states, actions):
+            out[sl] = torch.exp(0.5 * logvar).mean(dim=(0, 2)).numpy()
+        return out
 
     def rollout(self, start_states: NDArray[Any],
                 policy: Callable[[NDArray[np.float32]], NDArray[np.int64]], horizon: int, *,

@@ -17,6 +17,7 @@ import dataclasses
 import io
 import json
 import math
+import re
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -27,7 +28,13 @@ from typing import Any, Literal, cast
 import numpy as np
 
 from equicare.exceptions import InvalidParameterError
-from equicare.utils import PARAM_MESSAGE, atomic_write_text, check_param, check_random_state
+from equicare.utils import (
+    PARAM_MESSAGE,
+    atomic_write_text,
+    check_out_location,
+    check_param,
+    check_random_state,
+)
 
 __all__ = [
     "OnlineExperimentConfig",
@@ -43,6 +50,14 @@ __all__ = [
 
 #: Error when an output folder already holds results.
 EXISTS_MESSAGE = "{path} already holds results ({name}); pass force=True (--force) to overwrite."
+
+#: Files an online run (and its CLI figures) writes into a results folder; with ``force`` a run
+#: replaces these (and ``seeds/``, ``lambda_<v>/``) whole and leaves any other file alone.
+_OUTPUT_FILES = frozenset({
+    "results.json", "config.json", "curves.csv", "final_groups.csv", "frontier.json",
+    "frontier.csv", "learning_curves.png", "group_waits.png", "frontier.png",
+    "frontier_gap.png"})
+_MARKERS = ("results.json", "frontier.json")
 
 _OWNER = "OnlineExperimentConfig"
 _EVAL_SEED_OFFSET = 1_000_003
@@ -429,9 +444,67 @@ def _run_many(tasks: list[tuple[OnlineExperimentConfig, int]], jobs: int) -> lis
         return [f.result() for f in futures]
 
 
-def _check_out(out: Path, name: str, force: bool) -> None:
-    if (out / name).exists() and not force:
-        raise FileExistsError(EXISTS_MESSAGE.format(path=out, name=name))
+def _is_partial(name: str) -> bool:
+    """A temporary file left by an interrupted :func:`atomic_write` of an output."""
+    return re.fullmatch(r"\.(.+)\.[^.]+\.tmp", name) is not None and name.endswith(".tmp") and (
+        name[1:].split(".")[0] in {n.split(".")[0] for n in _OUTPUT_FILES}
+        or re.match(r"\.seed_\d+\.json\.", name) is not None)
+
+
+def _is_output(entry: Path) -> bool:
+    """Whether ``entry`` (in a results folder) is something an online run writes."""
+    name = entry.name
+    if _is_partial(name):
+        return True
+    if entry.is_dir():
+        return name == "seeds" or re.fullmatch(r"lambda_[0-9.e+-]+", name) is not None
+    return name in _OUTPUT_FILES
+
+
+def _check_out(out: Path, force: bool) -> None:
+    """Refuse ``out`` before any training unless it is new, empty or (``force``) earlier results.
+
+    A folder that holds online results needs ``force``; a non-empty folder that holds none is
+    refused even with ``force`` (its files are not equicare's to replace).
+    """
+    check_out_location(out, folder=True, option="out")
+    if not out.exists():
+        return
+    entries = sorted(out.iterdir())
+    if not entries:
+        return
+    ours = [e for e in entries if _is_output(e)]
+    if not ours:
+        raise FileExistsError(
+            f"{out} is not empty and holds no equicare online results; choose a new or empty "
+            "folder (force=True / --force only replaces earlier online results).")
+    if not force:
+        marker = next((m for m in _MARKERS if (out / m).exists()), ours[0].name)
+        raise FileExistsError(EXISTS_MESSAGE.format(path=out, name=marker))
+
+
+def _clear_outputs(folder: Path) -> None:
+    """Remove an earlier run's outputs from ``folder``, leaving any other file in place.
+
+    Figures, ``seeds/`` and ``lambda_<v>/`` subfolders are outputs too.
+    """
+    if not folder.is_dir():
+        return
+    for entry in folder.iterdir():
+        if not _is_output(entry):
+            continue
+        if entry.is_dir():
+            if entry.name == "seeds":
+                for f in entry.iterdir():
+                    if f.is_file() and (re.fullmatch(r"seed_\d+\.json", f.name)
+                                        or _is_partial(f.name)):
+                        f.unlink()
+            else:
+                _clear_outputs(entry)
+            if not any(entry.iterdir()):
+                entry.rmdir()
+        else:
+            entry.unlink()
 
 
 def _csv(rows: list[dict[str, Any]]) -> str:
@@ -501,7 +574,10 @@ def run_experiment(
         ``curves.csv`` (learning curves) and ``final_groups.csv`` (per-group final metrics of
         the learner and the baselines). All files are written atomically.
     force : bool
-        Overwrite a folder that already holds ``results.json``.
+        Replace the outputs of an earlier run (results, seeds, figures, sweep subfolders) in
+        ``out``; other files in the folder are kept. Without it a folder holding online results
+        is refused, and a non-empty folder holding none is refused either way (before any
+        training).
 
     Returns
     -------
@@ -514,13 +590,14 @@ def run_experiment(
                                              expected="an OnlineExperimentConfig", got=config))
     seed_list = _seed_list(seeds)
     if out is not None:
-        _check_out(Path(out), "results.json", force)
+        _check_out(Path(out), force)
     results = _run_many([(config, s) for s in seed_list], jobs)
     summary = {config.label: summarize_runs(results)}
     if config.baselines:
         for b in results[0]["baselines"]:
             summary[f"baseline:{b}"] = summarize_runs(results, policy=b)
     if out is not None:
+        _clear_outputs(Path(out))
         _write_results(Path(out), config, results, summary)
     return {"config": config.to_dict(), "summary": summary, "seeds": results}
 
@@ -576,7 +653,7 @@ def lambda_sweep(
     seed_list = _seed_list(seeds)
     root = Path(out) if out is not None else None
     if root is not None:
-        _check_out(root, "frontier.json", force)
+        _check_out(root, force)
     cfgs = {lam: dataclasses.replace(config, algo="grpo", lam=lam) for lam in lams}
     tasks = [(cfgs[lam], s) for lam in lams for s in seed_list]
     flat = _run_many(tasks, jobs)
@@ -591,6 +668,7 @@ def lambda_sweep(
     result = {"config": config.to_dict(), "lambdas": lams, "frontier": frontier,
               "runs": {str(lam): r for lam, r in runs.items()}}
     if root is not None:
+        _clear_outputs(root)
         for lam in lams:
             summary = {cfgs[lam].label: summarize_runs(runs[lam])}
             _write_results(root / f"lambda_{lam:g}", cfgs[lam], runs[lam], summary)

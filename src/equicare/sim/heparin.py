@@ -35,7 +35,7 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from equicare.data import Manifest, TrajectoryDataset, from_frame
-from equicare.exceptions import InvalidParameterError
+from equicare.exceptions import InvalidParameterError, PolicyError
 from equicare.sim._heparin_core import (
     OBS_HIGH,
     OBS_LOW,
@@ -206,6 +206,14 @@ def _act_fn(policy: PolicyLike, cfg: HeparinConfig
         if n_act != cfg.n_actions:
             raise InvalidParameterError(
                 f"The policy has {n_act} actions; the simulator has {cfg.n_actions}.")
+        window = int(getattr(policy, "window", 1))
+        if window > 1:
+            # The simulator passes one-row episodes (the current observations); a policy that
+            # reads earlier rows would be scored as a different policy.
+            raise PolicyError(
+                f"The policy reads {window} rows of history (window={window}); the heparin "
+                "simulator passes only the current row, so it can evaluate only policies with "
+                "window 1 (an MLP encoder, or a history encoder trained with --window 1).")
 
         def fn(obs: NDArray[np.float32], g: NDArray[np.int64], t: int) -> NDArray[np.float64]:
             ds = _step_dataset(obs, g, cfg, 0.95)
@@ -421,7 +429,8 @@ def evaluate_heparin_policy(policy: PolicyLike = "behavior", *, n_patients: int 
     ----------
     policy : Policy, callable or ``"behavior"``
         A :class:`~equicare.policy.Policy` (its ``action_probs`` receives one-row episodes holding
-        the current observations, with the ``race_ethnicity`` group), a callable mapping
+        the current observations, with the ``race_ethnicity`` group; a policy whose ``window``
+        exceeds 1 raises :class:`~equicare.exceptions.PolicyError`), a callable mapping
         observations of shape ``(n, 16)`` to probabilities of shape ``(n, 6)``, or ``"behavior"``
         for the nomogram with clinician noise.
     n_patients : int
