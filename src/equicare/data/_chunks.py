@@ -31,9 +31,10 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from equicare.data._dataset import TrajectoryDataset
-from equicare.data._io import _DUCKDB_EXT, _build, _manifest_of, check_utf8, parquet_files
+from equicare.data._io import _DUCKDB_EXT, _build, check_utf8, parquet_files
 from equicare.data._labels import categorical_labels, text_labels
 from equicare.data._manifest import Manifest
+from equicare.data._manifest import manifest_of as _manifest_of
 from equicare.data.validate import (
     _SHOW,
     PanelCounts,

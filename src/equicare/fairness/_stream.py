@@ -314,7 +314,7 @@ def audit_stream(
         whole panel in memory with ``W = poisson_weights(episode_keys(ids), n_boot, seed)``.
     """
     from equicare.data import iter_chunks, scan_panel
-    from equicare.data._io import _manifest_of
+    from equicare.data._manifest import manifest_of as _manifest_of
     from equicare.ope import combine
     from equicare.ope._core import EpisodeParts, undefined_estimates
     from equicare.ope._stream import ChunkSource, executor_session

@@ -357,7 +357,7 @@ def fit_stream(
     from equicare._progress import progress_task
     from equicare.data import iter_chunks, scan_panel
     from equicare.data._chunks import random_access, sample_ranges
-    from equicare.data._io import _manifest_of
+    from equicare.data._manifest import manifest_of as _manifest_of
     from equicare.ope._stream_behavior import _concat
 
     if learner.algo not in STREAM_ALGOS:

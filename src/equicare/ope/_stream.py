@@ -504,7 +504,7 @@ class ChunkSource:
             self.logged = source.behavior_prob is not None
         elif isinstance(source, str | os.PathLike):
             from equicare.data import plan_shards, scan_panel
-            from equicare.data._io import _manifest_of
+            from equicare.data._manifest import manifest_of as _manifest_of
 
             if manifest is None:
                 raise InvalidParameterError(PARAM_MESSAGE.format(
