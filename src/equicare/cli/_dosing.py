@@ -154,24 +154,28 @@ def train_omg(data: str | os.PathLike[str], manifest: str | os.PathLike[str],
             "files": sorted(p.name for p in target.iterdir())}
 
 
-def build_omg_config(*, iterations: int = 40, policy_updates: int = 500,
-                     dynamics_epochs: int = 60, rollout_horizon: int = 5,
+def build_omg_config(*, iterations: int | None = None, policy_updates: int | None = None,
+                     dynamics_epochs: int | None = None, rollout_horizon: int = 5,
                      reward: str = "learned", model_free: bool = False,
                      conservative_weight: float = 1.0, small: bool = False) -> OMGConfig:
     """Build an :class:`~equicare.dosing.OMGConfig` from CLI options.
 
-    ``small=True`` starts from :meth:`OMGConfig.small` (tiny networks; ``iterations``,
-    ``policy_updates`` and ``dynamics_epochs`` are then ignored). Raises ``ValueError`` in the
-    house style for bad values.
+    ``small=True`` starts from :meth:`OMGConfig.small` (tiny networks, 3 iterations, 20 policy
+    updates); ``iterations``, ``policy_updates`` and ``dynamics_epochs`` given explicitly
+    override the base either way (None: the base's value; the full defaults are 40, 500 and
+    60). Raises an equicare exception in the house style for bad values.
     """
     from dataclasses import replace
 
     from equicare.dosing._omg import OMGConfig
-    from equicare.models._dynamics import DynamicsConfig
 
-    base = OMGConfig.small() if small else OMGConfig(
-        n_iterations=iterations, policy_updates=policy_updates,
-        dynamics=DynamicsConfig(max_epochs=dynamics_epochs))
+    base = OMGConfig.small() if small else OMGConfig()
+    if iterations is not None:
+        base = replace(base, n_iterations=iterations)
+    if policy_updates is not None:
+        base = replace(base, policy_updates=policy_updates)
+    if dynamics_epochs is not None:
+        base = replace(base, dynamics=replace(base.dynamics, max_epochs=dynamics_epochs))
     return replace(base, reward=reward, use_model=not model_free,  # type: ignore[arg-type]
                    rollout_horizon=rollout_horizon,
                    sac=replace(base.sac, conservative_weight=conservative_weight))

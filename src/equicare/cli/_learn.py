@@ -392,7 +392,8 @@ def register(app: "typer.Typer") -> None:
         conservative_weight: Annotated[float | None, typer.Option(
             min=0.0, help="omg: weight of the COMBO/CQL penalty [default: 1.0].")] = None,
         small: Annotated[bool, typer.Option(
-            "--small", help="omg: tiny networks and budgets (smoke tests).")] = False,
+            "--small", help="omg: tiny networks and budgets (smoke tests; --iterations, "
+            "--policy-updates and --dynamics-epochs still apply).")] = False,
         select: Annotated[Select | None, typer.Option(
             help="auto: train candidates (SPIBB at several N_wedge, PVI at several penalties, "
                  "BC/AWR/CQL briefly), keep the best held-out lower confidence bound of the "
@@ -481,9 +482,8 @@ def register(app: "typer.Typer") -> None:
 
             with user_errors():
                 cfg = build_omg_config(
-                    iterations=40 if iterations is None else iterations,
-                    policy_updates=500 if policy_updates is None else policy_updates,
-                    dynamics_epochs=60 if dynamics_epochs is None else dynamics_epochs,
+                    iterations=iterations, policy_updates=policy_updates,
+                    dynamics_epochs=dynamics_epochs,
                     rollout_horizon=5 if rollout_horizon is None else rollout_horizon,
                     reward=(reward or OmgReward.LEARNED).value, model_free=model_free,
                     conservative_weight=(1.0 if conservative_weight is None
