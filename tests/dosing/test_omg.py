@@ -355,3 +355,18 @@ def test_full_size_claims():
     gap_known, _, _ = ref.difference(ev, "tir")
     assert gap_known < 0.05                               # within 5 points of known-reward SAC
     assert np.isfinite(ev.tir_gap) and ev.tir_gap < beh.tir_gap
+
+
+def test_categorical_states_draw_a_warning_naming_them(monkeypatch):
+    """OMG reads numeric states only; a categorical column was dropped without a word."""
+    from dataclasses import replace
+
+    from equicare.exceptions import DataWarning
+
+    ds = heparin_dataset(4, random_state=0)
+    cat = (np.arange(ds.n_steps) % 2).astype(np.int64)[:, None]
+    ds = replace(ds, categorical=cat, categorical_names=("site",),
+                 categorical_levels=(("a", "b"),))
+    monkeypatch.setattr(OMG, "_fit", lambda *a, **k: None)
+    with pytest.warns(DataWarning, match="categorical state column\\(s\\) 'site' are not used"):
+        OMG(OMGConfig.small(), random_state=0).fit(ds)

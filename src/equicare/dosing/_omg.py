@@ -57,6 +57,7 @@ from equicare.dosing._irl import (
 from equicare.dosing._sac import MLP, DiscreteSAC, SACConfig
 from equicare.exceptions import (
     DataValidationError,
+    DataWarning,
     InvalidParameterError,
     PolicyError,
     UnknownNameError,
@@ -351,6 +352,14 @@ class OMG:
         if dataset.n_steps == dataset.n_episodes and \
                 (self.config.use_model or self.config.reward == "learned"):
             raise DataValidationError(NO_TRANSITIONS_MESSAGE.format(data="The data"))
+        if dataset.categorical is not None and dataset.categorical.shape[1] > 0:
+            import warnings
+
+            cols = ", ".join(repr(c) for c in dataset.categorical_names)
+            warnings.warn(DataWarning(
+                f"OMG models numeric states only: the categorical state column(s) {cols} are "
+                "not used by its dynamics, reward or policy. To use one, add it to the "
+                "manifest's states as numeric indicator (0/1) columns."), stacklevel=2)
         rng = check_random_state(self.random_state)
         seed = int(rng.integers(2**31 - 1))
         report = progress or (lambda stage, done, total: None)
