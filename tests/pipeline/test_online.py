@@ -216,8 +216,14 @@ def test_cli_runs_and_refuses_to_overwrite(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("extra", "message"), [
     (["--scenario", "moon"], "Invalid value for '--scenario'"),
     (["--algo", "ppo", "--lambdas", "0,0.5"], "--lambdas does not apply to --algo ppo"),
+    # GRPO options given to PPO were ignored without a word
+    (["--algo", "ppo", "--lambda", "0.5"], "--lambda does not apply to --algo ppo"),
+    (["--algo", "ppo", "--mode", "dro"], "--mode does not apply to --algo ppo"),
+    (["--group-signal", "welfare"], "--group-signal does not apply to --algo ppo"),
+    (["--algo", "grpo", "--lambda", "0.3", "--lambdas", "0,1"],
+     "--lambda does not apply to a --lambdas sweep"),
     (["--algo", "grpo", "--lambdas", "0,x"], "--lambdas must be comma-separated numbers"),
-    (["--lambda", "2"], "The 'lam' parameter of OnlineExperimentConfig"),
+    (["--algo", "grpo", "--lambda", "2"], "The 'lam' parameter of OnlineExperimentConfig"),
 ])
 def test_cli_bad_options(tmp_path: Path, extra: list[str], message: str) -> None:
     res = CliRunner().invoke(_app(), ["online", "--out", str(tmp_path / "x"), "--steps", "672",

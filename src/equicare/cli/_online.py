@@ -156,17 +156,18 @@ def register(app: Any) -> None:
                             ] = Scenario.URBAN,
         algo: Annotated[OnlineAlgo, typer.Option(
             help="Learner: ppo or grpo (group-robust PPO).")] = OnlineAlgo.PPO,
-        lam: Annotated[float, typer.Option(
-            "--lambda", help="GRPO weight of the worst group's loss, in [0, 1].")] = 0.3,
+        lam: Annotated[float | None, typer.Option(
+            "--lambda", help="GRPO weight of the worst group's loss, in [0, 1] "
+                             "[default: 0.3].")] = None,
         lambdas: Annotated[str | None, typer.Option(
             help="Sweep GRPO over these lambdas (comma-separated) for the efficiency-equity "
                  "frontier, e.g. 0,0.3,0.6,1.")] = None,
-        mode: Annotated[Mode, typer.Option(
+        mode: Annotated[Mode | None, typer.Option(
             help="GRPO robust term: max (worst group) or dro (exponentiated-gradient "
-                 "weights).")] = Mode.MAX,
-        group_signal: Annotated[GroupSignal, typer.Option(
+                 "weights) [default: max].")] = None,
+        group_signal: Annotated[GroupSignal | None, typer.Option(
             help="GRPO group losses: served (decisions grouped by the patient served) or "
-                 "welfare (each group's own waiting cost).")] = GroupSignal.SERVED,
+                 "welfare (each group's own waiting cost) [default: served].")] = None,
         seeds: Annotated[int, typer.Option(
             min=1, help="Number of seeds (runs use seeds 0..n-1).")] = 5,
         steps: Annotated[int, typer.Option(
@@ -187,18 +188,24 @@ def register(app: Any) -> None:
         Example: equicare online --env hospital --scenario urban --algo grpo --lambda 0.3
         --seeds 5 --steps 200000 --out runs/urban_grpo
         """
-        if algo is not OnlineAlgo.GRPO:
-            from equicare.cli._utils import not_applicable
+        from equicare.cli._utils import not_applicable
 
-            not_applicable({"--lambdas": lambdas is not None}, f"--algo {algo.value} (it sweeps "
-                           "GRPO; use --algo grpo)")
+        if algo is not OnlineAlgo.GRPO:
+            not_applicable({"--lambda": lam is not None, "--lambdas": lambdas is not None,
+                            "--mode": mode is not None,
+                            "--group-signal": group_signal is not None},
+                           f"--algo {algo.value} (GRPO options; use --algo grpo)")
+        elif lambdas is not None:
+            not_applicable({"--lambda": lam is not None}, "a --lambdas sweep")
         from equicare.cli._utils import check_out_folder
 
         check_out_folder(out)
         with user_errors():
             result = run_online(out=out, env=env.value, scenario=scenario.value,
-                                algo=algo.value, lam=lam, lambdas=lambdas, mode=mode.value,
-                                group_signal=group_signal.value, seeds=seeds, steps=steps,
+                                algo=algo.value, lam=0.3 if lam is None else lam,
+                                lambdas=lambdas, mode=(mode or Mode.MAX).value,
+                                group_signal=(group_signal or GroupSignal.SERVED).value,
+                                seeds=seeds, steps=steps,
                                 n_envs=n_envs, jobs=jobs, eval_episodes=eval_episodes,
                                 force=force, figures=figures)
         if json_out:
