@@ -32,9 +32,8 @@ def record_warnings(task: tuple[Callable[[Any], Any], Any]) -> tuple[Any, list[T
     result : object
         ``fn(item)``.
     warnings : list of (category, message, filename, lineno)
-        In the order raised; a category the caller could not unpickle becomes ``UserWarning``.
+        In the order raised; a category the caller could not import becomes ``UserWarning``.
     """
-    import pickle
     import warnings
 
     fn, item = task
@@ -42,13 +41,21 @@ def record_warnings(task: tuple[Callable[[Any], Any], Any]) -> tuple[Any, list[T
         out = fn(item)
     recorded: list[TaskWarning] = []
     for w in caught:
-        category = w.category
-        try:  # e.g. a category defined inside a function
-            pickle.loads(pickle.dumps(category))
-        except Exception:
-            category = UserWarning
+        # a class is shipped by reference (module and qualified name): one defined inside a
+        # function cannot be found by the caller
+        category = w.category if _importable(w.category) else UserWarning
         recorded.append((category, str(w.message), str(w.filename), int(w.lineno)))
     return out, recorded
+
+
+def _importable(cls: type) -> bool:
+    """Whether ``cls`` is reachable as ``module.qualname`` (how classes are pickled)."""
+    import sys
+
+    obj: Any = sys.modules.get(cls.__module__)
+    for part in cls.__qualname__.split("."):
+        obj = getattr(obj, part, None)
+    return obj is cls
 
 
 def reemit_warnings(recorded: Iterable[TaskWarning], seen: set[tuple[str, str]]) -> None:
