@@ -26,6 +26,14 @@ Measures (per panel)
 * ``ope_garnet_<S>x<A>_dr_rel_error``: |DR - truth| / truth of our run; peer: SCOPE-RL's DR
   with the d3rlpy FQE.
 
+And the README's quick tour (issue 14's third budget, 10 s): ``equicare synth --members 1000
+--weeks 52``, ``train --algo awr --steps 3000``, ``predict`` (not timed), then
+``ope_care_quick_tour_end_to_end``, the wall time of the tour's ``equicare evaluate
+data/panel.parquet --manifest data/manifest.toml --policy awr_probs.parquet --bootstrap 1000``
+in a fresh subprocess, and ``ope_care_quick_tour_peak_memory``, its own peak memory (MB). No
+peer: SCOPE-RL has no equivalent of the care panel's 300 factored actions and numeric states
+end to end, so these entries are our own budget only.
+
 ``EQUICARE_BENCH_SCALE=small`` runs 300-episode panels (a smoke test of the harness); peers are
 skipped when not importable (the entry then has no peer). Run:
 ``.venv/bin/python benchmarks/bench_ope_garnet.py``.
@@ -217,9 +225,45 @@ def measure_panels(run_one: Any) -> Iterator[tuple[str, dict[str, Any]]]:
             yield name, run_one(name, preset, SMALL_EPISODES if small else n_ep, Path(tmp))
 
 
+def _cli(args: list[str]) -> None:
+    """Run one untimed CLI step of the quick tour in a subprocess (raise on failure)."""
+    env = {**os.environ, **_ENV}
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    code = ("import sys; from equicare.cli import main; "
+            "sys.argv = ['equicare'] + sys.argv[1:]; main()")
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          env=env, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"equicare {' '.join(args)} failed: {proc.stderr[-2000:]}")
+
+
+def run_quick_tour(workdir: Path, *, members: int = 1000, steps: int = 3000) -> dict[str, Any]:
+    """The README's quick tour up to ``evaluate``; only ``evaluate`` is timed (module docstring)."""
+    data, model, probs = workdir / "data", workdir / "models" / "awr", workdir / "awr_probs.parquet"
+    panel, manifest = str(data / "panel.parquet"), str(data / "manifest.toml")
+    _cli(["synth", "--members", str(members), "--weeks", "52", "--out", str(data)])
+    _cli(["train", panel, "--manifest", manifest, "--algo", "awr", "--steps", str(steps),
+          "--out", str(model), "--no-progress"])
+    _cli(["predict", str(model), panel, "--manifest", manifest, "--out", str(probs)])
+    ours = _run(_OURS, ["evaluate", panel, "--manifest", manifest, "--policy", str(probs),
+                        "--bootstrap", str(N_BOOT), "--out", str(workdir / "tour_result.json"),
+                        "--no-progress"])
+    res = json.loads((workdir / "tour_result.json").read_text())
+    return {"ours": ours, "rows": int(res["n_steps"]), "q_model": res["q_model"].get("chosen")}
+
+
 def run() -> dict[str, dict[str, Any]]:
-    """Measure both panels (see the module docstring)."""
+    """Measure both panels and the README's quick-tour evaluate (see the module docstring)."""
     out: dict[str, dict[str, Any]] = {}
+    small = os.environ.get("EQUICARE_BENCH_SCALE") == "small"
+    with tempfile.TemporaryDirectory() as tmp:
+        tour = run_quick_tour(Path(tmp), members=100 if small else 1000,
+                              steps=100 if small else 3000)
+    out["ope_care_quick_tour_end_to_end"] = _entry(tour["ours"]["wall"], "s")
+    out["ope_care_quick_tour_peak_memory"] = _entry(tour["ours"]["max_rss_mb"], "MB")
+    print(f"quick tour: {tour['rows']} rows, q_model {tour['q_model']}, "
+          f"{tour['ours']['wall']:.1f} s, {tour['ours']['max_rss_mb']:.0f} MB")
     for name, m in measure_panels(run_panel):
         peer = m["peer"]
         has_peer = "skipped" not in peer
