@@ -154,6 +154,25 @@ def test_large_parquet_is_read_for_the_asked_episodes_only(tmp_path, ds, probs, 
                                atol=1e-15)
 
 
+@pytest.mark.parametrize("limit", [None, 50])
+def test_returned_probabilities_are_the_callers_own(tmp_path, ds, probs, monkeypatch, limit):
+    """Whether the file is indexed once and kept (small) or read for the call alone (large,
+    returned without a copy when the rows are in the file's order), a caller that writes into
+    the result changes nothing a later call returns; shuffled rows are served in dataset order."""
+    from equicare import utils
+
+    if limit is not None:
+        monkeypatch.setattr(utils, "ROW_BLOCK_ELEMENTS", limit)
+    path = write_policy_file(ds, probs, tmp_path / "p.parquet")
+    fp = FilePolicy(path)
+    first = fp.action_probs(ds)
+    first[:] = -1.0
+    np.testing.assert_array_equal(fp.action_probs(ds), probs)
+    shuffled = tmp_path / "s.parquet"
+    pd.read_parquet(path).sample(frac=1.0, random_state=1).to_parquet(shuffled, index=False)
+    np.testing.assert_array_equal(FilePolicy(shuffled).action_probs(ds), probs)
+
+
 def test_long_form_action_labels(tmp_path, ds, probs):
     """``action`` may hold the manifest's labels; anything else is a PolicyError (exit 2)."""
     path = write_policy_file(ds, probs, tmp_path / "p.csv", form="long")

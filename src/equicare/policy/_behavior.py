@@ -44,6 +44,9 @@ __all__ = ["BehaviorModel", "dataset_fingerprint"]
 _OWNER = "BehaviorModel"
 _CALIB_EDGES = np.array([0.0, 1e-3, 1e-2, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0 + 1e-12])
 _CHUNK = 20_000
+#: Cells (rows x actions) of one block of full distributions: a block's few (rows, actions)
+#: temporaries stay near 16 MB each however many joint actions there are.
+_BLOCK_CELLS = 2_000_000
 #: Prefixes of earlier components with probability below this in every row are not expanded.
 _PRUNE = 1e-12
 #: Rows (at most) whose full distributions enter the reliability table.
@@ -475,19 +478,21 @@ class BehaviorModel(BaseEstimator):
                      ) -> Iterator[tuple[NDArray[np.int64], NDArray[np.float64]]]:
         """``(rows, fn(models, rows))`` out-of-fold on the fitting data, else fold-averaged.
 
-        Blocks of at most ``_CHUNK`` rows that together cover every row once.
+        Blocks of at most ``_CHUNK`` rows (fewer with many actions: ``_BLOCK_CELLS``) that
+        together cover every row once.
         """
         n = dataset.n_steps
+        size = max(1_000, min(_CHUNK, _BLOCK_CELLS // max(1, dataset.n_actions)))
         if self._is_fit_data(dataset):
             row_fold = self.fold_of_episode_[dataset.episode_index]
             for f, models in enumerate(self.models_):
                 rows = np.flatnonzero(row_fold == f)
-                for s in range(0, rows.size, _CHUNK):
-                    r = rows[s:s + _CHUNK]
+                for s in range(0, rows.size, size):
+                    r = rows[s:s + size]
                     yield r, fn(models, r)
             return
-        for s in range(0, n, _CHUNK):
-            r = np.arange(s, min(s + _CHUNK, n))
+        for s in range(0, n, size):
+            r = np.arange(s, min(s + size, n))
             yield r, sum(fn(models, r) for models in self.models_) / len(self.models_)
 
     def _by_fold(self, dataset: TrajectoryDataset, fn: Any, width: int | None

@@ -347,7 +347,13 @@ class FilePolicy:
             start += n
         table = (pa.Table.from_batches(pieces, schema=schema) if pieces
                  else schema.empty_table())
-        return (table.to_pandas().reset_index(drop=True),
+        pieces.clear()  # the table holds the only reference: converting may free it as it goes
+        # one block per column, Arrow buffers released column by column: no consolidated copy
+        frame = table.to_pandas(split_blocks=True, self_destruct=True)
+        del table
+        # Arrow's allocator (mimalloc) keeps freed pages: hand them back before NumPy's copies
+        pa.default_memory_pool().release_unused()
+        return (frame.reset_index(drop=True),
                 np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64))
 
     def _indexed(self, dataset: TrajectoryDataset, ep_col: str, t_col: str, layout: _Layout,
@@ -382,6 +388,7 @@ class FilePolicy:
         t_col = man.time if man is not None else "time"
         labels = dataset.action_space.labels()
         layout = self._layout(ep_col, t_col, labels)
+        whole = self._whole()
         ix = self._indexed(dataset, ep_col, t_col, layout, labels)
         # dataset row r <-> (file code of episode_index[r], times[r]); -1 = episode not in file
         ep_code = ix.episodes.get_indexer(pd.Index(dataset.episode_ids)).astype(np.int64)
@@ -397,7 +404,10 @@ class FilePolicy:
                 f"(first: {ep_col}={e0!r}, {t_col}={int(dataset.times[miss[0]])}); "
                 "a policy file must cover every row of the dataset."
             )
-        return _checked_rows(ix, pos.astype(np.int64), ep_col, t_col, self.source)
+        # an index read for this call alone is not kept: its rows in the file's order are the
+        # answer as they stand (no copy of the (n_steps, n_actions) matrix)
+        return _checked_rows(ix, pos.astype(np.int64), ep_col, t_col, self.source,
+                             copy=whole)
 
 
 def _may_hold(stats: Any, want: Any, typ: Any) -> bool:
@@ -473,16 +483,15 @@ def _index(df: pd.DataFrame, rows: NDArray[np.int64], ep_col: str, t_col: str, l
     names: tuple[str, ...]
     prob: NDArray[np.float64] | None
     if layout.form == "wide":
-        wide = df[list(layout.cols)]
-        text = [c for c in layout.cols if not pd.api.types.is_numeric_dtype(wide[c])
-                or pd.api.types.is_bool_dtype(wide[c])]
+        text = [c for c in layout.cols if not pd.api.types.is_numeric_dtype(df[c])
+                or pd.api.types.is_bool_dtype(df[c])]
         for c in text:  # columns, not rows: a non-number is reported by name
             _numbers(df, c, rows, ep_col, t_col, source, "probabilities")
-        if text:
-            wide = wide.apply(pd.to_numeric, errors="coerce")
-        values = wide.to_numpy(dtype=np.float64, na_value=np.nan)
         probs = np.zeros((int(ok.sum()), n_a))
-        probs[:, layout.idx] = values if ok.all() else values[ok]
+        for j, c in zip(layout.idx, layout.cols, strict=True):  # column by column: no copy
+            col = (pd.to_numeric(df[c], errors="coerce") if c in text else df[c]).to_numpy(
+                dtype=np.float64, na_value=np.nan)
+            probs[:, j] = col if ok.all() else col[ok]
         lookup = pd.MultiIndex.from_arrays([codes[ok], times[ok]])
         first = rows[ok]
         key_of_row = np.where(ok, np.cumsum(ok) - 1, -1).astype(np.int64)
@@ -541,15 +550,20 @@ def _actions(df: pd.DataFrame, rows: NDArray[np.int64], labels: list[str], ep_co
     return a.astype(np.int64)
 
 
-def _checked_rows(ix: _Indexed, pos: NDArray[np.int64], ep_col: str, t_col: str, source: str
-                  ) -> NDArray[np.float64]:
+def _checked_rows(ix: _Indexed, pos: NDArray[np.int64], ep_col: str, t_col: str, source: str,
+                  *, copy: bool = True) -> NDArray[np.float64]:
     """``ix.probs[pos]``, checked like :func:`check_probs` but naming the file's rows.
+
+    With ``copy=False`` and ``pos`` selecting every key in order, ``ix.probs`` itself is
+    returned (for an index that is not kept).
 
     Returns
     -------
     ndarray of shape (len(pos), n_actions)
     """
-    p = ix.probs[pos]
+    identity = (not copy and pos.size == ix.probs.shape[0]
+                and bool(np.array_equal(pos, np.arange(pos.size))))
+    p = ix.probs if identity else ix.probs[pos]
     bad = np.zeros(p.shape[0], dtype=bool)
     for sl in row_blocks(p.shape[0], p.shape[1]):  # no (n_steps, n_actions) masks
         block = p[sl]
