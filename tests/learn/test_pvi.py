@@ -237,3 +237,31 @@ def test_an_irrelevant_site_is_pooled_over_and_keeps_the_exact_value() -> None:
         v_b = mdp.value(pols["behavior"])
         assert v_pooled == pytest.approx(one, rel=1e-9)
         assert v_pooled > v_b + 0.05 and v_full < v_b
+
+
+@pytest.mark.parametrize("prior", [5.0, 0.0])
+def test_scores_are_the_cell_log_probabilities_and_lower_values(prior) -> None:
+    """scores(): log pi (argmax = predict) and Q_lower, whose best eligible pair is the policy."""
+    _, ds = _panel(0, n=300)
+    m = PVI(beta=0.3, prior=prior, min_count=3).fit(ds)
+    s = m.scores(ds)
+    assert s.shape == (ds.n_steps, ds.n_actions)
+    np.testing.assert_array_equal(s.argmax(axis=1), m.predict(ds))
+    q = m.scores(ds, "critic")
+    idx = m.policy_.cell_index(ds)
+    counts = m.counts_[idx]
+    eligible = counts >= 3
+    rows = eligible.any(axis=1)
+    assert rows.mean() > 0.5
+    best = np.where(eligible, q, -np.inf).argmax(axis=1)
+    np.testing.assert_array_equal(best[rows], m.predict(ds)[rows])
+    # unmodelled pairs: shrunk to the cell's pooled model (prior > 0), else no value
+    modelled = counts > 0
+    assert (~modelled).any()
+    np.testing.assert_array_equal(q[modelled], m.q_[idx][modelled])
+    if prior > 0:
+        assert np.isfinite(q).all()
+    else:
+        assert np.isnan(q[~modelled]).all()
+    with pytest.raises(InvalidParameterError, match="PVI.scores"):
+        m.scores(ds, "q")

@@ -267,3 +267,52 @@ def test_thin_combinations_of_categorical_columns_warn() -> None:
         SPIBB(cells=("ward",)).fit(two)
     with pytest.raises(ValueError, match="The 'cells' parameter of SPIBBConfig"):
         SPIBBConfig(cells=("state", "state"))
+
+
+def test_scores_are_the_cell_log_probabilities_and_values(tmp_path) -> None:
+    """scores() as docs/learn.md lists it for every learner: (n_steps, n_actions) per row."""
+    from safetensors.torch import load_file, save_file
+
+    from equicare.exceptions import PolicyError
+    from equicare.learn import load_learner
+    from equicare.learn._spibb import MSG_NO_CRITIC
+
+    _, ds = _panel(0, n=500)
+    with pytest.raises(NotFittedError):
+        SPIBB().scores(ds)
+    m = SPIBB(n_wedge=20).fit(ds)
+    s = m.scores(ds)
+    idx = m.policy_.cell_index(ds)
+    assert s.shape == (ds.n_steps, ds.n_actions)
+    np.testing.assert_array_equal(s.argmax(axis=1), m.predict(ds))
+    np.testing.assert_allclose(np.exp(s), m.policy_.table[idx])  # softmax = the table row
+    assert np.isneginf(s).any()  # bootstrapped zero-mass actions of a cell
+    q = m.scores(ds, "critic")
+    assert q.shape == s.shape
+    modelled = m.counts_[idx] > 0
+    np.testing.assert_array_equal(q[modelled], m.q_[idx][modelled])
+    assert np.isnan(q[~modelled]).all()
+    # cells never seen in training: the fallback policy row, no value
+    _, other = _panel(1, n=300, cfg=GarnetConfig(n_states=60, n_actions=5, n_successors=3))
+    new = m.policy_.cell_index(other) == m.policy_.n_cells
+    assert new.any()
+    np.testing.assert_allclose(np.exp(m.scores(other)[new]),
+                               np.broadcast_to(m.policy_.table[-1], (new.sum(), 5)))
+    assert np.isnan(m.scores(other, "critic")[new]).all()
+    with pytest.raises(InvalidParameterError, match=re.escape(
+            "The 'network' parameter of SPIBB.scores must be one of")):
+        m.scores(ds, "target")
+    # the model folder keeps both
+    folder = m.save(tmp_path / "m")
+    back = load_learner(folder)
+    np.testing.assert_array_equal(back.scores(ds), s)
+    np.testing.assert_array_equal(back.scores(ds, "critic"), q)
+    # a folder saved before the values were kept: the policy scores, a clear critic error
+    w = load_file(str(folder / "model.safetensors"))
+    save_file({k: v for k, v in w.items() if not k.startswith("critic.")},
+              str(folder / "model.safetensors"))
+    old = SPIBB.load(folder)
+    np.testing.assert_array_equal(old.scores(ds), s)
+    with pytest.raises(PolicyError, match=re.escape(
+            MSG_NO_CRITIC.format(source=str(folder)).split(";")[0])):
+        old.scores(ds, "critic")

@@ -157,3 +157,47 @@ def test_a_continuous_state_column_is_refused_before_counting():
         est = estimate_arms(df, episode="id", state="code", action="treated", group="g",
                             state_rewards=np.zeros(151), max_states=151)
     assert est.n_states == 151
+
+
+def test_to_dict_publishes_no_small_group_and_pools_the_suppressed_ones():
+    """EstimatedArms.to_dict: no entry (counts, size, model) of a group under 11 members nor of
+    the group hidden to protect it; they are pooled, so the file stays a Contract-4 domain."""
+    import json
+    import warnings
+
+    from equicare.rmab._estimate import SUPPRESSED_TYPE
+    from equicare.utils import MIN_CELL
+
+    d = load_domain("synthetic", n_arms=200)  # groups A-E: 50, 50, 10, 50, 40 members
+    panel = make_panel(d, 12, np.random.default_rng(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est = estimate_arms(panel, episode="member", time="week", state="state",
+                            action="treated", group="group", reward="reward")
+    assert est.suppressed == ("C", "E") == est.hidden_groups()
+    out = est.to_dict()
+    json.dumps(out)
+    names = [t["name"] for t in out["types"]]
+    assert names == ["A", "B", "D", SUPPRESSED_TYPE]
+    assert out["suppressed_groups"] == ["C", "E"] and out["min_cell"] == MIN_CELL
+    assert all(t["n_episodes"] >= MIN_CELL for t in out["types"])
+    pooled = out["types"][-1]
+    assert pooled["n_episodes"] == 50  # C (10) and E (40) together, never apart
+    c, e = est.group_names.index("C"), est.group_names.index("E")
+    np.testing.assert_array_equal(pooled["counts"], est.counts[c] + est.counts[e])
+    assert abs(sum(t["fraction"] for t in out["types"]) - 1.0) < 1e-12
+    a = out["types"][0]  # a published group keeps its own estimates
+    np.testing.assert_array_equal(a["P"], est.P[0])
+    np.testing.assert_array_equal(a["init"], est.init[0])
+    # the pooled model is the one estimate_arms gives a group of those members
+    pool_panel = panel.assign(group=panel["group"].replace({"C": "CE", "E": "CE"}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        joint = estimate_arms(pool_panel, episode="member", time="week", state="state",
+                              action="treated", group="group", reward="reward")
+    k = joint.group_names.index("CE")
+    np.testing.assert_allclose(pooled["P"], joint.P[k], rtol=1e-12)
+    np.testing.assert_allclose(pooled["P_sd"], joint.P_sd[k], rtol=1e-12)
+    np.testing.assert_allclose(pooled["init"], joint.init[k], rtol=1e-12)
+    dom = load_domain(out, n_arms=100)  # still a valid Contract-4 domain
+    assert dom.group_names == ("A", "B", "D", SUPPRESSED_TYPE)

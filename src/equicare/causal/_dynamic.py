@@ -29,13 +29,12 @@ from numpy.typing import NDArray
 
 from equicare.causal._basis import (
     MediatorEncoder,
-    action_tensor,
     combine,
     state_features,
 )
 from equicare.causal._data import MediationData, as_mediation_data, resolve_policy
 from equicare.causal._inference import cluster_inference
-from equicare.causal._lstd import lstd_average
+from equicare.causal._lstd import MixedDesign, action_design, lstd_blocks
 from equicare.causal._nuisance import BehaviorModel, MediatorModel, RewardModel
 from equicare.causal._ratio import effective_sample_size, fit_ratio
 from equicare.causal._result import (
@@ -444,15 +443,15 @@ class _Run:
         A = q["A"]
         pe_n, p0_n, p0 = self.pe_n[idx], self.p0_n[idx], self.p0[idx]
         disc, nraw = self.enc.discrete, self.enc.n_raw
-        f: dict[str, Any] = {"x": action_tensor(A, ph, nA),
-                             "xi_e": (pe_n[:, :, None] * phn[:, None, :]).reshape(n, -1),
-                             "xi_0": (p0_n[:, :, None] * phn[:, None, :]).reshape(n, -1)}
+        # designs e_A (x) phi (sparse) and sum_a w(a) e_a (x) phi' (blockwise): never n x A q
+        f: dict[str, Any] = {"x": action_design(A, ph, nA), "xi_e": MixedDesign(pe_n, phn),
+                             "xi_0": MixedDesign(p0_n, phn)}
         h = combine(ph, q["enc_M"], disc, nraw)                          # h(S, M)
         f["h"] = h
-        f["x4"] = action_tensor(A, h, nA)
+        f["x4"] = action_design(A, h, nA)
         enc_e_next = np.einsum("na,naq->nq", pe_n, q["Eenc_Sn"])        # E_{p_e(.|S')} enc
         h_next = combine(phn, enc_e_next, disc, nraw)
-        f["xi4"] = (p0_n[:, :, None] * h_next[:, None, :]).reshape(n, -1)
+        f["xi4"] = MixedDesign(p0_n, h_next)
         f["hE"] = combine(ph, q["Eenc_S"][np.arange(n), A], disc, nraw)  # h(S, E[enc|S,A])
         f["p0"] = p0
         return f
@@ -510,11 +509,11 @@ class _Run:
     def fit_q(self, f: dict[str, Any], q: dict[str, Any]) -> list[Any]:
         """LSTD for the five processes (order of ETA_KEYS)."""
         r = self.cfg.ridge
-        return [lstd_average(f["x"], f["xi_e"], q["R"], r),          # pi_e
-                lstd_average(f["x"], f["xi_e"], q["r0M"], r),        # pi_e, a0
-                lstd_average(f["x"], f["xi_e"], q["r00"], r),        # pi_e, a0*
-                lstd_average(f["x4"], f["xi4"], q["r00"], r),        # G
-                lstd_average(f["x"], f["xi_0"], q["R"], r)]          # a0
+        # pi_e, (pi_e, a0), (pi_e, a0*) share their designs: one factorisation
+        e = lstd_blocks(f["x"], f["xi_e"], np.column_stack([q["R"], q["r0M"], q["r00"]]), r)
+        g = lstd_blocks(f["x4"], f["xi4"], q["r00"], r)             # G
+        a0 = lstd_blocks(f["x"], f["xi_0"], q["R"], r)              # a0
+        return [*e, *g, *a0]
 
     def fit_ratios(self, tr: NDArray[np.int64], te: NDArray[np.int64], q_tr: dict[str, Any]
                    ) -> NDArray[np.float64]:

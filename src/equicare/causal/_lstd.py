@@ -1,13 +1,104 @@
-"""Average-reward LSTD: the differential Q-function and the long-run average reward ``eta``."""
+"""Average-reward LSTD: the differential Q-function and the long-run average reward ``eta``.
+
+The Q-function bases of the mediation analysis have one block of features per action: the
+design at the logged action is ``e_{A_i} (x) f_i`` and the expected next design
+``sum_a w_i(a) e_a (x) f'_i``. With many actions both are wide (``n x A q``), so
+:func:`lstd_blocks` never forms them: the first is a sparse matrix (``q`` entries per row,
+:func:`action_design`), the second a :class:`MixedDesign` multiplied block of rows by block of
+rows. Memory is ``O(n (q + A))`` for the designs plus the ``(A q)^2`` normal matrix, not
+``O(n A q)`` per design; :func:`lstd_average` is the dense reference (same numbers to 1e-8).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 from numpy.typing import NDArray
 
-__all__ = ["LSTDFit", "lstd_average"]
+from equicare.utils import row_blocks
+
+__all__ = ["LSTDFit", "MixedDesign", "action_design", "lstd_average", "lstd_blocks"]
+
+
+def action_design(a: NDArray[np.int64], f: NDArray[np.float64], n_actions: int
+                  ) -> sp.csr_matrix:
+    """Sparse ``e_a (x) f``: row ``i`` holds ``f[i]`` in the block of action ``a[i]``.
+
+    The same matrix as :func:`equicare.causal._basis.action_tensor`, shape
+    ``(n, n_actions * q)``, with ``n q`` stored entries.
+    """
+    n, q = f.shape
+    cols = (np.asarray(a, dtype=np.int64)[:, None] * q + np.arange(q)[None, :]).ravel()
+    return sp.csr_matrix((np.asarray(f, dtype=np.float64).ravel(), cols,
+                          np.arange(0, n * q + 1, q)), shape=(n, n_actions * q))
+
+
+@dataclass(frozen=True, eq=False)
+class MixedDesign:
+    """Rows ``w_i (x) f_i`` (action weights times features, action-major), never formed whole.
+
+    Parameters
+    ----------
+    weights : ndarray of shape (n, A)
+        E.g. a policy's probabilities at the next state.
+    features : ndarray of shape (n, q)
+    """
+
+    weights: NDArray[np.float64]
+    features: NDArray[np.float64]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(n, A * q)``."""
+        n, A = self.weights.shape
+        return n, A * int(self.features.shape[1])
+
+    def block(self, sl: slice) -> NDArray[np.float64]:
+        """Rows ``sl`` of the dense design."""
+        b = self.weights[sl][:, :, None] * self.features[sl][:, None, :]
+        return b.reshape(b.shape[0], -1)
+
+    def toarray(self) -> NDArray[np.float64]:
+        """The dense design (tests, small problems)."""
+        return self.block(slice(None))
+
+    def __matmul__(self, beta: NDArray[np.float64]) -> NDArray[np.float64]:
+        A, q = self.weights.shape[1], self.features.shape[1]
+        return np.asarray(np.einsum("na,na->n", self.weights,
+                                    self.features @ beta.reshape(A, q).T), dtype=np.float64)
+
+    def colsum(self) -> NDArray[np.float64]:
+        """Column sums, shape ``(A * q,)``."""
+        return np.asarray((self.weights.T @ self.features).ravel(), dtype=np.float64)
+
+    def subtract_cross(self, actions: NDArray[np.int64], features: NDArray[np.float64],
+                       out: NDArray[np.float64], scale: float = 1.0) -> None:
+        """``out -= scale * X^T @ self`` for ``X = action_design(actions, features, A)``.
+
+        Block row ``a`` of the product only sums the rows with action ``a``, so it is built one
+        action and one block of rows at a time: no temporary larger than a row block
+        (:func:`~equicare.utils.row_blocks`) or ``q x A q``.
+
+        Parameters
+        ----------
+        actions : ndarray of shape (n,), int
+        features : ndarray of shape (n, q)
+        out : ndarray of shape (A * q, A * q)
+            Updated in place.
+        scale : float
+        """
+        n, p = self.shape
+        q = int(features.shape[1])
+        order = np.argsort(actions, kind="stable")
+        bounds = np.searchsorted(actions[order], np.arange(self.weights.shape[1] + 1))
+        for a in range(self.weights.shape[1]):
+            rows_a = order[bounds[a]:bounds[a + 1]]
+            for sl in row_blocks(rows_a.size, p):
+                rows = rows_a[sl]
+                w = self.weights[rows][:, :, None] * self.features[rows][:, None, :]
+                out[a * q:(a + 1) * q] -= scale * (features[rows].T @ w.reshape(rows.size, p))
 
 
 @dataclass(frozen=True)
@@ -69,3 +160,60 @@ def lstd_average(x: NDArray[np.float64], x_next: NDArray[np.float64], y: NDArray
     # eta_hat - eta ~ e0' A^-1 mean(z_i resid_i)
     u = np.linalg.solve(A_reg.T, np.eye(p + 1)[0])
     return LSTDFit(eta=float(theta[0]), beta=theta[1:], influence=(z @ u) * resid)
+
+
+def lstd_blocks(x: sp.csr_matrix, x_next: MixedDesign, y: NDArray[np.float64],
+                ridge: float = 1e-6) -> list[LSTDFit]:
+    """:func:`lstd_average` with the designs kept sparse / blockwise (module docstring).
+
+    The equations of several (pseudo-)rewards on the same designs share one LU factorisation.
+
+    Parameters
+    ----------
+    x : scipy.sparse.csr_matrix of shape (n, p)
+        Basis at the logged rows (:func:`action_design`).
+    x_next : MixedDesign of shape (n, p)
+        Expected next basis.
+    y : ndarray of shape (n, k)
+        One (pseudo-)reward per column.
+    ridge : float
+
+    Returns
+    -------
+    list of LSTDFit
+        One per column of ``y``: the solution of :func:`lstd_average` on the dense designs
+        (to rounding).
+    """
+    from scipy.linalg import lu_factor, lu_solve
+
+    n, p = x.shape
+    n_actions = int(x_next.weights.shape[1])
+    q = p // max(n_actions, 1)
+    if x_next.shape != (n, p) or x.nnz != n * q:
+        raise ValueError(f"x ({x.shape}, {x.nnz} entries) is not an action_design matching "
+                         f"x_next {x_next.shape}")
+    actions = x.indices.reshape(n, q)[:, 0] // max(q, 1)
+    features = x.data.reshape(n, q)
+    Y = np.asarray(y, dtype=np.float64).reshape(n, -1)
+    sx = np.asarray(x.sum(axis=0)).ravel()
+    A = np.zeros((p + 1, p + 1), order="F")  # factorised in place
+    A[0, 0] = 1.0
+    A[0, 1:] = (sx - x_next.colsum()) / n
+    A[1:, 0] = sx / n
+    gram = sp.coo_matrix(x.T @ x)  # block diagonal: added entry by entry, never dense
+    np.add.at(A, (gram.row + 1, gram.col + 1), gram.data / n)
+    x_next.subtract_cross(actions, features, A[1:, 1:], 1.0 / n)
+    b = np.vstack([Y.mean(axis=0, keepdims=True), np.asarray(x.T @ Y) / n])
+    scale = max(float((x.data ** 2).sum()) / (n * max(p, 1)), 1e-12)
+    diag = np.arange(1, p + 1)
+    A[diag, diag] += ridge * scale
+    lu = lu_factor(A, overwrite_a=True, check_finite=False)
+    theta = lu_solve(lu, b, check_finite=False)
+    u = lu_solve(lu, np.eye(p + 1)[0], trans=1, check_finite=False)
+    zu = u[0] + x @ u[1:]
+    fits = []
+    for j in range(Y.shape[1]):
+        beta = theta[1:, j]
+        resid = Y[:, j] - theta[0, j] - (x @ beta - x_next @ beta)
+        fits.append(LSTDFit(eta=float(theta[0, j]), beta=beta, influence=zu * resid))
+    return fits

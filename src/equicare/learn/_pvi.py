@@ -155,6 +155,12 @@ class PVI(SPIBB):
         Pairs of cells that keep the behaviour estimate (no pair logged ``min_count`` times).
     q_ : ndarray of shape (n_cells, n_actions)
         Pessimistic action values ``Q_lower``.
+    critic_ : ndarray of shape (n_cells + 1, n_actions)
+        ``q_`` with NaN where it is no estimate: pairs without model transitions when
+        ``prior = 0`` or when their cell has none at all (their value is the penalty alone), and
+        the last row (cells not seen in training). ``scores(dataset, "critic")`` reads it; with
+        ``mix = 1`` and ``tau = 0`` the policy takes, in each cell with a pair logged
+        ``min_count`` times, the largest ``critic_`` among those pairs.
     value_ : float
         ``sum_a pi(a|x) Q_lower(x, a)`` of the returned policy, averaged over the data's initial
         rows (pairs without transitions count with their penalised shrunk values).
@@ -194,6 +200,16 @@ class PVI(SPIBB):
         self.value_ = float(np.mean((pi * Q).sum(axis=1)[m.first]))
         self._finish(dataset, m, pi)
         return self
+
+    def _valued(self, m: CellModel) -> NDArray[np.bool_]:
+        """Pairs whose ``Q_lower`` is an estimate.
+
+        The modelled pairs, and with ``prior > 0`` the unmodelled pairs of a modelled cell
+        (shrunk to its pooled model).
+        """
+        cell = m.has_model.any(axis=1, keepdims=True)
+        pooled = cell if self.config.prior > 0 else np.zeros_like(cell)
+        return np.asarray(m.has_model | pooled, dtype=bool)
 
 
 def pooled_model(m: CellModel) -> tuple[NDArray[np.float64], sp.csr_matrix]:

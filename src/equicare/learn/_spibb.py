@@ -57,6 +57,11 @@ MSG_NOT_DISCRETE = ("{learner} works on discrete state cells: the dataset has no
                     "(--param numeric=bin; numeric_bins sets how many, default 10).")
 
 
+MSG_NO_CRITIC = ("{source}: the model folder holds no action values (it was saved before "
+                 "tabular learners kept them); refit and save it again to read "
+                 "scores(dataset, 'critic').")
+
+
 @dataclass(frozen=True, kw_only=True)
 class SPIBBConfig:
     """Settings of :class:`SPIBB`.
@@ -270,6 +275,10 @@ class SPIBB(ConfigParams, BaseEstimator):  # type: ignore[misc]
         Pairs where the policy copies the behaviour (``counts_ < n_wedge``).
     q_ : ndarray of shape (n_cells, n_actions)
         Action values of the MLE model under the returned policy's backups.
+    critic_ : ndarray of shape (n_cells + 1, n_actions)
+        ``q_`` where the learner has a value for the pair, NaN elsewhere (pairs without model
+        transitions) and on the last row (cells not seen in training): what
+        ``scores(dataset, "critic")`` reads. Kept in the model folder.
     value_ : float
         Value of the policy in the MLE model, averaged over the data's initial rows.
     behavior_value_ : float
@@ -389,6 +398,10 @@ class SPIBB(ConfigParams, BaseEstimator):  # type: ignore[misc]
         self._finish(dataset, m, pi)
         return self
 
+    def _valued(self, m: CellModel) -> NDArray[np.bool_]:
+        """Pairs whose ``q_`` is an estimate (SPIBB: those with model transitions)."""
+        return m.has_model
+
     def _model(self, dataset: Any) -> CellModel:
         """The cells, the behaviour estimate and the maximum-likelihood MDP of a panel."""
         cfg = self.config
@@ -423,6 +436,8 @@ class SPIBB(ConfigParams, BaseEstimator):  # type: ignore[misc]
     def _finish(self, dataset: Any, m: CellModel, pi: NDArray[np.float64]) -> None:
         """Set the fitted attributes shared by the tabular learners (after ``q_``, ``value_``)."""
         self.behavior_ = m.pb
+        self.critic_ = np.vstack([np.where(self._valued(m), self.q_, np.nan),
+                                  np.full((1, m.n_actions), np.nan)])
         self.counts_ = m.counts.astype(np.int64)
         self.n_cells_ = m.n_cells
         self.behavior_value_ = float(np.mean(self._model_value(
@@ -547,6 +562,47 @@ class SPIBB(ConfigParams, BaseEstimator):  # type: ignore[misc]
         check_is_fitted(self, "policy_")
         return self.policy_.predict(dataset)
 
+    def scores(self, dataset: Any, network: str = "policy") -> NDArray[np.float64]:
+        """Per-row action scores of the row's cell, shape ``(n_steps, n_actions)``.
+
+        The tabular counterpart of the neural learners' ``scores`` (there is no support: the
+        columns are every flat action).
+
+        Parameters
+        ----------
+        dataset : TrajectoryDataset
+            A panel with the training data's action space and cell columns.
+        network : {"policy", "critic"}
+            ``"policy"``: ``log pi(a | x)`` of the cell's table row (``-inf`` where the policy
+            puts no mass), so ``softmax`` of a row is the table row and its argmax is
+            :meth:`predict` (first on ties); rows of unseen cells read the fallback row.
+            :meth:`action_probs` differs only on entries deferred to current practice on a
+            panel with logged propensities. ``"critic"``: the action values ``q_`` of the cell
+            (SPIBB: the MLE model's values under the constrained backups; PVI: the pessimistic
+            ``Q_lower``); NaN for pairs the learner has no value for and for unseen cells.
+
+        Raises
+        ------
+        NotFittedError
+            Before ``fit`` / ``load``.
+        InvalidParameterError
+            ``network`` is not ``"policy"`` or ``"critic"``.
+        PolicyError
+            Another action space or missing cell columns; ``"critic"`` from a model folder
+            saved without action values.
+        """
+        check_is_fitted(self, "policy_")
+        check_param(network, "network", f"{type(self).__name__}.scores",
+                    choices=("policy", "critic"))
+        idx = self.policy_.cell_index(dataset)
+        if network == "policy":
+            with np.errstate(divide="ignore"):
+                return np.asarray(np.log(self.policy_.table[idx]), dtype=np.float64)
+        critic = getattr(self, "critic_", None)
+        if critic is None:
+            raise PolicyError(MSG_NO_CRITIC.format(source=self.policy_.source))
+        return np.asarray(critic[idx], dtype=np.float64)
+
     @property
     def n_actions(self) -> int:
         """Size of the flat action space (after fit)."""
@@ -586,7 +642,11 @@ class SPIBB(ConfigParams, BaseEstimator):  # type: ignore[misc]
                "deferred_share": self.policy_.deferred_share(),
                "model_value": self.value_, "model_behavior_value": self.behavior_value_,
                **(extra or {})}
-        return write_model_folder(path, cfg, self.policy_.tensors(), overwrite=overwrite)
+        import torch
+
+        tensors = {**self.policy_.tensors(),
+                   "critic.q": torch.from_numpy(np.ascontiguousarray(self.critic_))}
+        return write_model_folder(path, cfg, tensors, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Self:
@@ -609,6 +669,12 @@ class SPIBB(ConfigParams, BaseEstimator):  # type: ignore[misc]
             self.n_cells_ = int(cfg["n_cells"])
             self.value_ = float(cfg["model_value"])
             self.behavior_value_ = float(cfg["model_behavior_value"])
+            if "critic.q" in tensors:  # folders written before scores() have no values
+                critic = tensors["critic.q"].numpy().astype(np.float64)
+                if critic.shape != self.policy_.table.shape:
+                    raise ValueError(f"critic.q of shape {tuple(critic.shape)}, expected "
+                                     f"{self.policy_.table.shape}")
+                self.critic_ = critic
         except (KeyError, TypeError, ValueError) as exc:
             raise PolicyError(f"{path}: malformed model folder ({exc}).") from exc
         return self

@@ -54,6 +54,8 @@ SMALL_CELLS = ("{n_small} of {n_cells} (group, action, state) cells have fewer t
 #: not named), or a note that every sparse cell is in a suppressed group.
 SMALL_CELLS_FIRST = "first: group {group!r}, action {action}, state {state!r}"
 SMALL_CELLS_HIDDEN = "all in suppressed groups"
+#: Name of the type that pools the suppressed groups in :meth:`EstimatedArms.to_dict`.
+SUPPRESSED_TYPE = "(suppressed groups)"
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -163,17 +165,56 @@ class EstimatedArms:
 
         return draw(groups.size, check_random_state(random_state))
 
+    def hidden_groups(self) -> tuple[str, ...]:
+        """Groups whose numbers are never published, in :attr:`group_names` order.
+
+        :attr:`suppressed` together with what :func:`equicare.privacy.suppress_counts` hides in
+        :attr:`n_episodes` (the same set for arms from :func:`estimate_arms`; it also covers
+        arms built by hand).
+        """
+        shown = suppress_counts({g: int(k) for g, k in zip(self.group_names, self.n_episodes,
+                                                           strict=True)})
+        hide = set(self.suppressed) | {g for g, k in shown.items() if k is None}
+        return tuple(g for g in self.group_names if g in hide)
+
+    def _type(self, name: str, counts: Array, P: Array, P_sd: Array, init: Array, n: int,
+              total: int) -> dict[str, Any]:
+        return {"name": name, "group": name, "fraction": n / total, "P": P.tolist(),
+                "P_sd": P_sd.tolist(), "counts": counts.astype(int).tolist(),
+                "R": self.R.tolist(), "init": init.tolist(), "n_episodes": int(n)}
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly summary (Contract-4 ``types``, one per group, plus uncertainty)."""
-        frac = self.n_episodes / self.n_episodes.sum()
+        """JSON-friendly summary (Contract-4 ``types`` plus uncertainty); small groups hidden.
+
+        One type per published group. The groups of :meth:`hidden_groups` (fewer than
+        :data:`~equicare.utils.MIN_CELL` episodes, and those hidden so that one cannot be
+        recovered by difference) get no entry of their own: they are pooled into one type
+        named :data:`SUPPRESSED_TYPE` (counts summed, the model re-estimated from them), which
+        complementary suppression makes hold at least ``MIN_CELL`` episodes, so the fractions
+        still sum to 1 and the file stays a Contract-4 domain. A pool under ``MIN_CELL``
+        (every group small) is left out. ``suppressed_groups`` names the hidden groups and
+        ``min_cell`` the threshold.
+        """
+        hidden = self.hidden_groups()
+        total = int(self.n_episodes.sum())
+        S, a = self.n_states, self.prior
+        # the smoothed initial distributions give back the first-state counts exactly
+        init_counts = self.init * (self.n_episodes[:, None] + S * a) - a
+        types = [self._type(g, self.counts[i], self.P[i], self.P_sd[i], self.init[i],
+                            int(self.n_episodes[i]), total)
+                 for i, g in enumerate(self.group_names) if g not in hidden]
+        pool = np.array([g in hidden for g in self.group_names], dtype=bool)
+        n_pool = int(self.n_episodes[pool].sum())
+        if n_pool >= MIN_CELL:  # the model of the pooled counts, as estimate_arms builds one
+            counts = self.counts[pool].sum(axis=0)
+            tot = counts.sum(axis=-1, keepdims=True)
+            P = (counts + a) / (tot + S * a)
+            P_sd = np.sqrt(P * (1 - P) / (tot + S * a + 1))
+            init = (np.rint(init_counts[pool].sum(axis=0)) + a) / (n_pool + S * a)
+            types.append(self._type(SUPPRESSED_TYPE, counts, P, P_sd, init, n_pool, total))
         return {"name": "estimated", "n_states": self.n_states, "prior": self.prior,
-                "state_names": list(self.state_names),
-                "types": [{"name": g, "group": g, "fraction": float(frac[i]),
-                           "P": self.P[i].tolist(), "P_sd": self.P_sd[i].tolist(),
-                           "counts": self.counts[i].astype(int).tolist(),
-                           "R": self.R.tolist(), "init": self.init[i].tolist(),
-                           "n_episodes": int(self.n_episodes[i])}
-                          for i, g in enumerate(self.group_names)]}
+                "state_names": list(self.state_names), "types": types,
+                "suppressed_groups": list(hidden), "min_cell": MIN_CELL}
 
 
 def _column(data: Any, name: Any, role: str) -> NDArray[Any]:

@@ -1,0 +1,108 @@
+"""Average-reward LSTD with action-blocked designs: sparse / blockwise = dense, and small."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import equicare.utils as utils
+from equicare.causal import DynamicMediation, _dynamic
+from equicare.causal._basis import action_tensor
+from equicare.causal._lstd import MixedDesign, action_design, lstd_average, lstd_blocks
+from equicare.sim.mediation import random_mediation_mdp
+
+
+def _problem(n: int, n_actions: int, q: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    a = rng.integers(n_actions, size=n)
+    f, fn = rng.normal(size=(n, q)), rng.normal(size=(n, q))
+    w = rng.dirichlet(np.ones(n_actions), size=n)  # a stochastic policy at the next state
+    y = rng.normal(size=(n, 3))
+    return a, f, fn, w, y
+
+
+def test_action_design_and_mixed_design_are_the_dense_designs():
+    a, f, fn, w, _ = _problem(50, 4, 3)
+    x = action_design(a, f, 4)
+    np.testing.assert_array_equal(x.toarray(), action_tensor(a, f, 4))
+    xi = MixedDesign(w, fn)
+    dense = (w[:, :, None] * fn[:, None, :]).reshape(50, -1)
+    np.testing.assert_array_equal(xi.toarray(), dense)
+    beta = np.random.default_rng(1).normal(size=12)
+    np.testing.assert_allclose(xi @ beta, dense @ beta, rtol=1e-12)
+    np.testing.assert_allclose(x @ beta, action_tensor(a, f, 4) @ beta, rtol=1e-12)
+    np.testing.assert_allclose(xi.colsum(), dense.sum(axis=0), rtol=1e-12)
+
+
+@pytest.mark.parametrize("block", [None, 40])
+def test_blockwise_lstd_equals_the_dense_solution(monkeypatch, block):
+    if block is not None:  # several row blocks per action
+        monkeypatch.setattr(utils, "ROW_BLOCK_ELEMENTS", block)
+    a, f, fn, w, y = _problem(600, 5, 3)
+    x, xi = action_design(a, f, 5), MixedDesign(w, fn)
+    fits = lstd_blocks(x, xi, y, 1e-4)
+    assert len(fits) == 3
+    for j, fit in enumerate(fits):
+        ref = lstd_average(x.toarray(), xi.toarray(), y[:, j], 1e-4)
+        assert abs(fit.eta - ref.eta) < 1e-8
+        np.testing.assert_allclose(fit.beta, ref.beta, rtol=1e-8, atol=1e-8)
+        np.testing.assert_allclose(fit.influence, ref.influence, rtol=1e-8, atol=1e-8)
+    with pytest.raises(ValueError, match="not an action_design"):
+        lstd_blocks(sp.csr_matrix(x.toarray() + 1.0), xi, y)
+
+
+def test_blockwise_lstd_memory_is_linear_in_rows():
+    """300 actions x 8 features, 20,000 rows: one dense design would be 384 MB; the fit needs
+    the (A q)^2 normal matrix and temporaries of the size of the policy weights (n x A)."""
+    n, n_actions, q = 20_000, 300, 8
+    a, f, fn, w, y = _problem(n, n_actions, q)
+    x, xi = action_design(a, f, n_actions), MixedDesign(w, fn)
+    p = n_actions * q
+    tracemalloc.start()
+    try:
+        lstd_blocks(x, xi, y[:, 0], 1e-4)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    dense = n * p * 8
+    normal = (p + 1) ** 2 * 8
+    print(f"\npeak {peak / 1e6:.1f} MB; one dense design {dense / 1e6:.0f} MB, "
+          f"normal matrix {normal / 1e6:.1f} MB")
+    weights = n * n_actions * 8
+    assert peak < normal + 2 * weights and peak < dense / 2
+
+
+def test_mediation_never_forms_the_dense_designs_and_matches_them(monkeypatch):
+    """The estimate with the blockwise LSTD equals the one with the dense designs (to 1e-8),
+    and the designs handed to LSTD are sparse / factored (linear in rows, not n x A q)."""
+    mdp = random_mediation_mdp(4, 5, 2, random_state=0)
+    data = mdp.sample(150, 20, random_state=0)
+    target = mdp.policy_fn(np.full((4, 5), 0.2))
+    control = mdp.policy_fn(np.eye(5)[np.zeros(4, dtype=int)] * 0.6 + 0.08)
+    est = DynamicMediation(n_bootstrap=0, estimators=("dm", "mr"))
+    seen: list[dict] = []
+    fit_q = _dynamic._Run.fit_q
+
+    def spy(self, f, q):
+        seen.append(f)
+        return fit_q(self, f, q)
+
+    monkeypatch.setattr(_dynamic._Run, "fit_q", spy)
+    blocks = est.estimate(data, target, control, random_state=0).to_frame()
+    for key in ("x", "x4"):
+        assert sp.issparse(seen[0][key]) and seen[0][key].nnz * 5 == seen[0][key].shape[0] * \
+            seen[0][key].shape[1]
+    for key in ("xi_e", "xi_0", "xi4"):
+        assert isinstance(seen[0][key], MixedDesign)
+
+    def dense(x, xi, y, ridge):
+        return [lstd_average(x.toarray(), xi.toarray(), col, ridge) for col in
+                np.asarray(y).reshape(len(y), -1).T]
+
+    monkeypatch.setattr(_dynamic, "lstd_blocks", dense)
+    ref = est.estimate(data, target, control, random_state=0).to_frame()
+    np.testing.assert_allclose(blocks["value"], ref["value"], rtol=1e-8, atol=1e-8)
+    np.testing.assert_allclose(blocks["se"], ref["se"], rtol=1e-8, atol=1e-8)
