@@ -16,6 +16,7 @@ import numpy as np
 from equicare.exceptions import InvalidParameterError, NotFittedError
 
 __all__ = [
+    "available_memory",
     "RandomState",
     "int_seed",
     "check_random_state",
@@ -46,6 +47,27 @@ PARAM_MESSAGE = "The '{name}' parameter of {owner} must be {expected}. Got {got!
 #: Elements (rows x columns) per block when a per-row quantity of an ``(n_steps, n_actions)``
 #: matrix is computed block by block instead of on the whole matrix (64 MB of float64).
 ROW_BLOCK_ELEMENTS = 8_000_000
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the system can give this process now (``MemAvailable``), or None.
+
+    Read from ``/proc/meminfo`` on Linux; elsewhere the physical memory from ``os.sysconf``;
+    None where neither is known (checks that use it are then skipped).
+    """
+    import os
+
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, OSError, ValueError):
+        return None
 
 
 def row_blocks(n_rows: int, n_cols: int = 1, *, multiple: int = 1) -> Iterator[slice]:

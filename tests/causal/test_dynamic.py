@@ -352,6 +352,44 @@ def test_too_few_transitions_refused_before_any_model_is_fitted(monkeypatch):
     assert _dynamic.coarser_bases("constant") == ()
 
 
+def test_a_system_larger_than_the_memory_is_refused_before_any_model_is_fitted(monkeypatch):
+    """Enough transitions, but the dense LSTD system (16 p^2 bytes) exceeds the memory the
+    machine has: refuse at once, naming the sizes and only advice that would help."""
+    from equicare import utils
+    from equicare.causal import _nuisance
+    from equicare.causal._dynamic import FewTransitionsError, TooManyFeaturesError
+
+    def boom(*args, **kwargs):
+        raise AssertionError("a nuisance model was fitted before the memory check")
+
+    for cls in (_nuisance.RewardModel, _nuisance.MediatorModel, _nuisance.BehaviorModel):
+        monkeypatch.setattr(cls, "fit", boom)
+    mdp = random_mediation_mdp(6, 4, 2, random_state=0)
+    data = mdp.sample(200, 10, random_state=0)
+    uniform = mdp.policy_fn(np.full((6, 4), 1 / 4))
+    p = 4 * 12 + 1
+    monkeypatch.setattr(utils, "available_memory", lambda: 16 * p * p - 1)
+    with pytest.raises(TooManyFeaturesError) as info:
+        DynamicMediation(n_bootstrap=0, estimators=("mr",)).estimate(
+            data, uniform, uniform, random_state=0)
+    err = info.value
+    assert isinstance(err, FewTransitionsError) and err.p == p and err.need == 16 * p * p
+    msg = str(err)
+    assert "(4 actions x 12 state-mediator features)" in msg and "GB is available" in msg
+    assert "binarize_actions" in msg and "n_folds" not in msg and "more data" not in msg
+    monkeypatch.setattr(utils, "available_memory", lambda: 16 * p * p)  # exactly enough
+    with pytest.raises(AssertionError, match="nuisance model was fitted"):
+        DynamicMediation(n_bootstrap=0, estimators=("mr",)).estimate(
+            data, uniform, uniform, random_state=0)
+
+
+def test_available_memory_is_a_positive_byte_count():
+    from equicare.utils import available_memory
+
+    m = available_memory()
+    assert m is None or m > 2**20
+
+
 def test_multi_action_panels_are_collapsed_with_the_public_helper():
     """The error on a fixed control with many actions names the public helper, which (with
     collapse_probs) makes the analysis run on the 300-action care panel (the recipe of

@@ -168,6 +168,38 @@ def test_mediate_many_actions_with_control_policy_fails_fast_with_cli_advice(tmp
     assert "basis='" not in out and "n_folds" not in out
 
 
+def test_mediate_larger_than_memory_exits_2_with_cli_advice(tmp_path, monkeypatch):
+    """Enough rows (--basis constant, 300 actions, 6,000 rows) but not enough memory for the
+    LSTD system: exit 2 before any fit, advising fewer actions, not more folds or data."""
+    from equicare import utils
+    from equicare.causal import _nuisance
+    from equicare.cli import app as main_app
+    from equicare.policy import write_policy_file
+    from equicare.sim.care import CareManagementSim
+
+    def boom(*args, **kwargs):
+        raise AssertionError("a nuisance model was fitted before the memory check")
+
+    monkeypatch.setattr(_nuisance.RewardModel, "fit", boom)
+    monkeypatch.setattr(utils, "available_memory", lambda: 2**20)
+    sim = CareManagementSim()
+    panel = sim.generate(n_members=150, n_weeks=40, random_state=3)
+    panel.write(tmp_path / "care")
+    ds = panel.dataset()
+    probs = sim.reference_policy().action_probs(ds)
+    write_policy_file(ds, probs, tmp_path / "ref.parquet")
+    write_policy_file(ds, np.full_like(probs, 1 / probs.shape[1]), tmp_path / "ctl.parquet")
+    res = runner.invoke(main_app, [
+        "mediate", str(tmp_path / "care" / "panel.parquet"), "--manifest",
+        str(tmp_path / "care" / "manifest.toml"), "--policy", str(tmp_path / "ref.parquet"),
+        "--control", str(tmp_path / "ctl.parquet"), "--bootstrap", "0", "--basis", "constant",
+        "--folds", "1"])
+    out = " ".join(res.output.split())
+    assert res.exit_code == 2, res.output
+    assert "GB of memory" in out and "GB is available" in out
+    assert "--action modality=" in out and "--folds" not in out and "more data" not in out
+
+
 @pytest.mark.filterwarnings("ignore::equicare.exceptions.DataWarning")
 def test_missing_mediators_reported_before_the_control(tmp_path):
     """A many-action panel without mediators: the manifest is the problem, not --control 0."""

@@ -101,6 +101,46 @@ class FewTransitionsError(DataValidationError):
                                               per_action=self.per_action, advice=advice)
 
 
+#: Message of :class:`TooManyFeaturesError` (the advice as in :data:`FEW_TRANSITIONS_MESSAGE`).
+TOO_LARGE_MESSAGE = ("The largest Q-function basis has {p} features ({n_actions} actions x "
+                     "{per_action} state-mediator features): its LSTD system needs about "
+                     "{need_gb:.1f} GB of memory and {avail_gb:.1f} GB is available. {advice}")
+
+
+class TooManyFeaturesError(FewTransitionsError):
+    """The LSTD system of the largest Q-function basis would not fit in memory.
+
+    Raised before any model is fitted. The system matrix is dense, ``p x p`` with ``p``
+    features, and is factorised once per cross-fitting fold: about ``2 p^2`` doubles at once.
+
+    Attributes
+    ----------
+    need, avail : int
+        Bytes the system needs and bytes available (:func:`equicare.utils.available_memory`);
+        the other attributes as in :class:`FewTransitionsError`.
+    """
+
+    def __init__(self, *, p: int, n: int, need: int, avail: int, n_actions: int,
+                 per_action: int, basis: str) -> None:
+        self.avail = avail
+        super().__init__(p=p, n=n, need=need, n_actions=n_actions, per_action=per_action,
+                         basis=basis)
+        bases = " or ".join(f"basis={b!r}" for b in coarser_bases(basis))
+        self.args = (self.render("Use fewer actions (collapse them to an action set with "
+                                 "equicare.causal.binarize_actions)"
+                                 + (f" or a smaller basis ({bases})." if bases else ".")),)
+
+    def render(self, advice: str) -> str:
+        """The message with ``advice`` (what to change) at the end."""
+        return TOO_LARGE_MESSAGE.format(p=self.p, n_actions=self.n_actions,
+                                        per_action=self.per_action, need_gb=self.need / 2**30,
+                                        avail_gb=self.avail / 2**30, advice=advice)
+
+
+#: Bytes per feature squared of the LSTD system: the matrix and its factorisation's workspace.
+LSTD_BYTES_PER_FEATURE2 = 16
+
+
 def coarser_bases(kind: str) -> tuple[str, ...]:
     """Bases to suggest instead of ``kind`` (resolved): spline (fewer features), constant."""
     return tuple(b for b in ("spline", "constant") if b != kind and kind != "constant")
@@ -352,7 +392,10 @@ class _Run:
         return self._bases[kind]
 
     def check_size(self, n_train: int) -> None:
-        """Refuse, before any fitting, when a fold has fewer than 2 rows per LSTD feature.
+        """Refuse, before any fitting, too few rows per LSTD feature or too little memory.
+
+        A fold needs 2 rows per feature, and the largest LSTD system must fit in the memory
+        available.
 
         The largest LSTD design is ``e_a (x) h(phi, enc(m))`` (the G process), with
         ``n_actions * dim(h)`` features; the Q-functions of the other processes use
@@ -361,6 +404,7 @@ class _Run:
         Raises
         ------
         FewTransitionsError
+            Too few rows; :class:`TooManyFeaturesError` (a subclass) when the memory is short.
         """
         if not self.need_q:
             return
@@ -370,10 +414,18 @@ class _Run:
         per_action = max(phi.shape[1], h.shape[1])
         p_max = md.n_actions * per_action + 1
         need = MIN_ROWS_PER_FEATURE * p_max
+        kind = self.cfg.basis if self.cfg.q_basis == "same" else self.cfg.q_basis
         if n_train < need:
-            kind = self.cfg.basis if self.cfg.q_basis == "same" else self.cfg.q_basis
             raise FewTransitionsError(p=p_max, n=n_train, need=need, n_actions=md.n_actions,
                                       per_action=per_action, basis=self._kinds[kind])
+        from equicare import utils
+
+        avail = utils.available_memory()
+        need_bytes = LSTD_BYTES_PER_FEATURE2 * p_max * p_max
+        if avail is not None and need_bytes > avail:
+            raise TooManyFeaturesError(p=p_max, n=n_train, need=need_bytes, avail=avail,
+                                       n_actions=md.n_actions, per_action=per_action,
+                                       basis=self._kinds[kind])
 
     # -------------------------------------------------------------- nuisance models and rows
     def fit_models(self, idx: NDArray[np.int64]) -> dict[str, Any]:

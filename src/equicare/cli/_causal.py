@@ -22,6 +22,7 @@ from equicare.causal._dynamic import (
     ESTIMATORS,
     DynamicMediation,
     FewTransitionsError,
+    TooManyFeaturesError,
     coarser_bases,
 )
 from equicare.causal._result import EFFECT_KEYS, MediationResult
@@ -54,6 +55,8 @@ def _few_transitions_advice(err: FewTransitionsError, ds: Any, action: str | Non
     bases = coarser_bases(err.basis)
     if bases:
         options.append("a coarser basis (" + " or ".join(f"--basis {b}" for b in bases) + ")")
+    if isinstance(err, TooManyFeaturesError):  # memory: neither folds nor data would help
+        return f"Use {' or '.join(options) or 'fewer actions'}."
     if n_folds > 1:
         options.append("fewer folds (--folds 1)")
     return FEW_TRANSITIONS_CLI_ADVICE.format(options=", ".join(options) or "fewer actions")
