@@ -272,3 +272,30 @@ def test_streamed_audit_leaves_out_a_group_whose_weights_are_all_zero(panel):
     assert p["p"]["value_by_group"]["a"]["value"] is None
     assert p["p"]["worst_group_value"]["excluded_groups"] == ["a"]
     assert p["never"]["value"]["value"] is None and "reason" in p["never"]["value"]
+
+
+def test_streamed_audit_seed_default_is_the_in_memory_audits(panel):
+    """``audit_stream``'s ``random_state`` default is ``audit``'s and ``FairnessAudit.run``'s
+    (None: fresh entropy); an int, a Generator or None are accepted; the CLI's default is 42
+    with and without --chunk-rows (one --seed option)."""
+    import inspect
+
+    import numpy as np
+
+    from equicare.exceptions import InvalidParameterError
+    from equicare.fairness import audit
+    from equicare.fairness._audit import FairnessAudit as FA
+
+    default = inspect.signature(audit_stream).parameters["random_state"].default
+    assert default is inspect.signature(audit).parameters["random_state"].default
+    assert default is inspect.signature(FA.run).parameters["random_state"].default
+    path, man, _ = panel
+    cfg = FairnessAudit(action="modality=home_visit", n_boot=20, n_permutations=10,
+                        estimator="wis")
+    for rs in (None, np.random.default_rng(1)):
+        res = audit_stream(path, {"risk": RiskPolicy()}, manifest=man, config=cfg,
+                           random_state=rs)
+        assert set(res.policies) == {"behavior", "risk"}
+    for bad in (True, -1, "x"):
+        with pytest.raises(InvalidParameterError, match="random_state"):
+            audit_stream(path, {}, manifest=man, config=cfg, random_state=bad)

@@ -40,7 +40,7 @@ from equicare.fairness._bootstrap import split_random_state
 from equicare.fairness._groups import GroupIndex, group_index, require_comparison
 from equicare.fairness._rows import action_set, episode_totals, level_matrix, need_rows, row_pass
 from equicare.ope._stream_groups import membership_matrix
-from equicare.utils import PARAM_MESSAGE
+from equicare.utils import PARAM_MESSAGE, RandomState, int_seed
 
 __all__ = ["audit_stream", "STREAM_ESTIMATORS"]
 
@@ -277,7 +277,7 @@ def audit_stream(
     manifest: Any,
     config: FairnessAudit | None = None,
     chunk_rows: int = 500_000,
-    random_state: int = 42,
+    random_state: RandomState = None,
     executor: Any = None,
     n_shards: int | None = None,
 ) -> AuditResult:
@@ -299,8 +299,11 @@ def audit_stream(
         :func:`~equicare.ope._stream_q.choose_q_stream`).
     chunk_rows : int
         Rows per chunk.
-    random_state : int
+    random_state : int, Generator or None, default=None
         Seed of the Poisson bootstrap weights (keyed by episode id) and of the permutation test.
+        The default is the in-memory :func:`~equicare.fairness.audit`'s (``None``: a seed drawn
+        from fresh OS entropy; a Generator draws one int seed); ``equicare audit`` passes
+        ``--seed`` (default 42) to both. Pass an int to reproduce a result.
     executor : object with ``map(fn, items)``, optional
         Runs one task per shard (a local process pool or a Ray cluster); the panel must be a
         clustered Parquet file or folder every worker can read.
@@ -333,9 +336,7 @@ def audit_stream(
             expected=f"'auto', 'linear' or 'tabular_stationary' with estimator="
                      f"{cfg.estimator!r} (fitted from sums over chunks; the per-step tables, gbm "
                      "and mlp need the whole panel in memory)", got=cfg.q_model))
-    if isinstance(random_state, bool) or not isinstance(random_state, int | np.integer):
-        raise InvalidParameterError(PARAM_MESSAGE.format(
-            name="random_state", owner="audit_stream", expected="an int seed", got=random_state))
+    seed = int_seed(random_state, "audit_stream")  # checked before the panel is scanned
     pols = dict(policies or {})
     if BEHAVIOR in pols:
         raise InvalidParameterError(
@@ -354,7 +355,6 @@ def audit_stream(
     gi_all = require_comparison(group_index(
         _labels(scan.episode_groups, attrs), name=gname, min_cell=cfg.min_cell,
         components=[np.asarray(scan.episode_groups[a]).astype(str) for a in attrs]))
-    seed = int(random_state)
     _, rng = split_random_state(seed)
     names = [BEHAVIOR, *pols]
     with executor_session(executor):  # one local pool for the Q-model's passes and this one
