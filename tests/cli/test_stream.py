@@ -264,3 +264,52 @@ def test_streamed_behaviour_sample_without_episodes_is_a_one_line_user_error(tmp
     assert len(errors) == 1 and "internal error" not in res.output
     assert "The behaviour model's sample (rate 1e-06) has no episode" in " ".join(
         res.output.split())
+
+
+def test_streamed_evaluate_reports_support_as_in_memory(tmp_path):
+    """``evaluate --chunk-rows``: the in-memory ``support`` in the JSON, the same warning on
+    stderr and the same ``Support:`` line under the table (a Garnet policy on never-logged
+    actions)."""
+    res = runner.invoke(app, ["synth", "--sim", "garnet", "--preset", "s50_a5_g1", "--episodes",
+                              "300", "--seed", "2", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    base = ["evaluate", str(tmp_path / "panel.parquet"), "-m", str(tmp_path / "manifest.toml"),
+            "--policy", str(tmp_path / "policies" / "unsupported.parquet"), "--estimators",
+            "is,wis", "--bootstrap", "20", "--no-progress"]
+    whole = runner.invoke(app, [*base, "--json"])
+    streamed = runner.invoke(app, [*base, "--json", "--chunk-rows", "900"])
+    assert whole.exit_code == 0 and streamed.exit_code == 0, whole.output + streamed.output
+    a, b = json.loads(whole.stdout)["support"], json.loads(streamed.stdout)["support"]
+    assert a["warning"] and b["warning"] and b["message"] == a["message"]
+    assert b["share_pct"] == pytest.approx(a["share_pct"], rel=1e-12)
+    assert b["n_rows"] == a["n_rows"]
+    text = runner.invoke(app, [*base, "--chunk-rows", "900"])
+    out = " ".join(text.output.split())
+    assert f"Support: {a['share_pct']:.2f}% of the target policy's mass" in out, out
+    assert "warning: The target policy puts" in out
+
+
+def test_streamed_audit_reports_weight_and_support_diagnostics_as_in_memory(tmp_path):
+    """``audit --chunk-rows``: the in-memory ``diagnostics`` (ESS overall and by group to 1e-9,
+    the support check), the same warnings and the same lines under the tables."""
+    res = runner.invoke(app, ["synth", "--sim", "garnet", "--preset", "s50_a5_g1", "--episodes",
+                              "300", "--seed", "2", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    base = ["audit", str(tmp_path / "panel.parquet"), "-m", str(tmp_path / "manifest.toml"),
+            "--policy", f"uns={tmp_path / 'policies' / 'unsupported.parquet'}",
+            "--estimators", "wis", "--bootstrap", "20", "--permutations", "10"]
+    whole = runner.invoke(app, [*base, "--json"])
+    streamed = runner.invoke(app, [*base, "--json", "--chunk-rows", "900"])
+    assert whole.exit_code == 0 and streamed.exit_code == 0, whole.output + streamed.output
+    a = json.loads(whole.stdout)["policies"]["uns"]["diagnostics"]
+    b = json.loads(streamed.stdout)["policies"]["uns"]["diagnostics"]
+    assert b["ess"]["trajectory"] == pytest.approx(a["ess"]["trajectory"], rel=1e-9)
+    assert b["ess"]["per_decision_pct"] == pytest.approx(a["ess"]["per_decision_pct"], rel=1e-9)
+    for g, e in a["ess_by_group"].items():
+        assert b["ess_by_group"][g]["trajectory"] == pytest.approx(e["trajectory"], rel=1e-9)
+    assert b["support"]["share_pct"] == pytest.approx(a["support"]["share_pct"], rel=1e-12)
+    assert a["support"]["warning"] and b["warnings"] == a["warnings"]
+    text = runner.invoke(app, [*base, "--chunk-rows", "900"])
+    mem_text = runner.invoke(app, base)
+    lines = [ln for ln in mem_text.output.splitlines() if ln.startswith(("ESS of", "Support of"))]
+    assert lines and all(ln in text.output for ln in lines), text.output

@@ -24,6 +24,10 @@ from equicare.sim.garnet import garnet_panel, garnet_preset, garnet_target_polic
 
 from .test_stream_groups import level_reference
 
+# the site targets put 3.55% of their mass off support: streamed evaluate warns as in memory
+# does (SupportWarning); these tests are about the per-level values
+pytestmark = pytest.mark.filterwarnings("ignore::equicare.exceptions.SupportWarning")
+
 Q_KEYS = ("fqe", "dr", "wdr")
 KEYS = ("is", "wpdis", *Q_KEYS)
 

@@ -328,3 +328,23 @@ def test_streamed_evaluation_with_a_large_csv_policy_equals_parquet(tmp_path, ma
     b = evaluate_stream(panel, FilePolicy(csv_path), **kw)
     assert json.dumps(a.to_dict(), sort_keys=True) == json.dumps(b.to_dict(), sort_keys=True)
     assert len(reads) > 2 and max(reads) < big.n_steps  # chunk by chunk, never the whole file
+
+
+def test_long_form_keys_are_factorized_as_the_multiindex_is():
+    """The packed (episode, time) keys give pd.factorize's codes and keys (first appearance),
+    also with negative times and with times too wide to pack (the MultiIndex fallback)."""
+    import pandas as pd
+
+    from equicare.policy._file import _factorize_keys
+
+    rng = np.random.default_rng(0)
+    for t_scale in (1, 10**17):
+        ep = rng.integers(0, 50, 2000).astype(np.int64)
+        t = (rng.integers(-5, 40, 2000) * t_scale).astype(np.int64)
+        codes, key_ep, key_t = _factorize_keys(ep, t)
+        ref_codes, ref_keys = pd.factorize(pd.MultiIndex.from_arrays([ep, t]))
+        np.testing.assert_array_equal(codes, ref_codes)
+        np.testing.assert_array_equal(key_ep, ref_keys.get_level_values(0))
+        np.testing.assert_array_equal(key_t, ref_keys.get_level_values(1))
+    empty = _factorize_keys(np.zeros(0, np.int64), np.zeros(0, np.int64))
+    assert all(a.size == 0 for a in empty)

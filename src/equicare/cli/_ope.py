@@ -229,6 +229,12 @@ def _caption(estimates: dict[str, Any]) -> str | None:
     return "\n".join(why) or None
 
 
+def support_line(share_pct: float) -> str:
+    """The line under the table: the target's mass on unsupported actions (streamed or not)."""
+    return (f"Support: {share_pct:.2f}% of the target policy's mass on actions current practice "
+            "(almost) never takes")
+
+
 def result_table(res: EvaluationResult) -> Table:
     """Rich table of the estimates (value, interval, standard error)."""
     from rich.table import Table
@@ -541,6 +547,8 @@ def register(app: typer.Typer) -> None:
                           f"({100 * sres.ess / sres.n_episodes:.2f}% of episodes)"
                           f"{truncated_ess(sres.ess_truncated, truncate, sres.n_episodes)}; "
                           f"{sres.n_chunks} chunks", highlight=False)
+            if sres.support is not None:
+                console.print(support_line(sres.support.share_pct), highlight=False)
             gline = groups_line(sres.groups)
             if gline:
                 console.print(escape(gline), highlight=False)
@@ -570,8 +578,7 @@ def register(app: typer.Typer) -> None:
                       f"{truncated_ess(e.trajectory_truncated, e.truncate, e.n_episodes)},"
                       f" per-decision {e.per_decision_pct:.2f}%", highlight=False)
         if res.support is not None:
-            console.print(f"Support: {res.support.share_pct:.2f}% of the target policy's mass on "
-                          "actions current practice (almost) never takes", highlight=False)
+            console.print(support_line(res.support.share_pct), highlight=False)
         gline = groups_line(res.groups)
         if gline:
             console.print(escape(gline), highlight=False)

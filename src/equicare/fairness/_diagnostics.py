@@ -21,9 +21,9 @@ from equicare.exceptions import SupportWarning
 from equicare.fairness._groups import GroupIndex
 from equicare.ope._core import OPEInputs
 from equicare.ope._ess import EffectiveSampleSize, effective_sample_size
-from equicare.ope._support import SupportReport
+from equicare.ope._support import StreamSupportReport, SupportReport
 
-__all__ = ["WeightDiagnostics", "weight_diagnostics", "LOW_ESS_PCT", "LOW_ESS_MESSAGE",
+__all__ = ["WeightDiagnostics", "weight_diagnostics", "diagnose", "LOW_ESS_PCT", "LOW_ESS_MESSAGE",
            "IS_ADVICE", "DR_ADVICE", "WEIGHTED"]
 
 #: Estimators whose group values use importance weights.
@@ -60,8 +60,9 @@ class WeightDiagnostics:
         Over the audited episodes (published groups).
     ess_by_group : dict of str to EffectiveSampleSize
         Within each published group.
-    support : SupportReport or None
-        Target mass on actions current practice (almost) never takes, over the audited rows.
+    support : SupportReport, StreamSupportReport or None
+        Target mass on actions current practice (almost) never takes, over the audited rows
+        (a ``StreamSupportReport`` in a streamed audit: the same JSON).
     messages : tuple of str
         The warnings emitted (support, low ESS).
     """
@@ -70,7 +71,7 @@ class WeightDiagnostics:
     estimator: str
     ess: EffectiveSampleSize
     ess_by_group: dict[str, EffectiveSampleSize] = field(repr=False)
-    support: SupportReport | None = None
+    support: SupportReport | StreamSupportReport | None = None
     messages: tuple[str, ...] = ()
 
     @property
@@ -133,6 +134,25 @@ def weight_diagnostics(policy: str, estimator: str, inputs: OPEInputs, gi: Group
     ess = effective_sample_size(inputs.subset(kept), truncate)
     by_group = {g: effective_sample_size(inputs.subset(np.flatnonzero(gi.codes == j)), truncate)
                 for j, g in enumerate(gi.labels)}
+    return diagnose(policy, estimator, ess, by_group, support, warn=warn)
+
+
+def diagnose(policy: str, estimator: str, ess: EffectiveSampleSize,
+             by_group: dict[str, EffectiveSampleSize], support: Any, *,
+             warn: bool = True) -> WeightDiagnostics:
+    """:func:`weight_diagnostics` from ESS already computed (the streamed audit's, from sums).
+
+    Parameters
+    ----------
+    policy, estimator
+        As in :func:`weight_diagnostics`.
+    ess : EffectiveSampleSize
+        Over the audited episodes.
+    by_group : dict of str to EffectiveSampleSize
+        Within each published group.
+    support : SupportReport, StreamSupportReport or None
+    warn : bool
+    """
     diag = WeightDiagnostics(policy=policy, estimator=estimator, ess=ess, ess_by_group=by_group,
                              support=support)
     msgs: list[str] = []

@@ -40,7 +40,7 @@ from equicare.fairness._bootstrap import split_random_state
 from equicare.fairness._groups import GroupIndex, group_index, require_comparison
 from equicare.fairness._rows import action_set, episode_totals, level_matrix, need_rows, row_pass
 from equicare.ope._stream_groups import membership_matrix
-from equicare.utils import PARAM_MESSAGE
+from equicare.utils import PARAM_MESSAGE, RandomState, int_seed
 
 __all__ = ["audit_stream", "STREAM_ESTIMATORS"]
 
@@ -99,6 +99,8 @@ class _Context:
     q_fits: dict[str, Any] = field(default_factory=dict)
     #: refit directions per policy, ``(n_params, n_groups + 1)`` (the Q-model's refit)
     q_refit: dict[str, NDArray[np.float64]] = field(default_factory=dict)
+    #: the support check (:class:`~equicare.ope._stream_support.SupportCheck`), or None
+    support: Any = None
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,96 @@ class _RefitAcc:
 
 
 @dataclass
+class _EssAcc:
+    """Sums that give Kish's ESS of a policy's weights in each partition (groups, then audited).
+
+    Per partition ``p`` and step ``t``: the alive episodes' cumulative weights summed, squared
+    and counted (``s1, s2, n``, shape ``(P, H)``), the same of the truncated weights, and of the
+    trajectory weights ``W_e`` (``t1, t2``, shape ``(P,)``) with their maximum: the numbers of
+    :func:`~equicare.ope.effective_sample_size` on each partition's episodes, exactly.
+    """
+
+    s1: NDArray[np.float64]
+    s2: NDArray[np.float64]
+    n: NDArray[np.float64]
+    t1: NDArray[np.float64]
+    t2: NDArray[np.float64]
+    wmax: NDArray[np.float64]
+    s1t: NDArray[np.float64] | None = None
+    s2t: NDArray[np.float64] | None = None
+    t1t: NDArray[np.float64] | None = None
+    t2t: NDArray[np.float64] | None = None
+
+    @classmethod
+    def of(cls, inputs: Any, m: NDArray[np.float64], truncate: float | None) -> _EssAcc:
+        """One chunk's sums; ``m`` is the ``(n_episodes, P)`` partition indicator."""
+        alive = inputs.alive().astype(np.float64)
+        w = inputs.cumulative_weights()
+        traj = w[:, -1]
+        mt = m.T
+        wmax = np.where(m > 0, traj[:, None], -np.inf).max(axis=0)
+        out = cls(s1=mt @ (w * alive), s2=mt @ (w * w * alive), n=mt @ alive, t1=mt @ traj,
+                  t2=mt @ (traj * traj), wmax=wmax)
+        if truncate is not None:
+            wt = inputs.cumulative_weights(truncate)
+            tt = wt[:, -1]
+            out.s1t, out.s2t = mt @ (wt * alive), mt @ (wt * wt * alive)
+            out.t1t, out.t2t = mt @ tt, mt @ (tt * tt)
+        return out
+
+    def merge(self, other: _EssAcc) -> None:
+        """Add another chunk's sums."""
+        for k in ("s1", "s2", "n", "t1", "t2", "s1t", "s2t", "t1t", "t2t"):
+            a = getattr(self, k)
+            if a is not None:
+                setattr(self, k, a + getattr(other, k))
+        self.wmax = np.maximum(self.wmax, other.wmax)
+
+    def ess(self, p: int, truncate: float | None) -> Any:
+        """The :class:`~equicare.ope.EffectiveSampleSize` of partition ``p``."""
+        from equicare.ope._ess import EffectiveSampleSize
+
+        n_ep = int(round(float(self.n[p, 0])))
+        steps = self.n[p] > 0
+
+        def kish(a: float, b: float) -> float:
+            return a * a / b if b > 0 else 0.0
+
+        def step_pct(s1: NDArray[np.float64], s2: NDArray[np.float64]) -> NDArray[np.float64]:
+            k = np.zeros(s1.shape[1])
+            np.divide(s1[p] ** 2, s2[p], out=k, where=s2[p] > 0)
+            return np.asarray((100.0 * k / np.maximum(self.n[p], 1.0))[steps])
+
+        pct = step_pct(self.s1, self.s2)
+        traj = kish(float(self.t1[p]), float(self.t2[p]))
+        total = float(self.t1[p])
+        kw: dict[str, Any] = {}
+        if truncate is not None:
+            assert self.s1t is not None and self.s2t is not None
+            assert self.t1t is not None and self.t2t is not None
+            tt = kish(float(self.t1t[p]), float(self.t2t[p]))
+            kw = {"truncate": float(truncate), "trajectory_truncated": tt,
+                  "trajectory_truncated_pct": 100.0 * tt / n_ep,
+                  "per_decision_truncated_pct": float(step_pct(self.s1t, self.s2t).mean())}
+        pd_pct = float(pct.mean())
+        return EffectiveSampleSize(
+            n_episodes=n_ep, trajectory=traj, trajectory_pct=100.0 * traj / n_ep,
+            per_decision=pd_pct * n_ep / 100.0, per_decision_pct=pd_pct,
+            per_decision_min_pct=float(pct.min()), per_step_pct=pct,
+            max_weight_share=float(self.wmax[p] / total) if total > 0 else 1.0, **kw)
+
+
+@dataclass(frozen=True)
+class _Kept:
+    """Whether each episode of a chunk is audited (its group is published; picklable)."""
+
+    member: _Membership
+
+    def __call__(self, ds: TrajectoryDataset) -> NDArray[np.bool_]:
+        return np.asarray(self.member.codes(ds) >= 0)
+
+
+@dataclass
 class _Partial:
     """An audit's additive statistics over some chunks (merged in storage order)."""
 
@@ -163,8 +255,17 @@ class _Partial:
     spec: str | None = None
     level_names: list[str] = field(default_factory=list)
     refit: dict[str, _RefitAcc] = field(default_factory=dict)
+    ess: dict[str, _EssAcc] = field(default_factory=dict)
+    support: dict[str, Any] = field(default_factory=dict)
 
     def merge(self, other: _Partial) -> None:
+        for k, e in other.ess.items():
+            if k in self.ess:
+                self.ess[k].merge(e)
+            else:
+                self.ess[k] = e
+        for k, sup in other.support.items():
+            self.support[k] = sup if k not in self.support else self.support[k] + sup
         for k, r in other.refit.items():
             if r.s1 is not None:
                 self.refit.setdefault(k, _RefitAcc()).merge(r.s1, r.s2, r.s3, r.n)
@@ -237,6 +338,16 @@ def _add_chunk(part: _Partial, ds: TrajectoryDataset, ctx: _Context) -> None:
                            horizon=ctx.horizon)
         parts = episode_parts(inputs, [cfg.estimator], truncate=cfg.truncate)
         part.layouts[name] = EpisodeLayout(parts.slices, parts.keys, parts.horizon)
+        # the weight diagnostics: the published groups, then the audited episodes
+        m = np.concatenate([h, h.sum(axis=1, keepdims=True)], axis=1)
+        e_acc = _EssAcc.of(inputs, m, cfg.truncate)
+        if name in part.ess:
+            part.ess[name].merge(e_acc)
+        else:
+            part.ess[name] = e_acc
+        if ctx.support is not None:
+            sup = ctx.support(ds, pols[name])
+            part.support[name] = sup if name not in part.support else part.support[name] + sup
         part.out.setdefault(name, _Acc()).add(h, np.concatenate([parts.matrix, ones], axis=1), w)
         if name in ctx.q_refit and w is not None:  # the Q-model's refit, group by group
             from equicare.ope._stream_q import refit_contributions
@@ -277,7 +388,7 @@ def audit_stream(
     manifest: Any,
     config: FairnessAudit | None = None,
     chunk_rows: int = 500_000,
-    random_state: int = 42,
+    random_state: RandomState = None,
     executor: Any = None,
     n_shards: int | None = None,
 ) -> AuditResult:
@@ -299,8 +410,11 @@ def audit_stream(
         :func:`~equicare.ope._stream_q.choose_q_stream`).
     chunk_rows : int
         Rows per chunk.
-    random_state : int
+    random_state : int, Generator or None, default=None
         Seed of the Poisson bootstrap weights (keyed by episode id) and of the permutation test.
+        The default is the in-memory :func:`~equicare.fairness.audit`'s (``None``: a seed drawn
+        from fresh OS entropy; a Generator draws one int seed); ``equicare audit`` passes
+        ``--seed`` (default 42) to both. Pass an int to reproduce a result.
     executor : object with ``map(fn, items)``, optional
         Runs one task per shard (a local process pool or a Ray cluster); the panel must be a
         clustered Parquet file or folder every worker can read.
@@ -333,9 +447,7 @@ def audit_stream(
             expected=f"'auto', 'linear' or 'tabular_stationary' with estimator="
                      f"{cfg.estimator!r} (fitted from sums over chunks; the per-step tables, gbm "
                      "and mlp need the whole panel in memory)", got=cfg.q_model))
-    if isinstance(random_state, bool) or not isinstance(random_state, int | np.integer):
-        raise InvalidParameterError(PARAM_MESSAGE.format(
-            name="random_state", owner="audit_stream", expected="an int seed", got=random_state))
+    seed = int_seed(random_state, "audit_stream")  # checked before the panel is scanned
     pols = dict(policies or {})
     if BEHAVIOR in pols:
         raise InvalidParameterError(
@@ -354,26 +466,36 @@ def audit_stream(
     gi_all = require_comparison(group_index(
         _labels(scan.episode_groups, attrs), name=gname, min_cell=cfg.min_cell,
         components=[np.asarray(scan.episode_groups[a]).astype(str) for a in attrs]))
-    seed = int(random_state)
     _, rng = split_random_state(seed)
     names = [BEHAVIOR, *pols]
     with executor_session(executor):  # one local pool for the Q-model's passes and this one
         q_fits: dict[str, Any] = {}
         q_refit: dict[str, NDArray[np.float64]] = {}
+        src: Any = None
+        counted: dict[str, Any] = {}
+        kept = _Kept(_Membership(tuple(attrs), gi_all.labels))
+        if cfg.estimator is not None and pols:
+            # the support check's counts over the audited episodes: on the Q-model's first
+            # pass, else a pass of their own (the mass is summed in the audit's pass)
+            import functools
+
+            from equicare.ope._stream_support import count_chunk, fast_rate
+
+            src = ChunkSource(source, manifest=man, chunk_rows=chunk_rows, executor=executor,
+                              n_shards=n_shards, owner="audit_stream")
+            src.ride(lambda: functools.partial(count_chunk, rate=fast_rate(scan.n_rows),
+                                               seed=seed, episodes=kept),
+                     lambda c: counted.__setitem__("counts", c))
         if cfg.estimator in Q_ESTIMATORS and pols:
             # each policy's Q-model from sums over chunks (two passes, three with the linear
             # model's stability check), then applied chunk by chunk below
+            from equicare.ope._evaluate import nuisance_seed
             from equicare.ope._stream_q import (
                 GroupCodes,
                 fit_q_stream,
                 group_refit_directions,
                 resolve_stream_q,
             )
-
-            src = ChunkSource(source, manifest=man, chunk_rows=chunk_rows, executor=executor,
-                              n_shards=n_shards, owner="audit_stream")
-
-            from equicare.ope._evaluate import nuisance_seed
 
             fit_seed = nuisance_seed(seed)  # the in-memory audit's (and evaluate's) Q-model seed
 
@@ -393,8 +515,20 @@ def audit_stream(
                         keys=(cfg.estimator,)))
                     if z is not None:
                         q_refit[name] = z[cfg.estimator]
+        check = None
+        if src is not None:
+            from equicare.ope._evaluate import evaluate_seeds
+            from equicare.ope._stream_support import needs_fast_model, support_check
+
+            src.flush()
+            c = counted["counts"]
+            fast = bool(c.sample) and needs_fast_model(
+                int(c.sample[0].states.shape[1]), tuple(int(x.shape[0]) for x in c.counts))
+            # the in-memory audit's check: LoggedSupport on the audited episodes, evaluate's seed
+            check, _ = support_check(c, fast=fast, seed=evaluate_seeds(seed)[0], episodes=kept)
         ctx = _Context(cfg=cfg, policies=pols, attrs=attrs, published=gi_all.labels,
-                       horizon=scan.max_len, seed=seed, q_fits=q_fits, q_refit=q_refit)
+                       horizon=scan.max_len, seed=seed, q_fits=q_fits, q_refit=q_refit,
+                       support=check)
         part = _Partial()
         if executor is not None:
             from equicare.data import plan_shards
@@ -421,6 +555,7 @@ def audit_stream(
                           ci_method=cfg.ci_method, n_permutations=cfg.n_permutations,
                           random_state=rng, sums=part.alloc.sums())
     outcomes: dict[str, Any] = dict.fromkeys(names)
+    diags: dict[str, Any] = dict.fromkeys(names)
     if cfg.estimator is not None:
         outcomes[BEHAVIOR] = _outcome_frame(BEHAVIOR, "on_policy", np.zeros((0, 1)),
                                             _mean_combine, gi, None, cfg.alpha, cfg.ci_method,
@@ -445,10 +580,28 @@ def audit_stream(
                 name, key, np.zeros((0, 1)), comb, gi, None, cfg.alpha, cfg.ci_method,
                 sums=part.out[name].sums(),
                 rep_shift=None if acc is None or acc.s1 is None else acc.shift(), reason_fn=why)
+            diags[name] = _diagnostics(name, key, part, gi, check, cfg.truncate)
     levels = None
     if cfg.with_level_rates:
         levels = level_table(names, np.concatenate(part.ep_lnum, axis=1), den_all, gi,
                              part.level_names)
     return AuditResult(group=gname, action=spec, n_episodes=gi.n_kept,
-                       policies={k: PolicyAudit(k, frames[k], outcomes[k]) for k in names},
+                       policies={k: PolicyAudit(k, frames[k], outcomes[k], diags[k])
+                                 for k in names},
                        settings=cfg.to_dict(), level_rates=levels)
+
+
+def _diagnostics(name: str, key: str, part: _Partial, gi: GroupIndex, check: Any,
+                 truncate: float | None) -> Any:
+    """The in-memory audit's weight and support diagnostics of one policy, from chunk sums."""
+    from equicare.fairness._diagnostics import diagnose
+
+    acc = part.ess[name]
+    n_groups = len(gi.labels)
+    support = None
+    if check is not None and name in part.support:
+        support = part.support[name].report(threshold=check.threshold,
+                                            uses_categorical=check.uses_categorical,
+                                            estimators=(key,))
+    return diagnose(name, key, acc.ess(n_groups, truncate),
+                    {g: acc.ess(j, truncate) for j, g in enumerate(gi.labels)}, support)

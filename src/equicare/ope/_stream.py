@@ -94,6 +94,7 @@ from equicare.ope._stream_sums import (
     episode_sums,
     student_coefs,
 )
+from equicare.ope._support import StreamSupportReport
 from equicare.policy import check_probs
 from equicare.privacy import small_cells_message
 from equicare.utils import MIN_CELL, PARAM_MESSAGE, ROW_BLOCK_ELEMENTS, RandomState, int_seed
@@ -307,7 +308,11 @@ class StreamEvaluation:
         Kish's effective sample size of the truncated trajectory weights (with ``truncate``).
     settings : dict
         The settings that apply to a streamed evaluation (estimators, bootstrap, ci_method,
-        alpha, truncate, random_state, propensity_source), as the in-memory ``settings``.
+        alpha, truncate, random_state, propensity_source), as the in-memory ``settings``, and
+        how the support check was made (``support_check``).
+    support : StreamSupportReport or None
+        The support diagnostics (result JSON ``"support"``, as in memory;
+        :mod:`equicare.ope._stream_support`).
     """
 
     n_episodes: int
@@ -324,9 +329,13 @@ class StreamEvaluation:
     groups: dict[str, dict[str, StreamGroup]] = field(default_factory=dict)
     ess_truncated: float | None = None
     settings: dict[str, Any] = field(default_factory=dict)
+    support: StreamSupportReport | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The result JSON (Contract 3: ``n_episodes``, ``behavior``, ``estimates``, ``ess``)."""
+        """The result JSON (Contract 3: ``n_episodes``, ``behavior``, ``estimates``, ``ess``).
+
+        Plus ``support`` (the support diagnostics, as in memory), settings and model summaries.
+        """
         out = {
             "n_episodes": self.n_episodes, "n_steps": self.n_steps, "gamma": self.gamma,
             "behavior": {"value": self.behavior.value, "ci": list(self.behavior.ci)},
@@ -337,6 +346,7 @@ class StreamEvaluation:
             "streaming": {"n_chunks": self.n_chunks},
             "groups": {attr: {lv: g.to_dict() for lv, g in levels.items()}
                        for attr, levels in self.groups.items()},
+            "support": None if self.support is None else self.support.to_dict(),
         }
         out["propensity_source"] = "logged" if self.behavior_model is None else "estimated"
         if self.settings:
@@ -497,6 +507,9 @@ class ChunkSource:
         self.specs: list[Any] = []
         #: applied to every chunk before ``fn`` (estimated propensities, for instance)
         self.transform: Callable[[TrajectoryDataset], TrajectoryDataset] | None = None
+        #: statistics that ride on the next passes (:meth:`ride`)
+        self._riders: list[tuple[Callable[[], Callable[[TrajectoryDataset], Any]],
+                                 Callable[[Any], None]]] = []
         if isinstance(source, TrajectoryDataset):
             self.dataset = source
             self.horizon = int(source.episode_lengths.max())
@@ -546,14 +559,34 @@ class ChunkSource:
         assert self.chunks is not None
         return tuple(self.chunks[0].dataset.categorical_names)
 
+    def ride(self, build: Callable[[], Callable[[TrajectoryDataset], Any]],
+             done: Callable[[Any], None]) -> None:
+        """Sum one more statistic in the next pass over the chunks, without a pass of its own.
+
+        When the next :meth:`map_reduce` starts, ``build()`` gives the (picklable) chunk
+        function; it runs on every chunk beside that pass's own, and ``done`` receives its sum.
+        Riders take the passes in turn, one each; :meth:`flush` makes a pass for those left.
+        """
+        self._riders.append((build, done))
+
+    def flush(self) -> None:
+        """Run the riders that no pass has taken, one pass each."""
+        while self._riders:
+            self.map_reduce(_nothing)
+
     def map_reduce(self, fn: Callable[[TrajectoryDataset], Any],
                    progress: Callable[[int], None] | None = None) -> tuple[Any, int]:
         """Sum of ``fn`` over every chunk, and the number of chunks.
 
         A :class:`~equicare.exceptions.PolicyError` raised in a chunk (a policy file that does
         not cover its rows) counts that chunk's rows only: its count is said as a lower bound
-        (:func:`chunk_policy_error`).
+        (:func:`chunk_policy_error`). The next rider (:meth:`ride`) is summed in the same pass.
         """
+        if self._riders:
+            build, done = self._riders.pop(0)
+            pair, n = self.map_reduce(_Both(fn, build()), progress)
+            done(pair.side)
+            return pair.main, n
         if self.transform is not None:
             fn = functools.partial(_transformed, fn, self.transform)
         if self.dataset is not None:
@@ -592,6 +625,36 @@ class ChunkSource:
             close = getattr(chunks, "close", None)
             if close is not None:
                 close()
+
+
+def _nothing(dataset: TrajectoryDataset) -> None:
+    """A pass of its own for a rider (:meth:`ChunkSource.flush`)."""
+    return None
+
+
+@dataclass
+class _Pair:
+    """A pass's own sum and its rider's (additive; either may be None)."""
+
+    main: Any
+    side: Any
+
+    def __add__(self, other: _Pair) -> _Pair:
+        def add(a: Any, b: Any) -> Any:
+            return b if a is None else a if b is None else a + b
+
+        return _Pair(add(self.main, other.main), add(self.side, other.side))
+
+
+@dataclass(frozen=True, eq=False)
+class _Both:
+    """``fn`` and a rider on the same chunk (picklable)."""
+
+    fn: Callable[[TrajectoryDataset], Any]
+    side: Callable[[TrajectoryDataset], Any]
+
+    def __call__(self, dataset: TrajectoryDataset) -> _Pair:
+        return _Pair(self.fn(dataset), self.side(dataset))
 
 
 @contextlib.contextmanager
@@ -744,6 +807,7 @@ def evaluate_stream(
     src = ChunkSource(source, manifest=manifest, chunk_rows=chunk_rows, executor=executor,
                       n_shards=n_shards)
     plan = plan_groups(src.episode_groups(), groups, MIN_CELL)
+    support = _SupportRider(src, policy, behavior_model=behavior_model, seed=seed)
     sel: Any = None  # auto's selection, when it chose the Q-model
     level_cols: list[LevelColumn] = []
     own_levels: dict[str, tuple[dict[str, StreamGroup], dict[str, Any]]] = {}
@@ -756,6 +820,7 @@ def evaluate_stream(
             sb = fit_behavior_stream(src, model=behavior_model, sample_rows=behavior_sample_rows,
                                      seed=seed, model_seed=fit_seed)
             src.transform = sb
+            support.behavior = sb
             beh_info = sb.info
         if any(k in Q_TYPE for k in keys):
             from equicare.ope._stream_q import evaluate_stream_q, resolve_stream_q
@@ -817,6 +882,8 @@ def evaluate_stream(
             res = finish(total.main, alpha=alpha, n_chunks=n, behavior_model=beh_info,
                          squares=sq)
             g_sums = total.groups
+        src.flush()  # the support check's sums, when no pass was left to carry them
+    report = support.report(keys)
     if plan is not None and g_sums is not None:
         res = dataclasses.replace(res, groups=finish_groups(
             plan, g_sums, g_squares, alpha=alpha,
@@ -824,10 +891,62 @@ def evaluate_stream(
     res = dataclasses.replace(res, settings={
         "estimators": list(keys), "bootstrap": n_boot, "ci_method": ci_method, "alpha": alpha,
         "truncate": truncate, "random_state": seed,
-        "propensity_source": "logged" if beh_info is None else "estimated"})
+        "propensity_source": "logged" if beh_info is None else "estimated",
+        "support_check": support.how}, support=report)
     if own_levels:  # subgroup columns the table pools over and the target reads
         assert res.q_model is not None
         for column, (levels, _) in own_levels.items():
             res.groups[column].update(levels)
         res.q_model["per_level"] = {c: info for c, (_, info) in own_levels.items()}
     return res
+
+
+class _SupportRider:
+    """The support check's two sums riding on the evaluation's passes (:meth:`ChunkSource.ride`).
+
+    The first pass counts the logged ``(level, action)`` pairs (and, with logged propensities,
+    samples the fast numeric model's episodes); the next sums the target's unsupported mass
+    (:mod:`equicare.ope._stream_support`).
+    """
+
+    def __init__(self, src: ChunkSource, policy: Any, *, behavior_model: Any, seed: int) -> None:
+        from equicare.ope._evaluate import evaluate_seeds
+        from equicare.ope._stream_support import count_chunk, fast_rate
+
+        self.src, self.policy, self.behavior_model = src, policy, behavior_model
+        self.seed = evaluate_seeds(seed)[0]  # the in-memory check's fast model's seed
+        self.behavior: Any = None  # the streamed behaviour model, once fitted
+        self.how = ""
+        self._counts: Any = None
+        self._sums: Any = None
+        self._check: Any = None
+        rate = fast_rate(src.n_rows) if src.logged else 0.0
+        src.ride(lambda: functools.partial(count_chunk, rate=rate, seed=seed), self._counted)
+
+    def _counted(self, counts: Any) -> None:
+        self._counts = counts
+        self.src.ride(self._build, self._summed)
+
+    def _build(self) -> Callable[[TrajectoryDataset], Any]:
+        from equicare.ope._stream_support import PolicySupport, needs_fast_model, support_check
+
+        c = self._counts
+        fast = bool(c.sample) and needs_fast_model(
+            int(c.sample[0].states.shape[1]), tuple(int(x.shape[0]) for x in c.counts))
+        self._check, self.how = support_check(
+            c, behavior=self.behavior, behavior_model=self.behavior_model, fast=fast,
+            seed=self.seed)
+        return PolicySupport(self._check, self.policy)
+
+    def _summed(self, sums: Any) -> None:
+        self._sums = sums
+
+    def report(self, keys: tuple[str, ...]) -> StreamSupportReport:
+        """The report (a SupportWarning over 1%, as in memory)."""
+        from equicare.ope._stream_support import warn_support
+
+        assert self._sums is not None and self._check is not None
+        rep: StreamSupportReport = self._sums.report(threshold=self._check.threshold,
+                                uses_categorical=self._check.uses_categorical, estimators=keys)
+        warn_support(rep, stacklevel=4)
+        return rep

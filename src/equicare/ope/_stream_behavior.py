@@ -22,6 +22,7 @@ fitted on ``sample_rows`` rows, measured in docs/scale.md.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -124,17 +125,55 @@ class StreamBehavior:
     folds: NDArray[np.int64]
     info: dict[str, Any]
 
+    def _row_fold(self, dataset: TrajectoryDataset) -> NDArray[np.int64]:
+        """Each row's fold when its episode is sampled, else -1."""
+        keys = episode_keys(dataset.episode_ids)
+        pos = np.clip(np.searchsorted(self.keys, keys), 0, max(self.keys.size - 1, 0))
+        hit = self.keys[pos] == keys if self.keys.size else np.zeros(keys.size, dtype=bool)
+        ep_fold = np.where(hit, self.folds[pos], -1)
+        return np.asarray(ep_fold[dataset.episode_index], dtype=np.int64)
+
+    def action_prob_blocks(self, dataset: TrajectoryDataset, block_rows: int = 65_536
+                           ) -> Iterator[tuple[NDArray[np.int64], NDArray[np.float64]]]:
+        """Every action's probability, block by block (support diagnostics).
+
+        Out-of-fold on rows of sampled episodes, the fold models' average elsewhere (the
+        in-memory :meth:`~equicare.policy.BehaviorModel.action_prob_blocks` on its fitting
+        data and on other data).
+
+        Yields
+        ------
+        rows : ndarray of shape (n_rows,)
+            Rows of ``dataset`` in the block (every row in exactly one block).
+        probs : ndarray of shape (n_rows, n_actions)
+        """
+        bm = self.model
+        row_fold = self._row_fold(dataset)
+        x = bm._design(dataset)
+        single = len(bm.models_) == 1
+        for s in range(0, dataset.n_steps, block_rows):
+            r = np.arange(s, min(s + block_rows, dataset.n_steps))
+            if single:
+                yield r, bm._full_probs(bm.models_[0], x[r])
+                continue
+            f = row_fold[r]
+            out = np.empty((r.size, bm.n_actions_))
+            outside = f < 0
+            if outside.any():
+                xo = x[r[outside]]
+                out[outside] = sum(bm._full_probs(m, xo) for m in bm.models_) / len(bm.models_)
+            for k in np.unique(f[~outside]):
+                inside = f == k
+                out[inside] = bm._full_probs(bm.models_[int(k)], x[r[inside]])
+            yield r, out
+
     def logged_prob(self, dataset: TrajectoryDataset) -> NDArray[np.float64]:
         """Probability of each row's logged action (unfloored), shape ``(n_steps,)``.
 
         Out-of-fold on rows of sampled episodes, the fold models' average elsewhere.
         """
         bm = self.model
-        keys = episode_keys(dataset.episode_ids)
-        pos = np.clip(np.searchsorted(self.keys, keys), 0, max(self.keys.size - 1, 0))
-        hit = self.keys[pos] == keys if self.keys.size else np.zeros(keys.size, dtype=bool)
-        ep_fold = np.where(hit, self.folds[pos], -1)
-        row_fold = ep_fold[dataset.episode_index]
+        row_fold = self._row_fold(dataset)
         x = bm._design(dataset)
         codes, flat = dataset.action_codes, dataset.actions
         out = np.empty(dataset.n_steps)

@@ -14,9 +14,11 @@ from equicare.exceptions import SupportWarning
 from equicare.ope._core import IS_TYPE
 from equicare.utils import check_param, row_blocks
 
-__all__ = ["SupportReport", "support_diagnostics", "model_support_diagnostics",
+__all__ = ["SupportReport", "StreamSupportReport", "named_estimators", "support_diagnostics",
+           "model_support_diagnostics",
            "logged_support_diagnostics", "LoggedSupport", "CellObserved", "cell_observed",
-           "SUPPORT_THRESHOLD", "SUPPORT_WARN_PCT", "SUPPORT_MESSAGE", "SUPPORT_HEAD"]
+           "SUPPORT_THRESHOLD", "SUPPORT_WARN_PCT", "SUPPORT_MESSAGE", "SUPPORT_HEAD",
+           "unsupported_mass", "FAST_SUPPORT_ROWS", "FAST_SUPPORT_ONEHOT"]
 
 #: Rows (at most, whole episodes) the fast numeric behaviour model of the logged-propensity
 #: support check is fitted on.
@@ -39,30 +41,10 @@ SUPPORT_MESSAGE = SUPPORT_HEAD + (
 )
 
 
-@dataclass(frozen=True)
-class SupportReport:
-    """Where the target policy leaves the support of the behaviour policy.
-
-    Attributes
-    ----------
-    share_pct : float
-        Expected % of target-policy probability mass on unsupported actions, over all rows.
-    per_episode_pct : ndarray of shape (n_episodes,)
-        The same share within each episode (mean over its rows).
-    threshold : float
-        Estimated behaviour probability below which an action is unsupported.
-    uses_categorical : bool
-        Whether "never logged in that categorical state" also marked actions unsupported.
-    n_rows : int
-        Rows where the target policy puts positive mass on an unsupported action.
-    biased_estimators : tuple of str
-        IS-type estimators biased by the missing support (empty when ``share_pct`` is 0).
-    extrapolating_estimators : tuple of str
-        Q-based estimators that rely on extrapolation for the unsupported mass.
-    """
+class _SupportText:
+    """The warning rule and text shared by the in-memory and the streamed reports."""
 
     share_pct: float
-    per_episode_pct: NDArray[np.float64] = field(repr=False)
     threshold: float
     uses_categorical: bool
     n_rows: int
@@ -95,22 +77,91 @@ class SupportReport:
                          "the Q-model's extrapolation for that mass.")
         return " ".join(parts)
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly summary (result JSON ``"support"``)."""
-        pe = self.per_episode_pct
+    def _dict(self, per_episode: dict[str, float], over_warn_pct: float) -> dict[str, Any]:
         return {
             "share_pct": self.share_pct,
             "threshold": self.threshold,
             "uses_categorical": self.uses_categorical,
             "n_rows": self.n_rows,
-            "per_episode_pct": {"mean": float(pe.mean()), "median": float(np.median(pe)),
-                                "p90": float(np.quantile(pe, 0.9)), "max": float(pe.max())},
-            "episodes_over_warn_pct": float(100.0 * np.mean(pe > SUPPORT_WARN_PCT)),
+            "per_episode_pct": per_episode,
+            "episodes_over_warn_pct": over_warn_pct,
             "warning": self.warn,
             "biased_estimators": list(self.biased_estimators),
             "extrapolating_estimators": list(self.extrapolating_estimators),
             "message": self.message() if self.warn else None,
         }
+
+
+@dataclass(frozen=True)
+class SupportReport(_SupportText):
+    """Where the target policy leaves the support of the behaviour policy.
+
+    Attributes
+    ----------
+    share_pct : float
+        Expected % of target-policy probability mass on unsupported actions, over all rows.
+    per_episode_pct : ndarray of shape (n_episodes,)
+        The same share within each episode (mean over its rows).
+    threshold : float
+        Estimated behaviour probability below which an action is unsupported.
+    uses_categorical : bool
+        Whether "never logged in that categorical state" also marked actions unsupported.
+    n_rows : int
+        Rows where the target policy puts positive mass on an unsupported action.
+    biased_estimators : tuple of str
+        IS-type estimators biased by the missing support (empty when ``share_pct`` is 0).
+    extrapolating_estimators : tuple of str
+        Q-based estimators that rely on extrapolation for the unsupported mass.
+    """
+
+    share_pct: float
+    per_episode_pct: NDArray[np.float64] = field(repr=False)
+    threshold: float
+    uses_categorical: bool
+    n_rows: int
+    biased_estimators: tuple[str, ...]
+    extrapolating_estimators: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly summary (result JSON ``"support"``)."""
+        pe = self.per_episode_pct
+        return self._dict({"mean": float(pe.mean()), "median": float(np.median(pe)),
+                           "p90": float(np.quantile(pe, 0.9)), "max": float(pe.max())},
+                          float(100.0 * np.mean(pe > SUPPORT_WARN_PCT)))
+
+
+@dataclass(frozen=True)
+class StreamSupportReport(_SupportText):
+    """:class:`SupportReport` of a streamed panel: the per-episode shares as summaries.
+
+    The same attributes, JSON and warning as :class:`SupportReport`, except that the per-episode
+    shares are not kept (memory bounded by the chunk): ``per_episode`` holds their mean and
+    maximum (exact) and their median and 90th percentile (from a histogram of
+    :data:`~equicare.ope._stream_support.HIST_WIDTH`-point bins, within half a bin of the
+    in-memory value), and ``over_warn_pct`` the % of episodes over :data:`SUPPORT_WARN_PCT`.
+    """
+
+    share_pct: float
+    threshold: float
+    uses_categorical: bool
+    n_rows: int
+    biased_estimators: tuple[str, ...]
+    extrapolating_estimators: tuple[str, ...]
+    per_episode: dict[str, float] = field(default_factory=dict)
+    over_warn_pct: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly summary (result JSON ``"support"``, as in memory)."""
+        return self._dict(dict(self.per_episode), self.over_warn_pct)
+
+
+def named_estimators(share_pct: float, estimators: tuple[str, ...]
+                     ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The biased (IS-type) and the extrapolating (Q-based) estimators when the share is > 0."""
+    if share_pct <= 0:
+        return (), ()
+    return (tuple(k for k in estimators if k in IS_TYPE),
+            tuple(k for k in estimators if k not in IS_TYPE))
 
 
 def support_diagnostics(
@@ -150,7 +201,7 @@ def support_diagnostics(
     check_param(threshold, "threshold", "support_diagnostics", kind=float, low=0.0, high=1.0)
     mass = np.empty(target_probs.shape[0])
     for sl in row_blocks(mass.size, target_probs.shape[1]):
-        mass[sl] = _unsupported_mass(target_probs[sl], behavior_probs[sl],
+        mass[sl] = unsupported_mass(target_probs[sl], behavior_probs[sl],
                                      None if observed is None else observed[sl], threshold)
     return _report(dataset, mass, threshold, observed is not None, estimators, warn)
 
@@ -189,7 +240,7 @@ def model_support_diagnostics(
     for rows, probs in behavior_model.action_prob_blocks(dataset):
         observed = behavior_model.observed_in_state(dataset, rows=rows)
         uses_categorical = observed is not None
-        mass[rows] = _unsupported_mass(target_probs[rows], probs, observed, threshold)
+        mass[rows] = unsupported_mass(target_probs[rows], probs, observed, threshold)
     return _report(dataset, mass, threshold, uses_categorical, estimators, warn)
 
 
@@ -323,12 +374,12 @@ class LoggedSupport:
         if self._model is not None:
             for rows, probs in self._model.action_prob_blocks(self._view):
                 obs = None if cells is None else cells.rows(rows)
-                mass[rows] = _unsupported_mass(target_probs[rows], probs, obs, threshold)
+                mass[rows] = unsupported_mass(target_probs[rows], probs, obs, threshold)
         else:
             assert cells is not None
             for sl in row_blocks(self.dataset.n_steps, self.dataset.n_actions):
                 tp = target_probs[sl]
-                mass[sl] = _unsupported_mass(tp, np.ones_like(tp), cells.rows(sl), threshold)
+                mass[sl] = unsupported_mass(tp, np.ones_like(tp), cells.rows(sl), threshold)
         return mass
 
     def report(self, target_probs: NDArray[np.float64], *,
@@ -366,7 +417,7 @@ def logged_support_diagnostics(
     return rep, checker.summary
 
 
-def _unsupported_mass(target_probs: NDArray[np.float64], behavior_probs: NDArray[np.float64],
+def unsupported_mass(target_probs: NDArray[np.float64], behavior_probs: NDArray[np.float64],
                       observed: NDArray[np.bool_] | None, threshold: float
                       ) -> NDArray[np.float64]:
     """Target mass on unsupported actions of each row of a block, shape ``(n_rows,)``."""
@@ -380,14 +431,11 @@ def _report(dataset: TrajectoryDataset, mass: NDArray[np.float64], threshold: fl
             uses_categorical: bool, estimators: tuple[str, ...], warn: bool) -> SupportReport:
     per_ep = 100.0 * np.add.reduceat(mass, dataset.episode_offsets[:-1]) / dataset.episode_lengths
     share = float(100.0 * mass.mean())
-    positive = share > 0
+    biased, q_based = named_estimators(share, estimators)
     rep = SupportReport(
         share_pct=share, per_episode_pct=per_ep, threshold=float(threshold),
         uses_categorical=uses_categorical, n_rows=int(np.sum(mass > 0)),
-        biased_estimators=tuple(k for k in estimators if k in IS_TYPE) if positive else (),
-        extrapolating_estimators=(tuple(k for k in estimators if k not in IS_TYPE)
-                                  if positive else ()),
-    )
+        biased_estimators=biased, extrapolating_estimators=q_based)
     if warn and rep.warn:
         warnings.warn(rep.message(), SupportWarning, stacklevel=3)
     return rep

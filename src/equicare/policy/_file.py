@@ -506,19 +506,44 @@ def _index(df: pd.DataFrame, rows: NDArray[np.int64], ep_col: str, t_col: str, l
     else:
         a = _actions(df, rows, labels, ep_col, t_col, source)
         prob = _numbers(df, "prob", rows, ep_col, t_col, source, "probabilities")
-        row_codes, row_keys = pd.factorize(pd.MultiIndex.from_arrays([codes[ok], times[ok]]))
-        n_keys = len(row_keys)
+        row_codes, key_ep, key_t = _factorize_keys(codes[ok], times[ok])
+        n_keys = key_ep.size
         probs = np.zeros((n_keys, n_a))
         np.add.at(probs, (row_codes, a[ok]), prob[ok])
         first = np.full(n_keys, np.iinfo(np.int64).max, dtype=np.int64)
         np.minimum.at(first, row_codes, rows[ok])
         key_of_row = np.full(len(df), -1, dtype=np.int64)
         key_of_row[ok] = row_codes
-        lookup = pd.MultiIndex.from_arrays(
-            [row_keys.get_level_values(0).to_numpy().astype(np.int64),
-             row_keys.get_level_values(1).to_numpy().astype(np.int64)])
+        lookup = pd.MultiIndex.from_arrays([key_ep, key_t])
         names = ("prob",) * n_a
     return _Indexed(pd.Index(uniq), lookup, probs, first, key_of_row, rows, prob, names)
+
+
+def _factorize_keys(ep: NDArray[np.int64], t: NDArray[np.int64]
+                    ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
+    """Codes of the (episode code, time) pairs in order of first appearance, and the pairs.
+
+    ``pd.factorize`` of a MultiIndex, without building its tuples (seconds per call on a long
+    policy file): the pairs are packed into one int64 when they fit, else the MultiIndex is
+    factorized.
+
+    Returns
+    -------
+    codes : ndarray of shape (n_rows,)
+    key_ep, key_t : ndarray of shape (n_keys,)
+    """
+    if ep.size == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty
+    t_min = int(t.min())
+    span = int(t.max()) - t_min + 1
+    if (int(ep.max()) + 1) * span < 2**62:
+        codes, uniq = pd.factorize(ep * span + (t - t_min))
+        uniq = np.asarray(uniq, dtype=np.int64)
+        return codes.astype(np.int64), uniq // span, uniq % span + t_min
+    codes, keys = pd.factorize(pd.MultiIndex.from_arrays([ep, t]))
+    return (codes.astype(np.int64), keys.get_level_values(0).to_numpy().astype(np.int64),
+            keys.get_level_values(1).to_numpy().astype(np.int64))
 
 
 def _actions(df: pd.DataFrame, rows: NDArray[np.int64], labels: list[str], ep_col: str,
