@@ -118,6 +118,7 @@ def train_omg(data: str | os.PathLike[str], manifest: str | os.PathLike[str],
     """
     from equicare.data import load_dataset
     from equicare.dosing._omg import NO_TRANSITIONS_MESSAGE, OMG, OMGConfig
+    from equicare.privacy import coarse_bounds, round_significant
 
     target = Path(out)
     if target.exists() and (not target.is_dir() or any(target.iterdir())) and not force:
@@ -135,8 +136,10 @@ def train_omg(data: str | os.PathLike[str], manifest: str | os.PathLike[str],
     extra = {"metrics.json": json.dumps(metrics, indent=1, default=float)}
     if model.reward_net_ is not None and grid_feature in ds.state_names:
         j = list(ds.state_names).index(grid_feature)
-        lo, hi = np.quantile(ds.states[:, j], [0.001, 0.999])
-        values = np.linspace(float(lo), float(hi), 81)
+        # between the 0.1% and 99.9% quantiles (at least 11 rows beyond), rounded outward to a
+        # coarse grid: no grid value is a patient's
+        lo, hi = coarse_bounds(ds.states[:, j], margin=0.0)
+        values = round_significant(np.linspace(float(lo[0]), float(hi[0]), 81), 4)
         linked = ("aptt_prev",) if grid_feature == "aptt" and "aptt_prev" in ds.state_names \
             else ()
         grid = model.reward_grid(grid_feature, values, linked=linked)

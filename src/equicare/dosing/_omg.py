@@ -65,6 +65,7 @@ from equicare.exceptions import (
 from equicare.models._dynamics import DynamicsConfig, DynamicsEnsemble, transitions_from_dataset
 from equicare.models._reward_net import REWARD_INPUTS, RewardEnsemble, RewardInput
 from equicare.policy._learned import StatePolicy, manifest_fingerprint
+from equicare.privacy import round_significant
 from equicare.spaces import FactoredActionSpace
 from equicare.utils import (
     PARAM_MESSAGE,
@@ -388,7 +389,9 @@ class OMG:
         gamma = float(cfg.gamma if cfg.gamma is not None else dataset.gamma)
         self.gamma_ = gamma
         self._states_cache = tr.states
-        self._median = np.median(tr.states, axis=0).astype(np.float32)
+        # the typical state of reward_grid, saved with the model: medians rounded to 3
+        # significant digits (an exact median is a row's value)
+        self._median = round_significant(np.median(tr.states, axis=0), 3).astype(np.float32)
         n, d, k = tr.n, self.n_features_, self.n_actions_
         # ---------------------------------------------------------- stage 1: dynamics
         t0 = time.perf_counter()
@@ -757,7 +760,7 @@ class OMG:
             Feature name.
         values : ndarray of shape (m,)
         base_state : ndarray of shape (d,), optional
-            Default: the feature medians of the training data.
+            Default: the feature medians of the training data, rounded to 3 significant digits.
         linked : tuple of str
             Other features set to the same grid values (e.g. ``("aptt_prev",)``).
 
