@@ -272,6 +272,7 @@ def test_cli_synth_and_train(tmp_path):
     assert files == {"config.json", "model.safetensors", "reward_grid.csv", "metrics.json"}
     grid = (out / "reward_grid.csv").read_text().splitlines()
     assert grid[0].startswith("aptt,") and "clinical_reward" in grid[0] and len(grid) == 82
+    assert "reward_grid.csv: learned reward over aptt (with aptt_prev)" in res.output
     res = runner.invoke(app, args)
     assert res.exit_code == 2 and "--force" in res.output
     bad = runner.invoke(app, [*args[:-1], "--reward", "oracle", "--force"])
@@ -429,3 +430,25 @@ def test_model_folder_holds_no_row_level_state_value(tmp_path):
     assert np.isfinite(ns).all()
     assert np.corrcoef(ns[:, pt], ns[:, inr])[0, 1] > 0.99     # INR still follows PT
 
+
+def test_reward_grid_is_written_for_the_panels_own_state_column(tmp_path):
+    """A panel whose aPTT column is not named 'aptt' got no reward_grid.csv without a word; the
+    grid now uses the manifest's first state column and moves its detected copy with it."""
+    import pandas as pd
+
+    data, manifest = tmp_path / "hep.parquet", tmp_path / "hep.toml"
+    synth_heparin(data, n_patients=40, seed=0, manifest=manifest)
+    rename = {"aptt": "aPTT_sec", "aptt_prev": "aPTT_prev_sec"}
+    pd.read_parquet(data).rename(columns=rename).to_parquet(data)
+    text = manifest.read_text()
+    for old, new in rename.items():
+        text = text.replace(f'"{old}"', f'"{new}"')
+    manifest.write_text(text)
+    res = train_omg(data, manifest, tmp_path / "m", config=OMGConfig.small(), seed=0)
+    assert res["reward_grid"] == {"feature": "aPTT_sec", "linked": ["aPTT_prev_sec"]}
+    grid = pd.read_csv(tmp_path / "m" / "reward_grid.csv")
+    assert list(grid.columns) == ["aPTT_sec", "reward"] and len(grid) == 81
+    metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert metrics["reward_grid"] == res["reward_grid"]
+    with pytest.raises(DataValidationError, match="grid_feature 'ptt' is not a state column"):
+        train_omg(data, manifest, tmp_path / "m2", config=OMGConfig.small(), grid_feature="ptt")
