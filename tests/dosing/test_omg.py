@@ -452,3 +452,18 @@ def test_reward_grid_is_written_for_the_panels_own_state_column(tmp_path):
     assert metrics["reward_grid"] == res["reward_grid"]
     with pytest.raises(DataValidationError, match="grid_feature 'ptt' is not a state column"):
         train_omg(data, manifest, tmp_path / "m2", config=OMGConfig.small(), grid_feature="ptt")
+
+
+def test_fit_and_predict_on_an_array_name_the_argument(small_fit):
+    """OMG.fit(ndarray) raised AttributeError: 'numpy.ndarray' object has no attribute ..."""
+    from equicare.dosing._omg import NOT_A_DATASET_MESSAGE
+    from equicare.exceptions import InvalidParameterError
+
+    ds, model = small_fit
+    got = f"numpy.ndarray of shape {ds.states.shape}"
+    with pytest.raises(InvalidParameterError, match=re.escape(
+            NOT_A_DATASET_MESSAGE.format(method="fit", got=got))):
+        OMG(OMGConfig.small()).fit(ds.states)
+    with pytest.raises(InvalidParameterError, match=re.escape(
+            NOT_A_DATASET_MESSAGE.format(method="action_probs", got=got))):
+        model.action_probs(ds.states)

@@ -293,3 +293,20 @@ def test_progress_follows_the_environment_steps(monkeypatch: pytest.MonkeyPatch)
     assert desc == "online (ppo)" and total == 2 * 4 * 168
     assert done[-1] == total and len(set(done)) > 20          # moves during training
     assert done == sorted(done)
+
+
+def test_compare_runs_names_a_wrong_argument() -> None:
+    """compare_runs(run_experiment(...), ...) raised TypeError: string indices must be integers."""
+    from equicare.exceptions import InvalidParameterError
+
+    run = {"seed": 0, "final": {k: 1.0 for k in ("return", "mean_wait", "worst_group_wait",
+                                                  "wait_gap", "critical_waits")}}
+    with pytest.raises(InvalidParameterError, match=re.escape(
+            "The 'base' parameter of compare_runs must be a list of run_seed outputs")) as e:
+        compare_runs({"config": {}, "summary": {}, "seeds": [run]}, [run])
+    assert "pass its ['seeds']" in str(e.value)
+    with pytest.raises(InvalidParameterError, match="The 'other' parameter of compare_runs"):
+        compare_runs([run], [1, 2])
+    with pytest.raises(InvalidParameterError, match=re.escape("have no seed in common")):
+        compare_runs([run], [{**run, "seed": 1}])
+    assert compare_runs([run], [run])["seeds"] == [0]

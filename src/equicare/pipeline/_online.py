@@ -441,18 +441,52 @@ def compare_runs(
 ) -> dict[str, Any]:
     """Paired (by seed) differences ``other - base`` of the headline metrics.
 
+    Parameters
+    ----------
+    base, other : sequence of dict
+        :func:`run_seed` outputs: the ``"seeds"`` list of a :func:`run_experiment` result.
+
     Returns
     -------
     dict
         ``{metric: bootstrap_mean_ci(differences)}`` and ``seeds`` (the seeds paired).
+
+    Raises
+    ------
+    InvalidParameterError
+        An argument that is not a list of :func:`run_seed` outputs (e.g. a whole
+        :func:`run_experiment` result), or no seed in common.
     """
-    b = {r["seed"]: r["final"] for r in base}
-    o = {r["seed"]: r["final"] for r in other}
+    b = _finals(base, "base")
+    o = _finals(other, "other")
     seeds = sorted(set(b) & set(o))
+    if not seeds:
+        raise InvalidParameterError(
+            f"compare_runs pairs runs by seed, and base (seeds {sorted(b)}) and other (seeds "
+            f"{sorted(o)}) have no seed in common.")
     out: dict[str, Any] = {k: bootstrap_mean_ci([o[s][k] - b[s][k] for s in seeds])
                            for k in _SUMMARY_METRICS}
     out["seeds"] = seeds
     return out
+
+
+def _finals(runs: Any, name: str) -> dict[int, dict[str, Any]]:
+    """``{seed: final metrics}`` of a list of :func:`run_seed` outputs, or a clear error."""
+    expected = ("a list of run_seed outputs (dicts with 'seed' and 'final'), e.g. "
+                "run_experiment(...)['seeds']")
+    if isinstance(runs, dict):
+        hint = (" (a run_experiment result: pass its ['seeds'])" if "seeds" in runs else "")
+        raise InvalidParameterError(PARAM_MESSAGE.format(
+            name=name, owner="compare_runs", expected=expected,
+            got=f"a dict with keys {sorted(map(str, runs))[:6]}") + hint)
+    if isinstance(runs, (str, bytes)) or not isinstance(runs, Sequence) or not all(
+            isinstance(r, dict) and "seed" in r and isinstance(r.get("final"), dict)
+            for r in runs):
+        shown = type(runs).__name__ if not isinstance(runs, Sequence) else \
+            f"a {type(runs).__name__} of {sorted({type(r).__name__ for r in runs})}"
+        raise InvalidParameterError(PARAM_MESSAGE.format(
+            name=name, owner="compare_runs", expected=expected, got=shown))
+    return {int(r["seed"]): r["final"] for r in runs}
 
 
 # ---------------------------------------------------------------------- runs and files
