@@ -310,3 +310,17 @@ def test_compare_runs_names_a_wrong_argument() -> None:
     with pytest.raises(InvalidParameterError, match=re.escape("have no seed in common")):
         compare_runs([run], [{**run, "seed": 1}])
     assert compare_runs([run], [run])["seeds"] == [0]
+
+
+def test_steps_rounded_to_whole_rollouts_are_said_and_recorded(tmp_path: Path) -> None:
+    """--steps 1000 ran 672 steps (whole rollouts of 4 x 168) without a word."""
+    res = CliRunner().invoke(_app(), [
+        "online", "--seeds", "1", "--steps", "1000", "--n-envs", "4", "--eval-episodes", "4",
+        "--no-figures", "--no-progress", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    assert ("trained 672 environment steps per seed (1 rollout of 4 environments x 168 "
+            "steps); --steps 1,000 is rounded down to whole rollouts") in res.output
+    saved = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert saved["training"] == {"steps_requested": 1000, "env_steps": 672, "rollouts": 1,
+                                 "n_envs": 4, "n_steps": 168}
+    assert saved["seeds"][0]["env_steps"] == 672

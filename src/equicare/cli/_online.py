@@ -56,7 +56,8 @@ def run_online(
     -------
     dict
         ``{"kind": "experiment", "summary": ...}`` or ``{"kind": "sweep", "frontier": ...}``
-        plus ``out`` and ``figures`` (paths written).
+        plus ``out``, ``training`` (the environment steps each seed ran: ``steps`` rounded down
+        to whole rollouts of ``n_envs * n_steps``) and ``figures`` (paths written).
 
     Raises
     ------
@@ -85,14 +86,14 @@ def run_online(
                              progress=progress)
         if figures:
             written = _sweep_figures(sweep, folder)
-        return {"kind": "sweep", "out": str(folder), "lambdas": sweep["lambdas"],
-                "frontier": sweep["frontier"], "figures": written}
+        return {"kind": "sweep", "out": str(folder), "training": sweep["training"],
+                "lambdas": sweep["lambdas"], "frontier": sweep["frontier"], "figures": written}
     res = run_experiment(cfg, seeds=seeds, jobs=jobs, out=folder, force=force,
                          progress=progress)
     if figures:
         written = _experiment_figures({cfg.label: res["seeds"]}, folder)
     return {"kind": "experiment", "out": str(folder), "label": cfg.label,
-            "summary": res["summary"], "figures": written}
+            "training": res["training"], "summary": res["summary"], "figures": written}
 
 
 def _save(fig: Any, path: Path) -> str:
@@ -126,6 +127,19 @@ def _fmt(s: dict[str, Any], digits: int = 2) -> str:
     return f"{s['mean']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
+def training_line(training: dict[str, Any]) -> str:
+    """One line saying how many environment steps each seed ran (and why, when rounded)."""
+    t = training
+    plural = "" if t["rollouts"] == 1 else "s"
+    line = (f"trained {t['env_steps']:,} environment steps per seed ({t['rollouts']} "
+            f"rollout{plural} of {t['n_envs']} environments x {t['n_steps']} steps)")
+    if t["env_steps"] != t["steps_requested"]:
+        line += (f"; --steps {t['steps_requested']:,} is rounded "
+                 f"{'down' if t['env_steps'] < t['steps_requested'] else 'up'} to whole "
+                 "rollouts")
+    return line
+
+
 def _reasons(stats: list[dict[str, Any]]) -> list[str]:
     return sorted({s["ci_reason"] for s in stats if s.get("ci") is None and s.get("ci_reason")})
 
@@ -152,6 +166,8 @@ def format_summary(result: dict[str, Any]) -> str:
                          f"{_fmt(f['worst_group_wait']):>22s} {_fmt(f['wait_gap']):>22s} "
                          f"{_fmt(f['vs_lambda0']['worst_group_wait']):>24s}")
     lines += [f"n/a: {r}" for r in _reasons(shown)]
+    if "training" in result:
+        lines.append(training_line(result["training"]))
     lines.append(f"results: {result['out']}")
     return "\n".join(lines)
 
@@ -186,7 +202,8 @@ def register(app: Any) -> None:
         seeds: Annotated[int, typer.Option(
             min=1, help="Number of seeds (runs use seeds 0..n-1).")] = 5,
         steps: Annotated[int, typer.Option(
-            min=1, help="Training environment steps per seed.")] = 200_000,
+            min=1, help="Training environment steps per seed, run in whole rollouts of "
+                        "n-envs x 168 steps (rounded down; the run says what it ran).")] = 200_000,
         n_envs: Annotated[int, typer.Option(
             min=1, help="Vectorised environments per learner.")] = 16,
         jobs: Annotated[int, typer.Option(min=1, help="Worker processes for the seeds.")] = 1,

@@ -170,6 +170,16 @@ class OnlineExperimentConfig:
         batch = self.n_envs * self.n_steps
         return max(self.steps // batch, 1) * batch
 
+    def training(self) -> dict[str, int]:
+        """What one seed trains for.
+
+        ``steps_requested``, ``env_steps`` (whole rollouts), ``rollouts``, ``n_envs`` and
+        ``n_steps`` (a rollout: ``n_envs * n_steps`` steps).
+        """
+        return {"steps_requested": self.steps, "env_steps": self.env_steps_per_seed,
+                "rollouts": self.env_steps_per_seed // (self.n_envs * self.n_steps),
+                "n_envs": self.n_envs, "n_steps": self.n_steps}
+
     @property
     def label(self) -> str:
         """Short name, e.g. ``ppo``, ``grpo-max-0.3`` or ``grpo-welfare-dro-0.3``."""
@@ -636,7 +646,8 @@ def _write_results(out: Path, config: OnlineExperimentConfig, results: list[dict
     atomic_write_text(out / "config.json", json.dumps(config.to_dict(), indent=2))
     # results.json last: its presence marks a complete folder
     atomic_write_text(out / "results.json", json.dumps(
-        {"config": config.to_dict(), "summary": summary, "seeds": results}, indent=1))
+        {"config": config.to_dict(), "training": config.training(), "summary": summary,
+         "seeds": results}, indent=1))
 
 
 def run_experiment(
@@ -672,8 +683,10 @@ def run_experiment(
     Returns
     -------
     dict
-        ``{"config", "summary", "seeds"}`` where ``summary`` holds the learner's and each
-        baseline's :func:`summarize_runs`.
+        ``{"config", "training", "summary", "seeds"}`` where ``training`` is
+        :meth:`OnlineExperimentConfig.training` (the environment steps each seed ran: ``steps``
+        rounded down to whole rollouts) and ``summary`` holds the learner's and each baseline's
+        :func:`summarize_runs`.
     """
     if not isinstance(config, OnlineExperimentConfig):
         raise InvalidParameterError(PARAM_MESSAGE.format(name="config", owner="run_experiment",
@@ -690,7 +703,8 @@ def run_experiment(
     if out is not None:
         _clear_outputs(Path(out))
         _write_results(Path(out), config, results, summary)
-    return {"config": config.to_dict(), "summary": summary, "seeds": results}
+    return {"config": config.to_dict(), "training": config.training(), "summary": summary,
+            "seeds": results}
 
 
 def _seed_list(seeds: int | Sequence[int]) -> list[int]:
@@ -732,8 +746,8 @@ def lambda_sweep(
     Returns
     -------
     dict
-        ``{"config", "lambdas", "frontier": [...], "runs": {lam: results}}``. Each frontier
-        row holds :math:`\lambda`, the summary (mean and bootstrap CI over seeds) of
+        ``{"config", "training", "lambdas", "frontier": [...], "runs": {lam: results}}``.
+        Each frontier row holds :math:`\lambda`, the summary (mean and bootstrap CI over seeds) of
         ``return``, ``mean_wait`` (efficiency), ``worst_group_wait`` and ``wait_gap`` (equity),
         and ``vs_lambda0``: paired differences from the smallest :math:`\lambda` in the grid.
     """
@@ -757,7 +771,8 @@ def lambda_sweep(
         frontier.append({"lam": lam, **{k: s[k] for k in _SUMMARY_METRICS},
                          "group_mean_wait": s["group_mean_wait"],
                          "vs_lambda0": compare_runs(ref, runs[lam])})
-    result = {"config": config.to_dict(), "lambdas": lams, "frontier": frontier,
+    result = {"config": config.to_dict(), "training": config.training(), "lambdas": lams,
+              "frontier": frontier,
               "runs": {str(lam): r for lam, r in runs.items()}}
     if root is not None:
         _clear_outputs(root)
