@@ -100,3 +100,22 @@ def test_small_cells_message_lists_ten_and_counts_the_rest():
     msg = small_cells_message([f"g{i}" for i in range(12)])
     assert msg.startswith("12 group cells were suppressed: g0, g1, g2, g3, g4, g5, g6, g7, g8, "
                           "g9 and 2 more. A cell with fewer than 11 episodes is never published")
+
+
+def test_coarse_bounds_are_no_rows_value_and_cover_the_bulk():
+    from equicare.privacy import coarse_bounds, round_significant
+
+    rng = np.random.default_rng(0)
+    x = np.c_[rng.lognormal(4, 0.3, 5000), rng.normal(0, 1, 5000), np.full(5000, 3.0)]
+    lo, hi = coarse_bounds(x)
+    assert not np.isin(np.r_[lo, hi], x[:, :2]).any()
+    inside = (x >= lo) & (x <= hi)
+    assert inside[:, :2].mean() > 0.999 and inside[:, 2].all()
+    assert lo[0] >= 0 and lo[1] < 0                          # never-negative column stays >= 0
+    np.testing.assert_array_equal(round_significant(lo, 2), lo)  # on a coarse grid
+    # a column's extreme value moves the bound only through the grid, never onto itself
+    y = x.copy()
+    y[0, 0] = 1e6
+    assert coarse_bounds(y)[1][0] == hi[0]
+    np.testing.assert_array_equal(round_significant([12.8625, -0.000123456, 0.0], 3),
+                                  [12.9, -0.000123, 0.0])

@@ -17,6 +17,12 @@ column (each attribute's margins are published by the single-attribute tables): 
 episodes, its smallest published cells until they hold ``min_cell``, repeated until no line
 changes. Every table of subgroups (``evaluate``'s, the fairness audit's, the policy card's, the
 run report's episode counts) takes its suppressed cells from here.
+
+Saved models must not carry row-level values either (a model folder is shared, a panel holds
+health data): :func:`coarse_bounds`, :func:`tail_quantile` and :func:`round_significant` give
+the summaries a model needs (clipping ranges, interpolation knots, a typical state) as
+interpolated quantiles with at least ``min_cell`` rows beyond them, rounded to a coarse grid,
+instead of a column's minimum, maximum or any single row's value.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from numpy.typing import NDArray
 from equicare.utils import MIN_CELL
 
 __all__ = ["suppressed_cells", "suppressed_labels", "suppressed_levels", "suppress_counts",
-           "small_cells_message"]
+           "small_cells_message", "round_significant", "tail_quantile", "coarse_bounds"]
 
 
 def _complete_line(n: NDArray[np.int64], sup: NDArray[np.bool_], min_cell: int) -> bool:
@@ -130,3 +136,74 @@ def small_cells_message(cells: Sequence[str], min_cell: int = MIN_CELL) -> str:
     return (f"{len(cells)} group cells were suppressed: {shown}. A cell with fewer than "
             f"{min_cell} episodes is never published, nor are the cells that would reveal it by "
             "difference from the totals (complementary suppression).")
+
+
+def round_significant(x: Any, digits: int = 4) -> NDArray[np.float64]:
+    """Round to ``digits`` significant digits (elementwise; zeros and non-finite values kept).
+
+    Parameters
+    ----------
+    x : array-like
+    digits : int
+
+    Returns
+    -------
+    ndarray of float64
+    """
+    v = np.asarray(x, dtype=np.float64)
+    ok = np.isfinite(v) & (v != 0)
+    mag = np.floor(np.log10(np.abs(np.where(ok, v, 1.0))))
+    factor = 10.0 ** (digits - 1 - mag)
+    out: NDArray[np.float64] = np.where(ok, np.round(v * factor) / factor, v)
+    return out
+
+
+def tail_quantile(n_rows: int, min_cell: int = MIN_CELL, floor: float = 0.001) -> float:
+    """Quantile level with at least ``min_cell`` of ``n_rows`` rows beyond it in each tail.
+
+    ``p = max(floor, min_cell / n_rows)``, at most 0.5: at least ``min_cell`` rows lie below the
+    quantile at ``p`` and above the one at ``1 - p``, so neither is a single row's extreme value.
+    """
+    return float(min(0.5, max(floor, min_cell / max(int(n_rows), 1))))
+
+
+def coarse_bounds(x: Any, *, margin: float = 0.1, min_cell: int = MIN_CELL
+                  ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Per-column lower and upper bounds that are no row's value: a replacement of min and max.
+
+    Each column's interpolated quantiles at ``p`` and ``1 - p`` (:func:`tail_quantile`: at least
+    ``min_cell`` rows beyond each), widened by ``margin`` times their distance, then rounded
+    outward to a grid of about a hundredth of the range (one significant digit below its order of
+    magnitude: steps of 10 for a range of 150, of 0.01 for 0.5). A column that is never negative
+    (never positive) keeps 0 as its lower (upper) bound at most. A column whose quantiles
+    coincide (constant, or nearly so) gets its grid step from its magnitude.
+
+    Parameters
+    ----------
+    x : array-like of shape (n_rows, n_columns)
+        Finite values (NaNs are ignored).
+    margin : float
+        Widening on each side, as a fraction of the distance between the quantiles.
+    min_cell : int
+
+    Returns
+    -------
+    low, high : ndarray of shape (n_columns,)
+    """
+    v = np.asarray(x, dtype=np.float64)
+    if v.ndim == 1:
+        v = v[:, None]
+    p = tail_quantile(v.shape[0], min_cell)
+    lo_q, hi_q = np.nanquantile(v, [p, 1.0 - p], axis=0)
+    span = hi_q - lo_q
+    lo, hi = lo_q - margin * span, hi_q + margin * span
+    size = np.where(span > 0, hi - lo, np.maximum(np.abs(lo_q), np.abs(hi_q)))
+    size = np.where(size > 0, size, 1.0)
+    step = 10.0 ** (np.floor(np.log10(size)) - 1)
+    low = round_significant(np.floor(lo / step) * step, 12)
+    high = round_significant(np.ceil(hi / step) * step, 12)
+    nonneg = np.nanmin(v, axis=0) >= 0
+    nonpos = np.nanmax(v, axis=0) <= 0
+    low = np.where(nonneg, np.maximum(low, 0.0), low)
+    high = np.where(nonpos, np.minimum(high, 0.0), high)
+    return low, high

@@ -124,7 +124,8 @@ def test_out_that_is_or_sits_under_a_file_is_refused_before_any_work(
     assert (tmp_path / "afile").read_text() == "mine"
 
 
-def test_thread_plan():
+def test_thread_plan(monkeypatch):
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
     auto = thread_plan("auto")
     assert auto["torch"] == 1 and auto["openmp"] == 1
     assert 1 <= auto["blas"] <= min(4, len(os.sched_getaffinity(0)))
@@ -132,6 +133,16 @@ def test_thread_plan():
     assert thread_plan("64") == {"torch": min(64, n), "openmp": min(64, n), "blas": min(64, n)}
     with pytest.raises(InvalidParameterError, match="--threads must be 'auto' or an integer"):
         thread_plan("0")
+
+
+def test_thread_count_is_capped_at_the_free_cores(monkeypatch):
+    """--threads 2 on a 2-core host busy with another job ran torch on 2 threads, 5-6x slower
+    than on 1 (they wait for each other); N is now capped at the cores not already busy."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.2, 1.0, 1.0))
+    assert thread_plan("2") == {"torch": 1, "openmp": 1, "blas": 1}
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.1, 0.1))
+    assert thread_plan("2") == {"torch": 2, "openmp": 2, "blas": 2}
 
 
 def test_thread_limits_apply_and_restore(monkeypatch):

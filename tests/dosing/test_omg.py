@@ -272,6 +272,7 @@ def test_cli_synth_and_train(tmp_path):
     assert files == {"config.json", "model.safetensors", "reward_grid.csv", "metrics.json"}
     grid = (out / "reward_grid.csv").read_text().splitlines()
     assert grid[0].startswith("aptt,") and "clinical_reward" in grid[0] and len(grid) == 82
+    assert "reward_grid.csv: learned reward over aptt (with aptt_prev)" in res.output
     res = runner.invoke(app, args)
     assert res.exit_code == 2 and "--force" in res.output
     bad = runner.invoke(app, [*args[:-1], "--reward", "oracle", "--force"])
@@ -370,3 +371,99 @@ def test_categorical_states_draw_a_warning_naming_them(monkeypatch):
     monkeypatch.setattr(OMG, "_fit", lambda *a, **k: None)
     with pytest.warns(DataWarning, match="categorical state column\\(s\\) 'site' are not used"):
         OMG(OMGConfig.small(), random_state=0).fit(ds)
+
+
+# ---------------------------------------------------------------------------- privacy
+def _saved_numbers(folder) -> np.ndarray:
+    """Every number a model folder saves except network weights and biases (learned parameters,
+    not copies of data): config.json, metrics.json, reward_grid.csv, and the other tensors
+    (normalisation, log-variance bounds, temperature)."""
+    import pandas as pd
+    from safetensors.numpy import load_file
+
+    found: list[float] = []
+
+    def walk(o):
+        if isinstance(o, dict):
+            for v in o.values():
+                walk(v)
+        elif isinstance(o, list):
+            for v in o:
+                walk(v)
+        elif isinstance(o, (int, float)) and not isinstance(o, bool):
+            found.append(float(o))
+
+    for name in ("config.json", "metrics.json"):
+        walk(json.loads((folder / name).read_text()))
+    found += pd.read_csv(folder / "reward_grid.csv").to_numpy(dtype=np.float64).ravel().tolist()
+    for key, t in load_file(str(folder / "model.safetensors")).items():
+        if not key.endswith(("weight", "bias")) and t.dtype.kind == "f":
+            found += t.astype(np.float64).ravel().tolist()
+    return np.asarray(found)
+
+
+def test_model_folder_holds_no_row_level_state_value(tmp_path):
+    """No saved number equals a value of the panel's state columns that fewer than 11 rows
+    share (a value shared by 11 rows or more, e.g. a dose level, 0/1 or a clock time, identifies
+    nobody). The extremes (min and max) used to be saved as clipping bounds, the spline knots
+    of INR(PT) were exact rows, the median state was a row's value."""
+    import pandas as pd
+
+    data, manifest = tmp_path / "hep.parquet", tmp_path / "hep.toml"
+    synth_heparin(data, n_patients=60, seed=0, manifest=manifest)
+    out = tmp_path / "m"
+    train_omg(data, manifest, out, config=OMGConfig.small(), seed=0)
+    from equicare.data import load_dataset
+
+    ds = load_dataset(data, manifest, emit_warnings=False)
+    panel = pd.read_parquet(data)[list(ds.state_names)].to_numpy(np.float64)
+    # compared in float32 (the precision the model works in; equal float64 values stay equal)
+    vals, counts = np.unique(panel.astype(np.float32), return_counts=True)
+    rare = vals[counts < 11]
+    leaked = np.intersect1d(_saved_numbers(out).astype(np.float32), rare)
+    assert leaked.size == 0, f"row-level values saved in the model folder: {leaked[:10]}"
+    # the model still predicts in range on its training rows
+    back = OMG.load(out)
+    ns = back.dynamics_.predict(ds.states, ds.actions, random_state=0)[0]
+    inr = list(ds.state_names).index("inr")
+    pt = list(ds.state_names).index("pt")
+    assert np.isfinite(ns).all()
+    assert np.corrcoef(ns[:, pt], ns[:, inr])[0, 1] > 0.99     # INR still follows PT
+
+
+def test_reward_grid_is_written_for_the_panels_own_state_column(tmp_path):
+    """A panel whose aPTT column is not named 'aptt' got no reward_grid.csv without a word; the
+    grid now uses the manifest's first state column and moves its detected copy with it."""
+    import pandas as pd
+
+    data, manifest = tmp_path / "hep.parquet", tmp_path / "hep.toml"
+    synth_heparin(data, n_patients=40, seed=0, manifest=manifest)
+    rename = {"aptt": "aPTT_sec", "aptt_prev": "aPTT_prev_sec"}
+    pd.read_parquet(data).rename(columns=rename).to_parquet(data)
+    text = manifest.read_text()
+    for old, new in rename.items():
+        text = text.replace(f'"{old}"', f'"{new}"')
+    manifest.write_text(text)
+    res = train_omg(data, manifest, tmp_path / "m", config=OMGConfig.small(), seed=0)
+    assert res["reward_grid"] == {"feature": "aPTT_sec", "linked": ["aPTT_prev_sec"]}
+    grid = pd.read_csv(tmp_path / "m" / "reward_grid.csv")
+    assert list(grid.columns) == ["aPTT_sec", "reward"] and len(grid) == 81
+    metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert metrics["reward_grid"] == res["reward_grid"]
+    with pytest.raises(DataValidationError, match="grid_feature 'ptt' is not a state column"):
+        train_omg(data, manifest, tmp_path / "m2", config=OMGConfig.small(), grid_feature="ptt")
+
+
+def test_fit_and_predict_on_an_array_name_the_argument(small_fit):
+    """OMG.fit(ndarray) raised AttributeError: 'numpy.ndarray' object has no attribute ..."""
+    from equicare.dosing._omg import NOT_A_DATASET_MESSAGE
+    from equicare.exceptions import InvalidParameterError
+
+    ds, model = small_fit
+    got = f"numpy.ndarray of shape {ds.states.shape}"
+    with pytest.raises(InvalidParameterError, match=re.escape(
+            NOT_A_DATASET_MESSAGE.format(method="fit", got=got))):
+        OMG(OMGConfig.small()).fit(ds.states)
+    with pytest.raises(InvalidParameterError, match=re.escape(
+            NOT_A_DATASET_MESSAGE.format(method="action_probs", got=got))):
+        model.action_probs(ds.states)

@@ -239,3 +239,88 @@ def test_run_online_sweep(tmp_path: Path) -> None:
     from equicare.cli._online import format_summary
 
     assert "lambda" in format_summary(r)
+
+
+def test_one_seed_has_no_interval_and_says_why(tmp_path: Path) -> None:
+    """One seed printed zero-width intervals ([x, x]) as if the run were exact."""
+    from equicare.pipeline._online import ONE_SEED_REASON
+
+    s = bootstrap_mean_ci([3.0])
+    assert s["ci"] is None and s["ci_reason"] == ONE_SEED_REASON and s["mean"] == 3.0
+    assert bootstrap_mean_ci([1.0, 2.0])["ci_reason"] is None
+    res = CliRunner().invoke(_app(), [
+        "online", "--seeds", "1", "--steps", str(4 * 168), "--n-envs", "4", "--eval-episodes",
+        "4", "--no-figures", "--no-progress", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    assert "[n/a]" in res.output and f"n/a: {ONE_SEED_REASON}" in res.output
+    saved = json.loads((tmp_path / "o" / "results.json").read_text())
+    ret = saved["summary"]["ppo"]["return"]
+    assert ret["ci"] is None and ret["ci_reason"] == ONE_SEED_REASON
+
+
+def test_progress_follows_the_environment_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """online showed nothing while it trained; now a bar over every seed's environment steps."""
+    import equicare._progress as prog
+
+    seen: list[tuple[str, float | None, list[float]]] = []
+
+    class Task:
+        def __init__(self, total: float | None) -> None:
+            self.done: list[float] = []
+            self.total = total
+            self.value = 0.0
+
+        def update(self, *, completed: float | None = None, advance: float | None = None,
+                   info: str | None = None, total: float | None = None) -> None:
+            if completed is not None:
+                self.value = completed
+            if advance is not None:
+                self.value += advance
+            self.done.append(self.value)
+
+    import contextlib
+
+    @contextlib.contextmanager
+    def fake(description: str, total: float | None, *, enabled: bool = True, **_: Any):
+        t = Task(total)
+        yield t
+        seen.append((description, total, t.done))
+
+    monkeypatch.setattr(prog, "progress_task", fake)
+    cfg = OnlineExperimentConfig(**TINY, baselines=False)
+    run_experiment(cfg, seeds=2, progress=True)
+    (desc, total, done), = seen
+    assert desc == "online (ppo)" and total == 2 * 4 * 168
+    assert done[-1] == total and len(set(done)) > 20          # moves during training
+    assert done == sorted(done)
+
+
+def test_compare_runs_names_a_wrong_argument() -> None:
+    """compare_runs(run_experiment(...), ...) raised TypeError: string indices must be integers."""
+    from equicare.exceptions import InvalidParameterError
+
+    run = {"seed": 0, "final": {k: 1.0 for k in ("return", "mean_wait", "worst_group_wait",
+                                                  "wait_gap", "critical_waits")}}
+    with pytest.raises(InvalidParameterError, match=re.escape(
+            "The 'base' parameter of compare_runs must be a list of run_seed outputs")) as e:
+        compare_runs({"config": {}, "summary": {}, "seeds": [run]}, [run])
+    assert "pass its ['seeds']" in str(e.value)
+    with pytest.raises(InvalidParameterError, match="The 'other' parameter of compare_runs"):
+        compare_runs([run], [1, 2])
+    with pytest.raises(InvalidParameterError, match=re.escape("have no seed in common")):
+        compare_runs([run], [{**run, "seed": 1}])
+    assert compare_runs([run], [run])["seeds"] == [0]
+
+
+def test_steps_rounded_to_whole_rollouts_are_said_and_recorded(tmp_path: Path) -> None:
+    """--steps 1000 ran 672 steps (whole rollouts of 4 x 168) without a word."""
+    res = CliRunner().invoke(_app(), [
+        "online", "--seeds", "1", "--steps", "1000", "--n-envs", "4", "--eval-episodes", "4",
+        "--no-figures", "--no-progress", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    assert ("trained 672 environment steps per seed (1 rollout of 4 environments x 168 "
+            "steps); --steps 1,000 is rounded down to whole rollouts") in res.output
+    saved = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert saved["training"] == {"steps_requested": 1000, "env_steps": 672, "rollouts": 1,
+                                 "n_envs": 4, "n_steps": 168}
+    assert saved["seeds"][0]["env_steps"] == 672

@@ -48,6 +48,27 @@ def test_config_errors(kwargs, name, expected):
         HeparinConfig(**kwargs)
 
 
+@pytest.mark.parametrize(("kwargs", "name", "expected"), [
+    # wrong types raised raw TypeErrors/ValueErrors ("'>' not supported between ...")
+    ({"dt_hours": "6"}, "dt_hours", "a number in (0, inf)"),
+    ({"aptt_low": "a"}, "aptt_low", "a number in (0, inf)"),
+    ({"rate_bins": 5}, "rate_bins", "an increasing tuple of >= 2 non-negative rates"),
+    ({"rate_bins": (0, "x")}, "rate_bins", "an increasing tuple of >= 2 non-negative rates"),
+    ({"group_probs": ("a",)}, "group_probs", "one non-negative share per group, summing to 1"),
+    ({"adherence": None}, "adherence", "one probability in [0, 1] per group"),
+    ({"clinician_noise": None}, "clinician_noise", "a number in [0, 1]"),
+    ({"event_penalty": "3"}, "event_penalty", "a number in [0, inf)"),
+    ({"groups": "abc"}, "groups", "a tuple of distinct labels"),
+])
+def test_config_wrong_types_are_equicare_errors(kwargs, name, expected):
+    from equicare.exceptions import InvalidParameterError
+
+    msg = PARAM_MESSAGE.format(name=name, owner="HeparinConfig", expected=expected,
+                               got=kwargs[name])
+    with pytest.raises(InvalidParameterError, match=re.escape(msg)):
+        HeparinConfig(**kwargs)
+
+
 def test_config_round_trip():
     cfg = HeparinConfig(horizon=8, adherence=(1.0, 0.5, 0.5, 1.0))
     assert HeparinConfig.from_dict(cfg.to_dict()) == cfg

@@ -86,15 +86,16 @@ def synth_heparin(out: str | os.PathLike[str], *, n_patients: int = 1000, seed: 
 
 def train_omg(data: str | os.PathLike[str], manifest: str | os.PathLike[str],
               out: str | os.PathLike[str], *, config: OMGConfig | None = None, seed: int = 42,
-              force: bool = False, grid_feature: str = "aptt",
+              force: bool = False, grid_feature: str | None = None,
               progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
     """Train OMG-RL on a panel and write the model folder atomically.
 
     The model folder (Contract 2) holds ``config.json`` and ``model.safetensors`` (policy,
     learned reward and dynamics ensemble), plus ``reward_grid.csv`` (learned reward over a grid
-    of ``grid_feature``, one column per action, and the clinical reward when the feature is
-    ``aptt``) and ``metrics.json`` (stage times, held-out dynamics errors, last training
-    statistics).
+    of ``grid_feature``, one column per action with action-dependent rewards, and the
+    simulator's clinical reward when the feature is the simulator's ``aptt``) and
+    ``metrics.json`` (stage times, held-out dynamics errors, last training statistics, and
+    ``reward_grid``: the feature and the features moved with it).
 
     Parameters
     ----------
@@ -105,8 +106,11 @@ def train_omg(data: str | os.PathLike[str], manifest: str | os.PathLike[str],
     config : OMGConfig, optional
     seed : int
     force : bool
-    grid_feature : str
-        Feature of the exported reward grid (skipped when absent).
+    grid_feature : str, optional
+        Feature of the exported reward grid. Default: ``aptt`` when the panel has that state
+        column, else the manifest's first state column. The features the dynamics found to be
+        copies of it one step later (e.g. the previous aPTT) move with it. A name that is not a
+        state column raises :class:`~equicare.exceptions.DataValidationError`.
     progress : callable, optional
         ``progress(stage, done, total)``.
 
@@ -114,15 +118,24 @@ def train_omg(data: str | os.PathLike[str], manifest: str | os.PathLike[str],
     -------
     dict
         ``out``, ``n_episodes``, ``n_steps``, ``stage_seconds``, ``dynamics`` (held-out aPTT
-        one-step RMSE when available), ``files``.
+        one-step RMSE when available), ``reward_grid`` (``feature``, ``linked``; None without a
+        learned reward), ``files``.
     """
     from equicare.data import load_dataset
     from equicare.dosing._omg import NO_TRANSITIONS_MESSAGE, OMG, OMGConfig
+    from equicare.privacy import coarse_bounds, round_significant
 
     target = Path(out)
     if target.exists() and (not target.is_dir() or any(target.iterdir())) and not force:
         raise FileExistsError(EXISTS_MESSAGE.format(path=target))
     ds = load_dataset(data, manifest, emit_warnings=False)
+    names = list(ds.state_names)
+    if grid_feature is None:
+        grid_feature = "aptt" if "aptt" in names else (names[0] if names else None)
+    elif grid_feature not in names:
+        raise DataValidationError(
+            f"grid_feature {grid_feature!r} is not a state column of {manifest}; its states are "
+            f"{names}.")
     cfg = config if config is not None else OMGConfig()
     if ds.n_steps == ds.n_episodes and (cfg.use_model or cfg.reward == "learned"):
         raise DataValidationError(NO_TRANSITIONS_MESSAGE.format(data=data))
@@ -132,25 +145,33 @@ def train_omg(data: str | os.PathLike[str], manifest: str | os.PathLike[str],
                                "n_episodes": ds.n_episodes, "n_steps": ds.n_steps}
     if model.dynamics_ is not None:
         metrics["dynamics_holdout"] = model.dynamics_.holdout_metrics_
-    extra = {"metrics.json": json.dumps(metrics, indent=1, default=float)}
-    if model.reward_net_ is not None and grid_feature in ds.state_names:
-        j = list(ds.state_names).index(grid_feature)
-        lo, hi = np.quantile(ds.states[:, j], [0.001, 0.999])
-        values = np.linspace(float(lo), float(hi), 81)
-        linked = ("aptt_prev",) if grid_feature == "aptt" and "aptt_prev" in ds.state_names \
-            else ()
+    grid_info: dict[str, Any] | None = None
+    extra: dict[str, str | bytes] = {}
+    if model.reward_net_ is not None and grid_feature is not None:
+        j = names.index(grid_feature)
+        # between the 0.1% and 99.9% quantiles (at least 11 rows beyond), rounded outward to a
+        # coarse grid: no grid value is a patient's
+        lo, hi = coarse_bounds(ds.states[:, j], margin=0.0)
+        values = round_significant(np.linspace(float(lo[0]), float(hi[0]), 81), 4)
+        # features that are the grid feature one step later (s'_i = s_j: "previous aPTT") take
+        # the same values, as they would in the next state the reward scores
+        copies = model.dynamics_.structure_.copy_of if model.dynamics_ is not None else {}
+        linked = tuple(names[i] for i, k in sorted(copies.items()) if k == j)
         grid = model.reward_grid(grid_feature, values, linked=linked)
-        if grid_feature == "aptt":
+        if grid_feature == "aptt":   # the heparin simulator's column: its clinical reward
             from equicare.sim.heparin import clinical_reward
             grid["clinical_reward"] = clinical_reward(values)
         extra["reward_grid.csv"] = grid.to_csv(index=False)
+        grid_info = {"feature": grid_feature, "linked": list(linked)}
+        metrics["reward_grid"] = grid_info
+    extra["metrics.json"] = json.dumps(metrics, indent=1, default=float)
     model.save(target, overwrite=force, extra_files=extra)  # one atomic swap of the folder
     dyn = {}
     if model.dynamics_ is not None:
         hm = model.dynamics_.holdout_metrics_
         dyn = {"rmse": hm["rmse"], "reward_rmse": hm["reward_rmse"]}
     return {"out": str(target), "n_episodes": ds.n_episodes, "n_steps": ds.n_steps,
-            "stage_seconds": model.stage_seconds_, "dynamics": dyn,
+            "stage_seconds": model.stage_seconds_, "dynamics": dyn, "reward_grid": grid_info,
             "files": sorted(p.name for p in target.iterdir())}
 
 

@@ -496,6 +496,11 @@ def register(app: "typer.Typer") -> None:
                 return
             secs = ", ".join(f"{k} {v:.1f} s" for k, v in res["stage_seconds"].items())
             console.print(f"Wrote {res['out']} (omg; {secs})", highlight=False, markup=False)
+            if res["reward_grid"] is not None:
+                g = res["reward_grid"]
+                moved = f" (with {', '.join(g['linked'])})" if g["linked"] else ""
+                console.print(f"reward_grid.csv: learned reward over {g['feature']}{moved}",
+                              highlight=False, markup=False)
             return
         not_applicable(omg_only, f"--algo {algo.value}")
         if window is not None and (encoder or Encoder.MLP) is not Encoder.LSTM:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from equicare.cli._choices import Env, GroupSignal, Mode, OnlineAlgo, Scenario
-from equicare.cli._utils import Force, JsonOut, Threads, print_json, user_errors
+from equicare.cli._utils import Force, JsonOut, Progress, Threads, print_json, user_errors
 from equicare.exceptions import InvalidParameterError
 
 __all__ = ["run_online", "format_summary", "register"]
@@ -44,17 +44,20 @@ def run_online(
     eval_episodes: int = 512,
     force: bool = False,
     figures: bool = True,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Run an online experiment (or a lambda sweep) and write its results folder.
 
-    Parameters mirror the CLI options. With ``lambdas`` the run is a GRPO sweep over those
+    Parameters mirror the CLI options (``progress``: a bar over the seeds' environment steps).
+    With ``lambdas`` the run is a GRPO sweep over those
     values (``algo`` must be ``'grpo'``) and the folder gets ``frontier.json`` / ``.csv``.
 
     Returns
     -------
     dict
         ``{"kind": "experiment", "summary": ...}`` or ``{"kind": "sweep", "frontier": ...}``
-        plus ``out`` and ``figures`` (paths written).
+        plus ``out``, ``training`` (the environment steps each seed ran: ``steps`` rounded down
+        to whole rollouts of ``n_envs * n_steps``) and ``figures`` (paths written).
 
     Raises
     ------
@@ -79,16 +82,18 @@ def run_online(
         lams = _parse_lambdas(lambdas) if isinstance(lambdas, str) else [float(v) for v in lambdas]
         if algo != "grpo":
             raise InvalidParameterError("--lambdas sweeps GRPO; use it with --algo grpo.")
-        sweep = lambda_sweep(cfg, lams, seeds=seeds, jobs=jobs, out=folder, force=force)
+        sweep = lambda_sweep(cfg, lams, seeds=seeds, jobs=jobs, out=folder, force=force,
+                             progress=progress)
         if figures:
             written = _sweep_figures(sweep, folder)
-        return {"kind": "sweep", "out": str(folder), "lambdas": sweep["lambdas"],
-                "frontier": sweep["frontier"], "figures": written}
-    res = run_experiment(cfg, seeds=seeds, jobs=jobs, out=folder, force=force)
+        return {"kind": "sweep", "out": str(folder), "training": sweep["training"],
+                "lambdas": sweep["lambdas"], "frontier": sweep["frontier"], "figures": written}
+    res = run_experiment(cfg, seeds=seeds, jobs=jobs, out=folder, force=force,
+                         progress=progress)
     if figures:
         written = _experiment_figures({cfg.label: res["seeds"]}, folder)
     return {"kind": "experiment", "out": str(folder), "label": cfg.label,
-            "summary": res["summary"], "figures": written}
+            "training": res["training"], "summary": res["summary"], "figures": written}
 
 
 def _save(fig: Any, path: Path) -> str:
@@ -116,17 +121,38 @@ def _sweep_figures(sweep: dict[str, Any], folder: Path) -> list[str]:
 
 
 def _fmt(s: dict[str, Any], digits: int = 2) -> str:
+    if s["ci"] is None:   # one seed: no interval (the reason is printed under the table)
+        return f"{s['mean']:.{digits}f} [n/a]"
     lo, hi = s["ci"]
     return f"{s['mean']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def training_line(training: dict[str, Any]) -> str:
+    """One line saying how many environment steps each seed ran (and why, when rounded)."""
+    t = training
+    plural = "" if t["rollouts"] == 1 else "s"
+    line = (f"trained {t['env_steps']:,} environment steps per seed ({t['rollouts']} "
+            f"rollout{plural} of {t['n_envs']} environments x {t['n_steps']} steps)")
+    if t["env_steps"] != t["steps_requested"]:
+        line += (f"; --steps {t['steps_requested']:,} is rounded "
+                 f"{'down' if t['env_steps'] < t['steps_requested'] else 'up'} to whole "
+                 "rollouts")
+    return line
+
+
+def _reasons(stats: list[dict[str, Any]]) -> list[str]:
+    return sorted({s["ci_reason"] for s in stats if s.get("ci") is None and s.get("ci_reason")})
 
 
 def format_summary(result: dict[str, Any]) -> str:
     """Plain-text table of :func:`run_online` output (means and 95% bootstrap CIs over seeds)."""
     lines = []
+    shown: list[dict[str, Any]] = []
     if result["kind"] == "experiment":
         lines.append(f"{'policy':24s} {'return':>24s} {'mean wait h':>22s} "
                      f"{'worst-group wait h':>22s} {'wait gap h':>22s}")
         for label, s in result["summary"].items():
+            shown += [s[k] for k in ("return", "mean_wait", "worst_group_wait", "wait_gap")]
             lines.append(f"{label:24s} {_fmt(s['return'], 1):>24s} {_fmt(s['mean_wait']):>22s} "
                          f"{_fmt(s['worst_group_wait']):>22s} {_fmt(s['wait_gap']):>22s}")
     else:
@@ -134,9 +160,14 @@ def format_summary(result: dict[str, Any]) -> str:
                      f"{'worst-group wait h':>22s} {'wait gap h':>22s} "
                      f"{'d worst vs min lambda':>24s}")
         for f in result["frontier"]:
+            shown += [f[k] for k in ("return", "mean_wait", "worst_group_wait", "wait_gap")]
+            shown.append(f["vs_lambda0"]["worst_group_wait"])
             lines.append(f"{f['lam']:6g} {_fmt(f['return'], 1):>24s} {_fmt(f['mean_wait']):>22s} "
                          f"{_fmt(f['worst_group_wait']):>22s} {_fmt(f['wait_gap']):>22s} "
                          f"{_fmt(f['vs_lambda0']['worst_group_wait']):>24s}")
+    lines += [f"n/a: {r}" for r in _reasons(shown)]
+    if "training" in result:
+        lines.append(training_line(result["training"]))
     lines.append(f"results: {result['out']}")
     return "\n".join(lines)
 
@@ -171,7 +202,8 @@ def register(app: Any) -> None:
         seeds: Annotated[int, typer.Option(
             min=1, help="Number of seeds (runs use seeds 0..n-1).")] = 5,
         steps: Annotated[int, typer.Option(
-            min=1, help="Training environment steps per seed.")] = 200_000,
+            min=1, help="Training environment steps per seed, run in whole rollouts of "
+                        "n-envs x 168 steps (rounded down; the run says what it ran).")] = 200_000,
         n_envs: Annotated[int, typer.Option(
             min=1, help="Vectorised environments per learner.")] = 16,
         jobs: Annotated[int, typer.Option(min=1, help="Worker processes for the seeds.")] = 1,
@@ -181,6 +213,7 @@ def register(app: Any) -> None:
             help="Write PNG figures next to the results.")] = True,
         force: Force = False,
         json_out: JsonOut = False,
+        progress: Progress = True,
         threads: Threads = "auto",
     ) -> None:
         """Train PPO or group-robust PPO online over seeds; write curves and group metrics.
@@ -207,7 +240,7 @@ def register(app: Any) -> None:
                                 group_signal=(group_signal or GroupSignal.SERVED).value,
                                 seeds=seeds, steps=steps,
                                 n_envs=n_envs, jobs=jobs, eval_episodes=eval_episodes,
-                                force=force, figures=figures)
+                                force=force, figures=figures, progress=progress)
         if json_out:
             print_json(result)
             return

@@ -65,6 +65,7 @@ from equicare.exceptions import (
 from equicare.models._dynamics import DynamicsConfig, DynamicsEnsemble, transitions_from_dataset
 from equicare.models._reward_net import REWARD_INPUTS, RewardEnsemble, RewardInput
 from equicare.policy._learned import StatePolicy, manifest_fingerprint
+from equicare.privacy import round_significant
 from equicare.spaces import FactoredActionSpace
 from equicare.utils import (
     PARAM_MESSAGE,
@@ -81,6 +82,21 @@ NO_TRANSITIONS_MESSAGE = ("{data} has no transitions (every episode has one row)
                           "dynamics from consecutive rows of an episode (only the model-free, "
                           "known-reward variant trains on single rows).")
 STAGES: tuple[str, ...] = ("dynamics", "reward", "policy")
+#: Error when a method that needs a dataset gets something else (e.g. a NumPy array of states).
+NOT_A_DATASET_MESSAGE = (
+    "The 'dataset' parameter of OMG.{method} must be a TrajectoryDataset (from "
+    "equicare.data.load_dataset(data, manifest) or equicare.sim.heparin.heparin_dataset); got "
+    "{got}. OMG needs the episodes, actions and rewards, not only the states.")
+_DATASET_ATTRS = ("states", "actions", "n_actions", "n_features", "n_steps", "n_episodes",
+                  "state_names", "episode_offsets")
+
+
+def _check_is_dataset(dataset: Any, method: str) -> None:
+    if not all(hasattr(dataset, a) for a in _DATASET_ATTRS):
+        got = type(dataset).__module__ + "." + type(dataset).__qualname__
+        if isinstance(dataset, np.ndarray):
+            got += f" of shape {dataset.shape}"
+        raise InvalidParameterError(NOT_A_DATASET_MESSAGE.format(method=method, got=got))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -345,6 +361,7 @@ class OMG:
         -------
         self
         """
+        _check_is_dataset(dataset, "fit")
         if dataset.n_actions < 2:
             raise DataValidationError("OMG needs at least 2 actions.")
         if dataset.n_features < 1:
@@ -388,7 +405,9 @@ class OMG:
         gamma = float(cfg.gamma if cfg.gamma is not None else dataset.gamma)
         self.gamma_ = gamma
         self._states_cache = tr.states
-        self._median = np.median(tr.states, axis=0).astype(np.float32)
+        # the typical state of reward_grid, saved with the model: medians rounded to 3
+        # significant digits (an exact median is a row's value)
+        self._median = round_significant(np.median(tr.states, axis=0), 3).astype(np.float32)
         n, d, k = tr.n, self.n_features_, self.n_actions_
         # ---------------------------------------------------------- stage 1: dynamics
         t0 = time.perf_counter()
@@ -680,8 +699,10 @@ class OMG:
         return r
 
     # ------------------------------------------------------------------ prediction
-    def _check_dataset(self, dataset: Any) -> NDArray[np.float32]:
+    def _check_dataset(self, dataset: Any, method: str = "action_probs"
+                       ) -> NDArray[np.float32]:
         check_is_fitted(self, "agent_")
+        _check_is_dataset(dataset, method)
         if tuple(dataset.state_names) != self.feature_names_:
             raise DataValidationError(
                 f"The dataset's state columns {list(dataset.state_names)} differ from the ones "
@@ -702,7 +723,7 @@ class OMG:
 
     def q_values(self, dataset: Any) -> NDArray[np.float64]:
         """Pessimistic Q, ``min(Q1, Q2)``, per row and action, shape ``(n_steps, n_actions)``."""
-        s = torch.as_tensor(self._check_dataset(dataset))
+        s = torch.as_tensor(self._check_dataset(dataset, "q_values"))
         with torch.no_grad():
             q: NDArray[np.float64] = torch.min(self.agent_.q1(s), self.agent_.q2(s)).numpy(
             ).astype(np.float64)
@@ -734,7 +755,7 @@ class OMG:
 
         The next state of an episode's last row is the dynamics model's mean prediction.
         """
-        s = self._check_dataset(dataset)
+        s = self._check_dataset(dataset, "dataset_reward")
         tr = transitions_from_dataset(dataset)
         s2 = tr.next_states.copy()
         miss = ~tr.has_next
@@ -757,7 +778,7 @@ class OMG:
             Feature name.
         values : ndarray of shape (m,)
         base_state : ndarray of shape (d,), optional
-            Default: the feature medians of the training data.
+            Default: the feature medians of the training data, rounded to 3 significant digits.
         linked : tuple of str
             Other features set to the same grid values (e.g. ``("aptt_prev",)``).
 

@@ -10,10 +10,15 @@ Features whose transition is deterministic in the data are detected and not mode
 features (:math:`s'_j = s_j`), constant increments (a clock), copies of another feature
 (:math:`s'_j = s_k`, e.g. "previous aPTT") and features fixed by the action (:math:`s'_j = f(a)`,
 e.g. "previous rate") and exact monotone functions of another feature (:math:`s'_j = g(s'_k)`,
-e.g. INR of PT; interpolated from 1,001 knots). Only the remaining features get a Gaussian, so
-model samples keep the data's deterministic relations. When every logged state at a
-clock's largest value is terminal (a fixed course length), transitions from it are terminal in
-predictions too.
+e.g. INR of PT; interpolated from up to 1,001 knots). Only the remaining features get a Gaussian,
+so model samples keep the data's deterministic relations. When every logged state at a clock's
+largest value is terminal (a fixed course length, shared by at least 11 rows), transitions from it
+are terminal in predictions too.
+
+No saved number is a row's value (the ensemble is saved into shareable model folders): the
+interpolation knots are interpolated quantiles rounded to 4 significant digits, and predictions are
+clipped to coarse bounds (:func:`equicare.privacy.coarse_bounds`), not to the data's minimum and
+maximum.
 
 The action encoding is :func:`one_hot_actions` (flat action index -> one-hot row); the reward
 network (:mod:`equicare.models._reward_net`) uses the same function, so the two always agree.
@@ -36,7 +41,9 @@ from torch import Tensor, nn
 
 from equicare import utils
 from equicare.exceptions import InvalidParameterError
+from equicare.privacy import coarse_bounds, round_significant, tail_quantile
 from equicare.utils import (
+    MIN_CELL,
     PARAM_MESSAGE,
     RandomState,
     atomic_write,
@@ -350,12 +357,14 @@ def _find_structure(tr: Transitions, n_actions: int, tol: float = 1e-4) -> _Stru
             by_action[j] = [float(v) for v in lo]
     # a clock (constant positive increment) whose largest value always ends the episode: a fixed
     # course length; transitions from that value are terminal
+    # (kept only when at least MIN_CELL rows share that value: it is then a course length, not
+    # one patient's last time)
     clock_end: dict[int, float] = {}
     for j, c in const_delta.items():
         if c > 0:
             top = float(tr.states[:, j].max())
             at_top = tr.states[:, j] >= top - tol * scale[j]
-            if at_top.any() and np.all(tr.terminals[at_top] > 0):
+            if at_top.sum() >= MIN_CELL and np.all(tr.terminals[at_top] > 0):
                 clock_end[j] = top
     det = set(const_delta) | set(copy_of) | set(by_action)
     # a feature that is an exact monotone function of another modelled feature (a derived lab
@@ -381,7 +390,14 @@ def _find_structure(tr: Transitions, n_actions: int, tol: float = 1e-4) -> _Stru
             if np.any(np.abs(dj[same_k]) > eps):
                 continue
             if np.all(dj >= -eps) or np.all(dj <= eps):
-                knots = np.unique(np.quantile(xk, np.linspace(0, 1, 1001)))
+                # knots: interpolated quantiles inside the tails (at least MIN_CELL rows beyond
+                # the end ones), rounded to 4 significant digits, so no knot is a row's value;
+                # predictions extrapolate linearly beyond them (see _assemble)
+                p = tail_quantile(xk.size)
+                knots = np.unique(round_significant(
+                    np.quantile(xk, np.linspace(p, 1 - p, 1001)), 4))
+                if knots.size < 2:
+                    continue
                 func_of[j] = (k, knots.tolist(), np.interp(knots, xk, xj).tolist())
                 break
     det |= set(func_of)
@@ -465,12 +481,10 @@ class DynamicsEnsemble:
         s64 = tr.states.astype(np.float64)
         self.state_mean_ = s64.mean(axis=0)
         self.state_std_ = np.where(s64.std(axis=0) > 1e-6, s64.std(axis=0), 1.0)
-        self.state_min_ = s64.min(axis=0)
-        self.state_max_ = s64.max(axis=0)
-        if tr.has_next.any():
-            nx = tr.next_states[tr.has_next].astype(np.float64)
-            self.state_min_ = np.minimum(self.state_min_, nx.min(axis=0))
-            self.state_max_ = np.maximum(self.state_max_, nx.max(axis=0))
+        # clipping range of predictions: coarse bounds (tail quantiles widened and rounded
+        # outward), not the columns' minimum and maximum, which are single patients' values
+        self.state_min_, self.state_max_ = coarse_bounds(
+            np.r_[s64, tr.next_states[tr.has_next].astype(np.float64)], margin=BOUND_MARGIN)
         delta = (tr.next_states - tr.states).astype(np.float64)[:, mod]
         hn = tr.has_next
         dm = delta[hn].mean(axis=0) if hn.any() else np.zeros(mod.size)
@@ -697,7 +711,7 @@ class DynamicsEnsemble:
         for j, table in st.by_action.items():
             ns[:, j] = np.asarray(table)[a]
         for j, (k, xs, ys) in st.func_of.items():
-            ns[:, j] = np.interp(np.clip(ns[:, k], xs[0], xs[-1]), xs, ys)
+            ns[:, j] = _interp_extrapolate(ns[:, k], np.asarray(xs), np.asarray(ys))
         return np.clip(ns, self.state_min_, self.state_max_).astype(np.float32)
 
     def disagreement(self, states: NDArray[Any], actions: NDArray[Any]) -> NDArray[np.float64]:
@@ -829,6 +843,24 @@ class DynamicsEnsemble:
         p = Path(path)
         meta = json.loads((p / "dynamics.json").read_text())
         return cls.from_state(meta, st_load((p / "dynamics.safetensors").read_bytes()))
+
+
+#: Widening of the prediction bounds beyond the tail quantiles (fraction of their distance).
+BOUND_MARGIN = 0.25
+
+
+def _interp_extrapolate(x: NDArray[np.float64], xs: NDArray[np.float64],
+                        ys: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Piecewise-linear ``ys(xs)`` at ``x``, continued linearly beyond the end knots.
+
+    Beyond each end, the slope is that over the outer 1% of the knots.
+    """
+    out: NDArray[np.float64] = np.interp(x, xs, ys)
+    w = max(1, min(xs.size - 1, xs.size // 100))
+    lo_slope = (ys[w] - ys[0]) / (xs[w] - xs[0])
+    hi_slope = (ys[-1] - ys[-1 - w]) / (xs[-1] - xs[-1 - w])
+    out = np.where(x < xs[0], ys[0] + (x - xs[0]) * lo_slope, out)
+    return np.where(x > xs[-1], ys[-1] + (x - xs[-1]) * hi_slope, out)
 
 
 _ARRAYS = ("state_mean_", "state_std_", "state_min_", "state_max_", "target_mean_", "target_std_")

@@ -59,6 +59,11 @@ _OUTPUT_FILES = frozenset({
     "frontier_gap.png"})
 _MARKERS = ("results.json", "frontier.json")
 
+#: ``ci_reason`` of a summary over one seed (a bootstrap of one value has zero width).
+ONE_SEED_REASON = "one seed gives no interval (run two or more seeds)"
+#: ``ci_reason`` of a summary without any finite value.
+NO_VALUE_REASON = "no finite value"
+
 _OWNER = "OnlineExperimentConfig"
 _EVAL_SEED_OFFSET = 1_000_003
 _SUMMARY_METRICS = ("return", "mean_wait", "worst_group_wait", "wait_gap", "critical_waits")
@@ -155,6 +160,25 @@ class OnlineExperimentConfig:
             return PPOConfig(**common)
         return GRPOConfig(**common, lam=self.lam, mode=self.mode, dro_step=self.dro_step,
                           group_signal=self.group_signal)
+
+    @property
+    def env_steps_per_seed(self) -> int:
+        """Environment steps one seed trains for.
+
+        ``steps`` in whole rollouts of ``n_envs * n_steps``: rounded down, at least one rollout.
+        """
+        batch = self.n_envs * self.n_steps
+        return max(self.steps // batch, 1) * batch
+
+    def training(self) -> dict[str, int]:
+        """What one seed trains for.
+
+        ``steps_requested``, ``env_steps`` (whole rollouts), ``rollouts``, ``n_envs`` and
+        ``n_steps`` (a rollout: ``n_envs * n_steps`` steps).
+        """
+        return {"steps_requested": self.steps, "env_steps": self.env_steps_per_seed,
+                "rollouts": self.env_steps_per_seed // (self.n_envs * self.n_steps),
+                "n_envs": self.n_envs, "n_steps": self.n_steps}
 
     @property
     def label(self) -> str:
@@ -273,7 +297,8 @@ def evaluate_hospital_policy(
 
 # ---------------------------------------------------------------------- one seed
 
-def run_seed(config: OnlineExperimentConfig | dict[str, Any], seed: int) -> dict[str, Any]:
+def run_seed(config: OnlineExperimentConfig | dict[str, Any], seed: int, *,
+             progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Train one learner with one seed and evaluate it (top-level so executors can pickle it).
 
     Parameters
@@ -281,6 +306,8 @@ def run_seed(config: OnlineExperimentConfig | dict[str, Any], seed: int) -> dict
     config : OnlineExperimentConfig or its ``to_dict()``
     seed : int
         Seeds training (weights, environments, actions) and, offset, the evaluation episodes.
+    progress : callable, optional
+        ``progress(env_steps)`` after every vector step of training.
 
     Returns
     -------
@@ -303,6 +330,8 @@ def run_seed(config: OnlineExperimentConfig | dict[str, Any], seed: int) -> dict
     curve: list[dict[str, Any]] = []
 
     def record(env_steps: int, info: dict[str, Any]) -> None:
+        if progress is not None:
+            progress(env_steps)
         m = info.get("episode_metrics")
         if m is None:
             return
@@ -365,20 +394,26 @@ def bootstrap_mean_ci(
     Returns
     -------
     dict
-        ``{"mean", "ci": [low, high], "sd", "n"}``. With few seeds (n = 5) the percentile
-        interval is narrow-biased; read it beside ``sd`` and ``n``.
+        ``{"mean", "ci": [low, high], "sd", "n", "ci_reason"}``. With few seeds (n = 5) the
+        percentile interval is narrow-biased; read it beside ``sd`` and ``n``. With fewer than
+        two finite values there is no interval: ``ci`` is None and ``ci_reason`` says why
+        (:data:`ONE_SEED_REASON`, :data:`NO_VALUE_REASON`; None when ``ci`` is given).
     """
     x = np.asarray(values, dtype=np.float64)
     x = x[np.isfinite(x)]
     if x.size == 0:
-        return {"mean": math.nan, "ci": [math.nan, math.nan], "sd": math.nan, "n": 0}
+        return {"mean": math.nan, "ci": None, "sd": math.nan, "n": 0,
+                "ci_reason": NO_VALUE_REASON}
+    if x.size == 1:
+        return {"mean": float(x[0]), "ci": None, "sd": math.nan, "n": 1,
+                "ci_reason": ONE_SEED_REASON}
     rng = check_random_state(random_state)
     idx = rng.integers(0, x.size, size=(n_boot, x.size))
     means = x[idx].mean(axis=1)
     alpha = (1.0 - level) / 2.0
     lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
     return {"mean": float(x.mean()), "ci": [float(lo), float(hi)],
-            "sd": float(x.std(ddof=1)) if x.size > 1 else math.nan, "n": int(x.size)}
+            "sd": float(x.std(ddof=1)), "n": int(x.size), "ci_reason": None}
 
 
 def summarize_runs(results: Sequence[dict[str, Any]], *, policy: str = "final") -> dict[str, Any]:
@@ -416,32 +451,94 @@ def compare_runs(
 ) -> dict[str, Any]:
     """Paired (by seed) differences ``other - base`` of the headline metrics.
 
+    Parameters
+    ----------
+    base, other : sequence of dict
+        :func:`run_seed` outputs: the ``"seeds"`` list of a :func:`run_experiment` result.
+
     Returns
     -------
     dict
         ``{metric: bootstrap_mean_ci(differences)}`` and ``seeds`` (the seeds paired).
+
+    Raises
+    ------
+    InvalidParameterError
+        An argument that is not a list of :func:`run_seed` outputs (e.g. a whole
+        :func:`run_experiment` result), or no seed in common.
     """
-    b = {r["seed"]: r["final"] for r in base}
-    o = {r["seed"]: r["final"] for r in other}
+    b = _finals(base, "base")
+    o = _finals(other, "other")
     seeds = sorted(set(b) & set(o))
+    if not seeds:
+        raise InvalidParameterError(
+            f"compare_runs pairs runs by seed, and base (seeds {sorted(b)}) and other (seeds "
+            f"{sorted(o)}) have no seed in common.")
     out: dict[str, Any] = {k: bootstrap_mean_ci([o[s][k] - b[s][k] for s in seeds])
                            for k in _SUMMARY_METRICS}
     out["seeds"] = seeds
     return out
 
 
+def _finals(runs: Any, name: str) -> dict[int, dict[str, Any]]:
+    """``{seed: final metrics}`` of a list of :func:`run_seed` outputs, or a clear error."""
+    expected = ("a list of run_seed outputs (dicts with 'seed' and 'final'), e.g. "
+                "run_experiment(...)['seeds']")
+    if isinstance(runs, dict):
+        hint = (" (a run_experiment result: pass its ['seeds'])" if "seeds" in runs else "")
+        raise InvalidParameterError(PARAM_MESSAGE.format(
+            name=name, owner="compare_runs", expected=expected,
+            got=f"a dict with keys {sorted(map(str, runs))[:6]}") + hint)
+    if isinstance(runs, (str, bytes)) or not isinstance(runs, Sequence) or not all(
+            isinstance(r, dict) and "seed" in r and isinstance(r.get("final"), dict)
+            for r in runs):
+        shown = type(runs).__name__ if not isinstance(runs, Sequence) else \
+            f"a {type(runs).__name__} of {sorted({type(r).__name__ for r in runs})}"
+        raise InvalidParameterError(PARAM_MESSAGE.format(
+            name=name, owner="compare_runs", expected=expected, got=shown))
+    return {int(r["seed"]): r["final"] for r in runs}
+
+
 # ---------------------------------------------------------------------- runs and files
 
-def _run_many(tasks: list[tuple[OnlineExperimentConfig, int]], jobs: int) -> list[dict[str, Any]]:
-    check_param(jobs, "jobs", "run_experiment", kind=int, low=1)
-    if jobs == 1 or len(tasks) == 1:
-        return [run_seed(c, s) for c, s in tasks]
-    import multiprocessing as mp
+def _run_many(tasks: list[tuple[OnlineExperimentConfig, int]], jobs: int,
+              progress: bool = False, description: str = "online") -> list[dict[str, Any]]:
+    """Run the (config, seed) tasks; a progress bar over their environment steps.
 
-    with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)),
-                             mp_context=mp.get_context("spawn")) as pool:
-        futures = [pool.submit(run_seed, c.to_dict(), s) for c, s in tasks]
-        return [f.result() for f in futures]
+    Inline (``jobs == 1``) the bar moves with every vector step; with worker processes it moves
+    when a seed finishes.
+    """
+    from equicare._progress import progress_task
+
+    check_param(jobs, "jobs", "run_experiment", kind=int, low=1)
+    total = sum(c.env_steps_per_seed for c, _ in tasks)
+    with progress_task(description, total, enabled=progress) as bar:
+        if jobs == 1 or len(tasks) == 1:
+            out, done = [], 0
+            for i, (c, s) in enumerate(tasks):
+                bar.update(info=f"seed {s} ({i + 1}/{len(tasks)})")
+
+                def moved(n: int, base: int = done) -> None:
+                    bar.update(completed=base + n)
+
+                out.append(run_seed(c, s, progress=moved))
+                done += c.env_steps_per_seed
+                bar.update(completed=done)
+            return out
+        import multiprocessing as mp
+        from concurrent.futures import as_completed
+
+        with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)),
+                                 mp_context=mp.get_context("spawn")) as pool:
+            futures = {pool.submit(run_seed, c.to_dict(), s): i
+                       for i, (c, s) in enumerate(tasks)}
+            results: list[dict[str, Any]] = [{} for _ in tasks]
+            for n_done, f in enumerate(as_completed(futures), start=1):
+                i = futures[f]
+                results[i] = f.result()
+                bar.update(advance=tasks[i][0].env_steps_per_seed,
+                           info=f"{n_done}/{len(tasks)} seeds done")
+            return results
 
 
 def _is_partial(name: str) -> bool:
@@ -549,7 +646,8 @@ def _write_results(out: Path, config: OnlineExperimentConfig, results: list[dict
     atomic_write_text(out / "config.json", json.dumps(config.to_dict(), indent=2))
     # results.json last: its presence marks a complete folder
     atomic_write_text(out / "results.json", json.dumps(
-        {"config": config.to_dict(), "summary": summary, "seeds": results}, indent=1))
+        {"config": config.to_dict(), "training": config.training(), "summary": summary,
+         "seeds": results}, indent=1))
 
 
 def run_experiment(
@@ -559,6 +657,7 @@ def run_experiment(
     jobs: int = 1,
     out: str | Path | None = None,
     force: bool = False,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Run ``config`` over seeds and (optionally) write the results folder.
 
@@ -578,12 +677,16 @@ def run_experiment(
         ``out``; other files in the folder are kept. Without it a folder holding online results
         is refused, and a non-empty folder holding none is refused either way (before any
         training).
+    progress : bool
+        A progress bar over the seeds' environment steps (a line per tenth off a terminal).
 
     Returns
     -------
     dict
-        ``{"config", "summary", "seeds"}`` where ``summary`` holds the learner's and each
-        baseline's :func:`summarize_runs`.
+        ``{"config", "training", "summary", "seeds"}`` where ``training`` is
+        :meth:`OnlineExperimentConfig.training` (the environment steps each seed ran: ``steps``
+        rounded down to whole rollouts) and ``summary`` holds the learner's and each baseline's
+        :func:`summarize_runs`.
     """
     if not isinstance(config, OnlineExperimentConfig):
         raise InvalidParameterError(PARAM_MESSAGE.format(name="config", owner="run_experiment",
@@ -591,7 +694,8 @@ def run_experiment(
     seed_list = _seed_list(seeds)
     if out is not None:
         _check_out(Path(out), force)
-    results = _run_many([(config, s) for s in seed_list], jobs)
+    results = _run_many([(config, s) for s in seed_list], jobs, progress,
+                        f"online ({config.label})")
     summary = {config.label: summarize_runs(results)}
     if config.baselines:
         for b in results[0]["baselines"]:
@@ -599,7 +703,8 @@ def run_experiment(
     if out is not None:
         _clear_outputs(Path(out))
         _write_results(Path(out), config, results, summary)
-    return {"config": config.to_dict(), "summary": summary, "seeds": results}
+    return {"config": config.to_dict(), "training": config.training(), "summary": summary,
+            "seeds": results}
 
 
 def _seed_list(seeds: int | Sequence[int]) -> list[int]:
@@ -622,6 +727,7 @@ def lambda_sweep(
     jobs: int = 1,
     out: str | Path | None = None,
     force: bool = False,
+    progress: bool = False,
 ) -> dict[str, Any]:
     r"""GRPO over a grid of :math:`\lambda`: the efficiency-versus-equity frontier.
 
@@ -633,15 +739,15 @@ def lambda_sweep(
     config : OnlineExperimentConfig
         Template; ``algo`` is set to ``'grpo'`` and ``lam`` to each value.
     lambdas : sequence of float in [0, 1]
-    seeds, jobs, out, force
+    seeds, jobs, out, force, progress
         As for :func:`run_experiment`; each :math:`\lambda` gets a subfolder ``lambda_<v>``,
         and ``out`` gets ``frontier.json`` and ``frontier.csv``.
 
     Returns
     -------
     dict
-        ``{"config", "lambdas", "frontier": [...], "runs": {lam: results}}``. Each frontier
-        row holds :math:`\lambda`, the summary (mean and bootstrap CI over seeds) of
+        ``{"config", "training", "lambdas", "frontier": [...], "runs": {lam: results}}``.
+        Each frontier row holds :math:`\lambda`, the summary (mean and bootstrap CI over seeds) of
         ``return``, ``mean_wait`` (efficiency), ``worst_group_wait`` and ``wait_gap`` (equity),
         and ``vs_lambda0``: paired differences from the smallest :math:`\lambda` in the grid.
     """
@@ -656,7 +762,7 @@ def lambda_sweep(
         _check_out(root, force)
     cfgs = {lam: dataclasses.replace(config, algo="grpo", lam=lam) for lam in lams}
     tasks = [(cfgs[lam], s) for lam in lams for s in seed_list]
-    flat = _run_many(tasks, jobs)
+    flat = _run_many(tasks, jobs, progress, "online (lambda sweep)")
     runs = {lam: flat[i * len(seed_list):(i + 1) * len(seed_list)] for i, lam in enumerate(lams)}
     ref = runs[lams[0]]
     frontier = []
@@ -665,17 +771,19 @@ def lambda_sweep(
         frontier.append({"lam": lam, **{k: s[k] for k in _SUMMARY_METRICS},
                          "group_mean_wait": s["group_mean_wait"],
                          "vs_lambda0": compare_runs(ref, runs[lam])})
-    result = {"config": config.to_dict(), "lambdas": lams, "frontier": frontier,
+    result = {"config": config.to_dict(), "training": config.training(), "lambdas": lams,
+              "frontier": frontier,
               "runs": {str(lam): r for lam, r in runs.items()}}
     if root is not None:
         _clear_outputs(root)
         for lam in lams:
             summary = {cfgs[lam].label: summarize_runs(runs[lam])}
             _write_results(root / f"lambda_{lam:g}", cfgs[lam], runs[lam], summary)
-        rows = [{"lam": f["lam"], **{f"{k}_{part}": (f[k]["mean"] if part == "mean" else
-                                                      f[k]["ci"][0 if part == "lo" else 1])
-                                     for k in _SUMMARY_METRICS for part in ("mean", "lo", "hi")}}
-                for f in frontier]
+        rows = [{"lam": f["lam"], **{f"{k}_{part}": (
+            f[k]["mean"] if part == "mean" else
+            None if f[k]["ci"] is None else f[k]["ci"][0 if part == "lo" else 1])
+            for k in _SUMMARY_METRICS for part in ("mean", "lo", "hi")}}
+            for f in frontier]
         atomic_write_text(root / "frontier.csv", _csv(rows))
         atomic_write_text(root / "frontier.json", json.dumps(
             {k: v for k, v in result.items() if k != "runs"}, indent=1))

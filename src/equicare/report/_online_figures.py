@@ -91,8 +91,9 @@ def plot_frontier(
     rows = sweep["frontier"]
     xs = np.asarray([r[x]["mean"] for r in rows])
     ys = np.asarray([r[y]["mean"] for r in rows])
-    xerr = np.abs(np.asarray([r[x]["ci"] for r in rows]).T - xs)
-    yerr = np.abs(np.asarray([r[y]["ci"] for r in rows]).T - ys)
+    # no interval (one seed): no error bar
+    xerr = np.abs(np.asarray([r[x]["ci"] or [r[x]["mean"]] * 2 for r in rows]).T - xs)
+    yerr = np.abs(np.asarray([r[y]["ci"] or [r[y]["mean"]] * 2 for r in rows]).T - ys)
     ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, fmt="o-", capsize=3)
     for r, xi, yi in zip(rows, xs, ys, strict=True):
         ax.annotate(f"λ={r['lam']:g}", (xi, yi), textcoords="offset points", xytext=(5, 5),

@@ -8,11 +8,13 @@ simulated with the same seed see the same patients and the same noise (common ra
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 
+from equicare.exceptions import InvalidParameterError
 from equicare.utils import PARAM_MESSAGE
 
 __all__ = [
@@ -140,37 +142,60 @@ class HeparinConfig:
     def __post_init__(self) -> None:
         own = "HeparinConfig"
 
-        def bad(name: str, expected: str) -> ValueError:
-            return ValueError(PARAM_MESSAGE.format(name=name, owner=own, expected=expected,
-                                                   got=getattr(self, name)))
+        def bad(name: str, expected: str) -> InvalidParameterError:
+            return InvalidParameterError(PARAM_MESSAGE.format(
+                name=name, owner=own, expected=expected, got=getattr(self, name)))
 
-        if isinstance(self.horizon, bool) or not isinstance(self.horizon, int) or self.horizon < 1:
+        def number(name: str, ok: Callable[[float], bool], expected: str) -> None:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) \
+                    or not ok(float(v)):
+                raise bad(name, expected)
+
+        def numbers(name: str, expected: str) -> tuple[float, ...]:
+            v = getattr(self, name)
+            try:
+                if isinstance(v, (str, bytes)) or any(isinstance(x, (bool, str, bytes))
+                                                      for x in v):
+                    raise TypeError
+                return tuple(float(x) for x in v)
+            except (TypeError, ValueError):
+                raise bad(name, expected) from None
+
+        if isinstance(self.horizon, bool) or not isinstance(self.horizon, (int, np.integer)) \
+                or self.horizon < 1:
             raise bad("horizon", "an int >= 1")
-        if not (self.dt_hours > 0):
-            raise bad("dt_hours", "a number in (0, inf)")
-        rb = tuple(float(r) for r in self.rate_bins)
+        number("dt_hours", lambda v: v > 0, "a number in (0, inf)")
+        rates = "an increasing tuple of >= 2 non-negative rates"
+        rb = numbers("rate_bins", rates)
         if len(rb) < 2 or any(r < 0 for r in rb) or any(np.diff(rb) <= 0):
-            raise bad("rate_bins", "an increasing tuple of >= 2 non-negative rates")
+            raise bad("rate_bins", rates)
         object.__setattr__(self, "rate_bins", rb)
-        if not (0 < self.aptt_low < self.aptt_high):
-            raise bad("aptt_high", f"a number greater than aptt_low={self.aptt_low}")
-        for name in ("groups", "group_probs", "adherence"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
+        number("aptt_low", lambda v: v > 0, "a number in (0, inf)")
+        number("aptt_high", lambda v: v > float(self.aptt_low),
+               f"a number greater than aptt_low={self.aptt_low}")
+        if isinstance(self.groups, (str, bytes)):
+            raise bad("groups", "a tuple of distinct labels")
+        try:
+            object.__setattr__(self, "groups", tuple(self.groups))
+        except TypeError:
+            raise bad("groups", "a tuple of distinct labels") from None
         if len(self.groups) < 1 or len(set(self.groups)) != len(self.groups):
             raise bad("groups", "a tuple of distinct labels")
-        gp = np.asarray(self.group_probs, dtype=float)
+        shares = "one non-negative share per group, summing to 1"
+        gp = np.asarray(numbers("group_probs", shares))
         if gp.shape != (len(self.groups),) or (gp < 0).any() or abs(gp.sum() - 1) > 1e-9:
-            raise bad("group_probs", "one non-negative share per group, summing to 1")
-        ad = np.asarray(self.adherence, dtype=float)
-        if ad.shape != (len(self.groups),) or (ad < 0).any() or (ad > 1).any():
-            raise bad("adherence", "one probability in [0, 1] per group")
-        for name in ("clinician_noise",):
-            if not (0 <= getattr(self, name) <= 1):
-                raise bad(name, "a number in [0, 1]")
+            raise bad("group_probs", shares)
+        object.__setattr__(self, "group_probs", tuple(gp.tolist()))
+        adh = "one probability in [0, 1] per group"
+        ad = np.asarray(numbers("adherence", adh))
+        if ad.shape != (len(self.groups),) or not ((ad >= 0) & (ad <= 1)).all():
+            raise bad("adherence", adh)
+        object.__setattr__(self, "adherence", tuple(ad.tolist()))
+        number("clinician_noise", lambda v: 0 <= v <= 1, "a number in [0, 1]")
         for name in ("aptt_cv", "event_penalty", "bleed_base", "clot_base", "loading_bolus",
                      "rebolus", "rebolus_below"):
-            if not (getattr(self, name) >= 0):
-                raise bad(name, "a number in [0, inf)")
+            number(name, lambda v: v >= 0, "a number in [0, inf)")
 
     @property
     def n_actions(self) -> int:
