@@ -217,6 +217,29 @@ def test_numeric_states_refused_or_binned() -> None:
     np.testing.assert_allclose(m.action_probs(ds).sum(axis=1), 1.0)
 
 
+def test_numeric_bin_edges_keep_no_rows_value(tmp_path) -> None:
+    """The quantile edges a model folder keeps are rounded (equicare.privacy): with 201 rows
+    the exact quartiles are three rows' values; the saved edges are none of them."""
+    from equicare.learn import SPIBB, load_learner
+
+    rng = np.random.default_rng(1)
+    n = 201
+    df = pd.DataFrame({"ep": np.repeat(np.arange(67), 3), "t": np.tile(np.arange(3), 67),
+                       "x": rng.normal(size=n) * 37.0 + 100.0, "a": rng.integers(0, 3, n),
+                       "r": rng.normal(size=n)})
+    man = {"dataset": {"episode": "ep", "time": "t", "states": ["x"], "gamma": 0.9},
+           "actions": {"a": {"levels": 3}}, "reward": {"column": "r"}}
+    ds = from_frame(df, man, emit_warnings=False)
+    assert np.isin(np.quantile(df["x"], [0.25, 0.5, 0.75]), df["x"]).all()  # what was kept
+    m = SPIBB(numeric="bin", numeric_bins=4, n_wedge=5).fit(ds)
+    m.save(tmp_path / "m")
+    back = load_learner(tmp_path / "m")
+    edges = np.concatenate(back.policy_.edges)
+    assert edges.size == 3 and not np.isin(edges, df["x"]).any()
+    np.testing.assert_allclose(edges, np.quantile(df["x"], [0.25, 0.5, 0.75]), rtol=1e-3)
+    np.testing.assert_array_equal(back.action_probs(ds), m.action_probs(ds))
+
+
 def test_soft_variant_and_config() -> None:
     mdp, ds = _panel(0, n=2000)
     vb = mdp.value(mdp.behavior_policy)

@@ -37,6 +37,7 @@ from equicare.exceptions import (
 )
 from equicare.learn._params import ConfigParams, check_fit_options
 from equicare.policy._cells import CellPolicy, cell_codes
+from equicare.privacy import round_significant
 from equicare.utils import (
     PARAM_MESSAGE,
     check_dataset,
@@ -327,8 +328,11 @@ class SPIBB(ConfigParams, BaseEstimator):  # type: ignore[misc]
         if cfg.numeric == "bin" and dataset.n_features > 0:
             numeric = tuple(dataset.state_names)
             qs = np.linspace(0, 1, cfg.numeric_bins + 1)[1:-1]
-            edges = tuple(np.unique(np.quantile(dataset.states[:, j].astype(np.float64), qs))
-                          for j in range(dataset.n_features))
+            # inner quantiles rounded to 4 significant digits: the model folder keeps no
+            # row's exact value (equicare.privacy, as OMG's knots)
+            edges = tuple(np.unique(round_significant(np.quantile(
+                dataset.states[:, j].astype(np.float64), qs), 4))
+                for j in range(dataset.n_features))
         if not columns and not numeric:
             raise DataValidationError(MSG_NOT_DISCRETE.format(learner=type(self).__name__))
         msg = thin_cells_message(dataset, f"{type(self).__name__}'s cells", columns,
