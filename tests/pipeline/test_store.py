@@ -106,3 +106,19 @@ def test_killed_run_is_marked_interrupted(tmp_path):
     assert store2.get_run(done)["status"] == "finished"
     assert float(store2.metrics(done)["value"].iloc[0]) == 1.0
     assert not store2.run_dir(rid).exists()
+
+
+def test_runs_list_prints_the_status_as_text_not_markup(tmp_path):
+    """The status column is coloured by style; no ``[green]finished[/]`` in a pipe."""
+    from typer.testing import CliRunner
+
+    from equicare.cli import app
+
+    store = RunStore(tmp_path)
+    done = store.start({"x": 1}, name="ok")
+    store.finish(done, [Metric("v", 1.0)])
+    store.fail(store.start({"x": 2}, name="bad"), "failed", "boom")
+    res = CliRunner().invoke(app, ["runs", "list", "--store", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert "[/]" not in res.output and "[green]" not in res.output and "[red]" not in res.output
+    assert " finished " in res.output and " failed " in res.output
