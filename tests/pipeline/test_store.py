@@ -42,6 +42,17 @@ def test_compare_and_prefix(tmp_path):
         store.get_run("zzz")
 
 
+def test_ambiguous_prefix_says_so_and_lists_the_matches(tmp_path):
+    store = RunStore(tmp_path)
+    a, b = store.start({"x": 1}), store.start({"x": 2})
+    common = os.path.commonprefix([a, b])
+    assert common and common not in (a, b)
+    with pytest.raises(KeyError, match=f"prefix '{common}' is ambiguous.*matches 2 runs") as err:
+        store.get_run(common)
+    assert a in str(err.value) and b in str(err.value)
+    assert store.get_run(a[: len(common) + 1])["run_id"] == a  # one more character resolves it
+
+
 def test_runs_with_different_learners_compare_by_role_and_name_their_differences(tmp_path):
     """``ope.dr.bc`` against ``ope.dr.awr`` lined up as ``ope.dr.learned``; the settings the
     configs differ in are listed (not where results went)."""

@@ -244,13 +244,25 @@ class RunStore:
             ).df()
 
     def get_run(self, run_id: str) -> dict[str, Any]:
-        """One run's row as a dict (``KeyError`` naming the known runs if absent)."""
+        """One run's row by id or unique id prefix, as a dict.
+
+        ``KeyError`` (:class:`~equicare.exceptions.UnknownNameError`) naming the recent runs if
+        none matches, or every match of a prefix that matches several runs.
+        """
         with self._connect() as con:
             df = con.execute("SELECT * FROM runs WHERE run_id = ?", [run_id]).df()
             if df.empty:
                 # allow a unique prefix
-                df = con.execute("SELECT * FROM runs WHERE starts_with(run_id, ?)", [run_id]).df()
-                if len(df) != 1:
+                df = con.execute("SELECT * FROM runs WHERE starts_with(run_id, ?) "
+                                 "ORDER BY started DESC, run_id DESC", [run_id]).df()
+                if len(df) > 1:
+                    ids = [str(r) for r in df["run_id"]]
+                    more = f" and {len(ids) - 10} more" if len(ids) > 10 else ""
+                    raise UnknownNameError(
+                        f"Run id prefix {run_id!r} is ambiguous in {self.db_path}: it matches "
+                        f"{len(ids)} runs ({', '.join(ids[:10])}{more}); give more characters "
+                        "of the id.")
+                if df.empty:
                     known = [
                         r[0]
                         for r in con.execute(
