@@ -72,6 +72,20 @@ def test_runs_with_different_learners_compare_by_role_and_name_their_differences
                                        ("learner.algo", "bc", "awr")]
 
 
+def test_sweeps_compare_without_their_output_settings(tmp_path):
+    """A sweep's config nests the run config under ``base.``: its ``output.*`` (executor,
+    jobs, address, store) and name are not differences either."""
+    store = RunStore(tmp_path)
+    a = store.start({"sweep": {"learner.n_steps": [20]}, "base": {
+        "name": "s1", "ope": {"ci": "studentized"},
+        "output": {"executor": "ray", "jobs": 1, "address": "local", "store": "x"}}})
+    b = store.start({"sweep": {"learner.n_steps": [20, 40]}, "base": {
+        "name": "s2", "ope": {"ci": "percentile"},
+        "output": {"executor": "local", "jobs": 2, "address": "auto", "store": "y"}}})
+    assert store.config_diff(a, b) == [("base.ope.ci", "studentized", "percentile"),
+                                       ("sweep.learner.n_steps", [20], [20, 40])]
+
+
 def test_failed_run_not_finished(tmp_path):
     store = RunStore(tmp_path)
     rid = store.start({})

@@ -305,11 +305,16 @@ class RunStore:
     def config_diff(self, run_a: str, run_b: str) -> list[tuple[str, Any, Any]]:
         """The settings two runs' configs differ in: ``(dotted key, a, b)``, sorted.
 
-        ``output.*`` (where results went) and ``name`` are left out.
+        ``output.*`` (where results went and how: store, executor, jobs) and ``name`` are left
+        out, also under a sweep's ``base.`` (its config is ``{"sweep": grid, "base": config}``).
         """
         fa, fb = (_flatten(self.get_run(r)["config"]) for r in (run_a, run_b))
-        keys = sorted(k for k in set(fa) | set(fb)
-                      if not k.startswith("output.") and k != "name")
+
+        def setting(key: str) -> bool:
+            k = key.removeprefix("base.")
+            return not k.startswith("output.") and k != "name"
+
+        keys = sorted(k for k in set(fa) | set(fb) if setting(k))
         return [(k, fa.get(k), fb.get(k)) for k in keys if fa.get(k) != fb.get(k)]
 
 
