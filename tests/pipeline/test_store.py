@@ -147,3 +147,28 @@ def test_runs_list_prints_the_status_as_text_not_markup(tmp_path):
     assert res.exit_code == 0, res.output
     assert "[/]" not in res.output and "[green]" not in res.output and "[red]" not in res.output
     assert " finished " in res.output and " failed " in res.output
+
+
+def test_store_that_is_a_file_says_it_must_be_a_folder(tmp_path):
+    from typer.testing import CliRunner
+
+    from equicare.cli import app
+    from equicare.exceptions import InvalidParameterError
+
+    from .test_run import tiny_config
+
+    f = tmp_path / "panel.csv"
+    f.write_text("a,b\n1,2\n")
+    with pytest.raises(InvalidParameterError, match=r"is a folder .*; .*panel.csv is a file\."):
+        RunStore(f)
+    with pytest.raises(InvalidParameterError, match=r"cannot be one because .*panel.csv is a"):
+        RunStore(f / "sub")
+    db = RunStore(tmp_path / "runs").db_path
+    with pytest.raises(InvalidParameterError, match="pass its folder, .*runs"):
+        RunStore(db)
+    cfg = tiny_config(tmp_path)
+    for args in (["runs", "list", "--store", str(f)], ["run", str(cfg), "--store", str(f)]):
+        res = CliRunner().invoke(app, [*args, "--no-progress"] if args[0] == "run" else args)
+        said = " ".join(res.output.split())
+        assert res.exit_code == 2 and "panel.csv is a file" in said, res.output
+        assert "File exists" not in said and "Traceback" not in said

@@ -411,7 +411,9 @@ def _existing_store(store: Path) -> Any:
     """The run store at ``store``, or a user error when there is none (never create one)."""
     from equicare.exceptions import InvalidParameterError
     from equicare.pipeline import RunStore
+    from equicare.pipeline._store import check_store_folder
 
+    check_store_folder(store)
     if not (Path(store) / "equicare.duckdb").is_file():
         raise InvalidParameterError(
             f"No run store at {store} (no equicare.duckdb there); runs are stored where "

@@ -26,7 +26,7 @@ from typing import Any
 
 import pandas as pd
 
-from equicare.exceptions import EquicareError, UnknownNameError
+from equicare.exceptions import EquicareError, InvalidParameterError, UnknownNameError
 
 __all__ = ["RunStore", "Metric", "config_hash", "git_revision", "USER_ERRORS"]
 
@@ -116,6 +116,7 @@ class RunStore:
 
     def __init__(self, root: str | os.PathLike[str] = "runs") -> None:
         self.root = Path(root)
+        check_store_folder(self.root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.db_path = self.root / "equicare.duckdb"
         with self._connect() as con:
@@ -316,6 +317,25 @@ class RunStore:
 
         keys = sorted(k for k in set(fa) | set(fb) if setting(k))
         return [(k, fa.get(k), fb.get(k)) for k in keys if fa.get(k) != fb.get(k)]
+
+
+def check_store_folder(root: str | os.PathLike[str]) -> None:
+    """Raise :class:`InvalidParameterError` when ``root`` or a folder above it is a file.
+
+    A run store is a folder (holding ``equicare.duckdb`` and one folder per run); for the
+    database file itself the message names its folder.
+    """
+    path = Path(root)
+    what = "a folder holding equicare.duckdb and one folder per run"
+    if path.exists() and not path.is_dir():
+        hint = (f"; pass its folder, {path.parent}" if path.name == "equicare.duckdb" else "")
+        raise InvalidParameterError(
+            f"The run store (--store, output.store) is {what}; {root} is a file{hint}.")
+    for up in path.parents:
+        if up.exists() and not up.is_dir():
+            raise InvalidParameterError(
+                f"The run store (--store, output.store) is {what}; {root} cannot be one "
+                f"because {up} is a file.")
 
 
 def _learner(config: dict[str, Any]) -> str:
