@@ -35,8 +35,11 @@ peer: SCOPE-RL has no equivalent of the care panel's 300 factored actions and nu
 end to end, so these entries are our own budget only.
 
 ``EQUICARE_BENCH_SCALE=small`` runs 300-episode panels (a smoke test of the harness); peers are
-skipped when not importable (the entry then has no peer). Run:
-``.venv/bin/python benchmarks/bench_ope_garnet.py``.
+skipped when not importable (the entry then has no peer). ``run(quick=True)`` (``run_all.py
+--quick``, or ``--quick`` here) is a smoke run whose numbers mean nothing: both panels become
+:data:`QUICK_PRESET` with :data:`QUICK_EPISODES` episodes, :data:`QUICK_BOOT` bootstrap
+replicates, no peer, and the quick tour simulates 100 members x 10 weeks and trains 20 steps.
+Run: ``.venv/bin/python benchmarks/bench_ope_garnet.py [--quick]``.
 """
 
 from __future__ import annotations
@@ -57,6 +60,9 @@ SMALL_EPISODES = 300
 N_BOOT = 1000
 FAMILY = "soft_optimal"
 FQE_STEPS = 10_000
+#: ``quick`` mode (a smoke run): every panel is this tiny preset with this many episodes, and
+#: every ``evaluate`` draws this many bootstrap replicates.
+QUICK_PRESET, QUICK_EPISODES, QUICK_BOOT = "s50_a5_g1", 100, 20
 _ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 
 #: Peak resident memory of the running process itself, in MB: ``VmHWM`` of ``/proc/self/status``
@@ -198,8 +204,10 @@ def _run(code: str, args: list[str]) -> dict[str, Any]:
     return out
 
 
-def run_panel(name: str, preset: str, n_episodes: int, workdir: Path) -> dict[str, Any]:
-    """Synthesise one panel, run ours and the peer; return the raw measurements."""
+def run_panel(name: str, preset: str, n_episodes: int, workdir: Path, quick: bool = False
+              ) -> dict[str, Any]:
+    """Synthesise one panel, run ours and the peer (not when ``quick``); return the raw
+    measurements."""
     from equicare.sim._garnet_cli import synth_garnet
     from equicare.sim.garnet import garnet_preset
 
@@ -208,21 +216,28 @@ def run_panel(name: str, preset: str, n_episodes: int, workdir: Path) -> dict[st
     truth = json.loads((d / "truth.json").read_text())
     ours = _run(_OURS, ["evaluate", str(d / "panel.parquet"), "--manifest",
                         str(d / "manifest.toml"), "--policy",
-                        str(d / "policies" / f"{FAMILY}.parquet"), "--bootstrap", str(N_BOOT),
-                        "--out", str(d / "result.json"), "--force"])
+                        str(d / "policies" / f"{FAMILY}.parquet"), "--bootstrap",
+                        str(QUICK_BOOT if quick else N_BOOT), "--out", str(d / "result.json"),
+                        "--force"])
     res = json.loads((d / "result.json").read_text())
-    peer = _run(_PEER, [str(d), str(FQE_STEPS), str(N_BOOT)])
+    peer = ({"skipped": "quick run"} if quick
+            else _run(_PEER, [str(d), str(FQE_STEPS), str(N_BOOT)]))
     return {"truth": float(truth["policies"][FAMILY]["value"]), "ours": ours, "result": res,
             "peer": peer, "rows": int(res["n_steps"])}
 
 
-def measure_panels(run_one: Any) -> Iterator[tuple[str, dict[str, Any]]]:
-    """``(name, run_one(name, preset, n_episodes, workdir))`` for each of :data:`PANELS`, in a
-    temporary folder (300 episodes with ``EQUICARE_BENCH_SCALE=small``)."""
+def measure_panels(run_one: Any, quick: bool = False) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(name, run_one(name, preset, n_episodes, workdir, quick=quick))`` for each of
+    :data:`PANELS`, in a temporary folder (300 episodes with ``EQUICARE_BENCH_SCALE=small``;
+    :data:`QUICK_PRESET` with :data:`QUICK_EPISODES` episodes when ``quick``)."""
     small = os.environ.get("EQUICARE_BENCH_SCALE") == "small"
     with tempfile.TemporaryDirectory() as tmp:
         for name, (preset, n_ep) in PANELS.items():
-            yield name, run_one(name, preset, SMALL_EPISODES if small else n_ep, Path(tmp))
+            if quick:
+                preset, n_ep = QUICK_PRESET, QUICK_EPISODES
+            elif small:
+                n_ep = SMALL_EPISODES
+            yield name, run_one(name, preset, n_ep, Path(tmp), quick=quick)
 
 
 def _cli(args: list[str]) -> None:
@@ -238,33 +253,40 @@ def _cli(args: list[str]) -> None:
         raise RuntimeError(f"equicare {' '.join(args)} failed: {proc.stderr[-2000:]}")
 
 
-def run_quick_tour(workdir: Path, *, members: int = 1000, steps: int = 3000) -> dict[str, Any]:
+def run_quick_tour(workdir: Path, *, members: int = 1000, steps: int = 3000, weeks: int = 52,
+                   n_boot: int = N_BOOT) -> dict[str, Any]:
     """The README's quick tour up to ``evaluate``; only ``evaluate`` is timed (module docstring)."""
     data, model, probs = workdir / "data", workdir / "models" / "awr", workdir / "awr_probs.parquet"
     panel, manifest = str(data / "panel.parquet"), str(data / "manifest.toml")
-    _cli(["synth", "--members", str(members), "--weeks", "52", "--out", str(data)])
+    _cli(["synth", "--members", str(members), "--weeks", str(weeks), "--out", str(data)])
     _cli(["train", panel, "--manifest", manifest, "--algo", "awr", "--steps", str(steps),
           "--out", str(model), "--no-progress"])
     _cli(["predict", str(model), panel, "--manifest", manifest, "--out", str(probs)])
     ours = _run(_OURS, ["evaluate", panel, "--manifest", manifest, "--policy", str(probs),
-                        "--bootstrap", str(N_BOOT), "--out", str(workdir / "tour_result.json"),
+                        "--bootstrap", str(n_boot), "--out", str(workdir / "tour_result.json"),
                         "--no-progress"])
     res = json.loads((workdir / "tour_result.json").read_text())
     return {"ours": ours, "rows": int(res["n_steps"]), "q_model": res["q_model"].get("chosen")}
 
 
-def run() -> dict[str, dict[str, Any]]:
-    """Measure both panels and the README's quick-tour evaluate (see the module docstring)."""
+def run(quick: bool = False) -> dict[str, dict[str, Any]]:
+    """Measure both panels and the README's quick-tour evaluate (see the module docstring).
+
+    ``quick``: a smoke run at tiny sizes without peers (its numbers mean nothing).
+    """
     out: dict[str, dict[str, Any]] = {}
     small = os.environ.get("EQUICARE_BENCH_SCALE") == "small"
     with tempfile.TemporaryDirectory() as tmp:
-        tour = run_quick_tour(Path(tmp), members=100 if small else 1000,
-                              steps=100 if small else 3000)
+        if quick:
+            tour = run_quick_tour(Path(tmp), members=100, steps=20, weeks=10, n_boot=QUICK_BOOT)
+        else:
+            tour = run_quick_tour(Path(tmp), members=100 if small else 1000,
+                                  steps=100 if small else 3000)
     out["ope_care_quick_tour_end_to_end"] = _entry(tour["ours"]["wall"], "s")
     out["ope_care_quick_tour_peak_memory"] = _entry(tour["ours"]["max_rss_mb"], "MB")
     print(f"quick tour: {tour['rows']} rows, q_model {tour['q_model']}, "
           f"{tour['ours']['wall']:.1f} s, {tour['ours']['max_rss_mb']:.0f} MB")
-    for name, m in measure_panels(run_panel):
+    for name, m in measure_panels(run_panel, quick=quick):
         peer = m["peer"]
         has_peer = "skipped" not in peer
         label = "scope-rl 0.2.1 + d3rlpy 2.8.1 DiscreteFQE" if has_peer else None
@@ -285,5 +307,5 @@ def run() -> dict[str, dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    for k, v in run().items():
+    for k, v in run(quick="--quick" in sys.argv).items():
         print(k, v)

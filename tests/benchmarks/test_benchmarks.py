@@ -91,3 +91,37 @@ def test_quick_smoke_of_rmab_writes_nothing(capsys):
     assert "whittle_distinct_10k_h20_all_states" in out and "[not like-for-like" in out
     assert "nothing written" in out
     assert (render.RESULTS.read_bytes(), render.DOC.read_bytes()) == before
+
+
+def test_every_module_of_a_quick_run_has_a_quick_mode():
+    """``make bench-quick`` (``run_all.py --quick``) runs every topic but the separate ones."""
+    import inspect
+
+    missing = [t for t in run_all.topics(include_separate=False)
+               if "quick" not in inspect.signature(run_all._load(t).run).parameters]
+    assert missing == []
+
+
+@pytest.mark.slow
+def test_quick_smoke_of_the_garnet_modules_writes_nothing(capsys):
+    """The three Garnet-panel modules (explain, ope_cells, ope_garnet with its quick tour) at
+    tiny sizes and without peers: about a minute, mostly subprocess start-up."""
+    before = render.RESULTS.read_bytes(), render.DOC.read_bytes()
+    assert run_all.main(["--quick", "--only", "explain,ope_cells,ope_garnet"]) == 0
+    out = capsys.readouterr().out
+    assert "ope_care_quick_tour_end_to_end" in out and "peer skipped (quick run)" in out
+    assert "quick run: 15 entries measured, nothing written" in out
+    assert (render.RESULTS.read_bytes(), render.DOC.read_bytes()) == before
+
+
+@pytest.mark.slow
+def test_pipeline_records_its_row_count_and_names_entries_after_the_members():
+    """The demo simulates with churn: the entries are named after the members the config fixes
+    and the row count the run loaded is an entry of its own (about 6 s)."""
+    out = _module("bench_pipeline").run(quick=True)
+    rows = out["pipeline_rows_200_members"]
+    assert rows["unit"] == "rows" and 0 < rows["value"] < 200 * 52  # churn: fewer than all weeks
+    assert rows["value"] == int(rows["value"])
+    assert {"pipeline_end_to_end_200_members", "pipeline_peak_memory_200_members",
+            "pipeline_stage_train_200_members"} <= set(out)
+    assert not [k for k in out if "rows" in k and k != "pipeline_rows_200_members"]

@@ -236,6 +236,51 @@ def test_ray_without_cluster_says_how_to_fix(ray, monkeypatch, tmp_path):
     assert not (tmp_path / "runs").exists() or RunStore(tmp_path / "runs").list_runs().empty
 
 
+def test_ray_auto_with_stale_cluster_file_fails_fast(ray, monkeypatch, tmp_path):
+    """``auto`` naming a dead cluster (``ray_current_cluster`` left by a killed head) exits 2.
+
+    ``ray.init`` would retry that address without end, so it must not be reached: it is
+    replaced by a stub that fails the test. No cluster is started; the file is a private copy.
+    """
+    from ray._private.services import find_gcs_addresses
+
+    if ray.is_initialized() or find_gcs_addresses():
+        pytest.skip("a Ray cluster is running on this machine")
+
+    def no_init(*args: object, **kwargs: object) -> None:
+        raise AssertionError("ray.init was called for a cluster that does not answer")
+
+    monkeypatch.setattr(ray, "init", no_init)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    port = _free_port()  # closed: nothing listens there any more
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{port}\n")
+    t0 = time.perf_counter()
+    stale = f"No Ray cluster answers at .*:{port}, where address 'auto'"
+    with pytest.raises(ValueError, match=stale):
+        RayExecutor(address="auto").connect()
+    res = CliRunner().invoke(
+        app,
+        [
+            "sweep",
+            str(tiny_config(tmp_path)),
+            "--grid",
+            "learner.n_steps=[20]",
+            "--executor",
+            "ray",
+            "--address",
+            "auto",
+            "--store",
+            str(tmp_path / "runs"),
+        ],
+    )
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert str(tmp_path / "ray" / "ray_current_cluster") in res.output.replace("\n", "")
+    assert "ray start --head" in res.output and "--address local" in res.output
+    assert time.perf_counter() - t0 < 30
+    assert not (tmp_path / "runs").exists() or RunStore(tmp_path / "runs").list_runs().empty
+
+
 @pytest.mark.slow
 def test_ray_equals_local(ray):
     seeds = list(range(7))  # more tasks than CPUs: results must still come back in input order

@@ -42,6 +42,17 @@ def test_compare_and_prefix(tmp_path):
         store.get_run("zzz")
 
 
+def test_ambiguous_prefix_says_so_and_lists_the_matches(tmp_path):
+    store = RunStore(tmp_path)
+    a, b = store.start({"x": 1}), store.start({"x": 2})
+    common = os.path.commonprefix([a, b])
+    assert common and common not in (a, b)
+    with pytest.raises(KeyError, match=f"prefix '{common}' is ambiguous.*matches 2 runs") as err:
+        store.get_run(common)
+    assert a in str(err.value) and b in str(err.value)
+    assert store.get_run(a[: len(common) + 1])["run_id"] == a  # one more character resolves it
+
+
 def test_runs_with_different_learners_compare_by_role_and_name_their_differences(tmp_path):
     """``ope.dr.bc`` against ``ope.dr.awr`` lined up as ``ope.dr.learned``; the settings the
     configs differ in are listed (not where results went)."""
@@ -59,6 +70,20 @@ def test_runs_with_different_learners_compare_by_role_and_name_their_differences
     assert float(cmp_.loc["ope.dr.learned", "diff"]) == 0.5
     assert store.config_diff(a, b) == [("audit.group", "race", "sex"),
                                        ("learner.algo", "bc", "awr")]
+
+
+def test_sweeps_compare_without_their_output_settings(tmp_path):
+    """A sweep's config nests the run config under ``base.``: its ``output.*`` (executor,
+    jobs, address, store) and name are not differences either."""
+    store = RunStore(tmp_path)
+    a = store.start({"sweep": {"learner.n_steps": [20]}, "base": {
+        "name": "s1", "ope": {"ci": "studentized"},
+        "output": {"executor": "ray", "jobs": 1, "address": "local", "store": "x"}}})
+    b = store.start({"sweep": {"learner.n_steps": [20, 40]}, "base": {
+        "name": "s2", "ope": {"ci": "percentile"},
+        "output": {"executor": "local", "jobs": 2, "address": "auto", "store": "y"}}})
+    assert store.config_diff(a, b) == [("base.ope.ci", "studentized", "percentile"),
+                                       ("sweep.learner.n_steps", [20], [20, 40])]
 
 
 def test_failed_run_not_finished(tmp_path):
@@ -106,3 +131,44 @@ def test_killed_run_is_marked_interrupted(tmp_path):
     assert store2.get_run(done)["status"] == "finished"
     assert float(store2.metrics(done)["value"].iloc[0]) == 1.0
     assert not store2.run_dir(rid).exists()
+
+
+def test_runs_list_prints_the_status_as_text_not_markup(tmp_path):
+    """The status column is coloured by style; no ``[green]finished[/]`` in a pipe."""
+    from typer.testing import CliRunner
+
+    from equicare.cli import app
+
+    store = RunStore(tmp_path)
+    done = store.start({"x": 1}, name="ok")
+    store.finish(done, [Metric("v", 1.0)])
+    store.fail(store.start({"x": 2}, name="bad"), "failed", "boom")
+    res = CliRunner().invoke(app, ["runs", "list", "--store", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert "[/]" not in res.output and "[green]" not in res.output and "[red]" not in res.output
+    assert " finished " in res.output and " failed " in res.output
+
+
+def test_store_that_is_a_file_says_it_must_be_a_folder(tmp_path):
+    from typer.testing import CliRunner
+
+    from equicare.cli import app
+    from equicare.exceptions import InvalidParameterError
+
+    from .test_run import tiny_config
+
+    f = tmp_path / "panel.csv"
+    f.write_text("a,b\n1,2\n")
+    with pytest.raises(InvalidParameterError, match=r"is a folder .*; .*panel.csv is a file\."):
+        RunStore(f)
+    with pytest.raises(InvalidParameterError, match=r"cannot be one because .*panel.csv is a"):
+        RunStore(f / "sub")
+    db = RunStore(tmp_path / "runs").db_path
+    with pytest.raises(InvalidParameterError, match="pass its folder, .*runs"):
+        RunStore(db)
+    cfg = tiny_config(tmp_path)
+    for args in (["runs", "list", "--store", str(f)], ["run", str(cfg), "--store", str(f)]):
+        res = CliRunner().invoke(app, [*args, "--no-progress"] if args[0] == "run" else args)
+        said = " ".join(res.output.split())
+        assert res.exit_code == 2 and "panel.csv is a file" in said, res.output
+        assert "File exists" not in said and "Traceback" not in said

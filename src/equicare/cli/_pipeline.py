@@ -295,7 +295,7 @@ def register(app: typer.Typer) -> None:
         Example: equicare runs list --store runs
         """
         from rich.table import Table
-
+        from rich.text import Text
 
         with user_errors():
             df = _existing_store(store).list_runs()
@@ -304,13 +304,13 @@ def register(app: typer.Typer) -> None:
             return
         t = Table(title=f"Runs in {store}")
         for c in ("run_id", "name", "status", "started", "seed", "config_hash"):
-            t.add_column(c, no_wrap=c == "run_id", overflow="fold")
+            t.add_column(c, no_wrap=c in ("run_id", "status"), overflow="fold")
         for _, r in df.iterrows():
             color = {"finished": "green", "running": "yellow"}.get(r["status"], "red")
             t.add_row(
                 r["run_id"],
                 str(r["name"] or ""),
-                f"[{color}]{r['status']}[/]",
+                Text(str(r["status"]), style=color),  # a style, not markup: cells are literal
                 str(r["started"])[:19],
                 str(r["seed"]),
                 r["config_hash"],
@@ -411,7 +411,9 @@ def _existing_store(store: Path) -> Any:
     """The run store at ``store``, or a user error when there is none (never create one)."""
     from equicare.exceptions import InvalidParameterError
     from equicare.pipeline import RunStore
+    from equicare.pipeline._store import check_store_folder
 
+    check_store_folder(store)
     if not (Path(store) / "equicare.duckdb").is_file():
         raise InvalidParameterError(
             f"No run store at {store} (no equicare.duckdb there); runs are stored where "

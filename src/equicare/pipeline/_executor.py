@@ -242,6 +242,12 @@ RAY_NO_CLUSTER = (
     "(then pass --address auto or HOST:PORT), or pass --address local to start one on this "
     "machine for this run."
 )
+RAY_STALE_CLUSTER = (
+    "No Ray cluster answers at {resolved}, where address {address!r} points (read from "
+    "{source}; a cluster stopped without `ray stop` leaves it behind). Start one with "
+    "`ray start --head`, pass --address HOST:PORT of a running one, or pass --address local "
+    "(or --executor local) to run on this machine."
+)
 
 # The session this module started with ray.init, as (address, num_cpus); None when Ray was
 # initialised by the caller or not at all. Used to reuse, replace or shut down our own session.
@@ -363,6 +369,8 @@ class RayExecutor:
             hp = _host_port(self.address)
             if hp is not None and not _answers(*hp):
                 raise InvalidParameterError(RAY_NO_CLUSTER.format(address=self.address))
+            if self.address == "auto":
+                _check_auto_address()
             try:
                 ray.init(address=self.address, log_to_driver=False)
             except ConnectionError as exc:
@@ -377,6 +385,35 @@ def _host_port(address: str) -> tuple[str, int] | None:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         return None
     return host.strip("[]"), int(port)
+
+
+def _check_auto_address() -> None:
+    """Fail fast when ``"auto"`` resolves to a cluster that no longer answers.
+
+    Ray resolves ``"auto"`` to ``RAY_ADDRESS``, a running GCS process of this machine, or the
+    ``ray_current_cluster`` file of its temp folder - which a head node killed without
+    ``ray stop`` leaves behind. ``ray.init`` then retries that address without end, so probe it
+    first. Resolution uses Ray's own rule; if that private helper moves, nothing is probed.
+    """
+    try:
+        from ray._common.utils import get_ray_address_file
+        from ray._private.services import canonicalize_bootstrap_address
+    except ImportError:  # pragma: no cover - a Ray release that moved the helpers
+        return
+    try:
+        resolved = canonicalize_bootstrap_address("auto")
+    except ConnectionError as exc:
+        raise InvalidParameterError(RAY_NO_CLUSTER.format(address="auto")) from exc
+    except Exception:  # pragma: no cover - let ray.init report what it makes of it
+        return
+    hp = _host_port(resolved) if resolved else None
+    if hp is None or _answers(*hp):
+        return
+    env = os.environ.get("RAY_ADDRESS", "")
+    source = "the RAY_ADDRESS environment variable" if env else get_ray_address_file(None)
+    raise InvalidParameterError(
+        RAY_STALE_CLUSTER.format(resolved=resolved, address="auto", source=source)
+    )
 
 
 def _answers(host: str, port: int, timeout: float = 5.0) -> bool:

@@ -26,7 +26,7 @@ from typing import Any
 
 import pandas as pd
 
-from equicare.exceptions import EquicareError, UnknownNameError
+from equicare.exceptions import EquicareError, InvalidParameterError, UnknownNameError
 
 __all__ = ["RunStore", "Metric", "config_hash", "git_revision", "USER_ERRORS"]
 
@@ -116,6 +116,7 @@ class RunStore:
 
     def __init__(self, root: str | os.PathLike[str] = "runs") -> None:
         self.root = Path(root)
+        check_store_folder(self.root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.db_path = self.root / "equicare.duckdb"
         with self._connect() as con:
@@ -244,13 +245,25 @@ class RunStore:
             ).df()
 
     def get_run(self, run_id: str) -> dict[str, Any]:
-        """One run's row as a dict (``KeyError`` naming the known runs if absent)."""
+        """One run's row by id or unique id prefix, as a dict.
+
+        ``KeyError`` (:class:`~equicare.exceptions.UnknownNameError`) naming the recent runs if
+        none matches, or every match of a prefix that matches several runs.
+        """
         with self._connect() as con:
             df = con.execute("SELECT * FROM runs WHERE run_id = ?", [run_id]).df()
             if df.empty:
                 # allow a unique prefix
-                df = con.execute("SELECT * FROM runs WHERE starts_with(run_id, ?)", [run_id]).df()
-                if len(df) != 1:
+                df = con.execute("SELECT * FROM runs WHERE starts_with(run_id, ?) "
+                                 "ORDER BY started DESC, run_id DESC", [run_id]).df()
+                if len(df) > 1:
+                    ids = [str(r) for r in df["run_id"]]
+                    more = f" and {len(ids) - 10} more" if len(ids) > 10 else ""
+                    raise UnknownNameError(
+                        f"Run id prefix {run_id!r} is ambiguous in {self.db_path}: it matches "
+                        f"{len(ids)} runs ({', '.join(ids[:10])}{more}); give more characters "
+                        "of the id.")
+                if df.empty:
                     known = [
                         r[0]
                         for r in con.execute(
@@ -293,12 +306,36 @@ class RunStore:
     def config_diff(self, run_a: str, run_b: str) -> list[tuple[str, Any, Any]]:
         """The settings two runs' configs differ in: ``(dotted key, a, b)``, sorted.
 
-        ``output.*`` (where results went) and ``name`` are left out.
+        ``output.*`` (where results went and how: store, executor, jobs) and ``name`` are left
+        out, also under a sweep's ``base.`` (its config is ``{"sweep": grid, "base": config}``).
         """
         fa, fb = (_flatten(self.get_run(r)["config"]) for r in (run_a, run_b))
-        keys = sorted(k for k in set(fa) | set(fb)
-                      if not k.startswith("output.") and k != "name")
+
+        def setting(key: str) -> bool:
+            k = key.removeprefix("base.")
+            return not k.startswith("output.") and k != "name"
+
+        keys = sorted(k for k in set(fa) | set(fb) if setting(k))
         return [(k, fa.get(k), fb.get(k)) for k in keys if fa.get(k) != fb.get(k)]
+
+
+def check_store_folder(root: str | os.PathLike[str]) -> None:
+    """Raise :class:`InvalidParameterError` when ``root`` or a folder above it is a file.
+
+    A run store is a folder (holding ``equicare.duckdb`` and one folder per run); for the
+    database file itself the message names its folder.
+    """
+    path = Path(root)
+    what = "a folder holding equicare.duckdb and one folder per run"
+    if path.exists() and not path.is_dir():
+        hint = (f"; pass its folder, {path.parent}" if path.name == "equicare.duckdb" else "")
+        raise InvalidParameterError(
+            f"The run store (--store, output.store) is {what}; {root} is a file{hint}.")
+    for up in path.parents:
+        if up.exists() and not up.is_dir():
+            raise InvalidParameterError(
+                f"The run store (--store, output.store) is {what}; {root} cannot be one "
+                f"because {up} is a file.")
 
 
 def _learner(config: dict[str, Any]) -> str:
