@@ -333,11 +333,22 @@ def test_ray_sweep_cli(ray, local_sweep, tmp_path):
 
 @pytest.mark.slow
 def test_ray_connects_to_running_cluster(ray, tmp_path):
-    """``ray start --head`` on a free loopback port, then RayExecutor(address="127.0.0.1:PORT")."""
+    """``ray start --head`` on a free loopback port, then RayExecutor(address="127.0.0.1:PORT").
+
+    The head node gets a private temporary folder: ``ray start`` writes its address to
+    ``<temp dir>/ray_current_cluster``, which by default is the machine's ``/tmp/ray`` that
+    ``--address auto`` reads (a stale one there is what a user's next run would find). The
+    folder's path is short: Ray's socket paths inside it must stay under 108 characters.
+    """
+    import tempfile
+
     ray_cli = Path(sys.executable).with_name("ray")
     if not ray_cli.is_file():
         ray_cli = Path(shutil.which("ray") or "ray")
     port = _free_port()
+    temp_dir = tempfile.mkdtemp(prefix="eqray-", dir="/tmp" if Path("/tmp").is_dir() else None)
+    shared = Path("/tmp/ray/ray_current_cluster")
+    before = shared.read_bytes() if shared.is_file() else None
     head = subprocess.Popen(
         [
             str(ray_cli),
@@ -349,6 +360,7 @@ def test_ray_connects_to_running_cluster(ray, tmp_path):
             "--include-dashboard=false",
             "--node-ip-address=127.0.0.1",
             "--disable-usage-stats",
+            f"--temp-dir={temp_dir}",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -376,9 +388,12 @@ def test_ray_connects_to_running_cluster(ray, tmp_path):
         assert ray.cluster_resources()["CPU"] == 1  # the started head node, not the local one
         ex.shutdown()  # disconnects this driver; the cluster keeps running
         assert not ray.is_initialized() and head.poll() is None
+        assert (Path(temp_dir) / "ray_current_cluster").is_file()
+        assert (shared.read_bytes() if shared.is_file() else None) == before  # left alone
     finally:
         ray.shutdown()
         _stop_process_group(head)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _stop_process_group(proc: subprocess.Popen[bytes]) -> None:
