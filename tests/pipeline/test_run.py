@@ -296,3 +296,53 @@ def test_the_audit_stage_crosses_every_attribute_of_a_list_intersect(tmp_path):
                                 source="run.toml")
         with pytest.raises(ConfigError, match=re.escape(msg)):
             _check_groups(c, ds)
+
+
+def _garnet_config(tmp_path: Path, extra: str = "", *, drop_propensities: bool = False) -> Path:
+    """A tiny Garnet panel (logged propensities, unless dropped) and a fast run config."""
+    d = tmp_path / "garnet"
+    if not d.is_dir():
+        res = runner.invoke(app, ["synth", "--sim", "garnet", "--states", "12", "--actions", "3",
+                                  "--episodes", "120", "--seed", "2", "--out", str(d)])
+        assert res.exit_code == 0, res.output
+    manifest = d / "manifest.toml"
+    if drop_propensities:
+        manifest = d / "manifest_noprop.toml"
+        manifest.write_text("\n".join(ln for ln in (d / "manifest.toml").read_text().splitlines()
+                                      if not ln.startswith("behavior_prob")) + "\n")
+    p = tmp_path / "g.toml"
+    p.write_text(f'name = "g"\nseed = 0\n[data]\npath = "{d / "panel.parquet"}"\n'
+                 f'manifest = "{manifest}"\n[learner]\nalgo = "bc"\nn_steps = 10\n'
+                 '[ope]\nestimators = ["wis", "dr"]\nbootstrap = 10\nsensitivity = false\n'
+                 f'[audit]\npermutations = 0\n[output]\nstore = "{tmp_path / "runs"}"\n'
+                 + extra)
+    return p
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.EquicareWarning")
+def test_behavior_model_is_honoured(tmp_path):
+    """`[behavior] model`: `logistic`/`lgbm` estimated the propensities only when the panel
+    logged none, and `logged` silently estimated them when it had none: four values, two
+    behaviours. Now `lgbm` estimates with LightGBM even when the panel logs propensities, and
+    `logged` on a panel without them is a config error before training (no run left)."""
+    store = tmp_path / "runs"
+    for model, source in (("auto", "logged"), ("logged", "logged"), ("lgbm", "estimated"),
+                          ("logistic", "estimated")):
+        cfg = _garnet_config(tmp_path, f'[behavior]\nmodel = "{model}"\n')
+        res = runner.invoke(app, ["run", str(cfg), "--no-progress", "--json"])
+        assert res.exit_code == 0, res.output
+        d = store / json.loads(res.output)["run_id"]
+        settings = json.loads((d / "result.json").read_text())["settings"]
+        assert settings["propensity_source"] == source, (model, settings)
+        if model in ("lgbm", "logistic"):
+            assert settings["behavior_model"] == model
+        # the data summary describes the panel as loaded (its logged propensities included)
+        assert json.loads((d / "data_summary.json").read_text())["behavior_prob"] is not None
+    n_runs = len(RunStore(store).list_runs())
+    cfg = _garnet_config(tmp_path, '[behavior]\nmodel = "logged"\n', drop_propensities=True)
+    res = runner.invoke(app, ["run", str(cfg), "--no-progress"])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 2, res.output
+    assert (f"{cfg}: behavior.model = 'logged' needs the panel's logged propensities, but it "
+            "has none (manifest dataset.behavior_prob") in said, said
+    assert len(RunStore(store).list_runs()) == n_runs and not list(store.glob("*.partial"))

@@ -24,7 +24,8 @@ from equicare.pipeline._executor import Interrupted, sigterm_as_interrupt
 from equicare.pipeline._store import USER_ERRORS, Metric, RunStore
 from equicare.utils import atomic_write_text
 
-__all__ = ["RunOutcome", "run_pipeline", "load_run_data", "build_learner"]
+__all__ = ["RunOutcome", "run_pipeline", "load_run_data", "build_learner", "propensity_data",
+           "behavior_spec"]
 
 
 @dataclass
@@ -197,15 +198,16 @@ def _stage_data(
     cfg: RunConfig, state: dict[str, Any], out: Path, metrics: list[Metric], seed: int
 ) -> None:
     ds, sim = load_run_data(cfg)
+    _check_groups(cfg, ds)
+    summary = ds.summary()  # group counts suppressed; the panel as loaded
+    ds = propensity_data(cfg, ds)
     train, test = ds.split(
         cfg["ope"]["holdout"], random_state=seed, stratify=ds.group_attrs[0] if ds.groups else None
     )
-    _check_groups(cfg, ds)
     state.update(dataset=ds, sim=sim, train=train, test=test,
                  audit_action=_action_of(cfg, "audit", ds),
                  mediation_action=(_action_of(cfg, "mediation", ds)
                                    if cfg["mediation"]["enabled"] else ""))
-    summary = ds.summary()  # group counts suppressed
     state["data_summary"] = summary
     _write_json(out / "data_summary.json", summary)
     metrics += [
@@ -267,8 +269,32 @@ def _stage_train(
     state["learner_name"] = cfg["learner"].get("algo", "awr")
 
 
-def _behavior_spec(cfg: RunConfig, ds: Any) -> str:
-    m = cfg["behavior"]["model"]
+def propensity_data(cfg: RunConfig, ds: Any) -> Any:
+    """The panel with the propensities ``[behavior] model`` asks for (checked when it loads).
+
+    ``auto``: the panel's logged propensities when it has them, else estimated; ``logged``: the
+    logged ones, and a panel without them is a config error (before training);
+    ``logistic`` / ``lgbm``: estimated with that model even when the panel logs them (the
+    logged column is set aside for the whole run).
+    """
+    model = cfg["behavior"]["model"]
+    if model == "logged" and ds.behavior_prob is None:
+        raise ConfigError(
+            f"{cfg.source}: behavior.model = 'logged' needs the panel's logged propensities, "
+            "but it has none (manifest dataset.behavior_prob names their column); use 'auto', "
+            "'logistic' or 'lgbm' to estimate them.")
+    if model in ("logistic", "lgbm") and ds.behavior_prob is not None:
+        return ds.with_behavior_prob(None)
+    return ds
+
+
+def behavior_spec(cfg: RunConfig) -> str:
+    """The estimator of the behaviour model ``evaluate`` fits (``[behavior] model``).
+
+    With ``auto`` and ``logged`` it only estimates propensities a panel does not log (``auto``)
+    and checks support; ``logistic`` and ``lgbm`` are the model itself.
+    """
+    m = str(cfg["behavior"]["model"])
     return "logistic" if m in ("auto", "logged") else m
 
 
@@ -286,7 +312,7 @@ def _stage_evaluate(
         probs,
         estimators=o["estimators"],
         q_model=o["q_model"],
-        behavior_model=_behavior_spec(cfg, test),
+        behavior_model=behavior_spec(cfg),
         bootstrap=o["bootstrap"],
         ci_method=o["ci"],
         truncate=o["truncate"] or None,
@@ -330,7 +356,7 @@ def _stage_sensitivity(
         test,
         state["learned_probs_test"],
         q_model=o["q_model"],
-        behavior_model=_behavior_spec(cfg, test),
+        behavior_model=behavior_spec(cfg),
         bootstrap=min(200, max(o["bootstrap"], 50)),
         random_state=seed,
     )
