@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import tomllib
@@ -346,3 +347,35 @@ def test_behavior_model_is_honoured(tmp_path):
     assert (f"{cfg}: behavior.model = 'logged' needs the panel's logged propensities, but it "
             "has none (manifest dataset.behavior_prob") in said, said
     assert len(RunStore(store).list_runs()) == n_runs and not list(store.glob("*.partial"))
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.EquicareWarning")
+def test_sweep_points_evaluate_with_every_ope_and_behavior_setting(tmp_path):
+    """A sweep point called evaluate without ope.ci and [behavior] model: percentile and
+    studentized sweeps gave byte-identical intervals. A grid over a key no point reads is
+    refused instead of giving identical points."""
+    from equicare.pipeline import get_executor, load_run_config
+    from equicare.pipeline._config import ConfigError
+    from equicare.pipeline._sweep import run_sweep
+
+    cfg = load_run_config(_garnet_config(tmp_path))
+    grid = {"learner.n_steps": [10]}
+    serial = get_executor("serial")
+
+    def point(**overrides: object) -> pd.Series:
+        return run_sweep(cfg.with_overrides(overrides), grid, executor=serial,
+                         progress=False).table.iloc[0]
+
+    stud, perc = point(), point(**{"ope.ci": "percentile"})
+    assert stud["dr"] == perc["dr"]  # the same estimate, other intervals
+    assert (stud["dr_ci_low"], stud["dr_ci_high"]) != (perc["dr_ci_low"], perc["dr_ci_high"])
+    lgbm = point(**{"behavior.model": "lgbm"})  # estimated, not the logged propensities
+    assert lgbm["wis"] != stud["wis"]
+    n_runs = len(RunStore(tmp_path / "runs").list_runs())
+    for key, why in (("ope.sensitivity", "a sweep point runs no sensitivity stage"),
+                     ("audit.permutations", "a sweep point runs no fairness audit")):
+        with pytest.raises(ConfigError, match=re.escape(f"--grid {key}: a sweep point only "
+                                                        f"loads the data, trains and evaluates "
+                                                        f"({why})")):
+            run_sweep(cfg, {key: [True, False]}, executor=serial, progress=False)
+    assert len(RunStore(tmp_path / "runs").list_runs()) == n_runs
