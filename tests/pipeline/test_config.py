@@ -124,3 +124,39 @@ def test_audit_intersect_takes_a_string_or_a_list_like_the_repeatable_option():
                                       "once, got ['sex', 'sex'].")):
         with pytest.raises(ConfigError, match=re.escape(msg)):
             RunConfig.from_dict({"audit": {"intersect": bad}}, source="run.toml")
+
+
+@pytest.mark.parametrize(
+    ("learner", "msg"),
+    [
+        ({"algo": "bc", "n_stpes": 10},
+         "run.toml: unknown key learner.n_stpes for algo 'bc'; did you mean 'n_steps'?"),
+        ({"algo": "awr", "zzz": 1}, "run.toml: unknown key learner.zzz for algo 'awr'; known "
+                                    "keys: algo, encoder, window,"),
+        ({"algo": "bc", "hidden": "big"},
+         "run.toml: [learner] for algo 'bc': The 'hidden' parameter of BCConfig must be a "
+         "non-empty tuple of positive ints. Got 'big' instead."),
+    ],
+)
+def test_learner_keys_are_checked_at_load_with_the_closest_key_suggested(learner, msg):
+    """[learner] was checked only when training started, with no "did you mean" and the key
+    list printed twice; it is now checked at load like every other section."""
+    with pytest.raises(ConfigError) as info:
+        RunConfig.from_dict({"learner": learner}, source="run.toml")
+    said = str(info.value)
+    assert said.startswith(msg), said
+    assert said.count("known keys") <= 1 and "known: [" not in said
+
+
+def test_show_config_refuses_an_unknown_learner_key():
+    from typer.testing import CliRunner
+
+    from equicare.cli import app
+
+    res = CliRunner().invoke(app, ["run", "--example", "care", "--show-config",
+                                   "--set", "learner.n_stepz=5"])
+    assert res.exit_code == 2, res.output
+    assert "unknown key learner.n_stepz for algo 'awr'; did you mean 'n_steps'?" in " ".join(
+        res.output.split())
+    ok = RunConfig.from_dict({"learner": {"algo": "cql", "steps": 5, "hidden": [8]}})
+    assert ok["learner"]["steps"] == 5  # the alias and a list of sizes still pass

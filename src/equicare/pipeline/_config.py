@@ -2,7 +2,8 @@
 
 Every section is a table of known keys; an unknown key gets the closest known one suggested, a value
 of the wrong type or outside its allowed values names the key and what was allowed. The learner
-section is checked by the learner's own config class when the run starts.
+section is checked at load too: its keys against the chosen learner's config class (closest key
+suggested), its values by that class.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from equicare.exceptions import DataValidationError
 __all__ = [
     "RunConfig",
     "audit_intersect",
+    "learner_config",
     "ConfigError",
     "load_run_config",
     "parse_grid",
@@ -154,6 +156,60 @@ def _value_problems(out: Mapping[str, Any], source: str) -> list[str]:
                             f"{lam!r} in {out['frontier']['lambdas']!r}.")
             break
     return problems
+
+
+def learner_config(section: Mapping[str, Any], seed: int, source: str = "<config>") -> Any:
+    """The learner's config (``BCConfig``, ``AWRConfig``, ``CQLConfig``) of a ``[learner]`` table.
+
+    Parameters
+    ----------
+    section : mapping
+        ``algo`` (default ``"awr"``) plus any field of that learner's config (``steps`` is an
+        alias of ``n_steps``).
+    seed : int
+        The learner's seed unless the table sets one.
+    source : str
+        File the table came from (for messages).
+
+    Raises
+    ------
+    ConfigError
+        An unknown key (the closest known one suggested) or a value the learner's config
+        refuses (its message names the key and what is allowed).
+    """
+    import dataclasses
+
+    from equicare import learn as algos
+
+    spec = dict(section)
+    algo = spec.pop("algo", "awr")
+    conf_cls = {"bc": algos.BCConfig, "awr": algos.AWRConfig, "cql": algos.CQLConfig}[algo]
+    spec.setdefault("seed", seed)
+    if "steps" in spec:
+        spec["n_steps"] = spec.pop("steps")
+    if isinstance(spec.get("hidden"), list):
+        spec["hidden"] = tuple(spec["hidden"])
+    known = [f.name for f in dataclasses.fields(conf_cls)]
+    unknown = [k for k in spec if k not in known]
+    if unknown:
+        problems = [f"{source}: unknown key learner.{k} for algo {algo!r}"
+                    f"{_suggest(k, ['algo', *known])}" for k in unknown]
+        raise ConfigError(problems[0] if len(problems) == 1 else
+                          f"{len(problems)} problems in {source}:\n  " + "\n  ".join(problems),
+                          problems)
+    try:
+        return conf_cls.from_dict(spec)
+    except (ValueError, TypeError) as exc:  # InvalidParameterError is a ValueError
+        raise ConfigError(f"{source}: [learner] for algo {algo!r}: {exc}") from exc
+
+
+def _learner_problems(out: Mapping[str, Any], source: str) -> list[str]:
+    seed = out["seed"] if isinstance(out["seed"], int) and out["seed"] >= 0 else 0
+    try:
+        learner_config(out["learner"], seed, source)
+    except ConfigError as exc:
+        return list(exc.problems)
+    return []
 
 
 def _suggest(key: str, known: list[str]) -> str:
@@ -321,8 +377,9 @@ class RunConfig:
             data["synthetic"] = dict(_SYNTH_KEYS)
         elif synth:
             data["synthetic"] = {**_SYNTH_KEYS, **synth}
-        if not problems:  # every type is right: check the ranges
+        if not problems:  # every type is right: check the ranges, and the learner's keys
             problems += _value_problems(out, source)
+            problems += _learner_problems(out, source)
         if problems:
             msg = (
                 problems[0]

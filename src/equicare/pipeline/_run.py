@@ -19,7 +19,7 @@ import numpy as np
 
 from equicare._progress import progress_task, shared_progress
 from equicare.exceptions import InvalidParameterError
-from equicare.pipeline._config import ConfigError, RunConfig, audit_intersect
+from equicare.pipeline._config import ConfigError, RunConfig, audit_intersect, learner_config
 from equicare.pipeline._executor import Interrupted, sigterm_as_interrupt
 from equicare.pipeline._store import USER_ERRORS, Metric, RunStore
 from equicare.utils import atomic_write_text
@@ -68,27 +68,9 @@ def build_learner(cfg: RunConfig, seed: int) -> Any:
     """The learner of the run, its config checked by the learner's own config class."""
     from equicare import learn as algos
 
-    spec = dict(cfg["learner"])
-    algo = spec.pop("algo", "awr")
+    algo = cfg["learner"].get("algo", "awr")
     cls = {"bc": algos.BC, "awr": algos.AWR, "cql": algos.CQL}[algo]
-    conf_cls = {"bc": algos.BCConfig, "awr": algos.AWRConfig, "cql": algos.CQLConfig}[algo]
-    spec.setdefault("seed", seed)
-    if "steps" in spec:
-        spec["n_steps"] = spec.pop("steps")
-    for k in ("hidden",):
-        if k in spec and isinstance(spec[k], list):
-            spec[k] = tuple(spec[k])
-    try:
-        conf = conf_cls.from_dict(spec)
-    except TypeError as exc:
-        import dataclasses
-
-        known = [f.name for f in dataclasses.fields(conf_cls)]
-        raise InvalidParameterError(
-            f"{cfg.source}: [learner] for algo {algo!r}: {exc}; known keys: "
-            f"{', '.join(['algo', *known])}."
-        ) from exc
-    return cls(conf)
+    return cls(learner_config(cfg["learner"], seed, cfg.source))
 
 
 def run_pipeline(
