@@ -160,3 +160,38 @@ def test_show_config_refuses_an_unknown_learner_key():
         res.output.split())
     ok = RunConfig.from_dict({"learner": {"algo": "cql", "steps": 5, "hidden": [8]}})
     assert ok["learner"]["steps"] == 5  # the alias and a list of sizes still pass
+
+
+def test_plan_domain_and_estimators_are_checked_at_load(tmp_path, monkeypatch):
+    """`plan.domain = "nowhere"` failed after the whole run (44 s in the audit), `ope.estimators
+    = []` in the evaluate stage, each leaving a failed run; both are config errors at load. A
+    domain file is found relative to the config file's folder, like data.path."""
+    import json
+
+    from equicare.rmab._domain import _read_builtin
+
+    msg = ("run.toml: plan.domain must be one of 'synthetic', 'maternal', 'diabetes' or the "
+           "path of a Contract-4 JSON file (relative to the config file's folder), got "
+           "'nowhere'.")
+    for enabled in (True, False):
+        with pytest.raises(ConfigError, match=re.escape(msg)):
+            RunConfig.from_dict({"plan": {"enabled": enabled, "domain": "nowhere"}},
+                                source="run.toml")
+    with pytest.raises(ConfigError, match=re.escape(
+            "run.toml: ope.estimators must name at least one estimator; allowed: is, wis,")):
+        RunConfig.from_dict({"ope": {"estimators": []}}, source="run.toml")
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "dom.json").write_text(json.dumps(_read_builtin("synthetic")))
+    (tmp_path / "cfg" / "run.toml").write_text('[plan]\nenabled = true\ndomain = "dom.json"\n')
+    monkeypatch.chdir(tmp_path)  # not the config's folder
+    cfg = load_run_config(tmp_path / "cfg" / "run.toml")
+    from equicare.pipeline._config import plan_domain
+
+    assert plan_domain(cfg["plan"]["domain"], cfg.base_dir) == str(tmp_path / "cfg" / "dom.json")
+    (tmp_path / "cfg" / "run.toml").write_text('[plan]\nenabled = true\ndomain = "no.json"\n')
+    with pytest.raises(ConfigError, match=re.escape("plan.domain 'no.json': no such file")):
+        load_run_config(tmp_path / "cfg" / "run.toml")
+    (tmp_path / "cfg" / "bad.json").write_text('{"kind": "contract4"}')
+    (tmp_path / "cfg" / "run.toml").write_text('[plan]\nenabled = true\ndomain = "bad.json"\n')
+    with pytest.raises(ConfigError, match=re.escape("plan.domain 'bad.json': ")):
+        load_run_config(tmp_path / "cfg" / "run.toml")

@@ -379,3 +379,25 @@ def test_sweep_points_evaluate_with_every_ope_and_behavior_setting(tmp_path):
                                                         f"({why})")):
             run_sweep(cfg, {key: [True, False]}, executor=serial, progress=False)
     assert len(RunStore(tmp_path / "runs").list_runs()) == n_runs
+
+
+@pytest.mark.parametrize(("extra", "msg"), [
+    ("[mediation]\nenabled = true\n",
+     "mediation.enabled = true needs a mediator column, but the panel has none (manifest "
+     "dataset.mediators)"),
+    ('[learner]\nalgo = "bc"\nn_steps = 10\ngroup_attr = "race"\n',
+     "learner.group_attr 'race' is not a group attribute of the panel; expected one of"),
+])
+def test_keys_the_panel_must_fit_fail_when_the_data_loads(tmp_path, extra, msg):
+    """Mediation without a mediator column failed after training and evaluation (a failed run
+    and its .partial folder left in the store); it is a config error when the data loads."""
+    cfg = _garnet_config(tmp_path, extra)
+    if "[learner]" in extra:  # replace the base config's table
+        text = cfg.read_text()
+        cfg.write_text(text.replace('[learner]\nalgo = "bc"\nn_steps = 10\n', "", 1))
+    res = runner.invoke(app, ["run", str(cfg), "--no-progress"])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 2, res.output
+    assert f"{cfg}: {msg}" in said, said
+    store = tmp_path / "runs"
+    assert RunStore(store).list_runs().empty and not list(store.glob("*.partial"))

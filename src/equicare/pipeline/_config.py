@@ -25,6 +25,7 @@ __all__ = [
     "RunConfig",
     "audit_intersect",
     "learner_config",
+    "plan_domain",
     "ConfigError",
     "load_run_config",
     "parse_grid",
@@ -118,7 +119,47 @@ def _lookup(raw: Mapping[str, Any], dotted: str) -> Any:
     return cur
 
 
-def _value_problems(out: Mapping[str, Any], source: str) -> list[str]:
+def plan_domain(domain: str, base_dir: Path) -> str:
+    """``plan.domain`` as ``load_domain`` takes it.
+
+    A bundled name as it is; the path of a Contract-4 JSON file resolved against the config
+    file's folder (like ``data.path``).
+    """
+    from equicare.rmab._domain import BUILTIN_DOMAINS
+
+    if domain in BUILTIN_DOMAINS:
+        return domain
+    p = Path(domain)
+    return str(p if p.is_absolute() else (base_dir / p).resolve())
+
+
+def _domain_problems(plan: Mapping[str, Any], source: str, base_dir: Path) -> list[str]:
+    """``plan.domain`` checked at load: a bundled name or a JSON file.
+
+    When planning is enabled the domain is built, so a missing file or a bad Contract-4
+    document fails here, not after the run's expensive stages.
+    """
+    from equicare.exceptions import EquicareError
+    from equicare.rmab._domain import BUILTIN_DOMAINS, load_domain
+
+    domain = plan["domain"]
+    expected = (f"one of {', '.join(map(repr, BUILTIN_DOMAINS))} or the path of a Contract-4 "
+                "JSON file (relative to the config file's folder)")
+    if domain not in BUILTIN_DOMAINS and not domain.lower().endswith(".json"):
+        return [f"{source}: plan.domain must be {expected}, got {domain!r}."]
+    if not plan["enabled"]:
+        return []
+    path = plan_domain(domain, base_dir)
+    if domain not in BUILTIN_DOMAINS and not Path(path).is_file():
+        return [f"{source}: plan.domain {domain!r}: no such file ({path}); expected {expected}."]
+    try:
+        load_domain(path, n_arms=plan["arms"], random_state=0)
+    except (EquicareError, OSError, ValueError) as exc:
+        return [f"{source}: plan.domain {domain!r}: {exc}"]
+    return []
+
+
+def _value_problems(out: Mapping[str, Any], source: str, base_dir: Path) -> list[str]:
     """Range and list-element checks of the keys whose type is already right."""
     from equicare.rmab._simulate import POLICIES
 
@@ -145,6 +186,11 @@ def _value_problems(out: Mapping[str, Any], source: str) -> list[str]:
                             f"{', '.join(POLICIES)}.")
     if not plan["policies"]:
         problems.append(f"{source}: plan.policies must name at least one policy.")
+    if not problems:
+        problems += _domain_problems(plan, source, base_dir)
+    if not out["ope"]["estimators"]:
+        problems.append(f"{source}: ope.estimators must name at least one estimator; allowed: "
+                        f"{', '.join(_ESTIMATORS)}.")
     kind = out["frontier"]["kind"]
     hi = 1.0 if kind == "group_robust" else math.inf
     for lam in out["frontier"]["lambdas"]:
@@ -378,7 +424,8 @@ class RunConfig:
         elif synth:
             data["synthetic"] = {**_SYNTH_KEYS, **synth}
         if not problems:  # every type is right: check the ranges, and the learner's keys
-            problems += _value_problems(out, source)
+            problems += _value_problems(out, source,
+                                        base_dir if base_dir is not None else Path("."))
             problems += _learner_problems(out, source)
         if problems:
             msg = (

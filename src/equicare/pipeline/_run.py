@@ -19,7 +19,13 @@ import numpy as np
 
 from equicare._progress import progress_task, shared_progress
 from equicare.exceptions import InvalidParameterError
-from equicare.pipeline._config import ConfigError, RunConfig, audit_intersect, learner_config
+from equicare.pipeline._config import (
+    ConfigError,
+    RunConfig,
+    audit_intersect,
+    learner_config,
+    plan_domain,
+)
 from equicare.pipeline._executor import Interrupted, sigterm_as_interrupt
 from equicare.pipeline._store import USER_ERRORS, Metric, RunStore
 from equicare.utils import atomic_write_text
@@ -181,6 +187,7 @@ def _stage_data(
 ) -> None:
     ds, sim = load_run_data(cfg)
     _check_groups(cfg, ds)
+    _check_panel_keys(cfg, ds)
     summary = ds.summary()  # group counts suppressed; the panel as loaded
     ds = propensity_data(cfg, ds)
     train, test = ds.split(
@@ -239,6 +246,30 @@ def _check_groups(cfg: RunConfig, ds: Any) -> None:
     if (a["group"] or known[0]) in audit_intersect(a):
         raise ConfigError(f"{cfg.source}: [audit] intersect {a['intersect']!r} must differ "
                           f"from the audited group attribute {a['group'] or known[0]!r}.")
+
+
+def _check_panel_keys(cfg: RunConfig, ds: Any) -> None:
+    """Config keys that name something the panel must have, checked when the data loads.
+
+    ``[mediation] enabled`` needs a mediator column; ``learner.group_attr`` must be a group
+    attribute and ``learner.fair_action`` an action set of the panel. Found here, before
+    training, a mistake costs no stage and leaves no run behind.
+    """
+    if cfg["mediation"]["enabled"] and ds.mediators is None:
+        raise ConfigError(f"{cfg.source}: mediation.enabled = true needs a mediator column, "
+                          "but the panel has none (manifest dataset.mediators); name one there "
+                          "or set mediation.enabled = false.")
+    lc = cfg["learner"]
+    attr = lc.get("group_attr")
+    if attr and attr not in ds.groups:
+        raise ConfigError(f"{cfg.source}: learner.group_attr {attr!r} is not a group attribute "
+                          f"of the panel; expected one of {list(ds.group_attrs)}.")
+    if lc.get("fair_action"):
+        try:
+            ds.action_space.parse_action_set(lc["fair_action"])
+        except (ValueError, KeyError) as exc:
+            raise ConfigError(f"{cfg.source}: learner.fair_action {lc['fair_action']!r} does "
+                              f"not fit the panel: {exc}") from exc
 
 
 def _stage_train(
@@ -529,7 +560,8 @@ def _stage_plan(
     from equicare.rmab import load_domain, plan
 
     p = cfg["plan"]
-    domain = load_domain(p["domain"], n_arms=p["arms"], random_state=seed)
+    domain = load_domain(plan_domain(p["domain"], cfg.base_dir), n_arms=p["arms"],
+                         random_state=seed)
     res = plan(
         domain,
         budget=p["budget"],
