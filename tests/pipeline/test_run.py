@@ -401,3 +401,25 @@ def test_keys_the_panel_must_fit_fail_when_the_data_loads(tmp_path, extra, msg):
     assert f"{cfg}: {msg}" in said, said
     store = tmp_path / "runs"
     assert RunStore(store).list_runs().empty and not list(store.glob("*.partial"))
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.EquicareWarning")
+def test_behavior_folds_cross_fit_the_behaviour_model(tmp_path):
+    """`behavior.folds` was accepted (default 2, even -7) and read by nothing: the behaviour
+    model cross-fitted over BehaviorModel's 5 folds whatever it said. It is now the model's
+    folds (default 5, the number runs always used), checked at load."""
+    from equicare.pipeline._config import ConfigError, RunConfig
+
+    assert RunConfig.from_dict({})["behavior"]["folds"] == 5
+    with pytest.raises(ConfigError, match=re.escape(
+            "run.toml: behavior.folds must be an integer >= 1 (1: no cross-fitting), got -7.")):
+        RunConfig.from_dict({"behavior": {"folds": -7}}, source="run.toml")
+    store = tmp_path / "runs"
+    for folds in (3, 1):
+        cfg = _garnet_config(tmp_path, f'[behavior]\nmodel = "logistic"\nfolds = {folds}\n')
+        res = runner.invoke(app, ["run", str(cfg), "--no-progress", "--json"])
+        assert res.exit_code == 0, res.output
+        result = json.loads((store / json.loads(res.output)["run_id"] / "result.json")
+                            .read_text())
+        assert result["behavior_model"]["n_folds"] == folds
+        assert result["settings"]["behavior_model"] == "logistic"

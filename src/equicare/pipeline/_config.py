@@ -46,7 +46,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "seed": 0,
     "data": {"path": "", "manifest": "", "synthetic": {}},
     "reward": {},
-    "behavior": {"model": "auto", "folds": 2},
+    # folds: cross-fitting folds of the behaviour model when it estimates the propensities
+    # (BehaviorModel n_folds; 1: fitted and predicted on the same episodes)
+    "behavior": {"model": "auto", "folds": 5},
     "learner": {"algo": "awr"},
     "ope": {
         "estimators": list(_ESTIMATORS),
@@ -97,6 +99,7 @@ _CHOICES: dict[str, list[Any]] = {
 #: Numeric keys checked at load: ``key -> (lowest allowed, what was expected)``.
 _LOWEST: dict[str, tuple[float, str]] = {
     "seed": (0, "an integer >= 0"),
+    "behavior.folds": (1, "an integer >= 1 (1: no cross-fitting)"),
     "ope.bootstrap": (0, "an integer >= 0"),
     "ope.truncate": (0, "a number >= 0 (0: no truncation)"),
     "ope.truth_members": (0, "an integer >= 0 (0: no ground truth)"),

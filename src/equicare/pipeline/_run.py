@@ -301,14 +301,19 @@ def propensity_data(cfg: RunConfig, ds: Any) -> Any:
     return ds
 
 
-def behavior_spec(cfg: RunConfig) -> str:
-    """The estimator of the behaviour model ``evaluate`` fits (``[behavior] model``).
+def behavior_spec(cfg: RunConfig, seed: int) -> Any:
+    """The behaviour model ``evaluate`` fits: ``[behavior] model`` with ``folds`` folds.
 
-    With ``auto`` and ``logged`` it only estimates propensities a panel does not log (``auto``)
-    and checks support; ``logistic`` and ``lgbm`` are the model itself.
+    With ``auto`` and ``logged`` it is logistic regression, which estimates only propensities a
+    panel does not log (``auto``) and checks support; ``logistic`` and ``lgbm`` are the model
+    itself. ``folds`` episodes folds cross-fit it (a fresh, unfitted model on every call).
     """
-    m = str(cfg["behavior"]["model"])
-    return "logistic" if m in ("auto", "logged") else m
+    from equicare.policy import BehaviorModel
+
+    b = cfg["behavior"]
+    m = str(b["model"])
+    return BehaviorModel(estimator="logistic" if m in ("auto", "logged") else m,
+                         n_folds=int(b["folds"]), random_state=seed)
 
 
 def _stage_evaluate(
@@ -325,7 +330,7 @@ def _stage_evaluate(
         probs,
         estimators=o["estimators"],
         q_model=o["q_model"],
-        behavior_model=behavior_spec(cfg),
+        behavior_model=behavior_spec(cfg, seed),
         bootstrap=o["bootstrap"],
         ci_method=o["ci"],
         truncate=o["truncate"] or None,
@@ -369,7 +374,7 @@ def _stage_sensitivity(
         test,
         state["learned_probs_test"],
         q_model=o["q_model"],
-        behavior_model=behavior_spec(cfg),
+        behavior_model=behavior_spec(cfg, seed),
         bootstrap=min(200, max(o["bootstrap"], 50)),
         random_state=seed,
     )

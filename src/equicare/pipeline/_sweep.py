@@ -84,7 +84,7 @@ def _sweep_point(task: tuple[dict[str, Any], str, str, dict[str, Any]]) -> dict[
         learner.action_probs(test),
         estimators=o["estimators"],
         q_model=o["q_model"],
-        behavior_model=behavior_spec(cfg),
+        behavior_model=behavior_spec(cfg, seed),
         bootstrap=o["bootstrap"],
         ci_method=o["ci"],
         truncate=o["truncate"] or None,
