@@ -423,3 +423,33 @@ def test_behavior_folds_cross_fit_the_behaviour_model(tmp_path):
                             .read_text())
         assert result["behavior_model"]["n_folds"] == folds
         assert result["settings"]["behavior_model"] == "logistic"
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.EquicareWarning")
+def test_sweep_points_get_their_own_reproducible_seeds_and_a_seed_axis(tmp_path):
+    """Every grid point ran with the config's seed (README: "Each task gets its own seed") and
+    `--grid 'seed=[0,1]'` was refused. Each point now gets its own seed, derived from the run
+    seed and its settings (the same command gives the same seeds; adding grid values leaves the
+    other points alone), recorded in its `seed` column; a seed axis runs the seeds it names."""
+    from equicare.pipeline import get_executor, load_run_config, parse_grid
+    from equicare.pipeline._sweep import run_sweep
+
+    cfg = load_run_config(_garnet_config(tmp_path))
+    serial = get_executor("serial")
+
+    def sweep(grid: dict) -> pd.DataFrame:
+        return run_sweep(cfg, grid, executor=serial, progress=False).table
+
+    a = sweep({"learner.n_steps": [10, 20]})
+    assert a["seed"].nunique() == 2 and not (a["seed"] == cfg["seed"]).all()
+    assert a.equals(sweep({"learner.n_steps": [10, 20]}))  # reproducible, numbers included
+    b = sweep({"learner.n_steps": [20, 5]})
+    assert b.set_index("learner.n_steps").loc[20, "seed"] == a.set_index(
+        "learner.n_steps").loc[20, "seed"]
+    assert b.set_index("learner.n_steps").loc[20, "dr"] == a.set_index(
+        "learner.n_steps").loc[20, "dr"]
+    assert parse_grid("seed=[0,3]") == ("seed", [0, 3])
+    s = sweep({"seed": [0, 3], "learner.n_steps": [10]})
+    assert list(s["seed"]) == [0, 3] and s["behavior"].nunique() == 2  # other splits
+    with pytest.raises(ValueError, match="seed must be an integer >= 0"):
+        sweep({"seed": [-1]})

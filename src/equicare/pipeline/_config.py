@@ -510,6 +510,8 @@ def _bare(word: str) -> Any:
 def parse_grid(spec: str) -> tuple[str, list[Any]]:
     """Parse ``'learner.window=[2,4,6,8]'`` into ``("learner.window", [2, 4, 6, 8])``.
 
+    The key is a dotted config key, or ``seed`` (each point then runs with that seed).
+
     Values are JSON (numbers, strings in double quotes, true/false); bare words are strings,
     and in a list that is not JSON (``[mlp,lstm]``, or ``10,20`` without brackets) each value
     that is a number or true/false is read as one.
@@ -518,8 +520,9 @@ def parse_grid(spec: str) -> tuple[str, list[Any]]:
         raise ConfigError(f"A --grid must look like 'section.key=[v1,v2,...]', got {spec!r}.")
     key, _, vals = spec.partition("=")
     key, vals = key.strip(), vals.strip()
-    if not key or "." not in key:
-        raise ConfigError(f"A --grid key must be dotted like 'learner.window', got {key!r}.")
+    if not key or ("." not in key and key != "seed"):
+        raise ConfigError(f"A --grid key must be dotted like 'learner.window' (or be 'seed'), "
+                          f"got {key!r}.")
     try:
         parsed = json.loads(vals)
     except json.JSONDecodeError:  # bare words: [mlp,lstm], or no brackets: 10,20

@@ -4,8 +4,11 @@ Each grid point loads (or simulates) the data, trains the learner and evaluates 
 episodes as ``run`` does (the ``[ope]`` estimators, bootstrap, interval method, truncation and
 Q-model, the ``[behavior]`` model; plus the simulator's true value when the data is simulated).
 It runs no other stage, so a grid over a key only those read (``ope.sensitivity``, ``[audit]``,
-``[frontier]``, ...) is refused. Points are independent tasks with their own seeds derived
-from the run seed, so ``local`` and ``ray`` executors give identical numbers.
+``[frontier]``, ...) is refused. Points are independent tasks, each with its own seed (split,
+training, evaluation), so ``local`` and ``ray`` executors give identical numbers: the value of a
+``seed`` grid axis, else one derived from the run seed and the point's settings
+(:func:`point_seed`; the same command gives the same seeds, and adding grid values leaves the
+other points' seeds alone). The seed is the point's ``seed`` column.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from equicare.pipeline._executor import (
 from equicare.pipeline._store import USER_ERRORS, Metric, RunStore
 from equicare.utils import atomic_write_text
 
-__all__ = ["SweepOutcome", "run_sweep", "sweep_point", "check_grid_keys"]
+__all__ = ["SweepOutcome", "run_sweep", "sweep_point", "check_grid_keys", "point_seed"]
 
 
 @dataclass
@@ -140,6 +143,30 @@ def check_grid_keys(grid: dict[str, list[Any]], source: str = "<config>") -> Non
                 "[reward], [behavior], [learner] or [ope] (or `equicare run` per setting).")
 
 
+def point_seed(run_seed: int, overrides: dict[str, Any]) -> int:
+    """The seed of a grid point: ``overrides["seed"]`` on a seed axis, else derived.
+
+    Derived from the run seed and the point's settings alone (not its position in the grid),
+    with NumPy's ``SeedSequence``: reproducible across processes and machines.
+
+    Parameters
+    ----------
+    run_seed : int
+        The config's ``seed``.
+    overrides : dict
+        The point's grid values (dotted key -> value).
+    """
+    import zlib
+
+    import numpy as np
+
+    if "seed" in overrides:
+        return int(overrides["seed"])
+    key = json.dumps(overrides, sort_keys=True, default=str).encode()
+    state = np.random.SeedSequence([int(run_seed), zlib.crc32(key)]).generate_state(1)
+    return int(state[0]) % (2**31 - 1)
+
+
 def run_sweep(
     cfg: RunConfig,
     grid: dict[str, list[Any]],
@@ -154,7 +181,9 @@ def run_sweep(
     ----------
     cfg : RunConfig
     grid : dict of str to list
-        e.g. ``{"learner.window": [2, 4, 6, 8], "reward.engagement": [0, 0.1, 0.3, 0.5]}``.
+        e.g. ``{"learner.window": [2, 4, 6, 8], "reward.engagement": [0, 0.1, 0.3, 0.5]}``;
+        ``{"seed": [0, 1, 2]}`` runs each point with those seeds (else each point gets its own,
+        :func:`point_seed`).
     executor : Executor, optional
         Default: the config's ``output.executor`` with ``output.jobs`` and ``output.address``;
         a Ray session that default opens is shut down when the sweep ends.
@@ -167,8 +196,9 @@ def run_sweep(
     combos = [dict(zip(keys, vals, strict=True)) for vals in itertools.product(*grid.values())]
     tasks = []
     for ov in combos:
-        c = cfg.with_overrides(ov)  # checks every point before anything runs
-        tasks.append((c.to_dict(), cfg.source, str(cfg.base_dir), ov))
+        seed = point_seed(int(cfg["seed"]), ov)
+        c = cfg.with_overrides({**ov, "seed": seed})  # checks every point before anything runs
+        tasks.append((c.to_dict(), cfg.source, str(cfg.base_dir), {**ov, "seed": seed}))
     o = cfg["output"]
     ex = executor or get_executor(o["executor"], o["jobs"], o["address"])
     if isinstance(ex, RayExecutor):
