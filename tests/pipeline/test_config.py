@@ -124,3 +124,74 @@ def test_audit_intersect_takes_a_string_or_a_list_like_the_repeatable_option():
                                       "once, got ['sex', 'sex'].")):
         with pytest.raises(ConfigError, match=re.escape(msg)):
             RunConfig.from_dict({"audit": {"intersect": bad}}, source="run.toml")
+
+
+@pytest.mark.parametrize(
+    ("learner", "msg"),
+    [
+        ({"algo": "bc", "n_stpes": 10},
+         "run.toml: unknown key learner.n_stpes for algo 'bc'; did you mean 'n_steps'?"),
+        ({"algo": "awr", "zzz": 1}, "run.toml: unknown key learner.zzz for algo 'awr'; known "
+                                    "keys: algo, encoder, window,"),
+        ({"algo": "bc", "hidden": "big"},
+         "run.toml: [learner] for algo 'bc': The 'hidden' parameter of BCConfig must be a "
+         "non-empty tuple of positive ints. Got 'big' instead."),
+    ],
+)
+def test_learner_keys_are_checked_at_load_with_the_closest_key_suggested(learner, msg):
+    """[learner] was checked only when training started, with no "did you mean" and the key
+    list printed twice; it is now checked at load like every other section."""
+    with pytest.raises(ConfigError) as info:
+        RunConfig.from_dict({"learner": learner}, source="run.toml")
+    said = str(info.value)
+    assert said.startswith(msg), said
+    assert said.count("known keys") <= 1 and "known: [" not in said
+
+
+def test_show_config_refuses_an_unknown_learner_key():
+    from typer.testing import CliRunner
+
+    from equicare.cli import app
+
+    res = CliRunner().invoke(app, ["run", "--example", "care", "--show-config",
+                                   "--set", "learner.n_stepz=5"])
+    assert res.exit_code == 2, res.output
+    assert "unknown key learner.n_stepz for algo 'awr'; did you mean 'n_steps'?" in " ".join(
+        res.output.split())
+    ok = RunConfig.from_dict({"learner": {"algo": "cql", "steps": 5, "hidden": [8]}})
+    assert ok["learner"]["steps"] == 5  # the alias and a list of sizes still pass
+
+
+def test_plan_domain_and_estimators_are_checked_at_load(tmp_path, monkeypatch):
+    """`plan.domain = "nowhere"` failed after the whole run (44 s in the audit), `ope.estimators
+    = []` in the evaluate stage, each leaving a failed run; both are config errors at load. A
+    domain file is found relative to the config file's folder, like data.path."""
+    import json
+
+    from equicare.rmab._domain import _read_builtin
+
+    msg = ("run.toml: plan.domain must be one of 'synthetic', 'maternal', 'diabetes' or the "
+           "path of a Contract-4 JSON file (relative to the config file's folder), got "
+           "'nowhere'.")
+    for enabled in (True, False):
+        with pytest.raises(ConfigError, match=re.escape(msg)):
+            RunConfig.from_dict({"plan": {"enabled": enabled, "domain": "nowhere"}},
+                                source="run.toml")
+    with pytest.raises(ConfigError, match=re.escape(
+            "run.toml: ope.estimators must name at least one estimator; allowed: is, wis,")):
+        RunConfig.from_dict({"ope": {"estimators": []}}, source="run.toml")
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "dom.json").write_text(json.dumps(_read_builtin("synthetic")))
+    (tmp_path / "cfg" / "run.toml").write_text('[plan]\nenabled = true\ndomain = "dom.json"\n')
+    monkeypatch.chdir(tmp_path)  # not the config's folder
+    cfg = load_run_config(tmp_path / "cfg" / "run.toml")
+    from equicare.pipeline._config import plan_domain
+
+    assert plan_domain(cfg["plan"]["domain"], cfg.base_dir) == str(tmp_path / "cfg" / "dom.json")
+    (tmp_path / "cfg" / "run.toml").write_text('[plan]\nenabled = true\ndomain = "no.json"\n')
+    with pytest.raises(ConfigError, match=re.escape("plan.domain 'no.json': no such file")):
+        load_run_config(tmp_path / "cfg" / "run.toml")
+    (tmp_path / "cfg" / "bad.json").write_text('{"kind": "contract4"}')
+    (tmp_path / "cfg" / "run.toml").write_text('[plan]\nenabled = true\ndomain = "bad.json"\n')
+    with pytest.raises(ConfigError, match=re.escape("plan.domain 'bad.json': ")):
+        load_run_config(tmp_path / "cfg" / "run.toml")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import tomllib
@@ -296,3 +297,159 @@ def test_the_audit_stage_crosses_every_attribute_of_a_list_intersect(tmp_path):
                                 source="run.toml")
         with pytest.raises(ConfigError, match=re.escape(msg)):
             _check_groups(c, ds)
+
+
+def _garnet_config(tmp_path: Path, extra: str = "", *, drop_propensities: bool = False) -> Path:
+    """A tiny Garnet panel (logged propensities, unless dropped) and a fast run config."""
+    d = tmp_path / "garnet"
+    if not d.is_dir():
+        res = runner.invoke(app, ["synth", "--sim", "garnet", "--states", "12", "--actions", "3",
+                                  "--episodes", "120", "--seed", "2", "--out", str(d)])
+        assert res.exit_code == 0, res.output
+    manifest = d / "manifest.toml"
+    if drop_propensities:
+        manifest = d / "manifest_noprop.toml"
+        manifest.write_text("\n".join(ln for ln in (d / "manifest.toml").read_text().splitlines()
+                                      if not ln.startswith("behavior_prob")) + "\n")
+    p = tmp_path / "g.toml"
+    p.write_text(f'name = "g"\nseed = 0\n[data]\npath = "{d / "panel.parquet"}"\n'
+                 f'manifest = "{manifest}"\n[learner]\nalgo = "bc"\nn_steps = 10\n'
+                 '[ope]\nestimators = ["wis", "dr"]\nbootstrap = 10\nsensitivity = false\n'
+                 f'[audit]\npermutations = 0\n[output]\nstore = "{tmp_path / "runs"}"\n'
+                 + extra)
+    return p
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.EquicareWarning")
+def test_behavior_model_is_honoured(tmp_path):
+    """`[behavior] model`: `logistic`/`lgbm` estimated the propensities only when the panel
+    logged none, and `logged` silently estimated them when it had none: four values, two
+    behaviours. Now `lgbm` estimates with LightGBM even when the panel logs propensities, and
+    `logged` on a panel without them is a config error before training (no run left)."""
+    store = tmp_path / "runs"
+    for model, source in (("auto", "logged"), ("logged", "logged"), ("lgbm", "estimated"),
+                          ("logistic", "estimated")):
+        cfg = _garnet_config(tmp_path, f'[behavior]\nmodel = "{model}"\n')
+        res = runner.invoke(app, ["run", str(cfg), "--no-progress", "--json"])
+        assert res.exit_code == 0, res.output
+        d = store / json.loads(res.output)["run_id"]
+        settings = json.loads((d / "result.json").read_text())["settings"]
+        assert settings["propensity_source"] == source, (model, settings)
+        if model in ("lgbm", "logistic"):
+            assert settings["behavior_model"] == model
+        # the data summary describes the panel as loaded (its logged propensities included)
+        assert json.loads((d / "data_summary.json").read_text())["behavior_prob"] is not None
+    n_runs = len(RunStore(store).list_runs())
+    cfg = _garnet_config(tmp_path, '[behavior]\nmodel = "logged"\n', drop_propensities=True)
+    res = runner.invoke(app, ["run", str(cfg), "--no-progress"])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 2, res.output
+    assert (f"{cfg}: behavior.model = 'logged' needs the panel's logged propensities, but it "
+            "has none (manifest dataset.behavior_prob") in said, said
+    assert len(RunStore(store).list_runs()) == n_runs and not list(store.glob("*.partial"))
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.EquicareWarning")
+def test_sweep_points_evaluate_with_every_ope_and_behavior_setting(tmp_path):
+    """A sweep point called evaluate without ope.ci and [behavior] model: percentile and
+    studentized sweeps gave byte-identical intervals. A grid over a key no point reads is
+    refused instead of giving identical points."""
+    from equicare.pipeline import get_executor, load_run_config
+    from equicare.pipeline._config import ConfigError
+    from equicare.pipeline._sweep import run_sweep
+
+    cfg = load_run_config(_garnet_config(tmp_path))
+    grid = {"learner.n_steps": [10]}
+    serial = get_executor("serial")
+
+    def point(**overrides: object) -> pd.Series:
+        return run_sweep(cfg.with_overrides(overrides), grid, executor=serial,
+                         progress=False).table.iloc[0]
+
+    stud, perc = point(), point(**{"ope.ci": "percentile"})
+    assert stud["dr"] == perc["dr"]  # the same estimate, other intervals
+    assert (stud["dr_ci_low"], stud["dr_ci_high"]) != (perc["dr_ci_low"], perc["dr_ci_high"])
+    lgbm = point(**{"behavior.model": "lgbm"})  # estimated, not the logged propensities
+    assert lgbm["wis"] != stud["wis"]
+    n_runs = len(RunStore(tmp_path / "runs").list_runs())
+    for key, why in (("ope.sensitivity", "a sweep point runs no sensitivity stage"),
+                     ("audit.permutations", "a sweep point runs no fairness audit")):
+        with pytest.raises(ConfigError, match=re.escape(f"--grid {key}: a sweep point only "
+                                                        f"loads the data, trains and evaluates "
+                                                        f"({why})")):
+            run_sweep(cfg, {key: [True, False]}, executor=serial, progress=False)
+    assert len(RunStore(tmp_path / "runs").list_runs()) == n_runs
+
+
+@pytest.mark.parametrize(("extra", "msg"), [
+    ("[mediation]\nenabled = true\n",
+     "mediation.enabled = true needs a mediator column, but the panel has none (manifest "
+     "dataset.mediators)"),
+    ('[learner]\nalgo = "bc"\nn_steps = 10\ngroup_attr = "race"\n',
+     "learner.group_attr 'race' is not a group attribute of the panel; expected one of"),
+])
+def test_keys_the_panel_must_fit_fail_when_the_data_loads(tmp_path, extra, msg):
+    """Mediation without a mediator column failed after training and evaluation (a failed run
+    and its .partial folder left in the store); it is a config error when the data loads."""
+    cfg = _garnet_config(tmp_path, extra)
+    if "[learner]" in extra:  # replace the base config's table
+        text = cfg.read_text()
+        cfg.write_text(text.replace('[learner]\nalgo = "bc"\nn_steps = 10\n', "", 1))
+    res = runner.invoke(app, ["run", str(cfg), "--no-progress"])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 2, res.output
+    assert f"{cfg}: {msg}" in said, said
+    store = tmp_path / "runs"
+    assert RunStore(store).list_runs().empty and not list(store.glob("*.partial"))
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.EquicareWarning")
+def test_behavior_folds_cross_fit_the_behaviour_model(tmp_path):
+    """`behavior.folds` was accepted (default 2, even -7) and read by nothing: the behaviour
+    model cross-fitted over BehaviorModel's 5 folds whatever it said. It is now the model's
+    folds (default 5, the number runs always used), checked at load."""
+    from equicare.pipeline._config import ConfigError, RunConfig
+
+    assert RunConfig.from_dict({})["behavior"]["folds"] == 5
+    with pytest.raises(ConfigError, match=re.escape(
+            "run.toml: behavior.folds must be an integer >= 1 (1: no cross-fitting), got -7.")):
+        RunConfig.from_dict({"behavior": {"folds": -7}}, source="run.toml")
+    store = tmp_path / "runs"
+    for folds in (3, 1):
+        cfg = _garnet_config(tmp_path, f'[behavior]\nmodel = "logistic"\nfolds = {folds}\n')
+        res = runner.invoke(app, ["run", str(cfg), "--no-progress", "--json"])
+        assert res.exit_code == 0, res.output
+        result = json.loads((store / json.loads(res.output)["run_id"] / "result.json")
+                            .read_text())
+        assert result["behavior_model"]["n_folds"] == folds
+        assert result["settings"]["behavior_model"] == "logistic"
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.EquicareWarning")
+def test_sweep_points_get_their_own_reproducible_seeds_and_a_seed_axis(tmp_path):
+    """Every grid point ran with the config's seed (README: "Each task gets its own seed") and
+    `--grid 'seed=[0,1]'` was refused. Each point now gets its own seed, derived from the run
+    seed and its settings (the same command gives the same seeds; adding grid values leaves the
+    other points alone), recorded in its `seed` column; a seed axis runs the seeds it names."""
+    from equicare.pipeline import get_executor, load_run_config, parse_grid
+    from equicare.pipeline._sweep import run_sweep
+
+    cfg = load_run_config(_garnet_config(tmp_path))
+    serial = get_executor("serial")
+
+    def sweep(grid: dict) -> pd.DataFrame:
+        return run_sweep(cfg, grid, executor=serial, progress=False).table
+
+    a = sweep({"learner.n_steps": [10, 20]})
+    assert a["seed"].nunique() == 2 and not (a["seed"] == cfg["seed"]).all()
+    assert a.equals(sweep({"learner.n_steps": [10, 20]}))  # reproducible, numbers included
+    b = sweep({"learner.n_steps": [20, 5]})
+    assert b.set_index("learner.n_steps").loc[20, "seed"] == a.set_index(
+        "learner.n_steps").loc[20, "seed"]
+    assert b.set_index("learner.n_steps").loc[20, "dr"] == a.set_index(
+        "learner.n_steps").loc[20, "dr"]
+    assert parse_grid("seed=[0,3]") == ("seed", [0, 3])
+    s = sweep({"seed": [0, 3], "learner.n_steps": [10]})
+    assert list(s["seed"]) == [0, 3] and s["behavior"].nunique() == 2  # other splits
+    with pytest.raises(ValueError, match="seed must be an integer >= 0"):
+        sweep({"seed": [-1]})

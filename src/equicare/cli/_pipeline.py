@@ -164,7 +164,9 @@ def register(app: typer.Typer) -> None:
         config: Annotated[Path | None, _CONFIG_ARG] = None,
         grid: Annotated[
             list[str] | None,
-            typer.Option(help="Grid axis 'section.key=[v1,v2,...]' (repeat for more axes)."),
+            typer.Option(help="Grid axis 'section.key=[v1,v2,...]' (repeat for more axes); "
+                                "'seed=[0,1,2]' runs each point with those seeds (else each "
+                                "point gets its own, derived from the config's seed)."),
         ] = None,
         example: Annotated[Example | None, _EXAMPLE_OPT] = None,
         set_: Annotated[list[str] | None, _SET_OPT] = None,

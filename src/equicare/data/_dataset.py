@@ -503,8 +503,13 @@ class TrajectoryDataset:
             w[self.reward_names.index(k)] = float(v)
         return replace(self, reward_weights=w, _cache={})
 
-    def with_behavior_prob(self, prob: NDArray[np.float64]) -> TrajectoryDataset:
-        """Same data with the given logged-action propensities, shape ``(n_steps,)``."""
+    def with_behavior_prob(self, prob: NDArray[np.float64] | None) -> TrajectoryDataset:
+        """Same data with the given logged-action propensities, shape ``(n_steps,)``.
+
+        ``None``: the same data without logged propensities (estimated wherever needed).
+        """
+        if prob is None:
+            return replace(self, behavior_prob=None, _cache={})
         p = np.asarray(prob, dtype=np.float64)
         if p.shape != (self.n_steps,):
             raise InvalidParameterError(f"prob must have shape ({self.n_steps},), got {p.shape}.")

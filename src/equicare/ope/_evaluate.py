@@ -738,6 +738,16 @@ def evaluate(
             random_state=random_state, n_boot=n_boot, progress=progress)
 
 
+def _spec_name(behavior_model: Any) -> str:
+    """``"logistic"``, ``"lgbm"`` (also of a BehaviorModel naming it), else the class name."""
+    if isinstance(behavior_model, str):
+        return behavior_model
+    est = getattr(behavior_model, "estimator", None)
+    if isinstance(behavior_model, BehaviorModel) and isinstance(est, str):
+        return est
+    return type(behavior_model).__name__
+
+
 #: ``n_steps * n_actions`` up to which :func:`evaluate` runs BLAS/OpenMP single-threaded.
 SINGLE_THREAD_CELLS = 20_000_000
 
@@ -817,8 +827,7 @@ def _evaluate(
         "estimators": list(keys),
         "q_model": ("given" if q is not None else qcfg if isinstance(qcfg, str)
                     else qcfg.to_dict()),
-        "behavior_model": behavior_model if isinstance(behavior_model, str)
-        else type(behavior_model).__name__,
+        "behavior_model": _spec_name(behavior_model),
         "propensity_source": prep.propensity_source, "bootstrap": bootstrap,
         "ci_method": ci_method, "alpha": alpha, "truncate": truncate,
         "normalization": normalization, "refit": refit, "random_state": random_state,

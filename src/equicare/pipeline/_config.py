@@ -2,7 +2,8 @@
 
 Every section is a table of known keys; an unknown key gets the closest known one suggested, a value
 of the wrong type or outside its allowed values names the key and what was allowed. The learner
-section is checked by the learner's own config class when the run starts.
+section is checked at load too: its keys against the chosen learner's config class (closest key
+suggested), its values by that class.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from equicare.exceptions import DataValidationError
 __all__ = [
     "RunConfig",
     "audit_intersect",
+    "learner_config",
+    "plan_domain",
     "ConfigError",
     "load_run_config",
     "parse_grid",
@@ -43,7 +46,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "seed": 0,
     "data": {"path": "", "manifest": "", "synthetic": {}},
     "reward": {},
-    "behavior": {"model": "auto", "folds": 2},
+    # folds: cross-fitting folds of the behaviour model when it estimates the propensities
+    # (BehaviorModel n_folds; 1: fitted and predicted on the same episodes)
+    "behavior": {"model": "auto", "folds": 5},
     "learner": {"algo": "awr"},
     "ope": {
         "estimators": list(_ESTIMATORS),
@@ -94,6 +99,7 @@ _CHOICES: dict[str, list[Any]] = {
 #: Numeric keys checked at load: ``key -> (lowest allowed, what was expected)``.
 _LOWEST: dict[str, tuple[float, str]] = {
     "seed": (0, "an integer >= 0"),
+    "behavior.folds": (1, "an integer >= 1 (1: no cross-fitting)"),
     "ope.bootstrap": (0, "an integer >= 0"),
     "ope.truncate": (0, "a number >= 0 (0: no truncation)"),
     "ope.truth_members": (0, "an integer >= 0 (0: no ground truth)"),
@@ -116,7 +122,47 @@ def _lookup(raw: Mapping[str, Any], dotted: str) -> Any:
     return cur
 
 
-def _value_problems(out: Mapping[str, Any], source: str) -> list[str]:
+def plan_domain(domain: str, base_dir: Path) -> str:
+    """``plan.domain`` as ``load_domain`` takes it.
+
+    A bundled name as it is; the path of a Contract-4 JSON file resolved against the config
+    file's folder (like ``data.path``).
+    """
+    from equicare.rmab._domain import BUILTIN_DOMAINS
+
+    if domain in BUILTIN_DOMAINS:
+        return domain
+    p = Path(domain)
+    return str(p if p.is_absolute() else (base_dir / p).resolve())
+
+
+def _domain_problems(plan: Mapping[str, Any], source: str, base_dir: Path) -> list[str]:
+    """``plan.domain`` checked at load: a bundled name or a JSON file.
+
+    When planning is enabled the domain is built, so a missing file or a bad Contract-4
+    document fails here, not after the run's expensive stages.
+    """
+    from equicare.exceptions import EquicareError
+    from equicare.rmab._domain import BUILTIN_DOMAINS, load_domain
+
+    domain = plan["domain"]
+    expected = (f"one of {', '.join(map(repr, BUILTIN_DOMAINS))} or the path of a Contract-4 "
+                "JSON file (relative to the config file's folder)")
+    if domain not in BUILTIN_DOMAINS and not domain.lower().endswith(".json"):
+        return [f"{source}: plan.domain must be {expected}, got {domain!r}."]
+    if not plan["enabled"]:
+        return []
+    path = plan_domain(domain, base_dir)
+    if domain not in BUILTIN_DOMAINS and not Path(path).is_file():
+        return [f"{source}: plan.domain {domain!r}: no such file ({path}); expected {expected}."]
+    try:
+        load_domain(path, n_arms=plan["arms"], random_state=0)
+    except (EquicareError, OSError, ValueError) as exc:
+        return [f"{source}: plan.domain {domain!r}: {exc}"]
+    return []
+
+
+def _value_problems(out: Mapping[str, Any], source: str, base_dir: Path) -> list[str]:
     """Range and list-element checks of the keys whose type is already right."""
     from equicare.rmab._simulate import POLICIES
 
@@ -143,6 +189,11 @@ def _value_problems(out: Mapping[str, Any], source: str) -> list[str]:
                             f"{', '.join(POLICIES)}.")
     if not plan["policies"]:
         problems.append(f"{source}: plan.policies must name at least one policy.")
+    if not problems:
+        problems += _domain_problems(plan, source, base_dir)
+    if not out["ope"]["estimators"]:
+        problems.append(f"{source}: ope.estimators must name at least one estimator; allowed: "
+                        f"{', '.join(_ESTIMATORS)}.")
     kind = out["frontier"]["kind"]
     hi = 1.0 if kind == "group_robust" else math.inf
     for lam in out["frontier"]["lambdas"]:
@@ -154,6 +205,60 @@ def _value_problems(out: Mapping[str, Any], source: str) -> list[str]:
                             f"{lam!r} in {out['frontier']['lambdas']!r}.")
             break
     return problems
+
+
+def learner_config(section: Mapping[str, Any], seed: int, source: str = "<config>") -> Any:
+    """The learner's config (``BCConfig``, ``AWRConfig``, ``CQLConfig``) of a ``[learner]`` table.
+
+    Parameters
+    ----------
+    section : mapping
+        ``algo`` (default ``"awr"``) plus any field of that learner's config (``steps`` is an
+        alias of ``n_steps``).
+    seed : int
+        The learner's seed unless the table sets one.
+    source : str
+        File the table came from (for messages).
+
+    Raises
+    ------
+    ConfigError
+        An unknown key (the closest known one suggested) or a value the learner's config
+        refuses (its message names the key and what is allowed).
+    """
+    import dataclasses
+
+    from equicare import learn as algos
+
+    spec = dict(section)
+    algo = spec.pop("algo", "awr")
+    conf_cls = {"bc": algos.BCConfig, "awr": algos.AWRConfig, "cql": algos.CQLConfig}[algo]
+    spec.setdefault("seed", seed)
+    if "steps" in spec:
+        spec["n_steps"] = spec.pop("steps")
+    if isinstance(spec.get("hidden"), list):
+        spec["hidden"] = tuple(spec["hidden"])
+    known = [f.name for f in dataclasses.fields(conf_cls)]
+    unknown = [k for k in spec if k not in known]
+    if unknown:
+        problems = [f"{source}: unknown key learner.{k} for algo {algo!r}"
+                    f"{_suggest(k, ['algo', *known])}" for k in unknown]
+        raise ConfigError(problems[0] if len(problems) == 1 else
+                          f"{len(problems)} problems in {source}:\n  " + "\n  ".join(problems),
+                          problems)
+    try:
+        return conf_cls.from_dict(spec)
+    except (ValueError, TypeError) as exc:  # InvalidParameterError is a ValueError
+        raise ConfigError(f"{source}: [learner] for algo {algo!r}: {exc}") from exc
+
+
+def _learner_problems(out: Mapping[str, Any], source: str) -> list[str]:
+    seed = out["seed"] if isinstance(out["seed"], int) and out["seed"] >= 0 else 0
+    try:
+        learner_config(out["learner"], seed, source)
+    except ConfigError as exc:
+        return list(exc.problems)
+    return []
 
 
 def _suggest(key: str, known: list[str]) -> str:
@@ -321,8 +426,10 @@ class RunConfig:
             data["synthetic"] = dict(_SYNTH_KEYS)
         elif synth:
             data["synthetic"] = {**_SYNTH_KEYS, **synth}
-        if not problems:  # every type is right: check the ranges
-            problems += _value_problems(out, source)
+        if not problems:  # every type is right: check the ranges, and the learner's keys
+            problems += _value_problems(out, source,
+                                        base_dir if base_dir is not None else Path("."))
+            problems += _learner_problems(out, source)
         if problems:
             msg = (
                 problems[0]
@@ -403,6 +510,8 @@ def _bare(word: str) -> Any:
 def parse_grid(spec: str) -> tuple[str, list[Any]]:
     """Parse ``'learner.window=[2,4,6,8]'`` into ``("learner.window", [2, 4, 6, 8])``.
 
+    The key is a dotted config key, or ``seed`` (each point then runs with that seed).
+
     Values are JSON (numbers, strings in double quotes, true/false); bare words are strings,
     and in a list that is not JSON (``[mlp,lstm]``, or ``10,20`` without brackets) each value
     that is a number or true/false is read as one.
@@ -411,8 +520,9 @@ def parse_grid(spec: str) -> tuple[str, list[Any]]:
         raise ConfigError(f"A --grid must look like 'section.key=[v1,v2,...]', got {spec!r}.")
     key, _, vals = spec.partition("=")
     key, vals = key.strip(), vals.strip()
-    if not key or "." not in key:
-        raise ConfigError(f"A --grid key must be dotted like 'learner.window', got {key!r}.")
+    if not key or ("." not in key and key != "seed"):
+        raise ConfigError(f"A --grid key must be dotted like 'learner.window' (or be 'seed'), "
+                          f"got {key!r}.")
     try:
         parsed = json.loads(vals)
     except json.JSONDecodeError:  # bare words: [mlp,lstm], or no brackets: 10,20

@@ -19,12 +19,19 @@ import numpy as np
 
 from equicare._progress import progress_task, shared_progress
 from equicare.exceptions import InvalidParameterError
-from equicare.pipeline._config import ConfigError, RunConfig, audit_intersect
+from equicare.pipeline._config import (
+    ConfigError,
+    RunConfig,
+    audit_intersect,
+    learner_config,
+    plan_domain,
+)
 from equicare.pipeline._executor import Interrupted, sigterm_as_interrupt
 from equicare.pipeline._store import USER_ERRORS, Metric, RunStore
 from equicare.utils import atomic_write_text
 
-__all__ = ["RunOutcome", "run_pipeline", "load_run_data", "build_learner"]
+__all__ = ["RunOutcome", "run_pipeline", "load_run_data", "build_learner", "propensity_data",
+           "behavior_spec"]
 
 
 @dataclass
@@ -67,27 +74,9 @@ def build_learner(cfg: RunConfig, seed: int) -> Any:
     """The learner of the run, its config checked by the learner's own config class."""
     from equicare import learn as algos
 
-    spec = dict(cfg["learner"])
-    algo = spec.pop("algo", "awr")
+    algo = cfg["learner"].get("algo", "awr")
     cls = {"bc": algos.BC, "awr": algos.AWR, "cql": algos.CQL}[algo]
-    conf_cls = {"bc": algos.BCConfig, "awr": algos.AWRConfig, "cql": algos.CQLConfig}[algo]
-    spec.setdefault("seed", seed)
-    if "steps" in spec:
-        spec["n_steps"] = spec.pop("steps")
-    for k in ("hidden",):
-        if k in spec and isinstance(spec[k], list):
-            spec[k] = tuple(spec[k])
-    try:
-        conf = conf_cls.from_dict(spec)
-    except TypeError as exc:
-        import dataclasses
-
-        known = [f.name for f in dataclasses.fields(conf_cls)]
-        raise InvalidParameterError(
-            f"{cfg.source}: [learner] for algo {algo!r}: {exc}; known keys: "
-            f"{', '.join(['algo', *known])}."
-        ) from exc
-    return cls(conf)
+    return cls(learner_config(cfg["learner"], seed, cfg.source))
 
 
 def run_pipeline(
@@ -197,15 +186,17 @@ def _stage_data(
     cfg: RunConfig, state: dict[str, Any], out: Path, metrics: list[Metric], seed: int
 ) -> None:
     ds, sim = load_run_data(cfg)
+    _check_groups(cfg, ds)
+    _check_panel_keys(cfg, ds)
+    summary = ds.summary()  # group counts suppressed; the panel as loaded
+    ds = propensity_data(cfg, ds)
     train, test = ds.split(
         cfg["ope"]["holdout"], random_state=seed, stratify=ds.group_attrs[0] if ds.groups else None
     )
-    _check_groups(cfg, ds)
     state.update(dataset=ds, sim=sim, train=train, test=test,
                  audit_action=_action_of(cfg, "audit", ds),
                  mediation_action=(_action_of(cfg, "mediation", ds)
                                    if cfg["mediation"]["enabled"] else ""))
-    summary = ds.summary()  # group counts suppressed
     state["data_summary"] = summary
     _write_json(out / "data_summary.json", summary)
     metrics += [
@@ -257,6 +248,30 @@ def _check_groups(cfg: RunConfig, ds: Any) -> None:
                           f"from the audited group attribute {a['group'] or known[0]!r}.")
 
 
+def _check_panel_keys(cfg: RunConfig, ds: Any) -> None:
+    """Config keys that name something the panel must have, checked when the data loads.
+
+    ``[mediation] enabled`` needs a mediator column; ``learner.group_attr`` must be a group
+    attribute and ``learner.fair_action`` an action set of the panel. Found here, before
+    training, a mistake costs no stage and leaves no run behind.
+    """
+    if cfg["mediation"]["enabled"] and ds.mediators is None:
+        raise ConfigError(f"{cfg.source}: mediation.enabled = true needs a mediator column, "
+                          "but the panel has none (manifest dataset.mediators); name one there "
+                          "or set mediation.enabled = false.")
+    lc = cfg["learner"]
+    attr = lc.get("group_attr")
+    if attr and attr not in ds.groups:
+        raise ConfigError(f"{cfg.source}: learner.group_attr {attr!r} is not a group attribute "
+                          f"of the panel; expected one of {list(ds.group_attrs)}.")
+    if lc.get("fair_action"):
+        try:
+            ds.action_space.parse_action_set(lc["fair_action"])
+        except (ValueError, KeyError) as exc:
+            raise ConfigError(f"{cfg.source}: learner.fair_action {lc['fair_action']!r} does "
+                              f"not fit the panel: {exc}") from exc
+
+
 def _stage_train(
     cfg: RunConfig, state: dict[str, Any], out: Path, metrics: list[Metric], seed: int
 ) -> None:
@@ -267,9 +282,38 @@ def _stage_train(
     state["learner_name"] = cfg["learner"].get("algo", "awr")
 
 
-def _behavior_spec(cfg: RunConfig, ds: Any) -> str:
-    m = cfg["behavior"]["model"]
-    return "logistic" if m in ("auto", "logged") else m
+def propensity_data(cfg: RunConfig, ds: Any) -> Any:
+    """The panel with the propensities ``[behavior] model`` asks for (checked when it loads).
+
+    ``auto``: the panel's logged propensities when it has them, else estimated; ``logged``: the
+    logged ones, and a panel without them is a config error (before training);
+    ``logistic`` / ``lgbm``: estimated with that model even when the panel logs them (the
+    logged column is set aside for the whole run).
+    """
+    model = cfg["behavior"]["model"]
+    if model == "logged" and ds.behavior_prob is None:
+        raise ConfigError(
+            f"{cfg.source}: behavior.model = 'logged' needs the panel's logged propensities, "
+            "but it has none (manifest dataset.behavior_prob names their column); use 'auto', "
+            "'logistic' or 'lgbm' to estimate them.")
+    if model in ("logistic", "lgbm") and ds.behavior_prob is not None:
+        return ds.with_behavior_prob(None)
+    return ds
+
+
+def behavior_spec(cfg: RunConfig, seed: int) -> Any:
+    """The behaviour model ``evaluate`` fits: ``[behavior] model`` with ``folds`` folds.
+
+    With ``auto`` and ``logged`` it is logistic regression, which estimates only propensities a
+    panel does not log (``auto``) and checks support; ``logistic`` and ``lgbm`` are the model
+    itself. ``folds`` episodes folds cross-fit it (a fresh, unfitted model on every call).
+    """
+    from equicare.policy import BehaviorModel
+
+    b = cfg["behavior"]
+    m = str(b["model"])
+    return BehaviorModel(estimator="logistic" if m in ("auto", "logged") else m,
+                         n_folds=int(b["folds"]), random_state=seed)
 
 
 def _stage_evaluate(
@@ -286,7 +330,7 @@ def _stage_evaluate(
         probs,
         estimators=o["estimators"],
         q_model=o["q_model"],
-        behavior_model=_behavior_spec(cfg, test),
+        behavior_model=behavior_spec(cfg, seed),
         bootstrap=o["bootstrap"],
         ci_method=o["ci"],
         truncate=o["truncate"] or None,
@@ -330,7 +374,7 @@ def _stage_sensitivity(
         test,
         state["learned_probs_test"],
         q_model=o["q_model"],
-        behavior_model=_behavior_spec(cfg, test),
+        behavior_model=behavior_spec(cfg, seed),
         bootstrap=min(200, max(o["bootstrap"], 50)),
         random_state=seed,
     )
@@ -521,7 +565,8 @@ def _stage_plan(
     from equicare.rmab import load_domain, plan
 
     p = cfg["plan"]
-    domain = load_domain(p["domain"], n_arms=p["arms"], random_state=seed)
+    domain = load_domain(plan_domain(p["domain"], cfg.base_dir), n_arms=p["arms"],
+                         random_state=seed)
     res = plan(
         domain,
         budget=p["budget"],

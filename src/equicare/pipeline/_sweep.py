@@ -1,9 +1,14 @@
 """Sweeps: the same run over a grid of config values, through an executor, recorded as one run.
 
 Each grid point loads (or simulates) the data, trains the learner and evaluates it on the held-out
-episodes (DR and WDR with bootstrap CIs, plus the simulator's true value when the data is
-simulated). Points are independent tasks with their own seeds derived from the run seed, so
-``local`` and ``ray`` executors give identical numbers.
+episodes as ``run`` does (the ``[ope]`` estimators, bootstrap, interval method, truncation and
+Q-model, the ``[behavior]`` model; plus the simulator's true value when the data is simulated).
+It runs no other stage, so a grid over a key only those read (``ope.sensitivity``, ``[audit]``,
+``[frontier]``, ...) is refused. Points are independent tasks, each with its own seed (split,
+training, evaluation), so ``local`` and ``ray`` executors give identical numbers: the value of a
+``seed`` grid axis, else one derived from the run seed and the point's settings
+(:func:`point_seed`; the same command gives the same seeds, and adding grid values leaves the
+other points' seeds alone). The seed is the point's ``seed`` column.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from equicare.pipeline._executor import (
 from equicare.pipeline._store import USER_ERRORS, Metric, RunStore
 from equicare.utils import atomic_write_text
 
-__all__ = ["SweepOutcome", "run_sweep", "sweep_point"]
+__all__ = ["SweepOutcome", "run_sweep", "sweep_point", "check_grid_keys", "point_seed"]
 
 
 @dataclass
@@ -59,24 +64,32 @@ def sweep_point(task: tuple[dict[str, Any], str, str, dict[str, Any]]) -> dict[s
 
 def _sweep_point(task: tuple[dict[str, Any], str, str, dict[str, Any]]) -> dict[str, Any]:
     from equicare.ope import evaluate
-    from equicare.pipeline._run import build_learner, load_run_data
+    from equicare.pipeline._run import (
+        behavior_spec,
+        build_learner,
+        load_run_data,
+        propensity_data,
+    )
 
     raw, source, base_dir, overrides = task
     cfg = RunConfig.from_dict(raw, source, Path(base_dir))
     seed = int(cfg["seed"])
     ds, sim = load_run_data(cfg)
+    ds = propensity_data(cfg, ds)  # [behavior] model, as in `run`
     train, test = ds.split(
         cfg["ope"]["holdout"], random_state=seed, stratify=ds.group_attrs[0] if ds.groups else None
     )
     learner = build_learner(cfg, seed)
     learner.fit(train, progress=False)
     o = cfg["ope"]
-    res = evaluate(  # the config's estimators and replicates, as `run` uses them
+    res = evaluate(  # every [ope] and [behavior] setting of the evaluation, as `run` uses them
         test,
         learner.action_probs(test),
         estimators=o["estimators"],
         q_model=o["q_model"],
+        behavior_model=behavior_spec(cfg, seed),
         bootstrap=o["bootstrap"],
+        ci_method=o["ci"],
         truncate=o["truncate"] or None,
         random_state=seed,
         groups=[],
@@ -97,6 +110,63 @@ def _sweep_point(task: tuple[dict[str, Any], str, str, dict[str, Any]]) -> dict[
     return row
 
 
+#: Config keys a sweep point does not read (its stages: data, train, evaluate, truth): a grid
+#: over one of them would give identical points, so it is refused.
+_NOT_SWEPT = {
+    "ope.sensitivity": "a sweep point runs no sensitivity stage",
+    "name": "the name labels the sweep's run",
+    "output": "[output] says where the sweep runs and is stored, not what it computes",
+    "audit": "a sweep point runs no fairness audit",
+    "frontier": "a sweep point runs no frontier",
+    "mediation": "a sweep point runs no mediation",
+    "explain": "a sweep point writes no policy card",
+    "plan": "a sweep point runs no planning",
+}
+
+
+def check_grid_keys(grid: dict[str, list[Any]], source: str = "<config>") -> None:
+    """Refuse a grid axis over a key no sweep point reads (it would give identical points).
+
+    Raises
+    ------
+    ConfigError
+        Naming the key and why the sweep ignores it.
+    """
+    from equicare.pipeline._config import ConfigError
+
+    for key in grid:
+        why = _NOT_SWEPT.get(key) or _NOT_SWEPT.get(key.split(".", 1)[0])
+        if why is not None:
+            raise ConfigError(
+                f"{source}: --grid {key}: a sweep point only loads the data, trains and "
+                f"evaluates ({why}), so every point would be the same; sweep a key of [data], "
+                "[reward], [behavior], [learner] or [ope] (or `equicare run` per setting).")
+
+
+def point_seed(run_seed: int, overrides: dict[str, Any]) -> int:
+    """The seed of a grid point: ``overrides["seed"]`` on a seed axis, else derived.
+
+    Derived from the run seed and the point's settings alone (not its position in the grid),
+    with NumPy's ``SeedSequence``: reproducible across processes and machines.
+
+    Parameters
+    ----------
+    run_seed : int
+        The config's ``seed``.
+    overrides : dict
+        The point's grid values (dotted key -> value).
+    """
+    import zlib
+
+    import numpy as np
+
+    if "seed" in overrides:
+        return int(overrides["seed"])
+    key = json.dumps(overrides, sort_keys=True, default=str).encode()
+    state = np.random.SeedSequence([int(run_seed), zlib.crc32(key)]).generate_state(1)
+    return int(state[0]) % (2**31 - 1)
+
+
 def run_sweep(
     cfg: RunConfig,
     grid: dict[str, list[Any]],
@@ -111,7 +181,9 @@ def run_sweep(
     ----------
     cfg : RunConfig
     grid : dict of str to list
-        e.g. ``{"learner.window": [2, 4, 6, 8], "reward.engagement": [0, 0.1, 0.3, 0.5]}``.
+        e.g. ``{"learner.window": [2, 4, 6, 8], "reward.engagement": [0, 0.1, 0.3, 0.5]}``;
+        ``{"seed": [0, 1, 2]}`` runs each point with those seeds (else each point gets its own,
+        :func:`point_seed`).
     executor : Executor, optional
         Default: the config's ``output.executor`` with ``output.jobs`` and ``output.address``;
         a Ray session that default opens is shut down when the sweep ends.
@@ -120,11 +192,13 @@ def run_sweep(
     finished leaves no run in the store; any later failure is recorded as ``failed``.
     """
     keys = list(grid)
+    check_grid_keys(grid, cfg.source)
     combos = [dict(zip(keys, vals, strict=True)) for vals in itertools.product(*grid.values())]
     tasks = []
     for ov in combos:
-        c = cfg.with_overrides(ov)  # checks every point before anything runs
-        tasks.append((c.to_dict(), cfg.source, str(cfg.base_dir), ov))
+        seed = point_seed(int(cfg["seed"]), ov)
+        c = cfg.with_overrides({**ov, "seed": seed})  # checks every point before anything runs
+        tasks.append((c.to_dict(), cfg.source, str(cfg.base_dir), {**ov, "seed": seed}))
     o = cfg["output"]
     ex = executor or get_executor(o["executor"], o["jobs"], o["address"])
     if isinstance(ex, RayExecutor):
