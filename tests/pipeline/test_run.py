@@ -296,3 +296,31 @@ def test_the_audit_stage_crosses_every_attribute_of_a_list_intersect(tmp_path):
                                 source="run.toml")
         with pytest.raises(ConfigError, match=re.escape(msg)):
             _check_groups(c, ds)
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.EquicareWarning")
+def test_the_sensitivity_baseline_is_the_evaluate_stage_dr(tmp_path):
+    """With `ope.truncate` and `ope.ci` set, the Sensitivity table's baseline row is the DR of
+    the Policy value section (the stage used to evaluate untruncated weights)."""
+    from equicare.pipeline._config import RunConfig
+    from equicare.pipeline._run import _stage_evaluate, _stage_sensitivity
+    from equicare.policy import TabularPolicy
+    from tests.ope._mdp import BEHAVIOR, TARGET, small_mdp
+
+    ds = small_mdp(horizon=4).sample(BEHAVIOR, 300, seed=0, n_groups=3)
+    probs = TabularPolicy(TARGET).action_probs(ds)
+
+    class Fixed:
+        def action_probs(self, _ds):
+            return probs
+
+    cfg = RunConfig.from_dict({"ope": {"bootstrap": 50, "truncate": 2.0, "ci": "percentile",
+                                       "estimators": ["dr"]}}, source="run.toml")
+    state = {"test": ds, "learner": Fixed(), "learner_name": "bc"}
+    _stage_evaluate(cfg, state, tmp_path, [], 0)
+    _stage_sensitivity(cfg, state, tmp_path, [], 0)
+    dr = json.loads((tmp_path / "result.json").read_text())["estimates"]["dr"]
+    base = pd.read_csv(tmp_path / "sensitivity.csv").query("analysis == 'baseline'").iloc[0]
+    assert base.value == pytest.approx(dr["value"], rel=1e-9)
+    trunc2 = pd.read_csv(tmp_path / "sensitivity.csv").query("parameter == 2.0").iloc[0]
+    assert trunc2.value == pytest.approx(base.value, rel=1e-9)

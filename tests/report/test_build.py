@@ -49,3 +49,32 @@ def test_audit_group_cells_suppressed_by_complement_are_not_labelled_under_11():
     assert shown.loc["a", "n_episodes"] == 30
     assert list(shown.loc[["b", "c"], "n_episodes"]) == ["suppressed", "suppressed"]
     assert "<11" not in shown.to_string()
+
+
+def test_sensitivity_table_is_median_of_draws_and_says_which_are_degenerate(tmp_path):
+    """An exploding noise draw neither drags the shown value nor passes silently: the table
+    shows medians, counts the flagged draws and the section opens with a caveat."""
+    import pandas as pd
+
+    from equicare.report._build import build_run_report, sensitivity_frame
+
+    out = "outside [0, 1], the range of the logged episode returns"
+    rows = [("baseline", None, 0, 0.74, ""), ("propensity_noise", 0.5, 0, 0.70, ""),
+            ("propensity_noise", 0.5, 1, -6.6e6, f"{out}; ESS 1.0 episodes < 10"),
+            ("propensity_noise", 0.5, 2, 0.75, "ESS 8.7 episodes < 10")]
+    table = pd.DataFrame([{"analysis": a, "parameter": p, "draw": d, "estimator": "dr",
+                           "value": v, "ci_low": v - 0.1, "ci_high": v + 0.1, "se": 0.05,
+                           "ess_pct": 20.0, "shift_from_baseline": v - 0.74, "flag": f}
+                          for a, p, d, v, f in rows])
+    agg, n = sensitivity_frame(table)
+    assert n == 2
+    noisy = agg[agg.analysis == "propensity_noise"].iloc[0]
+    assert noisy.value == 0.70 and noisy.flagged == "2 of 3"
+    assert noisy.why == f"{out}; ESS < 10"
+    assert agg[agg.analysis == "baseline"].iloc[0].flagged == ""
+    table.to_csv(tmp_path / "sensitivity.csv", index=False)
+    page = build_run_report(tmp_path, figure_copies=False).render()
+    assert "2 of 4 sensitivity estimates are degenerate" in page
+    assert "-6.6e+06" not in page
+    table.assign(flag="").to_csv(tmp_path / "clean.csv", index=False)  # reads back as NaN
+    assert sensitivity_frame(pd.read_csv(tmp_path / "clean.csv"))[1] == 0

@@ -332,6 +332,8 @@ def _stage_sensitivity(
         q_model=o["q_model"],
         behavior_model=_behavior_spec(cfg, test),
         bootstrap=min(200, max(o["bootstrap"], 50)),
+        ci_method=o["ci"],
+        truncate=o["truncate"] or None,  # the baseline row is the evaluate stage's DR
         random_state=seed,
     )
     state["sensitivity"] = table

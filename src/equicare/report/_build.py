@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from equicare.fairness._rows import action_label
+from equicare.ope._sensitivity import MIN_EFFECTIVE_EPISODES
 from equicare.report import _figures as F
 from equicare.report._html import Report
 from equicare.utils import MIN_CELL
@@ -104,6 +105,45 @@ def audit_group_frame(policy: dict[str, Any]) -> pd.DataFrame:
             r["value"] = vb.get("value")
         rows.append(r)
     return pd.DataFrame(rows)
+
+
+def sensitivity_frame(table: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """The sensitivity table of a run, one row per analysis, parameter and estimator.
+
+    Values and interval ends are medians over the noise draws (a mean would let one exploding
+    draw stand for all of them); ``flagged`` counts the draws whose ``flag`` is set
+    (:func:`equicare.ope.sensitivity_analysis`) and ``why`` names the reasons.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        ``sensitivity.csv`` (a run written before the ``flag`` column counts as unflagged).
+
+    Returns
+    -------
+    (pandas.DataFrame, int)
+        The table and the number of flagged rows of ``table``.
+    """
+    t = table.copy()
+    raw = t["flag"] if "flag" in t else pd.Series("", index=t.index)
+    flag = raw.astype(object).where(raw.notna(), "").astype(str)  # all-empty reads as NaN
+    t["_flagged"] = flag != ""
+    t["_why"] = flag.str.replace(r"ESS [\d.]+ episodes", "ESS", regex=True)
+
+    def why(s: pd.Series) -> str:
+        return "; ".join(dict.fromkeys(r for x in s if x for r in x.split("; ")))
+
+    agg = (
+        t.groupby(["analysis", "parameter", "estimator"], sort=False, dropna=False)
+        .agg(value=("value", "median"), ci_low=("ci_low", "median"),
+             ci_high=("ci_high", "median"), draws=("value", "size"),
+             n_flagged=("_flagged", "sum"), why=("_why", why))
+        .reset_index()
+    )
+    agg["flagged"] = [f"{k} of {n}" if k else "" for k, n in zip(agg.pop("n_flagged"),
+                                                                   agg.pop("draws"), strict=True)]
+    agg["why"] = agg.pop("why")
+    return agg, int(t["_flagged"].sum())
 
 
 def _load(path: Path) -> Any:
@@ -275,14 +315,26 @@ def build_run_report(
         rep.figure(
             F.sensitivity_plot(table),
             "sensitivity",
-            "DR estimate under Q-model shifts, propensity noise and truncation thresholds.",
+            "DR estimate under Q-model shifts, propensity noise (median of the draws) and "
+            "truncation thresholds.",
         )
-        agg = (
-            table.groupby(["analysis", "parameter", "estimator"], sort=False)
-            .agg(value=("value", "mean"), ci_low=("ci_low", "mean"), ci_high=("ci_high", "mean"))
-            .reset_index()
+        agg, n_flagged = sensitivity_frame(table)
+        if n_flagged:
+            rep.text(
+                f"{n_flagged} of {len(table)} sensitivity estimates are degenerate (see the "
+                "flagged column): outside the range of the logged episode returns, which no "
+                "policy staying on the logged actions can leave, or resting on importance "
+                "weights with an effective sample size below "
+                f"{MIN_EFFECTIVE_EPISODES:g} episodes. They show that the estimator is unstable "
+                "under that perturbation, not a value the policy could have.",
+                note=True,
+            )
+        rep.table(
+            agg,
+            caption="Median over the noise draws (one draw for the other analyses); flagged: "
+            "draws whose estimate is degenerate, and why.",
+            n_col=None,
         )
-        rep.table(agg, n_col=None)
 
     if audit:
         rep.section("Fairness")
