@@ -78,3 +78,33 @@ def test_sensitivity_table_is_median_of_draws_and_says_which_are_degenerate(tmp_
     assert "-6.6e+06" not in page
     table.assign(flag="").to_csv(tmp_path / "clean.csv", index=False)  # reads back as NaN
     assert sensitivity_frame(pd.read_csv(tmp_path / "clean.csv"))[1] == 0
+
+
+def test_a_permutation_test_that_did_not_run_says_so_instead_of_none(tmp_path):
+    """audit.permutations = 0: the p-value cell reads 'not run' and a line says why."""
+    import json
+
+    from equicare.report._build import build_run_report
+
+    def pol(p):
+        return {"rate": {"a": {"value": 0.2, "n_episodes": 30}, "b": {"value": 0.3,
+                "n_episodes": 40}}, "parity_gap_pp": {"value": 10.0},
+                "parity_ratio": {"value": 0.67}, "permutation_p": p,
+                "n_permutations": 0 if p is None else 99}
+
+    audit = {"group": "sex", "action": "modality=phone", "policies": {"behavior": pol(None),
+                                                                       "bc": pol(None)}}
+    (tmp_path / "audit.json").write_text(json.dumps(audit))
+    page = build_run_report(tmp_path, figure_copies=False).render()
+    assert "<td>None</td>" not in page and "<td>not run</td>" in page
+    assert "permutation_p: not run: audit.permutations = 0 in the run config;" in page
+    audit["policies"] = {"behavior": pol(0.04), "bc": pol(0.5)}
+    (tmp_path / "audit.json").write_text(json.dumps(audit))
+    page = build_run_report(tmp_path, figure_copies=False).render()
+    assert "<td>0.04</td>" in page and "not run" not in page
+    from equicare.report._build import permutation_not_run
+
+    one = pol(None)
+    one["rate"]["b"] = {"suppressed": True}
+    assert permutation_not_run({"policies": {"bc": one}}) == (
+        "permutation_p: not run: fewer than two published groups to permute.")

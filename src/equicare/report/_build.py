@@ -146,6 +146,28 @@ def sensitivity_frame(table: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     return agg, int(t["_flagged"].sum())
 
 
+def permutation_not_run(audit: dict[str, Any]) -> str:
+    """Why the audit has no permutation p-value ("" when every policy has one).
+
+    The test runs when ``audit.permutations`` > 0 and at least two groups are published.
+
+    Parameters
+    ----------
+    audit : dict
+        ``audit.json`` (Contract 7).
+    """
+    pols = list(audit["policies"].values())
+    if all(a.get("permutation_p") is not None for a in pols):
+        return ""
+    published = [g for g, c in pols[0]["rate"].items() if not c.get("suppressed")] if pols else []
+    if len(published) < 2:
+        why = "fewer than two published groups to permute"
+    else:
+        why = ("audit.permutations = 0 in the run config; set it, e.g. to 1000, to test "
+               "whether the parity gap could arise by chance")
+    return f"permutation_p: not run: {why}."
+
+
 def _load(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -342,17 +364,21 @@ def build_run_report(
         rep.figure(F.allocation_plot(audit), "allocation", "Rate by group with 95% CIs.")
         rep.figure(F.parity_gap_plot(audit), "parity_gap", "Max-min parity gap with 95% CI.")
         rows = []
+        not_run = permutation_not_run(audit)
         for p, a in audit["policies"].items():
+            pv = a.get("permutation_p")
             row = {
                 "policy": p,
                 "parity_gap_pp": a["parity_gap_pp"]["value"],
                 "parity_ratio": a["parity_ratio"]["value"],
-                "permutation_p": a.get("permutation_p"),
+                "permutation_p": "not run" if pv is None else pv,
             }
             if "gini" in a and isinstance(a["gini"], dict):
                 row["gini"] = a["gini"].get("value")
             rows.append(row)
         rep.table(pd.DataFrame(rows), n_col=None)
+        if not_run:
+            rep.text(not_run)
         for p, a in audit["policies"].items():
             rep.table(
                 audit_group_frame(a),
