@@ -108,3 +108,42 @@ def test_a_permutation_test_that_did_not_run_says_so_instead_of_none(tmp_path):
     one["rate"]["b"] = {"suppressed": True}
     assert permutation_not_run({"policies": {"bc": one}}) == (
         "permutation_p: not run: fewer than two published groups to permute.")
+
+
+def test_caveats_point_only_at_sections_the_report_has(tmp_path):
+    """No 'sensitivity section' without one, no 'support line below' (it is above), and a
+    sweep report (neither section) says where to find them."""
+    import html
+    import json
+
+    import pandas as pd
+
+    from equicare.pipeline._sweep import _sweep_report
+    from equicare.report._build import build_run_report
+
+    def caveats(page: str) -> str:
+        return html.unescape(page[page.rindex(">Caveats<"):])
+
+    result = {"n_episodes": 40, "n_steps": 200, "behavior": {"value": 1.0, "ci": [0.9, 1.1]},
+              "estimates": {"dr": {"value": 1.2, "ci": [1.0, 1.4], "se": 0.1}},
+              "ess": {"trajectory_pct": 50.0, "per_decision_pct": 60.0}}
+    (tmp_path / "result.json").write_text(json.dumps(result))
+    bare = caveats(build_run_report(tmp_path, figure_copies=False).render())
+    assert "below" not in bare and "section shows" not in bare
+    assert "with ope.sensitivity = true the run report shows how far" in bare
+    assert "equicare evaluate reports how much" in bare
+    result["support"] = {"share_pct": 1.0, "threshold": 0.001, "per_episode_pct": {}}
+    (tmp_path / "result.json").write_text(json.dumps(result))
+    pd.DataFrame([{"analysis": "baseline", "parameter": None, "draw": 0, "estimator": "dr",
+                   "value": 1.2, "ci_low": 1.0, "ci_high": 1.4, "se": 0.1, "ess_pct": 50.0,
+                   "shift_from_baseline": 0.0, "flag": ""}]).to_csv(
+        tmp_path / "sensitivity.csv", index=False)
+    full = build_run_report(tmp_path, figure_copies=False).render()
+    assert ">Sensitivity<" in full and ">Support<" in full
+    assert "the Support table under Policy value above says how much" in caveats(full)
+    assert "the Sensitivity section above shows how far" in caveats(full)
+    sweep = caveats(_sweep_report(pd.DataFrame({"learner.n_steps": [20]}), ["learner.n_steps"],
+                                  tmp_path / "sweep", "x", {"learner.n_steps": [20]}
+                                  ).read_text())
+    assert "below" not in sweep and "section shows" not in sweep
+    assert "equicare run of a grid point's config with ope.sensitivity = true" in sweep

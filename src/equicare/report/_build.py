@@ -15,20 +15,51 @@ from equicare.report import _figures as F
 from equicare.report._html import Report
 from equicare.utils import MIN_CELL
 
-__all__ = ["build_run_report", "CAVEATS"]
+__all__ = ["build_run_report", "CAVEATS", "report_caveats"]
 
-CAVEATS = [
+_CONFOUNDING = (
     "These estimates come from observational data: they are valid only if every factor that "
     "drove both the logged decisions and the outcomes is among the recorded state features "
-    "(no unmeasured confounding).",
+    "(no unmeasured confounding).")
+_POSITIVITY = (
     "Positivity: a policy can only be evaluated on actions that current practice sometimes takes "
     "in similar states. Importance-sampling estimators are biased when the learned policy puts "
-    "mass on actions the behaviour policy (almost) never takes; see the support line below.",
-    "Doubly robust estimates lean on the fitted Q-model where weights are extreme; the "
-    "sensitivity section shows how far the conclusion moves when that model or the "
-    "propensities are perturbed.",
-    f"Groups with fewer than {MIN_CELL} episodes are suppressed in every table and figure.",
-]
+    "mass on actions the behaviour policy (almost) never takes")
+_DR = ("Doubly robust estimates lean on the fitted Q-model where weights are extreme")
+_SMALL = f"Groups with fewer than {MIN_CELL} episodes are suppressed in every table and figure."
+
+
+def report_caveats(*, support: bool, sensitivity: bool, sweep: bool = False) -> list[str]:
+    """The caveats of a report, pointing only at sections the report has.
+
+    Parameters
+    ----------
+    support : bool
+        The report has the Support table (under Policy value).
+    sensitivity : bool
+        The report has the Sensitivity section.
+    sweep : bool
+        A sweep report (it has neither; a run of one grid point's config has both).
+    """
+    perturb = "how far the conclusion moves when that model or the propensities are perturbed"
+    if support:
+        pos = "; the Support table under Policy value above says how much."
+    elif sweep:
+        pos = "; equicare run of a grid point's config reports how much (its Support table)."
+    else:
+        pos = "; equicare evaluate reports how much (its support diagnostics)."
+    if sensitivity:
+        dr = f"; the Sensitivity section above shows {perturb}."
+    elif sweep:
+        dr = (f"; equicare run of a grid point's config with ope.sensitivity = true shows "
+              f"{perturb}.")
+    else:
+        dr = f"; with ope.sensitivity = true the run report shows {perturb}."
+    return [_CONFOUNDING, _POSITIVITY + pos, _DR + dr, _SMALL]
+
+
+#: The caveats of a full run report (Support and Sensitivity sections present).
+CAVEATS = report_caveats(support=True, sensitivity=True)
 
 
 def config_frame(config: dict[str, Any]) -> pd.DataFrame:
@@ -473,7 +504,8 @@ def build_run_report(
         )
 
     rep.section("Caveats")
-    for c in CAVEATS:
+    for c in report_caveats(support=bool(result and result.get("support")),
+                            sensitivity=sens.is_file()):
         rep.text(c, note=True)
     if config:
         rep.section("Configuration")
