@@ -81,7 +81,8 @@ class ExplainConfig:
         Episode-bootstrap replicates of the value and fairness intervals (0: normal intervals
         from the jackknife for the value, none for fairness).
     frontier_bootstrap : int, default=50
-        Replicates of the value intervals of the frontier.
+        Replicates of the value intervals of the frontier's other depths (the card's own
+        depth shows the Evidence estimate, with ``bootstrap`` replicates).
     action : str, optional
         Audited action set (``"modality=home_visit"``); default: the audit's default.
     group : str, optional
@@ -187,7 +188,9 @@ class PolicyCard:
     fidelity, value, fairness, support : dict
         The evidence (see the module docstring).
     frontier : list of dict
-        One row per depth: rules, agreement, total variation, value with interval, support.
+        One row per depth: rules, agreement, total variation, value with interval and its
+        bootstrap replicates (``bootstrap``), support; ``card_rules`` marks the depths whose
+        tree is the card's rules, which show the Evidence estimate and interval.
     disagreement : list of dict
         Protected subgroups where the rules and the source disagree most.
     caveats : list of str
@@ -475,17 +478,26 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
                 usual_care=usual_care, random_state=seeds[4])
             probs = dist.policy_.action_probs(test)
             agree, tv = fidelity(probs, src_test)
-            res = value(probs, cfg.frontier_bootstrap, seeds[5])
+            # the card's own depth: the Evidence estimate itself (cfg.bootstrap replicates), so
+            # the page shows one interval for one value (set below)
+            res = (value(probs, cfg.bootstrap, seeds[3]) if d == cfg.depth else
+                   value(probs, cfg.frontier_bootstrap, seeds[5]))
             e = res.estimates[key]
-            trees[d] = (dist, probs, agree, tv)
+            trees[d] = (dist, probs, agree, tv, res)
             frontier.append({"depth": d, "n_rules": rule_count(dist.policy_),
                              "agreement": float(agree.mean()), "tv": float(tv.mean()),
                              "estimator": key, **{k: v for k, v in e.to_dict().items()
                                                   if k in ("value", "ci", "reason")},
-                             "support_pct": support_pct(probs)})
-        dist, rules_test, agree, tv = trees[cfg.depth]
+                             "support_pct": support_pct(probs),
+                             "bootstrap": cfg.frontier_bootstrap, "card_rules": False})
+        dist, rules_test, agree, tv, rules_val = trees[cfg.depth]
         tree = dist.policy_
-        rules_val = value(rules_test, cfg.bootstrap, seeds[3])
+        for row in frontier:  # every depth whose tree is the card's (e.g. a depth-3 fit that
+            # stops at depth 2) shows the Evidence estimate too
+            if np.array_equal(trees[row["depth"]][1], rules_test):
+                row.update({k: v for k, v in rules_val.estimates[key].to_dict().items()
+                            if k in ("value", "ci", "reason")},
+                           bootstrap=cfg.bootstrap, card_rules=True)
         aud: Any = None  # None: no group attributes, so no audit (the card says so)
         try:
             if test.groups:
