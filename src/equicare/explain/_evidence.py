@@ -87,6 +87,10 @@ class ExplainConfig:
         Audited action set (``"modality=home_visit"``); default: the audit's default.
     group : str, optional
         Audited group attribute; default: the dataset's first.
+    intersect : tuple of str, default=()
+        Attributes crossed with ``group`` in the audit (cells such as ``"english x female"``),
+        as :func:`equicare.fairness.audit`'s ``intersect``; ``equicare run`` passes its
+        ``[audit] intersect`` so the card audits the groups the run report audits.
     n_permutations : int, default=0
         Permutation test of the audit (0: none).
     rare_threshold : float, default=0.01
@@ -115,6 +119,7 @@ class ExplainConfig:
     frontier_bootstrap: int = 50
     action: str | None = None
     group: str | None = None
+    intersect: tuple[str, ...] = ()
     n_permutations: int = 0
     rare_threshold: float = 0.01
     min_cell: int = MIN_CELL
@@ -137,6 +142,10 @@ class ExplainConfig:
         check_q_model(self.q_model, _OWNER)
         check_param(self.bootstrap, "bootstrap", _OWNER, kind=int, low=0)
         check_param(self.frontier_bootstrap, "frontier_bootstrap", _OWNER, kind=int, low=0)
+        object.__setattr__(self, "intersect", tuple(self.intersect))
+        for a in self.intersect:
+            check_param(a, "intersect", _OWNER, kind=str,
+                        expected="a tuple of group attribute names")
         check_param(self.n_permutations, "n_permutations", _OWNER, kind=int, low=0)
         check_param(self.rare_threshold, "rare_threshold", _OWNER, kind=(int, float), low=0,
                     high=1, low_inclusive=False)
@@ -156,6 +165,7 @@ class ExplainConfig:
         d["distill"] = self.distill_config.to_dict()
         d["depths"] = list(self.depths)
         d["estimators"] = list(self.estimators)
+        d["intersect"] = list(self.intersect)
         return d
 
 
@@ -345,9 +355,9 @@ def _disagreement(ds: TrajectoryDataset, agree: NDArray[np.bool_], tv: NDArray[n
 NO_GROUPS_REASON = ("the dataset has no group attributes (manifest dataset.groups), so there "
                     "is no group to audit")
 #: A group named for the audit of a panel without group attributes.
-MSG_GROUP_WITHOUT_GROUPS = ("The 'group' parameter of ExplainConfig names {group!r}, but the "
+MSG_GROUP_WITHOUT_GROUPS = ("The '{param}' parameter of ExplainConfig names {group!r}, but the "
                             "dataset has no group attributes (manifest dataset.groups); drop "
-                            "--group or add the column to the manifest's dataset.groups.")
+                            "--{param} or add the column to the manifest's dataset.groups.")
 
 
 def _fairness(audit_res: Any) -> dict[str, Any]:
@@ -409,8 +419,10 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
 
     cfg = config or ExplainConfig()
     check_param(random_state, "random_state", "explain_policy", kind=int, low=0)
-    if cfg.group is not None and not dataset.groups:
-        raise InvalidParameterError(MSG_GROUP_WITHOUT_GROUPS.format(group=cfg.group))
+    if (cfg.group is not None or cfg.intersect) and not dataset.groups:
+        raise InvalidParameterError(MSG_GROUP_WITHOUT_GROUPS.format(
+            param="group" if cfg.group is not None else "intersect",
+            group=cfg.group if cfg.group is not None else cfg.intersect[0]))
     rng = np.random.default_rng(random_state)
     seeds = [int(s) for s in rng.integers(0, 2**31 - 1, size=8)]
     if test is None:
@@ -502,7 +514,7 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
         try:
             if test.groups:
                 aud = audit(test, {"source": src_test, "rules": rules_test}, action=cfg.action,
-                            group=cfg.group, n_boot=cfg.bootstrap,
+                            group=cfg.group, intersect=cfg.intersect, n_boot=cfg.bootstrap,
                             n_permutations=cfg.n_permutations, min_cell=cfg.min_cell,
                             estimator=key, q_model=q_name, random_state=seeds[6])
         except DataValidationError as exc:

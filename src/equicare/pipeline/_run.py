@@ -457,6 +457,7 @@ def _stage_explain(
         frontier_bootstrap=min(e["bootstrap"], 50),
         action=state["audit_action"],
         group=cfg["audit"]["group"] or None,
+        intersect=tuple(audit_intersect(cfg["audit"])),  # the run report's audit groups
         mode=e["mode"],
         distill=DistillConfig(
             max_depth=e["depth"], q_model=weights_q_model(cfg["ope"]["q_model"]),

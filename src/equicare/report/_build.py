@@ -448,6 +448,18 @@ def build_run_report(
             "policy card (evidence, fairness, disagreement by subgroup, caveats) is "
             "card/policy_card.html in the run folder, the rules as a model folder card/model."
         )
+        fair = card["evidence"].get("fairness") or {}
+        if fair.get("available") and audit:
+            same = fair.get("group") == audit.get("group")
+            rep.text(
+                f"The card audits {fair.get('group')} on the same held-out episodes"
+                + (" as the Fairness section above, so its parity gaps are the ones above; its "
+                   "intervals use explain.bootstrap replicates and its group values the card's "
+                   f"estimator ({fair.get('estimator')})." if same else
+                   f", while the Fairness section above audits {audit.get('group')}: their "
+                   "parity gaps differ for that reason."),
+                note=not same,
+            )
         for r in card["rules"]:
             rep.text(f"{r['rule']}. {r['text']}")
         rep.figure(
