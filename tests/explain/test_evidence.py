@@ -242,6 +242,11 @@ def test_a_panel_without_groups_gets_a_card_without_a_fairness_audit():
         explain_policy(train, tree_sim.NoisyExpert(),
                        ExplainConfig(bootstrap=0, frontier_bootstrap=0, depths=(1,),
                                      group="group"), test=test, random_state=0)
+    with pytest.raises(InvalidParameterError, match="The 'intersect' parameter of ExplainConfig "
+                       "names 'sex', but the dataset has no group attributes"):
+        explain_policy(train, tree_sim.NoisyExpert(),
+                       ExplainConfig(bootstrap=0, frontier_bootstrap=0, depths=(1,),
+                                     intersect=("sex",)), test=test, random_state=0)
 
 
 def test_no_share_is_kept_when_an_estimate_has_no_value():

@@ -220,6 +220,51 @@ def test_sensitivity_table(ds):
     assert (noisy[noisy.estimator == "fqe"].shift_from_baseline == 0).all()
 
 
+def test_propensity_noise_is_mean_one_and_stays_in_the_return_range():
+    """Log-odds noise shifted by sigma^2 / 2 keeps pi_b / pi_b~ mean-one, so over 40 steps the
+    noisy DR values stay near the baseline; the former log-normal factor on pi_b inflated each
+    step's weight by exp(sigma^2 / 2) and sent DR to -194 on this panel (returns in [5, 26])."""
+    from equicare.ope._sensitivity import noisy_ratio
+
+    rng = np.random.default_rng(0)
+    pb = np.repeat([0.05, 0.5, 0.95, 1.0], 50_000)
+    r = noisy_ratio(pb, 0.5, rng.standard_normal(pb.size)).reshape(4, -1)
+    np.testing.assert_allclose(r.mean(axis=1), 1.0, atol=0.01)
+    assert (r >= pb.reshape(4, -1) - 1e-12).all() and (r[3] == 1.0).all()
+    mdp = small_mdp(end=False, gamma=1.0, horizon=40)
+    long = mdp.sample(BEHAVIOR, 300, seed=0)
+    df = sensitivity_analysis(long, TabularPolicy(0.8 * BEHAVIOR + 0.2 * TARGET),
+                              q_model="tabular", noise_scales=(0.25, 0.5), n_draws=10,
+                              truncations=(), q_shifts=(), bootstrap=20)
+    noisy = df[df.analysis == "propensity_noise"]
+    ret = long.returns()
+    assert noisy.value.between(ret.min(), ret.max()).all()
+    assert noisy.shift_from_baseline.abs().max() < 0.6
+    assert (noisy.flag == "").sum() >= 19
+
+
+def test_sensitivity_flags_degenerate_rows(ds):
+    """A row outside the range of the logged returns, or whose weights' ESS is below 10
+    episodes, says so in ``flag``; the baseline is not flagged."""
+    from equicare.ope._sensitivity import MIN_EFFECTIVE_EPISODES
+
+    df = sensitivity_analysis(ds, TabularPolicy(TARGET), estimators=("dr", "fqe"),
+                              q_model="tabular", q_shifts=(100.0,), noise_scales=(3.0,),
+                              n_draws=4, truncations=(), bootstrap=20)
+    ret = ds.returns()
+    assert (df[df.analysis == "baseline"].flag == "").all()
+    shifted = df[(df.analysis == "q_shift") & (df.estimator == "fqe")].iloc[0]
+    assert shifted.value > ret.max()
+    assert shifted.flag == (f"outside [{ret.min():.4g}, {ret.max():.4g}], the range of the "
+                            "logged episode returns")
+    noisy = df[(df.analysis == "propensity_noise") & (df.estimator == "dr")]
+    low = noisy.ess_pct * ds.n_episodes / 100 < MIN_EFFECTIVE_EPISODES
+    assert low.any() and noisy.value.between(ret.min(), ret.max()).all()
+    assert (noisy.flag.str.fullmatch(r"ESS \d+\.\d episodes < 10") == low).all()
+    fqe = df[(df.analysis == "propensity_noise") & (df.estimator == "fqe")]
+    assert (fqe.flag == "").all()  # fqe uses no weights
+
+
 @pytest.mark.slow
 def test_ci_coverage_on_tabular_mdp():
     """95% percentile intervals of DR and WDR cover the exact value in >= 90% of 60 datasets."""

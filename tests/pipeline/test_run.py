@@ -453,3 +453,76 @@ def test_sweep_points_get_their_own_reproducible_seeds_and_a_seed_axis(tmp_path)
     assert list(s["seed"]) == [0, 3] and s["behavior"].nunique() == 2  # other splits
     with pytest.raises(ValueError, match="seed must be an integer >= 0"):
         sweep({"seed": [-1]})
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.EquicareWarning")
+def test_the_sensitivity_baseline_is_the_evaluate_stage_dr(tmp_path):
+    """With `ope.truncate` and `ope.ci` set, the Sensitivity table's baseline row is the DR of
+    the Policy value section (the stage used to evaluate untruncated weights)."""
+    from equicare.pipeline._config import RunConfig
+    from equicare.pipeline._run import _stage_evaluate, _stage_sensitivity
+    from equicare.policy import TabularPolicy
+    from tests.ope._mdp import BEHAVIOR, TARGET, small_mdp
+
+    ds = small_mdp(horizon=4).sample(BEHAVIOR, 300, seed=0, n_groups=3)
+    probs = TabularPolicy(TARGET).action_probs(ds)
+
+    class Fixed:
+        def action_probs(self, _ds):
+            return probs
+
+    cfg = RunConfig.from_dict({"ope": {"bootstrap": 50, "truncate": 2.0, "ci": "percentile",
+                                       "estimators": ["dr"]}}, source="run.toml")
+    state = {"test": ds, "learner": Fixed(), "learner_name": "bc"}
+    _stage_evaluate(cfg, state, tmp_path, [], 0)
+    _stage_sensitivity(cfg, state, tmp_path, [], 0)
+    dr = json.loads((tmp_path / "result.json").read_text())["estimates"]["dr"]
+    base = pd.read_csv(tmp_path / "sensitivity.csv").query("analysis == 'baseline'").iloc[0]
+    assert base.value == pytest.approx(dr["value"], rel=1e-9)
+    trunc2 = pd.read_csv(tmp_path / "sensitivity.csv").query("parameter == 2.0").iloc[0]
+    assert trunc2.value == pytest.approx(base.value, rel=1e-9)
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.EquicareWarning")
+def test_the_card_audits_the_groups_of_the_run_report(tmp_path):
+    """With `[audit] intersect`, the policy card audits group x intersect as the run's audit
+    does (it audited `group` alone, so its parity gaps differed from the report's with no
+    note), and the run report's card section says the two audits are the same."""
+    import numpy as np
+
+    from equicare.pipeline._config import RunConfig
+    from equicare.pipeline._run import _stage_audit, _stage_explain
+    from equicare.report._build import build_run_report
+    from tests.fairness.conftest import random_panel
+
+    train, test = random_panel(300, seed=3), random_panel(300, seed=4)
+
+    class Home:  # home visits more likely with the state
+        window = 1
+
+        def action_probs(self, ds):
+            p = np.full((ds.n_steps, ds.n_actions), 0.0)
+            home = 0.1 + 0.6 * np.asarray(ds.states)[:, 0]
+            p[:, 4:] = (home / 2)[:, None]
+            p[:, :4] = ((1 - home) / 4)[:, None]
+            return p
+
+    cfg = RunConfig.from_dict({"audit": {"group": "race", "intersect": ["sex"],
+                                         "permutations": 0},
+                               "explain": {"enabled": True, "depth": 2, "bootstrap": 10},
+                               "ope": {"q_model": "linear", "bootstrap": 10}},
+                              source="run.toml")
+    state = {"train": train, "test": test, "learner": Home(), "learner_name": "bc",
+             "audit_action": "modality=home_visit", "progress": False}
+    state["learned_probs_test"] = Home().action_probs(test)
+    _stage_audit(cfg, state, tmp_path, [], 0)
+    _stage_explain(cfg, state, tmp_path, [], 0)
+    audit = json.loads((tmp_path / "audit.json").read_text())
+    card = json.loads((tmp_path / "card" / "policy_card.json").read_text())
+    fair = card["evidence"]["fairness"]
+    assert audit["group"] == fair["group"] == "race x sex"
+    assert fair["policies"]["source"]["parity_gap_pp"]["value"] == pytest.approx(
+        audit["policies"]["bc"]["parity_gap_pp"]["value"], rel=1e-9)
+    page = build_run_report(tmp_path, config=cfg.to_dict(), figure_copies=False).render()
+    assert ("The card audits race x sex on the same held-out episodes as the Fairness section "
+            "above, so its parity gaps are the ones above") in page

@@ -49,3 +49,101 @@ def test_audit_group_cells_suppressed_by_complement_are_not_labelled_under_11():
     assert shown.loc["a", "n_episodes"] == 30
     assert list(shown.loc[["b", "c"], "n_episodes"]) == ["suppressed", "suppressed"]
     assert "<11" not in shown.to_string()
+
+
+def test_sensitivity_table_is_median_of_draws_and_says_which_are_degenerate(tmp_path):
+    """An exploding noise draw neither drags the shown value nor passes silently: the table
+    shows medians, counts the flagged draws and the section opens with a caveat."""
+    import pandas as pd
+
+    from equicare.report._build import build_run_report, sensitivity_frame
+
+    out = "outside [0, 1], the range of the logged episode returns"
+    rows = [("baseline", None, 0, 0.74, ""), ("propensity_noise", 0.5, 0, 0.70, ""),
+            ("propensity_noise", 0.5, 1, -6.6e6, f"{out}; ESS 1.0 episodes < 10"),
+            ("propensity_noise", 0.5, 2, 0.75, "ESS 8.7 episodes < 10")]
+    table = pd.DataFrame([{"analysis": a, "parameter": p, "draw": d, "estimator": "dr",
+                           "value": v, "ci_low": v - 0.1, "ci_high": v + 0.1, "se": 0.05,
+                           "ess_pct": 20.0, "shift_from_baseline": v - 0.74, "flag": f}
+                          for a, p, d, v, f in rows])
+    agg, n = sensitivity_frame(table)
+    assert n == 2
+    noisy = agg[agg.analysis == "propensity_noise"].iloc[0]
+    assert noisy.value == 0.70 and noisy.flagged == "2 of 3"
+    assert noisy.why == f"{out}; ESS < 10"
+    assert agg[agg.analysis == "baseline"].iloc[0].flagged == ""
+    table.to_csv(tmp_path / "sensitivity.csv", index=False)
+    page = build_run_report(tmp_path, figure_copies=False).render()
+    assert "2 of 4 sensitivity estimates are degenerate" in page
+    assert "-6.6e+06" not in page
+    table.assign(flag="").to_csv(tmp_path / "clean.csv", index=False)  # reads back as NaN
+    assert sensitivity_frame(pd.read_csv(tmp_path / "clean.csv"))[1] == 0
+
+
+def test_a_permutation_test_that_did_not_run_says_so_instead_of_none(tmp_path):
+    """audit.permutations = 0: the p-value cell reads 'not run' and a line says why."""
+    import json
+
+    from equicare.report._build import build_run_report
+
+    def pol(p):
+        return {"rate": {"a": {"value": 0.2, "n_episodes": 30}, "b": {"value": 0.3,
+                "n_episodes": 40}}, "parity_gap_pp": {"value": 10.0},
+                "parity_ratio": {"value": 0.67}, "permutation_p": p,
+                "n_permutations": 0 if p is None else 99}
+
+    audit = {"group": "sex", "action": "modality=phone", "policies": {"behavior": pol(None),
+                                                                       "bc": pol(None)}}
+    (tmp_path / "audit.json").write_text(json.dumps(audit))
+    page = build_run_report(tmp_path, figure_copies=False).render()
+    assert "<td>None</td>" not in page and "<td>not run</td>" in page
+    assert "permutation_p: not run: audit.permutations = 0 in the run config;" in page
+    audit["policies"] = {"behavior": pol(0.04), "bc": pol(0.5)}
+    (tmp_path / "audit.json").write_text(json.dumps(audit))
+    page = build_run_report(tmp_path, figure_copies=False).render()
+    assert "<td>0.04</td>" in page and "not run" not in page
+    from equicare.report._build import permutation_not_run
+
+    one = pol(None)
+    one["rate"]["b"] = {"suppressed": True}
+    assert permutation_not_run({"policies": {"bc": one}}) == (
+        "permutation_p: not run: fewer than two published groups to permute.")
+
+
+def test_caveats_point_only_at_sections_the_report_has(tmp_path):
+    """No 'sensitivity section' without one, no 'support line below' (it is above), and a
+    sweep report (neither section) says where to find them."""
+    import html
+    import json
+
+    import pandas as pd
+
+    from equicare.pipeline._sweep import _sweep_report
+    from equicare.report._build import build_run_report
+
+    def caveats(page: str) -> str:
+        return html.unescape(page[page.rindex(">Caveats<"):])
+
+    result = {"n_episodes": 40, "n_steps": 200, "behavior": {"value": 1.0, "ci": [0.9, 1.1]},
+              "estimates": {"dr": {"value": 1.2, "ci": [1.0, 1.4], "se": 0.1}},
+              "ess": {"trajectory_pct": 50.0, "per_decision_pct": 60.0}}
+    (tmp_path / "result.json").write_text(json.dumps(result))
+    bare = caveats(build_run_report(tmp_path, figure_copies=False).render())
+    assert "below" not in bare and "section shows" not in bare
+    assert "with ope.sensitivity = true the run report shows how far" in bare
+    assert "equicare evaluate reports how much" in bare
+    result["support"] = {"share_pct": 1.0, "threshold": 0.001, "per_episode_pct": {}}
+    (tmp_path / "result.json").write_text(json.dumps(result))
+    pd.DataFrame([{"analysis": "baseline", "parameter": None, "draw": 0, "estimator": "dr",
+                   "value": 1.2, "ci_low": 1.0, "ci_high": 1.4, "se": 0.1, "ess_pct": 50.0,
+                   "shift_from_baseline": 0.0, "flag": ""}]).to_csv(
+        tmp_path / "sensitivity.csv", index=False)
+    full = build_run_report(tmp_path, figure_copies=False).render()
+    assert ">Sensitivity<" in full and ">Support<" in full
+    assert "the Support table under Policy value above says how much" in caveats(full)
+    assert "the Sensitivity section above shows how far" in caveats(full)
+    sweep = caveats(_sweep_report(pd.DataFrame({"learner.n_steps": [20]}), ["learner.n_steps"],
+                                  tmp_path / "sweep", "x", {"learner.n_steps": [20]}
+                                  ).read_text())
+    assert "below" not in sweep and "section shows" not in sweep
+    assert "equicare run of a grid point's config with ope.sensitivity = true" in sweep

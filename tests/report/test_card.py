@@ -56,6 +56,25 @@ def test_page_holds_rules_evidence_frontier_and_caveats(card):
     assert html.count("<table") >= 4
 
 
+def test_the_rules_value_has_one_interval_on_the_page(card):
+    """Every frontier row whose tree is the card's rules shows the Evidence estimate and
+    interval (they were re-estimated with the frontier's fewer replicates: 3.51 [-1.49, 8.51]
+    in Evidence vs [-1.47, 8.48] in the frontier table on one page)."""
+    d = card.to_dict()
+    rules = d["evidence"]["value"]["rules"]["dr"]
+    own = [r for r in d["frontier"] if r["card_rules"]]
+    assert d["settings"]["depth"] in {r["depth"] for r in own}
+    for r in d["frontier"]:
+        same = r["card_rules"]
+        assert (r["value"] == rules["value"] and r["ci"] == rules["ci"]) == same, r
+        assert r["bootstrap"] == (30 if same else 10)
+    html = build_card_report(d).render()
+    depths = ", ".join(str(r["depth"]) for r in own)
+    word = "Depths" if len(own) > 1 else "Depth"
+    assert (f"{word} {depths}, the card&#x27;s rules: the Evidence estimate and interval (30 "
+            "bootstrap replicates); the other depths: 10 replicates") in html
+
+
 def test_small_cells_are_suppressed_on_the_page(card):
     d = card.to_dict()
     d["disagreement"] = [{"attribute": "group", "group": "tiny", "n_episodes": 4,

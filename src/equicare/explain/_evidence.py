@@ -81,11 +81,16 @@ class ExplainConfig:
         Episode-bootstrap replicates of the value and fairness intervals (0: normal intervals
         from the jackknife for the value, none for fairness).
     frontier_bootstrap : int, default=50
-        Replicates of the value intervals of the frontier.
+        Replicates of the value intervals of the frontier's other depths (the card's own
+        depth shows the Evidence estimate, with ``bootstrap`` replicates).
     action : str, optional
         Audited action set (``"modality=home_visit"``); default: the audit's default.
     group : str, optional
         Audited group attribute; default: the dataset's first.
+    intersect : tuple of str, default=()
+        Attributes crossed with ``group`` in the audit (cells such as ``"english x female"``),
+        as :func:`equicare.fairness.audit`'s ``intersect``; ``equicare run`` passes its
+        ``[audit] intersect`` so the card audits the groups the run report audits.
     n_permutations : int, default=0
         Permutation test of the audit (0: none).
     rare_threshold : float, default=0.01
@@ -114,6 +119,7 @@ class ExplainConfig:
     frontier_bootstrap: int = 50
     action: str | None = None
     group: str | None = None
+    intersect: tuple[str, ...] = ()
     n_permutations: int = 0
     rare_threshold: float = 0.01
     min_cell: int = MIN_CELL
@@ -136,6 +142,10 @@ class ExplainConfig:
         check_q_model(self.q_model, _OWNER)
         check_param(self.bootstrap, "bootstrap", _OWNER, kind=int, low=0)
         check_param(self.frontier_bootstrap, "frontier_bootstrap", _OWNER, kind=int, low=0)
+        object.__setattr__(self, "intersect", tuple(self.intersect))
+        for a in self.intersect:
+            check_param(a, "intersect", _OWNER, kind=str,
+                        expected="a tuple of group attribute names")
         check_param(self.n_permutations, "n_permutations", _OWNER, kind=int, low=0)
         check_param(self.rare_threshold, "rare_threshold", _OWNER, kind=(int, float), low=0,
                     high=1, low_inclusive=False)
@@ -155,6 +165,7 @@ class ExplainConfig:
         d["distill"] = self.distill_config.to_dict()
         d["depths"] = list(self.depths)
         d["estimators"] = list(self.estimators)
+        d["intersect"] = list(self.intersect)
         return d
 
 
@@ -187,7 +198,9 @@ class PolicyCard:
     fidelity, value, fairness, support : dict
         The evidence (see the module docstring).
     frontier : list of dict
-        One row per depth: rules, agreement, total variation, value with interval, support.
+        One row per depth: rules, agreement, total variation, value with interval and its
+        bootstrap replicates (``bootstrap``), support; ``card_rules`` marks the depths whose
+        tree is the card's rules, which show the Evidence estimate and interval.
     disagreement : list of dict
         Protected subgroups where the rules and the source disagree most.
     caveats : list of str
@@ -342,9 +355,9 @@ def _disagreement(ds: TrajectoryDataset, agree: NDArray[np.bool_], tv: NDArray[n
 NO_GROUPS_REASON = ("the dataset has no group attributes (manifest dataset.groups), so there "
                     "is no group to audit")
 #: A group named for the audit of a panel without group attributes.
-MSG_GROUP_WITHOUT_GROUPS = ("The 'group' parameter of ExplainConfig names {group!r}, but the "
+MSG_GROUP_WITHOUT_GROUPS = ("The '{param}' parameter of ExplainConfig names {group!r}, but the "
                             "dataset has no group attributes (manifest dataset.groups); drop "
-                            "--group or add the column to the manifest's dataset.groups.")
+                            "--{param} or add the column to the manifest's dataset.groups.")
 
 
 def _fairness(audit_res: Any) -> dict[str, Any]:
@@ -406,8 +419,10 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
 
     cfg = config or ExplainConfig()
     check_param(random_state, "random_state", "explain_policy", kind=int, low=0)
-    if cfg.group is not None and not dataset.groups:
-        raise InvalidParameterError(MSG_GROUP_WITHOUT_GROUPS.format(group=cfg.group))
+    if (cfg.group is not None or cfg.intersect) and not dataset.groups:
+        raise InvalidParameterError(MSG_GROUP_WITHOUT_GROUPS.format(
+            param="group" if cfg.group is not None else "intersect",
+            group=cfg.group if cfg.group is not None else cfg.intersect[0]))
     rng = np.random.default_rng(random_state)
     seeds = [int(s) for s in rng.integers(0, 2**31 - 1, size=8)]
     if test is None:
@@ -475,22 +490,31 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
                 usual_care=usual_care, random_state=seeds[4])
             probs = dist.policy_.action_probs(test)
             agree, tv = fidelity(probs, src_test)
-            res = value(probs, cfg.frontier_bootstrap, seeds[5])
+            # the card's own depth: the Evidence estimate itself (cfg.bootstrap replicates), so
+            # the page shows one interval for one value (set below)
+            res = (value(probs, cfg.bootstrap, seeds[3]) if d == cfg.depth else
+                   value(probs, cfg.frontier_bootstrap, seeds[5]))
             e = res.estimates[key]
-            trees[d] = (dist, probs, agree, tv)
+            trees[d] = (dist, probs, agree, tv, res)
             frontier.append({"depth": d, "n_rules": rule_count(dist.policy_),
                              "agreement": float(agree.mean()), "tv": float(tv.mean()),
                              "estimator": key, **{k: v for k, v in e.to_dict().items()
                                                   if k in ("value", "ci", "reason")},
-                             "support_pct": support_pct(probs)})
-        dist, rules_test, agree, tv = trees[cfg.depth]
+                             "support_pct": support_pct(probs),
+                             "bootstrap": cfg.frontier_bootstrap, "card_rules": False})
+        dist, rules_test, agree, tv, rules_val = trees[cfg.depth]
         tree = dist.policy_
-        rules_val = value(rules_test, cfg.bootstrap, seeds[3])
+        for row in frontier:  # every depth whose tree is the card's (e.g. a depth-3 fit that
+            # stops at depth 2) shows the Evidence estimate too
+            if np.array_equal(trees[row["depth"]][1], rules_test):
+                row.update({k: v for k, v in rules_val.estimates[key].to_dict().items()
+                            if k in ("value", "ci", "reason")},
+                           bootstrap=cfg.bootstrap, card_rules=True)
         aud: Any = None  # None: no group attributes, so no audit (the card says so)
         try:
             if test.groups:
                 aud = audit(test, {"source": src_test, "rules": rules_test}, action=cfg.action,
-                            group=cfg.group, n_boot=cfg.bootstrap,
+                            group=cfg.group, intersect=cfg.intersect, n_boot=cfg.bootstrap,
                             n_permutations=cfg.n_permutations, min_cell=cfg.min_cell,
                             estimator=key, q_model=q_name, random_state=seeds[6])
         except DataValidationError as exc:

@@ -8,10 +8,19 @@ same replicate draws (so rows are comparable):
     bias. DR is unbiased for any Q when the propensities are right, so its value should move
     little; FQE moves by about ``delta``.
 ``propensity_noise``
-    ``pi_b -> min(1, pi_b * exp(sigma Z))`` with ``Z ~ N(0, 1)`` per row, repeated ``n_draws``
-    times per scale ``sigma``: misspecified propensities.
+    ``logit pi_b -> logit pi_b + sigma Z + sigma^2 / 2`` with ``Z ~ N(0, 1)`` per row, repeated
+    ``n_draws`` times per scale ``sigma``: misspecified propensities. The shift ``sigma^2 / 2``
+    makes every perturbed ratio ``pi_b / pi_b~`` mean-one (:func:`noisy_ratio`), so the noise
+    spreads the weights without inflating them on average: a log-normal factor on ``pi_b``
+    (``E[exp(-sigma Z)] = exp(sigma^2 / 2)``) multiplied each episode's weight by about
+    ``exp(T sigma^2 / 2)`` over ``T`` steps, which measured episode length, not sensitivity.
 ``truncation``
     A grid of caps on the cumulative importance weights.
+
+Every row carries a ``flag`` naming why its estimate should not be read as a plausible value:
+it lies outside the range of the logged episodes' returns (the value of a policy that stays on
+the logged actions is a mean of such returns), or its trajectory weights' effective sample size
+is below :data:`MIN_EFFECTIVE_EPISODES` episodes (the estimate rests on a handful of episodes).
 """
 
 from __future__ import annotations
@@ -32,13 +41,38 @@ from equicare.ope._fqe import FQEConfig
 from equicare.ope._prepare import BehaviorSpec, as_fqe_config, prepare
 from equicare.utils import check_dataset, check_param, check_random_state
 
-__all__ = ["sensitivity_analysis", "SENSITIVITY_COLUMNS"]
+__all__ = ["sensitivity_analysis", "SENSITIVITY_COLUMNS", "MIN_EFFECTIVE_EPISODES", "noisy_ratio"]
 
 #: Columns of the table returned by :func:`sensitivity_analysis`, in order.
 SENSITIVITY_COLUMNS: tuple[str, ...] = (
     "analysis", "parameter", "draw", "estimator", "value", "ci_low", "ci_high", "se",
-    "ess_pct", "shift_from_baseline",
+    "ess_pct", "shift_from_baseline", "flag",
 )
+#: A row whose weights' effective sample size is below this many episodes is flagged.
+MIN_EFFECTIVE_EPISODES = 10.0
+
+
+def noisy_ratio(
+    behavior_prob: NDArray[np.float64], sigma: float, z: NDArray[np.float64]
+) -> NDArray[np.float64]:
+    """``pi_b / pi_b~`` for log-odds noise ``logit pi_b~ = logit pi_b + sigma z + sigma^2 / 2``.
+
+    Equal to ``pi_b + (1 - pi_b) exp(-sigma z - sigma^2 / 2)``: for ``z ~ N(0, 1)`` its mean is
+    exactly 1 (so the product of a whole episode's ratios has mean 1 and the noisy estimators
+    stay unbiased on average over the draws), it never falls below ``pi_b`` (the noisy
+    propensity stays a probability, no clipping needed), and a near-certain logged action
+    (``pi_b`` close to 1) keeps a ratio close to 1.
+
+    Parameters
+    ----------
+    behavior_prob : ndarray of shape (n_steps,)
+        Behaviour probabilities of the logged actions, in (0, 1].
+    sigma : float
+        Noise scale on the log-odds.
+    z : ndarray of shape (n_steps,)
+        Standard normal draws.
+    """
+    return behavior_prob + (1.0 - behavior_prob) * np.exp(-sigma * z - 0.5 * sigma * sigma)
 
 
 def sensitivity_analysis(
@@ -91,8 +125,11 @@ def sensitivity_analysis(
         Columns :data:`SENSITIVITY_COLUMNS`: ``analysis`` (``baseline``, ``q_shift``,
         ``propensity_noise``, ``truncation``), ``parameter`` (delta, sigma or threshold; NaN for
         the baseline), ``draw`` (noise draw, else 0), ``estimator``, ``value``, ``ci_low``,
-        ``ci_high``, ``se``, ``ess_pct`` (trajectory ESS % of the weights used) and
-        ``shift_from_baseline`` (value minus the baseline value of that estimator).
+        ``ci_high``, ``se``, ``ess_pct`` (trajectory ESS % of the weights used),
+        ``shift_from_baseline`` (value minus the baseline value of that estimator) and ``flag``
+        (empty, or why the estimate is degenerate: outside the range of the logged episode
+        returns, and/or, for an importance-weighted estimator, a trajectory ESS below
+        :data:`MIN_EFFECTIVE_EPISODES` episodes).
     """
     check_dataset(dataset, "sensitivity_analysis")
     keys = parse_estimators(estimators)
@@ -110,6 +147,8 @@ def sensitivity_analysis(
     base = prep.inputs
     counts = bootstrap_counts(base.n_episodes, bootstrap, rng) if bootstrap > 0 else None
     rows: list[dict[str, Any]] = []
+    returns = base.returns()
+    low, high = float(returns.min()), float(returns.max())
 
     def run(inputs: OPEInputs, analysis: str, param: float, draw: int,
             trunc: float | None) -> None:
@@ -129,11 +168,15 @@ def sensitivity_analysis(
                                          alpha=alpha, counts=counts))
         ess = effective_sample_size(inputs, trunc)
         ess_pct = ess.trajectory_pct if trunc is None else ess.trajectory_truncated_pct
+        assert ess_pct is not None
         for k in keys:
             e = out[k]
+            weighted = k in ("is", "wis", "pdis", "wpdis", "dr", "wdr")
             rows.append({"analysis": analysis, "parameter": param, "draw": draw,
                          "estimator": k, "value": e.value, "ci_low": e.ci[0], "ci_high": e.ci[1],
-                         "se": e.se, "ess_pct": ess_pct})
+                         "se": e.se, "ess_pct": ess_pct,
+                         "flag": _flag(e.value, ess_pct if weighted else None, base.n_episodes,
+                                       low, high)})
 
     run(base, "baseline", float("nan"), 0, truncate)
     if base.q_sa is not None and base.v_s is not None:
@@ -141,16 +184,28 @@ def sensitivity_analysis(
                   [f * float(np.mean(np.abs(base.q_sa))) for f in (-0.2, -0.1, 0.1, 0.2)])
         for d in deltas:
             run(base.with_q(base.q_sa + d, base.v_s + d), "q_shift", float(d), 0, truncate)
-    rows_idx = np.arange(base.n_steps)
-    pe_logged = prep.target_probs[rows_idx, prep.actions]
+    pb = prep.behavior_prob
     for sigma in noise_scales:
         z = rng.standard_normal((n_draws, base.n_steps))
         for j in range(n_draws):  # a handful of draws, each fully vectorised
-            noisy = np.minimum(prep.behavior_prob * np.exp(float(sigma) * z[j]), 1.0)
-            run(base.with_rho(pe_logged / noisy), "propensity_noise", float(sigma), j, truncate)
+            run(base.with_rho(base.rho * noisy_ratio(pb, float(sigma), z[j])),
+                "propensity_noise", float(sigma), j, truncate)
     for c in truncations:
         run(base, "truncation", float(c), 0, float(c))
     df = pd.DataFrame(rows)
     baseline = df[df["analysis"] == "baseline"].set_index("estimator")["value"]
     df["shift_from_baseline"] = df["value"] - df["estimator"].map(baseline)
     return df.loc[:, list(SENSITIVITY_COLUMNS)].reset_index(drop=True)
+
+
+def _flag(value: float, ess_pct: float | None, n: int, low: float, high: float) -> str:
+    """Why a row's estimate is degenerate ("" when it is not).
+
+    ``ess_pct`` is None for an estimator that uses no trajectory weights (fqe, bandit_dr).
+    """
+    out = []
+    if not np.isfinite(value) or value < low or value > high:
+        out.append(f"outside [{low:.4g}, {high:.4g}], the range of the logged episode returns")
+    if ess_pct is not None and ess_pct * n / 100.0 < MIN_EFFECTIVE_EPISODES:
+        out.append(f"ESS {ess_pct * n / 100.0:.1f} episodes < {MIN_EFFECTIVE_EPISODES:g}")
+    return "; ".join(out)

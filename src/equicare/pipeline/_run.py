@@ -376,6 +376,8 @@ def _stage_sensitivity(
         q_model=o["q_model"],
         behavior_model=behavior_spec(cfg, seed),
         bootstrap=min(200, max(o["bootstrap"], 50)),
+        ci_method=o["ci"],
+        truncate=o["truncate"] or None,  # the baseline row is the evaluate stage's DR
         random_state=seed,
     )
     state["sensitivity"] = table
@@ -499,6 +501,7 @@ def _stage_explain(
         frontier_bootstrap=min(e["bootstrap"], 50),
         action=state["audit_action"],
         group=cfg["audit"]["group"] or None,
+        intersect=tuple(audit_intersect(cfg["audit"])),  # the run report's audit groups
         mode=e["mode"],
         distill=DistillConfig(
             max_depth=e["depth"], q_model=weights_q_model(cfg["ope"]["q_model"]),

@@ -261,7 +261,7 @@ def _sweep_report(
     table: pd.DataFrame, keys: list[str], out: Path, run_id: str, grid: dict[str, list[Any]]
 ) -> Path:
     from equicare.report import Report
-    from equicare.report._build import CAVEATS
+    from equicare.report._build import report_caveats
     from equicare.report._figures import sweep_heatmap
 
     rep = Report(
@@ -280,6 +280,6 @@ def _sweep_report(
         )
     rep.table(table, n_col=None)
     rep.section("Caveats")
-    for c in CAVEATS:
+    for c in report_caveats(support=False, sensitivity=False, sweep=True):
         rep.text(c, note=True)
     return rep.write(out / "report.html")

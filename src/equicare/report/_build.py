@@ -10,24 +10,56 @@ import numpy as np
 import pandas as pd
 
 from equicare.fairness._rows import action_label
+from equicare.ope._sensitivity import MIN_EFFECTIVE_EPISODES
 from equicare.report import _figures as F
 from equicare.report._html import Report
 from equicare.utils import MIN_CELL
 
-__all__ = ["build_run_report", "CAVEATS"]
+__all__ = ["build_run_report", "CAVEATS", "report_caveats"]
 
-CAVEATS = [
+_CONFOUNDING = (
     "These estimates come from observational data: they are valid only if every factor that "
     "drove both the logged decisions and the outcomes is among the recorded state features "
-    "(no unmeasured confounding).",
+    "(no unmeasured confounding).")
+_POSITIVITY = (
     "Positivity: a policy can only be evaluated on actions that current practice sometimes takes "
     "in similar states. Importance-sampling estimators are biased when the learned policy puts "
-    "mass on actions the behaviour policy (almost) never takes; see the support line below.",
-    "Doubly robust estimates lean on the fitted Q-model where weights are extreme; the "
-    "sensitivity section shows how far the conclusion moves when that model or the "
-    "propensities are perturbed.",
-    f"Groups with fewer than {MIN_CELL} episodes are suppressed in every table and figure.",
-]
+    "mass on actions the behaviour policy (almost) never takes")
+_DR = ("Doubly robust estimates lean on the fitted Q-model where weights are extreme")
+_SMALL = f"Groups with fewer than {MIN_CELL} episodes are suppressed in every table and figure."
+
+
+def report_caveats(*, support: bool, sensitivity: bool, sweep: bool = False) -> list[str]:
+    """The caveats of a report, pointing only at sections the report has.
+
+    Parameters
+    ----------
+    support : bool
+        The report has the Support table (under Policy value).
+    sensitivity : bool
+        The report has the Sensitivity section.
+    sweep : bool
+        A sweep report (it has neither; a run of one grid point's config has both).
+    """
+    perturb = "how far the conclusion moves when that model or the propensities are perturbed"
+    if support:
+        pos = "; the Support table under Policy value above says how much."
+    elif sweep:
+        pos = "; equicare run of a grid point's config reports how much (its Support table)."
+    else:
+        pos = "; equicare evaluate reports how much (its support diagnostics)."
+    if sensitivity:
+        dr = f"; the Sensitivity section above shows {perturb}."
+    elif sweep:
+        dr = (f"; equicare run of a grid point's config with ope.sensitivity = true shows "
+              f"{perturb}.")
+    else:
+        dr = f"; with ope.sensitivity = true the run report shows {perturb}."
+    return [_CONFOUNDING, _POSITIVITY + pos, _DR + dr, _SMALL]
+
+
+#: The caveats of a full run report (Support and Sensitivity sections present).
+CAVEATS = report_caveats(support=True, sensitivity=True)
 
 
 def config_frame(config: dict[str, Any]) -> pd.DataFrame:
@@ -104,6 +136,67 @@ def audit_group_frame(policy: dict[str, Any]) -> pd.DataFrame:
             r["value"] = vb.get("value")
         rows.append(r)
     return pd.DataFrame(rows)
+
+
+def sensitivity_frame(table: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """The sensitivity table of a run, one row per analysis, parameter and estimator.
+
+    Values and interval ends are medians over the noise draws (a mean would let one exploding
+    draw stand for all of them); ``flagged`` counts the draws whose ``flag`` is set
+    (:func:`equicare.ope.sensitivity_analysis`) and ``why`` names the reasons.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        ``sensitivity.csv`` (a run written before the ``flag`` column counts as unflagged).
+
+    Returns
+    -------
+    (pandas.DataFrame, int)
+        The table and the number of flagged rows of ``table``.
+    """
+    t = table.copy()
+    raw = t["flag"] if "flag" in t else pd.Series("", index=t.index)
+    flag = raw.astype(object).where(raw.notna(), "").astype(str)  # all-empty reads as NaN
+    t["_flagged"] = flag != ""
+    t["_why"] = flag.str.replace(r"ESS [\d.]+ episodes", "ESS", regex=True)
+
+    def why(s: pd.Series) -> str:
+        return "; ".join(dict.fromkeys(r for x in s if x for r in x.split("; ")))
+
+    agg = (
+        t.groupby(["analysis", "parameter", "estimator"], sort=False, dropna=False)
+        .agg(value=("value", "median"), ci_low=("ci_low", "median"),
+             ci_high=("ci_high", "median"), draws=("value", "size"),
+             n_flagged=("_flagged", "sum"), why=("_why", why))
+        .reset_index()
+    )
+    agg["flagged"] = [f"{k} of {n}" if k else "" for k, n in zip(agg.pop("n_flagged"),
+                                                                   agg.pop("draws"), strict=True)]
+    agg["why"] = agg.pop("why")
+    return agg, int(t["_flagged"].sum())
+
+
+def permutation_not_run(audit: dict[str, Any]) -> str:
+    """Why the audit has no permutation p-value ("" when every policy has one).
+
+    The test runs when ``audit.permutations`` > 0 and at least two groups are published.
+
+    Parameters
+    ----------
+    audit : dict
+        ``audit.json`` (Contract 7).
+    """
+    pols = list(audit["policies"].values())
+    if all(a.get("permutation_p") is not None for a in pols):
+        return ""
+    published = [g for g, c in pols[0]["rate"].items() if not c.get("suppressed")] if pols else []
+    if len(published) < 2:
+        why = "fewer than two published groups to permute"
+    else:
+        why = ("audit.permutations = 0 in the run config; set it, e.g. to 1000, to test "
+               "whether the parity gap could arise by chance")
+    return f"permutation_p: not run: {why}."
 
 
 def _load(path: Path) -> Any:
@@ -275,14 +368,26 @@ def build_run_report(
         rep.figure(
             F.sensitivity_plot(table),
             "sensitivity",
-            "DR estimate under Q-model shifts, propensity noise and truncation thresholds.",
+            "DR estimate under Q-model shifts, propensity noise (median of the draws) and "
+            "truncation thresholds.",
         )
-        agg = (
-            table.groupby(["analysis", "parameter", "estimator"], sort=False)
-            .agg(value=("value", "mean"), ci_low=("ci_low", "mean"), ci_high=("ci_high", "mean"))
-            .reset_index()
+        agg, n_flagged = sensitivity_frame(table)
+        if n_flagged:
+            rep.text(
+                f"{n_flagged} of {len(table)} sensitivity estimates are degenerate (see the "
+                "flagged column): outside the range of the logged episode returns, which no "
+                "policy staying on the logged actions is expected to leave, or resting on "
+                "importance weights with an effective sample size below "
+                f"{MIN_EFFECTIVE_EPISODES:g} episodes. They show that the estimator is unstable "
+                "under that perturbation, not a value the policy could have.",
+                note=True,
+            )
+        rep.table(
+            agg,
+            caption="Median over the noise draws (one draw for the other analyses); flagged: "
+            "draws whose estimate is degenerate, and why.",
+            n_col=None,
         )
-        rep.table(agg, n_col=None)
 
     if audit:
         rep.section("Fairness")
@@ -290,17 +395,21 @@ def build_run_report(
         rep.figure(F.allocation_plot(audit), "allocation", "Rate by group with 95% CIs.")
         rep.figure(F.parity_gap_plot(audit), "parity_gap", "Max-min parity gap with 95% CI.")
         rows = []
+        not_run = permutation_not_run(audit)
         for p, a in audit["policies"].items():
+            pv = a.get("permutation_p")
             row = {
                 "policy": p,
                 "parity_gap_pp": a["parity_gap_pp"]["value"],
                 "parity_ratio": a["parity_ratio"]["value"],
-                "permutation_p": a.get("permutation_p"),
+                "permutation_p": "not run" if pv is None else pv,
             }
             if "gini" in a and isinstance(a["gini"], dict):
                 row["gini"] = a["gini"].get("value")
             rows.append(row)
         rep.table(pd.DataFrame(rows), n_col=None)
+        if not_run:
+            rep.text(not_run)
         for p, a in audit["policies"].items():
             rep.table(
                 audit_group_frame(a),
@@ -339,6 +448,18 @@ def build_run_report(
             "policy card (evidence, fairness, disagreement by subgroup, caveats) is "
             "card/policy_card.html in the run folder, the rules as a model folder card/model."
         )
+        fair = card["evidence"].get("fairness") or {}
+        if fair.get("available") and audit:
+            same = fair.get("group") == audit.get("group")
+            rep.text(
+                f"The card audits {fair.get('group')} on the same held-out episodes"
+                + (" as the Fairness section above, so its parity gaps are the ones above; its "
+                   "intervals use explain.bootstrap replicates and its group values the card's "
+                   f"estimator ({fair.get('estimator')})." if same else
+                   f", while the Fairness section above audits {audit.get('group')}: their "
+                   "parity gaps differ for that reason."),
+                note=not same,
+            )
         for r in card["rules"]:
             rep.text(f"{r['rule']}. {r['text']}")
         rep.figure(
@@ -395,7 +516,8 @@ def build_run_report(
         )
 
     rep.section("Caveats")
-    for c in CAVEATS:
+    for c in report_caveats(support=bool(result and result.get("support")),
+                            sensitivity=sens.is_file()):
         rep.text(c, note=True)
     if config:
         rep.section("Configuration")

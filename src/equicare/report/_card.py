@@ -75,6 +75,25 @@ def card_frontier_plot(card: Mapping[str, Any]) -> Any:
     return fig
 
 
+def frontier_caption(card: Mapping[str, Any]) -> str:
+    """Where the frontier table's intervals come from (rows of the card's rules: Evidence)."""
+    rows = card["frontier"]
+    if not rows or "card_rules" not in rows[0]:  # a card written before rows recorded it
+        return "95% episode-bootstrap intervals."
+    own = [r for r in rows if r["card_rules"]]
+    others = sorted({int(r["bootstrap"]) for r in rows if not r["card_rules"]})
+    depths = ", ".join(str(r["depth"]) for r in own)
+    n_own = int(own[0]["bootstrap"]) if own else 0
+    line = (f"Depth{'s' if len(own) > 1 else ''} {depths}, the card's rules: the Evidence "
+            "estimate and interval "
+            f"({n_own} bootstrap replicates)") if own else "95% episode-bootstrap intervals"
+    if own and others:
+        line += f"; the other depths: {', '.join(map(str, others))} replicates"
+        if max(others) < n_own:
+            line += " (the frontier's replicates are capped), so their intervals are rougher"
+    return line + "."
+
+
 def _ci(cell: Mapping[str, Any] | None) -> str:
     if cell and cell.get("reason") is not None and not cell.get("suppressed"):
         return "n/a"  # an estimate that cannot be computed (e.g. WIS with every weight 0)
@@ -205,7 +224,7 @@ def build_card_report(card: Mapping[str, Any], *, figure_dir: Path | None = None
                         "ci low": (r["ci"] or [None, None])[0],
                         "ci high": (r["ci"] or [None, None])[1],
                         "rarely taken %": r["support_pct"]} for r in card["frontier"]])
-    rep.table(fr, n_col=None, floatfmt="{:.3g}")
+    rep.table(fr, caption=frontier_caption(card), n_col=None, floatfmt="{:.3g}")
 
     rep.section("Where the rules and the source disagree")
     rep.text("Protected subgroups (and pairs of them) with the largest mean total variation "

@@ -99,7 +99,7 @@ def ess_plot(result: Mapping[str, Any]) -> Any:
 
 
 def sensitivity_plot(table: pd.DataFrame) -> Any:
-    """DR value (with CI) across each sensitivity analysis."""
+    """DR value (with CI) across each sensitivity analysis (medians over the noise draws)."""
     plt = _plt()
     analyses = [a for a in table["analysis"].unique() if a != "baseline"]
     fig, axes = plt.subplots(
@@ -110,7 +110,7 @@ def sensitivity_plot(table: pd.DataFrame) -> Any:
         t = table[table["analysis"] == a]
         g = (
             t.groupby("parameter", sort=True)
-            .agg(value=("value", "mean"), lo=("ci_low", "mean"), hi=("ci_high", "mean"))
+            .agg(value=("value", "median"), lo=("ci_low", "median"), hi=("ci_high", "median"))
             .reset_index()
         )
         x = pd.to_numeric(g["parameter"], errors="coerce")
@@ -120,7 +120,7 @@ def sensitivity_plot(table: pd.DataFrame) -> Any:
             ax.axhline(float(base["value"].iloc[0]), color="#555", ls=":", lw=1, label="baseline")
         ax.set_title(str(a).replace("_", " "))
         ax.set_xlabel("parameter")
-    axes[0][0].set_ylabel("estimate (mean over draws)")
+    axes[0][0].set_ylabel("estimate (median over draws)")
     fig.tight_layout()
     return fig
 
