@@ -1,7 +1,9 @@
 r"""Distil any policy into a shallow decision tree (scikit-learn) over readable row features.
 
 The tree is fitted to imitate the source policy on the panel's rows: its inputs are the numeric
-state columns (raw values, so thresholds read in the data's units), one indicator per level of
+state columns (in the data's units, rounded to a coarse grid so that every threshold is a
+half-step of the grid rather than the midpoint of two patients' values, see
+:mod:`equicare.explain._features`), one indicator per level of
 each categorical state, and, when the source policy reads history (``window > 1``), the previous
 row's states, action components and reward and the counts of each action level over the window.
 
@@ -67,7 +69,7 @@ from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
 from equicare.exceptions import InvalidParameterError
-from equicare.explain._features import feature_records
+from equicare.explain._features import feature_records, grid_steps, grid_thresholds, snap_to_grid
 from equicare.explain._usual import fit_usual_care
 from equicare.ope._prepare import check_q_model
 from equicare.policy._base import check_probs, sample_actions
@@ -359,7 +361,10 @@ class Distiller:
         probs = check_probs(probs, dataset.n_steps, dataset.n_actions, "source policy")
         window = cfg.history if cfg.history is not None else int(getattr(policy, "window", 1))
         feats = feature_records(dataset, window)
-        x = tree_features(dataset, feats, "distillation", sparse="auto")
+        x_raw = tree_features(dataset, feats, "distillation", sparse="auto")
+        # numeric features on a coarse grid: no threshold is the midpoint of two rows' values
+        steps = grid_steps(x_raw, feats)
+        x = snap_to_grid(x_raw, steps)
         A = dataset.n_actions
         seed_w, seed_u, seed_t = (int(v) for v in rng.integers(2**31 - 1, size=3))
         usual_pol: Any = None
@@ -423,7 +428,10 @@ class Distiller:
         arrays = {"children_left": np.asarray(t.children_left, dtype=np.int64),
                   "children_right": np.asarray(t.children_right, dtype=np.int64),
                   "feature": np.asarray(t.feature, dtype=np.int64),
-                  "threshold": np.asarray(t.threshold, dtype=np.float64), "probs": node_probs,
+                  "threshold": grid_thresholds(np.asarray(t.feature, dtype=np.int64),
+                                               np.asarray(t.threshold, dtype=np.float64),
+                                               np.asarray(t.children_left, dtype=np.int64),
+                                               steps), "probs": node_probs,
                   "best": best}
         if cfg.merge:
             arrays = merge_same_action(**arrays)

@@ -1,12 +1,40 @@
-"""The candidate features of a distilled tree (records of :func:`equicare.policy.tree_features`)."""
+"""The candidate features of a distilled tree and the grid its numeric thresholds fall on.
+
+A scikit-learn tree splits a numeric feature at the midpoint of two neighbouring values of the
+fitting rows, ``(x_i + x_j) / 2``: saved at full precision, a threshold pins two patients'
+values to a few millionths, and the rules publish it (the policy card's conditions, the rules'
+model folder). So the numeric features (numeric states, their previous values, the previous
+reward) are snapped to a coarse grid before the fit (:func:`grid_steps`, :func:`snap_to_grid`):
+a step of about a hundredth of the column's interquartile range (one significant digit below its
+order of magnitude, as :func:`equicare.privacy.coarse_bounds` rounds), so a column of risks with
+an IQR of 0.3 is cut at multiples of 0.01. Every threshold then lies between two grid values and
+is moved to a half-step ``(k + 1/2) * step`` between them (:func:`grid_thresholds`), a number no
+patient's value determines beyond its rounding, which reads as the rule's text does ("risk <=
+0.345"). A raw value compares to a half-step as its rounded value does (values halfway round
+down), so the fitted tree routes raw rows as it routed the snapped ones: only its fit sees the
+coarser values.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from equicare.data import TrajectoryDataset
+import numpy as np
+import scipy.sparse as sp
+from numpy.typing import NDArray
 
-__all__ = ["feature_records"]
+from equicare.data import TrajectoryDataset
+from equicare.privacy import round_significant, tail_quantile
+
+__all__ = ["feature_records", "grid_steps", "snap_to_grid", "grid_thresholds", "GRID_KINDS"]
+
+#: Feature kinds snapped to a grid before a fit (the others are 0/1 indicators or counts,
+#: whose thresholds are already half-integers).
+GRID_KINDS = ("state", "prev_state", "prev_reward")
+#: Most grid steps a column's range may span (a column with far outliers gets a coarser step
+#: so that its grid positions stay exact in float32).
+_MAX_STEPS = 100_000
 
 
 def feature_records(dataset: TrajectoryDataset, window: int = 1) -> list[dict[str, Any]]:
@@ -38,3 +66,113 @@ def feature_records(dataset: TrajectoryDataset, window: int = 1) -> list[dict[st
             recs += [{"kind": "recent_action", "component": c.name, "level": lv,
                       "rows": window - 1} for lv in c.levels]
     return recs
+
+
+def _column(x: NDArray[np.float64] | sp.spmatrix, j: int) -> NDArray[np.float64]:
+    col = x[:, [j]].toarray().ravel() if sp.issparse(x) else x[:, j]  # type: ignore[union-attr]
+    return np.asarray(col, dtype=np.float64)
+
+
+def _step(col: NDArray[np.float64]) -> float:
+    """Grid step of one column: a hundredth of its spread, to one significant digit."""
+    col = col[np.isfinite(col)]
+    if col.size == 0:
+        return 1.0
+    q25, q75 = np.quantile(col, [0.25, 0.75])
+    spread = float(q75 - q25)
+    if spread <= 0:  # a column mostly at one value: the spread of its inner rows
+        p = tail_quantile(col.size)
+        lo, hi = np.quantile(col, [p, 1.0 - p])
+        spread = float(hi - lo)
+    if spread <= 0:
+        spread = float(np.max(np.abs(col)))
+    if spread <= 0:
+        return 1.0
+    step = 10.0 ** (np.floor(np.log10(spread)) - 1)
+    span = float(np.max(col) - np.min(col))
+    if span / step > _MAX_STEPS:
+        step *= 10.0 ** np.ceil(np.log10(span / step / _MAX_STEPS))
+    return float(round_significant(step, 1))
+
+
+def grid_steps(x: NDArray[np.float64] | sp.spmatrix, features: Sequence[Mapping[str, Any]]
+               ) -> NDArray[np.float64]:
+    """The grid step of each feature (NaN: not snapped), from the fitting rows.
+
+    Parameters
+    ----------
+    x : ndarray or sparse matrix of shape (n_rows, n_features)
+        The features of the fitting rows (:func:`equicare.policy.tree_features`).
+    features : sequence of dict
+        Their records; numeric kinds (:data:`GRID_KINDS`) get a step, a previous state the step
+        of its current state's column.
+
+    Returns
+    -------
+    ndarray of shape (n_features,)
+    """
+    steps = np.full(len(features), np.nan)
+    by_state: dict[str, float] = {}
+    for j, f in enumerate(features):
+        if f.get("kind") == "state":
+            steps[j] = by_state[str(f["name"])] = _step(_column(x, j))
+    for j, f in enumerate(features):
+        kind = f.get("kind")
+        if kind == "prev_state":
+            name = str(f["name"])
+            steps[j] = by_state[name] if name in by_state else _step(_column(x, j))
+        elif kind == "prev_reward":
+            steps[j] = _step(_column(x, j))
+    return steps
+
+
+def _snap(v: NDArray[np.float64], step: float) -> NDArray[np.float64]:
+    """Nearest grid value, halves rounded down (so ``v <= (k + 1/2) step`` iff its value is)."""
+    return np.asarray(np.ceil(v / step - 0.5) * step, dtype=np.float64)
+
+
+def snap_to_grid(x: NDArray[np.float64] | sp.spmatrix, steps: NDArray[np.float64]
+                 ) -> NDArray[np.float64] | sp.csc_matrix:
+    """A copy of ``x`` with each gridded column rounded to its grid (:func:`grid_steps`)."""
+    cols = np.flatnonzero(np.isfinite(steps))
+    if sp.issparse(x):
+        out = sp.csc_matrix(x, copy=True)
+        for j in cols:  # columns, not rows
+            a, b = out.indptr[j], out.indptr[j + 1]
+            out.data[a:b] = _snap(out.data[a:b], float(steps[j]))
+        return out
+    dense = np.array(x, dtype=np.float64, copy=True)
+    dense[:, cols] = _snap(dense[:, cols], steps[cols][None, :])  # type: ignore[arg-type]
+    return dense
+
+
+def grid_thresholds(feature: NDArray[np.int64], threshold: NDArray[np.float64],
+                    children_left: NDArray[np.int64], steps: NDArray[np.float64]
+                    ) -> NDArray[np.float64]:
+    """Thresholds of a tree fitted on snapped features, moved to half-steps of the grid.
+
+    A split of a gridded feature lies between two grid values ``k * step < j * step`` (the
+    midpoint scikit-learn chose, in float32); it becomes ``(k + 1/2) * step`` when ``j = k + 1``
+    and ``((k + j) / 2 - 1/2) * step`` otherwise, a half-step strictly between them, so the
+    fitting rows follow the same branches. Other thresholds are kept.
+
+    Parameters
+    ----------
+    feature, threshold, children_left : ndarray of shape (n_nodes,)
+        The tree's arrays (scikit-learn's layout).
+    steps : ndarray of shape (n_features,)
+        :func:`grid_steps`.
+
+    Returns
+    -------
+    ndarray of shape (n_nodes,)
+    """
+    out = np.asarray(threshold, dtype=np.float64).copy()
+    inner = np.asarray(children_left) >= 0
+    step = np.where(inner, steps[np.where(inner, feature, 0)], np.nan)
+    on = inner & np.isfinite(step)
+    if on.any():
+        s = step[on]
+        twice = np.round(2.0 * out[on] / s)  # k + j
+        out[on] = round_significant((np.floor((twice - 1.0) / 2.0) + 0.5) * s, 12)
+    return out

@@ -13,7 +13,9 @@ readable, pickle-free representations:
 ``"tree"``
     A :class:`~equicare.policy.TreePolicy` fitted to the logged actions (a scikit-learn tree of
     depth ``depth`` with at least ``min_samples_leaf`` rows per leaf) over the numeric states and
-    one indicator per categorical level: a modelled behaviour for numeric states.
+    one indicator per categorical level: a modelled behaviour for numeric states. Its numeric
+    features are snapped to a coarse grid before the fit, so no threshold is the midpoint of two
+    rows' values (:mod:`equicare.explain._features`).
 
 ``"auto"`` takes the cells when the data has categorical states and every numeric state is
 constant within each cell (nothing is lost by ignoring them), else the tree.
@@ -28,7 +30,12 @@ from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
 from equicare.exceptions import InvalidParameterError
-from equicare.explain._features import feature_records
+from equicare.explain._features import (
+    feature_records,
+    grid_steps,
+    grid_thresholds,
+    snap_to_grid,
+)
 from equicare.policy._cells import CellPolicy, cell_codes
 from equicare.policy._tree import TreePolicy, tree_features
 from equicare.utils import RandomState, check_param, check_random_state
@@ -107,6 +114,8 @@ def fit_usual_care(dataset: TrajectoryDataset, kind: UsualKind = "auto", *, dept
     rng = check_random_state(random_state)
     feats = feature_records(dataset, 1)
     x = tree_features(dataset, feats, "usual care", sparse="auto")
+    steps = grid_steps(x, feats)  # thresholds at half-steps of a coarse grid, not midpoints
+    x = snap_to_grid(x, steps)  # of two rows' values (equicare.explain._features)
     tree = DecisionTreeClassifier(max_depth=depth, min_samples_leaf=min_samples_leaf,
                                   random_state=int(rng.integers(2**31 - 1))).fit(x, acts)
     t = tree.tree_
@@ -117,7 +126,10 @@ def fit_usual_care(dataset: TrajectoryDataset, kind: UsualKind = "auto", *, dept
     return TreePolicy(children_left=np.asarray(t.children_left, dtype=np.int64),
                       children_right=np.asarray(t.children_right, dtype=np.int64),
                       feature=np.asarray(t.feature, dtype=np.int64),
-                      threshold=np.asarray(t.threshold, dtype=np.float64), probs=probs,
+                      threshold=grid_thresholds(np.asarray(t.feature, dtype=np.int64),
+                                                np.asarray(t.threshold, dtype=np.float64),
+                                                np.asarray(t.children_left, dtype=np.int64),
+                                                steps), probs=probs,
                       features=tuple(feats), action_space=dataset.action_space,
                       source="current practice (behaviour tree)",
                       info={"usual_care": {"kind": "tree", "depth": depth,
