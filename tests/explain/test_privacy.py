@@ -1,4 +1,4 @@
-"""Privacy of distilled rules: thresholds on a coarse grid, not midpoints of two rows' values."""
+"""Privacy of distilled rules: grid thresholds, rules and usual-care cells of >= 11 episodes."""
 
 from __future__ import annotations
 
@@ -39,14 +39,14 @@ def exception_card(tmp_path_factory):
     card = explain_policy(train, tree_sim.NoisyExpert(), CFG, test=test, random_state=0)
     folder = tmp_path_factory.mktemp("rules") / "model"
     card.tree.save(folder)
-    return card, train, folder
+    return card, train, folder, test
 
 
 def test_no_saved_threshold_pins_a_row(exception_card):
     """Every numeric threshold of the card JSON, the rules' tensors and the usual-care tree's
     tensors is a half-step of a coarse grid, not a row's value nor the midpoint of two rows'
     (scikit-learn's own thresholds are)."""
-    card, train, folder = exception_card
+    card, train, folder, _ = exception_card
     cols = {n: train.states[:, j] for j, n in enumerate(train.state_names)}
     checked = 0
     for r in card.to_dict()["rules"]:
@@ -72,7 +72,7 @@ def test_no_saved_threshold_pins_a_row(exception_card):
 def test_rules_route_raw_rows_as_their_rounded_values(exception_card):
     """Fitted on the rounded features, the rules send every raw row where its rounded value
     goes: predictions on raw data are those of the fit."""
-    card, train, _ = exception_card
+    card, train, _, _ = exception_card
     for tree in (card.tree, card.tree.usual_policy):
         x = tree_features(train, tree.features)
         xs = snap_to_grid(x, grid_steps(x, tree.features))
@@ -92,3 +92,101 @@ def test_grid_steps_are_a_hundredth_of_the_spread():
     np.testing.assert_array_equal(xs[:, 0], np.ceil(x[:, 0] - 0.5))
     np.testing.assert_array_equal(xs[:, 1], x[:, 1])
 
+
+# ------------------------------------------------------------------ rules of >= 11 episodes
+def _rare_panel():
+    """tree_sim's panel where 3 episodes (about 15 rows) have x3 = 5, site c and action a2."""
+    from equicare.data import from_frame
+    from equicare.data._io import to_frame
+
+    frame = to_frame(tree_sim.generate(400, seed=21))
+    rare = frame["id"].isin([0, 1, 2])
+    frame.loc[rare, "x3"] = 5.0
+    frame.loc[rare, "site"] = "c"
+    frame.loc[rare, "action"] = "a2"
+    return from_frame(frame, tree_sim.MANIFEST, emit_warnings=False), rare.to_numpy()
+
+
+class _RareExpert:
+    """a2 where x3 > 2 (the 3 rare episodes), else the optimal tree's action."""
+
+    n_actions = 3
+    window = 1
+
+    def action_probs(self, ds):
+        best = np.where(ds.states[:, 2] > 2, 2, (tree_sim.optimal_of(ds) + 1) % 3)
+        return np.eye(3)[best]
+
+
+def _episodes_per_leaf(tree, ds):
+    leaf = tree.apply(ds)
+    return {int(k): np.unique(ds.episode_index[leaf == k]).size for k in tree.leaves}
+
+
+@pytest.mark.parametrize("mode", ["imitate", "exceptions"])
+def test_every_rule_covers_11_episodes(mode):
+    """The source treats 3 episodes apart (a leaf of 15 rows passes min_samples_leaf=5): no rule
+    may describe them, in the rules nor in the usual-care tree stored with them."""
+    from equicare.explain import DistillConfig, Distiller
+
+    ds, _ = _rare_panel()
+    d = Distiller(DistillConfig(max_depth=4, min_samples_leaf=5, mode=mode,
+                                usual_care="tree")).fit(ds, _RareExpert(), random_state=0)
+    trees = [d.policy_] + ([d.usual_care_] if mode == "exceptions" else [])
+    for tree in trees:
+        per_leaf = _episodes_per_leaf(tree, ds)
+        assert min(per_leaf.values()) >= 11, per_leaf
+    # the other rules are untouched: the tree still reads x1 at 0.6
+    assert any(f == {"kind": "state", "name": "x1"} for f in
+               (d.policy_.features[j] for j in d.policy_.used_features))
+
+
+def test_usual_care_tree_and_cells_pool_small_cells():
+    """The behaviour tree's leaves hold >= 11 episodes even with min_samples_leaf=5; a site
+    held by 3 episodes gets the overall frequencies, not its own (all a2)."""
+    from equicare.explain import fit_usual_care
+
+    ds, rare = _rare_panel()
+    tree = fit_usual_care(ds, "tree", min_samples_leaf=5, random_state=0)
+    assert min(_episodes_per_leaf(tree, ds).values()) >= 11
+    cells = fit_usual_care(ds, "cells")
+    p = cells.action_probs(ds)
+    marginal = np.bincount(ds.actions, minlength=3) / ds.n_steps
+    np.testing.assert_allclose(p[rare], np.tile(marginal, (int(rare.sum()), 1)))
+    assert cells.keys.shape[0] == 2 and cells.table.shape[0] == 3
+    assert not np.isclose(cells.table, [0.0, 0.0, 1.0]).all(axis=1).any()
+
+
+def test_held_out_evidence_of_small_rules_is_suppressed_with_a_complement():
+    """Rule 3 reaches 4 held-out episodes: its share and agreement are n/a, and so are rule
+    2's (the next smallest), else the overall figures minus rule 1's would give them."""
+    from equicare.explain._evidence import _held_out_by_rule
+
+    rules = [{"rule": i + 1, "leaf": i + 1} for i in range(3)]
+    episodes = np.concatenate([np.arange(50), np.arange(50, 80), np.arange(80, 84)])
+    leaves = np.concatenate([np.full(50, 1), np.full(30, 2), np.full(4, 3)])
+    agree = np.arange(leaves.size) % 2 == 0
+    _held_out_by_rule(rules, leaves, episodes, agree, 4, 11)
+    assert rules[0]["test_share"] == pytest.approx(50 / 84) and "test_suppressed" not in rules[0]
+    for r in rules[1:]:
+        assert r["test_share"] is None and r["test_agreement"] is None
+        assert "fewer than 11 held-out episodes" in r["test_suppressed"]
+    # a small rule beside two that together exceed 11 episodes only needs one complement
+    rules = [{"rule": i + 1, "leaf": i + 1} for i in range(3)]
+    episodes = np.concatenate([np.arange(50), np.arange(50, 58), np.arange(58, 66)])
+    leaves = np.concatenate([np.full(50, 1), np.full(8, 2), np.full(8, 3)])
+    _held_out_by_rule(rules, leaves, episodes, np.ones(66, bool), 4, 11)
+    assert [r["test_share"] is None for r in rules] == [False, True, True]
+
+
+def test_card_publishes_no_held_out_figure_of_a_small_rule(exception_card):
+    """Every rule of the card covers >= 11 fitting episodes; a published held-out share or
+    agreement comes from >= 11 held-out episodes, else it is n/a with the reason."""
+    card, train, _, test = exception_card
+    assert min(_episodes_per_leaf(card.tree, train).values()) >= 11
+    leaf = card.tree.apply(test)
+    for r in card.to_dict()["rules"]:
+        ks = r["leaves"] if r["leaf"] is None else [r["leaf"]]
+        n_ep = np.unique(test.episode_index[np.isin(leaf, ks)]).size
+        assert (r["test_share"] is None) == ("test_suppressed" in r)
+        assert r["test_share"] is None or n_ep >= 11 or n_ep == 0, (r["text"], n_ep)

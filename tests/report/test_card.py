@@ -188,3 +188,20 @@ def test_disagreement_counts_are_integers(card):
     assert "<td>25</td>" in part and "25.000" not in part
     assert "<td>0.900</td>" in part and "<td>0.200</td>" in part
     assert re.search(r"fewer than 11 episodes</td><td>suppressed</td>", part)
+
+
+def test_a_rule_of_few_held_out_episodes_reads_n_a(card):
+    """A rule whose held-out share and agreement are suppressed (fewer than 11 held-out
+    episodes) shows n/a with the reason on the page, not a number."""
+    import copy
+
+    from equicare.explain._evidence import held_out_reason
+
+    d = copy.deepcopy(card.to_dict())
+    r = d["rules"][-1]
+    r.update({"test_share": None, "test_agreement": None,
+              "test_suppressed": held_out_reason(11)})
+    html = build_card_report(d).render()
+    rules_table = html.split("Rules in plain language")[1].split("</table>")[0]
+    assert re.search(rf"<td>{re.escape(r['then'])}</td>.*?<td>n/a</td>", rules_table, re.S)
+    assert f"rule {r['rule']}: n/a, fewer than 11 held-out episodes" in html

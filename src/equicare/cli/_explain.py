@@ -130,5 +130,11 @@ def register(app: typer.Typer) -> None:
         console.print(escape(rules_text(res["rules"])), highlight=False, soft_wrap=True)
         console.print(f"agreement with the source {100 * fid['agreement']:.1f}% on held-out "
                       f"episodes, mean total variation {fid['tv']:.3f}", highlight=False)
+        hidden = [r for r in res["rules"] if r.get("test_suppressed")]
+        if hidden:
+            console.print(f"held-out share and agreement of rule"
+                          f"{'s' if len(hidden) > 1 else ''} "
+                          f"{', '.join(str(r['rule']) for r in hidden)}: n/a, "
+                          f"{escape(hidden[0]['test_suppressed'])}", highlight=False)
         console.print(f"Wrote [bold]{escape(res['files']['html'])}[/] and "
                       f"[bold]{escape(res['files']['json'])}[/]")

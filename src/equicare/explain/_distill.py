@@ -70,11 +70,13 @@ from numpy.typing import NDArray
 from equicare.data import TrajectoryDataset
 from equicare.exceptions import InvalidParameterError
 from equicare.explain._features import feature_records, grid_steps, grid_thresholds, snap_to_grid
+from equicare.explain._prune import compact_arrays, node_sums, prune_small_leaves
 from equicare.explain._usual import fit_usual_care
 from equicare.ope._prepare import check_q_model
 from equicare.policy._base import check_probs, sample_actions
 from equicare.policy._tree import TreePolicy, tree_features
 from equicare.utils import (
+    MIN_CELL,
     PARAM_MESSAGE,
     RandomState,
     check_dataset,
@@ -102,7 +104,12 @@ class DistillConfig:
     max_leaf_nodes : int, optional
         Cap on the number of rules (leaves), grown best-first.
     min_samples_leaf : int, default=20
-        Fewest fitting rows behind a rule.
+        Fewest fitting rows behind a rule (scikit-learn's constraint, while the tree grows).
+    min_leaf_episodes : int, default=11
+        Fewest distinct episodes of the fitting data behind a rule: a leaf with fewer loses its
+        split after the fit (its rows follow its sibling's tests; :mod:`equicare.explain._prune`),
+        so no rule, its share or its action frequencies describe a handful of members
+        (``equicare.utils.MIN_CELL``).
     weighting : {"q_spread", "uniform"}, default="q_spread"
         Row weights: the spread of the source's Q over the observed actions, or none.
     q_model : str, default="linear"
@@ -143,6 +150,7 @@ class DistillConfig:
     max_depth: int = 3
     max_leaf_nodes: int | None = None
     min_samples_leaf: int = 20
+    min_leaf_episodes: int = MIN_CELL
     weighting: Literal["q_spread", "uniform"] = "q_spread"
     q_model: str = "linear"
     weight_floor: float = 0.1
@@ -161,6 +169,7 @@ class DistillConfig:
         check_param(self.max_leaf_nodes, "max_leaf_nodes", _OWNER, kind=int, low=2,
                     allow_none=True)
         check_param(self.min_samples_leaf, "min_samples_leaf", _OWNER, kind=int, low=1)
+        check_param(self.min_leaf_episodes, "min_leaf_episodes", _OWNER, kind=int, low=1)
         check_param(self.weighting, "weighting", _OWNER, choices=("q_spread", "uniform"))
         check_q_model(self.q_model, _OWNER)
         check_param(self.weight_floor, "weight_floor", _OWNER, kind=(int, float), low=0, high=1)
@@ -406,11 +415,17 @@ class Distiller:
         tree.fit(xf, y, sample_weight=wf)
         t = tree.tree_
         classes = np.asarray(tree.classes_, dtype=np.int64)
-        value = np.asarray(t.value[:, 0, :], dtype=np.float64)
-        value = value / np.maximum(value.sum(axis=1, keepdims=True), 1e-300)
-        counts = value * np.asarray(t.weighted_n_node_samples, dtype=np.float64)[:, None]
-        full = np.zeros((t.node_count, A + 1))
-        full[:, classes] = counts
+        feature = np.asarray(t.feature, dtype=np.int64)
+        left0 = np.asarray(t.children_left, dtype=np.int64)
+        thr = grid_thresholds(feature, np.asarray(t.threshold, dtype=np.float64), left0, steps)
+        # every rule covers at least min_leaf_episodes episodes of the fitting data (rows are
+        # not members: 20 rows can be one member's 20 weeks)
+        left, right, feature, thr, leaf = prune_small_leaves(
+            x, np.asarray(dataset.episode_index, dtype=np.int64), left0,
+            np.asarray(t.children_right, dtype=np.int64), feature, thr, cfg.min_leaf_episodes)
+        reps = y.shape[0] // dataset.n_steps  # rows tiled for sampled labels
+        full = node_sums(np.tile(leaf, reps), None, left, right, labels=y, n_labels=A + 1,
+                         weights=wf)
         best = np.argmax(full, axis=1)
         act = full[:, :A] + float(cfg.smoothing) * np.isin(np.arange(A), classes)[None, :]
         node_probs = act / np.maximum(act.sum(axis=1, keepdims=True), 1e-300)
@@ -418,23 +433,15 @@ class Distiller:
         if usual_nodes.any():
             # a usual-care node's stored distribution: the mean estimated practice of its rows
             # (for reading; its rows follow the behaviour model itself)
-            path = tree.decision_path(x.astype(np.float32))  # dense or sparse
-            n_node = np.asarray(path.sum(axis=0)).ravel()
-            mean_b = np.asarray(path.T @ b) / np.maximum(n_node, 1)[:, None]
+            n_node = node_sums(leaf, np.ones((leaf.size, 1)), left, right)[:, 0]
+            mean_b = node_sums(leaf, b, left, right) / np.maximum(n_node, 1)[:, None]
             empty = n_node == 0
             mean_b[empty] = np.bincount(dataset.actions, minlength=A) / dataset.n_steps
             node_probs[usual_nodes] = mean_b[usual_nodes]
         best = np.where(usual_nodes, -1, best)
-        arrays = {"children_left": np.asarray(t.children_left, dtype=np.int64),
-                  "children_right": np.asarray(t.children_right, dtype=np.int64),
-                  "feature": np.asarray(t.feature, dtype=np.int64),
-                  "threshold": grid_thresholds(np.asarray(t.feature, dtype=np.int64),
-                                               np.asarray(t.threshold, dtype=np.float64),
-                                               np.asarray(t.children_left, dtype=np.int64),
-                                               steps), "probs": node_probs,
-                  "best": best}
-        if cfg.merge:
-            arrays = merge_same_action(**arrays)
+        arrays = {"children_left": left, "children_right": right, "feature": feature,
+                  "threshold": thr, "probs": node_probs, "best": best}
+        arrays = merge_same_action(**arrays) if cfg.merge else compact_arrays(**arrays)
         usual = np.asarray(arrays.pop("best")) < 0
         has_usual = bool(usual[np.asarray(arrays["children_left"]) < 0].any())
         self.policy_ = TreePolicy(
@@ -494,25 +501,8 @@ def merge_same_action(children_left: NDArray[np.int64], children_right: NDArray[
                 continue
             left[node] = right[node] = -1
             changed = True
-    order: list[int] = []
-    stack = [0]
-    while stack:
-        node = stack.pop()
-        order.append(node)
-        if left[node] >= 0:
-            stack += [int(right[node]), int(left[node])]
-    new_id = {old: i for i, old in enumerate(order)}
-    idx = np.asarray(order, dtype=np.int64)
-    is_leaf = left[idx] < 0
-    new_left = np.array([-1 if left[o] < 0 else new_id[int(left[o])] for o in order], np.int64)
-    new_right = np.array([-1 if left[o] < 0 else new_id[int(right[o])] for o in order], np.int64)
-    out: dict[str, NDArray[Any]] = {
-        "children_left": new_left, "children_right": new_right,
-        "feature": np.where(is_leaf, -2, feature[idx]),
-        "threshold": np.where(is_leaf, -2.0, threshold[idx]), "probs": probs[idx]}
-    if best is not None:
-        out["best"] = rec[idx]
-    return out
+    return compact_arrays(left, right, feature, threshold, probs,
+                          None if best is None else rec)
 
 
 def distill(dataset: TrajectoryDataset, policy: Any, *, max_depth: int = 3,

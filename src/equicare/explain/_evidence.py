@@ -190,7 +190,9 @@ class PolicyCard:
         The rules as a policy (``tree.save(path)`` writes a model folder).
     rules : list of dict
         One rule per leaf, most used first (see :func:`equicare.explain.tree_rules`), with its
-        held-out share of rows and agreement with the source.
+        held-out share of rows and agreement with the source (``None`` with a
+        ``test_suppressed`` reason for a rule reached by fewer than ``min_cell`` held-out
+        episodes, and for the rules suppressed with it).
     source : dict
         Description of the source policy.
     data : dict
@@ -531,13 +533,8 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
     fit_leaves = tree.apply(fit_ds)
     rules = tree_rules(tree, leaves=fit_leaves, weights=None, time_unit=time_unit)
     test_leaves = tree.apply(test)
-    n_leaf = np.bincount(test_leaves, minlength=tree.n_nodes)
-    a_leaf = np.bincount(test_leaves, weights=agree.astype(np.float64), minlength=tree.n_nodes)
-    for r in rules:
-        ks = r["leaves"] if r["leaf"] is None else [r["leaf"]]
-        n_k, a_k = float(n_leaf[ks].sum()), float(a_leaf[ks].sum())
-        r["test_share"] = n_k / max(test.n_steps, 1)
-        r["test_agreement"] = None if n_k == 0 else a_k / n_k
+    _held_out_by_rule(rules, test_leaves, np.asarray(test.episode_index, dtype=np.int64),
+                      agree, tree.n_nodes, cfg.min_cell)
     beh = src_val.behavior
     kept, gains = improvement_kept(
         beh.value, {k: src_val.estimates[k].value for k in cfg.estimators},
@@ -564,7 +561,9 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
     src = {"name": "source", "window": int(getattr(policy, "window", 1)), **(source or {})}
     usual_rows = [r for r in rules if r.get("usual")]
     data["mode"] = dcfg.mode
-    data["usual_care_share"] = (float(usual_rows[0]["test_share"]) if usual_rows else 0.0)
+    data["usual_care_share"] = (0.0 if not usual_rows else None
+                                if usual_rows[0]["test_share"] is None
+                                else float(usual_rows[0]["test_share"]))
     if dcfg.mode == "exceptions":
         data["usual_care_model"] = ("none" if not tree.has_usual else
                                     "cells" if not isinstance(tree.usual_policy, TreePolicy)
@@ -575,6 +574,49 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
     return PolicyCard(tree=tree, rules=rules, source=src, data=data, fidelity=fid, value=val,
                       fairness=fair, support=sup, frontier=frontier, disagreement=disagreement,
                       caveats=caveats, settings=cfg.to_dict())
+
+
+def held_out_reason(min_cell: int) -> str:
+    """Why a rule's held-out share and agreement are not published."""
+    return (f"fewer than {min_cell} held-out episodes (with the rules suppressed with it, so "
+            "that no total minus the others reveals it)")
+
+
+def _held_out_by_rule(rules: list[dict[str, Any]], leaves: NDArray[np.int64],
+                      episodes: NDArray[np.int64], agree: NDArray[np.bool_], n_nodes: int,
+                      min_cell: int) -> None:
+    """Each rule's held-out share of rows and agreement, in place, suppressed on small cells.
+
+    A rule reached by fewer than ``min_cell`` held-out episodes gets ``None`` for both and a
+    ``test_suppressed`` reason; the overall agreement and the shares sum to what the card
+    publishes, so the rules suppressed together must hold at least ``min_cell`` episodes
+    (complementary suppression: the next smallest rules join them until they do).
+    """
+    n_leaf = np.bincount(leaves, minlength=n_nodes)
+    a_leaf = np.bincount(leaves, weights=agree.astype(np.float64), minlength=n_nodes)
+    n_rows = max(int(leaves.size), 1)
+    members = []
+    for r in rules:
+        ks = r["leaves"] if r["leaf"] is None else [r["leaf"]]
+        members.append(np.unique(episodes[np.isin(leaves, ks)]))
+    size = np.array([m.size for m in members], dtype=np.int64)
+    hide = (size > 0) & (size < min_cell)
+    order = np.argsort(size, kind="stable")
+    while hide.any():  # rules of a small tree
+        held = np.unique(np.concatenate([members[i] for i in np.flatnonzero(hide)])).size
+        rest = [int(i) for i in order if not hide[i] and size[i] > 0]
+        if held >= min_cell or not rest:
+            break
+        hide[rest[0]] = True
+    for i, r in enumerate(rules):
+        ks = r["leaves"] if r["leaf"] is None else [r["leaf"]]
+        n_k, a_k = float(n_leaf[ks].sum()), float(a_leaf[ks].sum())
+        if hide[i]:
+            r["test_share"], r["test_agreement"] = None, None
+            r["test_suppressed"] = held_out_reason(min_cell)
+            continue
+        r["test_share"] = n_k / n_rows
+        r["test_agreement"] = None if n_k == 0 else a_k / n_k
 
 
 def improvement_kept(behavior: float, source: dict[str, float], rules: dict[str, float]

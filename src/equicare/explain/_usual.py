@@ -7,12 +7,13 @@ readable, pickle-free representations:
 
 ``"cells"``
     A :class:`~equicare.policy._cells.CellPolicy`: the observed frequency of each action in each
-    combination of the categorical states' levels (unseen combinations get the overall
-    frequencies). Exact for a categorical state such as Garnet's, where the numeric columns are
-    functions of the cell.
+    combination of the categorical states' levels held by at least ``min_episodes`` (11)
+    episodes (unseen and smaller combinations get the overall frequencies). Exact for a
+    categorical state such as Garnet's, where the numeric columns are functions of the cell.
 ``"tree"``
     A :class:`~equicare.policy.TreePolicy` fitted to the logged actions (a scikit-learn tree of
-    depth ``depth`` with at least ``min_samples_leaf`` rows per leaf) over the numeric states and
+    depth ``depth`` with at least ``min_samples_leaf`` rows and ``min_episodes`` episodes per
+    leaf) over the numeric states and
     one indicator per categorical level: a modelled behaviour for numeric states. Its numeric
     features are snapped to a coarse grid before the fit, so no threshold is the midpoint of two
     rows' values (:mod:`equicare.explain._features`).
@@ -36,9 +37,10 @@ from equicare.explain._features import (
     grid_thresholds,
     snap_to_grid,
 )
+from equicare.explain._prune import compact_arrays, node_sums, prune_small_leaves
 from equicare.policy._cells import CellPolicy, cell_codes
 from equicare.policy._tree import TreePolicy, tree_features
-from equicare.utils import RandomState, check_param, check_random_state
+from equicare.utils import MIN_CELL, RandomState, check_param, check_random_state
 
 __all__ = ["fit_usual_care", "usual_care_kind"]
 
@@ -78,7 +80,8 @@ def usual_care_kind(dataset: TrajectoryDataset, kind: UsualKind = "auto") -> str
 
 
 def fit_usual_care(dataset: TrajectoryDataset, kind: UsualKind = "auto", *, depth: int = 8,
-                   min_samples_leaf: int = 50, random_state: RandomState = None
+                   min_samples_leaf: int = 50, min_episodes: int = MIN_CELL,
+                   random_state: RandomState = None
                    ) -> CellPolicy | TreePolicy:
     """Estimate the clinicians' action distribution from the logged actions.
 
@@ -89,6 +92,11 @@ def fit_usual_care(dataset: TrajectoryDataset, kind: UsualKind = "auto", *, dept
         Representation (see the module docstring).
     depth, min_samples_leaf : int
         Size of the behaviour tree (``kind="tree"``).
+    min_episodes : int, default=11
+        Fewest distinct episodes behind a cell's own frequencies (a cell with fewer gets the
+        overall frequencies, as an unseen cell does) or a leaf of the tree (a leaf with fewer
+        loses its split, :mod:`equicare.explain._prune`): no stored frequency describes a
+        handful of members.
     random_state : int, Generator or None
 
     Returns
@@ -106,8 +114,12 @@ def fit_usual_care(dataset: TrajectoryDataset, kind: UsualKind = "auto", *, dept
     if used == "cells":
         cell, keys, levels = _cells(dataset)
         counts = np.bincount(cell * A + acts, minlength=keys.shape[0] * A).reshape(-1, A)
-        table = counts / counts.sum(axis=1, keepdims=True)
-        return CellPolicy(table=np.vstack([table, marginal]), keys=keys,
+        n_ep = int(dataset.n_episodes)
+        pairs = np.unique(cell * n_ep + np.asarray(dataset.episode_index, dtype=np.int64))
+        keep = np.bincount(pairs // n_ep, minlength=keys.shape[0]) >= min_episodes
+        # a cell of fewer episodes is left out: its rows get the overall frequencies
+        table = counts[keep] / counts[keep].sum(axis=1, keepdims=True)
+        return CellPolicy(table=np.vstack([table, marginal]), keys=keys[keep],
                           columns=tuple(dataset.categorical_names), levels=levels, numeric=(),
                           edges=(), action_space=dataset.action_space,
                           source="current practice (observed frequencies per cell)")
@@ -119,20 +131,17 @@ def fit_usual_care(dataset: TrajectoryDataset, kind: UsualKind = "auto", *, dept
     tree = DecisionTreeClassifier(max_depth=depth, min_samples_leaf=min_samples_leaf,
                                   random_state=int(rng.integers(2**31 - 1))).fit(x, acts)
     t = tree.tree_
-    value = np.asarray(t.value[:, 0, :], dtype=np.float64)
-    probs = np.zeros((t.node_count, A))
-    probs[:, np.asarray(tree.classes_, dtype=np.int64)] = (
-        value / np.maximum(value.sum(axis=1, keepdims=True), 1e-300))
-    return TreePolicy(children_left=np.asarray(t.children_left, dtype=np.int64),
-                      children_right=np.asarray(t.children_right, dtype=np.int64),
-                      feature=np.asarray(t.feature, dtype=np.int64),
-                      threshold=grid_thresholds(np.asarray(t.feature, dtype=np.int64),
-                                                np.asarray(t.threshold, dtype=np.float64),
-                                                np.asarray(t.children_left, dtype=np.int64),
-                                                steps), probs=probs,
-                      features=tuple(feats), action_space=dataset.action_space,
+    feature = np.asarray(t.feature, dtype=np.int64)
+    left0 = np.asarray(t.children_left, dtype=np.int64)
+    thr = grid_thresholds(feature, np.asarray(t.threshold, dtype=np.float64), left0, steps)
+    left, right, feature, thr, leaf = prune_small_leaves(
+        x, np.asarray(dataset.episode_index, dtype=np.int64), left0,
+        np.asarray(t.children_right, dtype=np.int64), feature, thr, min_episodes)
+    n_act = node_sums(leaf, None, left, right, labels=acts, n_labels=A)
+    probs = n_act / np.maximum(n_act.sum(axis=1, keepdims=True), 1e-300)
+    arrays = compact_arrays(left, right, feature, thr, probs)
+    return TreePolicy(**arrays, features=tuple(feats), action_space=dataset.action_space,
                       source="current practice (behaviour tree)",
                       info={"usual_care": {"kind": "tree", "depth": depth,
-                                           "min_samples_leaf": min_samples_leaf}})
-
-
+                                           "min_samples_leaf": min_samples_leaf,
+                                           "min_episodes": min_episodes}})

@@ -146,10 +146,18 @@ def build_card_report(card: Mapping[str, Any], *, figure_dir: Path | None = None
                  "listed from the most to the least used; a row follows exactly one rule.")
     rows = [{"rule": r["rule"], "if": r["if"], "then": r["then"],
              "p": float("nan") if r["p"] is None else r["p"],
-             "share of rows": r.get("share"), "held-out agreement": r.get("test_agreement")}
+             "share of rows": r.get("share"),
+             "held-out agreement": ("n/a" if r.get("test_suppressed")
+                                    else "" if r.get("test_agreement") is None
+                                    else f"{r['test_agreement']:.2f}")}
             for r in card["rules"]]
     rep.table(pd.DataFrame(rows), caption="Rules in plain language", n_col=None,
               floatfmt="{:.2f}")
+    hidden = [str(r["rule"]) for r in card["rules"] if r.get("test_suppressed")]
+    if hidden:
+        reason = next(r["test_suppressed"] for r in card["rules"] if r.get("test_suppressed"))
+        rep.text(f"Held-out agreement of rule{'s' if len(hidden) > 1 else ''} "
+                 f"{', '.join(hidden)}: n/a, {reason}.", note=True)
     rep.heading("The rules as text")
     for r in card["rules"]:
         rep.text(f"{r['rule']}. {r['text']}")
