@@ -119,3 +119,27 @@ def test_coarse_bounds_are_no_rows_value_and_cover_the_bulk():
     assert coarse_bounds(y)[1][0] == hi[0]
     np.testing.assert_array_equal(round_significant([12.8625, -0.000123456, 0.0], 3),
                                   [12.9, -0.000123, 0.0])
+
+
+def test_pooled_level_shares_pool_small_levels_and_complete_the_pool() -> None:
+    import numpy as np
+
+    from equicare.privacy import pooled_level_shares
+
+    # levels: 0 one episode (20 rows), 1 250 episodes, 2 50 episodes, 3 two episodes (40 rows)
+    codes = np.r_[np.zeros(20), np.ones(3681), np.full(855, 2), np.full(40, 3)].astype(int)
+    eps = np.r_[np.zeros(20), np.arange(3681) % 250 + 1, np.arange(855) % 50 + 300,
+                np.repeat([400, 401], 20)].astype(int)
+    f = pooled_level_shares(codes, eps, 4)
+    # 0 and 3 hold 3 episodes together: level 2 (the smallest other) joins their pool
+    np.testing.assert_allclose(f, [(20 + 855 + 40) / 3 / 4596, 3681 / 4596,
+                                   (20 + 855 + 40) / 3 / 4596, (20 + 855 + 40) / 3 / 4596])
+    assert f.sum() == pytest.approx(1.0)
+    # two small levels holding 12 episodes together: pooled alone
+    eps2 = eps.copy()
+    eps2[:20] = np.arange(20) % 6 + 500
+    eps2[-40:] = np.arange(40) % 6 + 600
+    f2 = pooled_level_shares(codes, eps2, 4)
+    assert f2[0] == f2[3] == pytest.approx(30 / 4596) and f2[2] == pytest.approx(855 / 4596)
+    # unknown codes ignored; no level: uniform
+    assert pooled_level_shares(np.full(5, -1), np.arange(5), 4).tolist() == [0.25] * 4

@@ -37,7 +37,8 @@ from numpy.typing import NDArray
 from equicare.utils import MIN_CELL
 
 __all__ = ["suppressed_cells", "suppressed_labels", "suppressed_levels", "suppress_counts",
-           "small_cells_message", "round_significant", "tail_quantile", "coarse_bounds"]
+           "small_cells_message", "round_significant", "tail_quantile", "coarse_bounds",
+           "pooled_level_shares"]
 
 
 def _complete_line(n: NDArray[np.int64], sup: NDArray[np.bool_], min_cell: int) -> bool:
@@ -207,3 +208,52 @@ def coarse_bounds(x: Any, *, margin: float = 0.1, min_cell: int = MIN_CELL
     low = np.where(nonneg, np.maximum(low, 0.0), low)
     high = np.where(nonpos, np.minimum(high, 0.0), high)
     return low, high
+
+
+def pooled_level_shares(codes: Any, episodes: Any, n_levels: int,
+                        min_cell: int = MIN_CELL) -> NDArray[np.float64]:
+    """Share of the rows at each level, levels of fewer than ``min_cell`` episodes pooled.
+
+    A network's input statistics (a one-hot column's mean, the weights of an embedding's
+    unknown vector) are the levels' row shares, from which a level's row count is recovered
+    (share times the training rows). Levels logged in fewer than ``min_cell`` episodes share one
+    value, the mean of their shares; when they hold fewer than ``min_cell`` episodes together,
+    the smallest other levels join the pool until it does (complementary pooling, as
+    :func:`suppressed_cells` completes a line). So each published share is a level's of at least
+    ``min_cell`` episodes or a pool's mean over a union of at least ``min_cell`` episodes; the
+    shares still sum to one.
+
+    Parameters
+    ----------
+    codes : array-like of shape (n_rows,), int
+        Level of each row in ``[0, n_levels)``; other values (unknown) are ignored.
+    episodes : array-like of shape (n_rows,), int
+        Episode of each row.
+    n_levels : int
+    min_cell : int
+
+    Returns
+    -------
+    ndarray of shape (n_levels,)
+        Uniform when no row has a level.
+    """
+    c = np.asarray(codes, dtype=np.int64).ravel()
+    e = np.asarray(episodes, dtype=np.int64).ravel()
+    ok = (c >= 0) & (c < n_levels)
+    c, e = c[ok], e[ok]
+    if c.size == 0:
+        return np.full(n_levels, 1.0 / max(n_levels, 1))
+    share = np.bincount(c, minlength=n_levels).astype(np.float64) / c.size
+    _, first = np.unique(np.stack([c, e]), axis=1, return_index=True)
+    n_ep = np.bincount(c[first], minlength=n_levels)
+    pool = (n_ep > 0) & (n_ep < min_cell)
+    if not pool.any():
+        return share
+    rest = np.flatnonzero((n_ep > 0) & ~pool)
+    order = rest[np.argsort(n_ep[rest], kind="stable")]
+    for nxt in order:
+        if np.unique(e[pool[c]]).size >= min_cell:
+            break
+        pool[nxt] = True
+    share[pool] = share[pool].mean()
+    return share

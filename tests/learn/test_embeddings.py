@@ -175,3 +175,52 @@ def test_train_data_inputs_are_codes(tab_data):
     td = TrainData.build(tab_data, 1, np.arange(12), np.zeros(tab_data.n_steps, dtype=np.int64),
                          vocabulary=vocab)
     np.testing.assert_array_equal(td.inputs.x[:, 0].numpy(), tab_data.categorical[:, 0] + 1)
+
+
+@pytest.mark.parametrize("encoding", ["auto", "embedding", "onehot"])
+def test_model_folder_keeps_no_small_level_count(tmp_path, encoding) -> None:
+    """Privacy audit #5: a network folder stored each level's training share (embedding
+    frequencies, one-hot means and scales), so times the training rows gave a one-member
+    level's row count. Levels of fewer than 11 episodes now share a pooled value (here with
+    the smallest large level, since the two small ones hold 3 episodes together); so do the
+    levels of a critic's group block."""
+    from safetensors.numpy import load_file
+
+    rng = np.random.default_rng(0)
+    frames = []
+    for lang, race, n_ep, first in (("english", "a", 40, 0), ("spanish", "b", 25, 100),
+                                    ("amharic", "c", 1, 200), ("tagalog", "c", 2, 300)):
+        for e in range(first, first + n_ep):
+            frames.append(pd.DataFrame({"ep": e, "t": np.arange(8), "lang": lang, "race": race,
+                                        "x": rng.normal(size=8), "a": rng.integers(0, 3, 8),
+                                        "r": rng.normal(size=8)}))
+    df = pd.concat(frames, ignore_index=True)
+    man = {"dataset": {"episode": "ep", "time": "t", "states": ["x"],
+                       "categorical_states": ["lang"], "groups": ["race"], "gamma": 0.9},
+           "actions": {"a": {"levels": 3}}, "reward": {"column": "r"}}
+    ds = from_frame(df, man, emit_warnings=False)
+    m = AWR(n_steps=5, batch_size=32, hidden=(8,), valid_fraction=0.0, seed=0,
+            categorical_encoding=encoding, group_robust=0.5).fit(ds)
+    m.save(tmp_path / "m")
+    t = {k: v.astype(np.float64) for k, v in load_file(str(tmp_path / "m" / "model.safetensors"))
+         .items()}
+    exact = np.array([8, 16, 24]) / len(df)  # rows of amharic, tagalog, and race c
+    # level order: lang amharic, english, spanish, tagalog (pooled: 0, 2, 3); race a, b, c
+    # (pooled: b, c); the numeric x sits before the one-hot lang block, or after the codes
+    lang = slice(1, 5) if encoding == "onehot" else slice(0, 4)
+    blocks = []
+    for net in ("policy", "critic"):
+        if encoding != "onehot":
+            blocks.append(t[f"{net}.embed.freq0"])
+        for stat in ("mean", "scale"):
+            v = t[f"{net}.encoder.norm.{stat}"]
+            if encoding != "embedding":
+                blocks.append(v[lang])
+            if net == "critic":
+                blocks.append(v[-3:])  # the critic's group block
+    for b in blocks:
+        assert not np.isclose(b[:, None], exact[None, :], rtol=1e-6).any()
+        if b.size == 4:
+            assert b[0] == b[2] == b[3] != b[1]
+        else:
+            assert b[0] != b[1] == b[2]

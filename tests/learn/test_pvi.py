@@ -209,13 +209,15 @@ def test_tilted_pvi_on_a_700_state_garnet() -> None:
     # the tilted mode chooses among logged actions only: with the known baseline every
     # unlogged action has the clinicians' remainder, which is left to them, never chosen
     pol = tilted.policy_
-    logged = np.zeros((pol.n_cells, ds.n_actions), dtype=bool)
+    logged = np.zeros((pol.n_cells + 1, ds.n_actions), dtype=bool)
     logged[pol.cell_index(ds), ds.actions] = True
+    logged = logged[:-1]
     table, deferred = pol.table[:-1], pol.deferred[:-1]
     assert (deferred == (~logged & (table > 0))).all()
     mixed = PVI(prior=20.0, tau=0.1, mix=0.5).fit(ds).policy_  # half of it left to them
     np.testing.assert_allclose((mixed.table[:-1] * ~logged).sum(axis=1),
-                               0.5 * (tilted.behavior_ * ~logged).sum(axis=1), atol=1e-12)
+                               0.5 * (tilted.behavior_ * ~logged).sum(axis=1), rtol=1e-3,
+                               atol=1e-12)
 
 
 def test_an_irrelevant_site_is_pooled_over_and_keeps_the_exact_value() -> None:
@@ -249,16 +251,19 @@ def test_scores_are_the_cell_log_probabilities_and_lower_values(prior) -> None:
     np.testing.assert_array_equal(s.argmax(axis=1), m.predict(ds))
     q = m.scores(ds, "critic")
     idx = m.policy_.cell_index(ds)
+    kept = idx < m.policy_.n_cells  # rows of cells of fewer than 11 episodes: no value
+    assert (~kept).any() and np.isnan(q[~kept]).all()
+    q, idx, pred = q[kept], idx[kept], m.predict(ds)[kept]
     counts = m.counts_[idx]
     eligible = counts >= 3
     rows = eligible.any(axis=1)
     assert rows.mean() > 0.5
     best = np.where(eligible, q, -np.inf).argmax(axis=1)
-    np.testing.assert_array_equal(best[rows], m.predict(ds)[rows])
+    np.testing.assert_array_equal(best[rows], pred[rows])
     # unmodelled pairs: shrunk to the cell's pooled model (prior > 0), else no value
     modelled = counts > 0
     assert (~modelled).any()
-    np.testing.assert_array_equal(q[modelled], m.q_[idx][modelled])
+    np.testing.assert_allclose(q[modelled], m.q_[idx][modelled], rtol=1e-3)  # 4 digits kept
     if prior > 0:
         assert np.isfinite(q).all()
     else:

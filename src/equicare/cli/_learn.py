@@ -195,8 +195,11 @@ def train_model(data: str | os.PathLike[str], manifest: str | os.PathLike[str], 
     seconds = time.perf_counter() - t0
     learner.save(out_path, overwrite=force)
     if algo in TABULAR:
+        from equicare.learn._spibb import bootstrapped_share
+
         return {"model_dir": str(out_path), "algo": algo, "n_cells": learner.n_cells_,
-                "bootstrapped_share": float(learner.bootstrapped_.mean()),
+                "pooled_cells": learner.pooled_cells_,
+                "bootstrapped_share": bootstrapped_share(learner.bootstrapped_),
                 "model_value": learner.value_, "model_behavior_value": learner.behavior_value_,
                 "n_actions": ds.n_actions, "n_episodes": ds.n_episodes, "n_rows": ds.n_steps,
                 "seconds": round(seconds, 2)}
@@ -468,9 +471,11 @@ def register(app: "typer.Typer") -> None:
             if json_out:
                 print_json(res)
                 return
+            pooled = (f", {res['pooled_cells']} cells of fewer than 11 episodes left to "
+                      "current practice" if res.get("pooled_cells") else "")
             console.print(f"Wrote {res['model_dir']} ({algo.value}, {res['n_cells']} cells, "
                           f"{100 * res['bootstrapped_share']:.0f}% of (cell, action) pairs kept "
-                          f"at the clinicians' probability, {res['seconds']:.1f} s)",
+                          f"at the clinicians' probability{pooled}, {res['seconds']:.1f} s)",
                           highlight=False, markup=False)
             return
         if algo is Algo.OMG:

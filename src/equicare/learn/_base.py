@@ -457,6 +457,10 @@ class OfflineLearner(ConfigParams, BaseEstimator, metaclass=ABCMeta):  # type: i
         self._embedded = (cfg.categorical_encoding != "onehot" and dataset.categorical
                           is not None and dataset.categorical.shape[1] > 0)
         self.feature_names_ = input_names(dataset, self._embedded)
+        # one-hot categorical input columns (after the numeric states) when not embedded
+        self._onehot_start = int(dataset.n_features)
+        self._onehot_sizes = (() if self._embedded or dataset.categorical is None else
+                              tuple(len(lv) for lv in dataset.categorical_levels))
         self.manifest_fingerprint_ = manifest_fingerprint(getattr(dataset, "manifest", None))
         self.state_names_ = tuple(dataset.state_names)
         self.support_ = support_of(dataset, cfg.support, cfg.min_support_count)
@@ -499,8 +503,22 @@ class OfflineLearner(ConfigParams, BaseEstimator, metaclass=ABCMeta):  # type: i
         critic_base = {**base, "n_features": int(tdata.critic_inputs.x.shape[1])}
         self.nets_ = self._networks(base, critic_base)
         x_np, xc_np = tdata.inputs.x.numpy(), tdata.critic_inputs.x.numpy()
+        # level frequencies pool the levels of fewer than MIN_CELL episodes (model folders
+        # keep no small level's row count): one-hot state blocks, a critic's group block
+        n_rows = x_np.shape[0]
+        first = tdata.initial.numpy()
+        episodes = np.repeat(np.arange(first.size), np.diff(np.append(first, n_rows)))
+        blocks, start = [], int(getattr(self, "_onehot_start", 0))
+        for size in getattr(self, "_onehot_sizes", ()):
+            blocks.append((start, start + int(size)))
+            start += int(size)
+        n_cg = xc_np.shape[1] - x_np.shape[1]
+        end = xc_np.shape[1] - tdata.critic_inputs.n_prev
+        critic_blocks = [*blocks, (end - n_cg, end)] if n_cg > 0 else blocks
         for k, net in self.nets_.items():
-            net.set_input_stats(xc_np if k in self.critic_nets else x_np)
+            critic = k in self.critic_nets
+            net.set_input_stats(xc_np if critic else x_np, episodes,
+                                critic_blocks if critic else blocks)
         self._optims = {
             k: torch.optim.Adam([p for n in names for p in self.nets_[n].parameters()],
                                 lr=cfg.learning_rate, weight_decay=cfg.weight_decay,

@@ -148,6 +148,8 @@ class PVI(SPIBB):
     ----------
     policy_ : CellPolicy
         The fitted policy (with ``mix = 1``, deterministic in cells with an eligible pair).
+        Cells of fewer than ``MIN_CELL`` episodes have no eligible pair and no table row, as
+        in :class:`~equicare.learn.SPIBB` (``pooled_cells_``).
     behavior_ : ndarray of shape (n_cells, n_actions)
     counts_ : ndarray of shape (n_cells, n_actions), int64
         Model transitions per (cell, action).
@@ -166,7 +168,7 @@ class PVI(SPIBB):
         rows (pairs without transitions count with their penalised shrunk values).
     behavior_value_ : float
         Value of the behaviour estimate in the MLE model, likewise.
-    n_cells_ : int
+    n_cells_, pooled_cells_ : int
     cell_columns_, ignored_numeric_ : tuple of str
 
     Notes
@@ -193,9 +195,10 @@ class PVI(SPIBB):
                                       min_count=int(cfg.min_count), tol=float(cfg.tol))
         if cfg.tau > 0:
             pi = tilted_mode(Q, np.where(m.n_all > 0, m.pb, 0.0), float(cfg.tau))
+            pi[m.small] = m.pb[m.small]
         pi = (1.0 - cfg.mix) * m.pb + cfg.mix * pi
         self.q_ = Q
-        eligible = m.counts >= cfg.min_count
+        eligible = (m.counts >= cfg.min_count) & ~m.small[:, None]
         self.bootstrapped_ = np.repeat(~eligible.any(axis=1, keepdims=True), m.n_actions, axis=1)
         self.value_ = float(np.mean((pi * Q).sum(axis=1)[m.first]))
         self._finish(dataset, m, pi)
@@ -244,7 +247,8 @@ def pessimistic_iteration(m: CellModel, *, beta: float, prior: float, min_count:
     Returns
     -------
     pi : ndarray of shape (n_cells, n_actions)
-        Greedy on ``Q_lower`` among eligible pairs; the behaviour estimate in cells without one.
+        Greedy on ``Q_lower`` among eligible pairs; the behaviour estimate in cells without one
+        (cells of fewer than ``MIN_CELL`` episodes, ``m.pooled``, have none).
     Q : ndarray of shape (n_cells, n_actions)
         ``Q_lower`` after the last backup.
     """
@@ -254,7 +258,7 @@ def pessimistic_iteration(m: CellModel, *, beta: float, prior: float, min_count:
     r_pool, P_pool = pooled_model(m)
     r_tilde = w * m.R + (1.0 - w) * r_pool[:, None]
     penalty = beta / np.sqrt(np.maximum(n + prior, 1.0))
-    eligible = n >= min_count
+    eligible = (n >= min_count) & ~m.small[:, None]
     any_eligible = eligible.any(axis=1)
     w_b = np.where(m.has_model, m.pb, 0.0)
     tot = w_b.sum(axis=1)

@@ -39,6 +39,7 @@ from equicare.learn._params import ConfigParams, check_fit_options
 from equicare.policy._cells import CellPolicy, cell_codes
 from equicare.privacy import round_significant
 from equicare.utils import (
+    MIN_CELL,
     PARAM_MESSAGE,
     check_dataset,
     check_is_fitted,
@@ -47,7 +48,7 @@ from equicare.utils import (
 )
 
 __all__ = ["SPIBB", "SPIBBConfig", "CellModel", "MSG_NOT_DISCRETE", "BEHAVIOR_MODES",
-           "behavior_table"]
+           "behavior_table", "bootstrapped_share"]
 
 BEHAVIOR_MODES = ("auto", "counts", "logged", "known")
 
@@ -155,6 +156,11 @@ class SPIBBConfig:
         return cls(**d)
 
 
+def bootstrapped_share(bootstrapped: NDArray[np.bool_]) -> float:
+    """Share of the kept cells' pairs that copy the behaviour (1 when every cell is pooled)."""
+    return float(bootstrapped.mean()) if bootstrapped.size else 1.0
+
+
 def resolve_behavior(mode: str, behavior_prob: Any) -> str:
     """``auto`` resolved: ``known`` with logged propensities, else ``counts``."""
     if mode == "auto":
@@ -234,6 +240,11 @@ class CellModel:
     known : bool
         ``pb`` is the known baseline (``behavior="known"``): its mass on unlogged pairs is
         current practice's remainder.
+    pooled : ndarray of shape (n_cells,), bool
+        Cells logged in fewer than :data:`~equicare.utils.MIN_CELL` episodes: the policy keeps
+        the behaviour estimate there while learning and the fitted policy gives their rows the
+        fallback row (they get no table row of their own, so a model folder keeps no row of a
+        few patients' actions or propensities).
     """
 
     cell: NDArray[np.int64]
@@ -250,6 +261,14 @@ class CellModel:
     horizon: int
     first: NDArray[np.int64]
     known: bool = False
+    pooled: NDArray[np.bool_] | None = None
+
+    @property
+    def small(self) -> NDArray[np.bool_]:
+        """``pooled`` (all False when not given), shape ``(n_cells,)``."""
+        if self.pooled is None:
+            return np.zeros(self.n_cells, dtype=bool)
+        return self.pooled
 
 
 class SPIBB(ConfigParams, BaseEstimator):  # type: ignore[misc]
@@ -267,9 +286,17 @@ class SPIBB(ConfigParams, BaseEstimator):  # type: ignore[misc]
     Attributes
     ----------
     policy_ : CellPolicy
-        The fitted policy (``action_probs(dataset)`` for any panel with the same columns).
+        The fitted policy (``action_probs(dataset)`` for any panel with the same columns). It
+        has a row for each cell logged in at least :data:`~equicare.utils.MIN_CELL` (11)
+        episodes, its probabilities rounded to 4 significant digits; rows of the smaller cells
+        (``pooled_cells_``) read the fallback row with the unseen cells: left to the clinicians
+        (``deferred``), whose probability they get on a panel with logged propensities (the
+        marginal action frequencies stand in otherwise). While learning, the policy keeps the
+        behaviour estimate in those cells. So a model folder holds no small cell's actions,
+        logged propensities or values.
     behavior_ : ndarray of shape (n_cells, n_actions)
-        Estimated behaviour policy per cell.
+        Estimated behaviour policy per cell. The per-cell attributes cover the ``n_cells_``
+        cells of the policy's table (the pooled cells are left out).
     counts_ : ndarray of shape (n_cells, n_actions), int64
         Model transitions per (cell, action) (a censored last row adds none).
     bootstrapped_ : ndarray of shape (n_cells, n_actions), bool
@@ -279,12 +306,16 @@ class SPIBB(ConfigParams, BaseEstimator):  # type: ignore[misc]
     critic_ : ndarray of shape (n_cells + 1, n_actions)
         ``q_`` where the learner has a value for the pair, NaN elsewhere (pairs without model
         transitions) and on the last row (cells not seen in training): what
-        ``scores(dataset, "critic")`` reads. Kept in the model folder.
+        ``scores(dataset, "critic")`` reads. Kept in the model folder, rounded to 4
+        significant digits.
     value_ : float
         Value of the policy in the MLE model, averaged over the data's initial rows.
     behavior_value_ : float
         Value of the estimated behaviour policy in the MLE model, likewise.
     n_cells_ : int
+        Cells with a table row (at least ``MIN_CELL`` episodes).
+    pooled_cells_ : int
+        Cells logged in fewer than ``MIN_CELL`` episodes, whose rows read the fallback row.
     cell_columns_ : tuple of str
         The categorical columns whose combinations are the cells (``cells``).
     cell_choice_ : dict or None
@@ -370,7 +401,9 @@ class SPIBB(ConfigParams, BaseEstimator):  # type: ignore[misc]
         m = self._model(dataset)
         C, A, gamma = m.n_cells, m.n_actions, m.gamma
         R, P, pb, counts, has_model = m.R, m.P, m.pb, m.counts, m.has_model
-        free = (counts >= cfg.n_wedge) & has_model  # pairs the policy may re-weight
+        # pairs the policy may re-weight; a cell of fewer than MIN_CELL episodes keeps the
+        # behaviour (its rows get the fallback row, which defers to the clinicians)
+        free = (counts >= cfg.n_wedge) & has_model & ~m.small[:, None]
         boot = ~free
         # ---- finite-horizon value iteration under the SPIBB constraint
         horizon = m.horizon
@@ -384,6 +417,7 @@ class SPIBB(ConfigParams, BaseEstimator):  # type: ignore[misc]
             Q = R + gamma * (P @ V).reshape(C, A)
             if cfg.variant == "soft":
                 pi = self._soft_greedy(Q, pb, err, float(cfg.epsilon))
+                pi[m.small] = pb[m.small]
                 V_new = self._mean_value(pi, Q, has_model, no_model_cell)
             else:
                 V_new = self._backup(Q, pb_boot, free_mass, free, has_model, no_model_cell)
@@ -393,6 +427,7 @@ class SPIBB(ConfigParams, BaseEstimator):  # type: ignore[misc]
                 break
         if cfg.variant == "soft":
             pi = self._soft_greedy(Q, pb, err, float(cfg.epsilon))
+            pi[m.small] = pb[m.small]
             boot = pi == pb
         else:
             pi = self._greedy(Q, pb_boot, free_mass, free)
@@ -431,32 +466,55 @@ class SPIBB(ConfigParams, BaseEstimator):  # type: ignore[misc]
                            (flat[rows_c], cell[nxt[rows_c]])), shape=(C * A, C))
         P.sum_duplicates()
         counts = n_model.reshape(C, A)
+        # episodes per cell: cells under MIN_CELL are pooled into the fallback row
+        pairs = np.unique(cell.astype(np.int64) * dataset.n_episodes + dataset.episode_index)
+        n_ep = np.bincount(pairs // dataset.n_episodes, minlength=C)
         return CellModel(cell=cell, keys=keys, n_cells=C, n_actions=A, gamma=float(dataset.gamma),
                          n_all=n_all, pb=pb, R=R, P=P, counts=counts, has_model=counts > 0,
                          horizon=cfg.horizon or int(dataset.episode_lengths.max()),
                          first=cell[dataset.is_first],
-                         known=resolve_behavior(cfg.behavior, dataset.behavior_prob) == "known")
+                         known=resolve_behavior(cfg.behavior, dataset.behavior_prob) == "known",
+                         pooled=n_ep < MIN_CELL)
 
     def _finish(self, dataset: Any, m: CellModel, pi: NDArray[np.float64]) -> None:
-        """Set the fitted attributes shared by the tabular learners (after ``q_``, ``value_``)."""
-        self.behavior_ = m.pb
-        self.critic_ = np.vstack([np.where(self._valued(m), self.q_, np.nan),
-                                  np.full((1, m.n_actions), np.nan)])
-        self.counts_ = m.counts.astype(np.int64)
-        self.n_cells_ = m.n_cells
+        """Set the fitted attributes shared by the tabular learners (after ``q_``, ``value_``).
+
+        The policy and ``critic_`` keep a row only for the cells of at least
+        :data:`~equicare.utils.MIN_CELL` episodes (rows of the others read the fallback row, as
+        unseen cells do), and their numbers rounded to 4 significant digits, so a model folder
+        holds no patient's logged propensity, reward or action history.
+        """
+        keep = ~m.small
+        self.behavior_ = m.pb[keep]
+        self.pooled_cells_ = int(m.small.sum())
+        self.critic_ = np.vstack([round_significant(
+            np.where(self._valued(m), self.q_, np.nan)[keep], 4),
+            np.full((1, m.n_actions), np.nan)])
+        self.q_ = self.q_[keep]
+        self.bootstrapped_ = self.bootstrapped_[keep]
+        self.counts_ = m.counts[keep].astype(np.int64)
+        self.n_cells_ = int(keep.sum())
         self.behavior_value_ = float(np.mean(self._model_value(
             m.pb, m.R, m.P, m.gamma, m.horizon, m.has_model)[m.first]))
         marginal = m.n_all.sum(axis=0) / m.n_all.sum()
         columns, levels, numeric, edges = self._layout
-        deferred = rate = None
-        if m.known:  # the clinicians' unlogged remainder stays theirs; unseen cells defer whole
-            d = (m.n_all == 0) & (pi > 0)
-            theirs = (m.pb * d).sum(axis=1)
-            kept = np.where(theirs > 0, (pi * d).sum(axis=1) / np.where(theirs > 0, theirs, 1.0),
-                            1.0)
-            deferred = np.vstack([d, np.ones((1, m.n_actions), dtype=bool)])
-            rate = np.append(np.clip(kept, 0.0, 1.0), 1.0)
-        self.policy_ = CellPolicy(table=np.vstack([pi, marginal]), keys=m.keys, columns=columns,
+        # rows of unseen and pooled cells are left to the clinicians (the marginal row is
+        # only the stand-in used without logged propensities); with the known baseline, the
+        # clinicians' unlogged remainder in a kept cell stays theirs as well
+        n_keep = int(keep.sum())
+        d = np.zeros((n_keep, m.n_actions), dtype=bool)
+        kept = np.ones(n_keep)
+        if m.known:
+            d_all = (m.n_all == 0) & (pi > 0)
+            theirs = (m.pb * d_all).sum(axis=1)
+            share = np.where(theirs > 0, (pi * d_all).sum(axis=1)
+                             / np.where(theirs > 0, theirs, 1.0), 1.0)
+            d, kept = d_all[keep], np.clip(round_significant(share[keep], 4), 0.0, 1.0)
+        deferred = np.vstack([d, np.ones((1, m.n_actions), dtype=bool)])
+        rate = np.append(kept, 1.0)
+        table = round_significant(np.vstack([pi[keep], marginal]), 4)
+        self.policy_ = CellPolicy(table=table / table.sum(axis=1, keepdims=True),
+                                  keys=m.keys[keep], columns=columns,
                                   levels=levels, numeric=numeric, edges=edges,
                                   action_space=dataset.action_space,
                                   source=f"<{type(self).__name__}>", deferred=deferred,
@@ -642,7 +700,8 @@ class SPIBB(ConfigParams, BaseEstimator):  # type: ignore[misc]
                "state_names": list(self.state_names_),
                "ignored_numeric": list(self.ignored_numeric_),
                "n_cells": int(self.n_cells_),
-               "bootstrapped_share": float(self.bootstrapped_.mean()),
+               "pooled_cells": int(getattr(self, "pooled_cells_", 0)),
+               "bootstrapped_share": bootstrapped_share(self.bootstrapped_),
                "deferred_share": self.policy_.deferred_share(),
                "model_value": self.value_, "model_behavior_value": self.behavior_value_,
                **(extra or {})}
@@ -671,6 +730,7 @@ class SPIBB(ConfigParams, BaseEstimator):  # type: ignore[misc]
             self.state_names_ = tuple(cfg["state_names"])
             self.ignored_numeric_ = tuple(cfg.get("ignored_numeric", ()))
             self.n_cells_ = int(cfg["n_cells"])
+            self.pooled_cells_ = int(cfg.get("pooled_cells", 0))
             self.value_ = float(cfg["model_value"])
             self.behavior_value_ = float(cfg["model_behavior_value"])
             if "critic.q" in tensors:  # folders written before scores() have no values

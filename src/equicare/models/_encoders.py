@@ -325,19 +325,29 @@ class CategoricalEmbedding(nn.Module):
         assert isinstance(table, nn.Embedding)
         return table.weight
 
-    def set_frequencies(self, codes: NDArray[np.int64]) -> None:
+    def set_frequencies(self, codes: NDArray[np.int64],
+                        episodes: NDArray[np.int64] | None = None) -> None:
         """Set the level frequencies (weights of the unknown vector) from training codes.
 
         Parameters
         ----------
         codes : ndarray of shape (n_rows, n_columns)
             Vocabulary codes (0 = unknown, ignored).
+        episodes : ndarray of shape (n_rows,), optional
+            Episode of each row. Given, levels of fewer than ``MIN_CELL`` (11) episodes share
+            a pooled frequency (:func:`equicare.privacy.pooled_level_shares`), so the saved
+            frequencies reveal no small level's row count; the learners pass it.
         """
+        from equicare.privacy import pooled_level_shares
+
         c = np.asarray(codes, dtype=np.int64)
         for j in range(len(self.dims)):
             n = self.frequencies(j).shape[0]
-            counts = np.bincount(c[:, j], minlength=n + 1)[1:n + 1].astype(np.float64)
-            f = counts / counts.sum() if counts.sum() > 0 else np.full(n, 1.0 / n)
+            if episodes is not None:
+                f = pooled_level_shares(c[:, j] - 1, episodes, n)
+            else:
+                counts = np.bincount(c[:, j], minlength=n + 1)[1:n + 1].astype(np.float64)
+                f = counts / counts.sum() if counts.sum() > 0 else np.full(n, 1.0 / n)
             self.frequencies(j).copy_(torch.as_tensor(f, dtype=torch.float32))
 
     def forward(self, codes: Tensor) -> Tensor:

@@ -6,7 +6,7 @@ rebuilds the network from the spec (no code is executed, nothing is unpickled).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
@@ -233,7 +233,8 @@ class Network(nn.Module):
         k = self.spec.n_categorical
         return torch.cat([self.embed(x[..., :k].long()), x[..., k:]], dim=-1)
 
-    def set_input_stats(self, x: np.ndarray[Any, Any]) -> None:
+    def set_input_stats(self, x: np.ndarray[Any, Any], episodes: np.ndarray[Any, Any] | None = None,
+                        onehot_blocks: Sequence[tuple[int, int]] = ()) -> None:
         """Fit the input standardisation (and level frequencies) on training inputs.
 
         Parameters
@@ -243,28 +244,52 @@ class Network(nn.Module):
             unscaled (mean 0, scale 1: they are learned at the scale the encoder needs); a
             one-hot block gets the statistics of its one-hot columns (mean ``f``, scale
             ``sqrt(f (1 - f))`` for level frequencies ``f``), as one-hot inputs always had.
+        episodes : ndarray of shape (n_rows,), optional
+            Episode of each row. Given, every level frequency the network keeps (embedding
+            frequencies, and the means and scales of one-hot columns: the embedded one-hot
+            blocks and the ``onehot_blocks`` of ``x``) pools the levels of fewer than
+            ``MIN_CELL`` (11) episodes (:func:`equicare.privacy.pooled_level_shares`), so a
+            model folder reveals no small level's row count.
+        onehot_blocks : sequence of (start, stop)
+            Column ranges of ``x`` (after any categorical codes) holding one one-hot
+            attribute each (one-hot categorical states, a critic's group columns).
         """
+        from equicare.privacy import pooled_level_shares
+
         x = np.asarray(x)
+        k = 0 if self.embed is None else self.spec.n_categorical
         if self.embed is None:
             self.encoder.norm.set_stats(x)
+        else:
+            self.embed.set_frequencies(x[:, :k].astype(np.int64), episodes)
+            rest = Standardize(self.spec.n_features - k)
+            rest.set_stats(x[:, k:])
+            means, scales = [], []
+            for j, d in enumerate(self.embed.dims):
+                if self.embed.onehot[j]:
+                    f = self.embed.frequencies(j)
+                    sd = torch.sqrt(f * (1.0 - f))
+                    means.append(f)
+                    scales.append(torch.where(sd > 1e-8, sd, torch.ones_like(sd)))
+                else:
+                    means.append(torch.zeros(d))
+                    scales.append(torch.ones(d))
+            with torch.no_grad():
+                self.encoder.norm.mean.copy_(torch.cat([*means, rest.mean]))
+                self.encoder.norm.scale.copy_(torch.cat([*scales, rest.scale]))
+        if episodes is None:
             return
-        k = self.spec.n_categorical
-        self.embed.set_frequencies(x[:, :k].astype(np.int64))
-        rest = Standardize(self.spec.n_features - k)
-        rest.set_stats(x[:, k:])
-        means, scales = [], []
-        for j, d in enumerate(self.embed.dims):
-            if self.embed.onehot[j]:
-                f = self.embed.frequencies(j)
-                sd = torch.sqrt(f * (1.0 - f))
-                means.append(f)
-                scales.append(torch.where(sd > 1e-8, sd, torch.ones_like(sd)))
-            else:
-                means.append(torch.zeros(d))
-                scales.append(torch.ones(d))
-        with torch.no_grad():
-            self.encoder.norm.mean.copy_(torch.cat([*means, rest.mean]))
-            self.encoder.norm.scale.copy_(torch.cat([*scales, rest.scale]))
+        shift = 0 if self.embed is None else self.embed.out_dim - k
+        for start, stop in onehot_blocks:
+            block = x[:, start:stop]
+            code = np.where(block.sum(axis=1) == 1, block.argmax(axis=1), -1)
+            share = pooled_level_shares(code, episodes, stop - start)
+            spread = np.sqrt(share * (1.0 - share))
+            with torch.no_grad():
+                self.encoder.norm.mean[start + shift:stop + shift] = torch.as_tensor(
+                    share, dtype=torch.float32)
+                self.encoder.norm.scale[start + shift:stop + shift] = torch.as_tensor(
+                    np.where(spread > 1e-8, spread, 1.0), dtype=torch.float32)
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         """Head outputs for encoded inputs (see class docstring for shapes)."""

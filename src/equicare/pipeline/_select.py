@@ -460,7 +460,12 @@ def _own_baseline(learner: Any) -> Any:
     base = getattr(learner, "behavior_", None)
     if pol is None or base is None or not hasattr(pol, "cell_index"):
         return None
-    return replace(pol, table=np.vstack([base, pol.table[-1:]]), deferred_rate=None)
+    from equicare.privacy import round_significant
+
+    # rounded as the learner rounds its table (4 significant digits, renormalised), so a pair
+    # the candidate copies from the baseline counts the same in both
+    table = round_significant(np.vstack([base, pol.table[-1:]]), 4)
+    return replace(pol, table=table / table.sum(axis=1, keepdims=True), deferred_rate=None)
 
 
 @dataclass(frozen=True, eq=False)
