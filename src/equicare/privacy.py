@@ -30,14 +30,43 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import warnings
+
 import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
+from equicare.exceptions import SmallCellWarning
 from equicare.utils import MIN_CELL
 
 __all__ = ["suppressed_cells", "suppressed_labels", "suppressed_levels", "suppress_counts",
-           "small_cells_message", "round_significant", "tail_quantile", "coarse_bounds"]
+           "small_cells_message", "round_significant", "tail_quantile", "coarse_bounds",
+           "MSG_LOW_MIN_CELL", "low_min_cell_message", "warn_low_min_cell"]
+
+#: The warning when a caller lowers ``min_cell`` below :data:`~equicare.utils.MIN_CELL` (tests
+#: match it).
+MSG_LOW_MIN_CELL = ("{owner}: min_cell={min_cell} is below {floor}: groups of fewer than {floor} "
+                    "episodes are published, so this output is not privacy-safe; do not share it "
+                    "outside the team allowed to see row-level data.")
+
+
+def low_min_cell_message(min_cell: int, owner: str) -> str | None:
+    """:data:`MSG_LOW_MIN_CELL` for ``min_cell`` below :data:`~equicare.utils.MIN_CELL`, else None."""
+    if int(min_cell) >= MIN_CELL:
+        return None
+    return MSG_LOW_MIN_CELL.format(owner=owner, min_cell=int(min_cell), floor=MIN_CELL)
+
+
+def warn_low_min_cell(min_cell: int, owner: str, stacklevel: int = 3) -> None:
+    """Emit a :class:`~equicare.exceptions.SmallCellWarning` when ``min_cell`` is below 11.
+
+    Lowering ``min_cell`` (``--min-cell``) is allowed (an analyst inside the data's trust
+    boundary may want every group), but the output then holds cells the product's privacy rule
+    suppresses; the result JSON records the ``min_cell`` used.
+    """
+    msg = low_min_cell_message(min_cell, owner)
+    if msg is not None:
+        warnings.warn(msg, SmallCellWarning, stacklevel=stacklevel)
 
 
 def _complete_line(n: NDArray[np.int64], sup: NDArray[np.bool_], min_cell: int) -> bool:

@@ -13,6 +13,10 @@ from equicare.policy import UniformPolicy
 
 from .conftest import SPACE, make_dataset
 
+#: These unit tests lower min_cell on tiny panels on purpose.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:.*min_cell=.* is below 11:equicare.exceptions.SmallCellWarning")
+
 HOME = "modality=home_visit"
 
 
@@ -454,3 +458,27 @@ def test_a_data_frame_is_refused_with_how_to_build_a_dataset():
         audit(frame, {})
     with pytest.raises(InvalidParameterError, match=re.escape(_frame_message("FairnessAudit.run"))):
         FairnessAudit().run(frame, {})
+
+
+def test_min_cell_below_11_warns_not_privacy_safe(rewarded) -> None:
+    with pytest.warns(SmallCellWarning, match=r"min_cell=1 is below 11.*not privacy-safe"):
+        cfg = FairnessAudit(action=HOME, n_boot=0, n_permutations=0, min_cell=1)
+    res = cfg.run(rewarded)
+    d = res.to_dict()
+    assert d["min_cell"] == 1 and "not privacy-safe" in d["warnings"][0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SmallCellWarning)
+        FairnessAudit(action=HOME, min_cell=11)  # the default floor: silent
+
+
+def test_evaluate_subgroups_min_cell_below_11_warns() -> None:
+    from equicare.ope import evaluate_subgroups
+    from equicare.sim.care import CareManagementSim
+
+    sim = CareManagementSim()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = sim.generate(n_members=30, n_weeks=4, random_state=0).dataset()
+    with pytest.warns(SmallCellWarning, match=r"min_cell=3 is below 11"):
+        evaluate_subgroups(ds, sim.behavior_policy(), estimators="is", attrs=["sex"],
+                           bootstrap=0, min_cell=3)

@@ -116,9 +116,17 @@ class AuditResult:
 
     @property
     def warnings(self) -> list[str]:
-        """The weight and support warnings of every policy's group values (see ``diagnostics``)."""
-        return [m for pa in self.policies.values() if pa.diagnostics is not None
-                for m in pa.diagnostics.messages]
+        """The weight and support warnings of every policy's group values (see ``diagnostics``).
+
+        First, when ``min_cell`` was set below 11, that the output is not privacy-safe
+        (:data:`~equicare.privacy.MSG_LOW_MIN_CELL`).
+        """
+        from equicare.privacy import low_min_cell_message
+
+        low = low_min_cell_message(int(self.settings["min_cell"]), "FairnessAudit")
+        return [*([low] if low is not None else []),
+                *[m for pa in self.policies.values() if pa.diagnostics is not None
+                  for m in pa.diagnostics.messages]]
 
     def summary(self) -> pd.DataFrame:
         """Tabulate one row per policy: rate, parity gap (pp), ratio, p-value, outcomes."""

@@ -60,7 +60,7 @@ from equicare.ope._support import (
     model_support_diagnostics,
 )
 from equicare.policy._behavior import BehaviorModel
-from equicare.privacy import small_cells_message, suppressed_levels
+from equicare.privacy import small_cells_message, suppressed_levels, warn_low_min_cell
 from equicare.utils import (
     MIN_CELL,
     PARAM_MESSAGE,
@@ -970,6 +970,9 @@ def evaluate_subgroups(
     dict of attribute to dict of level (str) to GroupResult
     """
     check_dataset(dataset, "evaluate_subgroups")
+    check_param(min_cell, "min_cell", "evaluate_subgroups", kind=(int, np.integer), low=1,
+                expected="a positive int")
+    warn_low_min_cell(int(min_cell), "evaluate_subgroups")
     keys = parse_estimators(estimators)
     rng = check_random_state(random_state)
     attr_list = list(dataset.group_attrs if attrs is None else attrs)
