@@ -350,15 +350,19 @@ def build_run_report(
             for lv, g in levels.items():
                 row = {"attribute": attr, "group": lv, "n_episodes": g.get("n_episodes")}
                 if not g.get("suppressed"):
-                    for k, e in g["estimates"].items():
-                        row[k] = f"{e['value']:.3f} [{e['ci'][0]:.3f}, {e['ci'][1]:.3f}]"
+                    for k, e in g["estimates"].items():  # no value (a reason): "n/a"
+                        row[k] = ("n/a" if e.get("value") is None or not e.get("ci") else
+                                  f"{e['value']:.3f} [{e['ci'][0]:.3f}, {e['ci'][1]:.3f}]")
                     row["behavior"] = f"{g['behavior']['value']:.3f}"
                 groups.append(row)
         if groups:
             rep.heading("Value by group")
             rep.table(
                 pd.DataFrame(groups),
-                caption="Per-group estimates with 95% intervals (suppressed < 11 episodes)",
+                caption="Per-group estimates with 95% intervals (suppressed < 11 episodes; "
+                "n/a: a weighted estimate whose importance weights have an effective sample "
+                "size below 11, which would rest on fewer than 11 members' outcomes, or "
+                "cannot be computed)",
             )
 
     sens = d / "sensitivity.csv"
