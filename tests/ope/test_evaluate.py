@@ -561,3 +561,18 @@ def test_a_low_ess_group_hides_the_smallest_other_one_by_complementary_suppressi
     for attr in ("sex", "age_band"):  # the member's group still has enough weight
         assert all(g.estimates["wis"].reason is None for g in res.groups[attr].values()
                    if not g.suppressed), attr
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.SupportWarning")
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.DataWarning")
+def test_support_publishes_no_single_episodes_share(care) -> None:
+    """``per_episode_pct`` has no maximum (one member's share) but ``p_top11``: at least 11
+    episodes at or above it."""
+    _, data = care
+    res = evaluate(data, OneEpisodePolicy(data.episode_ids[0]), estimators=("wis",),
+                   bootstrap=0, groups=[])
+    pe = res.support.per_episode_pct
+    d = res.to_dict()["support"]["per_episode_pct"]
+    assert "max" not in d and pe.max() not in d.values()
+    assert np.sum(pe >= d["p_top11"]) >= 11
+    assert d["p_top11"] == pytest.approx(np.quantile(pe, 1 - 11 / data.n_episodes))

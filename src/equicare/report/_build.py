@@ -81,8 +81,9 @@ def support_frame(sup: dict[str, Any]) -> pd.DataFrame:
     over = sup.get("episodes_over_warn_pct")
     rows = [
         ("target mass on unsupported actions", f"{sup['share_pct']:.2f}%"),
-        ("per episode: median / 90th percentile / max",
-         " / ".join(f"{pe[k]:.1f}%" if k in pe else "-" for k in ("median", "p90", "max"))),
+        ("per episode: median / 90th percentile / at least 11 episodes above",
+         " / ".join(f"{pe[k]:.1f}%" if k in pe else "-"
+                    for k in ("median", "p90", "p_top11"))),
         ("episodes over the warning level", "-" if over is None else f"{over:.1f}%"),
         ("unsupported: estimated behaviour probability below", f"{sup['threshold']:g}"),
         ("estimators biased by it", ", ".join(sup.get("biased_estimators") or []) or "none"),
