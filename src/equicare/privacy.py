@@ -41,7 +41,7 @@ from equicare.utils import MIN_CELL
 __all__ = ["suppressed_cells", "suppressed_labels", "suppressed_levels", "suppress_counts",
            "small_cells_message", "round_significant", "tail_quantile", "coarse_bounds",
            "MSG_LOW_MIN_CELL", "low_min_cell_message", "warn_low_min_cell", "MSG_LOW_ESS",
-           "MSG_LOW_ESS_COMPLEMENT", "sums_ess", "low_ess_cells"]
+           "MSG_LOW_ESS_COMPLEMENT", "sums_ess", "low_ess_cells", "tail_range"]
 
 #: The warning when a caller lowers ``min_cell`` below :data:`~equicare.utils.MIN_CELL` (tests
 #: match it).
@@ -333,3 +333,31 @@ def low_ess_cells(labels: Sequence[str], s1: NDArray[np.float64], s2: NDArray[np
             hide[line] = part
     return {g: (MSG_LOW_ESS if primary[i] else MSG_LOW_ESS_COMPLEMENT).format(min_cell=min_cell)
             for i, g in enumerate(labels) if hide[i]}
+
+
+def tail_range(x: Any, digits: int = 3) -> dict[str, float | None]:
+    """A column's published range: ``p_bottom11`` and ``p_top11`` instead of min and max.
+
+    The interpolated quantiles at ``p`` and ``1 - p`` of :func:`tail_quantile` (at least
+    :data:`~equicare.utils.MIN_CELL` values below the first and above the second), rounded to
+    ``digits`` significant digits: a column's minimum and maximum are single rows' values
+    (one member's propensity, the one member followed for a single week). NaNs are ignored;
+    None when there is no value.
+
+    Parameters
+    ----------
+    x : array-like
+    digits : int
+
+    Returns
+    -------
+    dict
+        ``{"p_bottom11": float or None, "p_top11": float or None}``
+    """
+    v = np.asarray(x, dtype=np.float64).ravel()
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return {"p_bottom11": None, "p_top11": None}
+    p = tail_quantile(v.size)
+    lo, hi = round_significant(np.quantile(v, [p, 1.0 - p]), digits)
+    return {"p_bottom11": float(lo), "p_top11": float(hi)}
