@@ -113,3 +113,16 @@ def ray() -> Iterator[Any]:
 
         yield ray_module
         ray_module.shutdown()
+
+
+@pytest.fixture
+def raw_group_values(monkeypatch):
+    """Publish every subgroup value whatever its weights' effective sample size.
+
+    For tests of the engines' arithmetic (streamed equals in memory, any chunking): their small
+    panels have group ESS below 11, whose weighted values are otherwise NaN with a reason
+    (:func:`equicare.ope._ess.low_ess_groups`, tested on its own).
+    """
+    import equicare.ope._ess as ess
+
+    monkeypatch.setattr(ess, "low_ess_groups", lambda *a, **k: {})

@@ -143,3 +143,32 @@ def test_pooled_level_shares_pool_small_levels_and_complete_the_pool() -> None:
     assert f2[0] == f2[3] == pytest.approx(30 / 4596) and f2[2] == pytest.approx(855 / 4596)
     # unknown codes ignored; no level: uniform
     assert pooled_level_shares(np.full(5, -1), np.arange(5), 4).tolist() == [0.25] * 4
+
+
+def test_low_ess_cells_primary_complementary_and_zero_weight() -> None:
+    from equicare.privacy import MSG_LOW_ESS, MSG_LOW_ESS_COMPLEMENT, low_ess_cells, sums_ess
+
+    def traj(w):  # one cell's trajectory sums: sum W, sum W^2, episodes
+        w = np.asarray(w, dtype=float)
+        return [w.sum()], [(w * w).sum()], [w.size]
+
+    cells = {"a": traj([1000.0] + [1.0] * 19),  # 20 episodes, ESS ~1.04
+             "b": traj([1.0] * 15), "c": traj([1.0] * 40), "d": traj([0.0] * 12)}
+    s1, s2, n = (np.array([c[i] for c in cells.values()]) for i in range(3))
+    assert sums_ess(s1[0], s2[0], n[0]) == pytest.approx(1019.0**2 / (1e6 + 19))
+    primary, comp = MSG_LOW_ESS.format(min_cell=11), MSG_LOW_ESS_COMPLEMENT.format(min_cell=11)
+    got = low_ess_cells(list(cells), s1, s2, n)
+    # a: primary; d (every weight 0, ESS 0) too, but adds nothing to a union; a with b still
+    # has ESS ~1, so the complement takes the smallest-ESS cells until the union reaches 11
+    assert got["a"] == primary and got["d"] == primary
+    assert got == {"a": primary, "d": primary, "b": comp, "c": comp}
+    # a cell with enough weight of its own and a zero-weight one: nothing to complete
+    assert low_ess_cells(["c", "d"], s1[[2, 3]], s2[[2, 3]], n[[2, 3]]) == {"d": primary}
+    # per-step sums (per-decision ESS): steps without an episode are left out
+    assert sums_ess([4.0, 2.0, 0.0], [4.0, 2.0, 0.0], [4, 2, 0]) == pytest.approx(4.0)
+    # intersections: every row and column is a line of its own
+    labs = ["x x f", "x x m", "y x f", "y x m"]
+    w = [traj([1.0] * 30), traj([500.0] + [1.0] * 29), traj([1.0] * 30), traj([1.0] * 30)]
+    s1, s2, n = (np.array([c[i] for c in w]) for i in range(3))
+    got = low_ess_cells(labs, s1, s2, n)
+    assert got["x x m"] == primary and set(got) == {"x x m", "x x f", "y x m", "y x f"}

@@ -27,6 +27,7 @@ instead of a column's minimum, maximum or any single row's value.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,11 +35,39 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
+from equicare.exceptions import SmallCellWarning
 from equicare.utils import MIN_CELL
 
 __all__ = ["suppressed_cells", "suppressed_labels", "suppressed_levels", "suppress_counts",
            "small_cells_message", "round_significant", "tail_quantile", "coarse_bounds",
-           "pooled_level_shares"]
+           "pooled_level_shares",
+           "MSG_LOW_MIN_CELL", "low_min_cell_message", "warn_low_min_cell", "MSG_LOW_ESS",
+           "MSG_LOW_ESS_COMPLEMENT", "sums_ess", "low_ess_cells", "tail_range"]
+
+#: The warning when a caller lowers ``min_cell`` below :data:`~equicare.utils.MIN_CELL` (tests
+#: match it).
+MSG_LOW_MIN_CELL = ("{owner}: min_cell={min_cell} is below {floor}: groups of fewer than {floor} "
+                    "episodes are published, so this output is not privacy-safe; do not share it "
+                    "outside the team allowed to see row-level data.")
+
+
+def low_min_cell_message(min_cell: int, owner: str) -> str | None:
+    """:data:`MSG_LOW_MIN_CELL` when ``min_cell`` is below 11, else None."""
+    if int(min_cell) >= MIN_CELL:
+        return None
+    return MSG_LOW_MIN_CELL.format(owner=owner, min_cell=int(min_cell), floor=MIN_CELL)
+
+
+def warn_low_min_cell(min_cell: int, owner: str, stacklevel: int = 3) -> None:
+    """Emit a :class:`~equicare.exceptions.SmallCellWarning` when ``min_cell`` is below 11.
+
+    Lowering ``min_cell`` (``--min-cell``) is allowed (an analyst inside the data's trust
+    boundary may want every group), but the output then holds cells the product's privacy rule
+    suppresses; the result JSON records the ``min_cell`` used.
+    """
+    msg = low_min_cell_message(min_cell, owner)
+    if msg is not None:
+        warnings.warn(msg, SmallCellWarning, stacklevel=stacklevel)
 
 
 def _complete_line(n: NDArray[np.int64], sup: NDArray[np.bool_], min_cell: int) -> bool:
@@ -257,3 +286,128 @@ def pooled_level_shares(codes: Any, episodes: Any, n_levels: int,
         pool[nxt] = True
     share[pool] = share[pool].mean()
     return share
+
+
+#: Why an importance-weighted group value is not published: its weights' effective sample size.
+MSG_LOW_ESS = ("not published: the group's importance weights have an effective sample size "
+               "below {min_cell} episodes, so its value rests on the outcomes of fewer than "
+               "{min_cell} episodes (a small cell)")
+#: Why a group value with enough weight is not published either (complementary suppression).
+MSG_LOW_ESS_COMPLEMENT = ("not published: with the overall value it would reveal by difference "
+                          "the value of groups whose importance weights have an effective sample "
+                          "size below {min_cell} episodes (complementary suppression)")
+
+
+def sums_ess(s1: NDArray[np.float64], s2: NDArray[np.float64], n: NDArray[np.float64]) -> float:
+    r"""Kish's effective sample size from summed weights, per step, of some episodes.
+
+    ``s1[t]`` and ``s2[t]`` are the sums of the weights and of their squares over the episodes
+    alive at step ``t``, ``n[t]`` their number: the mean over steps with an episode of
+    :math:`(s_1^2 / s_2) / n_t`, times the episodes (``n[0]``). With one column (the trajectory
+    weights ``W_e`` of ``n[0]`` episodes) it is plain Kish :math:`(\sum W)^2 / \sum W^2`;
+    with one column per step it is the per-decision ESS of
+    :class:`~equicare.ope.EffectiveSampleSize` (0 when every weight is 0).
+    """
+    s1, s2, n = (np.asarray(a, dtype=np.float64).ravel() for a in (s1, s2, n))
+    steps = n > 0
+    if not steps.any():
+        return 0.0
+    k = np.zeros_like(s1)
+    np.divide(s1 * s1, s2, out=k, where=s2 > 0)
+    return float(np.mean(k[steps] / n[steps]) * n[0])
+
+
+def _lines(labels: Sequence[str]) -> list[NDArray[np.int64]]:
+    """The lines of a table of group cells (as :func:`suppressed_cells`).
+
+    The whole table and, for intersections (labels ``"a x b"``), every row and column.
+    """
+    idx = np.arange(len(labels))
+    lines = [idx]
+    parts = [str(g).split(" x ") for g in labels]
+    k = len(parts[0]) if parts else 0
+    if k > 1 and all(len(p) == k for p in parts):
+        for j in range(k):
+            keys = [" x ".join(p[:j] + p[j + 1:]) for p in parts]
+            for key in dict.fromkeys(keys):
+                lines.append(idx[[kk == key for kk in keys]])
+    return lines
+
+
+def low_ess_cells(labels: Sequence[str], s1: NDArray[np.float64], s2: NDArray[np.float64],
+                  n: NDArray[np.float64], min_cell: int = MIN_CELL) -> dict[str, str]:
+    """Published group cells whose importance-weighted value must not be published, with why.
+
+    A weighted estimate (IS, WIS, PDIS, WPDIS, DR, WDR) of a group whose weights have a Kish
+    effective sample size below ``min_cell`` is an average of fewer than ``min_cell`` episodes'
+    outcomes, whatever the group's episode count (one weight holding 99.99% of the sum publishes
+    one member's return). Such cells are suppressed (:data:`MSG_LOW_ESS`), and, since a
+    published total minus the other cells gives back their union's value for the estimators that
+    divide by the episode count, the smallest-ESS other cells of each line (as
+    :func:`suppressed_cells`) are suppressed too until the suppressed cells' union has an ESS
+    of at least ``min_cell`` (:data:`MSG_LOW_ESS_COMPLEMENT`; the union of cells that each
+    reach ``min_cell`` always does) or no weight at all (every weight 0: the difference is 0
+    and reveals no outcome).
+
+    Parameters
+    ----------
+    labels : sequence of str
+        The published cells (``"black"``, or ``"black x female"`` for intersections).
+    s1, s2, n : ndarray of shape (n_cells, n_steps)
+        Each cell's summed weights, squared weights and episodes per step (:func:`sums_ess`).
+    min_cell : int
+
+    Returns
+    -------
+    dict of str to str
+        ``{label: reason}`` of the cells not to publish.
+    """
+    s1, s2, n = (np.asarray(a, dtype=np.float64) for a in (s1, s2, n))
+    labels = [str(g) for g in labels]
+    if not labels:
+        return {}
+    ess = np.array([sums_ess(s1[i], s2[i], n[i]) for i in range(len(labels))])
+    primary = ess < min_cell
+    hide = primary.copy()
+    changed = bool(primary.any())
+    while changed:  # every pass adds cells; a table has finitely many
+        changed = False
+        for line in _lines(labels):
+            part = hide[line]
+            while (part.any() and not part.all()
+                   and 0 < sums_ess(s1[line[part]].sum(axis=0), s2[line[part]].sum(axis=0),
+                                    n[line[part]].sum(axis=0)) < min_cell):
+                free = np.flatnonzero(~part)
+                part[free[np.argmin(ess[line[free]])]] = True
+                changed = True
+            hide[line] = part
+    return {g: (MSG_LOW_ESS if primary[i] else MSG_LOW_ESS_COMPLEMENT).format(min_cell=min_cell)
+            for i, g in enumerate(labels) if hide[i]}
+
+
+def tail_range(x: Any, digits: int = 3) -> dict[str, float | None]:
+    """A column's published range: ``p_bottom11`` and ``p_top11`` instead of min and max.
+
+    The interpolated quantiles at ``p`` and ``1 - p`` of :func:`tail_quantile` (at least
+    :data:`~equicare.utils.MIN_CELL` values below the first and above the second), rounded to
+    ``digits`` significant digits: a column's minimum and maximum are single rows' values
+    (one member's propensity, the one member followed for a single week). NaNs are ignored;
+    None when there is no value.
+
+    Parameters
+    ----------
+    x : array-like
+    digits : int
+
+    Returns
+    -------
+    dict
+        ``{"p_bottom11": float or None, "p_top11": float or None}``
+    """
+    v = np.asarray(x, dtype=np.float64).ravel()
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return {"p_bottom11": None, "p_top11": None}
+    p = tail_quantile(v.size)
+    lo, hi = round_significant(np.quantile(v, [p, 1.0 - p]), digits)
+    return {"p_bottom11": float(lo), "p_top11": float(hi)}

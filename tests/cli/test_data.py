@@ -152,3 +152,18 @@ def test_validate_warns_when_logged_propensities_do_not_fit_the_actions(panel):
     out = json.loads(runner.invoke(app, ["validate", str(p), "--manifest", str(m),
                                          "--json"]).output)
     assert out["valid"] and not any("logged propensities" in w for w in out["warnings"])
+
+
+def test_validate_publishes_no_extreme_length_or_propensity(panel):
+    """Table and --json, in memory and streamed: no min or max of a numeric column."""
+    p, m, frame = panel
+    for extra in ([], ["--chunk-rows", "50"]):
+        res = runner.invoke(app, ["validate", str(p), "--manifest", str(m), "--json", *extra])
+        assert res.exit_code == 0, res.output
+        out = json.loads(res.output)
+        assert set(out["episode_length"]) == {"median", "p_bottom11", "p_top11"}, extra
+        if not extra:
+            assert set(out["behavior_prob"]) == {"p_bottom11", "p_top11"}
+        table = runner.invoke(app, ["validate", str(p), "--manifest", str(m), *extra]).output
+        assert "11+ episodes <= " in table and "max " not in table, extra
+        assert "propensity range" not in table

@@ -248,3 +248,19 @@ def test_audit_prints_na_for_a_value_with_every_weight_zero(app, panel, tmp_path
     assert "never: value n/a, every episode's importance weight is 0" in " ".join(r.output.split())
     d = json.loads(out.read_text())["policies"]["never"]
     assert d["value"]["value"] is None and d["worst_group_value"]["group"] is None
+
+
+def test_audit_min_cell_below_11_warns_and_the_json_records_it(app, panel, tmp_path) -> None:
+    out = tmp_path / "audit.json"
+    base = ["audit", str(panel["data"]), "--manifest", str(panel["manifest"]), "--group",
+            "race_ethnicity", "--bootstrap", "0", "--permutations", "0", "--estimators", "none"]
+    r = _run(app, [*base, "--min-cell", "5", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    said = " ".join(r.output.split())
+    assert "min_cell=5 is below 11" in said and "not privacy-safe" in said
+    d = json.loads(out.read_text())
+    assert d["min_cell"] == 5
+    assert any("min_cell=5 is below 11" in w for w in d["warnings"])
+    r11 = _run(app, base)  # the default: no such warning
+    assert r11.exit_code == 0, r11.output
+    assert "privacy-safe" not in r11.output

@@ -148,6 +148,7 @@ def test_evaluate_streams_shards_and_refuses_q_model_estimators(parts):
     assert res.exit_code == 2 and "--ci bca is in memory only" in " ".join(res.output.split())
 
 
+@pytest.mark.usefixtures("raw_group_values")
 def test_evaluate_streams_fqe_dr_wdr_with_an_explicit_q_model(parts):
     d, info = parts
     man = str(d / "manifest.toml")

@@ -105,3 +105,21 @@ def test_summary_suppresses_small_group_counts_and_their_complements(manifest_di
     assert 5 not in counts.values()
     # the exact sizes stay available to internal code only
     assert ds._group_counts()["race"] == {"a": 25, "b": 30, "tiny": 5}
+
+
+def test_summary_publishes_no_rows_extreme_length_or_propensity(manifest_dict):
+    """Episode lengths and logged propensities: ``p_bottom11``/``p_top11`` (at least 11 values
+    beyond each), not the minimum and maximum (one member's follow-up, one row's propensity)."""
+    frame = make_frame(80, seed=2, min_len=2, max_len=12)
+    ds = from_frame(frame, manifest_dict, emit_warnings=False)
+    s = ds.summary()
+    lengths, b = ds.episode_lengths, ds.behavior_prob
+    assert set(s["episode_length"]) == {"median", "p_bottom11", "p_top11"}
+    el = s["episode_length"]
+    assert np.sum(lengths <= el["p_bottom11"]) >= 11 and np.sum(lengths >= el["p_top11"]) >= 11
+    assert b is not None
+    bp = s["behavior_prob"]
+    assert set(bp) == {"p_bottom11", "p_top11"}
+    assert b.min() not in bp.values() and b.max() not in bp.values()
+    assert np.sum(b <= bp["p_bottom11"] * 1.001) >= 11
+    assert np.sum(b >= bp["p_top11"] * 0.999) >= 11

@@ -15,6 +15,10 @@ from equicare.policy import CallablePolicy
 
 from .conftest import SPACE, make_dataset, random_panel
 
+#: These unit tests lower min_cell on tiny panels on purpose.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:.*min_cell=.* is below 11:equicare.exceptions.SmallCellWarning")
+
 HOME = "modality=home_visit"
 
 

@@ -13,6 +13,10 @@ from equicare.policy import UniformPolicy
 
 from .conftest import SPACE, make_dataset
 
+#: These unit tests lower min_cell on tiny panels on purpose.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:.*min_cell=.* is below 11:equicare.exceptions.SmallCellWarning")
+
 HOME = "modality=home_visit"
 
 
@@ -372,7 +376,9 @@ def test_audit_reports_support_and_low_ess_like_evaluate() -> None:
 class ZeroWeightPolicy:
     """Puts all mass on an action other than the logged one in the episodes of ``groups``.
 
-    Every importance weight of those episodes is 0 (picklable, serves any rows).
+    Every importance weight of those episodes is 0 (picklable, serves any rows). Elsewhere the
+    logged action gets its logged propensity (importance weight 1, so the other groups' values
+    have the effective sample size of their episode counts and are published).
     """
 
     def __init__(self, attribute: str, groups: tuple[str, ...] | None = None) -> None:
@@ -380,6 +386,11 @@ class ZeroWeightPolicy:
 
     def action_probs(self, ds) -> np.ndarray:
         p = np.full((ds.n_steps, ds.n_actions), 1.0 / ds.n_actions)
+        b = ds.behavior_prob
+        if b is not None:
+            b = np.asarray(b, dtype=float)
+            p = np.repeat(((1.0 - b) / (ds.n_actions - 1))[:, None], ds.n_actions, axis=1)
+            p[np.arange(ds.n_steps), ds.actions] = b
         labels = ds.episode_rows(ds.group_labels(self.attribute))
         rows = (np.ones(ds.n_steps, bool) if self.groups is None
                 else np.isin(labels, self.groups))
@@ -454,3 +465,54 @@ def test_a_data_frame_is_refused_with_how_to_build_a_dataset():
         audit(frame, {})
     with pytest.raises(InvalidParameterError, match=re.escape(_frame_message("FairnessAudit.run"))):
         FairnessAudit().run(frame, {})
+
+
+def test_min_cell_below_11_warns_not_privacy_safe(rewarded) -> None:
+    with pytest.warns(SmallCellWarning, match=r"min_cell=1 is below 11.*not privacy-safe"):
+        cfg = FairnessAudit(action=HOME, n_boot=0, n_permutations=0, min_cell=1)
+    res = cfg.run(rewarded)
+    d = res.to_dict()
+    assert d["min_cell"] == 1 and "not privacy-safe" in d["warnings"][0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SmallCellWarning)
+        FairnessAudit(action=HOME, min_cell=11)  # the default floor: silent
+
+
+def test_evaluate_subgroups_min_cell_below_11_warns() -> None:
+    from equicare.ope import evaluate_subgroups
+    from equicare.sim.care import CareManagementSim
+
+    sim = CareManagementSim()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = sim.generate(n_members=30, n_weeks=4, random_state=0).dataset()
+    with pytest.warns(SmallCellWarning, match=r"min_cell=3 is below 11"):
+        evaluate_subgroups(ds, sim.behavior_policy(), estimators="is", attrs=["sex"],
+                           bootstrap=0, min_cell=3)
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.SupportWarning")
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.DataWarning")
+@pytest.mark.parametrize("estimator", ["wis", "pdis"])
+def test_a_group_value_resting_on_one_episode_is_not_published(estimator) -> None:
+    from equicare.privacy import MSG_LOW_ESS
+    from equicare.sim.care import CareManagementSim
+
+    from ..ope.test_evaluate import OneEpisodePolicy, asian_episode
+
+    ds = CareManagementSim().generate(n_members=300, n_weeks=6, random_state=0).dataset()
+    eid, ret = asian_episode(ds, 1e12)
+    res = audit(ds, {"p": OneEpisodePolicy(eid)}, action="modality=home_visit",
+                group="race_ethnicity", estimator=estimator, random_state=0, n_boot=20,
+                n_permutations=0)
+    o = res["p"].outcome
+    assert o.undefined["asian"] == MSG_LOW_ESS.format(min_cell=11)
+    assert res["p"].diagnostics.ess_by_group["asian"].trajectory < 1.01
+    p = res.to_dict()["policies"]["p"]
+    vb = p["value_by_group"]["asian"]
+    assert vb["value"] is None and vb["ci"] is None and vb["n_episodes"] == 23
+    assert "effective sample size" in vb["reason"]
+    assert "asian" in p["worst_group_value"]["excluded_groups"]
+    assert p["worst_group_value"]["group"] != "asian"
+    assert all(v.get("value") is None or abs(v["value"] - ret) > 1e-3
+               for v in p["value_by_group"].values())

@@ -10,6 +10,10 @@ from equicare.fairness import allocation_rates, permutation_test
 
 from .conftest import random_panel
 
+#: These unit tests lower min_cell on tiny panels on purpose.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:.*min_cell=.* is below 11:equicare.exceptions.SmallCellWarning")
+
 
 def _range(num: np.ndarray, den: np.ndarray, codes: np.ndarray) -> float:
     r = [num[codes == g].sum() / den[codes == g].sum() for g in np.unique(codes)]

@@ -60,7 +60,8 @@ def _assert_same(a, b):
     ref, got = _flatten(a), _flatten(b)
     assert ref.keys() == got.keys()
     for k, v in ref.items():
-        if k.endswith(("per_episode_pct/median", "per_episode_pct/p90")):
+        if k.endswith(("per_episode_pct/median", "per_episode_pct/p90",
+                       "per_episode_pct/p_top11")):
             assert abs(got[k] - v) <= HIST_WIDTH / 2 + 1e-12, k
         elif isinstance(v, float):
             assert got[k] == pytest.approx(v, rel=1e-9, abs=1e-12), k

@@ -466,3 +466,113 @@ def test_an_int_alpha_and_truncate_are_numbers(ds):
     a = evaluate(ds, TabularPolicy(TARGET), truncate=5, **kw).to_dict()["estimates"]
     b = evaluate(ds, TabularPolicy(TARGET), truncate=5.0, **kw).to_dict()["estimates"]
     assert a == b
+
+
+class OneEpisodePolicy:
+    """The logged propensity on the logged action (weight 1), except in one episode, where the
+    logged action gets probability 1 (its trajectory weight ``prod 1 / b_t`` dwarfs the rest).
+
+    A WIS value of that episode's group is then that one member's return (picklable, serves any
+    rows of the panel).
+    """
+
+    def __init__(self, episode_id: object) -> None:
+        self.episode_id = episode_id
+
+    def action_probs(self, ds) -> np.ndarray:
+        b = np.asarray(ds.behavior_prob, dtype=float)
+        p = np.repeat(((1.0 - b) / (ds.n_actions - 1))[:, None], ds.n_actions, axis=1)
+        rows = np.arange(ds.n_steps)
+        own = ds.episode_rows(np.asarray(ds.episode_ids) == self.episode_id).astype(bool)
+        p[rows, ds.actions] = np.where(own, 1.0, b)
+        p[own] = np.where(np.arange(ds.n_actions)[None, :] == ds.actions[own, None], 1.0, 0.0)
+        return p
+
+
+@pytest.fixture(scope="module")
+def care():
+    """300 care members, 6 weeks; race asian has 23 episodes."""
+    from equicare.sim.care import CareManagementSim
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        panel = CareManagementSim().generate(n_members=300, n_weeks=6, random_state=0)
+    return panel, panel.dataset()
+
+
+def asian_episode(ds, weight: float) -> tuple[object, float]:
+    """The asian episode whose trajectory weight under :class:`OneEpisodePolicy`
+    (``prod 1 / b_t``) is closest to ``weight`` (in log), and its discounted return."""
+    labels = ds.group_labels("race_ethnicity").astype(str)
+    logw = -np.add.reduceat(np.log(ds.behavior_prob), ds.episode_offsets[:-1])
+    cand = np.flatnonzero(labels == "asian")
+    e = int(cand[np.argmin(np.abs(logw[cand] - np.log(weight)))])
+    r = ds.rewards[ds.episode_offsets[e]:ds.episode_offsets[e + 1]]
+    return ds.episode_ids[e], float(np.sum(r * ds.gamma ** np.arange(r.size)))
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.SupportWarning")
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.DataWarning")
+def test_a_group_value_resting_on_one_episode_is_not_published(care) -> None:
+    from equicare.privacy import MSG_LOW_ESS
+
+    _, data = care
+    eid, ret = asian_episode(data, 1e12)  # one weight of ~1e10 among weights 1
+    res = evaluate(data, OneEpisodePolicy(eid), estimators=("is", "wis", "pdis", "fqe", "dr"),
+                   q_model="linear", bootstrap=20, random_state=0, diagnose_support=False)
+    asian = res.groups["race_ethnicity"]["asian"]
+    assert asian.n_episodes == 23 and asian.ess.trajectory < 1.01  # one member's weight
+    for k in ("is", "wis", "pdis", "dr"):  # every weighted value: null with the reason
+        e = asian.estimates[k]
+        assert np.isnan(e.value) and e.reason == MSG_LOW_ESS.format(min_cell=11), k
+    assert np.isfinite(asian.estimates["fqe"].value)  # no weights: published
+    assert np.isfinite(asian.behavior.value)
+    d = res.to_dict()["groups"]
+    w = d["race_ethnicity"]["asian"]["estimates"]["wis"]
+    assert w["value"] is None and w["ci"] is None and "effective sample size" in w["reason"]
+    for attr, levels in d.items():  # that member's return is published in no group
+        for g in levels.values():
+            v = g.get("estimates", {}).get("wis", {}).get("value")
+            assert v is None or abs(v - ret) > 1e-3, attr
+    # the whole panel's estimate stays (the user's own panel, not a published small cell)
+    assert res.estimates["wis"].value == pytest.approx(ret, abs=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.SupportWarning")
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.DataWarning")
+def test_a_low_ess_group_hides_the_smallest_other_one_by_complementary_suppression(
+        care) -> None:
+    from equicare.privacy import MSG_LOW_ESS, MSG_LOW_ESS_COMPLEMENT
+
+    _, data = care
+    eid, _ = asian_episode(data, 30.0)
+    res = evaluate(data, OneEpisodePolicy(eid), estimators=("is", "wis", "fqe"),
+                   q_model="linear", bootstrap=0, random_state=0, diagnose_support=False)
+    race = res.groups["race_ethnicity"]
+    assert race["asian"].ess.trajectory < 11
+    primary, complement = (m.format(min_cell=11) for m in (MSG_LOW_ESS, MSG_LOW_ESS_COMPLEMENT))
+    for k in ("is", "wis"):
+        reasons = {lv: g.estimates[k].reason for lv, g in race.items()}
+        # IS divides by the episodes: the overall IS minus the other groups' would give the
+        # asian one back, so the smallest other group ("other", 25 episodes) goes too
+        assert reasons == {"asian": primary, "other": complement, "black": None,
+                           "hispanic": None, "white": None}, k
+    assert all(np.isfinite(g.estimates["fqe"].value) for g in race.values())
+    for attr in ("sex", "age_band"):  # the member's group still has enough weight
+        assert all(g.estimates["wis"].reason is None for g in res.groups[attr].values()
+                   if not g.suppressed), attr
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.SupportWarning")
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.DataWarning")
+def test_support_publishes_no_single_episodes_share(care) -> None:
+    """``per_episode_pct`` has no maximum (one member's share) but ``p_top11``: at least 11
+    episodes at or above it."""
+    _, data = care
+    res = evaluate(data, OneEpisodePolicy(data.episode_ids[0]), estimators=("wis",),
+                   bootstrap=0, groups=[])
+    pe = res.support.per_episode_pct
+    d = res.to_dict()["support"]["per_episode_pct"]
+    assert "max" not in d and pe.max() not in d.values()
+    assert np.sum(pe >= d["p_top11"]) >= 11
+    assert d["p_top11"] == pytest.approx(np.quantile(pe, 1 - 11 / data.n_episodes))

@@ -59,6 +59,7 @@ def _same(a, b, rtol=1e-9):
                                                err_msg=f"{attr}={lv} {k} {f}")
 
 
+@pytest.mark.usefixtures("raw_group_values")
 def test_streamed_equals_in_memory_for_any_chunking(panel):
     path, man, ds = panel
     whole = evaluate_stream(ds, RiskPolicy(), n_boot=200, random_state=3)
@@ -69,6 +70,7 @@ def test_streamed_equals_in_memory_for_any_chunking(panel):
     assert streamed.n_chunks == 1
 
 
+@pytest.mark.usefixtures("raw_group_values")
 def test_sharded_equals_in_memory(panel):
     path, man, ds = panel
     whole = evaluate_stream(ds, RiskPolicy(), n_boot=200, random_state=3)
@@ -79,6 +81,7 @@ def test_sharded_equals_in_memory(panel):
         _same(whole, sharded)
 
 
+@pytest.mark.usefixtures("raw_group_values")
 def test_studentized_streamed_and_sharded_equal_in_memory(panel):
     """Studentized intervals (an extra pass for the replicates' standard errors): the in-memory
     bootstrap-t under the same Poisson weights, for any chunking and sharding."""
@@ -246,6 +249,7 @@ def test_streamed_estimates_and_intervals_against_the_exact_value(tmp_path):
         evaluate_stream(ds, TablePolicy(target), estimators=["dr"], q_model="gbm")
 
 
+@pytest.mark.usefixtures("raw_group_values")
 def test_policy_is_called_in_blocks_of_whole_episodes(panel, monkeypatch):
     """Tiny probability blocks: same numbers, and every block holds whole episodes."""
     import equicare.ope._stream as stream

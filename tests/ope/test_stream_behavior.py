@@ -70,6 +70,7 @@ def test_whole_panel_sample_with_a_named_model_takes_the_in_memory_seeds(panel, 
         assert bias == pytest.approx({n: ref.q_model["bias"][n] for n in bias}, rel=1e-9)
 
 
+@pytest.mark.usefixtures("raw_group_values")
 def test_a_sample_gives_the_same_numbers_for_any_chunking_and_sharding(panel):
     path, man, ds = panel
     kw = {"estimators": KEYS, "q_model": "linear", "n_boot": 100, "random_state": 2,

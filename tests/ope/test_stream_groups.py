@@ -40,6 +40,7 @@ def _cfg(q_model: str) -> FQEConfig:
             else FQEConfig(model="tabular", horizon="stationary"))
 
 
+@pytest.mark.usefixtures("raw_group_values")
 @pytest.mark.parametrize("q_model", [None, "linear", "tabular_stationary"])
 def test_every_levels_estimates_equal_in_memory_evaluate(panel, q_model):
     path, man, ds = panel
@@ -98,6 +99,7 @@ def level_reference(prep, keys, level_episodes, w):
     return parts, wg, reps, extra
 
 
+@pytest.mark.usefixtures("raw_group_values")
 @pytest.mark.parametrize("q_model", ["linear", "tabular_stationary"])
 def test_a_levels_intervals_are_the_in_memory_subgroup_refit_under_poisson_weights(panel,
                                                                                     q_model):
@@ -130,6 +132,7 @@ def test_a_levels_intervals_are_the_in_memory_subgroup_refit_under_poisson_weigh
         assert bare.estimates[k].ci == stud.estimates[k].ci, k
 
 
+@pytest.mark.usefixtures("raw_group_values")
 @pytest.mark.parametrize("q_model", [None, "linear"])
 def test_levels_are_the_same_for_any_chunking_and_sharding(panel, q_model):
     path, man, ds = panel
@@ -179,3 +182,39 @@ def test_small_levels_are_suppressed_and_unknown_attributes_named(panel, tmp_pat
     assert set(only.groups) == {"sex"}
     with pytest.raises(DataValidationError, match=r"'site'.*\['race', 'sex'\]"):
         evaluate_stream(path, RiskPolicy(), manifest=man, n_boot=20, groups=["site"])
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.SupportWarning")
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.DataWarning")
+def test_streamed_levels_hide_the_same_low_ess_values_as_in_memory(tmp_path):
+    from equicare.fairness import FairnessAudit, audit_stream
+    from equicare.sim.care import CareManagementSim
+
+    from .test_evaluate import OneEpisodePolicy, asian_episode
+
+    panel = CareManagementSim().generate(n_members=300, n_weeks=6, random_state=0)
+    panel.write(tmp_path)
+    ds = panel.dataset()
+    man = tmp_path / "manifest.toml"
+    pol = OneEpisodePolicy(asian_episode(ds, 30.0)[0])
+    keys = ("is", "wis", "pdis", "wpdis")
+    ref = evaluate(ds, pol, estimators=keys, bootstrap=0, diagnose_support=False).to_dict()
+    got = evaluate_stream(tmp_path / "panel.parquet", pol, manifest=man, estimators=keys,
+                          n_boot=20, random_state=1, chunk_rows=250).to_dict()
+    n_hidden = 0
+    for attr, levels in ref["groups"].items():
+        for lv, g in levels.items():
+            for k in keys:
+                why = g.get("estimates", {}).get(k, {}).get("reason")
+                assert got["groups"][attr][lv].get("estimates", {}).get(k, {}).get(
+                    "reason") == why, (attr, lv, k)
+                n_hidden += why is not None
+    assert n_hidden >= 4  # asian and its complement, for is and wis at least
+    cfg = FairnessAudit(action="modality=home_visit", group="race_ethnicity", n_boot=20,
+                        n_permutations=0, estimator="wis")
+    a_ref = cfg.run(ds, {"p": pol}, random_state=2).to_dict()["policies"]["p"]
+    a_got = audit_stream(tmp_path / "panel.parquet", {"p": pol}, manifest=man, config=cfg,
+                         chunk_rows=250, random_state=2).to_dict()["policies"]["p"]
+    for lv, v in a_ref["value_by_group"].items():
+        assert a_got["value_by_group"][lv].get("reason") == v.get("reason"), lv
+    assert a_ref["value_by_group"]["asian"]["value"] is None

@@ -63,6 +63,7 @@ def _levels(res):
     return {lv: g for lv, g in res.groups["site"].items() if not g.suppressed}
 
 
+@pytest.mark.usefixtures("raw_group_values")
 @pytest.mark.parametrize("target", ["object", "file"])
 def test_each_sites_values_equal_the_in_memory_per_level_refit(sites, target):
     path, man, ds, policy, pfile = sites

@@ -100,6 +100,7 @@ def test_studentized_intervals_are_the_in_memory_bootstrap_t_under_poisson_weigh
         assert hi - lo > pct[k][1] - pct[k][0], k
 
 
+@pytest.mark.usefixtures("raw_group_values")
 @pytest.mark.parametrize("q_model", Q_MODELS)
 def test_streamed_and_sharded_equal_in_memory(panel, q_model):
     path, man, ds = panel

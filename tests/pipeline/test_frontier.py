@@ -19,6 +19,8 @@ from ..fairness.conftest import random_panel
     ([1.0, 2.0], [1.0, 1.0], [0.1, 0.1], [False, True]),          # same gap, higher value
     ([1.0, np.nan], [1.0, 0.0], [0.1, 0.2], [True, False]),       # NaN never efficient
     ([3.0, 2.0, 1.0], [3.0, 2.0, 1.0], [0.0, 0.0, 0.0], [True, True, True]),
+    # no point has a worst-group value (every group value withheld, ESS < 11): left out
+    ([1.0, 0.9, 0.8], [5.0, 2.0, 3.0], [np.nan] * 3, [True, True, False]),
 ])
 def test_pareto_mask(value, gap, worst, expected) -> None:
     assert pareto_mask(value, gap, worst).tolist() == expected

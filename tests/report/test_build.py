@@ -16,13 +16,14 @@ def test_configuration_is_one_row_per_setting_without_disabled_stages():
 
 def test_support_reads_as_items_not_json():
     sup = {"share_pct": 27.58, "threshold": 0.001, "per_episode_pct": {"median": 37.8,
-           "p90": 70.8, "max": 99.7}, "episodes_over_warn_pct": 99.8,
+           "p90": 70.8, "p_top11": 99.7}, "episodes_over_warn_pct": 99.8,
            "biased_estimators": ["is", "wis"], "extrapolating_estimators": [],
            "message": "The target policy puts 27.58% ...", "warning": True}
     df = support_frame(sup)
     got = dict(zip(df["item"], df["value"], strict=True))
     assert got["target mass on unsupported actions"] == "27.58%"
-    assert got["per episode: median / 90th percentile / max"] == "37.8% / 70.8% / 99.7%"
+    assert got["per episode: median / 90th percentile / at least 11 episodes above"] == (
+        "37.8% / 70.8% / 99.7%")
     assert got["estimators biased by it"] == "is, wis"
     assert got["estimators extrapolating with the Q-model"] == "none"
 

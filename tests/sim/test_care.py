@@ -520,3 +520,8 @@ def test_terminal_column_is_disenrolment_not_the_window_end(panel, ds):
     assert 0.6 < ds.censored.mean() < 0.9
     assert ds.summary()["episode_ends"] == {"terminal": int((~ds.censored).sum()),
                                             "censored": int(ds.censored.sum())}
+
+
+def test_summary_has_no_extreme_episode_length(panel):
+    el = panel.summary()["episode_length"]
+    assert set(el) == {"mean", "p_bottom11", "p_top11"}

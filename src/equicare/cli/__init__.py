@@ -269,11 +269,12 @@ def _validate_stream(data: Path, manifest: Path, chunk_rows: int, executor: Any,
             rep.raise_if_errors()
     import numpy as np
 
+    from equicare.privacy import tail_range
+
     assert scan is not None
     lengths = scan.lengths
-    summary = {"n_episodes": scan.n_episodes, "n_steps": scan.n_rows,
-               "episode_length": {"min": int(lengths.min()), "median": float(np.median(lengths)),
-                                  "max": int(lengths.max())},
+    el: dict[str, Any] = {"median": float(np.median(lengths)), **tail_range(lengths)}
+    summary = {"n_episodes": scan.n_episodes, "n_steps": scan.n_rows, "episode_length": el,
                "clustered": scan.clustered}
     if json_out:
         print_json({"valid": True, **summary, "warnings": rep.warnings})
@@ -283,14 +284,22 @@ def _validate_stream(data: Path, manifest: Path, chunk_rows: int, executor: Any,
     t.add_column("value")
     t.add_row("episodes", f"{scan.n_episodes:,}")
     t.add_row("steps", f"{scan.n_rows:,}")
-    t.add_row("episode length", f"min {lengths.min()}, median {np.median(lengths):g}, "
-                                f"max {lengths.max()}")
+    t.add_row("episode length", length_cell(el))
     t.add_row("episodes stored together", "yes" if scan.clustered else
               "no (sorted by DuckDB into a temporary file while reading)")
     print_table(t)
     for w in rep.warnings:
         err_console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)
     console.print("[green]valid[/]")
+
+
+def length_cell(el: dict[str, Any]) -> str:
+    """The episode-length cell: the median and the quantiles with 11+ episodes beyond.
+
+    No minimum or maximum: each is one member's follow-up (docs/contracts.md).
+    """
+    return (f"median {el['median']:g}; 11+ episodes <= {el['p_bottom11']:g}, "
+            f"11+ >= {el['p_top11']:g}")
 
 
 def _small_levels(ds: Any) -> dict[str, set[str]]:
@@ -312,8 +321,7 @@ def _print_summary(s: dict[str, Any], small: dict[str, set[str]]) -> None:
     t.add_column("value")
     t.add_row("episodes", f"{s['n_episodes']:,}")
     t.add_row("steps", f"{s['n_steps']:,}")
-    el = s["episode_length"]
-    t.add_row("episode length", f"min {el['min']}, median {el['median']:g}, max {el['max']}")
+    t.add_row("episode length", length_cell(s["episode_length"]))
     t.add_row("numeric state features", str(s["n_features"]))
     for name, c in s.get("categorical_states", {}).items():
         t.add_row(f"categorical state '{name}'",
@@ -333,7 +341,8 @@ def _print_summary(s: dict[str, Any], small: dict[str, set[str]]) -> None:
     t.add_row("gamma", f"{s['gamma']:g}")
     if "behavior_prob" in s:
         bp = s["behavior_prob"]
-        t.add_row("propensity range", f"{bp['min']:.4g} to {bp['max']:.4g}")
+        t.add_row("propensity (11+ rows beyond each end)",
+                  f"{bp['p_bottom11']:.3g} to {bp['p_top11']:.3g}")
     if "need_pct" in s:
         t.add_row("high need", f"{s['need_pct']:.1f}% of episodes")
     for attr, shown in s["groups"].items():

@@ -124,14 +124,15 @@ def run_audit(
     _check_out(out, force)
     specs = parse_policy_specs(policies)
     pols = load_policies(specs)
-    cfg = FairnessAudit(action=action, group=group, intersect=tuple(intersect or ()),
-                        level=level,  # type: ignore[arg-type]
-                        need=need, n_boot=bootstrap, alpha=alpha, n_permutations=n_permutations,
-                        min_cell=MIN_CELL if min_cell is None else min_cell,
-                        estimator=estimator, q_model=q_model,
-                        ci_method=ci_method)  # type: ignore[arg-type]
     with warnings.catch_warnings():  # suppression is reported in the tables instead
-        warnings.simplefilter("ignore", SmallCellWarning)
+        warnings.simplefilter("ignore", SmallCellWarning)  # a --min-cell below 11: in warnings
+        cfg = FairnessAudit(action=action, group=group, intersect=tuple(intersect or ()),
+                            level=level,  # type: ignore[arg-type]
+                            need=need, n_boot=bootstrap, alpha=alpha,
+                            n_permutations=n_permutations,
+                            min_cell=MIN_CELL if min_cell is None else min_cell,
+                            estimator=estimator, q_model=q_model,
+                            ci_method=ci_method)  # type: ignore[arg-type]
         warnings.simplefilter("ignore", SupportWarning)  # in res.warnings, printed by the command
         if chunk_rows is not None:
             from equicare.fairness import audit_stream
@@ -349,7 +350,8 @@ def register(app: typer.Typer) -> None:
             help="Q-model of fqe, dr and wdr group values (any of evaluate's; with --chunk-rows "
                  "auto, linear or tabular_stationary).")] = QModel.LINEAR,
         min_cell: Annotated[int, typer.Option(
-            min=1, help="Suppress groups with fewer episodes.")] = 11,
+            min=1, help="Suppress groups with fewer episodes. Below 11 the output is not "
+                        "privacy-safe: a warning, also in the JSON's warnings.")] = 11,
         ci: Annotated[AuditCI, typer.Option(
             help="Bootstrap interval: basic (reverse percentile) or percentile; either is "
                  "widened to contain its estimate.")] = AuditCI.BASIC,

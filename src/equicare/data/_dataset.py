@@ -531,18 +531,20 @@ class TrajectoryDataset:
 
         Safe to publish: ``groups`` gives the episodes per level of each group attribute with
         the small levels (fewer than 11 episodes) and the levels that would reveal them by
-        difference set to None (:func:`equicare.privacy.suppress_counts`).
+        difference set to None (:func:`equicare.privacy.suppress_counts`); the episode lengths
+        and the logged propensities give no minimum or maximum (one member's value) but the
+        quantiles with at least 11 episodes (rows) beyond them, ``p_bottom11`` and ``p_top11``
+        (:func:`equicare.privacy.tail_range`).
         """
-        from equicare.privacy import suppress_counts
+        from equicare.privacy import suppress_counts, tail_range
 
         counts = self.action_space.counts(self.actions)
         out: dict[str, Any] = {
             "n_episodes": self.n_episodes,
             "n_steps": self.n_steps,
             "episode_length": {
-                "min": int(self.episode_lengths.min()),
                 "median": float(np.median(self.episode_lengths)),
-                "max": int(self.episode_lengths.max()),
+                **tail_range(self.episode_lengths),
             },
             "n_features": self.n_features,
             "categorical_states": {
@@ -567,10 +569,7 @@ class TrajectoryDataset:
             "groups": {k: suppress_counts(c) for k, c in self._group_counts().items()},
         }
         if self.behavior_prob is not None:
-            out["behavior_prob"] = {
-                "min": float(self.behavior_prob.min()),
-                "max": float(self.behavior_prob.max()),
-            }
+            out["behavior_prob"] = tail_range(self.behavior_prob)
         if self.need is not None:
             out["need_pct"] = float(100.0 * np.mean(self.need))
         if self.categorical is not None and self.categorical.shape[1] > 1:

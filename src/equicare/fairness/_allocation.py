@@ -34,6 +34,7 @@ from equicare.fairness._rows import (
     row_allocation,
 )
 from equicare.policy import Policy
+from equicare.privacy import warn_low_min_cell
 from equicare.utils import MIN_CELL, PARAM_MESSAGE, RandomState, check_dataset, check_param
 
 __all__ = ["AllocationFrame", "allocation_rates", "level_rates", "group_sums", "build_frames",
@@ -469,6 +470,7 @@ def _check_common(level: str, alpha: float, n_boot: int, n_permutations: int, mi
                 expected="a non-negative int")
     check_param(min_cell, "min_cell", owner, kind=(int, np.integer), low=1,
                 expected="a positive int")
+    warn_low_min_cell(int(min_cell), owner, stacklevel=4)
 
 
 def allocation_rates(

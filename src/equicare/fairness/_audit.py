@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -34,6 +35,7 @@ from equicare.fairness._rows import (
     need_rows,
     row_pass,
 )
+from equicare.ope._ess import ESS_KIND
 from equicare.policy import Policy
 from equicare.utils import (
     MIN_CELL,
@@ -116,9 +118,17 @@ class AuditResult:
 
     @property
     def warnings(self) -> list[str]:
-        """The weight and support warnings of every policy's group values (see ``diagnostics``)."""
-        return [m for pa in self.policies.values() if pa.diagnostics is not None
-                for m in pa.diagnostics.messages]
+        """The weight and support warnings of every policy's group values (see ``diagnostics``).
+
+        First, when ``min_cell`` was set below 11, that the output is not privacy-safe
+        (:data:`~equicare.privacy.MSG_LOW_MIN_CELL`).
+        """
+        from equicare.privacy import low_min_cell_message
+
+        low = low_min_cell_message(int(self.settings["min_cell"]), "FairnessAudit")
+        return [*([low] if low is not None else []),
+                *[m for pa in self.policies.values() if pa.diagnostics is not None
+                  for m in pa.diagnostics.messages]]
 
     def summary(self) -> pd.DataFrame:
         """Tabulate one row per policy: rate, parity gap (pp), ratio, p-value, outcomes."""
@@ -219,6 +229,27 @@ def _outcome_frame(name: str, estimator: str, parts_matrix: NDArray[np.float64],
                         value_reps=value_reps, overall_value=overall, overall_reps=overall_reps,
                         count_reps=count_reps, alpha=alpha, ci_method=ci_method,
                         undefined=undefined, overall_reason=overall_reason)
+
+
+def hide_low_ess(frame: OutcomeFrame, cells: dict[str, Any], min_cell: int) -> OutcomeFrame:
+    """The frame with the values of groups whose weights' ESS is below ``min_cell`` undefined.
+
+    ``cells`` maps each published group to its :class:`~equicare.ope._ess.WeightSums`. A group
+    value of an importance-weighted estimator whose weights have an effective sample size below
+    ``min_cell`` rests on fewer than ``min_cell`` episodes' outcomes: it becomes NaN with the
+    reason (as a WIS with every weight 0), and so are the groups that would reveal it by
+    difference from the overall value (:func:`equicare.ope._ess.low_ess_groups`). Undefined
+    groups are left out of the gap, the worst group and the Gini.
+    """
+    from equicare.ope._ess import low_ess_groups
+
+    hidden = low_ess_groups(cells, (frame.estimator,), min_cell).get(frame.estimator, {})
+    new = {g: why for g, why in hidden.items() if g not in frame.undefined}
+    if not new:
+        return frame
+    values = np.array(frame.values, dtype=np.float64)
+    values[[frame.groups.index(g) for g in new]] = np.nan
+    return dataclasses.replace(frame, values=values, undefined={**frame.undefined, **new})
 
 
 def _mean_combine(sums: NDArray[np.float64], counts: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -451,6 +482,12 @@ class FairnessAudit:
 
         frame = _outcome_frame(name, key, parts.matrix, comb, gi, weights, self.alpha,
                                self.ci_method, rep_shift=shift, reason_fn=why)
+        if key in ESS_KIND:
+            from equicare.ope._ess import WeightSums
+
+            member = gi.codes[:, None] == np.arange(len(gi.labels))[None, :]
+            frame = hide_low_ess(frame, dict(zip(gi.labels, WeightSums.by_group(
+                inputs, member, self.truncate), strict=True)), gi.min_cell)
         return frame, weight_diagnostics(name, key, inputs, gi, report, truncate=self.truncate)
 
 

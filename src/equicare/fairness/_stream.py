@@ -35,10 +35,12 @@ from equicare.fairness._audit import (
     PolicyAudit,
     _mean_combine,
     _outcome_frame,
+    hide_low_ess,
 )
 from equicare.fairness._bootstrap import split_random_state
 from equicare.fairness._groups import GroupIndex, group_index, require_comparison
 from equicare.fairness._rows import action_set, episode_totals, level_matrix, need_rows, row_pass
+from equicare.ope._ess import ESS_KIND
 from equicare.ope._stream_groups import membership_matrix
 from equicare.utils import PARAM_MESSAGE, RandomState, int_seed
 
@@ -196,6 +198,19 @@ class _EssAcc:
             if a is not None:
                 setattr(self, k, a + getattr(other, k))
         self.wmax = np.maximum(self.wmax, other.wmax)
+
+    def weight_sums(self, p: int, truncate: float | None) -> Any:
+        """The :class:`~equicare.ope._ess.WeightSums` of partition ``p``.
+
+        Of the truncated weights with ``truncate``, as the estimates use.
+        """
+        from equicare.ope._ess import WeightSums
+
+        t1, t2, s1, s2 = ((self.t1t, self.t2t, self.s1t, self.s2t) if truncate is not None
+                          else (self.t1, self.t2, self.s1, self.s2))
+        assert t1 is not None and t2 is not None and s1 is not None and s2 is not None
+        return WeightSums(trajectory=np.array([[t1[p]], [t2[p]], [self.n[p, 0]]]),
+                          per_decision=np.stack([s1[p], s2[p], self.n[p]]))
 
     def ess(self, p: int, truncate: float | None) -> Any:
         """The :class:`~equicare.ope.EffectiveSampleSize` of partition ``p``."""
@@ -580,6 +595,10 @@ def audit_stream(
                 name, key, np.zeros((0, 1)), comb, gi, None, cfg.alpha, cfg.ci_method,
                 sums=part.out[name].sums(),
                 rep_shift=None if acc is None or acc.s1 is None else acc.shift(), reason_fn=why)
+            if key in ESS_KIND:
+                outcomes[name] = hide_low_ess(outcomes[name], {
+                    g: part.ess[name].weight_sums(j, cfg.truncate)
+                    for j, g in enumerate(gi.labels)}, gi.min_cell)
             diags[name] = _diagnostics(name, key, part, gi, check, cfg.truncate)
     levels = None
     if cfg.with_level_rates:

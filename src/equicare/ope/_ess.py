@@ -9,8 +9,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from equicare.ope._core import OPEInputs
+from equicare.privacy import low_ess_cells
+from equicare.utils import MIN_CELL
 
-__all__ = ["EffectiveSampleSize", "kish_ess", "effective_sample_size"]
+__all__ = ["EffectiveSampleSize", "kish_ess", "effective_sample_size", "ESS_KIND", "WeightSums",
+           "low_ess_groups"]
 
 
 def kish_ess(weights: NDArray[np.float64], axis: int = 0) -> NDArray[np.float64]:
@@ -129,3 +132,95 @@ def effective_sample_size(inputs: OPEInputs, truncate: float | None = None
         per_decision=pd_pct * n / 100.0, per_decision_pct=pd_pct,
         per_decision_min_pct=float(step_pct.min()), per_step_pct=step_pct,
         max_weight_share=share, **kw)
+
+
+#: The importance weights each estimator's value rests on: the trajectory weights ``W_e`` for
+#: IS and WIS (one weight times the episode's return); the cumulative weights ``w_{e,t}`` of
+#: every step for PDIS and WPDIS (a weighted reward per step) and for the weighted corrections of
+#: DR, WDR and bandit DR (their model-based part pools every episode, but the value minus the
+#: FQE value published beside it is the weighted correction alone). FQE has no weights.
+ESS_KIND: dict[str, str] = {"is": "trajectory", "wis": "trajectory", "pdis": "per_decision",
+                            "wpdis": "per_decision", "dr": "per_decision",
+                            "wdr": "per_decision", "bandit_dr": "per_decision"}
+
+
+def _pad(a: NDArray[np.float64], width: int) -> NDArray[np.float64]:
+    return np.pad(a, ((0, 0), (0, width - a.shape[1]))) if a.shape[1] < width else a
+
+
+@dataclass(frozen=True)
+class WeightSums:
+    """Summed importance weights of some episodes: what their effective sample sizes need.
+
+    Additive over disjoint sets of episodes (chunks of a streamed panel, groups of a table),
+    so the ESS of a union of groups is that of the sum (:func:`equicare.privacy.sums_ess`).
+
+    Attributes
+    ----------
+    trajectory : ndarray of shape (3, 1)
+        ``sum W_e``, ``sum W_e^2`` and the number of episodes.
+    per_decision : ndarray of shape (3, n_steps)
+        Per step ``t``, over the episodes alive at ``t``: ``sum w_{e,t}``, ``sum w_{e,t}^2`` and
+        their number.
+    """
+
+    trajectory: NDArray[np.float64]
+    per_decision: NDArray[np.float64]
+
+    @classmethod
+    def of(cls, inputs: OPEInputs, truncate: float | None = None) -> WeightSums:
+        """The sums of every episode of ``inputs`` (weights truncated at ``truncate``)."""
+        return cls.by_group(inputs, np.ones((inputs.n_episodes, 1)), truncate)[0]
+
+    @classmethod
+    def by_group(cls, inputs: OPEInputs, member: NDArray[Any], truncate: float | None = None
+                 ) -> list[WeightSums]:
+        """The sums of each column of the ``(n_episodes, n_groups)`` membership ``member``."""
+        m = np.asarray(member, dtype=np.float64).T
+        w = inputs.cumulative_weights(truncate)
+        alive = inputs.alive().astype(np.float64)
+        wa = w * alive
+        traj = w[:, -1] if w.shape[1] else np.zeros(w.shape[0])
+        t = np.stack([m @ traj, m @ (traj * traj), m.sum(axis=1)], axis=1)  # (G, 3)
+        p = np.stack([m @ wa, m @ (wa * wa), m @ alive], axis=1)  # (G, 3, T)
+        return [cls(trajectory=t[g][:, None], per_decision=p[g]) for g in range(m.shape[0])]
+
+    def __add__(self, other: WeightSums) -> WeightSums:
+        width = max(self.per_decision.shape[1], other.per_decision.shape[1])
+        return WeightSums(trajectory=self.trajectory + other.trajectory,
+                          per_decision=_pad(self.per_decision, width)
+                          + _pad(other.per_decision, width))
+
+    def get(self, kind: str) -> NDArray[np.float64]:
+        """``trajectory`` or ``per_decision``."""
+        return self.trajectory if kind == "trajectory" else self.per_decision
+
+
+def low_ess_groups(cells: dict[str, WeightSums], keys: Any, min_cell: int = MIN_CELL
+                   ) -> dict[str, dict[str, str]]:
+    """Group values of weighted estimators not to publish, per estimator: ``{key: {label: why}}``.
+
+    Each estimator of ``keys`` in :data:`ESS_KIND` is checked on the ESS of its weights
+    (:func:`equicare.privacy.low_ess_cells`: primary and complementary); FQE is not weighted.
+
+    Parameters
+    ----------
+    cells : dict of str to WeightSums
+        The published groups of one table (one attribute, or an intersection).
+    keys : iterable of str
+    min_cell : int
+    """
+    out: dict[str, dict[str, str]] = {}
+    labels = list(cells)
+    if not labels:
+        return out
+    for kind in ("trajectory", "per_decision"):
+        ks = [k for k in keys if ESS_KIND.get(k) == kind]
+        if not ks:
+            continue
+        width = max(c.get(kind).shape[1] for c in cells.values())
+        stack = np.stack([_pad(cells[g].get(kind), width) for g in labels])  # (G, 3, T)
+        hidden = low_ess_cells(labels, stack[:, 0], stack[:, 1], stack[:, 2], min_cell)
+        for k in ks:
+            out[k] = hidden
+    return out

@@ -23,6 +23,7 @@ from scipy.special import ndtri
 
 from equicare.data import TrajectoryDataset
 from equicare.exceptions import DataWarning, InvalidParameterError, SmallCellWarning
+from equicare.ope import _ess
 from equicare.ope._bootstrap import (
     CI_METHODS,
     CIMethod,
@@ -43,7 +44,7 @@ from equicare.ope._core import (
     OPEInputs,
     episode_parts,
 )
-from equicare.ope._ess import EffectiveSampleSize, effective_sample_size
+from equicare.ope._ess import EffectiveSampleSize, WeightSums, effective_sample_size
 from equicare.ope._fqe import FQEConfig
 from equicare.ope._prepare import (
     BehaviorSpec,
@@ -60,7 +61,7 @@ from equicare.ope._support import (
     model_support_diagnostics,
 )
 from equicare.policy._behavior import BehaviorModel
-from equicare.privacy import small_cells_message, suppressed_levels
+from equicare.privacy import small_cells_message, suppressed_levels, warn_low_min_cell
 from equicare.utils import (
     MIN_CELL,
     PARAM_MESSAGE,
@@ -539,6 +540,7 @@ def _group_results(prep: Prepared, dataset: TrajectoryDataset, keys: Sequence[st
         sources: set[str] = set()
         backed: dict[str, float] = {}
         hidden = suppressed_levels(labels, min_cell)  # primary and complementary
+        weights: dict[str, WeightSums] = {}
         for lv in np.unique(labels.astype(str)):  # one small vectorised evaluation per level
             ep = np.flatnonzero(labels.astype(str) == lv)
             seed = next(seed_iter)
@@ -565,6 +567,8 @@ def _group_results(prep: Prepared, dataset: TrajectoryDataset, keys: Sequence[st
                                                      fqe_bias=gbias, **kw)
             levels[str(lv)] = GroupResult(n_episodes=int(ep.size), suppressed=False,
                                           estimates=ests, behavior=beh, ess=ess)
+            weights[str(lv)] = WeightSums.of(use.inputs.subset(ep), kw.get("truncate"))
+        hide_low_ess(levels, weights, keys, min_cell)
         out[attr] = levels
         if per_level:
             info[attr] = {"q_model": "refitted per level: pooled dynamics, the level's policy",
@@ -573,6 +577,25 @@ def _group_results(prep: Prepared, dataset: TrajectoryDataset, keys: Sequence[st
     if small:
         warnings.warn(small_cells_message(small, min_cell), SmallCellWarning, stacklevel=3)
     return out, info
+
+
+def hide_low_ess(levels: dict[str, Any], weights: dict[str, WeightSums], keys: Sequence[str],
+                 min_cell: int = MIN_CELL) -> None:
+    """Replace, in place, the weighted estimates of low-ESS levels by undefined ones.
+
+    ``levels`` maps a level to its :class:`GroupResult` (or streamed ``StreamGroup``) and
+    ``weights`` the published levels to their summed weights. A level whose estimator's weights
+    have an effective sample size below ``min_cell`` (or that would reveal such a level by
+    difference) gets that estimate as NaN with the reason
+    (:func:`~equicare.ope._ess.low_ess_groups`); an estimate already undefined keeps its reason.
+    """
+    for k, cells in _ess.low_ess_groups(weights, keys, min_cell).items():
+        for lv, why in cells.items():
+            e = levels[lv].estimates.get(k)
+            if e is None or e.reason is not None:
+                continue
+            levels[lv].estimates[k] = (Estimate.undefined(e.n_episodes, why)
+                                       if isinstance(e, Estimate) else e.undefined(why))
 
 
 # ---------------------------------------------------------------------- refit bootstrap
@@ -970,6 +993,9 @@ def evaluate_subgroups(
     dict of attribute to dict of level (str) to GroupResult
     """
     check_dataset(dataset, "evaluate_subgroups")
+    check_param(min_cell, "min_cell", "evaluate_subgroups", kind=(int, np.integer), low=1,
+                expected="a positive int")
+    warn_low_min_cell(int(min_cell), "evaluate_subgroups")
     keys = parse_estimators(estimators)
     rng = check_random_state(random_state)
     attr_list = list(dataset.group_attrs if attrs is None else attrs)

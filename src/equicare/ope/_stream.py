@@ -67,6 +67,7 @@ from equicare.ope._core import (
     episode_parts,
     undefined_estimates,
 )
+from equicare.ope._ess import WeightSums
 from equicare.ope._resample import episode_keys, poisson_weights
 from equicare.ope._stream_groups import (
     GroupPlan,
@@ -189,7 +190,7 @@ def _is_sums(dataset: TrajectoryDataset, policy: Any, *, keys: Sequence[str], ho
                         layout=layout, trunc_weights=tt)
     return WithGroups(sums, None if groups is None else
                       group_chunk_sums(dataset, mat, tw, w, groups, layout=layout,
-                                       trunc_weights=tt))
+                                       trunc_weights=tt, inputs=inputs, truncate=truncate))
 
 
 def chunk_squares(dataset: TrajectoryDataset, policy: Any, *, keys: Sequence[str], horizon: int,
@@ -231,6 +232,11 @@ class StreamEstimate:
         """
         return estimate_json(self.value, self.ci, self.se, self.reason)
 
+    def undefined(self, reason: str) -> StreamEstimate:
+        """The same estimate without a value: NaN with ``reason``."""
+        nan = float("nan")
+        return StreamEstimate(value=nan, ci=(nan, nan), se=nan, reason=reason)
+
 
 @dataclass(frozen=True)
 class StreamGroup:
@@ -251,6 +257,9 @@ class StreamGroup:
         The same of the truncated weights (with ``truncate``).
     truncate : float or None
         The truncation threshold.
+    weights : WeightSums or None
+        The level's summed importance weights (not written: whether its weighted values may be
+        published, :func:`~equicare.ope._evaluate.hide_low_ess`).
     """
 
     n_episodes: int
@@ -260,6 +269,7 @@ class StreamGroup:
     ess: float | None = None
     ess_truncated: float | None = None
     truncate: float | None = None
+    weights: WeightSums | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """Contract 3 group entry; ``{"suppressed": true, "n_episodes": null}`` when suppressed."""
@@ -453,7 +463,8 @@ def finish_groups(plan: GroupPlan, groups: GroupSums, squares: GroupSquares | No
                          fqe_bias=(group_bias or {}).get(attr, {}).get(lv))
             levels[lv] = StreamGroup(n_episodes=res.n_episodes, suppressed=False,
                                      behavior=res.behavior, estimates=res.estimates, ess=res.ess,
-                                     ess_truncated=res.ess_truncated, truncate=truncate)
+                                     ess_truncated=res.ess_truncated, truncate=truncate,
+                                     weights=sums.weights)
         out[attr] = levels
     if small:
         warnings.warn(small_cells_message(small, plan.min_cell), SmallCellWarning, stacklevel=3)
@@ -898,6 +909,12 @@ def evaluate_stream(
         for column, (levels, _) in own_levels.items():
             res.groups[column].update(levels)
         res.q_model["per_level"] = {c: info for c, (_, info) in own_levels.items()}
+    from equicare.ope._evaluate import hide_low_ess
+
+    for levels in res.groups.values():  # weighted values of low-ESS levels: not published
+        hide_low_ess(levels, {lv: g.weights for lv, g in levels.items()
+                              if not g.suppressed and g.weights is not None}, keys,
+                     MIN_CELL if plan is None else plan.min_cell)
     return res
 
 

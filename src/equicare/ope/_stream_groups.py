@@ -22,6 +22,7 @@ additive too.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,8 @@ from numpy.typing import NDArray
 from equicare.data import TrajectoryDataset
 from equicare.exceptions import DataValidationError
 from equicare.ope._bootstrap import Shift
+from equicare.ope._core import OPEInputs
+from equicare.ope._ess import WeightSums
 from equicare.ope._stream_sums import (
     SquareSums,
     StreamSums,
@@ -257,7 +260,9 @@ def group_chunk_sums(ds: TrajectoryDataset, mat: NDArray[np.float64],
                      traj_weights: NDArray[np.float64], w: NDArray[np.float64],
                      plan: GroupPlan, *, layout: Any, infl_keys: tuple[str, ...] = (),
                      eff: NDArray[np.float64] | None = None,
-                     trunc_weights: NDArray[np.float64] | None = None) -> GroupSums:
+                     trunc_weights: NDArray[np.float64] | None = None,
+                     inputs: OPEInputs | None = None, truncate: float | None = None
+                     ) -> GroupSums:
     """One chunk's contribution to every level's statistics.
 
     Parameters
@@ -280,16 +285,24 @@ def group_chunk_sums(ds: TrajectoryDataset, mat: NDArray[np.float64],
         Each episode's first-order effect on each level's estimate (``x_e^T z_c delta_e``).
     trunc_weights : ndarray of shape (n_episodes,), optional
         Truncated trajectory weights (with ``truncate``).
+    inputs : OPEInputs, optional
+        The chunk's OPE inputs: each level's summed weights per step
+        (:attr:`StreamSums.weights`, whether its weighted values may be published).
+    truncate : float, optional
+        The truncation of the weights the estimates use.
     """
     codes = plan.codes(ds)
     sums: list[StreamSums | None] = [None] * plan.n_columns
     lengths = ds.episode_lengths
+    ws = (None if inputs is None else
+          WeightSums.by_group(inputs, membership_matrix(codes, plan.n_columns), truncate))
     for c, own in _levels(plan, codes):  # a loop over levels, each a vectorised block
-        sums[c] = episode_sums(_level_matrix(mat, own, c, eff if infl_keys else None),
-                               w[:, own], traj_weights[own], n_steps=int(lengths[own].sum()),
-                               gamma=ds.gamma, layout=layout, infl_keys=infl_keys,
-                               trunc_weights=None if trunc_weights is None
-                               else trunc_weights[own])
+        level = episode_sums(_level_matrix(mat, own, c, eff if infl_keys else None),
+                             w[:, own], traj_weights[own], n_steps=int(lengths[own].sum()),
+                             gamma=ds.gamma, layout=layout, infl_keys=infl_keys,
+                             trunc_weights=None if trunc_weights is None
+                             else trunc_weights[own])
+        sums[c] = level if ws is None else dataclasses.replace(level, weights=ws[c])
     other = None
     if eff is not None and infl_keys:
         n_e, n_c, k = eff.shape

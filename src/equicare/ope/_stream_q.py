@@ -716,7 +716,7 @@ def _pass2_chunk(dataset: TrajectoryDataset, *, policy: Any, design: _Design, fi
                         layout=layout, infl_keys=fit.infl_keys, trunc_weights=tt)
     g = (None if groups is None else
          group_chunk_sums(dataset, mat, tw, w, groups, layout=layout, infl_keys=fit.infl_keys,
-                          eff=eff, trunc_weights=tt))
+                          eff=eff, trunc_weights=tt, inputs=inputs, truncate=design.truncate))
     return _Pass2(sums=sums, bounded=bounded, groups=g)
 
 

@@ -17,6 +17,7 @@ from equicare.ope._bootstrap import (
     ratio_terms,
     squared_influence,
 )
+from equicare.ope._ess import WeightSums
 from equicare.ope._resample import episode_keys, poisson_weights
 from equicare.utils import PARAM_MESSAGE
 
@@ -46,6 +47,9 @@ class StreamSums:
         Estimators (among ``fqe, dr, wdr``) whose Q-model refit enters the bootstrap: the last
         ``len(infl_keys)`` columns of ``total`` and ``boot`` hold each episode's raw influence
         ``sum_{i in e} x_i^T z delta_i`` (see :mod:`equicare.ope._stream_q`).
+    weights : WeightSums or None
+        Summed importance weights per step (a subgroup level's: whether its weighted values may
+        be published, :func:`~equicare.ope._ess.low_ess_groups`); None for the whole panel.
     """
 
     n_episodes: int
@@ -61,6 +65,7 @@ class StreamSums:
     parts_layout: tuple[tuple[str, ...], dict[str, slice], int] = field(
         default=((), {}, 0), repr=False)
     infl_keys: tuple[str, ...] = ()
+    weights: WeightSums | None = field(default=None, repr=False)
 
     def __add__(self, other: StreamSums) -> StreamSums:
         if self.parts_layout[0] != other.parts_layout[0] or self.total.shape != other.total.shape:
@@ -72,7 +77,10 @@ class StreamSums:
                           w_sq=self.w_sq + other.w_sq, gamma=self.gamma,
                           wt_sum=_add(self.wt_sum, other.wt_sum),
                           wt_sq=_add(self.wt_sq, other.wt_sq),
-                          parts_layout=self.parts_layout, infl_keys=self.infl_keys)
+                          parts_layout=self.parts_layout, infl_keys=self.infl_keys,
+                          weights=(self.weights if other.weights is None
+                                   else other.weights if self.weights is None
+                                   else self.weights + other.weights))
 
     def ess(self) -> tuple[float, float | None]:
         """Kish's effective sample size of the trajectory weights, and of the truncated ones."""

@@ -48,6 +48,7 @@ from equicare.ope._support import (
     SUPPORT_WARN_PCT,
     StreamSupportReport,
     named_estimators,
+    top_level,
     unsupported_mass,
 )
 
@@ -198,7 +199,8 @@ class SupportSums:
             share_pct=share, threshold=float(threshold), uses_categorical=uses_categorical,
             n_rows=self.n_rows, biased_estimators=biased, extrapolating_estimators=q_based,
             per_episode={"mean": self.ep_sum / n, "median": self.quantile(0.5),
-                         "p90": self.quantile(0.9), "max": self.ep_max},
+                         "p90": self.quantile(0.9),
+                         "p_top11": self.quantile(top_level(self.n_episodes))},
             over_warn_pct=100.0 * self.ep_over / n)
 
 

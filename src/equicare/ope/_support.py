@@ -12,6 +12,7 @@ from numpy.typing import NDArray
 from equicare.data import TrajectoryDataset
 from equicare.exceptions import SupportWarning
 from equicare.ope._core import IS_TYPE
+from equicare.privacy import tail_quantile
 from equicare.utils import check_param, row_blocks
 
 __all__ = ["SupportReport", "StreamSupportReport", "named_estimators", "support_diagnostics",
@@ -126,8 +127,18 @@ class SupportReport(_SupportText):
         """JSON-friendly summary (result JSON ``"support"``)."""
         pe = self.per_episode_pct
         return self._dict({"mean": float(pe.mean()), "median": float(np.median(pe)),
-                           "p90": float(np.quantile(pe, 0.9)), "max": float(pe.max())},
+                           "p90": float(np.quantile(pe, 0.9)),
+                           "p_top11": float(np.quantile(pe, top_level(pe.size)))},
                           float(100.0 * np.mean(pe > SUPPORT_WARN_PCT)))
+
+
+def top_level(n_episodes: int) -> float:
+    """Quantile level of ``p_top11``: at least 11 episodes at or above it.
+
+    ``1 - tail_quantile(n)`` (:func:`equicare.privacy.tail_quantile`). The largest episode's
+    share is one member's number; this upper quantile is published instead of the maximum.
+    """
+    return 1.0 - tail_quantile(n_episodes)
 
 
 @dataclass(frozen=True)
@@ -136,7 +147,7 @@ class StreamSupportReport(_SupportText):
 
     The same attributes, JSON and warning as :class:`SupportReport`, except that the per-episode
     shares are not kept (memory bounded by the chunk): ``per_episode`` holds their mean and
-    maximum (exact) and their median and 90th percentile (from a histogram of
+    ``p_top11`` quantile (:func:`top_level`), median and 90th percentile (from a histogram of
     :data:`~equicare.ope._stream_support.HIST_WIDTH`-point bins, within half a bin of the
     in-memory value), and ``over_warn_pct`` the % of episodes over :data:`SUPPORT_WARN_PCT`.
     """

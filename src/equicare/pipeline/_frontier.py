@@ -42,7 +42,9 @@ def pareto_mask(value: ArrayLike, gap: ArrayLike, worst: ArrayLike) -> NDArray[n
     """Pareto-efficient points: higher value, smaller gap, higher worst-group value.
 
     A point is dominated when another is at least as good on all three criteria and strictly
-    better on one. Points with a NaN criterion are never efficient.
+    better on one. Points with a NaN criterion are never efficient; a criterion that no point
+    has (every group value unpublished, e.g. importance weights with an effective sample size
+    below 11 in every group) is left out.
 
     Parameters
     ----------
@@ -60,6 +62,7 @@ def pareto_mask(value: ArrayLike, gap: ArrayLike, worst: ArrayLike) -> NDArray[n
     # criteria to maximise, as columns
     c = np.column_stack([np.asarray(value, float), -np.asarray(gap, float),
                          np.asarray(worst, float)])
+    c = c[:, np.isfinite(c).any(axis=0) | (c.shape[0] == 0)]
     ok = np.isfinite(c).all(axis=1)
     ge = (c[None, :, :] >= c[:, None, :]).all(axis=2)   # ge[i, j]: j at least as good as i
     gt = (c[None, :, :] > c[:, None, :]).any(axis=2)    # gt[i, j]: j strictly better somewhere

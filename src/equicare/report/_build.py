@@ -81,8 +81,9 @@ def support_frame(sup: dict[str, Any]) -> pd.DataFrame:
     over = sup.get("episodes_over_warn_pct")
     rows = [
         ("target mass on unsupported actions", f"{sup['share_pct']:.2f}%"),
-        ("per episode: median / 90th percentile / max",
-         " / ".join(f"{pe[k]:.1f}%" if k in pe else "-" for k in ("median", "p90", "max"))),
+        ("per episode: median / 90th percentile / at least 11 episodes above",
+         " / ".join(f"{pe[k]:.1f}%" if k in pe else "-"
+                    for k in ("median", "p90", "p_top11"))),
         ("episodes over the warning level", "-" if over is None else f"{over:.1f}%"),
         ("unsupported: estimated behaviour probability below", f"{sup['threshold']:g}"),
         ("estimators biased by it", ", ".join(sup.get("biased_estimators") or []) or "none"),
@@ -350,15 +351,19 @@ def build_run_report(
             for lv, g in levels.items():
                 row = {"attribute": attr, "group": lv, "n_episodes": g.get("n_episodes")}
                 if not g.get("suppressed"):
-                    for k, e in g["estimates"].items():
-                        row[k] = f"{e['value']:.3f} [{e['ci'][0]:.3f}, {e['ci'][1]:.3f}]"
+                    for k, e in g["estimates"].items():  # no value (a reason): "n/a"
+                        row[k] = ("n/a" if e.get("value") is None or not e.get("ci") else
+                                  f"{e['value']:.3f} [{e['ci'][0]:.3f}, {e['ci'][1]:.3f}]")
                     row["behavior"] = f"{g['behavior']['value']:.3f}"
                 groups.append(row)
         if groups:
             rep.heading("Value by group")
             rep.table(
                 pd.DataFrame(groups),
-                caption="Per-group estimates with 95% intervals (suppressed < 11 episodes)",
+                caption="Per-group estimates with 95% intervals (suppressed < 11 episodes; "
+                "n/a: a weighted estimate whose importance weights have an effective sample "
+                "size below 11, which would rest on fewer than 11 members' outcomes, or "
+                "cannot be computed)",
             )
 
     sens = d / "sensitivity.csv"

@@ -12,6 +12,7 @@ import pandas as pd
 
 from equicare.data import Manifest, TrajectoryDataset, from_frame
 from equicare.exceptions import InvalidParameterError
+from equicare.privacy import tail_range
 from equicare.sim._care_config import (
     CARE_ACTION_LEVELS,
     CARE_GROUP_LEVELS,
@@ -183,8 +184,7 @@ class CarePanel:
         return {
             "n_members": int(f["member_id"].nunique()),
             "n_rows": int(n_rows),
-            "episode_length": {"min": int(lengths.min()), "mean": float(lengths.mean()),
-                               "max": int(lengths.max())},
+            "episode_length": {"mean": float(lengths.mean()), **tail_range(lengths)},
             "disenrolled_pct": float(100 * f["disenrolled"].sum() / lengths.size),
             "late_entry_pct": float(100 * np.mean(f.loc[f["tenure"] == 0, "week"] > 0)),
             "nonzero_pct": {col: float(100 * np.mean(f[col].to_numpy() != 0))

@@ -12,6 +12,7 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from equicare.data import Manifest
+from equicare.privacy import tail_range
 from equicare.sim.garnet import (
     GarnetConfig,
     GarnetMDP,
@@ -106,8 +107,8 @@ def garnet_truth(mdp: GarnetMDP, panel: GarnetPanel,
             "mean_return": float(panel.returns.mean()),
             "mean_return_se": float(panel.returns.std(ddof=1) / np.sqrt(panel.n_episodes)),
             "censored_share": float(panel.censored.mean()),
-            "episode_length": {"min": int(lengths.min()), "median": float(np.median(lengths)),
-                               "mean": float(lengths.mean()), "max": int(lengths.max())},
+            "episode_length": {"median": float(np.median(lengths)),
+                               "mean": float(lengths.mean()), **tail_range(lengths)},
             "observed_state_action_share": float((~never).mean()),
             "zero_propensity_pair_share": float(zero.mean()),
         },
