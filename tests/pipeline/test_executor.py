@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -207,6 +208,13 @@ def local_sweep(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
 
 
 @pytest.mark.slow
+def _ray_auto_sweep(tmp_path: Path) -> Any:
+    """``equicare sweep`` of a tiny config on ``--executor ray --address auto``."""
+    return CliRunner().invoke(app, ["sweep", str(tiny_config(tmp_path)), "--grid",
+                                    "learner.n_steps=[20]", "--executor", "ray", "--address",
+                                    "auto", "--store", str(tmp_path / "runs")])
+
+
 def test_ray_without_cluster_says_how_to_fix(ray, monkeypatch, tmp_path):
     from ray._private.services import find_gcs_addresses
 
@@ -216,21 +224,7 @@ def test_ray_without_cluster_says_how_to_fix(ray, monkeypatch, tmp_path):
     for address in ("auto", f"127.0.0.1:{_free_port()}"):
         with pytest.raises(ValueError, match=re.escape(RAY_NO_CLUSTER.format(address=address))):
             RayExecutor(address=address).map(_task, [1])
-    res = CliRunner().invoke(
-        app,
-        [
-            "sweep",
-            str(tiny_config(tmp_path)),
-            "--grid",
-            "learner.n_steps=[20]",
-            "--executor",
-            "ray",
-            "--address",
-            "auto",
-            "--store",
-            str(tmp_path / "runs"),
-        ],
-    )
+    res = _ray_auto_sweep(tmp_path)
     assert res.exit_code == 2 and "Traceback" not in res.output
     assert "ray start --head" in res.output
     assert not (tmp_path / "runs").exists() or RunStore(tmp_path / "runs").list_runs().empty
@@ -259,21 +253,7 @@ def test_ray_auto_with_stale_cluster_file_fails_fast(ray, monkeypatch, tmp_path)
     stale = f"No Ray cluster answers at .*:{port}, where address 'auto'"
     with pytest.raises(ValueError, match=stale):
         RayExecutor(address="auto").connect()
-    res = CliRunner().invoke(
-        app,
-        [
-            "sweep",
-            str(tiny_config(tmp_path)),
-            "--grid",
-            "learner.n_steps=[20]",
-            "--executor",
-            "ray",
-            "--address",
-            "auto",
-            "--store",
-            str(tmp_path / "runs"),
-        ],
-    )
+    res = _ray_auto_sweep(tmp_path)
     assert res.exit_code == 2 and "Traceback" not in res.output, res.output
     assert str(tmp_path / "ray" / "ray_current_cluster") in res.output.replace("\n", "")
     assert "ray start --head" in res.output and "--address local" in res.output
