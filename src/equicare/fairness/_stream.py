@@ -157,46 +157,32 @@ class _RefitAcc:
 class _EssAcc:
     """Sums that give Kish's ESS of a policy's weights in each partition (groups, then audited).
 
-    Per partition ``p`` and step ``t``: the alive episodes' cumulative weights summed, squared
-    and counted (``s1, s2, n``, shape ``(P, H)``), the same of the truncated weights, and of the
-    trajectory weights ``W_e`` (``t1, t2``, shape ``(P,)``) with their maximum: the numbers of
-    :func:`~equicare.ope.effective_sample_size` on each partition's episodes, exactly.
+    Per partition, the :class:`~equicare.ope._ess.WeightSums` of its episodes' weights (and of
+    the truncated weights) and their largest trajectory weight, added over chunks: the numbers
+    of :func:`~equicare.ope.effective_sample_size` on each partition's episodes, exactly.
     """
 
-    s1: NDArray[np.float64]
-    s2: NDArray[np.float64]
-    n: NDArray[np.float64]
-    t1: NDArray[np.float64]
-    t2: NDArray[np.float64]
+    sums: list[Any]
     wmax: NDArray[np.float64]
-    s1t: NDArray[np.float64] | None = None
-    s2t: NDArray[np.float64] | None = None
-    t1t: NDArray[np.float64] | None = None
-    t2t: NDArray[np.float64] | None = None
+    truncated: list[Any] | None = None
 
     @classmethod
     def of(cls, inputs: Any, m: NDArray[np.float64], truncate: float | None) -> _EssAcc:
         """One chunk's sums; ``m`` is the ``(n_episodes, P)`` partition indicator."""
-        alive = inputs.alive().astype(np.float64)
-        w = inputs.cumulative_weights()
-        traj = w[:, -1]
-        mt = m.T
+        from equicare.ope._ess import WeightSums
+
+        traj = inputs.cumulative_weights()[:, -1]
         wmax = np.where(m > 0, traj[:, None], -np.inf).max(axis=0)
-        out = cls(s1=mt @ (w * alive), s2=mt @ (w * w * alive), n=mt @ alive, t1=mt @ traj,
-                  t2=mt @ (traj * traj), wmax=wmax)
-        if truncate is not None:
-            wt = inputs.cumulative_weights(truncate)
-            tt = wt[:, -1]
-            out.s1t, out.s2t = mt @ (wt * alive), mt @ (wt * wt * alive)
-            out.t1t, out.t2t = mt @ tt, mt @ (tt * tt)
-        return out
+        return cls(sums=WeightSums.by_group(inputs, m), wmax=wmax,
+                   truncated=None if truncate is None
+                   else WeightSums.by_group(inputs, m, truncate))
 
     def merge(self, other: _EssAcc) -> None:
         """Add another chunk's sums."""
-        for k in ("s1", "s2", "n", "t1", "t2", "s1t", "s2t", "t1t", "t2t"):
-            a = getattr(self, k)
-            if a is not None:
-                setattr(self, k, a + getattr(other, k))
+        self.sums = [a + b for a, b in zip(self.sums, other.sums, strict=True)]
+        if self.truncated is not None and other.truncated is not None:
+            self.truncated = [a + b for a, b in zip(self.truncated, other.truncated,
+                                                    strict=True)]
         self.wmax = np.maximum(self.wmax, other.wmax)
 
     def weight_sums(self, p: int, truncate: float | None) -> Any:
@@ -204,46 +190,18 @@ class _EssAcc:
 
         Of the truncated weights with ``truncate``, as the estimates use.
         """
-        from equicare.ope._ess import WeightSums
-
-        t1, t2, s1, s2 = ((self.t1t, self.t2t, self.s1t, self.s2t) if truncate is not None
-                          else (self.t1, self.t2, self.s1, self.s2))
-        assert t1 is not None and t2 is not None and s1 is not None and s2 is not None
-        return WeightSums(trajectory=np.array([[t1[p]], [t2[p]], [self.n[p, 0]]]),
-                          per_decision=np.stack([s1[p], s2[p], self.n[p]]))
+        if truncate is not None:
+            assert self.truncated is not None
+            return self.truncated[p]
+        return self.sums[p]
 
     def ess(self, p: int, truncate: float | None) -> Any:
         """The :class:`~equicare.ope.EffectiveSampleSize` of partition ``p``."""
-        from equicare.ope._ess import EffectiveSampleSize
+        from equicare.ope._ess import ess_from_sums
 
-        n_ep = int(round(float(self.n[p, 0])))
-        steps = self.n[p] > 0
-
-        def kish(a: float, b: float) -> float:
-            return a * a / b if b > 0 else 0.0
-
-        def step_pct(s1: NDArray[np.float64], s2: NDArray[np.float64]) -> NDArray[np.float64]:
-            k = np.zeros(s1.shape[1])
-            np.divide(s1[p] ** 2, s2[p], out=k, where=s2[p] > 0)
-            return np.asarray((100.0 * k / np.maximum(self.n[p], 1.0))[steps])
-
-        pct = step_pct(self.s1, self.s2)
-        traj = kish(float(self.t1[p]), float(self.t2[p]))
-        total = float(self.t1[p])
-        kw: dict[str, Any] = {}
-        if truncate is not None:
-            assert self.s1t is not None and self.s2t is not None
-            assert self.t1t is not None and self.t2t is not None
-            tt = kish(float(self.t1t[p]), float(self.t2t[p]))
-            kw = {"truncate": float(truncate), "trajectory_truncated": tt,
-                  "trajectory_truncated_pct": 100.0 * tt / n_ep,
-                  "per_decision_truncated_pct": float(step_pct(self.s1t, self.s2t).mean())}
-        pd_pct = float(pct.mean())
-        return EffectiveSampleSize(
-            n_episodes=n_ep, trajectory=traj, trajectory_pct=100.0 * traj / n_ep,
-            per_decision=pd_pct * n_ep / 100.0, per_decision_pct=pd_pct,
-            per_decision_min_pct=float(pct.min()), per_step_pct=pct,
-            max_weight_share=float(self.wmax[p] / total) if total > 0 else 1.0, **kw)
+        return ess_from_sums(self.sums[p], wmax=float(self.wmax[p]),
+                             truncated=None if self.truncated is None else self.truncated[p],
+                             truncate=truncate)
 
 
 @dataclass(frozen=True)

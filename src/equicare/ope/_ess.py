@@ -13,7 +13,7 @@ from equicare.privacy import low_ess_cells
 from equicare.utils import MIN_CELL
 
 __all__ = ["EffectiveSampleSize", "kish_ess", "effective_sample_size", "ESS_KIND", "WeightSums",
-           "low_ess_groups"]
+           "ess_from_sums", "low_ess_groups"]
 
 
 def kish_ess(weights: NDArray[np.float64], axis: int = 0) -> NDArray[np.float64]:
@@ -194,6 +194,54 @@ class WeightSums:
     def get(self, kind: str) -> NDArray[np.float64]:
         """``trajectory`` or ``per_decision``."""
         return self.trajectory if kind == "trajectory" else self.per_decision
+
+
+def ess_from_sums(sums: WeightSums, *, wmax: float, truncated: WeightSums | None = None,
+                  truncate: float | None = None) -> EffectiveSampleSize:
+    """The :class:`EffectiveSampleSize` of some episodes from their :class:`WeightSums`.
+
+    What :func:`effective_sample_size` computes from the weights themselves, for sums added
+    over chunks (a streamed panel); the per-step shares cover the steps with an episode alive.
+
+    Parameters
+    ----------
+    sums : WeightSums
+        Of the untruncated weights.
+    wmax : float
+        The largest trajectory weight (for ``max_weight_share``).
+    truncated : WeightSums, optional
+        Of the weights truncated at ``truncate`` (given together).
+    truncate : float, optional
+    """
+    def kish(a: float, b: float) -> float:
+        return a * a / b if b > 0 else 0.0
+
+    n = sums.per_decision[2]
+    steps = n > 0
+    n_ep = int(round(float(n[0]))) if n.size else 0
+
+    def step_pct(ws: WeightSums) -> NDArray[np.float64]:
+        s1, s2 = ws.per_decision[0], ws.per_decision[1]
+        k = np.zeros(s1.shape[0])
+        np.divide(s1 ** 2, s2, out=k, where=s2 > 0)
+        return np.asarray((100.0 * k / np.maximum(n, 1.0))[steps])
+
+    pct = step_pct(sums)
+    total = float(sums.trajectory[0, 0])
+    traj = kish(total, float(sums.trajectory[1, 0]))
+    kw: dict[str, Any] = {}
+    if truncate is not None:
+        assert truncated is not None
+        tt = kish(float(truncated.trajectory[0, 0]), float(truncated.trajectory[1, 0]))
+        kw = {"truncate": float(truncate), "trajectory_truncated": tt,
+              "trajectory_truncated_pct": 100.0 * tt / n_ep,
+              "per_decision_truncated_pct": float(step_pct(truncated).mean())}
+    pd_pct = float(pct.mean())
+    return EffectiveSampleSize(
+        n_episodes=n_ep, trajectory=traj, trajectory_pct=100.0 * traj / n_ep,
+        per_decision=pd_pct * n_ep / 100.0, per_decision_pct=pd_pct,
+        per_decision_min_pct=float(pct.min()), per_step_pct=pct,
+        max_weight_share=float(wmax / total) if total > 0 else 1.0, **kw)
 
 
 def low_ess_groups(cells: dict[str, WeightSums], keys: Any, min_cell: int = MIN_CELL
