@@ -137,29 +137,36 @@ def test_mediate_care_panel_with_action_set(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore::equicare.exceptions.DataWarning")
-def test_mediate_many_actions_with_control_policy_fails_fast_with_cli_advice(tmp_path,
-                                                                              monkeypatch):
-    """300 flat actions and a control policy: exit 2 before any fit, naming CLI options."""
-    from equicare.causal import _nuisance
+def _mediate_300_actions(tmp_path, n_members, n_weeks, *options):
+    """``equicare mediate`` on a 300-action care panel: the reference policy against a uniform
+    control policy file, no bootstrap. Returns the dataset and the CLI result."""
     from equicare.cli import app as main_app
     from equicare.policy import write_policy_file
     from equicare.sim.care import CareManagementSim
 
-    def boom(*args, **kwargs):
-        raise AssertionError("a nuisance model was fitted before the size check")
-
-    monkeypatch.setattr(_nuisance.RewardModel, "fit", boom)
     sim = CareManagementSim()
-    panel = sim.generate(n_members=40, n_weeks=8, random_state=3)
+    panel = sim.generate(n_members=n_members, n_weeks=n_weeks, random_state=3)
     panel.write(tmp_path / "care")
     ds = panel.dataset()
     probs = sim.reference_policy().action_probs(ds)
     write_policy_file(ds, probs, tmp_path / "ref.parquet")
     write_policy_file(ds, np.full_like(probs, 1 / probs.shape[1]), tmp_path / "ctl.parquet")
-    res = runner.invoke(main_app, [
+    return ds, runner.invoke(main_app, [
         "mediate", str(tmp_path / "care" / "panel.parquet"), "--manifest",
         str(tmp_path / "care" / "manifest.toml"), "--policy", str(tmp_path / "ref.parquet"),
-        "--control", str(tmp_path / "ctl.parquet"), "--bootstrap", "0"])
+        "--control", str(tmp_path / "ctl.parquet"), "--bootstrap", "0", *options])
+
+
+def test_mediate_many_actions_with_control_policy_fails_fast_with_cli_advice(tmp_path,
+                                                                              monkeypatch):
+    """300 flat actions and a control policy: exit 2 before any fit, naming CLI options."""
+    from equicare.causal import _nuisance
+
+    def boom(*args, **kwargs):
+        raise AssertionError("a nuisance model was fitted before the size check")
+
+    monkeypatch.setattr(_nuisance.RewardModel, "fit", boom)
+    ds, res = _mediate_300_actions(tmp_path, 40, 8)
     out = " ".join(res.output.split())
     assert res.exit_code == 2, res.output
     assert "Too few transitions for the basis" in out
@@ -173,27 +180,13 @@ def test_mediate_larger_than_memory_exits_2_with_cli_advice(tmp_path, monkeypatc
     LSTD system: exit 2 before any fit, advising fewer actions, not more folds or data."""
     from equicare import utils
     from equicare.causal import _nuisance
-    from equicare.cli import app as main_app
-    from equicare.policy import write_policy_file
-    from equicare.sim.care import CareManagementSim
 
     def boom(*args, **kwargs):
         raise AssertionError("a nuisance model was fitted before the memory check")
 
     monkeypatch.setattr(_nuisance.RewardModel, "fit", boom)
     monkeypatch.setattr(utils, "available_memory", lambda: 2**20)
-    sim = CareManagementSim()
-    panel = sim.generate(n_members=150, n_weeks=40, random_state=3)
-    panel.write(tmp_path / "care")
-    ds = panel.dataset()
-    probs = sim.reference_policy().action_probs(ds)
-    write_policy_file(ds, probs, tmp_path / "ref.parquet")
-    write_policy_file(ds, np.full_like(probs, 1 / probs.shape[1]), tmp_path / "ctl.parquet")
-    res = runner.invoke(main_app, [
-        "mediate", str(tmp_path / "care" / "panel.parquet"), "--manifest",
-        str(tmp_path / "care" / "manifest.toml"), "--policy", str(tmp_path / "ref.parquet"),
-        "--control", str(tmp_path / "ctl.parquet"), "--bootstrap", "0", "--basis", "constant",
-        "--folds", "1"])
+    _, res = _mediate_300_actions(tmp_path, 150, 40, "--basis", "constant", "--folds", "1")
     out = " ".join(res.output.split())
     assert res.exit_code == 2, res.output
     assert "GB of memory" in out and "GB is available" in out
