@@ -299,3 +299,21 @@ def test_factored_model_with_sparse_inputs(monkeypatch):
     assert not dense.sparse_
     # the same chain of penalised models, up to the solver's tolerance
     assert 0.5 * np.abs(p - dense.action_probs(ds)).sum(axis=1).mean() < 0.01
+
+
+def test_logged_support_reuses_its_unsupported_cells_across_targets_and_thresholds():
+    """The fast model's unsupported cells are computed once per threshold and reused for every
+    target: the mass equals the direct computation from the model's distributions."""
+    from equicare.ope._support import LoggedSupport, unsupported_mass
+
+    ds, _ = _factored_data(n_episodes=300)
+    checker = LoggedSupport(ds, random_state=0)
+    assert checker._model is not None
+    probs = checker._model.action_probs(ds)
+    rng = np.random.default_rng(3)
+    for threshold in (0.05, 0.2, 0.05):
+        for _ in range(2):
+            target = rng.dirichlet(np.ones(ds.n_actions), size=ds.n_steps)
+            expected = unsupported_mass(target, probs, None, threshold)
+            assert expected.max() > 0
+            np.testing.assert_allclose(checker.mass(target, threshold), expected, atol=1e-12)

@@ -352,6 +352,8 @@ class LoggedSupport:
                                         "categorical cell" if has_cat else
                                         "logged propensities"}
         self._model: Any = None
+        self._bits: list[tuple[NDArray[np.int64], NDArray[np.uint8]]] = []
+        self._bits_threshold: float | None = None
         # with wide categorical states the cells are the states (and any numeric score is
         # mostly a function of them): a numeric-only model would flag actions clinicians take
         # in the cell
@@ -383,15 +385,36 @@ class LoggedSupport:
         mass = np.empty(self.dataset.n_steps)
         cells = self._cells
         if self._model is not None:
-            for rows, probs in self._model.action_prob_blocks(self._view):
-                obs = None if cells is None else cells.rows(rows)
-                mass[rows] = unsupported_mass(target_probs[rows], probs, obs, threshold)
+            n_actions = self.dataset.n_actions
+            for rows, packed in self._unsupported_bits(threshold):
+                unsupported = np.unpackbits(packed, axis=1, count=n_actions)
+                mass[rows] = np.einsum("ij,ij->i", target_probs[rows],
+                                       unsupported.astype(np.float64))
         else:
             assert cells is not None
             for sl in row_blocks(self.dataset.n_steps, self.dataset.n_actions):
                 tp = target_probs[sl]
                 mass[sl] = unsupported_mass(tp, np.ones_like(tp), cells.rows(sl), threshold)
         return mass
+
+    def _unsupported_bits(self, threshold: float
+                          ) -> list[tuple[NDArray[np.int64], NDArray[np.uint8]]]:
+        """The fast model's unsupported (row, action) cells, bit-packed, block by block.
+
+        They do not depend on the target policy: computed once per threshold, so that checking
+        several policies (an audit, the frontier of ``explain``) costs one pass of the
+        behaviour model's distributions. Memory: ``n_steps * n_actions / 8`` bytes.
+        """
+        if self._bits_threshold != threshold:
+            cells = self._cells
+            blocks = []
+            for rows, probs in self._model.action_prob_blocks(self._view):
+                unsupported = probs < threshold
+                if cells is not None:
+                    unsupported |= ~cells.rows(rows)
+                blocks.append((rows, np.packbits(unsupported, axis=1)))
+            self._bits, self._bits_threshold = blocks, threshold
+        return self._bits
 
     def report(self, target_probs: NDArray[np.float64], *,
                threshold: float = SUPPORT_THRESHOLD,
