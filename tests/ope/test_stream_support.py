@@ -158,3 +158,38 @@ def test_support_message_matches_the_in_memory_template():
     head = SUPPORT_MESSAGE.split("{biased}")[0].format(
         pct=b["share_pct"], thr=1e-3, cat=", or never logged in that categorical state")
     assert sst[0].startswith(head) and re.search(r"fqe, dr rely on", sst[0])
+
+
+def test_support_threshold_and_diagnose_support_as_in_memory():
+    """The two in-memory options: a higher threshold flags more of the fast model's actions
+    (the panel is under the fast model's 20,000 rows, so both fit it on the whole panel and
+    agree exactly), and ``diagnose_support=False`` skips the check with logged propensities."""
+    _, ds, pols = make("s50_a5_g1", 600, seed=3)
+    numeric = dataclasses.replace(ds, categorical=None, categorical_names=(),
+                                  categorical_levels=(),
+                                  extras={"row": np.arange(ds.n_steps)}, _cache={})
+    assert numeric.n_steps < 20_000
+    target = np.tile([0.2, 0.2, 0.2, 0.1, 0.3], (ds.n_steps, 1))
+    shares = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for thr in (1e-3, 0.15):
+            mem = evaluate(numeric, target, estimators="is", bootstrap=20, random_state=3,
+                           support_threshold=thr)
+            st = evaluate_stream(_chunks(numeric), _RowPolicy(target), estimators=("is",),
+                                 n_boot=20, random_state=3, support_threshold=thr)
+            a, b = mem.to_dict()["support"], st.to_dict()["support"]
+            assert a["threshold"] == b["threshold"] == thr
+            assert b["share_pct"] == pytest.approx(a["share_pct"], abs=1e-9)
+            shares.append(b["share_pct"])
+        off = evaluate_stream(_chunks(numeric), _RowPolicy(target), estimators=("is",),
+                              n_boot=20, random_state=3, diagnose_support=False)
+    assert shares[1] > shares[0] + 1
+    assert off.support is None and off.to_dict()["support"] is None
+    assert off.settings["support_check"] is None
+    assert off.estimates["is"].value == st.estimates["is"].value
+    for bad, msg in (({"support_threshold": 2.0}, "support_threshold"),
+                     ({"diagnose_support": "no"}, "diagnose_support")):
+        with pytest.raises(ValueError, match=msg):
+            evaluate_stream(_chunks(numeric), _RowPolicy(target), estimators=("is",),
+                            n_boot=20, **bad)

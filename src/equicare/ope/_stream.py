@@ -95,10 +95,17 @@ from equicare.ope._stream_sums import (
     episode_sums,
     student_coefs,
 )
-from equicare.ope._support import StreamSupportReport
+from equicare.ope._support import SUPPORT_THRESHOLD, StreamSupportReport
 from equicare.policy import check_probs
 from equicare.privacy import small_cells_message
-from equicare.utils import MIN_CELL, PARAM_MESSAGE, ROW_BLOCK_ELEMENTS, RandomState, int_seed
+from equicare.utils import (
+    MIN_CELL,
+    PARAM_MESSAGE,
+    ROW_BLOCK_ELEMENTS,
+    RandomState,
+    check_param,
+    int_seed,
+)
 
 __all__ = ["StreamSums", "StreamEvaluation", "StreamGroup", "chunk_sums", "chunk_squares",
            "evaluate_stream",
@@ -715,6 +722,8 @@ def evaluate_stream(
     chunk_rows: int = 500_000,
     executor: Any = None,
     n_shards: int | None = None,
+    support_threshold: float = SUPPORT_THRESHOLD,
+    diagnose_support: bool = True,
     progress: Callable[[int], None] | None = None,
     level_progress: Callable[[int, int], None] | None = None,
 ) -> StreamEvaluation:
@@ -783,6 +792,13 @@ def evaluate_stream(
         (:func:`equicare.data.cluster_panel` writes one).
     n_shards : int, optional
         Shards for the executor (default: its worker count, else 2).
+    support_threshold : float, default=1e-3
+        Behaviour probability below which an action counts as unsupported (fast numeric model
+        or streamed behaviour model), as in memory.
+    diagnose_support : bool, default=True
+        As :func:`~equicare.ope.evaluate`'s: ``False`` skips the support check when the
+        propensities are logged (``support`` is then None); with estimated propensities the
+        check always runs.
     progress : callable, optional
         Called with the number of chunks done (streamed in this process).
     level_progress : callable, optional
@@ -812,13 +828,18 @@ def evaluate_stream(
             name="n_boot", owner="evaluate_stream",
             expected="an int >= 1 (the Poisson bootstrap's replicates)", got=n_boot))
     seed = int_seed(random_state, "evaluate_stream")
+    support_threshold = float(check_param(
+        support_threshold, "support_threshold", "evaluate_stream",
+        kind=(int, float, np.integer, np.floating), low=0.0, high=1.0))
+    check_param(diagnose_support, "diagnose_support", "evaluate_stream", kind=bool)
     from equicare.ope._evaluate import nuisance_seed
 
     fit_seed = nuisance_seed(seed)  # the in-memory nuisance models' folds and fits
     src = ChunkSource(source, manifest=manifest, chunk_rows=chunk_rows, executor=executor,
                       n_shards=n_shards)
     plan = plan_groups(src.episode_groups(), groups, MIN_CELL)
-    support = _SupportRider(src, policy, behavior_model=behavior_model, seed=seed)
+    support = None if src.logged and not diagnose_support else _SupportRider(
+        src, policy, behavior_model=behavior_model, seed=seed, threshold=support_threshold)
     sel: Any = None  # auto's selection, when it chose the Q-model
     level_cols: list[LevelColumn] = []
     own_levels: dict[str, tuple[dict[str, StreamGroup], dict[str, Any]]] = {}
@@ -831,6 +852,7 @@ def evaluate_stream(
             sb = fit_behavior_stream(src, model=behavior_model, sample_rows=behavior_sample_rows,
                                      seed=seed, model_seed=fit_seed)
             src.transform = sb
+            assert support is not None  # estimated propensities: always checked
             support.behavior = sb
             beh_info = sb.info
         if any(k in Q_TYPE for k in keys):
@@ -894,7 +916,7 @@ def evaluate_stream(
                          squares=sq)
             g_sums = total.groups
         src.flush()  # the support check's sums, when no pass was left to carry them
-    report = support.report(keys)
+    report = None if support is None else support.report(keys)
     if plan is not None and g_sums is not None:
         res = dataclasses.replace(res, groups=finish_groups(
             plan, g_sums, g_squares, alpha=alpha,
@@ -903,7 +925,7 @@ def evaluate_stream(
         "estimators": list(keys), "bootstrap": n_boot, "ci_method": ci_method, "alpha": alpha,
         "truncate": truncate, "random_state": seed,
         "propensity_source": "logged" if beh_info is None else "estimated",
-        "support_check": support.how}, support=report)
+        "support_check": None if support is None else support.how}, support=report)
     if own_levels:  # subgroup columns the table pools over and the target reads
         assert res.q_model is not None
         for column, (levels, _) in own_levels.items():
@@ -926,11 +948,13 @@ class _SupportRider:
     (:mod:`equicare.ope._stream_support`).
     """
 
-    def __init__(self, src: ChunkSource, policy: Any, *, behavior_model: Any, seed: int) -> None:
+    def __init__(self, src: ChunkSource, policy: Any, *, behavior_model: Any, seed: int,
+                 threshold: float) -> None:
         from equicare.ope._evaluate import evaluate_seeds
         from equicare.ope._stream_support import count_chunk, fast_rate
 
         self.src, self.policy, self.behavior_model = src, policy, behavior_model
+        self.threshold = threshold
         self.seed = evaluate_seeds(seed)[0]  # the in-memory check's fast model's seed
         self.behavior: Any = None  # the streamed behaviour model, once fitted
         self.how = ""
@@ -952,7 +976,7 @@ class _SupportRider:
             int(c.sample[0].states.shape[1]), tuple(int(x.shape[0]) for x in c.counts))
         self._check, self.how = support_check(
             c, behavior=self.behavior, behavior_model=self.behavior_model, fast=fast,
-            seed=self.seed)
+            seed=self.seed, threshold=self.threshold)
         return PolicySupport(self._check, self.policy)
 
     def _summed(self, sums: Any) -> None:
