@@ -1,9 +1,15 @@
 from __future__ import annotations
 
+import re
+from dataclasses import replace
+
 import numpy as np
+import pandas as pd
 import pytest
 
 from equicare.data import from_frame
+from equicare.data._labels import MSG_MISSING_GROUP
+from equicare.exceptions import DataValidationError
 
 from ..conftest import make_frame
 
@@ -123,3 +129,16 @@ def test_summary_publishes_no_rows_extreme_length_or_propensity(manifest_dict):
     assert b.min() not in bp.values() and b.max() not in bp.values()
     assert np.sum(b <= bp["p_bottom11"] * 1.001) >= 11
     assert np.sum(b >= bp["p_top11"] * 0.999) >= 11
+
+
+@pytest.mark.parametrize("missing", [None, np.nan, pd.NA, "", " "])
+def test_an_episode_without_a_group_label_is_an_error_not_a_group(ds, missing):
+    race = ds.groups["race"].astype(object)
+    race[[2, 5]] = missing
+    msg = MSG_MISSING_GROUP.format(
+        where="TrajectoryDataset", column="race",
+        rows=f"2 episodes (first: '{ds.episode_ids[2]}', '{ds.episode_ids[5]}'; episode ids)")
+    with pytest.raises(DataValidationError, match=re.escape(msg)):
+        replace(ds, groups={**ds.groups, "race": race})
+    race[[2, 5]] = "unknown"  # labelled explicitly: audited as a group of its own
+    assert "unknown" in set(replace(ds, groups={**ds.groups, "race": race}).groups["race"])

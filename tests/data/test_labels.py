@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
+import pytest
 
-from equicare.data._labels import categorical_labels, label_key, match_levels
+from equicare.data._labels import (
+    MSG_MISSING_GROUP,
+    categorical_labels,
+    check_group_labels,
+    label_key,
+    match_levels,
+    missing_labels,
+)
+from equicare.exceptions import DataValidationError
 
 
 def test_whole_number_floats_are_integers() -> None:
@@ -44,3 +55,29 @@ def test_text_labels_are_numbers_only_when_they_print_as_written():
     assert text_labels(pd.Series(["3", None, "1.5"])).dtype == np.float64
     assert text_labels(pd.Series(["True", "False"])).dtype == bool
     assert text_labels(pd.Series(["007", "010"])).tolist() == ["007", "010"]
+
+
+@pytest.mark.parametrize(("values", "expected"), [
+    (np.array(["a", None, "b"], dtype=object), [False, True, False]),
+    (["a", np.nan, "b"], [False, True, False]),  # a list: np.nan is not read as the text "nan"
+    (pd.Series(["a", pd.NA, "b"], dtype="string"), [False, True, False]),
+    (pd.Series(["a", "b", None], dtype="category"), [False, False, True]),
+    (np.array([1.0, np.nan, 2.0]), [False, True, False]),
+    (np.array(["a", "", " \t"]), [False, True, True]),  # blank text is an empty cell
+    (pd.Series([pd.Timestamp("2020-01-01"), pd.NaT]), [False, True]),
+    (np.array([0, 1, 2]), [False, False, False]),
+    (np.array(["None", "nan", "unknown"]), [False, False, False]),  # labels someone wrote
+])
+def test_missing_labels_are_none_nan_na_and_blank_text(values, expected) -> None:
+    np.testing.assert_array_equal(missing_labels(values), np.array(expected))
+
+
+def test_missing_group_labels_raise_naming_the_attribute_and_the_first_episodes() -> None:
+    labels = np.array(["a", None, "b", np.nan, "", "c", None, None, None], dtype=object)
+    msg = MSG_MISSING_GROUP.format(
+        where="TrajectoryDataset", column="race",
+        rows="6 episodes (first: 'p1', 'p3', 'p4', 'p6', 'p7', ...; episode ids)")
+    ids = np.array([f"p{i}" for i in range(labels.size)])
+    with pytest.raises(DataValidationError, match=re.escape(msg)):
+        check_group_labels(labels, "race", "TrajectoryDataset", ids)
+    check_group_labels(np.array(["a", "unknown"]), "race", "TrajectoryDataset")  # no error

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from equicare.data import Manifest, from_frame, load_dataset, validate_frame
+from equicare.data._labels import MSG_MISSING_GROUP
 from equicare.exceptions import DataValidationError, DataWarning
 
 from ..conftest import make_frame
@@ -130,6 +131,25 @@ def test_group_changes_within_episode(frame, manifest_dict):
         "column 'race' (group attribute) changes within an episode in 1 row",
         "expected one value per episode",
     )
+
+
+@pytest.mark.parametrize("missing", [None, np.nan, pd.NA, "", "  "])
+def test_a_missing_group_label_is_an_error_in_from_frame(frame, manifest_dict, missing):
+    frame["race"] = frame["race"].astype(object)
+    frame.loc[[4, 9], "race"] = missing
+    assert_invalid(frame, manifest_dict, MSG_MISSING_GROUP.format(
+        where="panel.csv", column="race", rows="2 rows (first: 4, 9; 0-based data rows)"))
+
+
+def test_a_missing_group_label_is_an_error_in_a_csv(tmp_path, frame, manifest_dict):
+    frame["sex"] = frame["sex"].astype(object)
+    frame.loc[[3], "sex"] = None  # an empty cell
+    p = tmp_path / "panel.csv"
+    frame.to_csv(p, index=False)
+    msg = MSG_MISSING_GROUP.format(where=str(p), column="sex",
+                                   rows="1 row (first: 3; 0-based data rows)")
+    with pytest.raises(DataValidationError, match=re.escape(msg)):
+        load_dataset(p, manifest_dict)
 
 
 def test_need_changes_within_episode(frame, manifest_dict):

@@ -296,3 +296,22 @@ def test_streamed_audit_seed_default_is_the_in_memory_audits(panel):
     for bad in (True, -1, "x"):
         with pytest.raises(InvalidParameterError, match="random_state"):
             audit_stream(path, {}, manifest=man, config=cfg, random_state=bad)
+
+
+@pytest.mark.parametrize("missing", [None, ""])
+def test_streamed_audit_refuses_a_missing_group_label_before_any_pass(panel, tmp_path, missing):
+    from equicare.data._labels import MSG_MISSING_GROUP
+    from equicare.exceptions import DataValidationError
+
+    path, man, _ = panel
+    frame = pd.read_parquet(path)
+    frame["race"] = frame["race"].astype(object)
+    frame.loc[frame["member_id"] == "m007", "race"] = missing
+    bad = tmp_path / "missing.parquet"
+    frame.to_parquet(bad, index=False, row_group_size=50)
+    msg = MSG_MISSING_GROUP.format(where=str(bad), column="race",
+                                   rows="1 episode (first: 'm007'; episode ids)")
+    with pytest.raises(DataValidationError, match=re.escape(msg)):
+        audit_stream(bad, manifest=man, config=FairnessAudit(group="race", n_boot=0,
+                                                             n_permutations=0),
+                     chunk_rows=50, random_state=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 import warnings
 
 import numpy as np
@@ -218,3 +219,14 @@ def test_streamed_levels_hide_the_same_low_ess_values_as_in_memory(tmp_path):
     for lv, v in a_ref["value_by_group"].items():
         assert a_got["value_by_group"][lv].get("reason") == v.get("reason"), lv
     assert a_ref["value_by_group"]["asian"]["value"] is None
+
+
+def test_subgroups_refuse_a_missing_label() -> None:
+    from equicare.data._labels import MSG_MISSING_GROUP
+    from equicare.ope._stream_groups import plan_groups
+
+    site = np.array(["s0"] * 12 + [None] + ["s1"] * 12, dtype=object)
+    msg = MSG_MISSING_GROUP.format(where="subgroups", column="site",
+                                   rows="1 episode (first: 12; 0-based episode positions)")
+    with pytest.raises(DataValidationError, match=re.escape(msg)):
+        plan_groups({"site": site}, ["site"], 11)

@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
+from equicare.data._labels import check_group_labels
 from equicare.exceptions import InvalidParameterError, UnknownNameError
 from equicare.spaces import FactoredActionSpace
 from equicare.utils import RandomState, check_random_state
@@ -61,7 +62,10 @@ class TrajectoryDataset:
     gamma : float
         Discount of values (Contract 1).
     groups : dict of str to ndarray of shape (n_episodes,)
-        Protected attributes per episode; the first key is the default group attribute.
+        Protected attributes per episode; the first key is the default group attribute. Every
+        episode needs a label: None, NaN or a blank string raises
+        :class:`~equicare.exceptions.DataValidationError` (label such episodes explicitly, e.g.
+        ``"unknown"``, to audit them as a group).
     categorical : ndarray of shape (n_steps, n_categorical), int64, optional
         Codes of categorical state columns; ``categorical_levels`` holds their labels.
     behavior_prob : ndarray of shape (n_steps,), float64, optional
@@ -123,6 +127,7 @@ class TrajectoryDataset:
         for k, v in self.groups.items():
             if v.shape[0] != self.n_episodes:
                 raise InvalidParameterError(f"group {k!r} must have one label per episode.")
+            check_group_labels(v, k, "TrajectoryDataset", self.episode_ids)
 
     # ------------------------------------------------------------------ sizes
     @property

@@ -19,8 +19,18 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
+from equicare.exceptions import DataValidationError
+
 __all__ = ["categorical_labels", "text_labels", "label_key", "match_levels",
-           "unseen_levels_message"]
+           "unseen_levels_message", "missing_labels", "check_group_labels", "MSG_MISSING_GROUP"]
+
+#: Episodes without a group label. The file loader (``where`` the file, ``rows`` its data rows),
+#: :class:`~equicare.data.TrajectoryDataset` and :func:`~equicare.fairness.group_index`
+#: (``rows`` the episodes) all raise it: a missing demographic must not become a group "nan".
+MSG_MISSING_GROUP = (
+    "{where}: column {column!r} (group attribute) is empty (None, NaN or blank) in {rows}; "
+    "expected a label for every episode. A missing label is not a group: to audit these "
+    "episodes as one, label them explicitly (for example 'unknown').")
 
 #: Largest integer a float64 holds exactly; whole numbers beyond it keep their float label.
 _EXACT = 2.0 ** 53
@@ -141,6 +151,70 @@ def text_labels(values: pd.Series | NDArray[Any]) -> pd.Series:
     lut[:-1] = fixed
     lut[-1] = np.nan  # code -1: a missing value stays missing
     return pd.Series(lut[codes], index=s.index, name=s.name, dtype=object)
+
+
+def missing_labels(values: Any) -> NDArray[np.bool_]:
+    """Which labels are missing: None, NaN, ``pd.NA``, ``NaT`` or a blank string.
+
+    A blank string (``""``, ``" "``) is what an empty cell of a text column reads as; a CSV reads
+    an empty cell as missing, so both ways of writing "no label" are caught alike.
+
+    Parameters
+    ----------
+    values : array-like of shape (n,)
+        Labels of any type (a list, an ndarray, a pandas or polars Series). A list is read as
+        objects, so that ``np.nan`` among strings is not turned into the text ``"nan"``.
+
+    Returns
+    -------
+    ndarray of shape (n,), bool
+    """
+    if isinstance(values, pd.Series):
+        s = values
+    else:
+        arr = values if isinstance(values, np.ndarray) else np.asarray(values, dtype=object)
+        s = pd.Series(arr.ravel())
+    miss: NDArray[np.bool_] = s.isna().to_numpy(dtype=bool)
+    if s.dtype == object or pd.api.types.is_string_dtype(s.dtype) or isinstance(
+            s.dtype, pd.CategoricalDtype):
+        blank = [u for u in pd.unique(s[~miss]) if isinstance(u, str) and not u.strip()]
+        if blank:  # one test per distinct label, a pass over the rows only when needed
+            miss = miss | s.isin(blank).to_numpy(dtype=bool)
+    return miss
+
+
+def check_group_labels(values: Any, column: str, where: str,
+                       episode_ids: NDArray[Any] | None = None) -> None:
+    """Raise :class:`DataValidationError` if an episode has no label (:func:`missing_labels`).
+
+    Parameters
+    ----------
+    values : array-like of shape (n_episodes,)
+        One group attribute's label per episode.
+    column : str
+        The group attribute, named in the message.
+    where : str
+        What was given the labels (``"TrajectoryDataset"``, ``"group_index"``).
+    episode_ids : ndarray of shape (n_episodes,), optional
+        Episode identifiers, to name the first offending episodes by id as well as position.
+    """
+    miss = missing_labels(values)
+    if not miss.any():
+        return
+    idx = np.flatnonzero(miss)
+    first = idx[:5]
+    if episode_ids is not None and len(episode_ids) != miss.size:
+        episode_ids = None
+    if episode_ids is None:
+        shown = ", ".join(str(int(i)) for i in first)
+    else:  # numpy scalars as plain numbers and strings: 30, 'm007'
+        ids = np.asarray(episode_ids, dtype=object)[first]
+        shown = ", ".join(repr(v.item() if isinstance(v, np.generic) else v) for v in ids)
+    more = ", ..." if idx.size > first.size else ""
+    noun = "episode" if idx.size == 1 else "episodes"
+    kind = "episode ids" if episode_ids is not None else "0-based episode positions"
+    rows = f"{idx.size} {noun} (first: {shown}{more}; {kind})"
+    raise DataValidationError(MSG_MISSING_GROUP.format(where=where, column=column, rows=rows))
 
 
 def label_key(label: Any) -> str:

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
+from equicare.data._labels import MSG_MISSING_GROUP, missing_labels
 from equicare.data._manifest import ActionColumn, Manifest
 from equicare.exceptions import DataValidationError, DataWarning
 from equicare.utils import MIN_CELL
@@ -398,6 +399,12 @@ def validate_frame(
             [(manifest.need, "need flag")] if manifest.need else []
         ):
             vals = df[c]
+            if c in manifest.groups:  # the check TrajectoryDataset and group_index make too
+                unlabelled = missing_labels(vals)
+                if unlabelled.any():
+                    err(MSG_MISSING_GROUP.format(where=source, column=c,
+                                                 rows=_rows(unlabelled)))
+                    continue
             isna = vals.isna().to_numpy()
             if isna.any():
                 err(f"{source}: column {c!r} ({what}) is empty in {_rows(isna)}.")

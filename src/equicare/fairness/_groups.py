@@ -11,6 +11,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from equicare.data import TrajectoryDataset
+from equicare.data._labels import check_group_labels
 from equicare.exceptions import DataValidationError, SmallCellWarning
 from equicare.privacy import suppressed_labels
 from equicare.utils import MIN_CELL
@@ -93,7 +94,9 @@ def group_index(labels: ArrayLike, *, name: str = "group", min_cell: int = MIN_C
     Parameters
     ----------
     labels : array-like of shape (n_episodes,)
-        Group label of each episode (turned into strings).
+        Group label of each episode (turned into strings). A missing label (None, NaN, ``pd.NA``
+        or a blank string) is an error, not a group: label such episodes explicitly (e.g.
+        ``"unknown"``) to audit them as one.
     name : str
         Name of the grouping, used in messages and results.
     min_cell : int
@@ -112,11 +115,14 @@ def group_index(labels: ArrayLike, *, name: str = "group", min_cell: int = MIN_C
     Raises
     ------
     DataValidationError
-        If no group has at least ``min_cell`` episodes.
+        If an episode has no label, or no group has at least ``min_cell`` episodes.
     """
     lab = np.asarray(labels).astype(str)
     if lab.ndim != 1:
         raise DataValidationError(f"Group labels of {name!r} must be one label per episode.")
+    check_group_labels(labels, name, "group_index")  # before str() makes None a group "None"
+    for j, comp in enumerate(components or ()):
+        check_group_labels(comp, f"{name} (component {j})", "group_index")
     uniq, inv, cnt = np.unique(lab, return_inverse=True, return_counts=True)
     comps = [lab] if components is None else list(components)
     keep = ~np.isin(uniq, np.array(sorted(suppressed_labels(comps, min_cell)), dtype=str))
@@ -203,6 +209,8 @@ def dataset_groups(dataset: TrajectoryDataset, group: str | None = None,
                                   f"{list(dataset.group_attrs)}.")
     if len(set(attrs)) != len(attrs):
         raise DataValidationError(f"Group attributes must be distinct, got {attrs}.")
+    for a in attrs:  # checked when the dataset was built; its dict may have changed since
+        check_group_labels(dataset.group_labels(a), a, "fairness audit", dataset.episode_ids)
     labels = (dataset.group_labels(attrs[0]).astype(str) if len(attrs) == 1
               else dataset.intersect_groups(attrs))
     return " x ".join(attrs), np.asarray(labels, dtype=str)

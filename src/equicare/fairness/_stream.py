@@ -26,6 +26,7 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
+from equicare.data._labels import check_group_labels
 from equicare.exceptions import DataValidationError, InvalidParameterError
 from equicare.fairness._allocation import build_frames, level_table
 from equicare.fairness._audit import (
@@ -435,6 +436,8 @@ def audit_stream(
     if unknown:
         raise DataValidationError(f"Unknown group attribute(s) {unknown}; the panel has "
                                   f"{list(man.groups)}.")
+    for a in attrs:  # before str() makes a missing label a group "nan" (chunks check it later)
+        check_group_labels(scan.episode_groups[a], a, str(source), scan.episode_ids)
     gname = " x ".join(attrs)
     gi_all = require_comparison(group_index(
         _labels(scan.episode_groups, attrs), name=gname, min_cell=cfg.min_cell,

@@ -32,6 +32,7 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
+from equicare.data._labels import check_group_labels
 from equicare.exceptions import DataValidationError
 from equicare.ope._bootstrap import Shift
 from equicare.ope._core import OPEInputs
@@ -145,6 +146,7 @@ def plan_groups(labels: dict[str, NDArray[Any]], attrs: Sequence[str] | None,
         return None
     levels, counts = [], []
     for a in names:
+        check_group_labels(labels[a], a, "subgroups")  # str() would make None a level "None"
         lv, n = np.unique(np.asarray(labels[a]).astype(str), return_counts=True)
         hidden = suppressed_levels(labels[a], min_cell)  # primary and complementary
         counts.append({str(k): int(c) for k, c in zip(lv, n, strict=True)})
