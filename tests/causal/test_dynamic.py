@@ -20,9 +20,19 @@ from equicare.causal import (
     plot_mediation,
 )
 from equicare.causal._data import CONSTANT_MEDIATOR_MESSAGE, NO_MEDIATOR_MESSAGE
-from equicare.causal._dynamic import BINARY_ACTION_MESSAGE, FEW_TRANSITIONS_MESSAGE
-from equicare.exceptions import DataValidationError, PolicyError
-from equicare.sim.mediation import random_mediation_mdp, toy1, toy2, toy_target
+from equicare.causal._dynamic import (
+    BINARY_ACTION_MESSAGE,
+    FEW_TRANSITIONS_MESSAGE,
+    mediator_ess,
+)
+from equicare.exceptions import DataValidationError, PolicyError, SupportWarning
+from equicare.sim.mediation import (
+    DiscreteMediationMDP,
+    random_mediation_mdp,
+    toy1,
+    toy2,
+    toy_target,
+)
 
 KEYS = ("ide", "ime", "dde", "dme")
 
@@ -54,7 +64,7 @@ def test_mr_within_two_standard_errors_on_toy1(toy1_data):
     for name in ("dm", "mis", "mr"):
         eff = res[name].effects
         assert sum(eff[k].value for k in KEYS) == pytest.approx(eff["total"].value)
-    assert set(res.ess) == {"pi_e", "a0", "G"} and all(v > 0.5 * data.n_steps
+    assert set(res.ess) == {"pi_e", "a0", "G", "mediator"} and all(v > 0.5 * data.n_steps
                                                         for v in res.ess.values())
 
 
@@ -412,3 +422,58 @@ def test_multi_action_panels_are_collapsed_with_the_public_helper():
                                                                      random_state=0)
     frame = res.to_frame()
     assert np.isfinite(frame.loc[frame["estimator"] == "dm", "value"]).all()
+
+
+def _rand3():
+    """4 states, 3 actions, a 3-level mediator (values -1, 0.5, 3), target and control policies."""
+    base = random_mediation_mdp(4, 3, 3, random_state=1, concentration=0.7)
+    mdp = DiscreteMediationMDP(base.init, base.behavior, base.mediator, 3 * base.reward_mean,
+                               base.transition, mediator_values=np.array([-1.0, 0.5, 3.0]))
+    rng = np.random.default_rng(5)
+    return mdp, rng.dirichlet(np.ones(3), size=4), rng.dirichlet(np.ones(3), size=4)
+
+
+def _bin3m():
+    """5 states with 2-d features, a binary action, a 4-level mediator, control a0 = 0."""
+    base = random_mediation_mdp(5, 2, 4, random_state=3, concentration=0.7)
+    sv = np.array([[0, 0], [0, 1], [1, 0], [1, 1], [2, 5]], float)
+    mdp = DiscreteMediationMDP(base.init, base.behavior, base.mediator, 3 * base.reward_mean,
+                               base.transition, state_values=sv)
+    return mdp, np.random.default_rng(7).dirichlet(np.ones(2), size=5)
+
+
+def test_mr_right_when_a_mediator_level_is_unseen_in_a_training_cell():
+    """rand3 panel 15: a level absent from a (state, action) cell of a training fold.
+
+    Without the Jeffreys prior of the mediator model its probability was ~1e-3, the mediator
+    ratio reached ~1000 and MR DDE / DME were 0.96 / -0.99 (truth -0.168 / 0.142).
+    Over 60 panels MR's Monte-Carlo SD is 0.049 (DDE) and 0.033 (DME): 0.2 is 4 SDs.
+    """
+    mdp, tgt, ctl = _rand3()
+    truth = mdp.exact_effects(tgt, ctl)
+    data = mdp.sample(300, 40, random_state=1015)
+    res = DynamicMediation(n_bootstrap=0, estimators=("dm", "mr")).estimate(
+        data, mdp.policy_fn(tgt), mdp.policy_fn(ctl), random_state=15)
+    for k in KEYS:
+        assert abs(res["mr"].effects[k].value - truth[k]) < 0.2, k
+    assert res.ess["mediator"] > 0.1 * data.n_steps
+
+
+def test_mediator_ratio_resting_on_few_rows_is_flagged():
+    """bin3m panel 162: a level with true p_m = 0.032 never appears in a cell of 225 training
+    rows, so even the Jeffreys estimate (0.002) gives a ratio of 149 (true maximum 43) and MR
+    IDE is off by -0.8; the mediator ESS is 2.4% of the transitions and the user is warned."""
+    mdp, tgt = _bin3m()
+    data = mdp.sample(300, 40, random_state=1162)
+    with pytest.warns(SupportWarning, match=re.escape("The mediator ratio p_e(M|S) / p_m(M|S,A) "
+                                                      "has an effective sample size of")):
+        res = DynamicMediation(n_bootstrap=0, estimators=("mr",)).estimate(
+            data, mdp.policy_fn(tgt), 0, random_state=162)
+    assert res.ess["mediator"] < 0.1 * data.n_steps
+    assert "mediator" in res.to_dict()["ess"]
+
+
+def test_mediator_ess_is_n_without_mediator_shift_and_small_for_one_heavy_row():
+    rho = np.array([0.0, 2.0, 2.0, 0.0, 2.0, 2.0])
+    assert mediator_ess(rho, np.ones(6)) == pytest.approx(6.0)
+    assert mediator_ess(rho, np.array([5.0, 1.0, 1.0, 1.0, 1.0, 100.0])) < 1.1 * 6 / 4

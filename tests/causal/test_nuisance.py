@@ -89,3 +89,21 @@ def test_many_actions_memory_stays_proportional():
         tracemalloc.stop()
     assert np.isfinite(res["mr"].effects["total"].value)
     assert peak < 64e6, f"peak {peak / 1e6:.0f} MB"  # dense design: 316 MB
+
+
+def test_mediator_prior_is_the_jeffreys_posterior_mode_of_every_cell():
+    """One-hot states: p(k|s,a) = (n_sak + 1/2) / (n_sa + K/2), also for unseen levels."""
+    rng = np.random.default_rng(1)
+    s, a, y = rng.integers(0, 3, 300), rng.integers(0, 2, 300), rng.integers(0, 4, 300)
+    y[(s == 0) & (a == 1)] = 0                  # levels 1-3 never seen in cell (0, 1)
+    y[y == 2] = 3                               # level 2 never seen at all
+    model = nz.BlockNewtonLogit(2, ridge=0.0, prior=nz.MEDIATOR_PRIOR).fit(np.eye(3)[s], a, y, 4)
+    p = model.predict_proba_all(np.eye(3), 4)                              # (3 states, 2, 4)
+    for si in range(3):
+        for ai in range(2):
+            cell = y[(s == si) & (a == ai)]
+            jeffreys = (np.bincount(cell, minlength=4) + 0.5) / (cell.size + 2.0)
+            np.testing.assert_allclose(p[si, ai], jeffreys, atol=1e-8)
+    # maximum likelihood (no prior) sends the unseen levels of cell (0, 1) towards 0
+    assert nz.BlockNewtonLogit(2).fit(np.eye(3)[s], a, y).predict_proba_all(
+        np.eye(3), 4)[0, 1, 1] < 1e-4 < p[0, 1, 1]

@@ -47,7 +47,8 @@ from equicare.causal._result import (
 from equicare.exceptions import DataValidationError, InvalidParameterError, SupportWarning
 from equicare.utils import PARAM_MESSAGE, RandomState, check_param, check_random_state
 
-__all__ = ["DynamicMediation", "PointExposureMediation", "ESTIMATORS", "FewTransitionsError"]
+__all__ = ["DynamicMediation", "PointExposureMediation", "ESTIMATORS", "FewTransitionsError",
+           "mediator_ess"]
 
 #: Estimators of :class:`DynamicMediation` (Contract-6 keys).
 ESTIMATORS = ("dm", "mis", "mr", "baseline")
@@ -70,6 +71,44 @@ FEW_TRANSITIONS_ADVICE = ("Use fewer actions (collapse them to an action set wit
 LOW_ESS_MESSAGE = ("The state density ratio of {name!r} has an effective sample size of {pct:.1f}% "
                    "of the transitions; the target and data visit different states, so MIS and MR "
                    "are imprecise.")
+LOW_MEDIATOR_ESS_MESSAGE = (
+    "The mediator ratio p_e(M|S) / p_m(M|S,A) has an effective sample size of {pct:.1f}% of "
+    "the transitions (largest ratio {max_w:.3g}): the MR and MIS IDE, IME, DDE and DME rest on "
+    "a few rows whose mediator value the fitted mediator model finds rare under the logged "
+    "action, and their standard errors and CIs can be far too narrow. Compare with 'dm', or "
+    "use a coarser basis or a smoother mediator model.")
+#: Effective sample size, in % of the transitions, below which a weight gets a SupportWarning.
+LOW_ESS_PCT = 10.0
+
+
+
+def mediator_ess(rho_0: NDArray[np.float64], ratio_m: NDArray[np.float64]) -> float:
+    r"""Effective sample size of the mediator ratio among rows reweighted to the control.
+
+    MR and MIS weight the mediator residuals by ``rho_0 * ratio_m``; ``rho_0`` (the control's
+    action ratio) makes the rows a sample of the control's actions, under which the mediator
+    ratio ``ratio_m = p_e(M|S) / p_m(M|S,A)`` has mean 1. This is Kish's effective sample size
+    of ``ratio_m`` under that ``rho_0``-weighted sample, scaled to the ``n`` transitions:
+
+    .. math::
+
+        n \, \frac{(\sum_i \rho_{0,i} r_i)^2}{\sum_i \rho_{0,i} \sum_i \rho_{0,i} r_i^2}.
+
+    It is ``n`` when the target does not move the mediator law, and small when a few rows
+    carry most of the mediator weight (an estimated ``p_m`` near 0 at an observed mediator).
+
+    Parameters
+    ----------
+    rho_0 : ndarray of shape (n,)
+    ratio_m : ndarray of shape (n,)
+
+    Returns
+    -------
+    float
+    """
+    s0, s1, s2 = (float((rho_0 * ratio_m ** k).sum()) for k in range(3))
+    return rho_0.size * s1 * s1 / (s0 * s2) if s0 > 0 and s2 > 0 else 0.0
+
 
 #: Rows per basis feature below which the analysis refuses to run.
 MIN_ROWS_PER_FEATURE = 2
@@ -205,7 +244,12 @@ class DynamicMediation:
     n_mediator_nodes : int
         Gauss-Hermite nodes integrating a continuous (Gaussian) mediator.
     prob_floor : float
-        Floor of ``pi_b(A|S)`` in action ratios; mediator ratios are capped at ``1/prob_floor``.
+        Floor of ``pi_b(A|S)`` in the action ratios and, for a discrete mediator, of
+        ``p_m(M|S,A)`` in the mediator ratios (so they stay below ``1/prob_floor``); continuous
+        mediator density ratios are capped at ``1/prob_floor``. The default discrete mediator
+        model adds Jeffreys' Dirichlet(1/2) pseudo-counts (:class:`~equicare.causal._nuisance.
+        BlockNewtonLogit`), so a level never seen in a (state, action) cell of a training fold
+        gets ``1 / (2 n_{s,a} + K)``, not a near-zero probability.
     reward_model : scikit-learn regressor or None
         ``E[R | S, A, M]`` on ``[states, one-hot action, mediators]``.
     mediator_model : scikit-learn classifier (discrete M) / regressor (continuous M) or None
@@ -473,7 +517,10 @@ class _Run:
         dens = med.density(S, ph, M)                                    # (n, A)
         pA_M = dens[ar, A]
         pe_M = (pe * dens).sum(1)
-        q["ratio_m"] = np.minimum(pe_M / np.maximum(pA_M, 1e-300), 1.0 / cfg.prob_floor)
+        if self.enc.discrete:        # p_m is a probability: floored like pi_b
+            q["ratio_m"] = pe_M / np.maximum(pA_M, cfg.prob_floor)
+        else:                        # a density has a scale: cap the ratio instead
+            q["ratio_m"] = np.minimum(pe_M / np.maximum(pA_M, 1e-300), 1.0 / cfg.prob_floor)
         if md.behavior_prob is not None and "behavior" not in models:
             pb_A = md.behavior_prob[idx]
         else:
@@ -524,6 +571,7 @@ class _Run:
         mis_w = np.zeros((n, 5))
         base = np.zeros((n, 2))
         w_all = np.zeros((n, 3))
+        w_med = np.zeros((n, 2))                     # rho_0 and the mediator ratio
         for k in range(K):
             te = np.flatnonzero(row_fold == k)
             tr = te if K == 1 else np.flatnonzero(row_fold != k)
@@ -544,6 +592,7 @@ class _Run:
             if self.need_w:
                 w_te = self.fit_ratios(tr, te, q_tr)
                 w_all[te] = w_te
+                w_med[te] = np.column_stack([q_te["rho_0"], q_te["ratio_m"]])
                 W = np.column_stack([
                     w_te[:, 0] * q_te["rho_e"],
                     w_te[:, 0] * q_te["rho_0"] * q_te["ratio_m"],
@@ -556,7 +605,7 @@ class _Run:
                     f_te = self.q_features(te, q_te)
                     mr_vals[te] = self.mr_rows(fits, f_te, q_te, w_te)
         return self.assemble(eta_dm_folds, dm_infl, mr_vals, mis_num, mis_w, base, w_all,
-                             target_name, control_name)
+                             w_med, target_name, control_name)
 
     def fit_q(self, f: dict[str, Any], q: dict[str, Any]) -> list[Any]:
         """LSTD for the five processes (order of ETA_KEYS)."""
@@ -610,8 +659,8 @@ class _Run:
     def assemble(self, eta_dm_folds: list[list[float]], dm_infl: NDArray[np.float64],
                  mr_vals: NDArray[np.float64], mis_num: NDArray[np.float64],
                  mis_w: NDArray[np.float64], base: NDArray[np.float64],
-                 w_all: NDArray[np.float64], target_name: str, control_name: str
-                 ) -> MediationResult:
+                 w_all: NDArray[np.float64], w_med: NDArray[np.float64], target_name: str,
+                 control_name: str) -> MediationResult:
         md, cfg = self.md, self.cfg
         n = md.n_steps
         points, infls, contrasts, names = [], [], [], []
@@ -665,9 +714,15 @@ class _Run:
             for j, key in enumerate(("pi_e", "a0", "G")):
                 ess[key] = effective_sample_size(w_all[:, j])
                 pct = 100.0 * ess[key] / n
-                if pct < 10.0:
+                if pct < LOW_ESS_PCT:
                     warnings.warn(LOW_ESS_MESSAGE.format(name=key, pct=pct), SupportWarning,
                                   stacklevel=3)
+            ess["mediator"] = mediator_ess(w_med[:, 0], w_med[:, 1])
+            pct = 100.0 * ess["mediator"] / n
+            if pct < LOW_ESS_PCT:
+                warnings.warn(LOW_MEDIATOR_ESS_MESSAGE.format(pct=pct,
+                                                              max_w=float(w_med[:, 1].max())),
+                              SupportWarning, stacklevel=3)
         return MediationResult(n_episodes=md.n_episodes, n_steps=n, control=control_name,
                                target=target_name, estimators=results, ess=ess,
                                settings=cfg.to_dict())

@@ -40,6 +40,9 @@ _BUDGET = 1 << 22
 #: NewtonLogit solves each Newton step by conjugate gradients on Hessian-vector products instead
 #: of forming the (p (K-1))^2 Hessian.
 NEWTON_MAX_PARAMS = 1024
+#: Pseudo-observations of each mediator level per basis function in the default discrete
+#: mediator model (Jeffreys' Dirichlet(1/2) prior; see :class:`BlockNewtonLogit`).
+MEDIATOR_PRIOR = 0.5
 
 
 def _exact_newton(n: int, p: int, k1: int) -> bool:
@@ -224,45 +227,88 @@ def _default_logistic() -> Any:
 
 
 class BlockNewtonLogit:
-    """:class:`NewtonLogit` on the design ``e_a (x) phi`` without forming it.
+    r""":class:`NewtonLogit` on the design ``e_a (x) phi`` without forming it.
 
     The features of a row are ``phi`` in the block of its action, so the log-likelihood, its
     gradient and Hessian split into one block per action; the penalty ``lam`` is that of the
     dense fit (``ridge * n * |phi|^2 / (n * A * p)``) and all blocks take their Newton steps
-    together until the largest step is below 1e-8: the same iterates as
+    together until the largest step is below 1e-8: with ``prior=0`` the same iterates as
     ``NewtonLogit().fit(action_tensor(a, phi, A), y)``.
+
+    With ``prior = alpha > 0`` each row also carries ``alpha * h_i`` pseudo-observations of
+    every class, where ``h_i = phi_i' (Phi_a' Phi_a)^+ phi_i`` is the leverage of the row in the
+    block of its action (the fit maximises the concave
+    ``sum_i sum_k (y_ik + alpha h_i) log p_k(x_i)``). The leverages of a block sum to its rank,
+    so the prior is worth ``alpha`` observations of each class per basis function. For a
+    saturated basis (one-hot states: ``h_i = 1 / n_{s,a}``) the fitted probabilities are the
+    Dirichlet(``alpha``) posterior modes in the logit scale of every (state, action) cell,
+
+    .. math::
+
+        \hat p(k \mid s, a) = \frac{n_{s,a,k} + \alpha}{n_{s,a} + K \alpha},
+
+    and ``alpha = 1/2`` (Jeffreys' prior) is Firth's (1993) bias-reduced estimate, the
+    standard remedy for separated logistic fits (R ``logistf``, ``brglm2``): a class never
+    seen in a cell gets ``1 / (2 n_{s,a} + K)`` instead of a probability that tends to 0.
 
     Parameters
     ----------
     n_actions : int
     ridge : float
     max_iter : int
+    prior : float
+        Pseudo-observations of each class per basis function (0: maximum likelihood).
+
+    References
+    ----------
+    Firth, D. (1993). Bias reduction of maximum likelihood estimates. Biometrika 80, 27-38.
     """
 
-    def __init__(self, n_actions: int, ridge: float = 1e-6, max_iter: int = 50) -> None:
+    def __init__(self, n_actions: int, ridge: float = 1e-6, max_iter: int = 50,
+                 prior: float = 0.0) -> None:
         self.n_actions, self.ridge, self.max_iter = n_actions, ridge, max_iter
+        self.prior = prior
 
-    def fit(self, phi: NDArray[np.float64], a: NDArray[np.int64], y: NDArray[Any]
-            ) -> BlockNewtonLogit:
-        """Fit on basis (n, p), actions (n,) and labels (n,)."""
-        self.classes_, yi = np.unique(y, return_inverse=True)
+    def fit(self, phi: NDArray[np.float64], a: NDArray[np.int64], y: NDArray[Any],
+            n_classes: int | None = None) -> BlockNewtonLogit:
+        """Fit on basis (n, p), actions (n,) and labels (n,).
+
+        ``n_classes`` (labels ``0 .. n_classes - 1``): every class gets the prior, including
+        classes absent from ``y``; default: the classes in ``y``.
+        """
+        if n_classes is None:
+            self.classes_, yi = np.unique(y, return_inverse=True)
+        else:
+            self.classes_, yi = np.arange(n_classes), np.asarray(y, dtype=np.int64)
         n, p = phi.shape
         A, K = self.n_actions, self.classes_.size
         B = np.zeros((A, p, max(K - 1, 0)))
         self.coef_ = B
         if K < 2:
             return self
-        Y = np.eye(K)[yi][:, 1:]
-        lam = self.ridge * n * max(float(np.einsum("ij,ij->", phi, phi)) / (n * A * p), 1e-12)
+        Y = np.eye(K)[yi]                                          # (n, K) class counts
+        w = np.ones(n)                                             # total count of each row
         groups = [(k, rows) for k, rows in enumerate(action_groups(a, A)) if rows.size]
+        if self.prior > 0:
+            h = np.empty(n)
+            for _, rows in groups:
+                X = phi[rows]
+                h[rows] = np.einsum("np,pq,nq->n", X, np.linalg.pinv(X.T @ X, hermitian=True),
+                                    X)
+            Y = Y + self.prior * h[:, None]
+            w = w + K * self.prior * h
+        Y = Y[:, 1:]
+        lam = self.ridge * n * max(float(np.einsum("ij,ij->", phi, phi)) / (n * A * p), 1e-12)
         solve = _newton_step if _exact_newton(max(r.size for _, r in groups), p,
                                               K - 1) else _newton_cg_step
         for _ in range(self.max_iter):
             step = np.zeros_like(B)                  # blocks without rows: gradient 0, step 0
             for k, rows in groups:
-                X = phi[rows]
+                X, wk = phi[rows], w[rows]
                 P = _logit_probs(X, B[k])[:, 1:]
-                step[k] = solve(X, P, X.T @ (P - Y[rows]) + lam * B[k], lam)
+                # row weights w: Hessian (sqrt(w) X)' W (sqrt(w) X), gradient X'(w P - Y)
+                step[k] = solve(X * np.sqrt(wk)[:, None], P,
+                                X.T @ (wk[:, None] * P - Y[rows]) + lam * B[k], lam)
             B = B - step
             if np.abs(step).max() < 1e-8:
                 break
@@ -355,7 +401,8 @@ class MediatorModel:
         if self.encoder.discrete:
             y = self.encoder.codes(mediators)
             if self.estimator is None:
-                self.model_ = BlockNewtonLogit(self.n_actions).fit(phi, actions, y)
+                self.model_ = BlockNewtonLogit(self.n_actions, prior=MEDIATOR_PRIOR).fit(
+                    phi, actions, y, self.encoder.n_levels)
             else:
                 self.model_ = _fit_clone(self.estimator, self._X(states, actions), y)
             return self
