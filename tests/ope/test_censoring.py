@@ -1,28 +1,121 @@
-"""OPE values the logged window (Contract 1): a censored and a terminal episode end both
-contribute nothing after the episode's last row, so the terminal flags change no estimate."""
+"""Censored stays: the stationary table's check against the window table, with exact truth."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+import warnings
 
 import numpy as np
+import pytest
 
+from equicare.data import TrajectoryDataset
+from equicare.exceptions import DataWarning
 from equicare.ope import evaluate
-from equicare.policy import TabularPolicy
+from equicare.spaces import FactoredActionSpace
 
-from ._mdp import BEHAVIOR, TARGET, small_mdp
+# 3 live states, 3 actions; each step ends in success (reward 1) w.p. PS, failure (0) w.p. PF,
+# else moves on by PM. Outcomes come at the end of a stay; stays are cut at H steps.
+PS = np.array([[0.02, 0.10, 0.05], [0.05, 0.25, 0.02], [0.15, 0.05, 0.30]])
+PF = np.array([[0.05, 0.02, 0.10], [0.10, 0.03, 0.05], [0.02, 0.10, 0.05]])
+PM = np.array([[[0.6, 0.3, 0.1], [0.2, 0.6, 0.2], [0.1, 0.2, 0.7]],
+               [[0.5, 0.4, 0.1], [0.1, 0.5, 0.4], [0.3, 0.3, 0.4]],
+               [[0.2, 0.2, 0.6], [0.4, 0.4, 0.2], [0.1, 0.1, 0.8]]])
+MU = np.array([0.5, 0.3, 0.2])
+BEH = np.array([[0.5, 0.3, 0.2], [0.4, 0.3, 0.3], [0.3, 0.4, 0.3]])
+TGT = np.array([[0.2, 0.6, 0.2], [0.2, 0.6, 0.2], [0.3, 0.2, 0.5]])
+GAMMA = 0.9
 
 
-def test_estimates_do_not_depend_on_censored_or_terminal_ends():
-    mdp = small_mdp(horizon=4)
-    ds = mdp.sample(BEHAVIOR, 400, seed=0)
-    assert ds.terminals[ds.is_last].all()  # every end terminal ...
-    censored = replace(ds, terminals=np.zeros(ds.n_steps, dtype=bool), _cache={})
-    assert censored.censored.all()  # ... versus every end censored (no terminal column)
-    res = {k: evaluate(d, TabularPolicy(TARGET), q_model="tabular", bootstrap=0, groups=())
-           for k, d in (("terminal", ds), ("censored", censored))}
-    for name, est in res["terminal"].estimates.items():
-        assert res["censored"].estimates[name].value == est.value, name
-    v_true = mdp.value(TARGET)
-    print(f"\nexact {v_true:.4f}; dr {res['censored'].estimates['dr'].value:.4f}")
-    assert abs(res["censored"].estimates["dr"].value - v_true) < 0.25
+def window_value(h: int) -> float:
+    """Exact value of the first ``h`` steps under TGT (dynamic programming forward)."""
+    d, v = MU.copy(), 0.0
+    for t in range(h):
+        v += GAMMA ** t * d @ (TGT * PS).sum(1)
+        d = np.einsum("s,sat->t", d, TGT[:, :, None] * (1 - PS - PF)[:, :, None] * PM)
+    return float(v)
+
+
+def panel(n: int, h: int, seed: int) -> TrajectoryDataset:
+    """``n`` stays under BEH, cut at ``h`` steps (vectorised over episodes)."""
+    rng = np.random.default_rng(seed)
+    s = rng.choice(3, size=n, p=MU)
+    alive = np.ones(n, dtype=bool)
+    cols: list[tuple[np.ndarray, ...]] = []
+    for t in range(h):
+        a = (rng.random(n)[:, None] > np.cumsum(BEH[s], axis=1)).sum(1)
+        u = rng.random(n)
+        win, lose = u < PS[s, a], (u >= PS[s, a]) & (u < PS[s, a] + PF[s, a])
+        cols.append((np.flatnonzero(alive), s[alive], a[alive], win[alive].astype(float),
+                     (win | lose)[alive], np.full(alive.sum(), t)))
+        alive &= ~(win | lose)
+        nxt = (rng.random(n)[:, None] > np.cumsum(PM[s, a], axis=1)).sum(1)
+        s = np.where(alive, nxt, s)
+    ep, st, ac, rw, te, tt = (np.concatenate(c) for c in zip(*cols, strict=True))
+    order = np.lexsort((tt, ep))
+    ep, st, ac, rw, te, tt = (x[order] for x in (ep, st, ac, rw, te, tt))
+    offsets = np.r_[0, np.cumsum(np.bincount(ep, minlength=n))].astype(np.int64)
+    return TrajectoryDataset(
+        states=st.astype(np.float32)[:, None], actions=ac.astype(np.int64),
+        reward_components=rw, terminals=te, episode_offsets=offsets,
+        episode_ids=np.arange(n), times=tt.astype(np.int64),
+        action_space=FactoredActionSpace.single(3), state_names=("s",), gamma=GAMMA,
+        groups={"g": np.where(np.arange(n) % 2 == 0, "x", "y")},
+        behavior_prob=BEH[st, ac], categorical=st[:, None].astype(np.int64),
+        categorical_names=("cell",), categorical_levels=((0, 1, 2),))
+
+
+def _fqe(ds: TrajectoryDataset, q_model: str) -> tuple[float, dict, list[str]]:
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        res = evaluate(ds, TGT[ds.categorical[:, 0]], estimators="fqe", q_model=q_model,
+                       bootstrap=50, groups=[], diagnose_support=False, random_state=0)
+    msgs = [str(w.message) for w in got if issubclass(w.category, DataWarning)]
+    return res.estimates["fqe"].value, res.q_model or {}, msgs
+
+
+def test_the_stationary_table_is_biased_by_a_cut_off_and_the_check_says_so():
+    """Cut at 10 steps (about 18% of the stays): the stationary table is 6-7% low (exact truth
+    0.5215), the window table within 3%, and the check names the window table."""
+    ds = panel(5000, 10, seed=1)
+    truth = window_value(10)
+    assert 0.12 < ds.censored.mean() < 0.25
+    v_st, info, msgs = _fqe(ds, "auto")
+    assert info["chosen"].startswith("tabular_stationary")
+    assert v_st / truth - 1 < -0.04
+    c = info["censoring"]
+    assert c["window"] == pytest.approx(truth, rel=0.03)
+    assert c["stationary"] == pytest.approx(v_st, rel=1e-12)
+    assert c["warning"] and c["difference_pct"] < -4
+    assert abs(c["stationary"] - c["window"]) > 2 * c["difference_se"]
+    assert any("tabular_window" in m and "censored" in m for m in msgs)
+    v_win, info_w, _ = _fqe(ds, "tabular_window")
+    assert v_win == pytest.approx(c["window"], rel=1e-12)
+    assert "censoring" not in info_w  # only the stationary table is checked
+
+
+def test_no_censoring_no_check():
+    ds = panel(2000, 200, seed=2)
+    assert not ds.censored.any()
+    _, info, msgs = _fqe(ds, "tabular_stationary")
+    assert "censoring" not in info
+    assert not any("censored" in m for m in msgs)
+
+
+def test_a_difference_censoring_cannot_explain_draws_no_warning():
+    """A handful of censored stays cannot move the value by more than their share of the
+    largest return: the difference is reported, not blamed on censoring."""
+    from equicare.ope._censoring import censoring_check
+    from equicare.ope._fqe import FQEConfig, fit_fqe_logged
+
+    ds = panel(3000, 200, seed=3)
+    last = ds.episode_offsets[1:] - 1
+    terminals = ds.terminals.copy()
+    terminals[last[:3]] = False  # three stays censored
+    from dataclasses import replace
+
+    cut = replace(ds, terminals=terminals, _cache={})
+    pe = TGT[cut.categorical[:, 0]]
+    cfg = FQEConfig(model="tabular", horizon="stationary")
+    check = censoring_check(cut, pe, fit_fqe_logged(cut, pe, cfg), cfg)
+    assert check is not None
+    assert check.explainable == pytest.approx(3 / 3000 * np.abs(cut.returns()).max())
+    assert not check.warn

@@ -895,6 +895,16 @@ def _evaluate(
         q_info["cell_choice"] = {**prep.cell_choice.to_dict(), "target_reads": read_pooled}
         if per_level:
             q_info["per_level"] = per_level
+    cfg_q = prep.q_config
+    if (q_info is not None and prep.qfit is not None and cfg_q is not None
+            and cfg_q.model == "tabular" and cfg_q.resolved_horizon == "stationary"):
+        from equicare.ope._censoring import censoring_check
+
+        check = censoring_check(dataset, prep.target_probs, prep.qfit, cfg_q)
+        if check is not None:  # censored stays: the window table's value beside it
+            q_info["censoring"] = check.to_dict()
+            if check.warn:
+                warnings.warn(check.message(), DataWarning, stacklevel=3)
     return EvaluationResult(
         n_episodes=dataset.n_episodes, n_steps=dataset.n_steps, gamma=float(dataset.gamma),
         behavior=beh, estimates=ests, ess=ess, support=support, groups=group_out,
