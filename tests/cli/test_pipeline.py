@@ -120,3 +120,13 @@ def test_sweep_table_prints_each_points_seed_in_full(tmp_path, monkeypatch):
     assert "1371234567" in res.stdout and "923912345" in res.stdout, res.stdout
     assert "e+0" not in res.stdout and "12.35" in res.stdout and "0.5" in res.stdout
 
+
+def test_runs_compare_of_a_run_and_a_sweep_is_one_line_and_exit_code_2(store):
+    s, rid, _ = store
+    sweep = s.start({"sweep": {"learner.n_steps": [20]}, "base": {"name": "ok"}})
+    s.finish(sweep, [Metric("sweep.dr", 1.1, group="learner.n_steps=20")])
+    res = runner.invoke(app, ["runs", "compare", rid, "latest", "--store", str(s.root)])
+    assert res.exit_code == 2, res.output
+    said = " ".join(res.output.split())
+    assert f"{sweep} is a sweep and {rid} a single run: they do not compare" in said
+    assert "configs differ" not in said

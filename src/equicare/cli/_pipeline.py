@@ -375,7 +375,8 @@ def register(app: typer.Typer) -> None:
         """Compare two runs' metrics side by side.
 
         A metric named after a run's learner is compared under its role (``ope.dr.learned``),
-        and the settings the two configs differ in are listed first.
+        and the settings the two configs differ in are listed first. Two sweeps compare point
+        by point (``sweep.dr`` per grid point); a sweep and a single run do not (exit code 2).
 
         Example: equicare runs compare latest~1 latest --store runs
         """
