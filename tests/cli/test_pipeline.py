@@ -97,3 +97,36 @@ def test_report_elsewhere_leaves_the_archived_run_folder_alone(tmp_path):
     res = runner.invoke(app, ["report", rid, "--store", str(s.root), "--force"])
     assert res.exit_code == 0, res.output
     assert (run_dir / "figures" / "allocation.png").is_file()
+
+
+def test_sweep_table_prints_each_points_seed_in_full(tmp_path, monkeypatch):
+    """A point's seed is printed as the integer ``equicare run --seed S`` takes (a row-wise
+    read of the table upcast it to float: ``1.371e+09``); values keep 4 significant digits."""
+    import pandas as pd
+
+    import equicare.pipeline._sweep as sweep_mod
+
+    table = pd.DataFrame({"learner.window": [2, 8], "reward.engagement": [0.0, 0.5],
+                          "seed": [1371234567, 923912345], "dr": [12.3456, 11.0],
+                          "dr_ci_low": [10.0, 9.0], "dr_ci_high": [14.0, 13.0]})
+
+    def fake_sweep(cfg, axes, *, store_root=None, progress=True):
+        return sweep_mod.SweepOutcome("20260101-abc", tmp_path, tmp_path / "report.html", table)
+
+    monkeypatch.setattr(sweep_mod, "run_sweep", fake_sweep)
+    res = runner.invoke(app, ["sweep", "--example", "care", "--grid", "learner.window=[2,8]",
+                              "--store", str(tmp_path / "runs"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "1371234567" in res.stdout and "923912345" in res.stdout, res.stdout
+    assert "e+0" not in res.stdout and "12.35" in res.stdout and "0.5" in res.stdout
+
+
+def test_runs_compare_of_a_run_and_a_sweep_is_one_line_and_exit_code_2(store):
+    s, rid, _ = store
+    sweep = s.start({"sweep": {"learner.n_steps": [20]}, "base": {"name": "ok"}})
+    s.finish(sweep, [Metric("sweep.dr", 1.1, group="learner.n_steps=20")])
+    res = runner.invoke(app, ["runs", "compare", rid, "latest", "--store", str(s.root)])
+    assert res.exit_code == 2, res.output
+    said = " ".join(res.output.split())
+    assert f"{sweep} is a sweep and {rid} a single run: they do not compare" in said
+    assert "configs differ" not in said

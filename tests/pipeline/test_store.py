@@ -172,3 +172,22 @@ def test_store_that_is_a_file_says_it_must_be_a_folder(tmp_path):
         said = " ".join(res.output.split())
         assert res.exit_code == 2 and "panel.csv is a file" in said, res.output
         assert "File exists" not in said and "Traceback" not in said
+
+
+def test_a_sweep_and_a_single_run_do_not_compare(tmp_path):
+    """No metric (``sweep.dr`` per point vs ``ope.dr.learned``) and no config key (``base.x``
+    vs ``x``) of a sweep lines up with a run's: say so instead of listing every key twice."""
+    from equicare.exceptions import InvalidParameterError
+
+    store = RunStore(tmp_path)
+    run = store.start({"learner": {"algo": "bc"}, "ope": {"ci": "studentized"}})
+    store.finish(run, [Metric("ope.dr.bc", 1.0)])
+    sweep = store.start({"sweep": {"learner.n_steps": [20, 40]},
+                         "base": {"learner": {"algo": "bc"}, "ope": {"ci": "studentized"}}})
+    store.finish(sweep, [Metric("sweep.dr", 1.1, group="learner.n_steps=20")])
+    for a, b in ((run, sweep), (sweep, run)):
+        with pytest.raises(InvalidParameterError, match=f"{sweep} is a sweep and {run} a single"):
+            store.compare(a, b)
+        with pytest.raises(InvalidParameterError, match="do not compare"):
+            store.config_diff(a, b)
+    assert store.config_diff(run, run) == [] and store.config_diff(sweep, sweep) == []

@@ -220,8 +220,9 @@ def register(app: typer.Typer) -> None:
         t = Table(title=f"Sweep {res.run_id}")
         for c in cols:
             t.add_column(str(c), overflow="fold")
-        for _, r in res.table.iterrows():
-            t.add_row(*[f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in cols])
+        # by column (itertuples), not by row (iterrows upcasts an int seed to float: 1.371e+09)
+        for r in res.table[cols].itertuples(index=False):
+            t.add_row(*[_sweep_cell(v) for v in r])
         print_table(t)
         console.print(f"report: {res.report}", highlight=False, markup=False)
 
@@ -374,7 +375,8 @@ def register(app: typer.Typer) -> None:
         """Compare two runs' metrics side by side.
 
         A metric named after a run's learner is compared under its role (``ope.dr.learned``),
-        and the settings the two configs differ in are listed first.
+        and the settings the two configs differ in are listed first. Two sweeps compare point
+        by point (``sweep.dr`` per grid point); a sweep and a single run do not (exit code 2).
 
         Example: equicare runs compare latest~1 latest --store runs
         """
@@ -427,6 +429,19 @@ def _text(v: object) -> str:
     """A table cell: ``""`` for a missing value (``None``, ``NaN``), else ``str(v)``."""
     if v is None or (isinstance(v, float) and v != v):
         return ""
+    return str(v)
+
+
+def _sweep_cell(v: object) -> str:
+    """A sweep table cell: integers (a point's seed) in full, ``run --seed S`` takes them."""
+    import numpy as np
+
+    if isinstance(v, (bool, np.bool_)):
+        return str(v)
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        return f"{float(v):.4g}"
     return str(v)
 
 

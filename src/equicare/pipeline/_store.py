@@ -293,6 +293,7 @@ class RunStore:
         is compared under its role, ``learned`` (``ope.dr.learned``), so two runs with
         different learners line up; :meth:`config_diff` says what else differs.
         """
+        self.check_comparable(run_a, run_b)
         a, b = (_by_role(self.metrics(r), _learner(self.get_run(r)["config"]))
                 for r in (run_a, run_b))
         key = ["name", "group"]
@@ -303,12 +304,31 @@ class RunStore:
         return m[key + ["value_a", "value_b", "diff"]]
 
 
+    def check_comparable(self, run_a: str, run_b: str) -> None:
+        """Raise :class:`InvalidParameterError` when one run is a sweep and the other is not.
+
+        A sweep records ``sweep.*`` metrics, one per grid point, and nests its config under
+        ``base.``; a single run records ``ope.*``/``audit.*`` metrics: no metric and no config
+        key of the one lines up with the other's.
+        """
+        ra, rb = self.get_run(run_a), self.get_run(run_b)
+        sweeps = [r["run_id"] for r in (ra, rb) if _is_sweep(r["config"])]
+        if len(sweeps) == 1:
+            single = rb if sweeps[0] == ra["run_id"] else ra
+            raise InvalidParameterError(
+                f"{sweeps[0]} is a sweep and {single['run_id']} a single run: they do not "
+                "compare (a sweep records one sweep.* metric per grid point, a run its ope.* "
+                "and audit.* metrics). Compare two runs or two sweeps; to set a sweep point "
+                "against a run, rerun the point with `equicare run --seed S --set KEY=VALUE` "
+                "(S is its seed column) and compare that run.")
+
     def config_diff(self, run_a: str, run_b: str) -> list[tuple[str, Any, Any]]:
         """The settings two runs' configs differ in: ``(dotted key, a, b)``, sorted.
 
         ``output.*`` (where results went and how: store, executor, jobs) and ``name`` are left
         out, also under a sweep's ``base.`` (its config is ``{"sweep": grid, "base": config}``).
         """
+        self.check_comparable(run_a, run_b)
         fa, fb = (_flatten(self.get_run(r)["config"]) for r in (run_a, run_b))
 
         def setting(key: str) -> bool:
@@ -336,6 +356,11 @@ def check_store_folder(root: str | os.PathLike[str]) -> None:
             raise InvalidParameterError(
                 f"The run store (--store, output.store) is {what}; {root} cannot be one "
                 f"because {up} is a file.")
+
+
+def _is_sweep(config: dict[str, Any]) -> bool:
+    """A sweep's config is ``{"sweep": grid, "base": run config}`` (:func:`run_sweep`)."""
+    return set(config) == {"sweep", "base"}
 
 
 def _learner(config: dict[str, Any]) -> str:
