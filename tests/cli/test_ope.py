@@ -258,3 +258,19 @@ def test_wis_with_every_weight_zero_prints_n_a_and_writes_null(files, stream):
     row = next(ln for ln in res.stdout.splitlines() if ln.strip("│ ").startswith("wis"))
     assert row.count("n/a") == 3 and " 0 " not in row, row
     assert "wis: n/a, every episode's importance weight is 0" in " ".join(res.stdout.split())
+
+
+def test_estimates_far_outside_the_returns_get_the_same_warning_streamed(files):
+    """Propensities a million times too small on a few rows: in memory and with --chunk-rows
+    the same one-line warning that the estimates lie far outside the observed returns."""
+    df = files["df"].copy()
+    df.loc[df.index[:3], "propensity"] *= 1e-6
+    df.to_csv(files["data"], index=False)
+    said = []
+    for extra in ([], ["--chunk-rows", "100"]):
+        res, _ = _run(files, "--estimators", "is,wis", "--force", *extra)
+        assert res.exit_code == 0, res.output
+        text = " ".join(res.output.split())
+        line = text[text.index("warning: is "):]
+        said.append(line[:line.index("WDR.") + 4])
+    assert "far outside the range of the observed returns" in said[0] and said[1] == said[0]

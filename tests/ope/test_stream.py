@@ -141,6 +141,39 @@ def test_point_estimates_match_the_in_memory_engine(panel):
 
 
 @pytest.mark.parametrize("q_model", [None, "linear"])
+def test_estimates_far_outside_the_returns_are_warned_about_as_in_memory(tmp_path, q_model):
+    """Propensities a million times too small on a few rows: the streamed evaluation (the
+    returns' range summed over several chunks) warns with the in-memory text, word for word."""
+    import warnings
+
+    from equicare.exceptions import DataWarning
+
+    frame = make_frame(n_members=150, seed=11, min_len=1, max_len=12).sort_values(
+        ["member_id", "week"])
+    frame.loc[frame.index[:3], "propensity"] *= 1e-6
+    path = tmp_path / "panel.parquet"
+    frame.to_parquet(path, index=False)
+    man = Manifest.from_dict(copy.deepcopy(MANIFEST))
+    ds = load_dataset(path, man, emit_warnings=False)
+    keys = ["is", "wis"] + ([] if q_model is None else ["dr"])
+    kw = {"q_model": q_model} if q_model else {}
+
+    def far(run):
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            run()
+        return [str(w.message) for w in rec
+                if w.category is DataWarning and "far outside" in str(w.message)]
+
+    ref = far(lambda: evaluate(ds, RiskPolicy(), estimators=keys, bootstrap=0, groups=[],
+                               diagnose_support=False, **kw))
+    got = far(lambda: evaluate_stream(path, RiskPolicy(), manifest=man, estimators=keys,
+                                      n_boot=10, groups=(), chunk_rows=40,
+                                      diagnose_support=False, **kw))
+    assert len(ref) == 1 and got == ref
+
+
+@pytest.mark.parametrize("q_model", [None, "linear"])
 def test_truncated_ess_has_the_in_memory_keys_and_the_cap_is_recorded(panel, q_model):
     """With ``truncate``, ``ess.trajectory`` is the untruncated ESS in both modes and
     ``ess.trajectory_truncated`` the truncated one; the streamed JSON records the cap."""

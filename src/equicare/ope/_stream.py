@@ -49,6 +49,7 @@ from numpy.typing import NDArray
 from equicare.data import Chunk, TrajectoryDataset
 from equicare.exceptions import (
     DataValidationError,
+    DataWarning,
     InvalidParameterError,
     PolicyError,
     SmallCellWarning,
@@ -878,6 +879,7 @@ def evaluate_stream(
                 fqe_bias = (sel.bias[sel.chosen], sel.bias_se[sel.chosen])
                 out.q_model["fqe_interval"] = fqe_interval_note(
                     sel, refitted_levels=bool(level_cols))
+            main = out.sums
             res = finish(out.sums, alpha=alpha, n_chunks=out.n_chunks, q_model=out.q_model,
                          behavior_model=beh_info, squares=out.squares, fqe_bias=fqe_bias)
             g_sums, g_squares = out.groups, out.group_squares
@@ -912,11 +914,18 @@ def evaluate_stream(
                     truncate=truncate, coefs=student_coefs(total.main, seed), groups=plan,
                     level_coefs=level_coefs))
                 sq, g_squares = both.main, both.groups
+            main = total.main
             res = finish(total.main, alpha=alpha, n_chunks=n, behavior_model=beh_info,
                          squares=sq)
             g_sums = total.groups
         src.flush()  # the support check's sums, when no pass was left to carry them
     report = None if support is None else support.report(keys)
+    from equicare.ope._evaluate import out_of_range_message
+
+    far = out_of_range_message(res.estimates, (main.returns_min, main.returns_max), res.ess,
+                               "logged" if beh_info is None else "estimated")
+    if far is not None:  # as in memory: the importance weights blowing up, not a value
+        warnings.warn(far, DataWarning, stacklevel=2)
     if plan is not None and g_sums is not None:
         res = dataclasses.replace(res, groups=finish_groups(
             plan, g_sums, g_squares, alpha=alpha,
