@@ -140,14 +140,22 @@ def test_point_estimates_match_the_in_memory_engine(panel):
     assert got.behavior.value == pytest.approx(ref.behavior.value, rel=1e-12)
 
 
-@pytest.mark.parametrize("q_model", [None, "linear"])
-def test_estimates_far_outside_the_returns_are_warned_about_as_in_memory(tmp_path, q_model):
-    """Propensities a million times too small on a few rows: the streamed evaluation (the
-    returns' range summed over several chunks) warns with the in-memory text, word for word."""
+def data_warnings(run, says):
+    """The messages of the DataWarnings that ``run()`` raises and that contain ``says``."""
     import warnings
 
     from equicare.exceptions import DataWarning
 
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        run()
+    return [str(w.message) for w in rec if w.category is DataWarning and says in str(w.message)]
+
+
+@pytest.mark.parametrize("q_model", [None, "linear"])
+def test_estimates_far_outside_the_returns_are_warned_about_as_in_memory(tmp_path, q_model):
+    """Propensities a million times too small on a few rows: the streamed evaluation (the
+    returns' range summed over several chunks) warns with the in-memory text, word for word."""
     frame = make_frame(n_members=150, seed=11, min_len=1, max_len=12).sort_values(
         ["member_id", "week"])
     frame.loc[frame.index[:3], "propensity"] *= 1e-6
@@ -158,18 +166,11 @@ def test_estimates_far_outside_the_returns_are_warned_about_as_in_memory(tmp_pat
     keys = ["is", "wis"] + ([] if q_model is None else ["dr"])
     kw = {"q_model": q_model} if q_model else {}
 
-    def far(run):
-        with warnings.catch_warnings(record=True) as rec:
-            warnings.simplefilter("always")
-            run()
-        return [str(w.message) for w in rec
-                if w.category is DataWarning and "far outside" in str(w.message)]
-
-    ref = far(lambda: evaluate(ds, RiskPolicy(), estimators=keys, bootstrap=0, groups=[],
-                               diagnose_support=False, **kw))
-    got = far(lambda: evaluate_stream(path, RiskPolicy(), manifest=man, estimators=keys,
-                                      n_boot=10, groups=(), chunk_rows=40,
-                                      diagnose_support=False, **kw))
+    ref = data_warnings(lambda: evaluate(ds, RiskPolicy(), estimators=keys, bootstrap=0,
+                                         groups=[], diagnose_support=False, **kw), "far outside")
+    got = data_warnings(lambda: evaluate_stream(path, RiskPolicy(), manifest=man, estimators=keys,
+                                                n_boot=10, groups=(), chunk_rows=40,
+                                                diagnose_support=False, **kw), "far outside")
     assert len(ref) == 1 and got == ref
 
 

@@ -868,6 +868,12 @@ def evaluate_stream(
                 src, policy, keys=keys, cfg=cfg, n_boot=n_boot, seed=seed, truncate=truncate,
                 progress=progress, studentized=ci_method == "studentized", groups=plan)
             out.q_model.update(q_info)
+            if out.cells is not None:  # thin cells: the in-memory warning, from pass 0's sums
+                from equicare.ope._prepare import q_cells_hint
+
+                thin = out.cells.message(q_cells_hint(cfg.cells, sel))
+                if thin is not None:
+                    warnings.warn(thin, DataWarning, stacklevel=2)
             level_cols = plan_levels(src, policy, cfg, plan, sample_rows=behavior_sample_rows,
                                      seed=seed, selection=sel)
             if "cell_choice" in out.q_model or level_cols:
