@@ -274,3 +274,16 @@ def test_estimates_far_outside_the_returns_get_the_same_warning_streamed(files):
         line = text[text.index("warning: is "):]
         said.append(line[:line.index("WDR.") + 4])
     assert "far outside the range of the observed returns" in said[0] and said[1] == said[0]
+
+
+@pytest.mark.parametrize("q_model", ["gbm", "mlp"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_q_cells_with_a_q_model_without_tables_is_refused_streamed_too(files, stream, q_model):
+    """--q-cells names the tables' cells: with gbm or mlp it is a user error (exit 2), in memory
+    and with --chunk-rows (where those Q-models do not stream and only IS-type estimates run)."""
+    extra = ["--chunk-rows", "100"] if stream else []
+    res, _ = _run(files, "--q-model", q_model, "--q-cells", "region", "--estimators", "wis",
+                  *extra)
+    assert res.exit_code == 2, res.output
+    assert (f"--q-cells applies to the tabular Q-models and auto; got --q-model {q_model}."
+            in " ".join(res.output.split()))

@@ -306,7 +306,9 @@ def run_evaluate_stream(data: Path, *, manifest: Path, policy: Path, estimators:
         raise InvalidParameterError(
             "--ci bca is in memory only (its acceleration needs every leave-one-episode-out "
             "estimate); with --chunk-rows use --ci studentized (the default) or percentile.")
-    q_spec = q_model_spec(q_model, q_cells) if q_streams else "linear"
+    q_spec = q_model_spec(q_model, q_cells)  # --q-cells checked as in memory, streaming or not
+    if not q_streams:
+        q_spec = "linear"
     with contextlib.ExitStack() as stack, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         stack.enter_context(shared_progress(enabled=progress))
