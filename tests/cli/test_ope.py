@@ -287,3 +287,21 @@ def test_q_cells_with_a_q_model_without_tables_is_refused_streamed_too(files, st
     assert res.exit_code == 2, res.output
     assert (f"--q-cells applies to the tabular Q-models and auto; got --q-model {q_model}."
             in " ".join(res.output.split()))
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--truncate", "0", "--truncate must be a number > 0; got 0.0."),
+    ("--truncate", "-1", "--truncate must be a number > 0; got -1.0."),
+    ("--estimators", "WIS", "The 'estimators' parameter of evaluate must be 'all' or a list of "
+                            "'is', 'wis', 'pdis', 'wpdis', 'fqe', 'dr', 'wdr', 'bandit_dr'. "
+                            "Got 'WIS' instead."),
+])
+@pytest.mark.parametrize("stream", [False, True])
+def test_bad_truncate_and_unknown_estimators_say_the_same_streamed(files, stream, option, value,
+                                                                   message):
+    """The same option errors with --chunk-rows as in memory: no internal function named, and
+    an unknown estimator is not called one that "cannot stream"."""
+    res, _ = _run(files, option, value, *(["--chunk-rows", "100"] if stream else []))
+    assert res.exit_code == 2, res.output
+    text = " ".join(res.output.split())
+    assert message in text and "episode_parts" not in text and "cannot stream" not in text

@@ -129,6 +129,12 @@ def test_bca_and_bad_parameters_are_refused(panel):
         evaluate_stream(ds, RiskPolicy(), n_boot=10, ci_method="basic")
     with pytest.raises(InvalidParameterError, match="'n_boot' parameter of evaluate_stream"):
         evaluate_stream(ds, RiskPolicy(), n_boot=0)
+    path, man, _ = panel
+    for bad in (0, -1.0):  # checked before the panel is read, not by an internal function
+        with pytest.raises(InvalidParameterError, match=re.escape(
+                f"The 'truncate' parameter of evaluate_stream must be a positive float or None. "
+                f"Got {bad} instead.")):
+            evaluate_stream(path, RiskPolicy(), manifest=man, n_boot=10, truncate=bad)
 
 
 def test_point_estimates_match_the_in_memory_engine(panel):

@@ -66,6 +66,12 @@ def q_model_spec(q_model: str, q_cells: str | None) -> Any:
                                 f"--q-model {q_model}.")
 
 
+def check_truncate(truncate: float | None) -> None:
+    """``--truncate``: a number > 0 (or not given), in memory and streamed alike."""
+    if truncate is not None and not truncate > 0:
+        raise InvalidParameterError(f"--truncate must be a number > 0; got {truncate!r}.")
+
+
 def load_target_policy(path: Path) -> Any:
     """Load a Contract-2 policy file or any model folder (``equicare.policy.load_policy``)."""
     from equicare.policy import load_policy
@@ -177,8 +183,7 @@ def run_evaluate(
     if ci not in ("percentile", "bca", "studentized"):
         raise InvalidParameterError(
             f"--ci must be 'percentile', 'bca' or 'studentized'; got {ci!r}.")
-    if truncate is not None and not truncate > 0:
-        raise InvalidParameterError(f"--truncate must be a number > 0; got {truncate!r}.")
+    check_truncate(truncate)
     keys = parse_estimators(estimators)
     q_spec = q_model_spec(q_model, q_cells)
     with warnings.catch_warnings():  # validation warnings are for `equicare validate`
@@ -282,15 +287,17 @@ def run_evaluate_stream(data: Path, *, manifest: Path, policy: Path, estimators:
     from equicare._progress import ProgressTask, progress_task, shared_progress
     from equicare.ope import evaluate_stream
     from equicare.ope._core import ESTIMATOR_KEYS
+    from equicare.ope._evaluate import parse_estimators
     from equicare.ope._stream import STREAM_KEYS
     from equicare.ope._stream_q import STREAM_Q_MODELS
     from equicare.utils import atomic_write_text
 
+    check_truncate(truncate)
     q_streams = q_model in (*STREAM_Q_MODELS, "auto")
     if estimators.strip() == "all":
         keys: tuple[str, ...] = ESTIMATOR_KEYS if q_streams else STREAM_KEYS
-    else:
-        keys = tuple(k.strip() for k in estimators.split(",") if k.strip())
+    else:  # an unknown name is the in-memory error; a known one may not stream
+        keys = parse_estimators(estimators)
     allowed = ESTIMATOR_KEYS if q_streams else STREAM_KEYS
     bad = [k for k in keys if k not in allowed]
     if bad:

@@ -829,6 +829,9 @@ def evaluate_stream(
             name="n_boot", owner="evaluate_stream",
             expected="an int >= 1 (the Poisson bootstrap's replicates)", got=n_boot))
     seed = int_seed(random_state, "evaluate_stream")
+    check_param(truncate, "truncate", "evaluate_stream",  # before the panel is read, as in memory
+                kind=(int, float, np.integer, np.floating), low=0.0, low_inclusive=False,
+                allow_none=True, expected="a positive float or None")
     support_threshold = float(check_param(
         support_threshold, "support_threshold", "evaluate_stream",
         kind=(int, float, np.integer, np.floating), low=0.0, high=1.0))
