@@ -180,6 +180,20 @@ def test_estimates_far_outside_the_returns_are_warned_about_as_in_memory(tmp_pat
     assert len(ref) == 1 and got == ref
 
 
+def test_the_behaviour_value_has_its_se_at_top_level_as_in_memory(panel):
+    """The top-level ``behavior`` has the in-memory keys, ``se`` too (the table prints it)."""
+    _, _, ds = panel
+    kw = {"estimators": ["wis"], "diagnose_support": False}
+    ref = evaluate(ds, RiskPolicy(), bootstrap=20, **kw).to_dict()
+    got = evaluate_stream(ds, RiskPolicy(), n_boot=20, **kw)
+    d = got.to_dict()
+    assert d["behavior"].keys() == ref["behavior"].keys() == {"value", "ci", "se"}
+    assert d["behavior"]["se"] == got.behavior.se > 0
+    for levels in d["groups"].values():  # as each level's
+        for g in levels.values():
+            assert g.get("suppressed") or g["behavior"].keys() == d["behavior"].keys()
+
+
 @pytest.mark.parametrize("q_model", [None, "linear"])
 def test_truncated_ess_has_the_in_memory_keys_and_the_cap_is_recorded(panel, q_model):
     """With ``truncate``, ``ess.trajectory`` is the untruncated ESS in both modes and

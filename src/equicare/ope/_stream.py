@@ -356,7 +356,7 @@ class StreamEvaluation:
         """
         out = {
             "n_episodes": self.n_episodes, "n_steps": self.n_steps, "gamma": self.gamma,
-            "behavior": {"value": self.behavior.value, "ci": list(self.behavior.ci)},
+            "behavior": self.behavior.to_dict(),  # with its "se", as in memory
             "estimates": {k: e.to_dict() for k, e in self.estimates.items()},
             "ess": ess_dict(self.ess, self.ess_truncated, self.settings.get("truncate"),
                             self.n_episodes),
