@@ -841,7 +841,10 @@ def evaluate_stream(
     fit_seed = nuisance_seed(seed)  # the in-memory nuisance models' folds and fits
     src = ChunkSource(source, manifest=manifest, chunk_rows=chunk_rows, executor=executor,
                       n_shards=n_shards)
-    plan = plan_groups(src.episode_groups(), groups, MIN_CELL)
+    on_file = src.path is not None  # a missing label: the file and the episode's id
+    plan = plan_groups(src.episode_groups(), groups, MIN_CELL,
+                       where=str(src.path) if on_file else "subgroups",
+                       episode_ids=src.scan.episode_ids if on_file else None)
     support = None if src.logged and not diagnose_support else _SupportRider(
         src, policy, behavior_model=behavior_model, seed=seed, threshold=support_threshold)
     sel: Any = None  # auto's selection, when it chose the Q-model
