@@ -305,3 +305,19 @@ def test_bad_truncate_and_unknown_estimators_say_the_same_streamed(files, stream
     assert res.exit_code == 2, res.output
     text = " ".join(res.output.split())
     assert message in text and "episode_parts" not in text and "cannot stream" not in text
+
+
+def test_bootstrap_0_is_in_memory_only_and_the_help_says_so(files):
+    """--bootstrap 0 (jackknife normal intervals) works in memory; with --chunk-rows it is a
+    user error that says why, and --help says both."""
+    from equicare.cli._ope import BOOTSTRAP0_STREAM_MESSAGE
+
+    res, out = _run(files, "--bootstrap", "0", "--estimators", "wis")
+    assert res.exit_code == 0, res.output
+    assert json.loads(out.read_text())["estimates"]["wis"]["se"] > 0
+    res, _ = _run(files, "--bootstrap", "0", "--estimators", "wis", "--chunk-rows", "100",
+                  "--force")
+    assert res.exit_code == 2
+    assert BOOTSTRAP0_STREAM_MESSAGE in " ".join(res.output.split())
+    helped = CliRunner().invoke(_app(), ["evaluate", "--help"], terminal_width=200)
+    assert "in memory only; with --chunk-rows at least 1" in " ".join(helped.output.split())

@@ -66,6 +66,13 @@ def q_model_spec(q_model: str, q_cells: str | None) -> Any:
                                 f"--q-model {q_model}.")
 
 
+#: ``evaluate --chunk-rows --bootstrap 0`` (tests match it).
+BOOTSTRAP0_STREAM_MESSAGE = (
+    "--bootstrap 0 (normal intervals from the jackknife standard error) is in memory only: "
+    "with --chunk-rows the intervals and standard errors come from the Poisson bootstrap's "
+    "replicates, so pass --bootstrap 1 or more.")
+
+
 def check_truncate(truncate: float | None) -> None:
     """``--truncate``: a number > 0 (or not given), in memory and streamed alike."""
     if truncate is not None and not truncate > 0:
@@ -308,7 +315,7 @@ def run_evaluate_stream(data: Path, *, manifest: Path, policy: Path, estimators:
         raise InvalidParameterError(
             f"--estimators {','.join(bad)} cannot stream: {why} (see docs/scale.md).")
     if bootstrap < 1:
-        raise InvalidParameterError("--bootstrap must be >= 1 with --chunk-rows.")
+        raise InvalidParameterError(BOOTSTRAP0_STREAM_MESSAGE)
     if ci == "bca":
         raise InvalidParameterError(
             "--ci bca is in memory only (its acceleration needs every leave-one-episode-out "
@@ -447,7 +454,9 @@ def register(app: typer.Typer) -> None:
         estimators: Annotated[str, typer.Option(
             help="'all' or a comma list of is, wis, pdis, wpdis, fqe, dr, wdr, bandit_dr.")
         ] = "all",
-        bootstrap: Annotated[int, typer.Option(min=0, help="Episode bootstrap replicates.")
+        bootstrap: Annotated[int, typer.Option(
+            min=0, help="Episode bootstrap replicates (0: normal intervals from the jackknife "
+                        "standard error, in memory only; with --chunk-rows at least 1).")
                              ] = 1000,
         truncate: Annotated[float | None, typer.Option(
             help="Cap on the cumulative importance weights (default: none).")] = None,
