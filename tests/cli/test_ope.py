@@ -258,3 +258,66 @@ def test_wis_with_every_weight_zero_prints_n_a_and_writes_null(files, stream):
     row = next(ln for ln in res.stdout.splitlines() if ln.strip("│ ").startswith("wis"))
     assert row.count("n/a") == 3 and " 0 " not in row, row
     assert "wis: n/a, every episode's importance weight is 0" in " ".join(res.stdout.split())
+
+
+def test_estimates_far_outside_the_returns_get_the_same_warning_streamed(files):
+    """Propensities a million times too small on a few rows: in memory and with --chunk-rows
+    the same one-line warning that the estimates lie far outside the observed returns."""
+    df = files["df"].copy()
+    df.loc[df.index[:3], "propensity"] *= 1e-6
+    df.to_csv(files["data"], index=False)
+    said = []
+    for extra in ([], ["--chunk-rows", "100"]):
+        res, _ = _run(files, "--estimators", "is,wis", "--force", *extra)
+        assert res.exit_code == 0, res.output
+        text = " ".join(res.output.split())
+        line = text[text.index("warning: is "):]
+        said.append(line[:line.index("WDR.") + 4])
+    assert "far outside the range of the observed returns" in said[0] and said[1] == said[0]
+
+
+@pytest.mark.parametrize("q_model", ["gbm", "mlp"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_q_cells_with_a_q_model_without_tables_is_refused_streamed_too(files, stream, q_model):
+    """--q-cells names the tables' cells: with gbm or mlp it is a user error (exit 2), in memory
+    and with --chunk-rows (where those Q-models do not stream and only IS-type estimates run)."""
+    extra = ["--chunk-rows", "100"] if stream else []
+    res, _ = _run(files, "--q-model", q_model, "--q-cells", "region", "--estimators", "wis",
+                  *extra)
+    assert res.exit_code == 2, res.output
+    assert (f"--q-cells applies to the tabular Q-models and auto; got --q-model {q_model}."
+            in " ".join(res.output.split()))
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--truncate", "0", "--truncate must be a number > 0; got 0.0."),
+    ("--truncate", "-1", "--truncate must be a number > 0; got -1.0."),
+    ("--estimators", "WIS", "The 'estimators' parameter of evaluate must be 'all' or a list of "
+                            "'is', 'wis', 'pdis', 'wpdis', 'fqe', 'dr', 'wdr', 'bandit_dr'. "
+                            "Got 'WIS' instead."),
+])
+@pytest.mark.parametrize("stream", [False, True])
+def test_bad_truncate_and_unknown_estimators_say_the_same_streamed(files, stream, option, value,
+                                                                   message):
+    """The same option errors with --chunk-rows as in memory: no internal function named, and
+    an unknown estimator is not called one that "cannot stream"."""
+    res, _ = _run(files, option, value, *(["--chunk-rows", "100"] if stream else []))
+    assert res.exit_code == 2, res.output
+    text = " ".join(res.output.split())
+    assert message in text and "episode_parts" not in text and "cannot stream" not in text
+
+
+def test_bootstrap_0_is_in_memory_only_and_the_help_says_so(files):
+    """--bootstrap 0 (jackknife normal intervals) works in memory; with --chunk-rows it is a
+    user error that says why, and --help says both."""
+    from equicare.cli._ope import BOOTSTRAP0_STREAM_MESSAGE
+
+    res, out = _run(files, "--bootstrap", "0", "--estimators", "wis")
+    assert res.exit_code == 0, res.output
+    assert json.loads(out.read_text())["estimates"]["wis"]["se"] > 0
+    res, _ = _run(files, "--bootstrap", "0", "--estimators", "wis", "--chunk-rows", "100",
+                  "--force")
+    assert res.exit_code == 2
+    assert BOOTSTRAP0_STREAM_MESSAGE in " ".join(res.output.split())
+    helped = CliRunner().invoke(_app(), ["evaluate", "--help"], terminal_width=200)
+    assert "in memory only; with --chunk-rows at least 1" in " ".join(helped.output.split())

@@ -129,6 +129,12 @@ def test_bca_and_bad_parameters_are_refused(panel):
         evaluate_stream(ds, RiskPolicy(), n_boot=10, ci_method="basic")
     with pytest.raises(InvalidParameterError, match="'n_boot' parameter of evaluate_stream"):
         evaluate_stream(ds, RiskPolicy(), n_boot=0)
+    path, man, _ = panel
+    for bad in (0, -1.0):  # checked before the panel is read, not by an internal function
+        with pytest.raises(InvalidParameterError, match=re.escape(
+                f"The 'truncate' parameter of evaluate_stream must be a positive float or None. "
+                f"Got {bad} instead.")):
+            evaluate_stream(path, RiskPolicy(), manifest=man, n_boot=10, truncate=bad)
 
 
 def test_point_estimates_match_the_in_memory_engine(panel):
@@ -138,6 +144,54 @@ def test_point_estimates_match_the_in_memory_engine(panel):
     for k in ("is", "wis", "pdis", "wpdis"):
         assert got.estimates[k].value == pytest.approx(ref.estimates[k].value, rel=1e-12)
     assert got.behavior.value == pytest.approx(ref.behavior.value, rel=1e-12)
+
+
+def data_warnings(run, says):
+    """The messages of the DataWarnings that ``run()`` raises and that contain ``says``."""
+    import warnings
+
+    from equicare.exceptions import DataWarning
+
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        run()
+    return [str(w.message) for w in rec if w.category is DataWarning and says in str(w.message)]
+
+
+@pytest.mark.parametrize("q_model", [None, "linear"])
+def test_estimates_far_outside_the_returns_are_warned_about_as_in_memory(tmp_path, q_model):
+    """Propensities a million times too small on a few rows: the streamed evaluation (the
+    returns' range summed over several chunks) warns with the in-memory text, word for word."""
+    frame = make_frame(n_members=150, seed=11, min_len=1, max_len=12).sort_values(
+        ["member_id", "week"])
+    frame.loc[frame.index[:3], "propensity"] *= 1e-6
+    path = tmp_path / "panel.parquet"
+    frame.to_parquet(path, index=False)
+    man = Manifest.from_dict(copy.deepcopy(MANIFEST))
+    ds = load_dataset(path, man, emit_warnings=False)
+    keys = ["is", "wis"] + ([] if q_model is None else ["dr"])
+    kw = {"q_model": q_model} if q_model else {}
+
+    ref = data_warnings(lambda: evaluate(ds, RiskPolicy(), estimators=keys, bootstrap=0,
+                                         groups=[], diagnose_support=False, **kw), "far outside")
+    got = data_warnings(lambda: evaluate_stream(path, RiskPolicy(), manifest=man, estimators=keys,
+                                                n_boot=10, groups=(), chunk_rows=40,
+                                                diagnose_support=False, **kw), "far outside")
+    assert len(ref) == 1 and got == ref
+
+
+def test_the_behaviour_value_has_its_se_at_top_level_as_in_memory(panel):
+    """The top-level ``behavior`` has the in-memory keys, ``se`` too (the table prints it)."""
+    _, _, ds = panel
+    kw = {"estimators": ["wis"], "diagnose_support": False}
+    ref = evaluate(ds, RiskPolicy(), bootstrap=20, **kw).to_dict()
+    got = evaluate_stream(ds, RiskPolicy(), n_boot=20, **kw)
+    d = got.to_dict()
+    assert d["behavior"].keys() == ref["behavior"].keys() == {"value", "ci", "se"}
+    assert d["behavior"]["se"] == got.behavior.se > 0
+    for levels in d["groups"].values():  # as each level's
+        for g in levels.values():
+            assert g.get("suppressed") or g["behavior"].keys() == d["behavior"].keys()
 
 
 @pytest.mark.parametrize("q_model", [None, "linear"])

@@ -230,3 +230,19 @@ def test_subgroups_refuse_a_missing_label() -> None:
                                    rows="1 episode (first: 12; 0-based episode positions)")
     with pytest.raises(DataValidationError, match=re.escape(msg)):
         plan_groups({"site": site}, ["site"], 11)
+
+
+def test_a_missing_label_in_a_streamed_panel_names_the_file_and_the_episode(tmp_path):
+    """As streamed audit says it: the panel's file and the episode's id (not its position)."""
+    from equicare.data._labels import MSG_MISSING_GROUP
+
+    frame = make_frame(n_members=40, seed=2).sort_values(["member_id", "week"])
+    frame["race"] = frame["race"].astype(object)
+    frame.loc[frame["member_id"] == "m017", "race"] = None
+    path = tmp_path / "panel.parquet"
+    frame.to_parquet(path, index=False)
+    msg = MSG_MISSING_GROUP.format(where=str(path), column="race",
+                                   rows="1 episode (first: 'm017'; episode ids)")
+    with pytest.raises(DataValidationError, match=re.escape(msg)):
+        evaluate_stream(path, RiskPolicy(), manifest=Manifest.from_dict(copy.deepcopy(MANIFEST)),
+                        estimators=("wis",), n_boot=10, chunk_rows=50)

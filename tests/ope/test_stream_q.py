@@ -17,7 +17,7 @@ from equicare.ope._prepare import prepare
 from equicare.pipeline import get_executor
 
 from ..conftest import MANIFEST, make_frame
-from .test_stream import RiskPolicy, TablePolicy, _same, tabular_panel
+from .test_stream import RiskPolicy, TablePolicy, _same, data_warnings, tabular_panel
 
 ALL = ("is", "wis", "pdis", "wpdis", "fqe", "dr", "wdr")
 Q_MODELS = ("linear", "tabular_stationary")
@@ -326,3 +326,28 @@ def test_auto_without_categorical_states_takes_linear_without_a_sample(panel, mo
     assert got.q_model["chosen"] == "linear" and sel["n_folds"] == 0
     assert sel["candidates"] == ref.candidates and sel["skipped"] == ref.skipped
     assert got.estimates == fixed.estimates
+
+
+def test_thin_cells_are_warned_about_as_in_memory(tmp_path):
+    """Two 20-level categorical columns over 968 rows: the table's cells hold under 3 rows
+    each. Streamed over 17 chunks, the warning counts the visited cells and levels from pass 0
+    and says, word for word, what the in-memory evaluation says."""
+    frame = make_frame(n_members=150, seed=11, min_len=1, max_len=12).sort_values(
+        ["member_id", "week"])
+    rng = np.random.default_rng(0)
+    frame["a"], frame["b"] = (rng.integers(0, 20, len(frame)) for _ in range(2))
+    path = tmp_path / "panel.parquet"
+    frame.to_parquet(path, index=False)
+    d = copy.deepcopy(MANIFEST)
+    d["dataset"]["categorical_states"] = ["a", "b"]
+    man = Manifest.from_dict(d)
+    ds = load_dataset(path, man, emit_warnings=False)
+    q = FQEConfig(model="tabular", horizon="stationary", cells=("a", "b"))
+    keys = ("fqe", "dr")
+    ref = data_warnings(lambda: evaluate(ds, RiskPolicy(), estimators=keys, q_model=q,
+                                         bootstrap=0, groups=[], diagnose_support=False),
+                        "cells this thin")
+    got = data_warnings(lambda: evaluate_stream(path, RiskPolicy(), manifest=man, estimators=keys,
+                                                q_model=q, n_boot=10, groups=(), chunk_rows=60,
+                                                diagnose_support=False), "cells this thin")
+    assert len(ref) == 1 and "(a x b: " in ref[0] and got == ref

@@ -66,6 +66,19 @@ def q_model_spec(q_model: str, q_cells: str | None) -> Any:
                                 f"--q-model {q_model}.")
 
 
+#: ``evaluate --chunk-rows --bootstrap 0`` (tests match it).
+BOOTSTRAP0_STREAM_MESSAGE = (
+    "--bootstrap 0 (normal intervals from the jackknife standard error) is in memory only: "
+    "with --chunk-rows the intervals and standard errors come from the Poisson bootstrap's "
+    "replicates, so pass --bootstrap 1 or more.")
+
+
+def check_truncate(truncate: float | None) -> None:
+    """``--truncate``: a number > 0 (or not given), in memory and streamed alike."""
+    if truncate is not None and not truncate > 0:
+        raise InvalidParameterError(f"--truncate must be a number > 0; got {truncate!r}.")
+
+
 def load_target_policy(path: Path) -> Any:
     """Load a Contract-2 policy file or any model folder (``equicare.policy.load_policy``)."""
     from equicare.policy import load_policy
@@ -177,8 +190,7 @@ def run_evaluate(
     if ci not in ("percentile", "bca", "studentized"):
         raise InvalidParameterError(
             f"--ci must be 'percentile', 'bca' or 'studentized'; got {ci!r}.")
-    if truncate is not None and not truncate > 0:
-        raise InvalidParameterError(f"--truncate must be a number > 0; got {truncate!r}.")
+    check_truncate(truncate)
     keys = parse_estimators(estimators)
     q_spec = q_model_spec(q_model, q_cells)
     with warnings.catch_warnings():  # validation warnings are for `equicare validate`
@@ -282,15 +294,17 @@ def run_evaluate_stream(data: Path, *, manifest: Path, policy: Path, estimators:
     from equicare._progress import ProgressTask, progress_task, shared_progress
     from equicare.ope import evaluate_stream
     from equicare.ope._core import ESTIMATOR_KEYS
+    from equicare.ope._evaluate import parse_estimators
     from equicare.ope._stream import STREAM_KEYS
     from equicare.ope._stream_q import STREAM_Q_MODELS
     from equicare.utils import atomic_write_text
 
+    check_truncate(truncate)
     q_streams = q_model in (*STREAM_Q_MODELS, "auto")
     if estimators.strip() == "all":
         keys: tuple[str, ...] = ESTIMATOR_KEYS if q_streams else STREAM_KEYS
-    else:
-        keys = tuple(k.strip() for k in estimators.split(",") if k.strip())
+    else:  # an unknown name is the in-memory error; a known one may not stream
+        keys = parse_estimators(estimators)
     allowed = ESTIMATOR_KEYS if q_streams else STREAM_KEYS
     bad = [k for k in keys if k not in allowed]
     if bad:
@@ -301,12 +315,14 @@ def run_evaluate_stream(data: Path, *, manifest: Path, policy: Path, estimators:
         raise InvalidParameterError(
             f"--estimators {','.join(bad)} cannot stream: {why} (see docs/scale.md).")
     if bootstrap < 1:
-        raise InvalidParameterError("--bootstrap must be >= 1 with --chunk-rows.")
+        raise InvalidParameterError(BOOTSTRAP0_STREAM_MESSAGE)
     if ci == "bca":
         raise InvalidParameterError(
             "--ci bca is in memory only (its acceleration needs every leave-one-episode-out "
             "estimate); with --chunk-rows use --ci studentized (the default) or percentile.")
-    q_spec = q_model_spec(q_model, q_cells) if q_streams else "linear"
+    q_spec = q_model_spec(q_model, q_cells)  # --q-cells checked as in memory, streaming or not
+    if not q_streams:
+        q_spec = "linear"
     with contextlib.ExitStack() as stack, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         stack.enter_context(shared_progress(enabled=progress))
@@ -438,7 +454,9 @@ def register(app: typer.Typer) -> None:
         estimators: Annotated[str, typer.Option(
             help="'all' or a comma list of is, wis, pdis, wpdis, fqe, dr, wdr, bandit_dr.")
         ] = "all",
-        bootstrap: Annotated[int, typer.Option(min=0, help="Episode bootstrap replicates.")
+        bootstrap: Annotated[int, typer.Option(
+            min=0, help="Episode bootstrap replicates (0: normal intervals from the jackknife "
+                        "standard error, in memory only; with --chunk-rows at least 1).")
                              ] = 1000,
         truncate: Annotated[float | None, typer.Option(
             help="Cap on the cumulative importance weights (default: none).")] = None,

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["thin_cells_message", "THIN_CELL_ROWS", "CellChoice", "choose_cells", "CELL_N_SE",
+__all__ = ["thin_cells_message", "thin_cells_text", "THIN_CELL_ROWS", "CellChoice",
+           "choose_cells", "CELL_N_SE",
            "CELL_BACKOFF", "CELL_FOLDS", "check_cells", "resolve_cells", "column_positions",
            "policy_reads", "READS_SHUFFLES", "cell_means"]
 
@@ -49,19 +50,32 @@ def thin_cells_message(dataset: Any, what: str, columns: tuple[str, ...] | None 
         names_all = tuple(names_all[j] for j in cols)
     if cat.shape[1] < 2:
         return None
-    n = float(dataset.n_steps)
-    n_comb = int(np.unique(cat, axis=0).shape[0])
+    return thin_cells_text(
+        what, names_all, n_rows=dataset.n_steps, n_comb=int(np.unique(cat, axis=0).shape[0]),
+        n_levels=[int(np.unique(cat[:, j]).size) for j in range(cat.shape[1])], hint=hint)
+
+
+def thin_cells_text(what: str, names: tuple[str, ...], *, n_rows: int, n_comb: int,
+                    n_levels: list[int], hint: str | None = None) -> str | None:
+    """:func:`thin_cells_message` from counts (a streamed fit sums them over chunks), or None.
+
+    ``names`` are the cells' columns, ``n_rows`` the rows, ``n_comb`` the visited combinations
+    of the columns' levels and ``n_levels`` each column's visited levels.
+    """
+    if len(names) < 2 or n_rows == 0:
+        return None
+    n = float(n_rows)
     per_comb = n / max(n_comb, 1)
-    per_level = [n / max(int(np.unique(cat[:, j]).size), 1) for j in range(cat.shape[1])]
+    per_level = [n / max(k, 1) for k in n_levels]
     j_fine = int(np.argmin(per_level))
     if per_comb >= THIN_CELL_ROWS or 4.0 * per_comb >= per_level[j_fine]:
         return None
-    names = " x ".join(str(c) for c in names_all)
+    joined = " x ".join(str(c) for c in names)
     advice = hint or ("List in the manifest's categorical_states only the columns that define "
                       "the clinical state (an attribute such as a care site can be a group).")
     return (f"{what} are the combinations of the categorical states "
-            f"({names}: {n_comb:,} visited, {per_comb:.1f} rows each, against "
-            f"{per_level[j_fine]:.0f} rows per level of {names_all[j_fine]!r} "
+            f"({joined}: {n_comb:,} visited, {per_comb:.1f} rows each, against "
+            f"{per_level[j_fine]:.0f} rows per level of {names[j_fine]!r} "
             f"alone): estimates lean on imputation in cells this thin. {advice}")
 
 

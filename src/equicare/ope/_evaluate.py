@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -922,20 +922,32 @@ def _warn_out_of_range(ests: dict[str, Estimate], returns: NDArray[np.float64],
     """
     if returns.size == 0:
         return
-    lo, hi = float(returns.min()), float(returns.max())
+    msg = out_of_range_message(ests, (float(returns.min()), float(returns.max())),
+                               getattr(ess, "trajectory", None), propensity_source)
+    if msg is not None:
+        warnings.warn(msg, DataWarning, stacklevel=3)
+
+
+def out_of_range_message(ests: Mapping[str, Any], returns_range: tuple[float, float],
+                         n_eff: Any, propensity_source: str = "estimated") -> str | None:
+    """The out-of-range warning's text (:func:`_warn_out_of_range`), or None when in range.
+
+    ``returns_range`` is the observed returns' ``(min, max)`` (a streamed evaluation sums it
+    chunk by chunk), ``n_eff`` the trajectory ESS (a number, else not said). The estimates
+    need only a ``value``.
+    """
+    lo, hi = returns_range
     span = max(hi - lo, 1e-12)
     bad = [f"{k} {e.value:.4g}" for k, e in ests.items()
            if np.isfinite(e.value) and not lo - span <= e.value <= hi + span]
-    if bad:
-        n_eff = getattr(ess, "trajectory", None)
-        warnings.warn(
-            f"{', '.join(bad)} lie{'s' if len(bad) == 1 else ''} far outside the range of the "
+    if not bad:
+        return None
+    return (f"{', '.join(bad)} lie{'s' if len(bad) == 1 else ''} far outside the range of the "
             f"observed returns [{lo:.4g}, {hi:.4g}]: the importance weights are extreme"
             + (f" (trajectory ESS {n_eff:.1f})" if isinstance(n_eff, float | int) else "")
             + ". Do not use them; truncate the weights (--truncate)"
             + (", prefer FQE or WDR, or log the propensities instead of estimating them."
-               if propensity_source == "estimated" else " or prefer FQE or WDR."),
-            DataWarning, stacklevel=3)
+               if propensity_source == "estimated" else " or prefer FQE or WDR."))
 
 
 def _pooled_columns_read(prep: Prepared, dataset: TrajectoryDataset, attrs: Sequence[str],

@@ -301,18 +301,8 @@ def prepare(
             qcfg = replace(qcfg, cells=q_cells.columns)
     qfit = None
     if given is None and (needs_q or "bandit_dr" in keys) and _concrete(qcfg).model == "tabular":
-        named = _concrete(qcfg).cells is not None and (
-            selection is None or selection.cell_choice is None)
-        hint = ("These are the cells named (--q-cells, FQEConfig(cells=...)); q_model='auto' "
-                "without cells pools over the columns that do not change the dynamics."
-                if named else
-                "q_model='auto' kept these columns: each changes the dynamics given the "
-                "others (held-out log-likelihood); if some do not define the clinical state, "
-                "name the cells: --q-cells, FQEConfig(cells=...)." if selection is not None else
-                "q_model='auto' pools over the columns that do not change the dynamics given "
-                "the others; or name the cells: --q-cells, FQEConfig(cells=...).")
-        msg = thin_cells_message(dataset, "The tabular Q-model's cells", _concrete(qcfg).cells,
-                                 hint)
+        msg = thin_cells_message(dataset, THIN_Q_CELLS, _concrete(qcfg).cells,
+                                 q_cells_hint(_concrete(qcfg).cells, selection))
         if msg is not None:
             warnings.warn(msg, DataWarning, stacklevel=2)
     if needs_q:  # Q at the logged actions and V only: no (n_steps, n_actions) Q matrix is kept
@@ -331,6 +321,27 @@ def prepare(
                     propensity_source=source, behavior_model=bm, qfit=qfit,
                     bandit_qfit=bandit_qfit, q_selection=selection, q_cells=q_cells,
                     q_config=_concrete(qcfg) if given is None and qfit is not None else None)
+
+
+#: What the thin-cells warning calls the tabular Q-model's cells (in memory and streamed).
+THIN_Q_CELLS = "The tabular Q-model's cells"
+
+
+def q_cells_hint(cells: tuple[str, ...] | None, selection: Any) -> str:
+    """The thin-cells warning's advice for a tabular Q-model over ``cells``.
+
+    ``selection`` is ``auto``'s :class:`~equicare.ope._select.QSelection` (None for a fixed
+    model): named cells, cells ``auto`` kept, or every column.
+    """
+    named = cells is not None and (selection is None or selection.cell_choice is None)
+    return ("These are the cells named (--q-cells, FQEConfig(cells=...)); q_model='auto' "
+            "without cells pools over the columns that do not change the dynamics."
+            if named else
+            "q_model='auto' kept these columns: each changes the dynamics given the "
+            "others (held-out log-likelihood); if some do not define the clinical state, "
+            "name the cells: --q-cells, FQEConfig(cells=...)." if selection is not None else
+            "q_model='auto' pools over the columns that do not change the dynamics given "
+            "the others; or name the cells: --q-cells, FQEConfig(cells=...).")
 
 
 def _concrete(cfg: FQEConfig | str) -> FQEConfig:

@@ -49,6 +49,7 @@ from numpy.typing import NDArray
 from equicare.data import Chunk, TrajectoryDataset
 from equicare.exceptions import (
     DataValidationError,
+    DataWarning,
     InvalidParameterError,
     PolicyError,
     SmallCellWarning,
@@ -355,7 +356,7 @@ class StreamEvaluation:
         """
         out = {
             "n_episodes": self.n_episodes, "n_steps": self.n_steps, "gamma": self.gamma,
-            "behavior": {"value": self.behavior.value, "ci": list(self.behavior.ci)},
+            "behavior": self.behavior.to_dict(),  # with its "se", as in memory
             "estimates": {k: e.to_dict() for k, e in self.estimates.items()},
             "ess": ess_dict(self.ess, self.ess_truncated, self.settings.get("truncate"),
                             self.n_episodes),
@@ -828,6 +829,9 @@ def evaluate_stream(
             name="n_boot", owner="evaluate_stream",
             expected="an int >= 1 (the Poisson bootstrap's replicates)", got=n_boot))
     seed = int_seed(random_state, "evaluate_stream")
+    check_param(truncate, "truncate", "evaluate_stream",  # before the panel is read, as in memory
+                kind=(int, float, np.integer, np.floating), low=0.0, low_inclusive=False,
+                allow_none=True, expected="a positive float or None")
     support_threshold = float(check_param(
         support_threshold, "support_threshold", "evaluate_stream",
         kind=(int, float, np.integer, np.floating), low=0.0, high=1.0))
@@ -837,7 +841,10 @@ def evaluate_stream(
     fit_seed = nuisance_seed(seed)  # the in-memory nuisance models' folds and fits
     src = ChunkSource(source, manifest=manifest, chunk_rows=chunk_rows, executor=executor,
                       n_shards=n_shards)
-    plan = plan_groups(src.episode_groups(), groups, MIN_CELL)
+    on_file = src.path is not None  # a missing label: the file and the episode's id
+    plan = plan_groups(src.episode_groups(), groups, MIN_CELL,
+                       where=str(src.path) if on_file else "subgroups",
+                       episode_ids=src.scan.episode_ids if on_file else None)
     support = None if src.logged and not diagnose_support else _SupportRider(
         src, policy, behavior_model=behavior_model, seed=seed, threshold=support_threshold)
     sel: Any = None  # auto's selection, when it chose the Q-model
@@ -867,6 +874,12 @@ def evaluate_stream(
                 src, policy, keys=keys, cfg=cfg, n_boot=n_boot, seed=seed, truncate=truncate,
                 progress=progress, studentized=ci_method == "studentized", groups=plan)
             out.q_model.update(q_info)
+            if out.cells is not None:  # thin cells: the in-memory warning, from pass 0's sums
+                from equicare.ope._prepare import q_cells_hint
+
+                thin = out.cells.message(q_cells_hint(cfg.cells, sel))
+                if thin is not None:
+                    warnings.warn(thin, DataWarning, stacklevel=2)
             level_cols = plan_levels(src, policy, cfg, plan, sample_rows=behavior_sample_rows,
                                      seed=seed, selection=sel)
             if "cell_choice" in out.q_model or level_cols:
@@ -878,6 +891,7 @@ def evaluate_stream(
                 fqe_bias = (sel.bias[sel.chosen], sel.bias_se[sel.chosen])
                 out.q_model["fqe_interval"] = fqe_interval_note(
                     sel, refitted_levels=bool(level_cols))
+            main = out.sums
             res = finish(out.sums, alpha=alpha, n_chunks=out.n_chunks, q_model=out.q_model,
                          behavior_model=beh_info, squares=out.squares, fqe_bias=fqe_bias)
             g_sums, g_squares = out.groups, out.group_squares
@@ -912,11 +926,18 @@ def evaluate_stream(
                     truncate=truncate, coefs=student_coefs(total.main, seed), groups=plan,
                     level_coefs=level_coefs))
                 sq, g_squares = both.main, both.groups
+            main = total.main
             res = finish(total.main, alpha=alpha, n_chunks=n, behavior_model=beh_info,
                          squares=sq)
             g_sums = total.groups
         src.flush()  # the support check's sums, when no pass was left to carry them
     report = None if support is None else support.report(keys)
+    from equicare.ope._evaluate import out_of_range_message
+
+    far = out_of_range_message(res.estimates, (main.returns_min, main.returns_max), res.ess,
+                               "logged" if beh_info is None else "estimated")
+    if far is not None:  # as in memory: the importance weights blowing up, not a value
+        warnings.warn(far, DataWarning, stacklevel=2)
     if plan is not None and g_sums is not None:
         res = dataclasses.replace(res, groups=finish_groups(
             plan, g_sums, g_squares, alpha=alpha,

@@ -118,7 +118,8 @@ def membership_matrix(codes: NDArray[np.int64], n_columns: int) -> NDArray[np.bo
 
 
 def plan_groups(labels: dict[str, NDArray[Any]], attrs: Sequence[str] | None,
-                min_cell: int) -> GroupPlan | None:
+                min_cell: int, *, where: str = "subgroups",
+                episode_ids: NDArray[Any] | None = None) -> GroupPlan | None:
     """The :class:`GroupPlan` of a panel's per-episode group labels.
 
     Parameters
@@ -130,6 +131,10 @@ def plan_groups(labels: dict[str, NDArray[Any]], attrs: Sequence[str] | None,
         Attributes to report (default: every one the panel has).
     min_cell : int
         Levels with fewer episodes are suppressed.
+    where : str
+        What holds the labels (the panel's file), named when a label is missing.
+    episode_ids : ndarray of shape (n_episodes,), optional
+        The episodes' ids, to name those without a label.
 
     Returns
     -------
@@ -146,7 +151,8 @@ def plan_groups(labels: dict[str, NDArray[Any]], attrs: Sequence[str] | None,
         return None
     levels, counts = [], []
     for a in names:
-        check_group_labels(labels[a], a, "subgroups")  # str() would make None a level "None"
+        # str() would make None a level "None"
+        check_group_labels(labels[a], a, where, episode_ids)
         lv, n = np.unique(np.asarray(labels[a]).astype(str), return_counts=True)
         hidden = suppressed_levels(labels[a], min_cell)  # primary and complementary
         counts.append({str(k): int(c) for k, c in zip(lv, n, strict=True)})

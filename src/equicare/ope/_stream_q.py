@@ -54,6 +54,7 @@ from equicare.ope._fqe import (
     _LinearModel,
     _next_rows,
     _tabular_design,
+    cell_columns,
     visited_pairs,
 )
 from equicare.ope._lstd import (
@@ -88,7 +89,7 @@ from equicare.utils import ROW_BLOCK_ELEMENTS, row_blocks
 
 __all__ = ["STREAM_Q_MODELS", "stream_q_config", "evaluate_stream_q", "StreamQOutput",
            "GroupCodes",
-           "fit_q_stream",
+           "fit_q_stream", "CellCounts",
            "choose_cells_stream", "choose_q_stream", "resolve_stream_q", "StreamQFit", "QValues",
            "AUTO_MESSAGE",
            "group_refit_directions", "refit_contributions"]
@@ -321,27 +322,75 @@ class _Moments:
 
 
 @dataclass(frozen=True)
+class CellCounts:
+    """The stationary table's cells over the whole panel: whether they are thin.
+
+    Attributes
+    ----------
+    names : tuple of str
+        The cells' categorical columns.
+    n_rows, n_comb : int
+        The panel's rows and its visited combinations of the columns' levels.
+    n_levels : tuple of int
+        Each column's visited levels.
+    """
+
+    names: tuple[str, ...]
+    n_rows: int
+    n_comb: int
+    n_levels: tuple[int, ...]
+
+    def message(self, hint: str) -> str | None:
+        """The in-memory thin-cells warning (:func:`equicare.data._cells.thin_cells_message`)."""
+        from equicare.data._cells import thin_cells_text
+        from equicare.ope._prepare import THIN_Q_CELLS
+
+        return thin_cells_text(THIN_Q_CELLS, self.names, n_rows=self.n_rows, n_comb=self.n_comb,
+                               n_levels=list(self.n_levels), hint=hint)
+
+
+@dataclass(frozen=True)
 class _Pre:
-    """Pass 0: what the design needs from the whole panel."""
+    """Pass 0: what the design needs from the whole panel.
+
+    ``cell_shape`` (tabular): the cells' columns, their levels' counts and the number of
+    actions, which decode the ``visited`` keys; ``n_rows`` the rows summed.
+    """
 
     moments: _Moments | None
     visited: NDArray[np.int64] | None
     r_absmax: float
+    n_rows: int = 0
+    cell_shape: tuple[tuple[str, ...], tuple[int, ...], int] | None = None
 
     def __add__(self, o: _Pre) -> _Pre:
         return _Pre(moments=None if self.moments is None or o.moments is None
                     else self.moments + o.moments,
                     visited=None if self.visited is None or o.visited is None
                     else np.union1d(self.visited, o.visited),
-                    r_absmax=max(self.r_absmax, o.r_absmax))
+                    r_absmax=max(self.r_absmax, o.r_absmax), n_rows=self.n_rows + o.n_rows,
+                    cell_shape=self.cell_shape or o.cell_shape)
+
+    def cell_counts(self) -> CellCounts | None:
+        """The visited cells and each column's visited levels (tabular), else None."""
+        if self.visited is None or self.cell_shape is None:
+            return None
+        names, sizes, n_actions = self.cell_shape
+        cells = np.unique(self.visited // n_actions)
+        levels = np.unravel_index(cells, sizes) if sizes else ()
+        return CellCounts(names=names, n_rows=self.n_rows, n_comb=int(cells.size),
+                          n_levels=tuple(int(np.unique(lv).size) for lv in levels))
 
 
 def _pre_chunk(dataset: TrajectoryDataset, *, cfg: FQEConfig) -> _Pre:
     r_absmax = float(np.abs(dataset.rewards).max()) if dataset.n_steps else 0.0
     if cfg.model == "tabular":
         cell, _ = _cells(dataset, cfg.cells)
+        cols = cell_columns(dataset, cfg.cells)
+        shape = (tuple(dataset.categorical_names[j] for j in cols),
+                 tuple(len(dataset.categorical_levels[j]) for j in cols), dataset.n_actions)
         return _Pre(moments=None, visited=visited_pairs(cell, dataset.actions, dataset.n_actions),
-                    r_absmax=r_absmax)
+                    r_absmax=r_absmax, n_rows=dataset.n_steps, cell_shape=shape)
     cats = _category_design(dataset)
     x = np.asarray(dataset.features(one_hot=cats is None), dtype=np.float64)
     mean = x.mean(axis=0)
@@ -784,6 +833,8 @@ class StreamQFit:
         The summed statistics.
     info : dict
         Solver and sizes.
+    cells : CellCounts or None
+        The stationary table's visited cells (tabular).
     """
 
     design: _Design
@@ -792,6 +843,7 @@ class StreamQFit:
     pass1: _Pass1
     info: dict[str, Any]
     r_absmax: float
+    cells: CellCounts | None = None
 
     def applier(self) -> QValues:
         """What a worker needs to evaluate the fitted Q on a chunk (picklable, small)."""
@@ -816,7 +868,7 @@ class StreamQFit:
         theta = _iterate(p1.sums, p1.gamma, penalty, n_iter)
         return StreamQFit(design=self.design, theta=theta, solution=None, pass1=p1,
                           info={**self.info, "solver": "iterate", "n_iterations": n_iter},
-                          r_absmax=self.r_absmax)
+                          r_absmax=self.r_absmax, cells=self.cells)
 
 
 def _bounded_chunk(dataset: TrajectoryDataset, *, policy: Any, q: QValues,
@@ -869,7 +921,7 @@ def fit_q_stream(source: Any, policy: Any, *, cfg: FQEConfig, keys: tuple[str, .
                                                 design=design, groups=groups))
     sol, theta, info = _solve(p1, design, p1.gamma)
     fit = StreamQFit(design=design, theta=theta, solution=sol, pass1=p1, info=info,
-                     r_absmax=pre.r_absmax)
+                     r_absmax=pre.r_absmax, cells=pre.cell_counts())
     limit = fit.check_limit
     if check and limit is not None:
         ok, _ = source.map_reduce(functools.partial(_by_blocks, _bounded_chunk, policy=policy,
@@ -897,6 +949,8 @@ class StreamQOutput:
         Each subgroup level's sums, with the other episodes' share of its refit.
     group_squares : GroupSquares or None
         Each level's summed squared influences.
+    cells : CellCounts or None
+        The stationary table's visited cells (tabular: whether they are thin).
     """
 
     sums: StreamSums
@@ -905,6 +959,7 @@ class StreamQOutput:
     squares: SquareSums | None = None
     groups: GroupSums | None = None
     group_squares: Any = None
+    cells: CellCounts | None = None
 
 
 def evaluate_stream_q(source: Any, policy: Any, *, keys: tuple[str, ...], cfg: FQEConfig,
@@ -979,7 +1034,7 @@ def evaluate_stream_q(source: Any, policy: Any, *, keys: tuple[str, ...], cfg: F
                             else "Q-model fitted once on all episodes"),
               "passes": 4 if studentized else 3}
     return StreamQOutput(sums=p2.sums, n_chunks=n, q_model=q_info, squares=squares,
-                         groups=p2.groups, group_squares=g_squares)
+                         groups=p2.groups, group_squares=g_squares, cells=qfit.cells)
 
 
 # ---------------------------------------------------------------------- groups' refit directions

@@ -50,6 +50,9 @@ class StreamSums:
     weights : WeightSums or None
         Summed importance weights per step (a subgroup level's: whether its weighted values may
         be published, :func:`~equicare.ope._ess.low_ess_groups`); None for the whole panel.
+    returns_min, returns_max : float
+        The smallest and largest discounted episode return (``inf`` and ``-inf`` for no
+        episodes): whether an estimate lies far outside the observed returns.
     """
 
     n_episodes: int
@@ -66,6 +69,8 @@ class StreamSums:
         default=((), {}, 0), repr=False)
     infl_keys: tuple[str, ...] = ()
     weights: WeightSums | None = field(default=None, repr=False)
+    returns_min: float = np.inf
+    returns_max: float = -np.inf
 
     def __add__(self, other: StreamSums) -> StreamSums:
         if self.parts_layout[0] != other.parts_layout[0] or self.total.shape != other.total.shape:
@@ -80,7 +85,9 @@ class StreamSums:
                           parts_layout=self.parts_layout, infl_keys=self.infl_keys,
                           weights=(self.weights if other.weights is None
                                    else other.weights if self.weights is None
-                                   else self.weights + other.weights))
+                                   else self.weights + other.weights),
+                          returns_min=min(self.returns_min, other.returns_min),
+                          returns_max=max(self.returns_max, other.returns_max))
 
     def ess(self) -> tuple[float, float | None]:
         """Kish's effective sample size of the trajectory weights, and of the truncated ones."""
@@ -119,11 +126,14 @@ def episode_sums(mat: NDArray[np.float64], w: NDArray[np.float64],
         Their truncated trajectory weights (with ``truncate``).
     """
     tw, tt = traj_weights, trunc_weights
+    ret = mat[:, mat.shape[1] - 1 - len(infl_keys)]  # the return: after the parts
     return StreamSums(n_episodes=int(mat.shape[0]), n_steps=int(n_steps), total=mat.sum(axis=0),
                       boot=w @ mat, boot_n=w.sum(axis=1), w_sum=float(tw.sum()),
                       w_sq=float(np.dot(tw, tw)), gamma=gamma, parts_layout=layout,
                       infl_keys=infl_keys, wt_sum=None if tt is None else float(tt.sum()),
-                      wt_sq=None if tt is None else float(np.dot(tt, tt)))
+                      wt_sq=None if tt is None else float(np.dot(tt, tt)),
+                      returns_min=float(ret.min()) if ret.size else np.inf,
+                      returns_max=float(ret.max()) if ret.size else -np.inf)
 
 
 def corrected_sums(sums: StreamSums) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
