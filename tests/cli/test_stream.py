@@ -198,6 +198,13 @@ def test_train_streams_bc_and_refuses_learners_that_do_not(parts, tmp_path):
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert out["n_steps"] == 40 and out["streaming"]["chunks_read"] >= 2
+    res = runner.invoke(app, ["train", info["panel"], "--manifest", man, "--algo", "bc",
+                              "--steps", "5", "--out", str(tmp_path / "bc_mem"), "--no-progress",
+                              "--json"])
+    assert res.exit_code == 0, res.output
+    mem = json.loads(res.stdout)
+    assert set(mem) - set(out) == set()  # the in-memory keys, plus "streaming"
+    assert out["n_episodes"] == mem["n_episodes"] and out["n_rows"] == mem["n_rows"]
     res = runner.invoke(app, ["predict", str(tmp_path / "bc"), info["panel"], "--manifest", man,
                               "--out", str(tmp_path / "p.parquet")])
     assert res.exit_code == 0, res.output

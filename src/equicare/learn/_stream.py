@@ -488,6 +488,7 @@ def fit_stream(
     learner.group_weights_ = learner._dro.q.numpy().copy()
     learner.stream_info_ = {"chunk_rows": chunk_rows, "buffer_chunks": buffer_chunks,
                             "sample_rate": rate, "chunks_read": n_chunks, "n_rows": scan.n_rows,
+                            "n_episodes": scan.n_episodes,
                             "read": "sampled" if ranges is not None else "whole panel",
                             "rows_read_per_pass": planned,
                             "units_read": len(ranges) if ranges is not None else None,
