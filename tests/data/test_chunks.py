@@ -428,3 +428,21 @@ def test_streamed_propensity_range_is_tail_range(n):
                            n_bp=part.size, k=k)
         total = one if total is None else total + one
     assert _tail_range(total) == tail_range(v)
+
+
+def test_unclustered_panel_error_gives_a_working_python_call(frame, tmp_path, monkeypatch):
+    """No CLI command clusters a panel: the error says so and its one-line call works."""
+    from equicare.data import plan_shards
+    from equicare.data._chunks import CLUSTER_HINT
+
+    src = _write(frame, "csv", tmp_path)
+    man = _manifest()
+    (tmp_path / "manifest.toml").write_text(man.to_toml())
+    with pytest.raises(DataValidationError) as err:
+        plan_shards(src, man, 2)
+    hint = CLUSTER_HINT.format(path=src)
+    assert hint in str(err.value) and "No equicare command does that" in hint
+    code = hint.split('python -c "')[1].split('"')[0]
+    monkeypatch.chdir(tmp_path)
+    exec(code, {})
+    assert len(plan_shards(tmp_path / "clustered.parquet", man, 2)) == 2

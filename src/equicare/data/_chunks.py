@@ -47,6 +47,13 @@ from equicare.data.validate import (
 from equicare.exceptions import DataValidationError, InvalidParameterError
 from equicare.utils import PARAM_MESSAGE
 
+#: How to get a clustered Parquet panel (no CLI command writes one: a Python call).
+CLUSTER_HINT = (
+    "No equicare command does that; it is one Python call: python -c \"from equicare.data "
+    "import cluster_panel; cluster_panel('{path}', 'manifest.toml', 'clustered.parquet')\" "
+    "(then pass clustered.parquet). Without --executor a single process reads any layout."
+)
+
 __all__ = ["PanelScan", "Chunk", "ShardSpec", "scan_panel", "iter_chunks", "validate_stream",
            "plan_shards", "iter_shard_chunks", "cluster_panel", "random_access", "sample_ranges",
            "iter_range_chunks"]
@@ -676,12 +683,12 @@ def plan_shards(
     man = _manifest_of(manifest)
     p = Path(path)
     if _source_kind(p) not in ("parquet", "parquet_dir"):
-        raise DataValidationError(f"{p}: shards are read from Parquet; write the panel as Parquet "
-                                  "first (equicare.data.cluster_panel does it).")
+        raise DataValidationError(f"{p}: shards are read from Parquet; write the panel as "
+                                  f"clustered Parquet first. {CLUSTER_HINT.format(path=p)}")
     scan = scan if scan is not None else scan_panel(p, man)
     if not scan.clustered:
         raise DataValidationError(f"{p}: the rows of some episodes are not stored together; "
-                                  "cluster the panel first (equicare.data.cluster_panel).")
+                                  f"cluster the panel first. {CLUSTER_HINT.format(path=p)}")
     starts = np.r_[0, np.cumsum(scan.lengths)].astype(np.int64)  # episode starts + end
     targets = np.linspace(0, scan.n_rows, n_shards + 1)[1:-1]
     cuts = np.unique(starts[np.clip(np.searchsorted(starts, targets), 0, starts.size - 1)])
@@ -772,8 +779,8 @@ def sample_ranges(
     _check_chunk_rows(unit_rows, "sample_ranges")
     p = Path(path)
     if not random_access(p, scan):
-        raise DataValidationError(f"{p}: row ranges are read from a clustered Parquet panel "
-                                  "(equicare.data.cluster_panel writes one).")
+        raise DataValidationError(f"{p}: row ranges are read from a clustered Parquet panel. "
+                                  f"{CLUSTER_HINT.format(path=p)}")
     sizes = np.array([n for _, n in _row_groups(_parquet_dataset(p))], dtype=np.int64)
     rg_bounds = np.cumsum(sizes)[:-1]
     stride = max(1, int(round(unit_rows / max(float(np.median(sizes)), 1.0))))
