@@ -81,6 +81,12 @@ def test_refuses_to_overwrite_without_force(app, files):
     (["--iterations", "3"], "--iterations does not apply to --algo awr."),
     (["--algo", "pvi", "--chunk-rows", "100"], "--chunk-rows does not apply to --algo pvi"),
     (["--algo", "spibb", "--chunk-rows", "100"], "--chunk-rows does not apply to --algo spibb"),
+    # the streamed trainer has no validation split: these are refused, never ignored
+    (["--chunk-rows", "100", "--param", "early_stopping=loss", "--param", "patience=1"],
+     "--param early_stopping, --param valid_fraction, --param patience do not apply with "
+     "--chunk-rows: the streamed trainer has no validation split"),  # TINY sets valid_fraction
+    (["--chunk-rows", "100", "--param", "valid_fraction=0.3", "--param", "eval_every=50"],
+     "--param valid_fraction, --param eval_every do not apply with --chunk-rows"),
     (["--fair-action", "kind=a", "--fair-lambda", "-1"],
      "The 'fair_lambda' parameter of equicare train must be a number >= 0. Got -1.0 instead."),
     (["--fair-lambda", "1"], "The 'fair_action' parameter of equicare train must be an action "

@@ -30,6 +30,25 @@ def parts(tmp_path_factory):
     return d, info
 
 
+@pytest.mark.parametrize("extra", [["--chunk-rows", "100"],
+                                   ["--chunk-rows", "100", "--executor", "local", "--jobs", "1"]])
+def test_validate_streamed_summary_is_the_in_memory_one(parts, extra):
+    """Every in-memory summary key, small-cell suppression included, also with --chunk-rows."""
+    d, info = parts
+    args = ["validate", info["panel"], "--manifest", str(d / "manifest.toml")]
+    mem = runner.invoke(app, [*args, "--json"])
+    res = runner.invoke(app, [*args, *extra, "--json"])
+    assert mem.exit_code == 0 and res.exit_code == 0, res.output
+    a, b = json.loads(mem.stdout), json.loads(res.stdout)
+    assert set(b) - set(a) == {"clustered"} and set(a) <= set(b)
+    assert any(v is None for g in a["groups"].values() for v in g.values())  # suppression
+    for key in a:
+        assert b[key] == pytest.approx(a[key]) if key == "need_pct" else b[key] == a[key], key
+    rows_mem = runner.invoke(app, args).stdout.count("│")
+    table = runner.invoke(app, [*args, *extra]).stdout
+    assert table.count("│") == rows_mem + 3 and "episodes stored together" in table  # 1 row
+
+
 def test_synth_parts_refuses_options_of_other_simulators(tmp_path):
     res = runner.invoke(app, ["synth", "--sim", "heparin", "--part-members", "10", "--out",
                               str(tmp_path)])
@@ -198,6 +217,13 @@ def test_train_streams_bc_and_refuses_learners_that_do_not(parts, tmp_path):
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert out["n_steps"] == 40 and out["streaming"]["chunks_read"] >= 2
+    res = runner.invoke(app, ["train", info["panel"], "--manifest", man, "--algo", "bc",
+                              "--steps", "5", "--out", str(tmp_path / "bc_mem"), "--no-progress",
+                              "--json"])
+    assert res.exit_code == 0, res.output
+    mem = json.loads(res.stdout)
+    assert set(mem) - set(out) == set()  # the in-memory keys, plus "streaming"
+    assert out["n_episodes"] == mem["n_episodes"] and out["n_rows"] == mem["n_rows"]
     res = runner.invoke(app, ["predict", str(tmp_path / "bc"), info["panel"], "--manifest", man,
                               "--out", str(tmp_path / "p.parquet")])
     assert res.exit_code == 0, res.output

@@ -410,3 +410,39 @@ def test_streamed_csv_keeps_zero_padded_labels_like_in_memory(frame, tmp_path, s
     assert all(c.dataset.categorical_levels == whole.categorical_levels for c in chunks)
     rep, _ = validate_stream(p, man, chunk_rows=37)
     assert rep.ok, rep.errors
+
+
+@pytest.mark.parametrize("n", [9, 50, 30_000])
+def test_streamed_propensity_range_is_tail_range(n):
+    """The summary's propensity range from each chunk's k smallest and largest values."""
+    from equicare.data._stream_summary import SummaryParts, _tail_range, tail_keep
+    from equicare.privacy import tail_range
+
+    v = np.random.default_rng(n).beta(0.5, 2.0, size=n)
+    k = tail_keep(n)
+    total = None
+    for part in np.array_split(v, 7):
+        low = np.sort(part)[:k]
+        high = np.sort(part)[-k:] if part.size else part
+        one = SummaryParts(fixed={}, n_episodes=0, terminal=0, bp_low=low, bp_high=high,
+                           n_bp=part.size, k=k)
+        total = one if total is None else total + one
+    assert _tail_range(total) == tail_range(v)
+
+
+def test_unclustered_panel_error_gives_a_working_python_call(frame, tmp_path, monkeypatch):
+    """No CLI command clusters a panel: the error says so and its one-line call works."""
+    from equicare.data import plan_shards
+    from equicare.data._chunks import CLUSTER_HINT
+
+    src = _write(frame, "csv", tmp_path)
+    man = _manifest()
+    (tmp_path / "manifest.toml").write_text(man.to_toml())
+    with pytest.raises(DataValidationError) as err:
+        plan_shards(src, man, 2)
+    hint = CLUSTER_HINT.format(path=src)
+    assert hint in str(err.value) and "No equicare command does that" in hint
+    code = hint.split('python -c "')[1].split('"')[0]
+    monkeypatch.chdir(tmp_path)
+    exec(code, {})
+    assert len(plan_shards(tmp_path / "clustered.parquet", man, 2)) == 2

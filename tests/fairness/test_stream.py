@@ -38,14 +38,18 @@ def _numbers(res) -> str:
 @pytest.mark.parametrize(("estimator", "chunk_rows"), [
     ("wis", 7), ("wis", 10**6), ("wpdis", 7), ("wpdis", 10**6), ("dr", 40), ("fqe", 10**6)])
 def test_streamed_audit_equals_in_memory(panel, estimator, chunk_rows):
-    path, man, ds = panel
+    _assert_same(*_both(*panel, estimator, chunk_rows))
+
+
+def _both(path, man, ds, estimator, chunk_rows):
+    """The in-memory and the streamed audit's result dicts (RiskPolicy, seed 8)."""
     cfg = FairnessAudit(action="modality=home_visit", n_boot=150, n_permutations=200,
                         estimator=estimator, min_cell=11)
     w = poisson_weights(episode_keys(ds.episode_ids), 150, seed=8)
     ref = cfg.run(ds, {"risk": RiskPolicy()}, weights=w, random_state=8)
     got = audit_stream(path, {"risk": RiskPolicy()}, manifest=man, config=cfg,
                        chunk_rows=chunk_rows, random_state=8)
-    _assert_same(ref.to_dict(), got.to_dict())
+    return ref.to_dict(), got.to_dict()
 
 
 def _assert_same(a, b):
@@ -315,3 +319,18 @@ def test_streamed_audit_refuses_a_missing_group_label_before_any_pass(panel, tmp
         audit_stream(bad, manifest=man, config=FairnessAudit(group="race", n_boot=0,
                                                              n_permutations=0),
                      chunk_rows=50, random_state=0)
+
+
+@pytest.mark.parametrize(("estimator", "chunk_rows"), [("wis", 7), ("wis", 10**6), ("dr", 40)])
+def test_streamed_audit_estimates_missing_propensities_as_in_memory(panel, estimator,
+                                                                    chunk_rows):
+    """No logged propensities: a behaviour model fitted on sampled whole episodes (here the
+    whole panel, as in memory), not an error."""
+    path, man, _ = panel
+    md = copy.deepcopy(MANIFEST)
+    md["dataset"].pop("behavior_prob")
+    man = Manifest.from_dict(md)
+    ds = load_dataset(path, man, emit_warnings=False)
+    assert ds.behavior_prob is None
+    # values, ESS and the support check against the behaviour model
+    _assert_same(*_both(path, man, ds, estimator, chunk_rows))

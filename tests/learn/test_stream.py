@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -63,6 +65,17 @@ def test_learners_that_do_not_stream_are_refused(mdp_panel):
         fit_stream(LEARNERS["spibb"](), path, man)
     with pytest.raises(InvalidParameterError, match="buffer_chunks"):
         fit_stream(BC(n_steps=5), path, man, buffer_chunks=0)
+
+
+@pytest.mark.parametrize("setting", [{"early_stopping": "loss"}, {"valid_fraction": 0.3},
+                                     {"eval_every": 50}, {"patience": 1}])
+def test_validation_settings_are_refused_not_ignored(mdp_panel, setting):
+    """A streamed fit has no validation split: a config asking for one is an error."""
+    _, path, man, _ = mdp_panel
+    (name, value), = setting.items()
+    msg = f"fit_stream has no validation split, so it cannot apply {name}={value!r}"
+    with pytest.raises(InvalidParameterError, match=re.escape(msg)):
+        fit_stream(BC(n_steps=5, **setting), path, man)
 
 
 def _weights(learner):

@@ -459,3 +459,26 @@ def test_an_interrupt_stops_the_pools_workers_instead_of_waiting():
     assert time.perf_counter() - t0 < 40  # not the 60 s the tasks would take
     assert workers and not any(w.is_alive() for w in workers)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is restored
+
+
+@pytest.mark.parametrize("address", ["local", "127.0.0.1:6379"])
+def test_ray_init_silences_the_driver_logger(ray, monkeypatch, address):
+    """Ray's own start-up notices (token authentication, "Started a local Ray instance") stay
+    off stderr: the driver's "ray" logger is set to ERROR in both connection paths."""
+    import logging
+
+    from equicare.pipeline import _executor
+
+    if ray.is_initialized():
+        pytest.skip("a Ray session is open in this process")
+    seen: dict[str, object] = {}
+
+    def fake_init(*args: object, **kwargs: object) -> None:
+        seen.update(kwargs)
+
+    monkeypatch.setattr(ray, "init", fake_init)
+    monkeypatch.setattr(_executor, "_answers", lambda host, port: True)
+    monkeypatch.setattr(_executor, "_ray_session", [])
+    RayExecutor(address=address, num_cpus=1 if address == "local" else None).connect()
+    assert seen["logging_level"] == logging.ERROR
+    assert seen["log_to_driver"] is False

@@ -251,9 +251,11 @@ def validate(
 
 def _validate_stream(data: Path, manifest: Path, chunk_rows: int, executor: Any,
                      json_out: bool) -> None:
-    """``validate --chunk-rows``: every problem of every chunk, then a streamed summary."""
-    from rich.table import Table
+    """``validate --chunk-rows``: every problem of every chunk, then the in-memory summary.
 
+    Summed over the chunks (:mod:`equicare.data._stream_summary`); only ``table_cells`` is
+    missing (a note says so), and ``clustered`` is added.
+    """
     from equicare.data import validate_stream
 
     with user_errors():
@@ -267,27 +269,22 @@ def _validate_stream(data: Path, manifest: Path, chunk_rows: int, executor: Any,
                 print_json({"valid": False, "errors": rep.errors, "warnings": rep.warnings})
                 raise typer.Exit(code=2)
             rep.raise_if_errors()
-    import numpy as np
+    from equicare.data._stream_summary import TABLE_CELLS_NOTE, stream_summary
+    from equicare.utils import MIN_CELL
 
-    from equicare.privacy import tail_range
-
-    assert scan is not None
-    lengths = scan.lengths
-    el: dict[str, Any] = {"median": float(np.median(lengths)), **tail_range(lengths)}
-    summary = {"n_episodes": scan.n_episodes, "n_steps": scan.n_rows, "episode_length": el,
-               "clustered": scan.clustered}
+    counts = rep.counts
+    assert scan is not None and counts is not None and counts.summary is not None
+    summary = {**stream_summary(counts.summary, counts, scan), "clustered": scan.clustered}
+    notes = [*rep.notes]
+    if len(summary["categorical_states"]) > 1:  # in memory: the "table_cells" choice
+        notes.append(TABLE_CELLS_NOTE)
     if json_out:
-        print_json({"valid": True, **summary, "warnings": rep.warnings})
+        print_json({"valid": True, **summary, "warnings": rep.warnings, "notes": notes})
         return
-    t = Table(title="Panel summary (streamed)", show_header=False)
-    t.add_column("item")
-    t.add_column("value")
-    t.add_row("episodes", f"{scan.n_episodes:,}")
-    t.add_row("steps", f"{scan.n_rows:,}")
-    t.add_row("episode length", length_cell(el))
-    t.add_row("episodes stored together", "yes" if scan.clustered else
-              "no (sorted by DuckDB into a temporary file while reading)")
-    print_table(t)
+    small = {a: {k for k, v in c.items() if v < MIN_CELL} for a, c in counts.group_counts.items()}
+    _print_summary(summary, small, streamed=True)
+    for note in notes:
+        console.print(f"note: {escape(note)}", highlight=False)
     for w in rep.warnings:
         err_console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)
     console.print("[green]valid[/]")
@@ -310,13 +307,15 @@ def _small_levels(ds: Any) -> dict[str, set[str]]:
             for a, c in ds._group_counts().items()}
 
 
-def _print_summary(s: dict[str, Any], small: dict[str, set[str]]) -> None:
+def _print_summary(s: dict[str, Any], small: dict[str, set[str]], streamed: bool = False
+                   ) -> None:
     """The summary table; ``s["groups"]`` is already suppressed (``summary()``)."""
     from rich.table import Table
 
     from equicare.utils import MIN_CELL
 
-    t = Table(title="Panel summary", show_header=False)
+    t = Table(title="Panel summary (streamed)" if streamed else "Panel summary",
+              show_header=False)
     t.add_column("item")
     t.add_column("value")
     t.add_row("episodes", f"{s['n_episodes']:,}")
@@ -350,6 +349,9 @@ def _print_summary(s: dict[str, Any], small: dict[str, set[str]]) -> None:
             f"{k} {v:,}" if v is not None else f"{k} <{MIN_CELL}" if k in small.get(attr, ())
             else f"{k} suppressed" for k, v in shown.items())
         t.add_row(f"group '{attr}' (episodes)", cells)
+    if streamed:
+        t.add_row("episodes stored together", "yes" if s["clustered"] else
+                  "no (sorted by DuckDB into a temporary file while reading)")
     print_table(t)
 
 

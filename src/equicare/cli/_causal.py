@@ -237,6 +237,7 @@ def register(app: typer.Typer) -> None:
         Estimates IDE, IME, DDE, DME and the total effect of the --policy versus the
         --control (direct method, marginalised importance sampling, multiply robust,
         point-exposure baseline) with standard errors and cluster-bootstrap CIs.
+        No streamed mode (no --chunk-rows): the panel is loaded in memory (docs/scale.md).
 
         Example: equicare mediate data/panel.parquet --manifest data/manifest.toml
         --policy awr_probs.parquet --action modality=home_visit --control 0

@@ -107,7 +107,8 @@ def register(app: typer.Typer) -> None:
         (off-policy, with intervals), fairness audit, support, the size/fidelity/value trade-off
         over depths 1-6, and the subgroups where rules and policy disagree most. The rules are
         also saved as a model folder (out/model) that predict, evaluate and audit accept.
-        Exit code 2 on bad input.
+        Exit code 2 on bad input. No streamed mode (no --chunk-rows): the panel is loaded in
+        memory (docs/scale.md).
 
         Example: equicare explain models/awr data/panel.parquet --manifest data/manifest.toml
         --depth 3 --out card/

@@ -458,6 +458,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train a learner over a grid of fairness weights; value vs parity vs worst group.
 
+        No streamed mode (no --chunk-rows): the panel is loaded in memory (docs/scale.md).
+
         Example: equicare frontier data/panel.parquet --manifest data/manifest.toml --algo bc
         --lambdas 0,1,5 --action modality=home_visit --steps 500 --out frontier.json
         """

@@ -39,6 +39,11 @@ __all__ = ["train_model", "predict_policy", "select_train", "print_selection", "
 ALGOS = ("bc", "awr", "cql", "spibb", "pvi")
 TABULAR = ("spibb", "pvi")
 ENCODERS = ("mlp", "lstm")
+STREAM_NO_VALIDATION = (
+    "{params} do not apply with --chunk-rows: the streamed trainer has no validation split, so "
+    "it runs all --steps with no early stopping and no validation loss. Drop them, or train in "
+    "memory (without --chunk-rows)."
+)
 
 
 def _fail(name: str, expected: str, got: Any) -> None:
@@ -167,11 +172,15 @@ def train_model(data: str | os.PathLike[str], manifest: str | os.PathLike[str], 
     except TypeError as exc:  # a setting of the wrong type (house-style message)
         raise InvalidParameterError(str(exc)) from exc
     if chunk_rows is not None:
-        from equicare.learn._stream import STREAM_ALGOS, fit_stream
+        from equicare.learn._stream import STREAM_ALGOS, VALIDATION_FIELDS, fit_stream
 
         if algo not in STREAM_ALGOS:
             _fail("algo", "one of " + ", ".join(repr(a) for a in STREAM_ALGOS)
                   + " with --chunk-rows", algo)
+        given = [k for k in VALIDATION_FIELDS if k in kw]
+        if given:
+            raise InvalidParameterError(STREAM_NO_VALIDATION.format(
+                params=", ".join(f"--param {k}" for k in given)))
         t0 = time.perf_counter()
         learner = fit_stream(klass(config), data, manifest, chunk_rows=chunk_rows,
                              progress=progress)
@@ -182,7 +191,8 @@ def train_model(data: str | os.PathLike[str], manifest: str | os.PathLike[str], 
                 "window": config.input_window, "n_steps": learner.n_steps_done_,
                 "best_step": learner.best_step_, "valid_loss": None,
                 "n_actions": int(learner.action_space_.n_actions),
-                "support_size": int(learner.support_.size), "n_rows": info["n_rows"],
+                "support_size": int(learner.support_.size),
+                "n_episodes": info["n_episodes"], "n_rows": info["n_rows"],
                 "streaming": {k: info[k] for k in ("chunk_rows", "buffer_chunks", "chunks_read",
                                                    "read", "rows_read_per_pass", "sample_rate",
                                                    "steps_per_second")},
@@ -421,8 +431,9 @@ def register(app: "typer.Typer") -> None:
         over current practice and falls back to current practice.
         Options marked with a learner apply to it only; giving one to another learner is an
         error. With --chunk-rows, bc, awr and cql train from the panel streamed in chunks of
-        whole episodes (mini-batches from a shuffle buffer; no validation split; about 2 x
-        steps x batch rows read, whole episodes at random across a clustered Parquet panel).
+        whole episodes (mini-batches from a shuffle buffer; no validation split, so --param
+        early_stopping, valid_fraction, eval_every and patience are refused; about 2 x steps x
+        batch rows read, whole episodes at random across a clustered Parquet panel).
 
         Example: equicare train data/panel.parquet --manifest data/manifest.toml --algo awr
         --encoder lstm --window 4 --fair-action modality=home_visit --fair-lambda 1.0

@@ -218,6 +218,8 @@ def register(app: Any) -> None:
     ) -> None:
         """Train PPO or group-robust PPO online over seeds; write curves and group metrics.
 
+        It reads no panel, so it has no streamed mode (no --chunk-rows).
+
         Example: equicare online --env hospital --scenario urban --algo grpo --lambda 0.3
         --seeds 5 --steps 200000 --out runs/urban_grpo
         """

@@ -122,6 +122,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run the main job: data -> policy -> evaluation -> fairness audit -> HTML report.
 
+        No streamed mode (no --chunk-rows): the panel is loaded in memory; for a panel larger
+        than memory run validate, train, evaluate and audit with --chunk-rows (docs/scale.md).
+
         Example: equicare run --example care
         """
         from equicare.pipeline._run import run_pipeline
@@ -192,6 +195,9 @@ def register(app: typer.Typer) -> None:
         threads: Threads = "auto",
     ) -> None:
         """Train and evaluate over a grid of settings; heatmaps in the sweep report.
+
+        --executor runs grid points in parallel; there is no streamed mode (no --chunk-rows):
+        each point loads the panel in memory (docs/scale.md).
 
         Example: equicare sweep --example care --set learner.encoder=lstm
         --grid 'learner.window=[2,4,6,8]' --grid 'reward.engagement=[0,0.1,0.3,0.5]'

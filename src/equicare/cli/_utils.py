@@ -327,7 +327,9 @@ Threads = Annotated[str, typer.Option("--threads", metavar="auto|N", help=THREAD
 ChunkRows = Annotated[int | None, typer.Option(
     "--chunk-rows", min=1,
     help="Stream the panel in chunks of whole episodes of about this many rows (panels larger "
-         "than memory; Parquet files or folders, CSV, DuckDB). See docs/scale.md.")]
+         "than memory; Parquet files or folders, CSV, DuckDB). Offered by validate, evaluate, "
+         "audit, train (bc, awr, cql) and predict; mediate, explain, run, sweep, frontier and "
+         "online have no streamed mode. What differs from in memory: docs/scale.md.")]
 StreamExecutor = Annotated[str | None, typer.Option(
     "--executor", metavar="local|ray",
     help="With --chunk-rows: run one task per shard on local processes or a Ray cluster (the "

@@ -35,8 +35,10 @@ from equicare.data._io import _DUCKDB_EXT, _build, check_utf8, parquet_files
 from equicare.data._labels import categorical_labels, text_labels
 from equicare.data._manifest import Manifest
 from equicare.data._manifest import manifest_of as _manifest_of
+from equicare.data._stream_summary import SummaryParts, tail_keep
 from equicare.data.validate import (
     _SHOW,
+    NO_TERMINAL_NOTE,
     PanelCounts,
     ValidationReport,
     panel_warnings,
@@ -44,6 +46,13 @@ from equicare.data.validate import (
 )
 from equicare.exceptions import DataValidationError, InvalidParameterError
 from equicare.utils import PARAM_MESSAGE
+
+#: How to get a clustered Parquet panel (no CLI command writes one: a Python call).
+CLUSTER_HINT = (
+    "No equicare command does that; it is one Python call: python -c \"from equicare.data "
+    "import cluster_panel; cluster_panel('{path}', 'manifest.toml', 'clustered.parquet')\" "
+    "(then pass clustered.parquet). Without --executor a single process reads any layout."
+)
 
 __all__ = ["PanelScan", "Chunk", "ShardSpec", "scan_panel", "iter_chunks", "validate_stream",
            "plan_shards", "iter_shard_chunks", "cluster_panel", "random_access", "sample_ranges",
@@ -561,6 +570,7 @@ def validate_stream(
         report.errors.extend(exc.problems or [str(exc)])
         return report, None
     totals: list[PanelCounts] = []
+    keep = tail_keep(scan.n_rows)  # propensities kept per tail for the summary's range
     seen_warnings: set[str] = set()
     merged = _ErrorMerger()
 
@@ -579,7 +589,7 @@ def validate_stream(
         shards = n_shards or int(getattr(executor, "n_workers", 2) or 2)
         specs = plan_shards(p, man, shards, scan=scan)
         for errors, warns, counts in executor.map(_validate_shard,
-                                                  [(s, chunk_rows) for s in specs]):
+                                                  [(s, chunk_rows, keep) for s in specs]):
             add(errors, warns, counts)
         if len(report.errors) > max_errors:
             extra = len(report.errors) - max_errors
@@ -588,7 +598,9 @@ def validate_stream(
         with tempfile.TemporaryDirectory(dir=tmp_dir, prefix="equicare-chunks-") as tmp:
             for k, table in enumerate(_raw_chunks(p, man, scan, chunk_rows, Path(tmp),
                                                   memory_limit)):
-                _, rep = _chunk_dataset(table, man, scan, str(p), _text_columns(p, man))
+                ds, rep = _chunk_dataset(table, man, scan, str(p), _text_columns(p, man))
+                if ds is not None and rep.counts is not None:
+                    rep.counts.summary = SummaryParts.of(ds, keep)
                 add(rep.errors, rep.warnings, rep.counts)
                 if len(report.errors) >= max_errors:
                     report.errors.append(f"{p}: stopped after {len(report.errors)} problems "
@@ -596,6 +608,9 @@ def validate_stream(
                     break
     if report.ok and totals:  # the whole panel's counts: the in-memory warnings, once
         report.warnings.extend(panel_warnings(totals[0], man, str(p)))
+        report.counts = totals[0]  # with ``summary``: see equicare.data._stream_summary
+    if report.ok and not man.terminal:
+        report.notes.append(NO_TERMINAL_NOTE)
     return report, scan
 
 
@@ -668,12 +683,12 @@ def plan_shards(
     man = _manifest_of(manifest)
     p = Path(path)
     if _source_kind(p) not in ("parquet", "parquet_dir"):
-        raise DataValidationError(f"{p}: shards are read from Parquet; write the panel as Parquet "
-                                  "first (equicare.data.cluster_panel does it).")
+        raise DataValidationError(f"{p}: shards are read from Parquet; write the panel as "
+                                  f"clustered Parquet first. {CLUSTER_HINT.format(path=p)}")
     scan = scan if scan is not None else scan_panel(p, man)
     if not scan.clustered:
         raise DataValidationError(f"{p}: the rows of some episodes are not stored together; "
-                                  "cluster the panel first (equicare.data.cluster_panel).")
+                                  f"cluster the panel first. {CLUSTER_HINT.format(path=p)}")
     starts = np.r_[0, np.cumsum(scan.lengths)].astype(np.int64)  # episode starts + end
     targets = np.linspace(0, scan.n_rows, n_shards + 1)[1:-1]
     cuts = np.unique(starts[np.clip(np.searchsorted(starts, targets), 0, starts.size - 1)])
@@ -764,8 +779,8 @@ def sample_ranges(
     _check_chunk_rows(unit_rows, "sample_ranges")
     p = Path(path)
     if not random_access(p, scan):
-        raise DataValidationError(f"{p}: row ranges are read from a clustered Parquet panel "
-                                  "(equicare.data.cluster_panel writes one).")
+        raise DataValidationError(f"{p}: row ranges are read from a clustered Parquet panel. "
+                                  f"{CLUSTER_HINT.format(path=p)}")
     sizes = np.array([n for _, n in _row_groups(_parquet_dataset(p))], dtype=np.int64)
     rg_bounds = np.cumsum(sizes)[:-1]
     stride = max(1, int(round(unit_rows / max(float(np.median(sizes)), 1.0))))
@@ -897,10 +912,10 @@ def _shape(message: str) -> str:
     return re.sub(r"\d+(\.\d+)?", "#", message)
 
 
-def _validate_shard(task: tuple[ShardSpec, int]
+def _validate_shard(task: tuple[ShardSpec, int, int]
                     ) -> tuple[list[str], list[str], PanelCounts | None]:
     """Problems, warnings and summed panel counts of one shard (run by an executor)."""
-    spec, chunk_rows = task
+    spec, chunk_rows, keep = task
     scan = PanelScan(source=spec.path, n_rows=spec.stop - spec.start, episode_ids=np.zeros(0),
                      lengths=np.zeros(0, dtype=np.int64), clustered=True,
                      categorical_levels=spec.categorical_levels)
@@ -908,7 +923,9 @@ def _validate_shard(task: tuple[ShardSpec, int]
     warns: list[str] = []
     total: PanelCounts | None = None
     for table in _cut(_shard_batches(spec), spec.manifest.episode, chunk_rows):
-        _, rep = _chunk_dataset(table, spec.manifest, scan, spec.path)
+        ds, rep = _chunk_dataset(table, spec.manifest, scan, spec.path)
+        if ds is not None and rep.counts is not None:
+            rep.counts.summary = SummaryParts.of(ds, keep)
         errors += rep.errors
         warns += [w for w in rep.warnings if w not in warns]
         if rep.counts is not None:

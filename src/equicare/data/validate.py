@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 
 from equicare.data._labels import MSG_MISSING_GROUP, missing_labels
 from equicare.data._manifest import ActionColumn, Manifest
+from equicare.data._stream_summary import SummaryParts
 from equicare.exceptions import DataValidationError, DataWarning
 from equicare.utils import MIN_CELL
 
@@ -47,12 +48,15 @@ class PanelCounts:
         Rows where each reward component (by name) is non-zero.
     group_counts : dict of str to dict of str to int
         Episodes per level of each group attribute (the level of the episode's first row).
+    summary : SummaryParts, optional
+        The rest of the panel summary (set by :func:`~equicare.data.validate_stream`).
     """
 
     n_rows: int
     action_counts: NDArray[np.int64]
     reward_nonzero: dict[str, int] = field(default_factory=dict)
     group_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    summary: SummaryParts | None = None
 
     def __add__(self, other: PanelCounts) -> PanelCounts:
         def merge(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
@@ -63,7 +67,9 @@ class PanelCounts:
             action_counts=self.action_counts + other.action_counts,
             reward_nonzero=merge(self.reward_nonzero, other.reward_nonzero),
             group_counts={g: merge(self.group_counts.get(g, {}), other.group_counts.get(g, {}))
-                          for g in dict.fromkeys([*self.group_counts, *other.group_counts])})
+                          for g in dict.fromkeys([*self.group_counts, *other.group_counts])},
+            summary=(self.summary if other.summary is None else other.summary
+                     if self.summary is None else self.summary + other.summary))
 
 
 def panel_warnings(counts: PanelCounts, manifest: Manifest, source: str) -> list[str]:

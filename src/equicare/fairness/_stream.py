@@ -104,6 +104,9 @@ class _Context:
     q_refit: dict[str, NDArray[np.float64]] = field(default_factory=dict)
     #: the support check (:class:`~equicare.ope._stream_support.SupportCheck`), or None
     support: Any = None
+    #: the behaviour model fitted on sampled episodes when no propensities are logged
+    #: (:class:`~equicare.ope._stream_behavior.StreamBehavior`), or None
+    behavior: Any = None
 
 
 @dataclass(frozen=True)
@@ -262,6 +265,8 @@ def _add_chunk(part: _Partial, ds: TrajectoryDataset, ctx: _Context) -> None:
     from equicare.ope import OPEInputs, episode_keys, episode_parts, poisson_weights
 
     cfg, pols = ctx.cfg, ctx.policies
+    if ctx.behavior is not None and cfg.estimator is not None and pols:
+        ds = ctx.behavior(ds)  # the estimated propensities as the chunk's behavior_prob
     names = [BEHAVIOR, *pols]
     spec, mask = action_set(ds.action_space, cfg.action)
     level_names, lmat = level_matrix(ds.action_space)
@@ -301,9 +306,8 @@ def _add_chunk(part: _Partial, ds: TrajectoryDataset, ctx: _Context) -> None:
     for name in pols:
         if b is None or not bool(np.all(np.isfinite(b) & (b > 0) & (b <= 1 + 1e-9))):
             raise DataValidationError(
-                "A streamed audit values policies by importance sampling with the logged "
-                "propensities: name them as dataset.behavior_prob in the manifest (values in "
-                "(0, 1]).")
+                "A streamed audit values policies by importance sampling with the logged or "
+                "estimated propensities; this chunk's are not all in (0, 1].")
         q_sa = v_s = None
         if name in ctx.q_fits:  # FQE, DR, WDR: the policy's streamed Q-model on this chunk
             q_sa, v_s = ctx.q_fits[name].values(ds, pols[name])
@@ -383,7 +387,11 @@ def audit_stream(
         (each policy's choice between those two on that sample,
         :func:`~equicare.ope._stream_q.choose_q_stream`).
     chunk_rows : int
-        Rows per chunk.
+        Rows per chunk. Without logged propensities (no ``dataset.behavior_prob``) a logistic
+        behaviour model is fitted on a random sample of whole episodes (about 1,000,000 rows;
+        the whole panel when smaller, then the in-memory audit's model) and its out-of-fold
+        propensities weight the episodes, as :func:`~equicare.ope.evaluate_stream` does
+        (:func:`~equicare.ope._stream_behavior.fit_behavior_stream`).
     random_state : int, Generator or None, default=None
         Seed of the Poisson bootstrap weights (keyed by episode id) and of the permutation test.
         The default is the in-memory :func:`~equicare.fairness.audit`'s (``None``: a seed drawn
@@ -448,6 +456,7 @@ def audit_stream(
         q_fits: dict[str, Any] = {}
         q_refit: dict[str, NDArray[np.float64]] = {}
         src: Any = None
+        behavior: Any = None
         counted: dict[str, Any] = {}
         kept = _Kept(_Membership(tuple(attrs), gi_all.labels))
         if cfg.estimator is not None and pols:
@@ -459,9 +468,16 @@ def audit_stream(
 
             src = ChunkSource(source, manifest=man, chunk_rows=chunk_rows, executor=executor,
                               n_shards=n_shards, owner="audit_stream")
-            src.ride(lambda: functools.partial(count_chunk, rate=fast_rate(scan.n_rows),
-                                               seed=seed, episodes=kept),
-                     lambda c: counted.__setitem__("counts", c))
+            src.ride(lambda: functools.partial(
+                count_chunk, rate=fast_rate(scan.n_rows) if src.logged else 0.0, seed=seed,
+                episodes=kept), lambda c: counted.__setitem__("counts", c))
+            if not src.logged:  # as streamed evaluate: a behaviour model on sampled episodes
+                from equicare.ope._evaluate import nuisance_seed
+                from equicare.ope._stream_behavior import fit_behavior_stream
+
+                behavior = fit_behavior_stream(src, model="logistic", sample_rows=SAMPLE_ROWS,
+                                               seed=seed, model_seed=nuisance_seed(seed))
+                src.transform = behavior
         if cfg.estimator in Q_ESTIMATORS and pols:
             # each policy's Q-model from sums over chunks (two passes, three with the linear
             # model's stability check), then applied chunk by chunk below
@@ -501,10 +517,11 @@ def audit_stream(
             fast = bool(c.sample) and needs_fast_model(
                 int(c.sample[0].states.shape[1]), tuple(int(x.shape[0]) for x in c.counts))
             # the in-memory audit's check: LoggedSupport on the audited episodes, evaluate's seed
-            check, _ = support_check(c, fast=fast, seed=evaluate_seeds(seed)[0], episodes=kept)
+            check, _ = support_check(c, behavior=behavior, fast=fast,
+                                     seed=evaluate_seeds(seed)[0], episodes=kept)
         ctx = _Context(cfg=cfg, policies=pols, attrs=attrs, published=gi_all.labels,
                        horizon=scan.max_len, seed=seed, q_fits=q_fits, q_refit=q_refit,
-                       support=check)
+                       support=check, behavior=behavior)
         part = _Partial()
         if executor is not None:
             from equicare.data import plan_shards

@@ -25,8 +25,9 @@ Peak memory is the buffer (``buffer_chunks x chunk_rows`` rows of training tenso
 prefetch`` of them here), the sample and the model, plus the producer's one chunk being read,
 whatever the panel's size. Differences from the in-memory fit: batches come from the
 buffer rather than the whole table (a uniform shuffle only within the buffer), there is no
-validation split (no early stopping: the run does ``n_steps``), and the input statistics come from
-the sample.
+validation split (no early stopping: the run does ``n_steps``; a config that sets
+``early_stopping``, ``valid_fraction``, ``eval_every`` or ``patience`` away from its default is
+refused rather than ignored), and the input statistics come from the sample.
 """
 
 from __future__ import annotations
@@ -58,6 +59,20 @@ __all__ = ["fit_stream", "STREAM_ALGOS"]
 STREAM_ALGOS = ("bc", "awr", "cql")
 #: Steps at the start of training left out of ``steps_per_second_after_warmup``.
 WARMUP_STEPS = 100
+#: Config fields of the in-memory validation split, which a streamed fit does not make.
+VALIDATION_FIELDS = ("early_stopping", "valid_fraction", "eval_every", "patience")
+NO_VALIDATION = (
+    "fit_stream has no validation split, so it cannot apply {settings}: it runs all n_steps "
+    "and reports no validation loss. Leave {names} at their defaults, or fit in memory "
+    "(OfflineLearner.fit)."
+)
+
+
+def validation_settings(config: Any) -> dict[str, Any]:
+    """The validation-split settings of ``config`` that differ from their defaults."""
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    return {name: getattr(config, name) for name in VALIDATION_FIELDS
+            if getattr(config, name) != fields[name].default}
 
 
 
@@ -373,6 +388,11 @@ def fit_stream(
         raise InvalidParameterError(
             f"read_factor must be a finite number > 0 or None; got {read_factor!r}.")
     cfg = learner.config
+    unused = validation_settings(cfg)
+    if unused:
+        raise InvalidParameterError(NO_VALIDATION.format(
+            settings=", ".join(f"{k}={v!r}" for k, v in unused.items()),
+            names=", ".join(unused)))
     man = _manifest_of(manifest)
     scan = scan_panel(source, man)  # once: the passes below reuse it
     rate = min(1.0, sample_rows / max(scan.n_rows, 1))
@@ -468,6 +488,7 @@ def fit_stream(
     learner.group_weights_ = learner._dro.q.numpy().copy()
     learner.stream_info_ = {"chunk_rows": chunk_rows, "buffer_chunks": buffer_chunks,
                             "sample_rate": rate, "chunks_read": n_chunks, "n_rows": scan.n_rows,
+                            "n_episodes": scan.n_episodes,
                             "read": "sampled" if ranges is not None else "whole panel",
                             "rows_read_per_pass": planned,
                             "units_read": len(ranges) if ranges is not None else None,

@@ -8,6 +8,7 @@ the caller, so the same seeds give the same numbers on either executor.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -363,6 +364,7 @@ class RayExecutor:
                 num_cpus=self.num_cpus,
                 include_dashboard=False,
                 log_to_driver=False,
+                logging_level=logging.ERROR,  # the driver's own "ray" logger (start-up notices)
                 _node_ip_address="127.0.0.1",  # a cluster of this machine stays on loopback
             )
         else:
@@ -372,7 +374,7 @@ class RayExecutor:
             if self.address == "auto":
                 _check_auto_address()
             try:
-                ray.init(address=self.address, log_to_driver=False)
+                ray.init(address=self.address, log_to_driver=False, logging_level=logging.ERROR)
             except ConnectionError as exc:
                 raise InvalidParameterError(RAY_NO_CLUSTER.format(address=self.address)) from exc
         _ray_session[:] = [key]
