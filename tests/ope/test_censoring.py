@@ -100,22 +100,21 @@ def test_no_censoring_no_check():
     assert not any("censored" in m for m in msgs)
 
 
-def test_a_difference_censoring_cannot_explain_draws_no_warning():
-    """A handful of censored stays cannot move the value by more than their share of the
-    largest return: the difference is reported, not blamed on censoring."""
-    from equicare.ope._censoring import censoring_check
+def test_censoring_too_rare_to_move_the_value_is_not_checked():
+    """Three censored stays of 3,000 cannot move the value by 2% (their share times the largest
+    return): the window table is not fitted and nothing is reported."""
+    from dataclasses import replace
+
+    from equicare.ope._censoring import CENSORING_MIN_PCT, censoring_check
     from equicare.ope._fqe import FQEConfig, fit_fqe_logged
 
     ds = panel(3000, 200, seed=3)
-    last = ds.episode_offsets[1:] - 1
     terminals = ds.terminals.copy()
-    terminals[last[:3]] = False  # three stays censored
-    from dataclasses import replace
-
+    terminals[(ds.episode_offsets[1:] - 1)[:3]] = False  # three stays censored
     cut = replace(ds, terminals=terminals, _cache={})
     pe = TGT[cut.categorical[:, 0]]
     cfg = FQEConfig(model="tabular", horizon="stationary")
-    check = censoring_check(cut, pe, fit_fqe_logged(cut, pe, cfg), cfg)
-    assert check is not None
-    assert check.explainable == pytest.approx(3 / 3000 * np.abs(cut.returns()).max())
-    assert not check.warn
+    fit = fit_fqe_logged(cut, pe, cfg)
+    v = fit.v[cut.episode_offsets[:-1]].mean()
+    assert 3 / 3000 * np.abs(cut.returns()).max() < CENSORING_MIN_PCT / 100 * v
+    assert censoring_check(cut, pe, fit, cfg) is None

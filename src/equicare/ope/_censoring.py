@@ -128,18 +128,23 @@ def censoring_check(dataset: TrajectoryDataset, target_probs: NDArray[np.float64
     Returns
     -------
     CensoringCheck or None
-        None when no episode is censored.
+        None when no episode is censored, or when censoring cannot explain a difference of
+        :data:`CENSORING_MIN_PCT` percent of the stationary value (then the window table is not
+        fitted).
     """
     censored = dataset.censored
     if not censored.any():
         return None
-    window = fit_fqe_logged(dataset, target_probs, replace(cfg, horizon="window"))
     starts = dataset.episode_offsets[:-1]
-    v_st, v_win = float(stationary.v[starts].mean()), float(window.v[starts].mean())
+    v_st = float(stationary.v[starts].mean())
+    explainable = float(censored.mean() * np.abs(dataset.returns()).max())
+    if explainable < CENSORING_MIN_PCT / 100.0 * abs(v_st):
+        return None
+    window = fit_fqe_logged(dataset, target_probs, replace(cfg, horizon="window"))
+    v_win = float(window.v[starts].mean())
     a, b = _episode_influence(stationary, dataset), _episode_influence(window, dataset)
     se = (None if a is None or b is None or dataset.n_episodes < 2
           else float(np.std(a - b, ddof=1) / np.sqrt(dataset.n_episodes)))
-    explainable = float(censored.mean() * np.abs(dataset.returns()).max())
     diff = abs(v_st - v_win)
     warn = (se is not None and CENSORING_N_SE * se < diff <= explainable
             and diff > CENSORING_MIN_PCT / 100.0 * abs(v_win))
