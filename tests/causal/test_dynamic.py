@@ -3,6 +3,7 @@ from __future__ import annotations
 import importlib
 import json
 import re
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -477,3 +478,29 @@ def test_mediator_ess_is_n_without_mediator_shift_and_small_for_one_heavy_row():
     rho = np.array([0.0, 2.0, 2.0, 0.0, 2.0, 2.0])
     assert mediator_ess(rho, np.ones(6)) == pytest.approx(6.0)
     assert mediator_ess(rho, np.array([5.0, 1.0, 1.0, 1.0, 1.0, 100.0])) < 1.1 * 6 / 4
+
+
+@pytest.mark.slow
+def test_mr_over_rand3_panels_is_unbiased_and_covers():
+    """60 panels of the 3-action, 3-level-mediator rand3 MDP (300 x 40) against the exact
+    effects: before the Jeffreys prior MR's DDE averaged +0.10 (truth -0.168, SD 0.39); measured
+    after: |bias| <= 0.02, SD 0.03-0.06, coverage of the 95% intervals 0.88-0.95."""
+    mdp, tgt, ctl = _rand3()
+    truth = mdp.exact_effects(tgt, ctl)
+    vals = {k: [] for k in KEYS}
+    cover = {k: [] for k in KEYS}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for r in range(60):
+            data = mdp.sample(300, 40, random_state=1000 + r)
+            res = DynamicMediation(n_bootstrap=200, estimators=("mr",)).estimate(
+                data, mdp.policy_fn(tgt), mdp.policy_fn(ctl), random_state=r)
+            for k in KEYS:
+                e = res["mr"].effects[k]
+                vals[k].append(e.value)
+                cover[k].append(e.ci[0] <= truth[k] <= e.ci[1])
+    for k in KEYS:
+        v = np.array(vals[k])
+        assert abs(v.mean() - truth[k]) < 3 * v.std(ddof=1) / np.sqrt(v.size) + 0.01, k
+        assert v.std(ddof=1) < 0.1, k
+        assert np.mean(cover[k]) >= 0.85, (k, np.mean(cover[k]))
