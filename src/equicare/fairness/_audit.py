@@ -449,7 +449,6 @@ class FairnessAudit:
         """
         from equicare.ope import OPEInputs, combine, episode_parts, prepare
         from equicare.ope._core import undefined_estimates
-        from equicare.ope._prepare import target_probabilities
 
         key = self.estimator
         assert key is not None
@@ -461,7 +460,7 @@ class FairnessAudit:
             # policy: no (n_steps, n_actions) matrix is held
             inputs = OPEInputs(rewards=dataset.rewards, episode_offsets=dataset.episode_offsets,
                                gamma=dataset.gamma, rho=p_logged / b)
-            report = support.logged(target_probabilities(dataset, policy), seed)
+            report = support.logged_policy(policy, seed)
         else:
             # estimated propensities and/or an FQE Q-model (or unusable logged propensities,
             # which the OPE engine reports): the OPE engine prepares everything
@@ -514,6 +513,26 @@ class _Support:
         if self._logged is None:
             self._logged = LoggedSupport(self.data, random_state=seed)
         return self._logged.report(self._rows(target_probs), estimators=self.keys, warn=False)
+
+    def logged_policy(self, policy: Policy | NDArray[np.float64], seed: int) -> Any:
+        """:meth:`logged` from the policy evaluated block by block on the audited episodes.
+
+        No ``(n_steps, n_actions)`` matrix of the policy is held.
+        """
+        if isinstance(policy, np.ndarray):
+            return self.logged(policy, seed)
+        from equicare.ope._support import LoggedSupport
+
+        if self._logged is None:
+            self._logged = LoggedSupport(self.data, random_state=seed)
+        checker = self._logged
+        mass = np.empty(self.data.n_steps)
+
+        def add(rows: slice, probs: NDArray[np.float64]) -> None:
+            mass[rows] = checker.block_mass(probs, rows)
+
+        row_pass(self.data, policy, np.zeros((self.data.n_actions, 0)), block_fn=add)
+        return checker.report_mass(mass, estimators=self.keys, warn=False)
 
     def model(self, target_probs: NDArray[np.float64], behavior_model: Any) -> Any:
         """Report against the fitted behaviour model of the OPE engine."""

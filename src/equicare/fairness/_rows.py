@@ -149,6 +149,7 @@ def row_allocation(dataset: TrajectoryDataset, policy: Policy | NDArray[np.float
 def row_pass(dataset: TrajectoryDataset, policy: Policy | NDArray[np.float64] | None,
              columns: NDArray[np.float64], *,
              q_fn: Callable[[TrajectoryDataset], NDArray[np.float64]] | None = None,
+             block_fn: Callable[[slice, NDArray[np.float64]], None] | None = None,
              max_block: int | None = None, source: str = "policy"
              ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64] | None,
                         NDArray[np.float64] | None]:
@@ -161,6 +162,10 @@ def row_pass(dataset: TrajectoryDataset, policy: Policy | NDArray[np.float64] | 
     q_fn : callable, optional
         ``q_fn(dataset) -> Q`` of shape ``(n_steps, n_actions)`` (a fitted Q-model of the
         policy), evaluated on the same blocks.
+    block_fn : callable, optional
+        ``block_fn(rows, probs)`` with each block's rows (a slice of ``dataset``) and the
+        policy's checked probabilities there, shape ``(n_rows, n_actions)``: for other sums
+        over the same pass (the support check's unsupported mass).
 
     Returns
     -------
@@ -199,6 +204,8 @@ def row_pass(dataset: TrajectoryDataset, policy: Policy | NDArray[np.float64] | 
         alloc[lo:hi] = p @ cols
         rows = np.arange(part.n_steps)
         p_logged[lo:hi] = p[rows, part.actions]
+        if block_fn is not None:
+            block_fn(slice(lo, hi), p)
         if q_fn is not None:
             q = np.asarray(q_fn(part), dtype=np.float64)
             if q.shape != (part.n_steps, n_act):

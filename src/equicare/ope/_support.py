@@ -352,7 +352,7 @@ class LoggedSupport:
                                         "categorical cell" if has_cat else
                                         "logged propensities"}
         self._model: Any = None
-        self._bits: list[tuple[NDArray[np.int64], NDArray[np.uint8]]] = []
+        self._bits: NDArray[np.uint8] = np.zeros((0, 0), dtype=np.uint8)
         self._bits_threshold: float | None = None
         # with wide categorical states the cells are the states (and any numeric score is
         # mostly a function of them): a numeric-only model would flag actions clinicians take
@@ -383,37 +383,54 @@ class LoggedSupport:
         check_param(threshold, "threshold", "support_diagnostics", kind=float, low=0.0,
                     high=1.0)
         mass = np.empty(self.dataset.n_steps)
-        cells = self._cells
-        if self._model is not None:
-            n_actions = self.dataset.n_actions
-            for rows, packed in self._unsupported_bits(threshold):
-                unsupported = np.unpackbits(packed, axis=1, count=n_actions)
-                mass[rows] = np.einsum("ij,ij->i", target_probs[rows],
-                                       unsupported.astype(np.float64))
-        else:
-            assert cells is not None
-            for sl in row_blocks(self.dataset.n_steps, self.dataset.n_actions):
-                tp = target_probs[sl]
-                mass[sl] = unsupported_mass(tp, np.ones_like(tp), cells.rows(sl), threshold)
+        for sl in row_blocks(self.dataset.n_steps, self.dataset.n_actions):
+            mass[sl] = self.block_mass(target_probs[sl], sl, threshold)
         return mass
 
-    def _unsupported_bits(self, threshold: float
-                          ) -> list[tuple[NDArray[np.int64], NDArray[np.uint8]]]:
-        """The fast model's unsupported (row, action) cells, bit-packed, block by block.
+    def block_mass(self, target_probs: NDArray[np.float64], rows: slice,
+                   threshold: float = SUPPORT_THRESHOLD) -> NDArray[np.float64]:
+        """Target mass on unsupported actions of a contiguous block of rows.
+
+        For passes that evaluate the policy block by block and never hold its full matrix.
+
+        Parameters
+        ----------
+        target_probs : ndarray of shape (n_rows, n_actions)
+            The policy's probabilities at ``rows``.
+        rows : slice
+            Rows of the dataset (contiguous).
+        threshold : float
+
+        Returns
+        -------
+        ndarray of shape (n_rows,)
+        """
+        unsupported: NDArray[Any]
+        if self._model is not None:
+            unsupported = np.unpackbits(self._unsupported_bits(threshold)[rows], axis=1,
+                                         count=self.dataset.n_actions)
+        else:
+            assert self._cells is not None
+            unsupported = ~self._cells.rows(rows)
+        return np.asarray(np.einsum("ij,ij->i", target_probs, unsupported.astype(np.float64)))
+
+    def _unsupported_bits(self, threshold: float) -> NDArray[np.uint8]:
+        """The fast model's unsupported (row, action) cells, bit-packed by row.
 
         They do not depend on the target policy: computed once per threshold, so that checking
         several policies (an audit, the frontier of ``explain``) costs one pass of the
-        behaviour model's distributions. Memory: ``n_steps * n_actions / 8`` bytes.
+        behaviour model's distributions. Shape ``(n_steps, ceil(n_actions / 8))``.
         """
         if self._bits_threshold != threshold:
             cells = self._cells
-            blocks = []
+            bits = np.zeros((self.dataset.n_steps, (self.dataset.n_actions + 7) // 8),
+                            dtype=np.uint8)
             for rows, probs in self._model.action_prob_blocks(self._view):
                 unsupported = probs < threshold
                 if cells is not None:
                     unsupported |= ~cells.rows(rows)
-                blocks.append((rows, np.packbits(unsupported, axis=1)))
-            self._bits, self._bits_threshold = blocks, threshold
+                bits[rows] = np.packbits(unsupported, axis=1)
+            self._bits, self._bits_threshold = bits, threshold
         return self._bits
 
     def report(self, target_probs: NDArray[np.float64], *,
@@ -421,8 +438,18 @@ class LoggedSupport:
                estimators: tuple[str, ...] = ("is", "wis", "pdis", "wpdis", "fqe", "dr", "wdr"),
                warn: bool = True) -> SupportReport:
         """The :class:`SupportReport` of a target policy (see :func:`support_diagnostics`)."""
-        return _report(self.dataset, self.mass(target_probs, threshold), threshold,
-                       self.uses_categorical, estimators, warn)
+        return self.report_mass(self.mass(target_probs, threshold), threshold=threshold,
+                                estimators=estimators, warn=warn)
+
+    def report_mass(self, mass: NDArray[np.float64], *, threshold: float = SUPPORT_THRESHOLD,
+                    estimators: tuple[str, ...] = ("is", "wis", "pdis", "wpdis", "fqe", "dr",
+                                                   "wdr"),
+                    warn: bool = True) -> SupportReport:
+        """The :class:`SupportReport` from the unsupported mass of every row.
+
+        ``mass`` has shape ``(n_steps,)``, e.g. filled block by block with :meth:`block_mass`.
+        """
+        return _report(self.dataset, mass, threshold, self.uses_categorical, estimators, warn)
 
 
 def logged_support_diagnostics(
