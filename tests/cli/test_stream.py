@@ -340,3 +340,59 @@ def test_streamed_audit_reports_weight_and_support_diagnostics_as_in_memory(tmp_
     mem_text = runner.invoke(app, base)
     lines = [ln for ln in mem_text.output.splitlines() if ln.startswith(("ESS of", "Support of"))]
     assert lines and all(ln in text.output for ln in lines), text.output
+
+
+def _propensity_lines(text: str) -> list[str]:
+    """The logged-propensity warnings of a command's output, one line each."""
+    flat = " ".join(text.split())
+    end = "let evaluate estimate the behaviour policy."
+    return [w[:w.index(end) + len(end)] for w in flat.split("warning: ")[1:]
+            if "disagree with the logged actions" in w]
+
+
+@pytest.mark.parametrize("extra", [["--chunk-rows", "100"],
+                                   ["--chunk-rows", "100", "--executor", "local", "--jobs", "1"]])
+def test_streamed_validate_and_evaluate_check_logged_propensities_as_in_memory(parts, tmp_path,
+                                                                              extra):
+    """Every propensity 1.0 on an 862-row care panel: the sample is the whole panel, so
+    ``validate --json``'s ``warnings`` and ``evaluate``'s warning are the in-memory ones."""
+    d, info = parts
+    frame = pd.read_parquet(info["panel"])
+    frame["propensity"] = 1.0
+    ones = tmp_path / "ones.parquet"
+    frame.to_parquet(ones, index=False)
+    man = str(d / "manifest.toml")
+    args = ["validate", str(ones), "--manifest", man, "--json"]
+    mem, res = runner.invoke(app, args), runner.invoke(app, [*args, *extra])
+    assert mem.exit_code == 0 and res.exit_code == 0, res.output
+    a, b = json.loads(mem.stdout)["warnings"], json.loads(res.stdout)["warnings"]
+    assert b == a and any("disagree with the logged actions" in w for w in a)
+    args = ["evaluate", str(ones), "--manifest", man, "--policy", str(d / "bc"),
+            "--estimators", "is,wis", "--bootstrap", "20", "--no-progress"]
+    mem = runner.invoke(app, args)
+    res = runner.invoke(app, [*args, "--chunk-rows", "100"])
+    assert mem.exit_code == 0 and res.exit_code == 0, res.output
+    assert len(_propensity_lines(mem.output)) == 1
+    assert _propensity_lines(res.output) == _propensity_lines(mem.output)
+
+
+def test_streamed_validate_checks_logged_propensities_on_a_sample(tmp_path):
+    """26,613 rows with random propensities: ``validate --chunk-rows`` warns from about 20,000
+    rows of whole episodes and says so; the true propensities give no such warning."""
+    res = runner.invoke(app, ["synth", "--sim", "garnet", "--preset", "s50_a5_g1", "--episodes",
+                              "2500", "--seed", "2", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    frame = pd.read_parquet(tmp_path / "panel.parquet")
+    frame["propensity"] = np.random.default_rng(0).uniform(0.001, 1.0, len(frame))
+    frame.to_parquet(tmp_path / "random.parquet", index=False)
+    man = str(tmp_path / "manifest.toml")
+    found = {}
+    for name in ("random", "panel"):
+        res = runner.invoke(app, ["validate", str(tmp_path / f"{name}.parquet"), "-m", man,
+                                  "--chunk-rows", "5000", "--json"])
+        assert res.exit_code == 0, res.output
+        found[name] = [w for w in json.loads(res.stdout)["warnings"]
+                       if "disagree with the logged actions" in w]
+    assert len(found["random"]) == 1 and not found["panel"]
+    assert (f"a random sample of whole episodes of the panel's {len(frame):,}; above"
+            in found["random"][0])

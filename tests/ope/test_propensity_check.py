@@ -52,3 +52,72 @@ def test_the_warning_needs_a_manifest_column(care_panel):
     from dataclasses import replace
 
     assert propensity_warning(replace(care_panel, behavior_prob=None), "p.csv") is None
+
+
+class _Uniform:
+    """Every action alike (the streamed check does not depend on the target)."""
+
+    def action_probs(self, ds):
+        return np.full((ds.n_steps, ds.n_actions), 1.0 / ds.n_actions)
+
+
+def _streamed(ds, n_chunks: int = 3, seed: int = 3):
+    """The check of ``evaluate_stream`` on ``ds`` read as ``n_chunks`` chunks."""
+    import warnings
+
+    from equicare.data import Chunk
+    from equicare.ope import evaluate_stream
+
+    cuts = np.linspace(0, ds.n_episodes, n_chunks + 1).astype(int)
+    chunks = [Chunk(index=i, dataset=ds.subset(np.arange(a, b)), first_row=0)
+              for i, (a, b) in enumerate(zip(cuts[:-1], cuts[1:], strict=True))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the weights' warnings with nonsense propensities
+        res = evaluate_stream(chunks, _Uniform(), estimators=("is",), n_boot=5,
+                              random_state=seed)
+    return res.propensity_check
+
+
+def _panel(states: str, n: int, seed: int):
+    """A Garnet panel (50 categorical states: per-level frequencies) or a care panel (numeric
+    states: the multinomial logistic) with its true propensities, ``n`` episodes."""
+    if states == "categorical":
+        return make("s50_a5_g1", n, seed=seed)[1]
+    return care.CareManagementSim(care.CareConfig()).generate(
+        n_members=n, n_weeks=20, random_state=seed).dataset()
+
+
+@pytest.mark.parametrize("states", ["categorical", "numeric"])
+@pytest.mark.parametrize("kind", ["true", "ones", "random"])
+def test_streamed_check_is_the_in_memory_one_below_20000_rows(states, kind):
+    """Under 20,000 rows the sample is the whole panel: the same statistic, row and text
+    (per-level frequencies with 50 categorical states; the numeric model without them)."""
+    ds = _panel(states, 700 if states == "categorical" else 400, seed=0)
+    ds = ds if kind == "true" else _nonsense(ds, kind)
+    assert ds.n_steps < 20_000
+    mem, st = check_logged_propensities(ds), _streamed(ds)
+    assert mem is not None and st is not None
+    assert (st.stat, st.n_rows, st.model, st.example) == (mem.stat, mem.n_rows, mem.model,
+                                                          mem.example)
+    assert st.panel_rows == ds.n_steps
+    assert st.message("p.csv", "propensity") == mem.message("p.csv", "propensity")
+    assert mem.warn == (kind != "true")
+
+
+@pytest.mark.parametrize("states", ["categorical", "numeric"])
+def test_streamed_check_on_a_sample_reports_a_larger_panel(states):
+    """Over 20,000 rows: about 20,000 rows of whole episodes, the same for any chunking; random
+    propensities are reported (the message names the sample), the true ones pass."""
+    ds = _panel(states, 2000 if states == "categorical" else 1300, seed=4)
+    assert ds.n_steps > 22_000
+    bad = _nonsense(ds, "random")
+    st = _streamed(bad)
+    assert st is not None and st.warn and 18_000 < st.n_rows < 22_000
+    assert st == _streamed(bad, n_chunks=5)
+    mem = check_logged_propensities(bad)
+    assert mem is not None and st.stat == pytest.approx(mem.stat, abs=0.1)
+    msg = st.message("p.csv", "propensity")
+    assert msg is not None and (f"over {st.n_rows:,} rows, a random sample of whole episodes "
+                                f"of the panel's {ds.n_steps:,}; above") in msg
+    clean = _streamed(ds)
+    assert clean is not None and not clean.warn and clean.stat < 0.25

@@ -254,13 +254,20 @@ def _validate_stream(data: Path, manifest: Path, chunk_rows: int, executor: Any,
     """``validate --chunk-rows``: every problem of every chunk, then the in-memory summary.
 
     Summed over the chunks (:mod:`equicare.data._stream_summary`); only ``table_cells`` is
-    missing (a note says so), and ``clustered`` is added.
+    missing (a note says so), and ``clustered`` is added. The logged propensities' plausibility
+    warning is the in-memory one on a random sample of about 20,000 rows of whole episodes,
+    drawn in the same pass (:func:`~equicare.ope._propensity_check.sample_propensity_check`).
     """
     from equicare.data import validate_stream
+    from equicare.data._manifest import manifest_of
+    from equicare.ope._stream_support import propensity_sample
 
     with user_errors():
+        man = manifest_of(manifest)
         try:
-            rep, scan = validate_stream(data, manifest, chunk_rows=chunk_rows, executor=executor)
+            rep, scan = validate_stream(
+                data, man, chunk_rows=chunk_rows, executor=executor,
+                chunk_stat=propensity_sample if man.behavior_prob else None)
         finally:
             if executor is not None and hasattr(executor, "shutdown"):
                 executor.shutdown()
@@ -275,6 +282,13 @@ def _validate_stream(data: Path, manifest: Path, chunk_rows: int, executor: Any,
     counts = rep.counts
     assert scan is not None and counts is not None and counts.summary is not None
     summary = {**stream_summary(counts.summary, counts, scan), "clustered": scan.clustered}
+    if counts.summary.extra is not None and man.behavior_prob:  # a warning, never a failure
+        from equicare.ope._propensity_check import sample_propensity_check
+
+        check = sample_propensity_check(counts.summary.extra, scan.n_rows)
+        msg = None if check is None else check.message(str(data), man.behavior_prob)
+        if msg is not None:
+            rep.warnings.append(msg)
     notes = [*rep.notes]
     if len(summary["categorical_states"]) > 1:  # in memory: the "table_cells" choice
         notes.append(TABLE_CELLS_NOTE)

@@ -275,7 +275,9 @@ def run_evaluate_stream(data: Path, *, manifest: Path, policy: Path, estimators:
                         progress: bool = False) -> tuple[Any, list[str]]:
     """``evaluate --chunk-rows``: :func:`equicare.ope.evaluate_stream`, then the result JSON.
 
-    Returns the streamed result and the warnings raised (suppressed small cells), for printing.
+    Returns the streamed result and the warnings raised (suppressed small cells), for printing,
+    with the logged propensities' plausibility warning (as in memory, computed on the support
+    check's random sample of about 20,000 rows of whole episodes).
     Subgroups are every manifest group attribute, as in memory. ``progress`` shows the chunks of
     the estimates pass and, when a subgroup column gets a Q-model per level, those levels.
 
@@ -349,6 +351,13 @@ def run_evaluate_stream(data: Path, *, manifest: Path, policy: Path, estimators:
         atomic_write_text(out, json.dumps(res.to_dict(), indent=2))
     msgs = list(dict.fromkeys(str(w.message) for w in caught
                               if not issubclass(w.category, DeprecationWarning)))
+    check = res.propensity_check
+    if check is not None:  # as in memory, on the support check's sample
+        from equicare.data._manifest import manifest_of
+
+        column = manifest_of(manifest).behavior_prob
+        msg = None if not column else check.message(str(data), column)
+        msgs += [msg] if msg is not None else []
     return res, msgs
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -532,6 +532,7 @@ def validate_stream(
     max_errors: int = 50,
     executor: Any = None,
     n_shards: int | None = None,
+    chunk_stat: Callable[[TrajectoryDataset, int], Any] | None = None,
 ) -> tuple[ValidationReport, PanelScan | None]:
     """Validate a panel chunk by chunk with bounded memory.
 
@@ -552,6 +553,10 @@ def validate_stream(
         clustered Parquet file or folder every worker can read.
     n_shards : int, optional
         Shards for the executor (default: its worker count, else 2).
+    chunk_stat : callable, optional
+        ``chunk_stat(chunk, n_rows)`` of every readable chunk, ``n_rows`` the panel's rows
+        (picklable with an executor); the results, summed with ``+``, are
+        ``report.counts.summary.extra`` (``equicare validate`` samples episodes with it).
 
     Returns
     -------
@@ -588,8 +593,8 @@ def validate_stream(
     if executor is not None:
         shards = n_shards or int(getattr(executor, "n_workers", 2) or 2)
         specs = plan_shards(p, man, shards, scan=scan)
-        for errors, warns, counts in executor.map(_validate_shard,
-                                                  [(s, chunk_rows, keep) for s in specs]):
+        for errors, warns, counts in executor.map(
+                _validate_shard, [(s, chunk_rows, keep, chunk_stat, scan.n_rows) for s in specs]):
             add(errors, warns, counts)
         if len(report.errors) > max_errors:
             extra = len(report.errors) - max_errors
@@ -600,7 +605,8 @@ def validate_stream(
                                                   memory_limit)):
                 ds, rep = _chunk_dataset(table, man, scan, str(p), _text_columns(p, man))
                 if ds is not None and rep.counts is not None:
-                    rep.counts.summary = SummaryParts.of(ds, keep)
+                    rep.counts.summary = SummaryParts.of(
+                        ds, keep, None if chunk_stat is None else chunk_stat(ds, scan.n_rows))
                 add(rep.errors, rep.warnings, rep.counts)
                 if len(report.errors) >= max_errors:
                     report.errors.append(f"{p}: stopped after {len(report.errors)} problems "
@@ -912,10 +918,10 @@ def _shape(message: str) -> str:
     return re.sub(r"\d+(\.\d+)?", "#", message)
 
 
-def _validate_shard(task: tuple[ShardSpec, int, int]
+def _validate_shard(task: tuple[ShardSpec, int, int, Any, int]
                     ) -> tuple[list[str], list[str], PanelCounts | None]:
     """Problems, warnings and summed panel counts of one shard (run by an executor)."""
-    spec, chunk_rows, keep = task
+    spec, chunk_rows, keep, chunk_stat, n_rows = task
     scan = PanelScan(source=spec.path, n_rows=spec.stop - spec.start, episode_ids=np.zeros(0),
                      lengths=np.zeros(0, dtype=np.int64), clustered=True,
                      categorical_levels=spec.categorical_levels)
@@ -925,7 +931,8 @@ def _validate_shard(task: tuple[ShardSpec, int, int]
     for table in _cut(_shard_batches(spec), spec.manifest.episode, chunk_rows):
         ds, rep = _chunk_dataset(table, spec.manifest, scan, spec.path)
         if ds is not None and rep.counts is not None:
-            rep.counts.summary = SummaryParts.of(ds, keep)
+            rep.counts.summary = SummaryParts.of(
+                ds, keep, None if chunk_stat is None else chunk_stat(ds, n_rows))
         errors += rep.errors
         warns += [w for w in rep.warnings if w not in warns]
         if rep.counts is not None:

@@ -59,6 +59,9 @@ class SummaryParts:
         The ``k`` smallest and largest logged propensities, sorted (None without them).
     n_bp, k : int
         Propensities seen, and values kept per tail.
+    extra : object, optional
+        A caller's statistic of the chunks (``validate_stream``'s ``chunk_stat``), summed with
+        ``+``; None when there is none.
     """
 
     fixed: dict[str, Any]
@@ -70,9 +73,10 @@ class SummaryParts:
     bp_high: NDArray[np.float64] | None = None
     n_bp: int = 0
     k: int = 2
+    extra: Any = None
 
     @classmethod
-    def of(cls, ds: Any, k: int) -> SummaryParts:
+    def of(cls, ds: Any, k: int, extra: Any = None) -> SummaryParts:
         """The pieces of one chunk (a :class:`TrajectoryDataset` of whole episodes)."""
         cat = ds.categorical
         fixed = {
@@ -95,7 +99,7 @@ class SummaryParts:
                    need_sum=None if ds.need is None else float(np.sum(ds.need)),
                    bp_low=None if bp is None else _smallest(bp, k),
                    bp_high=None if bp is None else _largest(bp, k),
-                   n_bp=0 if bp is None else int(bp.size), k=k)
+                   n_bp=0 if bp is None else int(bp.size), k=k, extra=extra)
 
     def __add__(self, o: SummaryParts) -> SummaryParts:
         def tails(a: NDArray[np.float64] | None, b: NDArray[np.float64] | None, low: bool
@@ -114,7 +118,9 @@ class SummaryParts:
                       else (self.need_sum or 0.0) + (o.need_sum or 0.0)),
             bp_low=tails(self.bp_low, o.bp_low, True), bp_high=tails(self.bp_high, o.bp_high,
                                                                      False),
-            n_bp=self.n_bp + o.n_bp, k=self.k)
+            n_bp=self.n_bp + o.n_bp, k=self.k,
+            extra=self.extra if o.extra is None else o.extra if self.extra is None
+            else self.extra + o.extra)
 
 
 def _quantile(low: NDArray[np.float64], high: NDArray[np.float64], n: int, q: float) -> float:

@@ -9,11 +9,18 @@ quick behaviour model fitted to the logged actions: the fast numeric model of th
 (:class:`~equicare.ope._support.LoggedSupport`), or, with wide categorical states, the action
 frequencies within the levels of one categorical column. It warns, never refuses: a model fitted
 in a second can be wrong too.
+
+Streamed (``--chunk-rows``), the check runs on a random sample of about 20,000 rows of whole
+episodes, drawn by episode id (:func:`~equicare.ope._stream_behavior.sample_mask`, the sample of
+the streamed support check) so that it does not depend on the chunking, with the per-level
+action frequencies counted over the whole panel (:func:`sample_propensity_check`). On a panel of
+at most 20,000 rows the sample is the whole panel and the check is the in-memory one.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -21,7 +28,7 @@ from numpy.typing import NDArray
 from equicare.data import TrajectoryDataset
 
 __all__ = ["PropensityCheck", "check_logged_propensities", "propensity_warning",
-           "PROPENSITY_LOG_RATIO", "MSG_PROPENSITY"]
+           "sample_propensity_check", "PROPENSITY_LOG_RATIO", "MSG_PROPENSITY"]
 
 #: Mean absolute log ratio (logged / fitted probability of the logged action) above which the
 #: logged propensities are reported. Measured: 0.07 on the synthetic care panel and 0.10 on the
@@ -34,7 +41,7 @@ MSG_PROPENSITY = (
     "{source}: the logged propensities (column {column!r}) disagree with the logged actions: "
     "a quick behaviour model fitted to the actions ({model}) gives the logged action a "
     "probability that differs from the logged one by a factor of {factor:.1f} on average (mean "
-    "|log ratio| {stat:.2f} over {n:,} rows; above {limit:g} is reported){example}. Check that "
+    "|log ratio| {stat:.2f} over {rows}; above {limit:g} is reported){example}. Check that "
     "the column holds current practice's probability of the action logged on the row (not of "
     "another action, a percentage or a score): importance-sampling estimates (is, wis, pdis, "
     "wpdis, dr, wdr) are only as good as these. Or leave the column out of the manifest and "
@@ -54,12 +61,15 @@ class PropensityCheck:
         The fitted model, in words.
     example : tuple or None
         ``(row, logged, fitted)`` of the row with the largest disagreement.
+    panel_rows : int or None
+        Rows of the panel when :attr:`n_rows` are a sample of them (streamed), else None.
     """
 
     stat: float
     n_rows: int
     model: str
     example: tuple[int, float, float] | None
+    panel_rows: int | None = None
 
     @property
     def warn(self) -> bool:
@@ -74,9 +84,12 @@ class PropensityCheck:
         if self.example is not None:
             row, p, q = self.example
             ex = f"; e.g. {p:.3g} logged where the model gives {q:.3g}"
+        rows = f"{self.n_rows:,} rows"
+        if self.panel_rows is not None and self.panel_rows > self.n_rows:
+            rows += f", a random sample of whole episodes of the panel's {self.panel_rows:,}"
         return MSG_PROPENSITY.format(source=source, column=column, model=self.model,
                                      factor=float(np.exp(self.stat)), stat=self.stat,
-                                     n=self.n_rows, limit=PROPENSITY_LOG_RATIO, example=ex)
+                                     rows=rows, limit=PROPENSITY_LOG_RATIO, example=ex)
 
 
 def _cell_frequency(codes: NDArray[np.int64], actions: NDArray[np.int64], n_actions: int
@@ -88,8 +101,18 @@ def _cell_frequency(codes: NDArray[np.int64], actions: NDArray[np.int64], n_acti
     return np.asarray((cnt[inv.ravel()] + 1.0 / n_actions) / (n_cell + 1.0), dtype=np.float64)
 
 
-def check_logged_propensities(dataset: TrajectoryDataset, *, random_state: int = 0
-                              ) -> PropensityCheck | None:
+def _panel_frequency(counts: NDArray[np.int64], codes: NDArray[np.int64],
+                     actions: NDArray[np.int64]) -> NDArray[np.float64]:
+    """:func:`_cell_frequency` of the rows from a panel's ``(level, action)`` counts."""
+    n_actions = counts.shape[1]
+    n_cell = counts.sum(axis=1)[codes]
+    return np.asarray((counts[codes, actions] + 1.0 / n_actions) / (n_cell + 1.0),
+                      dtype=np.float64)
+
+
+def check_logged_propensities(dataset: TrajectoryDataset, *, random_state: int = 0,
+                              cell_counts: list[NDArray[np.int64]] | None = None,
+                              model: Any = None) -> PropensityCheck | None:
     r"""Compare the logged propensities with a quick behaviour model of the logged actions.
 
     The statistic is the mean over rows of :math:`|\log p_i - \log \hat b(a_i \mid s_i)|`,
@@ -106,6 +129,13 @@ def check_logged_propensities(dataset: TrajectoryDataset, *, random_state: int =
         With ``behavior_prob``.
     random_state : int
         Seed of the rows the numeric model is fitted on.
+    cell_counts : list of ndarray of shape (n_levels_j, n_actions), optional
+        Logged ``(level, action)`` counts of each categorical column over a panel of which
+        ``dataset`` is a sample (:class:`~equicare.ope._stream_support.CellCounts`): the
+        per-level frequencies are then the panel's (default: those of ``dataset``).
+    model : BehaviorModel, optional
+        The fast numeric model, already fitted on ``dataset`` (the streamed support check's,
+        :func:`~equicare.ope._stream_support.support_check`); default: fitted here.
 
     Returns
     -------
@@ -119,11 +149,13 @@ def check_logged_propensities(dataset: TrajectoryDataset, *, random_state: int =
         return None
     a = np.asarray(dataset.actions, dtype=np.int64)
     logp = np.log(np.clip(np.asarray(p, dtype=np.float64), 1e-12, 1.0))
-    checker = LoggedSupport(dataset, random_state=random_state)
-    model = checker._model
+    view = dataset
+    if model is None:
+        checker = LoggedSupport(dataset, random_state=random_state)
+        model, view = checker._model, checker._view
     if model is not None:
         q = np.empty(dataset.n_steps)
-        for rows, probs in model.action_prob_blocks(checker._view):
+        for rows, probs in model.action_prob_blocks(view):
             r = np.arange(dataset.n_steps)[rows]
             q[r] = probs[np.arange(r.size), a[r]]
         what = "multinomial logistic on the states"
@@ -132,7 +164,9 @@ def check_logged_propensities(dataset: TrajectoryDataset, *, random_state: int =
         cat = (np.zeros((dataset.n_steps, 0), dtype=np.int64) if dataset.categorical is None
                else dataset.categorical)
         for j in range(cat.shape[1]):
-            qj = _cell_frequency(np.asarray(cat[:, j], dtype=np.int64), a, dataset.n_actions)
+            codes = np.asarray(cat[:, j], dtype=np.int64)
+            qj = (_cell_frequency(codes, a, dataset.n_actions) if cell_counts is None
+                  else _panel_frequency(cell_counts[j], codes, a))
             cands.append((float(np.abs(logp - np.log(qj)).mean()), j, qj))
         if not cands:  # no state at all: the marginal frequency
             cands.append((0.0, -1, _cell_frequency(np.zeros_like(a), a, dataset.n_actions)))
@@ -149,10 +183,46 @@ def propensity_warning(dataset: TrajectoryDataset, source: str) -> str | None:
     """The warning of :func:`check_logged_propensities` for a dataset read with a manifest.
 
     None when the manifest names no ``behavior_prob`` column or the propensities agree. Used by
-    ``equicare validate`` and ``equicare evaluate`` (in memory).
+    ``equicare validate`` and ``equicare evaluate`` in memory (streamed:
+    :func:`sample_propensity_check`).
     """
     man = dataset.manifest
     if dataset.behavior_prob is None or man is None or not man.behavior_prob:
         return None
     check = check_logged_propensities(dataset)
     return None if check is None else check.message(source, man.behavior_prob)
+
+
+def sample_propensity_check(cells: Any, n_rows: int, *, random_state: int = 0,
+                            model: Any = None) -> PropensityCheck | None:
+    """:func:`check_logged_propensities` of a streamed panel, on its sampled episodes.
+
+    Parameters
+    ----------
+    cells : CellCounts
+        Summed over the chunks (:func:`~equicare.ope._stream_support.count_chunk` with
+        ``rate=fast_rate(n_rows)``): the panel's ``(level, action)`` counts and a random sample
+        of about 20,000 rows of whole episodes, drawn by episode id.
+    n_rows : int
+        Rows of the panel.
+    random_state : int
+        As :func:`check_logged_propensities` (with a sample of more than 20,000 rows, the
+        numeric model's rows within it).
+    model : BehaviorModel, optional
+        The fast numeric model already fitted on ``cells.sample`` (the streamed support
+        check's); default: fitted here.
+
+    Returns
+    -------
+    PropensityCheck or None
+        None without logged propensities or sampled rows.
+    """
+    from dataclasses import replace
+
+    from equicare.ope._stream_behavior import _concat
+
+    if not cells.sample:
+        return None
+    check = check_logged_propensities(_concat(cells.sample), random_state=random_state,
+                                      cell_counts=cells.counts or None, model=model)
+    return None if check is None else replace(check, panel_rows=int(n_rows))

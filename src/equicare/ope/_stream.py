@@ -69,6 +69,7 @@ from equicare.ope._core import (
     undefined_estimates,
 )
 from equicare.ope._ess import WeightSums
+from equicare.ope._propensity_check import PropensityCheck, sample_propensity_check
 from equicare.ope._resample import episode_keys, poisson_weights
 from equicare.ope._stream_groups import (
     GroupPlan,
@@ -331,6 +332,11 @@ class StreamEvaluation:
     support : StreamSupportReport or None
         The support diagnostics (result JSON ``"support"``, as in memory;
         :mod:`equicare.ope._stream_support`).
+    propensity_check : PropensityCheck or None
+        With logged propensities and the support check: their agreement with the logged
+        actions on the support check's sample of about 20,000 rows of whole episodes
+        (:func:`~equicare.ope._propensity_check.sample_propensity_check`; ``equicare evaluate``
+        warns from it, as in memory). Not in the result JSON, as in memory.
     """
 
     n_episodes: int
@@ -348,6 +354,7 @@ class StreamEvaluation:
     ess_truncated: float | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     support: StreamSupportReport | None = None
+    propensity_check: PropensityCheck | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The result JSON (Contract 3: ``n_episodes``, ``behavior``, ``estimates``, ``ess``).
@@ -946,7 +953,9 @@ def evaluate_stream(
         "estimators": list(keys), "bootstrap": n_boot, "ci_method": ci_method, "alpha": alpha,
         "truncate": truncate, "random_state": seed,
         "propensity_source": "logged" if beh_info is None else "estimated",
-        "support_check": None if support is None else support.how}, support=report)
+        "support_check": None if support is None else support.how}, support=report,
+        propensity_check=None if support is None or beh_info is not None
+        else support.propensity_check())
     if own_levels:  # subgroup columns the table pools over and the target reads
         assert res.q_model is not None
         for column, (levels, _) in own_levels.items():
@@ -1002,6 +1011,16 @@ class _SupportRider:
 
     def _summed(self, sums: Any) -> None:
         self._sums = sums
+
+    def propensity_check(self) -> PropensityCheck | None:
+        """The logged propensities' plausibility on the counting pass's sample, or None.
+
+        The support check's fast numeric model, fitted on that sample, is reused.
+        """
+        if self._counts is None:
+            return None
+        model = None if self._check is None else self._check.model
+        return sample_propensity_check(self._counts, self.src.n_rows, model=model)
 
     def report(self, keys: tuple[str, ...]) -> StreamSupportReport:
         """The report (a SupportWarning over 1%, as in memory)."""

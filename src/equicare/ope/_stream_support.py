@@ -53,7 +53,7 @@ from equicare.ope._support import (
 )
 
 __all__ = ["CellCounts", "SupportSums", "SupportCheck", "count_chunk", "support_check",
-           "HIST_WIDTH"]
+           "propensity_sample", "HIST_WIDTH"]
 
 #: Bin width (percentage points) of the per-episode shares' histogram (median and p90).
 HIST_WIDTH = 1e-3
@@ -296,6 +296,16 @@ def needs_fast_model(n_numeric: int, levels: tuple[int, ...]) -> bool:
 def fast_rate(n_rows: int) -> float:
     """Sampling rate of the fast numeric model's episodes (about ``FAST_SUPPORT_ROWS`` rows)."""
     return min(1.0, FAST_SUPPORT_ROWS / max(int(n_rows), 1))
+
+
+def propensity_sample(dataset: TrajectoryDataset, n_rows: int) -> CellCounts:
+    """:func:`count_chunk` sampling about ``FAST_SUPPORT_ROWS`` rows of a panel of ``n_rows``.
+
+    The logged-propensity check of ``equicare validate --chunk-rows``
+    (:func:`~equicare.ope._propensity_check.sample_propensity_check`); seed 0, the in-memory
+    check's.
+    """
+    return count_chunk(dataset, rate=fast_rate(n_rows), seed=0)
 
 
 def support_check(counts: CellCounts, *, behavior: Any = None, behavior_model: Any = "logistic",
