@@ -118,3 +118,37 @@ def test_censoring_too_rare_to_move_the_value_is_not_checked():
     v = fit.v[cut.episode_offsets[:-1]].mean()
     assert 3 / 3000 * np.abs(cut.returns()).max() < CENSORING_MIN_PCT / 100 * v
     assert censoring_check(cut, pe, fit, cfg) is None
+
+
+def test_streamed_stationary_table_reports_the_bound_censoring_allows():
+    """The window table does not stream: streamed evaluate reports the censored share and how
+    far censoring could move the stationary table's value (censored share x largest return),
+    without a warning (that bound is loose)."""
+    from equicare.data import Chunk
+    from equicare.ope import evaluate_stream
+
+    class Table:
+        def action_probs(self, ds):
+            return TGT[ds.categorical[:, 0]]
+
+    def chunks(ds, n=3):
+        cuts = np.linspace(0, ds.n_episodes, n + 1).astype(int)
+        return [Chunk(index=i, dataset=ds.subset(np.arange(a, b)), first_row=0)
+                for i, (a, b) in enumerate(zip(cuts, cuts[1:], strict=False))]
+
+    ds = panel(3000, 10, seed=4)
+    res = evaluate_stream(chunks(ds), Table(), estimators=("fqe",),
+                          q_model="tabular_stationary", n_boot=20, random_state=0,
+                          groups=(), diagnose_support=False)
+    c = res.q_model["censoring"]
+    assert c["window"] is None and "does not stream" in c["note"]
+    assert c["censored_episodes_pct"] == pytest.approx(100 * ds.censored.mean())
+    assert c["explainable_by_censoring"] == pytest.approx(
+        ds.censored.mean() * np.abs(ds.returns()).max())
+    full = panel(1000, 200, seed=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        res = evaluate_stream(chunks(full), Table(), estimators=("fqe",),
+                              q_model="tabular_stationary", n_boot=20, random_state=0,
+                              groups=(), diagnose_support=False)
+    assert "censoring" not in (res.q_model or {})

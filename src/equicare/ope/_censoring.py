@@ -37,7 +37,8 @@ from numpy.typing import NDArray
 from equicare.data import TrajectoryDataset
 from equicare.ope._fqe import FQEConfig, LoggedQFit, fit_fqe_logged
 
-__all__ = ["CensoringCheck", "censoring_check", "CENSORING_N_SE", "CENSORING_MIN_PCT"]
+__all__ = ["CensoringCheck", "censoring_check", "stream_censoring_note", "CENSORING_N_SE",
+           "CENSORING_MIN_PCT"]
 
 #: Standard errors of the difference beyond which the stationary table draws the warning.
 CENSORING_N_SE = 2.0
@@ -151,3 +152,30 @@ def censoring_check(dataset: TrajectoryDataset, target_probs: NDArray[np.float64
     return CensoringCheck(censored_pct=float(100.0 * censored.mean()), stationary=v_st,
                           window=v_win, difference_se=se, explainable=explainable,
                           warn=bool(warn))
+
+
+def stream_censoring_note(n_censored: int, n_episodes: int, max_abs_return: float
+                          ) -> dict[str, Any]:
+    """What a streamed evaluation with the stationary table reports about censored stays.
+
+    The window table does not stream, so its check (:func:`censoring_check`) is not made and no
+    warning is drawn: the bound on what censoring can explain (``censored share x max
+    |return|``) is loose (on a panel of fixed 52-week windows every episode is censored and the
+    bound exceeds the value) and would warn on every such panel. The numbers go to
+    ``q_model["censoring"]`` with ``"window": None``.
+
+    Parameters
+    ----------
+    n_censored, n_episodes : int
+    max_abs_return : float
+        Largest absolute discounted return.
+
+    Returns
+    -------
+    dict
+    """
+    share = n_censored / max(n_episodes, 1)
+    return {"censored_episodes_pct": 100.0 * share,
+            "explainable_by_censoring": float(share * max_abs_return), "window": None,
+            "note": "the window table does not stream: its check (q_model='tabular_window', "
+                    "evaluate in memory) is in memory only"}

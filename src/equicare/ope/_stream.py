@@ -69,6 +69,7 @@ from equicare.ope._core import (
     undefined_estimates,
 )
 from equicare.ope._ess import WeightSums
+from equicare.ope._fqe import FQEConfig
 from equicare.ope._propensity_check import PropensityCheck, sample_propensity_check
 from equicare.ope._resample import episode_keys, poisson_weights
 from equicare.ope._stream_groups import (
@@ -196,7 +197,7 @@ def _is_sums(dataset: TrajectoryDataset, policy: Any, *, keys: Sequence[str], ho
     tt = None if truncate is None else inputs.trajectory_weights(truncate)
     layout = (parts.keys, parts.slices, parts.horizon)
     sums = episode_sums(mat, w, tw, n_steps=dataset.n_steps, gamma=dataset.gamma,
-                        layout=layout, trunc_weights=tt)
+                        layout=layout, trunc_weights=tt, n_censored=int(dataset.censored.sum()))
     return WithGroups(sums, None if groups is None else
                       group_chunk_sums(dataset, mat, tw, w, groups, layout=layout,
                                        trunc_weights=tt, inputs=inputs, truncate=truncate))
@@ -855,6 +856,7 @@ def evaluate_stream(
     support = None if src.logged and not diagnose_support else _SupportRider(
         src, policy, behavior_model=behavior_model, seed=seed, threshold=support_threshold)
     sel: Any = None  # auto's selection, when it chose the Q-model
+    cfg_used: FQEConfig | None = None  # the Q-model fitted
     level_cols: list[LevelColumn] = []
     own_levels: dict[str, tuple[dict[str, StreamGroup], dict[str, Any]]] = {}
     fqe_bias = None
@@ -877,6 +879,7 @@ def evaluate_stream(
                 src, policy, q_model, keys=[k for k in keys if k in Q_TYPE],
                 sample_rows=behavior_sample_rows, seed=seed, model_seed=fit_seed,
                 groups=() if plan is None else plan.attrs)
+            cfg_used = cfg
             out = evaluate_stream_q(
                 src, policy, keys=keys, cfg=cfg, n_boot=n_boot, seed=seed, truncate=truncate,
                 progress=progress, studentized=ci_method == "studentized", groups=plan)
@@ -945,6 +948,14 @@ def evaluate_stream(
                                "logged" if beh_info is None else "estimated")
     if far is not None:  # as in memory: the importance weights blowing up, not a value
         warnings.warn(far, DataWarning, stacklevel=2)
+    censoring_info = None
+    if (cfg_used is not None and cfg_used.model == "tabular"
+            and cfg_used.resolved_horizon == "stationary" and "fqe" in res.estimates
+            and main.n_censored > 0):
+        from equicare.ope._censoring import stream_censoring_note
+
+        censoring_info = stream_censoring_note(
+            main.n_censored, main.n_episodes, max(abs(main.returns_min), abs(main.returns_max)))
     if plan is not None and g_sums is not None:
         res = dataclasses.replace(res, groups=finish_groups(
             plan, g_sums, g_squares, alpha=alpha,
@@ -961,6 +972,8 @@ def evaluate_stream(
         for column, (levels, _) in own_levels.items():
             res.groups[column].update(levels)
         res.q_model["per_level"] = {c: info for c, (_, info) in own_levels.items()}
+    if censoring_info is not None and res.q_model is not None:
+        res.q_model["censoring"] = censoring_info
     from equicare.ope._evaluate import hide_low_ess
 
     for levels in res.groups.values():  # weighted values of low-ESS levels: not published

@@ -53,6 +53,8 @@ class StreamSums:
     returns_min, returns_max : float
         The smallest and largest discounted episode return (``inf`` and ``-inf`` for no
         episodes): whether an estimate lies far outside the observed returns.
+    n_censored : int
+        Episodes whose last row is not terminal (censored stays).
     """
 
     n_episodes: int
@@ -71,6 +73,7 @@ class StreamSums:
     weights: WeightSums | None = field(default=None, repr=False)
     returns_min: float = np.inf
     returns_max: float = -np.inf
+    n_censored: int = 0
 
     def __add__(self, other: StreamSums) -> StreamSums:
         if self.parts_layout[0] != other.parts_layout[0] or self.total.shape != other.total.shape:
@@ -87,7 +90,8 @@ class StreamSums:
                                    else other.weights if self.weights is None
                                    else self.weights + other.weights),
                           returns_min=min(self.returns_min, other.returns_min),
-                          returns_max=max(self.returns_max, other.returns_max))
+                          returns_max=max(self.returns_max, other.returns_max),
+                          n_censored=self.n_censored + other.n_censored)
 
     def ess(self) -> tuple[float, float | None]:
         """Kish's effective sample size of the trajectory weights, and of the truncated ones."""
@@ -106,7 +110,8 @@ def episode_sums(mat: NDArray[np.float64], w: NDArray[np.float64],
                  traj_weights: NDArray[np.float64], *, n_steps: int, gamma: float,
                  layout: tuple[tuple[str, ...], dict[str, slice], int],
                  infl_keys: tuple[str, ...] = (),
-                 trunc_weights: NDArray[np.float64] | None = None) -> StreamSums:
+                 trunc_weights: NDArray[np.float64] | None = None,
+                 n_censored: int = 0) -> StreamSums:
     """The :class:`StreamSums` of some episodes.
 
     Parameters
@@ -124,6 +129,8 @@ def episode_sums(mat: NDArray[np.float64], w: NDArray[np.float64],
     infl_keys : tuple of str
     trunc_weights : ndarray of shape (n_episodes,), optional
         Their truncated trajectory weights (with ``truncate``).
+    n_censored : int
+        How many of them are censored (last row not terminal).
     """
     tw, tt = traj_weights, trunc_weights
     ret = mat[:, mat.shape[1] - 1 - len(infl_keys)]  # the return: after the parts
@@ -133,7 +140,8 @@ def episode_sums(mat: NDArray[np.float64], w: NDArray[np.float64],
                       infl_keys=infl_keys, wt_sum=None if tt is None else float(tt.sum()),
                       wt_sq=None if tt is None else float(np.dot(tt, tt)),
                       returns_min=float(ret.min()) if ret.size else np.inf,
-                      returns_max=float(ret.max()) if ret.size else -np.inf)
+                      returns_max=float(ret.max()) if ret.size else -np.inf,
+                      n_censored=int(n_censored))
 
 
 def corrected_sums(sums: StreamSums) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
