@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from equicare.sim.garnet import (
 )
 
 SMALL = GarnetConfig(n_states=50, n_actions=5, n_successors=3)
-FAST = SelectConfig(n_wedges=(50.0, 200.0), pvi=(), neural=(), bootstrap=50)
+FAST = SelectConfig(n_wedges=(50.0, 200.0), pvi=(), neural=(), bootstrap=50, multiplicity="none")
 
 
 def _panel(seed: int, n: int, cfg: GarnetConfig = SMALL):
@@ -50,7 +51,8 @@ def test_selected_policy_is_not_worse_than_behaviour() -> None:
 def test_fallback_reproduces_the_behaviour() -> None:
     # the only candidate copies the behaviour: its lower bound cannot beat the behaviour's value
     _, ds = _panel(1, 1000)
-    res = select_policy(ds, SelectConfig(n_wedges=(1e9,), pvi=(), neural=(), bootstrap=50))
+    res = select_policy(ds, SelectConfig(n_wedges=(1e9,), pvi=(), neural=(), bootstrap=50,
+                                         multiplicity="none"))
     assert res.fallback and res.chosen == "behavior"
     # the paired bound of the true behaviour policy: WIS reweights nothing, every replicate's
     # gain is 0, so its bound is exactly 0 (not above: no false improvement)
@@ -59,7 +61,9 @@ def test_fallback_reproduces_the_behaviour() -> None:
 
     mdp, _ = _panel(1, 10)
     ho = _held_out(ds, mdp.behavior_policy[garnet_state_index(ds)],
-                   SelectConfig(bootstrap=50, pvi=(), estimators=("wis", "wdr")), "tabular")
+                   SelectConfig(bootstrap=50, multiplicity="none", pvi=(),
+                                estimators=("wis", "wdr")),
+                   "tabular")
     assert ho.estimates["wis"]["gain_lcb"] == pytest.approx(0.0, abs=1e-12)
     np.testing.assert_allclose(res.learner.policy_.table[:-1], res.learner.behavior_,
                                rtol=1e-3, atol=1e-12)  # the table keeps 4 significant digits
@@ -78,7 +82,8 @@ def test_held_out_values_match_evaluate_and_the_paired_bound_is_tighter() -> Non
     from equicare.pipeline._select import _held_out
 
     _, ds = _panel(3, 1500)
-    cfg = SelectConfig(bootstrap=100, seed=3, estimators=("wis", "wdr"))
+    cfg = SelectConfig(bootstrap=100, multiplicity="none", interval="percentile", seed=3,
+                       estimators=("wis", "wdr"))
     train, valid = ds.split(0.3, random_state=3, stratify="group")
     pol = PVI(mix=0.3).fit(train).policy_
     ho = _held_out(valid, pol, cfg, "tabular")
@@ -90,13 +95,18 @@ def test_held_out_values_match_evaluate_and_the_paired_bound_is_tighter() -> Non
         np.testing.assert_allclose(ho.estimates[k]["ci"], res.estimates[k].ci, atol=1e-12)
     assert ho.behavior_value == pytest.approx(res.behavior.value, abs=1e-12)
     assert ho.lcb_gain > ho.lcb - ho.behavior_value + 0.01
-    sep = _held_out(valid, pol, SelectConfig(bootstrap=100, seed=3, bound="separate",
-                                             estimators=("wis", "wdr")), "tabular")
+    sep = _held_out(valid, pol, replace(cfg, bound="separate"), "tabular")
     assert sep.lcb_gain == pytest.approx(ho.lcb - ho.behavior_value)
     from equicare.learn import SPIBB
 
     spibb = _held_out(valid, SPIBB(n_wedge=50).fit(train).policy_, cfg, "tabular")
     assert spibb.lcb_gain > spibb.lcb - spibb.behavior_value + 0.005
+    # the default studentized intervals are evaluate's default (bootstrap-t) ones
+    stud = _held_out(valid, pol, replace(cfg, interval="studentized"), "tabular")
+    res = evaluate(valid, pol, estimators=("wis", "wdr"), q_model="tabular", bootstrap=100,
+                   alpha=0.1, groups=(), diagnose_support=False, random_state=3)
+    for k in ("wis", "wdr"):
+        np.testing.assert_allclose(stud.estimates[k]["ci"], res.estimates[k].ci, atol=1e-10)
 
 
 def test_pvi_candidates_are_safe_and_improve() -> None:
@@ -106,7 +116,8 @@ def test_pvi_candidates_are_safe_and_improve() -> None:
     gains = []
     for seed in (2, 4):
         mdp, ds = _panel(seed, 3000)
-        res = select_policy(ds, SelectConfig(neural=(), bootstrap=100, seed=seed))
+        res = select_policy(ds, SelectConfig(neural=(), bootstrap=100, multiplicity="none",
+                                             seed=seed))
         table, _ = garnet_policy_table(mdp, ds, res.learner.policy_)
         gains.append(mdp.value(table) - mdp.value(mdp.behavior_policy))
     assert min(gains) > -0.005, gains
@@ -121,8 +132,8 @@ def test_cross_fitting_pools_both_halves_and_refits_on_all() -> None:
     from equicare.pipeline._select import _cross_fitted, _held_out
 
     mdp, ds = _panel(5, 2000)
-    cfg = SelectConfig(bootstrap=60, seed=5, pvi=(), n_wedges=(20.0,), neural=(),
-                       estimators=("wis", "wdr"))
+    cfg = SelectConfig(bootstrap=60, multiplicity="none", interval="percentile", seed=5,
+                       pvi=(), n_wedges=(20.0,), neural=(), estimators=("wis", "wdr"))
     a, b = ds.split(0.5, random_state=5, stratify="group")
     parts = [_held_out(b, PVI(mix=0.5).fit(a).policy_, cfg, "tabular"),
              _held_out(a, PVI(mix=0.5).fit(b).policy_, cfg, "tabular")]
@@ -139,8 +150,8 @@ def test_cross_fitting_pools_both_halves_and_refits_on_all() -> None:
     assert ds.gamma == 1.0
     assert pooled.behavior_value == pytest.approx(float(returns.mean()))
     # measured: the pooled gain bound of the tilted PVI mixture is +0.029 (exact gain +0.023)
-    res = select_policy(ds, SelectConfig(bootstrap=60, seed=5, neural=(), folds=2,
-                                         n_wedges=(), pvi=((0.3, 20.0, 0.5, 0.1),)))
+    res = select_policy(ds, SelectConfig(bootstrap=60, multiplicity="none", seed=5, neural=(),
+                                         folds=2, n_wedges=(), pvi=((0.3, 20.0, 0.5, 0.1),)))
     assert res.settings["rule"].startswith("cross-fitted")
     assert res.chosen == "pvi_b0.3_k20_t0.1_m0.5" and res.candidates[0].lcb_gain > 0.01
     vb = mdp.value(mdp.behavior_policy)
@@ -177,9 +188,10 @@ def test_bonferroni_puts_every_bound_at_alpha_over_the_number_of_candidates() ->
     _, ds = _panel(3, 600)
     base = dict(n_wedges=(20.0,), pvi=((0.3, 5.0), (0.3, 20.0, 0.5, 0.1)), neural=(), seed=3)
     k = 3
-    plain = select_policy(ds, SelectConfig(bootstrap=400, **base))
+    plain = select_policy(ds, SelectConfig(bootstrap=400, multiplicity="none", **base))
     bonf = select_policy(ds, SelectConfig(bootstrap=400, multiplicity="bonferroni", **base))
-    by_hand = select_policy(ds, SelectConfig(bootstrap=400, alpha=0.1 / k, **base))
+    by_hand = select_policy(ds, SelectConfig(bootstrap=400, alpha=0.1 / k,
+                                             multiplicity="none", **base))
     assert bonf.chosen == by_hand.chosen
     assert bonf.settings["alpha_per_candidate"] == pytest.approx(0.1 / k)
     assert "Bonferroni over 3 candidates" in bonf.settings["rule"]
@@ -206,7 +218,8 @@ def test_k_fold_cross_fitting_holds_every_episode_out_once() -> None:
     from equicare.pipeline._select import _Completed, _cross_fitted, _fit, _held_out
 
     mdp, ds = _panel(5, 2000)
-    cfg = SelectConfig(bootstrap=60, seed=5, pvi=((0.3, 20.0, 0.5, 0.1),), n_wedges=(),
+    cfg = SelectConfig(bootstrap=60, multiplicity="none", seed=5, pvi=((0.3, 20.0, 0.5, 0.1),),
+                       n_wedges=(),
                        neural=(), folds=4)
     res = select_policy(ds, cfg)
     assert res.settings["rule"].startswith("cross-fitted on 4 folds")
@@ -253,7 +266,7 @@ def test_policies_off_the_support_are_not_eligible() -> None:
     assert share > 50.0
     # the neural candidates of the 700-state test bed go off the support: select never keeps one
     res = select_policy(ds, SelectConfig(n_wedges=(50.0,), pvi=(), neural=("bc",),
-                                         neural_steps=200, bootstrap=50))
+                                         neural_steps=200, bootstrap=50, multiplicity="none"))
     bc = next(c for c in res.candidates if c.name == "bc")
     if bc.error is not None:
         assert "not eligible" in bc.error and not np.isfinite(bc.lcb)
@@ -340,7 +353,7 @@ def test_cli_select_auto_writes_the_table(tmp_path) -> None:
     args = ["train", str(data / "panel.parquet"), "-m", str(data / "manifest.toml"),
             "--select", "auto", "--param", "neural=[]", "--param", "n_wedges=[10,50]",
             "--param", "pvi=[[0.3,5]]",
-            "--param", "bootstrap=50", "--out", str(out), "--no-progress"]
+            "--param", "bootstrap=300", "--out", str(out), "--no-progress"]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "Candidates" in res.output and "spibb_n10" in res.output
@@ -401,7 +414,7 @@ def test_rules_rescored_from_a_superset_run_match_a_run_with_that_rule() -> None
 
     mdp, ds = _panel(4, 1500)  # the rules keep different policies here
     base = dict(n_wedges=(20.0,), pvi=((0.3, 20.0, 1.0, 0.1), (0.3, 20.0, 0.5, 0.1)),
-                neural=(), bootstrap=50, seed=4)
+                neural=(), bootstrap=50, multiplicity="none", interval="percentile", seed=4)
     wide = select_policy(ds, SelectConfig(estimators=("wis", "fqe", "dr", "wdr"), **base))
     vb = mdp.value(mdp.behavior_policy)
     table = [c.to_dict() for c in wide.candidates]

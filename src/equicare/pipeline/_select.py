@@ -30,9 +30,16 @@ __all__ = ["SelectConfig", "Candidate", "SelectionResult", "select_policy", "tra
            "SELECTION_FILE", "default_q_model", "choose_by_bounds"]
 
 SELECTION_FILE = "selection.json"
+#: Warning of a selection on censored stays (``settings["censoring"]`` has the checks).
+CENSORED_SELECTION = (
+    "Selection on censored stays (evaluate's censoring check warns for {which}): {message} "
+    "The held-out bounds value the logged windows, not whole stays: on a Garnet panel with "
+    "stays cut at 3-30 steps a policy was kept whose exact value over the whole stay was "
+    "below current practice (docs/learn.md, \"How safe is the bound\").")
 NEURAL = ("bc", "awr", "cql")
 BOUNDS = ("paired", "separate")
 MULTIPLICITY = ("none", "bonferroni")
+INTERVALS = ("studentized", "percentile")
 RANKS = ("estimate", "bound")
 ESTIMATORS = ("wdr", "dr", "wis", "wpdis", "fqe", "is", "pdis")
 
@@ -74,10 +81,24 @@ class SelectConfig:
         it beat ``auto``, the per-step ``tabular`` and ``tabular_window`` together with
         ``rank_by="fqe"``, ``docs/learn.md``, "The Q-model of the selection"), ``auto``
         otherwise.
-    bootstrap : int
-        Episode bootstrap replicates of the intervals.
+    bootstrap : int or None
+        Episode bootstrap replicates of the intervals. None (default): enough for the level of
+        every bound, ``max(200, ceil(10 K / alpha))`` under ``multiplicity="bonferroni"``
+        (1,200 with the default 12 candidates), else 200.
     alpha : float
-        The lower bound is the ``alpha / 2`` bootstrap quantile (0.1: a one-sided 95% bound).
+        Every lower bound is one-sided at level ``alpha / 2`` (0.1: a one-sided 95% bound;
+        ``alpha / (2 K)`` each under Bonferroni).
+    interval : {"studentized", "percentile"}
+        How a bound is read from the bootstrap replicates. ``studentized`` (default): the lower
+        end of the symmetric bootstrap-t interval (Hall 1988), as :func:`equicare.ope.evaluate`
+        by default: every replicate of the gain ``V_candidate - V_behaviour`` is divided by its
+        own delta-method standard error (the candidate's estimator and the behaviour's mean
+        return on the same resampled episodes), so a replicate that misses the rare episodes
+        with large importance weights widens the bound instead of narrowing it.
+        ``percentile``: the ``alpha / 2`` quantile of the replicates themselves (the previous
+        default; on Garnet panels with strongly wrong or near-uniform clinicians it
+        exceeded the exact gain of 14-26% of the candidates, ``docs/learn.md``, "How safe is
+        the bound").
     bound : {"paired", "separate"}
         ``paired`` (default): a candidate beats the behaviour when the ``alpha / 2`` quantile of
         its bootstrap replicates of ``V_candidate - V_behaviour`` (both on the same resampled
@@ -101,12 +122,13 @@ class SelectConfig:
         smallest bound, their mean estimate). ``"auto"`` (default): ``"fqe"`` on panels with
         categorical state columns, where the OPE's Q-model is the tabular one, else None.
     multiplicity : {"none", "bonferroni"}
-        ``none`` (default): every candidate's bound is at level ``alpha``; keeping the best of
-        ``K`` candidates by the same held-out episodes then makes the kept one's bound
-        optimistic. ``bonferroni``: every bound (and interval) is at level ``alpha / K``, so
+        ``bonferroni`` (default): every bound (and interval) is at level ``alpha / K``, so
         with probability about ``1 - alpha / 2`` no candidate worse than the behaviour passes
-        (simultaneous one-sided bounds; fewer candidates pass). It needs enough bootstrap
-        replicates in the tail: ``bootstrap * alpha / (2 K) >= 5``.
+        (simultaneous one-sided bounds: the kept candidate is chosen on the same held-out
+        episodes that bound it). It needs enough bootstrap replicates in the tail:
+        ``bootstrap * alpha / (2 K) >= 5``. ``none``: every candidate's bound is at level
+        ``alpha``; keeping the best of ``K`` candidates then makes the kept one's bound
+        optimistic (winner's curse).
     max_off_support_pct : float
         A candidate that puts more than this share (%) of its held-out mass on actions current
         practice (almost) never takes is not eligible: off the behaviour's support no OPE bound
@@ -141,12 +163,13 @@ class SelectConfig:
     valid_fraction: float = 0.3
     estimators: tuple[str, ...] = ("wdr",)
     q_model: str | None = None
-    bootstrap: int = 200
+    bootstrap: int | None = None
     alpha: float = 0.1
+    interval: Literal["studentized", "percentile"] = "studentized"
     bound: Literal["paired", "separate"] = "paired"
     rank: Literal["estimate", "bound"] = "bound"
     rank_by: str | None = "auto"
-    multiplicity: Literal["none", "bonferroni"] = "none"
+    multiplicity: Literal["none", "bonferroni"] = "bonferroni"
     max_off_support_pct: float = 1.0
     refit_full: bool = False
     folds: int = 2
@@ -203,7 +226,10 @@ class SelectConfig:
             check_param(e, "estimators", o, choices=ESTIMATORS)
         if self.rank_by is not None:
             check_param(self.rank_by, "rank_by", o, choices=(*ESTIMATORS, "auto"))
-        check_param(self.bootstrap, "bootstrap", o, kind=int, low=20, expected="an int >= 20")
+        check_param(self.interval, "interval", o, choices=INTERVALS)
+        if self.bootstrap is not None:
+            check_param(self.bootstrap, "bootstrap", o, kind=int, low=20,
+                        expected="an int >= 20 or None")
         check_param(self.max_off_support_pct, "max_off_support_pct", o, kind=(int, float),
                     low=0, high=100)
         check_param(self.alpha, "alpha", o, kind=(int, float), low=0, high=1,
@@ -214,11 +240,11 @@ class SelectConfig:
         check_param(self.seed, "seed", o, kind=int, low=0, expected="an int >= 0")
         k = self.n_candidates
         alpha = self.alpha / k
-        if self.multiplicity == "bonferroni" and self.bootstrap * alpha / 2 < 5:
+        if self.multiplicity == "bonferroni" and self.n_boot * alpha / 2 < 5:
             raise InvalidParameterError(
                 f"SelectConfig: multiplicity='bonferroni' over {k} candidates puts "
                 f"each bound at the {alpha / 2:.4g} quantile, which "
-                f"{self.bootstrap} bootstrap replicates cannot resolve (at least 5 "
+                f"{self.n_boot} bootstrap replicates cannot resolve (at least 5 "
                 f"replicates in the tail); set bootstrap >= {math.ceil(10 / alpha)}.")
 
     def to_dict(self) -> dict[str, Any]:
@@ -229,6 +255,15 @@ class SelectConfig:
     def n_candidates(self) -> int:
         """``K``: one candidate per ``n_wedges`` value, ``pvi`` entry and ``neural`` learner."""
         return len(self.n_wedges) + len(self.pvi) + len(self.neural)
+
+    @property
+    def n_boot(self) -> int:
+        """Bootstrap replicates: ``bootstrap``, or the default for the level of every bound."""
+        if self.bootstrap is not None:
+            return int(self.bootstrap)
+        if self.multiplicity == "bonferroni":
+            return max(200, math.ceil(10 * self.n_candidates / self.alpha - 1e-9))
+        return 200
 
     @property
     def computed(self) -> tuple[str, ...]:
@@ -518,26 +553,42 @@ class _HeldOut:
     point: dict[str, float] = field(default_factory=dict)
     reps: dict[str, Any] = field(default_factory=dict, repr=False)
     behavior_reps: Any = None
+    se: dict[str, Any] = field(default_factory=dict, repr=False)
+    gain_se: dict[str, Any] = field(default_factory=dict, repr=False)
+    censoring: dict[str, Any] | None = None
 
 
 def _summarise(point: dict[str, float], reps: dict[str, Any], beh_value: float,
                beh_reps: Any, cfg: SelectConfig, support_pct: float,
-               n_episodes: int) -> _HeldOut:
+               n_episodes: int, se: dict[str, Any] | None = None,
+               gain_se: dict[str, Any] | None = None) -> _HeldOut:
     """Values, intervals and the paired bounds of the gain from replicates (one estimator each).
 
     ``reps[k]`` has shape (bootstrap,), ``beh_reps`` too (the behaviour's mean return on the
-    same resampled episodes).
+    same resampled held-out episodes). With ``cfg.interval == "studentized"``, ``se[k]`` and
+    ``gain_se[k]`` (shape ``(bootstrap + 1,)``, entry 0 the full sample's) are the delta-method
+    standard errors of the estimate and of the gain ``V_k - mean return`` on every replicate;
+    the bounds are then the lower ends of symmetric bootstrap-t intervals
+    (:func:`equicare.ope._bootstrap.studentized_interval`), else ``alpha / 2`` quantiles.
     """
     import numpy as np
 
-    from equicare.ope._bootstrap import percentile_interval
+    from equicare.ope._bootstrap import percentile_interval, studentized_interval
 
     keys = tuple(cfg.estimators)
+    stud = cfg.interval == "studentized" and se is not None and gain_se is not None
     per: dict[str, dict[str, Any]] = {}
     for k in cfg.computed:
-        ci = percentile_interval(reps[k], cfg.alpha)
-        gain = float(np.quantile(reps[k] - beh_reps, cfg.alpha / 2))
-        per[k] = {"value": point[k], "ci": [ci[0], ci[1]], "gain_lcb": gain}
+        diff = reps[k] - beh_reps
+        if stud:
+            s_k, g_k = (se or {})[k], (gain_se or {})[k]
+            ci = studentized_interval(point[k], reps[k], s_k[1:], float(s_k[0]), cfg.alpha)
+            gain = studentized_interval(point[k] - beh_value, diff, g_k[1:], float(g_k[0]),
+                                        cfg.alpha)[0]
+        else:
+            ci = percentile_interval(reps[k], cfg.alpha)
+            gain = float(np.quantile(diff, cfg.alpha / 2))
+        per[k] = {"value": point[k], "ci": [float(ci[0]), float(ci[1])], "gain_lcb": float(gain)}
     gains = [float(per[k]["gain_lcb"]) for k in keys]
     lcb = min(float(per[k]["ci"][0]) for k in keys)
     last = per[keys[-1]]
@@ -547,7 +598,8 @@ def _summarise(point: dict[str, float], reps: dict[str, Any], beh_value: float,
                     behavior_value=beh_value,
                     behavior_ci=percentile_interval(beh_reps, cfg.alpha),
                     support_pct=support_pct, n_episodes=n_episodes, point=dict(point),
-                    reps=dict(reps), behavior_reps=beh_reps)
+                    reps=dict(reps), behavior_reps=beh_reps, se=dict(se or {}),
+                    gain_se=dict(gain_se or {}))
 
 
 def _cross_fitted(parts: list[_HeldOut], cfg: SelectConfig) -> _HeldOut:
@@ -568,20 +620,31 @@ def _cross_fitted(parts: list[_HeldOut], cfg: SelectConfig) -> _HeldOut:
     reps = {k: sum(wi * p.reps[k] for wi, p in zip(w, parts, strict=True)) for k in keys}
     beh_reps = sum(wi * p.behavior_reps for wi, p in zip(w, parts, strict=True))
     beh = float(sum(wi * p.behavior_value for wi, p in zip(w, parts, strict=True)))
-    return _summarise(point, reps, beh, beh_reps, cfg, max(p.support_pct for p in parts),
-                      sum(p.n_episodes for p in parts))
+    # the folds' bootstraps are independent: variances add with the squared weights
+    se = ({k: np.sqrt(sum(wi * wi * p.se[k] ** 2 for wi, p in zip(w, parts, strict=True)))
+           for k in keys} if all(p.se for p in parts) else None)
+    gain_se = ({k: np.sqrt(sum(wi * wi * p.gain_se[k] ** 2
+                               for wi, p in zip(w, parts, strict=True))) for k in keys}
+               if all(p.gain_se for p in parts) else None)
+    out = _summarise(point, reps, beh, beh_reps, cfg, max(p.support_pct for p in parts),
+                     sum(p.n_episodes for p in parts), se, gain_se)
+    checks = [p.censoring for p in parts if p.censoring is not None]
+    return replace(out, censoring=_pool_censoring(checks)) if checks else out
 
 
 def _held_out(valid: Any, policy: Any, cfg: SelectConfig, q_model: str) -> _HeldOut:
     """Every estimator on the held-out episodes, with paired bounds of the gain.
 
-    The computation of :func:`equicare.ope.evaluate` with ``ci_method="percentile"`` (same
-    seeds, so the same values and intervals; selection keeps its own quantile rules, not the
-    studentized default of ``evaluate``), keeping the bootstrap replicates: the count matrix
-    depends on the seed and the number of held-out episodes only, so every candidate and the
-    behaviour's mean observed return are resampled with the same replicate weights. The gain's
-    bound of estimator ``k`` is the ``alpha / 2`` quantile of ``V_k(counts_b) -
-    mean_return(counts_b)`` over replicates ``b``.
+    The computation of :func:`equicare.ope.evaluate` (same seeds, so the same values),
+    keeping the bootstrap replicates: the count matrix depends on the seed and the number of
+    held-out episodes only, so every candidate and the behaviour's mean observed return are
+    resampled with the same replicate weights. The gain's bound of estimator ``k`` is read from
+    the replicates of ``V_k(counts_b) - mean_return(counts_b)``: the lower end of their
+    symmetric bootstrap-t interval (``interval="studentized"``, each replicate divided by its
+    own delta-method standard error, :func:`_gain_se`) or their ``alpha / 2`` quantile
+    (``"percentile"``). With the stationary tabular Q-model on censored stays, ``evaluate``'s
+    censoring check (:func:`equicare.ope._censoring.censoring_check`) is run and kept in
+    ``censoring``.
     """
     import numpy as np
     from threadpoolctl import threadpool_limits
@@ -601,7 +664,7 @@ def _held_out(valid: Any, policy: Any, cfg: SelectConfig, q_model: str) -> _Held
         parts = episode_parts(prep.inputs, keys)
         if prep.q_linearised:
             parts = _with_q_refit(prep, parts, None, "absorbing")
-        counts = bootstrap_counts(valid.n_episodes, cfg.bootstrap, seed_boot)
+        counts = bootstrap_counts(valid.n_episodes, cfg.n_boot, seed_boot)
         reps = bootstrap_replicates(parts, counts)
         point = point_estimates(parts)
         ret = prep.inputs.returns()
@@ -613,10 +676,87 @@ def _held_out(valid: Any, policy: Any, cfg: SelectConfig, q_model: str) -> _Held
             support_pct = float(model_support_diagnostics(
                 valid, prep.target_probs, prep.behavior_model, threshold=1e-3,
                 estimators=keys).share_pct)
-    return _summarise({k: float(point[k]) for k in keys},
-                      {k: np.asarray(reps[k], dtype=np.float64) for k in keys},
-                      float(ret.mean()), np.asarray(beh_reps, dtype=np.float64), cfg,
-                      support_pct, int(valid.n_episodes))
+        se = gain_se = None
+        if cfg.interval == "studentized":
+            se, gain_se = _gain_se(parts, counts, np.asarray(ret, dtype=np.float64), keys)
+        censoring = None
+        cfg_q = prep.q_config
+        if (prep.qfit is not None and cfg_q is not None and cfg_q.model == "tabular"
+                and cfg_q.resolved_horizon == "stationary"):
+            from equicare.ope._censoring import censoring_check
+
+            check = censoring_check(valid, prep.target_probs, prep.qfit, cfg_q)
+            if check is not None:
+                censoring = {**check.to_dict(),
+                             "message": check.message() if check.warn else None}
+    out = _summarise({k: float(point[k]) for k in keys},
+                     {k: np.asarray(reps[k], dtype=np.float64) for k in keys},
+                     float(ret.mean()), np.asarray(beh_reps, dtype=np.float64), cfg,
+                     support_pct, int(valid.n_episodes), se, gain_se)
+    return replace(out, censoring=censoring) if censoring is not None else out
+
+
+def _gain_se(parts: Any, counts: Any, ret: Any, keys: tuple[str, ...]
+             ) -> tuple[dict[str, Any], dict[str, Any]]:
+    r"""Delta-method standard errors of every estimate and of its paired gain, per replicate.
+
+    Every estimator is a sum of ratios of weighted episode sums
+    (:func:`equicare.ope._bootstrap.ratio_terms`); the gain subtracts the mean return
+    :math:`\bar R = \sum_e w_e R_e / \sum_e w_e`, whose influence
+    :math:`R_e / n_w - \bar R / n_w` is one more ratio term with the opposite sign. For the
+    weighting ``w`` of the full sample (row 0) and of each replicate ``b`` (rows ``1..B``) the
+    standard error is :math:`(\sum_e w_e \mathrm{IF}_e^2)^{1/2}` with that weighting's own
+    influence coefficients, as :func:`equicare.ope._bootstrap.studentized_intervals` computes
+    for the estimate alone.
+
+    Parameters
+    ----------
+    parts : EpisodeParts
+    counts : ndarray of shape (n_boot, n_episodes)
+    ret : ndarray of shape (n_episodes,)
+        The observed (discounted) returns.
+    keys : tuple of str
+
+    Returns
+    -------
+    se, gain_se : dict of str to ndarray of shape (n_boot + 1,)
+    """
+    import numpy as np
+
+    from equicare.ope._bootstrap import (
+        influence_coefs,
+        ratio_columns,
+        ratio_terms,
+        squared_influence,
+    )
+
+    n = parts.matrix.shape[0]
+    weights = np.vstack([np.ones((1, n)), counts])
+    s_all = weights @ parts.matrix
+    n_all = weights.sum(axis=1)
+    s_ret = weights @ ret
+    se: dict[str, Any] = {}
+    gain_se: dict[str, Any] = {}
+    for k in keys:
+        a, b = ratio_terms(parts.slices, parts.horizon, k)
+        xa, xb = ratio_columns(parts.matrix, a, b)
+        sb = np.where(b[None, :] < 0, n_all[:, None], s_all[:, np.maximum(b, 0)])
+        u, v = influence_coefs(s_all[:, a], sb)
+        se[k] = np.sqrt(squared_influence(xa, xb, u, v, weights))
+        # minus the mean return: x_A = R, x_B = 1, u = -1 / n_w, v = -S_R / n_w^2
+        xa_g = np.hstack([xa, ret[:, None]])
+        xb_g = np.hstack([xb, np.ones((n, 1))])
+        u_g = np.hstack([u, -1.0 / n_all[:, None]])
+        v_g = np.hstack([v, -(s_ret / n_all ** 2)[:, None]])
+        gain_se[k] = np.sqrt(squared_influence(xa_g, xb_g, u_g, v_g, weights))
+    return se, gain_se
+
+
+def _pool_censoring(checks: list[dict[str, Any]]) -> dict[str, Any]:
+    """The folds' censoring checks in one record: the censored share, warn when any fold does."""
+    return {"censored_episodes_pct": max(float(c["censored_episodes_pct"]) for c in checks),
+            "warning": any(bool(c["warning"]) for c in checks), "folds": checks,
+            "message": next((c["message"] for c in checks if c.get("message")), None)}
 
 
 def select_policy(dataset: Any, config: SelectConfig | None = None, *,
@@ -685,6 +825,7 @@ def select_policy(dataset: Any, config: SelectConfig | None = None, *,
     unseen_f = [_unseen(dataset, va) for _, va, _ in folds]  # the same for every candidate
     rows: list[Candidate] = []
     fitted: dict[str, Any] = {}
+    censoring: dict[str, Any] = {}
     behavior_value = math.nan
     behavior_ci = (math.nan, math.nan)
     for name, algo, params in specs:
@@ -707,6 +848,8 @@ def select_policy(dataset: Any, config: SelectConfig | None = None, *,
                                   error=str(exc).splitlines()[0]))
             continue
         ho = parts[0] if len(parts) == 1 else _cross_fitted(parts, ecfg)
+        if ho.censoring is not None:
+            censoring[name] = ho.censoring
         behavior_value, behavior_ci = ho.behavior_value, ho.behavior_ci
         lcb, gain = ho.lcb, ho.lcb_gain
         offs = [_off_support_pct(dataset, va, judged(ln.policy_), judged(_own_baseline(ln)),
@@ -737,6 +880,17 @@ def select_policy(dataset: Any, config: SelectConfig | None = None, *,
     settings = {"config": cfg.to_dict(), "q_model": q_model, "alpha_per_candidate": ecfg.alpha,
                 "n_train_episodes": train.n_episodes, "n_valid_episodes": valid.n_episodes,
                 "rule": rule + ", else reproduce the behaviour policy"}
+    settings["interval"] = cfg.interval
+    settings["bootstrap"] = cfg.n_boot
+    if censoring:  # evaluate's check of the stationary table on censored stays
+        settings["censoring"] = censoring
+        warned = [n for n, c in censoring.items() if c["warning"]]
+        if warned:  # as evaluate warns
+            from equicare.exceptions import DataWarning
+
+            msg = next(c["message"] for c in censoring.values() if c["message"])
+            warnings.warn(CENSORED_SELECTION.format(which=", ".join(warned), message=msg),
+                          DataWarning, stacklevel=2)
     if cfg.folds >= 2:
         settings["n_train_episodes"] = settings["n_valid_episodes"] = dataset.n_episodes
         settings["rule"] = ("cross-fitted on two halves: " if cfg.folds == 2 else
