@@ -373,6 +373,7 @@ def test_cli_select_auto_writes_the_table(tmp_path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Selection on censored stays:equicare.exceptions.DataWarning")
 @pytest.mark.parametrize("name", ["s50_a5_g1", "s50_a5_g099", "s50_a25_g1", "s700_a5_g099",
                                   "s700_a25_g1", "s700_a25_g099", "s700_a100_g1", "s5000_a5_g1",
                                   "s5000_a25_g099"])
@@ -381,12 +382,14 @@ def test_selection_study(name: str) -> None:
     of ``benchmarks/bench_select.py``; cross-fitted, tilted PVI candidates): never below
     behaviour beyond noise; gap closed.
 
-    docs/learn.md, measured with these seeds by the bench (same computation: the stationary
-    tabular Q-model, WDR's paired bound decides who passes, FQE's orders them): 82% / 72% / 66%
-    on the 50-state configurations, 66% / 57% / 50% / 56% on the 700-state ones, 54% / 37% on
-    the 5000-state ones; the tenth, ``s5000_a100_g1`` (23%), is left out for run time (about
-    7 minutes per seed). Asserted: no seed more than 0.01 below the behaviour; mean gap closed
-    above 50% (50 states), 15% (700), 10% (5000).
+    Measured with these seeds (2026-12-05, the studentized Bonferroni bound that is the default
+    since the safety review; docs/learn.md, "How safe is the bound"): 80% / 63% / 68% on the
+    50-state configurations, 42% / 44% / 55% / 54% on the 700-state ones, 16% / 5% on the
+    5000-state ones (the earlier percentile bound at each candidate's 95%: 82 / 72 / 66,
+    66 / 57 / 50 / 56, 54 / 37); worst (kept - behaviour) -5e-7. The tenth, ``s5000_a100_g1``,
+    is left out for run time (about 7 minutes per seed). Asserted: no seed more than 0.01
+    below the behaviour; mean gap closed above 50% (50 states), 15% (700), 3% (5000: three of
+    five seeds now keep current practice on ``s5000_a25_g099``).
     """
     cfg = garnet_preset(name)
     gaps, drops = [], []
@@ -400,7 +403,7 @@ def test_selection_study(name: str) -> None:
         gaps.append((v - vb) / (vo - vb))
         drops.append(v - vb)
     assert min(drops) > -0.01, drops
-    floor = {50: 0.5, 700: 0.15, 5000: 0.1}[cfg.n_states]
+    floor = {50: 0.5, 700: 0.15, 5000: 0.03}[cfg.n_states]
     assert np.mean(gaps) > floor, gaps
 
 
