@@ -41,7 +41,7 @@ def run_one(name: str, seed: int, episodes: int, neural: list[str], neural_steps
             bound: str = "paired", pvi: tuple | None = None, folds: int = 2,
             refit_full: bool = False, estimators: tuple[str, ...] | None = None,
             full_exact: bool = False, n_wedges: tuple[float, ...] | None = None,
-            rank_by: str | None = None, multiplicity: str = "none",
+            rank_by: str | None = None, multiplicity: str | None = None,
             bootstrap: int | None = None, q_model: str | None = None) -> dict:
     """Exact values of every policy for one configuration and seed.
 
@@ -73,7 +73,7 @@ def run_one(name: str, seed: int, episodes: int, neural: list[str], neural_steps
         extra["estimators"] = tuple(estimators)
     if rank_by is not None:
         extra["rank_by"] = rank_by
-    if multiplicity != "none":
+    if multiplicity is not None:  # else SelectConfig's default (bonferroni)
         extra["multiplicity"] = multiplicity
     if bootstrap is not None:
         extra["bootstrap"] = bootstrap
@@ -348,8 +348,8 @@ def main() -> None:
                     help="also the exact value of every candidate retrained on all episodes")
     ap.add_argument("--rank-by", default=None,
                     help="SelectConfig.rank_by: the estimator that orders the candidates that pass")
-    ap.add_argument("--multiplicity", choices=("none", "bonferroni"), default="none",
-                    help="SelectConfig.multiplicity (bonferroni needs --bootstrap >= 10 K / alpha)")
+    ap.add_argument("--multiplicity", choices=("none", "bonferroni"), default=None,
+                    help="SelectConfig.multiplicity (default: SelectConfig's, bonferroni)")
     ap.add_argument("--bootstrap", type=int, default=None, help="SelectConfig.bootstrap")
     ap.add_argument("--q-model", default=None, help="SelectConfig.q_model (default: auto)")
     ap.add_argument("--rules", type=json.loads, default=None,
