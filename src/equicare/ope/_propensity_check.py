@@ -95,15 +95,17 @@ class PropensityCheck:
 def _cell_frequency(codes: NDArray[np.int64], actions: NDArray[np.int64], n_actions: int
                     ) -> NDArray[np.float64]:
     """Smoothed frequency of each row's action among the rows of its cell, shape ``(n,)``."""
-    key = codes * n_actions + actions
-    _, inv, cnt = np.unique(key, return_inverse=True, return_counts=True)
-    n_cell = np.bincount(codes)[codes]
-    return np.asarray((cnt[inv.ravel()] + 1.0 / n_actions) / (n_cell + 1.0), dtype=np.float64)
+    n_levels = int(codes.max()) + 1 if codes.size else 1
+    counts = np.bincount(codes * n_actions + actions, minlength=n_levels * n_actions)
+    return _panel_frequency(counts.reshape(n_levels, n_actions), codes, actions)
 
 
 def _panel_frequency(counts: NDArray[np.int64], codes: NDArray[np.int64],
                      actions: NDArray[np.int64]) -> NDArray[np.float64]:
-    """:func:`_cell_frequency` of the rows from a panel's ``(level, action)`` counts."""
+    """Smoothed frequency of each row's action in its level, from ``(level, action)`` counts.
+
+    The counts may be a whole panel's when the rows are a sample of it (streamed).
+    """
     n_actions = counts.shape[1]
     n_cell = counts.sum(axis=1)[codes]
     return np.asarray((counts[codes, actions] + 1.0 / n_actions) / (n_cell + 1.0),
