@@ -541,42 +541,26 @@ class TrajectoryDataset:
         quantiles with at least 11 episodes (rows) beyond them, ``p_bottom11`` and ``p_top11``
         (:func:`equicare.privacy.tail_range`).
         """
-        from equicare.privacy import suppress_counts, tail_range
+        from equicare.data._stream_summary import summary_dict
+        from equicare.privacy import tail_range
 
-        counts = self.action_space.counts(self.actions)
-        out: dict[str, Any] = {
-            "n_episodes": self.n_episodes,
-            "n_steps": self.n_steps,
-            "episode_length": {
-                "median": float(np.median(self.episode_lengths)),
-                **tail_range(self.episode_lengths),
-            },
-            "n_features": self.n_features,
-            "categorical_states": {
-                str(n): {"levels": len(lv),
-                         "observed": int(np.unique(self.categorical[:, j]).size)}
+        out = summary_dict(
+            n_episodes=self.n_episodes, n_steps=self.n_steps, lengths=self.episode_lengths,
+            n_features=self.n_features,
+            categorical=None if self.categorical is None else {
+                str(n): (len(lv), int(np.unique(self.categorical[:, j]).size))
                 for j, (n, lv) in enumerate(zip(self.categorical_names,
-                                                self.categorical_levels, strict=True))
-            } if self.categorical is not None else {},
-            "episode_ends": {"terminal": int(self.n_episodes - self.censored.sum()),
-                             "censored": int(self.censored.sum())},
-            "n_actions": self.n_actions,
-            "observed_actions": int((counts > 0).sum()),
-            "action_components": self.action_space.to_dict(),
-            "reward_nonzero_pct": {
-                n: float(100.0 * np.mean(self.reward_components[:, j] != 0))
-                for j, n in enumerate(self.reward_names)
-            },
-            "reward_weights": dict(
-                zip(self.reward_names, self.reward_weights.tolist(), strict=True)
-            ),
-            "gamma": self.gamma,
-            "groups": {k: suppress_counts(c) for k, c in self._group_counts().items()},
-        }
-        if self.behavior_prob is not None:
-            out["behavior_prob"] = tail_range(self.behavior_prob)
-        if self.need is not None:
-            out["need_pct"] = float(100.0 * np.mean(self.need))
+                                                self.categorical_levels, strict=True))},
+            terminal=int(self.n_episodes - self.censored.sum()), n_actions=self.n_actions,
+            observed_actions=int((self.action_space.counts(self.actions) > 0).sum()),
+            action_components=self.action_space.to_dict(),
+            reward_nonzero_pct={n: float(100.0 * np.mean(self.reward_components[:, j] != 0))
+                                for j, n in enumerate(self.reward_names)},
+            reward_weights=dict(zip(self.reward_names, self.reward_weights.tolist(),
+                                    strict=True)),
+            gamma=self.gamma, group_counts=self._group_counts(),
+            behavior_prob=None if self.behavior_prob is None else tail_range(self.behavior_prob),
+            need_pct=None if self.need is None else float(100.0 * np.mean(self.need)))
         if self.categorical is not None and self.categorical.shape[1] > 1:
             from equicare.data._cells import choose_cells
 

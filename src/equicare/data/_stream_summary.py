@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["SummaryParts", "stream_summary", "tail_keep", "TABLE_CELLS_NOTE"]
+__all__ = ["SummaryParts", "stream_summary", "summary_dict", "tail_keep", "TABLE_CELLS_NOTE"]
 
 TABLE_CELLS_NOTE = (
     "table_cells (which categorical columns the tables' cells keep) is not computed with "
@@ -150,6 +150,46 @@ def _tail_range(parts: SummaryParts) -> dict[str, float | None]:
     return {"p_bottom11": float(lo), "p_top11": float(hi)}
 
 
+def summary_dict(*, n_episodes: int, n_steps: int, lengths: NDArray[np.int64],
+                 n_features: int, categorical: dict[str, tuple[int, int]] | None,
+                 terminal: int, n_actions: int, observed_actions: int,
+                 action_components: dict[str, Any], reward_nonzero_pct: dict[str, float],
+                 reward_weights: dict[str, float], gamma: float,
+                 group_counts: dict[str, dict[str, int]],
+                 behavior_prob: dict[str, float | None] | None,
+                 need_pct: float | None) -> dict[str, Any]:
+    """The summary's keys, in memory (:meth:`TrajectoryDataset.summary`) and streamed alike.
+
+    ``categorical`` maps each categorical column to ``(levels, observed levels)``;
+    ``group_counts`` are raw episode counts (small cells are suppressed here);
+    ``behavior_prob`` is the published range (:func:`equicare.privacy.tail_range`).
+    """
+    from equicare.privacy import suppress_counts, tail_range
+
+    out: dict[str, Any] = {
+        "n_episodes": int(n_episodes),
+        "n_steps": int(n_steps),
+        "episode_length": {"median": float(np.median(lengths)), **tail_range(lengths)},
+        "n_features": n_features,
+        "categorical_states": {n: {"levels": lv, "observed": obs}
+                               for n, (lv, obs) in categorical.items()}
+        if categorical is not None else {},
+        "episode_ends": {"terminal": int(terminal), "censored": int(n_episodes - terminal)},
+        "n_actions": n_actions,
+        "observed_actions": int(observed_actions),
+        "action_components": action_components,
+        "reward_nonzero_pct": reward_nonzero_pct,
+        "reward_weights": reward_weights,
+        "gamma": gamma,
+        "groups": {g: suppress_counts(c) for g, c in group_counts.items()},
+    }
+    if behavior_prob is not None:
+        out["behavior_prob"] = behavior_prob
+    if need_pct is not None:
+        out["need_pct"] = need_pct
+    return out
+
+
 def stream_summary(parts: SummaryParts, counts: Any, scan: Any) -> dict[str, Any]:
     """:meth:`TrajectoryDataset.summary` of the whole panel, from the summed chunk pieces.
 
@@ -162,33 +202,20 @@ def stream_summary(parts: SummaryParts, counts: Any, scan: Any) -> dict[str, Any
     scan : PanelScan
         The panel scan (episode lengths).
     """
-    from equicare.privacy import suppress_counts, tail_range
-
     f = parts.fixed
     n_rows = max(int(counts.n_rows), 1)
-    out: dict[str, Any] = {
-        "n_episodes": parts.n_episodes,
-        "n_steps": int(counts.n_rows),
-        "episode_length": {"median": float(np.median(scan.lengths)), **tail_range(scan.lengths)},
-        "n_features": f["n_features"],
-        "categorical_states": {
-            n: {"levels": lv, "observed": len(parts.observed.get(n, ()))}
-            for n, lv in f["categorical_levels"].items()
-        } if f["categorical_levels"] is not None else {},
-        "episode_ends": {"terminal": parts.terminal,
-                         "censored": parts.n_episodes - parts.terminal},
-        "n_actions": f["n_actions"],
-        "observed_actions": int((counts.action_counts > 0).sum()),
-        "action_components": f["action_components"],
-        "reward_nonzero_pct": {n: float(100.0 * (counts.reward_nonzero.get(n, 0) / n_rows))
-                               for n in f["reward_weights"]},
-        "reward_weights": f["reward_weights"],
-        "gamma": f["gamma"],
-        "groups": {g: suppress_counts(dict(sorted(c.items())))
-                   for g, c in counts.group_counts.items()},
-    }
-    if parts.bp_low is not None:
-        out["behavior_prob"] = _tail_range(parts)
-    if parts.need_sum is not None:
-        out["need_pct"] = float(100.0 * parts.need_sum / max(parts.n_episodes, 1))
-    return out
+    return summary_dict(
+        n_episodes=parts.n_episodes, n_steps=int(counts.n_rows), lengths=scan.lengths,
+        n_features=f["n_features"],
+        categorical=None if f["categorical_levels"] is None else {
+            n: (lv, len(parts.observed.get(n, ()))) for n, lv in f["categorical_levels"].items()},
+        terminal=parts.terminal, n_actions=f["n_actions"],
+        observed_actions=int((counts.action_counts > 0).sum()),
+        action_components=f["action_components"],
+        reward_nonzero_pct={n: float(100.0 * (counts.reward_nonzero.get(n, 0) / n_rows))
+                            for n in f["reward_weights"]},
+        reward_weights=f["reward_weights"], gamma=f["gamma"],
+        group_counts={g: dict(sorted(c.items())) for g, c in counts.group_counts.items()},
+        behavior_prob=None if parts.bp_low is None else _tail_range(parts),
+        need_pct=None if parts.need_sum is None
+        else float(100.0 * parts.need_sum / max(parts.n_episodes, 1)))
