@@ -506,13 +506,18 @@ class _Support:
     def _rows(self, probs: NDArray[np.float64]) -> NDArray[np.float64]:
         return probs if self.all else probs[self.rows]
 
-    def logged(self, target_probs: NDArray[np.float64], seed: int) -> Any:
-        """Report against the logged propensities' check (:class:`LoggedSupport`)."""
+    def _checker(self, seed: int) -> Any:
+        """The audit's one :class:`LoggedSupport`, fitted at the first policy's seed."""
         from equicare.ope._support import LoggedSupport
 
         if self._logged is None:
             self._logged = LoggedSupport(self.data, random_state=seed)
-        return self._logged.report(self._rows(target_probs), estimators=self.keys, warn=False)
+        return self._logged
+
+    def logged(self, target_probs: NDArray[np.float64], seed: int) -> Any:
+        """Report against the logged propensities' check (:class:`LoggedSupport`)."""
+        return self._checker(seed).report(self._rows(target_probs), estimators=self.keys,
+                                          warn=False)
 
     def logged_policy(self, policy: Policy | NDArray[np.float64], seed: int) -> Any:
         """:meth:`logged` from the policy evaluated block by block on the audited episodes.
@@ -521,11 +526,7 @@ class _Support:
         """
         if isinstance(policy, np.ndarray):
             return self.logged(policy, seed)
-        from equicare.ope._support import LoggedSupport
-
-        if self._logged is None:
-            self._logged = LoggedSupport(self.data, random_state=seed)
-        checker = self._logged
+        checker = self._checker(seed)
         mass = np.empty(self.data.n_steps)
 
         def add(rows: slice, probs: NDArray[np.float64]) -> None:

@@ -100,6 +100,14 @@ class CensoringCheck:
                 "--q-model tabular_window (q_model='tabular_window').")
 
 
+def explainable_by_censoring(censored_share: float, max_abs_return: float) -> float:
+    """The largest value difference censoring can explain, ``censored share x max |return|``.
+
+    Each censored stay adds one false end, worth at most one return.
+    """
+    return float(censored_share * max_abs_return)
+
+
 def _episode_influence(fit: LoggedQFit, dataset: TrajectoryDataset) -> NDArray[np.float64] | None:
     """Per-episode influence of the FQE value ``mean_e V(s_0e)``, shape ``(n_episodes,)``."""
     if fit.lstd is None:
@@ -138,7 +146,8 @@ def censoring_check(dataset: TrajectoryDataset, target_probs: NDArray[np.float64
         return None
     starts = dataset.episode_offsets[:-1]
     v_st = float(stationary.v[starts].mean())
-    explainable = float(censored.mean() * np.abs(dataset.returns()).max())
+    explainable = explainable_by_censoring(float(censored.mean()),
+                                           float(np.abs(dataset.returns()).max()))
     if explainable < CENSORING_MIN_PCT / 100.0 * abs(v_st):
         return None
     window = fit_fqe_logged(dataset, target_probs, replace(cfg, horizon="window"))
@@ -176,6 +185,7 @@ def stream_censoring_note(n_censored: int, n_episodes: int, max_abs_return: floa
     """
     share = n_censored / max(n_episodes, 1)
     return {"censored_episodes_pct": 100.0 * share,
-            "explainable_by_censoring": float(share * max_abs_return), "window": None,
+            "explainable_by_censoring": explainable_by_censoring(share, max_abs_return),
+            "window": None,
             "note": "the window table does not stream: its check (q_model='tabular_window', "
                     "evaluate in memory) is in memory only"}
