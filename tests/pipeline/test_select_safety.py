@@ -87,22 +87,26 @@ def test_studentized_gain_bound_is_wider_where_weights_are_heavy() -> None:
 
 def test_censored_stays_run_evaluates_censoring_check() -> None:
     """On censored stays the selection runs evaluate's censoring check of the stationary
-    table for every candidate, records it in the settings (selection.json) and warns."""
+    table for every candidate, records it in the settings (selection.json) and warns.
+
+    The panel: outcomes at the end of a stay, every stay cut at 10 steps (about 18% censored;
+    tests/ope/test_censoring.py), where the stationary table is 5-8% below the window table
+    in both halves (4-6 standard errors)."""
     import sys
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from tests.ope._garnet import censor_windows
+    from tests.ope.test_censoring import panel
 
-    _, ds = _panel(G1, 1000, 1)
-    cds, _ = censor_windows(ds, 3, 30, 1)  # the reviewer's panel: 27% of the stays censored
+    cds = panel(1000, 10, seed=1)
     with pytest.warns(DataWarning, match="censored stays .* pvi_b1_k20_t0.1"):
         res = select_policy(cds, SelectConfig(neural=(), seed=1))
     cens = res.settings["censoring"]
     assert len(cens) == 9 and cens["pvi_b1_k20_t0.1"]["warning"]
     for c in cens.values():
-        assert c["censored_episodes_pct"] > 20 and len(c["folds"]) == 2
+        assert c["censored_episodes_pct"] > 10 and len(c["folds"]) == 2
         assert {"stationary", "window", "warning"} <= set(c["folds"][0])
+        assert all(f["stationary"] < f["window"] for f in c["folds"])
     _, ds = _panel(G1, 400, 1)
     with warnings.catch_warnings():  # (almost) uncensored: no check here, no warning
         warnings.simplefilter("error", DataWarning)

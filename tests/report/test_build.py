@@ -36,6 +36,14 @@ def test_q_model_sentence_says_how_auto_chose():
                              "cell_choice": {"dropped": ["site"], "columns": ["state"]}})
     assert "chosen by auto: 2-fold cross-fitted" in auto
     assert "is the reference" in auto and "pool over site" in auto
+    switched = q_model_sentence({"chosen": "tabular_window", "n_folds": 2,
+                                 "reference": "tabular_stationary",
+                                 "replaced": {"criterion_choice": "tabular_stationary"},
+                                 "censoring": {"switched_to_window": True,
+                                               "difference_pct": -6.7,
+                                               "censored_episodes_pct": 17.5}})
+    assert "replaced tabular_stationary" in switched and "-6.7%" in switched
+    assert "17.5% of the episodes censored" in switched and "is the reference" not in switched
 
 
 def test_audit_group_cells_suppressed_by_complement_are_not_labelled_under_11():

@@ -422,6 +422,11 @@ def q_model_line(res: EvaluationResult) -> str | None:
 
             line += (f"; {chosen} is the reference and is kept: {lowest}'s estimated bias is "
                      f"not smaller by more than {AUTO_N_SE:g} standard errors")
+    cens = q.get("censoring") or {}
+    if q.get("replaced") and cens.get("switched_to_window"):
+        line += (f"; {q['replaced']['criterion_choice']} replaced by {chosen}: "
+                 f"{cens['censored_episodes_pct']:.1f}% of the episodes are censored and the "
+                 f"two tables differ by {cens['difference_pct']:+.1f}%")
     choice = q.get("cell_choice") or {}
     if choice.get("dropped"):
         tests = choice.get("tests", {})

@@ -495,10 +495,13 @@ def level_fqe_bias(sel: QSelection, dataset: TrajectoryDataset, probs: NDArray[n
 
     Returns
     -------
-    (bias, standard error), or None when no density ratio was available
+    (bias, standard error), or None when no density ratio was available, or when the chosen
+    table replaced ``auto``'s choice (``sel.replaced``)
     """
     from equicare.ope._select import AUTO_FOLDS, cross_fit, draw_folds
 
+    if sel.replaced is not None:  # auto's criterion did not score the table that replaced it
+        return None
     fold, fit_seed = draw_folds(dataset.n_episodes, AUTO_FOLDS, np.random.default_rng(seed))
     member = np.zeros((dataset.n_episodes, 1), dtype=bool)
     member[np.asarray(episodes, dtype=np.int64)] = True
@@ -895,16 +898,13 @@ def _evaluate(
         q_info["cell_choice"] = {**prep.cell_choice.to_dict(), "target_reads": read_pooled}
         if per_level:
             q_info["per_level"] = per_level
-    cfg_q = prep.q_config
-    if (q_info is not None and prep.qfit is not None and cfg_q is not None
-            and cfg_q.model == "tabular" and cfg_q.resolved_horizon == "stationary"):
-        from equicare.ope._censoring import censoring_check
-
-        check = censoring_check(dataset, prep.target_probs, prep.qfit, cfg_q)
-        if check is not None:  # censored stays: the window table's value beside it
-            q_info["censoring"] = check.to_dict()
-            if check.warn:
-                warnings.warn(check.message(), DataWarning, stacklevel=3)
+    check = None if q_info is None else prep.censoring_report(dataset)
+    if check is not None and q_info is not None:  # censored stays: both tables' values
+        q_info["censoring"] = check.to_dict()
+        if check.switched:
+            say(f"Q-model: {check.switch_note()}")
+        elif check.warn:
+            warnings.warn(check.message(), DataWarning, stacklevel=3)
     return EvaluationResult(
         n_episodes=dataset.n_episodes, n_steps=dataset.n_steps, gamma=float(dataset.gamma),
         behavior=beh, estimates=ests, ess=ess, support=support, groups=group_out,

@@ -13,6 +13,7 @@ from numpy.typing import NDArray
 from equicare.data import TrajectoryDataset
 from equicare.data._cells import CellChoice, choose_cells, thin_cells_message
 from equicare.exceptions import DataValidationError, DataWarning, InvalidParameterError
+from equicare.ope._censoring import CensoringCheck, censoring_check
 from equicare.ope._core import ALL_KEYS, IS_TYPE, OPEInputs
 from equicare.ope._fqe import FQEConfig, LoggedQFit, fit_fqe_logged, logged_q_fit
 from equicare.ope._select import AUTO_CANDIDATES, QSelection, candidate_config, select_q_model
@@ -174,6 +175,9 @@ class Prepared:
     q_config : FQEConfig or None
         The Q-model fitted (None when ``q`` was given or no Q-model was needed); :attr:`q_name`
         names it.
+    censoring : CensoringCheck or None
+        ``auto``'s check of the stationary table on censored stays (None when ``auto`` did not
+        choose that table, or censoring cannot move the value by 2%).
     """
 
     inputs: OPEInputs
@@ -187,6 +191,7 @@ class Prepared:
     q_selection: QSelection | None = None
     q_cells: CellChoice | None = None
     q_config: FQEConfig | None = None
+    censoring: CensoringCheck | None = None
 
     @property
     def q_name(self) -> str | None:
@@ -197,6 +202,21 @@ class Prepared:
     def cell_choice(self) -> CellChoice | None:
         """How the tables' cells were chosen: by ``auto`` or for a fixed table (or None)."""
         return self.q_cells if self.q_selection is None else self.q_selection.cell_choice
+
+    def censoring_report(self, dataset: TrajectoryDataset) -> CensoringCheck | None:
+        """The censoring check of the stationary table (:mod:`equicare.ope._censoring`).
+
+        ``auto``'s, made in :func:`prepare` (which used the window table if it warned), or, for
+        a stationary table the user named, made here on ``dataset`` (the data prepared). None
+        for other Q-models, or when censoring cannot move the value by 2%.
+        """
+        cfg = self.q_config
+        if self.q_selection is not None or self.censoring is not None:
+            return self.censoring
+        if (self.qfit is None or cfg is None or cfg.model != "tabular"
+                or cfg.resolved_horizon != "stationary"):
+            return None
+        return censoring_check(dataset, self.target_probs, self.qfit, cfg)
 
     @property
     def q_linearised(self) -> bool:
@@ -305,8 +325,12 @@ def prepare(
                                  q_cells_hint(_concrete(qcfg).cells, selection))
         if msg is not None:
             warnings.warn(msg, DataWarning, stacklevel=2)
+    check = None
     if needs_q:  # Q at the logged actions and V only: no (n_steps, n_actions) Q matrix is kept
         qfit = given or fit_fqe_logged(dataset, pe, _concrete(qcfg), random_state=seed)
+        if selection is not None and selection.chosen == "tabular_stationary":
+            qfit, qcfg, selection, check = _censoring_switch(dataset, pe, qfit,
+                                                             _concrete(qcfg), selection)
     bandit_qfit = None
     if "bandit_dr" in keys:
         bandit_qfit = given or fit_fqe_logged(dataset, pe, _concrete(qcfg), gamma=0.0,
@@ -320,7 +344,26 @@ def prepare(
     return Prepared(inputs=inputs, target_probs=pe, actions=dataset.actions, behavior_prob=b,
                     propensity_source=source, behavior_model=bm, qfit=qfit,
                     bandit_qfit=bandit_qfit, q_selection=selection, q_cells=q_cells,
-                    q_config=_concrete(qcfg) if given is None and qfit is not None else None)
+                    q_config=_concrete(qcfg) if given is None and qfit is not None else None,
+                    censoring=check)
+
+
+def _censoring_switch(dataset: TrajectoryDataset, pe: NDArray[np.float64], qfit: LoggedQFit,
+                      cfg: FQEConfig, selection: QSelection
+                      ) -> tuple[LoggedQFit, FQEConfig, QSelection, CensoringCheck | None]:
+    """``auto``'s stationary table, or the window table when censored stays bias it.
+
+    :func:`~equicare.ope._censoring.censoring_check`: when the two tables' values differ by more
+    than 2 standard errors and 2%, within what censoring can explain, the window table (same
+    cells) replaces the stationary one; the selection records the replacement.
+    """
+    check = censoring_check(dataset, pe, qfit, cfg)
+    if check is None or not check.warn or check.window_fit is None:
+        return qfit, cfg, selection, check
+    return (check.window_fit, replace(cfg, horizon="window"),
+            replace(selection, chosen="tabular_window", replaced=selection.chosen,
+                    group_bias={}),
+            replace(check, switched=True))
 
 
 #: What the thin-cells warning calls the tabular Q-model's cells (in memory and streamed).

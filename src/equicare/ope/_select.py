@@ -177,6 +177,11 @@ class QSelection:
         The chosen candidate's estimated value bias and its standard error within each level of
         each subgroup attribute asked for (``groups`` of :func:`select_q_model`): the held-out
         TD errors weighted by the level's own density ratio ``d^pi_G / d^D``.
+    replaced : str or None
+        The candidate the criterion chose when ``chosen`` replaced it after the fit: the
+        stationary table, replaced by ``"tabular_window"`` on censored stays
+        (:mod:`equicare.ope._censoring`; ``bias`` then has no entry for ``chosen``, and
+        ``group_bias`` is empty). None otherwise.
     """
 
     chosen: str
@@ -191,6 +196,7 @@ class QSelection:
     cells: tuple[str, ...] | None = None
     cell_choice: CellChoice | None = None
     group_bias: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
+    replaced: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly summary (result JSON ``"q_model"``)."""
@@ -206,6 +212,9 @@ class QSelection:
                 "td_error": dict(self.td_error), "skipped": dict(self.skipped),
                 "seconds": dict(self.seconds), "bias": dict(self.bias),
                 "bias_se": dict(self.bias_se),
+                **({"replaced": {"criterion_choice": self.replaced,
+                                 "why": "censored stays bias it (q_model['censoring'])"}}
+                   if self.replaced else {}),
                 **({"group_bias": {a: {lv: {"bias": b, "se": se} for lv, (b, se) in d.items()}
                                    for a, d in self.group_bias.items()}}
                    if self.group_bias else {})}

@@ -643,8 +643,8 @@ def _held_out(valid: Any, policy: Any, cfg: SelectConfig, q_model: str) -> _Held
     symmetric bootstrap-t interval (``interval="studentized"``, each replicate divided by its
     own delta-method standard error, :func:`_gain_se`) or their ``alpha / 2`` quantile
     (``"percentile"``). With the stationary tabular Q-model on censored stays, ``evaluate``'s
-    censoring check (:func:`equicare.ope._censoring.censoring_check`) is run and kept in
-    ``censoring``.
+    censoring check (:func:`equicare.ope._censoring.censoring_check`; with ``auto`` the window
+    table replaces the stationary one when it warns) is kept in ``censoring``.
     """
     import numpy as np
     from threadpoolctl import threadpool_limits
@@ -680,15 +680,10 @@ def _held_out(valid: Any, policy: Any, cfg: SelectConfig, q_model: str) -> _Held
         if cfg.interval == "studentized":
             se, gain_se = _gain_se(parts, counts, np.asarray(ret, dtype=np.float64), keys)
         censoring = None
-        cfg_q = prep.q_config
-        if (prep.qfit is not None and cfg_q is not None and cfg_q.model == "tabular"
-                and cfg_q.resolved_horizon == "stationary"):
-            from equicare.ope._censoring import censoring_check
-
-            check = censoring_check(valid, prep.target_probs, prep.qfit, cfg_q)
-            if check is not None:
-                censoring = {**check.to_dict(),
-                             "message": check.message() if check.warn else None}
+        check = prep.censoring_report(valid)
+        if check is not None:
+            censoring = {**check.to_dict(), "message": (check.message() if check.warn
+                                                        and not check.switched else None)}
     out = _summarise({k: float(point[k]) for k in keys},
                      {k: np.asarray(reps[k], dtype=np.float64) for k in keys},
                      float(ret.mean()), np.asarray(beh_reps, dtype=np.float64), cfg,
@@ -884,8 +879,8 @@ def select_policy(dataset: Any, config: SelectConfig | None = None, *,
     settings["bootstrap"] = cfg.n_boot
     if censoring:  # evaluate's check of the stationary table on censored stays
         settings["censoring"] = censoring
-        warned = [n for n, c in censoring.items() if c["warning"]]
-        if warned:  # as evaluate warns
+        warned = [n for n, c in censoring.items() if c.get("message")]
+        if warned:  # as evaluate warns (not where auto used the window table instead)
             from equicare.exceptions import DataWarning
 
             msg = next(c["message"] for c in censoring.values() if c["message"])

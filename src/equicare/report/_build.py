@@ -103,6 +103,12 @@ def q_model_sentence(q: dict[str, Any]) -> str:
             "estimated value bias plus its variance; lower is better)")
     if q.get("reference") == chosen:
         line += f"; {chosen} is the reference, kept unless another beats it by 2 standard errors"
+    cens = q.get("censoring") or {}
+    if q.get("replaced") and cens.get("switched_to_window"):
+        line += (f"; it replaced {q['replaced']['criterion_choice']}, whose value differed by "
+                 f"{cens['difference_pct']:+.1f}% with {cens['censored_episodes_pct']:.1f}% of "
+                 "the episodes censored (the stationary table counts a censored last row as an "
+                 "end)")
     cc = q.get("cell_choice") or {}
     if cc.get("dropped"):
         line += (f". The tables pool over {', '.join(cc['dropped'])} (it does not change the "
