@@ -33,6 +33,7 @@ from equicare.ope._bootstrap import (
     bootstrap_counts,
     estimate_json,
     estimates_with_ci,
+    normal_interval,
     percentile_interval,
     serial_map,
 )
@@ -220,7 +221,7 @@ def _behavior_estimate(inputs: OPEInputs, counts: NDArray[np.float64] | None, n_
     n = ret.size
     if counts is None or n_boot == 0:
         se = float(ret.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
-        return Estimate(value=v, ci=(v - 1.959964 * se, v + 1.959964 * se), se=se, n_episodes=n)
+        return Estimate(value=v, ci=normal_interval(v, se, alpha), se=se, n_episodes=n)
     reps = counts @ ret / counts.sum(axis=1)
     return Estimate(value=v, ci=percentile_interval(reps, alpha), se=float(reps.std(ddof=1)),
                     n_episodes=n)
