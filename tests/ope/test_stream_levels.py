@@ -166,3 +166,23 @@ def test_the_level_policy_keeps_the_levels_own_rows(sites):
     np.testing.assert_allclose(cf[~own], policy.good[ds.categorical[~own, 0]], atol=1e-15)
     moved = replace(ds, _cache={})
     assert moved.n_steps == ds.n_steps
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("raw_group_values")
+def test_jackknife_intervals_of_each_sites_own_q_model_equal_in_memory(sites):
+    """n_boot=0 on Garnet episodes of 1 to 100+ steps: every estimator's jackknife interval,
+    overall, per group and per site (each site's own Q-model and its refit), as in memory
+    (slow: the Q-model's passes once per site)."""
+    from .test_stream import same_as_in_memory
+
+    path, man, ds, policy, _ = sites
+    assert ds.episode_lengths.min() == 1 and ds.episode_lengths.max() > 50
+    keys = ("is", "wis", "pdis", "wpdis", *Q_KEYS)
+    ref = evaluate(ds, policy, estimators=keys, q_model="tabular_stationary", bootstrap=0,
+                   diagnose_support=False, random_state=3).to_dict()
+    got = evaluate_stream(path, policy, manifest=man, estimators=keys,
+                          q_model="tabular_stationary", n_boot=0, random_state=3,
+                          chunk_rows=1500)
+    assert got.n_chunks > 3 and got.q_model is not None and "per_level" in got.q_model
+    assert same_as_in_memory(got.to_dict(), ref) >= 12  # 10 sites and the groups' levels
