@@ -941,7 +941,8 @@ def evaluate_stream(
                 if thin is not None:
                     warnings.warn(thin, DataWarning, stacklevel=2)
             level_cols = plan_levels(src, policy, cfg, plan, sample_rows=behavior_sample_rows,
-                                     seed=seed, selection=sel)
+                                     seed=seed, selection=sel,
+                                     level_seeds=None if plan is None else _level_seeds(plan, seed))
             if "cell_choice" in out.q_model or level_cols:
                 out.q_model.setdefault("cell_choice", {})["target_reads"] = [
                     c.column for c in level_cols]
@@ -1031,6 +1032,15 @@ def evaluate_stream(
                               if not g.suppressed and g.weights is not None}, keys,
                      MIN_CELL if plan is None else plan.min_cell)
     return res
+
+
+def _level_seeds(plan: GroupPlan, seed: int) -> dict[str, dict[str, int]]:
+    """Each level's seed as the in-memory evaluation draws it (every level, suppressed too)."""
+    from equicare.ope._evaluate import level_seeds
+
+    flat = iter(level_seeds(seed, sum(len(c) for c in plan.counts)))
+    return {a: {lv: next(flat) for lv in counts}
+            for a, counts in zip(plan.attrs, plan.counts, strict=True)}
 
 
 class _SupportRider:
