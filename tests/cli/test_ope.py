@@ -307,17 +307,27 @@ def test_bad_truncate_and_unknown_estimators_say_the_same_streamed(files, stream
     assert message in text and "episode_parts" not in text and "cannot stream" not in text
 
 
-def test_bootstrap_0_is_in_memory_only_and_the_help_says_so(files):
-    """--bootstrap 0 (jackknife normal intervals) works in memory; with --chunk-rows it is a
-    user error that says why, and --help says both."""
-    from equicare.cli._ope import BOOTSTRAP0_STREAM_MESSAGE
+@pytest.mark.usefixtures("raw_group_values")
+def test_bootstrap_0_streams_the_in_memory_jackknife_intervals_and_the_help_says_so(files):
+    """--bootstrap 0 (jackknife normal intervals) with --chunk-rows: the in-memory result
+    JSON's numbers, overall and per level (it was refused); --ci is unused then, as in
+    memory; --help says so."""
+    from ..ope.test_stream import same_as_in_memory
 
-    res, out = _run(files, "--bootstrap", "0", "--estimators", "wis")
+    res, out = _run(files, "--bootstrap", "0")
     assert res.exit_code == 0, res.output
-    assert json.loads(out.read_text())["estimates"]["wis"]["se"] > 0
-    res, _ = _run(files, "--bootstrap", "0", "--estimators", "wis", "--chunk-rows", "100",
-                  "--force")
-    assert res.exit_code == 2
-    assert BOOTSTRAP0_STREAM_MESSAGE in " ".join(res.output.split())
+    ref = json.loads(out.read_text())
+    assert ref["estimates"]["wis"]["se"] > 0
+    res, streamed = _run(files, "--bootstrap", "0", "--chunk-rows", "100", "--ci", "bca",
+                         out=files["dir"] / "streamed.json")
+    assert res.exit_code == 0, res.output
+    said = " ".join(res.output.split())
+    assert "normal intervals from the jackknife standard errors" in said
+    got = json.loads(streamed.read_text())
+    assert got["bootstrap"] == {"n_boot": 0, "weights": None, "ci": "jackknife"}
+    assert got["streaming"]["n_chunks"] > 1
+    assert same_as_in_memory(got, ref) >= 2
     helped = CliRunner().invoke(_app(), ["evaluate", "--help"], terminal_width=200)
-    assert "in memory only; with --chunk-rows at least 1" in " ".join(helped.output.split())
+    text = " ".join(helped.output.split())
+    assert "in memory only; with --chunk-rows at least 1" not in text
+    assert "jackknife standard error, --ci unused; with --chunk-rows too" in text

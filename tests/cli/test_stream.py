@@ -396,3 +396,27 @@ def test_streamed_validate_checks_logged_propensities_on_a_sample(tmp_path):
     assert len(found["random"]) == 1 and not found["panel"]
     assert (f"a random sample of whole episodes of the panel's {len(frame):,}; above"
             in found["random"][0])
+
+
+@pytest.mark.usefixtures("raw_group_values")
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.SupportWarning")
+def test_evaluate_bootstrap_0_streams_the_in_memory_result_on_a_garnet_panel(tmp_path):
+    """--bootstrap 0 --chunk-rows on Garnet episodes of 1 to 100+ steps (a policy file, the
+    stationary table): the in-memory result JSON's numbers, overall and per group."""
+    from equicare.sim._garnet_cli import synth_garnet
+    from equicare.sim.garnet import garnet_preset
+
+    from ..ope.test_stream import same_as_in_memory
+
+    paths = synth_garnet(tmp_path, config=garnet_preset("s50_a25_g1"), n_episodes=500, seed=5)
+    base = ["evaluate", paths["panel"], "--manifest", paths["manifest"], "--policy",
+            paths["policies"]["tilted"], "--bootstrap", "0", "--q-model", "tabular_stationary",
+            "--json", "--no-progress"]
+    res = runner.invoke(app, base)
+    assert res.exit_code == 0, res.output
+    ref = json.loads(res.stdout)
+    res = runner.invoke(app, [*base, "--chunk-rows", "1500"])
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.stdout)
+    assert got["streaming"]["n_chunks"] > 2 and got["bootstrap"]["ci"] == "jackknife"
+    assert same_as_in_memory(got, ref) >= 2

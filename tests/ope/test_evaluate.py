@@ -576,3 +576,20 @@ def test_support_publishes_no_single_episodes_share(care) -> None:
     assert "max" not in d and pe.max() not in d.values()
     assert np.sum(pe >= d["p_top11"]) >= 11
     assert d["p_top11"] == pytest.approx(np.quantile(pe, 1 - 11 / data.n_episodes))
+
+
+def test_jackknife_intervals_of_the_behaviour_value_use_alpha(ds):
+    """--bootstrap 0: the behaviour value's normal interval has the estimators' 1 - alpha
+    coverage (it was 95% whatever alpha)."""
+    from scipy.special import ndtri
+
+    res = evaluate(ds, TabularPolicy(TARGET), estimators="is,wis", bootstrap=0, groups=[],
+                   alpha=0.1, diagnose_support=False)
+    z = float(ndtri(0.95))
+    ret = ds.returns()
+    se = float(ret.std(ddof=1) / np.sqrt(ret.size))
+    b = res.behavior
+    assert b.se == pytest.approx(se, rel=1e-12)
+    assert b.ci == pytest.approx((b.value - z * se, b.value + z * se), rel=1e-12)
+    for e in res.estimates.values():  # the estimators' intervals: the same z
+        assert e.ci == pytest.approx((e.value - z * e.se, e.value + z * e.se), rel=1e-12)

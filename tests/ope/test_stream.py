@@ -127,8 +127,10 @@ def test_bca_and_bad_parameters_are_refused(panel):
         evaluate_stream(ds, RiskPolicy(), n_boot=10, ci_method="bca")
     with pytest.raises(InvalidParameterError, match="ci_method"):
         evaluate_stream(ds, RiskPolicy(), n_boot=10, ci_method="basic")
-    with pytest.raises(InvalidParameterError, match="'n_boot' parameter of evaluate_stream"):
-        evaluate_stream(ds, RiskPolicy(), n_boot=0)
+    for bad in (-1, 2.0, True):  # 0 is jackknife intervals
+        with pytest.raises(InvalidParameterError,
+                           match="'n_boot' parameter of evaluate_stream must be an int >= 0"):
+            evaluate_stream(ds, RiskPolicy(), n_boot=bad)
     path, man, _ = panel
     for bad in (0, -1.0):  # checked before the panel is read, not by an internal function
         with pytest.raises(InvalidParameterError, match=re.escape(
@@ -360,3 +362,82 @@ def test_streamed_wis_with_every_weight_zero_is_null(panel):
     assert e.to_dict() == {"value": None, "ci": None, "se": None,
                            "reason": MSG_ALL_WEIGHTS_ZERO}
     assert res.estimates["is"].reason is None and res.estimates["is"].value == 0.0
+
+
+def same_as_in_memory(got, ref, rtol=1e-9):
+    """A streamed result JSON (``got``) against the in-memory one (``ref``), ``--bootstrap 0``.
+
+    The same estimators, levels and keys of every estimate; every value, standard error and
+    interval (the behaviour value's too, every published level's) to ``rtol``; a withheld
+    value withheld on both sides with the same reason. Returns the published levels compared.
+    """
+    def entry(a, b, where):
+        assert set(a) == set(b), where
+        for f in ("value", "se", "ci"):
+            x, y = a[f], b[f]
+            if x is None or y is None:
+                assert x is None and y is None and a.get("reason") == b.get("reason"), where
+                continue
+            np.testing.assert_allclose(x, y, rtol=rtol, atol=0, err_msg=f"{where} {f}")
+
+    assert (got["n_episodes"], got["n_steps"]) == (ref["n_episodes"], ref["n_steps"])
+    entry(got["behavior"], ref["behavior"], "behavior")
+    assert list(got["estimates"]) == list(ref["estimates"])
+    for k, e in ref["estimates"].items():
+        entry(got["estimates"][k], e, k)
+    np.testing.assert_allclose(got["ess"]["trajectory"], ref["ess"]["trajectory"], rtol=rtol)
+    assert got["groups"].keys() == ref["groups"].keys()
+    n = 0
+    for attr, levels in ref["groups"].items():
+        assert got["groups"][attr].keys() == levels.keys(), attr
+        for lv, g in levels.items():
+            h = got["groups"][attr][lv]
+            if g.get("suppressed"):
+                assert h == g, (attr, lv)
+                continue
+            n += 1
+            assert h["n_episodes"] == g["n_episodes"], (attr, lv)
+            entry(h["behavior"], g["behavior"], f"{attr}={lv} behavior")
+            assert list(h["estimates"]) == list(g["estimates"])
+            for k, e in g["estimates"].items():
+                entry(h["estimates"][k], e, f"{attr}={lv} {k}")
+    return n
+
+
+@pytest.mark.usefixtures("raw_group_values")
+def test_jackknife_intervals_equal_in_memory_for_any_chunking_and_sharding(panel):
+    """n_boot=0: in memory's bootstrap=0 (jackknife normal intervals, the behaviour value's from
+    its returns' standard error), every level included, for any chunking and sharding."""
+    path, man, ds = panel
+    keys = ("is", "wis", "pdis", "wpdis")
+    ref = evaluate(ds, RiskPolicy(), estimators=keys, bootstrap=0, truncate=20.0, alpha=0.1,
+                   diagnose_support=False).to_dict()
+    kw = {"estimators": keys, "n_boot": 0, "truncate": 20.0, "alpha": 0.1}
+    whole = evaluate_stream(ds, RiskPolicy(), **kw)
+    assert whole.to_dict()["bootstrap"] == {"n_boot": 0, "weights": None, "ci": "jackknife"}
+    assert same_as_in_memory(whole.to_dict(), ref) == 5
+    for rows in (15, 170):
+        streamed = evaluate_stream(path, RiskPolicy(), manifest=man, chunk_rows=rows, **kw)
+        assert streamed.n_chunks > 1
+        same_as_in_memory(streamed.to_dict(), ref)
+    sharded = evaluate_stream(path, RiskPolicy(), manifest=man, chunk_rows=40,
+                              executor=get_executor("local", jobs=1), n_shards=3, **kw)
+    assert sharded.n_chunks >= 3
+    same_as_in_memory(sharded.to_dict(), ref)
+    # the intervals are the jackknife's, not a bootstrap's: symmetric, z_0.95 standard errors
+    e = whole.estimates["wis"]
+    assert e.ci == pytest.approx((e.value - 1.6448536 * e.se, e.value + 1.6448536 * e.se))
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("raw_group_values")
+def test_jackknife_intervals_on_worker_processes_equal_in_memory(panel):
+    """2 shards on 2 spawned worker processes (the jackknife pass's task pickled)."""
+    path, man, ds = panel
+    ref = evaluate(ds, RiskPolicy(), estimators=("is", "wis", "wpdis"), bootstrap=0,
+                   diagnose_support=False).to_dict()
+    got = evaluate_stream(path, RiskPolicy(), manifest=man, estimators=("is", "wis", "wpdis"),
+                          n_boot=0, chunk_rows=40, executor=get_executor("local", jobs=2),
+                          n_shards=2)
+    assert got.n_chunks >= 2
+    same_as_in_memory(got.to_dict(), ref)

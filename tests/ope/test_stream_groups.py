@@ -246,3 +246,37 @@ def test_a_missing_label_in_a_streamed_panel_names_the_file_and_the_episode(tmp_
     with pytest.raises(DataValidationError, match=re.escape(msg)):
         evaluate_stream(path, RiskPolicy(), manifest=Manifest.from_dict(copy.deepcopy(MANIFEST)),
                         estimators=("wis",), n_boot=10, chunk_rows=50)
+
+
+@pytest.mark.usefixtures("raw_group_values")
+@pytest.mark.parametrize("q_model", ["linear", "tabular_stationary",
+                                     pytest.param("auto", marks=pytest.mark.slow)])
+def test_jackknife_intervals_of_every_level_equal_in_memory(panel, q_model):
+    """n_boot=0 with a Q-model: in memory's bootstrap=0 (the jackknife of the parts with the
+    linearised refit, a level's other episodes' share of it in its variance; with auto, FQE's
+    bias-aware interval), overall and in every level, chunked (and sharded)."""
+    from equicare.ope._bootstrap import estimates_with_ci
+
+    from .test_stream import same_as_in_memory
+
+    path, man, ds = panel
+    ref = evaluate(ds, RiskPolicy(), estimators=ALL, q_model=q_model, bootstrap=0,
+                   diagnose_support=False, random_state=4).to_dict()
+    kw = {"manifest": man, "estimators": ALL, "q_model": q_model, "n_boot": 0,
+          "random_state": 4}
+    got = evaluate_stream(path, RiskPolicy(), chunk_rows=70, **kw)
+    assert got.n_chunks > 10 and got.q_model is not None and got.q_model["passes"] == 4
+    assert same_as_in_memory(got.to_dict(), ref) == 5
+    if q_model == "tabular_stationary":
+        sharded = evaluate_stream(path, RiskPolicy(), chunk_rows=150, n_shards=3,
+                                  executor=get_executor("local", jobs=1), **kw)
+        same_as_in_memory(sharded.to_dict(), ref)
+    if q_model == "linear":  # the refit and a level's other episodes' share are in the SEs
+        prep = prepare(ds, RiskPolicy(), keys=ALL, q_model=_cfg(q_model))
+        fixed = estimates_with_ci(episode_parts(prep.inputs, ALL), n_boot=0)
+        assert got.estimates["fqe"].se > 1.2 * fixed["fqe"].se
+        ep = np.flatnonzero(ds.group_labels("race").astype(str) == "b")
+        _, other = _subgroup_q_refit(prep, episode_parts(prep.inputs.subset(ep), ALL), ep,
+                                     None, "absorbing")
+        var = float(np.sum((other[:, 0] - other[:, 0].mean()) ** 2))
+        assert var > 0.1 * got.groups["race"]["b"].estimates["fqe"].se ** 2

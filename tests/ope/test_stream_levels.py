@@ -124,7 +124,8 @@ def test_a_sites_intervals_are_the_in_memory_refit_of_its_own_q_model(sites):
 
 def test_auto_gives_each_site_its_own_q_models_bias(sites):
     """With ``auto`` on a panel that fits the sample, each site's FQE interval is bias-aware
-    with ``level_fqe_bias`` of its own policy, as in memory; the seeds are the stream's."""
+    with ``level_fqe_bias`` of its own policy, as in memory (the folds' seeds: in memory's
+    ``level_seeds`` when ``evaluate_stream`` plans the levels, here the one given)."""
     from equicare.ope._evaluate import level_fqe_bias
     from equicare.ope._stream import ChunkSource
     from equicare.ope._stream_groups import plan_groups
@@ -166,3 +167,25 @@ def test_the_level_policy_keeps_the_levels_own_rows(sites):
     np.testing.assert_allclose(cf[~own], policy.good[ds.categorical[~own, 0]], atol=1e-15)
     moved = replace(ds, _cache={})
     assert moved.n_steps == ds.n_steps
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("raw_group_values")
+@pytest.mark.parametrize("q_model", ["tabular_stationary", "auto"])
+def test_jackknife_intervals_of_each_sites_own_q_model_equal_in_memory(sites, q_model):
+    """n_boot=0 on Garnet episodes of 1 to 100+ steps: every estimator's jackknife interval,
+    overall, per group and per site (each site's own Q-model and its refit), as in memory
+    (slow: the Q-model's passes once per site). With auto each site's FQE interval carries its
+    own Q-model's estimated bias, its folds drawn from the in-memory level's seed (they were
+    drawn from the evaluation's seed: site FQE intervals up to 1.2% off)."""
+    from .test_stream import same_as_in_memory
+
+    path, man, ds, policy, _ = sites
+    assert ds.episode_lengths.min() == 1 and ds.episode_lengths.max() > 50
+    keys = ("is", "wis", "pdis", "wpdis", *Q_KEYS)
+    ref = evaluate(ds, policy, estimators=keys, q_model=q_model, bootstrap=0,
+                   diagnose_support=False, random_state=3).to_dict()
+    got = evaluate_stream(path, policy, manifest=man, estimators=keys, q_model=q_model,
+                          n_boot=0, random_state=3, chunk_rows=1500)
+    assert got.n_chunks > 3 and got.q_model is not None and "per_level" in got.q_model
+    assert same_as_in_memory(got.to_dict(), ref) >= 12  # 10 sites and the groups' levels

@@ -351,3 +351,35 @@ def test_thin_cells_are_warned_about_as_in_memory(tmp_path):
                                                 q_model=q, n_boot=10, groups=(), chunk_rows=60,
                                                 diagnose_support=False), "cells this thin")
     assert len(ref) == 1 and "(a x b: " in ref[0] and got == ref
+
+
+@pytest.fixture(scope="module")
+def garnet(tmp_path_factory):
+    """A Garnet panel (s50_a25_g1, 600 episodes of 1 to 100+ steps, logged propensities) with
+    its soft-optimal target as a policy file; groups ``group``."""
+    from equicare.policy import load_policy
+    from equicare.sim._garnet_cli import synth_garnet
+    from equicare.sim.garnet import garnet_preset
+
+    folder = tmp_path_factory.mktemp("stream_q_garnet")
+    paths = synth_garnet(folder, config=garnet_preset("s50_a25_g1"), n_episodes=600, seed=7)
+    ds = load_dataset(paths["panel"], paths["manifest"], emit_warnings=False)
+    return paths, ds, load_policy(paths["policies"]["soft_optimal"])
+
+
+@pytest.mark.usefixtures("raw_group_values")
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.SupportWarning")
+def test_jackknife_intervals_equal_in_memory_on_a_garnet_panel(garnet):
+    """n_boot=0 on episodes of 1 to 100+ steps (WPDIS and WDR over 100+ per-step columns):
+    every estimator's jackknife interval, overall and per group, as in memory."""
+    from .test_stream import same_as_in_memory
+
+    paths, ds, policy = garnet
+    assert ds.episode_lengths.min() == 1 and ds.episode_lengths.max() > 50
+    ref = evaluate(ds, policy, estimators=ALL, q_model="tabular_stationary", bootstrap=0,
+                   truncate=50.0, diagnose_support=False, random_state=3).to_dict()
+    got = evaluate_stream(paths["panel"], policy, manifest=paths["manifest"], estimators=ALL,
+                          q_model="tabular_stationary", n_boot=0, truncate=50.0,
+                          random_state=3, chunk_rows=1000)
+    assert got.n_chunks > 3
+    assert same_as_in_memory(got.to_dict(), ref) >= 2

@@ -66,13 +66,6 @@ def q_model_spec(q_model: str, q_cells: str | None) -> Any:
                                 f"--q-model {q_model}.")
 
 
-#: ``evaluate --chunk-rows --bootstrap 0`` (tests match it).
-BOOTSTRAP0_STREAM_MESSAGE = (
-    "--bootstrap 0 (normal intervals from the jackknife standard error) is in memory only: "
-    "with --chunk-rows the intervals and standard errors come from the Poisson bootstrap's "
-    "replicates, so pass --bootstrap 1 or more.")
-
-
 def check_truncate(truncate: float | None) -> None:
     """``--truncate``: a number > 0 (or not given), in memory and streamed alike."""
     if truncate is not None and not truncate > 0:
@@ -282,7 +275,10 @@ def run_evaluate_stream(data: Path, *, manifest: Path, policy: Path, estimators:
     the estimates pass and, when a subgroup column gets a Q-model per level, those levels.
 
     ``ci`` is ``studentized`` (one more pass over the chunks for the replicates' standard
-    errors) or ``percentile``; ``bca`` is in memory only (a user error here).
+    errors) or ``percentile``; ``bca`` is in memory only (a user error here). ``bootstrap=0``
+    gives in memory's normal intervals of the jackknife standard errors (the same numbers; one
+    more pass over the chunks sums the leave-one-episode-out estimates' deviations), and
+    ``ci`` is then unused, as in memory.
 
     FQE, DR and WDR stream with ``--q-model auto`` (the default: the in-memory choice between
     the stationary table and the linear model, made on a random sample of 1M rows of whole
@@ -316,9 +312,7 @@ def run_evaluate_stream(data: Path, *, manifest: Path, policy: Path, estimators:
                else f"with --chunk-rows the estimators are {', '.join(ESTIMATOR_KEYS)}")
         raise InvalidParameterError(
             f"--estimators {','.join(bad)} cannot stream: {why} (see docs/scale.md).")
-    if bootstrap < 1:
-        raise InvalidParameterError(BOOTSTRAP0_STREAM_MESSAGE)
-    if ci == "bca":
+    if ci == "bca" and bootstrap > 0:  # --bootstrap 0: jackknife intervals, --ci unused
         raise InvalidParameterError(
             "--ci bca is in memory only (its acceleration needs every leave-one-episode-out "
             "estimate); with --chunk-rows use --ci studentized (the default) or percentile.")
@@ -365,9 +359,10 @@ def stream_table(res: Any) -> Table:
     """The streamed result as a table: behaviour, then each estimator with its interval."""
     from rich.table import Table
 
+    how = ("normal intervals from the jackknife standard errors" if res.n_boot == 0
+           else f"{res.n_boot} Poisson bootstrap replicates, {res.ci_method} intervals")
     t = Table(title=f"Off-policy estimates (streamed: {res.n_episodes:,} episodes, "
-                    f"{res.n_steps:,} steps, {res.n_boot} Poisson bootstrap replicates, "
-                    f"{res.ci_method} intervals)")
+                    f"{res.n_steps:,} steps, {how})")
     for col in ("estimator", "value", "95% CI", "SE"):
         t.add_column(col)
     b = res.behavior
@@ -469,8 +464,9 @@ def register(app: typer.Typer) -> None:
             help="'all' or a comma list of is, wis, pdis, wpdis, fqe, dr, wdr, bandit_dr.")
         ] = "all",
         bootstrap: Annotated[int, typer.Option(
-            min=0, help="Episode bootstrap replicates (0: normal intervals from the jackknife "
-                        "standard error, in memory only; with --chunk-rows at least 1).")
+            min=0, help="Episode bootstrap replicates (0: normal intervals from the "
+                        "leave-one-episode-out jackknife standard error, --ci unused; with "
+                        "--chunk-rows too, the same numbers).")
                              ] = 1000,
         truncate: Annotated[float | None, typer.Option(
             help="Cap on the cumulative importance weights (default: none).")] = None,
@@ -480,7 +476,7 @@ def register(app: typer.Typer) -> None:
         ci: Annotated[EvalCI, typer.Option(
             help="Bootstrap interval: studentized (symmetric bootstrap-t, each replicate "
                  "studentised by its own delta-method SE), percentile, or bca (in memory "
-                 "only).")] = EvalCI.STUDENTIZED,
+                 "only); unused with --bootstrap 0.")] = EvalCI.STUDENTIZED,
         q_cells: Annotated[str | None, typer.Option(
             help="Comma list of the categorical state columns whose combinations are the "
                  "Q-tables' cells (default: with several columns, those that change the "

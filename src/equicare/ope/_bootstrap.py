@@ -50,6 +50,8 @@ __all__ = [
     "CI_METHODS",
     "estimates_with_ci",
     "serial_map",
+    "jackknife_se",
+    "normal_interval",
 ]
 
 CIMethod = Literal["percentile", "bca", "studentized"]
@@ -139,6 +141,22 @@ def estimate_json(value: float, ci: tuple[float, float], se: float | None,
     if reason is not None:
         d["reason"] = reason
     return d
+
+
+def jackknife_se(ss: float, n: int) -> float:
+    """Jackknife standard error ``sqrt((n - 1) / n * ss)`` (0 for a single episode).
+
+    ``ss`` is the sum of squared deviations of the ``n`` leave-one-episode-out estimates from
+    their mean (in memory from :func:`~equicare.ope._core.jackknife_estimates`, streamed from
+    summed deviations, :class:`~equicare.ope._stream_sums.JackknifeSums`).
+    """
+    return float(np.sqrt((n - 1) / n * ss)) if n > 1 else 0.0
+
+
+def normal_interval(value: float, se: float, alpha: float = 0.05) -> tuple[float, float]:
+    """``value -+ z_{1 - alpha/2} se`` (the intervals without bootstrap, ``n_boot == 0``)."""
+    z = float(ndtri(1 - alpha / 2))
+    return (value - z * se, value + z * se)
 
 
 def bootstrap_counts(n_episodes: int, n_boot: int, random_state: RandomState = None
@@ -480,15 +498,13 @@ def _defined_estimates(parts: EpisodeParts, point: dict[str, float], n_ep: int, 
     """:func:`estimates_with_ci` before undefined estimates are marked."""
     if n_boot == 0 and counts is None:
         jack = jackknife_estimates(parts)
-        z = float(ndtri(1 - alpha / 2))
         out = {}
         for k, v in point.items():
             j = jack[k]
-            ss = float(np.sum((j - j.mean()) ** 2))
-            se = float(np.sqrt((n_ep - 1) / n_ep * ss)) if n_ep > 1 else 0.0
+            se = jackknife_se(float(np.sum((j - j.mean()) ** 2)), n_ep)
             if shift is not None:
                 se = float(np.sqrt(se**2 + shift.variance.get(k, 0.0)))
-            out[k] = Estimate(value=v, ci=(v - z * se, v + z * se), se=se, n_episodes=n_ep)
+            out[k] = Estimate(value=v, ci=normal_interval(v, se, alpha), se=se, n_episodes=n_ep)
         return out
     cis = bootstrap_ci(parts, n_boot=max(n_boot, 1), method=method, alpha=alpha,
                        random_state=random_state, counts=counts, shift=shift)

@@ -33,6 +33,7 @@ from equicare.ope._bootstrap import (
     bootstrap_counts,
     estimate_json,
     estimates_with_ci,
+    normal_interval,
     percentile_interval,
     serial_map,
 )
@@ -74,7 +75,7 @@ from equicare.utils import (
 
 __all__ = ["evaluate", "evaluate_subgroups", "EvaluationResult", "GroupResult",
            "estimates_from_prepared", "parse_estimators", "refit_bootstrap", "bias_aware",
-           "refit_effects"]
+           "refit_effects", "level_seeds"]
 
 
 def parse_estimators(estimators: str | Sequence[str]) -> tuple[str, ...]:
@@ -220,7 +221,7 @@ def _behavior_estimate(inputs: OPEInputs, counts: NDArray[np.float64] | None, n_
     n = ret.size
     if counts is None or n_boot == 0:
         se = float(ret.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
-        return Estimate(value=v, ci=(v - 1.959964 * se, v + 1.959964 * se), se=se, n_episodes=n)
+        return Estimate(value=v, ci=normal_interval(v, se, alpha), se=se, n_episodes=n)
     reps = counts @ ret / counts.sum(axis=1)
     return Estimate(value=v, ci=percentile_interval(reps, alpha), se=float(reps.std(ddof=1)),
                     n_episodes=n)
@@ -318,6 +319,18 @@ def evaluate_seeds(random_state: int) -> tuple[int, int, int]:
     rng = check_random_state(random_state)
     a, b, c = (int(s) for s in rng.integers(0, 2**31 - 1, size=3))
     return a, b, c
+
+
+def level_seeds(random_state: int, n_cells: int) -> list[int]:
+    """The seeds :func:`evaluate` (``random_state``) gives its subgroup levels, in order.
+
+    One per level of every group attribute (suppressed ones included), attributes in order and
+    each one's levels sorted as strings: a level's bootstrap and, with ``auto`` and its own
+    Q-model, the folds of its estimated FQE bias (:func:`level_fqe_bias`). The streamed
+    evaluation draws the same (:func:`~equicare.ope._stream_levels.plan_levels`).
+    """
+    rng = np.random.default_rng(evaluate_seeds(random_state)[1] + 1)
+    return [int(s) for s in rng.integers(0, 2**31 - 1, size=n_cells)]
 
 
 def nuisance_seed(random_state: int) -> int:
@@ -884,10 +897,9 @@ def _evaluate(
     if level_refit is not None:
         say(f"subgroups by {', '.join(level_refit.columns)}: the Q-model refitted per level "
             "(pooled dynamics, the level's policy)")
-    rng_g = np.random.default_rng(seed_boot + 1)
     n_cells = sum(np.unique(dataset.group_labels(a).astype(str)).size for a in attrs)
     group_out, per_level = _group_results(
-        prep, dataset, keys, attrs, [int(s) for s in rng_g.integers(0, 2**31 - 1, size=n_cells)],
+        prep, dataset, keys, attrs, level_seeds(random_state, n_cells),
         MIN_CELL, level_refit, **kw) if attrs else ({}, {})
     q_info = None if prep.qfit is None else {"seconds": prep.qfit.seconds, **prep.qfit.info}
     if q_info is not None and prep.q_selection is not None:

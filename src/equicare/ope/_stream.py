@@ -27,6 +27,13 @@ once every chunk has been summed, so the squares are summed in one more pass ove
 (``J`` at most four times the longest episode) are all it receives. Expanding the squares into
 per-replicate sums instead would need ``(n_boot, J, J)`` cross products for WPDIS and WDR.
 
+Without bootstrap (``n_boot=0``) the intervals are in memory's normal intervals of the
+leave-one-episode-out (jackknife) standard error. Episode ``e``'s leave-one-out estimate is the
+estimator's combination of ``total - parts_e``, so the same extra pass forms each chunk's
+leave-one-out estimates from the totals of the estimates pass and sums their deviations from
+the point estimate and the squares of those (:class:`~equicare.ope._stream_sums.JackknifeSums`):
+the same numbers as in memory (tests: 1e-9 relative), never an array over the panel's episodes.
+
 Subgroups (each level of each group attribute, as in memory) are the same sums restricted to the
 level's episodes, added in the same passes; with a Q-model each level's intervals carry the
 Q-model's refit on every episode (:mod:`equicare.ope._stream_groups`).
@@ -55,8 +62,10 @@ from equicare.exceptions import (
     SmallCellWarning,
 )
 from equicare.ope._bootstrap import (
+    CI_METHODS,
     Shift,
     estimate_json,
+    normal_interval,
     percentile_interval,
     studentized_interval,
 )
@@ -71,7 +80,6 @@ from equicare.ope._core import (
 from equicare.ope._ess import WeightSums
 from equicare.ope._fqe import FQEConfig
 from equicare.ope._propensity_check import PropensityCheck, sample_propensity_check
-from equicare.ope._resample import episode_keys, poisson_weights
 from equicare.ope._stream_groups import (
     GroupPlan,
     GroupSquares,
@@ -89,6 +97,8 @@ from equicare.ope._stream_levels import (
     plan_levels,
 )
 from equicare.ope._stream_sums import (
+    JackknifeCoefs,
+    JackknifeSums,
     SquareSums,
     StreamSums,
     StudentCoefs,
@@ -96,7 +106,8 @@ from equicare.ope._stream_sums import (
     chunk_policy_error,
     corrected_sums,
     episode_sums,
-    student_coefs,
+    pass_coefs,
+    replicate_weights,
 )
 from equicare.ope._support import SUPPORT_THRESHOLD, StreamSupportReport
 from equicare.policy import check_probs
@@ -174,6 +185,7 @@ def chunk_sums(
     horizon : int
         The whole panel's longest episode (the grid width every chunk shares).
     n_boot : int
+        Poisson replicates (0: none, for jackknife intervals).
     seed : int
     truncate : float, optional
         Cap on cumulative importance weights.
@@ -192,7 +204,7 @@ def _is_sums(dataset: TrajectoryDataset, policy: Any, *, keys: Sequence[str], ho
              groups: GroupPlan | None = None) -> WithGroups:
     """:func:`chunk_sums` and, with ``groups``, every subgroup level's sums."""
     inputs, parts, mat = _chunk_matrix(dataset, policy, keys, horizon, truncate)
-    w = poisson_weights(episode_keys(dataset.episode_ids), n_boot, seed)
+    w = replicate_weights(dataset.episode_ids, n_boot, seed)
     tw = inputs.trajectory_weights()  # the ESS of the weights and of the truncated ones
     tt = None if truncate is None else inputs.trajectory_weights(truncate)
     layout = (parts.keys, parts.slices, parts.horizon)
@@ -204,21 +216,26 @@ def _is_sums(dataset: TrajectoryDataset, policy: Any, *, keys: Sequence[str], ho
 
 
 def chunk_squares(dataset: TrajectoryDataset, policy: Any, *, keys: Sequence[str], horizon: int,
-                  truncate: float | None, coefs: StudentCoefs) -> SquareSums:
+                  truncate: float | None, coefs: StudentCoefs | JackknifeCoefs
+                  ) -> SquareSums | JackknifeSums:
     """The standard-error pass of one chunk: summed squared influences (studentized intervals).
 
     Rebuilds the chunk's parts exactly as :func:`chunk_sums` did and returns
     ``sum_e w_be IF_be^2`` of every estimator under the full sample and every Poisson replicate
-    (:meth:`~equicare.ope._stream_sums.StudentCoefs.squares`).
+    (:meth:`~equicare.ope._stream_sums.StudentCoefs.squares`); with :class:`~equicare.ope.
+    _stream_sums.JackknifeCoefs` (``n_boot == 0``) the summed deviations of the chunk's
+    leave-one-episode-out estimates.
     """
-    sq: SquareSums = _is_squares(dataset, policy, keys=keys, horizon=horizon, truncate=truncate,
-                                 coefs=coefs).main
+    sq: SquareSums | JackknifeSums = _is_squares(dataset, policy, keys=keys, horizon=horizon,
+                                                 truncate=truncate, coefs=coefs).main
     return sq
 
 
 def _is_squares(dataset: TrajectoryDataset, policy: Any, *, keys: Sequence[str], horizon: int,
-                truncate: float | None, coefs: StudentCoefs, groups: GroupPlan | None = None,
-                level_coefs: list[StudentCoefs | None] | None = None) -> WithGroups:
+                truncate: float | None, coefs: StudentCoefs | JackknifeCoefs,
+                groups: GroupPlan | None = None,
+                level_coefs: list[StudentCoefs | JackknifeCoefs | None] | None = None
+                ) -> WithGroups:
     """:func:`chunk_squares` and, with ``groups``, every subgroup level's squares."""
     _, _, mat = _chunk_matrix(dataset, policy, keys, horizon, truncate)
     return WithGroups(coefs.squares(mat, dataset.episode_ids),
@@ -319,8 +336,10 @@ class StreamEvaluation:
         when FQE, DR or WDR were computed.
     behavior_model : dict, optional
         The behaviour model's sample and summary when the propensities were estimated.
-    ci_method : {"studentized", "percentile"}
-        Interval of the estimators (the behaviour value's is percentile, as in memory).
+    ci_method : {"studentized", "percentile", "jackknife"}
+        Interval of the estimators (the behaviour value's is percentile, as in memory);
+        ``"jackknife"`` without replicates (``n_boot == 0``): normal intervals of the jackknife
+        standard errors, the behaviour value's of its returns' standard error.
     groups : dict of str to dict of str to StreamGroup
         Every estimator within each level of each group attribute (nuisance models fitted on
         all episodes; with a Q-model the intervals carry its refit on every episode).
@@ -368,7 +387,8 @@ class StreamEvaluation:
             "estimates": {k: e.to_dict() for k, e in self.estimates.items()},
             "ess": ess_dict(self.ess, self.ess_truncated, self.settings.get("truncate"),
                             self.n_episodes),
-            "bootstrap": {"n_boot": self.n_boot, "weights": "poisson", "ci": self.ci_method},
+            "bootstrap": {"n_boot": self.n_boot,
+                          "weights": "poisson" if self.n_boot else None, "ci": self.ci_method},
             "streaming": {"n_chunks": self.n_chunks},
             "groups": {attr: {lv: g.to_dict() for lv, g in levels.items()}
                        for attr, levels in self.groups.items()},
@@ -387,7 +407,7 @@ class StreamEvaluation:
 def finish(sums: StreamSums, *, alpha: float = 0.05, n_chunks: int = 1,
            q_model: dict[str, Any] | None = None,
            behavior_model: dict[str, Any] | None = None,
-           squares: SquareSums | None = None, shift: Shift | None = None,
+           squares: SquareSums | JackknifeSums | None = None, shift: Shift | None = None,
            fqe_bias: tuple[float, float] | None = None) -> StreamEvaluation:
     """Turn summed statistics into estimates with intervals.
 
@@ -396,9 +416,13 @@ def finish(sums: StreamSums, *, alpha: float = 0.05, n_chunks: int = 1,
     correction is ``n raw_e - sum_e raw_e`` (centred, so the point estimate is unchanged), times
     the mean step-0 weight for WDR (:func:`~equicare.ope._stream_sums.corrected_sums`). With
     ``squares`` (the standard-error pass) the intervals are studentized
-    (:func:`~equicare.ope._bootstrap.studentized_interval`), else percentile. ``shift`` adds an
-    independent term to some estimators' replicates and its variance to their studentising
-    standard errors (a subgroup level's other episodes' share of the refit). ``fqe_bias``
+    (:func:`~equicare.ope._bootstrap.studentized_interval`), else percentile. Without replicates
+    (``n_boot == 0``) ``squares`` are the jackknife pass's sums
+    (:class:`~equicare.ope._stream_sums.JackknifeSums`) and every interval, the behaviour
+    value's too, is the in-memory normal interval of the jackknife standard error. ``shift``
+    adds an independent term to some estimators' replicates and its variance to their
+    studentising (or jackknife) standard errors (a subgroup level's other episodes' share of
+    the refit). ``fqe_bias``
     (``auto``'s estimated bias and its standard error) joins FQE's interval with the bias-aware
     one (:func:`~equicare.ope._evaluate.bias_aware`, as in memory).
     """
@@ -411,6 +435,12 @@ def finish(sums: StreamSums, *, alpha: float = 0.05, n_chunks: int = 1,
     point = combine(template, total, np.asarray(n))
     reps = combine(template, boot, sums.boot_n)
     undefined = undefined_estimates(template, total)
+    jack = None
+    if sums.boot_n.size == 0:  # no replicates: the jackknife's standard errors
+        if not isinstance(squares, JackknifeSums):
+            raise InvalidParameterError("Intervals without bootstrap replicates need the "
+                                        "jackknife pass's sums.")
+        jack = squares.se(sums.n_episodes)
     estimates = {}
     for i, k in enumerate(keys):
         if k in undefined:  # every weight 0: no estimate, not 0 [0, 0]
@@ -422,12 +452,18 @@ def finish(sums: StreamSums, *, alpha: float = 0.05, n_chunks: int = 1,
         if shift is not None and k in shift.replicates:
             r = r + shift.replicates[k]
             extra = shift.variance[k]
-        if squares is None:
+        if jack is not None:  # in memory's estimates_with_ci with n_boot == 0
+            se_r = float(np.sqrt(jack[i] ** 2 + extra)) if extra else float(jack[i])
+            ci = normal_interval(v, se_r, alpha)
+        elif isinstance(squares, JackknifeSums):
+            raise InvalidParameterError("Jackknife sums with bootstrap replicates.")
+        elif squares is None:
             ci = percentile_interval(r, alpha)
         else:
             se = np.sqrt(squares.sq[i] + extra)
             ci = studentized_interval(v, r, se[1:], float(se[0]), alpha)
-        se_r = float(r.std(ddof=1)) if r.size > 1 else 0.0
+        if jack is None:
+            se_r = float(r.std(ddof=1)) if r.size > 1 else 0.0
         if k == "fqe" and fqe_bias is not None:
             from equicare.ope._bootstrap import Estimate
             from equicare.ope._evaluate import bias_aware
@@ -435,17 +471,22 @@ def finish(sums: StreamSums, *, alpha: float = 0.05, n_chunks: int = 1,
             ci = bias_aware(Estimate(value=v, ci=ci, se=se_r, n_episodes=0), *fqe_bias,
                             alpha).ci
         estimates[k] = StreamEstimate(value=v, ci=ci, se=se_r)
-    beh_reps = np.divide(sums.boot[:, n_parts], sums.boot_n, out=np.zeros_like(sums.boot_n),
-                         where=sums.boot_n > 0)
-    behavior = StreamEstimate(value=float(sums.total[n_parts] / n),
-                              ci=percentile_interval(beh_reps, alpha),
-                              se=float(beh_reps.std(ddof=1)) if beh_reps.size > 1 else 0.0)
+    beh_value = float(sums.total[n_parts] / n)
+    if jack is not None:  # in memory: the returns' standard error, a normal interval
+        behavior = StreamEstimate(value=beh_value, ci=normal_interval(beh_value, jack[-1], alpha),
+                                  se=float(jack[-1]))
+    else:
+        beh_reps = np.divide(sums.boot[:, n_parts], sums.boot_n,
+                             out=np.zeros_like(sums.boot_n), where=sums.boot_n > 0)
+        behavior = StreamEstimate(value=beh_value, ci=percentile_interval(beh_reps, alpha),
+                                  se=float(beh_reps.std(ddof=1)) if beh_reps.size > 1 else 0.0)
     ess, ess_truncated = sums.ess()
     return StreamEvaluation(n_episodes=sums.n_episodes, n_steps=sums.n_steps, n_chunks=n_chunks,
                             gamma=sums.gamma, behavior=behavior, estimates=estimates,
                             ess=ess, ess_truncated=ess_truncated, n_boot=int(sums.boot_n.size),
                             q_model=q_model, behavior_model=behavior_model,
-                            ci_method="percentile" if squares is None else "studentized")
+                            ci_method="jackknife" if jack is not None
+                            else "percentile" if squares is None else "studentized")
 
 
 def finish_groups(plan: GroupPlan, groups: GroupSums, squares: GroupSquares | None, *,
@@ -765,13 +806,20 @@ def evaluate_stream(
         Rows (about) of that sample (and of ``auto``'s); at least the panel's rows fits on the
         whole panel.
     n_boot : int
-        Poisson bootstrap replicates.
+        Poisson bootstrap replicates. ``0``: no bootstrap; every interval is the normal
+        interval of the leave-one-episode-out (jackknife) standard error, as in memory's
+        ``bootstrap=0`` (same numbers): after the estimates pass has summed the parts, one
+        more pass forms each chunk's leave-one-out estimates from the totals and sums their
+        deviations (:class:`~equicare.ope._stream_sums.JackknifeCoefs`), so memory stays
+        bounded by the chunk. The Q-model's linearised refit and a level's other episodes'
+        share of it enter the standard errors as in memory.
     ci_method : {"studentized", "percentile"}
         ``"studentized"`` (the default, as in memory): symmetric bootstrap-t intervals, each
         replicate studentised by its own delta-method standard error. That standard error
         needs the replicate's normalisers before the squared influences can be summed, so it
         takes one more pass over the chunks (:func:`chunk_squares`). ``"percentile"``: no
-        extra pass. BCa is in memory only.
+        extra pass. BCa is in memory only. Unused with ``n_boot=0`` (any of the three is
+        accepted then, as in memory).
     alpha : float
         ``1 - alpha`` intervals.
     random_state : int, Generator or None, default=0
@@ -826,16 +874,18 @@ def evaluate_stream(
         raise InvalidParameterError(PARAM_MESSAGE.format(
             name="estimators", owner="evaluate_stream",
             expected="estimators that stream: " + ", ".join(allowed), got=bad))
-    if ci_method == "bca":
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int | np.integer) or n_boot < 0:
+        raise InvalidParameterError(PARAM_MESSAGE.format(
+            name="n_boot", owner="evaluate_stream",
+            expected="an int >= 0 (the Poisson bootstrap's replicates; 0: jackknife normal "
+                     "intervals)", got=n_boot))
+    n_boot = int(n_boot)
+    if ci_method == "bca" and n_boot > 0:
         raise InvalidParameterError(BCA_STREAM_MESSAGE)
-    if ci_method not in STREAM_CI_METHODS:
+    if ci_method not in (CI_METHODS if n_boot == 0 else STREAM_CI_METHODS):
         raise InvalidParameterError(PARAM_MESSAGE.format(
             name="ci_method", owner="evaluate_stream",
             expected="'studentized' or 'percentile'", got=ci_method))
-    if isinstance(n_boot, bool) or not isinstance(n_boot, int | np.integer) or n_boot < 1:
-        raise InvalidParameterError(PARAM_MESSAGE.format(
-            name="n_boot", owner="evaluate_stream",
-            expected="an int >= 1 (the Poisson bootstrap's replicates)", got=n_boot))
     seed = int_seed(random_state, "evaluate_stream")
     check_param(truncate, "truncate", "evaluate_stream",  # before the panel is read, as in memory
                 kind=(int, float, np.integer, np.floating), low=0.0, low_inclusive=False,
@@ -891,7 +941,8 @@ def evaluate_stream(
                 if thin is not None:
                     warnings.warn(thin, DataWarning, stacklevel=2)
             level_cols = plan_levels(src, policy, cfg, plan, sample_rows=behavior_sample_rows,
-                                     seed=seed, selection=sel)
+                                     seed=seed, selection=sel,
+                                     level_seeds=None if plan is None else _level_seeds(plan, seed))
             if "cell_choice" in out.q_model or level_cols:
                 out.q_model.setdefault("cell_choice", {})["target_reads"] = [
                     c.column for c in level_cols]
@@ -929,11 +980,11 @@ def evaluate_stream(
                                    n_boot=n_boot, seed=seed, truncate=truncate, groups=plan)
             total, n = src.map_reduce(fn, progress)
             sq = g_squares = None
-            if ci_method == "studentized":  # the standard-error pass
+            if ci_method == "studentized" or n_boot == 0:  # the standard-error (jackknife) pass
                 level_coefs = None if total.groups is None else group_coefs(total.groups, seed)
                 both, _ = src.map_reduce(functools.partial(
                     _is_squares, policy=policy, keys=keys, horizon=src.horizon,
-                    truncate=truncate, coefs=student_coefs(total.main, seed), groups=plan,
+                    truncate=truncate, coefs=pass_coefs(total.main, seed), groups=plan,
                     level_coefs=level_coefs))
                 sq, g_squares = both.main, both.groups
             main = total.main
@@ -981,6 +1032,15 @@ def evaluate_stream(
                               if not g.suppressed and g.weights is not None}, keys,
                      MIN_CELL if plan is None else plan.min_cell)
     return res
+
+
+def _level_seeds(plan: GroupPlan, seed: int) -> dict[str, dict[str, int]]:
+    """Each level's seed as the in-memory evaluation draws it (every level, suppressed too)."""
+    from equicare.ope._evaluate import level_seeds
+
+    flat = iter(level_seeds(seed, sum(len(c) for c in plan.counts)))
+    return {a: {lv: next(flat) for lv in counts}
+            for a, counts in zip(plan.attrs, plan.counts, strict=True)}
 
 
 class _SupportRider:

@@ -38,11 +38,13 @@ from equicare.ope._bootstrap import Shift
 from equicare.ope._core import OPEInputs
 from equicare.ope._ess import WeightSums
 from equicare.ope._stream_sums import (
+    JackknifeCoefs,
+    JackknifeSums,
     SquareSums,
     StreamSums,
     StudentCoefs,
     episode_sums,
-    student_coefs,
+    pass_coefs,
 )
 from equicare.privacy import suppressed_levels
 
@@ -220,13 +222,15 @@ class GroupSums:
 
 @dataclass
 class GroupSquares:
-    """Each level's summed squared influences (studentized intervals)."""
+    """Each level's summed squared influences (studentized intervals), or jackknife sums."""
 
-    sq: list[SquareSums | None]
+    sq: list[SquareSums | JackknifeSums | None]
 
     def __add__(self, o: GroupSquares) -> GroupSquares:
-        return GroupSquares(sq=[b if a is None else a if b is None else a + b
-                                for a, b in zip(self.sq, o.sq, strict=True)])
+        def add(a: Any, b: Any) -> Any:  # the same kind on both sides (one pass's sums)
+            return b if a is None else a if b is None else a + b
+
+        return GroupSquares(sq=[add(a, b) for a, b in zip(self.sq, o.sq, strict=True)])
 
 
 @dataclass
@@ -323,16 +327,23 @@ def group_chunk_sums(ds: TrajectoryDataset, mat: NDArray[np.float64],
     return GroupSums(sums=sums, other=other)
 
 
-def group_coefs(groups: GroupSums, seed: int) -> list[StudentCoefs | None]:
-    """Each level's :class:`StudentCoefs` from its summed statistics (after the estimates pass)."""
-    return [None if s is None else student_coefs(s, seed) for s in groups.sums]
+def group_coefs(groups: GroupSums, seed: int) -> list[StudentCoefs | JackknifeCoefs | None]:
+    """Each level's :class:`StudentCoefs` from its summed statistics (after the estimates pass).
+
+    Without replicates (``n_boot == 0``) its :class:`JackknifeCoefs`.
+    """
+    return [None if s is None else pass_coefs(s, seed) for s in groups.sums]
 
 
 def group_chunk_squares(ds: TrajectoryDataset, mat: NDArray[np.float64], plan: GroupPlan,
-                        coefs: list[StudentCoefs | None],
+                        coefs: list[StudentCoefs | JackknifeCoefs | None],
                         eff: NDArray[np.float64] | None = None) -> GroupSquares:
-    """One chunk's summed squared influences of every level (its own episodes)."""
-    sq: list[SquareSums | None] = [None] * plan.n_columns
+    """One chunk's summed squared influences of every level (its own episodes).
+
+    With :class:`JackknifeCoefs` (``n_boot == 0``) the summed deviations of each level's
+    leave-one-episode-out estimates instead.
+    """
+    sq: list[SquareSums | JackknifeSums | None] = [None] * plan.n_columns
     ids = np.asarray(ds.episode_ids)
     w = None  # every level's coefficients share the seed and replicates: one draw per chunk
     for c, own in _levels(plan, plan.codes(ds)):

@@ -181,7 +181,8 @@ class LevelStreamPolicy:
 
 
 def plan_levels(source: Any, policy: Any, cfg: FQEConfig, groups: GroupPlan | None, *,
-                sample_rows: int, seed: int, selection: Any = None) -> list[LevelColumn]:
+                sample_rows: int, seed: int, selection: Any = None,
+                level_seeds: dict[str, dict[str, int]] | None = None) -> list[LevelColumn]:
     """The subgroup columns whose levels need their own Q-model, decided on a sample.
 
     Only a stationary table whose cells drop a categorical column that is also a published
@@ -189,7 +190,10 @@ def plan_levels(source: Any, policy: Any, cfg: FQEConfig, groups: GroupPlan | No
     episodes of :func:`~equicare.ope._stream_behavior.sample_episodes` (same ``seed``, the one
     the cells were chosen on), :func:`~equicare.data._cells.policy_reads` decides whether the
     target reads it, as in memory. With ``auto`` (``selection``), each level's FQE bias is
-    :func:`~equicare.ope._evaluate.level_fqe_bias` on the sample.
+    :func:`~equicare.ope._evaluate.level_fqe_bias` on the sample, its folds drawn from the
+    level's seed in ``level_seeds`` (attribute, level; default ``seed``): the in-memory
+    evaluation's (:func:`~equicare.ope._evaluate.level_seeds`), so a sample that is the whole
+    panel gives the in-memory bias.
 
     Returns
     -------
@@ -231,7 +235,8 @@ def plan_levels(source: Any, policy: Any, cfg: FQEConfig, groups: GroupPlan | No
                     continue
                 lp = level_target_probs(data, probs, c, cfg.cells, ep, lv,
                                         policy=policy if capable else None)
-                b = level_fqe_bias(selection, data, lp.probs, ep, seed)
+                b = level_fqe_bias(selection, data, lp.probs, ep,
+                                   (level_seeds or {}).get(c, {}).get(lv, seed))
                 if b is not None:
                     bias[lv] = b
         out.append(LevelColumn(column=c, kept=tuple(cfg.cells),

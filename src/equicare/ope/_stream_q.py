@@ -67,7 +67,6 @@ from equicare.ope._lstd import (
     lstd_sums,
     solve_lstd_sums,
 )
-from equicare.ope._resample import episode_keys, poisson_weights
 from equicare.ope._stream_groups import (
     GroupPlan,
     GroupSums,
@@ -78,12 +77,15 @@ from equicare.ope._stream_groups import (
     membership_matrix,
 )
 from equicare.ope._stream_sums import (
+    JackknifeCoefs,
+    JackknifeSums,
     SquareSums,
     StreamSums,
     StudentCoefs,
     _target_probs,
     episode_sums,
-    student_coefs,
+    pass_coefs,
+    replicate_weights,
 )
 from equicare.utils import ROW_BLOCK_ELEMENTS, row_blocks
 
@@ -757,7 +759,7 @@ def _pass2_chunk(dataset: TrajectoryDataset, *, policy: Any, design: _Design, fi
                  n_boot: int, seed: int, groups: GroupPlan | None = None) -> _Pass2:
     inputs, parts, mat, bounded, eff = _pass2_matrix(dataset, policy=policy, design=design,
                                                      fit=fit)
-    w = poisson_weights(episode_keys(dataset.episode_ids), n_boot, seed)
+    w = replicate_weights(dataset.episode_ids, n_boot, seed)
     tw = inputs.trajectory_weights()  # the ESS of the weights and of the truncated ones
     tt = None if design.truncate is None else inputs.trajectory_weights(design.truncate)
     layout = (parts.keys, parts.slices, parts.horizon)
@@ -771,13 +773,16 @@ def _pass2_chunk(dataset: TrajectoryDataset, *, policy: Any, design: _Design, fi
 
 
 def _pass3_chunk(dataset: TrajectoryDataset, *, policy: Any, design: _Design, fit: _Fit,
-                 coefs: StudentCoefs, groups: GroupPlan | None = None,
-                 level_coefs: list[StudentCoefs | None] | None = None) -> WithGroups:
-    """Pass 3 (studentized intervals): the chunk's summed squared influences.
+                 coefs: StudentCoefs | JackknifeCoefs, groups: GroupPlan | None = None,
+                 level_coefs: list[StudentCoefs | JackknifeCoefs | None] | None = None
+                 ) -> WithGroups:
+    """Pass 3 (studentized or jackknife intervals): the chunk's summed squared influences.
 
     The chunk's parts are rebuilt as in pass 2 (same ``theta``, same refit directions) and
     :meth:`~equicare.ope._stream_sums.StudentCoefs.squares` adds the linearised refit and sums
     ``w_be IF_be^2`` over the chunk's episodes; with ``groups``, each level's over its own.
+    Without replicates (``n_boot == 0``) :meth:`~equicare.ope._stream_sums.JackknifeCoefs.
+    squares` sums the deviations of the leave-one-episode-out estimates instead.
     """
     _, _, mat, _, eff = _pass2_matrix(dataset, policy=policy, design=design, fit=fit)
     g = (None if groups is None or level_coefs is None
@@ -944,8 +949,9 @@ class StreamQOutput:
     n_chunks : int
     q_model : dict
         Name, solver and how the refit enters the bootstrap.
-    squares : SquareSums or None
-        The summed squared influences (studentized intervals).
+    squares : SquareSums, JackknifeSums or None
+        The summed squared influences (studentized intervals), or the jackknife's sums
+        (``n_boot == 0``).
     groups : GroupSums or None
         Each subgroup level's sums, with the other episodes' share of its refit.
     group_squares : GroupSquares or None
@@ -957,7 +963,7 @@ class StreamQOutput:
     sums: StreamSums
     n_chunks: int
     q_model: dict[str, Any]
-    squares: SquareSums | None = None
+    squares: SquareSums | JackknifeSums | None = None
     groups: GroupSums | None = None
     group_squares: Any = None
     cells: CellCounts | None = None
@@ -971,9 +977,11 @@ def evaluate_stream_q(source: Any, policy: Any, *, keys: tuple[str, ...], cfg: F
     """Streamed evaluation with FQE, DR and WDR (three map-reduce passes over ``source``).
 
     With ``studentized`` a fourth pass (:func:`_pass3_chunk`) sums the squared influences that
-    the replicates' standard errors need. With ``groups`` pass 1 also sums each level's gradient
-    pieces for its refit directions (:func:`group_refit_directions`), and the estimates and
-    squares passes add every level's statistics (:mod:`equicare.ope._stream_groups`).
+    the replicates' standard errors need; with ``n_boot == 0`` (no replicates) it sums the
+    deviations of the leave-one-episode-out estimates (the jackknife standard errors). With
+    ``groups`` pass 1 also sums each level's gradient pieces for its refit directions
+    (:func:`group_refit_directions`), and the estimates and squares passes add every level's
+    statistics (:mod:`equicare.ope._stream_groups`).
 
     Parameters
     ----------
@@ -988,7 +996,8 @@ def evaluate_stream_q(source: Any, policy: Any, *, keys: tuple[str, ...], cfg: F
     progress : callable, optional
         Called with the number of chunks done in the estimates pass.
     studentized : bool
-        Run the standard-error pass of the studentized intervals.
+        Run the standard-error pass of the studentized intervals (with ``n_boot == 0`` the
+        jackknife pass runs in its place whatever this says).
     groups : GroupPlan, optional
         Subgroup levels to estimate within.
 
@@ -1021,19 +1030,21 @@ def evaluate_stream_q(source: Any, policy: Any, *, keys: tuple[str, ...], cfg: F
                                                     design=qfit.design, fit=fit,
                                                     n_boot=n_boot, seed=seed, groups=groups),
                                   progress)
-    squares = g_squares = None
-    if studentized:
+    squares: SquareSums | JackknifeSums | None = None
+    g_squares = None
+    second = studentized or n_boot == 0  # n_boot == 0: the jackknife pass
+    if second:
         level_coefs = None if p2.groups is None else group_coefs(p2.groups, seed)
         both, _ = source.map_reduce(functools.partial(
             _by_blocks, _pass3_chunk, policy=policy, design=qfit.design, fit=fit,
-            coefs=student_coefs(p2.sums, seed), groups=groups, level_coefs=level_coefs))
+            coefs=pass_coefs(p2.sums, seed), groups=groups, level_coefs=level_coefs))
         squares, g_squares = both.main, both.groups
     name = ("linear" if cfg.model == "linear" else "tabular_stationary" if cfg.cells is None
             else f"tabular_stationary[{','.join(cfg.cells)}]")
     q_info = {"chosen": name, **info,
               "bootstrap": ("Q-model refit linearised in every replicate" if fit.z is not None
                             else "Q-model fitted once on all episodes"),
-              "passes": 4 if studentized else 3}
+              "passes": 4 if second else 3}
     return StreamQOutput(sums=p2.sums, n_chunks=n, q_model=q_info, squares=squares,
                          groups=p2.groups, group_squares=g_squares, cells=qfit.cells)
 

@@ -13,17 +13,19 @@ from equicare.data import TrajectoryDataset
 from equicare.exceptions import InvalidParameterError, PolicyError
 from equicare.ope._bootstrap import (
     influence_coefs,
+    jackknife_se,
     ratio_columns,
     ratio_terms,
     squared_influence,
 )
+from equicare.ope._core import EpisodeParts, combine
 from equicare.ope._ess import WeightSums
 from equicare.ope._resample import episode_keys, poisson_weights
 from equicare.utils import PARAM_MESSAGE
 
-__all__ = ["StreamSums", "SquareSums", "StudentCoefs", "corrected_sums", "episode_sums",
-           "chunk_policy_error",
-           "student_coefs"]
+__all__ = ["StreamSums", "SquareSums", "StudentCoefs", "JackknifeSums", "JackknifeCoefs",
+           "corrected_sums", "episode_sums", "chunk_policy_error", "student_coefs",
+           "jackknife_coefs", "pass_coefs", "replicate_weights"]
 
 
 @dataclass
@@ -250,9 +252,7 @@ class StudentCoefs:
         weights : ndarray of shape (n_boot, n_chunk_episodes), optional
             Their Poisson weights (:meth:`weights`), when already drawn.
         """
-        parts = mat[:, :self.n_parts].copy()
-        for col, factor, raw, r_total in self.corrections:
-            parts[:, col] += factor * (self.n_episodes * mat[:, raw] - r_total)
+        parts = _corrected_parts(mat, self.n_parts, self.corrections, self.n_episodes)
         w = np.vstack([np.ones((1, parts.shape[0])),
                        self.weights(episode_ids) if weights is None else weights])
         sq = np.empty((len(self.keys), self.n_boot + 1))
@@ -305,3 +305,144 @@ def chunk_policy_error(exc: PolicyError, where: str = "in the first chunk that h
     said, n = _NO_PROBS.subn(lambda m: f"at least {m.group(1)} dataset rows ({where}) have no "
                              "probabilities", msg, count=1)
     return exc if n == 0 else PolicyError(said)
+
+
+def replicate_weights(episode_ids: Any, n_boot: int, seed: int) -> NDArray[np.float64]:
+    """The episodes' Poisson bootstrap weights, ``(n_boot, n_episodes)``; none for ``n_boot=0``.
+
+    Without replicates (``n_boot == 0``: jackknife intervals) the array is empty, and the sums
+    built from it (``StreamSums.boot``, the levels' other-episodes refit sums) have no rows.
+    """
+    ids = np.asarray(episode_ids)
+    if n_boot == 0:
+        return np.zeros((0, ids.shape[0]))
+    return poisson_weights(episode_keys(ids), n_boot, seed)
+
+
+def _corrected_parts(mat: NDArray[np.float64], n_parts: int,
+                     corrections: list[tuple[int, float, int, float]], n_episodes: int
+                     ) -> NDArray[np.float64]:
+    """A chunk's parts with the linearised Q-model refit added (:func:`corrected_sums`)."""
+    parts = mat[:, :n_parts].copy()
+    for col, factor, raw, r_total in corrections:
+        parts[:, col] += factor * (n_episodes * mat[:, raw] - r_total)
+    return parts
+
+
+@dataclass
+class JackknifeSums:
+    """Summed deviations of the leave-one-episode-out estimates (``n_boot == 0``).
+
+    With ``c_k`` the point estimate of estimator ``k`` and ``theta_(e)`` its estimate without
+    episode ``e``, ``dev[k] = sum_e (theta_(e) - c_k)`` and ``dev2[k] = sum_e (theta_(e) -
+    c_k)^2``; the last entry holds the same of the episodes' returns about their mean (the
+    behaviour value). Centring on the point estimate keeps ``dev2 - dev^2 / n`` (the jackknife's
+    sum of squares) free of cancellation.
+
+    Attributes
+    ----------
+    dev, dev2 : ndarray of shape (n_keys + 1,)
+    """
+
+    dev: NDArray[np.float64]
+    dev2: NDArray[np.float64]
+
+    def __add__(self, other: JackknifeSums) -> JackknifeSums:
+        return JackknifeSums(dev=self.dev + other.dev, dev2=self.dev2 + other.dev2)
+
+    def ss(self, n: int) -> NDArray[np.float64]:
+        """``sum_e (x_e - mean x)^2`` of every entry, over ``n`` episodes."""
+        return np.asarray(np.maximum(self.dev2 - self.dev ** 2 / max(n, 1), 0.0))
+
+    def se(self, n: int) -> NDArray[np.float64]:
+        """The estimators' jackknife standard errors, then the behaviour value's.
+
+        As in memory: ``sqrt((n - 1) / n * ss)`` of the leave-one-out estimates
+        (:func:`~equicare.ope._bootstrap.jackknife_se`) and ``std(returns, ddof=1) / sqrt(n)``;
+        0 for a single episode.
+        """
+        ss = self.ss(n)
+        out = np.array([jackknife_se(float(x), n) for x in ss])
+        out[-1] = float(np.sqrt(ss[-1] / (n - 1) / n)) if n > 1 else 0.0
+        return out
+
+
+@dataclass(frozen=True, eq=False)
+class JackknifeCoefs:
+    """What the jackknife pass needs from the whole panel (``n_boot == 0``).
+
+    A leave-one-episode-out estimate is the estimator's combination of ``total - parts_e``
+    (:func:`~equicare.ope._core.jackknife_estimates`), so once the estimates pass has summed
+    every chunk, one more pass forms each chunk's leave-one-out estimates and sums their
+    deviations (:class:`JackknifeSums`): the driver never holds a per-episode array of the
+    panel. The same protocol as :class:`StudentCoefs` (the squares pass runs either).
+
+    Attributes
+    ----------
+    keys : tuple of str
+    layout : EpisodeParts
+        The parts' layout (empty matrix).
+    total : ndarray of shape (n_parts,)
+        The parts' sums over the whole panel (or level).
+    centre : ndarray of shape (n_keys + 1,)
+        The point estimates, then the mean return.
+    n_parts : int
+    corrections : list of (int, float, int, float)
+        The linearised Q-model refit (:func:`corrected_sums`).
+    n_episodes : int
+    """
+
+    keys: tuple[str, ...]
+    layout: EpisodeParts
+    total: NDArray[np.float64]
+    centre: NDArray[np.float64]
+    n_parts: int
+    corrections: list[tuple[int, float, int, float]]
+    n_episodes: int
+
+    def weights(self, episode_ids: Any) -> NDArray[np.float64]:
+        """No replicates: shape ``(0, n_episodes)``."""
+        return np.zeros((0, np.asarray(episode_ids).shape[0]))
+
+    def squares(self, mat: NDArray[np.float64], episode_ids: Any,
+                weights: NDArray[np.float64] | None = None) -> JackknifeSums:
+        """The summed deviations of a chunk's leave-one-episode-out estimates.
+
+        Parameters
+        ----------
+        mat : ndarray of shape (n_chunk_episodes, n_columns)
+            The chunk's parts as the estimates pass built them (parts, return, raw influences).
+        episode_ids, weights
+            Unused (the protocol of :meth:`StudentCoefs.squares`).
+        """
+        parts = _corrected_parts(mat, self.n_parts, self.corrections, self.n_episodes)
+        m = parts.shape[0]
+        loo = combine(self.layout, self.total[None, :] - parts,
+                      np.full(m, self.n_episodes - 1.0))
+        dev = np.empty((len(self.keys) + 1, m))
+        for i, k in enumerate(self.keys):
+            dev[i] = loo[k] - self.centre[i]
+        dev[-1] = mat[:, self.n_parts] - self.centre[-1]
+        return JackknifeSums(dev=dev.sum(axis=1), dev2=(dev * dev).sum(axis=1))
+
+
+def jackknife_coefs(sums: StreamSums) -> JackknifeCoefs:
+    """The :class:`JackknifeCoefs` of summed statistics (after the estimates pass)."""
+    keys, slices, horizon = sums.parts_layout
+    n_parts = _n_parts(sums)
+    total = np.asarray(sums.total[:n_parts], dtype=np.float64)
+    layout = EpisodeParts(matrix=np.zeros((0, n_parts)), slices=slices, keys=keys,
+                          horizon=horizon)
+    n = float(sums.n_episodes)
+    point = combine(layout, total, np.asarray(n))
+    centre = np.array([float(point[k]) for k in keys] + [float(sums.total[n_parts]) / n])
+    return JackknifeCoefs(keys=tuple(keys), layout=layout, total=total, centre=centre,
+                          n_parts=n_parts, corrections=_corrections(sums),
+                          n_episodes=sums.n_episodes)
+
+
+def pass_coefs(sums: StreamSums, seed: int) -> StudentCoefs | JackknifeCoefs:
+    """The second pass's coefficients: studentized replicates, or the jackknife without any."""
+    if sums.boot_n.size == 0:
+        return jackknife_coefs(sums)
+    return student_coefs(sums, seed)
