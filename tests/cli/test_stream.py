@@ -121,7 +121,14 @@ def test_evaluate_streams_shards_and_refuses_q_model_estimators(parts):
     res = runner.invoke(app, base + ["--chunk-rows", "120", "--out", str(d / "stream.json")])
     assert res.exit_code == 0, res.output
     s = json.loads(res.stdout)
-    assert json.loads((d / "stream.json").read_text()) == s
+    written = (d / "stream.json").read_text()
+    saved = json.loads(written)  # as in memory: the inputs named, strict JSON, one last newline
+    assert saved.pop("inputs") == {"data": info["panel"], "manifest": man,
+                                   "policy": str(d / "bc")}
+    assert saved == s and written.endswith("}\n")
+    again = runner.invoke(app, base + ["--chunk-rows", "120", "--out", str(d / "stream.json")])
+    assert again.exit_code == 2 and "--force" in again.output
+    assert (d / "stream.json").read_text() == written
     sharded = runner.invoke(app, base + ["--chunk-rows", "120", "--executor", "local",
                                          "--jobs", "1"])
     assert sharded.exit_code == 0, sharded.output

@@ -66,6 +66,20 @@ def q_model_spec(q_model: str, q_cells: str | None) -> Any:
                                 f"--q-model {q_model}.")
 
 
+def write_result_json(out: Path, result: dict[str, Any], data: Path, manifest: Path,
+                      policy: Path) -> None:
+    """The result JSON (Contract 3), in memory and streamed alike, written atomically.
+
+    The inputs are named; a value that cannot be computed is ``null`` (NaN is not JSON).
+    """
+    from equicare.cli._utils import json_safe
+    from equicare.utils import atomic_write_text
+
+    payload = {**result, "inputs": {"data": str(data), "manifest": str(manifest),
+                                    "policy": str(policy)}}
+    atomic_write_text(out, json.dumps(json_safe(payload), indent=2, allow_nan=False) + "\n")
+
+
 def check_truncate(truncate: float | None) -> None:
     """``--truncate``: a number > 0 (or not given), in memory and streamed alike."""
     if truncate is not None and not truncate > 0:
@@ -169,7 +183,6 @@ def run_evaluate(
     from equicare.data import load_dataset
     from equicare.exceptions import DataValidationError, DataWarning
     from equicare.ope._evaluate import evaluate, parse_estimators
-    from equicare.utils import atomic_write_text
 
     if out is not None and out.exists() and not force:
         raise FileExistsError(OUT_EXISTS.format(path=out))
@@ -199,13 +212,8 @@ def run_evaluate(
         res = evaluate(ds, pol, estimators=keys, q_model=q_spec, behavior_model=behavior_model,
                        bootstrap=bootstrap, ci_method=ci,  # type: ignore[arg-type]
                        truncate=truncate, random_state=seed, progress=progress)
-    payload = res.to_dict()
-    payload["inputs"] = {"data": str(data), "manifest": str(manifest), "policy": str(policy)}
     if out is not None:
-        from equicare.cli._utils import json_safe
-
-        # the contract's "a value that cannot be computed is null" (NaN is not JSON)
-        atomic_write_text(out, json.dumps(json_safe(payload), indent=2, allow_nan=False) + "\n")
+        write_result_json(out, res.to_dict(), data, manifest, policy)
     msgs = list(dict.fromkeys(str(w.message) for w in caught
                               if not issubclass(w.category, DeprecationWarning)))
     if res.settings.get("propensity_source") == "logged":  # IS weights rest on that column
@@ -295,8 +303,9 @@ def run_evaluate_stream(data: Path, *, manifest: Path, policy: Path, estimators:
     from equicare.ope._evaluate import parse_estimators
     from equicare.ope._stream import STREAM_KEYS
     from equicare.ope._stream_q import STREAM_Q_MODELS
-    from equicare.utils import atomic_write_text
 
+    if out is not None and out.exists() and not force:  # before the work, as in memory
+        raise FileExistsError(OUT_EXISTS.format(path=out))
     check_truncate(truncate)
     q_streams = q_model in (*STREAM_Q_MODELS, "auto")
     if estimators.strip() == "all":
@@ -340,9 +349,7 @@ def run_evaluate_stream(data: Path, *, manifest: Path, policy: Path, estimators:
                               progress=lambda k: chunks.update(completed=k),
                               level_progress=level_done)
     if out is not None:
-        if out.exists() and not force:
-            raise FileExistsError(OUT_EXISTS.format(path=out))
-        atomic_write_text(out, json.dumps(res.to_dict(), indent=2))
+        write_result_json(out, res.to_dict(), data, manifest, policy)
     msgs = list(dict.fromkeys(str(w.message) for w in caught
                               if not issubclass(w.category, DeprecationWarning)))
     check = res.propensity_check
