@@ -51,3 +51,22 @@ def test_rules_on_the_previous_row_say_what_they_mean_at_a_first_row():
     assert by_leaf[6]["if"] == ("last t's action is not a0 and x1 last t <= 0.5 and "
                                 "last t's reward > 0.5")
     assert by_leaf[2]["if"] == "last t's action is a0"
+
+
+def test_numeric_thresholds_are_printed_exactly():
+    """A rule's text names the threshold the tree tests, not a 3-digit rounding of it: a
+    half-step such as 1.285 printed as "1.28" would send a row with x1 = 1.283 to the wrong
+    rule when the committee applies the text by hand."""
+    ds = tree_sim.generate(50, seed=1)
+    feats = [{"kind": "state", "name": "x1"}]
+    for t, text in ((1.285, "1.285"), (0.1085, "0.1085"), (-1.205, "-1.205"), (0.345, "0.345"),
+                    (123.45, "123.45")):
+        probs = np.vstack([np.full(ds.n_actions, 1 / ds.n_actions), np.eye(ds.n_actions)[:2]])
+        tree = TreePolicy(children_left=np.array([1, -1, -1]),
+                          children_right=np.array([2, -1, -1]), feature=np.array([0, -2, -2]),
+                          threshold=np.array([t, -2.0, -2.0]), probs=probs, features=feats,
+                          action_space=ds.action_space)
+        by_leaf = {r["leaf"]: r for r in tree_rules(tree)}
+        assert by_leaf[1]["if"] == f"x1 <= {text}"
+        assert by_leaf[2]["if"] == f"x1 > {text}"
+        assert float(text) == t

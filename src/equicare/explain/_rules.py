@@ -30,7 +30,13 @@ USUAL_TEXT = "otherwise: as current practice"
 
 
 def _num(x: float) -> str:
-    return f"{x:.3g}"
+    """A threshold as the tree tests it (up to 12 significant digits, trailing zeros dropped).
+
+    Thresholds are half-steps of a coarse grid (``0.345``, ``-1.205``,
+    :mod:`equicare.explain._features`), so this is short; a 3-digit rounding ("-1.21") would put
+    the rows between the printed and the real threshold on the wrong side of the text.
+    """
+    return f"{x:.12g}"
 
 
 def action_text(space: Any, flat: int) -> str:
