@@ -31,12 +31,18 @@ USUAL_TEXT = "otherwise: as current practice"
 
 
 def _num(x: float) -> str:
-    """A threshold as the tree tests it (up to 12 significant digits, trailing zeros dropped).
+    """A threshold as the tree tests it: a value recorded at the printed number goes as it says.
 
-    Thresholds are half-steps of a coarse grid (``0.345``, ``-1.205``,
-    :mod:`equicare.explain._features`), so this is short; a 3-digit rounding ("-1.21") would put
-    the rows between the printed and the real threshold on the wrong side of the text.
+    Thresholds are half-steps of a coarse grid (``0.345``, ``-1.205``), stored as
+    ``float32(0.425)`` where that is above the half-step
+    (:func:`equicare.explain._features.half_steps`): those print as the shortest decimal of their
+    float32 value ("0.425"), the others with up to 12 significant digits. A 3-digit rounding
+    ("-1.21" for -1.205) would put the rows between the printed and the real threshold on the
+    wrong side of the text.
     """
+    x32 = np.float32(x)
+    if np.isfinite(x32) and float(x32) == float(x):
+        return str(np.format_float_positional(x32, unique=True, trim="-"))
     return f"{x:.12g}"
 
 
