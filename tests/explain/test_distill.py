@@ -285,3 +285,20 @@ def test_a_value_recorded_at_the_printed_threshold_follows_the_rule_it_satisfies
     assert at_cut.sum() > 50
     np.testing.assert_array_equal(tree.predict(ds)[at_cut], 0)
     np.testing.assert_array_equal(tree.predict(ds), src.argmax(axis=1))
+
+
+def test_rules_model_folder_records_the_manifest_fingerprint(sim_data, tmp_path):
+    """Contract 2: every learner's model folder names the manifest it was trained on; the
+    distilled rules' folder had no manifest_fingerprint key."""
+    import json
+
+    from equicare.policy import load_policy, manifest_fingerprint
+
+    train, _ = sim_data
+    tree = distill(train, tree_sim.NoisyExpert(), max_depth=2, random_state=0)
+    expected = manifest_fingerprint(train.manifest)
+    assert expected is not None and tree.manifest_fingerprint == expected
+    tree.save(tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert cfg["manifest_fingerprint"] == expected
+    assert load_policy(tmp_path / "m").manifest_fingerprint == expected
