@@ -253,3 +253,52 @@ def test_a_data_frame_is_refused_with_how_to_build_a_dataset():
 
     with pytest.raises(InvalidParameterError, match=re.escape(_frame_message("distill"))):
         distill(pd.DataFrame({"x": [1]}), CallablePolicy(lambda x: x, n_actions=3))
+
+
+@pytest.mark.parametrize("cut", [0.425, 0.345])
+def test_a_value_recorded_at_the_printed_threshold_follows_the_rule_it_satisfies(cut):
+    """Values recorded to 3 decimals (a risk score of 0.425): the source takes a1 where
+    x1 > cut, the rule reads "x1 <= cut then a0", and a member recorded at exactly x1 = cut gets
+    a0 from the rules too. The panel holds float32 states and float32(0.425) > 0.425, so a
+    threshold stored as the float64 half-step 0.425 sent those members to "x1 > 0.425"."""
+    import pandas as pd
+
+    from equicare.data import from_frame
+
+    rng = np.random.default_rng(0)
+    n_ep, length = 120, 5
+    x1 = np.round(rng.uniform(0.2, 0.7, n_ep * length), 3)
+    x1[:: 7] = cut  # plenty of rows exactly at the cut
+    df = pd.DataFrame({"id": np.repeat(np.arange(n_ep), length),
+                       "t": np.tile(np.arange(length), n_ep), "x1": x1,
+                       "action": rng.integers(0, 2, n_ep * length), "r": 0.0})
+    manifest = {"dataset": {"episode": "id", "time": "t", "states": ["x1"]},
+                "actions": {"action": {"levels": ["a0", "a1"]}},
+                "reward": {"r": {"column": "r", "weight": 1.0}}}
+    ds = from_frame(df, manifest, emit_warnings=False)
+    src = np.eye(2)[(df["x1"].to_numpy() > cut).astype(int)]
+    cfg = DistillConfig(max_depth=1, weighting="uniform", min_samples_leaf=5)
+    tree = Distiller(cfg).fit(ds, source_probs=src, random_state=0).policy_
+    rules = {r["action"]: r for r in tree_rules(tree)}
+    assert rules[0]["if"] == f"x1 <= {cut}" and rules[1]["if"] == f"x1 > {cut}"
+    at_cut = df["x1"].to_numpy() == cut
+    assert at_cut.sum() > 50
+    np.testing.assert_array_equal(tree.predict(ds)[at_cut], 0)
+    np.testing.assert_array_equal(tree.predict(ds), src.argmax(axis=1))
+
+
+def test_rules_model_folder_records_the_manifest_fingerprint(sim_data, tmp_path):
+    """Contract 2: every learner's model folder names the manifest it was trained on; the
+    distilled rules' folder had no manifest_fingerprint key."""
+    import json
+
+    from equicare.policy import load_policy, manifest_fingerprint
+
+    train, _ = sim_data
+    tree = distill(train, tree_sim.NoisyExpert(), max_depth=2, random_state=0)
+    expected = manifest_fingerprint(train.manifest)
+    assert expected is not None and tree.manifest_fingerprint == expected
+    tree.save(tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert cfg["manifest_fingerprint"] == expected
+    assert load_policy(tmp_path / "m").manifest_fingerprint == expected

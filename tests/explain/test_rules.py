@@ -51,3 +51,63 @@ def test_rules_on_the_previous_row_say_what_they_mean_at_a_first_row():
     assert by_leaf[6]["if"] == ("last t's action is not a0 and x1 last t <= 0.5 and "
                                 "last t's reward > 0.5")
     assert by_leaf[2]["if"] == "last t's action is a0"
+
+
+def test_numeric_thresholds_are_printed_exactly():
+    """A rule's text names the threshold the tree tests, not a 3-digit rounding of it: a
+    half-step such as 1.285 printed as "1.28" would send a row with x1 = 1.283 to the wrong
+    rule when the committee applies the text by hand."""
+    ds = tree_sim.generate(50, seed=1)
+    feats = [{"kind": "state", "name": "x1"}]
+    for t, text in ((1.285, "1.285"), (0.1085, "0.1085"), (-1.205, "-1.205"), (0.345, "0.345"),
+                    (123.45, "123.45")):
+        probs = np.vstack([np.full(ds.n_actions, 1 / ds.n_actions), np.eye(ds.n_actions)[:2]])
+        tree = TreePolicy(children_left=np.array([1, -1, -1]),
+                          children_right=np.array([2, -1, -1]), feature=np.array([0, -2, -2]),
+                          threshold=np.array([t, -2.0, -2.0]), probs=probs, features=feats,
+                          action_space=ds.action_space)
+        by_leaf = {r["leaf"]: r for r in tree_rules(tree)}
+        assert by_leaf[1]["if"] == f"x1 <= {text}"
+        assert by_leaf[2]["if"] == f"x1 > {text}"
+        assert float(text) == t
+
+
+def test_excluded_levels_read_unambiguously():
+    """A path that excludes two or three levels must not read "state is not s1 or s2" (which a
+    reader takes as "(not s1) or s2"): "is neither s1 nor s2", "is none of s1, s2, s3"."""
+    import pandas as pd
+
+    from equicare.data import from_frame
+
+    levels = [f"s{i}" for i in range(5)]
+    df = pd.DataFrame({"id": np.repeat(np.arange(20), 5), "t": np.tile(np.arange(5), 20),
+                       "state": np.tile(levels, 20), "action": 0, "r": 0.0})
+    manifest = {"dataset": {"episode": "id", "time": "t", "categorical_states": ["state"]},
+                "actions": {"action": {"levels": ["a0", "a1"]}},
+                "reward": {"r": {"column": "r", "weight": 1.0}}}
+    ds = from_frame(df, manifest, emit_warnings=False)
+    feats = [{"kind": "categorical", "name": "state", "level": lv} for lv in levels]
+    # 0: s0? -> 2 ; 1: s1? -> 4 ; 3: s2? -> 6 ; 5 (none of s0, s1, s2) ; leaves 2, 4, 5, 6
+    left = np.array([1, 3, -1, 5, -1, -1, -1])
+    right = np.array([2, 4, -1, 6, -1, -1, -1])
+    feature = np.array([0, 1, -2, 2, -2, -2, -2])
+    threshold = np.array([0.5, 0.5, -2, 0.5, -2, -2, -2], dtype=float)
+    probs = np.tile(np.eye(2)[[0]], (7, 1))
+    probs[[4, 6]] = np.eye(2)[1]
+    tree = TreePolicy(children_left=left, children_right=right, feature=feature,
+                      threshold=threshold, probs=probs, features=feats,
+                      action_space=ds.action_space)
+    by_leaf = {r["leaf"]: r for r in tree_rules(tree)}
+    assert by_leaf[2]["if"] == "state is s0"
+    assert by_leaf[4]["if"] == "state is s1"
+    assert by_leaf[6]["if"] == "state is s2"
+    assert by_leaf[5]["if"] == "state is none of s0, s1, s2"
+    assert by_leaf[5]["conditions"][0]["op"] == "is not"
+    assert by_leaf[5]["conditions"][0]["levels"] == ["s0", "s1", "s2"]
+    left2, right2 = np.array([1, 3, -1, -1, -1]), np.array([2, 4, -1, -1, -1])
+    two = TreePolicy(children_left=left2, children_right=right2,
+                     feature=np.array([0, 1, -2, -2, -2]),
+                     threshold=np.array([0.5, 0.5, -2, -2, -2], dtype=float), probs=probs[:5],
+                     features=feats, action_space=ds.action_space)
+    by_leaf = {r["leaf"]: r for r in tree_rules(two)}
+    assert by_leaf[3]["if"] == "state is neither s0 nor s1"

@@ -205,3 +205,22 @@ def test_a_rule_of_few_held_out_episodes_reads_n_a(card):
     rules_table = html.split("Rules in plain language")[1].split("</table>")[0]
     assert re.search(rf"<td>{re.escape(r['then'])}</td>.*?<td>n/a</td>", rules_table, re.S)
     assert f"rule {r['rule']}: n/a, fewer than 11 held-out episodes" in html
+
+
+def test_page_says_what_p_is(card, exc_card):
+    """p is the rules' own probability, fitted on rows weighted by what the choice is worth
+    (exception rules: only the rows where the source departs from practice). On a Garnet card
+    AWR's rule "if severity <= -2.365 and state is not s009 then action=15 (p=1.00)" had a
+    held-out agreement of 0.10 (the source chose 15 on 11% of its fitting rows): the page must
+    not call p "the share of those rows where the source policy made that choice"."""
+    import html as html_mod
+
+    from equicare.report._card import P_MEANING_EXCEPTIONS, P_MEANING_IMITATE
+
+    imitate = card.to_dict()
+    imitate["data"] = {**imitate["data"], "mode": "imitate"}
+    for d, meaning in ((card.to_dict(), P_MEANING_EXCEPTIONS),
+                       (exc_card.to_dict(), P_MEANING_EXCEPTIONS), (imitate, P_MEANING_IMITATE)):
+        page = html_mod.unescape(build_card_report(d).render())
+        assert "where the source policy made that choice" not in page
+        assert meaning in page

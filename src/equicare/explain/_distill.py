@@ -74,6 +74,7 @@ from equicare.explain._prune import compact_arrays, node_sums, prune_small_leave
 from equicare.explain._usual import fit_usual_care
 from equicare.ope._prepare import check_q_model
 from equicare.policy._base import check_probs, sample_actions
+from equicare.policy._learned import manifest_fingerprint
 from equicare.policy._tree import TreePolicy, tree_features
 from equicare.utils import (
     MIN_CELL,
@@ -448,7 +449,8 @@ class Distiller:
             **arrays, features=tuple(feats), action_space=dataset.action_space,
             source="distilled rules", info={"distill": cfg.to_dict()},
             usual=usual if cfg.mode == "exceptions" else None,
-            usual_policy=usual_pol if has_usual else None)
+            usual_policy=usual_pol if has_usual else None,
+            manifest_fingerprint=manifest_fingerprint(getattr(dataset, "manifest", None)))
         self.tree_ = tree
         self.features_ = feats
         self.weights_ = w

@@ -11,8 +11,8 @@ an IQR of 0.3 is cut at multiples of 0.01. Every threshold then lies between two
 is moved to a half-step ``(k + 1/2) * step`` between them (:func:`grid_thresholds`), a number no
 patient's value determines beyond its rounding, which reads as the rule's text does ("risk <=
 0.345"). A raw value compares to a half-step as its rounded value does (values halfway round
-down), so the fitted tree routes raw rows as it routed the snapped ones: only its fit sees the
-coarser values.
+down, also in the float32 the panel stores them in: :func:`half_steps`), so the fitted tree
+routes raw rows as it routed the snapped ones: only its fit sees the coarser values.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from numpy.typing import NDArray
 from equicare.data import TrajectoryDataset
 from equicare.privacy import round_significant, tail_quantile
 
-__all__ = ["feature_records", "grid_steps", "snap_to_grid", "grid_thresholds", "GRID_KINDS"]
+__all__ = ["feature_records", "grid_steps", "snap_to_grid", "grid_thresholds", "half_steps",
+           "GRID_KINDS"]
 
 #: Feature kinds snapped to a grid before a fit (the others are 0/1 indicators or counts,
 #: whose thresholds are already half-integers).
@@ -126,9 +127,31 @@ def grid_steps(x: NDArray[np.float64] | sp.spmatrix, features: Sequence[Mapping[
     return steps
 
 
-def _snap(v: NDArray[np.float64], step: float) -> NDArray[np.float64]:
-    """Nearest grid value, halves rounded down (so ``v <= (k + 1/2) step`` iff its value is)."""
-    return np.asarray(np.ceil(v / step - 0.5) * step, dtype=np.float64)
+def half_steps(h: Any) -> NDArray[np.float64]:
+    """The stored thresholds of the half-steps ``h`` of a grid: what a row must not exceed.
+
+    Rows are compared in float32 (the panel's states are float32, and so is the tree's routing,
+    :meth:`equicare.policy.TreePolicy.apply_features`), so a value recorded as the half-step
+    itself is ``float32(h)``, which is above ``h`` for about half of them (float32(0.425) =
+    0.42500001). The threshold is therefore the larger of ``h`` (12 significant digits) and
+    ``float32(h)``: a value recorded at exactly ``h`` goes to ``<= h``, as the rule's text says.
+    """
+    t = round_significant(h, 12)
+    return np.asarray(np.maximum(t, t.astype(np.float32).astype(np.float64)), dtype=np.float64)
+
+
+def _snap(v: NDArray[np.float64], step: Any) -> NDArray[np.float64]:
+    """Nearest grid value, halves rounded down as the stored thresholds route them.
+
+    ``v`` goes to ``k * step`` exactly when ``float32(v)`` is above the threshold of the
+    half-step below (:func:`half_steps`) and not above the one above it, so the rows the fit
+    puts on a grid value are those a threshold between grid values routes the same way.
+    """
+    v32 = np.asarray(v, dtype=np.float32).astype(np.float64)
+    k = np.ceil(v / step - 0.5)
+    k = np.where(v32 <= half_steps((k - 0.5) * step), k - 1.0, k)
+    k = np.where(v32 > half_steps((k + 0.5) * step), k + 1.0, k)
+    return np.asarray(k * step, dtype=np.float64)
 
 
 def snap_to_grid(x: NDArray[np.float64] | sp.spmatrix, steps: NDArray[np.float64]
@@ -142,7 +165,7 @@ def snap_to_grid(x: NDArray[np.float64] | sp.spmatrix, steps: NDArray[np.float64
             out.data[a:b] = _snap(out.data[a:b], float(steps[j]))
         return out
     dense = np.array(x, dtype=np.float64, copy=True)
-    dense[:, cols] = _snap(dense[:, cols], steps[cols][None, :])  # type: ignore[arg-type]
+    dense[:, cols] = _snap(dense[:, cols], steps[cols][None, :])
     return dense
 
 
@@ -154,7 +177,8 @@ def grid_thresholds(feature: NDArray[np.int64], threshold: NDArray[np.float64],
     A split of a gridded feature lies between two grid values ``k * step < j * step`` (the
     midpoint scikit-learn chose, in float32); it becomes ``(k + 1/2) * step`` when ``j = k + 1``
     and ``((k + j) / 2 - 1/2) * step`` otherwise, a half-step strictly between them, so the
-    fitting rows follow the same branches. Other thresholds are kept.
+    fitting rows follow the same branches (stored as :func:`half_steps` does, so that a value
+    recorded at the half-step itself goes left). Other thresholds are kept.
 
     Parameters
     ----------
@@ -174,5 +198,5 @@ def grid_thresholds(feature: NDArray[np.int64], threshold: NDArray[np.float64],
     if on.any():
         s = step[on]
         twice = np.round(2.0 * out[on] / s)  # k + j
-        out[on] = round_significant((np.floor((twice - 1.0) / 2.0) + 0.5) * s, 12)
+        out[on] = half_steps((np.floor((twice - 1.0) / 2.0) + 0.5) * s)
     return out

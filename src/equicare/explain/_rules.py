@@ -1,8 +1,9 @@
 """Rules in plain language from a :class:`~equicare.policy.TreePolicy`.
 
 Every leaf is one rule: the conditions on its root-to-leaf path, merged per column (the tightest
-bounds of a numeric column; "is" / "is not" for the levels of a categorical column or of the
-previous action), and the leaf's most likely action with its probability, e.g.::
+bounds of a numeric column; "is", "is not", "is neither ... nor ..." or "is none of ..." for
+the levels of a categorical column or of the previous action), and the leaf's most likely action
+with its probability, e.g.::
 
     if risk > 0.62 and engagement <= 0.1 then modality=home_visit, provider=chw (p=0.81)
 
@@ -30,7 +31,19 @@ USUAL_TEXT = "otherwise: as current practice"
 
 
 def _num(x: float) -> str:
-    return f"{x:.3g}"
+    """A threshold as the tree tests it: a value recorded at the printed number goes as it says.
+
+    Thresholds are half-steps of a coarse grid (``0.345``, ``-1.205``), stored as
+    ``float32(0.425)`` where that is above the half-step
+    (:func:`equicare.explain._features.half_steps`): those print as the shortest decimal of their
+    float32 value ("0.425"), the others with up to 12 significant digits. A 3-digit rounding
+    ("-1.21" for -1.205) would put the rows between the printed and the real threshold on the
+    wrong side of the text.
+    """
+    x32 = np.float32(x)
+    if np.isfinite(x32) and float(x32) == float(x):
+        return str(np.format_float_positional(x32, unique=True, trim="-"))
+    return f"{x:.12g}"
 
 
 def action_text(space: Any, flat: int) -> str:
@@ -38,6 +51,19 @@ def action_text(space: Any, flat: int) -> str:
     codes = space.from_flat(np.array([flat]))[0]
     return ", ".join(f"{c.name}={c.levels[int(k)]}"
                      for c, k in zip(space.components, codes, strict=True))
+
+
+def _none_of(levels: list[str]) -> str:
+    """The text of a path that excludes ``levels``: "is not a", "is neither a nor b", ...
+
+    "is none of a, b, c" for three or more: "is not a or b" would read as "(is not a) or (is b)"
+    to a committee applying the rule by hand.
+    """
+    if len(levels) == 1:
+        return f"is not {levels[0]}"
+    if len(levels) == 2:
+        return f"is neither {levels[0]} nor {levels[1]}"
+    return f"is none of {', '.join(levels)}"
 
 
 def _paths(tree: TreePolicy) -> dict[int, list[tuple[int, bool, float]]]:
@@ -141,7 +167,7 @@ def _conditions(tree: TreePolicy, path: list[tuple[int, bool, float]], time_unit
                     text = f"{subject} is {rest[0]}{note}"
                     out.append({"column": subject, "op": "is", "levels": rest, "text": text})
                     continue
-                text = f"{subject} is not {' or '.join(levels)}{note}"
+                text = f"{subject} {_none_of(levels)}{note}"
                 out.append({"column": subject, "op": "is not", "levels": levels, "text": text})
             continue
         rec = tree.features[key]

@@ -248,6 +248,9 @@ class TreePolicy:
         Leaves that follow current practice: their rows get ``usual_policy``'s distribution.
     usual_policy : CellPolicy or TreePolicy, optional
         The behaviour model of those rows (required when ``usual`` marks a leaf).
+    manifest_fingerprint : str, optional
+        :func:`equicare.policy.manifest_fingerprint` of the panel the rules were distilled on
+        (the model folder's ``manifest_fingerprint``, as every learner's).
 
     Examples
     --------
@@ -267,6 +270,7 @@ class TreePolicy:
     info: dict[str, Any] = field(default_factory=dict)
     usual: NDArray[np.bool_] | None = None
     usual_policy: Any = None
+    manifest_fingerprint: str | None = None
 
     def __post_init__(self) -> None:
         arrs = {k: np.asarray(getattr(self, k)) for k in _ARRAYS}
@@ -492,6 +496,7 @@ class TreePolicy:
         """The ``config.json`` content of the model folder (without the format keys)."""
         return {"kind": TREE_KIND, "learner": TREE_KIND,
                 "action_space": self.action_space.to_dict(),
+                "manifest_fingerprint": self.manifest_fingerprint,
                 "tree": self._describe("tree"), "info": self.info}
 
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
@@ -529,5 +534,7 @@ def tree_policy_from_config(cfg: Mapping[str, Any], tensors: Mapping[str, Any], 
                 raise ValueError(f"unknown usual_care kind {uc.get('kind')!r}")
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise PolicyError(f"{source}: malformed tree model folder ({exc}).") from exc
+    fingerprint = cfg.get("manifest_fingerprint")
     return TreePolicy(**arrays, features=features, action_space=space, source=source,
-                      info=dict(cfg.get("info") or {}), usual=usual, usual_policy=usual_policy)
+                      info=dict(cfg.get("info") or {}), usual=usual, usual_policy=usual_policy,
+                      manifest_fingerprint=None if fingerprint is None else str(fingerprint))

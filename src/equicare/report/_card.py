@@ -32,6 +32,21 @@ CARD_FILES = {"html": "policy_card.html", "json": "policy_card.json", "rules": "
               "model": "model"}
 
 
+#: What a rule's p is (and is not) on a card of exception rules.
+P_MEANING_EXCEPTIONS = (
+    "p is the probability the rules give that action at the rule's rows: its share among the "
+    "fitting rows where the source policy departs from current practice, each weighted by what "
+    "the departure gains. It is not the share of the rule's rows where the source makes that "
+    "choice (a rule can read p=1.00 where the source's most likely action is another one on "
+    "most of its rows); that share, on held-out rows, is the held-out agreement.")
+#: What a rule's p is on a card of imitation rules.
+P_MEANING_IMITATE = (
+    "p is the probability the rules give that action at the rule's rows: its share among the "
+    "source policy's choices on the fitting rows the rule covers, each row weighted by how much "
+    "the choice matters there. The unweighted share of held-out rows where the source's most "
+    "likely action is the rule's is the held-out agreement.")
+
+
 def card_frontier_plot(card: Mapping[str, Any]) -> Any:
     """Size/fidelity/value trade-off over depths: agreement and value against number of rules."""
     plt = _plt()
@@ -123,27 +138,25 @@ def build_card_report(card: Mapping[str, Any], *, figure_dir: Path | None = None
               "mean total variation": f"{fid['tv']:.3f}",
               f"improvement kept ({key})": "n/a" if kept is None else f"{100 * kept:.0f}%",
               "mass on rarely taken actions": f"{sup['rules_pct']:.1f}%"})
-    if card["data"].get("mode") == "exceptions" and card["data"].get("usual_care_model") in (
-            None, "none"):
+    exceptions = card["data"].get("mode") == "exceptions"
+    if exceptions and card["data"].get("usual_care_model") in (None, "none"):
         rep.text("Exception rules: the source departs from current practice in every state the "
                  "rules distinguish, so each rule names a deviation and the complete action "
-                 "(every component) to take, with the share of those rows where the source "
-                 "policy made that choice (p); no row is left with current practice. Rules are "
+                 "(every component) to take; no row is left with current practice. Rules are "
                  "listed from the most to the least used; a row follows exactly one rule.")
-    elif card["data"].get("mode") == "exceptions":
+    elif exceptions:
         model = {"cells": "the observed frequency of each action in each state cell",
                  "tree": "a tree of the logged actions"}.get(
                      str(card["data"].get("usual_care_model")), "an estimate of practice")
         rep.text("Exception rules: each names where to deviate from current practice and the "
-                 "complete action (every component) to take there, with the share of those "
-                 "rows where the source policy made that choice (p). Every other row stays "
+                 "complete action (every component) to take there. Every other row stays "
                  f"with current practice: the clinicians' own distribution ({model}, stored "
                  "with the rules). Rules are listed from the most to the least used; a row "
                  "follows exactly one rule.")
     else:
-        rep.text("Each rule recommends one complete action (every component) with the share of "
-                 "the fitting rows where the source policy made that choice (p). Rules are "
+        rep.text("Each rule recommends one complete action (every component). Rules are "
                  "listed from the most to the least used; a row follows exactly one rule.")
+    rep.text(P_MEANING_EXCEPTIONS if exceptions else P_MEANING_IMITATE, note=True)
     rows = [{"rule": r["rule"], "if": r["if"], "then": r["then"],
              "p": float("nan") if r["p"] is None else r["p"],
              "share of rows": r.get("share"),
