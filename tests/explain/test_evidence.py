@@ -258,3 +258,14 @@ def test_no_share_is_kept_when_an_estimate_has_no_value():
     assert kept == {"wis": None, "dr": None} and gains == {"wis": None, "dr": 1.0}
     kept, _ = improvement_kept(1.0, {"wis": 2.0}, {"wis": nan})
     assert kept == {"wis": None}
+
+
+def test_the_rules_speak_of_the_time_unit_only_when_the_time_column_names_one():
+    """A Garnet panel's time column is ``t``: "last step's action", not "last t's action"."""
+    from equicare.explain._evidence import time_unit_of
+
+    assert time_unit_of("week") == time_unit_of("weeks") == time_unit_of("Week_Index") == "week"
+    assert time_unit_of("visit_no") == "visit" and time_unit_of("day") == "day"
+    assert time_unit_of("period_id") == "period"
+    assert time_unit_of("t") == "step" and time_unit_of(None) == "step"
+    assert time_unit_of("timestamp") == "step"

@@ -27,6 +27,7 @@ than ``min_cell`` episodes are suppressed.
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -529,7 +530,7 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
         msg = str(w.message)
         if msg not in caught_msgs and not issubclass(w.category, DeprecationWarning):
             caught_msgs.append(msg)
-    time_unit = str(getattr(getattr(dataset, "manifest", None), "time", None) or "step")
+    time_unit = time_unit_of(getattr(getattr(dataset, "manifest", None), "time", None))
     fit_leaves = tree.apply(fit_ds)
     rules = tree_rules(tree, leaves=fit_leaves, weights=None, time_unit=time_unit)
     test_leaves = tree.apply(test)
@@ -690,3 +691,22 @@ def _caveats(fid: dict[str, Any], sup: dict[str, Any], val: dict[str, Any], key:
                    f"improvement over current practice ({key}); a deeper tree may be needed.")
     out += [f"Warning raised while gathering the evidence: {m}" for m in msgs[:5]]
     return out
+
+
+#: Time-column names that are a unit the rules can speak of ("last week's modality").
+TIME_UNITS = ("hour", "shift", "day", "week", "fortnight", "month", "quarter", "year", "visit",
+              "encounter", "session", "cycle", "step", "period")
+
+
+def time_unit_of(column: str | None) -> str:
+    """The unit the card's rules name, from the manifest's time column.
+
+    ``"week"``, ``"weeks"``, ``"week_index"`` -> ``"week"``; ``"step"`` for a name that is not a
+    unit (``"t"``).
+    """
+    words = re.split(r"[^a-z]+", str(column or "").lower())
+    for w in words:
+        for unit in TIME_UNITS:
+            if w in (unit, unit + "s"):
+                return unit
+    return "step"
