@@ -224,3 +224,22 @@ def test_page_says_what_p_is(card, exc_card):
         page = html_mod.unescape(build_card_report(d).render())
         assert "where the source policy made that choice" not in page
         assert meaning in page
+
+
+def test_frontier_plot_has_one_tick_per_depth_labelled_with_its_rules(card):
+    """Depths with the same number of rules overlapped on a rules axis (d4/d5/d6 on a Garnet
+    card): the x axis is the depth, each tick says how many rules it has."""
+    import matplotlib.pyplot as plt
+
+    from equicare.report._card import card_frontier_plot
+
+    d = card.to_dict()
+    fig = card_frontier_plot(d)
+    try:
+        for ax in fig.axes:
+            assert list(ax.get_xticks()) == [r["depth"] for r in d["frontier"]]
+            labels = [t.get_text() for t in ax.get_xticklabels()]
+            assert labels == [f"{r['depth']}\n({r['n_rules']} rule"
+                              f"{'s' if r['n_rules'] != 1 else ''})" for r in d["frontier"]]
+    finally:
+        plt.close(fig)

@@ -48,17 +48,19 @@ P_MEANING_IMITATE = (
 
 
 def card_frontier_plot(card: Mapping[str, Any]) -> Any:
-    """Size/fidelity/value trade-off over depths: agreement and value against number of rules."""
+    """Size/fidelity/value trade-off over depths: agreement and value by depth.
+
+    The x axis is the depth, each tick labelled with its number of rules (depths with the same
+    number of rules would overlap on a rules axis).
+    """
     plt = _plt()
     fr = pd.DataFrame(card["frontier"])
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
-    ax1.plot(fr["n_rules"], fr["agreement"], "o-", color="#1f77b4", label="agreement (argmax)")
-    ax1.plot(fr["n_rules"], 1 - fr["tv"], "s--", color="#2ca02c", label="1 - total variation")
-    for _, r in fr.iterrows():
-        ax1.annotate(f"d{int(r['depth'])}", (r["n_rules"], r["agreement"]),
-                     textcoords="offset points", xytext=(3, 4), fontsize=8)
-    ax1.set_xscale("log", base=2)
-    ax1.set_xlabel("number of rules")
+    depth = fr["depth"].astype(int) if len(fr) else pd.Series(dtype=int)
+    ticks = ([f"{d}\n({n} rule{'s' if n != 1 else ''})" for d, n in
+              zip(depth, fr["n_rules"].astype(int), strict=True)] if len(fr) else [])
+    ax1.plot(depth, fr["agreement"], "o-", color="#1f77b4", label="agreement (argmax)")
+    ax1.plot(depth, 1 - fr["tv"], "s--", color="#2ca02c", label="1 - total variation")
     ax1.set_ylabel("fidelity to the source (held out)")
     ax1.set_ylim(0, 1.02)
     ax1.legend(fontsize=8, loc="lower right")
@@ -70,7 +72,7 @@ def card_frontier_plot(card: Mapping[str, Any]) -> Any:
         hi.to_numpy())
     if ok.any():
         v = fr["value"][ok]
-        ax2.errorbar(fr["n_rules"][ok], v, yerr=[v - lo[ok], hi[ok] - v],
+        ax2.errorbar(depth[ok], v, yerr=[v - lo[ok], hi[ok] - v],
                      fmt="o-", color="#1f77b4", capsize=3, label=f"rules ({key})")
     else:  # no depth has an estimate (e.g. WIS with every weight 0)
         ax2.text(0.5, 0.5, f"no {key} estimate of the rules (n/a)", transform=ax2.transAxes,
@@ -81,11 +83,11 @@ def card_frontier_plot(card: Mapping[str, Any]) -> Any:
         ax2.axhline(src["value"], color="#d62728", ls="--", lw=1.2, label=f"source ({key})")
     ax2.axhline(val["behavior"]["value"], color="#555", ls=":", lw=1.2,
                 label="current practice (observed)")
-    if ok.any():
-        ax2.set_xscale("log", base=2)
-    ax2.set_xlabel("number of rules")
     ax2.set_ylabel("estimated value (held out)")
     ax2.legend(fontsize=8, loc="best")
+    for ax in (ax1, ax2):
+        ax.set_xticks(list(depth), ticks, fontsize=8)
+        ax.set_xlabel("depth (number of rules)")
     fig.tight_layout()
     return fig
 
