@@ -326,3 +326,15 @@ def test_a_data_frame_is_refused_with_how_to_build_a_dataset():
         allocation_rates(frame, action="modality=home_visit")
     with pytest.raises(InvalidParameterError, match=re.escape(_frame_message("level_rates"))):
         level_rates(frame, {})
+
+
+def test_equal_rates_summed_in_another_order_have_no_gap() -> None:
+    """A policy that gives every row the same probability: its group rates differ only by
+    summation order (about 1e-15), which read as "1.33e-13 pp" on a policy card."""
+    from equicare.fairness._allocation import _gap
+
+    rates = np.array([[0.1 + 0.2, 0.3, 0.30000000000000004 - 1e-16]])
+    assert np.ptp(rates) > 0  # the noise is there ...
+    assert _gap(rates, np.array([0.3]), "between_groups")[0] == 0.0  # ... not in the gap
+    assert _gap(rates, np.array([0.3]), "to_overall")[0] == 0.0
+    assert _gap(np.array([[0.25, 0.5]]), np.array([0.4]), "between_groups")[0] == 0.25

@@ -80,12 +80,23 @@ def group_sums(codes_onehot: NDArray[np.float64], columns: NDArray[np.float64],
     return point, (weights @ x).reshape(weights.shape[0], g, m)
 
 
+#: Decimals a gap between rates (fractions) keeps: far below any rate a panel can estimate.
+GAP_DECIMALS = 12
+
+
 def _gap(rates: NDArray[np.float64], overall: NDArray[np.float64], method: Method
          ) -> NDArray[np.float64]:
-    """Difference statistic along the last (group) axis."""
+    """Difference statistic along the last (group) axis.
+
+    Rounded to :data:`GAP_DECIMALS` decimals: rates that are equal but summed in another order
+    differ by about 1e-15, which would read as a gap of "1.33e-13 pp".
+    """
     if method == "between_groups":
-        return np.asarray(np.max(rates, axis=-1) - np.min(rates, axis=-1))
-    return np.asarray(np.max(np.abs(rates - overall[..., None]), axis=-1))
+        gap = np.max(rates, axis=-1) - np.min(rates, axis=-1)
+    else:
+        gap = np.max(np.abs(rates - overall[..., None]), axis=-1)
+    return np.asarray(np.round(gap, GAP_DECIMALS))
+
 
 
 def _ratio(rates: NDArray[np.float64], overall: NDArray[np.float64], method: Method
