@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -396,7 +397,7 @@ def test_streamed_validate_checks_logged_propensities_on_a_sample(tmp_path):
     found = {}
     for name in ("random", "panel"):
         res = runner.invoke(app, ["validate", str(tmp_path / f"{name}.parquet"), "-m", man,
-                                  "--chunk-rows", "5000", "--json"])
+                                  "--chunk-rows", "3000", "--json"])
         assert res.exit_code == 0, res.output
         found[name] = [w for w in json.loads(res.stdout)["warnings"]
                        if "disagree with the logged actions" in w]
@@ -427,3 +428,64 @@ def test_evaluate_bootstrap_0_streams_the_in_memory_result_on_a_garnet_panel(tmp
     got = json.loads(res.stdout)
     assert got["streaming"]["n_chunks"] > 2 and got["bootstrap"]["ci"] == "jackknife"
     assert same_as_in_memory(got, ref) >= 2
+
+
+def _censored_panel_files(tmp_path):
+    """tests/ope/test_censoring.py's panel (2,000 stays cut at 10 steps, about 18% censored)
+    as a Parquet panel, its manifest and the target policy as a policy file."""
+    from ..ope.test_censoring import TGT, panel
+
+    ds = panel(2000, 10, seed=4)
+    ep = ds.episode_ids[ds.episode_index]
+    cell = ds.categorical[:, 0]
+    frame = pd.DataFrame({"episode": ep, "t": ds.step, "cell": cell,
+                          "s": ds.states[:, 0].astype(float), "action": ds.actions,
+                          "reward": ds.rewards, "terminal": ds.terminals.astype(int),
+                          "propensity": ds.behavior_prob, "g": ds.groups["g"][ds.episode_index]})
+    frame.to_parquet(tmp_path / "panel.parquet", index=False)
+    (tmp_path / "manifest.toml").write_text(
+        '[dataset]\nepisode = "episode"\ntime = "t"\nstates = ["s"]\n'
+        'categorical_states = ["cell"]\ngroups = ["g"]\nterminal = "terminal"\n'
+        'behavior_prob = "propensity"\ngamma = 0.9\n\n[actions.action]\nlevels = 3\n\n'
+        '[reward]\nreward = { column = "reward", weight = 1.0 }\n')
+    pol = pd.DataFrame({"episode": ep, "t": ds.step,
+                        **{f"p_{a}": TGT[cell, a] for a in range(3)}})
+    pol.to_parquet(tmp_path / "policy.parquet", index=False)
+    return (str(tmp_path / "panel.parquet"), str(tmp_path / "manifest.toml"),
+            str(tmp_path / "policy.parquet"))
+
+
+@pytest.mark.usefixtures("raw_group_values")
+def test_evaluate_streams_the_window_table_and_the_censoring_check(tmp_path):
+    """--q-model tabular_window --chunk-rows: the in-memory result (--bootstrap 0); the
+    stationary table streamed gets the in-memory censoring check and warning; auto streamed
+    replaces it by the window table and says so."""
+    from ..ope.test_stream import same_as_in_memory
+
+    panel, man, pol = _censored_panel_files(tmp_path)
+    base = ["evaluate", panel, "--manifest", man, "--policy", pol, "--bootstrap", "0",
+            "--estimators", "fqe,dr,wdr", "--no-progress"]
+    res = runner.invoke(app, [*base, "--q-model", "tabular_window", "--json"])
+    assert res.exit_code == 0, res.output
+    ref = json.loads(res.stdout)
+    res = runner.invoke(app, [*base, "--q-model", "tabular_window", "--json",
+                              "--chunk-rows", "3000"])
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.stdout)
+    assert got["streaming"]["n_chunks"] > 2 and got["q_model"]["chosen"] == "tabular_window"
+    assert same_as_in_memory(got, ref) == 2
+    checks = []
+    for extra in ([], ["--chunk-rows", "3000"]):
+        res = runner.invoke(app, [*base, "--q-model", "tabular_stationary", "--json", *extra])
+        assert res.exit_code == 0, res.output
+        assert "Prefer --q-model tabular_window" in " ".join(res.stderr.split())
+        checks.append(json.loads(res.stdout)["q_model"]["censoring"])
+    assert checks[1]["warning"] and set(checks[1]) == set(checks[0])
+    for k, v in checks[0].items():
+        assert checks[1][k] == pytest.approx(v, rel=1e-9), k
+    res = runner.invoke(app, [*base, "--chunk-rows", "3000"])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 0, said
+    assert "Q-model: tabular_window (streamed fit, window table" in said
+    assert re.search(r"tabular_stationary replaced by tabular_window: 1\d\.\d% of the episodes "
+                     r"are censored and the two tables differ by -\d\.\d%", said), said

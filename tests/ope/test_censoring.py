@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -152,38 +153,155 @@ def test_censoring_too_rare_to_move_the_value_is_not_checked():
     assert censoring_check(cut, pe, fit, cfg) is None
 
 
-def test_streamed_stationary_table_reports_the_bound_censoring_allows():
-    """The window table does not stream: streamed evaluate reports the censored share and how
-    far censoring could move the stationary table's value (censored share x largest return),
-    without a warning (that bound is loose)."""
+class _Table:
+    def action_probs(self, ds):
+        return TGT[ds.categorical[:, 0]]
+
+
+def _chunks(ds: TrajectoryDataset, n: int = 3) -> list:
     from equicare.data import Chunk
+
+    cuts = np.linspace(0, ds.n_episodes, n + 1).astype(int)
+    return [Chunk(index=i, dataset=ds.subset(np.arange(a, b)), first_row=0)
+            for i, (a, b) in enumerate(zip(cuts, cuts[1:], strict=False))]
+
+
+def _both(ds: TrajectoryDataset, q_model: str, keys: tuple[str, ...] = ("fqe", "dr", "wdr"),
+          **kw) -> tuple[tuple[dict, list[str]], tuple[dict, list[str]]]:
+    """In memory and streamed over 3 chunks (``--bootstrap 0``): result JSON, DataWarnings."""
     from equicare.ope import evaluate_stream
 
-    class Table:
-        def action_probs(self, ds):
-            return TGT[ds.categorical[:, 0]]
+    out = []
+    for stream in (False, True):
+        with warnings.catch_warnings(record=True) as got:
+            warnings.simplefilter("always")
+            if stream:
+                res = evaluate_stream(_chunks(ds), _Table(), estimators=keys, q_model=q_model,
+                                      n_boot=0, random_state=0, diagnose_support=False, **kw)
+            else:
+                res = evaluate(ds, _Table(), estimators=keys, q_model=q_model, bootstrap=0,
+                               diagnose_support=False, random_state=0, **kw)
+        out.append((res.to_dict(), [str(w.message) for w in got
+                                    if issubclass(w.category, DataWarning)]))
+    return out[0], out[1]
 
-    def chunks(ds, n=3):
-        cuts = np.linspace(0, ds.n_episodes, n + 1).astype(int)
-        return [Chunk(index=i, dataset=ds.subset(np.arange(a, b)), first_row=0)
-                for i, (a, b) in enumerate(zip(cuts, cuts[1:], strict=False))]
+
+def _same_check(got: dict, ref: dict) -> None:
+    assert set(got) == set(ref)
+    for k, v in ref.items():
+        if isinstance(v, float):
+            assert got[k] == pytest.approx(v, rel=1e-9, abs=1e-15), k
+        else:
+            assert got[k] == v, k
+
+
+@pytest.mark.usefixtures("raw_group_values")
+def test_streamed_check_and_auto_switch_equal_in_memory():
+    """The panel cut at 10 steps, streamed in 3 chunks: the named stationary table gets the
+    in-memory check (both values, the SE of their difference, the bound, the warning), and
+    auto (its streamed candidates: the stationary table and the linear model) replaces it by
+    the window table as in memory: every value and jackknife interval of the in-memory window
+    table, overall and per level, the JSON's choice and replacement."""
+    from .test_stream import same_as_in_memory
 
     ds = panel(3000, 10, seed=4)
-    res = evaluate_stream(chunks(ds), Table(), estimators=("fqe",),
-                          q_model="tabular_stationary", n_boot=20, random_state=0,
-                          groups=(), diagnose_support=False)
-    c = res.q_model["censoring"]
-    assert c["window"] is None and "does not stream" in c["note"]
-    assert c["censored_episodes_pct"] == pytest.approx(100 * ds.censored.mean())
-    assert c["explainable_by_censoring"] == pytest.approx(
-        ds.censored.mean() * np.abs(ds.returns()).max())
-    full = panel(1000, 200, seed=5)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", DataWarning)
-        res = evaluate_stream(chunks(full), Table(), estimators=("fqe",),
-                              q_model="tabular_stationary", n_boot=20, random_state=0,
-                              groups=(), diagnose_support=False)
-    assert "censoring" not in (res.q_model or {})
+    (ref, ref_w), (got, got_w) = _both(ds, "tabular_stationary", groups=[])
+    check = ref["q_model"]["censoring"]
+    _same_check(got["q_model"]["censoring"], check)
+    assert check["warning"] and not check["switched_to_window"]
+    assert len(got_w) == len(ref_w) == 1 and "tabular_window" in got_w[0]
+    assert got_w[0].split("%")[0] == ref_w[0].split("%")[0]
+    same_as_in_memory(got, ref)
+    (ref, _), (_, _) = _both(ds, "tabular_window", groups=["g"])
+    from equicare.ope import evaluate_stream
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = evaluate_stream(_chunks(ds), _Table(), estimators=("fqe", "dr", "wdr"),
+                              n_boot=0, random_state=0, diagnose_support=False,
+                              groups=["g"]).to_dict()
+    assert not [w for w in caught if issubclass(w.category, DataWarning)]
+    q = got["q_model"]
+    assert q["chosen"] == q["selection"]["chosen"] == "tabular_window"
+    assert q["replaced"]["criterion_choice"] == "tabular_stationary"
+    assert q["selection"]["replaced"] == q["replaced"] and "fqe_interval" not in q
+    _same_check(q["censoring"], {**check, "switched_to_window": True})
+    assert same_as_in_memory(got, ref) == 2
+    assert got["estimates"]["fqe"]["value"] == pytest.approx(window_value(10), rel=0.03)
+    # no censored stay: no check, no key, streamed or not
+    (ref, _), (got, got_w) = _both(panel(1000, 200, seed=5), "tabular_stationary",
+                                   keys=("fqe",), groups=[])
+    assert "censoring" not in ref["q_model"] and "censoring" not in got["q_model"]
+    assert not got_w
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("raw_group_values")
+def test_streamed_auto_switch_is_the_in_memory_auto():
+    """auto in memory (every candidate cross-fitted: about 10 s) and streamed make the same
+    choice, replacement and numbers on the cut panel."""
+    from .test_stream import same_as_in_memory
+
+    (ref, ref_w), (got, got_w) = _both(panel(3000, 10, seed=4), "auto", groups=["g"])
+    assert not ref_w and not got_w
+    for k in ("chosen", "replaced"):
+        assert got["q_model"][k] == ref["q_model"][k]
+    _same_check(got["q_model"]["censoring"], ref["q_model"]["censoring"])
+    assert same_as_in_memory(got, ref) == 2
+
+
+@pytest.mark.usefixtures("raw_group_values")
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.SupportWarning")
+def test_streamed_window_table_equals_in_memory_on_a_cut_garnet_panel():
+    """Garnet s50_a25_g1 (600 stays of 1 to 100+ steps) cut at windows uniform on 2-30 steps:
+    q_model='tabular_window' streamed in 4 chunks gives the in-memory values, jackknife
+    intervals and every level's, and its bootstrap the in-memory linearised refit of the
+    window table under the same Poisson weights."""
+    import sys
+    from pathlib import Path
+
+    from equicare.ope import episode_keys, evaluate_stream, poisson_weights
+    from equicare.ope._bootstrap import percentile_interval
+    from equicare.ope._core import combine, episode_parts
+    from equicare.ope._evaluate import _with_q_refit
+    from equicare.ope._fqe import FQEConfig, WindowLinearisation
+    from equicare.ope._prepare import prepare
+
+    from .test_stream import same_as_in_memory
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from tests.ope._garnet import censor_windows, make
+
+    _, ds, pols = make("s50_a25_g1", 600, 11)
+    cut, _ = censor_windows(ds, 2, 30, 3)
+    cut = replace(cut, groups={"g": np.where(np.arange(cut.n_episodes) % 3 == 0, "a", "b")})
+    assert cut.censored.mean() > 0.2
+    pe = pols["soft_optimal"][cut.categorical[:, 0]]
+    keys = ("is", "wis", "pdis", "wpdis", "fqe", "dr", "wdr")
+    ref = evaluate(cut, pe, estimators=keys, q_model="tabular_window", bootstrap=0,
+                   diagnose_support=False, random_state=2).to_dict()
+
+    class Probs:
+        def action_probs(self, part):
+            return pols["soft_optimal"][part.categorical[:, 0]]
+
+    got = evaluate_stream(_chunks(cut, 4), Probs(), estimators=keys, q_model="tabular_window",
+                          n_boot=0, random_state=2, diagnose_support=False)
+    assert got.q_model is not None and got.q_model["solver"] == "window"
+    assert got.q_model["bootstrap"] == "Q-model refit linearised in every replicate"
+    assert same_as_in_memory(got.to_dict(), ref) == 2
+    prep = prepare(cut, pe, keys=keys[4:], q_model=FQEConfig(model="tabular", horizon="window"))
+    assert isinstance(prep.qfit.lstd, WindowLinearisation)
+    parts = _with_q_refit(prep, episode_parts(prep.inputs, keys[4:]), None, "absorbing")
+    w = poisson_weights(episode_keys(cut.episode_ids), 200, seed=6)
+    reps = combine(parts, w @ parts.matrix, w.sum(axis=1))
+    boot = evaluate_stream(_chunks(cut, 4), Probs(), estimators=keys[4:],
+                           q_model="tabular_window", n_boot=200, random_state=6,
+                           ci_method="percentile", groups=(), diagnose_support=False)
+    for k in keys[4:]:
+        assert boot.estimates[k].se == pytest.approx(float(reps[k].std(ddof=1)), rel=1e-9), k
+        np.testing.assert_allclose(boot.estimates[k].ci, percentile_interval(reps[k]),
+                                   rtol=1e-9, err_msg=k)
 
 
 def test_a_difference_of_the_sign_false_ends_cannot_cause_is_not_named_censoring():

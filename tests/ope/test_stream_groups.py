@@ -38,7 +38,7 @@ def panel(tmp_path_factory):
 
 def _cfg(q_model: str) -> FQEConfig:
     return (FQEConfig(model="linear") if q_model == "linear"
-            else FQEConfig(model="tabular", horizon="stationary"))
+            else FQEConfig(model="tabular", horizon=q_model.split("_")[1]))  # type: ignore[arg-type]
 
 
 @pytest.mark.usefixtures("raw_group_values")
@@ -101,7 +101,7 @@ def level_reference(prep, keys, level_episodes, w):
 
 
 @pytest.mark.usefixtures("raw_group_values")
-@pytest.mark.parametrize("q_model", ["linear", "tabular_stationary"])
+@pytest.mark.parametrize("q_model", ["linear", "tabular_stationary", "tabular_window"])
 def test_a_levels_intervals_are_the_in_memory_subgroup_refit_under_poisson_weights(panel,
                                                                                     q_model):
     """Percentile and studentized: the level's own refit terms in its parts, the other
@@ -249,7 +249,7 @@ def test_a_missing_label_in_a_streamed_panel_names_the_file_and_the_episode(tmp_
 
 
 @pytest.mark.usefixtures("raw_group_values")
-@pytest.mark.parametrize("q_model", ["linear", "tabular_stationary",
+@pytest.mark.parametrize("q_model", ["linear", "tabular_stationary", "tabular_window",
                                      pytest.param("auto", marks=pytest.mark.slow)])
 def test_jackknife_intervals_of_every_level_equal_in_memory(panel, q_model):
     """n_boot=0 with a Q-model: in memory's bootstrap=0 (the jackknife of the parts with the
@@ -267,7 +267,7 @@ def test_jackknife_intervals_of_every_level_equal_in_memory(panel, q_model):
     got = evaluate_stream(path, RiskPolicy(), chunk_rows=70, **kw)
     assert got.n_chunks > 10 and got.q_model is not None and got.q_model["passes"] == 4
     assert same_as_in_memory(got.to_dict(), ref) == 5
-    if q_model == "tabular_stationary":
+    if q_model.startswith("tabular_"):
         sharded = evaluate_stream(path, RiskPolicy(), chunk_rows=150, n_shards=3,
                                   executor=get_executor("local", jobs=1), **kw)
         same_as_in_memory(sharded.to_dict(), ref)

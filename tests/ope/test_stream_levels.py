@@ -171,7 +171,7 @@ def test_the_level_policy_keeps_the_levels_own_rows(sites):
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("raw_group_values")
-@pytest.mark.parametrize("q_model", ["tabular_stationary", "auto"])
+@pytest.mark.parametrize("q_model", ["tabular_stationary", "tabular_window", "auto"])
 def test_jackknife_intervals_of_each_sites_own_q_model_equal_in_memory(sites, q_model):
     """n_boot=0 on Garnet episodes of 1 to 100+ steps: every estimator's jackknife interval,
     overall, per group and per site (each site's own Q-model and its refit), as in memory

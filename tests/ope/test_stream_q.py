@@ -20,7 +20,12 @@ from ..conftest import MANIFEST, make_frame
 from .test_stream import RiskPolicy, TablePolicy, _same, data_warnings, tabular_panel
 
 ALL = ("is", "wis", "pdis", "wpdis", "fqe", "dr", "wdr")
-Q_MODELS = ("linear", "tabular_stationary")
+Q_MODELS = ("linear", "tabular_stationary", "tabular_window")
+
+
+def _cfg(q_model: str) -> FQEConfig:
+    return (FQEConfig(model="linear") if q_model == "linear"
+            else FQEConfig(model="tabular", horizon=q_model.split("_")[1]))  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +58,7 @@ def test_replicates_are_the_in_memory_linearised_refit_under_poisson_weights(pan
     """The streamed intervals: in-memory parts with the linearised Q refit, Poisson-weighted."""
     path, man, ds = panel
     keys = ("fqe", "dr", "wdr")
-    cfg = (FQEConfig(model="linear") if q_model == "linear"
-           else FQEConfig(model="tabular", horizon="stationary"))
+    cfg = _cfg(q_model)
     prep = prepare(ds, RiskPolicy(), keys=keys, q_model=cfg)
     assert prep.q_linearised
     parts = _with_q_refit(prep, episode_parts(prep.inputs, keys), None, "absorbing")
@@ -77,8 +81,7 @@ def test_studentized_intervals_are_the_in_memory_bootstrap_t_under_poisson_weigh
     """The streamed studentized intervals (the default; one more pass over 14 chunks): the
     in-memory bootstrap-t of the parts with the linearised Q refit, Poisson-weighted."""
     path, man, ds = panel
-    cfg = (FQEConfig(model="linear") if q_model == "linear"
-           else FQEConfig(model="tabular", horizon="stationary"))
+    cfg = _cfg(q_model)
     prep = prepare(ds, RiskPolicy(), keys=ALL, q_model=cfg)
     parts = _with_q_refit(prep, episode_parts(prep.inputs, ALL), None, "absorbing")
     w = poisson_weights(episode_keys(ds.episode_ids), 300, seed=5)
@@ -116,15 +119,23 @@ def test_streamed_and_sharded_equal_in_memory(panel, q_model):
 
 
 @pytest.mark.slow
-def test_two_worker_processes_equal_in_memory(panel):
-    """2 shards on 2 spawned worker processes (every pass's task pickled)."""
+@pytest.mark.parametrize("q_model", Q_MODELS)
+def test_two_worker_processes_equal_in_memory(panel, q_model):
+    """2 shards on 2 spawned worker processes (every pass's task pickled; the stationary
+    table's censoring check on this panel without terminal rows too)."""
     path, man, ds = panel
-    kw = {"estimators": ALL, "q_model": "linear", "n_boot": 100, "random_state": 3}
+    kw = {"estimators": ALL, "q_model": q_model, "n_boot": 100, "random_state": 3}
     whole = evaluate_stream(ds, RiskPolicy(), **kw)
     sharded = evaluate_stream(path, RiskPolicy(), manifest=man, chunk_rows=100,
                               executor=get_executor("local", jobs=2), n_shards=2, **kw)
     assert sharded.n_chunks >= 2
     _same(whole, sharded)  # every value, SE and interval to 1e-9 (np.testing)
+    assert whole.q_model is not None and sharded.q_model is not None
+    if q_model == "tabular_stationary":
+        a, b = whole.q_model["censoring"], sharded.q_model["censoring"]
+        assert a["difference_se"] is not None
+        for k, v in a.items():
+            assert b[k] == pytest.approx(v, rel=1e-9), k
 
 
 def test_shard_tasks_pickle(panel):

@@ -290,7 +290,9 @@ def run_evaluate_stream(data: Path, *, manifest: Path, policy: Path, estimators:
 
     FQE, DR and WDR stream with ``--q-model auto`` (the default: the in-memory choice between
     the stationary table and the linear model, made on a random sample of 1M rows of whole
-    episodes), ``linear`` or ``tabular_stationary`` (LSTD fits from sums over chunks).
+    episodes, and the window table instead of the stationary one when censored stays bias it,
+    as in memory), ``linear``, ``tabular_stationary`` or ``tabular_window`` (fits from sums
+    over chunks).
     ``estimators="all"`` means all seven estimators with such a Q-model, and the
     importance-sampling ones (is, wis, pdis, wpdis) with another; naming fqe, dr or wdr with a
     Q-model that does not stream is a user error. A panel without
@@ -302,12 +304,12 @@ def run_evaluate_stream(data: Path, *, manifest: Path, policy: Path, estimators:
     from equicare.ope._core import ESTIMATOR_KEYS
     from equicare.ope._evaluate import parse_estimators
     from equicare.ope._stream import STREAM_KEYS
-    from equicare.ope._stream_q import STREAM_Q_MODELS
+    from equicare.ope._stream_q import STREAM_Q_NAMED
 
     if out is not None and out.exists() and not force:  # before the work, as in memory
         raise FileExistsError(OUT_EXISTS.format(path=out))
     check_truncate(truncate)
-    q_streams = q_model in (*STREAM_Q_MODELS, "auto")
+    q_streams = q_model in (*STREAM_Q_NAMED, "auto")
     if estimators.strip() == "all":
         keys: tuple[str, ...] = ESTIMATOR_KEYS if q_streams else STREAM_KEYS
     else:  # an unknown name is the in-memory error; a known one may not stream
@@ -316,7 +318,7 @@ def run_evaluate_stream(data: Path, *, manifest: Path, policy: Path, estimators:
     bad = [k for k in keys if k not in allowed]
     if bad:
         why = (f"--q-model {q_model} does not stream (its fit needs the whole panel in memory); "
-               "pass --q-model auto, linear or tabular_stationary"
+               "pass --q-model auto, linear, tabular_stationary or tabular_window"
                if any(k in ("fqe", "dr", "wdr") for k in bad) and not q_streams
                else f"with --chunk-rows the estimators are {', '.join(ESTIMATOR_KEYS)}")
         raise InvalidParameterError(
@@ -504,9 +506,11 @@ def register(app: typer.Typer) -> None:
         diagnostics; --out also writes them (with per-group results) as the result JSON.
         With --chunk-rows the panel is streamed (Poisson bootstrap keyed by episode id), on
         --executor shards too: IS, WIS, PDIS and WPDIS, plus FQE, DR and WDR with --q-model
-        auto, linear or tabular_stationary (auto chooses between the last two on a random
-        sample of 1M rows of whole episodes). Without logged propensities the behaviour model
-        is fitted on the same kind of sample.
+        auto, linear, tabular_stationary or tabular_window (auto chooses between linear and
+        tabular_stationary on a random sample of 1M rows of whole episodes, and takes
+        tabular_window instead of tabular_stationary when censored stays bias it, as in
+        memory). Without logged propensities the behaviour model is fitted on the same kind
+        of sample.
 
         Example: equicare evaluate data/panel.parquet --manifest data/manifest.toml
         --policy awr_probs.parquet --bootstrap 1000 --truncate 50 --out result.json
@@ -567,17 +571,26 @@ def register(app: typer.Typer) -> None:
                     if cs.get("dropped"):
                         pooled = (f". The table pools over {', '.join(cs['dropped'])}: it does "
                                   f"not change the dynamics given {', '.join(cs['columns'])}")
-                console.print(escape(f"Q-model: {sres.q_model['chosen']} (streamed LSTD "
-                                     f"fit, solver {sres.q_model['solver']}; "
-                                     f"{sres.q_model['bootstrap']}{how}){pooled}"
-                                     f"{per_level_sentence(sres.q_model)}"),
+                fit = ("window table, backward over the steps" if sres.q_model["solver"] ==
+                       "window" else f"LSTD, solver {sres.q_model['solver']}")
+                cens = sres.q_model.get("censoring") or {}
+                switched = (f"; {sres.q_model['replaced']['criterion_choice']} replaced by "
+                            f"{sres.q_model['chosen']}: {cens['censored_episodes_pct']:.1f}% of "
+                            "the episodes are censored and the two tables differ by "
+                            f"{cens['difference_pct']:+.1f}%"
+                            if sres.q_model.get("replaced") and cens.get("switched_to_window")
+                            else "")
+                console.print(escape(f"Q-model: {sres.q_model['chosen']} (streamed fit, "
+                                     f"{fit}; {sres.q_model['bootstrap']}{how}){switched}"
+                                     f"{pooled}{per_level_sentence(sres.q_model)}"),
                               highlight=False)
             else:
                 skipped = [k for k in ("fqe", "dr", "wdr") if k not in sres.estimates]
                 if skipped and estimators.strip() == "all":
                     console.print(f"Not estimated: {', '.join(skipped)} (--q-model "
-                                  f"{q_model.value} does not stream; pass --q-model auto, linear "
-                                  "or tabular_stationary for them)", highlight=False)
+                                  f"{q_model.value} does not stream; pass --q-model auto, linear, "
+                                  "tabular_stationary or tabular_window for them)",
+                                  highlight=False)
             console.print(f"ESS: trajectory {sres.ess:.1f} "
                           f"({100 * sres.ess / sres.n_episodes:.2f}% of episodes)"
                           f"{truncated_ess(sres.ess_truncated, truncate, sres.n_episodes)}; "

@@ -31,6 +31,11 @@ With ``q_model="auto"`` the check decides: when it would warn, ``auto`` uses the
 instead of the stationary one it chose (:func:`~equicare.ope._prepare.prepare`; the result says
 so in ``q_model["censoring"]["switched_to_window"]`` and ``q_model["replaced"]``). With the
 stationary table named by the user the check only warns.
+
+Streamed evaluation (:func:`~equicare.ope.evaluate_stream`) makes the same check with the same
+numbers: the window table's statistics are summed in the stationary table's passes, and the
+per-episode influences of the two values' difference in its estimates pass
+(:class:`~equicare.ope._stream_q._CensoringPlan`).
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ from numpy.typing import NDArray
 from equicare.data import TrajectoryDataset
 from equicare.ope._fqe import FQEConfig, LoggedQFit, fit_fqe_logged
 
-__all__ = ["CensoringCheck", "censoring_check", "stream_censoring_note", "CENSORING_N_SE",
+__all__ = ["CensoringCheck", "censoring_check", "censoring_warns", "CENSORING_N_SE",
            "CENSORING_MIN_PCT"]
 
 #: Standard errors of the difference beyond which the stationary table draws the warning.
@@ -148,6 +153,20 @@ def _censoring_direction(rewards: NDArray[np.float64]) -> int:
     return 1 if (rewards <= 0).all() else 0
 
 
+def censoring_warns(v_st: float, v_win: float, se: float | None, explainable: float,
+                    direction: int) -> bool:
+    """The check's rule (in memory and streamed): whether the stationary table draws the warning.
+
+    The two values differ by more than :data:`CENSORING_N_SE` standard errors and
+    :data:`CENSORING_MIN_PCT` percent, within what censoring can explain, with the sign false
+    ends can cause (``direction``, :func:`_censoring_direction`).
+    """
+    diff = abs(v_st - v_win)
+    return bool(se is not None and CENSORING_N_SE * se < diff <= explainable
+                and diff > CENSORING_MIN_PCT / 100.0 * abs(v_win)
+                and direction * (v_st - v_win) >= 0)
+
+
 def _episode_influence(fit: LoggedQFit, dataset: TrajectoryDataset) -> NDArray[np.float64] | None:
     """Per-episode influence of the FQE value ``mean_e V(s_0e)``, shape ``(n_episodes,)``."""
     if fit.lstd is None:
@@ -195,38 +214,7 @@ def censoring_check(dataset: TrajectoryDataset, target_probs: NDArray[np.float64
     a, b = _episode_influence(stationary, dataset), _episode_influence(window, dataset)
     se = (None if a is None or b is None or dataset.n_episodes < 2
           else float(np.std(a - b, ddof=1) / np.sqrt(dataset.n_episodes)))
-    diff = abs(v_st - v_win)
-    warn = (se is not None and CENSORING_N_SE * se < diff <= explainable
-            and diff > CENSORING_MIN_PCT / 100.0 * abs(v_win)
-            and _censoring_direction(dataset.rewards) * (v_st - v_win) >= 0)
+    warn = censoring_warns(v_st, v_win, se, explainable, _censoring_direction(dataset.rewards))
     return CensoringCheck(censored_pct=float(100.0 * censored.mean()), stationary=v_st,
                           window=v_win, difference_se=se, explainable=explainable,
                           warn=bool(warn), window_fit=window)
-
-
-def stream_censoring_note(n_censored: int, n_episodes: int, max_abs_return: float
-                          ) -> dict[str, Any]:
-    """What a streamed evaluation with the stationary table reports about censored stays.
-
-    The window table does not stream, so its check (:func:`censoring_check`) is not made and no
-    warning is drawn: the bound on what censoring can explain (``censored share x max
-    |return|``) is loose (on a panel of fixed 52-week windows every episode is censored and the
-    bound exceeds the value) and would warn on every such panel. The numbers go to
-    ``q_model["censoring"]`` with ``"window": None``.
-
-    Parameters
-    ----------
-    n_censored, n_episodes : int
-    max_abs_return : float
-        Largest absolute discounted return.
-
-    Returns
-    -------
-    dict
-    """
-    share = n_censored / max(n_episodes, 1)
-    return {"censored_episodes_pct": 100.0 * share,
-            "explainable_by_censoring": explainable_by_censoring(share, max_abs_return),
-            "window": None,
-            "note": "the window table does not stream: its check (q_model='tabular_window', "
-                    "evaluate in memory) is in memory only"}

@@ -78,7 +78,6 @@ from equicare.ope._core import (
     undefined_estimates,
 )
 from equicare.ope._ess import WeightSums
-from equicare.ope._fqe import FQEConfig
 from equicare.ope._propensity_check import PropensityCheck, sample_propensity_check
 from equicare.ope._stream_groups import (
     GroupPlan,
@@ -790,14 +789,18 @@ def evaluate_stream(
         Required when ``source`` is a path.
     estimators : sequence of str
         Among ``is, wis, pdis, wpdis`` and, with a streamable ``q_model``, ``fqe, dr, wdr``.
-    q_model : {"auto", "linear", "tabular_stationary"} or FQEConfig
+    q_model : {"auto", "linear", "tabular_stationary", "tabular_window"} or FQEConfig
         Q-model of FQE, DR and WDR, fitted from sufficient statistics summed over chunks (see
         :mod:`equicare.ope._stream_q`); equal to the in-memory fit of the same model.
-        ``"auto"`` chooses between the two by ``auto``'s cross-fitted criterion on a random
-        sample of about ``behavior_sample_rows`` rows of whole episodes (the whole panel when it
-        has no more rows: then the in-memory choice among these two), and FQE's intervals,
-        overall and per level, carry the estimated bias as in memory
-        (:func:`~equicare.ope._stream_q.choose_q_stream`).
+        ``"auto"`` chooses between the linear model and the stationary table by ``auto``'s
+        cross-fitted criterion on a random sample of about ``behavior_sample_rows`` rows of
+        whole episodes (the whole panel when it has no more rows: then the in-memory choice
+        among these two), and FQE's intervals, overall and per level, carry the estimated bias
+        as in memory (:func:`~equicare.ope._stream_q.choose_q_stream`). The stationary table
+        gets the in-memory censoring check (:mod:`equicare.ope._censoring`: the window table
+        fitted from the same passes, ``q_model["censoring"]``): a named one warns, and with
+        ``"auto"`` the window table replaces it when the check fires
+        (``q_model["replaced"]``), as in memory.
     behavior_model : {"logistic", "lgbm"}, classifier or BehaviorModel
         When the panel logs no propensities: the behaviour model, fitted on a random sample of
         whole episodes keyed by episode id and applied chunk by chunk
@@ -906,7 +909,6 @@ def evaluate_stream(
     support = None if src.logged and not diagnose_support else _SupportRider(
         src, policy, behavior_model=behavior_model, seed=seed, threshold=support_threshold)
     sel: Any = None  # auto's selection, when it chose the Q-model
-    cfg_used: FQEConfig | None = None  # the Q-model fitted
     level_cols: list[LevelColumn] = []
     own_levels: dict[str, tuple[dict[str, StreamGroup], dict[str, Any]]] = {}
     fqe_bias = None
@@ -929,11 +931,27 @@ def evaluate_stream(
                 src, policy, q_model, keys=[k for k in keys if k in Q_TYPE],
                 sample_rows=behavior_sample_rows, seed=seed, model_seed=fit_seed,
                 groups=() if plan is None else plan.attrs)
-            cfg_used = cfg
+            stationary = cfg.model == "tabular" and cfg.resolved_horizon == "stationary"
             out = evaluate_stream_q(
                 src, policy, keys=keys, cfg=cfg, n_boot=n_boot, seed=seed, truncate=truncate,
-                progress=progress, studentized=ci_method == "studentized", groups=plan)
+                progress=progress, studentized=ci_method == "studentized", groups=plan,
+                censoring="off" if not stationary else "check" if sel is None else "switch")
+            check = out.censoring
+            if check is not None and check.switched:  # auto: the window table, as in memory
+                assert out.cfg is not None and sel is not None
+                cfg = out.cfg
+                sel = dataclasses.replace(sel, chosen="tabular_window", replaced=sel.chosen,
+                                          group_bias={})
+                sample = {k: v for k, v in q_info["selection"].items()
+                          if k.startswith("sample_")}
+                sd = sel.to_dict()
+                q_info = {**q_info, "chosen": sel.chosen, "selection": {**sd, **sample},
+                          "replaced": sd["replaced"]}
+            elif check is not None and check.warn:  # a named stationary table: the warning
+                warnings.warn(check.message(), DataWarning, stacklevel=2)
             out.q_model.update(q_info)
+            if check is not None:
+                out.q_model["censoring"] = check.to_dict()
             if out.cells is not None:  # thin cells: the in-memory warning, from pass 0's sums
                 from equicare.ope._prepare import q_cells_hint
 
@@ -999,14 +1017,6 @@ def evaluate_stream(
                                "logged" if beh_info is None else "estimated")
     if far is not None:  # as in memory: the importance weights blowing up, not a value
         warnings.warn(far, DataWarning, stacklevel=2)
-    censoring_info = None
-    if (cfg_used is not None and cfg_used.model == "tabular"
-            and cfg_used.resolved_horizon == "stationary" and "fqe" in res.estimates
-            and main.n_censored > 0):
-        from equicare.ope._censoring import stream_censoring_note
-
-        censoring_info = stream_censoring_note(
-            main.n_censored, main.n_episodes, max(abs(main.returns_min), abs(main.returns_max)))
     if plan is not None and g_sums is not None:
         res = dataclasses.replace(res, groups=finish_groups(
             plan, g_sums, g_squares, alpha=alpha,
@@ -1023,8 +1033,6 @@ def evaluate_stream(
         for column, (levels, _) in own_levels.items():
             res.groups[column].update(levels)
         res.q_model["per_level"] = {c: info for c, (_, info) in own_levels.items()}
-    if censoring_info is not None and res.q_model is not None:
-        res.q_model["censoring"] = censoring_info
     from equicare.ope._evaluate import hide_low_ess
 
     for levels in res.groups.values():  # weighted values of low-ESS levels: not published

@@ -28,6 +28,17 @@ counter-based Poisson(1) weights of :mod:`equicare.ope._resample`, so every chun
 gives the same replicates. When the linear fixed point is unstable (a Q-value beyond ten times the
 largest possible return) the fit falls back, as in memory, to iterated ridge regressions, which
 need only the same sums; the bootstrap then holds the Q-model fixed, as in memory.
+
+The window table (``q_model="tabular_window"``, :func:`~equicare.ope._fqe._fit_tabular_window`)
+is no LSTD fixed point but is fitted from sums too: pass 1 sums, per visited (cell, action)
+pair, its rows, rewards, terminal rows and rows with a next row, and the sparse pair-to-next-pair
+matrix ``B X_pi``, plus each step's non-terminal and continued rows (:class:`_WindowSums`);
+the backward recursion over the steps runs in the driver (:class:`WindowFit`). Its linearised
+refit (:class:`~equicare.ope._fqe.WindowLinearisation`) takes the per-step gradients that
+pass 1 already sums, a forward adjoint in the driver, and each chunk's completed next values in
+the estimates pass (:func:`_window_contributions`). With the stationary table the same window
+sums ride on pass 1 when episodes are censored, for the in-memory censoring check
+(:class:`_CensoringPlan`), which ``auto`` follows as in memory.
 """
 
 from __future__ import annotations
@@ -96,8 +107,10 @@ __all__ = ["STREAM_Q_MODELS", "stream_q_config", "evaluate_stream_q", "StreamQOu
            "AUTO_MESSAGE",
            "group_refit_directions", "refit_contributions"]
 
-#: Q-models that stream (LSTD fixed points).
+#: Q-models that stream as LSTD fixed points (``auto``'s streamed candidates).
 STREAM_Q_MODELS: tuple[str, ...] = ("linear", "tabular_stationary")
+#: Every Q-model that streams: the LSTD ones and the window table (:class:`WindowFit`).
+STREAM_Q_NAMED: tuple[str, ...] = (*STREAM_Q_MODELS, "tabular_window")
 #: Error when ``q_model="auto"`` is asked to stream (tests match it).
 AUTO_MESSAGE = (
     "q_model='auto' does not stream (it chooses among Q-models by cross-fitting on the whole "
@@ -236,13 +249,13 @@ def stream_q_config(q_model: Any, keys: Sequence[str] = ("fqe", "dr", "wdr")) ->
 
     Parameters
     ----------
-    q_model : {"linear", "tabular_stationary"} or FQEConfig
-        An FQEConfig must be the linear model (linear state design, fixed-point solver) or the
-        stationary tabular model.
+    q_model : {"linear", "tabular_stationary", "tabular_window"} or FQEConfig
+        An FQEConfig must be the linear model (linear state design, fixed-point solver), the
+        stationary tabular model or the window table.
     keys : sequence of str
         The estimators that need it (for the message).
     """
-    models = " or ".join(repr(m) for m in STREAM_Q_MODELS)
+    models = ", ".join(repr(m) for m in STREAM_Q_NAMED)
     if isinstance(q_model, FQEConfig):
         cfg = q_model
     elif q_model == "auto":
@@ -251,12 +264,14 @@ def stream_q_config(q_model: Any, keys: Sequence[str] = ("fqe", "dr", "wdr")) ->
         cfg = FQEConfig(model="linear")
     elif q_model == "tabular_stationary":
         cfg = FQEConfig(model="tabular", horizon="stationary")
+    elif q_model == "tabular_window":
+        cfg = FQEConfig(model="tabular", horizon="window")
     else:
         raise InvalidParameterError(
             f"q_model={q_model!r} does not stream (its fit needs the whole panel in memory): "
             f"name one of {models} to stream {', '.join(keys)}.")
     ok = (cfg.model == "linear" and cfg.state_design == "linear") or (
-        cfg.model == "tabular" and cfg.resolved_horizon == "stationary")
+        cfg.model == "tabular" and cfg.resolved_horizon in ("stationary", "window"))
     if not ok:
         raise InvalidParameterError(
             f"This Q-model (model={cfg.model!r}, horizon={cfg.resolved_horizon!r}, "
@@ -364,6 +379,13 @@ class _Pre:
     r_absmax: float
     n_rows: int = 0
     cell_shape: tuple[tuple[str, ...], tuple[int, ...], int] | None = None
+    #: episodes, censored episodes (last row not terminal), the largest absolute discounted
+    #: return and the rewards' range: the censoring check's pre-check (tabular)
+    n_episodes: int = 0
+    n_censored: int = 0
+    ret_absmax: float = 0.0
+    r_min: float = np.inf
+    r_max: float = -np.inf
 
     def __add__(self, o: _Pre) -> _Pre:
         return _Pre(moments=None if self.moments is None or o.moments is None
@@ -371,7 +393,11 @@ class _Pre:
                     visited=None if self.visited is None or o.visited is None
                     else np.union1d(self.visited, o.visited),
                     r_absmax=max(self.r_absmax, o.r_absmax), n_rows=self.n_rows + o.n_rows,
-                    cell_shape=self.cell_shape or o.cell_shape)
+                    cell_shape=self.cell_shape or o.cell_shape,
+                    n_episodes=self.n_episodes + o.n_episodes,
+                    n_censored=self.n_censored + o.n_censored,
+                    ret_absmax=max(self.ret_absmax, o.ret_absmax),
+                    r_min=min(self.r_min, o.r_min), r_max=max(self.r_max, o.r_max))
 
     def cell_counts(self) -> CellCounts | None:
         """The visited cells and each column's visited levels (tabular), else None."""
@@ -391,8 +417,13 @@ def _pre_chunk(dataset: TrajectoryDataset, *, cfg: FQEConfig) -> _Pre:
         cols = cell_columns(dataset, cfg.cells)
         shape = (tuple(dataset.categorical_names[j] for j in cols),
                  tuple(len(dataset.categorical_levels[j]) for j in cols), dataset.n_actions)
+        ret = dataset.returns()
         return _Pre(moments=None, visited=visited_pairs(cell, dataset.actions, dataset.n_actions),
-                    r_absmax=r_absmax, n_rows=dataset.n_steps, cell_shape=shape)
+                    r_absmax=r_absmax, n_rows=dataset.n_steps, cell_shape=shape,
+                    n_episodes=dataset.n_episodes, n_censored=int(dataset.censored.sum()),
+                    ret_absmax=float(np.abs(ret).max()) if ret.size else 0.0,
+                    r_min=float(dataset.rewards.min()) if dataset.n_steps else np.inf,
+                    r_max=float(dataset.rewards.max()) if dataset.n_steps else -np.inf)
     cats = _category_design(dataset)
     x = np.asarray(dataset.features(one_hot=cats is None), dtype=np.float64)
     mean = x.mean(axis=0)
@@ -411,6 +442,21 @@ class _Design:
     horizon: int
     truncate: float | None
     keys: tuple[str, ...]
+    #: pass 1 sums the window table's statistics (:class:`_WindowSums`): the window table's
+    #: own fit, or the stationary table's censoring check
+    window_sums: bool = False
+
+    @property
+    def window(self) -> bool:
+        """Whether the Q-model is the window table."""
+        return self.cfg.model == "tabular" and self.cfg.resolved_horizon == "window"
+
+    def pair_index(self, dataset: TrajectoryDataset) -> NDArray[np.int64]:
+        """Each row's visited (cell, action) pair: its column in the table's design."""
+        assert self.visited is not None
+        cell, _ = _cells(dataset, self.cfg.cells)
+        key = cell.astype(np.int64) * dataset.n_actions + dataset.actions
+        return np.asarray(np.searchsorted(self.visited, key), dtype=np.int64)
 
     def build(self, dataset: TrajectoryDataset, pe: NDArray[np.float64]
               ) -> tuple[sp.csr_matrix, PiDesign, _LinearModel | None]:
@@ -525,7 +571,7 @@ def _bounded(lm: _LinearModel, theta: NDArray[np.float64], limit: float) -> bool
 class _Pass1:
     """Pass 1: LSTD sums plus the pieces of the estimators' gradients in ``theta``."""
 
-    sums: LSTDSums
+    sums: LSTDSums | None  # None for the window table
     n_episodes: int
     first: NDArray[np.float64] | None  # (n_params,): sum of X_pi over step-0 rows
     a: NDArray[np.float64] | None  # (n_params, H): sum disc w_prev X_pi per step
@@ -536,15 +582,90 @@ class _Pass1:
     gamma: float
     #: the same pieces within each subgroup level (:class:`GroupCodes`), when asked for
     groups: _GroupPieces | None = None
+    #: the window table's statistics (:attr:`_Design.window_sums`)
+    window: _WindowSums | None = None
 
     def __add__(self, o: _Pass1) -> _Pass1:
         def add(u: Any, v: Any) -> Any:
             return None if u is None else u + v
 
-        return _Pass1(sums=self.sums + o.sums, n_episodes=self.n_episodes + o.n_episodes,
+        return _Pass1(sums=add(self.sums, o.sums), n_episodes=self.n_episodes + o.n_episodes,
                       first=add(self.first, o.first), a=add(self.a, o.a), b=add(self.b, o.b),
                       s=add(self.s, o.s), s_prev=add(self.s_prev, o.s_prev), shape=self.shape,
-                      gamma=self.gamma, groups=add(self.groups, o.groups))
+                      gamma=self.gamma, groups=add(self.groups, o.groups),
+                      window=add(self.window, o.window))
+
+    def step_gradients(self, keys: Sequence[str], horizon: int) -> NDArray[np.float64]:
+        """The window table's per-step gradients ``j_t`` of FQE, DR, WDR, ``(H, n_params, k)``.
+
+        The pieces of :func:`_gradients` before their sum over steps (each step has its own
+        ``theta_t``): :meth:`~equicare.ope._fqe.WindowLinearisation.gradients` of the
+        in-memory row weights.
+        """
+        n = float(self.n_episodes)
+        n_par = (self.first if self.first is not None else self.a).shape[0]  # type: ignore
+        out = np.zeros((horizon, n_par, len(keys)))
+        for j, k in enumerate(keys):
+            if k == "fqe":
+                assert self.first is not None
+                out[0, :, j] = self.first / n
+            elif k == "dr":
+                assert self.a is not None and self.b is not None
+                out[:, :, j] = ((self.a - self.b) / n).T
+            else:
+                assert self.a is not None and self.b is not None
+                assert self.s is not None and self.s_prev is not None
+                out[:, :, j] = _wdr_step_gradient(self.a, self.b, self.s, self.s_prev).T
+        return out
+
+
+@dataclass(frozen=True, eq=False)
+class _WindowSums:
+    """The window table's additive statistics over the visited (cell, action) pairs.
+
+    Per pair: rows, reward sums, terminal rows, rows with a next row, and the sparse
+    pair-to-next-pair matrix ``B X_pi`` (a pair's summed target expectations over the next rows
+    of its rows); per step: non-terminal rows and rows with a next row (the window's
+    continuation shares). Every sum runs over rows whose next row is in the same episode.
+    """
+
+    n_all: NDArray[np.float64]
+    r_sum: NDArray[np.float64]
+    n_term: NDArray[np.float64]
+    n_next: NDArray[np.float64]
+    bx: sp.csr_matrix
+    nonterm: NDArray[np.float64]
+    followed: NDArray[np.float64]
+
+    def __add__(self, o: _WindowSums) -> _WindowSums:
+        return _WindowSums(n_all=self.n_all + o.n_all, r_sum=self.r_sum + o.r_sum,
+                           n_term=self.n_term + o.n_term, n_next=self.n_next + o.n_next,
+                           bx=sp.csr_matrix(self.bx + o.bx), nonterm=self.nonterm + o.nonterm,
+                           followed=self.followed + o.followed)
+
+
+def _window_chunk(dataset: TrajectoryDataset, design: _Design, x_pi: sp.csr_matrix
+                  ) -> _WindowSums:
+    """A chunk's :class:`_WindowSums` (:func:`~equicare.ope._fqe._fit_tabular_window`'s sums)."""
+    assert design.visited is not None
+    n_pairs, h = int(design.visited.size), design.horizon
+    idx = design.pair_index(dataset)
+    nxt, has_next = _next_rows(dataset)
+    cont = np.flatnonzero(has_next)
+    b = sp.csr_matrix((np.ones(cont.size), (idx[cont], nxt[cont])),
+                      shape=(n_pairs, dataset.n_steps))
+    step = dataset.step
+    return _WindowSums(
+        n_all=np.bincount(idx, minlength=n_pairs).astype(np.float64),
+        r_sum=np.bincount(idx, weights=dataset.rewards, minlength=n_pairs).astype(np.float64),
+        n_term=np.bincount(idx, weights=dataset.terminals.astype(np.float64),
+                           minlength=n_pairs).astype(np.float64),
+        n_next=np.bincount(idx[cont], minlength=n_pairs).astype(np.float64),
+        bx=sp.csr_matrix(b @ x_pi),
+        nonterm=np.bincount(step, weights=(~dataset.terminals).astype(np.float64),
+                            minlength=h).astype(np.float64),
+        followed=np.bincount(step, weights=has_next.astype(np.float64),
+                             minlength=h).astype(np.float64))
 
 
 @dataclass(frozen=True, eq=False)
@@ -586,6 +707,14 @@ def _wdr_gradient(a: NDArray[np.float64], b: NDArray[np.float64], s: NDArray[np.
     return np.asarray((a / sp_t[None]).sum(axis=1) - (b / s_t[None]).sum(axis=1))
 
 
+def _wdr_step_gradient(a: NDArray[np.float64], b: NDArray[np.float64], s: NDArray[np.float64],
+                       s_prev: NDArray[np.float64]) -> NDArray[np.float64]:
+    """:func:`_wdr_gradient` per step (not summed): shape ``(n_params, H, ...)``."""
+    sp_t = np.where(s_prev > 0, s_prev, 1.0)
+    s_t = np.where(s > 0, s, 1.0)
+    return np.asarray(a / sp_t[None] - b / s_t[None])
+
+
 def _refit_contributions(dataset: TrajectoryDataset, x: sp.csr_matrix, x_pi: PiDesign,
                          theta: NDArray[np.float64], z: NDArray[np.float64]
                          ) -> NDArray[np.float64]:
@@ -604,12 +733,17 @@ def _pass1_chunk(dataset: TrajectoryDataset, *, policy: Any, design: _Design,
     pe = _target_matrix(dataset, policy)
     x, x_pi, lm = design.build(dataset, pe)
     _, has_next = _next_rows(dataset)
-    sums = _chunk_sums(x, x_pi, dataset.rewards, has_next, float(dataset.gamma))
+    sums = (None if design.window
+            else _chunk_sums(x, x_pi, dataset.rewards, has_next, float(dataset.gamma)))
+    ws = None
+    if design.window_sums:
+        assert isinstance(x_pi, SparsePi)
+        ws = _window_chunk(dataset, design, x_pi.x_pi)
     shape = (0, 0) if lm is None else (int(lm.phi.shape[1]), int(lm.psi.shape[1]))
     inputs = _weights_inputs(dataset, pe, design.horizon)
     keys = design.keys
     first = a = bb = s = s_prev = None
-    if "fqe" in keys:
+    if "fqe" in keys or design.window_sums:  # the censoring check values the first rows
         t0 = (inputs.step == 0).astype(np.float64)[:, None]
         first = x_pi.rmatvec(t0)[:, 0]
     if "dr" in keys or "wdr" in keys:
@@ -626,7 +760,121 @@ def _pass1_chunk(dataset: TrajectoryDataset, *, policy: Any, design: _Design,
           _group_pieces(dataset, x, x_pi, inputs, design, groups.keys, groups.codes(dataset),
                         groups.n_groups))
     return _Pass1(sums=sums, n_episodes=dataset.n_episodes, first=first, a=a, b=bb, s=s,
-                  s_prev=s_prev, shape=shape, gamma=float(dataset.gamma), groups=gp)
+                  s_prev=s_prev, shape=shape, gamma=float(dataset.gamma), groups=gp, window=ws)
+
+
+@dataclass(frozen=True, eq=False)
+class WindowFit:
+    r"""The window table fitted from :class:`_WindowSums`, ready to apply chunk by chunk.
+
+    :func:`~equicare.ope._fqe._fit_tabular_window` from the summed statistics: ``Q_t =
+    R + gamma c_t (1 - h) P_pi Q_{t+1}`` by backward recursion over the steps in the driver
+    (one sparse mat-vec over the visited pairs per step). ``thetas[t]`` is ``Q_t`` per pair; a
+    row at step ``t`` gets ``Q_t``. With ``mean_next`` (``gamma > 0`` and ``H x pairs`` at most
+    :data:`~equicare.ope._fqe.WINDOW_LINEARISED_CELLS`, as in memory) the refit enters the
+    bootstrap through :meth:`adjoint` and :func:`_window_contributions`
+    (:class:`~equicare.ope._fqe.WindowLinearisation`'s influence, per chunk).
+    """
+
+    thetas: NDArray[np.float64]  # (H + 1, n_pairs); row H is 0
+    m: sp.csr_matrix  # (n_pairs, n_pairs): diag(stay / n_next) B X_pi
+    mean_next: NDArray[np.float64] | None  # (H, n_pairs): a pair's mean V_{t+1} over next rows
+    inv_w: NDArray[np.float64]  # (n_pairs,): 1 / rows
+    ratio: NDArray[np.float64]  # (n_pairs,): non-terminal rows / rows with a next row
+    cont: NDArray[np.float64]  # (H,): continuation share of each step
+    gamma: float
+    n_cells: int
+
+    @property
+    def linearised(self) -> bool:
+        """Whether the refit enters the bootstrap (else the Q-model is held fixed)."""
+        return self.mean_next is not None
+
+    @classmethod
+    def from_sums(cls, ws: _WindowSums, gamma: float, horizon: int, n_cells: int) -> WindowFit:
+        """Solve as in memory (the same arithmetic on the summed statistics)."""
+        from equicare.ope._fqe import WINDOW_LINEARISED_CELLS
+
+        n_all = ws.n_all
+        n_pairs = n_all.size
+        r_hat = np.divide(ws.r_sum, n_all, out=np.zeros(n_pairs), where=n_all > 0)
+        stay = np.divide(n_all - ws.n_term, n_all, out=np.zeros(n_pairs), where=n_all > 0)
+        scale = np.divide(stay, ws.n_next, out=np.zeros(n_pairs), where=ws.n_next > 0)
+        m = sp.csr_matrix(sp.diags(scale) @ ws.bx)
+        cont = np.divide(ws.followed, ws.nonterm, out=np.zeros(horizon), where=ws.nonterm > 0)
+        thetas = np.zeros((horizon + 1, n_pairs))
+        theta = np.zeros(n_pairs)
+        for t in range(horizon - 1, -1, -1):
+            theta = r_hat + (gamma * cont[t]) * (m @ theta) if gamma > 0 else r_hat
+            thetas[t] = theta
+        mean_next = None
+        if gamma > 0 and horizon * n_pairs <= WINDOW_LINEARISED_CELLS:
+            nxt = np.asarray(ws.bx @ thetas[1:].T).T  # (H, n_pairs)
+            mean_next = np.divide(nxt, ws.n_next[None], out=np.zeros_like(nxt),
+                                  where=ws.n_next[None] > 0)
+        inv_w = np.divide(1.0, n_all, out=np.zeros(n_pairs), where=n_all > 0)
+        ratio = np.divide(n_all - ws.n_term, ws.n_next, out=np.zeros(n_pairs),
+                          where=ws.n_next > 0)
+        return cls(thetas=thetas, m=m, mean_next=mean_next, inv_w=inv_w, ratio=ratio, cont=cont,
+                   gamma=float(gamma), n_cells=int(n_cells))
+
+    def info(self) -> dict[str, Any]:
+        """The in-memory fit's info."""
+        return {"solver": "window", "n_cells": self.n_cells, "n_pairs": int(self.thetas.shape[1]),
+                "horizon": int(self.thetas.shape[0] - 1)}
+
+    def value(self, first: NDArray[np.float64], n_episodes: int) -> float:
+        """The FQE value ``mean_e V_0(s_0e)`` from the summed step-0 rows of ``X_pi``."""
+        return float(self.thetas[0] @ first / max(n_episodes, 1))
+
+    def adjoint(self, grads: NDArray[np.float64]) -> NDArray[np.float64]:
+        """The forward adjoint ``lambda_t = j_t + gamma c_{t-1} M^T lambda_{t-1}``.
+
+        ``grads`` and the result: shape ``(H, n_pairs, k)``.
+        """
+        lam = np.zeros_like(grads)
+        mt = sp.csr_matrix(self.m.T)
+        for t in range(grads.shape[0]):
+            lam[t] = grads[t] + (self.gamma * self.cont[t - 1] * np.asarray(mt @ lam[t - 1])
+                                 if t > 0 else 0.0)
+        return lam
+
+
+def _step_values(design: sp.csr_matrix, thetas: NDArray[np.float64], step: NDArray[np.int64]
+                 ) -> NDArray[np.float64]:
+    """``design_i . thetas[step_i]`` of every row (a row at step ``t`` gets ``Q_t``)."""
+    n = design.shape[0]
+    rows = np.repeat(np.arange(n), np.diff(design.indptr))
+    vals = design.data * thetas[step[rows], design.indices]
+    return np.bincount(rows, weights=vals, minlength=n).astype(np.float64)
+
+
+def _window_contributions(dataset: TrajectoryDataset, x_pi: sp.csr_matrix,
+                          idx: NDArray[np.int64], wf: WindowFit, lam: NDArray[np.float64]
+                          ) -> NDArray[np.float64]:
+    """Each episode's first-order effect on functionals with adjoint directions ``lam``.
+
+    :meth:`~equicare.ope._fqe.WindowLinearisation.influence` over a chunk before its scaling
+    and centring: ``sum_{i in e} sum_t lambda_t(p_i) (y_{t,i} - Q_t(p_i)) / W_{p_i}`` with the
+    completed next values ``y``. Shape ``(n_episodes, k)``.
+    """
+    assert wf.mean_next is not None
+    nxt, has_next = _next_rows(dataset)
+    censored = ~dataset.terminals & ~has_next
+    inv_w, ratio = wf.inv_w[idx], wf.ratio[idx]
+    infl = np.zeros((dataset.n_steps, lam.shape[2]))
+    for t in range(lam.shape[0]):  # every row re-weights every step's Q_t
+        if not lam[t].any():
+            continue
+        th_next = wf.thetas[t + 1]
+        mp = wf.mean_next[t][idx]
+        v_next = x_pi @ th_next
+        completed = np.where(has_next, mp + (v_next[nxt] - mp) * ratio,
+                             np.where(censored, mp, 0.0))
+        y = dataset.rewards + wf.gamma * wf.cont[t] * completed
+        delta = (y - wf.thetas[t][idx]) * inv_w
+        infl += delta[:, None] * lam[t][idx]
+    return np.asarray(np.add.reduceat(infl, dataset.episode_offsets[:-1], axis=0))
 
 
 @dataclass(frozen=True, eq=False)
@@ -639,6 +887,9 @@ class _Fit:
     check_limit: float | None  # linear fixed point: |Q| bound of the stability check
     #: subgroup levels' refit directions, ``(n_params, K * C)`` (estimator-major, as ``z``)
     z_groups: NDArray[np.float64] | None = None
+    #: the window table (then ``theta`` is its ``(H + 1, n_pairs)`` per-step values and ``z``,
+    #: ``z_groups`` are adjoint directions ``(H, n_pairs, k)``)
+    window: WindowFit | None = None
 
 
 def _gradients(p1: _Pass1, keys: Sequence[str]) -> NDArray[np.float64]:
@@ -678,6 +929,7 @@ def _solve(p1: _Pass1, design: _Design, gamma: float
            ) -> tuple[LSTDSolution | None, NDArray[np.float64], dict[str, Any]]:
     """Solve as the in-memory fit does; ``(solution or None, theta, info)``."""
     sums, cfg = p1.sums, design.cfg
+    assert sums is not None  # an LSTD fit (the window table has its own, WindowFit)
     n_par = sums.b.size
     diag = sums.diag_xtx
     if cfg.model == "tabular":
@@ -713,11 +965,15 @@ class _Pass2:
     sums: StreamSums
     bounded: bool
     groups: GroupSums | None = None
+    #: the censoring check's summed influences (:class:`_CensoringPlan`)
+    censoring: _Moments | None = None
 
     def __add__(self, o: _Pass2) -> _Pass2:
         return _Pass2(sums=self.sums + o.sums, bounded=self.bounded and o.bounded,
                       groups=None if self.groups is None or o.groups is None
-                      else self.groups + o.groups)
+                      else self.groups + o.groups,
+                      censoring=None if self.censoring is None or o.censoring is None
+                      else self.censoring + o.censoring)
 
 
 def _pass2_matrix(dataset: TrajectoryDataset, *, policy: Any, design: _Design, fit: _Fit
@@ -739,6 +995,10 @@ def _pass2_matrix(dataset: TrajectoryDataset, *, policy: Any, design: _Design, f
         from equicare.ope._fqe import _logged_values
 
         q_sa, v = _logged_values(qfun, pe, dataset.actions)
+    elif fit.window is not None:
+        assert isinstance(x_pi, SparsePi)
+        q_sa = _step_values(x, theta, dataset.step)
+        v = _step_values(x_pi.x_pi, theta, dataset.step)
     else:
         q_sa, v = np.asarray(x @ theta), x_pi.matvec(theta)
     inputs = _weights_inputs(dataset, pe, design.horizon, q_sa=q_sa, v=v)
@@ -746,9 +1006,14 @@ def _pass2_matrix(dataset: TrajectoryDataset, *, policy: Any, design: _Design, f
     cols = [parts.matrix, inputs.returns()[:, None]]
     eff = None
     if fit.z is not None:
-        k = fit.z.shape[1]
-        zs = fit.z if fit.z_groups is None else np.concatenate([fit.z, fit.z_groups], axis=1)
-        raw = _refit_contributions(dataset, x, x_pi, theta, zs)
+        k = fit.z.shape[-1]
+        zs = fit.z if fit.z_groups is None else np.concatenate([fit.z, fit.z_groups], axis=-1)
+        if fit.window is not None:
+            assert isinstance(x_pi, SparsePi)
+            raw = _window_contributions(dataset, x_pi.x_pi, design.pair_index(dataset),
+                                        fit.window, zs)
+        else:
+            raw = _refit_contributions(dataset, x, x_pi, theta, zs)
         cols.append(raw[:, :k])
         if fit.z_groups is not None:  # (n_episodes, K, C) -> (n_episodes, C, K)
             eff = raw[:, k:].reshape(raw.shape[0], k, -1).transpose(0, 2, 1)
@@ -756,7 +1021,8 @@ def _pass2_matrix(dataset: TrajectoryDataset, *, policy: Any, design: _Design, f
 
 
 def _pass2_chunk(dataset: TrajectoryDataset, *, policy: Any, design: _Design, fit: _Fit,
-                 n_boot: int, seed: int, groups: GroupPlan | None = None) -> _Pass2:
+                 n_boot: int, seed: int, groups: GroupPlan | None = None,
+                 censoring: dict[str, Any] | None = None) -> _Pass2:
     inputs, parts, mat, bounded, eff = _pass2_matrix(dataset, policy=policy, design=design,
                                                      fit=fit)
     w = replicate_weights(dataset.episode_ids, n_boot, seed)
@@ -769,7 +1035,9 @@ def _pass2_chunk(dataset: TrajectoryDataset, *, policy: Any, design: _Design, fi
     g = (None if groups is None else
          group_chunk_sums(dataset, mat, tw, w, groups, layout=layout, infl_keys=fit.infl_keys,
                           eff=eff, trunc_weights=tt, inputs=inputs, truncate=design.truncate))
-    return _Pass2(sums=sums, bounded=bounded, groups=g)
+    c = (None if censoring is None
+         else _censoring_chunk(dataset, policy=policy, design=design, **censoring))
+    return _Pass2(sums=sums, bounded=bounded, groups=g, censoring=c)
 
 
 def _pass3_chunk(dataset: TrajectoryDataset, *, policy: Any, design: _Design, fit: _Fit,
@@ -810,7 +1078,11 @@ class QValues:
         for lo, hi, part in dataset.episode_blocks(max_rows):
             pe = _target_matrix(part, policy)
             x, x_pi, lm = self.design.build(part, pe)
-            if lm is None:
+            if self.design.window:
+                assert isinstance(x_pi, SparsePi)
+                q_sa[lo:hi] = _step_values(x, self.theta, part.step)
+                v[lo:hi] = _step_values(x_pi.x_pi, self.theta, part.step)
+            elif lm is None:
                 q_sa[lo:hi], v[lo:hi] = np.asarray(x @ self.theta), x_pi.matvec(self.theta)
             else:
                 q_sa[lo:hi], v[lo:hi] = _logged_values(lm.q_function(self.theta), pe,
@@ -850,6 +1122,22 @@ class StreamQFit:
     info: dict[str, Any]
     r_absmax: float
     cells: CellCounts | None = None
+    #: the window table (then ``theta`` is its ``(H + 1, n_pairs)`` per-step values)
+    window: WindowFit | None = None
+    #: beside a stationary table, the window table fitted from the same passes (its
+    #: censoring check, :class:`_CensoringPlan`)
+    alt_window: WindowFit | None = None
+    pre: _Pre | None = None
+
+    def as_window(self) -> StreamQFit:
+        """The window table fitted beside the stationary one, as the Q-model."""
+        assert self.alt_window is not None
+        wf = self.alt_window
+        design = dataclasses.replace(
+            self.design, cfg=dataclasses.replace(self.design.cfg, horizon="window"))
+        return StreamQFit(design=design, theta=wf.thetas, solution=None, pass1=self.pass1,
+                          info=wf.info(), r_absmax=self.r_absmax, cells=self.cells, window=wf,
+                          pre=self.pre)
 
     def applier(self) -> QValues:
         """What a worker needs to evaluate the fitted Q on a chunk (picklable, small)."""
@@ -866,6 +1154,7 @@ class StreamQFit:
     def iterated(self) -> StreamQFit:
         """The fall-back of an unstable linear fixed point: iterated ridge regressions."""
         cfg, p1 = self.design.cfg, self.pass1
+        assert p1.sums is not None
         n_iter = cfg.n_iterations or min(self.design.horizon, 100)
         p, m = p1.shape
         penalty = np.full(self.theta.size, float(cfg.alpha))
@@ -892,7 +1181,7 @@ class _Bounded:
 
 def fit_q_stream(source: Any, policy: Any, *, cfg: FQEConfig, keys: tuple[str, ...],
                  truncate: float | None = None, check: bool = True,
-                 groups: GroupCodes | None = None) -> StreamQFit:
+                 groups: GroupCodes | None = None, censoring: bool = False) -> StreamQFit:
     """Fit a streamable Q-model of ``policy`` over the chunks of ``source`` (passes 0 and 1).
 
     Parameters
@@ -910,6 +1199,10 @@ def fit_q_stream(source: Any, policy: Any, *, cfg: FQEConfig, keys: tuple[str, .
         estimate pass instead.
     groups : GroupCodes, optional
         Groups whose gradient pieces pass 1 also sums (:func:`group_refit_directions`).
+    censoring : bool
+        With the stationary table on a panel with censored episodes, pass 1 also sums the
+        window table's statistics and the fit carries the window table (``alt_window``) for
+        the censoring check (:class:`_CensoringPlan`).
 
     Returns
     -------
@@ -921,13 +1214,26 @@ def fit_q_stream(source: Any, policy: Any, *, cfg: FQEConfig, keys: tuple[str, .
     if pre.moments is not None:
         mo = pre.moments
         stats = StateStats(mean=mo.mean, sd=np.sqrt(mo.m2 / max(mo.n, 1.0)), max_len=horizon)
+    tabular = cfg.model == "tabular"
+    window = tabular and cfg.resolved_horizon == "window"
     design = _Design(cfg=cfg, stats=stats, visited=pre.visited, horizon=horizon,
-                     truncate=truncate, keys=keys)
+                     truncate=truncate, keys=keys,
+                     window_sums=window or (tabular and censoring and pre.n_censored > 0))
     p1, _ = source.map_reduce(functools.partial(_by_blocks, _pass1_chunk, policy=policy,
                                                 design=design, groups=groups))
+    wf = None
+    if p1.window is not None:
+        assert pre.visited is not None and pre.cell_shape is not None
+        n_cells = int(np.unique(pre.visited // pre.cell_shape[2]).size)
+        wf = WindowFit.from_sums(p1.window, p1.gamma, horizon, n_cells)
+    if window:
+        assert wf is not None
+        return StreamQFit(design=design, theta=wf.thetas, solution=None, pass1=p1,
+                          info=wf.info(), r_absmax=pre.r_absmax, cells=pre.cell_counts(),
+                          window=wf, pre=pre)
     sol, theta, info = _solve(p1, design, p1.gamma)
     fit = StreamQFit(design=design, theta=theta, solution=sol, pass1=p1, info=info,
-                     r_absmax=pre.r_absmax, cells=pre.cell_counts())
+                     r_absmax=pre.r_absmax, cells=pre.cell_counts(), alt_window=wf, pre=pre)
     limit = fit.check_limit
     if check and limit is not None:
         ok, _ = source.map_reduce(functools.partial(_by_blocks, _bounded_chunk, policy=policy,
@@ -958,6 +1264,11 @@ class StreamQOutput:
         Each level's summed squared influences.
     cells : CellCounts or None
         The stationary table's visited cells (tabular: whether they are thin).
+    censoring : CensoringCheck or None
+        The stationary table's censoring check (:class:`_CensoringPlan`), with
+        ``switched`` when the window table replaced it.
+    cfg : FQEConfig or None
+        The Q-model fitted (the window table's when it replaced the stationary one).
     """
 
     sums: StreamSums
@@ -967,13 +1278,32 @@ class StreamQOutput:
     groups: GroupSums | None = None
     group_squares: Any = None
     cells: CellCounts | None = None
+    censoring: Any = None
+    cfg: FQEConfig | None = None
+
+
+def _directions(source: Any, policy: Any, qfit: StreamQFit, q_keys: tuple[str, ...],
+                codes: GroupCodes | None) -> _Fit:
+    """The fit to apply in the estimates pass, with its refit directions (overall, levels)."""
+    sol, wf = qfit.solution, qfit.window
+    if wf is not None:  # the window table: adjoint directions over the steps
+        z = (wf.adjoint(qfit.pass1.step_gradients(q_keys, qfit.design.horizon))
+             if wf.linearised else None)
+    else:
+        z = None if sol is None else sol.solve_t(_gradients(qfit.pass1, q_keys))
+    zg = None
+    if z is not None and codes is not None:  # the levels' pieces came with pass 1
+        dirs = group_refit_directions(source, qfit, policy, codes)
+        zg = None if dirs is None else np.concatenate([dirs[k] for k in q_keys], axis=-1)
+    return _Fit(theta=qfit.theta, z=z, infl_keys=q_keys if z is not None else (),
+                check_limit=qfit.check_limit, z_groups=zg, window=wf)
 
 
 def evaluate_stream_q(source: Any, policy: Any, *, keys: tuple[str, ...], cfg: FQEConfig,
                       n_boot: int, seed: int, truncate: float | None,
                       progress: Callable[[int], None] | None = None,
-                      studentized: bool = False, groups: GroupPlan | None = None
-                      ) -> StreamQOutput:
+                      studentized: bool = False, groups: GroupPlan | None = None,
+                      censoring: str = "off") -> StreamQOutput:
     """Streamed evaluation with FQE, DR and WDR (three map-reduce passes over ``source``).
 
     With ``studentized`` a fourth pass (:func:`_pass3_chunk`) sums the squared influences that
@@ -1000,6 +1330,13 @@ def evaluate_stream_q(source: Any, policy: Any, *, keys: tuple[str, ...], cfg: F
         jackknife pass runs in its place whatever this says).
     groups : GroupPlan, optional
         Subgroup levels to estimate within.
+    censoring : {"off", "check", "switch"}
+        With the stationary table: ``"check"`` makes the in-memory censoring check
+        (:class:`_CensoringPlan`: the window table fitted from the same passes, the
+        per-episode influences of the two values' difference summed in the estimates pass,
+        when censoring could move the value by 2%); ``"switch"`` (``auto``'s choice) also
+        replaces the stationary table by the window table when the check warns, as in memory,
+        and makes the estimates pass again with it.
 
     Returns
     -------
@@ -1009,18 +1346,23 @@ def evaluate_stream_q(source: Any, policy: Any, *, keys: tuple[str, ...], cfg: F
     codes = (GroupCodes(codes=groups.codes, n_groups=groups.n_columns, keys=q_keys)
              if groups is not None and groups.n_columns else None)
     qfit = fit_q_stream(source, policy, cfg=cfg, keys=keys, truncate=truncate, check=False,
-                        groups=codes)
-    sol = qfit.solution
-    z = None if sol is None else sol.solve_t(_gradients(qfit.pass1, q_keys))
-    zg = None
-    if z is not None and codes is not None:  # the levels' pieces came with pass 1
-        dirs = group_refit_directions(source, qfit, policy, codes)
-        zg = None if dirs is None else np.concatenate([dirs[k] for k in q_keys], axis=1)
-    fit = _Fit(theta=qfit.theta, z=z, infl_keys=q_keys if z is not None else (),
-               check_limit=qfit.check_limit, z_groups=zg)
-    p2, n = source.map_reduce(functools.partial(_by_blocks, _pass2_chunk, policy=policy,
-                                                design=qfit.design, fit=fit, n_boot=n_boot,
-                                                seed=seed, groups=groups), progress)
+                        groups=codes, censoring=censoring != "off")
+    plan = None if qfit.alt_window is None else _CensoringPlan.of(qfit)
+    fit = _directions(source, policy, qfit, q_keys, codes)
+    p2, n = source.map_reduce(functools.partial(
+        _by_blocks, _pass2_chunk, policy=policy, design=qfit.design, fit=fit, n_boot=n_boot,
+        seed=seed, groups=groups, censoring=None if plan is None else plan.terms), progress)
+    check, extra = None, 0
+    if plan is not None:  # the check's influences rode on the estimates pass
+        check = plan.check(p2.censoring)
+        if check.warn and censoring == "switch":  # auto: the window table, the pass again
+            qfit = qfit.as_window()
+            check = dataclasses.replace(check, switched=True)
+            fit = _directions(source, policy, qfit, q_keys, codes)
+            p2, n = source.map_reduce(functools.partial(
+                _by_blocks, _pass2_chunk, policy=policy, design=qfit.design, fit=fit,
+                n_boot=n_boot, seed=seed, groups=groups), progress)
+            extra = 1
     info = qfit.info
     if not p2.bounded:  # unstable fixed point: iterate from the same sums, Q held fixed
         qfit = qfit.iterated()
@@ -1039,14 +1381,15 @@ def evaluate_stream_q(source: Any, policy: Any, *, keys: tuple[str, ...], cfg: F
             _by_blocks, _pass3_chunk, policy=policy, design=qfit.design, fit=fit,
             coefs=pass_coefs(p2.sums, seed), groups=groups, level_coefs=level_coefs))
         squares, g_squares = both.main, both.groups
-    name = ("linear" if cfg.model == "linear" else "tabular_stationary" if cfg.cells is None
-            else f"tabular_stationary[{','.join(cfg.cells)}]")
-    q_info = {"chosen": name, **info,
+    from equicare.ope._prepare import q_model_name
+
+    q_info = {"chosen": q_model_name(qfit.design.cfg), **info,
               "bootstrap": ("Q-model refit linearised in every replicate" if fit.z is not None
                             else "Q-model fitted once on all episodes"),
-              "passes": 4 if second else 3}
+              "passes": (4 if second else 3) + extra}
     return StreamQOutput(sums=p2.sums, n_chunks=n, q_model=q_info, squares=squares,
-                         groups=p2.groups, group_squares=g_squares, cells=qfit.cells)
+                         groups=p2.groups, group_squares=g_squares, cells=qfit.cells,
+                         censoring=check, cfg=qfit.design.cfg)
 
 
 # ---------------------------------------------------------------------- groups' refit directions
@@ -1083,6 +1426,21 @@ class _GroupPieces:
         assert self.s is not None and self.s_prev is not None
         return _wdr_gradient(self.a, self.b, self.s, self.s_prev)
 
+    def step_gradients(self, key: str, horizon: int) -> NDArray[np.float64]:
+        """The window table's per-step ``dF_c/dtheta_t`` of each group, ``(H, n_params, C)``."""
+        n = np.maximum(self.n, 1.0)
+        if key == "fqe":
+            assert self.first is not None
+            out = np.zeros((horizon, *self.first.shape))
+            out[0] = self.first / n
+            return out
+        assert self.a is not None and self.b is not None
+        if key == "dr":
+            return np.ascontiguousarray(((self.a - self.b) / n).transpose(1, 0, 2))
+        assert self.s is not None and self.s_prev is not None
+        return np.ascontiguousarray(
+            _wdr_step_gradient(self.a, self.b, self.s, self.s_prev).transpose(1, 0, 2))
+
 
 def _group_pieces_chunk(dataset: TrajectoryDataset, *, policy: Any, design: _Design,
                         groups: GroupCodes) -> _GroupPieces:
@@ -1114,7 +1472,8 @@ def _group_pieces(dataset: TrajectoryDataset, x: sp.csr_matrix, x_pi: PiDesign,
     if "dr" in keys:
         d = (_grouped_t(x_pi, (disc * w_prev)[:, None] * row_valid, row_codes, n_groups)
              - _grouped_t(x, (disc * w_row)[:, None] * row_valid, row_codes, n_groups))
-    if "wdr" in keys:  # per (group, step): output index group * H + step
+    if "wdr" in keys or ("dr" in keys and design.window_sums):
+        # per (group, step): output index group * H + step (the window table's DR too)
         h = design.horizon
         idx = row_codes * h + t[:, None]
 
@@ -1135,6 +1494,10 @@ def group_refit_directions(source: Any, fit: StreamQFit, policy: Any, groups: Gr
                            ) -> dict[str, NDArray[np.float64]] | None:
     """The refit directions ``z_c = M^{-T} dF_c/dtheta`` of each group's estimates.
 
+    For the window table, the adjoint directions ``lambda_{t,c}`` over the steps
+    (:meth:`WindowFit.adjoint` of each group's per-step gradients), shape
+    ``(H, n_params, n_groups)``.
+
     The groups come in partitions of the episodes (the levels of one attribute, say; see
     :class:`GroupCodes`), so the design's rows are formed once per chunk, not once per group.
     The estimate of group ``c`` averages over its episodes (WDR normalised within it). The
@@ -1147,13 +1510,17 @@ def group_refit_directions(source: Any, fit: StreamQFit, policy: Any, groups: Gr
     dict of str to ndarray of shape (n_params, n_groups), or None
         One entry per estimator of ``groups.keys`` (among ``fqe, dr, wdr``).
     """
-    if fit.solution is None:
+    if fit.solution is None and (fit.window is None or not fit.window.linearised):
         return None
     pieces = fit.pass1.groups
     if pieces is None:
         pieces, _ = source.map_reduce(functools.partial(
             _by_blocks, _group_pieces_chunk, policy=policy, design=fit.design, groups=groups))
     keys = groups.keys
+    if fit.window is not None:  # the window table: each level's adjoint directions
+        h = fit.design.horizon
+        return {k: fit.window.adjoint(pieces.step_gradients(k, h)) for k in keys}
+    assert fit.solution is not None
     grads = np.concatenate([pieces.gradients(k) for k in keys], axis=1)
     z = np.asarray(fit.solution.solve_t(grads))  # one multi-right-hand-side solve
     n_c = grads.shape[1] // len(keys)
@@ -1175,3 +1542,86 @@ def refit_contributions(dataset: TrajectoryDataset, policy: Any, q: QValues,
         out[done:done + part.n_episodes] = _refit_contributions(part, x, x_pi, q.theta, z)
         done += part.n_episodes
     return out
+
+
+# ---------------------------------------------------------------------- the censoring check
+def _censoring_chunk(dataset: TrajectoryDataset, *, policy: Any, design: _Design,
+                     theta: NDArray[np.float64], z: NDArray[np.float64], window: WindowFit,
+                     lam: NDArray[np.float64], n_episodes: int) -> _Moments:
+    """A chunk's per-episode ``u_e`` of the two values' difference, as summed moments.
+
+    ``u_e = V_st(s_0e) - V_win(s_0e) + n (raw_st_e - raw_win_e)``: each value's own term plus
+    its linearised refit (:func:`equicare.ope._censoring._episode_influence`, before centring).
+    """
+    pe = _target_matrix(dataset, policy)
+    x, x_pi, _ = design.build(dataset, pe)
+    assert isinstance(x_pi, SparsePi)
+    starts = dataset.episode_offsets[:-1]
+    first = x_pi.x_pi[starts]
+    u = np.asarray(first @ theta) - np.asarray(first @ window.thetas[0])
+    raw_st = _refit_contributions(dataset, x, x_pi, theta, z)[:, 0]
+    raw_win = _window_contributions(dataset, x_pi.x_pi, design.pair_index(dataset), window,
+                                    lam)[:, 0]
+    u = u + n_episodes * (raw_st - raw_win)
+    mean = np.array([u.mean()]) if u.size else np.zeros(1)
+    return _Moments(n=float(u.size), mean=mean, m2=np.array([((u - mean[0]) ** 2).sum()]))
+
+
+@dataclass(frozen=True, eq=False)
+class _CensoringPlan:
+    """:func:`equicare.ope._censoring.censoring_check` of a streamed stationary table.
+
+    The window table (``fit.alt_window``) comes from the stationary fit's passes, the two
+    values from the summed step-0 rows, the pre-check from pass 0's censored episodes and
+    largest return. When the pre-check passes, the estimates pass also sums the per-episode
+    influences of the values' difference (``terms`` for :func:`_censoring_chunk`; Chan's
+    combination of each chunk's mean and squared deviations), so :meth:`check` gives the
+    in-memory standard error and decision. ``terms`` is None when no standard error is
+    defined (a window table held fixed, fewer than 2 episodes).
+    """
+
+    share: float
+    v_st: float
+    v_win: float
+    explainable: float
+    direction: int
+    n_episodes: int
+    terms: dict[str, Any] | None
+
+    @classmethod
+    def of(cls, fit: StreamQFit) -> _CensoringPlan | None:
+        """The plan, or None when censoring cannot move the value by 2% (as in memory)."""
+        from equicare.ope._censoring import CENSORING_MIN_PCT, explainable_by_censoring
+
+        pre, p1, wf = fit.pre, fit.pass1, fit.alt_window
+        assert pre is not None and wf is not None and p1.first is not None
+        if pre.n_censored == 0:
+            return None
+        n = p1.n_episodes
+        v_st = float(fit.theta @ p1.first / n)
+        share = pre.n_censored / pre.n_episodes
+        explainable = explainable_by_censoring(share, pre.ret_absmax)
+        if explainable < CENSORING_MIN_PCT / 100.0 * abs(v_st):
+            return None
+        terms = None
+        if fit.solution is not None and wf.linearised and n >= 2:
+            g = (p1.first / n)[:, None]
+            grads = np.zeros((fit.design.horizon, g.shape[0], 1))
+            grads[0] = g
+            terms = {"theta": fit.theta, "z": np.asarray(fit.solution.solve_t(g)),
+                     "window": wf, "lam": wf.adjoint(grads), "n_episodes": n}
+        direction = -1 if pre.r_min >= 0 or pre.n_rows == 0 else 1 if pre.r_max <= 0 else 0
+        return cls(share=share, v_st=v_st, v_win=wf.value(p1.first, n),
+                   explainable=explainable, direction=direction, n_episodes=n, terms=terms)
+
+    def check(self, moments: _Moments | None) -> Any:
+        """The :class:`~equicare.ope._censoring.CensoringCheck` from the summed influences."""
+        from equicare.ope._censoring import CensoringCheck, censoring_warns
+
+        n = self.n_episodes
+        se = (None if self.terms is None or moments is None
+              else float(np.sqrt(moments.m2[0] / (n - 1)) / np.sqrt(n)))
+        return CensoringCheck(
+            censored_pct=float(100.0 * self.share), stationary=self.v_st, window=self.v_win,
+            difference_se=se, explainable=self.explainable,
+            warn=censoring_warns(self.v_st, self.v_win, se, self.explainable, self.direction))
