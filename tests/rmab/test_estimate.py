@@ -80,6 +80,26 @@ def test_small_cells_warn_and_bad_actions_raise():
                       min_count=0)
 
 
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.SmallCellWarning")  # tiny panels
+@pytest.mark.parametrize("column, role", [("state", "state"), ("group", "group"),
+                                          ("member", "episode"), ("week", "time"),
+                                          ("reward", "reward")])
+@pytest.mark.parametrize("missing", [np.nan, None, " "])
+def test_a_missing_value_is_refused_naming_column_and_row(column, role, missing):
+    """A missing state, group or id used to become a level "nan" of its own (a state "nan" with
+    its own transition rows, one pooled member "nan", or an error about a group 'nan' with no
+    arms); a missing reward made R(s) NaN."""
+    d = load_domain("synthetic", n_arms=20)
+    panel = make_panel(d, 3, np.random.default_rng(1)).reset_index(drop=True)
+    panel[column] = panel[column].astype(object)
+    panel.loc[7, column] = missing
+    with pytest.raises(DataValidationError, match=re.escape(
+            f"Column {column!r} ({role}) has 1 missing value(s) (first: row 7, 0-based data "
+            "row); every row needs")):
+        estimate_arms(panel, episode="member", time="week", state="state", action="treated",
+                      group="group", reward="reward", min_count=0)
+
+
 def test_capacity_plan_finds_the_smallest_budget():
     d = load_domain("synthetic", n_arms=60)
     res = capacity_plan(d, target_share=0.5, goal_states=["good"], policies=["opt", "random"],

@@ -50,6 +50,14 @@ TOO_MANY_STATES = ("Column {column!r} (state) has {n_levels} distinct values; th
 SMALL_CELLS = ("{n_small} of {n_cells} (group, action, state) cells have fewer than {min_count} "
                "observed transitions ({first}); their transition rows lean on the Dirichlet "
                "prior.")
+MISSING_VALUES = ("Column {column!r} ({role}) has {n} missing value(s) (first: row {row}, 0-based "
+                  "data row); every row needs {what}.")
+_NEEDS = {"episode": "an episode (member) id",
+          "state": "a state: drop those rows or give the missing value a level of its own "
+                   "(e.g. 'unknown')",
+          "group": "a group: drop those rows or label them explicitly (e.g. 'unknown')",
+          "time": "a step to order the episode's rows by",
+          "reward": "a reward (R(s) is the mean over the rows in state s)"}
 #: ``{first}`` of :data:`SMALL_CELLS`: the first sparse cell of a published group (its count is
 #: not named), or a note that every sparse cell is in a suppressed group.
 SMALL_CELLS_FIRST = "first: group {group!r}, action {action}, state {state!r}"
@@ -228,6 +236,21 @@ def _column(data: Any, name: Any, role: str) -> NDArray[Any]:
     return np.asarray(data[name].to_numpy())
 
 
+def _refuse_missing(values: NDArray[Any], name: Any, role: str) -> None:
+    """Raise :class:`DataValidationError` naming the column and first row of a missing value.
+
+    A missing episode id, state, group, time or reward used to become a level ``"nan"`` of its
+    own (one pooled episode, state or group) or an error about a group ``'nan'`` with no arms.
+    """
+    from equicare.data._labels import missing_labels
+
+    miss = missing_labels(values)
+    if miss.any():
+        raise DataValidationError(MISSING_VALUES.format(
+            column=name if isinstance(name, str) else role, role=role, n=int(miss.sum()),
+            row=int(np.argmax(miss)), what=_NEEDS[role]))
+
+
 def estimate_arms(
     data: Any = None,
     *,
@@ -313,6 +336,9 @@ def estimate_arms(
                                       f"got shape {arr.shape}.")
     if n == 0:
         raise DataValidationError("The panel has no rows.")
+    for arr, name, role in ((ep, episode, "episode"), (st_raw, state, "state"),
+                            (gr_raw, group, "group")):
+        _refuse_missing(arr, name, role)
     # actions must be 0/1
     try:
         ac = ac_raw.astype(np.float64)
@@ -363,7 +389,12 @@ def estimate_arms(
             max_states=int(max_states), top=S - 1, gib=G * 2 * S * S * 8 / 2**30))
     # order rows within episodes
     ep_codes = np.unique(ep.astype(str), return_inverse=True)[1].ravel()
-    tkey = np.arange(n) if time is None else _column(data, time, "time").astype(np.float64)
+    if time is None:
+        tkey = np.arange(n)
+    else:
+        t_raw = _column(data, time, "time")
+        _refuse_missing(t_raw, time, "time")
+        tkey = t_raw.astype(np.float64)
     order = np.lexsort((tkey, ep_codes))
     same_next = np.r_[ep_codes[order][1:] == ep_codes[order][:-1], False]
     if nxt_codes is None:
@@ -406,7 +437,9 @@ def estimate_arms(
             raise DataValidationError(f"state_rewards must have one value per state ({S}); got "
                                       f"shape {R.shape}.")
     elif reward is not None:
-        rw = _column(data, reward, "reward").astype(np.float64)
+        rw_raw = _column(data, reward, "reward")
+        _refuse_missing(rw_raw, reward, "reward")
+        rw = rw_raw.astype(np.float64)
         num = np.bincount(codes, weights=rw, minlength=S)
         den = np.bincount(codes, minlength=S)
         if (den == 0).any():
