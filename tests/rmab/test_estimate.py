@@ -80,6 +80,53 @@ def test_small_cells_warn_and_bad_actions_raise():
                       min_count=0)
 
 
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.SmallCellWarning")  # tiny panels
+@pytest.mark.parametrize("column, role", [("state", "state"), ("group", "group"),
+                                          ("member", "episode"), ("week", "time"),
+                                          ("reward", "reward")])
+@pytest.mark.parametrize("missing", [np.nan, None, " "])
+def test_a_missing_value_is_refused_naming_column_and_row(column, role, missing):
+    """A missing state, group or id used to become a level "nan" of its own (a state "nan" with
+    its own transition rows, one pooled member "nan", or an error about a group 'nan' with no
+    arms); a missing reward made R(s) NaN."""
+    d = load_domain("synthetic", n_arms=20)
+    panel = make_panel(d, 3, np.random.default_rng(1)).reset_index(drop=True)
+    panel[column] = panel[column].astype(object)
+    panel.loc[7, column] = missing
+    with pytest.raises(DataValidationError, match=re.escape(
+            f"Column {column!r} ({role}) has 1 missing value(s) (first: row 7, 0-based data "
+            "row); every row needs")):
+        estimate_arms(panel, episode="member", time="week", state="state", action="treated",
+                      group="group", reward="reward", min_count=0)
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.SmallCellWarning")  # tiny panels
+@pytest.mark.parametrize("labels", [False, True])
+def test_next_state_column_missing_means_no_transition_and_bad_codes_are_refused(labels):
+    """A next_state column is missing on the last row of a member who leaves: that used to crash
+    ("'list' argument must have no negative elements"); a code outside 0..S-1 was counted in a
+    neighbouring cell (code S went to the next state's row, -1 to the previous one)."""
+    d = load_domain("synthetic", n_arms=40)
+    panel = make_panel(d, 6, np.random.default_rng(2)).sort_values(["member", "week"])
+    panel["next"] = panel.groupby("member")["state"].shift(-1)  # NaN on every last row
+    if labels:
+        names = np.array(["bad", "good"], dtype=object)
+        panel["state"] = names[panel["state"].to_numpy()]
+        panel["next"] = [None if pd.isna(v) else names[int(v)] for v in panel["next"]]
+    kw = dict(episode="member", time="week", state="state", action="treated", group="group",
+              reward="reward", min_count=0)
+    default = estimate_arms(panel, **kw)
+    given = estimate_arms(panel, next_state="next", **kw)
+    np.testing.assert_array_equal(given.counts, default.counts)
+    assert given.counts.sum() == 40 * 5
+    bad = panel.reset_index(drop=True)
+    bad["next"] = bad["next"].astype(object)
+    bad.loc[3, "next"] = "worse" if labels else 2
+    with pytest.raises(DataValidationError, match=re.escape(
+            "Column 'next' (next_state): row 3 (0-based data row) has ")):
+        estimate_arms(bad, next_state="next", **kw)
+
+
 def test_capacity_plan_finds_the_smallest_budget():
     d = load_domain("synthetic", n_arms=60)
     res = capacity_plan(d, target_share=0.5, goal_states=["good"], policies=["opt", "random"],

@@ -199,3 +199,18 @@ def test_one_seed_has_no_standard_errors():
     two = plan(load_domain("synthetic", n_arms=30), budget=0.2, seeds=2, random_state=0,
                policies=["mmr"]).to_dict()["policies"]["mmr"]
     assert two["mean_reward_se"] > 0 and two["gini_se"] is not None
+
+
+def test_utility_loss_se_is_paired_over_seeds():
+    """The seeds share start states and transitions, so the loss's SE is that of a paired ratio:
+    0 for opt against itself (it was the SE of opt's own mean, 0.014 here), and for another
+    policy the delta-method SE of (U_i - rho U_opt_i) / mean(U_opt)."""
+    res = plan(load_domain("synthetic", n_arms=40), budget=0.2, seeds=8, random_state=0,
+               policies=["opt", "mnw-eg"])
+    assert res.policies["opt"].utility_loss_vs_opt == 0.0
+    assert res.policies["opt"].utility_loss_vs_opt_se == 0.0
+    u = res.simulations["mnw-eg"].rewards.mean(axis=1)
+    uo = res.simulations["opt"].rewards.mean(axis=1)
+    d = (u - u.mean() / uo.mean() * uo) / uo.mean()
+    expected = d.std(ddof=1) / np.sqrt(d.size)
+    assert res.policies["mnw-eg"].utility_loss_vs_opt_se == pytest.approx(expected, rel=1e-12)

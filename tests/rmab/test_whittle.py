@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from equicare.rmab import IndexabilityWarning, load_domain, whittle_indices
-from equicare.rmab._whittle import unique_arms
+from equicare.rmab._whittle import check_indexability, unique_arms
 
 # ----------------------------------------------------------------------------- brute force
 
@@ -180,6 +180,23 @@ def test_non_indexable_arm_warns():
     assert max(flips) > 1
     with pytest.warns(IndexabilityWarning, match="not indexable"):
         whittle_indices(P, NON_INDEXABLE_R, horizon=None, gamma=0.95)
+
+
+def test_advantage_flat_at_zero_is_not_non_indexability():
+    """Deterministic transitions make the advantage exactly 0 over a range of charges (both
+    actions optimal); rounding noise of +-1e-16 there was read as "acting is optimal above the
+    index" and this indexable arm (one sign change in every cell) drew an IndexabilityWarning."""
+    P = np.zeros((2, 5, 5))
+    P[0, range(5), [3, 0, 2, 4, 4]] = 1.0
+    P[1, range(5), [1, 0, 1, 4, 1]] = 1.0
+    R = [0.6101095098839756, 0.014059085148911854, 0.11174781530304423, 0.16120781710665166,
+         0.3536777120194139]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", IndexabilityWarning)
+        W = whittle_indices(P, R, horizon=7)
+    assert W[0, 5, 0] == pytest.approx(-0.0832, abs=1e-3)  # lower end of the flat stretch
+    assert check_indexability(P[None], np.asarray(R)[None], W, horizon=7, gamma=1.0,
+                              warn=False).all()
 
 
 def test_indexable_domains_do_not_warn():

@@ -50,6 +50,14 @@ TOO_MANY_STATES = ("Column {column!r} (state) has {n_levels} distinct values; th
 SMALL_CELLS = ("{n_small} of {n_cells} (group, action, state) cells have fewer than {min_count} "
                "observed transitions ({first}); their transition rows lean on the Dirichlet "
                "prior.")
+MISSING_VALUES = ("Column {column!r} ({role}) has {n} missing value(s) (first: row {row}, 0-based "
+                  "data row); every row needs {what}.")
+_NEEDS = {"episode": "an episode (member) id",
+          "state": "a state: drop those rows or give the missing value a level of its own "
+                   "(e.g. 'unknown')",
+          "group": "a group: drop those rows or label them explicitly (e.g. 'unknown')",
+          "time": "a step to order the episode's rows by",
+          "reward": "a reward (R(s) is the mean over the rows in state s)"}
 #: ``{first}`` of :data:`SMALL_CELLS`: the first sparse cell of a published group (its count is
 #: not named), or a note that every sparse cell is in a suppressed group.
 SMALL_CELLS_FIRST = "first: group {group!r}, action {action}, state {state!r}"
@@ -228,6 +236,39 @@ def _column(data: Any, name: Any, role: str) -> NDArray[Any]:
     return np.asarray(data[name].to_numpy())
 
 
+NEXT_NOT_A_STATE = ("Column {column!r} (next_state): row {row} (0-based data row) has {value!r}; "
+                    "expected {expected}.")
+
+
+def _missing(values: NDArray[Any]) -> NDArray[np.bool_]:
+    from equicare.data._labels import missing_labels
+
+    return missing_labels(values)
+
+
+def _name(name: Any, role: str) -> str:
+    return name if isinstance(name, str) else role
+
+
+def _py(v: Any) -> Any:
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _refuse_missing(values: NDArray[Any], name: Any, role: str) -> None:
+    """Raise :class:`DataValidationError` naming the column and first row of a missing value.
+
+    A missing episode id, state, group, time or reward used to become a level ``"nan"`` of its
+    own (one pooled episode, state or group) or an error about a group ``'nan'`` with no arms.
+    """
+    from equicare.data._labels import missing_labels
+
+    miss = missing_labels(values)
+    if miss.any():
+        raise DataValidationError(MISSING_VALUES.format(
+            column=name if isinstance(name, str) else role, role=role, n=int(miss.sum()),
+            row=int(np.argmax(miss)), what=_NEEDS[role]))
+
+
 def estimate_arms(
     data: Any = None,
     *,
@@ -261,7 +302,9 @@ def estimate_arms(
         Group (or cluster) label of each row.
     next_state : str or array-like, optional
         State at the next step; by default the state of the episode's next row (rows sorted by
-        ``time`` within an episode; the last row of each episode then has no transition).
+        ``time`` within an episode; the last row of each episode then has no transition). A
+        missing value (the member left) means no observed transition; a value that is not a
+        state is refused naming its row.
     time : str or array-like, optional
         Step index used for the sorting (default: row order).
     reward : str or array-like, optional
@@ -313,6 +356,9 @@ def estimate_arms(
                                       f"got shape {arr.shape}.")
     if n == 0:
         raise DataValidationError("The panel has no rows.")
+    for arr, name, role in ((ep, episode, "episode"), (st_raw, state, "state"),
+                            (gr_raw, group, "group")):
+        _refuse_missing(arr, name, role)
     # actions must be 0/1
     try:
         ac = ac_raw.astype(np.float64)
@@ -339,7 +385,19 @@ def estimate_arms(
         state_names = tuple(str(s) for s in range(S))
         nxt_codes = None
         if next_state is not None:
-            nxt_codes = _column(data, next_state, "next_state").astype(np.int64)
+            nraw = _column(data, next_state, "next_state")
+            gone = _missing(nraw)
+            try:
+                nxt_f = np.where(gone, 0, nraw).astype(np.float64)
+            except (TypeError, ValueError):
+                nxt_f = np.full(n, np.nan)
+            wrong = ~gone & ~((nxt_f >= 0) & (nxt_f < S) & (nxt_f == np.round(nxt_f)))
+            if wrong.any():
+                i = int(np.argmax(wrong))
+                raise DataValidationError(NEXT_NOT_A_STATE.format(
+                    column=_name(next_state, "next_state"), row=i, value=_py(nraw[i]),
+                    expected=f"a state code 0..{S - 1} (or missing: no transition)"))
+            nxt_codes = np.where(gone, -1, nxt_f).astype(np.int64)
     else:
         labels, codes = np.unique(st_raw.astype(str), return_inverse=True)
         codes = codes.ravel().astype(np.int64)
@@ -348,11 +406,17 @@ def estimate_arms(
         nxt_codes = None
         if next_state is not None:
             lookup = {v: i for i, v in enumerate(state_names)}
-            nraw = _column(data, next_state, "next_state").astype(str)
-            missing = [v for v in nraw if v not in lookup]
-            if missing:
-                raise DataValidationError(f"next_state value {missing[0]!r} is not a state.")
-            nxt_codes = np.array([lookup[v] for v in nraw], dtype=np.int64)
+            nraw = _column(data, next_state, "next_state")
+            gone = _missing(nraw)
+            ntxt = nraw.astype(str)
+            for i in range(n):
+                if not gone[i] and ntxt[i] not in lookup:
+                    raise DataValidationError(NEXT_NOT_A_STATE.format(
+                        column=_name(next_state, "next_state"), row=i, value=_py(nraw[i]),
+                        expected="one of the states of the state column (or missing: no "
+                                 "transition)"))
+            nxt_codes = np.array([-1 if gone[i] else lookup[ntxt[i]] for i in range(n)],
+                                 dtype=np.int64)
     gnames, gcodes = np.unique(gr_raw.astype(str), return_inverse=True)
     gcodes = gcodes.ravel().astype(np.int64)
     G = gnames.size
@@ -363,15 +427,20 @@ def estimate_arms(
             max_states=int(max_states), top=S - 1, gib=G * 2 * S * S * 8 / 2**30))
     # order rows within episodes
     ep_codes = np.unique(ep.astype(str), return_inverse=True)[1].ravel()
-    tkey = np.arange(n) if time is None else _column(data, time, "time").astype(np.float64)
+    if time is None:
+        tkey = np.arange(n)
+    else:
+        t_raw = _column(data, time, "time")
+        _refuse_missing(t_raw, time, "time")
+        tkey = t_raw.astype(np.float64)
     order = np.lexsort((tkey, ep_codes))
     same_next = np.r_[ep_codes[order][1:] == ep_codes[order][:-1], False]
     if nxt_codes is None:
         src = order[same_next]
         dst_state = codes[order][1:][same_next[:-1]]
-    else:
-        src = np.arange(n)
-        dst_state = nxt_codes
+    else:  # a missing next state (the member left) is no observed transition
+        src = np.flatnonzero(nxt_codes >= 0)
+        dst_state = nxt_codes[src]
     flat = ((gcodes[src] * 2 + ac_i[src]) * S + codes[src]) * S + dst_state
     counts = np.bincount(flat, minlength=G * 2 * S * S).reshape(G, 2, S, S).astype(np.float64)
     tot = counts.sum(axis=3, keepdims=True)
@@ -406,7 +475,9 @@ def estimate_arms(
             raise DataValidationError(f"state_rewards must have one value per state ({S}); got "
                                       f"shape {R.shape}.")
     elif reward is not None:
-        rw = _column(data, reward, "reward").astype(np.float64)
+        rw_raw = _column(data, reward, "reward")
+        _refuse_missing(rw_raw, reward, "reward")
+        rw = rw_raw.astype(np.float64)
         num = np.bincount(codes, weights=rw, minlength=S)
         den = np.bincount(codes, minlength=S)
         if (den == 0).any():

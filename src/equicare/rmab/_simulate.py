@@ -342,6 +342,11 @@ def summarize(sim: SimulationResult, opt: SimulationResult | None = None,
               published: NDArray[np.bool_] | None = None) -> PolicySummary:
     r"""Metrics of one policy; utility loss is :math:`1 - \bar U / \bar U_{opt}` (paired SE).
 
+    The seeds are paired (every policy sees the same start states and transition draws), so the
+    standard error of the loss is the delta-method one of a ratio of paired means: the SE of
+    :math:`(U_i - \hat\rho\, U_{opt,i}) / \bar U_{opt}` with :math:`\hat\rho = \bar U /
+    \bar U_{opt}`. It is 0 for ``opt`` itself and counts the noise of both policies.
+
     Parameters
     ----------
     sim, opt : SimulationResult
@@ -363,7 +368,8 @@ def summarize(sim: SimulationResult, opt: SimulationResult | None = None,
         opt_seed = opt.rewards.mean(axis=1)
         loss = float(1.0 - per_seed.mean() / opt_seed.mean()) if opt_seed.mean() != 0 else None
         if loss is not None:
-            loss_se = float(se(per_seed / opt_seed.mean()))
+            ratio = per_seed.mean() / opt_seed.mean()
+            loss_se = float(se((per_seed - ratio * opt_seed) / opt_seed.mean()))
     worst = int(np.argmin(gm_mean))
     return PolicySummary(
         mean_reward=overall, mean_reward_se=float(se(per_seed)),
