@@ -248,3 +248,31 @@ def test_to_dict_publishes_no_small_group_and_pools_the_suppressed_ones():
     np.testing.assert_allclose(pooled["init"], joint.init[k], rtol=1e-12)
     dom = load_domain(out, n_arms=100)  # still a valid Contract-4 domain
     assert dom.group_names == ("A", "B", "D", SUPPRESSED_TYPE)
+
+
+def test_duplicate_rows_and_a_changing_group_are_refused_and_gaps_are_not_transitions():
+    """Panel shapes that were accepted silently: a duplicated (member, week) row, a member whose
+    group changes, and a missing week (counted as a one-step transition: 1,377 transitions
+    instead of 1,636 on a reviewer's panel, with no warning)."""
+    d = load_domain("synthetic", n_arms=400)
+    panel = make_panel(d, 12, np.random.default_rng(3)).sort_values(["member", "week"])
+    kw = dict(episode="member", time="week", state="state", action="treated", group="group",
+              reward="reward")
+    full = estimate_arms(panel, **kw)
+    assert full.counts.sum() == 400 * 11
+    dup = pd.concat([panel, panel.iloc[[5]]], ignore_index=True)
+    with pytest.raises(DataValidationError, match=r"Episode 0 has two rows at week = 5: "
+                                                  r"rows 5 and 4800"):
+        estimate_arms(dup, **kw)
+    moved = panel.reset_index(drop=True)
+    moved.loc[(moved.member == 1) & (moved.week >= 6), "group"] = "Z"
+    with pytest.raises(DataValidationError, match=r"Episode 1 changes group from 'A' to 'Z' at "
+                                                  r"row 18 .*constant within an episode"):
+        estimate_arms(moved, **kw)
+    holes = panel[~((panel.week == 4) & (panel.member < 10))]  # 10 members miss week 4
+    with pytest.warns(DataWarning, match=r"10 of 4390 consecutive rows .* more than one step "
+                                         r"\(week \+ 1\) apart"):
+        est = estimate_arms(holes, **kw)
+    assert est.counts.sum() == 400 * 11 - 20  # 3->4 and 4->5 lost, 3->5 not counted
+    days = panel.assign(week=panel.week * 7)  # days 0, 7, 14: a step of 7, no gap
+    np.testing.assert_array_equal(estimate_arms(days, **kw).counts, full.counts)

@@ -269,6 +269,58 @@ def _refuse_missing(values: NDArray[Any], name: Any, role: str) -> None:
             row=int(np.argmax(miss)), what=_NEEDS[role]))
 
 
+def _check_episode_rows(order: NDArray[np.int64], same_next: NDArray[np.bool_],
+                        ep: NDArray[Any], groups: NDArray[Any], tkey: NDArray[np.float64] | None,
+                        group_name: str, time_name: str) -> None:
+    """Refuse two rows of one episode at the same time and a group that changes in an episode.
+
+    ``order`` sorts the rows by episode then time; ``same_next[k]``: row ``order[k + 1]`` is in
+    the same episode. Rows are named 0-based, as in the other messages.
+    """
+    a, b = order[:-1], order[1:]
+    inner = same_next[:-1]
+    if tkey is not None:
+        dup = inner & (tkey[a] == tkey[b])
+        if dup.any():
+            k = int(np.argmax(dup))
+            raise DataValidationError(
+                f"Episode {_py(ep[a[k]])!r} has two rows at {time_name} = {tkey[a[k]]:g}: "
+                f"rows {int(min(a[k], b[k]))} and {int(max(a[k], b[k]))} (0-based data rows). "
+                "One row per member and step is expected; remove or merge the duplicates.")
+    change = inner & (groups[a].astype(str) != groups[b].astype(str))
+    if change.any():
+        k = int(np.argmax(change))
+        raise DataValidationError(
+            f"Episode {_py(ep[a[k]])!r} changes {group_name} from {_py(groups[a[k]])!r} to "
+            f"{_py(groups[b[k]])!r} at row {int(b[k])} (0-based data row). A member's group "
+            "decides the arm type whose transitions the member's rows estimate, so it must be "
+            "constant within an episode; start a new episode at the change if it is real.")
+
+
+def _time_gaps(order: NDArray[np.int64], same_next: NDArray[np.bool_],
+               tkey: NDArray[np.float64], time_name: str) -> NDArray[np.bool_]:
+    """Consecutive rows of an episode more than one step apart (warned), in sorted positions.
+
+    The step is the most common difference of ``time`` between consecutive rows of an episode
+    (1 for weeks numbered 0, 1, 2; 7 for days 0, 7, 14). A longer difference (a missing week)
+    is a multi-step transition, which a one-step transition matrix must not count.
+    """
+    diff = np.r_[tkey[order][1:] - tkey[order][:-1], 0.0]
+    inner = same_next & (diff > 0)
+    if not inner.any():
+        return np.zeros_like(same_next)
+    vals, cnt = np.unique(diff[inner], return_counts=True)
+    step = float(vals[np.argmax(cnt)])
+    gap = inner & (diff > step * (1 + 1e-9))
+    if gap.any():
+        warnings.warn(
+            f"{int(gap.sum())} of {int(same_next.sum())} consecutive rows of an episode are more "
+            f"than one step ({time_name} + {step:g}) apart: a missing {time_name} is a "
+            "multi-step transition, so those pairs are not counted as transitions.",
+            DataWarning, stacklevel=3)
+    return np.asarray(gap)
+
+
 def estimate_arms(
     data: Any = None,
     *,
@@ -405,18 +457,18 @@ def estimate_arms(
         state_names = tuple(labels.tolist())
         nxt_codes = None
         if next_state is not None:
-            lookup = {v: i for i, v in enumerate(state_names)}
             nraw = _column(data, next_state, "next_state")
             gone = _missing(nraw)
             ntxt = nraw.astype(str)
-            for i in range(n):
-                if not gone[i] and ntxt[i] not in lookup:
-                    raise DataValidationError(NEXT_NOT_A_STATE.format(
-                        column=_name(next_state, "next_state"), row=i, value=_py(nraw[i]),
-                        expected="one of the states of the state column (or missing: no "
-                                 "transition)"))
-            nxt_codes = np.array([-1 if gone[i] else lookup[ntxt[i]] for i in range(n)],
-                                 dtype=np.int64)
+            wrong = ~gone & ~np.isin(ntxt, labels)
+            if wrong.any():
+                i = int(np.argmax(wrong))
+                raise DataValidationError(NEXT_NOT_A_STATE.format(
+                    column=_name(next_state, "next_state"), row=i, value=_py(nraw[i]),
+                    expected="one of the states of the state column (or missing: no "
+                             "transition)"))
+            pos = np.clip(np.searchsorted(labels, ntxt), 0, S - 1)  # labels are sorted
+            nxt_codes = np.where(gone, -1, pos).astype(np.int64)
     gnames, gcodes = np.unique(gr_raw.astype(str), return_inverse=True)
     gcodes = gcodes.ravel().astype(np.int64)
     G = gnames.size
@@ -427,14 +479,19 @@ def estimate_arms(
             max_states=int(max_states), top=S - 1, gib=G * 2 * S * S * 8 / 2**30))
     # order rows within episodes
     ep_codes = np.unique(ep.astype(str), return_inverse=True)[1].ravel()
+    tkey: NDArray[np.float64]
     if time is None:
-        tkey = np.arange(n)
+        tkey = np.arange(n, dtype=np.float64)
     else:
         t_raw = _column(data, time, "time")
         _refuse_missing(t_raw, time, "time")
         tkey = t_raw.astype(np.float64)
     order = np.lexsort((tkey, ep_codes))
     same_next = np.r_[ep_codes[order][1:] == ep_codes[order][:-1], False]
+    _check_episode_rows(order, same_next, ep, gr_raw, tkey if time is not None else None,
+                        _name(group, "group"), _name(time, "time"))
+    if time is not None and nxt_codes is None:  # a gap in time is no one-step transition
+        same_next &= ~_time_gaps(order, same_next, tkey, _name(time, "time"))
     if nxt_codes is None:
         src = order[same_next]
         dst_state = codes[order][1:][same_next[:-1]]
