@@ -242,6 +242,22 @@ def test_parse_budget():
         parse_budget("2.5")
 
 
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf", "NaN"])
+def test_parse_budget_refuses_non_finite(text):
+    with pytest.raises(ValueError, match=r"must be a finite number"):
+        parse_budget(text)
+
+
+@pytest.mark.parametrize("args", [["plan", "--budget", "nan"],
+                                  ["capacity", "--goal", "good", "--budgets", "0.1,inf"]])
+def test_non_finite_budget_is_a_user_error(app, args):
+    res = runner.invoke(app, [args[0], "--domain", "synthetic", "--arms", "20", "--seeds", "1",
+                              *args[1:]])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 2, res.output
+    assert "must be a finite number" in said and "internal error" not in said, said
+
+
 def test_import_is_light():
     code = ("import sys, equicare.rmab; "
             "print(any(m in sys.modules for m in ('matplotlib', 'torch', 'ray')))")

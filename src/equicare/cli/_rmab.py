@@ -67,6 +67,10 @@ def parse_budget(text: str | float | int, option: str = "--budget") -> int | flo
         raise InvalidParameterError(
             f"{option} must be a number (a fraction like 0.2 or a count like 20); "
             f"got {text!r}.") from None
+    if not math.isfinite(v):
+        raise InvalidParameterError(
+            f"{option} must be a finite number (a fraction like 0.2 or a count like 20); "
+            f"got {text!r}.")
     if v < 0:
         raise InvalidParameterError(f"{option} must be >= 0; got {text!r}.")
     if any(c in s for c in ".eE") and v <= 1:
