@@ -80,6 +80,55 @@ def test_small_cells_warn_and_bad_actions_raise():
                       min_count=0)
 
 
+def _damage(panel, column, value, row=4):
+    bad = panel.copy()
+    bad[column] = bad[column].astype(object)
+    bad.iloc[row, bad.columns.get_loc(column)] = value
+    return bad
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.SmallCellWarning")
+@pytest.mark.parametrize(("column", "value", "message"), [
+    ("reward", np.nan, "Column 'reward' (reward) has NaN or infinite values in 1 row(s) "
+                       "(first: row 4; 0-based data rows); expected finite numbers."),
+    ("reward", np.inf, "Column 'reward' (reward) has NaN or infinite values in 1 row(s) "
+                       "(first: row 4; 0-based data rows); expected finite numbers."),
+    ("state", np.nan, "Column 'state' (state) is empty (None, NaN or blank) in 1 row(s) "
+                      "(first: row 4; 0-based data rows); expected a value in every row."),
+    ("group", None, "Column 'group' (group) is empty (None, NaN or blank) in 1 row(s) "
+                    "(first: row 4; 0-based data rows); expected a value in every row."),
+    ("group", " ", "Column 'group' (group) is empty (None, NaN or blank) in 1 row(s) "
+                   "(first: row 4; 0-based data rows); expected a value in every row."),
+    ("member", np.nan, "Column 'member' (episode) is empty (None, NaN or blank) in 1 row(s) "
+                       "(first: row 4; 0-based data rows); expected a value in every row."),
+    ("week", np.nan, "Column 'week' (time) is empty (None, NaN or blank) in 1 row(s) "
+                     "(first: row 4; 0-based data rows); expected a value in every row."),
+])
+def test_missing_values_are_refused_naming_column_and_row(column, value, message):
+    # a missing state, group or episode used to become a phantom level 'nan'; a NaN reward a
+    # shape error that named no column
+    d = load_domain("synthetic", n_arms=20)
+    bad = _damage(make_panel(d, 3, np.random.default_rng(1)), column, value)
+    with pytest.raises(DataValidationError, match=re.escape(message)):
+        estimate_arms(bad, episode="member", time="week", state="state", action="treated",
+                      group="group", reward="reward", min_count=0)
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.SmallCellWarning")
+def test_duplicate_episode_time_rows_are_refused():
+    d = load_domain("synthetic", n_arms=20)
+    panel = make_panel(d, 3, np.random.default_rng(1)).reset_index(drop=True)
+    dup = pd.concat([panel, panel.iloc[[2]]], ignore_index=True)
+    with pytest.raises(DataValidationError, match=re.escape(
+            f"Duplicate (episode, time) keys in 1 row(s) (first: row {len(panel)}; 0-based "
+            "data rows); expected one row per episode and time step.")):
+        estimate_arms(dup, episode="member", time="week", state="state", action="treated",
+                      group="group", reward="reward", min_count=0)
+    # without a time column the row order is the order: no duplicate to find
+    estimate_arms(dup, episode="member", state="state", action="treated", group="group",
+                  reward="reward", min_count=0)
+
+
 def test_capacity_plan_finds_the_smallest_budget():
     d = load_domain("synthetic", n_arms=60)
     res = capacity_plan(d, target_share=0.5, goal_states=["good"], policies=["opt", "random"],

@@ -56,6 +56,15 @@ SMALL_CELLS_FIRST = "first: group {group!r}, action {action}, state {state!r}"
 SMALL_CELLS_HIDDEN = "all in suppressed groups"
 #: Name of the type that pools the suppressed groups in :meth:`EstimatedArms.to_dict`.
 SUPPRESSED_TYPE = "(suppressed groups)"
+#: A row without a value in a column the estimate reads (tests match it).
+MISSING_VALUES = ("Column {column!r} ({role}) is empty (None, NaN or blank) in {n} row(s) "
+                  "(first: row {row}; 0-based data rows); expected a value in every row.")
+#: A reward that is not a finite number (tests match it).
+NONFINITE_REWARD = ("Column {column!r} (reward) has NaN or infinite values in {n} row(s) "
+                    "(first: row {row}; 0-based data rows); expected finite numbers.")
+#: Two rows of one episode at the same time step (tests match it).
+DUPLICATE_STEPS = ("Duplicate (episode, time) keys in {n} row(s) (first: row {row}; 0-based "
+                   "data rows); expected one row per episode and time step.")
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -228,6 +237,27 @@ def _column(data: Any, name: Any, role: str) -> NDArray[Any]:
     return np.asarray(data[name].to_numpy())
 
 
+def _missing(values: NDArray[Any]) -> NDArray[np.bool_]:
+    """True where a value is None, NaN (or NaT, pd.NA) or a blank string."""
+    import pandas as pd
+
+    miss = np.asarray(pd.isna(values), dtype=bool)
+    if values.dtype.kind in "OUS":
+        blank = np.array([isinstance(v, str | bytes) and not v.strip() for v in values.tolist()],
+                         dtype=bool)
+        miss |= blank
+    return miss
+
+
+def _check_present(values: NDArray[Any], name: Any, role: str) -> None:
+    """Raise :data:`MISSING_VALUES` naming the first row of ``values`` without a value."""
+    miss = _missing(values)
+    if miss.any():
+        raise DataValidationError(MISSING_VALUES.format(
+            column=name if isinstance(name, str) else role, role=role, n=int(miss.sum()),
+            row=int(np.argmax(miss))))
+
+
 def estimate_arms(
     data: Any = None,
     *,
@@ -285,8 +315,9 @@ def estimate_arms(
     Raises
     ------
     DataValidationError
-        When the state has more than ``max_states`` levels (codes), actions are not 0/1, or a
-        column is missing.
+        When the state has more than ``max_states`` levels (codes), actions are not 0/1, a
+        column is missing, a row has no episode, state, group or time, a reward is not finite,
+        or two rows of an episode share a time step.
 
     Examples
     --------
@@ -313,6 +344,9 @@ def estimate_arms(
                                       f"got shape {arr.shape}.")
     if n == 0:
         raise DataValidationError("The panel has no rows.")
+    for arr, name, role in ((ep, episode, "episode"), (st_raw, state, "state"),
+                            (gr_raw, group, "group")):
+        _check_present(arr, name, role)
     # actions must be 0/1
     try:
         ac = ac_raw.astype(np.float64)
@@ -363,8 +397,20 @@ def estimate_arms(
             max_states=int(max_states), top=S - 1, gib=G * 2 * S * S * 8 / 2**30))
     # order rows within episodes
     ep_codes = np.unique(ep.astype(str), return_inverse=True)[1].ravel()
-    tkey = np.arange(n) if time is None else _column(data, time, "time").astype(np.float64)
+    if time is None:
+        tkey = np.arange(n, dtype=np.float64)
+    else:
+        t_raw = _column(data, time, "time")
+        _check_present(t_raw, time, "time")
+        tkey = t_raw.astype(np.float64)
     order = np.lexsort((tkey, ep_codes))
+    if time is not None and nxt_codes is None:
+        dup = np.zeros(n, dtype=bool)
+        dup[order[1:]] = ((ep_codes[order][1:] == ep_codes[order][:-1])
+                          & (tkey[order][1:] == tkey[order][:-1]))
+        if dup.any():
+            raise DataValidationError(DUPLICATE_STEPS.format(n=int(dup.sum()),
+                                                             row=int(np.argmax(dup))))
     same_next = np.r_[ep_codes[order][1:] == ep_codes[order][:-1], False]
     if nxt_codes is None:
         src = order[same_next]
@@ -407,6 +453,11 @@ def estimate_arms(
                                       f"shape {R.shape}.")
     elif reward is not None:
         rw = _column(data, reward, "reward").astype(np.float64)
+        bad_rw = ~np.isfinite(rw)
+        if bad_rw.any():
+            raise DataValidationError(NONFINITE_REWARD.format(
+                column=reward if isinstance(reward, str) else "reward", n=int(bad_rw.sum()),
+                row=int(np.argmax(bad_rw))))
         num = np.bincount(codes, weights=rw, minlength=S)
         den = np.bincount(codes, minlength=S)
         if (den == 0).any():
