@@ -653,8 +653,8 @@ def load_domain(
                 raise FileNotFoundError(f"Domain file {text} does not exist.")
             source = str(p)
             try:
-                raw = json.loads(p.read_text())
-            except json.JSONDecodeError as exc:
+                raw = json.loads(p.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise DataValidationError(f"{p}: not valid JSON ({exc}).") from None
             if not isinstance(raw, Mapping):
                 raise DataValidationError(f"{p}: the top level must be a JSON object.")
