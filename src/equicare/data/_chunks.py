@@ -163,8 +163,16 @@ def _batches(path: Path, man: Manifest, columns: list[str], batch_rows: int = BA
             yield from ds.to_batches(columns=columns, batch_size=batch_rows, use_threads=False,
                                      batch_readahead=1, fragment_readahead=1)
         elif kind == "csv":
+            import csv
+
             import pyarrow.csv as pacsv
 
+            # before open_csv: Arrow refuses include_columns naming a missing column with an
+            # ArrowKeyError that names neither the file nor the manifest
+            with path.open(newline="", encoding="utf-8-sig") as fh:
+                header = next(csv.reader(fh), [])
+            if header:  # an empty file is Arrow's "Empty CSV file" below
+                _check_columns(path, header, columns, man)
             reader = pacsv.open_csv(
                 str(path),
                 read_options=pacsv.ReadOptions(block_size=1 << 22),
