@@ -31,7 +31,13 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from equicare.data._dataset import TrajectoryDataset
-from equicare.data._io import _DUCKDB_EXT, _build, check_utf8, parquet_files
+from equicare.data._io import (
+    _DUCKDB_EXT,
+    _build,
+    check_csv_header,
+    check_utf8,
+    parquet_files,
+)
 from equicare.data._labels import categorical_labels, text_labels
 from equicare.data._manifest import Manifest
 from equicare.data._manifest import manifest_of as _manifest_of
@@ -171,6 +177,7 @@ def _batches(path: Path, man: Manifest, columns: list[str], batch_rows: int = BA
             # ArrowKeyError that names neither the file nor the manifest
             with path.open(newline="", encoding="utf-8-sig") as fh:
                 header = next(csv.reader(fh), [])
+            check_csv_header(path, header)
             if header:  # an empty file is Arrow's "Empty CSV file" below
                 _check_columns(path, header, columns, man)
             reader = pacsv.open_csv(
