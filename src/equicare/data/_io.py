@@ -155,7 +155,7 @@ MSG_NOT_UTF8 = ("{path}: the file is not UTF-8 text: byte {byte} at line {line}{
 MSG_CSV_SEPARATOR = ("{path}: the header is one column {header!r}: the file looks separated by "
                      "{name} ({sep!r}), and equicare reads comma-separated CSV. Re-save it with "
                      "commas (e.g. pandas: pd.read_csv(path, sep={sep!r}, decimal={decimal!r})"
-                     ".to_csv(new_path, index=False)) or write the panel as Parquet.")
+                     ".to_csv(new_path, index=False)) or save it as Parquet.")
 _SEPARATORS = {";": "semicolons", "\t": "tabs", "|": "pipes"}
 
 
