@@ -124,6 +124,36 @@ def test_out_that_is_or_sits_under_a_file_is_refused_before_any_work(
     assert (tmp_path / "afile").read_text() == "mine"
 
 
+@pytest.mark.parametrize(("argv", "option", "target"), [
+    (["evaluate", "{panel}", "-m", "{man}", "--policy", "{pol}"], "out", "panel"),
+    (["evaluate", "{panel}", "-m", "{man}", "--policy", "{pol}"], "out", "pol"),
+    (["predict", "{model}", "{panel}", "-m", "{man}"], "out", "panel"),
+    (["audit", "{panel}", "-m", "{man}", "--policy", "awr={pol}"], "out", "pol"),
+    (["audit", "{panel}", "-m", "{man}"], "out", "man"),
+    (["mediate", "{panel}", "-m", "{man}", "--policy", "{pol}"], "figure", "pol"),
+    (["plan", "--from-panel", "{panel}", "--episode", "id"], "out", "panel"),
+])
+def test_an_input_is_never_an_output_even_with_force(tmp_path, argv, option, target):
+    # --force replaces an earlier output; `evaluate --out panel.parquet --force` wrote the
+    # result JSON over the user's panel
+    files = {"panel": tmp_path / "panel.parquet", "man": tmp_path / "manifest.toml",
+             "pol": tmp_path / "pol.parquet", "model": tmp_path / "model"}
+    for name, f in files.items():
+        if name == "model":
+            f.mkdir()
+        else:
+            f.write_bytes(name.encode())
+    fill = {k: str(v) for k, v in files.items()}
+    out = files[target]
+    res = runner.invoke(app, [*(a.format(**fill) for a in argv), f"--{option}", str(out),
+                              "--force"])
+    assert res.exit_code == 2, res.output
+    assert " ".join(res.output.split()) == (
+        f"error: --{option} {out} is the input {out}; refusing to overwrite an input, even "
+        "with --force: choose another path.")
+    assert all(f.read_bytes() == n.encode() for n, f in files.items() if n != "model")
+
+
 def test_thread_plan(monkeypatch):
     monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
     auto = thread_plan("auto")

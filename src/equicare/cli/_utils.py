@@ -354,6 +354,44 @@ def stream_executor(chunk_rows: int | None, executor: str | None, address: str,
     return get_executor(executor, jobs=jobs, address=address)
 
 
+#: Options naming what a command writes (checked against its inputs by every command).
+OUTPUT_OPTIONS = ("out", "figure")
+#: An output that is one of the command's inputs (tests match it).
+MSG_OUT_IS_INPUT = ("--{option} {out} is the input {input}; refusing to overwrite an input, even "
+                    "with --force: choose another path.")
+
+
+def _input_files(value: Any) -> list[Path]:
+    """Existing files named by an option value (a path, a ``NAME=PATH`` spec or a list)."""
+    if isinstance(value, list | tuple):
+        return [f for v in value for f in _input_files(v)]
+    if not isinstance(value, str | Path):
+        return []
+    text = str(value)
+    found = []
+    for cand in (text, text.partition("=")[2]):
+        if cand and os.path.isfile(cand):
+            found.append(Path(cand))
+    return found
+
+
+def refuse_inputs_as_outputs(kwargs: dict[str, Any]) -> None:
+    """Exit 2 if ``--out`` or ``--figure`` is one of the command's input files.
+
+    ``--force`` replaces an earlier *output*; pointed at the panel, the manifest or a policy
+    file the command reads, it destroyed the user's data (``evaluate --out panel.parquet
+    --force`` wrote the result JSON over the panel).
+    """
+    inputs = [f for k, v in kwargs.items() if k not in OUTPUT_OPTIONS for f in _input_files(v)]
+    for option in OUTPUT_OPTIONS:
+        out = kwargs.get(option)
+        if not isinstance(out, str | Path) or not os.path.exists(out):
+            continue
+        for f in inputs:
+            if os.path.samefile(out, f):
+                fail(MSG_OUT_IS_INPUT.format(option=option, out=out, input=f))
+
+
 def _with_threads(cmd: Any) -> None:
     if getattr(cmd, "callback", None) is None or getattr(cmd, "_equicare_threads", False):
         return
@@ -361,6 +399,7 @@ def _with_threads(cmd: Any) -> None:
 
     @functools.wraps(inner)
     def callback(*args: Any, **kwargs: Any) -> Any:
+        refuse_inputs_as_outputs(kwargs)
         with thread_limits(str(kwargs.get("threads", "auto"))):
             return inner(*args, **kwargs)
 
