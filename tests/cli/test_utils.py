@@ -154,6 +154,38 @@ def test_an_input_is_never_an_output_even_with_force(tmp_path, argv, option, tar
     assert all(f.read_bytes() == n.encode() for n, f in files.items() if n != "model")
 
 
+@pytest.mark.parametrize(("argv", "option"), [
+    (["evaluate", "{panel}", "-m", "{man}", "--policy", "{panel}"], "out"),
+    (["audit", "{panel}", "-m", "{man}"], "out"),
+    (["frontier", "{panel}", "-m", "{man}"], "out"),
+    (["mediate", "{panel}", "-m", "{man}", "--policy", "{panel}"], "out"),
+    (["mediate", "{panel}", "-m", "{man}", "--policy", "{panel}"], "figure"),
+    (["plan", "--domain", "synthetic"], "out"),
+    (["capacity", "--domain", "synthetic"], "figure"),
+])
+@pytest.mark.parametrize("force", [False, True])
+def test_a_file_output_that_is_a_folder_is_refused_before_any_work(tmp_path, argv, option,
+                                                                     force):
+    # an empty folder passed the "exists" check, and with --force any folder did: the run then
+    # failed at its very end, writing the JSON or figure (IsADirectoryError, an internal error)
+    from equicare.cli._utils import MSG_OUT_IS_FOLDER
+
+    panel, man, folder = tmp_path / "panel.parquet", tmp_path / "manifest.toml", tmp_path / "o"
+    panel.write_bytes(b"")
+    man.write_text("")
+    folder.mkdir()
+    if force:
+        (folder / "mine.txt").write_text("mine")
+    fill = {"panel": str(panel), "man": str(man)}
+    res = runner.invoke(app, [*(a.format(**fill) for a in argv), f"--{option}", str(folder),
+                              *(["--force"] if force else [])])
+    assert res.exit_code == 2, res.output
+    example = folder / ("figure.png" if option == "figure" else "result.json")
+    assert " ".join(res.output.split()) == "error: " + MSG_OUT_IS_FOLDER.format(
+        option=f"--{option}", path=folder, example=example), res.output
+    assert [p.name for p in folder.iterdir()] == (["mine.txt"] if force else [])
+
+
 def test_thread_plan(monkeypatch):
     monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
     auto = thread_plan("auto")

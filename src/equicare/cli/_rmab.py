@@ -350,7 +350,7 @@ def register(app: typer.Typer) -> None:
         Example: equicare plan --domain synthetic --arms 100 --budget 0.2 --horizon 20
         --policy opt,mmr,mnw,mnw-eg,random,noact --seeds 25 --out plan.json
         """
-        check_out_paths([out, figure], force)
+        check_out_paths([out, figure], force, file=True, options=["--out", "--figure"])
         with user_errors():
             d = build_domain(None if domain is None else domain.value, domain_file=domain_file,
                              from_panel=from_panel, manifest=manifest, arms=arms,
@@ -419,7 +419,7 @@ def register(app: typer.Typer) -> None:
         Example: equicare capacity --domain diabetes --alpha 0 --target-share 0.5 --seeds 10
         --figure capacity.png
         """
-        check_out_paths([out, figure], force)
+        check_out_paths([out, figure], force, file=True, options=["--out", "--figure"])
         with user_errors():
             d = build_domain(None if domain is None else domain.value, domain_file=domain_file,
                              from_panel=from_panel, manifest=manifest, arms=arms,

@@ -144,16 +144,26 @@ def print_json(obj: Any) -> None:
     typer.echo(json.dumps(json_safe(obj), indent=2, default=str, allow_nan=False))
 
 
+#: A file output (result JSON, figure, report) pointed at a folder (tests match it).
+MSG_OUT_IS_FOLDER = ("{option} {path} is a folder; expected a file name (e.g. {example}), even "
+                     "with --force.")
+
+
 def check_out_path(path: Path | None, force: bool, *, folder: bool = False,
-                   option: str = "--out") -> None:
+                   option: str = "--out", file: bool = False) -> None:
     """Refuse to overwrite an existing output unless ``--force`` (exit code 2).
 
     Also refuses (even with ``--force``) a path under a file and, for an output folder
-    (``folder=True``), a path that is a file: see :func:`check_out_folder`.
+    (``folder=True``), a path that is a file: see :func:`check_out_folder`; for an output file
+    (``file=True``), a path that is a folder (the write at the end of the run failed on it, an
+    internal error after all the work, or replaced nothing).
     """
     if path is None:
         return
     check_out_folder(path, folder=folder, option=option)
+    if file and path.is_dir():
+        fail(MSG_OUT_IS_FOLDER.format(option=option, path=path, example=path / (
+            "figure.png" if option == "--figure" else "result.json")))
     if path.exists() and not force:
         if path.is_dir() and not any(path.iterdir()):
             return
@@ -170,10 +180,15 @@ def check_out_folder(path: Path, *, folder: bool = True, option: str = "--out") 
         fail(str(exc))
 
 
-def check_out_paths(paths: list[Path | None], force: bool) -> None:
-    """:func:`check_out_path` for several outputs, before any work starts."""
-    for p in paths:
-        check_out_path(p, force)
+def check_out_paths(paths: list[Path | None], force: bool, *, file: bool = False,
+                    options: list[str] | None = None) -> None:
+    """:func:`check_out_path` for several outputs, before any work starts.
+
+    ``options`` names each path's option in messages (default ``--out``); ``file`` says that
+    every path is an output file.
+    """
+    for i, p in enumerate(paths):
+        check_out_path(p, force, file=file, option=options[i] if options else "--out")
 
 
 def literal_table(table: Any) -> Any:
