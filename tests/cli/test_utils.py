@@ -67,6 +67,35 @@ def test_ctrl_c_exits_130(monkeypatch):
     assert res.output == "error: interrupted (Ctrl-C).\n"
 
 
+def test_sigterm_exits_130_and_removes_the_half_written_output(monkeypatch, tmp_path):
+    # `kill PID` or a scheduler's time limit ended the process at once (Python's default
+    # SIGTERM): a hidden temporary file of the atomic write (row-level predictions, for predict)
+    # stayed behind and no line said why the command stopped
+    import signal
+
+    from equicare.utils import atomic_write
+
+    out = tmp_path / "plan.json"
+
+    def killed_mid_write(*args, **kwargs):
+        with atomic_write(out) as fh:
+            fh.write(b"half")
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def unhandled(signum, frame):  # without the CLI's handler: a clean failure, not a killed run
+        raise RuntimeError("SIGTERM not handled by the CLI")
+
+    monkeypatch.setattr(rmab_cli, "run_plan", killed_mid_write)
+    old = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        res = runner.invoke(app, PLAN)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    assert res.exit_code == 130, res.output
+    assert res.output == "error: interrupted (SIGTERM).\n"
+    assert [p.name for p in tmp_path.iterdir() if p.name != "logs"] == []  # no .plan.json.*.tmp
+
+
 @pytest.mark.filterwarnings("default")  # the CLI prints warnings; pytest would raise them
 def test_warnings_print_as_one_clean_line(monkeypatch):
     def warn_then_fail(*args, **kwargs):

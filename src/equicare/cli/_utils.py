@@ -477,6 +477,33 @@ def _rewrite_deprecated(command: str, args: list[str]) -> list[str]:
     return out
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM received while a command runs (``kill PID``, a scheduler's time limit).
+
+    Raised like Ctrl-C so that the same clean-up runs: temporary files of atomic writes are
+    removed (Python's default SIGTERM ends the process at once and left them behind, e.g. a
+    hidden ``.probs.parquet.tmp`` of row-level predictions) and the exit code is 130.
+    """
+
+
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c() -> Iterator[None]:
+    import signal
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated(f"received signal {signum}")
+
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not in the main thread (e.g. a test runner's worker thread)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 class EquicareGroup(TyperGroup):
     """The root command group: error taxonomy, threads, warnings and deprecated spellings."""
 
@@ -502,7 +529,7 @@ class EquicareGroup(TyperGroup):
     def invoke(self, ctx: Any) -> Any:
         """Run the command with the error taxonomy and one-line warnings."""
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _sigterm_as_ctrl_c():
                 warnings.showwarning = _show_warning
                 return super().invoke(ctx)
         except (TyperExit, TyperAbort, click.ClickException):
@@ -510,8 +537,9 @@ class EquicareGroup(TyperGroup):
         except (EquicareError, FileExistsError, FileNotFoundError) as exc:
             _print_user_error(exc)
             raise typer.Exit(code=2) from None
-        except KeyboardInterrupt:
-            err_console.print("[bold red]error:[/] interrupted (Ctrl-C).", highlight=False)
+        except KeyboardInterrupt as exc:
+            how = "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C"
+            err_console.print(f"[bold red]error:[/] interrupted ({how}).", highlight=False)
             raise typer.Exit(code=130) from None
         except Exception as exc:  # a bug: say so, keep the traceback, exit 1
             path = _report_bug(exc, getattr(self, "_argv", sys.argv[1:]))
