@@ -204,3 +204,20 @@ def test_a_csv_with_another_separator_says_so(tmp_path, sep, name, decimal, stre
             scan_panel(p, Manifest.from_dict(MANIFEST))
         else:
             read_table(p)
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_duckdb_file_that_is_not_a_database_is_a_user_error(tmp_path, streamed):
+    """DuckDB's IOException ("not a valid DuckDB database file") was an internal error."""
+    from equicare.data import Manifest, scan_panel
+
+    from ..conftest import MANIFEST
+
+    p = tmp_path / "panel.duckdb"
+    p.write_text("member_id,week\n1,0\n")  # a CSV saved under the wrong name
+    with pytest.raises(DataValidationError, match=re.escape(
+            f"{p}: cannot open it as a DuckDB database (")):
+        if streamed:
+            scan_panel(p, Manifest.from_dict(MANIFEST))
+        else:
+            read_table(p)

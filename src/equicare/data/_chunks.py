@@ -36,6 +36,7 @@ from equicare.data._io import (
     _build,
     check_csv_header,
     check_utf8,
+    connect_read_only,
     parquet_files,
 )
 from equicare.data._labels import categorical_labels, text_labels
@@ -194,9 +195,7 @@ def _batches(path: Path, man: Manifest, columns: list[str], batch_rows: int = BA
             for b in reader:
                 yield b
         else:
-            import duckdb
-
-            con = duckdb.connect(str(path), read_only=True)
+            con = connect_read_only(path)
             try:
                 tables = [r[0] for r in con.execute(
                     "SELECT table_name FROM information_schema.tables").fetchall()]

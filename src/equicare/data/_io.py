@@ -114,9 +114,7 @@ def read_table(
             return pd.DataFrame(), names
         return tab.to_pandas(), names
     if suffix in _DUCKDB_EXT:
-        import duckdb
-
-        con = duckdb.connect(str(p), read_only=True)
+        con = connect_read_only(p)
         try:
             tables = [
                 r[0]
@@ -149,6 +147,20 @@ MSG_NOT_UTF8 = ("{path}: the file is not UTF-8 text: byte {byte} at line {line}{
                 "re-encode the file, e.g. `iconv -f latin1 -t utf-8 {path} > {fixed}` (or in "
                 "pandas: pd.read_csv(path, encoding='latin-1').to_csv(new_path, index=False)), "
                 "or write the panel as Parquet.")
+
+
+def connect_read_only(path: str | os.PathLike[str]) -> Any:
+    """Open a DuckDB panel file read-only; a file that is not a DuckDB database is a user error.
+
+    DuckDB's ``IOException`` ("not a valid DuckDB database file") was an internal error.
+    """
+    import duckdb
+
+    try:
+        return duckdb.connect(str(path), read_only=True)
+    except duckdb.Error as exc:
+        raise DataValidationError(f"{path}: cannot open it as a DuckDB database "
+                                  f"({' '.join(str(exc).split())}).") from None
 
 
 #: A CSV whose header is one column holding another separator (tests match it).
