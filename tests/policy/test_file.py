@@ -56,6 +56,14 @@ def test_a_csv_policy_file_that_is_empty_not_utf8_or_semicolon_separated(tmp_pat
         FilePolicy(path).action_probs(ds)
 
 
+def test_a_parquet_policy_file_arrow_cannot_open_is_a_policy_error(tmp_path, ds):
+    # an ArrowInvalid ("Parquet magic bytes not found") was an internal error (exit code 1)
+    path = tmp_path / "p.parquet"
+    path.write_text("member_id,week,p_0\n1,0,1.0\n")  # a CSV saved under the wrong name
+    with pytest.raises(PolicyError, match=re.escape(f"{path}: cannot read it as Parquet (")):
+        FilePolicy(path).action_probs(ds)
+
+
 def test_missing_rows(tmp_path, ds, probs):
     path = write_policy_file(ds, probs, tmp_path / "p.parquet")
     df = FilePolicy(path)._df().iloc[1:]

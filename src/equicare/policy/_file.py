@@ -40,7 +40,8 @@ def read_policy_file(path: str | os.PathLike[str]) -> pd.DataFrame:
     return pd.read_csv(p)
 
 
-#: CSV policy files already checked by :func:`_check_csv_text`, keyed by path, mtime and size.
+#: Policy files already checked (:func:`_check_csv_text`, :func:`_check_parquet`), keyed by
+#: path, mtime and size.
 _CSV_CHECKED: set[tuple[str, int, int]] = set()
 
 
@@ -78,7 +79,26 @@ def _checked_path(path: str | os.PathLike[str]) -> Path:
             f"{p}: unsupported policy file type {p.suffix!r}; expected .parquet or .csv.")
     if p.suffix.lower() == ".csv":
         _check_csv_text(p)
+    else:
+        _check_parquet(p)
     return p
+
+
+def _check_parquet(p: Path) -> None:
+    """Refuse a ``.parquet`` policy file that Arrow cannot open (an ArrowInvalid was a bug)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    st = p.stat()
+    key = (str(p.resolve()), st.st_mtime_ns, st.st_size)
+    if key in _CSV_CHECKED:
+        return
+    try:
+        pq.ParquetFile(p).close()
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise PolicyError(f"{p}: cannot read it as Parquet ({' '.join(str(exc).split())}).") \
+            from None
+    _CSV_CHECKED.add(key)
 
 
 def _spans(idx: NDArray[np.int64]) -> str:
