@@ -109,16 +109,18 @@ def _panel_domain(data: Path, manifest: Path | None, *, arms: int | None, horizo
         from equicare.data import read_manifest, read_table
     except ImportError:  # pragma: no cover - the data layer ships with equicare
         read_manifest = read_table = None  # type: ignore[assignment]
-    if read_table is not None:
-        frame, _ = read_table(data)
-    else:  # pragma: no cover
-        import pandas as pd
-
-        frame = pd.read_parquet(data) if data.suffix in (".parquet", ".pq") else pd.read_csv(data)
+    m = None
     if manifest is not None:
         if read_manifest is None:  # pragma: no cover
             raise InvalidParameterError("Reading a manifest needs equicare.data.")
         m = read_manifest(manifest)
+    if read_table is not None:  # a DuckDB file's table: the manifest's dataset.table
+        frame, _ = read_table(data, None if m is None else m.table)
+    else:  # pragma: no cover
+        import pandas as pd
+
+        frame = pd.read_parquet(data) if data.suffix in (".parquet", ".pq") else pd.read_csv(data)
+    if m is not None:
         episode = episode or m.episode
         time = time or m.time
         if state is None:
