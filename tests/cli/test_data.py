@@ -167,3 +167,23 @@ def test_validate_publishes_no_extreme_length_or_propensity(panel):
         table = runner.invoke(app, ["validate", str(p), "--manifest", str(m), *extra]).output
         assert "11+ episodes <= " in table and "max " not in table, extra
         assert "propensity range" not in table
+
+
+@pytest.mark.parametrize(("name", "args", "said"), [
+    ("manifest.toml", ["validate", "{data}", "-m", "{bad}"], "{bad}: not valid TOML ("),
+    ("run.toml", ["run", "{bad}"], "{bad}: not valid TOML ("),
+    ("domain.json", ["plan", "{bad}", "--seeds", "1"], "{bad}: not valid JSON ("),
+    ("care.json", ["synth", "--sim-config", "{bad}", "--out", "{tmp}/s"],
+     "Cannot read the config file {bad}: 'utf-8' codec"),
+])
+def test_text_inputs_that_are_not_utf8_are_user_errors(tmp_path, name, args, said):
+    # a manifest, run config or JSON saved as UTF-16 or Latin-1 was an internal error (exit 1)
+    bad = tmp_path / name
+    bad.write_bytes("# région\n".encode("utf-16"))
+    data = tmp_path / "panel.csv"
+    make_frame().to_csv(data, index=False)
+    fill = {"bad": str(bad), "data": str(data), "tmp": str(tmp_path)}
+    res = runner.invoke(app, [a.format(**fill) for a in args])
+    out = " ".join(res.output.split())
+    assert res.exit_code == 2, res.output
+    assert out.startswith("error: " + said.format(**fill)) and "internal error" not in out, out

@@ -68,6 +68,33 @@ def test_plan_bad_domain_file(app, tmp_path):
 
 
 @pytest.mark.filterwarnings("always::equicare.exceptions.EquicareWarning")  # shown, not raised
+def test_plan_from_panel_reads_the_duckdb_table_the_manifest_names(app, tmp_path):
+    # the manifest's dataset.table was ignored: "name the table to read (manifest
+    # dataset.table)" although the manifest named it
+    import duckdb
+    import pandas as pd
+
+    from equicare.data import read_manifest
+
+    p, mf = _panel_files(tmp_path)
+    db = tmp_path / "panel.duckdb"
+    con = duckdb.connect(str(db))
+    con.register("f", pd.read_csv(p))
+    con.execute("CREATE TABLE logged AS SELECT * FROM f")
+    con.execute("CREATE TABLE other AS SELECT 1 AS x")
+    con.close()
+    d = read_manifest(mf).to_dict()
+    d["dataset"]["table"] = "logged"
+    from equicare.data import Manifest
+
+    mf.write_text(Manifest.from_dict(d).to_toml())
+    res = runner.invoke(app, ["plan", "--from-panel", str(db), "-m", str(mf), "--seeds", "1",
+                              "--horizon", "3", "--policy", "random", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["n_arms"] == 200
+
+
+@pytest.mark.filterwarnings("always::equicare.exceptions.EquicareWarning")  # shown, not raised
 def test_plan_from_panel_with_manifest_suppresses_small_groups(app, tmp_path):
     p, mf = _panel_files(tmp_path)  # members per group A-E: 50, 50, 10, 50, 40
     out = tmp_path / "plan.json"
@@ -240,6 +267,22 @@ def test_parse_budget():
     assert parse_budget("1.0") == 1.0
     with pytest.raises(ValueError, match="whole number"):
         parse_budget("2.5")
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf", "NaN"])
+def test_parse_budget_refuses_non_finite(text):
+    with pytest.raises(ValueError, match=r"must be a finite number"):
+        parse_budget(text)
+
+
+@pytest.mark.parametrize("args", [["plan", "--budget", "nan"],
+                                  ["capacity", "--goal", "good", "--budgets", "0.1,inf"]])
+def test_non_finite_budget_is_a_user_error(app, args):
+    res = runner.invoke(app, [args[0], "--domain", "synthetic", "--arms", "20", "--seeds", "1",
+                              *args[1:]])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 2, res.output
+    assert "must be a finite number" in said and "internal error" not in said, said
 
 
 def test_import_is_light():

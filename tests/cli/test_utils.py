@@ -67,6 +67,35 @@ def test_ctrl_c_exits_130(monkeypatch):
     assert res.output == "error: interrupted (Ctrl-C).\n"
 
 
+def test_sigterm_exits_130_and_removes_the_half_written_output(monkeypatch, tmp_path):
+    # `kill PID` or a scheduler's time limit ended the process at once (Python's default
+    # SIGTERM): a hidden temporary file of the atomic write (row-level predictions, for predict)
+    # stayed behind and no line said why the command stopped
+    import signal
+
+    from equicare.utils import atomic_write
+
+    out = tmp_path / "plan.json"
+
+    def killed_mid_write(*args, **kwargs):
+        with atomic_write(out) as fh:
+            fh.write(b"half")
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def unhandled(signum, frame):  # without the CLI's handler: a clean failure, not a killed run
+        raise RuntimeError("SIGTERM not handled by the CLI")
+
+    monkeypatch.setattr(rmab_cli, "run_plan", killed_mid_write)
+    old = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        res = runner.invoke(app, PLAN)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    assert res.exit_code == 130, res.output
+    assert res.output == "error: interrupted (SIGTERM).\n"
+    assert [p.name for p in tmp_path.iterdir() if p.name != "logs"] == []  # no .plan.json.*.tmp
+
+
 @pytest.mark.filterwarnings("default")  # the CLI prints warnings; pytest would raise them
 def test_warnings_print_as_one_clean_line(monkeypatch):
     def warn_then_fail(*args, **kwargs):
@@ -122,6 +151,68 @@ def test_out_that_is_or_sits_under_a_file_is_refused_before_any_work(
         else:
             assert f"{tmp_path / 'afile'} is a file, not a folder" in line
     assert (tmp_path / "afile").read_text() == "mine"
+
+
+@pytest.mark.parametrize(("argv", "option", "target"), [
+    (["evaluate", "{panel}", "-m", "{man}", "--policy", "{pol}"], "out", "panel"),
+    (["evaluate", "{panel}", "-m", "{man}", "--policy", "{pol}"], "out", "pol"),
+    (["predict", "{model}", "{panel}", "-m", "{man}"], "out", "panel"),
+    (["audit", "{panel}", "-m", "{man}", "--policy", "awr={pol}"], "out", "pol"),
+    (["audit", "{panel}", "-m", "{man}"], "out", "man"),
+    (["mediate", "{panel}", "-m", "{man}", "--policy", "{pol}"], "figure", "pol"),
+    (["plan", "--from-panel", "{panel}", "--episode", "id"], "out", "panel"),
+])
+def test_an_input_is_never_an_output_even_with_force(tmp_path, argv, option, target):
+    # --force replaces an earlier output; `evaluate --out panel.parquet --force` wrote the
+    # result JSON over the user's panel
+    files = {"panel": tmp_path / "panel.parquet", "man": tmp_path / "manifest.toml",
+             "pol": tmp_path / "pol.parquet", "model": tmp_path / "model"}
+    for name, f in files.items():
+        if name == "model":
+            f.mkdir()
+        else:
+            f.write_bytes(name.encode())
+    fill = {k: str(v) for k, v in files.items()}
+    out = files[target]
+    res = runner.invoke(app, [*(a.format(**fill) for a in argv), f"--{option}", str(out),
+                              "--force"])
+    assert res.exit_code == 2, res.output
+    assert " ".join(res.output.split()) == (
+        f"error: --{option} {out} is the input {out}; refusing to overwrite an input, even "
+        "with --force: choose another path.")
+    assert all(f.read_bytes() == n.encode() for n, f in files.items() if n != "model")
+
+
+@pytest.mark.parametrize(("argv", "option"), [
+    (["evaluate", "{panel}", "-m", "{man}", "--policy", "{panel}"], "out"),
+    (["audit", "{panel}", "-m", "{man}"], "out"),
+    (["frontier", "{panel}", "-m", "{man}"], "out"),
+    (["mediate", "{panel}", "-m", "{man}", "--policy", "{panel}"], "out"),
+    (["mediate", "{panel}", "-m", "{man}", "--policy", "{panel}"], "figure"),
+    (["plan", "--domain", "synthetic"], "out"),
+    (["capacity", "--domain", "synthetic"], "figure"),
+])
+@pytest.mark.parametrize("force", [False, True])
+def test_a_file_output_that_is_a_folder_is_refused_before_any_work(tmp_path, argv, option,
+                                                                     force):
+    # an empty folder passed the "exists" check, and with --force any folder did: the run then
+    # failed at its very end, writing the JSON or figure (IsADirectoryError, an internal error)
+    from equicare.cli._utils import MSG_OUT_IS_FOLDER
+
+    panel, man, folder = tmp_path / "panel.parquet", tmp_path / "manifest.toml", tmp_path / "o"
+    panel.write_bytes(b"")
+    man.write_text("")
+    folder.mkdir()
+    if force:
+        (folder / "mine.txt").write_text("mine")
+    fill = {"panel": str(panel), "man": str(man)}
+    res = runner.invoke(app, [*(a.format(**fill) for a in argv), f"--{option}", str(folder),
+                              *(["--force"] if force else [])])
+    assert res.exit_code == 2, res.output
+    example = folder / ("figure.png" if option == "figure" else "result.json")
+    assert " ".join(res.output.split()) == "error: " + MSG_OUT_IS_FOLDER.format(
+        option=f"--{option}", path=folder, example=example), res.output
+    assert [p.name for p in folder.iterdir()] == (["mine.txt"] if force else [])
 
 
 def test_thread_plan(monkeypatch):

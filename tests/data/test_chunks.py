@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import duckdb
 import numpy as np
@@ -153,6 +154,21 @@ def test_clear_errors(tmp_path):
     with pytest.raises(InvalidParameterError,
                        match=r"The 'chunk_rows' parameter of iter_chunks must be an int >= 1"):
         list(iter_chunks(p, man, chunk_rows=0))
+
+
+@pytest.mark.parametrize("kind", ["csv", "parquet_sorted", "duckdb"])
+@pytest.mark.parametrize(("column", "read"), [
+    ("race", lambda p, man: scan_panel(p, man)),
+    ("risk", lambda p, man: list(iter_chunks(p, man, chunk_rows=40))),
+])
+def test_a_missing_column_is_named_in_every_format(frame, tmp_path, kind, column, read):
+    """A streamed CSV missing a manifest column was an ArrowKeyError (an internal error, exit
+    code 1): Arrow refuses include_columns naming an absent column before any check ran."""
+    p = _write(frame.rename(columns={column: column + "_"}), kind, tmp_path)
+    with pytest.raises(DataValidationError, match=re.escape(
+            f"{p}: column {column!r} (named in <manifest>) is missing; did you mean "
+            f"{column + '_'!r}?")):
+        read(p, _manifest())
 
 
 def test_directory_loads_in_memory(frame, tmp_path):

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -7,6 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from equicare.data import from_frame, load_dataset, to_frame, write_csv, write_duckdb, write_parquet
+from equicare.data._io import read_table
+from equicare.exceptions import DataValidationError
 
 from ..conftest import make_frame
 
@@ -177,3 +181,43 @@ def test_csv_reads_labels_as_written(tmp_path):
     back = load_dataset(tmp_path / "p.csv", tmp_path / "m.toml", emit_warnings=False)
     np.testing.assert_array_equal(load_policy(tmp_path / "spibb").action_probs(back),
                                   sp.action_probs(ds))
+
+
+@pytest.mark.parametrize(("sep", "name", "decimal"), [(";", "semicolons", ","),
+                                                      ("\t", "tabs", ".")])
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_csv_with_another_separator_says_so(tmp_path, sep, name, decimal, streamed):
+    """A semicolon- (spreadsheet locale) or tab-separated "CSV" read as one column made every
+    manifest column 'missing', with no word about the separator."""
+    from equicare.data import Manifest, scan_panel
+    from equicare.data._io import MSG_CSV_SEPARATOR
+
+    from ..conftest import MANIFEST
+
+    p = tmp_path / "panel.csv"
+    make_frame(12).to_csv(p, index=False, sep=sep, decimal=decimal)
+    header = p.read_text().splitlines()[0]
+    msg = MSG_CSV_SEPARATOR.format(path=p, header=header[:57] + "...", name=name,
+                                   sep=sep, decimal=decimal)
+    with pytest.raises(DataValidationError, match=re.escape(msg)):
+        if streamed:
+            scan_panel(p, Manifest.from_dict(MANIFEST))
+        else:
+            read_table(p)
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_duckdb_file_that_is_not_a_database_is_a_user_error(tmp_path, streamed):
+    """DuckDB's IOException ("not a valid DuckDB database file") was an internal error."""
+    from equicare.data import Manifest, scan_panel
+
+    from ..conftest import MANIFEST
+
+    p = tmp_path / "panel.duckdb"
+    p.write_text("member_id,week\n1,0\n")  # a CSV saved under the wrong name
+    with pytest.raises(DataValidationError, match=re.escape(
+            f"{p}: cannot open it as a DuckDB database (")):
+        if streamed:
+            scan_panel(p, Manifest.from_dict(MANIFEST))
+        else:
+            read_table(p)

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from equicare.data import from_frame
-from equicare.exceptions import InvalidParameterError, PolicyError
+from equicare.exceptions import DataValidationError, InvalidParameterError, PolicyError
 from equicare.policy import FilePolicy, write_policy_file
 
 from ..conftest import make_frame
@@ -34,6 +36,32 @@ def test_round_trip(tmp_path, ds, probs, form, suffix):
     # rows of the file in any order
     df = fp._df().sample(frac=1.0, random_state=1)
     np.testing.assert_allclose(FilePolicy(frame=df).action_probs(ds), probs, atol=1e-12)
+
+
+@pytest.mark.parametrize(("content", "error", "said"), [
+    (b"", PolicyError, "the policy file is empty; expected a header"),
+    ("member_id,week,p_0\n1,0,1.0\n".encode("utf-16"), DataValidationError,
+     "the file is not UTF-8 text"),
+    (b"member_id;week;p_0;p_1\n1;0;0,5;0,5\n", DataValidationError,
+     "the header is one column 'member_id;week;p_0;p_1': the file looks separated by "
+     "semicolons (';')"),
+])
+def test_a_csv_policy_file_that_is_empty_not_utf8_or_semicolon_separated(tmp_path, ds, content,
+                                                                        error, said):
+    """pandas raised EmptyDataError / UnicodeDecodeError (internal errors, exit code 1), and a
+    semicolon-separated file was said to miss its key columns."""
+    path = tmp_path / "p.csv"
+    path.write_bytes(content)
+    with pytest.raises(error, match=re.escape(f"{path}: {said}")):
+        FilePolicy(path).action_probs(ds)
+
+
+def test_a_parquet_policy_file_arrow_cannot_open_is_a_policy_error(tmp_path, ds):
+    # an ArrowInvalid ("Parquet magic bytes not found") was an internal error (exit code 1)
+    path = tmp_path / "p.parquet"
+    path.write_text("member_id,week,p_0\n1,0,1.0\n")  # a CSV saved under the wrong name
+    with pytest.raises(PolicyError, match=re.escape(f"{path}: cannot read it as Parquet (")):
+        FilePolicy(path).action_probs(ds)
 
 
 def test_missing_rows(tmp_path, ds, probs):

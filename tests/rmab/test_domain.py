@@ -121,6 +121,46 @@ def test_file_errors(tmp_path):
         load_domain("maternal", experiment="Z")
 
 
+def _edit(tmp_path, where, key, value):
+    raw = json.loads(json.dumps(SYN_FILE))
+    (raw if where is None else raw["types"][where])[key] = value
+    f = tmp_path / "bad.json"
+    f.write_text(json.dumps(raw))
+    return f
+
+
+@pytest.mark.parametrize(("where", "key", "value", "expected"), [
+    # a one-element R was stretched over every state, so a typo planned on a wrong reward
+    (0, "R", [0.0], "types[0]: 'R' must be a list of 2 numbers (one reward per state) or one "
+                    "number; got [0.0]."),
+    (0, "R", [0.0, 1.0, 2.0], "types[0]: 'R' must be a list of 2 numbers (one reward per "
+                              "state) or one number; got [0.0, 1.0, 2.0]."),
+    # values of the wrong type were internal errors (exit code 1)
+    (0, "P", "x", "types[0]: 'P' must be numbers of shape (2, 2, 2) (P[a][s][s']); got \"x\"."),
+    (0, "fraction", "x", "types[0]: 'fraction' must be a finite number; got \"x\"."),
+    (0, "init", [1.0], "types[0]: 'init' must be a list of 2 probabilities; got [1.0]."),
+    (None, "n_states", "two", "'n_states' must be a whole number >= 1; got \"two\"."),
+    (None, "n_states", 2.5, "'n_states' must be a whole number >= 1; got 2.5."),
+    (None, "horizon", "x", "'horizon' must be a whole number >= 1; got \"x\"."),
+    (None, "budget_fracs", ["a"], "'budget_fracs[0]' must be a finite number; got \"a\"."),
+    (None, "types", [1], "types[0]: must be a JSON object with keys P, R, ...; got 1."),
+    (None, "state_names", ["a"], "'state_names' must be a list of 2 names (one per state); "
+                                 "got [\"a\"]."),
+    (None, "high_risk", [1], "'high_risk' must be a list of 2 0/1 flags (one per state); "
+                             "got [1]."),
+])
+def test_contract4_values_of_the_wrong_type_or_size_name_key_and_file(tmp_path, where, key,
+                                                                       value, expected):
+    f = _edit(tmp_path, where, key, value)
+    with pytest.raises(DataValidationError, match=re.escape(f"{f}: {expected}")):
+        load_domain(f)
+
+
+def test_contract4_one_number_reward_applies_to_every_state(tmp_path):
+    d = load_domain(_edit(tmp_path, 0, "R", 0.5), n_arms=10, random_state=0)
+    np.testing.assert_allclose(d.R[:5], 0.5)
+
+
 def test_array_errors():
     P = np.array([[[0.9, 0.1], [0.1, 0.9]], [[0.6, 0.4], [0.1, 0.9]]])
     with pytest.raises(DataValidationError, match=re.escape(INIT_BAD.format(

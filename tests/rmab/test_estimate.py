@@ -127,6 +127,18 @@ def test_next_state_column_missing_means_no_transition_and_bad_codes_are_refused
         estimate_arms(bad, next_state="next", **kw)
 
 
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.SmallCellWarning")
+def test_an_infinite_reward_is_refused_naming_column_and_row():
+    d = load_domain("synthetic", n_arms=20)
+    bad = make_panel(d, 3, np.random.default_rng(1)).reset_index(drop=True)
+    bad.loc[4, "reward"] = np.inf
+    with pytest.raises(DataValidationError, match=re.escape(
+            "Column 'reward' (reward) has NaN or infinite values in 1 row(s) (first: row 4; "
+            "0-based data rows); expected finite numbers.")):
+        estimate_arms(bad, episode="member", time="week", state="state", action="treated",
+                      group="group", reward="reward", min_count=0)
+
+
 def test_capacity_plan_finds_the_smallest_budget():
     d = load_domain("synthetic", n_arms=60)
     res = capacity_plan(d, target_share=0.5, goal_states=["good"], policies=["opt", "random"],

@@ -251,7 +251,7 @@ def register(app: typer.Typer) -> None:
             user_errors,
         )
 
-        check_out_paths([out, figure], force)
+        check_out_paths([out, figure], force, file=True, options=["--out", "--figure"])
         with user_errors():
             ests = parse_estimators(estimators)
             ctrl = parse_control(control)

@@ -25,7 +25,8 @@ keeps it in sync. Conventions shared by every command:
 - no command overwrites an existing output without `--force`;
 - a user mistake prints one line `error: ...` on stderr and exits with code 2; an internal error
   says it is a bug, names the log file holding its traceback (`$EQUICARE_LOG_DIR`, default
-  `~/.cache/equicare/logs`) and exits with code 1; Ctrl-C exits with code 130;
+  `~/.cache/equicare/logs`) and exits with code 1; Ctrl-C (or SIGTERM) exits with code 130
+  and leaves no half-written output;
 - Python warnings print as one line `warning: ...` (those raised in `--executor` workers too,
   each message once);
 - `--threads auto` (default) runs torch and OpenMP on one thread (equicare's networks are small)

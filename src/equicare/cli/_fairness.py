@@ -46,6 +46,12 @@ OUT_EXISTS = "{path} exists; refusing to overwrite it (pass --force to replace i
 
 
 def _check_out(out: Path | None, force: bool) -> None:
+    from equicare.cli._utils import MSG_OUT_IS_FOLDER
+    from equicare.exceptions import InvalidParameterError
+
+    if out is not None and out.is_dir():  # the JSON write at the end failed on it
+        raise InvalidParameterError(MSG_OUT_IS_FOLDER.format(option="--out", path=out,
+                                                             example=out / "result.json"))
     if out is not None and out.exists() and not force:
         raise FileExistsError(OUT_EXISTS.format(path=out))
 

@@ -529,7 +529,7 @@ def register(app: typer.Typer) -> None:
             user_errors,
         )
 
-        check_out_path(out, force)
+        check_out_path(out, force, file=True)
         ex = stream_executor(chunk_rows, executor, address, jobs)
         if chunk_rows is not None:
             with user_errors():

@@ -258,7 +258,7 @@ def register(app: typer.Typer) -> None:
                 fail(f"run {row['run_id']} is {row['status']}; only finished runs have a report.")
             d = s.run_dir(row["run_id"])
             path = out if out is not None else d / "report.html"
-            check_out_path(path, force)
+            check_out_path(path, force, file=True)
             if (d / "sweep.csv").is_file():
                 import tempfile
 

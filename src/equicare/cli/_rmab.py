@@ -67,6 +67,10 @@ def parse_budget(text: str | float | int, option: str = "--budget") -> int | flo
         raise InvalidParameterError(
             f"{option} must be a number (a fraction like 0.2 or a count like 20); "
             f"got {text!r}.") from None
+    if not math.isfinite(v):
+        raise InvalidParameterError(
+            f"{option} must be a finite number (a fraction like 0.2 or a count like 20); "
+            f"got {text!r}.")
     if v < 0:
         raise InvalidParameterError(f"{option} must be >= 0; got {text!r}.")
     if any(c in s for c in ".eE") and v <= 1:
@@ -105,16 +109,18 @@ def _panel_domain(data: Path, manifest: Path | None, *, arms: int | None, horizo
         from equicare.data import read_manifest, read_table
     except ImportError:  # pragma: no cover - the data layer ships with equicare
         read_manifest = read_table = None  # type: ignore[assignment]
-    if read_table is not None:
-        frame, _ = read_table(data)
-    else:  # pragma: no cover
-        import pandas as pd
-
-        frame = pd.read_parquet(data) if data.suffix in (".parquet", ".pq") else pd.read_csv(data)
+    m = None
     if manifest is not None:
         if read_manifest is None:  # pragma: no cover
             raise InvalidParameterError("Reading a manifest needs equicare.data.")
         m = read_manifest(manifest)
+    if read_table is not None:  # a DuckDB file's table: the manifest's dataset.table
+        frame, _ = read_table(data, None if m is None else m.table)
+    else:  # pragma: no cover
+        import pandas as pd
+
+        frame = pd.read_parquet(data) if data.suffix in (".parquet", ".pq") else pd.read_csv(data)
+    if m is not None:
         episode = episode or m.episode
         time = time or m.time
         if state is None:
@@ -346,7 +352,7 @@ def register(app: typer.Typer) -> None:
         Example: equicare plan --domain synthetic --arms 100 --budget 0.2 --horizon 20
         --policy opt,mmr,mnw,mnw-eg,random,noact --seeds 25 --out plan.json
         """
-        check_out_paths([out, figure], force)
+        check_out_paths([out, figure], force, file=True, options=["--out", "--figure"])
         with user_errors():
             d = build_domain(None if domain is None else domain.value, domain_file=domain_file,
                              from_panel=from_panel, manifest=manifest, arms=arms,
@@ -415,7 +421,7 @@ def register(app: typer.Typer) -> None:
         Example: equicare capacity --domain diabetes --alpha 0 --target-share 0.5 --seeds 10
         --figure capacity.png
         """
-        check_out_paths([out, figure], force)
+        check_out_paths([out, figure], force, file=True, options=["--out", "--figure"])
         with user_errors():
             d = build_domain(None if domain is None else domain.value, domain_file=domain_file,
                              from_panel=from_panel, manifest=manifest, arms=arms,

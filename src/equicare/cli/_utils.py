@@ -144,16 +144,26 @@ def print_json(obj: Any) -> None:
     typer.echo(json.dumps(json_safe(obj), indent=2, default=str, allow_nan=False))
 
 
+#: A file output (result JSON, figure, report) pointed at a folder (tests match it).
+MSG_OUT_IS_FOLDER = ("{option} {path} is a folder; expected a file name (e.g. {example}), even "
+                     "with --force.")
+
+
 def check_out_path(path: Path | None, force: bool, *, folder: bool = False,
-                   option: str = "--out") -> None:
+                   option: str = "--out", file: bool = False) -> None:
     """Refuse to overwrite an existing output unless ``--force`` (exit code 2).
 
     Also refuses (even with ``--force``) a path under a file and, for an output folder
-    (``folder=True``), a path that is a file: see :func:`check_out_folder`.
+    (``folder=True``), a path that is a file: see :func:`check_out_folder`; for an output file
+    (``file=True``), a path that is a folder (the write at the end of the run failed on it, an
+    internal error after all the work, or replaced nothing).
     """
     if path is None:
         return
     check_out_folder(path, folder=folder, option=option)
+    if file and path.is_dir():
+        fail(MSG_OUT_IS_FOLDER.format(option=option, path=path, example=path / (
+            "figure.png" if option == "--figure" else "result.json")))
     if path.exists() and not force:
         if path.is_dir() and not any(path.iterdir()):
             return
@@ -170,10 +180,15 @@ def check_out_folder(path: Path, *, folder: bool = True, option: str = "--out") 
         fail(str(exc))
 
 
-def check_out_paths(paths: list[Path | None], force: bool) -> None:
-    """:func:`check_out_path` for several outputs, before any work starts."""
-    for p in paths:
-        check_out_path(p, force)
+def check_out_paths(paths: list[Path | None], force: bool, *, file: bool = False,
+                    options: list[str] | None = None) -> None:
+    """:func:`check_out_path` for several outputs, before any work starts.
+
+    ``options`` names each path's option in messages (default ``--out``); ``file`` says that
+    every path is an output file.
+    """
+    for i, p in enumerate(paths):
+        check_out_path(p, force, file=file, option=options[i] if options else "--out")
 
 
 def literal_table(table: Any) -> Any:
@@ -354,6 +369,44 @@ def stream_executor(chunk_rows: int | None, executor: str | None, address: str,
     return get_executor(executor, jobs=jobs, address=address)
 
 
+#: Options naming what a command writes (checked against its inputs by every command).
+OUTPUT_OPTIONS = ("out", "figure")
+#: An output that is one of the command's inputs (tests match it).
+MSG_OUT_IS_INPUT = ("--{option} {out} is the input {input}; refusing to overwrite an input, even "
+                    "with --force: choose another path.")
+
+
+def _input_files(value: Any) -> list[Path]:
+    """Existing files named by an option value (a path, a ``NAME=PATH`` spec or a list)."""
+    if isinstance(value, list | tuple):
+        return [f for v in value for f in _input_files(v)]
+    if not isinstance(value, str | Path):
+        return []
+    text = str(value)
+    found = []
+    for cand in (text, text.partition("=")[2]):
+        if cand and os.path.isfile(cand):
+            found.append(Path(cand))
+    return found
+
+
+def refuse_inputs_as_outputs(kwargs: dict[str, Any]) -> None:
+    """Exit 2 if ``--out`` or ``--figure`` is one of the command's input files.
+
+    ``--force`` replaces an earlier *output*; pointed at the panel, the manifest or a policy
+    file the command reads, it destroyed the user's data (``evaluate --out panel.parquet
+    --force`` wrote the result JSON over the panel).
+    """
+    inputs = [f for k, v in kwargs.items() if k not in OUTPUT_OPTIONS for f in _input_files(v)]
+    for option in OUTPUT_OPTIONS:
+        out = kwargs.get(option)
+        if not isinstance(out, str | Path) or not os.path.exists(out):
+            continue
+        for f in inputs:
+            if os.path.samefile(out, f):
+                fail(MSG_OUT_IS_INPUT.format(option=option, out=out, input=f))
+
+
 def _with_threads(cmd: Any) -> None:
     if getattr(cmd, "callback", None) is None or getattr(cmd, "_equicare_threads", False):
         return
@@ -361,6 +414,7 @@ def _with_threads(cmd: Any) -> None:
 
     @functools.wraps(inner)
     def callback(*args: Any, **kwargs: Any) -> Any:
+        refuse_inputs_as_outputs(kwargs)
         with thread_limits(str(kwargs.get("threads", "auto"))):
             return inner(*args, **kwargs)
 
@@ -423,6 +477,33 @@ def _rewrite_deprecated(command: str, args: list[str]) -> list[str]:
     return out
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM received while a command runs (``kill PID``, a scheduler's time limit).
+
+    Raised like Ctrl-C so that the same clean-up runs: temporary files of atomic writes are
+    removed (Python's default SIGTERM ends the process at once and left them behind, e.g. a
+    hidden ``.probs.parquet.tmp`` of row-level predictions) and the exit code is 130.
+    """
+
+
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c() -> Iterator[None]:
+    import signal
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated(f"received signal {signum}")
+
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not in the main thread (e.g. a test runner's worker thread)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 class EquicareGroup(TyperGroup):
     """The root command group: error taxonomy, threads, warnings and deprecated spellings."""
 
@@ -448,7 +529,7 @@ class EquicareGroup(TyperGroup):
     def invoke(self, ctx: Any) -> Any:
         """Run the command with the error taxonomy and one-line warnings."""
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _sigterm_as_ctrl_c():
                 warnings.showwarning = _show_warning
                 return super().invoke(ctx)
         except (TyperExit, TyperAbort, click.ClickException):
@@ -456,8 +537,9 @@ class EquicareGroup(TyperGroup):
         except (EquicareError, FileExistsError, FileNotFoundError) as exc:
             _print_user_error(exc)
             raise typer.Exit(code=2) from None
-        except KeyboardInterrupt:
-            err_console.print("[bold red]error:[/] interrupted (Ctrl-C).", highlight=False)
+        except KeyboardInterrupt as exc:
+            how = "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C"
+            err_console.print(f"[bold red]error:[/] interrupted ({how}).", highlight=False)
             raise typer.Exit(code=130) from None
         except Exception as exc:  # a bug: say so, keep the traceback, exit 1
             path = _report_bug(exc, getattr(self, "_argv", sys.argv[1:]))

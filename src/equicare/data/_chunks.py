@@ -31,7 +31,14 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from equicare.data._dataset import TrajectoryDataset
-from equicare.data._io import _DUCKDB_EXT, _build, check_utf8, parquet_files
+from equicare.data._io import (
+    _DUCKDB_EXT,
+    _build,
+    check_csv_header,
+    check_utf8,
+    connect_read_only,
+    parquet_files,
+)
 from equicare.data._labels import categorical_labels, text_labels
 from equicare.data._manifest import Manifest
 from equicare.data._manifest import manifest_of as _manifest_of
@@ -163,8 +170,17 @@ def _batches(path: Path, man: Manifest, columns: list[str], batch_rows: int = BA
             yield from ds.to_batches(columns=columns, batch_size=batch_rows, use_threads=False,
                                      batch_readahead=1, fragment_readahead=1)
         elif kind == "csv":
+            import csv
+
             import pyarrow.csv as pacsv
 
+            # before open_csv: Arrow refuses include_columns naming a missing column with an
+            # ArrowKeyError that names neither the file nor the manifest
+            with path.open(newline="", encoding="utf-8-sig") as fh:
+                header = next(csv.reader(fh), [])
+            check_csv_header(path, header)
+            if header:  # an empty file is Arrow's "Empty CSV file" below
+                _check_columns(path, header, columns, man)
             reader = pacsv.open_csv(
                 str(path),
                 read_options=pacsv.ReadOptions(block_size=1 << 22),
@@ -179,9 +195,7 @@ def _batches(path: Path, man: Manifest, columns: list[str], batch_rows: int = BA
             for b in reader:
                 yield b
         else:
-            import duckdb
-
-            con = duckdb.connect(str(path), read_only=True)
+            con = connect_read_only(path)
             try:
                 tables = [r[0] for r in con.execute(
                     "SELECT table_name FROM information_schema.tables").fetchall()]

@@ -88,6 +88,7 @@ def read_table(
         check_utf8(p)
         with p.open(newline="", encoding="utf-8") as fh:
             header = next(csv.reader(fh), [])
+        check_csv_header(p, header)
         unique = len(set(header)) == len(header)
         text = [c for c in dict.fromkeys(labels) if c in header] if unique else []
         try:
@@ -113,9 +114,7 @@ def read_table(
             return pd.DataFrame(), names
         return tab.to_pandas(), names
     if suffix in _DUCKDB_EXT:
-        import duckdb
-
-        con = duckdb.connect(str(p), read_only=True)
+        con = connect_read_only(p)
         try:
             tables = [
                 r[0]
@@ -148,6 +147,50 @@ MSG_NOT_UTF8 = ("{path}: the file is not UTF-8 text: byte {byte} at line {line}{
                 "re-encode the file, e.g. `iconv -f latin1 -t utf-8 {path} > {fixed}` (or in "
                 "pandas: pd.read_csv(path, encoding='latin-1').to_csv(new_path, index=False)), "
                 "or write the panel as Parquet.")
+
+
+def connect_read_only(path: str | os.PathLike[str]) -> Any:
+    """Open a DuckDB panel file read-only; a file that is not a DuckDB database is a user error.
+
+    DuckDB's ``IOException`` ("not a valid DuckDB database file") was an internal error.
+    """
+    import duckdb
+
+    try:
+        return duckdb.connect(str(path), read_only=True)
+    except duckdb.Error as exc:
+        raise DataValidationError(f"{path}: cannot open it as a DuckDB database "
+                                  f"({' '.join(str(exc).split())}).") from None
+
+
+#: A CSV whose header is one column holding another separator (tests match it).
+MSG_CSV_SEPARATOR = ("{path}: the header is one column {header!r}: the file looks separated by "
+                     "{name} ({sep!r}), and equicare reads comma-separated CSV. Re-save it with "
+                     "commas (e.g. pandas: pd.read_csv(path, sep={sep!r}, decimal={decimal!r})"
+                     ".to_csv(new_path, index=False)) or save it as Parquet.")
+_SEPARATORS = {";": "semicolons", "\t": "tabs", "|": "pipes"}
+
+
+def check_csv_header(path: str | os.PathLike[str], header: Sequence[str]) -> None:
+    """Refuse a CSV read as one column because it is separated by ``;``, tabs or ``|``.
+
+    Spreadsheets in many locales save "CSV" with semicolons (and decimal commas); read with
+    commas, the whole header is one column and every manifest column looks missing. The
+    in-memory and streamed readers both call it, so both say the same.
+
+    Raises
+    ------
+    DataValidationError
+        ``header`` is a single name holding one of those separators.
+    """
+    if len(header) != 1:
+        return
+    for sep, name in _SEPARATORS.items():
+        if sep in header[0]:
+            shown = header[0] if len(header[0]) <= 60 else header[0][:57] + "..."
+            raise DataValidationError(MSG_CSV_SEPARATOR.format(
+                path=path, header=shown, name=name, sep=sep,
+                decimal="," if sep == ";" else "."))
 
 
 def check_utf8(path: str | os.PathLike[str]) -> None:

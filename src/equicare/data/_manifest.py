@@ -237,7 +237,7 @@ def read_manifest(path: str | Path) -> Manifest:
         raise ManifestError(f"Manifest file not found: {p}")
     try:
         raw = tomllib.loads(p.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ManifestError(f"{p}: not valid TOML ({exc}).") from exc
     return Manifest.from_dict(raw, source=str(p))
 

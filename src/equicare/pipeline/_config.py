@@ -482,7 +482,7 @@ def load_run_config(path: str | Path) -> RunConfig:
         raise ConfigError(f"Run config not found: {p}")
     try:
         raw = tomllib.loads(p.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{p}: not valid TOML ({exc}).") from exc
     return RunConfig.from_dict(raw, source=str(p), base_dir=p.resolve().parent)
 

@@ -40,6 +40,36 @@ def read_policy_file(path: str | os.PathLike[str]) -> pd.DataFrame:
     return pd.read_csv(p)
 
 
+#: Policy files already checked (:func:`_check_csv_text`, :func:`_check_parquet`), keyed by
+#: path, mtime and size.
+_CSV_CHECKED: set[tuple[str, int, int]] = set()
+
+
+def _check_csv_text(p: Path) -> None:
+    """Refuse a CSV policy file that is empty, not UTF-8 or separated by another character.
+
+    The checks (and messages) of the panel reader, :func:`equicare.data.read_table`: pandas
+    raised an ``EmptyDataError`` or ``UnicodeDecodeError`` (internal errors), and a
+    semicolon-separated file was said to miss its key columns.
+    """
+    import csv
+
+    from equicare.data._io import check_csv_header, check_utf8
+
+    st = p.stat()
+    key = (str(p.resolve()), st.st_mtime_ns, st.st_size)
+    if key in _CSV_CHECKED:
+        return
+    check_utf8(p)
+    with p.open(newline="", encoding="utf-8-sig") as fh:
+        header = next(csv.reader(fh), [])
+    if not header:
+        raise PolicyError(f"{p}: the policy file is empty; expected a header with the episode "
+                          "and time columns and p_0 ... p_(n-1) (or action, prob).")
+    check_csv_header(p, header)
+    _CSV_CHECKED.add(key)
+
+
 def _checked_path(path: str | os.PathLike[str]) -> Path:
     p = Path(path)
     if not p.is_file():
@@ -47,7 +77,28 @@ def _checked_path(path: str | os.PathLike[str]) -> Path:
     if p.suffix.lower() not in (".parquet", ".pq", ".csv"):
         raise PolicyError(
             f"{p}: unsupported policy file type {p.suffix!r}; expected .parquet or .csv.")
+    if p.suffix.lower() == ".csv":
+        _check_csv_text(p)
+    else:
+        _check_parquet(p)
     return p
+
+
+def _check_parquet(p: Path) -> None:
+    """Refuse a ``.parquet`` policy file that Arrow cannot open (an ArrowInvalid was a bug)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    st = p.stat()
+    key = (str(p.resolve()), st.st_mtime_ns, st.st_size)
+    if key in _CSV_CHECKED:
+        return
+    try:
+        pq.ParquetFile(p).close()
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise PolicyError(f"{p}: cannot read it as Parquet ({' '.join(str(exc).split())}).") \
+            from None
+    _CSV_CHECKED.add(key)
 
 
 def _spans(idx: NDArray[np.int64]) -> str:

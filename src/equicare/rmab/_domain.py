@@ -49,6 +49,8 @@ UNKNOWN_DOMAIN = ("Unknown domain {name!r}: expected a path to a Contract-4 JSON
                   "'synthetic', 'maternal', 'diabetes'.")
 
 _TOL_ROWSUM = 1e-6
+#: A Contract-4 value of the wrong type or size (tests match it).
+BAD_VALUE = "{where}{key!r} must be {expected}; got {value}."
 
 
 def _src(source: str | None) -> str:
@@ -311,6 +313,42 @@ def _noisy(p: NDArray[np.float64], rel_sd: float, lo: float, hi: float,
 
 # --------------------------------------------------------------------------- Contract 4
 
+def _c4_int(value: Any, where: str, key: str, low: int) -> int:
+    """A whole number >= ``low`` from a Contract-4 file, or :data:`BAD_VALUE`."""
+    ok = (isinstance(value, int | float) and not isinstance(value, bool)
+          and float(value).is_integer() and value >= low)
+    if not ok:
+        raise DataValidationError(BAD_VALUE.format(where=where, key=key,
+                                                   expected=f"a whole number >= {low}",
+                                                   value=json.dumps(value, default=str)))
+    return int(value)
+
+
+def _c4_float(value: Any, where: str, key: str) -> float:
+    """A finite number from a Contract-4 file, or :data:`BAD_VALUE`."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value):
+        return float(value)
+    raise DataValidationError(BAD_VALUE.format(where=where, key=key, expected="a finite number",
+                                               value=json.dumps(value, default=str)))
+
+
+def _c4_array(value: Any, where: str, key: str, shape: tuple[int, ...], expected: str
+              ) -> NDArray[np.float64]:
+    """A numeric array of ``shape`` from a Contract-4 file, or :data:`BAD_VALUE`."""
+    arr: NDArray[np.float64] | None
+    try:
+        raw = np.asarray(value)
+        arr = raw.astype(np.float64) if raw.dtype.kind in "iuf" else None
+    except (TypeError, ValueError):  # ragged lists
+        arr = None
+    if arr is None or arr.shape != shape:
+        got = json.dumps(value, default=str)
+        raise DataValidationError(BAD_VALUE.format(
+            where=where, key=key, expected=expected,
+            value=got if len(got) <= 80 else got[:77] + "..."))
+    return arr
+
+
 def _parse_contract4(raw: Mapping[str, Any], source: str) -> dict[str, Any]:
     s = _src(source)
     problems: list[str] = []
@@ -321,7 +359,7 @@ def _parse_contract4(raw: Mapping[str, Any], source: str) -> dict[str, Any]:
         problems.append(f"{s}needs a list under 'types' (drawn by fraction) or 'arms'.")
     if problems:
         raise DataValidationError(problems[0], problems)
-    S = int(raw["n_states"])
+    S = _c4_int(raw["n_states"], s, "n_states", 1)
     listed = "arms" in raw
     entries = raw["arms"] if listed else raw["types"]
     if not isinstance(entries, list) or not entries:
@@ -329,24 +367,29 @@ def _parse_contract4(raw: Mapping[str, Any], source: str) -> dict[str, Any]:
     Ps, Rs, inits, groups, fracs, noise, names = [], [], [], [], [], [], []
     for j, e in enumerate(entries):
         where = f"{s}{'arms' if listed else 'types'}[{j}]"
+        if not isinstance(e, Mapping):
+            raise DataValidationError(f"{where}: must be a JSON object with keys P, R, ...; "
+                                      f"got {json.dumps(e, default=str)}.")
         for key in ("P", "R"):
             if key not in e:
                 raise DataValidationError(f"{where}: missing key {key!r}.")
-        P = np.asarray(e["P"], dtype=np.float64)
-        if P.shape != (2, S, S):
-            raise DataValidationError(
-                f"{where}: P must have shape (2, {S}, {S}) (P[a][s][s']); got {P.shape}.")
-        Ps.append(P)
-        Rs.append(np.asarray(e["R"], dtype=np.float64))
-        inits.append(np.asarray(e.get("init", np.full(S, 1.0 / S)), dtype=np.float64))
+        Ps.append(_c4_array(e["P"], f"{where}: ", "P", (2, S, S),
+                            f"numbers of shape (2, {S}, {S}) (P[a][s][s'])"))
+        r = e["R"]
+        if isinstance(r, int | float) and not isinstance(r, bool):  # one reward for every state
+            r = [float(r)] * S
+        Rs.append(_c4_array(r, f"{where}: ", "R", (S,), f"a list of {S} numbers (one reward "
+                            "per state) or one number"))
+        inits.append(_c4_array(e.get("init", [1.0 / S] * S), f"{where}: ", "init", (S,),
+                               f"a list of {S} probabilities"))
         groups.append(str(e.get("group", e.get("name", f"type{j}"))))
         names.append(str(e.get("name", groups[-1])))
-        fracs.append(float(e.get("fraction", 1.0 / len(entries))))
-        noise.append(float(e.get("noise_sd", 0.0)))
+        fracs.append(_c4_float(e.get("fraction", 1.0 / len(entries)), f"{where}: ", "fraction"))
+        noise.append(_c4_float(e.get("noise_sd", 0.0), f"{where}: ", "noise_sd"))
         if noise[-1] < 0:
             raise DataValidationError(f"{where}: noise_sd must be >= 0; got {noise[-1]}.")
     P_t = np.stack(Ps)
-    R_t = np.stack([np.broadcast_to(r, (S,)) if r.size in (1, S) else r for r in Rs])
+    R_t = np.stack(Rs)
     init_t = np.stack(inits)
     validate_arrays(P_t, R_t, init_t, np.zeros(len(entries), dtype=np.int64), source=source)
     if not listed:
@@ -355,14 +398,38 @@ def _parse_contract4(raw: Mapping[str, Any], source: str) -> dict[str, Any]:
             raise DataValidationError(
                 f"{s}type fractions must be >= 0 and sum to 1 (within 1e-4); got {tot:.6g}.")
     hr = raw.get("high_risk")
+    if hr is not None:
+        hr = _c4_array(hr, s, "high_risk", (S,), f"a list of {S} 0/1 flags (one per state)")
+        if not np.isin(hr, (0, 1)).all():
+            raise DataValidationError(BAD_VALUE.format(
+                where=s, key="high_risk", expected=f"a list of {S} 0/1 flags (one per state)",
+                value=json.dumps(hr.tolist())))
+        hr = hr.astype(bool)
+    names_ = raw.get("state_names")
+    if names_ is not None and (not isinstance(names_, list) or len(names_) != S):
+        raise DataValidationError(BAD_VALUE.format(
+            where=s, key="state_names", expected=f"a list of {S} names (one per state)",
+            value=json.dumps(names_, default=str)))
+    bf = raw.get("budget_fracs", [])
+    if not isinstance(bf, list):
+        bf = None
+    fr = (None if bf is None
+          else tuple(_c4_float(b, s, f"budget_fracs[{i}]") for i, b in enumerate(bf)))
+    if fr is None:
+        raise DataValidationError(BAD_VALUE.format(where=s, key="budget_fracs",
+                                                   expected="a list of numbers",
+                                                   value=json.dumps(raw.get("budget_fracs"),
+                                                                    default=str)))
     return {"P": P_t, "R": R_t, "init": init_t, "groups": groups, "fractions": fracs,
             "noise": np.asarray(noise), "listed": listed, "S": S,
             "name": str(raw.get("name", Path(source).stem if source else "custom")),
-            "horizon": int(raw.get("horizon", 20)), "gamma": float(raw.get("gamma", 1.0)),
-            "state_names": raw.get("state_names"),
-            "high_risk": None if hr is None else np.asarray(hr, dtype=bool),
-            "default_n_arms": int(raw.get("default_n_arms", len(entries) if listed else 100)),
-            "budget_fracs": tuple(raw.get("budget_fracs", ()))}
+            "horizon": _c4_int(raw.get("horizon", 20), s, "horizon", 1),
+            "gamma": _c4_float(raw.get("gamma", 1.0), s, "gamma"),
+            "state_names": names_,
+            "high_risk": hr,
+            "default_n_arms": _c4_int(raw.get("default_n_arms", len(entries) if listed else 100),
+                                      s, "default_n_arms", 1),
+            "budget_fracs": fr}
 
 
 def _contract4_drawer(spec: dict[str, Any]) -> Callable[[int, np.random.Generator], RMABDomain]:
@@ -586,8 +653,8 @@ def load_domain(
                 raise FileNotFoundError(f"Domain file {text} does not exist.")
             source = str(p)
             try:
-                raw = json.loads(p.read_text())
-            except json.JSONDecodeError as exc:
+                raw = json.loads(p.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise DataValidationError(f"{p}: not valid JSON ({exc}).") from None
             if not isinstance(raw, Mapping):
                 raise DataValidationError(f"{p}: the top level must be a JSON object.")

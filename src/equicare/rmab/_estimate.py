@@ -64,6 +64,9 @@ SMALL_CELLS_FIRST = "first: group {group!r}, action {action}, state {state!r}"
 SMALL_CELLS_HIDDEN = "all in suppressed groups"
 #: Name of the type that pools the suppressed groups in :meth:`EstimatedArms.to_dict`.
 SUPPRESSED_TYPE = "(suppressed groups)"
+#: A reward that is not a finite number (tests match it).
+NONFINITE_REWARD = ("Column {column!r} (reward) has NaN or infinite values in {n} row(s) "
+                    "(first: row {row}; 0-based data rows); expected finite numbers.")
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -380,8 +383,9 @@ def estimate_arms(
     Raises
     ------
     DataValidationError
-        When the state has more than ``max_states`` levels (codes), actions are not 0/1, or a
-        column is missing.
+        When the state has more than ``max_states`` levels (codes), actions are not 0/1, a
+        column is missing, a row has no episode, state, group or time, a reward is not finite,
+        or two rows of an episode share a time step.
 
     Examples
     --------
@@ -535,6 +539,11 @@ def estimate_arms(
         rw_raw = _column(data, reward, "reward")
         _refuse_missing(rw_raw, reward, "reward")
         rw = rw_raw.astype(np.float64)
+        bad_rw = ~np.isfinite(rw)
+        if bad_rw.any():
+            raise DataValidationError(NONFINITE_REWARD.format(
+                column=reward if isinstance(reward, str) else "reward", n=int(bad_rw.sum()),
+                row=int(np.argmax(bad_rw))))
         num = np.bincount(codes, weights=rw, minlength=S)
         den = np.bincount(codes, minlength=S)
         if (den == 0).any():

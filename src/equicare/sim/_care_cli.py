@@ -63,7 +63,7 @@ def care_sim(*, history_dependence: bool | None = None, churn: bool | None = Non
         p = Path(config)
         try:
             fields = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise InvalidParameterError(f"Cannot read the config file {p}: {exc}.") from exc
         if not isinstance(fields, dict):
             raise InvalidParameterError(
