@@ -391,7 +391,8 @@ def groups_line(groups: dict[str, dict[str, Any]]) -> str | None:
     for attr, levels in groups.items():
         small = sum(bool(g.suppressed) for g in levels.values())
         items.append(f"{attr} {len(levels)} level{'s' if len(levels) != 1 else ''}"
-                     + (f" ({small} suppressed: fewer than 11 episodes)" if small else ""))
+                     + (f" ({small} suppressed: fewer than 11 episodes, or revealing such a "
+                        "level by difference)" if small else ""))
     return ("Subgroups, every estimator within each level (in the result JSON, --out or "
             "--json): " + ", ".join(items))
 

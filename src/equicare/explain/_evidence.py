@@ -349,8 +349,9 @@ def _disagreement(ds: TrajectoryDataset, agree: NDArray[np.bool_], tv: NDArray[n
                    key=lambda r: -float(r["tv"]))[:top]
     n_supp = sum(1 for r in rows if r.get("suppressed"))
     if n_supp:
-        shown.append({"attribute": "(suppressed)", "group": f"{n_supp} subgroups with fewer "
-                      f"than {min_cell} episodes", "suppressed": True, "n_episodes": None})
+        shown.append({"attribute": "(suppressed)", "group": f"{n_supp} subgroup"
+                      f"{'s' if n_supp != 1 else ''} with fewer than {min_cell} episodes or "
+                      "revealing one by difference", "suppressed": True, "n_episodes": None})
     return shown
 
 

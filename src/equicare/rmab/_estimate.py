@@ -389,14 +389,17 @@ def estimate_arms(
 
     Examples
     --------
+    >>> import numpy as np
     >>> import pandas as pd
     >>> from equicare.rmab import estimate_arms
-    >>> df = pd.DataFrame({"id": [1, 1, 1, 2, 2, 2], "s": [0, 1, 1, 0, 0, 1],
-    ...                    "treated": [1, 0, 0, 0, 1, 0], "g": ["a"] * 3 + ["b"] * 3})
-    >>> est = estimate_arms(df, episode="id", state="s", action="treated", group="g",
-    ...                     state_rewards=[0.0, 1.0], min_count=0)
-    >>> est.P.shape, est.counts[0, 1, 0].tolist()
-    ((2, 2, 2, 2), [0.0, 1.0])
+    >>> rng = np.random.default_rng(0)
+    >>> df = pd.DataFrame({"id": np.repeat(np.arange(40), 3), "week": np.tile([0, 1, 2], 40),
+    ...                    "s": rng.integers(0, 2, 120), "treated": rng.integers(0, 2, 120),
+    ...                    "g": np.repeat(["a", "b"], 60)})
+    >>> est = estimate_arms(df, episode="id", time="week", state="s", action="treated",
+    ...                     group="g", state_rewards=[0.0, 1.0], min_count=0)
+    >>> est.P.shape, est.n_episodes.tolist(), int(est.counts.sum())
+    ((2, 2, 2, 2), [20, 20], 80)
     """
     if not (isinstance(prior, float | int) and prior > 0):
         raise InvalidParameterError(PARAM_MESSAGE.format(name="prior", owner="estimate_arms",
