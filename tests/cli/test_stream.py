@@ -267,7 +267,8 @@ def test_audit_streams_group_values_with_the_stationary_table(tmp_path):
     assert auto.exit_code == 0, auto.output  # chosen on a sample, here the whole panel
     bad = runner.invoke(app, [*base[:9], "tabular_backward", *base[10:], "--chunk-rows", "900"])
     assert bad.exit_code == 2, bad.output
-    assert "'auto', 'linear' or 'tabular_stationary'" in " ".join(bad.output.split())
+    assert "'auto', 'linear', 'tabular_stationary' or 'tabular_window'" in " ".join(
+        bad.output.split())
 
 
 def test_streamed_behaviour_sample_without_episodes_is_a_one_line_user_error(tmp_path,
@@ -489,3 +490,4 @@ def test_evaluate_streams_the_window_table_and_the_censoring_check(tmp_path):
     assert "Q-model: tabular_window (streamed fit, window table" in said
     assert re.search(r"tabular_stationary replaced by tabular_window: 1\d\.\d% of the episodes "
                      r"are censored and the two tables differ by -\d\.\d%", said), said
+
