@@ -388,6 +388,7 @@ def test_streamed_audit_with_the_window_table_equals_in_memory(censored, estimat
     intervals, the window table's refit in every replicate, to 1e-9."""
     (ref, ref_w), (got, got_w) = _censored_both(censored, estimator, "tabular_window")
     _assert_same(ref, got)
+    assert "censoring" not in got["policies"]["tgt"]["diagnostics"]  # only a stationary table
     assert not ref_w and not got_w
 
 
@@ -395,17 +396,32 @@ def test_streamed_audit_with_auto_replaces_the_stationary_table_as_in_memory(cen
     """``q_model="auto"`` on censored stays: auto's criterion picks the stationary table, whose
     value is about 6% low; the censoring check replaces it by the window table streamed as in
     memory (before, the streamed audit kept the stationary table: DR 0.4900 against 0.5253 on
-    the 5,000-stay panel). The same numbers, no warning."""
+    the 5,000-stay panel). The same numbers, the check in the diagnostics, no warning."""
     from ..ope.test_censoring import window_value
 
     (ref, ref_w), (got, got_w) = _censored_both(censored, "dr", "auto")
     _assert_same(ref, got)
+    c = got["policies"]["tgt"]["diagnostics"]["censoring"]
+    assert c["switched_to_window"] and c["warning"] and c["difference_pct"] < -4
     assert not ref_w and not got_w and not [m for m in got["warnings"] if "censored" in m]
     (win, _), _ = _censored_both(censored, "dr", "tabular_window")
     for k in ("value", "value_by_group"):
         assert _flatten(got["policies"]["tgt"][k]) == pytest.approx(
             _flatten(win["policies"]["tgt"][k]), rel=1e-9), k
     assert got["policies"]["tgt"]["value"]["value"] == pytest.approx(window_value(10), rel=0.03)
+
+
+def test_streamed_audit_warns_about_censored_stays_as_in_memory(censored):
+    """A stationary table the user named stays, and the audit says what ``evaluate`` says
+    (it said nothing, streamed or not): the warning naming the policy and the window table, in
+    ``warnings`` and the diagnostics' ``censoring``, the same numbers streamed."""
+    (ref, ref_w), (got, got_w) = _censored_both(censored, "fqe", "tabular_stationary")
+    _assert_same(ref, got)
+    c = got["policies"]["tgt"]["diagnostics"]["censoring"]
+    assert c["warning"] and not c["switched_to_window"]
+    assert len(ref_w) == len(got_w) == 1 and got_w == ref_w
+    assert got_w[0].startswith("policy 'tgt': ") and "tabular_window" in got_w[0]
+    assert got_w[0] in got["warnings"]
 
 
 @pytest.mark.usefixtures("raw_group_values")
@@ -448,3 +464,6 @@ def test_streamed_audit_on_a_cut_garnet_panel_equals_in_memory(tmp_path, q_model
     got = audit_stream(tmp_path / "p.parquet", {"soft": Soft()}, manifest=man, config=cfg,
                        chunk_rows=3000, random_state=3).to_dict()
     _assert_same(ref, got)
+    c = got["policies"]["soft"]["diagnostics"].get("censoring")
+    assert (c is None) == (q_model == "tabular_window")
+    assert c is None or (not c["warning"] and c["censored_episodes_pct"] > 30)

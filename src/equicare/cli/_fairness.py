@@ -117,8 +117,9 @@ def run_audit(
     """
     import warnings
 
-    from equicare.exceptions import SmallCellWarning, SupportWarning
+    from equicare.exceptions import DataWarning, SmallCellWarning, SupportWarning
     from equicare.fairness._audit import FairnessAudit
+    from equicare.fairness._diagnostics import CENSORING_WARNING
     from equicare.utils import MIN_CELL
 
     _check_out(out, force)
@@ -134,6 +135,7 @@ def run_audit(
                             estimator=estimator, q_model=q_model,
                             ci_method=ci_method)  # type: ignore[arg-type]
         warnings.simplefilter("ignore", SupportWarning)  # in res.warnings, printed by the command
+        warnings.filterwarnings("ignore", CENSORING_WARNING, DataWarning)  # likewise
         if chunk_rows is not None:
             from equicare.fairness import audit_stream
 
@@ -238,8 +240,9 @@ def diagnostics_lines(res: AuditResult) -> list[str]:
     """The lines under the audit's tables: each policy's weight ESS and support (as evaluate's).
 
     One ``ESS`` line per policy with diagnostics (overall and by group, the ESS its estimator's
-    weights have) and a ``Support`` line when some of its mass is on actions current practice
-    (almost) never takes.
+    weights have), a ``Support`` line when some of its mass is on actions current practice
+    (almost) never takes, and a ``Q-model`` line when ``--q-model auto`` used the window table
+    in place of the stationary one (censored stays, as ``evaluate`` says).
     """
     lines = []
     for name, pa in res.policies.items():
@@ -255,6 +258,8 @@ def diagnostics_lines(res: AuditResult) -> list[str]:
         if d.support is not None and d.support.share_pct > 0:
             lines.append(f"Support of {name}: {d.support.share_pct:.2f}% of its mass on actions "
                          "current practice (almost) never takes")
+        if d.censoring is not None and d.censoring.switched:
+            lines.append(f"Q-model of {name}: {d.censoring.switch_note()}")
     return lines
 
 

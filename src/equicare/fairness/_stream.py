@@ -392,7 +392,8 @@ def audit_stream(
         table on that sample, :func:`~equicare.ope._stream_q.choose_q_stream`, and the window
         table in place of the stationary one when censored stays bias it, as in memory). A
         stationary table gets ``evaluate``'s censoring check (one more pass when censoring
-        could move the value by 2%).
+        could move the value by 2%): the policy's ``diagnostics.censoring``, and a named
+        table's warning.
     chunk_rows : int
         Rows per chunk. Without logged propensities (no ``dataset.behavior_prob``) a logistic
         behaviour model is fitted on a random sample of whole episodes (about 1,000,000 rows;
@@ -462,6 +463,7 @@ def audit_stream(
     with executor_session(executor):  # one local pool for the Q-model's passes and this one
         q_fits: dict[str, Any] = {}
         q_refit: dict[str, NDArray[np.float64]] = {}
+        censoring: dict[str, Any] = {}  # each policy's censoring check (stationary table)
         src: Any = None
         behavior: Any = None
         counted: dict[str, Any] = {}
@@ -516,7 +518,7 @@ def audit_stream(
 
             fits = {}
             for name, pol in pols.items():
-                fits[name], _ = q_fit(pol)
+                fits[name], censoring[name] = q_fit(pol)
             q_fits = {name: f.applier() for name, f in fits.items()}
             if codes is not None:  # each group's refit direction
                 for name, f in fits.items():
@@ -593,7 +595,8 @@ def audit_stream(
                 outcomes[name] = hide_low_ess(outcomes[name], {
                     g: part.ess[name].weight_sums(j, cfg.truncate)
                     for j, g in enumerate(gi.labels)}, gi.min_cell)
-            diags[name] = _diagnostics(name, key, part, gi, check, cfg.truncate)
+            diags[name] = _diagnostics(name, key, part, gi, check, cfg.truncate,
+                                       censoring.get(name))
     levels = None
     if cfg.with_level_rates:
         levels = level_table(names, np.concatenate(part.ep_lnum, axis=1), den_all, gi,
@@ -605,8 +608,11 @@ def audit_stream(
 
 
 def _diagnostics(name: str, key: str, part: _Partial, gi: GroupIndex, check: Any,
-                 truncate: float | None) -> Any:
-    """The in-memory audit's weight and support diagnostics of one policy, from chunk sums."""
+                 truncate: float | None, censoring: Any = None) -> Any:
+    """The in-memory audit's weight and support diagnostics of one policy, from chunk sums.
+
+    ``censoring``: the policy's censoring check (:func:`~equicare.ope._stream_q.fit_q_checked`).
+    """
     from equicare.fairness._diagnostics import diagnose
 
     acc = part.ess[name]
@@ -617,4 +623,5 @@ def _diagnostics(name: str, key: str, part: _Partial, gi: GroupIndex, check: Any
                                             uses_categorical=check.uses_categorical,
                                             estimators=(key,))
     return diagnose(name, key, acc.ess(n_groups, truncate),
-                    {g: acc.ess(j, truncate) for j, g in enumerate(gi.labels)}, support)
+                    {g: acc.ess(j, truncate) for j, g in enumerate(gi.labels)}, support,
+                    censoring=censoring)
