@@ -105,8 +105,8 @@ def run_audit(
 
     With ``chunk_rows`` the panel is streamed (:func:`equicare.fairness.audit_stream`: Poisson
     bootstrap weights keyed by episode id; group values by importance sampling, or FQE/DR/WDR
-    with a linear or stationary tabular Q-model fitted from chunk sums), optionally one shard
-    per task on ``executor``.
+    with a linear, stationary or window tabular Q-model fitted from chunk sums), optionally one
+    shard per task on ``executor``.
 
     Raises
     ------
@@ -353,7 +353,9 @@ def register(app: typer.Typer) -> None:
             help="OPE estimator of the group values (one), or none.")] = AuditEstimator.WIS,
         q_model: Annotated[QModel, typer.Option(
             help="Q-model of fqe, dr and wdr group values (any of evaluate's; with --chunk-rows "
-                 "auto, linear or tabular_stationary).")] = QModel.LINEAR,
+                 "auto, linear, tabular_stationary or tabular_window). auto uses "
+                 "tabular_window in place of tabular_stationary when censored stays bias it, "
+                 "as evaluate does.")] = QModel.LINEAR,
         min_cell: Annotated[int, typer.Option(
             min=1, help="Suppress groups with fewer episodes. Below 11 the output is not "
                         "privacy-safe: a warning, also in the JSON's warnings.")] = 11,
@@ -372,8 +374,8 @@ def register(app: typer.Typer) -> None:
         """Audit allocation and outcomes by group for the behaviour and each policy.
 
         With --chunk-rows the panel is streamed (group values by is, wis, pdis, wpdis, or fqe,
-        dr, wdr with --q-model auto, linear or tabular_stationary fitted from chunk sums;
-        Poisson bootstrap keyed by episode id), on --executor shards too.
+        dr, wdr with --q-model auto, linear, tabular_stationary or tabular_window fitted from
+        chunk sums; Poisson bootstrap keyed by episode id), on --executor shards too.
 
         Example: equicare audit data/panel.parquet --manifest data/manifest.toml --policy
         awr=awr_probs.parquet --group race_ethnicity --action modality=home_visit
