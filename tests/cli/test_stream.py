@@ -267,7 +267,8 @@ def test_audit_streams_group_values_with_the_stationary_table(tmp_path):
     assert auto.exit_code == 0, auto.output  # chosen on a sample, here the whole panel
     bad = runner.invoke(app, [*base[:9], "tabular_backward", *base[10:], "--chunk-rows", "900"])
     assert bad.exit_code == 2, bad.output
-    assert "'auto', 'linear' or 'tabular_stationary'" in " ".join(bad.output.split())
+    assert "'auto', 'linear', 'tabular_stationary' or 'tabular_window'" in " ".join(
+        bad.output.split())
 
 
 def test_streamed_behaviour_sample_without_episodes_is_a_one_line_user_error(tmp_path,
@@ -489,3 +490,43 @@ def test_evaluate_streams_the_window_table_and_the_censoring_check(tmp_path):
     assert "Q-model: tabular_window (streamed fit, window table" in said
     assert re.search(r"tabular_stationary replaced by tabular_window: 1\d\.\d% of the episodes "
                      r"are censored and the two tables differ by -\d\.\d%", said), said
+
+
+def test_audit_streams_the_window_table_and_the_censoring_check(tmp_path):
+    """``audit --chunk-rows`` on censored stays: --q-model tabular_window streams (it exited 2);
+    auto streamed replaces the stationary table by the window table as in memory (it kept the
+    stationary table) and says so; a named stationary table draws evaluate's warning, once, in
+    both modes (the in-memory bootstrap draws other replicates: point values and the check
+    compared; in-memory auto, about 5 s here, in tests/fairness/test_stream.py)."""
+    panel, man, pol = _censored_panel_files(tmp_path)
+    base = ["audit", panel, "-m", man, "--policy", f"tgt={pol}", "--action", "action=1",
+            "--estimators", "dr", "--bootstrap", "10", "--permutations", "0"]
+    got = {}
+    for q, extra in [("tabular_window", []), ("tabular_stationary", []),
+                     *[(q, ["--chunk-rows", "3000"])
+                       for q in ("tabular_window", "tabular_stationary", "auto")]]:
+        res = runner.invoke(app, [*base, "--q-model", q, "--json", *extra])
+        assert res.exit_code == 0, res.output
+        err = " ".join(res.stderr.split())
+        assert err.count("Prefer --q-model tabular_window") == (q == "tabular_stationary"), err
+        got[q, bool(extra)] = json.loads(res.stdout)["policies"]["tgt"]
+    for q, ref in [("tabular_window", "tabular_window"), ("auto", "tabular_window"),
+                   ("tabular_stationary", "tabular_stationary")]:
+        whole, streamed = got[ref, False], got[q, True]
+        assert streamed["value"]["value"] == pytest.approx(whole["value"]["value"], rel=1e-9)
+        for g in ("x", "y"):
+            assert streamed["value_by_group"][g]["value"] == pytest.approx(
+                whole["value_by_group"][g]["value"], rel=1e-9), (q, g)
+        check = streamed["diagnostics"].get("censoring", {})
+        assert (check.get("switched_to_window"), check.get("warning")) == {
+            "tabular_window": (None, None), "auto": (True, True),
+            "tabular_stationary": (False, True)}[q]
+    check = got["tabular_stationary", False]["diagnostics"]["censoring"]
+    assert got["tabular_stationary", True]["diagnostics"]["censoring"] == pytest.approx(
+        check, rel=1e-9)
+    assert got["auto", True]["diagnostics"]["censoring"] == pytest.approx(
+        {**check, "switched_to_window": True}, rel=1e-9)
+    said = " ".join(runner.invoke(app, [*base, "--q-model", "auto", "--chunk-rows",
+                                        "3000"]).output.split())
+    assert re.search(r"Q-model of tgt: tabular_stationary replaced by tabular_window: "
+                     r"1\d\.\d% of the episodes are censored", said), said

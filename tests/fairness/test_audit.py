@@ -516,3 +516,43 @@ def test_a_group_value_resting_on_one_episode_is_not_published(estimator) -> Non
     assert p["worst_group_value"]["group"] != "asian"
     assert all(v.get("value") is None or abs(v["value"] - ret) > 1e-3
                for v in p["value_by_group"].values())
+
+
+def test_audit_says_what_evaluate_says_about_censored_stays() -> None:
+    """tests/ope/test_censoring.py's panel cut at 10 steps (18% of the stays censored). A
+    stationary table the user named: the audit kept it silently (FQE 6% low); now it warns
+    as ``evaluate`` does, naming the policy, with evaluate's check in the diagnostics. auto:
+    the window table in its place (the check's note, no warning), evaluate's number."""
+    from equicare.exceptions import DataWarning
+    from equicare.ope import evaluate
+
+    from ..ope.test_censoring import TGT, panel
+
+    ds = panel(2000, 10, seed=4)
+    pe = TGT[ds.categorical[:, 0]]
+    kw = {"action": "action=1", "n_boot": 0, "n_permutations": 0, "estimator": "fqe",
+          "random_state": 0}
+    with pytest.warns(DataWarning, match=re.escape("policy 'tgt': ")) as rec:
+        res = audit(ds, {"tgt": pe}, q_model="tabular_stationary", **kw)
+    msgs = [str(w.message) for w in rec if "censored" in str(w.message)]
+    assert len(msgs) == 1 and "Prefer --q-model tabular_window" in msgs[0]
+    assert res.warnings == msgs
+    with pytest.warns(DataWarning, match="censored"):
+        ev = evaluate(ds, pe, estimators="fqe", q_model="tabular_stationary", bootstrap=0,
+                      groups=[], diagnose_support=False, random_state=0)
+    assert msgs[0] == "policy 'tgt': " + res["tgt"].diagnostics.censoring.message()
+    cens = res.to_dict()["policies"]["tgt"]["diagnostics"]["censoring"]
+    assert cens == pytest.approx(ev.q_model["censoring"], rel=1e-12)
+    assert cens["warning"] and not cens["switched_to_window"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        auto = audit(ds, {"tgt": pe}, q_model="auto", **kw)
+        window = audit(ds, {"tgt": pe}, q_model="tabular_window", **kw)
+    d = auto["tgt"].diagnostics
+    assert d.censoring is not None and d.censoring.switched and not auto.warnings
+    assert window["tgt"].diagnostics.censoring is None
+    v = evaluate(ds, pe, estimators="fqe", q_model="tabular_window", bootstrap=0, groups=[],
+                 diagnose_support=False, random_state=0).estimates["fqe"].value
+    assert auto["tgt"].outcome.overall == pytest.approx(v, rel=1e-12)
+    assert window["tgt"].outcome.overall == pytest.approx(v, rel=1e-12)
+    assert res["tgt"].outcome.overall < 0.96 * v  # the stationary table, kept

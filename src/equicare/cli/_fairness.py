@@ -111,8 +111,8 @@ def run_audit(
 
     With ``chunk_rows`` the panel is streamed (:func:`equicare.fairness.audit_stream`: Poisson
     bootstrap weights keyed by episode id; group values by importance sampling, or FQE/DR/WDR
-    with a linear or stationary tabular Q-model fitted from chunk sums), optionally one shard
-    per task on ``executor``.
+    with a linear, stationary or window tabular Q-model fitted from chunk sums), optionally one
+    shard per task on ``executor``.
 
     Raises
     ------
@@ -123,8 +123,9 @@ def run_audit(
     """
     import warnings
 
-    from equicare.exceptions import SmallCellWarning, SupportWarning
+    from equicare.exceptions import DataWarning, SmallCellWarning, SupportWarning
     from equicare.fairness._audit import FairnessAudit
+    from equicare.fairness._diagnostics import CENSORING_WARNING
     from equicare.utils import MIN_CELL
 
     _check_out(out, force)
@@ -140,6 +141,7 @@ def run_audit(
                             estimator=estimator, q_model=q_model,
                             ci_method=ci_method)  # type: ignore[arg-type]
         warnings.simplefilter("ignore", SupportWarning)  # in res.warnings, printed by the command
+        warnings.filterwarnings("ignore", CENSORING_WARNING, DataWarning)  # likewise
         if chunk_rows is not None:
             from equicare.fairness import audit_stream
 
@@ -244,8 +246,9 @@ def diagnostics_lines(res: AuditResult) -> list[str]:
     """The lines under the audit's tables: each policy's weight ESS and support (as evaluate's).
 
     One ``ESS`` line per policy with diagnostics (overall and by group, the ESS its estimator's
-    weights have) and a ``Support`` line when some of its mass is on actions current practice
-    (almost) never takes.
+    weights have), a ``Support`` line when some of its mass is on actions current practice
+    (almost) never takes, and a ``Q-model`` line when ``--q-model auto`` used the window table
+    in place of the stationary one (censored stays, as ``evaluate`` says).
     """
     lines = []
     for name, pa in res.policies.items():
@@ -261,6 +264,8 @@ def diagnostics_lines(res: AuditResult) -> list[str]:
         if d.support is not None and d.support.share_pct > 0:
             lines.append(f"Support of {name}: {d.support.share_pct:.2f}% of its mass on actions "
                          "current practice (almost) never takes")
+        if d.censoring is not None and d.censoring.switched:
+            lines.append(f"Q-model of {name}: {d.censoring.switch_note()}")
     return lines
 
 
@@ -354,7 +359,9 @@ def register(app: typer.Typer) -> None:
             help="OPE estimator of the group values (one), or none.")] = AuditEstimator.WIS,
         q_model: Annotated[QModel, typer.Option(
             help="Q-model of fqe, dr and wdr group values (any of evaluate's; with --chunk-rows "
-                 "auto, linear or tabular_stationary).")] = QModel.LINEAR,
+                 "auto, linear, tabular_stationary or tabular_window). auto uses "
+                 "tabular_window in place of tabular_stationary when censored stays bias it, "
+                 "as evaluate does.")] = QModel.LINEAR,
         min_cell: Annotated[int, typer.Option(
             min=1, help="Suppress groups with fewer episodes. Below 11 the output is not "
                         "privacy-safe: a warning, also in the JSON's warnings.")] = 11,
@@ -373,8 +380,8 @@ def register(app: typer.Typer) -> None:
         """Audit allocation and outcomes by group for the behaviour and each policy.
 
         With --chunk-rows the panel is streamed (group values by is, wis, pdis, wpdis, or fqe,
-        dr, wdr with --q-model auto, linear or tabular_stationary fitted from chunk sums;
-        Poisson bootstrap keyed by episode id), on --executor shards too.
+        dr, wdr with --q-model auto, linear, tabular_stationary or tabular_window fitted from
+        chunk sums; Poisson bootstrap keyed by episode id), on --executor shards too.
 
         Example: equicare audit data/panel.parquet --manifest data/manifest.toml --policy
         awr=awr_probs.parquet --group race_ethnicity --action modality=home_visit

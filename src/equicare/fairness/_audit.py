@@ -294,7 +294,10 @@ class FairnessAudit:
     q_model : str
         Q-model of the OPE engine's FQE for ``dr``, ``wdr`` and ``fqe``, fitted once per
         policy on all episodes: any ``q_model`` of :func:`equicare.ope.evaluate` (``"linear"``,
-        ``"auto"``, ``"tabular_stationary[state]"``, ...).
+        ``"auto"``, ``"tabular_stationary[state]"``, ...). A stationary table on a panel with
+        censored stays gets ``evaluate``'s censoring check (``diagnostics.censoring``): a
+        ``DataWarning`` naming the policy when the user named that table, the window table in
+        its place with ``"auto"``.
     truncate : float, optional
         Cap on cumulative importance weights.
     with_level_rates : bool
@@ -445,14 +448,15 @@ class FairnessAudit:
         """Group values of one policy from the OPE engine's per-episode parts, and diagnostics.
 
         The diagnostics: :func:`~equicare.fairness.weight_diagnostics` (ESS overall and by
-        group, the support check).
+        group, the support check, and with a stationary tabular Q-model on censored stays
+        ``evaluate``'s censoring check).
         """
         from equicare.ope import OPEInputs, combine, episode_parts, prepare
         from equicare.ope._core import undefined_estimates
 
         key = self.estimator
         assert key is not None
-        shift = None
+        shift = censoring = None
         b = dataset.behavior_prob
         if (key in ("is", "wis", "pdis", "wpdis") and b is not None
                 and bool(np.all(np.isfinite(b) & (b > 0) & (b <= 1 + 1e-9)))):
@@ -467,8 +471,12 @@ class FairnessAudit:
             prep = prepare(dataset, policy, keys=(key,), q_model=self.q_model,
                            random_state=seed)
             inputs = prep.inputs
-            if key in ("fqe", "dr", "wdr") and prep.q_linearised and weights is not None:
-                shift = refit_shift(prep, key, gi, weights, self.truncate)
+            if key in ("fqe", "dr", "wdr"):
+                # evaluate's censoring check of a stationary table (auto's switch made in
+                # prepare): a named table's warning, in the diagnostics
+                censoring = prep.censoring_report(dataset)
+                if prep.q_linearised and weights is not None:
+                    shift = refit_shift(prep, key, gi, weights, self.truncate)
             report = (support.logged(prep.target_probs, seed) if prep.behavior_model is None
                       else support.model(prep.target_probs, prep.behavior_model))
         parts = episode_parts(inputs, [key], truncate=self.truncate)
@@ -487,7 +495,8 @@ class FairnessAudit:
             member = gi.codes[:, None] == np.arange(len(gi.labels))[None, :]
             frame = hide_low_ess(frame, dict(zip(gi.labels, WeightSums.by_group(
                 inputs, member, self.truncate), strict=True)), gi.min_cell)
-        return frame, weight_diagnostics(name, key, inputs, gi, report, truncate=self.truncate)
+        return frame, weight_diagnostics(name, key, inputs, gi, report, truncate=self.truncate,
+                                         censoring=censoring)
 
 
 class _Support:

@@ -5,23 +5,29 @@ The group values of a policy are off-policy estimates: importance weights (``is`
 ``dr``, ``wdr``). Their intervals are only as good as the weights' effective sample size and the
 policy's support in the data. :func:`weight_diagnostics` reuses the OPE engine's checks
 (:func:`equicare.ope.effective_sample_size` and :mod:`equicare.ope._support`) on the audited
-episodes and on each published group, and warns as ``evaluate`` does.
+episodes and on each published group, and warns as ``evaluate`` does. A stationary tabular
+Q-model on a panel with censored stays also carries ``evaluate``'s censoring check
+(:mod:`equicare.ope._censoring`): its warning when the user named that table, its note when
+``q_model="auto"`` used the window table instead.
 """
 
 from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from equicare.exceptions import SupportWarning
+from equicare.exceptions import DataWarning, SupportWarning
 from equicare.fairness._groups import GroupIndex
 from equicare.ope._core import OPEInputs
 from equicare.ope._ess import EffectiveSampleSize, effective_sample_size
 from equicare.ope._support import StreamSupportReport, SupportReport
+
+if TYPE_CHECKING:
+    from equicare.ope._censoring import CensoringCheck
 
 __all__ = ["WeightDiagnostics", "weight_diagnostics", "diagnose", "LOW_ESS_PCT", "LOW_ESS_MESSAGE",
            "IS_ADVICE", "DR_ADVICE", "WEIGHTED"]
@@ -40,6 +46,8 @@ IS_ADVICE = "Prefer dr or wdr (a Q-model), truncate the weights, or log the prop
 DR_ADVICE = "Truncate the weights, log the propensities, or compare with fqe."
 #: Prefix of the support warning (the rest is ``evaluate``'s :class:`SupportReport` message).
 SUPPORT_PREFIX = "policy {policy!r}: "
+#: The start of a policy's censoring warning (:func:`diagnose`) as a ``warnings`` filter pattern.
+CENSORING_WARNING = r"policy .*: [0-9.]+% of the episodes are censored"
 
 
 def _ess_kind(estimator: str) -> str:
@@ -64,7 +72,10 @@ class WeightDiagnostics:
         Target mass on actions current practice (almost) never takes, over the audited rows
         (a ``StreamSupportReport`` in a streamed audit: the same JSON).
     messages : tuple of str
-        The warnings emitted (support, low ESS).
+        The warnings emitted (support, low ESS, censoring).
+    censoring : CensoringCheck or None
+        The Q-model's censoring check (``evaluate``'s ``q_model["censoring"]``): a stationary
+        table on a panel with censored stays, when censoring could move the value by 2%.
     """
 
     policy: str
@@ -73,6 +84,7 @@ class WeightDiagnostics:
     ess_by_group: dict[str, EffectiveSampleSize] = field(repr=False)
     support: SupportReport | StreamSupportReport | None = None
     messages: tuple[str, ...] = ()
+    censoring: CensoringCheck | None = None
 
     @property
     def kind(self) -> str:
@@ -90,8 +102,11 @@ class WeightDiagnostics:
         return sorted(low, key=lambda g: self.ess_pct(self.ess_by_group[g]))
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``diagnostics`` entry of the policy in the audit JSON."""
-        return {
+        """The ``diagnostics`` entry of the policy in the audit JSON.
+
+        ``censoring`` only when the check was made (as ``evaluate``'s ``q_model``).
+        """
+        out = {
             "estimator": self.estimator, "ess_kind": self.kind,
             "ess": self.ess.to_dict(),
             "ess_by_group": {g: {"trajectory": e.trajectory, "trajectory_pct": e.trajectory_pct,
@@ -101,11 +116,15 @@ class WeightDiagnostics:
             "low_ess_pct": LOW_ESS_PCT,
             "warnings": list(self.messages),
         }
+        if self.censoring is not None:
+            out["censoring"] = self.censoring.to_dict()
+        return out
 
 
 def weight_diagnostics(policy: str, estimator: str, inputs: OPEInputs, gi: GroupIndex,
                        support: SupportReport | None, *, truncate: float | None = None,
-                       warn: bool = True) -> WeightDiagnostics:
+                       warn: bool = True, censoring: CensoringCheck | None = None
+                       ) -> WeightDiagnostics:
     """ESS overall and by group and the support check of one policy's group values.
 
     Parameters
@@ -125,6 +144,8 @@ def weight_diagnostics(policy: str, estimator: str, inputs: OPEInputs, gi: Group
         Truncation of the weights (also reported, as in ``evaluate``).
     warn : bool
         Emit the warnings.
+    censoring : CensoringCheck, optional
+        The Q-model's censoring check (:meth:`~equicare.ope.Prepared.censoring_report`).
 
     Returns
     -------
@@ -134,12 +155,12 @@ def weight_diagnostics(policy: str, estimator: str, inputs: OPEInputs, gi: Group
     ess = effective_sample_size(inputs.subset(kept), truncate)
     by_group = {g: effective_sample_size(inputs.subset(np.flatnonzero(gi.codes == j)), truncate)
                 for j, g in enumerate(gi.labels)}
-    return diagnose(policy, estimator, ess, by_group, support, warn=warn)
+    return diagnose(policy, estimator, ess, by_group, support, warn=warn, censoring=censoring)
 
 
 def diagnose(policy: str, estimator: str, ess: EffectiveSampleSize,
              by_group: dict[str, EffectiveSampleSize], support: Any, *,
-             warn: bool = True) -> WeightDiagnostics:
+             warn: bool = True, censoring: CensoringCheck | None = None) -> WeightDiagnostics:
     """:func:`weight_diagnostics` from ESS already computed (the streamed audit's, from sums).
 
     Parameters
@@ -152,6 +173,10 @@ def diagnose(policy: str, estimator: str, ess: EffectiveSampleSize,
         Within each published group.
     support : SupportReport, StreamSupportReport or None
     warn : bool
+    censoring : CensoringCheck, optional
+        When it warns and the table was not replaced (the user named the stationary table),
+        its message naming the policy, a :class:`~equicare.exceptions.DataWarning` as
+        ``evaluate``'s.
     """
     diag = WeightDiagnostics(policy=policy, estimator=estimator, ess=ess, ess_by_group=by_group,
                              support=support)
@@ -179,8 +204,12 @@ def diagnose(policy: str, estimator: str, ess: EffectiveSampleSize,
     if warn:
         for m in msgs:
             warnings.warn(m, SupportWarning, stacklevel=3)
+    if censoring is not None and censoring.warn and not censoring.switched:
+        msgs.append(SUPPORT_PREFIX.format(policy=policy) + censoring.message())
+        if warn:
+            warnings.warn(msgs[-1], DataWarning, stacklevel=3)
     return WeightDiagnostics(policy=policy, estimator=estimator, ess=ess, ess_by_group=by_group,
-                             support=support, messages=tuple(msgs))
+                             support=support, messages=tuple(msgs), censoring=censoring)
 
 
 def _fmt(e: EffectiveSampleSize, diag: WeightDiagnostics) -> str:

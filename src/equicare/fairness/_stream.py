@@ -9,9 +9,12 @@ in-memory :meth:`FairnessAudit.run` given the same weights (tests check 1e-9). W
 episode is a handful of numbers (for the permutation test and the level-rate table), never rows.
 
 Group values use the importance-sampling estimators (``is``, ``wis``, ``pdis``, ``wpdis``) with the
-logged propensities, or ``fqe``, ``dr``, ``wdr`` with each policy's linear or stationary tabular
-Q-model fitted first from sufficient statistics summed over chunks (:mod:`equicare.ope._stream_q`;
-the same fit as in memory, its refit carried into every replicate as the in-memory audit does).
+logged propensities, or ``fqe``, ``dr``, ``wdr`` with each policy's linear, stationary tabular or
+window tabular Q-model fitted first from sufficient statistics summed over chunks
+(:mod:`equicare.ope._stream_q`; the same fit as in memory, its refit carried into every replicate
+as the in-memory audit does). A stationary table on a panel with censored stays gets the
+in-memory censoring check before the audit's pass, and ``auto`` uses the window table in its
+place when the check warns, as in memory (:func:`~equicare.ope._stream_q.fit_q_checked`).
 """
 
 from __future__ import annotations
@@ -100,7 +103,8 @@ class _Context:
     horizon: int
     seed: int
     q_fits: dict[str, Any] = field(default_factory=dict)
-    #: refit directions per policy, ``(n_params, n_groups + 1)`` (the Q-model's refit)
+    #: refit directions per policy, ``(n_params, n_groups + 1)`` (the Q-model's refit; the
+    #: window table's adjoint directions, ``(H, n_params, n_groups + 1)``)
     q_refit: dict[str, NDArray[np.float64]] = field(default_factory=dict)
     #: the support check (:class:`~equicare.ope._stream_support.SupportCheck`), or None
     support: Any = None
@@ -382,10 +386,14 @@ def audit_stream(
     config : FairnessAudit, optional
         Settings (default ``FairnessAudit()``); ``estimator`` must be one of ``is, wis, pdis,
         wpdis``, None, or ``fqe, dr, wdr`` with ``q_model="linear"``,
-        ``"tabular_stationary"`` (with several categorical state columns the table's cells are
-        chosen on a sample of whole episodes, as streamed ``evaluate`` does) or ``"auto"``
-        (each policy's choice between those two on that sample,
-        :func:`~equicare.ope._stream_q.choose_q_stream`).
+        ``"tabular_stationary"``, ``"tabular_window"`` (with several categorical state columns
+        a table's cells are chosen on a sample of whole episodes, as streamed ``evaluate``
+        does) or ``"auto"`` (each policy's choice between the linear model and the stationary
+        table on that sample, :func:`~equicare.ope._stream_q.choose_q_stream`, and the window
+        table in place of the stationary one when censored stays bias it, as in memory). A
+        stationary table gets ``evaluate``'s censoring check (one more pass when censoring
+        could move the value by 2%): the policy's ``diagnostics.censoring``, and a named
+        table's warning.
     chunk_rows : int
         Rows per chunk. Without logged propensities (no ``dataset.behavior_prob``) a logistic
         behaviour model is fitted on a random sample of whole episodes (about 1,000,000 rows;
@@ -421,14 +429,14 @@ def audit_stream(
             name="estimator", owner="audit_stream",
             expected="one of 'is', 'wis', 'pdis', 'wpdis', 'fqe', 'dr', 'wdr' or None",
             got=cfg.estimator))
-    from equicare.ope._stream_q import STREAM_Q_MODELS
+    from equicare.ope._stream_q import STREAM_Q_NAMED
 
-    if cfg.estimator in Q_ESTIMATORS and cfg.q_model not in (*STREAM_Q_MODELS, "auto"):
+    if cfg.estimator in Q_ESTIMATORS and cfg.q_model not in (*STREAM_Q_NAMED, "auto"):
         raise InvalidParameterError(PARAM_MESSAGE.format(
             name="q_model", owner="audit_stream",
-            expected=f"'auto', 'linear' or 'tabular_stationary' with estimator="
-                     f"{cfg.estimator!r} (fitted from sums over chunks; the per-step tables, gbm "
-                     "and mlp need the whole panel in memory)", got=cfg.q_model))
+            expected=f"'auto', 'linear', 'tabular_stationary' or 'tabular_window' with "
+                     f"estimator={cfg.estimator!r} (fitted from sums over chunks; the backward "
+                     "table, gbm and mlp need the whole panel in memory)", got=cfg.q_model))
     seed = int_seed(random_state, "audit_stream")  # checked before the panel is scanned
     pols = dict(policies or {})
     if BEHAVIOR in pols:
@@ -455,6 +463,7 @@ def audit_stream(
     with executor_session(executor):  # one local pool for the Q-model's passes and this one
         q_fits: dict[str, Any] = {}
         q_refit: dict[str, NDArray[np.float64]] = {}
+        censoring: dict[str, Any] = {}  # each policy's censoring check (stationary table)
         src: Any = None
         behavior: Any = None
         counted: dict[str, Any] = {}
@@ -479,34 +488,43 @@ def audit_stream(
                                                seed=seed, model_seed=nuisance_seed(seed))
                 src.transform = behavior
         if cfg.estimator in Q_ESTIMATORS and pols:
-            # each policy's Q-model from sums over chunks (two passes, three with the linear
-            # model's stability check), then applied chunk by chunk below
+            # each policy's Q-model from sums over chunks (two passes, one more for the linear
+            # model's stability check or the stationary table's censoring check), then applied
+            # chunk by chunk below
             from equicare.ope._evaluate import nuisance_seed
             from equicare.ope._stream_q import (
                 GroupCodes,
-                fit_q_stream,
+                fit_q_checked,
                 group_refit_directions,
                 resolve_stream_q,
             )
 
             fit_seed = nuisance_seed(seed)  # the in-memory audit's (and evaluate's) Q-model seed
+            q_key = str(cfg.estimator)
+            memb = _Membership(tuple(attrs), gi_all.labels)
+            codes = (GroupCodes(codes=memb.partitions, n_groups=len(memb.published) + 1,
+                                keys=(q_key,)) if cfg.n_boot > 0 else None)
 
-            def q_config(pol: Any) -> Any:  # auto: per policy, chosen on a sample of episodes
-                return resolve_stream_q(src, pol, cfg.q_model, keys=[str(cfg.estimator)],
-                                        sample_rows=SAMPLE_ROWS, seed=seed,
-                                        model_seed=fit_seed)[0]
+            def q_fit(pol: Any) -> Any:
+                # auto: per policy, chosen on a sample of episodes, and the window table in
+                # place of the stationary one when censored stays bias it (as in memory)
+                qcfg, sel, _ = resolve_stream_q(src, pol, cfg.q_model, keys=[q_key],
+                                                sample_rows=SAMPLE_ROWS, seed=seed,
+                                                model_seed=fit_seed)
+                # each group's refit pieces ride on the fit's pass 1
+                return fit_q_checked(src, pol, cfg=qcfg, keys=(q_key,),
+                                     truncate=cfg.truncate, groups=codes,
+                                     switch=sel is not None)
 
-            fits = {name: fit_q_stream(src, pol, cfg=q_config(pol), keys=(cfg.estimator,),
-                                       truncate=cfg.truncate) for name, pol in pols.items()}
+            fits = {}
+            for name, pol in pols.items():
+                fits[name], censoring[name] = q_fit(pol)
             q_fits = {name: f.applier() for name, f in fits.items()}
-            if cfg.n_boot > 0:  # one more pass per policy: each group's refit direction
-                memb = _Membership(tuple(attrs), gi_all.labels)
+            if codes is not None:  # each group's refit direction
                 for name, f in fits.items():
-                    z = group_refit_directions(src, f, pols[name], GroupCodes(
-                        codes=memb.partitions, n_groups=len(memb.published) + 1,
-                        keys=(cfg.estimator,)))
+                    z = group_refit_directions(src, f, pols[name], codes)
                     if z is not None:
-                        q_refit[name] = z[cfg.estimator]
+                        q_refit[name] = z[q_key]
         check = None
         if src is not None:
             from equicare.ope._evaluate import evaluate_seeds
@@ -577,7 +595,8 @@ def audit_stream(
                 outcomes[name] = hide_low_ess(outcomes[name], {
                     g: part.ess[name].weight_sums(j, cfg.truncate)
                     for j, g in enumerate(gi.labels)}, gi.min_cell)
-            diags[name] = _diagnostics(name, key, part, gi, check, cfg.truncate)
+            diags[name] = _diagnostics(name, key, part, gi, check, cfg.truncate,
+                                       censoring.get(name))
     levels = None
     if cfg.with_level_rates:
         levels = level_table(names, np.concatenate(part.ep_lnum, axis=1), den_all, gi,
@@ -589,8 +608,11 @@ def audit_stream(
 
 
 def _diagnostics(name: str, key: str, part: _Partial, gi: GroupIndex, check: Any,
-                 truncate: float | None) -> Any:
-    """The in-memory audit's weight and support diagnostics of one policy, from chunk sums."""
+                 truncate: float | None, censoring: Any = None) -> Any:
+    """The in-memory audit's weight and support diagnostics of one policy, from chunk sums.
+
+    ``censoring``: the policy's censoring check (:func:`~equicare.ope._stream_q.fit_q_checked`).
+    """
     from equicare.fairness._diagnostics import diagnose
 
     acc = part.ess[name]
@@ -601,4 +623,5 @@ def _diagnostics(name: str, key: str, part: _Partial, gi: GroupIndex, check: Any
                                             uses_categorical=check.uses_categorical,
                                             estimators=(key,))
     return diagnose(name, key, acc.ess(n_groups, truncate),
-                    {g: acc.ess(j, truncate) for j, g in enumerate(gi.labels)}, support)
+                    {g: acc.ess(j, truncate) for j, g in enumerate(gi.labels)}, support,
+                    censoring=censoring)

@@ -38,7 +38,8 @@ refit (:class:`~equicare.ope._fqe.WindowLinearisation`) takes the per-step gradi
 pass 1 already sums, a forward adjoint in the driver, and each chunk's completed next values in
 the estimates pass (:func:`_window_contributions`). With the stationary table the same window
 sums ride on pass 1 when episodes are censored, for the in-memory censoring check
-(:class:`_CensoringPlan`), which ``auto`` follows as in memory.
+(:class:`_CensoringPlan`), which ``auto`` follows as in memory; the streamed audit
+decides it before its own pass over the chunks (:func:`fit_q_checked`).
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ __all__ = ["STREAM_Q_MODELS", "stream_q_config", "evaluate_stream_q", "StreamQOu
            "fit_q_stream", "CellCounts",
            "choose_cells_stream", "choose_q_stream", "resolve_stream_q", "StreamQFit", "QValues",
            "AUTO_MESSAGE",
-           "group_refit_directions", "refit_contributions"]
+           "group_refit_directions", "refit_contributions", "fit_q_checked"]
 
 #: Q-models that stream as LSTD fixed points (``auto``'s streamed candidates).
 STREAM_Q_MODELS: tuple[str, ...] = ("linear", "tabular_stationary")
@@ -1060,10 +1061,15 @@ def _pass3_chunk(dataset: TrajectoryDataset, *, policy: Any, design: _Design, fi
 
 @dataclass(frozen=True, eq=False)
 class QValues:
-    """A fitted streamed Q-model to apply to chunks: the design settings and ``theta``."""
+    """A fitted streamed Q-model to apply to chunks: the design settings and ``theta``.
+
+    ``window``: the window table's fit (then ``theta`` is its per-step values), which
+    :func:`refit_contributions` needs for the table's linearised refit.
+    """
 
     design: _Design
     theta: NDArray[np.float64]
+    window: WindowFit | None = None
 
     def values(self, dataset: TrajectoryDataset, policy: Any
                ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
@@ -1141,7 +1147,7 @@ class StreamQFit:
 
     def applier(self) -> QValues:
         """What a worker needs to evaluate the fitted Q on a chunk (picklable, small)."""
-        return QValues(design=self.design, theta=self.theta)
+        return QValues(design=self.design, theta=self.theta, window=self.window)
 
     @property
     def check_limit(self) -> float | None:
@@ -1354,10 +1360,8 @@ def evaluate_stream_q(source: Any, policy: Any, *, keys: tuple[str, ...], cfg: F
         seed=seed, groups=groups, censoring=None if plan is None else plan.terms), progress)
     check, extra = None, 0
     if plan is not None:  # the check's influences rode on the estimates pass
-        check = plan.check(p2.censoring)
-        if check.warn and censoring == "switch":  # auto: the window table, the pass again
-            qfit = qfit.as_window()
-            check = dataclasses.replace(check, switched=True)
+        qfit, check = plan.decide(qfit, p2.censoring, switch=censoring == "switch")
+        if check.switched:  # auto: the window table, the pass again
             fit = _directions(source, policy, qfit, q_keys, codes)
             p2, n = source.map_reduce(functools.partial(
                 _by_blocks, _pass2_chunk, policy=policy, design=qfit.design, fit=fit,
@@ -1532,14 +1536,21 @@ def refit_contributions(dataset: TrajectoryDataset, policy: Any, q: QValues,
     """Each episode's ``sum_{i in e} x_i^T z_c delta_i`` for every direction, ``(n_episodes, C)``.
 
     The raw first-order effect of the episode on estimates with refit directions ``z``
-    (:func:`group_refit_directions`), with the TD residuals of the fitted ``theta``.
+    (:func:`group_refit_directions`), with the TD residuals of the fitted ``theta``; for the
+    window table (``q.window``), :func:`_window_contributions` with its adjoint directions
+    ``z`` of shape ``(H, n_params, C)``.
     """
-    out = np.empty((dataset.n_episodes, z.shape[1]))
+    out = np.empty((dataset.n_episodes, z.shape[-1]))
     max_rows = max(1, ROW_BLOCK_ELEMENTS // max(1, dataset.n_actions))
     done = 0
     for _, _, part in dataset.episode_blocks(max_rows):  # whole episodes, bounded memory
         x, x_pi, _ = q.design.build(part, _target_matrix(part, policy))
-        out[done:done + part.n_episodes] = _refit_contributions(part, x, x_pi, q.theta, z)
+        if q.window is not None:
+            assert isinstance(x_pi, SparsePi)
+            eff = _window_contributions(part, x_pi.x_pi, q.design.pair_index(part), q.window, z)
+        else:
+            eff = _refit_contributions(part, x, x_pi, q.theta, z)
+        out[done:done + part.n_episodes] = eff
         done += part.n_episodes
     return out
 
@@ -1625,3 +1636,48 @@ class _CensoringPlan:
             censored_pct=float(100.0 * self.share), stationary=self.v_st, window=self.v_win,
             difference_se=se, explainable=self.explainable,
             warn=censoring_warns(self.v_st, self.v_win, se, self.explainable, self.direction))
+
+    def decide(self, fit: StreamQFit, moments: _Moments | None, switch: bool
+               ) -> tuple[StreamQFit, Any]:
+        """The check, and the Q-model it leaves (``fit`` is the stationary table's).
+
+        With ``switch`` (``q_model="auto"``'s choice) a check that warns makes the window table
+        fitted beside it the Q-model (``switched``), as in memory
+        (:func:`~equicare.ope._prepare._censoring_switch`); else the stationary table stays.
+        """
+        check = self.check(moments)
+        if not (switch and check.warn):
+            return fit, check
+        return fit.as_window(), dataclasses.replace(check, switched=True)
+
+
+def fit_q_checked(source: Any, policy: Any, *, cfg: FQEConfig, keys: tuple[str, ...],
+                  truncate: float | None = None, groups: GroupCodes | None = None,
+                  switch: bool = False) -> tuple[StreamQFit, Any]:
+    """:func:`fit_q_stream` with a stationary table's censoring check decided before estimates.
+
+    For a caller whose estimates pass needs the Q-model the check leaves (the streamed audit):
+    the in-memory :func:`~equicare.ope._censoring.censoring_check` of :class:`_CensoringPlan`
+    (the window table fitted from the same passes) and, when censoring could move the value
+    by 2%, one more pass that sums the influences of the two values' difference. With
+    ``switch`` (``q_model="auto"``) a check that warns makes the window table the Q-model
+    (:meth:`_CensoringPlan.decide`). :func:`evaluate_stream_q` rides those influences on its
+    estimates pass instead.
+
+    Returns
+    -------
+    fit : StreamQFit
+    check : CensoringCheck or None
+        None for other Q-models, without censored episodes, or when censoring cannot move
+        the value by 2%.
+    """
+    fit = fit_q_stream(source, policy, cfg=cfg, keys=keys, truncate=truncate, groups=groups,
+                       censoring=True)
+    plan = None if fit.alt_window is None else _CensoringPlan.of(fit)
+    if plan is None:
+        return fit, None
+    moments = None
+    if plan.terms is not None:
+        moments, _ = source.map_reduce(functools.partial(
+            _by_blocks, _censoring_chunk, policy=policy, design=fit.design, **plan.terms))
+    return plan.decide(fit, moments, switch)
