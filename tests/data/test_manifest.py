@@ -46,6 +46,10 @@ def test_single_column_forms(manifest_dict):
         ),
         (lambda d: d["dataset"].update(episode=3), "dataset.episode must be a column name"),
         (
+            lambda d: d["dataset"].update(time=d["dataset"]["episode"]),
+            "dataset.episode and dataset.time both name column",
+        ),
+        (
             lambda d: d["reward"]["primary"].update(weight=float("inf")),
             "reward.primary.weight must be a finite number",
         ),

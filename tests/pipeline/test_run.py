@@ -526,3 +526,22 @@ def test_the_card_audits_the_groups_of_the_run_report(tmp_path):
     page = build_run_report(tmp_path, config=cfg.to_dict(), figure_copies=False).render()
     assert ("The card audits race x sex on the same held-out episodes as the Fairness section "
             "above, so its parity gaps are the ones above") in page
+
+
+@pytest.mark.parametrize("command", ["run", "sweep"])
+def test_a_missing_panel_or_manifest_is_refused_before_the_store_is_created(tmp_path, command):
+    """A wrong path in [data] used to create runs/equicare.duckdb before the first stage
+    found it."""
+    cfg = tiny_config(tmp_path)
+    text = cfg.read_text()
+    start = text.index("[data]")
+    end = text.index("\n[", start + 1)
+    for data, said in (('path = "nope.parquet"\nmanifest = "m.toml"', "does not exist"),
+                       ('path = "run.toml"\nmanifest = "missing.toml"', "not found")):
+        cfg.write_text(text[:start] + "[data]\n" + data + "\n" + text[end:])
+        args = [command, str(cfg), "--no-progress"] + (
+            ["--grid", "learner.n_steps=[20]"] if command == "sweep" else [])
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2, res.output
+        assert said in " ".join(res.output.split())
+        assert not (tmp_path / "runs").exists()

@@ -196,6 +196,12 @@ class Manifest:
                     f"{source}: the manifest names no state columns; give dataset.states "
                     "and/or dataset.categorical_states."
                 )
+        if kwargs.get("episode") and kwargs.get("episode") == kwargs.get("time"):
+            problems.append(
+                f"{source}: dataset.episode and dataset.time both name column "
+                f"{kwargs['episode']!r}; the episode id and the step within it must be two "
+                "columns."
+            )
         both = set(kwargs.get("states", ())) & set(kwargs.get("categorical_states", ()))
         if both:
             problems.append(

@@ -70,6 +70,25 @@ def load_run_data(cfg: RunConfig) -> tuple[Any, Any]:
     return ds, sim
 
 
+def check_run_inputs(cfg: RunConfig) -> None:
+    """Refuse a missing panel file or a manifest that cannot be read, before the store opens.
+
+    A wrong path in ``[data]`` would otherwise create the run store (``equicare.duckdb``)
+    first and fail at the first stage. ``ManifestError`` or ``FileNotFoundError`` (exit 2).
+    """
+    from equicare.data import read_manifest
+
+    data = cfg["data"]
+    if not data["path"]:
+        return
+    path = cfg.resolve(data["path"])
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{cfg.source}: data.path {data['path']!r} does not exist "
+                                f"(resolved against the config's folder: {path}).")
+    if data["manifest"]:
+        read_manifest(cfg.resolve(data["manifest"]))
+
+
 def build_learner(cfg: RunConfig, seed: int) -> Any:
     """The learner of the run, its config checked by the learner's own config class."""
     from equicare import learn as algos
@@ -103,6 +122,7 @@ def run_pipeline(
         Receives one line per finished stage (default: silent).
     """
     say = echo or (lambda s: None)
+    check_run_inputs(cfg)
     root = Path(store_root) if store_root is not None else cfg.resolve(cfg["output"]["store"])
     store = RunStore(root)
     seed = int(cfg["seed"])

@@ -203,6 +203,9 @@ def run_sweep(
     ex = executor or get_executor(o["executor"], o["jobs"], o["address"])
     if isinstance(ex, RayExecutor):
         ex.connect()  # a missing cluster fails before the run is recorded
+    from equicare.pipeline._run import check_run_inputs
+
+    check_run_inputs(cfg)
     root = Path(store_root) if store_root is not None else cfg.resolve(o["store"])
     store = RunStore(root)
     run_id = store.start(
