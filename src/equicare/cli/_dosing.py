@@ -77,7 +77,10 @@ def synth_heparin(out: str | os.PathLike[str], *, n_patients: int = 1000, seed: 
         with atomic_write(path, "wb") as fh:
             frame.to_parquet(fh, index=False)
     atomic_write_text(man_path, man.to_toml())
-    truth = evaluate_heparin_policy("behavior", n_patients=min(n_patients, 2000),
+    # the nomogram's truth on as many fresh patients as the panel has (at most 2,000; at least
+    # 2, the fewest that give a standard error: a one-patient panel raised an error about
+    # evaluate_heparin_policy's n_patients after the panel was written)
+    truth = evaluate_heparin_policy("behavior", n_patients=min(max(n_patients, 2), 2000),
                                     random_state=seed + 1)
     return {"data": str(path), "manifest": str(man_path), "n_patients": n_patients,
             "n_rows": int(len(frame)),
