@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +41,7 @@ from numpy.typing import ArrayLike, NDArray
 from torch import Tensor, nn
 
 from equicare import utils
-from equicare.exceptions import InvalidParameterError
+from equicare.exceptions import DataWarning, InvalidParameterError
 from equicare.privacy import coarse_bounds, round_significant, tail_quantile
 from equicare.utils import (
     MIN_CELL,
@@ -405,6 +406,56 @@ def _find_structure(tr: Transitions, n_actions: int, tol: float = 1e-4) -> _Stru
                       const_delta, copy_of, by_action, clock_end, func_of)
 
 
+#: Share of transitions above which a feature that is *almost* a copy of another feature or a
+#: function of the action (but not exactly) is reported: a few data errors hide the structure.
+NEAR_STRUCTURE_SHARE = 0.99
+
+
+def _near_structure(tr: Transitions, n_actions: int, st: _Structure,
+                    names: tuple[str, ...], tol: float = 1e-4) -> list[str]:
+    """Messages naming features that are almost, not exactly, deterministic.
+
+    A feature that is a copy of another feature or a function of the action in at least
+    :data:`NEAR_STRUCTURE_SHARE` of the transitions, but not in all, gets one message.
+    """
+    rows = np.flatnonzero(tr.has_next)
+    n = rows.size
+    if n == 0:
+        return []
+    s = tr.states[rows].astype(np.float64)
+    ns, a = tr.next_states[rows].astype(np.float64), tr.actions[rows]
+    scale = np.maximum(np.abs(s).max(axis=0), 1.0)
+    det = set(st.const_delta) | set(st.copy_of) | set(st.by_action) | set(st.func_of)
+    out: list[str] = []
+
+    def say(j: int, what: str, ok: NDArray[np.bool_]) -> None:
+        bad = rows[~ok]
+        out.append(
+            f"state column {names[j]!r} is {what} in {int(ok.sum()):,} of {n:,} transitions but "
+            f"not in {bad.size:,} (first: the transition from row {int(bad[0])}, 0-based in "
+            "episode and time order), so it is modelled as an uncertain outcome and OMG's "
+            "reward_exclude='auto' does not exclude it; check those rows (a data error there "
+            "changes what is learned).")
+
+    for j in range(s.shape[1]):
+        if j in det:
+            continue
+        close = np.abs(ns[:, j, None] - s) <= tol * scale[j]
+        close[:, j] = False
+        k = int(np.argmax(close.sum(axis=0)))
+        if NEAR_STRUCTURE_SHARE * n <= close[:, k].sum() < n:
+            say(j, f"a copy of {names[k]!r} one step earlier", close[:, k])
+            continue
+        ok = np.zeros(n, dtype=bool)
+        for act in np.unique(a):
+            sel = a == act
+            vals, counts = np.unique(ns[sel, j], return_counts=True)
+            ok[sel] = np.abs(ns[sel, j] - vals[np.argmax(counts)]) <= tol * scale[j]
+        if NEAR_STRUCTURE_SHARE * n <= ok.sum() < n:
+            say(j, "a function of the action (one value per action)", ok)
+    return out
+
+
 class DynamicsEnsemble:
     """Probabilistic ensemble model of the transition ``(s, a) -> (s', r, done)``.
 
@@ -476,6 +527,8 @@ class DynamicsEnsemble:
         if not hasattr(self, "feature_names_"):
             self.feature_names_ = tuple(f"x{j}" for j in range(tr.states.shape[1]))
         self.structure_ = _find_structure(tr, n_actions)
+        for message in _near_structure(tr, n_actions, self.structure_, self.feature_names_):
+            warnings.warn(DataWarning(message), stacklevel=4)
         mod = self.structure_.modelled
         # normalisation (inputs: states; targets: deltas of modelled features and reward)
         s64 = tr.states.astype(np.float64)
