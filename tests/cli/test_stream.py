@@ -152,6 +152,12 @@ def test_evaluate_streams_shards_and_refuses_q_model_estimators(parts):
     text = " ".join(res.output.split())
     assert res.exit_code == 0 and "auto: the only applicable candidate" in text, text
     assert "bias )" not in text
+    # no bias estimate for the lone linear model: FQE's interval says it is the bootstrap's
+    # alone (in memory this small panel also cross-fits gbm and mlp, so it has one)
+    assert "FQE's interval is the bootstrap's alone" in text
+    assert s["q_model"]["fqe_interval"].startswith("the bootstrap's alone")
+    mem = runner.invoke(app, [a for a in base if a != "--json"] + ["--q-model", "linear"])
+    assert "FQE's interval is the bootstrap's alone" in " ".join(mem.output.split())
     res = runner.invoke(app, base + ["--chunk-rows", "120", "--estimators", "dr",
                                      "--q-model", "gbm"])
     assert res.exit_code == 2 and "cannot stream" in res.output

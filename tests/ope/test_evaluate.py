@@ -323,6 +323,13 @@ def test_auto_fqe_interval_carries_the_estimated_bias():
     lo, hi = res.estimates["fqe"].ci
     assert lo <= fixed.estimates["fqe"].ci[0] and hi >= fixed.estimates["fqe"].ci[1]
     assert lo <= mdp.value(pols["soft_optimal"]) <= hi
+    from equicare.ope._evaluate import FQE_VARIANCE_ONLY
+
+    # a Q-model named by the user has no bias estimate: the result says its interval is the
+    # bootstrap's alone (a dosing panel's FQE missed its truth by 11 SE without a word)
+    assert fixed.settings["fqe_interval"] == FQE_VARIANCE_ONLY
+    assert "fqe_interval" not in evaluate(data, pe, estimators="dr", q_model="linear",
+                                          bootstrap=20, groups=[], random_state=0).settings
 
 
 def test_thin_combinations_of_categorical_states_warn_for_the_table():

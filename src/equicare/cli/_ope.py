@@ -585,6 +585,10 @@ def register(app: typer.Typer) -> None:
                                      f"{fit}; {sres.q_model['bootstrap']}{how}){switched}"
                                      f"{pooled}{per_level_sentence(sres.q_model)}"),
                               highlight=False)
+                from equicare.ope._evaluate import FQE_VARIANCE_ONLY, fqe_interval_line
+
+                if sres.q_model.get("fqe_interval") == FQE_VARIANCE_ONLY:
+                    console.print(fqe_interval_line(), highlight=False)
             else:
                 skipped = [k for k in ("fqe", "dr", "wdr") if k not in sres.estimates]
                 if skipped and estimators.strip() == "all":
@@ -622,6 +626,10 @@ def register(app: typer.Typer) -> None:
         qline = q_model_line(res)
         if qline:  # candidate names carry their cells in brackets: not Rich markup
             console.print(escape(qline), highlight=False)
+        from equicare.ope._evaluate import FQE_VARIANCE_ONLY, fqe_interval_line
+
+        if res.settings.get("fqe_interval") == FQE_VARIANCE_ONLY:
+            console.print(fqe_interval_line(), highlight=False)
         e = res.ess
         console.print(f"ESS: trajectory {e.trajectory:.1f} ({e.trajectory_pct:.2f}% of episodes)"
                       f"{truncated_ess(e.trajectory_truncated, e.truncate, e.n_episodes)},"

@@ -343,6 +343,24 @@ def nuisance_seed(random_state: int) -> int:
     return model_seed(evaluate_seeds(random_state)[0])
 
 
+#: ``settings.fqe_interval`` (``q_model["fqe_interval"]`` streamed) when FQE's interval carries no
+#: estimate of the Q-model's bias (tests match it).
+FQE_VARIANCE_ONLY = (
+    "the bootstrap's alone: this Q-model's bias is not estimated (q_model='auto' estimates it by "
+    "cross-fitting against the stationary table, which needs categorical states and more than "
+    "one applicable candidate; a linear, gbm or mlp model's own Bellman errors average about zero "
+    "under its own density ratio), so the interval does not cover the error of a misspecified "
+    "Q-model; DR's and WDR's intervals correct it through the importance weights")
+
+
+def fqe_interval_line() -> str:
+    """The terminal line under the table when FQE's interval is :data:`FQE_VARIANCE_ONLY`."""
+    return ("FQE's interval is the bootstrap's alone (no estimate of this Q-model's bias): it "
+            "does not include a misspecified Q-model's error; DR and WDR correct that error "
+            "through the importance weights, with wider intervals (docs/ope.md, \"FQE's interval "
+            "without a bias estimate\")")
+
+
 def fqe_interval_note(sel: QSelection, refitted_levels: bool = True) -> str:
     """How FQE's intervals carry ``auto``'s estimated bias (``settings.fqe_interval``).
 
@@ -876,6 +894,8 @@ def _evaluate(
     sel = prep.q_selection
     if "fqe" in keys and sel is not None and sel.bias.get(sel.chosen) is not None and not refit:
         settings["fqe_interval"] = fqe_interval_note(sel)
+    elif "fqe" in keys:
+        settings["fqe_interval"] = FQE_VARIANCE_ONLY
     if refit and bootstrap > 0:
         from sklearn.base import clone
 

@@ -970,6 +970,10 @@ def evaluate_stream(
                 fqe_bias = (sel.bias[sel.chosen], sel.bias_se[sel.chosen])
                 out.q_model["fqe_interval"] = fqe_interval_note(
                     sel, refitted_levels=bool(level_cols))
+            elif "fqe" in keys:
+                from equicare.ope._evaluate import FQE_VARIANCE_ONLY
+
+                out.q_model["fqe_interval"] = FQE_VARIANCE_ONLY
             main = out.sums
             res = finish(out.sums, alpha=alpha, n_chunks=out.n_chunks, q_model=out.q_model,
                          behavior_model=beh_info, squares=out.squares, fqe_bias=fqe_bias)
