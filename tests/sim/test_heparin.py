@@ -232,8 +232,10 @@ def test_ground_truth_of_simple_policies():
                                    random_state=11)
     assert hold.value("tir") == 0.0 and hold.value("reach24") == 0.0
     # holding heparin causes clots: more than the nomogram, by > 3 SE
-    d, se, _ = hold.difference(beh, "clot_rate")
-    assert d > 3 * se
+    d, se, paired = hold.difference(beh, "clot_rate")
+    assert d > 3 * se and np.isfinite(paired)  # same seed: the paired SE is defined
+    other = evaluate_heparin_policy("behavior", n_patients=3000, random_state=12)
+    assert np.isnan(other.difference(beh, "tir")[2])  # another seed: no pairing (it was given)
     # documented behaviour: time in range 0.65-0.80, adverse events 2-5 %
     assert 0.65 < beh.value("tir") < 0.80
     assert 0.02 < beh.value("ae_rate") < 0.05

@@ -182,7 +182,7 @@ def audit_tables(res: AuditResult, estimator: str | None = None) -> list[Table]:
     names = list(res.policies)
     first = res.policies[names[0]].allocation
     label = action_label(res.action)
-    t1 = Table(title=f"{label}: share of member-weeks (%) by {res.group}"
+    t1 = Table(title=f"{label}: share of steps (rows of a member at a time, %) by {res.group}"
                if first.level == "step" else f"{label}: mean share per episode (%) by "
                f"{res.group}")
     t1.add_column(res.group)
@@ -346,7 +346,8 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path | None, typer.Option(
             "--out", "-o", help="Also write the audit JSON here (docs/contracts.md).")] = None,
         level: Annotated[Level, typer.Option(
-            help="Rates over member-weeks (step) or averaged per episode (episode).")
+            help="Rates over steps, one row of a member at a time (step), or averaged per episode "
+                 "(episode).")
         ] = Level.STEP,
         need: Annotated[str | None, typer.Option(
             help="Clinical need rule on states, e.g. 'risk >= 0.7' (default: the manifest's "

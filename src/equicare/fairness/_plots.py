@@ -79,7 +79,7 @@ def plot_allocation(result: AuditResult | Mapping[str, AllocationFrame] | Alloca
                   else "k", linestyle="--", linewidth=0.8)
     a.set_xticks(x, labels, rotation=30 if len(labels) > 5 else 0, ha="right"
                  if len(labels) > 5 else "center")
-    a.set_ylabel(f"{first.action} (% of {'member-weeks' if first.level == 'step' else 'episodes'})")
+    a.set_ylabel(f"{first.action} (% of {'steps' if first.level == 'step' else 'episodes'})")
     a.set_xlabel(first.group)
     ci_txt = f" ({100 * (1 - first.alpha):.0f}% CI)" if first.rate_reps is not None else ""
     a.set_title(f"Allocation by group{ci_txt}")

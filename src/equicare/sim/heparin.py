@@ -373,6 +373,9 @@ class HeparinEvaluation:
         Standard error of that difference (independent groups).
     per_patient : dict of str to ndarray of shape (n_patients,)
         Per-patient values (for paired comparisons between policies run with the same seed).
+    seed : int or None
+        The integer ``random_state`` of the evaluation (None for a Generator or no seed): a
+        paired comparison needs the same one on both sides.
     """
 
     n_patients: int
@@ -381,6 +384,7 @@ class HeparinEvaluation:
     tir_gap: float
     tir_gap_se: float
     per_patient: dict[str, NDArray[np.float64]] = field(repr=False)
+    seed: int | None = None
 
     def value(self, metric: str) -> float:
         """Overall value of ``metric``."""
@@ -394,13 +398,14 @@ class HeparinEvaluation:
                    ) -> tuple[float, float, float]:
         """``self - other`` for ``metric``: (difference, unpaired SE, paired SE).
 
-        The paired SE is valid when both were run with the same seed and number of patients
-        (common random numbers: same patients and noise); otherwise it is NaN.
+        The paired SE is valid when both were run with the same integer seed and number of
+        patients (common random numbers: same patients and noise); otherwise it is NaN.
         """
         d = self.value(metric) - other.value(metric)
         se_u = float(np.hypot(self.se(metric), other.se(metric)))
         a, b = self.per_patient[metric], other.per_patient[metric]
-        se_p = float(np.std(a - b, ddof=1) / np.sqrt(a.size)) if a.size == b.size else float("nan")
+        paired = a.size == b.size and self.seed is not None and self.seed == other.seed
+        se_p = float(np.std(a - b, ddof=1) / np.sqrt(a.size)) if paired else float("nan")
         return float(d), se_u, se_p
 
     def to_dict(self) -> dict[str, Any]:
@@ -478,8 +483,10 @@ def evaluate_heparin_policy(policy: PolicyLike = "behavior", *, n_patients: int 
         gap_se = float(np.hypot(ok.loc[hi_i, "tir_se"], ok.loc[lo_i, "tir_se"]))
     else:
         gap, gap_se = float("nan"), float("nan")
+    seed = (int(random_state) if isinstance(random_state, int | np.integer)
+            and not isinstance(random_state, bool) else None)
     return HeparinEvaluation(n_patients=n_patients, overall=overall, by_group=by_group,
-                             tir_gap=gap, tir_gap_se=gap_se, per_patient=per)
+                             tir_gap=gap, tir_gap_se=gap_se, per_patient=per, seed=seed)
 
 
 # ---------------------------------------------------------------------------- gymnasium
