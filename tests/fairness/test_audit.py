@@ -13,9 +13,14 @@ from equicare.policy import UniformPolicy
 
 from .conftest import SPACE, make_dataset
 
-#: These unit tests lower min_cell on tiny panels on purpose.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:.*min_cell=.* is below 11:equicare.exceptions.SmallCellWarning")
+#: These unit tests lower min_cell on tiny panels on purpose; their small panels have groups
+#: with few episodes with need (the proportional parity's suppression: test_need_cells_*).
+pytestmark = [
+    pytest.mark.filterwarnings(
+        "ignore:.*min_cell=.* is below 11:equicare.exceptions.SmallCellWarning"),
+    pytest.mark.filterwarnings(
+        "ignore:Proportional parity is not published:equicare.exceptions.SmallCellWarning"),
+]
 
 HOME = "modality=home_visit"
 

@@ -429,6 +429,12 @@ def register(app: typer.Typer) -> None:
 
             console.print(small_cells_message(list(res.suppressed), min_cell), highlight=False,
                           markup=False, soft_wrap=True)
+        pp_hidden = next(iter(res.policies.values())).allocation.pp_suppressed
+        if pp_hidden:  # proportional parity is not in the tables: say it is not published
+            from equicare.fairness._allocation import need_cells_message
+
+            console.print(need_cells_message(pp_hidden, min_cell), highlight=False,
+                          markup=False, soft_wrap=True)
         if out is not None:
             console.print(f"Wrote {escape(str(out))}", highlight=False)
 

@@ -294,8 +294,9 @@ def _add_chunk(part: _Partial, ds: TrajectoryDataset, ctx: _Context) -> None:
         p_logged[name] = pl
     nr = need_rows(ds, cfg.need)
     block = [np.stack(nums, axis=1), den[:, None]]
-    if nr is not None:
-        block.append(episode_totals(ds, nr, cfg.level)[0][:, None])
+    if nr is not None:  # the need totals and whether each episode has need (for suppression)
+        need_ep = episode_totals(ds, nr, cfg.level)[0]
+        block += [need_ep[:, None], (need_ep > 0)[:, None].astype(np.float64)]
     part.alloc.add(h, np.concatenate(block, axis=1), w)
     part.ep_num.append(np.stack(nums, axis=1))
     part.ep_den.append(den)
