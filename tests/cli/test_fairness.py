@@ -288,3 +288,29 @@ def test_audit_withholds_proportional_parity_of_a_small_need_cell(app, panel, tm
     assert any("value" in c for c in pp.values())  # the others' need cells are large enough
     line = " ".join(r.output.split())
     assert "Proportional parity is not published for" in line and "hispanic" in line
+
+
+def test_audit_prints_which_q_model_valued_each_policy(app, panel) -> None:
+    """One line per policy valued with a Q-model (the JSON's q_model entry); with auto the
+    candidates' scores, and when the window table replaced the stationary one, why."""
+    from types import SimpleNamespace
+
+    from equicare.cli._fairness import q_model_line
+
+    r = _run(app, ["audit", str(panel["data"]), "--manifest", str(panel["manifest"]),
+                   "--policy", f"eq={panel['policy']}", "--group", "sex", "--estimators", "dr",
+                   "--q-model", "linear", "--bootstrap", "0", "--permutations", "0"])
+    assert r.exit_code == 0, r.output
+    assert "Q-model of eq: linear\n" in r.output
+    entry = {"chosen": "tabular_stationary",
+             "candidates": {"linear": 0.0143, "tabular_stationary": 0.0121, "gbm": None}}
+    assert q_model_line("eq", entry) == (
+        "Q-model of eq: tabular_stationary, chosen by auto (scores, lower is better: linear "
+        "0.0143, tabular_stationary 0.0121, gbm n/a)")
+    check = SimpleNamespace(switched=True, switch_note=lambda: "tabular_stationary replaced "
+                            "by tabular_window: 17.8% of the episodes are censored")
+    replaced = {**entry, "chosen": "tabular_window", "replaced": "tabular_stationary"}
+    assert q_model_line("eq", replaced, check) == (
+        "Q-model of eq: tabular_stationary replaced by tabular_window: 17.8% of the episodes "
+        "are censored; auto's scores (lower is better): linear 0.0143, tabular_stationary "
+        "0.0121, gbm n/a")
