@@ -592,3 +592,24 @@ def test_the_audit_says_which_q_model_valued_each_policy_as_evaluate_does() -> N
     assert named.to_dict()["policies"]["tgt"]["q_model"] == {"chosen": "tabular_stationary"}
     wis = audit(ds, {"tgt": pe}, q_model="auto", estimator="wis", **kw)
     assert "q_model" not in wis.to_dict()["policies"]["tgt"] and wis["tgt"].q_model is None
+
+
+def test_the_documented_contract7_schema_is_json_and_holds() -> None:
+    """docs/fairness.md's schema of audit.json was not valid JSON (a description split over two
+    string literals), so no tool could check an audit against it."""
+    from pathlib import Path
+
+    from .conftest import random_panel
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "fairness.md").read_text()
+    start = text.index("## `audit.json` (Contract 7)")
+    block = re.search(r"```json\n(.*?)```", text[start:], re.S)
+    assert block is not None
+    schema = json.loads(block.group(1))
+    jsonschema = pytest.importorskip("jsonschema")
+    ds = random_panel(200, seed=3)
+    res = audit(ds, {"unif": UniformPolicy(SPACE.n_actions)}, action=HOME, group="race",
+                n_boot=20, n_permutations=20, estimator="dr", random_state=0)
+    d = json.loads(json.dumps(res.to_dict()))
+    assert "q_model" in d["policies"]["unif"] and "diagnostics" in d["policies"]["unif"]
+    jsonschema.validate(d, schema)
