@@ -264,3 +264,53 @@ def test_audit_min_cell_below_11_warns_and_the_json_records_it(app, panel, tmp_p
     r11 = _run(app, base)  # the default: no such warning
     assert r11.exit_code == 0, r11.output
     assert "privacy-safe" not in r11.output
+
+
+def test_audit_withholds_proportional_parity_of_a_small_need_cell(app, panel, tmp_path) -> None:
+    """The need flag kept on 3 hispanic members: the audit published their proportional parity
+    (4.08 [0, 6.2] on a 300-member panel), which gives the 3 back. It is suppressed in the JSON
+    and a line under the tables says so (proportional parity is not in the tables)."""
+    import pandas as pd
+
+    df = pd.read_parquet(panel["data"])
+    his = df["race_ethnicity"] == "hispanic"
+    three = df.loc[his, "member_id"].drop_duplicates().iloc[:3]
+    df.loc[his, "high_need"] = df.loc[his, "member_id"].isin(three).astype(df["high_need"].dtype)
+    data = tmp_path / "panel.parquet"
+    df.to_parquet(data, index=False)
+    out = tmp_path / "audit.json"
+    r = _run(app, ["audit", str(data), "--manifest", str(panel["manifest"]), "--group",
+                   "race_ethnicity", "--estimators", "none", "--bootstrap", "20",
+                   "--permutations", "0", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    pp = json.loads(out.read_text())["policies"]["behavior"]["proportional_parity"]
+    assert pp["hispanic"] == {"suppressed": True}
+    assert any("value" in c for c in pp.values())  # the others' need cells are large enough
+    line = " ".join(r.output.split())
+    assert "Proportional parity is not published for" in line and "hispanic" in line
+
+
+def test_audit_prints_which_q_model_valued_each_policy(app, panel) -> None:
+    """One line per policy valued with a Q-model (the JSON's q_model entry); with auto the
+    candidates' scores, and when the window table replaced the stationary one, why."""
+    from types import SimpleNamespace
+
+    from equicare.cli._fairness import q_model_line
+
+    r = _run(app, ["audit", str(panel["data"]), "--manifest", str(panel["manifest"]),
+                   "--policy", f"eq={panel['policy']}", "--group", "sex", "--estimators", "dr",
+                   "--q-model", "linear", "--bootstrap", "0", "--permutations", "0"])
+    assert r.exit_code == 0, r.output
+    assert "Q-model of eq: linear\n" in r.output
+    entry = {"chosen": "tabular_stationary",
+             "candidates": {"linear": 0.0143, "tabular_stationary": 0.0121, "gbm": None}}
+    assert q_model_line("eq", entry) == (
+        "Q-model of eq: tabular_stationary, chosen by auto (scores, lower is better: linear "
+        "0.0143, tabular_stationary 0.0121, gbm n/a)")
+    check = SimpleNamespace(switched=True, switch_note=lambda: "tabular_stationary replaced "
+                            "by tabular_window: 17.8% of the episodes are censored")
+    replaced = {**entry, "chosen": "tabular_window", "replaced": "tabular_stationary"}
+    assert q_model_line("eq", replaced, check) == (
+        "Q-model of eq: tabular_stationary replaced by tabular_window: 17.8% of the episodes "
+        "are censored; auto's scores (lower is better): linear 0.0143, tabular_stationary "
+        "0.0121, gbm n/a")

@@ -15,9 +15,14 @@ from equicare.policy import CallablePolicy
 
 from .conftest import SPACE, make_dataset, random_panel
 
-#: These unit tests lower min_cell on tiny panels on purpose.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:.*min_cell=.* is below 11:equicare.exceptions.SmallCellWarning")
+#: These unit tests lower min_cell on tiny panels on purpose; their small panels have groups
+#: with few episodes with need (the proportional parity's suppression: test_need_cells_*).
+pytestmark = [
+    pytest.mark.filterwarnings(
+        "ignore:.*min_cell=.* is below 11:equicare.exceptions.SmallCellWarning"),
+    pytest.mark.filterwarnings(
+        "ignore:Proportional parity is not published:equicare.exceptions.SmallCellWarning"),
+]
 
 HOME = "modality=home_visit"
 
@@ -338,3 +343,75 @@ def test_equal_rates_summed_in_another_order_have_no_gap() -> None:
     assert _gap(rates, np.array([0.3]), "between_groups")[0] == 0.0  # ... not in the gap
     assert _gap(rates, np.array([0.3]), "to_overall")[0] == 0.0
     assert _gap(np.array([[0.25, 0.5]]), np.array([0.4]), "between_groups")[0] == 0.25
+
+
+# ---------------------------------------------------------------------- small need cells
+def _need_panel(need_counts, n_per_group: int = 40, seed: int = 0):
+    """Groups a, b, c of ``n_per_group`` episodes; the first ``need_counts[g]`` have need."""
+    rng = np.random.default_rng(seed)
+    n_groups = len(need_counts)
+    lengths = rng.integers(2, 6, size=n_groups * n_per_group)
+    n = int(lengths.sum())
+    codes = np.stack([rng.integers(0, 3, size=n), rng.integers(0, 2, size=n)], axis=1)
+    labels = np.repeat(np.array(["a", "b", "c"][:n_groups]), n_per_group)
+    need = np.concatenate([np.r_[np.ones(k), np.zeros(n_per_group - k)] for k in need_counts])
+    return make_dataset(lengths, codes, {"g": labels}, need=need)
+
+
+def test_need_suppressed_protects_the_group_by_need_table() -> None:
+    from equicare.fairness._allocation import need_suppressed
+
+    counts = [40, 40, 40]
+    # 3 of a's episodes have need: a is hidden, and b (the smallest other need cell) with it
+    # so that the need total minus the published groups does not give a's 3 back
+    assert need_suppressed(["a", "b", "c"], counts, [3, 20, 25]) == ("a", "b")
+    # 35 of a's have need: its 5 without need are the small cell, c's 15 the smallest other
+    assert need_suppressed(["a", "b", "c"], counts, [35, 20, 25]) == ("a", "c")
+    assert need_suppressed(["a", "b", "c"], counts, [11, 20, 25]) == ()   # 11 is published
+    assert need_suppressed(["a", "b", "c"], counts, [11, 20, 29]) == ()   # 11 without need too
+    # an empty cell holds no member (need for everyone, or for no one in a group)
+    assert need_suppressed(["a", "b", "c"], counts, [40, 40, 40]) == ()
+    assert need_suppressed(["a", "b", "c"], counts, [0, 20, 25]) == ()
+    # a lower min_cell (an analyst's own run)
+    assert need_suppressed(["a", "b", "c"], counts, [3, 20, 25], min_cell=3) == ()
+
+
+@pytest.mark.parametrize("level", ["step", "episode"])
+def test_need_cells_under_11_hide_proportional_parity(level) -> None:
+    """A group with 3 episodes with need published a proportional parity of 4.08 [0, 6.2] on a
+    care panel (the reviewer's finding): with the rates and the need total it gives the 3 back.
+    It is suppressed, its interval too, and so is the smallest other need cell's group."""
+    ds = _need_panel([3, 20, 25])
+    with pytest.warns(SmallCellWarning, match=re.escape(
+            "Proportional parity is not published for 2 group(s) (a, b): a group's count of "
+            "episodes with need, or without need, under 11")):
+        f = allocation_rates(ds, action=HOME, group="g", level=level, n_boot=30,
+                             random_state=0)
+    assert f.suppressed == () and f.pp_suppressed == ("a", "b")
+    d = f.to_dict()
+    assert d["proportional_parity"]["a"] == {"suppressed": True}
+    assert d["proportional_parity"]["b"] == {"suppressed": True}
+    assert set(d["proportional_parity"]["c"]) == {"value", "ci"}
+    assert d["rate"]["a"]["value"] is not None       # the allocation itself is published
+    pp = f.proportional_parity()
+    assert pp[["a", "b"]].isna().all() and np.isfinite(pp["c"])
+    assert f.proportional_parity_ci().loc[["a", "b"]].isna().all().all()
+    assert f.pp_reps is not None and np.isnan(f.pp_reps[:, :2]).all()
+    assert f.to_frame()["proportional_parity"][["a", "b"]].isna().all()
+    # c's number is unchanged: its shares over every group's allocation and need
+    with pytest.warns(SmallCellWarning):
+        lower = allocation_rates(ds, action=HOME, group="g", level=level, n_boot=0,
+                                 min_cell=3)
+    assert lower.pp_suppressed == ()
+    assert pp["c"] == pytest.approx(lower.proportional_parity()["c"], rel=1e-12)
+
+
+def test_need_cells_of_11_or_more_publish_proportional_parity() -> None:
+    import warnings
+
+    ds = _need_panel([11, 20, 29])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        f = allocation_rates(ds, action=HOME, group="g", n_boot=0)
+    assert f.pp_suppressed == ()
+    assert np.isfinite(f.proportional_parity()).all()

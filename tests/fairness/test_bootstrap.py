@@ -25,6 +25,8 @@ def test_intervals_contain_their_estimate_when_the_replicates_sit_above_it() -> 
     assert np.isnan(bootstrap_ci(np.full((5, 1), np.nan), np.array([0.1]))).all()
 
 
+@pytest.mark.filterwarnings(  # its small care panel's need cells
+    "ignore:Proportional parity is not published:equicare.exceptions.SmallCellWarning")
 def test_audit_intervals_contain_every_estimate() -> None:
     from equicare.fairness import audit
     from equicare.sim.care import CareManagementSim

@@ -58,11 +58,22 @@ def _assert_same(a, b):
 
     The weight diagnostics (ESS overall and by group) and the support check included: exact
     sums, except the per-episode support shares' median and p90, which the streamed audit takes
-    from a histogram (within half a bin).
+    from a histogram (within half a bin). Each policy's ``q_model``: the same ``chosen`` and
+    ``replaced``, and the same score for every candidate both consider (streamed ``auto``
+    considers those that stream; an in-memory audit given ``auto``'s choice by name has none).
     """
     from equicare.ope._stream_support import HIST_WIDTH
 
     ref, got = _flatten(a), _flatten(b)
+    q_keys = {k for k in (*ref, *got) if "/q_model/" in k}
+    for k in q_keys:
+        if "/q_model/candidates/" in k:
+            if k in ref and k in got:
+                assert got[k] == pytest.approx(ref[k], rel=1e-9), k
+        elif "/q_model/skipped/" not in k:
+            assert got.get(k) == ref.get(k), k
+        ref.pop(k, None)
+        got.pop(k, None)
     assert ref.keys() == got.keys()
     for k, v in ref.items():
         if k.endswith(("per_episode_pct/median", "per_episode_pct/p90",
@@ -241,6 +252,12 @@ def test_streamed_audit_fits_the_q_model_with_the_in_memory_audits_seed(panel, m
     # the candidates both consider (streamed auto: those that stream) score the same
     assert set(st_scores) == {"linear", "tabular_stationary"} <= set(mem_scores)
     assert st_scores == pytest.approx({k: mem_scores[k] for k in st_scores}, rel=1e-9)
+    # and the audits say so: each policy's q_model, auto's choice and the candidates' scores
+    mem_q, st_q = (r.to_dict()["policies"]["risk"]["q_model"] for r in (ref, got))
+    assert mem_q["chosen"] == st_q["chosen"] == "tabular_stationary"
+    assert st_q["candidates"] == pytest.approx(st_scores, rel=1e-12)
+    assert mem_q["candidates"] == pytest.approx(mem_scores, rel=1e-12)
+    assert "replaced" not in mem_q and "replaced" not in st_q
     # here the in-memory auto also keeps the stationary table: the same audit
     _assert_same(ref.to_dict(), got.to_dict())
 
@@ -403,6 +420,10 @@ def test_streamed_audit_with_auto_replaces_the_stationary_table_as_in_memory(cen
     _assert_same(ref, got)
     c = got["policies"]["tgt"]["diagnostics"]["censoring"]
     assert c["switched_to_window"] and c["warning"] and c["difference_pct"] < -4
+    for res in (ref, got):  # the q_model entry says which table valued the policy, and why
+        q = res["policies"]["tgt"]["q_model"]
+        assert (q["chosen"], q["replaced"]) == ("tabular_window", "tabular_stationary")
+        assert q["candidates"]["tabular_stationary"] is not None
     assert not ref_w and not got_w and not [m for m in got["warnings"] if "censored" in m]
     (win, _), _ = _censored_both(censored, "dr", "tabular_window")
     for k in ("value", "value_by_group"):
@@ -467,3 +488,32 @@ def test_streamed_audit_on_a_cut_garnet_panel_equals_in_memory(tmp_path, q_model
     c = got["policies"]["soft"]["diagnostics"].get("censoring")
     assert (c is None) == (q_model == "tabular_window")
     assert c is None or (not c["warning"] and c["censored_episodes_pct"] > 30)
+
+
+def test_streamed_audit_hides_proportional_parity_of_small_need_cells_as_in_memory(
+        panel, tmp_path):
+    """The streamed sums carry each group's count of episodes with need: a group with 3 of
+    them has no proportional parity, and the smallest other need cell's group neither, as in
+    memory (the care panel published 4.08 [0, 6.2] for 3 Hispanic members with need)."""
+    from equicare.exceptions import SmallCellWarning
+
+    path, man, _ = panel
+    frame = pd.read_parquet(path)
+    first = frame[frame["race"] == "a"].groupby("member_id").size().index[:3]
+    frame["high_need"] = np.where(frame["race"] == "a", frame["member_id"].isin(first), 1)
+    frame.loc[(frame["race"] == "b") & (frame["member_id"].str[-1] < "5"), "high_need"] = 0
+    small = tmp_path / "small_need.parquet"
+    frame.to_parquet(small, index=False, row_group_size=50)
+    ds = load_dataset(small, man, emit_warnings=False)
+    cfg = FairnessAudit(group="race", action="modality=home_visit", n_boot=40,
+                        n_permutations=0, estimator=None)
+    w = poisson_weights(episode_keys(ds.episode_ids), 40, seed=3)
+    msg = "Proportional parity is not published for 2 group(s) (a, b)"
+    with pytest.warns(SmallCellWarning, match=re.escape(msg)):
+        ref = cfg.run(ds, weights=w, random_state=3)
+    with pytest.warns(SmallCellWarning, match=re.escape(msg)):
+        got = audit_stream(small, manifest=man, config=cfg, chunk_rows=7, random_state=3)
+    assert got["behavior"].allocation.pp_suppressed == ("a", "b")
+    pp = got.to_dict()["policies"]["behavior"]["proportional_parity"]
+    assert pp["a"] == pp["b"] == {"suppressed": True} and pp["c"]["value"] > 0
+    _assert_same(ref.to_dict(), got.to_dict())

@@ -135,3 +135,33 @@ def test_frontier_with_a_single_published_group_fails_before_training(panel) -> 
     with pytest.raises(EquicareError, match=re.escape(
             "group 'sex': only 1 group can be published (f); a parity audit needs at least 2.")):
         frontier(one, "bc", lambdas=[0.0], group="sex", config={"n_steps": 5}, n_boot=0)
+
+
+def test_frontier_warns_once_about_censored_stays() -> None:
+    """A stationary table named on a censored panel (tests/ope/test_censoring.py's, about 18% of
+    the stays cut at 10 steps): each point's audit made the censoring check and warned, so the
+    frontier printed the same warning once per weight. Now the caller warns once, naming the
+    weights, and every point's audit keeps the check in its diagnostics."""
+    import warnings
+
+    from equicare.exceptions import DataWarning
+    from equicare.fairness import frontier
+
+    from ..ope.test_censoring import panel as censored_panel
+
+    ds = censored_panel(600, 10, seed=4)
+    kw = {"action": "action=1", "group": "g", "config": {"n_steps": 20}, "estimator": "fqe",
+          "n_boot": 0, "random_state": 0}
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        res = frontier(ds, "bc", lambdas=[0, 5], q_model="tabular_stationary", **kw)
+    said = [str(w.message) for w in got
+            if issubclass(w.category, DataWarning) and "censored" in str(w.message)]
+    assert len(said) == 1, said
+    assert said[0].startswith("frontier: the stationary tabular Q-model's censoring check fired "
+                              "at 2 of 2 weights (lambda = 0, 5;")
+    assert "Prefer --q-model tabular_window" in said[0]
+    for a in res.audits:
+        c = a["policy"].diagnostics.censoring
+        assert c is not None and c.warn and not c.switched
+        assert any("censored" in m for m in a.warnings)

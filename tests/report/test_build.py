@@ -60,6 +60,22 @@ def test_audit_group_cells_suppressed_by_complement_are_not_labelled_under_11():
     assert "<11" not in shown.to_string()
 
 
+def test_audit_group_proportional_parity_withheld_for_a_small_need_cell_reads_suppressed():
+    """a is published but has too few episodes with need: its proportional parity is not shown
+    (it was a blank, as if need were unknown), its rate is."""
+    from equicare.report._build import audit_group_frame
+
+    sup = {"suppressed": True}
+    pol = {"rate": {"a": {"value": 0.2, "n_episodes": 30}, "b": {"value": 0.3, "n_episodes": 40},
+                    "c": sup},
+           "proportional_parity": {"a": sup, "b": {"value": 1.1, "ci": [0.9, 1.3]}, "c": sup}}
+    shown = audit_group_frame(pol).set_index("group")
+    assert shown.loc["a", "proportional_parity"] == "suppressed"
+    assert shown.loc["b", "proportional_parity"] == 1.1
+    assert shown.loc["a", "rate"] == 0.2
+    assert shown.loc["c", "proportional_parity"] != shown.loc["c", "proportional_parity"]  # NaN
+
+
 def test_sensitivity_table_is_median_of_draws_and_says_which_are_degenerate(tmp_path):
     """An exploding noise draw neither drags the shown value nor passes silently: the table
     shows medians, counts the flagged draws and the section opens with a caveat."""

@@ -40,7 +40,7 @@ from equicare.cli._utils import (
 from equicare.fairness._rows import action_label
 
 __all__ = ["parse_policy_specs", "load_policies", "run_audit", "run_frontier", "audit_tables",
-           "diagnostics_lines", "frontier_table", "register"]
+           "diagnostics_lines", "q_model_line", "frontier_table", "register"]
 
 OUT_EXISTS = "{path} exists; refusing to overwrite it (pass --force to replace it)."
 
@@ -247,8 +247,9 @@ def diagnostics_lines(res: AuditResult) -> list[str]:
 
     One ``ESS`` line per policy with diagnostics (overall and by group, the ESS its estimator's
     weights have), a ``Support`` line when some of its mass is on actions current practice
-    (almost) never takes, and a ``Q-model`` line when ``--q-model auto`` used the window table
-    in place of the stationary one (censored stays, as ``evaluate`` says).
+    (almost) never takes, and a ``Q-model`` line per policy valued with a Q-model: the one
+    fitted, with ``--q-model auto`` the candidates' scores, and when ``auto`` used the window
+    table in place of the stationary one why (censored stays, as ``evaluate`` says).
     """
     lines = []
     for name, pa in res.policies.items():
@@ -264,9 +265,29 @@ def diagnostics_lines(res: AuditResult) -> list[str]:
         if d.support is not None and d.support.share_pct > 0:
             lines.append(f"Support of {name}: {d.support.share_pct:.2f}% of its mass on actions "
                          "current practice (almost) never takes")
-        if d.censoring is not None and d.censoring.switched:
-            lines.append(f"Q-model of {name}: {d.censoring.switch_note()}")
+        if pa.q_model is not None:
+            lines.append(q_model_line(name, pa.q_model, d.censoring))
     return lines
+
+
+def q_model_line(name: str, entry: dict[str, Any], censoring: Any = None) -> str:
+    """The audit's line about the Q-model of a policy (its JSON ``q_model`` entry).
+
+    ``Q-model of NAME: linear``; with ``auto`` ``..., chosen by auto (scores, lower is better:
+    linear 0.0143, tabular_stationary 0.0148)``; when ``auto``'s censoring check replaced the
+    stationary table, the check's note (``tabular_stationary replaced by tabular_window: ...``)
+    in place of the name.
+    """
+    switched = censoring is not None and censoring.switched
+    line = f"Q-model of {name}: " + (censoring.switch_note() if switched
+                                     else str(entry.get("chosen")))
+    cand = entry.get("candidates")
+    if cand:
+        scores = ", ".join(f"{k} {'n/a' if v is None else f'{v:.3g}'}"
+                           for k, v in cand.items())
+        line += (f"; auto's scores (lower is better): {scores}" if switched
+                 else f", chosen by auto (scores, lower is better: {scores})")
+    return line
 
 
 def run_frontier(
@@ -429,6 +450,12 @@ def register(app: typer.Typer) -> None:
             from equicare.privacy import small_cells_message
 
             console.print(small_cells_message(list(res.suppressed), min_cell), highlight=False,
+                          markup=False, soft_wrap=True)
+        pp_hidden = next(iter(res.policies.values())).allocation.pp_suppressed
+        if pp_hidden:  # proportional parity is not in the tables: say it is not published
+            from equicare.fairness._allocation import need_cells_message
+
+            console.print(need_cells_message(pp_hidden, min_cell), highlight=False,
                           markup=False, soft_wrap=True)
         if out is not None:
             console.print(f"Wrote {escape(str(out))}", highlight=False)

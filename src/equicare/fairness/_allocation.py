@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -11,7 +12,7 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
-from equicare.exceptions import InvalidParameterError
+from equicare.exceptions import InvalidParameterError, SmallCellWarning
 from equicare.fairness._bootstrap import (
     CIMethod,
     bootstrap_ci,
@@ -34,11 +35,11 @@ from equicare.fairness._rows import (
     row_allocation,
 )
 from equicare.policy import Policy
-from equicare.privacy import warn_low_min_cell
+from equicare.privacy import suppress_counts, warn_low_min_cell
 from equicare.utils import MIN_CELL, PARAM_MESSAGE, RandomState, check_dataset, check_param
 
 __all__ = ["AllocationFrame", "allocation_rates", "level_rates", "group_sums", "build_frames",
-           "level_table"]
+           "level_table", "need_suppressed", "need_cells_message", "MSG_NEED_CELLS"]
 
 Method = Literal["between_groups", "to_overall"]
 
@@ -117,6 +118,63 @@ def _check_method(method: str, owner: str) -> Method:
     return method  # type: ignore[return-value]
 
 
+#: Why the proportional parity of some published groups is not published (tests match it).
+MSG_NEED_CELLS = ("Proportional parity is not published for {n} group(s) ({shown}): a "
+                  "group's count of episodes with need, or without need, under {min_cell} could "
+                  "be worked out from it, and so could such a count of another group by "
+                  "difference from the need total (complementary suppression).")
+
+
+def need_suppressed(labels: Sequence[str], counts: Any, need_counts: Any,
+                    min_cell: int = MIN_CELL) -> tuple[str, ...]:
+    """Published groups whose proportional parity (and its interval) must not be published.
+
+    A group's proportional parity is its allocation share over its need share, so with the
+    published rates and the panel's need total it gives back the group's count of episodes
+    with need, and from its published episode count the count without need: its whole row of
+    the table ``group x {with need, without need}``. Each column of that table (the groups'
+    counts with need, whose total is the panel's need count; without need likewise) is
+    protected as any published table of groups (:func:`equicare.privacy.suppress_counts`):
+    counts of 1 to ``min_cell - 1`` episodes, then the smallest other groups of the column
+    until the suppressed ones hold ``min_cell`` together, so no total minus the published
+    groups reveals a small count. A group suppressed in either column has no proportional
+    parity (its row is hidden whole, which only adds to each column's suppressed union). An
+    empty cell (no episode with need, or every episode with need) holds no member and is not
+    suppressed, as everywhere in :mod:`equicare.privacy`.
+
+    Parameters
+    ----------
+    labels : sequence of str
+        Published groups.
+    counts : array-like of shape (n_groups,), int
+        Audited episodes per group.
+    need_counts : array-like of shape (n_groups,)
+        Episodes with need (need total above 0) per group (rounded to int).
+    min_cell : int
+
+    Returns
+    -------
+    tuple of str
+        The groups whose proportional parity is suppressed, in ``labels`` order.
+    """
+    n = np.asarray(counts, dtype=np.int64).ravel()
+    k = np.clip(np.rint(np.asarray(need_counts, dtype=np.float64)).astype(np.int64).ravel(),
+                0, n)
+    hidden: set[str] = set()
+    for column in (k, n - k):  # with need, without need
+        shown = suppress_counts(dict(zip(map(str, labels), map(int, column), strict=True)),
+                                int(min_cell))
+        hidden |= {g for g, v in shown.items() if v is None}
+    return tuple(str(g) for g in labels if str(g) in hidden)
+
+
+def need_cells_message(groups: Sequence[str], min_cell: int = MIN_CELL) -> str:
+    """:data:`MSG_NEED_CELLS` for the groups of :func:`need_suppressed` (no count named)."""
+    shown = ", ".join(groups[:10]) + (f" and {len(groups) - 10} more" if len(groups) > 10
+                                      else "")
+    return MSG_NEED_CELLS.format(n=len(groups), shown=shown, min_cell=min_cell)
+
+
 @dataclass(frozen=True, eq=False)
 class AllocationFrame:
     """Allocation rate of one action set by group, for one policy, with bootstrap intervals.
@@ -164,6 +222,11 @@ class AllocationFrame:
     small : tuple of str
         The labels of :attr:`suppressed` with fewer than ``min_cell`` episodes; the others are
         suppressed so that these cannot be recovered by difference (complementary suppression).
+    pp_suppressed : tuple of str
+        Published groups whose proportional parity is not published (NaN in :attr:`pp` and
+        :attr:`pp_reps`, ``{"suppressed": true}`` in :meth:`to_dict`): their count of episodes
+        with need, or without need, is under ``min_cell``, or would reveal such a count by
+        difference (:func:`need_suppressed`).
     """
 
     policy: str
@@ -188,6 +251,7 @@ class AllocationFrame:
     episode_labels: NDArray[np.str_] | None = None
     min_cell: int = MIN_CELL
     small: tuple[str, ...] = ()
+    pp_suppressed: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ helpers
     def _ci(self, reps: NDArray[np.float64] | None, estimate: Any,
@@ -298,7 +362,10 @@ class AllocationFrame:
         return self.pp is not None
 
     def proportional_parity(self) -> pd.Series:
-        """Share of the allocation / share of need per group (1.0 = proportional to need)."""
+        """Share of the allocation / share of need per group (1.0 = proportional to need).
+
+        NaN for the groups of :attr:`pp_suppressed` (too few episodes with or without need).
+        """
         if self.pp is None:
             raise InvalidParameterError(
                 "Proportional parity needs clinical need: give the manifest a need "
@@ -365,7 +432,8 @@ class AllocationFrame:
             pp_ci = (self.proportional_parity_ci().to_numpy().T
                      if (has_ci and self.pp_reps is not None) else None)
             pp: dict[str, Any] = {
-                g: entry(self.pp[i], None if pp_ci is None else pp_ci[:, i])
+                g: (dict(SUPPRESSED) if g in self.pp_suppressed
+                    else entry(self.pp[i], None if pp_ci is None else pp_ci[:, i]))
                 for i, g in enumerate(self.groups)}
             for g in self.suppressed:
                 pp[g] = dict(SUPPRESSED)
@@ -403,7 +471,10 @@ def build_frames(names: Sequence[str], num: NDArray[np.float64], den: NDArray[np
     den : ndarray of shape (n_episodes,)
         Episode denominators (rows, or 1 for episode-level rates).
     need : ndarray of shape (n_episodes,), optional
-        Episode need totals on the same level as ``num``.
+        Episode need totals on the same level as ``num``. A group's proportional parity is
+        suppressed when its count of episodes with need (total above 0), or without, is under
+        ``gi.min_cell`` or would reveal such a count by difference (:func:`need_suppressed`;
+        a :class:`~equicare.exceptions.SmallCellWarning` says which groups).
     gi : GroupIndex
     weights : ndarray of shape (n_boot, n_episodes), optional
         Bootstrap replicate weights; ``None`` skips intervals.
@@ -414,9 +485,10 @@ def build_frames(names: Sequence[str], num: NDArray[np.float64], den: NDArray[np
     random_state : int, Generator or None
         For the permutations.
     sums : (point, replicates), optional
-        Group sums of ``[num, den]`` or ``[num, den, need]`` already computed (``group_sums``'
-        output, e.g. added up over the chunks of a streamed panel); ``weights`` and ``need`` are
-        then ignored: the need column is there when the sums have it.
+        Group sums of ``[num, den]`` or ``[num, den, need, need > 0]`` already computed
+        (``group_sums``' output, e.g. added up over the chunks of a streamed panel); ``weights``
+        and ``need`` are then ignored: the need columns (the need totals and the count of
+        episodes with need) are there when the sums have them.
 
     Returns
     -------
@@ -427,11 +499,20 @@ def build_frames(names: Sequence[str], num: NDArray[np.float64], den: NDArray[np
     if len(names) != k:
         raise InvalidParameterError(f"{len(names)} names for {k} policies.")
     if sums is None:
-        cols = [num, den[:, None]] + ([need[:, None]] if need is not None else [])
+        cols = [num, den[:, None]]
+        if need is not None:
+            cols += [need[:, None], (need > 0)[:, None].astype(np.float64)]
         point, reps = group_sums(gi.one_hot(), np.concatenate(cols, axis=1), weights)
     else:
         point, reps = sums
-    has_need = point.shape[-1] == k + 2
+    has_need = point.shape[-1] == k + 3
+    pp_hidden: tuple[str, ...] = ()
+    if has_need:
+        pp_hidden = need_suppressed(gi.labels, gi.counts, point[:, k + 2], gi.min_cell)
+        if pp_hidden:
+            warnings.warn(need_cells_message(pp_hidden, gi.min_cell), SmallCellWarning,
+                          stacklevel=3)
+    hide = np.isin(np.asarray(gi.labels, dtype=str), np.asarray(pp_hidden, dtype=str))
 
     def stats(s: NDArray[np.float64]) -> dict[str, NDArray[np.float64]]:
         # s: (..., G, K + 1 [+ 1]) group sums
@@ -441,8 +522,8 @@ def build_frames(names: Sequence[str], num: NDArray[np.float64], den: NDArray[np
                    "overall": a.sum(axis=-2) / d.sum(axis=-2)}
             if has_need:
                 n = s[..., k + 1:k + 2]
-                out["pp"] = (a / a.sum(axis=-2, keepdims=True)) / (n / n.sum(axis=-2,
-                                                                               keepdims=True))
+                pp = (a / a.sum(axis=-2, keepdims=True)) / (n / n.sum(axis=-2, keepdims=True))
+                out["pp"] = np.where(hide[:, None], np.nan, pp)  # a small need cell: not shown
         return out
 
     sp = stats(point)
@@ -466,7 +547,7 @@ def build_frames(names: Sequence[str], num: NDArray[np.float64], den: NDArray[np
             n_permutations=int(n_permutations) if p_values is not None else 0, alpha=alpha,
             ci_method=ci_method,
             episode_num=num[kept, j], episode_den=den[kept], episode_labels=ep_labels,
-            min_cell=gi.min_cell, small=gi.small)
+            min_cell=gi.min_cell, small=gi.small, pp_suppressed=pp_hidden)
     return frames
 
 

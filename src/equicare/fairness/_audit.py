@@ -56,25 +56,64 @@ BEHAVIOR = "behavior"
 ESTIMATORS = ("is", "wis", "pdis", "wpdis", "dr", "wdr", "fqe")
 
 
+def q_model_entry(selection: Any, name: str | None) -> dict[str, Any]:
+    """The audit's ``q_model`` entry of a policy valued with a Q-model (``fqe``, ``dr``, ``wdr``).
+
+    ``{"chosen": ...}``, and with ``q_model="auto"`` (a
+    :class:`~equicare.ope._select.QSelection`) the candidates' scores (``evaluate``'s
+    ``q_model["candidates"]``: cross-fitted squared value bias plus its variance, lower is
+    better; None for a candidate not cross-fitted), ``"skipped"`` (why a candidate was not
+    fitted, when one was not) and, when the censoring check replaced the
+    stationary table by the window table, ``"replaced": "tabular_stationary"`` (the criterion's
+    choice).
+
+    Parameters
+    ----------
+    selection : QSelection or None
+        ``auto``'s choice (in memory ``Prepared.q_selection``; streamed the choice on the sample,
+        with the censoring check's replacement).
+    name : str or None
+        The Q-model fitted, as named (``Prepared.q_name``), when there was no choice.
+    """
+    if selection is None:
+        return {"chosen": name}
+
+    def num(v: Any) -> float | None:
+        return None if v is None or not np.isfinite(v) else float(v)
+
+    out: dict[str, Any] = {"chosen": selection.chosen,
+                           "candidates": {k: num(v) for k, v in selection.candidates.items()}}
+    if selection.skipped:
+        out["skipped"] = dict(selection.skipped)
+    if selection.replaced:
+        out["replaced"] = selection.replaced
+    return out
+
+
 @dataclass(frozen=True, eq=False)
 class PolicyAudit:
     """Audit of one policy: its allocation frame, outcome frame and weight diagnostics.
 
     ``diagnostics`` (:class:`~equicare.fairness.WeightDiagnostics`): the ESS of the importance
-    weights overall and by group and the support check of the policy's group values (in-memory
-    audits of a policy with an estimator; None for the behaviour and streamed audits).
+    weights overall and by group and the support check of the policy's group values (audits of
+    a policy with an estimator; None for the behaviour). ``q_model``: which Q-model valued the
+    policy with ``fqe``, ``dr`` or ``wdr`` (:func:`q_model_entry`; ``auto``'s choice and its
+    candidates' scores), else None.
     """
 
     name: str
     allocation: AllocationFrame
     outcome: OutcomeFrame | None = None
     diagnostics: WeightDiagnostics | None = None
+    q_model: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """Contract-7 entry of this policy (plus ``diagnostics`` when there are any)."""
+        """Contract-7 entry of this policy (plus ``q_model`` and ``diagnostics`` if any)."""
         out = self.allocation.to_dict()
         if self.outcome is not None:
             out.update(self.outcome.to_dict())
+        if self.q_model is not None:
+            out["q_model"] = dict(self.q_model)
         if self.diagnostics is not None:
             out["diagnostics"] = self.diagnostics.to_dict()
         return out
@@ -419,6 +458,7 @@ class FairnessAudit:
                               n_permutations=self.n_permutations, random_state=rng)
         outcomes: dict[str, OutcomeFrame | None] = dict.fromkeys(names)
         diags: dict[str, WeightDiagnostics | None] = dict.fromkeys(names)
+        q_models: dict[str, dict[str, Any] | None] = dict.fromkeys(names)
         if estimator is not None:
             returns = dataset.returns(discount=True)[:, None]
             outcomes[BEHAVIOR] = _outcome_frame(BEHAVIOR, "on_policy", returns, _mean_combine,
@@ -431,32 +471,35 @@ class FairnessAudit:
                 seeds[:] = evaluate_seeds(int(random_state))[0]
             support = _Support(dataset, gi, self.estimator or "")
             for seed, name in zip(seeds, pols, strict=True):
-                outcomes[name], diags[name] = self._policy_outcome(
+                outcomes[name], diags[name], q_models[name] = self._policy_outcome(
                     dataset, name, pols[name], p_logged[name], gi, w, int(seed), support)
         levels = None
         if self.with_level_rates:
             levels = level_table(names, np.stack(lnums), den, gi, level_names)
         return AuditResult(group=gname, action=spec, n_episodes=gi.n_kept,
-                           policies={k: PolicyAudit(k, frames[k], outcomes[k], diags[k])
+                           policies={k: PolicyAudit(k, frames[k], outcomes[k], diags[k],
+                                                    q_models[k])
                                      for k in names},
                            settings=self.to_dict(), level_rates=levels)
 
     def _policy_outcome(self, dataset: TrajectoryDataset, name: str,
                         policy: Policy | NDArray[np.float64], p_logged: NDArray[np.float64],
                         gi: GroupIndex, weights: NDArray[np.float64] | None, seed: int,
-                        support: _Support) -> tuple[OutcomeFrame, WeightDiagnostics]:
+                        support: _Support
+                        ) -> tuple[OutcomeFrame, WeightDiagnostics, dict[str, Any] | None]:
         """Group values of one policy from the OPE engine's per-episode parts, and diagnostics.
 
         The diagnostics: :func:`~equicare.fairness.weight_diagnostics` (ESS overall and by
         group, the support check, and with a stationary tabular Q-model on censored stays
-        ``evaluate``'s censoring check).
+        ``evaluate``'s censoring check). Last, the :func:`q_model_entry` of ``fqe``, ``dr``
+        and ``wdr`` (else None).
         """
         from equicare.ope import OPEInputs, combine, episode_parts, prepare
         from equicare.ope._core import undefined_estimates
 
         key = self.estimator
         assert key is not None
-        shift = censoring = None
+        shift = censoring = q_entry = None
         b = dataset.behavior_prob
         if (key in ("is", "wis", "pdis", "wpdis") and b is not None
                 and bool(np.all(np.isfinite(b) & (b > 0) & (b <= 1 + 1e-9)))):
@@ -475,6 +518,7 @@ class FairnessAudit:
                 # evaluate's censoring check of a stationary table (auto's switch made in
                 # prepare): a named table's warning, in the diagnostics
                 censoring = prep.censoring_report(dataset)
+                q_entry = q_model_entry(prep.q_selection, prep.q_name)
                 if prep.q_linearised and weights is not None:
                     shift = refit_shift(prep, key, gi, weights, self.truncate)
             report = (support.logged(prep.target_probs, seed) if prep.behavior_model is None
@@ -496,7 +540,7 @@ class FairnessAudit:
             frame = hide_low_ess(frame, dict(zip(gi.labels, WeightSums.by_group(
                 inputs, member, self.truncate), strict=True)), gi.min_cell)
         return frame, weight_diagnostics(name, key, inputs, gi, report, truncate=self.truncate,
-                                         censoring=censoring)
+                                         censoring=censoring), q_entry
 
 
 class _Support:

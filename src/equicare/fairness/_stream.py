@@ -19,6 +19,7 @@ place when the check warns, as in memory (:func:`~equicare.ope._stream_q.fit_q_c
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from equicare.fairness._audit import (
     _mean_combine,
     _outcome_frame,
     hide_low_ess,
+    q_model_entry,
 )
 from equicare.fairness._bootstrap import split_random_state
 from equicare.fairness._groups import GroupIndex, group_index, require_comparison
@@ -294,8 +296,9 @@ def _add_chunk(part: _Partial, ds: TrajectoryDataset, ctx: _Context) -> None:
         p_logged[name] = pl
     nr = need_rows(ds, cfg.need)
     block = [np.stack(nums, axis=1), den[:, None]]
-    if nr is not None:
-        block.append(episode_totals(ds, nr, cfg.level)[0][:, None])
+    if nr is not None:  # the need totals and whether each episode has need (for suppression)
+        need_ep = episode_totals(ds, nr, cfg.level)[0]
+        block += [need_ep[:, None], (need_ep > 0)[:, None].astype(np.float64)]
     part.alloc.add(h, np.concatenate(block, axis=1), w)
     part.ep_num.append(np.stack(nums, axis=1))
     part.ep_den.append(den)
@@ -464,6 +467,7 @@ def audit_stream(
         q_fits: dict[str, Any] = {}
         q_refit: dict[str, NDArray[np.float64]] = {}
         censoring: dict[str, Any] = {}  # each policy's censoring check (stationary table)
+        q_models: dict[str, Any] = {}  # each policy's q_model entry (auto's choice)
         src: Any = None
         behavior: Any = None
         counted: dict[str, Any] = {}
@@ -492,6 +496,7 @@ def audit_stream(
             # model's stability check or the stationary table's censoring check), then applied
             # chunk by chunk below
             from equicare.ope._evaluate import nuisance_seed
+            from equicare.ope._prepare import q_model_name
             from equicare.ope._stream_q import (
                 GroupCodes,
                 fit_q_checked,
@@ -505,20 +510,24 @@ def audit_stream(
             codes = (GroupCodes(codes=memb.partitions, n_groups=len(memb.published) + 1,
                                 keys=(q_key,)) if cfg.n_boot > 0 else None)
 
-            def q_fit(pol: Any) -> Any:
+            def q_fit(pol: Any) -> tuple[Any, Any, dict[str, Any]]:
                 # auto: per policy, chosen on a sample of episodes, and the window table in
                 # place of the stationary one when censored stays bias it (as in memory)
                 qcfg, sel, _ = resolve_stream_q(src, pol, cfg.q_model, keys=[q_key],
                                                 sample_rows=SAMPLE_ROWS, seed=seed,
                                                 model_seed=fit_seed)
                 # each group's refit pieces ride on the fit's pass 1
-                return fit_q_checked(src, pol, cfg=qcfg, keys=(q_key,),
-                                     truncate=cfg.truncate, groups=codes,
-                                     switch=sel is not None)
+                fit, check = fit_q_checked(src, pol, cfg=qcfg, keys=(q_key,),
+                                           truncate=cfg.truncate, groups=codes,
+                                           switch=sel is not None)
+                if sel is not None and check is not None and check.switched:
+                    sel = dataclasses.replace(sel, chosen="tabular_window",
+                                              replaced=sel.chosen, group_bias={})
+                return fit, check, q_model_entry(sel, q_model_name(fit.design.cfg))
 
             fits = {}
             for name, pol in pols.items():
-                fits[name], censoring[name] = q_fit(pol)
+                fits[name], censoring[name], q_models[name] = q_fit(pol)
             q_fits = {name: f.applier() for name, f in fits.items()}
             if codes is not None:  # each group's refit direction
                 for name, f in fits.items():
@@ -602,7 +611,8 @@ def audit_stream(
         levels = level_table(names, np.concatenate(part.ep_lnum, axis=1), den_all, gi,
                              part.level_names)
     return AuditResult(group=gname, action=spec, n_episodes=gi.n_kept,
-                       policies={k: PolicyAudit(k, frames[k], outcomes[k], diags[k])
+                       policies={k: PolicyAudit(k, frames[k], outcomes[k], diags[k],
+                                                q_models.get(k))
                                  for k in names},
                        settings=cfg.to_dict(), level_rates=levels)
 

@@ -15,9 +15,15 @@ import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 
 from equicare.data import TrajectoryDataset
-from equicare.exceptions import InvalidParameterError, SmallCellWarning, SupportWarning
+from equicare.exceptions import (
+    DataWarning,
+    InvalidParameterError,
+    SmallCellWarning,
+    SupportWarning,
+)
 from equicare.fairness._audit import BEHAVIOR, AuditResult, FairnessAudit
 from equicare.fairness._bootstrap import bootstrap_weights, split_random_state
+from equicare.fairness._diagnostics import CENSORING_WARNING
 from equicare.fairness._groups import dataset_group_index, require_comparison
 from equicare.pipeline._executor import torch_threads
 from equicare.utils import (
@@ -36,6 +42,11 @@ _LEARNERS = {"bc": "BC", "awr": "AWR", "cql": "CQL"}
 #: Columns of :attr:`FrontierResult.table`.
 COLUMNS = ("lambda", "value", "value_lower", "value_upper", "gap_pp", "gap_lower", "gap_upper",
            "worst_group_value", "worst_lower", "worst_upper", "worst_group", "pareto")
+#: The frontier's one warning when the censoring check of a stationary table fires at some
+#: points (each point's audit keeps the check in its diagnostics).
+MSG_CENSORING = ("frontier: the stationary tabular Q-model's censoring check fired at {k} of {n} "
+                 "weights (lambda = {lams}; each point's audit has the check in "
+                 "diagnostics.censoring). At lambda = {first}: {message}")
 
 
 def pareto_mask(value: ArrayLike, gap: ArrayLike, worst: ArrayLike) -> NDArray[np.bool_]:
@@ -191,8 +202,10 @@ def _run_point(task: _Task) -> AuditResult:
         cfg = FairnessAudit.from_dict(task.audit)
         with warnings.catch_warnings():  # the caller warned once about suppressed groups
             warnings.simplefilter("ignore", SmallCellWarning)
-            # the weights and support of each point's values: in its audit's diagnostics
+            # the weights and support of each point's values, and a stationary table's censoring
+            # check: in its audit's diagnostics (the caller warns once about censoring)
             warnings.simplefilter("ignore", SupportWarning)
+            warnings.filterwarnings("ignore", CENSORING_WARNING, DataWarning)
             return cfg.run(task.eval, {"policy": learner}, weights=task.weights,
                            random_state=task.seed)
 
@@ -354,6 +367,7 @@ def frontier(
         for res_point in results:
             audits.append(res_point)
             bar.update(advance=1)
+    _warn_censoring(lams, audits)
     rows = []
     for lam, res in zip(lams, audits, strict=True):
         rows.append(_row(res, "policy", lam))
@@ -365,6 +379,23 @@ def frontier(
                           group=audits[0].group, estimator=estimator, table=table,
                           behavior=behavior, audits=audits, n_train_episodes=train.n_episodes,
                           n_eval_episodes=evald.n_episodes)
+
+
+def _warn_censoring(lams: Sequence[float], audits: Sequence[AuditResult]) -> None:
+    """One ``DataWarning`` when a named stationary table's censoring check fired at any point.
+
+    The points' audits silence it (it would print once per weight); their diagnostics keep it.
+    """
+    fired = []
+    for lam, res in zip(lams, audits, strict=True):
+        d = res.policies["policy"].diagnostics
+        c = None if d is None else d.censoring
+        if c is not None and c.warn and not c.switched:
+            fired.append((lam, c))
+    if fired:
+        warnings.warn(MSG_CENSORING.format(
+            k=len(fired), n=len(lams), lams=", ".join(f"{lam:g}" for lam, _ in fired),
+            first=f"{fired[0][0]:g}", message=fired[0][1].message()), DataWarning, stacklevel=3)
 
 
 def _row(res: AuditResult, name: str, lam: float) -> dict[str, Any]:

@@ -121,7 +121,8 @@ def audit_group_frame(policy: dict[str, Any]) -> pd.DataFrame:
 
     A suppressed group's ``n_episodes`` is None, shown as ``suppressed``: it may be suppressed
     to protect a smaller group (complementary suppression), so it is not known to hold fewer
-    than 11 episodes.
+    than 11 episodes. A published group's proportional parity reads ``suppressed`` when the
+    audit withheld it (a small count of episodes with or without need).
 
     Parameters
     ----------
@@ -138,6 +139,9 @@ def audit_group_frame(policy: dict[str, Any]) -> pd.DataFrame:
         }
         if pp and g in pp and not pp[g].get("suppressed"):
             r["proportional_parity"] = pp[g].get("value")
+        elif pp and g in pp and not c.get("suppressed"):
+            # a published group whose count of episodes with (or without) need is small
+            r["proportional_parity"] = "suppressed"
         vb = policy.get("value_by_group", {}).get(g)
         if isinstance(vb, dict) and not vb.get("suppressed"):
             r["value"] = vb.get("value")

@@ -234,7 +234,8 @@ def build_card_report(card: Mapping[str, Any], *, figure_dir: Path | None = None
         rep.table(pd.DataFrame(pp_rows),
                   caption=f"Proportional parity of {action_label(fair['action'])} (rate "
                           "relative to need) "
-                          f"by {fair['group']}; cells under 11 episodes suppressed")
+                          f"by {fair['group']}; cells under 11 episodes, or with under 11 "
+                          "episodes with (or without) need, suppressed")
 
     rep.section("Size, fidelity and value")
     rep.figure(card_frontier_plot(card), "card_frontier",
