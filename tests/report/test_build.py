@@ -67,7 +67,7 @@ def test_sensitivity_table_is_median_of_draws_and_says_which_are_degenerate(tmp_
 
     from equicare.report._build import build_run_report, sensitivity_frame
 
-    out = "outside [0, 1], the range of the logged episode returns"
+    out = "outside the range of the logged episode returns"
     rows = [("baseline", None, 0, 0.74, ""), ("propensity_noise", 0.5, 0, 0.70, ""),
             ("propensity_noise", 0.5, 1, -6.6e6, f"{out}; ESS 1.0 episodes < 10"),
             ("propensity_noise", 0.5, 2, 0.75, "ESS 8.7 episodes < 10")]

@@ -954,8 +954,11 @@ def out_of_range_message(ests: Mapping[str, Any], returns_range: tuple[float, fl
            if np.isfinite(e.value) and not lo - span <= e.value <= hi + span]
     if not bad:
         return None
+    # the range's ends are not printed: they are single members' returns, and the message is
+    # copied into published files (the policy card's caveats)
     return (f"{', '.join(bad)} lie{'s' if len(bad) == 1 else ''} far outside the range of the "
-            f"observed returns [{lo:.4g}, {hi:.4g}]: the importance weights are extreme"
+            "observed returns (further beyond it than the range is wide): the importance "
+            "weights are extreme"
             + (f" (trajectory ESS {n_eff:.1f})" if isinstance(n_eff, float | int) else "")
             + ". Do not use them; truncate the weights (--truncate)"
             + (", prefer FQE or WDR, or log the propensities instead of estimating them."
