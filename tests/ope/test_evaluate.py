@@ -612,3 +612,26 @@ def test_jackknife_intervals_of_the_behaviour_value_use_alpha(ds):
     assert b.ci == pytest.approx((b.value - z * se, b.value + z * se), rel=1e-12)
     for e in res.estimates.values():  # the estimators' intervals: the same z
         assert e.ci == pytest.approx((e.value - z * e.se, e.value + z * e.se), rel=1e-12)
+
+
+def test_auto_s_bias_of_a_suppressed_level_is_withheld_in_the_result_json(ds):
+    """auto's per-level bias estimate (q_model.group_bias) is computed on the level's own
+    episodes: a level suppressed in "groups" (5 episodes; the smallest other one by
+    complementary suppression) is suppressed there too, the others keep their numbers."""
+    part = ds.subset(np.arange(150))  # auto fits gbm and an mlp too: keep it small
+    lab = dict(part.groups)["grp"].astype(object)
+    lab[:5] = "tiny"
+    small = replace(part, groups={"grp": lab}, _cache={})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SmallCellWarning)
+        res = evaluate(small, TabularPolicy(TARGET), q_model="auto", bootstrap=0)
+    raw = res.q_model["group_bias"]["grp"]
+    assert "bias" in raw["tiny"]  # estimated (kept in memory), never published
+    out = json.loads(json.dumps(res.to_dict()))
+    published = out["q_model"]["group_bias"]["grp"]
+    hidden = [lv for lv, g in res.groups["grp"].items() if g.suppressed]
+    assert len(hidden) == 2 and "tiny" in hidden
+    for lv, v in published.items():
+        assert (v == {"suppressed": True}) == (lv in hidden)
+        if lv not in hidden:
+            assert v["bias"] == raw[lv]["bias"]

@@ -181,8 +181,24 @@ class EvaluationResult:
                        for attr, levels in self.groups.items()},
             "settings": self.settings,
             "behavior_model": self.behavior_model,
-            "q_model": self.q_model,
+            "q_model": self._q_model_json(),
         }
+
+    def _q_model_json(self) -> dict[str, Any] | None:
+        """``q_model`` with the estimated bias of each suppressed subgroup level withheld.
+
+        ``auto``'s per-level bias (``group_bias``) is estimated on the level's own episodes,
+        so a level suppressed in ``groups`` (fewer than 11 episodes, or revealing one by
+        difference) is ``{"suppressed": true}`` there too.
+        """
+        q = self.q_model
+        if not q or not q.get("group_bias"):
+            return q
+        hidden = {(a, lv) for a, levels in self.groups.items()
+                  for lv, g in levels.items() if g.suppressed}
+        gb = {a: {lv: {"suppressed": True} if (a, lv) in hidden else v for lv, v in d.items()}
+              for a, d in q["group_bias"].items()}
+        return {**q, "group_bias": gb}
 
     def to_frame(self) -> pd.DataFrame:
         """Tidy table: one row per (group attribute, level, estimator).
