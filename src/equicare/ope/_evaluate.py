@@ -185,20 +185,10 @@ class EvaluationResult:
         }
 
     def _q_model_json(self) -> dict[str, Any] | None:
-        """``q_model`` with the estimated bias of each suppressed subgroup level withheld.
-
-        ``auto``'s per-level bias (``group_bias``) is estimated on the level's own episodes,
-        so a level suppressed in ``groups`` (fewer than 11 episodes, or revealing one by
-        difference) is ``{"suppressed": true}`` there too.
-        """
-        q = self.q_model
-        if not q or not q.get("group_bias"):
-            return q
-        hidden = {(a, lv) for a, levels in self.groups.items()
-                  for lv, g in levels.items() if g.suppressed}
-        gb = {a: {lv: {"suppressed": True} if (a, lv) in hidden else v for lv, v in d.items()}
-              for a, d in q["group_bias"].items()}
-        return {**q, "group_bias": gb}
+        """``q_model`` with the estimated bias of each suppressed subgroup level withheld."""
+        return withhold_suppressed_bias(self.q_model, {
+            (a, lv) for a, levels in self.groups.items() for lv, g in levels.items()
+            if g.suppressed})
 
     def to_frame(self) -> pd.DataFrame:
         """Tidy table: one row per (group attribute, level, estimator).
@@ -241,6 +231,28 @@ def _behavior_estimate(inputs: OPEInputs, counts: NDArray[np.float64] | None, n_
     reps = counts @ ret / counts.sum(axis=1)
     return Estimate(value=v, ci=percentile_interval(reps, alpha), se=float(reps.std(ddof=1)),
                     n_episodes=n)
+
+
+def withhold_suppressed_bias(q: dict[str, Any] | None, hidden: set[tuple[str, str]]
+                             ) -> dict[str, Any] | None:
+    """A result JSON's ``q_model`` with ``group_bias`` of the suppressed levels withheld.
+
+    ``auto``'s per-level bias (``group_bias``, at the top in memory and under ``selection``
+    when streamed) is estimated on the level's own episodes, so a level suppressed in
+    ``groups`` (``hidden``: fewer than 11 episodes, or revealing one by difference) is
+    ``{"suppressed": true}`` there too.
+    """
+    if not q:
+        return q
+    out = dict(q)
+    gb = q.get("group_bias")
+    if gb:
+        out["group_bias"] = {a: {lv: {"suppressed": True} if (a, lv) in hidden else v
+                                 for lv, v in d.items()} for a, d in gb.items()}
+    sel = q.get("selection")
+    if isinstance(sel, dict) and sel.get("group_bias"):
+        out["selection"] = withhold_suppressed_bias(sel, hidden)
+    return out
 
 
 def estimates_from_prepared(

@@ -399,7 +399,11 @@ class StreamEvaluation:
         if self.behavior_model is not None:
             out["behavior_model"] = self.behavior_model
         if self.q_model is not None:
-            out["q_model"] = self.q_model
+            from equicare.ope._evaluate import withhold_suppressed_bias
+
+            out["q_model"] = withhold_suppressed_bias(self.q_model, {
+                (a, lv) for a, levels in self.groups.items() for lv, g in levels.items()
+                if g.suppressed})
         return out
 
 
