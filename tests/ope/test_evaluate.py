@@ -378,6 +378,22 @@ def test_an_estimate_far_outside_the_observed_returns_is_warned_about(ds):
     assert res.estimates["is"].value > g.max() + (g.max() - g.min())
 
 
+def test_the_result_json_names_the_estimates_far_outside_the_observed_returns(ds):
+    """The out-of-range estimators are recorded (result JSON "out_of_range"), so that the run
+    report can keep them out of its headline; in range the list is empty."""
+    bp = ds.behavior_prob.copy()
+    bp[:3] *= 1e-6
+    bad = replace(ds, behavior_prob=bp, _cache={})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = evaluate(bad, TabularPolicy(TARGET), estimators=("is", "wis"), bootstrap=0,
+                       groups=[], diagnose_support=False)
+        ok = evaluate(ds, TabularPolicy(TARGET), estimators=("is", "wis"), bootstrap=0,
+                      groups=[], diagnose_support=False)
+    assert res.out_of_range == ("is",) and res.to_dict()["out_of_range"] == ["is"]
+    assert ok.out_of_range == () and ok.to_dict()["out_of_range"] == []
+
+
 def test_the_out_of_range_warning_does_not_print_the_lowest_or_highest_return(ds):
     """The lowest and the highest episode return are single members' values (the run's
     data_summary publishes no minimum or maximum for that reason); the warning is copied into

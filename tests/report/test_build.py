@@ -156,3 +156,42 @@ def test_caveats_point_only_at_sections_the_report_has(tmp_path):
                                   ).read_text())
     assert "below" not in sweep and "section shows" not in sweep
     assert "equicare run of a grid point's config with ope.sensitivity = true" in sweep
+
+
+def test_an_estimate_far_outside_the_returns_is_neither_the_headline_nor_the_figure_scale(
+        tmp_path):
+    """An ICU panel (survival in [0, 1], estimated propensities): DR -95 headlined the run
+    summary ("awr value (DR) -94.960") and IS 700 squeezed every other estimate of the forest
+    plot into one point. The result JSON's out_of_range names them: the headline takes the
+    next in-range estimator (WDR), a note says why, and the figure's axis spans the in-range
+    ones, the others written at its edge."""
+    import html
+    import json
+
+    from equicare.report import _figures as F
+    from equicare.report._build import build_run_report, headline_estimator
+
+    result = {"n_episodes": 1501, "n_steps": 18215, "gamma": 1.0,
+              "behavior": {"value": 0.809, "ci": [0.791, 0.829]},
+              "estimates": {"is": {"value": 700.4, "ci": [43.2, 1699.6], "se": 468.3},
+                            "fqe": {"value": 0.8145, "ci": [0.718, 0.911], "se": 0.014},
+                            "dr": {"value": -94.96, "ci": [-503.0, 313.1], "se": 105.9},
+                            "wdr": {"value": 0.755, "ci": [0.649, 0.861], "se": 0.139}},
+              "ess": {"trajectory_pct": 0.09, "per_decision_pct": 7.9},
+              "out_of_range": ["is", "dr"]}
+    (tmp_path / "result.json").write_text(json.dumps(result))
+    page = html.unescape(build_run_report(tmp_path, config={"learner": {"algo": "awr"}},
+                                          figure_copies=False).render())
+    assert headline_estimator(result) == "wdr"
+    assert "awr value (WDR)" in page and "awr value (DR)" not in page
+    assert "-94.960" not in page
+    assert ("is, dr lie far outside the range of the observed returns (further beyond it than "
+            "the range is wide)") in page
+    assert "the summary above uses WDR instead" in page
+    fig = F.forest_plot(result, None, "awr")
+    lo, hi = fig.axes[0].get_xlim()
+    assert -0.1 < lo < 0.65 and 0.9 < hi < 1.1  # the in-range estimates and intervals
+    said = [t.get_text() for t in fig.axes[0].texts]
+    assert "700: off scale, not a value" in said and "-95: off scale, not a value" in said
+    result.pop("out_of_range")  # an older result JSON: DR as before
+    assert headline_estimator(result) == "dr"

@@ -155,6 +155,12 @@ class EvaluationResult:
     q_model : dict or None
         Fitting time and solver of the Q-model; with ``auto`` its candidates' scores; the
         tables' ``cell_choice``; ``per_level`` for subgroup columns refitted per level.
+    out_of_range : tuple of str
+        The estimators whose estimate lies far outside the range of the observed returns
+        (further beyond it than the range is wide: the importance weights blowing up, not a
+        value; the ``DataWarning`` of :func:`out_of_range_message`). Result JSON
+        ``"out_of_range"``; the run report keeps them out of its headline and its figure's
+        scale.
     """
 
     n_episodes: int
@@ -168,6 +174,7 @@ class EvaluationResult:
     settings: dict[str, Any] = field(default_factory=dict)
     behavior_model: dict[str, Any] | None = None
     q_model: dict[str, Any] | None = None
+    out_of_range: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """Return the result JSON: Contract 3 plus support, settings and model summaries."""
@@ -182,6 +189,7 @@ class EvaluationResult:
             "settings": self.settings,
             "behavior_model": self.behavior_model,
             "q_model": self._q_model_json(),
+            "out_of_range": list(self.out_of_range),
         }
 
     def _q_model_json(self) -> dict[str, Any] | None:
@@ -889,7 +897,7 @@ def _evaluate(
     kw: dict[str, Any] = {"truncate": truncate, "normalization": normalization,
                           "n_boot": bootstrap, "ci_method": ci_method, "alpha": alpha}
     ests, beh, ess = estimates_from_prepared(prep, keys, random_state=seed_boot, **kw)
-    _warn_out_of_range(ests, dataset.returns(), ess, prep.propensity_source)
+    far = _warn_out_of_range(ests, dataset.returns(), ess, prep.propensity_source)
     settings: dict[str, Any] = {
         "estimators": list(keys),
         "q_model": ("given" if q is not None else qcfg if isinstance(qcfg, str)
@@ -948,24 +956,35 @@ def _evaluate(
     return EvaluationResult(
         n_episodes=dataset.n_episodes, n_steps=dataset.n_steps, gamma=float(dataset.gamma),
         behavior=beh, estimates=ests, ess=ess, support=support, groups=group_out,
-        settings=settings, behavior_model=bm_summary, q_model=q_info)
+        settings=settings, behavior_model=bm_summary, q_model=q_info, out_of_range=far)
+
+
+def far_outside_returns(ests: Mapping[str, Any], returns_range: tuple[float, float]
+                        ) -> tuple[str, ...]:
+    """The estimators whose ``value`` lies further beyond the returns' range than it is wide."""
+    lo, hi = returns_range
+    span = max(hi - lo, 1e-12)
+    return tuple(k for k, e in ests.items()
+                 if np.isfinite(e.value) and not lo - span <= e.value <= hi + span)
 
 
 def _warn_out_of_range(ests: dict[str, Estimate], returns: NDArray[np.float64],
-                       ess: Any, propensity_source: str = "estimated") -> None:
+                       ess: Any, propensity_source: str = "estimated") -> tuple[str, ...]:
     """Warn when an estimate lies far outside the range of the observed returns.
 
     A policy's value is an average of returns; an estimate more than the returns' whole span
     beyond them (DR of 1.2e7 on a panel whose returns lie in [0, 1], with estimated propensities
     near 0) is the importance weights blowing up, not a value. ``DataWarning``. Logging the
-    propensities is suggested only when they were estimated (``propensity_source``).
+    propensities is suggested only when they were estimated (``propensity_source``). Returns
+    those estimators (:func:`far_outside_returns`).
     """
     if returns.size == 0:
-        return
-    msg = out_of_range_message(ests, (float(returns.min()), float(returns.max())),
-                               getattr(ess, "trajectory", None), propensity_source)
+        return ()
+    span = (float(returns.min()), float(returns.max()))
+    msg = out_of_range_message(ests, span, getattr(ess, "trajectory", None), propensity_source)
     if msg is not None:
         warnings.warn(msg, DataWarning, stacklevel=3)
+    return far_outside_returns(ests, span)
 
 
 def out_of_range_message(ests: Mapping[str, Any], returns_range: tuple[float, float],
@@ -976,10 +995,7 @@ def out_of_range_message(ests: Mapping[str, Any], returns_range: tuple[float, fl
     chunk by chunk), ``n_eff`` the trajectory ESS (a number, else not said). The estimates
     need only a ``value``.
     """
-    lo, hi = returns_range
-    span = max(hi - lo, 1e-12)
-    bad = [f"{k} {e.value:.4g}" for k, e in ests.items()
-           if np.isfinite(e.value) and not lo - span <= e.value <= hi + span]
+    bad = [f"{k} {ests[k].value:.4g}" for k in far_outside_returns(ests, returns_range)]
     if not bad:
         return None
     # the range's ends are not printed: they are single members' returns, and the message is

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -210,6 +211,24 @@ def _load(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+#: The estimators the run summary's headline value is taken from, in order of preference.
+HEADLINE_ESTIMATORS = ("dr", "wdr", "fqe")
+
+
+def headline_estimator(result: Mapping[str, Any]) -> str | None:
+    """The estimator of the run summary's headline value: DR, else WDR, else FQE.
+
+    One whose estimate lies far outside the range of the observed returns (the result
+    JSON's ``out_of_range``) is passed over: DR of -95 for a survival probability headlined
+    the report of an ICU panel. None when none is computed and in range.
+    """
+    far = set(result.get("out_of_range") or [])
+    for k in HEADLINE_ESTIMATORS:
+        if k in result["estimates"] and k not in far:
+            return k
+    return None
+
+
 def build_run_report(
     run_dir: str | Path,
     *,
@@ -250,9 +269,11 @@ def build_run_report(
     kpis: dict[str, str] = {}
     if result:
         kpis["behaviour value (observed)"] = f"{result['behavior']['value']:.3f}"
-        if "dr" in result["estimates"]:
-            e = result["estimates"]["dr"]
-            kpis[f"{algo} value (DR)"] = f"{e['value']:.3f} [{e['ci'][0]:.3f}, {e['ci'][1]:.3f}]"
+        head = headline_estimator(result)
+        if head is not None:
+            e = result["estimates"][head]
+            kpis[f"{algo} value ({head.upper()})"] = (
+                f"{e['value']:.3f} [{e['ci'][0]:.3f}, {e['ci'][1]:.3f}]")
     if truth:
         for k, t in truth.items():
             kpis[f"true value, {k} (simulator)"] = f"{t['value']:.3f} ± {1.96 * t['se']:.3f}"
@@ -294,6 +315,19 @@ def build_run_report(
             f"Evaluated on {result['n_episodes']:,} held-out episodes "
             f"({result['n_steps']:,} steps). Intervals: 95% episode-level bootstrap."
         )
+        far = [k for k in result.get("out_of_range") or [] if k in result["estimates"]]
+        if far:
+            rep.text(
+                f"{', '.join(far)} lie{'s' if len(far) == 1 else ''} far outside the range of "
+                "the observed returns (further beyond it than the range is wide): the "
+                "importance weights are extreme, so "
+                f"{'this is not a value' if len(far) == 1 else 'these are not values'} of the "
+                "policy. The figure's scale leaves them out (marked at its edge) and the "
+                "summary above uses "
+                + (f"{head.upper()} instead." if head is not None and head not in far
+                   else "none of them."),
+                note=True,
+            )
         rep.figure(
             F.forest_plot(result, truth, algo),
             "forest",

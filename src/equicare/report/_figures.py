@@ -44,22 +44,43 @@ def forest_plot(
 ) -> Any:
     """Policy value by estimator with 95% CIs, behaviour and truth marked.
 
-    ``result`` follows Contract 3.
+    ``result`` follows Contract 3. Estimates listed in its ``out_of_range`` (far outside the
+    range of the observed returns: blown-up importance weights, not values) are left out of
+    the axis' scale and written at its edge, so they do not squeeze every other estimate into
+    one point.
     """
     plt = _plt()
     ests = result["estimates"]
     names = list(ests)
+    far = set(result.get("out_of_range") or [])
     fig, ax = plt.subplots(figsize=(7, 0.45 * (len(names) + 2) + 1))
     y = np.arange(len(names))[::-1] + 1
+    b = result["behavior"]
+    span = [b["value"], *(b.get("ci") or [])]
+    span += [t["value"] for t in (truth or {}).values()]
+    for k in names:
+        if k not in far:
+            span += [ests[k]["value"], *(ests[k].get("ci") or [])]
+    finite = [float(v) for v in span if v is not None and np.isfinite(v)]
+    lo_ax, hi_ax = min(finite), max(finite)
+    pad = 0.05 * (hi_ax - lo_ax) or 0.05 * max(abs(hi_ax), 1.0)
+    lo_ax, hi_ax = lo_ax - pad, hi_ax + pad
     for yi, k in zip(y, names, strict=True):
         e = ests[k]
+        if k in far:
+            edge, ha = (hi_ax, "right") if e["value"] > hi_ax else (lo_ax, "left")
+            ax.annotate(f"{e['value']:.3g}: off scale, not a value", (edge, yi), ha=ha,
+                        va="center", fontsize=8, color="#b00")
+            continue
         lo, hi = e.get("ci") or (np.nan, np.nan)
         ax.plot([lo, hi], [yi, yi], color=_COLORS[0], lw=2)
         ax.plot(e["value"], yi, "o", color=_COLORS[0])
-    b = result["behavior"]
     ax.plot(b["ci"], [0, 0], color="#555", lw=2)
     ax.plot(b["value"], 0, "s", color="#555")
     ax.axvline(b["value"], color="#555", ls=":", lw=1)
+    if far:
+        ax.set_xlim(lo_ax, hi_ax)
+        ax.set_ylim(-0.6, len(names) + 0.6)  # an off-scale estimate has no point to fit to
     labels = [f"{k.upper()} ({policy_name})" for k in names]
     ax.set_yticks(list(y) + [0], labels + ["behaviour (observed)"])
     if truth:
