@@ -195,3 +195,41 @@ def test_an_estimate_far_outside_the_returns_is_neither_the_headline_nor_the_fig
     assert "700: off scale, not a value" in said and "-95: off scale, not a value" in said
     result.pop("out_of_range")  # an older result JSON: DR as before
     assert headline_estimator(result) == "dr"
+
+
+def test_a_withheld_group_value_reads_n_a_with_its_reason_not_a_blank_cell(tmp_path):
+    """The audit withholds a group value whose importance weights' ESS is below 11 (value
+    null, with a reason); the Fairness table showed an empty cell and an empty Gini, with no
+    word why. They read n/a, and a line under the table gives the reason."""
+    import html
+    import json
+
+    why = ("not published: the group's importance weights have an effective sample size "
+           "below 11 episodes")
+    cell = {"value": None, "ci": None, "reason": why, "n_episodes": 53}
+    gap = {"value": 1.02, "ci": [0.0, 1.3]}
+    pol = {"rate": {"a": {"value": 0.08, "n_episodes": 53}, "b": {"value": 0.09,
+                                                               "n_episodes": 60}},
+           "value_by_group": {"a": cell, "b": {**cell, "n_episodes": 60}},
+           "parity_gap_pp": gap, "parity_ratio": {"value": 0.9, "ci": [0.8, 1.0]},
+           "permutation_p": 0.5, "gini": {"value": None, "ci": None, "reason": "fewer than 2"}}
+    beh = {**pol, "value_by_group": {"a": {"value": 0.849, "ci": [0.8, 0.9], "n_episodes": 53},
+                                     "b": {"value": 0.818, "ci": [0.8, 0.9], "n_episodes": 60}},
+           "gini": {"value": 0.015, "ci": [0.0, 0.03]}}
+    audit = {"group": "race", "action": "treatment=vasopressor_high", "n_episodes": 113,
+             "policies": {"behavior": beh, "awr": pol}}
+    (tmp_path / "audit.json").write_text(json.dumps(audit))
+    page = html.unescape(build_run_report_page(tmp_path))
+    awr = page[page.index("awr: allocation"):]
+    awr = awr[:awr.index("</table>")]
+    assert awr.count("<td>n/a</td>") == 2 and "<td></td>" not in awr
+    assert f"awr: the value of 2 groups reads n/a ({why})." in page
+    assert "behavior: the value of" not in page
+    summary = page[page.index("<th>gini</th>"):]
+    assert "<td>n/a</td>" in summary[:summary.index("</table>")]
+
+
+def build_run_report_page(folder):
+    from equicare.report._build import build_run_report
+
+    return build_run_report(folder, figure_copies=False).render()

@@ -141,9 +141,28 @@ def audit_group_frame(policy: dict[str, Any]) -> pd.DataFrame:
             r["proportional_parity"] = pp[g].get("value")
         vb = policy.get("value_by_group", {}).get(g)
         if isinstance(vb, dict) and not vb.get("suppressed"):
-            r["value"] = vb.get("value")
+            # a withheld value (weights' ESS below 11, or undefined) reads n/a, not blank
+            r["value"] = "n/a" if vb.get("value") is None else vb["value"]
         rows.append(r)
     return pd.DataFrame(rows)
+
+
+def withheld_values_note(policy: str, entry: dict[str, Any]) -> str | None:
+    """Why a policy's group values read n/a in the Fairness section (None when none does).
+
+    The audit gives each withheld value a ``reason`` (an importance-weighted value whose
+    weights have an effective sample size below 11 episodes rests on fewer than 11 members'
+    outcomes and is not published); its worst group and Gini then have none either.
+    """
+    vb = entry.get("value_by_group") or {}
+    why = sorted({c["reason"] for c in vb.values() if isinstance(c, dict)
+                  and not c.get("suppressed") and c.get("value") is None and c.get("reason")})
+    if not why:
+        return None
+    n = sum(1 for c in vb.values() if isinstance(c, dict) and not c.get("suppressed")
+            and c.get("value") is None)
+    return (f"{policy}: the value of {n} group{'s' if n != 1 else ''} reads n/a ("
+            + "; ".join(why) + ").")
 
 
 def sensitivity_frame(table: pd.DataFrame) -> tuple[pd.DataFrame, int]:
@@ -450,7 +469,8 @@ def build_run_report(
                 "permutation_p": "not run" if pv is None else pv,
             }
             if "gini" in a and isinstance(a["gini"], dict):
-                row["gini"] = a["gini"].get("value")
+                g_val = a["gini"].get("value")
+                row["gini"] = "n/a" if g_val is None else g_val
             rows.append(row)
         rep.table(pd.DataFrame(rows), n_col=None)
         if not_run:
@@ -460,6 +480,9 @@ def build_run_report(
                 audit_group_frame(a),
                 caption=f"{p}: allocation, proportional parity and value by group",
             )
+            note = withheld_values_note(p, a)
+            if note:
+                rep.text(note)
 
     fr = d / "frontier.csv"
     if fr.is_file():
