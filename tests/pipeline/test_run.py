@@ -120,8 +120,13 @@ def test_config_that_does_not_fit_the_data_leaves_no_run(tmp_path, command):
     said = " ".join(res.output.split())
     assert res.exit_code == 2, res.output
     assert "Unknown reward component 'no_such'" in said, said
-    store = RunStore(tmp_path / "runs")
-    assert store.list_runs().empty
+    # no empty store either (a mediation section on a panel without mediators left an empty
+    # runs/equicare.duckdb)
+    assert not (tmp_path / "runs").exists()
+    store = RunStore(tmp_path / "runs")  # an existing store is kept, with its runs
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2, res.output
+    assert store.db_path.is_file() and store.list_runs().empty
     assert not list((tmp_path / "runs").glob("*.partial"))
 
 
