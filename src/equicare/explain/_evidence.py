@@ -225,12 +225,20 @@ class PolicyCard:
     settings: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """The card as JSON-friendly data (aggregates only; no row-level data)."""
+        """The card as JSON-friendly data (aggregates only; no row-level data).
+
+        ``tree.features`` lists the features the rules test (every rule covers at least 11
+        members), ``tree.n_features`` counts the candidates: the candidates hold one indicator
+        per categorical level of the fitting rows, a level of one patient too, and the card
+        is published (the model folder, shared under the data agreement, keeps them all).
+        """
+        used = [int(j) for j in self.tree.used_features]
         return {"format": CARD_FORMAT, "format_version": CARD_VERSION, "source": self.source,
                 "data": self.data, "rules": self.rules,
                 "tree": {"depth": self.tree.depth, "n_rules": rule_count(self.tree),
                          "n_leaves": int(self.tree.leaves.size),
-                         "features": [dict(f) for f in self.tree.features]},
+                         "features": [dict(self.tree.features[j]) for j in used],
+                         "n_features": len(self.tree.features)},
                 "evidence": {"fidelity": self.fidelity, "value": self.value,
                              "fairness": self.fairness, "support": self.support},
                 "frontier": self.frontier, "disagreement": self.disagreement,
