@@ -14,6 +14,21 @@ def test_configuration_is_one_row_per_setting_without_disabled_stages():
     assert list(df["value"])[:3] == ['"x"', "0", '"awr"']
 
 
+def test_configuration_of_a_users_panel_shows_no_simulator_settings():
+    """On a panel of one's own the table showed data.synthetic {} and ope.truth_members 2000
+    (no truth stage runs), and the frontier's keys with no lambdas (no frontier ran)."""
+    cfg = {"data": {"path": "icu.duckdb", "manifest": "m.toml", "synthetic": {}},
+           "ope": {"bootstrap": 500, "truth_members": 2000},
+           "frontier": {"lambdas": [], "kind": "parity"}}
+    assert list(config_frame(cfg)["setting"]) == ["data.path", "data.manifest",
+                                                  "ope.bootstrap"]
+    sim = {"data": {"path": "", "manifest": "", "synthetic": {"members": 100}},
+           "ope": {"truth_members": 2000}, "frontier": {"lambdas": [0, 1], "kind": "parity"}}
+    assert list(config_frame(sim)["setting"]) == [
+        "data.path", "data.manifest", "data.synthetic", "ope.truth_members",
+        "frontier.lambdas", "frontier.kind"]
+
+
 def test_support_reads_as_items_not_json():
     sup = {"share_pct": 27.58, "threshold": 0.001, "per_episode_pct": {"median": 37.8,
            "p90": 70.8, "p_top11": 99.7}, "episodes_over_warn_pct": 99.8,

@@ -64,13 +64,23 @@ CAVEATS = report_caveats(support=True, sensitivity=True)
 
 
 def config_frame(config: dict[str, Any]) -> pd.DataFrame:
-    """The run configuration as ``section.key = value`` rows (disabled optional stages out)."""
+    """The run configuration as ``section.key = value`` rows (disabled optional stages out).
+
+    Out too: the frontier without lambdas, and on a panel of your own (``data.path``) the
+    empty ``data.synthetic`` and ``ope.truth_members`` (no simulator, no truth stage), which
+    read as if the run had simulated its data.
+    """
     rows = []
+    own = bool((config.get("data") or {}).get("path"))
     for section, v in config.items():
         if isinstance(v, dict):
             if section in ("plan", "mediation", "explain") and not v.get("enabled"):
                 continue
-            rows += [(f"{section}.{k}", json.dumps(x, default=str)) for k, x in v.items()]
+            if section == "frontier" and not v.get("lambdas"):
+                continue
+            rows += [(f"{section}.{k}", json.dumps(x, default=str)) for k, x in v.items()
+                     if not (own and (section, k) in (("data", "synthetic"),
+                                                      ("ope", "truth_members")))]
         else:
             rows.append((section, json.dumps(v, default=str)))
     return pd.DataFrame(rows, columns=["setting", "value"])
