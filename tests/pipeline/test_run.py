@@ -156,6 +156,7 @@ def test_sweep_serial_equals_local_pool(tmp_path):
     cols = ["learner.n_steps", "dr", "wdr", "true_value"]
     assert a.table[cols].equals(b.table[cols])
     assert (a.run_dir / "report.html").is_file()
+    assert "out_of_range" in a.table.columns  # the estimates that are not values, if any
     # every estimator the config names (it was always wis, dr, wdr, fqe silently dropped)
     assert set(cfg["ope"]["estimators"]) <= set(a.table.columns)
     one = run_sweep(cfg.with_overrides({"ope.estimators": ["fqe", "dr"]}),

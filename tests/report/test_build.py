@@ -248,3 +248,33 @@ def build_run_report_page(folder):
     from equicare.report._build import build_run_report
 
     return build_run_report(folder, figure_copies=False).render()
+
+
+def test_a_sweep_point_far_outside_the_returns_is_off_the_heatmap_scale(tmp_path):
+    """ICU panel sweep: DR 3.9e5 and 2.5e4 at two points (survival in [0, 1]) set the DR
+    heatmap's colour scale, so the in-range points read as one colour, with no word that
+    those were not values. They are grey cells reading 'off scale', the colour scale spans
+    the others, and a note says why."""
+    import html
+
+    import pandas as pd
+
+    from equicare.pipeline._sweep import _sweep_report
+    from equicare.report import _figures as F
+
+    table = pd.DataFrame({"learner.algo": ["bc", "bc", "cql", "cql"],
+                          "learner.n_steps": [500, 1500, 500, 1500],
+                          "dr": [695.9, 2.481e4, 0.31, 0.4966],
+                          "wdr": [0.9695, 0.9168, 0.4646, 0.8184],
+                          "out_of_range": ["is,pdis,dr", "is,pdis,dr", "", "is,pdis"]})
+    t = table.assign(_far=table["out_of_range"].str.split(",").apply(lambda f: "dr" in f))
+    fig = F.sweep_heatmap(t, "learner.algo", "learner.n_steps", "dr", far="_far")
+    im = fig.axes[0].images[0]
+    assert im.get_clim() == (0.31, 0.4966)  # the in-range points only
+    said = [x.get_text() for x in fig.axes[0].texts]
+    assert said.count("off scale") == 0 and sum("off scale" in s for s in said) == 2
+    assert "696\noff scale" in said and "0.31" in said
+    page = html.unescape(_sweep_report(table, ["learner.algo", "learner.n_steps"],
+                                       tmp_path, "x", {}).read_text())
+    assert ("Some points' dr lie far outside the range of the observed returns (column "
+            "out_of_range)") in page

@@ -233,12 +233,25 @@ def frontier_plot(table: pd.DataFrame) -> Any:
     return fig
 
 
-def sweep_heatmap(table: pd.DataFrame, row: str, col: str, value: str) -> Any:
-    """Heatmap of a metric over a two-way sweep grid (one-way sweeps give one row)."""
+def sweep_heatmap(table: pd.DataFrame, row: str, col: str, value: str,
+                  far: str | None = None) -> Any:
+    """Heatmap of a metric over a two-way sweep grid (one-way sweeps give one row).
+
+    ``far`` names a boolean column of ``table``: points whose ``value`` lies far outside the
+    range of the observed returns (not a value; the result JSON's ``out_of_range``). Their
+    cells are grey and read "off scale", and the colour scale spans the other points only.
+    """
     plt = _plt()
-    piv = table.pivot_table(index=row, columns=col, values=value, aggfunc="mean")
+    t = table
+    if far is not None and far in table:
+        t = table.assign(**{value: table[value].where(~table[far].astype(bool))})
+    piv = t.pivot_table(index=row, columns=col, values=value, aggfunc="mean", dropna=False)
+    raw = table.pivot_table(index=row, columns=col, values=value, aggfunc="mean",
+                            dropna=False).reindex(index=piv.index, columns=piv.columns)
     fig, ax = plt.subplots(figsize=(1.2 * piv.shape[1] + 2.5, 0.8 * piv.shape[0] + 1.8))
-    im = ax.imshow(piv.to_numpy(), cmap="viridis", aspect="auto")
+    ax.set_facecolor("#ccc")  # a masked (off-scale) cell
+    im = ax.imshow(np.ma.masked_invalid(piv.to_numpy(dtype=float)), cmap="viridis",
+                   aspect="auto")
     ax.set_xticks(range(piv.shape[1]), [str(c) for c in piv.columns])
     ax.set_yticks(range(piv.shape[0]), [str(r) for r in piv.index])
     ax.set_xlabel(col)
@@ -248,6 +261,9 @@ def sweep_heatmap(table: pd.DataFrame, row: str, col: str, value: str) -> Any:
             v = piv.iloc[i, j]
             if v == v:
                 ax.text(j, i, f"{v:.3g}", ha="center", va="center", color="w", fontsize=8)
+            elif raw.iloc[i, j] == raw.iloc[i, j]:
+                ax.text(j, i, f"{raw.iloc[i, j]:.3g}\noff scale", ha="center", va="center",
+                        color="#b00", fontsize=7)
     fig.colorbar(im, ax=ax, label=value)
     ax.set_title(f"{value} over the sweep")
     fig.tight_layout()
