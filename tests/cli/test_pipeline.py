@@ -121,6 +121,30 @@ def test_sweep_table_prints_each_points_seed_in_full(tmp_path, monkeypatch):
     assert "e+0" not in res.stdout and "12.35" in res.stdout and "0.5" in res.stdout
 
 
+def test_run_summary_marks_the_estimates_far_outside_the_observed_returns(tmp_path, monkeypatch):
+    """ICU panel: the final table listed 'dr -94.9605' beside 'wdr 0.7550' as one more value
+    of a survival probability; an estimator the evaluation found far outside the observed
+    returns is marked in a note column (the warning scrolled away above the progress)."""
+    import equicare.pipeline._run as run_mod
+
+    summary = {"behavior_value": 0.8095, "out_of_range": ["dr"],
+               "estimates": {"dr": {"value": -94.9605, "ci": [-503.0, 313.1]},
+                             "wdr": {"value": 0.755, "ci": [0.649, 0.861]}}}
+
+    def fake_run(cfg, *, store_root=None, progress=True):
+        return run_mod.RunOutcome("20260101-abc", tmp_path, tmp_path / "report.html", [],
+                                  {"train": 1.0}, summary)
+
+    monkeypatch.setattr(run_mod, "run_pipeline", fake_run)
+    res = runner.invoke(app, ["run", "--example", "care", "--store", str(tmp_path / "runs"),
+                              "--no-progress"])
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    dr = next(ln for ln in lines if "-94.9605" in ln)
+    wdr = next(ln for ln in lines if "0.7550" in ln)
+    assert "off range: not a value" in dr and "off range" not in wdr
+
+
 def test_runs_compare_of_a_run_and_a_sweep_is_one_line_and_exit_code_2(store):
     s, rid, _ = store
     sweep = s.start({"sweep": {"learner.n_steps": [20]}, "base": {"name": "ok"}})

@@ -63,6 +63,32 @@ def test_improvement_kept_is_only_a_share_of_a_positive_gain():
     assert kept["wis"] == pytest.approx((0.01 - 1.11) / (1.49 - 1.11))  # a loss: negative share
 
 
+def test_no_share_is_kept_from_an_estimate_far_outside_the_observed_returns():
+    """An ICU panel (outcomes in [0, 1], estimated propensities, stays up to 120 days): DR of
+    the source 7.7e6 and of the rules -9.8e5 read "-13% improvement kept" on the card and in
+    the run report; a ratio of blown-up importance weights is no share: n/a, and a caveat
+    says why (the exact values: both below current practice). An estimate in range still
+    gives its share."""
+    from equicare.explain._evidence import _caveats, improvement_kept
+
+    kept, gains = improvement_kept(0.809, {"dr": 7.72e6, "wdr": 0.755, "fqe": 0.83},
+                                   {"dr": -9.79e5, "wdr": 0.78, "fqe": 0.82},
+                                   returns_range=(0.0, 1.0))
+    assert kept["dr"] is None and gains["dr"] is None
+    assert kept["fqe"] == pytest.approx((0.82 - 0.809) / (0.83 - 0.809))
+    assert kept["wdr"] is None and gains["wdr"] == pytest.approx(0.755 - 0.809)  # a loss
+    val = {"improvement_kept": kept, "source_gain": gains, "source": {"dr": {"value": 7.72e6}},
+           "rules": {"dr": {"value": -9.79e5}}}
+    out = _caveats({"n_test_episodes": 10}, {"rules_pct": 0.0, "source_pct": 1.0,
+                                             "check": "estimated propensities"},
+                   val, "dr", ExplainConfig(), [], returns_range=(0.0, 1.0))
+    said = " ".join(out)
+    assert ("No share of the improvement kept is reported (dr: n/a): the dr estimate of the "
+            "source policy and of the rules lies far outside the range of the observed "
+            "returns") in said
+    assert "keep only" not in said
+
+
 def test_the_card_says_why_no_share_is_kept():
     from equicare.explain._evidence import _caveats
 

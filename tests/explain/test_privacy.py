@@ -190,3 +190,36 @@ def test_card_publishes_no_held_out_figure_of_a_small_rule(exception_card):
         n_ep = np.unique(test.episode_index[np.isin(leaf, ks)]).size
         assert (r["test_share"] is None) == ("test_suppressed" in r)
         assert r["test_share"] is None or n_ep >= 11 or n_ep == 0, (r["text"], n_ep)
+
+
+def test_the_card_json_names_no_categorical_level_of_fewer_than_11_members():
+    """The card JSON listed every candidate feature of the tree, one per categorical level of
+    the fitting rows: on an ICU panel, all 300 diagnosis groups, those of one or two patients
+    too ("someone in the panel had DRG 287"). It lists the features the rules test (each rule
+    covers at least 11 members) and counts the candidates."""
+    from tests.ope._garnet import make
+
+    _, ds, pols = make("s50_a5_g1", 300, seed=7)
+    cfg = ExplainConfig(bootstrap=0, frontier_bootstrap=0, depths=(1, 2), depth=2)
+    card = explain_policy(ds, _Table(pols["soft_optimal"]), cfg, random_state=0)
+    episodes = {}
+    for lv, ep in zip(ds.categorical[:, 0], ds.episode_index, strict=True):
+        episodes.setdefault(str(ds.categorical_levels[0][lv]), set()).add(ep)
+    assert min(len(v) for v in episodes.values()) < 11  # the panel has rare levels
+    tree = card.to_dict()["tree"]
+    named = [f["level"] for f in tree["features"] if f["kind"] == "categorical"]
+    assert named and all(len(episodes[str(lv)]) >= 11 for lv in named), named
+    assert tree["n_features"] == len(card.tree.features) > len(tree["features"])
+    tested = {card.tree.features[j]["level"] for j in card.tree.used_features
+              if card.tree.features[j]["kind"] == "categorical"}
+    assert set(named) == tested
+
+
+class _Table:
+    window = 1
+
+    def __init__(self, table):
+        self.table = table
+
+    def action_probs(self, ds):
+        return self.table[ds.categorical[:, 0]]

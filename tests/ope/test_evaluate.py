@@ -255,8 +255,9 @@ def test_sensitivity_flags_degenerate_rows(ds):
     assert (df[df.analysis == "baseline"].flag == "").all()
     shifted = df[(df.analysis == "q_shift") & (df.estimator == "fqe")].iloc[0]
     assert shifted.value > ret.max()
-    assert shifted.flag == (f"outside [{ret.min():.4g}, {ret.max():.4g}], the range of the "
-                            "logged episode returns")
+    # the lowest and highest returns are single episodes' values: the flag (written to
+    # sensitivity.csv and the run report) names the range without them
+    assert shifted.flag == "outside the range of the logged episode returns"
     noisy = df[(df.analysis == "propensity_noise") & (df.estimator == "dr")]
     low = noisy.ess_pct * ds.n_episodes / 100 < MIN_EFFECTIVE_EPISODES
     assert low.any() and noisy.value.between(ret.min(), ret.max()).all()
@@ -382,6 +383,40 @@ def test_an_estimate_far_outside_the_observed_returns_is_warned_about(ds):
                        groups=[], diagnose_support=False)
     g = ds.returns()
     assert res.estimates["is"].value > g.max() + (g.max() - g.min())
+
+
+def test_the_result_json_names_the_estimates_far_outside_the_observed_returns(ds):
+    """The out-of-range estimators are recorded (result JSON "out_of_range"), so that the run
+    report can keep them out of its headline; in range the list is empty."""
+    bp = ds.behavior_prob.copy()
+    bp[:3] *= 1e-6
+    bad = replace(ds, behavior_prob=bp, _cache={})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = evaluate(bad, TabularPolicy(TARGET), estimators=("is", "wis"), bootstrap=0,
+                       groups=[], diagnose_support=False)
+        ok = evaluate(ds, TabularPolicy(TARGET), estimators=("is", "wis"), bootstrap=0,
+                      groups=[], diagnose_support=False)
+    assert res.out_of_range == ("is",) and res.to_dict()["out_of_range"] == ["is"]
+    assert ok.out_of_range == () and ok.to_dict()["out_of_range"] == []
+
+
+def test_the_out_of_range_warning_does_not_print_the_lowest_or_highest_return(ds):
+    """The lowest and the highest episode return are single members' values (the run's
+    data_summary publishes no minimum or maximum for that reason); the warning is copied into
+    the policy card's published caveats, so it names the range without its ends."""
+    from equicare.exceptions import DataWarning
+
+    bp = ds.behavior_prob.copy()
+    bp[:3] *= 1e-6
+    bad = replace(ds, behavior_prob=bp, _cache={})
+    with pytest.warns(DataWarning, match="far outside the range of the observed returns") as rec:
+        evaluate(bad, TabularPolicy(TARGET), estimators=("is", "wis"), bootstrap=0, groups=[],
+                 diagnose_support=False)
+    said = " ".join(str(w.message) for w in rec)
+    g = ds.returns()
+    for end in (g.min(), g.max()):
+        assert f"{end:.4g}" not in said
 
 
 def test_the_out_of_range_warning_advises_logging_only_estimated_propensities(ds):
@@ -600,3 +635,26 @@ def test_jackknife_intervals_of_the_behaviour_value_use_alpha(ds):
     assert b.ci == pytest.approx((b.value - z * se, b.value + z * se), rel=1e-12)
     for e in res.estimates.values():  # the estimators' intervals: the same z
         assert e.ci == pytest.approx((e.value - z * e.se, e.value + z * e.se), rel=1e-12)
+
+
+def test_auto_s_bias_of_a_suppressed_level_is_withheld_in_the_result_json(ds):
+    """auto's per-level bias estimate (q_model.group_bias) is computed on the level's own
+    episodes: a level suppressed in "groups" (5 episodes; the smallest other one by
+    complementary suppression) is suppressed there too, the others keep their numbers."""
+    part = ds.subset(np.arange(150))  # auto fits gbm and an mlp too: keep it small
+    lab = dict(part.groups)["grp"].astype(object)
+    lab[:5] = "tiny"
+    small = replace(part, groups={"grp": lab}, _cache={})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SmallCellWarning)
+        res = evaluate(small, TabularPolicy(TARGET), q_model="auto", bootstrap=0)
+    raw = res.q_model["group_bias"]["grp"]
+    assert "bias" in raw["tiny"]  # estimated (kept in memory), never published
+    out = json.loads(json.dumps(res.to_dict()))
+    published = out["q_model"]["group_bias"]["grp"]
+    hidden = [lv for lv, g in res.groups["grp"].items() if g.suppressed]
+    assert len(hidden) == 2 and "tiny" in hidden
+    for lv, v in published.items():
+        assert (v == {"suppressed": True}) == (lv in hidden)
+        if lv not in hidden:
+            assert v["bias"] == raw[lv]["bias"]

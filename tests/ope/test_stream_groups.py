@@ -280,3 +280,26 @@ def test_jackknife_intervals_of_every_level_equal_in_memory(panel, q_model):
                                      None, "absorbing")
         var = float(np.sum((other[:, 0] - other[:, 0].mean()) ** 2))
         assert var > 0.1 * got.groups["race"]["b"].estimates["fqe"].se ** 2
+
+
+def test_auto_s_bias_of_a_suppressed_level_is_withheld_in_the_streamed_result_json(tmp_path):
+    """Streamed, auto's per-level bias sits under q_model.selection.group_bias: a level
+    suppressed in "groups" (6 members, and the smallest other by complementary suppression)
+    is {"suppressed": true} there, as in memory; the others keep their numbers."""
+    man = Manifest.from_dict(copy.deepcopy(MANIFEST))
+    frame = make_frame(n_members=120, seed=4, min_len=2, max_len=6)
+    first = frame["member_id"].isin(frame["member_id"].unique()[:6])
+    frame.loc[first, "race"] = "z"
+    small = tmp_path / "small.parquet"
+    frame.sort_values(["member_id", "week"]).to_parquet(small, index=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SmallCellWarning)
+        res = evaluate_stream(small, RiskPolicy(), manifest=man, estimators=("fqe",),
+                              q_model="auto", n_boot=0, chunk_rows=100, groups=["race"])
+    raw = res.q_model["selection"]["group_bias"]["race"]
+    assert "bias" in raw["z"]
+    published = res.to_dict()["q_model"]["selection"]["group_bias"]["race"]
+    hidden = {lv for lv, g in res.groups["race"].items() if g.suppressed}
+    assert hidden == {"z", "a"}
+    for lv, v in published.items():
+        assert (v == {"suppressed": True}) == (lv in hidden), lv

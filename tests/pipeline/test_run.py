@@ -120,8 +120,13 @@ def test_config_that_does_not_fit_the_data_leaves_no_run(tmp_path, command):
     said = " ".join(res.output.split())
     assert res.exit_code == 2, res.output
     assert "Unknown reward component 'no_such'" in said, said
-    store = RunStore(tmp_path / "runs")
-    assert store.list_runs().empty
+    # no empty store either (a mediation section on a panel without mediators left an empty
+    # runs/equicare.duckdb)
+    assert not (tmp_path / "runs").exists()
+    store = RunStore(tmp_path / "runs")  # an existing store is kept, with its runs
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2, res.output
+    assert store.db_path.is_file() and store.list_runs().empty
     assert not list((tmp_path / "runs").glob("*.partial"))
 
 
@@ -151,6 +156,7 @@ def test_sweep_serial_equals_local_pool(tmp_path):
     cols = ["learner.n_steps", "dr", "wdr", "true_value"]
     assert a.table[cols].equals(b.table[cols])
     assert (a.run_dir / "report.html").is_file()
+    assert "out_of_range" in a.table.columns  # the estimates that are not values, if any
     # every estimator the config names (it was always wis, dr, wdr, fqe silently dropped)
     assert set(cfg["ope"]["estimators"]) <= set(a.table.columns)
     one = run_sweep(cfg.with_overrides({"ope.estimators": ["fqe", "dr"]}),

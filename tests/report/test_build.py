@@ -14,6 +14,21 @@ def test_configuration_is_one_row_per_setting_without_disabled_stages():
     assert list(df["value"])[:3] == ['"x"', "0", '"awr"']
 
 
+def test_configuration_of_a_users_panel_shows_no_simulator_settings():
+    """On a panel of one's own the table showed data.synthetic {} and ope.truth_members 2000
+    (no truth stage runs), and the frontier's keys with no lambdas (no frontier ran)."""
+    cfg = {"data": {"path": "icu.duckdb", "manifest": "m.toml", "synthetic": {}},
+           "ope": {"bootstrap": 500, "truth_members": 2000},
+           "frontier": {"lambdas": [], "kind": "parity"}}
+    assert list(config_frame(cfg)["setting"]) == ["data.path", "data.manifest",
+                                                  "ope.bootstrap"]
+    sim = {"data": {"path": "", "manifest": "", "synthetic": {"members": 100}},
+           "ope": {"truth_members": 2000}, "frontier": {"lambdas": [0, 1], "kind": "parity"}}
+    assert list(config_frame(sim)["setting"]) == [
+        "data.path", "data.manifest", "data.synthetic", "ope.truth_members",
+        "frontier.lambdas", "frontier.kind"]
+
+
 def test_support_reads_as_items_not_json():
     sup = {"share_pct": 27.58, "threshold": 0.001, "per_episode_pct": {"median": 37.8,
            "p90": 70.8, "p_top11": 99.7}, "episodes_over_warn_pct": 99.8,
@@ -83,7 +98,7 @@ def test_sensitivity_table_is_median_of_draws_and_says_which_are_degenerate(tmp_
 
     from equicare.report._build import build_run_report, sensitivity_frame
 
-    out = "outside [0, 1], the range of the logged episode returns"
+    out = "outside the range of the logged episode returns"
     rows = [("baseline", None, 0, 0.74, ""), ("propensity_noise", 0.5, 0, 0.70, ""),
             ("propensity_noise", 0.5, 1, -6.6e6, f"{out}; ESS 1.0 episodes < 10"),
             ("propensity_noise", 0.5, 2, 0.75, "ESS 8.7 episodes < 10")]
@@ -172,3 +187,110 @@ def test_caveats_point_only_at_sections_the_report_has(tmp_path):
                                   ).read_text())
     assert "below" not in sweep and "section shows" not in sweep
     assert "equicare run of a grid point's config with ope.sensitivity = true" in sweep
+
+
+def test_an_estimate_far_outside_the_returns_is_neither_the_headline_nor_the_figure_scale(
+        tmp_path):
+    """An ICU panel (survival in [0, 1], estimated propensities): DR -95 headlined the run
+    summary ("awr value (DR) -94.960") and IS 700 squeezed every other estimate of the forest
+    plot into one point. The result JSON's out_of_range names them: the headline takes the
+    next in-range estimator (WDR), a note says why, and the figure's axis spans the in-range
+    ones, the others written at its edge."""
+    import html
+    import json
+
+    from equicare.report import _figures as F
+    from equicare.report._build import build_run_report, headline_estimator
+
+    result = {"n_episodes": 1501, "n_steps": 18215, "gamma": 1.0,
+              "behavior": {"value": 0.809, "ci": [0.791, 0.829]},
+              "estimates": {"is": {"value": 700.4, "ci": [43.2, 1699.6], "se": 468.3},
+                            "fqe": {"value": 0.8145, "ci": [0.718, 0.911], "se": 0.014},
+                            "dr": {"value": -94.96, "ci": [-503.0, 313.1], "se": 105.9},
+                            "wdr": {"value": 0.755, "ci": [0.649, 0.861], "se": 0.139}},
+              "ess": {"trajectory_pct": 0.09, "per_decision_pct": 7.9},
+              "out_of_range": ["is", "dr"]}
+    (tmp_path / "result.json").write_text(json.dumps(result))
+    page = html.unescape(build_run_report(tmp_path, config={"learner": {"algo": "awr"}},
+                                          figure_copies=False).render())
+    assert headline_estimator(result) == "wdr"
+    assert "awr value (WDR)" in page and "awr value (DR)" not in page
+    assert "-94.960" not in page
+    assert ("is, dr lie far outside the range of the observed returns (further beyond it than "
+            "the range is wide)") in page
+    assert "the summary above uses WDR instead" in page
+    fig = F.forest_plot(result, None, "awr")
+    lo, hi = fig.axes[0].get_xlim()
+    assert -0.1 < lo < 0.65 and 0.9 < hi < 1.1  # the in-range estimates and intervals
+    said = [t.get_text() for t in fig.axes[0].texts]
+    assert "700: off scale, not a value" in said and "-95: off scale, not a value" in said
+    result.pop("out_of_range")  # an older result JSON: DR as before
+    assert headline_estimator(result) == "dr"
+
+
+def test_a_withheld_group_value_reads_n_a_with_its_reason_not_a_blank_cell(tmp_path):
+    """The audit withholds a group value whose importance weights' ESS is below 11 (value
+    null, with a reason); the Fairness table showed an empty cell and an empty Gini, with no
+    word why. They read n/a, and a line under the table gives the reason."""
+    import html
+    import json
+
+    why = ("not published: the group's importance weights have an effective sample size "
+           "below 11 episodes")
+    cell = {"value": None, "ci": None, "reason": why, "n_episodes": 53}
+    gap = {"value": 1.02, "ci": [0.0, 1.3]}
+    pol = {"rate": {"a": {"value": 0.08, "n_episodes": 53}, "b": {"value": 0.09,
+                                                               "n_episodes": 60}},
+           "value_by_group": {"a": cell, "b": {**cell, "n_episodes": 60}},
+           "parity_gap_pp": gap, "parity_ratio": {"value": 0.9, "ci": [0.8, 1.0]},
+           "permutation_p": 0.5, "gini": {"value": None, "ci": None, "reason": "fewer than 2"}}
+    beh = {**pol, "value_by_group": {"a": {"value": 0.849, "ci": [0.8, 0.9], "n_episodes": 53},
+                                     "b": {"value": 0.818, "ci": [0.8, 0.9], "n_episodes": 60}},
+           "gini": {"value": 0.015, "ci": [0.0, 0.03]}}
+    audit = {"group": "race", "action": "treatment=vasopressor_high", "n_episodes": 113,
+             "policies": {"behavior": beh, "awr": pol}}
+    (tmp_path / "audit.json").write_text(json.dumps(audit))
+    page = html.unescape(build_run_report_page(tmp_path))
+    awr = page[page.index("awr: allocation"):]
+    awr = awr[:awr.index("</table>")]
+    assert awr.count("<td>n/a</td>") == 2 and "<td></td>" not in awr
+    assert f"awr: the value of 2 groups reads n/a ({why})." in page
+    assert "behavior: the value of" not in page
+    summary = page[page.index("<th>gini</th>"):]
+    assert "<td>n/a</td>" in summary[:summary.index("</table>")]
+
+
+def build_run_report_page(folder):
+    from equicare.report._build import build_run_report
+
+    return build_run_report(folder, figure_copies=False).render()
+
+
+def test_a_sweep_point_far_outside_the_returns_is_off_the_heatmap_scale(tmp_path):
+    """ICU panel sweep: DR 3.9e5 and 2.5e4 at two points (survival in [0, 1]) set the DR
+    heatmap's colour scale, so the in-range points read as one colour, with no word that
+    those were not values. They are grey cells reading 'off scale', the colour scale spans
+    the others, and a note says why."""
+    import html
+
+    import pandas as pd
+
+    from equicare.pipeline._sweep import _sweep_report
+    from equicare.report import _figures as F
+
+    table = pd.DataFrame({"learner.algo": ["bc", "bc", "cql", "cql"],
+                          "learner.n_steps": [500, 1500, 500, 1500],
+                          "dr": [695.9, 2.481e4, 0.31, 0.4966],
+                          "wdr": [0.9695, 0.9168, 0.4646, 0.8184],
+                          "out_of_range": ["is,pdis,dr", "is,pdis,dr", "", "is,pdis"]})
+    t = table.assign(_far=table["out_of_range"].str.split(",").apply(lambda f: "dr" in f))
+    fig = F.sweep_heatmap(t, "learner.algo", "learner.n_steps", "dr", far="_far")
+    im = fig.axes[0].images[0]
+    assert im.get_clim() == (0.31, 0.4966)  # the in-range points only
+    said = [x.get_text() for x in fig.axes[0].texts]
+    assert said.count("off scale") == 0 and sum("off scale" in s for s in said) == 2
+    assert "696\noff scale" in said and "0.31" in said
+    page = html.unescape(_sweep_report(table, ["learner.algo", "learner.n_steps"],
+                                       tmp_path, "x", {}).read_text())
+    assert ("Some points' dr lie far outside the range of the observed returns (column "
+            "out_of_range)") in page

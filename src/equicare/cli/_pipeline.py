@@ -474,13 +474,17 @@ def _print_outcome(out: object) -> None:
     s = out.summary  # type: ignore[attr-defined]
     if "estimates" in s:
         t2 = Table(title="Policy value (held-out episodes)")
-        for c in ("estimator", "value", "95% CI"):
+        far = set(s.get("out_of_range") or [])  # far outside the observed returns: not values
+        for c in ("estimator", "value", "95% CI") + (("note",) if far else ()):
             t2.add_column(c)
-        t2.add_row("behaviour (observed)", f"{s['behavior_value']:.4f}", "")
+        pad = ("",) if far else ()
+        t2.add_row("behaviour (observed)", f"{s['behavior_value']:.4f}", "", *pad)
         for k, e in s["estimates"].items():
-            t2.add_row(k, f"{e['value']:.4f}", f"[{e['ci'][0]:.4f}, {e['ci'][1]:.4f}]")
+            t2.add_row(k, f"{e['value']:.4f}", f"[{e['ci'][0]:.4f}, {e['ci'][1]:.4f}]",
+                       *(("off range: not a value" if k in far else "",) if far else ()))
         for k, tr in s.get("truth", {}).items():
-            t2.add_row(f"TRUE {k} (simulator)", f"{tr['value']:.4f}", f"± {1.96 * tr['se']:.4f}")
+            t2.add_row(f"TRUE {k} (simulator)", f"{tr['value']:.4f}", f"± {1.96 * tr['se']:.4f}",
+                       *pad)
         print_table(t2)
     for k, v in s.get("parity_gap_pp", {}).items():
         console.print(f"parity gap ({k}): {v:.2f} pp", markup=False)

@@ -225,12 +225,20 @@ class PolicyCard:
     settings: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """The card as JSON-friendly data (aggregates only; no row-level data)."""
+        """The card as JSON-friendly data (aggregates only; no row-level data).
+
+        ``tree.features`` lists the features the rules test (every rule covers at least 11
+        members), ``tree.n_features`` counts the candidates: the candidates hold one indicator
+        per categorical level of the fitting rows, a level of one patient too, and the card
+        is published (the model folder, shared under the data agreement, keeps them all).
+        """
+        used = [int(j) for j in self.tree.used_features]
         return {"format": CARD_FORMAT, "format_version": CARD_VERSION, "source": self.source,
                 "data": self.data, "rules": self.rules,
                 "tree": {"depth": self.tree.depth, "n_rules": rule_count(self.tree),
                          "n_leaves": int(self.tree.leaves.size),
-                         "features": [dict(f) for f in self.tree.features]},
+                         "features": [dict(self.tree.features[j]) for j in used],
+                         "n_features": len(self.tree.features)},
                 "evidence": {"fidelity": self.fidelity, "value": self.value,
                              "fairness": self.fairness, "support": self.support},
                 "frontier": self.frontier, "disagreement": self.disagreement,
@@ -538,9 +546,11 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
     _held_out_by_rule(rules, test_leaves, np.asarray(test.episode_index, dtype=np.int64),
                       agree, tree.n_nodes, cfg.min_cell)
     beh = src_val.behavior
+    returns = test.returns()  # its ends only judge the estimates: never on the card
+    span = (float(returns.min()), float(returns.max())) if returns.size else None
     kept, gains = improvement_kept(
         beh.value, {k: src_val.estimates[k].value for k in cfg.estimators},
-        {k: rules_val.estimates[k].value for k in cfg.estimators})
+        {k: rules_val.estimates[k].value for k in cfg.estimators}, returns_range=span)
     val = {"behavior": beh.to_dict(), "source": _est(src_val), "rules": _est(rules_val),
            "improvement_kept": kept, "source_gain": gains, "estimator_for_frontier": key,
            "q_model": q_name, "q_model_selection": q_selection,
@@ -552,7 +562,7 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
            "n_test_episodes": int(test.n_episodes)}
     disagreement = _disagreement(test, agree, tv, cfg.min_cell, cfg.top_disagreement)
     fair = _fairness(aud)
-    caveats = _caveats(fid, sup, val, key, cfg, caught_msgs)
+    caveats = _caveats(fid, sup, val, key, cfg, caught_msgs, returns_range=span)
     if aud is None:
         caveats.append(f"No fairness audit: {NO_GROUPS_REASON}. Name the protected attributes "
                        "in the manifest's dataset.groups to audit the rules by group.")
@@ -621,7 +631,21 @@ def _held_out_by_rule(rules: list[dict[str, Any]], leaves: NDArray[np.int64],
         r["test_agreement"] = None if n_k == 0 else a_k / n_k
 
 
-def improvement_kept(behavior: float, source: dict[str, float], rules: dict[str, float]
+def far_outside(value: float, returns_range: tuple[float, float] | None) -> bool:
+    """Whether an estimate lies far outside the observed returns (``evaluate``'s warning).
+
+    Further beyond the range of the episode returns than the range is wide: the importance
+    weights blowing up, not a value (:func:`equicare.ope._evaluate.out_of_range_message`).
+    """
+    if returns_range is None or not np.isfinite(value):
+        return False
+    lo, hi = returns_range
+    span = max(hi - lo, 1e-12)
+    return not lo - span <= value <= hi + span
+
+
+def improvement_kept(behavior: float, source: dict[str, float], rules: dict[str, float],
+                     returns_range: tuple[float, float] | None = None,
                      ) -> tuple[dict[str, float | None], dict[str, float | None]]:
     r"""Share of the source policy's estimated gain over current practice that the rules keep.
 
@@ -634,25 +658,35 @@ def improvement_kept(behavior: float, source: dict[str, float], rules: dict[str,
     (within ``1e-12``) gives ``None``, since a ratio of two losses ("257% kept" when both are
     negative) or of a loss and a gain has no meaning as a share kept.
 
+    Nor is it defined from an estimate far outside the range of the observed returns
+    (``returns_range``; :func:`far_outside`): a DR of 7.7e6 for the source and -9.8e5 for the
+    rules on outcomes in [0, 1] gave "-13% kept", a ratio of two blown-up importance weights.
+
     Parameters
     ----------
     behavior : float
         Estimated value of current practice.
     source, rules : dict of str to float
         Estimated values of the source policy and of the rules, by estimator.
+    returns_range : (float, float), optional
+        The held-out episodes' lowest and highest return.
 
     Returns
     -------
     kept : dict of str to float or None
-        The share by estimator (``None`` where the source gain is <= 0 or an estimate has no
-        value, e.g. WIS when every importance weight is 0).
+        The share by estimator (``None`` where the source gain is <= 0, an estimate has no
+        value, e.g. WIS when every importance weight is 0, or lies far outside the returns).
     gains : dict of str to float or None
         The source policy's gain over current practice by estimator (``None`` where the
-        source's estimate has no value).
+        source's estimate has no value or lies far outside the returns).
     """
     kept: dict[str, float | None] = {}
     gains: dict[str, float | None] = {}
     for k, v in source.items():
+        if far_outside(v, returns_range) or far_outside(rules[k], returns_range):
+            kept[k] = None
+            gains[k] = None if far_outside(v, returns_range) else float(v - behavior)
+            continue
         gain_src = float(v - behavior)
         gains[k] = gain_src if np.isfinite(gain_src) else None
         share = (rules[k] - behavior) / gain_src if gain_src > 1e-12 else np.nan
@@ -661,7 +695,8 @@ def improvement_kept(behavior: float, source: dict[str, float], rules: dict[str,
 
 
 def _caveats(fid: dict[str, Any], sup: dict[str, Any], val: dict[str, Any], key: str,
-             cfg: ExplainConfig, msgs: list[str]) -> list[str]:
+             cfg: ExplainConfig, msgs: list[str],
+             returns_range: tuple[float, float] | None = None) -> list[str]:
     out = [
         f"Fidelity is measured on {fid['n_test_episodes']:,} held-out episodes of the same "
         "panel; it says how closely the rules imitate the source policy there, not how well "
@@ -682,6 +717,15 @@ def _caveats(fid: dict[str, Any], sup: dict[str, Any], val: dict[str, Any], key:
                 out.append(f"No {k} estimate for {who} (n/a): {e['reason']}.")
     kept = val["improvement_kept"].get(key)
     gain = val.get("source_gain", {}).get(key)
+    blown = [who for who, pol_key in (("the source policy", "source"), ("the rules", "rules"))
+             if far_outside((val.get(pol_key, {}).get(key) or {}).get("value", np.nan),
+                            returns_range)]
+    if blown:
+        out.append(f"No share of the improvement kept is reported ({key}: n/a): the {key} "
+                   f"estimate of {' and of '.join(blown)} lies far outside the range of the "
+                   "observed returns, so the importance weights are extreme and it is not a "
+                   "value (see the warnings below). Judge the rules by their fidelity and by "
+                   "an estimator that stays in range.")
     if gain is not None and not gain > 1e-12:
         out.append(f"The source policy's estimated value is not above current practice's "
                    f"({key}: a gain of {gain:+.3g}), so there is no improvement for the rules "

@@ -155,6 +155,12 @@ class EvaluationResult:
     q_model : dict or None
         Fitting time and solver of the Q-model; with ``auto`` its candidates' scores; the
         tables' ``cell_choice``; ``per_level`` for subgroup columns refitted per level.
+    out_of_range : tuple of str
+        The estimators whose estimate lies far outside the range of the observed returns
+        (further beyond it than the range is wide: the importance weights blowing up, not a
+        value; the ``DataWarning`` of :func:`out_of_range_message`). Result JSON
+        ``"out_of_range"``; the run report keeps them out of its headline and its figure's
+        scale.
     """
 
     n_episodes: int
@@ -168,6 +174,7 @@ class EvaluationResult:
     settings: dict[str, Any] = field(default_factory=dict)
     behavior_model: dict[str, Any] | None = None
     q_model: dict[str, Any] | None = None
+    out_of_range: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """Return the result JSON: Contract 3 plus support, settings and model summaries."""
@@ -181,8 +188,15 @@ class EvaluationResult:
                        for attr, levels in self.groups.items()},
             "settings": self.settings,
             "behavior_model": self.behavior_model,
-            "q_model": self.q_model,
+            "q_model": self._q_model_json(),
+            "out_of_range": list(self.out_of_range),
         }
+
+    def _q_model_json(self) -> dict[str, Any] | None:
+        """``q_model`` with the estimated bias of each suppressed subgroup level withheld."""
+        return withhold_suppressed_bias(self.q_model, {
+            (a, lv) for a, levels in self.groups.items() for lv, g in levels.items()
+            if g.suppressed})
 
     def to_frame(self) -> pd.DataFrame:
         """Tidy table: one row per (group attribute, level, estimator).
@@ -225,6 +239,28 @@ def _behavior_estimate(inputs: OPEInputs, counts: NDArray[np.float64] | None, n_
     reps = counts @ ret / counts.sum(axis=1)
     return Estimate(value=v, ci=percentile_interval(reps, alpha), se=float(reps.std(ddof=1)),
                     n_episodes=n)
+
+
+def withhold_suppressed_bias(q: dict[str, Any] | None, hidden: set[tuple[str, str]]
+                             ) -> dict[str, Any] | None:
+    """A result JSON's ``q_model`` with ``group_bias`` of the suppressed levels withheld.
+
+    ``auto``'s per-level bias (``group_bias``, at the top in memory and under ``selection``
+    when streamed) is estimated on the level's own episodes, so a level suppressed in
+    ``groups`` (``hidden``: fewer than 11 episodes, or revealing one by difference) is
+    ``{"suppressed": true}`` there too.
+    """
+    if not q:
+        return q
+    out = dict(q)
+    gb = q.get("group_bias")
+    if gb:
+        out["group_bias"] = {a: {lv: {"suppressed": True} if (a, lv) in hidden else v
+                                 for lv, v in d.items()} for a, d in gb.items()}
+    sel = q.get("selection")
+    if isinstance(sel, dict) and sel.get("group_bias"):
+        out["selection"] = withhold_suppressed_bias(sel, hidden)
+    return out
 
 
 def estimates_from_prepared(
@@ -879,7 +915,7 @@ def _evaluate(
     kw: dict[str, Any] = {"truncate": truncate, "normalization": normalization,
                           "n_boot": bootstrap, "ci_method": ci_method, "alpha": alpha}
     ests, beh, ess = estimates_from_prepared(prep, keys, random_state=seed_boot, **kw)
-    _warn_out_of_range(ests, dataset.returns(), ess, prep.propensity_source)
+    far = _warn_out_of_range(ests, dataset.returns(), ess, prep.propensity_source)
     settings: dict[str, Any] = {
         "estimators": list(keys),
         "q_model": ("given" if q is not None else qcfg if isinstance(qcfg, str)
@@ -940,24 +976,35 @@ def _evaluate(
     return EvaluationResult(
         n_episodes=dataset.n_episodes, n_steps=dataset.n_steps, gamma=float(dataset.gamma),
         behavior=beh, estimates=ests, ess=ess, support=support, groups=group_out,
-        settings=settings, behavior_model=bm_summary, q_model=q_info)
+        settings=settings, behavior_model=bm_summary, q_model=q_info, out_of_range=far)
+
+
+def far_outside_returns(ests: Mapping[str, Any], returns_range: tuple[float, float]
+                        ) -> tuple[str, ...]:
+    """The estimators whose ``value`` lies further beyond the returns' range than it is wide."""
+    lo, hi = returns_range
+    span = max(hi - lo, 1e-12)
+    return tuple(k for k, e in ests.items()
+                 if np.isfinite(e.value) and not lo - span <= e.value <= hi + span)
 
 
 def _warn_out_of_range(ests: dict[str, Estimate], returns: NDArray[np.float64],
-                       ess: Any, propensity_source: str = "estimated") -> None:
+                       ess: Any, propensity_source: str = "estimated") -> tuple[str, ...]:
     """Warn when an estimate lies far outside the range of the observed returns.
 
     A policy's value is an average of returns; an estimate more than the returns' whole span
     beyond them (DR of 1.2e7 on a panel whose returns lie in [0, 1], with estimated propensities
     near 0) is the importance weights blowing up, not a value. ``DataWarning``. Logging the
-    propensities is suggested only when they were estimated (``propensity_source``).
+    propensities is suggested only when they were estimated (``propensity_source``). Returns
+    those estimators (:func:`far_outside_returns`).
     """
     if returns.size == 0:
-        return
-    msg = out_of_range_message(ests, (float(returns.min()), float(returns.max())),
-                               getattr(ess, "trajectory", None), propensity_source)
+        return ()
+    span = (float(returns.min()), float(returns.max()))
+    msg = out_of_range_message(ests, span, getattr(ess, "trajectory", None), propensity_source)
     if msg is not None:
         warnings.warn(msg, DataWarning, stacklevel=3)
+    return far_outside_returns(ests, span)
 
 
 def out_of_range_message(ests: Mapping[str, Any], returns_range: tuple[float, float],
@@ -968,14 +1015,14 @@ def out_of_range_message(ests: Mapping[str, Any], returns_range: tuple[float, fl
     chunk by chunk), ``n_eff`` the trajectory ESS (a number, else not said). The estimates
     need only a ``value``.
     """
-    lo, hi = returns_range
-    span = max(hi - lo, 1e-12)
-    bad = [f"{k} {e.value:.4g}" for k, e in ests.items()
-           if np.isfinite(e.value) and not lo - span <= e.value <= hi + span]
+    bad = [f"{k} {ests[k].value:.4g}" for k in far_outside_returns(ests, returns_range)]
     if not bad:
         return None
+    # the range's ends are not printed: they are single members' returns, and the message is
+    # copied into published files (the policy card's caveats)
     return (f"{', '.join(bad)} lie{'s' if len(bad) == 1 else ''} far outside the range of the "
-            f"observed returns [{lo:.4g}, {hi:.4g}]: the importance weights are extreme"
+            "observed returns (further beyond it than the range is wide): the importance "
+            "weights are extreme"
             + (f" (trajectory ESS {n_eff:.1f})" if isinstance(n_eff, float | int) else "")
             + ". Do not use them; truncate the weights (--truncate)"
             + (", prefer FQE or WDR, or log the propensities instead of estimating them."

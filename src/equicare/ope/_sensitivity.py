@@ -205,7 +205,9 @@ def _flag(value: float, ess_pct: float | None, n: int, low: float, high: float) 
     """
     out = []
     if not np.isfinite(value) or value < low or value > high:
-        out.append(f"outside [{low:.4g}, {high:.4g}], the range of the logged episode returns")
+        # no numbers: the lowest and the highest return are single members' values, and this
+        # text goes to sensitivity.csv and the run report
+        out.append("outside the range of the logged episode returns")
     if ess_pct is not None and ess_pct * n / 100.0 < MIN_EFFECTIVE_EPISODES:
         out.append(f"ESS {ess_pct * n / 100.0:.1f} episodes < {MIN_EFFECTIVE_EPISODES:g}")
     return "; ".join(out)

@@ -356,6 +356,8 @@ class StreamEvaluation:
         actions on the support check's sample of about 20,000 rows of whole episodes
         (:func:`~equicare.ope._propensity_check.sample_propensity_check`; ``equicare evaluate``
         warns from it, as in memory). Not in the result JSON, as in memory.
+    out_of_range : tuple of str
+        The estimators far outside the range of the observed returns, as in memory.
     """
 
     n_episodes: int
@@ -374,6 +376,7 @@ class StreamEvaluation:
     settings: dict[str, Any] = field(default_factory=dict)
     support: StreamSupportReport | None = None
     propensity_check: PropensityCheck | None = None
+    out_of_range: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The result JSON (Contract 3: ``n_episodes``, ``behavior``, ``estimates``, ``ess``).
@@ -392,6 +395,7 @@ class StreamEvaluation:
             "groups": {attr: {lv: g.to_dict() for lv, g in levels.items()}
                        for attr, levels in self.groups.items()},
             "support": None if self.support is None else self.support.to_dict(),
+            "out_of_range": list(self.out_of_range),
         }
         out["propensity_source"] = "logged" if self.behavior_model is None else "estimated"
         if self.settings:
@@ -399,7 +403,11 @@ class StreamEvaluation:
         if self.behavior_model is not None:
             out["behavior_model"] = self.behavior_model
         if self.q_model is not None:
-            out["q_model"] = self.q_model
+            from equicare.ope._evaluate import withhold_suppressed_bias
+
+            out["q_model"] = withhold_suppressed_bias(self.q_model, {
+                (a, lv) for a, levels in self.groups.items() for lv, g in levels.items()
+                if g.suppressed})
         return out
 
 
@@ -1015,12 +1023,14 @@ def evaluate_stream(
             g_sums = total.groups
         src.flush()  # the support check's sums, when no pass was left to carry them
     report = None if support is None else support.report(keys)
-    from equicare.ope._evaluate import out_of_range_message
+    from equicare.ope._evaluate import far_outside_returns, out_of_range_message
 
     far = out_of_range_message(res.estimates, (main.returns_min, main.returns_max), res.ess,
                                "logged" if beh_info is None else "estimated")
     if far is not None:  # as in memory: the importance weights blowing up, not a value
         warnings.warn(far, DataWarning, stacklevel=2)
+        res = dataclasses.replace(res, out_of_range=far_outside_returns(
+            res.estimates, (main.returns_min, main.returns_max)))
     if plan is not None and g_sums is not None:
         res = dataclasses.replace(res, groups=finish_groups(
             plan, g_sums, g_squares, alpha=alpha,

@@ -611,6 +611,7 @@ def _summary(state: dict[str, Any]) -> dict[str, Any]:
     if ev is not None:
         s["behavior_value"] = ev.behavior.value
         s["estimates"] = {k: {"value": e.value, "ci": list(e.ci)} for k, e in ev.estimates.items()}
+        s["out_of_range"] = list(ev.out_of_range)  # far outside the returns: not values
     if "truth" in state:
         s["truth"] = state["truth"]
     if "audit" in state:

@@ -117,8 +117,10 @@ class RunStore:
     def __init__(self, root: str | os.PathLike[str] = "runs") -> None:
         self.root = Path(root)
         check_store_folder(self.root)
+        self._made_root = not self.root.exists()  # what discard() may take back
         self.root.mkdir(parents=True, exist_ok=True)
         self.db_path = self.root / "equicare.duckdb"
+        self._made_db = not self.db_path.exists()
         with self._connect() as con:
             con.execute(_SCHEMA)
             self._mark_stale(con)
@@ -228,12 +230,21 @@ class RunStore:
         """Remove a run that did no work: its row, its metrics and its partial folder.
 
         For a user mistake found before the first stage finished (a config that does not fit
-        the data): the command exits with an error and leaves no run behind.
+        the data): the command exits with an error and leaves no run behind. A store that this
+        object created (no ``equicare.duckdb`` before) and that now holds no run is removed
+        too, with its folder if it made it and it is empty: a mistake leaves no empty store.
         """
         with self._connect() as con:
             con.execute("DELETE FROM metrics WHERE run_id = ?", [run_id])
             con.execute("DELETE FROM runs WHERE run_id = ?", [run_id])
+            left = con.execute("SELECT count(*) FROM runs").fetchone()[0]
         shutil.rmtree(self.partial_dir(run_id), ignore_errors=True)
+        if self._made_db and not left:  # a store this run created holds nothing: take it back
+            for f in (self.db_path, self.db_path.with_name(self.db_path.name + ".wal")):
+                f.unlink(missing_ok=True)
+            if self._made_root:
+                with contextlib.suppress(OSError):  # not empty: something else is there
+                    self.root.rmdir()
 
     # ------------------------------------------------------------------ queries
     def list_runs(self) -> pd.DataFrame:

@@ -99,6 +99,7 @@ def _sweep_point(task: tuple[dict[str, Any], str, str, dict[str, Any]]) -> dict[
     for k, e in res.estimates.items():
         row[k] = e.value
         row[f"{k}_ci_low"], row[f"{k}_ci_high"] = e.ci
+    row["out_of_range"] = ",".join(res.out_of_range)  # not values (blown-up weights)
     if sim is not None and cfg["ope"]["truth_members"] > 0:
         t = sim.true_value(
             learner,
@@ -274,12 +275,28 @@ def _sweep_report(
     rep.text("Grid: " + json.dumps(grid))
     row = keys[0]
     col = keys[1] if len(keys) > 1 else None
-    for metric in [m for m in ("dr", "wdr", "true_value") if m in table]:
+    far_of = (table["out_of_range"].fillna("").astype(str).str.split(",")
+              if "out_of_range" in table else None)
+    shown = [m for m in ("dr", "wdr", "true_value") if m in table]
+    flagged = [] if far_of is None else [m for m in shown if far_of.apply(
+        lambda f, m=m: m in f).any()]
+    if flagged:
+        rep.text(
+            f"Some points' {', '.join(flagged)} lie far outside the range of the observed "
+            "returns (column out_of_range): the importance weights are extreme, so those "
+            "are not values of the policy. Their heatmap cells are grey and read 'off scale'; "
+            "the colour scale spans the other points.",
+            note=True,
+        )
+    for metric in shown:
         t = table.copy()
         if col is None:
             t["_"] = ""
+        if far_of is not None:
+            t["_far"] = far_of.apply(lambda f, m=metric: m in f)
         rep.figure(
-            sweep_heatmap(t, row, col or "_", metric), f"sweep_{metric}", f"{metric} over the grid"
+            sweep_heatmap(t, row, col or "_", metric, far="_far" if far_of is not None
+                          else None), f"sweep_{metric}", f"{metric} over the grid"
         )
     rep.table(table, n_col=None)
     rep.section("Caveats")

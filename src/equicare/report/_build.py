@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -63,13 +64,23 @@ CAVEATS = report_caveats(support=True, sensitivity=True)
 
 
 def config_frame(config: dict[str, Any]) -> pd.DataFrame:
-    """The run configuration as ``section.key = value`` rows (disabled optional stages out)."""
+    """The run configuration as ``section.key = value`` rows (disabled optional stages out).
+
+    Out too: the frontier without lambdas, and on a panel of your own (``data.path``) the
+    empty ``data.synthetic`` and ``ope.truth_members`` (no simulator, no truth stage), which
+    read as if the run had simulated its data.
+    """
     rows = []
+    own = bool((config.get("data") or {}).get("path"))
     for section, v in config.items():
         if isinstance(v, dict):
             if section in ("plan", "mediation", "explain") and not v.get("enabled"):
                 continue
-            rows += [(f"{section}.{k}", json.dumps(x, default=str)) for k, x in v.items()]
+            if section == "frontier" and not v.get("lambdas"):
+                continue
+            rows += [(f"{section}.{k}", json.dumps(x, default=str)) for k, x in v.items()
+                     if not (own and (section, k) in (("data", "synthetic"),
+                                                      ("ope", "truth_members")))]
         else:
             rows.append((section, json.dumps(v, default=str)))
     return pd.DataFrame(rows, columns=["setting", "value"])
@@ -144,9 +155,28 @@ def audit_group_frame(policy: dict[str, Any]) -> pd.DataFrame:
             r["proportional_parity"] = "suppressed"
         vb = policy.get("value_by_group", {}).get(g)
         if isinstance(vb, dict) and not vb.get("suppressed"):
-            r["value"] = vb.get("value")
+            # a withheld value (weights' ESS below 11, or undefined) reads n/a, not blank
+            r["value"] = "n/a" if vb.get("value") is None else vb["value"]
         rows.append(r)
     return pd.DataFrame(rows)
+
+
+def withheld_values_note(policy: str, entry: dict[str, Any]) -> str | None:
+    """Why a policy's group values read n/a in the Fairness section (None when none does).
+
+    The audit gives each withheld value a ``reason`` (an importance-weighted value whose
+    weights have an effective sample size below 11 episodes rests on fewer than 11 members'
+    outcomes and is not published); its worst group and Gini then have none either.
+    """
+    vb = entry.get("value_by_group") or {}
+    why = sorted({c["reason"] for c in vb.values() if isinstance(c, dict)
+                  and not c.get("suppressed") and c.get("value") is None and c.get("reason")})
+    if not why:
+        return None
+    n = sum(1 for c in vb.values() if isinstance(c, dict) and not c.get("suppressed")
+            and c.get("value") is None)
+    return (f"{policy}: the value of {n} group{'s' if n != 1 else ''} reads n/a ("
+            + "; ".join(why) + ").")
 
 
 def sensitivity_frame(table: pd.DataFrame) -> tuple[pd.DataFrame, int]:
@@ -214,6 +244,24 @@ def _load(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+#: The estimators the run summary's headline value is taken from, in order of preference.
+HEADLINE_ESTIMATORS = ("dr", "wdr", "fqe")
+
+
+def headline_estimator(result: Mapping[str, Any]) -> str | None:
+    """The estimator of the run summary's headline value: DR, else WDR, else FQE.
+
+    One whose estimate lies far outside the range of the observed returns (the result
+    JSON's ``out_of_range``) is passed over: DR of -95 for a survival probability headlined
+    the report of an ICU panel. None when none is computed and in range.
+    """
+    far = set(result.get("out_of_range") or [])
+    for k in HEADLINE_ESTIMATORS:
+        if k in result["estimates"] and k not in far:
+            return k
+    return None
+
+
 def build_run_report(
     run_dir: str | Path,
     *,
@@ -254,9 +302,11 @@ def build_run_report(
     kpis: dict[str, str] = {}
     if result:
         kpis["behaviour value (observed)"] = f"{result['behavior']['value']:.3f}"
-        if "dr" in result["estimates"]:
-            e = result["estimates"]["dr"]
-            kpis[f"{algo} value (DR)"] = f"{e['value']:.3f} [{e['ci'][0]:.3f}, {e['ci'][1]:.3f}]"
+        head = headline_estimator(result)
+        if head is not None:
+            e = result["estimates"][head]
+            kpis[f"{algo} value ({head.upper()})"] = (
+                f"{e['value']:.3f} [{e['ci'][0]:.3f}, {e['ci'][1]:.3f}]")
     if truth:
         for k, t in truth.items():
             kpis[f"true value, {k} (simulator)"] = f"{t['value']:.3f} ± {1.96 * t['se']:.3f}"
@@ -298,6 +348,19 @@ def build_run_report(
             f"Evaluated on {result['n_episodes']:,} held-out episodes "
             f"({result['n_steps']:,} steps). Intervals: 95% episode-level bootstrap."
         )
+        far = [k for k in result.get("out_of_range") or [] if k in result["estimates"]]
+        if far:
+            rep.text(
+                f"{', '.join(far)} lie{'s' if len(far) == 1 else ''} far outside the range of "
+                "the observed returns (further beyond it than the range is wide): the "
+                "importance weights are extreme, so "
+                f"{'this is not a value' if len(far) == 1 else 'these are not values'} of the "
+                "policy. The figure's scale leaves them out (marked at its edge) and the "
+                "summary above uses "
+                + (f"{head.upper()} instead." if head is not None and head not in far
+                   else "none of them."),
+                note=True,
+            )
         rep.figure(
             F.forest_plot(result, truth, algo),
             "forest",
@@ -420,7 +483,8 @@ def build_run_report(
                 "permutation_p": "not run" if pv is None else pv,
             }
             if "gini" in a and isinstance(a["gini"], dict):
-                row["gini"] = a["gini"].get("value")
+                g_val = a["gini"].get("value")
+                row["gini"] = "n/a" if g_val is None else g_val
             rows.append(row)
         rep.table(pd.DataFrame(rows), n_col=None)
         if not_run:
@@ -430,6 +494,9 @@ def build_run_report(
                 audit_group_frame(a),
                 caption=f"{p}: allocation, proportional parity and value by group",
             )
+            note = withheld_values_note(p, a)
+            if note:
+                rep.text(note)
 
     fr = d / "frontier.csv"
     if fr.is_file():

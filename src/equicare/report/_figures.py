@@ -44,22 +44,43 @@ def forest_plot(
 ) -> Any:
     """Policy value by estimator with 95% CIs, behaviour and truth marked.
 
-    ``result`` follows Contract 3.
+    ``result`` follows Contract 3. Estimates listed in its ``out_of_range`` (far outside the
+    range of the observed returns: blown-up importance weights, not values) are left out of
+    the axis' scale and written at its edge, so they do not squeeze every other estimate into
+    one point.
     """
     plt = _plt()
     ests = result["estimates"]
     names = list(ests)
+    far = set(result.get("out_of_range") or [])
     fig, ax = plt.subplots(figsize=(7, 0.45 * (len(names) + 2) + 1))
     y = np.arange(len(names))[::-1] + 1
+    b = result["behavior"]
+    span = [b["value"], *(b.get("ci") or [])]
+    span += [t["value"] for t in (truth or {}).values()]
+    for k in names:
+        if k not in far:
+            span += [ests[k]["value"], *(ests[k].get("ci") or [])]
+    finite = [float(v) for v in span if v is not None and np.isfinite(v)]
+    lo_ax, hi_ax = min(finite), max(finite)
+    pad = 0.05 * (hi_ax - lo_ax) or 0.05 * max(abs(hi_ax), 1.0)
+    lo_ax, hi_ax = lo_ax - pad, hi_ax + pad
     for yi, k in zip(y, names, strict=True):
         e = ests[k]
+        if k in far:
+            edge, ha = (hi_ax, "right") if e["value"] > hi_ax else (lo_ax, "left")
+            ax.annotate(f"{e['value']:.3g}: off scale, not a value", (edge, yi), ha=ha,
+                        va="center", fontsize=8, color="#b00")
+            continue
         lo, hi = e.get("ci") or (np.nan, np.nan)
         ax.plot([lo, hi], [yi, yi], color=_COLORS[0], lw=2)
         ax.plot(e["value"], yi, "o", color=_COLORS[0])
-    b = result["behavior"]
     ax.plot(b["ci"], [0, 0], color="#555", lw=2)
     ax.plot(b["value"], 0, "s", color="#555")
     ax.axvline(b["value"], color="#555", ls=":", lw=1)
+    if far:
+        ax.set_xlim(lo_ax, hi_ax)
+        ax.set_ylim(-0.6, len(names) + 0.6)  # an off-scale estimate has no point to fit to
     labels = [f"{k.upper()} ({policy_name})" for k in names]
     ax.set_yticks(list(y) + [0], labels + ["behaviour (observed)"])
     if truth:
@@ -212,12 +233,25 @@ def frontier_plot(table: pd.DataFrame) -> Any:
     return fig
 
 
-def sweep_heatmap(table: pd.DataFrame, row: str, col: str, value: str) -> Any:
-    """Heatmap of a metric over a two-way sweep grid (one-way sweeps give one row)."""
+def sweep_heatmap(table: pd.DataFrame, row: str, col: str, value: str,
+                  far: str | None = None) -> Any:
+    """Heatmap of a metric over a two-way sweep grid (one-way sweeps give one row).
+
+    ``far`` names a boolean column of ``table``: points whose ``value`` lies far outside the
+    range of the observed returns (not a value; the result JSON's ``out_of_range``). Their
+    cells are grey and read "off scale", and the colour scale spans the other points only.
+    """
     plt = _plt()
-    piv = table.pivot_table(index=row, columns=col, values=value, aggfunc="mean")
+    t = table
+    if far is not None and far in table:
+        t = table.assign(**{value: table[value].where(~table[far].astype(bool))})
+    piv = t.pivot_table(index=row, columns=col, values=value, aggfunc="mean", dropna=False)
+    raw = table.pivot_table(index=row, columns=col, values=value, aggfunc="mean",
+                            dropna=False).reindex(index=piv.index, columns=piv.columns)
     fig, ax = plt.subplots(figsize=(1.2 * piv.shape[1] + 2.5, 0.8 * piv.shape[0] + 1.8))
-    im = ax.imshow(piv.to_numpy(), cmap="viridis", aspect="auto")
+    ax.set_facecolor("#ccc")  # a masked (off-scale) cell
+    im = ax.imshow(np.ma.masked_invalid(piv.to_numpy(dtype=float)), cmap="viridis",
+                   aspect="auto")
     ax.set_xticks(range(piv.shape[1]), [str(c) for c in piv.columns])
     ax.set_yticks(range(piv.shape[0]), [str(r) for r in piv.index])
     ax.set_xlabel(col)
@@ -227,6 +261,9 @@ def sweep_heatmap(table: pd.DataFrame, row: str, col: str, value: str) -> Any:
             v = piv.iloc[i, j]
             if v == v:
                 ax.text(j, i, f"{v:.3g}", ha="center", va="center", color="w", fontsize=8)
+            elif raw.iloc[i, j] == raw.iloc[i, j]:
+                ax.text(j, i, f"{raw.iloc[i, j]:.3g}\noff scale", ha="center", va="center",
+                        color="#b00", fontsize=7)
     fig.colorbar(im, ax=ax, label=value)
     ax.set_title(f"{value} over the sweep")
     fig.tight_layout()
