@@ -295,3 +295,23 @@ def test_the_rules_speak_of_the_time_unit_only_when_the_time_column_names_one():
     assert time_unit_of("period_id") == "period"
     assert time_unit_of("t") == "step" and time_unit_of(None) == "step"
     assert time_unit_of("timestamp") == "step"
+
+
+def test_the_card_headlines_the_first_estimator_that_stays_in_range():
+    """A reviewer's ICU card headlined DR 7.7e6 for a survival probability (frontier on a 1e6
+    scale, group values of -51.9): the card now uses the first of DR, WDR, FQE whose estimate
+    of the source is in range, and says why."""
+    from equicare.explain._evidence import _caveats, card_estimator
+
+    est = ("wis", "dr", "wdr")
+    assert card_estimator(est, ()) == "dr"
+    assert card_estimator(est, ("dr",)) == "wdr"
+    assert card_estimator(("wis", "dr", "wdr", "fqe"), ("dr", "wdr")) == "fqe"
+    assert card_estimator(est, ("dr", "wdr")) == "wis"  # nothing better: the first listed
+    assert ExplainConfig().estimators == est
+    val = {"improvement_kept": {"wdr": 0.9}, "source_gain": {"wdr": 0.05}}
+    out = " ".join(_caveats({"n_test_episodes": 10}, {"rules_pct": 0.0, "source_pct": 1.0,
+                                                      "check": "logged propensities"},
+                            val, "wdr", ExplainConfig(), []))
+    assert ("use wdr: dr's estimate of the source policy lies far outside the range of the "
+            "observed returns") in out

@@ -16,7 +16,7 @@ __all__ = ["run_explain", "register"]
 
 def run_explain(model: Path, data: Path, *, manifest: Path, out: Path, depth: int = 3,
                 max_rules: int | None = None, holdout: float = 0.3, q_model: str = "auto",
-                estimators: str = "wis,dr", bootstrap: int = 200, action: str | None = None,
+                estimators: str = "wis,dr,wdr", bootstrap: int = 200, action: str | None = None,
                 group: str | None = None, labels: str = "argmax",
                 mode: str = "exceptions", seed: int = 42,
                 force: bool = False) -> dict[str, Any]:
@@ -82,8 +82,10 @@ def register(app: typer.Typer) -> None:
             help="Q-model of the row weights and of the OPE: auto (chosen once for the source "
                  "policy by evaluate's cross-fitted criterion) or a fixed one.")] = QModel.AUTO,
         estimators: Annotated[str, typer.Option(
-            help="Comma list of OPE estimators: is, wis, pdis, wpdis, fqe, dr, wdr.")
-        ] = "wis,dr",
+            help="Comma list of OPE estimators: is, wis, pdis, wpdis, fqe, dr, wdr. The card's "
+                 "headline is the first of dr, wdr, fqe listed whose estimate of the source "
+                 "stays near the observed returns.")
+        ] = "wis,dr,wdr",
         bootstrap: Annotated[int, typer.Option(min=0, help="Episode bootstrap replicates.")
                              ] = 200,
         action: Annotated[str | None, typer.Option(

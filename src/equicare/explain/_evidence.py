@@ -70,8 +70,11 @@ class ExplainConfig:
     holdout : float, default=0.3
         Share of episodes held out for the evidence (stratified by the first group attribute);
         ignored when a test set is given.
-    estimators : tuple of str, default=("wis", "dr")
-        OPE estimators of the value.
+    estimators : tuple of str, default=("wis", "dr", "wdr")
+        OPE estimators of the value. The card's headline estimator (its frontier, improvement
+        kept and fairness values) is the first of DR, WDR and FQE among them whose estimate
+        of the source policy lies within reach of the observed returns
+        (:func:`equicare.ope._evaluate.far_outside_returns`), else the first listed.
     q_model : str, default="auto"
         Q-model of the OPE estimators (and of the choice weights unless ``distill`` says): any
         ``q_model`` of :func:`equicare.ope.evaluate`. ``"auto"`` is chosen once, by
@@ -114,7 +117,7 @@ class ExplainConfig:
     depths: tuple[int, ...] = (1, 2, 3, 4, 5, 6)
     distill: DistillConfig | None = None
     holdout: float = 0.3
-    estimators: tuple[str, ...] = ("wis", "dr")
+    estimators: tuple[str, ...] = ("wis", "dr", "wdr")
     q_model: str = "auto"
     bootstrap: int = 200
     frontier_bootstrap: int = 50
@@ -495,7 +498,7 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
         src_val = value(src_test, cfg.bootstrap, seeds[3])
         depths = sorted(set(cfg.depths) | {cfg.depth})
         frontier, trees = [], {}
-        key = "dr" if "dr" in cfg.estimators else cfg.estimators[0]
+        key = card_estimator(cfg.estimators, src_val.out_of_range)
         for d in depths:
             dist = Distiller(replace(dcfg, max_depth=d)).fit(
                 fit_ds, policy, source_probs=src_fit, weights=weights, q=q_fit,
@@ -694,6 +697,19 @@ def improvement_kept(behavior: float, source: dict[str, float], rules: dict[str,
     return kept, gains
 
 
+def card_estimator(estimators: tuple[str, ...], out_of_range: tuple[str, ...]) -> str:
+    """The card's headline estimator: the first of DR, WDR, FQE listed and in range.
+
+    An estimate far outside the observed returns is the importance weights blowing up, not a
+    value (a DR of 7.7e6 for a survival probability headlined a reviewer's card, its frontier
+    drawn on a 1e6 scale); the first listed estimator when none of the three qualifies.
+    """
+    for k in ("dr", "wdr", "fqe"):
+        if k in estimators and k not in out_of_range:
+            return k
+    return estimators[0]
+
+
 def _caveats(fid: dict[str, Any], sup: dict[str, Any], val: dict[str, Any], key: str,
              cfg: ExplainConfig, msgs: list[str],
              returns_range: tuple[float, float] | None = None) -> list[str]:
@@ -715,6 +731,12 @@ def _caveats(fid: dict[str, Any], sup: dict[str, Any], val: dict[str, Any], key:
         for k, e in val.get(pol_key, {}).items():
             if e.get("reason") is not None:
                 out.append(f"No {k} estimate for {who} (n/a): {e['reason']}.")
+    preferred = next((k for k in ("dr", "wdr", "fqe") if k in cfg.estimators), key)
+    if key != preferred:
+        out.append(f"The frontier, the improvement kept and the fairness values use {key}: "
+                   f"{preferred}'s estimate of the source policy lies far outside the range of "
+                   "the observed returns (the importance weights are extreme), so it is not a "
+                   "value.")
     kept = val["improvement_kept"].get(key)
     gain = val.get("source_gain", {}).get(key)
     blown = [who for who, pol_key in (("the source policy", "source"), ("the rules", "rules"))
