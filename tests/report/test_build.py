@@ -294,3 +294,22 @@ def test_a_sweep_point_far_outside_the_returns_is_off_the_heatmap_scale(tmp_path
                                        tmp_path, "x", {}).read_text())
     assert ("Some points' dr lie far outside the range of the observed returns (column "
             "out_of_range)") in page
+
+
+def test_the_summary_says_against_current_practice_only_what_every_estimator_supports():
+    """A reviewer's ICU panel: FQE and WDR put the learned policy above current practice in a
+    unit where its exact value was below. The summary says "above"/"below" only when DR, WDR
+    and FQE (in range) all put their whole interval on one side of the observed value."""
+    from equicare.report._build import practice_comparison
+
+    def res(**est):
+        return {"behavior": {"value": 0.80}, "out_of_range": ["dr"],
+                "estimates": {k: {"value": v, "ci": ci} for k, (v, ci) in est.items()}}
+
+    split = practice_comparison(res(fqe=(0.81, [0.79, 0.83]), wdr=(0.76, [0.65, 0.86])))
+    assert split == "not established: FQE above, WDR at or below"
+    assert practice_comparison(res(fqe=(0.85, [0.82, 0.88]), wdr=(0.86, [0.81, 0.91]),
+                                   dr=(9e6, [0, 1]))).startswith("above (WDR, FQE")
+    assert practice_comparison(res(wdr=(0.70, [0.65, 0.75]))).startswith("below (WDR")
+    assert practice_comparison(res(wdr=(0.82, [0.78, 0.86]))).startswith("not established (WDR")
+    assert practice_comparison(res(dr=(9e6, [0, 1]))) is None  # only an off-range estimate

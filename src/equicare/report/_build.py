@@ -262,6 +262,36 @@ def headline_estimator(result: Mapping[str, Any]) -> str | None:
     return None
 
 
+def practice_comparison(result: Mapping[str, Any]) -> str | None:
+    """The run summary's reading of the learned policy against current practice.
+
+    "above" or "below" only when DR, WDR and FQE (those computed, with a value, in range)
+    all put their whole interval on the same side of the observed behaviour value; otherwise
+    "not established", saying whether they disagree in sign (on a reviewer's ICU panel FQE
+    and WDR put the policy above practice in one unit, where its exact value was below) or
+    their intervals reach it. None when none of them is available.
+    """
+    beh = float(result["behavior"]["value"])
+    far = set(result.get("out_of_range") or [])
+    got = {k: result["estimates"][k] for k in HEADLINE_ESTIMATORS
+           if k in result["estimates"] and k not in far
+           and result["estimates"][k].get("value") is not None}
+    if not got:
+        return None
+    names = ", ".join(k.upper() for k in got)
+    signs = {k: np.sign(float(e["value"]) - beh) for k, e in got.items()}
+    if len(set(signs.values())) > 1:
+        above = ", ".join(k.upper() for k, v in signs.items() if v > 0)
+        below = ", ".join(k.upper() for k, v in signs.items() if v <= 0)
+        return f"not established: {above} above, {below} at or below"
+    ci = [e.get("ci") or [None, None] for e in got.values()]
+    if all(c[0] is not None and c[0] > beh for c in ci):
+        return f"above ({names}: every interval above the observed value)"
+    if all(c[1] is not None and c[1] < beh for c in ci):
+        return f"below ({names}: every interval below the observed value)"
+    return f"not established ({names}: an interval reaches the observed value)"
+
+
 def build_run_report(
     run_dir: str | Path,
     *,
@@ -307,6 +337,9 @@ def build_run_report(
             e = result["estimates"][head]
             kpis[f"{algo} value ({head.upper()})"] = (
                 f"{e['value']:.3f} [{e['ci'][0]:.3f}, {e['ci'][1]:.3f}]")
+        versus = practice_comparison(result)
+        if versus is not None:
+            kpis[f"{algo} against current practice"] = versus
     if truth:
         for k, t in truth.items():
             kpis[f"true value, {k} (simulator)"] = f"{t['value']:.3f} ± {1.96 * t['se']:.3f}"
