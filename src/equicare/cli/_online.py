@@ -145,7 +145,7 @@ def _reasons(stats: list[dict[str, Any]]) -> list[str]:
 
 
 def format_summary(result: dict[str, Any]) -> str:
-    """Plain-text table of :func:`run_online` output (means and 95% bootstrap CIs over seeds)."""
+    """Plain-text table of :func:`run_online` output (means and 95% Student-t CIs over seeds)."""
     lines = []
     shown: list[dict[str, Any]] = []
     if result["kind"] == "experiment":

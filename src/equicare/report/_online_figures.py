@@ -73,7 +73,7 @@ def plot_frontier(
     y: str = "worst_group_wait",
     ax: Any = None,
 ) -> Any:
-    """Efficiency-versus-equity frontier of a :func:`lambda_sweep` (95% bootstrap CIs).
+    """Efficiency-versus-equity frontier of a :func:`lambda_sweep` (95% Student-t CIs over seeds).
 
     Parameters
     ----------
