@@ -110,7 +110,10 @@ def test_auto_uses_the_window_table_when_the_check_finds_the_bias():
     assert q["chosen"] == "tabular_window"
     assert q["replaced"]["criterion_choice"] == "tabular_stationary"
     assert q["censoring"]["switched_to_window"] and q["censoring"]["warning"]
-    assert "fqe_interval" not in res.settings  # auto's bias estimate was of the other table
+    from equicare.ope._evaluate import FQE_VARIANCE_ONLY
+
+    # auto's bias estimate was of the other table: FQE's interval is the bootstrap's alone
+    assert res.settings["fqe_interval"] == FQE_VARIANCE_ONLY
     v_win, _, _ = _fqe(ds, "tabular_window")
     assert res.estimates["fqe"].value == pytest.approx(v_win, rel=1e-12)
     assert res.estimates["fqe"].value == pytest.approx(truth, rel=0.03)
@@ -224,7 +227,8 @@ def test_streamed_check_and_auto_switch_equal_in_memory():
     q = got["q_model"]
     assert q["chosen"] == q["selection"]["chosen"] == "tabular_window"
     assert q["replaced"]["criterion_choice"] == "tabular_stationary"
-    assert q["selection"]["replaced"] == q["replaced"] and "fqe_interval" not in q
+    assert q["selection"]["replaced"] == q["replaced"]
+    assert q["fqe_interval"].startswith("the bootstrap's alone")  # as in memory
     _same_check(q["censoring"], {**check, "switched_to_window": True})
     assert same_as_in_memory(got, ref) == 2
     assert got["estimates"]["fqe"]["value"] == pytest.approx(window_value(10), rel=0.03)

@@ -187,6 +187,8 @@ def test_small_levels_are_suppressed_and_unknown_attributes_named(panel, tmp_pat
 
 @pytest.mark.filterwarnings("ignore::equicare.exceptions.SupportWarning")
 @pytest.mark.filterwarnings("ignore::equicare.exceptions.DataWarning")
+@pytest.mark.filterwarnings(
+    "ignore:Proportional parity is not published:equicare.exceptions.SmallCellWarning")
 def test_streamed_levels_hide_the_same_low_ess_values_as_in_memory(tmp_path):
     from equicare.fairness import FairnessAudit, audit_stream
     from equicare.sim.care import CareManagementSim
