@@ -24,7 +24,7 @@ constant within each cell (nothing is lost by ignoring them), else the tree.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -139,7 +139,7 @@ def fit_usual_care(dataset: TrajectoryDataset, kind: UsualKind = "auto", *, dept
         np.asarray(t.children_right, dtype=np.int64), feature, thr, min_episodes)
     n_act = node_sums(leaf, None, left, right, labels=acts, n_labels=A)
     probs = n_act / np.maximum(n_act.sum(axis=1, keepdims=True), 1e-300)
-    arrays = compact_arrays(left, right, feature, thr, probs)
+    arrays: dict[str, Any] = compact_arrays(left, right, feature, thr, probs)  # the tree's
     return TreePolicy(**arrays, features=tuple(feats), action_space=dataset.action_space,
                       source="current practice (behaviour tree)",
                       info={"usual_care": {"kind": "tree", "depth": depth,
