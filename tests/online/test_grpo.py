@@ -213,7 +213,7 @@ def test_grpo_vs_ppo_worst_group_wait_over_five_seeds() -> None:
     def fmt(d: dict) -> str:
         return f"{d['mean']:7.2f} [{d['ci'][0]:6.2f}, {d['ci'][1]:6.2f}]"
 
-    print("\nurban, 200k steps, 5 seeds: mean and 95% bootstrap CI over seeds")
+    print("\nurban, 200k steps, 5 seeds: mean and 95% Student-t CI over seeds")
     print(f"{'learner':26s} {'return':>24s} {'mean wait h':>24s} {'worst-group wait h':>24s}")
     for k, r in runs.items():
         s = summarize_runs(r)
@@ -225,7 +225,11 @@ def test_grpo_vs_ppo_worst_group_wait_over_five_seeds() -> None:
         print(f"{k:26s} {fmt(c['return']):>24s} {fmt(c['mean_wait']):>24s} "
               f"{fmt(c['worst_group_wait']):>24s}")
     welfare = diffs["grpo welfare max lam=0.5"]
-    assert welfare["worst_group_wait"]["ci"][1] < 0.0  # lower, CI excludes zero
-    assert welfare["return"]["mean"] < 0.0  # ... at an efficiency cost
+    # lower worst-group wait on average (-0.33 h), but at 5 seeds its Student-t interval reaches
+    # zero ([-0.74, 0.08]; the percentile bootstrap's [-0.60, -0.09] was too narrow); the mean
+    # wait's falls clear of it, at an efficiency cost
+    assert welfare["worst_group_wait"]["mean"] < 0.0 < welfare["worst_group_wait"]["ci"][1]
+    assert welfare["mean_wait"]["ci"][1] < 0.0
+    assert welfare["return"]["mean"] < 0.0
     served = diffs["grpo served max lam=0.6"]
     assert served["worst_group_wait"]["ci"][0] > 0.0  # the served-group objective backfires
