@@ -486,22 +486,11 @@ class Terminated(KeyboardInterrupt):
     """
 
 
-@contextlib.contextmanager
-def _sigterm_as_ctrl_c() -> Iterator[None]:
-    import signal
+def _sigterm_as_ctrl_c() -> contextlib.AbstractContextManager[None]:
+    """SIGTERM raises :class:`Terminated` while a command runs."""
+    from equicare._signals import sigterm_raises
 
-    def handler(signum: int, frame: Any) -> None:
-        raise Terminated(f"received signal {signum}")
-
-    try:
-        old = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not in the main thread (e.g. a test runner's worker thread)
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
+    return sigterm_raises(Terminated)
 
 
 class EquicareGroup(TyperGroup):

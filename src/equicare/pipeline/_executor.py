@@ -187,26 +187,14 @@ class Interrupted(Exception):
     """SIGTERM received inside :func:`sigterm_as_interrupt` (handled as Ctrl-C)."""
 
 
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
+def sigterm_as_interrupt() -> contextlib.AbstractContextManager[None]:
     """Turn SIGTERM into :class:`Interrupted` inside the block (main thread only).
 
     A stopped run or sweep is then recorded as interrupted and its worker pool stopped.
     """
-    import signal
+    from equicare._signals import sigterm_raises
 
-    def handler(signum: int, frame: Any) -> None:
-        raise Interrupted(f"received signal {signum}")
-
-    try:
-        old = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not in the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
+    return sigterm_raises(Interrupted)
 
 
 def _spawn_pool(n: int) -> ProcessPoolExecutor:
