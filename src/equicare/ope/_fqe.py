@@ -755,6 +755,24 @@ def _fit_tabular_window(dataset: TrajectoryDataset, pe: NDArray[np.float64], gam
 WINDOW_LINEARISED_CELLS = 5_000_000
 
 
+def window_step_delta(rewards: NDArray[np.float64], gamma_cont: float,
+                      v_next: NDArray[np.float64], nxt: NDArray[np.int64],
+                      has_next: NDArray[np.bool_], censored: NDArray[np.bool_],
+                      mean_next: NDArray[np.float64], ratio: NDArray[np.float64],
+                      theta: NDArray[np.float64], inv_w: NDArray[np.float64]
+                      ) -> NDArray[np.float64]:
+    """``(y_{t,i} - Q_t(p_i)) / W_{p_i}`` at every row for one step (in memory and streamed).
+
+    ``y = r + gamma c_t V~_{t+1}`` with the completed next value ``V~`` of
+    :class:`WindowLinearisation`; the pair quantities (``mean_next``, ``ratio``, ``theta``,
+    ``inv_w``) are given at the rows' pairs, shape ``(n_rows,)`` each.
+    """
+    completed = np.where(has_next, mean_next + (v_next[nxt] - mean_next) * ratio,
+                         np.where(censored, mean_next, 0.0))
+    y = rewards + gamma_cont * completed
+    return np.asarray((y - theta) * inv_w)
+
+
 @dataclass(frozen=True, eq=False)
 class WindowLinearisation:
     r"""First-order effect of refitting the window table (same interface as ``LSTDFit``).
@@ -821,12 +839,9 @@ class WindowLinearisation:
             mean_next = np.divide(self.b @ th_next, self.w_next,
                                   out=np.zeros_like(self.w_next), where=self.w_next > 0)
             v_next = self.x_pi @ th_next  # V_{t+1} at every row
-            mp = mean_next[p]
-            completed = np.where(self.has_next,
-                                 mp + (v_next[self.nxt] - mp) * ratio[p],
-                                 np.where(censored, mp, 0.0))
-            y = rewards + self.gamma * self.cont[t] * completed
-            delta = np.where(self.use, (y - self.thetas[t][p]) * inv_w[p], 0.0)
+            delta = np.where(self.use, window_step_delta(
+                rewards, self.gamma * self.cont[t], v_next, self.nxt, self.has_next, censored,
+                mean_next[p], ratio[p], self.thetas[t][p], inv_w[p]), 0.0)
             infl += delta[:, None] * lam[p]
         n_ep = episode_offsets.size - 1
         per_ep = np.add.reduceat(infl, episode_offsets[:-1], axis=0) * n_ep

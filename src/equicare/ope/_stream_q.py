@@ -68,6 +68,7 @@ from equicare.ope._fqe import (
     _tabular_design,
     cell_columns,
     visited_pairs,
+    window_step_delta,
 )
 from equicare.ope._lstd import (
     DENSE_PARAMS,
@@ -867,13 +868,9 @@ def _window_contributions(dataset: TrajectoryDataset, x_pi: sp.csr_matrix,
     for t in range(lam.shape[0]):  # every row re-weights every step's Q_t
         if not lam[t].any():
             continue
-        th_next = wf.thetas[t + 1]
-        mp = wf.mean_next[t][idx]
-        v_next = x_pi @ th_next
-        completed = np.where(has_next, mp + (v_next[nxt] - mp) * ratio,
-                             np.where(censored, mp, 0.0))
-        y = dataset.rewards + wf.gamma * wf.cont[t] * completed
-        delta = (y - wf.thetas[t][idx]) * inv_w
+        delta = window_step_delta(dataset.rewards, wf.gamma * wf.cont[t],
+                                  x_pi @ wf.thetas[t + 1], nxt, has_next, censored,
+                                  wf.mean_next[t][idx], ratio, wf.thetas[t][idx], inv_w)
         infl += delta[:, None] * lam[t][idx]
     return np.asarray(np.add.reduceat(infl, dataset.episode_offsets[:-1], axis=0))
 
