@@ -40,6 +40,7 @@ from equicare.data import TrajectoryDataset
 from equicare.exceptions import DataValidationError, InvalidParameterError
 from equicare.explain._distill import DistillConfig, Distiller, choice_weights, source_q
 from equicare.explain._rules import rule_count, tree_rules
+from equicare.ope._evaluate import far_outside
 from equicare.ope._prepare import check_q_model
 from equicare.policy._base import check_probs
 from equicare.policy._tree import TreePolicy
@@ -634,19 +635,6 @@ def _held_out_by_rule(rules: list[dict[str, Any]], leaves: NDArray[np.int64],
         r["test_agreement"] = None if n_k == 0 else a_k / n_k
 
 
-def far_outside(value: float, returns_range: tuple[float, float] | None) -> bool:
-    """Whether an estimate lies far outside the observed returns (``evaluate``'s warning).
-
-    Further beyond the range of the episode returns than the range is wide: the importance
-    weights blowing up, not a value (:func:`equicare.ope._evaluate.out_of_range_message`).
-    """
-    if returns_range is None or not np.isfinite(value):
-        return False
-    lo, hi = returns_range
-    span = max(hi - lo, 1e-12)
-    return not lo - span <= value <= hi + span
-
-
 def improvement_kept(behavior: float, source: dict[str, float], rules: dict[str, float],
                      returns_range: tuple[float, float] | None = None,
                      ) -> tuple[dict[str, float | None], dict[str, float | None]]:
@@ -662,8 +650,9 @@ def improvement_kept(behavior: float, source: dict[str, float], rules: dict[str,
     negative) or of a loss and a gain has no meaning as a share kept.
 
     Nor is it defined from an estimate far outside the range of the observed returns
-    (``returns_range``; :func:`far_outside`): a DR of 7.7e6 for the source and -9.8e5 for the
-    rules on outcomes in [0, 1] gave "-13% kept", a ratio of two blown-up importance weights.
+    (``returns_range``; :func:`equicare.ope._evaluate.far_outside`): a DR of 7.7e6 for the
+    source and -9.8e5 for the rules on outcomes in [0, 1] gave "-13% kept", a ratio of two
+    blown-up importance weights.
 
     Parameters
     ----------

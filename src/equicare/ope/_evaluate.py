@@ -979,13 +979,23 @@ def _evaluate(
         settings=settings, behavior_model=bm_summary, q_model=q_info, out_of_range=far)
 
 
+def far_outside(value: float, returns_range: tuple[float, float] | None) -> bool:
+    """Whether an estimate lies further beyond the returns' range than the range is wide.
+
+    The importance weights blowing up, not a value (:func:`out_of_range_message`). False for a
+    non-finite value or no range.
+    """
+    if returns_range is None or not np.isfinite(value):
+        return False
+    lo, hi = returns_range
+    span = max(hi - lo, 1e-12)
+    return not lo - span <= value <= hi + span
+
+
 def far_outside_returns(ests: Mapping[str, Any], returns_range: tuple[float, float]
                         ) -> tuple[str, ...]:
     """The estimators whose ``value`` lies further beyond the returns' range than it is wide."""
-    lo, hi = returns_range
-    span = max(hi - lo, 1e-12)
-    return tuple(k for k, e in ests.items()
-                 if np.isfinite(e.value) and not lo - span <= e.value <= hi + span)
+    return tuple(k for k, e in ests.items() if far_outside(e.value, returns_range))
 
 
 def _warn_out_of_range(ests: dict[str, Estimate], returns: NDArray[np.float64],
