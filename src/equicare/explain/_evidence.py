@@ -40,7 +40,7 @@ from equicare.data import TrajectoryDataset
 from equicare.exceptions import DataValidationError, InvalidParameterError
 from equicare.explain._distill import DistillConfig, Distiller, choice_weights, source_q
 from equicare.explain._rules import rule_count, tree_rules
-from equicare.ope._evaluate import far_outside
+from equicare.ope._evaluate import far_outside, headline_of
 from equicare.ope._prepare import check_q_model
 from equicare.policy._base import check_probs
 from equicare.policy._tree import TreePolicy
@@ -693,10 +693,7 @@ def card_estimator(estimators: tuple[str, ...], out_of_range: tuple[str, ...]) -
     value (a DR of 7.7e6 for a survival probability headlined a reviewer's card, its frontier
     drawn on a 1e6 scale); the first listed estimator when none of the three qualifies.
     """
-    for k in ("dr", "wdr", "fqe"):
-        if k in estimators and k not in out_of_range:
-            return k
-    return estimators[0]
+    return headline_of(estimators, out_of_range) or estimators[0]
 
 
 def _caveats(fid: dict[str, Any], sup: dict[str, Any], val: dict[str, Any], key: str,
@@ -720,7 +717,7 @@ def _caveats(fid: dict[str, Any], sup: dict[str, Any], val: dict[str, Any], key:
         for k, e in val.get(pol_key, {}).items():
             if e.get("reason") is not None:
                 out.append(f"No {k} estimate for {who} (n/a): {e['reason']}.")
-    preferred = next((k for k in ("dr", "wdr", "fqe") if k in cfg.estimators), key)
+    preferred = headline_of(cfg.estimators) or key
     if key != preferred:
         out.append(f"The frontier, the improvement kept and the fairness values use {key}: "
                    f"{preferred}'s estimate of the source policy lies far outside the range of "

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import sys
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -990,6 +990,16 @@ def far_outside(value: float, returns_range: tuple[float, float] | None) -> bool
     lo, hi = returns_range
     span = max(hi - lo, 1e-12)
     return not lo - span <= value <= hi + span
+
+
+#: The estimators whose value headlines a result (run report, policy card), in order.
+HEADLINE_ESTIMATORS = ("dr", "wdr", "fqe")
+
+
+def headline_of(computed: Iterable[str], out_of_range: Iterable[str] = ()) -> str | None:
+    """The first of :data:`HEADLINE_ESTIMATORS` computed and not far outside the returns."""
+    have, far = set(computed), set(out_of_range)
+    return next((k for k in HEADLINE_ESTIMATORS if k in have and k not in far), None)
 
 
 def far_outside_returns(ests: Mapping[str, Any], returns_range: tuple[float, float]

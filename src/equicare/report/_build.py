@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from equicare.fairness._rows import action_label
+from equicare.ope._evaluate import HEADLINE_ESTIMATORS, headline_of
 from equicare.ope._sensitivity import MIN_EFFECTIVE_EPISODES
 from equicare.report import _figures as F
 from equicare.report._html import Report
@@ -244,10 +245,6 @@ def _load(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-#: The estimators the run summary's headline value is taken from, in order of preference.
-HEADLINE_ESTIMATORS = ("dr", "wdr", "fqe")
-
-
 def headline_estimator(result: Mapping[str, Any]) -> str | None:
     """The estimator of the run summary's headline value: DR, else WDR, else FQE.
 
@@ -255,11 +252,7 @@ def headline_estimator(result: Mapping[str, Any]) -> str | None:
     JSON's ``out_of_range``) is passed over: DR of -95 for a survival probability headlined
     the report of an ICU panel. None when none is computed and in range.
     """
-    far = set(result.get("out_of_range") or [])
-    for k in HEADLINE_ESTIMATORS:
-        if k in result["estimates"] and k not in far:
-            return k
-    return None
+    return headline_of(result["estimates"], result.get("out_of_range") or [])
 
 
 def practice_comparison(result: Mapping[str, Any]) -> str | None:
