@@ -263,9 +263,7 @@ def _refuse_missing(values: NDArray[Any], name: Any, role: str) -> None:
     A missing episode id, state, group, time or reward used to become a level ``"nan"`` of its
     own (one pooled episode, state or group) or an error about a group ``'nan'`` with no arms.
     """
-    from equicare.data._labels import missing_labels
-
-    miss = missing_labels(values)
+    miss = _missing(values)
     if miss.any():
         raise DataValidationError(MISSING_VALUES.format(
             column=name if isinstance(name, str) else role, role=role, n=int(miss.sum()),
