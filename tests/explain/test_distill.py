@@ -18,6 +18,7 @@ from equicare.explain import (
     tree_rules,
 )
 from equicare.explain._distill import merge_same_action
+from equicare.explain._rules import rule_count
 from equicare.policy import CallablePolicy, TreePolicy
 from tests.explain import tree_sim
 
@@ -302,3 +303,87 @@ def test_rules_model_folder_records_the_manifest_fingerprint(sim_data, tmp_path)
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
     assert cfg["manifest_fingerprint"] == expected
     assert load_policy(tmp_path / "m").manifest_fingerprint == expected
+
+
+def _sibling_pairs(tree):
+    """Inner nodes whose two children are leaves with the same recommendation."""
+    usual = tree.usual if tree.usual is not None else np.zeros(tree.n_nodes, dtype=bool)
+    rec = np.where(usual, -1, np.argmax(tree.probs, axis=1))
+    left, right = tree.children_left, tree.children_right
+    return [n for n in range(tree.n_nodes) if left[n] >= 0 and left[left[n]] < 0
+            and left[right[n]] < 0 and rec[left[n]] == rec[right[n]]]
+
+
+def _rule_by_hand(rules, ds):
+    """The rule each row meets, from the rules' JSON conditions alone (-1: none, several: -2)."""
+    names = list(ds.state_names)
+    cats = {n: np.asarray(ds.categorical_levels[j])[ds.categorical[:, j]]
+            for j, n in enumerate(ds.categorical_names)}
+    out = np.full(ds.n_steps, -1)
+    for i, r in enumerate(rules):
+        if r["usual"]:
+            continue
+        ok = np.ones(ds.n_steps, dtype=bool)
+        for c in r["conditions"]:
+            if c["op"] == "range":
+                x = ds.states[:, names.index(c["column"])]
+                ok &= (x > (-np.inf if c["low"] is None else c["low"]))
+                ok &= (x <= (np.inf if c["high"] is None else c["high"]))
+            else:
+                inside = np.isin(cats[c["column"]], c["levels"])
+                ok &= inside if c["op"] == "is" else ~inside
+        out = np.where(ok & (out == -1), i, np.where(ok, -2, out))
+    return out
+
+
+@pytest.mark.parametrize(("mode", "source", "depth"), [
+    ("imitate", "noisy", 4), ("exceptions", "half", 3), ("exceptions", "noisy", 4)])
+def test_no_two_sibling_rules_say_the_same_thing(sim_data, mode, source, depth):
+    """CART splits a node when the split lowers impurity, not when it changes the
+    recommendation: unmerged, depth 4 on the depth-2 optimum gives 14 rules where 3 say it all
+    (exceptions on the half expert: 5 rules, two "as current practice" siblings). Merged, no
+    sibling leaves share a recommendation, every row's most likely action is unchanged, the
+    merged leaf's distribution is its rows' pooled one, and the printed rules applied by hand
+    (their JSON conditions) route every row to a rule naming the saved policy's action."""
+    train, fresh = sim_data
+    src = tree_sim.NoisyExpert() if source == "noisy" else _HalfExpert()
+    cfg = DistillConfig(max_depth=depth, mode=mode)
+    raw = Distiller(replace(cfg, merge=False)).fit(train, src, random_state=0).policy_
+    d = Distiller(cfg).fit(train, src, random_state=0)
+    tree = d.policy_
+    assert _sibling_pairs(raw) and not _sibling_pairs(tree)
+    assert tree.leaves.size < raw.leaves.size
+    np.testing.assert_array_equal(np.argmax(tree.action_probs(fresh), axis=1),
+                                  np.argmax(raw.action_probs(fresh), axis=1))
+    # a merged leaf's distribution: the weighted frequency of its rows' labels
+    leaf = tree.apply(train)
+    best = np.argmax(src.action_probs(train), axis=1)
+    for k in tree.leaves:
+        if tree.usual is not None and tree.usual[k]:
+            continue
+        rows = leaf == k
+        labelled = rows & (d.weights_ > 0)
+        freq = np.bincount(best[labelled], weights=d.weights_[labelled], minlength=3)
+        if mode == "imitate":
+            np.testing.assert_allclose(tree.probs[k], freq / freq.sum(), atol=1e-12)
+        assert np.argmax(tree.probs[k]) == np.argmax(freq)
+    rules = tree_rules(tree, leaves=leaf, time_unit="t")
+    assert rule_count(tree) == len(rules) < rule_count(raw)
+    assert sum(r["share"] for r in rules) == pytest.approx(1.0)
+    which = _rule_by_hand(rules, fresh)
+    assert not (which == -2).any()  # no row meets two rules
+    # a row within half a grid step (0.005) of a printed threshold is routed by its rounding
+    far = np.ones(fresh.n_steps, dtype=bool)
+    for c in (c for r in rules for c in r["conditions"] if c["op"] == "range"):
+        x = fresh.states[:, list(fresh.state_names).index(c["column"])]
+        for cut in (c["low"], c["high"]):
+            far &= True if cut is None else np.abs(x - cut) > 0.006
+    assert far.mean() > 0.9
+    pred = np.argmax(tree.action_probs(fresh), axis=1)
+    named = which >= 0
+    action = np.array([r["action"] if r["action"] is not None else -1 for r in rules])
+    np.testing.assert_array_equal(action[which[far & named]], pred[far & named])
+    if tree.usual is not None and tree.usual.any():  # the others: "otherwise", usual care
+        assert np.all(tree.usual[tree.apply(fresh)[far & ~named]])
+    else:
+        assert named[far].all()

@@ -315,3 +315,19 @@ def test_the_card_headlines_the_first_estimator_that_stays_in_range():
                             val, "wdr", ExplainConfig(), []))
     assert ("use wdr: dr's estimate of the source policy lies far outside the range of the "
             "observed returns") in out
+
+
+def test_rule_counts_agree_on_the_card_the_json_and_the_frontier(card_and_data):
+    """One count of rules everywhere: the printed rules, the card JSON's ``n_rules``, the
+    frontier rows of the card's tree, the rules stored with the model folder; shares sum to 1."""
+    from equicare.explain import rules_text
+
+    card, _, _ = card_and_data
+    d = card.to_dict()
+    n = len(card.rules)
+    assert d["tree"]["n_rules"] == n == len(rules_text(card.rules).splitlines())
+    rows = [r for r in card.frontier if r["card_rules"]]
+    assert rows and all(r["n_rules"] == n for r in rows)
+    assert card.tree.info["rules"] == [r["text"] for r in card.rules]
+    assert sum(r["share"] for r in card.rules) == pytest.approx(1.0)
+    assert sum(r["test_share"] for r in card.rules) == pytest.approx(1.0)

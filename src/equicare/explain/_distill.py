@@ -135,7 +135,11 @@ class DistillConfig:
     merge : bool, default=True
         Collapse sibling leaves whose most likely action is the same into their parent (the
         parent's distribution is the pooled one), so no two rules differ only in a condition
-        that does not change the recommendation.
+        that does not change the recommendation. A merge never changes a row's most likely
+        action (a pooled count keeps the siblings' shared argmax), so held-out agreement is
+        the same; measured at depths 2-6 on the care simulator (AWR) it cuts the rules at
+        depth 4 from 16 to 11 and lowers the total variation (0.796 -> 0.778), and on Garnet
+        (SPIBB, exact values) it changes nothing: its exception rules are chains of "state is".
     mode : {"imitate", "exceptions"}, default="imitate"
         Imitate the source everywhere, or learn where to deviate from current practice (every
         other state keeps the clinicians' estimated distribution; see the module docstring).
