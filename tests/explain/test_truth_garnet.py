@@ -123,6 +123,10 @@ def test_card_evidence_reports_the_loss(setup):
     assert kept_true < 0.8
     assert card.value["improvement_kept"]["dr"] < 0.8
     assert any("keep only" in c for c in card.caveats)
+    # the stored estimate of practice (exact: below practice) puts 10.6% of its mass on rarely
+    # taken actions, where DR cannot see the loss: the card says the rules inherit it
+    assert any(c.startswith("Current practice as stored") and "inherit" in c
+               for c in card.caveats)
     # imitation rules put 68% of their mass on actions practice rarely takes in the state
     assert card.support["rules_pct"] < 30.0
     assert card.rules[-1]["text"] == "otherwise: as current practice"

@@ -11,7 +11,10 @@ fidelity
 value
     the OPE engine's estimates (:func:`equicare.ope.evaluate`, default WIS and DR) with
     episode-bootstrap intervals, for the behaviour, the source and the rules, and the share of the
-    source's estimated improvement over behaviour that the rules keep;
+    source's estimated improvement over behaviour that the rules keep; for exception rules that
+    leave rows to current practice, also of the stored estimate of practice alone
+    (``value["usual_care"]``), with a caveat when it may be worth less than practice
+    (:func:`usual_care_caveat`: the rules inherit that loss);
 fairness
     the audit of :func:`equicare.fairness.audit` (parity gap, proportional parity, worst-group
     value by the same estimator as the frontier, DR by default) for the behaviour, the source
@@ -550,6 +553,18 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
     _held_out_by_rule(rules, test_leaves, np.asarray(test.episode_index, dtype=np.int64),
                       agree, tree.n_nodes, cfg.min_cell)
     beh = src_val.behavior
+    # the stored estimate of current practice that the usual-care rows follow, valued alone
+    # by the same engine (its loss against practice itself is inherited by the rules)
+    usual_val = usual_test = None
+    if tree.has_usual and tree.usual_policy is not None:
+        with warnings.catch_warnings(record=True) as caught_u:
+            warnings.simplefilter("always")
+            usual_test = np.asarray(tree.usual_policy.action_probs(test), dtype=np.float64)
+            usual_val = value(usual_test, cfg.bootstrap, seeds[3])
+        for w in caught_u:
+            msg = str(w.message)
+            if msg not in caught_msgs and not issubclass(w.category, DeprecationWarning):
+                caught_msgs.append(msg)
     returns = test.returns()  # its ends only judge the estimates: never on the card
     span = (float(returns.min()), float(returns.max())) if returns.size else None
     kept, gains = improvement_kept(
@@ -558,9 +573,11 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
     val = {"behavior": beh.to_dict(), "source": _est(src_val), "rules": _est(rules_val),
            "improvement_kept": kept, "source_gain": gains, "estimator_for_frontier": key,
            "q_model": q_name, "q_model_selection": q_selection,
-           "propensities": "logged" if test.behavior_prob is not None else "estimated"}
+           "propensities": "logged" if test.behavior_prob is not None else "estimated",
+           "usual_care": None if usual_val is None else _est(usual_val)}
     sup = {"threshold": cfg.rare_threshold, "check": support_check,
-           "rules_pct": support_pct(rules_test), "source_pct": support_pct(src_test)}
+           "rules_pct": support_pct(rules_test), "source_pct": support_pct(src_test),
+           "usual_care_pct": None if usual_test is None else support_pct(usual_test)}
     fid = {"agreement": float(agree.mean()), "tv": float(tv.mean()),
            "weighted_agreement_fit": dist.agreement_, "n_test_rows": int(test.n_steps),
            "n_test_episodes": int(test.n_episodes)}
@@ -577,9 +594,13 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
     src = {"name": "source", "window": int(getattr(policy, "window", 1)), **(source or {})}
     usual_rows = [r for r in rules if r.get("usual")]
     data["mode"] = dcfg.mode
-    data["usual_care_share"] = (0.0 if not usual_rows else None
-                                if usual_rows[0]["test_share"] is None
-                                else float(usual_rows[0]["test_share"]))
+    usual_share = (0.0 if not usual_rows else None if usual_rows[0]["test_share"] is None
+                   else float(usual_rows[0]["test_share"]))
+    data["usual_care_share"] = usual_share
+    usual_note = usual_care_caveat(val, sup, key, tree.usual_policy, usual_share=usual_share,
+                                   returns_range=span)
+    if usual_note is not None:
+        caveats.insert(3, usual_note)
     if dcfg.mode == "exceptions":
         data["usual_care_model"] = ("none" if not tree.has_usual else
                                     "cells" if not isinstance(tree.usual_policy, TreePolicy)
@@ -590,6 +611,72 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
     return PolicyCard(tree=tree, rules=rules, source=src, data=data, fidelity=fid, value=val,
                       fairness=fair, support=sup, frontier=frontier, disagreement=disagreement,
                       caveats=caveats, settings=cfg.to_dict())
+
+
+def usual_care_caveat(val: dict[str, Any], sup: dict[str, Any], key: str, usual_policy: Any,
+                      usual_share: float | None = None,
+                      returns_range: tuple[float, float] | None = None) -> str | None:
+    """A caveat when the stored estimate of current practice may be worth less than practice.
+
+    Exception rules leave every state they do not name to the clinicians' *estimated*
+    distribution (:func:`equicare.explain.fit_usual_care`), not to the clinicians, and inherit
+    whatever that estimate loses. The caveat says so when
+
+    * an estimator of the card puts the estimate's whole interval below current practice's
+      observed value (the headline estimator first; one in range of the returns), or else
+    * the estimate puts at least 1% of its mass on actions practice rarely or never takes in
+      the state (``sup["usual_care_pct"]``: the overall frequencies given to cells seen in
+      fewer than 11 episodes), where every model-based value, DR's too, rests on the
+      Q-model's extrapolation and cannot see the loss.
+
+    On Garnet (700 states, 2,000 episodes, 1,400 fitting) the stored frequencies are worth
+    0.710 exactly against practice's 0.800: DR estimates them at 0.788 [0.762, 0.815] (no
+    loss seen), WIS at 0.622 [0.469, 0.775], and 24% of their mass is on rarely taken actions.
+
+    Returns
+    -------
+    str or None
+    """
+    ests = val.get("usual_care") or {}
+    if not ests:
+        return None
+    beh = float(val["behavior"]["value"])
+    what = ("a tree of the logged actions" if isinstance(usual_policy, TreePolicy) else
+            "the observed frequency of each action in each state cell, the overall "
+            "frequencies for cells seen in fewer than 11 episodes")
+    rows = ("" if usual_share is None else
+            f" (here {100 * usual_share:.0f}% of the held-out rows)")
+
+    def shown(k: str) -> str:
+        e = ests[k]
+        ci = e.get("ci") or [None, None]
+        return (f"{e['value']:.3g}" if ci[0] is None
+                else f"{e['value']:.3g} [{float(ci[0]):.3g}, {float(ci[1]):.3g}]")
+
+    below = [k for k, e in ests.items()
+             if e.get("value") is not None and np.isfinite(e["value"])
+             and not far_outside(e["value"], returns_range)
+             and (e.get("ci") or [None, None])[1] is not None and float(e["ci"][1]) < beh]
+    if below:
+        k = key if key in below else below[0]
+        v = float(ests[k]["value"])
+        gain = (val.get("source_gain") or {}).get(k)
+        share = (f", {100 * (v - beh) / gain:+,.0f}% of the source policy's estimated gain"
+                 if gain is not None and gain > 1e-12 else "")
+        return (f"Current practice as stored with the rules ({what}) is estimated at "
+                f"{shown(k)} ({k}), below current practice's observed {beh:.3g} by "
+                f"{beh - v:.3g}{share}. Every row the rules leave to current practice{rows} "
+                "follows that estimate, not the clinicians, so the rules inherit the loss.")
+    pct = sup.get("usual_care_pct")
+    if pct is None or not pct >= 1.0 or key not in ests or ests[key].get("value") is None:
+        return None
+    return (f"Current practice as stored with the rules ({what}) puts {pct:.1f}% of its "
+            "probability mass on actions that practice rarely or never takes in that state: "
+            f"its estimated value, {shown(key)} ({key}) against current practice's observed "
+            f"{beh:.3g}, rests there on no logged outcome (a Q-model's extrapolation, or no "
+            "weight at all), and it may be worth less than practice. Every row the rules "
+            f"leave to current practice{rows} follows that estimate, not the clinicians, so "
+            "the rules inherit any such loss.")
 
 
 def held_out_reason(min_cell: int) -> str:

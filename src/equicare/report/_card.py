@@ -186,13 +186,22 @@ def build_card_report(card: Mapping[str, Any], *, figure_dir: Path | None = None
     pols = fair["policies"]
     absent = "suppressed" if fair.get("suppressed") else "none"  # no audit: why
     table = []
-    for label, pol_key in (("current practice", "behavior"), (name, "source"),
-                           ("rules", "rules")):
+    stored = val.get("usual_care") is not None
+    for label, pol_key in (("current practice", "behavior"),
+                           *([("current practice as stored with the rules", "usual_care")]
+                             if stored else []),
+                           (name, "source"), ("rules", "rules")):
         row: dict[str, Any] = {"policy": label}
         if pol_key == "behavior":
             for k in val["rules"]:
                 row[f"value ({k})"] = _ci(val["behavior"]) + " (observed)"
             row.update({"agreement": "", "total variation": "", "rarely taken %": ""})
+        elif pol_key == "usual_care":  # the estimate the rules' usual-care rows follow
+            for k, e in val["usual_care"].items():
+                row[f"value ({k})"] = _ci(e)
+            pct = sup.get("usual_care_pct")
+            row.update({"agreement": "", "total variation": "",
+                        "rarely taken %": "" if pct is None else f"{pct:.1f}"})
         else:
             for k, e in val[pol_key].items():
                 row[f"value ({k})"] = _ci(e)
