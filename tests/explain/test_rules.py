@@ -111,3 +111,38 @@ def test_excluded_levels_read_unambiguously():
                      features=feats, action_space=ds.action_space)
     by_leaf = {r["leaf"]: r for r in tree_rules(two)}
     assert by_leaf[3]["if"] == "state is neither s0 nor s1"
+
+
+def test_rules_naming_the_same_plan_are_listed_together():
+    """Cousin leaves (not siblings, so not merged when fitted) that recommend the same action
+    are listed side by side, the most used plan first, and the text says which rules share a
+    plan; numbering, shares and each rule's conditions are those of its own leaf."""
+    from equicare.explain import rules_text
+    from equicare.explain._rules import plan_summary
+
+    ds = tree_sim.generate(300, seed=3)
+    tree = _history_tree(ds)  # leaves 2 and 6 recommend a0; 4 a1; 5 a2
+    leaves = tree.apply(ds)
+    share = np.bincount(leaves, minlength=tree.n_nodes) / leaves.size
+    # shares 0.27 (a0), 0.36 (a1), 0.31 (a2), 0.06 (a0): by share alone the a0 rules are
+    # 3rd and 4th; by plan a1 (0.36), a0 (0.33), a2 (0.31)
+    rules = tree_rules(tree, leaves=leaves, time_unit="t")
+    assert [r["rule"] for r in rules] == [1, 2, 3, 4]
+    assert [r["leaf"] for r in rules] == [4, 2, 6, 5]
+    assert [r["plan"] for r in rules] == [1, 2, 2, 3]
+    a0_share = share[2] + share[6]
+    assert rules[1]["plan_share"] == rules[2]["plan_share"] == a0_share
+    bare = tree_rules(tree, time_unit="t")
+    by_leaf = {r["leaf"]: r for r in bare}
+    for r in rules:
+        assert r["share"] == share[r["leaf"]]
+        assert r["if"] == by_leaf[r["leaf"]]["if"] and r["text"] == by_leaf[r["leaf"]]["text"]
+    assert plan_summary(rules) == [f"rules 2 and 3 recommend action=a0 "
+                                   f"({100 * a0_share:.0f}% of rows)"]
+    assert rules_text(rules).splitlines()[-1] == f"Same plan: {plan_summary(rules)[0]}."
+    # without shares the leaf order stands within and across plans
+    assert [r["leaf"] for r in bare] == [5, 6, 2, 4]  # the tree's leaf order is 5, 6, 2, 4
+    assert all(r["plan_share"] is None for r in bare)
+    assert plan_summary(bare) == ["rules 2 and 3 recommend action=a0"]
+    # every plan its own rule: no summary line
+    assert plan_summary([r for r in rules if r["leaf"] != 6]) == []

@@ -243,3 +243,28 @@ def test_frontier_plot_has_one_tick_per_depth_labelled_with_its_rules(card):
                               f"{'s' if r['n_rules'] != 1 else ''})" for r in d["frontier"]]
     finally:
         plt.close(fig)
+
+
+def test_page_lists_rules_by_plan_and_says_which_share_one(card):
+    """Rules recommending the same plan sit together with their plan number in the table, and a
+    note names them (the README's AWR card had rules 1, 3 and 7 all saying "home_visit, rn,
+    chronic, routine", listed apart by share)."""
+    import html as html_mod
+
+    from equicare.explain._rules import plan_summary
+
+    d = card.to_dict()
+    plans = [r["plan"] for r in d["rules"] if not r.get("usual")]
+    assert plans == sorted(plans)  # one block per plan
+    page = html_mod.unescape(build_card_report(d).render())
+    rules_table = page.split("Rules in plain language")[1].split("</table>")[0]
+    assert "<th>plan</th>" in rules_table
+    # two rules with one plan: the page says so (a card with one rule per plan says nothing)
+    two = json.loads(json.dumps(d))
+    two["rules"][1] = {**two["rules"][1], "then": two["rules"][0]["then"],
+                       "plan": two["rules"][0]["plan"]}
+    lines = plan_summary(two["rules"])
+    assert lines and lines[0].startswith("rules 1 and 2 recommend")
+    assert "Same plan: " + "; ".join(lines) in html_mod.unescape(build_card_report(two).render())
+    if not plan_summary(d["rules"]):
+        assert "Same plan:" not in page

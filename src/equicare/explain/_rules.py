@@ -24,7 +24,8 @@ from numpy.typing import NDArray
 
 from equicare.policy._tree import TreePolicy, feature_label
 
-__all__ = ["tree_rules", "action_text", "rules_text", "rule_count", "USUAL_TEXT"]
+__all__ = ["tree_rules", "action_text", "rules_text", "rule_count", "plan_summary",
+           "USUAL_TEXT"]
 
 #: Text of the rule that covers every row no exception names.
 USUAL_TEXT = "otherwise: as current practice"
@@ -214,7 +215,7 @@ def rule_count(tree: TreePolicy) -> int:
 def tree_rules(tree: TreePolicy, *, leaves: NDArray[np.int64] | None = None,
                weights: NDArray[np.float64] | None = None, time_unit: str = "step",
                top: int = 3, min_p: float = 0.05) -> list[dict[str, Any]]:
-    """One readable rule per leaf, most frequent first.
+    """One readable rule per leaf, grouped by the plan it recommends, most used first.
 
     Parameters
     ----------
@@ -233,9 +234,11 @@ def tree_rules(tree: TreePolicy, *, leaves: NDArray[np.int64] | None = None,
     -------
     list of dict
         ``{"rule", "leaf", "conditions", "if", "then", "action", "p", "alternatives", "share",
-        "text", "usual"}``. With usual-care leaves, the last rule is ``"otherwise: as current
-        practice"`` (``leaf`` None, ``leaves`` the usual-care leaves, ``action`` and ``p``
-        None); the others are the exceptions.
+        "text", "usual", "plan", "plan_share"}``: rules recommending the same action are
+        listed together (``plan`` numbers the distinct recommendations, most used first;
+        ``plan_share`` is their total share). With usual-care leaves, the last rule is
+        ``"otherwise: as current practice"`` (``leaf`` None, ``leaves`` the usual-care leaves,
+        ``action``, ``p`` and ``plan`` None); the others are the exceptions.
     """
     space = tree.action_space
     share: Mapping[int, float] = {}
@@ -263,8 +266,7 @@ def tree_rules(tree: TreePolicy, *, leaves: NDArray[np.int64] | None = None,
         rules.append({"leaf": int(leaf), "conditions": conds, "if": cond_text, "then": then,
                       "action": best, "p": float(p[best]), "alternatives": alts,
                       "share": share.get(int(leaf)), "text": text, "usual": False})
-    if share:
-        rules.sort(key=lambda r: -float(r["share"] or 0.0))
+    rules = _by_plan(rules)
     if usual_leaves:
         tot_share = (sum(share.get(k, 0.0) for k in usual_leaves) if share else None)
         rules.append({"leaf": None, "leaves": sorted(usual_leaves), "conditions": [],
@@ -272,16 +274,71 @@ def tree_rules(tree: TreePolicy, *, leaves: NDArray[np.int64] | None = None,
                       "then": "as current practice", "action": None, "p": None,
                       "alternatives": [], "share": tot_share,
                       "text": USUAL_TEXT if rules else "always: as current practice",
-                      "usual": True})
+                      "usual": True, "plan": None, "plan_share": None})
     for i, r in enumerate(rules, 1):
         r["rule"] = i
     return [{"rule": r.pop("rule"), **r} for r in rules]
 
 
+def _by_plan(rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rules grouped by the action they recommend (their *plan*), then most used first.
+
+    A tree often reaches one plan by several paths (CART splits to sharpen a leaf's
+    distribution, not to change its recommendation; siblings with one recommendation are merged
+    when the tree is fitted, cousins are not). Listing such rules side by side answers a
+    committee's question "when do we do X?". Plans come in the order of their total share, the
+    rules of a plan in the order of their own (the leaf order when no share is known). Each rule
+    gets ``plan`` (1 for the most used plan) and ``plan_share``.
+    """
+    total: dict[int, float] = {}
+    first: dict[int, int] = {}
+    for i, r in enumerate(rules):
+        total[r["action"]] = total.get(r["action"], 0.0) + float(r["share"] or 0.0)
+        first.setdefault(r["action"], i)
+    plans = sorted(total, key=lambda a: (-total[a], first[a]))
+    rank = {a: k for k, a in enumerate(plans, 1)}
+    out = sorted(enumerate(rules), key=lambda ir: (rank[ir[1]["action"]],
+                                                   -float(ir[1]["share"] or 0.0), ir[0]))
+    known = any(r["share"] is not None for r in rules)
+    return [{**r, "plan": rank[r["action"]],
+             "plan_share": total[r["action"]] if known else None} for _, r in out]
+
+
+def _rule_span(numbers: list[int]) -> str:
+    if len(numbers) == 2:
+        return f"rules {numbers[0]} and {numbers[1]}"
+    if numbers == list(range(numbers[0], numbers[-1] + 1)):
+        return f"rules {numbers[0]}-{numbers[-1]}"
+    return "rules " + ", ".join(map(str, numbers))
+
+
+def plan_summary(rules: list[dict[str, Any]]) -> list[str]:
+    """One line per plan that several rules recommend; empty when every rule names its own.
+
+    E.g. ``"rules 1-3 recommend modality=home_visit, provider=rn (68% of rows)"``.
+    """
+    by_plan: dict[int, list[dict[str, Any]]] = {}
+    for r in rules:
+        if not r.get("usual") and r.get("plan") is not None:
+            by_plan.setdefault(int(r["plan"]), []).append(r)
+    lines = []
+    for _, rs in sorted(by_plan.items()):
+        if len(rs) < 2:
+            continue
+        share = rs[0].get("plan_share")
+        tail = "" if share is None else f" ({100 * share:.0f}% of rows)"
+        lines.append(f"{_rule_span([int(r['rule']) for r in rs])} recommend {rs[0]['then']}"
+                     f"{tail}")
+    return lines
+
+
 def rules_text(rules: list[dict[str, Any]]) -> str:
-    """The rules as numbered plain-text lines."""
+    """The rules as numbered plain-text lines (grouped by plan), then which share a plan."""
     lines = []
     for r in rules:
         share = "" if r.get("share") is None else f"  [{100 * r['share']:.0f}% of rows]"
         lines.append(f"{r['rule']}. {r['text']}{share}")
+    plans = plan_summary(rules)
+    if plans:
+        lines += ["", "Same plan: " + "; ".join(plans) + "."]
     return "\n".join(lines)

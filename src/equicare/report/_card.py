@@ -32,6 +32,9 @@ CARD_FILES = {"html": "policy_card.html", "json": "policy_card.json", "rules": "
               "model": "model"}
 
 
+#: How the card orders its rules.
+RULE_ORDER = ("listed by the plan they recommend (rules naming the same plan together, the most "
+              "used plan first); a row follows exactly one rule.")
 #: What a rule's p is (and is not) on a card of exception rules.
 P_MEANING_EXCEPTIONS = (
     "p is the probability the rules give that action at the rule's rows: its share among the "
@@ -145,7 +148,7 @@ def build_card_report(card: Mapping[str, Any], *, figure_dir: Path | None = None
         rep.text("Exception rules: the source departs from current practice in every state the "
                  "rules distinguish, so each rule names a deviation and the complete action "
                  "(every component) to take; no row is left with current practice. Rules are "
-                 "listed from the most to the least used; a row follows exactly one rule.")
+                 f"{RULE_ORDER}")
     elif exceptions:
         model = {"cells": "the observed frequency of each action in each state cell",
                  "tree": "a tree of the logged actions"}.get(
@@ -153,13 +156,13 @@ def build_card_report(card: Mapping[str, Any], *, figure_dir: Path | None = None
         rep.text("Exception rules: each names where to deviate from current practice and the "
                  "complete action (every component) to take there. Every other row stays "
                  f"with current practice: the clinicians' own distribution ({model}, stored "
-                 "with the rules). Rules are listed from the most to the least used; a row "
-                 "follows exactly one rule.")
+                 f"with the rules). Rules are {RULE_ORDER}")
     else:
-        rep.text("Each rule recommends one complete action (every component). Rules are "
-                 "listed from the most to the least used; a row follows exactly one rule.")
+        rep.text(f"Each rule recommends one complete action (every component). Rules are "
+                 f"{RULE_ORDER}")
     rep.text(P_MEANING_EXCEPTIONS if exceptions else P_MEANING_IMITATE, note=True)
-    rows = [{"rule": r["rule"], "if": r["if"], "then": r["then"],
+    rows = [{"rule": r["rule"], "plan": "" if r.get("plan") is None else r["plan"],
+             "if": r["if"], "then": r["then"],
              "p": float("nan") if r["p"] is None else r["p"],
              "share of rows": r.get("share"),
              "held-out agreement": ("n/a" if r.get("test_suppressed")
@@ -176,6 +179,11 @@ def build_card_report(card: Mapping[str, Any], *, figure_dir: Path | None = None
     rep.heading("The rules as text")
     for r in card["rules"]:
         rep.text(f"{r['rule']}. {r['text']}")
+    from equicare.explain._rules import plan_summary
+
+    plans = plan_summary(card["rules"])
+    if plans:
+        rep.text("Same plan: " + "; ".join(plans) + ".", note=True)
 
     rep.section("Evidence")
     rep.text(f"Measured on {card['data']['test_episodes']:,} held-out episodes "
