@@ -373,9 +373,52 @@ def test_the_card_says_when_stored_practice_is_worth_less_than_practice():
             f"{usual['wis']['ci'][1]:.3g}] (wis)") in note[0]
     assert f"by {beh - usual['wis']['value']:.3g}" in note[0]
     assert "the rules inherit the loss" in note[0]
+    assert "As deployed, with the clinicians deciding where no rule applies" in note[0]
     html = build_card_report(card.to_dict()).render()
     assert "current practice as stored with the rules" in html
     json.dumps(card.to_dict())
+    # As deployed, the clinicians decide where no rule applies: exact 0.801 against practice's
+    # 0.800 (the stored rules' 0.711). The card's deployed DR, 0.797 with those rows at their
+    # logged actions, is within 0.005 of it and its interval covers it; the stored rules' DR
+    # (0.791) is 0.08 off its own exact value, a loss no interval shows.
+    st = ds.categorical[:, 0]
+    table = garnet.garnet_policy_table(mdp, ds, card.tree)[0].copy()
+    defer = np.unique(st[np.asarray(card.tree.usual, dtype=bool)[card.tree.apply(ds)]])
+    table[defer] = mdp.behavior_policy[defer]
+    v_dep = mdp.value(table)
+    assert v_dep > vb - 0.002
+    dep = card.value["rules_deployed"]
+    assert set(dep) == set(card.value["rules"])
+    lo, hi = dep["dr"]["ci"]
+    assert lo <= v_dep <= hi
+    stored_err = abs(card.value["rules"]["dr"]["value"] - exact(card.tree))
+    assert abs(dep["dr"]["value"] - v_dep) < stored_err / 5
+    assert "rules as deployed (the clinicians decide where no rule applies)" in html
+
+
+def test_deferred_rows_keep_their_logged_action_with_ratio_one():
+    """Where the rules defer, target = logged action (probability 1) and behaviour = 1, so the
+    importance ratio is 1 and FQE's next-state value is the Q of the action taken."""
+    from equicare.explain._evidence import deferred_target
+
+    probs = np.array([[0.2, 0.8], [0.5, 0.5], [1.0, 0.0]])
+    props = np.array([0.3, 0.4, 0.9])
+    actions = np.array([1, 0, 1])
+    pe, b = deferred_target(probs, props, actions, np.array([False, True, True]))
+    np.testing.assert_array_equal(pe, [[0.2, 0.8], [1.0, 0.0], [0.0, 1.0]])
+    np.testing.assert_array_equal(b, [0.3, 1.0, 1.0])
+    assert np.all(pe[np.arange(3), actions][1:] / b[1:] == 1.0)
+    np.testing.assert_array_equal(probs[1], [0.5, 0.5])  # inputs untouched
+    np.testing.assert_array_equal(props, [0.3, 0.4, 0.9])
+
+
+def test_a_deployed_value_only_where_the_rules_defer(card_and_data):
+    """Rules that never leave a row to current practice have one value (no deployed one)."""
+    card, _, test = card_and_data
+    defers = card.tree.has_usual and bool(
+        np.asarray(card.tree.usual, dtype=bool)[card.tree.apply(test)].any())
+    assert (card.value["rules_deployed"] is None) == (not defers)
+    assert (card.value["improvement_kept_deployed"] is None) == (not defers)
 
 
 def test_no_stored_practice_caveat_where_it_is_worth_practice():

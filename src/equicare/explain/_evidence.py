@@ -555,7 +555,7 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
     beh = src_val.behavior
     # the stored estimate of current practice that the usual-care rows follow, valued alone
     # by the same engine (its loss against practice itself is inherited by the rules)
-    usual_val = usual_test = None
+    usual_val = usual_test = deployed_val = None
     if tree.has_usual and tree.usual_policy is not None:
         with warnings.catch_warnings(record=True) as caught_u:
             warnings.simplefilter("always")
@@ -565,16 +565,36 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
             msg = str(w.message)
             if msg not in caught_msgs and not issubclass(w.category, DeprecationWarning):
                 caught_msgs.append(msg)
+        # the rules as deployed: where no rule applies the clinicians decide as they do, so
+        # those rows keep their logged actions (importance ratio 1; no estimate of practice)
+        deferred = np.asarray(tree.usual, dtype=bool)[test_leaves]
+        if deferred.any():
+            pe_dep, b_dep = deferred_target(rules_test, props, test.actions, deferred)
+            with warnings.catch_warnings(record=True) as caught_d:
+                warnings.simplefilter("always")
+                deployed_val = evaluate(test, pe_dep, estimators=cfg.estimators,
+                                        q_model=q_name, behavior_prob=b_dep,
+                                        bootstrap=cfg.bootstrap, groups=[],
+                                        diagnose_support=False, random_state=seeds[3])
+            for w in caught_d:
+                msg = str(w.message)
+                if msg not in caught_msgs and not issubclass(w.category, DeprecationWarning):
+                    caught_msgs.append(msg)
     returns = test.returns()  # its ends only judge the estimates: never on the card
     span = (float(returns.min()), float(returns.max())) if returns.size else None
     kept, gains = improvement_kept(
         beh.value, {k: src_val.estimates[k].value for k in cfg.estimators},
         {k: rules_val.estimates[k].value for k in cfg.estimators}, returns_range=span)
+    kept_dep = None if deployed_val is None else improvement_kept(
+        beh.value, {k: src_val.estimates[k].value for k in cfg.estimators},
+        {k: deployed_val.estimates[k].value for k in cfg.estimators}, returns_range=span)[0]
     val = {"behavior": beh.to_dict(), "source": _est(src_val), "rules": _est(rules_val),
            "improvement_kept": kept, "source_gain": gains, "estimator_for_frontier": key,
            "q_model": q_name, "q_model_selection": q_selection,
            "propensities": "logged" if test.behavior_prob is not None else "estimated",
-           "usual_care": None if usual_val is None else _est(usual_val)}
+           "usual_care": None if usual_val is None else _est(usual_val),
+           "rules_deployed": None if deployed_val is None else _est(deployed_val),
+           "improvement_kept_deployed": kept_dep}
     sup = {"threshold": cfg.rare_threshold, "check": support_check,
            "rules_pct": support_pct(rules_test), "source_pct": support_pct(src_test),
            "usual_care_pct": None if usual_test is None else support_pct(usual_test)}
@@ -611,6 +631,41 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
     return PolicyCard(tree=tree, rules=rules, source=src, data=data, fidelity=fid, value=val,
                       fairness=fair, support=sup, frontier=frontier, disagreement=disagreement,
                       caveats=caveats, settings=cfg.to_dict())
+
+
+def deferred_target(probs: NDArray[np.float64], props: NDArray[np.float64],
+                    actions: NDArray[np.int64], deferred: NDArray[np.bool_]
+                    ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Target and behaviour probabilities of rules that defer to the clinicians on some rows.
+
+    Where a policy follows current practice (``deferred``), its action distribution *is* the
+    clinicians': the importance ratio of the logged action is exactly 1, whatever the
+    clinicians saw, and the logged action is a draw from the target policy there. So those
+    rows get the logged action with probability 1 as the target and 1 as the behaviour
+    probability: ratio-based estimators weight them by 1, and FQE's Bellman target at such a
+    row's state uses the Q-value of the action actually taken (an unbiased draw of the
+    clinicians' expected value), so no estimate of practice enters the value.
+
+    Parameters
+    ----------
+    probs : ndarray of shape (n_steps, n_actions)
+        The rules' probabilities (used where they do not defer).
+    props : ndarray of shape (n_steps,)
+        Behaviour probabilities of the logged actions.
+    actions : ndarray of shape (n_steps,)
+    deferred : ndarray of shape (n_steps,), bool
+
+    Returns
+    -------
+    probs, props : ndarray of shape (n_steps, n_actions) and (n_steps,)
+    """
+    pe = np.array(probs, dtype=np.float64, copy=True)
+    b = np.array(props, dtype=np.float64, copy=True)
+    rows = np.flatnonzero(deferred)
+    pe[rows] = 0.0
+    pe[rows, np.asarray(actions)[rows]] = 1.0
+    b[rows] = 1.0
+    return pe, b
 
 
 def usual_care_caveat(val: dict[str, Any], sup: dict[str, Any], key: str, usual_policy: Any,
@@ -666,7 +721,8 @@ def usual_care_caveat(val: dict[str, Any], sup: dict[str, Any], key: str, usual_
         return (f"Current practice as stored with the rules ({what}) is estimated at "
                 f"{shown(k)} ({k}), below current practice's observed {beh:.3g} by "
                 f"{beh - v:.3g}{share}. Every row the rules leave to current practice{rows} "
-                "follows that estimate, not the clinicians, so the rules inherit the loss.")
+                "follows that estimate, not the clinicians, so the rules inherit the loss."
+                + _deployed_sentence(val, k))
     pct = sup.get("usual_care_pct")
     if pct is None or not pct >= 1.0 or key not in ests or ests[key].get("value") is None:
         return None
@@ -676,7 +732,20 @@ def usual_care_caveat(val: dict[str, Any], sup: dict[str, Any], key: str, usual_
             f"{beh:.3g}, rests there on no logged outcome (a Q-model's extrapolation, or no "
             "weight at all), and it may be worth less than practice. Every row the rules "
             f"leave to current practice{rows} follows that estimate, not the clinicians, so "
-            "the rules inherit any such loss.")
+            "the rules inherit any such loss." + _deployed_sentence(val, key))
+
+
+def _deployed_sentence(val: dict[str, Any], key: str) -> str:
+    """' As deployed, ...': the rules' value with the clinicians deciding where none applies."""
+    e = (val.get("rules_deployed") or {}).get(key)
+    if not e or e.get("value") is None or not np.isfinite(e["value"]):
+        return ""
+    ci = e.get("ci") or [None, None]
+    shown = (f"{e['value']:.3g}" if ci[0] is None
+             else f"{e['value']:.3g} [{float(ci[0]):.3g}, {float(ci[1]):.3g}]")
+    return (" That holds for the rules as predict outputs them (card/model/). As deployed, "
+            "with the clinicians deciding where no rule applies, they are estimated at "
+            f"{shown} ({key}), with no estimate of practice in the value.")
 
 
 def held_out_reason(min_cell: int) -> str:

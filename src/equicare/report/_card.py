@@ -32,6 +32,14 @@ CARD_FILES = {"html": "policy_card.html", "json": "policy_card.json", "rules": "
               "model": "model"}
 
 
+#: What the two values of exception rules are (the evidence table's last two rows).
+DEPLOYED_NOTE = (
+    "Two values of the rules. As predict outputs them, a row no rule names gets current practice "
+    "as stored with the rules (an estimate of the clinicians' distribution); that is the policy "
+    "in card/model/, and what evaluate, audit and mediate value. As deployed, the clinicians "
+    "decide where no rule applies: those rows keep the action they actually took (importance "
+    "ratio 1), so no estimate of practice enters the value. The fairness columns are the "
+    "stored policy's.")
 #: How the card orders its rules.
 RULE_ORDER = ("listed by the plan they recommend (rules naming the same plan together, the most "
               "used plan first); a row follows exactly one rule.")
@@ -195,10 +203,15 @@ def build_card_report(card: Mapping[str, Any], *, figure_dir: Path | None = None
     absent = "suppressed" if fair.get("suppressed") else "none"  # no audit: why
     table = []
     stored = val.get("usual_care") is not None
+    deployed = val.get("rules_deployed") is not None
     for label, pol_key in (("current practice", "behavior"),
                            *([("current practice as stored with the rules", "usual_care")]
                              if stored else []),
-                           (name, "source"), ("rules", "rules")):
+                           (name, "source"),
+                           ("rules" + (" (as predict outputs them: stored practice where no "
+                                       "rule applies)" if deployed else ""), "rules"),
+                           *([("rules as deployed (the clinicians decide where no rule "
+                               "applies)", "rules_deployed")] if deployed else [])):
         row: dict[str, Any] = {"policy": label}
         if pol_key == "behavior":
             for k in val["rules"]:
@@ -210,6 +223,10 @@ def build_card_report(card: Mapping[str, Any], *, figure_dir: Path | None = None
             pct = sup.get("usual_care_pct")
             row.update({"agreement": "", "total variation": "",
                         "rarely taken %": "" if pct is None else f"{pct:.1f}"})
+        elif pol_key == "rules_deployed":  # logged actions where the rules defer (ratio 1)
+            for k, e in val["rules_deployed"].items():
+                row[f"value ({k})"] = _ci(e)
+            row.update({"agreement": "", "total variation": "", "rarely taken %": ""})
         else:
             for k, e in val[pol_key].items():
                 row[f"value ({k})"] = _ci(e)
@@ -230,6 +247,8 @@ def build_card_report(card: Mapping[str, Any], *, figure_dir: Path | None = None
         table.append(row)
     rep.table(pd.DataFrame(table), caption=f"Evidence by policy (groups: "
               f"{fair.get('group', absent)})", n_col=None)
+    if deployed:
+        rep.text(DEPLOYED_NOTE, note=True)
     if fair.get("suppressed"):
         rep.text(f"Fairness audit suppressed: {fair['reason']}", note=True)
     elif not fair.get("available", True):
