@@ -83,6 +83,8 @@ def test_run_writes_report_and_records_the_run(tmp_path):
         m["name"]
     )
     assert {"explain.agreement", "ope.dr.rules", "truth.rules"} <= set(m["name"])
+    deployed = card["evidence"]["value"]["rules_deployed"]  # only when some rows defer
+    assert ("ope.dr.rules_deployed" in set(m["name"])) == (deployed is not None)
     # no cell with fewer than 11 episodes is published in the audit
     for pol in audit["policies"].values():
         for cell in pol["rate"].values():

@@ -542,9 +542,11 @@ def _stage_explain(
     metrics.append(Metric("explain.agreement", fid["agreement"]))
     metrics.append(Metric("explain.tv", fid["tv"]))
     metrics.append(Metric("explain.n_rules", float(len(card.rules))))
-    for k, est in card.value["rules"].items():
-        ci = est.get("ci") or [None, None]
-        metrics.append(Metric(f"ope.{k}.rules", est["value"], ci_low=ci[0], ci_high=ci[1]))
+    for label in ("rules", "rules_deployed"):  # deployed: only when some rows defer
+        for k, est in (card.value.get(label) or {}).items():
+            ci = est.get("ci") or [None, None]
+            metrics.append(Metric(f"ope.{k}.{label}", est["value"], ci_low=ci[0],
+                                  ci_high=ci[1]))
 
 
 def _stage_mediation(
