@@ -284,16 +284,30 @@ def check_out_location(path: str | os.PathLike[str], *, folder: bool = False,
             "to replace an earlier output folder).")
 
 
+def _new_file_mode(target: Path) -> int:
+    """Permissions of a file written at ``target``: its current ones, else 0o666 less the umask."""
+    try:
+        return target.stat().st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[Any]:
     """Write a file atomically: to a temporary file in the same folder, then ``os.replace``.
 
-    A crash mid-write leaves any earlier file at ``path`` untouched.
+    A crash mid-write leaves any earlier file at ``path`` untouched. The file gets the
+    permissions a plain ``open(path, "w")`` gives it (``0o666`` less the umask; those of the
+    file it replaces, if any), not the owner-only ``0o600`` of the temporary file: results are
+    read by other analysts and auditors.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, _new_file_mode(target))
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()
