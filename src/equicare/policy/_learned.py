@@ -155,6 +155,7 @@ def write_model_folder(path: str | os.PathLike[str], config: Mapping[str, Any],
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; use the usual permissions
         save_file({k: v.detach().contiguous() for k, v in tensors.items()},
                   str(tmp / WEIGHTS_FILE))
+        os.chmod(tmp / WEIGHTS_FILE, 0o666 & ~umask)  # safetensors writes 0600 (owner only)
         doc = {"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION, **dict(config)}
         (tmp / CONFIG_FILE).write_text(json.dumps(doc, indent=2, default=float) + "\n",
                                        encoding="utf-8")
