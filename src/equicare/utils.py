@@ -261,6 +261,11 @@ def check_param(
     return value
 
 
+#: An output whose folder cannot be written (tests match it).
+MSG_OUT_NOT_WRITABLE = ("{option} {path}: cannot write in {folder} (no write permission or a "
+                        "read-only file system); choose a folder you can write to.")
+
+
 def check_out_location(path: str | os.PathLike[str], *, folder: bool = False,
                        option: str = "--out") -> None:
     """Refuse an output path that cannot be written.
@@ -282,6 +287,13 @@ def check_out_location(path: str | os.PathLike[str], *, folder: bool = False,
         raise InvalidParameterError(
             f"{option} {p} is a file; expected a folder (a new or empty one, or pass --force "
             "to replace an earlier output folder).")
+    # the folder the output is created in (or, for an existing output folder, the folder
+    # itself): unwritable, the write at the end of the work failed as an internal error
+    where = p if folder and p.is_dir() else next(
+        (q for q in p.absolute().parents if q.exists()), None)
+    if where is not None and not os.access(where, os.W_OK | os.X_OK):
+        raise InvalidParameterError(MSG_OUT_NOT_WRITABLE.format(option=option, path=p,
+                                                                folder=where))
 
 
 def _new_file_mode(target: Path) -> int:
