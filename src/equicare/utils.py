@@ -317,7 +317,10 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[Any
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as exc:  # name the file asked for, not the hidden temporary one
+        raise type(exc)(exc.errno, exc.strerror, str(target)) from None
     try:
         os.chmod(tmp, _new_file_mode(target))
         with os.fdopen(fd, mode) as fh:

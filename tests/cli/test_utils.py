@@ -321,3 +321,14 @@ def test_an_unwritable_out_folder_is_refused_before_the_work(monkeypatch, tmp_pa
             option=option, path=path, folder=ro)
     assert list(ro.iterdir()) == []
 
+
+def test_a_file_that_cannot_be_written_is_a_user_error_naming_it(monkeypatch, tmp_path):
+    # a PermissionError at write time (a file system that refuses what os.access allowed)
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "mkstemp", _raise(PermissionError(13, "Permission denied",
+                                                                  "/x/.plan.json.ab12.tmp")))
+    out = tmp_path / "plan.json"
+    res = runner.invoke(app, [*PLAN, "--out", str(out)])
+    assert res.exit_code == 2, res.output
+    assert " ".join(res.output.split()) == f"error: {out}: Permission denied."

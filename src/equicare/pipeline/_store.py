@@ -31,7 +31,8 @@ from equicare.exceptions import EquicareError, InvalidParameterError, UnknownNam
 __all__ = ["RunStore", "Metric", "config_hash", "git_revision", "USER_ERRORS"]
 
 #: The errors the command line reports as user mistakes (exit code 2).
-USER_ERRORS: tuple[type[BaseException], ...] = (EquicareError, FileExistsError, FileNotFoundError)
+USER_ERRORS: tuple[type[BaseException], ...] = (EquicareError, FileExistsError, FileNotFoundError,
+                                               PermissionError)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
