@@ -191,3 +191,31 @@ def test_a_sweep_and_a_single_run_do_not_compare(tmp_path):
         with pytest.raises(InvalidParameterError, match="do not compare"):
             store.config_diff(a, b)
     assert store.config_diff(run, run) == [] and store.config_diff(sweep, sweep) == []
+
+
+def test_a_store_locked_by_another_process_is_a_user_error_and_publishes_nothing(tmp_path,
+                                                                                   monkeypatch):
+    # a DuckDB session left open on equicare.duckdb: after ~30 s of retries the command ended
+    # as "internal error (a bug in equicare)", and `run` had already moved the run's files to
+    # their final folder while the store still said 'running' (later 'interrupted')
+    import duckdb
+
+    from equicare.exceptions import EquicareError
+    from equicare.pipeline._store import MSG_STORE_LOCKED
+
+    store = RunStore(tmp_path)
+    rid = store.start({"a": 1})
+    (store.partial_dir(rid) / "result.json").write_text("{}")
+    detail = 'IO Error: Could not set lock on file "x": Conflicting lock is held in python'
+
+    def locked(*args, **kwargs):
+        raise duckdb.IOException(detail)
+
+    monkeypatch.setattr(duckdb, "connect", locked)
+    monkeypatch.setattr(time, "sleep", lambda s: None)
+    with pytest.raises(EquicareError) as info:
+        store.finish(rid, [Metric("v", 1.0)])
+    assert str(info.value) == MSG_STORE_LOCKED.format(db=store.db_path, detail=detail)
+    assert store.partial_dir(rid).is_dir() and not store.run_dir(rid).exists()
+    monkeypatch.undo()
+    assert store.get_run(rid)["status"] == "running"

@@ -34,6 +34,11 @@ __all__ = ["RunStore", "Metric", "config_hash", "git_revision", "USER_ERRORS"]
 USER_ERRORS: tuple[type[BaseException], ...] = (EquicareError, FileExistsError, FileNotFoundError,
                                                PermissionError)
 
+#: The run store stayed locked by another process (tests match it).
+MSG_STORE_LOCKED = ("The run store {db} is locked by another process and stayed locked for 30 s "
+                    "({detail}). Close that connection (a DuckDB session on the file, or an "
+                    "equicare command that hangs) and run the command again.")
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id VARCHAR PRIMARY KEY,
@@ -136,9 +141,10 @@ class RunStore:
             try:
                 con = duckdb.connect(str(self.db_path))
                 break
-            except duckdb.IOException:
-                if attempt == 49:
-                    raise
+            except duckdb.IOException as exc:
+                if attempt == 49:  # ~30 s: not a moment; a user error, not a bug (exit 2)
+                    raise EquicareError(MSG_STORE_LOCKED.format(
+                        db=self.db_path, detail=" ".join(str(exc).split()))) from None
                 time.sleep(0.1 + 0.02 * attempt)
         try:
             yield con
@@ -199,8 +205,8 @@ class RunStore:
             (run_id, m.name, m.group, _num(m.value), _num(m.ci_low), _num(m.ci_high))
             for m in metrics
         ]
-        os.replace(part, final)
-        with self._connect() as con:
+        with self._connect() as con:  # the store can be written: only then publish the files
+            os.replace(part, final)
             con.execute("BEGIN TRANSACTION")
             try:
                 if rows:
