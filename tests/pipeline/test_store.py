@@ -219,3 +219,30 @@ def test_a_store_locked_by_another_process_is_a_user_error_and_publishes_nothing
     assert store.partial_dir(rid).is_dir() and not store.run_dir(rid).exists()
     monkeypatch.undo()
     assert store.get_run(rid)["status"] == "running"
+
+
+def test_git_revision_says_when_the_checkout_has_uncommitted_changes(tmp_path):
+    # a run from an edited checkout recorded the bare commit: checking it out did not
+    # reproduce the run's numbers, and nothing said so
+    import shutil
+
+    from equicare.pipeline._store import git_revision
+
+    if shutil.which("git") is None:
+        pytest.skip("no git")
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t",
+                        *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "m.py").write_text("x = 1\n")
+    git("add", "m.py")
+    git("commit", "-qm", "one")
+    rev = git_revision(tmp_path)
+    assert len(rev) >= 7 and not rev.endswith("-dirty")
+    (tmp_path / "notes.txt").write_text("untracked files do not count")
+    assert git_revision(tmp_path) == rev
+    (tmp_path / "m.py").write_text("x = 2\n")
+    assert git_revision(tmp_path) == f"{rev}-dirty"
+    assert git_revision(tmp_path / "no such folder") == "unknown"

@@ -83,20 +83,28 @@ def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
-def git_revision() -> str:
-    """Git revision of the equicare checkout, or ``"unknown"`` outside a checkout."""
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(here), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
+def git_revision(where: str | os.PathLike[str] | None = None) -> str:
+    """Git revision of the equicare checkout, or ``"unknown"`` outside a checkout.
+
+    ``-dirty`` is appended when tracked files differ from that commit (as ``git describe
+    --dirty`` does): the commit alone would not reproduce the run. ``where``: a folder of the
+    checkout (default: this module's).
+    """
+    here = Path(where) if where is not None else Path(__file__).resolve().parent
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(here), *args], capture_output=True,
+                                 text=True, timeout=5, check=False)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    rev = git("rev-parse", "--short", "HEAD")
+    if not rev:
         return "unknown"
-    return out.stdout.strip() or "unknown"
+    changed = git("status", "--porcelain", "--untracked-files=no")
+    return f"{rev}-dirty" if changed else rev
 
 
 def _pid_alive(pid: int, host: str) -> bool:
