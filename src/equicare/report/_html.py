@@ -154,7 +154,10 @@ class Report:
         if self.figure_dir is not None:
             self.figure_dir.mkdir(parents=True, exist_ok=True)
             (self.figure_dir / f"{name}.png").write_bytes(buf.getvalue())
-            fig.savefig(self.figure_dir / f"{name}.svg", format="svg", bbox_inches="tight")
+            # no date and element ids salted by the name: the same run writes the same file
+            with plt.rc_context({"svg.hashsalt": name}):
+                fig.savefig(self.figure_dir / f"{name}.svg", format="svg", bbox_inches="tight",
+                            metadata={"Date": None})
         plt.close(fig)
         data = base64.b64encode(buf.getvalue()).decode("ascii")
         self._n_figures += 1
