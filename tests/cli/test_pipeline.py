@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 
@@ -156,3 +157,30 @@ def test_runs_compare_of_a_run_and_a_sweep_is_one_line_and_exit_code_2(store):
     said = " ".join(res.output.split())
     assert f"{sweep} is a sweep and {rid} a single run: they do not compare" in said
     assert "configs differ" not in said
+
+
+def test_runs_compare_says_when_the_same_config_read_other_data(tmp_path):
+    # a panel regenerated in place between two runs of one config: compare listed no
+    # difference (same config, same config_hash) while every number had moved
+    s = RunStore(tmp_path / "runs")
+    panel = tmp_path / "panel.parquet"
+    ids = []
+    for content in (b"first panel", b"second panel"):
+        panel.write_bytes(content)
+        rid = s.start({"data": {"path": "panel.parquet"}}, name="same")
+        s.write_inputs(rid, {"data": [panel], "manifest": []})
+        s.finish(rid, [Metric("ope.dr.bc", float(len(ids)))])
+        ids.append(rid)
+    assert s.get_run(ids[0])["config_hash"] == s.get_run(ids[1])["config_hash"]
+    digests = [hashlib.sha256(c).hexdigest() for c in (b"first panel", b"second panel")]
+    res = runner.invoke(app, ["runs", "compare", *ids, "--store", str(s.root)])
+    assert res.exit_code == 0, res.output
+    said = " ".join(res.output.split())
+    assert f"The input files differ (SHA-256 in the runs' inputs.json; differences below may " \
+           f"come from these): data: {digests[0][:12]} -> {digests[1][:12]}" in said
+    assert "configs differ" not in said
+    res = runner.invoke(app, ["runs", "compare", *ids, "--store", str(s.root), "--json"])
+    assert json.loads(res.stdout)["inputs_diff"] == [
+        {"role": "data", "a": [digests[0]], "b": [digests[1]]}]
+    res = runner.invoke(app, ["runs", "show", ids[1], "--store", str(s.root)])
+    assert f"data: {panel} (sha256 {digests[1][:12]}, 12 bytes)" in " ".join(res.output.split())

@@ -246,3 +246,26 @@ def test_git_revision_says_when_the_checkout_has_uncommitted_changes(tmp_path):
     (tmp_path / "m.py").write_text("x = 2\n")
     assert git_revision(tmp_path) == f"{rev}-dirty"
     assert git_revision(tmp_path / "no such folder") == "unknown"
+
+
+def test_file_fingerprint_of_a_file_and_of_a_folder_panel(tmp_path):
+    import hashlib
+
+    from equicare.pipeline._store import file_fingerprint
+
+    (tmp_path / "p.parquet").write_bytes(b"abc")
+    fp = file_fingerprint(tmp_path / "p.parquet")
+    assert fp == {"path": str(tmp_path / "p.parquet"), "sha256": hashlib.sha256(b"abc").hexdigest(),
+                  "bytes": 3}
+    d = tmp_path / "panel"
+    d.mkdir()
+    (d / "part-1.parquet").write_bytes(b"one")
+    (d / "part-0.parquet").write_bytes(b"zero")
+    (d / ".part-2.parquet.tmp").write_bytes(b"half-written, hidden: left out")
+    first = file_fingerprint(d)
+    assert first["bytes"] == 7
+    (d / "part-1.parquet").write_bytes(b"One")
+    assert file_fingerprint(d)["sha256"] != first["sha256"]
+    (d / "part-1.parquet").write_bytes(b"one")
+    (d / "part-1.parquet").rename(d / "part-9.parquet")  # names count: another panel
+    assert file_fingerprint(d)["sha256"] != first["sha256"]

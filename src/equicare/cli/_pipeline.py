@@ -345,8 +345,10 @@ def register(app: typer.Typer) -> None:
             s = _existing_store(store)
             row = _resolve_run(s, run_id)
             m = s.metrics(row["run_id"])
+            inputs = s.inputs(row["run_id"])
         if json_out:
-            print_json({"run": dict(row.items()), "metrics": m.to_dict("records")})
+            print_json({"run": dict(row.items()), "metrics": m.to_dict("records"),
+                        "inputs": inputs})
             return
         console.print(
             f"{row['run_id']} {row['status']}  started {row['started']}  "
@@ -355,6 +357,10 @@ def register(app: typer.Typer) -> None:
         message = _text(row.get("message"))
         if row["status"] != "finished" and message:
             console.print(f"message: {message}", highlight=False, markup=False)
+        for role, files in (inputs or {}).items():
+            for f in files:
+                console.print(f"{role}: {f['path']} (sha256 {f['sha256'][:12]}, "
+                              f"{f['bytes']:,} bytes)", highlight=False, markup=False)
         t = Table()
         for c in ("name", "group", "value", "ci_low", "ci_high"):
             t.add_column(c, overflow="fold")
@@ -381,8 +387,10 @@ def register(app: typer.Typer) -> None:
         """Compare two runs' metrics side by side.
 
         A metric named after a run's learner is compared under its role (``ope.dr.learned``),
-        and the settings the two configs differ in are listed first. Two sweeps compare point
-        by point (``sweep.dr`` per grid point); a sweep and a single run do not (exit code 2).
+        and the settings the two configs differ in are listed first, then the input files
+        whose SHA-256 differ (a panel regenerated in place under the same config). Two sweeps
+        compare point by point (``sweep.dr`` per grid point); a sweep and a single run do not
+        (exit code 2).
 
         Example: equicare runs compare latest~1 latest --store runs
         """
@@ -395,14 +403,23 @@ def register(app: typer.Typer) -> None:
             a, b = _resolve_run(s, run_a)["run_id"], _resolve_run(s, run_b)["run_id"]
             df = s.compare(a, b)
             diff = s.config_diff(a, b)
+            files = s.inputs_diff(a, b)
         if json_out:
             print_json({"a": a, "b": b, "metrics": df.to_dict(orient="records"),
-                        "config_diff": [{"key": k, "a": va, "b": vb} for k, va, vb in diff]})
+                        "config_diff": [{"key": k, "a": va, "b": vb} for k, va, vb in diff],
+                        "inputs_diff": [{"role": r, "a": da, "b": db} for r, da, db in files]})
             return
         if diff:
             console.print(escape(
                 "The configs differ (differences below may come from these): "
                 + "; ".join(f"{k}: {va!r} -> {vb!r}" for k, va, vb in diff)), highlight=False)
+        if files:  # the same config can read other data: a panel regenerated in place
+            console.print(escape(
+                "The input files differ (SHA-256 in the runs' inputs.json; differences below "
+                "may come from these): " + "; ".join(
+                    f"{r}: {', '.join(d[:12] for d in da) or 'none'} -> "
+                    f"{', '.join(d[:12] for d in db) or 'none'}" for r, da, db in files)),
+                highlight=False)
         t = Table(title=f"{a} vs {b}")
         for c in ("name", "group", "A", "B", "B - A"):
             t.add_column(c, overflow="fold")
