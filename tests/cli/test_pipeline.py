@@ -184,3 +184,18 @@ def test_runs_compare_says_when_the_same_config_read_other_data(tmp_path):
         {"role": "data", "a": [digests[0]], "b": [digests[1]]}]
     res = runner.invoke(app, ["runs", "show", ids[1], "--store", str(s.root)])
     assert f"data: {panel} (sha256 {digests[1][:12]}, 12 bytes)" in " ".join(res.output.split())
+
+
+def test_runs_compare_says_why_an_unfinished_runs_column_is_empty(store):
+    # compare with a failed (or interrupted) run printed an empty B column and nothing else
+    from equicare.cli._pipeline import MSG_COMPARE_UNFINISHED
+
+    s, rid, bad = store
+    res = runner.invoke(app, ["runs", "compare", rid, bad, "--store", str(s.root)])
+    assert res.exit_code == 0, res.output
+    said = " ".join(res.output.split())
+    assert MSG_COMPARE_UNFINISHED.format(label="B", run=bad, status="failed") in said
+    assert f"A ({rid}) is" not in said  # nothing said about the finished one
+    res = runner.invoke(app, ["runs", "compare", rid, bad, "--store", str(s.root), "--json"])
+    got = json.loads(res.stdout)
+    assert (got["status_a"], got["status_b"]) == ("finished", "failed")

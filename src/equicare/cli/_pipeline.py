@@ -400,12 +400,14 @@ def register(app: typer.Typer) -> None:
 
         with user_errors():
             s = _existing_store(store)
-            a, b = _resolve_run(s, run_a)["run_id"], _resolve_run(s, run_b)["run_id"]
+            ra, rb = _resolve_run(s, run_a), _resolve_run(s, run_b)
+            a, b = ra["run_id"], rb["run_id"]
             df = s.compare(a, b)
             diff = s.config_diff(a, b)
             files = s.inputs_diff(a, b)
         if json_out:
-            print_json({"a": a, "b": b, "metrics": df.to_dict(orient="records"),
+            print_json({"a": a, "b": b, "status_a": ra["status"], "status_b": rb["status"],
+                        "metrics": df.to_dict(orient="records"),
                         "config_diff": [{"key": k, "a": va, "b": vb} for k, va, vb in diff],
                         "inputs_diff": [{"role": r, "a": da, "b": db} for r, da, db in files]})
             return
@@ -413,6 +415,11 @@ def register(app: typer.Typer) -> None:
             console.print(escape(
                 "The configs differ (differences below may come from these): "
                 + "; ".join(f"{k}: {va!r} -> {vb!r}" for k, va, vb in diff)), highlight=False)
+        for label, r in (("A", ra), ("B", rb)):  # its column is blank: say why
+            if r["status"] != "finished":
+                console.print(MSG_COMPARE_UNFINISHED.format(label=label, run=r["run_id"],
+                                                            status=r["status"]),
+                              highlight=False, markup=False)
         if files:  # the same config can read other data: a panel regenerated in place
             console.print(escape(
                 "The input files differ (SHA-256 in the runs' inputs.json; differences below "
@@ -432,6 +439,11 @@ def register(app: typer.Typer) -> None:
                 _fmt(r["diff"]),
             )
         print_table(t)
+
+
+#: ``runs compare`` of a run that did not finish (tests match it).
+MSG_COMPARE_UNFINISHED = ("{label} ({run}) is {status}: metrics are recorded when a run "
+                          "finishes, so its column is empty.")
 
 
 def _existing_store(store: Path) -> Any:
