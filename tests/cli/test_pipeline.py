@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 
 import pytest
 from typer.testing import CliRunner
@@ -199,3 +200,60 @@ def test_runs_compare_says_why_an_unfinished_runs_column_is_empty(store):
     res = runner.invoke(app, ["runs", "compare", rid, bad, "--store", str(s.root), "--json"])
     got = json.loads(res.stdout)
     assert (got["status_a"], got["status_b"]) == ("finished", "failed")
+
+
+def test_runs_list_show_compare_read_a_store_that_cannot_be_written(store, monkeypatch):
+    # an auditor's read-only copy of a store: every `runs` command waited 30 s for a "lock"
+    # and ended as an internal error (each opened the database read-write)
+    import time
+
+    import duckdb
+
+    s, rid, bad = store
+    real_connect = duckdb.connect
+
+    def read_only_fs(path, read_only=False, **kw):
+        if not read_only:
+            raise duckdb.IOException(f'IO Error: Cannot open file "{path}": Read-only file '
+                                     "system")
+        return real_connect(path, read_only=True, **kw)
+
+    monkeypatch.setattr(duckdb, "connect", read_only_fs)
+    monkeypatch.setattr(time, "sleep", _raise_on_wait)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: (
+        False if mode & os.W_OK and str(s.root) in os.path.abspath(p)
+        else real_access(p, mode, **kw)))
+    res = runner.invoke(app, ["runs", "list", "--store", str(s.root), "--json"])
+    assert res.exit_code == 0, res.output
+    assert {r["run_id"] for r in json.loads(res.stdout)} == {rid, bad}
+    res = runner.invoke(app, ["runs", "show", rid, "--store", str(s.root), "--json"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["runs", "compare", rid, bad, "--store", str(s.root)])
+    assert res.exit_code == 0, res.output
+
+
+def _raise_on_wait(seconds):
+    raise AssertionError("waited for a lock that no process holds")
+
+
+def test_a_store_that_cannot_be_opened_says_why_at_once(tmp_path, monkeypatch):
+    import time
+
+    import duckdb
+
+    from equicare.exceptions import EquicareError
+    from equicare.pipeline._store import MSG_STORE_UNOPENED
+
+    detail = 'IO Error: Cannot open file "x": Permission denied'
+    RunStore(tmp_path)
+
+    def denied(*args, **kw):
+        raise duckdb.IOException(detail)
+
+    monkeypatch.setattr(duckdb, "connect", denied)
+    monkeypatch.setattr(time, "sleep", _raise_on_wait)
+    with pytest.raises(EquicareError) as info:
+        RunStore(tmp_path)
+    assert str(info.value) == MSG_STORE_UNOPENED.format(db=tmp_path / "equicare.duckdb",
+                                                        detail=detail)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -457,7 +458,10 @@ def _existing_store(store: Path) -> Any:
         raise InvalidParameterError(
             f"No run store at {store} (no equicare.duckdb there); runs are stored where "
             "`equicare run --store` or the config's [output] store put them (default: runs).")
-    return RunStore(store)
+    # a store this user may not write (an auditor's read-only copy) is still read; only a
+    # writable one marks the runs of processes gone as interrupted
+    writable = all(os.access(p, os.W_OK) for p in (store, Path(store) / "equicare.duckdb"))
+    return RunStore(store, read_only=not writable)
 
 
 def _text(v: object) -> str:

@@ -43,6 +43,10 @@ MSG_STORE_LOCKED = ("The run store {db} is locked by another process and stayed 
                     "({detail}). Close that connection (a DuckDB session on the file, or an "
                     "equicare command that hangs) and run the command again.")
 
+#: The run store's database cannot be opened for another reason than a lock (tests match it).
+MSG_STORE_UNOPENED = ("Cannot open the run store {db} ({detail}). To only read a store (runs "
+                      "list, show, compare), read access to it is enough.")
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id VARCHAR PRIMARY KEY,
@@ -153,12 +157,17 @@ class RunStore:
         Folder holding ``equicare.duckdb`` and one artifact folder per run (default ``runs/``).
     """
 
-    def __init__(self, root: str | os.PathLike[str] = "runs") -> None:
+    def __init__(self, root: str | os.PathLike[str] = "runs", *, read_only: bool = False) -> None:
         self.root = Path(root)
+        self.read_only = read_only
         check_store_folder(self.root)
         self._made_root = not self.root.exists()  # what discard() may take back
-        self.root.mkdir(parents=True, exist_ok=True)
         self.db_path = self.root / "equicare.duckdb"
+        if read_only:  # to read a store one may not write (an auditor's copy): nothing changes
+            self._made_db = False
+            with self._connect():
+                return
+        self.root.mkdir(parents=True, exist_ok=True)
         self._made_db = not self.db_path.exists()
         with self._connect() as con:
             con.execute(_SCHEMA)
@@ -172,12 +181,16 @@ class RunStore:
 
         for attempt in range(50):  # another process may hold the write lock for a moment
             try:
-                con = duckdb.connect(str(self.db_path))
+                con = duckdb.connect(str(self.db_path), read_only=self.read_only)
                 break
             except duckdb.IOException as exc:
+                detail = " ".join(str(exc).split())
+                if "lock" not in detail.lower():  # not busy: unreadable, read-only, ...
+                    raise EquicareError(MSG_STORE_UNOPENED.format(
+                        db=self.db_path, detail=detail)) from None
                 if attempt == 49:  # ~30 s: not a moment; a user error, not a bug (exit 2)
                     raise EquicareError(MSG_STORE_LOCKED.format(
-                        db=self.db_path, detail=" ".join(str(exc).split()))) from None
+                        db=self.db_path, detail=detail)) from None
                 time.sleep(0.1 + 0.02 * attempt)
         try:
             yield con
