@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import re
 
 import numpy as np
@@ -37,3 +38,21 @@ def test_check_dataset_names_the_owner_and_how_to_build_one() -> None:
     assert "equicare.data.from_frame(frame, manifest)" in msg
     with pytest.raises(InvalidParameterError, match=re.escape(msg)):
         check_dataset(pd.DataFrame({"a": [1]}), "evaluate")
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_atomic_write_gives_the_usual_permissions_not_owner_only(tmp_path) -> None:
+    # mkstemp's temporary file is 0o600; renamed into place, every result (result JSON, panel,
+    # report) was unreadable by the second analyst and the auditor of a shared project folder
+    from equicare.utils import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "result.json", "{}")
+        assert (tmp_path / "result.json").stat().st_mode & 0o777 == 0o644
+        (tmp_path / "kept.json").write_text("")
+        os.chmod(tmp_path / "kept.json", 0o640)  # replacing a file keeps its permissions
+        atomic_write_text(tmp_path / "kept.json", "{}")
+        assert (tmp_path / "kept.json").stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old)

@@ -261,6 +261,11 @@ def check_param(
     return value
 
 
+#: An output whose folder cannot be written (tests match it).
+MSG_OUT_NOT_WRITABLE = ("{option} {path}: cannot write in {folder} (no write permission or a "
+                        "read-only file system); choose a folder you can write to.")
+
+
 def check_out_location(path: str | os.PathLike[str], *, folder: bool = False,
                        option: str = "--out") -> None:
     """Refuse an output path that cannot be written.
@@ -282,18 +287,42 @@ def check_out_location(path: str | os.PathLike[str], *, folder: bool = False,
         raise InvalidParameterError(
             f"{option} {p} is a file; expected a folder (a new or empty one, or pass --force "
             "to replace an earlier output folder).")
+    # the folder the output is created in (or, for an existing output folder, the folder
+    # itself): unwritable, the write at the end of the work failed as an internal error
+    where = p if folder and p.is_dir() else next(
+        (q for q in p.absolute().parents if q.exists()), None)
+    if where is not None and not os.access(where, os.W_OK | os.X_OK):
+        raise InvalidParameterError(MSG_OUT_NOT_WRITABLE.format(option=option, path=p,
+                                                                folder=where))
+
+
+def _new_file_mode(target: Path) -> int:
+    """Permissions of a file written at ``target``: its current ones, else 0o666 less the umask."""
+    try:
+        return target.stat().st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[Any]:
     """Write a file atomically: to a temporary file in the same folder, then ``os.replace``.
 
-    A crash mid-write leaves any earlier file at ``path`` untouched.
+    A crash mid-write leaves any earlier file at ``path`` untouched. The file gets the
+    permissions a plain ``open(path, "w")`` gives it (``0o666`` less the umask; those of the
+    file it replaces, if any), not the owner-only ``0o600`` of the temporary file: results are
+    read by other analysts and auditors.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as exc:  # name the file asked for, not the hidden temporary one
+        raise type(exc)(exc.errno, exc.strerror, str(target)) from None
+    try:
+        os.chmod(tmp, _new_file_mode(target))
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()

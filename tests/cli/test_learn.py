@@ -170,3 +170,21 @@ def test_train_model_function_and_params():
         "beta": 0.3, "hidden": (8, 8), "critic": "v"}
     with pytest.raises(ValueError, match="The 'steps' parameter of equicare train"):
         train_model("x", "y", out="z", steps=0)
+
+
+@pytest.mark.parametrize("algo", ["bc", "spibb"])
+def test_force_into_a_folder_that_holds_no_model_is_refused_before_training(app, files, algo,
+                                                                            monkeypatch):
+    # --force replaces an earlier model folder only; the refusal came after the whole training
+    import equicare.learn._registry as registry
+
+    out = files / f"notes_{algo}"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    monkeypatch.setitem(registry.LEARNERS, algo, None)  # training would fail loudly
+    res = runner.invoke(app, ["train", str(files / "panel.parquet"), "--manifest",
+                              str(files / "manifest.toml"), "--algo", algo, "--out", str(out),
+                              "--force", "--no-progress"])
+    assert res.exit_code == 2, _err(res)
+    assert "holds no model folder (config.json missing)" in " ".join(_err(res).split())
+    assert (out / "notes.txt").read_text() == "mine"

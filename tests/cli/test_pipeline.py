@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 
 import pytest
 from typer.testing import CliRunner
@@ -156,3 +158,102 @@ def test_runs_compare_of_a_run_and_a_sweep_is_one_line_and_exit_code_2(store):
     said = " ".join(res.output.split())
     assert f"{sweep} is a sweep and {rid} a single run: they do not compare" in said
     assert "configs differ" not in said
+
+
+def test_runs_compare_says_when_the_same_config_read_other_data(tmp_path):
+    # a panel regenerated in place between two runs of one config: compare listed no
+    # difference (same config, same config_hash) while every number had moved
+    s = RunStore(tmp_path / "runs")
+    panel = tmp_path / "panel.parquet"
+    ids = []
+    for content in (b"first panel", b"second panel"):
+        panel.write_bytes(content)
+        rid = s.start({"data": {"path": "panel.parquet"}}, name="same")
+        s.write_inputs(rid, {"data": [panel], "manifest": []})
+        s.finish(rid, [Metric("ope.dr.bc", float(len(ids)))])
+        ids.append(rid)
+    assert s.get_run(ids[0])["config_hash"] == s.get_run(ids[1])["config_hash"]
+    digests = [hashlib.sha256(c).hexdigest() for c in (b"first panel", b"second panel")]
+    res = runner.invoke(app, ["runs", "compare", *ids, "--store", str(s.root)])
+    assert res.exit_code == 0, res.output
+    said = " ".join(res.output.split())
+    assert f"The input files differ (SHA-256 in the runs' inputs.json; differences below may " \
+           f"come from these): data: {digests[0][:12]} -> {digests[1][:12]}" in said
+    assert "configs differ" not in said
+    res = runner.invoke(app, ["runs", "compare", *ids, "--store", str(s.root), "--json"])
+    assert json.loads(res.stdout)["inputs_diff"] == [
+        {"role": "data", "a": [digests[0]], "b": [digests[1]]}]
+    res = runner.invoke(app, ["runs", "show", ids[1], "--store", str(s.root)])
+    assert f"data: {panel} (sha256 {digests[1][:12]}, 12 bytes)" in " ".join(res.output.split())
+
+
+def test_runs_compare_says_why_an_unfinished_runs_column_is_empty(store):
+    # compare with a failed (or interrupted) run printed an empty B column and nothing else
+    from equicare.cli._pipeline import MSG_COMPARE_UNFINISHED
+
+    s, rid, bad = store
+    res = runner.invoke(app, ["runs", "compare", rid, bad, "--store", str(s.root)])
+    assert res.exit_code == 0, res.output
+    said = " ".join(res.output.split())
+    assert MSG_COMPARE_UNFINISHED.format(label="B", run=bad, status="failed") in said
+    assert f"A ({rid}) is" not in said  # nothing said about the finished one
+    res = runner.invoke(app, ["runs", "compare", rid, bad, "--store", str(s.root), "--json"])
+    got = json.loads(res.stdout)
+    assert (got["status_a"], got["status_b"]) == ("finished", "failed")
+
+
+def test_runs_list_show_compare_read_a_store_that_cannot_be_written(store, monkeypatch):
+    # an auditor's read-only copy of a store: every `runs` command waited 30 s for a "lock"
+    # and ended as an internal error (each opened the database read-write)
+    import time
+
+    import duckdb
+
+    s, rid, bad = store
+    real_connect = duckdb.connect
+
+    def read_only_fs(path, read_only=False, **kw):
+        if not read_only:
+            raise duckdb.IOException(f'IO Error: Cannot open file "{path}": Read-only file '
+                                     "system")
+        return real_connect(path, read_only=True, **kw)
+
+    monkeypatch.setattr(duckdb, "connect", read_only_fs)
+    monkeypatch.setattr(time, "sleep", _raise_on_wait)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: (
+        False if mode & os.W_OK and str(s.root) in os.path.abspath(p)
+        else real_access(p, mode, **kw)))
+    res = runner.invoke(app, ["runs", "list", "--store", str(s.root), "--json"])
+    assert res.exit_code == 0, res.output
+    assert {r["run_id"] for r in json.loads(res.stdout)} == {rid, bad}
+    res = runner.invoke(app, ["runs", "show", rid, "--store", str(s.root), "--json"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["runs", "compare", rid, bad, "--store", str(s.root)])
+    assert res.exit_code == 0, res.output
+
+
+def _raise_on_wait(seconds):
+    raise AssertionError("waited for a lock that no process holds")
+
+
+def test_a_store_that_cannot_be_opened_says_why_at_once(tmp_path, monkeypatch):
+    import time
+
+    import duckdb
+
+    from equicare.exceptions import EquicareError
+    from equicare.pipeline._store import MSG_STORE_UNOPENED
+
+    detail = 'IO Error: Cannot open file "x": Permission denied'
+    RunStore(tmp_path)
+
+    def denied(*args, **kw):
+        raise duckdb.IOException(detail)
+
+    monkeypatch.setattr(duckdb, "connect", denied)
+    monkeypatch.setattr(time, "sleep", _raise_on_wait)
+    with pytest.raises(EquicareError) as info:
+        RunStore(tmp_path)
+    assert str(info.value) == MSG_STORE_UNOPENED.format(db=tmp_path / "equicare.duckdb",
+                                                        detail=detail)

@@ -299,3 +299,36 @@ def test_progress_prints_lines_without_a_terminal(capsys):
     err = capsys.readouterr().err.splitlines()
     assert err[0] == "train awr: started (0/100)"
     assert err[-1].startswith("train awr: done (100/100) in ") and err[-1].endswith("loss=0.5")
+
+
+def test_an_unwritable_out_folder_is_refused_before_the_work(monkeypatch, tmp_path):
+    # the write at the end failed as "internal error (a bug in equicare)", exit 1, after all
+    # the work, naming the hidden temporary file (.plan.json.abc123.tmp)
+    from equicare.utils import MSG_OUT_NOT_WRITABLE
+
+    ro = tmp_path / "read only"
+    ro.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: (
+        False if os.path.abspath(p) == str(ro) else real_access(p, mode, **kw)))  # root: no-op
+    monkeypatch.setattr(rmab_cli, "run_plan", _raise(AssertionError("the work ran")))
+    for args, path in ((["--out", str(ro / "plan.json")], ro / "plan.json"),
+                       (["--figure", str(ro / "sub" / "f.png")], ro / "sub" / "f.png")):
+        res = runner.invoke(app, [*PLAN, *args])
+        assert res.exit_code == 2, res.output
+        option = args[0]
+        assert " ".join(res.output.split()) == "error: " + MSG_OUT_NOT_WRITABLE.format(
+            option=option, path=path, folder=ro)
+    assert list(ro.iterdir()) == []
+
+
+def test_a_file_that_cannot_be_written_is_a_user_error_naming_it(monkeypatch, tmp_path):
+    # a PermissionError at write time (a file system that refuses what os.access allowed)
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "mkstemp", _raise(PermissionError(13, "Permission denied",
+                                                                  "/x/.plan.json.ab12.tmp")))
+    out = tmp_path / "plan.json"
+    res = runner.invoke(app, [*PLAN, "--out", str(out)])
+    assert res.exit_code == 2, res.output
+    assert " ".join(res.output.split()) == f"error: {out}: Permission denied."

@@ -553,3 +553,31 @@ def test_a_missing_panel_or_manifest_is_refused_before_the_store_is_created(tmp_
         assert res.exit_code == 2, res.output
         assert said in " ".join(res.output.split())
         assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.EquicareWarning")
+@pytest.mark.parametrize("command", ["run", "sweep"])
+def test_a_run_records_the_sha256_of_the_files_it_read(tmp_path, command):
+    # the run store kept the config's relative data path only: the same config on a panel
+    # regenerated in place (or from another folder) looked like the same run
+    import hashlib
+
+    d = tmp_path / "garnet"
+    res = runner.invoke(app, ["synth", "--sim", "garnet", "--states", "20", "--actions", "4",
+                              "--episodes", "150", "--seed", "2", "--out", str(d)])
+    assert res.exit_code == 0, res.output
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('name = "g"\nseed = 0\n[data]\npath = "garnet/panel.parquet"\n'
+                   'manifest = "garnet/manifest.toml"\n[learner]\nalgo = "bc"\nn_steps = 10\n'
+                   '[ope]\nbootstrap = 0\nsensitivity = false\nestimators = ["wis"]\n'
+                   '[audit]\npermutations = 0\n[output]\nstore = "runs"\nexecutor = "serial"\n')
+    args = [command, str(cfg), "--no-progress"] + (
+        ["--grid", "learner.n_steps=[10]"] if command == "sweep" else [])
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    store = RunStore(tmp_path / "runs")
+    rid = store.list_runs()["run_id"].iloc[0]
+    got = json.loads((store.run_dir(rid) / "inputs.json").read_text())
+    assert got == {role: [{"path": str(d / name), "bytes": (d / name).stat().st_size,
+                           "sha256": hashlib.sha256((d / name).read_bytes()).hexdigest()}]
+                   for role, name in (("data", "panel.parquet"), ("manifest", "manifest.toml"))}

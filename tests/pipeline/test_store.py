@@ -191,3 +191,81 @@ def test_a_sweep_and_a_single_run_do_not_compare(tmp_path):
         with pytest.raises(InvalidParameterError, match="do not compare"):
             store.config_diff(a, b)
     assert store.config_diff(run, run) == [] and store.config_diff(sweep, sweep) == []
+
+
+def test_a_store_locked_by_another_process_is_a_user_error_and_publishes_nothing(tmp_path,
+                                                                                   monkeypatch):
+    # a DuckDB session left open on equicare.duckdb: after ~30 s of retries the command ended
+    # as "internal error (a bug in equicare)", and `run` had already moved the run's files to
+    # their final folder while the store still said 'running' (later 'interrupted')
+    import duckdb
+
+    from equicare.exceptions import EquicareError
+    from equicare.pipeline._store import MSG_STORE_LOCKED
+
+    store = RunStore(tmp_path)
+    rid = store.start({"a": 1})
+    (store.partial_dir(rid) / "result.json").write_text("{}")
+    detail = 'IO Error: Could not set lock on file "x": Conflicting lock is held in python'
+
+    def locked(*args, **kwargs):
+        raise duckdb.IOException(detail)
+
+    monkeypatch.setattr(duckdb, "connect", locked)
+    monkeypatch.setattr(time, "sleep", lambda s: None)
+    with pytest.raises(EquicareError) as info:
+        store.finish(rid, [Metric("v", 1.0)])
+    assert str(info.value) == MSG_STORE_LOCKED.format(db=store.db_path, detail=detail)
+    assert store.partial_dir(rid).is_dir() and not store.run_dir(rid).exists()
+    monkeypatch.undo()
+    assert store.get_run(rid)["status"] == "running"
+
+
+def test_git_revision_says_when_the_checkout_has_uncommitted_changes(tmp_path):
+    # a run from an edited checkout recorded the bare commit: checking it out did not
+    # reproduce the run's numbers, and nothing said so
+    import shutil
+
+    from equicare.pipeline._store import git_revision
+
+    if shutil.which("git") is None:
+        pytest.skip("no git")
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t",
+                        *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "m.py").write_text("x = 1\n")
+    git("add", "m.py")
+    git("commit", "-qm", "one")
+    rev = git_revision(tmp_path)
+    assert len(rev) >= 7 and not rev.endswith("-dirty")
+    (tmp_path / "notes.txt").write_text("untracked files do not count")
+    assert git_revision(tmp_path) == rev
+    (tmp_path / "m.py").write_text("x = 2\n")
+    assert git_revision(tmp_path) == f"{rev}-dirty"
+    assert git_revision(tmp_path / "no such folder") == "unknown"
+
+
+def test_file_fingerprint_of_a_file_and_of_a_folder_panel(tmp_path):
+    import hashlib
+
+    from equicare.pipeline._store import file_fingerprint
+
+    (tmp_path / "p.parquet").write_bytes(b"abc")
+    fp = file_fingerprint(tmp_path / "p.parquet")
+    assert fp == {"path": str(tmp_path / "p.parquet"), "sha256": hashlib.sha256(b"abc").hexdigest(),
+                  "bytes": 3}
+    d = tmp_path / "panel"
+    d.mkdir()
+    (d / "part-1.parquet").write_bytes(b"one")
+    (d / "part-0.parquet").write_bytes(b"zero")
+    (d / ".part-2.parquet.tmp").write_bytes(b"half-written, hidden: left out")
+    first = file_fingerprint(d)
+    assert first["bytes"] == 7
+    (d / "part-1.parquet").write_bytes(b"One")
+    assert file_fingerprint(d)["sha256"] != first["sha256"]
+    (d / "part-1.parquet").write_bytes(b"one")
+    (d / "part-1.parquet").rename(d / "part-9.parquet")  # names count: another panel
+    assert file_fingerprint(d)["sha256"] != first["sha256"]

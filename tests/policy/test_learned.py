@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -309,3 +310,21 @@ def test_write_model_folder_names_a_bad_config(tmp_path):
                        match=r"The 'config' parameter of write_model_folder must be a mapping "
                              r"with a 'action_space' entry"):
         write_model_folder(tmp_path / "m", {"learner": "bc"}, {})
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_model_folder_files_get_the_usual_permissions(tmp_path):
+    # safetensors writes its file 0o600: a second analyst could read config.json but not the
+    # weights of a model folder in a shared project
+    import torch
+
+    from equicare.policy._learned import write_model_folder
+
+    old = os.umask(0o022)
+    try:
+        p = write_model_folder(tmp_path / "m", {"learner": "bc", "action_space": {}},
+                               {"w": torch.zeros(2)})
+    finally:
+        os.umask(old)
+    modes = {f.name: f.stat().st_mode & 0o777 for f in p.iterdir()}
+    assert modes == {"config.json": 0o644, "model.safetensors": 0o644}

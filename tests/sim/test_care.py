@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -525,3 +527,19 @@ def test_terminal_column_is_disenrolment_not_the_window_end(panel, ds):
 def test_summary_has_no_extreme_episode_length(panel):
     el = panel.summary()["episode_length"]
     assert set(el) == {"mean", "p_bottom11", "p_top11"}
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_a_panel_written_in_parts_gets_the_usual_permissions(tmp_path):
+    # the panel/ folder came from mkdtemp (0o700): no other analyst could read the panel
+    from equicare.sim._care_parts import write_care_parts
+
+    old = os.umask(0o022)
+    try:
+        res = write_care_parts(CareManagementSim(), tmp_path, n_members=6, n_weeks=2,
+                               members_per_part=3, seed=1)
+    finally:
+        os.umask(old)
+    panel = Path(res["panel"])
+    assert panel.stat().st_mode & 0o777 == 0o755
+    assert {f.stat().st_mode & 0o777 for f in panel.iterdir()} == {0o644}

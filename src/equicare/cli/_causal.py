@@ -262,11 +262,12 @@ def register(app: typer.Typer) -> None:
                 write_result(result, out, force=force)
             if figure is not None:
                 from equicare.causal._plot import plot_mediation
+                from equicare.report._html import savefig_stable
                 from equicare.utils import atomic_write
 
                 with atomic_write(figure, "wb") as fh:
-                    plot_mediation(result).savefig(
-                        fh, dpi=120, format=figure.suffix.lstrip(".").lower() or "png")
+                    savefig_stable(plot_mediation(result), fh, dpi=120,
+                                   format=figure.suffix.lstrip(".").lower() or "png")
         if json_out:
             print_json(json.loads(result.to_json()))
             return

@@ -454,6 +454,10 @@ def register(app: "typer.Typer") -> None:
                     "--reward": reward is not None, "--model-free": model_free,
                     "--conservative-weight": conservative_weight is not None, "--small": small}
         check_out_path(out, force, folder=True)
+        from equicare.policy._learned import check_model_target
+
+        with user_errors():  # --force replaces an earlier model only: say so before training
+            check_model_target(out, overwrite=force)
         memory_only = (Algo.SPIBB, Algo.PVI, Algo.OMG)
         if chunk_rows is not None and (select is not None or algo in memory_only):
             what = ("--select auto" if select is not None or algo is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -345,8 +346,10 @@ def register(app: typer.Typer) -> None:
             s = _existing_store(store)
             row = _resolve_run(s, run_id)
             m = s.metrics(row["run_id"])
+            inputs = s.inputs(row["run_id"])
         if json_out:
-            print_json({"run": dict(row.items()), "metrics": m.to_dict("records")})
+            print_json({"run": dict(row.items()), "metrics": m.to_dict("records"),
+                        "inputs": inputs})
             return
         console.print(
             f"{row['run_id']} {row['status']}  started {row['started']}  "
@@ -355,6 +358,10 @@ def register(app: typer.Typer) -> None:
         message = _text(row.get("message"))
         if row["status"] != "finished" and message:
             console.print(f"message: {message}", highlight=False, markup=False)
+        for role, files in (inputs or {}).items():
+            for f in files:
+                console.print(f"{role}: {f['path']} (sha256 {f['sha256'][:12]}, "
+                              f"{f['bytes']:,} bytes)", highlight=False, markup=False)
         t = Table()
         for c in ("name", "group", "value", "ci_low", "ci_high"):
             t.add_column(c, overflow="fold")
@@ -381,8 +388,10 @@ def register(app: typer.Typer) -> None:
         """Compare two runs' metrics side by side.
 
         A metric named after a run's learner is compared under its role (``ope.dr.learned``),
-        and the settings the two configs differ in are listed first. Two sweeps compare point
-        by point (``sweep.dr`` per grid point); a sweep and a single run do not (exit code 2).
+        and the settings the two configs differ in are listed first, then the input files
+        whose SHA-256 differ (a panel regenerated in place under the same config). Two sweeps
+        compare point by point (``sweep.dr`` per grid point); a sweep and a single run do not
+        (exit code 2).
 
         Example: equicare runs compare latest~1 latest --store runs
         """
@@ -392,17 +401,33 @@ def register(app: typer.Typer) -> None:
 
         with user_errors():
             s = _existing_store(store)
-            a, b = _resolve_run(s, run_a)["run_id"], _resolve_run(s, run_b)["run_id"]
+            ra, rb = _resolve_run(s, run_a), _resolve_run(s, run_b)
+            a, b = ra["run_id"], rb["run_id"]
             df = s.compare(a, b)
             diff = s.config_diff(a, b)
+            files = s.inputs_diff(a, b)
         if json_out:
-            print_json({"a": a, "b": b, "metrics": df.to_dict(orient="records"),
-                        "config_diff": [{"key": k, "a": va, "b": vb} for k, va, vb in diff]})
+            print_json({"a": a, "b": b, "status_a": ra["status"], "status_b": rb["status"],
+                        "metrics": df.to_dict(orient="records"),
+                        "config_diff": [{"key": k, "a": va, "b": vb} for k, va, vb in diff],
+                        "inputs_diff": [{"role": r, "a": da, "b": db} for r, da, db in files]})
             return
         if diff:
             console.print(escape(
                 "The configs differ (differences below may come from these): "
                 + "; ".join(f"{k}: {va!r} -> {vb!r}" for k, va, vb in diff)), highlight=False)
+        for label, r in (("A", ra), ("B", rb)):  # its column is blank: say why
+            if r["status"] != "finished":
+                console.print(MSG_COMPARE_UNFINISHED.format(label=label, run=r["run_id"],
+                                                            status=r["status"]),
+                              highlight=False, markup=False)
+        if files:  # the same config can read other data: a panel regenerated in place
+            console.print(escape(
+                "The input files differ (SHA-256 in the runs' inputs.json; differences below "
+                "may come from these): " + "; ".join(
+                    f"{r}: {', '.join(d[:12] for d in da) or 'none'} -> "
+                    f"{', '.join(d[:12] for d in db) or 'none'}" for r, da, db in files)),
+                highlight=False)
         t = Table(title=f"{a} vs {b}")
         for c in ("name", "group", "A", "B", "B - A"):
             t.add_column(c, overflow="fold")
@@ -417,6 +442,11 @@ def register(app: typer.Typer) -> None:
         print_table(t)
 
 
+#: ``runs compare`` of a run that did not finish (tests match it).
+MSG_COMPARE_UNFINISHED = ("{label} ({run}) is {status}: metrics are recorded when a run "
+                          "finishes, so its column is empty.")
+
+
 def _existing_store(store: Path) -> Any:
     """The run store at ``store``, or a user error when there is none (never create one)."""
     from equicare.exceptions import InvalidParameterError
@@ -428,7 +458,10 @@ def _existing_store(store: Path) -> Any:
         raise InvalidParameterError(
             f"No run store at {store} (no equicare.duckdb there); runs are stored where "
             "`equicare run --store` or the config's [output] store put them (default: runs).")
-    return RunStore(store)
+    # a store this user may not write (an auditor's read-only copy) is still read; only a
+    # writable one marks the runs of processes gone as interrupted
+    writable = all(os.access(p, os.W_OK) for p in (store, Path(store) / "equicare.duckdb"))
+    return RunStore(store, read_only=not writable)
 
 
 def _text(v: object) -> str:

@@ -258,11 +258,12 @@ def run_capacity(
 
 def _save_figure(fig: Any, path: Path) -> None:
     """Save a Matplotlib figure atomically (format from the suffix)."""
+    from equicare.report._html import savefig_stable
     from equicare.utils import atomic_write
 
     fmt = path.suffix.lstrip(".").lower() or "png"
     with atomic_write(path, "wb") as fh:
-        fig.savefig(fh, format=fmt)
+        savefig_stable(fig, fh, format=fmt)
 
 
 def _print_plan(res: PlanResult) -> None:

@@ -105,12 +105,13 @@ def user_errors() -> Iterator[None]:
     """Turn user mistakes into one line on stderr and exit code 2 (no traceback).
 
     User mistakes are :class:`~equicare.exceptions.EquicareError` (bad data, parameters,
-    configs, unknown names) and a missing input or existing output file. Anything else is left
+    configs, unknown names), a missing input or existing output file and a file or folder that
+    cannot be read or written (no permission). Anything else is left
     to :class:`EquicareGroup`, which reports it as a bug.
     """
     try:
         yield
-    except (EquicareError, FileExistsError, FileNotFoundError) as exc:
+    except (EquicareError, FileExistsError, FileNotFoundError, PermissionError) as exc:
         _print_user_error(exc)
         raise typer.Exit(code=2) from None
 
@@ -523,7 +524,7 @@ class EquicareGroup(TyperGroup):
                 return super().invoke(ctx)
         except (TyperExit, TyperAbort, click.ClickException):
             raise
-        except (EquicareError, FileExistsError, FileNotFoundError) as exc:
+        except (EquicareError, FileExistsError, FileNotFoundError, PermissionError) as exc:
             _print_user_error(exc)
             raise typer.Exit(code=2) from None
         except KeyboardInterrupt as exc:

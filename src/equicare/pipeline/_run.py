@@ -31,7 +31,7 @@ from equicare.pipeline._store import USER_ERRORS, Metric, RunStore
 from equicare.utils import atomic_write_text
 
 __all__ = ["RunOutcome", "run_pipeline", "load_run_data", "build_learner", "propensity_data",
-           "behavior_spec"]
+           "behavior_spec", "input_files"]
 
 
 @dataclass
@@ -89,6 +89,25 @@ def check_run_inputs(cfg: RunConfig) -> None:
         read_manifest(cfg.resolve(data["manifest"]))
 
 
+def input_files(cfgs: list[RunConfig]) -> dict[str, list[str | Path]]:
+    """The files runs with these configs read, by role, for the run's ``inputs.json``.
+
+    ``data`` and ``manifest`` (none for a simulated panel) and ``plan_domain`` (a domain file,
+    not a bundled domain), resolved against each config's folder.
+    """
+    out: dict[str, list[str | Path]] = {"data": [], "manifest": []}
+    for cfg in cfgs:
+        data = cfg["data"]
+        if data["path"]:
+            out["data"].append(cfg.resolve(data["path"]))
+            out["manifest"].append(cfg.resolve(data["manifest"]))
+        if cfg["plan"]["enabled"]:
+            domain = Path(plan_domain(cfg["plan"]["domain"], cfg.base_dir))
+            if domain.is_file():
+                out.setdefault("plan_domain", []).append(domain)
+    return out
+
+
 def build_learner(cfg: RunConfig, seed: int) -> Any:
     """The learner of the run, its config checked by the learner's own config class."""
     from equicare import learn as algos
@@ -132,6 +151,7 @@ def run_pipeline(
     metrics: list[Metric] = []
     state: dict[str, Any] = {"progress": progress}
     try:
+        store.write_inputs(run_id, input_files([cfg]))
         with sigterm_as_interrupt(), shared_progress(progress) as _:
             with progress_task("pipeline", total=_n_stages(cfg), enabled=progress) as overall:
                 for name, fn in _stages(cfg):

@@ -19,7 +19,7 @@ import os
 import shutil
 import socket
 import subprocess
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,10 +28,24 @@ import pandas as pd
 
 from equicare.exceptions import EquicareError, InvalidParameterError, UnknownNameError
 
-__all__ = ["RunStore", "Metric", "config_hash", "git_revision", "USER_ERRORS"]
+__all__ = ["RunStore", "Metric", "config_hash", "git_revision", "USER_ERRORS", "INPUTS_FILE",
+           "file_fingerprint"]
+
+#: A run folder's record of the files the run read (:meth:`RunStore.write_inputs`).
+INPUTS_FILE = "inputs.json"
 
 #: The errors the command line reports as user mistakes (exit code 2).
-USER_ERRORS: tuple[type[BaseException], ...] = (EquicareError, FileExistsError, FileNotFoundError)
+USER_ERRORS: tuple[type[BaseException], ...] = (EquicareError, FileExistsError, FileNotFoundError,
+                                               PermissionError)
+
+#: The run store stayed locked by another process (tests match it).
+MSG_STORE_LOCKED = ("The run store {db} is locked by another process and stayed locked for 30 s "
+                    "({detail}). Close that connection (a DuckDB session on the file, or an "
+                    "equicare command that hangs) and run the command again.")
+
+#: The run store's database cannot be opened for another reason than a lock (tests match it).
+MSG_STORE_UNOPENED = ("Cannot open the run store {db} ({detail}). To only read a store (runs "
+                      "list, show, compare), read access to it is enough.")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -77,20 +91,49 @@ def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
-def git_revision() -> str:
-    """Git revision of the equicare checkout, or ``"unknown"`` outside a checkout."""
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(here), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
+def git_revision(where: str | os.PathLike[str] | None = None) -> str:
+    """Git revision of the equicare checkout, or ``"unknown"`` outside a checkout.
+
+    ``-dirty`` is appended when tracked files differ from that commit (as ``git describe
+    --dirty`` does): the commit alone would not reproduce the run. ``where``: a folder of the
+    checkout (default: this module's).
+    """
+    here = Path(where) if where is not None else Path(__file__).resolve().parent
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(here), *args], capture_output=True,
+                                 text=True, timeout=5, check=False)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    rev = git("rev-parse", "--short", "HEAD")
+    if not rev:
         return "unknown"
-    return out.stdout.strip() or "unknown"
+    changed = git("status", "--porcelain", "--untracked-files=no")
+    return f"{rev}-dirty" if changed else rev
+
+
+def file_fingerprint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """SHA-256 and size of a file, or of a folder's files (a Parquet folder panel).
+
+    A folder's digest covers each file's path relative to it and its bytes, in sorted order
+    (hidden files left out). Returns ``{"path": absolute path, "sha256": hex, "bytes": int}``.
+    """
+    p = Path(path).absolute()
+    files = ([p] if p.is_file() else
+             sorted(f for f in p.rglob("*") if f.is_file()
+                    and not any(part.startswith(".") for part in f.relative_to(p).parts)))
+    digest, size = hashlib.sha256(), 0
+    for f in files:
+        if f != p:
+            digest.update(f.relative_to(p).as_posix().encode() + b"\0")
+        with open(f, "rb") as fh:
+            while block := fh.read(1 << 20):
+                digest.update(block)
+                size += len(block)
+    return {"path": str(p), "sha256": digest.hexdigest(), "bytes": size}
 
 
 def _pid_alive(pid: int, host: str) -> bool:
@@ -114,12 +157,17 @@ class RunStore:
         Folder holding ``equicare.duckdb`` and one artifact folder per run (default ``runs/``).
     """
 
-    def __init__(self, root: str | os.PathLike[str] = "runs") -> None:
+    def __init__(self, root: str | os.PathLike[str] = "runs", *, read_only: bool = False) -> None:
         self.root = Path(root)
+        self.read_only = read_only
         check_store_folder(self.root)
         self._made_root = not self.root.exists()  # what discard() may take back
-        self.root.mkdir(parents=True, exist_ok=True)
         self.db_path = self.root / "equicare.duckdb"
+        if read_only:  # to read a store one may not write (an auditor's copy): nothing changes
+            self._made_db = False
+            with self._connect():
+                return
+        self.root.mkdir(parents=True, exist_ok=True)
         self._made_db = not self.db_path.exists()
         with self._connect() as con:
             con.execute(_SCHEMA)
@@ -133,11 +181,16 @@ class RunStore:
 
         for attempt in range(50):  # another process may hold the write lock for a moment
             try:
-                con = duckdb.connect(str(self.db_path))
+                con = duckdb.connect(str(self.db_path), read_only=self.read_only)
                 break
-            except duckdb.IOException:
-                if attempt == 49:
-                    raise
+            except duckdb.IOException as exc:
+                detail = " ".join(str(exc).split())
+                if "lock" not in detail.lower():  # not busy: unreadable, read-only, ...
+                    raise EquicareError(MSG_STORE_UNOPENED.format(
+                        db=self.db_path, detail=detail)) from None
+                if attempt == 49:  # ~30 s: not a moment; a user error, not a bug (exit 2)
+                    raise EquicareError(MSG_STORE_LOCKED.format(
+                        db=self.db_path, detail=detail)) from None
                 time.sleep(0.1 + 0.02 * attempt)
         try:
             yield con
@@ -198,8 +251,8 @@ class RunStore:
             (run_id, m.name, m.group, _num(m.value), _num(m.ci_low), _num(m.ci_high))
             for m in metrics
         ]
-        os.replace(part, final)
-        with self._connect() as con:
+        with self._connect() as con:  # the store can be written: only then publish the files
+            os.replace(part, final)
             con.execute("BEGIN TRANSACTION")
             try:
                 if rows:
@@ -225,6 +278,49 @@ class RunStore:
                 "UPDATE runs SET status = ?, finished = ?, message = ? WHERE run_id = ?",
                 [status, dt.datetime.now(dt.UTC).replace(tzinfo=None), message[:2000], run_id],
             )
+
+    def write_inputs(self, run_id: str,
+                     files: Mapping[str, Sequence[str | os.PathLike[str]]]) -> None:
+        """Record the files a running run reads: ``inputs.json`` in its partial folder.
+
+        ``files`` maps a role (``data``, ``manifest``) to the paths of that role (a sweep's
+        grid may vary them); each gets :func:`file_fingerprint`. An empty list: none (a
+        simulated panel, which the config's seed determines).
+        """
+        doc = {role: [file_fingerprint(f) for f in sorted({str(Path(x)) for x in paths})]
+               for role, paths in files.items()}
+        from equicare.utils import atomic_write_text
+
+        atomic_write_text(self.partial_dir(run_id) / INPUTS_FILE,
+                          json.dumps(doc, indent=2, sort_keys=True) + "\n")
+
+    def inputs(self, run_id: str) -> dict[str, Any] | None:
+        """The run's ``inputs.json`` (finished or partial folder), or None (an older run)."""
+        rid = self.get_run(run_id)["run_id"]
+        for d in (self.run_dir(rid), self.partial_dir(rid)):
+            f = d / INPUTS_FILE
+            if f.is_file():
+                loaded: dict[str, Any] = json.loads(f.read_text(encoding="utf-8"))
+                return loaded
+        return None
+
+    def inputs_diff(self, run_a: str, run_b: str) -> list[tuple[str, list[str], list[str]]]:
+        """The input files two runs read that differ: ``(role, a's, b's)`` SHA-256 digests.
+
+        Two runs whose configs name the same panel path read different data when the file
+        changed between them (a panel regenerated in place); the digests say so. Runs without
+        ``inputs.json`` (recorded before it existed) give no line.
+        """
+        ia, ib = self.inputs(run_a), self.inputs(run_b)
+        if ia is None or ib is None:
+            return []
+        out = []
+        for role in sorted(set(ia) | set(ib)):
+            da = [f["sha256"] for f in ia.get(role, [])]
+            db = [f["sha256"] for f in ib.get(role, [])]
+            if sorted(da) != sorted(db):
+                out.append((role, da, db))
+        return out
 
     def discard(self, run_id: str) -> None:
         """Remove a run that did no work: its row, its metrics and its partial folder.

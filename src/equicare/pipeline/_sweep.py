@@ -196,15 +196,17 @@ def run_sweep(
     check_grid_keys(grid, cfg.source)
     combos = [dict(zip(keys, vals, strict=True)) for vals in itertools.product(*grid.values())]
     tasks = []
+    points = []
     for ov in combos:
         seed = point_seed(int(cfg["seed"]), ov)
         c = cfg.with_overrides({**ov, "seed": seed})  # checks every point before anything runs
+        points.append(c)
         tasks.append((c.to_dict(), cfg.source, str(cfg.base_dir), {**ov, "seed": seed}))
     o = cfg["output"]
     ex = executor or get_executor(o["executor"], o["jobs"], o["address"])
     if isinstance(ex, RayExecutor):
         ex.connect()  # a missing cluster fails before the run is recorded
-    from equicare.pipeline._run import check_run_inputs
+    from equicare.pipeline._run import check_run_inputs, input_files
 
     check_run_inputs(cfg)
     root = Path(store_root) if store_root is not None else cfg.resolve(o["store"])
@@ -217,6 +219,7 @@ def run_sweep(
     out = store.partial_dir(run_id)
     rows: list[dict[str, Any]] = []
     try:
+        store.write_inputs(run_id, input_files(points))
         with sigterm_as_interrupt(), progress_task(
             f"sweep ({len(tasks)} points)", total=len(tasks), enabled=progress
         ) as bar:

@@ -101,6 +101,16 @@ def manifest_fingerprint(manifest: Any) -> str | None:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
 
 
+def check_model_target(path: str | os.PathLike[str], *, overwrite: bool) -> None:
+    """Refuse a model folder target that :func:`write_model_folder` would refuse.
+
+    For callers that train first and save last (``equicare train``): the refusal comes before
+    the work, not after it. ``FileExistsError``: a file, or a non-empty folder without
+    ``overwrite`` or (even with it) without a ``config.json`` of an earlier model.
+    """
+    _prepare_target(Path(path), overwrite)
+
+
 def _prepare_target(path: Path, overwrite: bool) -> None:
     if path.exists() and not path.is_dir():
         raise FileExistsError(MSG_NOT_DIR.format(path=path))
@@ -155,6 +165,7 @@ def write_model_folder(path: str | os.PathLike[str], config: Mapping[str, Any],
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; use the usual permissions
         save_file({k: v.detach().contiguous() for k, v in tensors.items()},
                   str(tmp / WEIGHTS_FILE))
+        os.chmod(tmp / WEIGHTS_FILE, 0o666 & ~umask)  # safetensors writes 0600 (owner only)
         doc = {"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION, **dict(config)}
         (tmp / CONFIG_FILE).write_text(json.dumps(doc, indent=2, default=float) + "\n",
                                        encoding="utf-8")

@@ -74,6 +74,20 @@ def suppress_small_cells(
     return out
 
 
+def savefig_stable(fig: Any, target: Any, *, format: str, salt: str = "equicare",
+                   **kwargs: Any) -> None:
+    """``fig.savefig`` that writes the same bytes for the same figure.
+
+    SVG and PDF files carry the time they were written and SVG random element ids; both are
+    left out (ids salted by ``salt``), so two runs with the same seed give identical files.
+    """
+    import matplotlib.pyplot as plt
+
+    meta = {"svg": {"Date": None}, "pdf": {"CreationDate": None}}.get(format.lower())
+    with plt.rc_context({"svg.hashsalt": salt}):
+        fig.savefig(target, format=format, metadata=meta, **kwargs)
+
+
 @dataclass
 class Report:
     """Build an HTML report section by section.
@@ -154,7 +168,8 @@ class Report:
         if self.figure_dir is not None:
             self.figure_dir.mkdir(parents=True, exist_ok=True)
             (self.figure_dir / f"{name}.png").write_bytes(buf.getvalue())
-            fig.savefig(self.figure_dir / f"{name}.svg", format="svg", bbox_inches="tight")
+            savefig_stable(fig, self.figure_dir / f"{name}.svg", format="svg", salt=name,
+                           bbox_inches="tight")
         plt.close(fig)
         data = base64.b64encode(buf.getvalue()).decode("ascii")
         self._n_figures += 1

@@ -83,6 +83,9 @@ def write_care_parts(
     n_rows = 0
     tmp = Path(tempfile.mkdtemp(dir=d, prefix=".parts-"))
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the panel is for other analysts too
         for k in range(n_parts):
             m = min(int(members_per_part), int(n_members) - k * int(members_per_part))
             rng = np.random.default_rng(children[k])
