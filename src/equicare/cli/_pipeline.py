@@ -112,7 +112,10 @@ def register(app: typer.Typer) -> None:
             typer.Option(help="Run store folder (default: output.store of the config)."),
         ] = None,
         seed: Annotated[int | None, typer.Option(
-            min=0, help="Random seed (default: the config's seed).")] = None,
+            min=0, help="Random seed of the learning, evaluation and audit (default: the "
+                        "config's seed). A synthetic panel keeps its own seed, "
+                        "data.synthetic.seed (--set data.synthetic.seed=S draws another "
+                        "panel).")] = None,
         show_config: Annotated[bool, typer.Option(
             "--show-config", help="Print the configuration TOML and exit (to copy and edit); "
                                   "with --set or --seed, the config they give.")
@@ -170,7 +173,9 @@ def register(app: typer.Typer) -> None:
             list[str] | None,
             typer.Option(help="Grid axis 'section.key=[v1,v2,...]' (repeat for more axes); "
                                 "'seed=[0,1,2]' runs each point with those seeds (else each "
-                                "point gets its own, derived from the config's seed)."),
+                                "point gets its own, derived from the config's seed); a "
+                                "synthetic panel keeps data.synthetic.seed unless that is "
+                                "an axis too."),
         ] = None,
         example: Annotated[Example | None, _EXAMPLE_OPT] = None,
         set_: Annotated[list[str] | None, _SET_OPT] = None,
