@@ -329,3 +329,18 @@ def test_steps_rounded_to_whole_rollouts_are_said_and_recorded(tmp_path: Path) -
     assert saved["training"] == {"steps_requested": 1000, "env_steps": 672, "rollouts": 1,
                                  "n_envs": 4, "n_steps": 168}
     assert saved["seeds"][0]["env_steps"] == 672
+
+
+def test_seed_draws_an_independent_replication(tmp_path: Path) -> None:
+    """--seed S runs seeds S..S+n-1 (the runs used 0..n-1 whatever the user wanted, so no
+    independent replication could be drawn); the default keeps seed 0."""
+    args = ["online", "--seeds", "1", "--steps", str(4 * 168), "--n-envs", "4",
+            "--eval-episodes", "4", "--no-figures", "--no-progress"]
+    runs = {}
+    for name, extra in (("a", []), ("b", ["--seed", "0"]), ("c", ["--seed", "7"])):
+        res = CliRunner().invoke(_app(), [*args, *extra, "--out", str(tmp_path / name)])
+        assert res.exit_code == 0, res.output
+        runs[name] = json.loads((tmp_path / name / "results.json").read_text())
+    seeds = {k: [s["seed"] for s in v["seeds"]] for k, v in runs.items()}
+    assert seeds == {"a": [0], "b": [0], "c": [7]}
+    assert runs["a"]["summary"] == runs["b"]["summary"] != runs["c"]["summary"]

@@ -38,6 +38,7 @@ def run_online(
     mode: str = "max",
     group_signal: str = "served",
     seeds: int = 5,
+    seed: int = 0,
     steps: int = 200_000,
     n_envs: int = 16,
     jobs: int = 1,
@@ -48,7 +49,8 @@ def run_online(
 ) -> dict[str, Any]:
     """Run an online experiment (or a lambda sweep) and write its results folder.
 
-    Parameters mirror the CLI options (``progress``: a bar over the seeds' environment steps).
+    Parameters mirror the CLI options (``progress``: a bar over the seeds' environment steps;
+    the runs use seeds ``seed .. seed + seeds - 1``).
     With ``lambdas`` the run is a GRPO sweep over those
     values (``algo`` must be ``'grpo'``) and the folder gets ``frontier.json`` / ``.csv``.
 
@@ -78,17 +80,18 @@ def run_online(
                                  steps=steps, n_envs=n_envs, eval_episodes=eval_episodes)
     folder = Path(out)
     written: list[str] = []
+    seed_list = list(range(seed, seed + seeds))
     if lambdas is not None:
         lams = _parse_lambdas(lambdas) if isinstance(lambdas, str) else [float(v) for v in lambdas]
         if algo != "grpo":
             raise InvalidParameterError("--lambdas sweeps GRPO; use it with --algo grpo.")
-        sweep = lambda_sweep(cfg, lams, seeds=seeds, jobs=jobs, out=folder, force=force,
+        sweep = lambda_sweep(cfg, lams, seeds=seed_list, jobs=jobs, out=folder, force=force,
                              progress=progress)
         if figures:
             written = _sweep_figures(sweep, folder)
         return {"kind": "sweep", "out": str(folder), "training": sweep["training"],
                 "lambdas": sweep["lambdas"], "frontier": sweep["frontier"], "figures": written}
-    res = run_experiment(cfg, seeds=seeds, jobs=jobs, out=folder, force=force,
+    res = run_experiment(cfg, seeds=seed_list, jobs=jobs, out=folder, force=force,
                          progress=progress)
     if figures:
         written = _experiment_figures({cfg.label: res["seeds"]}, folder)
@@ -200,7 +203,9 @@ def register(app: Any) -> None:
             help="GRPO group losses: served (decisions grouped by the patient served) or "
                  "welfare (each group's own waiting cost) [default: served].")] = None,
         seeds: Annotated[int, typer.Option(
-            min=1, help="Number of seeds (runs use seeds 0..n-1).")] = 5,
+            min=1, help="Number of seeds (runs use seeds S..S+n-1, S from --seed).")] = 5,
+        seed: Annotated[int, typer.Option(
+            min=0, help="First seed S (another S draws an independent replication).")] = 0,
         steps: Annotated[int, typer.Option(
             min=1, help="Training environment steps per seed, run in whole rollouts of "
                         "n-envs x 168 steps (rounded down; the run says what it ran).")] = 200_000,
@@ -240,7 +245,7 @@ def register(app: Any) -> None:
                                 algo=algo.value, lam=0.3 if lam is None else lam,
                                 lambdas=lambdas, mode=(mode or Mode.MAX).value,
                                 group_signal=(group_signal or GroupSignal.SERVED).value,
-                                seeds=seeds, steps=steps,
+                                seeds=seeds, seed=seed, steps=steps,
                                 n_envs=n_envs, jobs=jobs, eval_episodes=eval_episodes,
                                 force=force, figures=figures, progress=progress)
         if json_out:
