@@ -70,3 +70,27 @@ def test_rewards_only_on_last_rows_are_a_data_error_and_mostly_there_a_warning()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         from_dataset(from_frame(df, MANIFEST, emit_warnings=False))
+
+
+def test_dense_features_that_cannot_fit_are_refused_before_they_are_built(monkeypatch) -> None:
+    """Mediation one-hot encodes categorical states densely: a 5,000-level state reached 19 GB
+    in 110 s before the basis-size check refused it. The footprint (about DENSE_COPIES dense
+    copies of transitions x features) is checked against the memory available first."""
+    import equicare.utils as utils
+    from equicare.causal._data import DENSE_COPIES
+
+    df = _panel([5] * 40)
+    df["code"] = [f"c{i % 37:02d}" for i in range(len(df))]
+    man = {**MANIFEST, "dataset": {**MANIFEST["dataset"], "categorical_states": ["code"]}}
+    ds = from_frame(df, man, emit_warnings=False)
+    need = DENSE_COPIES * 160 * (1 + 37) * 8                     # 160 transitions, 38 features
+    monkeypatch.setattr(utils, "available_memory", lambda: need - 1)
+    monkeypatch.setattr(type(ds), "features", lambda self, one_hot=True: pytest.fail("built"))
+    with pytest.raises(DataValidationError, match=re.escape(
+            "dynamic mediation works on dense state features: 160 transitions x 38 features "
+            "(the numeric states plus one column per level of 'code' (37 levels)) need about "
+            "0.0 GB")):
+        from_dataset(ds)
+    monkeypatch.undo()
+    monkeypatch.setattr(utils, "available_memory", lambda: need)
+    assert from_dataset(ds).states.shape == (160, 38)
