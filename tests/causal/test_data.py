@@ -40,3 +40,57 @@ def test_no_rows_is_a_data_error() -> None:
     with pytest.raises(DataValidationError, match=re.escape(FEW_EPISODES_MESSAGE.format(n=0))):
         MediationData.from_arrays(np.zeros((0, 2)), [], np.zeros((0, 1)), [], np.zeros((0, 2)),
                                   [])
+
+
+def test_rewards_only_on_last_rows_are_a_data_error_and_mostly_there_a_warning() -> None:
+    """An outcome on the last row of each stay (survival at discharge, as on the Garnet and
+    ICU-shaped panels): the last row has no next state and is left out, and mediate printed
+    every effect as 0.000 with a standard error of 0.000. It refuses now; when most of the
+    reward is there it warns."""
+    import warnings
+
+    from equicare.causal._data import END_REWARD_MESSAGE
+    from equicare.exceptions import DataWarning
+
+    lengths = [4] * 30
+    df = _panel(lengths)
+    last = np.concatenate([np.arange(k) == k - 1 for k in lengths])
+    df["r"] = np.where(last, 1.0, 0.0)
+    ds = from_frame(df, MANIFEST, emit_warnings=False)
+    with pytest.raises(DataValidationError, match=re.escape(
+            END_REWARD_MESSAGE.format(source="", k=30))):
+        from_dataset(ds)
+    df["r"] = np.where(last, 1.0, 0.0)
+    df.loc[np.flatnonzero(~last)[:10], "r"] = 0.5          # 5 of 35: 86% at the ends
+    with pytest.warns(DataWarning, match=r"^86% of the panel's total \|reward\| is on "
+                                         r"episodes' last rows \(25% of the rows\)"):
+        md = from_dataset(from_frame(df, MANIFEST, emit_warnings=False))
+    assert md.rewards.sum() == 5.0
+    df["r"] = 1.0                                            # a per-step reward: silent
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        from_dataset(from_frame(df, MANIFEST, emit_warnings=False))
+
+
+def test_dense_features_that_cannot_fit_are_refused_before_they_are_built(monkeypatch) -> None:
+    """Mediation one-hot encodes categorical states densely: a 5,000-level state reached 19 GB
+    in 110 s before the basis-size check refused it. The footprint (about DENSE_COPIES dense
+    copies of transitions x features) is checked against the memory available first."""
+    import equicare.utils as utils
+    from equicare.causal._data import DENSE_COPIES
+
+    df = _panel([5] * 40)
+    df["code"] = [f"c{i % 37:02d}" for i in range(len(df))]
+    man = {**MANIFEST, "dataset": {**MANIFEST["dataset"], "categorical_states": ["code"]}}
+    ds = from_frame(df, man, emit_warnings=False)
+    need = DENSE_COPIES * 160 * (1 + 37) * 8                     # 160 transitions, 38 features
+    monkeypatch.setattr(utils, "available_memory", lambda: need - 1)
+    monkeypatch.setattr(type(ds), "features", lambda self, one_hot=True: pytest.fail("built"))
+    with pytest.raises(DataValidationError, match=re.escape(
+            "dynamic mediation works on dense state features: 160 transitions x 38 features "
+            "(the numeric states plus one column per level of 'code' (37 levels)) need about "
+            "0.0 GB")):
+        from_dataset(ds)
+    monkeypatch.undo()
+    monkeypatch.setattr(utils, "available_memory", lambda: need)
+    assert from_dataset(ds).states.shape == (160, 38)

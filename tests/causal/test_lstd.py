@@ -11,7 +11,13 @@ import scipy.sparse as sp
 import equicare.utils as utils
 from equicare.causal import DynamicMediation, _dynamic
 from equicare.causal._basis import action_tensor
-from equicare.causal._lstd import MixedDesign, action_design, lstd_average, lstd_blocks
+from equicare.causal._lstd import (
+    MixedDesign,
+    action_design,
+    gram_entries,
+    lstd_average,
+    lstd_blocks,
+)
 from equicare.sim.mediation import random_mediation_mdp
 
 
@@ -52,6 +58,30 @@ def test_blockwise_lstd_equals_the_dense_solution(monkeypatch, block):
         np.testing.assert_allclose(fit.influence, ref.influence, rtol=1e-8, atol=1e-8)
     with pytest.raises(ValueError, match="not an action_design"):
         lstd_blocks(sp.csr_matrix(x.toarray() + 1.0), xi, y)
+
+
+def test_gram_of_a_one_hot_design_holds_only_its_non_zero_entries():
+    """A one-hot basis over 400 state levels: the design stores q = 401 entries a row, nearly
+    all zeros; its Gram is computed over the non-zeros (n q^2 work before: 137 of 186 s of a
+    mediation on a 700-level panel), and the LSTD solution is the dense one."""
+    rng = np.random.default_rng(3)
+    n, n_actions, levels = 3000, 2, 400
+    s, sn = rng.integers(levels, size=n), rng.integers(levels, size=n)
+    f = np.column_stack([np.ones(n), np.eye(levels)[s]])
+    fn = np.column_stack([np.ones(n), np.eye(levels)[sn]])
+    a = rng.integers(n_actions, size=n)
+    x, xi = action_design(a, f, n_actions), MixedDesign(rng.dirichlet([1.0, 1.0], n), fn)
+    assert x.nnz == n * (levels + 1)                    # zeros stored: lstd_blocks' contract
+    gram = gram_entries(x)
+    dense = action_tensor(a, f, n_actions)
+    assert gram.nnz == np.count_nonzero(dense.T @ dense) < 4 * n
+    assert x.nnz == n * (levels + 1)                    # the caller's design is left whole
+    np.testing.assert_allclose(gram.toarray(), dense.T @ dense, rtol=0, atol=1e-12)
+    y = rng.normal(size=(n, 1))
+    fit, = lstd_blocks(x, xi, y, 1e-4)
+    ref = lstd_average(dense, xi.toarray(), y[:, 0], 1e-4)
+    assert abs(fit.eta - ref.eta) < 1e-8
+    np.testing.assert_allclose(fit.beta, ref.beta, rtol=1e-7, atol=1e-8)
 
 
 def test_blockwise_lstd_memory_is_linear_in_rows():

@@ -122,6 +122,9 @@ def test_frontier_command(app, panel, tmp_path) -> None:
     assert [p["lambda"] for p in d["points"]] == [0.0, 10.0]
     assert {"value", "gap_pp", "worst_group_value", "pareto"} <= set(d["points"][0])
     assert any(p["pareto"] for p in d["points"])
+    # a 30-step BC leaves the clinicians' support: one warning, printed and in the JSON
+    assert d["warnings"] and d["warnings"][0].startswith("frontier: the wis values of 2 of 2")
+    assert "warning: frontier: the wis values of 2 of 2 weights" in r.output
     r2 = _run(app, ["frontier", str(panel["data"]), "--manifest", str(panel["manifest"]),
                     "--lambdas", "0,x"])
     assert r2.exit_code == 2 and "--lambdas must be comma-separated numbers" in r2.output

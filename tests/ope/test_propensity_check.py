@@ -121,3 +121,30 @@ def test_streamed_check_on_a_sample_reports_a_larger_panel(states):
                                 f"of the panel's {ds.n_steps:,}; above") in msg
     clean = _streamed(ds)
     assert clean is not None and not clean.warn and clean.stat < 0.25
+
+
+def test_thin_levels_do_not_make_true_propensities_disagree():
+    """1,000 states x 100 actions, 12,500 rows (about 12 a state, fewer than the actions): the
+    in-sample frequency of a row's own action is inflated by the row itself, and the true
+    propensities were reported (mean |log ratio| 0.81 > 0.7; 0.86 on a 5,000 x 100 Garnet panel
+    of 54,418 rows). The levels with at least half as many rows as actions are compared now."""
+    from equicare.data import from_frame
+    from equicare.sim._garnet_cli import garnet_frame, garnet_manifest
+    from equicare.sim.garnet import GarnetConfig, garnet_panel
+
+    cfg = GarnetConfig(n_states=1000, n_actions=100, n_successors=3)
+    mdp, pan = garnet_panel(cfg, 1000, 0)
+    ds = from_frame(garnet_frame(mdp, pan), garnet_manifest(cfg), emit_warnings=False)
+    clean = check_logged_propensities(ds)
+    assert clean is not None and not clean.warn and clean.stat < 0.6, clean
+    assert 1000 < clean.n_rows < ds.n_steps
+    assert clean.model == ("action frequencies per level of 'state', on the rows of its levels "
+                           "with 50 or more rows")
+    row = clean.example[0]
+    assert clean.example[1] == pytest.approx(float(ds.behavior_prob[row]))
+    for kind in ("ones", "random"):
+        bad = check_logged_propensities(_nonsense(ds, kind))
+        assert bad is not None and bad.stat > 2 * PROPENSITY_LOG_RATIO, (kind, bad)
+    # no level with enough rows: no per-level test at all (not a false alarm)
+    few = ds.subset(np.arange(60))
+    assert check_logged_propensities(few) is None

@@ -165,3 +165,37 @@ def test_frontier_warns_once_about_censored_stays() -> None:
         c = a["policy"].diagnostics.censoring
         assert c is not None and c.warn and not c.switched
         assert any("censored" in m for m in a.warnings)
+
+
+def test_frontier_warns_once_when_its_values_leave_the_support() -> None:
+    """A 25-action Garnet panel and a BC barely trained: the points' policies put most of their
+    mass on actions the clinicians never take. Each point's audit found it and was silenced
+    (it would print once per weight), and nothing else said it: the table and JSON showed the
+    DR values without a word (a 5,000-state, 100-action panel: 0.805 [0.779, 0.830] for a
+    BC like one worth 0.632). Now the frontier warns once, naming the weights."""
+    import warnings
+
+    from equicare.data import from_frame
+    from equicare.exceptions import SupportWarning
+    from equicare.fairness import frontier
+    from equicare.sim._garnet_cli import garnet_frame, garnet_manifest
+    from equicare.sim.garnet import GarnetConfig, garnet_panel
+
+    cfg = GarnetConfig(n_states=30, n_actions=25, n_successors=3)
+    mdp, pan = garnet_panel(cfg, 600, 0)
+    ds = from_frame(garnet_frame(mdp, pan), garnet_manifest(cfg), emit_warnings=False)
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        res = frontier(ds, "bc", lambdas=[0, 5], action="action=0", group="group",
+                       config={"n_steps": 2, "hidden": [8]}, estimator="dr", n_boot=0,
+                       random_state=0)
+    said = [str(w.message) for w in got if issubclass(w.category, SupportWarning)]
+    assert len(said) == 1, said
+    assert said[0].startswith("frontier: the dr values of 2 of 2 weights (lambda = 0, 5) rest on "
+                              "thin evidence"), said[0]
+    assert "of its probability mass on actions that current practice" in said[0]
+    assert "policy 'policy'" not in said[0]
+    assert res.warnings == said and res.to_dict()["warnings"] == said
+    for a in res.audits:
+        sup = a["policy"].diagnostics.support
+        assert sup is not None and sup.warn

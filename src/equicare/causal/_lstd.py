@@ -19,7 +19,8 @@ from numpy.typing import NDArray
 
 from equicare.utils import row_blocks
 
-__all__ = ["LSTDFit", "MixedDesign", "action_design", "lstd_average", "lstd_blocks"]
+__all__ = ["LSTDFit", "MixedDesign", "action_design", "gram_entries", "lstd_average",
+           "lstd_blocks"]
 
 
 def action_design(a: NDArray[np.int64], f: NDArray[np.float64], n_actions: int
@@ -33,6 +34,20 @@ def action_design(a: NDArray[np.int64], f: NDArray[np.float64], n_actions: int
     cols = (np.asarray(a, dtype=np.int64)[:, None] * q + np.arange(q)[None, :]).ravel()
     return sp.csr_matrix((np.asarray(f, dtype=np.float64).ravel(), cols,
                           np.arange(0, n * q + 1, q)), shape=(n, n_actions * q))
+
+
+def gram_entries(x: sp.csr_matrix) -> sp.coo_matrix:
+    """``x^T x`` of an :func:`action_design` as its non-zero entries.
+
+    The design stores every feature of a row, zeros included (``q`` entries per row). With a
+    one-hot basis over hundreds of state levels nearly all are zeros, and the sparse product
+    over the stored entries costs ``n q^2``: 137 of 186 s of a mediation on a 700-level panel
+    (``q`` = 1,414). The explicit zeros are dropped first (a copy), so the product costs
+    ``n`` times the squared non-zeros per row.
+    """
+    xs = x.copy()
+    xs.eliminate_zeros()
+    return sp.coo_matrix(xs.T @ xs)
 
 
 @dataclass(frozen=True, eq=False)
@@ -200,7 +215,7 @@ def lstd_blocks(x: sp.csr_matrix, x_next: MixedDesign, y: NDArray[np.float64],
     A[0, 0] = 1.0
     A[0, 1:] = (sx - x_next.colsum()) / n
     A[1:, 0] = sx / n
-    gram = sp.coo_matrix(x.T @ x)  # block diagonal: added entry by entry, never dense
+    gram = gram_entries(x)  # block diagonal: added entry by entry, never dense
     np.add.at(A, (gram.row + 1, gram.col + 1), gram.data / n)
     x_next.subtract_cross(actions, features, A[1:, 1:], 1.0 / n)
     b = np.vstack([Y.mean(axis=0, keepdims=True), np.asarray(x.T @ Y) / n])

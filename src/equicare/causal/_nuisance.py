@@ -121,13 +121,18 @@ def _newton_step(X: NDArray[np.float64], P: NDArray[np.float64], g: NDArray[np.f
     (p, K-1); returns (p, K-1).
     """
     p, k1 = g.shape
-    # Hessian blocks: X' diag(P_j (delta_jk - P_k)) X
-    W = P[:, :, None] * (np.eye(k1)[None] - P[:, None, :])          # (n, K-1, K-1)
-    H = np.einsum("ni,njk,nl->jikl", X, W, X).reshape(k1 * p, k1 * p)
-    H = H.reshape(k1, p, k1, p).transpose(1, 0, 3, 2).reshape(p * k1, -1)
+    # Hessian blocks X' diag(P_j (delta_jk - P_k)) X, each a matrix product (BLAS): a
+    # three-operand einsum loops in C without BLAS, 5 s a step at n = 12,000, p = 707
+    H4 = np.empty((p, k1, p, k1))
+    for j in range(k1):
+        for k in range(j, k1):
+            w = P[:, j] * (float(j == k) - P[:, k])
+            blk = (X * w[:, None]).T @ X
+            H4[:, j, :, k] = blk
+            H4[:, k, :, j] = blk
+    H = H4.reshape(p * k1, p * k1)
     H += lam * np.eye(p * k1)
-    step: NDArray[np.float64] = np.linalg.solve(H, g.reshape(-1)).reshape(p, k1)
-    return step
+    return np.asarray(np.linalg.solve(H, g.reshape(-1)).reshape(p, k1), dtype=np.float64)
 
 
 def _newton_cg_step(X: NDArray[np.float64], P: NDArray[np.float64], g: NDArray[np.float64],
@@ -293,8 +298,7 @@ class BlockNewtonLogit:
             h = np.empty(n)
             for _, rows in groups:
                 X = phi[rows]
-                h[rows] = np.einsum("np,pq,nq->n", X, np.linalg.pinv(X.T @ X, hermitian=True),
-                                    X)
+                h[rows] = ((X @ np.linalg.pinv(X.T @ X, hermitian=True)) * X).sum(axis=1)
             Y = Y + self.prior * h[:, None]
             w = w + K * self.prior * h
         Y = Y[:, 1:]

@@ -300,7 +300,7 @@ def run_frontier(
     """Train the learner over the grid of weights through the executor; write ``out`` atomically."""
     import warnings
 
-    from equicare.exceptions import SmallCellWarning
+    from equicare.exceptions import SmallCellWarning, SupportWarning
     from equicare.pipeline import get_executor
     from equicare.pipeline._frontier import frontier
 
@@ -315,6 +315,7 @@ def run_frontier(
     config = {"n_steps": n_steps} if n_steps is not None else None
     with warnings.catch_warnings():  # suppression is visible in the table and the JSON
         warnings.simplefilter("ignore", SmallCellWarning)
+        warnings.simplefilter("ignore", SupportWarning)  # in res.warnings, printed by the command
         res = frontier(ds, learner, lambdas=lams, weight=weight,  # type: ignore[arg-type]
                        action=action, group=group, config=config, eval_fraction=eval_fraction,
                        estimator=estimator, q_model=q_model, n_boot=bootstrap,
@@ -506,7 +507,13 @@ def register(app: typer.Typer) -> None:
         """
         from rich.markup import escape
 
-        from equicare.cli._utils import console, print_json, print_table, user_errors
+        from equicare.cli._utils import (
+            console,
+            err_console,
+            print_json,
+            print_table,
+            user_errors,
+        )
 
         with user_errors():
             res = run_frontier(data, manifest=manifest, learner=algo.value, lambdas=lambdas,
@@ -515,6 +522,9 @@ def register(app: typer.Typer) -> None:
                                q_model=q_model.value, bootstrap=bootstrap,
                                executor=executor.value, jobs=jobs, out=out, force=force,
                                seed=seed, progress=progress)
+        for m in res.warnings:  # the support and weights of the points' values
+            err_console.print(f"[yellow]warning:[/] {escape(m)}", highlight=False,
+                              soft_wrap=True)
         if json_out:
             print_json(res.to_dict())
             return
