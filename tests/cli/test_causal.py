@@ -235,3 +235,26 @@ def test_single_row_episodes_exit_2_with_the_data_error(app, tmp_path):
                               "--bootstrap", "0"])
     assert res.exit_code == 2, res.output
     assert "needs at least 2 episodes with a transition" in " ".join(res.output.split())
+
+
+def test_mediation_table_prints_small_effects_in_significant_digits():
+    """Three decimals printed a per-step effect of 4e-4 (SE 1e-4) as 0.000 (0.000), which hid a
+    panel whose effects were all exactly zero behind ones that were merely small."""
+    from rich.console import Console
+
+    from equicare.causal._result import (
+        EFFECT_KEYS,
+        EffectEstimate,
+        EstimatorResult,
+        MediationResult,
+    )
+    from equicare.cli._causal import mediation_table
+
+    eff = {k: EffectEstimate(4.2e-4, 1.1e-4, (2.04e-4, 6.36e-4)) for k in EFFECT_KEYS}
+    res = MediationResult(n_episodes=100, n_steps=900, control="a0=0",
+                          estimators={"mr": EstimatorResult(eff, {})})
+    console = Console(width=200, record=True)
+    console.print(mediation_table(res))
+    text = console.export_text()
+    assert "0.00042" in text and "0.00011" in text and "[0.000204, 0.000636]" in text
+    assert " 0.000 " not in text

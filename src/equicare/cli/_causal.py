@@ -194,8 +194,9 @@ def mediation_table(result: MediationResult) -> Any:
             if e.value is None:
                 t.add_row(name, k, "-", "-", "-")
                 continue
-            ci = "-" if e.ci is None else f"[{e.ci[0]:.3f}, {e.ci[1]:.3f}]"
-            t.add_row(name, k, f"{e.value:.3f}", "-" if e.se is None else f"{e.se:.3f}", ci)
+            # significant digits: a per-step effect of 4e-4 read "0.000" with 3 decimals
+            ci = "-" if e.ci is None else f"[{e.ci[0]:.4g}, {e.ci[1]:.4g}]"
+            t.add_row(name, k, f"{e.value:.4g}", "-" if e.se is None else f"{e.se:.3g}", ci)
     return t
 
 
