@@ -313,3 +313,50 @@ def test_the_summary_says_against_current_practice_only_what_every_estimator_sup
     assert practice_comparison(res(wdr=(0.70, [0.65, 0.75]))).startswith("below (WDR")
     assert practice_comparison(res(wdr=(0.82, [0.78, 0.86]))).startswith("not established (WDR")
     assert practice_comparison(res(dr=(9e6, [0, 1]))) is None  # only an off-range estimate
+
+
+def test_the_summary_establishes_nothing_on_mostly_unsupported_mass():
+    """A 500-step AWR on a 5,000-state Garnet panel put 48% of its mass on actions the
+    clinicians never take; the run report headlined DR 0.803 [..] with no word of it (exact
+    value 0.618). Its headline now says the value is extrapolated for that share, and from 10%
+    on the summary calls no comparison with practice established."""
+    from equicare.report._build import EXTRAPOLATED_PCT, practice_comparison
+
+    def res(share, warning=True):
+        return {"behavior": {"value": 0.80}, "out_of_range": [],
+                "estimates": {"dr": {"value": 0.86, "ci": [0.84, 0.88]}},
+                "support": {"share_pct": share, "warning": warning,
+                            "extrapolating_estimators": ["fqe", "dr", "wdr"]}}
+
+    assert practice_comparison(res(48.0)).startswith("not established: 48% of the policy's")
+    assert practice_comparison(res(EXTRAPOLATED_PCT)).startswith("not established")
+    assert practice_comparison(res(5.0)).startswith("above (DR")
+    assert practice_comparison(res(48.0, warning=False)).startswith("above (DR")
+    assert practice_comparison({k: v for k, v in res(48.0).items() if k != "support"}
+                               ).startswith("above (DR")
+
+
+
+def test_the_headline_says_its_value_is_extrapolated(tmp_path):
+    import html
+    import json
+
+    from equicare.report._build import build_run_report
+
+    result = {"n_episodes": 300, "n_steps": 9000, "gamma": 1.0,
+              "behavior": {"value": 0.80, "ci": [0.78, 0.82]},
+              "estimates": {"dr": {"value": 0.803, "ci": [0.779, 0.830], "se": 0.013}},
+              "ess": {"trajectory_pct": 5.0, "per_decision_pct": 20.0}, "out_of_range": [],
+              "support": {"share_pct": 48.2, "warning": True, "threshold": 0.001,
+                          "extrapolating_estimators": ["fqe", "dr", "wdr"]}}
+    (tmp_path / "result.json").write_text(json.dumps(result))
+    page = html.unescape(build_run_report(tmp_path, config={"learner": {"algo": "awr"}},
+                                          figure_copies=False).render())
+    assert ("0.803 [0.779, 0.830] (extrapolated for the 48% of its mass on actions practice "
+            "never takes)") in page
+    assert "not established: 48% of the policy's mass" in page
+    result["support"]["warning"] = False
+    (tmp_path / "result.json").write_text(json.dumps(result))
+    page = html.unescape(build_run_report(tmp_path, config={"learner": {"algo": "awr"}},
+                                          figure_copies=False).render())
+    assert "extrapolated for" not in page
