@@ -148,3 +148,51 @@ def test_thin_levels_do_not_make_true_propensities_disagree():
     # no level with enough rows: no per-level test at all (not a false alarm)
     few = ds.subset(np.arange(60))
     assert check_logged_propensities(few) is None
+
+
+def _hospital_panel():
+    """A Garnet panel (700 states, 25 actions) as a hospital would log it: the state split into
+    a diagnosis group (state // 17) and an admission type (state % 5), a care site drawn per
+    stay (irrelevant), and the numeric severity (a function of the state); the clinicians'
+    propensities depend on the state, so on diagnosis x severity together."""
+    from equicare.data import Manifest, from_frame
+    from equicare.sim._garnet_cli import garnet_frame, garnet_manifest
+    from equicare.sim.garnet import garnet_panel, garnet_preset
+
+    cfg = garnet_preset("s700_a25_g1")
+    mdp, pan = garnet_panel(cfg, 2500, 0)
+    df = garnet_frame(mdp, pan)
+    idx = df["state"].astype(str).str[1:].astype(int).to_numpy()
+    rng = np.random.default_rng(5)
+    df["dx"] = [f"dx{i // 17:03d}" for i in idx]
+    df["adm"] = np.array(["elective", "emergency", "urgent", "transfer", "newborn"])[idx % 5]
+    df["site"] = [f"site{s:02d}" for s in rng.integers(0, 30, df["episode"].max() + 1)[
+        df["episode"].to_numpy()]]
+    m = garnet_manifest(cfg).to_dict()
+    m["dataset"]["categorical_states"] = ["dx", "site", "adm"]
+    return from_frame(df.drop(columns=["state"]), Manifest.from_dict(m), emit_warnings=False)
+
+
+def test_propensities_that_depend_on_several_columns_together_pass():
+    """On a reviewer's hospital-shaped panel the check compared the true propensities with the
+    action frequencies of one column at a time and warned (factor 4.2); the frequencies of the
+    columns' combinations (with a numeric column's values) now stand for them too."""
+    ds = _hospital_panel()
+    clean = check_logged_propensities(ds)
+    assert clean is not None and not clean.warn, clean
+    assert "'dx'" in clean.model and "'severity'" in clean.model and " x " in clean.model
+    for kind in ("ones", "random"):
+        bad = check_logged_propensities(_nonsense(ds, kind))
+        assert bad is not None and bad.warn, (kind, bad)
+
+
+def test_the_cells_are_chosen_by_the_actions_not_by_the_propensities():
+    """Choosing the column whose frequencies agree best with the propensities let a constant
+    1/A column pass through the irrelevant site column (0.10, where actions are near uniform
+    over sites); the cells are chosen by how well they predict the actions (leave-one-out)."""
+    ds = _hospital_panel()
+    flat = check_logged_propensities(ds.with_behavior_prob(np.full(ds.n_steps, 1 / 25)))
+    assert flat is not None and flat.warn and "site" not in flat.model, flat
+    shuffled = check_logged_propensities(
+        ds.with_behavior_prob(np.random.default_rng(1).permutation(ds.behavior_prob)))
+    assert shuffled is not None and shuffled.warn, shuffled

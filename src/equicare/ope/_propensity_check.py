@@ -7,8 +7,9 @@ range checks of validation and then yields importance weights that mean nothing 
 such a care panel). This check compares them with the probability of the logged action under a
 quick behaviour model fitted to the logged actions: the fast numeric model of the support check
 (:class:`~equicare.ope._support.LoggedSupport`), or, with wide categorical states, the action
-frequencies within the levels of one categorical column. It warns, never refuses: a model fitted
-in a second can be wrong too.
+frequencies within the cells of one categorical column or of a combination of columns (with a
+numeric column's values), the cells that best predict the logged actions. It warns, never
+refuses: a model fitted in a second can be wrong too.
 
 Streamed (``--chunk-rows``), the check runs on a random sample of about 20,000 rows of whole
 episodes, drawn by episode id (:func:`~equicare.ope._stream_behavior.sample_mask`, the sample of
@@ -133,6 +134,51 @@ def _panel_frequency(counts: NDArray[np.int64], codes: NDArray[np.int64],
                       dtype=np.float64)
 
 
+def _cell_candidates(dataset: TrajectoryDataset, actions: NDArray[np.int64],
+                     cell_counts: list[NDArray[np.int64]] | None
+                     ) -> list[tuple[str, NDArray[np.int64], NDArray[np.int64]]]:
+    """The cells whose action frequencies may stand for the clinicians' propensities.
+
+    Each categorical column alone (its counts over the whole panel when ``cell_counts`` gives
+    them), every combination of two or more categorical columns, and each of those crossed
+    with one numeric column (its distinct values: a discretised score such as a severity
+    grade). Clinicians' propensities often depend on several columns together (diagnosis x
+    admission type, or diagnosis x severity): one column alone disagreed with true
+    propensities by a factor of 4 on a 3-column hospital panel. Cells too thin to test are
+    dropped by the caller; a propensity column that is not the clinicians' disagrees with all
+    of them. Returns ``(label, codes of shape (n,), counts of shape (n_cells, n_actions))``.
+    """
+    from itertools import combinations
+
+    n_actions = int(dataset.n_actions)
+    cat = (np.zeros((dataset.n_steps, 0), dtype=np.int64) if dataset.categorical is None
+           else np.asarray(dataset.categorical, dtype=np.int64))
+    names = list(dataset.categorical_names)
+    out: list[tuple[str, NDArray[np.int64], NDArray[np.int64]]] = []
+    for j in range(cat.shape[1]):
+        codes = cat[:, j]
+        counts = (_level_counts(codes, actions, n_actions) if cell_counts is None
+                  else cell_counts[j])
+        out.append((repr(names[j]), codes, counts))
+    groups = [list(c) for k in range(2, cat.shape[1] + 1)
+              for c in combinations(range(cat.shape[1]), k)]
+    numeric = [] if dataset.states is None else list(range(dataset.states.shape[1]))
+    for cols in groups + [[j] for j in range(cat.shape[1])]:
+        for x in [None, *numeric]:
+            if x is None and len(cols) == 1:
+                continue  # the column alone: above
+            parts = [cat[:, cols]]
+            if x is not None:
+                parts.append(np.unique(dataset.states[:, x], return_inverse=True)[1]
+                             .reshape(-1, 1).astype(np.int64))
+            _, codes = np.unique(np.hstack(parts), axis=0, return_inverse=True)
+            codes = np.asarray(codes, dtype=np.int64).ravel()
+            label = " x ".join([repr(names[c]) for c in cols]
+                               + ([] if x is None else [repr(dataset.state_names[x])]))
+            out.append((label, codes, _level_counts(codes, actions, n_actions)))
+    return out
+
+
 def check_logged_propensities(dataset: TrajectoryDataset, *, random_state: int = 0,
                               cell_counts: list[NDArray[np.int64]] | None = None,
                               model: Any = None) -> PropensityCheck | None:
@@ -142,9 +188,13 @@ def check_logged_propensities(dataset: TrajectoryDataset, *, random_state: int =
     with :math:`p_i` the logged propensity and :math:`\hat b` the fast numeric behaviour model
     of :class:`~equicare.ope._support.LoggedSupport` (multinomial logistic on at most 20,000
     rows, in-sample). With wide categorical states (no numeric model), :math:`\hat b` is the
-    smoothed frequency of the action among the rows with the same level of one categorical
-    column, the column that agrees best (a coarse model only adds disagreement, so the best
-    column is the fairest test). Cost: the support check's fit (0.5 s on 20k rows).
+    smoothed frequency of the action among the rows of the same cell: the levels of one
+    categorical column, or of a combination of columns, possibly with a numeric column's
+    values (:func:`_cell_candidates`), whichever predicts the logged actions best by
+    leave-one-out log-likelihood (chosen blind to the propensities, so a propensity column that
+    is not the clinicians' cannot pick the cells it agrees with). Cost: the support check's
+    fit (0.5 s on 20k rows); the cells: 0.7 s on a 50,000-row panel with three categorical and
+    two numeric columns.
 
     Parameters
     ----------
@@ -185,26 +235,30 @@ def check_logged_propensities(dataset: TrajectoryDataset, *, random_state: int =
         what = "multinomial logistic on the states"
     else:
         cands = []
-        cat = (np.zeros((dataset.n_steps, 0), dtype=np.int64) if dataset.categorical is None
-               else dataset.categorical)
         min_rows = max(MIN_LEVEL_ROWS, int(np.ceil(MIN_ROWS_PER_ACTION * dataset.n_actions)))
-        for j in range(cat.shape[1]):
-            codes = np.asarray(cat[:, j], dtype=np.int64)
-            counts = (_level_counts(codes, a, dataset.n_actions) if cell_counts is None
-                      else cell_counts[j])
+        prior = np.bincount(a, minlength=dataset.n_actions) + 1.0
+        prior = prior / prior.sum()
+        for label, codes, counts in _cell_candidates(dataset, a, cell_counts):
             keep = counts.sum(axis=1)[codes] >= min_rows
             if keep.sum() < min(MIN_CHECKED_ROWS, max(1, dataset.n_steps // 2)):
-                continue  # levels too thin for their frequencies to test anything
+                continue  # cells too thin for their frequencies to test anything
+            # chosen by how well the cells predict the actions (leave-one-out, blind to the
+            # propensities), not by how well they agree with the propensities: the best
+            # agreement let a constant 1/A column pass through an irrelevant column ('site')
+            n_cell = counts.sum(axis=1)[codes]
+            loo = (counts[codes, a] - 1.0 + prior[a]) / (n_cell - 1.0 + 1.0)
+            score = float(np.log(np.clip(loo, 1e-12, None)).mean())
             qj = _panel_frequency(counts, codes, a)
-            cands.append((float(np.abs(logp - np.log(qj))[keep].mean()), j, qj, keep))
-        if not cands and cat.shape[1]:
+            cands.append((score, label, qj, keep))
+        has_state = dataset.categorical is not None and dataset.categorical.shape[1] > 0
+        if not cands and has_state:
             return None
         if not cands:  # no state at all: the marginal frequency
-            cands.append((0.0, -1, _cell_frequency(np.zeros_like(a), a, dataset.n_actions),
+            cands.append((0.0, "", _cell_frequency(np.zeros_like(a), a, dataset.n_actions),
                           np.ones(a.size, dtype=bool)))
-        _, j, q, kept = min(cands, key=lambda c: c[0])
-        what = ("action frequencies" if j < 0 else
-                f"action frequencies per level of {dataset.categorical_names[j]!r}")
+        _, label, q, kept = max(cands, key=lambda c: c[0])
+        what = ("action frequencies" if not label else
+                f"action frequencies per level of {label}")
         if not kept.all():
             what += f", on the rows of its levels with {min_rows} or more rows"
     dev = np.abs(logp - np.log(np.clip(q, 1e-12, 1.0)))
