@@ -134,19 +134,30 @@ def _panel_frequency(counts: NDArray[np.int64], codes: NDArray[np.int64],
                       dtype=np.float64)
 
 
+def _combine(parts: list[NDArray[np.int64]]) -> NDArray[np.int64]:
+    """Dense codes of the combinations of several code columns (mixed radix, 1-D uniques)."""
+    codes = np.asarray(parts[0], dtype=np.int64)
+    for nxt in parts[1:]:
+        n_next = int(nxt.max(initial=0)) + 1
+        key = codes * n_next + np.asarray(nxt, dtype=np.int64)  # < n_rows * n_next: no overflow
+        codes = np.unique(key, return_inverse=True)[1].astype(np.int64).ravel()
+    return codes
+
+
 def _cell_candidates(dataset: TrajectoryDataset, actions: NDArray[np.int64],
                      cell_counts: list[NDArray[np.int64]] | None
                      ) -> list[tuple[str, NDArray[np.int64], NDArray[np.int64]]]:
     """The cells whose action frequencies may stand for the clinicians' propensities.
 
     Each categorical column alone (its counts over the whole panel when ``cell_counts`` gives
-    them), every combination of two or more categorical columns, and each of those crossed
-    with one numeric column (its distinct values: a discretised score such as a severity
-    grade). Clinicians' propensities often depend on several columns together (diagnosis x
-    admission type, or diagnosis x severity): one column alone disagreed with true
-    propensities by a factor of 4 on a 3-column hospital panel. Cells too thin to test are
-    dropped by the caller; a propensity column that is not the clinicians' disagrees with all
-    of them. Returns ``(label, codes of shape (n,), counts of shape (n_cells, n_actions))``.
+    them), every pair of categorical columns and all of them together, and each of those
+    crossed with one numeric column whose values repeat (its distinct values: a discretised
+    score such as a severity grade). Clinicians' propensities often depend on several
+    columns together (diagnosis x admission type, or diagnosis x severity): one column alone
+    disagreed with true propensities by a factor of 4 on a 3-column hospital panel. Cells too
+    thin to test are dropped by the caller; a propensity column that is not the clinicians'
+    disagrees with all of them. Returns ``(label, codes of shape (n,), counts of shape
+    (n_cells, n_actions))``.
     """
     from itertools import combinations
 
@@ -160,19 +171,20 @@ def _cell_candidates(dataset: TrajectoryDataset, actions: NDArray[np.int64],
         counts = (_level_counts(codes, actions, n_actions) if cell_counts is None
                   else cell_counts[j])
         out.append((repr(names[j]), codes, counts))
-    groups = [list(c) for k in range(2, cat.shape[1] + 1)
-              for c in combinations(range(cat.shape[1]), k)]
-    numeric = [] if dataset.states is None else list(range(dataset.states.shape[1]))
+    k = cat.shape[1]  # pairs and all of them (not every subset: 2^k of them)
+    groups = [list(c) for c in combinations(range(k), 2)] + ([list(range(k))] if k > 2 else [])
+    # numeric columns with repeated values (a score, a grade); a continuous one makes cells
+    # of one row each, too thin to test anything
+    num_codes = {} if dataset.states is None else {
+        x: np.unique(dataset.states[:, x], return_inverse=True)[1].astype(np.int64).ravel()
+        for x in range(dataset.states.shape[1])}
+    numeric = [x for x, c in num_codes.items() if int(c.max(initial=0)) < dataset.n_steps // 2]
     for cols in groups + [[j] for j in range(cat.shape[1])]:
         for x in [None, *numeric]:
             if x is None and len(cols) == 1:
                 continue  # the column alone: above
-            parts = [cat[:, cols]]
-            if x is not None:
-                parts.append(np.unique(dataset.states[:, x], return_inverse=True)[1]
-                             .reshape(-1, 1).astype(np.int64))
-            _, codes = np.unique(np.hstack(parts), axis=0, return_inverse=True)
-            codes = np.asarray(codes, dtype=np.int64).ravel()
+            parts = [cat[:, c] for c in cols] + ([] if x is None else [num_codes[x]])
+            codes = _combine(parts)
             label = " x ".join([repr(names[c]) for c in cols]
                                + ([] if x is None else [repr(dataset.state_names[x])]))
             out.append((label, codes, _level_counts(codes, actions, n_actions)))
@@ -193,8 +205,8 @@ def check_logged_propensities(dataset: TrajectoryDataset, *, random_state: int =
     values (:func:`_cell_candidates`), whichever predicts the logged actions best by
     leave-one-out log-likelihood (chosen blind to the propensities, so a propensity column that
     is not the clinicians' cannot pick the cells it agrees with). Cost: the support check's
-    fit (0.5 s on 20k rows); the cells: 0.7 s on a 50,000-row panel with three categorical and
-    two numeric columns.
+    fit (0.5 s on 20k rows); the cells: 0.1 s on a 50,000-row panel with three categorical and
+    two numeric columns, 0.8 s with eight and four.
 
     Parameters
     ----------
