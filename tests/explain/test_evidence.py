@@ -459,3 +459,29 @@ def test_stored_practice_caveat_from_its_support_alone():
              "source_gain": {"dr": 0.01}}
     note = usual_care_caveat(below, {"usual_care_pct": 0.0}, "dr", None)
     assert note is not None and "by 0.108, -1,080% of the source" in note
+
+
+@pytest.mark.parametrize("logged", [True, False])
+def test_the_deployed_value_covers_the_truth_with_logged_or_estimated_propensities(logged):
+    """Uniform practice on the tree simulator, a source that departs from it only where
+    x1 > 0.6: as deployed, the 60% of rows the rules leave to practice are worth 1/3 each
+    (practice's chance of the optimal action), the others the rules' probability of it. The
+    deployed DR and WDR cover that exact value, with the panel's logged propensities and with
+    a behaviour model's (the deferred rows need neither: their ratio is 1)."""
+    from tests.explain.test_distill import _HalfExpert
+
+    train, test = tree_sim.generate(400, seed=22), tree_sim.generate(400, seed=23)
+    if not logged:
+        train, test = train.with_behavior_prob(None), test.with_behavior_prob(None)
+    card = explain_policy(train, _HalfExpert(), ExplainConfig(
+        depth=2, depths=(2,), bootstrap=50, frontier_bootstrap=0), test=test, random_state=0)
+    tree = card.tree
+    defer = np.asarray(tree.usual, dtype=bool)[tree.apply(test)]
+    assert 0.4 < defer.mean() < 0.8
+    probs = tree.action_probs(test)
+    p_opt = np.where(defer, 1 / 3, probs[np.arange(test.n_steps), tree_sim.optimal_of(test)])
+    truth = float(np.bincount(test.episode_index, weights=test.gamma ** test.step * p_opt).mean())
+    assert card.value["propensities"] == ("logged" if logged else "estimated")
+    for k in ("dr", "wdr"):
+        lo, hi = card.value["rules_deployed"][k]["ci"]
+        assert lo <= truth <= hi, (k, lo, truth, hi)
