@@ -421,10 +421,10 @@ class _Run:
         self.enc = MediatorEncoder.fit(md.mediators, cfg.mediator_type, cfg.max_mediator_levels,
                                        cfg.n_knots)
         self.seed = int(rng.integers(2**31 - 1))
-        self._bases: dict[str, tuple[NDArray[np.float64], NDArray[np.float64]]] = {}
+        self._bases: dict[str, tuple[Any, Any]] = {}
         self._kinds: dict[str, str] = {}
 
-    def basis(self, kind: str) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    def basis(self, kind: str) -> tuple[Any, Any]:
         """State basis at states and next states for ``kind`` (cached)."""
         kind = self.cfg.basis if kind == "same" else kind
         if kind not in self._bases:
