@@ -94,3 +94,34 @@ def test_dense_features_that_cannot_fit_are_refused_before_they_are_built(monkey
     monkeypatch.undo()
     monkeypatch.setattr(utils, "available_memory", lambda: need)
     assert from_dataset(ds).states.shape == (160, 38)
+
+
+def test_states_are_built_from_the_codes_of_the_transitions(monkeypatch) -> None:
+    """The same states as rows of ``ds.features()``, without the whole one-hot matrix (cached on
+    the dataset) or a float64 copy of it: two of the 3.5 dense copies a 700-level panel held."""
+    from equicare.causal._data import feature_rows
+
+    df = _panel([5] * 40)
+    df["code"] = [f"c{i % 37:02d}" for i in range(len(df))]
+    df["site"] = [f"s{i % 3}" for i in range(len(df))]
+    man = {**MANIFEST, "dataset": {**MANIFEST["dataset"], "categorical_states": ["code", "site"]}}
+    ds = from_frame(df, man, emit_warnings=False)
+    rows = np.array([3, 0, 7, 7, 150], dtype=np.int64)
+    np.testing.assert_array_equal(feature_rows(ds, rows), ds.features()[rows])
+    ds = from_frame(df, man, emit_warnings=False)
+    monkeypatch.setattr(type(ds), "features", lambda self, one_hot=True: pytest.fail("built"))
+    md = from_dataset(ds)
+    assert md.states.shape == (160, 1 + 37 + 3) and md.states.dtype == np.float64
+
+
+def test_a_panel_whose_states_fit_is_not_refused(monkeypatch) -> None:
+    """The footprint counts the dense states only (the basis and designs are sparse): memory
+    for 4 copies of transitions x features is enough (it was refused below 20)."""
+    import equicare.utils as utils
+
+    df = _panel([5] * 40)
+    df["code"] = [f"c{i % 37:02d}" for i in range(len(df))]
+    man = {**MANIFEST, "dataset": {**MANIFEST["dataset"], "categorical_states": ["code"]}}
+    ds = from_frame(df, man, emit_warnings=False)
+    monkeypatch.setattr(utils, "available_memory", lambda: 4 * 160 * 38 * 8)
+    assert from_dataset(ds).states.shape == (160, 38)

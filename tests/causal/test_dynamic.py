@@ -504,3 +504,73 @@ def test_mr_over_rand3_panels_is_unbiased_and_covers():
         assert abs(v.mean() - truth[k]) < 3 * v.std(ddof=1) / np.sqrt(v.size) + 0.01, k
         assert v.std(ddof=1) < 0.1, k
         assert np.mean(cover[k]) >= 0.85, (k, np.mean(cover[k]))
+
+
+def _categorical_panel(levels: int, n_episodes: int, horizon: int, seed: int = 0):
+    """Transitions of a walk over ``levels`` coded states (one-hot columns plus a numeric one),
+    a binary action and a binary mediator; target and control as row-wise probabilities."""
+    rng = np.random.default_rng(seed)
+    code = np.empty((n_episodes, horizon + 1), dtype=np.int64)
+    code[:, 0] = rng.integers(0, levels, n_episodes)
+    a = rng.integers(0, 2, (n_episodes, horizon))
+    m = (rng.random((n_episodes, horizon)) < 0.3 + 0.4 * a).astype(float)
+    for t in range(horizon):
+        code[:, t + 1] = (code[:, t] + 1 + a[:, t] + rng.integers(0, 3, n_episodes)) % levels
+    r = np.sin(code[:, :-1]) + m + 0.5 * a + rng.normal(size=a.shape)
+    sev = rng.normal(size=code.shape)
+
+    def states(c, x):
+        out = np.zeros((c.size, levels + 1))
+        out[:, 0] = x
+        out[np.arange(c.size), 1 + c] = 1.0
+        return out
+
+    md = MediationData.from_arrays(
+        states(code[:, :-1].ravel(), sev[:, :-1].ravel()), a.ravel(), m.ravel(), r.ravel(),
+        states(code[:, 1:].ravel(), sev[:, 1:].ravel()),
+        np.repeat(np.arange(n_episodes), horizon), n_actions=2)
+    pe = rng.dirichlet(np.ones(2), md.n_steps)
+    return md, PolicyProbs(pe, rng.dirichlet(np.ones(2), md.n_steps))
+
+
+@pytest.mark.parametrize("kw", [{}, {"basis": "onehot", "mediator_type": "continuous"},
+                                {"ratio_method": "kernel"}])
+def test_sparse_state_basis_gives_the_dense_numbers(kw, monkeypatch):
+    """Forcing the sparse basis (CSR through models, LSTD and ratios) changes no number."""
+    from equicare.causal import _basis
+
+    md, pe = _categorical_panel(12, 150, 12)
+    if kw.get("basis") == "onehot":
+        md = MediationData.from_arrays(md.states[:, 1:], md.actions, md.mediators, md.rewards,
+                                       md.next_states[:, 1:], md.episode_index, n_actions=2)
+    cfg = DynamicMediation(n_bootstrap=0, **kw)
+    dense = cfg.estimate(md, pe, 0, random_state=0)
+    monkeypatch.setattr(_basis, "SPARSE_MIN_FEATURES", 0)
+    monkeypatch.setattr(_basis, "SPARSE_MAX_DENSITY", 1.0)
+    sparse = cfg.estimate(md, pe, 0, random_state=0)
+    for est in ("dm", "mis", "mr", "baseline"):
+        for k in (*KEYS, "total"):
+            d, s = dense[est].effects[k], sparse[est].effects[k]
+            if d.value is None:
+                continue
+            assert abs(d.value - s.value) < 1e-8, (est, k)
+            assert abs(d.se - s.se) < 1e-8, (est, k)
+
+
+def test_many_level_state_keeps_memory_linear_in_its_non_zeros():
+    """400 levels: the basis, models and LSTD designs stay sparse. What remains is the dense
+    LSTD system of G (16 p^2 bytes, its matrix and LU) and less than one copy of the states."""
+    import tracemalloc
+
+    md, pe = _categorical_panel(400, 400, 20)
+    state_bytes = md.states.nbytes
+    tracemalloc.start()
+    try:
+        res = DynamicMediation(n_bootstrap=0).estimate(md, pe, 0, random_state=0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert np.isfinite(res["mr"].effects["total"].value)
+    p_g = 2 * 2 * (400 + 8) + 1              # actions x mediator levels x basis, + eta
+    bound = 16 * p_g ** 2 + state_bytes
+    assert peak < bound, f"peak {peak / 1e6:.0f} MB, bound {bound / 1e6:.0f} MB"

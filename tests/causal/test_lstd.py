@@ -136,3 +136,18 @@ def test_mediation_never_forms_the_dense_designs_and_matches_them(monkeypatch):
     ref = est.estimate(data, target, control, random_state=0).to_frame()
     np.testing.assert_allclose(blocks["value"], ref["value"], rtol=1e-8, atol=1e-8)
     np.testing.assert_allclose(blocks["se"], ref["se"], rtol=1e-8, atol=1e-8)
+
+
+def test_sparse_features_give_the_dense_solution():
+    """Sparse features (one-hot states) keep both designs sparse: same eta, beta, influence."""
+    a, f, fn, w, y = _problem(600, 3, 8, seed=3)
+    mask = np.random.default_rng(4).random(f.shape) < 0.25
+    f, fn = f * mask, fn * mask
+    dense = lstd_blocks(action_design(a, f, 3), MixedDesign(w, fn), y)
+    x = action_design(a, sp.csr_matrix(f), 3)
+    assert sp.issparse(x) and x.nnz == np.count_nonzero(f)
+    sparse = lstd_blocks(x, MixedDesign(w, sp.csr_matrix(fn)), y)
+    for d, s in zip(dense, sparse, strict=True):
+        assert abs(d.eta - s.eta) < 1e-10
+        np.testing.assert_allclose(s.beta, d.beta, atol=1e-8)
+        np.testing.assert_allclose(s.influence, d.influence, atol=1e-8)

@@ -143,3 +143,34 @@ def test_exact_newton_and_leverages_use_matrix_products_not_a_three_operand_eins
     monkeypatch.setattr(np, "einsum", real)
     p_all = block.predict_proba_all(phi, 4)
     assert np.isfinite(block.coef_).all() and np.allclose(p_all.sum(axis=2), 1.0)
+
+
+def test_sparse_basis_fits_and_predicts_as_the_dense_basis(rows):
+    """Block ridge, block logistic with the prior, Newton logit and reward nodes on CSR."""
+    import scipy.sparse as sp
+
+    rng, phi, a, A = rows
+    phi = phi * (rng.random(phi.shape) < 0.5)
+    phi[:, 0] = 1.0
+    sphi = sp.csr_matrix(phi)
+    y = rng.normal(size=phi.shape[0])
+    np.testing.assert_allclose(nz.block_ridge_fit(sphi, a, A, y), nz.block_ridge_fit(phi, a, A, y),
+                               atol=1e-10)
+    lab = rng.integers(0, 3, phi.shape[0])
+    for prior in (0.0, nz.MEDIATOR_PRIOR):
+        d = nz.BlockNewtonLogit(A, prior=prior).fit(phi, a, lab, 3)
+        s = nz.BlockNewtonLogit(A, prior=prior).fit(sphi, a, lab, 3)
+        np.testing.assert_allclose(s.predict_proba_all(sphi, 3), d.predict_proba_all(phi, 3),
+                                   atol=1e-10)
+    np.testing.assert_allclose(nz.NewtonLogit().fit(sphi, lab).predict_proba(sphi),
+                               nz.NewtonLogit().fit(phi, lab).predict_proba(phi), atol=1e-10)
+    med = rng.integers(0, 3, (phi.shape[0], 1)).astype(float)
+    enc = MediatorEncoder.fit(med, "discrete", 10)
+    states = phi[:, 1:]
+    rd = nz.RewardModel(enc, None, A).fit(states, phi, a, med, y)
+    rs = nz.RewardModel(enc, None, A).fit(states, sphi, a, med, y)
+    nodes = np.broadcast_to(enc.levels, (phi.shape[0], 3, 1))
+    np.testing.assert_allclose(rs.predict(states, sphi, nodes), rd.predict(states, phi, nodes),
+                               atol=1e-10)
+    np.testing.assert_allclose(rs.predict(states, sphi, med), rd.predict(states, phi, med),
+                               atol=1e-10)

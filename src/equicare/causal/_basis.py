@@ -6,12 +6,14 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from equicare.exceptions import InvalidParameterError
 from equicare.utils import check_random_state
 
-__all__ = ["BasisKind", "state_features", "MediatorEncoder", "combine", "action_tensor"]
+__all__ = ["BasisKind", "state_features", "MediatorEncoder", "combine", "action_tensor",
+           "is_sparse", "sqsum", "dense_rows"]
 
 BasisKind = Literal["auto", "onehot", "spline", "rff", "poly", "constant"]
 
@@ -19,6 +21,43 @@ BasisKind = Literal["auto", "onehot", "spline", "rff", "poly", "constant"]
 MAX_ONEHOT_STATES = 50
 #: A state column with at most this many distinct values is one-hot coded (not splined).
 MAX_DISCRETE_LEVELS = 10
+#: A ``onehot`` or ``spline`` basis with at least this many features and at most
+#: :data:`SPARSE_MAX_DENSITY` of its entries non-zero is returned as a ``scipy.sparse`` CSR
+#: matrix (one-hot codes of a categorical state with hundreds of levels): the mediation models,
+#: LSTD designs and ratios then cost its non-zeros, not ``n x p``.
+SPARSE_MIN_FEATURES = 64
+#: Largest share of non-zero entries of a sparse basis (see :data:`SPARSE_MIN_FEATURES`).
+SPARSE_MAX_DENSITY = 0.25
+
+
+def is_sparse(x: Any) -> bool:
+    """Whether ``x`` is a ``scipy.sparse`` matrix (a sparse basis or design)."""
+    return bool(sp.issparse(x))
+
+
+def sqsum(x: Any) -> float:
+    """Sum of squared entries of a dense array or a sparse matrix."""
+    if sp.issparse(x):
+        return float(np.dot(x.data, x.data))
+    return float(np.einsum("ij,ij->", x, x))
+
+
+def dense_rows(x: Any) -> NDArray[np.float64]:
+    """``x`` as a dense array (a sparse matrix's rows, e.g. a bounded chunk of them)."""
+    return np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float64)
+
+
+def _sparse_or_dense(blocks: list[Any], blocks_n: list[Any]) -> tuple[Any, Any]:
+    """Stack feature blocks into CSR matrices when the basis is wide and mostly zeros."""
+    p = sum(int(b.shape[1]) for b in blocks)
+    n = int(blocks[0].shape[0]) + int(blocks_n[0].shape[0])
+    nnz = sum((b.nnz if sp.issparse(b) else int(np.count_nonzero(b)))
+              for b in (*blocks, *blocks_n))
+    if p >= SPARSE_MIN_FEATURES and nnz <= SPARSE_MAX_DENSITY * n * p:
+        return (sp.hstack(blocks, format="csr", dtype=np.float64),
+                sp.hstack(blocks_n, format="csr", dtype=np.float64))
+    return (np.hstack([dense_rows(b) for b in blocks]),
+            np.hstack([dense_rows(b) for b in blocks_n]))
 
 
 def _standardize(x: NDArray[np.float64], ref: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -27,31 +66,65 @@ def _standardize(x: NDArray[np.float64], ref: NDArray[np.float64]) -> NDArray[np
 
 
 def _additive(s: NDArray[np.float64], sn: NDArray[np.float64], n_knots: int
-              ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """Intercept + per column: one-hot of levels (discrete columns) or cubic B-splines."""
+              ) -> tuple[Any, Any]:
+    """Intercept + per column: one-hot of levels (discrete columns) or cubic B-splines.
+
+    Two-valued columns (e.g. the one-hot codes of a categorical state) are found in one pass
+    and coded as ``column == max`` without sorting them; runs of them are built as sparse
+    blocks. The result is CSR when wide and mostly zeros (:data:`SPARSE_MIN_FEATURES`).
+    """
     from sklearn.preprocessing import SplineTransformer
 
-    both = np.vstack([s, sn])
-    blocks, blocks_n = [np.ones((len(s), 1))], [np.ones((len(sn), 1))]
-    for j in range(s.shape[1]):
-        levels = np.unique(both[:, j])
-        if levels.size <= 1:
+    d = s.shape[1]
+    lo = np.minimum(s.min(axis=0, initial=np.inf), sn.min(axis=0, initial=np.inf))
+    hi = np.maximum(s.max(axis=0, initial=-np.inf), sn.max(axis=0, initial=-np.inf))
+    two = (np.all((s == lo) | (s == hi), axis=0) & np.all((sn == lo) | (sn == hi), axis=0)
+           if d else np.zeros(0, dtype=bool))
+    blocks: list[Any] = [np.ones((len(s), 1))]
+    blocks_n: list[Any] = [np.ones((len(sn), 1))]
+    j = 0
+    while j < d:
+        if two[j]:
+            end = j
+            while end < d and two[end]:
+                end += 1
+            keep = np.flatnonzero(lo[j:end] < hi[j:end])      # constant columns are dropped
+            if keep.size:
+                for x, out in ((s, blocks), (sn, blocks_n)):
+                    b = sp.csr_matrix(x[:, j:end] == hi[j:end])
+                    out.append((b if keep.size == end - j else b[:, keep]).astype(np.float64))
+            j = end
             continue
+        col = np.concatenate([s[:, j], sn[:, j]])
+        levels = np.unique(col)
         if levels.size <= MAX_DISCRETE_LEVELS:
             blocks.append((s[:, j, None] == levels[None, 1:]).astype(np.float64))
             blocks_n.append((sn[:, j, None] == levels[None, 1:]).astype(np.float64))
-            continue
-        st = SplineTransformer(n_knots=n_knots, degree=3, knots="quantile",
-                               extrapolation="linear", include_bias=False)
-        st.fit(both[:, j, None])
-        blocks.append(st.transform(s[:, j, None]))
-        blocks_n.append(st.transform(sn[:, j, None]))
-    return np.hstack(blocks), np.hstack(blocks_n)
+        else:
+            st = SplineTransformer(n_knots=n_knots, degree=3, knots="quantile",
+                                   extrapolation="linear", include_bias=False)
+            st.fit(col[:, None])
+            blocks.append(st.transform(s[:, j, None]))
+            blocks_n.append(st.transform(sn[:, j, None]))
+        j += 1
+    return _sparse_or_dense(blocks, blocks_n)
+
+
+def _n_distinct_rows(x: NDArray[np.float64], y: NDArray[np.float64], limit: int) -> int:
+    """Distinct rows of ``x`` and ``y`` together, or ``limit + 1`` when there are more.
+
+    A random projection of the rows is counted first (equal rows project equally, so more
+    than ``limit`` projected values means more than ``limit`` rows, without sorting wide rows).
+    """
+    r = np.random.default_rng(0).standard_normal(x.shape[1])
+    if np.unique(np.concatenate([x @ r, y @ r])).size > limit:
+        return limit + 1
+    return int(np.unique(np.vstack([x, y]), axis=0).shape[0])
 
 
 def state_features(states: NDArray[np.float64], next_states: NDArray[np.float64],
                    kind: BasisKind, *, n_knots: int = 5, n_features: int = 64,
-                   random_state: Any = 0) -> tuple[NDArray[np.float64], NDArray[np.float64], str]:
+                   random_state: Any = 0) -> tuple[Any, Any, str]:
     """Basis ``phi`` at every state and next state (fitted on both, no outcomes used).
 
     Parameters
@@ -69,25 +142,36 @@ def state_features(states: NDArray[np.float64], next_states: NDArray[np.float64]
 
     Returns
     -------
-    phi, phi_next : ndarray of shape (n, p)
+    phi, phi_next : ndarray or scipy.sparse.csr_matrix of shape (n, p)
+        ``onehot`` and ``spline`` bases with at least :data:`SPARSE_MIN_FEATURES` features, at
+        most :data:`SPARSE_MAX_DENSITY` of them non-zero, are CSR matrices (the one-hot codes
+        of a categorical state with many levels), else dense.
     kind : str
         The kind used (``auto`` resolved).
     """
     n = states.shape[0]
-    both = np.vstack([states, next_states])
     if kind == "auto":
-        n_unique = np.unique(both, axis=0).shape[0] if both.shape[1] else 1
+        n_unique = (_n_distinct_rows(states, next_states, MAX_ONEHOT_STATES)
+                    if states.shape[1] else 1)
         kind = "onehot" if n_unique <= MAX_ONEHOT_STATES else "spline"
-    if kind == "constant" or both.shape[1] == 0:
+    if kind == "constant" or states.shape[1] == 0:
         return np.ones((n, 1)), np.ones((n, 1)), "constant"
     if kind == "onehot":
-        _, inv = np.unique(both, axis=0, return_inverse=True)
+        _, inv = np.unique(np.vstack([states, next_states]), axis=0, return_inverse=True)
         inv = inv.reshape(-1)
-        eye = np.eye(int(inv.max()) + 1)
+        k = int(inv.max()) + 1
+        if k >= SPARSE_MIN_FEATURES:
+            def onehot(c: NDArray[np.int64]) -> Any:
+                return sp.csr_matrix((np.ones(c.size), c, np.arange(c.size + 1)),
+                                     shape=(c.size, k))
+
+            return onehot(inv[:n]), onehot(inv[n:]), kind
+        eye = np.eye(k)
         return eye[inv[:n]], eye[inv[n:]], kind
     if kind == "spline":
         phi, phin = _additive(states, next_states, n_knots)
         return phi, phin, kind
+    both = np.vstack([states, next_states])
     z, zn = _standardize(states, both), _standardize(next_states, both)
     if kind == "poly":
         from sklearn.preprocessing import PolynomialFeatures
@@ -120,13 +204,35 @@ def action_tensor(a: NDArray[np.int64], h: NDArray[np.float64], n_actions: int
     return out.reshape(n, n_actions * q)
 
 
-def combine(phi: NDArray[np.float64], enc: NDArray[np.float64], discrete: bool,
-            n_raw: int) -> NDArray[np.float64]:
+def _row_kron(phi: Any, enc: NDArray[np.float64]) -> Any:
+    """Sparse rows ``phi_i (x) enc_i`` (index ``j * K + k``): CSR ``phi`` (n, p), dense ``enc``.
+
+    ``enc`` has shape (n, K); entries that are zero because ``enc`` is are not stored.
+    """
+    phi = sp.csr_matrix(phi)
+    phi.sort_indices()
+    n, p = phi.shape
+    K = int(enc.shape[1])
+    row = np.repeat(np.arange(n), np.diff(phi.indptr))
+    data = (phi.data[:, None] * enc[row]).ravel()
+    cols = (phi.indices[:, None].astype(np.int64) * K + np.arange(K)[None, :]).ravel()
+    out = sp.csr_matrix((data, cols, phi.indptr.astype(np.int64) * K), shape=(n, p * K))
+    out.eliminate_zeros()
+    return out
+
+
+def combine(phi: Any, enc: NDArray[np.float64], discrete: bool, n_raw: int) -> Any:
     """Joint state-mediator features ``h(phi, enc)``, linear in ``enc``.
 
     Discrete mediators: the tensor ``phi (x) onehot(m)``; continuous mediators (``enc`` =
     ``[spline(m), m]``): ``[phi, enc, phi (x) m]``. Leading axes of ``phi`` and ``enc`` broadcast.
+    A sparse ``phi`` (2-D, one row per row of ``enc``) gives a sparse CSR result.
     """
+    if sp.issparse(phi):
+        if discrete:
+            return _row_kron(phi, enc)
+        return sp.hstack([phi, sp.csr_matrix(enc), _row_kron(phi, enc[:, -n_raw:])],
+                         format="csr")
     if discrete:
         return (phi[..., :, None] * enc[..., None, :]).reshape(*np.broadcast_shapes(
             phi.shape[:-1], enc.shape[:-1]), -1)

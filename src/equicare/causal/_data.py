@@ -40,11 +40,14 @@ END_REWARD_WARNING = (
     "{source}{pct:.0f}% of the panel's total |reward| is on episodes' last rows ({share:.0f}% of "
     "the rows), which have no next state: dynamic mediation leaves them out, so its effects "
     "miss that part of the outcome.")
-#: Dense copies of the ``(transitions, features)`` state matrix a mediation holds at its peak
-#: (states, next states, bases, the state-mediator features and the action designs): measured
-#: 5.2 GB traced for 47,880 transitions x 701 features (a 700-level Garnet state), i.e. about 20
-#: copies of 268 MB.
-DENSE_COPIES = 20
+#: Dense copies of the ``(transitions, features)`` state matrix a mediation holds at its peak:
+#: the states and next states (float64), built row by row from the codes, plus the boolean
+#: temporaries of the basis. The basis, models and designs keep one-hot columns sparse
+#: (:mod:`equicare.causal._basis`); the dense LSTD system is checked separately
+#: (:class:`~equicare.causal._dynamic.TooManyFeaturesError`). Measured: 842 MB traced for 47,880
+#: transitions x 701 features (a 700-level Garnet state, 2 x 268 MB of states); before the
+#: sparse basis, 5.2 GB (about 20 copies).
+DENSE_COPIES = 3
 #: The dense features would not fit in memory (checked before they are built).
 DENSE_MEMORY_MESSAGE = (
     "{source}dynamic mediation works on dense state features: {n:,} transitions x {d:,} "
@@ -238,16 +241,35 @@ def from_dataset(ds: Any) -> MediationData:
             n=with_transition, total=int(np.unique(ep_index).size)))
     _check_end_rewards(ds, rows)
     _check_dense_memory(ds, rows.size)
-    feats = ds.features() if hasattr(ds, "features") else ds.states
-    states = np.asarray(feats, dtype=np.float64)
     bp = getattr(ds, "behavior_prob", None)
     md = MediationData.from_arrays(
-        states[rows], np.asarray(ds.actions)[rows], np.asarray(ds.mediators)[rows],
-        np.asarray(ds.rewards)[rows], states[next_rows], ep_index[rows],
+        feature_rows(ds, rows), np.asarray(ds.actions)[rows], np.asarray(ds.mediators)[rows],
+        np.asarray(ds.rewards)[rows], feature_rows(ds, next_rows), ep_index[rows],
         n_actions=int(getattr(ds, "n_actions", int(np.max(ds.actions)) + 1)),
         behavior_prob=None if bp is None else np.asarray(bp)[rows],
         mediator_names=tuple(getattr(ds, "mediator_names", ()) or ()))
     return MediationData(**{**md.__dict__, "source": ds, "rows": rows, "next_rows": next_rows})
+
+
+def feature_rows(ds: Any, rows: NDArray[np.int64]) -> NDArray[np.float64]:
+    """Rows of ``ds.features()`` (numeric states plus one-hot categorical), float64.
+
+    Built from the numeric states and the categorical codes of those rows only: the whole
+    one-hot matrix (cached on the dataset) and a float64 copy of it are never formed.
+    """
+    cat = getattr(ds, "categorical", None)
+    levels = list(getattr(ds, "categorical_levels", None) or [])
+    if not hasattr(ds, "features") or cat is None or not levels or cat.shape[1] == 0:
+        feats = ds.features() if hasattr(ds, "features") else ds.states
+        return np.asarray(np.asarray(feats)[rows], dtype=np.float64)
+    num = np.asarray(ds.states)
+    out = np.zeros((rows.size, num.shape[1] + sum(len(lv) for lv in levels)))
+    out[:, :num.shape[1]] = num[rows]
+    off, ar = num.shape[1], np.arange(rows.size)
+    for j, lv in enumerate(levels):
+        out[ar, off + np.asarray(cat)[rows, j]] = 1.0
+        off += len(lv)
+    return out
 
 
 def _check_end_rewards(ds: Any, rows: NDArray[np.int64]) -> None:
@@ -286,7 +308,8 @@ def _check_dense_memory(ds: Any, n: int) -> None:
     """Refuse, before building them, dense state features that would not fit in memory.
 
     A 5,000-level categorical state (54,418 rows) reached 19 GB of memory in 110 s before the
-    basis-size check refused it; a 700-level one holds 5.3 GB.
+    basis-size check refused it. With the sparse basis what remains dense is the states and
+    next states (:data:`DENSE_COPIES`).
     """
     from equicare import utils
 

@@ -421,10 +421,10 @@ class _Run:
         self.enc = MediatorEncoder.fit(md.mediators, cfg.mediator_type, cfg.max_mediator_levels,
                                        cfg.n_knots)
         self.seed = int(rng.integers(2**31 - 1))
-        self._bases: dict[str, tuple[NDArray[np.float64], NDArray[np.float64]]] = {}
+        self._bases: dict[str, tuple[Any, Any]] = {}
         self._kinds: dict[str, str] = {}
 
-    def basis(self, kind: str) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    def basis(self, kind: str) -> tuple[Any, Any]:
         """State basis at states and next states for ``kind`` (cached)."""
         kind = self.cfg.basis if kind == "same" else kind
         if kind not in self._bases:
@@ -472,10 +472,24 @@ class _Run:
                                        basis=self._kinds[kind])
 
     # -------------------------------------------------------------- nuisance models and rows
+    def raw_states(self, states: NDArray[np.float64], idx: NDArray[np.int64]
+                   ) -> NDArray[np.float64]:
+        """States at rows ``idx`` for scikit-learn nuisance models, else an empty placeholder.
+
+        Without a scikit-learn model the placeholder has shape ``(n, 0)``: the default models
+        use the basis only, and a copy of wide one-hot states per fold would be the largest
+        array of the analysis.
+        """
+        cfg = self.cfg
+        if any(m is not None for m in (cfg.reward_model, cfg.mediator_model,
+                                       cfg.behavior_model)):
+            return states[idx]
+        return np.empty((idx.size, 0))
+
     def fit_models(self, idx: NDArray[np.int64]) -> dict[str, Any]:
         md, cfg = self.md, self.cfg
         phi, _ = self.basis(cfg.basis)
-        S, A, M = md.states[idx], md.actions[idx], md.mediators[idx]
+        S, A, M = self.raw_states(md.states, idx), md.actions[idx], md.mediators[idx]
         out: dict[str, Any] = {
             "reward": RewardModel(self.enc, cfg.reward_model, md.n_actions, cfg.ridge).fit(
                 S, phi[idx], A, M, md.rewards[idx]),
@@ -492,7 +506,8 @@ class _Run:
         """Per-row plug-in quantities at rows ``idx``."""
         md, cfg = self.md, self.cfg
         phi, phin = self.basis(cfg.basis)
-        S, Sn, A, M = md.states[idx], md.next_states[idx], md.actions[idx], md.mediators[idx]
+        S, Sn = self.raw_states(md.states, idx), self.raw_states(md.next_states, idx)
+        A, M = md.actions[idx], md.mediators[idx]
         ph, phn = phi[idx], phin[idx]
         n = idx.size
         ar = np.arange(n)

@@ -7,11 +7,14 @@ design at the logged action is ``e_{A_i} (x) f_i`` and the expected next design
 :func:`action_design`), the second a :class:`MixedDesign` multiplied block of rows by block of
 rows. Memory is ``O(n (q + A))`` for the designs plus the ``(A q)^2`` normal matrix, not
 ``O(n A q)`` per design; :func:`lstd_average` is the dense reference (same numbers to 1e-8).
+Sparse features (a one-hot basis of a categorical state, :mod:`equicare.causal._basis`) stay
+sparse: both designs then cost their non-zeros.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -23,14 +26,19 @@ __all__ = ["LSTDFit", "MixedDesign", "action_design", "gram_entries", "lstd_aver
            "lstd_blocks"]
 
 
-def action_design(a: NDArray[np.int64], f: NDArray[np.float64], n_actions: int
-                  ) -> sp.csr_matrix:
+def action_design(a: NDArray[np.int64], f: Any, n_actions: int) -> sp.csr_matrix:
     """Sparse ``e_a (x) f``: row ``i`` holds ``f[i]`` in the block of action ``a[i]``.
 
     The same matrix as :func:`equicare.causal._basis.action_tensor`, shape
-    ``(n, n_actions * q)``, with ``n q`` stored entries.
+    ``(n, n_actions * q)``, with ``n q`` stored entries (dense ``f``) or those of ``f`` (sparse).
     """
     n, q = f.shape
+    if sp.issparse(f):
+        f = sp.csr_matrix(f)
+        row = np.repeat(np.arange(n), np.diff(f.indptr))
+        cols = np.asarray(a, dtype=np.int64)[row] * q + f.indices
+        return sp.csr_matrix((f.data.astype(np.float64), cols, f.indptr.astype(np.int64)),
+                             shape=(n, n_actions * q))
     cols = (np.asarray(a, dtype=np.int64)[:, None] * q + np.arange(q)[None, :]).ravel()
     return sp.csr_matrix((np.asarray(f, dtype=np.float64).ravel(), cols,
                           np.arange(0, n * q + 1, q)), shape=(n, n_actions * q))
@@ -58,11 +66,11 @@ class MixedDesign:
     ----------
     weights : ndarray of shape (n, A)
         E.g. a policy's probabilities at the next state.
-    features : ndarray of shape (n, q)
+    features : ndarray or scipy.sparse.csr_matrix of shape (n, q)
     """
 
     weights: NDArray[np.float64]
-    features: NDArray[np.float64]
+    features: Any
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -72,8 +80,11 @@ class MixedDesign:
 
     def block(self, sl: slice) -> NDArray[np.float64]:
         """Rows ``sl`` of the dense design."""
-        b = self.weights[sl][:, :, None] * self.features[sl][:, None, :]
-        return b.reshape(b.shape[0], -1)
+        f = self.features[sl]
+        f = np.asarray(f.toarray() if sp.issparse(f) else f, dtype=np.float64)
+        b = self.weights[sl][:, :, None] * f[:, None, :]
+        out: NDArray[np.float64] = b.reshape(b.shape[0], -1)
+        return out
 
     def toarray(self) -> NDArray[np.float64]:
         """The dense design (tests, small problems)."""
@@ -82,11 +93,13 @@ class MixedDesign:
     def __matmul__(self, beta: NDArray[np.float64]) -> NDArray[np.float64]:
         A, q = self.weights.shape[1], self.features.shape[1]
         return np.asarray(np.einsum("na,na->n", self.weights,
-                                    self.features @ beta.reshape(A, q).T), dtype=np.float64)
+                                    np.asarray(self.features @ beta.reshape(A, q).T)),
+                          dtype=np.float64)
 
     def colsum(self) -> NDArray[np.float64]:
         """Column sums, shape ``(A * q,)``."""
-        return np.asarray((self.weights.T @ self.features).ravel(), dtype=np.float64)
+        return np.asarray(np.asarray(self.features.T @ self.weights).T.ravel(),
+                          dtype=np.float64)
 
     def subtract_cross(self, actions: NDArray[np.int64], features: NDArray[np.float64],
                        out: NDArray[np.float64], scale: float = 1.0) -> None:
@@ -114,6 +127,22 @@ class MixedDesign:
                 rows = rows_a[sl]
                 w = self.weights[rows][:, :, None] * self.features[rows][:, None, :]
                 out[a * q:(a + 1) * q] -= scale * (features[rows].T @ w.reshape(rows.size, p))
+
+    def subtract_cross_sparse(self, x: sp.csr_matrix, out: NDArray[np.float64],
+                              scale: float = 1.0) -> None:
+        """:meth:`subtract_cross` for sparse features and a sparse ``x`` (any ``n x A q``).
+
+        Column block ``b`` of ``X^T @ self`` is ``X^T diag(w_b) F``, a product of sparse
+        matrices: one action at a time, the cost of their non-zeros, no ``n x q`` dense array.
+        """
+        q = int(self.features.shape[1])
+        xt = sp.csr_matrix(x.T)
+        for b in range(self.weights.shape[1]):
+            wb = self.weights[:, b]
+            if not np.any(wb):
+                continue
+            prod = xt @ sp.csr_matrix(self.features.multiply(wb[:, None]))
+            out[:, b * q:(b + 1) * q] -= scale * prod.toarray()
 
 
 @dataclass(frozen=True)
@@ -186,7 +215,8 @@ def lstd_blocks(x: sp.csr_matrix, x_next: MixedDesign, y: NDArray[np.float64],
     Parameters
     ----------
     x : scipy.sparse.csr_matrix of shape (n, p)
-        Basis at the logged rows (:func:`action_design`).
+        Basis at the logged rows (:func:`action_design`; of sparse features when
+        ``x_next.features`` is sparse).
     x_next : MixedDesign of shape (n, p)
         Expected next basis.
     y : ndarray of shape (n, k)
@@ -204,11 +234,10 @@ def lstd_blocks(x: sp.csr_matrix, x_next: MixedDesign, y: NDArray[np.float64],
     n, p = x.shape
     n_actions = int(x_next.weights.shape[1])
     q = p // max(n_actions, 1)
-    if x_next.shape != (n, p) or x.nnz != n * q:
+    sparse = sp.issparse(x_next.features)
+    if x_next.shape != (n, p) or (not sparse and x.nnz != n * q):
         raise ValueError(f"x ({x.shape}, {x.nnz} entries) is not an action_design matching "
                          f"x_next {x_next.shape}")
-    actions = x.indices.reshape(n, q)[:, 0] // max(q, 1)
-    features = x.data.reshape(n, q)
     Y = np.asarray(y, dtype=np.float64).reshape(n, -1)
     sx = np.asarray(x.sum(axis=0)).ravel()
     A = np.zeros((p + 1, p + 1), order="F")  # factorised in place
@@ -217,7 +246,11 @@ def lstd_blocks(x: sp.csr_matrix, x_next: MixedDesign, y: NDArray[np.float64],
     A[1:, 0] = sx / n
     gram = gram_entries(x)  # block diagonal: added entry by entry, never dense
     np.add.at(A, (gram.row + 1, gram.col + 1), gram.data / n)
-    x_next.subtract_cross(actions, features, A[1:, 1:], 1.0 / n)
+    if sparse:
+        x_next.subtract_cross_sparse(x, A[1:, 1:], 1.0 / n)
+    else:
+        actions = x.indices.reshape(n, q)[:, 0] // max(q, 1)
+        x_next.subtract_cross(actions, x.data.reshape(n, q), A[1:, 1:], 1.0 / n)
     b = np.vstack([Y.mean(axis=0, keepdims=True), np.asarray(x.T @ Y) / n])
     scale = max(float((x.data ** 2).sum()) / (n * max(p, 1)), 1e-12)
     diag = np.arange(1, p + 1)

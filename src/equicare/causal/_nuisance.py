@@ -16,7 +16,8 @@ action). Its Gram matrix and logistic Hessian are block diagonal by action, so t
 one ``q x q`` block per action (:func:`block_ridge_fit`, :class:`BlockNewtonLogit`) and never
 form the dense ``(n, A*q)`` design or an ``(A*q)^2`` matrix: memory ``O(A q^2 + n q)`` and time
 ``O(n q^2 + A q^3)``, the same numbers as the dense fit. Predictions for every action are taken
-block by block, in row chunks of bounded size.
+block by block, in row chunks of bounded size. A sparse basis (``scipy.sparse``, the one-hot codes
+of a categorical state) stays sparse: Gram matrices, Hessians and predictions cost its non-zeros.
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 from numpy.typing import NDArray
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from equicare.causal._basis import MediatorEncoder, combine
+from equicare.causal._basis import MediatorEncoder, combine, dense_rows, sqsum
 
 __all__ = ["RewardModel", "MediatorModel", "BehaviorModel", "NewtonLogit", "BlockNewtonLogit",
            "ridge_fit", "block_ridge_fit"]
@@ -65,7 +67,7 @@ def action_groups(a: NDArray[np.int64], n_actions: int) -> list[NDArray[np.int64
     return [order[bounds[k]:bounds[k + 1]] for k in range(n_actions)]
 
 
-def block_ridge_fit(h: NDArray[np.float64], a: NDArray[np.int64], n_actions: int,
+def block_ridge_fit(h: Any, a: NDArray[np.int64], n_actions: int,
                     y: NDArray[np.float64], ridge: float = 1e-6) -> NDArray[np.float64]:
     """:func:`ridge_fit` on the design ``e_a (x) h`` without forming it.
 
@@ -75,7 +77,7 @@ def block_ridge_fit(h: NDArray[np.float64], a: NDArray[np.int64], n_actions: int
 
     Parameters
     ----------
-    h : ndarray of shape (n, q)
+    h : ndarray or scipy.sparse matrix of shape (n, q)
     a : ndarray of shape (n,), int
     n_actions : int
     y : ndarray of shape (n,) or (n, m)
@@ -93,9 +95,9 @@ def block_ridge_fit(h: NDArray[np.float64], a: NDArray[np.int64], n_actions: int
     for k, rows in enumerate(action_groups(a, n_actions)):
         if rows.size:
             hk = h[rows]
-            G[k] = hk.T @ hk
-            b[k] = hk.T @ y2[rows]
-    lam = ridge * max(float(np.einsum("ij,ij->", h, h)) / max(n_actions * q, 1), 1e-12)
+            G[k] = dense_rows(hk.T @ hk)
+            b[k] = np.asarray(hk.T @ y2[rows])
+    lam = ridge * max(sqsum(h) / max(n_actions * q, 1), 1e-12)
     G += lam * np.eye(q)
     coef = np.asarray(np.linalg.solve(G, b), dtype=np.float64)
     return coef.reshape(n_actions, q, *y.shape[1:])
@@ -105,20 +107,53 @@ def _onehot(a: NDArray[np.int64], n: int) -> NDArray[np.float64]:
     return np.eye(n)[a]
 
 
-def _logit_probs(X: NDArray[np.float64], B: NDArray[np.float64]) -> NDArray[np.float64]:
+def _logit_probs(X: Any, B: NDArray[np.float64]) -> NDArray[np.float64]:
     """Softmax of ``[0, X @ B]``: (n, p) x (p, K-1) -> (n, K)."""
-    eta = np.hstack([np.zeros((X.shape[0], 1)), X @ B])
+    eta = np.hstack([np.zeros((X.shape[0], 1)), np.asarray(X @ B)])
     eta -= eta.max(axis=1, keepdims=True)
     e = np.exp(eta)
     return e / e.sum(axis=1, keepdims=True)
 
 
-def _newton_step(X: NDArray[np.float64], P: NDArray[np.float64], g: NDArray[np.float64],
+def _dot_actions(phi: Any, coef: NDArray[np.float64]) -> NDArray[np.float64]:
+    """``phi @ coef[a]`` for every action: (n, p) x (A, p, k) -> (n, A, k)."""
+    if sp.issparse(phi):
+        return np.stack([np.asarray(phi @ coef[a]) for a in range(coef.shape[0])], axis=1)
+    return np.asarray(np.einsum("np,apk->nak", phi, coef), dtype=np.float64)
+
+
+def _dot_rows(phi: Any, coef: NDArray[np.float64], a: NDArray[np.int64]) -> NDArray[np.float64]:
+    """``phi_i @ coef[a_i]`` of every row: (n, p) x (A, p, k) -> (n, k)."""
+    if not sp.issparse(phi):
+        return np.asarray(np.einsum("np,npm->nm", phi, coef[a]), dtype=np.float64)
+    out = np.empty((phi.shape[0], coef.shape[2]))
+    for k, rows in enumerate(action_groups(a, coef.shape[0])):
+        if rows.size:
+            out[rows] = np.asarray(phi[rows] @ coef[k])
+    return out
+
+
+def _leverages(X: Any) -> NDArray[np.float64]:
+    """``x_i' (X'X)^+ x_i`` of every row (rows in chunks of bounded size when sparse)."""
+    if not sp.issparse(X):
+        return np.asarray(((X @ np.linalg.pinv(X.T @ X, hermitian=True)) * X).sum(axis=1),
+                          dtype=np.float64)
+    X = sp.csr_matrix(X)
+    G = np.linalg.pinv(dense_rows(X.T @ X), hermitian=True)
+    out = np.empty(X.shape[0])
+    step = max(1, _BUDGET // max(X.shape[1], 1))
+    for lo in range(0, X.shape[0], step):
+        xc = X[lo:lo + step]
+        out[lo:lo + step] = np.asarray(xc.multiply(np.asarray(xc @ G)).sum(axis=1)).ravel()
+    return out
+
+
+def _newton_step(X: Any, P: NDArray[np.float64], g: NDArray[np.float64],
                  lam: float) -> NDArray[np.float64]:
     """Newton step ``H^-1 g`` of multinomial logistic regression (exact Hessian).
 
-    ``X`` (n, p), ``P`` (n, K-1) probabilities of the non-reference classes, gradient ``g``
-    (p, K-1); returns (p, K-1).
+    ``X`` (n, p) dense or sparse, ``P`` (n, K-1) probabilities of the non-reference classes,
+    gradient ``g`` (p, K-1); returns (p, K-1).
     """
     p, k1 = g.shape
     # Hessian blocks X' diag(P_j (delta_jk - P_k)) X, each a matrix product (BLAS): a
@@ -127,7 +162,8 @@ def _newton_step(X: NDArray[np.float64], P: NDArray[np.float64], g: NDArray[np.f
     for j in range(k1):
         for k in range(j, k1):
             w = P[:, j] * (float(j == k) - P[:, k])
-            blk = (X * w[:, None]).T @ X
+            blk = (dense_rows(X.multiply(w[:, None]).T @ X) if sp.issparse(X)
+                   else (X * w[:, None]).T @ X)
             H4[:, j, :, k] = blk
             H4[:, k, :, j] = blk
     H = H4.reshape(p * k1, p * k1)
@@ -135,7 +171,7 @@ def _newton_step(X: NDArray[np.float64], P: NDArray[np.float64], g: NDArray[np.f
     return np.asarray(np.linalg.solve(H, g.reshape(-1)).reshape(p, k1), dtype=np.float64)
 
 
-def _newton_cg_step(X: NDArray[np.float64], P: NDArray[np.float64], g: NDArray[np.float64],
+def _newton_cg_step(X: Any, P: NDArray[np.float64], g: NDArray[np.float64],
                     lam: float) -> NDArray[np.float64]:
     """Newton step ``H^-1 g`` by conjugate gradients on Hessian-vector products.
 
@@ -148,9 +184,9 @@ def _newton_cg_step(X: NDArray[np.float64], P: NDArray[np.float64], g: NDArray[n
 
     def hv(v: NDArray[np.float64]) -> NDArray[np.float64]:
         V = v.reshape(p, k1)
-        U = X @ V
+        U = np.asarray(X @ V)
         PU = P * U
-        out: NDArray[np.float64] = (X.T @ (PU - P * PU.sum(axis=1, keepdims=True))
+        out: NDArray[np.float64] = (np.asarray(X.T @ (PU - P * PU.sum(axis=1, keepdims=True)))
                                     + lam * V).reshape(-1)
         return out
 
@@ -194,8 +230,8 @@ class NewtonLogit(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         self.ridge = ridge
         self.max_iter = max_iter
 
-    def fit(self, X: NDArray[np.float64], y: NDArray[Any]) -> NewtonLogit:
-        """Fit on features (n, p) and labels (n,)."""
+    def fit(self, X: Any, y: NDArray[Any]) -> NewtonLogit:
+        """Fit on features (n, p), dense or sparse, and labels (n,)."""
         self.classes_, yi = np.unique(y, return_inverse=True)
         n, p = X.shape
         K = self.classes_.size
@@ -203,12 +239,12 @@ class NewtonLogit(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         if K < 2:
             return self
         Y = np.eye(K)[yi][:, 1:]
-        lam = self.ridge * n * max(float((X ** 2).sum()) / (n * p), 1e-12)
+        lam = self.ridge * n * max(sqsum(X) / (n * p), 1e-12)
         solve = _newton_step if _exact_newton(n, p, K - 1) else _newton_cg_step
         B = self.coef_
         for _ in range(self.max_iter):
             P = self._probs(X, B)[:, 1:]                              # (n, K-1)
-            g = X.T @ (P - Y) + lam * B                               # (p, K-1)
+            g = np.asarray(X.T @ (P - Y)) + lam * B                   # (p, K-1)
             step = solve(X, P, g, lam)
             B = B - step
             if np.abs(step).max() < 1e-8:
@@ -217,10 +253,10 @@ class NewtonLogit(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         return self
 
     @staticmethod
-    def _probs(X: NDArray[np.float64], B: NDArray[np.float64]) -> NDArray[np.float64]:
+    def _probs(X: Any, B: NDArray[np.float64]) -> NDArray[np.float64]:
         return _logit_probs(X, B)
 
-    def predict_proba(self, X: NDArray[np.float64]) -> NDArray[np.float64]:
+    def predict_proba(self, X: Any) -> NDArray[np.float64]:
         """Class probabilities, shape (n, n_classes)."""
         if self.classes_.size < 2:
             return np.ones((X.shape[0], 1))
@@ -274,9 +310,9 @@ class BlockNewtonLogit:
         self.n_actions, self.ridge, self.max_iter = n_actions, ridge, max_iter
         self.prior = prior
 
-    def fit(self, phi: NDArray[np.float64], a: NDArray[np.int64], y: NDArray[Any],
+    def fit(self, phi: Any, a: NDArray[np.int64], y: NDArray[Any],
             n_classes: int | None = None) -> BlockNewtonLogit:
-        """Fit on basis (n, p), actions (n,) and labels (n,).
+        """Fit on basis (n, p), dense or sparse, actions (n,) and labels (n,).
 
         ``n_classes`` (labels ``0 .. n_classes - 1``): every class gets the prior, including
         classes absent from ``y``; default: the classes in ``y``.
@@ -297,12 +333,11 @@ class BlockNewtonLogit:
         if self.prior > 0:
             h = np.empty(n)
             for _, rows in groups:
-                X = phi[rows]
-                h[rows] = ((X @ np.linalg.pinv(X.T @ X, hermitian=True)) * X).sum(axis=1)
+                h[rows] = _leverages(phi[rows])
             Y = Y + self.prior * h[:, None]
             w = w + K * self.prior * h
         Y = Y[:, 1:]
-        lam = self.ridge * n * max(float(np.einsum("ij,ij->", phi, phi)) / (n * A * p), 1e-12)
+        lam = self.ridge * n * max(sqsum(phi) / (n * A * p), 1e-12)
         solve = _newton_step if _exact_newton(max(r.size for _, r in groups), p,
                                               K - 1) else _newton_cg_step
         for _ in range(self.max_iter):
@@ -311,15 +346,17 @@ class BlockNewtonLogit:
                 X, wk = phi[rows], w[rows]
                 P = _logit_probs(X, B[k])[:, 1:]
                 # row weights w: Hessian (sqrt(w) X)' W (sqrt(w) X), gradient X'(w P - Y)
-                step[k] = solve(X * np.sqrt(wk)[:, None], P,
-                                X.T @ (wk[:, None] * P - Y[rows]) + lam * B[k], lam)
+                Xw = (sp.csr_matrix(X.multiply(np.sqrt(wk)[:, None])) if sp.issparse(X)
+                      else X * np.sqrt(wk)[:, None])
+                step[k] = solve(Xw, P, np.asarray(X.T @ (wk[:, None] * P - Y[rows]))
+                                + lam * B[k], lam)
             B = B - step
             if np.abs(step).max() < 1e-8:
                 break
         self.coef_ = B
         return self
 
-    def predict_proba_all(self, phi: NDArray[np.float64], n_classes: int) -> NDArray[np.float64]:
+    def predict_proba_all(self, phi: Any, n_classes: int) -> NDArray[np.float64]:
         """Probabilities of classes ``0 .. n_classes - 1`` under every action, (n, A, n_classes)."""
         n, A = phi.shape[0], self.n_actions
         out = np.zeros((n, A, n_classes))
@@ -327,8 +364,7 @@ class BlockNewtonLogit:
         if cls.size < 2:
             out[:, :, cls] = 1.0
             return out
-        eta = np.concatenate([np.zeros((n, A, 1)), np.einsum("np,apk->nak", phi, self.coef_)],
-                             axis=2)
+        eta = np.concatenate([np.zeros((n, A, 1)), _dot_actions(phi, self.coef_)], axis=2)
         eta -= eta.max(axis=2, keepdims=True)
         e = np.exp(eta)
         out[:, :, cls] = e / e.sum(axis=2, keepdims=True)
@@ -418,7 +454,7 @@ class MediatorModel:
         else:
             self.model_ = block_ridge_fit(phi, actions, self.n_actions, mediators,
                                           self.ridge)                 # (A, p, m)
-            fitted = np.einsum("np,npm->nm", phi, self.model_[actions])
+            fitted = _dot_rows(phi, self.model_, actions)
         resid = mediators - fitted
         cov = np.atleast_2d(np.cov(resid, rowvar=False)) + 1e-9 * np.eye(mediators.shape[1])
         self.chol_ = np.linalg.cholesky(cov).astype(np.float64, copy=False)
@@ -452,7 +488,7 @@ class MediatorModel:
         """Continuous: ``E[M | S, a]`` for every action, shape (n, A, m)."""
         n, A = states.shape[0], self.n_actions
         if self.estimator is None:
-            return np.einsum("np,apm->nam", phi, self.model_)
+            return _dot_actions(phi, self.model_)
         return np.stack([self._predict_rows(self._X(states, np.full(n, a)))
                          for a in range(A)], axis=1)
 
@@ -529,7 +565,7 @@ class RewardModel:
     ridge: float = 1e-6
     model_: Any = None
 
-    def _h(self, phi: NDArray[np.float64], mediators: NDArray[np.float64]) -> NDArray[np.float64]:
+    def _h(self, phi: Any, mediators: NDArray[np.float64]) -> Any:
         return combine(phi, self.encoder.encode(mediators), self.encoder.discrete,
                        self.encoder.n_raw)
 
@@ -585,7 +621,7 @@ class RewardModel:
             step = max(1, _BUDGET // max(A * K * q, 1))
             for lo in range(0, n, step):
                 sl = slice(lo, min(n, lo + step))
-                h = self._h(phi[sl][:, None, None, :], nodes[sl])          # (c, A, K, q)
+                h = self._h(dense_rows(phi[sl])[:, None, None, :], nodes[sl])  # (c,A,K,q)
                 r_own[sl] = np.einsum("cakq,aq->cak", h, self.model_)
                 r_mix[sl] = np.einsum("cakq,cq->cak", h, p0[sl] @ self.model_)
             return r_own, r_mix
@@ -619,8 +655,15 @@ class RewardModel:
         for lo in range(0, n, _CHUNK):
             sl = slice(lo, min(n, lo + _CHUNK))
             med = mediators[sl]
+            if self.estimator is None and sp.issparse(phi) and self.encoder.discrete:
+                # h = phi (x) enc(m): h @ coef_a = enc(m) @ (phi @ coef_a as p x K), never h
+                p, K = phi.shape[1], self.encoder.n_levels
+                W = self.model_.reshape(-1, p, K).transpose(1, 2, 0).reshape(p, -1)
+                T = np.asarray(phi[sl] @ W).reshape(-1, K, self.n_actions)   # (c, K, A)
+                out[sl] = np.einsum("c...k,cka->c...a", self.encoder.encode(med), T)
+                continue
             if self.estimator is None:
-                ph = phi[sl].reshape(-1, *([1] * len(extra)), phi.shape[1])
+                ph = dense_rows(phi[sl]).reshape(-1, *([1] * len(extra)), phi.shape[1])
                 h = self._h(ph, med)                              # (c, ..., q)
                 out[sl] = np.einsum("...q,aq->...a", h, self.model_)
                 continue

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 from numpy.typing import NDArray
 
 __all__ = ["RatioFit", "fit_ratio", "effective_sample_size"]
@@ -16,15 +18,15 @@ class RatioFit:
 
     theta: NDArray[np.float64]
 
-    def predict(self, psi: NDArray[np.float64], clip: float) -> NDArray[np.float64]:
+    def predict(self, psi: Any, clip: float) -> NDArray[np.float64]:
         """Clipped to ``[0, clip]`` and normalised to mean 1 over the given rows, shape (n,)."""
-        w = np.clip(psi @ self.theta, 0.0, clip)
+        w = np.clip(np.asarray(psi @ self.theta), 0.0, clip)
         m = w.mean()
         return w / m if m > 0 else np.ones_like(w)
 
 
-def fit_ratio(psi: NDArray[np.float64], f: NDArray[np.float64], f_next: NDArray[np.float64],
-              omega: NDArray[np.float64], ridge: float = 1e-8) -> RatioFit:
+def fit_ratio(psi: Any, f: Any, f_next: Any, omega: NDArray[np.float64],
+              ridge: float = 1e-8) -> RatioFit:
     r"""Min-max estimate of the stationary state density ratio.
 
     The ratio of the stationary distribution of a process to the data's state distribution
@@ -43,9 +45,9 @@ def fit_ratio(psi: NDArray[np.float64], f: NDArray[np.float64], f_next: NDArray[
 
     Parameters
     ----------
-    psi : ndarray of shape (n, p)
+    psi : ndarray or scipy.sparse matrix of shape (n, p)
         Ratio basis at the states.
-    f, f_next : ndarray of shape (n, q)
+    f, f_next : ndarray or scipy.sparse matrix of shape (n, q)
         Test functions at the states and next states.
     omega : ndarray of shape (n,)
         Transition weights.
@@ -57,11 +59,16 @@ def fit_ratio(psi: NDArray[np.float64], f: NDArray[np.float64], f_next: NDArray[
     RatioFit
     """
     n = psi.shape[0]
-    G = (omega[:, None] * f_next - f).T @ psi / n            # (q, p)
+    if sp.issparse(f_next):
+        D = sp.csr_matrix(f_next.multiply(omega[:, None])) - f
+    else:
+        D = omega[:, None] * f_next - f
+    G = D.T @ psi / n                                          # (q, p)
+    G = np.asarray(G.toarray() if sp.issparse(G) else G, dtype=np.float64)
     H = G.T @ G
     p = H.shape[0]
     H += ridge * max(float(np.trace(H)) / p, 1e-12) * np.eye(p)
-    psibar = psi.mean(axis=0)
+    psibar = np.asarray(psi.mean(axis=0), dtype=np.float64).ravel()
     h = np.linalg.solve(H, psibar)
     return RatioFit(theta=h / float(psibar @ h))
 
