@@ -55,8 +55,12 @@ def test_concept_options_have_one_spelling_and_default(path, cmd):
     opts = _options(cmd)
     assert not OLD_SPELLINGS & set(opts), sorted(OLD_SPELLINGS & set(opts))
     assert "--json" in opts and "--threads" in opts
-    if "--seed" in opts and path != ["run"]:  # run --seed overrides the config's seed
+    # run --seed overrides the config's seed; online --seed is the first of --seeds seeds,
+    # 0 so that the documented runs (seeds 0..n-1) stay the default
+    if "--seed" in opts and path not in (["run"], ["online"]):
         assert opts["--seed"].default == 42
+    if path == ["online"]:
+        assert opts["--seed"].default == 0 and opts["--seeds"].default == 5
     if "--out" in opts or "--figure" in opts:
         assert "--force" in opts
         assert "--no-force" not in opts  # a plain flag, the same everywhere
