@@ -377,8 +377,17 @@ for _name in _GROUPS:
 
 
 def main() -> None:
-    """Entry point of the ``equicare`` script."""
-    app()
+    """Entry point of the ``equicare`` script (and ``python -m equicare.cli``).
+
+    The process exits after the command: once it is done, SIGTERM is ignored, so a finished
+    run exits 0 whatever arrives during interpreter exit.
+    """
+    import signal
+
+    try:
+        app(own_process=True)
+    finally:  # exiting with the command's code (also --version, a usage error)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

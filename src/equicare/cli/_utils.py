@@ -487,11 +487,16 @@ class Terminated(KeyboardInterrupt):
     """
 
 
-def _sigterm_as_ctrl_c() -> contextlib.AbstractContextManager[None]:
-    """SIGTERM raises :class:`Terminated` while a command runs."""
+def _sigterm_as_ctrl_c(final: bool = False) -> contextlib.AbstractContextManager[None]:
+    """SIGTERM raises :class:`Terminated` while a command runs, until its result is recorded.
+
+    ``final``: the process exits after the command (the ``equicare`` script), so SIGTERM stays
+    ignored after it: a finished command keeps its exit code whatever arrives during
+    interpreter exit (:func:`equicare._signals.sigterm_raises`).
+    """
     from equicare._signals import sigterm_raises
 
-    return sigterm_raises(Terminated)
+    return sigterm_raises(Terminated, final=final)
 
 
 class EquicareGroup(TyperGroup):
@@ -518,10 +523,15 @@ class EquicareGroup(TyperGroup):
 
     def invoke(self, ctx: Any) -> Any:
         """Run the command with the error taxonomy and one-line warnings."""
+        from equicare._signals import mark_committed
+
         try:
-            with warnings.catch_warnings(), _sigterm_as_ctrl_c():
+            with warnings.catch_warnings(), _sigterm_as_ctrl_c(
+                    getattr(self, "_own_process", False)):
                 warnings.showwarning = _show_warning
-                return super().invoke(ctx)
+                rv = super().invoke(ctx)
+                mark_committed()  # done: a SIGTERM from now on changes nothing
+                return rv
         except (TyperExit, TyperAbort, click.ClickException):
             raise
         except (EquicareError, FileExistsError, FileNotFoundError, PermissionError) as exc:
@@ -543,7 +553,12 @@ class EquicareGroup(TyperGroup):
     def main(self, args: Any = None, prog_name: str | None = None,  # type: ignore[override]
              complete_var: str | None = None, standalone_mode: bool = True,
              **extra: Any) -> Any:
-        """Parse and run; usage errors become one line ``error: ...`` and exit code 2."""
+        """Parse and run; usage errors become one line ``error: ...`` and exit code 2.
+
+        ``own_process=True`` (the ``equicare`` script, :func:`equicare.cli.main`): the process
+        exits after the command, so SIGTERM stays ignored once the command is done.
+        """
+        self._own_process = bool(extra.pop("own_process", False))
         self._argv = [str(a) for a in (sys.argv[1:] if args is None else args)]
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)

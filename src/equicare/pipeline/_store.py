@@ -243,7 +243,13 @@ class RunStore:
         return self.root / run_id
 
     def finish(self, run_id: str, metrics: Iterable[Metric]) -> Path:
-        """Publish the artifacts and commit metrics + ``finished`` status in one transaction."""
+        """Publish the artifacts and commit metrics + ``finished`` status in one transaction.
+
+        A SIGTERM during the commit is held until it is done; from then on it is ignored
+        (:func:`equicare._signals.mark_committed`): the run is finished, and the command exits 0.
+        """
+        from equicare._signals import mark_committed, sigterm_deferred
+
         part, final = self.partial_dir(run_id), self.run_dir(run_id)
         if final.exists():
             raise FileExistsError(f"{final} exists; refusing to overwrite an earlier run.")
@@ -261,7 +267,9 @@ class RunStore:
                     "UPDATE runs SET status = 'finished', finished = ? WHERE run_id = ?",
                     [dt.datetime.now(dt.UTC).replace(tzinfo=None), run_id],
                 )
-                con.execute("COMMIT")
+                with sigterm_deferred():  # a SIGTERM now is handled once committed: ignored
+                    con.execute("COMMIT")
+                    mark_committed()  # recorded finished: a SIGTERM no longer fails the command
             except BaseException:
                 con.execute("ROLLBACK")
                 os.replace(final, part)
