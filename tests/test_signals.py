@@ -41,11 +41,28 @@ def test_a_nested_block_does_not_end_the_outer_blocks_commit():
 
 
 def test_a_sigterm_during_the_commit_arrives_after_it():
-    with sigterm_raises(Stop):
-        with sigterm_deferred():
-            os.kill(os.getpid(), signal.SIGTERM)  # held: nothing raised between the lines
-            mark_committed()
-        # delivered here, and ignored: the work is committed
+    import threading
+
+    other = threading.Event()  # another thread, as DuckDB's: a signal mask would not hold
+    t = threading.Thread(target=other.wait, daemon=True)
+    t.start()
+    try:
+        with sigterm_raises(Stop):
+            with sigterm_deferred():
+                os.kill(os.getpid(), signal.SIGTERM)  # held: nothing raised between the lines
+                sum(range(1000))  # the handler gets its chance to run here
+                mark_committed()
+            # handled here, and ignored: the work is committed
+        done = []
+        with pytest.raises(Stop), sigterm_raises(Stop):
+            with sigterm_deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                sum(range(1000))
+                done.append(True)  # not committed: the signal stops the work after the block
+        assert done == [True]
+    finally:
+        other.set()
+        t.join()
 
 
 def _exit_code_with_sigterm_at_exit(tmp_path: Path, args: list[str]) -> int:

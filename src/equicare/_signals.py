@@ -21,6 +21,9 @@ __all__ = ["sigterm_raises", "mark_committed", "sigterm_deferred"]
 
 #: Whether the result of the innermost :func:`sigterm_raises` block's work is recorded.
 _committed = [False]
+#: Inside :func:`sigterm_deferred`; a SIGTERM arrived meanwhile (handled when the block ends).
+_deferring = [False]
+_pending = [False]
 
 
 def mark_committed() -> None:
@@ -53,6 +56,9 @@ def sigterm_raises(exc: type[BaseException], *, final: bool = False) -> Iterator
     def handler(signum: int, frame: Any) -> None:
         if _committed[0]:  # the result is recorded: finishing is all that is left
             return
+        if _deferring[0]:  # inside sigterm_deferred(): handled when it ends
+            _pending[0] = True
+            return
         raise exc(f"received signal {signum}")
 
     try:
@@ -71,18 +77,20 @@ def sigterm_raises(exc: type[BaseException], *, final: bool = False) -> Iterator
 
 @contextlib.contextmanager
 def sigterm_deferred() -> Iterator[None]:
-    """Hold SIGTERM during the block (a commit and :func:`mark_committed`); deliver it after.
+    """Hold SIGTERM during the block (a commit and :func:`mark_committed`); handle it after.
 
     A signal handled between a database's ``COMMIT`` and the line after it would be taken for
-    a failed commit; blocked here, it arrives once the block is done. Without
-    ``signal.pthread_sigmask`` (not POSIX) the block runs unchanged.
+    a failed commit. Inside a :func:`sigterm_raises` block, a SIGTERM that arrives here is
+    noted and raised again when the block ends (then ignored if the work was committed).
+    A flag, not a signal mask: a process-directed signal goes to any thread that does not
+    block it (DuckDB's and torch's threads), and Python runs its handler in the main thread.
     """
-    mask = getattr(signal, "pthread_sigmask", None)
-    if mask is None:  # pragma: no cover - not POSIX
-        yield
-        return
-    mask(signal.SIG_BLOCK, {signal.SIGTERM})
+    outer = _deferring[0]
+    _deferring[0] = True
     try:
         yield
     finally:
-        mask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+        _deferring[0] = outer
+        if not outer and _pending[0]:
+            _pending[0] = False
+            signal.raise_signal(signal.SIGTERM)
