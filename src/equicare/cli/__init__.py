@@ -31,6 +31,7 @@ from equicare.cli._utils import (
     not_applicable,
     print_json,
     print_table,
+    provenance,
     stream_executor,
     user_errors,
     version_callback,
@@ -162,7 +163,7 @@ def synth(
 
             res = synth_garnet_cli(out, episodes=episodes or members, states=states,
                                    actions=actions, gamma=gamma, preset=preset, seed=seed,
-                                   force=force, sites=sites or 0)
+                                   force=force, sites=sites or 0, provenance=provenance({}))
             panel, manifest = res["panel"], res["manifest"]
         elif kind == "care":
             from equicare.sim._care_cli import synth_care
