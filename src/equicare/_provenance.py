@@ -33,6 +33,9 @@ PROVENANCE_KEY = "provenance"
 def git_revision(where: str | os.PathLike[str] | None = None) -> str:
     """Git revision of the equicare checkout, or ``"unknown"`` outside a checkout.
 
+    Outside a checkout means too: a folder that git does not track (equicare installed into a
+    virtualenv inside the user's own repository, whose commit says nothing about equicare).
+
     ``-dirty`` is appended when tracked files differ from that commit (as ``git describe
     --dirty`` does): the commit alone would not reproduce the run. ``where``: a folder of the
     checkout (default: this module's).
@@ -48,8 +51,8 @@ def git_revision(where: str | os.PathLike[str] | None = None) -> str:
         return out.stdout.strip() if out.returncode == 0 else None
 
     rev = git("rev-parse", "--short", "HEAD")
-    if not rev:
-        return "unknown"
+    if not rev or not git("ls-files", "--", "."):  # no checkout, or not equicare's files:
+        return "unknown"  # an installed copy in a virtualenv inside the user's own repository
     changed = git("status", "--porcelain", "--untracked-files=no")
     return f"{rev}-dirty" if changed else rev
 
