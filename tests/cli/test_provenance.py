@@ -173,8 +173,8 @@ def test_a_policy_card_records_how_to_reproduce_it(work, monkeypatch):
     """The card JSON and the rules' model folder carry the same block (about a minute)."""
     _check(work, monkeypatch, (["explain", "m_bc", *C, "--depth", "2", "--bootstrap", "10"],
                                "card", "policy_card.json"), "explain")
-    card, _ = _block(work / "explain_1_card", "policy_card.json")
-    model, _ = _block(work / "explain_1_card", "model/config.json")
+    card, _ = _block(work / "1_explain_card", "policy_card.json")
+    model, _ = _block(work / "1_explain_card", "model/config.json")
     assert model == card
 
 
