@@ -126,6 +126,7 @@ def test_evaluate_streams_shards_and_refuses_q_model_estimators(parts):
     saved = json.loads(written)  # as in memory: the inputs named, strict JSON, one last newline
     assert saved.pop("inputs") == {"data": info["panel"], "manifest": man,
                                    "policy": str(d / "bc")}
+    assert saved.pop("provenance")["settings"]["chunk_rows"] == 120  # the file says how
     assert saved == s and written.endswith("}\n")
     again = runner.invoke(app, base + ["--chunk-rows", "120", "--out", str(d / "stream.json")])
     assert again.exit_code == 2 and "--force" in again.output

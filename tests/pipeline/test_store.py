@@ -269,3 +269,49 @@ def test_file_fingerprint_of_a_file_and_of_a_folder_panel(tmp_path):
     (d / "part-1.parquet").write_bytes(b"one")
     (d / "part-1.parquet").rename(d / "part-9.parquet")  # names count: another panel
     assert file_fingerprint(d)["sha256"] != first["sha256"]
+
+
+def test_a_sigterm_once_the_run_is_recorded_finished_does_not_fail_it(tmp_path):
+    """Item 16: a SIGTERM after the finish was committed (the command printing its report, or
+    the interpreter exiting) raised inside the command line's handler: exit 130 for a run
+    recorded finished (143 during interpreter exit, tests/test_signals.py)."""
+    from equicare._signals import sigterm_raises
+
+    s = RunStore(tmp_path / "runs")
+    rid = s.start({"name": "x"}, name="x", seed=0)
+    with sigterm_raises(KeyboardInterrupt):  # the command line's SIGTERM-as-Ctrl-C
+        s.finish(rid, [Metric("m", 1.0)])
+        os.kill(os.getpid(), signal.SIGTERM)  # ignored: the run is finished
+    assert s.get_run(rid)["status"] == "finished"
+    assert s.run_dir(rid).is_dir()
+    rid2 = s.start({"name": "y"}, name="y", seed=0)
+    with pytest.raises(KeyboardInterrupt), sigterm_raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGTERM)  # before the finish it still stops the run
+    s.fail(rid2, "interrupted")
+    assert s.get_run(rid2)["status"] == "interrupted"
+
+
+def test_git_revision_of_an_installed_copy_inside_another_repository_is_unknown(tmp_path):
+    # equicare pip-installed into .venv/ of the user's own project repository: git found the
+    # project's commit from site-packages and recorded it (and its -dirty) as equicare's
+    import shutil
+
+    from equicare.pipeline._store import git_revision
+
+    if shutil.which("git") is None:
+        pytest.skip("no git")
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t",
+                        *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / ".gitignore").write_text(".venv/\n")
+    (tmp_path / "analysis.py").write_text("x = 1\n")
+    git("add", ".gitignore", "analysis.py")
+    git("commit", "-qm", "study")
+    site = tmp_path / ".venv" / "lib" / "site-packages" / "equicare" / "pipeline"
+    site.mkdir(parents=True)
+    (site / "_store.py").write_text("# installed copy\n")
+    assert git_revision(site) == "unknown"
+    assert git_revision(tmp_path) != "unknown"  # the project itself is a checkout

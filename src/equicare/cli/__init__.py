@@ -31,6 +31,7 @@ from equicare.cli._utils import (
     not_applicable,
     print_json,
     print_table,
+    provenance,
     stream_executor,
     user_errors,
     version_callback,
@@ -162,7 +163,7 @@ def synth(
 
             res = synth_garnet_cli(out, episodes=episodes or members, states=states,
                                    actions=actions, gamma=gamma, preset=preset, seed=seed,
-                                   force=force, sites=sites or 0)
+                                   force=force, sites=sites or 0, provenance=provenance({}))
             panel, manifest = res["panel"], res["manifest"]
         elif kind == "care":
             from equicare.sim._care_cli import synth_care
@@ -377,8 +378,17 @@ for _name in _GROUPS:
 
 
 def main() -> None:
-    """Entry point of the ``equicare`` script."""
-    app()
+    """Entry point of the ``equicare`` script (and ``python -m equicare.cli``).
+
+    The process exits after the command: once it is done, SIGTERM is ignored, so a finished
+    run exits 0 whatever arrives during interpreter exit.
+    """
+    import signal
+
+    try:
+        app(own_process=True)
+    finally:  # exiting with the command's code (also --version, a usage error)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

@@ -165,9 +165,12 @@ def mediate_path(data: str | os.PathLike[str], manifest: str | os.PathLike[str],
     return mediate_dataset(ds, target, control, **kwargs)
 
 
-def write_result(result: MediationResult, out: str | os.PathLike[str], *, force: bool = False
-                 ) -> Path:
+def write_result(result: MediationResult, out: str | os.PathLike[str], *, force: bool = False,
+                 provenance: dict[str, Any] | None = None) -> Path:
     """Write the mediation JSON atomically; refuse to overwrite unless ``force``.
+
+    ``provenance``: the command's block, added under ``"provenance"``
+    (:func:`equicare.cli._utils.provenance`).
 
     Raises
     ------
@@ -176,7 +179,13 @@ def write_result(result: MediationResult, out: str | os.PathLike[str], *, force:
     p = Path(out)
     if p.exists() and not force:
         raise FileExistsError(EXISTS_MESSAGE.format(path=p))
-    atomic_write_text(p, result.to_json() + "\n")
+    if provenance is None:
+        atomic_write_text(p, result.to_json() + "\n")
+    else:
+        from equicare._provenance import PROVENANCE_KEY
+
+        atomic_write_text(p, json.dumps({**result.to_dict(), PROVENANCE_KEY: provenance},
+                                        indent=2) + "\n")
     return p
 
 
@@ -249,6 +258,7 @@ def register(app: typer.Typer) -> None:
             console,
             print_json,
             print_table,
+            provenance,
             user_errors,
         )
 
@@ -256,11 +266,14 @@ def register(app: typer.Typer) -> None:
         with user_errors():
             ests = parse_estimators(estimators)
             ctrl = parse_control(control)
+            prov = None if out is None else provenance(
+                {"data": data, "manifest": manifest, "policy": policy,
+                 "control": ctrl if isinstance(ctrl, Path) else None})
             result = mediate_path(data, manifest, policy, ctrl, estimators=ests,
                                   n_bootstrap=bootstrap, n_folds=folds, basis=basis.value,
                                   action=action, random_state=seed)
             if out is not None:
-                write_result(result, out, force=force)
+                write_result(result, out, force=force, provenance=prov)
             if figure is not None:
                 from equicare.causal._plot import plot_mediation
                 from equicare.report._html import savefig_stable

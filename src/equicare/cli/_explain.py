@@ -19,8 +19,12 @@ def run_explain(model: Path, data: Path, *, manifest: Path, out: Path, depth: in
                 estimators: str = "wis,dr,wdr", bootstrap: int = 200, action: str | None = None,
                 group: str | None = None, labels: str = "argmax",
                 mode: str = "exceptions", seed: int = 42,
-                force: bool = False) -> dict[str, Any]:
+                force: bool = False, provenance: dict[str, Any] | None = None
+                ) -> dict[str, Any]:
     """Load the panel and the policy, build the policy card and write the card folder.
+
+    ``provenance``: the command's block, written into the card JSON and the rules' model folder
+    (:func:`equicare.cli._utils.provenance`).
 
     Returns
     -------
@@ -57,7 +61,7 @@ def run_explain(model: Path, data: Path, *, manifest: Path, out: Path, depth: in
         ds = load_dataset(data, manifest)
     policy, desc = load_source_policy(model)
     card = explain_policy(ds, policy, cfg, source=desc, random_state=seed)
-    files = write_card(card, out, overwrite=force)
+    files = write_card(card, out, overwrite=force, provenance=provenance)
     return {**card.to_dict(), "files": {k: str(v) for k, v in files.items()}}
 
 
@@ -117,15 +121,19 @@ def register(app: typer.Typer) -> None:
         """
         from rich.markup import escape
 
-        from equicare.cli._utils import console, print_json, user_errors
+        from equicare.cli._utils import console, print_json, provenance, user_errors
         from equicare.explain import rules_text
 
         with user_errors():
+            from equicare.report._card import check_card_target
+
+            check_card_target(out, overwrite=force, inputs=(model, data, manifest))
+            prov = provenance({"policy": model, "data": data, "manifest": manifest})
             res = run_explain(model, data, manifest=manifest, out=out, depth=depth,
                               max_rules=max_rules, holdout=holdout, q_model=q_model.value,
                               estimators=estimators, bootstrap=bootstrap, action=action,
                               group=group, labels=labels.value, mode=mode.value, seed=seed,
-                              force=force)
+                              force=force, provenance=prov)
         if json_out:
             print_json(res)
             return

@@ -106,13 +106,15 @@ def run_audit(
     n_permutations: int = 1000, alpha: float = 0.05, min_cell: int | None = None,
     estimator: str | None = "wis", q_model: str = "linear", ci_method: str = "basic",
     seed: int = 42, chunk_rows: int | None = None, executor: Any = None,
+    provenance: dict[str, Any] | None = None,
 ) -> AuditResult:
     """Load data and policies, run the audit, write ``out`` (the audit JSON) atomically.
 
     With ``chunk_rows`` the panel is streamed (:func:`equicare.fairness.audit_stream`: Poisson
     bootstrap weights keyed by episode id; group values by importance sampling, or FQE/DR/WDR
     with a linear, stationary or window tabular Q-model fitted from chunk sums), optionally one
-    shard per task on ``executor``.
+    shard per task on ``executor``. ``provenance``: the block written into the audit JSON
+    (:func:`equicare.cli._utils.provenance`).
 
     Raises
     ------
@@ -150,7 +152,9 @@ def run_audit(
         else:
             res = cfg.run(_load_data(data, manifest), pols, random_state=seed)
     if out is not None:
-        res.to_json(out, overwrite=force)
+        from equicare.cli._utils import write_result_json
+
+        write_result_json(out, res.to_dict(), provenance)
     return res
 
 
@@ -296,8 +300,13 @@ def run_frontier(
     n_steps: int | None = None, eval_fraction: float = 0.3, estimator: str = "dr",
     q_model: str = "linear", bootstrap: int = 200, executor: str = "local", jobs: int = 1,
     out: Path | None = None, force: bool = False, seed: int = 42, progress: bool = False,
+    provenance: dict[str, Any] | None = None,
 ) -> FrontierResult:
-    """Train the learner over the grid of weights through the executor; write ``out`` atomically."""
+    """Train the learner over the grid of weights through the executor; write ``out`` atomically.
+
+    ``provenance``: the block written into the frontier JSON
+    (:func:`equicare.cli._utils.provenance`).
+    """
     import warnings
 
     from equicare.exceptions import SmallCellWarning, SupportWarning
@@ -322,7 +331,9 @@ def run_frontier(
                        executor=get_executor(executor, jobs), random_state=seed,
                        progress=progress)
     if out is not None:
-        res.to_json(out, overwrite=force)
+        from equicare.cli._utils import write_result_json
+
+        write_result_json(out, res.to_dict(), provenance)
     return res
 
 
@@ -420,6 +431,7 @@ def register(app: typer.Typer) -> None:
             err_console,
             print_json,
             print_table,
+            provenance,
             stream_executor,
             user_errors,
         )
@@ -428,12 +440,15 @@ def register(app: typer.Typer) -> None:
         ex = stream_executor(chunk_rows, executor, address, jobs)
         with user_errors():
             try:
+                prov = None if out is None else provenance(
+                    {"data": data, "manifest": manifest,
+                     "policy": list(parse_policy_specs(policy).values())})
                 res = run_audit(data, manifest=manifest, policies=policy, group=group,
                                 intersect=intersect, action=action, out=out, force=force,
                                 level=level.value, need=need, bootstrap=bootstrap,
                                 n_permutations=permutations, estimator=est, min_cell=min_cell,
                                 q_model=q_model.value, ci_method=ci.value, seed=seed,
-                                chunk_rows=chunk_rows, executor=ex)
+                                chunk_rows=chunk_rows, executor=ex, provenance=prov)
             finally:
                 if ex is not None and hasattr(ex, "shutdown"):
                     ex.shutdown()
@@ -512,16 +527,18 @@ def register(app: typer.Typer) -> None:
             err_console,
             print_json,
             print_table,
+            provenance,
             user_errors,
         )
 
         with user_errors():
+            prov = None if out is None else provenance({"data": data, "manifest": manifest})
             res = run_frontier(data, manifest=manifest, learner=algo.value, lambdas=lambdas,
                                weight=weight.value, action=action, group=group, n_steps=steps,
                                eval_fraction=eval_fraction, estimator=estimators.value,
                                q_model=q_model.value, bootstrap=bootstrap,
                                executor=executor.value, jobs=jobs, out=out, force=force,
-                               seed=seed, progress=progress)
+                               seed=seed, progress=progress, provenance=prov)
         for m in res.warnings:  # the support and weights of the points' values
             err_console.print(f"[yellow]warning:[/] {escape(m)}", highlight=False,
                               soft_wrap=True)

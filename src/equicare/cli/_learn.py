@@ -30,6 +30,7 @@ from equicare.cli._utils import (
     fail,
     not_applicable,
     print_json,
+    provenance,
     user_errors,
 )
 
@@ -458,6 +459,14 @@ def register(app: "typer.Typer") -> None:
 
         with user_errors():  # --force replaces an earlier model only: say so before training
             check_model_target(out, overwrite=force)
+        from equicare.policy._learned import model_provenance
+
+        def record() -> Any:
+            """The model folder's provenance (hashing the panel: after the options' checks)."""
+            tabular = select is None and algo in (Algo.SPIBB, Algo.PVI)  # no seed
+            return model_provenance(provenance({"data": data, "manifest": manifest},
+                                               seed=None if tabular else True))
+
         memory_only = (Algo.SPIBB, Algo.PVI, Algo.OMG)
         if chunk_rows is not None and (select is not None or algo in memory_only):
             what = ("--select auto" if select is not None or algo is None
@@ -468,7 +477,7 @@ def register(app: "typer.Typer") -> None:
             not_applicable({**omg_only, "--algo": algo is not None,
                             **{k: v for k, v in offline.items() if k != "--param"}},
                            "--select auto")
-            with user_errors():
+            with user_errors(), record():
                 sel = select_train(data, manifest, out=out, seed=seed,
                                    params=parse_params(param), force=force, progress=progress)
             if json_out:
@@ -480,7 +489,7 @@ def register(app: "typer.Typer") -> None:
         if algo in (Algo.SPIBB, Algo.PVI):
             not_applicable({**omg_only, **{k: v for k, v in offline.items() if k != "--param"}},
                            f"--algo {algo.value}")
-            with user_errors():
+            with user_errors(), record():
                 res = train_model(data, manifest, out=out, algo=algo.value,
                                   params=parse_params(param), force=force, progress=progress)
             if json_out:
@@ -508,7 +517,7 @@ def register(app: "typer.Typer") -> None:
                     reward=(reward or OmgReward.LEARNED).value, model_free=model_free,
                     conservative_weight=(1.0 if conservative_weight is None
                                          else conservative_weight), small=small)
-                with stage_progress(enabled=progress) as bars:
+                with stage_progress(enabled=progress) as bars, record():
                     res = train_omg(data, manifest, out, config=cfg, seed=seed, force=force,
                                     progress=bars)
             if json_out:
@@ -526,7 +535,7 @@ def register(app: "typer.Typer") -> None:
         if window is not None and (encoder or Encoder.MLP) is not Encoder.LSTM:
             not_applicable({"--window": True}, "--encoder mlp (it reads one week; use "
                            "--encoder lstm)")
-        with user_errors():
+        with user_errors(), record():
             res = train_model(data, manifest, out=out, algo=algo.value,
                               encoder=(encoder or Encoder.MLP).value,
                               window=4 if window is None else window,

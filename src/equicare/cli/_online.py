@@ -46,11 +46,13 @@ def run_online(
     force: bool = False,
     figures: bool = True,
     progress: bool = False,
+    provenance: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run an online experiment (or a lambda sweep) and write its results folder.
 
     Parameters mirror the CLI options (``progress``: a bar over the seeds' environment steps;
-    the runs use seeds ``seed .. seed + seeds - 1``).
+    the runs use seeds ``seed .. seed + seeds - 1``; ``provenance``: the command's block,
+    written into ``results.json`` and ``frontier.json``).
     With ``lambdas`` the run is a GRPO sweep over those
     values (``algo`` must be ``'grpo'``) and the folder gets ``frontier.json`` / ``.csv``.
 
@@ -86,13 +88,13 @@ def run_online(
         if algo != "grpo":
             raise InvalidParameterError("--lambdas sweeps GRPO; use it with --algo grpo.")
         sweep = lambda_sweep(cfg, lams, seeds=seed_list, jobs=jobs, out=folder, force=force,
-                             progress=progress)
+                             progress=progress, provenance=provenance)
         if figures:
             written = _sweep_figures(sweep, folder)
         return {"kind": "sweep", "out": str(folder), "training": sweep["training"],
                 "lambdas": sweep["lambdas"], "frontier": sweep["frontier"], "figures": written}
     res = run_experiment(cfg, seeds=seed_list, jobs=jobs, out=folder, force=force,
-                         progress=progress)
+                         progress=progress, provenance=provenance)
     if figures:
         written = _experiment_figures({cfg.label: res["seeds"]}, folder)
     return {"kind": "experiment", "out": str(folder), "label": cfg.label,
@@ -240,6 +242,8 @@ def register(app: Any) -> None:
         from equicare.cli._utils import check_out_folder
 
         check_out_folder(out)
+        from equicare.cli._utils import provenance
+
         with user_errors():
             result = run_online(out=out, env=env.value, scenario=scenario.value,
                                 algo=algo.value, lam=0.3 if lam is None else lam,
@@ -247,7 +251,8 @@ def register(app: Any) -> None:
                                 group_signal=(group_signal or GroupSignal.SERVED).value,
                                 seeds=seeds, seed=seed, steps=steps,
                                 n_envs=n_envs, jobs=jobs, eval_episodes=eval_episodes,
-                                force=force, figures=figures, progress=progress)
+                                force=force, figures=figures, progress=progress,
+                                provenance=provenance({}))
         if json_out:
             print_json(result)
             return

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import warnings
 from dataclasses import replace
@@ -67,17 +66,16 @@ def q_model_spec(q_model: str, q_cells: str | None) -> Any:
 
 
 def write_result_json(out: Path, result: dict[str, Any], data: Path, manifest: Path,
-                      policy: Path) -> None:
+                      policy: Path, provenance: dict[str, Any] | None = None) -> None:
     """The result JSON (Contract 3), in memory and streamed alike, written atomically.
 
-    The inputs are named; a value that cannot be computed is ``null`` (NaN is not JSON).
+    The inputs are named; a value that cannot be computed is ``null`` (NaN is not JSON);
+    ``provenance`` is the command's block (:func:`equicare.cli._utils.provenance`).
     """
-    from equicare.cli._utils import json_safe
-    from equicare.utils import atomic_write_text
+    from equicare.cli._utils import write_result_json as write
 
-    payload = {**result, "inputs": {"data": str(data), "manifest": str(manifest),
-                                    "policy": str(policy)}}
-    atomic_write_text(out, json.dumps(json_safe(payload), indent=2, allow_nan=False) + "\n")
+    write(out, {**result, "inputs": {"data": str(data), "manifest": str(manifest),
+                                     "policy": str(policy)}}, provenance)
 
 
 def check_truncate(truncate: float | None) -> None:
@@ -144,6 +142,7 @@ def run_evaluate(
     force: bool = False,
     progress: bool = False,
     q_cells: str | None = None,
+    provenance: dict[str, Any] | None = None,
 ) -> tuple[EvaluationResult, list[str]]:
     """Evaluate a policy file or model folder on a panel; write the result JSON when ``out``.
 
@@ -165,6 +164,8 @@ def run_evaluate(
     q_cells : str, optional
         Comma list of the categorical state columns whose combinations are the tables' cells
         (:func:`q_model_spec`).
+    provenance : dict, optional
+        The ``provenance`` block written into the result JSON.
 
     Returns
     -------
@@ -213,7 +214,7 @@ def run_evaluate(
                        bootstrap=bootstrap, ci_method=ci,  # type: ignore[arg-type]
                        truncate=truncate, random_state=seed, progress=progress)
     if out is not None:
-        write_result_json(out, res.to_dict(), data, manifest, policy)
+        write_result_json(out, res.to_dict(), data, manifest, policy, provenance)
     msgs = list(dict.fromkeys(str(w.message) for w in caught
                               if not issubclass(w.category, DeprecationWarning)))
     if res.settings.get("propensity_source") == "logged":  # IS weights rest on that column
@@ -273,7 +274,8 @@ def run_evaluate_stream(data: Path, *, manifest: Path, policy: Path, estimators:
                         ci: str = "studentized", chunk_rows: int = 500_000,
                         executor: Any = None, out: Path | None = None,
                         force: bool = False, q_cells: str | None = None,
-                        progress: bool = False) -> tuple[Any, list[str]]:
+                        progress: bool = False, provenance: dict[str, Any] | None = None
+                        ) -> tuple[Any, list[str]]:
     """``evaluate --chunk-rows``: :func:`equicare.ope.evaluate_stream`, then the result JSON.
 
     Returns the streamed result and the warnings raised (suppressed small cells), for printing,
@@ -351,7 +353,7 @@ def run_evaluate_stream(data: Path, *, manifest: Path, policy: Path, estimators:
                               progress=lambda k: chunks.update(completed=k),
                               level_progress=level_done)
     if out is not None:
-        write_result_json(out, res.to_dict(), data, manifest, policy)
+        write_result_json(out, res.to_dict(), data, manifest, policy, provenance)
     msgs = list(dict.fromkeys(str(w.message) for w in caught
                               if not issubclass(w.category, DeprecationWarning)))
     check = res.propensity_check
@@ -526,12 +528,15 @@ def register(app: typer.Typer) -> None:
             console,
             err_console,
             print_json,
+            provenance,
             stream_executor,
             user_errors,
         )
 
         check_out_path(out, force, file=True)
         ex = stream_executor(chunk_rows, executor, address, jobs)
+        prov = None if out is None else provenance(
+            {"data": data, "manifest": manifest, "policy": policy})
         if chunk_rows is not None:
             with user_errors():
                 try:
@@ -540,7 +545,7 @@ def register(app: typer.Typer) -> None:
                         bootstrap=bootstrap, truncate=truncate, seed=seed,
                         q_model=q_model.value, behavior_model=behavior_model.value,
                         ci=ci.value, chunk_rows=chunk_rows, executor=ex, out=out, force=force,
-                        q_cells=q_cells, progress=progress)
+                        q_cells=q_cells, progress=progress, provenance=prov)
                 finally:
                     if ex is not None and hasattr(ex, "shutdown"):
                         ex.shutdown()
@@ -613,7 +618,7 @@ def register(app: typer.Typer) -> None:
                 data, manifest=manifest, policy=policy, out=out,
                 behavior_model=behavior_model.value, estimators=estimators, bootstrap=bootstrap,
                 truncate=truncate, q_model=q_model.value, ci=ci.value, seed=seed, force=force,
-                progress=progress, q_cells=q_cells)
+                progress=progress, q_cells=q_cells, provenance=prov)
         for m in msgs:
             err_console.print(f"[yellow]warning:[/] {escape(' '.join(m.split()))}",
                               highlight=False, soft_wrap=True)

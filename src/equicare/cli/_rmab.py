@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -27,6 +26,7 @@ from equicare.cli._utils import (
     fail,
     print_json,
     print_table,
+    provenance,
     user_errors,
 )
 
@@ -213,19 +213,21 @@ def run_plan(
     domain: RMABDomain, *, budget: int | float, policies: list[str], horizon: int | None,
     seeds: int, seed: int = 42, out: Path | None = None, force: bool = False,
     reference: bool = False, curve: str | None = None,
+    provenance: dict[str, Any] | None = None,
 ) -> PlanResult:
     """Run :func:`plan` and write its JSON (docs/contracts.md) to ``out`` atomically.
 
-    An existing ``out`` is never replaced unless ``force``.
+    An existing ``out`` is never replaced unless ``force``. ``provenance``: the block written
+    into the JSON (:func:`equicare.cli._utils.provenance`).
     """
+    from equicare.cli._utils import write_result_json
     from equicare.rmab._simulate import plan
-    from equicare.utils import atomic_write_text
 
     _check_out(out, force)
     res = plan(domain, budget=budget, policies=policies, horizon=horizon, seeds=seeds,
                random_state=seed, config=_config(reference, curve))
     if out is not None:
-        atomic_write_text(out, json.dumps(res.to_dict(reference_gini=reference), indent=2))
+        write_result_json(out, res.to_dict(reference_gini=reference), provenance)
     return res
 
 
@@ -233,11 +235,14 @@ def run_capacity(
     domain: RMABDomain, *, target: float, goal_states: list[str] | None, policies: list[str],
     budgets: list[int | float] | None, horizon: int | None, seeds: int, seed: int = 42,
     out: Path | None = None, force: bool = False, reference: bool = False,
-    figure: Path | None = None,
+    figure: Path | None = None, provenance: dict[str, Any] | None = None,
 ) -> CapacityResult:
-    """Run :func:`capacity_plan`; write its JSON (and optionally the figure)."""
+    """Run :func:`capacity_plan`; write its JSON (and optionally the figure).
+
+    ``provenance``: the block written into the JSON (:func:`equicare.cli._utils.provenance`).
+    """
+    from equicare.cli._utils import write_result_json
     from equicare.rmab._capacity import capacity_plan
-    from equicare.utils import atomic_write_text
 
     _check_out(out, force)
     _check_out(figure, force)
@@ -248,7 +253,7 @@ def run_capacity(
                         budgets=budgets, horizon=horizon, seeds=seeds, random_state=seed,
                         config=_config(reference, None))
     if out is not None:
-        atomic_write_text(out, json.dumps(res.to_dict(), indent=2))
+        write_result_json(out, res.to_dict(), provenance)
     if figure is not None:
         from equicare.rmab._plots import plot_capacity
 
@@ -355,6 +360,8 @@ def register(app: typer.Typer) -> None:
         """
         check_out_paths([out, figure], force, file=True, options=["--out", "--figure"])
         with user_errors():
+            prov = None if out is None else provenance(
+                {"domain": domain_file, "data": from_panel, "manifest": manifest})
             d = build_domain(None if domain is None else domain.value, domain_file=domain_file,
                              from_panel=from_panel, manifest=manifest, arms=arms,
                              horizon=horizon, alpha=alpha, experiment=experiment, seed=seed,
@@ -363,7 +370,7 @@ def register(app: typer.Typer) -> None:
             res = run_plan(d, budget=parse_budget(budget),
                            policies=_policy_names(policy, DEFAULT_POLICIES), horizon=horizon,
                            seeds=seeds, seed=seed, out=out, force=force, reference=reference,
-                           curve=None if curve is None else curve.value)
+                           curve=None if curve is None else curve.value, provenance=prov)
             if figure is not None:
                 from equicare.rmab._plots import plot_group_outcomes
 
@@ -424,6 +431,8 @@ def register(app: typer.Typer) -> None:
         """
         check_out_paths([out, figure], force, file=True, options=["--out", "--figure"])
         with user_errors():
+            prov = None if out is None else provenance(
+                {"domain": domain_file, "data": from_panel, "manifest": manifest})
             d = build_domain(None if domain is None else domain.value, domain_file=domain_file,
                              from_panel=from_panel, manifest=manifest, arms=arms,
                              horizon=horizon, alpha=alpha, experiment=experiment, seed=seed,
@@ -440,7 +449,8 @@ def register(app: typer.Typer) -> None:
                                goal_states=None if goal is None else goal.split(","),
                                policies=_policy_names(policy, "opt,mmr,mnw-eg,random"),
                                budgets=bl, horizon=horizon, seeds=seeds, seed=seed, out=out,
-                               force=force, reference=reference, figure=figure)
+                               force=force, reference=reference, figure=figure,
+                               provenance=prov)
         if json_out:
             print_json(res.to_dict())
             return

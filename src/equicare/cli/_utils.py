@@ -229,6 +229,52 @@ def print_table(table: Any, *, file_console: Console | None = None) -> None:
     wide.print(table, crop=False, markup=False)
 
 
+#: Options that change no number of a result: where it goes, how it prints, the threads and
+#: processes that compute it (same numbers, docs/scale.md). Every other option of the command
+#: is a setting of its ``provenance`` block.
+NOT_SETTINGS = frozenset({"out", "figure", "figures", "force", "json_out", "progress", "threads",
+                          "executor", "address", "jobs"})
+
+
+def provenance(inputs: dict[str, Any], *, seed: int | None | bool = True) -> dict[str, Any]:
+    """The ``provenance`` block of the running command's result (:mod:`equicare._provenance`).
+
+    The command (as typed), its settings (every resolved option but :data:`NOT_SETTINGS`) and
+    its seed (``--seed``) come from the command line being run; ``inputs`` maps a role
+    (``data``, ``manifest``, ``policy``...) to the path, paths or None read in that role. One
+    helper for every command that writes a result; call it only when a file is written (it
+    reads every input once to hash it). ``seed``: ``True`` takes ``--seed`` (None for a command
+    without one); an int or None overrides it.
+    """
+    from typer._click.globals import get_current_context
+
+    from equicare._provenance import provenance_block
+
+    ctx = get_current_context()
+    root = ctx.find_root().command
+    argv = getattr(root, "_argv", None)
+    if argv is None:  # pragma: no cover - run outside EquicareGroup.main
+        argv = sys.argv[1:]
+    params = dict(ctx.params)
+    settings = {k: v for k, v in params.items() if k not in NOT_SETTINGS}
+    used = params.get("seed") if seed is True else seed
+    return provenance_block(command=["equicare", *argv],
+                            seed=None if isinstance(used, bool) else used,
+                            settings=settings, inputs=inputs)
+
+
+def write_result_json(out: Path, doc: dict[str, Any], prov: dict[str, Any] | None) -> None:
+    """Write a result JSON atomically with its ``provenance`` block (last key).
+
+    ``NaN`` and infinities are written ``null`` (:func:`json_safe`).
+    """
+    from equicare._provenance import PROVENANCE_KEY
+    from equicare.utils import atomic_write_text
+
+    payload = {**doc, PROVENANCE_KEY: prov} if prov is not None else doc
+    atomic_write_text(out, json.dumps(json_safe(payload), indent=2, allow_nan=False) + "\n")
+
+
 def not_applicable(given: dict[str, bool], what: str) -> None:
     """Exit 2 naming the first option that was given but does not apply to ``what``."""
     bad = [name for name, was_given in given.items() if was_given]
@@ -487,11 +533,16 @@ class Terminated(KeyboardInterrupt):
     """
 
 
-def _sigterm_as_ctrl_c() -> contextlib.AbstractContextManager[None]:
-    """SIGTERM raises :class:`Terminated` while a command runs."""
+def _sigterm_as_ctrl_c(final: bool = False) -> contextlib.AbstractContextManager[None]:
+    """SIGTERM raises :class:`Terminated` while a command runs, until its result is recorded.
+
+    ``final``: the process exits after the command (the ``equicare`` script), so SIGTERM stays
+    ignored after it: a finished command keeps its exit code whatever arrives during
+    interpreter exit (:func:`equicare._signals.sigterm_raises`).
+    """
     from equicare._signals import sigterm_raises
 
-    return sigterm_raises(Terminated)
+    return sigterm_raises(Terminated, final=final)
 
 
 class EquicareGroup(TyperGroup):
@@ -518,10 +569,15 @@ class EquicareGroup(TyperGroup):
 
     def invoke(self, ctx: Any) -> Any:
         """Run the command with the error taxonomy and one-line warnings."""
+        from equicare._signals import mark_committed
+
         try:
-            with warnings.catch_warnings(), _sigterm_as_ctrl_c():
+            with warnings.catch_warnings(), _sigterm_as_ctrl_c(
+                    getattr(self, "_own_process", False)):
                 warnings.showwarning = _show_warning
-                return super().invoke(ctx)
+                rv = super().invoke(ctx)
+                mark_committed()  # done: a SIGTERM from now on changes nothing
+                return rv
         except (TyperExit, TyperAbort, click.ClickException):
             raise
         except (EquicareError, FileExistsError, FileNotFoundError, PermissionError) as exc:
@@ -543,7 +599,12 @@ class EquicareGroup(TyperGroup):
     def main(self, args: Any = None, prog_name: str | None = None,  # type: ignore[override]
              complete_var: str | None = None, standalone_mode: bool = True,
              **extra: Any) -> Any:
-        """Parse and run; usage errors become one line ``error: ...`` and exit code 2."""
+        """Parse and run; usage errors become one line ``error: ...`` and exit code 2.
+
+        ``own_process=True`` (the ``equicare`` script, :func:`equicare.cli.main`): the process
+        exits after the command, so SIGTERM stays ignored once the command is done.
+        """
+        self._own_process = bool(extra.pop("own_process", False))
         self._argv = [str(a) for a in (sys.argv[1:] if args is None else args)]
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)

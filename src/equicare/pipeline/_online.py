@@ -19,7 +19,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -639,16 +639,19 @@ def _group_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _write_results(out: Path, config: OnlineExperimentConfig, results: list[dict[str, Any]],
-                   summary: dict[str, Any]) -> None:
+                   summary: dict[str, Any], provenance: Mapping[str, Any] | None = None
+                   ) -> None:
     for r in results:
         atomic_write_text(out / "seeds" / f"seed_{r['seed']}.json", json.dumps(r, indent=1))
     atomic_write_text(out / "curves.csv", _csv(_curve_rows(results)))
     atomic_write_text(out / "final_groups.csv", _csv(_group_rows(results)))
     atomic_write_text(out / "config.json", json.dumps(config.to_dict(), indent=2))
     # results.json last: its presence marks a complete folder
-    atomic_write_text(out / "results.json", json.dumps(
-        {"config": config.to_dict(), "training": config.training(), "summary": summary,
-         "seeds": results}, indent=1))
+    doc = {"config": config.to_dict(), "training": config.training(), "summary": summary,
+           "seeds": results}
+    if provenance is not None:
+        doc["provenance"] = dict(provenance)
+    atomic_write_text(out / "results.json", json.dumps(doc, indent=1))
 
 
 def run_experiment(
@@ -659,6 +662,7 @@ def run_experiment(
     out: str | Path | None = None,
     force: bool = False,
     progress: bool = False,
+    provenance: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run ``config`` over seeds and (optionally) write the results folder.
 
@@ -680,6 +684,9 @@ def run_experiment(
         training).
     progress : bool
         A progress bar over the seeds' environment steps (a line per tenth off a terminal).
+    provenance : mapping, optional
+        How the results were made (the command line's ``provenance`` block,
+        docs/contracts.md), written into ``results.json``.
 
     Returns
     -------
@@ -703,7 +710,7 @@ def run_experiment(
             summary[f"baseline:{b}"] = summarize_runs(results, policy=b)
     if out is not None:
         _clear_outputs(Path(out))
-        _write_results(Path(out), config, results, summary)
+        _write_results(Path(out), config, results, summary, provenance)
     return {"config": config.to_dict(), "training": config.training(), "summary": summary,
             "seeds": results}
 
@@ -729,6 +736,7 @@ def lambda_sweep(
     out: str | Path | None = None,
     force: bool = False,
     progress: bool = False,
+    provenance: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     r"""GRPO over a grid of :math:`\lambda`: the efficiency-versus-equity frontier.
 
@@ -740,8 +748,9 @@ def lambda_sweep(
     config : OnlineExperimentConfig
         Template; ``algo`` is set to ``'grpo'`` and ``lam`` to each value.
     lambdas : sequence of float in [0, 1]
-    seeds, jobs, out, force, progress
-        As for :func:`run_experiment`; each :math:`\lambda` gets a subfolder ``lambda_<v>``,
+    seeds, jobs, out, force, progress, provenance
+        As for :func:`run_experiment` (``provenance`` also goes into ``frontier.json``); each
+        :math:`\lambda` gets a subfolder ``lambda_<v>``,
         and ``out`` gets ``frontier.json`` and ``frontier.csv``.
 
     Returns
@@ -779,13 +788,16 @@ def lambda_sweep(
         _clear_outputs(root)
         for lam in lams:
             summary = {cfgs[lam].label: summarize_runs(runs[lam])}
-            _write_results(root / f"lambda_{lam:g}", cfgs[lam], runs[lam], summary)
+            _write_results(root / f"lambda_{lam:g}", cfgs[lam], runs[lam], summary,
+                           provenance)
         rows = [{"lam": f["lam"], **{f"{k}_{part}": (
             f[k]["mean"] if part == "mean" else
             None if f[k]["ci"] is None else f[k]["ci"][0 if part == "lo" else 1])
             for k in _SUMMARY_METRICS for part in ("mean", "lo", "hi")}}
             for f in frontier]
         atomic_write_text(root / "frontier.csv", _csv(rows))
-        atomic_write_text(root / "frontier.json", json.dumps(
-            {k: v for k, v in result.items() if k != "runs"}, indent=1))
+        front = {k: v for k, v in result.items() if k != "runs"}
+        if provenance is not None:
+            front["provenance"] = dict(provenance)
+        atomic_write_text(root / "frontier.json", json.dumps(front, indent=1))
     return result

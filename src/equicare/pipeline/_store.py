@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 
 import pandas as pd
 
+from equicare._provenance import file_fingerprint, git_revision
 from equicare.exceptions import EquicareError, InvalidParameterError, UnknownNameError
 
 __all__ = ["RunStore", "Metric", "config_hash", "git_revision", "USER_ERRORS", "INPUTS_FILE",
@@ -89,51 +89,6 @@ def config_hash(config: dict[str, Any]) -> str:
     """Stable short hash of a JSON-able config."""
     blob = json.dumps(config, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
-
-
-def git_revision(where: str | os.PathLike[str] | None = None) -> str:
-    """Git revision of the equicare checkout, or ``"unknown"`` outside a checkout.
-
-    ``-dirty`` is appended when tracked files differ from that commit (as ``git describe
-    --dirty`` does): the commit alone would not reproduce the run. ``where``: a folder of the
-    checkout (default: this module's).
-    """
-    here = Path(where) if where is not None else Path(__file__).resolve().parent
-
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(["git", "-C", str(here), *args], capture_output=True,
-                                 text=True, timeout=5, check=False)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
-
-    rev = git("rev-parse", "--short", "HEAD")
-    if not rev:
-        return "unknown"
-    changed = git("status", "--porcelain", "--untracked-files=no")
-    return f"{rev}-dirty" if changed else rev
-
-
-def file_fingerprint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """SHA-256 and size of a file, or of a folder's files (a Parquet folder panel).
-
-    A folder's digest covers each file's path relative to it and its bytes, in sorted order
-    (hidden files left out). Returns ``{"path": absolute path, "sha256": hex, "bytes": int}``.
-    """
-    p = Path(path).absolute()
-    files = ([p] if p.is_file() else
-             sorted(f for f in p.rglob("*") if f.is_file()
-                    and not any(part.startswith(".") for part in f.relative_to(p).parts)))
-    digest, size = hashlib.sha256(), 0
-    for f in files:
-        if f != p:
-            digest.update(f.relative_to(p).as_posix().encode() + b"\0")
-        with open(f, "rb") as fh:
-            while block := fh.read(1 << 20):
-                digest.update(block)
-                size += len(block)
-    return {"path": str(p), "sha256": digest.hexdigest(), "bytes": size}
 
 
 def _pid_alive(pid: int, host: str) -> bool:
@@ -243,7 +198,13 @@ class RunStore:
         return self.root / run_id
 
     def finish(self, run_id: str, metrics: Iterable[Metric]) -> Path:
-        """Publish the artifacts and commit metrics + ``finished`` status in one transaction."""
+        """Publish the artifacts and commit metrics + ``finished`` status in one transaction.
+
+        A SIGTERM during the commit is held until it is done; from then on it is ignored
+        (:func:`equicare._signals.mark_committed`): the run is finished, and the command exits 0.
+        """
+        from equicare._signals import mark_committed, sigterm_deferred
+
         part, final = self.partial_dir(run_id), self.run_dir(run_id)
         if final.exists():
             raise FileExistsError(f"{final} exists; refusing to overwrite an earlier run.")
@@ -261,7 +222,9 @@ class RunStore:
                     "UPDATE runs SET status = 'finished', finished = ? WHERE run_id = ?",
                     [dt.datetime.now(dt.UTC).replace(tzinfo=None), run_id],
                 )
-                con.execute("COMMIT")
+                with sigterm_deferred():  # a SIGTERM now is handled once committed: ignored
+                    con.execute("COMMIT")
+                    mark_committed()  # recorded finished: a SIGTERM no longer fails the command
             except BaseException:
                 con.execute("ROLLBACK")
                 os.replace(final, part)

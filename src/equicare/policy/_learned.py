@@ -19,12 +19,14 @@ Contract-2 policy file) into a :class:`~equicare.policy.Policy`, dispatching on 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -121,6 +123,27 @@ def _prepare_target(path: Path, overwrite: bool) -> None:
             raise FileExistsError(MSG_NOT_A_MODEL.format(path=path, config=CONFIG_FILE))
 
 
+#: The ``provenance`` block of the command being run (:func:`model_provenance`).
+_PROVENANCE: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar(
+    "equicare_model_provenance", default=None)
+
+
+@contextlib.contextmanager
+def model_provenance(block: Mapping[str, Any] | None) -> Iterator[None]:
+    """Every model folder written inside the block records ``block`` as its ``provenance``.
+
+    The command line's ``train`` and ``explain`` wrap the learner's ``save`` (whichever
+    learner: each writes through :func:`write_model_folder`), so that ``config.json`` says how
+    the model was made (docs/contracts.md, "Provenance") without a parameter on every
+    learner's ``save``. ``None`` records nothing.
+    """
+    token = _PROVENANCE.set(block)
+    try:
+        yield
+    finally:
+        _PROVENANCE.reset(token)
+
+
 def write_model_folder(path: str | os.PathLike[str], config: Mapping[str, Any],
                        tensors: Mapping[str, Any], *, overwrite: bool = False,
                        extra_files: Mapping[str, str | bytes] | None = None) -> Path:
@@ -143,6 +166,8 @@ def write_model_folder(path: str | os.PathLike[str], config: Mapping[str, Any],
     overwrite : bool
     extra_files : mapping of str to str or bytes, optional
         Small companion files (reports, grids) written into the folder too.
+
+    Inside :func:`model_provenance` the config also gets that ``provenance`` block.
 
     Returns
     -------
@@ -167,6 +192,9 @@ def write_model_folder(path: str | os.PathLike[str], config: Mapping[str, Any],
                   str(tmp / WEIGHTS_FILE))
         os.chmod(tmp / WEIGHTS_FILE, 0o666 & ~umask)  # safetensors writes 0600 (owner only)
         doc = {"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION, **dict(config)}
+        prov = _PROVENANCE.get()
+        if prov is not None:  # inside model_provenance(): how the model was made
+            doc["provenance"] = dict(prov)
         (tmp / CONFIG_FILE).write_text(json.dumps(doc, indent=2, default=float) + "\n",
                                        encoding="utf-8")
         for name, content in (extra_files or {}).items():

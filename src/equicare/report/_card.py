@@ -370,8 +370,8 @@ def check_card_target(out: str | os.PathLike[str], *, overwrite: bool = False,
             raise FileExistsError(MSG_NOT_A_CARD.format(path=dest, extra=shown))
 
 
-def write_card(card: Any, out: str | os.PathLike[str], *, overwrite: bool = False
-               ) -> dict[str, Path]:
+def write_card(card: Any, out: str | os.PathLike[str], *, overwrite: bool = False,
+               provenance: Mapping[str, Any] | None = None) -> dict[str, Path]:
     """Write a policy card folder atomically: HTML page, JSON, rules as text, model folder.
 
     Parameters
@@ -383,6 +383,9 @@ def write_card(card: Any, out: str | os.PathLike[str], *, overwrite: bool = Fals
         holding anything but card files, the current directory and the folders holding it are
         refused (see :func:`check_card_target`); nothing outside ``out`` is touched.
     overwrite : bool
+    provenance : mapping, optional
+        How the card was made (the command line's ``provenance`` block, docs/contracts.md):
+        added to the card JSON and to the rules' model folder ``config.json``.
 
     Returns
     -------
@@ -390,6 +393,7 @@ def write_card(card: Any, out: str | os.PathLike[str], *, overwrite: bool = Fals
         ``{"html", "json", "rules", "model"}``.
     """
     from equicare.explain._rules import rules_text
+    from equicare.policy._learned import model_provenance
 
     dest = Path(out)
     check_card_target(dest, overwrite=overwrite)
@@ -400,9 +404,12 @@ def write_card(card: Any, out: str | os.PathLike[str], *, overwrite: bool = Fals
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; use the usual permissions
         d = card.to_dict()
-        atomic_write_text(tmp / CARD_FILES["json"], json.dumps(d, indent=2, default=float) + "\n")
+        doc = d if provenance is None else {**d, "provenance": dict(provenance)}
+        atomic_write_text(tmp / CARD_FILES["json"],
+                          json.dumps(doc, indent=2, default=float) + "\n")
         atomic_write_text(tmp / CARD_FILES["rules"], rules_text(card.rules) + "\n")
-        card.tree.save(tmp / CARD_FILES["model"])
+        with model_provenance(provenance):
+            card.tree.save(tmp / CARD_FILES["model"])
         build_card_report(d).write(tmp / CARD_FILES["html"])
         if dest.is_dir():
             check_card_target(dest, overwrite=overwrite)  # it may have changed meanwhile

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -138,7 +139,8 @@ def site_column(n_episodes: int, sites: int, seed: int) -> NDArray[np.int64]:
 
 def synth_garnet(out_dir: str | os.PathLike[str], *, config: GarnetConfig | None = None,
                  n_episodes: int = 5000, seed: int = 0, overwrite: bool = False,
-                 sites: int = 0) -> dict[str, Any]:
+                 sites: int = 0, provenance: Mapping[str, Any] | None = None
+                 ) -> dict[str, Any]:
     """Generate a Garnet test-bed panel and write it with its manifest, policies and truth.
 
     Writes ``panel.parquet``, ``manifest.toml``, ``policies/<family>.parquet`` (long form
@@ -158,6 +160,10 @@ def synth_garnet(out_dir: str | os.PathLike[str], *, config: GarnetConfig | None
         level per episode, drawn uniformly, that changes nothing in the dynamics, the behaviour
         or the target policies (so ``truth.json`` holds). Real panels carry such columns; the
         tables of ``evaluate``, SPIBB and PVI should pool over it (docs/ope.md, "Cells").
+    provenance : mapping, optional
+        How the files were made (the command line's ``provenance`` block, docs/contracts.md),
+        written into ``truth.json`` (the panel and the manifest stay the same bytes for the
+        same settings: later commands fingerprint them).
 
     Returns
     -------
@@ -196,6 +202,8 @@ def synth_garnet(out_dir: str | os.PathLike[str], *, config: GarnetConfig | None
     if sites:
         truth["site"] = {"levels": int(sites), "effect": "none (drawn per episode; the "
                          "dynamics, the behaviour and the target policies ignore it)"}
+    if provenance is not None:
+        truth["provenance"] = dict(provenance)
     atomic_write_text(d / TRUTH_FILE, json.dumps(truth, indent=2) + "\n")
     return {"out_dir": str(d), "panel": str(d / PANEL_FILE), "manifest": str(d / MANIFEST_FILE),
             "truth": str(d / TRUTH_FILE), "policies": paths}
@@ -203,7 +211,8 @@ def synth_garnet(out_dir: str | os.PathLike[str], *, config: GarnetConfig | None
 
 def synth_garnet_cli(out_dir: str | os.PathLike[str], *, episodes: int, states: int | None,
                      actions: int | None, gamma: float | None, preset: str | None, seed: int,
-                     force: bool, sites: int = 0) -> dict[str, Any]:
+                     force: bool, sites: int = 0,
+                     provenance: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """``equicare synth --sim garnet``: a preset (default ``s700_a25_g1``) with overrides."""
     from dataclasses import replace
 
@@ -221,4 +230,4 @@ def synth_garnet_cli(out_dir: str | os.PathLike[str], *, episodes: int, states: 
         over["gamma"] = gamma
     cfg = replace(cfg, **over)
     return synth_garnet(out_dir, config=cfg, n_episodes=episodes, seed=seed, overwrite=force,
-                        sites=sites)
+                        sites=sites, provenance=provenance)
