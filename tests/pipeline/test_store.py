@@ -221,20 +221,26 @@ def test_a_store_locked_by_another_process_is_a_user_error_and_publishes_nothing
     assert store.get_run(rid)["status"] == "running"
 
 
-def test_git_revision_says_when_the_checkout_has_uncommitted_changes(tmp_path):
-    # a run from an edited checkout recorded the bare commit: checking it out did not
-    # reproduce the run's numbers, and nothing said so
+def _git_repo(path):
+    """``git(*args)`` run in ``path`` with a throw-away identity (skips without git)."""
     import shutil
-
-    from equicare.pipeline._store import git_revision
 
     if shutil.which("git") is None:
         pytest.skip("no git")
 
     def git(*args):
-        subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t",
+        subprocess.run(["git", "-C", str(path), "-c", "user.name=t", "-c", "user.email=t@t",
                         *args], check=True, capture_output=True)
 
+    return git
+
+
+def test_git_revision_says_when_the_checkout_has_uncommitted_changes(tmp_path):
+    # a run from an edited checkout recorded the bare commit: checking it out did not
+    # reproduce the run's numbers, and nothing said so
+    from equicare.pipeline._store import git_revision
+
+    git = _git_repo(tmp_path)
     git("init", "-q")
     (tmp_path / "m.py").write_text("x = 1\n")
     git("add", "m.py")
@@ -294,17 +300,9 @@ def test_a_sigterm_once_the_run_is_recorded_finished_does_not_fail_it(tmp_path):
 def test_git_revision_of_an_installed_copy_inside_another_repository_is_unknown(tmp_path):
     # equicare pip-installed into .venv/ of the user's own project repository: git found the
     # project's commit from site-packages and recorded it (and its -dirty) as equicare's
-    import shutil
-
     from equicare.pipeline._store import git_revision
 
-    if shutil.which("git") is None:
-        pytest.skip("no git")
-
-    def git(*args):
-        subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t",
-                        *args], check=True, capture_output=True)
-
+    git = _git_repo(tmp_path)
     git("init", "-q")
     (tmp_path / ".gitignore").write_text(".venv/\n")
     (tmp_path / "analysis.py").write_text("x = 1\n")
