@@ -12,6 +12,7 @@ from equicare.explain import ExplainConfig, explain_policy
 from equicare.explain._features import grid_steps, snap_to_grid
 from equicare.policy import tree_features
 from tests.explain import tree_sim
+from tests.explain.test_evidence import _TablePolicy
 
 CFG = ExplainConfig(bootstrap=0, frontier_bootstrap=0, depths=(2, 4), depth=4)
 
@@ -201,7 +202,7 @@ def test_the_card_json_names_no_categorical_level_of_fewer_than_11_members():
 
     _, ds, pols = make("s50_a5_g1", 300, seed=7)
     cfg = ExplainConfig(bootstrap=0, frontier_bootstrap=0, depths=(1, 2), depth=2)
-    card = explain_policy(ds, _Table(pols["soft_optimal"]), cfg, random_state=0)
+    card = explain_policy(ds, _TablePolicy(pols["soft_optimal"]), cfg, random_state=0)
     episodes = {}
     for lv, ep in zip(ds.categorical[:, 0], ds.episode_index, strict=True):
         episodes.setdefault(str(ds.categorical_levels[0][lv]), set()).add(ep)
@@ -213,13 +214,3 @@ def test_the_card_json_names_no_categorical_level_of_fewer_than_11_members():
     tested = {card.tree.features[j]["level"] for j in card.tree.used_features
               if card.tree.features[j]["kind"] == "categorical"}
     assert set(named) == tested
-
-
-class _Table:
-    window = 1
-
-    def __init__(self, table):
-        self.table = table
-
-    def action_probs(self, ds):
-        return self.table[ds.categorical[:, 0]]
