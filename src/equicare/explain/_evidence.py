@@ -494,10 +494,12 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
             sel = select_q_model(test, src_test, random_state=seeds[3])
             q_name, q_selection = sel.chosen, sel.to_dict()
 
-        def value(probs: NDArray[np.float64], n_boot: int, seed: int) -> Any:
+        def value(probs: NDArray[np.float64], n_boot: int, seed: int,
+                  behavior_prob: NDArray[np.float64] | None = None) -> Any:
             return evaluate(test, probs, estimators=cfg.estimators, q_model=q_name,
-                            behavior_prob=props, bootstrap=n_boot, groups=[],
-                            diagnose_support=False, random_state=seed)
+                            behavior_prob=props if behavior_prob is None else behavior_prob,
+                            bootstrap=n_boot, groups=[], diagnose_support=False,
+                            random_state=seed)
 
         src_val = value(src_test, cfg.bootstrap, seeds[3])
         depths = sorted(set(cfg.depths) | {cfg.depth})
@@ -542,10 +544,7 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
                 raise
             # every group is a small cell, or only one can be published: no parity to report
             aud = str(exc)
-    for w in caught:
-        msg = str(w.message)
-        if msg not in caught_msgs and not issubclass(w.category, DeprecationWarning):
-            caught_msgs.append(msg)
+    _keep_messages(caught, caught_msgs)
     time_unit = time_unit_of(getattr(getattr(dataset, "manifest", None), "time", None))
     fit_leaves = tree.apply(fit_ds)
     rules = tree_rules(tree, leaves=fit_leaves, weights=None, time_unit=time_unit)
@@ -561,25 +560,14 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
             warnings.simplefilter("always")
             usual_test = np.asarray(tree.usual_policy.action_probs(test), dtype=np.float64)
             usual_val = value(usual_test, cfg.bootstrap, seeds[3])
-        for w in caught_u:
-            msg = str(w.message)
-            if msg not in caught_msgs and not issubclass(w.category, DeprecationWarning):
-                caught_msgs.append(msg)
-        # the rules as deployed: where no rule applies the clinicians decide as they do, so
-        # those rows keep their logged actions (importance ratio 1; no estimate of practice)
-        deferred = np.asarray(tree.usual, dtype=bool)[test_leaves]
-        if deferred.any():
-            pe_dep, b_dep = deferred_target(rules_test, props, test.actions, deferred)
-            with warnings.catch_warnings(record=True) as caught_d:
-                warnings.simplefilter("always")
-                deployed_val = evaluate(test, pe_dep, estimators=cfg.estimators,
-                                        q_model=q_name, behavior_prob=b_dep,
-                                        bootstrap=cfg.bootstrap, groups=[],
-                                        diagnose_support=False, random_state=seeds[3])
-            for w in caught_d:
-                msg = str(w.message)
-                if msg not in caught_msgs and not issubclass(w.category, DeprecationWarning):
-                    caught_msgs.append(msg)
+            # the rules as deployed: where no rule applies the clinicians decide as they do,
+            # so those rows keep their logged actions (importance ratio 1; no estimate of
+            # practice)
+            deferred = np.asarray(tree.usual, dtype=bool)[test_leaves]
+            if deferred.any():
+                pe_dep, b_dep = deferred_target(rules_test, props, test.actions, deferred)
+                deployed_val = value(pe_dep, cfg.bootstrap, seeds[3], b_dep)
+        _keep_messages(caught_u, caught_msgs)
     returns = test.returns()  # its ends only judge the estimates: never on the card
     span = (float(returns.min()), float(returns.max())) if returns.size else None
     kept, gains = improvement_kept(
@@ -631,6 +619,14 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
     return PolicyCard(tree=tree, rules=rules, source=src, data=data, fidelity=fid, value=val,
                       fairness=fair, support=sup, frontier=frontier, disagreement=disagreement,
                       caveats=caveats, settings=cfg.to_dict())
+
+
+def _keep_messages(caught: list[warnings.WarningMessage], messages: list[str]) -> None:
+    """Add the caught warnings' texts to ``messages`` (the card's caveats), once each."""
+    for w in caught:
+        msg = str(w.message)
+        if msg not in messages and not issubclass(w.category, DeprecationWarning):
+            messages.append(msg)
 
 
 def deferred_target(probs: NDArray[np.float64], props: NDArray[np.float64],
