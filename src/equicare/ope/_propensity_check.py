@@ -114,14 +114,6 @@ def _level_counts(codes: NDArray[np.int64], actions: NDArray[np.int64], n_action
     return np.asarray(counts.reshape(n_levels, n_actions), dtype=np.int64)
 
 
-def _cell_frequency(codes: NDArray[np.int64], actions: NDArray[np.int64], n_actions: int
-                    ) -> NDArray[np.float64]:
-    """Smoothed frequency of each row's action among the rows of its cell, shape ``(n,)``."""
-    n_levels = int(codes.max()) + 1 if codes.size else 1
-    counts = np.bincount(codes * n_actions + actions, minlength=n_levels * n_actions)
-    return _panel_frequency(counts.reshape(n_levels, n_actions), codes, actions)
-
-
 def _panel_frequency(counts: NDArray[np.int64], codes: NDArray[np.int64],
                      actions: NDArray[np.int64]) -> NDArray[np.float64]:
     """Smoothed frequency of each row's action in its level, from ``(level, action)`` counts.
@@ -251,24 +243,26 @@ def check_logged_propensities(dataset: TrajectoryDataset, *, random_state: int =
         prior = np.bincount(a, minlength=dataset.n_actions) + 1.0
         prior = prior / prior.sum()
         for label, codes, counts in _cell_candidates(dataset, a, cell_counts):
-            keep = counts.sum(axis=1)[codes] >= min_rows
+            n_cell = counts.sum(axis=1)[codes]
+            keep = n_cell >= min_rows
             if keep.sum() < min(MIN_CHECKED_ROWS, max(1, dataset.n_steps // 2)):
                 continue  # cells too thin for their frequencies to test anything
             # chosen by how well the cells predict the actions (leave-one-out, blind to the
             # propensities), not by how well they agree with the propensities: the best
-            # agreement let a constant 1/A column pass through an irrelevant column ('site')
-            n_cell = counts.sum(axis=1)[codes]
-            loo = (counts[codes, a] - 1.0 + prior[a]) / (n_cell - 1.0 + 1.0)
+            # agreement let a constant 1/A column pass through an irrelevant column ('site');
+            # the row itself left out, one pseudo-row of the panel's action frequencies added
+            loo = (counts[codes, a] - 1.0 + prior[a]) / n_cell
             score = float(np.log(np.clip(loo, 1e-12, None)).mean())
-            qj = _panel_frequency(counts, codes, a)
-            cands.append((score, label, qj, keep))
+            cands.append((score, label, (counts, codes), keep))
         has_state = dataset.categorical is not None and dataset.categorical.shape[1] > 0
         if not cands and has_state:
             return None
         if not cands:  # no state at all: the marginal frequency
-            cands.append((0.0, "", _cell_frequency(np.zeros_like(a), a, dataset.n_actions),
+            zero = np.zeros_like(a)
+            cands.append((0.0, "", (_level_counts(zero, a, dataset.n_actions), zero),
                           np.ones(a.size, dtype=bool)))
-        _, label, q, kept = max(cands, key=lambda c: c[0])
+        _, label, (counts, codes), kept = max(cands, key=lambda c: c[0])
+        q = _panel_frequency(counts, codes, a)  # in-sample, of the chosen cells only
         what = ("action frequencies" if not label else
                 f"action frequencies per level of {label}")
         if not kept.all():
