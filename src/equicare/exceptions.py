@@ -94,3 +94,10 @@ class SmallCellWarning(EquicareWarning):
 
 class SupportWarning(EquicareWarning):
     """The target policy puts mass on actions that the behaviour policy (almost) never takes."""
+
+
+#: The errors a command reports as user mistakes (one line, exit code 2; the run store discards
+#: a run that failed with one before its first stage finished): bad data, parameters, configs
+#: and names, a missing input or an existing output, a file that cannot be read or written.
+USER_ERRORS: tuple[type[BaseException], ...] = (EquicareError, FileExistsError, FileNotFoundError,
+                                               PermissionError)

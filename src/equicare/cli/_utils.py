@@ -36,7 +36,11 @@ from typer.core import TyperGroup
 from typer.exceptions import Abort as TyperAbort
 from typer.exceptions import Exit as TyperExit
 
-from equicare.exceptions import DataValidationError, EquicareError, InvalidParameterError
+from equicare.exceptions import (
+    USER_ERRORS,
+    DataValidationError,
+    InvalidParameterError,
+)
 
 __all__ = ["console", "err_console", "fail", "info", "user_errors", "print_json", "json_safe",
            "check_out_path", "check_out_paths", "check_out_folder", "print_table",
@@ -111,7 +115,7 @@ def user_errors() -> Iterator[None]:
     """
     try:
         yield
-    except (EquicareError, FileExistsError, FileNotFoundError, PermissionError) as exc:
+    except USER_ERRORS as exc:
         _print_user_error(exc)
         raise typer.Exit(code=2) from None
 
@@ -580,7 +584,7 @@ class EquicareGroup(TyperGroup):
                 return rv
         except (TyperExit, TyperAbort, click.ClickException):
             raise
-        except (EquicareError, FileExistsError, FileNotFoundError, PermissionError) as exc:
+        except USER_ERRORS as exc:
             _print_user_error(exc)
             raise typer.Exit(code=2) from None
         except KeyboardInterrupt as exc:

@@ -26,7 +26,12 @@ from typing import Any
 import pandas as pd
 
 from equicare._provenance import file_fingerprint, git_revision
-from equicare.exceptions import EquicareError, InvalidParameterError, UnknownNameError
+from equicare.exceptions import (
+    USER_ERRORS,
+    EquicareError,
+    InvalidParameterError,
+    UnknownNameError,
+)
 
 __all__ = ["RunStore", "Metric", "config_hash", "git_revision", "USER_ERRORS", "INPUTS_FILE",
            "file_fingerprint"]
@@ -34,9 +39,6 @@ __all__ = ["RunStore", "Metric", "config_hash", "git_revision", "USER_ERRORS", "
 #: A run folder's record of the files the run read (:meth:`RunStore.write_inputs`).
 INPUTS_FILE = "inputs.json"
 
-#: The errors the command line reports as user mistakes (exit code 2).
-USER_ERRORS: tuple[type[BaseException], ...] = (EquicareError, FileExistsError, FileNotFoundError,
-                                               PermissionError)
 
 #: The run store stayed locked by another process (tests match it).
 MSG_STORE_LOCKED = ("The run store {db} is locked by another process and stayed locked for 30 s "
