@@ -48,7 +48,7 @@ import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import scipy.sparse as sp
@@ -474,12 +474,14 @@ class _Design:
 
 
 def _grouped_t(design: sp.csr_matrix | PiDesign, c: NDArray[np.float64], t: NDArray[np.int64],
-               width: int) -> NDArray[np.float64]:
+               width: int, *, sparse: bool = False) -> Any:
     """``sum_{i, j: t_ij = s} c_ij x_i`` for every output ``s``: shape ``(n_params, width)``.
 
     ``c`` and ``t`` have shape ``(n,)`` (each row adds to one output, e.g. its step) or
     ``(n, m)`` (each row adds to ``m`` outputs at once, e.g. its step within each of ``m``
-    partitions of the episodes): the design's rows are formed once whatever ``m``.
+    partitions of the episodes): the design's rows are formed once whatever ``m``. With
+    ``sparse``, a sparse design's sums stay a CSR matrix (:data:`Steps`); otherwise, and always
+    for the Kronecker design (few parameters), a dense array.
     """
     n = c.shape[0]
     c2 = np.asarray(c, dtype=np.float64).reshape(n, -1)
@@ -489,7 +491,8 @@ def _grouped_t(design: sp.csr_matrix | PiDesign, c: NDArray[np.float64], t: NDAr
                             shape=(n, width))
     mat: Any = design.x_pi if isinstance(design, SparsePi) else design
     if sp.issparse(mat):
-        return np.asarray((sp.csr_matrix(mat.T) @ by_step).toarray())
+        out_sp = sp.csr_matrix(sp.csr_matrix(mat.T) @ by_step)
+        return out_sp if sparse else np.asarray(out_sp.toarray())
     assert isinstance(design, KronPi)
     top = np.zeros((width, design.n_kron))
     for sl in row_blocks(n, design.n_kron):  # [phi (x) u] one block of rows at a time
@@ -569,6 +572,13 @@ def _bounded(lm: _LinearModel, theta: NDArray[np.float64], limit: float) -> bool
     return qfun.bounded(limit)
 
 
+#: Per-step sums of a gradient's pieces, ``(n_params, C * H)`` with column ``c * H + t`` for
+#: group ``c`` and step ``t`` (``C = 1`` without groups): a CSR matrix for the tables, whose
+#: rows each touch one (pair, step) entry or a cell's few pairs (dense, they would take
+#: ``n_pairs x H x C`` floats: 1 GB on a 5,000-state panel), a dense array for the linear model.
+Steps: TypeAlias = "NDArray[np.float64] | sp.csr_matrix"
+
+
 @dataclass(frozen=True, eq=False)
 class _Pass1:
     """Pass 1: LSTD sums plus the pieces of the estimators' gradients in ``theta``."""
@@ -576,8 +586,8 @@ class _Pass1:
     sums: LSTDSums | None  # None for the window table
     n_episodes: int
     first: NDArray[np.float64] | None  # (n_params,): sum of X_pi over step-0 rows
-    a: NDArray[np.float64] | None  # (n_params, H): sum disc w_prev X_pi per step
-    b: NDArray[np.float64] | None  # (n_params, H): sum disc w X per step
+    a: Steps | None  # (n_params, H): sum disc w_prev X_pi per step (sparse for tables)
+    b: Steps | None  # (n_params, H): sum disc w X per step
     s: NDArray[np.float64] | None  # (H,): sum of w per step (WDR residual denominators)
     s_prev: NDArray[np.float64] | None  # (H,): sum of w_prev per step (WDR control)
     shape: tuple[int, int]  # (p, m) of the linear model, (0, 0) for tabular
@@ -613,11 +623,12 @@ class _Pass1:
                 out[0, :, j] = self.first / n
             elif k == "dr":
                 assert self.a is not None and self.b is not None
-                out[:, :, j] = ((self.a - self.b) / n).T
+                out[:, :, j] = _steps_dense((self.a - self.b) / n, 1)[:, :, 0]
             else:
                 assert self.a is not None and self.b is not None
                 assert self.s is not None and self.s_prev is not None
-                out[:, :, j] = _wdr_step_gradient(self.a, self.b, self.s, self.s_prev).T
+                out[:, :, j] = _steps_dense(_wdr_steps(self.a, self.b, self.s, self.s_prev),
+                                            1)[:, :, 0]
         return out
 
 
@@ -698,23 +709,37 @@ def _weights_inputs(dataset: TrajectoryDataset, pe: NDArray[np.float64], horizon
                      gamma=dataset.gamma, rho=rho, q_sa=q_sa, v_s=v, horizon=horizon)
 
 
-def _wdr_gradient(a: NDArray[np.float64], b: NDArray[np.float64], s: NDArray[np.float64],
-                  s_prev: NDArray[np.float64]) -> NDArray[np.float64]:
-    """WDR's gradient from its per-step pieces, over its per-step self-normalising sums.
+def _wdr_steps(a: Steps, b: Steps, s: NDArray[np.float64], s_prev: NDArray[np.float64]
+               ) -> Steps:
+    """WDR's per-step gradient pieces over its per-step self-normalising sums.
 
-    ``a``, ``b``: shape ``(n_params, H, ...)``; ``s``, ``s_prev``: shape ``(H, ...)``.
+    ``a``, ``b``: :data:`Steps` ``(n_params, C * H)``; ``s``, ``s_prev``: shape ``(H,)`` or
+    ``(H, C)``. Returns ``a / s_prev_t - b / s_t`` column by column, of ``a``'s kind.
     """
-    sp_t = np.where(s_prev > 0, s_prev, 1.0)
-    s_t = np.where(s > 0, s, 1.0)
-    return np.asarray((a / sp_t[None]).sum(axis=1) - (b / s_t[None]).sum(axis=1))
-
-
-def _wdr_step_gradient(a: NDArray[np.float64], b: NDArray[np.float64], s: NDArray[np.float64],
-                       s_prev: NDArray[np.float64]) -> NDArray[np.float64]:
-    """:func:`_wdr_gradient` per step (not summed): shape ``(n_params, H, ...)``."""
-    sp_t = np.where(s_prev > 0, s_prev, 1.0)
-    s_t = np.where(s > 0, s, 1.0)
+    h = s.shape[0]
+    sp_t = np.where(s_prev > 0, s_prev, 1.0).reshape(h, -1).T.ravel()  # column c * H + t
+    s_t = np.where(s > 0, s, 1.0).reshape(h, -1).T.ravel()
+    if sp.issparse(a):
+        return sp.csr_matrix(a @ sp.diags(1.0 / sp_t) - b @ sp.diags(1.0 / s_t))
     return np.asarray(a / sp_t[None] - b / s_t[None])
+
+
+def _sum_steps(m: Steps, n_groups: int) -> NDArray[np.float64]:
+    """Sum :data:`Steps` over the steps of each group: shape ``(n_params, C)``."""
+    width = m.shape[1]
+    if sp.issparse(m):
+        ind = sp.csr_matrix((np.ones(width), (np.arange(width),
+                                              np.arange(width) // (width // n_groups))),
+                            shape=(width, n_groups))
+        return np.asarray((m @ ind).toarray())
+    out: NDArray[np.float64] = np.asarray(m).reshape(m.shape[0], n_groups, -1).sum(axis=2)
+    return out
+
+
+def _steps_dense(m: Steps, n_groups: int) -> NDArray[np.float64]:
+    """:data:`Steps` as a dense ``(H, n_params, C)`` array (the window table's adjoint input)."""
+    d = np.asarray(m.toarray() if sp.issparse(m) else m)  # type: ignore[union-attr]
+    return np.ascontiguousarray(d.reshape(d.shape[0], n_groups, -1).transpose(2, 0, 1))
 
 
 def _refit_contributions(dataset: TrajectoryDataset, x: sp.csr_matrix, x_pi: PiDesign,
@@ -752,8 +777,8 @@ def _pass1_chunk(dataset: TrajectoryDataset, *, policy: Any, design: _Design,
         t = inputs.step
         w, disc, w_row, w_prev = inputs.row_weights(design.truncate)
         h = design.horizon
-        a = _grouped_t(x_pi, disc * w_prev, t, h)
-        bb = _grouped_t(x, disc * w_row, t, h)
+        a = _grouped_t(x_pi, disc * w_prev, t, h, sparse=True)
+        bb = _grouped_t(x, disc * w_row, t, h, sparse=True)
         s = w.sum(axis=0)
         s_prev = np.empty(h)
         s_prev[0] = float(inputs.n_episodes)
@@ -900,11 +925,11 @@ def _gradients(p1: _Pass1, keys: Sequence[str]) -> NDArray[np.float64]:
             cols.append(p1.first / n)
         elif k == "dr":
             assert p1.a is not None and p1.b is not None
-            cols.append((p1.a - p1.b).sum(axis=1) / n)
+            cols.append(_sum_steps(p1.a - p1.b, 1)[:, 0] / n)
         else:
             assert p1.a is not None and p1.b is not None
             assert p1.s is not None and p1.s_prev is not None
-            cols.append(_wdr_gradient(p1.a, p1.b, p1.s, p1.s_prev))
+            cols.append(_sum_steps(_wdr_steps(p1.a, p1.b, p1.s, p1.s_prev), 1)[:, 0])
     return np.column_stack(cols)
 
 
@@ -1401,8 +1426,8 @@ class _GroupPieces:
     n: NDArray[np.float64]  # (C,) episodes per group
     first: NDArray[np.float64] | None  # (n_params, C): X_pi over the groups' step-0 rows
     d: NDArray[np.float64] | None  # (n_params, C): DR's sum disc (w_prev X_pi - w X)
-    a: NDArray[np.float64] | None  # (n_params, H, C): WDR's sum disc w_prev X_pi per step
-    b: NDArray[np.float64] | None  # (n_params, H, C): WDR's sum disc w X per step
+    a: Steps | None  # (n_params, C * H): WDR's sum disc w_prev X_pi per group and step
+    b: Steps | None  # (n_params, C * H): WDR's sum disc w X per group and step
     s: NDArray[np.float64] | None  # (H, C): sum of w per step
     s_prev: NDArray[np.float64] | None  # (H, C): sum of w_prev per step
 
@@ -1425,7 +1450,7 @@ class _GroupPieces:
             return self.d / n
         assert self.a is not None and self.b is not None
         assert self.s is not None and self.s_prev is not None
-        return _wdr_gradient(self.a, self.b, self.s, self.s_prev)
+        return _sum_steps(_wdr_steps(self.a, self.b, self.s, self.s_prev), len(self.n))
 
     def step_gradients(self, key: str, horizon: int) -> NDArray[np.float64]:
         """The window table's per-step ``dF_c/dtheta_t`` of each group, ``(H, n_params, C)``."""
@@ -1437,10 +1462,9 @@ class _GroupPieces:
             return out
         assert self.a is not None and self.b is not None
         if key == "dr":
-            return np.ascontiguousarray(((self.a - self.b) / n).transpose(1, 0, 2))
+            return _steps_dense(self.a - self.b, len(self.n)) / n[None, None, :]
         assert self.s is not None and self.s_prev is not None
-        return np.ascontiguousarray(
-            _wdr_step_gradient(self.a, self.b, self.s, self.s_prev).transpose(1, 0, 2))
+        return _steps_dense(_wdr_steps(self.a, self.b, self.s, self.s_prev), len(self.n))
 
 
 def _group_pieces_chunk(dataset: TrajectoryDataset, *, policy: Any, design: _Design,
@@ -1478,12 +1502,9 @@ def _group_pieces(dataset: TrajectoryDataset, x: sp.csr_matrix, x_pi: PiDesign,
         h = design.horizon
         idx = row_codes * h + t[:, None]
 
-        def by_group_step(design_: Any, c: NDArray[np.float64]) -> NDArray[np.float64]:
-            out = _grouped_t(design_, c[:, None] * row_valid, idx, n_groups * h)
-            return np.ascontiguousarray(out.reshape(-1, n_groups, h).transpose(0, 2, 1))
-
-        a = by_group_step(x_pi, disc * w_prev)
-        b = by_group_step(x, disc * w_row)
+        a = _grouped_t(x_pi, (disc * w_prev)[:, None] * row_valid, idx, n_groups * h,
+                       sparse=True)
+        b = _grouped_t(x, (disc * w_row)[:, None] * row_valid, idx, n_groups * h, sparse=True)
         s = w.T @ member  # (H, C)
         s_prev = np.empty((h, n_groups))
         s_prev[0] = n_c
