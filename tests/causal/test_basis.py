@@ -53,3 +53,31 @@ def test_sparse_combine_matches_dense(discrete):
     h = combine(sp.csr_matrix(phi), enc, discrete, 1)
     assert sp.issparse(h)
     np.testing.assert_allclose(h.toarray(), combine(phi, enc, discrete, 1), atol=1e-15)
+
+
+@pytest.mark.parametrize("kind", ["auto", "onehot", "spline", "poly", "rff", "constant"])
+@pytest.mark.parametrize(("levels", "numeric"), [
+    ((150,), "normal"),      # wide: auto -> spline; some levels unseen
+    ((4, 3), "normal"),      # two narrow columns
+    ((3,), "binary"),        # a two-valued numeric column, few distinct states: auto -> onehot
+    ((2,), "discrete"),      # a numeric column of 6 values (one-hot coded, not splined)
+    ((), "normal"),          # numeric only
+])
+def test_basis_width_from_the_codes_is_the_width_of_the_basis(kind, levels, numeric):
+    """The size check made before the states are built sees the basis the estimation fits."""
+    from equicare.causal._basis import basis_width
+
+    rng = np.random.default_rng(1)
+    n = 300
+    codes = [np.stack([rng.integers(0, k - (k > 100), n) for k in levels], axis=1)
+             if levels else np.zeros((n, 0), dtype=np.int64) for _ in range(2)]
+    codes[1][:, :1] = codes[0][:, :1] if levels and levels[0] > 100 else codes[1][:, :1]
+    draw = {"normal": lambda: rng.normal(size=(n, 1)),
+            "binary": lambda: rng.integers(0, 2, (n, 1)).astype(float),
+            "discrete": lambda: rng.integers(0, 6, (n, 1)).astype(float)}[numeric]
+    num = [draw(), draw()]
+    dense = [np.hstack([num[i], *(np.eye(k)[codes[i][:, j]] for j, k in enumerate(levels))])
+             for i in range(2)]
+    phi, _, used = state_features(dense[0], dense[1], kind, n_features=16)
+    assert basis_width(num[0], num[1], codes[0], codes[1], levels, kind,
+                       n_features=16) == (phi.shape[1], used)

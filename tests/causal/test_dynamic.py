@@ -574,3 +574,50 @@ def test_many_level_state_keeps_memory_linear_in_its_non_zeros():
     p_g = 2 * 2 * (400 + 8) + 1              # actions x mediator levels x basis, + eta
     bound = 16 * p_g ** 2 + state_bytes
     assert peak < bound, f"peak {peak / 1e6:.0f} MB, bound {bound / 1e6:.0f} MB"
+
+
+@pytest.mark.parametrize(("n_folds", "generator"), [(2, False), (3, True), (1, False)])
+def test_a_basis_too_wide_is_refused_before_the_transitions_are_built(monkeypatch, n_folds,
+                                                                      generator):
+    """The size check ran on the built transitions: a 5,000-level Garnet state held 4.4 GB of
+    dense states for 21 s before it was refused. It is now made from the level codes and the
+    folds the estimation draws, before any state is built, with the same message."""
+    from equicare.causal import _data
+    from equicare.causal._dynamic import FewTransitionsError
+    from equicare.data import from_frame
+
+    rng = np.random.default_rng(4)
+    n = 40 * 6
+    df = pd.DataFrame({"pid": np.repeat(np.arange(40), 6), "t": np.tile(np.arange(6), 40),
+                       "x": rng.normal(size=n), "code": [f"c{c:02d}" for c in
+                                                         rng.integers(0, 60, n)],
+                       "m": rng.integers(0, 2, n), "a": rng.integers(0, 2, n),
+                       "r": rng.normal(size=n)})
+    ds = from_frame(df, {"dataset": {"episode": "pid", "time": "t", "states": ["x"],
+                                     "categorical_states": ["code"], "mediators": ["m"]},
+                         "actions": {"a": {"levels": 2}}, "reward": {"column": "r"}},
+                    emit_warnings=False)
+    cfg = DynamicMediation(n_bootstrap=0, n_folds=n_folds)
+
+    def seed():
+        return np.random.default_rng(7) if generator else 7
+
+    errors = []
+    for early in (False, True):
+        if early:  # no state may be built
+            monkeypatch.setattr(_data, "feature_rows", lambda *a: pytest.fail("states built"))
+        else:  # the check on the built transitions, the only one before
+            monkeypatch.setattr(DynamicMediation, "check_transitions", lambda *a: None)
+        with pytest.raises(FewTransitionsError) as info:
+            cfg.estimate(ds, 1, 0, random_state=seed())
+        errors.append(str(info.value))
+        monkeypatch.undo()
+    assert errors[0] == errors[1]
+    assert "a cross-fitting fold trains on only" in errors[0]
+    g = seed()  # a Generator given to the early check is not advanced
+    if generator:
+        state = g.bit_generator.state
+        rows = np.flatnonzero(ds.next_index >= 0)
+        with pytest.raises(FewTransitionsError):
+            cfg.check_transitions(ds, rows, ds.next_index[rows], g)
+        assert g.bit_generator.state == state

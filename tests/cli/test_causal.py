@@ -258,3 +258,27 @@ def test_mediation_table_prints_small_effects_in_significant_digits():
     text = console.export_text()
     assert "0.00042" in text and "0.00011" in text and "[0.000204, 0.000636]" in text
     assert " 0.000 " not in text
+
+
+def test_mediate_refuses_a_basis_too_wide_before_building_the_states(app, tmp_path, monkeypatch):
+    """A wide categorical state: exit 2 with the CLI's advice before any state is built (a
+    5,000-level Garnet state built 4.4 GB of them first)."""
+    from equicare.causal import _data
+
+    rng = np.random.default_rng(2)
+    n = 40 * 6
+    pd.DataFrame({"episode": np.repeat(np.arange(40), 6), "time": np.tile(np.arange(6), 40),
+                  "s0": rng.normal(size=n), "code": [f"c{c:02d}" for c in rng.integers(0, 60, n)],
+                  "m0": rng.integers(0, 2, n), "action": rng.integers(0, 2, n),
+                  "reward": rng.normal(size=n)}).to_csv(tmp_path / "wide.csv", index=False)
+    pd.DataFrame({"episode": np.repeat(np.arange(40), 6), "time": np.tile(np.arange(6), 40),
+                  "p_0": 0.5, "p_1": 0.5}).to_csv(tmp_path / "target.csv", index=False)
+    (tmp_path / "m.toml").write_text(MANIFEST.format(
+        mediators='mediators = ["m0"]\ncategorical_states = ["code"]'))
+    monkeypatch.setattr(_data, "feature_rows", lambda *a: pytest.fail("states were built"))
+    res = runner.invoke(app, ["mediate", str(tmp_path / "wide.csv"), "--manifest",
+                              str(tmp_path / "m.toml"), "--policy", str(tmp_path / "target.csv"),
+                              "--bootstrap", "0"])
+    out = " ".join(res.output.split())
+    assert res.exit_code == 2, res.output
+    assert "Too few transitions for the basis" in out and "--basis constant" in out

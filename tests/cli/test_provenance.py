@@ -7,8 +7,12 @@ input that changed gets another hash.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +24,29 @@ from equicare.cli import app
 
 runner = CliRunner()
 
-#: Wall-clock timings and the block itself: the only things that differ between two runs.
-TIMING = {"provenance", "seconds", "train_seconds", "sps", "stage_seconds", "steps_per_second"}
+#: Wall-clock timings: every key so named, at any depth (docs/contracts.md, "Comparing two
+#: runs"); with the block's ``created`` and ``command`` (it holds --out) and a sidecar's output
+#: paths, the only things that differ between two runs.
+TIMING = re.compile(r"^(seconds|sps)$|_seconds?$")
 KEYS = {"equicare", "git_revision", "command", "seed", "settings", "inputs", "created"}
+CONTRACTS = Path(__file__).resolve().parents[2] / "docs" / "contracts.md"
 
 
 def _numbers(doc: Any) -> Any:
-    if isinstance(doc, dict):
-        return {k: _numbers(v) for k, v in doc.items() if k not in TIMING}
-    if isinstance(doc, list):
-        return [_numbers(v) for v in doc]
-    return doc
+    """The documented recipe: ``doc`` without the fields that differ between two runs."""
+    def walk(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: walk(v) for k, v in x.items() if not TIMING.search(k)}
+        if isinstance(x, list):
+            return [walk(v) for v in x]
+        return x
+
+    doc = copy.deepcopy(doc)
+    for key in ("created", "command"):
+        doc.get("provenance", {}).pop(key, None)
+    for f in doc.get("outputs", []):
+        f.pop("path", None)
+    return walk(doc)
 
 
 @pytest.fixture(autouse=True)
@@ -56,6 +72,8 @@ def work(tmp_path_factory) -> Path:
     return d
 
 
+#: The provenance of a policy file: ``<file>.provenance.json`` beside it.
+SIDECAR = "+.provenance.json"
 G = ["g/panel.parquet", "-m", "g/manifest.toml"]
 C = ["care/panel.parquet", "-m", "care/manifest.toml"]
 SOFT = "g/policies/soft_optimal.parquet"
@@ -83,6 +101,14 @@ COMMANDS: dict[str, tuple[list[str], str, str]] = {
     "train_spibb": (["train", *G, "--algo", "spibb", "--no-progress"], "model", "config.json"),
     "synth_garnet": (["synth", "--sim", "garnet", "--states", "10", "--actions", "2",
                       "--episodes", "50", "--seed", "2"], "gsyn", "truth.json"),
+    # no result file: the block is in a provenance JSON beside the outputs, with their SHA-256
+    "synth_care": (["synth", "--members", "30", "--weeks", "5", "--seed", "2"], "csyn",
+                   "provenance.json"),
+    "synth_heparin": (["synth", "--sim", "heparin", "--members", "20", "--seed", "2"], "hsyn",
+                      "provenance.json"),
+    "predict": (["predict", "m_bc", *C], "p.parquet", SIDECAR),
+    "predict_streamed": (["predict", "m_bc", *C, "--chunk-rows", "700", "--form", "long"],
+                         "p.csv", SIDECAR),
     "frontier": (["frontier", *C, "--algo", "bc", "--lambdas", "0,1", "--steps", "5",
                   "--bootstrap", "10", "--executor", "serial", "--action",
                   "modality=home_visit", "--no-progress"], "f.json", ""),
@@ -98,7 +124,13 @@ def _invoke(args: list[str]) -> None:
 
 
 def _block(out: Path, inner: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    doc = json.loads((out / inner if inner else out).read_text())
+    path = (out.with_name(out.name + inner[1:]) if inner.startswith("+") else
+            out / inner if inner else out)
+    doc = json.loads(path.read_text())
+    for f in doc.get("outputs", []):  # a sidecar's outputs: the files it describes
+        assert f["sha256"] == hashlib.sha256(Path(f["path"]).read_bytes()).hexdigest()
+        assert Path(f["path"]).parent == path.parent
+        f["path"] = Path(f["path"]).name.removeprefix(out.name)  # --out differs between runs
     return doc["provenance"], doc
 
 
@@ -133,7 +165,8 @@ def _check(work: Path, monkeypatch: pytest.MonkeyPatch, spec: tuple[list[str], s
             assert f["sha256"] == hashlib.sha256(p.read_bytes()).hexdigest()
             assert f["bytes"] == p.stat().st_size
     for k, v in prov["settings"].items():  # every path the user typed is absolute
-        if isinstance(v, str) and Path(work / v).exists() and v:
+        # (synth's --sim care names a simulator, not the folder care/ of this test)
+        if isinstance(v, str) and Path(work / v).exists() and v and k != "sim":
             assert Path(v).is_absolute(), (k, v)
     # re-running the recorded command gives the same numbers (and the same model weights)
     _rerun(prov["command"], "2_" + out)
@@ -210,3 +243,24 @@ def test_no_block_and_no_hashing_without_an_output_file(work, monkeypatch):
                               "--estimators", "wis", "--no-progress", "--json"])
     assert res.exit_code == 0, res.output
     assert "provenance" not in json.loads(res.stdout)
+
+
+@pytest.mark.skipif(shutil.which("jq") is None, reason="the recipe is a jq program")
+def test_the_documented_jq_recipe_leaves_only_the_numbers(work, monkeypatch, tmp_path):
+    """docs/contracts.md's jq program: two same-seed runs equal, another seed not; and it
+    removes what this module's comparisons remove."""
+    program = re.search(r"same\(\) \{ jq -S '(.*?)' \"\$1\"; \}", CONTRACTS.read_text(),
+                        re.DOTALL)
+    assert program is not None
+    monkeypatch.chdir(work)
+    docs = []
+    for i, seed in enumerate(("7", "7", "8")):
+        out = tmp_path / f"r{i}.json"
+        _invoke(["evaluate", *G, "--policy", SOFT, "--bootstrap", "20", "--seed", seed,
+                 "--no-progress", "--out", str(out)])
+        jq = subprocess.run(["jq", "-S", program.group(1), str(out)], capture_output=True,
+                            text=True, check=True)
+        docs.append(json.loads(jq.stdout))
+        assert docs[-1] == _numbers(json.loads(out.read_text()))
+    assert docs[0] == docs[1] and docs[0] != docs[2]
+    assert docs[0]["provenance"]["inputs"] and "q_model" in docs[0]

@@ -581,3 +581,37 @@ def test_a_run_records_the_sha256_of_the_files_it_read(tmp_path, command):
     assert got == {role: [{"path": str(d / name), "bytes": (d / name).stat().st_size,
                            "sha256": hashlib.sha256((d / name).read_bytes()).hexdigest()}]
                    for role, name in (("data", "panel.parquet"), ("manifest", "manifest.toml"))}
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.EquicareWarning")
+def test_the_run_builds_one_logged_support_check_for_evaluate_and_audit(tmp_path, monkeypatch):
+    from equicare.ope._support import LoggedSupport
+
+    built: list[int] = []
+    init = LoggedSupport.__init__
+
+    def counting(self, *args, **kwargs):
+        built.append(1)
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(LoggedSupport, "__init__", counting)
+    outputs = []
+    for shared in (True, False):
+        if not shared:  # what the stages did before: each its own check
+            monkeypatch.setattr("equicare.ope._evaluate.logged_support_check",
+                                lambda *args, **kwargs: None)
+        built.clear()
+        (tmp_path / str(shared)).mkdir()
+        cfg = tiny_config(tmp_path / str(shared))
+        # by sex: no group is suppressed, so the audit checks the evaluated episodes themselves
+        res = runner.invoke(app, ["run", str(cfg), "--no-progress", "--json",
+                                  "--set", 'audit.group="sex"'])
+        assert res.exit_code == 0, res.output
+        assert len(built) == (1 if shared else 2)
+        store = RunStore(tmp_path / str(shared) / "runs")
+        d = store.run_dir(store.list_runs()["run_id"].iloc[0])
+        result = json.loads((d / "result.json").read_text())
+        audit = json.loads((d / "audit.json").read_text())
+        outputs.append((result["estimates"], result["support"], result["behavior_model"],
+                        audit["policies"]))
+    assert outputs[0] == outputs[1]  # sharing the check changes no number

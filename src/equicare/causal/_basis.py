@@ -195,6 +195,61 @@ def state_features(states: NDArray[np.float64], next_states: NDArray[np.float64]
     raise InvalidParameterError(f"Unknown basis kind {kind!r}.")
 
 
+def basis_width(numeric: NDArray[np.float64], next_numeric: NDArray[np.float64],
+                codes: NDArray[np.int64], next_codes: NDArray[np.int64],
+                n_levels: tuple[int, ...], kind: BasisKind, *, n_knots: int = 5,
+                n_features: int = 64) -> tuple[int, str]:
+    """Columns of :func:`state_features` on one-hot coded states, from their codes.
+
+    The states are the numeric columns followed by one indicator column per level of each
+    categorical column (``equicare.causal._data.feature_rows``); this gives the width of their
+    basis without forming them (``n x sum(n_levels)`` floats, gigabytes for a state with
+    thousands of levels), so that a basis too wide for the data is refused first.
+
+    Parameters
+    ----------
+    numeric, next_numeric : ndarray of shape (n, d)
+        Numeric states and next states.
+    codes, next_codes : ndarray of shape (n, c)
+        Level codes of the categorical states and next states.
+    n_levels : tuple of int
+        Levels of each categorical column (its indicator columns).
+    kind : {"auto", "onehot", "spline", "rff", "poly", "constant"}
+    n_knots, n_features : int
+        As in :func:`state_features`.
+
+    Returns
+    -------
+    width : int
+    kind : str
+        The kind used (``auto`` resolved).
+    """
+    n = numeric.shape[0]
+    d = numeric.shape[1] + sum(n_levels)
+    if kind in ("auto", "onehot") and d:
+        both = np.vstack([np.hstack([numeric, codes]), np.hstack([next_numeric, next_codes])])
+        n_unique = _n_distinct_rows(both[:n], both[n:], MAX_ONEHOT_STATES if kind == "auto"
+                                    else 2 * n)
+        kind = "onehot" if n_unique <= MAX_ONEHOT_STATES or kind == "onehot" else "spline"
+        if kind == "onehot":
+            return n_unique, kind
+    if kind == "constant" or d == 0:
+        return 1, "constant"
+    if kind == "poly":
+        return 1 + d + d * (d + 1) // 2, kind
+    if kind == "rff":
+        return n_features + 1, kind
+    if kind != "spline":
+        raise InvalidParameterError(f"Unknown basis kind {kind!r}.")
+    width = 1
+    for j in range(numeric.shape[1]):  # each column's own blocks (the intercept counted once)
+        width += _additive(numeric[:, j:j + 1], next_numeric[:, j:j + 1], n_knots)[0].shape[1] - 1
+    for j, k in enumerate(n_levels):  # an indicator is a column unless it is constant
+        count = np.bincount(np.concatenate([codes[:, j], next_codes[:, j]]), minlength=k)
+        width += int(np.count_nonzero((count > 0) & (count < 2 * n)))
+    return width, kind
+
+
 def action_tensor(a: NDArray[np.int64], h: NDArray[np.float64], n_actions: int
                   ) -> NDArray[np.float64]:
     """Features ``e_a (x) h``: place ``h`` (n, q) in the block of action ``a``, shape (n, A*q)."""

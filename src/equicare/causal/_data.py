@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -207,7 +207,8 @@ class MediationData:
                    episode_index=ep, n_actions=n_act, behavior_prob=bp, mediator_names=names)
 
 
-def from_dataset(ds: Any) -> MediationData:
+def from_dataset(ds: Any, check: Callable[[Any, NDArray[np.int64], NDArray[np.int64]], None]
+                 | None = None) -> MediationData:
     """Transitions of a :class:`equicare.data.TrajectoryDataset` (thin adapter).
 
     Every row that has a next row in its episode (``ds.next_index >= 0``) is a transition
@@ -220,6 +221,10 @@ def from_dataset(ds: Any) -> MediationData:
         Reads ``states`` / ``features()``, ``actions``, ``rewards``, ``mediators``,
         ``mediator_names``, ``episode_index``, ``next_index``, ``n_actions`` and, when present,
         ``behavior_prob``.
+    check : callable, optional
+        ``check(ds, rows, next_rows)``, called before the transitions' states are built (e.g.
+        :meth:`~equicare.causal.DynamicMediation.check_transitions`), with the rows of their
+        states and next states.
 
     Returns
     -------
@@ -241,6 +246,8 @@ def from_dataset(ds: Any) -> MediationData:
             n=with_transition, total=int(np.unique(ep_index).size)))
     _check_end_rewards(ds, rows)
     _check_dense_memory(ds, rows.size)
+    if check is not None:
+        check(ds, rows, next_rows)
     bp = getattr(ds, "behavior_prob", None)
     md = MediationData.from_arrays(
         feature_rows(ds, rows), np.asarray(ds.actions)[rows], np.asarray(ds.mediators)[rows],
@@ -342,16 +349,18 @@ def require_mediators(ds: Any) -> None:
                               else NO_MEDIATOR_FILE_MESSAGE.format(manifest=source))
 
 
-def as_mediation_data(data: Any) -> MediationData:
+def as_mediation_data(data: Any, check: Callable[[Any, NDArray[np.int64], NDArray[np.int64]],
+                                                 None] | None = None) -> MediationData:
     """Accept :class:`MediationData`, a TrajectoryDataset, a simulator sample or a mapping.
 
     A mapping or object needs ``states, actions, mediators, rewards, next_states`` and
-    ``episode_index`` (optionally ``behavior_prob``, ``n_actions``).
+    ``episode_index`` (optionally ``behavior_prob``, ``n_actions``). ``check``: see
+    :func:`from_dataset` (a TrajectoryDataset only).
     """
     if isinstance(data, MediationData):
         return data
     if hasattr(data, "next_index") and hasattr(data, "episode_offsets"):
-        return from_dataset(data)
+        return from_dataset(data, check)
     get = (data.get if isinstance(data, Mapping)
            else (lambda k, default=None: getattr(data, k, default)))
     keys = ("states", "actions", "mediators", "rewards", "next_states", "episode_index")

@@ -35,7 +35,11 @@ from equicare.cli._utils import (
     stream_executor,
     user_errors,
     version_callback,
+    write_sidecar,
 )
+
+#: The provenance of `synth --sim care|heparin` (garnet's is in its truth.json).
+SYNTH_PROVENANCE = "provenance.json"
 
 app = typer.Typer(
     name="equicare",
@@ -113,6 +117,9 @@ def synth(
 ) -> None:
     """Generate a synthetic panel with known dynamics (panel.parquet + manifest.toml).
 
+    How it was made is written beside them: in truth.json (garnet) or provenance.json (care,
+    heparin), with the panel's and the manifest's SHA-256 (docs/contracts.md).
+
     Example: equicare synth --members 1000 --weeks 52 --seed 42 --out data/
 
     Example: equicare synth --sim garnet --states 700 --actions 25 --episodes 5000 --seed 1
@@ -138,8 +145,16 @@ def synth(
                        f"--sim {kind}")
     panel_path = out / ("panel" if part_members is not None else "panel.parquet")
     check_out_folder(out)
-    check_out_paths([panel_path, out / "manifest.toml"], force)
+    # garnet's provenance is in its truth.json; care and heparin have no result file for it
+    sidecar = None if kind == "garnet" else out / SYNTH_PROVENANCE
+    check_out_paths([panel_path, out / "manifest.toml", sidecar], force)
     extra: dict[str, object] = {}
+
+    def record(panel: str | Path, manifest: str | Path) -> None:
+        if sidecar is not None:
+            write_sidecar(sidecar, {"data": Path(panel), "manifest": Path(manifest)},
+                          provenance({"sim_config": sim_config}))
+
     with user_errors():
         if kind == "care" and part_members is not None:
             from equicare.sim._care_cli import care_sim
@@ -149,6 +164,7 @@ def synth(
                 care_sim(history_dependence=history_dependence, churn=churn, config=sim_config),
                 out, n_members=members, n_weeks=52 if weeks is None else weeks,
                 members_per_part=part_members, seed=seed, overwrite=force)
+            record(res["panel"], res["manifest"])
             info = {"out": str(out), "panel": res["panel"], "n_rows": res["n_rows"],
                     "n_parts": res["n_parts"], "n_members": members}
             if json_out:
@@ -172,6 +188,7 @@ def synth(
                              seed=seed, history_dependence=history_dependence, churn=churn,
                              config=sim_config, overwrite=force)
             panel, manifest = res["panel"], res["manifest"]
+            record(panel, manifest)
         else:  # heparin
             from equicare.cli._dosing import synth_heparin
 
@@ -179,6 +196,7 @@ def synth(
             res = synth_heparin(out / "panel.parquet", n_patients=members, seed=seed,
                                 manifest=out / "manifest.toml", force=force)
             panel, manifest = res["data"], res["manifest"]
+            record(panel, manifest)
             extra["behavior_truth"] = res["behavior"]
         written = load_dataset(panel, manifest, emit_warnings=False)
         summary, small = written.summary(), _small_levels(written)

@@ -136,14 +136,17 @@ def mediate_dataset(ds: Any, target: Any, control: Any = 0, *,
     model_ds = ds
     if action is not None:
         model_ds, mask = binarize_actions(ds, action)
-    md = from_dataset(model_ds)
-
-    def as_policy(p: Any) -> Any:
-        return (policy_from_file(p, ds, md, mask) if isinstance(p, str | os.PathLike) else p)
-
     cfg = DynamicMediation(estimators=estimators, n_bootstrap=n_bootstrap, n_folds=n_folds,
                            basis=basis)
     try:
+        # the basis's size is checked before the transitions' dense states are built
+        md = from_dataset(model_ds, check=lambda d, rows, next_rows: cfg.check_transitions(
+            d, rows, next_rows, random_state))
+
+        def as_policy(p: Any) -> Any:
+            return (policy_from_file(p, ds, md, mask) if isinstance(p, str | os.PathLike)
+                    else p)
+
         return cfg.estimate(md, as_policy(target), as_policy(control),
                             random_state=random_state)
     except FewTransitionsError as err:

@@ -570,14 +570,22 @@ def register(app: "typer.Typer") -> None:
         """Write a trained policy's action probabilities for every row of a panel.
 
         The file is a policy file (docs/contracts.md): keyed by the episode and time columns,
-        one probability per action.
+        one probability per action. Its provenance (command, settings, inputs' SHA-256) is
+        written beside it, in OUT.provenance.json.
 
         Example: equicare predict models/awr data/panel.parquet --manifest data/manifest.toml
         --out awr_probs.parquet
         """
+        from equicare.cli._utils import check_out_path, provenance, sidecar_path, write_sidecar
+
+        sidecar = sidecar_path(out)
+        check_out_path(sidecar, force, file=True)
         with user_errors():
             res = predict_policy(model_dir, data, manifest, out=out, form=form.value, force=force,
                                  chunk_rows=chunk_rows)
+            write_sidecar(sidecar, {"policy_file": out}, provenance(
+                {"policy": model_dir, "data": data, "manifest": manifest}))
+        res["provenance"] = str(sidecar)
         if json_out:
             print_json(res)
             return

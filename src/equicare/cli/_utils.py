@@ -279,6 +279,29 @@ def write_result_json(out: Path, doc: dict[str, Any], prov: dict[str, Any] | Non
     atomic_write_text(out, json.dumps(json_safe(payload), indent=2, allow_nan=False) + "\n")
 
 
+#: Suffix of the provenance sidecar of an output that cannot hold the block (a policy file).
+SIDECAR_SUFFIX = ".provenance.json"
+
+
+def sidecar_path(out: Path) -> Path:
+    """Where :func:`write_sidecar` puts the provenance of ``out``: ``<out>.provenance.json``."""
+    return out.with_name(out.name + SIDECAR_SUFFIX)
+
+
+def write_sidecar(path: Path, outputs: dict[str, Path], prov: dict[str, Any]) -> None:
+    """Write the ``provenance`` of outputs whose format has no place for it (docs/contracts.md).
+
+    A policy file or a simulated panel is an input that later commands fingerprint, so its
+    bytes stay the same for the same settings; this JSON beside it holds the block and the
+    SHA-256 of each output it describes: ``{"outputs": [{"role", "path", "sha256", "bytes"}],
+    "provenance": {...}}``.
+    """
+    from equicare._provenance import file_fingerprint
+
+    doc = {"outputs": [{"role": role, **file_fingerprint(p)} for role, p in outputs.items()]}
+    write_result_json(path, doc, prov)
+
+
 def not_applicable(given: dict[str, bool], what: str) -> None:
     """Exit 2 naming the first option that was given but does not apply to ``what``."""
     bad = [name for name, was_given in given.items() if was_given]

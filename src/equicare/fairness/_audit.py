@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -45,6 +45,9 @@ from equicare.utils import (
     check_dataset,
     check_param,
 )
+
+if TYPE_CHECKING:
+    from equicare.ope._support import LoggedSupport
 
 __all__ = ["FairnessAudit", "AuditResult", "PolicyAudit", "audit", "BEHAVIOR"]
 
@@ -393,7 +396,8 @@ class FairnessAudit:
     def run(self, dataset: TrajectoryDataset,
             policies: Mapping[str, Policy | NDArray[np.float64]] | None = None, *,
             weights: NDArray[np.float64] | None = None,
-            random_state: RandomState = None) -> AuditResult:
+            random_state: RandomState = None,
+            support_check: LoggedSupport | None = None) -> AuditResult:
         """Audit the logged behaviour and each policy on ``dataset``.
 
         Parameters
@@ -410,6 +414,11 @@ class FairnessAudit:
             Q-model, ``auto``'s folds) are fitted with the seed ``evaluate`` gives them for it
             (:func:`~equicare.ope._evaluate.nuisance_seed`), as the streamed audit does: the
             same models as ``evaluate(..., random_state=seed)`` and ``audit --chunk-rows``.
+        support_check : LoggedSupport, optional
+            The logged-propensity support check of ``evaluate`` on this dataset object with the
+            same int ``random_state`` (:func:`~equicare.ope._evaluate.logged_support_check`):
+            used instead of fitting the same one again; any other check is ignored (it never
+            changes a number).
 
         Returns
         -------
@@ -469,7 +478,7 @@ class FairnessAudit:
 
                 # evaluate's preparation seed (prepare fits with nuisance_seed of the seed)
                 seeds[:] = evaluate_seeds(int(random_state))[0]
-            support = _Support(dataset, gi, self.estimator or "")
+            support = _Support(dataset, gi, self.estimator or "", support_check)
             for seed, name in zip(seeds, pols, strict=True):
                 outcomes[name], diags[name], q_models[name] = self._policy_outcome(
                     dataset, name, pols[name], p_logged[name], gi, w, int(seed), support)
@@ -549,22 +558,28 @@ class _Support:
     Suppressed episodes are left out (as from every number of the audit).
     """
 
-    def __init__(self, dataset: TrajectoryDataset, gi: GroupIndex, estimator: str) -> None:
+    def __init__(self, dataset: TrajectoryDataset, gi: GroupIndex, estimator: str,
+                 given: LoggedSupport | None = None) -> None:
         self.rows = kept_rows(gi, dataset.episode_offsets)
         self.all = bool(gi.kept.all())
         self.data = dataset if self.all else dataset.subset(np.flatnonzero(gi.kept))
         self.keys = (estimator,)
+        self._given = given
         self._logged: Any = None
 
     def _rows(self, probs: NDArray[np.float64]) -> NDArray[np.float64]:
         return probs if self.all else probs[self.rows]
 
     def _checker(self, seed: int) -> Any:
-        """The audit's one :class:`LoggedSupport`, fitted at the first policy's seed."""
+        """The audit's one :class:`LoggedSupport`, at the first policy's seed (or the given one).
+
+        The given check serves when it is that one (:meth:`LoggedSupport.reuse`): with no
+        suppressed episode, on the audited dataset itself.
+        """
         from equicare.ope._support import LoggedSupport
 
         if self._logged is None:
-            self._logged = LoggedSupport(self.data, random_state=seed)
+            self._logged = LoggedSupport.reuse(self._given, self.data, random_state=seed)
         return self._logged
 
     def logged(self, target_probs: NDArray[np.float64], seed: int) -> Any:
@@ -623,8 +638,11 @@ def refit_shift(prep: Any, key: str, gi: GroupIndex, weights: NDArray[np.float64
 def audit(dataset: TrajectoryDataset,
           policies: Mapping[str, Policy | NDArray[np.float64]] | None = None, *,
           action: str | None = None, group: str | None = None, intersect: Sequence[str] = (),
-          random_state: RandomState = None, **settings: Any) -> AuditResult:
+          random_state: RandomState = None, support_check: LoggedSupport | None = None,
+          **settings: Any) -> AuditResult:
     """Run a :class:`FairnessAudit` in one call (``settings`` are its other fields).
+
+    ``support_check`` is passed to :meth:`FairnessAudit.run`.
 
     Examples
     --------
@@ -635,4 +653,5 @@ def audit(dataset: TrajectoryDataset,
     check_dataset(dataset, "audit")
     weights = settings.pop("weights", None)
     cfg = FairnessAudit(action=action, group=group, intersect=tuple(intersect), **settings)
-    return cfg.run(dataset, policies, weights=weights, random_state=random_state)
+    return cfg.run(dataset, policies, weights=weights, random_state=random_state,
+                   support_check=support_check)

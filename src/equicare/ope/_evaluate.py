@@ -57,6 +57,7 @@ from equicare.ope._prepare import (
 )
 from equicare.ope._select import QSelection
 from equicare.ope._support import (
+    LoggedSupport,
     SupportReport,
     logged_support_diagnostics,
     model_support_diagnostics,
@@ -355,6 +356,33 @@ def evaluate_seeds(random_state: int) -> tuple[int, int, int]:
     rng = check_random_state(random_state)
     a, b, c = (int(s) for s in rng.integers(0, 2**31 - 1, size=3))
     return a, b, c
+
+
+def logged_support_check(dataset: TrajectoryDataset, *, behavior_model: BehaviorSpec = "logistic",
+                         random_state: int = 0) -> LoggedSupport | None:
+    """The support check :func:`evaluate` builds on a panel with logged propensities.
+
+    Build it once and pass it as ``support_check`` to :func:`evaluate` and
+    :func:`~equicare.fairness.audit` of the same ``dataset`` with the same int ``random_state``
+    (and ``behavior_model``): each would otherwise fit its own, with the same numbers. None
+    without logged propensities (nothing to share: the behaviour model checks support).
+
+    Parameters
+    ----------
+    dataset : TrajectoryDataset
+    behavior_model : {"logistic", "lgbm"}, classifier or BehaviorModel
+        As given to :func:`evaluate`.
+    random_state : int
+        As given to :func:`evaluate`.
+
+    Returns
+    -------
+    LoggedSupport or None
+    """
+    if dataset.behavior_prob is None:
+        return None
+    return LoggedSupport(dataset, behavior_model=behavior_model,
+                         random_state=evaluate_seeds(random_state)[0])
 
 
 def level_seeds(random_state: int, n_cells: int) -> list[int]:
@@ -746,6 +774,7 @@ def evaluate(
     random_state: RandomState = 0,
     n_boot: int | None = None,
     progress: bool = False,
+    support_check: LoggedSupport | None = None,
 ) -> EvaluationResult:
     """Evaluate a target policy on logged data with every estimator.
 
@@ -804,6 +833,11 @@ def evaluate(
         Alias of ``bootstrap`` (takes precedence when given).
     progress : bool
         Print one line per stage (behaviour model, Q-model, bootstrap, groups) on stderr.
+    support_check : LoggedSupport, optional
+        The logged-propensity support check to use (:func:`logged_support_check`, shared with
+        :func:`~equicare.fairness.audit` of the same panel): used when it is the one this call
+        would build on ``dataset`` (same object, seed and fast model), else ignored, so it never
+        changes a number.
 
     Returns
     -------
@@ -828,7 +862,8 @@ def evaluate(
             ci_method=ci_method, alpha=alpha, truncate=truncate, normalization=normalization,
             groups=groups, support_threshold=support_threshold,
             diagnose_support=diagnose_support, refit=refit, executor=executor,
-            random_state=random_state, n_boot=n_boot, progress=progress)
+            random_state=random_state, n_boot=n_boot, progress=progress,
+            support_check=support_check)
 
 
 def _spec_name(behavior_model: Any) -> str:
@@ -872,6 +907,7 @@ def _evaluate(
     random_state: RandomState,
     n_boot: int | None,
     progress: bool,
+    support_check: LoggedSupport | None,
 ) -> EvaluationResult:
     keys = parse_estimators(estimators)
     if n_boot is not None:
@@ -911,7 +947,8 @@ def _evaluate(
     elif diagnose_support:  # propensities known: empirical cell support + a fast numeric model
         support, bm_summary = logged_support_diagnostics(
             dataset, prep.target_probs, behavior_model=behavior_model,
-            threshold=support_threshold, estimators=keys, random_state=seed_prep)
+            threshold=support_threshold, estimators=keys, random_state=seed_prep,
+            checker=support_check)
     kw: dict[str, Any] = {"truncate": truncate, "normalization": normalization,
                           "n_boot": bootstrap, "ci_method": ci_method, "alpha": alpha}
     ests, beh, ess = estimates_from_prepared(prep, keys, random_state=seed_boot, **kw)

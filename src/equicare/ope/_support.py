@@ -330,6 +330,16 @@ class LoggedSupport:
     summary : dict
         How the check is made (for the result JSON's ``behavior_model``).
     uses_categorical : bool
+    random_state : int
+        The seed it was built with.
+    spec : str
+        The fast model's estimator.
+
+    Notes
+    -----
+    Building it costs a behaviour-model fit and, at the first check, a pass of that model over
+    every row; a workflow that checks the same panel several times (``equicare run``'s
+    evaluation and audit) builds it once and passes it on (:meth:`reuse`).
     """
 
     def __init__(self, dataset: TrajectoryDataset, *, behavior_model: Any = "logistic",
@@ -339,6 +349,8 @@ class LoggedSupport:
         from equicare.policy._behavior import BehaviorModel
 
         self.dataset = dataset
+        self.random_state = int(random_state)
+        self.spec = fast_spec(behavior_model)
         has_cat = dataset.categorical is not None and dataset.categorical.shape[1] > 0
         self.uses_categorical = has_cat
         self._cells = CellObserved(dataset) if has_cat else None
@@ -363,13 +375,34 @@ class LoggedSupport:
             order = rng.permutation(view.n_episodes)
             keep = order[: max(1, int(np.searchsorted(np.cumsum(view.episode_lengths[order]),
                                                       FAST_SUPPORT_ROWS)))]
-            spec = behavior_model if isinstance(behavior_model, str) else "logistic"
+            spec = self.spec
             self._model = BehaviorModel(estimator=spec, n_folds=1, max_iter=100,
                                         random_state=random_state, calibration=False)
             self._model.fit(view.subset(np.sort(keep)))
             self.summary["support_check"] += (
                 ", plus a fast numeric behaviour model (" + spec +
                 f", {int(view.episode_lengths[keep].sum())} rows, not cross-fitted)")
+
+    @classmethod
+    def reuse(cls, given: LoggedSupport | None, dataset: TrajectoryDataset, *,
+              behavior_model: Any = "logistic", random_state: int = 0) -> LoggedSupport:
+        """``given`` when it is the check this call would build, else a new one.
+
+        ``given`` is reused when it was built on this very dataset object with the same fast
+        model and seed, so that passing a check on never changes a number.
+
+        Parameters
+        ----------
+        given : LoggedSupport or None
+        dataset : TrajectoryDataset
+        behavior_model : str or estimator
+        random_state : int
+        """
+        if (given is not None and given.dataset is dataset
+                and given.spec == fast_spec(behavior_model)
+                and given.random_state == int(random_state)):
+            return given
+        return cls(dataset, behavior_model=behavior_model, random_state=random_state)
 
     def mass(self, target_probs: NDArray[np.float64], threshold: float = SUPPORT_THRESHOLD
              ) -> NDArray[np.float64]:
@@ -452,6 +485,11 @@ class LoggedSupport:
         return _report(self.dataset, mass, threshold, self.uses_categorical, estimators, warn)
 
 
+def fast_spec(behavior_model: Any) -> str:
+    """The estimator of :class:`LoggedSupport`'s fast model: a name as given, else logistic."""
+    return behavior_model if isinstance(behavior_model, str) else "logistic"
+
+
 def logged_support_diagnostics(
     dataset: TrajectoryDataset,
     target_probs: NDArray[np.float64],
@@ -461,10 +499,12 @@ def logged_support_diagnostics(
     estimators: tuple[str, ...] = ("is", "wis", "pdis", "wpdis", "fqe", "dr", "wdr"),
     warn: bool = True,
     random_state: int = 0,
+    checker: LoggedSupport | None = None,
 ) -> tuple[SupportReport, dict[str, Any]]:
     """Support check for data with logged propensities, without a cross-fitted behaviour model.
 
-    :class:`LoggedSupport` fitted on ``dataset`` and applied to one target policy.
+    :class:`LoggedSupport` fitted on ``dataset`` (or ``checker``, when it is that check:
+    :meth:`LoggedSupport.reuse`) and applied to one target policy.
 
     Returns
     -------
@@ -473,7 +513,8 @@ def logged_support_diagnostics(
         How the check was made (for the result JSON's ``behavior_model``).
     """
     check_param(threshold, "threshold", "support_diagnostics", kind=float, low=0.0, high=1.0)
-    checker = LoggedSupport(dataset, behavior_model=behavior_model, random_state=random_state)
+    checker = LoggedSupport.reuse(checker, dataset, behavior_model=behavior_model,
+                                  random_state=random_state)
     rep = checker.report(target_probs, threshold=threshold, estimators=estimators, warn=warn)
     return rep, checker.summary
 

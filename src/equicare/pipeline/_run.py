@@ -360,21 +360,26 @@ def _stage_evaluate(
     cfg: RunConfig, state: dict[str, Any], out: Path, metrics: list[Metric], seed: int
 ) -> None:
     from equicare.ope import evaluate
+    from equicare.ope._evaluate import logged_support_check
 
     test = state["test"]
     o = cfg["ope"]
     probs = state["learner"].action_probs(test)
     state["learned_probs_test"] = probs
+    spec = behavior_spec(cfg, seed)
+    # the logged-propensity support check, built once for the evaluation and the audit
+    state["support_check"] = logged_support_check(test, behavior_model=spec, random_state=seed)
     res = evaluate(
         test,
         probs,
         estimators=o["estimators"],
         q_model=o["q_model"],
-        behavior_model=behavior_spec(cfg, seed),
+        behavior_model=spec,
         bootstrap=o["bootstrap"],
         ci_method=o["ci"],
         truncate=o["truncate"] or None,
         random_state=seed,
+        support_check=state["support_check"],
     )
     state["evaluation"] = res
     _write_json(out / "result.json", res.to_dict())
@@ -443,6 +448,7 @@ def _stage_audit(
         random_state=seed,
         n_permutations=a["permutations"],
         n_boot=cfg["ope"]["bootstrap"],
+        support_check=state.get("support_check"),
     )
     state["audit"] = res
     _write_json(out / "audit.json", res.to_dict())
