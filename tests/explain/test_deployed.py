@@ -1,8 +1,8 @@
-"""Exception rules valued as deployed by ``evaluate`` (issue #18).
+"""Exception rules valued as deployed by ``evaluate`` and ``audit`` (issue #18).
 
 The card values the rules as deployed (the clinicians decide where no rule applies); the model
-folder it writes is a policy that ``evaluate`` takes. It must give the card's numbers by
-default, say so, and keep the stored estimate of practice as an option.
+folder it writes is a policy that ``evaluate`` and ``audit`` take. They must give the card's
+numbers by default, say so, and keep the stored estimate of practice as an option.
 Truth: the Garnet test bed, where "the rules where they apply, the true behaviour policy
 elsewhere" is a linear solve on the MDP (``s700_a25_g1``, 2,000 episodes: the card's depth-3
 rules are worth exactly 0.801 as deployed, 0.711 as stored, practice 0.800).
@@ -169,6 +169,60 @@ def test_streamed_evaluation_equals_in_memory_as_deployed(rules_and_test, logged
     sto = evaluate(data, tree, estimators=("wis",), bootstrap=0, groups=[], random_state=3,
                    usual_care="stored")
     assert dep.estimates["wis"].se < sto.estimates["wis"].se / 2
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.EquicareWarning")
+def test_audit_counts_what_the_clinicians_did_where_the_rules_defer(garnet_bed, rules_and_test,
+                                                                     tmp_path):
+    """As deployed, the audited allocation on rows left to practice is the logged action
+    (what the clinicians did) and the group values are evaluate's deployed ones; stored, the
+    allocation is the stored estimate's probability. In memory and streamed alike."""
+    from equicare.fairness import FairnessAudit, audit, audit_stream
+
+    tree, test = rules_and_test
+    action = "action=3"
+    mask = np.zeros(test.n_actions, dtype=bool)
+    mask[3] = True
+    d = tree.deferred_rows(test)
+    probs = tree.action_probs(test)
+    stored_rows = probs[:, mask].sum(axis=1)
+    deployed_rows = np.where(d, mask[test.actions], stored_rows)
+    res = {how: audit(test, {"rules": tree}, action=action, n_boot=0, n_permutations=0,
+                      estimator="wis", usual_care=how, random_state=0)
+           for how in ("deployed", "stored")}
+    for how, rows in (("deployed", deployed_rows), ("stored", stored_rows)):
+        a = res[how]["rules"].allocation
+        assert float(a.overall) == pytest.approx(rows.mean(), rel=1e-9), how
+        j = res[how].to_dict()
+        assert j["usual_care"] == how
+        assert j["deferred_share"] == {"rules": pytest.approx(d.mean())}
+    assert abs(deployed_rows.mean() - stored_rows.mean()) > 1e-3
+    # the value by group: evaluate's deployed WIS within each group
+    ev = evaluate(test, tree, estimators=("wis",), bootstrap=0, random_state=0)
+    vbg = res["deployed"].to_dict()["policies"]["rules"]["value_by_group"]
+    attr = test.group_attrs[0]
+    for g, e in vbg.items():
+        if not e.get("suppressed"):
+            assert e["value"] == pytest.approx(ev.groups[attr][g].estimates["wis"].value,
+                                               rel=1e-9)
+    # streamed (--chunk-rows): the same allocation rate and group values
+    d_bed = garnet_bed[0]
+    path = tmp_path / "test.parquet"
+    frame = pd.read_parquet(d_bed / "panel.parquet")
+    frame[frame["episode"].isin(test.episode_ids)].to_parquet(path)
+    for how in ("deployed", "stored"):
+        cfg = FairnessAudit(action=action, n_boot=0, n_permutations=0, estimator="wis",
+                            usual_care=how)
+        sres = audit_stream(path, {"rules": tree}, manifest=d_bed / "manifest.toml",
+                            config=cfg, chunk_rows=4000, random_state=0)
+        assert float(sres["rules"].allocation.overall) == pytest.approx(
+            float(res[how]["rules"].allocation.overall), rel=1e-9), how
+        sj, mj = sres.to_dict(), res[how].to_dict()
+        assert sj["usual_care"] == how and sj["deferred_share"] == mj["deferred_share"]
+        for g, e in mj["policies"]["rules"]["value_by_group"].items():
+            if not e.get("suppressed"):
+                got = sj["policies"]["rules"]["value_by_group"][g]["value"]
+                assert got == pytest.approx(e["value"], rel=1e-9), (how, g)
 
 
 @pytest.mark.filterwarnings("ignore::equicare.exceptions.EquicareWarning")

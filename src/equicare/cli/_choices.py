@@ -98,7 +98,7 @@ class EvalCI(_Choice):
 
 
 class UsualCare(_Choice):
-    """How ``evaluate`` values rows a policy leaves to current practice."""
+    """How ``evaluate`` and ``audit`` value rows a policy leaves to current practice."""
 
     DEPLOYED = "deployed"
     STORED = "stored"

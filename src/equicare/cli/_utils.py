@@ -391,7 +391,7 @@ Progress = Annotated[bool, typer.Option(
 
 #: The ``--threads`` option every command declares (:class:`EquicareGroup` applies it).
 Threads = Annotated[str, typer.Option("--threads", metavar="auto|N", help=THREADS_HELP)]
-#: ``--usual-care`` of ``evaluate`` (the policy's rows left to current practice).
+#: ``--usual-care`` of ``evaluate`` and ``audit`` (the policy's rows left to current practice).
 UsualCareOpt = Annotated[UsualCare, typer.Option(
     "--usual-care",
     help="Rows the policy leaves to current practice (exception rules' 'otherwise, as current "
@@ -655,7 +655,7 @@ def version_callback(value: bool) -> None:
 def usual_care_line(settings: dict[str, Any]) -> str | None:
     """The line saying how rows a policy leaves to current practice were valued (or None).
 
-    ``settings["deferred_share"]``: one share, or one per policy (``{name: share}``).
+    ``settings["deferred_share"]``: one share (``evaluate``) or one per policy (``audit``).
     """
     share = settings.get("deferred_share")
     if settings.get("usual_care") is None or share is None or share == {}:

@@ -13,7 +13,7 @@ the card's depth-3 rules are worth exactly 0.801 as deployed, 0.711 as stored, p
 
 A policy that defers whole rows says so with ``deferred_rows(dataset)`` (bool per row, or None).
 :func:`as_deployed` wraps it in a :class:`DeployedPolicy` for ``usual_care="deployed"`` (the
-default of ``evaluate``); ``"stored"`` values the stored estimate.
+default of ``evaluate``, ``audit`` and ``frontier``); ``"stored"`` values the stored estimate.
 
 Cell policies (:class:`~equicare.policy.CellPolicy`) defer *part* of a row's mass (the actions
 never logged in the cell) and handle it themselves in ``action_probs`` (module docstring of
@@ -92,9 +92,9 @@ class DeployedPolicy:
 
     ``action_probs`` gives the wrapped policy's probabilities where it decides and the logged
     action with probability 1 where it leaves the row to the clinicians
-    (:func:`deferred_target`); the OPE engine gives those rows behaviour probability 1
-    (:meth:`deployed_rows`). Any subset of whole episodes of a panel may be asked (a chunk, a
-    block of rows).
+    (:func:`deferred_target`); the OPE engine and the audit give those rows behaviour
+    probability 1 (:meth:`deployed_rows`). Any subset of whole episodes of a panel may be
+    asked (a chunk, a block of rows).
 
     Parameters
     ----------
@@ -217,7 +217,7 @@ def usual_care_settings(usual_care: str, share: Any) -> dict[str, Any]:
     """Result entries: how rows left to practice were valued, and their share.
 
     ``share`` is a float (one policy: ``evaluate``) or a dict of policy name to float
-    (several policies: those that can defer). ``{"usual_care": None, "deferred_share": None}``
+    (``audit``: the policies that can defer). ``{"usual_care": None, "deferred_share": None}``
     when no policy can defer a row.
     """
     return {"usual_care": None if share is None else usual_care, "deferred_share": share}

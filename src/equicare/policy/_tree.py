@@ -33,7 +33,7 @@ tree reads "where to deviate from current practice; otherwise as current practic
 folder the ``tree`` entry then has ``"usual_care": {"kind": "cells" | "tree", ...}``, the mask is
 the tensor ``tree.usual`` and the behaviour model's tensors are prefixed ``usual.``.
 :meth:`TreePolicy.deferred_rows` says which rows reach those leaves: deployed, the clinicians
-decide there, and the OPE engine values the tree so by default
+decide there, and the OPE engine and the audit value the tree so by default
 (:mod:`equicare.policy._deployed`); ``action_probs`` and ``predict`` give the stored estimate.
 """
 
@@ -468,7 +468,7 @@ class TreePolicy:
 
         None when no leaf follows current practice. ``action_probs`` and ``predict`` give those
         rows the stored estimate of practice (``usual_policy``); deployed, the clinicians decide
-        there, which is how ``evaluate`` values the tree by default
+        there, which is how ``evaluate``, ``audit`` and ``frontier`` value the tree by default
         (:mod:`equicare.policy._deployed`).
         """
         if self.usual is None or not self.has_usual:
