@@ -1,8 +1,8 @@
-"""Exception rules valued as deployed by ``evaluate`` and ``audit`` (issue #18).
+"""Exception rules valued as deployed by ``evaluate``, ``audit`` and ``predict`` (issue #18).
 
 The card values the rules as deployed (the clinicians decide where no rule applies); the model
-folder it writes is a policy that ``evaluate`` and ``audit`` take. They must give the card's
-numbers by default, say so, and keep the stored estimate of practice as an option.
+folder it writes is a policy that ``evaluate``, ``audit`` and ``predict`` take. They must give
+the card's numbers by default, say so, and keep the stored estimate of practice as an option.
 Truth: the Garnet test bed, where "the rules where they apply, the true behaviour policy
 elsewhere" is a linear solve on the MDP (``s700_a25_g1``, 2,000 episodes: the card's depth-3
 rules are worth exactly 0.801 as deployed, 0.711 as stored, practice 0.800).
@@ -223,6 +223,34 @@ def test_audit_counts_what_the_clinicians_did_where_the_rules_defer(garnet_bed, 
             if not e.get("suppressed"):
                 got = sj["policies"]["rules"]["value_by_group"][g]["value"]
                 assert got == pytest.approx(e["value"], rel=1e-9), (how, g)
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.EquicareWarning")
+def test_predict_marks_the_rows_that_follow_practice(garnet_bed, rules_and_test, tmp_path):
+    """``predict`` on exception rules adds ``follows_practice`` (1 where no rule applies; the
+    probabilities there are the stored estimate's), in memory and chunk by chunk; the file
+    stays a policy file that evaluate reads. A policy that never defers gets no column."""
+    d, ds, _ = garnet_bed
+    tree, _ = rules_and_test
+    tree.save(tmp_path / "rules")
+    for extra in ([], ["--chunk-rows", "4000"]):
+        out = tmp_path / f"rules{len(extra)}.parquet"
+        res = runner.invoke(app, ["predict", str(tmp_path / "rules"), str(d / "panel.parquet"),
+                                  "--manifest", str(d / "manifest.toml"), "--out", str(out),
+                                  *extra])
+        assert res.exit_code == 0, res.output
+        f = pd.read_parquet(out).sort_values(["episode", "t"])
+        assert (f["follows_practice"].to_numpy() == tree.deferred_rows(ds)).all()
+        assert "follows_practice: " in " ".join(res.output.split())
+        np.testing.assert_allclose(f[[f"p_{i}" for i in range(ds.n_actions)]].to_numpy(),
+                                   tree.action_probs(ds), atol=1e-12)
+        probs = load_policy(out).action_probs(ds)
+        np.testing.assert_allclose(probs, tree.action_probs(ds), atol=1e-12)
+    out = tmp_path / "spibb.parquet"
+    res = runner.invoke(app, ["predict", str(d / "spibb"), str(d / "panel.parquet"),
+                              "--manifest", str(d / "manifest.toml"), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "follows_practice" not in pd.read_parquet(out).columns
 
 
 @pytest.mark.filterwarnings("ignore::equicare.exceptions.EquicareWarning")
