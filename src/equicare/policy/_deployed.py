@@ -155,10 +155,13 @@ def as_deployed(policy: Any, usual_care: str = "deployed") -> Any:
 
 
 def deployed_rows(policy: Any, dataset: Any) -> NDArray[np.bool_] | None:
-    """Rows a policy valued as deployed leaves to the clinicians (None for any other policy)."""
-    if isinstance(policy, DeployedPolicy):
-        return policy.deployed_rows(dataset)
-    return None
+    """Rows a policy valued as deployed leaves to the clinicians (None for any other policy).
+
+    A :class:`DeployedPolicy`'s, or those of any wrapper around one that passes them on with a
+    ``deployed_rows(dataset)`` method (e.g. a subgroup level's streamed target policy).
+    """
+    rows = getattr(policy, "deployed_rows", None)
+    return None if not callable(rows) else rows(dataset)
 
 
 def can_defer(policy: Any) -> bool:
