@@ -63,6 +63,16 @@ def _levels(res):
     return {lv: g for lv, g in res.groups["site"].items() if not g.suppressed}
 
 
+def _same_site_values(ref, got):
+    """Every estimator's value at each of the ten sites, streamed as in memory (1e-9)."""
+    levels = _levels(ref)
+    assert len(levels) == 10
+    for lv, r in levels.items():
+        g = got.groups["site"][lv]
+        for k in KEYS:
+            assert g.estimates[k].value == pytest.approx(r.estimates[k].value, rel=1e-9), (lv, k)
+
+
 @pytest.mark.usefixtures("raw_group_values")
 @pytest.mark.parametrize("target", ["object", "file"])
 def test_each_sites_values_equal_the_in_memory_per_level_refit(sites, target):
@@ -81,12 +91,7 @@ def test_each_sites_values_equal_the_in_memory_per_level_refit(sites, target):
     assert got.q_model["per_level"]["site"]["backed_off"] == pytest.approx(
         ref.q_model["per_level"]["site"]["backed_off"], abs=1e-4)
     assert got.q_model["cell_choice"]["target_reads"] == ["site"]
-    levels = _levels(ref)
-    assert len(levels) == 10
-    for lv, r in levels.items():
-        g = got.groups["site"][lv]
-        for k in KEYS:
-            assert g.estimates[k].value == pytest.approx(r.estimates[k].value, rel=1e-9), (lv, k)
+    _same_site_values(ref, got)
     # the pooled table's per-site FQE, which the streamed levels used to report, is off
     pooled = evaluate_stream(path, SitePolicy(policy.good, policy.good), manifest=man,
                              estimators=Q_KEYS, q_model="tabular_stationary", n_boot=1,
@@ -189,3 +194,29 @@ def test_jackknife_intervals_of_each_sites_own_q_model_equal_in_memory(sites, q_
                           n_boot=0, random_state=3, chunk_rows=1500)
     assert got.n_chunks > 3 and got.q_model is not None and "per_level" in got.q_model
     assert same_as_in_memory(got.to_dict(), ref) >= 12  # 10 sites and the groups' levels
+
+
+class DeferringSitePolicy(SitePolicy):
+    """Soft-optimal at sites 0-4; sites 5-9 left to current practice (``deferred_rows``), with
+    the behaviour's probabilities as the stored estimate: valued as deployed by default."""
+
+    def deferred_rows(self, ds):
+        return ds.categorical[:, 1] >= 5
+
+
+@pytest.mark.usefixtures("raw_group_values")
+def test_each_sites_values_of_a_deferring_policy_equal_in_memory(sites):
+    """A policy that reads ``site`` and leaves half the sites to practice: each site gets its
+    own Q-model, and its deployed rows keep behaviour probability 1 in the streamed level
+    passes as in memory (the level's target wrapped the deployed policy, whose rows the
+    streamed propensities did not see: site5's IS was 4.1e92 against 0.726 in memory)."""
+    path, man, ds, policy, _ = sites
+    pol = DeferringSitePolicy(policy.good, policy.poor)
+    ref = evaluate(ds, pol, estimators=KEYS, q_model="tabular_stationary", bootstrap=0,
+                   groups=["site"], diagnose_support=False)
+    got = evaluate_stream(path, pol, manifest=man, estimators=KEYS, q_model="tabular_stationary",
+                          n_boot=20, random_state=1, chunk_rows=1500, groups=["site"])
+    assert got.q_model is not None and "per_level" in got.q_model
+    assert ref.settings["usual_care"] == got.settings["usual_care"] == "deployed"
+    assert got.settings["deferred_share"] == pytest.approx(ref.settings["deferred_share"])
+    _same_site_values(ref, got)

@@ -7,7 +7,8 @@ from enum import StrEnum
 __all__ = ["Sim", "Algo", "OfflineAlgo", "Encoder", "OmgReward", "Form", "BehaviorModel",
            "QModel", "EvalCI", "AuditCI", "Level", "AuditEstimator", "ValueEstimator", "Weight",
            "ExecutorName", "Labels", "ExplainMode", "Domain", "Curve", "Basis",
-           "Env", "Scenario", "OnlineAlgo", "Mode", "GroupSignal", "Example", "Select"]
+           "Env", "Scenario", "OnlineAlgo", "Mode", "GroupSignal", "Example", "Select",
+           "UsualCare"]
 
 
 class _Choice(StrEnum):
@@ -94,6 +95,13 @@ class EvalCI(_Choice):
     PERCENTILE = "percentile"
     BCA = "bca"
     STUDENTIZED = "studentized"
+
+
+class UsualCare(_Choice):
+    """How ``evaluate`` and ``audit`` value rows a policy leaves to current practice."""
+
+    DEPLOYED = "deployed"
+    STORED = "stored"
 
 
 class AuditCI(_Choice):

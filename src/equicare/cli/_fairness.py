@@ -23,6 +23,7 @@ from equicare.cli._choices import (
     Level,
     OfflineAlgo,
     QModel,
+    UsualCare,
     ValueEstimator,
     Weight,
 )
@@ -36,6 +37,7 @@ from equicare.cli._utils import (
     Seed,
     StreamExecutor,
     Threads,
+    UsualCareOpt,
 )
 from equicare.fairness._rows import action_label
 
@@ -106,7 +108,7 @@ def run_audit(
     n_permutations: int = 1000, alpha: float = 0.05, min_cell: int | None = None,
     estimator: str | None = "wis", q_model: str = "linear", ci_method: str = "basic",
     seed: int = 42, chunk_rows: int | None = None, executor: Any = None,
-    provenance: dict[str, Any] | None = None,
+    provenance: dict[str, Any] | None = None, usual_care: str = "deployed",
 ) -> AuditResult:
     """Load data and policies, run the audit, write ``out`` (the audit JSON) atomically.
 
@@ -114,7 +116,8 @@ def run_audit(
     bootstrap weights keyed by episode id; group values by importance sampling, or FQE/DR/WDR
     with a linear, stationary or window tabular Q-model fitted from chunk sums), optionally one
     shard per task on ``executor``. ``provenance``: the block written into the audit JSON
-    (:func:`equicare.cli._utils.provenance`).
+    (:func:`equicare.cli._utils.provenance`). ``usual_care``: as
+    :class:`~equicare.fairness.FairnessAudit`'s (rows a policy leaves to current practice).
 
     Raises
     ------
@@ -141,7 +144,8 @@ def run_audit(
                             n_permutations=n_permutations,
                             min_cell=MIN_CELL if min_cell is None else min_cell,
                             estimator=estimator, q_model=q_model,
-                            ci_method=ci_method)  # type: ignore[arg-type]
+                            ci_method=ci_method,  # type: ignore[arg-type]
+                            usual_care=usual_care)  # type: ignore[arg-type]
         warnings.simplefilter("ignore", SupportWarning)  # in res.warnings, printed by the command
         warnings.filterwarnings("ignore", CENSORING_WARNING, DataWarning)  # likewise
         if chunk_rows is not None:
@@ -402,6 +406,7 @@ def register(app: typer.Typer) -> None:
         ci: Annotated[AuditCI, typer.Option(
             help="Bootstrap interval: basic (reverse percentile) or percentile; either is "
                  "widened to contain its estimate.")] = AuditCI.BASIC,
+        usual_care: UsualCareOpt = UsualCare.DEPLOYED,
         chunk_rows: ChunkRows = None,
         executor: StreamExecutor = None,
         address: Address = "auto",
@@ -416,6 +421,9 @@ def register(app: typer.Typer) -> None:
         With --chunk-rows the panel is streamed (group values by is, wis, pdis, wpdis, or fqe,
         dr, wdr with --q-model auto, linear, tabular_stationary or tabular_window fitted from
         chunk sums; Poisson bootstrap keyed by episode id), on --executor shards too.
+        Exception rules (explain's card/model) are audited as deployed: where they leave the
+        decision to current practice, the allocation and the value are the clinicians' logged
+        actions (--usual-care stored audits the estimate of practice saved with them).
 
         Example: equicare audit data/panel.parquet --manifest data/manifest.toml --policy
         awr=awr_probs.parquet --group race_ethnicity --action modality=home_visit
@@ -434,6 +442,7 @@ def register(app: typer.Typer) -> None:
             provenance,
             stream_executor,
             user_errors,
+            usual_care_line,
         )
 
         est = None if estimators is AuditEstimator.NONE else estimators.value
@@ -448,7 +457,8 @@ def register(app: typer.Typer) -> None:
                                 level=level.value, need=need, bootstrap=bootstrap,
                                 n_permutations=permutations, estimator=est, min_cell=min_cell,
                                 q_model=q_model.value, ci_method=ci.value, seed=seed,
-                                chunk_rows=chunk_rows, executor=ex, provenance=prov)
+                                chunk_rows=chunk_rows, executor=ex, provenance=prov,
+                                usual_care=usual_care.value)
             finally:
                 if ex is not None and hasattr(ex, "shutdown"):
                     ex.shutdown()
@@ -462,6 +472,9 @@ def register(app: typer.Typer) -> None:
             print_table(t)
         for line in diagnostics_lines(res):
             console.print(line, highlight=False, markup=False, soft_wrap=True)
+        uline = usual_care_line(res.to_dict())
+        if uline:
+            console.print(uline, highlight=False, markup=False, soft_wrap=True)
         if res.suppressed:
             from equicare.privacy import small_cells_message
 

@@ -304,6 +304,12 @@ def predict_policy(model_dir: str | os.PathLike[str], data: str | os.PathLike[st
     With ``chunk_rows`` the panel is read and the file written chunk by chunk (whole episodes),
     so memory holds one chunk, never the panel or the whole file.
 
+    A policy that leaves rows to current practice (exception rules: ``deferred_rows``) gets a
+    ``follows_practice`` column (1 on those rows): their probabilities are the estimate of
+    practice stored with the rules, while deployed the clinicians decide there (how
+    ``evaluate`` and ``audit`` value them by default). The summary then has the share of
+    such rows (``follows_practice``).
+
     Raises
     ------
     PolicyError
@@ -338,18 +344,40 @@ def predict_policy(model_dir: str | os.PathLike[str], data: str | os.PathLike[st
                 stats["support"] = used if stats["support"] is None else stats["support"] | used
                 stats["rows"] += chunk.dataset.n_steps
                 stats["n_actions"] = chunk.dataset.n_actions
-                yield chunk.dataset, p
+                more = practice_column(policy, chunk.dataset)
+                if more is not None:
+                    stats["practice"] = (stats.get("practice", 0)
+                                         + int(more[FOLLOWS_PRACTICE].sum()))
+                yield chunk.dataset, p, more
 
         write_policy_stream(parts(), out_path, form=form,  # type: ignore[arg-type]
                             overwrite=force)
         return {"out": str(out_path), "n_rows": stats["rows"], "n_actions": stats["n_actions"],
                 "support_size": int(np.count_nonzero(stats["support"])), "form": form,
-                "chunk_rows": chunk_rows}
+                "chunk_rows": chunk_rows,
+                **({} if "practice" not in stats else
+                   {FOLLOWS_PRACTICE: stats["practice"] / max(stats["rows"], 1)})}
     ds = load_dataset(data, manifest, emit_warnings=False)
     probs = policy.action_probs(ds)
-    write_policy_file(ds, probs, out_path, form=form, overwrite=force)  # type: ignore[arg-type]
+    more = practice_column(policy, ds)
+    write_policy_file(ds, probs, out_path, form=form, overwrite=force,  # type: ignore[arg-type]
+                      extra=more)
     return {"out": str(out_path), "n_rows": ds.n_steps, "n_actions": ds.n_actions,
-            "support_size": int(np.count_nonzero(probs.any(axis=0))), "form": form}
+            "support_size": int(np.count_nonzero(probs.any(axis=0))), "form": form,
+            **({} if more is None else
+               {FOLLOWS_PRACTICE: float(more[FOLLOWS_PRACTICE].mean())})}
+
+
+#: ``predict``'s column marking the rows a policy leaves to current practice.
+FOLLOWS_PRACTICE = "follows_practice"
+
+
+def practice_column(policy: Any, dataset: Any) -> dict[str, Any] | None:
+    """``{"follows_practice": 0/1 per row}`` for a policy that can defer rows, else None."""
+    from equicare.policy._deployed import deferred_rows_of
+
+    rows = deferred_rows_of(policy, dataset)
+    return None if rows is None else {FOLLOWS_PRACTICE: rows.astype("int8")}
 
 
 def register(app: "typer.Typer") -> None:
@@ -570,8 +598,12 @@ def register(app: "typer.Typer") -> None:
         """Write a trained policy's action probabilities for every row of a panel.
 
         The file is a policy file (docs/contracts.md): keyed by the episode and time columns,
-        one probability per action. Its provenance (command, settings, inputs' SHA-256) is
-        written beside it, in OUT.provenance.json.
+        one probability per action. Exception rules (explain's card/model) also get a
+        follows_practice column: 1 where no rule applies and the rules leave the decision to
+        current practice; those rows' probabilities are the estimate of practice stored with
+        the rules (deployed, the clinicians decide there, as evaluate and audit value them).
+        Its provenance (command, settings, inputs' SHA-256) is written beside it, in
+        OUT.provenance.json.
 
         Example: equicare predict models/awr data/panel.parquet --manifest data/manifest.toml
         --out awr_probs.parquet
@@ -591,6 +623,11 @@ def register(app: "typer.Typer") -> None:
             return
         console.print(f"Wrote {res['out']} ({res['n_rows']:,} rows x {res['n_actions']} "
                       f"actions, {res['form']} form)", highlight=False, markup=False)
+        if FOLLOWS_PRACTICE in res:
+            console.print(f"{FOLLOWS_PRACTICE}: {100 * res[FOLLOWS_PRACTICE]:.1f}% of rows "
+                          "are left to current practice; their probabilities are the estimate "
+                          "of practice stored with the rules (deployed, the clinicians decide "
+                          "there)", highlight=False, markup=False)
 
 
 def _num(v: Any) -> str:

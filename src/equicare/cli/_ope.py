@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from equicare.ope._evaluate import EvaluationResult
 
-from equicare.cli._choices import BehaviorModel, EvalCI, QModel
+from equicare.cli._choices import BehaviorModel, EvalCI, QModel, UsualCare
 from equicare.cli._utils import (
     Address,
     ChunkRows,
@@ -29,6 +29,7 @@ from equicare.cli._utils import (
     Seed,
     StreamExecutor,
     Threads,
+    UsualCareOpt,
 )
 
 __all__ = ["run_evaluate", "load_target_policy", "result_table", "register", "OUT_EXISTS"]
@@ -143,6 +144,7 @@ def run_evaluate(
     progress: bool = False,
     q_cells: str | None = None,
     provenance: dict[str, Any] | None = None,
+    usual_care: str = "deployed",
 ) -> tuple[EvaluationResult, list[str]]:
     """Evaluate a policy file or model folder on a panel; write the result JSON when ``out``.
 
@@ -166,6 +168,8 @@ def run_evaluate(
         (:func:`q_model_spec`).
     provenance : dict, optional
         The ``provenance`` block written into the result JSON.
+    usual_care : {"deployed", "stored"}
+        As in :func:`equicare.ope.evaluate`.
 
     Returns
     -------
@@ -212,7 +216,8 @@ def run_evaluate(
         warnings.simplefilter("always")
         res = evaluate(ds, pol, estimators=keys, q_model=q_spec, behavior_model=behavior_model,
                        bootstrap=bootstrap, ci_method=ci,  # type: ignore[arg-type]
-                       truncate=truncate, random_state=seed, progress=progress)
+                       truncate=truncate, random_state=seed, progress=progress,
+                       usual_care=usual_care)  # type: ignore[arg-type]
     if out is not None:
         write_result_json(out, res.to_dict(), data, manifest, policy, provenance)
     msgs = list(dict.fromkeys(str(w.message) for w in caught
@@ -274,8 +279,8 @@ def run_evaluate_stream(data: Path, *, manifest: Path, policy: Path, estimators:
                         ci: str = "studentized", chunk_rows: int = 500_000,
                         executor: Any = None, out: Path | None = None,
                         force: bool = False, q_cells: str | None = None,
-                        progress: bool = False, provenance: dict[str, Any] | None = None
-                        ) -> tuple[Any, list[str]]:
+                        progress: bool = False, provenance: dict[str, Any] | None = None,
+                        usual_care: str = "deployed") -> tuple[Any, list[str]]:
     """``evaluate --chunk-rows``: :func:`equicare.ope.evaluate_stream`, then the result JSON.
 
     Returns the streamed result and the warnings raised (suppressed small cells), for printing,
@@ -351,7 +356,7 @@ def run_evaluate_stream(data: Path, *, manifest: Path, policy: Path, estimators:
                               truncate=truncate, random_state=seed, chunk_rows=chunk_rows,
                               executor=executor,
                               progress=lambda k: chunks.update(completed=k),
-                              level_progress=level_done)
+                              level_progress=level_done, usual_care=usual_care)
     if out is not None:
         write_result_json(out, res.to_dict(), data, manifest, policy, provenance)
     msgs = list(dict.fromkeys(str(w.message) for w in caught
@@ -493,6 +498,7 @@ def register(app: typer.Typer) -> None:
             help="Comma list of the categorical state columns whose combinations are the "
                  "Q-tables' cells (default: with several columns, those that change the "
                  "dynamics given the others, for auto and a fixed tabular model alike).")] = None,
+        usual_care: UsualCareOpt = UsualCare.DEPLOYED,
         chunk_rows: ChunkRows = None,
         executor: StreamExecutor = None,
         address: Address = "auto",
@@ -507,6 +513,10 @@ def register(app: typer.Typer) -> None:
 
         Prints estimates, 95% bootstrap intervals, effective sample sizes and support
         diagnostics; --out also writes them (with per-group results) as the result JSON.
+        Exception rules (explain's card/model) are valued as deployed: where they leave the
+        decision to current practice the clinicians decide (--usual-care stored values the
+        estimate of practice saved with them instead); the output says which, and the share
+        of rows left to practice.
         With --chunk-rows the panel is streamed (Poisson bootstrap keyed by episode id), on
         --executor shards too: IS, WIS, PDIS and WPDIS, plus FQE, DR and WDR with --q-model
         auto, linear, tabular_stationary or tabular_window (auto chooses between linear and
@@ -531,6 +541,7 @@ def register(app: typer.Typer) -> None:
             provenance,
             stream_executor,
             user_errors,
+            usual_care_line,
         )
 
         check_out_path(out, force, file=True)
@@ -545,7 +556,8 @@ def register(app: typer.Typer) -> None:
                         bootstrap=bootstrap, truncate=truncate, seed=seed,
                         q_model=q_model.value, behavior_model=behavior_model.value,
                         ci=ci.value, chunk_rows=chunk_rows, executor=ex, out=out, force=force,
-                        q_cells=q_cells, progress=progress, provenance=prov)
+                        q_cells=q_cells, progress=progress, provenance=prov,
+                        usual_care=usual_care.value)
                 finally:
                     if ex is not None and hasattr(ex, "shutdown"):
                         ex.shutdown()
@@ -607,6 +619,9 @@ def register(app: typer.Typer) -> None:
                           f"{sres.n_chunks} chunks", highlight=False)
             if sres.support is not None:
                 console.print(support_line(sres.support.share_pct), highlight=False)
+            uline = usual_care_line(sres.settings)
+            if uline:
+                console.print(escape(uline), highlight=False)
             gline = groups_line(sres.groups)
             if gline:
                 console.print(escape(gline), highlight=False)
@@ -618,7 +633,8 @@ def register(app: typer.Typer) -> None:
                 data, manifest=manifest, policy=policy, out=out,
                 behavior_model=behavior_model.value, estimators=estimators, bootstrap=bootstrap,
                 truncate=truncate, q_model=q_model.value, ci=ci.value, seed=seed, force=force,
-                progress=progress, q_cells=q_cells, provenance=prov)
+                progress=progress, q_cells=q_cells, provenance=prov,
+                usual_care=usual_care.value)
         for m in msgs:
             err_console.print(f"[yellow]warning:[/] {escape(' '.join(m.split()))}",
                               highlight=False, soft_wrap=True)
@@ -641,6 +657,9 @@ def register(app: typer.Typer) -> None:
                       f" per-decision {e.per_decision_pct:.2f}%", highlight=False)
         if res.support is not None:
             console.print(support_line(res.support.share_pct), highlight=False)
+        uline = usual_care_line(res.settings)
+        if uline:
+            console.print(escape(uline), highlight=False)
         gline = groups_line(res.groups)
         if gline:
             console.print(escape(gline), highlight=False)

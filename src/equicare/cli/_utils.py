@@ -36,6 +36,7 @@ from typer.core import TyperGroup
 from typer.exceptions import Abort as TyperAbort
 from typer.exceptions import Exit as TyperExit
 
+from equicare.cli._choices import UsualCare
 from equicare.exceptions import (
     USER_ERRORS,
     DataValidationError,
@@ -47,7 +48,7 @@ __all__ = ["console", "err_console", "fail", "info", "user_errors", "print_json"
            "literal_table", "not_applicable",
            "EquicareGroup",
            "thread_plan", "thread_limits", "Threads", "Force", "JsonOut", "Seed", "Progress",
-           "DEPRECATED_OPTIONS", "OUT_EXISTS"]
+           "DEPRECATED_OPTIONS", "OUT_EXISTS", "UsualCareOpt", "usual_care_line"]
 
 console = Console()
 err_console = Console(stderr=True)
@@ -413,6 +414,15 @@ Progress = Annotated[bool, typer.Option(
 
 #: The ``--threads`` option every command declares (:class:`EquicareGroup` applies it).
 Threads = Annotated[str, typer.Option("--threads", metavar="auto|N", help=THREADS_HELP)]
+#: ``--usual-care`` of ``evaluate`` and ``audit`` (the policy's rows left to current practice).
+UsualCareOpt = Annotated[UsualCare, typer.Option(
+    "--usual-care",
+    help="Rows the policy leaves to current practice (exception rules' 'otherwise, as current "
+         "practice'): deployed (the clinicians decide there: the logged action, importance "
+         "ratio 1, no propensity needed) or stored (the estimate of practice saved with the "
+         "rules, which predict outputs). Example: --usual-care stored")]
+
+
 ChunkRows = Annotated[int | None, typer.Option(
     "--chunk-rows", min=1,
     help="Stream the panel in chunks of whole episodes of about this many rows (panels larger "
@@ -663,3 +673,23 @@ def version_callback(value: bool) -> None:
         typer.echo(f"equicare {__version__}")
         raise typer.Exit()
 
+
+
+def usual_care_line(settings: dict[str, Any]) -> str | None:
+    """The line saying how rows a policy leaves to current practice were valued (or None).
+
+    ``settings["deferred_share"]``: one share (``evaluate``) or one per policy (``audit``).
+    """
+    share = settings.get("deferred_share")
+    if settings.get("usual_care") is None or share is None or share == {}:
+        return None
+    who = ("the policy leaves " + (f"{100 * share:.1f}%" if not isinstance(share, dict) else
+                                   ", ".join(f"{100 * v:.1f}% ({k})" for k, v in share.items())))
+    if settings["usual_care"] == "deployed":
+        how = ("valued as deployed: the clinicians decide there (logged action, importance "
+               "ratio 1); --usual-care stored values the estimate of practice saved with the "
+               "policy, which predict outputs")
+    else:
+        how = ("valued with the estimate of practice saved with the policy (--usual-care "
+               "stored); deployed, the clinicians decide there (the default)")
+    return f"Usual care: {who} of rows to current practice, {how}"

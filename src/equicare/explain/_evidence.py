@@ -46,6 +46,7 @@ from equicare.explain._rules import rule_count, tree_rules
 from equicare.ope._evaluate import far_outside, headline_of
 from equicare.ope._prepare import check_q_model
 from equicare.policy._base import check_probs
+from equicare.policy._deployed import deferred_target
 from equicare.policy._tree import TreePolicy
 from equicare.privacy import suppressed_labels
 from equicare.utils import MIN_CELL, check_param
@@ -627,41 +628,6 @@ def _keep_messages(caught: list[warnings.WarningMessage], messages: list[str]) -
         msg = str(w.message)
         if msg not in messages and not issubclass(w.category, DeprecationWarning):
             messages.append(msg)
-
-
-def deferred_target(probs: NDArray[np.float64], props: NDArray[np.float64],
-                    actions: NDArray[np.int64], deferred: NDArray[np.bool_]
-                    ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """Target and behaviour probabilities of rules that defer to the clinicians on some rows.
-
-    Where a policy follows current practice (``deferred``), its action distribution *is* the
-    clinicians': the importance ratio of the logged action is exactly 1, whatever the
-    clinicians saw, and the logged action is a draw from the target policy there. So those
-    rows get the logged action with probability 1 as the target and 1 as the behaviour
-    probability: ratio-based estimators weight them by 1, and FQE's Bellman target at such a
-    row's state uses the Q-value of the action actually taken (an unbiased draw of the
-    clinicians' expected value), so no estimate of practice enters the value.
-
-    Parameters
-    ----------
-    probs : ndarray of shape (n_steps, n_actions)
-        The rules' probabilities (used where they do not defer).
-    props : ndarray of shape (n_steps,)
-        Behaviour probabilities of the logged actions.
-    actions : ndarray of shape (n_steps,)
-    deferred : ndarray of shape (n_steps,), bool
-
-    Returns
-    -------
-    probs, props : ndarray of shape (n_steps, n_actions) and (n_steps,)
-    """
-    pe = np.array(probs, dtype=np.float64, copy=True)
-    b = np.array(props, dtype=np.float64, copy=True)
-    rows = np.flatnonzero(deferred)
-    pe[rows] = 0.0
-    pe[rows, np.asarray(actions)[rows]] = 1.0
-    b[rows] = 1.0
-    return pe, b
 
 
 def usual_care_caveat(val: dict[str, Any], sup: dict[str, Any], key: str, usual_policy: Any,

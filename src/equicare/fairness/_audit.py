@@ -37,6 +37,16 @@ from equicare.fairness._rows import (
 )
 from equicare.ope._ess import ESS_KIND
 from equicare.policy import Policy
+from equicare.policy._deployed import (
+    UsualCare,
+    as_deployed,
+    check_usual_care,
+    deferred_share,
+    deployed_propensities,
+    deployed_rows,
+    exempt_rows,
+    usual_care_settings,
+)
 from equicare.utils import (
     MIN_CELL,
     PARAM_MESSAGE,
@@ -137,7 +147,9 @@ class AuditResult:
     policies : dict of str to PolicyAudit
         ``"behavior"`` first, then the given policies in order.
     settings : dict
-        The :class:`FairnessAudit` settings used.
+        The :class:`FairnessAudit` settings used, and ``deferred_share``: the share of rows
+        each policy that can defer leaves to current practice (audit JSON ``usual_care`` and
+        ``deferred_share``, both None when no policy defers).
     level_rates : pandas.DataFrame or None
         Rate of every action-component level by group (point estimates, see
         :func:`equicare.fairness.level_rates`).
@@ -199,6 +211,8 @@ class AuditResult:
             "level": s["level"], "n_boot": s["n_boot"], "ci_level": 1 - s["alpha"],
             "ci_method": s["ci_method"],
             "min_cell": s["min_cell"], "estimator": s["estimator"],
+            **usual_care_settings(s.get("usual_care", "deployed"),
+                                  s.get("deferred_share") or None),
             "policies": {k: v.to_dict() for k, v in self.policies.items()},
             "warnings": self.warnings,
         }
@@ -344,6 +358,12 @@ class FairnessAudit:
         Cap on cumulative importance weights.
     with_level_rates : bool
         Also tabulate the rate of every action-component level by group.
+    usual_care : {"deployed", "stored"}
+        Rows a policy leaves to current practice (exception rules' "otherwise, as current
+        practice", ``policy.deferred_rows``): as deployed (the default) the clinicians decide
+        there, so both the allocation and the value count what they did, the logged action
+        (target and behaviour probability 1, :mod:`equicare.policy._deployed`); ``"stored"``
+        audits the estimate of practice saved with the policy (what ``predict`` outputs).
     """
 
     action: str | None = None
@@ -360,6 +380,7 @@ class FairnessAudit:
     q_model: str = "linear"
     truncate: float | None = None
     with_level_rates: bool = True
+    usual_care: UsualCare = "deployed"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "intersect", tuple(self.intersect))
@@ -372,6 +393,7 @@ class FairnessAudit:
         check_q_model(self.q_model, "FairnessAudit")
         check_param(self.truncate, "truncate", "FairnessAudit", kind=(int, float), low=0.0,
                     low_inclusive=False, allow_none=True, expected="a positive float or None")
+        check_usual_care(self.usual_care, "FairnessAudit")
 
     def to_dict(self) -> dict[str, Any]:
         """Return the settings as JSON-friendly data."""
@@ -425,7 +447,7 @@ class FairnessAudit:
         AuditResult
         """
         check_dataset(dataset, "FairnessAudit.run")
-        pols = dict(policies or {})
+        pols = {k: as_deployed(v, self.usual_care) for k, v in (policies or {}).items()}
         if BEHAVIOR in pols:
             raise InvalidParameterError(
                 f"The policy name {BEHAVIOR!r} is reserved for the logged behaviour.")
@@ -489,7 +511,10 @@ class FairnessAudit:
                            policies={k: PolicyAudit(k, frames[k], outcomes[k], diags[k],
                                                     q_models[k])
                                      for k in names},
-                           settings=self.to_dict(), level_rates=levels)
+                           settings={**self.to_dict(), "deferred_share": {
+                               k: share for k, pol in pols.items()
+                               if (share := deferred_share(pol, dataset)) is not None}},
+                           level_rates=levels)
 
     def _policy_outcome(self, dataset: TrajectoryDataset, name: str,
                         policy: Policy | NDArray[np.float64], p_logged: NDArray[np.float64],
@@ -510,6 +535,8 @@ class FairnessAudit:
         assert key is not None
         shift = censoring = q_entry = None
         b = dataset.behavior_prob
+        if b is not None:  # 1 where a deployed policy leaves the row to the clinicians
+            b = deployed_propensities(policy, dataset, b)
         if (key in ("is", "wis", "pdis", "wpdis") and b is not None
                 and bool(np.all(np.isfinite(b) & (b > 0) & (b <= 1 + 1e-9)))):
             # importance ratios from the logged propensities and the block-wise pass over the
@@ -530,8 +557,9 @@ class FairnessAudit:
                 q_entry = q_model_entry(prep.q_selection, prep.q_name)
                 if prep.q_linearised and weights is not None:
                     shift = refit_shift(prep, key, gi, weights, self.truncate)
-            report = (support.logged(prep.target_probs, seed) if prep.behavior_model is None
-                      else support.model(prep.target_probs, prep.behavior_model))
+            checked = exempt_rows(prep.target_probs, prep.deferred)
+            report = (support.logged(checked, seed) if prep.behavior_model is None
+                      else support.model(checked, prep.behavior_model))
         parts = episode_parts(inputs, [key], truncate=self.truncate)
 
         def comb(sums: NDArray[np.float64], counts: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -596,8 +624,10 @@ class _Support:
             return self.logged(policy, seed)
         checker = self._checker(seed)
         mass = np.empty(self.data.n_steps)
+        deferred = deployed_rows(policy, self.data)  # the clinicians' rows: supported
 
         def add(rows: slice, probs: NDArray[np.float64]) -> None:
+            probs = exempt_rows(probs, None if deferred is None else deferred[rows])
             mass[rows] = checker.block_mass(probs, rows)
 
         row_pass(self.data, policy, np.zeros((self.data.n_actions, 0)), block_fn=add)

@@ -48,6 +48,7 @@ from equicare.fairness._groups import GroupIndex, group_index, require_compariso
 from equicare.fairness._rows import action_set, episode_totals, level_matrix, need_rows, row_pass
 from equicare.ope._ess import ESS_KIND
 from equicare.ope._stream_groups import membership_matrix
+from equicare.policy._deployed import as_deployed, deferred_counts, deployed_propensities
 from equicare.utils import PARAM_MESSAGE, RandomState, int_seed
 
 __all__ = ["audit_stream", "STREAM_ESTIMATORS"]
@@ -240,8 +241,12 @@ class _Partial:
     refit: dict[str, _RefitAcc] = field(default_factory=dict)
     ess: dict[str, _EssAcc] = field(default_factory=dict)
     support: dict[str, Any] = field(default_factory=dict)
+    #: ``[rows left to current practice, rows]`` of each policy that can defer rows
+    deferred: dict[str, NDArray[np.float64]] = field(default_factory=dict)
 
     def merge(self, other: _Partial) -> None:
+        for k, c in other.deferred.items():
+            self.deferred[k] = c if k not in self.deferred else self.deferred[k] + c
         for k, e in other.ess.items():
             if k in self.ess:
                 self.ess[k].merge(e)
@@ -290,6 +295,9 @@ def _add_chunk(part: _Partial, ds: TrajectoryDataset, ctx: _Context) -> None:
     for name in names:
         pol = None if name == BEHAVIOR else pols[name]
         alloc, pl, _, _ = row_pass(ds, pol, cols, source=name)
+        counts = None if pol is None else deferred_counts(ds, pol)
+        if counts is not None:
+            part.deferred[name] = counts + part.deferred.get(name, 0.0)
         num, den = episode_totals(ds, alloc, cfg.level)
         nums.append(num[:, 0])
         lnums.append(num[:, 1:])
@@ -309,8 +317,10 @@ def _add_chunk(part: _Partial, ds: TrajectoryDataset, ctx: _Context) -> None:
     ones = np.ones((ds.n_episodes, 1))
     part.out.setdefault(BEHAVIOR, _Acc()).add(
         h, np.concatenate([ds.returns(discount=True)[:, None], ones], axis=1), w)
-    b = ds.behavior_prob
     for name in pols:
+        # 1 where a deployed policy leaves the row to the clinicians (the logged action)
+        b = (None if ds.behavior_prob is None
+             else deployed_propensities(pols[name], ds, ds.behavior_prob))
         if b is None or not bool(np.all(np.isfinite(b) & (b > 0) & (b <= 1 + 1e-9))):
             raise DataValidationError(
                 "A streamed audit values policies by importance sampling with the logged or "
@@ -441,7 +451,7 @@ def audit_stream(
                      f"estimator={cfg.estimator!r} (fitted from sums over chunks; the backward "
                      "table, gbm and mlp need the whole panel in memory)", got=cfg.q_model))
     seed = int_seed(random_state, "audit_stream")  # checked before the panel is scanned
-    pols = dict(policies or {})
+    pols = {k: as_deployed(v, cfg.usual_care) for k, v in (policies or {}).items()}
     if BEHAVIOR in pols:
         raise InvalidParameterError(
             f"The policy name {BEHAVIOR!r} is reserved for the logged behaviour.")
@@ -614,7 +624,9 @@ def audit_stream(
                        policies={k: PolicyAudit(k, frames[k], outcomes[k], diags[k],
                                                 q_models.get(k))
                                  for k in names},
-                       settings=cfg.to_dict(), level_rates=levels)
+                       settings={**cfg.to_dict(), "deferred_share": {
+                           k: float(c[0] / max(c[1], 1.0)) for k, c in part.deferred.items()}},
+                       level_rates=levels)
 
 
 def _diagnostics(name: str, key: str, part: _Partial, gi: GroupIndex, check: Any,

@@ -63,6 +63,14 @@ from equicare.ope._support import (
     model_support_diagnostics,
 )
 from equicare.policy._behavior import BehaviorModel
+from equicare.policy._deployed import (
+    UsualCare,
+    as_deployed,
+    check_usual_care,
+    deferred_share,
+    exempt_rows,
+    usual_care_settings,
+)
 from equicare.privacy import small_cells_message, suppressed_levels, warn_low_min_cell
 from equicare.utils import (
     MIN_CELL,
@@ -714,7 +722,9 @@ def _refit_replicate(item: tuple[NDArray[np.int64], int], *, dataset: Trajectory
         spec = clone(spec)
     prep = prepare(sub, target_probs[rows], keys=keys, behavior_prob=None,
                    behavior_model=spec, q=None if q is None else q[rows],
-                   q_model=settings["q_model"], random_state=seed)
+                   q_model=settings["q_model"], random_state=seed,
+                   deferred=None if settings.get("deferred") is None
+                   else settings["deferred"][rows])
     ests, _, _ = estimates_from_prepared(prep, keys, truncate=settings["truncate"],
                                          normalization=settings["normalization"], n_boot=0)
     return {k: e.value for k, e in ests.items()}
@@ -733,7 +743,8 @@ def refit_bootstrap(dataset: TrajectoryDataset, target_probs: NDArray[np.float64
     keys : tuple of str
     n_boot : int
     settings : dict
-        ``behavior_model``, ``q_model``, ``truncate``, ``normalization``.
+        ``behavior_model``, ``q_model``, ``truncate``, ``normalization``, and optionally
+        ``deferred`` (rows left to the clinicians: behaviour probability 1 in every replicate).
     random_state : int, Generator or None
     executor : callable, optional
         ``executor(fn, items)`` -> iterable of results (default: serial map).
@@ -775,6 +786,7 @@ def evaluate(
     n_boot: int | None = None,
     progress: bool = False,
     support_check: LoggedSupport | None = None,
+    usual_care: UsualCare = "deployed",
 ) -> EvaluationResult:
     """Evaluate a target policy on logged data with every estimator.
 
@@ -838,6 +850,15 @@ def evaluate(
         :func:`~equicare.fairness.audit` of the same panel): used when it is the one this call
         would build on ``dataset`` (same object, seed and fast model), else ignored, so it never
         changes a number.
+    usual_care : {"deployed", "stored"}, default="deployed"
+        How rows that a policy leaves to current practice (``policy.deferred_rows``: exception
+        rules' "otherwise, as current practice") are valued: as deployed, the clinicians decide
+        there, so those rows keep their logged action with target and behaviour probability 1
+        (no propensity needed, none of their mass unsupported;
+        :mod:`equicare.policy._deployed`); ``"stored"`` values the estimate of practice stored
+        with the policy (what ``action_probs`` and ``predict`` give). Result
+        ``settings["usual_care"]`` (None for a policy that defers no row) and
+        ``settings["deferred_share"]`` (share of rows left to practice).
 
     Returns
     -------
@@ -863,7 +884,7 @@ def evaluate(
             groups=groups, support_threshold=support_threshold,
             diagnose_support=diagnose_support, refit=refit, executor=executor,
             random_state=random_state, n_boot=n_boot, progress=progress,
-            support_check=support_check)
+            support_check=support_check, usual_care=usual_care)
 
 
 def _spec_name(behavior_model: Any) -> str:
@@ -908,8 +929,11 @@ def _evaluate(
     n_boot: int | None,
     progress: bool,
     support_check: LoggedSupport | None,
+    usual_care: UsualCare,
 ) -> EvaluationResult:
     keys = parse_estimators(estimators)
+    usual_care = check_usual_care(usual_care, "evaluate")
+    policy = as_deployed(policy, usual_care)
     if n_boot is not None:
         bootstrap = n_boot
     check_param(bootstrap, "bootstrap", "evaluate", kind=int, low=0)
@@ -941,12 +965,13 @@ def _evaluate(
     bm = prep.behavior_model
     support = None
     bm_summary = None if bm is None else bm.summary()
+    checked = exempt_rows(prep.target_probs, prep.deferred)  # the clinicians' rows: supported
     if bm is not None:
-        support = model_support_diagnostics(dataset, prep.target_probs, bm,
+        support = model_support_diagnostics(dataset, checked, bm,
                                             threshold=support_threshold, estimators=keys)
     elif diagnose_support:  # propensities known: empirical cell support + a fast numeric model
         support, bm_summary = logged_support_diagnostics(
-            dataset, prep.target_probs, behavior_model=behavior_model,
+            dataset, checked, behavior_model=behavior_model,
             threshold=support_threshold, estimators=keys, random_state=seed_prep,
             checker=support_check)
     kw: dict[str, Any] = {"truncate": truncate, "normalization": normalization,
@@ -963,7 +988,8 @@ def _evaluate(
         "normalization": normalization, "refit": refit, "random_state": random_state,
         "nuisance": ("refit per replicate" if refit else
                      "Q-model refit linearised in every replicate" if prep.q_linearised
-                     else "fitted once on all episodes")}
+                     else "fitted once on all episodes"),
+        **usual_care_settings(usual_care, deferred_share(policy, dataset))}
     sel = prep.q_selection
     if "fqe" in keys and sel is not None and sel.bias.get(sel.chosen) is not None and not refit:
         settings["fqe_interval"] = fqe_interval_note(sel)
@@ -978,7 +1004,8 @@ def _evaluate(
             prep.behavior_prob)
         reps = refit_bootstrap(data, prep.target_probs, keys, n_boot=bootstrap,
                                settings={"behavior_model": spec, "q_model": qcfg, "q": q,
-                                         "truncate": truncate, "normalization": normalization},
+                                         "truncate": truncate, "normalization": normalization,
+                                         "deferred": prep.deferred},
                                random_state=seed_refit, executor=executor)
         ests = {k: e if e.reason is not None else Estimate(
                     value=e.value, ci=percentile_interval(reps[k], alpha),
@@ -1138,13 +1165,14 @@ def evaluate_subgroups(
     normalization: Normalization = "absorbing",
     min_cell: int = MIN_CELL,
     random_state: int = 0,
+    usual_care: UsualCare = "deployed",
 ) -> dict[str, dict[str, GroupResult]]:
     """Every estimator within each level of each group attribute, with CIs and ESS.
 
     The nuisance models are fitted once on all episodes (more data for the Q-model and the
     propensities); each level's estimates use only its own episodes. Levels with fewer than
     ``min_cell`` episodes are suppressed (``GroupResult.suppressed``) with a
-    :class:`~equicare.exceptions.SmallCellWarning`.
+    :class:`~equicare.exceptions.SmallCellWarning`. ``usual_care`` as in :func:`evaluate`.
 
     Returns
     -------
@@ -1155,6 +1183,7 @@ def evaluate_subgroups(
                 expected="a positive int")
     warn_low_min_cell(int(min_cell), "evaluate_subgroups")
     keys = parse_estimators(estimators)
+    policy = as_deployed(policy, check_usual_care(usual_care, "evaluate_subgroups"))
     rng = check_random_state(random_state)
     attr_list = list(dataset.group_attrs if attrs is None else attrs)
     prep = prepare(dataset, policy, keys=keys, behavior_prob=behavior_prob,

@@ -19,6 +19,7 @@ from equicare.ope._fqe import FQEConfig, LoggedQFit, fit_fqe_logged, logged_q_fi
 from equicare.ope._select import AUTO_CANDIDATES, QSelection, candidate_config, select_q_model
 from equicare.policy import check_probs
 from equicare.policy._behavior import BehaviorModel
+from equicare.policy._deployed import deployed_rows
 from equicare.utils import PARAM_MESSAGE, RandomState, check_random_state
 
 __all__ = ["Prepared", "prepare", "target_probabilities", "as_fqe_config", "check_q_model",
@@ -134,11 +135,18 @@ def _make_behavior_model(spec: Any, seed: int) -> BehaviorModel:
 
 
 def check_logged_propensities(prob: NDArray[np.float64], target_probs: NDArray[np.float64],
-                              actions: NDArray[np.int64], keys: tuple[str, ...] = ALL_KEYS
+                              actions: NDArray[np.int64], keys: tuple[str, ...] = ALL_KEYS,
+                              checked: NDArray[np.bool_] | None = None
                               ) -> NDArray[np.float64]:
-    """Raise :class:`DataValidationError` when a logged propensity is not in (0, 1]."""
+    """Raise :class:`DataValidationError` when a logged propensity is not in (0, 1].
+
+    Only the ``checked`` rows when given (a policy valued as deployed needs no propensity on
+    the rows it leaves to the clinicians).
+    """
     p = np.asarray(prob, dtype=np.float64)
     bad = ~np.isfinite(p) | (p <= 0) | (p > 1 + 1e-9)
+    if checked is not None:
+        bad &= checked
     if bad.any():
         rows = np.flatnonzero(bad)
         mass = target_probs[rows, actions[rows]] > 0
@@ -178,6 +186,9 @@ class Prepared:
     censoring : CensoringCheck or None
         ``auto``'s check of the stationary table on censored stays (None when ``auto`` did not
         choose that table, or censoring cannot move the value by 2%).
+    deferred : ndarray of shape (n_steps,), bool, or None
+        Rows a policy valued as deployed leaves to the clinicians (target: the logged action,
+        behaviour probability 1; :mod:`equicare.policy._deployed`); None for other policies.
     """
 
     inputs: OPEInputs
@@ -192,6 +203,7 @@ class Prepared:
     q_cells: CellChoice | None = None
     q_config: FQEConfig | None = None
     censoring: CensoringCheck | None = None
+    deferred: NDArray[np.bool_] | None = None
 
     @property
     def q_name(self) -> str | None:
@@ -243,6 +255,7 @@ def prepare(
     q_model: Any = "linear",
     random_state: RandomState = None,
     groups: Sequence[str] = (),
+    deferred: NDArray[np.bool_] | None = None,
 ) -> Prepared:
     """Compute target probabilities, propensities and the Q-model once.
 
@@ -269,6 +282,10 @@ def prepare(
     groups : sequence of str
         Subgroup attributes whose levels ``auto`` estimates its bias for
         (``QSelection.group_bias``).
+    deferred : ndarray of shape (n_steps,), bool, optional
+        Rows left to the clinicians, whose target must then be the logged action (default:
+        those of a policy valued as deployed, :func:`equicare.policy.as_deployed`): their
+        behaviour probability is 1 and they need no propensity.
 
     Returns
     -------
@@ -276,16 +293,22 @@ def prepare(
     """
     seed = model_seed(random_state)
     pe = target_probabilities(dataset, policy_or_probs)
+    # rows a policy valued as deployed leaves to the clinicians: behaviour probability 1 there
+    # (the target is the logged action), so they need no propensity, logged or estimated
+    if deferred is None:
+        deferred = deployed_rows(policy_or_probs, dataset)
+    decided = None if deferred is None else ~deferred
     bm: BehaviorModel | None = None
     if behavior_prob is not None:
         b = np.asarray(behavior_prob, dtype=np.float64)
         if b.shape != (dataset.n_steps,):
             raise DataValidationError(f"behavior_prob must have shape ({dataset.n_steps},), "
                                       f"got {b.shape}.")
-        b = check_logged_propensities(b, pe, dataset.actions, keys)
+        b = check_logged_propensities(b, pe, dataset.actions, keys, checked=decided)
         source = "given"
     elif dataset.behavior_prob is not None:
-        b = check_logged_propensities(dataset.behavior_prob, pe, dataset.actions, keys)
+        b = check_logged_propensities(dataset.behavior_prob, pe, dataset.actions, keys,
+                                      checked=decided)
         source = "logged"
     else:
         bm = _make_behavior_model(behavior_model, seed)
@@ -293,6 +316,8 @@ def prepare(
             bm.fit(dataset)
         b = bm.propensities(dataset)
         source = "estimated"
+    if deferred is not None:
+        b = np.where(deferred, 1.0, b)
     if fit_behavior and bm is None:
         bm = _make_behavior_model(behavior_model, seed)
         if not hasattr(bm, "models_"):
@@ -345,7 +370,7 @@ def prepare(
                     propensity_source=source, behavior_model=bm, qfit=qfit,
                     bandit_qfit=bandit_qfit, q_selection=selection, q_cells=q_cells,
                     q_config=_concrete(qcfg) if given is None and qfit is not None else None,
-                    censoring=check)
+                    censoring=check, deferred=deferred)
 
 
 def _censoring_switch(dataset: TrajectoryDataset, pe: NDArray[np.float64], qfit: LoggedQFit,

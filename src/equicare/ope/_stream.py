@@ -105,6 +105,7 @@ from equicare.ope._stream_sums import (
     chunk_policy_error,
     corrected_sums,
     episode_sums,
+    logged_propensities,
     pass_coefs,
     replicate_weights,
 )
@@ -137,16 +138,7 @@ BCA_STREAM_MESSAGE = (
 def _chunk_matrix(dataset: TrajectoryDataset, policy: Any, keys: Sequence[str], horizon: int,
                   truncate: float | None) -> tuple[OPEInputs, EpisodeParts, NDArray[np.float64]]:
     """A chunk's inputs, parts, and the parts with the episode returns as a last column."""
-    if dataset.behavior_prob is None:
-        raise DataValidationError(
-            "Streamed evaluation uses the logged propensities: name the column of the logged "
-            "action's probability under current practice as dataset.behavior_prob in the manifest.")
-    b = np.asarray(dataset.behavior_prob, dtype=np.float64)
-    if not np.all((b > 0) & (b <= 1 + 1e-9)):
-        bad = np.flatnonzero(~((b > 0) & (b <= 1 + 1e-9)))
-        raise DataValidationError(
-            f"{bad.size} logged propensities are not in (0, 1] (first rows of the chunk: "
-            f"{bad[:5].tolist()}); importance weights need the logged action's probability.")
+    b = logged_propensities(dataset, policy)
     # the target's probability of the logged action, in blocks of whole episodes: never a
     # (chunk rows, n_actions) matrix beyond ROW_BLOCK_ELEMENTS
     p_logged = np.empty(dataset.n_steps, dtype=np.float64)
@@ -783,6 +775,7 @@ def evaluate_stream(
     diagnose_support: bool = True,
     progress: Callable[[int], None] | None = None,
     level_progress: Callable[[int, int], None] | None = None,
+    usual_care: str = "deployed",
 ) -> StreamEvaluation:
     """Evaluate a policy on a panel of any size, chunk by chunk or shard by shard.
 
@@ -871,6 +864,10 @@ def evaluate_stream(
         Called with the number of chunks done (streamed in this process).
     level_progress : callable, optional
         Called with (levels done, levels) as the levels that get their own Q-model are done.
+    usual_care : {"deployed", "stored"}, default="deployed"
+        As :func:`~equicare.ope.evaluate`'s: rows a policy leaves to current practice keep
+        their logged action with target and behaviour probability 1 (chunk by chunk, the same
+        code as in memory), or follow the estimate of practice stored with the policy.
 
     Returns
     -------
@@ -905,6 +902,16 @@ def evaluate_stream(
         support_threshold, "support_threshold", "evaluate_stream",
         kind=(int, float, np.integer, np.floating), low=0.0, high=1.0))
     check_param(diagnose_support, "diagnose_support", "evaluate_stream", kind=bool)
+    from equicare.policy._deployed import (
+        as_deployed,
+        can_defer,
+        check_usual_care,
+        deferred_counts,
+        usual_care_settings,
+    )
+
+    usual_care = check_usual_care(usual_care, "evaluate_stream")
+    policy = as_deployed(policy, usual_care)
     from equicare.ope._evaluate import nuisance_seed
 
     fit_seed = nuisance_seed(seed)  # the in-memory nuisance models' folds and fits
@@ -916,6 +923,9 @@ def evaluate_stream(
                        episode_ids=src.scan.episode_ids if on_file else None)
     support = None if src.logged and not diagnose_support else _SupportRider(
         src, policy, behavior_model=behavior_model, seed=seed, threshold=support_threshold)
+    counted: list[NDArray[np.float64]] = []  # rows left to practice, rows (the first pass's)
+    if can_defer(policy):
+        src.ride(lambda: functools.partial(deferred_counts, policy=policy), counted.append)
     sel: Any = None  # auto's selection, when it chose the Q-model
     level_cols: list[LevelColumn] = []
     own_levels: dict[str, tuple[dict[str, StreamGroup], dict[str, Any]]] = {}
@@ -1039,7 +1049,10 @@ def evaluate_stream(
         "estimators": list(keys), "bootstrap": n_boot, "ci_method": ci_method, "alpha": alpha,
         "truncate": truncate, "random_state": seed,
         "propensity_source": "logged" if beh_info is None else "estimated",
-        "support_check": None if support is None else support.how}, support=report,
+        "support_check": None if support is None else support.how,
+        **usual_care_settings(usual_care, None if not counted else
+                              float(counted[0][0] / max(counted[0][1], 1.0)))},
+        support=report,
         propensity_check=None if support is None or beh_info is not None
         else support.propensity_check())
     if own_levels:  # subgroup columns the table pools over and the target reads

@@ -179,6 +179,16 @@ class LevelStreamPolicy:
             other = self.table_probs[pos]
         return np.asarray(np.where(own[:, None], p, other), dtype=np.float64)
 
+    def deployed_rows(self, ds: TrajectoryDataset) -> NDArray[np.bool_] | None:
+        """The wrapped policy's rows left to the clinicians, if it is valued as deployed.
+
+        The level's own rows keep the target's probabilities, so their logged action there
+        (target and behaviour probability 1), as in memory.
+        """
+        from equicare.policy._deployed import deployed_rows
+
+        return deployed_rows(self.policy, ds)
+
 
 def plan_levels(source: Any, policy: Any, cfg: FQEConfig, groups: GroupPlan | None, *,
                 sample_rows: int, seed: int, selection: Any = None,

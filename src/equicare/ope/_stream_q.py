@@ -97,6 +97,7 @@ from equicare.ope._stream_sums import (
     StudentCoefs,
     _target_probs,
     episode_sums,
+    logged_propensities,
     pass_coefs,
     replicate_weights,
 )
@@ -304,23 +305,6 @@ def _target_matrix(dataset: TrajectoryDataset, policy: Any) -> NDArray[np.float6
 
     return check_probs(_target_probs(dataset, policy), dataset.n_steps, dataset.n_actions,
                        "evaluate_stream")
-
-
-def _logged_b(dataset: TrajectoryDataset) -> NDArray[np.float64]:
-    from equicare.exceptions import DataValidationError
-
-    if dataset.behavior_prob is None:
-        raise DataValidationError(
-            "Streamed evaluation uses the logged propensities: name the column of the logged "
-            "action's probability under current practice as dataset.behavior_prob in the manifest.")
-    b = np.asarray(dataset.behavior_prob, dtype=np.float64)
-    ok = (b > 0) & (b <= 1 + 1e-9)
-    if not np.all(ok):
-        bad = np.flatnonzero(~ok)
-        raise DataValidationError(
-            f"{bad.size} logged propensities are not in (0, 1] (first rows of the chunk: "
-            f"{bad[:5].tolist()}); importance weights need the logged action's probability.")
-    return b
 
 
 @dataclass(frozen=True)
@@ -701,9 +685,9 @@ class GroupCodes:
 
 
 def _weights_inputs(dataset: TrajectoryDataset, pe: NDArray[np.float64], horizon: int,
-                    q_sa: NDArray[np.float64] | None = None,
+                    policy: Any, q_sa: NDArray[np.float64] | None = None,
                     v: NDArray[np.float64] | None = None) -> OPEInputs:
-    b = _logged_b(dataset)
+    b = logged_propensities(dataset, policy)
     rho = pe[np.arange(dataset.n_steps), dataset.actions] / b
     return OPEInputs(rewards=dataset.rewards, episode_offsets=dataset.episode_offsets,
                      gamma=dataset.gamma, rho=rho, q_sa=q_sa, v_s=v, horizon=horizon)
@@ -767,7 +751,7 @@ def _pass1_chunk(dataset: TrajectoryDataset, *, policy: Any, design: _Design,
         assert isinstance(x_pi, SparsePi)
         ws = _window_chunk(dataset, design, x_pi.x_pi)
     shape = (0, 0) if lm is None else (int(lm.phi.shape[1]), int(lm.psi.shape[1]))
-    inputs = _weights_inputs(dataset, pe, design.horizon)
+    inputs = _weights_inputs(dataset, pe, design.horizon, policy)
     keys = design.keys
     first = a = bb = s = s_prev = None
     if "fqe" in keys or design.window_sums:  # the censoring check values the first rows
@@ -1024,7 +1008,7 @@ def _pass2_matrix(dataset: TrajectoryDataset, *, policy: Any, design: _Design, f
         v = _step_values(x_pi.x_pi, theta, dataset.step)
     else:
         q_sa, v = np.asarray(x @ theta), x_pi.matvec(theta)
-    inputs = _weights_inputs(dataset, pe, design.horizon, q_sa=q_sa, v=v)
+    inputs = _weights_inputs(dataset, pe, design.horizon, policy, q_sa=q_sa, v=v)
     parts = episode_parts(inputs, design.keys, truncate=design.truncate)
     cols = [parts.matrix, inputs.returns()[:, None]]
     eff = None
@@ -1471,7 +1455,8 @@ def _group_pieces_chunk(dataset: TrajectoryDataset, *, policy: Any, design: _Des
                         groups: GroupCodes) -> _GroupPieces:
     pe = _target_matrix(dataset, policy)
     x, x_pi, _ = design.build(dataset, pe)
-    return _group_pieces(dataset, x, x_pi, _weights_inputs(dataset, pe, design.horizon), design,
+    return _group_pieces(dataset, x, x_pi, _weights_inputs(dataset, pe, design.horizon, policy),
+                         design,
                          groups.keys, groups.codes(dataset), groups.n_groups)
 
 

@@ -10,7 +10,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
-from equicare.exceptions import InvalidParameterError, PolicyError
+from equicare.exceptions import DataValidationError, InvalidParameterError, PolicyError
 from equicare.ope._bootstrap import (
     influence_coefs,
     jackknife_se,
@@ -288,6 +288,34 @@ def _target_probs(dataset: TrajectoryDataset, policy: Any) -> NDArray[np.float64
         name="policy", owner="evaluate_stream",
         expected="a Policy (action_probs(dataset) -> (n_steps, n_actions)) or a callable",
         got=type(policy).__name__))
+
+
+def logged_propensities(dataset: TrajectoryDataset, policy: Any) -> NDArray[np.float64]:
+    """A chunk's propensities of the logged actions, checked (logged or estimated).
+
+    Rows that a policy valued as deployed leaves to the clinicians get 1 (their target is the
+    logged action; :mod:`equicare.policy._deployed`), as in memory, and need no propensity.
+
+    Raises
+    ------
+    DataValidationError
+        No propensity column, or a propensity outside (0, 1] on a row the policy decides.
+    """
+    from equicare.policy._deployed import deployed_propensities
+
+    if dataset.behavior_prob is None:
+        raise DataValidationError(
+            "Streamed evaluation uses the logged propensities: name the column of the logged "
+            "action's probability under current practice as dataset.behavior_prob in the manifest.")
+    b = deployed_propensities(policy, dataset,
+                              np.asarray(dataset.behavior_prob, dtype=np.float64))
+    ok = (b > 0) & (b <= 1 + 1e-9)
+    if not np.all(ok):
+        bad = np.flatnonzero(~ok)
+        raise DataValidationError(
+            f"{bad.size} logged propensities are not in (0, 1] (first rows of the chunk: "
+            f"{bad[:5].tolist()}); importance weights need the logged action's probability.")
+    return b
 
 
 _NO_PROBS = re.compile(r"(?<!at least )\b(\d+) dataset rows? (?:has|have) no probabilities")

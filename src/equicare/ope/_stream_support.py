@@ -247,6 +247,7 @@ class SupportCheck:
         """The chunk's :class:`SupportSums` of ``policy``."""
         from equicare.ope._stream_sums import _target_probs
         from equicare.policy import check_probs
+        from equicare.policy._deployed import deployed_rows, exempt_rows
         from equicare.utils import ROW_BLOCK_ELEMENTS
 
         ds = dataset
@@ -261,6 +262,7 @@ class SupportCheck:
         for lo, _, part in ds.episode_blocks(max_rows):
             tp = check_probs(_target_probs(part, policy), part.n_steps, part.n_actions,
                              "evaluate_stream")
+            tp = exempt_rows(tp, deployed_rows(policy, part))  # the clinicians' rows: supported
             for rows, probs in self._behavior_blocks(part):
                 mass[lo + rows] = unsupported_mass(tp[rows], probs, self.observed(part, rows),
                                                    self.threshold)

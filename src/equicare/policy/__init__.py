@@ -12,6 +12,7 @@ from equicare.policy._base import (
     greedy_actions,
     sample_actions,
 )
+from equicare.policy._deployed import USUAL_CARE, DeployedPolicy, as_deployed, deferred_target
 from equicare.policy._file import (
     FilePolicy,
     read_policy_file,
@@ -22,14 +23,18 @@ from equicare.policy._tree import TreePolicy, tree_features
 
 __all__ = [
     "CallablePolicy",
+    "DeployedPolicy",
     "FilePolicy",
     "FixedActionPolicy",
     "MixturePolicy",
     "Policy",
     "TabularPolicy",
     "TreePolicy",
+    "USUAL_CARE",
     "UniformPolicy",
+    "as_deployed",
     "check_probs",
+    "deferred_target",
     "greedy_actions",
     "read_policy_file",
     "sample_actions",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -683,6 +683,7 @@ def write_policy_file(
     *,
     form: Literal["wide", "long"] = "wide",
     overwrite: bool = False,
+    extra: Mapping[str, NDArray[Any]] | None = None,
 ) -> Path:
     """Write probabilities for every dataset row as a Contract-2 policy file (atomically).
 
@@ -694,11 +695,14 @@ def write_policy_file(
         ``.parquet`` or ``.csv``.
     form : {"wide", "long"}
     overwrite : bool
+    extra : mapping of str to ndarray of shape (n_steps,), optional
+        More columns, one value per dataset row (repeated on each of the row's lines in long
+        form), e.g. ``follows_practice``; readers of the file ignore them.
     """
     p = Path(path)
     if p.exists() and not overwrite:
         raise FileExistsError(f"{p} exists; refusing to overwrite.")
-    df = _policy_frame(dataset, probs, form, "write_policy_file")
+    df = _policy_frame(dataset, probs, form, "write_policy_file", extra)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.name}.tmp")
     if p.suffix.lower() == ".csv":
@@ -709,25 +713,29 @@ def write_policy_file(
     return p
 
 
-def _policy_frame(dataset: TrajectoryDataset, probs: NDArray[np.float64], form: str, owner: str
-                  ) -> pd.DataFrame:
-    """The Contract-2 rows of one dataset: keys plus wide ``p_i`` or long ``action, prob``."""
+def _policy_frame(dataset: TrajectoryDataset, probs: NDArray[np.float64], form: str, owner: str,
+                  extra: Mapping[str, NDArray[Any]] | None = None) -> pd.DataFrame:
+    """The Contract-2 rows of one dataset: keys plus wide ``p_i`` or long ``action, prob``.
+
+    ``extra``: more columns, one value per dataset row, after the probabilities.
+    """
     probs = check_probs(probs, dataset.n_steps, dataset.n_actions, owner)
     man = dataset.manifest
     ep_col = man.episode if man is not None else "episode"
     t_col = man.time if man is not None else "time"
     eps = dataset.episode_rows(dataset.episode_ids)
+    more = {k: np.asarray(v) for k, v in (extra or {}).items()}
     if form == "wide":
         df = pd.DataFrame({ep_col: eps, t_col: dataset.times})
         wide = pd.DataFrame(probs, columns=[f"p_{i}" for i in range(probs.shape[1])])
-        return pd.concat([df, wide], axis=1)
+        return pd.concat([df, wide, pd.DataFrame(more)], axis=1)
     r, a = np.nonzero(probs > 0)
     return pd.DataFrame({ep_col: eps[r], t_col: dataset.times[r], "action": a,
-                         "prob": probs[r, a]})
+                         "prob": probs[r, a], **{k: v[r] for k, v in more.items()}})
 
 
 def write_policy_stream(
-    parts: Iterable[tuple[TrajectoryDataset, NDArray[np.float64]]],
+    parts: Iterable[tuple[Any, ...]],
     path: str | os.PathLike[str],
     *,
     form: Literal["wide", "long"] = "wide",
@@ -737,8 +745,9 @@ def write_policy_stream(
 
     Parameters
     ----------
-    parts : iterable of (TrajectoryDataset, ndarray of shape (n_steps, n_actions))
-        Each chunk of the panel with the policy's probabilities for its rows.
+    parts : iterable of (TrajectoryDataset, ndarray of shape (n_steps, n_actions)[, dict])
+        Each chunk of the panel with the policy's probabilities for its rows, and optionally
+        more columns for its rows (``extra`` of :func:`write_policy_file`).
     path : str or Path
         ``.parquet`` (one row group per chunk) or ``.csv``; written to a temporary sibling and
         moved into place when complete.
@@ -760,8 +769,9 @@ def write_policy_stream(
     csv = p.suffix.lower() == ".csv"
     writer: Any = None
     try:
-        for k, (ds, probs) in enumerate(parts):
-            df = _policy_frame(ds, probs, form, "write_policy_stream")
+        for k, (ds, probs, *more) in enumerate(parts):
+            df = _policy_frame(ds, probs, form, "write_policy_stream",
+                               more[0] if more else None)
             if csv:
                 df.to_csv(tmp, index=False, float_format="%.17g", mode="w" if k == 0 else "a",
                           header=k == 0)

@@ -32,6 +32,9 @@ clinicians' observed frequencies, or a tree of the logged actions), not the leaf
 tree reads "where to deviate from current practice; otherwise as current practice". In the model
 folder the ``tree`` entry then has ``"usual_care": {"kind": "cells" | "tree", ...}``, the mask is
 the tensor ``tree.usual`` and the behaviour model's tensors are prefixed ``usual.``.
+:meth:`TreePolicy.deferred_rows` says which rows reach those leaves: deployed, the clinicians
+decide there, and the OPE engine and the audit value the tree so by default
+(:mod:`equicare.policy._deployed`); ``action_probs`` and ``predict`` give the stored estimate.
 """
 
 from __future__ import annotations
@@ -459,6 +462,18 @@ class TreePolicy:
                 out[rows] = np.asarray(self.usual_policy.action_probs(dataset),
                                        dtype=np.float64)[rows]
         return out
+
+    def deferred_rows(self, dataset: Any) -> NDArray[np.bool_] | None:
+        """Rows that reach a usual-care leaf (left to current practice), shape ``(n_steps,)``.
+
+        None when no leaf follows current practice. ``action_probs`` and ``predict`` give those
+        rows the stored estimate of practice (``usual_policy``); deployed, the clinicians decide
+        there, which is how ``evaluate``, ``audit`` and ``frontier`` value the tree by default
+        (:mod:`equicare.policy._deployed`).
+        """
+        if self.usual is None or not self.has_usual:
+            return None
+        return np.asarray(self.usual[self.apply(dataset)], dtype=bool)
 
     def predict(self, dataset: Any) -> NDArray[np.int64]:
         """Most likely flat action per row, shape ``(n_steps,)``."""
