@@ -280,3 +280,42 @@ def test_deployed_dr_interval_covers_the_exact_deployed_value():
                           diagnose_support=False).estimates["dr"].ci
         covered.append(lo <= truth <= hi)
     assert sum(covered) >= 7, covered
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.EquicareWarning")
+@pytest.mark.parametrize("form", ["wide", "long"])
+def test_a_predicted_file_is_valued_as_deployed_like_its_rules(rules_and_test, tmp_path, form):
+    """``predict`` then ``evaluate FILE``: the file's ``follows_practice`` rows are left to the
+    clinicians as the rules' are, so the file gives the rules' deployed numbers (and with
+    ``usual_care="stored"`` their stored ones); before, the file was valued as stored whatever
+    the option (WIS 0.62-like values where the card said 0.80). A file without the column is
+    an ordinary policy; a flag that is not 0 or 1 is refused naming its row."""
+    from equicare.exceptions import PolicyError
+    from equicare.policy import write_policy_file
+    from equicare.policy._deployed import can_defer
+
+    tree, test = rules_and_test
+    flags = tree.deferred_rows(test)
+    path = tmp_path / f"rules_{form}.parquet"
+    write_policy_file(test, tree.action_probs(test), path, form=form,
+                      extra={"follows_practice": flags.astype("int8")})
+    pol = load_policy(path)
+    assert can_defer(pol) and (pol.deferred_rows(test) == flags).all()
+    for how in ("deployed", "stored"):
+        ref = evaluate(test, tree, estimators=ESTIMATORS, q_model="tabular_stationary",
+                       bootstrap=0, groups=[], random_state=3, usual_care=how)
+        got = evaluate(test, pol, estimators=ESTIMATORS, q_model="tabular_stationary",
+                       bootstrap=0, groups=[], random_state=3, usual_care=how)
+        for k, e in ref.estimates.items():
+            assert got.estimates[k].value == pytest.approx(e.value, rel=1e-12), (how, k)
+        assert got.settings["usual_care"] == how
+        assert got.settings["deferred_share"] == pytest.approx(float(flags.mean()))
+    plain = tmp_path / f"plain_{form}.parquet"
+    write_policy_file(test, tree.action_probs(test), plain, form=form)
+    assert not can_defer(load_policy(plain))
+    bad = pd.read_parquet(path)
+    bad.loc[bad.index[3], "follows_practice"] = 2
+    bad.to_parquet(tmp_path / "bad.parquet", index=False)
+    with pytest.raises(PolicyError, match=r"'follows_practice' must hold 0 or 1 .*; 1 rows do not "
+                                         r"\(first: row 3 .* has 2"):
+        load_policy(tmp_path / "bad.parquet").deferred_rows(test)

@@ -322,6 +322,7 @@ def predict_policy(model_dir: str | os.PathLike[str], data: str | os.PathLike[st
 
     from equicare.data import load_dataset
     from equicare.policy import load_policy, write_policy_file
+    from equicare.policy._file import FOLLOWS_PRACTICE
 
     if form not in ("wide", "long"):
         raise InvalidParameterError(PARAM_MESSAGE.format(name="form", owner="equicare predict",
@@ -368,13 +369,10 @@ def predict_policy(model_dir: str | os.PathLike[str], data: str | os.PathLike[st
                {FOLLOWS_PRACTICE: float(more[FOLLOWS_PRACTICE].mean())})}
 
 
-#: ``predict``'s column marking the rows a policy leaves to current practice.
-FOLLOWS_PRACTICE = "follows_practice"
-
-
 def practice_column(policy: Any, dataset: Any) -> dict[str, Any] | None:
     """``{"follows_practice": 0/1 per row}`` for a policy that can defer rows, else None."""
     from equicare.policy._deployed import deferred_rows_of
+    from equicare.policy._file import FOLLOWS_PRACTICE
 
     rows = deferred_rows_of(policy, dataset)
     return None if rows is None else {FOLLOWS_PRACTICE: rows.astype("int8")}
@@ -623,6 +621,8 @@ def register(app: "typer.Typer") -> None:
             return
         console.print(f"Wrote {res['out']} ({res['n_rows']:,} rows x {res['n_actions']} "
                       f"actions, {res['form']} form)", highlight=False, markup=False)
+        from equicare.policy._file import FOLLOWS_PRACTICE
+
         if FOLLOWS_PRACTICE in res:
             console.print(f"{FOLLOWS_PRACTICE}: {100 * res[FOLLOWS_PRACTICE]:.1f}% of rows "
                           "are left to current practice; their probabilities are the estimate "

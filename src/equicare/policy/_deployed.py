@@ -165,9 +165,14 @@ def deployed_rows(policy: Any, dataset: Any) -> NDArray[np.bool_] | None:
 
 
 def can_defer(policy: Any) -> bool:
-    """Whether a policy may leave whole rows to current practice (has ``deferred_rows``)."""
+    """Whether a policy may leave whole rows to current practice (has ``deferred_rows``).
+
+    A policy whose ``may_defer`` is False cannot (a policy file without a
+    ``follows_practice`` column).
+    """
     inner = policy.policy if isinstance(policy, DeployedPolicy) else policy
-    return callable(getattr(inner, "deferred_rows", None))
+    return (callable(getattr(inner, "deferred_rows", None))
+            and bool(getattr(inner, "may_defer", True)))
 
 
 def deferred_rows_of(policy: Any, dataset: Any) -> NDArray[np.bool_] | None:

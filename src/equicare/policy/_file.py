@@ -18,7 +18,13 @@ from equicare.exceptions import InvalidParameterError, PolicyError
 from equicare.policy._base import PROB_TOL, check_probs
 from equicare.utils import row_blocks
 
-__all__ = ["FilePolicy", "write_policy_file", "write_policy_stream", "read_policy_file"]
+__all__ = ["FilePolicy", "write_policy_file", "write_policy_stream", "read_policy_file",
+           "FOLLOWS_PRACTICE"]
+
+#: Column marking the rows a policy leaves to current practice (``predict`` writes it for
+#: exception rules; 1 on those rows). A file with it is valued as deployed, like the rules.
+FOLLOWS_PRACTICE = "follows_practice"
+MSG_FOLLOWS = "0 or 1 (1: the row is left to current practice)"
 
 _WIDE = re.compile(r"^p_(.+)$")
 _ROWS = "0-based data rows of the policy file"
@@ -142,6 +148,8 @@ class _Indexed:
         The long form's ``prob`` column (None for the wide form).
     names : tuple of str
         The column holding each flat action (``"prob"`` in the long form).
+    follows : ndarray of shape (n_keys,), bool, or None
+        The :data:`FOLLOWS_PRACTICE` column of each key (None when the file has none).
     """
 
     episodes: pd.Index
@@ -152,6 +160,7 @@ class _Indexed:
     rows: NDArray[np.int64]
     prob: NDArray[np.float64] | None
     names: tuple[str, ...]
+    follows: NDArray[np.bool_] | None = None
 
 
 @dataclass(frozen=True)
@@ -434,12 +443,44 @@ class FilePolicy:
             probabilities that are negative or do not sum to 1 within 1e-6 (naming the file's
             0-based data row, its (episode, time) key and the column).
         """
+        ix, pos, ep_col, t_col = self._positions(dataset)
+        # an index read for this call alone is not kept: its rows in the file's order are the
+        # answer as they stand (no copy of the (n_steps, n_actions) matrix)
+        return _checked_rows(ix, pos, ep_col, t_col, self.source, copy=self._whole())
+
+    @property
+    def may_defer(self) -> bool:
+        """Whether the file marks rows left to current practice.
+
+        It does with a :data:`FOLLOWS_PRACTICE` column, as ``predict`` writes for exception
+        rules.
+        """
+        return FOLLOWS_PRACTICE in self._columns()
+
+    def deferred_rows(self, dataset: TrajectoryDataset) -> NDArray[np.bool_] | None:
+        """The file's :data:`FOLLOWS_PRACTICE` flags of ``dataset``'s rows, shape ``(n_steps,)``.
+
+        None when the file has no such column. With it, ``evaluate`` and ``audit`` value the
+        file as deployed, like the exception rules it was written from
+        (:mod:`equicare.policy._deployed`).
+        """
+        if not self.may_defer:
+            return None
+        ix, pos, _, _ = self._positions(dataset)
+        assert ix.follows is not None
+        return np.asarray(ix.follows[pos], dtype=bool)
+
+    def _positions(self, dataset: TrajectoryDataset
+                   ) -> tuple[_Indexed, NDArray[np.int64], str, str]:
+        """The index serving ``dataset`` and each dataset row's key in it (every row covered).
+
+        Returns the index, the positions, and the episode and time column names.
+        """
         man = dataset.manifest
         ep_col = man.episode if man is not None else "episode"
         t_col = man.time if man is not None else "time"
         labels = dataset.action_space.labels()
         layout = self._layout(ep_col, t_col, labels)
-        whole = self._whole()
         ix = self._indexed(dataset, ep_col, t_col, layout, labels)
         # dataset row r <-> (file code of episode_index[r], times[r]); -1 = episode not in file
         ep_code = ix.episodes.get_indexer(pd.Index(dataset.episode_ids)).astype(np.int64)
@@ -455,10 +496,7 @@ class FilePolicy:
                 f"(first: {ep_col}={e0!r}, {t_col}={int(dataset.times[miss[0]])}); "
                 "a policy file must cover every row of the dataset."
             )
-        # an index read for this call alone is not kept: its rows in the file's order are the
-        # answer as they stand (no copy of the (n_steps, n_actions) matrix)
-        return _checked_rows(ix, pos.astype(np.int64), ep_col, t_col, self.source,
-                             copy=whole)
+        return ix, pos.astype(np.int64), ep_col, t_col
 
 
 def _may_hold(stats: Any, want: Any, typ: Any) -> bool:
@@ -567,7 +605,29 @@ def _index(df: pd.DataFrame, rows: NDArray[np.int64], ep_col: str, t_col: str, l
         key_of_row[ok] = row_codes
         lookup = pd.MultiIndex.from_arrays([key_ep, key_t])
         names = ("prob",) * n_a
-    return _Indexed(pd.Index(uniq), lookup, probs, first, key_of_row, rows, prob, names)
+    follows = None
+    if FOLLOWS_PRACTICE in df.columns:
+        flag = _follows(df, rows, ok, ep_col, t_col, source)
+        if layout.form == "wide":
+            follows = flag[ok]
+        else:  # a key's lines repeat its flag: any of them marks the row
+            follows = np.zeros(lookup.size, dtype=bool)
+            np.logical_or.at(follows, row_codes, flag[ok])
+    return _Indexed(pd.Index(uniq), lookup, probs, first, key_of_row, rows, prob, names,
+                    follows)
+
+
+def _follows(df: pd.DataFrame, rows: NDArray[np.int64], ok: NDArray[np.bool_], ep_col: str,
+             t_col: str, source: str) -> NDArray[np.bool_]:
+    """The :data:`FOLLOWS_PRACTICE` column as bool, or a PolicyError naming a row not 0 or 1."""
+    f = _numbers(df, FOLLOWS_PRACTICE, rows, ep_col, t_col, source, MSG_FOLLOWS)
+    bad = np.flatnonzero(ok & ~np.isin(f, (0.0, 1.0)))
+    if bad.size:
+        raise PolicyError(
+            f"{source}: column {FOLLOWS_PRACTICE!r} must hold {MSG_FOLLOWS}; {bad.size} rows "
+            f"do not (first: {_row_key(df, rows, int(bad[0]), ep_col, t_col)} has "
+            f"{_py(df[FOLLOWS_PRACTICE].iloc[bad[0]])!r}; {_ROWS}).")
+    return np.asarray(f == 1.0)
 
 
 def _factorize_keys(ep: NDArray[np.int64], t: NDArray[np.int64]
