@@ -185,6 +185,11 @@ def test_a_degenerate_standard_error_falls_back_to_the_percentile_interval():
     lo, hi = studentized_interval(0.0, reps, small, 1.0)
     assert hi == -lo and (lo, hi) != percentile_interval(reps)
     assert studentized_interval(0.0, reps, np.ones(200), 1e-9) == percentile_interval(reps)
+    # a full-sample standard error far under the spread, though not zero (the README tour's WIS
+    # at 0.036 of it: a bootstrap-t interval a fifth as wide as the bootstrap's): percentile
+    sd = reps.std(ddof=1)
+    assert studentized_interval(0.0, reps, se_reps, 0.036 * sd) == percentile_interval(reps)
+    assert studentized_interval(0.0, reps, se_reps, 0.5 * sd) != percentile_interval(reps)
 
 
 @pytest.mark.parametrize("n_boot", [0, 40])
