@@ -304,6 +304,46 @@ def test_dates_as_time_name_the_first_row_and_say_how_to_number_steps(frame, man
         assert validate_frame(g, Manifest.from_dict(manifest_dict), "panel.csv").ok
 
 
+@pytest.mark.parametrize("kind", ["date_strings", "datetime"])
+def test_dates_that_skip_days_are_named_before_rows_are_numbered(frame, manifest_dict, kind):
+    """A daily panel with a pause: the date hint numbered its rows into one-step transitions.
+
+    Following the hint on member m000's dates (a 9-day pause after its first row) validated
+    with no word, the pause read as the next day; now the skipped dates are an error of their
+    own, at the row after the pause, with what to decide before numbering.
+    """
+    f = frame.copy()
+    day = pd.Timestamp("2024-01-01") + pd.to_timedelta(f["week"], unit="D")
+    first = f.index[f["member_id"] == "m000"]
+    after = first[f.loc[first, "week"].to_numpy().argsort()[1:]]  # rows after the first day
+    day[after] += pd.Timedelta(days=8)
+    f["week"] = day.dt.strftime("%Y-%m-%d") if kind == "date_strings" else day
+    rows = after[0]  # the row after the pause
+    err = assert_invalid(f, manifest_dict,
+                         f"panel.csv: gaps in column 'week' (dates) within an episode at 1 row "
+                         f"(first: {rows}; 0-based data rows): each of these rows comes more "
+                         "than 1 day (the usual spacing of the panel's dates) after its "
+                         "episode's previous row.",
+                         "a pause or a leave and re-enrolment read as the next day: first give "
+                         "each enrolment its own episode id")
+    assert str(err).count("gaps in column") == 1
+    g = frame.copy()  # the same dates without the pause: only the "look like dates" error
+    g["week"] = (pd.Timestamp("2024-01-01") + pd.to_timedelta(g["week"], unit="D")).dt.strftime(
+        "%Y-%m-%d")
+    err = assert_invalid(g, manifest_dict, "These look like dates")
+    assert "gaps in column" not in str(err)
+
+
+def test_integer_time_gaps_say_a_gap_becomes_one_step_once_rows_are_numbered(frame,
+                                                                           manifest_dict):
+    f = frame.copy()
+    first = f.index[f["member_id"] == "m000"]
+    f.loc[first[f.loc[first, "week"].to_numpy().argsort()[1:]], "week"] += 8
+    assert_invalid(f, manifest_dict, "Each gap then becomes one step, so first give each "
+                   "enrolment its own episode id and decide what a pause is (add rows for its "
+                   "missing steps, or split the episode there).")
+
+
 def test_small_group_levels_are_named_without_their_counts(manifest_dict):
     """A level with fewer than 11 episodes is named, its count (a small cell) is not."""
     frame = make_frame(n_members=40, seed=4)

@@ -194,15 +194,32 @@ MSG_DATE_HINT = (
     "for a regular grid such as weeks, (date - the episode's first date).days // 7 keeps "
     "missing weeks visible, and they are then refused as gaps).")
 
+#: Dates of an episode further apart than the panel's usual spacing (a pause, a re-enrolment).
+MSG_DATE_GAPS = (
+    "{source}: gaps in column {time!r} (dates) within an episode at {rows}: each of these rows "
+    "comes more than {spacing} (the usual spacing of the panel's dates) after its episode's "
+    "previous row. Numbering the rows as above would make each gap one step, a pause or a "
+    "leave and re-enrolment read as the next {unit}: {advice}")
+
+#: What to do about gaps before numbering rows (a pause is not the next step).
+GAP_ADVICE = ("first give each enrolment its own episode id and decide what a pause is (add "
+              "rows for its missing {unit}s, or split the episode there).")
+
 
 def _time_not_integer(t: pd.Series, manifest: Manifest, source: str,
-                      row_numbers: NDArray[np.int64] | None) -> str:
+                      row_numbers: NDArray[np.int64] | None) -> tuple[str, bool]:
     """The error for a time column that is not numeric: first bad row and value, and a hint.
 
     Parameters
     ----------
     t : Series of shape (n_rows,)
         The time column (dates, strings or booleans).
+
+    Returns
+    -------
+    message : str
+    dates : bool
+        The column looks like dates (:func:`_date_gaps` then looks for skipped dates).
     """
     if pd.api.types.is_bool_dtype(t.dtype):
         bad = np.ones(len(t), dtype=bool)
@@ -226,7 +243,48 @@ def _time_not_integer(t: pd.Series, manifest: Manifest, source: str,
     shown = str(value) if dates else repr(value)
     return (f"{source}: column {manifest.time!r} (time) must hold integers; "
             f"{_rows_global(bad, None, row_numbers)} do not (row {row}: {shown}, "
-            f"{t.dtype} values). {hint}")
+            f"{t.dtype} values). {hint}"), dates
+
+
+def _date_gaps(t: pd.Series, codes: NDArray[np.int64], manifest: Manifest, source: str,
+               row_numbers: NDArray[np.int64] | None) -> str | None:
+    """The error for dates that skip the panel's usual spacing within an episode, if any.
+
+    The date hint numbers each episode's rows, which turns a pause of two weeks (or a leave and
+    a re-enrolment under the same id) into a one-step transition without a word; this says
+    where that would happen. The spacing is the median gap between consecutive dates of an
+    episode (one day for a daily panel); a gap longer than it is reported at its later row.
+
+    Parameters
+    ----------
+    t : Series of shape (n_rows,)
+        The time column, dates (text or datetime).
+    codes : ndarray of shape (n_rows,)
+        Episode codes of the rows.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pandas warns when it guesses a date format
+        when = pd.to_datetime(t, errors="coerce")
+    ns = when.to_numpy(dtype="datetime64[ns]").astype(np.int64)
+    ok = when.notna().to_numpy()
+    order = np.lexsort((ns, codes))
+    order = order[ok[order]]  # unreadable dates (NaT) are left out
+    same = codes[order][1:] == codes[order][:-1]
+    step = np.diff(ns[order])[same]
+    if step.size == 0 or np.median(step) <= 0:
+        return None
+    spacing = pd.Timedelta(int(np.median(step)), unit="ns")
+    gap = np.zeros(len(t), dtype=bool)
+    gap[order[1:][same][step > spacing.value]] = True
+    if not gap.any():
+        return None
+    days = spacing / pd.Timedelta(days=1)
+    unit = "day" if days < 7 else "week" if days < 28 else "period"
+    said = (f"{days:g} day" + ("" if days == 1 else "s") if days == round(days)
+            else str(spacing))
+    return MSG_DATE_GAPS.format(source=source, time=manifest.time, spacing=said, unit=unit,
+                                rows=_rows_global(gap, None, row_numbers),
+                                advice=GAP_ADVICE.format(unit=unit))
 
 
 def encode_actions(col: pd.Series, spec: ActionColumn) -> NDArray[np.int64]:
@@ -362,7 +420,13 @@ def validate_frame(
     t = df[manifest.time]
     t_ok = False
     if not _is_numeric(t):
-        err(_time_not_integer(t, manifest, source, row_numbers))
+        message, dates = _time_not_integer(t, manifest, source, row_numbers)
+        err(message)
+        if dates and not bad.any():
+            gaps = _date_gaps(t, pd.factorize(ep)[0].astype(np.int64), manifest, source,
+                              row_numbers)
+            if gaps is not None:
+                err(gaps)
     else:
         tv = t.to_numpy(dtype=np.float64, na_value=np.nan)
         bad_t = ~np.isfinite(tv) | (np.floor(tv) != tv)
@@ -393,7 +457,8 @@ def validate_frame(
                 f"{_rows(gap, order)}; expected consecutive time steps (t, t+1, ...). If the "
                 "times are dates or irregular visits, add a column numbering each episode's rows "
                 "0, 1, 2, ... in time order and name it as the manifest's time (a decision step "
-                "is a row; missing periods are not imputed)."
+                "is a row; missing periods are not imputed). Each gap then becomes one step, so "
+                + GAP_ADVICE.format(unit="step")
             )
         rep.order = order.astype(np.int64)
         rep.episode_codes = codes.astype(np.int64)
