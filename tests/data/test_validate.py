@@ -344,6 +344,21 @@ def test_integer_time_gaps_say_a_gap_becomes_one_step_once_rows_are_numbered(fra
                    "missing steps, or split the episode there).")
 
 
+def test_blank_group_labels_are_reported_beside_a_time_column_of_dates(frame, manifest_dict):
+    """validate lists every problem: a daily export with dates as the time and blank race cells
+    got the date error alone, and the blank race only on the next run, once the dates were
+    numbered (the label check sat behind the keys' ordering)."""
+    f = frame.copy()
+    f["week"] = (pd.Timestamp("2024-01-01") + pd.to_timedelta(f["week"], unit="D")).dt.strftime(
+        "%Y-%m-%d")
+    f.loc[f.index[:3], "race"] = ""
+    err = assert_invalid(f, manifest_dict, "These look like dates",
+                         MSG_MISSING_GROUP.format(where="panel.csv", column="race",
+                                                  rows="3 rows (first: 0, 1, 2; 0-based data "
+                                                       "rows)"))
+    assert len(err.problems) == 2
+
+
 def test_small_group_levels_are_named_without_their_counts(manifest_dict):
     """A level with fewer than 11 episodes is named, its count (a small cell) is not."""
     frame = make_frame(n_members=40, seed=4)

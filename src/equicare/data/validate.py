@@ -437,7 +437,24 @@ def validate_frame(
             )
         else:
             t_ok = True
-    if t_ok and not bad.any():
+    # groups and need need a label on every row: found whether or not the keys can be ordered
+    # (a time column of dates hid the blank race cells until it was fixed)
+    keyed = [(g, "group attribute") for g in manifest.groups] + (
+        [(manifest.need, "need flag")] if manifest.need else [])
+    unlabelled: dict[str, str] = {}
+    for c, what in keyed:
+        if c in manifest.groups:  # the check TrajectoryDataset and group_index make too
+            blank = missing_labels(df[c])
+            if blank.any():
+                unlabelled[c] = MSG_MISSING_GROUP.format(where=source, column=c,
+                                                         rows=_rows(blank))
+                continue
+        isna = df[c].isna().to_numpy()
+        if isna.any():
+            unlabelled[c] = f"{source}: column {c!r} ({what}) is empty in {_rows(isna)}."
+    if not (t_ok and not bad.any()):
+        rep.errors.extend(unlabelled.values())
+    else:
         codes, uniques = pd.factorize(ep, sort=True)
         times = t.to_numpy(dtype=np.int64)
         order = np.lexsort((times, codes))
@@ -466,21 +483,11 @@ def validate_frame(
         starts = np.r_[True, ~same]
         first_row_of = order[np.maximum.accumulate(np.where(starts, np.arange(n), 0))]
         # per-episode constancy of groups and need
-        for c, what in [(g, "group attribute") for g in manifest.groups] + (
-            [(manifest.need, "need flag")] if manifest.need else []
-        ):
-            vals = df[c]
-            if c in manifest.groups:  # the check TrajectoryDataset and group_index make too
-                unlabelled = missing_labels(vals)
-                if unlabelled.any():
-                    err(MSG_MISSING_GROUP.format(where=source, column=c,
-                                                 rows=_rows(unlabelled)))
-                    continue
-            isna = vals.isna().to_numpy()
-            if isna.any():
-                err(f"{source}: column {c!r} ({what}) is empty in {_rows(isna)}.")
+        for c, what in keyed:
+            if c in unlabelled:
+                err(unlabelled[c])
                 continue
-            v = pd.factorize(vals)[0]
+            v = pd.factorize(df[c])[0]
             changed = v[order] != v[first_row_of]
             if changed.any():
                 err(
