@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from equicare.exceptions import DataValidationError, DataWarning
 from equicare.utils import MIN_CELL
 
 __all__ = ["ValidationReport", "validate_frame", "encode_actions", "SPARSE_REWARD_PCT",
-           "NO_TERMINAL_NOTE", "PanelCounts", "panel_warnings"]
+           "NO_TERMINAL_NOTE", "PanelCounts", "panel_warnings", "EXAMPLE_ROW_RE"]
 
 #: Note of a manifest without ``dataset.terminal`` (Contract 1: every episode end is censored).
 NO_TERMINAL_NOTE = "no 'terminal' column: every episode end is treated as censored"
@@ -204,6 +205,11 @@ MSG_DATE_GAPS = (
 #: What to do about gaps before numbering rows (a pause is not the next step).
 GAP_ADVICE = ("first give each enrolment its own episode id and decide what a pause is (add "
               "rows for its missing {unit}s, or split the episode there).")
+
+
+#: The example row a message shows after its rows (``(row 5: 2024-01-01, object values)``):
+#: each chunk of a streamed panel shows its own, so chunks' messages merge without it.
+EXAMPLE_ROW_RE = re.compile(r"\(row (\d+): .*?, [^()]*? values\)")
 
 
 def _time_not_integer(t: pd.Series, manifest: Manifest, source: str,
