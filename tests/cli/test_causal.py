@@ -258,3 +258,30 @@ def test_mediation_table_prints_small_effects_in_significant_digits():
     text = console.export_text()
     assert "0.00042" in text and "0.00011" in text and "[0.000204, 0.000636]" in text
     assert " 0.000 " not in text
+
+
+def test_mediation_table_says_what_the_effects_and_the_fixed_control_are():
+    """A daily panel: evaluate reported values near 31 (discounted returns), mediate a total
+    effect of 0.118 titled "awr_probs vs a0=0", with no word that these are long-run average
+    rewards per step nor that a0=0 meant "never a coach call"."""
+    from rich.console import Console
+
+    from equicare.causal._result import (
+        EFFECT_KEYS,
+        EffectEstimate,
+        EstimatorResult,
+        MediationResult,
+    )
+    from equicare.cli._causal import MEDIATION_UNITS, mediation_table
+
+    eff = {k: EffectEstimate(0.1, 0.01, (0.08, 0.12)) for k in EFFECT_KEYS}
+    res = MediationResult(n_episodes=100, n_steps=900, control="a0=0",
+                          estimators={"mr": EstimatorResult(eff, {})})
+    console = Console(width=400, record=True)
+    console.print(mediation_table(res, "action=coach call"))
+    text = " ".join(console.export_text().split())
+    assert MEDIATION_UNITS + " Control a0=0: never action=coach call." in text
+    console = Console(width=400, record=True)
+    console.print(mediation_table(res))
+    text = " ".join(console.export_text().split())
+    assert MEDIATION_UNITS in text and "never" not in text
