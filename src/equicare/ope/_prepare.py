@@ -328,9 +328,11 @@ def prepare(
     check = None
     if needs_q:  # Q at the logged actions and V only: no (n_steps, n_actions) Q matrix is kept
         qfit = given or fit_fqe_logged(dataset, pe, _concrete(qcfg), random_state=seed)
-        if selection is not None and selection.chosen == "tabular_stationary":
-            qfit, qcfg, selection, check = _censoring_switch(dataset, pe, qfit,
-                                                             _concrete(qcfg), selection)
+        cfg = _concrete(qcfg)  # auto's stationary table, with or without named cells
+        if (selection is not None and cfg.model == "tabular"
+                and cfg.resolved_horizon == "stationary"):
+            qfit, qcfg, selection, check = _censoring_switch(dataset, pe, qfit, cfg,
+                                                             selection)
     bandit_qfit = None
     if "bandit_dr" in keys:
         bandit_qfit = given or fit_fqe_logged(dataset, pe, _concrete(qcfg), gamma=0.0,
