@@ -89,6 +89,28 @@ def test_no_share_is_kept_from_an_estimate_far_outside_the_observed_returns():
     assert "keep only" not in said
 
 
+def test_no_share_is_kept_of_a_gain_within_the_sources_noise():
+    """A daily panel's card: the source gained 1.01 by DR (SE 1.40) and the rules, at 17.5
+    (SE 15.7) against current practice's 30.66, "keep only -1297%" of it. A gain within two
+    standard errors gives no share (n/a) and a caveat says why; a clear gain still does."""
+    from equicare.explain._evidence import _caveats, improvement_kept
+
+    kept, gains = improvement_kept(30.66, {"dr": 31.67, "wdr": 40.0}, {"dr": 17.52, "wdr": 35.0},
+                                   source_se={"dr": 1.40, "wdr": 2.0})
+    assert kept["dr"] is None and gains["dr"] == pytest.approx(1.01)
+    assert kept["wdr"] == pytest.approx((35.0 - 30.66) / (40.0 - 30.66))
+    val = {"improvement_kept": kept, "source_gain": gains,
+           "source": {"dr": {"value": 31.67, "se": 1.40}}, "rules": {"dr": {"value": 17.52}}}
+    out = _caveats({"n_test_episodes": 10}, {"rules_pct": 0.0, "source_pct": 1.0,
+                                             "check": "estimated propensities"},
+                   val, "dr", ExplainConfig(), [])
+    said = " ".join(out)
+    assert ("The source policy's estimated gain over current practice (dr: +1.01, standard "
+            "error 1.4) is within 2 standard errors of none, so no share of it kept by the "
+            "rules is reported (n/a)") in said
+    assert "keep only" not in said
+
+
 def test_the_card_says_why_no_share_is_kept():
     from equicare.explain._evidence import _caveats
 
