@@ -581,3 +581,25 @@ def test_a_run_records_the_sha256_of_the_files_it_read(tmp_path, command):
     assert got == {role: [{"path": str(d / name), "bytes": (d / name).stat().st_size,
                            "sha256": hashlib.sha256((d / name).read_bytes()).hexdigest()}]
                    for role, name in (("data", "panel.parquet"), ("manifest", "manifest.toml"))}
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.DataWarning")
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.SmallCellWarning")
+def test_the_run_warns_as_evaluate_does_of_values_resting_on_few_episodes_weight(tmp_path):
+    """A daily panel's run printed WIS 9.21 [9.16, 9.26] on a trajectory ESS of 1.0 (one
+    member's return, with an interval of a hundredth) and warned only in its audit stage: the
+    evaluate stage says what `equicare evaluate` says."""
+    import warnings
+
+    cfg = tiny_config(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # the command prints them as one-line warnings
+        res = runner.invoke(app, ["run", str(cfg), "--no-progress", "--json"])
+    assert res.exit_code == 0, res.output
+    d = tmp_path / "runs" / json.loads(res.stdout)["run_id"]
+    ess = json.loads((d / "result.json").read_text())["ess"]
+    assert ess["trajectory"] < 11  # the tiny care run's weights rest on a few episodes
+    said = " ".join(res.stderr.split())
+    assert (f"warning: the overall is, wis, pdis and wpdis values rest on fewer than 11 "
+            f"episodes' worth of importance weight (trajectory ESS {ess['trajectory']:.1f} of "
+            f"121 episodes for is, wis; per-decision ESS ") in said, said

@@ -222,27 +222,10 @@ def run_evaluate(
 
         msg = propensity_warning(ds, str(data))
         msgs += [msg] if msg is not None else []
-    e = res.ess
-    msgs += low_ess_warning(res.estimates, e.n_episodes,
-                            e.trajectory if e.trajectory_truncated is None
-                            else e.trajectory_truncated,
-                            e.per_decision if e.per_decision_truncated_pct is None
-                            else e.per_decision_truncated_pct * e.n_episodes / 100.0)
-    return res, msgs
+    from equicare.ope._ess import overall_low_ess_message
 
-
-def low_ess_warning(estimates: Any, n_episodes: int, trajectory: float | None,
-                    per_decision: float | None = None) -> list[str]:
-    """The warning for overall importance-sampling values resting on few episodes' weight.
-
-    ``[]`` when every one has an ESS of at least 11 episodes
-    (:func:`equicare.ope._ess.low_ess_message`; the ESS of the weights the estimates used).
-    """
-    from equicare.ope._ess import low_ess_message
-
-    keys = [k for k, v in estimates.items() if v.value is not None and not math.isnan(v.value)]
-    msg = low_ess_message(keys, n_episodes, trajectory, per_decision)
-    return [] if msg is None else [msg]
+    low = overall_low_ess_message(res.estimates, res.ess)
+    return res, msgs + ([] if low is None else [low])
 
 
 def _fmt(x: float) -> str:
@@ -383,9 +366,13 @@ def run_evaluate_stream(data: Path, *, manifest: Path, policy: Path, estimators:
         column = manifest_of(manifest).behavior_prob
         msg = None if not column else check.message(str(data), column)
         msgs += [msg] if msg is not None else []
-    msgs += low_ess_warning(res.estimates, res.n_episodes,
-                            res.ess if res.ess_truncated is None else res.ess_truncated)
-    return res, msgs
+    from equicare.ope._ess import low_ess_message
+
+    valued = [k for k, v in res.estimates.items()
+              if v.value is not None and not math.isnan(v.value)]
+    low = low_ess_message(valued, res.n_episodes,
+                          res.ess if res.ess_truncated is None else res.ess_truncated)
+    return res, msgs + ([] if low is None else [low])
 
 
 def stream_table(res: Any) -> Table:

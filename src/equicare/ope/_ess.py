@@ -13,7 +13,8 @@ from equicare.privacy import low_ess_cells
 from equicare.utils import MIN_CELL
 
 __all__ = ["EffectiveSampleSize", "kish_ess", "effective_sample_size", "ESS_KIND", "WeightSums",
-           "ess_from_sums", "low_ess_groups", "LOW_ESS_OVERALL", "low_ess_message", "IS_FAMILY"]
+           "ess_from_sums", "low_ess_groups", "LOW_ESS_OVERALL", "low_ess_message", "IS_FAMILY",
+           "overall_low_ess_message"]
 
 
 def kish_ess(weights: NDArray[np.float64], axis: int = 0) -> NDArray[np.float64]:
@@ -194,6 +195,24 @@ def low_ess_message(keys: Any, n_episodes: int, trajectory: float | None,
         estimators=", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0],
         s="s" if len(names) > 1 else "", verb="" if len(names) > 1 else "s", said=said,
         min_cell=min_cell)
+
+
+def overall_low_ess_message(estimates: Any, ess: EffectiveSampleSize) -> str | None:
+    """:func:`low_ess_message` of an in-memory evaluation's estimates and ESS.
+
+    The ESS of the weights the estimates used (the truncated ones with truncation); the
+    estimators without a value (WIS with every weight 0) are not named.
+
+    Parameters
+    ----------
+    estimates : dict of str to Estimate
+    ess : EffectiveSampleSize
+    """
+    keys = [k for k, v in estimates.items() if v.value is not None and np.isfinite(v.value)]
+    traj = ess.trajectory if ess.trajectory_truncated is None else ess.trajectory_truncated
+    per_decision = (ess.per_decision if ess.per_decision_truncated_pct is None
+                    else ess.per_decision_truncated_pct * ess.n_episodes / 100.0)
+    return low_ess_message(keys, ess.n_episodes, traj, per_decision)
 
 
 def _pad(a: NDArray[np.float64], width: int) -> NDArray[np.float64]:
