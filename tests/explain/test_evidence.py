@@ -507,3 +507,35 @@ def test_the_deployed_value_covers_the_truth_with_logged_or_estimated_propensiti
     for k in ("dr", "wdr"):
         lo, hi = card.value["rules_deployed"][k]["ci"]
         assert lo <= truth <= hi, (k, lo, truth, hi)
+
+
+def test_the_cards_auto_q_model_is_the_window_table_when_censoring_biases_the_stationary_one():
+    """A daily panel's card valued every policy with auto's ``tabular_stationary[app_version]``
+    and carried five caveats that the stationary table was 11-13% off under censoring, adding
+    "the default --q-model auto uses [the window table] in such a case": the card chose with
+    select_q_model alone, without evaluate's censoring switch. Now it uses the window table."""
+    from dataclasses import replace
+
+    from equicare.ope import evaluate
+    from equicare.policy import TabularPolicy
+    from tests.ope.test_censoring import TGT, panel
+
+    def pooled(ds):
+        site = np.repeat(np.arange(ds.n_episodes) % 3, np.diff(ds.episode_offsets))
+        return replace(ds, categorical=np.c_[ds.categorical[:, 0], site],
+                       categorical_names=("cell", "site"),
+                       categorical_levels=((0, 1, 2),) * 2, _cache={})
+
+    train, test = pooled(panel(1500, 10, seed=1)), pooled(panel(3000, 10, seed=2))
+    card = explain_policy(train, TabularPolicy(TGT), ExplainConfig(
+        bootstrap=20, frontier_bootstrap=0, depths=(1,), depth=1, estimators=("fqe", "dr"),
+        n_permutations=0), test=test, random_state=0)
+    assert card.value["q_model"] == "tabular_window[cell]"
+    assert card.value["q_model_selection"]["replaced"]["criterion_choice"] == (
+        "tabular_stationary[cell]")
+    assert not [c for c in card.caveats if "Prefer --q-model tabular_window" in c]
+    auto = evaluate(test, TGT[test.categorical[:, 0]], estimators=("fqe",), bootstrap=0,
+                    groups=[], diagnose_support=False, random_state=0)
+    assert auto.q_model["chosen"] == "tabular_window"  # what evaluate's auto uses
+    assert card.value["source"]["fqe"]["value"] == pytest.approx(
+        auto.estimates["fqe"].value, rel=1e-9)

@@ -489,10 +489,10 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
 
         q_name, q_selection = cfg.q_model, None
         if q_name == "auto" and any(k in ("fqe", "dr", "wdr") for k in cfg.estimators):
-            from equicare.ope import select_q_model
+            from equicare.ope._prepare import auto_q_model
 
-            sel = select_q_model(test, src_test, random_state=seeds[3])
-            q_name, q_selection = sel.chosen, sel.to_dict()
+            q_name, sel = auto_q_model(test, src_test, random_state=seeds[3])
+            q_selection = sel.to_dict()
 
         def value(probs: NDArray[np.float64], n_boot: int, seed: int,
                   behavior_prob: NDArray[np.float64] | None = None) -> Any:
