@@ -105,10 +105,18 @@ def test_no_share_is_kept_of_a_gain_within_the_sources_noise():
                                              "check": "estimated propensities"},
                    val, "dr", ExplainConfig(), [])
     said = " ".join(out)
-    assert ("The source policy's estimated gain over current practice (dr: +1.01, standard "
-            "error 1.4) is within 2 standard errors of none, so no share of it kept by the "
-            "rules is reported (n/a)") in said
+    assert ("No share of the source policy's estimated gain over current practice kept by the "
+            "rules is reported (dr: n/a): the gain (+1.01, standard error 1.4) or the rules' "
+            "value (standard error n/a) is too noisy for a ratio") in said
     assert "keep only" not in said
+    # the same card with the window table: a clear gain (3.39, SE 1.55), rules at -9.36 with a
+    # standard error of 29.9 read "keep only -1179%": the share's own SE is about 880 points
+    kept, _ = improvement_kept(30.66, {"dr": 34.05}, {"dr": -9.36}, source_se={"dr": 1.55},
+                               rules_se={"dr": 29.9})
+    assert kept["dr"] is None
+    kept, _ = improvement_kept(30.66, {"dr": 34.05}, {"dr": 33.0}, source_se={"dr": 1.55},
+                               rules_se={"dr": 1.2})
+    assert kept["dr"] == pytest.approx((33.0 - 30.66) / (34.05 - 30.66))
 
 
 def test_the_card_says_why_no_share_is_kept():

@@ -574,11 +574,12 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
     kept, gains = improvement_kept(
         beh.value, {k: src_val.estimates[k].value for k in cfg.estimators},
         {k: rules_val.estimates[k].value for k in cfg.estimators}, returns_range=span,
-        source_se=src_se)
+        source_se=src_se, rules_se={k: rules_val.estimates[k].se for k in cfg.estimators})
     kept_dep = None if deployed_val is None else improvement_kept(
         beh.value, {k: src_val.estimates[k].value for k in cfg.estimators},
         {k: deployed_val.estimates[k].value for k in cfg.estimators}, returns_range=span,
-        source_se=src_se)[0]
+        source_se=src_se,
+        rules_se={k: deployed_val.estimates[k].se for k in cfg.estimators})[0]
     val = {"behavior": beh.to_dict(), "source": _est(src_val), "rules": _est(rules_val),
            "improvement_kept": kept, "source_gain": gains, "estimator_for_frontier": key,
            "q_model": q_name, "q_model_selection": q_selection,
@@ -793,6 +794,7 @@ def _held_out_by_rule(rules: list[dict[str, Any]], leaves: NDArray[np.int64],
 def improvement_kept(behavior: float, source: dict[str, float], rules: dict[str, float],
                      returns_range: tuple[float, float] | None = None,
                      source_se: dict[str, float] | None = None,
+                     rules_se: dict[str, float] | None = None,
                      ) -> tuple[dict[str, float | None], dict[str, float | None]]:
     r"""Share of the source policy's estimated gain over current practice that the rules keep.
 
@@ -823,8 +825,8 @@ def improvement_kept(behavior: float, source: dict[str, float], rules: dict[str,
         Estimated values of the source policy and of the rules, by estimator.
     returns_range : (float, float), optional
         The held-out episodes' lowest and highest return.
-    source_se : dict of str to float, optional
-        Standard errors of the source's estimates, by estimator.
+    source_se, rules_se : dict of str to float, optional
+        Standard errors of the source's and the rules' estimates, by estimator.
 
     Returns
     -------
@@ -846,7 +848,7 @@ def improvement_kept(behavior: float, source: dict[str, float], rules: dict[str,
         gain_src = float(v - behavior)
         gains[k] = gain_src if np.isfinite(gain_src) else None
         share = (rules[k] - behavior) / gain_src if gain_src > 1e-12 else np.nan
-        if gain_within_noise(gain_src, (source_se or {}).get(k)):
+        if share_too_noisy(gain_src, (source_se or {}).get(k), (rules_se or {}).get(k)):
             share = np.nan
         kept[k] = float(share) if np.isfinite(share) else None
     return kept, gains
@@ -854,12 +856,24 @@ def improvement_kept(behavior: float, source: dict[str, float], rules: dict[str,
 
 #: A source gain within this many standard errors of its estimate gives no share kept.
 GAIN_NOISE_SE = 2.0
+#: Nor does a rules' value whose standard error exceeds this share of the gain (the share's own
+#: standard error would pass 50 percentage points).
+SHARE_MAX_SE = 0.5
 
 
-def gain_within_noise(gain: float | None, se: float | None) -> bool:
-    """Whether a positive gain is within :data:`GAIN_NOISE_SE` standard errors (a known SE)."""
-    return (gain is not None and se is not None and bool(np.isfinite(se))
-            and 1e-12 < gain <= GAIN_NOISE_SE * se)
+def share_too_noisy(gain: float | None, source_se: float | None,
+                    rules_se: float | None = None) -> bool:
+    """Whether a positive gain is too noisy a denominator for a share kept (known SEs).
+
+    The gain is within :data:`GAIN_NOISE_SE` standard errors of the source's estimate, or the
+    rules' standard error over the gain exceeds :data:`SHARE_MAX_SE`.
+    """
+    if gain is None or not gain > 1e-12:
+        return False
+    return ((source_se is not None and bool(np.isfinite(source_se))
+             and gain <= GAIN_NOISE_SE * source_se)
+            or (rules_se is not None and bool(np.isfinite(rules_se))
+                and rules_se > SHARE_MAX_SE * gain))
 
 
 def card_estimator(estimators: tuple[str, ...], out_of_range: tuple[str, ...]) -> str:
@@ -915,11 +929,17 @@ def _caveats(fid: dict[str, Any], sup: dict[str, Any], val: dict[str, Any], key:
                    f"({key}: a gain of {gain:+.3g}), so there is no improvement for the rules "
                    "to keep and no share kept is reported (n/a).")
     se = (val.get("source", {}).get(key) or {}).get("se")
-    if gain_within_noise(gain, se):
-        out.append(f"The source policy's estimated gain over current practice ({key}: "
-                   f"{gain:+.3g}, standard error {se:.3g}) is within {GAIN_NOISE_SE:g} "
-                   "standard errors of none, so no share of it kept by the rules is reported "
-                   "(n/a): a ratio to a gain that may be zero means nothing. Compare the "
+    rules_se = (val.get("rules", {}).get(key) or {}).get("se")
+    if share_too_noisy(gain, se, rules_se):
+        def _se(x: float | None) -> str:
+            return "n/a" if x is None else f"{x:.3g}"
+
+        out.append(f"No share of the source policy's estimated gain over current practice "
+                   f"kept by the rules is reported ({key}: n/a): the gain ({gain:+.3g}, "
+                   f"standard error {_se(se)}) or the rules' value (standard error "
+                   f"{_se(rules_se)}) is too noisy for a ratio (a gain within "
+                   f"{GAIN_NOISE_SE:g} standard errors of none, or a share whose standard "
+                   f"error passes {100 * SHARE_MAX_SE:g} percentage points). Compare the "
                    "values instead.")
     if kept is not None and kept < 0.8:
         out.append(f"The rules keep only {round(100 * kept) or 0}% of the source policy's "
