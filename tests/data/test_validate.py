@@ -70,6 +70,27 @@ def test_nan_and_inf_states(frame, manifest_dict):
     )
 
 
+def test_missing_states_and_rewards_say_what_to_do(frame, manifest_dict):
+    """A daily export: HbA1c measured on 2.4% of days and an outcome only on the last row got
+    "expected finite numbers" and nothing else. A NaN now says how such columns are filled;
+    an infinite value alone does not get the advice."""
+    from equicare.data.validate import MSG_MISSING_REWARD, MSG_MISSING_STATE
+
+    f = frame.copy()
+    f.loc[[4, 9], "engagement"] = np.nan
+    f.loc[[3], "r_primary"] = np.nan
+    assert_invalid(f, manifest_dict,
+                   "expected finite numbers." + MSG_MISSING_STATE.format(column="engagement",
+                                                                         episode="member_id"),
+                   "expected finite numbers." + MSG_MISSING_REWARD.format(column="r_primary"))
+    assert "df.groupby('member_id')['engagement'].ffill()" in MSG_MISSING_STATE.format(
+        column="engagement", episode="member_id")
+    g = frame.copy()
+    g.loc[2, "engagement"] = np.inf
+    err = assert_invalid(g, manifest_dict, "expected finite numbers.")
+    assert "does not fill" not in str(err)
+
+
 def test_unknown_action_label(frame, manifest_dict):
     frame.loc[[5, 7], "modality"] = "telepathy"
     assert_invalid(

@@ -195,6 +195,18 @@ MSG_DATE_HINT = (
     "for a regular grid such as weeks, (date - the episode's first date).days // 7 keeps "
     "missing weeks visible, and they are then refused as gaps).")
 
+#: What to do about a state column with missing values (a lab measured on some rows only).
+MSG_MISSING_STATE = (
+    " equicare does not fill missing states: for a measurement taken on some rows only (a lab "
+    "test), carry the last value forward within the episode, e.g. df[{column!r}] = "
+    "df.groupby({episode!r})[{column!r}].ffill(), fill the rows before the first measurement "
+    "(the median, say) and add a 0/1 state column saying which rows had no measurement yet; "
+    "or impute it otherwise.")
+#: What to do about a reward column with missing values (an outcome on the last row only).
+MSG_MISSING_REWARD = (
+    " A reward recorded on some rows only (an outcome on the episode's last row) is 0 on the "
+    "others: fill them, e.g. df[{column!r}] = df[{column!r}].fillna(0).")
+
 #: Dates of an episode further apart than the panel's usual spacing (a pause, a re-enrolment).
 MSG_DATE_GAPS = (
     "{source}: gaps in column {time!r} (dates) within an episode at {rows}: each of these rows "
@@ -520,10 +532,14 @@ def validate_frame(
         v = s.to_numpy(dtype=np.float64, na_value=np.nan)
         nonfinite = ~np.isfinite(v)
         if nonfinite.any():
+            hint = ("" if not np.isnan(v).any() else
+                    MSG_MISSING_STATE.format(column=c, episode=manifest.episode)
+                    if what == "state" else MSG_MISSING_REWARD.format(column=c)
+                    if what.startswith("reward") else "")
             err(
                 f"{source}: column {c!r} ({what}) has NaN or infinite values in "
                 f"{_rows(nonfinite)}; "
-                "expected finite numbers."
+                f"expected finite numbers.{hint}"
             )
 
     for c in manifest.states:
