@@ -355,6 +355,21 @@ def test_dates_that_skip_days_are_named_before_rows_are_numbered(frame, manifest
     assert "gaps in column" not in str(err)
 
 
+def test_irregular_visit_dates_are_not_called_gaps(frame, manifest_dict):
+    """Clinic visits 20-40 days apart: half the intervals exceed their median, none is a
+    missing period (a row is a visit), so only the date hint is given."""
+    f = frame.sort_values(["member_id", "week"]).copy()
+    rng = np.random.default_rng(0)
+    days = rng.integers(20, 41, size=len(f))
+    first = f["member_id"].ne(f["member_id"].shift())
+    days[first.to_numpy()] = 0
+    f["week"] = (pd.Timestamp("2024-01-01") + pd.to_timedelta(
+        pd.Series(days, index=f.index).groupby(f["member_id"]).cumsum(), unit="D")
+                 ).dt.strftime("%Y-%m-%d")
+    err = assert_invalid(f, manifest_dict, "These look like dates")
+    assert "gaps in column" not in str(err)
+
+
 def test_integer_time_gaps_say_a_gap_becomes_one_step_once_rows_are_numbered(frame,
                                                                            manifest_dict):
     f = frame.copy()

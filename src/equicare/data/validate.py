@@ -264,6 +264,10 @@ def _time_not_integer(t: pd.Series, manifest: Manifest, source: str,
             f"{t.dtype} values). {hint}"), dates
 
 
+#: Share of an episode's consecutive dates at the usual spacing that makes the dates a grid.
+REGULAR_SHARE = 0.8
+
+
 def _date_gaps(t: pd.Series, codes: NDArray[np.int64], manifest: Manifest, source: str,
                row_numbers: NDArray[np.int64] | None) -> str | None:
     """The error for dates that skip the panel's usual spacing within an episode, if any.
@@ -272,6 +276,8 @@ def _date_gaps(t: pd.Series, codes: NDArray[np.int64], manifest: Manifest, sourc
     a re-enrolment under the same id) into a one-step transition without a word; this says
     where that would happen. The spacing is the median gap between consecutive dates of an
     episode (one day for a daily panel); a gap longer than it is reported at its later row.
+    Only dates on a regular grid are checked (at least :data:`REGULAR_SHARE` of the gaps equal
+    the spacing): irregular visits have no missing period, and a row is their step.
 
     Parameters
     ----------
@@ -292,6 +298,8 @@ def _date_gaps(t: pd.Series, codes: NDArray[np.int64], manifest: Manifest, sourc
     if step.size == 0 or np.median(step) <= 0:
         return None
     spacing = pd.Timedelta(int(np.median(step)), unit="ns")
+    if np.mean(step == spacing.value) < REGULAR_SHARE:
+        return None
     gap = np.zeros(len(t), dtype=bool)
     gap[order[1:][same][step > spacing.value]] = True
     if not gap.any():
