@@ -211,3 +211,13 @@ def test_a_tabular_policy_says_which_numeric_states_it_ignores(app, files, mdp, 
             "the default with categorical states)") in text
     res = runner.invoke(app, [*args, str(files / f"lab_{algo}_bin"), "--param", "numeric=bin"])
     assert res.exit_code == 0 and "ignores the numeric" not in res.stdout, _err(res)
+
+
+def test_window_help_speaks_of_steps_not_weeks(app):
+    """A daily panel's user read "--window: history weeks read" and could not tell whether 4
+    meant 4 days or 28: the window counts rows (steps), whatever the time unit."""
+    res = runner.invoke(app, ["train", "--help"], terminal_width=200)
+    text = " ".join(res.output.split())
+    assert ("rows of history read, the current row included (steps, whatever the time unit)"
+            in text)
+    assert "history weeks" not in text

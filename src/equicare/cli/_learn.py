@@ -378,7 +378,8 @@ def register(app: "typer.Typer") -> None:
         encoder: Annotated[Encoder | None, typer.Option(
             help="bc/awr/cql: state encoder [default: mlp].")] = None,
         window: Annotated[int | None, typer.Option(
-            min=1, help="bc/awr/cql with --encoder lstm: history weeks read [default: 4].")
+            min=1, help="bc/awr/cql with --encoder lstm: rows of history read, the current "
+                        "row included (steps, whatever the time unit) [default: 4].")
         ] = None,
         fair_action: Annotated[str | None, typer.Option(
             help="bc/awr/cql: action set of the parity penalty, e.g. modality=home_visit.")
