@@ -282,3 +282,30 @@ def test_mediate_refuses_a_basis_too_wide_before_building_the_states(app, tmp_pa
     out = " ".join(res.output.split())
     assert res.exit_code == 2, res.output
     assert "Too few transitions for the basis" in out and "--basis constant" in out
+
+
+def test_mediation_table_says_what_the_effects_and_the_fixed_control_are():
+    """A daily panel: evaluate reported values near 31 (discounted returns), mediate a total
+    effect of 0.118 titled "awr_probs vs a0=0", with no word that these are long-run average
+    rewards per step nor that a0=0 meant "never a coach call"."""
+    from rich.console import Console
+
+    from equicare.causal._result import (
+        EFFECT_KEYS,
+        EffectEstimate,
+        EstimatorResult,
+        MediationResult,
+    )
+    from equicare.cli._causal import MEDIATION_UNITS, mediation_table
+
+    eff = {k: EffectEstimate(0.1, 0.01, (0.08, 0.12)) for k in EFFECT_KEYS}
+    res = MediationResult(n_episodes=100, n_steps=900, control="a0=0",
+                          estimators={"mr": EstimatorResult(eff, {})})
+    console = Console(width=400, record=True)
+    console.print(mediation_table(res, "action=coach call"))
+    text = " ".join(console.export_text().split())
+    assert MEDIATION_UNITS + " Control a0=0: never action=coach call." in text
+    console = Console(width=400, record=True)
+    console.print(mediation_table(res))
+    text = " ".join(console.export_text().split())
+    assert MEDIATION_UNITS in text and "never" not in text

@@ -317,3 +317,28 @@ def test_audit_prints_which_q_model_valued_each_policy(app, panel) -> None:
         "Q-model of eq: tabular_stationary replaced by tabular_window: 17.8% of the episodes "
         "are censored; auto's scores (lower is better): linear 0.0143, tabular_stationary "
         "0.0121, gbm n/a")
+
+
+def test_the_frontier_table_names_each_worst_group():
+    """A daily panel's frontier printed worst-group values (27.4, 26.2, 29.7; behaviour 30.4)
+    without saying which group; the JSON named it (Hispanic). The table now does too."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+    from rich.console import Console
+
+    from equicare.cli._fairness import frontier_table
+
+    table = pd.DataFrame([{"lambda": 0.0, "value": 30.1, "value_lower": 28.0,
+                           "value_upper": 32.1, "gap_pp": 0.1, "gap_lower": 0.0,
+                           "gap_upper": 0.13, "worst_group_value": 27.359,
+                           "worst_lower": 24.6, "worst_upper": 32.1, "worst_group": "Hispanic",
+                           "pareto": True}])
+    res = SimpleNamespace(learner="BC", weight="fair_lambda", estimator="dr",
+                          action="action=coach call", n_eval_episodes=1034, table=table,
+                          behavior={"value": 30.9, "gap_pp": 0.44, "worst_group_value": 30.447,
+                                    "worst_group": "Black"})
+    console = Console(width=300, record=True)
+    console.print(frontier_table(res))
+    text = console.export_text()
+    assert "27.359 [24.600, 32.100] (Hispanic)" in text and "30.447 (Black)" in text

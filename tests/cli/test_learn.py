@@ -188,3 +188,36 @@ def test_force_into_a_folder_that_holds_no_model_is_refused_before_training(app,
     assert res.exit_code == 2, _err(res)
     assert "holds no model folder (config.json missing)" in " ".join(_err(res).split())
     assert (out / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("algo", ["spibb", "pvi"])
+def test_a_tabular_policy_says_which_numeric_states_it_ignores(app, files, mdp, algo):
+    """A daily panel with HbA1c, steps and age as numeric states and two categorical columns:
+    `train --algo spibb` printed "39 cells" and nothing else, for a policy that acts on the app
+    version alone. The line names the cells' columns and a note the numeric columns ignored."""
+    frame = mdp.sample_frame(60, random_state=5)
+    frame["lab"] = np.random.default_rng(0).normal(size=len(frame))
+    frame.to_parquet(files / "lab.parquet")
+    man = tab_manifest()
+    man["dataset"]["states"] = ["lab"]
+    (files / "lab.toml").write_text(Manifest.from_dict(man).to_toml())
+    args = ["train", str(files / "lab.parquet"), "--manifest", str(files / "lab.toml"),
+            "--algo", algo, "--force", "--out"]
+    res = runner.invoke(app, [*args, str(files / f"lab_{algo}")])
+    assert res.exit_code == 0, _err(res)
+    text = " ".join(res.stdout.split())
+    assert " cells of state, " in text
+    assert (f"note: the {algo} policy ignores the numeric state columns lab (numeric='ignore', "
+            "the default with categorical states)") in text
+    res = runner.invoke(app, [*args, str(files / f"lab_{algo}_bin"), "--param", "numeric=bin"])
+    assert res.exit_code == 0 and "ignores the numeric" not in res.stdout, _err(res)
+
+
+def test_window_help_speaks_of_steps_not_weeks(app):
+    """A daily panel's user read "--window: history weeks read" and could not tell whether 4
+    meant 4 days or 28: the window counts rows (steps), whatever the time unit."""
+    res = runner.invoke(app, ["train", "--help"], terminal_width=200)
+    text = " ".join(res.output.split())
+    assert ("rows of history read, the current row included (steps, whatever the time unit)"
+            in text)
+    assert "history weeks" not in text

@@ -331,3 +331,30 @@ def test_bootstrap_0_streams_the_in_memory_jackknife_intervals_and_the_help_says
     text = " ".join(helped.output.split())
     assert "in memory only; with --chunk-rows at least 1" not in text
     assert "jackknife standard error, --ci unused; with --chunk-rows too" in text
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_overall_is_values_resting_on_one_episodes_weight_are_warned_about(files, stream):
+    """A daily 3,447-episode panel printed WIS 14.7 (behaviour 30.8) on a trajectory ESS of
+    1.05 with no warning: the support check saw nothing (the policy reweights logged actions
+    only) and the ESS line gives a number. Now the overall is/wis values resting on fewer than
+    11 episodes' worth of weight are named, in memory and streamed; the behaviour itself draws
+    nothing."""
+    ds = files["ds"]
+    files["df"].assign(propensity=1 / 6).to_csv(files["data"], index=False)
+    one = np.repeat(np.arange(ds.n_episodes) == 0, np.diff(ds.episode_offsets))
+    probs = np.where(one[:, None], np.eye(ds.n_actions)[ds.actions],
+                     np.eye(ds.n_actions)[(ds.actions + 1) % ds.n_actions])
+    write_policy_file(ds, probs, files["dir"] / "one.parquet")
+    extra = ["--estimators", "is,wis,fqe"] + (["--chunk-rows", "100"] if stream else [])
+    res, out = _run({**files, "policy": files["dir"] / "one.parquet"}, *extra)
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert ("warning: the overall is and wis values rest on fewer than 11 episodes' worth of "
+            "importance weight (trajectory ESS 1.0 of 60 episodes; a group's value would not be "
+            "published below 11)") in text
+    assert json.loads(out.read_text())["estimates"]["wis"]["value"] is not None  # published
+    write_policy_file(ds, np.full((ds.n_steps, ds.n_actions), 1 / 6),
+                      files["dir"] / "same.parquet")
+    res, _ = _run({**files, "policy": files["dir"] / "same.parquet"}, *extra, "--force")
+    assert res.exit_code == 0 and "episodes' worth" not in res.output, res.output

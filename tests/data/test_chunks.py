@@ -462,3 +462,22 @@ def test_unclustered_panel_error_gives_a_working_python_call(frame, tmp_path, mo
     monkeypatch.chdir(tmp_path)
     exec(code, {})
     assert len(plan_shards(tmp_path / "clustered.parquet", man, 2)) == 2
+
+
+@pytest.mark.parametrize("chunk_rows", [7, 40])
+def test_streamed_dates_as_time_are_one_problem_as_in_memory(frame, tmp_path, chunk_rows):
+    """A daily export with dates as the time, validated with --chunk-rows 50000: the date
+    error came once per chunk (each showed its own first row and date), 12 problems for the
+    in-memory 5. Chunks' messages now merge past their example row: the in-memory list."""
+    from equicare.data import validate_path
+
+    f = frame.sort_values(["member_id", "week"]).copy()
+    f["week"] = (pd.Timestamp("2024-01-01") + pd.to_timedelta(f["week"], unit="D")).dt.strftime(
+        "%Y-%m-%d")
+    p = tmp_path / "panel.csv"
+    f.to_csv(p, index=False)
+    man = _manifest()
+    whole = validate_path(p, man)[0]
+    rep, _ = validate_stream(p, man, chunk_rows=chunk_rows)
+    assert len(whole.errors) == 1 and "(row 0: 2024-01-0" in whole.errors[0]
+    assert rep.errors == whole.errors

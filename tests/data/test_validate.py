@@ -70,6 +70,27 @@ def test_nan_and_inf_states(frame, manifest_dict):
     )
 
 
+def test_missing_states_and_rewards_say_what_to_do(frame, manifest_dict):
+    """A daily export: HbA1c measured on 2.4% of days and an outcome only on the last row got
+    "expected finite numbers" and nothing else. A NaN now says how such columns are filled;
+    an infinite value alone does not get the advice."""
+    from equicare.data.validate import MSG_MISSING_REWARD, MSG_MISSING_STATE
+
+    f = frame.copy()
+    f.loc[[4, 9], "engagement"] = np.nan
+    f.loc[[3], "r_primary"] = np.nan
+    assert_invalid(f, manifest_dict,
+                   "expected finite numbers." + MSG_MISSING_STATE.format(column="engagement",
+                                                                         episode="member_id"),
+                   "expected finite numbers." + MSG_MISSING_REWARD.format(column="r_primary"))
+    assert "df.groupby('member_id')['engagement'].ffill()" in MSG_MISSING_STATE.format(
+        column="engagement", episode="member_id")
+    g = frame.copy()
+    g.loc[2, "engagement"] = np.inf
+    err = assert_invalid(g, manifest_dict, "expected finite numbers.")
+    assert "does not fill" not in str(err)
+
+
 def test_unknown_action_label(frame, manifest_dict):
     frame.loc[[5, 7], "modality"] = "telepathy"
     assert_invalid(
@@ -302,6 +323,76 @@ def test_dates_as_time_name_the_first_row_and_say_how_to_number_steps(frame, man
         g["week"] = pd.to_datetime(g["week"]).groupby(g["member_id"]).rank(
             method="first").astype(int) - 1
         assert validate_frame(g, Manifest.from_dict(manifest_dict), "panel.csv").ok
+
+
+@pytest.mark.parametrize("kind", ["date_strings", "datetime"])
+def test_dates_that_skip_days_are_named_before_rows_are_numbered(frame, manifest_dict, kind):
+    """A daily panel with a pause: the date hint numbered its rows into one-step transitions.
+
+    Following the hint on member m000's dates (a 9-day pause after its first row) validated
+    with no word, the pause read as the next day; now the skipped dates are an error of their
+    own, at the row after the pause, with what to decide before numbering.
+    """
+    f = frame.copy()
+    day = pd.Timestamp("2024-01-01") + pd.to_timedelta(f["week"], unit="D")
+    first = f.index[f["member_id"] == "m000"]
+    after = first[f.loc[first, "week"].to_numpy().argsort()[1:]]  # rows after the first day
+    day[after] += pd.Timedelta(days=8)
+    f["week"] = day.dt.strftime("%Y-%m-%d") if kind == "date_strings" else day
+    rows = after[0]  # the row after the pause
+    err = assert_invalid(f, manifest_dict,
+                         f"panel.csv: gaps in column 'week' (dates) within an episode at 1 row "
+                         f"(first: {rows}; 0-based data rows): each of these rows comes more "
+                         "than 1 day (the usual spacing of the panel's dates) after its "
+                         "episode's previous row.",
+                         "a pause or a leave and re-enrolment read as the next day: first give "
+                         "each enrolment its own episode id")
+    assert str(err).count("gaps in column") == 1
+    g = frame.copy()  # the same dates without the pause: only the "look like dates" error
+    g["week"] = (pd.Timestamp("2024-01-01") + pd.to_timedelta(g["week"], unit="D")).dt.strftime(
+        "%Y-%m-%d")
+    err = assert_invalid(g, manifest_dict, "These look like dates")
+    assert "gaps in column" not in str(err)
+
+
+def test_irregular_visit_dates_are_not_called_gaps(frame, manifest_dict):
+    """Clinic visits 20-40 days apart: half the intervals exceed their median, none is a
+    missing period (a row is a visit), so only the date hint is given."""
+    f = frame.sort_values(["member_id", "week"]).copy()
+    rng = np.random.default_rng(0)
+    days = rng.integers(20, 41, size=len(f))
+    first = f["member_id"].ne(f["member_id"].shift())
+    days[first.to_numpy()] = 0
+    f["week"] = (pd.Timestamp("2024-01-01") + pd.to_timedelta(
+        pd.Series(days, index=f.index).groupby(f["member_id"]).cumsum(), unit="D")
+                 ).dt.strftime("%Y-%m-%d")
+    err = assert_invalid(f, manifest_dict, "These look like dates")
+    assert "gaps in column" not in str(err)
+
+
+def test_integer_time_gaps_say_a_gap_becomes_one_step_once_rows_are_numbered(frame,
+                                                                           manifest_dict):
+    f = frame.copy()
+    first = f.index[f["member_id"] == "m000"]
+    f.loc[first[f.loc[first, "week"].to_numpy().argsort()[1:]], "week"] += 8
+    assert_invalid(f, manifest_dict, "Each gap then becomes one step, so first give each "
+                   "enrolment its own episode id and decide what a pause is (add rows for its "
+                   "missing steps, or split the episode there).")
+
+
+def test_blank_group_labels_are_reported_beside_a_time_column_of_dates(frame, manifest_dict):
+    """validate lists every problem: a daily export with dates as the time and blank race cells
+    got the date error alone, and the blank race only on the next run, once the dates were
+    numbered (the label check sat behind the keys' ordering)."""
+    f = frame.copy()
+    f["week"] = (pd.Timestamp("2024-01-01") + pd.to_timedelta(f["week"], unit="D")).dt.strftime(
+        "%Y-%m-%d")
+    f.loc[f.index[:3], "race"] = ""
+    err = assert_invalid(f, manifest_dict, "These look like dates",
+                         MSG_MISSING_GROUP.format(where="panel.csv", column="race",
+                                                  rows="3 rows (first: 0, 1, 2; 0-based data "
+                                                       "rows)"))
+    assert len(err.problems) == 2
 
 
 def test_small_group_levels_are_named_without_their_counts(manifest_dict):

@@ -89,6 +89,36 @@ def test_no_share_is_kept_from_an_estimate_far_outside_the_observed_returns():
     assert "keep only" not in said
 
 
+def test_no_share_is_kept_of_a_gain_within_the_sources_noise():
+    """A daily panel's card: the source gained 1.01 by DR (SE 1.40) and the rules, at 17.5
+    (SE 15.7) against current practice's 30.66, "keep only -1297%" of it. A gain within two
+    standard errors gives no share (n/a) and a caveat says why; a clear gain still does."""
+    from equicare.explain._evidence import _caveats, improvement_kept
+
+    kept, gains = improvement_kept(30.66, {"dr": 31.67, "wdr": 40.0}, {"dr": 17.52, "wdr": 35.0},
+                                   source_se={"dr": 1.40, "wdr": 2.0})
+    assert kept["dr"] is None and gains["dr"] == pytest.approx(1.01)
+    assert kept["wdr"] == pytest.approx((35.0 - 30.66) / (40.0 - 30.66))
+    val = {"improvement_kept": kept, "source_gain": gains,
+           "source": {"dr": {"value": 31.67, "se": 1.40}}, "rules": {"dr": {"value": 17.52}}}
+    out = _caveats({"n_test_episodes": 10}, {"rules_pct": 0.0, "source_pct": 1.0,
+                                             "check": "estimated propensities"},
+                   val, "dr", ExplainConfig(), [])
+    said = " ".join(out)
+    assert ("No share of the source policy's estimated gain over current practice kept by the "
+            "rules is reported (dr: n/a): the gain (+1.01, standard error 1.4) or the rules' "
+            "value (standard error n/a) is too noisy for a ratio") in said
+    assert "keep only" not in said
+    # the same card with the window table: a clear gain (3.39, SE 1.55), rules at -9.36 with a
+    # standard error of 29.9 read "keep only -1179%": the share's own SE is about 880 points
+    kept, _ = improvement_kept(30.66, {"dr": 34.05}, {"dr": -9.36}, source_se={"dr": 1.55},
+                               rules_se={"dr": 29.9})
+    assert kept["dr"] is None
+    kept, _ = improvement_kept(30.66, {"dr": 34.05}, {"dr": 33.0}, source_se={"dr": 1.55},
+                               rules_se={"dr": 1.2})
+    assert kept["dr"] == pytest.approx((33.0 - 30.66) / (34.05 - 30.66))
+
+
 def test_the_card_says_why_no_share_is_kept():
     from equicare.explain._evidence import _caveats
 
@@ -485,3 +515,35 @@ def test_the_deployed_value_covers_the_truth_with_logged_or_estimated_propensiti
     for k in ("dr", "wdr"):
         lo, hi = card.value["rules_deployed"][k]["ci"]
         assert lo <= truth <= hi, (k, lo, truth, hi)
+
+
+def test_the_cards_auto_q_model_is_the_window_table_when_censoring_biases_the_stationary_one():
+    """A daily panel's card valued every policy with auto's ``tabular_stationary[app_version]``
+    and carried five caveats that the stationary table was 11-13% off under censoring, adding
+    "the default --q-model auto uses [the window table] in such a case": the card chose with
+    select_q_model alone, without evaluate's censoring switch. Now it uses the window table."""
+    from dataclasses import replace
+
+    from equicare.ope import evaluate
+    from equicare.policy import TabularPolicy
+    from tests.ope.test_censoring import TGT, panel
+
+    def pooled(ds):
+        site = np.repeat(np.arange(ds.n_episodes) % 3, np.diff(ds.episode_offsets))
+        return replace(ds, categorical=np.c_[ds.categorical[:, 0], site],
+                       categorical_names=("cell", "site"),
+                       categorical_levels=((0, 1, 2),) * 2, _cache={})
+
+    train, test = pooled(panel(1500, 10, seed=1)), pooled(panel(3000, 10, seed=2))
+    card = explain_policy(train, TabularPolicy(TGT), ExplainConfig(
+        bootstrap=20, frontier_bootstrap=0, depths=(1,), depth=1, estimators=("fqe", "dr"),
+        n_permutations=0), test=test, random_state=0)
+    assert card.value["q_model"] == "tabular_window[cell]"
+    assert card.value["q_model_selection"]["replaced"]["criterion_choice"] == (
+        "tabular_stationary[cell]")
+    assert not [c for c in card.caveats if "Prefer --q-model tabular_window" in c]
+    auto = evaluate(test, TGT[test.categorical[:, 0]], estimators=("fqe",), bootstrap=0,
+                    groups=[], diagnose_support=False, random_state=0)
+    assert auto.q_model["chosen"] == "tabular_window"  # what evaluate's auto uses
+    assert card.value["source"]["fqe"]["value"] == pytest.approx(
+        auto.estimates["fqe"].value, rel=1e-9)

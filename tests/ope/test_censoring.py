@@ -128,6 +128,28 @@ def test_auto_uses_the_window_table_when_the_check_finds_the_bias():
     assert "tabular_stationary replaced by tabular_window" in line and "censored" in line
 
 
+def test_auto_checks_its_stationary_table_when_it_pools_over_a_column():
+    """With a second categorical column that does not change the dynamics, auto chose
+    ``tabular_stationary[cell]`` and the in-memory check compared that name with
+    ``"tabular_stationary"``: it never ran, so the biased table stayed in memory while the
+    streamed evaluation switched (a daily panel pooled over its program tier: DR 32.1 in memory
+    against 35.2 streamed, disjoint intervals). The check now runs on the table's config."""
+    ds = panel(5000, 10, seed=1)
+    site = np.repeat(np.arange(ds.n_episodes) % 3, np.diff(ds.episode_offsets))
+    pooled = replace(ds, categorical=np.c_[ds.categorical[:, 0], site],
+                     categorical_names=("cell", "site"), categorical_levels=((0, 1, 2),) * 2,
+                     _cache={})
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        res = evaluate(pooled, TGT[ds.categorical[:, 0]], estimators=("fqe", "dr"),
+                       bootstrap=0, groups=[], diagnose_support=False, random_state=0)
+    q = res.q_model or {}
+    assert q["cells"] == ["cell"]  # auto pooled over site
+    assert q["replaced"]["criterion_choice"] == "tabular_stationary[cell]"
+    assert q["chosen"] == "tabular_window" and q["censoring"]["switched_to_window"]
+    assert res.estimates["fqe"].value == pytest.approx(window_value(10), rel=0.03)
+
+
 def test_no_censoring_no_check():
     ds = panel(2000, 200, seed=2)
     assert not ds.censored.any()

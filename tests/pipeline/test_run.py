@@ -615,3 +615,25 @@ def test_the_run_builds_one_logged_support_check_for_evaluate_and_audit(tmp_path
         outputs.append((result["estimates"], result["support"], result["behavior_model"],
                         audit["policies"]))
     assert outputs[0] == outputs[1]  # sharing the check changes no number
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.DataWarning")
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.SmallCellWarning")
+def test_the_run_warns_as_evaluate_does_of_values_resting_on_few_episodes_weight(tmp_path):
+    """A daily panel's run printed WIS 9.21 [9.16, 9.26] on a trajectory ESS of 1.0 (one
+    member's return, with an interval of a hundredth) and warned only in its audit stage: the
+    evaluate stage says what `equicare evaluate` says."""
+    import warnings
+
+    cfg = tiny_config(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # the command prints them as one-line warnings
+        res = runner.invoke(app, ["run", str(cfg), "--no-progress", "--json"])
+    assert res.exit_code == 0, res.output
+    d = tmp_path / "runs" / json.loads(res.stdout)["run_id"]
+    ess = json.loads((d / "result.json").read_text())["ess"]
+    assert ess["trajectory"] < 11  # the tiny care run's weights rest on a few episodes
+    said = " ".join(res.stderr.split())
+    assert (f"warning: the overall is, wis, pdis and wpdis values rest on fewer than 11 "
+            f"episodes' worth of importance weight (trajectory ESS {ess['trajectory']:.1f} of "
+            f"121 episodes for is, wis; per-decision ESS ") in said, said

@@ -192,12 +192,28 @@ def write_result(result: MediationResult, out: str | os.PathLike[str], *, force:
     return p
 
 
-def mediation_table(result: MediationResult) -> Any:
-    """Rich table: one row per estimator and effect, with SE and CI."""
+#: What the effects of the mediation table are differences of (tests match it).
+MEDIATION_UNITS = ("Effects are differences of long-run average reward per step (eta, "
+                   "docs/mediation.md), not of the discounted returns evaluate reports.")
+
+
+def mediation_table(result: MediationResult, action: str | None = None) -> Any:
+    """Rich table: one row per estimator and effect, with SE and CI.
+
+    Parameters
+    ----------
+    result : MediationResult
+    action : str, optional
+        The ``--action`` set the actions were collapsed to: a fixed control ``a0=0`` is then
+        named "never" it (``a0=1`` "always"), in the caption with the effects' units.
+    """
     from rich.table import Table
 
     t = Table(title=f"Mediation: {result.target} vs {result.control} ({result.n_episodes} "
                     f"episodes, {result.n_steps} transitions)")
+    fixed = {"a0=0": "never", "a0=1": "always"}.get(str(result.control))
+    t.caption = MEDIATION_UNITS + (f" Control {result.control}: {fixed} {action}."
+                                   if fixed and action else "")
     for col in ("estimator", "effect", "value", "se", "95% CI"):
         t.add_column(col, justify="left" if col in ("estimator", "effect") else "right")
     for name, est in result.estimators.items():
@@ -288,7 +304,7 @@ def register(app: typer.Typer) -> None:
         if json_out:
             print_json(json.loads(result.to_json()))
             return
-        print_table(mediation_table(result))
+        print_table(mediation_table(result, action))
         for p in (out, figure):
             if p is not None:
                 console.print(f"Wrote {p}", highlight=False, markup=False)

@@ -354,12 +354,19 @@ def frontier_table(res: FrontierResult) -> Table:
                   f"{_fmt(r['value'], 1, 3)} {_ci((r['value_lower'], r['value_upper']), 1, 3)}",
                   f"{_fmt(r['gap_pp'])} {_ci((r['gap_lower'], r['gap_upper']))}",
                   f"{_fmt(r['worst_group_value'], 1, 3)} "
-                  f"{_ci((r['worst_lower'], r['worst_upper']), 1, 3)}",
+                  f"{_ci((r['worst_lower'], r['worst_upper']), 1, 3)}"
+                  f"{_named(r.get('worst_group'))}",
                   "*" if r["pareto"] else "")
     b = res.behavior
     t.add_row("behavior", _fmt(b.get("value"), 1, 3), _fmt(b.get("gap_pp")),
-              _fmt(b.get("worst_group_value"), 1, 3), "", style="dim")
+              f"{_fmt(b.get('worst_group_value'), 1, 3)}{_named(b.get('worst_group'))}", "",
+              style="dim")
     return t
+
+
+def _named(group: object) -> str:
+    """`` (group)`` after a worst-group value, "" when no group is named."""
+    return f" ({group})" if isinstance(group, str) and group else ""
 
 
 def register(app: typer.Typer) -> None:

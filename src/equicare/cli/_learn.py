@@ -75,6 +75,12 @@ def _refuse_existing(path: Path, force: bool, what: str) -> None:
                               "replace it).")
 
 
+#: The note of a tabular learner that ignored the numeric state columns (numeric="ignore").
+MSG_IGNORED_NUMERIC = (
+    "note: the {algo} policy ignores the numeric state columns {columns} (numeric='ignore', "
+    "the default with categorical states): it acts on its cells alone; --param numeric=bin "
+    "cuts them into quantile bins that join the cells.")
+
 #: Learner settings that have a flag of their own: ``--param`` may not set them (the flag's
 #: value, or its default, would silently win; the same key twice is ambiguous).
 FLAG_PARAMS = {"n_steps": "--steps", "seed": "--seed", "encoder": "--encoder",
@@ -210,6 +216,8 @@ def train_model(data: str | os.PathLike[str], manifest: str | os.PathLike[str], 
 
         return {"model_dir": str(out_path), "algo": algo, "n_cells": learner.n_cells_,
                 "pooled_cells": learner.pooled_cells_,
+                "cell_columns": list(learner.cell_columns_),
+                "ignored_numeric": list(learner.ignored_numeric_),
                 "bootstrapped_share": bootstrapped_share(learner.bootstrapped_),
                 "model_value": learner.value_, "model_behavior_value": learner.behavior_value_,
                 "n_actions": ds.n_actions, "n_episodes": ds.n_episodes, "n_rows": ds.n_steps,
@@ -396,7 +404,8 @@ def register(app: "typer.Typer") -> None:
         encoder: Annotated[Encoder | None, typer.Option(
             help="bc/awr/cql: state encoder [default: mlp].")] = None,
         window: Annotated[int | None, typer.Option(
-            min=1, help="bc/awr/cql with --encoder lstm: history weeks read [default: 4].")
+            min=1, help="bc/awr/cql with --encoder lstm: rows of history read, the current "
+                        "row included (steps, whatever the time unit) [default: 4].")
         ] = None,
         fair_action: Annotated[str | None, typer.Option(
             help="bc/awr/cql: action set of the parity penalty, e.g. modality=home_visit.")
@@ -523,10 +532,15 @@ def register(app: "typer.Typer") -> None:
                 return
             pooled = (f", {res['pooled_cells']} cells of fewer than 11 episodes left to "
                       "current practice" if res.get("pooled_cells") else "")
-            console.print(f"Wrote {res['model_dir']} ({algo.value}, {res['n_cells']} cells, "
+            console.print(f"Wrote {res['model_dir']} ({algo.value}, {res['n_cells']} cells of "
+                          f"{', '.join(res['cell_columns'])}, "
                           f"{100 * res['bootstrapped_share']:.0f}% of (cell, action) pairs kept "
                           f"at the clinicians' probability{pooled}, {res['seconds']:.1f} s)",
                           highlight=False, markup=False)
+            if res["ignored_numeric"]:
+                console.print(MSG_IGNORED_NUMERIC.format(
+                    algo=algo.value, columns=", ".join(res["ignored_numeric"])),
+                    highlight=False, markup=False)
             return
         if algo is Algo.OMG:
             not_applicable(offline, "--algo omg")

@@ -227,7 +227,10 @@ def run_evaluate(
 
         msg = propensity_warning(ds, str(data))
         msgs += [msg] if msg is not None else []
-    return res, msgs
+    from equicare.ope._ess import overall_low_ess_message
+
+    low = overall_low_ess_message(res.estimates, res.ess)
+    return res, msgs + ([] if low is None else [low])
 
 
 def _fmt(x: float) -> str:
@@ -368,7 +371,13 @@ def run_evaluate_stream(data: Path, *, manifest: Path, policy: Path, estimators:
         column = manifest_of(manifest).behavior_prob
         msg = None if not column else check.message(str(data), column)
         msgs += [msg] if msg is not None else []
-    return res, msgs
+    from equicare.ope._ess import low_ess_message
+
+    valued = [k for k, v in res.estimates.items()
+              if v.value is not None and not math.isnan(v.value)]
+    low = low_ess_message(valued, res.n_episodes,
+                          res.ess if res.ess_truncated is None else res.ess_truncated)
+    return res, msgs + ([] if low is None else [low])
 
 
 def stream_table(res: Any) -> Table:

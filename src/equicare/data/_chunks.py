@@ -45,6 +45,7 @@ from equicare.data._manifest import manifest_of as _manifest_of
 from equicare.data._stream_summary import SummaryParts, tail_keep
 from equicare.data.validate import (
     _SHOW,
+    EXAMPLE_ROW_RE,
     NO_TERMINAL_NOTE,
     PanelCounts,
     ValidationReport,
@@ -897,9 +898,11 @@ class _ErrorMerger:
     """Chunks' problems as the whole panel's: one message per problem, rows counted over chunks.
 
     A message naming rows (``N rows (first: a, b, ...; 0-based data rows)``) that another chunk
-    found alike (the same text but for its rows) is merged with it: the counts add up and the
+    found alike (the same text but for its rows, and for the example row it shows,
+    :data:`~equicare.data.validate.EXAMPLE_ROW_RE`) is merged with it: the counts add up, the
     first rows are the smallest of every chunk's first rows, i.e. the panel's (each chunk shows
-    its smallest). Any other message is kept once.
+    its smallest), and the example is the one of the smallest row. Any other message is kept
+    once.
     """
 
     found: dict[str, list[Any]] = field(default_factory=dict)
@@ -907,22 +910,28 @@ class _ErrorMerger:
     def add(self, message: str) -> None:
         m = _ROWS_RE.search(message)
         if m is None:
-            self.found.setdefault(message, [message, 0, []])
+            self.found.setdefault(message, [message, 0, [], None])
             return
         key = message[:m.start()] + "\0" + message[m.end():]
-        entry = self.found.setdefault(key, [key, 0, []])
+        ex = EXAMPLE_ROW_RE.search(key)  # a time column's first bad value: each chunk's own
+        if ex is not None:
+            key = key[:ex.start()] + "\1" + key[ex.end():]
+        entry = self.found.setdefault(key, [key, 0, [], None])
         entry[1] += int(m.group(1))
         entry[2] = sorted({*entry[2], *(int(r) for r in m.group(2).split(", "))})[:_SHOW]
+        if ex is not None and (entry[3] is None or int(ex.group(1)) < entry[3][0]):
+            entry[3] = (int(ex.group(1)), ex.group(0))
 
     def messages(self) -> list[str]:
         out = []
-        for text, n, rows in self.found.values():
+        for text, n, rows, example in self.found.values():
             if "\0" not in text:
                 out.append(text)
                 continue
             more = ", ..." if n > len(rows) else ""
             noun = "row" if n == 1 else "rows"
             shown = ", ".join(str(r) for r in rows)
+            text = text if example is None else text.replace("\1", example[1])
             out.append(text.replace("\0", f"{n} {noun} (first: {shown}{more}; 0-based data rows)"))
         return out
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from equicare.exceptions import DataValidationError, DataWarning
 from equicare.utils import MIN_CELL
 
 __all__ = ["ValidationReport", "validate_frame", "encode_actions", "SPARSE_REWARD_PCT",
-           "NO_TERMINAL_NOTE", "PanelCounts", "panel_warnings"]
+           "NO_TERMINAL_NOTE", "PanelCounts", "panel_warnings", "EXAMPLE_ROW_RE"]
 
 #: Note of a manifest without ``dataset.terminal`` (Contract 1: every episode end is censored).
 NO_TERMINAL_NOTE = "no 'terminal' column: every episode end is treated as censored"
@@ -194,15 +195,49 @@ MSG_DATE_HINT = (
     "for a regular grid such as weeks, (date - the episode's first date).days // 7 keeps "
     "missing weeks visible, and they are then refused as gaps).")
 
+#: What to do about a state column with missing values (a lab measured on some rows only).
+MSG_MISSING_STATE = (
+    " equicare does not fill missing states: for a measurement taken on some rows only (a lab "
+    "test), carry the last value forward within the episode, e.g. df[{column!r}] = "
+    "df.groupby({episode!r})[{column!r}].ffill(), fill the rows before the first measurement "
+    "(the median, say) and add a 0/1 state column saying which rows had no measurement yet; "
+    "or impute it otherwise.")
+#: What to do about a reward column with missing values (an outcome on the last row only).
+MSG_MISSING_REWARD = (
+    " A reward recorded on some rows only (an outcome on the episode's last row) is 0 on the "
+    "others: fill them, e.g. df[{column!r}] = df[{column!r}].fillna(0).")
+
+#: Dates of an episode further apart than the panel's usual spacing (a pause, a re-enrolment).
+MSG_DATE_GAPS = (
+    "{source}: gaps in column {time!r} (dates) within an episode at {rows}: each of these rows "
+    "comes more than {spacing} (the usual spacing of the panel's dates) after its episode's "
+    "previous row. Numbering the rows as above would make each gap one step, a pause or a "
+    "leave and re-enrolment read as the next {unit}: {advice}")
+
+#: What to do about gaps before numbering rows (a pause is not the next step).
+GAP_ADVICE = ("first give each enrolment its own episode id and decide what a pause is (add "
+              "rows for its missing {unit}s, or split the episode there).")
+
+
+#: The example row a message shows after its rows (``(row 5: 2024-01-01, object values)``):
+#: each chunk of a streamed panel shows its own, so chunks' messages merge without it.
+EXAMPLE_ROW_RE = re.compile(r"\(row (\d+): .*?, [^()]*? values\)")
+
 
 def _time_not_integer(t: pd.Series, manifest: Manifest, source: str,
-                      row_numbers: NDArray[np.int64] | None) -> str:
+                      row_numbers: NDArray[np.int64] | None) -> tuple[str, bool]:
     """The error for a time column that is not numeric: first bad row and value, and a hint.
 
     Parameters
     ----------
     t : Series of shape (n_rows,)
         The time column (dates, strings or booleans).
+
+    Returns
+    -------
+    message : str
+    dates : bool
+        The column looks like dates (:func:`_date_gaps` then looks for skipped dates).
     """
     if pd.api.types.is_bool_dtype(t.dtype):
         bad = np.ones(len(t), dtype=bool)
@@ -226,7 +261,56 @@ def _time_not_integer(t: pd.Series, manifest: Manifest, source: str,
     shown = str(value) if dates else repr(value)
     return (f"{source}: column {manifest.time!r} (time) must hold integers; "
             f"{_rows_global(bad, None, row_numbers)} do not (row {row}: {shown}, "
-            f"{t.dtype} values). {hint}")
+            f"{t.dtype} values). {hint}"), dates
+
+
+#: Share of an episode's consecutive dates at the usual spacing that makes the dates a grid.
+REGULAR_SHARE = 0.8
+
+
+def _date_gaps(t: pd.Series, codes: NDArray[np.int64], manifest: Manifest, source: str,
+               row_numbers: NDArray[np.int64] | None) -> str | None:
+    """The error for dates that skip the panel's usual spacing within an episode, if any.
+
+    The date hint numbers each episode's rows, which turns a pause of two weeks (or a leave and
+    a re-enrolment under the same id) into a one-step transition without a word; this says
+    where that would happen. The spacing is the median gap between consecutive dates of an
+    episode (one day for a daily panel); a gap longer than it is reported at its later row.
+    Only dates on a regular grid are checked (at least :data:`REGULAR_SHARE` of the gaps equal
+    the spacing): irregular visits have no missing period, and a row is their step.
+
+    Parameters
+    ----------
+    t : Series of shape (n_rows,)
+        The time column, dates (text or datetime).
+    codes : ndarray of shape (n_rows,)
+        Episode codes of the rows.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pandas warns when it guesses a date format
+        when = pd.to_datetime(t, errors="coerce")
+    ns = when.to_numpy(dtype="datetime64[ns]").astype(np.int64)
+    ok = when.notna().to_numpy()
+    order = np.lexsort((ns, codes))
+    order = order[ok[order]]  # unreadable dates (NaT) are left out
+    same = codes[order][1:] == codes[order][:-1]
+    step = np.diff(ns[order])[same]
+    if step.size == 0 or np.median(step) <= 0:
+        return None
+    spacing = pd.Timedelta(int(np.median(step)), unit="ns")
+    if np.mean(step == spacing.value) < REGULAR_SHARE:
+        return None
+    gap = np.zeros(len(t), dtype=bool)
+    gap[order[1:][same][step > spacing.value]] = True
+    if not gap.any():
+        return None
+    days = spacing / pd.Timedelta(days=1)
+    unit = "day" if days < 7 else "week" if days < 28 else "period"
+    said = (f"{days:g} day" + ("" if days == 1 else "s") if days == round(days)
+            else str(spacing))
+    return MSG_DATE_GAPS.format(source=source, time=manifest.time, spacing=said, unit=unit,
+                                rows=_rows_global(gap, None, row_numbers),
+                                advice=GAP_ADVICE.format(unit=unit))
 
 
 def encode_actions(col: pd.Series, spec: ActionColumn) -> NDArray[np.int64]:
@@ -362,7 +446,13 @@ def validate_frame(
     t = df[manifest.time]
     t_ok = False
     if not _is_numeric(t):
-        err(_time_not_integer(t, manifest, source, row_numbers))
+        message, dates = _time_not_integer(t, manifest, source, row_numbers)
+        err(message)
+        if dates and not bad.any():
+            gaps = _date_gaps(t, pd.factorize(ep)[0].astype(np.int64), manifest, source,
+                              row_numbers)
+            if gaps is not None:
+                err(gaps)
     else:
         tv = t.to_numpy(dtype=np.float64, na_value=np.nan)
         bad_t = ~np.isfinite(tv) | (np.floor(tv) != tv)
@@ -373,7 +463,24 @@ def validate_frame(
             )
         else:
             t_ok = True
-    if t_ok and not bad.any():
+    # groups and need need a label on every row: found whether or not the keys can be ordered
+    # (a time column of dates hid the blank race cells until it was fixed)
+    keyed = [(g, "group attribute") for g in manifest.groups] + (
+        [(manifest.need, "need flag")] if manifest.need else [])
+    unlabelled: dict[str, str] = {}
+    for c, what in keyed:
+        if c in manifest.groups:  # the check TrajectoryDataset and group_index make too
+            blank = missing_labels(df[c])
+            if blank.any():
+                unlabelled[c] = MSG_MISSING_GROUP.format(where=source, column=c,
+                                                         rows=_rows(blank))
+                continue
+        isna = df[c].isna().to_numpy()
+        if isna.any():
+            unlabelled[c] = f"{source}: column {c!r} ({what}) is empty in {_rows(isna)}."
+    if not (t_ok and not bad.any()):
+        rep.errors.extend(unlabelled.values())
+    else:
         codes, uniques = pd.factorize(ep, sort=True)
         times = t.to_numpy(dtype=np.int64)
         order = np.lexsort((times, codes))
@@ -393,7 +500,8 @@ def validate_frame(
                 f"{_rows(gap, order)}; expected consecutive time steps (t, t+1, ...). If the "
                 "times are dates or irregular visits, add a column numbering each episode's rows "
                 "0, 1, 2, ... in time order and name it as the manifest's time (a decision step "
-                "is a row; missing periods are not imputed)."
+                "is a row; missing periods are not imputed). Each gap then becomes one step, so "
+                + GAP_ADVICE.format(unit="step")
             )
         rep.order = order.astype(np.int64)
         rep.episode_codes = codes.astype(np.int64)
@@ -401,21 +509,11 @@ def validate_frame(
         starts = np.r_[True, ~same]
         first_row_of = order[np.maximum.accumulate(np.where(starts, np.arange(n), 0))]
         # per-episode constancy of groups and need
-        for c, what in [(g, "group attribute") for g in manifest.groups] + (
-            [(manifest.need, "need flag")] if manifest.need else []
-        ):
-            vals = df[c]
-            if c in manifest.groups:  # the check TrajectoryDataset and group_index make too
-                unlabelled = missing_labels(vals)
-                if unlabelled.any():
-                    err(MSG_MISSING_GROUP.format(where=source, column=c,
-                                                 rows=_rows(unlabelled)))
-                    continue
-            isna = vals.isna().to_numpy()
-            if isna.any():
-                err(f"{source}: column {c!r} ({what}) is empty in {_rows(isna)}.")
+        for c, what in keyed:
+            if c in unlabelled:
+                err(unlabelled[c])
                 continue
-            v = pd.factorize(vals)[0]
+            v = pd.factorize(df[c])[0]
             changed = v[order] != v[first_row_of]
             if changed.any():
                 err(
@@ -442,10 +540,14 @@ def validate_frame(
         v = s.to_numpy(dtype=np.float64, na_value=np.nan)
         nonfinite = ~np.isfinite(v)
         if nonfinite.any():
+            hint = ("" if not np.isnan(v).any() else
+                    MSG_MISSING_STATE.format(column=c, episode=manifest.episode)
+                    if what == "state" else MSG_MISSING_REWARD.format(column=c)
+                    if what.startswith("reward") else "")
             err(
                 f"{source}: column {c!r} ({what}) has NaN or infinite values in "
                 f"{_rows(nonfinite)}; "
-                "expected finite numbers."
+                f"expected finite numbers.{hint}"
             )
 
     for c in manifest.states:

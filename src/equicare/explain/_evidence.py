@@ -490,10 +490,10 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
 
         q_name, q_selection = cfg.q_model, None
         if q_name == "auto" and any(k in ("fqe", "dr", "wdr") for k in cfg.estimators):
-            from equicare.ope import select_q_model
+            from equicare.ope._prepare import auto_q_model
 
-            sel = select_q_model(test, src_test, random_state=seeds[3])
-            q_name, q_selection = sel.chosen, sel.to_dict()
+            q_name, sel = auto_q_model(test, src_test, random_state=seeds[3])
+            q_selection = sel.to_dict()
 
         def value(probs: NDArray[np.float64], n_boot: int, seed: int,
                   behavior_prob: NDArray[np.float64] | None = None) -> Any:
@@ -571,12 +571,16 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
         _keep_messages(caught_u, caught_msgs)
     returns = test.returns()  # its ends only judge the estimates: never on the card
     span = (float(returns.min()), float(returns.max())) if returns.size else None
+    src_se = {k: src_val.estimates[k].se for k in cfg.estimators}
     kept, gains = improvement_kept(
         beh.value, {k: src_val.estimates[k].value for k in cfg.estimators},
-        {k: rules_val.estimates[k].value for k in cfg.estimators}, returns_range=span)
+        {k: rules_val.estimates[k].value for k in cfg.estimators}, returns_range=span,
+        source_se=src_se, rules_se={k: rules_val.estimates[k].se for k in cfg.estimators})
     kept_dep = None if deployed_val is None else improvement_kept(
         beh.value, {k: src_val.estimates[k].value for k in cfg.estimators},
-        {k: deployed_val.estimates[k].value for k in cfg.estimators}, returns_range=span)[0]
+        {k: deployed_val.estimates[k].value for k in cfg.estimators}, returns_range=span,
+        source_se=src_se,
+        rules_se={k: deployed_val.estimates[k].se for k in cfg.estimators})[0]
     val = {"behavior": beh.to_dict(), "source": _est(src_val), "rules": _est(rules_val),
            "improvement_kept": kept, "source_gain": gains, "estimator_for_frontier": key,
            "q_model": q_name, "q_model_selection": q_selection,
@@ -755,6 +759,8 @@ def _held_out_by_rule(rules: list[dict[str, Any]], leaves: NDArray[np.int64],
 
 def improvement_kept(behavior: float, source: dict[str, float], rules: dict[str, float],
                      returns_range: tuple[float, float] | None = None,
+                     source_se: dict[str, float] | None = None,
+                     rules_se: dict[str, float] | None = None,
                      ) -> tuple[dict[str, float | None], dict[str, float | None]]:
     r"""Share of the source policy's estimated gain over current practice that the rules keep.
 
@@ -772,6 +778,11 @@ def improvement_kept(behavior: float, source: dict[str, float], rules: dict[str,
     source and -9.8e5 for the rules on outcomes in [0, 1] gave "-13% kept", a ratio of two
     blown-up importance weights.
 
+    Nor from a gain within :data:`GAIN_NOISE_SE` standard errors of the source's estimate
+    (``source_se``): a daily panel's source gained 1.01 by DR with a standard error of 1.40,
+    and rules at 17.5 (SE 15.7) against a behaviour value of 30.7 read "keep only -1297%", a
+    ratio to a gain that may well be zero.
+
     Parameters
     ----------
     behavior : float
@@ -780,12 +791,15 @@ def improvement_kept(behavior: float, source: dict[str, float], rules: dict[str,
         Estimated values of the source policy and of the rules, by estimator.
     returns_range : (float, float), optional
         The held-out episodes' lowest and highest return.
+    source_se, rules_se : dict of str to float, optional
+        Standard errors of the source's and the rules' estimates, by estimator.
 
     Returns
     -------
     kept : dict of str to float or None
-        The share by estimator (``None`` where the source gain is <= 0, an estimate has no
-        value, e.g. WIS when every importance weight is 0, or lies far outside the returns).
+        The share by estimator (``None`` where the source gain is <= 0 or within noise, an
+        estimate has no value, e.g. WIS when every importance weight is 0, or lies far outside
+        the returns).
     gains : dict of str to float or None
         The source policy's gain over current practice by estimator (``None`` where the
         source's estimate has no value or lies far outside the returns).
@@ -800,8 +814,32 @@ def improvement_kept(behavior: float, source: dict[str, float], rules: dict[str,
         gain_src = float(v - behavior)
         gains[k] = gain_src if np.isfinite(gain_src) else None
         share = (rules[k] - behavior) / gain_src if gain_src > 1e-12 else np.nan
+        if share_too_noisy(gain_src, (source_se or {}).get(k), (rules_se or {}).get(k)):
+            share = np.nan
         kept[k] = float(share) if np.isfinite(share) else None
     return kept, gains
+
+
+#: A source gain within this many standard errors of its estimate gives no share kept.
+GAIN_NOISE_SE = 2.0
+#: Nor does a rules' value whose standard error exceeds this share of the gain (the share's own
+#: standard error would pass 50 percentage points).
+SHARE_MAX_SE = 0.5
+
+
+def share_too_noisy(gain: float | None, source_se: float | None,
+                    rules_se: float | None = None) -> bool:
+    """Whether a positive gain is too noisy a denominator for a share kept (known SEs).
+
+    The gain is within :data:`GAIN_NOISE_SE` standard errors of the source's estimate, or the
+    rules' standard error over the gain exceeds :data:`SHARE_MAX_SE`.
+    """
+    if gain is None or not gain > 1e-12:
+        return False
+    return ((source_se is not None and bool(np.isfinite(source_se))
+             and gain <= GAIN_NOISE_SE * source_se)
+            or (rules_se is not None and bool(np.isfinite(rules_se))
+                and rules_se > SHARE_MAX_SE * gain))
 
 
 def card_estimator(estimators: tuple[str, ...], out_of_range: tuple[str, ...]) -> str:
@@ -856,6 +894,19 @@ def _caveats(fid: dict[str, Any], sup: dict[str, Any], val: dict[str, Any], key:
         out.append(f"The source policy's estimated value is not above current practice's "
                    f"({key}: a gain of {gain:+.3g}), so there is no improvement for the rules "
                    "to keep and no share kept is reported (n/a).")
+    se = (val.get("source", {}).get(key) or {}).get("se")
+    rules_se = (val.get("rules", {}).get(key) or {}).get("se")
+    if share_too_noisy(gain, se, rules_se):
+        def _se(x: float | None) -> str:
+            return "n/a" if x is None else f"{x:.3g}"
+
+        out.append(f"No share of the source policy's estimated gain over current practice "
+                   f"kept by the rules is reported ({key}: n/a): the gain ({gain:+.3g}, "
+                   f"standard error {_se(se)}) or the rules' value (standard error "
+                   f"{_se(rules_se)}) is too noisy for a ratio (a gain within "
+                   f"{GAIN_NOISE_SE:g} standard errors of none, or a share whose standard "
+                   f"error passes {100 * SHARE_MAX_SE:g} percentage points). Compare the "
+                   "values instead.")
     if kept is not None and kept < 0.8:
         out.append(f"The rules keep only {round(100 * kept) or 0}% of the source policy's "
                    "estimated "

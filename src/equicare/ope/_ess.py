@@ -13,7 +13,8 @@ from equicare.privacy import low_ess_cells
 from equicare.utils import MIN_CELL
 
 __all__ = ["EffectiveSampleSize", "kish_ess", "effective_sample_size", "ESS_KIND", "WeightSums",
-           "ess_from_sums", "low_ess_groups"]
+           "ess_from_sums", "low_ess_groups", "LOW_ESS_OVERALL", "low_ess_message", "IS_FAMILY",
+           "overall_low_ess_message"]
 
 
 def kish_ess(weights: NDArray[np.float64], axis: int = 0) -> NDArray[np.float64]:
@@ -142,6 +143,76 @@ def effective_sample_size(inputs: OPEInputs, truncate: float | None = None
 ESS_KIND: dict[str, str] = {"is": "trajectory", "wis": "trajectory", "pdis": "per_decision",
                             "wpdis": "per_decision", "dr": "per_decision",
                             "wdr": "per_decision", "bandit_dr": "per_decision"}
+
+
+#: The estimators that average the episodes' rewards with importance weights alone.
+IS_FAMILY = ("is", "wis", "pdis", "wpdis")
+#: Overall estimates whose importance weights have an ESS below ``MIN_CELL`` (tests match it).
+LOW_ESS_OVERALL = (
+    "the overall {estimators} value{s} rest{verb} on fewer than {min_cell} episodes' worth of "
+    "importance weight ({said}; a group's value would not be published below {min_cell}): such "
+    "a value is close to a few members' returns, and its interval can miss the truth. Prefer "
+    "fqe or dr, truncate the weights (--truncate), or log the propensities.")
+
+
+def low_ess_message(keys: Any, n_episodes: int, trajectory: float | None,
+                    per_decision: float | None = None, min_cell: int = MIN_CELL) -> str | None:
+    """The warning for overall weighted estimates whose weights' ESS is below ``min_cell``.
+
+    A group's weighted value is withheld below ``min_cell`` (:func:`low_ess_groups`); the
+    overall one is published (docs/ope.md, "Subgroups"), so it is at least said. Each
+    importance-sampling estimator of ``keys`` (:data:`IS_FAMILY`: a weighted average of the
+    episodes' rewards) is checked on the ESS its weights have (:data:`ESS_KIND`); ``dr`` and
+    ``wdr`` pool every episode in their Q-model and are left to the audit's warning.
+
+    Parameters
+    ----------
+    keys : iterable of str
+        The estimators computed.
+    n_episodes : int
+    trajectory, per_decision : float or None
+        The ESS (in episodes) of the weights the estimates used (the truncated ones with
+        truncation); None when not known (a streamed evaluation has no per-decision ESS).
+    min_cell : int
+
+    Returns
+    -------
+    str or None
+        The message, or None when every weighted estimate has enough weight.
+    """
+    ess = {"trajectory": trajectory, "per_decision": per_decision}
+    low = {kind: [k for k in keys if k in IS_FAMILY and ESS_KIND[k] == kind]
+           for kind, v in ess.items()
+           if v is not None and v < min_cell}
+    low = {kind: ks for kind, ks in low.items() if ks}
+    if not low:
+        return None
+    names = [k for ks in low.values() for k in ks]
+    said = "; ".join(f"{kind.replace('_', '-')} ESS {ess[kind]:.1f} of {n_episodes:,} episodes"
+                     + ("" if len(low) == 1 else f" for {', '.join(ks)}")
+                     for kind, ks in low.items())
+    return LOW_ESS_OVERALL.format(
+        estimators=", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0],
+        s="s" if len(names) > 1 else "", verb="" if len(names) > 1 else "s", said=said,
+        min_cell=min_cell)
+
+
+def overall_low_ess_message(estimates: Any, ess: EffectiveSampleSize) -> str | None:
+    """:func:`low_ess_message` of an in-memory evaluation's estimates and ESS.
+
+    The ESS of the weights the estimates used (the truncated ones with truncation); the
+    estimators without a value (WIS with every weight 0) are not named.
+
+    Parameters
+    ----------
+    estimates : dict of str to Estimate
+    ess : EffectiveSampleSize
+    """
+    keys = [k for k, v in estimates.items() if v.value is not None and np.isfinite(v.value)]
+    traj = ess.trajectory if ess.trajectory_truncated is None else ess.trajectory_truncated
+    per_decision = (ess.per_decision if ess.per_decision_truncated_pct is None
+                    else ess.per_decision_truncated_pct * ess.n_episodes / 100.0)
+    return low_ess_message(keys, ess.n_episodes, traj, per_decision)
 
 
 def _pad(a: NDArray[np.float64], width: int) -> NDArray[np.float64]:

@@ -16,14 +16,21 @@ from equicare.exceptions import DataValidationError, DataWarning, InvalidParamet
 from equicare.ope._censoring import CensoringCheck, censoring_check
 from equicare.ope._core import ALL_KEYS, IS_TYPE, OPEInputs
 from equicare.ope._fqe import FQEConfig, LoggedQFit, fit_fqe_logged, logged_q_fit
-from equicare.ope._select import AUTO_CANDIDATES, QSelection, candidate_config, select_q_model
+from equicare.ope._select import (
+    AUTO_CANDIDATES,
+    QSelection,
+    candidate_config,
+    candidate_name,
+    select_q_model,
+)
 from equicare.policy import check_probs
 from equicare.policy._behavior import BehaviorModel
 from equicare.policy._deployed import deployed_rows
 from equicare.utils import PARAM_MESSAGE, RandomState, check_random_state
 
 __all__ = ["Prepared", "prepare", "target_probabilities", "as_fqe_config", "check_q_model",
-           "q_model_config", "q_model_name", "ZERO_PROPENSITY_MESSAGE", "BehaviorSpec"]
+           "q_model_config", "q_model_name", "ZERO_PROPENSITY_MESSAGE", "BehaviorSpec",
+           "auto_q_model"]
 
 BehaviorSpec = Literal["logistic", "lgbm"] | BehaviorModel | Any
 
@@ -353,9 +360,11 @@ def prepare(
     check = None
     if needs_q:  # Q at the logged actions and V only: no (n_steps, n_actions) Q matrix is kept
         qfit = given or fit_fqe_logged(dataset, pe, _concrete(qcfg), random_state=seed)
-        if selection is not None and selection.chosen == "tabular_stationary":
-            qfit, qcfg, selection, check = _censoring_switch(dataset, pe, qfit,
-                                                             _concrete(qcfg), selection)
+        cfg = _concrete(qcfg)  # auto's stationary table, with or without named cells
+        if (selection is not None and cfg.model == "tabular"
+                and cfg.resolved_horizon == "stationary"):
+            qfit, qcfg, selection, check = _censoring_switch(dataset, pe, qfit, cfg,
+                                                             selection)
     bandit_qfit = None
     if "bandit_dr" in keys:
         bandit_qfit = given or fit_fqe_logged(dataset, pe, _concrete(qcfg), gamma=0.0,
@@ -389,6 +398,39 @@ def _censoring_switch(dataset: TrajectoryDataset, pe: NDArray[np.float64], qfit:
             replace(selection, chosen="tabular_window", replaced=selection.chosen,
                     group_bias={}),
             replace(check, switched=True))
+
+
+def auto_q_model(dataset: TrajectoryDataset, target_probs: NDArray[np.float64], *,
+                 random_state: int | None = None) -> tuple[str, QSelection]:
+    """``auto``'s Q-model for ``target_probs``, named so that ``q_model=name`` fits it again.
+
+    :func:`~equicare.ope.select_q_model`, then, as :func:`prepare` does, the censoring check of
+    a stationary table, which puts the window table (same cells) in its place when censored
+    stays bias it. For callers that choose once and value several policies with the choice
+    (the policy card): the chosen name alone skipped the switch.
+
+    Parameters
+    ----------
+    dataset : TrajectoryDataset
+    target_probs : ndarray of shape (n_steps, n_actions)
+    random_state : int, optional
+
+    Returns
+    -------
+    name : str
+        E.g. ``"tabular_window[state]"`` (a tabular name carries its cells).
+    selection : QSelection
+        The choice, with ``replaced`` when the window table took the stationary one's place.
+    """
+    selection = select_q_model(dataset, target_probs, random_state=random_state)
+    cfg = candidate_config(selection.chosen)
+    if cfg.model != "tabular" or cfg.resolved_horizon != "stationary":
+        return selection.chosen, selection
+    qfit = fit_fqe_logged(dataset, target_probs, cfg, random_state=random_state)
+    _, cfg, selection, check = _censoring_switch(dataset, target_probs, qfit, cfg, selection)
+    if check is None or not check.switched:
+        return selection.chosen, selection
+    return candidate_name(f"tabular_{cfg.resolved_horizon}", cfg.cells), selection
 
 
 #: What the thin-cells warning calls the tabular Q-model's cells (in memory and streamed).

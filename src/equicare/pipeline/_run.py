@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 import traceback
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from equicare._progress import progress_task, shared_progress
-from equicare.exceptions import InvalidParameterError
+from equicare.exceptions import InvalidParameterError, SupportWarning
 from equicare.pipeline._config import (
     ConfigError,
     RunConfig,
@@ -382,6 +383,11 @@ def _stage_evaluate(
         support_check=state["support_check"],
     )
     state["evaluation"] = res
+    from equicare.ope._ess import overall_low_ess_message
+
+    low = overall_low_ess_message(res.estimates, res.ess)  # as `equicare evaluate` says it
+    if low is not None:
+        warnings.warn(low, SupportWarning, stacklevel=2)
     _write_json(out / "result.json", res.to_dict())
     name = state["learner_name"]
     b = res.behavior
