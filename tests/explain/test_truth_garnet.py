@@ -133,9 +133,10 @@ def test_card_evidence_reports_the_loss(setup):
     80% of SPIBB's gain, and so does the card's DR estimate, with a caveat naming the share; the
     rules' mass on rarely taken actions stays near SPIBB's (every unnamed state keeps practice's
     own distribution), far from the imitation rules' 68%. Measured: exact -220% kept (10%
-    before states seen in fewer than 11 episodes got the overall frequencies), DR 42% (DR of
-    the rules 0.814 [0.788, 0.839] against 0.808 observed), 10.6% of the rules' mass on rarely
-    taken actions (SPIBB 9.3%)."""
+    before states seen in fewer than 11 episodes got the overall frequencies), DR n/a (the
+    source's DR gain within 2 standard errors of none; 42% before that rule: DR of the rules
+    0.814 [0.788, 0.839] against 0.808 observed), 10.6% of the rules' mass on rarely taken
+    actions (SPIBB 9.3%)."""
     from equicare.explain import ExplainConfig, explain_policy
 
     mdp, ds, pol, vb, vl = setup
@@ -147,13 +148,19 @@ def test_card_evidence_reports_the_loss(setup):
     kept_true = _kept(mdp, ds, card.tree, vb, vl)
     dr = card.value["rules"]["dr"]
     beh = card.value["behavior"]["value"]
+    kept_dr = card.value["improvement_kept"]["dr"]
     print(f"\ngarnet card: true kept {100 * kept_true:.0f}%, DR of the rules {dr['value']:.3f} "
           f"[{dr['ci'][0]:.3f}, {dr['ci'][1]:.3f}], behaviour {beh:.3f}, DR kept "
-          f"{100 * card.value['improvement_kept']['dr']:.0f}%, rules' mass on rarely taken "
-          f"actions {card.support['rules_pct']:.1f}% (SPIBB {card.support['source_pct']:.1f}%)")
+          f"{'n/a' if kept_dr is None else f'{100 * kept_dr:.0f}%'}, rules' mass on rarely "
+          f"taken actions {card.support['rules_pct']:.1f}% (SPIBB "
+          f"{card.support['source_pct']:.1f}%)")
     assert kept_true < 0.8
-    assert card.value["improvement_kept"]["dr"] < 0.8
-    assert any("keep only" in c for c in card.caveats)
+    # SPIBB's gain (exact +0.006) is within 2 standard errors of its DR value on the held-out
+    # 30%: the card reports no share (a ratio to a gain that may be zero) and says why;
+    # before that rule it read "keep only 42%"
+    assert kept_dr is None or kept_dr < 0.8
+    assert any(("keep only" in c) if kept_dr is not None else ("too noisy for a ratio" in c)
+               for c in card.caveats), card.caveats
     # the stored estimate of practice (exact: below practice) puts 10.6% of its mass on rarely
     # taken actions, where DR cannot see the loss: the card says the rules inherit it
     assert any(c.startswith("Current practice as stored") and "inherit" in c

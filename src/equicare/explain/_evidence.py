@@ -901,9 +901,9 @@ def _caveats(fid: dict[str, Any], sup: dict[str, Any], val: dict[str, Any], key:
             return "n/a" if x is None else f"{x:.3g}"
 
         out.append(f"No share of the source policy's estimated gain over current practice "
-                   f"kept by the rules is reported ({key}: n/a): the gain ({gain:+.3g}, "
-                   f"standard error {_se(se)}) or the rules' value (standard error "
-                   f"{_se(rules_se)}) is too noisy for a ratio (a gain within "
+                   f"kept by the rules is reported ({key}: n/a): the gain ({gain:+.3g}; "
+                   f"the source's value has standard error {_se(se)}) or the rules' value "
+                   f"(standard error {_se(rules_se)}) is too noisy for a ratio (a gain within "
                    f"{GAIN_NOISE_SE:g} standard errors of none, or a share whose standard "
                    f"error passes {100 * SHARE_MAX_SE:g} percentage points). Compare the "
                    "values instead.")
