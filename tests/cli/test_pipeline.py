@@ -57,6 +57,21 @@ def test_runs_show_leaves_missing_groups_blank_and_shows_a_failed_runs_message(s
     assert "message: ConfigError: run.toml: [audit] group 'race' is not a group" in said
 
 
+def test_runs_show_says_n_a_for_a_value_without_a_number_and_why(store):
+    """A withheld value (small cell, low ESS) was a blank cell, like a missing interval: it
+    reads n/a, with a caption saying where the reason is; intervals stay blank."""
+    from equicare.cli._pipeline import NO_VALUE_CAPTION
+
+    s, rid, _ = store
+    res = runner.invoke(app, ["runs", "show", rid, "--store", str(s.root)])
+    assert res.exit_code == 0, res.output
+    worst = next(ln for ln in res.stdout.splitlines() if "audit.worst" in ln)
+    assert [c.strip() for c in worst.split("│")[1:-1]][2:] == ["n/a", "", ""]
+    gini = next(ln for ln in res.stdout.splitlines() if "audit.gini.bc" in ln)
+    assert "n/a" not in gini
+    assert " ".join(NO_VALUE_CAPTION.split()) in " ".join(res.stdout.split())
+
+
 def test_json_safe_turns_missing_and_infinite_numbers_into_null():
     import numpy as np
     import pandas as pd

@@ -374,10 +374,12 @@ def register(app: typer.Typer) -> None:
             t.add_row(
                 r["name"],
                 _text(r["group"]),
-                _fmt(r["value"]),
+                _fmt(r["value"], "n/a"),
                 _fmt(r["ci_low"]),
                 _fmt(r["ci_high"]),
             )
+        if m["value"].isna().any():
+            t.caption = NO_VALUE_CAPTION
         print_table(t)
 
     @runs_app.command("compare")
@@ -489,12 +491,19 @@ def _sweep_cell(v: object) -> str:
     return str(v)
 
 
-def _fmt(v: object) -> str:
+def _fmt(v: object, missing: str = "") -> str:
+    """A metric's number with 4 significant digits, ``missing`` when it has none."""
     try:
         f = float(v)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        return ""
-    return "" if f != f else f"{f:.4g}"
+        return missing
+    return missing if f != f else f"{f:.4g}"
+
+
+#: Under ``runs show``/``runs compare`` tables that hold a value without a number.
+NO_VALUE_CAPTION = ("n/a: no value stored (withheld: a small cell, or importance weights "
+                    "resting on fewer than 11 episodes; or not computable); the run folder's "
+                    "result.json and audit.json say why for each")
 
 
 def _print_outcome(out: object) -> None:
