@@ -25,6 +25,12 @@ Measures (per panel)
   same way.
 * ``ope_garnet_<S>x<A>_dr_rel_error``: |DR - truth| / truth of our run; peer: SCOPE-RL's DR
   with the d3rlpy FQE.
+* ``ope_garnet_<S>x<A>_stream_end_to_end`` and ``..._stream_peak_memory``: the same command
+  streamed, ``--chunk-rows`` :data:`CHUNK_ROWS` (passes over episode-aligned chunks; ``auto``
+  chooses on a sample of whole episodes, here the whole panel; its point estimates equal the
+  in-memory run's, checked here). Same budgets as in memory. No peer: SCOPE-RL and d3rlpy hold
+  the whole padded panel in memory and have no streamed mode, so there is nothing to run on
+  their side.
 
 And the README's quick tour (issue 14's third budget, 10 s): ``equicare synth --members 1000
 --weeks 52``, ``train --algo awr --steps 3000``, ``predict`` (not timed), then
@@ -60,6 +66,8 @@ SMALL_EPISODES = 300
 N_BOOT = 1000
 FAMILY = "soft_optimal"
 FQE_STEPS = 10_000
+#: Rows per chunk of the streamed runs (about a third of a full panel, so 3-4 chunks).
+CHUNK_ROWS = 20_000
 #: ``quick`` mode (a smoke run): every panel is this tiny preset with this many episodes, and
 #: every ``evaluate`` draws this many bootstrap replicates.
 QUICK_PRESET, QUICK_EPISODES, QUICK_BOOT = "s50_a5_g1", 100, 20
@@ -220,10 +228,18 @@ def run_panel(name: str, preset: str, n_episodes: int, workdir: Path, quick: boo
                         str(QUICK_BOOT if quick else N_BOOT), "--out", str(d / "result.json"),
                         "--force"])
     res = json.loads((d / "result.json").read_text())
+    stream = _run(_OURS, ["evaluate", str(d / "panel.parquet"), "--manifest",
+                          str(d / "manifest.toml"), "--policy",
+                          str(d / "policies" / f"{FAMILY}.parquet"), "--bootstrap",
+                          str(QUICK_BOOT if quick else N_BOOT), "--chunk-rows",
+                          str(max(200, CHUNK_ROWS // 100) if quick else CHUNK_ROWS),
+                          "--out", str(d / "result_stream.json"), "--force"])
+    res_stream = json.loads((d / "result_stream.json").read_text())
     peer = ({"skipped": "quick run"} if quick
             else _run(_PEER, [str(d), str(FQE_STEPS), str(N_BOOT)]))
     return {"truth": float(truth["policies"][FAMILY]["value"]), "ours": ours, "result": res,
-            "peer": peer, "rows": int(res["n_steps"])}
+            "stream": stream, "result_stream": res_stream, "peer": peer,
+            "rows": int(res["n_steps"])}
 
 
 def measure_panels(run_one: Any, quick: bool = False) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -301,8 +317,17 @@ def run(quick: bool = False) -> dict[str, dict[str, Any]]:
         out[f"ope_garnet_{name}_dr_rel_error"] = _entry(
             abs(dr / truth - 1.0), "relative", label,
             abs(peer["dr"] / truth - 1.0) if has_peer else None)
+        out[f"ope_garnet_{name}_stream_end_to_end"] = _entry(m["stream"]["wall"], "s")
+        out[f"ope_garnet_{name}_stream_peak_memory"] = _entry(m["stream"]["max_rss_mb"], "MB")
+        same = all(abs(m["result_stream"]["estimates"][k]["value"] - e["value"])
+                   <= 1e-9 * max(1.0, abs(e["value"]))
+                   for k, e in m["result"]["estimates"].items() if e.get("value") is not None)
         print(f"{name}: {m['rows']} rows, q_model {m['result']['q_model'].get('chosen')}, "
-              f"DR {dr:.4f} vs truth {truth:.4f}")
+              f"DR {dr:.4f} vs truth {truth:.4f}; streamed {m['stream']['wall']:.1f} s, "
+              f"{m['stream']['max_rss_mb']:.0f} MB, point estimates "
+              f"{'equal' if same else 'DIFFERENT'} to in memory")
+        if not same:
+            raise RuntimeError(f"{name}: streamed point estimates differ from in memory")
     return out
 
 
