@@ -701,8 +701,7 @@ class _Run:
             q_tr = q_te if K == 1 else self.rows(models, tr)
             fits = None
             if self.need_q:
-                f_tr = self.q_features(tr, q_tr)
-                fits = self.fit_q(f_tr, q_tr)
+                fits = self.fit_q(tr, q_tr)
                 eta_dm_folds.append([ft.eta for ft in fits])
                 scale = n / (K * tr.size)
                 for j, ft in enumerate(fits):
@@ -720,14 +719,20 @@ class _Run:
                 mis_w[te] = W
                 mis_num[te] = W * q_te["R"][:, None]
                 if fits is not None:
-                    f_te = self.q_features(te, q_te)
-                    mr_vals[te] = self.mr_rows(fits, f_te, q_te, w_te)
+                    mr_vals[te] = self.mr_rows(fits, te, q_te, w_te)
+            del models, q_te, q_tr
         return self.assemble(eta_dm_folds, dm_infl, mr_vals, mis_num, mis_w, base, w_all,
                              w_med, target_name, control_name)
 
-    def fit_q(self, f: dict[str, Any], q: dict[str, Any]) -> list[Any]:
-        """LSTD for the five processes (order of ETA_KEYS)."""
+    def fit_q(self, idx: NDArray[np.int64], q: dict[str, Any]) -> list[Any]:
+        """LSTD for the five processes (order of ETA_KEYS) on the training rows ``idx``.
+
+        The designs (:meth:`q_features`) are built here and freed on return: a fold's designs
+        are several times its rows of the basis, and kept alive across the evaluation rows and
+        the next fold they doubled the peak memory of the analysis.
+        """
         r = self.cfg.ridge
+        f = self.q_features(idx, q)
         # pi_e, (pi_e, a0), (pi_e, a0*) share their designs: one factorisation
         e = lstd_blocks(f["x"], f["xi_e"], np.column_stack([q["R"], q["r0M"], q["r00"]]), r)
         g = lstd_blocks(f["x4"], f["xi4"], q["r00"], r)             # G
@@ -750,9 +755,10 @@ class _Run:
             out[:, j] = fit.predict(psi[te], cfg.ratio_clip)
         return out
 
-    def mr_rows(self, fits: list[Any], f: dict[str, Any], q: dict[str, Any],
+    def mr_rows(self, fits: list[Any], idx: NDArray[np.int64], q: dict[str, Any],
                 w: NDArray[np.float64]) -> NDArray[np.float64]:
         """Multiply robust per-row values ``eta_hat + psi_i`` for the five processes."""
+        f = self.q_features(idx, q)
         eta = [ft.eta for ft in fits]
         b1, b2, b3, b4, b5 = (ft.beta for ft in fits)
         R, rho_e, rho_0, ratio_m = q["R"], q["rho_e"], q["rho_0"], q["ratio_m"]
