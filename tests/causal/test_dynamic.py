@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 from sklearn.dummy import DummyClassifier, DummyRegressor
 
 import equicare.causal as causal
@@ -621,3 +622,43 @@ def test_a_basis_too_wide_is_refused_before_the_transitions_are_built(monkeypatc
         with pytest.raises(FewTransitionsError):
             cfg.check_transitions(ds, rows, ds.next_index[rows], g)
         assert g.bit_generator.state == state
+
+
+def test_mr_evaluation_forms_no_design_of_its_rows(monkeypatch):
+    """MR's per-row values take the fitted Q-functions at the evaluation rows from the basis
+    and the mediator encodings: their peak memory is one copy of those rows of the basis (of
+    the states, then of the next states) and some vectors (1.66 copies, traced). The old code
+    built these rows' LSTD designs and joint features (x, x4, h, h(S, E[enc|S,A]), the
+    next-state features): 10.1 copies."""
+    import tracemalloc
+
+    from equicare.causal import _dynamic
+
+    rng = np.random.default_rng(0)
+    n_ep, T, d = 150, 100, 8
+    S = rng.normal(size=(n_ep, T + 1, d))
+    A = rng.integers(0, 2, (n_ep, T))
+    M = (rng.random((n_ep, T)) < 0.3 + 0.4 * A).astype(float)
+    data = dict(states=S[:, :-1].reshape(-1, d), next_states=S[:, 1:].reshape(-1, d),
+                actions=A.reshape(-1), mediators=M.reshape(-1),
+                rewards=(M + S[:, :-1, 0]).reshape(-1), episode_index=np.repeat(np.arange(n_ep), T))
+    copies: list[float] = []
+    mr_rows = _dynamic._Run.mr_rows
+
+    def spy(self, fits, idx, q, w):
+        phi, _ = self.basis(self.cfg.q_basis)
+        assert phi.shape[1] > 40 and not sp.issparse(phi)    # a dense spline basis
+        start = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        out = mr_rows(self, fits, idx, q, w)
+        copies.append((tracemalloc.get_traced_memory()[1] - start) / (idx.size * phi.shape[1] * 8))
+        return out
+
+    monkeypatch.setattr(_dynamic._Run, "mr_rows", spy)
+    tracemalloc.start()
+    try:
+        DynamicMediation(n_bootstrap=0, estimators=("mr",), basis="spline").estimate(
+            data, lambda x: np.full((len(x), 2), 0.5), 0, random_state=0)
+    finally:
+        tracemalloc.stop()
+    assert len(copies) == 2 and max(copies) < 2.0, copies
