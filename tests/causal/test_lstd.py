@@ -10,11 +10,12 @@ import scipy.sparse as sp
 
 import equicare.utils as utils
 from equicare.causal import DynamicMediation, _dynamic
-from equicare.causal._basis import action_tensor
+from equicare.causal._basis import action_tensor, combine
 from equicare.causal._lstd import (
     MixedDesign,
     action_design,
     gram_entries,
+    level_action_design,
     lstd_average,
     lstd_blocks,
 )
@@ -122,8 +123,10 @@ def test_mediation_never_forms_the_dense_designs_and_matches_them(monkeypatch):
 
     monkeypatch.setattr(_dynamic._Run, "q_features", spy)
     blocks = est.estimate(data, target, control, random_state=0).to_frame()
-    for key in ("x", "x4"):
-        assert sp.issparse(seen[0][key]) and seen[0][key].nnz * 5 == seen[0][key].shape[0] * \
+    # e_A (x) phi stores phi's q entries a row; e_A (x) h(phi, onehot(M)) (two mediator levels)
+    # stores them too, not the 2 q of h (level_action_design)
+    for key, k in (("x", 1), ("x4", 2)):
+        assert sp.issparse(seen[0][key]) and seen[0][key].nnz * 5 * k == seen[0][key].shape[0] * \
             seen[0][key].shape[1]
     for key in ("xi_e", "xi_0", "xi4"):
         assert isinstance(seen[0][key], MixedDesign)
@@ -178,3 +181,25 @@ def test_a_folds_designs_are_freed_before_the_next_ones_are_built(monkeypatch):
     DynamicMediation(n_bootstrap=0, estimators=("dm", "mr"), n_folds=3).estimate(
         data, target, control, random_state=0)
     assert len(calls) >= 3 and calls == [0] * len(calls)
+
+
+@pytest.mark.parametrize("block", [None, 40])
+def test_level_design_is_the_joint_design_with_its_zeros_left_out(monkeypatch, block):
+    """A discrete mediator's joint design ``e_a (x) f (x) onehot(m)`` stores f's entries only
+    (the q K of the joint features were stored, K - 1 of every K zeros); LSTD on it is the
+    dense solution."""
+    if block is not None:  # several row blocks per action
+        monkeypatch.setattr(utils, "ROW_BLOCK_ELEMENTS", block)
+    a, f, fn, w, y = _problem(600, 3, 4, seed=5)
+    levels = np.random.default_rng(6).integers(3, size=600)
+    x = level_action_design(a, f, levels, 3, 3)
+    joint = combine(f, np.eye(3)[levels], True, 1)
+    assert x.nnz == f.size and np.shares_memory(x.data, f)
+    np.testing.assert_array_equal(x.toarray(), action_design(a, joint, 3).toarray())
+    xi = MixedDesign(w, combine(fn, np.random.default_rng(7).dirichlet(np.ones(3), 600), True, 1))
+    fits = lstd_blocks(x, xi, y)
+    for j, fit in enumerate(fits):
+        ref = lstd_average(x.toarray(), xi.toarray(), y[:, j])
+        assert abs(fit.eta - ref.eta) < 1e-8
+        np.testing.assert_allclose(fit.beta, ref.beta, rtol=1e-8, atol=1e-8)
+        np.testing.assert_allclose(fit.influence, ref.influence, rtol=1e-8, atol=1e-8)

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
+import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from equicare.causal._basis import (
@@ -37,7 +38,7 @@ from equicare.causal._basis import (
 )
 from equicare.causal._data import MediationData, as_mediation_data, resolve_policy
 from equicare.causal._inference import cluster_inference
-from equicare.causal._lstd import MixedDesign, action_design, lstd_blocks
+from equicare.causal._lstd import MixedDesign, action_design, level_action_design, lstd_blocks
 from equicare.causal._nuisance import BehaviorModel, MediatorModel, RewardModel
 from equicare.causal._ratio import effective_sample_size, fit_ratio
 from equicare.causal._result import (
@@ -676,10 +677,14 @@ class _Run:
         pe_n, p0_n = self.pe_n[idx], self.p0_n[idx]
         disc, nraw = self.enc.discrete, self.enc.n_raw
         h_next = combine(phn, self.next_mediator_encoding(idx, q), disc, nraw)
+        enc_M = q["enc_M"]
+        if disc and not sp.issparse(ph) and np.all(enc_M.sum(axis=1) == 1):
+            # h(S, M) = phi (x) onehot(M): store phi's entries only, not the K-fold zeros
+            x4 = level_action_design(A, ph, enc_M.argmax(axis=1), enc_M.shape[1], nA)
+        else:
+            x4 = action_design(A, combine(ph, enc_M, disc, nraw), nA)
         return {"x": action_design(A, ph, nA), "xi_e": MixedDesign(pe_n, phn),
-                "xi_0": MixedDesign(p0_n, phn),
-                "x4": action_design(A, combine(ph, q["enc_M"], disc, nraw), nA),
-                "xi4": MixedDesign(p0_n, h_next)}
+                "xi_0": MixedDesign(p0_n, phn), "x4": x4, "xi4": MixedDesign(p0_n, h_next)}
 
     # -------------------------------------------------------------- main loop
     def execute(self, target_name: str, control_name: str) -> MediationResult:
