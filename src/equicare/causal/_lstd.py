@@ -39,9 +39,12 @@ def action_design(a: NDArray[np.int64], f: Any, n_actions: int) -> sp.csr_matrix
         cols = np.asarray(a, dtype=np.int64)[row] * q + f.indices
         return sp.csr_matrix((f.data.astype(np.float64), cols, f.indptr.astype(np.int64)),
                              shape=(n, n_actions * q))
-    cols = (np.asarray(a, dtype=np.int64)[:, None] * q + np.arange(q)[None, :]).ravel()
+    # indices in the dtype scipy keeps (int32 when they fit): no n x q int64 temporary
+    itype = np.int32 if max(n * q, n_actions * q) < np.iinfo(np.int32).max else np.int64
+    cols = (np.asarray(a, dtype=itype)[:, None] * q  # Python ints keep the dtype
+            + np.arange(q, dtype=itype)[None, :]).ravel()
     return sp.csr_matrix((np.asarray(f, dtype=np.float64).ravel(), cols,
-                          np.arange(0, n * q + 1, q)), shape=(n, n_actions * q))
+                          np.arange(0, n * q + 1, q, dtype=itype)), shape=(n, n_actions * q))
 
 
 def level_action_design(a: NDArray[np.int64], f: NDArray[np.float64],
@@ -80,10 +83,14 @@ def gram_entries(x: sp.csr_matrix) -> sp.coo_matrix:
     one-hot basis over hundreds of state levels nearly all are zeros, and the sparse product
     over the stored entries costs ``n q^2``: 137 of 186 s of a mediation on a 700-level panel
     (``q`` = 1,414). The explicit zeros are dropped first (a copy), so the product costs
-    ``n`` times the squared non-zeros per row.
+    ``n`` times the squared non-zeros per row. The zero-free matrix is built from the non-zero
+    entries only (not a copy of every stored entry, then pruned).
     """
-    xs = x.copy()
-    xs.eliminate_zeros()
+    keep = np.flatnonzero(x.data)                   # positions of the non-zeros, in order
+    if keep.size == x.nnz:
+        return sp.coo_matrix(x.T @ x)
+    indptr = np.searchsorted(keep, x.indptr)        # non-zeros before each row's start
+    xs = sp.csr_matrix((x.data[keep], x.indices[keep], indptr), shape=x.shape)
     return sp.coo_matrix(xs.T @ xs)
 
 
