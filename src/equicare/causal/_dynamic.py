@@ -759,11 +759,16 @@ class _Run:
         else:
             f_all, fn_all = psi, psin
         omegas = (q_tr["rho_e"], q_tr["rho_0"], q_tr["rho_0"] * q_tr["ratio_m"])
-        out = np.empty((te.size, 3))
-        for j, om in enumerate(omegas):
-            fit = fit_ratio(psi[tr], f_all[tr], fn_all[tr], om, cfg.ratio_ridge)
-            out[:, j] = fit.predict(psi[te], cfg.ratio_clip)
-        return out
+        # the training rows of the basis once for the three ratios (the test functions are
+        # the same rows when they are the basis); the next-state rows become each fit's
+        # difference matrix in place (fit_ratio, overwrite=True)
+        psi_tr = psi[tr]
+        f_tr = psi_tr if f_all is psi else f_all[tr]
+        fits = [fit_ratio(psi_tr, f_tr, fn_all[tr], om, cfg.ratio_ridge, overwrite=True)
+                for om in omegas]
+        del psi_tr, f_tr
+        psi_te = psi[te]
+        return np.column_stack([fit.predict(psi_te, cfg.ratio_clip) for fit in fits])
 
     def mr_rows(self, fits: list[Any], idx: NDArray[np.int64], q: dict[str, Any],
                 w: NDArray[np.float64]) -> NDArray[np.float64]:
