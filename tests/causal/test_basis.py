@@ -7,7 +7,7 @@ import pytest
 import scipy.sparse as sp
 
 from equicare.causal import _basis
-from equicare.causal._basis import combine, state_features
+from equicare.causal._basis import MediatorEncoder, combine, combine_dot, state_features
 
 
 def _panel(n: int, levels: int, seed: int = 0):
@@ -81,3 +81,23 @@ def test_basis_width_from_the_codes_is_the_width_of_the_basis(kind, levels, nume
     phi, _, used = state_features(dense[0], dense[1], kind, n_features=16)
     assert basis_width(num[0], num[1], codes[0], codes[1], levels, kind,
                        n_features=16) == (phi.shape[1], used)
+
+
+@pytest.mark.parametrize("kind", ["discrete", "continuous", "sparse"])
+def test_combine_dot_is_the_product_with_the_joint_features(kind):
+    """``combine_dot`` = ``combine(...) @ coef.T`` (to rounding) for discrete and continuous
+    mediators and a sparse basis, without the joint features."""
+    rng = np.random.default_rng(0)
+    n, p = 300, 7
+    phi = rng.normal(size=(n, p)) * (rng.random((n, p)) < 0.4)
+    m = rng.integers(0, 3, size=(n, 1)).astype(float) if kind != "continuous" else \
+        rng.normal(size=(n, 2))
+    enc = MediatorEncoder.fit(m, "discrete" if kind != "continuous" else "continuous", 10)
+    e = enc.encode(m)
+    if kind == "sparse":
+        phi = sp.csr_matrix(phi)
+    joint = combine(phi, e, enc.discrete, enc.n_raw)
+    joint = joint.toarray() if sp.issparse(joint) else joint
+    coef = rng.normal(size=(4, joint.shape[1]))
+    got = combine_dot(phi, e, enc.discrete, enc.n_raw, coef)
+    np.testing.assert_allclose(got, joint @ coef.T, rtol=1e-12, atol=1e-12)

@@ -12,8 +12,8 @@ from numpy.typing import NDArray
 from equicare.exceptions import InvalidParameterError
 from equicare.utils import check_random_state
 
-__all__ = ["BasisKind", "state_features", "MediatorEncoder", "combine", "action_tensor",
-           "is_sparse", "sqsum", "dense_rows"]
+__all__ = ["BasisKind", "state_features", "MediatorEncoder", "combine", "combine_dot",
+           "action_tensor", "is_sparse", "sqsum", "dense_rows"]
 
 BasisKind = Literal["auto", "onehot", "spline", "rff", "poly", "constant"]
 
@@ -297,6 +297,43 @@ def combine(phi: Any, enc: NDArray[np.float64], discrete: bool, n_raw: int) -> A
     m_raw = e_b[..., -n_raw:]
     inter = (p_b[..., :, None] * m_raw[..., None, :]).reshape(*shape, -1)
     return np.concatenate([p_b, e_b, inter], axis=-1)
+
+
+def combine_dot(phi: Any, enc: NDArray[np.float64], discrete: bool, n_raw: int,
+                coef: NDArray[np.float64]) -> NDArray[np.float64]:
+    """``combine(phi, enc, discrete, n_raw) @ coef.T`` without forming the joint features.
+
+    The joint features are ``n x p K`` (discrete mediator with ``K`` levels) or
+    ``n x (p + q + p m)``; their products with a few coefficient rows are sums over the
+    mediator encoding of products of ``phi`` (dense or sparse, 2-D) with ``coef``'s blocks:
+    temporaries of ``n x r``, not of the joint width.
+
+    Parameters
+    ----------
+    phi : ndarray or scipy.sparse matrix of shape (n, p)
+    enc : ndarray of shape (n, q)
+    discrete, n_raw : bool, int
+        As in :func:`combine`.
+    coef : ndarray of shape (r, width)
+        Coefficients of the joint features (e.g. one row per action).
+
+    Returns
+    -------
+    ndarray of shape (n, r)
+    """
+    p, r = int(phi.shape[1]), int(coef.shape[0])
+    if discrete:
+        blocks = coef.reshape(r, p, -1)                     # index j * K + k
+        weights = enc
+        out = np.zeros((int(phi.shape[0]), r))
+    else:
+        q = int(enc.shape[1])
+        blocks = coef[:, p + q:].reshape(r, p, n_raw)      # index j * n_raw + k
+        weights = enc[:, -n_raw:]
+        out = np.asarray(phi @ coef[:, :p].T) + enc @ coef[:, p:p + q].T
+    for k in range(blocks.shape[2]):
+        out += weights[:, k, None] * np.asarray(phi @ blocks[:, :, k].T)
+    return out
 
 
 @dataclass

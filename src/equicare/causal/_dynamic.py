@@ -26,17 +26,19 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
+import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from equicare.causal._basis import (
     MediatorEncoder,
     basis_width,
     combine,
+    combine_dot,
     state_features,
 )
 from equicare.causal._data import MediationData, as_mediation_data, resolve_policy
 from equicare.causal._inference import cluster_inference
-from equicare.causal._lstd import MixedDesign, action_design, lstd_blocks
+from equicare.causal._lstd import MixedDesign, action_design, level_action_design, lstd_blocks
 from equicare.causal._nuisance import BehaviorModel, MediatorModel, RewardModel
 from equicare.causal._ratio import effective_sample_size, fit_ratio
 from equicare.causal._result import (
@@ -656,25 +658,33 @@ class _Run:
         return q
 
     # -------------------------------------------------------------- Q-function features
+    def next_mediator_encoding(self, idx: NDArray[np.int64], q: dict[str, Any]
+                               ) -> NDArray[np.float64]:
+        """``E_{p_e(.|S')} enc(M)`` at rows ``idx``: the mediator law of the G process at S'."""
+        return np.asarray(np.einsum("na,naq->nq", self.pe_n[idx], q["Eenc_Sn"]),
+                          dtype=np.float64)
+
     def q_features(self, idx: NDArray[np.int64], q: dict[str, Any]) -> dict[str, Any]:
+        """LSTD designs of the five processes at the training rows ``idx``.
+
+        ``e_A (x) phi`` and ``e_A (x) h(phi, enc(M))`` are sparse (:func:`action_design`), the
+        expected next designs :class:`MixedDesign`: never ``n x A q``. The joint features
+        ``h`` are not kept beside the design that holds them.
+        """
         phi, phin = self.basis(self.cfg.q_basis)
         ph, phn = phi[idx], phin[idx]
-        n, nA = idx.size, self.md.n_actions
-        A = q["A"]
-        pe_n, p0_n, p0 = self.pe_n[idx], self.p0_n[idx], self.p0[idx]
+        nA, A = self.md.n_actions, q["A"]
+        pe_n, p0_n = self.pe_n[idx], self.p0_n[idx]
         disc, nraw = self.enc.discrete, self.enc.n_raw
-        # designs e_A (x) phi (sparse) and sum_a w(a) e_a (x) phi' (blockwise): never n x A q
-        f: dict[str, Any] = {"x": action_design(A, ph, nA), "xi_e": MixedDesign(pe_n, phn),
-                             "xi_0": MixedDesign(p0_n, phn)}
-        h = combine(ph, q["enc_M"], disc, nraw)                          # h(S, M)
-        f["h"] = h
-        f["x4"] = action_design(A, h, nA)
-        enc_e_next = np.einsum("na,naq->nq", pe_n, q["Eenc_Sn"])        # E_{p_e(.|S')} enc
-        h_next = combine(phn, enc_e_next, disc, nraw)
-        f["xi4"] = MixedDesign(p0_n, h_next)
-        f["hE"] = combine(ph, q["Eenc_S"][np.arange(n), A], disc, nraw)  # h(S, E[enc|S,A])
-        f["p0"] = p0
-        return f
+        h_next = combine(phn, self.next_mediator_encoding(idx, q), disc, nraw)
+        enc_M = q["enc_M"]
+        if disc and not sp.issparse(ph) and np.all(enc_M.sum(axis=1) == 1):
+            # h(S, M) = phi (x) onehot(M): store phi's entries only, not the K-fold zeros
+            x4 = level_action_design(A, ph, enc_M.argmax(axis=1), enc_M.shape[1], nA)
+        else:
+            x4 = action_design(A, combine(ph, enc_M, disc, nraw), nA)
+        return {"x": action_design(A, ph, nA), "xi_e": MixedDesign(pe_n, phn),
+                "xi_0": MixedDesign(p0_n, phn), "x4": x4, "xi4": MixedDesign(p0_n, h_next)}
 
     # -------------------------------------------------------------- main loop
     def execute(self, target_name: str, control_name: str) -> MediationResult:
@@ -701,8 +711,7 @@ class _Run:
             q_tr = q_te if K == 1 else self.rows(models, tr)
             fits = None
             if self.need_q:
-                f_tr = self.q_features(tr, q_tr)
-                fits = self.fit_q(f_tr, q_tr)
+                fits = self.fit_q(tr, q_tr)
                 eta_dm_folds.append([ft.eta for ft in fits])
                 scale = n / (K * tr.size)
                 for j, ft in enumerate(fits):
@@ -720,14 +729,20 @@ class _Run:
                 mis_w[te] = W
                 mis_num[te] = W * q_te["R"][:, None]
                 if fits is not None:
-                    f_te = self.q_features(te, q_te)
-                    mr_vals[te] = self.mr_rows(fits, f_te, q_te, w_te)
+                    mr_vals[te] = self.mr_rows(fits, te, q_te, w_te)
+            del models, q_te, q_tr
         return self.assemble(eta_dm_folds, dm_infl, mr_vals, mis_num, mis_w, base, w_all,
                              w_med, target_name, control_name)
 
-    def fit_q(self, f: dict[str, Any], q: dict[str, Any]) -> list[Any]:
-        """LSTD for the five processes (order of ETA_KEYS)."""
+    def fit_q(self, idx: NDArray[np.int64], q: dict[str, Any]) -> list[Any]:
+        """LSTD for the five processes (order of ETA_KEYS) on the training rows ``idx``.
+
+        The designs (:meth:`q_features`) are built here and freed on return: a fold's designs
+        are several times its rows of the basis, and kept alive across the evaluation rows and
+        the next fold they doubled the peak memory of the analysis.
+        """
         r = self.cfg.ridge
+        f = self.q_features(idx, q)
         # pi_e, (pi_e, a0), (pi_e, a0*) share their designs: one factorisation
         e = lstd_blocks(f["x"], f["xi_e"], np.column_stack([q["R"], q["r0M"], q["r00"]]), r)
         g = lstd_blocks(f["x4"], f["xi4"], q["r00"], r)             # G
@@ -744,33 +759,57 @@ class _Run:
         else:
             f_all, fn_all = psi, psin
         omegas = (q_tr["rho_e"], q_tr["rho_0"], q_tr["rho_0"] * q_tr["ratio_m"])
-        out = np.empty((te.size, 3))
-        for j, om in enumerate(omegas):
-            fit = fit_ratio(psi[tr], f_all[tr], fn_all[tr], om, cfg.ratio_ridge)
-            out[:, j] = fit.predict(psi[te], cfg.ratio_clip)
-        return out
+        # the training rows of the basis once for the three ratios (the test functions are
+        # the same rows when they are the basis); the next-state rows become each fit's
+        # difference matrix in place (fit_ratio, overwrite=True)
+        psi_tr = psi[tr]
+        f_tr = psi_tr if f_all is psi else f_all[tr]
+        fits = [fit_ratio(psi_tr, f_tr, fn_all[tr], om, cfg.ratio_ridge, overwrite=True)
+                for om in omegas]
+        del psi_tr, f_tr
+        psi_te = psi[te]
+        return np.column_stack([fit.predict(psi_te, cfg.ratio_clip) for fit in fits])
 
-    def mr_rows(self, fits: list[Any], f: dict[str, Any], q: dict[str, Any],
+    def mr_rows(self, fits: list[Any], idx: NDArray[np.int64], q: dict[str, Any],
                 w: NDArray[np.float64]) -> NDArray[np.float64]:
-        """Multiply robust per-row values ``eta_hat + psi_i`` for the five processes."""
+        """Multiply robust per-row values ``eta_hat + psi_i`` for the five processes.
+
+        The fitted Q-functions are evaluated at the rows ``idx`` from the basis and the
+        mediator encodings (products with ``n x A`` results, :func:`combine_dot`): no design
+        of these rows is formed (they were 4.8 KB per row on a 62-column basis).
+        """
+        phi, phin = self.basis(self.cfg.q_basis)
+        n, nA = idx.size, self.md.n_actions
+        ar, A = np.arange(n), q["A"]
+        pe_n, p0_n, p0 = self.pe_n[idx], self.p0_n[idx], self.p0[idx]
+        disc, nraw = self.enc.discrete, self.enc.n_raw
         eta = [ft.eta for ft in fits]
-        b1, b2, b3, b4, b5 = (ft.beta for ft in fits)
+        B1, B2, B3, B4, B5 = (ft.beta.reshape(nA, -1) for ft in fits)
+        stacked = np.vstack([B1, B2, B3, B5])
+        ph = phi[idx]                      # one copy of the rows' basis at a time
+        q_now = np.asarray(ph @ stacked.T)[ar[:, None], A[:, None] + nA * np.arange(4)]
+        q4_aM = combine_dot(ph, q["enc_M"], disc, nraw, B4)              # Q4(S, a', M)
+        q4_aE = combine_dot(ph, q["Eenc_S"][ar, A], disc, nraw, B4)      # E_{m~p_m(S,A)} Q4
+        del ph
+        phn = phin[idx]
+        q_next = np.asarray(phn @ stacked.T).reshape(n, 4, nA)
+        q4_next = combine_dot(phn, self.next_mediator_encoding(idx, q), disc, nraw, B4)
+        del phn
+        # TD errors without the reward: E_{w(.|S')} Q(S', .) - Q(S, A), per state Q-function
+        td_e = np.einsum("na,nja->nj", pe_n, q_next[:, :3]) - q_now[:, :3]
+        td_0 = np.einsum("na,na->n", p0_n, q_next[:, 3]) - q_now[:, 3]
         R, rho_e, rho_0, ratio_m = q["R"], q["rho_e"], q["rho_0"], q["ratio_m"]
         w_e, w_0, w_G = w[:, 0], w[:, 1], w[:, 2]
-        x, xi_e, xi_0 = f["x"], f["xi_e"], f["xi_0"]
-        psi1 = w_e * rho_e * (R + xi_e @ b1 - x @ b1 - eta[0])
+        psi1 = w_e * rho_e * (R + td_e[:, 0] - eta[0])
         psi2 = w_e * (rho_0 * ratio_m * (R - q["rM_A"])
-                      + rho_e * (q["r0M"] + xi_e @ b2 - x @ b2 - eta[1]))
-        psi3 = w_e * (rho_0 * (R - q["r_A"]) + rho_e * (q["r00"] + xi_e @ b3 - x @ b3 - eta[2]))
-        nA = self.md.n_actions
-        B4 = b4.reshape(nA, -1)
-        q4_aM = f["h"] @ B4.T                                           # Q4(S, a', M)
-        q4_aE = f["hE"] @ B4.T                                          # E_{m~p_m(S,A)} Q4(S,a',m)
-        eq4 = (f["p0"] * (q4_aM - q4_aE)).sum(1)
+                      + rho_e * (q["r0M"] + td_e[:, 1] - eta[1]))
+        psi3 = w_e * (rho_0 * (R - q["r_A"]) + rho_e * (q["r00"] + td_e[:, 2] - eta[2]))
+        eq4 = (p0 * (q4_aM - q4_aE)).sum(1)
+        td_4 = np.einsum("na,na->n", p0_n, q4_next) - q4_aM[ar, A]
         psi4 = w_G * (rho_0 * (R - q["r_A"])
-                      + rho_0 * ratio_m * (q["r00"] + f["xi4"] @ b4 - f["x4"] @ b4 - eta[3])
+                      + rho_0 * ratio_m * (q["r00"] + td_4 - eta[3])
                       + rho_e * eq4)
-        psi5 = w_0 * rho_0 * (R + xi_0 @ b5 - x @ b5 - eta[4])
+        psi5 = w_0 * rho_0 * (R + td_0 - eta[4])
         return np.column_stack([psi1, psi2, psi3, psi4, psi5]) + np.asarray(eta)[None, :]
 
     # -------------------------------------------------------------- inference and result

@@ -26,7 +26,7 @@ class RatioFit:
 
 
 def fit_ratio(psi: Any, f: Any, f_next: Any, omega: NDArray[np.float64],
-              ridge: float = 1e-8) -> RatioFit:
+              ridge: float = 1e-8, *, overwrite: bool = False) -> RatioFit:
     r"""Min-max estimate of the stationary state density ratio.
 
     The ratio of the stationary distribution of a process to the data's state distribution
@@ -53,6 +53,9 @@ def fit_ratio(psi: Any, f: Any, f_next: Any, omega: NDArray[np.float64],
         Transition weights.
     ridge : float
         Relative ridge.
+    overwrite : bool
+        A dense ``f_next`` may be overwritten (by ``omega f_next - f``): no array of its size
+        is allocated.
 
     Returns
     -------
@@ -61,8 +64,10 @@ def fit_ratio(psi: Any, f: Any, f_next: Any, omega: NDArray[np.float64],
     n = psi.shape[0]
     if sp.issparse(f_next):
         D = sp.csr_matrix(f_next.multiply(omega[:, None])) - f
-    else:
-        D = omega[:, None] * f_next - f
+    else:                         # omega f_next - f, the same operations in place
+        D = f_next if overwrite else np.array(f_next, dtype=np.float64)
+        D *= omega[:, None]
+        D -= f
     G = D.T @ psi / n                                          # (q, p)
     G = np.asarray(G.toarray() if sp.issparse(G) else G, dtype=np.float64)
     H = G.T @ G
