@@ -238,8 +238,6 @@ def select_train(data: str | os.PathLike[str], manifest: str | os.PathLike[str],
     ``params`` holds :class:`~equicare.pipeline._select.SelectConfig` fields
     (``n_wedges=[5,20]``, ``neural=[]``, ``bootstrap=500`` ...).
     """
-    import sys
-
     from equicare.pipeline._select import SelectConfig, train_select
 
     kw = dict(params or {})
@@ -255,9 +253,9 @@ def select_train(data: str | os.PathLike[str], manifest: str | os.PathLike[str],
     except TypeError as exc:
         raise InvalidParameterError(str(exc)) from exc
 
-    def say(msg: str) -> None:
-        if progress:
-            print(f"[select] {msg}", file=sys.stderr, flush=True)
+    from equicare._progress import Stages
+
+    say = Stages("select", progress)
 
     return train_select(data, manifest, out=out, config=cfg, force=force, progress=say)
 
