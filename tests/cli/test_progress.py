@@ -54,6 +54,7 @@ def _cases(c: dict[str, Path]) -> dict[str, tuple[list[str], list[str]]]:
         "audit_stream": (["audit", d, "-m", m, "--policy", f"eq={p}", "--bootstrap", "20",
                           "--permutations", "20", "--chunk-rows", "1000", "--estimators", "dr"],
                          ["[audit] eq: linear Q-model for dr from chunk sums",
+                          "[audit] support check of the policies over the audited episodes",
                           "[audit] allocation and dr values: one pass over the panel, Poisson "
                           "bootstrap 20 replicates", "audit: rows: started (0/"]),
         "explain": (["explain", p, d, "-m", m, "--out", str(root / "card"), "--force",

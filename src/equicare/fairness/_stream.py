@@ -563,6 +563,7 @@ def audit_stream(
             from equicare.ope._evaluate import evaluate_seeds
             from equicare.ope._stream_support import needs_fast_model, support_check
 
+            say("support check of the policies over the audited episodes")
             src.flush()
             c = counted["counts"]
             fast = bool(c.sample) and needs_fast_model(
