@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["ProgressTask", "progress_task", "shared_progress"]
+__all__ = ["ProgressTask", "Stages", "progress_task", "shared_progress"]
 
 _ACTIVE: list[Any] = []  # the shared rich Progress, when the pipeline runs
 
@@ -186,3 +186,38 @@ def shared_progress(enabled: bool = True) -> Iterator[Any]:
             yield prog
         finally:
             _ACTIVE.pop()
+
+
+class Stages:
+    """A command's progress: one ``[command] ...`` line per stage on stderr, bars over long loops.
+
+    The stage lines are printed whether or not stderr is a terminal (above a live display when
+    one runs); :meth:`bar` is :func:`progress_task` named after the command. Disabled, both
+    do nothing, so library functions take ``progress: bool = False`` and call them freely.
+
+    Parameters
+    ----------
+    command : str
+        Name printed in brackets, e.g. ``"audit"``.
+    enabled : bool
+        False: silent.
+
+    Examples
+    --------
+    >>> say = Stages("audit", enabled=False)
+    >>> say("behaviour: bootstrap 200 replicates")  # prints nothing
+    """
+
+    def __init__(self, command: str, enabled: bool = True) -> None:
+        self.command = command
+        self.enabled = bool(enabled)
+
+    def __call__(self, message: str) -> None:
+        """Print ``[command] message`` on stderr (flushed) when enabled."""
+        if self.enabled:
+            print(f"[{self.command}] {message}", file=sys.stderr, flush=True)
+
+    def bar(self, what: str, total: float | None
+            ) -> contextlib.AbstractContextManager[ProgressTask]:
+        """A :func:`progress_task` named ``"command: what"`` over ``total`` units of work."""
+        return progress_task(f"{self.command}: {what}", total, enabled=self.enabled)

@@ -40,7 +40,7 @@ def test_validate_summary(panel):
     assert res.exit_code == 0, res.output
     assert "observed action combinations" in res.output and "valid" in res.output
     res = runner.invoke(app, ["validate", str(p), "--manifest", str(m), "--json"])
-    out = json.loads(res.output)
+    out = json.loads(res.stdout)
     assert out["valid"] and out["n_episodes"] == frame.member_id.nunique()
     assert out["n_steps"] == len(frame)
 
@@ -76,7 +76,7 @@ def test_validate_errors_exit_2(panel):
     assert "Traceback" not in res.output
     res = runner.invoke(app, ["validate", str(p), "--manifest", str(m), "--json"])
     assert res.exit_code == 2
-    assert len(json.loads(res.output)["errors"]) == 2
+    assert len(json.loads(res.stdout)["errors"]) == 2
 
 
 def test_validate_bad_manifest(panel, tmp_path):
@@ -95,7 +95,7 @@ def test_validate_says_every_end_is_censored_without_terminal(panel):
     lines = [ln for ln in res.output.splitlines() if "censored" in ln and "note" in ln]
     assert lines == ["note: no 'terminal' column: every episode end is treated as censored"]
     out = json.loads(runner.invoke(app, ["validate", str(p), "--manifest", str(m),
-                                         "--json"]).output)
+                                         "--json"]).stdout)
     assert out["notes"] == ["no 'terminal' column: every episode end is treated as censored"]
     assert out["episode_ends"] == {"terminal": 0, "censored": frame.member_id.nunique()}
 
@@ -143,14 +143,14 @@ def test_validate_warns_when_logged_propensities_do_not_fit_the_actions(panel):
     """make_frame draws actions uniformly over 6 combinations and propensities at random."""
     p, m, frame = panel
     out = json.loads(runner.invoke(app, ["validate", str(p), "--manifest", str(m),
-                                         "--json"]).output)
+                                         "--json"]).stdout)
     assert out["valid"]  # a warning, never a failure
     assert any(w.startswith(f"{p}: the logged propensities (column 'propensity') disagree")
                for w in out["warnings"])
     frame["propensity"] = 1 / 6  # the truth
     frame.to_csv(p, index=False)
     out = json.loads(runner.invoke(app, ["validate", str(p), "--manifest", str(m),
-                                         "--json"]).output)
+                                         "--json"]).stdout)
     assert out["valid"] and not any("logged propensities" in w for w in out["warnings"])
 
 
@@ -160,7 +160,7 @@ def test_validate_publishes_no_extreme_length_or_propensity(panel):
     for extra in ([], ["--chunk-rows", "50"]):
         res = runner.invoke(app, ["validate", str(p), "--manifest", str(m), "--json", *extra])
         assert res.exit_code == 0, res.output
-        out = json.loads(res.output)
+        out = json.loads(res.stdout)
         assert set(out["episode_length"]) == {"median", "p_bottom11", "p_top11"}, extra
         if not extra:
             assert set(out["behavior_prob"]) == {"p_bottom11", "p_top11"}

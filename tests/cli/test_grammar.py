@@ -25,7 +25,8 @@ WRITERS = {"synth", "train", "predict", "online"}
 #: Commands that print a result they can also write: --out optional.
 OPTIONAL_OUT = {"evaluate", "audit", "frontier", "plan", "capacity", "mediate", "report"}
 #: Long computations: progress bars on a terminal, one line per stage otherwise.
-LONG = {"train", "evaluate", "frontier", "run", "sweep"}
+LONG = {"train", "evaluate", "frontier", "run", "sweep", "audit", "explain", "mediate", "validate",
+        "predict"}
 
 
 def _options(cmd) -> dict[str, object]:

@@ -61,7 +61,7 @@ def test_validate_streams_and_names_panel_rows(parts, tmp_path):
     res = runner.invoke(app, ["validate", info["panel"], "--manifest", str(d / "manifest.toml"),
                               "--chunk-rows", "100", "--json"])
     assert res.exit_code == 0, res.output
-    out = json.loads(res.output)
+    out = json.loads(res.stdout)
     assert out["valid"] and out["n_steps"] == info["n_rows"] and out["n_episodes"] == 120
     frame = pd.read_parquet(info["panel"]).sort_values(["member_id", "week"])
     frame.iloc[[7, 400], frame.columns.get_loc("propensity")] = 1.7

@@ -301,6 +301,23 @@ def test_progress_prints_lines_without_a_terminal(capsys):
     assert err[-1].startswith("train awr: done (100/100) in ") and err[-1].endswith("loss=0.5")
 
 
+def test_stages_print_bracketed_lines_and_name_their_bars(capsys):
+    from equicare._progress import Stages
+
+    Stages("audit", enabled=False)("silent")
+    with Stages("audit", enabled=False).bar("group values", 2) as bar:
+        bar.update(advance=2)
+    assert capsys.readouterr().err == ""
+    say = Stages("audit")
+    say("behavior: bootstrap 200 replicates")
+    with say.bar("group values", 2) as bar:
+        bar.update(advance=2, info="eq")
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "[audit] behavior: bootstrap 200 replicates"
+    assert err[1] == "audit: group values: started (0/2)"
+    assert err[2].startswith("audit: group values: done (2/2) in ") and err[2].endswith(" eq")
+
+
 def test_an_unwritable_out_folder_is_refused_before_the_work(monkeypatch, tmp_path):
     # the write at the end failed as "internal error (a bug in equicare)", exit 1, after all
     # the work, naming the hidden temporary file (.plan.json.abc123.tmp)

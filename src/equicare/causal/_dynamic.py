@@ -29,6 +29,7 @@ import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
+from equicare._progress import Stages
 from equicare.causal._basis import (
     MediatorEncoder,
     basis_width,
@@ -399,7 +400,7 @@ class DynamicMediation:
 
     # ------------------------------------------------------------------ estimation
     def estimate(self, data: Any, target: Any, control: Any = 0, *,
-                 random_state: RandomState = None) -> MediationResult:
+                 random_state: RandomState = None, progress: bool = False) -> MediationResult:
         """Estimate IDE, IME, DDE, DME and the total effect of ``target`` versus ``control``.
 
         Parameters
@@ -413,6 +414,9 @@ class DynamicMediation:
             Control: a fixed action ``a0`` (default 0; needs a binary action) or a policy.
         random_state : int, Generator or None
             Folds, random features and bootstrap.
+        progress : bool, default=False
+            One ``[mediate] ...`` line per stage on stderr (each cross-fitting fold, the
+            bootstrap; :class:`equicare._progress.Stages`); never changes a number.
 
         Returns
         -------
@@ -434,7 +438,7 @@ class DynamicMediation:
         _check_fixed_control(control, md.n_actions)
         pe, pe_n = resolve_policy(target, md, "target")
         p0, p0_n = resolve_policy(control, md, "control")
-        run = _Run(self, md, pe, pe_n, p0, p0_n, rng)
+        run = _Run(self, md, pe, pe_n, p0, p0_n, rng, Stages("mediate", progress))
         return run.execute(_name(target, "target"), _control_name(control))
 
 
@@ -533,8 +537,9 @@ class _Run:
 
     def __init__(self, cfg: DynamicMediation, md: MediationData, pe: NDArray[np.float64],
                  pe_n: NDArray[np.float64], p0: NDArray[np.float64], p0_n: NDArray[np.float64],
-                 rng: np.random.Generator) -> None:
+                 rng: np.random.Generator, say: Stages | None = None) -> None:
         self.cfg, self.md, self.rng = cfg, md, rng
+        self.say = Stages("mediate", False) if say is None else say
         self.pe, self.pe_n, self.p0, self.p0_n = pe, pe_n, p0, p0_n
         ests = set(cfg.estimators)
         self.need_q = bool(ests & {"dm", "mr"})
@@ -700,7 +705,13 @@ class _Run:
         base = np.zeros((n, 2))
         w_all = np.zeros((n, 3))
         w_med = np.zeros((n, 2))                     # rho_0 and the mediator ratio
+        parts = ", ".join(["reward and mediator models", *(["LSTD Q-functions"] if self.need_q
+                                                             else []),
+                           *(["density ratios"] if self.need_w else [])])
+        self.say(f"{n} transitions, {md.n_episodes} episodes: {K} cross-fitting fold"
+                 f"{'s' if K > 1 else ''}")
         for k in range(K):
+            self.say(f"fold {k + 1}/{K}: {parts}")
             te = np.flatnonzero(row_fold == k)
             tr = te if K == 1 else np.flatnonzero(row_fold != k)
             models = self.fit_models(tr)
@@ -849,6 +860,9 @@ class _Run:
         for c in contrasts:
             big[r0:r0 + c.shape[0], c0:c0 + c.shape[1]] = c
             r0, c0 = r0 + c.shape[0], c0 + c.shape[1]
+        self.say(f"intervals: {cfg.n_bootstrap} cluster-bootstrap replicates over "
+                 f"{md.n_episodes} episodes" if cfg.n_bootstrap > 0 else
+                 "intervals: normal (no bootstrap)")
         inf = cluster_inference(np.concatenate(points), np.hstack(infls), md.episode_index,
                                 md.n_episodes, big, n_bootstrap=cfg.n_bootstrap,
                                 ci_level=cfg.ci_level, rng=self.rng)

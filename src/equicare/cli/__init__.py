@@ -21,6 +21,7 @@ from equicare.cli._utils import (
     Force,
     Jobs,
     JsonOut,
+    Progress,
     Seed,
     StreamExecutor,
     Threads,
@@ -223,6 +224,7 @@ def validate(
     address: Address = "auto",
     jobs: Jobs = 2,
     json_out: JsonOut = False,
+    progress: Progress = True,
     threads: Threads = "auto",
 ) -> None:
     """Check a panel against its manifest and print a summary, or every problem (exit code 2).
@@ -234,25 +236,33 @@ def validate(
 
     Example: equicare validate big/panel/ --manifest big/manifest.toml --chunk-rows 500000
     """
+    from equicare._progress import Stages
     from equicare.data import load_dataset
     from equicare.data._io import validate_path
+    from equicare.data._manifest import manifest_of
 
     if chunk_rows is not None:
         _validate_stream(data, manifest, chunk_rows, stream_executor(chunk_rows, executor,
-                                                                     address, jobs), json_out)
+                                                                     address, jobs), json_out,
+                         progress)
         return
     stream_executor(chunk_rows, executor, address, jobs)
+    say = Stages("validate", progress)
     with user_errors():
-        rep, _, _ = validate_path(data, manifest)
+        man = manifest_of(manifest)  # a bad manifest: its one error line, no stage line first
+        say(f"reading and checking {data}")
+        rep, _, _ = validate_path(data, man)
         if not rep.ok:
             if json_out:
                 print_json({"valid": False, "errors": rep.errors, "warnings": rep.warnings,
                             "notes": rep.notes})
                 raise typer.Exit(code=2)
             rep.raise_if_errors()
-        ds = load_dataset(data, manifest, emit_warnings=False)
+        say("building the dataset")
+        ds = load_dataset(data, man, emit_warnings=False)
     from equicare.ope._propensity_check import propensity_warning
 
+    say("summary and the logged propensities' check")
     msg = propensity_warning(ds, str(data))  # a warning, never a failure
     if msg is not None:
         rep.warnings.append(msg)
@@ -269,7 +279,7 @@ def validate(
 
 
 def _validate_stream(data: Path, manifest: Path, chunk_rows: int, executor: Any,
-                     json_out: bool) -> None:
+                     json_out: bool, progress: bool = False) -> None:
     """``validate --chunk-rows``: every problem of every chunk, then the in-memory summary.
 
     Summed over the chunks (:mod:`equicare.data._stream_summary`); only ``table_cells`` is
@@ -286,7 +296,8 @@ def _validate_stream(data: Path, manifest: Path, chunk_rows: int, executor: Any,
         try:
             rep, scan = validate_stream(
                 data, man, chunk_rows=chunk_rows, executor=executor,
-                chunk_stat=propensity_sample if man.behavior_prob else None)
+                chunk_stat=propensity_sample if man.behavior_prob else None,
+                progress=progress)
         finally:
             if executor is not None and hasattr(executor, "shutdown"):
                 executor.shutdown()

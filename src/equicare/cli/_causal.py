@@ -27,7 +27,7 @@ from equicare.causal._dynamic import (
 )
 from equicare.causal._result import EFFECT_KEYS, MediationResult
 from equicare.cli._choices import Basis
-from equicare.cli._utils import OUT_EXISTS, Force, JsonOut, Seed, Threads
+from equicare.cli._utils import OUT_EXISTS, Force, JsonOut, Progress, Seed, Threads
 from equicare.exceptions import DataValidationError, InvalidParameterError
 from equicare.utils import atomic_write_text
 
@@ -112,7 +112,7 @@ def policy_from_file(path: str | os.PathLike[str], ds: Any, md: MediationData,
 def mediate_dataset(ds: Any, target: Any, control: Any = 0, *,
                     estimators: tuple[str, ...] = ESTIMATORS, n_bootstrap: int = 500,
                     n_folds: int = 2, basis: str = "auto", action: str | None = None,
-                    random_state: int | None = 0) -> MediationResult:
+                    random_state: int | None = 0, progress: bool = False) -> MediationResult:
     """Run :class:`DynamicMediation` on a TrajectoryDataset.
 
     Parameters
@@ -126,6 +126,8 @@ def mediate_dataset(ds: Any, target: Any, control: Any = 0, *,
     action : str, optional
         Collapse a multi-level action to "in this action set or not" (``modality=home_visit``),
         so that a fixed control ``0`` means "never take it".
+    progress : bool
+        Stage lines on stderr (:meth:`DynamicMediation.estimate`'s ``progress``).
     """
     require_mediators(ds)  # first: no other setting helps without a mediator
     if isinstance(control, int) and action is None and ds.n_actions != 2:
@@ -148,7 +150,7 @@ def mediate_dataset(ds: Any, target: Any, control: Any = 0, *,
                     else p)
 
         return cfg.estimate(md, as_policy(target), as_policy(control),
-                            random_state=random_state)
+                            random_state=random_state, progress=progress)
     except FewTransitionsError as err:
         raise DataValidationError(err.render(_few_transitions_advice(
             err, ds, action, n_folds))) from None
@@ -159,12 +161,16 @@ def mediate_path(data: str | os.PathLike[str], manifest: str | os.PathLike[str],
     """Load ``data`` with its manifest (:func:`equicare.data.load_dataset`) and mediate."""
     import warnings
 
+    from equicare._progress import Stages
     from equicare.data import load_dataset
+    from equicare.data._manifest import manifest_of
     from equicare.exceptions import DataWarning
 
+    man = manifest_of(manifest)  # a bad manifest: its one error line, no stage line first
+    Stages("mediate", bool(kwargs.get("progress", False)))(f"loading {data}")
     with warnings.catch_warnings():  # validation warnings are for `equicare validate`
         warnings.simplefilter("ignore", DataWarning)
-        ds = load_dataset(data, manifest)
+        ds = load_dataset(data, man)
     return mediate_dataset(ds, target, control, **kwargs)
 
 
@@ -259,6 +265,7 @@ def register(app: typer.Typer) -> None:
         seed: Seed = 42,
         force: Force = False,
         json_out: JsonOut = False,
+        progress: Progress = True,
         threads: Threads = "auto",
     ) -> None:
         """Decompose a policy's effect into immediate/delayed direct and mediator effects.
@@ -290,7 +297,7 @@ def register(app: typer.Typer) -> None:
                  "control": ctrl if isinstance(ctrl, Path) else None})
             result = mediate_path(data, manifest, policy, ctrl, estimators=ests,
                                   n_bootstrap=bootstrap, n_folds=folds, basis=basis.value,
-                                  action=action, random_state=seed)
+                                  action=action, random_state=seed, progress=progress)
             if out is not None:
                 write_result(result, out, force=force, provenance=prov)
             if figure is not None:

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from equicare.cli._choices import ExplainMode, Labels, QModel
-from equicare.cli._utils import Force, JsonOut, Seed, Threads
+from equicare.cli._utils import Force, JsonOut, Progress, Seed, Threads
 
 __all__ = ["run_explain", "register"]
 
@@ -19,12 +19,13 @@ def run_explain(model: Path, data: Path, *, manifest: Path, out: Path, depth: in
                 estimators: str = "wis,dr,wdr", bootstrap: int = 200, action: str | None = None,
                 group: str | None = None, labels: str = "argmax",
                 mode: str = "exceptions", seed: int = 42,
-                force: bool = False, provenance: dict[str, Any] | None = None
-                ) -> dict[str, Any]:
+                force: bool = False, provenance: dict[str, Any] | None = None,
+                progress: bool = False) -> dict[str, Any]:
     """Load the panel and the policy, build the policy card and write the card folder.
 
     ``provenance``: the command's block, written into the card JSON and the rules' model folder
-    (:func:`equicare.cli._utils.provenance`).
+    (:func:`equicare.cli._utils.provenance`). ``progress``: stage lines on stderr, loading
+    and writing included (:class:`equicare._progress.Stages`).
 
     Returns
     -------
@@ -41,7 +42,9 @@ def run_explain(model: Path, data: Path, *, manifest: Path, out: Path, depth: in
     DataValidationError, ValueError, FileNotFoundError
         Bad data, manifest, policy or option.
     """
+    from equicare._progress import Stages
     from equicare.data import load_dataset
+    from equicare.data._manifest import manifest_of
     from equicare.exceptions import DataWarning
     from equicare.explain import DistillConfig, ExplainConfig, explain_policy, load_source_policy
     from equicare.explain._evidence import weights_q_model
@@ -56,11 +59,15 @@ def run_explain(model: Path, data: Path, *, manifest: Path, out: Path, depth: in
                         distill=DistillConfig(max_depth=depth, max_leaf_nodes=max_rules,
                                               q_model=weights_q_model(q_model),
                                               labels=labels))
+    say = Stages("explain", progress)
+    man = manifest_of(manifest)  # a bad manifest: its one error line, no stage line first
+    say(f"loading {data}")
     with warnings.catch_warnings():  # validation warnings are for `equicare validate`
         warnings.simplefilter("ignore", DataWarning)
-        ds = load_dataset(data, manifest)
+        ds = load_dataset(data, man)
     policy, desc = load_source_policy(model)
-    card = explain_policy(ds, policy, cfg, source=desc, random_state=seed)
+    card = explain_policy(ds, policy, cfg, source=desc, random_state=seed, progress=progress)
+    say(f"writing the card to {out}")
     files = write_card(card, out, overwrite=force, provenance=provenance)
     return {**card.to_dict(), "files": {k: str(v) for k, v in files.items()}}
 
@@ -105,6 +112,7 @@ def register(app: typer.Typer) -> None:
         seed: Seed = 42,
         force: Force = False,
         json_out: JsonOut = False,
+        progress: Progress = True,
         threads: Threads = "auto",
     ) -> None:
         """Distil a policy into readable rules and write its policy card (HTML + JSON).
@@ -133,7 +141,7 @@ def register(app: typer.Typer) -> None:
                               max_rules=max_rules, holdout=holdout, q_model=q_model.value,
                               estimators=estimators, bootstrap=bootstrap, action=action,
                               group=group, labels=labels.value, mode=mode.value, seed=seed,
-                              force=force, provenance=prov)
+                              force=force, provenance=prov, progress=progress)
         if json_out:
             print_json(res)
             return

@@ -109,6 +109,7 @@ def run_audit(
     estimator: str | None = "wis", q_model: str = "linear", ci_method: str = "basic",
     seed: int = 42, chunk_rows: int | None = None, executor: Any = None,
     provenance: dict[str, Any] | None = None, usual_care: str = "deployed",
+    progress: bool = False,
 ) -> AuditResult:
     """Load data and policies, run the audit, write ``out`` (the audit JSON) atomically.
 
@@ -118,6 +119,7 @@ def run_audit(
     shard per task on ``executor``. ``provenance``: the block written into the audit JSON
     (:func:`equicare.cli._utils.provenance`). ``usual_care``: as
     :class:`~equicare.fairness.FairnessAudit`'s (rows a policy leaves to current practice).
+    ``progress``: stage lines and bars on stderr (:class:`equicare._progress.Stages`).
 
     Raises
     ------
@@ -152,9 +154,9 @@ def run_audit(
             from equicare.fairness import audit_stream
 
             res = audit_stream(data, pols, manifest=manifest, config=cfg, chunk_rows=chunk_rows,
-                               random_state=seed, executor=executor)
+                               random_state=seed, executor=executor, progress=progress)
         else:
-            res = cfg.run(_load_data(data, manifest), pols, random_state=seed)
+            res = cfg.run(_load_data(data, manifest), pols, random_state=seed, progress=progress)
     if out is not None:
         from equicare.cli._utils import write_result_json
 
@@ -421,6 +423,7 @@ def register(app: typer.Typer) -> None:
         seed: Seed = 42,
         force: Force = False,
         json_out: JsonOut = False,
+        progress: Progress = True,
         threads: Threads = "auto",
     ) -> None:
         """Audit allocation and outcomes by group for the behaviour and each policy.
@@ -465,7 +468,7 @@ def register(app: typer.Typer) -> None:
                                 n_permutations=permutations, estimator=est, min_cell=min_cell,
                                 q_model=q_model.value, ci_method=ci.value, seed=seed,
                                 chunk_rows=chunk_rows, executor=ex, provenance=prov,
-                                usual_care=usual_care.value)
+                                usual_care=usual_care.value, progress=progress)
             finally:
                 if ex is not None and hasattr(ex, "shutdown"):
                     ex.shutdown()

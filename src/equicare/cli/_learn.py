@@ -238,8 +238,6 @@ def select_train(data: str | os.PathLike[str], manifest: str | os.PathLike[str],
     ``params`` holds :class:`~equicare.pipeline._select.SelectConfig` fields
     (``n_wedges=[5,20]``, ``neural=[]``, ``bootstrap=500`` ...).
     """
-    import sys
-
     from equicare.pipeline._select import SelectConfig, train_select
 
     kw = dict(params or {})
@@ -255,9 +253,9 @@ def select_train(data: str | os.PathLike[str], manifest: str | os.PathLike[str],
     except TypeError as exc:
         raise InvalidParameterError(str(exc)) from exc
 
-    def say(msg: str) -> None:
-        if progress:
-            print(f"[select] {msg}", file=sys.stderr, flush=True)
+    from equicare._progress import Stages
+
+    say = Stages("select", progress)
 
     return train_select(data, manifest, out=out, config=cfg, force=force, progress=say)
 
@@ -306,11 +304,12 @@ def print_selection(res: dict[str, Any]) -> None:
 def predict_policy(model_dir: str | os.PathLike[str], data: str | os.PathLike[str],
                    manifest: str | os.PathLike[str], *, out: str | os.PathLike[str],
                    form: str = "wide", force: bool = False,
-                   chunk_rows: int | None = None) -> dict[str, Any]:
+                   chunk_rows: int | None = None, progress: bool = False) -> dict[str, Any]:
     """Write a trained policy's probabilities for every row of a panel (Contract 2 file).
 
     With ``chunk_rows`` the panel is read and the file written chunk by chunk (whole episodes),
-    so memory holds one chunk, never the panel or the whole file.
+    so memory holds one chunk, never the panel or the whole file. ``progress``: stage lines on
+    stderr and a bar over the rows, advanced per chunk (:class:`equicare._progress.Stages`).
 
     A policy that leaves rows to current practice (exception rules: ``deferred_rows``) gets a
     ``follows_practice`` column (1 on those rows): their probabilities are the estimate of
@@ -328,7 +327,9 @@ def predict_policy(model_dir: str | os.PathLike[str], data: str | os.PathLike[st
     """
     import numpy as np
 
+    from equicare._progress import ProgressTask, Stages
     from equicare.data import load_dataset
+    from equicare.data._manifest import manifest_of
     from equicare.policy import load_policy, write_policy_file
     from equicare.policy._file import FOLLOWS_PRACTICE
 
@@ -340,14 +341,20 @@ def predict_policy(model_dir: str | os.PathLike[str], data: str | os.PathLike[st
         raise InvalidParameterError(f"--out must end in .parquet or .csv, got {out_path.name!r}.")
     _refuse_existing(out_path, force, "Output file")
     policy = load_policy(model_dir)
+    say = Stages("predict", progress)
     if chunk_rows is not None:
-        from equicare.data import iter_chunks
+        from equicare.data import iter_chunks, scan_panel
         from equicare.policy import write_policy_stream
 
         stats: dict[str, Any] = {"rows": 0, "support": None, "n_actions": 0}
+        man = manifest_of(manifest)
+        say(f"first pass over {data}: episodes and rows")
+        scan = scan_panel(data, man)
+        say(f"{scan.n_rows} rows: the policy's probabilities in chunks of {chunk_rows} rows, "
+            f"written to {out_path}")
 
-        def parts() -> Any:
-            for chunk in iter_chunks(data, manifest, chunk_rows=chunk_rows):
+        def parts(rows: ProgressTask) -> Any:
+            for chunk in iter_chunks(data, man, chunk_rows=chunk_rows, scan=scan):
                 p = np.asarray(policy.action_probs(chunk.dataset), dtype=np.float64)
                 used = p.any(axis=0)
                 stats["support"] = used if stats["support"] is None else stats["support"] | used
@@ -358,15 +365,20 @@ def predict_policy(model_dir: str | os.PathLike[str], data: str | os.PathLike[st
                     stats["practice"] = (stats.get("practice", 0)
                                          + int(more[FOLLOWS_PRACTICE].sum()))
                 yield chunk.dataset, p, more
+                rows.update(advance=chunk.dataset.n_steps)
 
-        write_policy_stream(parts(), out_path, form=form,  # type: ignore[arg-type]
-                            overwrite=force)
+        with say.bar("rows", scan.n_rows) as rows:
+            write_policy_stream(parts(rows), out_path, form=form,  # type: ignore[arg-type]
+                                overwrite=force)
         return {"out": str(out_path), "n_rows": stats["rows"], "n_actions": stats["n_actions"],
                 "support_size": int(np.count_nonzero(stats["support"])), "form": form,
                 "chunk_rows": chunk_rows,
                 **({} if "practice" not in stats else
                    {FOLLOWS_PRACTICE: stats["practice"] / max(stats["rows"], 1)})}
-    ds = load_dataset(data, manifest, emit_warnings=False)
+    man = manifest_of(manifest)  # a bad manifest: its one error line, no stage line first
+    say(f"loading {data}")
+    ds = load_dataset(data, man, emit_warnings=False)
+    say(f"{ds.n_steps} rows: the policy's probabilities, written to {out_path}")
     probs = policy.action_probs(ds)
     more = practice_column(policy, ds)
     write_policy_file(ds, probs, out_path, form=form, overwrite=force,  # type: ignore[arg-type]
@@ -605,6 +617,7 @@ def register(app: "typer.Typer") -> None:
         chunk_rows: ChunkRows = None,
         force: Force = False,
         json_out: JsonOut = False,
+        progress: Progress = True,
         threads: Threads = "auto",
     ) -> None:
         """Write a trained policy's action probabilities for every row of a panel.
@@ -626,7 +639,7 @@ def register(app: "typer.Typer") -> None:
         check_out_path(sidecar, force, file=True)
         with user_errors():
             res = predict_policy(model_dir, data, manifest, out=out, form=form.value, force=force,
-                                 chunk_rows=chunk_rows)
+                                 chunk_rows=chunk_rows, progress=progress)
             write_sidecar(sidecar, {"policy_file": out}, provenance(
                 {"policy": model_dir, "data": data, "manifest": manifest}))
         res["provenance"] = str(sidecar)

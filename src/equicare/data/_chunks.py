@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
+from equicare._progress import Stages
 from equicare.data._dataset import TrajectoryDataset
 from equicare.data._io import (
     _DUCKDB_EXT,
@@ -548,6 +549,7 @@ def validate_stream(
     executor: Any = None,
     n_shards: int | None = None,
     chunk_stat: Callable[[TrajectoryDataset, int], Any] | None = None,
+    progress: bool = False,
 ) -> tuple[ValidationReport, PanelScan | None]:
     """Validate a panel chunk by chunk with bounded memory.
 
@@ -572,6 +574,9 @@ def validate_stream(
         ``chunk_stat(chunk, n_rows)`` of every readable chunk, ``n_rows`` the panel's rows
         (picklable with an executor); the results, summed with ``+``, are
         ``report.counts.summary.extra`` (``equicare validate`` samples episodes with it).
+    progress : bool, default=False
+        ``[validate] ...`` lines before and after the first pass and a bar over the rows,
+        advanced per chunk or shard (:class:`equicare._progress.Stages`).
 
     Returns
     -------
@@ -584,6 +589,8 @@ def validate_stream(
     man = _manifest_of(manifest)
     p = Path(path)
     report = ValidationReport(source=str(p))
+    say = Stages("validate", progress)
+    say(f"first pass over {p}: episodes and rows")
     try:
         scan = scan_panel(p, man)
     except DataValidationError as exc:
@@ -605,28 +612,34 @@ def validate_stream(
         if counts is not None:
             totals[:] = [counts if not totals else totals[0] + counts]
 
-    if executor is not None:
-        shards = n_shards or int(getattr(executor, "n_workers", 2) or 2)
-        specs = plan_shards(p, man, shards, scan=scan)
-        for errors, warns, counts in executor.map(
-                _validate_shard, [(s, chunk_rows, keep, chunk_stat, scan.n_rows) for s in specs]):
-            add(errors, warns, counts)
-        if len(report.errors) > max_errors:
-            extra = len(report.errors) - max_errors
-            report.errors[max_errors:] = [f"{p}: {extra} more problems not shown."]
-    else:
-        with tempfile.TemporaryDirectory(dir=tmp_dir, prefix="equicare-chunks-") as tmp:
-            for k, table in enumerate(_raw_chunks(p, man, scan, chunk_rows, Path(tmp),
-                                                  memory_limit)):
-                ds, rep = _chunk_dataset(table, man, scan, str(p), _text_columns(p, man))
-                if ds is not None and rep.counts is not None:
-                    rep.counts.summary = SummaryParts.of(
-                        ds, keep, None if chunk_stat is None else chunk_stat(ds, scan.n_rows))
-                add(rep.errors, rep.warnings, rep.counts)
-                if len(report.errors) >= max_errors:
-                    report.errors.append(f"{p}: stopped after {len(report.errors)} problems "
-                                         f"(chunk {k + 1}); fix these and validate again.")
-                    break
+    say(f"{scan.n_rows} rows, {len(scan.episode_ids)} episodes: checking chunks of "
+        f"{chunk_rows} rows")
+    with say.bar("rows", scan.n_rows) as bar:
+        if executor is not None:
+            shards = n_shards or int(getattr(executor, "n_workers", 2) or 2)
+            specs = plan_shards(p, man, shards, scan=scan)
+            for s, (errors, warns, counts) in zip(specs, executor.map(
+                    _validate_shard, [(s, chunk_rows, keep, chunk_stat, scan.n_rows)
+                                      for s in specs]), strict=True):
+                add(errors, warns, counts)
+                bar.update(advance=s.stop - s.start)
+            if len(report.errors) > max_errors:
+                extra = len(report.errors) - max_errors
+                report.errors[max_errors:] = [f"{p}: {extra} more problems not shown."]
+        else:
+            with tempfile.TemporaryDirectory(dir=tmp_dir, prefix="equicare-chunks-") as tmp:
+                for k, table in enumerate(_raw_chunks(p, man, scan, chunk_rows, Path(tmp),
+                                                      memory_limit)):
+                    ds, rep = _chunk_dataset(table, man, scan, str(p), _text_columns(p, man))
+                    if ds is not None and rep.counts is not None:
+                        rep.counts.summary = SummaryParts.of(
+                            ds, keep, None if chunk_stat is None else chunk_stat(ds, scan.n_rows))
+                    add(rep.errors, rep.warnings, rep.counts)
+                    bar.update(advance=table.num_rows)
+                    if len(report.errors) >= max_errors:
+                        report.errors.append(f"{p}: stopped after {len(report.errors)} problems "
+                                             f"(chunk {k + 1}); fix these and validate again.")
+                        break
     if report.ok and totals:  # the whole panel's counts: the in-memory warnings, once
         report.warnings.extend(panel_warnings(totals[0], man, str(p)))
         report.counts = totals[0]  # with ``summary``: see equicare.data._stream_summary

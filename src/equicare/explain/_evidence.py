@@ -412,7 +412,7 @@ def _fairness(audit_res: Any) -> dict[str, Any]:
 # ---------------------------------------------------------------------- the card
 def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfig | None = None,
                    *, test: TrajectoryDataset | None = None, source: dict[str, Any] | None = None,
-                   random_state: int = 0) -> PolicyCard:
+                   random_state: int = 0, progress: bool = False) -> PolicyCard:
     """Distil a policy into rules and gather the evidence of its policy card.
 
     Parameters
@@ -429,11 +429,15 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
         Description of the source shown on the card (name, path, learner).
     random_state : int
         Seed of the split, the fits and the bootstrap.
+    progress : bool, default=False
+        One ``[explain] ...`` line per stage on stderr and a bar over the depths
+        (:class:`equicare._progress.Stages`); never changes the card.
 
     Returns
     -------
     PolicyCard
     """
+    from equicare._progress import Stages
     from equicare.fairness import audit
     from equicare.ope import evaluate
 
@@ -443,8 +447,12 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
         raise InvalidParameterError(MSG_GROUP_WITHOUT_GROUPS.format(
             param="group" if cfg.group is not None else "intersect",
             group=cfg.group if cfg.group is not None else cfg.intersect[0]))
+    say = Stages("explain", progress)
     rng = np.random.default_rng(random_state)
     seeds = [int(s) for s in rng.integers(0, 2**31 - 1, size=8)]
+    say(f"{dataset.n_episodes} episodes, {dataset.n_steps} steps: the source policy's "
+        "probabilities" + ("" if test is not None else
+                           f", {cfg.holdout:g} of the episodes held out for the evidence"))
     if test is None:
         # the source's probabilities on the whole panel, then split by episode (a policy file
         # covers exactly the panel's rows)
@@ -468,6 +476,9 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
     caught_msgs: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        say(f"row weights of the rules on {fit_ds.n_episodes} fitting episodes"
+            + (": the source's Q-model and the estimate of current practice"
+               if dcfg.mode == "exceptions" else ""))
         q_fit = (source_q(fit_ds, src_fit, dcfg, seeds[1])
                  if dcfg.weighting == "q_spread" or dcfg.mode == "exceptions" else None)
         usual_care = None
@@ -486,12 +497,14 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
         # behaviour: the logged propensities and evaluate's support check for logged data
         # (empirical per categorical cell, a fast model for numeric states) when present; else
         # a cross-fitted behaviour model for both
+        say(f"support check and propensities on {test.n_episodes} held-out episodes")
         support_pct, props, support_check = _support_check(test, cfg.rare_threshold, seeds[2])
 
         q_name, q_selection = cfg.q_model, None
         if q_name == "auto" and any(k in ("fqe", "dr", "wdr") for k in cfg.estimators):
             from equicare.ope._prepare import auto_q_model
 
+            say("Q-model: auto's cross-fitted choice for the source")
             q_name, sel = auto_q_model(test, src_test, random_state=seeds[3])
             q_selection = sel.to_dict()
 
@@ -502,28 +515,34 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
                             bootstrap=n_boot, groups=[], diagnose_support=False,
                             random_state=seed)
 
+        say(f"source: {', '.join(cfg.estimators)} (Q-model {q_name}), bootstrap "
+            f"{cfg.bootstrap} replicates")
         src_val = value(src_test, cfg.bootstrap, seeds[3])
         depths = sorted(set(cfg.depths) | {cfg.depth})
         frontier, trees = [], {}
         key = card_estimator(cfg.estimators, src_val.out_of_range)
-        for d in depths:
-            dist = Distiller(replace(dcfg, max_depth=d)).fit(
-                fit_ds, policy, source_probs=src_fit, weights=weights, q=q_fit,
-                usual_care=usual_care, random_state=seeds[4])
-            probs = dist.policy_.action_probs(test)
-            agree, tv = fidelity(probs, src_test)
-            # the card's own depth: the Evidence estimate itself (cfg.bootstrap replicates), so
-            # the page shows one interval for one value (set below)
-            res = (value(probs, cfg.bootstrap, seeds[3]) if d == cfg.depth else
-                   value(probs, cfg.frontier_bootstrap, seeds[5]))
-            e = res.estimates[key]
-            trees[d] = (dist, probs, agree, tv, res)
-            frontier.append({"depth": d, "n_rules": rule_count(dist.policy_),
-                             "agreement": float(agree.mean()), "tv": float(tv.mean()),
-                             "estimator": key, **{k: v for k, v in e.to_dict().items()
-                                                  if k in ("value", "ci", "reason")},
-                             "support_pct": support_pct(probs),
-                             "bootstrap": cfg.frontier_bootstrap, "card_rules": False})
+        with say.bar("depths", len(depths)) as bar:
+            for d in depths:
+                say(f"depth {d}: distil, then value, bootstrap "
+                    f"{cfg.bootstrap if d == cfg.depth else cfg.frontier_bootstrap} replicates")
+                dist = Distiller(replace(dcfg, max_depth=d)).fit(
+                    fit_ds, policy, source_probs=src_fit, weights=weights, q=q_fit,
+                    usual_care=usual_care, random_state=seeds[4])
+                probs = dist.policy_.action_probs(test)
+                agree, tv = fidelity(probs, src_test)
+                # the card's own depth: the Evidence estimate itself (cfg.bootstrap replicates), so
+                # the page shows one interval for one value (set below)
+                res = (value(probs, cfg.bootstrap, seeds[3]) if d == cfg.depth else
+                       value(probs, cfg.frontier_bootstrap, seeds[5]))
+                e = res.estimates[key]
+                trees[d] = (dist, probs, agree, tv, res)
+                frontier.append({"depth": d, "n_rules": rule_count(dist.policy_),
+                                 "agreement": float(agree.mean()), "tv": float(tv.mean()),
+                                 "estimator": key, **{k: v for k, v in e.to_dict().items()
+                                                      if k in ("value", "ci", "reason")},
+                                 "support_pct": support_pct(probs),
+                                 "bootstrap": cfg.frontier_bootstrap, "card_rules": False})
+                bar.update(advance=1, info=f"depth {d}")
         dist, rules_test, agree, tv, rules_val = trees[cfg.depth]
         tree = dist.policy_
         for row in frontier:  # every depth whose tree is the card's (e.g. a depth-3 fit that
@@ -535,6 +554,8 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
         aud: Any = None  # None: no group attributes, so no audit (the card says so)
         try:
             if test.groups:
+                say(f"fairness audit of source and rules: bootstrap {cfg.bootstrap} replicates, "
+                    f"{cfg.n_permutations} permutations")
                 aud = audit(test, {"source": src_test, "rules": rules_test}, action=cfg.action,
                             group=cfg.group, intersect=cfg.intersect, n_boot=cfg.bootstrap,
                             n_permutations=cfg.n_permutations, min_cell=cfg.min_cell,
@@ -560,6 +581,8 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
         with warnings.catch_warnings(record=True) as caught_u:
             warnings.simplefilter("always")
             usual_test = np.asarray(tree.usual_policy.action_probs(test), dtype=np.float64)
+            say(f"current practice and the rules as deployed: bootstrap {cfg.bootstrap} "
+                "replicates")
             usual_val = value(usual_test, cfg.bootstrap, seeds[3])
             # the rules as deployed: where no rule applies the clinicians decide as they do,
             # so those rows keep their logged actions (importance ratio 1; no estimate of

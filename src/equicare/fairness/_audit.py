@@ -419,7 +419,8 @@ class FairnessAudit:
             policies: Mapping[str, Policy | NDArray[np.float64]] | None = None, *,
             weights: NDArray[np.float64] | None = None,
             random_state: RandomState = None,
-            support_check: LoggedSupport | None = None) -> AuditResult:
+            support_check: LoggedSupport | None = None,
+            progress: bool = False) -> AuditResult:
         """Audit the logged behaviour and each policy on ``dataset``.
 
         Parameters
@@ -441,11 +442,16 @@ class FairnessAudit:
             same int ``random_state`` (:func:`~equicare.ope._evaluate.logged_support_check`):
             used instead of fitting the same one again; any other check is ignored (it never
             changes a number).
+        progress : bool, default=False
+            One ``[audit] ...`` line per stage on stderr and a bar over the policies' group
+            values (:class:`equicare._progress.Stages`); never changes a number.
 
         Returns
         -------
         AuditResult
         """
+        from equicare._progress import Stages
+
         check_dataset(dataset, "FairnessAudit.run")
         pols = {k: as_deployed(v, self.usual_care) for k, v in (policies or {}).items()}
         if BEHAVIOR in pols:
@@ -473,8 +479,12 @@ class FairnessAudit:
         cols = mask[:, None].astype(np.float64)
         if self.with_level_rates:
             cols = np.concatenate([cols, lmat], axis=1)
+        say = Stages("audit", progress)
+        names = [BEHAVIOR, *pols]
+        say(f"{n_ep} episodes, {dataset.n_steps} steps: allocation by {gname} of "
+            f"{', '.join(names)}")
         nums, lnums, p_logged = [], [], {}
-        for name in [BEHAVIOR, *pols]:
+        for name in names:
             pol = None if name == BEHAVIOR else pols[name]
             alloc, pl, _, _ = row_pass(dataset, pol, cols, source=name)
             num, den = episode_totals(dataset, alloc, self.level)
@@ -483,7 +493,7 @@ class FairnessAudit:
             p_logged[name] = pl
         nr = need_rows(dataset, self.need)
         need_ep = None if nr is None else episode_totals(dataset, nr, self.level)[0]
-        names = [BEHAVIOR, *pols]
+        say(allocation_stage(0 if w is None else w.shape[0], self.n_permutations))
         frames = build_frames(names, np.stack(nums, axis=1), den, need_ep, gi, w, action=spec,
                               level=self.level, alpha=self.alpha, ci_method=self.ci_method,
                               n_permutations=self.n_permutations, random_state=rng)
@@ -501,9 +511,12 @@ class FairnessAudit:
                 # evaluate's preparation seed (prepare fits with nuisance_seed of the seed)
                 seeds[:] = evaluate_seeds(int(random_state))[0]
             support = _Support(dataset, gi, self.estimator or "", support_check)
-            for seed, name in zip(seeds, pols, strict=True):
-                outcomes[name], diags[name], q_models[name] = self._policy_outcome(
-                    dataset, name, pols[name], p_logged[name], gi, w, int(seed), support)
+            with say.bar(f"{estimator} group values", len(pols)) as bar:
+                for seed, name in zip(seeds, pols, strict=True):
+                    say(value_stage(name, estimator, 0 if w is None else w.shape[0]))
+                    outcomes[name], diags[name], q_models[name] = self._policy_outcome(
+                        dataset, name, pols[name], p_logged[name], gi, w, int(seed), support)
+                    bar.update(advance=1, info=name)
         levels = None
         if self.with_level_rates:
             levels = level_table(names, np.stack(lnums), den, gi, level_names)
@@ -641,6 +654,17 @@ class _Support:
                                          estimators=self.keys, warn=False)
 
 
+def allocation_stage(n_boot: int, n_permutations: int) -> str:
+    """The audit's stage line before the allocation frames (bootstrap and permutation test)."""
+    return (f"allocation by group: bootstrap {n_boot} replicates, {n_permutations} "
+            "permutations")
+
+
+def value_stage(name: str, estimator: str, n_boot: int) -> str:
+    """The audit's stage line before one policy's group values."""
+    return f"{name}: {estimator} group values, bootstrap {n_boot} replicates"
+
+
 def refit_shift(prep: Any, key: str, gi: GroupIndex, weights: NDArray[np.float64],
                 truncate: float | None) -> NDArray[np.float64]:
     """The Q-model's refit in each replicate of the group values and the overall value.
@@ -669,10 +693,11 @@ def audit(dataset: TrajectoryDataset,
           policies: Mapping[str, Policy | NDArray[np.float64]] | None = None, *,
           action: str | None = None, group: str | None = None, intersect: Sequence[str] = (),
           random_state: RandomState = None, support_check: LoggedSupport | None = None,
-          **settings: Any) -> AuditResult:
+          progress: bool = False, **settings: Any) -> AuditResult:
     """Run a :class:`FairnessAudit` in one call (``settings`` are its other fields).
 
-    ``support_check`` is passed to :meth:`FairnessAudit.run`.
+    ``support_check`` and ``progress`` (stage lines on stderr, default off) are passed to
+    :meth:`FairnessAudit.run`.
 
     Examples
     --------
@@ -684,4 +709,4 @@ def audit(dataset: TrajectoryDataset,
     weights = settings.pop("weights", None)
     cfg = FairnessAudit(action=action, group=group, intersect=tuple(intersect), **settings)
     return cfg.run(dataset, policies, weights=weights, random_state=random_state,
-                   support_check=support_check)
+                   support_check=support_check, progress=progress)

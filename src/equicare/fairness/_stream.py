@@ -40,6 +40,7 @@ from equicare.fairness._audit import (
     PolicyAudit,
     _mean_combine,
     _outcome_frame,
+    allocation_stage,
     hide_low_ess,
     q_model_entry,
 )
@@ -386,6 +387,7 @@ def audit_stream(
     random_state: RandomState = None,
     executor: Any = None,
     n_shards: int | None = None,
+    progress: bool = False,
 ) -> AuditResult:
     """Audit the logged behaviour and each policy on a panel read in chunks of whole episodes.
 
@@ -423,6 +425,9 @@ def audit_stream(
         clustered Parquet file or folder every worker can read.
     n_shards : int, optional
         Shards for the executor (default: its worker count, else 2).
+    progress : bool, default=False
+        One ``[audit] ...`` line per stage on stderr, bars over the policies' Q-models and over
+        the rows of the audit's pass (advanced per chunk or shard); never changes a number.
 
     Returns
     -------
@@ -430,6 +435,7 @@ def audit_stream(
         The same result as ``config.run(dataset, policies, weights=W, random_state=seed)`` on the
         whole panel in memory with ``W = poisson_weights(episode_keys(ids), n_boot, seed)``.
     """
+    from equicare._progress import Stages
     from equicare.data import iter_chunks, scan_panel
     from equicare.data._manifest import manifest_of as _manifest_of
     from equicare.ope import combine
@@ -473,6 +479,9 @@ def audit_stream(
         components=[np.asarray(scan.episode_groups[a]).astype(str) for a in attrs]))
     _, rng = split_random_state(seed)
     names = [BEHAVIOR, *pols]
+    say = Stages("audit", progress)
+    say(f"{scan.n_rows} rows, {len(scan.episode_ids)} episodes in chunks of {chunk_rows} rows: "
+        f"allocation by {gname} of {', '.join(names)}")
     with executor_session(executor):  # one local pool for the Q-model's passes and this one
         q_fits: dict[str, Any] = {}
         q_refit: dict[str, NDArray[np.float64]] = {}
@@ -496,6 +505,8 @@ def audit_stream(
                 episodes=kept), lambda c: counted.__setitem__("counts", c))
             if not src.logged:  # as streamed evaluate: a behaviour model on sampled episodes
                 from equicare.ope._evaluate import nuisance_seed
+
+                say("no logged propensities: a behaviour model on a sample of episodes")
                 from equicare.ope._stream_behavior import fit_behavior_stream
 
                 behavior = fit_behavior_stream(src, model="logistic", sample_rows=SAMPLE_ROWS,
@@ -536,8 +547,11 @@ def audit_stream(
                 return fit, check, q_model_entry(sel, q_model_name(fit.design.cfg))
 
             fits = {}
-            for name, pol in pols.items():
-                fits[name], censoring[name], q_models[name] = q_fit(pol)
+            with say.bar(f"{q_key} Q-models", len(pols)) as bar:
+                for name, pol in pols.items():
+                    say(f"{name}: {cfg.q_model} Q-model for {q_key} from chunk sums")
+                    fits[name], censoring[name], q_models[name] = q_fit(pol)
+                    bar.update(advance=1, info=name)
             q_fits = {name: f.applier() for name, f in fits.items()}
             if codes is not None:  # each group's refit direction
                 for name, f in fits.items():
@@ -549,6 +563,7 @@ def audit_stream(
             from equicare.ope._evaluate import evaluate_seeds
             from equicare.ope._stream_support import needs_fast_model, support_check
 
+            say("support check of the policies over the audited episodes")
             src.flush()
             c = counted["counts"]
             fast = bool(c.sample) and needs_fast_model(
@@ -560,19 +575,24 @@ def audit_stream(
                        horizon=scan.max_len, seed=seed, q_fits=q_fits, q_refit=q_refit,
                        support=check, behavior=behavior)
         part = _Partial()
-        if executor is not None:
-            from equicare.data import plan_shards
+        what = "allocation" if cfg.estimator is None else f"allocation and {cfg.estimator} values"
+        say(f"{what}: one pass over the panel, Poisson bootstrap {cfg.n_boot} replicates")
+        with say.bar("rows", scan.n_rows) as bar:
+            if executor is not None:
+                from equicare.data import plan_shards
 
-            shards = n_shards or int(getattr(executor, "n_workers", 2) or 2)
-            tasks = [_ShardTask(spec=s, ctx=ctx, chunk_rows=chunk_rows)
-                     for s in plan_shards(source, man, shards, scan=scan)]
-            from equicare._tasks import iter_map  # workers' warnings relayed
+                shards = n_shards or int(getattr(executor, "n_workers", 2) or 2)
+                tasks = [_ShardTask(spec=s, ctx=ctx, chunk_rows=chunk_rows)
+                         for s in plan_shards(source, man, shards, scan=scan)]
+                from equicare._tasks import iter_map  # workers' warnings relayed
 
-            for p in iter_map(executor, _run_shard, tasks):
-                part.merge(p)
-        else:
-            for chunk in iter_chunks(source, man, chunk_rows=chunk_rows, scan=scan):
-                _add_chunk(part, chunk.dataset, ctx)
+                for t, p in zip(tasks, iter_map(executor, _run_shard, tasks), strict=True):
+                    part.merge(p)
+                    bar.update(advance=t.spec.stop - t.spec.start)
+            else:
+                for chunk in iter_chunks(source, man, chunk_rows=chunk_rows, scan=scan):
+                    _add_chunk(part, chunk.dataset, ctx)
+                    bar.update(advance=chunk.dataset.n_steps)
     spec = part.spec
     assert spec is not None
     gi = GroupIndex(name=gname, labels=gi_all.labels, suppressed=gi_all.suppressed,
@@ -580,6 +600,7 @@ def audit_stream(
                     min_cell=cfg.min_cell, small=gi_all.small)
     num_all = np.concatenate(part.ep_num)
     den_all = np.concatenate(part.ep_den)
+    say(allocation_stage(cfg.n_boot, cfg.n_permutations))
     frames = build_frames(names, num_all, den_all, None, gi, None, action=spec,
                           level=cfg.level, alpha=cfg.alpha,
                           ci_method=cfg.ci_method, n_permutations=cfg.n_permutations,

@@ -10,7 +10,6 @@ executor, a callable ``executor(fn, items)`` that maps ``fn`` over ``items`` (``
 from __future__ import annotations
 
 import functools
-import sys
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -938,9 +937,9 @@ def _evaluate(
         bootstrap = n_boot
     check_param(bootstrap, "bootstrap", "evaluate", kind=int, low=0)
 
-    def say(msg: str) -> None:
-        if progress:
-            print(f"[evaluate] {msg}", file=sys.stderr, flush=True)
+    from equicare._progress import Stages
+
+    say = Stages("evaluate", progress)
 
     random_state = int_seed(random_state, "evaluate")
     check_param(ci_method, "ci_method", "evaluate", choices=CI_METHODS)
