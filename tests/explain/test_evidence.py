@@ -106,8 +106,8 @@ def test_no_share_is_kept_of_a_gain_within_the_sources_noise():
                    val, "dr", ExplainConfig(), [])
     said = " ".join(out)
     assert ("No share of the source policy's estimated gain over current practice kept by the "
-            "rules is reported (dr: n/a): the gain (+1.01, standard error 1.4) or the rules' "
-            "value (standard error n/a) is too noisy for a ratio") in said
+            "rules is reported (dr: n/a): the gain (+1.01; the source's value has standard "
+            "error 1.4) or the rules' value (standard error n/a) is too noisy for a ratio") in said
     assert "keep only" not in said
     # the same card with the window table: a clear gain (3.39, SE 1.55), rules at -9.36 with a
     # standard error of 29.9 read "keep only -1179%": the share's own SE is about 880 points
