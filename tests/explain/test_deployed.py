@@ -301,6 +301,7 @@ def test_a_predicted_file_is_valued_as_deployed_like_its_rules(rules_and_test, t
                       extra={"follows_practice": flags.astype("int8")})
     pol = load_policy(path)
     assert can_defer(pol) and (pol.deferred_rows(test) == flags).all()
+    assert pol.deferred_rows(test) is pol.deferred_rows(test)  # read once per dataset
     for how in ("deployed", "stored"):
         ref = evaluate(test, tree, estimators=ESTIMATORS, q_model="tabular_stationary",
                        bootstrap=0, groups=[], random_state=3, usual_care=how)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -466,9 +467,17 @@ class FilePolicy:
         """
         if not self.may_defer:
             return None
+        # asked several times per dataset (the target, the propensities, the support check, the
+        # share): a large file's episodes are read once for them, the flags kept until the next
+        last = self._table.get("follows")
+        if last is not None and last[0]() is dataset:
+            return last[1]  # type: ignore[no-any-return]
         ix, pos, _, _ = self._positions(dataset)
         assert ix.follows is not None
-        return np.asarray(ix.follows[pos], dtype=bool)
+        flags = np.asarray(ix.follows[pos], dtype=bool)
+        flags.setflags(write=False)
+        self._table["follows"] = (weakref.ref(dataset), flags)
+        return flags
 
     def _positions(self, dataset: TrajectoryDataset
                    ) -> tuple[_Indexed, NDArray[np.int64], str, str]:
