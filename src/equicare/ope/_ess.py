@@ -8,12 +8,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from equicare.ope._core import OPEInputs
+from equicare.ope._core import IS_TYPE, OPEInputs
 from equicare.privacy import low_ess_cells
 from equicare.utils import MIN_CELL
 
 __all__ = ["EffectiveSampleSize", "kish_ess", "effective_sample_size", "ESS_KIND", "WeightSums",
-           "ess_from_sums", "low_ess_groups", "LOW_ESS_OVERALL", "low_ess_message", "IS_FAMILY",
+           "ess_from_sums", "low_ess_groups", "LOW_ESS_OVERALL", "low_ess_message",
            "overall_low_ess_message"]
 
 
@@ -145,8 +145,6 @@ ESS_KIND: dict[str, str] = {"is": "trajectory", "wis": "trajectory", "pdis": "pe
                             "wdr": "per_decision", "bandit_dr": "per_decision"}
 
 
-#: The estimators that average the episodes' rewards with importance weights alone.
-IS_FAMILY = ("is", "wis", "pdis", "wpdis")
 #: Overall estimates whose importance weights have an ESS below ``MIN_CELL`` (tests match it).
 LOW_ESS_OVERALL = (
     "the overall {estimators} value{s} rest{verb} on fewer than {min_cell} episodes' worth of "
@@ -161,9 +159,10 @@ def low_ess_message(keys: Any, n_episodes: int, trajectory: float | None,
 
     A group's weighted value is withheld below ``min_cell`` (:func:`low_ess_groups`); the
     overall one is published (docs/ope.md, "Subgroups"), so it is at least said. Each
-    importance-sampling estimator of ``keys`` (:data:`IS_FAMILY`: a weighted average of the
-    episodes' rewards) is checked on the ESS its weights have (:data:`ESS_KIND`); ``dr`` and
-    ``wdr`` pool every episode in their Q-model and are left to the audit's warning.
+    importance-sampling estimator of ``keys`` (:data:`~equicare.ope._core.IS_TYPE`: a weighted
+    average of the episodes' rewards) is checked on the ESS its weights have
+    (:data:`ESS_KIND`); ``dr`` and ``wdr`` pool every episode in their Q-model and are left to
+    the audit's warning.
 
     Parameters
     ----------
@@ -181,7 +180,7 @@ def low_ess_message(keys: Any, n_episodes: int, trajectory: float | None,
         The message, or None when every weighted estimate has enough weight.
     """
     ess = {"trajectory": trajectory, "per_decision": per_decision}
-    low = {kind: [k for k in keys if k in IS_FAMILY and ESS_KIND[k] == kind]
+    low = {kind: [k for k in keys if k in IS_TYPE and ESS_KIND[k] == kind]
            for kind, v in ess.items()
            if v is not None and v < min_cell}
     low = {kind: ks for kind, ks in low.items() if ks}
