@@ -27,9 +27,16 @@ from equicare.causal._dynamic import (
 )
 from equicare.causal._result import EFFECT_KEYS, MediationResult
 from equicare.cli._choices import Basis
-from equicare.cli._utils import OUT_EXISTS, Force, JsonOut, Progress, Seed, Threads
+from equicare.cli._utils import (
+    OUT_EXISTS,
+    Force,
+    JsonOut,
+    Progress,
+    Seed,
+    Threads,
+    write_result_json,
+)
 from equicare.exceptions import DataValidationError, InvalidParameterError
-from equicare.utils import atomic_write_text
 
 __all__ = ["mediate_dataset", "mediate_path", "policy_from_file", "write_result",
            "mediation_table", "register", "parse_control", "parse_estimators"]
@@ -188,13 +195,7 @@ def write_result(result: MediationResult, out: str | os.PathLike[str], *, force:
     p = Path(out)
     if p.exists() and not force:
         raise FileExistsError(EXISTS_MESSAGE.format(path=p))
-    if provenance is None:
-        atomic_write_text(p, result.to_json() + "\n")
-    else:
-        from equicare._provenance import PROVENANCE_KEY
-
-        atomic_write_text(p, json.dumps({**result.to_dict(), PROVENANCE_KEY: provenance},
-                                        indent=2) + "\n")
+    write_result_json(p, result.to_dict(), provenance)
     return p
 
 
