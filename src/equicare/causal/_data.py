@@ -74,11 +74,19 @@ class PolicyProbs:
     next_probs : ndarray of shape (n, n_actions)
         ``pi(a | S'_i)``.
     name : str
+    deferred, next_deferred : ndarray of shape (n,), bool, optional
+        Transitions whose state (next state) the policy leaves to current practice, as
+        exception rules do (:mod:`equicare.policy._deployed`); ``probs`` / ``next_probs`` hold
+        the stored estimate of practice there. With ``usual_care="deployed"``
+        (:class:`~equicare.causal.DynamicMediation`'s default) the policy acts as practice
+        does there. None (the default): the policy decides at every state.
     """
 
     probs: NDArray[np.float64]
     next_probs: NDArray[np.float64]
     name: str = "policy"
+    deferred: NDArray[np.bool_] | None = None
+    next_deferred: NDArray[np.bool_] | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -383,22 +391,26 @@ def _check_probs(p: NDArray[np.float64], n: int, n_actions: int, what: str) -> N
     return p
 
 
-def resolve_policy(spec: Any, data: MediationData, what: str
-                   ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """Probabilities of a policy at each state and next state.
+def resolve_policy(spec: Any, data: MediationData, what: str) -> PolicyProbs:
+    """Probabilities of a policy at each state and next state, and the states it defers.
 
     Parameters
     ----------
     spec : int, PolicyProbs, equicare Policy or callable
         A fixed action; precomputed probabilities; an object with ``action_probs(dataset)``
         (needs data built by :func:`from_dataset`); or ``f(states (n, d)) -> (n, n_actions)``.
+        A policy object that leaves whole rows to current practice (``deferred_rows(dataset)``,
+        e.g. exception rules or a policy file with a ``follows_practice`` column) gives its
+        stored probabilities and those rows as ``deferred`` / ``next_deferred``.
     data : MediationData
     what : str
         Name used in error messages (``"target"``, ``"control"``).
 
     Returns
     -------
-    probs, next_probs : ndarray of shape (n, n_actions)
+    PolicyProbs
+        ``probs`` and ``next_probs`` of shape (n, n_actions); ``deferred`` and
+        ``next_deferred`` of shape (n,) or None (the policy decides at every state).
     """
     n, A = data.n_steps, data.n_actions
     if isinstance(spec, int | np.integer) and not isinstance(spec, bool):
@@ -406,23 +418,41 @@ def resolve_policy(spec: Any, data: MediationData, what: str
             raise PolicyError(f"{what}: fixed action {int(spec)} is outside [0, {A}).")
         p = np.zeros((n, A))
         p[:, int(spec)] = 1.0
-        return p, p.copy()
+        return PolicyProbs(p, p.copy(), name=what)
     if isinstance(spec, PolicyProbs):
-        return (_check_probs(np.asarray(spec.probs, np.float64), n, A, what),
-                _check_probs(np.asarray(spec.next_probs, np.float64), n, A, what))
+        flags = [None if f is None else _check_flags(f, n, what, k)
+                 for k, f in (("deferred", spec.deferred), ("next_deferred", spec.next_deferred))]
+        return PolicyProbs(_check_probs(np.asarray(spec.probs, np.float64), n, A, what),
+                           _check_probs(np.asarray(spec.next_probs, np.float64), n, A, what),
+                           spec.name, flags[0], flags[1])
     if hasattr(spec, "action_probs"):
+        from equicare.policy._deployed import DeployedPolicy, deferred_rows_of
+
         if data.source is None or data.rows is None or data.next_rows is None:
             raise PolicyError(f"{what}: a policy object with action_probs(dataset) needs data "
                               "built from a TrajectoryDataset (from_dataset); pass a callable on "
                               "states or PolicyProbs for plain arrays.")
-        full = np.asarray(spec.action_probs(data.source), dtype=np.float64)
+        inner = spec.policy if isinstance(spec, DeployedPolicy) else spec  # the stored probs
+        full = np.asarray(inner.action_probs(data.source), dtype=np.float64)
         full = _check_probs(full, int(full.shape[0]), A, what)
-        return full[data.rows], full[data.next_rows]
+        rows = deferred_rows_of(spec, data.source)
+        return PolicyProbs(full[data.rows], full[data.next_rows], what,
+                           None if rows is None else rows[data.rows],
+                           None if rows is None else rows[data.next_rows])
     if callable(spec):
-        return (_check_probs(np.asarray(spec(data.states), np.float64), n, A, what),
-                _check_probs(np.asarray(spec(data.next_states), np.float64), n, A, what))
+        return PolicyProbs(_check_probs(np.asarray(spec(data.states), np.float64), n, A, what),
+                           _check_probs(np.asarray(spec(data.next_states), np.float64), n, A,
+                                        what), what)
     raise PolicyError(f"{what}: expected a fixed action (int), PolicyProbs, a policy with "
                       f"action_probs or a callable on states; got {type(spec).__name__}.")
+
+
+def _check_flags(flags: Any, n: int, what: str, name: str) -> NDArray[np.bool_]:
+    f = np.asarray(flags)
+    if f.shape != (n,) or f.dtype != np.bool_:
+        raise PolicyError(f"{what}: {name} must be a boolean array of shape ({n},); got "
+                          f"{f.dtype} of shape {f.shape}.")
+    return f
 
 
 def binarize_actions(ds: Any, action: str) -> tuple[Any, NDArray[np.bool_]]:

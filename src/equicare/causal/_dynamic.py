@@ -20,6 +20,7 @@ models, or the ratios, behaviour policy and one of reward / mediator models are 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib
 import warnings
 from dataclasses import asdict, dataclass
@@ -37,7 +38,12 @@ from equicare.causal._basis import (
     combine_dot,
     state_features,
 )
-from equicare.causal._data import MediationData, as_mediation_data, resolve_policy
+from equicare.causal._data import (
+    MediationData,
+    PolicyProbs,
+    as_mediation_data,
+    resolve_policy,
+)
 from equicare.causal._inference import cluster_inference
 from equicare.causal._lstd import MixedDesign, action_design, level_action_design, lstd_blocks
 from equicare.causal._nuisance import BehaviorModel, MediatorModel, RewardModel
@@ -49,7 +55,13 @@ from equicare.causal._result import (
     EstimatorResult,
     MediationResult,
 )
-from equicare.exceptions import DataValidationError, InvalidParameterError, SupportWarning
+from equicare.exceptions import (
+    DataValidationError,
+    InvalidParameterError,
+    PolicyError,
+    SupportWarning,
+)
+from equicare.policy._deployed import UsualCare, check_usual_care, deferred_target
 from equicare.utils import PARAM_MESSAGE, RandomState, check_param, check_random_state
 
 __all__ = ["DynamicMediation", "PointExposureMediation", "ESTIMATORS", "FewTransitionsError",
@@ -319,6 +331,17 @@ class DynamicMediation:
     n_bootstrap : int
         Cluster-bootstrap replicates (0: normal intervals from the standard errors).
     ci_level : float
+    usual_care : {"deployed", "stored"}
+        States a policy leaves to current practice (exception rules' "otherwise, as current
+        practice", ``policy.deferred_rows``; :attr:`PolicyProbs.deferred`). ``"deployed"`` (the
+        default, as ``evaluate`` and ``audit``): the policy acts as practice does there, its
+        action distribution is the behaviour policy's. Its action ratio is exactly 1, its
+        expectation at a next state is the logged next action (a draw from practice), and where
+        a formula needs practice's whole distribution at a state (the mediator law
+        ``p_e(M|S) = sum_a pi_b(a|S) p_m(M|S,a)`` and the controls' expectations, which the
+        logged action's weight would bias) it is the fitted behaviour model's (fitted even when
+        the data carry ``behavior_prob``). ``"stored"``: the estimate of practice saved with
+        the policy (what ``action_probs`` and ``predict`` give).
 
     Examples
     --------
@@ -352,6 +375,7 @@ class DynamicMediation:
     behavior_model: Any = None
     n_bootstrap: int = 200
     ci_level: float = 0.95
+    usual_care: UsualCare = "deployed"
 
     def __post_init__(self) -> None:
         o = type(self).__name__
@@ -379,6 +403,7 @@ class DynamicMediation:
                     low_inclusive=False)
         check_param(self.ci_level, "ci_level", o, kind=float, low=0, high=1,
                     low_inclusive=False, high_inclusive=False)
+        check_usual_care(self.usual_care, o)
 
     # ------------------------------------------------------------------ config round trip
     def to_dict(self) -> dict[str, Any]:
@@ -436,10 +461,16 @@ class DynamicMediation:
 
         md = as_mediation_data(data, check=check)
         _check_fixed_control(control, md.n_actions)
-        pe, pe_n = resolve_policy(target, md, "target")
-        p0, p0_n = resolve_policy(control, md, "control")
-        run = _Run(self, md, pe, pe_n, p0, p0_n, rng, Stages("mediate", progress))
-        return run.execute(_name(target, "target"), _control_name(control))
+        tp = resolve_policy(target, md, "target")
+        cp = resolve_policy(control, md, "control")
+        share = {what: float(p.deferred.mean()) if p.deferred.size else 0.0
+                 for what, p in (("target", tp), ("control", cp)) if p.deferred is not None}
+        if self.usual_care == "deployed":
+            tp, cp = as_deployed_probs(tp, md, "target"), as_deployed_probs(cp, md, "control")
+        run = _Run(self, md, tp, cp, rng, Stages("mediate", progress))
+        res = run.execute(_name(target, "target"), _control_name(control))
+        return dataclasses.replace(res, usual_care=self.usual_care if share else None,
+                                   deferred_share=share or None)
 
 
     def check_transitions(self, ds: Any, rows: NDArray[np.int64], next_rows: NDArray[np.int64],
@@ -494,6 +525,38 @@ class DynamicMediation:
                     n_train=train_rows(row_fold, k), basis=used)
 
 
+#: A policy valued as deployed on plain arrays (tests match it).
+DEPLOYED_NEEDS_DATASET = (
+    "{what}: the policy leaves {k} next states to current practice; valued as deployed "
+    "(usual_care='deployed') the logged action at each of them stands for practice's, which "
+    "needs transitions built from a TrajectoryDataset (from_dataset). Pass the dataset, or "
+    "usual_care='stored' to value the stored estimate of practice.")
+
+
+def as_deployed_probs(pp: PolicyProbs, md: MediationData, what: str) -> PolicyProbs:
+    """``pp`` valued as deployed: at a next state it leaves to practice, the logged next action.
+
+    The Bellman targets of the Q-functions and the multiply robust TD errors average the
+    policy over the next state's actions; where practice decides, the action logged there is a
+    draw from it given the state (:func:`equicare.policy.deferred_target`, as FQE's target in
+    ``evaluate``), so no estimate of practice enters them. ``deferred`` (the transition's own
+    state) is kept for :class:`_Run`, which puts practice's distribution there.
+
+    Raises
+    ------
+    PolicyError
+        Next states left to practice on transitions without a source dataset.
+    """
+    nd = pp.next_deferred
+    if nd is None or not nd.any():
+        return dataclasses.replace(pp, next_deferred=None)
+    if md.source is None or md.next_rows is None:
+        raise PolicyError(DEPLOYED_NEEDS_DATASET.format(what=what, k=int(nd.sum())))
+    next_actions = np.asarray(md.source.actions, dtype=np.int64)[md.next_rows]
+    nxt, _ = deferred_target(pp.next_probs, np.ones(md.n_steps), next_actions, nd)
+    return dataclasses.replace(pp, next_probs=nxt)
+
+
 def _check_fixed_control(control: Any, n_actions: int) -> None:
     """A fixed control action needs a binary action."""
     if isinstance(control, int | np.integer) and not isinstance(control, bool):
@@ -535,12 +598,20 @@ class PointExposureMediation(DynamicMediation):
 class _Run:
     """One estimation: bases, folds, nuisance fits, estimators and inference."""
 
-    def __init__(self, cfg: DynamicMediation, md: MediationData, pe: NDArray[np.float64],
-                 pe_n: NDArray[np.float64], p0: NDArray[np.float64], p0_n: NDArray[np.float64],
-                 rng: np.random.Generator, say: Stages | None = None) -> None:
+    def __init__(self, cfg: DynamicMediation, md: MediationData, target: PolicyProbs,
+                 control: PolicyProbs, rng: np.random.Generator, say: Stages | None = None
+                 ) -> None:
         self.cfg, self.md, self.rng = cfg, md, rng
         self.say = Stages("mediate", False) if say is None else say
-        self.pe, self.pe_n, self.p0, self.p0_n = pe, pe_n, p0, p0_n
+        self.pe, self.pe_n = target.probs, target.next_probs
+        self.p0, self.p0_n = control.probs, control.next_probs
+        # states left to practice, valued as deployed (as_deployed_probs): practice's
+        # distribution there, from the fold's behaviour model (rows)
+        deployed = cfg.usual_care == "deployed"
+        self.defer_e, self.defer_0 = ((p.deferred if deployed and p.deferred is not None
+                                       and p.deferred.any() else None)
+                                      for p in (target, control))
+        self.defers = self.defer_e is not None or self.defer_0 is not None
         ests = set(cfg.estimators)
         self.need_q = bool(ests & {"dm", "mr"})
         self.need_w = bool(ests & {"mis", "mr"})
@@ -609,11 +680,33 @@ class _Run:
             "mediator": MediatorModel(self.enc, cfg.mediator_model, md.n_actions,
                                       cfg.n_mediator_nodes, cfg.ridge).fit(S, phi[idx], A, M),
         }
-        if self.need_w or self.need_q:
-            if md.behavior_prob is None or cfg.behavior_model is not None:
+        if self.need_w or self.need_q or self.defers:
+            if md.behavior_prob is None or cfg.behavior_model is not None or self.defers:
                 out["behavior"] = BehaviorModel(cfg.behavior_model, md.n_actions).fit(
                     S, phi[idx], A)
         return out
+
+    def policies_at(self, models: dict[str, Any], S: NDArray[np.float64],
+                    ph: NDArray[np.float64], idx: NDArray[np.int64]
+                    ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.bool_],
+                               NDArray[np.bool_]]:
+        """Target and control probabilities at the states of rows ``idx``, as deployed.
+
+        At a state a policy leaves to practice (valued as deployed) its distribution is
+        practice's, the fold's behaviour model ``pi_b(.|S)``: the formulas weigh it against
+        the logged action's ratios (the mediator law ``sum_a pi(a|S) p_m(M|S,a)`` under the
+        control's weight, the control's rewards in the Q-functions' targets), where the logged
+        action itself would be a biased stand-in. Returns ``pe, p0`` of shape
+        ``(n, n_actions)`` and the rows each leaves to practice, shape ``(n,)``.
+        """
+        pe, p0 = self.pe[idx], self.p0[idx]
+        d_e, d_0 = (np.zeros(idx.size, dtype=bool) if d is None else d[idx]
+                    for d in (self.defer_e, self.defer_0))
+        if d_e.any() or d_0.any():
+            pb = models["behavior"].probs(S, ph)
+            pe = np.where(d_e[:, None], pb, pe)
+            p0 = np.where(d_0[:, None], pb, p0)
+        return pe, p0, d_e, d_0
 
     def rows(self, models: dict[str, Any], idx: NDArray[np.int64]) -> dict[str, Any]:
         """Per-row plug-in quantities at rows ``idx``."""
@@ -624,7 +717,7 @@ class _Run:
         ph, phn = phi[idx], phin[idx]
         n = idx.size
         ar = np.arange(n)
-        pe, p0 = self.pe[idx], self.p0[idx]
+        pe, p0, d_e, d_0 = self.policies_at(models, S, ph, idx)
         med: MediatorModel = models["mediator"]
         rew: RewardModel = models["reward"]
         nodes, wts = med.nodes(S, ph)                                  # (n,A,K,m), (n,A,K)
@@ -633,7 +726,7 @@ class _Run:
         r_a = np.einsum("nak,nak->na", wts, r_own)                     # r(S,a) = E_m r(S,a,m)
         r00 = (p0 * r_a).sum(1)
         q: dict[str, Any] = {"R": md.rewards[idx], "A": A, "r_a": r_a, "r00": r00,
-                             "r_A": r_a[ar, A]}
+                             "r_A": r_a[ar, A], "p0": p0}
         inner = (wts * r0_nodes).sum(2)                                # (n, A)
         q["de"] = (pe * (r_a - inner)).sum(1)
         q["me"] = (pe * inner).sum(1) - r00
@@ -649,13 +742,14 @@ class _Run:
             q["ratio_m"] = pe_M / np.maximum(pA_M, cfg.prob_floor)
         else:                        # a density has a scale: cap the ratio instead
             q["ratio_m"] = np.minimum(pe_M / np.maximum(pA_M, 1e-300), 1.0 / cfg.prob_floor)
-        if md.behavior_prob is not None and "behavior" not in models:
+        if md.behavior_prob is not None and cfg.behavior_model is None:  # logged
             pb_A = md.behavior_prob[idx]
         else:
             pb_A = models["behavior"].probs(S, ph)[ar, A]
         pb_A = np.maximum(pb_A, cfg.prob_floor)
-        q["rho_e"] = pe[ar, A] / pb_A
-        q["rho_0"] = p0[ar, A] / pb_A
+        # where a policy acts as practice does, its action ratio is exactly 1
+        q["rho_e"] = np.where(d_e, 1.0, pe[ar, A] / pb_A)
+        q["rho_0"] = np.where(d_0, 1.0, p0[ar, A] / pb_A)
         if self.need_q:
             q["Eenc_S"] = med.expected_encoding(S, ph)                  # (n, A, q)
             q["Eenc_Sn"] = med.expected_encoding(Sn, phn)
@@ -792,7 +886,7 @@ class _Run:
         phi, phin = self.basis(self.cfg.q_basis)
         n, nA = idx.size, self.md.n_actions
         ar, A = np.arange(n), q["A"]
-        pe_n, p0_n, p0 = self.pe_n[idx], self.p0_n[idx], self.p0[idx]
+        pe_n, p0_n, p0 = self.pe_n[idx], self.p0_n[idx], q["p0"]
         disc, nraw = self.enc.discrete, self.enc.n_raw
         eta = [ft.eta for ft in fits]
         B1, B2, B3, B4, B5 = (ft.beta.reshape(nA, -1) for ft in fits)

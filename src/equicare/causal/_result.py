@@ -77,6 +77,12 @@ class MediationResult:
         Kish effective sample size of the state density ratios ``pi_e``, ``a0`` and ``G``.
     settings : dict
         The :class:`DynamicMediation` settings used.
+    usual_care : {"deployed", "stored"} or None
+        How states a policy leaves to current practice were valued (None: neither the target
+        nor the control can leave one), as in ``evaluate`` and ``audit``.
+    deferred_share : dict of str to float or None
+        Share of the transitions whose state each policy that can defer (``"target"``,
+        ``"control"``) leaves to current practice; None when none can.
     """
 
     n_episodes: int
@@ -86,14 +92,23 @@ class MediationResult:
     target: str = "target"
     ess: dict[str, float] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
+    usual_care: str | None = None
+    deferred_share: dict[str, float] | None = None
 
     def __getitem__(self, estimator: str) -> EstimatorResult:
         return self.estimators[estimator]
 
     def to_dict(self) -> dict[str, Any]:
-        """Contract 6 (``equicare mediate --out mediation.json``), plus ``target`` and ``ess``."""
+        """Contract 6 (``equicare mediate --out mediation.json``) plus target, ess, usual care.
+
+        ``usual_care`` and ``deferred_share`` are written as in the audit JSON.
+        """
         out: dict[str, Any] = {"n_episodes": int(self.n_episodes), "n_steps": int(self.n_steps),
                                "control": self.control, "target": self.target,
+                               "usual_care": self.usual_care,
+                               "deferred_share": (None if self.deferred_share is None else
+                                                  {k: float(v) for k, v
+                                                   in self.deferred_share.items()}),
                                "estimators": {k: v.to_dict() for k, v in self.estimators.items()}}
         if self.ess:
             out["ess"] = {k: float(v) for k, v in self.ess.items()}
@@ -110,7 +125,8 @@ class MediationResult:
                    control=str(d["control"]), target=str(d.get("target", "target")),
                    estimators={k: EstimatorResult.from_dict(v)
                                for k, v in d["estimators"].items()},
-                   ess=dict(d.get("ess") or {}))
+                   ess=dict(d.get("ess") or {}), usual_care=d.get("usual_care"),
+                   deferred_share=d.get("deferred_share"))
 
     def to_frame(self) -> pd.DataFrame:
         """One row per (estimator, effect): ``estimator, effect, value, se, ci_low, ci_high``."""
