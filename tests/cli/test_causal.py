@@ -309,3 +309,43 @@ def test_mediation_table_says_what_the_effects_and_the_fixed_control_are():
     console.print(mediation_table(res))
     text = " ".join(console.export_text().split())
     assert MEDIATION_UNITS in text and "never" not in text
+
+
+def test_mediate_values_exception_rules_as_deployed_like_evaluate(app, tmp_path):
+    """A rules folder and predict's file of it (follows_practice) give the same deployed
+    numbers, recorded (usual_care, deferred_share) and said in evaluate's words; --usual-care
+    stored values the stored estimate (other numbers). Truth: tests/causal/test_deployed.py."""
+    from tests.causal.test_deployed import _dataset, _mdp, _rules
+
+    mdp = _mdp()
+    ds = _dataset(mdp, 100)
+    mdp.sample(300, 41, random_state=100).to_frame().to_parquet(tmp_path / "panel.parquet")
+    (tmp_path / "m.toml").write_text(MANIFEST.format(mediators='mediators = ["m0"]\n'
+                                                     'behavior_prob = "propensity"'))
+    _rules(ds).save(tmp_path / "rules")
+    base = ["--manifest", str(tmp_path / "m.toml")]
+    res = runner.invoke(app, ["predict", str(tmp_path / "rules"), str(tmp_path / "panel.parquet"),
+                              *base, "--out", str(tmp_path / "rules.parquet")])
+    assert res.exit_code == 0, res.output
+    out = {}
+    for pol, uc in (("rules", "deployed"), ("rules.parquet", "deployed"), ("rules", "stored")):
+        o = tmp_path / f"{pol}_{uc}.json"
+        args = ["mediate", str(tmp_path / "panel.parquet"), *base, "--policy",
+                str(tmp_path / pol), "--estimators", "dm,mr", "--bootstrap", "0",
+                "--no-progress", "--out", str(o)]
+        if uc == "stored":
+            args += ["--usual-care", "stored"]
+        res = runner.invoke(app, args)
+        assert res.exit_code == 0, res.output
+        text = " ".join(res.output.split())
+        assert ("Usual care: the policy leaves 55.8% (target) of rows to current practice, "
+                + ("valued as deployed" if uc == "deployed" else
+                   "valued with the estimate of practice saved with the policy")) in text
+        out[pol, uc] = json.loads(o.read_text())
+        assert out[pol, uc]["usual_care"] == uc
+        assert out[pol, uc]["deferred_share"] == {"target": pytest.approx(0.5576, abs=1e-4)}
+    assert out["rules", "deployed"]["estimators"] == out["rules.parquet", "deployed"]["estimators"]
+    dep = out["rules", "deployed"]["estimators"]["mr"]["total"]["value"]
+    sto = out["rules", "stored"]["estimators"]["mr"]["total"]["value"]
+    truth = mdp.exact_effects(np.vstack([mdp.behavior[:2], [[0.2, 0.8]] * 2]), 0)["total"]
+    assert abs(dep - truth) < 0.2 < abs(sto - truth), (dep, sto, truth)

@@ -26,7 +26,7 @@ from equicare.causal._dynamic import (
     coarser_bases,
 )
 from equicare.causal._result import EFFECT_KEYS, MediationResult
-from equicare.cli._choices import Basis
+from equicare.cli._choices import Basis, UsualCare
 from equicare.cli._utils import (
     OUT_EXISTS,
     Force,
@@ -46,6 +46,17 @@ CONTROL_NEEDS_ACTION = ("--control {control} is a fixed action, which needs a bi
                         "this panel has {n_actions} actions: pass --action COMPONENT=LEVEL "
                         "(e.g. --action {example}) to compare the policy's use of that action "
                         "set against never using it, or give --control a policy file.")
+
+
+#: ``--usual-care`` of ``mediate``: evaluate's and audit's option, with what it means here.
+MediateUsualCare = Annotated[UsualCare, typer.Option(
+    "--usual-care",
+    help="States the policy leaves to current practice (exception rules' 'otherwise, as "
+         "current practice'): deployed (practice decides there, as evaluate and audit value "
+         "them: importance ratio 1, the logged next action in the Bellman targets, the fitted "
+         "behaviour model where the mediator law needs practice's whole distribution) or "
+         "stored (the estimate of practice saved with the rules, which predict outputs). "
+         "Example: --usual-care stored")]
 
 
 #: What to change when a fold has too few transitions for the basis (CLI option names).
@@ -104,22 +115,31 @@ def policy_from_file(path: str | os.PathLike[str], ds: Any, md: MediationData,
 
     The only place that reads policies for mediation: ``equicare.policy.load_policy`` gives the
     probabilities of every dataset row; transitions use rows ``md.rows`` and ``md.next_rows``.
-    With ``mask`` the probabilities are collapsed to the binary action set.
+    With ``mask`` the probabilities are collapsed to the binary action set. Rows the policy
+    leaves to current practice (exception rules, a policy file's ``follows_practice`` column)
+    are kept as ``deferred`` / ``next_deferred``, for
+    :class:`~equicare.causal.DynamicMediation`'s ``usual_care``.
     """
     from equicare.policy import load_policy
+    from equicare.policy._deployed import deferred_rows_of
     from equicare.policy._load import policy_name
 
-    full = np.asarray(load_policy(path).action_probs(ds), dtype=np.float64)
+    pol = load_policy(path)
+    full = np.asarray(pol.action_probs(ds), dtype=np.float64)
     if mask is not None:
         full = collapse_probs(full, mask)
     assert md.rows is not None and md.next_rows is not None
-    return PolicyProbs(full[md.rows], full[md.next_rows], name=policy_name(path))
+    rows = deferred_rows_of(pol, ds)
+    return PolicyProbs(full[md.rows], full[md.next_rows], name=policy_name(path),
+                       deferred=None if rows is None else rows[md.rows],
+                       next_deferred=None if rows is None else rows[md.next_rows])
 
 
 def mediate_dataset(ds: Any, target: Any, control: Any = 0, *,
                     estimators: tuple[str, ...] = ESTIMATORS, n_bootstrap: int = 500,
                     n_folds: int = 2, basis: str = "auto", action: str | None = None,
-                    random_state: int | None = 0, progress: bool = False) -> MediationResult:
+                    random_state: int | None = 0, progress: bool = False,
+                    usual_care: str = "deployed") -> MediationResult:
     """Run :class:`DynamicMediation` on a TrajectoryDataset.
 
     Parameters
@@ -135,6 +155,10 @@ def mediate_dataset(ds: Any, target: Any, control: Any = 0, *,
         so that a fixed control ``0`` means "never take it".
     progress : bool
         Stage lines on stderr (:meth:`DynamicMediation.estimate`'s ``progress``).
+    usual_care : {"deployed", "stored"}
+        Rows a policy leaves to current practice: as deployed (practice decides there, the
+        default, as ``evaluate`` and ``audit``) or with the stored estimate of practice
+        (:class:`DynamicMediation`).
     """
     require_mediators(ds)  # first: no other setting helps without a mediator
     if isinstance(control, int) and action is None and ds.n_actions != 2:
@@ -146,7 +170,7 @@ def mediate_dataset(ds: Any, target: Any, control: Any = 0, *,
     if action is not None:
         model_ds, mask = binarize_actions(ds, action)
     cfg = DynamicMediation(estimators=estimators, n_bootstrap=n_bootstrap, n_folds=n_folds,
-                           basis=basis)
+                           basis=basis, usual_care=usual_care)  # type: ignore[arg-type]
     try:
         # the basis's size is checked before the transitions' dense states are built
         md = from_dataset(model_ds, check=lambda d, rows, next_rows: cfg.check_transitions(
@@ -258,6 +282,7 @@ def register(app: typer.Typer) -> None:
                                                "replicates (0: normal intervals).")] = 500,
         folds: Annotated[int, typer.Option("--folds", min=1, help="Cross-fitting folds.")] = 2,
         basis: Annotated[Basis, typer.Option("--basis", help="State basis.")] = Basis.AUTO,
+        usual_care: MediateUsualCare = UsualCare.DEPLOYED,
         out: Annotated[Path | None, typer.Option(
             "--out", "-o", help="Also write the mediation JSON here (docs/contracts.md).")
         ] = None,
@@ -274,6 +299,11 @@ def register(app: typer.Typer) -> None:
         Estimates IDE, IME, DDE, DME and the total effect of the --policy versus the
         --control (direct method, marginalised importance sampling, multiply robust,
         point-exposure baseline) with standard errors and cluster-bootstrap CIs.
+        Exception rules (explain's card/model, or predict's file with its follows_practice
+        column) are valued as deployed, as evaluate and audit value them: where they leave the
+        decision to current practice the policy acts as practice does (--usual-care stored
+        values the estimate of practice saved with them instead); the output says which, and
+        the share of transitions left to practice.
         No streamed mode (no --chunk-rows): the panel is loaded in memory (docs/scale.md).
 
         Example: equicare mediate data/panel.parquet --manifest data/manifest.toml
@@ -287,6 +317,7 @@ def register(app: typer.Typer) -> None:
             print_table,
             provenance,
             user_errors,
+            usual_care_line,
         )
 
         check_out_paths([out, figure], force, file=True, options=["--out", "--figure"])
@@ -298,7 +329,8 @@ def register(app: typer.Typer) -> None:
                  "control": ctrl if isinstance(ctrl, Path) else None})
             result = mediate_path(data, manifest, policy, ctrl, estimators=ests,
                                   n_bootstrap=bootstrap, n_folds=folds, basis=basis.value,
-                                  action=action, random_state=seed, progress=progress)
+                                  action=action, random_state=seed, progress=progress,
+                                  usual_care=usual_care.value)
             if out is not None:
                 write_result(result, out, force=force, provenance=prov)
             if figure is not None:
@@ -313,6 +345,9 @@ def register(app: typer.Typer) -> None:
             print_json(json.loads(result.to_json()))
             return
         print_table(mediation_table(result, action))
+        uline = usual_care_line(result.to_dict())
+        if uline:
+            console.print(uline, highlight=False, markup=False)
         for p in (out, figure):
             if p is not None:
                 console.print(f"Wrote {p}", highlight=False, markup=False)
