@@ -268,3 +268,12 @@ def test_page_lists_rules_by_plan_and_says_which_share_one(card):
     assert "Same plan: " + "; ".join(lines) in html_mod.unescape(build_card_report(two).render())
     if not plan_summary(d["rules"]):
         assert "Same plan:" not in page
+
+
+def test_the_two_values_note_says_which_one_the_commands_give():
+    """evaluate, audit and mediate value exception rules as deployed by default (the stored
+    estimate with --usual-care stored); the card's note said they value the stored policy."""
+    from equicare.report._card import DEPLOYED_NOTE
+
+    assert ("which evaluate, audit and mediate value with --usual-care stored. As deployed "
+            "(their default)") in DEPLOYED_NOTE

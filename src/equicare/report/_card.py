@@ -36,10 +36,10 @@ CARD_FILES = {"html": "policy_card.html", "json": "policy_card.json", "rules": "
 DEPLOYED_NOTE = (
     "Two values of the rules. As predict outputs them, a row no rule names gets current practice "
     "as stored with the rules (an estimate of the clinicians' distribution); that is the policy "
-    "in card/model/, and what evaluate, audit and mediate value. As deployed, the clinicians "
-    "decide where no rule applies: those rows keep the action they actually took (importance "
-    "ratio 1), so no estimate of practice enters the value. The fairness columns are the "
-    "stored policy's.")
+    "in card/model/ as stored, which evaluate, audit and mediate value with --usual-care "
+    "stored. As deployed (their default), the clinicians decide where no rule applies: those "
+    "rows keep the action they actually took (importance ratio 1), so no estimate of practice "
+    "enters the value. The fairness columns are the stored policy's.")
 #: How the card orders its rules.
 RULE_ORDER = ("listed by the plan they recommend (rules naming the same plan together, the most "
               "used plan first); a row follows exactly one rule.")
