@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from equicare.causal import DynamicMediation, PolicyProbs
+from equicare.causal._data import FLAGS_MESSAGE
 from equicare.causal._dynamic import DEPLOYED_NEEDS_DATASET
 from equicare.data import from_frame
 from equicare.exceptions import InvalidParameterError, PolicyError
@@ -220,9 +221,8 @@ def test_deployed_next_states_need_the_dataset():
                                                                            random_state=0)
     assert res.usual_care == "stored"
     bad = PolicyProbs(p, p, deferred=np.zeros(n - 1, bool))
-    with pytest.raises(PolicyError, match=re.escape(f"target: deferred must be a boolean array "
-                                                    f"of shape ({n},); got bool of shape "
-                                                    f"({n - 1},).")):
+    with pytest.raises(PolicyError, match=re.escape(FLAGS_MESSAGE.format(
+            what="target", name="deferred", n=n, dtype="bool", shape=(n - 1,)))):
         DynamicMediation(n_bootstrap=0).estimate(data, bad, 0, random_state=0)
 
 

@@ -447,11 +447,16 @@ def resolve_policy(spec: Any, data: MediationData, what: str) -> PolicyProbs:
                       f"action_probs or a callable on states; got {type(spec).__name__}.")
 
 
+#: ``PolicyProbs.deferred`` / ``next_deferred`` of the wrong kind (tests match it).
+FLAGS_MESSAGE = ("{what}: {name} must be a boolean array of shape ({n},); got {dtype} of shape "
+                 "{shape}.")
+
+
 def _check_flags(flags: Any, n: int, what: str, name: str) -> NDArray[np.bool_]:
     f = np.asarray(flags)
     if f.shape != (n,) or f.dtype != np.bool_:
-        raise PolicyError(f"{what}: {name} must be a boolean array of shape ({n},); got "
-                          f"{f.dtype} of shape {f.shape}.")
+        raise PolicyError(FLAGS_MESSAGE.format(what=what, name=name, n=n, dtype=f.dtype,
+                                               shape=f.shape))
     return f
 
 

@@ -338,7 +338,7 @@ class DynamicMediation:
         action distribution is the behaviour policy's. Its action ratio is exactly 1, its
         expectation at a next state is the logged next action (a draw from practice), and where
         a formula needs practice's whole distribution at a state (the mediator law
-        ``p_e(M|S) = sum_a pi_b(a|S) p_m(M|S,a)`` and the controls' expectations, which the
+        ``p_e(M|S) = sum_a pi_b(a|S) p_m(M|S,a)`` and the control's expectations, which the
         logged action's weight would bias) it is the fitted behaviour model's (fitted even when
         the data carry ``behavior_prob``). ``"stored"``: the estimate of practice saved with
         the policy (what ``action_probs`` and ``predict`` give).
