@@ -338,7 +338,7 @@ def test_mediate_values_exception_rules_as_deployed_like_evaluate(app, tmp_path)
         res = runner.invoke(app, args)
         assert res.exit_code == 0, res.output
         text = " ".join(res.output.split())
-        assert ("Usual care: the policy leaves 55.8% (target) of rows to current practice, "
+        assert ("Usual care: the policy leaves 55.8% (target) of transitions to current practice, "
                 + ("valued as deployed" if uc == "deployed" else
                    "valued with the estimate of practice saved with the policy")) in text
         out[pol, uc] = json.loads(o.read_text())

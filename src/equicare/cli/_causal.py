@@ -345,7 +345,7 @@ def register(app: typer.Typer) -> None:
             print_json(json.loads(result.to_json()))
             return
         print_table(mediation_table(result, action))
-        uline = usual_care_line(result.to_dict())
+        uline = usual_care_line(result.to_dict(), unit="transitions")
         if uline:
             console.print(uline, highlight=False, markup=False)
         for p in (out, figure):

@@ -675,10 +675,11 @@ def version_callback(value: bool) -> None:
 
 
 
-def usual_care_line(settings: dict[str, Any]) -> str | None:
+def usual_care_line(settings: dict[str, Any], unit: str = "rows") -> str | None:
     """The line saying how rows a policy leaves to current practice were valued (or None).
 
-    ``settings["deferred_share"]``: one share (``evaluate``) or one per policy (``audit``).
+    ``settings["deferred_share"]``: one share (``evaluate``) or one per policy (``audit``);
+    ``unit``: what the share counts (``mediate``'s counts transitions, rows with a next row).
     """
     share = settings.get("deferred_share")
     if settings.get("usual_care") is None or share is None or share == {}:
@@ -692,4 +693,4 @@ def usual_care_line(settings: dict[str, Any]) -> str | None:
     else:
         how = ("valued with the estimate of practice saved with the policy (--usual-care "
                "stored); deployed, the clinicians decide there (the default)")
-    return f"Usual care: {who} of rows to current practice, {how}"
+    return f"Usual care: {who} of {unit} to current practice, {how}"
