@@ -366,7 +366,9 @@ def build_run_report(
     if audit:
         for p, a in audit["policies"].items():
             label = action_label(audit["action"])
-            kpis[f"{label} parity gap, {p}"] = f"{a['parity_gap_pp']['value']:.2f} pp"
+            gap = a["parity_gap_pp"]  # {"suppressed": true}: a group rate of too few members
+            kpis[f"{label} parity gap, {p}"] = ("suppressed" if gap.get("suppressed")
+                                                else f"{gap['value']:.2f} pp")
     rep.kpis(kpis)
     times = summary.get("stage_seconds")
     if times:
@@ -531,8 +533,8 @@ def build_run_report(
             pv = a.get("permutation_p")
             row = {
                 "policy": p,
-                "parity_gap_pp": a["parity_gap_pp"]["value"],
-                "parity_ratio": a["parity_ratio"]["value"],
+                **{k: "suppressed" if a[k].get("suppressed") else a[k]["value"]
+                   for k in ("parity_gap_pp", "parity_ratio")},
                 "permutation_p": "not run" if pv is None else pv,
             }
             if "gini" in a and isinstance(a["gini"], dict):

@@ -191,7 +191,8 @@ def parity_gap_plot(audit: Mapping[str, Any]) -> Any:
     """Demographic-parity gap (max - min, percentage points) per policy with 95% CIs."""
     plt = _plt()
     pols = list(audit["policies"])
-    vals = np.array([audit["policies"][p]["parity_gap_pp"]["value"] for p in pols], float)
+    vals = np.array([audit["policies"][p]["parity_gap_pp"].get("value", np.nan)  # suppressed
+                     for p in pols], float)
     cis = [audit["policies"][p]["parity_gap_pp"].get("ci") for p in pols]
     fig, ax = plt.subplots(figsize=(6, 0.5 * len(pols) + 1.4))
     y = np.arange(len(pols))
