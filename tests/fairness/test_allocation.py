@@ -446,7 +446,7 @@ def test_logged_rates_of_fewer_than_11_members_are_not_published(level) -> None:
     assert np.isnan(f.difference()) and np.isnan(f.ratio())
     d = f.to_dict()
     for g in ("a", "b"):
-        assert d["rate"][g] == {"suppressed": True}
+        assert d["rate"][g] == {"suppressed": True, "n_episodes": 40}
         assert d["difference_to_overall_pp"][g] == {"suppressed": True}
     assert d["parity_gap_pp"] == {"suppressed": True} == d["parity_ratio"]
     assert d["rate"]["c"]["n_episodes"] == 40 and "suppressed" not in d["overall_rate"]

@@ -91,6 +91,23 @@ def test_audit_group_proportional_parity_withheld_for_a_small_need_cell_reads_su
     assert shown.loc["c", "proportional_parity"] != shown.loc["c", "proportional_parity"]  # NaN
 
 
+def test_audit_group_rate_of_too_few_members_reads_suppressed_and_keeps_the_group_row():
+    """b is published but fewer than 11 of its members got the action: its rate reads
+    suppressed, its episode count and value stay (they were blanked with the whole row)."""
+    from equicare.report._build import audit_group_frame
+    from equicare.report._html import suppress_small_cells
+
+    sup = {"suppressed": True}
+    pol = {"rate": {"a": {"value": 0.0, "n_episodes": 30}, "b": {**sup, "n_episodes": 40},
+                    "c": sup},
+           "proportional_parity": {"a": {"value": 0.0, "ci": [0.0, 0.0]}, "b": sup, "c": sup},
+           "value_by_group": {"a": {"value": 1.0}, "b": {"value": 0.8}, "c": sup}}
+    shown = suppress_small_cells(audit_group_frame(pol)).set_index("group")
+    assert shown.loc["b", "n_episodes"] == 40 and shown.loc["b", "value"] == 0.8
+    assert shown.loc["b", "rate"] == "suppressed" == shown.loc["b", "proportional_parity"]
+    assert shown.loc["c", "n_episodes"] == "suppressed"
+
+
 def test_sensitivity_table_is_median_of_draws_and_says_which_are_degenerate(tmp_path):
     """An exploding noise draw neither drags the shown value nor passes silently: the table
     shows medians, counts the flagged draws and the section opens with a caveat."""

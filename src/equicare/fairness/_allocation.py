@@ -245,8 +245,9 @@ class AllocationFrame:
         difference (:func:`need_suppressed`).
     rate_suppressed : tuple of str
         Published groups whose rate of this policy is not published (NaN in :attr:`rates` and
-        :attr:`rate_reps`, so the gap and ratio are NaN too; ``{"suppressed": true}`` in
-        :meth:`to_dict`, also for their difference to overall and proportional parity): fewer
+        :attr:`rate_reps`, so the gap and ratio are NaN too; ``{"suppressed": true,
+        "n_episodes": n}`` in :meth:`to_dict`, ``{"suppressed": true}`` for their difference to
+        overall and proportional parity): fewer
         than ``min_cell`` of their episodes get the action at all, or fewer than ``min_cell``
         do not always get it, or the rate would reveal such a count by difference
         (:func:`equicare.privacy.share_suppressed`). Logged actions are counts of members; a
@@ -446,7 +447,11 @@ class AllocationFrame:
             rate[g] = entry(self.rates[i], None if rate_ci is None else rate_ci[:, i],
                             n_episodes=int(self.counts[i]))
             diff_pp[g] = entry(100 * diff[i], None if diff_ci is None else 100 * diff_ci[:, i])
-        for g in (*self.rate_suppressed, *self.suppressed):
+        for g, n in zip(self.groups, self.counts, strict=True):
+            if g in self.rate_suppressed:  # a published group: its episode count stays
+                rate[g] = {**SUPPRESSED, "n_episodes": int(n)}
+                diff_pp[g] = dict(SUPPRESSED)
+        for g in self.suppressed:
             rate[g] = dict(SUPPRESSED)
             diff_pp[g] = dict(SUPPRESSED)
         hidden = bool(self.rate_suppressed) or self.overall_suppressed

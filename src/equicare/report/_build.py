@@ -134,7 +134,8 @@ def audit_group_frame(policy: dict[str, Any]) -> pd.DataFrame:
     A suppressed group's ``n_episodes`` is None, shown as ``suppressed``: it may be suppressed
     to protect a smaller group (complementary suppression), so it is not known to hold fewer
     than 11 episodes. A published group's proportional parity reads ``suppressed`` when the
-    audit withheld it (a small count of episodes with or without need).
+    audit withheld it (a small count of episodes with or without need), and so does its rate
+    (a rate of fewer than 11 members getting the action).
 
     Parameters
     ----------
@@ -144,14 +145,13 @@ def audit_group_frame(policy: dict[str, Any]) -> pd.DataFrame:
     pp = policy.get("proportional_parity")
     rows = []
     for g, c in policy["rate"].items():
-        r = {
-            "group": g,
-            "n_episodes": c.get("n_episodes") if not c.get("suppressed") else None,
-            "rate": c.get("value"),
-        }
+        # a published group whose rate of too few members is withheld keeps its n_episodes
+        n = c.get("n_episodes")
+        r = {"group": g, "n_episodes": n,
+             "rate": "suppressed" if c.get("suppressed") and n is not None else c.get("value")}
         if pp and g in pp and not pp[g].get("suppressed"):
             r["proportional_parity"] = pp[g].get("value")
-        elif pp and g in pp and not c.get("suppressed"):
+        elif pp and g in pp and n is not None:
             # a published group whose count of episodes with (or without) need is small
             r["proportional_parity"] = "suppressed"
         vb = policy.get("value_by_group", {}).get(g)
