@@ -377,3 +377,17 @@ def test_the_headline_says_its_value_is_extrapolated(tmp_path):
     page = html.unescape(build_run_report(tmp_path, config={"learner": {"algo": "awr"}},
                                           figure_copies=False).render())
     assert "extrapolated for" not in page
+
+
+def test_parity_gap_figure_says_suppressed_where_a_gap_is_withheld():
+    """The behaviour's gap rests on a rate of 5 members (the privacy audit's run): its bar was
+    empty and unlabelled, reading as a gap of 0; it says suppressed, awr's bar is drawn."""
+    from equicare.report import _figures as F
+
+    audit = {"action": "urgency=urgent", "policies": {
+        "behavior": {"parity_gap_pp": {"suppressed": True}},
+        "awr": {"parity_gap_pp": {"value": 0.0317, "ci": [0.0, 0.0333]}}}}
+    fig = F.parity_gap_plot(audit)
+    said = [t.get_text() for t in fig.axes[0].texts]
+    assert len(said) == 1 and said[0].strip().startswith("suppressed")
+    assert [round(b.get_width(), 4) for b in fig.axes[0].patches][1] == 0.0317
