@@ -39,6 +39,7 @@ from equicare.exceptions import SmallCellWarning
 from equicare.utils import MIN_CELL
 
 __all__ = ["suppressed_cells", "suppressed_labels", "suppressed_levels", "suppress_counts",
+           "share_suppressed",
            "small_cells_message", "round_significant", "tail_quantile", "coarse_bounds",
            "pooled_level_shares",
            "MSG_LOW_MIN_CELL", "low_min_cell_message", "warn_low_min_cell", "MSG_LOW_ESS",
@@ -158,6 +159,51 @@ def suppress_counts(counts: dict[str, int], min_cell: int = MIN_CELL) -> dict[st
                        np.asarray(list(counts.values()), dtype=np.int64))
     hide = suppressed_levels(labels, min_cell) if labels.size else set()
     return {k: (None if k in hide else int(v)) for k, v in counts.items()}
+
+
+def share_suppressed(labels: Sequence[str], some: Any, not_all: Any,
+                     min_cell: int = MIN_CELL) -> tuple[tuple[str, ...], bool]:
+    """Groups whose rate of a per-episode share must not be published, and whether the total's.
+
+    A group's rate of something its episodes do some of the time (a logged action: the share of
+    an episode's rows, or of its episodes, with the action; a clinical need) rests on the
+    episodes where the share is above 0, and its complement (one minus the rate) on those where
+    it is below 1. When either count is 1 to ``min_cell - 1``, the rate is a statistic of fewer
+    than ``min_cell`` members: with its episode count it gives back how many members got the
+    action (exactly, for one-row episodes or 0/1 shares), and which group the few who did belong
+    to. Each of the two columns (``some``, ``not_all``) is a table of the groups whose total is
+    published (the overall rate), so it is protected as :func:`suppress_counts` protects a table
+    (primary, then complementary suppression); a group hidden in either column has no published
+    rate. An empty cell (no episode with the action, or every one always with it) holds no
+    member and is not suppressed. The overall rate is not published either when a column's total
+    is 1 to ``min_cell - 1`` (every group is then hidden too).
+
+    Parameters
+    ----------
+    labels : sequence of str
+        Published groups (``n_groups``).
+    some : array-like of shape (n_groups,), int
+        Episodes per group whose share is above 0.
+    not_all : array-like of shape (n_groups,), int
+        Episodes per group whose share is below 1.
+    min_cell : int
+
+    Returns
+    -------
+    hidden : tuple of str
+        The groups whose rate is not published, in ``labels`` order.
+    total_hidden : bool
+        Whether the overall rate is not published.
+    """
+    hidden: set[str] = set()
+    total_hidden = False
+    for column in (some, not_all):
+        k = np.rint(np.asarray(column, dtype=np.float64)).astype(np.int64).ravel()
+        shown = suppress_counts(dict(zip(map(str, labels), map(int, k), strict=True)),
+                                int(min_cell))
+        hidden |= {g for g, v in shown.items() if v is None}
+        total_hidden |= 0 < int(k.sum()) < int(min_cell)
+    return tuple(str(g) for g in labels if str(g) in hidden), total_hidden
 
 
 def small_cells_message(cells: Sequence[str], min_cell: int = MIN_CELL) -> str:

@@ -27,7 +27,12 @@ from equicare.causal._dynamic import (
     FEW_TRANSITIONS_MESSAGE,
     mediator_ess,
 )
-from equicare.exceptions import DataValidationError, PolicyError, SupportWarning
+from equicare.exceptions import (
+    DataValidationError,
+    PolicyError,
+    SmallCellWarning,
+    SupportWarning,
+)
 from equicare.sim.mediation import (
     DiscreteMediationMDP,
     random_mediation_mdp,
@@ -231,9 +236,11 @@ def test_data_errors(toy1_data):
     assert np.isfinite(res["mr"].effects["total"].value)
     # too few transitions for the basis
     tiny = mdp.sample(3, 2, random_state=0)
+    with pytest.warns(SmallCellWarning, match="min_cell=1 is below 11"):
+        lax = DynamicMediation(n_bootstrap=0, min_cell=1)  # 3 episodes: a small cell too
     with pytest.raises(DataValidationError, match=re.escape(
             FEW_TRANSITIONS_MESSAGE.split("{p}")[0])):
-        cfg.estimate(tiny, pol, 0, random_state=0)
+        lax.estimate(tiny, pol, 0, random_state=0)
     # bad target policy
     with pytest.raises(PolicyError, match="rows are not probabilities summing to 1"):
         cfg.estimate(data, lambda s: np.ones((len(s), 2)), 0)
@@ -681,3 +688,29 @@ def test_density_ratios_take_the_training_rows_of_the_basis_once(monkeypatch):
     ``omega * f_next`` before subtracting: 4.11 copies."""
     copies = _stage_copies(monkeypatch, "fit_ratios", 0, ("mis",))
     assert len(copies) == 2 and max(copies) < 2.5, copies
+
+
+@pytest.mark.parametrize("arm", [1, 0])
+def test_an_action_logged_for_fewer_than_11_members_is_refused(toy1_data, arm):
+    """The privacy audit's panel: urgency=urgent logged for 5 of 589 members; mediate
+    --action urgency=urgent published IDE -0.000253 [-0.000268, -0.000245] (baseline) and every
+    other effect, each a contrast of those 5 members' outcomes with the rest's. Refused before
+    any model is fitted, for either arm of a binary action (arm 0: 5 members never treated)."""
+    from equicare.causal._dynamic import MSG_SMALL_ACTION_CELL
+
+    mdp, data, _ = toy1_data
+    few = np.isin(data.episode_index, np.unique(data.episode_index)[:5])
+    actions = np.where(few, arm, 1 - arm)
+    d = dict(states=data.states, actions=actions, mediators=data.mediators,
+             rewards=data.rewards, next_states=data.next_states,
+             episode_index=data.episode_index)
+    msg = MSG_SMALL_ACTION_CELL.format(action=arm, below=10, n=300, min_cell=11)
+    with pytest.raises(DataValidationError, match=re.escape(msg)):
+        DynamicMediation(n_bootstrap=0).estimate(d, mdp.policy_fn(toy_target()), 0,
+                                                 random_state=0)
+    # 11 members are a publishable cell
+    few11 = np.isin(data.episode_index, np.unique(data.episode_index)[:11])
+    d["actions"] = np.where(few11, arm, 1 - arm)
+    res = DynamicMediation(n_bootstrap=0, estimators=("baseline",)).estimate(
+        d, mdp.policy_fn(toy_target()), 0, random_state=0)
+    assert np.isfinite(res["baseline"].effects["total"].value)

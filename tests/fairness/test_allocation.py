@@ -415,3 +415,60 @@ def test_need_cells_of_11_or_more_publish_proportional_parity() -> None:
         f = allocation_rates(ds, action=HOME, group="g", n_boot=0)
     assert f.pp_suppressed == ()
     assert np.isfinite(f.proportional_parity()).all()
+
+
+def _action_panel(given, n_per_group: int = 40, seed: int = 0):
+    """Groups a, b, c of ``n_per_group`` episodes; ``given[g]`` of them get one home visit."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(2, 6, size=len(given) * n_per_group)
+    codes = np.zeros((int(lengths.sum()), 2), dtype=np.int64)
+    firsts = np.r_[0, np.cumsum(lengths)[:-1]]
+    got = np.concatenate([np.arange(k) + g * n_per_group for g, k in enumerate(given)])
+    codes[firsts[got], 0] = 2                      # one home visit in each such episode
+    labels = np.repeat(np.array(["a", "b", "c"][:len(given)]), n_per_group)
+    return make_dataset(lengths, codes, {"g": labels})
+
+
+@pytest.mark.parametrize("level", ["step", "episode"])
+def test_logged_rates_of_fewer_than_11_members_are_not_published(level) -> None:
+    """An action logged for 3 of a group's 40 members published its rate (0.75 of 100 steps,
+    or a mean share 1/40 of 1/4) and, with the group's episode count, the 3 back (the privacy
+    audit's panel: urgency=urgent for 5 members, one 'other' member's single urgent week read
+    off a rate of 0.21% of 28 episodes). Those rates are suppressed, with the smallest other
+    group's (else the overall rate minus the published groups gives them back); the gap and
+    ratio, which rest on them, are not published either."""
+    ds = _action_panel([3, 20, 25])
+    f = allocation_rates(ds, action=HOME, group="g", level=level, n_boot=20, random_state=0)
+    assert f.suppressed == () and f.rate_suppressed == ("a", "b")
+    assert not f.overall_suppressed and np.isfinite(f.overall)
+    assert f.by_group[["a", "b"]].isna().all() and np.isfinite(f.by_group["c"])
+    assert f.rate_reps is not None and np.isnan(f.rate_reps[:, :2]).all()
+    assert np.isnan(f.difference()) and np.isnan(f.ratio())
+    d = f.to_dict()
+    for g in ("a", "b"):
+        assert d["rate"][g] == {"suppressed": True, "n_episodes": 40}
+        assert d["difference_to_overall_pp"][g] == {"suppressed": True}
+    assert d["parity_gap_pp"] == {"suppressed": True} == d["parity_ratio"]
+    assert d["rate"]["c"]["n_episodes"] == 40 and "suppressed" not in d["overall_rate"]
+    lv = level_rates(ds, group="g", level=level)
+    assert lv.loc[("behavior", HOME), ["a", "b"]].isna().all()
+    assert np.isfinite(lv.loc[("behavior", HOME), ["c", "overall"]].astype(float)).all()
+    # 11 members (and 29 without) are published; a policy's probabilities are in every episode
+    ok = allocation_rates(ds, action=HOME, group="g", level=level, n_boot=0)
+    assert allocation_rates(_action_panel([11, 20, 25]), action=HOME, group="g",
+                            n_boot=0).rate_suppressed == ()
+    uniform = np.full((ds.n_steps, SPACE.n_actions), 1.0 / SPACE.n_actions)
+    assert allocation_rates(ds, uniform, action=HOME, group="g", n_boot=0).rate_suppressed == ()
+    assert ok.rate_suppressed == ("a", "b")
+
+
+def test_an_action_of_fewer_than_11_members_in_all_hides_the_overall_rate_too() -> None:
+    """5 members in the panel got the action: no rate of it is a statistic of 11 or more."""
+    ds = _action_panel([2, 3, 0])
+    f = allocation_rates(ds, action=HOME, group="g", n_boot=0)
+    assert f.overall_suppressed and np.isnan(f.overall)
+    assert f.rate_suppressed == ("a", "b")          # c's empty cell (no member) is published
+    assert f.by_group["c"] == 0.0
+    d = f.to_dict()
+    assert d["overall_rate"] == {"suppressed": True}
+    assert np.isnan(level_rates(ds, group="g").loc[("behavior", HOME), "overall"])

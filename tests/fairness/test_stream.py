@@ -517,3 +517,29 @@ def test_streamed_audit_hides_proportional_parity_of_small_need_cells_as_in_memo
     pp = got.to_dict()["policies"]["behavior"]["proportional_parity"]
     assert pp["a"] == pp["b"] == {"suppressed": True} and pp["c"]["value"] > 0
     _assert_same(ref.to_dict(), got.to_dict())
+
+
+def test_streamed_audit_hides_rates_of_an_action_few_members_got_as_in_memory(panel, tmp_path):
+    """The streamed audit passes the same episode numerators: home visits kept for 3 members
+    of group a only hide the behaviour's rates of a and of the smallest other group with such
+    a member, its overall rate (3 members in all), gap and ratio, as in memory."""
+    path, man, _ = panel
+    frame = pd.read_parquet(path)
+    first = frame[frame["race"] == "a"].groupby("member_id").size().index[:3]
+    home = frame["modality"] == "home_visit"
+    frame.loc[home & ~frame["member_id"].isin(first), "modality"] = "none"
+    assert frame.loc[frame["modality"] == "home_visit", "member_id"].nunique() == 3
+    small = tmp_path / "few_visits.parquet"
+    frame.to_parquet(small, index=False, row_group_size=50)
+    ds = load_dataset(small, man, emit_warnings=False)
+    cfg = FairnessAudit(group="race", action="modality=home_visit", n_boot=40,
+                        n_permutations=0, estimator=None)
+    w = poisson_weights(episode_keys(ds.episode_ids), 40, seed=3)
+    ref = cfg.run(ds, weights=w, random_state=3)
+    got = audit_stream(small, manifest=man, config=cfg, chunk_rows=7, random_state=3)
+    a = got["behavior"].allocation
+    assert "a" in a.rate_suppressed and a.overall_suppressed
+    b = got.to_dict()["policies"]["behavior"]
+    assert b["overall_rate"] == b["parity_gap_pp"] == {"suppressed": True}
+    assert b["rate"]["a"] == {"suppressed": True, "n_episodes": int(a.n_episodes["a"])}
+    _assert_same(ref.to_dict(), got.to_dict())

@@ -91,6 +91,23 @@ def test_audit_group_proportional_parity_withheld_for_a_small_need_cell_reads_su
     assert shown.loc["c", "proportional_parity"] != shown.loc["c", "proportional_parity"]  # NaN
 
 
+def test_audit_group_rate_of_too_few_members_reads_suppressed_and_keeps_the_group_row():
+    """b is published but fewer than 11 of its members got the action: its rate reads
+    suppressed, its episode count and value stay (they were blanked with the whole row)."""
+    from equicare.report._build import audit_group_frame
+    from equicare.report._html import suppress_small_cells
+
+    sup = {"suppressed": True}
+    pol = {"rate": {"a": {"value": 0.0, "n_episodes": 30}, "b": {**sup, "n_episodes": 40},
+                    "c": sup},
+           "proportional_parity": {"a": {"value": 0.0, "ci": [0.0, 0.0]}, "b": sup, "c": sup},
+           "value_by_group": {"a": {"value": 1.0}, "b": {"value": 0.8}, "c": sup}}
+    shown = suppress_small_cells(audit_group_frame(pol)).set_index("group")
+    assert shown.loc["b", "n_episodes"] == 40 and shown.loc["b", "value"] == 0.8
+    assert shown.loc["b", "rate"] == "suppressed" == shown.loc["b", "proportional_parity"]
+    assert shown.loc["c", "n_episodes"] == "suppressed"
+
+
 def test_sensitivity_table_is_median_of_draws_and_says_which_are_degenerate(tmp_path):
     """An exploding noise draw neither drags the shown value nor passes silently: the table
     shows medians, counts the flagged draws and the section opens with a caveat."""
@@ -360,3 +377,17 @@ def test_the_headline_says_its_value_is_extrapolated(tmp_path):
     page = html.unescape(build_run_report(tmp_path, config={"learner": {"algo": "awr"}},
                                           figure_copies=False).render())
     assert "extrapolated for" not in page
+
+
+def test_parity_gap_figure_says_suppressed_where_a_gap_is_withheld():
+    """The behaviour's gap rests on a rate of 5 members (the privacy audit's run): its bar was
+    empty and unlabelled, reading as a gap of 0; it says suppressed, awr's bar is drawn."""
+    from equicare.report import _figures as F
+
+    audit = {"action": "urgency=urgent", "policies": {
+        "behavior": {"parity_gap_pp": {"suppressed": True}},
+        "awr": {"parity_gap_pp": {"value": 0.0317, "ci": [0.0, 0.0333]}}}}
+    fig = F.parity_gap_plot(audit)
+    said = [t.get_text() for t in fig.axes[0].texts]
+    assert len(said) == 1 and said[0].strip().startswith("suppressed")
+    assert [round(b.get_width(), 4) for b in fig.axes[0].patches][1] == 0.0317

@@ -62,7 +62,8 @@ from equicare.exceptions import (
     SupportWarning,
 )
 from equicare.policy._deployed import UsualCare, check_usual_care, deferred_target
-from equicare.utils import PARAM_MESSAGE, RandomState, check_param, check_random_state
+from equicare.privacy import warn_low_min_cell
+from equicare.utils import MIN_CELL, PARAM_MESSAGE, RandomState, check_param, check_random_state
 
 __all__ = ["DynamicMediation", "PointExposureMediation", "ESTIMATORS", "FewTransitionsError",
            "mediator_ess"]
@@ -282,6 +283,33 @@ def _model_from_dict(d: Any) -> Any:
     return getattr(importlib.import_module(mod), name)(**d.get("params", {}))
 
 
+#: An action logged in too few episodes for a mediation analysis (tests match it).
+MSG_SMALL_ACTION_CELL = (
+    "Action {action} (with --action, 1 is the action set, 0 the rest) is logged in 1 to "
+    "{below} of the {n} episodes with a transition: every effect would rest on the outcomes of "
+    "fewer than {min_cell} members who got it (a small cell), so none is estimated. Compare a "
+    "broader action set (--action COMPONENT=LEVEL, or levels joined by |).")
+
+
+def _check_action_cells(md: MediationData, min_cell: int) -> None:
+    """Refuse a binary action logged in 1 to ``min_cell - 1`` episodes.
+
+    Either arm: action 1 in few episodes (the treated are few), or action 0 in few (almost
+    every member always treated). The effects contrast the two arms' outcomes, so each arm's
+    members are a cell of every number published (:data:`MSG_SMALL_ACTION_CELL`). Multi-level
+    actions are not checked: their effects average every action under the two policies.
+    """
+    if md.n_actions != 2:
+        return
+    n_ep = int(np.unique(md.episode_index).size)
+    ep = np.unique(np.stack([md.actions, md.episode_index]), axis=1)[0]
+    per_action = np.bincount(ep, minlength=2)
+    small = np.flatnonzero((per_action > 0) & (per_action < min_cell))
+    if small.size:
+        raise DataValidationError(MSG_SMALL_ACTION_CELL.format(
+            action=int(small[0]), below=min_cell - 1, n=n_ep, min_cell=min_cell))
+
+
 @dataclass(frozen=True, kw_only=True)
 class DynamicMediation:
     """Settings of a dynamic mediation analysis; :meth:`estimate` runs it on data.
@@ -328,6 +356,11 @@ class DynamicMediation:
         On ``[states, one-hot action]``.
     behavior_model : scikit-learn classifier or None
         ``pi_b(A | S)`` on states; ignored when the data carry ``behavior_prob`` and it is None.
+    min_cell : int
+        Fewest episodes each action of a binary action must be logged in (when logged at all):
+        every effect contrasts the outcomes of the members who got it with the others', so with
+        fewer :meth:`estimate` refuses (:data:`MSG_SMALL_ACTION_CELL`). Below 11 a
+        :class:`~equicare.exceptions.SmallCellWarning` says the output is not privacy-safe.
     n_bootstrap : int
         Cluster-bootstrap replicates (0: normal intervals from the standard errors).
     ci_level : float
@@ -373,6 +406,7 @@ class DynamicMediation:
     reward_model: Any = None
     mediator_model: Any = None
     behavior_model: Any = None
+    min_cell: int = MIN_CELL
     n_bootstrap: int = 200
     ci_level: float = 0.95
     usual_care: UsualCare = "deployed"
@@ -394,8 +428,9 @@ class DynamicMediation:
                     choices=("auto", "discrete", "continuous"))
         for name, low in (("n_knots", 2), ("n_features", 1), ("n_folds", 1),
                           ("max_mediator_levels", 2), ("n_mediator_nodes", 1),
-                          ("n_bootstrap", 0)):
+                          ("n_bootstrap", 0), ("min_cell", 1)):
             check_param(getattr(self, name), name, o, kind=int, low=low)
+        warn_low_min_cell(self.min_cell, o, stacklevel=4)
         check_param(self.ridge, "ridge", o, kind=(int, float), low=0)
         check_param(self.ratio_ridge, "ratio_ridge", o, kind=(int, float), low=0)
         check_param(self.ratio_clip, "ratio_clip", o, kind=(int, float), low=1)
@@ -461,6 +496,7 @@ class DynamicMediation:
 
         md = as_mediation_data(data, check=check)
         _check_fixed_control(control, md.n_actions)
+        _check_action_cells(md, self.min_cell)
         tp = resolve_policy(target, md, "target")
         cp = resolve_policy(control, md, "control")
         share = {what: float(p.deferred.mean()) if p.deferred.size else 0.0

@@ -203,6 +203,9 @@ def audit_tables(res: AuditResult, estimator: str | None = None) -> list[Table]:
         cells = []
         for n in names:
             a = res.policies[n].allocation
+            if g in a.rate_suppressed:
+                cells.append("suppressed")
+                continue
             ci = tuple(a.by_group_ci.iloc[i]) if a.n_boot else None
             cells.append(f"{_fmt(a.rates[i], 100)} {_ci(ci, 100)}".strip())
         t1.add_row(g, str(int(first.counts[i])), *cells)
@@ -210,7 +213,8 @@ def audit_tables(res: AuditResult, estimator: str | None = None) -> list[Table]:
         n_label = f"<{first.min_cell}" if g in first.small else "suppressed"
         t1.add_row(g, n_label, *["suppressed"] * len(names))
     t1.add_row("overall", str(res.n_episodes),
-               *[f"{_fmt(res.policies[n].allocation.overall, 100)}" for n in names],
+               *["suppressed" if res.policies[n].allocation.overall_suppressed
+                 else f"{_fmt(res.policies[n].allocation.overall, 100)}" for n in names],
                style="bold")
     est = estimator or res.settings.get("estimator")
     tag = f" ({str(est).upper()})" if est else ""
@@ -227,8 +231,11 @@ def audit_tables(res: AuditResult, estimator: str | None = None) -> list[Table]:
     for n in names:
         a, o = res.policies[n].allocation, res.policies[n].outcome
         boot = a.n_boot > 0
-        gap = f"{_fmt(a.difference(), 100)} {_ci(a.difference_ci() if boot else None, 100)}"
-        ratio = f"{_fmt(a.ratio())} {_ci(a.ratio_ci() if boot else None)}"
+        if a.rate_suppressed or a.overall_suppressed:  # NaN: rests on a hidden rate
+            gap = ratio = "suppressed"
+        else:
+            gap = f"{_fmt(a.difference(), 100)} {_ci(a.difference_ci() if boot else None, 100)}"
+            ratio = f"{_fmt(a.ratio())} {_ci(a.ratio_ci() if boot else None)}"
         p = "-" if a.permutation_p is None else f"{a.permutation_p:.3g}"
         if o is not None:
             ob = o.value_reps is not None
@@ -496,6 +503,11 @@ def register(app: typer.Typer) -> None:
 
             console.print(need_cells_message(pp_hidden, min_cell), highlight=False,
                           markup=False, soft_wrap=True)
+        from equicare.fairness._allocation import rate_cells_message
+
+        for pa in res.policies.values():  # hidden rates: say why
+            if (msg := rate_cells_message(pa.allocation)) is not None:
+                console.print(msg, highlight=False, markup=False, soft_wrap=True)
         if out is not None:
             console.print(f"Wrote {escape(str(out))}", highlight=False)
 

@@ -35,11 +35,12 @@ from equicare.fairness._rows import (
     row_allocation,
 )
 from equicare.policy import Policy
-from equicare.privacy import suppress_counts, warn_low_min_cell
+from equicare.privacy import share_suppressed, warn_low_min_cell
 from equicare.utils import MIN_CELL, PARAM_MESSAGE, RandomState, check_dataset, check_param
 
 __all__ = ["AllocationFrame", "allocation_rates", "level_rates", "group_sums", "build_frames",
-           "level_table", "need_suppressed", "need_cells_message", "MSG_NEED_CELLS"]
+           "level_table", "need_suppressed", "need_cells_message", "MSG_NEED_CELLS",
+           "rate_cells_message", "MSG_RATE_CELLS"]
 
 Method = Literal["between_groups", "to_overall"]
 
@@ -160,12 +161,27 @@ def need_suppressed(labels: Sequence[str], counts: Any, need_counts: Any,
     n = np.asarray(counts, dtype=np.int64).ravel()
     k = np.clip(np.rint(np.asarray(need_counts, dtype=np.float64)).astype(np.int64).ravel(),
                 0, n)
-    hidden: set[str] = set()
-    for column in (k, n - k):  # with need, without need
-        shown = suppress_counts(dict(zip(map(str, labels), map(int, column), strict=True)),
-                                int(min_cell))
-        hidden |= {g for g, v in shown.items() if v is None}
-    return tuple(str(g) for g in labels if str(g) in hidden)
+    return share_suppressed(labels, k, n - k, min_cell)[0]  # with need, without need
+
+
+#: Why some allocation rates of a policy are not published (tests match it).
+MSG_RATE_CELLS = ("Allocation rates of {policy!r} are not published for {shown}: fewer than "
+                  "{min_cell} episodes of a group get the action at all (or fewer than "
+                  "{min_cell} do not always get it), so the rate would give back a count of "
+                  "fewer than {min_cell} members, directly or by difference from the other "
+                  "groups (complementary suppression); its parity gap and ratio are not "
+                  "published either.")
+
+
+def rate_cells_message(frame: AllocationFrame) -> str | None:
+    """:data:`MSG_RATE_CELLS` for a frame with hidden rates (no count named), else None."""
+    g = frame.rate_suppressed
+    if not g and not frame.overall_suppressed:
+        return None
+    shown = ", ".join(g[:10]) + (f" and {len(g) - 10} more" if len(g) > 10 else "")
+    if frame.overall_suppressed:
+        shown = f"{shown} and the overall rate" if shown else "the overall rate"
+    return MSG_RATE_CELLS.format(policy=frame.policy, shown=shown, min_cell=frame.min_cell)
 
 
 def need_cells_message(groups: Sequence[str], min_cell: int = MIN_CELL) -> str:
@@ -227,6 +243,18 @@ class AllocationFrame:
         :attr:`pp_reps`, ``{"suppressed": true}`` in :meth:`to_dict`): their count of episodes
         with need, or without need, is under ``min_cell``, or would reveal such a count by
         difference (:func:`need_suppressed`).
+    rate_suppressed : tuple of str
+        Published groups whose rate of this policy is not published (NaN in :attr:`rates` and
+        :attr:`rate_reps`, so the gap and ratio are NaN too; ``{"suppressed": true,
+        "n_episodes": n}`` in :meth:`to_dict`, ``{"suppressed": true}`` for their difference to
+        overall and proportional parity): fewer
+        than ``min_cell`` of their episodes get the action at all, or fewer than ``min_cell``
+        do not always get it, or the rate would reveal such a count by difference
+        (:func:`equicare.privacy.share_suppressed`). Logged actions are counts of members; a
+        policy's probabilities are above 0 in (almost) every episode and are rarely hidden.
+    overall_suppressed : bool
+        The overall rate is not published (NaN): the audited episodes with the action, or
+        without it always, number 1 to ``min_cell - 1``.
     """
 
     policy: str
@@ -252,6 +280,8 @@ class AllocationFrame:
     min_cell: int = MIN_CELL
     small: tuple[str, ...] = ()
     pp_suppressed: tuple[str, ...] = ()
+    rate_suppressed: tuple[str, ...] = ()
+    overall_suppressed: bool = False
 
     # ------------------------------------------------------------------ helpers
     def _ci(self, reps: NDArray[np.float64] | None, estimate: Any,
@@ -417,22 +447,30 @@ class AllocationFrame:
             rate[g] = entry(self.rates[i], None if rate_ci is None else rate_ci[:, i],
                             n_episodes=int(self.counts[i]))
             diff_pp[g] = entry(100 * diff[i], None if diff_ci is None else 100 * diff_ci[:, i])
+        for g, n in zip(self.groups, self.counts, strict=True):
+            if g in self.rate_suppressed:  # a published group: its episode count stays
+                rate[g] = {**SUPPRESSED, "n_episodes": int(n)}
+                diff_pp[g] = dict(SUPPRESSED)
         for g in self.suppressed:
             rate[g] = dict(SUPPRESSED)
             diff_pp[g] = dict(SUPPRESSED)
+        hidden = bool(self.rate_suppressed) or self.overall_suppressed
         out: dict[str, Any] = {
             "rate": rate,
-            "overall_rate": entry(self.overall_rate, self.overall_ci if has_ci else None),
-            "parity_gap_pp": entry(100 * self.difference(),
-                                   100 * np.asarray(self.difference_ci()) if has_ci else None),
-            "parity_ratio": entry(self.ratio(), self.ratio_ci() if has_ci else None),
+            "overall_rate": (dict(SUPPRESSED) if self.overall_suppressed else
+                             entry(self.overall_rate, self.overall_ci if has_ci else None)),
+            "parity_gap_pp": dict(SUPPRESSED) if hidden else entry(
+                100 * self.difference(),
+                100 * np.asarray(self.difference_ci()) if has_ci else None),
+            "parity_ratio": dict(SUPPRESSED) if hidden else entry(
+                self.ratio(), self.ratio_ci() if has_ci else None),
             "difference_to_overall_pp": diff_pp,
         }
         if self.pp is not None:
             pp_ci = (self.proportional_parity_ci().to_numpy().T
                      if (has_ci and self.pp_reps is not None) else None)
             pp: dict[str, Any] = {
-                g: (dict(SUPPRESSED) if g in self.pp_suppressed
+                g: (dict(SUPPRESSED) if g in self.pp_suppressed or g in self.rate_suppressed
                     else entry(self.pp[i], None if pp_ci is None else pp_ci[:, i]))
                 for i, g in enumerate(self.groups)}
             for g in self.suppressed:
@@ -513,6 +551,7 @@ def build_frames(names: Sequence[str], num: NDArray[np.float64], den: NDArray[np
             warnings.warn(need_cells_message(pp_hidden, gi.min_cell), SmallCellWarning,
                           stacklevel=3)
     hide = np.isin(np.asarray(gi.labels, dtype=str), np.asarray(pp_hidden, dtype=str))
+    rate_hidden = _rates_hidden(names, num, den, gi)
 
     def stats(s: NDArray[np.float64]) -> dict[str, NDArray[np.float64]]:
         # s: (..., G, K + 1 [+ 1]) group sums
@@ -528,6 +567,16 @@ def build_frames(names: Sequence[str], num: NDArray[np.float64], den: NDArray[np
 
     sp = stats(point)
     sr = stats(reps) if reps is not None else None
+    for j, name in enumerate(names):  # rates of too few members: NaN, so are gaps and ratios
+        at, total = rate_hidden[name]
+        for st in (sp, sr):
+            if st is None:
+                continue
+            st["rates"][..., at, j] = np.nan
+            if "pp" in st:
+                st["pp"][..., at, j] = np.nan
+            if total:
+                st["overall"][..., j] = np.nan
     p_values: NDArray[np.float64] | None = None
     if n_permutations > 0 and gi.n_groups > 1:
         p_values, _ = permutation_test(num, den, gi.codes, n_permutations, random_state)
@@ -547,8 +596,28 @@ def build_frames(names: Sequence[str], num: NDArray[np.float64], den: NDArray[np
             n_permutations=int(n_permutations) if p_values is not None else 0, alpha=alpha,
             ci_method=ci_method,
             episode_num=num[kept, j], episode_den=den[kept], episode_labels=ep_labels,
-            min_cell=gi.min_cell, small=gi.small, pp_suppressed=pp_hidden)
+            min_cell=gi.min_cell, small=gi.small, pp_suppressed=pp_hidden,
+            rate_suppressed=tuple(str(gi.labels[i]) for i in rate_hidden[name][0]),
+            overall_suppressed=rate_hidden[name][1])
     return frames
+
+
+def _rates_hidden(names: Sequence[str], num: NDArray[np.float64], den: NDArray[np.float64],
+                  gi: GroupIndex) -> dict[str, tuple[NDArray[np.int64], bool]]:
+    """Each policy's groups (positions) whose rate is not published, and whether its overall's.
+
+    :func:`equicare.privacy.share_suppressed` on the published groups' counts of episodes with
+    a numerator above 0 and below the denominator.
+    """
+    h = gi.one_hot()
+    d = np.asarray(den, dtype=np.float64).reshape(-1, 1)
+    some, not_all = h.T @ (num > 0), h.T @ (num < d)     # (G, K)
+    out = {}
+    for j, name in enumerate(names):
+        hidden, total = share_suppressed(gi.labels, some[:, j], not_all[:, j], gi.min_cell)
+        out[name] = (np.flatnonzero(np.isin(np.asarray(gi.labels, dtype=str),
+                                            np.asarray(hidden, dtype=str))), total)
+    return out
 
 
 def _check_common(level: str, alpha: float, n_boot: int, n_permutations: int, min_cell: int,
@@ -673,7 +742,9 @@ def level_table(names: Sequence[str], num: NDArray[np.float64], den: NDArray[np.
     Returns
     -------
     pandas.DataFrame
-        Index ``(policy, action)``; one column per published group plus ``"overall"``.
+        Index ``(policy, action)``; one column per published group plus ``"overall"``. A rate
+        of too few members (as :attr:`AllocationFrame.rate_suppressed` and
+        :attr:`AllocationFrame.overall_suppressed`) is NaN.
     """
     h = gi.one_hot()
     d = h.T @ den                                    # (G,)
@@ -681,8 +752,12 @@ def level_table(names: Sequence[str], num: NDArray[np.float64], den: NDArray[np.
     for j, pname in enumerate(names):
         a = h.T @ num[j]                             # (G, L)
         with np.errstate(divide="ignore", invalid="ignore"):
-            tab = pd.DataFrame((a / d[:, None]).T, columns=list(gi.labels))
-            tab["overall"] = a.sum(axis=0) / d.sum()
+            rates, overall = a / d[:, None], a.sum(axis=0) / d.sum()
+        for lv, (cols, total) in enumerate(_rates_hidden(actions, num[j], den, gi).values()):
+            rates[cols, lv] = np.nan                 # too few members: not published
+            overall[lv] = np.nan if total else overall[lv]
+        tab = pd.DataFrame(rates.T, columns=list(gi.labels))
+        tab["overall"] = overall
         tab.index = pd.MultiIndex.from_product([[pname], list(actions)],
                                                names=["policy", "action"])
         blocks.append(tab)

@@ -460,15 +460,17 @@ def _stage_audit(
     _write_json(out / "audit.json", res.to_dict())
     summ = res.summary()
     for pol, row in summ.iterrows():
-        metrics.append(
-            Metric(
-                f"audit.parity_gap_pp.{pol}",
-                float(row["parity_gap_pp"]),
-                ci_low=_get(row, "gap_lower"),
-                ci_high=_get(row, "gap_upper"),
+        if row["parity_gap_pp"] == row["parity_gap_pp"]:  # NaN: a suppressed group rate
+            metrics.append(
+                Metric(
+                    f"audit.parity_gap_pp.{pol}",
+                    float(row["parity_gap_pp"]),
+                    ci_low=_get(row, "gap_lower"),
+                    ci_high=_get(row, "gap_upper"),
+                )
             )
-        )
-        metrics.append(Metric(f"audit.rate.{pol}", float(row["overall_rate"])))
+        if row["overall_rate"] == row["overall_rate"]:
+            metrics.append(Metric(f"audit.rate.{pol}", float(row["overall_rate"])))
         if "gini" in row and row["gini"] == row["gini"]:
             metrics.append(Metric(f"audit.gini.{pol}", float(row["gini"])))
         if "worst_group_value" in row and row["worst_group_value"] == row["worst_group_value"]:
@@ -650,7 +652,7 @@ def _summary(state: dict[str, Any]) -> dict[str, Any]:
         s["truth"] = state["truth"]
     if "audit" in state:
         s["parity_gap_pp"] = {
-            k: float(v) for k, v in state["audit"].summary()["parity_gap_pp"].items()
+            k: float(v) for k, v in state["audit"].summary()["parity_gap_pp"].items() if v == v
         }
     return s
 

@@ -134,7 +134,8 @@ def audit_group_frame(policy: dict[str, Any]) -> pd.DataFrame:
     A suppressed group's ``n_episodes`` is None, shown as ``suppressed``: it may be suppressed
     to protect a smaller group (complementary suppression), so it is not known to hold fewer
     than 11 episodes. A published group's proportional parity reads ``suppressed`` when the
-    audit withheld it (a small count of episodes with or without need).
+    audit withheld it (a small count of episodes with or without need), and so does its rate
+    (a rate of fewer than 11 members getting the action).
 
     Parameters
     ----------
@@ -144,14 +145,13 @@ def audit_group_frame(policy: dict[str, Any]) -> pd.DataFrame:
     pp = policy.get("proportional_parity")
     rows = []
     for g, c in policy["rate"].items():
-        r = {
-            "group": g,
-            "n_episodes": c.get("n_episodes") if not c.get("suppressed") else None,
-            "rate": c.get("value"),
-        }
+        # a published group whose rate of too few members is withheld keeps its n_episodes
+        n = c.get("n_episodes")
+        r = {"group": g, "n_episodes": n,
+             "rate": "suppressed" if c.get("suppressed") and n is not None else c.get("value")}
         if pp and g in pp and not pp[g].get("suppressed"):
             r["proportional_parity"] = pp[g].get("value")
-        elif pp and g in pp and not c.get("suppressed"):
+        elif pp and g in pp and n is not None:
             # a published group whose count of episodes with (or without) need is small
             r["proportional_parity"] = "suppressed"
         vb = policy.get("value_by_group", {}).get(g)
@@ -366,7 +366,9 @@ def build_run_report(
     if audit:
         for p, a in audit["policies"].items():
             label = action_label(audit["action"])
-            kpis[f"{label} parity gap, {p}"] = f"{a['parity_gap_pp']['value']:.2f} pp"
+            gap = a["parity_gap_pp"]  # {"suppressed": true}: a group rate of too few members
+            kpis[f"{label} parity gap, {p}"] = ("suppressed" if gap.get("suppressed")
+                                                else f"{gap['value']:.2f} pp")
     rep.kpis(kpis)
     times = summary.get("stage_seconds")
     if times:
@@ -531,8 +533,8 @@ def build_run_report(
             pv = a.get("permutation_p")
             row = {
                 "policy": p,
-                "parity_gap_pp": a["parity_gap_pp"]["value"],
-                "parity_ratio": a["parity_ratio"]["value"],
+                **{k: "suppressed" if a[k].get("suppressed") else a[k]["value"]
+                   for k in ("parity_gap_pp", "parity_ratio")},
                 "permutation_p": "not run" if pv is None else pv,
             }
             if "gini" in a and isinstance(a["gini"], dict):

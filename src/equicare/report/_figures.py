@@ -191,14 +191,18 @@ def parity_gap_plot(audit: Mapping[str, Any]) -> Any:
     """Demographic-parity gap (max - min, percentage points) per policy with 95% CIs."""
     plt = _plt()
     pols = list(audit["policies"])
-    vals = np.array([audit["policies"][p]["parity_gap_pp"]["value"] for p in pols], float)
+    vals = np.array([audit["policies"][p]["parity_gap_pp"].get("value", np.nan)  # suppressed
+                     for p in pols], float)
     cis = [audit["policies"][p]["parity_gap_pp"].get("ci") for p in pols]
     fig, ax = plt.subplots(figsize=(6, 0.5 * len(pols) + 1.4))
     y = np.arange(len(pols))
     ax.barh(y, vals, color=[_COLORS[i % len(_COLORS)] for i in range(len(pols))])
-    for yi, ci in zip(y, cis, strict=True):
+    for yi, ci, v in zip(y, cis, vals, strict=True):
         if ci:
             ax.plot(ci, [yi, yi], color="k", lw=1.5)
+        if not np.isfinite(v):  # an empty bar would read as no gap
+            ax.text(0.0, yi, " suppressed (a group rate of fewer than 11 members)", va="center",
+                    fontsize=8, color="#555")
     ax.set_yticks(y, pols)
     ax.set_xlabel("parity gap, max - min rate (percentage points)")
     ax.set_title(f"Parity gap of {action_label(audit['action'])}")
