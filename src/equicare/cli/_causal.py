@@ -245,6 +245,12 @@ def mediation_table(result: MediationResult, action: str | None = None) -> Any:
     fixed = {"a0=0": "never", "a0=1": "always"}.get(str(result.control))
     t.caption = MEDIATION_UNITS + (f" Control {result.control}: {fixed} {action}."
                                    if fixed and action else "")
+    noted: dict[str, list[str]] = {}
+    for name, est in result.estimators.items():
+        if est.note:
+            noted.setdefault(est.note, []).append(name)
+    for note, names in noted.items():       # "dm, mis: no standard error or CI: ..."
+        t.caption += f" {', '.join(names)}: {note}."
     for col in ("estimator", "effect", "value", "se", "95% CI"):
         t.add_column(col, justify="left" if col in ("estimator", "effect") else "right")
     for name, est in result.estimators.items():
@@ -279,7 +285,8 @@ def register(app: typer.Typer) -> None:
                                                 "of dm, mis, mr, baseline.")
                               ] = "dm,mis,mr,baseline",
         bootstrap: Annotated[int, typer.Option("--bootstrap", min=0, help="Cluster-bootstrap "
-                                               "replicates (0: normal intervals).")] = 500,
+                                               "replicates of mr's CIs (0: normal "
+                                               "intervals).")] = 500,
         folds: Annotated[int, typer.Option("--folds", min=1, help="Cross-fitting folds.")] = 2,
         basis: Annotated[Basis, typer.Option("--basis", help="State basis.")] = Basis.AUTO,
         usual_care: MediateUsualCare = UsualCare.DEPLOYED,
@@ -298,7 +305,8 @@ def register(app: typer.Typer) -> None:
 
         Estimates IDE, IME, DDE, DME and the total effect of the --policy versus the
         --control (direct method, marginalised importance sampling, multiply robust,
-        point-exposure baseline) with standard errors and cluster-bootstrap CIs.
+        point-exposure baseline); standard errors and cluster-bootstrap CIs for multiply
+        robust only (the others' held their fitted models fixed and under-covered).
         Exception rules (explain's card/model, or predict's file with its follows_practice
         column) are valued as deployed, as evaluate and audit value them: where they leave the
         decision to current practice the policy acts as practice does (--usual-care stored
