@@ -349,3 +349,30 @@ def test_mediate_values_exception_rules_as_deployed_like_evaluate(app, tmp_path)
     sto = out["rules", "stored"]["estimators"]["mr"]["total"]["value"]
     truth = mdp.exact_effects(np.vstack([mdp.behavior[:2], [[0.2, 0.8]] * 2]), 0)["total"]
     assert abs(dep - truth) < 0.2 < abs(sto - truth), (dep, sto, truth)
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.DataWarning")
+def test_policy_object_with_action_set_is_read_as_its_file(tmp_path):
+    """A policy object with ``action=`` gives the numbers of the same policy's file.
+
+    It was asked for ``action_probs`` on the binarised dataset (two actions), where the care
+    policy cannot be evaluated: a policy object differed from its file (session-20 medpol
+    report)."""
+    from equicare.data import load_dataset
+    from equicare.policy import load_policy, write_policy_file
+    from equicare.sim.care import CareManagementSim
+
+    sim = CareManagementSim()
+    panel = sim.generate(n_members=120, n_weeks=20, random_state=3)
+    panel.write(tmp_path / "care")
+    ds = load_dataset(tmp_path / "care" / "panel.parquet", tmp_path / "care" / "manifest.toml")
+    path = tmp_path / "ref.parquet"
+    write_policy_file(ds, sim.reference_policy().action_probs(ds), path)
+    kw = {"action": "modality=home_visit", "estimators": ("dm", "mr"), "n_bootstrap": 0}
+    by_path = mediate_dataset(ds, str(path), 0, **kw).to_dict()
+    for pol in (load_policy(path), sim.reference_policy()):
+        by_object = mediate_dataset(ds, pol, 0, **kw).to_dict()
+        for est in ("dm", "mr"):
+            for k in ("ide", "ime", "dde", "dme", "total"):
+                assert by_object["estimators"][est][k]["value"] == pytest.approx(
+                    by_path["estimators"][est][k]["value"], abs=1e-9), (est, k)

@@ -43,22 +43,27 @@ class EffectEstimate:
 
 @dataclass(frozen=True)
 class EstimatorResult:
-    """Effects (:data:`EFFECT_KEYS`) and etas (:data:`ETA_KEYS`) of one estimator."""
+    """Effects (:data:`EFFECT_KEYS`) and etas (:data:`ETA_KEYS`) of one estimator.
+
+    ``note`` says why the effects have no standard error or CI (DM and MIS), else None.
+    """
 
     effects: dict[str, EffectEstimate]
     eta: dict[str, float | None]
+    note: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Contract-6 entry of one estimator."""
         out: dict[str, Any] = {k: self.effects[k].to_dict() for k in EFFECT_KEYS}
         out["eta"] = {k: _num(self.eta.get(k)) for k in ETA_KEYS}
+        out["note"] = self.note
         return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EstimatorResult:
         """Inverse of :meth:`to_dict`."""
         return cls({k: EffectEstimate.from_dict(d[k]) for k in EFFECT_KEYS},
-                   dict(d.get("eta") or {}))
+                   dict(d.get("eta") or {}), d.get("note"))
 
 
 @dataclass(frozen=True)

@@ -114,23 +114,36 @@ def policy_from_file(path: str | os.PathLike[str], ds: Any, md: MediationData,
     """Probabilities of a policy file or model folder at every transition's state and next state.
 
     The only place that reads policies for mediation: ``equicare.policy.load_policy`` gives the
-    probabilities of every dataset row; transitions use rows ``md.rows`` and ``md.next_rows``.
-    With ``mask`` the probabilities are collapsed to the binary action set. Rows the policy
-    leaves to current practice (exception rules, a policy file's ``follows_practice`` column)
-    are kept as ``deferred`` / ``next_deferred``, for
-    :class:`~equicare.causal.DynamicMediation`'s ``usual_care``.
+    policy, :func:`policy_probs` its probabilities at the transitions.
     """
     from equicare.policy import load_policy
-    from equicare.policy._deployed import deferred_rows_of
     from equicare.policy._load import policy_name
 
-    pol = load_policy(path)
-    full = np.asarray(pol.action_probs(ds), dtype=np.float64)
+    return policy_probs(load_policy(path), policy_name(path), ds, md, mask)
+
+
+def policy_probs(pol: Any, name: str, ds: Any, md: MediationData,
+                 mask: np.ndarray | None = None) -> PolicyProbs:
+    """Probabilities of a policy object at every transition's state and next state.
+
+    ``pol.action_probs(ds)`` gives the probabilities of every row of ``ds`` (the dataset with
+    its own actions); transitions use rows ``md.rows`` and ``md.next_rows``. With ``mask`` the
+    probabilities are collapsed to the binary action set (``md`` is then built from the
+    binarised dataset, on which the policy cannot be asked). Rows the policy leaves to current
+    practice (exception rules, a policy file's ``follows_practice`` column) are kept as
+    ``deferred`` / ``next_deferred``, for :class:`~equicare.causal.DynamicMediation`'s
+    ``usual_care``; a :class:`~equicare.policy._deployed.DeployedPolicy` gives the stored
+    probabilities of the policy it wraps, as :func:`equicare.causal._data.resolve_policy`.
+    """
+    from equicare.policy._deployed import DeployedPolicy, deferred_rows_of
+
+    inner = pol.policy if isinstance(pol, DeployedPolicy) else pol
+    full = np.asarray(inner.action_probs(ds), dtype=np.float64)
     if mask is not None:
         full = collapse_probs(full, mask)
     assert md.rows is not None and md.next_rows is not None
     rows = deferred_rows_of(pol, ds)
-    return PolicyProbs(full[md.rows], full[md.next_rows], name=policy_name(path),
+    return PolicyProbs(full[md.rows], full[md.next_rows], name=name,
                        deferred=None if rows is None else rows[md.rows],
                        next_deferred=None if rows is None else rows[md.next_rows])
 
@@ -146,8 +159,9 @@ def mediate_dataset(ds: Any, target: Any, control: Any = 0, *,
     ----------
     ds : TrajectoryDataset
     target, control : policy file path, policy object, callable or int
-        A ``str`` / ``Path`` is read as a policy file; ``control`` may be a fixed
-        action code.
+        A ``str`` / ``Path`` is read as a policy file; a policy object (with
+        ``action_probs(dataset)``) is asked on ``ds`` like a file's policy, also with
+        ``action``; ``control`` may be a fixed action code.
     estimators, n_bootstrap, n_folds, basis, random_state
         See :class:`DynamicMediation`.
     action : str, optional
@@ -176,12 +190,17 @@ def mediate_dataset(ds: Any, target: Any, control: Any = 0, *,
         md = from_dataset(model_ds, check=lambda d, rows, next_rows: cfg.check_transitions(
             d, rows, next_rows, random_state))
 
-        def as_policy(p: Any) -> Any:
-            return (policy_from_file(p, ds, md, mask) if isinstance(p, str | os.PathLike)
-                    else p)
+        def as_policy(p: Any, default: str) -> Any:
+            # a policy object is asked on the dataset with its own actions, as a file is
+            if isinstance(p, str | os.PathLike):
+                return policy_from_file(p, ds, md, mask)
+            if hasattr(p, "action_probs"):
+                return policy_probs(p, str(getattr(p, "name", None) or default), ds, md, mask)
+            return p
 
-        return cfg.estimate(md, as_policy(target), as_policy(control),
-                            random_state=random_state, progress=progress)
+        return cfg.estimate(md, as_policy(target, "target"),
+                            as_policy(control, "control policy"), random_state=random_state,
+                            progress=progress)
     except FewTransitionsError as err:
         raise DataValidationError(err.render(_few_transitions_advice(
             err, ds, action, n_folds))) from None
@@ -245,6 +264,12 @@ def mediation_table(result: MediationResult, action: str | None = None) -> Any:
     fixed = {"a0=0": "never", "a0=1": "always"}.get(str(result.control))
     t.caption = MEDIATION_UNITS + (f" Control {result.control}: {fixed} {action}."
                                    if fixed and action else "")
+    noted: dict[str, list[str]] = {}
+    for name, est in result.estimators.items():
+        if est.note:
+            noted.setdefault(est.note, []).append(name)
+    for note, names in noted.items():       # "dm, mis: no standard error or CI: ..."
+        t.caption += f" {', '.join(names)}: {note}."
     for col in ("estimator", "effect", "value", "se", "95% CI"):
         t.add_column(col, justify="left" if col in ("estimator", "effect") else "right")
     for name, est in result.estimators.items():
@@ -279,7 +304,8 @@ def register(app: typer.Typer) -> None:
                                                 "of dm, mis, mr, baseline.")
                               ] = "dm,mis,mr,baseline",
         bootstrap: Annotated[int, typer.Option("--bootstrap", min=0, help="Cluster-bootstrap "
-                                               "replicates (0: normal intervals).")] = 500,
+                                               "replicates of mr's CIs (0: normal "
+                                               "intervals).")] = 500,
         folds: Annotated[int, typer.Option("--folds", min=1, help="Cross-fitting folds.")] = 2,
         basis: Annotated[Basis, typer.Option("--basis", help="State basis.")] = Basis.AUTO,
         usual_care: MediateUsualCare = UsualCare.DEPLOYED,
@@ -298,7 +324,8 @@ def register(app: typer.Typer) -> None:
 
         Estimates IDE, IME, DDE, DME and the total effect of the --policy versus the
         --control (direct method, marginalised importance sampling, multiply robust,
-        point-exposure baseline) with standard errors and cluster-bootstrap CIs.
+        point-exposure baseline); standard errors and cluster-bootstrap CIs for multiply
+        robust only (the others' held their fitted models fixed and under-covered).
         Exception rules (explain's card/model, or predict's file with its follows_practice
         column) are valued as deployed, as evaluate and audit value them: where they leave the
         decision to current practice the policy acts as practice does (--usual-care stored
