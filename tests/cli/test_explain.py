@@ -217,3 +217,19 @@ def test_explain_the_cell_learners(garnet_files, tmp_path, algo):
     probs = rules.action_probs(ds)
     assert probs.shape == (ds.n_steps, ds.n_actions)
     assert np.allclose(probs.sum(axis=1), 1.0)
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.EquicareWarning")
+def test_set_splits_option(garnet_files, tmp_path):
+    """Set-valued splits are on by default; --no-set-splits leaves one level per test (the card
+    JSON's config and the rules' candidate features say which)."""
+    res = runner.invoke(app, [*_args(garnet_files, "spibb", tmp_path / "off", "--json"),
+                              "--no-set-splits"])
+    assert res.exit_code == 0, _err(res)
+    card = json.loads(res.stdout)
+    assert card["settings"]["distill"]["set_splits"] is False
+    kinds = {f["kind"] for f in load_policy(tmp_path / "off" / "model").features}
+    assert "categorical_set" not in kinds
+    on = _model_card(garnet_files, "spibb", tmp_path / "on")
+    assert on["settings"]["distill"]["set_splits"] is True
+    assert "--set-splits" in runner.invoke(app, ["explain", "--help"]).output
