@@ -122,6 +122,8 @@ def test_force_never_replaces_the_input_folder(files, tmp_path, monkeypatch):
 @pytest.mark.parametrize(("extra", "message"), [
     (["--labels", "soft"], "Invalid value for '--labels'"),
     (["--estimators", "dr,magic"], "The 'estimators' parameter of ExplainConfig"),
+    (["--deviation-margin", "1"], "The 'deviation_margin' parameter of DistillConfig must be "
+                                  "a number in [0, 1). Got 1.0 instead."),
 ])
 def test_bad_options_exit_2(files, tmp_path, extra, message):
     res = runner.invoke(app, _args(files, "bc", tmp_path / "c", *extra))
@@ -217,3 +219,22 @@ def test_explain_the_cell_learners(garnet_files, tmp_path, algo):
     probs = rules.action_probs(ds)
     assert probs.shape == (ds.n_steps, ds.n_actions)
     assert np.allclose(probs.sum(axis=1), 1.0)
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.EquicareWarning")
+def test_set_splits_option(garnet_files, tmp_path):
+    """Set-valued splits are on by default; --no-set-splits leaves one level per test (the card
+    JSON's config and the rules' candidate features say which); --deviation-margin reaches the
+    distillation."""
+    res = runner.invoke(app, [*_args(garnet_files, "spibb", tmp_path / "off", "--json"),
+                              "--no-set-splits", "--deviation-margin", "0"])
+    assert res.exit_code == 0, _err(res)
+    card = json.loads(res.stdout)
+    assert card["settings"]["distill"]["set_splits"] is False
+    assert card["settings"]["distill"]["deviation_margin"] == 0.0
+    kinds = {f["kind"] for f in load_policy(tmp_path / "off" / "model").features}
+    assert "categorical_set" not in kinds
+    on = _model_card(garnet_files, "spibb", tmp_path / "on")
+    assert on["settings"]["distill"]["set_splits"] is True
+    assert on["settings"]["distill"]["deviation_margin"] == 0.2
+    assert "--set-splits" in runner.invoke(app, ["explain", "--help"]).output

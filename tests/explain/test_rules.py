@@ -146,3 +146,61 @@ def test_rules_naming_the_same_plan_are_listed_together():
     assert plan_summary(bare) == ["rules 2 and 3 recommend action=a0"]
     # every plan its own rule: no summary line
     assert plan_summary([r for r in rules if r["leaf"] != 6]) == []
+
+
+def test_set_splits_read_one_of_and_list_every_level():
+    """A set-valued split reads "state is one of ..." on its right branch and "state is none of
+    ..." on its left, merged with the one-hot tests below it; the text lists at most
+    MAX_LEVELS_SHOWN levels ("and K more"), the conditions, rules.txt and the card every one,
+    in the column's order (s2 before s10)."""
+    import pandas as pd
+
+    from equicare.data import from_frame
+    from equicare.explain import rules_text
+    from equicare.explain._rules import MAX_LEVELS_SHOWN, level_lists
+
+    levels = [f"s{i}" for i in range(20)]
+    df = pd.DataFrame({"id": np.repeat(np.arange(40), 5), "t": np.tile(np.arange(5), 40),
+                       "state": np.tile(levels, 10), "action": 0, "r": 0.0})
+    manifest = {"dataset": {"episode": "id", "time": "t", "categorical_states": ["state"]},
+                "actions": {"action": {"levels": ["a0", "a1", "a2"]}},
+                "reward": {"r": {"column": "r", "weight": 1.0}}}
+    ds = from_frame(df, manifest, emit_warnings=False)
+    big, small = levels[:15], ["s2", "s10", "s12"]
+    feats = [*({"kind": "categorical", "name": "state", "level": lv} for lv in levels),
+             {"kind": "categorical_set", "name": "state", "levels": big},
+             {"kind": "categorical_set", "name": "state", "levels": small}]
+    # 0: in big? -> 2 ; 1 (not big): leaf ; 2: s2? -> 4 ; 3 (big, not s2): in small? -> 6
+    left = np.array([1, -1, 3, 5, -1, -1, -1])
+    right = np.array([2, -1, 4, 6, -1, -1, -1])
+    feature = np.array([20, -2, 2, 21, -2, -2, -2])
+    threshold = np.array([0.5, -2, 0.5, 0.5, -2, -2, -2], dtype=float)
+    probs = np.tile(np.eye(3)[[0]], (7, 1))
+    probs[[4, 6]] = np.eye(3)[1]
+    probs[5] = np.eye(3)[2]
+    tree = TreePolicy(children_left=left, children_right=right, feature=feature,
+                      threshold=threshold, probs=probs, features=feats,
+                      action_space=ds.action_space)
+    rules = tree_rules(tree, leaves=tree.apply(ds))
+    by_leaf = {r["leaf"]: r for r in rules}
+    assert MAX_LEVELS_SHOWN == 12
+    assert by_leaf[1]["if"] == "state is none of s0, s1, s2, s3, s4, s5, s6, s7, s8, s9 and 5 more"
+    assert by_leaf[1]["conditions"][0]["op"] == "is not"
+    assert by_leaf[1]["conditions"][0]["levels"] == big
+    assert by_leaf[4]["if"] == "state is s2"
+    assert by_leaf[6]["if"] == "state is one of s10, s12"
+    rest = [lv for lv in big if lv not in small]  # 12 levels: listed in full
+    assert by_leaf[5]["if"] == f"state is one of {', '.join(rest)}"
+    assert by_leaf[5]["conditions"][0] == {"column": "state", "op": "is", "levels": rest,
+                                           "text": by_leaf[5]["if"]}
+    # every rule's conditions route the rows the tree routes
+    lab = np.asarray(ds.categorical_levels[0])[ds.categorical[:, 0]]
+    leaf = tree.apply(ds)
+    for r in rules:
+        c = r["conditions"][0]
+        inside = np.isin(lab, c["levels"])
+        np.testing.assert_array_equal(leaf == r["leaf"], inside if c["op"] == "is" else ~inside)
+    full = level_lists(rules)
+    rule_1 = next(r["rule"] for r in rules if r["leaf"] == 1)
+    assert full == [f"rule {rule_1}: state is none of these 15 levels: {', '.join(big)}"]
+    assert rules_text(rules).splitlines()[-2:] == ["Complete lists of levels:", full[0]]

@@ -7,22 +7,21 @@ to 0.8062, changing 633 of the 700 states.
 
 * Imitation rules (``mode="imitate"``): depth-3 to depth-6 trees put whole populations on one
   action; their exact value is 0.60, far below current practice (about -3,300% of the gain).
-* Exception rules (``mode="exceptions"``, the card's default): the tree names three or four
-  states where to deviate and leaves every other state to current practice.
+* Exception rules (``mode="exceptions"``, the card's default) with set-valued splits ("state is
+  one of ...", issue #18, on by default) and no deviation margin (``deviation_margin=0``; the
+  default 0.2 keeps the noise of the estimate of practice from reading as deviations, and
+  leaves too few states labelled here): the tree names the sets of states where to deviate to
+  each of three or four actions (about 30 states) and leaves every other state to current
+  practice.
+  - As deployed (the clinicians decide where no rule applies): exact 0.8062 and 0.8076, 100%
+    and 123% of SPIBB's gain kept at depth 3 and 4 (the defaults, margin 0.2: 23% / 26%;
+    one-hot splits with margin 0.2, before issue #18: 17% / 21%).
   - As stored (``predict``'s output: the clinicians' observed frequencies per state, the overall
-    frequencies for the 29 of 700 states seen in fewer than 11 episodes, 0.4% of rows): exact
-    0.7959 for the estimate alone (-72% of the gain), and the rules lose a little less (-54% at
-    depth 3, -50% at depth 4).
-  - As deployed (the clinicians decide where no rule applies): exact 0.8013 and 0.8015, 17% and
-    21% of SPIBB's gain kept, never below practice.
-  They cannot keep 80%: an oracle that follows SPIBB in the k states whose switch gains most
-  (occupancy under practice x advantage) and current practice elsewhere keeps 26% (k = 4), 44%
-  (k = 8), 71% (k = 16) and 139% (k = 64; some of SPIBB's changes lose); a depth-4 tree of
-  one-hot splits names at most about 8 states.
-
-The issue's 80% target is therefore not met on Garnet (strict xfail below, so the day it passes
-the marker must go). What the card must do is not hide it: the card test checks its off-policy
-evidence against the exact truth.
+    frequencies for the 29 of 700 states seen in fewer than 11 episodes, 0.4% of rows): 26% /
+    50% (the defaults: -48% / -44%); the estimate of practice alone is worth 0.7959 (-72% of
+    the gain), so no stored version reaches 80% (strict xfail below).
+  This panel is a lucky one: over five panels (``test_set_splits_over_panels``) the deployed
+  rules keep 37-123%, and 80% at both depths only here.
 """
 
 from __future__ import annotations
@@ -54,10 +53,10 @@ def _kept(mdp, ds, tree, vb, vl):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="SPIBB's gain on Garnet is spread over many states: "
-                                       "depth-3/4 exception rules keep -54% / -50% as "
-                                       "stored, 17% / 21% as deployed (exact), an 8-state "
-                                       "oracle 44%")
+@pytest.mark.xfail(strict=True, reason="as stored, the rules carry the estimate of practice, "
+                                       "itself -72% of SPIBB's gain: depth-3/4 exception rules "
+                                       "with margin 0 keep 26% / 50% (exact; 100% / 123% as "
+                                       "deployed)")
 @pytest.mark.parametrize("depth", [3, 4])
 def test_rules_keep_80_percent_on_garnet(setup, depth):
     from equicare.explain import distill
@@ -65,10 +64,33 @@ def test_rules_keep_80_percent_on_garnet(setup, depth):
     mdp, ds, pol, vb, vl = setup
     assert vl > vb
     tree = distill(ds, pol, max_depth=depth, q_model="tabular", mode="exceptions",
-                   random_state=0)
+                   random_state=0, deviation_margin=0.0)
     kept = _kept(mdp, ds, tree, vb, vl)
     print(f"\ngarnet depth {depth}: exact V(behaviour)={vb:.4f} V(spibb)={vl:.4f}, "
-          f"{100 * kept:.0f}% of the improvement kept")
+          f"{100 * kept:.0f}% of the improvement kept as stored")
+    assert kept >= 0.8
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("depth", [3, 4])
+def test_rules_as_deployed_keep_80_percent_on_garnet(setup, depth):
+    """Issue #18's target, as deployed (the clinicians decide where no rule applies): set-valued
+    splits with no deviation margin name the ~30 states where SPIBB's deviations pay and keep
+    >= 80% of its exact gain on this panel (measured 100% / 123% at depth 3 / 4; one-hot splits
+    13% / 17%; the default margin 0.2 23% / 26%). Not the rule: see
+    :func:`test_set_splits_over_panels`."""
+    from equicare.explain import distill
+
+    mdp, ds, pol, vb, vl = setup
+    tree = distill(ds, pol, max_depth=depth, q_model="tabular", mode="exceptions",
+                   random_state=0, deviation_margin=0.0)
+    default = distill(ds, pol, max_depth=depth, q_model="tabular", mode="exceptions",
+                      random_state=0)
+    kept_default = (_deployed_value(mdp, ds, default) - vb) / (vl - vb)
+    assert kept_default < 0.8  # the margin leaves too few deviations for the sets
+    assert any(tree.features[j]["kind"] == "categorical_set" for j in tree.used_features)
+    kept = (_deployed_value(mdp, ds, tree) - vb) / (vl - vb)
+    print(f"\ngarnet depth {depth}: {100 * kept:.0f}% of the gain kept as deployed")
     assert kept >= 0.8
 
 
@@ -80,8 +102,9 @@ def test_exception_rules_stay_near_current_practice(setup, depth):
     the observed frequencies of the states seen in at least 11 episodes and gives the 29 others
     (0.4% of rows) the overall frequencies (no stored frequency describes fewer than 11
     members): exact 0.7959 against practice's 0.8003, -75% of SPIBB's gain (-8% with every
-    state's own frequencies). Measured: the rules -54% (depth 3) and -50% (depth 4); before the
-    small states were pooled +11% and +14%."""
+    state's own frequencies). Measured with the defaults (set splits, margin 0.2): the rules
+    -48% (depth 3) and -44% (depth 4) (one-hot splits: -54% and -50%; before the small states
+    were pooled +11% and +14%; set splits with margin 0: 26% and 50%)."""
     from equicare.explain import distill, fit_usual_care
 
     mdp, ds, pol, vb, vl = setup
@@ -111,9 +134,10 @@ def _deployed_value(mdp, ds, tree):
 @pytest.mark.parametrize("depth", [3, 4])
 def test_exception_rules_as_deployed_never_fall_below_practice(setup, depth):
     """As deployed (the clinicians decide where no rule applies), the exception rules keep
-    current practice's exact value and add what their few named states gain; the stored
-    estimate of practice is what costs (above). Measured, depth 3 / 4: exact 0.8013 / 0.8015
-    against practice's 0.8003 (SPIBB 0.8062: 17% / 21% of its gain kept)."""
+    current practice's exact value and add what their named states gain; the stored
+    estimate of practice is what costs (above). Measured with the defaults, depth 3 / 4: exact
+    0.8016 / 0.8018 against practice's 0.8003 (SPIBB 0.8062: 23% / 26% of its gain kept;
+    one-hot splits 17% / 21%)."""
     from equicare.explain import distill
 
     mdp, ds, pol, vb, vl = setup
@@ -123,7 +147,6 @@ def test_exception_rules_as_deployed_never_fall_below_practice(setup, depth):
     print(f"\ngarnet depth {depth}: deployed rules {v:.4f}, practice {vb:.4f}, "
           f"SPIBB {vl:.4f}, {100 * (v - vb) / (vl - vb):.0f}% of the gain kept")
     assert v >= vb - 1e-9
-    assert v < vb + 0.8 * (vl - vb)  # and still far from the issue's 80% (strict xfail above)
 
 
 @pytest.mark.slow
@@ -132,11 +155,11 @@ def test_card_evidence_reports_the_loss(setup):
     """The card's evidence agrees with the exact truth: the exception rules keep far less than
     80% of SPIBB's gain, and so does the card's DR estimate, with a caveat naming the share; the
     rules' mass on rarely taken actions stays near SPIBB's (every unnamed state keeps practice's
-    own distribution), far from the imitation rules' 68%. Measured: exact -220% kept (10%
-    before states seen in fewer than 11 episodes got the overall frequencies), DR n/a (the
-    source's DR gain within 2 standard errors of none; 42% before that rule: DR of the rules
-    0.814 [0.788, 0.839] against 0.808 observed), 10.6% of the rules' mass on rarely taken
-    actions (SPIBB 9.3%)."""
+    own distribution), far from the imitation rules' 68%. Measured with set splits: exact -208%
+    kept as stored (one-hot splits: -220%; 10% before states seen in fewer than 11 episodes got
+    the overall frequencies), DR n/a (the source's DR gain within 2 standard errors of none; DR
+    of the rules 0.814 [0.791, 0.837] against 0.808 observed; one-hot 0.814 [0.788, 0.839]),
+    10.5% of the rules' mass on rarely taken actions (SPIBB 9.3%; one-hot 10.6%)."""
     from equicare.explain import ExplainConfig, explain_policy
 
     mdp, ds, pol, vb, vl = setup
@@ -209,55 +232,59 @@ def test_the_selected_policy_spreads_its_gain_too():
     assert -0.1 <= _kept(mdp, ds, tree, vb, vl) < 0.8
 
 
+#: Panels of the multi-panel measurement: (preset, seed); SPIBB gains on all of them.
+_PANELS = (("s700_a25_g1", 1), ("s700_a25_g1", 2), ("s700_a25_g1", 3), ("s50_a25_g1", 1),
+           ("s700_a25_g099", 1))
+
+
 @pytest.mark.slow
-def test_set_valued_splits_would_not_reach_80_percent(setup):
-    """CART splits a categorical column into two *sets* of levels ("state is one of ..."), so 16
-    leaves could name any number of states, not the 8 that one-hot splits name. They would still
-    not keep 80%: the rules learn from the exception labels (``deviation_targets``), and even a
-    lookup that deviates, with SPIBB's most likely action, in every state whose weighted
-    majority label is a deviation (35 of 700 states) keeps 58% of SPIBB's exact gain; a depth-3
-    or depth-4 tree over the states ordered by their deviation label (rpart's and LightGBM's
-    ordering trick for set splits) keeps 23-26% (measured 2026-12-05)."""
-    from sklearn.tree import DecisionTreeClassifier
+def test_set_splits_over_panels():
+    """An honest measurement over panels, so that nobody reads the lucky one as the rule.
 
-    from equicare.explain import fit_usual_care
-    from equicare.explain._distill import DistillConfig, deviation_targets, source_q
+    Exception rules as deployed, exact share of SPIBB's gain kept at depth 3 / 4 (5,000
+    episodes; measured 2026-12-05), set splits with ``deviation_margin=0`` against one-hot
+    splits with the default margin 0.2 (the rules before issue #18):
 
-    mdp, ds, pol, vb, vl = setup
-    probs = pol.action_probs(ds)
-    b = fit_usual_care(ds, "cells", random_state=1).action_probs(ds)
-    q = source_q(ds, probs, DistillConfig(q_model="tabular", mode="exceptions"), 2)
-    y, w = deviation_targets(ds, probs, b, q, 0.1, 0.2)
-    A, S, st = ds.n_actions, mdp.n_states, ds.categorical[:, 0]
-    W = np.zeros((S, A + 1))
-    np.add.at(W, (st, y), w)
-    majority = np.argmax(W, axis=1)
-    seen = np.zeros(S, dtype=bool)
-    seen[np.unique(st)] = True
-    named = seen & (majority < A)
+    ==================  ===============  =============
+    panel               sets, margin 0   one-hot, 0.2
+    ==================  ===============  =============
+    s700_a25_g1 seed 1  100% / 123%      17% / 21%
+    s700_a25_g1 seed 2  37% / 57%        9% / 12%
+    s700_a25_g1 seed 3  59% / 65%        0% / 5%
+    s50_a25_g1 seed 1   48% / 49%        27% / 32%
+    s700_a25_g099 s. 1  76% / 96%        13% / 20%
+    ==================  ===============  =============
 
-    def kept(deviate, acts):
-        table = mdp.behavior_policy.copy()
-        table[deviate] = np.eye(A)[acts[deviate]]
-        return (mdp.value(table) - vb) / (vl - vb)
+    A large gain on every panel, 80% at both depths only on the first. (On ``s700_a5_g099``
+    SPIBB is worth less than practice, 0.7040 against 0.7052; there the set rules are worth
+    0.7096 / 0.7132, above both.) Asserted: sets never keep less than one-hot splits minus 2
+    points, keep at least 30% everywhere, and at least one panel stays below 80%.
+    """
+    from equicare.data import from_frame
+    from equicare.explain import distill
+    from equicare.learn import SPIBB
+    from equicare.sim._garnet_cli import garnet_frame, garnet_manifest
 
-    lookup = kept(named, np.minimum(majority, A - 1))
-    # the set split's ordering: usual-care states first, then the states of each deviation
-    # action together (actions by total deviation weight), purest first
-    total = np.bincount(majority[named], weights=W[named].max(axis=1), minlength=A)
-    rank = np.empty(A, dtype=np.int64)
-    rank[np.argsort(-total)] = np.arange(A)
-    purity = W.max(axis=1) / np.maximum(W.sum(axis=1), 1e-12)
-    key = np.where(majority < A, 1 + rank[np.minimum(majority, A - 1)] + (1 - purity) / 2,
-                   purity / 2)
-    tree_kept = []
-    for depth in (3, 4):
-        tree = DecisionTreeClassifier(max_depth=depth, min_samples_leaf=20, random_state=0)
-        tree.fit(key[st][:, None], y, sample_weight=w)
-        leaf_best = tree.classes_[np.argmax(tree.tree_.value[:, 0, :], axis=1)]
-        best = leaf_best[tree.apply(key[:, None])]
-        tree_kept.append(kept(seen & (best < A), np.minimum(best, A - 1)))
-    print(f"\ngarnet set splits: lookup of {named.sum()} labelled states keeps {100 * lookup:.0f}%"
-          f", depth 3/4 trees {100 * tree_kept[0]:.0f}% / {100 * tree_kept[1]:.0f}%")
-    assert 20 <= named.sum() <= 60
-    assert lookup < 0.8 and max(tree_kept) < lookup
+    rows = []
+    for preset, seed in _PANELS:
+        cfg = garnet.garnet_preset(preset)
+        mdp, pan = garnet.garnet_panel(cfg, 5000, seed)
+        ds = from_frame(garnet_frame(mdp, pan), garnet_manifest(cfg), emit_warnings=False)
+        pol = SPIBB(n_wedge=20).fit(ds).policy_
+        vb = mdp.value(mdp.behavior_policy)
+        vl = mdp.value(garnet.garnet_policy_table(mdp, ds, pol)[0])
+        assert vl > vb
+        for depth in (3, 4):
+            kept = {}
+            for name, kw in (("sets", {"deviation_margin": 0.0}),
+                             ("one-hot", {"set_splits": False})):
+                tree = distill(ds, pol, max_depth=depth, q_model="tabular",
+                               mode="exceptions", random_state=0, **kw)
+                kept[name] = (_deployed_value(mdp, ds, tree) - vb) / (vl - vb)
+            rows.append((preset, seed, depth, kept["sets"], kept["one-hot"]))
+            print(f"\n{preset} seed {seed} depth {depth}: sets {100 * kept['sets']:.0f}%, "
+                  f"one-hot {100 * kept['one-hot']:.0f}%")
+    sets = np.array([r[3] for r in rows])
+    hot = np.array([r[4] for r in rows])
+    assert np.all(sets >= hot - 0.02), rows
+    assert sets.min() >= 0.3 and sets.min() < 0.8, rows

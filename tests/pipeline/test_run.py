@@ -637,3 +637,32 @@ def test_the_run_warns_as_evaluate_does_of_values_resting_on_few_episodes_weight
     assert (f"warning: the overall is, wis, pdis and wpdis values rest on fewer than 11 "
             f"episodes' worth of importance weight (trajectory ESS {ess['trajectory']:.1f} of "
             f"121 episodes for is, wis; per-decision ESS ") in said, said
+
+
+def test_the_explain_stage_passes_the_distillation_keys(tmp_path):
+    """`[explain] set_splits` and `deviation_margin` reach the card's distillation, as
+    `explain --no-set-splits --deviation-margin` do."""
+    import numpy as np
+
+    from equicare.pipeline._config import RunConfig
+    from equicare.pipeline._run import _stage_explain
+    from tests.fairness.conftest import random_panel
+
+    train, test = random_panel(200, seed=3), random_panel(200, seed=4)
+
+    class Uniform:
+        window = 1
+
+        def action_probs(self, ds):
+            return np.full((ds.n_steps, ds.n_actions), 1.0 / ds.n_actions)
+
+    cfg = RunConfig.from_dict({"explain": {"enabled": True, "depth": 1, "bootstrap": 0,
+                                           "set_splits": False, "deviation_margin": 0.05},
+                               "ope": {"q_model": "linear", "bootstrap": 0}},
+                              source="run.toml")
+    state = {"train": train, "test": test, "learner": Uniform(), "learner_name": "bc",
+             "audit_action": "modality=home_visit", "progress": False}
+    _stage_explain(cfg, state, tmp_path, [], 0)
+    card = json.loads((tmp_path / "card" / "policy_card.json").read_text())
+    assert card["settings"]["distill"]["set_splits"] is False
+    assert card["settings"]["distill"]["deviation_margin"] == 0.05

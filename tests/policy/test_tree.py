@@ -237,3 +237,85 @@ def test_levels_match_by_their_normalised_label(ds):
     one = num.categorical_levels[0].index(1)
     np.testing.assert_array_equal(x[:, 0], num.categorical[:, 0] == one)
     np.testing.assert_array_equal(pol.predict(num), (num.categorical[:, 0] == one).astype(int))
+
+
+def _ward_data(levels, seed=0, n_episodes=40):
+    """A panel whose one categorical state, ``ward``, has the given levels."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    n = n_episodes * 4
+    df = pd.DataFrame({"id": np.repeat(np.arange(n_episodes), 4), "t": np.tile(np.arange(4),
+                                                                              n_episodes),
+                       "ward": np.asarray(levels)[rng.integers(0, len(levels), size=n)],
+                       "action": rng.integers(0, 2, size=n), "r": 0.0})
+    manifest = {"dataset": {"episode": "id", "time": "t", "categorical_states": ["ward"]},
+                "actions": {"action": {"levels": [0, 1]}},
+                "reward": {"r": {"column": "r", "weight": 1.0}}}
+    return from_frame(df, manifest, emit_warnings=False)
+
+
+def _set_stump(ds, members, levels=("w0", "w1", "w2")):
+    """One set split: ward in ``members`` goes right (action 1), else left (action 0); the
+    candidates also hold one indicator per level, as a distilled tree's do."""
+    probs = np.zeros((3, ds.n_actions))
+    probs[1, 0] = probs[2, 1] = 1.0
+    feats = [{"kind": "categorical_set", "name": "ward", "levels": members},
+             *({"kind": "categorical", "name": "ward", "level": lv} for lv in levels)]
+    return TreePolicy(children_left=np.array([1, -1, -1]), children_right=np.array([2, -1, -1]),
+                      feature=np.array([0, -2, -2]), threshold=np.array([0.5, -2.0, -2.0]),
+                      probs=probs, features=feats, action_space=ds.action_space,
+                      source="rules")
+
+
+def test_set_features_read_membership_and_unseen_levels(tmp_path):
+    """A categorical_set feature is 1 exactly where the row's level is listed (dense and
+    sparse alike); a level the list does not name, also one the rules never saw, reads 0, and
+    the rules route such rows as "not one of" (with the unseen-levels warning when most rows
+    have them). The set survives a model-folder round trip."""
+    import json
+    import warnings
+
+    import scipy.sparse as sp
+
+    from equicare.exceptions import DataWarning
+
+    levels = [f"w{i}" for i in range(8)]
+    ds = _ward_data(levels)
+    members = ["w1", "w4", "w6"]
+    feats = [{"kind": "categorical_set", "name": "ward", "levels": members}]
+    labels = np.asarray(ds.categorical_levels[0])[ds.categorical[:, 0]]
+    inside = np.isin(labels, members)
+    assert 0 < inside.sum() < ds.n_steps
+    np.testing.assert_array_equal(tree_features(ds, feats)[:, 0], inside)
+    x_sp = tree_features(ds, feats, sparse=True)
+    assert sp.issparse(x_sp)
+    np.testing.assert_array_equal(x_sp.toarray()[:, 0], inside)
+    pol = _set_stump(ds, members, levels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        np.testing.assert_array_equal(pol.predict(ds), inside.astype(int))
+    # a panel whose ward w4 is now w9 (never seen): its rows are in no set
+    other = _ward_data([*levels[:4], "w9", *levels[5:]])
+    lab2 = np.asarray(other.categorical_levels[0])[other.categorical[:, 0]]
+    np.testing.assert_array_equal(pol.predict(other), np.isin(lab2, ["w1", "w6"]).astype(int))
+    assert (lab2 == "w9").any()
+    upper = _ward_data([lv.upper() for lv in levels])
+    with pytest.warns(DataWarning, match="the rules read them as none of the levels they test"):
+        assert not pol.predict(upper).any()
+    pol.save(tmp_path / "sets")
+    cfg = json.loads((tmp_path / "sets" / "config.json").read_text())
+    assert cfg["tree"]["features"][0] == {"kind": "categorical_set", "name": "ward",
+                                          "levels": members}
+    back = load_policy(tmp_path / "sets")
+    np.testing.assert_array_equal(back.predict(other), pol.predict(other))
+    assert back.features == pol.features
+
+
+def test_set_feature_needs_a_list_of_levels():
+    ds = _ward_data(["w0", "w1", "w2"])
+    with pytest.raises(PolicyError, match="a categorical_set feature needs a 'name' and a list "
+                                          "of 'levels'"):
+        _set_stump(ds, "w1")  # a string, not a list
+    with pytest.raises(PolicyError, match="reads categorical state 'site'"):
+        tree_features(ds, [{"kind": "categorical_set", "name": "site", "levels": ["a"]}])

@@ -277,3 +277,25 @@ def test_the_two_values_note_says_which_one_the_commands_give():
 
     assert ("which evaluate, audit and mediate value with --usual-care stored. As deployed "
             "(their default)") in DEPLOYED_NOTE
+
+
+def test_page_lists_every_level_of_a_long_set(card):
+    """A set split's rule text shows its first levels and "and K more"; the page then lists
+    every level of that condition under "Complete lists of levels" (and says nothing when no
+    text is shortened)."""
+    import html as html_mod
+
+    d = json.loads(json.dumps(card.to_dict()))
+    page = html_mod.unescape(build_card_report(d).render())
+    assert "Complete lists of levels" not in page
+    levels = [f"s{i}" for i in range(30)]
+    r0 = d["rules"][0]
+    cond = {"column": "state", "op": "is", "levels": levels,
+            "text": "state is one of s0, s1, s2, s3, s4, s5, s6, s7, s8, s9 and 20 more"}
+    d["rules"][0] = {**r0, "conditions": [cond], "if": cond["text"],
+                     "text": f"if {cond['text']} then {r0['then']}"}
+    page = html_mod.unescape(build_card_report(d).render())
+    assert "and 20 more" in page
+    full = page.split("Complete lists of levels")[1]
+    assert (f"rule {r0['rule']}: state is one of these 30 levels: {', '.join(levels)}"
+            in full)

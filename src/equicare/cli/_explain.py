@@ -18,7 +18,8 @@ def run_explain(model: Path, data: Path, *, manifest: Path, out: Path, depth: in
                 max_rules: int | None = None, holdout: float = 0.3, q_model: str = "auto",
                 estimators: str = "wis,dr,wdr", bootstrap: int = 200, action: str | None = None,
                 group: str | None = None, labels: str = "argmax",
-                mode: str = "exceptions", seed: int = 42,
+                mode: str = "exceptions", set_splits: bool = True,
+                deviation_margin: float = 0.2, seed: int = 42,
                 force: bool = False, provenance: dict[str, Any] | None = None,
                 progress: bool = False) -> dict[str, Any]:
     """Load the panel and the policy, build the policy card and write the card folder.
@@ -58,7 +59,8 @@ def run_explain(model: Path, data: Path, *, manifest: Path, out: Path, depth: in
                         action=action, group=group, mode=mode,
                         distill=DistillConfig(max_depth=depth, max_leaf_nodes=max_rules,
                                               q_model=weights_q_model(q_model),
-                                              labels=labels))
+                                              labels=labels, set_splits=set_splits,
+                                              deviation_margin=deviation_margin))
     say = Stages("explain", progress)
     man = manifest_of(manifest)  # a bad manifest: its one error line, no stage line first
     say(f"loading {data}")
@@ -109,6 +111,17 @@ def register(app: typer.Typer) -> None:
             help="exceptions: rules say where to deviate from current practice, every other "
                  "state keeps the clinicians' own distribution; imitate: rules imitate the "
                  "policy everywhere.")] = ExplainMode.EXCEPTIONS,
+        set_splits: Annotated[bool, typer.Option(
+            "--set-splits/--no-set-splits",
+            help="Let a rule test a set of levels of a categorical state (state is one of "
+                 "s12, s45, s101), built per action from the fitting rows' labels; "
+                 "--no-set-splits: one level per test.")] = True,
+        deviation_margin: Annotated[float, typer.Option(
+            help="Exception rules: a row counts as a deviation only where the policy beats "
+                 "estimated practice by more than this share of what is at stake there. 0 lets "
+                 "set splits name every state where the policy gains (Garnet: 100% of SPIBB's "
+                 "gain kept instead of 23%) but reads the noise of the estimate of practice as "
+                 "gains where the policy follows practice.")] = 0.2,
         seed: Seed = 42,
         force: Force = False,
         json_out: JsonOut = False,
@@ -140,8 +153,10 @@ def register(app: typer.Typer) -> None:
             res = run_explain(model, data, manifest=manifest, out=out, depth=depth,
                               max_rules=max_rules, holdout=holdout, q_model=q_model.value,
                               estimators=estimators, bootstrap=bootstrap, action=action,
-                              group=group, labels=labels.value, mode=mode.value, seed=seed,
-                              force=force, provenance=prov, progress=progress)
+                              group=group, labels=labels.value, mode=mode.value,
+                              set_splits=set_splits, deviation_margin=deviation_margin,
+                              seed=seed, force=force,
+                              provenance=prov, progress=progress)
         if json_out:
             print_json(res)
             return

@@ -26,9 +26,10 @@ from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
 from equicare.privacy import round_significant, tail_quantile
+from equicare.utils import MIN_CELL
 
-__all__ = ["feature_records", "grid_steps", "snap_to_grid", "grid_thresholds", "half_steps",
-           "GRID_KINDS"]
+__all__ = ["feature_records", "set_features", "grid_steps", "snap_to_grid", "grid_thresholds",
+           "half_steps", "GRID_KINDS"]
 
 #: Feature kinds snapped to a grid before a fit (the others are 0/1 indicators or counts,
 #: whose thresholds are already half-integers).
@@ -66,6 +67,77 @@ def feature_records(dataset: TrajectoryDataset, window: int = 1) -> list[dict[st
         for c in dataset.action_space.components:
             recs += [{"kind": "recent_action", "component": c.name, "level": lv,
                       "rows": window - 1} for lv in c.levels]
+    return recs
+
+
+def set_features(dataset: TrajectoryDataset, labels: NDArray[np.int64],
+                 weights: NDArray[np.float64], n_labels: int, *, skip: int | None = None,
+                 min_episodes: int = MIN_CELL) -> list[dict[str, Any]]:
+    """Candidate set-valued splits of the categorical columns, from the fitting rows' labels.
+
+    CART and rpart split a categorical column into two *sets* of levels ("state is one of
+    s12, s45, s101"); a tree over one indicator per level names at most one level per split.
+    Here, per categorical column and per label ``a`` (an action to imitate, or a deviation of
+    exception rules), one candidate is the set ``L_a`` of the levels whose weighted majority
+    label among the fitting rows is ``a``: ``{"kind": "categorical_set", "name": column,
+    "levels": L_a}`` (:func:`equicare.policy.tree_features`). The tree then chooses among those
+    sets and the one-hot indicators as it chooses any split. A level no fitting row (or only
+    rows of weight 0) has is in no set, nor is one whose majority is ``skip`` (usual care), nor
+    one of fewer than ``min_episodes`` distinct episodes (a rule covers at least that many
+    members, and so does every level its text names: the card publishes the sets);
+    a set of one level (the one-hot indicator already tests it) or of every level with weight
+    (constant on the fitting rows) is left out. Ties go to the smaller label, the records come
+    in the column order then the label order and list the levels in the column's order, so the
+    candidates are deterministic.
+
+    Parameters
+    ----------
+    dataset : TrajectoryDataset
+        The fitting rows.
+    labels : ndarray of shape (k * n_steps,), int
+        Label of each row in ``[0, n_labels)`` (``k`` stacked copies of the rows when labels
+        are sampled).
+    weights : ndarray of shape (k * n_steps,)
+        Row weights (>= 0).
+    n_labels : int
+    skip : int, optional
+        A label that gets no set (usual care in exception rules).
+    min_episodes : int, default=11
+        Fewest distinct episodes of the fitting rows a listed level has.
+
+    Returns
+    -------
+    list of dict
+    """
+    if dataset.categorical is None or not dataset.categorical_names:
+        return []
+    n = dataset.n_steps
+    reps = labels.shape[0] // max(n, 1)
+    y = np.asarray(labels, dtype=np.int64)
+    w = np.asarray(weights, dtype=np.float64)
+    episodes = np.asarray(dataset.episode_index, dtype=np.int64)
+    n_ep = int(episodes.max()) + 1 if episodes.size else 1
+    recs: list[dict[str, Any]] = []
+    for c, (name, levels) in enumerate(zip(dataset.categorical_names,
+                                           dataset.categorical_levels, strict=True)):
+        codes = np.tile(np.asarray(dataset.categorical[:, c], dtype=np.int64), reps)
+        n_lv = len(levels)
+        # weight of each (level, label) pair: one bincount over the rows
+        mass = np.bincount(codes * n_labels + y, weights=w,
+                           minlength=n_lv * n_labels).reshape(n_lv, n_labels)
+        # distinct episodes per level: one unique over (level, episode) pairs
+        pairs = np.unique(codes[:n] * n_ep + episodes)
+        members = np.bincount(pairs // n_ep, minlength=n_lv)
+        seen = (mass.sum(axis=1) > 0) & (members >= min_episodes)
+        majority = np.argmax(mass, axis=1)
+        for a in range(n_labels):
+            if a == skip:
+                continue
+            listed = np.flatnonzero(seen & (majority == a))
+            if listed.size < 2 or listed.size == int(seen.sum()):
+                continue
+            recs.append({"kind": "categorical_set", "name": str(name),
+                         "levels": [str(levels[i]) for i in listed]})
     return recs
 
 

@@ -1,8 +1,9 @@
 """Rules in plain language from a :class:`~equicare.policy.TreePolicy`.
 
 Every leaf is one rule: the conditions on its root-to-leaf path, merged per column (the tightest
-bounds of a numeric column; "is", "is not", "is neither ... nor ..." or "is none of ..." for
-the levels of a categorical column or of the previous action), and the leaf's most likely action
+bounds of a numeric column; "is", "is one of ...", "is not", "is neither ... nor ..." or "is
+none of ..." for the levels of a categorical column, as one-hot and set-valued splits leave
+them, or of the previous action), and the leaf's most likely action
 with its probability, e.g.::
 
     if risk > 0.62 and engagement <= 0.1 then modality=home_visit, provider=chw (p=0.81)
@@ -11,6 +12,10 @@ Exception rules (leaves that follow current practice) list only the deviations, 
 rule for every other row::
 
     otherwise: as current practice
+
+A set-valued split names many levels ("state is one of s3, s8, s12, ..."): the text lists the
+first :data:`MAX_LEVELS_SHOWN` and "and K more", the rule's conditions all of them, and
+:func:`rules_text` and the policy card add the complete lists (:func:`level_lists`).
 """
 
 from __future__ import annotations
@@ -22,10 +27,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from equicare.policy._tree import TreePolicy, feature_label
+from equicare.policy._tree import TreePolicy, feature_label, known_levels
 
 __all__ = ["tree_rules", "action_text", "rules_text", "rule_count", "plan_summary",
-           "USUAL_TEXT"]
+           "level_lists", "USUAL_TEXT", "MAX_LEVELS_SHOWN"]
 
 #: Text of the rule that covers every row no exception names.
 USUAL_TEXT = "otherwise: as current practice"
@@ -54,6 +59,20 @@ def action_text(space: Any, flat: int) -> str:
                      for c, k in zip(space.components, codes, strict=True))
 
 
+#: Most levels a rule's text lists in full; a longer list shows its first
+#: ``MAX_LEVELS_SHOWN - 2`` and "and K more" (the rule's conditions, the card and ``rules.txt``
+#: list every level: :func:`level_lists`).
+MAX_LEVELS_SHOWN = 12
+
+
+def _listed(levels: list[str]) -> str:
+    """``"a, b, c"``, or the first few and ``"and K more"`` (:data:`MAX_LEVELS_SHOWN`)."""
+    if len(levels) <= MAX_LEVELS_SHOWN:
+        return ", ".join(levels)
+    head = MAX_LEVELS_SHOWN - 2
+    return f"{', '.join(levels[:head])} and {len(levels) - head} more"
+
+
 def _none_of(levels: list[str]) -> str:
     """The text of a path that excludes ``levels``: "is not a", "is neither a nor b", ...
 
@@ -64,7 +83,14 @@ def _none_of(levels: list[str]) -> str:
         return f"is not {levels[0]}"
     if len(levels) == 2:
         return f"is neither {levels[0]} nor {levels[1]}"
-    return f"is none of {', '.join(levels)}"
+    return f"is none of {_listed(levels)}"
+
+
+def _one_of(levels: list[str]) -> str:
+    """The text of a path that keeps only ``levels``: "is a", "is one of a, b, c"."""
+    if len(levels) == 1:
+        return f"is {levels[0]}"
+    return f"is one of {_listed(levels)}"
 
 
 def _paths(tree: TreePolicy) -> dict[int, list[tuple[int, bool, float]]]:
@@ -87,8 +113,13 @@ def _all_levels(tree: TreePolicy, kind: str, name: str) -> list[str]:
     """Every level of a categorical state (from the tree's features) or action component."""
     if kind == "prev_action":
         return list(tree.action_space.component(name).levels)
-    return [str(f["level"]) for f in tree.features
-            if f.get("kind") == "categorical" and f.get("name") == name]
+    return list(dict.fromkeys(known_levels(tree.features, name)))
+
+
+def _in_order(levels: list[str], known: list[str]) -> list[str]:
+    """``levels`` without repeats, in the column's order (``known``; others last, sorted)."""
+    pos = {lv: i for i, lv in enumerate(known)}
+    return sorted(set(levels), key=lambda v: (pos.get(v, len(pos)), v))
 
 
 #: Feature kinds that read 0 at an episode's first row (it has no previous row).
@@ -136,15 +167,21 @@ def _conditions(tree: TreePolicy, path: list[tuple[int, bool, float]], time_unit
     for f, right, t in path:
         rec = tree.features[f]
         kind = rec["kind"]
-        if kind in ("categorical", "prev_action"):
-            key = (kind, str(rec.get("name", rec.get("component"))))
+        if kind in ("categorical", "categorical_set", "prev_action"):
+            # a one-hot test or a set test ("is one of"): the path keeps the levels of every
+            # set it goes into ("is") and drops those of every set it goes around ("not")
+            group = "prev_action" if kind == "prev_action" else "categorical"
+            key = (group, str(rec.get("name", rec.get("component"))))
             if key not in groups:
                 groups[key] = {"is": None, "not": []}
                 order.append(("group", key))
+            levels = ([str(v) for v in rec["levels"]] if kind == "categorical_set"
+                      else [str(rec["level"])])
+            g = groups[key]
             if right:
-                groups[key]["is"] = str(rec["level"])
+                g["is"] = levels if g["is"] is None else [v for v in g["is"] if v in levels]
             else:
-                groups[key]["not"].append(str(rec["level"]))
+                g["not"] += levels
             continue
         if f not in bounds:
             bounds[f] = [-math.inf, math.inf]
@@ -157,12 +194,14 @@ def _conditions(tree: TreePolicy, path: list[tuple[int, bool, float]], time_unit
             kind, name = key
             g = groups[key]
             subject = name if kind == "categorical" else f"last {time_unit}'s {name}"
+            known = _all_levels(tree, kind, name)
             if g["is"] is not None:
-                text = f"{subject} is {g['is']}"
-                out.append({"column": subject, "op": "is", "levels": [g["is"]], "text": text})
+                kept = _in_order([v for v in g["is"] if v not in set(g["not"])], known)
+                text = f"{subject} {_one_of(kept)}"
+                out.append({"column": subject, "op": "is", "levels": kept, "text": text})
             else:
-                levels = sorted(set(g["not"]))
-                rest = [lv for lv in _all_levels(tree, kind, name) if lv not in levels]
+                levels = _in_order(g["not"], known)
+                rest = [lv for lv in known if lv not in levels]
                 note = or_first if kind == "prev_action" else ""
                 if len(rest) == 1:  # "is not a" of a two-level column reads "is b"
                     text = f"{subject} is {rest[0]}{note}"
@@ -332,8 +371,31 @@ def plan_summary(rules: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def level_lists(rules: list[dict[str, Any]]) -> list[str]:
+    """Every level of the conditions whose text lists only the first few ("and K more").
+
+    One line per such condition, e.g. ``"rule 2: state is one of these 35 levels: s3, s8,
+    ..."`` with all 35, so a reader of the card or of ``rules.txt`` sees the complete set; empty
+    when every text lists its levels in full.
+    """
+    lines = []
+    for r in rules:
+        for c in r.get("conditions", []):
+            levels = c.get("levels") or []
+            if c.get("op") not in ("is", "is not") or len(levels) <= MAX_LEVELS_SHOWN:
+                continue
+            verb = "is one of" if c["op"] == "is" else "is none of"
+            lines.append(f"rule {r['rule']}: {c['column']} {verb} these {len(levels)} levels: "
+                         f"{', '.join(str(v) for v in levels)}")
+    return lines
+
+
 def rules_text(rules: list[dict[str, Any]]) -> str:
-    """The rules as numbered plain-text lines (grouped by plan), then which share a plan."""
+    """The rules as numbered plain-text lines, which share a plan and the complete level lists.
+
+    Rules come grouped by plan; the level lists are those the rules' text shortens
+    (:func:`level_lists`).
+    """
     lines = []
     for r in rules:
         share = "" if r.get("share") is None else f"  [{100 * r['share']:.0f}% of rows]"
@@ -341,4 +403,7 @@ def rules_text(rules: list[dict[str, Any]]) -> str:
     plans = plan_summary(rules)
     if plans:
         lines += ["", "Same plan: " + "; ".join(plans) + "."]
+    full = level_lists(rules)
+    if full:
+        lines += ["", "Complete lists of levels:", *full]
     return "\n".join(lines)

@@ -67,7 +67,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "frontier": {"lambdas": [], "kind": "parity"},
     "mediation": {"enabled": False, "bootstrap": 200, "action": ""},
     "explain": {"enabled": False, "depth": 3, "bootstrap": 200, "labels": "argmax",
-                "mode": "exceptions"},
+                "mode": "exceptions", "set_splits": True, "deviation_margin": 0.2},
     "plan": {
         "enabled": False,
         "domain": "synthetic",
@@ -173,6 +173,10 @@ def _value_problems(out: Mapping[str, Any], source: str, base_dir: Path) -> list
         v = _lookup(out, key)
         if not (isinstance(v, int | float) and math.isfinite(v) and v >= low):
             problems.append(f"{source}: {key} must be {expected}, got {v!r}.")
+    margin = out["explain"]["deviation_margin"]
+    if not (math.isfinite(margin) and 0 <= margin < 1):
+        problems.append(f"{source}: explain.deviation_margin must be a number in [0, 1), got "
+                        f"{margin!r}.")
     jobs = out["output"]["jobs"]
     if jobs == 0 or jobs < -1:
         problems.append(f"{source}: output.jobs must be an integer >= 1 (or -1: every core), "

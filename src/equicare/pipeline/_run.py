@@ -559,7 +559,8 @@ def _stage_explain(
         mode=e["mode"],
         distill=DistillConfig(
             max_depth=e["depth"], q_model=weights_q_model(cfg["ope"]["q_model"]),
-            labels=e["labels"]
+            labels=e["labels"], set_splits=e["set_splits"],
+            deviation_margin=float(e["deviation_margin"]),
         ),
     )
     card = explain_policy(

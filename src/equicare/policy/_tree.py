@@ -9,6 +9,10 @@ JSON records so that a saved tree reads the same columns on any panel with the s
     A numeric state column.
 ``{"kind": "categorical", "name": "region", "level": "north"}``
     1 if the categorical state ``region`` is ``north``, else 0.
+``{"kind": "categorical_set", "name": "region", "levels": ["north", "east"]}``
+    1 if the categorical state ``region`` is one of the listed levels, else 0 (a set-valued
+    split, as CART's "region is one of ..."; a level the list does not name, also one unseen
+    when the rules were fitted, is in no set).
 ``{"kind": "prev_state", "name": "risk"}``
     The numeric state at the previous row of the episode (the current value at the first row).
 ``{"kind": "prev_action", "component": "modality", "level": "phone"}``
@@ -60,8 +64,8 @@ __all__ = ["TreePolicy", "tree_features", "feature_label", "TREE_KIND", "FEATURE
 #: ``config.json`` ``kind`` of a tree model folder.
 TREE_KIND = "tree"
 #: Known feature kinds.
-FEATURE_KINDS = ("state", "categorical", "prev_state", "prev_action", "prev_reward",
-                 "recent_action")
+FEATURE_KINDS = ("state", "categorical", "categorical_set", "prev_state", "prev_action",
+                 "prev_reward", "recent_action")
 #: Tensor prefix of the usual-care behaviour model in a tree model folder.
 _USUAL = "usual"
 _ARRAYS = ("children_left", "children_right", "feature", "threshold", "probs")
@@ -167,7 +171,9 @@ def tree_features(dataset: Any, features: Sequence[Mapping[str, Any]],
         kind = f.get("kind")
         if kind == "categorical":
             continue
-        if kind == "state":
+        if kind == "categorical_set":
+            put(j, _in_set(dataset, f, source))
+        elif kind == "state":
             put(j, _state_column(dataset, str(f["name"]), source))
         elif kind == "prev_state":
             col = _state_column(dataset, str(f["name"]), source)
@@ -197,6 +203,22 @@ def tree_features(dataset: Any, features: Sequence[Mapping[str, Any]],
     return sp.csc_matrix((v, (r, jj)), shape=(n, n_feat))
 
 
+def _in_set(dataset: Any, f: Mapping[str, Any], source: str) -> NDArray[np.bool_]:
+    """Whether each row's level of a categorical column is one of a set feature's levels.
+
+    Vectorised: one lookup per level of the column (matched as :func:`match_levels` matches
+    the one-hot features' levels), then one table read per row.
+    """
+    name = str(f["name"])
+    names = list(dataset.categorical_names)
+    if name not in names:
+        raise PolicyError(MSG_MISSING_COLUMN.format(
+            source=source, what="categorical state", name=name, have=names))
+    c = names.index(name)
+    inside = match_levels(dataset.categorical_levels[c], [str(v) for v in f["levels"]]) >= 0
+    return np.asarray(inside[np.asarray(dataset.categorical[:, c], dtype=np.int64)])
+
+
 def feature_label(f: Mapping[str, Any], time_unit: str = "step") -> str:
     """Readable name of a feature record, e.g. ``"previous modality = phone"``."""
     kind = f.get("kind")
@@ -206,6 +228,8 @@ def feature_label(f: Mapping[str, Any], time_unit: str = "step") -> str:
         return f"{f['name']} last {time_unit}"
     if kind == "categorical":
         return f"{f['name']} = {f['level']}"
+    if kind == "categorical_set":
+        return f"{f['name']} in {{{', '.join(str(v) for v in f['levels'])}}}"
     if kind == "prev_action":
         return f"last {time_unit}'s {f['component']} = {f['level']}"
     if kind == "prev_reward":
@@ -213,6 +237,16 @@ def feature_label(f: Mapping[str, Any], time_unit: str = "step") -> str:
     if kind == "recent_action":
         return f"{f['component']} = {f['level']} in the last {f['rows']} {time_unit}s"
     return str(f)
+
+
+def known_levels(features: Sequence[Mapping[str, Any]], name: str) -> list[str]:
+    """The levels of categorical column ``name`` the features name (one-hot, then sets)."""
+    out = [str(f["level"]) for f in features
+           if f.get("kind") == "categorical" and str(f["name"]) == name]
+    for f in features:
+        if f.get("kind") == "categorical_set" and str(f["name"]) == name:
+            out += [str(v) for v in f["levels"]]
+    return out
 
 
 def _window(features: Sequence[Mapping[str, Any]]) -> int:
@@ -299,6 +333,12 @@ class TreePolicy:
             if f.get("kind") not in FEATURE_KINDS:
                 raise PolicyError(f"{self.source}: unknown tree feature kind {f.get('kind')!r}; "
                                   f"expected one of {', '.join(FEATURE_KINDS)}.")
+            if f["kind"] == "categorical_set":
+                levels = f.get("levels")
+                if not isinstance(levels, list | tuple) or "name" not in f:
+                    raise PolicyError(f"{self.source}: a categorical_set feature needs a 'name' "
+                                      f"and a list of 'levels'; got {f!r}.")
+                f["levels"] = [str(v) for v in levels]
         object.__setattr__(self, "children_left", arrs["children_left"].astype(np.int64))
         object.__setattr__(self, "children_right", arrs["children_right"].astype(np.int64))
         object.__setattr__(self, "feature", arrs["feature"].astype(np.int64))
@@ -433,12 +473,12 @@ class TreePolicy:
         """
         if dataset.categorical is None:
             return
+        cat_kinds = ("categorical", "categorical_set")
         tested = {str(self.features[j]["name"]) for j in used
-                  if self.features[j].get("kind") == "categorical"}
+                  if self.features[j].get("kind") in cat_kinds}
         names = list(dataset.categorical_names)
         for name in sorted(tested & set(names)):
-            known = [str(f["level"]) for f in self.features
-                     if f.get("kind") == "categorical" and str(f["name"]) == name]
+            known = list(dict.fromkeys(known_levels(self.features, name)))
             c = names.index(name)
             levels = dataset.categorical_levels[c]
             lut = match_levels(levels, known)

@@ -187,11 +187,16 @@ def build_card_report(card: Mapping[str, Any], *, figure_dir: Path | None = None
     rep.heading("The rules as text")
     for r in card["rules"]:
         rep.text(f"{r['rule']}. {r['text']}")
-    from equicare.explain._rules import plan_summary
+    from equicare.explain._rules import level_lists, plan_summary
 
     plans = plan_summary(card["rules"])
     if plans:
         rep.text("Same plan: " + "; ".join(plans) + ".", note=True)
+    full = level_lists(card["rules"])
+    if full:
+        rep.heading("Complete lists of levels")
+        for line in full:
+            rep.text(line)
 
     rep.section("Evidence")
     rep.text(f"Measured on {card['data']['test_episodes']:,} held-out episodes "
