@@ -630,5 +630,5 @@ def test_audit_warns_when_estimated_propensities_are_floored_on_logged_rows():
         audit(ds, {"soft": pi}, n_boot=0, n_permutations=0)
     hits = [str(w.message) for w in rec if issubclass(w.category, DataWarning)
             and re.search(r"policy 'soft': The propensities were not logged but estimated.* "
-                          r"wis inherit that error", str(w.message))]
+                          r"wis inherits that error", str(w.message))]
     assert len(hits) == 1

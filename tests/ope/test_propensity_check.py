@@ -244,7 +244,12 @@ def test_floored_message_counts_episodes_and_skips_unweighted_estimators():
     ep = np.array([0, 0, 1, 1, 2, 3])
     msg = floored_propensity_message(p, 1e-3, ep, 4, ("wis", "fqe"))
     assert msg is not None and "on 2 logged rows, in 2 episodes (50.0% of them)" in msg
-    assert "wis inherit" in msg
+    assert "wis inherits that error, and its interval does not carry it: with estimated " \
+        "propensities it is biased" in msg
+    several = floored_propensity_message(p, 1e-3, ep, 4, ("wis", "fqe", "dr"))
+    assert several is not None and ("wis, dr inherit that error, and their intervals do not "
+                                    "carry it: with estimated propensities they are biased"
+                                    ) in several
     assert floored_propensity_message(p, 1e-3, ep, 4, ("fqe",)) is None
     exempt = np.array([False, True, False, True, False, False])
     assert floored_propensity_message(p, 1e-3, ep, 4, ("wis",), exempt=exempt) is None

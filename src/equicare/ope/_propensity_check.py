@@ -75,9 +75,15 @@ MSG_FLOORED = (
     "actually taken a probability below its floor {floor:g} on {rows:,} logged rows, in "
     "{episodes:,} episodes ({pct:.1f}% of them): it says current practice (almost) never does "
     "what it was seen doing, so those rows' importance ratios (up to {cap:,.0f} per step) come "
-    "from the floor, not from the data. {estimators} inherit that error, and their intervals "
-    "do not carry it: with estimated propensities they are biased, not just noisy "
+    "from the floor, not from the data. {estimators} {inherit} that error, and {their} "
+    "{intervals} not carry it: with estimated propensities {they} biased, not just noisy "
     "(docs/ope.md, 'Estimated propensities'). Prefer fqe, or log the propensities.")
+
+#: Singular and plural words of :data:`MSG_FLOORED` (one estimator or several).
+_FLOORED_NUMBER = {
+    False: {"inherit": "inherits", "their": "its", "intervals": "interval does", "they": "it is"},
+    True: {"inherit": "inherit", "their": "their", "intervals": "intervals do", "they": "they are"},
+}
 
 
 def floored_propensity_message(logged_prob: NDArray[np.float64], floor: float,
@@ -119,7 +125,7 @@ def floored_propensity_message(logged_prob: NDArray[np.float64], floor: float,
         return None
     return MSG_FLOORED.format(floor=float(floor), rows=int(low.sum()), episodes=n_ep,
                               pct=100.0 * n_ep / n_episodes, cap=1.0 / float(floor),
-                              estimators=", ".join(weighted))
+                              estimators=", ".join(weighted), **_FLOORED_NUMBER[len(weighted) > 1])
 
 
 @dataclass(frozen=True)
