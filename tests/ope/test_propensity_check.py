@@ -226,6 +226,7 @@ def test_floored_estimated_propensities_on_logged_rows_are_warned():
                   r"wdr inherit that error", msgs[0])
     assert m is not None, msgs[0]
     assert int(m.group(1)) == n_rows > 0
+    assert res.behavior_model["floored_warning"] == msgs[0]  # the result JSON keeps it
     assert int(m.group(2)) > FLOORED_EPISODE_SHARE * ds.n_episodes
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

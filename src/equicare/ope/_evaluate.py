@@ -975,6 +975,8 @@ def _evaluate(
             dataset.n_episodes, tuple(keys), exempt=prep.deferred)
         if floored is not None:
             warnings.warn(floored, DataWarning, stacklevel=3)
+        if bm_summary is not None:  # the result JSON and the run report say it too
+            bm_summary = {**bm_summary, "floored_warning": floored}
     elif diagnose_support:  # propensities known: empirical cell support + a fast numeric model
         support, bm_summary = logged_support_diagnostics(
             dataset, checked, behavior_model=behavior_model,
