@@ -30,8 +30,8 @@ from equicare.data import TrajectoryDataset
 from equicare.ope._core import IS_TYPE
 
 __all__ = ["PropensityCheck", "check_logged_propensities", "propensity_warning",
-           "sample_propensity_check", "floored_propensity_message", "PROPENSITY_LOG_RATIO",
-           "MSG_PROPENSITY", "MSG_FLOORED", "FLOORED_EPISODE_SHARE"]
+           "sample_propensity_check", "floored_propensity_message", "floored_counts_message",
+           "PROPENSITY_LOG_RATIO", "MSG_PROPENSITY", "MSG_FLOORED", "FLOORED_EPISODE_SHARE"]
 
 #: Mean absolute log ratio (logged / fitted probability of the logged action) above which the
 #: logged propensities are reported. Measured: 0.07 on the synthetic care panel and 0.10 on the
@@ -121,10 +121,21 @@ def floored_propensity_message(logged_prob: NDArray[np.float64], floor: float,
     if exempt is not None:
         low &= ~np.asarray(exempt, dtype=bool)
     n_ep = int(np.unique(np.asarray(episode_index)[low]).size)
-    if not weighted or n_episodes <= 0 or n_ep <= FLOORED_EPISODE_SHARE * n_episodes:
+    return floored_counts_message(int(low.sum()), n_ep, n_episodes, floor, weighted)
+
+
+def floored_counts_message(rows: int, episodes: int, n_episodes: int, floor: float,
+                           estimators: tuple[str, ...]) -> str | None:
+    """:data:`MSG_FLOORED` from counts (:func:`floored_propensity_message`), or None.
+
+    ``rows`` floored logged rows in ``episodes`` of ``n_episodes`` episodes; only the weighted
+    ``estimators`` (IS-type, ``dr``, ``wdr``) are named.
+    """
+    weighted = tuple(k for k in estimators if k in (*IS_TYPE, "dr", "wdr"))
+    if not weighted or n_episodes <= 0 or episodes <= FLOORED_EPISODE_SHARE * n_episodes:
         return None
-    return MSG_FLOORED.format(floor=float(floor), rows=int(low.sum()), episodes=n_ep,
-                              pct=100.0 * n_ep / n_episodes, cap=1.0 / float(floor),
+    return MSG_FLOORED.format(floor=float(floor), rows=rows, episodes=episodes,
+                              pct=100.0 * episodes / n_episodes, cap=1.0 / float(floor),
                               estimators=", ".join(weighted), **_FLOORED_NUMBER[len(weighted) > 1])
 
 

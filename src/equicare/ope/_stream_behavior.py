@@ -239,8 +239,10 @@ def fit_behavior_stream(source: Any, *, model: Any = "logistic", sample_rows: in
     bm.fit(data)
     keys = episode_keys(data.episode_ids)
     order = np.argsort(keys, kind="stable")
+    low = np.asarray(bm.logged_prob(data)) < float(bm.floor)  # out-of-fold on the sample
     info = {"source": "estimated", "fit": "random sample of episodes",
             "sample_rate": rate, "sample_episodes": int(data.n_episodes),
-            "sample_rows": int(data.n_steps), **bm.summary()}
+            "sample_rows": int(data.n_steps), **bm.summary(),
+            "floored_episodes": int(np.unique(data.episode_index[low]).size)}
     return StreamBehavior(model=bm, keys=keys[order],
                           folds=np.asarray(bm.fold_of_episode_)[order], info=info)
