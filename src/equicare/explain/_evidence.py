@@ -309,8 +309,7 @@ def _support_check(test: TrajectoryDataset, threshold: float, seed: int,
                 np.asarray(test.behavior_prob, dtype=np.float64),
                 str(checker.summary["support_check"]))
     bm = BehaviorModel(n_folds=2, random_state=seed).fit(test)
-    floored = floored_propensity_message(bm.logged_prob(test), float(bm.floor),
-                                         test.episode_index, test.n_episodes, estimators)
+    floored = floored_propensity_message(bm, test, estimators)
     if floored is not None:
         warnings.warn(floored, DataWarning, stacklevel=2)
 

@@ -577,9 +577,7 @@ class FairnessAudit:
                       else support.model(checked, prep.behavior_model))
             bm = prep.behavior_model
             if bm is not None and prep.propensity_source == "estimated":
-                floored = floored_propensity_message(
-                    bm.logged_prob(dataset), float(bm.floor), dataset.episode_index,
-                    dataset.n_episodes, (key,), exempt=prep.deferred)
+                floored = floored_propensity_message(bm, dataset, (key,), exempt=prep.deferred)
                 if floored is not None:
                     warnings.warn(f"policy {name!r}: {floored}", DataWarning, stacklevel=2)
         parts = episode_parts(inputs, [key], truncate=self.truncate)

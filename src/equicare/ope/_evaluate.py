@@ -970,9 +970,7 @@ def _evaluate(
         support = model_support_diagnostics(dataset, checked, bm,
                                             threshold=support_threshold, estimators=keys)
     if bm is not None and prep.propensity_source == "estimated":
-        floored = floored_propensity_message(
-            bm.logged_prob(dataset), float(bm.floor), dataset.episode_index,
-            dataset.n_episodes, tuple(keys), exempt=prep.deferred)
+        floored = floored_propensity_message(bm, dataset, tuple(keys), exempt=prep.deferred)
         if floored is not None:
             warnings.warn(floored, DataWarning, stacklevel=3)
         if bm_summary is not None:  # the result JSON and the run report say it too
