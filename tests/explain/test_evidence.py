@@ -548,3 +548,20 @@ def test_the_cards_auto_q_model_is_the_window_table_when_censoring_biases_the_st
     assert auto.q_model["chosen"] == "tabular_window"  # what evaluate's auto uses
     assert card.value["source"]["fqe"]["value"] == pytest.approx(
         auto.estimates["fqe"].value, rel=1e-9)
+
+
+def test_floored_estimated_propensities_are_a_caveat_of_the_card():
+    """Held-out episodes without logged propensities: floored logged rows reach the caveats."""
+    from dataclasses import replace
+
+    from tests.ope._garnet import TablePolicy, make
+
+    _, logged, pols = make("s50_a5_g1", 600, seed=3)
+    ds = replace(logged, behavior_prob=None, _cache={})
+    cfg = ExplainConfig(bootstrap=20, frontier_bootstrap=10, depths=(2,), depth=2)
+    card = explain_policy(ds, TablePolicy(pols["soft_optimal"]), cfg, random_state=0)
+    # the card's values (its own 2-fold behaviour model on the held-out episodes); the
+    # fairness audit's WIS group values say it too, for their own model ("policy 'source': ")
+    hits = [c for c in card.caveats
+            if "evidence: The propensities were not logged but estimated" in c]
+    assert len(hits) == 1 and "wis, dr, wdr inherit that error" in hits[0]

@@ -613,3 +613,22 @@ def test_the_documented_contract7_schema_is_json_and_holds() -> None:
     d = json.loads(json.dumps(res.to_dict()))
     assert "q_model" in d["policies"]["unif"] and "diagnostics" in d["policies"]["unif"]
     jsonschema.validate(d, schema)
+
+
+def test_audit_warns_when_estimated_propensities_are_floored_on_logged_rows():
+    """WIS group values with estimated propensities: floored logged rows are said, per policy."""
+    from dataclasses import replace
+
+    from equicare.exceptions import DataWarning
+    from tests.ope._garnet import make
+
+    _, logged, pols = make("s50_a5_g1", 300, seed=3)
+    ds = replace(logged, behavior_prob=None, _cache={})
+    pi = pols["soft_optimal"][np.asarray(ds.categorical[:, 0])]
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        audit(ds, {"soft": pi}, n_boot=0, n_permutations=0)
+    hits = [str(w.message) for w in rec if issubclass(w.category, DataWarning)
+            and re.search(r"policy 'soft': The propensities were not logged but estimated.* "
+                          r"wis inherits that error", str(w.message))]
+    assert len(hits) == 1

@@ -196,3 +196,81 @@ def test_the_cells_are_chosen_by_the_actions_not_by_the_propensities():
     shuffled = check_logged_propensities(
         ds.with_behavior_prob(np.random.default_rng(1).permutation(ds.behavior_prob)))
     assert shuffled is not None and shuffled.warn, shuffled
+
+
+def test_floored_estimated_propensities_on_logged_rows_are_warned():
+    """Estimated propensities: logged rows floored by the behaviour model are said, with counts.
+
+    A thin categorical state (Garnet, 50 states, 300 stays): the cross-fitted model gives some
+    logged actions an out-of-fold probability below its floor, in about 3% of the stays; the
+    weighted estimators then rest on the floor. With the true propensities logged, no warning.
+    """
+    import re
+    import warnings
+    from dataclasses import replace
+
+    from equicare.exceptions import DataWarning
+    from equicare.ope import evaluate
+    from equicare.ope._propensity_check import FLOORED_EPISODE_SHARE
+
+    _, logged, pols = make("s50_a5_g1", 300, seed=3)
+    ds = replace(logged, behavior_prob=None, _cache={})
+    pi = pols["soft_optimal"][np.asarray(ds.categorical[:, 0])]
+    with pytest.warns(DataWarning) as rec:
+        res = evaluate(ds, pi, bootstrap=0, q_model="tabular_stationary", groups=())
+    msgs = [str(w.message) for w in rec if "not logged but estimated" in str(w.message)]
+    assert len(msgs) == 1
+    n_rows = res.behavior_model["n_floored"]
+    m = re.search(r"below its floor 0\.001 on ([\d,]+) logged rows, in ([\d,]+) episodes "
+                  r"\(([\d.]+)% of them\).*\(up to 1,000 per step\).*is, wis, pdis, wpdis, dr, "
+                  r"wdr inherit that error", msgs[0])
+    assert m is not None, msgs[0]
+    assert int(m.group(1)) == n_rows > 0
+    assert res.behavior_model["floored_warning"] == msgs[0]  # the result JSON keeps it
+    assert int(m.group(2)) > FLOORED_EPISODE_SHARE * ds.n_episodes
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        known = evaluate(logged, pi, bootstrap=0, q_model="tabular_stationary", groups=())
+    assert known.settings["propensity_source"] == "logged"
+    with warnings.catch_warnings(record=True) as rec2:
+        warnings.simplefilter("always")
+        evaluate(logged, pi, bootstrap=0, q_model="tabular_stationary", groups=())
+    assert not any("not logged but estimated" in str(w.message) for w in rec2)
+
+
+def test_floored_message_counts_episodes_and_skips_unweighted_estimators():
+    from equicare.ope._propensity_check import floored_counts_message
+
+    msg = floored_counts_message(2, 2, 4, 1e-3, ("wis", "fqe"), 0.25)
+    assert msg is not None and "on 2 logged rows, in 2 episodes (50.0% of them), 8.0 times " \
+        "the 0.2 such rows it expects itself" in msg
+    assert "wis inherits that error, and its interval does not carry it: with estimated " \
+        "propensities it is biased" in msg
+    several = floored_counts_message(2, 2, 4, 1e-3, ("wis", "fqe", "dr"), 0.25)
+    assert several is not None and ("wis, dr inherit that error, and their intervals do not "
+                                    "carry it: with estimated propensities they are biased"
+                                    ) in several
+    assert floored_counts_message(2, 2, 4, 1e-3, ("fqe",), 0.25) is None
+    assert floored_counts_message(2, 2, 400, 1e-3, ("wis",), 0.25) is None  # 0.5% of episodes
+    # as many as the model expects: practice takes those actions that rarely, not a wrong model
+    assert floored_counts_message(2, 2, 4, 1e-3, ("wis",), 1.0) is None
+
+
+def test_floored_rows_of_truly_rare_actions_are_not_warned():
+    """Care simulator without its propensities (300 actions, many truly below 0.001): the model
+    floors logged rows in 39% of the episodes, about as many rows as it expects itself (272
+    against 206), so no warning; the share of episodes alone would have warned."""
+    import warnings
+    from dataclasses import replace
+
+    from equicare.ope import evaluate
+
+    sim = care.CareManagementSim(care.CareConfig())
+    logged = sim.generate(n_members=500, n_weeks=30, random_state=3).dataset()
+    ds = replace(logged, behavior_prob=None, _cache={})
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        res = evaluate(ds, sim.reference_policy(), estimators=("wis",), bootstrap=0, groups=())
+    assert not any("not logged but estimated" in str(w.message) for w in rec)
+    assert res.behavior_model["floored_warning"] is None
+    assert res.behavior_model["n_floored"] > 0.01 * ds.n_steps  # floored, yet as expected

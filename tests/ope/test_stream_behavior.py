@@ -135,3 +135,50 @@ def test_bad_sample_size_and_empty_sample_are_user_errors(panel, monkeypatch):
     with pytest.raises(DataValidationError, match="The behaviour model's sample .* has no episode"):
         monkeypatch.setattr(sb, "sample_episodes", lambda source, rows, seed: (None, 0.001))
         sb.fit_behavior_stream(object(), sample_rows=10, seed=0)
+
+
+def test_streamed_floored_propensities_give_the_in_memory_warning(tmp_path):
+    """Streamed (``--chunk-rows``), estimated propensities floored on logged rows are warned as
+    in memory: on the ICU-shaped Garnet panel the in-memory run said it and the streamed one
+    (same numbers) did not. A whole-panel sample counts the in-memory rows and episodes."""
+    import re
+    import warnings
+
+    from equicare.exceptions import DataWarning
+    from equicare.sim._garnet_cli import garnet_frame, garnet_manifest
+    from equicare.sim.garnet import GarnetConfig, garnet_panel, garnet_target_policies
+
+    cfg = GarnetConfig(n_states=50, n_actions=5, n_successors=3)
+    mdp, pan = garnet_panel(cfg, 300, 3)
+    frame = garnet_frame(mdp, pan).drop(columns=["propensity"])
+    path = tmp_path / "g.parquet"
+    frame.to_parquet(path, index=False, row_group_size=500)
+    md = garnet_manifest(cfg).to_dict()
+    md["dataset"].pop("behavior_prob")
+    man = Manifest.from_dict(md)
+    ds = load_dataset(path, man, emit_warnings=False)
+    pi = garnet_target_policies(mdp)["soft_optimal"]
+
+    class Table:
+        def action_probs(self, d):
+            lv = np.asarray([int(str(v)[1:]) for v in d.categorical_levels[0]])
+            return pi[lv[d.categorical[:, 0]]]
+
+    def floored(fn):
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            res = fn()
+        hits = [str(w.message) for w in rec if issubclass(w.category, DataWarning)
+                and "not logged but estimated" in str(w.message)]
+        return res, hits
+
+    mem, in_memory = floored(lambda: evaluate(ds, Table(), estimators=("wis", "dr"),
+                                              q_model="tabular_stationary", bootstrap=0,
+                                              groups=(), random_state=4))
+    got, streamed = floored(lambda: evaluate_stream(
+        path, Table(), manifest=man, estimators=("wis", "dr"), q_model="tabular_stationary",
+        n_boot=20, chunk_rows=700, random_state=4, groups=()))
+    assert len(in_memory) == 1 and streamed == in_memory
+    assert re.search(r"on \d+ logged rows, in \d+ episodes", streamed[0])
+    assert got.behavior_model["floored_warning"] == streamed[0]
+    assert mem.behavior_model["floored_warning"] == in_memory[0]

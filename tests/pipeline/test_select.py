@@ -462,3 +462,40 @@ def test_rules_rescored_from_a_superset_run_match_a_run_with_that_rule() -> None
         choose_by_bounds(table, wide.behavior_value, ("wdr",), "bound", "pdis")
     with pytest.raises(ValueError, match="rank_by"):
         SelectConfig(rank_by="best")
+
+
+def test_estimated_propensities_are_fitted_once_per_held_out_part(monkeypatch) -> None:
+    """Without logged propensities the candidates share one behaviour model per held-out part.
+
+    The model depends on the held-out episodes and the seed, not on the candidate: fitting it
+    for each candidate made ``train --select auto`` 6.6 times slower on an ICU-shaped panel
+    (493 s against 75 s with the propensities logged). Same numbers as one fit each.
+    """
+    from equicare.policy import BehaviorModel
+
+    _, logged = _panel(2, 600)
+    ds = replace(logged, behavior_prob=None, _cache={})
+    fits: list[int] = []
+    real_fit = BehaviorModel.fit
+
+    def counting_fit(self, dataset, y=None):
+        fits.append(dataset.n_episodes)
+        return real_fit(self, dataset, y)
+
+    monkeypatch.setattr(BehaviorModel, "fit", counting_fit)
+    cfg = SelectConfig(n_wedges=(50.0, 200.0, 1e9), pvi=(), neural=(), bootstrap=30,
+                       multiplicity="none")
+    res = select_policy(ds, cfg)
+    assert len(res.candidates) == 3 and all(c.error is None for c in res.candidates)
+    assert fits == [300, 300], fits  # one per held-out half (cross-fitting on two halves)
+    monkeypatch.setattr(BehaviorModel, "fit", real_fit)
+    from equicare.pipeline import _select as sel
+
+    monkeypatch.setattr(sel, "_held_out_behavior", lambda valid, cfg: None)
+    again = select_policy(ds, cfg)  # one fit per candidate, as before: the same numbers
+
+    def numbers(r):
+        return [{k: v for k, v in c.to_dict().items() if not k.endswith("_seconds")}
+                for c in r.candidates]
+
+    assert numbers(again) == numbers(res)

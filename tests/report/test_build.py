@@ -391,3 +391,27 @@ def test_parity_gap_figure_says_suppressed_where_a_gap_is_withheld():
     said = [t.get_text() for t in fig.axes[0].texts]
     assert len(said) == 1 and said[0].strip().startswith("suppressed")
     assert [round(b.get_width(), 4) for b in fig.axes[0].patches][1] == 0.0317
+
+
+def test_floored_estimated_propensities_are_a_note_under_policy_value(tmp_path):
+    """Estimated propensities floored on logged rows (evaluate's warning, kept in the result
+    JSON's behavior_model.floored_warning): the run report says it under Policy value; the
+    ICU-shaped panel's run printed it on the terminal only."""
+    import html
+    import json
+
+    from equicare.report._build import build_run_report
+
+    msg = ("The propensities were not logged but estimated, and the behaviour model gives the "
+           "action actually taken a probability below its floor 0.001 on 383 logged rows")
+    result = {"n_episodes": 40, "n_steps": 200, "behavior": {"value": 1.0, "ci": [0.9, 1.1]},
+              "estimates": {"dr": {"value": 1.2, "ci": [1.0, 1.4], "se": 0.1}},
+              "ess": {"trajectory_pct": 50.0, "per_decision_pct": 60.0},
+              "behavior_model": {"n_floored": 383, "floored_warning": msg}}
+    (tmp_path / "result.json").write_text(json.dumps(result))
+    page = html.unescape(build_run_report(tmp_path, figure_copies=False).render())
+    assert msg in page[page.index(">Policy value<"):]
+    result["behavior_model"]["floored_warning"] = None
+    (tmp_path / "result.json").write_text(json.dumps(result))
+    page = html.unescape(build_run_report(tmp_path, figure_copies=False).render())
+    assert "not logged but estimated" not in page

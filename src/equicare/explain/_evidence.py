@@ -40,11 +40,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
-from equicare.exceptions import DataValidationError, InvalidParameterError
+from equicare.exceptions import DataValidationError, DataWarning, InvalidParameterError
 from equicare.explain._distill import DistillConfig, Distiller, choice_weights, source_q
 from equicare.explain._rules import rule_count, tree_rules
 from equicare.ope._evaluate import far_outside, headline_of
 from equicare.ope._prepare import check_q_model
+from equicare.ope._propensity_check import floored_propensity_message
 from equicare.policy._base import check_probs
 from equicare.policy._deployed import deferred_target
 from equicare.policy._tree import TreePolicy
@@ -286,7 +287,8 @@ def support_share(probs: NDArray[np.float64], behavior_probs: NDArray[np.float64
     return float(100.0 * (probs * rare).sum(axis=1).mean())
 
 
-def _support_check(test: TrajectoryDataset, threshold: float, seed: int
+def _support_check(test: TrajectoryDataset, threshold: float, seed: int,
+                   estimators: tuple[str, ...] = ()
                    ) -> tuple[Callable[[NDArray[np.float64]], float], NDArray[np.float64], str]:
     """The support share (%) of any policy on ``test``, the propensities, and how it is checked.
 
@@ -294,7 +296,9 @@ def _support_check(test: TrajectoryDataset, threshold: float, seed: int
     an action is unsupported where it was never logged in the row's categorical state, or a
     fast behaviour model gives it probability below ``threshold``), fitted once. Without: a
     cross-fitted :class:`~equicare.policy.BehaviorModel` gives the propensities and the support
-    (probability below ``threshold``, or never logged in the row's categorical state).
+    (probability below ``threshold``, or never logged in the row's categorical state), and
+    ``evaluate``'s ``DataWarning`` on logged rows whose estimate was floored (a caveat of the
+    card) when ``estimators`` weight by the propensities.
     """
     from equicare.ope._support import LoggedSupport, model_support_diagnostics
     from equicare.policy import BehaviorModel
@@ -305,6 +309,9 @@ def _support_check(test: TrajectoryDataset, threshold: float, seed: int
                 np.asarray(test.behavior_prob, dtype=np.float64),
                 str(checker.summary["support_check"]))
     bm = BehaviorModel(n_folds=2, random_state=seed).fit(test)
+    floored = floored_propensity_message(bm, test, estimators)
+    if floored is not None:
+        warnings.warn(floored, DataWarning, stacklevel=2)
 
     def pct(p: NDArray[np.float64]) -> float:
         return model_support_diagnostics(test, p, bm, threshold=threshold, warn=False).share_pct
@@ -498,7 +505,8 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
         # (empirical per categorical cell, a fast model for numeric states) when present; else
         # a cross-fitted behaviour model for both
         say(f"support check and propensities on {test.n_episodes} held-out episodes")
-        support_pct, props, support_check = _support_check(test, cfg.rare_threshold, seeds[2])
+        support_pct, props, support_check = _support_check(test, cfg.rare_threshold, seeds[2],
+                                                           tuple(cfg.estimators))
 
         q_name, q_selection = cfg.q_model, None
         if q_name == "auto" and any(k in ("fqe", "dr", "wdr") for k in cfg.estimators):

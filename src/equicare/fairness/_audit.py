@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -15,7 +16,7 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
-from equicare.exceptions import InvalidParameterError
+from equicare.exceptions import DataWarning, InvalidParameterError
 from equicare.fairness._allocation import (
     AllocationFrame,
     _check_common,
@@ -36,6 +37,7 @@ from equicare.fairness._rows import (
     row_pass,
 )
 from equicare.ope._ess import ESS_KIND
+from equicare.ope._propensity_check import floored_propensity_message
 from equicare.policy import Policy
 from equicare.policy._deployed import (
     UsualCare,
@@ -573,6 +575,11 @@ class FairnessAudit:
             checked = exempt_rows(prep.target_probs, prep.deferred)
             report = (support.logged(checked, seed) if prep.behavior_model is None
                       else support.model(checked, prep.behavior_model))
+            bm = prep.behavior_model
+            if bm is not None and prep.propensity_source == "estimated":
+                floored = floored_propensity_message(bm, dataset, (key,), exempt=prep.deferred)
+                if floored is not None:
+                    warnings.warn(f"policy {name!r}: {floored}", DataWarning, stacklevel=2)
         parts = episode_parts(inputs, [key], truncate=self.truncate)
 
         def comb(sums: NDArray[np.float64], counts: NDArray[np.float64]) -> NDArray[np.float64]:

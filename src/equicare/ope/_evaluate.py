@@ -54,6 +54,7 @@ from equicare.ope._prepare import (
     prepare,
     q_model_name,
 )
+from equicare.ope._propensity_check import floored_propensity_message
 from equicare.ope._select import QSelection
 from equicare.ope._support import (
     LoggedSupport,
@@ -968,6 +969,12 @@ def _evaluate(
     if bm is not None:
         support = model_support_diagnostics(dataset, checked, bm,
                                             threshold=support_threshold, estimators=keys)
+    if bm is not None and prep.propensity_source == "estimated":
+        floored = floored_propensity_message(bm, dataset, tuple(keys), exempt=prep.deferred)
+        if floored is not None:
+            warnings.warn(floored, DataWarning, stacklevel=3)
+        if bm_summary is not None:  # the result JSON and the run report say it too
+            bm_summary = {**bm_summary, "floored_warning": floored}
     elif diagnose_support:  # propensities known: empirical cell support + a fast numeric model
         support, bm_summary = logged_support_diagnostics(
             dataset, checked, behavior_model=behavior_model,

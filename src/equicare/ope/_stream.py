@@ -78,7 +78,11 @@ from equicare.ope._core import (
     undefined_estimates,
 )
 from equicare.ope._ess import WeightSums
-from equicare.ope._propensity_check import PropensityCheck, sample_propensity_check
+from equicare.ope._propensity_check import (
+    PropensityCheck,
+    floored_counts_message,
+    sample_propensity_check,
+)
 from equicare.ope._stream_groups import (
     GroupPlan,
     GroupSquares,
@@ -940,7 +944,17 @@ def evaluate_stream(
             src.transform = sb
             assert support is not None  # estimated propensities: always checked
             support.behavior = sb
-            beh_info = sb.info
+            beh_info = dict(sb.info)
+            floored = None if beh_info["floored_expected"] is None else floored_counts_message(
+                int(beh_info["n_floored"]), int(beh_info["floored_episodes"]),
+                int(beh_info["sample_episodes"]), float(beh_info["floor"]), tuple(keys),
+                float(beh_info["floored_expected"]))
+            if floored is not None and float(beh_info["sample_rate"]) < 1.0:
+                floored += (f" (Counted on the behaviour model's random sample of "
+                            f"{int(beh_info['sample_episodes']):,} episodes.)")
+            if floored is not None:
+                warnings.warn(floored, DataWarning, stacklevel=2)
+            beh_info["floored_warning"] = floored
         if any(k in Q_TYPE for k in keys):
             from equicare.ope._stream_q import evaluate_stream_q, resolve_stream_q
 

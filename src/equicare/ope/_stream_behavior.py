@@ -31,6 +31,7 @@ from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
 from equicare.exceptions import DataValidationError, InvalidParameterError
+from equicare.ope._propensity_check import FLOORED_EPISODE_SHARE, expected_floored_rows
 from equicare.ope._resample import _GOLDEN, _SEED_MIX, _splitmix64, episode_keys
 from equicare.policy._behavior import BehaviorModel
 from equicare.utils import PARAM_MESSAGE
@@ -239,8 +240,14 @@ def fit_behavior_stream(source: Any, *, model: Any = "logistic", sample_rows: in
     bm.fit(data)
     keys = episode_keys(data.episode_ids)
     order = np.argsort(keys, kind="stable")
+    low = np.asarray(bm.logged_prob(data)) < float(bm.floor)  # out-of-fold on the sample
+    floored_eps = int(np.unique(data.episode_index[low]).size)
     info = {"source": "estimated", "fit": "random sample of episodes",
             "sample_rate": rate, "sample_episodes": int(data.n_episodes),
-            "sample_rows": int(data.n_steps), **bm.summary()}
+            "sample_rows": int(data.n_steps), **bm.summary(),
+            "floored_episodes": floored_eps,  # and how many the model expects (their warning)
+            "floored_expected": (expected_floored_rows(bm, data)
+                                 if floored_eps > FLOORED_EPISODE_SHARE * data.n_episodes
+                                 else None)}
     return StreamBehavior(model=bm, keys=keys[order],
                           folds=np.asarray(bm.fold_of_episode_)[order], info=info)

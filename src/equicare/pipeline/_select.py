@@ -632,7 +632,30 @@ def _cross_fitted(parts: list[_HeldOut], cfg: SelectConfig) -> _HeldOut:
     return replace(out, censoring=_pool_censoring(checks)) if checks else out
 
 
-def _held_out(valid: Any, policy: Any, cfg: SelectConfig, q_model: str) -> _HeldOut:
+def _prep_seed(cfg: SelectConfig) -> int:
+    """The seed ``evaluate(random_state=cfg.seed)`` gives :func:`~equicare.ope.prepare`."""
+    from equicare.utils import check_random_state
+
+    return int(check_random_state(cfg.seed).integers(0, 2**31 - 1, size=3)[0])
+
+
+def _held_out_behavior(valid: Any, cfg: SelectConfig) -> Any:
+    """The behaviour model :func:`_held_out` fits on ``valid``, fitted once for all candidates.
+
+    It depends on the held-out episodes and the seed only, never on the candidate, so the
+    candidates share it (the same numbers as one fit each). None when ``valid`` logs its
+    propensities.
+    """
+    if valid.behavior_prob is not None:
+        return None
+    from equicare.ope._prepare import model_seed
+    from equicare.policy import BehaviorModel
+
+    return BehaviorModel(random_state=model_seed(_prep_seed(cfg))).fit(valid)
+
+
+def _held_out(valid: Any, policy: Any, cfg: SelectConfig, q_model: str,
+              behavior: Any = None) -> _HeldOut:
     """Every estimator on the held-out episodes, with paired bounds of the gain.
 
     The computation of :func:`equicare.ope.evaluate` (same seeds, so the same values),
@@ -660,6 +683,7 @@ def _held_out(valid: Any, policy: Any, cfg: SelectConfig, q_model: str) -> _Held
     seed_prep, seed_boot, _ = (int(s) for s in rng.integers(0, 2**31 - 1, size=3))
     with threadpool_limits(limits=_thread_limit(valid)):
         prep = prepare(valid, policy, keys=keys, q_model=as_fqe_config(q_model),
+                       behavior_model="logistic" if behavior is None else behavior,
                        random_state=seed_prep)
         parts = episode_parts(prep.inputs, keys)
         if prep.q_linearised:
@@ -818,6 +842,7 @@ def select_policy(dataset: Any, config: SelectConfig | None = None, *,
             else policy
 
     unseen_f = [_unseen(dataset, va) for _, va, _ in folds]  # the same for every candidate
+    behaviors = [_held_out_behavior(va, c) for _, va, c in folds]  # likewise
     rows: list[Candidate] = []
     fitted: dict[str, Any] = {}
     censoring: dict[str, Any] = {}
@@ -836,8 +861,8 @@ def select_policy(dataset: Any, config: SelectConfig | None = None, *,
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", SupportWarning)
-                parts = [_held_out(va, judged(ln.policy_), c, q_model)
-                         for (_, va, c), ln in zip(folds, learners, strict=True)]
+                parts = [_held_out(va, judged(ln.policy_), c, q_model, bm)
+                         for (_, va, c), ln, bm in zip(folds, learners, behaviors, strict=True)]
         except (ValueError, RuntimeError) as exc:
             rows.append(Candidate(name, algo, params, train_seconds=t1 - t0,
                                   error=str(exc).splitlines()[0]))

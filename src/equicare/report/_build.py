@@ -403,6 +403,9 @@ def build_run_report(
             f"Evaluated on {result['n_episodes']:,} held-out episodes "
             f"({result['n_steps']:,} steps). Intervals: 95% episode-level bootstrap."
         )
+        floored = (result.get("behavior_model") or {}).get("floored_warning")
+        if floored:  # estimated propensities floored on logged rows (evaluate's warning)
+            rep.text(floored, note=True)
         far = [k for k in result.get("out_of_range") or [] if k in result["estimates"]]
         if far:
             rep.text(
