@@ -26,10 +26,15 @@ from equicare.exceptions import DataValidationError, DataWarning
 from equicare.utils import MIN_CELL
 
 __all__ = ["ValidationReport", "validate_frame", "encode_actions", "SPARSE_REWARD_PCT",
-           "NO_TERMINAL_NOTE", "PanelCounts", "panel_warnings", "EXAMPLE_ROW_RE"]
+           "NO_TERMINAL_NOTE", "PanelCounts", "panel_warnings", "EXAMPLE_ROW_RE",
+           "FEW_EPISODES_MESSAGE", "check_episodes"]
 
 #: Note of a manifest without ``dataset.terminal`` (Contract 1: every episode end is censored).
 NO_TERMINAL_NOTE = "no 'terminal' column: every episode end is treated as censored"
+
+#: Too few episodes for a computation that resamples, splits or cross-fits them (tests match it).
+FEW_EPISODES_MESSAGE = ("{source}the panel has {n} episode{s}; {owner} needs at least {minimum} "
+                        "because {why}.")
 
 #: Reward components non-zero in fewer than this % of rows raise a sparsity warning.
 SPARSE_REWARD_PCT = 1.0
@@ -641,3 +646,37 @@ def validate_frame(
         if panel_level:
             rep.warnings.extend(panel_warnings(counts, manifest, source))
     return rep
+
+
+def check_episodes(dataset: Any, minimum: int, owner: str, why: str,
+                   source: str | os.PathLike[str] | None = None) -> None:
+    """Refuse a dataset with fewer than ``minimum`` episodes, saying why they are needed.
+
+    Episode-level bootstraps, cross-fitting and holdouts need several episodes: with one, an
+    interval would be a point (``[v, v]``, standard error 0) and a cross-fitting fold would
+    train on nothing.
+
+    Parameters
+    ----------
+    dataset : TrajectoryDataset
+        Anything with ``n_episodes``.
+    minimum : int
+        Episodes needed.
+    owner : str
+        Who needs them (a command or function name), e.g. ``"evaluate"``.
+    why : str
+        Why, completing "needs at least {minimum} because ...".
+    source : str or path, optional
+        The panel file, named first in the message.
+
+    Raises
+    ------
+    DataValidationError
+        :data:`FEW_EPISODES_MESSAGE`.
+    """
+    n = int(dataset.n_episodes)
+    if n < minimum:
+        msg = FEW_EPISODES_MESSAGE.format(source="" if source is None else f"{source}: ", n=n,
+                                          s="" if n == 1 else "s", owner=owner,
+                                          minimum=minimum, why=why)
+        raise DataValidationError(msg[:1].upper() + msg[1:])
