@@ -699,7 +699,8 @@ def check_episodes(dataset: Any, minimum: int, owner: str, why: str,
 
 def split_holdout(dataset: Any, share: float, owner: str, purpose: str, why: str, *,
                   random_state: Any = None, stratify: str | None = None,
-                  source: str | os.PathLike[str] | None = None) -> tuple[Any, Any]:
+                  source: str | os.PathLike[str] | None = None,
+                  both: bool = False) -> tuple[Any, Any]:
     """Split episodes into (fit, held out) by ``dataset.split``, refusing a held-out part of < 2.
 
     A one-episode panel cannot be split, and a held-out part of one episode cannot be
@@ -717,6 +718,8 @@ def split_holdout(dataset: Any, share: float, owner: str, purpose: str, why: str
         As in :meth:`~equicare.data.TrajectoryDataset.split`.
     source : str or path, optional
         The panel file, named first in the message.
+    both : bool, default=False
+        Both parts are held out in turn (cross-fitting on two halves): the smaller needs 2.
 
     Returns
     -------
@@ -728,9 +731,9 @@ def split_holdout(dataset: Any, share: float, owner: str, purpose: str, why: str
         :data:`HOLDOUT_EPISODES_MESSAGE`.
     """
     n = int(dataset.n_episodes)
-    parts = (None, None) if n < 2 else dataset.split(share, random_state=random_state,
-                                                     stratify=stratify)
-    k = 0 if parts[1] is None else int(parts[1].n_episodes)
+    parts: tuple[Any, Any] = (None, None) if n < 2 else dataset.split(
+        share, random_state=random_state, stratify=stratify)
+    k = 0 if n < 2 else min(int(p.n_episodes) for p in (parts if both else parts[1:]))
     if k < 2:
         raise DataValidationError(_led_by(source, HOLDOUT_EPISODES_MESSAGE.format(
             source=_lead(source), n=n, s="" if n == 1 else "s", owner=owner, share=share,
