@@ -72,6 +72,23 @@ def test_rewards_only_on_last_rows_are_a_data_error_and_mostly_there_a_warning()
         from_dataset(from_frame(df, MANIFEST, emit_warnings=False))
 
 
+@pytest.mark.parametrize("taken", ["never", "only_on_last_rows", "always"])
+def test_a_binary_action_every_transition_takes_the_same_way_is_a_data_error(taken) -> None:
+    """`mediate --action` naming an action set no row took (a panel logging action 0 only)
+    printed every effect of a policy taking it, with intervals and no warning. Refused now,
+    also when the action is logged only on episodes' last rows (no transition shows it)."""
+    from equicare.causal._data import ONE_ACTION_MESSAGE
+
+    lengths = [4] * 30
+    df = _panel(lengths)
+    last = np.concatenate([np.arange(k) == k - 1 for k in lengths])
+    df["a"] = {"never": 0, "only_on_last_rows": last.astype(int), "always": 1}[taken]
+    a = 1 if taken == "always" else 0
+    with pytest.raises(DataValidationError, match=re.escape(
+            ONE_ACTION_MESSAGE.format(source="", a=a, b=1 - a, n=90))):
+        from_dataset(from_frame(df, MANIFEST, emit_warnings=False))
+
+
 def test_dense_features_that_cannot_fit_are_refused_before_they_are_built(monkeypatch) -> None:
     """Mediation one-hot encodes categorical states densely: a 5,000-level state reached 19 GB
     in 110 s before the basis-size check refused it. The footprint (about DENSE_COPIES dense

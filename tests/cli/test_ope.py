@@ -358,3 +358,23 @@ def test_overall_is_values_resting_on_one_episodes_weight_are_warned_about(files
                       files["dir"] / "same.parquet")
     res, _ = _run({**files, "policy": files["dir"] / "same.parquet"}, *extra, "--force")
     assert res.exit_code == 0 and "episodes' worth" not in res.output, res.output
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_single_episode_panel_is_refused_naming_the_file(files, stream):
+    """A one-episode panel crashed evaluate's Q-model choice (IndexError in the tabular design:
+    one cross-fitting fold trained on nothing), in memory and streamed, and with a fixed Q-model
+    it published every interval as a point ([v, v], se 0). Now it is refused, file named."""
+    ds = files["ds"].subset([0])
+    df = files["df"]
+    df[df["member_id"] == ds.episode_ids[0]].to_csv(files["data"], index=False)
+    write_policy_file(ds, np.full((ds.n_steps, ds.n_actions), 1 / 6), files["policy"],
+                      overwrite=True)
+    for q_model in ("auto", "linear"):
+        extra = ["--q-model", q_model] + (["--chunk-rows", "100"] if stream else [])
+        res, out = _run(files, *extra)
+        assert res.exit_code == 2, res.output
+        assert (f"{files['data']}: the panel has 1 episode; evaluate needs at least 2 because "
+                "its intervals resample episodes and its Q-model is chosen by cross-fitting "
+                "over them.") in " ".join(res.output.split())
+        assert not out.exists()

@@ -565,3 +565,21 @@ def test_floored_estimated_propensities_are_a_caveat_of_the_card():
     hits = [c for c in card.caveats
             if "evidence: The propensities were not logged but estimated" in c]
     assert len(hits) == 1 and "wis, dr, wdr inherit that error" in hits[0]
+
+
+@pytest.mark.parametrize(("n", "held_out"), [(1, 0), (2, 1)])
+def test_a_panel_too_small_for_the_holdout_is_a_data_error_naming_it(n, held_out):
+    """One episode: the split's own error ("Need at least 2 episodes to split.", no file);
+    two: one held-out episode, and auto's cross-fitting crashed on it (IndexError). Both are
+    one data error now, naming the panel and the holdout."""
+    from equicare.data.validate import HOLDOUT_EPISODES_MESSAGE
+    from equicare.exceptions import DataValidationError
+    from equicare.ope._evaluate import EVALUATE_EPISODES_WHY
+
+    ds = tree_sim.generate(n, seed=16)
+    cfg = ExplainConfig(bootstrap=0, frontier_bootstrap=0, depths=(1,), depth=1)
+    msg = HOLDOUT_EPISODES_MESSAGE.format(
+        source="panel.csv: ", n=n, s="" if n == 1 else "s", owner="explain", share=0.3,
+        purpose="the evidence", k=held_out, why=EVALUATE_EPISODES_WHY)
+    with pytest.raises(DataValidationError, match=re.escape(msg)):
+        explain_policy(ds, tree_sim.NoisyExpert(), cfg, random_state=0, panel="panel.csv")

@@ -198,6 +198,21 @@ def test_need_rule() -> None:
             need_rows(ds, rule)
 
 
+def test_a_need_rule_that_selects_no_row_is_refused() -> None:
+    """`audit --need 'severity >= 2'` on a panel whose severity never reaches 2 printed the
+    audit with every group's proportional parity null and no word why. Refused now, with the
+    rule's columns' ranges; a chunk of a streamed panel is let through (checked after)."""
+    from equicare.fairness._rows import NEED_RULE_NO_ROW_MESSAGE
+
+    ds = random_panel(50, seed=6)
+    risk = ds.states[:, 0]
+    with pytest.raises(DataValidationError, match=re.escape(NEED_RULE_NO_ROW_MESSAGE.format(
+            rule="risk > 99 and risk > 0", ranges=f" ('risk' from {risk.min():.4g} to "
+                                                  f"{risk.max():.4g})"))):
+        need_rows(ds, "risk > 99 and risk > 0")
+    assert not need_rows(ds, "risk > 99", require_any=False).any()
+
+
 def test_policy_called_on_blocks_of_whole_episodes() -> None:
     ds = random_panel(30, seed=7)
     seen: list[int] = []

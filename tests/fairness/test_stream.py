@@ -543,3 +543,24 @@ def test_streamed_audit_hides_rates_of_an_action_few_members_got_as_in_memory(pa
     assert b["overall_rate"] == b["parity_gap_pp"] == {"suppressed": True}
     assert b["rate"]["a"] == {"suppressed": True, "n_episodes": int(a.n_episodes["a"])}
     _assert_same(ref.to_dict(), got.to_dict())
+
+
+def test_a_need_rule_that_selects_no_row_is_refused_streamed_too(panel):
+    """As in memory (tests/fairness/test_allocation.py): refused after the pass, not per chunk;
+    a rule that selects rows of some chunks only streams the in-memory numbers."""
+    from equicare.exceptions import DataValidationError
+    from equicare.fairness._rows import NEED_RULE_NO_ROW_MESSAGE
+
+    path, man, ds = panel
+    cfg = FairnessAudit(action="modality=home_visit", n_boot=20, n_permutations=0,
+                        estimator=None, need="risk > 99")
+    with pytest.raises(DataValidationError, match=re.escape(NEED_RULE_NO_ROW_MESSAGE.format(
+            rule="risk > 99", ranges=""))):
+        audit_stream(path, {}, manifest=man, config=cfg, chunk_rows=7, random_state=8)
+    rare = float(np.quantile(ds.states[:, 0], 0.8))  # none in some 7-row chunks
+    cfg = FairnessAudit(action="modality=home_visit", n_boot=20, n_permutations=0,
+                        estimator=None, need=f"risk > {rare}")
+    w = poisson_weights(episode_keys(ds.episode_ids), 20, seed=8)
+    ref = cfg.run(ds, {}, weights=w, random_state=8)
+    got = audit_stream(path, {}, manifest=man, config=cfg, chunk_rows=7, random_state=8)
+    assert _numbers(ref) == _numbers(got)

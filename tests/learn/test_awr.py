@@ -66,3 +66,22 @@ def test_group_aware_critic_round_trip(tmp_path, small_data):
     np.testing.assert_array_equal(awr.scores(small_data, "critic"),
                                   back.scores(small_data, "critic"))
     np.testing.assert_array_equal(awr.action_probs(small_data), back.action_probs(small_data))
+
+
+def test_early_stopping_on_dr_with_one_validation_episode_is_a_data_error(small_data):
+    """Two episodes with early_stopping='dr': one validation episode, and its DR value crashed
+    auto's Q-model choice (IndexError, 'internal error'); then evaluate's own refusal spoke of
+    a 1-episode panel. Refused with the split named now."""
+    import re
+
+    from equicare.data.validate import HOLDOUT_EPISODES_MESSAGE
+    from equicare.exceptions import DataValidationError
+    from equicare.ope._evaluate import EVALUATE_EPISODES_WHY
+
+    two = small_data.subset([0, 1])
+    msg = HOLDOUT_EPISODES_MESSAGE.format(
+        source="", n=2, s="s", owner="AWR with early_stopping='dr'", share=0.3,
+        purpose="its validation value", k=1, why=EVALUATE_EPISODES_WHY)
+    with pytest.raises(DataValidationError, match=re.escape(msg[:1].upper() + msg[1:])):
+        AWR(n_steps=20, eval_every=10, early_stopping="dr", hidden=(8,),
+            valid_fraction=0.3).fit(two, progress=False)

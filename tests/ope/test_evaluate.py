@@ -658,3 +658,13 @@ def test_auto_s_bias_of_a_suppressed_level_is_withheld_in_the_result_json(ds):
         assert (v == {"suppressed": True}) == (lv in hidden)
         if lv not in hidden:
             assert v["bias"] == raw[lv]["bias"]
+
+
+@pytest.mark.parametrize("q_model", ["auto", "linear"])
+def test_one_episode_is_refused(ds, q_model):
+    """One episode: auto's cross-fitting crashed (a fold trained on nothing) and a fixed
+    Q-model gave every interval as a point. Refused, saying why."""
+    with pytest.raises(DataValidationError, match=re.escape(
+            "The panel has 1 episode; evaluate needs at least 2 because its intervals resample "
+            "episodes and its Q-model is chosen by cross-fitting over them.")):
+        evaluate(ds.subset([0]), TabularPolicy(TARGET), q_model=q_model, bootstrap=20)

@@ -666,3 +666,20 @@ def test_the_explain_stage_passes_the_distillation_keys(tmp_path):
     card = json.loads((tmp_path / "card" / "policy_card.json").read_text())
     assert card["settings"]["distill"]["set_splits"] is False
     assert card["settings"]["distill"]["deviation_margin"] == 0.05
+
+
+def test_a_panel_too_small_for_the_holdout_fails_when_the_data_loads(tmp_path):
+    """Two episodes: the run trained on one, then evaluate crashed or refused the other (a
+    failed run and its .partial folder left in the store, and a message about "the panel" of
+    1 episode). Refused when the data loads now, naming the file and ope.holdout."""
+    cfg = _garnet_config(tmp_path)
+    panel_path = tmp_path / "garnet" / "panel.parquet"
+    panel = pd.read_parquet(panel_path)
+    panel[panel["episode"] < 2].to_parquet(panel_path, index=False)
+    res = runner.invoke(app, ["run", str(cfg), "--no-progress"])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 2, res.output
+    assert (f"{panel_path}: the panel has 2 episodes; run holds out 0.5 of them (1 here) for "
+            "the evaluation (ope.holdout) and needs at least 2 there because") in said, said
+    store = tmp_path / "runs"
+    assert RunStore(store).list_runs().empty and not list(store.glob("*.partial"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -499,3 +500,22 @@ def test_estimated_propensities_are_fitted_once_per_held_out_part(monkeypatch) -
                 for c in r.candidates]
 
     assert numbers(again) == numbers(res)
+
+
+@pytest.mark.parametrize(("n", "folds", "message"), [
+    (2, 2, "the panel has 2 episodes; select holds out 0.5 of them (1 here) for the candidates' "
+           "evaluation (each half in turn) and needs at least 2 there because"),
+    (3, 2, "the panel has 3 episodes; select holds out 0.5 of them (1 here)"),
+    (2, 1, "the panel has 2 episodes; select holds out 0.3 of them (1 here) for the candidates' "
+           "evaluation and needs at least 2 there"),
+    (5, 3, "the panel has 5 episodes; select needs at least 6 because each of its 3 folds holds "
+           "out 2 or more")])
+def test_too_few_episodes_for_the_held_out_parts_is_a_data_error(n, folds, message) -> None:
+    """`train --select auto` on 2 episodes cross-fitted on halves of 1: every candidate's
+    held-out value was one episode's, printed with an interval of width 0 (lower = upper =
+    1.0000). Now refused, naming the panel; a one-episode panel got the split's own error."""
+    _, ds = _panel(1, 40)
+    ds = ds.subset(np.arange(n))
+    cfg = replace(FAST, folds=folds, valid_fraction=0.3)
+    with pytest.raises(DataValidationError, match=re.escape(f"p.csv: {message}")):
+        select_policy(ds, cfg, panel="p.csv")

@@ -288,3 +288,24 @@ def test_unsupported_target_has_no_finite_bound() -> None:
         assert eb.n_unidentified > 0 and eb.variance == np.inf and eb.model == model
     with pytest.raises(ValueError, match="model"):
         mdp.efficiency_bound(pi, model="iid")  # type: ignore[arg-type]
+
+
+def test_synth_garnet_with_two_states_has_two_groups(tmp_path):
+    """`synth --sim garnet --states 2` (the option allows it) was refused with "The 'n_groups'
+    parameter of GarnetConfig must be an int in [1, n_states=2]. Got 3 instead.", a parameter
+    the command has no option for. The groups (blocks of states) are now at most the states."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from equicare.cli import app
+    from equicare.data import load_dataset
+
+    out = tmp_path / "g"
+    res = CliRunner().invoke(app, ["synth", "--sim", "garnet", "--states", "2", "--actions", "2",
+                                   "--episodes", "30", "--seed", "1", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    ds = load_dataset(out / "panel.parquet", out / "manifest.toml")
+    assert ds.n_episodes == 30 and len(ds.categorical_levels[0]) == 2
+    assert set(ds.groups["group"]) <= {"g0", "g1"}
+    assert json.loads((out / "truth.json").read_text())["config"]["n_groups"] == 2

@@ -27,6 +27,13 @@ FEW_EPISODES_MESSAGE = "Mediation analysis needs at least 2 episodes; got {n}."
 FEW_TRANSITION_EPISODES_MESSAGE = (
     "Mediation analysis needs at least 2 episodes with a transition (2 or more rows); got {n} "
     "of {total} episodes (an episode's last row has no next state).")
+#: A binary action that every transition takes the same way (an action set nobody logged).
+ONE_ACTION_MESSAGE = (
+    "{source}every transition logs action {a} ({n:,} rows followed by a row of the same "
+    "episode) and none logs action {b}: mediation estimates what each of the two actions does "
+    "to the mediator and the reward from the logged transitions, so both must be logged (an "
+    "action set collapsed by --action or binarize_actions: one that some rows take and others "
+    "do not).")
 #: Every non-zero reward sits on a row without a next state (an outcome at the end of a stay).
 END_REWARD_MESSAGE = (
     "{source}every non-zero reward of the panel ({k:,} rows) is on an episode's last row. "
@@ -253,6 +260,7 @@ def from_dataset(ds: Any, check: Callable[[Any, NDArray[np.int64], NDArray[np.in
         raise DataValidationError(FEW_TRANSITION_EPISODES_MESSAGE.format(
             n=with_transition, total=int(np.unique(ep_index).size)))
     _check_end_rewards(ds, rows)
+    _check_both_actions(ds, rows)
     _check_dense_memory(ds, rows.size)
     if check is not None:
         check(ds, rows, next_rows)
@@ -312,6 +320,22 @@ def _check_end_rewards(ds: Any, rows: NDArray[np.int64]) -> None:
         warnings.warn(END_REWARD_WARNING.format(source=source, pct=100 * at_end / total,
                                                 share=100 * last.mean()),
                       DataWarning, stacklevel=3)
+
+
+def _check_both_actions(ds: Any, rows: NDArray[np.int64]) -> None:
+    """Refuse a binary action that every transition takes the same way.
+
+    A panel whose logged actions were all 0 (``--action`` naming an action set no row takes)
+    printed every effect of a policy taking it, with intervals and no warning: estimates of an
+    action the data never shows.
+    """
+    if int(getattr(ds, "n_actions", 0)) != 2:
+        return
+    logged = np.unique(np.asarray(ds.actions)[rows])
+    if logged.size == 1:
+        a = int(logged[0])
+        raise DataValidationError(ONE_ACTION_MESSAGE.format(source=_source(ds), a=a, b=1 - a,
+                                                             n=int(rows.size)))
 
 
 def _source(ds: Any) -> str:

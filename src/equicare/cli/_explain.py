@@ -68,7 +68,8 @@ def run_explain(model: Path, data: Path, *, manifest: Path, out: Path, depth: in
         warnings.simplefilter("ignore", DataWarning)
         ds = load_dataset(data, man)
     policy, desc = load_source_policy(model)
-    card = explain_policy(ds, policy, cfg, source=desc, random_state=seed, progress=progress)
+    card = explain_policy(ds, policy, cfg, source=desc, random_state=seed, progress=progress,
+                          panel=data)
     say(f"writing the card to {out}")
     files = write_card(card, out, overwrite=force, provenance=provenance)
     return {**card.to_dict(), "files": {k: str(v) for k, v in files.items()}}

@@ -186,8 +186,9 @@ def run_evaluate(
         Bad options, an existing ``out`` without ``force``, missing files.
     """
     from equicare.data import load_dataset
+    from equicare.data.validate import check_episodes
     from equicare.exceptions import DataValidationError, DataWarning
-    from equicare.ope._evaluate import evaluate, parse_estimators
+    from equicare.ope._evaluate import EVALUATE_EPISODES_WHY, evaluate, parse_estimators
 
     if out is not None and out.exists() and not force:
         raise FileExistsError(OUT_EXISTS.format(path=out))
@@ -211,6 +212,7 @@ def run_evaluate(
         except DataValidationError as exc:
             _explain_propensity_error(exc, data, manifest, policy, keys)
             raise
+    check_episodes(ds, 2, "evaluate", EVALUATE_EPISODES_WHY, data)
     pol = load_target_policy(policy)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

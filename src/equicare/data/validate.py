@@ -26,10 +26,21 @@ from equicare.exceptions import DataValidationError, DataWarning
 from equicare.utils import MIN_CELL
 
 __all__ = ["ValidationReport", "validate_frame", "encode_actions", "SPARSE_REWARD_PCT",
-           "NO_TERMINAL_NOTE", "PanelCounts", "panel_warnings", "EXAMPLE_ROW_RE"]
+           "NO_TERMINAL_NOTE", "PanelCounts", "panel_warnings", "EXAMPLE_ROW_RE",
+           "FEW_EPISODES_MESSAGE", "check_episodes", "HOLDOUT_EPISODES_MESSAGE",
+           "split_holdout"]
 
 #: Note of a manifest without ``dataset.terminal`` (Contract 1: every episode end is censored).
 NO_TERMINAL_NOTE = "no 'terminal' column: every episode end is treated as censored"
+
+#: Too few episodes for a computation that resamples, splits or cross-fits them (tests match it).
+FEW_EPISODES_MESSAGE = ("{source}the panel has {n} episode{s}; {owner} needs at least {minimum} "
+                        "because {why}.")
+
+#: Too few episodes held out for an evaluation (tests match it).
+HOLDOUT_EPISODES_MESSAGE = (
+    "{source}the panel has {n} episode{s}; {owner} holds out {share:g} of them ({k} here) for "
+    "{purpose} and needs at least 2 there because {why}. Give it a panel with more episodes.")
 
 #: Reward components non-zero in fewer than this % of rows raise a sparsity warning.
 SPARSE_REWARD_PCT = 1.0
@@ -641,3 +652,90 @@ def validate_frame(
         if panel_level:
             rep.warnings.extend(panel_warnings(counts, manifest, source))
     return rep
+
+
+def _lead(source: str | os.PathLike[str] | None) -> str:
+    """``"{source}: "`` to start a message with, or ``""``."""
+    return "" if source is None else f"{source}: "
+
+
+def _led_by(source: str | os.PathLike[str] | None, msg: str) -> str:
+    """The message as a sentence: capitalised when no file name leads it."""
+    return msg if source is not None else msg[:1].upper() + msg[1:]
+
+
+def check_episodes(dataset: Any, minimum: int, owner: str, why: str,
+                   source: str | os.PathLike[str] | None = None) -> None:
+    """Refuse a dataset with fewer than ``minimum`` episodes, saying why they are needed.
+
+    Episode-level bootstraps, cross-fitting and holdouts need several episodes: with one, an
+    interval would be a point (``[v, v]``, standard error 0) and a cross-fitting fold would
+    train on nothing.
+
+    Parameters
+    ----------
+    dataset : TrajectoryDataset
+        Anything with ``n_episodes``.
+    minimum : int
+        Episodes needed.
+    owner : str
+        Who needs them (a command or function name), e.g. ``"evaluate"``.
+    why : str
+        Why, completing "needs at least {minimum} because ...".
+    source : str or path, optional
+        The panel file, named first in the message.
+
+    Raises
+    ------
+    DataValidationError
+        :data:`FEW_EPISODES_MESSAGE`.
+    """
+    n = int(dataset.n_episodes)
+    if n < minimum:
+        raise DataValidationError(_led_by(source, FEW_EPISODES_MESSAGE.format(
+            source=_lead(source), n=n, s="" if n == 1 else "s", owner=owner, minimum=minimum,
+            why=why)))
+
+
+def split_holdout(dataset: Any, share: float, owner: str, purpose: str, why: str, *,
+                  random_state: Any = None, stratify: str | None = None,
+                  source: str | os.PathLike[str] | None = None,
+                  both: bool = False) -> tuple[Any, Any]:
+    """Split episodes into (fit, held out) by ``dataset.split``, refusing a held-out part of < 2.
+
+    A one-episode panel cannot be split, and a held-out part of one episode cannot be
+    evaluated (:func:`check_episodes`): both are one data error naming the panel and the
+    holdout, instead of the split's or the evaluation's own.
+
+    Parameters
+    ----------
+    dataset : TrajectoryDataset
+    share : float in (0, 1)
+        Share of the episodes held out.
+    owner, purpose, why : str
+        Who holds out, for what, and why 2 episodes are needed there (the message).
+    random_state, stratify
+        As in :meth:`~equicare.data.TrajectoryDataset.split`.
+    source : str or path, optional
+        The panel file, named first in the message.
+    both : bool, default=False
+        Both parts are held out in turn (cross-fitting on two halves): the smaller needs 2.
+
+    Returns
+    -------
+    fit, held_out : TrajectoryDataset
+
+    Raises
+    ------
+    DataValidationError
+        :data:`HOLDOUT_EPISODES_MESSAGE`.
+    """
+    n = int(dataset.n_episodes)
+    parts: tuple[Any, Any] = (None, None) if n < 2 else dataset.split(
+        share, random_state=random_state, stratify=stratify)
+    k = 0 if n < 2 else min(int(p.n_episodes) for p in (parts if both else parts[1:]))
+    if k < 2:
+        raise DataValidationError(_led_by(source, HOLDOUT_EPISODES_MESSAGE.format(
+            source=_lead(source), n=n, s="" if n == 1 else "s", owner=owner, share=share,
+            purpose=purpose, k=k, why=why)))
+    return parts

@@ -30,6 +30,7 @@ than ``min_cell`` episodes are suppressed.
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from collections.abc import Callable
@@ -419,7 +420,8 @@ def _fairness(audit_res: Any) -> dict[str, Any]:
 # ---------------------------------------------------------------------- the card
 def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfig | None = None,
                    *, test: TrajectoryDataset | None = None, source: dict[str, Any] | None = None,
-                   random_state: int = 0, progress: bool = False) -> PolicyCard:
+                   random_state: int = 0, progress: bool = False,
+                   panel: str | os.PathLike[str] | None = None) -> PolicyCard:
     """Distil a policy into rules and gather the evidence of its policy card.
 
     Parameters
@@ -439,14 +441,18 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
     progress : bool, default=False
         One ``[explain] ...`` line per stage on stderr and a bar over the depths
         (:class:`equicare._progress.Stages`); never changes the card.
+    panel : str or path, optional
+        The panel's file, named in data errors (a panel too small for the holdout).
 
     Returns
     -------
     PolicyCard
     """
     from equicare._progress import Stages
+    from equicare.data.validate import split_holdout
     from equicare.fairness import audit
     from equicare.ope import evaluate
+    from equicare.ope._evaluate import EVALUATE_EPISODES_WHY
 
     cfg = config or ExplainConfig()
     check_param(random_state, "random_state", "explain_policy", kind=int, low=0)
@@ -463,10 +469,12 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
     if test is None:
         # the source's probabilities on the whole panel, then split by episode (a policy file
         # covers exactly the panel's rows)
+        strat = dataset.group_attrs[0] if dataset.group_attrs else None
+        fit_ds, test = split_holdout(dataset, cfg.holdout, "explain", "the evidence",
+                                     EVALUATE_EPISODES_WHY, random_state=seeds[0],
+                                     stratify=strat, source=panel)
         src_all = check_probs(policy.action_probs(dataset), dataset.n_steps, dataset.n_actions,
                               "source policy")
-        strat = dataset.group_attrs[0] if dataset.group_attrs else None
-        fit_ds, test = dataset.split(cfg.holdout, random_state=seeds[0], stratify=strat)
         src_fit, src_test = (src_all[_rows_in(dataset, part)] for part in (fit_ds, test))
     else:
         fit_ds = dataset

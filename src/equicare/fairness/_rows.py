@@ -262,8 +262,17 @@ def episode_totals(dataset: TrajectoryDataset, x: NDArray[np.float64], level: Le
                      "instead.")
 
 
-def _parse_rule(dataset: TrajectoryDataset, rule: str) -> NDArray[np.float64]:
+#: A need rule that selects no row (tests match it).
+NEED_RULE_NO_ROW_MESSAGE = (
+    "Need rule {rule!r} holds on no row of the panel{ranges}; proportional parity compares "
+    "each group's share of the allocation with its share of the need, so the rule must select "
+    "some rows.")
+
+
+def _parse_rule(dataset: TrajectoryDataset, rule: str, require_any: bool = True
+                ) -> NDArray[np.float64]:
     names = list(dataset.state_names)
+    used: list[str] = []
     out = np.ones(dataset.n_steps, dtype=bool)
     for part in rule.replace("&", " and ").split(" and "):
         term = part.strip()
@@ -283,17 +292,23 @@ def _parse_rule(dataset: TrajectoryDataset, rule: str) -> NDArray[np.float64]:
                     raise DataValidationError(
                         f"Need rule {rule!r}: {val.strip()!r} is not a number.") from None
                 out &= _OPS[op](dataset.states[:, names.index(col)], v)
+                used.append(col)
                 break
         else:
             raise DataValidationError(
                 f"Need rule {rule!r}: each term must look like 'column OP number' with OP one of "
                 ">=, <=, >, <, ==, != (terms joined by 'and' or '&').")
+    if require_any and dataset.n_steps and not out.any():
+        cols = dataset.states[:, [names.index(c) for c in dict.fromkeys(used)]]
+        ranges = " (" + ", ".join(f"{c!r} from {lo:.4g} to {hi:.4g}" for c, lo, hi in zip(
+            dict.fromkeys(used), cols.min(axis=0), cols.max(axis=0), strict=True)) + ")"
+        raise DataValidationError(NEED_RULE_NO_ROW_MESSAGE.format(rule=rule, ranges=ranges))
     return out.astype(np.float64)
 
 
 def need_rows(dataset: TrajectoryDataset,
-              need: str | NDArray[Any] | Callable[[TrajectoryDataset], NDArray[Any]] | None
-              ) -> NDArray[np.float64] | None:
+              need: str | NDArray[Any] | Callable[[TrajectoryDataset], NDArray[Any]] | None,
+              *, require_any: bool = True) -> NDArray[np.float64] | None:
     """Clinical need per row (0/1 or a weight), or ``None`` when unknown.
 
     Parameters
@@ -302,6 +317,9 @@ def need_rows(dataset: TrajectoryDataset,
         ``None``: the manifest's need column (``dataset.need``, one flag per episode) if any.
         A string: a state rule such as ``"risk >= 0.7"`` or ``"risk > 0.5 and sdoh_need >= 1"``.
         An array of shape ``(n_steps,)`` or ``(n_episodes,)``, or a callable returning one.
+    require_any : bool, default=True
+        Refuse a rule that holds on no row (:data:`NEED_RULE_NO_ROW_MESSAGE`); ``False`` for
+        one chunk of a streamed panel (the total is checked after the pass).
 
     Returns
     -------
@@ -310,7 +328,7 @@ def need_rows(dataset: TrajectoryDataset,
     if need is None:
         return None if dataset.need is None else dataset.episode_rows(dataset.need).astype(float)
     if isinstance(need, str):
-        return _parse_rule(dataset, need)
+        return _parse_rule(dataset, need, require_any)
     arr = np.asarray(need(dataset) if callable(need) else need, dtype=np.float64)
     if arr.shape == (dataset.n_steps,):
         out = arr

@@ -46,7 +46,14 @@ from equicare.fairness._audit import (
 )
 from equicare.fairness._bootstrap import split_random_state
 from equicare.fairness._groups import GroupIndex, group_index, require_comparison
-from equicare.fairness._rows import action_set, episode_totals, level_matrix, need_rows, row_pass
+from equicare.fairness._rows import (
+    NEED_RULE_NO_ROW_MESSAGE,
+    action_set,
+    episode_totals,
+    level_matrix,
+    need_rows,
+    row_pass,
+)
 from equicare.ope._ess import ESS_KIND
 from equicare.ope._stream_groups import membership_matrix
 from equicare.policy._deployed import as_deployed, deferred_counts, deployed_propensities
@@ -303,7 +310,7 @@ def _add_chunk(part: _Partial, ds: TrajectoryDataset, ctx: _Context) -> None:
         nums.append(num[:, 0])
         lnums.append(num[:, 1:])
         p_logged[name] = pl
-    nr = need_rows(ds, cfg.need)
+    nr = need_rows(ds, cfg.need, require_any=False)  # checked over the panel, after the pass
     block = [np.stack(nums, axis=1), den[:, None]]
     if nr is not None:  # the need totals and whether each episode has need (for suppression)
         need_ep = episode_totals(ds, nr, cfg.level)[0]
@@ -600,6 +607,8 @@ def audit_stream(
                     min_cell=cfg.min_cell, small=gi_all.small)
     num_all = np.concatenate(part.ep_num)
     den_all = np.concatenate(part.ep_den)
+    if isinstance(cfg.need, str) and not part.alloc.sums()[0][:, len(names) + 1].any():
+        raise DataValidationError(NEED_RULE_NO_ROW_MESSAGE.format(rule=cfg.need, ranges=""))
     say(allocation_stage(cfg.n_boot, cfg.n_permutations))
     frames = build_frames(names, num_all, den_all, None, gi, None, action=spec,
                           level=cfg.level, alpha=cfg.alpha,

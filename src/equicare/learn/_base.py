@@ -469,7 +469,16 @@ class OfflineLearner(ConfigParams, BaseEstimator, metaclass=ABCMeta):  # type: i
         if cfg.fair_lambda > 0 and not self.fair_mask_[self.support_].any():
             raise DataValidationError(f"{name}: the action set {cfg.fair_action!r} contains no "
                                       "action of the policy's support (never logged).")
-        if valid is None and cfg.valid_fraction > 0 and dataset.n_episodes >= 2:
+        if valid is None and cfg.valid_fraction > 0 and cfg.early_stopping == "dr":
+            # the validation value is an OPE estimate: 2 or more held-out episodes
+            from equicare.data.validate import split_holdout
+            from equicare.ope._evaluate import EVALUATE_EPISODES_WHY
+
+            dataset, valid = split_holdout(
+                dataset, cfg.valid_fraction, f"{name} with early_stopping='dr'",
+                "its validation value", EVALUATE_EPISODES_WHY, random_state=cfg.seed,
+                stratify=attr)
+        elif valid is None and cfg.valid_fraction > 0 and dataset.n_episodes >= 2:
             strat = attr if attr is not None else None
             dataset, valid = dataset.split(cfg.valid_fraction, random_state=cfg.seed,
                                            stratify=strat)

@@ -21,6 +21,7 @@ from numpy.typing import NDArray
 from scipy.special import ndtri
 
 from equicare.data import TrajectoryDataset
+from equicare.data.validate import check_episodes
 from equicare.exceptions import DataWarning, InvalidParameterError, SmallCellWarning
 from equicare.ope import _ess
 from equicare.ope._bootstrap import (
@@ -84,7 +85,11 @@ from equicare.utils import (
 
 __all__ = ["evaluate", "evaluate_subgroups", "EvaluationResult", "GroupResult",
            "estimates_from_prepared", "parse_estimators", "refit_bootstrap", "bias_aware",
-           "refit_effects", "level_seeds"]
+           "refit_effects", "level_seeds", "EVALUATE_EPISODES_WHY"]
+
+#: Why :func:`evaluate` needs 2 or more episodes (``FEW_EPISODES_MESSAGE`` of data.validate).
+EVALUATE_EPISODES_WHY = ("its intervals resample episodes and its Q-model is chosen by "
+                         "cross-fitting over them")
 
 
 def parse_estimators(estimators: str | Sequence[str]) -> tuple[str, ...]:
@@ -872,6 +877,7 @@ def evaluate(
         When a group level has fewer than 11 episodes (suppressed).
     """
     check_dataset(dataset, "evaluate")
+    check_episodes(dataset, 2, "evaluate", EVALUATE_EPISODES_WHY)
     from threadpoolctl import threadpool_limits
 
     # BLAS/OpenMP threads: one for the small solves and products of a typical panel (threads

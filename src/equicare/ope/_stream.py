@@ -610,6 +610,16 @@ class ChunkSource:
             self.n_rows = sum(c.dataset.n_steps for c in self.chunks)
             self.logged = all(c.dataset.behavior_prob is not None for c in self.chunks)
 
+    @property
+    def n_episodes(self) -> int:
+        """Episodes of the panel (from the scan when on storage)."""
+        if self.dataset is not None:
+            return self.dataset.n_episodes
+        if self.path is not None:
+            return self.scan.n_episodes
+        assert self.chunks is not None
+        return sum(c.dataset.n_episodes for c in self.chunks)
+
     def episode_groups(self) -> dict[str, NDArray[Any]]:
         """Every group attribute's label of each episode (from the scan when on storage)."""
         if self.dataset is not None:
@@ -916,11 +926,13 @@ def evaluate_stream(
 
     usual_care = check_usual_care(usual_care, "evaluate_stream")
     policy = as_deployed(policy, usual_care)
-    from equicare.ope._evaluate import nuisance_seed
+    from equicare.data.validate import check_episodes
+    from equicare.ope._evaluate import EVALUATE_EPISODES_WHY, nuisance_seed
 
     fit_seed = nuisance_seed(seed)  # the in-memory nuisance models' folds and fits
     src = ChunkSource(source, manifest=manifest, chunk_rows=chunk_rows, executor=executor,
                       n_shards=n_shards)
+    check_episodes(src, 2, "evaluate", EVALUATE_EPISODES_WHY, src.path)
     on_file = src.path is not None  # a missing label: the file and the episode's id
     plan = plan_groups(src.episode_groups(), groups, MIN_CELL,
                        where=str(src.path) if on_file else "subgroups",

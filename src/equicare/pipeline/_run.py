@@ -231,9 +231,13 @@ def _stage_data(
     _check_panel_keys(cfg, ds)
     summary = ds.summary()  # group counts suppressed; the panel as loaded
     ds = propensity_data(cfg, ds)
-    train, test = ds.split(
-        cfg["ope"]["holdout"], random_state=seed, stratify=ds.group_attrs[0] if ds.groups else None
-    )
+    from equicare.data.validate import split_holdout
+    from equicare.ope._evaluate import EVALUATE_EPISODES_WHY
+
+    train, test = split_holdout(
+        ds, cfg["ope"]["holdout"], "run", "the evaluation (ope.holdout)", EVALUATE_EPISODES_WHY,
+        random_state=seed, stratify=ds.group_attrs[0] if ds.groups else None,
+        source=cfg.resolve(cfg["data"]["path"]) if cfg["data"]["path"] else None)
     state.update(dataset=ds, sim=sim, train=train, test=test,
                  audit_action=_action_of(cfg, "audit", ds),
                  mediation_action=(_action_of(cfg, "mediation", ds)

@@ -779,7 +779,8 @@ def _pool_censoring(checks: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def select_policy(dataset: Any, config: SelectConfig | None = None, *,
-                  progress: Any = None) -> SelectionResult:
+                  progress: Any = None,
+                  panel: str | os.PathLike[str] | None = None) -> SelectionResult:
     """Train candidates, evaluate them on held-out episodes, keep the best lower bound.
 
     Parameters
@@ -788,6 +789,8 @@ def select_policy(dataset: Any, config: SelectConfig | None = None, *,
     config : SelectConfig, optional
     progress : callable, optional
         ``progress(message)`` called once per stage.
+    panel : str or path, optional
+        The panel's file, named in data errors (too few episodes for the held-out parts).
 
     Returns
     -------
@@ -814,20 +817,31 @@ def select_policy(dataset: Any, config: SelectConfig | None = None, *,
     specs = _candidate_specs(dataset, cfg)
     ecfg = _evaluation_config(cfg)
     strat = next(iter(dataset.groups), None)
+    from equicare.data.validate import check_episodes, split_holdout
+    from equicare.ope._evaluate import EVALUATE_EPISODES_WHY
+
     if cfg.folds == 2:
-        half_a, half_b = dataset.split(0.5, random_state=cfg.seed, stratify=strat)
+        half_a, half_b = split_holdout(
+            dataset, 0.5, "select", "the candidates' evaluation (each half in turn)",
+            EVALUATE_EPISODES_WHY, random_state=cfg.seed, stratify=strat, source=panel,
+            both=True)
         # (train, held out, evaluation seed) per fold: independent bootstraps
         folds = [(half_a, half_b, ecfg), (half_b, half_a, replace(ecfg, seed=cfg.seed + 1))]
         train, valid = half_a, half_b
         say(f"cross-fitting on two halves of {half_a.n_episodes} and {half_b.n_episodes} "
             f"episodes")
     elif cfg.folds > 2:
+        check_episodes(dataset, 2 * cfg.folds, "select",
+                       f"each of its {cfg.folds} folds holds out 2 or more for the candidates' "
+                       f"evaluation, and {EVALUATE_EPISODES_WHY}", source=panel)
         pairs = dataset.kfold(cfg.folds, random_state=cfg.seed, stratify=strat)
         folds = [(tr, va, replace(ecfg, seed=cfg.seed + k)) for k, (tr, va) in enumerate(pairs)]
         train, valid = pairs[0]
         say(f"cross-fitting on {cfg.folds} folds of about {valid.n_episodes} held-out episodes")
     else:
-        train, valid = dataset.split(cfg.valid_fraction, random_state=cfg.seed, stratify=strat)
+        train, valid = split_holdout(
+            dataset, cfg.valid_fraction, "select", "the candidates' evaluation",
+            EVALUATE_EPISODES_WHY, random_state=cfg.seed, stratify=strat, source=panel)
         folds = [(train, valid, ecfg)]
         say(f"{train.n_episodes} training and {valid.n_episodes} held-out episodes")
     q_model = str(cfg.q_model)
@@ -1036,7 +1050,7 @@ def train_select(data: str | os.PathLike[str], manifest: str | os.PathLike[str],
         raise FileExistsError(f"Model folder {out_path} exists; pass --force to overwrite it.")
     t0 = time.perf_counter()
     ds = load_dataset(data, manifest, emit_warnings=False)
-    res = select_policy(ds, config, progress=progress)
+    res = select_policy(ds, config, progress=progress, panel=data)
     doc = res.to_dict()
     learner = res.learner
     learner.save(out_path, overwrite=force)

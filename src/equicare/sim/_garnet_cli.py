@@ -223,7 +223,9 @@ def synth_garnet_cli(out_dir: str | os.PathLike[str], *, episodes: int, states: 
     if states is not None:
         over["n_states"] = states
         if states < 100 and preset is None:
-            over["n_successors"] = 3
+            over["n_successors"] = min(3, states)
+        # the groups are blocks of the states: no more groups than states (--states 2)
+        over["n_groups"] = min(cfg.n_groups, states)
     if actions is not None:
         over["n_actions"] = actions
     if gamma is not None:
