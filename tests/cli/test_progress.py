@@ -66,6 +66,7 @@ def _cases(c: dict[str, Path]) -> dict[str, tuple[list[str], list[str]]]:
         "mediate": (["mediate", d, "-m", m, "--policy", p, "--action", "modality=home_visit",
                      "--control", "0", "--bootstrap", "20", "--json"],
                     ["[mediate] loading ", "[mediate] fold 1/2: reward and mediator models",
+                     "mediate: fold 1/2: started (0/", "mediate: fold 2/2: done (",
                      "[mediate] intervals: 20 cluster-bootstrap replicates"]),
         "validate": (["validate", d, "-m", m], ["[validate] reading and checking "]),
         "validate_stream": (["validate", d, "-m", m, "--chunk-rows", "1000", "--json"],
