@@ -637,3 +637,4 @@ def test_the_run_warns_as_evaluate_does_of_values_resting_on_few_episodes_weight
     assert (f"warning: the overall is, wis, pdis and wpdis values rest on fewer than 11 "
             f"episodes' worth of importance weight (trajectory ESS {ess['trajectory']:.1f} of "
             f"121 episodes for is, wis; per-decision ESS ") in said, said
+    assert said.count("the overall is, wis, pdis and wpdis values rest on") == 1, said

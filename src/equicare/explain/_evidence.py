@@ -40,7 +40,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
-from equicare.exceptions import DataValidationError, InvalidParameterError
+from equicare.exceptions import DataValidationError, InvalidParameterError, LowESSWarning
 from equicare.explain._distill import DistillConfig, Distiller, choice_weights, source_q
 from equicare.explain._rules import rule_count, tree_rules
 from equicare.ope._evaluate import far_outside, headline_of
@@ -510,10 +510,14 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
 
         def value(probs: NDArray[np.float64], n_boot: int, seed: int,
                   behavior_prob: NDArray[np.float64] | None = None) -> Any:
-            return evaluate(test, probs, estimators=cfg.estimators, q_model=q_name,
-                            behavior_prob=props if behavior_prob is None else behavior_prob,
-                            bootstrap=n_boot, groups=[], diagnose_support=False,
-                            random_state=seed)
+            with warnings.catch_warnings():  # not a caveat of the card (as before evaluate
+                # warned it): every depth's value would add its own line; the card's headline
+                # is DR, WDR or FQE whenever one is listed
+                warnings.simplefilter("ignore", LowESSWarning)
+                return evaluate(test, probs, estimators=cfg.estimators, q_model=q_name,
+                                behavior_prob=props if behavior_prob is None else behavior_prob,
+                                bootstrap=n_boot, groups=[], diagnose_support=False,
+                                random_state=seed)
 
         say(f"source: {', '.join(cfg.estimators)} (Q-model {q_name}), bootstrap "
             f"{cfg.bootstrap} replicates")
