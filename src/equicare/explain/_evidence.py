@@ -286,31 +286,36 @@ def support_share(probs: NDArray[np.float64], behavior_probs: NDArray[np.float64
     return float(100.0 * (probs * rare).sum(axis=1).mean())
 
 
-def _support_check(test: TrajectoryDataset, threshold: float, seed: int
-                   ) -> tuple[Callable[[NDArray[np.float64]], float], NDArray[np.float64], str]:
-    """The support share (%) of any policy on ``test``, the propensities, and how it is checked.
+def _support_check(test: TrajectoryDataset, threshold: float, seed: int, audit_seed: int
+                   ) -> tuple[Callable[[NDArray[np.float64]], float], NDArray[np.float64], str,
+                              dict[str, Any]]:
+    """The support share (%) of any policy on ``test``, the propensities, how it is checked.
 
     With logged propensities: :class:`equicare.ope.LoggedSupport` (what ``evaluate`` checks;
     an action is unsupported where it was never logged in the row's categorical state, or a
-    fast behaviour model gives it probability below ``threshold``), fitted once. Without: a
-    cross-fitted :class:`~equicare.policy.BehaviorModel` gives the propensities and the support
-    (probability below ``threshold``, or never logged in the row's categorical state).
+    fast behaviour model gives it probability below ``threshold``), the one the fairness audit
+    with ``random_state=audit_seed`` builds (:func:`~equicare.ope._evaluate.logged_support_check`).
+    Without: a cross-fitted :class:`~equicare.policy.BehaviorModel` (seed ``seed``) gives the
+    propensities and the support (probability below ``threshold``, or never logged in the
+    row's categorical state). Last, what the audit is given so that it builds neither again
+    (``support_check=`` or ``behavior_model=`` of :func:`equicare.fairness.audit`).
     """
-    from equicare.ope._support import LoggedSupport, model_support_diagnostics
+    from equicare.ope._evaluate import logged_support_check
+    from equicare.ope._support import model_support_diagnostics
     from equicare.policy import BehaviorModel
 
-    if test.behavior_prob is not None:
-        checker = LoggedSupport(test, random_state=seed)
+    checker = logged_support_check(test, random_state=audit_seed)
+    if checker is not None:
         return (lambda p: float(100.0 * checker.mass(p, threshold).mean()),
                 np.asarray(test.behavior_prob, dtype=np.float64),
-                str(checker.summary["support_check"]))
+                str(checker.summary["support_check"]), {"support_check": checker})
     bm = BehaviorModel(n_folds=2, random_state=seed).fit(test)
 
     def pct(p: NDArray[np.float64]) -> float:
         return model_support_diagnostics(test, p, bm, threshold=threshold, warn=False).share_pct
 
     return pct, np.asarray(bm.propensities(test), dtype=np.float64), (
-        "estimated propensities: a cross-fitted behaviour model")
+        "estimated propensities: a cross-fitted behaviour model"), {"behavior_model": bm}
 
 
 def _est(res: Any) -> dict[str, Any]:
@@ -498,7 +503,8 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
         # (empirical per categorical cell, a fast model for numeric states) when present; else
         # a cross-fitted behaviour model for both
         say(f"support check and propensities on {test.n_episodes} held-out episodes")
-        support_pct, props, support_check = _support_check(test, cfg.rare_threshold, seeds[2])
+        support_pct, props, support_check, shared = _support_check(
+            test, cfg.rare_threshold, seeds[2], seeds[6])
 
         q_name, q_selection = cfg.q_model, None
         if q_name == "auto" and any(k in ("fqe", "dr", "wdr") for k in cfg.estimators):
@@ -563,7 +569,7 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
                 aud = audit(test, {"source": src_test, "rules": rules_test}, action=cfg.action,
                             group=cfg.group, intersect=cfg.intersect, n_boot=cfg.bootstrap,
                             n_permutations=cfg.n_permutations, min_cell=cfg.min_cell,
-                            estimator=key, q_model=q_name, random_state=seeds[6])
+                            estimator=key, q_model=q_name, random_state=seeds[6], **shared)
         except DataValidationError as exc:
             if not ("nothing can be published" in str(exc)
                     or "a parity audit needs at least 2" in str(exc)):
