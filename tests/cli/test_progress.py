@@ -62,7 +62,11 @@ def _cases(c: dict[str, Path]) -> dict[str, tuple[list[str], list[str]]]:
                     ["[explain] loading ", "[explain] source: wis, dr, wdr",
                      "[explain] depth 3: distil, then value, bootstrap 10 replicates",
                      "explain: depths: started (0/6)", "[explain] fairness audit of source and "
-                     "rules", "[explain] writing the card to "]),
+                     "rules", "[explain] allocation by group: bootstrap 10 replicates",
+                     "[explain] rules: dr group values, bootstrap 10 replicates",
+                     "explain: dr group values: done (2/2)",
+                     "explain: practice, deployed rules: done (",
+                     "[explain] writing the card to "]),
         "mediate": (["mediate", d, "-m", m, "--policy", p, "--action", "modality=home_visit",
                      "--control", "0", "--bootstrap", "20", "--json"],
                     ["[mediate] loading ", "[mediate] fold 1/2: reward and mediator models",

@@ -564,12 +564,12 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
         aud: Any = None  # None: no group attributes, so no audit (the card says so)
         try:
             if test.groups:
-                say(f"fairness audit of source and rules: bootstrap {cfg.bootstrap} replicates, "
-                    f"{cfg.n_permutations} permutations")
+                say("fairness audit of source and rules")  # its own stages follow
                 aud = audit(test, {"source": src_test, "rules": rules_test}, action=cfg.action,
                             group=cfg.group, intersect=cfg.intersect, n_boot=cfg.bootstrap,
                             n_permutations=cfg.n_permutations, min_cell=cfg.min_cell,
-                            estimator=key, q_model=q_name, random_state=seeds[6], **shared)
+                            estimator=key, q_model=q_name, random_state=seeds[6],
+                            progress=say, **shared)
         except DataValidationError as exc:
             if not ("nothing can be published" in str(exc)
                     or "a parity audit needs at least 2" in str(exc)):
@@ -593,14 +593,17 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
             usual_test = np.asarray(tree.usual_policy.action_probs(test), dtype=np.float64)
             say(f"current practice and the rules as deployed: bootstrap {cfg.bootstrap} "
                 "replicates")
-            usual_val = value(usual_test, cfg.bootstrap, seeds[3])
             # the rules as deployed: where no rule applies the clinicians decide as they do,
             # so those rows keep their logged actions (importance ratio 1; no estimate of
             # practice)
             deferred = np.asarray(tree.usual, dtype=bool)[test_leaves]
-            if deferred.any():
-                pe_dep, b_dep = deferred_target(rules_test, props, test.actions, deferred)
-                deployed_val = value(pe_dep, cfg.bootstrap, seeds[3], b_dep)
+            with say.bar("practice, deployed rules", 1 + int(deferred.any())) as bar:
+                usual_val = value(usual_test, cfg.bootstrap, seeds[3])
+                bar.update(advance=1, info="practice")
+                if deferred.any():
+                    pe_dep, b_dep = deferred_target(rules_test, props, test.actions, deferred)
+                    deployed_val = value(pe_dep, cfg.bootstrap, seeds[3], b_dep)
+                    bar.update(advance=1, info="deployed rules")
         _keep_messages(caught_u, caught_msgs)
     returns = test.returns()  # its ends only judge the estimates: never on the card
     span = (float(returns.min()), float(returns.max())) if returns.size else None

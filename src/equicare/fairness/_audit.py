@@ -57,6 +57,7 @@ from equicare.utils import (
 )
 
 if TYPE_CHECKING:
+    from equicare._progress import Stages
     from equicare.ope._support import LoggedSupport
     from equicare.policy import BehaviorModel
 
@@ -422,7 +423,7 @@ class FairnessAudit:
             random_state: RandomState = None,
             support_check: LoggedSupport | None = None,
             behavior_model: BehaviorModel | None = None,
-            progress: bool = False) -> AuditResult:
+            progress: bool | Stages = False) -> AuditResult:
         """Audit the logged behaviour and each policy on ``dataset``.
 
         Parameters
@@ -449,9 +450,10 @@ class FairnessAudit:
             with no logged propensities, every policy's estimated propensities and support
             check come from it (the caller's, e.g. the policy card's), instead of a logistic
             model fitted for each policy at the seed above. Unused with logged propensities.
-        progress : bool, default=False
+        progress : bool or Stages, default=False
             One ``[audit] ...`` line per stage on stderr and a bar over the policies' group
-            values (:class:`equicare._progress.Stages`); never changes a number.
+            values (:class:`equicare._progress.Stages`); never changes a number. A caller's
+            ``Stages`` prints them as its own (the policy card's audit: ``[explain] ...``).
 
         Returns
         -------
@@ -486,7 +488,7 @@ class FairnessAudit:
         cols = mask[:, None].astype(np.float64)
         if self.with_level_rates:
             cols = np.concatenate([cols, lmat], axis=1)
-        say = Stages("audit", progress)
+        say = progress if isinstance(progress, Stages) else Stages("audit", progress)
         names = [BEHAVIOR, *pols]
         say(f"{n_ep} episodes, {dataset.n_steps} steps: allocation by {gname} of "
             f"{', '.join(names)}")
@@ -702,7 +704,7 @@ def audit(dataset: TrajectoryDataset,
           policies: Mapping[str, Policy | NDArray[np.float64]] | None = None, *,
           action: str | None = None, group: str | None = None, intersect: Sequence[str] = (),
           random_state: RandomState = None, support_check: LoggedSupport | None = None,
-          behavior_model: BehaviorModel | None = None, progress: bool = False,
+          behavior_model: BehaviorModel | None = None, progress: bool | Stages = False,
           **settings: Any) -> AuditResult:
     """Run a :class:`FairnessAudit` in one call (``settings`` are its other fields).
 
