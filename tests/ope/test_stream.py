@@ -335,6 +335,7 @@ def test_policy_is_called_in_blocks_of_whole_episodes(panel, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("low_ess_warned")
 def test_ray_shards_equal_in_memory(panel, ray):
     """Two local Ray workers, one task per shard: the in-memory numbers."""
     path, man, ds = panel
@@ -434,7 +435,7 @@ def test_jackknife_intervals_equal_in_memory_for_any_chunking_and_sharding(panel
 
 
 @pytest.mark.slow
-@pytest.mark.usefixtures("raw_group_values")
+@pytest.mark.usefixtures("low_ess_warned", "raw_group_values")
 def test_jackknife_intervals_on_worker_processes_equal_in_memory(panel):
     """2 shards on 2 spawned worker processes (the jackknife pass's task pickled)."""
     path, man, ds = panel

@@ -121,6 +121,7 @@ def test_streamed_and_sharded_equal_in_memory(panel, q_model):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("low_ess_warned")
 @pytest.mark.parametrize("q_model", Q_MODELS)
 def test_two_worker_processes_equal_in_memory(panel, q_model):
     """2 shards on 2 spawned worker processes (every pass's task pickled; the stationary
@@ -261,6 +262,7 @@ def test_unstable_linear_fixed_point_falls_back_to_iteration_like_in_memory(pane
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("low_ess_warned")
 def test_ray_shards_equal_in_memory_with_a_q_model(panel, ray):
     """Two local Ray workers: FQE, DR and WDR equal the in-memory streamed numbers."""
     path, man, ds = panel
