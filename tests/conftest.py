@@ -126,3 +126,19 @@ def raw_group_values(monkeypatch):
     import equicare.ope._ess as ess
 
     monkeypatch.setattr(ess, "low_ess_groups", lambda *a, **k: {})
+
+
+@pytest.fixture
+def low_ess_warned() -> Iterator[None]:
+    """The test's evaluations warn that an overall IS-type value rests on a low ESS, and must.
+
+    For tests of the engines' arithmetic (streamed equals in memory) on small panels of
+    :func:`make_frame`, whose logged propensities are unrelated to the uniform actions: with
+    150 episodes their overall trajectory ESS is about 2 (300: per-decision ESS about 10), so
+    ``evaluate`` and ``evaluate_stream`` give a :class:`~equicare.exceptions.LowESSWarning`;
+    the test fails if none is given.
+    """
+    from equicare.exceptions import LowESSWarning
+
+    with pytest.warns(LowESSWarning, match="episodes' worth of importance weight"):
+        yield

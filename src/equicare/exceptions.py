@@ -18,6 +18,7 @@ __all__ = [
     "EquicareWarning",
     "SmallCellWarning",
     "SupportWarning",
+    "LowESSWarning",
     "DataWarning",
 ]
 
@@ -94,6 +95,17 @@ class SmallCellWarning(EquicareWarning):
 
 class SupportWarning(EquicareWarning):
     """The target policy puts mass on actions that the behaviour policy (almost) never takes."""
+
+
+class LowESSWarning(SupportWarning):
+    """An overall importance-sampling value rests on fewer than 11 episodes' worth of weight.
+
+    Raised by :func:`equicare.ope.evaluate` and :func:`equicare.ope.evaluate_stream` when the
+    effective sample size of the weights behind an overall ``is``, ``wis``, ``pdis`` or
+    ``wpdis`` value is below the small-cell threshold (a group's such value is withheld; the
+    overall one is published with this warning). A :class:`SupportWarning`: thin weight is
+    thin support of the target policy in the data.
+    """
 
 
 #: The errors a command reports as user mistakes (one line, exit code 2; the run store discards

@@ -161,6 +161,31 @@ def test_same_seed_same_numbers_and_input_types(toy1_data):
         a["estimators"]["mr"]["ide"]["value"], abs=0.05)
 
 
+@pytest.mark.parametrize("kw", [
+    {}, {"estimators": ("baseline",)}, {"estimators": ("dm",)}, {"estimators": ("mis",)},
+    {"estimators": ("mr",), "n_folds": 1},
+    {"estimators": ("mr",), "behavior_model": DummyClassifier(strategy="prior")}])
+def test_progress_has_a_bar_inside_each_fold_that_reaches_its_end(toy1_data, kw, capsys):
+    """A long fold is not silent: a bar over its pieces (models, LSTD solves, ratios).
+
+    Without a terminal the bar prints a line when it starts and when it ends; it must end at
+    its total for every estimator set (the pieces a fold runs differ), and nothing without
+    progress.
+    """
+    mdp, data, _ = toy1_data
+    cfg = DynamicMediation(n_bootstrap=5, **kw)
+    pol = mdp.policy_fn(toy_target())
+    quiet = cfg.estimate(data, pol, 0, random_state=0).to_dict()
+    assert capsys.readouterr().err == ""
+    loud = cfg.estimate(data, pol, 0, random_state=0, progress=True).to_dict()
+    err = capsys.readouterr().err
+    started = re.findall(r"^mediate: fold (\d+)/(\d+): started \(0/(\d+)\)$", err, re.M)
+    done = re.findall(r"^mediate: fold (\d+)/(\d+): done \((\d+)/(\d+)\) in ", err, re.M)
+    assert len(done) == len(started) == cfg.n_folds, err
+    assert all(int(a) == int(b) > 0 for *_, a, b in done), err
+    assert loud == quiet
+
+
 def test_contract6_shape_and_round_trip(toy1_data, tmp_path):
     mdp, data, _ = toy1_data
     res = DynamicMediation(n_bootstrap=20, estimators=("mr", "baseline")).estimate(

@@ -353,6 +353,7 @@ def test_overall_is_values_resting_on_one_episodes_weight_are_warned_about(files
     assert ("warning: the overall is and wis values rest on fewer than 11 episodes' worth of "
             "importance weight (trajectory ESS 1.0 of 60 episodes; a group's value would not be "
             "published below 11)") in text
+    assert text.count("episodes' worth") == 1  # the library's warning, printed once
     assert json.loads(out.read_text())["estimates"]["wis"]["value"] is not None  # published
     write_policy_file(ds, np.full((ds.n_steps, ds.n_actions), 1 / 6),
                       files["dir"] / "same.parquet")

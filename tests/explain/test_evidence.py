@@ -260,6 +260,38 @@ def test_support_with_logged_propensities_is_evaluates_check(monkeypatch):
     assert card.support["source_pct"] > 1.0  # the family puts mass on never-logged pairs
 
 
+@pytest.mark.parametrize("logged", [True, False])
+def test_the_card_and_its_audit_share_one_support_check(monkeypatch, logged):
+    """The card builds its support check once and the fairness audit of source and rules is
+    given it: the logged propensities' LoggedSupport (it built a second, at its own seed), or
+    without them the card's cross-fitted behaviour model (the audit fitted one per policy)."""
+    from equicare.ope._support import LoggedSupport
+    from equicare.policy import BehaviorModel
+
+    ds = tree_sim.generate(400, seed=10)  # numeric states too: the check fits a fast model
+    if not logged:
+        ds = ds.with_behavior_prob(None)
+    built: list[str] = []
+    real_init, real_fit = LoggedSupport.__init__, BehaviorModel.fit
+
+    def init(self, *a, **k):
+        built.append("support check")
+        real_init(self, *a, **k)
+
+    def fit(self, *a, **k):
+        if self.n_folds > 1:  # not the support check's own fast model
+            built.append("behaviour model")
+        return real_fit(self, *a, **k)
+
+    monkeypatch.setattr(LoggedSupport, "__init__", init)
+    monkeypatch.setattr(BehaviorModel, "fit", fit)
+    cfg = ExplainConfig(bootstrap=0, frontier_bootstrap=0, depths=(1, 2), depth=2,
+                        estimators=("wis", "dr"))
+    card = explain_policy(ds, tree_sim.NoisyExpert(), cfg, random_state=0)
+    assert card.fairness["available"], card.fairness
+    assert built == ["support check" if logged else "behaviour model"]
+
+
 def test_a_single_published_group_leaves_the_fairness_evidence_null_with_the_reason():
     """One group left (a one-level attribute): no parity gap of 0 or ratio of 1, a reason."""
     from dataclasses import replace

@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from equicare.exceptions import DataWarning, SmallCellWarning, SupportWarning
+from equicare.exceptions import DataWarning, LowESSWarning, SmallCellWarning, SupportWarning
 from equicare.fairness import AuditResult, FairnessAudit, OutcomeFrame, audit, gini
 from equicare.policy import UniformPolicy
 
@@ -358,7 +358,9 @@ def test_audit_reports_support_and_low_ess_like_evaluate() -> None:
     low = [m for m in msgs if "effective sample size" in m]
     assert len(low) == 1 and "in group 'b'" in low[0] and "(trajectory weights)" in low[0]
     d = res["pol"].diagnostics
-    with pytest.warns(SupportWarning, match="puts 9.83% of"):
+    with (pytest.warns(LowESSWarning, match=r"the overall wis value rests on .* \(trajectory "
+                       r"ESS 1\.0 of 60 episodes"),
+          pytest.warns(SupportWarning, match="puts 9.83% of")):
         ev = evaluate(ds, p, estimators=["wis"], bootstrap=0, groups=[])
     assert d.support.share_pct == pytest.approx(ev.support.share_pct)
     assert d.ess.trajectory == pytest.approx(ev.ess.trajectory)

@@ -15,6 +15,7 @@ from equicare import utils
 from equicare.exceptions import (
     DataValidationError,
     InvalidParameterError,
+    LowESSWarning,
     SmallCellWarning,
     SupportWarning,
 )
@@ -378,7 +379,8 @@ def test_an_estimate_far_outside_the_observed_returns_is_warned_about(ds):
     bp = ds.behavior_prob.copy()
     bp[:3] *= 1e-6
     bad = replace(ds, behavior_prob=bp, _cache={})
-    with pytest.warns(DataWarning, match=r"is .* far outside the range of the observed returns"):
+    with (pytest.warns(LowESSWarning, match="rest on fewer than 11 episodes' worth"),
+          pytest.warns(DataWarning, match=r"is .* far outside the range of the observed returns")):
         res = evaluate(bad, TabularPolicy(TARGET), estimators=("is", "wis"), bootstrap=0,
                        groups=[], diagnose_support=False)
     g = ds.returns()
@@ -410,7 +412,8 @@ def test_the_out_of_range_warning_does_not_print_the_lowest_or_highest_return(ds
     bp = ds.behavior_prob.copy()
     bp[:3] *= 1e-6
     bad = replace(ds, behavior_prob=bp, _cache={})
-    with pytest.warns(DataWarning, match="far outside the range of the observed returns") as rec:
+    with (pytest.warns(LowESSWarning),
+          pytest.warns(DataWarning, match="far outside the range of the observed returns") as rec):
         evaluate(bad, TabularPolicy(TARGET), estimators=("is", "wis"), bootstrap=0, groups=[],
                  diagnose_support=False)
     said = " ".join(str(w.message) for w in rec)
@@ -426,10 +429,10 @@ def test_the_out_of_range_warning_advises_logging_only_estimated_propensities(ds
     bp = ds.behavior_prob.copy()
     bp[:3] *= 1e-6
     bad = replace(ds, behavior_prob=bp, _cache={})
-    with pytest.warns(DataWarning, match="far outside") as rec:
+    with pytest.warns(LowESSWarning), pytest.warns(DataWarning, match="far outside") as rec:
         evaluate(bad, TabularPolicy(TARGET), estimators=("is",), bootstrap=0, groups=[],
                  diagnose_support=False)
-    msg = " ".join(str(w.message) for w in rec)
+    msg = " ".join(str(w.message) for w in rec if w.category is DataWarning)
     assert "log the propensities" not in msg and "truncate the weights (--truncate)" in msg
     from equicare.ope._bootstrap import Estimate
     from equicare.ope._evaluate import _warn_out_of_range
@@ -668,3 +671,51 @@ def test_one_episode_is_refused(ds, q_model):
             "The panel has 1 episode; evaluate needs at least 2 because its intervals resample "
             "episodes and its Q-model is chosen by cross-fitting over them.")):
         evaluate(ds.subset([0]), TabularPolicy(TARGET), q_model=q_model, bootstrap=20)
+
+
+class _OneEpisode:
+    """The logged action in episode m000, a never-logged one elsewhere (all weight on m000)."""
+
+    def action_probs(self, ds):
+        first = np.repeat(np.asarray(ds.episode_ids) == "m000", np.diff(ds.episode_offsets))
+        eye = np.eye(ds.n_actions)
+        return np.where(first[:, None], eye[ds.actions], eye[(ds.actions + 1) % ds.n_actions])
+
+
+class _Uniform:
+    def action_probs(self, ds):
+        return np.full((ds.n_steps, ds.n_actions), 1 / ds.n_actions)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_library_caller_is_warned_once_of_overall_values_resting_on_one_episode(stream):
+    """`equicare evaluate` and `run` said that an overall IS/WIS value rests on fewer than 11
+    episodes' worth of weight; a Python caller of evaluate (or evaluate_stream) got nothing.
+    Now the library warns, once per call, pointing at the caller; even weights draw nothing."""
+    from equicare.data import from_frame
+    from equicare.ope import evaluate_stream
+    from tests.conftest import MANIFEST, make_frame
+
+    ds = from_frame(make_frame(60, seed=1).assign(propensity=1 / 6), MANIFEST,
+                    emit_warnings=False)
+
+    def run(policy):
+        if stream:
+            return evaluate_stream(ds, policy, estimators=("is", "wis"), n_boot=20, groups=(),
+                                   diagnose_support=False)
+        return evaluate(ds, policy, estimators=("is", "wis"), bootstrap=20, groups=[],
+                        diagnose_support=False)
+
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        run(_OneEpisode())
+    low = [w for w in rec if issubclass(w.category, LowESSWarning)]
+    assert len(low) == 1, [str(w.message) for w in rec]
+    assert str(low[0].message).startswith(
+        "the overall is and wis values rest on fewer than 11 episodes' worth of importance "
+        "weight (trajectory ESS 1.0 of 60 episodes;")
+    assert low[0].filename == __file__  # where the caller called
+    assert issubclass(LowESSWarning, SupportWarning)  # filtered with the support warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LowESSWarning)
+        run(_Uniform())

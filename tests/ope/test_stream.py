@@ -63,7 +63,7 @@ def _same(a, b, rtol=1e-9):
                     np.testing.assert_allclose(x, y, rtol=rtol, err_msg=f"{attr}={lv} {k} {f}")
 
 
-@pytest.mark.usefixtures("raw_group_values")
+@pytest.mark.usefixtures("low_ess_warned", "raw_group_values")
 def test_streamed_equals_in_memory_for_any_chunking(panel):
     path, man, ds = panel
     whole = evaluate_stream(ds, RiskPolicy(), n_boot=200, random_state=3)
@@ -74,7 +74,7 @@ def test_streamed_equals_in_memory_for_any_chunking(panel):
     assert streamed.n_chunks == 1
 
 
-@pytest.mark.usefixtures("raw_group_values")
+@pytest.mark.usefixtures("low_ess_warned", "raw_group_values")
 def test_sharded_equals_in_memory(panel):
     path, man, ds = panel
     whole = evaluate_stream(ds, RiskPolicy(), n_boot=200, random_state=3)
@@ -85,7 +85,7 @@ def test_sharded_equals_in_memory(panel):
         _same(whole, sharded)
 
 
-@pytest.mark.usefixtures("raw_group_values")
+@pytest.mark.usefixtures("low_ess_warned", "raw_group_values")
 def test_studentized_streamed_and_sharded_equal_in_memory(panel):
     """Studentized intervals (an extra pass for the replicates' standard errors): the in-memory
     bootstrap-t under the same Poisson weights, for any chunking and sharding."""
@@ -139,6 +139,7 @@ def test_bca_and_bad_parameters_are_refused(panel):
             evaluate_stream(path, RiskPolicy(), manifest=man, n_boot=10, truncate=bad)
 
 
+@pytest.mark.usefixtures("low_ess_warned")
 def test_point_estimates_match_the_in_memory_engine(panel):
     _, _, ds = panel
     ref = evaluate(ds, RiskPolicy(), estimators=["is", "wis", "pdis", "wpdis"], bootstrap=0)
@@ -182,6 +183,7 @@ def test_estimates_far_outside_the_returns_are_warned_about_as_in_memory(tmp_pat
     assert len(ref) == 1 and got == ref
 
 
+@pytest.mark.usefixtures("low_ess_warned")
 def test_the_behaviour_value_has_its_se_at_top_level_as_in_memory(panel):
     """The top-level ``behavior`` has the in-memory keys, ``se`` too (the table prints it)."""
     _, _, ds = panel
@@ -196,6 +198,7 @@ def test_the_behaviour_value_has_its_se_at_top_level_as_in_memory(panel):
             assert g.get("suppressed") or g["behavior"].keys() == d["behavior"].keys()
 
 
+@pytest.mark.usefixtures("low_ess_warned")
 @pytest.mark.parametrize("q_model", [None, "linear"])
 def test_truncated_ess_has_the_in_memory_keys_and_the_cap_is_recorded(panel, q_model):
     """With ``truncate``, ``ess.trajectory`` is the untruncated ESS in both modes and
@@ -309,7 +312,7 @@ def test_streamed_estimates_and_intervals_against_the_exact_value(tmp_path):
         evaluate_stream(ds, TablePolicy(target), estimators=["dr"], q_model="gbm")
 
 
-@pytest.mark.usefixtures("raw_group_values")
+@pytest.mark.usefixtures("low_ess_warned", "raw_group_values")
 def test_policy_is_called_in_blocks_of_whole_episodes(panel, monkeypatch):
     """Tiny probability blocks: same numbers, and every block holds whole episodes."""
     import equicare.ope._stream as stream
@@ -332,6 +335,7 @@ def test_policy_is_called_in_blocks_of_whole_episodes(panel, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("low_ess_warned")
 def test_ray_shards_equal_in_memory(panel, ray):
     """Two local Ray workers, one task per shard: the in-memory numbers."""
     path, man, ds = panel
@@ -351,6 +355,7 @@ class NeverLogged:
         return np.eye(ds.n_actions)[(ds.actions + 1) % ds.n_actions]
 
 
+@pytest.mark.usefixtures("low_ess_warned")
 def test_streamed_wis_with_every_weight_zero_is_null(panel):
     from equicare.ope._core import MSG_ALL_WEIGHTS_ZERO
 
@@ -404,7 +409,7 @@ def same_as_in_memory(got, ref, rtol=1e-9):
     return n
 
 
-@pytest.mark.usefixtures("raw_group_values")
+@pytest.mark.usefixtures("low_ess_warned", "raw_group_values")
 def test_jackknife_intervals_equal_in_memory_for_any_chunking_and_sharding(panel):
     """n_boot=0: in memory's bootstrap=0 (jackknife normal intervals, the behaviour value's from
     its returns' standard error), every level included, for any chunking and sharding."""
@@ -430,7 +435,7 @@ def test_jackknife_intervals_equal_in_memory_for_any_chunking_and_sharding(panel
 
 
 @pytest.mark.slow
-@pytest.mark.usefixtures("raw_group_values")
+@pytest.mark.usefixtures("low_ess_warned", "raw_group_values")
 def test_jackknife_intervals_on_worker_processes_equal_in_memory(panel):
     """2 shards on 2 spawned worker processes (the jackknife pass's task pickled)."""
     path, man, ds = panel

@@ -35,6 +35,7 @@ def panel(tmp_path_factory):
     return path, man, ds
 
 
+@pytest.mark.usefixtures("low_ess_warned")
 def test_whole_panel_sample_is_the_in_memory_behaviour_model(panel):
     path, man, ds = panel
     bm = BehaviorModel(n_folds=3, random_state=5)
@@ -49,6 +50,7 @@ def test_whole_panel_sample_is_the_in_memory_behaviour_model(panel):
         assert got.estimates[k].value == pytest.approx(ref.estimates[k].value, rel=1e-9), k
 
 
+@pytest.mark.usefixtures("low_ess_warned")
 @pytest.mark.parametrize("q_model", ["linear", "auto"])
 def test_whole_panel_sample_with_a_named_model_takes_the_in_memory_seeds(panel, q_model):
     """``behavior_model="logistic"`` (seeded from ``random_state``) and ``auto``'s folds: the
@@ -70,7 +72,7 @@ def test_whole_panel_sample_with_a_named_model_takes_the_in_memory_seeds(panel, 
         assert bias == pytest.approx({n: ref.q_model["bias"][n] for n in bias}, rel=1e-9)
 
 
-@pytest.mark.usefixtures("raw_group_values")
+@pytest.mark.usefixtures("low_ess_warned", "raw_group_values")
 def test_a_sample_gives_the_same_numbers_for_any_chunking_and_sharding(panel):
     path, man, ds = panel
     kw = {"estimators": KEYS, "q_model": "linear", "n_boot": 100, "random_state": 2,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from equicare.data import Manifest, load_dataset
-from equicare.exceptions import DataValidationError, SmallCellWarning
+from equicare.exceptions import DataValidationError, LowESSWarning, SmallCellWarning
 from equicare.ope import FQEConfig, episode_keys, evaluate, evaluate_stream, poisson_weights
 from equicare.ope._bootstrap import percentile_interval, studentized_intervals
 from equicare.ope._core import combine, episode_parts
@@ -41,7 +41,7 @@ def _cfg(q_model: str) -> FQEConfig:
             else FQEConfig(model="tabular", horizon=q_model.split("_")[1]))  # type: ignore[arg-type]
 
 
-@pytest.mark.usefixtures("raw_group_values")
+@pytest.mark.usefixtures("low_ess_warned", "raw_group_values")
 @pytest.mark.parametrize("q_model", [None, "linear", "tabular_stationary"])
 def test_every_levels_estimates_equal_in_memory_evaluate(panel, q_model):
     path, man, ds = panel
@@ -156,6 +156,7 @@ def test_levels_are_the_same_for_any_chunking_and_sharding(panel, q_model):
                                                    err_msg=f"{attr}={lv} {k} {f}")
 
 
+@pytest.mark.usefixtures("low_ess_warned")
 def test_small_levels_are_suppressed_and_unknown_attributes_named(panel, tmp_path):
     path, man, ds = panel
     frame = make_frame(n_members=120, seed=4, min_len=2, max_len=6)
@@ -174,8 +175,9 @@ def test_small_levels_are_suppressed_and_unknown_attributes_named(panel, tmp_pat
         ref = evaluate(load_dataset(small, man, emit_warnings=False), RiskPolicy(),
                        estimators=("is",), bootstrap=0, groups=["race"], diagnose_support=False)
     assert {lv for lv, g in ref.groups["race"].items() if g.suppressed} == {"z", "a"}
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    with warnings.catch_warnings():  # no groups, no small cells (the overall value's thin
+        warnings.simplefilter("error")  # weight is said as above: low_ess_warned)
+        warnings.simplefilter("ignore", LowESSWarning)
         none = evaluate_stream(small, RiskPolicy(), manifest=man, n_boot=50, chunk_rows=100,
                                groups=())
     assert none.groups == {} and none.to_dict()["groups"] == {}
@@ -253,6 +255,7 @@ def test_a_missing_label_in_a_streamed_panel_names_the_file_and_the_episode(tmp_
 @pytest.mark.usefixtures("raw_group_values")
 @pytest.mark.parametrize("q_model", ["linear", "tabular_stationary", "tabular_window",
                                      pytest.param("auto", marks=pytest.mark.slow)])
+@pytest.mark.usefixtures("low_ess_warned")
 def test_jackknife_intervals_of_every_level_equal_in_memory(panel, q_model):
     """n_boot=0 with a Q-model: in memory's bootstrap=0 (the jackknife of the parts with the
     linearised refit, a level's other episodes' share of it in its variance; with auto, FQE's

@@ -39,6 +39,7 @@ def panel(tmp_path_factory):
     return path, man, load_dataset(path, man, emit_warnings=False)
 
 
+@pytest.mark.usefixtures("low_ess_warned")
 @pytest.mark.parametrize("q_model", Q_MODELS)
 def test_point_estimates_equal_in_memory_evaluate(panel, q_model):
     path, man, ds = panel
@@ -75,6 +76,7 @@ def test_replicates_are_the_in_memory_linearised_refit_under_poisson_weights(pan
     assert abs(float(fixed["fqe"].std(ddof=1)) - got.estimates["fqe"].se) > 1e-3
 
 
+@pytest.mark.usefixtures("low_ess_warned")
 @pytest.mark.parametrize("q_model", Q_MODELS)
 def test_studentized_intervals_are_the_in_memory_bootstrap_t_under_poisson_weights(panel,
                                                                                   q_model):
@@ -103,7 +105,7 @@ def test_studentized_intervals_are_the_in_memory_bootstrap_t_under_poisson_weigh
         assert hi - lo > pct[k][1] - pct[k][0], k
 
 
-@pytest.mark.usefixtures("raw_group_values")
+@pytest.mark.usefixtures("low_ess_warned", "raw_group_values")
 @pytest.mark.parametrize("q_model", Q_MODELS)
 def test_streamed_and_sharded_equal_in_memory(panel, q_model):
     path, man, ds = panel
@@ -119,6 +121,7 @@ def test_streamed_and_sharded_equal_in_memory(panel, q_model):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("low_ess_warned")
 @pytest.mark.parametrize("q_model", Q_MODELS)
 def test_two_worker_processes_equal_in_memory(panel, q_model):
     """2 shards on 2 spawned worker processes (every pass's task pickled; the stationary
@@ -180,6 +183,7 @@ def test_streamed_dr_and_fqe_land_on_the_exact_value(tmp_path):
     assert res.estimates["dr"].value == pytest.approx(ref.estimates["dr"].value, rel=1e-9)
 
 
+@pytest.mark.usefixtures("low_ess_warned")
 def test_q_models_that_do_not_stream_are_refused(panel):
     path, man, ds = panel
     for bad in ("gbm", "tabular_backward", FQEConfig(model="linear", state_design="quadratic")):
@@ -258,6 +262,7 @@ def test_unstable_linear_fixed_point_falls_back_to_iteration_like_in_memory(pane
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("low_ess_warned")
 def test_ray_shards_equal_in_memory_with_a_q_model(panel, ray):
     """Two local Ray workers: FQE, DR and WDR equal the in-memory streamed numbers."""
     path, man, ds = panel

@@ -683,3 +683,6 @@ def test_a_panel_too_small_for_the_holdout_fails_when_the_data_loads(tmp_path):
             "the evaluation (ope.holdout) and needs at least 2 there because") in said, said
     store = tmp_path / "runs"
     assert RunStore(store).list_runs().empty and not list(store.glob("*.partial"))
+
+
+    assert said.count("the overall is, wis, pdis and wpdis values rest on") == 1, said

@@ -321,6 +321,7 @@ def test_large_csv_is_read_in_batches_for_the_asked_episodes_only(tmp_path, ds, 
         FilePolicy(tmp_path / "short.csv").action_probs(blocks[0])
 
 
+@pytest.mark.usefixtures("low_ess_warned")  # 40 make_frame episodes: WIS on an ESS of 4.8
 def test_streamed_evaluation_with_a_large_csv_policy_equals_parquet(tmp_path, manifest_dict,
                                                                      monkeypatch):
     """evaluate_stream with a CSV policy file read per chunk: the Parquet file's numbers."""

@@ -30,7 +30,7 @@ import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
-from equicare._progress import Stages
+from equicare._progress import ProgressTask, Stages
 from equicare.causal._basis import (
     MediatorEncoder,
     basis_width,
@@ -664,6 +664,20 @@ class _Run:
         self.seed, self.row_fold, self.n_folds = draw_folds(rng, md.episode_index, cfg.n_folds)
         self._bases: dict[str, tuple[Any, Any]] = {}
         self._kinds: dict[str, str] = {}
+        self._bar = ProgressTask(None, None)  # the running fold's bar (silent outside one)
+
+    def done(self, what: str) -> None:
+        """One piece of the running fold's work is done: its bar advances, naming it."""
+        self._bar.update(advance=1, info=what)
+
+    def fold_pieces(self) -> int:
+        """The pieces of a fold's work that :meth:`done` counts (the fold's bar's total)."""
+        fits_behavior = (self.md.behavior_prob is None or self.cfg.behavior_model is not None
+                         or self.defers)
+        models = 2 + int((self.need_w or self.need_q or self.defers) and fits_behavior)
+        later = self.need_q or self.need_w
+        return (models + 1 + int(later and self.n_folds > 1) + 3 * int(self.need_q)
+                + 3 * int(self.need_w) + int(self.need_q and self.need_w))
 
     def basis(self, kind: str) -> tuple[Any, Any]:
         """State basis at states and next states for ``kind`` (cached)."""
@@ -718,16 +732,18 @@ class _Run:
         md, cfg = self.md, self.cfg
         phi, _ = self.basis(cfg.basis)
         S, A, M = self.raw_states(md.states, idx), md.actions[idx], md.mediators[idx]
-        out: dict[str, Any] = {
-            "reward": RewardModel(self.enc, cfg.reward_model, md.n_actions, cfg.ridge).fit(
-                S, phi[idx], A, M, md.rewards[idx]),
-            "mediator": MediatorModel(self.enc, cfg.mediator_model, md.n_actions,
-                                      cfg.n_mediator_nodes, cfg.ridge).fit(S, phi[idx], A, M),
-        }
+        out: dict[str, Any] = {"reward": RewardModel(self.enc, cfg.reward_model, md.n_actions,
+                                                     cfg.ridge).fit(S, phi[idx], A, M,
+                                                                    md.rewards[idx])}
+        self.done("reward model")
+        out["mediator"] = MediatorModel(self.enc, cfg.mediator_model, md.n_actions,
+                                        cfg.n_mediator_nodes, cfg.ridge).fit(S, phi[idx], A, M)
+        self.done("mediator model")
         if self.need_w or self.need_q or self.defers:
             if md.behavior_prob is None or cfg.behavior_model is not None or self.defers:
                 out["behavior"] = BehaviorModel(cfg.behavior_model, md.n_actions).fit(
                     S, phi[idx], A)
+                self.done("behaviour model")
         return out
 
     def policies_at(self, models: dict[str, Any], S: NDArray[np.float64],
@@ -849,33 +865,39 @@ class _Run:
                  f"{'s' if K > 1 else ''}")
         for k in range(K):
             self.say(f"fold {k + 1}/{K}: {parts}")
-            te = np.flatnonzero(row_fold == k)
-            tr = te if K == 1 else np.flatnonzero(row_fold != k)
-            models = self.fit_models(tr)
-            q_te = self.rows(models, te)
-            base[te] = np.column_stack([q_te["de"], q_te["me"]])
-            if not (self.need_q or self.need_w):
-                continue
-            q_tr = q_te if K == 1 else self.rows(models, tr)
-            fits = None
-            if self.need_q:
-                fits = self.fit_q(tr, q_tr)
-                eta_dm_folds.append([ft.eta for ft in fits])
-            if self.need_w:
-                w_te = self.fit_ratios(tr, te, q_tr)
-                w_all[te] = w_te
-                w_med[te] = np.column_stack([q_te["rho_0"], q_te["ratio_m"]])
-                W = np.column_stack([
-                    w_te[:, 0] * q_te["rho_e"],
-                    w_te[:, 0] * q_te["rho_0"] * q_te["ratio_m"],
-                    w_te[:, 0] * q_te["rho_0"],
-                    w_te[:, 2] * q_te["rho_0"],
-                    w_te[:, 1] * q_te["rho_0"]])
-                mis_w[te] = W
-                mis_num[te] = W * q_te["R"][:, None]
-                if fits is not None:
-                    mr_vals[te] = self.mr_rows(fits, te, q_te, w_te)
-            del models, q_te, q_tr
+            with self.say.bar(f"fold {k + 1}/{K}", self.fold_pieces()) as self._bar:
+                te = np.flatnonzero(row_fold == k)
+                tr = te if K == 1 else np.flatnonzero(row_fold != k)
+                models = self.fit_models(tr)
+                q_te = self.rows(models, te)
+                self.done("evaluation rows")
+                base[te] = np.column_stack([q_te["de"], q_te["me"]])
+                if not (self.need_q or self.need_w):
+                    continue
+                q_tr = q_te if K == 1 else self.rows(models, tr)
+                if K > 1:
+                    self.done("training rows")
+                fits = None
+                if self.need_q:
+                    fits = self.fit_q(tr, q_tr)
+                    eta_dm_folds.append([ft.eta for ft in fits])
+                if self.need_w:
+                    w_te = self.fit_ratios(tr, te, q_tr)
+                    w_all[te] = w_te
+                    w_med[te] = np.column_stack([q_te["rho_0"], q_te["ratio_m"]])
+                    W = np.column_stack([
+                        w_te[:, 0] * q_te["rho_e"],
+                        w_te[:, 0] * q_te["rho_0"] * q_te["ratio_m"],
+                        w_te[:, 0] * q_te["rho_0"],
+                        w_te[:, 2] * q_te["rho_0"],
+                        w_te[:, 1] * q_te["rho_0"]])
+                    mis_w[te] = W
+                    mis_num[te] = W * q_te["R"][:, None]
+                    if fits is not None:
+                        mr_vals[te] = self.mr_rows(fits, te, q_te, w_te)
+                        self.done("multiply robust rows")
+                del models, q_te, q_tr
+        self._bar = ProgressTask(None, None)
         return self.assemble(eta_dm_folds, mr_vals, mis_num, mis_w, base, w_all, w_med,
                              target_name, control_name)
 
@@ -890,8 +912,11 @@ class _Run:
         f = self.q_features(idx, q)
         # pi_e, (pi_e, a0), (pi_e, a0*) share their designs: one factorisation
         e = lstd_blocks(f["x"], f["xi_e"], np.column_stack([q["R"], q["r0M"], q["r00"]]), r)
+        self.done("LSTD of pi_e")
         g = lstd_blocks(f["x4"], f["xi4"], q["r00"], r)             # G
+        self.done("LSTD of G")
         a0 = lstd_blocks(f["x"], f["xi_0"], q["R"], r)              # a0
+        self.done("LSTD of a0")
         return [*e, *g, *a0]
 
     def fit_ratios(self, tr: NDArray[np.int64], te: NDArray[np.int64], q_tr: dict[str, Any]
@@ -909,8 +934,10 @@ class _Run:
         # difference matrix in place (fit_ratio, overwrite=True)
         psi_tr = psi[tr]
         f_tr = psi_tr if f_all is psi else f_all[tr]
-        fits = [fit_ratio(psi_tr, f_tr, fn_all[tr], om, cfg.ratio_ridge, overwrite=True)
-                for om in omegas]
+        fits = []
+        for om, what in zip(omegas, ("pi_e", "a0", "G"), strict=True):
+            fits.append(fit_ratio(psi_tr, f_tr, fn_all[tr], om, cfg.ratio_ridge, overwrite=True))
+            self.done(f"density ratio of {what}")
         del psi_tr, f_tr
         psi_te = psi[te]
         return np.column_stack([fit.predict(psi_te, cfg.ratio_clip) for fit in fits])

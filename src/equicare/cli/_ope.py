@@ -222,17 +222,26 @@ def run_evaluate(
                        usual_care=usual_care)  # type: ignore[arg-type]
     if out is not None:
         write_result_json(out, res.to_dict(), data, manifest, policy, provenance)
-    msgs = list(dict.fromkeys(str(w.message) for w in caught
-                              if not issubclass(w.category, DeprecationWarning)))
+    msg = None
     if res.settings.get("propensity_source") == "logged":  # IS weights rest on that column
         from equicare.ope._propensity_check import propensity_warning
 
         msg = propensity_warning(ds, str(data))
-        msgs += [msg] if msg is not None else []
-    from equicare.ope._ess import overall_low_ess_message
+    return res, warning_texts(caught, msg)
 
-    low = overall_low_ess_message(res.estimates, res.ess)
-    return res, msgs + ([] if low is None else [low])
+
+def warning_texts(caught: list[warnings.WarningMessage], extra: str | None) -> list[str]:
+    """The texts of an evaluation's warnings, once each, for printing.
+
+    ``extra`` (the logged propensities' plausibility check) after the caught ones, and the
+    library's low-ESS warning last, nearest the table it qualifies; deprecations left out.
+    """
+    from equicare.exceptions import LowESSWarning
+
+    kept = [w for w in caught if not issubclass(w.category, DeprecationWarning)]
+    low = [str(w.message) for w in kept if issubclass(w.category, LowESSWarning)]
+    rest = [str(w.message) for w in kept if not issubclass(w.category, LowESSWarning)]
+    return list(dict.fromkeys([*rest, *([] if extra is None else [extra]), *low]))
 
 
 def _fmt(x: float) -> str:
@@ -364,22 +373,14 @@ def run_evaluate_stream(data: Path, *, manifest: Path, policy: Path, estimators:
                               level_progress=level_done, usual_care=usual_care)
     if out is not None:
         write_result_json(out, res.to_dict(), data, manifest, policy, provenance)
-    msgs = list(dict.fromkeys(str(w.message) for w in caught
-                              if not issubclass(w.category, DeprecationWarning)))
     check = res.propensity_check
+    msg = None
     if check is not None:  # as in memory, on the support check's sample
         from equicare.data._manifest import manifest_of
 
         column = manifest_of(manifest).behavior_prob
         msg = None if not column else check.message(str(data), column)
-        msgs += [msg] if msg is not None else []
-    from equicare.ope._ess import low_ess_message
-
-    valued = [k for k, v in res.estimates.items()
-              if v.value is not None and not math.isnan(v.value)]
-    low = low_ess_message(valued, res.n_episodes,
-                          res.ess if res.ess_truncated is None else res.ess_truncated)
-    return res, msgs + ([] if low is None else [low])
+    return res, warning_texts(caught, msg)
 
 
 def stream_table(res: Any) -> Table:

@@ -41,7 +41,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
-from equicare.exceptions import DataValidationError, DataWarning, InvalidParameterError
+from equicare.exceptions import (
+    DataValidationError,
+    DataWarning,
+    InvalidParameterError,
+    LowESSWarning,
+)
 from equicare.explain._distill import DistillConfig, Distiller, choice_weights, source_q
 from equicare.explain._rules import rule_count, tree_rules
 from equicare.ope._evaluate import far_outside, headline_of
@@ -288,27 +293,32 @@ def support_share(probs: NDArray[np.float64], behavior_probs: NDArray[np.float64
     return float(100.0 * (probs * rare).sum(axis=1).mean())
 
 
-def _support_check(test: TrajectoryDataset, threshold: float, seed: int,
+def _support_check(test: TrajectoryDataset, threshold: float, seed: int, audit_seed: int,
                    estimators: tuple[str, ...] = ()
-                   ) -> tuple[Callable[[NDArray[np.float64]], float], NDArray[np.float64], str]:
-    """The support share (%) of any policy on ``test``, the propensities, and how it is checked.
+                   ) -> tuple[Callable[[NDArray[np.float64]], float], NDArray[np.float64], str,
+                              dict[str, Any]]:
+    """The support share (%) of any policy on ``test``, the propensities, how it is checked.
 
     With logged propensities: :class:`equicare.ope.LoggedSupport` (what ``evaluate`` checks;
     an action is unsupported where it was never logged in the row's categorical state, or a
-    fast behaviour model gives it probability below ``threshold``), fitted once. Without: a
-    cross-fitted :class:`~equicare.policy.BehaviorModel` gives the propensities and the support
-    (probability below ``threshold``, or never logged in the row's categorical state), and
-    ``evaluate``'s ``DataWarning`` on logged rows whose estimate was floored (a caveat of the
-    card) when ``estimators`` weight by the propensities.
+    fast behaviour model gives it probability below ``threshold``), the one the fairness audit
+    with ``random_state=audit_seed`` builds (:func:`~equicare.ope._evaluate.logged_support_check`).
+    Without: a cross-fitted :class:`~equicare.policy.BehaviorModel` (seed ``seed``) gives the
+    propensities and the support (probability below ``threshold``, or never logged in the
+    row's categorical state), and ``evaluate``'s ``DataWarning`` on logged rows whose estimate
+    was floored (a caveat of the card) when ``estimators`` weight by the propensities. Last,
+    what the audit is given so that it builds neither again (``support_check=`` or
+    ``behavior_model=`` of :func:`equicare.fairness.audit`).
     """
-    from equicare.ope._support import LoggedSupport, model_support_diagnostics
+    from equicare.ope._evaluate import logged_support_check
+    from equicare.ope._support import model_support_diagnostics
     from equicare.policy import BehaviorModel
 
-    if test.behavior_prob is not None:
-        checker = LoggedSupport(test, random_state=seed)
+    checker = logged_support_check(test, random_state=audit_seed)
+    if checker is not None:
         return (lambda p: float(100.0 * checker.mass(p, threshold).mean()),
                 np.asarray(test.behavior_prob, dtype=np.float64),
-                str(checker.summary["support_check"]))
+                str(checker.summary["support_check"]), {"support_check": checker})
     bm = BehaviorModel(n_folds=2, random_state=seed).fit(test)
     floored = floored_propensity_message(bm, test, estimators)
     if floored is not None:
@@ -318,7 +328,7 @@ def _support_check(test: TrajectoryDataset, threshold: float, seed: int,
         return model_support_diagnostics(test, p, bm, threshold=threshold, warn=False).share_pct
 
     return pct, np.asarray(bm.propensities(test), dtype=np.float64), (
-        "estimated propensities: a cross-fitted behaviour model")
+        "estimated propensities: a cross-fitted behaviour model"), {"behavior_model": bm}
 
 
 def _est(res: Any) -> dict[str, Any]:
@@ -513,8 +523,8 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
         # (empirical per categorical cell, a fast model for numeric states) when present; else
         # a cross-fitted behaviour model for both
         say(f"support check and propensities on {test.n_episodes} held-out episodes")
-        support_pct, props, support_check = _support_check(test, cfg.rare_threshold, seeds[2],
-                                                           tuple(cfg.estimators))
+        support_pct, props, support_check, shared = _support_check(
+            test, cfg.rare_threshold, seeds[2], seeds[6], tuple(cfg.estimators))
 
         q_name, q_selection = cfg.q_model, None
         if q_name == "auto" and any(k in ("fqe", "dr", "wdr") for k in cfg.estimators):
@@ -526,10 +536,14 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
 
         def value(probs: NDArray[np.float64], n_boot: int, seed: int,
                   behavior_prob: NDArray[np.float64] | None = None) -> Any:
-            return evaluate(test, probs, estimators=cfg.estimators, q_model=q_name,
-                            behavior_prob=props if behavior_prob is None else behavior_prob,
-                            bootstrap=n_boot, groups=[], diagnose_support=False,
-                            random_state=seed)
+            with warnings.catch_warnings():  # not a caveat of the card (as before evaluate
+                # warned it): every depth's value would add its own line; the card's headline
+                # is DR, WDR or FQE whenever one is listed
+                warnings.simplefilter("ignore", LowESSWarning)
+                return evaluate(test, probs, estimators=cfg.estimators, q_model=q_name,
+                                behavior_prob=props if behavior_prob is None else behavior_prob,
+                                bootstrap=n_boot, groups=[], diagnose_support=False,
+                                random_state=seed)
 
         say(f"source: {', '.join(cfg.estimators)} (Q-model {q_name}), bootstrap "
             f"{cfg.bootstrap} replicates")
@@ -570,12 +584,12 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
         aud: Any = None  # None: no group attributes, so no audit (the card says so)
         try:
             if test.groups:
-                say(f"fairness audit of source and rules: bootstrap {cfg.bootstrap} replicates, "
-                    f"{cfg.n_permutations} permutations")
+                say("fairness audit of source and rules")  # its own stages follow
                 aud = audit(test, {"source": src_test, "rules": rules_test}, action=cfg.action,
                             group=cfg.group, intersect=cfg.intersect, n_boot=cfg.bootstrap,
                             n_permutations=cfg.n_permutations, min_cell=cfg.min_cell,
-                            estimator=key, q_model=q_name, random_state=seeds[6])
+                            estimator=key, q_model=q_name, random_state=seeds[6],
+                            progress=say, **shared)
         except DataValidationError as exc:
             if not ("nothing can be published" in str(exc)
                     or "a parity audit needs at least 2" in str(exc)):
@@ -599,14 +613,17 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
             usual_test = np.asarray(tree.usual_policy.action_probs(test), dtype=np.float64)
             say(f"current practice and the rules as deployed: bootstrap {cfg.bootstrap} "
                 "replicates")
-            usual_val = value(usual_test, cfg.bootstrap, seeds[3])
             # the rules as deployed: where no rule applies the clinicians decide as they do,
             # so those rows keep their logged actions (importance ratio 1; no estimate of
             # practice)
             deferred = np.asarray(tree.usual, dtype=bool)[test_leaves]
-            if deferred.any():
-                pe_dep, b_dep = deferred_target(rules_test, props, test.actions, deferred)
-                deployed_val = value(pe_dep, cfg.bootstrap, seeds[3], b_dep)
+            with say.bar("practice, deployed rules", 1 + int(deferred.any())) as bar:
+                usual_val = value(usual_test, cfg.bootstrap, seeds[3])
+                bar.update(advance=1, info="practice")
+                if deferred.any():
+                    pe_dep, b_dep = deferred_target(rules_test, props, test.actions, deferred)
+                    deployed_val = value(pe_dep, cfg.bootstrap, seeds[3], b_dep)
+                    bar.update(advance=1, info="deployed rules")
         _keep_messages(caught_u, caught_msgs)
     returns = test.returns()  # its ends only judge the estimates: never on the card
     span = (float(returns.min()), float(returns.max())) if returns.size else None

@@ -59,7 +59,9 @@ from equicare.utils import (
 )
 
 if TYPE_CHECKING:
+    from equicare._progress import Stages
     from equicare.ope._support import LoggedSupport
+    from equicare.policy import BehaviorModel
 
 __all__ = ["FairnessAudit", "AuditResult", "PolicyAudit", "audit", "BEHAVIOR"]
 
@@ -422,7 +424,8 @@ class FairnessAudit:
             weights: NDArray[np.float64] | None = None,
             random_state: RandomState = None,
             support_check: LoggedSupport | None = None,
-            progress: bool = False) -> AuditResult:
+            behavior_model: BehaviorModel | None = None,
+            progress: bool | Stages = False) -> AuditResult:
         """Audit the logged behaviour and each policy on ``dataset``.
 
         Parameters
@@ -444,9 +447,15 @@ class FairnessAudit:
             same int ``random_state`` (:func:`~equicare.ope._evaluate.logged_support_check`):
             used instead of fitting the same one again; any other check is ignored (it never
             changes a number).
-        progress : bool, default=False
+        behavior_model : BehaviorModel, optional
+            Fitted on ``dataset`` (cross-fitted, :meth:`~equicare.policy.BehaviorModel.fit`):
+            with no logged propensities, every policy's estimated propensities and support
+            check come from it (the caller's, e.g. the policy card's), instead of a logistic
+            model fitted for each policy at the seed above. Unused with logged propensities.
+        progress : bool or Stages, default=False
             One ``[audit] ...`` line per stage on stderr and a bar over the policies' group
-            values (:class:`equicare._progress.Stages`); never changes a number.
+            values (:class:`equicare._progress.Stages`); never changes a number. A caller's
+            ``Stages`` prints them as its own (the policy card's audit: ``[explain] ...``).
 
         Returns
         -------
@@ -481,7 +490,7 @@ class FairnessAudit:
         cols = mask[:, None].astype(np.float64)
         if self.with_level_rates:
             cols = np.concatenate([cols, lmat], axis=1)
-        say = Stages("audit", progress)
+        say = progress if isinstance(progress, Stages) else Stages("audit", progress)
         names = [BEHAVIOR, *pols]
         say(f"{n_ep} episodes, {dataset.n_steps} steps: allocation by {gname} of "
             f"{', '.join(names)}")
@@ -517,7 +526,8 @@ class FairnessAudit:
                 for seed, name in zip(seeds, pols, strict=True):
                     say(value_stage(name, estimator, 0 if w is None else w.shape[0]))
                     outcomes[name], diags[name], q_models[name] = self._policy_outcome(
-                        dataset, name, pols[name], p_logged[name], gi, w, int(seed), support)
+                        dataset, name, pols[name], p_logged[name], gi, w, int(seed), support,
+                        behavior_model)
                     bar.update(advance=1, info=name)
         levels = None
         if self.with_level_rates:
@@ -534,7 +544,7 @@ class FairnessAudit:
     def _policy_outcome(self, dataset: TrajectoryDataset, name: str,
                         policy: Policy | NDArray[np.float64], p_logged: NDArray[np.float64],
                         gi: GroupIndex, weights: NDArray[np.float64] | None, seed: int,
-                        support: _Support
+                        support: _Support, behavior_model: BehaviorModel | None = None
                         ) -> tuple[OutcomeFrame, WeightDiagnostics, dict[str, Any] | None]:
         """Group values of one policy from the OPE engine's per-episode parts, and diagnostics.
 
@@ -563,7 +573,8 @@ class FairnessAudit:
             # estimated propensities and/or an FQE Q-model (or unusable logged propensities,
             # which the OPE engine reports): the OPE engine prepares everything
             prep = prepare(dataset, policy, keys=(key,), q_model=self.q_model,
-                           random_state=seed)
+                           behavior_model="logistic" if behavior_model is None
+                           else behavior_model, random_state=seed)
             inputs = prep.inputs
             if key in ("fqe", "dr", "wdr"):
                 # evaluate's censoring check of a stationary table (auto's switch made in
@@ -700,11 +711,12 @@ def audit(dataset: TrajectoryDataset,
           policies: Mapping[str, Policy | NDArray[np.float64]] | None = None, *,
           action: str | None = None, group: str | None = None, intersect: Sequence[str] = (),
           random_state: RandomState = None, support_check: LoggedSupport | None = None,
-          progress: bool = False, **settings: Any) -> AuditResult:
+          behavior_model: BehaviorModel | None = None, progress: bool | Stages = False,
+          **settings: Any) -> AuditResult:
     """Run a :class:`FairnessAudit` in one call (``settings`` are its other fields).
 
-    ``support_check`` and ``progress`` (stage lines on stderr, default off) are passed to
-    :meth:`FairnessAudit.run`.
+    ``support_check``, ``behavior_model`` and ``progress`` (stage lines on stderr, default off)
+    are passed to :meth:`FairnessAudit.run`.
 
     Examples
     --------
@@ -716,4 +728,5 @@ def audit(dataset: TrajectoryDataset,
     weights = settings.pop("weights", None)
     cfg = FairnessAudit(action=action, group=group, intersect=tuple(intersect), **settings)
     return cfg.run(dataset, policies, weights=weights, random_state=random_state,
-                   support_check=support_check, progress=progress)
+                   support_check=support_check, behavior_model=behavior_model,
+                   progress=progress)

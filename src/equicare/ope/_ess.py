@@ -14,7 +14,7 @@ from equicare.utils import MIN_CELL
 
 __all__ = ["EffectiveSampleSize", "kish_ess", "effective_sample_size", "ESS_KIND", "WeightSums",
            "ess_from_sums", "low_ess_groups", "LOW_ESS_OVERALL", "low_ess_message",
-           "overall_low_ess_message"]
+           "overall_low_ess_message", "stream_low_ess_message", "warn_low_ess"]
 
 
 def kish_ess(weights: NDArray[np.float64], axis: int = 0) -> NDArray[np.float64]:
@@ -207,11 +207,44 @@ def overall_low_ess_message(estimates: Any, ess: EffectiveSampleSize) -> str | N
     estimates : dict of str to Estimate
     ess : EffectiveSampleSize
     """
-    keys = [k for k, v in estimates.items() if v.value is not None and np.isfinite(v.value)]
     traj = ess.trajectory if ess.trajectory_truncated is None else ess.trajectory_truncated
     per_decision = (ess.per_decision if ess.per_decision_truncated_pct is None
                     else ess.per_decision_truncated_pct * ess.n_episodes / 100.0)
-    return low_ess_message(keys, ess.n_episodes, traj, per_decision)
+    return low_ess_message(_valued(estimates), ess.n_episodes, traj, per_decision)
+
+
+def stream_low_ess_message(estimates: Any, n_episodes: int, trajectory: float,
+                           trajectory_truncated: float | None = None) -> str | None:
+    """:func:`low_ess_message` of a streamed evaluation (its trajectory ESS alone).
+
+    Parameters
+    ----------
+    estimates : dict of str to Estimate
+    n_episodes : int
+    trajectory, trajectory_truncated : float
+        The trajectory weights' ESS, and that of the truncated weights with truncation.
+    """
+    return low_ess_message(_valued(estimates), n_episodes,
+                           trajectory if trajectory_truncated is None else trajectory_truncated)
+
+
+def _valued(estimates: Any) -> list[str]:
+    """The estimators with a finite value (WIS with every weight 0 has none)."""
+    return [k for k, v in estimates.items() if v.value is not None and np.isfinite(v.value)]
+
+
+def warn_low_ess(message: str | None, stacklevel: int) -> None:
+    """Warn ``message`` (:func:`low_ess_message`) as a :class:`~equicare.exceptions.LowESSWarning`.
+
+    Nothing when it is None. ``stacklevel`` as :func:`warnings.warn`'s, counted from the
+    caller of this function.
+    """
+    if message is not None:
+        import warnings
+
+        from equicare.exceptions import LowESSWarning
+
+        warnings.warn(message, LowESSWarning, stacklevel=stacklevel + 1)
 
 
 def _pad(a: NDArray[np.float64], width: int) -> NDArray[np.float64]:

@@ -875,6 +875,10 @@ def evaluate(
         When more than 1% of the target policy's mass is on unsupported actions.
     SmallCellWarning
         When a group level has fewer than 11 episodes (suppressed).
+    LowESSWarning
+        Once, when the overall ``is``, ``wis``, ``pdis`` or ``wpdis`` value rests on fewer
+        than 11 episodes' worth of importance weight (the ESS of the weights it averages
+        with, truncated ones with ``truncate``; docs/ope.md, "Subgroups").
     """
     check_dataset(dataset, "evaluate")
     check_episodes(dataset, 2, "evaluate", EVALUATE_EPISODES_WHY)
@@ -1049,6 +1053,8 @@ def _evaluate(
             say(f"Q-model: {check.switch_note()}")
         elif check.warn:
             warnings.warn(check.message(), DataWarning, stacklevel=3)
+    # the overall value is published even on thin weight (groups' are withheld): said once
+    _ess.warn_low_ess(_ess.overall_low_ess_message(ests, ess), stacklevel=3)
     return EvaluationResult(
         n_episodes=dataset.n_episodes, n_steps=dataset.n_steps, gamma=float(dataset.gamma),
         behavior=beh, estimates=ests, ess=ess, support=support, groups=group_out,

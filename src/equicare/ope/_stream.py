@@ -886,6 +886,13 @@ def evaluate_stream(
     Returns
     -------
     StreamEvaluation
+
+    Warns
+    -----
+    LowESSWarning
+        As :func:`~equicare.ope.evaluate`, from the trajectory ESS (the streamed result has no
+        per-decision one): once, when the overall ``is``, ``wis``, ``pdis`` or ``wpdis`` value
+        rests on fewer than 11 episodes' worth of importance weight.
     """
     from equicare.ope._core import Q_TYPE
 
@@ -1092,6 +1099,10 @@ def evaluate_stream(
         hide_low_ess(levels, {lv: g.weights for lv, g in levels.items()
                               if not g.suppressed and g.weights is not None}, keys,
                      MIN_CELL if plan is None else plan.min_cell)
+    from equicare.ope._ess import stream_low_ess_message, warn_low_ess
+
+    warn_low_ess(stream_low_ess_message(res.estimates, res.n_episodes, res.ess,
+                                        res.ess_truncated), stacklevel=2)  # as in memory
     return res
 
 

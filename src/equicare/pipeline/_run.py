@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import time
 import traceback
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from equicare._progress import progress_task, shared_progress
-from equicare.exceptions import InvalidParameterError, SupportWarning
+from equicare.exceptions import InvalidParameterError
 from equicare.pipeline._config import (
     ConfigError,
     RunConfig,
@@ -386,12 +385,7 @@ def _stage_evaluate(
         random_state=seed,
         support_check=state["support_check"],
     )
-    state["evaluation"] = res
-    from equicare.ope._ess import overall_low_ess_message
-
-    low = overall_low_ess_message(res.estimates, res.ess)  # as `equicare evaluate` says it
-    if low is not None:
-        warnings.warn(low, SupportWarning, stacklevel=2)
+    state["evaluation"] = res  # evaluate warned if the overall IS-type values have a low ESS
     _write_json(out / "result.json", res.to_dict())
     name = state["learner_name"]
     b = res.behavior
