@@ -637,6 +637,7 @@ def test_the_run_warns_as_evaluate_does_of_values_resting_on_few_episodes_weight
     assert (f"warning: the overall is, wis, pdis and wpdis values rest on fewer than 11 "
             f"episodes' worth of importance weight (trajectory ESS {ess['trajectory']:.1f} of "
             f"121 episodes for is, wis; per-decision ESS ") in said, said
+    assert said.count("the overall is, wis, pdis and wpdis values rest on") == 1, said
 
 
 def test_the_explain_stage_passes_the_distillation_keys(tmp_path):
@@ -683,6 +684,3 @@ def test_a_panel_too_small_for_the_holdout_fails_when_the_data_loads(tmp_path):
             "the evaluation (ope.holdout) and needs at least 2 there because") in said, said
     store = tmp_path / "runs"
     assert RunStore(store).list_runs().empty and not list(store.glob("*.partial"))
-
-
-    assert said.count("the overall is, wis, pdis and wpdis values rest on") == 1, said
