@@ -123,7 +123,8 @@ def test_force_never_replaces_the_input_folder(files, tmp_path, monkeypatch):
     (["--labels", "soft"], "Invalid value for '--labels'"),
     (["--estimators", "dr,magic"], "The 'estimators' parameter of ExplainConfig"),
     (["--deviation-margin", "1"], "The 'deviation_margin' parameter of DistillConfig must be "
-                                  "a number in [0, 1). Got 1.0 instead."),
+                                  "'auto' or a number in [0, 1). Got 1.0 instead."),
+    (["--deviation-margin", "noise"], "expected auto or a number, got 'noise'"),
 ])
 def test_bad_options_exit_2(files, tmp_path, extra, message):
     res = runner.invoke(app, _args(files, "bc", tmp_path / "c", *extra))
@@ -224,14 +225,14 @@ def test_explain_the_cell_learners(garnet_files, tmp_path, algo):
 @pytest.mark.filterwarnings("ignore::equicare.exceptions.EquicareWarning")
 def test_set_splits_option(garnet_files, tmp_path):
     """Set-valued splits are on by default; --no-set-splits leaves one level per test (the card
-    JSON's config and the rules' candidate features say which); --deviation-margin reaches the
-    distillation."""
+    JSON's config and the rules' candidate features say which); --deviation-margin (a number
+    or auto) reaches the distillation."""
     res = runner.invoke(app, [*_args(garnet_files, "spibb", tmp_path / "off", "--json"),
-                              "--no-set-splits", "--deviation-margin", "0"])
+                              "--no-set-splits", "--deviation-margin", "auto"])
     assert res.exit_code == 0, _err(res)
     card = json.loads(res.stdout)
     assert card["settings"]["distill"]["set_splits"] is False
-    assert card["settings"]["distill"]["deviation_margin"] == 0.0
+    assert card["settings"]["distill"]["deviation_margin"] == "auto"
     kinds = {f["kind"] for f in load_policy(tmp_path / "off" / "model").features}
     assert "categorical_set" not in kinds
     on = _model_card(garnet_files, "spibb", tmp_path / "on")

@@ -137,6 +137,8 @@ def test_merge_collapses_siblings_with_the_same_action():
                             "[0, 1]. Got 2.0 instead."),
     ({"labels": "soft"}, "The 'labels' parameter of DistillConfig must be one of 'argmax', "
                          "'sample'. Got 'soft' instead."),
+    ({"deviation_margin": "noise"}, "The 'deviation_margin' parameter of DistillConfig must be "
+                                    "'auto' or a number in [0, 1). Got 'noise' instead."),
 ])
 def test_bad_config(kwargs, message):
     with pytest.raises(ValueError, match=re.escape(message)):
@@ -221,6 +223,81 @@ def test_deviation_targets_follow_the_gain():
     assert np.all(labels == 3)
     labels, w = deviation_targets(ds, np.tile([1.0, 0, 0], (n, 1)), usual, q)  # a worse action
     assert np.all(labels == 3) and np.allclose(w, 1.0)
+
+
+def test_auto_margin_is_two_standard_errors_of_practice():
+    """``margin="auto"``: the source must beat practice's estimated value
+    ``sum_a b_hat(a) Q(a)`` by 2 of its standard errors ``sqrt(sum_a b_hat(a) (Q(a) - V)^2 / n)``
+    (here ``sqrt(2 / (3 n))``: 0.082 with 100 rows, 0.163 with 25), not by a share of the
+    spread of Q (0.2 x 2 = 0.4)."""
+    from equicare.explain import deviation_targets
+
+    ds = tree_sim.generate(20, seed=6)
+    n = ds.n_steps
+    q = np.tile([0.0, 1.0, 2.0], (n, 1))
+    usual = np.full((n, 3), 1 / 3)
+    src = np.tile([1 / 3 - 0.1, 1 / 3, 1 / 3 + 0.1], (n, 1))  # beats practice by 0.2
+    counts = np.where(np.arange(n) % 2 == 0, 100, 25)
+    labels, _ = deviation_targets(ds, src, usual, q, margin="auto", counts=counts)
+    np.testing.assert_array_equal(labels, np.where(counts == 100, 2, 3))
+    labels, _ = deviation_targets(ds, src, usual, q, margin=0.2)
+    assert np.all(labels == 3)
+    with pytest.raises(ValueError, match="'counts' parameter of deviation_targets"):
+        deviation_targets(ds, src, usual, q, margin="auto")
+
+
+def test_usual_care_counts_are_the_rows_of_each_cell():
+    """The ``n`` behind each row's frequencies: its cell's rows, a cell of < 11 episodes too
+    (its rows get the overall frequencies, but only its own rows say anything about it)."""
+    from equicare.data import from_frame
+    from equicare.data._io import to_frame
+    from equicare.explain import fit_usual_care
+    from equicare.explain._usual import usual_care_counts
+
+    frame = to_frame(tree_sim.generate(200, seed=8))
+    frame.loc[frame["id"].isin([0, 1, 2]), "site"] = "c"  # 3 episodes
+    ds = from_frame(frame, tree_sim.MANIFEST, emit_warnings=False)
+    usual = fit_usual_care(ds, "cells")
+    assert usual.n_cells == 2  # site c gets the overall frequencies
+    site = frame["site"].to_numpy()
+    expected = frame.groupby("site")["id"].transform("size").to_numpy()
+    counts = usual_care_counts(usual, ds)
+    np.testing.assert_array_equal(counts, expected)
+    assert set(counts[site == "c"]) == {int((site == "c").sum())}
+
+
+@pytest.mark.parametrize("depth", [2, 4])
+def test_auto_margin_keeps_the_half_expert_to_practice(sim_data, depth):
+    """Truth: below x1 = 0.6 the half expert *is* (uniform) practice. With practice as cells
+    (one per site, about 1,000 rows each) the noise-scaled margin labels none of those rows a
+    deviation (margin 0 labels 31% of them on this panel: the noise of the frequencies read as
+    gains), so the rules keep practice there and name a2 above 0.6. With the behaviour tree,
+    whose counts understate the noise of leaves it selected, ``"auto"`` is the share 0.2."""
+    from equicare.explain import fit_usual_care
+    from equicare.explain._distill import exception_targets, source_q
+
+    train, fresh = sim_data
+    src = _HalfExpert()
+    probs = src.action_probs(train)
+    q = source_q(train, probs, DistillConfig(), 1)
+    lo = train.states[:, 0] <= 0.6
+    cells = fit_usual_care(train, "cells")
+    zero, _, _ = exception_targets(train, probs, cells, q, DistillConfig(deviation_margin=0.0))
+    auto, _, _ = exception_targets(train, probs, cells, q,
+                                   DistillConfig(deviation_margin="auto"))
+    assert np.mean(zero[lo] < 3) > 0.2
+    assert np.all(auto[lo] == 3) and np.mean(auto[~lo] == 2) > 0.99
+    cfg = DistillConfig(max_depth=depth, mode="exceptions", usual_care="cells",
+                        deviation_margin="auto")
+    tree = Distiller(cfg).fit(train, src, random_state=0).policy_
+    p = tree.action_probs(fresh)
+    hi, low = fresh.states[:, 0] > 0.605, fresh.states[:, 0] <= 0.595
+    assert np.all(np.argmax(p[hi], axis=1) == 2)
+    np.testing.assert_allclose(p[low], tree.usual_policy.action_probs(fresh)[low])
+    behaviour = fit_usual_care(train, "tree", random_state=0)
+    by_tree = [exception_targets(train, probs, behaviour, q,
+                                 DistillConfig(deviation_margin=m))[0] for m in ("auto", 0.2)]
+    np.testing.assert_array_equal(*by_tree)
 
 
 @pytest.mark.parametrize("kw", [{}, {"labels": "sample", "n_samples": 2},

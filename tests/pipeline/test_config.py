@@ -61,7 +61,9 @@ def test_defaults_filled():
          "run.toml: data.synthetic.members must be an integer >= 1, got 0."),
         ({"seed": -1}, "run.toml: seed must be an integer >= 0, got -1."),
         ({"explain": {"deviation_margin": 1}},
-         "run.toml: explain.deviation_margin must be a number in [0, 1), got 1."),
+         "run.toml: explain.deviation_margin must be \"auto\" or a number in [0, 1), got 1."),
+        ({"explain": {"deviation_margin": "noise"}},
+         "run.toml: explain.deviation_margin must be a number, got 'noise'."),
         ({"explain": {"set_splits": "yes"}}, "explain.set_splits must be true/false"),
     ],
 )

@@ -640,9 +640,10 @@ def test_the_run_warns_as_evaluate_does_of_values_resting_on_few_episodes_weight
     assert said.count("the overall is, wis, pdis and wpdis values rest on") == 1, said
 
 
-def test_the_explain_stage_passes_the_distillation_keys(tmp_path):
-    """`[explain] set_splits` and `deviation_margin` reach the card's distillation, as
-    `explain --no-set-splits --deviation-margin` do."""
+@pytest.mark.parametrize("margin", [0.05, "auto"])
+def test_the_explain_stage_passes_the_distillation_keys(tmp_path, margin):
+    """`[explain] set_splits` and `deviation_margin` (a number or "auto") reach the card's
+    distillation, as `explain --no-set-splits --deviation-margin` do."""
     import numpy as np
 
     from equicare.pipeline._config import RunConfig
@@ -658,7 +659,7 @@ def test_the_explain_stage_passes_the_distillation_keys(tmp_path):
             return np.full((ds.n_steps, ds.n_actions), 1.0 / ds.n_actions)
 
     cfg = RunConfig.from_dict({"explain": {"enabled": True, "depth": 1, "bootstrap": 0,
-                                           "set_splits": False, "deviation_margin": 0.05},
+                                           "set_splits": False, "deviation_margin": margin},
                                "ope": {"q_model": "linear", "bootstrap": 0}},
                               source="run.toml")
     state = {"train": train, "test": test, "learner": Uniform(), "learner_name": "bc",
@@ -666,7 +667,7 @@ def test_the_explain_stage_passes_the_distillation_keys(tmp_path):
     _stage_explain(cfg, state, tmp_path, [], 0)
     card = json.loads((tmp_path / "card" / "policy_card.json").read_text())
     assert card["settings"]["distill"]["set_splits"] is False
-    assert card["settings"]["distill"]["deviation_margin"] == 0.05
+    assert card["settings"]["distill"]["deviation_margin"] == margin
 
 
 def test_a_panel_too_small_for_the_holdout_fails_when_the_data_loads(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -19,7 +19,7 @@ def run_explain(model: Path, data: Path, *, manifest: Path, out: Path, depth: in
                 estimators: str = "wis,dr,wdr", bootstrap: int = 200, action: str | None = None,
                 group: str | None = None, labels: str = "argmax",
                 mode: str = "exceptions", set_splits: bool = True,
-                deviation_margin: float = 0.2, seed: int = 42,
+                deviation_margin: float | Literal["auto"] = 0.2, seed: int = 42,
                 force: bool = False, provenance: dict[str, Any] | None = None,
                 progress: bool = False) -> dict[str, Any]:
     """Load the panel and the policy, build the policy card and write the card folder.
@@ -75,6 +75,17 @@ def run_explain(model: Path, data: Path, *, manifest: Path, out: Path, depth: in
     return {**card.to_dict(), "files": {k: str(v) for k, v in files.items()}}
 
 
+def _margin(value: str) -> str:
+    """``--deviation-margin``: ``auto`` or a number (its range is DistillConfig's check)."""
+    if value.strip() == "auto":
+        return "auto"
+    try:
+        float(value)
+    except ValueError:
+        raise typer.BadParameter(f"expected auto or a number, got {value!r}.") from None
+    return value
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``explain`` command to a Typer app."""
 
@@ -117,12 +128,15 @@ def register(app: typer.Typer) -> None:
             help="Let a rule test a set of levels of a categorical state (state is one of "
                  "s12, s45, s101), built per action from the fitting rows' labels; "
                  "--no-set-splits: one level per test.")] = True,
-        deviation_margin: Annotated[float, typer.Option(
+        deviation_margin: Annotated[str, typer.Option(
+            parser=_margin, metavar="auto|FLOAT",
             help="Exception rules: a row counts as a deviation only where the policy beats "
                  "estimated practice by more than this share of what is at stake there. 0 lets "
                  "set splits name every state where the policy gains (Garnet: 100% of SPIBB's "
                  "gain kept instead of 23%) but reads the noise of the estimate of practice as "
-                 "gains where the policy follows practice.")] = 0.2,
+                 "gains where the policy follows practice. auto: by 2 standard errors of "
+                 "practice's estimated value where practice is estimated per categorical cell "
+                 "(Garnet: 68% kept), the share 0.2 where it is a behaviour tree.")] = "0.2",
         seed: Seed = 42,
         force: Force = False,
         json_out: JsonOut = False,
@@ -155,7 +169,9 @@ def register(app: typer.Typer) -> None:
                               max_rules=max_rules, holdout=holdout, q_model=q_model.value,
                               estimators=estimators, bootstrap=bootstrap, action=action,
                               group=group, labels=labels.value, mode=mode.value,
-                              set_splits=set_splits, deviation_margin=deviation_margin,
+                              set_splits=set_splits,
+                              deviation_margin=("auto" if deviation_margin == "auto"
+                                                else float(deviation_margin)),
                               seed=seed, force=force,
                               provenance=prov, progress=progress)
         if json_out:

@@ -508,13 +508,12 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
                  if dcfg.weighting == "q_spread" or dcfg.mode == "exceptions" else None)
         usual_care = None
         if dcfg.mode == "exceptions":
-            from equicare.explain._distill import deviation_targets
+            from equicare.explain._distill import exception_targets
             from equicare.explain._usual import fit_usual_care
 
             usual_care = fit_usual_care(fit_ds, dcfg.usual_care, random_state=seeds[7])
             q_dev = source_q(fit_ds, src_fit, dcfg, seeds[1]) if q_fit is None else q_fit
-            _, weights = deviation_targets(fit_ds, src_fit, usual_care.action_probs(fit_ds),
-                                           q_dev, dcfg.weight_floor, dcfg.deviation_margin)
+            _, weights, _ = exception_targets(fit_ds, src_fit, usual_care, q_dev, dcfg)
             if dcfg.weighting == "uniform":
                 weights = np.ones(fit_ds.n_steps)
         else:

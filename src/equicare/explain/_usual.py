@@ -42,7 +42,7 @@ from equicare.policy._cells import CellPolicy, cell_codes
 from equicare.policy._tree import TreePolicy, tree_features
 from equicare.utils import MIN_CELL, RandomState, check_param, check_random_state
 
-__all__ = ["fit_usual_care", "usual_care_kind"]
+__all__ = ["fit_usual_care", "usual_care_counts", "usual_care_kind"]
 
 UsualKind = Literal["auto", "cells", "tree"]
 
@@ -145,3 +145,26 @@ def fit_usual_care(dataset: TrajectoryDataset, kind: UsualKind = "auto", *, dept
                       info={"usual_care": {"kind": "tree", "depth": depth,
                                            "min_samples_leaf": min_samples_leaf,
                                            "min_episodes": min_episodes}})
+
+
+def usual_care_counts(usual: CellPolicy, dataset: TrajectoryDataset) -> NDArray[np.int64]:
+    """Rows of ``dataset`` in each row's cell of ``usual``, shape ``(n_steps,)``.
+
+    Current practice as cells (:func:`fit_usual_care` ``kind="cells"``) is the observed
+    frequency of each action over the rows of the row's cell: on the data it was fitted on, this
+    is the ``n`` of its standard error. A cell of fewer than ``min_episodes`` episodes, whose
+    rows get the overall frequencies, counts its own rows: the overall frequencies say no more
+    about practice in that cell than its own rows do.
+
+    Parameters
+    ----------
+    usual : CellPolicy
+    dataset : TrajectoryDataset
+    """
+    codes, _ = cell_codes(dataset, usual.columns, usual.numeric, usual.edges, usual.levels,
+                          usual.source)
+    if codes.shape[1] == 0:
+        return np.full(dataset.n_steps, dataset.n_steps, dtype=np.int64)
+    _, group = np.unique(codes, axis=0, return_inverse=True)
+    group = np.asarray(group, dtype=np.int64).ravel()
+    return np.asarray(np.bincount(group)[group], dtype=np.int64)

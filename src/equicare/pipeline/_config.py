@@ -174,9 +174,9 @@ def _value_problems(out: Mapping[str, Any], source: str, base_dir: Path) -> list
         if not (isinstance(v, int | float) and math.isfinite(v) and v >= low):
             problems.append(f"{source}: {key} must be {expected}, got {v!r}.")
     margin = out["explain"]["deviation_margin"]
-    if not (math.isfinite(margin) and 0 <= margin < 1):
-        problems.append(f"{source}: explain.deviation_margin must be a number in [0, 1), got "
-                        f"{margin!r}.")
+    if margin != "auto" and not (math.isfinite(margin) and 0 <= margin < 1):
+        problems.append(f"{source}: explain.deviation_margin must be \"auto\" or a number in "
+                        f"[0, 1), got {margin!r}.")
     jobs = out["output"]["jobs"]
     if jobs == 0 or jobs < -1:
         problems.append(f"{source}: output.jobs must be an integer >= 1 (or -1: every core), "
@@ -372,6 +372,8 @@ class RunConfig:
                         problems.append(f"{source}: {full} must name each attribute once, got "
                                         f"{v!r}.")
                         continue
+                elif full == "explain.deviation_margin" and v == "auto":
+                    pass  # the noise-scaled margin (DistillConfig.deviation_margin)
                 elif not _type_ok(v, default[sub]):
                     problems.append(f"{source}: {full} must be {_tname(default[sub])}, got {v!r}.")
                     continue

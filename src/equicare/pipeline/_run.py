@@ -558,7 +558,8 @@ def _stage_explain(
         distill=DistillConfig(
             max_depth=e["depth"], q_model=weights_q_model(cfg["ope"]["q_model"]),
             labels=e["labels"], set_splits=e["set_splits"],
-            deviation_margin=float(e["deviation_margin"]),
+            deviation_margin=("auto" if e["deviation_margin"] == "auto"
+                              else float(e["deviation_margin"])),
         ),
     )
     card = explain_policy(
