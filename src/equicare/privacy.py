@@ -28,17 +28,18 @@ instead of a column's minimum, maximum or any single row's value.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from equicare.exceptions import SmallCellWarning
+from equicare.exceptions import InvalidParameterError, SmallCellWarning
 from equicare.utils import MIN_CELL
 
-__all__ = ["suppressed_cells", "suppressed_labels", "suppressed_levels", "suppress_counts",
+__all__ = ["suppressed_cells", "suppressed_labels", "suppressed_levels", "split_withheld",
+           "suppress_counts",
            "share_suppressed",
            "small_cells_message", "round_significant", "tail_quantile", "coarse_bounds",
            "pooled_level_shares",
@@ -71,19 +72,29 @@ def warn_low_min_cell(min_cell: int, owner: str, stacklevel: int = 3) -> None:
         warnings.warn(msg, SmallCellWarning, stacklevel=stacklevel)
 
 
-def _complete_line(n: NDArray[np.int64], sup: NDArray[np.bool_], min_cell: int) -> bool:
-    """Suppress the smallest published cells of one line in place; True when any was added."""
+def _complete_line(n: NDArray[np.int64], sup: NDArray[np.bool_], min_cell: int,
+                   outside: NDArray[np.bool_] | None = None) -> bool:
+    """Suppress the smallest published cells of one line in place; True when any was added.
+
+    The suppressed cells must hold 0 or at least ``min_cell`` episodes together, and a cell
+    withheld from outside (``outside``) is never the line's only suppressed cell (its value
+    would be the total minus the published cells).
+    """
+    if sup.all():
+        return False
     held = int(n[sup].sum())
-    if held == 0 or held >= min_cell or sup.all():
+    alone = outside is not None and int(sup.sum()) == 1 and bool(outside[sup].any())
+    if not alone and (held == 0 or held >= min_cell):
         return False
     order = np.flatnonzero(~sup)[np.argsort(n[~sup], kind="stable")]
     need = np.cumsum(n[order]) + held
-    take = order[: int(np.searchsorted(need, min_cell)) + 1]
+    take = order[: max(int(np.searchsorted(need, min_cell)) + 1, 1)]
     sup[take] = True
     return True
 
 
-def suppressed_cells(components: Sequence[Any], min_cell: int = MIN_CELL
+def suppressed_cells(components: Sequence[Any], min_cell: int = MIN_CELL,
+                     withheld: Collection[str] = ()
                      ) -> tuple[pd.DataFrame, NDArray[np.bool_]]:
     """The cells of a table of group attributes that must not be published.
 
@@ -94,6 +105,13 @@ def suppressed_cells(components: Sequence[Any], min_cell: int = MIN_CELL
         intersection).
     min_cell : int
         Smallest number of episodes a published cell (or a union revealed by differencing) has.
+    withheld : collection of str, optional
+        Cells suppressed from outside, whatever their size (labels as
+        :func:`suppressed_labels` writes them: ``"black"``, ``"black x female"``), e.g. the
+        held-out cells of :func:`split_withheld`. They count as primary suppressions: the lines
+        holding them are completed like those of small cells, and a line whose only suppressed
+        cell is withheld gets its smallest other cell suppressed too (alone, the withheld value
+        is the line's total minus its published cells). Labels the table lacks are ignored.
 
     Returns
     -------
@@ -107,6 +125,11 @@ def suppressed_cells(components: Sequence[Any], min_cell: int = MIN_CELL
     n = cells["n"].to_numpy(dtype=np.int64)
     sup = n < int(min_cell)
     k = len(components)
+    outside = np.zeros(n.size, dtype=bool)
+    if withheld:
+        names = cells[list(range(k))].astype(str).agg(" x ".join, axis=1).to_numpy(dtype=str)
+        outside = np.isin(names, np.array(sorted(map(str, withheld)), dtype=str))
+        sup |= outside
     lines: list[NDArray[np.int64]] = [np.arange(n.size)]
     if k > 1:
         for j in range(k):
@@ -118,24 +141,27 @@ def suppressed_cells(components: Sequence[Any], min_cell: int = MIN_CELL
         changed = False
         for idx in lines:
             part = sup[idx]
-            if _complete_line(n[idx], part, int(min_cell)):
+            if _complete_line(n[idx], part, int(min_cell), outside[idx]):
                 sup[idx] = part
                 changed = True
     return cells, sup
 
 
-def suppressed_labels(components: Sequence[Any], min_cell: int = MIN_CELL) -> set[str]:
+def suppressed_labels(components: Sequence[Any], min_cell: int = MIN_CELL,
+                      withheld: Collection[str] = ()) -> set[str]:
     """Labels of the suppressed cells of :func:`suppressed_cells`.
 
     A single attribute's levels, or intersections joined as
-    :meth:`~equicare.data.TrajectoryDataset.intersect_groups` joins them (``"black x female"``).
+    :meth:`~equicare.data.TrajectoryDataset.intersect_groups` joins them (``"black x female"``);
+    ``withheld`` as in :func:`suppressed_cells`.
     """
-    cells, sup = suppressed_cells(components, min_cell)
+    cells, sup = suppressed_cells(components, min_cell, withheld)
     cols = list(range(len(components)))
     return set(cells.loc[sup, cols].astype(str).agg(" x ".join, axis=1))
 
 
-def suppressed_levels(labels: Any, min_cell: int = MIN_CELL) -> set[str]:
+def suppressed_levels(labels: Any, min_cell: int = MIN_CELL,
+                      withheld: Collection[str] = ()) -> set[str]:
     """Levels of one attribute that must not be published (primary and complementary).
 
     Parameters
@@ -143,8 +169,62 @@ def suppressed_levels(labels: Any, min_cell: int = MIN_CELL) -> set[str]:
     labels : array-like of shape (n_episodes,)
         Each episode's level.
     min_cell : int
+    withheld : collection of str, optional
+        Levels suppressed from outside (:func:`suppressed_cells`).
     """
-    return suppressed_labels([labels], min_cell)
+    return suppressed_labels([labels], min_cell, withheld)
+
+
+def split_withheld(labels: Any, part: Any, min_cell: int = MIN_CELL) -> set[str]:
+    """Levels whose count within one part of a split must not be published with the whole's.
+
+    A run publishes each level's episodes in the whole panel and tables of one part of it (the
+    held-out half). The table group x {part, rest} then has published margins, and a published
+    part cell gives its rest cell by difference: a level of 18 with 12 held-out episodes
+    publishes its 6 training episodes (and, with a value of the whole panel, their mean
+    return). :func:`suppressed_cells` on that table does not prevent it: it completes each line
+    so that its suppressed cells hold ``min_cell`` episodes, but a line's single suppressed
+    cell of 12 is still its total minus the others, and gives back the 6 across the other line.
+
+    The rule here: a level is withheld from the part's tables when its part cell or its rest
+    cell holds 1 to ``min_cell - 1`` episodes (primary); then, while the withheld levels' part
+    cells or rest cells hold 1 to ``min_cell - 1`` episodes together, the level with the
+    smallest part cell joins them (complementary). So no level is withheld alone (one alone has
+    a small cell, which makes a sum small): each withheld part cell is unknown together with
+    its rest cell, and the differences of the part's and the rest's totals give only the
+    withheld levels' sums, each 0 or at least ``min_cell``. Levels absent from the part (no
+    cell to publish) are never withheld; a level with no rest episode has nothing to reveal.
+
+    Parameters
+    ----------
+    labels : array-like of shape (n_episodes,)
+        Each episode's level in the whole panel.
+    part : array-like of shape (n_episodes,), bool
+        Whether the episode is in the published part (the held-out half).
+    min_cell : int
+
+    Returns
+    -------
+    set of str
+        The levels whose cells the part's tables must show as suppressed (pass them as
+        ``withheld`` / ``suppress`` to the tables of the part).
+    """
+    lab = np.asarray(labels).astype(str).ravel()
+    inside = np.asarray(part, dtype=bool).ravel()
+    if lab.shape != inside.shape:
+        raise InvalidParameterError(f"split_withheld: labels and part must have one entry per "
+                                    f"episode; got {lab.size} and {inside.size}.")
+    levels, code = np.unique(lab, return_inverse=True)
+    a = np.bincount(code[inside], minlength=levels.size)  # in the part
+    b = np.bincount(code[~inside], minlength=levels.size)  # in the rest
+    small = ((a > 0) & (a < min_cell)) | ((b > 0) & (b < min_cell))
+    hide = small & (a > 0)
+    order = np.flatnonzero(a > 0)[np.argsort(a[a > 0], kind="stable")]
+    for nxt in order:  # the smallest part cells join until both sums are 0 or >= min_cell
+        if not any(0 < int(x[hide].sum()) < min_cell for x in (a, b)):
+            break
+        hide[nxt] = True
+    return {str(v) for v in levels[hide]}
 
 
 def suppress_counts(counts: dict[str, int], min_cell: int = MIN_CELL) -> dict[str, int | None]:

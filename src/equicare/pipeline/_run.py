@@ -235,6 +235,7 @@ def _stage_data(
         cfg["ope"]["holdout"], random_state=seed, stratify=ds.group_attrs[0] if ds.groups else None
     )
     state.update(dataset=ds, sim=sim, train=train, test=test,
+                 withheld=held_out_withheld(ds, test),
                  audit_action=_action_of(cfg, "audit", ds),
                  mediation_action=(_action_of(cfg, "mediation", ds)
                                    if cfg["mediation"]["enabled"] else ""))
@@ -247,6 +248,44 @@ def _stage_data(
         Metric("data.train_episodes", train.n_episodes),
         Metric("data.test_episodes", test.n_episodes),
     ]
+
+
+def held_out_withheld(ds: Any, test: Any) -> dict[str, set[str]]:
+    """Per group attribute, the levels the held-out tables must show as suppressed.
+
+    The run publishes each level's episodes in the whole panel (the data table) and the
+    held-out half's tables (``evaluate``'s groups, the audit), so a level's training episodes
+    are their difference: :func:`equicare.privacy.split_withheld` gives the levels whose
+    held-out cell is withheld so that no training cell of 1 to 10 episodes (nor a held-out
+    one) can be derived.
+
+    Parameters
+    ----------
+    ds : TrajectoryDataset
+        The whole panel.
+    test : TrajectoryDataset
+        Its held-out episodes.
+    """
+    from equicare.privacy import split_withheld
+
+    held_out = np.isin(ds.episode_ids, test.episode_ids)
+    return {a: split_withheld(ds.group_labels(a), held_out) for a in ds.group_attrs}
+
+
+def audit_withheld(test: Any, attrs: list[str], withheld: dict[str, set[str]]) -> set[str]:
+    """The audit's cells to suppress: those of a withheld level of any of ``attrs``.
+
+    With one attribute, its withheld levels; with an intersection (``"black x female"``),
+    every cell in the row or column of a withheld level, so its held-out total is never the
+    sum of published cells.
+    """
+    labels = (test.group_labels(attrs[0]).astype(str) if len(attrs) == 1
+              else np.asarray(test.intersect_groups(attrs), dtype=str))
+    hit = np.zeros(labels.shape[0], dtype=bool)
+    for a in attrs:
+        hit |= np.isin(test.group_labels(a).astype(str),
+                       np.array(sorted(withheld.get(a, ())), dtype=str))
+    return {str(v) for v in np.unique(labels[hit])}
 
 
 def _action_of(cfg: RunConfig, section: str, ds: Any) -> str:
@@ -381,6 +420,7 @@ def _stage_evaluate(
         truncate=o["truncate"] or None,
         random_state=seed,
         support_check=state["support_check"],
+        suppress=state.get("withheld"),  # held-out levels whose training cell is small
     )
     state["evaluation"] = res
     from equicare.ope._ess import overall_low_ess_message
@@ -455,6 +495,8 @@ def _stage_audit(
         n_permutations=a["permutations"],
         n_boot=cfg["ope"]["bootstrap"],
         support_check=state.get("support_check"),
+        suppress=audit_withheld(test, [a["group"] or test.group_attrs[0],
+                                       *audit_intersect(a)], state.get("withheld", {})),
     )
     state["audit"] = res
     _write_json(out / "audit.json", res.to_dict())
