@@ -61,11 +61,10 @@ def _derivable_training_cells(summary: dict, tables: dict[str, dict[str, int | N
     return out
 
 
-@pytest.mark.filterwarnings("ignore::equicare.exceptions.EquicareWarning")
-def test_a_group_with_12_held_out_and_6_training_members_is_suppressed(tmp_path):
-    """Site s_rare: 18 members, 12 held out and 6 in training. Before the rule, the run
-    published 18 (data table) and 12 (evaluate's and the audit's site tables): 6 training
-    members by difference, with a whole-panel `evaluate` their mean return too."""
+def _leak_config(tmp_path: Path, extra: str = "") -> tuple[Path, np.ndarray]:
+    """The panel with site s_rare of 18 members, 12 of them in the run's held-out half (seed
+    0, holdout 0.5, stratified by race), and a fast run config; returns the config and which
+    of the panel's episodes are held out."""
     panel, manifest = _panel(tmp_path)
     ds = load_dataset(panel, manifest, emit_warnings=False)
     train, test = ds.split(0.5, random_state=0, stratify="race")  # the run's split (seed 0)
@@ -81,7 +80,16 @@ def test_a_group_with_12_held_out_and_6_training_members_is_suppressed(tmp_path)
                    '[learner]\nalgo = "bc"\nn_steps = 10\n'
                    '[ope]\nestimators = ["wis"]\nbootstrap = 0\nsensitivity = false\n'
                    'holdout = 0.5\n[audit]\ngroup = "site"\npermutations = 0\n'
-                   f'[output]\nstore = "{tmp_path / "runs"}"\n')
+                   f'[output]\nstore = "{tmp_path / "runs"}"\n' + extra)
+    return cfg, held
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.EquicareWarning")
+def test_a_group_with_12_held_out_and_6_training_members_is_suppressed(tmp_path):
+    """Site s_rare: 18 members, 12 held out and 6 in training. Before the rule, the run
+    published 18 (data table) and 12 (evaluate's and the audit's site tables): 6 training
+    members by difference, with a whole-panel `evaluate` their mean return too."""
+    cfg, held = _leak_config(tmp_path)
     res = runner.invoke(app, ["run", str(cfg), "--no-progress", "--json"])
     assert res.exit_code == 0, res.output
     d = tmp_path / "runs" / json.loads(res.stdout)["run_id"]
@@ -103,3 +111,50 @@ def test_a_group_with_12_held_out_and_6_training_members_is_suppressed(tmp_path)
     audit_table = {"site": {g: c.get("n_episodes") for g, c in rate.items()}}
     derived = _derivable_training_cells(summary, audit_table, {"site": n_test})
     assert {k: v for k, v in derived.items() if 0 < v < 11} == {}, derived
+
+
+def _published_with_counts(obj: object, level: str) -> list[object]:
+    """Entries of a result JSON for ``level`` that are not marked suppressed."""
+    found: list[object] = []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if k == level and not (isinstance(v, dict) and v.get("suppressed")):
+                found.append(v)
+            found += _published_with_counts(v, level)
+        if level in str(obj.get("group", "")).split(" x ") and not obj.get("suppressed"):
+            found.append(obj)
+    elif isinstance(obj, list):
+        for v in obj:
+            found += _published_with_counts(v, level)
+    return found
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.EquicareWarning")
+def test_the_frontier_and_the_policy_card_suppress_the_held_out_group_too(tmp_path):
+    """The frontier's audits and the policy card (its audit, its subgroup table, site and
+    site x race) are tables of the same held-out half: s_rare (6 training members) reads
+    suppressed there too."""
+    from equicare.pipeline._config import load_run_config
+    from equicare.pipeline._run import (
+        _stage_data,
+        _stage_explain,
+        _stage_frontier,
+        _stage_train,
+    )
+
+    path, _ = _leak_config(tmp_path, '[frontier]\nlambdas = [0.0]\n'
+                                     '[explain]\nenabled = true\nbootstrap = 0\ndepth = 2\n')
+    cfg = load_run_config(path)
+    state: dict = {"progress": False}
+    out = tmp_path / "out"
+    out.mkdir()
+    for stage in (_stage_data, _stage_train, _stage_frontier, _stage_explain):
+        stage(cfg, state, out, [], 0)
+    assert state["withheld"]["site"] == {"s_rare", "s_a"}
+    for res in state["frontier"].audits:
+        assert set(res.suppressed) == {"s_rare", "s_a"}
+    card = json.loads((out / "card" / "policy_card.json").read_text())
+    assert _published_with_counts(card, "s_rare") == []
+    fair = card["evidence"]["fairness"]["policies"]["rules"]["value_by_group"]
+    assert fair["s_rare"] == fair["s_a"] == {"suppressed": True}
+    assert any(r.get("attribute") == "(suppressed)" for r in card["disagreement"])

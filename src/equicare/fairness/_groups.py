@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,12 +12,12 @@ from numpy.typing import ArrayLike, NDArray
 
 from equicare.data import TrajectoryDataset
 from equicare.data._labels import check_group_labels
-from equicare.exceptions import DataValidationError, SmallCellWarning
+from equicare.exceptions import DataValidationError, InvalidParameterError, SmallCellWarning
 from equicare.privacy import suppressed_labels
 from equicare.utils import MIN_CELL
 
 __all__ = ["GroupIndex", "group_index", "dataset_group_index", "require_comparison",
-           "SUPPRESSED", "FEW_GROUPS_MESSAGE"]
+           "withheld_cells", "SUPPRESSED", "FEW_GROUPS_MESSAGE"]
 
 #: What a suppressed cell looks like in every result JSON (Contract 7).
 SUPPRESSED: dict[str, Any] = {"suppressed": True}
@@ -239,3 +239,40 @@ def dataset_group_index(dataset: TrajectoryDataset, group: str | None = None,
     comps = [dataset.group_labels(a).astype(str) for a in attrs]
     return group_index(labels, name=name, min_cell=min_cell, warn=warn, components=comps,
                        withheld=withheld)
+
+
+def withheld_cells(dataset: TrajectoryDataset, attrs: Sequence[str],
+                   withheld: Mapping[str, Collection[str]]) -> set[str]:
+    """Cells of the table of ``attrs`` that hold a level withheld from outside.
+
+    ``withheld`` maps attributes to levels another published table would reveal by difference
+    (``equicare run``: the held-out levels of :func:`equicare.privacy.split_withheld`). With
+    one attribute the cells are its withheld levels; with an intersection (``"black x
+    female"``) every cell in the row or column of a withheld level, so that the level's total
+    is never the sum of published cells. Pass the result as ``withheld`` / ``suppress`` to
+    the table's suppression.
+
+    Parameters
+    ----------
+    dataset : TrajectoryDataset
+        The episodes the table is made of.
+    attrs : sequence of str
+        The table's group attributes (one, or an intersection's).
+    withheld : mapping of str to collection of str
+        Levels per attribute; an attribute the dataset lacks is an error.
+
+    Returns
+    -------
+    set of str
+    """
+    bad = sorted(set(withheld) - set(dataset.group_attrs))
+    if bad:
+        raise InvalidParameterError(f"withheld_cells: unknown group attribute(s) {bad}; the "
+                                    f"dataset has {list(dataset.group_attrs)}.")
+    labels = (dataset.group_labels(attrs[0]).astype(str) if len(attrs) == 1
+              else np.asarray(dataset.intersect_groups(list(attrs)), dtype=str))
+    hit = np.zeros(labels.shape[0], dtype=bool)
+    for a in attrs:
+        hit |= np.isin(dataset.group_labels(a).astype(str),
+                       np.array(sorted(map(str, withheld.get(a, ()))), dtype=str))
+    return {str(v) for v in np.unique(labels[hit])}

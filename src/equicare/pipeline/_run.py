@@ -272,22 +272,6 @@ def held_out_withheld(ds: Any, test: Any) -> dict[str, set[str]]:
     return {a: split_withheld(ds.group_labels(a), held_out) for a in ds.group_attrs}
 
 
-def audit_withheld(test: Any, attrs: list[str], withheld: dict[str, set[str]]) -> set[str]:
-    """The audit's cells to suppress: those of a withheld level of any of ``attrs``.
-
-    With one attribute, its withheld levels; with an intersection (``"black x female"``),
-    every cell in the row or column of a withheld level, so its held-out total is never the
-    sum of published cells.
-    """
-    labels = (test.group_labels(attrs[0]).astype(str) if len(attrs) == 1
-              else np.asarray(test.intersect_groups(attrs), dtype=str))
-    hit = np.zeros(labels.shape[0], dtype=bool)
-    for a in attrs:
-        hit |= np.isin(test.group_labels(a).astype(str),
-                       np.array(sorted(withheld.get(a, ())), dtype=str))
-    return {str(v) for v in np.unique(labels[hit])}
-
-
 def _action_of(cfg: RunConfig, section: str, ds: Any) -> str:
     """The ``[section] action`` of the run on this panel, checked before any work.
 
@@ -481,6 +465,7 @@ def _stage_audit(
     cfg: RunConfig, state: dict[str, Any], out: Path, metrics: list[Metric], seed: int
 ) -> None:
     from equicare.fairness import audit
+    from equicare.fairness._groups import withheld_cells
 
     test = state["test"]
     a = cfg["audit"]
@@ -495,7 +480,7 @@ def _stage_audit(
         n_permutations=a["permutations"],
         n_boot=cfg["ope"]["bootstrap"],
         support_check=state.get("support_check"),
-        suppress=audit_withheld(test, [a["group"] or test.group_attrs[0],
+        suppress=withheld_cells(test, [a["group"] or test.group_attrs[0],
                                        *audit_intersect(a)], state.get("withheld", {})),
     )
     state["audit"] = res
@@ -545,6 +530,8 @@ def _stage_frontier(
         n_boot=min(cfg["ope"]["bootstrap"], 500),
         executor=get_executor(o["executor"], o["jobs"], o["address"]),
         random_state=seed,
+        suppress=state.get("withheld", {}).get(
+            cfg["audit"]["group"] or state["test"].group_attrs[0], ()),
     )
     state["frontier"] = fr
     table = fr.table
@@ -611,6 +598,7 @@ def _stage_explain(
         test=state["test"],
         source={"name": state["learner_name"], "algo": state["learner_name"], "path": "model"},
         random_state=seed,
+        suppress=state.get("withheld"),  # held-out levels whose training cell is small
     )
     state["card"] = card
     write_card(card, out / "card")
