@@ -193,12 +193,11 @@ def test_split_withheld_hides_a_held_out_cell_whose_training_cell_is_small():
     assert split_withheld(labels, part) == {"rare", "b"}
     # the part's own table keeps exactly these (nothing more to complete)
     assert suppressed_levels(labels[part], withheld={"rare", "b"}) == {"rare", "b"}
-    # the 2-D table group x {held-out, training} under line-wise complementary suppression
-    # does not do it: 'rare' is the only suppressed held-out cell (12 >= 11 on its column),
-    # so the held-out total minus the other levels still gives 12, and 18 - 12 the 6
+    # the 2-D table group x {held-out, training} under suppressed_cells agrees (line-wise
+    # completion alone hid 'rare' only, 12 >= 11 on its column: the held-out total minus the
+    # other levels gave 12 back, and 18 - 12 the 6; see the next test)
     table, sup = suppressed_cells([labels, np.where(part, "held", "train")])
-    held_hidden = table.loc[sup & (table[1] == "held"), 0].tolist()
-    assert held_hidden == ["rare"]
+    assert set(table.loc[sup & (table[1] == "held"), 0]) == {"rare", "b"}
     # nothing to withhold when every cell is 0 or at least 11; a level absent from the
     # held-out half has no cell to withhold
     assert split_withheld(*_split_panel({"a": (11, 0), "b": (20, 11), "c": (0, 4)})) == set()
@@ -236,3 +235,71 @@ def test_split_withheld_leaves_no_small_training_cell_derivable(seed):
             lo, hi = max(0, t_sum - others, a + b - r_sum), min(a + b, t_sum)
             assert lo <= a <= hi
             assert lo < hi or not (0 < b < 11 or 0 < a < 11), (g, cells, hide)
+
+
+def _cell_bounds(table: dict[tuple[str, str], int], hidden: set[tuple[str, str]]
+                 ) -> dict[tuple[str, str], tuple[float, float]]:
+    """Exact range of each hidden cell of a two-way table (linear programme, cells >= 0)
+    given the published cells, every row and column total and the grand total."""
+    from scipy.optimize import linprog
+
+    keys = sorted(hidden)
+    rows = sorted({r for r, _ in table})
+    cols = sorted({c for _, c in table})
+    a_eq, b_eq = [], []
+    for line in [[(r, c) for c in cols] for r in rows] + [[(r, c) for r in rows] for c in cols]:
+        a_eq.append([1.0 if k in line else 0.0 for k in keys])
+        b_eq.append(sum(table.get(k, 0) for k in line if k in hidden))
+    out = {}
+    for i, k in enumerate(keys):
+        c = np.zeros(len(keys))
+        c[i] = 1.0
+        lo = linprog(c, A_eq=a_eq, b_eq=b_eq, bounds=(0, None)).fun
+        hi = -linprog(-c, A_eq=a_eq, b_eq=b_eq, bounds=(0, None)).fun
+        out[k] = (lo, hi)
+    return out
+
+
+def test_a_two_way_table_does_not_give_a_small_cell_back_across_lines():
+    """race x sex: a x f = 3. Line-wise completion hid a x m (row a) and b x f (column f)
+    and published b x m = 40: then row b (70) - 40 gave b x f = 30, and column f (33) - 30
+    gave a x f = 3. A 2 x 2 table with a small cell and published margins is hidden whole."""
+    from equicare.privacy import determined_cells
+
+    table = {("a", "f"): 3, ("a", "m"): 20, ("b", "f"): 30, ("b", "m"): 40}
+    cells, sup = suppressed_cells(_episodes(table))
+    assert sup.all()
+    hidden = {tuple(r) for r in cells.loc[sup, [0, 1]].itertuples(index=False)}
+    lo, hi = _cell_bounds(table, hidden)[("a", "f")]
+    assert hi - lo > 10
+    # what line-wise completion left: a x f determined (its range is one value)
+    line_wise = {("a", "f"), ("a", "m"), ("b", "f")}
+    assert _cell_bounds(table, line_wise)[("a", "f")] == pytest.approx((3, 3))
+    lines = [np.arange(4), np.array([0, 1]), np.array([2, 3]), np.array([0, 2]),
+             np.array([1, 3])]  # cells in the order a f, a m, b f, b m
+    assert determined_cells(lines, np.array([True, True, True, False])).tolist() == [
+        True, True, True, False]
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_random_two_way_tables_leave_no_small_cell_determined(seed):
+    """Exact ranges (linear programme) of the hidden small cells of random two-way tables
+    given every published cell and total: none is a single value."""
+    rng = np.random.default_rng(100 + seed)
+    rows, cols = int(rng.integers(2, 5)), int(rng.integers(2, 5))
+    table = {}
+    for r in range(rows):
+        for c in range(cols):
+            n = int(rng.choice([0, 2, 5, 9, 12, 20, 40, 90],
+                               p=[.1, .1, .1, .1, .15, .15, .15, .15]))
+            if n:
+                table[(f"r{r}", f"c{c}")] = n
+    if len({r for r, _ in table}) < 2 or len({c for _, c in table}) < 2:
+        return
+    cells, sup = suppressed_cells(_episodes(table))
+    hidden = {tuple(r) for r in cells.loc[sup, [0, 1]].itertuples(index=False)}
+    if len(hidden) == len(table):
+        return  # everything hidden: only the published margins remain
+    for k, (lo, hi) in _cell_bounds(table, hidden).items():
+        if table[k] < 11:
+            assert hi - lo > 1e-6, (k, table, hidden)

@@ -15,8 +15,12 @@ the whole table (the panel's total is always published) and, for an intersection
 column (each attribute's margins are published by the single-attribute tables): cells under
 ``min_cell`` first, then, in any line whose suppressed cells hold between 1 and ``min_cell - 1``
 episodes, its smallest published cells until they hold ``min_cell``, repeated until no line
-changes. Every table of subgroups (``evaluate``'s, the fairness audit's, the policy card's, the
-run report's episode counts) takes its suppressed cells from here.
+changes. For an intersection, lines share cells, so a chain across lines can still pin a small
+cell down (a column's single suppressed cell of 30 is its total minus the others, and its row
+then gives the 3 beside it): while :func:`determined_cells` finds a small cell determined by
+the published cells and totals, the smallest published cell sharing a line with it is
+suppressed too. Every table of subgroups (``evaluate``'s, the fairness audit's, the policy
+card's, the run report's episode counts) takes its suppressed cells from here.
 
 Saved models must not carry row-level values either (a model folder is shared, a panel holds
 health data): :func:`coarse_bounds`, :func:`tail_quantile` and :func:`round_significant` give
@@ -39,6 +43,7 @@ from equicare.exceptions import InvalidParameterError, SmallCellWarning
 from equicare.utils import MIN_CELL
 
 __all__ = ["suppressed_cells", "suppressed_labels", "suppressed_levels", "split_withheld",
+           "determined_cells",
            "suppress_counts",
            "share_suppressed",
            "small_cells_message", "round_significant", "tail_quantile", "coarse_bounds",
@@ -136,15 +141,81 @@ def suppressed_cells(components: Sequence[Any], min_cell: int = MIN_CELL,
             others = [c for c in range(k) if c != j]
             codes = cells.groupby(others, sort=False).ngroup().to_numpy()
             lines += [np.flatnonzero(codes == g) for g in range(int(codes.max()) + 1)]
-    changed = True
-    while changed:  # every pass adds cells; a table has finitely many
-        changed = False
-        for idx in lines:
-            part = sup[idx]
-            if _complete_line(n[idx], part, int(min_cell), outside[idx]):
-                sup[idx] = part
-                changed = True
-    return cells, sup
+    sensitive = (n < int(min_cell)) | outside
+    while True:  # every pass adds cells; a table has finitely many
+        changed = True
+        while changed:
+            changed = False
+            for idx in lines:
+                part = sup[idx]
+                if _complete_line(n[idx], part, int(min_cell), outside[idx]):
+                    sup[idx] = part
+                    changed = True
+        if k == 1 or not _break_determined(lines, n, sup, sensitive):
+            return cells, sup
+
+
+def determined_cells(lines: Sequence[NDArray[np.int64]], sup: NDArray[np.bool_]
+                     ) -> NDArray[np.bool_]:
+    """Suppressed cells whose value the published cells and line totals determine exactly.
+
+    Each line's total is published, and so is every cell outside ``sup``; a suppressed cell is
+    determined when its indicator lies in the row space of the lines restricted to the
+    suppressed cells, i.e. when every null-space vector of that matrix is 0 at the cell.
+    (In a two-way table: when the cell is a bridge of the graph whose edges are the
+    suppressed cells between their row and column.)
+
+    Parameters
+    ----------
+    lines : sequence of ndarray of int
+        Cell indices of each line whose total is published.
+    sup : ndarray of shape (n_cells,), bool
+
+    Returns
+    -------
+    ndarray of shape (n_cells,), bool
+    """
+    from scipy.linalg import null_space
+
+    idx = np.flatnonzero(sup)
+    out = np.zeros(sup.size, dtype=bool)
+    if idx.size == 0:
+        return out
+    pos = np.full(sup.size, -1, dtype=np.int64)
+    pos[idx] = np.arange(idx.size)
+    a = np.zeros((len(lines), idx.size))
+    for i, line in enumerate(lines):
+        cols = pos[line]
+        a[i, cols[cols >= 0]] = 1.0
+    free = null_space(a)
+    out[idx] = np.abs(free).max(axis=1, initial=0.0) < 1e-9
+    return out
+
+
+def _break_determined(lines: Sequence[NDArray[np.int64]], n: NDArray[np.int64],
+                      sup: NDArray[np.bool_], sensitive: NDArray[np.bool_]) -> bool:
+    """Suppress, in place, one more cell next to a determined sensitive cell; True if any.
+
+    Line-wise completion leaves, in a table of several attributes, a chain across lines: a
+    column whose only suppressed cell is 30 gives it back, and then its row gives back the
+    small cell beside it. The smallest published cell sharing a line with the first
+    determined small (or withheld) cell is suppressed; the caller completes the lines again.
+    """
+    bad = np.flatnonzero(determined_cells(lines, sup) & sensitive)
+    if bad.size == 0:
+        return False
+    near = np.zeros(sup.size, dtype=bool)
+    for line in lines[1:]:  # rows and columns (the whole table's total holds every cell)
+        if np.isin(bad[0], line):
+            near[line] = True
+    near &= ~sup
+    if not near.any():
+        near = ~sup  # no published neighbour: the smallest published cell anywhere
+        if not near.any():
+            return False
+    cand = np.flatnonzero(near)
+    sup[cand[np.argmin(n[cand])]] = True
+    return True
 
 
 def suppressed_labels(components: Sequence[Any], min_cell: int = MIN_CELL,
