@@ -172,3 +172,134 @@ def test_low_ess_cells_primary_complementary_and_zero_weight() -> None:
     s1, s2, n = (np.array([c[i] for c in w]) for i in range(3))
     got = low_ess_cells(labs, s1, s2, n)
     assert got["x x m"] == primary and set(got) == {"x x m", "x x f", "y x m", "y x f"}
+
+
+def _split_panel(cells: dict[str, tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Episode labels and held-out flags from ``{level: (held_out, training)}``."""
+    labels = np.concatenate([np.repeat(lv, a + b) for lv, (a, b) in cells.items()])
+    part = np.concatenate([np.r_[np.ones(a, bool), np.zeros(b, bool)]
+                           for a, b in cells.values()])
+    return labels.astype(str), part
+
+
+def test_split_withheld_hides_a_held_out_cell_whose_training_cell_is_small():
+    """A level of 18 with 12 held out: the whole panel's 18 minus the held-out 12 gave its 6
+    training episodes. It is withheld with the smallest other held-out cell, since alone its
+    12 is the held-out total minus the published levels."""
+    from equicare.privacy import split_withheld, suppressed_levels
+
+    cells = {"rare": (12, 6), "a": (20, 20), "b": (15, 15), "c": (30, 31)}
+    labels, part = _split_panel(cells)
+    assert split_withheld(labels, part) == {"rare", "b"}
+    # the part's own table keeps exactly these (nothing more to complete)
+    assert suppressed_levels(labels[part], withheld={"rare", "b"}) == {"rare", "b"}
+    # the 2-D table group x {held-out, training} under suppressed_cells agrees (line-wise
+    # completion alone hid 'rare' only, 12 >= 11 on its column: the held-out total minus the
+    # other levels gave 12 back, and 18 - 12 the 6; see the next test)
+    table, sup = suppressed_cells([labels, np.where(part, "held", "train")])
+    assert set(table.loc[sup & (table[1] == "held"), 0]) == {"rare", "b"}
+    # nothing to withhold when every cell is 0 or at least 11; a level absent from the
+    # held-out half has no cell to withhold
+    assert split_withheld(*_split_panel({"a": (11, 0), "b": (20, 11), "c": (0, 4)})) == set()
+    # a small held-out cell is withheld too, with complements until both sums reach 11
+    assert split_withheld(*_split_panel({"a": (5, 3), "b": (11, 2), "c": (40, 40),
+                                         "d": (13, 13)})) == {"a", "b", "d"}
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_split_withheld_leaves_no_small_training_cell_derivable(seed):
+    """Exact check on random tables: given every level's whole count, the published held-out
+    cells and both halves' totals, each level's training cell lies in an interval; none that
+    is determined (one value) is 1 to 10, and the withheld levels' sums are 0 or >= 11."""
+    from equicare.privacy import split_withheld, suppressed_levels
+
+    rng = np.random.default_rng(seed)
+    sizes = rng.choice([0, 1, 3, 6, 9, 11, 12, 15, 25, 60], size=(int(rng.integers(2, 7)), 2))
+    cells = {f"g{i}": (int(a), int(b)) for i, (a, b) in enumerate(sizes) if a + b}
+    labels, part = _split_panel(cells)
+    if len(cells) < 2 or part.sum() < 11 or (~part).sum() < 11:
+        return
+    hide = split_withheld(labels, part)
+    assert all(cells[g][0] > 0 for g in hide)
+    # the held-out table's own suppression adds nothing to a consistent withheld set
+    shown = {g for g, (a, _) in cells.items() if a > 0} - suppressed_levels(labels[part],
+                                                                            withheld=hide)
+    t_sum = sum(cells[g][0] for g in cells if g not in shown)
+    r_sum = sum(cells[g][1] for g in cells if g not in shown)
+    assert not 0 < t_sum < 11 and not 0 < r_sum < 11
+    for g, (a, b) in cells.items():
+        if g in shown:
+            assert not 0 < b < 11 and not 0 < a < 11, (g, cells)
+        elif a > 0:  # its held-out cell t: sum over the hidden ones is t_sum, 0 <= t <= n
+            others = sum(sum(cells[h]) for h in cells if h not in shown and h != g)
+            lo, hi = max(0, t_sum - others, a + b - r_sum), min(a + b, t_sum)
+            assert lo <= a <= hi
+            assert lo < hi or not (0 < b < 11 or 0 < a < 11), (g, cells, hide)
+
+
+def _cell_bounds(table: dict[tuple[str, str], int], hidden: set[tuple[str, str]]
+                 ) -> dict[tuple[str, str], tuple[float, float]]:
+    """Exact range of each hidden cell of a two-way table (linear programme, cells >= 0)
+    given the published cells, every row and column total and the grand total."""
+    from scipy.optimize import linprog
+
+    keys = sorted(hidden)
+    rows = sorted({r for r, _ in table})
+    cols = sorted({c for _, c in table})
+    a_eq, b_eq = [], []
+    for line in [[(r, c) for c in cols] for r in rows] + [[(r, c) for r in rows] for c in cols]:
+        a_eq.append([1.0 if k in line else 0.0 for k in keys])
+        b_eq.append(sum(table.get(k, 0) for k in line if k in hidden))
+    out = {}
+    for i, k in enumerate(keys):
+        c = np.zeros(len(keys))
+        c[i] = 1.0
+        lo = linprog(c, A_eq=a_eq, b_eq=b_eq, bounds=(0, None)).fun
+        hi = -linprog(-c, A_eq=a_eq, b_eq=b_eq, bounds=(0, None)).fun
+        out[k] = (lo, hi)
+    return out
+
+
+def test_a_two_way_table_does_not_give_a_small_cell_back_across_lines():
+    """race x sex: a x f = 3. Line-wise completion hid a x m (row a) and b x f (column f)
+    and published b x m = 40: then row b (70) - 40 gave b x f = 30, and column f (33) - 30
+    gave a x f = 3. A 2 x 2 table with a small cell and published margins is hidden whole."""
+    from equicare.privacy import determined_cells
+
+    table = {("a", "f"): 3, ("a", "m"): 20, ("b", "f"): 30, ("b", "m"): 40}
+    cells, sup = suppressed_cells(_episodes(table))
+    assert sup.all()
+    hidden = {tuple(r) for r in cells.loc[sup, [0, 1]].itertuples(index=False)}
+    lo, hi = _cell_bounds(table, hidden)[("a", "f")]
+    assert hi - lo > 10
+    # what line-wise completion left: a x f determined (its range is one value)
+    line_wise = {("a", "f"), ("a", "m"), ("b", "f")}
+    assert _cell_bounds(table, line_wise)[("a", "f")] == pytest.approx((3, 3))
+    lines = [np.arange(4), np.array([0, 1]), np.array([2, 3]), np.array([0, 2]),
+             np.array([1, 3])]  # cells in the order a f, a m, b f, b m
+    assert determined_cells(lines, np.array([True, True, True, False])).tolist() == [
+        True, True, True, False]
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_random_two_way_tables_leave_no_small_cell_determined(seed):
+    """Exact ranges (linear programme) of the hidden small cells of random two-way tables
+    given every published cell and total: none is a single value."""
+    rng = np.random.default_rng(100 + seed)
+    rows, cols = int(rng.integers(2, 5)), int(rng.integers(2, 5))
+    table = {}
+    for r in range(rows):
+        for c in range(cols):
+            n = int(rng.choice([0, 2, 5, 9, 12, 20, 40, 90],
+                               p=[.1, .1, .1, .1, .15, .15, .15, .15]))
+            if n:
+                table[(f"r{r}", f"c{c}")] = n
+    if len({r for r, _ in table}) < 2 or len({c for _, c in table}) < 2:
+        return
+    cells, sup = suppressed_cells(_episodes(table))
+    hidden = {tuple(r) for r in cells.loc[sup, [0, 1]].itertuples(index=False)}
+    if len(hidden) == len(table):
+        return  # everything hidden: only the published margins remain
+    for k, (lo, hi) in _cell_bounds(table, hidden).items():
+        if table[k] < 11:
+            assert hi - lo > 1e-6, (k, table, hidden)

@@ -15,8 +15,12 @@ the whole table (the panel's total is always published) and, for an intersection
 column (each attribute's margins are published by the single-attribute tables): cells under
 ``min_cell`` first, then, in any line whose suppressed cells hold between 1 and ``min_cell - 1``
 episodes, its smallest published cells until they hold ``min_cell``, repeated until no line
-changes. Every table of subgroups (``evaluate``'s, the fairness audit's, the policy card's, the
-run report's episode counts) takes its suppressed cells from here.
+changes. For an intersection, lines share cells, so a chain across lines can still pin a small
+cell down (a column's single suppressed cell of 30 is its total minus the others, and its row
+then gives the 3 beside it): while :func:`determined_cells` finds a small cell determined by
+the published cells and totals, the smallest published cell sharing a line with it is
+suppressed too. Every table of subgroups (``evaluate``'s, the fairness audit's, the policy
+card's, the run report's episode counts) takes its suppressed cells from here.
 
 Saved models must not carry row-level values either (a model folder is shared, a panel holds
 health data): :func:`coarse_bounds`, :func:`tail_quantile` and :func:`round_significant` give
@@ -28,17 +32,19 @@ instead of a column's minimum, maximum or any single row's value.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from equicare.exceptions import SmallCellWarning
+from equicare.exceptions import InvalidParameterError, SmallCellWarning
 from equicare.utils import MIN_CELL
 
-__all__ = ["suppressed_cells", "suppressed_labels", "suppressed_levels", "suppress_counts",
+__all__ = ["suppressed_cells", "suppressed_labels", "suppressed_levels", "split_withheld",
+           "determined_cells",
+           "suppress_counts",
            "share_suppressed",
            "small_cells_message", "round_significant", "tail_quantile", "coarse_bounds",
            "pooled_level_shares",
@@ -71,19 +77,29 @@ def warn_low_min_cell(min_cell: int, owner: str, stacklevel: int = 3) -> None:
         warnings.warn(msg, SmallCellWarning, stacklevel=stacklevel)
 
 
-def _complete_line(n: NDArray[np.int64], sup: NDArray[np.bool_], min_cell: int) -> bool:
-    """Suppress the smallest published cells of one line in place; True when any was added."""
+def _complete_line(n: NDArray[np.int64], sup: NDArray[np.bool_], min_cell: int,
+                   outside: NDArray[np.bool_] | None = None) -> bool:
+    """Suppress the smallest published cells of one line in place; True when any was added.
+
+    The suppressed cells must hold 0 or at least ``min_cell`` episodes together, and a cell
+    withheld from outside (``outside``) is never the line's only suppressed cell (its value
+    would be the total minus the published cells).
+    """
+    if sup.all():
+        return False
     held = int(n[sup].sum())
-    if held == 0 or held >= min_cell or sup.all():
+    alone = outside is not None and int(sup.sum()) == 1 and bool(outside[sup].any())
+    if not alone and (held == 0 or held >= min_cell):
         return False
     order = np.flatnonzero(~sup)[np.argsort(n[~sup], kind="stable")]
     need = np.cumsum(n[order]) + held
-    take = order[: int(np.searchsorted(need, min_cell)) + 1]
+    take = order[: max(int(np.searchsorted(need, min_cell)) + 1, 1)]
     sup[take] = True
     return True
 
 
-def suppressed_cells(components: Sequence[Any], min_cell: int = MIN_CELL
+def suppressed_cells(components: Sequence[Any], min_cell: int = MIN_CELL,
+                     withheld: Collection[str] = ()
                      ) -> tuple[pd.DataFrame, NDArray[np.bool_]]:
     """The cells of a table of group attributes that must not be published.
 
@@ -94,6 +110,13 @@ def suppressed_cells(components: Sequence[Any], min_cell: int = MIN_CELL
         intersection).
     min_cell : int
         Smallest number of episodes a published cell (or a union revealed by differencing) has.
+    withheld : collection of str, optional
+        Cells suppressed from outside, whatever their size (labels as
+        :func:`suppressed_labels` writes them: ``"black"``, ``"black x female"``), e.g. the
+        held-out cells of :func:`split_withheld`. They count as primary suppressions: the lines
+        holding them are completed like those of small cells, and a line whose only suppressed
+        cell is withheld gets its smallest other cell suppressed too (alone, the withheld value
+        is the line's total minus its published cells). Labels the table lacks are ignored.
 
     Returns
     -------
@@ -107,35 +130,109 @@ def suppressed_cells(components: Sequence[Any], min_cell: int = MIN_CELL
     n = cells["n"].to_numpy(dtype=np.int64)
     sup = n < int(min_cell)
     k = len(components)
+    outside = np.zeros(n.size, dtype=bool)
+    if withheld:
+        names = cells[list(range(k))].astype(str).agg(" x ".join, axis=1).to_numpy(dtype=str)
+        outside = np.isin(names, np.array(sorted(map(str, withheld)), dtype=str))
+        sup |= outside
     lines: list[NDArray[np.int64]] = [np.arange(n.size)]
     if k > 1:
         for j in range(k):
             others = [c for c in range(k) if c != j]
             codes = cells.groupby(others, sort=False).ngroup().to_numpy()
             lines += [np.flatnonzero(codes == g) for g in range(int(codes.max()) + 1)]
-    changed = True
-    while changed:  # every pass adds cells; a table has finitely many
-        changed = False
-        for idx in lines:
-            part = sup[idx]
-            if _complete_line(n[idx], part, int(min_cell)):
-                sup[idx] = part
-                changed = True
-    return cells, sup
+    sensitive = (n < int(min_cell)) | outside
+    while True:  # every pass adds cells; a table has finitely many
+        changed = True
+        while changed:
+            changed = False
+            for idx in lines:
+                part = sup[idx]
+                if _complete_line(n[idx], part, int(min_cell), outside[idx]):
+                    sup[idx] = part
+                    changed = True
+        if k == 1 or not _break_determined(lines, n, sup, sensitive):
+            return cells, sup
 
 
-def suppressed_labels(components: Sequence[Any], min_cell: int = MIN_CELL) -> set[str]:
+def determined_cells(lines: Sequence[NDArray[np.int64]], sup: NDArray[np.bool_]
+                     ) -> NDArray[np.bool_]:
+    """Suppressed cells whose value the published cells and line totals determine exactly.
+
+    Each line's total is published, and so is every cell outside ``sup``; a suppressed cell is
+    determined when its indicator lies in the row space of the lines restricted to the
+    suppressed cells, i.e. when every null-space vector of that matrix is 0 at the cell.
+    (In a two-way table: when the cell is a bridge of the graph whose edges are the
+    suppressed cells between their row and column.)
+
+    Parameters
+    ----------
+    lines : sequence of ndarray of int
+        Cell indices of each line whose total is published.
+    sup : ndarray of shape (n_cells,), bool
+
+    Returns
+    -------
+    ndarray of shape (n_cells,), bool
+    """
+    from scipy.linalg import null_space
+
+    idx = np.flatnonzero(sup)
+    out = np.zeros(sup.size, dtype=bool)
+    if idx.size == 0:
+        return out
+    pos = np.full(sup.size, -1, dtype=np.int64)
+    pos[idx] = np.arange(idx.size)
+    a = np.zeros((len(lines), idx.size))
+    for i, line in enumerate(lines):
+        cols = pos[line]
+        a[i, cols[cols >= 0]] = 1.0
+    free = null_space(a)
+    out[idx] = np.abs(free).max(axis=1, initial=0.0) < 1e-9
+    return out
+
+
+def _break_determined(lines: Sequence[NDArray[np.int64]], n: NDArray[np.int64],
+                      sup: NDArray[np.bool_], sensitive: NDArray[np.bool_]) -> bool:
+    """Suppress, in place, one more cell next to a determined sensitive cell; True if any.
+
+    Line-wise completion leaves, in a table of several attributes, a chain across lines: a
+    column whose only suppressed cell is 30 gives it back, and then its row gives back the
+    small cell beside it. The smallest published cell sharing a line with the first
+    determined small (or withheld) cell is suppressed; the caller completes the lines again.
+    """
+    bad = np.flatnonzero(determined_cells(lines, sup) & sensitive)
+    if bad.size == 0:
+        return False
+    near = np.zeros(sup.size, dtype=bool)
+    for line in lines[1:]:  # rows and columns (the whole table's total holds every cell)
+        if np.isin(bad[0], line):
+            near[line] = True
+    near &= ~sup
+    if not near.any():
+        near = ~sup  # no published neighbour: the smallest published cell anywhere
+        if not near.any():
+            return False
+    cand = np.flatnonzero(near)
+    sup[cand[np.argmin(n[cand])]] = True
+    return True
+
+
+def suppressed_labels(components: Sequence[Any], min_cell: int = MIN_CELL,
+                      withheld: Collection[str] = ()) -> set[str]:
     """Labels of the suppressed cells of :func:`suppressed_cells`.
 
     A single attribute's levels, or intersections joined as
-    :meth:`~equicare.data.TrajectoryDataset.intersect_groups` joins them (``"black x female"``).
+    :meth:`~equicare.data.TrajectoryDataset.intersect_groups` joins them (``"black x female"``);
+    ``withheld`` as in :func:`suppressed_cells`.
     """
-    cells, sup = suppressed_cells(components, min_cell)
+    cells, sup = suppressed_cells(components, min_cell, withheld)
     cols = list(range(len(components)))
     return set(cells.loc[sup, cols].astype(str).agg(" x ".join, axis=1))
 
 
-def suppressed_levels(labels: Any, min_cell: int = MIN_CELL) -> set[str]:
+def suppressed_levels(labels: Any, min_cell: int = MIN_CELL,
+                      withheld: Collection[str] = ()) -> set[str]:
     """Levels of one attribute that must not be published (primary and complementary).
 
     Parameters
@@ -143,8 +240,62 @@ def suppressed_levels(labels: Any, min_cell: int = MIN_CELL) -> set[str]:
     labels : array-like of shape (n_episodes,)
         Each episode's level.
     min_cell : int
+    withheld : collection of str, optional
+        Levels suppressed from outside (:func:`suppressed_cells`).
     """
-    return suppressed_labels([labels], min_cell)
+    return suppressed_labels([labels], min_cell, withheld)
+
+
+def split_withheld(labels: Any, part: Any, min_cell: int = MIN_CELL) -> set[str]:
+    """Levels whose count within one part of a split must not be published with the whole's.
+
+    A run publishes each level's episodes in the whole panel and tables of one part of it (the
+    held-out half). The table group x {part, rest} then has published margins, and a published
+    part cell gives its rest cell by difference: a level of 18 with 12 held-out episodes
+    publishes its 6 training episodes (and, with a value of the whole panel, their mean
+    return). :func:`suppressed_cells` on that table does not prevent it: it completes each line
+    so that its suppressed cells hold ``min_cell`` episodes, but a line's single suppressed
+    cell of 12 is still its total minus the others, and gives back the 6 across the other line.
+
+    The rule here: a level is withheld from the part's tables when its part cell or its rest
+    cell holds 1 to ``min_cell - 1`` episodes (primary); then, while the withheld levels' part
+    cells or rest cells hold 1 to ``min_cell - 1`` episodes together, the level with the
+    smallest part cell joins them (complementary). So no level is withheld alone (one alone has
+    a small cell, which makes a sum small): each withheld part cell is unknown together with
+    its rest cell, and the differences of the part's and the rest's totals give only the
+    withheld levels' sums, each 0 or at least ``min_cell``. Levels absent from the part (no
+    cell to publish) are never withheld; a level with no rest episode has nothing to reveal.
+
+    Parameters
+    ----------
+    labels : array-like of shape (n_episodes,)
+        Each episode's level in the whole panel.
+    part : array-like of shape (n_episodes,), bool
+        Whether the episode is in the published part (the held-out half).
+    min_cell : int
+
+    Returns
+    -------
+    set of str
+        The levels whose cells the part's tables must show as suppressed (pass them as
+        ``withheld`` / ``suppress`` to the tables of the part).
+    """
+    lab = np.asarray(labels).astype(str).ravel()
+    inside = np.asarray(part, dtype=bool).ravel()
+    if lab.shape != inside.shape:
+        raise InvalidParameterError(f"split_withheld: labels and part must have one entry per "
+                                    f"episode; got {lab.size} and {inside.size}.")
+    levels, code = np.unique(lab, return_inverse=True)
+    a = np.bincount(code[inside], minlength=levels.size)  # in the part
+    b = np.bincount(code[~inside], minlength=levels.size)  # in the rest
+    small = ((a > 0) & (a < min_cell)) | ((b > 0) & (b < min_cell))
+    hide = small & (a > 0)
+    order = np.flatnonzero(a > 0)[np.argsort(a[a > 0], kind="stable")]
+    for nxt in order:  # the smallest part cells join until both sums are 0 or >= min_cell
+        if not any(0 < int(x[hide].sum()) < min_cell for x in (a, b)):
+            break
+        hide[nxt] = True
+    return {str(v) for v in levels[hide]}
 
 
 def suppress_counts(counts: dict[str, int], min_cell: int = MIN_CELL) -> dict[str, int | None]:

@@ -634,3 +634,24 @@ def test_audit_warns_when_estimated_propensities_are_floored_on_logged_rows():
             and re.search(r"policy 'soft': The propensities were not logged but estimated.* "
                           r"wis inherits that error", str(w.message))]
     assert len(hits) == 1
+
+
+def test_cells_suppressed_from_outside_are_completed_and_shown_suppressed() -> None:
+    """``suppress`` names groups another published table would reveal (the run: a held-out
+    group whose training half is small). a (14) alone would be the total minus the others, so
+    the smallest other group (b, 12) goes with it; both read suppressed."""
+    codes = np.zeros((53, 2), dtype=int)
+    ds = make_dataset([1] * 53, codes, {"g": ["a"] * 14 + ["d"] * 14 + ["b"] * 12 + ["e"] * 13},
+                      rewards=np.ones(53), behavior_prob=np.full(53, 1 / 6))
+    with pytest.warns(SmallCellWarning, match=re.escape(
+            "1 group(s) of 'g' would give back a cell of fewer than 11 episodes of another "
+            "published table by difference (withheld by the caller) and are suppressed (left "
+            "out of every table, figure and summary); 1 more are suppressed so that they "
+            "cannot be recovered by difference from the totals.")):
+        res = audit(ds, action=HOME, n_boot=0, n_permutations=0, random_state=0,
+                    suppress={"a", "not_a_group"})
+    d = res.to_dict()["policies"]["behavior"]
+    assert res.suppressed == ("a", "b")
+    assert d["rate"]["a"] == d["rate"]["b"] == {"suppressed": True}
+    assert d["value_by_group"]["a"] == {"suppressed": True}
+    assert res.n_episodes == 27

@@ -583,6 +583,26 @@ def test_a_group_value_resting_on_one_episode_is_not_published(care) -> None:
     assert res.estimates["wis"].value == pytest.approx(ret, abs=1e-6)
 
 
+def test_levels_suppressed_from_outside_are_completed_and_unknown_attributes_refused(ds):
+    """``suppress`` withholds a large level (the run: held-out levels whose training half is
+    1-10 episodes); alone it would be the total minus the others, so the smallest other level
+    goes with it. An attribute that is not evaluated is an error."""
+    levels = pd.Series(ds.groups["grp"].astype(str)).value_counts()
+    big = str(levels.idxmax())
+    smallest = str(levels.drop(big).idxmin())
+    with pytest.warns(SmallCellWarning, match="2 group cells were suppressed"):
+        res = evaluate(ds, TabularPolicy(TARGET), q_model="tabular", bootstrap=0,
+                       estimators="wis", suppress={"grp": {big}})
+    hidden = {lv for lv, g in res.groups["grp"].items() if g.suppressed}
+    assert hidden == {big, smallest}
+    assert res.to_dict()["groups"]["grp"][big] == {"suppressed": True, "n_episodes": None}
+    with pytest.raises(InvalidParameterError, match=re.escape(
+            "The 'suppress' parameter of evaluate must be a mapping whose keys are evaluated "
+            "group attributes (grp). Got ['race'] instead.")):
+        evaluate(ds, TabularPolicy(TARGET), q_model="tabular", bootstrap=0,
+                 suppress={"race": {"a"}})
+
+
 @pytest.mark.filterwarnings("ignore::equicare.exceptions.SupportWarning")
 @pytest.mark.filterwarnings("ignore::equicare.exceptions.DataWarning")
 def test_a_low_ess_group_hides_the_smallest_other_one_by_complementary_suppression(

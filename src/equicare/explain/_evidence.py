@@ -33,7 +33,7 @@ from __future__ import annotations
 import os
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
@@ -49,6 +49,7 @@ from equicare.exceptions import (
 )
 from equicare.explain._distill import DistillConfig, Distiller, choice_weights, source_q
 from equicare.explain._rules import rule_count, tree_rules
+from equicare.fairness._groups import withheld_cells
 from equicare.ope._evaluate import far_outside, headline_of
 from equicare.ope._prepare import check_q_model
 from equicare.ope._propensity_check import floored_propensity_message
@@ -352,8 +353,12 @@ def _episode_means(ds: TrajectoryDataset, v: NDArray[np.float64]) -> NDArray[np.
 
 
 def _disagreement(ds: TrajectoryDataset, agree: NDArray[np.bool_], tv: NDArray[np.float64],
-                  min_cell: int, top: int) -> list[dict[str, Any]]:
-    """Agreement and total variation per protected subgroup (and pairs), worst first."""
+                  min_cell: int, top: int,
+                  withheld: Mapping[str, Collection[str]] | None = None) -> list[dict[str, Any]]:
+    """Agreement and total variation per protected subgroup (and pairs), worst first.
+
+    ``withheld``: levels suppressed from outside (:func:`explain_policy`'s ``suppress``).
+    """
     attrs = list(ds.group_attrs)
     combos: list[tuple[str, ...]] = [(a,) for a in attrs]
     combos += [(a, b) for i, a in enumerate(attrs) for b in attrs[i + 1:]]
@@ -365,7 +370,8 @@ def _disagreement(ds: TrajectoryDataset, agree: NDArray[np.bool_], tv: NDArray[n
                   else ds.intersect_groups(list(combo)))
         levels, inv = np.unique(labels, return_inverse=True)
         n = np.bincount(inv, minlength=levels.size)
-        hidden = suppressed_labels([ds.group_labels(a) for a in combo], min_cell)
+        hidden = suppressed_labels([ds.group_labels(a) for a in combo], min_cell,
+                                   withheld_cells(ds, combo, withheld or {}))
         # row-weighted means within each subgroup (episodes weighted by their rows)
         lens = ds.episode_lengths.astype(np.float64)
         rows_g = np.bincount(inv, weights=lens, minlength=levels.size)
@@ -431,7 +437,8 @@ def _fairness(audit_res: Any) -> dict[str, Any]:
 def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfig | None = None,
                    *, test: TrajectoryDataset | None = None, source: dict[str, Any] | None = None,
                    random_state: int = 0, progress: bool = False,
-                   panel: str | os.PathLike[str] | None = None) -> PolicyCard:
+                   panel: str | os.PathLike[str] | None = None,
+                   suppress: Mapping[str, Collection[str]] | None = None) -> PolicyCard:
     """Distil a policy into rules and gather the evidence of its policy card.
 
     Parameters
@@ -453,6 +460,12 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
         (:class:`equicare._progress.Stages`); never changes the card.
     panel : str or path, optional
         The panel's file, named in data errors (a panel too small for the holdout).
+    suppress : mapping of str to collection of str, optional
+        Levels of the held-out episodes to suppress whatever their size, by attribute
+        (``equicare run`` passes its held-out levels whose training half is small,
+        :func:`equicare.privacy.split_withheld`): in the card's audit and subgroup tables,
+        every cell of such a level reads suppressed, completed by complementary suppression
+        (:func:`equicare.fairness._groups.withheld_cells`).
 
     Returns
     -------
@@ -588,7 +601,10 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
                             group=cfg.group, intersect=cfg.intersect, n_boot=cfg.bootstrap,
                             n_permutations=cfg.n_permutations, min_cell=cfg.min_cell,
                             estimator=key, q_model=q_name, random_state=seeds[6],
-                            progress=say, **shared)
+                            progress=say, **shared,
+                            suppress=withheld_cells(
+                                test, [cfg.group or test.group_attrs[0], *cfg.intersect],
+                                suppress or {}))
         except DataValidationError as exc:
             if not ("nothing can be published" in str(exc)
                     or "a parity audit needs at least 2" in str(exc)):
@@ -649,7 +665,8 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
     fid = {"agreement": float(agree.mean()), "tv": float(tv.mean()),
            "weighted_agreement_fit": dist.agreement_, "n_test_rows": int(test.n_steps),
            "n_test_episodes": int(test.n_episodes)}
-    disagreement = _disagreement(test, agree, tv, cfg.min_cell, cfg.top_disagreement)
+    disagreement = _disagreement(test, agree, tv, cfg.min_cell, cfg.top_disagreement,
+                                 suppress)
     fair = _fairness(aud)
     caveats = _caveats(fid, sup, val, key, cfg, caught_msgs, returns_range=span)
     if aud is None:

@@ -6,7 +6,7 @@ import dataclasses
 import json
 import os
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -425,7 +425,8 @@ class FairnessAudit:
             random_state: RandomState = None,
             support_check: LoggedSupport | None = None,
             behavior_model: BehaviorModel | None = None,
-            progress: bool | Stages = False) -> AuditResult:
+            progress: bool | Stages = False,
+            suppress: Collection[str] = ()) -> AuditResult:
         """Audit the logged behaviour and each policy on ``dataset``.
 
         Parameters
@@ -456,6 +457,13 @@ class FairnessAudit:
             One ``[audit] ...`` line per stage on stderr and a bar over the policies' group
             values (:class:`equicare._progress.Stages`); never changes a number. A caller's
             ``Stages`` prints them as its own (the policy card's audit: ``[explain] ...``).
+        suppress : collection of str, optional
+            Group cells to suppress whatever their size, named as the audit names its groups
+            (``"black"``, or ``"black x female"`` with ``intersect``): cells that other
+            published tables would reveal by difference, e.g. held-out groups whose training
+            complement is small (:func:`equicare.privacy.split_withheld`, which ``equicare
+            run`` applies). They are shown as suppressed like small cells, and complementary
+            suppression completes them (:func:`equicare.privacy.suppressed_cells`).
 
         Returns
         -------
@@ -470,7 +478,7 @@ class FairnessAudit:
                 f"The policy name {BEHAVIOR!r} is reserved for the logged behaviour.")
         spec, mask = action_set(dataset.action_space, self.action)
         gi = require_comparison(dataset_group_index(dataset, self.group, self.intersect,
-                                                    min_cell=self.min_cell))
+                                                    min_cell=self.min_cell, withheld=suppress))
         gname = gi.name
         n_ep = dataset.n_episodes
         w_state, rng = split_random_state(random_state)
@@ -712,11 +720,12 @@ def audit(dataset: TrajectoryDataset,
           action: str | None = None, group: str | None = None, intersect: Sequence[str] = (),
           random_state: RandomState = None, support_check: LoggedSupport | None = None,
           behavior_model: BehaviorModel | None = None, progress: bool | Stages = False,
-          **settings: Any) -> AuditResult:
+          suppress: Collection[str] = (), **settings: Any) -> AuditResult:
     """Run a :class:`FairnessAudit` in one call (``settings`` are its other fields).
 
-    ``support_check``, ``behavior_model`` and ``progress`` (stage lines on stderr, default off)
-    are passed to :meth:`FairnessAudit.run`.
+    ``support_check``, ``behavior_model``, ``progress`` (stage lines on stderr, default off)
+    and ``suppress`` (group cells suppressed from outside) are passed to
+    :meth:`FairnessAudit.run`.
 
     Examples
     --------
@@ -729,4 +738,4 @@ def audit(dataset: TrajectoryDataset,
     cfg = FairnessAudit(action=action, group=group, intersect=tuple(intersect), **settings)
     return cfg.run(dataset, policies, weights=weights, random_state=random_state,
                    support_check=support_check, behavior_model=behavior_model,
-                   progress=progress)
+                   progress=progress, suppress=suppress)

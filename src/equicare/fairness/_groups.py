@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,12 +12,12 @@ from numpy.typing import ArrayLike, NDArray
 
 from equicare.data import TrajectoryDataset
 from equicare.data._labels import check_group_labels
-from equicare.exceptions import DataValidationError, SmallCellWarning
+from equicare.exceptions import DataValidationError, InvalidParameterError, SmallCellWarning
 from equicare.privacy import suppressed_labels
 from equicare.utils import MIN_CELL
 
 __all__ = ["GroupIndex", "group_index", "dataset_group_index", "require_comparison",
-           "SUPPRESSED", "FEW_GROUPS_MESSAGE"]
+           "withheld_cells", "SUPPRESSED", "FEW_GROUPS_MESSAGE"]
 
 #: What a suppressed cell looks like in every result JSON (Contract 7).
 SUPPRESSED: dict[str, Any] = {"suppressed": True}
@@ -83,7 +83,8 @@ class GroupIndex:
 
 
 def group_index(labels: ArrayLike, *, name: str = "group", min_cell: int = MIN_CELL,
-                warn: bool = True, components: Sequence[ArrayLike] | None = None) -> GroupIndex:
+                warn: bool = True, components: Sequence[ArrayLike] | None = None,
+                withheld: Collection[str] = ()) -> GroupIndex:
     """Code episode labels by group and suppress groups with fewer than ``min_cell`` episodes.
 
     Suppression is primary and complementary (:func:`equicare.privacy.suppressed_cells`): groups
@@ -107,6 +108,10 @@ def group_index(labels: ArrayLike, *, name: str = "group", min_cell: int = MIN_C
     components : sequence of array-like of shape (n_episodes,), optional
         For intersectional ``labels`` (``"black x female"``), each attribute's labels, so that
         the rows and columns of the intersection are protected too.
+    withheld : collection of str, optional
+        Groups suppressed from outside whatever their size (e.g. held-out cells whose training
+        complement is small, :func:`equicare.privacy.split_withheld`); complementary
+        suppression completes them as it does small groups. Labels not present are ignored.
 
     Returns
     -------
@@ -125,7 +130,8 @@ def group_index(labels: ArrayLike, *, name: str = "group", min_cell: int = MIN_C
         check_group_labels(comp, f"{name} (component {j})", "group_index")
     uniq, inv, cnt = np.unique(lab, return_inverse=True, return_counts=True)
     comps = [lab] if components is None else list(components)
-    keep = ~np.isin(uniq, np.array(sorted(suppressed_labels(comps, min_cell)), dtype=str))
+    keep = ~np.isin(uniq, np.array(sorted(suppressed_labels(comps, min_cell, withheld)),
+                                   dtype=str))
     if not keep.any():
         raise DataValidationError(
             f"No group of {name!r} can be published, nothing can be published: its groups "
@@ -137,10 +143,18 @@ def group_index(labels: ArrayLike, *, name: str = "group", min_cell: int = MIN_C
     suppressed = tuple(str(u) for u in uniq[~keep])
     if suppressed and warn:
         primary = int((cnt[~keep] < int(min_cell)).sum())
-        extra = len(suppressed) - primary
+        outside = int(np.isin(uniq[~keep & (cnt >= int(min_cell))],
+                              np.array(sorted(map(str, withheld)), dtype=str)).sum())
+        extra = len(suppressed) - primary - outside
+        reasons = ([f"{primary} group(s) of {name!r} have fewer than {min_cell} episodes"]
+                   if primary else [])
+        if outside:
+            reasons.append(f"{outside} group(s) of {name!r} would give back a cell of fewer "
+                           f"than {min_cell} episodes of another published table by "
+                           "difference (withheld by the caller)")
         warnings.warn(
-            f"{primary} group(s) of {name!r} have fewer than {min_cell} episodes and are "
-            "suppressed (left out of every table, figure and summary)"
+            " and ".join(reasons) + " and are suppressed (left out of every table, figure "
+            "and summary)"
             + (f"; {extra} more are suppressed so that they cannot be recovered by difference "
                "from the totals" if extra else "") + ".",
             SmallCellWarning, stacklevel=3)
@@ -218,9 +232,47 @@ def dataset_groups(dataset: TrajectoryDataset, group: str | None = None,
 
 def dataset_group_index(dataset: TrajectoryDataset, group: str | None = None,
                         intersect: Sequence[str] = (), *, min_cell: int = MIN_CELL,
-                        warn: bool = True) -> GroupIndex:
+                        warn: bool = True, withheld: Collection[str] = ()) -> GroupIndex:
     """:func:`group_index` of :func:`dataset_groups`, intersections protected line by line."""
     name, labels = dataset_groups(dataset, group, intersect)
     attrs = [group or dataset.group_attrs[0], *intersect]
     comps = [dataset.group_labels(a).astype(str) for a in attrs]
-    return group_index(labels, name=name, min_cell=min_cell, warn=warn, components=comps)
+    return group_index(labels, name=name, min_cell=min_cell, warn=warn, components=comps,
+                       withheld=withheld)
+
+
+def withheld_cells(dataset: TrajectoryDataset, attrs: Sequence[str],
+                   withheld: Mapping[str, Collection[str]]) -> set[str]:
+    """Cells of the table of ``attrs`` that hold a level withheld from outside.
+
+    ``withheld`` maps attributes to levels another published table would reveal by difference
+    (``equicare run``: the held-out levels of :func:`equicare.privacy.split_withheld`). With
+    one attribute the cells are its withheld levels; with an intersection (``"black x
+    female"``) every cell in the row or column of a withheld level, so that the level's total
+    is never the sum of published cells. Pass the result as ``withheld`` / ``suppress`` to
+    the table's suppression.
+
+    Parameters
+    ----------
+    dataset : TrajectoryDataset
+        The episodes the table is made of.
+    attrs : sequence of str
+        The table's group attributes (one, or an intersection's).
+    withheld : mapping of str to collection of str
+        Levels per attribute; an attribute the dataset lacks is an error.
+
+    Returns
+    -------
+    set of str
+    """
+    bad = sorted(set(withheld) - set(dataset.group_attrs))
+    if bad:
+        raise InvalidParameterError(f"withheld_cells: unknown group attribute(s) {bad}; the "
+                                    f"dataset has {list(dataset.group_attrs)}.")
+    labels = (dataset.group_labels(attrs[0]).astype(str) if len(attrs) == 1
+              else np.asarray(dataset.intersect_groups(list(attrs)), dtype=str))
+    hit = np.zeros(labels.shape[0], dtype=bool)
+    for a in attrs:
+        hit |= np.isin(dataset.group_labels(a).astype(str),
+                       np.array(sorted(map(str, withheld.get(a, ()))), dtype=str))
+    return {str(v) for v in np.unique(labels[hit])}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,6 +108,19 @@ def parse_estimators(estimators: str | Sequence[str]) -> tuple[str, ...]:
             name="estimators", owner="evaluate",
             expected="'all' or a list of " + ", ".join(repr(k) for k in ALL_KEYS), got=estimators))
     return tuple(dict.fromkeys(expanded))
+
+
+def _check_suppress(suppress: Mapping[str, Collection[str]] | None, attrs: Sequence[str]
+                    ) -> dict[str, set[str]]:
+    """``evaluate``'s ``suppress`` as sets of str, its attributes among the evaluated ones."""
+    out = {str(a): {str(v) for v in lv} for a, lv in (suppress or {}).items()}
+    bad = sorted(set(out) - set(attrs))
+    if bad:
+        raise InvalidParameterError(PARAM_MESSAGE.format(
+            name="suppress", owner="evaluate",
+            expected=("a mapping whose keys are evaluated group attributes "
+                      f"({', '.join(map(str, attrs)) or 'none'})"), got=bad))
+    return out
 
 
 @dataclass(frozen=True)
@@ -635,9 +648,14 @@ class _LevelRefit:
 
 def _group_results(prep: Prepared, dataset: TrajectoryDataset, keys: Sequence[str],
                    attrs: Sequence[str], seeds: Sequence[int], min_cell: int,
-                   refit: _LevelRefit | None = None, **kw: Any
+                   refit: _LevelRefit | None = None,
+                   withheld: Mapping[str, Collection[str]] | None = None, **kw: Any
                    ) -> tuple[dict[str, dict[str, GroupResult]], dict[str, Any]]:
-    """Every estimator per level of each attribute, and how levels' Q-models were refitted."""
+    """Every estimator per level of each attribute, and how levels' Q-models were refitted.
+
+    ``withheld`` maps an attribute to levels suppressed from outside (:func:`evaluate`'s
+    ``suppress``), completed by complementary suppression like small levels.
+    """
     from equicare.ope._levels import level_prepared, level_target_probs
 
     out: dict[str, dict[str, GroupResult]] = {}
@@ -650,7 +668,8 @@ def _group_results(prep: Prepared, dataset: TrajectoryDataset, keys: Sequence[st
         per_level = refit is not None and attr in refit.columns
         sources: set[str] = set()
         backed: dict[str, float] = {}
-        hidden = suppressed_levels(labels, min_cell)  # primary and complementary
+        hidden = suppressed_levels(labels, min_cell,  # primary and complementary
+                                   (withheld or {}).get(attr, ()))
         weights: dict[str, WeightSums] = {}
         for lv in np.unique(labels.astype(str)):  # one small vectorised evaluation per level
             ep = np.flatnonzero(labels.astype(str) == lv)
@@ -792,6 +811,7 @@ def evaluate(
     progress: bool = False,
     support_check: LoggedSupport | None = None,
     usual_care: UsualCare = "deployed",
+    suppress: Mapping[str, Collection[str]] | None = None,
 ) -> EvaluationResult:
     """Evaluate a target policy on logged data with every estimator.
 
@@ -864,6 +884,13 @@ def evaluate(
         with the policy (what ``action_probs`` and ``predict`` give). Result
         ``settings["usual_care"]`` (None for a policy that defers no row) and
         ``settings["deferred_share"]`` (share of rows left to practice).
+    suppress : mapping of str to collection of str, optional
+        Group levels to suppress whatever their size, by attribute (``{"race": {"asian"}}``):
+        cells that other published tables would reveal by difference, e.g. held-out levels
+        whose training complement is small (:func:`equicare.privacy.split_withheld`, which
+        ``equicare run`` applies). They are reported as suppressed like small levels, and
+        complementary suppression completes them (:func:`equicare.privacy.suppressed_cells`).
+        An attribute that is not evaluated is an error.
 
     Returns
     -------
@@ -894,7 +921,7 @@ def evaluate(
             groups=groups, support_threshold=support_threshold,
             diagnose_support=diagnose_support, refit=refit, executor=executor,
             random_state=random_state, n_boot=n_boot, progress=progress,
-            support_check=support_check, usual_care=usual_care)
+            support_check=support_check, usual_care=usual_care, suppress=suppress)
 
 
 def _spec_name(behavior_model: Any) -> str:
@@ -940,6 +967,7 @@ def _evaluate(
     progress: bool,
     support_check: LoggedSupport | None,
     usual_care: UsualCare,
+    suppress: Mapping[str, Collection[str]] | None,
 ) -> EvaluationResult:
     keys = parse_estimators(estimators)
     usual_care = check_usual_care(usual_care, "evaluate")
@@ -968,6 +996,7 @@ def _evaluate(
     say(f"{dataset.n_episodes} episodes, {dataset.n_steps} steps: fitting the nuisance models "
         f"(Q-model {qname})")
     attrs = list(dataset.group_attrs if groups is None else groups)
+    withheld = _check_suppress(suppress, attrs)
     prep = prepare(dataset, policy, keys=keys, behavior_prob=behavior_prob,
                    behavior_model=behavior_model, q=q, q_model=qcfg, random_state=seed_prep,
                    groups=attrs)
@@ -1036,7 +1065,7 @@ def _evaluate(
     n_cells = sum(np.unique(dataset.group_labels(a).astype(str)).size for a in attrs)
     group_out, per_level = _group_results(
         prep, dataset, keys, attrs, level_seeds(random_state, n_cells),
-        MIN_CELL, level_refit, **kw) if attrs else ({}, {})
+        MIN_CELL, level_refit, withheld=withheld, **kw) if attrs else ({}, {})
     q_info = None if prep.qfit is None else {"seconds": prep.qfit.seconds, **prep.qfit.info}
     if q_info is not None and prep.q_selection is not None:
         q_info.update(prep.q_selection.to_dict())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -199,6 +199,7 @@ class _Task:
     weights: NDArray[np.float64] | None
     seed: int
     torch_threads: int | None
+    suppress: tuple[str, ...] = ()
 
 
 def _run_point(task: _Task) -> AuditResult:
@@ -217,7 +218,7 @@ def _run_point(task: _Task) -> AuditResult:
             warnings.simplefilter("ignore", SupportWarning)
             warnings.filterwarnings("ignore", CENSORING_WARNING, DataWarning)
             return cfg.run(task.eval, {"policy": learner}, weights=task.weights,
-                           random_state=task.seed)
+                           random_state=task.seed, suppress=task.suppress)
 
 
 def _learner_class(learner: Any) -> tuple[str, Any]:
@@ -261,6 +262,7 @@ def frontier(
     torch_threads: int | None = 1,
     random_state: RandomState = None,
     progress: bool = False,
+    suppress: Collection[str] = (),
 ) -> FrontierResult:
     r"""Train ``learner`` at each fairness weight and trace value against parity.
 
@@ -304,6 +306,10 @@ def frontier(
         Report each trained point (a progress bar on a terminal, one line otherwise).
     random_state : int, Generator or None
         Seeds the split, the learners (``config.seed``) and the replicates.
+    suppress : collection of str, optional
+        Groups of the evaluation episodes to suppress whatever their size (``suppress`` of
+        :meth:`~equicare.fairness.FairnessAudit.run`; ``equicare run`` passes its held-out
+        groups whose training half is small).
 
     Returns
     -------
@@ -350,7 +356,8 @@ def frontier(
         train, evald = dataset, eval_dataset
     # one warning (here, in the caller's process) if held-out groups are suppressed; one error
     # before any training if fewer than two held-out groups can be published
-    require_comparison(dataset_group_index(evald, gattr, min_cell=min_cell))
+    require_comparison(dataset_group_index(evald, gattr, min_cell=min_cell,
+                                           withheld=tuple(suppress)))
     audit_cfg = FairnessAudit(action=action, group=gattr, n_boot=n_boot, alpha=alpha,
                               n_permutations=0, min_cell=min_cell, estimator=estimator,
                               q_model=q_model, with_level_rates=False)
@@ -366,7 +373,7 @@ def frontier(
         cfg = replace(base, **upd)
         tasks.append(_Task(learner_cls=cls_name, config=cfg.to_dict(), train=train, eval=evald,
                            audit=audit_cfg.to_dict(), weights=weights, seed=int(seed),
-                           torch_threads=torch_threads))
+                           torch_threads=torch_threads, suppress=tuple(map(str, suppress))))
     from equicare._progress import progress_task
     from equicare._tasks import iter_map
 

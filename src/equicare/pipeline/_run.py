@@ -238,6 +238,7 @@ def _stage_data(
         random_state=seed, stratify=ds.group_attrs[0] if ds.groups else None,
         source=cfg.resolve(cfg["data"]["path"]) if cfg["data"]["path"] else None)
     state.update(dataset=ds, sim=sim, train=train, test=test,
+                 withheld=held_out_withheld(ds, test),
                  audit_action=_action_of(cfg, "audit", ds),
                  mediation_action=(_action_of(cfg, "mediation", ds)
                                    if cfg["mediation"]["enabled"] else ""))
@@ -250,6 +251,28 @@ def _stage_data(
         Metric("data.train_episodes", train.n_episodes),
         Metric("data.test_episodes", test.n_episodes),
     ]
+
+
+def held_out_withheld(ds: Any, test: Any) -> dict[str, set[str]]:
+    """Per group attribute, the levels the held-out tables must show as suppressed.
+
+    The run publishes each level's episodes in the whole panel (the data table) and the
+    held-out half's tables (``evaluate``'s groups, the audit), so a level's training episodes
+    are their difference: :func:`equicare.privacy.split_withheld` gives the levels whose
+    held-out cell is withheld so that no training cell of 1 to 10 episodes (nor a held-out
+    one) can be derived.
+
+    Parameters
+    ----------
+    ds : TrajectoryDataset
+        The whole panel.
+    test : TrajectoryDataset
+        Its held-out episodes.
+    """
+    from equicare.privacy import split_withheld
+
+    held_out = np.isin(ds.episode_ids, test.episode_ids)
+    return {a: split_withheld(ds.group_labels(a), held_out) for a in ds.group_attrs}
 
 
 def _action_of(cfg: RunConfig, section: str, ds: Any) -> str:
@@ -384,6 +407,7 @@ def _stage_evaluate(
         truncate=o["truncate"] or None,
         random_state=seed,
         support_check=state["support_check"],
+        suppress=state.get("withheld"),  # held-out levels whose training cell is small
     )
     state["evaluation"] = res  # evaluate warned if the overall IS-type values have a low ESS
     _write_json(out / "result.json", res.to_dict())
@@ -439,6 +463,7 @@ def _stage_audit(
     cfg: RunConfig, state: dict[str, Any], out: Path, metrics: list[Metric], seed: int
 ) -> None:
     from equicare.fairness import audit
+    from equicare.fairness._groups import withheld_cells
 
     test = state["test"]
     a = cfg["audit"]
@@ -453,6 +478,8 @@ def _stage_audit(
         n_permutations=a["permutations"],
         n_boot=cfg["ope"]["bootstrap"],
         support_check=state.get("support_check"),
+        suppress=withheld_cells(test, [a["group"] or test.group_attrs[0],
+                                       *audit_intersect(a)], state.get("withheld", {})),
     )
     state["audit"] = res
     _write_json(out / "audit.json", res.to_dict())
@@ -501,6 +528,8 @@ def _stage_frontier(
         n_boot=min(cfg["ope"]["bootstrap"], 500),
         executor=get_executor(o["executor"], o["jobs"], o["address"]),
         random_state=seed,
+        suppress=state.get("withheld", {}).get(
+            cfg["audit"]["group"] or state["test"].group_attrs[0], ()),
     )
     state["frontier"] = fr
     table = fr.table
@@ -569,6 +598,7 @@ def _stage_explain(
         test=state["test"],
         source={"name": state["learner_name"], "algo": state["learner_name"], "path": "model"},
         random_state=seed,
+        suppress=state.get("withheld"),  # held-out levels whose training cell is small
     )
     state["card"] = card
     write_card(card, out / "card")

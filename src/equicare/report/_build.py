@@ -491,7 +491,9 @@ def build_run_report(
             rep.heading("Value by group")
             rep.table(
                 pd.DataFrame(groups),
-                caption="Per-group estimates with 95% intervals (suppressed < 11 episodes; "
+                caption="Per-group estimates with 95% intervals (suppressed: < 11 episodes, or "
+                "a cell that would give such a cell back by difference, e.g. a held-out group "
+                "whose training half is 1-10 episodes; "
                 "n/a: a weighted estimate whose importance weights have an effective sample "
                 "size below 11, which would rest on fewer than 11 members' outcomes, or "
                 "cannot be computed)",
