@@ -739,3 +739,13 @@ def test_a_library_caller_is_warned_once_of_overall_values_resting_on_one_episod
     with warnings.catch_warnings():
         warnings.simplefilter("error", LowESSWarning)
         run(_Uniform())
+
+
+@pytest.mark.parametrize("logged", [True, False])
+def test_the_low_ess_advice_says_to_log_the_propensities_only_when_they_were_estimated(logged):
+    """The warning ended "or log the propensities" on panels that had logged them."""
+    from equicare.ope._ess import low_ess_message
+
+    msg = low_ess_message(["is", "wis"], 60, 1.0, logged=logged)
+    assert msg is not None and "truncate the weights (--truncate)" in msg
+    assert ("log the propensities" in msg) is not logged

@@ -150,11 +150,15 @@ LOW_ESS_OVERALL = (
     "the overall {estimators} value{s} rest{verb} on fewer than {min_cell} episodes' worth of "
     "importance weight ({said}; a group's value would not be published below {min_cell}): such "
     "a value is close to a few members' returns, and its interval can miss the truth. Prefer "
-    "fqe or dr, truncate the weights (--truncate), or log the propensities.")
+    "fqe or dr{advice}.")
+#: The advice's end: with estimated propensities, logging them is also advised.
+LOW_ESS_ADVICE = {True: ", or truncate the weights (--truncate)",
+                  False: ", truncate the weights (--truncate), or log the propensities"}
 
 
 def low_ess_message(keys: Any, n_episodes: int, trajectory: float | None,
-                    per_decision: float | None = None, min_cell: int = MIN_CELL) -> str | None:
+                    per_decision: float | None = None, min_cell: int = MIN_CELL,
+                    logged: bool = False) -> str | None:
     """The warning for overall weighted estimates whose weights' ESS is below ``min_cell``.
 
     A group's weighted value is withheld below ``min_cell`` (:func:`low_ess_groups`); the
@@ -173,6 +177,8 @@ def low_ess_message(keys: Any, n_episodes: int, trajectory: float | None,
         The ESS (in episodes) of the weights the estimates used (the truncated ones with
         truncation); None when not known (a streamed evaluation has no per-decision ESS).
     min_cell : int
+    logged : bool, default=False
+        The propensities were logged (the advice then does not say to log them).
 
     Returns
     -------
@@ -193,10 +199,11 @@ def low_ess_message(keys: Any, n_episodes: int, trajectory: float | None,
     return LOW_ESS_OVERALL.format(
         estimators=", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0],
         s="s" if len(names) > 1 else "", verb="" if len(names) > 1 else "s", said=said,
-        min_cell=min_cell)
+        min_cell=min_cell, advice=LOW_ESS_ADVICE[bool(logged)])
 
 
-def overall_low_ess_message(estimates: Any, ess: EffectiveSampleSize) -> str | None:
+def overall_low_ess_message(estimates: Any, ess: EffectiveSampleSize,
+                            logged: bool = False) -> str | None:
     """:func:`low_ess_message` of an in-memory evaluation's estimates and ESS.
 
     The ESS of the weights the estimates used (the truncated ones with truncation); the
@@ -206,15 +213,19 @@ def overall_low_ess_message(estimates: Any, ess: EffectiveSampleSize) -> str | N
     ----------
     estimates : dict of str to Estimate
     ess : EffectiveSampleSize
+    logged : bool, default=False
+        The propensities were logged.
     """
     traj = ess.trajectory if ess.trajectory_truncated is None else ess.trajectory_truncated
     per_decision = (ess.per_decision if ess.per_decision_truncated_pct is None
                     else ess.per_decision_truncated_pct * ess.n_episodes / 100.0)
-    return low_ess_message(_valued(estimates), ess.n_episodes, traj, per_decision)
+    return low_ess_message(_valued(estimates), ess.n_episodes, traj, per_decision,
+                           logged=logged)
 
 
 def stream_low_ess_message(estimates: Any, n_episodes: int, trajectory: float,
-                           trajectory_truncated: float | None = None) -> str | None:
+                           trajectory_truncated: float | None = None,
+                           logged: bool = False) -> str | None:
     """:func:`low_ess_message` of a streamed evaluation (its trajectory ESS alone).
 
     Parameters
@@ -223,9 +234,12 @@ def stream_low_ess_message(estimates: Any, n_episodes: int, trajectory: float,
     n_episodes : int
     trajectory, trajectory_truncated : float
         The trajectory weights' ESS, and that of the truncated weights with truncation.
+    logged : bool, default=False
+        The propensities were logged.
     """
     return low_ess_message(_valued(estimates), n_episodes,
-                           trajectory if trajectory_truncated is None else trajectory_truncated)
+                           trajectory if trajectory_truncated is None else trajectory_truncated,
+                           logged=logged)
 
 
 def _valued(estimates: Any) -> list[str]:

@@ -1083,7 +1083,8 @@ def _evaluate(
         elif check.warn:
             warnings.warn(check.message(), DataWarning, stacklevel=3)
     # the overall value is published even on thin weight (groups' are withheld): said once
-    _ess.warn_low_ess(_ess.overall_low_ess_message(ests, ess), stacklevel=3)
+    _ess.warn_low_ess(_ess.overall_low_ess_message(
+        ests, ess, logged=dataset.behavior_prob is not None), stacklevel=3)
     return EvaluationResult(
         n_episodes=dataset.n_episodes, n_steps=dataset.n_steps, gamma=float(dataset.gamma),
         behavior=beh, estimates=ests, ess=ess, support=support, groups=group_out,

@@ -1102,7 +1102,8 @@ def evaluate_stream(
     from equicare.ope._ess import stream_low_ess_message, warn_low_ess
 
     warn_low_ess(stream_low_ess_message(res.estimates, res.n_episodes, res.ess,
-                                        res.ess_truncated), stacklevel=2)  # as in memory
+                                        res.ess_truncated, logged=src.logged),
+                 stacklevel=2)  # as in memory
     return res
 
 
