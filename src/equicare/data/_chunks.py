@@ -22,7 +22,7 @@ import os
 import re
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +65,7 @@ CLUSTER_HINT = (
 
 __all__ = ["PanelScan", "Chunk", "ShardSpec", "scan_panel", "iter_chunks", "validate_stream",
            "plan_shards", "iter_shard_chunks", "cluster_panel", "random_access", "sample_ranges",
-           "iter_range_chunks"]
+           "iter_range_chunks", "concat_datasets"]
 
 #: Rows per Arrow record batch read from storage.
 BATCH_ROWS = 65_536
@@ -974,3 +974,38 @@ def _validate_shard(task: tuple[ShardSpec, int, int, Any, int]
         if rep.counts is not None:
             total = rep.counts if total is None else total + rep.counts
     return errors, warns, total
+
+
+def concat_datasets(parts: list[TrajectoryDataset]) -> TrajectoryDataset:
+    """One dataset of the episodes of several (same panel, same coding) datasets.
+
+    Parameters
+    ----------
+    parts : list of TrajectoryDataset
+        Non-empty; chunks of one panel, read with the same manifest and level coding.
+
+    Returns
+    -------
+    TrajectoryDataset
+        Their episodes in order (``parts[0]`` itself when there is one part).
+    """
+    first = parts[0]
+    if len(parts) == 1:
+        return first
+    lengths = np.concatenate([p.episode_lengths for p in parts])
+    offsets = np.zeros(lengths.size + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+
+    def cat(name: str) -> Any:
+        vals = [getattr(p, name) for p in parts]
+        return None if vals[0] is None else np.concatenate(vals)
+
+    return replace(
+        first, states=cat("states"), actions=cat("actions"),
+        reward_components=cat("reward_components"), terminals=cat("terminals"),
+        episode_offsets=offsets, episode_ids=cat("episode_ids"), times=cat("times"),
+        groups={k: np.concatenate([p.groups[k] for p in parts]) for k in first.groups},
+        categorical=cat("categorical"), behavior_prob=cat("behavior_prob"), need=cat("need"),
+        mediators=cat("mediators"),
+        extras={k: np.concatenate([p.extras[k] for p in parts]) for k in first.extras},
+        _cache={})

@@ -178,9 +178,9 @@ class _Buffers:
 
     def build(self, buffer: list[TrajectoryDataset]) -> TrainData:
         """Training tensors of the buffer's rows."""
-        from equicare.ope._stream_behavior import _concat
+        from equicare.data._chunks import concat_datasets
 
-        data = buffer[0] if len(buffer) == 1 else _concat(buffer)
+        data = buffer[0] if len(buffer) == 1 else concat_datasets(buffer)
         g, _ = group_codes(data, self.group_attr, self.group_levels)
         return TrainData.build(data, self.window, self.support, g, self.history_actions,
                                self.critic_groups, self.vocabulary)
@@ -371,9 +371,8 @@ def fit_stream(
     """
     from equicare._progress import progress_task
     from equicare.data import iter_chunks, scan_panel
-    from equicare.data._chunks import random_access, sample_ranges
+    from equicare.data._chunks import concat_datasets, random_access, sample_ranges
     from equicare.data._manifest import manifest_of as _manifest_of
-    from equicare.ope._stream_behavior import _concat
 
     if learner.algo not in STREAM_ALGOS:
         raise InvalidParameterError(
@@ -401,7 +400,7 @@ def fit_stream(
         for c in iter_chunks(source, man, chunk_rows=chunk_rows, scan=scan)))
     if not first.sample:
         raise DataValidationError("The panel's sample has no episode; raise sample_rows.")
-    ref = _concat(first.sample)
+    ref = concat_datasets(first.sample)
     support = _support(ref.action_space, first.counts, cfg.support, cfg.min_support_count)
     attr = cfg.group_attr if cfg.group_attr is not None else (man.groups[0] if man.groups
                                                               else None)

@@ -433,10 +433,10 @@ def sample_propensity_check(cells: Any, n_rows: int, *, random_state: int = 0,
     """
     from dataclasses import replace
 
-    from equicare.ope._stream_behavior import _concat
+    from equicare.data._chunks import concat_datasets
 
     if not cells.sample:
         return None
-    check = check_logged_propensities(_concat(cells.sample), random_state=random_state,
+    check = check_logged_propensities(concat_datasets(cells.sample), random_state=random_state,
                                       cell_counts=cells.counts or None, model=model)
     return None if check is None else replace(check, panel_rows=int(n_rows))

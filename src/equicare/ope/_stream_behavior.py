@@ -23,13 +23,14 @@ fitted on ``sample_rows`` rows, measured in docs/scale.md.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
+from equicare.data._chunks import concat_datasets
 from equicare.exceptions import DataValidationError, InvalidParameterError
 from equicare.ope._propensity_check import FLOORED_EPISODE_SHARE, expected_floored_rows
 from equicare.ope._resample import _GOLDEN, _SEED_MIX, _splitmix64, episode_keys
@@ -67,30 +68,6 @@ def _sample_chunk(dataset: TrajectoryDataset, *, rate: float, seed: int) -> _Sam
     return _Sample([dataset.subset(mask)] if mask.any() else [])
 
 
-def _concat(parts: list[TrajectoryDataset]) -> TrajectoryDataset:
-    """One dataset of the episodes of several (same panel, same coding) datasets."""
-    first = parts[0]
-    if len(parts) == 1:
-        return first
-    lengths = np.concatenate([p.episode_lengths for p in parts])
-    offsets = np.zeros(lengths.size + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-
-    def cat(name: str) -> Any:
-        vals = [getattr(p, name) for p in parts]
-        return None if vals[0] is None else np.concatenate(vals)
-
-    return replace(
-        first, states=cat("states"), actions=cat("actions"),
-        reward_components=cat("reward_components"), terminals=cat("terminals"),
-        episode_offsets=offsets, episode_ids=cat("episode_ids"), times=cat("times"),
-        groups={k: np.concatenate([p.groups[k] for p in parts]) for k in first.groups},
-        categorical=cat("categorical"), behavior_prob=cat("behavior_prob"), need=cat("need"),
-        mediators=cat("mediators"),
-        extras={k: np.concatenate([p.extras[k] for p in parts]) for k in first.extras},
-        _cache={})
-
-
 def sample_episodes(source: Any, sample_rows: int, seed: int
                     ) -> tuple[TrajectoryDataset | None, float]:
     """About ``sample_rows`` rows of whole episodes of ``source`` (one pass), and the rate.
@@ -102,7 +79,7 @@ def sample_episodes(source: Any, sample_rows: int, seed: int
 
     rate = min(1.0, float(sample_rows) / max(int(source.n_rows), 1))
     sample, _ = source.map_reduce(functools.partial(_sample_chunk, rate=rate, seed=seed))
-    return (_concat(sample.parts) if sample.parts else None), rate
+    return (concat_datasets(sample.parts) if sample.parts else None), rate
 
 
 @dataclass(frozen=True, eq=False)

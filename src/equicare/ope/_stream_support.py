@@ -332,7 +332,7 @@ def support_check(counts: CellCounts, *, behavior: Any = None, behavior_model: A
     episodes : callable, optional
         As :class:`SupportCheck`.
     """
-    from equicare.ope._stream_behavior import _concat
+    from equicare.data._chunks import concat_datasets
     from equicare.policy._behavior import BehaviorModel
 
     model = None
@@ -343,7 +343,7 @@ def support_check(counts: CellCounts, *, behavior: Any = None, behavior_model: A
                else "logged propensities")
         if fast and counts.sample:
             spec = behavior_model if isinstance(behavior_model, str) else "logistic"
-            data = _concat(counts.sample)
+            data = concat_datasets(counts.sample)
             model = BehaviorModel(estimator=spec, n_folds=1, max_iter=100, random_state=seed,
                                   calibration=False).fit(data)
             how += (f", plus a fast numeric behaviour model ({spec}, {data.n_steps} rows of "
