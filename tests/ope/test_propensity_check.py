@@ -209,14 +209,14 @@ def test_floored_estimated_propensities_on_logged_rows_are_warned():
     import warnings
     from dataclasses import replace
 
-    from equicare.exceptions import DataWarning
+    from equicare.exceptions import DataWarning, LowESSWarning
     from equicare.ope import evaluate
     from equicare.ope._propensity_check import FLOORED_EPISODE_SHARE
 
     _, logged, pols = make("s50_a5_g1", 300, seed=3)
     ds = replace(logged, behavior_prob=None, _cache={})
     pi = pols["soft_optimal"][np.asarray(ds.categorical[:, 0])]
-    with pytest.warns(DataWarning) as rec:
+    with pytest.warns((DataWarning, LowESSWarning)) as rec:  # floored weights: a low ESS too
         res = evaluate(ds, pi, bootstrap=0, q_model="tabular_stationary", groups=())
     msgs = [str(w.message) for w in rec if "not logged but estimated" in str(w.message)]
     assert len(msgs) == 1
