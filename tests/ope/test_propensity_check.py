@@ -228,6 +228,8 @@ def test_floored_estimated_propensities_on_logged_rows_are_warned():
     assert int(m.group(1)) == n_rows > 0
     assert res.behavior_model["floored_warning"] == msgs[0]  # the result JSON keeps it
     assert int(m.group(2)) > FLOORED_EPISODE_SHARE * ds.n_episodes
+    # the advice names the fit that avoids it (in-sample, joint; docs/ope.md)
+    assert "--behavior-folds 1 --behavior-form flat" in " ".join(msgs[0].split())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         known = evaluate(logged, pi, bootstrap=0, q_model="tabular_stationary", groups=())
