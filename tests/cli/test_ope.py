@@ -411,7 +411,9 @@ def test_behavior_folds_and_form_reach_the_estimated_propensity_model(files, str
         behavior_spec("logistic", 5, "joint")
 
 
-def test_bad_behavior_folds_exit_2(files):
-    res, _ = _run(files, "--behavior-folds", "0")
+@pytest.mark.parametrize("value", ["0", "two"])
+def test_bad_behavior_folds_exit_2(files, value):
+    res, _ = _run(files, "--behavior-folds", value)
     assert res.exit_code == 2
-    assert "--behavior-folds" in " ".join(res.output.split())
+    assert f"--behavior-folds must be 'auto' or an int >= 1; got '{value}'" in " ".join(
+        res.output.split())

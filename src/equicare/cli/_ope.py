@@ -43,9 +43,12 @@ BEHAVIOR_MODELS = ("logistic", "lgbm")
 BEHAVIOR_FORMS: dict[str, bool | str] = {"auto": "auto", "chain": True, "flat": False}
 
 
-def behavior_spec(model: str, folds: int = 5, form: str = "auto", seed: int = 42) -> Any:
+def behavior_spec(model: str, folds: int | str = "auto", form: str = "auto", seed: int = 42
+                  ) -> Any:
     """``--behavior-model/--behavior-folds/--behavior-form`` as ``evaluate`` takes them.
 
+    ``folds`` is ``"auto"`` (:class:`~equicare.policy.BehaviorModel`'s default: in-sample
+    for a saturated categorical state, else 5) or a count (an int or its text).
     The model's name when the other two are their defaults (the numbers stay those of
     ``evaluate(behavior_model=model, random_state=seed)``), else a
     :class:`~equicare.policy.BehaviorModel` seeded as ``evaluate`` seeds its own.
@@ -53,7 +56,7 @@ def behavior_spec(model: str, folds: int = 5, form: str = "auto", seed: int = 42
     Raises
     ------
     InvalidParameterError
-        An unknown model or form, or fewer than one fold.
+        An unknown model or form, or folds neither ``"auto"`` nor an int >= 1.
     """
     from equicare.ope._evaluate import nuisance_seed
     from equicare.policy import BehaviorModel as Model
@@ -64,11 +67,16 @@ def behavior_spec(model: str, folds: int = 5, form: str = "auto", seed: int = 42
     if form not in BEHAVIOR_FORMS:
         raise InvalidParameterError(
             f"--behavior-form must be one of {', '.join(BEHAVIOR_FORMS)}; got {form!r}.")
-    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 1:
-        raise InvalidParameterError(f"--behavior-folds must be an int >= 1; got {folds!r}.")
-    if folds == 5 and form == "auto":
+    n_folds: int | str = folds
+    if folds != "auto":
+        text = str(folds).strip()
+        if isinstance(folds, bool) or not text.isdigit() or int(text) < 1:
+            raise InvalidParameterError(
+                f"--behavior-folds must be 'auto' or an int >= 1; got {folds!r}.")
+        n_folds = int(text)
+    if n_folds == "auto" and form == "auto":
         return model
-    return Model(estimator=model, factored=BEHAVIOR_FORMS[form], n_folds=folds,
+    return Model(estimator=model, factored=BEHAVIOR_FORMS[form], n_folds=n_folds,
                  random_state=nuisance_seed(seed))
 
 
@@ -165,7 +173,7 @@ def run_evaluate(
     policy: Path,
     out: Path | None = None,
     behavior_model: str = "logistic",
-    behavior_folds: int = 5,
+    behavior_folds: str = "auto",
     behavior_form: str = "auto",
     estimators: str = "all",
     bootstrap: int = 1000,
@@ -193,7 +201,7 @@ def run_evaluate(
         Result JSON, written atomically; an existing file is kept unless ``force``.
     behavior_model, estimators, bootstrap, truncate, q_model, ci, seed
         As in :func:`equicare.ope.evaluate`.
-    behavior_folds, behavior_form : int, str
+    behavior_folds, behavior_form : str
         The behaviour model's cross-fitting folds and form (:func:`behavior_spec`).
     force : bool
     progress : bool
@@ -322,7 +330,7 @@ def result_table(res: EvaluationResult) -> Table:
 def run_evaluate_stream(data: Path, *, manifest: Path, policy: Path, estimators: str = "all",
                         bootstrap: int = 1000, truncate: float | None = None, seed: int = 42,
                         q_model: str = "auto", behavior_model: str = "logistic",
-                        behavior_folds: int = 5, behavior_form: str = "auto",
+                        behavior_folds: str = "auto", behavior_form: str = "auto",
                         ci: str = "studentized", chunk_rows: int = 500_000,
                         executor: Any = None, out: Path | None = None,
                         force: bool = False, q_cells: str | None = None,
@@ -524,15 +532,16 @@ def register(app: typer.Typer) -> None:
         behavior_model: Annotated[BehaviorModel, typer.Option(
             help="Propensity model (always fitted for support checks).")
         ] = BehaviorModel.LOGISTIC,
-        behavior_folds: Annotated[int, typer.Option(
-            min=1, help="Cross-fitting folds of the propensity model over episodes (1: "
-                        "in-sample). With a categorical state of many thin levels, 1 avoids "
-                        "the near-zero probabilities of folds that never saw a level's action "
-                        "(docs/ope.md, 'Estimated propensities').")] = 5,
+        behavior_folds: Annotated[str, typer.Option(
+            help="Cross-fitting folds of the propensity model over episodes: an int (1: "
+                 "in-sample) or auto (1 when the state is mostly one-hot categorical levels, "
+                 "whose thin levels cross-fitting empties; else 5; docs/ope.md, 'Estimated "
+                 "propensities').")] = "auto",
         behavior_form: Annotated[BehaviorForm, typer.Option(
             help="Propensity model over a multi-component action: chain (one classifier per "
                  "component, each given the earlier ones), flat (one over the joint action: "
-                 "per-state joint choices) or auto (chain with several components).")
+                 "per-state joint choices) or auto (chain with several components, flat when "
+                 "the state is mostly one-hot categorical levels).")
         ] = BehaviorForm.AUTO,
         estimators: Annotated[str, typer.Option(
             help="'all' or a comma list of is, wis, pdis, wpdis, fqe, dr, wdr, bandit_dr.")
