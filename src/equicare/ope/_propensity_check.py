@@ -66,7 +66,7 @@ MSG_PROPENSITY = (
 
 #: Share of episodes with a logged row whose *estimated* propensity was floored above which
 #: :func:`~equicare.ope.evaluate` may warn (:data:`MSG_FLOORED`). On a Garnet ICU-shaped panel
-#: (300 state codes, 25 joint actions, 5,000 stays) the default cross-fitted model floored 285
+#: (300 state codes, 25 joint actions, 5,000 stays) the cross-fitted chain model floored 285
 #: logged rows in 5.3% of the stays (their true propensities: median 0.019, none below 0.001).
 FLOORED_EPISODE_SHARE = 0.01
 
