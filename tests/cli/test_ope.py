@@ -379,3 +379,41 @@ def test_a_single_episode_panel_is_refused_naming_the_file(files, stream):
                 "its intervals resample episodes and its Q-model is chosen by cross-fitting "
                 "over them.") in " ".join(res.output.split())
         assert not out.exists()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_behavior_folds_and_form_reach_the_estimated_propensity_model(files, stream):
+    """--behavior-folds/--behavior-form fit the model they name (result JSON's behavior_model
+    block) and change the estimates; the defaults keep the cross-fitted chain (5 folds)."""
+    import copy
+
+    from equicare.cli._ope import behavior_spec
+
+    spec = copy.deepcopy(MANIFEST)
+    del spec["dataset"]["behavior_prob"]
+    files["manifest"].write_text(Manifest.from_dict(spec).to_toml())
+    extra = ["--chunk-rows", "100"] if stream else []
+    blocks, values = [], []
+    for name, opts in (("default", []),
+                       ("flat1", ["--behavior-folds", "1", "--behavior-form", "flat"])):
+        res, out = _run(files, "--estimators", "is,wis", *opts, *extra,
+                        out=files["dir"] / f"{name}.json")
+        assert res.exit_code == 0, res.output
+        d = json.loads(out.read_text())
+        assert d["settings"]["propensity_source"] == "estimated"
+        blocks.append(d["behavior_model"])
+        values.append(d["estimates"]["is"]["value"])
+    assert (blocks[0]["factored"], blocks[0]["n_folds"]) == (True, 5)
+    assert (blocks[1]["factored"], blocks[1]["n_folds"]) == (False, 1)
+    assert values[0] != values[1]
+    assert behavior_spec("logistic") == "logistic"  # defaults: evaluate's own model, same seed
+    with pytest.raises(ValueError, match="--behavior-form must be one of auto, chain, flat"):
+        behavior_spec("logistic", 5, "joint")
+
+
+@pytest.mark.parametrize("value", ["0", "two"])
+def test_bad_behavior_folds_exit_2(files, value):
+    res, _ = _run(files, "--behavior-folds", value)
+    assert res.exit_code == 2
+    assert f"--behavior-folds must be 'auto' or an int >= 1; got '{value}'" in " ".join(
+        res.output.split())

@@ -618,10 +618,12 @@ def test_the_documented_contract7_schema_is_json_and_holds() -> None:
 
 
 def test_audit_warns_when_estimated_propensities_are_floored_on_logged_rows():
-    """WIS group values with estimated propensities: floored logged rows are said, per policy."""
+    """WIS group values with estimated propensities: floored logged rows are said, per policy
+    (a cross-fitted model; the default fits this saturated categorical state in-sample)."""
     from dataclasses import replace
 
     from equicare.exceptions import DataWarning
+    from equicare.policy import BehaviorModel
     from tests.ope._garnet import make
 
     _, logged, pols = make("s50_a5_g1", 300, seed=3)
@@ -629,7 +631,8 @@ def test_audit_warns_when_estimated_propensities_are_floored_on_logged_rows():
     pi = pols["soft_optimal"][np.asarray(ds.categorical[:, 0])]
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
-        audit(ds, {"soft": pi}, n_boot=0, n_permutations=0)
+        audit(ds, {"soft": pi}, n_boot=0, n_permutations=0,
+              behavior_model=BehaviorModel(n_folds=5).fit(ds))
     hits = [str(w.message) for w in rec if issubclass(w.category, DataWarning)
             and re.search(r"policy 'soft': The propensities were not logged but estimated.* "
                           r"wis inherits that error", str(w.message))]

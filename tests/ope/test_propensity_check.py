@@ -201,9 +201,10 @@ def test_the_cells_are_chosen_by_the_actions_not_by_the_propensities():
 def test_floored_estimated_propensities_on_logged_rows_are_warned():
     """Estimated propensities: logged rows floored by the behaviour model are said, with counts.
 
-    A thin categorical state (Garnet, 50 states, 300 stays): the cross-fitted model gives some
-    logged actions an out-of-fold probability below its floor, in about 3% of the stays; the
-    weighted estimators then rest on the floor. With the true propensities logged, no warning.
+    A thin categorical state (Garnet, 50 states, 300 stays): the cross-fitted model (the default
+    before the saturated state got an in-sample flat model) gives some logged actions an
+    out-of-fold probability below its floor, in about 3% of the stays; the weighted estimators
+    then rest on the floor. With the default model or the true propensities logged, no warning.
     """
     import re
     import warnings
@@ -212,13 +213,14 @@ def test_floored_estimated_propensities_on_logged_rows_are_warned():
     from equicare.exceptions import DataWarning, LowESSWarning
     from equicare.ope import evaluate
     from equicare.ope._propensity_check import FLOORED_EPISODE_SHARE
+    from equicare.policy import BehaviorModel
 
     _, logged, pols = make("s50_a5_g1", 300, seed=3)
     ds = replace(logged, behavior_prob=None, _cache={})
     pi = pols["soft_optimal"][np.asarray(ds.categorical[:, 0])]
-    with (pytest.warns(LowESSWarning, match="rest on fewer than 11 episodes' worth"),
-          pytest.warns(DataWarning) as rec):  # the floored weights rest on a few episodes
-        res = evaluate(ds, pi, bootstrap=0, q_model="tabular_stationary", groups=())
+    with pytest.warns((DataWarning, LowESSWarning)) as rec:  # floored weights: a low ESS too
+        res = evaluate(ds, pi, bootstrap=0, q_model="tabular_stationary", groups=(),
+                       behavior_model=BehaviorModel(n_folds=5))
     msgs = [str(w.message) for w in rec if "not logged but estimated" in str(w.message)]
     assert len(msgs) == 1
     n_rows = res.behavior_model["n_floored"]
@@ -229,14 +231,18 @@ def test_floored_estimated_propensities_on_logged_rows_are_warned():
     assert int(m.group(1)) == n_rows > 0
     assert res.behavior_model["floored_warning"] == msgs[0]  # the result JSON keeps it
     assert int(m.group(2)) > FLOORED_EPISODE_SHARE * ds.n_episodes
+    # the advice names the fit that avoids it (in-sample, joint; docs/ope.md)
+    assert "--behavior-folds 1 --behavior-form flat" in " ".join(msgs[0].split())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         known = evaluate(logged, pi, bootstrap=0, q_model="tabular_stationary", groups=())
     assert known.settings["propensity_source"] == "logged"
-    with warnings.catch_warnings(record=True) as rec2:
-        warnings.simplefilter("always")
-        evaluate(logged, pi, bootstrap=0, q_model="tabular_stationary", groups=())
-    assert not any("not logged but estimated" in str(w.message) for w in rec2)
+    for data in (logged, ds):  # logged propensities; the default model (in-sample, flat)
+        with warnings.catch_warnings(record=True) as rec2:
+            warnings.simplefilter("always")
+            res = evaluate(data, pi, bootstrap=0, q_model="tabular_stationary", groups=())
+        assert not any("not logged but estimated" in str(w.message) for w in rec2)
+    assert res.behavior_model["n_floored"] == 0 and res.behavior_model["n_folds"] == 1
 
 
 def test_floored_message_counts_episodes_and_skips_unweighted_estimators():

@@ -174,12 +174,13 @@ def test_streamed_floored_propensities_give_the_in_memory_warning(tmp_path):
                 and "not logged but estimated" in str(w.message)]
         return res, hits
 
+    bm = BehaviorModel(n_folds=5, random_state=4)  # cross-fitted: the default fits in-sample
     mem, in_memory = floored(lambda: evaluate(ds, Table(), estimators=("wis", "dr"),
                                               q_model="tabular_stationary", bootstrap=0,
-                                              groups=(), random_state=4))
+                                              groups=(), random_state=4, behavior_model=bm))
     got, streamed = floored(lambda: evaluate_stream(
         path, Table(), manifest=man, estimators=("wis", "dr"), q_model="tabular_stationary",
-        n_boot=20, chunk_rows=700, random_state=4, groups=()))
+        n_boot=20, chunk_rows=700, random_state=4, groups=(), behavior_model=bm))
     assert len(in_memory) == 1 and streamed == in_memory
     assert re.search(r"on \d+ logged rows, in \d+ episodes", streamed[0])
     assert got.behavior_model["floored_warning"] == streamed[0]

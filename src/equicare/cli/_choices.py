@@ -76,6 +76,14 @@ class BehaviorModel(_Choice):
     LGBM = "lgbm"
 
 
+class BehaviorForm(_Choice):
+    """Forms of a propensity model over a multi-component action."""
+
+    AUTO = "auto"
+    CHAIN = "chain"
+    FLAT = "flat"
+
+
 class QModel(_Choice):
     """Q-models of FQE / DR."""
 

@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from equicare.ope._evaluate import EvaluationResult
 
-from equicare.cli._choices import BehaviorModel, EvalCI, QModel, UsualCare
+from equicare.cli._choices import BehaviorForm, BehaviorModel, EvalCI, QModel, UsualCare
 from equicare.cli._utils import (
     Address,
     ChunkRows,
@@ -39,6 +39,45 @@ OUT_EXISTS = "{path} exists; refusing to overwrite it (pass --force to replace i
 Q_MODELS = ("auto", "linear", "gbm", "mlp", "tabular", "tabular_stationary", "tabular_backward",
             "tabular_window")
 BEHAVIOR_MODELS = ("logistic", "lgbm")
+#: ``--behavior-form``: the ``factored`` argument of :class:`~equicare.policy.BehaviorModel`.
+BEHAVIOR_FORMS: dict[str, bool | str] = {"auto": "auto", "chain": True, "flat": False}
+
+
+def behavior_spec(model: str, folds: int | str = "auto", form: str = "auto", seed: int = 42
+                  ) -> Any:
+    """``--behavior-model/--behavior-folds/--behavior-form`` as ``evaluate`` takes them.
+
+    ``folds`` is ``"auto"`` (:class:`~equicare.policy.BehaviorModel`'s default: in-sample
+    for a saturated categorical state, else 5) or a count (an int or its text).
+    The model's name when the other two are their defaults (the numbers stay those of
+    ``evaluate(behavior_model=model, random_state=seed)``), else a
+    :class:`~equicare.policy.BehaviorModel` seeded as ``evaluate`` seeds its own.
+
+    Raises
+    ------
+    InvalidParameterError
+        An unknown model or form, or folds neither ``"auto"`` nor an int >= 1.
+    """
+    from equicare.ope._evaluate import nuisance_seed
+    from equicare.policy import BehaviorModel as Model
+
+    if model not in BEHAVIOR_MODELS:
+        raise InvalidParameterError(
+            f"--behavior-model must be one of {', '.join(BEHAVIOR_MODELS)}; got {model!r}.")
+    if form not in BEHAVIOR_FORMS:
+        raise InvalidParameterError(
+            f"--behavior-form must be one of {', '.join(BEHAVIOR_FORMS)}; got {form!r}.")
+    n_folds: int | str = folds
+    if folds != "auto":
+        text = str(folds).strip()
+        if isinstance(folds, bool) or not text.isdigit() or int(text) < 1:
+            raise InvalidParameterError(
+                f"--behavior-folds must be 'auto' or an int >= 1; got {folds!r}.")
+        n_folds = int(text)
+    if n_folds == "auto" and form == "auto":
+        return model
+    return Model(estimator=model, factored=BEHAVIOR_FORMS[form], n_folds=n_folds,
+                 random_state=nuisance_seed(seed))
 
 
 def q_model_spec(q_model: str, q_cells: str | None) -> Any:
@@ -134,6 +173,8 @@ def run_evaluate(
     policy: Path,
     out: Path | None = None,
     behavior_model: str = "logistic",
+    behavior_folds: str = "auto",
+    behavior_form: str = "auto",
     estimators: str = "all",
     bootstrap: int = 1000,
     truncate: float | None = None,
@@ -160,6 +201,8 @@ def run_evaluate(
         Result JSON, written atomically; an existing file is kept unless ``force``.
     behavior_model, estimators, bootstrap, truncate, q_model, ci, seed
         As in :func:`equicare.ope.evaluate`.
+    behavior_folds, behavior_form : str
+        The behaviour model's cross-fitting folds and form (:func:`behavior_spec`).
     force : bool
     progress : bool
         One line on stderr per stage of the evaluation.
@@ -195,10 +238,7 @@ def run_evaluate(
     if q_model not in Q_MODELS:
         raise InvalidParameterError(
             f"--q-model must be one of {', '.join(Q_MODELS)}; got {q_model!r}.")
-    if behavior_model not in BEHAVIOR_MODELS:
-        raise InvalidParameterError(
-            f"--behavior-model must be one of {', '.join(BEHAVIOR_MODELS)}; "
-                         f"got {behavior_model!r}.")
+    bm_spec = behavior_spec(behavior_model, behavior_folds, behavior_form, seed)
     if ci not in ("percentile", "bca", "studentized"):
         raise InvalidParameterError(
             f"--ci must be 'percentile', 'bca' or 'studentized'; got {ci!r}.")
@@ -216,7 +256,7 @@ def run_evaluate(
     pol = load_target_policy(policy)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        res = evaluate(ds, pol, estimators=keys, q_model=q_spec, behavior_model=behavior_model,
+        res = evaluate(ds, pol, estimators=keys, q_model=q_spec, behavior_model=bm_spec,
                        bootstrap=bootstrap, ci_method=ci,  # type: ignore[arg-type]
                        truncate=truncate, random_state=seed, progress=progress,
                        usual_care=usual_care)  # type: ignore[arg-type]
@@ -290,6 +330,7 @@ def result_table(res: EvaluationResult) -> Table:
 def run_evaluate_stream(data: Path, *, manifest: Path, policy: Path, estimators: str = "all",
                         bootstrap: int = 1000, truncate: float | None = None, seed: int = 42,
                         q_model: str = "auto", behavior_model: str = "logistic",
+                        behavior_folds: str = "auto", behavior_form: str = "auto",
                         ci: str = "studentized", chunk_rows: int = 500_000,
                         executor: Any = None, out: Path | None = None,
                         force: bool = False, q_cells: str | None = None,
@@ -366,7 +407,9 @@ def run_evaluate_stream(data: Path, *, manifest: Path, policy: Path, estimators:
 
         res = evaluate_stream(data, load_target_policy(policy), manifest=manifest,
                               estimators=keys, q_model=q_spec,
-                              behavior_model=behavior_model, n_boot=bootstrap, ci_method=ci,
+                              behavior_model=behavior_spec(behavior_model, behavior_folds,
+                                                           behavior_form, seed),
+                              n_boot=bootstrap, ci_method=ci,
                               truncate=truncate, random_state=seed, chunk_rows=chunk_rows,
                               executor=executor,
                               progress=lambda k: chunks.update(completed=k),
@@ -489,6 +532,17 @@ def register(app: typer.Typer) -> None:
         behavior_model: Annotated[BehaviorModel, typer.Option(
             help="Propensity model (always fitted for support checks).")
         ] = BehaviorModel.LOGISTIC,
+        behavior_folds: Annotated[str, typer.Option(
+            help="Cross-fitting folds of the propensity model over episodes: an int (1: "
+                 "in-sample) or auto (1 when the state is mostly one-hot categorical levels, "
+                 "whose thin levels cross-fitting empties; else 5; docs/ope.md, 'Estimated "
+                 "propensities').")] = "auto",
+        behavior_form: Annotated[BehaviorForm, typer.Option(
+            help="Propensity model over a multi-component action: chain (one classifier per "
+                 "component, each given the earlier ones), flat (one over the joint action: "
+                 "per-state joint choices) or auto (chain with several components, flat when "
+                 "the state is mostly one-hot categorical levels).")
+        ] = BehaviorForm.AUTO,
         estimators: Annotated[str, typer.Option(
             help="'all' or a comma list of is, wis, pdis, wpdis, fqe, dr, wdr, bandit_dr.")
         ] = "all",
@@ -567,6 +621,7 @@ def register(app: typer.Typer) -> None:
                         data, manifest=manifest, policy=policy, estimators=estimators,
                         bootstrap=bootstrap, truncate=truncate, seed=seed,
                         q_model=q_model.value, behavior_model=behavior_model.value,
+                        behavior_folds=behavior_folds, behavior_form=behavior_form.value,
                         ci=ci.value, chunk_rows=chunk_rows, executor=ex, out=out, force=force,
                         q_cells=q_cells, progress=progress, provenance=prov,
                         usual_care=usual_care.value)
@@ -643,7 +698,8 @@ def register(app: typer.Typer) -> None:
         with user_errors():
             res, msgs = run_evaluate(
                 data, manifest=manifest, policy=policy, out=out,
-                behavior_model=behavior_model.value, estimators=estimators, bootstrap=bootstrap,
+                behavior_model=behavior_model.value, behavior_folds=behavior_folds,
+                behavior_form=behavior_form.value, estimators=estimators, bootstrap=bootstrap,
                 truncate=truncate, q_model=q_model.value, ci=ci.value, seed=seed, force=force,
                 progress=progress, q_cells=q_cells, provenance=prov,
                 usual_care=usual_care.value)

@@ -66,7 +66,7 @@ MSG_PROPENSITY = (
 
 #: Share of episodes with a logged row whose *estimated* propensity was floored above which
 #: :func:`~equicare.ope.evaluate` may warn (:data:`MSG_FLOORED`). On a Garnet ICU-shaped panel
-#: (300 state codes, 25 joint actions, 5,000 stays) the default cross-fitted model floored 285
+#: (300 state codes, 25 joint actions, 5,000 stays) the cross-fitted chain model floored 285
 #: logged rows in 5.3% of the stays (their true propensities: median 0.019, none below 0.001).
 FLOORED_EPISODE_SHARE = 0.01
 
@@ -87,8 +87,10 @@ MSG_FLOORED = (
     "seen doing what the model says it (almost) never does), so those rows' importance ratios "
     "(up to {cap:,.0f} per step) come from the floor, not from the data. {estimators} "
     "{inherit} that error, and {their} {intervals} not carry it: with estimated propensities "
-    "{they} biased, not just noisy (docs/ope.md, 'Estimated propensities'). Prefer fqe, or log "
-    "the propensities.")
+    "{they} biased, not just noisy (docs/ope.md, 'Estimated propensities'). Prefer fqe, log "
+    "the propensities, or, with a categorical state of thin levels, fit the model in-sample "
+    "and over the joint action (evaluate --behavior-folds 1 --behavior-form flat; "
+    "BehaviorModel(n_folds=1, factored=False)).")
 
 #: Singular and plural words of :data:`MSG_FLOORED` (one estimator or several).
 _FLOORED_NUMBER = {
