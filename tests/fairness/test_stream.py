@@ -489,6 +489,16 @@ def test_streamed_audit_on_a_cut_garnet_panel_equals_in_memory(tmp_path, q_model
     assert (c is None) == (q_model == "tabular_window")
     assert c is None or (not c["warning"] and c["censored_episodes_pct"] > 30)
 
+def _home_visit_audit(frame, small, man):
+    """``frame`` written to ``small`` in 50-row groups, loaded, and the home-visit race audit
+    with its 40 Poisson bootstrap weights (seed 3)."""
+    frame.to_parquet(small, index=False, row_group_size=50)
+    ds = load_dataset(small, man, emit_warnings=False)
+    cfg = FairnessAudit(group="race", action="modality=home_visit", n_boot=40,
+                        n_permutations=0, estimator=None)
+    return small, ds, cfg, poisson_weights(episode_keys(ds.episode_ids), 40, seed=3)
+
+
 
 def test_streamed_audit_hides_proportional_parity_of_small_need_cells_as_in_memory(
         panel, tmp_path):
@@ -502,12 +512,7 @@ def test_streamed_audit_hides_proportional_parity_of_small_need_cells_as_in_memo
     first = frame[frame["race"] == "a"].groupby("member_id").size().index[:3]
     frame["high_need"] = np.where(frame["race"] == "a", frame["member_id"].isin(first), 1)
     frame.loc[(frame["race"] == "b") & (frame["member_id"].str[-1] < "5"), "high_need"] = 0
-    small = tmp_path / "small_need.parquet"
-    frame.to_parquet(small, index=False, row_group_size=50)
-    ds = load_dataset(small, man, emit_warnings=False)
-    cfg = FairnessAudit(group="race", action="modality=home_visit", n_boot=40,
-                        n_permutations=0, estimator=None)
-    w = poisson_weights(episode_keys(ds.episode_ids), 40, seed=3)
+    small, ds, cfg, w = _home_visit_audit(frame, tmp_path / "small_need.parquet", man)
     msg = "Proportional parity is not published for 2 group(s) (a, b)"
     with pytest.warns(SmallCellWarning, match=re.escape(msg)):
         ref = cfg.run(ds, weights=w, random_state=3)
@@ -529,12 +534,7 @@ def test_streamed_audit_hides_rates_of_an_action_few_members_got_as_in_memory(pa
     home = frame["modality"] == "home_visit"
     frame.loc[home & ~frame["member_id"].isin(first), "modality"] = "none"
     assert frame.loc[frame["modality"] == "home_visit", "member_id"].nunique() == 3
-    small = tmp_path / "few_visits.parquet"
-    frame.to_parquet(small, index=False, row_group_size=50)
-    ds = load_dataset(small, man, emit_warnings=False)
-    cfg = FairnessAudit(group="race", action="modality=home_visit", n_boot=40,
-                        n_permutations=0, estimator=None)
-    w = poisson_weights(episode_keys(ds.episode_ids), 40, seed=3)
+    small, ds, cfg, w = _home_visit_audit(frame, tmp_path / "few_visits.parquet", man)
     ref = cfg.run(ds, weights=w, random_state=3)
     got = audit_stream(small, manifest=man, config=cfg, chunk_rows=7, random_state=3)
     a = got["behavior"].allocation
