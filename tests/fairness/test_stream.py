@@ -545,6 +545,32 @@ def test_streamed_audit_hides_rates_of_an_action_few_members_got_as_in_memory(pa
     _assert_same(ref.to_dict(), got.to_dict())
 
 
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.SmallCellWarning")
+def test_streamed_audit_suppresses_cells_withheld_by_the_caller_as_in_memory(panel):
+    """``suppress`` (the run's held-out cells whose training half is small) streams too: race
+    b withheld from race x sex hides its row, and complementary cells, as in memory. Without it
+    the streamed audit of a held-out half published b's rates, values and episode counts."""
+    from equicare.data import scan_panel
+    from equicare.fairness._groups import withheld_cells
+
+    path, man, ds = panel
+    cfg = FairnessAudit(group="race", intersect=("sex",), action="modality=home_visit",
+                        n_boot=20, n_permutations=0, estimator="wis")
+    cells = withheld_cells(scan_panel(path, man).episode_groups, ["race", "sex"],
+                           {"race": {"b"}})  # from the panel's scan, as a streamed run would
+    assert cells == withheld_cells(ds, ["race", "sex"], {"race": {"b"}}) == {"b x f", "b x m"}
+    w = poisson_weights(episode_keys(ds.episode_ids), 20, seed=4)
+    ref = cfg.run(ds, {"risk": RiskPolicy()}, weights=w, random_state=4, suppress=cells)
+    got = audit_stream(path, {"risk": RiskPolicy()}, manifest=man, config=cfg, chunk_rows=7,
+                       random_state=4, suppress=cells)
+    assert cells <= set(got.suppressed) and set(got.suppressed) == set(ref.suppressed)
+    d = got.to_dict()["policies"]
+    for pol in ("behavior", "risk"):
+        for table in ("rate", "value_by_group"):
+            assert d[pol][table]["b x f"] == d[pol][table]["b x m"] == {"suppressed": True}
+    _assert_same(ref.to_dict(), got.to_dict())
+
+
 def test_a_need_rule_that_selects_no_row_is_refused_streamed_too(panel):
     """As in memory (tests/fairness/test_allocation.py): refused after the pass, not per chunk;
     a rule that selects rows of some chunks only streams the in-memory numbers."""

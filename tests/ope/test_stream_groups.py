@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 
 from equicare.data import Manifest, load_dataset
-from equicare.exceptions import DataValidationError, LowESSWarning, SmallCellWarning
+from equicare.exceptions import (
+    DataValidationError,
+    InvalidParameterError,
+    LowESSWarning,
+    SmallCellWarning,
+)
 from equicare.ope import FQEConfig, episode_keys, evaluate, evaluate_stream, poisson_weights
 from equicare.ope._bootstrap import percentile_interval, studentized_intervals
 from equicare.ope._core import combine, episode_parts
@@ -185,6 +190,35 @@ def test_small_levels_are_suppressed_and_unknown_attributes_named(panel, tmp_pat
     assert set(only.groups) == {"sex"}
     with pytest.raises(DataValidationError, match=r"'site'.*\['race', 'sex'\]"):
         evaluate_stream(path, RiskPolicy(), manifest=man, n_boot=20, groups=["site"])
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.LowESSWarning")
+def test_levels_withheld_by_the_caller_are_suppressed_streamed_as_in_memory(panel):
+    """``suppress`` (the run's held-out levels whose training half is small) streams too.
+
+    Without it a streamed evaluation of a held-out half published the level that the in-memory
+    one withholds, and with it the training half's count by difference from the panel's.
+    """
+    path, man, ds = panel
+    counts = {lv: int((ds.group_labels("race") == lv).sum()) for lv in ("a", "b", "c")}
+    assert min(counts.values()) >= 11  # nothing small: only the caller's level is hidden
+    hold = {"race": {"b"}}
+    with pytest.warns(SmallCellWarning, match="race=b"):
+        ref = evaluate(ds, RiskPolicy(), estimators=("is",), bootstrap=0, groups=["race"],
+                       diagnose_support=False, suppress=hold)
+    with pytest.warns(SmallCellWarning, match="race=b"):
+        got = evaluate_stream(path, RiskPolicy(), manifest=man, estimators=("is",), n_boot=20,
+                              groups=["race"], chunk_rows=60, suppress=hold)
+    # b alone would be the total minus a and c: the smallest other level goes with it
+    other = min((lv for lv in counts if lv != "b"), key=lambda lv: counts[lv])
+    hidden = {lv for lv, g in got.groups["race"].items() if g.suppressed}
+    assert hidden == {lv for lv, g in ref.groups["race"].items() if g.suppressed} == {"b", other}
+    assert got.to_dict()["groups"]["race"]["b"] == {"suppressed": True, "n_episodes": None}
+    with pytest.raises(InvalidParameterError, match=re.escape(
+            "The 'suppress' parameter of evaluate_stream must be a mapping whose keys are "
+            "evaluated group attributes (race). Got ['sex'] instead.")):
+        evaluate_stream(path, RiskPolicy(), manifest=man, groups=["race"],
+                        suppress={"sex": {"f"}})
 
 
 @pytest.mark.filterwarnings("ignore::equicare.exceptions.SupportWarning")

@@ -158,3 +158,49 @@ def test_the_frontier_and_the_policy_card_suppress_the_held_out_group_too(tmp_pa
     fair = card["evidence"]["fairness"]["policies"]["rules"]["value_by_group"]
     assert fair["s_rare"] == fair["s_a"] == {"suppressed": True}
     assert any(r.get("attribute") == "(suppressed)" for r in card["disagreement"])
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.EquicareWarning")
+def test_the_held_out_half_streamed_hides_what_the_run_hides(tmp_path):
+    """The run's held-out half read in chunks (``evaluate_stream``, ``audit_stream``) with the
+    run's withheld levels publishes no cell that the in-memory run's ``result.json`` and
+    ``audit.json`` hide. Streamed evaluations had no ``suppress``: they published s_rare (12
+    held-out members, 6 in training) with its count, mean return and allocation rate."""
+    from equicare.data import scan_panel
+    from equicare.fairness import FairnessAudit, audit_stream
+    from equicare.fairness._groups import withheld_cells
+    from equicare.ope import evaluate_stream
+    from equicare.pipeline._config import load_run_config
+    from equicare.pipeline._run import _stage_data
+    from equicare.policy import load_policy
+
+    path, _ = _leak_config(tmp_path)
+    res = runner.invoke(app, ["run", str(path), "--no-progress", "--json"])
+    assert res.exit_code == 0, res.output
+    d = tmp_path / "runs" / json.loads(res.stdout)["run_id"]
+    state: dict = {"progress": False}
+    _stage_data(load_run_config(path), state, tmp_path, [], 0)  # the run's split and withheld
+    test, withheld = state["test"], state["withheld"]
+    frame = pd.read_csv(tmp_path / "panel.csv")
+    half = tmp_path / "held_out.parquet"
+    frame[frame["member"].isin(test.episode_ids)].to_parquet(half, row_group_size=40)
+    man, model = tmp_path / "manifest.toml", load_policy(d / "model")
+    ev = evaluate_stream(half, model, manifest=man, estimators=["wis"], n_boot=0, chunk_rows=100,
+                         suppress=withheld).to_dict()
+    cells = withheld_cells(scan_panel(half, man).episode_groups, ["site"], withheld)
+    au = audit_stream(half, {"bc": model}, manifest=man, chunk_rows=100, random_state=0,
+                      config=FairnessAudit(group="site", action=state["audit_action"], n_boot=0,
+                                           n_permutations=0, estimator="wis"),
+                      suppress=cells).to_dict()
+    ran = json.loads((d / "result.json").read_text())
+    ran_audit = json.loads((d / "audit.json").read_text())
+    for attr, levels in ran["groups"].items():
+        assert {lv for lv, g in ev["groups"][attr].items() if g.get("suppressed")} == {
+            lv for lv, g in levels.items() if g.get("suppressed")}, attr
+    assert ev["groups"]["site"]["s_rare"] == {"suppressed": True, "n_episodes": None}
+    for pol in ("behavior", "bc"):
+        for table in ("rate", "value_by_group"):
+            shown = {g for g, c in au["policies"][pol][table].items() if not c.get("suppressed")}
+            assert shown == {g for g, c in ran_audit["policies"][pol][table].items()
+                             if not c.get("suppressed")} == {"s_b", "s_c"}, (pol, table)
+    assert _published_with_counts(ev, "s_rare") == _published_with_counts(au, "s_rare") == []

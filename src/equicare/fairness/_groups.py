@@ -17,7 +17,7 @@ from equicare.privacy import suppressed_labels
 from equicare.utils import MIN_CELL
 
 __all__ = ["GroupIndex", "group_index", "dataset_group_index", "require_comparison",
-           "withheld_cells", "SUPPRESSED", "FEW_GROUPS_MESSAGE"]
+           "withheld_cells", "table_index", "joined_labels", "SUPPRESSED", "FEW_GROUPS_MESSAGE"]
 
 #: What a suppressed cell looks like in every result JSON (Contract 7).
 SUPPRESSED: dict[str, Any] = {"suppressed": True}
@@ -234,14 +234,52 @@ def dataset_group_index(dataset: TrajectoryDataset, group: str | None = None,
                         intersect: Sequence[str] = (), *, min_cell: int = MIN_CELL,
                         warn: bool = True, withheld: Collection[str] = ()) -> GroupIndex:
     """:func:`group_index` of :func:`dataset_groups`, intersections protected line by line."""
-    name, labels = dataset_groups(dataset, group, intersect)
-    attrs = [group or dataset.group_attrs[0], *intersect]
-    comps = [dataset.group_labels(a).astype(str) for a in attrs]
-    return group_index(labels, name=name, min_cell=min_cell, warn=warn, components=comps,
-                       withheld=withheld)
+    dataset_groups(dataset, group, intersect)  # the attributes and labels checked
+    return table_index(dataset.groups, [group or dataset.group_attrs[0], *intersect],
+                       min_cell=min_cell, warn=warn, withheld=withheld)
 
 
-def withheld_cells(dataset: TrajectoryDataset, attrs: Sequence[str],
+def joined_labels(groups: Mapping[str, ArrayLike], attrs: Sequence[str]) -> NDArray[np.str_]:
+    """Each episode's cell of the table of ``attrs``: a label, or ``"black x female"``.
+
+    As :meth:`~equicare.data.TrajectoryDataset.intersect_groups` joins them, from any
+    mapping of attributes to per-episode labels (a dataset's ``groups``, a panel's scan).
+    """
+    out = np.asarray(groups[attrs[0]]).astype(str).astype(object)
+    for a in attrs[1:]:
+        out = out + " x " + np.asarray(groups[a]).astype(str).astype(object)
+    return np.asarray(out.astype(str))
+
+
+def table_index(groups: Mapping[str, ArrayLike], attrs: Sequence[str], *,
+                min_cell: int = MIN_CELL, warn: bool = True,
+                withheld: Collection[str] = ()) -> GroupIndex:
+    """:func:`group_index` of the table of ``attrs`` (one attribute or an intersection).
+
+    The one place where an audit's published cells are decided, in memory
+    (:func:`dataset_group_index`) and streamed (:func:`~equicare.fairness.audit_stream`, from
+    the panel's scan), so both suppress the same cells: small ones, those ``withheld`` by the
+    caller, and their complements line by line.
+
+    Parameters
+    ----------
+    groups : mapping of str to array-like of shape (n_episodes,)
+        Each attribute's label of every episode.
+    attrs : sequence of str
+        The table's attributes (the audited group, then the intersected ones).
+    min_cell, warn, withheld
+        As :func:`group_index`.
+
+    Returns
+    -------
+    GroupIndex
+    """
+    comps = [np.asarray(groups[a]).astype(str) for a in attrs]
+    return group_index(joined_labels(groups, attrs), name=" x ".join(attrs), min_cell=min_cell,
+                       warn=warn, components=comps, withheld=withheld)
+
+
+def withheld_cells(dataset: TrajectoryDataset | Mapping[str, ArrayLike], attrs: Sequence[str],
                    withheld: Mapping[str, Collection[str]]) -> set[str]:
     """Cells of the table of ``attrs`` that hold a level withheld from outside.
 
@@ -254,8 +292,9 @@ def withheld_cells(dataset: TrajectoryDataset, attrs: Sequence[str],
 
     Parameters
     ----------
-    dataset : TrajectoryDataset
-        The episodes the table is made of.
+    dataset : TrajectoryDataset or mapping of str to array-like of shape (n_episodes,)
+        The episodes the table is made of, or their labels by attribute (a panel's scan, for
+        :func:`~equicare.fairness.audit_stream`).
     attrs : sequence of str
         The table's group attributes (one, or an intersection's).
     withheld : mapping of str to collection of str
@@ -265,14 +304,14 @@ def withheld_cells(dataset: TrajectoryDataset, attrs: Sequence[str],
     -------
     set of str
     """
-    bad = sorted(set(withheld) - set(dataset.group_attrs))
+    groups = dataset.groups if isinstance(dataset, TrajectoryDataset) else dataset
+    bad = sorted(set(withheld) - set(groups))
     if bad:
         raise InvalidParameterError(f"withheld_cells: unknown group attribute(s) {bad}; the "
-                                    f"dataset has {list(dataset.group_attrs)}.")
-    labels = (dataset.group_labels(attrs[0]).astype(str) if len(attrs) == 1
-              else np.asarray(dataset.intersect_groups(list(attrs)), dtype=str))
+                                    f"dataset has {list(groups)}.")
+    labels = joined_labels(groups, attrs)
     hit = np.zeros(labels.shape[0], dtype=bool)
     for a in attrs:
-        hit |= np.isin(dataset.group_labels(a).astype(str),
+        hit |= np.isin(np.asarray(groups[a]).astype(str),
                        np.array(sorted(map(str, withheld.get(a, ()))), dtype=str))
     return {str(v) for v in np.unique(labels[hit])}

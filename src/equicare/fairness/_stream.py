@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,7 +45,12 @@ from equicare.fairness._audit import (
     q_model_entry,
 )
 from equicare.fairness._bootstrap import split_random_state
-from equicare.fairness._groups import GroupIndex, group_index, require_comparison
+from equicare.fairness._groups import (
+    GroupIndex,
+    joined_labels,
+    require_comparison,
+    table_index,
+)
 from equicare.fairness._rows import (
     NEED_RULE_NO_ROW_MESSAGE,
     action_set,
@@ -67,13 +72,6 @@ STREAM_ESTIMATORS = ("is", "wis", "pdis", "wpdis")
 SAMPLE_ROWS = 1_000_000
 #: Estimators of the group values that stream with a Q-model fitted from chunk sums.
 Q_ESTIMATORS = ("fqe", "dr", "wdr")
-
-
-def _labels(groups: Mapping[str, NDArray[Any]], attrs: list[str]) -> NDArray[np.str_]:
-    out = np.asarray(groups[attrs[0]]).astype(str).astype(object)
-    for a in attrs[1:]:
-        out = out + " x " + np.asarray(groups[a]).astype(str).astype(object)
-    return out.astype(str)
 
 
 class _Acc:
@@ -134,7 +132,7 @@ class _Membership:
     def codes(self, ds: TrajectoryDataset) -> NDArray[np.int64]:
         """Each episode's published group, -1 for a suppressed one."""
         return np.asarray(pd.Index(self.published).get_indexer(
-            _labels(ds.groups, list(self.attrs))), dtype=np.int64)
+            joined_labels(ds.groups, list(self.attrs))), dtype=np.int64)
 
     def partitions(self, ds: TrajectoryDataset) -> NDArray[np.int64]:
         """Two partitions of the episodes: the published group, and the audited column.
@@ -395,6 +393,7 @@ def audit_stream(
     executor: Any = None,
     n_shards: int | None = None,
     progress: bool = False,
+    suppress: Collection[str] = (),
 ) -> AuditResult:
     """Audit the logged behaviour and each policy on a panel read in chunks of whole episodes.
 
@@ -435,6 +434,13 @@ def audit_stream(
     progress : bool, default=False
         One ``[audit] ...`` line per stage on stderr, bars over the policies' Q-models and over
         the rows of the audit's pass (advanced per chunk or shard); never changes a number.
+    suppress : collection of str, optional
+        Group cells to suppress whatever their size, named as the audit names its groups, as
+        :meth:`FairnessAudit.run`'s: e.g. the held-out cells whose training complement is
+        small (:func:`equicare.privacy.split_withheld`;
+        :func:`~equicare.fairness._groups.withheld_cells` of the panel's scan gives an
+        intersection's). Complementary suppression completes them, as in memory (the cells
+        are decided by the same function, before the first chunk is read).
 
     Returns
     -------
@@ -481,9 +487,9 @@ def audit_stream(
     for a in attrs:  # before str() makes a missing label a group "nan" (chunks check it later)
         check_group_labels(scan.episode_groups[a], a, str(source), scan.episode_ids)
     gname = " x ".join(attrs)
-    gi_all = require_comparison(group_index(
-        _labels(scan.episode_groups, attrs), name=gname, min_cell=cfg.min_cell,
-        components=[np.asarray(scan.episode_groups[a]).astype(str) for a in attrs]))
+    # the cells published, decided as in memory (small, withheld, complementary)
+    gi_all = require_comparison(table_index(scan.episode_groups, attrs, min_cell=cfg.min_cell,
+                                            withheld=suppress))
     _, rng = split_random_state(seed)
     names = [BEHAVIOR, *pols]
     say = Stages("audit", progress)

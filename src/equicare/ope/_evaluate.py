@@ -57,6 +57,7 @@ from equicare.ope._prepare import (
 )
 from equicare.ope._propensity_check import floored_propensity_message
 from equicare.ope._select import QSelection
+from equicare.ope._stream_groups import GroupPlan, plan_groups
 from equicare.ope._support import (
     LoggedSupport,
     SupportReport,
@@ -72,7 +73,7 @@ from equicare.policy._deployed import (
     exempt_rows,
     usual_care_settings,
 )
-from equicare.privacy import small_cells_message, suppressed_levels, warn_low_min_cell
+from equicare.privacy import small_cells_message, warn_low_min_cell
 from equicare.utils import (
     MIN_CELL,
     PARAM_MESSAGE,
@@ -108,19 +109,6 @@ def parse_estimators(estimators: str | Sequence[str]) -> tuple[str, ...]:
             name="estimators", owner="evaluate",
             expected="'all' or a list of " + ", ".join(repr(k) for k in ALL_KEYS), got=estimators))
     return tuple(dict.fromkeys(expanded))
-
-
-def _check_suppress(suppress: Mapping[str, Collection[str]] | None, attrs: Sequence[str]
-                    ) -> dict[str, set[str]]:
-    """``evaluate``'s ``suppress`` as sets of str, its attributes among the evaluated ones."""
-    out = {str(a): {str(v) for v in lv} for a, lv in (suppress or {}).items()}
-    bad = sorted(set(out) - set(attrs))
-    if bad:
-        raise InvalidParameterError(PARAM_MESSAGE.format(
-            name="suppress", owner="evaluate",
-            expected=("a mapping whose keys are evaluated group attributes "
-                      f"({', '.join(map(str, attrs)) or 'none'})"), got=bad))
-    return out
 
 
 @dataclass(frozen=True)
@@ -647,14 +635,14 @@ class _LevelRefit:
 
 
 def _group_results(prep: Prepared, dataset: TrajectoryDataset, keys: Sequence[str],
-                   attrs: Sequence[str], seeds: Sequence[int], min_cell: int,
-                   refit: _LevelRefit | None = None,
-                   withheld: Mapping[str, Collection[str]] | None = None, **kw: Any
+                   plan: GroupPlan, seeds: Sequence[int],
+                   refit: _LevelRefit | None = None, **kw: Any
                    ) -> tuple[dict[str, dict[str, GroupResult]], dict[str, Any]]:
     """Every estimator per level of each attribute, and how levels' Q-models were refitted.
 
-    ``withheld`` maps an attribute to levels suppressed from outside (:func:`evaluate`'s
-    ``suppress``), completed by complementary suppression like small levels.
+    ``plan`` (:func:`~equicare.ope._stream_groups.plan_groups`, as streamed) says which levels
+    are published: small ones, those withheld by the caller (:func:`evaluate`'s ``suppress``)
+    and their complements are suppressed.
     """
     from equicare.ope._levels import level_prepared, level_target_probs
 
@@ -662,14 +650,14 @@ def _group_results(prep: Prepared, dataset: TrajectoryDataset, keys: Sequence[st
     info: dict[str, Any] = {}
     small: list[str] = []
     seed_iter = iter(seeds)
-    for attr in attrs:
+    min_cell = plan.min_cell
+    for attr in plan.attrs:
         labels = dataset.group_labels(attr)
         levels: dict[str, GroupResult] = {}
         per_level = refit is not None and attr in refit.columns
         sources: set[str] = set()
         backed: dict[str, float] = {}
-        hidden = suppressed_levels(labels, min_cell,  # primary and complementary
-                                   (withheld or {}).get(attr, ()))
+        hidden = plan.hidden(attr)  # primary (small, withheld) and complementary
         weights: dict[str, WeightSums] = {}
         for lv in np.unique(labels.astype(str)):  # one small vectorised evaluation per level
             ep = np.flatnonzero(labels.astype(str) == lv)
@@ -996,7 +984,7 @@ def _evaluate(
     say(f"{dataset.n_episodes} episodes, {dataset.n_steps} steps: fitting the nuisance models "
         f"(Q-model {qname})")
     attrs = list(dataset.group_attrs if groups is None else groups)
-    withheld = _check_suppress(suppress, attrs)
+    plan = plan_groups(dataset.groups, attrs, MIN_CELL, withheld=suppress)  # as streamed
     prep = prepare(dataset, policy, keys=keys, behavior_prob=behavior_prob,
                    behavior_model=behavior_model, q=q, q_model=qcfg, random_state=seed_prep,
                    groups=attrs)
@@ -1064,8 +1052,8 @@ def _evaluate(
             "(pooled dynamics, the level's policy)")
     n_cells = sum(np.unique(dataset.group_labels(a).astype(str)).size for a in attrs)
     group_out, per_level = _group_results(
-        prep, dataset, keys, attrs, level_seeds(random_state, n_cells),
-        MIN_CELL, level_refit, withheld=withheld, **kw) if attrs else ({}, {})
+        prep, dataset, keys, plan, level_seeds(random_state, n_cells),
+        level_refit, **kw) if plan is not None else ({}, {})
     q_info = None if prep.qfit is None else {"seconds": prep.qfit.seconds, **prep.qfit.info}
     if q_info is not None and prep.q_selection is not None:
         q_info.update(prep.q_selection.to_dict())
@@ -1234,13 +1222,16 @@ def evaluate_subgroups(
     policy = as_deployed(policy, check_usual_care(usual_care, "evaluate_subgroups"))
     rng = check_random_state(random_state)
     attr_list = list(dataset.group_attrs if attrs is None else attrs)
+    plan = plan_groups(dataset.groups, attr_list, int(min_cell), owner="evaluate_subgroups")
     prep = prepare(dataset, policy, keys=keys, behavior_prob=behavior_prob,
                    behavior_model=behavior_model, q=q, q_model=as_fqe_config(q_model),
                    random_state=int(rng.integers(2**31 - 1)), groups=attr_list)
+    if plan is None:  # no attribute
+        return {}
     _, level_refit = _pooled_columns_read(prep, dataset, attr_list, policy)
     n_cells = sum(np.unique(dataset.group_labels(a).astype(str)).size for a in attr_list)
-    out, _ = _group_results(prep, dataset, keys, attr_list,
-                            [int(s) for s in rng.integers(0, 2**31 - 1, size=n_cells)], min_cell,
+    out, _ = _group_results(prep, dataset, keys, plan,
+                            [int(s) for s in rng.integers(0, 2**31 - 1, size=n_cells)],
                             level_refit, truncate=truncate, normalization=normalization,
                             n_boot=bootstrap, ci_method=ci_method, alpha=alpha)
     return out

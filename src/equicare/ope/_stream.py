@@ -46,7 +46,7 @@ import dataclasses
 import functools
 import os
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -790,6 +790,7 @@ def evaluate_stream(
     progress: Callable[[int], None] | None = None,
     level_progress: Callable[[int, int], None] | None = None,
     usual_care: str = "deployed",
+    suppress: Mapping[str, Collection[str]] | None = None,
 ) -> StreamEvaluation:
     """Evaluate a policy on a panel of any size, chunk by chunk or shard by shard.
 
@@ -882,6 +883,13 @@ def evaluate_stream(
         As :func:`~equicare.ope.evaluate`'s: rows a policy leaves to current practice keep
         their logged action with target and behaviour probability 1 (chunk by chunk, the same
         code as in memory), or follow the estimate of practice stored with the policy.
+    suppress : mapping of str to collection of str, optional
+        Group levels to suppress whatever their size, by attribute (``{"site": {"s_rare"}}``),
+        as :func:`~equicare.ope.evaluate`'s: e.g. the held-out levels whose training
+        complement is small (:func:`equicare.privacy.split_withheld`). They are reported as
+        suppressed like small levels, and complementary suppression completes them; the levels
+        are decided as in memory (:func:`~equicare.ope._stream_groups.plan_groups`), before the
+        first chunk is read. A key that is not an evaluated attribute is an error.
 
     Returns
     -------
@@ -943,7 +951,8 @@ def evaluate_stream(
     on_file = src.path is not None  # a missing label: the file and the episode's id
     plan = plan_groups(src.episode_groups(), groups, MIN_CELL,
                        where=str(src.path) if on_file else "subgroups",
-                       episode_ids=src.scan.episode_ids if on_file else None)
+                       episode_ids=src.scan.episode_ids if on_file else None,
+                       withheld=suppress, owner="evaluate_stream")
     support = None if src.logged and not diagnose_support else _SupportRider(
         src, policy, behavior_model=behavior_model, seed=seed, threshold=support_threshold)
     counted: list[NDArray[np.float64]] = []  # rows left to practice, rows (the first pass's)

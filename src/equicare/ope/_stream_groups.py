@@ -23,7 +23,7 @@ additive too.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +33,7 @@ from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
 from equicare.data._labels import check_group_labels
-from equicare.exceptions import DataValidationError
+from equicare.exceptions import DataValidationError, InvalidParameterError
 from equicare.ope._bootstrap import Shift
 from equicare.ope._core import OPEInputs
 from equicare.ope._ess import WeightSums
@@ -47,22 +47,27 @@ from equicare.ope._stream_sums import (
     pass_coefs,
 )
 from equicare.privacy import suppressed_levels
+from equicare.utils import PARAM_MESSAGE
 
 __all__ = ["GroupPlan", "GroupSums", "GroupSquares", "OtherRefit", "WithGroups", "plan_groups",
+           "check_suppress",
            "group_chunk_sums", "group_chunk_squares", "group_coefs", "membership_matrix"]
 
 
 @dataclass(frozen=True)
 class GroupPlan:
-    """The levels a streamed evaluation reports, fixed before the first chunk is read.
+    """The levels an evaluation reports, fixed before any estimate (before the first chunk).
+
+    In memory and streamed alike (:func:`plan_groups`), so both publish the same levels.
 
     Attributes
     ----------
     attrs : tuple of str
         Group attributes (manifest ``dataset.groups``).
     levels : tuple of tuple of str
-        Each attribute's published levels (at least ``min_cell`` episodes and not suppressed
-        to protect a smaller one, :func:`equicare.privacy.suppressed_levels`), sorted.
+        Each attribute's published levels (at least ``min_cell`` episodes, not withheld by the
+        caller, and not suppressed to protect a smaller or withheld one,
+        :func:`equicare.privacy.suppressed_levels`), sorted.
     counts : tuple of dict of str to int
         Each attribute's episodes per level, suppressed levels included.
     min_cell : int
@@ -81,6 +86,11 @@ class GroupPlan:
     @property
     def n_columns(self) -> int:
         return sum(len(lvs) for lvs in self.levels)
+
+    def hidden(self, attr: str) -> set[str]:
+        """The suppressed levels of ``attr`` (primary, withheld and complementary)."""
+        j = self.attrs.index(attr)
+        return set(self.counts[j]) - set(self.levels[j])
 
     def codes(self, ds: TrajectoryDataset) -> NDArray[np.int64]:
         """Each episode's column for every attribute (-1: a suppressed level).
@@ -119,14 +129,19 @@ def membership_matrix(codes: NDArray[np.int64], n_columns: int) -> NDArray[np.bo
     return m
 
 
-def plan_groups(labels: dict[str, NDArray[Any]], attrs: Sequence[str] | None,
+def plan_groups(labels: Mapping[str, NDArray[Any]], attrs: Sequence[str] | None,
                 min_cell: int, *, where: str = "subgroups",
-                episode_ids: NDArray[Any] | None = None) -> GroupPlan | None:
+                episode_ids: NDArray[Any] | None = None,
+                withheld: Mapping[str, Collection[str]] | None = None,
+                owner: str = "evaluate") -> GroupPlan | None:
     """The :class:`GroupPlan` of a panel's per-episode group labels.
+
+    The one place where an evaluation's published levels are decided, in memory
+    (:func:`~equicare.ope.evaluate`) and streamed (:func:`~equicare.ope.evaluate_stream`).
 
     Parameters
     ----------
-    labels : dict of str to ndarray of shape (n_episodes,)
+    labels : mapping of str to ndarray of shape (n_episodes,)
         Every group attribute's label of each episode (the scan of a panel on storage, or a
         dataset's ``groups``).
     attrs : sequence of str, optional
@@ -137,6 +152,13 @@ def plan_groups(labels: dict[str, NDArray[Any]], attrs: Sequence[str] | None,
         What holds the labels (the panel's file), named when a label is missing.
     episode_ids : ndarray of shape (n_episodes,), optional
         The episodes' ids, to name those without a label.
+    withheld : mapping of str to collection of str, optional
+        Levels to suppress whatever their size, by attribute (the ``suppress`` of
+        ``evaluate``): e.g. held-out levels whose training complement is small
+        (:func:`equicare.privacy.split_withheld`). Complementary suppression completes them
+        like small levels. A key that is not a reported attribute is an error.
+    owner : str
+        The function named in that error.
 
     Returns
     -------
@@ -149,6 +171,7 @@ def plan_groups(labels: dict[str, NDArray[Any]], attrs: Sequence[str] | None,
         raise DataValidationError(
             f"Unknown group attribute(s) {unknown} for the subgroups; the panel's manifest names "
             f"{list(labels)} as dataset.groups.")
+    hold = check_suppress(withheld, names, owner)
     if not names:
         return None
     levels, counts = [], []
@@ -156,11 +179,25 @@ def plan_groups(labels: dict[str, NDArray[Any]], attrs: Sequence[str] | None,
         # str() would make None a level "None"
         check_group_labels(labels[a], a, where, episode_ids)
         lv, n = np.unique(np.asarray(labels[a]).astype(str), return_counts=True)
-        hidden = suppressed_levels(labels[a], min_cell)  # primary and complementary
+        # primary (small or withheld) and complementary
+        hidden = suppressed_levels(labels[a], min_cell, hold.get(a, ()))
         counts.append({str(k): int(c) for k, c in zip(lv, n, strict=True)})
         levels.append(tuple(str(k) for k in lv if str(k) not in hidden))
     return GroupPlan(attrs=tuple(names), levels=tuple(levels), counts=tuple(counts),
                      min_cell=int(min_cell))
+
+
+def check_suppress(suppress: Mapping[str, Collection[str]] | None, attrs: Sequence[str],
+                   owner: str = "evaluate") -> dict[str, set[str]]:
+    """``suppress`` of an evaluation as sets of str, its attributes among the evaluated ones."""
+    out = {str(a): {str(v) for v in lv} for a, lv in (suppress or {}).items()}
+    bad = sorted(set(out) - set(attrs))
+    if bad:
+        raise InvalidParameterError(PARAM_MESSAGE.format(
+            name="suppress", owner=owner,
+            expected=("a mapping whose keys are evaluated group attributes "
+                      f"({', '.join(map(str, attrs)) or 'none'})"), got=bad))
+    return out
 
 
 @dataclass
