@@ -96,13 +96,14 @@ def test_rules_as_deployed_keep_80_percent_on_garnet(setup, depth):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("depth", [3, 4])
-def test_noise_scaled_margin_keeps_more_than_the_default(setup, depth):
-    """``deviation_margin="auto"`` (2 standard errors of practice's estimated value in the
-    state, from its ~100 logged rows, instead of 20% of the spread of Q) labels the states
-    where SPIBB's gains stand out of the noise of the frequencies. Exact, as deployed, measured
-    68% / 77% of SPIBB's gain at depth 3 / 4 (the default 0.2: 23% / 26%; margin 0: 100% /
-    123%), -5% / 5% as stored (-48% / -44%); never below practice. Not 80%: the default stays
-    0.2 (:class:`equicare.explain.DistillConfig`)."""
+def test_rule_noise_test_keeps_80_percent(setup, depth):
+    """``deviation_margin="auto"`` labels every row where SPIBB gains and tests each fitted rule
+    on its rows together against the noise of practice's per-state frequencies (about 100
+    logged rows a state): every rule the tree names passes (z from 8 to 21), so it keeps what
+    margin 0 keeps, exact and as deployed 100% / 123% of SPIBB's gain at depth 3 / 4 (26% /
+    50% as stored). The row-by-row test it replaces (2 standard errors per row) kept 68% /
+    77%: SPIBB's real gains are mostly below 2 standard errors state by state. The share 0.2:
+    23% / 26%."""
     from equicare.explain import distill
 
     mdp, ds, pol, vb, vl = setup
@@ -113,7 +114,7 @@ def test_noise_scaled_margin_keeps_more_than_the_default(setup, depth):
         kept[margin] = (_deployed_value(mdp, ds, tree) - vb) / (vl - vb)
     print(f"\ngarnet depth {depth}: kept as deployed, auto {100 * kept['auto']:.0f}%, "
           f"0.2 {100 * kept[0.2]:.0f}%")
-    assert kept["auto"] >= kept[0.2] + 0.3 and kept["auto"] >= 0.6, kept
+    assert kept["auto"] >= 0.8 and kept["auto"] >= kept[0.2] + 0.5, kept
 
 
 @pytest.mark.slow
@@ -267,22 +268,24 @@ def test_set_splits_over_panels():
     episodes; measured 2026-12-05), set splits with ``deviation_margin=0`` and ``"auto"``
     against one-hot splits with the default margin 0.2 (the rules before issue #18):
 
-    ==================  ===============  ===========  =============
-    panel               sets, margin 0   sets, auto   one-hot, 0.2
-    ==================  ===============  ===========  =============
-    s700_a25_g1 seed 1  100% / 123%      68% / 77%    17% / 21%
-    s700_a25_g1 seed 2  37% / 57%        30% / 39%    9% / 12%
-    s700_a25_g1 seed 3  59% / 65%        55% / 62%    0% / 5%
-    s50_a25_g1 seed 1   48% / 49%        48% / 49%    27% / 32%
-    s700_a25_g099 s. 1  76% / 96%        46% / 63%    13% / 20%
-    ==================  ===============  ===========  =============
+    ==================  ===============  ===========  =============  ============
+    panel               sets, margin 0   sets, auto   sets, 0.2      one-hot, 0.2
+    ==================  ===============  ===========  =============  ============
+    s700_a25_g1 seed 1  100% / 123%      100% / 123%  23% / 26%      17% / 21%
+    s700_a25_g1 seed 2  37% / 57%        37% / 57%    5% / 25%       9% / 12%
+    s700_a25_g1 seed 3  59% / 65%        59% / 65%    9% / 9%        0% / 5%
+    s50_a25_g1 seed 1   48% / 49%        48% / 49%    25% / 30%      27% / 32%
+    s700_a25_g099 s. 1  76% / 96%        76% / 96%    25% / 24%      13% / 20%
+    ==================  ===============  ===========  =============  ============
 
-    A large gain on every panel, 80% at both depths only on the first (margin 0). (On
-    ``s700_a5_g099`` SPIBB is worth less than practice, 0.7040 against 0.7052; there the set
-    rules are worth 0.7096 / 0.7132 with margin 0, 0.7062 / 0.7089 with "auto", above both,
-    and 0.7006 / 0.7009 with 0.2.) Asserted: sets (margin 0 and "auto") never keep less than
-    one-hot splits minus 2 points, keep at least 30% (margin 0) and 25% ("auto") everywhere,
-    and at least one panel stays below 80%.
+    A large gain on every panel, 80% at both depths only on the first. "auto" (each rule tested
+    on its rows together against the noise of practice's estimate) keeps every rule margin 0
+    fits here; the earlier row-by-row test of "auto" kept 68% / 77%, 30% / 39%, 55% / 62%,
+    48% / 49% and 46% / 63%. (On ``s700_a5_g099`` SPIBB is worth less than practice, 0.7040
+    against 0.7052; there the set rules are worth 0.7096 / 0.7132 with margin 0 and "auto",
+    above both, and 0.7006 / 0.7009 with 0.2.) Asserted: sets (margin 0 and "auto") never
+    keep less than one-hot splits minus 2 points, keep at least 30% everywhere, and at least
+    one panel stays below 80%.
     """
     from equicare.data import from_frame
     from equicare.explain import distill
@@ -311,6 +314,6 @@ def test_set_splits_over_panels():
                   f"auto {100 * kept['auto']:.0f}%, one-hot {100 * kept['one-hot']:.0f}%")
     kept_all = np.array([r[3:] for r in rows])
     sets, auto, hot = kept_all.T
-    for k, low in ((sets, 0.3), (auto, 0.25)):  # measured: at least 37% and 30%
+    for k, low in ((sets, 0.3), (auto, 0.3)):  # measured: at least 37% both
         assert np.all(k >= hot - 0.02), rows
         assert k.min() >= low and k.min() < 0.8, rows
