@@ -115,8 +115,8 @@ _OWNER = "DistillConfig"
 #: rule's rows (``deviation_margin="auto"`` with practice as cells; :func:`rule_advantage_z`),
 #: or in a row (:func:`deviation_targets` with ``margin="auto"``).
 DEVIATION_Z = 2.0
-#: The share of the row's spread of Q that ``deviation_margin="auto"`` asks when practice is a
-#: behaviour tree (the default margin).
+#: The share of the row's spread of Q that ``deviation_margin="auto"`` (the default) asks when
+#: practice is a behaviour tree.
 AUTO_TREE_MARGIN = 0.2
 
 
@@ -172,7 +172,7 @@ class DistillConfig:
     usual_care : {"auto", "cells", "tree"}, default="auto"
         Representation of current practice in ``mode="exceptions"``
         (:func:`equicare.explain.fit_usual_care`).
-    deviation_margin : float or "auto", default=0.2
+    deviation_margin : float or "auto", default="auto"
         In ``mode="exceptions"``, a row counts as a deviation only if the source's expected Q
         beats current practice's by more than this share of the row's spread of Q over the
         observed actions (in [0, 1)). The margin keeps the noise of the estimate of practice
@@ -186,32 +186,31 @@ class DistillConfig:
         Carlo; AWR, CQL and a source departing from practice only where risk > 0.5) both
         margins keep the same shares (115%, 138%, 121%).
 
-        ``"auto"`` tests the rules instead of the rows, where the noise of the estimate is
-        known. With practice as cells (``usual_care``), every row where the source gains is
-        labelled (margin 0, so the set-valued splits can name every state where it gains), and
-        after the fit a rule that deviates keeps its recommendation only if, over its rows
-        together, the source beats practice's estimated value by more than ``DEVIATION_Z`` (2)
-        standard errors of that estimate (:func:`rule_advantage_z`: frequencies over the ``n_c``
-        logged rows of each cell, cells independent); any other rule follows current practice.
-        A rule pools the evidence of the states it names, so real gains too small to stand out
-        state by state pass, and a rule made of the noise of the frequencies does not. The half
-        expert with practice as cells: margin 0 gives rules that deviate on 1% to 55% of the
-        rows below 0.6 (five data sets, depth 3 / 4), ``"auto"`` on 0% to 2% (as 0.2: 0% to
-        1%; rules such as "0.585 < x1 <= 0.605" whose rows are mostly above 0.6). On Garnet (SPIBB, 5,000
-        episodes, exact values, rules as deployed, depth 3 / 4) no fitted rule fails the test
-        (its z is 2.4 to 198), so ``"auto"`` keeps what margin 0 keeps: 100% / 123% on
-        ``s700_a25_g1`` seed 1, 37% / 57% (seed 2), 59% / 65% (seed 3), 48% / 49% on
-        ``s50_a25_g1`` and 76% / 96% on ``s700_a25_g099`` (the share 0.2: 23% / 26%, 5% / 25%,
-        9% / 9%, 25% / 30%, 25% / 24%; the earlier row-by-row test of 2 standard errors:
-        68% / 77%, 30% / 39%, 55% / 62%, 48% / 49%, 46% / 63%). A Garnet source equal to the
-        true practice gets rules on 0% to 0.6% of the rows with ``"auto"`` (0.5% to 1.6% with
-        margin 0), each worth more than practice exactly (the rules' tree is selected on the
-        same rows it is tested on, so the test is optimistic). Practice as a behaviour tree
-        (numeric states) keeps the share 0.2 (``AUTO_TREE_MARGIN``): its leaves are chosen by
-        the same logged actions, so their counts understate the noise (on the half expert, 8%
-        to 12% of the rows below 0.6 pass a 2-standard-error bar row by row over three data
-        sets, and 25% to 54% of them reject uniform practice at the 5% level over five), and
-        the row-by-row test gave a spurious "a0" rule over 11% of the rows at depth 4.
+        ``"auto"`` tests the rules instead of the rows, where the noise of the estimate is known.
+        With practice as cells (``usual_care``), every row where the source gains is labelled
+        (margin 0, so the set-valued splits can name every state where it gains), and after the fit
+        a rule that deviates keeps its recommendation only if, over its rows together, the source
+        beats practice's estimated value by more than ``DEVIATION_Z`` (2) standard errors of that
+        estimate (:func:`rule_advantage_z`: frequencies over the ``n_c`` logged rows of each cell,
+        cells independent); any other rule follows current practice. A rule pools the evidence of
+        the states it names, so real gains too small to stand out state by state pass, and a rule
+        made of the noise of the frequencies does not. The half expert with practice as cells:
+        margin 0 gives rules that deviate on 1% to 55% of the rows below 0.6 (five data sets, depth
+        3 / 4), ``"auto"`` on 0% to 2% (as 0.2: 0% to 1%; rules such as "0.585 < x1 <= 0.605" whose
+        rows are mostly above 0.6). On Garnet (SPIBB, 5,000 episodes, exact values, rules as
+        deployed, depth 3 / 4) no fitted rule fails the test (its z is 2.4 to 198), so ``"auto"``
+        keeps what margin 0 keeps: 100% / 123% on ``s700_a25_g1`` seed 1, 37% / 57% (seed 2), 59% /
+        65% (seed 3), 48% / 49% on ``s50_a25_g1`` and 76% / 96% on ``s700_a25_g099`` (the share 0.2:
+        23% / 26%, 5% / 25%, 9% / 9%, 25% / 30%, 25% / 24%; the earlier row-by-row test of 2
+        standard errors: 68% / 77%, 30% / 39%, 55% / 62%, 48% / 49%, 46% / 63%). A Garnet source
+        equal to the true practice gets rules on 0% to 0.6% of the rows with ``"auto"`` (0.5% to
+        1.6% with margin 0), each worth more than practice exactly (the rules' tree is selected on
+        the same rows it is tested on, so the test is optimistic). Practice as a behaviour tree
+        (numeric states) keeps the share 0.2 (``AUTO_TREE_MARGIN``): its leaves are chosen by the
+        same logged actions, so their counts understate the noise (on the half expert, 8% to 12% of
+        the rows below 0.6 pass a 2-standard-error bar row by row over three data sets, and 25% to
+        54% of them reject uniform practice at the 5% level over five), and the row-by-row test gave
+        a spurious "a0" rule over 11% of the rows at depth 4.
     set_splits : bool, default=True
         Add set-valued splits of the categorical columns to the candidate features ("state is
         one of s12, s45, s101"): per column and per label, the levels whose weighted majority
@@ -234,7 +233,7 @@ class DistillConfig:
     merge: bool = True
     mode: Literal["imitate", "exceptions"] = "imitate"
     usual_care: Literal["auto", "cells", "tree"] = "auto"
-    deviation_margin: float | Literal["auto"] = 0.2
+    deviation_margin: float | Literal["auto"] = "auto"
     set_splits: bool = True
 
     def __post_init__(self) -> None:
