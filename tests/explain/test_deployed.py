@@ -5,8 +5,8 @@ folder it writes is a policy that ``evaluate``, ``audit`` and ``predict`` take. 
 the card's numbers by default, say so, and keep the stored estimate of practice as an option.
 Truth: the Garnet test bed, where "the rules where they apply, the true behaviour policy
 elsewhere" is a linear solve on the MDP (``s700_a25_g1``, 2,000 episodes: the card's depth-3
-rules are worth exactly 0.801 as deployed, 0.708 as stored, practice 0.800; with one-hot splits
-before set splits, 0.801 and 0.711).
+rules are worth exactly 0.803 as deployed, 0.710 as stored, practice 0.800; with the margin 0.2,
+the default before, 0.801 and 0.708; with one-hot splits before set splits, 0.801 and 0.711).
 """
 
 from __future__ import annotations
@@ -221,7 +221,9 @@ def test_audit_counts_what_the_clinicians_did_where_the_rules_defer(garnet_bed, 
         sj, mj = sres.to_dict(), res[how].to_dict()
         assert sj["usual_care"] == how and sj["deferred_share"] == mj["deferred_share"]
         for g, e in mj["policies"]["rules"]["value_by_group"].items():
-            if not e.get("suppressed"):
+            if e["value"] is None:  # not published (ESS below 11 episodes), either way
+                assert sj["policies"]["rules"]["value_by_group"][g] == e, (how, g)
+            elif not e.get("suppressed"):
                 got = sj["policies"]["rules"]["value_by_group"][g]["value"]
                 assert got == pytest.approx(e["value"], rel=1e-9), (how, g)
 

@@ -266,38 +266,85 @@ def test_usual_care_counts_are_the_rows_of_each_cell():
     assert set(counts[site == "c"]) == {int((site == "c").sum())}
 
 
-@pytest.mark.parametrize("depth", [2, 4])
-def test_auto_margin_keeps_the_half_expert_to_practice(sim_data, depth):
+@pytest.mark.parametrize("seed, depth", [(0, 2), (0, 4), (2, 3)])
+def test_auto_margin_keeps_the_half_expert_to_practice(sim_data, seed, depth):
     """Truth: below x1 = 0.6 the half expert *is* (uniform) practice. With practice as cells
-    (one per site, about 1,000 rows each) the noise-scaled margin labels none of those rows a
-    deviation (margin 0 labels 31% of them on this panel: the noise of the frequencies read as
-    gains), so the rules keep practice there and name a2 above 0.6. With the behaviour tree,
-    whose counts understate the noise of leaves it selected, ``"auto"`` is the share 0.2."""
+    (one per site, about 1,000 rows each) margin 0 labels 31% of those rows deviations (the
+    noise of the frequencies read as gains) and its rules deviate there; ``"auto"`` labels the
+    same rows but tests each rule's rows together against the noise of practice's estimate, so
+    the rules keep practice there and name a2 above 0.6 (on the seed-2 data at depth 3, two
+    rules that fail the test share a parent, which must then read as practice too). With the
+    behaviour tree, whose counts understate the noise of leaves it selected, ``"auto"`` is the
+    share 0.2."""
     from equicare.explain import fit_usual_care
     from equicare.explain._distill import exception_targets, source_q
 
     train, fresh = sim_data
+    if seed:
+        train = tree_sim.generate(400, seed=seed)
     src = _HalfExpert()
     probs = src.action_probs(train)
     q = source_q(train, probs, DistillConfig(), 1)
     lo = train.states[:, 0] <= 0.6
     cells = fit_usual_care(train, "cells")
     zero, _, _ = exception_targets(train, probs, cells, q, DistillConfig(deviation_margin=0.0))
-    auto, _, _ = exception_targets(train, probs, cells, q,
-                                   DistillConfig(deviation_margin="auto"))
     assert np.mean(zero[lo] < 3) > 0.2
-    assert np.all(auto[lo] == 3) and np.mean(auto[~lo] == 2) > 0.99
-    cfg = DistillConfig(max_depth=depth, mode="exceptions", usual_care="cells",
-                        deviation_margin="auto")
-    tree = Distiller(cfg).fit(train, src, random_state=0).policy_
-    p = tree.action_probs(fresh)
     hi, low = fresh.states[:, 0] > 0.605, fresh.states[:, 0] <= 0.595
+    rules = {}
+    for margin in (0.0, "auto"):
+        cfg = DistillConfig(max_depth=depth, mode="exceptions", usual_care="cells",
+                            deviation_margin=margin)
+        rules[margin] = Distiller(cfg).fit(train, src, random_state=0).policy_
+    noise = rules[0.0]
+    if depth > 2:  # measured: rules "0.345 < x1 <= 0.585 and site is a then a0" (seed 0) and
+        # "x1 <= 0.425 and site is a then a0" (seed 2)
+        assert np.mean(~np.asarray(noise.usual)[noise.apply(fresh)][low]) > 0.2
+    tree = rules["auto"]
+    p = tree.action_probs(fresh)
     assert np.all(np.argmax(p[hi], axis=1) == 2)
-    np.testing.assert_allclose(p[low], tree.usual_policy.action_probs(fresh)[low])
+    # at depth 4 a rule "0.585 < x1 <= 0.605 and site is a then a2" (p = 0.93) passes the
+    # test: most of its rows are above 0.6
+    below = fresh.states[:, 0] <= 0.585
+    np.testing.assert_allclose(p[below], tree.usual_policy.action_probs(fresh)[below])
+    assert np.mean(~np.asarray(tree.usual)[tree.apply(fresh)][low]) < 0.02
     behaviour = fit_usual_care(train, "tree", random_state=0)
     by_tree = [exception_targets(train, probs, behaviour, q,
                                  DistillConfig(deviation_margin=m))[0] for m in ("auto", 0.2)]
     np.testing.assert_array_equal(*by_tree)
+
+
+def test_rule_advantage_z_is_the_noise_of_practice_summed_over_the_rule():
+    """Monte Carlo truth: practice's frequencies re-drawn per cell from the true distribution
+    (n_c rows each); the estimated value of practice summed over a rule's rows varies with the
+    standard deviation the statistic divides by, and a source equal to the true practice gives
+    z with mean about 0 and standard deviation about 1."""
+    from equicare.explain._distill import rule_advantage_z
+
+    rng = np.random.default_rng(3)
+    n, A, C = 600, 4, 5
+    cell = rng.integers(0, C, size=n)
+    counts = np.bincount(cell, minlength=C)[cell]
+    truth = rng.dirichlet(np.ones(A), size=C)
+    q = rng.normal(size=(n, A)) + np.arange(A)
+    leaf = np.where(rng.random(n) < 0.4, 1, 2)  # a root (0) and two leaves
+    observed = np.ones(A, dtype=bool)
+    zs, sums = [], []
+    for _ in range(2000):
+        freq = np.array([rng.multinomial(int(np.sum(cell == c)), truth[c]) for c in range(C)])
+        b_hat = (freq / freq.sum(axis=1, keepdims=True))[cell]
+        sums.append(np.bincount(leaf, weights=(b_hat * q).sum(axis=1), minlength=3))
+        zs.append(rule_advantage_z(leaf, 3, truth[cell], b_hat, q, observed, cell, counts))
+    zs, sums = np.array(zs), np.array(sums)
+    # the statistic's standard error, from the truth's frequencies (one draw's own estimate
+    # of it is within Monte Carlo error of this on average)
+    z_truth = rule_advantage_z(leaf, 3, truth[cell] + 1.0, truth[cell], q, observed, cell,
+                               counts)
+    se_truth = np.bincount(leaf, weights=q.sum(axis=1), minlength=3) / z_truth
+    np.testing.assert_allclose(sums.std(axis=0)[1:], se_truth[1:], rtol=0.06)
+    assert np.all(np.abs(zs.mean(axis=0)[1:]) < 0.1)
+    np.testing.assert_allclose(zs.std(axis=0)[1:], 1.0, rtol=0.08)
+    assert np.isnan(rule_advantage_z(leaf, 4, truth[cell], truth[cell], q, observed, cell,
+                                     counts)[3])
 
 
 @pytest.mark.parametrize("kw", [{}, {"labels": "sample", "n_samples": 2},

@@ -8,18 +8,19 @@ to 0.8062, changing 633 of the 700 states.
 * Imitation rules (``mode="imitate"``): depth-3 to depth-6 trees put whole populations on one
   action; their exact value is 0.60, far below current practice (about -3,300% of the gain).
 * Exception rules (``mode="exceptions"``, the card's default) with set-valued splits ("state is
-  one of ...", issue #18, on by default) and no deviation margin (``deviation_margin=0``; the
-  default 0.2 keeps the noise of the estimate of practice from reading as deviations, and
-  leaves too few states labelled here): the tree names the sets of states where to deviate to
-  each of three or four actions (about 30 states) and leaves every other state to current
-  practice.
+  one of ...", issue #18, on by default) and the default ``deviation_margin="auto"`` (every row
+  where SPIBB gains is labelled, and each fitted rule must beat practice over its rows together
+  by 2 standard errors of the estimate of practice; every rule passes here, so the rules are
+  those of margin 0): the tree names the sets of states where to deviate to each of three or
+  four actions (about 30 states) and leaves every other state to current practice.
   - As deployed (the clinicians decide where no rule applies): exact 0.8062 and 0.8076, 100%
-    and 123% of SPIBB's gain kept at depth 3 and 4 (the defaults, margin 0.2: 23% / 26%;
-    one-hot splits with margin 0.2, before issue #18: 17% / 21%).
+    and 123% of SPIBB's gain kept at depth 3 and 4 (the margin 0.2, the default before: 23% /
+    26%; the row-by-row "auto" before: 68% / 77%; one-hot splits with margin 0.2, before issue
+    #18: 17% / 21%).
   - As stored (``predict``'s output: the clinicians' observed frequencies per state, the overall
     frequencies for the 29 of 700 states seen in fewer than 11 episodes, 0.4% of rows): 26% /
-    50% (the defaults: -48% / -44%); the estimate of practice alone is worth 0.7959 (-72% of
-    the gain), so no stored version reaches 80% (strict xfail below).
+    50% (margin 0.2: -48% / -44%); the estimate of practice alone is worth 0.7959 (-72% of the
+    gain), so no stored version reaches 80% (strict xfail below).
   This panel is a lucky one: over five panels (``test_set_splits_over_panels``) the deployed
   rules keep 37-123%, and 80% at both depths only here.
 """
@@ -55,8 +56,8 @@ def _kept(mdp, ds, tree, vb, vl):
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason="as stored, the rules carry the estimate of practice, "
                                        "itself -72% of SPIBB's gain: depth-3/4 exception rules "
-                                       "with margin 0 keep 26% / 50% (exact; 100% / 123% as "
-                                       "deployed)")
+                                       "with the defaults keep 26% / 50% (exact; 100% / 123% "
+                                       "as deployed)")
 @pytest.mark.parametrize("depth", [3, 4])
 def test_rules_keep_80_percent_on_garnet(setup, depth):
     from equicare.explain import distill
@@ -64,7 +65,7 @@ def test_rules_keep_80_percent_on_garnet(setup, depth):
     mdp, ds, pol, vb, vl = setup
     assert vl > vb
     tree = distill(ds, pol, max_depth=depth, q_model="tabular", mode="exceptions",
-                   random_state=0, deviation_margin=0.0)
+                   random_state=0)
     kept = _kept(mdp, ds, tree, vb, vl)
     print(f"\ngarnet depth {depth}: exact V(behaviour)={vb:.4f} V(spibb)={vl:.4f}, "
           f"{100 * kept:.0f}% of the improvement kept as stored")
@@ -74,20 +75,17 @@ def test_rules_keep_80_percent_on_garnet(setup, depth):
 @pytest.mark.slow
 @pytest.mark.parametrize("depth", [3, 4])
 def test_rules_as_deployed_keep_80_percent_on_garnet(setup, depth):
-    """Issue #18's target, as deployed (the clinicians decide where no rule applies): set-valued
-    splits with no deviation margin name the ~30 states where SPIBB's deviations pay and keep
-    >= 80% of its exact gain on this panel (measured 100% / 123% at depth 3 / 4; one-hot splits
-    13% / 17%; the default margin 0.2 23% / 26%). Not the rule: see
-    :func:`test_set_splits_over_panels`."""
+    """Issue #18's target, as deployed (the clinicians decide where no rule applies), with the
+    defaults: set-valued splits and the rule-level noise test (``deviation_margin="auto"``)
+    name the ~30 states where SPIBB's deviations pay and keep >= 80% of its exact gain on this
+    panel (measured 100% / 123% at depth 3 / 4; one-hot splits 13% / 17%; the margin 0.2, the
+    default before, 23% / 26%). Not the rule: see :func:`test_set_splits_over_panels`."""
     from equicare.explain import distill
 
     mdp, ds, pol, vb, vl = setup
     tree = distill(ds, pol, max_depth=depth, q_model="tabular", mode="exceptions",
-                   random_state=0, deviation_margin=0.0)
-    default = distill(ds, pol, max_depth=depth, q_model="tabular", mode="exceptions",
-                      random_state=0)
-    kept_default = (_deployed_value(mdp, ds, default) - vb) / (vl - vb)
-    assert kept_default < 0.8  # the margin leaves too few deviations for the sets
+                   random_state=0)
+    assert tree.info["distill"]["deviation_margin"] == "auto"
     assert any(tree.features[j]["kind"] == "categorical_set" for j in tree.used_features)
     kept = (_deployed_value(mdp, ds, tree) - vb) / (vl - vb)
     print(f"\ngarnet depth {depth}: {100 * kept:.0f}% of the gain kept as deployed")
@@ -96,13 +94,14 @@ def test_rules_as_deployed_keep_80_percent_on_garnet(setup, depth):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("depth", [3, 4])
-def test_noise_scaled_margin_keeps_more_than_the_default(setup, depth):
-    """``deviation_margin="auto"`` (2 standard errors of practice's estimated value in the
-    state, from its ~100 logged rows, instead of 20% of the spread of Q) labels the states
-    where SPIBB's gains stand out of the noise of the frequencies. Exact, as deployed, measured
-    68% / 77% of SPIBB's gain at depth 3 / 4 (the default 0.2: 23% / 26%; margin 0: 100% /
-    123%), -5% / 5% as stored (-48% / -44%); never below practice. Not 80%: the default stays
-    0.2 (:class:`equicare.explain.DistillConfig`)."""
+def test_rule_noise_test_keeps_80_percent(setup, depth):
+    """``deviation_margin="auto"`` labels every row where SPIBB gains and tests each fitted rule
+    on its rows together against the noise of practice's per-state frequencies (about 100
+    logged rows a state): every rule the tree names passes (z from 8 to 21), so it keeps what
+    margin 0 keeps, exact and as deployed 100% / 123% of SPIBB's gain at depth 3 / 4 (26% /
+    50% as stored). The row-by-row test it replaces (2 standard errors per row) kept 68% /
+    77%: SPIBB's real gains are mostly below 2 standard errors state by state. The share 0.2:
+    23% / 26%."""
     from equicare.explain import distill
 
     mdp, ds, pol, vb, vl = setup
@@ -113,7 +112,7 @@ def test_noise_scaled_margin_keeps_more_than_the_default(setup, depth):
         kept[margin] = (_deployed_value(mdp, ds, tree) - vb) / (vl - vb)
     print(f"\ngarnet depth {depth}: kept as deployed, auto {100 * kept['auto']:.0f}%, "
           f"0.2 {100 * kept[0.2]:.0f}%")
-    assert kept["auto"] >= kept[0.2] + 0.3 and kept["auto"] >= 0.6, kept
+    assert kept["auto"] >= 0.8 and kept["auto"] >= kept[0.2] + 0.5, kept
 
 
 @pytest.mark.slow
@@ -158,8 +157,8 @@ def test_exception_rules_as_deployed_never_fall_below_practice(setup, depth):
     """As deployed (the clinicians decide where no rule applies), the exception rules keep
     current practice's exact value and add what their named states gain; the stored
     estimate of practice is what costs (above). Measured with the defaults, depth 3 / 4: exact
-    0.8016 / 0.8018 against practice's 0.8003 (SPIBB 0.8062: 23% / 26% of its gain kept;
-    one-hot splits 17% / 21%)."""
+    0.8062 / 0.8076 against practice's 0.8003 (SPIBB 0.8062: 100% / 123% of its gain kept;
+    the margin 0.2: 0.8016 / 0.8018, 23% / 26%; one-hot splits 17% / 21%)."""
     from equicare.explain import distill
 
     mdp, ds, pol, vb, vl = setup
@@ -177,11 +176,12 @@ def test_card_evidence_reports_the_loss(setup):
     """The card's evidence agrees with the exact truth: the exception rules keep far less than
     80% of SPIBB's gain, and so does the card's DR estimate, with a caveat naming the share; the
     rules' mass on rarely taken actions stays near SPIBB's (every unnamed state keeps practice's
-    own distribution), far from the imitation rules' 68%. Measured with set splits: exact -208%
-    kept as stored (one-hot splits: -220%; 10% before states seen in fewer than 11 episodes got
-    the overall frequencies), DR n/a (the source's DR gain within 2 standard errors of none; DR
-    of the rules 0.814 [0.791, 0.837] against 0.808 observed; one-hot 0.814 [0.788, 0.839]),
-    10.5% of the rules' mass on rarely taken actions (SPIBB 9.3%; one-hot 10.6%)."""
+    own distribution), far from the imitation rules' 68%. Measured with the defaults (set splits,
+    ``deviation_margin="auto"``): exact -171% kept as stored (the margin 0.2: -208%; one-hot
+    splits: -220%; 10% before states seen in fewer than 11 episodes got the overall
+    frequencies), DR n/a (the source's DR gain within 2 standard errors of none; DR of the
+    rules 0.833 [0.815, 0.852] against 0.808 observed; the margin 0.2: 0.814 [0.791, 0.837]),
+    10.3% of the rules' mass on rarely taken actions (SPIBB 9.3%; the margin 0.2: 10.5%)."""
     from equicare.explain import ExplainConfig, explain_policy
 
     mdp, ds, pol, vb, vl = setup
@@ -222,7 +222,8 @@ def test_the_selected_policy_spreads_its_gain_too():
     tau 0.1: exact 0.8003 -> 0.8621) spreads its gain like SPIBB: following it in the k states
     whose switch gains most (occupancy under practice x advantage) and practice elsewhere keeps
     7% (k = 4), 13% (k = 8), 21% (k = 16) and 50% (k = 64) of its improvement, so no depth-3/4
-    rule set can keep 80% (measured: exception rules keep about 0%, never below practice)."""
+    rule set can keep 80% (measured with the defaults, depth 3 / 4: exception rules keep 8% /
+    14% as stored, 15% / 20% as deployed; the margin 0.2: 5% / 8% and 12% / 15%)."""
     from equicare.data import from_frame
     from equicare.explain import distill
     from equicare.learn import PVI
@@ -267,22 +268,24 @@ def test_set_splits_over_panels():
     episodes; measured 2026-12-05), set splits with ``deviation_margin=0`` and ``"auto"``
     against one-hot splits with the default margin 0.2 (the rules before issue #18):
 
-    ==================  ===============  ===========  =============
-    panel               sets, margin 0   sets, auto   one-hot, 0.2
-    ==================  ===============  ===========  =============
-    s700_a25_g1 seed 1  100% / 123%      68% / 77%    17% / 21%
-    s700_a25_g1 seed 2  37% / 57%        30% / 39%    9% / 12%
-    s700_a25_g1 seed 3  59% / 65%        55% / 62%    0% / 5%
-    s50_a25_g1 seed 1   48% / 49%        48% / 49%    27% / 32%
-    s700_a25_g099 s. 1  76% / 96%        46% / 63%    13% / 20%
-    ==================  ===============  ===========  =============
+    ==================  ===============  ===========  =============  ============
+    panel               sets, margin 0   sets, auto   sets, 0.2      one-hot, 0.2
+    ==================  ===============  ===========  =============  ============
+    s700_a25_g1 seed 1  100% / 123%      100% / 123%  23% / 26%      17% / 21%
+    s700_a25_g1 seed 2  37% / 57%        37% / 57%    5% / 25%       9% / 12%
+    s700_a25_g1 seed 3  59% / 65%        59% / 65%    9% / 9%        0% / 5%
+    s50_a25_g1 seed 1   48% / 49%        48% / 49%    25% / 30%      27% / 32%
+    s700_a25_g099 s. 1  76% / 96%        76% / 96%    25% / 24%      13% / 20%
+    ==================  ===============  ===========  =============  ============
 
-    A large gain on every panel, 80% at both depths only on the first (margin 0). (On
-    ``s700_a5_g099`` SPIBB is worth less than practice, 0.7040 against 0.7052; there the set
-    rules are worth 0.7096 / 0.7132 with margin 0, 0.7062 / 0.7089 with "auto", above both,
-    and 0.7006 / 0.7009 with 0.2.) Asserted: sets (margin 0 and "auto") never keep less than
-    one-hot splits minus 2 points, keep at least 30% (margin 0) and 25% ("auto") everywhere,
-    and at least one panel stays below 80%.
+    A large gain on every panel, 80% at both depths only on the first. "auto" (each rule tested
+    on its rows together against the noise of practice's estimate) keeps every rule margin 0
+    fits here; the earlier row-by-row test of "auto" kept 68% / 77%, 30% / 39%, 55% / 62%,
+    48% / 49% and 46% / 63%. (On ``s700_a5_g099`` SPIBB is worth less than practice, 0.7040
+    against 0.7052; there the set rules are worth 0.7096 / 0.7132 with margin 0 and "auto",
+    above both, and 0.7006 / 0.7009 with 0.2.) Asserted: sets (margin 0 and "auto") never
+    keep less than one-hot splits minus 2 points, keep at least 30% everywhere, and at least
+    one panel stays below 80%.
     """
     from equicare.data import from_frame
     from equicare.explain import distill
@@ -302,7 +305,7 @@ def test_set_splits_over_panels():
             kept = {}
             for name, kw in (("sets", {"deviation_margin": 0.0}),
                              ("auto", {"deviation_margin": "auto"}),
-                             ("one-hot", {"set_splits": False})):
+                             ("one-hot", {"set_splits": False, "deviation_margin": 0.2})):
                 tree = distill(ds, pol, max_depth=depth, q_model="tabular",
                                mode="exceptions", random_state=0, **kw)
                 kept[name] = (_deployed_value(mdp, ds, tree) - vb) / (vl - vb)
@@ -311,6 +314,6 @@ def test_set_splits_over_panels():
                   f"auto {100 * kept['auto']:.0f}%, one-hot {100 * kept['one-hot']:.0f}%")
     kept_all = np.array([r[3:] for r in rows])
     sets, auto, hot = kept_all.T
-    for k, low in ((sets, 0.3), (auto, 0.25)):  # measured: at least 37% and 30%
+    for k, low in ((sets, 0.3), (auto, 0.3)):  # measured: at least 37% both
         assert np.all(k >= hot - 0.02), rows
         assert k.min() >= low and k.min() < 0.8, rows

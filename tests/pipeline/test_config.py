@@ -114,6 +114,14 @@ def test_values_in_range_pass():
     assert cfg["frontier"]["lambdas"] == [0, 0.5, 3] and cfg["plan"]["budget"] == 5
 
 
+def test_explain_deviation_margin_is_auto_by_default_and_takes_a_number():
+    """The default margin is "auto" (DistillConfig's); a number in [0, 1) stays accepted."""
+    assert RunConfig.from_dict({})["explain"]["deviation_margin"] == "auto"
+    for margin in (0, 0.2):
+        cfg = RunConfig.from_dict({"explain": {"deviation_margin": margin}})
+        assert cfg["explain"]["deviation_margin"] == margin
+
+
 def test_audit_intersect_takes_a_string_or_a_list_like_the_repeatable_option():
     from equicare.pipeline._config import audit_intersect
 

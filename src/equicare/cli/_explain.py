@@ -19,7 +19,7 @@ def run_explain(model: Path, data: Path, *, manifest: Path, out: Path, depth: in
                 estimators: str = "wis,dr,wdr", bootstrap: int = 200, action: str | None = None,
                 group: str | None = None, labels: str = "argmax",
                 mode: str = "exceptions", set_splits: bool = True,
-                deviation_margin: float | Literal["auto"] = 0.2, seed: int = 42,
+                deviation_margin: float | Literal["auto"] = "auto", seed: int = 42,
                 force: bool = False, provenance: dict[str, Any] | None = None,
                 progress: bool = False) -> dict[str, Any]:
     """Load the panel and the policy, build the policy card and write the card folder.
@@ -134,9 +134,10 @@ def register(app: typer.Typer) -> None:
                  "estimated practice by more than this share of what is at stake there. 0 lets "
                  "set splits name every state where the policy gains (Garnet: 100% of SPIBB's "
                  "gain kept instead of 23%) but reads the noise of the estimate of practice as "
-                 "gains where the policy follows practice. auto: by 2 standard errors of "
-                 "practice's estimated value where practice is estimated per categorical cell "
-                 "(Garnet: 68% kept), the share 0.2 where it is a behaviour tree.")] = "0.2",
+                 "gains where the policy follows practice. auto: where practice is estimated "
+                 "per categorical cell, margin 0, then a rule keeps its deviation only if its "
+                 "rows together beat practice by 2 standard errors of that estimate (Garnet: "
+                 "100% kept); the share 0.2 where practice is a behaviour tree.")] = "auto",
         seed: Seed = 42,
         force: Force = False,
         json_out: JsonOut = False,

@@ -42,7 +42,7 @@ from equicare.policy._cells import CellPolicy, cell_codes
 from equicare.policy._tree import TreePolicy, tree_features
 from equicare.utils import MIN_CELL, RandomState, check_param, check_random_state
 
-__all__ = ["fit_usual_care", "usual_care_counts", "usual_care_kind"]
+__all__ = ["fit_usual_care", "usual_care_cells", "usual_care_counts", "usual_care_kind"]
 
 UsualKind = Literal["auto", "cells", "tree"]
 
@@ -161,10 +161,24 @@ def usual_care_counts(usual: CellPolicy, dataset: TrajectoryDataset) -> NDArray[
     usual : CellPolicy
     dataset : TrajectoryDataset
     """
+    return usual_care_cells(usual, dataset)[1]
+
+
+def usual_care_cells(usual: CellPolicy, dataset: TrajectoryDataset
+                     ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Each row's cell of ``usual`` (numbered 0, 1, ... in ``dataset``) and the cell's rows.
+
+    Returns
+    -------
+    cell : ndarray of shape (n_steps,), int
+    counts : ndarray of shape (n_steps,), int
+        As :func:`usual_care_counts`.
+    """
     codes, _ = cell_codes(dataset, usual.columns, usual.numeric, usual.edges, usual.levels,
                           usual.source)
     if codes.shape[1] == 0:
-        return np.full(dataset.n_steps, dataset.n_steps, dtype=np.int64)
+        return (np.zeros(dataset.n_steps, dtype=np.int64),
+                np.full(dataset.n_steps, dataset.n_steps, dtype=np.int64))
     _, group = np.unique(codes, axis=0, return_inverse=True)
     group = np.asarray(group, dtype=np.int64).ravel()
-    return np.asarray(np.bincount(group)[group], dtype=np.int64)
+    return group, np.asarray(np.bincount(group)[group], dtype=np.int64)

@@ -67,7 +67,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "frontier": {"lambdas": [], "kind": "parity"},
     "mediation": {"enabled": False, "bootstrap": 200, "action": ""},
     "explain": {"enabled": False, "depth": 3, "bootstrap": 200, "labels": "argmax",
-                "mode": "exceptions", "set_splits": True, "deviation_margin": 0.2},
+                "mode": "exceptions", "set_splits": True, "deviation_margin": "auto"},
     "plan": {
         "enabled": False,
         "domain": "synthetic",
@@ -372,8 +372,11 @@ class RunConfig:
                         problems.append(f"{source}: {full} must name each attribute once, got "
                                         f"{v!r}.")
                         continue
-                elif full == "explain.deviation_margin" and v == "auto":
-                    pass  # the noise-scaled margin (DistillConfig.deviation_margin)
+                elif full == "explain.deviation_margin":
+                    # "auto" (the default: DistillConfig.deviation_margin) or a number
+                    if v != "auto" and (isinstance(v, bool) or not isinstance(v, int | float)):
+                        problems.append(f"{source}: {full} must be a number, got {v!r}.")
+                        continue
                 elif not _type_ok(v, default[sub]):
                     problems.append(f"{source}: {full} must be {_tname(default[sub])}, got {v!r}.")
                     continue
