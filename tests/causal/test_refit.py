@@ -6,6 +6,7 @@ episodes copied as often as drawn, every model refitted, in the same folds.
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -74,3 +75,22 @@ def test_mr_numbers_do_not_depend_on_the_other_estimators():
     assert both["mr"].to_dict() == alone["mr"].to_dict()
     again = DynamicMediation(n_bootstrap=50).estimate(data, pol, 0, random_state=3)
     assert again.to_dict() == both.to_dict()
+
+
+def test_a_refit_too_large_to_run_says_so(monkeypatch):
+    """Above the work budget DM, MIS and the baseline give point estimates, with the reason."""
+    from equicare.causal import _refit
+    from equicare.causal._dynamic import NO_INTERVAL_NOTE
+
+    mdp = toy1()
+    data = mdp.sample(60, 30, random_state=0)
+    pol = mdp.policy_fn(toy_target())
+    monkeypatch.setattr(_refit, "MAX_REFIT_WORK", 1e5)
+    res = DynamicMediation(n_bootstrap=50).estimate(data, pol, 0, random_state=0)
+    head, tail = NO_INTERVAL_NOTE.split("{reason}")
+    note = res["dm"].note
+    assert note == res["baseline"].note and note.startswith(head) and note.endswith(tail)
+    assert re.fullmatch(re.escape(_refit.TOO_MUCH_WORK).replace(r"\{work:\.1g\}", r"\S+")
+                        .replace(r"\{groups\}", r"\d+").replace(r"\{p\}", "2")
+                        .replace(r"\{b\}", "50"), note[len(head):len(note) - len(tail)])
+    assert res["mis"].effects["dde"].se is None and res["mr"].effects["dde"].se > 0

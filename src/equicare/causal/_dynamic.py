@@ -377,7 +377,8 @@ class DynamicMediation:
         (:mod:`equicare.causal._refit`): standard error = the replicates' SD, percentile CI.
         With 0 replicates, or a configuration the refit does not batch (a scikit-learn
         nuisance model, a continuous mediator, a policy that leaves states to practice valued
-        as deployed), they give point estimates with a ``note`` (:data:`NO_INTERVAL_NOTE`).
+        as deployed) or above its work budget (:data:`equicare.causal._refit.MAX_REFIT_WORK`),
+        they give point estimates with a ``note`` (:data:`NO_INTERVAL_NOTE`).
     ci_level : float
     usual_care : {"deployed", "stored"}
         States a policy leaves to current practice (exception rules' "otherwise, as current

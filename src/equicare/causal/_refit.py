@@ -25,8 +25,9 @@ transitions, all estimators, 500 replicates): 0.3 s on toy 1 and 0.8 s on a 4-st
 3-level-mediator model (rerunning the estimator per replicate: about 85 s); 28 s on three
 continuous state features (spline basis) with a binary mediator.
 
-Only the default models on a discrete mediator are batched (:func:`refit_support` says why a
-configuration is not); the estimators then publish point estimates only.
+Only the default models on a discrete mediator are batched, and the refit runs when its
+estimated work is below :data:`MAX_REFIT_WORK` (about a minute); :func:`refit_support` says why
+it does not run, and the estimators then publish point estimates only.
 
 The bootstrap's percentile interval of each effect and the standard deviation of its replicates
 (its standard error) are made by :meth:`equicare.causal._dynamic._Run.refit_inference`.
@@ -61,8 +62,37 @@ def bootstrap_counts(rng: np.random.Generator, n_episodes: int, n_bootstrap: int
                            size=n_bootstrap).astype(np.float64)
 
 
+#: Estimated floating-point work of the batched refit above which it does not run, about a
+#: minute on one thread (:func:`refit_work`; 5.2e10 took 28 s: 6,000 distinct transitions,
+#: 19 spline features, a binary mediator, 500 replicates).
+MAX_REFIT_WORK = 1e11
+#: The refit does not run (:data:`MAX_REFIT_WORK`); tests match it.
+TOO_MUCH_WORK = ("the panel is too large for it ({work:.1g} operations for {groups} distinct "
+                 "transitions, {p} basis features and {b} replicates; fewer replicates or a "
+                 "coarser basis)")
+
+
+def refit_work(run: _Run) -> tuple[float, int, int]:
+    """Estimated work of the refit: operations, distinct transitions and basis features.
+
+    Per replicate and distinct transition (each is in a fold's training and evaluation rows):
+    about 10 Newton steps of the mediator and behaviour logits (``p^2`` per class pair) and the
+    G process's LSTD cross products (``A p^2 K``).
+    """
+    md, cfg = run.md, run.cfg
+    p = max(int(run.basis(k)[0].shape[1]) for k in (cfg.basis, cfg.q_basis, cfg.ratio_basis))
+    cols = [md.states, md.next_states, md.actions[:, None], md.mediators]
+    if md.behavior_prob is not None:
+        cols.append(md.behavior_prob[:, None])
+    groups = int(np.unique(np.hstack([np.asarray(c, dtype=np.float64) for c in cols]),
+                           axis=0).shape[0])
+    A, K = md.n_actions, max(run.enc.n_levels, 1)
+    per = 10 * p * p * ((K - 1) ** 2 + (A - 1) ** 2) + A * p * p * K
+    return float(cfg.n_bootstrap) * 2 * groups * per, groups, p
+
+
 def refit_support(run: _Run) -> str | None:
-    """Why the refitting bootstrap cannot run on this configuration, or None when it can."""
+    """Why the refitting bootstrap does not run on this configuration, or None when it does."""
     cfg = run.cfg
     if any(m is not None for m in (cfg.reward_model, cfg.mediator_model, cfg.behavior_model)):
         return "a scikit-learn nuisance model is not batched"
@@ -70,6 +100,9 @@ def refit_support(run: _Run) -> str | None:
         return "a continuous mediator is not batched"
     if run.defers:
         return "a policy valued as deployed (states left to practice) is not batched"
+    work, groups, p = refit_work(run)
+    if work > MAX_REFIT_WORK:
+        return TOO_MUCH_WORK.format(work=work, groups=groups, p=p, b=cfg.n_bootstrap)
     return None
 
 

@@ -329,7 +329,8 @@ def register(app: typer.Typer) -> None:
         point-exposure baseline) with standard errors and cluster-bootstrap CIs: multiply
         robust's from its influence values, the others' from replicates that refit every
         model (docs/mediation.md 'Inference'; a configuration it does not batch, e.g. a
-        continuous mediator, gives their point estimates with a note).
+        continuous mediator, or one above its work budget gives their point estimates with a
+        note).
         Exception rules (explain's card/model, or predict's file with its follows_practice
         column) are valued as deployed, as evaluate and audit value them: where they leave the
         decision to current practice the policy acts as practice does (--usual-care stored
