@@ -1042,9 +1042,9 @@ class _Run:
         pts = {name: points[name]() for name in cfg.estimators}
         intervals: dict[str, Any] = {}
         if "mr" in pts:
-            self.say(f"intervals of mr: {cfg.n_bootstrap} cluster-bootstrap replicates over "
+            self.say(f"intervals: {cfg.n_bootstrap} cluster-bootstrap replicates over "
                      f"{md.n_episodes} episodes" if cfg.n_bootstrap > 0 else
-                     "intervals of mr: normal (no bootstrap)")
+                     "intervals: normal (no bootstrap)")
             intervals["mr"] = cluster_inference(pts["mr"], mr_vals - pts["mr"],
                                                 md.episode_index, md.n_episodes, _CONTRAST,
                                                 n_bootstrap=cfg.n_bootstrap,
