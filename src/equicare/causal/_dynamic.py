@@ -44,10 +44,11 @@ from equicare.causal._data import (
     as_mediation_data,
     resolve_policy,
 )
-from equicare.causal._inference import cluster_inference
+from equicare.causal._inference import ClusterInference, cluster_inference
 from equicare.causal._lstd import MixedDesign, action_design, level_action_design, lstd_blocks
 from equicare.causal._nuisance import BehaviorModel, MediatorModel, RewardModel
 from equicare.causal._ratio import effective_sample_size, fit_ratio
+from equicare.causal._refit import bootstrap_counts, refit_etas, refit_support
 from equicare.causal._result import (
     EFFECT_KEYS,
     ETA_KEYS,
@@ -95,12 +96,14 @@ LOW_MEDIATOR_ESS_MESSAGE = (
     "a few rows whose mediator value the fitted mediator model finds rare under the logged "
     "action, and MR's standard errors and CIs can be far too narrow. Compare with 'dm', or "
     "use a coarser basis or a smoother mediator model.")
-#: Why DM, MIS and the baseline have no SE or CI (the JSON's ``note`` of each, and the
-#: terminal's). MR's efficient influence function is valid with fitted nuisances (Neyman
-#: orthogonality and cross-fitting).
-NO_INTERVAL_NOTE = ("no standard error or CI: linearised with its fitted models (and ratios) "
-                    "held fixed, its 95% intervals covered the truth in as few as 11% of "
-                    "simulated data sets (docs/mediation.md 'Inference'); use mr's")
+#: Why DM, MIS or the baseline has no SE or CI (the JSON's ``note``, and the terminal's): their
+#: intervals come from a bootstrap that refits every model (:mod:`equicare.causal._refit`);
+#: ``{reason}`` says why it did not run. Linearised with the fitted models (and ratios) held
+#: fixed, their intervals covered the truth in as few as 11 % of simulated data sets.
+NO_INTERVAL_NOTE = ("no standard error or CI: its intervals come from a bootstrap that refits "
+                    "every model, and {reason} (docs/mediation.md 'Inference'); use mr's")
+#: :data:`NO_INTERVAL_NOTE`'s reason without bootstrap replicates.
+NO_BOOTSTRAP_REASON = "n_bootstrap is 0"
 #: Effective sample size, in % of the transitions, below which a weight gets a SupportWarning.
 LOW_ESS_PCT = 10.0
 
@@ -368,9 +371,14 @@ class DynamicMediation:
         fewer :meth:`estimate` refuses (:data:`MSG_SMALL_ACTION_CELL`). Below 11 a
         :class:`~equicare.exceptions.SmallCellWarning` says the output is not privacy-safe.
     n_bootstrap : int
-        Cluster-bootstrap replicates of MR's CIs (0: normal intervals from its standard
-        errors). Only MR has standard errors and CIs; DM, MIS and the baseline give point
-        estimates with a ``note`` (:data:`NO_INTERVAL_NOTE`).
+        Cluster-bootstrap replicates (episodes resampled). MR's resample its influence values
+        (0: normal intervals from its standard errors). DM's, MIS's and the baseline's refit
+        every nuisance model, Q-function and ratio per replicate, all replicates at once
+        (:mod:`equicare.causal._refit`): standard error = the replicates' SD, percentile CI.
+        With 0 replicates, or a configuration the refit does not batch (a scikit-learn
+        nuisance model, a continuous mediator, a policy that leaves states to practice valued
+        as deployed) or above its work budget (:data:`equicare.causal._refit.MAX_REFIT_WORK`),
+        they give point estimates with a ``note`` (:data:`NO_INTERVAL_NOTE`).
     ci_level : float
     usual_care : {"deployed", "stored"}
         States a policy leaves to current practice (exception rules' "otherwise, as current
@@ -985,36 +993,72 @@ class _Run:
         return np.column_stack([psi1, psi2, psi3, psi4, psi5]) + np.asarray(eta)[None, :]
 
     # -------------------------------------------------------------- inference and result
+    def refit_inference(self, points: dict[str, NDArray[np.float64]]
+                        ) -> tuple[dict[str, str], dict[str, ClusterInference]]:
+        """Intervals of DM, MIS and the baseline from a bootstrap that refits every model.
+
+        ``n_bootstrap`` replicates resample episodes (:func:`bootstrap_counts`) and refit every
+        nuisance model, Q-function and ratio in the same folds, all replicates of a chunk at
+        once (:func:`equicare.causal._refit.refit_etas`). The standard error is the replicates'
+        standard deviation, the CI their percentile interval. Returns the notes of the
+        estimators left without an interval (:data:`NO_INTERVAL_NOTE`) and the intervals.
+        """
+        cfg, md = self.cfg, self.md
+        names = [k for k in ("dm", "mis", "baseline") if k in points]
+        if not names:
+            return {}, {}
+        reason = NO_BOOTSTRAP_REASON if cfg.n_bootstrap == 0 else refit_support(self)
+        if reason is not None:
+            return {k: NO_INTERVAL_NOTE.format(reason=reason) for k in names}, {}
+        self.say(f"intervals of {', '.join(names)}: {cfg.n_bootstrap} bootstrap replicates "
+                 f"over {md.n_episodes} episodes, every model refitted")
+        reps = refit_etas(self, bootstrap_counts(self.rng, md.n_episodes, cfg.n_bootstrap))
+        alpha = 1.0 - cfg.ci_level
+        out: dict[str, ClusterInference] = {}
+        for name in names:
+            contrast = _BASELINE_CONTRAST if name == "baseline" else _CONTRAST
+            eff = reps[name] @ contrast                                     # (B, k)
+            lo, hi = np.quantile(eff, [alpha / 2, 1 - alpha / 2], axis=0)
+            se = eff.std(axis=0, ddof=1) if eff.shape[0] > 1 else np.zeros(eff.shape[1])
+            out[name] = ClusterInference(points[name] @ contrast, se, lo, hi)
+        return {}, out
+
     def assemble(self, eta_dm_folds: list[list[float]], mr_vals: NDArray[np.float64],
                  mis_num: NDArray[np.float64], mis_w: NDArray[np.float64],
                  base: NDArray[np.float64], w_all: NDArray[np.float64],
                  w_med: NDArray[np.float64], target_name: str,
                  control_name: str) -> MediationResult:
-        """Point estimates of every estimator; SEs and CIs of MR only.
+        """Point estimates of every estimator, their standard errors and CIs.
 
-        DM, MIS and the baseline get no interval (:data:`NO_INTERVAL_NOTE`): their
-        linearisations held the fitted ratios and models fixed, and covered the truth in as
-        few as 11 % of simulated data sets.
+        MR's come from its influence values (:func:`cluster_inference`); DM's, MIS's and the
+        baseline's from a bootstrap that refits every model (:meth:`refit_inference`), whose
+        replicates are drawn after MR's (MR's numbers do not depend on it).
         """
         md, cfg = self.md, self.cfg
         n = md.n_steps
         points = {"dm": lambda: np.mean(np.asarray(eta_dm_folds), axis=0),
                   "mis": lambda: mis_num.sum(0) / mis_w.sum(0),
                   "mr": lambda: mr_vals.mean(0), "baseline": lambda: base.mean(0)}
+        pts = {name: points[name]() for name in cfg.estimators}
+        intervals: dict[str, Any] = {}
+        if "mr" in pts:
+            self.say(f"intervals: {cfg.n_bootstrap} cluster-bootstrap replicates over "
+                     f"{md.n_episodes} episodes" if cfg.n_bootstrap > 0 else
+                     "intervals: normal (no bootstrap)")
+            intervals["mr"] = cluster_inference(pts["mr"], mr_vals - pts["mr"],
+                                                md.episode_index, md.n_episodes, _CONTRAST,
+                                                n_bootstrap=cfg.n_bootstrap,
+                                                ci_level=cfg.ci_level, rng=self.rng)
+        notes, refit = self.refit_inference(pts)
+        intervals.update(refit)
         results: dict[str, EstimatorResult] = {}
-        for name in cfg.estimators:
-            pt = points[name]()
+        for name, pt in pts.items():
             base_like = name == "baseline"
             keys = ("ide", "ime", "total") if base_like else EFFECT_KEYS
             values = pt @ (_BASELINE_CONTRAST if base_like else _CONTRAST)
             effects = {k: EffectEstimate(None) for k in EFFECT_KEYS}
-            if name == "mr":
-                self.say(f"intervals: {cfg.n_bootstrap} cluster-bootstrap replicates over "
-                         f"{md.n_episodes} episodes" if cfg.n_bootstrap > 0 else
-                         "intervals: normal (no bootstrap)")
-                inf = cluster_inference(pt, mr_vals - pt, md.episode_index, md.n_episodes,
-                                        _CONTRAST, n_bootstrap=cfg.n_bootstrap,
-                                        ci_level=cfg.ci_level, rng=self.rng)
+            inf = intervals.get(name)
+            if inf is not None:
                 for j, k in enumerate(keys):
                     effects[k] = EffectEstimate(float(inf.value[j]), float(inf.se[j]),
                                                 (float(inf.ci_low[j]), float(inf.ci_high[j])))
@@ -1024,8 +1068,7 @@ class _Run:
             eta: dict[str, float | None] = (
                 {k: None for k in ETA_KEYS} if base_like
                 else dict(zip(ETA_KEYS, map(float, pt), strict=True)))
-            results[name] = EstimatorResult(effects, eta,
-                                            note=None if name == "mr" else NO_INTERVAL_NOTE)
+            results[name] = EstimatorResult(effects, eta, note=notes.get(name))
         ess: dict[str, float] = {}
         if self.need_w:
             for j, key in enumerate(("pi_e", "a0", "G")):

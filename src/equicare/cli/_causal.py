@@ -304,8 +304,10 @@ def register(app: typer.Typer) -> None:
                                                 "of dm, mis, mr, baseline.")
                               ] = "dm,mis,mr,baseline",
         bootstrap: Annotated[int, typer.Option("--bootstrap", min=0, help="Cluster-bootstrap "
-                                               "replicates of mr's CIs (0: normal "
-                                               "intervals).")] = 500,
+                                               "replicates: mr's resample its influence "
+                                               "values, dm's, mis's and baseline's refit "
+                                               "every model (0: mr's normal intervals, no "
+                                               "others).")] = 500,
         folds: Annotated[int, typer.Option("--folds", min=1, help="Cross-fitting folds.")] = 2,
         basis: Annotated[Basis, typer.Option("--basis", help="State basis.")] = Basis.AUTO,
         usual_care: MediateUsualCare = UsualCare.DEPLOYED,
@@ -324,8 +326,11 @@ def register(app: typer.Typer) -> None:
 
         Estimates IDE, IME, DDE, DME and the total effect of the --policy versus the
         --control (direct method, marginalised importance sampling, multiply robust,
-        point-exposure baseline); standard errors and cluster-bootstrap CIs for multiply
-        robust only (the others' held their fitted models fixed and under-covered).
+        point-exposure baseline) with standard errors and cluster-bootstrap CIs: multiply
+        robust's from its influence values, the others' from replicates that refit every
+        model (docs/mediation.md 'Inference'; a configuration it does not batch, e.g. a
+        continuous mediator, or one above its work budget gives their point estimates with a
+        note).
         Exception rules (explain's card/model, or predict's file with its follows_practice
         column) are valued as deployed, as evaluate and audit value them: where they leave the
         decision to current practice the policy acts as practice does (--usual-care stored
