@@ -81,6 +81,7 @@ from equicare.ope._ess import WeightSums
 from equicare.ope._propensity_check import (
     PropensityCheck,
     floored_counts_message,
+    in_sample_weights_message,
     sample_propensity_check,
 )
 from equicare.ope._stream_groups import (
@@ -1066,6 +1067,14 @@ def evaluate_stream(
             g_sums = total.groups
         src.flush()  # the support check's sums, when no pass was left to carry them
     report = None if support is None else support.report(keys)
+    if beh_info is not None:  # in-sample propensities: plain IS / PDIS biased low, as in memory
+        mean_w = float(main.w_sum / main.n_episodes) if main.n_episodes else float("nan")
+        in_sample = in_sample_weights_message(beh_info, tuple(keys), mean_w, main.n_episodes,
+                                              main.n_steps)
+        if in_sample is not None:
+            warnings.warn(in_sample, DataWarning, stacklevel=2)
+        res = dataclasses.replace(res, behavior_model={
+            **beh_info, "mean_trajectory_weight": mean_w, "in_sample_warning": in_sample})
     from equicare.ope._evaluate import far_outside_returns, out_of_range_message
 
     far = out_of_range_message(res.estimates, (main.returns_min, main.returns_max), res.ess,
