@@ -21,8 +21,8 @@ KEYS = ("is", "wis", "pdis", "wpdis", "dr")
 
 
 def _garnet_parquet(folder, cfg, n_episodes: int, seed: int):
-    """A Garnet panel written without its propensity column: path, manifest, dataset and the
-    target policies' tables."""
+    """A Garnet panel written without its propensity column: path, manifest, dataset, the
+    target policies' tables and the MDP."""
     from equicare.sim._garnet_cli import garnet_frame, garnet_manifest
     from equicare.sim.garnet import garnet_panel, garnet_target_policies
 
@@ -33,7 +33,8 @@ def _garnet_parquet(folder, cfg, n_episodes: int, seed: int):
     md = garnet_manifest(cfg).to_dict()
     md["dataset"].pop("behavior_prob")
     man = Manifest.from_dict(md)
-    return path, man, load_dataset(path, man, emit_warnings=False), garnet_target_policies(mdp)
+    return (path, man, load_dataset(path, man, emit_warnings=False),
+            garnet_target_policies(mdp), mdp)
 
 
 def _garnet_table(pi):
@@ -175,8 +176,8 @@ def test_streamed_floored_propensities_give_the_in_memory_warning(tmp_path):
     from equicare.exceptions import DataWarning
     from equicare.sim.garnet import GarnetConfig
 
-    path, man, ds, pols = _garnet_parquet(tmp_path, GarnetConfig(n_states=50, n_actions=5,
-                                                                 n_successors=3), 300, 3)
+    path, man, ds, pols, _ = _garnet_parquet(tmp_path, GarnetConfig(n_states=50, n_actions=5,
+                                                                    n_successors=3), 300, 3)
     Table = _garnet_table(pols["soft_optimal"])
 
     def floored(fn):
@@ -210,7 +211,7 @@ def test_streamed_in_sample_propensities_give_the_in_memory_warning(tmp_path):
     from equicare.exceptions import DataWarning
     from equicare.sim.garnet import garnet_preset
 
-    path, man, ds, pols = _garnet_parquet(tmp_path, garnet_preset("s700_a25_g1"), 1000, 5)
+    path, man, ds, pols, _ = _garnet_parquet(tmp_path, garnet_preset("s700_a25_g1"), 1000, 5)
     Table = _garnet_table(pols["behavior"])
 
     def run(fn):
@@ -230,3 +231,43 @@ def test_streamed_in_sample_propensities_give_the_in_memory_warning(tmp_path):
     assert w < 0.5
     assert got.behavior_model["in_sample_warning"] == mem.behavior_model["in_sample_warning"]
     assert got.estimates["is"].value == pytest.approx(mem.estimates["is"].value, rel=1e-9)
+
+
+def test_a_sample_that_leaves_episodes_out_of_a_saturated_state_is_warned(tmp_path):
+    """Exact truth, 700 Garnet states: a behaviour model fitted in-sample on half the episodes
+    gives the other half out-of-sample probabilities near 0 in thin levels, and the weights
+    explode (IS and DR orders of magnitude off, WDR far below the truth). Streamed on such a
+    sample, evaluate_stream now says so (DataWarning, ``behavior_model.sample_warning``);
+    with the whole panel as the sample it does not, and DR is right."""
+    import warnings
+
+    from equicare.exceptions import DataWarning
+    from equicare.ope._stream_behavior import thin_sample_message
+    from equicare.sim.garnet import garnet_preset
+
+    path, man, ds, pols, mdp = _garnet_parquet(tmp_path, garnet_preset("s700_a25_g1"), 1000, 5)
+    truth = mdp.value(pols["behavior"])
+    Table = _garnet_table(pols["behavior"])
+    kw = {"estimators": ("is", "dr", "wdr"), "q_model": "tabular_stationary", "n_boot": 0,
+          "chunk_rows": 3000, "random_state": 4, "groups": ()}
+    runs = {}
+    for name, rows in (("half", ds.n_steps // 2), ("whole", ds.n_steps)):
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            res = evaluate_stream(path, Table(), manifest=man, behavior_sample_rows=rows, **kw)
+        runs[name] = res, [str(w.message) for w in rec if issubclass(w.category, DataWarning)
+                           and "fitted in-sample on a random sample" in str(w.message)]
+    half, said = runs["half"]
+    assert half.estimates["is"].value > 10 * truth  # the weights explode
+    assert said == [half.behavior_model["sample_warning"]]
+    sample = half.behavior_model["sample_episodes"]
+    assert said[0].startswith(
+        "The propensities were estimated by a behaviour model fitted in-sample on a random "
+        f"sample of {sample:,} of the 1,000 episodes ({sample / 10:.1f}%)")
+    assert "(is, dr, wdr; measured" in said[0]
+    whole, said = runs["whole"]
+    assert said == [] and whole.behavior_model["sample_warning"] is None
+    assert abs(whole.estimates["dr"].value / truth - 1) < 0.06
+    info = {"sample_rate": 0.5, "sample_episodes": 5}
+    assert thin_sample_message(BehaviorModel(), info, 10, ("is",)) is None  # not fitted: no flag
+    assert thin_sample_message(type("M", (), {"saturated_": True})(), info, 10, ("fqe",)) is None

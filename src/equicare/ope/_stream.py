@@ -957,7 +957,7 @@ def evaluate_stream(
     with executor_session(executor):  # one local pool for every pass
         beh_info = None
         if not src.logged:  # no logged propensities: a behaviour model on a sample of episodes
-            from equicare.ope._stream_behavior import fit_behavior_stream
+            from equicare.ope._stream_behavior import fit_behavior_stream, thin_sample_message
 
             sb = fit_behavior_stream(src, model=behavior_model, sample_rows=behavior_sample_rows,
                                      seed=seed, model_seed=fit_seed)
@@ -975,6 +975,10 @@ def evaluate_stream(
             if floored is not None:
                 warnings.warn(floored, DataWarning, stacklevel=2)
             beh_info["floored_warning"] = floored
+            thin = thin_sample_message(sb.model, beh_info, src.n_episodes, tuple(keys))
+            if thin is not None:  # out-of-sample probabilities in thin levels
+                warnings.warn(thin, DataWarning, stacklevel=2)
+            beh_info["sample_warning"] = thin
         if any(k in Q_TYPE for k in keys):
             from equicare.ope._stream_q import evaluate_stream_q, resolve_stream_q
 

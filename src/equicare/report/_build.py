@@ -404,7 +404,8 @@ def build_run_report(
             f"({result['n_steps']:,} steps). Intervals: 95% episode-level bootstrap."
         )
         bm_info = result.get("behavior_model") or {}
-        for key in ("floored_warning", "in_sample_warning"):  # evaluate's propensity warnings
+        # evaluate's warnings on estimated propensities (the last one streamed only)
+        for key in ("floored_warning", "in_sample_warning", "sample_warning"):
             if bm_info.get(key):
                 rep.text(bm_info[key], note=True)
         far = [k for k in result.get("out_of_range") or [] if k in result["estimates"]]
