@@ -25,6 +25,13 @@ Measures (per panel)
   same way.
 * ``ope_garnet_<S>x<A>_dr_rel_error``: |DR - truth| / truth of our run; peer: SCOPE-RL's DR
   with the d3rlpy FQE.
+* ``ope_garnet_5000x100_estimated_propensities_end_to_end`` and ``..._peak_memory``: the same
+  in-memory command on the 5000x100 panel with ``behavior_prob`` removed from the manifest, so
+  that ``evaluate`` estimates the propensities (the default behaviour model: the state is a
+  saturated categorical column, so one flat multinomial logistic model over the 100 actions,
+  fitted in-sample) and uses them for every weighted estimator and the support check. Same
+  budgets as the logged-propensity run. No peer: SCOPE-RL's OPE takes the logged ``pscore`` and
+  has no behaviour-policy estimation, so it would not do this work.
 * ``ope_garnet_<S>x<A>_stream_end_to_end`` and ``..._stream_peak_memory``: the same command
   streamed, ``--chunk-rows`` :data:`CHUNK_ROWS` (passes over episode-aligned chunks; ``auto``
   chooses on a sample of whole episodes, here the whole panel; its point estimates equal the
@@ -66,6 +73,11 @@ SMALL_EPISODES = 300
 N_BOOT = 1000
 FAMILY = "soft_optimal"
 FQE_STEPS = 10_000
+#: Panels also evaluated with estimated propensities (``behavior_prob`` left out of the manifest).
+ESTIMATED_PANELS = ("5000x100",)
+#: The note of the estimated-propensity entries (no peer).
+ESTIMATED_NOTE = ("no peer: SCOPE-RL's OPE reads logged propensities and cannot estimate them; "
+                  "ours fits the behaviour model (flat multinomial logistic, in-sample) first")
 #: Rows per chunk of the streamed runs (about a third of a full panel, so 3-4 chunks).
 CHUNK_ROWS = 20_000
 #: ``quick`` mode (a smoke run): every panel is this tiny preset with this many episodes, and
@@ -228,6 +240,19 @@ def run_panel(name: str, preset: str, n_episodes: int, workdir: Path, quick: boo
                         str(QUICK_BOOT if quick else N_BOOT), "--out", str(d / "result.json"),
                         "--force"])
     res = json.loads((d / "result.json").read_text())
+    estimated = None
+    if name in ESTIMATED_PANELS:  # the same command, the propensities estimated
+        from equicare.data import Manifest, read_manifest
+
+        md = read_manifest(d / "manifest.toml").to_dict()
+        md["dataset"].pop("behavior_prob", None)
+        (d / "manifest_estimated.toml").write_text(Manifest.from_dict(md).to_toml())
+        estimated = _run(_OURS, ["evaluate", str(d / "panel.parquet"), "--manifest",
+                                 str(d / "manifest_estimated.toml"), "--policy",
+                                 str(d / "policies" / f"{FAMILY}.parquet"), "--bootstrap",
+                                 str(QUICK_BOOT if quick else N_BOOT), "--out",
+                                 str(d / "result_estimated.json"), "--force"])
+        estimated["result"] = json.loads((d / "result_estimated.json").read_text())
     stream = _run(_OURS, ["evaluate", str(d / "panel.parquet"), "--manifest",
                           str(d / "manifest.toml"), "--policy",
                           str(d / "policies" / f"{FAMILY}.parquet"), "--bootstrap",
@@ -238,7 +263,7 @@ def run_panel(name: str, preset: str, n_episodes: int, workdir: Path, quick: boo
     peer = ({"skipped": "quick run"} if quick
             else _run(_PEER, [str(d), str(FQE_STEPS), str(N_BOOT)]))
     return {"truth": float(truth["policies"][FAMILY]["value"]), "ours": ours, "result": res,
-            "stream": stream, "result_stream": res_stream, "peer": peer,
+            "stream": stream, "result_stream": res_stream, "peer": peer, "estimated": estimated,
             "rows": int(res["n_steps"])}
 
 
@@ -317,6 +342,16 @@ def run(quick: bool = False) -> dict[str, dict[str, Any]]:
         out[f"ope_garnet_{name}_dr_rel_error"] = _entry(
             abs(dr / truth - 1.0), "relative", label,
             abs(peer["dr"] / truth - 1.0) if has_peer else None)
+        if m["estimated"] is not None:
+            est = m["estimated"]
+            key = f"ope_garnet_{name}_estimated_propensities"
+            out[f"{key}_end_to_end"] = {**_entry(est["wall"], "s"), "note": ESTIMATED_NOTE}
+            out[f"{key}_peak_memory"] = {**_entry(est["max_rss_mb"], "MB"),
+                                         "note": ESTIMATED_NOTE}
+            e = est["result"]["estimates"]
+            print(f"{name}, estimated propensities: {est['wall']:.1f} s, "
+                  f"{est['max_rss_mb']:.0f} MB, DR {e['dr']['value']:.4f}, "
+                  f"IS {e['is']['value']:.4f} vs truth {truth:.4f}")
         out[f"ope_garnet_{name}_stream_end_to_end"] = _entry(m["stream"]["wall"], "s")
         out[f"ope_garnet_{name}_stream_peak_memory"] = _entry(m["stream"]["max_rss_mb"], "MB")
         same = all(abs(m["result_stream"]["estimates"][k]["value"] - e["value"])

@@ -20,6 +20,33 @@ from .test_stream import RiskPolicy, TablePolicy, _same
 KEYS = ("is", "wis", "pdis", "wpdis", "dr")
 
 
+def _garnet_parquet(folder, cfg, n_episodes: int, seed: int):
+    """A Garnet panel written without its propensity column: path, manifest, dataset, the
+    target policies' tables and the MDP."""
+    from equicare.sim._garnet_cli import garnet_frame, garnet_manifest
+    from equicare.sim.garnet import garnet_panel, garnet_target_policies
+
+    mdp, pan = garnet_panel(cfg, n_episodes, seed)
+    frame = garnet_frame(mdp, pan).drop(columns=["propensity"])
+    path = folder / "g.parquet"
+    frame.to_parquet(path, index=False, row_group_size=500)
+    md = garnet_manifest(cfg).to_dict()
+    md["dataset"].pop("behavior_prob")
+    man = Manifest.from_dict(md)
+    return (path, man, load_dataset(path, man, emit_warnings=False),
+            garnet_target_policies(mdp), mdp)
+
+
+def _garnet_table(pi):
+    """A policy of a Garnet state table ``pi`` (the panel's state levels are ``s<index>``)."""
+    class Table:
+        def action_probs(self, d):
+            lv = np.asarray([int(str(v)[1:]) for v in d.categorical_levels[0]])
+            return pi[lv[d.categorical[:, 0]]]
+
+    return Table
+
+
 @pytest.fixture(scope="module")
 def panel(tmp_path_factory):
     """150 members, 1-12 weeks, no propensity column in the manifest."""
@@ -147,24 +174,11 @@ def test_streamed_floored_propensities_give_the_in_memory_warning(tmp_path):
     import warnings
 
     from equicare.exceptions import DataWarning
-    from equicare.sim._garnet_cli import garnet_frame, garnet_manifest
-    from equicare.sim.garnet import GarnetConfig, garnet_panel, garnet_target_policies
+    from equicare.sim.garnet import GarnetConfig
 
-    cfg = GarnetConfig(n_states=50, n_actions=5, n_successors=3)
-    mdp, pan = garnet_panel(cfg, 300, 3)
-    frame = garnet_frame(mdp, pan).drop(columns=["propensity"])
-    path = tmp_path / "g.parquet"
-    frame.to_parquet(path, index=False, row_group_size=500)
-    md = garnet_manifest(cfg).to_dict()
-    md["dataset"].pop("behavior_prob")
-    man = Manifest.from_dict(md)
-    ds = load_dataset(path, man, emit_warnings=False)
-    pi = garnet_target_policies(mdp)["soft_optimal"]
-
-    class Table:
-        def action_probs(self, d):
-            lv = np.asarray([int(str(v)[1:]) for v in d.categorical_levels[0]])
-            return pi[lv[d.categorical[:, 0]]]
+    path, man, ds, pols, _ = _garnet_parquet(tmp_path, GarnetConfig(n_states=50, n_actions=5,
+                                                                    n_successors=3), 300, 3)
+    Table = _garnet_table(pols["soft_optimal"])
 
     def floored(fn):
         with warnings.catch_warnings(record=True) as rec:
@@ -185,3 +199,75 @@ def test_streamed_floored_propensities_give_the_in_memory_warning(tmp_path):
     assert re.search(r"on \d+ logged rows, in \d+ episodes", streamed[0])
     assert got.behavior_model["floored_warning"] == streamed[0]
     assert mem.behavior_model["floored_warning"] == in_memory[0]
+
+
+def test_streamed_in_sample_propensities_give_the_in_memory_warning(tmp_path):
+    """Streamed, plain IS on in-sample estimated propensities is warned about as in memory:
+    the same mean trajectory weight (the behaviour policy's own, about 0.3 on 700 Garnet states
+    with 1,000 episodes, against 1 with the true propensities) and the same message, in the
+    result and as a DataWarning (a whole-panel sample: the in-memory model)."""
+    import warnings
+
+    from equicare.exceptions import DataWarning
+    from equicare.sim.garnet import garnet_preset
+
+    path, man, ds, pols, _ = _garnet_parquet(tmp_path, garnet_preset("s700_a25_g1"), 1000, 5)
+    Table = _garnet_table(pols["behavior"])
+
+    def run(fn):
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            res = fn()
+        return res, [str(w.message) for w in rec if issubclass(w.category, DataWarning)
+                     and "estimated in-sample" in str(w.message)]
+
+    kw = {"estimators": ("is", "wis"), "random_state": 4, "groups": ()}
+    mem, in_memory = run(lambda: evaluate(ds, Table(), bootstrap=0, **kw))
+    got, streamed = run(lambda: evaluate_stream(path, Table(), manifest=man, n_boot=0,
+                                                chunk_rows=3000, **kw))
+    assert len(in_memory) == 1 and streamed == in_memory
+    w = got.behavior_model["mean_trajectory_weight"]
+    assert w == pytest.approx(mem.behavior_model["mean_trajectory_weight"], rel=1e-9)
+    assert w < 0.5
+    assert got.behavior_model["in_sample_warning"] == mem.behavior_model["in_sample_warning"]
+    assert got.estimates["is"].value == pytest.approx(mem.estimates["is"].value, rel=1e-9)
+
+
+def test_a_sample_that_leaves_episodes_out_of_a_saturated_state_is_warned(tmp_path):
+    """Exact truth, 700 Garnet states: a behaviour model fitted in-sample on half the episodes
+    gives the other half out-of-sample probabilities near 0 in thin levels, and the weights
+    explode (IS and DR orders of magnitude off, WDR far below the truth). Streamed on such a
+    sample, evaluate_stream now says so (DataWarning, ``behavior_model.sample_warning``);
+    with the whole panel as the sample it does not, and DR is right."""
+    import warnings
+
+    from equicare.exceptions import DataWarning
+    from equicare.ope._stream_behavior import thin_sample_message
+    from equicare.sim.garnet import garnet_preset
+
+    path, man, ds, pols, mdp = _garnet_parquet(tmp_path, garnet_preset("s700_a25_g1"), 1000, 5)
+    truth = mdp.value(pols["behavior"])
+    Table = _garnet_table(pols["behavior"])
+    kw = {"estimators": ("is", "dr", "wdr"), "q_model": "tabular_stationary", "n_boot": 0,
+          "chunk_rows": 3000, "random_state": 4, "groups": ()}
+    runs = {}
+    for name, rows in (("half", ds.n_steps // 2), ("whole", ds.n_steps)):
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            res = evaluate_stream(path, Table(), manifest=man, behavior_sample_rows=rows, **kw)
+        runs[name] = res, [str(w.message) for w in rec if issubclass(w.category, DataWarning)
+                           and "fitted in-sample on a random sample" in str(w.message)]
+    half, said = runs["half"]
+    assert half.estimates["is"].value > 10 * truth  # the weights explode
+    assert said == [half.behavior_model["sample_warning"]]
+    sample = half.behavior_model["sample_episodes"]
+    assert said[0].startswith(
+        "The propensities were estimated by a behaviour model fitted in-sample on a random "
+        f"sample of {sample:,} of the 1,000 episodes ({sample / 10:.1f}%)")
+    assert "(is, dr, wdr; measured" in said[0]
+    whole, said = runs["whole"]
+    assert said == [] and whole.behavior_model["sample_warning"] is None
+    assert abs(whole.estimates["dr"].value / truth - 1) < 0.06
+    info = {"sample_rate": 0.5, "sample_episodes": 5}
+    assert thin_sample_message(BehaviorModel(), info, 10, ("is",)) is None  # not fitted: no flag
+    assert thin_sample_message(type("M", (), {"saturated_": True})(), info, 10, ("fqe",)) is None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from equicare.report._build import config_frame, q_model_sentence, support_frame
 
 
@@ -393,25 +395,30 @@ def test_parity_gap_figure_says_suppressed_where_a_gap_is_withheld():
     assert [round(b.get_width(), 4) for b in fig.axes[0].patches][1] == 0.0317
 
 
-def test_floored_estimated_propensities_are_a_note_under_policy_value(tmp_path):
-    """Estimated propensities floored on logged rows (evaluate's warning, kept in the result
-    JSON's behavior_model.floored_warning): the run report says it under Policy value; the
-    ICU-shaped panel's run printed it on the terminal only."""
+@pytest.mark.parametrize(("key", "msg"), [
+    ("floored_warning", "The propensities were not logged but estimated, and the behaviour model "
+                        "gives the action actually taken a probability below its floor 0.001 on "
+                        "383 logged rows"),
+    ("in_sample_warning", "is uses propensities estimated in-sample, and the trajectory "
+                          "importance weights average 0.488 (over 40 episodes")])
+def test_estimated_propensity_warnings_are_a_note_under_policy_value(tmp_path, key, msg):
+    """Estimated propensities floored on logged rows, or in-sample under plain IS (evaluate's
+    warnings, kept in the result JSON's behavior_model.floored_warning / in_sample_warning):
+    the run report says them under Policy value; the ICU-shaped panel's run printed the first
+    on the terminal only."""
     import html
     import json
 
     from equicare.report._build import build_run_report
 
-    msg = ("The propensities were not logged but estimated, and the behaviour model gives the "
-           "action actually taken a probability below its floor 0.001 on 383 logged rows")
     result = {"n_episodes": 40, "n_steps": 200, "behavior": {"value": 1.0, "ci": [0.9, 1.1]},
               "estimates": {"dr": {"value": 1.2, "ci": [1.0, 1.4], "se": 0.1}},
               "ess": {"trajectory_pct": 50.0, "per_decision_pct": 60.0},
-              "behavior_model": {"n_floored": 383, "floored_warning": msg}}
+              "behavior_model": {"n_floored": 383, key: msg}}
     (tmp_path / "result.json").write_text(json.dumps(result))
     page = html.unescape(build_run_report(tmp_path, figure_copies=False).render())
     assert msg in page[page.index(">Policy value<"):]
-    result["behavior_model"]["floored_warning"] = None
+    result["behavior_model"][key] = None
     (tmp_path / "result.json").write_text(json.dumps(result))
     page = html.unescape(build_run_report(tmp_path, figure_copies=False).render())
-    assert "not logged but estimated" not in page
+    assert msg[:40] not in page

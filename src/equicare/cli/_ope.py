@@ -295,10 +295,22 @@ def _cells(e: Any) -> tuple[str, str, str]:
     return _fmt(e.value), f"[{_fmt(e.ci[0])}, {_fmt(e.ci[1])}]", _fmt(e.se)
 
 
-def _caption(estimates: dict[str, Any]) -> str | None:
-    """Why some estimates are "n/a" (one line each), or None."""
+#: The table's line under plain IS / PDIS on in-sample estimated propensities (the warning
+#: above the table says why: :data:`~equicare.ope._propensity_check.MSG_IN_SAMPLE`).
+IN_SAMPLE_CAPTION = ("{names}: biased low, in-sample estimated propensities (weights average "
+                     "{mean}, 1 expected); read wis, dr or wdr")
+
+
+def _caption(estimates: dict[str, Any], behavior_model: dict[str, Any] | None = None
+             ) -> str | None:
+    """Lines under the table: why estimates are "n/a", and plain IS / PDIS biased low."""
     why = [f"{k}: n/a, {e.reason}" for k, e in estimates.items()
            if getattr(e, "reason", None) is not None]
+    bm = behavior_model or {}
+    if bm.get("in_sample_warning"):
+        why.append(IN_SAMPLE_CAPTION.format(
+            names=", ".join(k for k in ("is", "pdis") if k in estimates),
+            mean=f"{bm['mean_trajectory_weight']:.3g}"))
     return "\n".join(why) or None
 
 
@@ -323,7 +335,7 @@ def result_table(res: EvaluationResult) -> Table:
               f"[{_fmt(res.behavior.ci[0])}, {_fmt(res.behavior.ci[1])}]", _fmt(res.behavior.se))
     for k, e in res.estimates.items():
         t.add_row(k, *_cells(e))
-    t.caption = _caption(res.estimates)
+    t.caption = _caption(res.estimates, res.behavior_model)
     return t
 
 
@@ -441,7 +453,7 @@ def stream_table(res: Any) -> Table:
               _fmt(b.se))
     for k, e in res.estimates.items():
         t.add_row(k, *_cells(e))
-    t.caption = _caption(res.estimates)
+    t.caption = _caption(res.estimates, res.behavior_model)
     return t
 
 

@@ -55,7 +55,10 @@ from equicare.ope._prepare import (
     prepare,
     q_model_name,
 )
-from equicare.ope._propensity_check import floored_propensity_message
+from equicare.ope._propensity_check import (
+    floored_propensity_message,
+    in_sample_weights_message,
+)
 from equicare.ope._select import QSelection
 from equicare.ope._stream_groups import GroupPlan, plan_groups
 from equicare.ope._support import (
@@ -1002,6 +1005,16 @@ def _evaluate(
             warnings.warn(floored, DataWarning, stacklevel=3)
         if bm_summary is not None:  # the result JSON and the run report say it too
             bm_summary = {**bm_summary, "floored_warning": floored}
+        # in-sample propensities: plain IS / PDIS biased low (their weights average below 1)
+        w = prep.inputs.cumulative_weights()
+        mean_w = float(w[:, -1].mean()) if w.size else float("nan")
+        in_sample = in_sample_weights_message(bm_summary, tuple(keys), mean_w,
+                                              dataset.n_episodes, dataset.n_steps)
+        if in_sample is not None:
+            warnings.warn(in_sample, DataWarning, stacklevel=3)
+        if bm_summary is not None:
+            bm_summary = {**bm_summary, "mean_trajectory_weight": mean_w,
+                          "in_sample_warning": in_sample}
     elif diagnose_support:  # propensities known: empirical cell support + a fast numeric model
         support, bm_summary = logged_support_diagnostics(
             dataset, checked, behavior_model=behavior_model,

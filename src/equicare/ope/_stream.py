@@ -81,6 +81,7 @@ from equicare.ope._ess import WeightSums
 from equicare.ope._propensity_check import (
     PropensityCheck,
     floored_counts_message,
+    in_sample_weights_message,
     sample_propensity_check,
 )
 from equicare.ope._stream_groups import (
@@ -965,7 +966,7 @@ def evaluate_stream(
     with executor_session(executor):  # one local pool for every pass
         beh_info = None
         if not src.logged:  # no logged propensities: a behaviour model on a sample of episodes
-            from equicare.ope._stream_behavior import fit_behavior_stream
+            from equicare.ope._stream_behavior import fit_behavior_stream, thin_sample_message
 
             sb = fit_behavior_stream(src, model=behavior_model, sample_rows=behavior_sample_rows,
                                      seed=seed, model_seed=fit_seed)
@@ -983,6 +984,10 @@ def evaluate_stream(
             if floored is not None:
                 warnings.warn(floored, DataWarning, stacklevel=2)
             beh_info["floored_warning"] = floored
+            thin = thin_sample_message(sb.model, beh_info, src.n_episodes, tuple(keys))
+            if thin is not None:  # out-of-sample probabilities in thin levels
+                warnings.warn(thin, DataWarning, stacklevel=2)
+            beh_info["sample_warning"] = thin
         if any(k in Q_TYPE for k in keys):
             from equicare.ope._stream_q import evaluate_stream_q, resolve_stream_q
 
@@ -1075,6 +1080,14 @@ def evaluate_stream(
             g_sums = total.groups
         src.flush()  # the support check's sums, when no pass was left to carry them
     report = None if support is None else support.report(keys)
+    if beh_info is not None:  # in-sample propensities: plain IS / PDIS biased low, as in memory
+        mean_w = float(main.w_sum / main.n_episodes) if main.n_episodes else float("nan")
+        in_sample = in_sample_weights_message(beh_info, tuple(keys), mean_w, main.n_episodes,
+                                              main.n_steps)
+        if in_sample is not None:
+            warnings.warn(in_sample, DataWarning, stacklevel=2)
+        res = dataclasses.replace(res, behavior_model={
+            **beh_info, "mean_trajectory_weight": mean_w, "in_sample_warning": in_sample})
     from equicare.ope._evaluate import far_outside_returns, out_of_range_message
 
     far = out_of_range_message(res.estimates, (main.returns_min, main.returns_max), res.ess,

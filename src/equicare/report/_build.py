@@ -403,9 +403,11 @@ def build_run_report(
             f"Evaluated on {result['n_episodes']:,} held-out episodes "
             f"({result['n_steps']:,} steps). Intervals: 95% episode-level bootstrap."
         )
-        floored = (result.get("behavior_model") or {}).get("floored_warning")
-        if floored:  # estimated propensities floored on logged rows (evaluate's warning)
-            rep.text(floored, note=True)
+        bm_info = result.get("behavior_model") or {}
+        # evaluate's warnings on estimated propensities (the last one streamed only)
+        for key in ("floored_warning", "in_sample_warning", "sample_warning"):
+            if bm_info.get(key):
+                rep.text(bm_info[key], note=True)
         far = [k for k in result.get("out_of_range") or [] if k in result["estimates"]]
         if far:
             rep.text(
