@@ -505,8 +505,9 @@ def audit_stream(
         counted: dict[str, Any] = {}
         kept = _Kept(_Membership(tuple(attrs), gi_all.labels))
         if cfg.estimator is not None and pols:
-            # the support check's counts over the audited episodes: on the Q-model's first
-            # pass, else a pass of their own (the mass is summed in the audit's pass)
+            # the support check's counts over the whole panel (what practice does, as the
+            # in-memory behaviour model sees it): on the Q-model's first pass, else a pass of
+            # their own (the mass of the audited episodes is summed in the audit's pass)
             import functools
 
             from equicare.ope._stream_support import count_chunk, fast_rate
@@ -514,8 +515,8 @@ def audit_stream(
             src = ChunkSource(source, manifest=man, chunk_rows=chunk_rows, executor=executor,
                               n_shards=n_shards, owner="audit_stream")
             src.ride(lambda: functools.partial(
-                count_chunk, rate=fast_rate(scan.n_rows) if src.logged else 0.0, seed=seed,
-                episodes=kept), lambda c: counted.__setitem__("counts", c))
+                count_chunk, rate=fast_rate(scan.n_rows) if src.logged else 0.0, seed=seed),
+                lambda c: counted.__setitem__("counts", c))
             if not src.logged:  # as streamed evaluate: a behaviour model on sampled episodes
                 from equicare.ope._evaluate import nuisance_seed
 
@@ -581,7 +582,8 @@ def audit_stream(
             c = counted["counts"]
             fast = bool(c.sample) and needs_fast_model(
                 int(c.sample[0].states.shape[1]), tuple(int(x.shape[0]) for x in c.counts))
-            # the in-memory audit's check: LoggedSupport on the audited episodes, evaluate's seed
+            # the in-memory audit's check: LoggedSupport on the panel, evaluate's seed, the
+            # audited episodes' rows reported
             check, _ = support_check(c, behavior=behavior, fast=fast,
                                      seed=evaluate_seeds(seed)[0], episodes=kept)
         ctx = _Context(cfg=cfg, policies=pols, attrs=attrs, published=gi_all.labels,
