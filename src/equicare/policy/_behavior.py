@@ -664,9 +664,16 @@ class BehaviorModel(BaseEstimator):
             self.calibration_["mean_abs_log_ratio_vs_logged"] = float(np.mean(np.abs(lp)))
 
     def summary(self) -> dict[str, Any]:
-        """Plain-data summary: settings, floored rows, calibration."""
+        """Plain-data summary: settings, floored rows, calibration (the result JSON's).
+
+        ``n_floored`` is None when the floored rows, or the others, number 1 to 10 (a small
+        cell of decisions: :func:`equicare.privacy.small_count`); ``n_floored_`` keeps it.
+        """
+        from equicare.privacy import small_count
+
         check_is_fitted(self, "models_")
         est = self.estimator if isinstance(self.estimator, str) else type(self.estimator).__name__
         return {"estimator": est, "factored": self.factored_, "n_folds": len(self.models_),
-                "floor": float(self.floor), "n_floored": self.n_floored_,
+                "floor": float(self.floor),
+                "n_floored": small_count(self.n_floored_, self.oof_logged_prob_.size),
                 "converged": self.converged_, "calibration": self.calibration_}
