@@ -175,22 +175,23 @@ class _EssAcc:
     """Sums that give Kish's ESS of a policy's weights in each partition (groups, then audited).
 
     Per partition, the :class:`~equicare.ope._ess.WeightSums` of its episodes' weights (and of
-    the truncated weights) and their largest trajectory weight, added over chunks: the numbers
-    of :func:`~equicare.ope.effective_sample_size` on each partition's episodes, exactly.
+    the truncated weights) and their heaviest trajectory weights
+    (:func:`~equicare.ope._ess.heaviest`), added over chunks: the numbers of
+    :func:`~equicare.ope.effective_sample_size` on each partition's episodes, exactly.
     """
 
     sums: list[Any]
-    wmax: NDArray[np.float64]
+    top: NDArray[np.float64]
     truncated: list[Any] | None = None
 
     @classmethod
     def of(cls, inputs: Any, m: NDArray[np.float64], truncate: float | None) -> _EssAcc:
         """One chunk's sums; ``m`` is the ``(n_episodes, P)`` partition indicator."""
-        from equicare.ope._ess import WeightSums
+        from equicare.ope._ess import WeightSums, heaviest
 
         traj = inputs.cumulative_weights()[:, -1]
-        wmax = np.where(m > 0, traj[:, None], -np.inf).max(axis=0)
-        return cls(sums=WeightSums.by_group(inputs, m), wmax=wmax,
+        return cls(sums=WeightSums.by_group(inputs, m),
+                   top=heaviest(np.where(m > 0, traj[:, None], 0.0)),
                    truncated=None if truncate is None
                    else WeightSums.by_group(inputs, m, truncate))
 
@@ -200,7 +201,9 @@ class _EssAcc:
         if self.truncated is not None and other.truncated is not None:
             self.truncated = [a + b for a, b in zip(self.truncated, other.truncated,
                                                     strict=True)]
-        self.wmax = np.maximum(self.wmax, other.wmax)
+        from equicare.ope._ess import heaviest
+
+        self.top = heaviest(np.concatenate([self.top, other.top]))
 
     def weight_sums(self, p: int, truncate: float | None) -> Any:
         """The :class:`~equicare.ope._ess.WeightSums` of partition ``p``.
@@ -216,7 +219,7 @@ class _EssAcc:
         """The :class:`~equicare.ope.EffectiveSampleSize` of partition ``p``."""
         from equicare.ope._ess import ess_from_sums
 
-        return ess_from_sums(self.sums[p], wmax=float(self.wmax[p]),
+        return ess_from_sums(self.sums[p], top=self.top[:, p],
                              truncated=None if self.truncated is None else self.truncated[p],
                              truncate=truncate)
 
