@@ -44,7 +44,7 @@ from equicare.utils import MIN_CELL
 
 __all__ = ["suppressed_cells", "suppressed_labels", "suppressed_levels", "split_withheld",
            "determined_cells",
-           "suppress_counts",
+           "suppress_counts", "small_count",
            "share_suppressed",
            "small_cells_message", "round_significant", "tail_quantile", "coarse_bounds",
            "pooled_level_shares",
@@ -310,6 +310,16 @@ def suppress_counts(counts: dict[str, int], min_cell: int = MIN_CELL) -> dict[st
                        np.asarray(list(counts.values()), dtype=np.int64))
     hide = suppressed_levels(labels, min_cell) if labels.size else set()
     return {k: (None if k in hide else int(v)) for k, v in counts.items()}
+
+
+def small_count(count: int, total: int, min_cell: int = MIN_CELL) -> int | None:
+    """``count`` of ``total`` episodes (or rows) with something, or None when it is a small cell.
+
+    :func:`suppress_counts` of the two-cell table (with it, without it) whose total is
+    published: None when either cell holds 1 to ``min_cell - 1``.
+    """
+    return suppress_counts({"with": int(count), "without": int(total) - int(count)},
+                           min_cell)["with"]
 
 
 def share_suppressed(labels: Sequence[str], some: Any, not_all: Any,

@@ -529,11 +529,7 @@ def test_streamed_audit_hides_rates_of_an_action_few_members_got_as_in_memory(pa
     of group a only hide the behaviour's rates of a and of the smallest other group with such
     a member, its overall rate (3 members in all), gap and ratio, as in memory."""
     path, man, _ = panel
-    frame = pd.read_parquet(path)
-    first = frame[frame["race"] == "a"].groupby("member_id").size().index[:3]
-    home = frame["modality"] == "home_visit"
-    frame.loc[home & ~frame["member_id"].isin(first), "modality"] = "none"
-    assert frame.loc[frame["modality"] == "home_visit", "member_id"].nunique() == 3
+    frame = _few_home_visits(pd.read_parquet(path))
     small, ds, cfg, w = _home_visit_audit(frame, tmp_path / "few_visits.parquet", man)
     ref = cfg.run(ds, weights=w, random_state=3)
     got = audit_stream(small, manifest=man, config=cfg, chunk_rows=7, random_state=3)
@@ -590,3 +586,137 @@ def test_a_need_rule_that_selects_no_row_is_refused_streamed_too(panel):
     ref = cfg.run(ds, {}, weights=w, random_state=8)
     got = audit_stream(path, {}, manifest=man, config=cfg, chunk_rows=7, random_state=8)
     assert _numbers(ref) == _numbers(got)
+
+
+class _StateTable:
+    """A Garnet ``(S, A)`` policy table read at each row's ``state`` level."""
+
+    def __init__(self, table):
+        self.table = table
+
+    def action_probs(self, d):
+        from equicare.sim.garnet import garnet_state_index
+
+        return self.table[garnet_state_index(d)]
+
+
+@pytest.fixture(scope="module")
+def garnet_sites(tmp_path_factory):
+    """A Garnet panel (40 states, 5 actions, 800 stays, seed 3) with a group ``site`` of
+    three levels and one of 6 stays: the site x group audit publishes 536 of the 800 stays.
+    Returns the folder, the MDP and the raw frame."""
+    from equicare.sim._garnet_cli import garnet_frame
+    from equicare.sim.garnet import GarnetConfig, garnet_panel
+
+    mdp, pan = garnet_panel(GarnetConfig(n_states=40, n_actions=5), 800, seed=3)
+    frame = garnet_frame(mdp, pan)
+    rng = np.random.default_rng(0)
+    site = rng.choice(np.array(["s_a", "s_b", "s_c"], dtype=object), size=pan.n_episodes)
+    site[rng.choice(pan.n_episodes, 6, replace=False)] = "s_tiny"
+    frame["site"] = site[frame["episode"].to_numpy()]
+    return tmp_path_factory.mktemp("garnet_sites"), mdp, frame
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.SmallCellWarning")
+@pytest.mark.parametrize("propensities", ["logged", "estimated"])
+def test_audit_support_checks_every_row_against_the_whole_panel(garnet_sites, propensities):
+    """The support share of an audit whose small sites are suppressed: the same in memory and
+    streamed, and the mass on actions never logged in the state anywhere in the panel (40
+    states: the empirical cells are the whole check), on the audited rows; at least the true
+    share (behaviour probability below 1e-3). Both audits with logged propensities, and the
+    streamed one without, counted the logged (state, action) cells of the published stays
+    only (536 of 800): 15.98% for the ``unsupported`` family, 15.93% now, true 15.85%."""
+    from equicare.sim._garnet_cli import garnet_manifest
+    from equicare.sim.garnet import GarnetConfig, garnet_state_index, garnet_target_policies
+
+    folder, mdp, frame = garnet_sites
+    md = garnet_manifest(GarnetConfig(n_states=40, n_actions=5)).to_dict()
+    md["dataset"]["groups"] = ["site", "group"]
+    if propensities == "estimated":
+        md["dataset"].pop("behavior_prob")
+    man = Manifest.from_dict(md)
+    path = folder / f"{propensities}.parquet"
+    frame.to_parquet(path, index=False)
+    ds = load_dataset(path, man, emit_warnings=False)
+    fams = garnet_target_policies(mdp)
+    pols = {k: _StateTable(fams[k]) for k in ("unsupported", "optimal")}
+    cfg = FairnessAudit(group="site", intersect=("group",), action="action=0", n_boot=20,
+                        n_permutations=0, estimator="wis")
+    w = poisson_weights(episode_keys(ds.episode_ids), 20, seed=2)
+    ref = cfg.run(ds, pols, weights=w, random_state=2)
+    got = audit_stream(path, pols, manifest=man, config=cfg, chunk_rows=3000, random_state=2)
+    _assert_same(ref.to_dict(), got.to_dict())
+    s = garnet_state_index(ds)
+    kept = _published(ds, ("site", "group"), ref)
+    rows = np.repeat(kept, ds.episode_lengths)
+    never = np.bincount(s * 5 + ds.actions, minlength=200).reshape(40, 5) == 0
+    for name in pols:
+        share = got.to_dict()["policies"][name]["diagnostics"]["support"]["share_pct"]
+        logged_anywhere = 100 * (fams[name][s] * never[s]).sum(axis=1)[rows].mean()
+        true = 100 * (fams[name][s] * (mdp.behavior_policy[s] < 1e-3)).sum(axis=1)[rows].mean()
+        assert share == pytest.approx(logged_anywhere, rel=1e-9), name
+        assert true <= share
+
+
+def _published(ds, attrs, res):
+    """The stays of the cells an audit ``res`` by ``attrs`` published (some are suppressed)."""
+    cell = np.asarray(ds.groups[attrs[0]], dtype=str)
+    for a in attrs[1:]:
+        cell = np.char.add(np.char.add(cell, " x "), np.asarray(ds.groups[a], dtype=str))
+    kept = ~np.isin(cell, list(res.suppressed))
+    assert kept.sum() == res.n_episodes < ds.n_episodes
+    return kept
+
+
+class _Uniform:
+    """Every action with the same probability."""
+
+    def action_probs(self, d):
+        return np.full((d.n_steps, d.n_actions), 1.0 / d.n_actions)
+
+
+def _few_home_visits(frame):
+    """``frame`` with home visits kept for the first 3 members of race a only."""
+    first = frame[frame["race"] == "a"].groupby("member_id").size().index[:3]
+    home = frame["modality"] == "home_visit"
+    frame.loc[home & ~frame["member_id"].isin(first), "modality"] = "none"
+    assert frame.loc[frame["modality"] == "home_visit", "member_id"].nunique() == 3
+    return frame
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.SmallCellWarning",
+                            "ignore::equicare.exceptions.DataWarning")  # 3 members' visits
+def test_audit_support_without_propensities_is_out_of_fold_when_cells_are_suppressed(
+        panel, tmp_path):
+    """No logged propensities, home visits for 3 members, race b withheld from race x sex: a
+    row's support check does not depend on which groups are published. The in-memory audit
+    checked the published stays against the behaviour model's fold average (a new dataset to
+    it): 5.69% of a uniform policy's mass unsupported, where the model's out-of-fold
+    probabilities (the weights', ``evaluate``'s, the streamed audit's) give 7.35%."""
+    from equicare.ope._evaluate import evaluate_seeds
+    from equicare.ope._prepare import prepare
+    from equicare.ope._support import support_diagnostics
+
+    path, _, _ = panel
+    md = copy.deepcopy(MANIFEST)
+    md["dataset"].pop("behavior_prob")
+    man = Manifest.from_dict(md)
+    few = tmp_path / "few_visits.parquet"
+    _few_home_visits(pd.read_parquet(path)).to_parquet(few, index=False, row_group_size=50)
+    ds = load_dataset(few, man, emit_warnings=False)
+    cfg = FairnessAudit(group="race", intersect=("sex",), action="modality=home_visit",
+                        n_boot=20, n_permutations=0, estimator="wis")
+    w = poisson_weights(episode_keys(ds.episode_ids), 20, seed=4)
+    pols = {"uniform": _Uniform()}
+    ref = cfg.run(ds, pols, weights=w, random_state=4, suppress={"b x f", "b x m"})
+    got = audit_stream(few, pols, manifest=man, config=cfg, chunk_rows=7, random_state=4,
+                       suppress={"b x f", "b x m"})
+    _assert_same(ref.to_dict(), got.to_dict())
+    # every row's check on the whole panel (out-of-fold), then the published stays' rows
+    bm = prepare(ds, _Uniform(), keys=("wis",), behavior_model="logistic",
+                 random_state=int(evaluate_seeds(4)[0])).behavior_model
+    whole = support_diagnostics(ds, _Uniform().action_probs(ds), bm.action_probs(ds),
+                                observed=bm.observed_in_state(ds), warn=False)
+    kept = _published(ds, ("race", "sex"), ref)
+    share = np.average(whole.per_episode_pct[kept], weights=ds.episode_lengths[kept])
+    assert ref["uniform"].diagnostics.support.share_pct == pytest.approx(share, rel=1e-12)

@@ -71,8 +71,36 @@ def test_hand_ess(hand):
     # per step: t=0 weights (2, 4) -> 36/20 of 2 alive; t=1 weight (1) of 1 alive -> 100%
     assert ess.per_step_pct == pytest.approx([100 * 1.8 / 2, 100.0])
     assert ess.trajectory_truncated == pytest.approx(9 / 5)  # weights (1, 2)
-    assert ess.max_weight_share == pytest.approx(0.8)
+    assert ess.top_weight_share == 1.0  # 2 episodes: the 11 heaviest hold all of it
     assert float(kish_ess(np.zeros(3))) == 0.0
+
+
+def test_ess_publishes_the_weight_of_the_11_heaviest_episodes_not_of_one():
+    """The ESS's concentration number is the share of the total trajectory weight held by the
+    11 heaviest episodes, a number of 11 members: it was the largest single episode's share
+    (``max_weight_share``), published for the panel, every evaluated group and every audit.
+    Chunk sums (``heaviest`` of each chunk's heaviest, as the streamed audit merges them) give
+    the same."""
+    from equicare.ope._ess import WeightSums, ess_from_sums, heaviest
+
+    rng = np.random.default_rng(0)
+    rho = rng.lognormal(0.0, 1.5, size=40)
+    inp = OPEInputs(rewards=np.ones(40), episode_offsets=np.arange(41), gamma=1.0, rho=rho)
+    ess = effective_sample_size(inp)
+    d = ess.to_dict()
+    assert "max_weight_share" not in d
+    assert d["top11_weight_share"] == pytest.approx(np.sort(rho)[-11:].sum() / rho.sum())
+    assert d["top11_weight_share"] > rho.max() / rho.sum()
+    parts = [inp.subset(np.arange(a, min(a + 7, 40))) for a in range(0, 40, 7)]
+    top = heaviest(np.zeros((0, 1)))
+    sums = None
+    for part in parts:
+        w = part.cumulative_weights()[:, -1][:, None]
+        top = heaviest(np.concatenate([top, heaviest(w)]))
+        s = WeightSums.of(part)
+        sums = s if sums is None else sums + s
+    streamed = ess_from_sums(sums, top=top[:, 0])
+    assert streamed.top_weight_share == pytest.approx(ess.top_weight_share, rel=1e-12)
 
 
 def _reference(inp: OPEInputs, trunc=None) -> dict[str, float]:

@@ -223,14 +223,17 @@ def test_floored_estimated_propensities_on_logged_rows_are_warned():
                        behavior_model=BehaviorModel(n_folds=5))
     msgs = [str(w.message) for w in rec if "not logged but estimated" in str(w.message)]
     assert len(msgs) == 1
-    n_rows = res.behavior_model["n_floored"]
-    m = re.search(r"below its floor 0\.001 on ([\d,]+) logged rows, in ([\d,]+) episodes "
-                  r"\(([\d.]+)% of them\).*\(up to 1,000 per step\).*is, wis, pdis, wpdis, dr, "
-                  r"wdr inherit that error", msgs[0])
+    # 10 rows in 9 episodes: a small cell, whose counts the warning and the JSON do not show
+    assert res.behavior_model["n_floored"] is None
+    m = re.search(r"below its floor 0\.001 on logged rows of more than 1% of the episodes "
+                  r"\(counts not shown: they, or the episodes without such a row, are fewer "
+                  r"than 11\), more than 2 times the ([\d.]+) such rows.*\(up to 1,000 per "
+                  r"step\).*is, wis, pdis, wpdis, dr, wdr inherit that error", msgs[0])
     assert m is not None, msgs[0]
-    assert int(m.group(1)) == n_rows > 0
     assert res.behavior_model["floored_warning"] == msgs[0]  # the result JSON keeps it
-    assert int(m.group(2)) > FLOORED_EPISODE_SHARE * ds.n_episodes
+    bm = BehaviorModel(n_folds=5).fit(ds)
+    n_ep = np.unique(ds.episode_index[bm.logged_prob(ds) < bm.floor]).size
+    assert (bm.n_floored_, n_ep) == (10, 9) and n_ep > FLOORED_EPISODE_SHARE * ds.n_episodes
     # the advice names the fit that avoids it (in-sample, joint; docs/ope.md)
     assert "--behavior-folds 1 --behavior-form flat" in " ".join(msgs[0].split())
     with warnings.catch_warnings():
@@ -248,9 +251,16 @@ def test_floored_estimated_propensities_on_logged_rows_are_warned():
 def test_floored_message_counts_episodes_and_skips_unweighted_estimators():
     from equicare.ope._propensity_check import floored_counts_message
 
-    msg = floored_counts_message(2, 2, 4, 1e-3, ("wis", "fqe"), 0.25)
-    assert msg is not None and "on 2 logged rows, in 2 episodes (50.0% of them), 8.0 times " \
-        "the 0.2 such rows it expects itself" in msg
+    msg = floored_counts_message(40, 20, 40, 1e-3, ("wis", "fqe"), 5.0)
+    assert msg is not None and "on 40 logged rows, in 20 episodes (50.0% of them), 8.0 times " \
+        "the 5.0 such rows it expects itself" in msg
+    # 1 to 10 episodes, or all but 1 to 10, or 1 to 10 rows: a small cell, counts not shown
+    few = ("on logged rows of more than 1% of the episodes (counts not shown: they, or the "
+           "episodes without such a row, are fewer than 11), more than 2 times the 0.2 such "
+           "rows it expects itself")
+    for rows, episodes, n in [(2, 2, 4), (40, 10, 400), (40, 30, 35), (10, 10, 20)]:
+        small = floored_counts_message(rows, episodes, n, 1e-3, ("wis",), 0.25)
+        assert small is not None and few in small and f"in {episodes} episodes" not in small
     assert "wis inherits that error, and its interval does not carry it: with estimated " \
         "propensities it is biased" in msg
     several = floored_counts_message(2, 2, 4, 1e-3, ("wis", "fqe", "dr"), 0.25)

@@ -166,10 +166,14 @@ def test_bad_sample_size_and_empty_sample_are_user_errors(panel, monkeypatch):
         sb.fit_behavior_stream(object(), sample_rows=10, seed=0)
 
 
-def test_streamed_floored_propensities_give_the_in_memory_warning(tmp_path):
+@pytest.mark.parametrize(("seed", "shown"), [(3, True), (5, False)])
+def test_streamed_floored_propensities_give_the_in_memory_warning(tmp_path, seed, shown):
     """Streamed (``--chunk-rows``), estimated propensities floored on logged rows are warned as
     in memory: on the ICU-shaped Garnet panel the in-memory run said it and the streamed one
-    (same numbers) did not. A whole-panel sample counts the in-memory rows and episodes."""
+    (same numbers) did not. A whole-panel sample counts the in-memory rows and episodes.
+
+    With seed 5 they are 8 rows in 8 episodes, a small cell: both paths published it (the
+    warning's counts, ``n_floored`` and, streamed, ``floored_episodes``); now neither does."""
     import re
     import warnings
 
@@ -177,7 +181,7 @@ def test_streamed_floored_propensities_give_the_in_memory_warning(tmp_path):
     from equicare.sim.garnet import GarnetConfig
 
     path, man, ds, pols, _ = _garnet_parquet(tmp_path, GarnetConfig(n_states=50, n_actions=5,
-                                                                    n_successors=3), 300, 3)
+                                                                    n_successors=3), 300, seed)
     Table = _garnet_table(pols["soft_optimal"])
 
     def floored(fn):
@@ -196,9 +200,14 @@ def test_streamed_floored_propensities_give_the_in_memory_warning(tmp_path):
         path, Table(), manifest=man, estimators=("wis", "dr"), q_model="tabular_stationary",
         n_boot=20, chunk_rows=700, random_state=4, groups=(), behavior_model=bm))
     assert len(in_memory) == 1 and streamed == in_memory
-    assert re.search(r"on \d+ logged rows, in \d+ episodes", streamed[0])
+    assert bool(re.search(r"on \d+ logged rows, in \d+ episodes", streamed[0])) is shown
+    assert ("counts not shown" not in streamed[0]) is shown
     assert got.behavior_model["floored_warning"] == streamed[0]
     assert mem.behavior_model["floored_warning"] == in_memory[0]
+    counts = [mem.behavior_model["n_floored"], got.behavior_model["n_floored"],
+              got.behavior_model["floored_episodes"]]
+    assert counts == ([16, 16, 16] if shown else [None, None, None])
+    assert bm.fit(ds).n_floored_ == (16 if shown else 8)  # kept by the model itself
 
 
 def test_streamed_in_sample_propensities_give_the_in_memory_warning(tmp_path):

@@ -25,7 +25,7 @@ from equicare.fairness._allocation import (
     level_table,
 )
 from equicare.fairness._bootstrap import CIMethod, bootstrap_weights, split_random_state
-from equicare.fairness._diagnostics import WeightDiagnostics, kept_rows, weight_diagnostics
+from equicare.fairness._diagnostics import WeightDiagnostics, weight_diagnostics
 from equicare.fairness._groups import GroupIndex, dataset_group_index, require_comparison
 from equicare.fairness._outcome import OutcomeFrame
 from equicare.fairness._rows import (
@@ -622,26 +622,26 @@ class FairnessAudit:
 class _Support:
     """The OPE engine's support check on the audited rows, one logged-propensity check per audit.
 
-    Suppressed episodes are left out (as from every number of the audit).
+    Every row of the dataset is checked against practice as the whole dataset shows it (the
+    OPE engine's behaviour model, out-of-fold on its fitting data; with logged propensities the
+    check that ``evaluate`` builds on it), and the report covers the audited episodes' rows
+    (:func:`~equicare.ope._support.audited_mass`): suppressed episodes are left out of the
+    share, as from every number of the audit, but not out of what practice does.
     """
 
     def __init__(self, dataset: TrajectoryDataset, gi: GroupIndex, estimator: str,
                  given: LoggedSupport | None = None) -> None:
-        self.rows = kept_rows(gi, dataset.episode_offsets)
-        self.all = bool(gi.kept.all())
-        self.data = dataset if self.all else dataset.subset(np.flatnonzero(gi.kept))
+        self.data = dataset
+        self.kept = None if bool(gi.kept.all()) else gi.kept
         self.keys = (estimator,)
         self._given = given
         self._logged: Any = None
 
-    def _rows(self, probs: NDArray[np.float64]) -> NDArray[np.float64]:
-        return probs if self.all else probs[self.rows]
-
     def _checker(self, seed: int) -> Any:
         """The audit's one :class:`LoggedSupport`, at the first policy's seed (or the given one).
 
-        The given check serves when it is that one (:meth:`LoggedSupport.reuse`): with no
-        suppressed episode, on the audited dataset itself.
+        The given check serves when it is that one (:meth:`LoggedSupport.reuse`): on the
+        audited dataset itself.
         """
         from equicare.ope._support import LoggedSupport
 
@@ -651,11 +651,11 @@ class _Support:
 
     def logged(self, target_probs: NDArray[np.float64], seed: int) -> Any:
         """Report against the logged propensities' check (:class:`LoggedSupport`)."""
-        return self._checker(seed).report(self._rows(target_probs), estimators=self.keys,
-                                          warn=False)
+        return self._checker(seed).report(target_probs, estimators=self.keys, warn=False,
+                                          kept=self.kept)
 
     def logged_policy(self, policy: Policy | NDArray[np.float64], seed: int) -> Any:
-        """:meth:`logged` from the policy evaluated block by block on the audited episodes.
+        """:meth:`logged` from the policy evaluated block by block on the dataset.
 
         No ``(n_steps, n_actions)`` matrix of the policy is held.
         """
@@ -670,14 +670,14 @@ class _Support:
             mass[rows] = checker.block_mass(probs, rows)
 
         row_pass(self.data, policy, np.zeros((self.data.n_actions, 0)), block_fn=add)
-        return checker.report_mass(mass, estimators=self.keys, warn=False)
+        return checker.report_mass(mass, estimators=self.keys, warn=False, kept=self.kept)
 
     def model(self, target_probs: NDArray[np.float64], behavior_model: Any) -> Any:
         """Report against the fitted behaviour model of the OPE engine."""
         from equicare.ope._support import model_support_diagnostics
 
-        return model_support_diagnostics(self.data, self._rows(target_probs), behavior_model,
-                                         estimators=self.keys, warn=False)
+        return model_support_diagnostics(self.data, target_probs, behavior_model,
+                                         estimators=self.keys, warn=False, kept=self.kept)
 
 
 def allocation_stage(n_boot: int, n_permutations: int) -> str:

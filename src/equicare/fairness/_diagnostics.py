@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from numpy.typing import NDArray
 
 from equicare.exceptions import DataWarning, SupportWarning
 from equicare.fairness._groups import GroupIndex
@@ -215,8 +214,3 @@ def diagnose(policy: str, estimator: str, ess: EffectiveSampleSize,
 def _fmt(e: EffectiveSampleSize, diag: WeightDiagnostics) -> str:
     pct = diag.ess_pct(e)
     return f"{pct * e.n_episodes / 100:.1f} episodes ({pct:.2f}%)"
-
-
-def kept_rows(gi: GroupIndex, offsets: NDArray[np.int64]) -> NDArray[np.bool_]:
-    """Rows of the audited episodes, shape ``(n_steps,)``."""
-    return np.repeat(gi.kept, np.diff(offsets))

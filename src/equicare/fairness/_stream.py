@@ -175,22 +175,23 @@ class _EssAcc:
     """Sums that give Kish's ESS of a policy's weights in each partition (groups, then audited).
 
     Per partition, the :class:`~equicare.ope._ess.WeightSums` of its episodes' weights (and of
-    the truncated weights) and their largest trajectory weight, added over chunks: the numbers
-    of :func:`~equicare.ope.effective_sample_size` on each partition's episodes, exactly.
+    the truncated weights) and their heaviest trajectory weights
+    (:func:`~equicare.ope._ess.heaviest`), added over chunks: the numbers of
+    :func:`~equicare.ope.effective_sample_size` on each partition's episodes, exactly.
     """
 
     sums: list[Any]
-    wmax: NDArray[np.float64]
+    top: NDArray[np.float64]
     truncated: list[Any] | None = None
 
     @classmethod
     def of(cls, inputs: Any, m: NDArray[np.float64], truncate: float | None) -> _EssAcc:
         """One chunk's sums; ``m`` is the ``(n_episodes, P)`` partition indicator."""
-        from equicare.ope._ess import WeightSums
+        from equicare.ope._ess import WeightSums, heaviest
 
         traj = inputs.cumulative_weights()[:, -1]
-        wmax = np.where(m > 0, traj[:, None], -np.inf).max(axis=0)
-        return cls(sums=WeightSums.by_group(inputs, m), wmax=wmax,
+        return cls(sums=WeightSums.by_group(inputs, m),
+                   top=heaviest(np.where(m > 0, traj[:, None], 0.0)),
                    truncated=None if truncate is None
                    else WeightSums.by_group(inputs, m, truncate))
 
@@ -200,7 +201,9 @@ class _EssAcc:
         if self.truncated is not None and other.truncated is not None:
             self.truncated = [a + b for a, b in zip(self.truncated, other.truncated,
                                                     strict=True)]
-        self.wmax = np.maximum(self.wmax, other.wmax)
+        from equicare.ope._ess import heaviest
+
+        self.top = heaviest(np.concatenate([self.top, other.top]))
 
     def weight_sums(self, p: int, truncate: float | None) -> Any:
         """The :class:`~equicare.ope._ess.WeightSums` of partition ``p``.
@@ -216,7 +219,7 @@ class _EssAcc:
         """The :class:`~equicare.ope.EffectiveSampleSize` of partition ``p``."""
         from equicare.ope._ess import ess_from_sums
 
-        return ess_from_sums(self.sums[p], wmax=float(self.wmax[p]),
+        return ess_from_sums(self.sums[p], top=self.top[:, p],
                              truncated=None if self.truncated is None else self.truncated[p],
                              truncate=truncate)
 
@@ -505,8 +508,9 @@ def audit_stream(
         counted: dict[str, Any] = {}
         kept = _Kept(_Membership(tuple(attrs), gi_all.labels))
         if cfg.estimator is not None and pols:
-            # the support check's counts over the audited episodes: on the Q-model's first
-            # pass, else a pass of their own (the mass is summed in the audit's pass)
+            # the support check's counts over the whole panel (what practice does, as the
+            # in-memory behaviour model sees it): on the Q-model's first pass, else a pass of
+            # their own (the mass of the audited episodes is summed in the audit's pass)
             import functools
 
             from equicare.ope._stream_support import count_chunk, fast_rate
@@ -514,8 +518,8 @@ def audit_stream(
             src = ChunkSource(source, manifest=man, chunk_rows=chunk_rows, executor=executor,
                               n_shards=n_shards, owner="audit_stream")
             src.ride(lambda: functools.partial(
-                count_chunk, rate=fast_rate(scan.n_rows) if src.logged else 0.0, seed=seed,
-                episodes=kept), lambda c: counted.__setitem__("counts", c))
+                count_chunk, rate=fast_rate(scan.n_rows) if src.logged else 0.0, seed=seed),
+                lambda c: counted.__setitem__("counts", c))
             if not src.logged:  # as streamed evaluate: a behaviour model on sampled episodes
                 from equicare.ope._evaluate import nuisance_seed
 
@@ -581,7 +585,8 @@ def audit_stream(
             c = counted["counts"]
             fast = bool(c.sample) and needs_fast_model(
                 int(c.sample[0].states.shape[1]), tuple(int(x.shape[0]) for x in c.counts))
-            # the in-memory audit's check: LoggedSupport on the audited episodes, evaluate's seed
+            # the in-memory audit's check: LoggedSupport on the panel, evaluate's seed, the
+            # audited episodes' rows reported
             check, _ = support_check(c, behavior=behavior, fast=fast,
                                      seed=evaluate_seeds(seed)[0], episodes=kept)
         ctx = _Context(cfg=cfg, policies=pols, attrs=attrs, published=gi_all.labels,

@@ -13,7 +13,7 @@ from equicare.privacy import low_ess_cells
 from equicare.utils import MIN_CELL
 
 __all__ = ["EffectiveSampleSize", "kish_ess", "effective_sample_size", "ESS_KIND", "WeightSums",
-           "ess_from_sums", "low_ess_groups", "LOW_ESS_OVERALL", "low_ess_message",
+           "ess_from_sums", "heaviest", "low_ess_groups", "LOW_ESS_OVERALL", "low_ess_message",
            "overall_low_ess_message", "stream_low_ess_message", "warn_low_ess"]
 
 
@@ -62,8 +62,10 @@ class EffectiveSampleSize:
         Truncation threshold of the ``*_truncated`` fields (None: no truncation asked).
     trajectory_truncated, trajectory_truncated_pct, per_decision_truncated_pct : float or None
         The same with weights truncated at ``truncate``.
-    max_weight_share : float
-        Largest share of the total trajectory weight held by one episode.
+    top_weight_share : float
+        Share of the total trajectory weight held by the ``MIN_CELL`` (11) heaviest episodes
+        (:func:`heaviest`; all of it with 11 episodes or fewer). The largest share held by one
+        episode was published before: one member's number, not a table's.
     """
 
     n_episodes: int
@@ -73,7 +75,7 @@ class EffectiveSampleSize:
     per_decision_pct: float
     per_decision_min_pct: float
     per_step_pct: NDArray[np.float64] = field(repr=False)
-    max_weight_share: float
+    top_weight_share: float
     truncate: float | None = None
     trajectory_truncated: float | None = None
     trajectory_truncated_pct: float | None = None
@@ -85,7 +87,7 @@ class EffectiveSampleSize:
             "trajectory": self.trajectory, "trajectory_pct": self.trajectory_pct,
             "per_decision": self.per_decision, "per_decision_pct": self.per_decision_pct,
             "per_decision_min_pct": self.per_decision_min_pct,
-            "max_weight_share": self.max_weight_share,
+            "top11_weight_share": self.top_weight_share,
             "truncate": self.truncate,
             "trajectory_truncated": self.trajectory_truncated,
             "trajectory_truncated_pct": self.trajectory_truncated_pct,
@@ -119,7 +121,7 @@ def effective_sample_size(inputs: OPEInputs, truncate: float | None = None
     traj = float(kish_ess(w[:, -1]))
     step_pct = _per_step_pct(w, alive)
     total = w[:, -1].sum()
-    share = float(w[:, -1].max() / total) if total > 0 else 1.0
+    share = float(heaviest(w[:, -1][:, None]).sum() / total) if total > 0 else 1.0
     kw: dict[str, Any] = {}
     if truncate is not None:
         wt = inputs.cumulative_weights(truncate)
@@ -132,7 +134,28 @@ def effective_sample_size(inputs: OPEInputs, truncate: float | None = None
         n_episodes=n, trajectory=traj, trajectory_pct=100.0 * traj / n,
         per_decision=pd_pct * n / 100.0, per_decision_pct=pd_pct,
         per_decision_min_pct=float(step_pct.min()), per_step_pct=step_pct,
-        max_weight_share=share, **kw)
+        top_weight_share=share, **kw)
+
+
+def heaviest(weights: NDArray[np.float64], k: int = MIN_CELL) -> NDArray[np.float64]:
+    """The ``k`` largest weights of each column (zeros when it has fewer), unsorted.
+
+    Weights are >= 0, so the zeros change no sum: the heaviest of several parts of a column
+    are ``heaviest`` of their stacked heaviest, as a streamed panel merges its chunks'.
+
+    Parameters
+    ----------
+    weights : ndarray of shape (n, n_columns)
+    k : int
+
+    Returns
+    -------
+    ndarray of shape (k, n_columns)
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape[0] < k:
+        return np.concatenate([w, np.zeros((k - w.shape[0], w.shape[1]))])
+    return np.asarray(np.partition(w, w.shape[0] - k, axis=0)[w.shape[0] - k:])
 
 
 #: The importance weights each estimator's value rests on: the trajectory weights ``W_e`` for
@@ -313,7 +336,8 @@ class WeightSums:
         return self.trajectory if kind == "trajectory" else self.per_decision
 
 
-def ess_from_sums(sums: WeightSums, *, wmax: float, truncated: WeightSums | None = None,
+def ess_from_sums(sums: WeightSums, *, top: NDArray[np.float64],
+                  truncated: WeightSums | None = None,
                   truncate: float | None = None) -> EffectiveSampleSize:
     """The :class:`EffectiveSampleSize` of some episodes from their :class:`WeightSums`.
 
@@ -324,8 +348,8 @@ def ess_from_sums(sums: WeightSums, *, wmax: float, truncated: WeightSums | None
     ----------
     sums : WeightSums
         Of the untruncated weights.
-    wmax : float
-        The largest trajectory weight (for ``max_weight_share``).
+    top : ndarray of shape (MIN_CELL,)
+        The episodes' heaviest trajectory weights (:func:`heaviest`, for ``top_weight_share``).
     truncated : WeightSums, optional
         Of the weights truncated at ``truncate`` (given together).
     truncate : float, optional
@@ -358,7 +382,7 @@ def ess_from_sums(sums: WeightSums, *, wmax: float, truncated: WeightSums | None
         n_episodes=n_ep, trajectory=traj, trajectory_pct=100.0 * traj / n_ep,
         per_decision=pd_pct * n_ep / 100.0, per_decision_pct=pd_pct,
         per_decision_min_pct=float(pct.min()), per_step_pct=pct,
-        max_weight_share=float(wmax / total) if total > 0 else 1.0, **kw)
+        top_weight_share=float(np.sum(top) / total) if total > 0 else 1.0, **kw)
 
 
 def low_ess_groups(cells: dict[str, WeightSums], keys: Any, min_cell: int = MIN_CELL

@@ -28,12 +28,14 @@ from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
 from equicare.ope._core import IS_TYPE
+from equicare.privacy import small_count
+from equicare.utils import MIN_CELL
 
 __all__ = ["PropensityCheck", "check_logged_propensities", "propensity_warning",
            "sample_propensity_check", "floored_propensity_message", "floored_counts_message",
            "expected_floored_rows", "PROPENSITY_LOG_RATIO", "MSG_PROPENSITY", "MSG_FLOORED",
-           "FLOORED_EPISODE_SHARE", "FLOORED_EXCESS", "in_sample_weights_message",
-           "MSG_IN_SAMPLE", "IN_SAMPLE_MEAN_WEIGHT"]
+           "MSG_FLOORED_COUNTS", "MSG_FLOORED_FEW", "FLOORED_EPISODE_SHARE", "FLOORED_EXCESS",
+           "in_sample_weights_message", "MSG_IN_SAMPLE", "IN_SAMPLE_MEAN_WEIGHT"]
 
 #: Mean absolute log ratio (logged / fitted probability of the logged action) above which the
 #: logged propensities are reported. Measured: 0.07 on the synthetic care panel and 0.10 on the
@@ -82,16 +84,23 @@ FLOORED_EXCESS = 2.0
 #: The warning on floored estimated propensities (tests match it).
 MSG_FLOORED = (
     "The propensities were not logged but estimated, and the behaviour model gives the action "
-    "actually taken a probability below its floor {floor:g} on {rows:,} logged rows, in "
-    "{episodes:,} episodes ({pct:.1f}% of them), {excess:.1f} times the {expected:,.1f} such "
-    "rows it expects itself: its small probabilities are wrong there (current practice was "
-    "seen doing what the model says it (almost) never does), so those rows' importance ratios "
-    "(up to {cap:,.0f} per step) come from the floor, not from the data. {estimators} "
+    "actually taken a probability below its floor {floor:g} {counts}: its small probabilities "
+    "are wrong there (current practice was seen doing what the model says it (almost) never "
+    "does), so those rows' importance ratios (up to {cap:,.0f} per step) come from the "
+    "floor, not from the data. {estimators} "
     "{inherit} that error, and {their} {intervals} not carry it: with estimated propensities "
     "{they} biased, not just noisy (docs/ope.md, 'Estimated propensities'). Prefer fqe, log "
     "the propensities, or, with a categorical state of thin levels, fit the model in-sample "
     "and over the joint action (evaluate --behavior-folds 1 --behavior-form flat; "
     "BehaviorModel(n_folds=1, factored=False)).")
+
+#: The counts of :data:`MSG_FLOORED`.
+MSG_FLOORED_COUNTS = ("on {rows:,} logged rows, in {episodes:,} episodes ({pct:.1f}% of them), "
+                      "{excess:.1f} times the {expected:,.1f} such rows it expects itself")
+#: ... when the episodes, or the episodes without such a row, are a small cell (1 to 10).
+MSG_FLOORED_FEW = ("on logged rows of more than {share:g}% of the episodes (counts not shown: "
+                   "they, or the episodes without such a row, are fewer than {min_cell}), more "
+                   "than {times:g} times the {expected:,.1f} such rows it expects itself")
 
 #: Singular and plural words of :data:`MSG_FLOORED` (one estimator or several).
 _FLOORED_NUMBER = {
@@ -230,15 +239,22 @@ def floored_counts_message(rows: int, episodes: int, n_episodes: int, floor: flo
 
     ``rows`` floored logged rows in ``episodes`` of ``n_episodes`` episodes, ``expected`` of
     them by the model itself; only the weighted ``estimators`` (IS-type, ``dr``, ``wdr``) are
-    named.
+    named. When the episodes, or those without such a row, number 1 to ``MIN_CELL - 1`` (or the
+    rows do), the counts are not shown (:data:`MSG_FLOORED_FEW`): the message is published
+    (the result JSON's ``behavior_model.floored_warning``).
     """
     weighted = _weighted(estimators)
     if (not weighted or n_episodes <= 0 or episodes <= FLOORED_EPISODE_SHARE * n_episodes
             or rows <= FLOORED_EXCESS * expected):
         return None
-    return MSG_FLOORED.format(floor=float(floor), rows=rows, episodes=episodes,
-                              pct=100.0 * episodes / n_episodes, cap=1.0 / float(floor),
-                              excess=rows / max(expected, 1e-12), expected=expected,
+    if small_count(episodes, n_episodes) is None or rows < MIN_CELL:
+        counts = MSG_FLOORED_FEW.format(share=100.0 * FLOORED_EPISODE_SHARE, min_cell=MIN_CELL,
+                                        times=FLOORED_EXCESS, expected=expected)
+    else:
+        counts = MSG_FLOORED_COUNTS.format(rows=rows, episodes=episodes,
+                                           pct=100.0 * episodes / n_episodes,
+                                           excess=rows / max(expected, 1e-12), expected=expected)
+    return MSG_FLOORED.format(floor=float(floor), counts=counts, cap=1.0 / float(floor),
                               estimators=", ".join(weighted), **_FLOORED_NUMBER[len(weighted) > 1])
 
 

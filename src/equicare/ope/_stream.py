@@ -975,9 +975,8 @@ def evaluate_stream(
             support.behavior = sb
             beh_info = dict(sb.info)
             floored = None if beh_info["floored_expected"] is None else floored_counts_message(
-                int(beh_info["n_floored"]), int(beh_info["floored_episodes"]),
-                int(beh_info["sample_episodes"]), float(beh_info["floor"]), tuple(keys),
-                float(beh_info["floored_expected"]))
+                *sb.floored, int(beh_info["sample_episodes"]), float(beh_info["floor"]),
+                tuple(keys), float(beh_info["floored_expected"]))
             if floored is not None and float(beh_info["sample_rate"]) < 1.0:
                 floored += (f" (Counted on the behaviour model's random sample of "
                             f"{int(beh_info['sample_episodes']):,} episodes.)")

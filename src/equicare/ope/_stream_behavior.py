@@ -35,6 +35,7 @@ from equicare.exceptions import DataValidationError, InvalidParameterError
 from equicare.ope._propensity_check import FLOORED_EPISODE_SHARE, expected_floored_rows
 from equicare.ope._resample import _GOLDEN, _SEED_MIX, _splitmix64, episode_keys
 from equicare.policy._behavior import BehaviorModel
+from equicare.privacy import small_count
 from equicare.utils import PARAM_MESSAGE
 
 __all__ = ["StreamBehavior", "fit_behavior_stream", "sample_mask", "sample_episodes",
@@ -136,13 +137,18 @@ class StreamBehavior:
     folds : ndarray of shape (n_sampled,)
         Each sampled episode's cross-fitting fold.
     info : dict
-        Sample size, rate and the model's summary.
+        Sample size, rate and the model's summary (published: small counts are None).
+    floored : tuple of int
+        Logged rows of the sample whose out-of-fold probability is below the floor, and their
+        episodes (for the floored-propensity warning,
+        :func:`~equicare.ope._propensity_check.floored_counts_message`).
     """
 
     model: BehaviorModel
     keys: NDArray[np.uint64]
     folds: NDArray[np.int64]
     info: dict[str, Any]
+    floored: tuple[int, int] = (0, 0)
 
     def _row_fold(self, dataset: TrajectoryDataset) -> NDArray[np.int64]:
         """Each row's fold when its episode is sampled, else -1."""
@@ -263,9 +269,12 @@ def fit_behavior_stream(source: Any, *, model: Any = "logistic", sample_rows: in
     info = {"source": "estimated", "fit": "random sample of episodes",
             "sample_rate": rate, "sample_episodes": int(data.n_episodes),
             "sample_rows": int(data.n_steps), **bm.summary(),
-            "floored_episodes": floored_eps,  # and how many the model expects (their warning)
+            # and how many the model expects (their warning); a count of 1 to 10 episodes is
+            # not published
+            "floored_episodes": small_count(floored_eps, data.n_episodes),
             "floored_expected": (expected_floored_rows(bm, data)
                                  if floored_eps > FLOORED_EPISODE_SHARE * data.n_episodes
                                  else None)}
     return StreamBehavior(model=bm, keys=keys[order],
-                          folds=np.asarray(bm.fold_of_episode_)[order], info=info)
+                          folds=np.asarray(bm.fold_of_episode_)[order], info=info,
+                          floored=(int(low.sum()), floored_eps))

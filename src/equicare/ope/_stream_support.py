@@ -47,6 +47,7 @@ from equicare.ope._support import (
     SUPPORT_THRESHOLD,
     SUPPORT_WARN_PCT,
     StreamSupportReport,
+    audited_mass,
     named_estimators,
     top_level,
     unsupported_mass,
@@ -86,8 +87,8 @@ def _has_cat(ds: TrajectoryDataset) -> bool:
     return ds.categorical is not None and ds.categorical.shape[1] > 0
 
 
-def count_chunk(dataset: TrajectoryDataset, *, rate: float = 0.0, seed: int = 0,
-                episodes: Any = None) -> CellCounts:
+def count_chunk(dataset: TrajectoryDataset, *, rate: float = 0.0, seed: int = 0
+                ) -> CellCounts:
     """The chunk's ``(level, action)`` counts per categorical column (and its sampled episodes).
 
     Parameters
@@ -98,19 +99,10 @@ def count_chunk(dataset: TrajectoryDataset, *, rate: float = 0.0, seed: int = 0,
         Sampling rate of whole episodes for the fast numeric model (0: none).
     seed : int
         Seed of the sample (:func:`~equicare.ope._stream_behavior.sample_mask`).
-    episodes : callable, optional
-        ``episodes(dataset)`` -> boolean mask of the episodes to count (default: all).
     """
     from equicare.ope._stream_behavior import sample_mask
 
     ds = dataset
-    if episodes is not None:
-        keep = np.asarray(episodes(ds), dtype=bool)
-        if not keep.all():
-            if not keep.any():
-                return CellCounts([np.zeros((len(lv), ds.n_actions), dtype=np.int64)
-                                   for lv in ds.categorical_levels] if _has_cat(ds) else [])
-            ds = ds.subset(np.flatnonzero(keep))
     counts: list[NDArray[np.int64]] = []
     if _has_cat(ds):
         assert ds.categorical is not None
@@ -163,11 +155,16 @@ class SupportSums:
                            self.ep_over + other.ep_over, self.hist + other.hist)
 
     @classmethod
-    def of_rows(cls, mass: NDArray[np.float64], offsets: NDArray[np.int64]) -> SupportSums:
-        """The sums of one chunk from its rows' masses and episode offsets."""
+    def of_rows(cls, mass: NDArray[np.float64], offsets: NDArray[np.int64],
+                kept: NDArray[np.bool_] | None = None) -> SupportSums:
+        """The sums of one chunk from its rows' masses and episode offsets.
+
+        ``kept``: the chunk's audited episodes (default: all), whose rows alone are summed
+        (:func:`~equicare.ope._support.audited_mass`, as in memory).
+        """
+        mass, per_ep = audited_mass(mass, offsets, kept)
         if mass.size == 0:
             return cls()
-        per_ep = 100.0 * np.add.reduceat(mass, offsets[:-1]) / np.diff(offsets)
         idx = np.clip(np.ceil(per_ep / HIST_WIDTH), 0, _N_BINS - 1).astype(np.int64)
         return cls(mass=float(mass.sum()), n_rows=int(np.sum(mass > 0)), n_steps=int(mass.size),
                    n_episodes=int(per_ep.size), ep_sum=float(per_ep.sum()),
@@ -218,7 +215,9 @@ class SupportCheck:
         The streamed behaviour model (estimated propensities) or None.
     threshold : float
     episodes : callable, optional
-        ``episodes(dataset)`` -> mask of the episodes checked (default: all).
+        ``episodes(dataset)`` -> mask of the episodes reported (default: all): an audit's
+        published groups. Every row is checked against the whole panel's counts and behaviour
+        model; only these episodes' rows are summed (:func:`~equicare.ope._support.audited_mass`).
     """
 
     counts: list[NDArray[np.int64]]
@@ -251,12 +250,9 @@ class SupportCheck:
         from equicare.utils import ROW_BLOCK_ELEMENTS
 
         ds = dataset
-        if self.episodes is not None:
-            keep = np.asarray(self.episodes(ds), dtype=bool)
-            if not keep.any():
-                return SupportSums()
-            if not keep.all():
-                ds = ds.subset(np.flatnonzero(keep))
+        keep = None if self.episodes is None else np.asarray(self.episodes(ds), dtype=bool)
+        if keep is not None and not keep.any():
+            return SupportSums()
         mass = np.empty(ds.n_steps)
         max_rows = max(1, ROW_BLOCK_ELEMENTS // max(1, ds.n_actions))
         for lo, _, part in ds.episode_blocks(max_rows):
@@ -266,7 +262,7 @@ class SupportCheck:
             for rows, probs in self._behavior_blocks(part):
                 mass[lo + rows] = unsupported_mass(tp[rows], probs, self.observed(part, rows),
                                                    self.threshold)
-        return SupportSums.of_rows(mass, ds.episode_offsets)
+        return SupportSums.of_rows(mass, ds.episode_offsets, keep)
 
     def _behavior_blocks(self, part: TrajectoryDataset) -> Any:
         if self.behavior is not None:
@@ -330,7 +326,7 @@ def support_check(counts: CellCounts, *, behavior: Any = None, behavior_model: A
         The fast model's ``random_state`` (the in-memory check's seed).
     threshold : float
     episodes : callable, optional
-        As :class:`SupportCheck`.
+        As :class:`SupportCheck` (the counts cover the whole panel).
     """
     from equicare.data._chunks import concat_datasets
     from equicare.policy._behavior import BehaviorModel

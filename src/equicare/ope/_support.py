@@ -19,7 +19,7 @@ __all__ = ["SupportReport", "StreamSupportReport", "named_estimators", "support_
            "model_support_diagnostics",
            "logged_support_diagnostics", "LoggedSupport", "CellObserved", "cell_observed",
            "SUPPORT_THRESHOLD", "SUPPORT_WARN_PCT", "SUPPORT_MESSAGE", "SUPPORT_HEAD",
-           "unsupported_mass", "FAST_SUPPORT_ROWS", "FAST_SUPPORT_ONEHOT"]
+           "unsupported_mass", "audited_mass", "FAST_SUPPORT_ROWS", "FAST_SUPPORT_ONEHOT"]
 
 #: Rows (at most, whole episodes) the fast numeric behaviour model of the logged-propensity
 #: support check is fitted on.
@@ -225,6 +225,7 @@ def model_support_diagnostics(
     threshold: float = SUPPORT_THRESHOLD,
     estimators: tuple[str, ...] = ("is", "wis", "pdis", "wpdis", "fqe", "dr", "wdr"),
     warn: bool = True,
+    kept: NDArray[np.bool_] | None = None,
 ) -> SupportReport:
     """:func:`support_diagnostics` against a fitted behaviour model, in row blocks.
 
@@ -235,11 +236,15 @@ def model_support_diagnostics(
     Parameters
     ----------
     dataset : TrajectoryDataset
+        The behaviour model's fitting data, so that its probabilities are out-of-fold.
     target_probs : ndarray of shape (n_steps, n_actions)
     behavior_model : BehaviorModel
         Fitted; provides ``action_prob_blocks`` and ``observed_in_state``.
     threshold, estimators, warn
         As in :func:`support_diagnostics`.
+    kept : ndarray of shape (n_episodes,), bool, optional
+        Report on these episodes' rows only (an audit's published groups,
+        :func:`audited_mass`); every row is checked first.
 
     Returns
     -------
@@ -252,7 +257,7 @@ def model_support_diagnostics(
         observed = behavior_model.observed_in_state(dataset, rows=rows)
         uses_categorical = observed is not None
         mass[rows] = unsupported_mass(target_probs[rows], probs, observed, threshold)
-    return _report(dataset, mass, threshold, uses_categorical, estimators, warn)
+    return _report(dataset, mass, threshold, uses_categorical, estimators, warn, kept)
 
 
 class CellObserved:
@@ -469,20 +474,25 @@ class LoggedSupport:
     def report(self, target_probs: NDArray[np.float64], *,
                threshold: float = SUPPORT_THRESHOLD,
                estimators: tuple[str, ...] = ("is", "wis", "pdis", "wpdis", "fqe", "dr", "wdr"),
-               warn: bool = True) -> SupportReport:
-        """The :class:`SupportReport` of a target policy (see :func:`support_diagnostics`)."""
+               warn: bool = True, kept: NDArray[np.bool_] | None = None) -> SupportReport:
+        """The :class:`SupportReport` of a target policy (see :func:`support_diagnostics`).
+
+        ``kept``: report on these episodes' rows only (:func:`audited_mass`).
+        """
         return self.report_mass(self.mass(target_probs, threshold), threshold=threshold,
-                                estimators=estimators, warn=warn)
+                                estimators=estimators, warn=warn, kept=kept)
 
     def report_mass(self, mass: NDArray[np.float64], *, threshold: float = SUPPORT_THRESHOLD,
                     estimators: tuple[str, ...] = ("is", "wis", "pdis", "wpdis", "fqe", "dr",
                                                    "wdr"),
-                    warn: bool = True) -> SupportReport:
+                    warn: bool = True, kept: NDArray[np.bool_] | None = None) -> SupportReport:
         """The :class:`SupportReport` from the unsupported mass of every row.
 
-        ``mass`` has shape ``(n_steps,)``, e.g. filled block by block with :meth:`block_mass`.
+        ``mass`` has shape ``(n_steps,)``, e.g. filled block by block with :meth:`block_mass`;
+        ``kept``: report on these episodes' rows only (:func:`audited_mass`).
         """
-        return _report(self.dataset, mass, threshold, self.uses_categorical, estimators, warn)
+        return _report(self.dataset, mass, threshold, self.uses_categorical, estimators, warn,
+                       kept)
 
 
 def fast_spec(behavior_model: Any) -> str:
@@ -529,9 +539,46 @@ def unsupported_mass(target_probs: NDArray[np.float64], behavior_probs: NDArray[
     return np.einsum("ij,ij->i", target_probs, unsupported.astype(np.float64))
 
 
+def audited_mass(mass: NDArray[np.float64], offsets: NDArray[np.int64],
+                 kept: NDArray[np.bool_] | None = None
+                 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """The audited episodes' unsupported mass by row, and their per-episode shares (%).
+
+    An audit reports the support check on the episodes of its published groups, but checks
+    every row against practice as the whole panel shows it: the behaviour model fitted on the
+    whole panel (out-of-fold on its fitting data, as for the importance weights) and the
+    actions logged anywhere in a categorical cell. Only then are the audited rows taken. The
+    in-memory report (:class:`SupportReport`) and the streamed chunk sums
+    (:class:`~equicare.ope._stream_support.SupportSums`) both take them here.
+
+    Parameters
+    ----------
+    mass : ndarray of shape (n_steps,)
+        Target mass on unsupported actions of every row (:func:`unsupported_mass`).
+    offsets : ndarray of shape (n_episodes + 1,)
+        Episode offsets of those rows.
+    kept : ndarray of shape (n_episodes,), bool, optional
+        The audited episodes (default: all).
+
+    Returns
+    -------
+    mass : ndarray of shape (n_kept_rows,)
+    per_episode_pct : ndarray of shape (n_kept_episodes,)
+    """
+    lengths = np.diff(offsets)
+    if kept is not None and not bool(np.all(kept)):
+        mass = mass[np.repeat(kept, lengths)]
+        lengths = lengths[kept]
+    if lengths.size == 0:
+        return mass, np.zeros(0)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    return mass, 100.0 * np.add.reduceat(mass, starts) / lengths
+
+
 def _report(dataset: TrajectoryDataset, mass: NDArray[np.float64], threshold: float,
-            uses_categorical: bool, estimators: tuple[str, ...], warn: bool) -> SupportReport:
-    per_ep = 100.0 * np.add.reduceat(mass, dataset.episode_offsets[:-1]) / dataset.episode_lengths
+            uses_categorical: bool, estimators: tuple[str, ...], warn: bool,
+            kept: NDArray[np.bool_] | None = None) -> SupportReport:
+    mass, per_ep = audited_mass(mass, dataset.episode_offsets, kept)
     share = float(100.0 * mass.mean())
     biased, q_based = named_estimators(share, estimators)
     rep = SupportReport(

@@ -48,7 +48,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 from equicare.data import TrajectoryDataset
 from equicare.exceptions import InvalidParameterError
-from equicare.utils import PARAM_MESSAGE, check_is_fitted, check_random_state
+from equicare.utils import MIN_CELL, PARAM_MESSAGE, check_is_fitted, check_random_state
 
 __all__ = ["BehaviorModel", "dataset_fingerprint"]
 
@@ -128,6 +128,43 @@ def _make_classifier(spec: Any, C: float, max_iter: int, random_state: int,
         expected="'logistic', 'lgbm' or a scikit-learn classifier with predict_proba", got=spec))
 
 
+def calibration_bins(sum_p: NDArray[np.float64], sum_y: NDArray[np.float64],
+                     cnt: NDArray[np.float64], min_cell: int = MIN_CELL) -> list[dict[str, Any]]:
+    """The reliability table's published bins (``BehaviorModel.calibration_["bins"]``).
+
+    A bin's observed rate is the share of its (row, action) pairs whose action was logged: a
+    rate of what some rows do, so it is published as the audit publishes such rates
+    (:func:`equicare.privacy.share_suppressed`). When the bin's logged pairs, or its pairs not
+    logged, number 1 to ``min_cell - 1`` (1 to 10 decisions: with the count, the rate gave back
+    that a single row's logged action had, say, a predicted probability in [0.1, 0.2)), the
+    bin shows only its edges and ``"suppressed": true``, and so does the next smallest bin that
+    would give it back from the totals (every sampled row logs one action). Empty bins are left
+    out.
+
+    Parameters
+    ----------
+    sum_p, sum_y, cnt : ndarray of shape (n_bins,)
+        Per bin of :data:`_CALIB_EDGES`: summed predicted probabilities, logged pairs, pairs.
+    min_cell : int
+
+    Returns
+    -------
+    list of dict
+    """
+    from equicare.privacy import share_suppressed
+
+    used = np.flatnonzero(cnt > 0)
+    labels = [str(i) for i in used]
+    hidden, _ = share_suppressed(labels, sum_y[used], cnt[used] - sum_y[used], min_cell)
+    out: list[dict[str, Any]] = []
+    for i in used:
+        edges = {"low": float(_CALIB_EDGES[i]), "high": float(min(_CALIB_EDGES[i + 1], 1.0))}
+        out.append({**edges, "suppressed": True} if str(i) in hidden else
+                   {**edges, "mean_predicted": float(sum_p[i] / cnt[i]),
+                    "observed_rate": float(sum_y[i] / cnt[i]), "count": int(cnt[i])})
+    return out
+
+
 class BehaviorModel(BaseEstimator):
     """Estimated behaviour policy ``pi_b(a|s)`` with cross-fitting, a floor and calibration.
 
@@ -175,7 +212,8 @@ class BehaviorModel(BaseEstimator):
         Rows of the fitting data whose out-of-fold probability was below ``floor``.
     calibration_ : dict
         Out-of-fold log-loss, mean logged probability, expected calibration error and a
-        reliability table over every (row, action) pair.
+        reliability table over every (row, action) pair (bins of 1 to 10 decisions suppressed:
+        :func:`calibration_bins`).
     converged_ : bool
         False when a solver stopped before converging (those ConvergenceWarnings are collected,
         not raised; every other warning of the fit is passed on).
@@ -618,10 +656,7 @@ class BehaviorModel(BaseEstimator):
             "mean_logged_prob": float(logged.mean()),
             "ece": ece,
             "out_of_fold": len(self.models_) > 1,
-            "bins": [{"low": float(_CALIB_EDGES[i]), "high": float(min(_CALIB_EDGES[i + 1], 1.0)),
-                      "mean_predicted": float(sum_p[i] / cnt[i]),
-                      "observed_rate": float(sum_y[i] / cnt[i]), "count": int(cnt[i])}
-                     for i in range(nb) if cnt[i] > 0],
+            "bins": calibration_bins(sum_p, sum_y, cnt),
         }
         if dataset.behavior_prob is not None:
             lp = np.log(np.maximum(logged, 1e-15)) - np.log(np.maximum(dataset.behavior_prob,
@@ -629,9 +664,16 @@ class BehaviorModel(BaseEstimator):
             self.calibration_["mean_abs_log_ratio_vs_logged"] = float(np.mean(np.abs(lp)))
 
     def summary(self) -> dict[str, Any]:
-        """Plain-data summary: settings, floored rows, calibration."""
+        """Plain-data summary: settings, floored rows, calibration (the result JSON's).
+
+        ``n_floored`` is None when the floored rows, or the others, number 1 to 10 (a small
+        cell of decisions: :func:`equicare.privacy.small_count`); ``n_floored_`` keeps it.
+        """
+        from equicare.privacy import small_count
+
         check_is_fitted(self, "models_")
         est = self.estimator if isinstance(self.estimator, str) else type(self.estimator).__name__
         return {"estimator": est, "factored": self.factored_, "n_folds": len(self.models_),
-                "floor": float(self.floor), "n_floored": self.n_floored_,
+                "floor": float(self.floor),
+                "n_floored": small_count(self.n_floored_, self.oof_logged_prob_.size),
                 "converged": self.converged_, "calibration": self.calibration_}
