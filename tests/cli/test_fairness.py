@@ -139,6 +139,28 @@ def test_a_missing_interval_prints_nothing():
     assert _ci((0.01, 0.03), 1, 3) == "[0.010, 0.030]"
 
 
+def test_audit_with_no_publishable_group_names_the_file_and_group_column(app, panel,
+                                                                          tmp_path) -> None:
+    """Every group under 11 episodes: the one-line error names the panel file and the column."""
+    import pandas as pd
+
+    frame = pd.read_parquet(panel["data"])
+    frame["site"] = "s" + (frame["member_id"].rank(method="dense").astype(int) % 50).astype(str)
+    man = panel["manifest"].read_text().replace('groups = [', 'groups = ["site", ', 1)
+    (tmp_path / "m.toml").write_text(man)
+    data = tmp_path / "p.parquet"
+    frame.to_parquet(data, index=False)
+    base = ["audit", str(data), "-m", str(tmp_path / "m.toml"), "--group", "site",
+            "--bootstrap", "5", "--permutations", "0"]
+    for args in (base, [*base, "--chunk-rows", "1000"]):
+        r = _run(app, args)
+        assert r.exit_code == 2, r.output
+        out = " ".join(r.output.split())
+        assert (f"{data}: no group of the group column 'site' (manifest dataset.groups) can be "
+                "published") in out, out
+        assert "Traceback" not in r.output
+
+
 def test_audit_and_frontier_with_one_published_group_exit_2(app, panel, tmp_path) -> None:
     """A one-level group attribute: no parity to measure, one line, exit 2."""
     import pandas as pd

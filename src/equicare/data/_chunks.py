@@ -535,7 +535,7 @@ def _chunk_dataset(table: Any, man: Manifest, scan: PanelScan, source: str,
     rep = validate_frame(df, man, source, row_numbers=row_numbers, panel_level=False)
     if not rep.ok:
         return None, rep
-    return _build(df, man, rep, categorical_levels=scan.categorical_levels), rep
+    return _build(df, man, rep, categorical_levels=scan.categorical_levels, source=source), rep
 
 
 def validate_stream(

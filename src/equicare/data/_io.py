@@ -303,7 +303,7 @@ def load_dataset(
     rep.raise_if_errors()
     if emit_warnings:
         rep.emit_warnings()
-    return _build(df, man, rep)
+    return _build(df, man, rep, source=str(path))
 
 
 def from_frame(
@@ -320,7 +320,7 @@ def from_frame(
     rep.raise_if_errors()
     if emit_warnings:
         rep.emit_warnings()
-    return _build(pdf, man, rep)
+    return _build(pdf, man, rep, source=source)
 
 
 def _build(
@@ -328,8 +328,9 @@ def _build(
     man: Manifest,
     rep: ValidationReport,
     categorical_levels: Mapping[str, Sequence[Any]] | None = None,
+    source: str | None = None,
 ) -> TrajectoryDataset:
-    """Build the dataset from a validated frame.
+    """Build the dataset from a validated frame (read from ``source``, the panel file).
 
     ``categorical_levels`` fixes each categorical column's levels (a chunk of a larger panel must
     code its categories like the whole panel does); by default they are the sorted levels present.
@@ -412,6 +413,7 @@ def _build(
         mediator_names=tuple(man.mediators),
         extras=extras,
         manifest=man,
+        source=source,
     )
 
 

@@ -483,7 +483,8 @@ def audit_stream(
     gname = " x ".join(attrs)
     gi_all = require_comparison(group_index(
         _labels(scan.episode_groups, attrs), name=gname, min_cell=cfg.min_cell,
-        components=[np.asarray(scan.episode_groups[a]).astype(str) for a in attrs]))
+        components=[np.asarray(scan.episode_groups[a]).astype(str) for a in attrs],
+        source=str(source)))
     _, rng = split_random_state(seed)
     names = [BEHAVIOR, *pols]
     say = Stages("audit", progress)
