@@ -54,8 +54,8 @@ def test_non_numeric_state(frame, manifest_dict):
     frame["risk"] = frame["risk"].astype(object)
     frame.loc[3, "risk"] = "high"
     err = assert_invalid(
-        frame, manifest_dict, "column 'risk' (state) must be numeric", "1 row (first: 3;"
-    )
+        frame, manifest_dict, "column 'risk' (state) must hold numbers", "1 row (first: 3;",
+        "(row 3: 'high', object values)")
     assert len(err.problems) == 1
 
 
@@ -417,24 +417,15 @@ def test_validate_frame_takes_a_dict_manifest_like_from_frame(manifest_dict):
         bad, Manifest.from_dict(manifest_dict)).errors != []
 
 
-def test_numbers_stored_as_text_say_so_and_how_to_convert(frame, manifest_dict):
-    from equicare.data.validate import MSG_NUMBERS_AS_TEXT
-
-    frame["risk"] = frame["risk"].astype(str).astype(object)
-    msg = MSG_NUMBERS_AS_TEXT.format(source="panel.csv", column="risk", what="state",
-                                     dtype=frame["risk"].dtype)
-    err = assert_invalid(frame, manifest_dict, msg)
-    assert "0 rows" not in str(err)
-
-
 def test_text_among_numbers_counts_and_shows_the_rows_that_are_not_numbers(frame,
                                                                           manifest_dict):
     frame["risk"] = frame["risk"].astype(str).astype(object)
     frame.loc[[3, 7], "risk"] = "high"
     frame.loc[5, "risk"] = None
     assert_invalid(frame, manifest_dict,
-                   "column 'risk' (state) must be numeric, got object; values that are not "
-                   "numbers in 2 rows (first: 3, 7; 0-based data rows), e.g. 'high'.",
+                   "panel.csv: column 'risk' (state) must hold numbers (the manifest declares it "
+                   "numeric); 2 rows (first: 3, 7; 0-based data rows) are not numbers (row 3: "
+                   "'high', object values).",
                    "column 'risk' (state) is empty in 1 row (first: 5; 0-based data rows).")
 
 

@@ -339,6 +339,10 @@ def _build(
     """
     assert rep.order is not None and rep.episode_codes is not None  # guaranteed when rep.ok
     assert rep.action_codes is not None and rep.episode_uniques is not None
+    if rep.numbers:  # numeric columns stored as text, read as numbers by validation
+        df = df.copy(deep=False)
+        for c, values in rep.numbers.items():
+            df[c] = values
     order = rep.order
     codes_sorted = rep.episode_codes[order]
     n = len(order)
