@@ -315,6 +315,33 @@ def test_audit_withholds_proportional_parity_of_a_small_need_cell(app, panel, tm
     assert "Proportional parity is not published for" in line and "hispanic" in line
 
 
+def test_audit_gives_the_reason_of_an_undefined_proportional_parity(app, panel,
+                                                                     tmp_path) -> None:
+    """No hispanic member has need: their proportional parity (a share over a need share of 0)
+    was null in the JSON with no reason and nothing in the terminal. The JSON entry and a line
+    under the tables give the reason, in memory and streamed."""
+    import pandas as pd
+
+    df = pd.read_parquet(panel["data"])
+    df.loc[df["race_ethnicity"] == "hispanic", "high_need"] = 0
+    data = tmp_path / "panel.parquet"
+    df.to_parquet(data, index=False)
+    why = ("no audited episode of group 'hispanic' has need, so its share of the need is 0 and "
+           "its share of the allocation cannot be divided by it")
+    for extra in ([], ["--chunk-rows", "1000"]):
+        out = tmp_path / f"audit{len(extra)}.json"
+        r = _run(app, ["audit", str(data), "--manifest", str(panel["manifest"]), "--group",
+                       "race_ethnicity", "--estimators", "none", "--bootstrap", "20",
+                       "--permutations", "0", "--out", str(out), *extra])
+        assert r.exit_code == 0, r.output
+        pp = json.loads(out.read_text())["policies"]["behavior"]["proportional_parity"]
+        assert pp["hispanic"] == {"value": None, "ci": [None, None], "reason": why}
+        assert all("reason" not in c for g, c in pp.items() if g != "hispanic")
+        assert any(c.get("value") for c in pp.values())
+        assert f"behavior: proportional parity n/a for hispanic: {why}" in " ".join(
+            r.output.split())
+
+
 def test_audit_prints_which_q_model_valued_each_policy(app, panel) -> None:
     """One line per policy valued with a Q-model (the JSON's q_model entry); with auto the
     candidates' scores, and when the window table replaced the stationary one, why."""
