@@ -293,3 +293,20 @@ def test_from_frame_reads_text_numbers_without_changing_the_callers_frame(frame,
     assert pd.api.types.is_string_dtype(text["risk"]) and isinstance(text["risk"].iloc[0], str)
     np.testing.assert_array_equal(ds.states[:, 0], from_frame(
         frame, manifest_dict, emit_warnings=False).states[:, 0])
+
+
+@pytest.mark.parametrize("name", ["panel.csv", "panel.parquet", "panel.duckdb"])
+def test_an_empty_file_is_refused_as_such_in_memory_and_streamed(tmp_path, manifest_dict, name):
+    """A 0-byte panel file: one message saying so (it was the reader's own words, different
+    in memory and streamed: 'No columns to parse from file', 'Empty CSV file', 'Parquet file
+    size is 0 bytes', DuckDB's)."""
+    from equicare.data import iter_chunks
+    from equicare.data._io import MSG_EMPTY_FILE
+
+    path = tmp_path / name
+    path.touch()
+    msg = MSG_EMPTY_FILE.format(path=path)
+    with pytest.raises(DataValidationError, match=f"^{re.escape(msg)}$"):
+        load_dataset(path, manifest_dict)
+    with pytest.raises(DataValidationError, match=f"^{re.escape(msg)}$"):
+        list(iter_chunks(path, manifest_dict, chunk_rows=20))

@@ -36,6 +36,7 @@ from equicare.data._io import (
     _DUCKDB_EXT,
     _build,
     check_csv_header,
+    check_panel_file,
     check_utf8,
     connect_read_only,
     parquet_files,
@@ -274,8 +275,7 @@ def scan_panel(path: str | os.PathLike[str],
     """
     man = _manifest_of(manifest)
     p = Path(path)
-    if not p.exists():
-        raise DataValidationError(f"Data file not found: {p}")
+    check_panel_file(p)
     if _source_kind(p) == "csv":  # as read_table does: a CSV must be UTF-8 text
         check_utf8(p)
     cols = list(dict.fromkeys([man.episode, *man.categorical_states, *man.groups]))

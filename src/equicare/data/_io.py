@@ -31,6 +31,8 @@ __all__ = [
     "validate_path",
     "parquet_files",
     "check_utf8",
+    "check_panel_file",
+    "MSG_EMPTY_FILE",
 ]
 
 _DUCKDB_EXT = (".duckdb", ".db", ".ddb")
@@ -71,8 +73,7 @@ def read_table(
         Column names as stored (to detect duplicates that readers rename).
     """
     p = Path(path)
-    if not p.exists():
-        raise DataValidationError(f"Data file not found: {p}")
+    check_panel_file(p)
     if p.is_dir():
         import pyarrow.dataset as pads
 
@@ -147,6 +148,31 @@ MSG_NOT_UTF8 = ("{path}: the file is not UTF-8 text: byte {byte} at line {line}{
                 "re-encode the file, e.g. `iconv -f latin1 -t utf-8 {path} > {fixed}` (or in "
                 "pandas: pd.read_csv(path, encoding='latin-1').to_csv(new_path, index=False)), "
                 "or write the panel as Parquet.")
+
+
+#: A panel file of 0 bytes (an export that failed, a file created but never written).
+MSG_EMPTY_FILE = ("{path}: the file is empty (0 bytes); expected the panel: one row per member "
+                  "and time step, with the columns the manifest names.")
+
+
+def check_panel_file(path: str | os.PathLike[str]) -> None:
+    """Refuse a panel path that does not exist or is an empty (0-byte) file.
+
+    The in-memory and streamed readers both call it, so both say the same (before, a 0-byte
+    CSV was "cannot parse CSV (No columns to parse from file)" in memory and "cannot read the
+    panel (Empty CSV file)" streamed, and a 0-byte Parquet file Arrow's "Parquet file size is 0
+    bytes" in two wordings).
+
+    Raises
+    ------
+    DataValidationError
+        The path does not exist, or is a file of 0 bytes (:data:`MSG_EMPTY_FILE`).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise DataValidationError(f"Data file not found: {p}")
+    if p.is_file() and p.stat().st_size == 0:
+        raise DataValidationError(MSG_EMPTY_FILE.format(path=p))
 
 
 def connect_read_only(path: str | os.PathLike[str]) -> Any:
