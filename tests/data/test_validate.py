@@ -138,8 +138,9 @@ def test_non_integer_time(frame, manifest_dict):
     frame["week"] = frame["week"].astype(float)
     frame.loc[0, "week"] = 1.5
     assert_invalid(
-        frame, manifest_dict, "column 'week' (time) must hold integers; 1 row (first: 0;"
-    )
+        frame, manifest_dict, "column 'week' (time) must hold integers; 1 row (first: 0; 0-based "
+        "data rows) do not (row 0: 1.5, float64 values); expected steps 0, 1, 2, ... within an "
+        "episode.")
 
 
 def test_group_changes_within_episode(frame, manifest_dict):

@@ -564,9 +564,11 @@ def validate_frame(
         tv = t.to_numpy(dtype=np.float64, na_value=np.nan)
         bad_t = ~np.isfinite(tv) | (np.floor(tv) != tv)
         if bad_t.any():
+            first, row = _first_bad(bad_t, row_numbers)
             err(
                 f"{source}: column {manifest.time!r} (time) must hold integers; "
-                f"{_rows(bad_t)} do not."
+                f"{_rows(bad_t)} do not (row {row}: {tv[first]:g}, {t.dtype} values); expected "
+                "steps 0, 1, 2, ... within an episode."
             )
         else:
             t_ok = True
