@@ -284,6 +284,26 @@ def test_numbers_stored_as_text_are_read_as_numbers_in_every_format(tmp_path, fr
         list(iter_chunks(path, manifest_dict, chunk_rows=20))
 
 
+def test_a_missing_value_marker_in_text_numbers_is_missing_in_every_format(tmp_path, frame,
+                                                                           manifest_dict):
+    """'n/a' among text numbers: a CSV reader reads it as missing, so Parquet does too (it was
+    'not a number' there, 'NaN' in the CSV): one error, the same for both files."""
+    text = frame.copy()
+    text["risk"] = text["risk"].astype(str)
+    text.loc[3, "risk"] = "n/a"
+    said = {}
+    for fmt in ("parquet", "csv"):
+        path = tmp_path / f"panel.{fmt}"
+        text.to_parquet(path, index=False) if fmt == "parquet" else text.to_csv(path,
+                                                                                index=False)
+        with pytest.raises(DataValidationError) as info:
+            load_dataset(path, manifest_dict, emit_warnings=False)
+        said[fmt] = str(info.value).replace(str(path), "<file>")
+    assert said["parquet"] == said["csv"], said
+    assert said["csv"].startswith("<file>: column 'risk' (state) has NaN or infinite values in "
+                                  "1 row (first: 3; 0-based data rows); expected finite numbers.")
+
+
 def test_from_frame_reads_text_numbers_without_changing_the_callers_frame(frame, manifest_dict):
     text = frame.assign(risk=frame["risk"].astype(str))
     with warnings.catch_warnings(record=True) as rec:

@@ -47,6 +47,7 @@ from equicare.data._manifest import manifest_of as _manifest_of
 from equicare.data._stream_summary import SummaryParts, tail_keep
 from equicare.data.validate import (
     _SHOW,
+    CSV_NULLS,
     EXAMPLE_ROW_RE,
     NO_TERMINAL_NOTE,
     PanelCounts,
@@ -70,10 +71,6 @@ __all__ = ["PanelScan", "Chunk", "ShardSpec", "scan_panel", "iter_chunks", "vali
 
 #: Rows per Arrow record batch read from storage.
 BATCH_ROWS = 65_536
-# pandas.read_csv's default na_values: the streamed CSV reader treats the same cells as missing
-# (pyarrow's own defaults lack '<NA>', 'None' and 'n/a', and keep empty text cells as "")
-CSV_NULLS = ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
-             "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null")
 #: Default rows per chunk (whole episodes; an episode longer than this forms its own chunk).
 CHUNK_ROWS = 500_000
 _ROW = "__equicare_row__"

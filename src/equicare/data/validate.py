@@ -28,7 +28,8 @@ from equicare.utils import MIN_CELL
 __all__ = ["ValidationReport", "validate_frame", "encode_actions", "SPARSE_REWARD_PCT",
            "NO_TERMINAL_NOTE", "PanelCounts", "panel_warnings", "EXAMPLE_ROW_RE",
            "FEW_EPISODES_MESSAGE", "check_episodes", "HOLDOUT_EPISODES_MESSAGE",
-           "split_holdout", "MSG_NUMBERS_AS_TEXT", "MSG_TEXT_NOT_NUMBERS", "text_numbers"]
+           "split_holdout", "MSG_NUMBERS_AS_TEXT", "MSG_TEXT_NOT_NUMBERS", "text_numbers",
+           "CSV_NULLS"]
 
 #: Note of a manifest without ``dataset.terminal`` (Contract 1: every episode end is censored).
 NO_TERMINAL_NOTE = "no 'terminal' column: every episode end is treated as censored"
@@ -208,6 +209,11 @@ MSG_TEXT_NOT_NUMBERS = (
     "{rows} are not numbers (row {row}: {value!r}, {dtype} values).")
 #: Text read as 0/1 in the flag columns (terminal, need), as a CSV reader reads booleans.
 _FLAG_TEXT = {"true": "1", "false": "0"}
+# pandas.read_csv's default na_values: every CSV reader of equicare treats these cells as
+# missing (pyarrow's own defaults lack '<NA>', 'None' and 'n/a', and keep empty text cells as
+# ""), and so does :func:`text_numbers` in a numeric column stored as text
+CSV_NULLS = ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
+             "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null")
 
 
 def _is_text(s: pd.Series) -> bool:
@@ -242,8 +248,10 @@ def _first_bad(mask: NDArray[np.bool_], row_numbers: NDArray[np.int64] | None
 def text_numbers(s: pd.Series, flag: bool = False) -> tuple[pd.Series, NDArray[np.bool_]]:
     """A text column read as numbers, as a CSV reader reads it; and where a value is not one.
 
-    Blank cells and missing values become NaN (missing, not "not a number"); surrounding spaces
-    are ignored; ``flag`` also reads ``true``/``false`` (any case) as 1/0.
+    Blank cells, missing values and the missing-value markers of a CSV file (:data:`CSV_NULLS`:
+    ``n/a``, ``NA``, ``NULL``, ...) become NaN (missing, not "not a number"), as a CSV reader
+    reads them; surrounding spaces are ignored; ``flag`` also reads ``true``/``false`` (any
+    case) as 1/0.
 
     Parameters
     ----------
@@ -263,7 +271,7 @@ def text_numbers(s: pd.Series, flag: bool = False) -> tuple[pd.Series, NDArray[n
     if flag:
         low = txt.str.lower()
         txt = txt.mask(low.isin(list(_FLAG_TEXT)), low.map(_FLAG_TEXT))
-    blank = (txt.isna() | (txt == "")).to_numpy(dtype=bool)
+    blank = (txt.isna() | txt.isin(CSV_NULLS)).to_numpy(dtype=bool)
     num = pd.to_numeric(txt.mask(blank), errors="coerce")
     values = num.to_numpy(dtype=np.float64, na_value=np.nan)
     return pd.Series(values, index=s.index, name=s.name), np.isnan(values) & ~blank
