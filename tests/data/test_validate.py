@@ -326,6 +326,16 @@ def test_dates_as_time_name_the_first_row_and_say_how_to_number_steps(frame, man
         assert validate_frame(g, Manifest.from_dict(manifest_dict), "panel.csv").ok
 
 
+def test_a_decimal_comma_in_the_time_is_not_taken_for_a_date(frame, manifest_dict):
+    """pandas reads '1,5' as a date: the time error gave the date hint for a decimal comma."""
+    frame["week"] = frame["week"].astype(str)
+    frame.loc[4, "week"] = "1,5"
+    err = str(assert_invalid(frame, manifest_dict, "panel.csv: column 'week' (time) must hold "
+                             "integers; 1 row (first: 4; 0-based data rows) do not (row 4: "
+                             "'1,5',"))
+    assert "Convert the column to integer steps" in err and "look like dates" not in err
+
+
 @pytest.mark.parametrize("kind", ["date_strings", "datetime"])
 def test_dates_that_skip_days_are_named_before_rows_are_numbered(frame, manifest_dict, kind):
     """A daily panel with a pause: the date hint numbered its rows into one-step transitions.

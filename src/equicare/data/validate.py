@@ -197,6 +197,10 @@ def _is_numeric(s: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype)
 
 
+#: Text that may be a date: a separator of dates or times, or a month's name (pandas also reads
+#: "1,5", a decimal comma, as a date).
+_DATE_TEXT = re.compile(r"[-/:.\s]|[A-Za-z]")
+
 #: A column the manifest declares numeric, stored as text whose every value is a number: the
 #: manifest wins, and the text is read as numbers, as a CSV file's is (a warning, not an error).
 MSG_NUMBERS_AS_TEXT = (
@@ -339,7 +343,7 @@ def _time_not_integer(t: pd.Series, manifest: Manifest, source: str,
     value = t.iloc[first]
     dates = (pd.api.types.is_datetime64_any_dtype(t.dtype)
              or isinstance(value, (datetime.date, np.datetime64)))  # Arrow CSV reads date32
-    if not dates and isinstance(value, str):
+    if not dates and isinstance(value, str) and _DATE_TEXT.search(value):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pandas warns when it guesses a date format
             dates = not pd.isna(pd.to_datetime(pd.Series([value]), errors="coerce").iloc[0])
