@@ -326,6 +326,20 @@ def test_dates_as_time_name_the_first_row_and_say_how_to_number_steps(frame, man
         assert validate_frame(g, Manifest.from_dict(manifest_dict), "panel.csv").ok
 
 
+def test_an_empty_need_cell_is_one_problem_and_a_bad_one_shows_its_value(frame, manifest_dict):
+    """An empty need cell was two problems ('is empty' and 'must be 0/1'); a value other than
+    0/1 named its rows but not the value."""
+    f = frame.copy()
+    f["high_need"] = f["high_need"].astype(float)
+    rows = f.index[f["member_id"] == f.loc[5, "member_id"]]
+    f.loc[rows, "high_need"] = np.nan
+    err = assert_invalid(f, manifest_dict, "column 'high_need' (need flag) is empty in")
+    assert len(err.problems) == 1, err.problems
+    f.loc[rows, "high_need"] = 2.0
+    assert_invalid(f, manifest_dict, "column 'high_need' (need) must be 0/1; ",
+                   f"are not (row {min(rows)}: 2.0, float64 values).")
+
+
 def test_a_decimal_comma_in_the_time_is_not_taken_for_a_date(frame, manifest_dict):
     """pandas reads '1,5' as a date: the time error gave the date hint for a decimal comma."""
     frame["week"] = frame["week"].astype(str)

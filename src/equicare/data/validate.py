@@ -702,10 +702,13 @@ def validate_frame(
         v = pd.to_numeric(df[manifest.need], errors="coerce").to_numpy(
             dtype=np.float64, na_value=np.nan
         )
-        bad_need = ~np.isin(v, [0.0, 1.0])
+        # an empty cell is reported once, as empty (the per-episode labels' check above)
+        bad_need = ~np.isin(v, [0.0, 1.0]) & ~df[manifest.need].isna().to_numpy()
         if bad_need.any():
+            first, row = _first_bad(bad_need, row_numbers)
             err(
-                f"{source}: column {manifest.need!r} (need) must be 0/1; {_rows(bad_need)} are not."
+                f"{source}: column {manifest.need!r} (need) must be 0/1; {_rows(bad_need)} are not "
+                f"(row {row}: {df[manifest.need].iloc[first]}, {df[manifest.need].dtype} values)."
             )
     if manifest.behavior_prob and manifest.behavior_prob not in not_numbers:
         s = df[manifest.behavior_prob]
