@@ -31,7 +31,8 @@ def _panel(lengths: list[int]) -> pd.DataFrame:
 @pytest.mark.parametrize(("lengths", "n"), [([1] * 30, 0), ([1] * 29 + [3], 1)])
 def test_episodes_without_a_transition_are_a_data_error(lengths, n) -> None:
     ds = from_frame(_panel(lengths), MANIFEST, emit_warnings=False)
-    msg = FEW_TRANSITION_EPISODES_MESSAGE.format(n=n, total=len(lengths))
+    msg = ("<DataFrame>: " + FEW_TRANSITION_EPISODES_MESSAGE.format(source="", n=n,
+                                                                    total=len(lengths)))
     with pytest.raises(DataValidationError, match=re.escape(msg)):
         from_dataset(ds)
 
@@ -62,8 +63,8 @@ def test_rewards_only_on_last_rows_are_a_data_error_and_mostly_there_a_warning()
         from_dataset(ds)
     df["r"] = np.where(last, 1.0, 0.0)
     df.loc[np.flatnonzero(~last)[:10], "r"] = 0.5          # 5 of 35: 86% at the ends
-    with pytest.warns(DataWarning, match=r"^86% of the panel's total \|reward\| is on "
-                                         r"episodes' last rows \(25% of the rows\)"):
+    with pytest.warns(DataWarning, match=r"^<DataFrame>: 86% of the panel's total \|reward\| "
+                                         r"is on episodes' last rows \(25% of the rows\)"):
         md = from_dataset(from_frame(df, MANIFEST, emit_warnings=False))
     assert md.rewards.sum() == 5.0
     df["r"] = 1.0                                            # a per-step reward: silent

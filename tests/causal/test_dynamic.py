@@ -248,7 +248,7 @@ def test_data_errors(toy1_data):
                  rewards=data.rewards, next_states=data.next_states,
                  episode_index=data.episode_index)
     with pytest.raises(DataValidationError, match=re.escape(
-            CONSTANT_MEDIATOR_MESSAGE.format(name="m0", value=0.0))):
+            "M" + CONSTANT_MEDIATOR_MESSAGE.format(source="", name="m0", value=0.0)[1:])):
         cfg.estimate(const, pol, 0)
     # a fixed control action needs a binary action
     mdp3 = random_mediation_mdp(3, 3, 2, random_state=0)

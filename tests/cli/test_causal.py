@@ -87,6 +87,20 @@ def test_user_errors_exit_2(app, panel, extra, manifest, msg):
     assert not (panel / "x.json").exists()
 
 
+def test_constant_mediator_exits_2_naming_the_file_and_column(app, panel):
+    """A mediator that never varies: one line naming the panel file and the column."""
+    df = pd.read_csv(panel / "panel.csv")
+    df["m0"] = 1.0
+    df.to_csv(panel / "const.csv", index=False)
+    res = runner.invoke(app, ["mediate", str(panel / "const.csv"), "--manifest",
+                              str(panel / "m.toml"), "--policy", str(panel / "target.csv"),
+                              "--bootstrap", "0", "--out", str(panel / "x.json")])
+    assert res.exit_code == 2, res.output
+    assert (f"{panel / 'const.csv'}: mediator column 'm0' is constant (every transition row is "
+            "1.0); a mediator must vary to carry an effect.") in " ".join(res.output.split())
+    assert not (panel / "x.json").exists()
+
+
 def test_help_has_example(app):
     res = runner.invoke(app, ["mediate", "--help"])
     assert res.exit_code == 0 and "Example" in res.output
@@ -234,7 +248,8 @@ def test_single_row_episodes_exit_2_with_the_data_error(app, tmp_path):
                               str(tmp_path / "m.toml"), "--policy", str(tmp_path / "target.csv"),
                               "--bootstrap", "0"])
     assert res.exit_code == 2, res.output
-    assert "needs at least 2 episodes with a transition" in " ".join(res.output.split())
+    assert (f"{tmp_path / 'one.csv'}: mediation analysis needs at least 2 episodes with a "
+            "transition") in " ".join(res.output.split())
 
 
 def test_mediation_table_prints_small_effects_in_significant_digits():

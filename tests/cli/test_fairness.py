@@ -139,6 +139,28 @@ def test_a_missing_interval_prints_nothing():
     assert _ci((0.01, 0.03), 1, 3) == "[0.010, 0.030]"
 
 
+def test_audit_with_no_publishable_group_names_the_file_and_group_column(app, panel,
+                                                                          tmp_path) -> None:
+    """Every group under 11 episodes: the one-line error names the panel file and the column."""
+    import pandas as pd
+
+    frame = pd.read_parquet(panel["data"])
+    frame["site"] = "s" + (frame["member_id"].rank(method="dense").astype(int) % 50).astype(str)
+    man = panel["manifest"].read_text().replace('groups = [', 'groups = ["site", ', 1)
+    (tmp_path / "m.toml").write_text(man)
+    data = tmp_path / "p.parquet"
+    frame.to_parquet(data, index=False)
+    base = ["audit", str(data), "-m", str(tmp_path / "m.toml"), "--group", "site",
+            "--bootstrap", "5", "--permutations", "0"]
+    for args in (base, [*base, "--chunk-rows", "1000"]):
+        r = _run(app, args)
+        assert r.exit_code == 2, r.output
+        out = " ".join(r.output.split())
+        assert (f"{data}: no group of the group column 'site' (manifest dataset.groups) can be "
+                "published") in out, out
+        assert "Traceback" not in r.output
+
+
 def test_audit_and_frontier_with_one_published_group_exit_2(app, panel, tmp_path) -> None:
     """A one-level group attribute: no parity to measure, one line, exit 2."""
     import pandas as pd
@@ -291,6 +313,33 @@ def test_audit_withholds_proportional_parity_of_a_small_need_cell(app, panel, tm
     assert any("value" in c for c in pp.values())  # the others' need cells are large enough
     line = " ".join(r.output.split())
     assert "Proportional parity is not published for" in line and "hispanic" in line
+
+
+def test_audit_gives_the_reason_of_an_undefined_proportional_parity(app, panel,
+                                                                     tmp_path) -> None:
+    """No hispanic member has need: their proportional parity (a share over a need share of 0)
+    was null in the JSON with no reason and nothing in the terminal. The JSON entry and a line
+    under the tables give the reason, in memory and streamed."""
+    import pandas as pd
+
+    df = pd.read_parquet(panel["data"])
+    df.loc[df["race_ethnicity"] == "hispanic", "high_need"] = 0
+    data = tmp_path / "panel.parquet"
+    df.to_parquet(data, index=False)
+    why = ("no audited episode of group 'hispanic' has need, so its share of the need is 0 and "
+           "its share of the allocation cannot be divided by it")
+    for extra in ([], ["--chunk-rows", "1000"]):
+        out = tmp_path / f"audit{len(extra)}.json"
+        r = _run(app, ["audit", str(data), "--manifest", str(panel["manifest"]), "--group",
+                       "race_ethnicity", "--estimators", "none", "--bootstrap", "20",
+                       "--permutations", "0", "--out", str(out), *extra])
+        assert r.exit_code == 0, r.output
+        pp = json.loads(out.read_text())["policies"]["behavior"]["proportional_parity"]
+        assert pp["hispanic"] == {"value": None, "ci": [None, None], "reason": why}
+        assert all("reason" not in c for g, c in pp.items() if g != "hispanic")
+        assert any(c.get("value") for c in pp.values())
+        assert f"behavior: proportional parity n/a for hispanic: {why}" in " ".join(
+            r.output.split())
 
 
 def test_audit_prints_which_q_model_valued_each_policy(app, panel) -> None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -221,3 +222,111 @@ def test_a_duckdb_file_that_is_not_a_database_is_a_user_error(tmp_path, streamed
             scan_panel(p, Manifest.from_dict(MANIFEST))
         else:
             read_table(p)
+
+
+#: Columns of each numeric role of the test manifest: time, state, reward, propensity, need.
+NUMERIC_ROLES = ["week", "risk", "r_primary", "propensity", "high_need"]
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_numbers_stored_as_text_are_read_as_numbers_in_every_format(tmp_path, frame,
+                                                                    manifest_dict, fmt):
+    """The manifest wins: a column it declares numeric that a Parquet file stores as text is
+    read as numbers (with a warning naming the file and column), as the same values in a CSV
+    file are, in memory and in chunks; a value that is not a number is refused in both formats
+    with the file, column, first row and value."""
+    from equicare.data import iter_chunks
+    from equicare.exceptions import DataWarning
+
+    ref = from_frame(frame, manifest_dict, emit_warnings=False)
+    text = frame.copy()
+    for c in NUMERIC_ROLES:
+        text[c] = text[c].astype(str)
+    path = tmp_path / f"panel.{fmt}"
+    text.to_parquet(path, index=False) if fmt == "parquet" else text.to_csv(path, index=False)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        ds = load_dataset(path, manifest_dict)
+    said = [str(w.message) for w in rec if issubclass(w.category, DataWarning)
+            and "stored as text" in str(w.message)]
+    if fmt == "parquet":  # a CSV file is text: its numbers are numbers, nothing to say
+        dtype = pd.read_parquet(path)["risk"].dtype  # str (pandas 3) or object
+        assert said == [f"{path}: column {c!r} ({what}) is stored as text ({dtype}); the "
+                        "manifest declares it numeric, so its values are read as numbers, as "
+                        "from a CSV file. Store it as numbers to avoid this warning, e.g. "
+                        f"df[{c!r}] = pd.to_numeric(df[{c!r}])."
+                        for c, what in zip(NUMERIC_ROLES, ["time", "state",
+                                                           "reward component 'primary'",
+                                                           "behaviour propensity", "need flag"],
+                                           strict=True)], said
+    else:
+        assert said == []
+    assert_same(ds, ref)
+    assert ds.times.dtype == np.int64 and ds.states.dtype == np.float32
+    chunks = list(iter_chunks(path, manifest_dict, chunk_rows=20))
+    assert len(chunks) > 2
+    np.testing.assert_array_equal(
+        np.sort(np.concatenate([c.dataset.behavior_prob for c in chunks])),
+        np.sort(ref.behavior_prob))
+    assert sum(c.dataset.times.sum() for c in chunks) == ref.times.sum()
+    # a value that is not a number: the same error in both formats, in memory and in chunks
+    text.loc[3, "risk"] = "1,5"
+    path.unlink()
+    text.to_parquet(path, index=False) if fmt == "parquet" else text.to_csv(path, index=False)
+    msg = (f"{path}: column 'risk' (state) must hold numbers (the manifest declares it "
+           "numeric); 1 row (first: 3; 0-based data rows) are not numbers (row 3: '1,5', "
+           "{dtype} values).")
+    with pytest.raises(DataValidationError) as info:
+        load_dataset(path, manifest_dict, emit_warnings=False)
+    assert re.fullmatch(re.escape(msg).replace(r"\{dtype\}", r"\w+"), str(info.value)), \
+        str(info.value)
+    with pytest.raises(DataValidationError, match=re.escape(msg.split(" (", 1)[0])):
+        list(iter_chunks(path, manifest_dict, chunk_rows=20))
+
+
+def test_a_missing_value_marker_in_text_numbers_is_missing_in_every_format(tmp_path, frame,
+                                                                           manifest_dict):
+    """'n/a' among text numbers: a CSV reader reads it as missing, so Parquet does too (it was
+    'not a number' there, 'NaN' in the CSV): one error, the same for both files."""
+    text = frame.copy()
+    text["risk"] = text["risk"].astype(str)
+    text.loc[3, "risk"] = "n/a"
+    said = {}
+    for fmt in ("parquet", "csv"):
+        path = tmp_path / f"panel.{fmt}"
+        text.to_parquet(path, index=False) if fmt == "parquet" else text.to_csv(path,
+                                                                                index=False)
+        with pytest.raises(DataValidationError) as info:
+            load_dataset(path, manifest_dict, emit_warnings=False)
+        said[fmt] = str(info.value).replace(str(path), "<file>")
+    assert said["parquet"] == said["csv"], said
+    assert said["csv"].startswith("<file>: column 'risk' (state) has NaN or infinite values in "
+                                  "1 row (first: 3; 0-based data rows); expected finite numbers.")
+
+
+def test_from_frame_reads_text_numbers_without_changing_the_callers_frame(frame, manifest_dict):
+    text = frame.assign(risk=frame["risk"].astype(str))
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        ds = from_frame(text, manifest_dict, source="p")
+    assert any("p: column 'risk' (state) is stored as text" in str(w.message) for w in rec)
+    assert pd.api.types.is_string_dtype(text["risk"]) and isinstance(text["risk"].iloc[0], str)
+    np.testing.assert_array_equal(ds.states[:, 0], from_frame(
+        frame, manifest_dict, emit_warnings=False).states[:, 0])
+
+
+@pytest.mark.parametrize("name", ["panel.csv", "panel.parquet", "panel.duckdb"])
+def test_an_empty_file_is_refused_as_such_in_memory_and_streamed(tmp_path, manifest_dict, name):
+    """A 0-byte panel file: one message saying so (it was the reader's own words, different
+    in memory and streamed: 'No columns to parse from file', 'Empty CSV file', 'Parquet file
+    size is 0 bytes', DuckDB's)."""
+    from equicare.data import iter_chunks
+    from equicare.data._io import MSG_EMPTY_FILE
+
+    path = tmp_path / name
+    path.touch()
+    msg = MSG_EMPTY_FILE.format(path=path)
+    with pytest.raises(DataValidationError, match=f"^{re.escape(msg)}$"):
+        load_dataset(path, manifest_dict)
+    with pytest.raises(DataValidationError, match=f"^{re.escape(msg)}$"):
+        list(iter_chunks(path, manifest_dict, chunk_rows=20))

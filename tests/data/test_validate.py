@@ -54,8 +54,8 @@ def test_non_numeric_state(frame, manifest_dict):
     frame["risk"] = frame["risk"].astype(object)
     frame.loc[3, "risk"] = "high"
     err = assert_invalid(
-        frame, manifest_dict, "column 'risk' (state) must be numeric", "1 row (first: 3;"
-    )
+        frame, manifest_dict, "column 'risk' (state) must hold numbers", "1 row (first: 3;",
+        "(row 3: 'high', object values)")
     assert len(err.problems) == 1
 
 
@@ -138,8 +138,9 @@ def test_non_integer_time(frame, manifest_dict):
     frame["week"] = frame["week"].astype(float)
     frame.loc[0, "week"] = 1.5
     assert_invalid(
-        frame, manifest_dict, "column 'week' (time) must hold integers; 1 row (first: 0;"
-    )
+        frame, manifest_dict, "column 'week' (time) must hold integers; 1 row (first: 0; 0-based "
+        "data rows) do not (row 0: 1.5, float64 values); expected steps 0, 1, 2, ... within an "
+        "episode.")
 
 
 def test_group_changes_within_episode(frame, manifest_dict):
@@ -325,6 +326,30 @@ def test_dates_as_time_name_the_first_row_and_say_how_to_number_steps(frame, man
         assert validate_frame(g, Manifest.from_dict(manifest_dict), "panel.csv").ok
 
 
+def test_an_empty_need_cell_is_one_problem_and_a_bad_one_shows_its_value(frame, manifest_dict):
+    """An empty need cell was two problems ('is empty' and 'must be 0/1'); a value other than
+    0/1 named its rows but not the value."""
+    f = frame.copy()
+    f["high_need"] = f["high_need"].astype(float)
+    rows = f.index[f["member_id"] == f.loc[5, "member_id"]]
+    f.loc[rows, "high_need"] = np.nan
+    err = assert_invalid(f, manifest_dict, "column 'high_need' (need flag) is empty in")
+    assert len(err.problems) == 1, err.problems
+    f.loc[rows, "high_need"] = 2.0
+    assert_invalid(f, manifest_dict, "column 'high_need' (need) must be 0/1; ",
+                   f"are not (row {min(rows)}: 2.0, float64 values).")
+
+
+def test_a_decimal_comma_in_the_time_is_not_taken_for_a_date(frame, manifest_dict):
+    """pandas reads '1,5' as a date: the time error gave the date hint for a decimal comma."""
+    frame["week"] = frame["week"].astype(str)
+    frame.loc[4, "week"] = "1,5"
+    err = str(assert_invalid(frame, manifest_dict, "panel.csv: column 'week' (time) must hold "
+                             "integers; 1 row (first: 4; 0-based data rows) do not (row 4: "
+                             "'1,5',"))
+    assert "Convert the column to integer steps" in err and "look like dates" not in err
+
+
 @pytest.mark.parametrize("kind", ["date_strings", "datetime"])
 def test_dates_that_skip_days_are_named_before_rows_are_numbered(frame, manifest_dict, kind):
     """A daily panel with a pause: the date hint numbered its rows into one-step transitions.
@@ -417,24 +442,15 @@ def test_validate_frame_takes_a_dict_manifest_like_from_frame(manifest_dict):
         bad, Manifest.from_dict(manifest_dict)).errors != []
 
 
-def test_numbers_stored_as_text_say_so_and_how_to_convert(frame, manifest_dict):
-    from equicare.data.validate import MSG_NUMBERS_AS_TEXT
-
-    frame["risk"] = frame["risk"].astype(str).astype(object)
-    msg = MSG_NUMBERS_AS_TEXT.format(source="panel.csv", column="risk", what="state",
-                                     dtype=frame["risk"].dtype)
-    err = assert_invalid(frame, manifest_dict, msg)
-    assert "0 rows" not in str(err)
-
-
 def test_text_among_numbers_counts_and_shows_the_rows_that_are_not_numbers(frame,
                                                                           manifest_dict):
     frame["risk"] = frame["risk"].astype(str).astype(object)
     frame.loc[[3, 7], "risk"] = "high"
     frame.loc[5, "risk"] = None
     assert_invalid(frame, manifest_dict,
-                   "column 'risk' (state) must be numeric, got object; values that are not "
-                   "numbers in 2 rows (first: 3, 7; 0-based data rows), e.g. 'high'.",
+                   "panel.csv: column 'risk' (state) must hold numbers (the manifest declares it "
+                   "numeric); 2 rows (first: 3, 7; 0-based data rows) are not numbers (row 3: "
+                   "'high', object values).",
                    "column 'risk' (state) is empty in 1 row (first: 5; 0-based data rows).")
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -295,7 +296,12 @@ def test_train_function_refuses_existing_folder(tmp_path):
     assert (out / "keep.txt").read_text() == "x"
 
 
-def test_episodes_of_one_row_are_refused_before_training(tmp_path, monkeypatch):
+def _train_refused(tmp_path, monkeypatch, edit, levels=None):
+    """``train --algo omg`` on a 15-patient heparin panel changed by ``edit(frame)``.
+
+    ``levels`` replaces the manifest's action levels. Checks that it exits 2 before training
+    and writes nothing; returns the one-line output and the panel and manifest paths.
+    """
     import pandas as pd
 
     from equicare.cli import app
@@ -303,24 +309,47 @@ def test_episodes_of_one_row_are_refused_before_training(tmp_path, monkeypatch):
     res = synth_heparin(tmp_path / "panel.parquet", n_patients=15, seed=0,
                         manifest=tmp_path / "manifest.toml")
     df = pd.read_parquet(res["data"])
-    df["patient_id"], df["step"], df["done"] = np.arange(len(df)), 0, 0
+    edit(df)
     df.to_parquet(res["data"])
+    man = Path(res["manifest"])
+    if levels is not None:
+        man.write_text(re.sub(r"levels = \[.*\]", f"levels = {levels}", man.read_text()))
     monkeypatch.setattr(OMG, "_fit", lambda *a, **k: pytest.fail("trained"))
     out = tmp_path / "run"
-    cli = CliRunner().invoke(app, ["train", str(res["data"]), "-m", str(res["manifest"]),
-                                   "--algo", "omg", "--small", "--no-progress", "--out", str(out)])
+    cli = CliRunner().invoke(app, ["train", str(res["data"]), "-m", str(man), "--algo", "omg",
+                                   "--small", "--no-progress", "--out", str(out)])
     assert cli.exit_code == 2, cli.output
-    assert cli.output.replace("\n", "") == (
-        f"error: {res['data']} has no transitions (every episode has one row); OMG learns the "
+    assert not out.exists()
+    return cli.output.replace("\n", ""), res["data"], man
+
+
+def test_episodes_of_one_row_are_refused_before_training(tmp_path, monkeypatch):
+    def one_row(df):
+        df["patient_id"], df["step"], df["done"] = np.arange(len(df)), 0, 0
+
+    said, data, man = _train_refused(tmp_path, monkeypatch, one_row)
+    assert said == (
+        f"error: {data} has no transitions (every episode has one row); OMG learns the "
         "dynamics from consecutive rows of an episode (only the model-free, known-reward variant "
         "trains on single rows).")
-    assert not out.exists()
     from equicare.data import load_dataset
 
-    ds = load_dataset(res["data"], res["manifest"], emit_warnings=False)
+    ds = load_dataset(data, man, emit_warnings=False)
     with pytest.raises(DataValidationError, match=re.escape(
-            "The data has no transitions (every episode has one row)")):
+            f"{data} has no transitions (every episode has one row)")):
         OMG(OMGConfig(), random_state=0).fit(ds)
+
+
+def test_one_action_is_refused_naming_the_panel_file(tmp_path, monkeypatch):
+    """A one-level action column: one line naming the panel file and the action space."""
+    def one_level(df):
+        df["rate"] = "0U"
+
+    said, data, _ = _train_refused(tmp_path, monkeypatch, one_level, levels='["0U"]')
+    assert said == (
+        f"error: {data}: OMG needs at least 2 actions; the manifest's action space (rate: "
+        "1 level) has 1, so there is no choice to learn a reward or a policy for. Expected an "
+        "action column with 2 or more levels.")
 
 
 # ---------------------------------------------------------------------------- full size (slow)

@@ -297,7 +297,9 @@ def test_a_single_published_group_leaves_the_fairness_evidence_null_with_the_rea
     from dataclasses import replace
 
     train, test = tree_sim.generate(120, seed=12), tree_sim.generate(60, seed=13)
-    test = replace(test, groups={"group": np.full(test.n_episodes, "g1")})
+    # read from a file: the audit's error names it, the card (made to be shared) does not
+    test = replace(test, groups={"group": np.full(test.n_episodes, "g1")},
+                   source="/home/analyst/panel.parquet")
     cfg = ExplainConfig(bootstrap=0, frontier_bootstrap=0, depths=(1, 2))
     card = explain_policy(train, tree_sim.NoisyExpert(), cfg, test=test, random_state=0)
     assert card.fairness["policies"] == {}

@@ -252,7 +252,8 @@ def test_policy_called_on_blocks_of_whole_episodes() -> None:
      "The 'weights' parameter of allocation_rates must be an array of shape (n_boot, 4). "
      "Got (3, 5) instead."),
     ({"need": np.ones(3)}, DataValidationError, "need must have shape (8,) (rows) or (4,)"),
-    ({"min_cell": 3}, DataValidationError, "No group of 'g' can be published"),
+    ({"min_cell": 3}, DataValidationError,
+     "No group of the group column 'g' (manifest dataset.groups) can be published"),
 ])
 def test_bad_inputs(tiny, kwargs, error, message) -> None:
     kw = {"min_cell": 1, "n_boot": 0, **kwargs}

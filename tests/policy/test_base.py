@@ -63,6 +63,30 @@ def test_check_probs_messages():
         check_probs(np.array([[1.5, -0.5]]), 1, 2)
 
 
+def test_a_path_or_text_in_place_of_probabilities_is_a_policy_error(tmp_path, manifest_dict):
+    """evaluate(dataset, "model_dir") was "ValueError: could not convert string to float"."""
+    from equicare.policy._base import MSG_PATH_NOT_PROBS
+
+    for path in ("/nope/model", tmp_path):
+        with pytest.raises(PolicyError, match=re.escape(MSG_PATH_NOT_PROBS.format(
+                source="target policy", path=str(path)))):
+            check_probs(path, 2, 3, source="target policy")
+    with pytest.raises(PolicyError, match=re.escape(
+            "policy: expected a Policy or an array of action probabilities of shape (1, 2); got "
+            "list that is not numbers")):
+        check_probs([["a", "b"]], 1, 2)
+    # the library's entry points: evaluate and audit take a Policy or a matrix, not a path
+    from equicare.fairness import audit
+    from equicare.ope import evaluate
+
+    ds = from_frame(make_frame(80, seed=1), manifest_dict, emit_warnings=False)
+    for call, source in ((lambda: evaluate(ds, "/nope/model"), "target policy probabilities"),
+                         (lambda: audit(ds, {"x": "/nope/model"}, group="sex", n_boot=0), "x")):
+        with pytest.raises(PolicyError, match=re.escape(MSG_PATH_NOT_PROBS.format(
+                source=source, path="/nope/model"))):
+            call()
+
+
 @given(st.integers(0, 1000))
 def test_sample_actions_respects_support(seed):
     rng = np.random.default_rng(seed)

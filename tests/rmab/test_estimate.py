@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -137,6 +138,37 @@ def test_an_infinite_reward_is_refused_naming_column_and_row():
             "0-based data rows); expected finite numbers.")):
         estimate_arms(bad, episode="member", time="week", state="state", action="treated",
                       group="group", reward="reward", min_count=0)
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.SmallCellWarning")
+@pytest.mark.filterwarnings("ignore:.*cells have fewer than:equicare.exceptions.DataWarning")
+def test_text_in_reward_and_time_is_read_as_numbers_or_refused_naming_the_row():
+    """A reward or time stored as text: 'abc' was an internal ValueError (plan/capacity
+    --from-panel exited 1); text numbers are read as numbers, with a warning, as the loader
+    reads them."""
+    d = load_domain("synthetic", n_arms=20)
+    panel = make_panel(d, 3, np.random.default_rng(1)).reset_index(drop=True)
+    kw = dict(episode="member", time="week", state="state", action="treated", group="group",
+              reward="reward", min_count=0)
+    ref = estimate_arms(panel, **kw)
+    text = panel.astype({"reward": str, "week": str})
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        got = estimate_arms(text, **kw)
+    said = [str(w.message) for w in rec if issubclass(w.category, DataWarning)]
+    for col, role in (("week", "time"), ("reward", "reward")):
+        assert (f"Column {col!r} ({role}) is stored as text; its values are read as numbers "
+                "(store it as numbers to avoid this warning).") in said, said
+    np.testing.assert_array_equal(got.P, ref.P)
+    np.testing.assert_array_equal(got.R, ref.R)
+    for col, role in (("reward", "reward"), ("week", "time")):
+        bad = text.copy()
+        bad.loc[4, col] = "abc"
+        with warnings.catch_warnings(), pytest.raises(DataValidationError, match=re.escape(
+                f"Column {col!r} ({role}) must hold numbers; 1 row(s) do not (first: row 4, "
+                "0-based data row: 'abc').")):
+            warnings.simplefilter("ignore", DataWarning)  # the other column: text numbers
+            estimate_arms(bad, **kw)
 
 
 def test_capacity_plan_finds_the_smallest_budget():

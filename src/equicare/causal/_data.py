@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from equicare.data.validate import _lead, _led_by
 from equicare.exceptions import DataValidationError, PolicyError
 
 __all__ = ["MediationData", "PolicyProbs", "as_mediation_data", "binarize_actions",
@@ -21,12 +22,12 @@ NO_MEDIATOR_MESSAGE = ("The dataset has no mediator columns; add `mediators = [.
 NO_MEDIATOR_FILE_MESSAGE = ("{manifest}: the dataset has no mediator columns; add `mediators = "
                             "[...]` (the columns measured after the action, before the reward) "
                             "to the [dataset] table of this manifest (Contract 1).")
-CONSTANT_MEDIATOR_MESSAGE = ("Mediator column {name!r} is constant (every row is {value!r}); a "
-                             "mediator must vary to carry an effect.")
+CONSTANT_MEDIATOR_MESSAGE = ("{source}mediator column {name!r} is constant (every transition row "
+                             "is {value!r}); a mediator must vary to carry an effect.")
 FEW_EPISODES_MESSAGE = "Mediation analysis needs at least 2 episodes; got {n}."
 FEW_TRANSITION_EPISODES_MESSAGE = (
-    "Mediation analysis needs at least 2 episodes with a transition (2 or more rows); got {n} "
-    "of {total} episodes (an episode's last row has no next state).")
+    "{source}mediation analysis needs at least 2 episodes with a transition (2 or more rows); "
+    "got {n} of {total} episodes (an episode's last row has no next state).")
 #: A binary action that every transition takes the same way (an action set nobody logged).
 ONE_ACTION_MESSAGE = (
     "{source}every transition logs action {a} ({n:,} rows followed by a row of the same "
@@ -151,9 +152,11 @@ class MediationData:
     @classmethod
     def from_arrays(cls, states: Any, actions: Any, mediators: Any, rewards: Any,
                     next_states: Any, episode_index: Any, *, n_actions: int | None = None,
-                    behavior_prob: Any = None, mediator_names: tuple[str, ...] = ()
-                    ) -> MediationData:
+                    behavior_prob: Any = None, mediator_names: tuple[str, ...] = (),
+                    panel: str | None = None) -> MediationData:
         """Check and convert plain arrays (lists, NumPy, pandas or polars columns).
+
+        ``panel`` (the file the rows were read from, if any) is named first in the errors.
 
         Raises
         ------
@@ -206,8 +209,8 @@ class MediationData:
         names = tuple(mediator_names) or tuple(f"m{j}" for j in range(m.shape[1]))
         for j in range(m.shape[1]):
             if n and np.all(m[:, j] == m[0, j]):
-                raise DataValidationError(CONSTANT_MEDIATOR_MESSAGE.format(
-                    name=names[j], value=float(m[0, j])))
+                raise DataValidationError(_led_by(panel, CONSTANT_MEDIATOR_MESSAGE.format(
+                    source=_lead(panel), name=names[j], value=float(m[0, j]))))
         _, ep = np.unique(ep_raw, return_inverse=True)
         ep = ep.astype(np.int64).reshape(-1)
         if n == 0 or ep.max() + 1 < 2:
@@ -257,8 +260,8 @@ def from_dataset(ds: Any, check: Callable[[Any, NDArray[np.int64], NDArray[np.in
     ep_index = np.asarray(ds.episode_index)
     with_transition = int(np.unique(ep_index[rows]).size)
     if with_transition < 2:
-        raise DataValidationError(FEW_TRANSITION_EPISODES_MESSAGE.format(
-            n=with_transition, total=int(np.unique(ep_index).size)))
+        raise DataValidationError(_led_by(_panel(ds), FEW_TRANSITION_EPISODES_MESSAGE.format(
+            source=_lead(_panel(ds)), n=with_transition, total=int(np.unique(ep_index).size))))
     _check_end_rewards(ds, rows)
     _check_both_actions(ds, rows)
     _check_dense_memory(ds, rows.size)
@@ -270,7 +273,7 @@ def from_dataset(ds: Any, check: Callable[[Any, NDArray[np.int64], NDArray[np.in
         np.asarray(ds.rewards)[rows], feature_rows(ds, next_rows), ep_index[rows],
         n_actions=int(getattr(ds, "n_actions", int(np.max(ds.actions)) + 1)),
         behavior_prob=None if bp is None else np.asarray(bp)[rows],
-        mediator_names=tuple(getattr(ds, "mediator_names", ()) or ()))
+        mediator_names=tuple(getattr(ds, "mediator_names", ()) or ()), panel=_panel(ds))
     return MediationData(**{**md.__dict__, "source": ds, "rows": rows, "next_rows": next_rows})
 
 
@@ -338,9 +341,16 @@ def _check_both_actions(ds: Any, rows: NDArray[np.int64]) -> None:
                                                              n=int(rows.size)))
 
 
+def _panel(ds: Any) -> str | None:
+    """The file a dataset was read from, else its manifest file, else None."""
+    src = getattr(ds, "source", None)
+    if src is None:
+        src = getattr(getattr(ds, "manifest", None), "source", None)
+    return None if src is None or str(src) == "<manifest>" else str(src)
+
+
 def _source(ds: Any) -> str:
-    src = str(getattr(getattr(ds, "manifest", None), "source", "<manifest>"))
-    return "" if src == "<manifest>" else f"{src}: "
+    return _lead(_panel(ds))
 
 
 def _check_dense_memory(ds: Any, n: int) -> None:

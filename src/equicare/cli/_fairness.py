@@ -189,6 +189,8 @@ def audit_tables(res: AuditResult, estimator: str | None = None) -> list[Table]:
     """
     from rich.table import Table
 
+    from equicare.fairness._allocation import pp_undefined_lines
+
     names = list(res.policies)
     first = res.policies[names[0]].allocation
     label = action_label(res.action)
@@ -253,6 +255,7 @@ def audit_tables(res: AuditResult, estimator: str | None = None) -> list[Table]:
                              f"worst group and Gini), {next(iter(o.undefined.values()))}")
         else:
             val = worst = gini = "-"
+        notes += pp_undefined_lines(a)
         t2.add_row(n, gap.strip(), ratio.strip(), p, val.strip(), worst, gini.strip())
     if notes:
         t2.caption = "\n".join(notes)

@@ -64,6 +64,10 @@ def _parse_sets(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
+#: A --set override the config refuses: the flags first, then the config's own message.
+MSG_BAD_SET = "{sets}: {error}"
+
+
 def _load(config: Path | None, example: Example | None, sets: list[str] | None,
           store: Path | None) -> tuple[Any, Path | None]:
     """The checked run config and the store root (``./runs`` for a shipped example)."""
@@ -76,7 +80,13 @@ def _load(config: Path | None, example: Example | None, sets: list[str] | None,
     cfg = load_run_config(path)
     overrides = _parse_sets(sets)
     if overrides:
-        cfg = cfg.with_overrides(overrides)
+        from equicare.exceptions import ConfigError
+
+        try:
+            cfg = cfg.with_overrides(overrides)
+        except ConfigError as exc:  # the override is the mistake, not the file it names
+            raise ConfigError(MSG_BAD_SET.format(sets=" ".join(f"--set {x}" for x in sets or ()),
+                                                 error=exc)) from None
     if store is None and example is not None:
         store = Path("runs")
     return cfg, store

@@ -36,6 +36,7 @@ from equicare.data._io import (
     _DUCKDB_EXT,
     _build,
     check_csv_header,
+    check_panel_file,
     check_utf8,
     connect_read_only,
     parquet_files,
@@ -46,6 +47,7 @@ from equicare.data._manifest import manifest_of as _manifest_of
 from equicare.data._stream_summary import SummaryParts, tail_keep
 from equicare.data.validate import (
     _SHOW,
+    CSV_NULLS,
     EXAMPLE_ROW_RE,
     NO_TERMINAL_NOTE,
     PanelCounts,
@@ -69,10 +71,6 @@ __all__ = ["PanelScan", "Chunk", "ShardSpec", "scan_panel", "iter_chunks", "vali
 
 #: Rows per Arrow record batch read from storage.
 BATCH_ROWS = 65_536
-# pandas.read_csv's default na_values: the streamed CSV reader treats the same cells as missing
-# (pyarrow's own defaults lack '<NA>', 'None' and 'n/a', and keep empty text cells as "")
-CSV_NULLS = ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
-             "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null")
 #: Default rows per chunk (whole episodes; an episode longer than this forms its own chunk).
 CHUNK_ROWS = 500_000
 _ROW = "__equicare_row__"
@@ -274,8 +272,7 @@ def scan_panel(path: str | os.PathLike[str],
     """
     man = _manifest_of(manifest)
     p = Path(path)
-    if not p.exists():
-        raise DataValidationError(f"Data file not found: {p}")
+    check_panel_file(p)
     if _source_kind(p) == "csv":  # as read_table does: a CSV must be UTF-8 text
         check_utf8(p)
     cols = list(dict.fromkeys([man.episode, *man.categorical_states, *man.groups]))
@@ -535,7 +532,7 @@ def _chunk_dataset(table: Any, man: Manifest, scan: PanelScan, source: str,
     rep = validate_frame(df, man, source, row_numbers=row_numbers, panel_level=False)
     if not rep.ok:
         return None, rep
-    return _build(df, man, rep, categorical_levels=scan.categorical_levels), rep
+    return _build(df, man, rep, categorical_levels=scan.categorical_levels, source=source), rep
 
 
 def validate_stream(

@@ -75,6 +75,11 @@ class TrajectoryDataset:
     mediators : ndarray of shape (n_steps, n_mediators), float64, optional
     extras : dict of str to ndarray of shape (n_steps,)
         Columns the manifest does not name, carried along untouched.
+    manifest : Manifest, optional
+        The manifest the panel was read with.
+    source : str, optional
+        The panel file (or table) the rows came from, as :func:`~equicare.data.load_dataset`
+        was given it; errors about the data name it. Subsets and splits keep it.
     """
 
     states: NDArray[np.float32]
@@ -99,6 +104,7 @@ class TrajectoryDataset:
     mediator_names: tuple[str, ...] = ()
     extras: dict[str, NDArray[Any]] = field(default_factory=dict)
     manifest: Any = None  # equicare.data.Manifest it was read with, if any
+    source: str | None = None
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:

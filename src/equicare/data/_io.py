@@ -31,6 +31,8 @@ __all__ = [
     "validate_path",
     "parquet_files",
     "check_utf8",
+    "check_panel_file",
+    "MSG_EMPTY_FILE",
 ]
 
 _DUCKDB_EXT = (".duckdb", ".db", ".ddb")
@@ -71,8 +73,7 @@ def read_table(
         Column names as stored (to detect duplicates that readers rename).
     """
     p = Path(path)
-    if not p.exists():
-        raise DataValidationError(f"Data file not found: {p}")
+    check_panel_file(p)
     if p.is_dir():
         import pyarrow.dataset as pads
 
@@ -147,6 +148,31 @@ MSG_NOT_UTF8 = ("{path}: the file is not UTF-8 text: byte {byte} at line {line}{
                 "re-encode the file, e.g. `iconv -f latin1 -t utf-8 {path} > {fixed}` (or in "
                 "pandas: pd.read_csv(path, encoding='latin-1').to_csv(new_path, index=False)), "
                 "or write the panel as Parquet.")
+
+
+#: A panel file of 0 bytes (an export that failed, a file created but never written).
+MSG_EMPTY_FILE = ("{path}: the file is empty (0 bytes); expected the panel: one row per member "
+                  "and time step, with the columns the manifest names.")
+
+
+def check_panel_file(path: str | os.PathLike[str]) -> None:
+    """Refuse a panel path that does not exist or is an empty (0-byte) file.
+
+    The in-memory and streamed readers both call it, so both say the same (before, a 0-byte
+    CSV was "cannot parse CSV (No columns to parse from file)" in memory and "cannot read the
+    panel (Empty CSV file)" streamed, and a 0-byte Parquet file Arrow's "Parquet file size is 0
+    bytes" in two wordings).
+
+    Raises
+    ------
+    DataValidationError
+        The path does not exist, or is a file of 0 bytes (:data:`MSG_EMPTY_FILE`).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise DataValidationError(f"Data file not found: {p}")
+    if p.is_file() and p.stat().st_size == 0:
+        raise DataValidationError(MSG_EMPTY_FILE.format(path=p))
 
 
 def connect_read_only(path: str | os.PathLike[str]) -> Any:
@@ -303,7 +329,7 @@ def load_dataset(
     rep.raise_if_errors()
     if emit_warnings:
         rep.emit_warnings()
-    return _build(df, man, rep)
+    return _build(df, man, rep, source=str(path))
 
 
 def from_frame(
@@ -320,7 +346,7 @@ def from_frame(
     rep.raise_if_errors()
     if emit_warnings:
         rep.emit_warnings()
-    return _build(pdf, man, rep)
+    return _build(pdf, man, rep, source=source)
 
 
 def _build(
@@ -328,8 +354,9 @@ def _build(
     man: Manifest,
     rep: ValidationReport,
     categorical_levels: Mapping[str, Sequence[Any]] | None = None,
+    source: str | None = None,
 ) -> TrajectoryDataset:
-    """Build the dataset from a validated frame.
+    """Build the dataset from a validated frame (read from ``source``, the panel file).
 
     ``categorical_levels`` fixes each categorical column's levels (a chunk of a larger panel must
     code its categories like the whole panel does); by default they are the sorted levels present.
@@ -338,6 +365,10 @@ def _build(
     """
     assert rep.order is not None and rep.episode_codes is not None  # guaranteed when rep.ok
     assert rep.action_codes is not None and rep.episode_uniques is not None
+    if rep.numbers:  # numeric columns stored as text, read as numbers by validation
+        df = df.copy(deep=False)
+        for c, values in rep.numbers.items():
+            df[c] = values
     order = rep.order
     codes_sorted = rep.episode_codes[order]
     n = len(order)
@@ -412,6 +443,7 @@ def _build(
         mediator_names=tuple(man.mediators),
         extras=extras,
         manifest=man,
+        source=source,
     )
 
 

@@ -28,7 +28,8 @@ from equicare.utils import MIN_CELL
 __all__ = ["ValidationReport", "validate_frame", "encode_actions", "SPARSE_REWARD_PCT",
            "NO_TERMINAL_NOTE", "PanelCounts", "panel_warnings", "EXAMPLE_ROW_RE",
            "FEW_EPISODES_MESSAGE", "check_episodes", "HOLDOUT_EPISODES_MESSAGE",
-           "split_holdout"]
+           "split_holdout", "MSG_NUMBERS_AS_TEXT", "MSG_TEXT_NOT_NUMBERS", "text_numbers",
+           "CSV_NULLS"]
 
 #: Note of a manifest without ``dataset.terminal`` (Contract 1: every episode end is censored).
 NO_TERMINAL_NOTE = "no 'terminal' column: every episode end is treated as censored"
@@ -141,6 +142,9 @@ class ValidationReport:
         Encodings computed during validation, reused by the loader.
     counts : PanelCounts, optional
         The counts behind the panel-level warnings (set when the rows are usable).
+    numbers : dict of str to Series
+        Columns the manifest declares numeric that were stored as text, read as numbers
+        (:data:`MSG_NUMBERS_AS_TEXT`); the loader builds the dataset from these.
     """
 
     source: str
@@ -152,6 +156,7 @@ class ValidationReport:
     episode_uniques: NDArray[Any] | None = None
     action_codes: NDArray[np.int64] | None = None
     counts: PanelCounts | None = None
+    numbers: dict[str, pd.Series] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -192,11 +197,88 @@ def _is_numeric(s: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype)
 
 
-#: A numeric column whose values are numbers stored as text.
+#: Text that may be a date: a separator of dates or times, or a month's name (pandas also reads
+#: "1,5", a decimal comma, as a date).
+_DATE_TEXT = re.compile(r"[-/:.\s]|[A-Za-z]")
+
+#: A column the manifest declares numeric, stored as text whose every value is a number: the
+#: manifest wins, and the text is read as numbers, as a CSV file's is (a warning, not an error).
 MSG_NUMBERS_AS_TEXT = (
-    "{source}: column {column!r} ({what}) is stored as text ({dtype}) although its values are "
-    "numbers; convert it, e.g. df[{column!r}] = pd.to_numeric(df[{column!r}]), or read the file "
-    "without dtype=str.")
+    "{source}: column {column!r} ({what}) is stored as text ({dtype}); the manifest declares it "
+    "numeric, so its values are read as numbers, as from a CSV file. Store it as numbers to "
+    "avoid this warning, e.g. df[{column!r}] = pd.to_numeric(df[{column!r}]).")
+#: A column the manifest declares numeric, stored as text with values that are not numbers.
+MSG_TEXT_NOT_NUMBERS = (
+    "{source}: column {column!r} ({what}) must hold numbers (the manifest declares it numeric); "
+    "{rows} are not numbers (row {row}: {value!r}, {dtype} values).")
+#: Text read as 0/1 in the flag columns (terminal, need), as a CSV reader reads booleans.
+_FLAG_TEXT = {"true": "1", "false": "0"}
+# pandas.read_csv's default na_values: every CSV reader of equicare treats these cells as
+# missing (pyarrow's own defaults lack '<NA>', 'None' and 'n/a', and keep empty text cells as
+# ""), and so does :func:`text_numbers` in a numeric column stored as text
+CSV_NULLS = ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
+             "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null")
+
+
+def _is_text(s: pd.Series) -> bool:
+    """True for a column of text (object, string or categorical), not numbers, booleans or dates."""
+    return not (_is_numeric(s) or pd.api.types.is_bool_dtype(s.dtype)
+                or pd.api.types.is_datetime64_any_dtype(s.dtype))
+
+
+def _numeric_roles(manifest: Manifest) -> list[tuple[str, str, bool]]:
+    """The columns the manifest declares numeric: ``(column, what, flag)`` (flag: 0/1 column)."""
+    out = [(manifest.time, "time", False)]
+    out += [(c, "state", False) for c in manifest.states]
+    out += [(c, "mediator", False) for c in manifest.mediators]
+    out += [(r.column, f"reward component {r.name!r}", False) for r in manifest.reward]
+    out += [(c, what, flag) for c, what, flag in (
+        (manifest.terminal, "terminal", True), (manifest.behavior_prob, "behaviour propensity",
+                                                 False), (manifest.need, "need flag", True)) if c]
+    first: dict[str, tuple[str, str, bool]] = {}
+    for role in out:  # a column named twice (a state that is also the reward): its first role
+        first.setdefault(role[0], role)
+    return list(first.values())
+
+
+def _first_bad(mask: NDArray[np.bool_], row_numbers: NDArray[np.int64] | None
+               ) -> tuple[int, int]:
+    """The first flagged row: its position in the frame and its row in the panel."""
+    pos = np.flatnonzero(mask)
+    first = int(pos[0] if row_numbers is None else pos[np.argmin(row_numbers[pos])])
+    return first, first if row_numbers is None else int(row_numbers[first])
+
+
+def text_numbers(s: pd.Series, flag: bool = False) -> tuple[pd.Series, NDArray[np.bool_]]:
+    """A text column read as numbers, as a CSV reader reads it; and where a value is not one.
+
+    Blank cells, missing values and the missing-value markers of a CSV file (:data:`CSV_NULLS`:
+    ``n/a``, ``NA``, ``NULL``, ...) become NaN (missing, not "not a number"), as a CSV reader
+    reads them; surrounding spaces are ignored; ``flag`` also reads ``true``/``false`` (any
+    case) as 1/0.
+
+    Parameters
+    ----------
+    s : Series of shape (n_rows,)
+        Object, string or categorical values.
+    flag : bool
+        The column is a 0/1 flag (terminal, need).
+
+    Returns
+    -------
+    values : Series of shape (n_rows,), float64
+        NaN where the cell is missing or not a number.
+    not_number : ndarray of shape (n_rows,), bool
+        Cells that hold something other than a number (or blank).
+    """
+    txt = s.astype("string").str.strip()
+    if flag:
+        low = txt.str.lower()
+        txt = txt.mask(low.isin(list(_FLAG_TEXT)), low.map(_FLAG_TEXT))
+    blank = (txt.isna() | txt.isin(CSV_NULLS)).to_numpy(dtype=bool)
+    num = pd.to_numeric(txt.mask(blank), errors="coerce")
+    values = num.to_numpy(dtype=np.float64, na_value=np.nan)
+    return pd.Series(values, index=s.index, name=s.name), np.isnan(values) & ~blank
 
 #: How to turn dates into the time column (the error of a time column of dates).
 MSG_DATE_HINT = (
@@ -257,16 +339,14 @@ def _time_not_integer(t: pd.Series, manifest: Manifest, source: str,
         bad = ~np.isfinite(num) | (np.floor(num) != num)
     if not bad.any():  # pragma: no cover - a non-numeric dtype always has a non-number
         bad = np.ones(len(t), dtype=bool)
-    pos = np.flatnonzero(bad)
-    first = int(pos[0] if row_numbers is None else pos[np.argmin(row_numbers[pos])])
+    first, row = _first_bad(bad, row_numbers)
     value = t.iloc[first]
     dates = (pd.api.types.is_datetime64_any_dtype(t.dtype)
              or isinstance(value, (datetime.date, np.datetime64)))  # Arrow CSV reads date32
-    if not dates and isinstance(value, str):
+    if not dates and isinstance(value, str) and _DATE_TEXT.search(value):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pandas warns when it guesses a date format
             dates = not pd.isna(pd.to_datetime(pd.Series([value]), errors="coerce").iloc[0])
-    row = first if row_numbers is None else int(row_numbers[first])
     hint = (MSG_DATE_HINT.format(time=manifest.time, episode=manifest.episode) if dates else
             "Convert the column to integer steps (0, 1, 2, ... within an episode).")
     shown = str(value) if dates else repr(value)
@@ -449,6 +529,34 @@ def validate_frame(
         return rep
     n = len(df)
 
+    # ---- text in columns the manifest declares numeric: read as numbers, as from a CSV file
+    # (the manifest wins); a value that is not a number is an error naming its first row
+    not_numbers: set[str] = set()
+    for c, what, flag in _numeric_roles(manifest):
+        s = df[c]
+        if not _is_text(s):
+            continue
+        values, bad_text = text_numbers(s, flag)
+        if bad_text.any() and c == manifest.time:
+            continue  # dates or other text: the time checks below say which, with a hint
+        if bad_text.any():
+            first, row = _first_bad(bad_text, row_numbers)
+            err(MSG_TEXT_NOT_NUMBERS.format(source=source, column=c, what=what, dtype=s.dtype,
+                                            rows=_rows(bad_text), row=row,
+                                            value=str(s.iloc[first])))
+            empty = values.isna().to_numpy() & ~bad_text
+            if empty.any():
+                err(f"{source}: column {c!r} ({what}) is empty in {_rows(empty)}.")
+            not_numbers.add(c)
+        else:
+            rep.numbers[c] = values
+            rep.warnings.append(MSG_NUMBERS_AS_TEXT.format(source=source, column=c, what=what,
+                                                           dtype=s.dtype))
+    if rep.numbers:  # a shallow copy: the caller's frame keeps its columns
+        df = df.copy(deep=False)
+        for c, values in rep.numbers.items():
+            df[c] = values
+
     # ---- keys: episode and time
     ep = df[manifest.episode]
     bad = ep.isna().to_numpy()
@@ -468,9 +576,11 @@ def validate_frame(
         tv = t.to_numpy(dtype=np.float64, na_value=np.nan)
         bad_t = ~np.isfinite(tv) | (np.floor(tv) != tv)
         if bad_t.any():
+            first, row = _first_bad(bad_t, row_numbers)
             err(
                 f"{source}: column {manifest.time!r} (time) must hold integers; "
-                f"{_rows(bad_t)} do not."
+                f"{_rows(bad_t)} do not (row {row}: {tv[first]:g}, {t.dtype} values); expected "
+                "steps 0, 1, 2, ... within an episode."
             )
         else:
             t_ok = True
@@ -524,6 +634,8 @@ def validate_frame(
             if c in unlabelled:
                 err(unlabelled[c])
                 continue
+            if c in not_numbers:  # reported above
+                continue
             v = pd.factorize(df[c])[0]
             changed = v[order] != v[first_row_of]
             if changed.any():
@@ -535,18 +647,11 @@ def validate_frame(
     # ---- numeric columns
     def numeric_check(c: str, what: str) -> None:
         s = df[c]
-        if not _is_numeric(s) and not pd.api.types.is_bool_dtype(s.dtype):
-            empty = s.isna().to_numpy()
-            not_number = pd.to_numeric(s, errors="coerce").isna().to_numpy() & ~empty
-            if not_number.any():
-                first = s[not_number].iloc[0]
-                err(f"{source}: column {c!r} ({what}) must be numeric, got {s.dtype}; values "
-                    f"that are not numbers in {_rows(not_number)}, e.g. {str(first)!r}.")
-            else:  # numbers stored as text (a file read with dtype=str, a text column)
-                err(MSG_NUMBERS_AS_TEXT.format(source=source, column=c, what=what,
-                                               dtype=s.dtype))
-            if empty.any():
-                err(f"{source}: column {c!r} ({what}) is empty in {_rows(empty)}.")
+        if c in not_numbers:  # reported above
+            return
+        if not _is_numeric(s) and not pd.api.types.is_bool_dtype(s.dtype):  # dates
+            err(f"{source}: column {c!r} ({what}) must hold numbers, got {s.dtype} values "
+                f"(row 0: {s.iloc[0]}).")
             return
         v = s.to_numpy(dtype=np.float64, na_value=np.nan)
         nonfinite = ~np.isfinite(v)
@@ -571,7 +676,7 @@ def validate_frame(
         isna = df[c].isna().to_numpy()
         if isna.any():
             err(f"{source}: column {c!r} (categorical state) is empty in {_rows(isna)}.")
-    if manifest.terminal:
+    if manifest.terminal and manifest.terminal not in not_numbers:
         s = df[manifest.terminal]
         v = pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
         bad_term = ~np.isin(v, [0.0, 1.0])
@@ -591,25 +696,29 @@ def validate_frame(
                     f"of its episode in {_rows(early, rep.order)}; a terminal row ends the "
                     "episode, so it must be the episode's last row."
                 )
-    else:
+    elif not manifest.terminal:
         rep.notes.append(NO_TERMINAL_NOTE)
-    if manifest.need:
+    if manifest.need and manifest.need not in not_numbers:
         v = pd.to_numeric(df[manifest.need], errors="coerce").to_numpy(
             dtype=np.float64, na_value=np.nan
         )
-        bad_need = ~np.isin(v, [0.0, 1.0])
+        # an empty cell is reported once, as empty (the per-episode labels' check above)
+        bad_need = ~np.isin(v, [0.0, 1.0]) & ~df[manifest.need].isna().to_numpy()
         if bad_need.any():
+            first, row = _first_bad(bad_need, row_numbers)
             err(
-                f"{source}: column {manifest.need!r} (need) must be 0/1; {_rows(bad_need)} are not."
+                f"{source}: column {manifest.need!r} (need) must be 0/1; {_rows(bad_need)} are not "
+                f"(row {row}: {df[manifest.need].iloc[first]}, {df[manifest.need].dtype} values)."
             )
-    if manifest.behavior_prob:
+    if manifest.behavior_prob and manifest.behavior_prob not in not_numbers:
         s = df[manifest.behavior_prob]
         v = pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
         bad_p = ~((v > 0) & (v <= 1))
         if bad_p.any():
+            first, row = _first_bad(bad_p, row_numbers)
             err(
                 f"{source}: column {manifest.behavior_prob!r} (behaviour propensity) must lie in "
-                f"(0, 1]; {_rows(bad_p)} do not."
+                f"(0, 1]; {_rows(bad_p)} do not (row {row}: {v[first]:g}, {s.dtype} values)."
             )
 
     # ---- actions

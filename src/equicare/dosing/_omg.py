@@ -45,6 +45,7 @@ import pandas as pd
 import torch
 from numpy.typing import NDArray
 
+from equicare.data.validate import _lead, _led_by
 from equicare.dosing._irl import (
     UNIFORM,
     Segments,
@@ -81,6 +82,10 @@ Progress = Callable[[str, int, int], None]
 NO_TRANSITIONS_MESSAGE = ("{data} has no transitions (every episode has one row); OMG learns the "
                           "dynamics from consecutive rows of an episode (only the model-free, "
                           "known-reward variant trains on single rows).")
+#: Error when the action space has one action (nothing to choose); ``source`` is the panel file.
+FEW_ACTIONS_MESSAGE = ("{source}OMG needs at least 2 actions; the manifest's action space "
+                       "({actions}) has {n}, so there is no choice to learn a reward or a policy "
+                       "for. Expected an action column with 2 or more levels.")
 STAGES: tuple[str, ...] = ("dynamics", "reward", "policy")
 #: Error when a method that needs a dataset gets something else (e.g. a NumPy array of states).
 NOT_A_DATASET_MESSAGE = (
@@ -362,13 +367,21 @@ class OMG:
         self
         """
         _check_is_dataset(dataset, "fit")
+        source = getattr(dataset, "source", None)
         if dataset.n_actions < 2:
-            raise DataValidationError("OMG needs at least 2 actions.")
+            space = getattr(dataset, "action_space", None)
+            raise DataValidationError(_led_by(source, FEW_ACTIONS_MESSAGE.format(
+                source=_lead(source), n=dataset.n_actions, actions="unknown components"
+                if space is None else ", ".join(f"{c}: {k} level{'' if k == 1 else 's'}"
+                                                for c, k in zip(space.names, space.sizes,
+                                                                strict=True)))))
         if dataset.n_features < 1:
-            raise DataValidationError("OMG needs numeric state features (manifest states).")
+            raise DataValidationError(_led_by(source, f"{_lead(source)}OMG needs numeric state "
+                                              "features (manifest dataset.states); the panel "
+                                              "has none."))
         if dataset.n_steps == dataset.n_episodes and \
                 (self.config.use_model or self.config.reward == "learned"):
-            raise DataValidationError(NO_TRANSITIONS_MESSAGE.format(data="The data"))
+            raise DataValidationError(NO_TRANSITIONS_MESSAGE.format(data=source or "The data"))
         if dataset.categorical is not None and dataset.categorical.shape[1] > 0:
             import warnings
 

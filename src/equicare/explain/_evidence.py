@@ -609,8 +609,11 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
             if not ("nothing can be published" in str(exc)
                     or "a parity audit needs at least 2" in str(exc)):
                 raise
-            # every group is a small cell, or only one can be published: no parity to report
+            # every group is a small cell, or only one can be published: no parity to report;
+            # the card is made to be shared, so its reason names no local file
             aud = str(exc)
+            if test.source is not None:
+                aud = aud.removeprefix(f"{test.source}: ")
     _keep_messages(caught, caught_msgs)
     time_unit = time_unit_of(getattr(getattr(dataset, "manifest", None), "time", None))
     fit_leaves = tree.apply(fit_ds)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -40,7 +40,7 @@ from equicare.utils import MIN_CELL, PARAM_MESSAGE, RandomState, check_dataset, 
 
 __all__ = ["AllocationFrame", "allocation_rates", "level_rates", "group_sums", "build_frames",
            "level_table", "need_suppressed", "need_cells_message", "MSG_NEED_CELLS",
-           "rate_cells_message", "MSG_RATE_CELLS"]
+           "rate_cells_message", "MSG_RATE_CELLS", "pp_undefined", "pp_undefined_lines"]
 
 Method = Literal["between_groups", "to_overall"]
 
@@ -124,6 +124,59 @@ MSG_NEED_CELLS = ("Proportional parity is not published for {n} group(s) ({shown
                   "group's count of episodes with need, or without need, under {min_cell} could "
                   "be worked out from it, and so could such a count of another group by "
                   "difference from the need total (complementary suppression).")
+
+
+#: Why a published group's proportional parity is undefined (null, with this as its reason).
+PP_NO_NEED_IN_GROUP = ("no audited episode of group {group!r} has need, so its share of the need "
+                       "is 0 and its share of the allocation cannot be divided by it")
+PP_NO_NEED = ("no audited episode has need, so no group's share of the need is defined (check "
+              "the need column or rule)")
+PP_NO_ALLOCATION = ("{policy!r} gives the action to no audited episode, so no group's share of "
+                    "the allocation is defined")
+
+
+def pp_undefined(labels: Sequence[str], policy: str, alloc: Any, need: Any,
+                 hidden: Sequence[str] = ()) -> dict[str, str]:
+    """Published groups whose proportional parity is undefined, with the reason.
+
+    Proportional parity is a group's share of the allocation over its share of the need; it is
+    undefined when the group has no need (a zero share), or when nobody has need or gets the
+    action (no share at all). Groups whose proportional parity is suppressed are left out.
+
+    Parameters
+    ----------
+    labels : sequence of str
+        Published groups.
+    policy : str
+    alloc, need : array-like of shape (n_groups,)
+        The groups' allocation and need totals.
+    hidden : sequence of str
+        Groups whose proportional parity is suppressed.
+    """
+    a = np.asarray(alloc, dtype=np.float64).ravel()
+    n = np.asarray(need, dtype=np.float64).ravel()
+    out = {}
+    for g, ag, ng in zip(labels, a, n, strict=True):
+        if g in hidden:
+            continue
+        if not n.sum() > 0:
+            out[g] = PP_NO_NEED
+        elif not a.sum() > 0:
+            out[g] = PP_NO_ALLOCATION.format(policy=policy)
+        elif not ng > 0:
+            out[g] = PP_NO_NEED_IN_GROUP.format(group=g)
+        elif not np.isfinite(ag):  # pragma: no cover - totals of finite rows
+            out[g] = "its allocation total is not finite"
+    return out
+
+
+def pp_undefined_lines(frame: AllocationFrame) -> list[str]:
+    """One line per reason of :attr:`AllocationFrame.pp_undefined` (for a table's caption)."""
+    by_reason: dict[str, list[str]] = {}
+    for g, why in frame.pp_undefined.items():
+        by_reason.setdefault(why, []).append(g)
+    return [f"{frame.policy}: proportional parity n/a for {', '.join(gs)}: {why}"
+            for why, gs in by_reason.items()]
 
 
 def need_suppressed(labels: Sequence[str], counts: Any, need_counts: Any,
@@ -255,6 +308,11 @@ class AllocationFrame:
     overall_suppressed : bool
         The overall rate is not published (NaN): the audited episodes with the action, or
         without it always, number 1 to ``min_cell - 1``.
+    pp_undefined : dict of str to str
+        Published groups whose proportional parity is undefined (NaN in :attr:`pp` and
+        :attr:`pp_reps`; ``{"value": null, "ci": [null, null], "reason": ...}`` in
+        :meth:`to_dict`), with the reason (:func:`pp_undefined`): the group has no need, or
+        nobody has need or gets the action.
     """
 
     policy: str
@@ -282,6 +340,7 @@ class AllocationFrame:
     pp_suppressed: tuple[str, ...] = ()
     rate_suppressed: tuple[str, ...] = ()
     overall_suppressed: bool = False
+    pp_undefined: dict[str, str] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ helpers
     def _ci(self, reps: NDArray[np.float64] | None, estimate: Any,
@@ -394,7 +453,8 @@ class AllocationFrame:
     def proportional_parity(self) -> pd.Series:
         """Share of the allocation / share of need per group (1.0 = proportional to need).
 
-        NaN for the groups of :attr:`pp_suppressed` (too few episodes with or without need).
+        NaN for the groups of :attr:`pp_suppressed` (too few episodes with or without need)
+        and of :attr:`pp_undefined` (no need in the group; no need or no allocation at all).
         """
         if self.pp is None:
             raise InvalidParameterError(
@@ -471,7 +531,9 @@ class AllocationFrame:
                      if (has_ci and self.pp_reps is not None) else None)
             pp: dict[str, Any] = {
                 g: (dict(SUPPRESSED) if g in self.pp_suppressed or g in self.rate_suppressed
-                    else entry(self.pp[i], None if pp_ci is None else pp_ci[:, i]))
+                    else entry(self.pp[i], None if pp_ci is None else pp_ci[:, i],
+                               **({"reason": self.pp_undefined[g]} if g in self.pp_undefined
+                                  else {})))
                 for i, g in enumerate(self.groups)}
             for g in self.suppressed:
                 pp[g] = dict(SUPPRESSED)
@@ -567,6 +629,14 @@ def build_frames(names: Sequence[str], num: NDArray[np.float64], den: NDArray[np
 
     sp = stats(point)
     sr = stats(reps) if reps is not None else None
+    undefined = {name: pp_undefined(gi.labels, name, point[:, j], point[:, k + 1], pp_hidden)
+                 if has_need else {} for j, name in enumerate(names)}
+    for j, name in enumerate(names):  # an undefined share (x / 0): NaN, with its reason
+        undef = np.isin(np.asarray(gi.labels, dtype=str),
+                        np.asarray(list(undefined[name]), dtype=str))
+        for st in (sp, sr):
+            if st is not None and "pp" in st:
+                st["pp"][..., undef, j] = np.nan
     for j, name in enumerate(names):  # rates of too few members: NaN, so are gaps and ratios
         at, total = rate_hidden[name]
         for st in (sp, sr):
@@ -598,7 +668,7 @@ def build_frames(names: Sequence[str], num: NDArray[np.float64], den: NDArray[np
             episode_num=num[kept, j], episode_den=den[kept], episode_labels=ep_labels,
             min_cell=gi.min_cell, small=gi.small, pp_suppressed=pp_hidden,
             rate_suppressed=tuple(str(gi.labels[i]) for i in rate_hidden[name][0]),
-            overall_suppressed=rate_hidden[name][1])
+            overall_suppressed=rate_hidden[name][1], pp_undefined=undefined[name])
     return frames
 
 

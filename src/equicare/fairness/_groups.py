@@ -12,19 +12,29 @@ from numpy.typing import ArrayLike, NDArray
 
 from equicare.data import TrajectoryDataset
 from equicare.data._labels import check_group_labels
+from equicare.data.validate import _lead, _led_by
 from equicare.exceptions import DataValidationError, InvalidParameterError, SmallCellWarning
 from equicare.privacy import suppressed_labels
 from equicare.utils import MIN_CELL
 
 __all__ = ["GroupIndex", "group_index", "dataset_group_index", "require_comparison",
-           "withheld_cells", "table_index", "joined_labels", "SUPPRESSED", "FEW_GROUPS_MESSAGE"]
+           "withheld_cells", "table_index", "joined_labels", "SUPPRESSED", "FEW_GROUPS_MESSAGE",
+           "NO_GROUP_MESSAGE"]
 
 #: What a suppressed cell looks like in every result JSON (Contract 7).
 SUPPRESSED: dict[str, Any] = {"suppressed": True}
 
-#: Error of a parity audit with a single publishable group (:func:`require_comparison`).
-FEW_GROUPS_MESSAGE = ("group {name!r}: only 1 group can be published ({label}{detail}); a "
+#: Error of a parity audit with a single publishable group (:func:`require_comparison`);
+#: ``source`` is ``"{panel file}: "`` or empty.
+FEW_GROUPS_MESSAGE = ("{source}group {name!r}: only 1 group can be published ({label}{detail}); a "
                       "parity audit needs at least 2.")
+#: Error of a grouping whose groups are all suppressed (:func:`group_index`).
+NO_GROUP_MESSAGE = (
+    "{source}no group of the group column{s} {name!r} (manifest dataset.groups) can be "
+    "published, nothing can be published: its groups with fewer than {min_cell} episodes are "
+    "suppressed, and so are the groups that would reveal them by difference from the total "
+    "(with one small group and one other, both). Expected at least 2 groups of {min_cell} or "
+    "more episodes: audit a panel with more episodes, or a coarser group column.")
 
 
 @dataclass(frozen=True, eq=False)
@@ -49,6 +59,8 @@ class GroupIndex:
         The suppressed labels with fewer than ``min_cell`` episodes (primary suppression); the
         other ones of :attr:`suppressed` are suppressed so that these cannot be recovered by
         difference (complementary suppression).
+    source : str, optional
+        The panel file the labels came from (named by the errors).
     """
 
     name: str
@@ -58,6 +70,7 @@ class GroupIndex:
     counts: NDArray[np.int64]
     min_cell: int
     small: tuple[str, ...] = ()
+    source: str | None = None
 
     @property
     def n_groups(self) -> int:
@@ -84,7 +97,7 @@ class GroupIndex:
 
 def group_index(labels: ArrayLike, *, name: str = "group", min_cell: int = MIN_CELL,
                 warn: bool = True, components: Sequence[ArrayLike] | None = None,
-                withheld: Collection[str] = ()) -> GroupIndex:
+                withheld: Collection[str] = (), source: str | None = None) -> GroupIndex:
     """Code episode labels by group and suppress groups with fewer than ``min_cell`` episodes.
 
     Suppression is primary and complementary (:func:`equicare.privacy.suppressed_cells`): groups
@@ -112,6 +125,8 @@ def group_index(labels: ArrayLike, *, name: str = "group", min_cell: int = MIN_C
         Groups suppressed from outside whatever their size (e.g. held-out cells whose training
         complement is small, :func:`equicare.privacy.split_withheld`); complementary
         suppression completes them as it does small groups. Labels not present are ignored.
+    source : str, optional
+        The panel file the labels came from, named first in the errors.
 
     Returns
     -------
@@ -133,11 +148,9 @@ def group_index(labels: ArrayLike, *, name: str = "group", min_cell: int = MIN_C
     keep = ~np.isin(uniq, np.array(sorted(suppressed_labels(comps, min_cell, withheld)),
                                    dtype=str))
     if not keep.any():
-        raise DataValidationError(
-            f"No group of {name!r} can be published, nothing can be published: its groups "
-            f"with fewer than {min_cell} episodes are suppressed, and so are the groups that "
-            "would reveal them by difference from the total (with one small group and one "
-            "other, both).")
+        raise DataValidationError(_led_by(source, NO_GROUP_MESSAGE.format(
+            source=_lead(source), s="s" if components is not None and len(components) > 1
+            else "", name=name, min_cell=min_cell)))
     new_code = np.full(uniq.size, -1, dtype=np.int64)
     new_code[keep] = np.arange(int(keep.sum()))
     suppressed = tuple(str(u) for u in uniq[~keep])
@@ -161,7 +174,7 @@ def group_index(labels: ArrayLike, *, name: str = "group", min_cell: int = MIN_C
     small = tuple(str(u) for u in uniq[~keep & (cnt < int(min_cell))])
     return GroupIndex(name=name, labels=tuple(str(u) for u in uniq[keep]), suppressed=suppressed,
                       codes=new_code[inv].astype(np.int64), counts=cnt[keep].astype(np.int64),
-                      min_cell=int(min_cell), small=small)
+                      min_cell=int(min_cell), small=small, source=source)
 
 
 def require_comparison(gi: GroupIndex) -> GroupIndex:
@@ -199,8 +212,8 @@ def require_comparison(gi: GroupIndex) -> GroupIndex:
                          "recovered by difference from the total")
         detail = f"; {len(gi.suppressed)} suppressed: " + ", ".join(parts)
     label = gi.labels[0] if gi.labels else ""
-    raise DataValidationError(FEW_GROUPS_MESSAGE.format(name=gi.name, label=label,
-                                                        detail=detail))
+    raise DataValidationError(FEW_GROUPS_MESSAGE.format(source=_lead(gi.source), name=gi.name,
+                                                        label=label, detail=detail))
 
 
 def dataset_groups(dataset: TrajectoryDataset, group: str | None = None,
@@ -236,7 +249,7 @@ def dataset_group_index(dataset: TrajectoryDataset, group: str | None = None,
     """:func:`group_index` of :func:`dataset_groups`, intersections protected line by line."""
     dataset_groups(dataset, group, intersect)  # the attributes and labels checked
     return table_index(dataset.groups, [group or dataset.group_attrs[0], *intersect],
-                       min_cell=min_cell, warn=warn, withheld=withheld)
+                       min_cell=min_cell, warn=warn, withheld=withheld, source=dataset.source)
 
 
 def joined_labels(groups: Mapping[str, ArrayLike], attrs: Sequence[str]) -> NDArray[np.str_]:
@@ -253,7 +266,7 @@ def joined_labels(groups: Mapping[str, ArrayLike], attrs: Sequence[str]) -> NDAr
 
 def table_index(groups: Mapping[str, ArrayLike], attrs: Sequence[str], *,
                 min_cell: int = MIN_CELL, warn: bool = True,
-                withheld: Collection[str] = ()) -> GroupIndex:
+                withheld: Collection[str] = (), source: str | None = None) -> GroupIndex:
     """:func:`group_index` of the table of ``attrs`` (one attribute or an intersection).
 
     The one place where an audit's published cells are decided, in memory
@@ -267,7 +280,7 @@ def table_index(groups: Mapping[str, ArrayLike], attrs: Sequence[str], *,
         Each attribute's label of every episode.
     attrs : sequence of str
         The table's attributes (the audited group, then the intersected ones).
-    min_cell, warn, withheld
+    min_cell, warn, withheld, source
         As :func:`group_index`.
 
     Returns
@@ -276,7 +289,7 @@ def table_index(groups: Mapping[str, ArrayLike], attrs: Sequence[str], *,
     """
     comps = [np.asarray(groups[a]).astype(str) for a in attrs]
     return group_index(joined_labels(groups, attrs), name=" x ".join(attrs), min_cell=min_cell,
-                       warn=warn, components=comps, withheld=withheld)
+                       warn=warn, components=comps, withheld=withheld, source=source)
 
 
 def withheld_cells(dataset: TrajectoryDataset | Mapping[str, ArrayLike], attrs: Sequence[str],

@@ -214,6 +214,9 @@ def row_pass(dataset: TrajectoryDataset, policy: Policy | NDArray[np.float64] | 
             q_sa[lo:hi] = q[rows, part.actions]  # type: ignore[index]
             v_s[lo:hi] = np.einsum("ij,ij->i", p, q)  # type: ignore[index]
 
+    if not (isinstance(policy, np.ndarray) or hasattr(policy, "action_probs")):
+        # a list of rows, or a path where a policy belongs: check_probs says which
+        policy = check_probs(policy, n, n_act, source)
     if isinstance(policy, np.ndarray):
         fill(dataset, 0, n, policy)
         return alloc, p_logged, q_sa, v_s

@@ -492,7 +492,7 @@ def audit_stream(
     gname = " x ".join(attrs)
     # the cells published, decided as in memory (small, withheld, complementary)
     gi_all = require_comparison(table_index(scan.episode_groups, attrs, min_cell=cfg.min_cell,
-                                            withheld=suppress))
+                                            withheld=suppress, source=str(source)))
     _, rng = split_random_state(seed)
     names = [BEHAVIOR, *pols]
     say = Stages("audit", progress)

@@ -62,7 +62,7 @@ def target_probabilities(dataset: TrajectoryDataset, policy_or_probs: Any) -> ND
     else:
         probs = policy_or_probs
         src = "target policy probabilities"
-    return check_probs(np.asarray(probs), dataset.n_steps, dataset.n_actions, src)
+    return check_probs(probs, dataset.n_steps, dataset.n_actions, src)  # a path: its message
 
 
 def as_fqe_config(q_model: Any) -> FQEConfig | Literal["auto"]:

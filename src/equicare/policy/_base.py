@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -51,17 +52,31 @@ class Policy(Protocol):
         ...
 
 
+#: A path given where a policy (or its probability matrix) was expected (tests match it).
+MSG_PATH_NOT_PROBS = ("{source}: got the path {path!r}, not a policy; load a policy file or model "
+                      "folder first, e.g. equicare.policy.load_policy({path!r}).")
+
+
 def check_probs(
-    probs: NDArray[Any], n_steps: int, n_actions: int, source: str = "policy"
+    probs: Any, n_steps: int, n_actions: int, source: str = "policy"
 ) -> NDArray[np.float64]:
     """Check a probability matrix and return it as float64.
 
     Raises
     ------
     PolicyError
-        Wrong shape, negative or non-finite entries, or rows not summing to 1 within 1e-6.
+        A path instead of probabilities (:data:`MSG_PATH_NOT_PROBS`), values that are not
+        numbers, wrong shape, negative or non-finite entries, or rows not summing to 1 within
+        1e-6.
     """
-    p = np.asarray(probs, dtype=np.float64)
+    if isinstance(probs, (str, os.PathLike)):  # a path where a policy or its matrix belongs
+        raise PolicyError(MSG_PATH_NOT_PROBS.format(source=source, path=str(probs)))
+    try:
+        p = np.asarray(probs, dtype=np.float64)
+    except (TypeError, ValueError) as exc:  # text, None in a list, a policy-like object
+        raise PolicyError(f"{source}: expected a Policy or an array of action probabilities of "
+                          f"shape ({n_steps}, {n_actions}); got {type(probs).__name__} that is "
+                          f"not numbers ({exc}).") from None
     if p.shape != (n_steps, n_actions):
         raise PolicyError(
             f"{source}: action probabilities must have shape ({n_steps}, {n_actions}),"

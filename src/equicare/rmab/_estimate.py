@@ -65,6 +65,12 @@ SMALL_CELLS_HIDDEN = "all in suppressed groups"
 #: Name of the type that pools the suppressed groups in :meth:`EstimatedArms.to_dict`.
 SUPPRESSED_TYPE = "(suppressed groups)"
 #: A reward that is not a finite number (tests match it).
+#: A reward or time column with a value that is not a number (text such as "high").
+NOT_A_NUMBER = ("Column {column!r} ({role}) must hold numbers; {n} row(s) do not (first: row "
+                "{row}, 0-based data row: {value!r}).")
+#: A reward or time column of text numbers: read as numbers, as the panel loader reads them.
+NUMBERS_AS_TEXT = ("Column {column!r} ({role}) is stored as text; its values are read as numbers "
+                   "(store it as numbers to avoid this warning).")
 NONFINITE_REWARD = ("Column {column!r} (reward) has NaN or infinite values in {n} row(s) "
                     "(first: row {row}; 0-based data rows); expected finite numbers.")
 
@@ -255,6 +261,39 @@ def _name(name: Any, role: str) -> str:
 
 def _py(v: Any) -> Any:
     return v.item() if isinstance(v, np.generic) else v
+
+
+def _numbers(values: NDArray[Any], name: Any, role: str) -> NDArray[np.float64]:
+    """A reward or time column as float64: numbers, booleans, dates (time: ns), or text numbers.
+
+    Text numbers are read as the panel loader reads them
+    (:func:`equicare.data.validate.text_numbers`, with a :class:`DataWarning`); other text was
+    an internal ``ValueError`` ("could not convert string to float"). Missing values are
+    refused before (:func:`_refuse_missing`).
+
+    Raises
+    ------
+    DataValidationError
+        A value is not a number (:data:`NOT_A_NUMBER`).
+    """
+    import pandas as pd
+
+    from equicare.data.validate import text_numbers
+
+    col = pd.Series(values)
+    if pd.api.types.is_datetime64_any_dtype(col.dtype) and role == "time":
+        return np.asarray(col.to_numpy(dtype="datetime64[ns]").astype(np.int64), np.float64)
+    if pd.api.types.is_numeric_dtype(col.dtype) or pd.api.types.is_bool_dtype(col.dtype):
+        return np.asarray(col.to_numpy(dtype=np.float64))
+    num, bad = text_numbers(col)
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise DataValidationError(NOT_A_NUMBER.format(
+            column=_name(name, role), role=role, n=int(bad.sum()), row=row,
+            value=str(col.iloc[row])))
+    warnings.warn(NUMBERS_AS_TEXT.format(column=_name(name, role), role=role), DataWarning,
+                  stacklevel=3)
+    return np.asarray(num.to_numpy(dtype=np.float64))
 
 
 def _refuse_missing(values: NDArray[Any], name: Any, role: str) -> None:
@@ -490,7 +529,7 @@ def estimate_arms(
     else:
         t_raw = _column(data, time, "time")
         _refuse_missing(t_raw, time, "time")
-        tkey = t_raw.astype(np.float64)
+        tkey = _numbers(t_raw, time, "time")
     order = np.lexsort((tkey, ep_codes))
     same_next = np.r_[ep_codes[order][1:] == ep_codes[order][:-1], False]
     _check_episode_rows(order, same_next, ep, gr_raw, tkey if time is not None else None,
@@ -539,7 +578,7 @@ def estimate_arms(
     elif reward is not None:
         rw_raw = _column(data, reward, "reward")
         _refuse_missing(rw_raw, reward, "reward")
-        rw = rw_raw.astype(np.float64)
+        rw = _numbers(rw_raw, reward, "reward")
         bad_rw = ~np.isfinite(rw)
         if bad_rw.any():
             raise DataValidationError(NONFINITE_REWARD.format(
