@@ -370,3 +370,49 @@ def test_calibration_bins_of_a_few_decisions_are_suppressed(tmp_path):
     # one action logged per row: the published bins never give a hidden one back
     shown = sum(round(b["observed_rate"] * b["count"]) for b in bins if not b.get("suppressed"))
     assert ds.n_steps - shown >= MIN_CELL
+
+
+@pytest.mark.parametrize("kw", [{}, {"n_folds": 3}, {"factored": True}])
+def test_repeated_rows_are_fitted_once_with_their_counts(monkeypatch, kw):
+    """A logistic likelihood depends on the data only through the counts of its distinct
+    (inputs, target) rows: a saturated state without history (200 levels x 8 actions, 21,506
+    rows) is fitted on at most 1,600 weighted rows per model, to the same probabilities."""
+    import equicare.policy._behavior as mod
+
+    ds = _garnet_data(1500)
+    if kw.get("factored"):
+        ds = replace(ds, action_space=FactoredActionSpace.from_levels(
+            {"drug": range(2), "dose": range(4)}), _cache={})
+    fast = BehaviorModel(history=False, **kw).fit(ds)
+    assert fast.sparse_ and len(fast.n_fit_rows_) == fast.n_folds_ * (1 + fast.factored_)
+    assert max(fast.n_fit_rows_) <= 200 * 8 < ds.n_steps // 10
+    monkeypatch.setattr(mod, "DEDUPE_SHARE", 0.0)  # every row, as before
+    slow = BehaviorModel(history=False, **kw).fit(ds)
+    assert min(slow.n_fit_rows_) > ds.n_steps // 2
+    np.testing.assert_allclose(fast.logged_prob(ds), slow.logged_prob(ds), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(fast.action_probs(ds), slow.action_probs(ds), atol=1e-6, rtol=0)
+    other = ds.subset(np.arange(0, ds.n_episodes, 7))  # new data: fold-averaged, the same
+    np.testing.assert_allclose(fast.action_probs(other), slow.action_probs(other), atol=1e-6,
+                               rtol=0)
+
+
+def test_row_keys_are_exact_for_sparse_rows():
+    """Equal keys exactly for equal rows, whatever the stored order or explicit zeros."""
+    import scipy.sparse as sp
+
+    from equicare.policy._behavior import dedupe_rows, row_keys
+
+    dense = np.array([[0, 1.5, 0, 2], [0, 1.5, 0, 2], [1.5, 0, 0, 2], [0, 0, 0, 0],
+                      [0, 1.5, 0, 0], [0, 0, 0, 0]])
+    # row 0 unsorted, with an explicit zero and a duplicate entry (1.0 + 0.5 at column 1)
+    x = sp.csr_matrix((np.array([2.0, 1.0, 0.0, 0.5, 1.5, 2, 1.5, 2, 1.5]),
+                       np.array([3, 1, 2, 1, 1, 3, 0, 3, 1]),
+                       np.array([0, 4, 6, 8, 8, 9, 9])), shape=(6, 4))
+    before = x.data.copy()
+    np.testing.assert_array_equal(x.toarray(), dense)
+    first, inv, counts = dedupe_rows(row_keys(x), max_share=1.0)
+    np.testing.assert_array_equal(dense[first][inv], dense)  # every row from its distinct row
+    assert first.size == 4 and sorted(counts) == [1, 1, 2, 2]
+    np.testing.assert_array_equal(row_keys(dense), dense)
+    assert dedupe_rows(row_keys(x), max_share=0.5) is None  # 4 of 6 distinct: not worth it
+    np.testing.assert_array_equal(x.data, before)  # the caller's matrix is left alone

@@ -15,6 +15,13 @@
   ``scipy.sparse`` matrix scaled without centring. Centring only moves the unpenalised
   intercepts, so the penalised optimum is the same model; each solver iteration then costs
   the non-zeros, not rows x columns (5 folds on 65k rows with 700 levels: 44 s to 7 s, one thread).
+* Repeated rows: a logistic likelihood (with its L2 penalty) depends on the data only through
+  the counts of its distinct (inputs, target) rows, so a sparse design is fitted on its distinct
+  rows weighted by their counts (the scaler too) when they are at most ``DEDUPE_SHARE`` of the
+  rows: the same objective, the same probabilities (4e-7 at the default tolerance). Without
+  history (``history=False``) an ICU-shaped saturated panel's 93,768 rows are 21,602 distinct
+  (state, action) rows and its 300-action fit takes 13.7 s CPU instead of 55 s; with history
+  the previous action and the step make nearly every row distinct (75,333), and nothing changes.
 * Cross-fitting: episodes are split into ``n_folds`` folds; the probabilities of a fold's rows
   come from models fitted on the other folds (out-of-fold), which keeps the importance weights
   from being fitted to the very actions they weight. On new data the fold models are averaged.
@@ -64,6 +71,9 @@ _PRUNE = 1e-12
 _CALIB_ROWS = 20_000
 #: A logistic model's inputs are sparse below this share of non-zero entries.
 SPARSE_DENSITY = 0.1
+#: A logistic model is fitted on the distinct (inputs, target) rows, weighted by their counts,
+#: when they are fewer than this share of the rows.
+DEDUPE_SHARE = 0.5
 
 Design: TypeAlias = "NDArray[np.float64] | sp.csr_matrix"
 
@@ -78,6 +88,47 @@ def _hcat(x: Design, extra: NDArray[np.float64]) -> Design:
 def _onehot_csr(rows: NDArray[np.int64], cols: NDArray[np.int64], shape: tuple[int, int]
                 ) -> sp.csr_matrix:
     return sp.csr_matrix((np.ones(rows.size), (rows, cols)), shape=shape)
+
+
+def row_keys(x: Design) -> NDArray[np.float64]:
+    """An exact key of each row of ``x``: equal keys if and only if equal rows.
+
+    Dense: the rows themselves. Sparse: each row's column indices and values, sorted by column
+    and padded with ``-1`` to the longest row (``(n, 2 * max_nnz)``), so that :func:`np.unique`
+    over axis 0 compares rows without densifying the matrix.
+    """
+    if not sp.issparse(x):
+        return np.asarray(x, dtype=np.float64)
+    x = sp.csr_matrix(x, copy=True)  # canonical form (explicit zeros and duplicates removed)
+    x.sum_duplicates()
+    x.eliminate_zeros()
+    x.sort_indices()
+    nnz = np.diff(x.indptr)
+    width = int(nnz.max()) if nnz.size else 0
+    pos = np.arange(x.nnz) - np.repeat(x.indptr[:-1], nnz)
+    rows = np.repeat(np.arange(x.shape[0]), nnz)
+    out = np.full((x.shape[0], 2 * width), -1.0)
+    out[rows, pos] = x.indices
+    out[rows, width + pos] = x.data
+    return out
+
+
+def dedupe_rows(keys: NDArray[np.float64], max_share: float | None = None
+                ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float64]] | None:
+    """``(first row, inverse, count)`` of the distinct rows of ``keys``, or None.
+
+    None when the distinct rows are more than ``max_share`` (default :data:`DEDUPE_SHARE`) of
+    the rows: not worth it.
+    """
+    max_share = DEDUPE_SHARE if max_share is None else max_share
+    n = keys.shape[0]
+    if n == 0:
+        return None
+    _, first, inv, counts = np.unique(keys, axis=0, return_index=True, return_inverse=True,
+                                      return_counts=True)
+    if first.size > max_share * n:
+        return None
+    return first.astype(np.int64), inv.reshape(-1).astype(np.int64), counts.astype(np.float64)
 
 
 def dataset_fingerprint(dataset: TrajectoryDataset) -> str:
@@ -214,6 +265,11 @@ class BehaviorModel(BaseEstimator):
         Out-of-fold log-loss, mean logged probability, expected calibration error and a
         reliability table over every (row, action) pair (bins of 1 to 10 decisions suppressed:
         :func:`calibration_bins`).
+    n_fit_rows_ : list of int
+        Rows each classifier was fitted on, fold by fold: with a sparse design, the distinct
+        (inputs, target) rows weighted by their counts when they are at most ``DEDUPE_SHARE``
+        of the rows (the same penalised likelihood: a saturated state's 94,000 rows are a few
+        thousand distinct ones).
     converged_ : bool
         False when a solver stopped before converging (those ConvergenceWarnings are collected,
         not raised; every other warning of the fit is passed on).
@@ -328,16 +384,30 @@ class BehaviorModel(BaseEstimator):
         else:
             targets = [(_hcat(X, self._prefix_onehot(codes, sizes, k)), codes[:, k])
                        for k in range(len(sizes))]
+        # a logistic likelihood depends on the data only through the counts of its distinct
+        # (inputs, target) rows: fit those, weighted by their counts (the same objective)
+        # (sparse designs only: mostly one-hot, they repeat; numeric states rarely do)
+        x_keys = row_keys(X) if self.sparse_ else None
         models = []
-        for Xk, yk in targets:
+        for k, (Xk, yk) in enumerate(targets):
             if np.unique(yk).size < 2:
                 models.append(_Constant().fit(Xk, yk))
                 continue
             clf = _make_classifier(self.estimator, float(self.C), int(self.max_iter), seed,
                                    sparse=bool(self.sparse_))
+            fit_params: dict[str, Any] = {}
+            if x_keys is not None:
+                prefix = codes[:, :k] if self.factored_ else codes[:, :0]
+                distinct = dedupe_rows(np.concatenate([x_keys, prefix, yk[:, None]], axis=1))
+                if distinct is not None:
+                    first, _, counts = distinct
+                    Xk, yk = Xk[first], yk[first]
+                    fit_params = {"standardscaler__sample_weight": counts,
+                                  "logisticregression__sample_weight": counts}
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", ConvergenceWarning)
-                clf.fit(Xk, yk)
+                clf.fit(Xk, yk, **fit_params)
+            self.n_fit_rows_.append(int(Xk.shape[0]))
             for w in caught:  # only the expected ConvergenceWarning is absorbed (converged_)
                 if issubclass(w.category, ConvergenceWarning):
                     self.converged_ = False
@@ -366,6 +436,7 @@ class BehaviorModel(BaseEstimator):
         self.sizes_ = tuple(int(s) for s in space.sizes)
         self.step_scale_ = float(max(int(dataset.episode_lengths.max()) - 1, 1))
         self.converged_ = True
+        self.n_fit_rows_: list[int] = []
         self.sparse_: bool = self._use_sparse(dataset)
         self.saturated_ = bool(self.sparse_ and dataset.categorical is not None)
         self.factored_: bool = bool(len(self.sizes_) > 1 and not self.saturated_
