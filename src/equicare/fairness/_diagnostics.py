@@ -21,7 +21,7 @@ import numpy as np
 
 from equicare.exceptions import DataWarning, SupportWarning
 from equicare.fairness._groups import GroupIndex
-from equicare.ope._core import OPEInputs
+from equicare.ope._core import WEIGHTED, OPEInputs
 from equicare.ope._ess import EffectiveSampleSize, effective_sample_size
 from equicare.ope._support import StreamSupportReport, SupportReport
 
@@ -31,8 +31,6 @@ if TYPE_CHECKING:
 __all__ = ["WeightDiagnostics", "weight_diagnostics", "diagnose", "LOW_ESS_PCT", "LOW_ESS_MESSAGE",
            "IS_ADVICE", "DR_ADVICE", "WEIGHTED"]
 
-#: Estimators whose group values use importance weights.
-WEIGHTED = ("is", "wis", "pdis", "wpdis", "dr", "wdr")
 #: ESS (% of the episodes) below which the audit warns (as the mediation analysis does).
 LOW_ESS_PCT = 10.0
 #: The low-ESS warning (tests match it).

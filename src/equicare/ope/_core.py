@@ -33,6 +33,7 @@ __all__ = [
     "EstimatorKey",
     "ESTIMATOR_KEYS",
     "IS_TYPE",
+    "WEIGHTED",
     "EpisodeParts",
     "episode_parts",
     "combine",
@@ -47,6 +48,8 @@ ESTIMATOR_KEYS: tuple[str, ...] = ("is", "wis", "pdis", "wpdis", "fqe", "dr", "w
 ALL_KEYS: tuple[str, ...] = (*ESTIMATOR_KEYS, "bandit_dr")
 #: Estimators that rely on importance weights only (biased without support).
 IS_TYPE: tuple[str, ...] = ("is", "wis", "pdis", "wpdis")
+#: Estimators that use importance weights (the IS type and the doubly robust ones).
+WEIGHTED: tuple[str, ...] = (*IS_TYPE, "dr", "wdr")
 #: Estimators that need a Q-model.
 Q_TYPE: tuple[str, ...] = ("fqe", "dr", "wdr", "bandit_dr")
 
@@ -401,7 +404,7 @@ def episode_parts(
     check_param(normalization, "normalization", "episode_parts", choices=("absorbing", "alive"))
     n_ep, horizon = inputs.n_episodes, inputs.max_len
     disc = inputs.gamma ** np.arange(horizon, dtype=np.float64)
-    need_grid = any(k in keys for k in ("is", "wis", "pdis", "wpdis", "dr", "wdr"))
+    need_grid = any(k in keys for k in WEIGHTED)
     blocks: list[NDArray[np.float64]] = []
     slices: dict[str, slice] = {}
     col = 0

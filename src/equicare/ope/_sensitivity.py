@@ -34,7 +34,7 @@ from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
 from equicare.ope._bootstrap import CIMethod, bootstrap_counts, estimates_with_ci
-from equicare.ope._core import Normalization, OPEInputs, episode_parts
+from equicare.ope._core import WEIGHTED, Normalization, OPEInputs, episode_parts
 from equicare.ope._ess import effective_sample_size
 from equicare.ope._evaluate import parse_estimators
 from equicare.ope._fqe import FQEConfig
@@ -171,7 +171,7 @@ def sensitivity_analysis(
         assert ess_pct is not None
         for k in keys:
             e = out[k]
-            weighted = k in ("is", "wis", "pdis", "wpdis", "dr", "wdr")
+            weighted = k in WEIGHTED
             rows.append({"analysis": analysis, "parameter": param, "draw": draw,
                          "estimator": k, "value": e.value, "ci_low": e.ci[0], "ci_high": e.ci[1],
                          "se": e.se, "ess_pct": ess_pct,

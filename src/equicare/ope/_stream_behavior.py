@@ -32,6 +32,7 @@ from numpy.typing import NDArray
 from equicare.data import TrajectoryDataset
 from equicare.data._chunks import concat_datasets
 from equicare.exceptions import DataValidationError, InvalidParameterError
+from equicare.ope._core import WEIGHTED
 from equicare.ope._propensity_check import FLOORED_EPISODE_SHARE, expected_floored_rows
 from equicare.ope._resample import _GOLDEN, _SEED_MIX, _splitmix64, episode_keys
 from equicare.policy._behavior import BehaviorModel
@@ -76,7 +77,7 @@ def thin_sample_message(model: BehaviorModel, info: dict[str, Any], n_episodes: 
         Episodes of the whole panel.
     estimators : tuple of str
     """
-    weighted = [k for k in estimators if k in ("is", "wis", "pdis", "wpdis", "dr", "wdr")]
+    weighted = [k for k in estimators if k in WEIGHTED]
     if not (getattr(model, "saturated_", False) and float(info["sample_rate"]) < 1.0
             and weighted):
         return None
