@@ -214,7 +214,11 @@ def test_streamed_in_sample_propensities_give_the_in_memory_warning(tmp_path):
     """Streamed, plain IS on in-sample estimated propensities is warned about as in memory:
     the same mean trajectory weight (the behaviour policy's own, about 0.3 on 700 Garnet states
     with 1,000 episodes, against 1 with the true propensities) and the same message, in the
-    result and as a DataWarning (a whole-panel sample: the in-memory model)."""
+    result and as a DataWarning (a whole-panel sample: the in-memory model).
+
+    The two fits see the same rows in different buffers, so with several BLAS threads the
+    solver's sums differ in the last bits; a product of an episode's step ratios carries that to a few
+    parts per million (2.6e-6 with two threads), hence ``rel=1e-5`` rather than exact."""
     import warnings
 
     from equicare.exceptions import DataWarning
@@ -236,10 +240,10 @@ def test_streamed_in_sample_propensities_give_the_in_memory_warning(tmp_path):
                                                 chunk_rows=3000, **kw))
     assert len(in_memory) == 1 and streamed == in_memory
     w = got.behavior_model["mean_trajectory_weight"]
-    assert w == pytest.approx(mem.behavior_model["mean_trajectory_weight"], rel=1e-9)
+    assert w == pytest.approx(mem.behavior_model["mean_trajectory_weight"], rel=1e-5)
     assert w < 0.5
     assert got.behavior_model["in_sample_warning"] == mem.behavior_model["in_sample_warning"]
-    assert got.estimates["is"].value == pytest.approx(mem.estimates["is"].value, rel=1e-9)
+    assert got.estimates["is"].value == pytest.approx(mem.estimates["is"].value, rel=1e-5)
 
 
 def test_a_sample_that_leaves_episodes_out_of_a_saturated_state_is_warned(tmp_path):
