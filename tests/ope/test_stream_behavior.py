@@ -217,8 +217,8 @@ def test_streamed_in_sample_propensities_give_the_in_memory_warning(tmp_path):
     result and as a DataWarning (a whole-panel sample: the in-memory model).
 
     The two fits see the same rows in different buffers, so with several BLAS threads the
-    solver's sums differ in the last bits; a product of an episode's step ratios carries that to a few
-    parts per million (2.6e-6 with two threads), hence ``rel=1e-5`` rather than exact."""
+    solver's sums differ in the last bits; a product of an episode's step ratios carries that
+    to a few parts per million (2.6e-6 with two threads), hence ``rel=1e-5`` rather than exact."""
     import warnings
 
     from equicare.exceptions import DataWarning
