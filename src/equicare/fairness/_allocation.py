@@ -35,7 +35,7 @@ from equicare.fairness._rows import (
     row_allocation,
 )
 from equicare.policy import Policy
-from equicare.privacy import share_suppressed, warn_low_min_cell
+from equicare.privacy import share_suppressed, share_table_suppressed, warn_low_min_cell
 from equicare.utils import MIN_CELL, PARAM_MESSAGE, RandomState, check_dataset, check_param
 
 __all__ = ["AllocationFrame", "allocation_rates", "level_rates", "group_sums", "build_frames",
@@ -814,24 +814,35 @@ def level_table(names: Sequence[str], num: NDArray[np.float64], den: NDArray[np.
     pandas.DataFrame
         Index ``(policy, action)``; one column per published group plus ``"overall"``. A rate
         of too few members (as :attr:`AllocationFrame.rate_suppressed` and
-        :attr:`AllocationFrame.overall_suppressed`) is NaN.
+        :attr:`AllocationFrame.overall_suppressed`) is NaN, and so are the rates that would
+        give it back: a group's levels of one component (``actions`` named
+        ``"component=level"``) sum to one
+        (:func:`equicare.privacy.share_table_suppressed`).
     """
     h = gi.one_hot()
     d = h.T @ den                                    # (G,)
-    blocks = []
+    comp = [str(a).split("=", 1)[0] for a in actions]
+    blocks = [np.flatnonzero(np.asarray(comp) == c) for c in dict.fromkeys(comp)]
+    tables = []
     for j, pname in enumerate(names):
         a = h.T @ num[j]                             # (G, L)
         with np.errstate(divide="ignore", invalid="ignore"):
             rates, overall = a / d[:, None], a.sum(axis=0) / d.sum()
+        hidden = np.zeros(rates.shape, dtype=bool)
+        total_hidden = np.zeros(len(actions), dtype=bool)
         for lv, (cols, total) in enumerate(_rates_hidden(actions, num[j], den, gi).values()):
-            rates[cols, lv] = np.nan                 # too few members: not published
-            overall[lv] = np.nan if total else overall[lv]
+            hidden[cols, lv], total_hidden[lv] = True, total
+        # a group's levels of one component sum to one: complete those lines too
+        hidden, total_hidden = share_table_suppressed(num[j], den, gi.codes, gi.n_groups,
+                                                      blocks, hidden, total_hidden, gi.min_cell)
+        rates[hidden] = np.nan                       # too few members: not published
+        overall[total_hidden] = np.nan
         tab = pd.DataFrame(rates.T, columns=list(gi.labels))
         tab["overall"] = overall
         tab.index = pd.MultiIndex.from_product([[pname], list(actions)],
                                                names=["policy", "action"])
-        blocks.append(tab)
-    out = pd.concat(blocks)
+        tables.append(tab)
+    out = pd.concat(tables)
     out.columns.name = gi.name
     return out
 
