@@ -371,7 +371,7 @@ def _determined(a: NDArray[np.float64], sup: NDArray[np.bool_]) -> NDArray[np.bo
 
 def share_table_suppressed(num: Any, den: Any, codes: Any, n_groups: int,
                            blocks: Sequence[Any], hidden: Any, total_hidden: Any,
-                           min_cell: int = MIN_CELL
+                           min_cell: int = MIN_CELL, sums: Sequence[tuple[Any, Any]] = ()
                            ) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
     """Complete the suppression of a table of shares whose levels sum to one within each group.
 
@@ -407,6 +407,11 @@ def share_table_suppressed(num: Any, den: Any, codes: Any, n_groups: int,
     total_hidden : array-like of shape (n_levels,), bool
         Overall rates already hidden.
     min_cell : int
+    sums : sequence of (array-like of int, array-like of shape (n_groups + 1,), bool)
+        Sums of levels published elsewhere: the levels, and which groups' (last: the
+        overall's) sum of them is published (the audit's rate of an action set that is a union
+        of levels). Each is one more line of those groups, completed like a component's: a hidden
+        level of the set is otherwise the set's rate minus its published levels.
 
     Returns
     -------
@@ -432,6 +437,10 @@ def share_table_suppressed(num: Any, den: Any, codes: Any, n_groups: int,
     for b in blocks:
         lv = np.asarray(b, dtype=np.int64)
         lines += [(cell[r, lv], np.ones(lv.size)) for r in range(rows)]
+    for b, known in sums:
+        lv = np.asarray(b, dtype=np.int64)
+        lines += [(cell[r, lv], np.ones(lv.size))
+                  for r in np.flatnonzero(np.asarray(known, dtype=bool))]
     lines += [(cell[:, j], np.r_[np.ones(n_groups), -1.0]) for j in range(n_lv)]
     a = np.zeros((len(lines), cell.size))
     for i, (idx, coef) in enumerate(lines):

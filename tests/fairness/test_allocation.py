@@ -506,13 +506,15 @@ def _three_modality_panel(seed: int, sizes=(40, 40, 40), rare=(3, 0, 0)):
     return make_dataset(lengths, codes, {"g": labels})
 
 
-def _range_of_hidden(ds, tab):
+def _range_of_hidden(ds, tab, sums=()):
     """An adversary's exact range of each hidden level rate (a linear programme).
 
     Unknowns: every hidden cell of ``y = episodes x rate`` (episode level: a group's summed
     shares; its overall cell the sum over groups). Known: each group's levels of one component
-    sum to its episodes, the overall's to all, each published cell, and a level's groups sum to
-    its overall cell. Returns ``{(group, action): (low, high)}`` of the hidden group cells.
+    sum to its episodes, the overall's to all, each published cell, a level's groups sum to
+    its overall cell, and ``sums`` (``(levels, column, rate)``: a published rate of a union of
+    levels, the audit's action set). Returns ``{(group, action): (low, high)}`` of the hidden
+    group cells.
     """
     from scipy.optimize import linprog
 
@@ -546,6 +548,9 @@ def _range_of_hidden(ds, tab):
             add([(i, j) for i in lv], [1.0] * lv.size, scale[j])
     for i in range(len(acts)):
         add([(i, j) for j in range(len(cols) + 1)], [1.0] * len(cols) + [-1.0], 0.0)
+    for levels, col, rate in sums:
+        j = len(cols) if col == "overall" else cols.index(col)
+        add([(acts.index(a), j) for a in levels], [1.0] * len(levels), rate * scale[j])
     bounds = [(0.0, float(scale[j])) for i, j in zip(*np.nonzero(hid), strict=True)]
     out = {}
     for i, j in zip(*np.nonzero(hid), strict=True):
@@ -575,3 +580,26 @@ def test_a_hidden_level_rate_is_not_one_minus_the_published_levels(seed) -> None
     step = level_rates(ds, group="g", level="step").loc["behavior"]
     hidden = step.loc[["modality=none", "modality=phone", HOME], "a"].isna()
     assert hidden.sum() >= 2                       # never one hidden level beside the others
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_hidden_level_rate_is_not_the_audited_set_minus_its_published_levels(seed) -> None:
+    """The audit's rate of an action set of several levels is the sum of their level rates: on
+    the privacy review's panel ``--action 'urgency=routine|urgent'`` published big's rate of the
+    set and its routine rate, and hid urgent (4 members' weeks): the difference gave them back.
+    With the set's published rates as one more line, an adversary's linear programme over the
+    audit's rates leaves the 3-member home-visit cell more than one value."""
+    from equicare.fairness import audit
+
+    union = ("modality=none", HOME)
+    ds = _three_modality_panel(seed, rare=(3, 0, 0) if seed % 2 else (3, 12, 0))
+    res = audit(ds, action="modality=none|home_visit", group="g", level="episode", n_boot=0,
+                n_permutations=0, estimator=None)
+    f = res["behavior"].allocation
+    tab = res.level_rates.loc["behavior"]
+    sums = [(union, g, float(f.by_group[g])) for g in f.groups if g not in f.rate_suppressed]
+    if not f.overall_suppressed:
+        sums.append((union, "overall", float(f.overall)))
+    assert np.isnan(tab.loc[HOME, "a"]) and sums
+    lo, hi = _range_of_hidden(ds, tab, sums)[("a", HOME)]
+    assert hi - lo > 1e-6, (lo, hi)

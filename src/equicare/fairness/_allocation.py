@@ -794,8 +794,22 @@ def allocation_rates(
                         random_state=rng, ci_method=ci_method)[label]
 
 
+def _set_levels(spec: str, actions: Sequence[str]) -> NDArray[np.int64]:
+    """Positions in ``actions`` of the levels of an action set ``"component=a|b"``.
+
+    Empty when ``spec`` is not such a set (a custom mask).
+    """
+    comp, eq, lv = str(spec).partition("=")
+    pos = {str(a): i for i, a in enumerate(actions)}
+    want = [f"{comp.strip()}={v.strip()}" for v in lv.split("|")]
+    if not eq or any(w not in pos for w in want):
+        return np.zeros(0, dtype=np.int64)
+    return np.array([pos[w] for w in want], dtype=np.int64)
+
+
 def level_table(names: Sequence[str], num: NDArray[np.float64], den: NDArray[np.float64],
-                gi: GroupIndex, actions: Sequence[str]) -> pd.DataFrame:
+                gi: GroupIndex, actions: Sequence[str],
+                frames: Mapping[str, AllocationFrame] | None = None) -> pd.DataFrame:
     """Point rates of many action sets by group (array level).
 
     Parameters
@@ -808,6 +822,10 @@ def level_table(names: Sequence[str], num: NDArray[np.float64], den: NDArray[np.
     gi : GroupIndex
     actions : sequence of str
         Names of the ``L`` action sets.
+    frames : mapping of str to AllocationFrame, optional
+        The audit's frames of the same policies: a group's published rate of the audited set
+        (when it is a union of levels) is the sum of its levels' rates, so its levels are
+        completed as a line too.
 
     Returns
     -------
@@ -833,8 +851,13 @@ def level_table(names: Sequence[str], num: NDArray[np.float64], den: NDArray[np.
         for lv, (cols, total) in enumerate(_rates_hidden(actions, num[j], den, gi).values()):
             hidden[cols, lv], total_hidden[lv] = True, total
         # a group's levels of one component sum to one: complete those lines too
+        sums = []
+        if frames is not None and (f := frames.get(pname)) is not None:
+            known = [g not in f.rate_suppressed for g in gi.labels] + [not f.overall_suppressed]
+            sums.append((_set_levels(f.action, actions), np.array(known, dtype=bool)))
         hidden, total_hidden = share_table_suppressed(num[j], den, gi.codes, gi.n_groups,
-                                                      blocks, hidden, total_hidden, gi.min_cell)
+                                                      blocks, hidden, total_hidden, gi.min_cell,
+                                                      sums)
         rates[hidden] = np.nan                       # too few members: not published
         overall[total_hidden] = np.nan
         tab = pd.DataFrame(rates.T, columns=list(gi.labels))
