@@ -447,12 +447,22 @@ def share_table_suppressed(num: Any, den: Any, codes: Any, n_groups: int,
         a[i, idx] = coef
     flat, cnt = sup.ravel(), some.ravel()
 
+    seen: dict[tuple[int, bytes], bool] = {}
+    rows_of = [np.flatnonzero(member[:, r]) for r in range(rows)]
+
     def revealing(i: int, eff: NDArray[np.bool_]) -> bool:
         """Whether line ``i``'s unknown cells are a union of 1 to min_cell - 1 episodes."""
         idx = lines[i][0]
         part = eff[idx]
         if not part.any() or part.all():
             return False
+        key = (i, np.packbits(part).tobytes())
+        if key not in seen:   # a pass changes few lines: the others' answers are kept
+            seen[key] = union_small(i, idx, part)
+        return seen[key]
+
+    def union_small(i: int, idx: NDArray[np.int64], part: NDArray[np.bool_]) -> bool:
+        """The union's counts (episodes with any of ``part``'s cells, or not always)."""
         if i >= len(lines) - n_lv:                      # a level over the groups
             if part[-1]:
                 return False                            # no known total to subtract from
@@ -460,8 +470,9 @@ def share_table_suppressed(num: Any, den: Any, codes: Any, n_groups: int,
                  int(not_all[:n_groups, i - len(lines) + n_lv][part[:-1]].sum())]
         else:                                           # a row's levels of one component
             r, lv = np.divmod(idx[part], n_lv)
-            u = x[member[:, r[0]]][:, lv].sum(axis=1)
-            k = [int((u > 0).sum()), int((u < d[member[:, r[0]], 0]).sum())]
+            rows_r = rows_of[int(r[0])]
+            u = x[np.ix_(rows_r, lv)].sum(axis=1)
+            k = [int((u > 0).sum()), int((u < d[rows_r, 0]).sum())]
         return any(0 < v < min_cell for v in k)
 
     def near(cells: NDArray[np.int64]) -> NDArray[np.int64]:
