@@ -45,7 +45,7 @@ from equicare.utils import MIN_CELL
 __all__ = ["suppressed_cells", "suppressed_labels", "suppressed_levels", "split_withheld",
            "determined_cells",
            "suppress_counts", "small_count",
-           "share_suppressed",
+           "share_suppressed", "share_table_suppressed",
            "small_cells_message", "round_significant", "tail_quantile", "coarse_bounds",
            "pooled_level_shares",
            "MSG_LOW_MIN_CELL", "low_min_cell_message", "warn_low_min_cell", "MSG_LOW_ESS",
@@ -175,21 +175,10 @@ def determined_cells(lines: Sequence[NDArray[np.int64]], sup: NDArray[np.bool_]
     -------
     ndarray of shape (n_cells,), bool
     """
-    from scipy.linalg import null_space
-
-    idx = np.flatnonzero(sup)
-    out = np.zeros(sup.size, dtype=bool)
-    if idx.size == 0:
-        return out
-    pos = np.full(sup.size, -1, dtype=np.int64)
-    pos[idx] = np.arange(idx.size)
-    a = np.zeros((len(lines), idx.size))
+    a = np.zeros((len(lines), sup.size))
     for i, line in enumerate(lines):
-        cols = pos[line]
-        a[i, cols[cols >= 0]] = 1.0
-    free = null_space(a)
-    out[idx] = np.abs(free).max(axis=1, initial=0.0) < 1e-9
-    return out
+        a[i, line] = 1.0
+    return _determined(a, sup)
 
 
 def _break_determined(lines: Sequence[NDArray[np.int64]], n: NDArray[np.int64],
@@ -365,6 +354,156 @@ def share_suppressed(labels: Sequence[str], some: Any, not_all: Any,
         hidden |= {g for g, v in shown.items() if v is None}
         total_hidden |= 0 < int(k.sum()) < int(min_cell)
     return tuple(str(g) for g in labels if str(g) in hidden), total_hidden
+
+
+def _determined(a: NDArray[np.float64], sup: NDArray[np.bool_]) -> NDArray[np.bool_]:
+    """Suppressed cells fixed by lines ``a`` (n_lines, n_cells) with published totals."""
+    from scipy.linalg import null_space
+
+    idx = np.flatnonzero(sup)
+    out = np.zeros(sup.size, dtype=bool)
+    if idx.size == 0:
+        return out
+    free = null_space(a[:, idx])
+    out[idx] = np.abs(free).max(axis=1, initial=0.0) < 1e-9
+    return out
+
+
+def share_table_suppressed(num: Any, den: Any, codes: Any, n_groups: int,
+                           blocks: Sequence[Any], hidden: Any, total_hidden: Any,
+                           min_cell: int = MIN_CELL, sums: Sequence[tuple[Any, Any]] = ()
+                           ) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
+    """Complete the suppression of a table of shares whose levels sum to one within each group.
+
+    A table of each group's rate of every level of an action component (the audit's level
+    rates) has two kinds of lines: a level's rates over the groups and the overall rate (the
+    suppression of :func:`share_suppressed`), and a group's rates over the levels of one
+    component, which sum to one. A group's single hidden level is one minus its published
+    levels: a rate of 5 members' urgent weeks hidden beside published routine and semi-urgent
+    rates was given back exactly that way. So, as :func:`suppressed_cells` completes a table of
+    counts, every line here is completed: within a group's (or the overall's) component, the
+    hidden levels' union (episodes with any of them, and episodes not always in them) holds 0
+    or at least ``min_cell`` episodes, else the published level of the fewest episodes is
+    hidden too; within a level, the hidden groups' counts hold 0 or at least ``min_cell``
+    when the overall rate is published. Chains across lines are broken as
+    :func:`suppressed_cells` breaks them: while a hidden cell with a count of 1 to
+    ``min_cell - 1`` is determined by the published cells and the lines' totals (the group's
+    episode count, the overall rate; worst case: a group's rows taken as known), the published
+    level of the fewest episodes beside it is hidden too.
+
+    Parameters
+    ----------
+    num : array-like of shape (n_episodes, n_levels)
+        Each episode's numerator of each level (rows with it, or its share).
+    den : array-like of shape (n_episodes,)
+        Each episode's denominator (rows, or 1).
+    codes : array-like of shape (n_episodes,), int
+        Each episode's group in ``[0, n_groups)``; -1 for episodes of no published group.
+    n_groups : int
+    blocks : sequence of array-like of int
+        The levels of each component (their shares sum to one).
+    hidden : array-like of shape (n_groups, n_levels), bool
+        Group rates already hidden (:func:`share_suppressed` of each level).
+    total_hidden : array-like of shape (n_levels,), bool
+        Overall rates already hidden.
+    min_cell : int
+    sums : sequence of (array-like of int, array-like of shape (n_groups + 1,), bool)
+        Sums of levels published elsewhere: the levels, and which groups' (last: the
+        overall's) sum of them is published (the audit's rate of an action set that is a union
+        of levels). Each is one more line of those groups, completed like a component's: a hidden
+        level of the set is otherwise the set's rate minus its published levels.
+
+    Returns
+    -------
+    hidden : ndarray of shape (n_groups, n_levels), bool
+    total_hidden : ndarray of shape (n_levels,), bool
+    """
+    x = np.asarray(num, dtype=np.float64)
+    d = np.asarray(den, dtype=np.float64).reshape(-1, 1)
+    c = np.asarray(codes, dtype=np.int64).ravel()
+    n_lv, rows = x.shape[1], n_groups + 1               # row n_groups: the overall
+    member = np.zeros((c.size, rows), dtype=bool)
+    ok = c >= 0
+    member[np.flatnonzero(ok), c[ok]] = True
+    member[:, n_groups] = ok
+    m = member.astype(np.float64)
+    some, not_all = m.T @ (x > 0), m.T @ (x < d)         # (rows, n_levels)
+    sup = np.vstack([np.asarray(hidden, dtype=bool).reshape(n_groups, n_lv),
+                     np.asarray(total_hidden, dtype=bool).reshape(1, n_lv)])
+    small = ((some > 0) & (some < min_cell)) | ((not_all > 0) & (not_all < min_cell))
+    sensitive = (sup & small).ravel()
+    cell = np.arange(rows * n_lv).reshape(rows, n_lv)
+    lines: list[tuple[NDArray[np.int64], NDArray[np.float64]]] = []
+    for b in blocks:
+        lv = np.asarray(b, dtype=np.int64)
+        lines += [(cell[r, lv], np.ones(lv.size)) for r in range(rows)]
+    for b, known in sums:
+        lv = np.asarray(b, dtype=np.int64)
+        lines += [(cell[r, lv], np.ones(lv.size))
+                  for r in np.flatnonzero(np.asarray(known, dtype=bool))]
+    lines += [(cell[:, j], np.r_[np.ones(n_groups), -1.0]) for j in range(n_lv)]
+    a = np.zeros((len(lines), cell.size))
+    for i, (idx, coef) in enumerate(lines):
+        a[i, idx] = coef
+    flat, cnt = sup.ravel(), some.ravel()
+
+    seen: dict[tuple[int, bytes], bool] = {}
+    rows_of = [np.flatnonzero(member[:, r]) for r in range(rows)]
+
+    def revealing(i: int, eff: NDArray[np.bool_]) -> bool:
+        """Whether line ``i``'s unknown cells are a union of 1 to min_cell - 1 episodes."""
+        idx = lines[i][0]
+        part = eff[idx]
+        if not part.any() or part.all():
+            return False
+        key = (i, np.packbits(part).tobytes())
+        if key not in seen:   # a pass changes few lines: the others' answers are kept
+            seen[key] = union_small(i, idx, part)
+        return seen[key]
+
+    def union_small(i: int, idx: NDArray[np.int64], part: NDArray[np.bool_]) -> bool:
+        """The union's counts (episodes with any of ``part``'s cells, or not always)."""
+        if i >= len(lines) - n_lv:                      # a level over the groups
+            if part[-1]:
+                return False                            # no known total to subtract from
+            k = [int(some[:n_groups, i - len(lines) + n_lv][part[:-1]].sum()),
+                 int(not_all[:n_groups, i - len(lines) + n_lv][part[:-1]].sum())]
+        else:                                           # a row's levels of one component
+            r, lv = np.divmod(idx[part], n_lv)
+            rows_r = rows_of[int(r[0])]
+            u = x[np.ix_(rows_r, lv)].sum(axis=1)
+            k = [int((u > 0).sum()), int((u < d[rows_r, 0]).sum())]
+        return any(0 < v < min_cell for v in k)
+
+    def near(cells: NDArray[np.int64]) -> NDArray[np.int64]:
+        """Published cells sharing a line with any of ``cells``."""
+        mask = np.zeros(flat.size, dtype=bool)
+        for idx, _ in lines:
+            if np.isin(cells, idx).any():
+                mask[idx] = True
+        return np.flatnonzero(mask & ~flat)
+
+    while True:  # every pass hides one more cell; a table has finitely many
+        det = _determined(a, flat)
+        eff = flat & ~det                               # hidden and not worked out
+        bad = np.flatnonzero(det & sensitive)
+        cand = near(bad[:1]) if bad.size else np.zeros(0, dtype=np.int64)
+        if not bad.size:
+            for i, (idx, _) in enumerate(lines):
+                if revealing(i, eff):
+                    cand = idx[~flat[idx]]
+                    if cand.size == 0:                  # break a determined cell of the line
+                        cand = near(idx[det[idx]])
+                    break
+            else:
+                break
+        if cand.size == 0:
+            cand = np.flatnonzero(~flat)                # the smallest published cell anywhere
+            if cand.size == 0:
+                break
+        flat[cand[np.argmin(cnt[cand])]] = True
+    out = flat.reshape(rows, n_lv)
+    return out[:n_groups], out[n_groups]
 
 
 def small_cells_message(cells: Sequence[str], min_cell: int = MIN_CELL) -> str:

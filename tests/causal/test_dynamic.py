@@ -382,9 +382,11 @@ def test_too_few_transitions_refused_before_any_model_is_fitted(monkeypatch):
     mdp = random_mediation_mdp(6, 20, 2, random_state=0)
     data = mdp.sample(10, 10, random_state=0)
     uniform = mdp.policy_fn(np.full((6, 20), 1 / 20))
+    # 10 episodes: each mediator level is a small cell (refused first at min_cell=11)
+    with pytest.warns(SmallCellWarning, match="min_cell=1 is below 11"):
+        lax = DynamicMediation(n_bootstrap=0, estimators=("mr",), min_cell=1)
     with pytest.raises(FewTransitionsError) as info:
-        DynamicMediation(n_bootstrap=0, estimators=("mr",)).estimate(
-            data, uniform, uniform, random_state=0)
+        lax.estimate(data, uniform, uniform, random_state=0)
     err = info.value
     # onehot basis of 6 states x 2 mediator levels per action
     assert (err.p, err.n_actions, err.per_action) == (20 * 12 + 1, 20, 12)
@@ -739,6 +741,34 @@ def test_an_action_logged_for_fewer_than_11_members_is_refused(toy1_data, arm):
     # 11 members are a publishable cell
     few11 = np.isin(data.episode_index, np.unique(data.episode_index)[:11])
     d["actions"] = np.where(few11, arm, 1 - arm)
+    res = DynamicMediation(n_bootstrap=0, estimators=("baseline",)).estimate(
+        d, mdp.policy_fn(toy_target()), 0, random_state=0)
+    assert np.isfinite(res["baseline"].effects["total"].value)
+
+
+def test_a_mediator_level_logged_for_fewer_than_11_members_is_refused(toy1_data):
+    """The privacy review's care panel: the mediator engaged = 1 for 7 of 589 members;
+    mediate published IME, DME and the rest, statistics of those 7 members at that level.
+    Refused before any model is fitted; 11 members are a publishable cell."""
+    from equicare.causal._dynamic import MSG_SMALL_MEDIATOR_CELL
+
+    mdp, data, _ = toy1_data
+    eps = np.unique(data.episode_index)
+    d = dict(states=data.states, actions=data.actions, rewards=data.rewards,
+             next_states=data.next_states, episode_index=data.episode_index)
+    few = np.isin(data.episode_index, eps[:7])
+    d["mediators"] = np.where(few[:, None], data.mediators, 0.0)
+    assert np.unique(d["mediators"]).size == 2        # level 1 only in (some of) the 7
+    n_ep = np.unique(data.episode_index[d["mediators"][:, 0] == 1]).size
+    assert 0 < n_ep < 11
+    msg = MSG_SMALL_MEDIATOR_CELL.format(level="1", names="m0", below=10, n=300,
+                                         min_cell=11)
+    with pytest.raises(DataValidationError, match=re.escape(msg)):
+        DynamicMediation(n_bootstrap=0).estimate(d, mdp.policy_fn(toy_target()), 0,
+                                                 random_state=0)
+    few11 = np.isin(data.episode_index, eps[:40])
+    d["mediators"] = np.where(few11[:, None], data.mediators, 0.0)
+    assert np.unique(data.episode_index[d["mediators"][:, 0] == 1]).size >= 11
     res = DynamicMediation(n_bootstrap=0, estimators=("baseline",)).estimate(
         d, mdp.policy_fn(toy_target()), 0, random_state=0)
     assert np.isfinite(res["baseline"].effects["total"].value)

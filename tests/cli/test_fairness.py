@@ -61,6 +61,39 @@ def test_audit_writes_contract7(app, panel, tmp_path) -> None:
     assert r3.exit_code == 0, r3.output
 
 
+def test_audit_prints_the_proportional_parity_the_json_publishes(app, panel, tmp_path) -> None:
+    """The README lists proportional parity among what `equicare audit` reports; it was in the
+    JSON only. The terminal now has a table of it, cell for cell the JSON's."""
+    from rich.console import Console
+
+    from equicare.cli._fairness import audit_tables
+    from equicare.data import load_dataset
+    from equicare.exceptions import DataWarning, SmallCellWarning
+    from equicare.fairness import audit
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        warnings.simplefilter("ignore", SmallCellWarning)  # asian, hispanic, other: pp hidden
+        ds = load_dataset(panel["data"], panel["manifest"])
+        res = audit(ds, action="modality=home_visit", group="race_ethnicity", n_boot=20,
+                    n_permutations=0, estimator=None, random_state=0)
+    tables = audit_tables(res)
+    assert len(tables) == 3 and "Proportional parity" in str(tables[2].title)
+    con = Console(record=True, width=200)
+    con.print(tables[2], markup=False)
+    rows = {line.split("│")[1].strip(): line.split("│")[2].strip()
+            for line in con.export_text().splitlines() if line.count("│") >= 3}
+    pp = res["behavior"].allocation.to_dict()["proportional_parity"]
+    assert set(rows) == set(pp)
+    for g, e in pp.items():
+        want = ("suppressed" if e.get("suppressed") else
+                f"{e['value']:.2f} [{e['ci'][0]:.2f}, {e['ci'][1]:.2f}]")
+        assert rows[g] == want
+    r = _run(app, ["audit", str(panel["data"]), "--manifest", str(panel["manifest"]),
+                   "--bootstrap", "0", "--permutations", "0", "--estimators", "none"])
+    assert r.exit_code == 0 and "Proportional parity by" in r.output
+
+
 def test_audit_intersectional_with_suppression(app, panel, tmp_path) -> None:
     out = tmp_path / "inter.json"
     r = _run(app, ["audit", str(panel["data"]), "--manifest", str(panel["manifest"]),

@@ -51,6 +51,12 @@ def test_train_then_predict_round_trip(app, files):
     res = runner.invoke(app, ["predict", str(model), str(files / "panel.parquet"), "--manifest",
                               str(files / "manifest.toml"), "--out", str(probs)])
     assert res.exit_code == 0, _err(res)
+    # one row per panel row, keyed by member ids: the command says it is not shareable
+    from equicare.cli._learn import MSG_ROW_LEVEL
+
+    assert MSG_ROW_LEVEL in " ".join(res.stdout.split())
+    help_text = " ".join(runner.invoke(app, ["predict", "--help"]).stdout.split())
+    assert "The file is row-level data like the panel" in help_text
     ds = load_dataset(files / "panel.parquet", files / "manifest.toml", emit_warnings=False)
     from_file = FilePolicy(probs).action_probs(ds)
     np.testing.assert_allclose(from_file, load_learner(model).action_probs(ds), atol=1e-12)

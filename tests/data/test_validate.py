@@ -461,3 +461,37 @@ def test_a_missing_action_label_is_reported_as_empty_not_nan(frame, manifest_dic
                              "column 'modality' (action component 'modality') is empty in 2 rows "
                              "(first: 2, 4; 0-based data rows)"))
     assert "'nan'" not in err and "not among the declared levels" not in err
+
+
+@pytest.mark.parametrize("k, shown", [(3, False), (11, True)])
+def test_summary_shares_of_1_to_10_members_or_rows_are_not_published(manifest_dict, k, shown):
+    """The summary is published (validate, the run's data_summary.json and report) with the
+    panel's episode and step counts, so its shares give counts back: 3 terminal episodes
+    (deaths, say) read '3 terminal', a primary outcome in 3 rows a share of the steps (also in
+    the sparse-reward warning), need in 3 episodes 1.00% of 300. Such counts of 1 to 10 (or
+    all but 1 to 10) are None now; 11 or more are published."""
+    frame = make_frame(n_members=300)
+    manifest_dict["dataset"]["terminal"] = "done"
+    order = frame.sort_values(["member_id", "week"]).index
+    last = frame.loc[order].groupby("member_id").tail(1)
+    frame["done"] = 0
+    frame.loc[last.index[:k], "done"] = 1
+    frame["r_primary"] = 0.0
+    frame.loc[frame.index[:k], "r_primary"] = -1.0
+    frame["high_need"] = frame["member_id"].isin(last["member_id"].iloc[:k]).astype(int)
+    ds = from_frame(frame, manifest_dict, emit_warnings=False)
+    s = ds.summary()
+    n_ep, n_rows = ds.n_episodes, ds.n_steps
+    if shown:
+        assert s["episode_ends"] == {"terminal": k, "censored": n_ep - k}
+        assert s["reward_nonzero_pct"]["primary"] == pytest.approx(100 * k / n_rows)
+        assert s["need_pct"] == pytest.approx(100 * k / n_ep)
+    else:
+        assert s["episode_ends"] == {"terminal": None, "censored": None}
+        assert s["reward_nonzero_pct"]["primary"] is None and s["need_pct"] is None
+    assert s["reward_nonzero_pct"]["engagement"] is not None      # every row: not a small cell
+    with pytest.warns(DataWarning) as rec:
+        from_frame(frame, manifest_dict, source="p.csv")
+    text = " | ".join(str(w.message) for w in rec)
+    said = text.split("'primary' (column 'r_primary') is non-zero in only ")[1].split(" (<")[0]
+    assert said == (f"{100 * k / n_rows:.2f}% of rows" if shown else "1 to 10 rows")

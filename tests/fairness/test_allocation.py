@@ -488,3 +488,118 @@ def test_an_action_of_fewer_than_11_members_in_all_hides_the_overall_rate_too() 
     d = f.to_dict()
     assert d["overall_rate"] == {"suppressed": True}
     assert np.isnan(level_rates(ds, group="g").loc[("behavior", HOME), "overall"])
+
+
+def _three_modality_panel(seed: int, sizes=(40, 40, 40), rare=(3, 0, 0)):
+    """Groups a, b, c; ``rare[g]`` members get one home visit, every other row is none or phone
+    at random (urgency routine or urgent at random)."""
+    rng = np.random.default_rng(seed)
+    n_ep = sum(sizes)
+    lengths = rng.integers(2, 6, size=n_ep)
+    n = int(lengths.sum())
+    codes = np.stack([rng.integers(0, 2, size=n), rng.integers(0, 2, size=n)], axis=1)
+    firsts = np.r_[0, np.cumsum(lengths)[:-1]]
+    starts = np.r_[0, np.cumsum(sizes)[:-1]]
+    got = np.concatenate([s + np.arange(k) for s, k in zip(starts, rare, strict=True)])
+    codes[firsts[got.astype(np.int64)], 0] = 2
+    labels = np.repeat(np.array(["a", "b", "c"][:len(sizes)]), sizes)
+    return make_dataset(lengths, codes, {"g": labels})
+
+
+def _range_of_hidden(ds, tab, sums=()):
+    """An adversary's exact range of each hidden level rate (a linear programme).
+
+    Unknowns: every hidden cell of ``y = episodes x rate`` (episode level: a group's summed
+    shares; its overall cell the sum over groups). Known: each group's levels of one component
+    sum to its episodes, the overall's to all, each published cell, a level's groups sum to
+    its overall cell, and ``sums`` (``(levels, column, rate)``: a published rate of a union of
+    levels, the audit's action set). Returns ``{(group, action): (low, high)}`` of the hidden
+    group cells.
+    """
+    from scipy.optimize import linprog
+
+    cols = [c for c in tab.columns if c != "overall"]
+    n_g = np.array([(ds.groups["g"] == c).sum() for c in cols], dtype=np.float64)
+    acts = list(tab.index.get_level_values("action"))
+    rates = tab.to_numpy(dtype=np.float64)                       # (L, G + 1)
+    scale = np.r_[n_g, n_g.sum()]
+    y = rates * scale
+    hid = np.isnan(y)
+    var = -np.ones(y.shape, dtype=np.int64)
+    var[hid] = np.arange(int(hid.sum()))
+    nv = int(hid.sum())
+    eq_a, eq_b = [], []
+
+    def add(cells, coefs, total):
+        row, b = np.zeros(nv), float(total)
+        for (i, j), c in zip(cells, coefs, strict=True):
+            if hid[i, j]:
+                row[var[i, j]] += c
+            else:
+                b -= c * y[i, j]
+        if row.any():
+            eq_a.append(row)
+            eq_b.append(b)
+
+    comp = np.array([a.split("=")[0] for a in acts])
+    for k in dict.fromkeys(comp):
+        lv = np.flatnonzero(comp == k)
+        for j in range(len(cols) + 1):
+            add([(i, j) for i in lv], [1.0] * lv.size, scale[j])
+    for i in range(len(acts)):
+        add([(i, j) for j in range(len(cols) + 1)], [1.0] * len(cols) + [-1.0], 0.0)
+    for levels, col, rate in sums:
+        j = len(cols) if col == "overall" else cols.index(col)
+        add([(acts.index(a), j) for a in levels], [1.0] * len(levels), rate * scale[j])
+    bounds = [(0.0, float(scale[j])) for i, j in zip(*np.nonzero(hid), strict=True)]
+    out = {}
+    for i, j in zip(*np.nonzero(hid), strict=True):
+        if j == len(cols):
+            continue
+        c = np.zeros(nv)
+        c[var[i, j]] = 1.0
+        lo = linprog(c, A_eq=np.array(eq_a), b_eq=np.array(eq_b), bounds=bounds)
+        hi = linprog(-c, A_eq=np.array(eq_a), b_eq=np.array(eq_b), bounds=bounds)
+        out[(cols[j], acts[i])] = (lo.fun, -hi.fun)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_hidden_level_rate_is_not_one_minus_the_published_levels(seed) -> None:
+    """A group's levels of one component sum to one. The privacy review's audit hid the rate of
+    5 members' urgent weeks and published routine and semi-urgent beside it: 1 minus the two
+    gave it back (to the last digit). On random panels with 3 home-visit members in group a,
+    an adversary's linear programme over every published rate (episode level, where a group's
+    rate times its episodes is exact) leaves each small hidden cell more than one value."""
+    ds = _three_modality_panel(seed, rare=(3, 0, 0) if seed % 2 else (3, 12, 0))
+    tab = level_rates(ds, group="g", level="episode").loc["behavior"]
+    assert np.isnan(tab.loc[HOME, "a"])
+    ranges = _range_of_hidden(ds, tab)
+    lo, hi = ranges[("a", HOME)]
+    assert hi - lo > 1e-6, (lo, hi)
+    step = level_rates(ds, group="g", level="step").loc["behavior"]
+    hidden = step.loc[["modality=none", "modality=phone", HOME], "a"].isna()
+    assert hidden.sum() >= 2                       # never one hidden level beside the others
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_hidden_level_rate_is_not_the_audited_set_minus_its_published_levels(seed) -> None:
+    """The audit's rate of an action set of several levels is the sum of their level rates: on
+    the privacy review's panel ``--action 'urgency=routine|urgent'`` published big's rate of the
+    set and its routine rate, and hid urgent (4 members' weeks): the difference gave them back.
+    With the set's published rates as one more line, an adversary's linear programme over the
+    audit's rates leaves the 3-member home-visit cell more than one value."""
+    from equicare.fairness import audit
+
+    union = ("modality=none", HOME)
+    ds = _three_modality_panel(seed, rare=(3, 0, 0) if seed % 2 else (3, 12, 0))
+    res = audit(ds, action="modality=none|home_visit", group="g", level="episode", n_boot=0,
+                n_permutations=0, estimator=None)
+    f = res["behavior"].allocation
+    tab = res.level_rates.loc["behavior"]
+    sums = [(union, g, float(f.by_group[g])) for g in f.groups if g not in f.rate_suppressed]
+    if not f.overall_suppressed:
+        sums.append((union, "overall", float(f.overall)))
+    assert np.isnan(tab.loc[HOME, "a"]) and sums
+    lo, hi = _range_of_hidden(ds, tab, sums)[("a", HOME)]
+    assert hi - lo > 1e-6, (lo, hi)

@@ -319,6 +319,44 @@ def _check_action_cells(md: MediationData, min_cell: int) -> None:
             action=int(small[0]), below=min_cell - 1, n=n_ep, min_cell=min_cell))
 
 
+#: A discrete mediator level logged in too few episodes (tests match it).
+MSG_SMALL_MEDIATOR_CELL = (
+    "Mediator level {level} (of {names}) is logged in 1 to {below} of the {n} episodes with a "
+    "transition: the mediator effects would rest on the outcomes of fewer than {min_cell} "
+    "members at that level (a small cell), so none is estimated. Pool the rare level with "
+    "another (recode the mediator column) or choose another mediator.")
+
+
+def _check_mediator_cells(md: MediationData, mediator_type: str, max_levels: int,
+                          min_cell: int) -> None:
+    """Refuse a discrete mediator with a level logged in 1 to ``min_cell - 1`` episodes.
+
+    As :func:`_check_action_cells` for the action: the mediator effects (IME, DME) contrast
+    the outcomes at the mediator's levels, so each level's members are a cell of them (the
+    review's care panel with ``engaged`` = 1 for 7 of 589 members published every effect).
+    A mediator is discrete as :class:`~equicare.causal._basis.MediatorEncoder` decides it
+    (``"discrete"``, or ``"auto"`` with at most ``max_levels`` distinct rows); levels are its
+    distinct rows (all mediator columns together).
+    """
+    m = np.asarray(md.mediators)
+    if m.size == 0:
+        return
+    levels, code = np.unique(m, axis=0, return_inverse=True)
+    if not (mediator_type == "discrete"
+            or (mediator_type == "auto" and levels.shape[0] <= max_levels)):
+        return
+    ep = np.unique(np.stack([code.ravel(), md.episode_index]), axis=1)[0]
+    per_level = np.bincount(ep, minlength=levels.shape[0])
+    small = np.flatnonzero((per_level > 0) & (per_level < min_cell))
+    if small.size:
+        lv = levels[small[0]]
+        level = ", ".join(f"{v:g}" for v in lv)
+        names = ", ".join(md.mediator_names) or "the mediator"
+        raise DataValidationError(MSG_SMALL_MEDIATOR_CELL.format(
+            level=level if lv.size == 1 else f"({level})", names=names, below=min_cell - 1,
+            n=int(np.unique(md.episode_index).size), min_cell=min_cell))
+
+
 @dataclass(frozen=True, kw_only=True)
 class DynamicMediation:
     """Settings of a dynamic mediation analysis; :meth:`estimate` runs it on data.
@@ -368,7 +406,8 @@ class DynamicMediation:
     min_cell : int
         Fewest episodes each action of a binary action must be logged in (when logged at all):
         every effect contrasts the outcomes of the members who got it with the others', so with
-        fewer :meth:`estimate` refuses (:data:`MSG_SMALL_ACTION_CELL`). Below 11 a
+        fewer :meth:`estimate` refuses (:data:`MSG_SMALL_ACTION_CELL`); likewise each level of
+        a discrete mediator (:data:`MSG_SMALL_MEDIATOR_CELL`). Below 11 a
         :class:`~equicare.exceptions.SmallCellWarning` says the output is not privacy-safe.
     n_bootstrap : int
         Cluster-bootstrap replicates (episodes resampled). MR's resample its influence values
@@ -513,6 +552,7 @@ class DynamicMediation:
         md = as_mediation_data(data, check=check)
         _check_fixed_control(control, md.n_actions)
         _check_action_cells(md, self.min_cell)
+        _check_mediator_cells(md, self.mediator_type, self.max_mediator_levels, self.min_cell)
         tp = resolve_policy(target, md, "target")
         cp = resolve_policy(control, md, "control")
         share = {what: float(p.deferred.mean()) if p.deferred.size else 0.0

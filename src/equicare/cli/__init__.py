@@ -41,6 +41,8 @@ from equicare.cli._utils import (
 
 #: The provenance of `synth --sim care|heparin` (garnet's is in its truth.json).
 SYNTH_PROVENANCE = "provenance.json"
+#: A summary count (or share) of 1-10 episodes or rows, or all but 1-10, is not published.
+SMALL_COUNT = "suppressed (1-10, or all but 1-10)"
 
 app = typer.Typer(
     name="equicare",
@@ -377,17 +379,20 @@ def _print_summary(s: dict[str, Any], small: dict[str, set[str]], streamed: bool
         t.add_row("tables' cells", " x ".join(tc["columns"]) + why)
     if "episode_ends" in s:
         ends = s["episode_ends"]
-        t.add_row("episode ends", f"{ends['terminal']:,} terminal, {ends['censored']:,} censored")
+        t.add_row("episode ends", SMALL_COUNT if ends["terminal"] is None else
+                  f"{ends['terminal']:,} terminal, {ends['censored']:,} censored")
     t.add_row("observed action combinations", f"{s['observed_actions']} of {s['n_actions']}")
     for name, pct in s["reward_nonzero_pct"].items():
-        t.add_row(f"reward '{name}' non-zero (weight {s['reward_weights'][name]:g})", f"{pct:.2f}%")
+        t.add_row(f"reward '{name}' non-zero (weight {s['reward_weights'][name]:g})",
+                  SMALL_COUNT if pct is None else f"{pct:.2f}%")
     t.add_row("gamma", f"{s['gamma']:g}")
     if "behavior_prob" in s:
         bp = s["behavior_prob"]
         t.add_row("propensity (11+ rows beyond each end)",
                   f"{bp['p_bottom11']:.3g} to {bp['p_top11']:.3g}")
     if "need_pct" in s:
-        t.add_row("high need", f"{s['need_pct']:.1f}% of episodes")
+        t.add_row("high need", SMALL_COUNT if s["need_pct"] is None
+                  else f"{s['need_pct']:.1f}% of episodes")
     for attr, shown in s["groups"].items():
         cells = ", ".join(  # small levels "<11", their complements "suppressed"
             f"{k} {v:,}" if v is not None else f"{k} <{MIN_CELL}" if k in small.get(attr, ())

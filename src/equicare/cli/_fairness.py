@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -181,7 +182,9 @@ def _ci(ci: tuple[float, float] | None, scale: float = 1.0, digits: int = 2) -> 
 
 
 def audit_tables(res: AuditResult, estimator: str | None = None) -> list[Table]:
-    """Rich tables: allocation rate by group (one column per policy) and a summary per policy.
+    """Rich tables: allocation by group, a summary per policy, proportional parity by group.
+
+    The first and the third have one column per policy; the third only when need is known.
 
     ``estimator`` names the OPE estimator of the "value" columns (default: the audit's). A
     suppressed group's episodes read ``<11`` when it has fewer than ``min_cell`` of them and
@@ -259,7 +262,35 @@ def audit_tables(res: AuditResult, estimator: str | None = None) -> list[Table]:
         t2.add_row(n, gap.strip(), ratio.strip(), p, val.strip(), worst, gini.strip())
     if notes:
         t2.caption = "\n".join(notes)
-    return [t1, t2]
+    if not first.has_need:
+        return [t1, t2]
+    return [t1, t2, _pp_table(res, names)]
+
+
+def _pp_table(res: AuditResult, names: Sequence[str]) -> Table:
+    """Proportional parity by group, one column per policy, as the audit JSON publishes it.
+
+    A group's cell reads ``suppressed`` where the JSON has ``{"suppressed": true}`` (too few
+    episodes with or without need, or a hidden rate) and ``n/a`` where it has no value (the
+    reason is under the parity table).
+    """
+    from rich.table import Table
+
+    first = res.policies[names[0]].allocation
+    t = Table(title=f"Proportional parity by {res.group} (share of the action / share of "
+                    f"need; 1 = in proportion to need)")
+    t.add_column(res.group)
+    for n in names:
+        t.add_column(n, justify="right")
+    pps = {n: res.policies[n].allocation.to_dict()["proportional_parity"] for n in names}
+    for g in (*first.groups, *first.suppressed):
+        cells = []
+        for n in names:
+            e = pps[n][g]
+            cells.append("suppressed" if e.get("suppressed") else "n/a" if e["value"] is None
+                         else f"{_fmt(e['value'])} {_ci(e.get('ci'))}".strip())
+        t.add_row(g, *cells)
+    return t
 
 
 def diagnostics_lines(res: AuditResult) -> list[str]:
@@ -501,7 +532,7 @@ def register(app: typer.Typer) -> None:
             console.print(small_cells_message(list(res.suppressed), min_cell), highlight=False,
                           markup=False, soft_wrap=True)
         pp_hidden = next(iter(res.policies.values())).allocation.pp_suppressed
-        if pp_hidden:  # proportional parity is not in the tables: say it is not published
+        if pp_hidden:  # say why the proportional parity table reads 'suppressed'
             from equicare.fairness._allocation import need_cells_message
 
             console.print(need_cells_message(pp_hidden, min_cell), highlight=False,

@@ -75,6 +75,10 @@ def _refuse_existing(path: Path, force: bool, what: str) -> None:
                               "replace it).")
 
 
+#: predict's note under "Wrote ...": its file is row-level, not a publishable output.
+MSG_ROW_LEVEL = ("This file is row-level data like the panel (one row per panel row, keyed by "
+                 "its episode ids; no small-cell suppression applies): keep it where the panel "
+                 "may be kept, never in a report or a shared folder.")
 #: The note of a tabular learner that ignored the numeric state columns (numeric="ignore").
 MSG_IGNORED_NUMERIC = (
     "note: the {algo} policy ignores the numeric state columns {columns} (numeric='ignore', "
@@ -628,7 +632,9 @@ def register(app: "typer.Typer") -> None:
         current practice; those rows' probabilities are the estimate of practice stored with
         the rules (deployed, the clinicians decide there, as evaluate and audit value them).
         Its provenance (command, settings, inputs' SHA-256) is written beside it, in
-        OUT.provenance.json.
+        OUT.provenance.json. The file is row-level data like the panel (one row per panel row,
+        keyed by its episode ids; no small-cell suppression applies): keep it where the panel
+        may be kept, never in a report or a shared folder.
 
         Example: equicare predict models/awr data/panel.parquet --manifest data/manifest.toml
         --out awr_probs.parquet
@@ -648,6 +654,7 @@ def register(app: "typer.Typer") -> None:
             return
         console.print(f"Wrote {res['out']} ({res['n_rows']:,} rows x {res['n_actions']} "
                       f"actions, {res['form']} form)", highlight=False, markup=False)
+        console.print(MSG_ROW_LEVEL, highlight=False, markup=False)
         from equicare.policy._file import FOLLOWS_PRACTICE
 
         if FOLLOWS_PRACTICE in res:

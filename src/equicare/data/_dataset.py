@@ -545,7 +545,9 @@ class TrajectoryDataset:
         difference set to None (:func:`equicare.privacy.suppress_counts`); the episode lengths
         and the logged propensities give no minimum or maximum (one member's value) but the
         quantiles with at least 11 episodes (rows) beyond them, ``p_bottom11`` and ``p_top11``
-        (:func:`equicare.privacy.tail_range`).
+        (:func:`equicare.privacy.tail_range`); the terminal and censored episode counts, the
+        rewards' non-zero shares of the steps and the share of episodes with need are None
+        when they would give back a count of 1 to 10 (or all but 1 to 10).
         """
         from equicare.data._stream_summary import summary_dict
         from equicare.privacy import tail_range
@@ -560,13 +562,13 @@ class TrajectoryDataset:
             terminal=int(self.n_episodes - self.censored.sum()), n_actions=self.n_actions,
             observed_actions=int((self.action_space.counts(self.actions) > 0).sum()),
             action_components=self.action_space.to_dict(),
-            reward_nonzero_pct={n: float(100.0 * np.mean(self.reward_components[:, j] != 0))
-                                for j, n in enumerate(self.reward_names)},
+            reward_nonzero={n: int(np.count_nonzero(self.reward_components[:, j]))
+                            for j, n in enumerate(self.reward_names)},
             reward_weights=dict(zip(self.reward_names, self.reward_weights.tolist(),
                                     strict=True)),
             gamma=self.gamma, group_counts=self._group_counts(),
             behavior_prob=None if self.behavior_prob is None else tail_range(self.behavior_prob),
-            need_pct=None if self.need is None else float(100.0 * np.mean(self.need)))
+            need_episodes=None if self.need is None else float(np.sum(self.need)))
         if self.categorical is not None and self.categorical.shape[1] > 1:
             from equicare.data._cells import choose_cells
 

@@ -153,18 +153,27 @@ def _tail_range(parts: SummaryParts) -> dict[str, float | None]:
 def summary_dict(*, n_episodes: int, n_steps: int, lengths: NDArray[np.int64],
                  n_features: int, categorical: dict[str, tuple[int, int]] | None,
                  terminal: int, n_actions: int, observed_actions: int,
-                 action_components: dict[str, Any], reward_nonzero_pct: dict[str, float],
+                 action_components: dict[str, Any], reward_nonzero: dict[str, int],
                  reward_weights: dict[str, float], gamma: float,
                  group_counts: dict[str, dict[str, int]],
                  behavior_prob: dict[str, float | None] | None,
-                 need_pct: float | None) -> dict[str, Any]:
+                 need_episodes: float | None) -> dict[str, Any]:
     """The summary's keys, in memory (:meth:`TrajectoryDataset.summary`) and streamed alike.
 
     ``categorical`` maps each categorical column to ``(levels, observed levels)``;
     ``group_counts`` are raw episode counts (small cells are suppressed here);
     ``behavior_prob`` is the published range (:func:`equicare.privacy.tail_range`).
+    ``terminal`` (episodes), ``reward_nonzero`` (rows per reward component) and
+    ``need_episodes`` are raw counts too: with the published episode and step counts a share
+    gives its count back, so a count of 1 to 10 (or all but 1 to 10) is published as None
+    (:func:`equicare.privacy.small_count`): the terminal and censored episodes, a reward
+    component's non-zero share of the steps, the share of episodes with need.
     """
-    from equicare.privacy import suppress_counts, tail_range
+    from equicare.privacy import small_count, suppress_counts, tail_range
+
+    def pct(count: float, total: int) -> float | None:
+        shown = small_count(int(round(count)), int(total))
+        return None if shown is None else float(100.0 * count / max(int(total), 1))
 
     out: dict[str, Any] = {
         "n_episodes": int(n_episodes),
@@ -174,19 +183,20 @@ def summary_dict(*, n_episodes: int, n_steps: int, lengths: NDArray[np.int64],
         "categorical_states": {n: {"levels": lv, "observed": obs}
                                for n, (lv, obs) in categorical.items()}
         if categorical is not None else {},
-        "episode_ends": {"terminal": int(terminal), "censored": int(n_episodes - terminal)},
+        "episode_ends": {"terminal": small_count(int(terminal), int(n_episodes)),
+                         "censored": small_count(int(n_episodes - terminal), int(n_episodes))},
         "n_actions": n_actions,
         "observed_actions": int(observed_actions),
         "action_components": action_components,
-        "reward_nonzero_pct": reward_nonzero_pct,
+        "reward_nonzero_pct": {k: pct(v, n_steps) for k, v in reward_nonzero.items()},
         "reward_weights": reward_weights,
         "gamma": gamma,
         "groups": {g: suppress_counts(c) for g, c in group_counts.items()},
     }
     if behavior_prob is not None:
         out["behavior_prob"] = behavior_prob
-    if need_pct is not None:
-        out["need_pct"] = need_pct
+    if need_episodes is not None:
+        out["need_pct"] = pct(need_episodes, n_episodes)
     return out
 
 
@@ -203,7 +213,6 @@ def stream_summary(parts: SummaryParts, counts: Any, scan: Any) -> dict[str, Any
         The panel scan (episode lengths).
     """
     f = parts.fixed
-    n_rows = max(int(counts.n_rows), 1)
     return summary_dict(
         n_episodes=parts.n_episodes, n_steps=int(counts.n_rows), lengths=scan.lengths,
         n_features=f["n_features"],
@@ -212,10 +221,8 @@ def stream_summary(parts: SummaryParts, counts: Any, scan: Any) -> dict[str, Any
         terminal=parts.terminal, n_actions=f["n_actions"],
         observed_actions=int((counts.action_counts > 0).sum()),
         action_components=f["action_components"],
-        reward_nonzero_pct={n: float(100.0 * (counts.reward_nonzero.get(n, 0) / n_rows))
-                            for n in f["reward_weights"]},
+        reward_nonzero={n: int(counts.reward_nonzero.get(n, 0)) for n in f["reward_weights"]},
         reward_weights=f["reward_weights"], gamma=f["gamma"],
         group_counts={g: dict(sorted(c.items())) for g, c in counts.group_counts.items()},
         behavior_prob=None if parts.bp_low is None else _tail_range(parts),
-        need_pct=None if parts.need_sum is None
-        else float(100.0 * parts.need_sum / max(parts.n_episodes, 1)))
+        need_episodes=parts.need_sum)

@@ -23,6 +23,7 @@ from equicare.data._labels import MSG_MISSING_GROUP, missing_labels
 from equicare.data._manifest import ActionColumn, Manifest
 from equicare.data._stream_summary import SummaryParts
 from equicare.exceptions import DataValidationError, DataWarning
+from equicare.privacy import small_count
 from equicare.utils import MIN_CELL
 
 __all__ = ["ValidationReport", "validate_frame", "encode_actions", "SPARSE_REWARD_PCT",
@@ -100,12 +101,15 @@ def panel_warnings(counts: PanelCounts, manifest: Manifest, source: str) -> list
             "evaluated by importance sampling."
         )
     for r in manifest.reward:
-        pct = 100.0 * counts.reward_nonzero.get(r.name, 0) / max(counts.n_rows, 1)
-        if pct < SPARSE_REWARD_PCT:
+        nz = counts.reward_nonzero.get(r.name, 0)
+        pct = 100.0 * nz / max(counts.n_rows, 1)
+        if pct < SPARSE_REWARD_PCT:  # a share of 1-10 rows gives them back: not shown
+            shown = (f"{pct:.2f}% of rows" if small_count(nz, counts.n_rows) is not None
+                     else f"1 to {MIN_CELL - 1} rows")
             out.append(
                 f"{source}: reward component {r.name!r} (column {r.column!r}) "
-                "is non-zero in only "
-                f"{pct:.2f}% of rows (< {SPARSE_REWARD_PCT:g}%); estimates will be noisy."
+                f"is non-zero in only {shown} (< {SPARSE_REWARD_PCT:g}%); estimates will be "
+                "noisy."
             )
     for g in manifest.groups:
         levels = counts.group_counts.get(g)

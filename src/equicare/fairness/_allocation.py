@@ -35,7 +35,7 @@ from equicare.fairness._rows import (
     row_allocation,
 )
 from equicare.policy import Policy
-from equicare.privacy import share_suppressed, warn_low_min_cell
+from equicare.privacy import share_suppressed, share_table_suppressed, warn_low_min_cell
 from equicare.utils import MIN_CELL, PARAM_MESSAGE, RandomState, check_dataset, check_param
 
 __all__ = ["AllocationFrame", "allocation_rates", "level_rates", "group_sums", "build_frames",
@@ -794,8 +794,22 @@ def allocation_rates(
                         random_state=rng, ci_method=ci_method)[label]
 
 
+def _set_levels(spec: str, actions: Sequence[str]) -> NDArray[np.int64]:
+    """Positions in ``actions`` of the levels of an action set ``"component=a|b"``.
+
+    Empty when ``spec`` is not such a set (a custom mask).
+    """
+    comp, eq, lv = str(spec).partition("=")
+    pos = {str(a): i for i, a in enumerate(actions)}
+    want = [f"{comp.strip()}={v.strip()}" for v in lv.split("|")]
+    if not eq or any(w not in pos for w in want):
+        return np.zeros(0, dtype=np.int64)
+    return np.array([pos[w] for w in want], dtype=np.int64)
+
+
 def level_table(names: Sequence[str], num: NDArray[np.float64], den: NDArray[np.float64],
-                gi: GroupIndex, actions: Sequence[str]) -> pd.DataFrame:
+                gi: GroupIndex, actions: Sequence[str],
+                frames: Mapping[str, AllocationFrame] | None = None) -> pd.DataFrame:
     """Point rates of many action sets by group (array level).
 
     Parameters
@@ -808,30 +822,50 @@ def level_table(names: Sequence[str], num: NDArray[np.float64], den: NDArray[np.
     gi : GroupIndex
     actions : sequence of str
         Names of the ``L`` action sets.
+    frames : mapping of str to AllocationFrame, optional
+        The audit's frames of the same policies: a group's published rate of the audited set
+        (when it is a union of levels) is the sum of its levels' rates, so its levels are
+        completed as a line too.
 
     Returns
     -------
     pandas.DataFrame
         Index ``(policy, action)``; one column per published group plus ``"overall"``. A rate
         of too few members (as :attr:`AllocationFrame.rate_suppressed` and
-        :attr:`AllocationFrame.overall_suppressed`) is NaN.
+        :attr:`AllocationFrame.overall_suppressed`) is NaN, and so are the rates that would
+        give it back: a group's levels of one component (``actions`` named
+        ``"component=level"``) sum to one
+        (:func:`equicare.privacy.share_table_suppressed`).
     """
     h = gi.one_hot()
     d = h.T @ den                                    # (G,)
-    blocks = []
+    comp = [str(a).split("=", 1)[0] for a in actions]
+    blocks = [np.flatnonzero(np.asarray(comp) == c) for c in dict.fromkeys(comp)]
+    tables = []
     for j, pname in enumerate(names):
         a = h.T @ num[j]                             # (G, L)
         with np.errstate(divide="ignore", invalid="ignore"):
             rates, overall = a / d[:, None], a.sum(axis=0) / d.sum()
+        hidden = np.zeros(rates.shape, dtype=bool)
+        total_hidden = np.zeros(len(actions), dtype=bool)
         for lv, (cols, total) in enumerate(_rates_hidden(actions, num[j], den, gi).values()):
-            rates[cols, lv] = np.nan                 # too few members: not published
-            overall[lv] = np.nan if total else overall[lv]
+            hidden[cols, lv], total_hidden[lv] = True, total
+        # a group's levels of one component sum to one: complete those lines too
+        sums = []
+        if frames is not None and (f := frames.get(pname)) is not None:
+            known = [g not in f.rate_suppressed for g in gi.labels] + [not f.overall_suppressed]
+            sums.append((_set_levels(f.action, actions), np.array(known, dtype=bool)))
+        hidden, total_hidden = share_table_suppressed(num[j], den, gi.codes, gi.n_groups,
+                                                      blocks, hidden, total_hidden, gi.min_cell,
+                                                      sums)
+        rates[hidden] = np.nan                       # too few members: not published
+        overall[total_hidden] = np.nan
         tab = pd.DataFrame(rates.T, columns=list(gi.labels))
         tab["overall"] = overall
         tab.index = pd.MultiIndex.from_product([[pname], list(actions)],
                                                names=["policy", "action"])
-        blocks.append(tab)
-    out = pd.concat(blocks)
+        tables.append(tab)
+    out = pd.concat(tables)
     out.columns.name = gi.name
     return out
 

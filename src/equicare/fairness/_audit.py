@@ -539,7 +539,7 @@ class FairnessAudit:
                     bar.update(advance=1, info=name)
         levels = None
         if self.with_level_rates:
-            levels = level_table(names, np.stack(lnums), den, gi, level_names)
+            levels = level_table(names, np.stack(lnums), den, gi, level_names, frames)
         return AuditResult(group=gname, action=spec, n_episodes=gi.n_kept,
                            policies={k: PolicyAudit(k, frames[k], outcomes[k], diags[k],
                                                     q_models[k])

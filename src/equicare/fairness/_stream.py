@@ -660,7 +660,7 @@ def audit_stream(
     levels = None
     if cfg.with_level_rates:
         levels = level_table(names, np.concatenate(part.ep_lnum, axis=1), den_all, gi,
-                             part.level_names)
+                             part.level_names, frames)
     return AuditResult(group=gname, action=spec, n_episodes=gi.n_kept,
                        policies={k: PolicyAudit(k, frames[k], outcomes[k], diags[k],
                                                 q_models.get(k))

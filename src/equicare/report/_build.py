@@ -387,7 +387,8 @@ def build_run_report(
             ("gamma", f"{data['gamma']:g}"),
         ]
         rows += [
-            (f"reward '{k}' non-zero", f"{v:.2f}% of steps")
+            (f"reward '{k}' non-zero", "suppressed (1-10, or all but 1-10)" if v is None
+             else f"{v:.2f}% of steps")
             for k, v in data["reward_nonzero_pct"].items()
         ]
         rep.table(pd.DataFrame(rows, columns=["item", "value"]), n_col=None)
