@@ -424,3 +424,20 @@ def test_the_frontier_table_names_each_worst_group():
     console.print(frontier_table(res))
     text = console.export_text()
     assert "27.359 [24.600, 32.100] (Hispanic)" in text and "30.447 (Black)" in text
+
+
+def test_the_note_under_the_audit_table_gives_each_group_its_own_reason():
+    """A SPIBB policy on a care panel: 18-34's weights were all 0, the other three age bands'
+    had an effective sample size of 1-3; the note read "no value for 18-34, 35-49, 50-64, 65+
+    (...), every episode's importance weight is 0 ..." for all four, which the audit JSON's
+    reasons contradict."""
+    from equicare.cli._fairness import undefined_values_line
+
+    zero = "every episode's importance weight is 0, so the self-normalised estimate is undefined"
+    ess = "not published: the group's importance weights have an effective sample size below 11"
+    line = undefined_values_line("m_spibb", {"18-34": zero, "35-49": ess, "50-64": ess,
+                                             "65+": ess})
+    assert line == ("m_spibb: no value for 18-34, 35-49, 50-64, 65+ (left out of the worst "
+                    f"group and Gini); 18-34: {zero}; 35-49, 50-64, 65+: {ess}")
+    assert undefined_values_line("p", {"a": ess, "b": ess}) == (
+        f"p: no value for a, b (left out of the worst group and Gini), {ess}")

@@ -454,6 +454,26 @@ def test_text_among_numbers_counts_and_shows_the_rows_that_are_not_numbers(frame
                    "column 'risk' (state) is empty in 1 row (first: 5; 0-based data rows).")
 
 
+def test_a_component_left_empty_where_it_does_not_apply_says_how_to_fill_it(frame,
+                                                                             manifest_dict):
+    """A care export leaves provider, goal and urgency blank on no-contact weeks (80% of rows);
+    the error said only 'is empty in 90,094 rows; expected one of [...]'."""
+    frame["urgency"] = frame["urgency"].astype(object)
+    none = frame["modality"] == "none"
+    frame.loc[none, "urgency"] = None
+    err = str(assert_invalid(frame, manifest_dict,
+                             "column 'urgency' (action component 'urgency') is empty in "))
+    assert ("; expected one of ['routine', 'urgent']. These are the rows where 'modality' is "
+            "'none'; a component that does not apply there still needs a level: fill those "
+            "cells with one fixed level (e.g. df['urgency'] = df['urgency'].fillna('routine')) "
+            "or add a level saying so (e.g. 'none') to its levels in the manifest.") in err
+    frame.loc[~none, "urgency"] = None  # empty on other rows too: no claim about where
+    err = str(assert_invalid(frame, manifest_dict, "; expected one of ['routine', 'urgent']. "
+                             "A component that does not apply on some rows still needs a "
+                             "level: fill those cells"))
+    assert "is 'none'" not in err
+
+
 def test_a_missing_action_label_is_reported_as_empty_not_nan(frame, manifest_dict):
     frame["modality"] = frame["modality"].astype(object)
     frame.loc[[2, 4], "modality"] = None

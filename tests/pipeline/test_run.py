@@ -72,6 +72,10 @@ def test_run_writes_report_and_records_the_run(tmp_path):
     ):
         assert needle in html, needle
     assert "&quot;share_pct&quot;" not in html  # support is a table, not a JSON dump
+    # the mediation section says what a0=0 is (the run's resolved action set) and the scale
+    med = json.loads((d / "mediation.json").read_text())
+    assert med["action"] == "modality=phone|text|video|home_visit"
+    assert "Control a0=0: never modality=phone|text|video|home_visit." in html
     card = json.loads((d / "card" / "policy_card.json").read_text())
     assert card["tree"]["depth"] <= 2 and (d / "card" / "policy_card.html").is_file()
     result = json.loads((d / "result.json").read_text())

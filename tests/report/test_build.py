@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from equicare.report._build import config_frame, q_model_sentence, support_frame
@@ -422,3 +424,34 @@ def test_estimated_propensity_warnings_are_a_note_under_policy_value(tmp_path, k
     (tmp_path / "result.json").write_text(json.dumps(result))
     page = html.unescape(build_run_report(tmp_path, figure_copies=False).render())
     assert msg[:40] not in page
+
+
+def test_mediation_section_says_what_is_compared_and_on_what_scale():
+    """A care run's report showed a bare table (dm ide -15.53, ...): no policy or control, no
+    word that a0=0 meant "never any contact" nor that effects are long-run average rewards per
+    step (not the discounted returns of Policy value), and empty CI cells with no reason,
+    while `equicare mediate` prints all of it under its table."""
+    from equicare.causal._result import (
+        EFFECT_KEYS,
+        MEDIATION_UNITS,
+        EffectEstimate,
+        EstimatorResult,
+        MediationResult,
+    )
+    from equicare.report._build import mediation_sentence
+
+    note = "no standard error or CI: a continuous mediator is not batched; use mr's"
+    res = MediationResult(
+        n_episodes=1983, n_steps=50109, control="a0=0", target="awr",
+        action="modality=phone|text|home_visit",
+        estimators={"dm": EstimatorResult({k: EffectEstimate(0.1) for k in EFFECT_KEYS}, {},
+                                          note),
+                    "mr": EstimatorResult({k: EffectEstimate(0.1, 0.01, (0.08, 0.12))
+                                           for k in EFFECT_KEYS}, {})})
+    med = json.loads(res.to_json())  # the run folder's mediation.json
+    assert med["action"] == "modality=phone|text|home_visit"
+    text = mediation_sentence(med)
+    assert text.startswith("awr against the control a0=0 on 1,983 held-out episodes "
+                           "(50,109 transitions)")
+    assert MEDIATION_UNITS + " Control a0=0: never modality=phone|text|home_visit." in text
+    assert f"dm: {note}." in text and "mr:" not in text

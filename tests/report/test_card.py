@@ -299,3 +299,30 @@ def test_page_lists_every_level_of_a_long_set(card):
     full = page.split("Complete lists of levels")[1]
     assert (f"rule {r0['rule']}: state is one of these 30 levels: {', '.join(levels)}"
             in full)
+
+
+def test_values_in_the_thousands_read_without_an_exponent(card):
+    """A care panel's values (discounted cost avoidance, ~1,573 per member) read
+    '1.57e+03 [1.51e+03, 1.63e+03]' in the card's Evidence and frontier tables."""
+    def scale(o):
+        if isinstance(o, dict):
+            return {k: (v * 1000 if k in ("value", "worst_group_value")
+                        and isinstance(v, float) else
+                        [c * 1000 for c in v] if k == "ci" and isinstance(v, list)
+                        and None not in v else scale(v)) for k, v in o.items()}
+        if isinstance(o, list):
+            return [scale(v) for v in o]
+        return o
+
+    d = card.to_dict()
+    d["evidence"]["value"] = scale(d["evidence"]["value"])
+    d["frontier"] = scale(d["frontier"])
+    html = build_card_report(d).render()
+    assert not re.search(r"\de\+0\d", html)
+    from equicare.report._card import card_number
+
+    dr = d["evidence"]["value"]["rules"]["dr"]
+    assert (f"{card_number(dr['value'])} [{card_number(dr['ci'][0])}, "
+            f"{card_number(dr['ci'][1])}]") in html
+    assert card_number(1573.449) == "1,573" and card_number(-2540.6) == "-2,541"
+    assert card_number(0.01234) == "0.0123" and card_number(157.34) == "157"

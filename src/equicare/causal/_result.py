@@ -9,12 +9,16 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["EffectEstimate", "EstimatorResult", "MediationResult", "ETA_KEYS", "EFFECT_KEYS"]
+__all__ = ["EffectEstimate", "EstimatorResult", "MediationResult", "ETA_KEYS", "EFFECT_KEYS",
+           "MEDIATION_UNITS"]
 
 #: Keys of the five long-run average rewards (Contract 6).
 ETA_KEYS = ("pi_e", "pi_e_a0", "pi_e_a0star", "G", "a0")
 #: Keys of the effects (Contract 6).
 EFFECT_KEYS = ("ide", "ime", "dde", "dme", "total")
+#: What the effects of a mediation table are differences of (tests match it).
+MEDIATION_UNITS = ("Effects are differences of long-run average reward per step (eta, "
+                   "docs/mediation.md), not of the discounted returns evaluate reports.")
 
 
 def _num(x: float | None) -> float | None:
@@ -88,6 +92,10 @@ class MediationResult:
     deferred_share : dict of str to float or None
         Share of the transitions whose state each policy that can defer (``"target"``,
         ``"control"``) leaves to current practice; None when none can.
+    action : str or None
+        The action set a multi-level action was collapsed to (``mediate --action``, the run's
+        ``[mediation] action``), e.g. ``"modality=home_visit"``: the fixed control ``a0=0``
+        is "never" it. None when the actions were not collapsed.
     """
 
     n_episodes: int
@@ -99,6 +107,7 @@ class MediationResult:
     settings: dict[str, Any] = field(default_factory=dict)
     usual_care: str | None = None
     deferred_share: dict[str, float] | None = None
+    action: str | None = None
 
     def __getitem__(self, estimator: str) -> EstimatorResult:
         return self.estimators[estimator]
@@ -110,6 +119,7 @@ class MediationResult:
         """
         out: dict[str, Any] = {"n_episodes": int(self.n_episodes), "n_steps": int(self.n_steps),
                                "control": self.control, "target": self.target,
+                               "action": self.action,
                                "usual_care": self.usual_care,
                                "deferred_share": (None if self.deferred_share is None else
                                                   {k: float(v) for k, v
@@ -131,7 +141,26 @@ class MediationResult:
                    estimators={k: EstimatorResult.from_dict(v)
                                for k, v in d["estimators"].items()},
                    ess=dict(d.get("ess") or {}), usual_care=d.get("usual_care"),
-                   deferred_share=d.get("deferred_share"))
+                   deferred_share=d.get("deferred_share"), action=d.get("action"))
+
+    def caption(self) -> str:
+        """What the effects are, for a reader of a table of them (terminal, run report).
+
+        :data:`MEDIATION_UNITS`; the fixed control read as "never"/"always" the collapsed
+        action set when there is one (``"Control a0=0: never modality=home_visit."``); and each
+        distinct estimator note once, with the estimators it concerns (``"dm, mis: no standard
+        error or CI: ..."``).
+        """
+        fixed = {"a0=0": "never", "a0=1": "always"}.get(str(self.control))
+        text = MEDIATION_UNITS + (f" Control {self.control}: {fixed} {self.action}."
+                                  if fixed and self.action else "")
+        noted: dict[str, list[str]] = {}
+        for name, est in self.estimators.items():
+            if est.note:
+                noted.setdefault(est.note, []).append(name)
+        for note, names in noted.items():
+            text += f" {', '.join(names)}: {note}."
+        return text
 
     def to_frame(self) -> pd.DataFrame:
         """One row per (estimator, effect): ``estimator, effect, value, se, ci_low, ci_high``."""

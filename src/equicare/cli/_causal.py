@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -25,7 +26,7 @@ from equicare.causal._dynamic import (
     TooManyFeaturesError,
     coarser_bases,
 )
-from equicare.causal._result import EFFECT_KEYS, MediationResult
+from equicare.causal._result import EFFECT_KEYS, MEDIATION_UNITS, MediationResult
 from equicare.cli._choices import Basis, UsualCare
 from equicare.cli._utils import (
     OUT_EXISTS,
@@ -39,7 +40,7 @@ from equicare.cli._utils import (
 from equicare.exceptions import DataValidationError, InvalidParameterError
 
 __all__ = ["mediate_dataset", "mediate_path", "policy_from_file", "write_result",
-           "mediation_table", "register", "parse_control", "parse_estimators"]
+           "mediation_table", "register", "parse_control", "parse_estimators", "MEDIATION_UNITS"]
 
 #: A fixed control on a multi-level action (tests match it).
 CONTROL_NEEDS_ACTION = ("--control {control} is a fixed action, which needs a binary action, but "
@@ -198,9 +199,10 @@ def mediate_dataset(ds: Any, target: Any, control: Any = 0, *,
                 return policy_probs(p, str(getattr(p, "name", None) or default), ds, md, mask)
             return p
 
-        return cfg.estimate(md, as_policy(target, "target"),
-                            as_policy(control, "control policy"), random_state=random_state,
-                            progress=progress)
+        res = cfg.estimate(md, as_policy(target, "target"),
+                           as_policy(control, "control policy"), random_state=random_state,
+                           progress=progress)
+        return dataclasses.replace(res, action=action)
     except FewTransitionsError as err:
         raise DataValidationError(err.render(_few_transitions_advice(
             err, ds, action, n_folds))) from None
@@ -242,11 +244,6 @@ def write_result(result: MediationResult, out: str | os.PathLike[str], *, force:
     return p
 
 
-#: What the effects of the mediation table are differences of (tests match it).
-MEDIATION_UNITS = ("Effects are differences of long-run average reward per step (eta, "
-                   "docs/mediation.md), not of the discounted returns evaluate reports.")
-
-
 def mediation_table(result: MediationResult, action: str | None = None) -> Any:
     """Rich table: one row per estimator and effect, with SE and CI.
 
@@ -261,15 +258,7 @@ def mediation_table(result: MediationResult, action: str | None = None) -> Any:
 
     t = Table(title=f"Mediation: {result.target} vs {result.control} ({result.n_episodes} "
                     f"episodes, {result.n_steps} transitions)")
-    fixed = {"a0=0": "never", "a0=1": "always"}.get(str(result.control))
-    t.caption = MEDIATION_UNITS + (f" Control {result.control}: {fixed} {action}."
-                                   if fixed and action else "")
-    noted: dict[str, list[str]] = {}
-    for name, est in result.estimators.items():
-        if est.note:
-            noted.setdefault(est.note, []).append(name)
-    for note, names in noted.items():       # "dm, mis: no standard error or CI: ..."
-        t.caption += f" {', '.join(names)}: {note}."
+    t.caption = (dataclasses.replace(result, action=action) if action else result).caption()
     for col in ("estimator", "effect", "value", "se", "95% CI"):
         t.add_column(col, justify="left" if col in ("estimator", "effect") else "right")
     for name, est in result.estimators.items():

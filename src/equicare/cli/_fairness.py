@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -43,7 +43,8 @@ from equicare.cli._utils import (
 from equicare.fairness._rows import action_label
 
 __all__ = ["parse_policy_specs", "load_policies", "run_audit", "run_frontier", "audit_tables",
-           "diagnostics_lines", "q_model_line", "frontier_table", "register"]
+           "diagnostics_lines", "q_model_line", "frontier_table", "register",
+           "undefined_values_line"]
 
 OUT_EXISTS = "{path} exists; refusing to overwrite it (pass --force to replace it)."
 
@@ -254,8 +255,7 @@ def audit_tables(res: AuditResult, estimator: str | None = None) -> list[Table]:
             if o.overall_reason is not None:
                 notes.append(f"{n}: value n/a, {o.overall_reason}")
             if o.undefined:
-                notes.append(f"{n}: no value for {', '.join(o.undefined)} (left out of the "
-                             f"worst group and Gini), {next(iter(o.undefined.values()))}")
+                notes.append(undefined_values_line(n, o.undefined))
         else:
             val = worst = gini = "-"
         notes += pp_undefined_lines(a)
@@ -291,6 +291,25 @@ def _pp_table(res: AuditResult, names: Sequence[str]) -> Table:
                          else f"{_fmt(e['value'])} {_ci(e.get('ci'))}".strip())
         t.add_row(g, *cells)
     return t
+
+
+def undefined_values_line(policy: str, undefined: Mapping[str, str]) -> str:
+    """The note under the audit table for a policy's group values that read n/a.
+
+    ``undefined`` maps each such group to its reason (``OutcomeFrame.undefined``). With one
+    reason the groups share it; with several each reason follows its own groups: a policy whose
+    weights are 0 in one group and of an effective sample size below 11 in three others read
+    "every episode's importance weight is 0" for all four.
+    """
+    by_reason: dict[str, list[str]] = {}
+    for group, why in undefined.items():
+        by_reason.setdefault(why, []).append(group)
+    head = (f"{policy}: no value for {', '.join(undefined)} (left out of the worst group and "
+            "Gini)")
+    if len(by_reason) == 1:
+        return f"{head}, {next(iter(by_reason))}"
+    return head + "; " + "; ".join(f"{', '.join(groups)}: {why}"
+                                   for why, groups in by_reason.items())
 
 
 def diagnostics_lines(res: AuditResult) -> list[str]:

@@ -11,7 +11,7 @@ import datetime
 import os
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -304,6 +304,13 @@ MSG_MISSING_REWARD = (
     " A reward recorded on some rows only (an outcome on the episode's last row) is 0 on the "
     "others: fill them, e.g. df[{column!r}] = df[{column!r}].fillna(0).")
 
+#: What to do about an action component left empty where it does not apply (no contact has no
+#: provider): every row needs a level of every component.
+MSG_EMPTY_COMPONENT = (
+    " {where} still needs a level: fill those cells with one fixed level (e.g. "
+    "df[{column!r}] = df[{column!r}].fillna({level!r})) or add a level saying so (e.g. "
+    "'none') to its levels in the manifest.")
+
 #: Dates of an episode further apart than the panel's usual spacing (a pause, a re-enrolment).
 MSG_DATE_GAPS = (
     "{source}: gaps in column {time!r} (dates) within an episode at {rows}: each of these rows "
@@ -314,6 +321,22 @@ MSG_DATE_GAPS = (
 #: What to do about gaps before numbering rows (a pause is not the next step).
 GAP_ADVICE = ("first give each enrolment its own episode id and decide what a pause is (add "
               "rows for its missing {unit}s, or split the episode there).")
+
+
+def _empty_component_hint(manifest: Manifest, a: ActionColumn, empty: NDArray[np.bool_],
+                          earlier: Sequence[NDArray[np.int64]]) -> str:
+    """:data:`MSG_EMPTY_COMPONENT` for an action component empty on some rows.
+
+    When every empty row has the first component at its first level (``modality = 'none'``:
+    no contact, hence no provider), the message names that level, as where the component does
+    not apply.
+    """
+    first = manifest.actions[0]
+    where = "A component that does not apply on some rows"
+    if a is not first and earlier and (earlier[0][empty] == 0).all():
+        where = (f"These are the rows where {first.column!r} is {first.levels[0]!r}; a "
+                 "component that does not apply there")
+    return MSG_EMPTY_COMPONENT.format(where=where, column=a.column, level=str(a.levels[0]))
 
 
 #: The example row a message shows after its rows (``(row 5: 2024-01-01, object values)``):
@@ -726,13 +749,14 @@ def validate_frame(
             )
 
     # ---- actions
-    acodes = []
+    acodes: list[NDArray[np.int64]] = []
     for a in manifest.actions:
         codes = encode_actions(df[a.column], a)
         empty_a = df[a.column].isna().to_numpy()
         if empty_a.any():
             err(f"{source}: column {a.column!r} (action component {a.name!r}) is empty in "
-                f"{_rows(empty_a)}; expected one of {list(a.levels)}.")
+                f"{_rows(empty_a)}; expected one of {list(a.levels)}."
+                + _empty_component_hint(manifest, a, empty_a, acodes))
         bad_a = (codes < 0) & ~empty_a
         if bad_a.any():
             seen = pd.unique(df[a.column][bad_a])[:_SHOW]

@@ -7,6 +7,7 @@ marks it ``interrupted``; an exception marks it ``failed`` (earlier runs are nev
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import traceback
@@ -635,9 +636,9 @@ def _stage_mediation(
     target = PolicyProbs(
         probs=probs[rows], next_probs=probs[binary.next_index[rows]], name=state["learner_name"]
     )
-    res = DynamicMediation(n_bootstrap=m["bootstrap"]).estimate(
+    res = dataclasses.replace(DynamicMediation(n_bootstrap=m["bootstrap"]).estimate(
         binary, target, control=0, random_state=seed
-    )
+    ), action=state["mediation_action"])
     state["mediation"] = res
     _write_json(out / "mediation.json", res.to_dict())
     mr = res.to_dict()["estimators"].get("mr", {})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -39,12 +39,41 @@ _BATCH_ROWS = 65_536
 _CSV_CELL_BYTES = 8
 
 
-def read_policy_file(path: str | os.PathLike[str]) -> pd.DataFrame:
-    """Read a policy file (Parquet or CSV) into a DataFrame."""
+def read_policy_file(path: str | os.PathLike[str], labels: Sequence[str] = ()) -> pd.DataFrame:
+    """Read a policy file (Parquet or CSV) into a DataFrame.
+
+    Parameters
+    ----------
+    path : str or Path
+        ``.parquet``/``.pq`` or ``.csv``.
+    labels : sequence of str, optional
+        Columns of a CSV file holding labels (the episode id): read as text, then
+        :func:`~equicare.data._labels.text_labels`, as the panel reader reads them (Contract 1,
+        "Labels are read as written": ``"000123"`` stays ``"000123"``, ``"101"`` is ``101``).
+        Parquet files keep their column types.
+    """
     p = _checked_path(path)
     if p.suffix.lower() in (".parquet", ".pq"):
         return pd.read_parquet(p)
-    return pd.read_csv(p)
+    return _csv_labels(pd.read_csv(p, dtype=_text_dtypes(p, labels)), labels)
+
+
+def _text_dtypes(p: Path, labels: Sequence[str]) -> dict[str, type[str]]:
+    """``read_csv``'s ``dtype``: the label columns the file has, as text."""
+    if not labels:
+        return {}
+    header = [str(c) for c in pd.read_csv(p, nrows=0).columns]
+    return {c: str for c in labels if c in header}
+
+
+def _csv_labels(df: pd.DataFrame, labels: Sequence[str]) -> pd.DataFrame:
+    """The label columns of a CSV frame read as text, as written (:func:`text_labels`)."""
+    from equicare.data._labels import text_labels
+
+    for c in labels:
+        if c in df.columns:
+            df[c] = text_labels(df[c])
+    return df
 
 
 #: Policy files already checked (:func:`_check_csv_text`, :func:`_check_parquet`), keyed by
@@ -245,13 +274,16 @@ class FilePolicy:
                  else _LONG_WIDTH)
         return int(self._pfile().metadata.num_rows) * max(1, width) <= utils.ROW_BLOCK_ELEMENTS
 
-    def _df(self) -> pd.DataFrame:
-        """The whole table (frames, CSV files and small Parquet files)."""
+    def _df(self, labels: tuple[str, ...] = ()) -> pd.DataFrame:
+        """The whole table (frames, CSV files and small Parquet files).
+
+        ``labels``: the columns a CSV file holds labels in (the episode id), read as written.
+        """
         def make() -> pd.DataFrame:
             if self.frame is not None:
                 return self.frame
-            return read_policy_file(self.path)  # type: ignore[arg-type]
-        return self._cached("df", make)
+            return read_policy_file(self.path, labels)  # type: ignore[arg-type]
+        return self._cached(("df", labels), make)
 
     @property
     def form(self) -> Literal["long", "wide"]:
@@ -285,11 +317,18 @@ class FilePolicy:
                               "of actions is the dataset's.")
         return int(max((c.max() for c in cols if len(c)), default=-1)) + 1
 
-    def _csv_batches(self, usecols: list[str] | None = None) -> Iterable[pd.DataFrame]:
-        """The CSV file in consecutive frames of at most ``_BATCH_ROWS`` rows (one pass)."""
-        with pd.read_csv(_checked_path(self.path), usecols=usecols,  # type: ignore[arg-type]
+    def _csv_batches(self, usecols: list[str] | None = None, labels: tuple[str, ...] = ()
+                     ) -> Iterable[pd.DataFrame]:
+        """The CSV file in consecutive frames of at most ``_BATCH_ROWS`` rows (one pass).
+
+        ``labels``: columns holding labels (the episode id), read as written, as
+        :func:`read_policy_file` reads them.
+        """
+        p = _checked_path(self.path)  # type: ignore[arg-type]
+        with pd.read_csv(p, usecols=usecols, dtype=_text_dtypes(p, labels),
                          chunksize=_BATCH_ROWS) as reader:
-            yield from reader
+            for batch in reader:
+                yield _csv_labels(batch, labels)
 
     def _layout(self, ep_col: str, t_col: str, labels: list[str]) -> _Layout:
         """Check the key and probability columns against the dataset's actions (no rows read)."""
@@ -352,7 +391,7 @@ class FilePolicy:
         pieces: list[pd.DataFrame] = []
         rows: list[NDArray[np.int64]] = []
         start = 0
-        for batch in self._csv_batches():
+        for batch in self._csv_batches(labels=(ep_col,)):
             if ep_col not in batch.columns:  # the layout check names it first
                 break
             hit = np.flatnonzero(batch[ep_col].isin(want).to_numpy())
@@ -421,7 +460,7 @@ class FilePolicy:
                  labels: list[str]) -> _Indexed:
         """The indexed rows serving ``dataset``: the whole file once, else its episodes' rows."""
         if self._whole():
-            df = self._df()
+            df = self._df((ep_col,))
             return self._cached(  # type: ignore[no-any-return]
                 ("index", ep_col, t_col, tuple(labels)),
                 lambda: _index(df, np.arange(len(df), dtype=np.int64), ep_col, t_col, layout,

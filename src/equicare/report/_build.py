@@ -241,6 +241,22 @@ def permutation_not_run(audit: dict[str, Any]) -> str:
     return f"permutation_p: not run: {why}."
 
 
+def mediation_sentence(med: dict[str, Any]) -> str:
+    """What the run's mediation table compares, on what scale, and why some CIs are missing.
+
+    ``med`` is the run's ``mediation.json`` (Contract 6): the target against the control on the
+    held-out episodes, then :meth:`~equicare.causal.MediationResult.caption` (the effects'
+    units, the fixed control read as "never" the action set, the estimators' notes), as
+    ``equicare mediate`` prints it under its table.
+    """
+    from equicare.causal._result import MediationResult
+
+    res = MediationResult.from_dict(med)
+    return (f"{res.target} against the control {res.control} on {res.n_episodes:,} held-out "
+            f"episodes ({res.n_steps:,} transitions), through the manifest's mediators. "
+            + res.caption())
+
+
 def _load(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -616,6 +632,7 @@ def build_run_report(
     med = _load(d / "mediation.json")
     if med:
         rep.section("Mediation")
+        rep.text(mediation_sentence(med))
         rows = []
         for est, r in med.get("estimators", {}).items():
             for eff in ("ide", "ime", "dde", "dme", "total"):

@@ -122,6 +122,17 @@ def frontier_caption(card: Mapping[str, Any]) -> str:
     return line + "."
 
 
+def card_number(x: float) -> str:
+    """A number of the card: 3 significant digits, but never an exponent for 1,000 or more.
+
+    A care panel's values (discounted cost avoidance over half a year) read ``1.57e+03
+    [1.51e+03, 1.63e+03]`` with ``.3g``; they read ``1,573 [1,510, 1,630]`` here.
+    """
+    if np.isfinite(x) and abs(x) >= 1000:
+        return f"{x:,.0f}"
+    return f"{x:.3g}"
+
+
 def _ci(cell: Mapping[str, Any] | None) -> str:
     if cell and cell.get("reason") is not None and not cell.get("suppressed"):
         return "n/a"  # an estimate that cannot be computed (e.g. WIS with every weight 0)
@@ -129,8 +140,8 @@ def _ci(cell: Mapping[str, Any] | None) -> str:
         return ""
     ci = cell.get("ci") or [None, None]
     if ci[0] is None:
-        return f"{cell['value']:.3g}"
-    return f"{cell['value']:.3g} [{ci[0]:.3g}, {ci[1]:.3g}]"
+        return card_number(cell["value"])
+    return f"{card_number(cell['value'])} [{card_number(ci[0])}, {card_number(ci[1])}]"
 
 
 def build_card_report(card: Mapping[str, Any], *, figure_dir: Path | None = None) -> Report:
@@ -248,7 +259,7 @@ def build_card_report(card: Mapping[str, Any], *, figure_dir: Path | None = None
         row["parity ratio"] = _ci(p.get("parity_ratio"))
         wg = p.get("worst_group")
         row["worst group (value)"] = ("" if wg is None else
-                                      f"{wg} ({p['worst_group_value']:.3g})")
+                                      f"{wg} ({card_number(p['worst_group_value'])})")
         table.append(row)
     rep.table(pd.DataFrame(table), caption=f"Evidence by policy (groups: "
               f"{fair.get('group', absent)})", n_col=None)
@@ -283,11 +294,15 @@ def build_card_report(card: Mapping[str, Any], *, figure_dir: Path | None = None
                "Left: agreement of the most likely actions and 1 - total variation on held-out "
                "episodes, by number of rules (depth d1-d6). Right: estimated value of the rules "
                "with 95% intervals; the source policy (dashed) and current practice (dotted).")
+    def bound(x: float | None) -> str:
+        return "" if x is None else card_number(x)
+
     fr = pd.DataFrame([{"depth": r["depth"], "rules": r["n_rules"], "agreement": r["agreement"],
                         "total variation": r["tv"],
-                        f"value ({r['estimator']})": "n/a" if r["value"] is None else r["value"],
-                        "ci low": (r["ci"] or [None, None])[0],
-                        "ci high": (r["ci"] or [None, None])[1],
+                        f"value ({r['estimator']})": "n/a" if r["value"] is None else
+                        card_number(r["value"]),
+                        "ci low": bound((r["ci"] or [None, None])[0]),
+                        "ci high": bound((r["ci"] or [None, None])[1]),
                         "rarely taken %": r["support_pct"]} for r in card["frontier"]])
     rep.table(fr, caption=frontier_caption(card), n_col=None, floatfmt="{:.3g}")
 
