@@ -85,13 +85,18 @@ def test_studentized_gain_bound_is_wider_where_weights_are_heavy() -> None:
     assert SelectConfig(multiplicity="none").n_boot == 200
 
 
-def test_censored_stays_run_evaluates_censoring_check() -> None:
+def test_censored_stays_run_evaluates_censoring_check(capsys: pytest.CaptureFixture[str]
+                                                     ) -> None:
     """On censored stays the selection runs evaluate's censoring check of the stationary
-    table for every candidate, records it in the settings (selection.json) and warns.
+    table for every candidate and records it in the settings (selection.json). With the
+    default Q-model, a candidate the check warns for is valued with the window table of the
+    same cells, as evaluate's ``auto`` does; with the stationary table named, it warns.
 
     The panel: outcomes at the end of a stay, every stay cut at 10 steps (about 18% censored;
     tests/ope/test_censoring.py), where the stationary table is 5-8% below the window table
-    in both halves (4-6 standard errors)."""
+    in both halves (4-6 standard errors). Before the switch the default selection kept its
+    stationary values there (a care panel with 75% censored stays valued a candidate at
+    3,113 [2,521, 3,706] against a simulated truth of about 1,756)."""
     import sys
     from pathlib import Path
 
@@ -99,14 +104,40 @@ def test_censored_stays_run_evaluates_censoring_check() -> None:
     from tests.ope.test_censoring import panel
 
     cds = panel(1000, 10, seed=1)
+    named = SelectConfig(neural=(), seed=1, q_model="tabular_stationary")
     with pytest.warns(DataWarning, match="censored stays .* pvi_b1_k20_t0.1"):
-        res = select_policy(cds, SelectConfig(neural=(), seed=1))
-    cens = res.settings["censoring"]
+        warned = select_policy(cds, named)
+    cens = warned.settings["censoring"]
     assert len(cens) == 9 and cens["pvi_b1_k20_t0.1"]["warning"]
     for c in cens.values():
         assert c["censored_episodes_pct"] > 10 and len(c["folds"]) == 2
         assert {"stationary", "window", "warning"} <= set(c["folds"][0])
         assert all(f["stationary"] < f["window"] for f in c["folds"])
+        assert not c["switched_to_window"]
+    with warnings.catch_warnings():  # the default switches instead of warning
+        warnings.simplefilter("error", DataWarning)
+        res = select_policy(cds, SelectConfig(neural=(), seed=1))
+    window = select_policy(cds, SelectConfig(neural=(), seed=1, q_model="tabular_window"))
+    switched = {n for n, c in res.settings["censoring"].items() if c["switched_to_window"]}
+    assert "pvi_b1_k20_t0.1" in switched
+    for c in res.settings["censoring"].values():
+        assert c["switched_to_window"] == any(f["warning"] for f in c["folds"])
+        assert c["message"] is None
+    by = {c.name: c for c in res.candidates}
+    for c in window.candidates:  # a switched candidate has the window table's numbers
+        if c.name in switched and all(f["warning"] for f in
+                                      res.settings["censoring"][c.name]["folds"]):
+            assert by[c.name].value == pytest.approx(c.value, rel=1e-7)
+            assert by[c.name].lcb_gain == pytest.approx(c.lcb_gain, rel=1e-7)
+    stationary = {c.name: c.value for c in warned.candidates}
+    assert by["pvi_b1_k20_t0.1"].value > stationary["pvi_b1_k20_t0.1"]
+    from equicare.cli._learn import print_selection
+    from equicare.cli._utils import console
+
+    with console.capture() as cap:  # train --select auto names them under its table
+        print_selection({**res.to_dict(), "model_dir": "m", "seconds": 1.0})
+    text = " ".join((cap.get() + capsys.readouterr().out).split())
+    assert "Valued with the window table (" in text and "pvi_b1_k20_t0.1" in text
     _, ds = _panel(G1, 400, 1)
     with warnings.catch_warnings():  # (almost) uncensored: no check here, no warning
         warnings.simplefilter("error", DataWarning)

@@ -294,6 +294,12 @@ def print_selection(res: dict[str, Any]) -> None:
             row.append("-" if e is None or gain is None else f(
                 e["gain_lcb"] if rank == "bound" else e["value"] - beh["value"]))
         t.add_row(*row, f"{c['train_seconds']:.1f}", c["error"] or "")
+    censoring = (res.get("settings") or {}).get("censoring") or {}
+    window = [n for n, c in censoring.items() if c.get("switched_to_window")]
+    if window:
+        t.caption = (f"Valued with the window table ({', '.join(window)}): censored stays bias "
+                     "the stationary table there (evaluate's censoring check; docs/learn.md, "
+                     "\"Censored stays\").")
     print_table(t)
     if by:
         con.print(f"Candidates whose gain lower bound is above 0 pass; the kept one has the "

@@ -80,7 +80,9 @@ class SelectConfig:
         and pools the steps is what their estimates need on sparse panels; on the Garnet study
         it beat ``auto``, the per-step ``tabular`` and ``tabular_window`` together with
         ``rank_by="fqe"``, ``docs/learn.md``, "The Q-model of the selection"), ``auto``
-        otherwise.
+        otherwise. With the default, a candidate whose stationary table ``evaluate``'s
+        censoring check warns for is valued with the window table of the same cells (as
+        ``auto`` does); a stationary table named here only warns.
     bootstrap : int or None
         Episode bootstrap replicates of the intervals. None (default): enough for the level of
         every bound, ``max(200, ceil(10 K / alpha))`` under ``multiplicity="bonferroni"``
@@ -655,7 +657,7 @@ def _held_out_behavior(valid: Any, cfg: SelectConfig) -> Any:
 
 
 def _held_out(valid: Any, policy: Any, cfg: SelectConfig, q_model: str,
-              behavior: Any = None) -> _HeldOut:
+              behavior: Any = None, switch_censored: bool = False) -> _HeldOut:
     """Every estimator on the held-out episodes, with paired bounds of the gain.
 
     The computation of :func:`equicare.ope.evaluate` (same seeds, so the same values),
@@ -666,8 +668,11 @@ def _held_out(valid: Any, policy: Any, cfg: SelectConfig, q_model: str,
     symmetric bootstrap-t interval (``interval="studentized"``, each replicate divided by its
     own delta-method standard error, :func:`_gain_se`) or their ``alpha / 2`` quantile
     (``"percentile"``). With the stationary tabular Q-model on censored stays, ``evaluate``'s
-    censoring check (:func:`equicare.ope._censoring.censoring_check`; with ``auto`` the window
-    table replaces the stationary one when it warns) is kept in ``censoring``.
+    censoring check (:func:`equicare.ope._censoring.censoring_check`) is kept in ``censoring``.
+    When it warns, the window table of the same cells values the candidate instead if
+    ``switch_censored`` (the selection's default Q-model, as ``auto`` does in ``evaluate``),
+    or ``auto`` made the switch already; otherwise (a stationary table the user named) the
+    check's message is kept for the warning.
     """
     import numpy as np
     from threadpoolctl import threadpool_limits
@@ -685,6 +690,14 @@ def _held_out(valid: Any, policy: Any, cfg: SelectConfig, q_model: str,
         prep = prepare(valid, policy, keys=keys, q_model=as_fqe_config(q_model),
                        behavior_model="logistic" if behavior is None else behavior,
                        random_state=seed_prep)
+        check = prep.censoring_report(valid)
+        if (switch_censored and check is not None and check.warn and not check.switched
+                and prep.q_config is not None):  # the window table of the same cells
+            prep = prepare(valid, policy, keys=keys,
+                           q_model=replace(prep.q_config, horizon="window"),
+                           behavior_model="logistic" if behavior is None else behavior,
+                           random_state=seed_prep)
+            check = replace(check, switched=True)
         parts = episode_parts(prep.inputs, keys)
         if prep.q_linearised:
             parts = _with_q_refit(prep, parts, None, "absorbing")
@@ -704,7 +717,6 @@ def _held_out(valid: Any, policy: Any, cfg: SelectConfig, q_model: str,
         if cfg.interval == "studentized":
             se, gain_se = _gain_se(parts, counts, np.asarray(ret, dtype=np.float64), keys)
         censoring = None
-        check = prep.censoring_report(valid)
         if check is not None:
             censoring = {**check.to_dict(), "message": (check.message() if check.warn
                                                         and not check.switched else None)}
@@ -775,6 +787,7 @@ def _pool_censoring(checks: list[dict[str, Any]]) -> dict[str, Any]:
     """The folds' censoring checks in one record: the censored share, warn when any fold does."""
     return {"censored_episodes_pct": max(float(c["censored_episodes_pct"]) for c in checks),
             "warning": any(bool(c["warning"]) for c in checks), "folds": checks,
+            "switched_to_window": any(bool(c["switched_to_window"]) for c in checks),
             "message": next((c["message"] for c in checks if c.get("message")), None)}
 
 
@@ -812,6 +825,8 @@ def select_policy(dataset: Any, config: SelectConfig | None = None, *,
     """
     from equicare.exceptions import SupportWarning
 
+    # the default Q-model switches to the window table where censored stays bias it
+    switch_censored = config is None or config.q_model is None
     cfg = _resolve(config or SelectConfig(), dataset)
     say = progress or (lambda _msg: None)
     specs = _candidate_specs(dataset, cfg)
@@ -875,7 +890,7 @@ def select_policy(dataset: Any, config: SelectConfig | None = None, *,
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", SupportWarning)
-                parts = [_held_out(va, judged(ln.policy_), c, q_model, bm)
+                parts = [_held_out(va, judged(ln.policy_), c, q_model, bm, switch_censored)
                          for (_, va, c), ln, bm in zip(folds, learners, behaviors, strict=True)]
         except (ValueError, RuntimeError) as exc:
             rows.append(Candidate(name, algo, params, train_seconds=t1 - t0,
