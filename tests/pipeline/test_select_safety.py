@@ -120,15 +120,24 @@ def test_censored_stays_run_evaluates_censoring_check(capsys: pytest.CaptureFixt
     window = select_policy(cds, SelectConfig(neural=(), seed=1, q_model="tabular_window"))
     switched = {n for n, c in res.settings["censoring"].items() if c["switched_to_window"]}
     assert "pvi_b1_k20_t0.1" in switched
-    for c in res.settings["censoring"].values():
+    for c in res.settings["censoring"].values():  # one fold warns: both folds switch
         assert c["switched_to_window"] == any(f["warning"] for f in c["folds"])
+        assert [f["switched_to_window"] for f in c["folds"]] == [c["switched_to_window"]] * 2
         assert c["message"] is None
     by = {c.name: c for c in res.candidates}
     for c in window.candidates:  # a switched candidate has the window table's numbers
-        if c.name in switched and all(f["warning"] for f in
-                                      res.settings["censoring"][c.name]["folds"]):
+        if c.name in switched:
             assert by[c.name].value == pytest.approx(c.value, rel=1e-7)
             assert by[c.name].lcb_gain == pytest.approx(c.lcb_gain, rel=1e-7)
+    small = panel(400, 10, seed=1)  # spibb_n100's check warns in one half only
+    mixed = select_policy(small, SelectConfig(neural=(), seed=1))
+    c = mixed.settings["censoring"]["spibb_n100"]
+    assert sorted(f["warning"] for f in c["folds"]) == [False, True]
+    assert [f["switched_to_window"] for f in c["folds"]] == [True, True]
+    alone = select_policy(small, SelectConfig(neural=(), seed=1, q_model="tabular_window"))
+    assert (next(x.value for x in mixed.candidates if x.name == "spibb_n100")
+            == pytest.approx(next(x.value for x in alone.candidates if x.name == "spibb_n100"),
+                             rel=1e-7))
     stationary = {c.name: c.value for c in warned.candidates}
     assert by["pvi_b1_k20_t0.1"].value > stationary["pvi_b1_k20_t0.1"]
     from equicare.cli._learn import print_selection

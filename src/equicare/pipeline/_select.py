@@ -657,7 +657,8 @@ def _held_out_behavior(valid: Any, cfg: SelectConfig) -> Any:
 
 
 def _held_out(valid: Any, policy: Any, cfg: SelectConfig, q_model: str,
-              behavior: Any = None, switch_censored: bool = False) -> _HeldOut:
+              behavior: Any = None, switch_censored: bool = False,
+              force_window: bool = False) -> _HeldOut:
     """Every estimator on the held-out episodes, with paired bounds of the gain.
 
     The computation of :func:`equicare.ope.evaluate` (same seeds, so the same values),
@@ -672,7 +673,8 @@ def _held_out(valid: Any, policy: Any, cfg: SelectConfig, q_model: str,
     When it warns, the window table of the same cells values the candidate instead if
     ``switch_censored`` (the selection's default Q-model, as ``auto`` does in ``evaluate``),
     or ``auto`` made the switch already; otherwise (a stationary table the user named) the
-    check's message is kept for the warning.
+    check's message is kept for the warning. ``force_window`` switches whether or not the
+    check warns (another fold's check did: every fold of a candidate uses one Q-model).
     """
     import numpy as np
     from threadpoolctl import threadpool_limits
@@ -691,7 +693,8 @@ def _held_out(valid: Any, policy: Any, cfg: SelectConfig, q_model: str,
                        behavior_model="logistic" if behavior is None else behavior,
                        random_state=seed_prep)
         check = prep.censoring_report(valid)
-        if (switch_censored and check is not None and check.warn and not check.switched
+        if (switch_censored and check is not None and (check.warn or force_window)
+                and not check.switched
                 and prep.q_config is not None):  # the window table of the same cells
             prep = prepare(valid, policy, keys=keys,
                            q_model=replace(prep.q_config, horizon="window"),
@@ -892,6 +895,12 @@ def select_policy(dataset: Any, config: SelectConfig | None = None, *,
                 warnings.simplefilter("ignore", SupportWarning)
                 parts = [_held_out(va, judged(ln.policy_), c, q_model, bm, switch_censored)
                          for (_, va, c), ln, bm in zip(folds, learners, behaviors, strict=True)]
+                if any(p.censoring is not None and p.censoring["switched_to_window"]
+                       for p in parts):  # one fold's check switched: every fold switches
+                    parts = [p if p.censoring is None or p.censoring["switched_to_window"]
+                             else _held_out(va, judged(ln.policy_), c, q_model, bm, True, True)
+                             for p, (_, va, c), ln, bm in zip(parts, folds, learners,
+                                                              behaviors, strict=True)]
         except (ValueError, RuntimeError) as exc:
             rows.append(Candidate(name, algo, params, train_seconds=t1 - t0,
                                   error=str(exc).splitlines()[0]))
