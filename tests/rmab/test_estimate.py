@@ -320,3 +320,20 @@ def test_duplicate_rows_and_a_changing_group_are_refused_and_gaps_are_not_transi
     assert est.counts.sum() == 400 * 11 - 20  # 3->4 and 4->5 lost, 3->5 not counted
     days = panel.assign(week=panel.week * 7)  # days 0, 7, 14: a step of 7, no gap
     np.testing.assert_array_equal(estimate_arms(days, **kw).counts, full.counts)
+
+
+def test_a_group_too_small_for_its_share_of_arms_still_gets_one():
+    """Planning 200 arms from a panel whose smallest group holds 1 of 600 members: the floor of
+    its share is 0 arms, which RMABDomain refuses ("Group 'g1' has no arms", naming a group
+    whose numbers are suppressed); it gets one arm, taken from the largest group."""
+    from equicare.exceptions import InvalidParameterError
+    from equicare.rmab._estimate import _split_arms
+
+    n = np.array([531, 30, 12, 11, 10, 5, 1])
+    names = tuple(f"g{k}" for k in range(7))
+    sizes = _split_arms(200, n, names)
+    assert sizes.sum() == 200 and sizes.min() == 1
+    assert sizes.tolist() == [178, 10, 4, 3, 3, 1, 1]  # floors 177, 10, 4, 3, 3, 1, 0 + 2
+    assert _split_arms(600, n, names).tolist() == n.tolist()  # one arm per member
+    with pytest.raises(InvalidParameterError, match="fewer than the panel's 7 groups"):
+        _split_arms(5, n, names)

@@ -141,8 +141,9 @@ class EstimatedArms:
         Parameters
         ----------
         n_arms : int, dict or None
-            Total arms (split by the groups' shares of episodes, left-overs to the first group),
-            arms per group, or ``None`` for one arm per observed episode.
+            Total arms (split by the groups' shares of episodes, left-overs to the first group;
+            a group whose share rounds to no arm gets one, from the largest group), arms per
+            group, or ``None`` for one arm per observed episode.
         horizon, gamma : int, float
             Planning horizon and discount.
         sample : bool
@@ -162,9 +163,7 @@ class EstimatedArms:
                                  f"{list(self.group_names)}.")
             sizes = np.array([int(n_arms.get(g, 0)) for g in self.group_names])
         else:
-            share = self.n_episodes / self.n_episodes.sum()
-            sizes = np.floor(int(n_arms) * share).astype(np.int64)
-            sizes[0] += int(n_arms) - sizes.sum()
+            sizes = _split_arms(int(n_arms), self.n_episodes, self.group_names)
         groups = np.repeat(np.arange(G), sizes)
         names = self.group_names
 
@@ -598,3 +597,24 @@ def estimate_arms(
     return EstimatedArms(counts=counts, P=P, P_sd=P_sd, init=init, R=R, n_episodes=n_episodes,
                          group_names=tuple(str(g) for g in gnames), state_names=state_names,
                          prior=float(prior), suppressed=hidden)
+
+
+def _split_arms(n_arms: int, n_episodes: Array, names: tuple[str, ...]) -> NDArray[np.int64]:
+    """``n_arms`` split by the groups' shares of episodes, every group with at least one arm.
+
+    The floor of each share, left-overs to the first group; a group whose share rounds to 0
+    (a small group among many arms, often one whose numbers are suppressed) gets one arm,
+    taken from the group with the most. Planning needs an arm of every group; results of a
+    suppressed group stay hidden.
+    """
+    if n_arms < len(names):
+        raise InvalidParameterError(
+            f"n_arms={n_arms} is fewer than the panel's {len(names)} groups; every group needs "
+            f"an arm: use at least {len(names)} arms.")
+    share = np.asarray(n_episodes, dtype=np.float64) / float(np.sum(n_episodes))
+    sizes = np.floor(n_arms * share).astype(np.int64)
+    sizes[0] += n_arms - int(sizes.sum())
+    for g in np.flatnonzero(sizes == 0):  # at most len(names) - 1 moves
+        sizes[int(np.argmax(sizes))] -= 1
+        sizes[g] = 1
+    return sizes
