@@ -599,7 +599,8 @@ def estimate_arms(
                          prior=float(prior), suppressed=hidden)
 
 
-def _split_arms(n_arms: int, n_episodes: Array, names: tuple[str, ...]) -> NDArray[np.int64]:
+def _split_arms(n_arms: int, n_episodes: NDArray[Any], names: tuple[str, ...]
+                ) -> NDArray[np.int64]:
     """``n_arms`` split by the groups' shares of episodes, every group with at least one arm.
 
     The floor of each share, left-overs to the first group; a group whose share rounds to 0
