@@ -416,3 +416,22 @@ def test_row_keys_are_exact_for_sparse_rows():
     np.testing.assert_array_equal(row_keys(dense), dense)
     assert dedupe_rows(row_keys(x), max_share=0.5) is None  # 4 of 6 distinct: not worth it
     np.testing.assert_array_equal(x.data, before)  # the caller's matrix is left alone
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 7, 8, 12])
+def test_softmax_last_matches_the_reduction(size: int) -> None:
+    """The chain's slice-wise softmax equals NumPy's reductions over the last axis.
+
+    Bit for bit below 8 levels (NumPy sums fewer than 8 terms left to right); from 8 on the
+    sum is NumPy's own. A class never seen (logit -inf) gets probability 0.
+    """
+    from equicare.policy._behavior import _softmax_last
+
+    logits = np.random.default_rng(size).normal(scale=8.0, size=(50, 4, size))
+    if size > 1:
+        logits[:, 1, 0] = -np.inf
+    ref = np.exp(logits - logits.max(axis=2, keepdims=True))
+    ref /= ref.sum(axis=2, keepdims=True)
+    got = _softmax_last(logits.copy())
+    assert np.array_equal(got, ref)
+    assert size == 1 or (got[:, 1, 0] == 0.0).all()

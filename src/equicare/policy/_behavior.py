@@ -85,6 +85,30 @@ def _hcat(x: Design, extra: NDArray[np.float64]) -> Design:
     return np.concatenate([x, extra], axis=1)
 
 
+def _softmax_last(logits: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Softmax over the last axis (a component's few levels), in place of ``logits``.
+
+    NumPy reduces a short last axis slowly (one small reduction per row and prefix), so the
+    maximum and the normaliser are taken slice by slice over the levels instead: the maximum is
+    exact in any order, and NumPy's pairwise sum adds fewer than 8 terms left to right, as the
+    loop does, so the result has the same bits; from 8 levels on the sum is NumPy's own.
+    """
+    size = logits.shape[-1]
+    top = logits[..., 0].copy()
+    for j in range(1, size):
+        np.maximum(top, logits[..., j], out=top)
+    logits -= top[..., None]
+    np.exp(logits, out=logits)
+    if size < 8:
+        total = logits[..., 0].copy()
+        for j in range(1, size):
+            total += logits[..., j]
+    else:
+        total = logits.sum(axis=-1)
+    logits /= total[..., None]
+    return logits
+
+
 def _onehot_csr(rows: NDArray[np.int64], cols: NDArray[np.int64], shape: tuple[int, int]
                 ) -> sp.csr_matrix:
     return sp.csr_matrix((np.ones(rows.size), (rows, cols)), shape=shape)
@@ -581,10 +605,7 @@ class BehaviorModel(BaseEstimator):
         for k, (w_x, w_p, b, _) in enumerate(parts):
             pre = self._prefix_onehot(prefixes, self.sizes_, k)  # (n_prefixes, sum sizes[:k])
             logits = (X @ w_x.T)[:, None, :] + (pre @ w_p.T + b)[None, :, :]
-            logits -= logits.max(axis=2, keepdims=True)
-            cond = np.exp(logits)
-            cond /= cond.sum(axis=2, keepdims=True)
-            probs = (probs[:, :, None] * cond).reshape(n, -1)
+            probs = (probs[:, :, None] * _softmax_last(logits)).reshape(n, -1)
             size = self.sizes_[k]
             prefixes = np.concatenate([np.repeat(prefixes, size, axis=0),
                                        np.tile(np.arange(size), prefixes.shape[0])[:, None]],
