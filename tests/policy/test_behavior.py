@@ -304,12 +304,16 @@ def test_factored_model_with_sparse_inputs(monkeypatch):
     assert 0.5 * np.abs(p - dense.action_probs(ds)).sum(axis=1).mean() < 0.01
 
 
-def test_logged_support_reuses_its_unsupported_cells_across_targets_and_thresholds():
+def test_logged_support_reuses_its_unsupported_cells_across_targets_and_thresholds(
+        monkeypatch):
     """The fast model's unsupported cells are computed once per threshold and reused for every
-    target: the mass equals the direct computation from the model's distributions."""
+    target: the mass equals the direct computation from the model's distributions, also for a
+    block of rows (taken in pieces of 7 rows, so that the pieces cross its ends)."""
+    from equicare.ope import _support
     from equicare.ope._support import LoggedSupport, unsupported_mass
 
     ds, _ = _factored_data(n_episodes=300)
+    monkeypatch.setattr(_support, "MASS_CELLS", 7 * ds.n_actions)
     checker = LoggedSupport(ds, random_state=0)
     assert checker._model is not None
     probs = checker._model.action_probs(ds)
@@ -320,6 +324,9 @@ def test_logged_support_reuses_its_unsupported_cells_across_targets_and_threshol
             expected = unsupported_mass(target, probs, None, threshold)
             assert expected.max() > 0
             np.testing.assert_allclose(checker.mass(target, threshold), expected, atol=1e-12)
+            rows = slice(103, 1011)
+            np.testing.assert_allclose(checker.block_mass(target[rows], rows, threshold),
+                                       expected[rows], atol=1e-12)
 
 
 def test_auto_fits_a_saturated_categorical_state_flat_and_in_sample():
