@@ -380,6 +380,44 @@ def test_audit_reports_support_and_low_ess_like_evaluate() -> None:
     json.dumps(out)
 
 
+class _CountingPolicy:
+    """The probabilities ``p`` of :func:`_weights_panel` (4-row episodes) as a policy object.
+
+    ``rows`` counts the rows it was asked for, over every call.
+    """
+
+    def __init__(self, p: np.ndarray) -> None:
+        self.p, self.n_actions, self.rows = p, p.shape[1], 0
+
+    def action_probs(self, ds) -> np.ndarray:
+        rows = (np.asarray(ds.episode_ids)[:, None] * 4 + np.arange(4)).ravel()
+        self.rows += rows.size
+        return self.p[rows]
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.SupportWarning")
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.LowESSWarning")
+def test_the_policy_is_evaluated_once_per_audit(monkeypatch) -> None:
+    """With an int seed the support check's mass comes from the allocation's pass.
+
+    Every row once (blocks of 3 episodes), and the same audit as from the probability matrix;
+    with a Generator the check's seed is drawn after the permutations (a second pass, the same
+    share here: the fast model is fitted on every row).
+    """
+    from equicare.fairness import _rows
+
+    monkeypatch.setattr(_rows, "MAX_BLOCK", 12 * SPACE.n_actions)
+    ds, p = _weights_panel()
+    pol = _CountingPolicy(p)
+    res = audit(ds, {"pol": pol}, action=HOME, n_boot=0, n_permutations=0, random_state=0)
+    assert pol.rows == ds.n_steps
+    ref = audit(ds, {"pol": p}, action=HOME, n_boot=0, n_permutations=0, random_state=0)
+    assert res.to_dict()["policies"]["pol"] == ref.to_dict()["policies"]["pol"]
+    gen = audit(ds, {"pol": _CountingPolicy(p)}, action=HOME, n_boot=0, n_permutations=0,
+                random_state=np.random.default_rng(0))
+    assert gen["pol"].diagnostics.support.share_pct == ref["pol"].diagnostics.support.share_pct
+
+
 class ZeroWeightPolicy:
     """Puts all mass on an action other than the logged one in the episodes of ``groups``.
 

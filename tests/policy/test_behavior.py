@@ -304,12 +304,16 @@ def test_factored_model_with_sparse_inputs(monkeypatch):
     assert 0.5 * np.abs(p - dense.action_probs(ds)).sum(axis=1).mean() < 0.01
 
 
-def test_logged_support_reuses_its_unsupported_cells_across_targets_and_thresholds():
+def test_logged_support_reuses_its_unsupported_cells_across_targets_and_thresholds(
+        monkeypatch):
     """The fast model's unsupported cells are computed once per threshold and reused for every
-    target: the mass equals the direct computation from the model's distributions."""
+    target: the mass equals the direct computation from the model's distributions, also for a
+    block of rows (taken in pieces of 7 rows, so that the pieces cross its ends)."""
+    from equicare.ope import _support
     from equicare.ope._support import LoggedSupport, unsupported_mass
 
     ds, _ = _factored_data(n_episodes=300)
+    monkeypatch.setattr(_support, "MASS_CELLS", 7 * ds.n_actions)
     checker = LoggedSupport(ds, random_state=0)
     assert checker._model is not None
     probs = checker._model.action_probs(ds)
@@ -320,6 +324,9 @@ def test_logged_support_reuses_its_unsupported_cells_across_targets_and_threshol
             expected = unsupported_mass(target, probs, None, threshold)
             assert expected.max() > 0
             np.testing.assert_allclose(checker.mass(target, threshold), expected, atol=1e-12)
+            rows = slice(103, 1011)
+            np.testing.assert_allclose(checker.block_mass(target[rows], rows, threshold),
+                                       expected[rows], atol=1e-12)
 
 
 def test_auto_fits_a_saturated_categorical_state_flat_and_in_sample():
@@ -416,3 +423,47 @@ def test_row_keys_are_exact_for_sparse_rows():
     np.testing.assert_array_equal(row_keys(dense), dense)
     assert dedupe_rows(row_keys(x), max_share=0.5) is None  # 4 of 6 distinct: not worth it
     np.testing.assert_array_equal(x.data, before)  # the caller's matrix is left alone
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 7])
+def test_softmax_levels_matches_the_reductions_over_a_last_axis(size: int) -> None:
+    """The chain's softmax with the levels on the middle axis has the bits of the reductions.
+
+    NumPy sums fewer than 8 terms left to right. A class never seen (logit -inf) gets
+    probability 0.
+    """
+    from equicare.policy._behavior import _softmax_levels
+
+    logits = np.random.default_rng(size).normal(scale=8.0, size=(50, 4, size))
+    if size > 1:
+        logits[:, 1, 0] = -np.inf
+    ref = np.exp(logits - logits.max(axis=2, keepdims=True))
+    ref /= ref.sum(axis=2, keepdims=True)
+    got = _softmax_levels(np.ascontiguousarray(logits.transpose(0, 2, 1)))
+    assert np.array_equal(got.transpose(0, 2, 1), ref)
+    assert size == 1 or (ref[:, 1, 0] == 0.0).all()
+
+
+def test_the_linear_chain_is_the_models_chain(monkeypatch) -> None:
+    """The chain from the logistic coefficients (levels on the middle axis below 8 levels, on
+    the last from 8) equals the chain of the models' own predict_proba, one call per prefix."""
+    from equicare.policy import _behavior
+
+    rng = np.random.default_rng(0)
+    n_ep, length = 200, 3
+    n = n_ep * length
+    space = FactoredActionSpace.from_levels({"c1": [f"l{j}" for j in range(9)], "c2": list("abc")})
+    x = rng.normal(size=(n, 2)).astype(np.float32)
+    c1 = np.clip((2 * x[:, 0] + rng.normal(size=n) + 4).astype(np.int64), 0, 8)
+    c2 = (c1 + (x[:, 1] > 0) + rng.integers(0, 2, n)) % 3
+    offs = np.arange(0, n + 1, length, dtype=np.int64)
+    ds = TrajectoryDataset(
+        states=x, actions=space.to_flat(np.stack([c1, c2], axis=1)),
+        reward_components=np.zeros((n, 1)), terminals=np.isin(np.arange(n), offs[1:] - 1),
+        episode_offsets=offs, episode_ids=np.arange(n_ep), times=np.tile(np.arange(length), n_ep),
+        action_space=space, state_names=("x0", "x1"))
+    bm = BehaviorModel(n_folds=2, random_state=0).fit(ds)
+    fast = bm.action_probs(ds)
+    monkeypatch.setattr(_behavior.BehaviorModel, "_linear_parts", staticmethod(
+        lambda *args: None))
+    np.testing.assert_allclose(fast, bm.action_probs(ds), rtol=0, atol=1e-12)

@@ -502,10 +502,19 @@ class FairnessAudit:
         names = [BEHAVIOR, *pols]
         say(f"{n_ep} episodes, {dataset.n_steps} steps: allocation by {gname} of "
             f"{', '.join(names)}")
+        support = _Support(dataset, gi, estimator or "", support_check)
+        # with an int seed the support check's seed is known now: a policy valued from the
+        # logged propensities gets its unsupported mass in the same pass as its allocation
+        early = None if estimator is None else int_seed(random_state)
+        masses: dict[str, NDArray[np.float64]] = {}
         nums, lnums, p_logged = [], [], {}
         for name in names:
             pol = None if name == BEHAVIOR else pols[name]
-            alloc, pl, _, _ = row_pass(dataset, pol, cols, source=name)
+            block_fn = None
+            if (early is not None and pol is not None and not isinstance(pol, np.ndarray)
+                    and self._logged_propensities(dataset, pol) is not None):
+                masses[name], block_fn = support.mass_pass(pol, early)
+            alloc, pl, _, _ = row_pass(dataset, pol, cols, source=name, block_fn=block_fn)
             num, den = episode_totals(dataset, alloc, self.level)
             nums.append(num[:, 0])
             lnums.append(num[:, 1:])
@@ -524,18 +533,14 @@ class FairnessAudit:
             outcomes[BEHAVIOR] = _outcome_frame(BEHAVIOR, "on_policy", returns, _mean_combine,
                                                 gi, w, self.alpha, self.ci_method)
             seeds = rng.integers(0, 2**31 - 1, size=len(pols))
-            if isinstance(random_state, int | np.integer) and not isinstance(random_state, bool):
-                from equicare.ope._evaluate import evaluate_seeds
-
-                # evaluate's preparation seed (prepare fits with nuisance_seed of the seed)
-                seeds[:] = evaluate_seeds(int(random_state))[0]
-            support = _Support(dataset, gi, self.estimator or "", support_check)
+            if early is not None:
+                seeds[:] = early
             with say.bar(f"{estimator} group values", len(pols)) as bar:
                 for seed, name in zip(seeds, pols, strict=True):
                     say(value_stage(name, estimator, 0 if w is None else w.shape[0]))
                     outcomes[name], diags[name], q_models[name] = self._policy_outcome(
                         dataset, name, pols[name], p_logged[name], gi, w, int(seed), support,
-                        behavior_model)
+                        behavior_model, masses.get(name))
                     bar.update(advance=1, info=name)
         levels = None
         if self.with_level_rates:
@@ -549,17 +554,34 @@ class FairnessAudit:
                                if (share := deferred_share(pol, dataset)) is not None}},
                            level_rates=levels)
 
+    def _logged_propensities(self, dataset: TrajectoryDataset,
+                             policy: Policy | NDArray[np.float64]
+                             ) -> NDArray[np.float64] | None:
+        """The logged propensities that value ``policy`` with an IS-type estimator, or None.
+
+        1 where a deployed policy leaves the row to the clinicians. None when the estimator is
+        not of importance-sampling type or the propensities are missing or unusable (then the
+        OPE engine prepares the values and reports them).
+        """
+        b = dataset.behavior_prob
+        if self.estimator not in ("is", "wis", "pdis", "wpdis") or b is None:
+            return None
+        b = deployed_propensities(policy, dataset, b)
+        return b if bool(np.all(np.isfinite(b) & (b > 0) & (b <= 1 + 1e-9))) else None
+
     def _policy_outcome(self, dataset: TrajectoryDataset, name: str,
                         policy: Policy | NDArray[np.float64], p_logged: NDArray[np.float64],
                         gi: GroupIndex, weights: NDArray[np.float64] | None, seed: int,
-                        support: _Support, behavior_model: BehaviorModel | None = None
+                        support: _Support, behavior_model: BehaviorModel | None = None,
+                        mass: NDArray[np.float64] | None = None
                         ) -> tuple[OutcomeFrame, WeightDiagnostics, dict[str, Any] | None]:
         """Group values of one policy from the OPE engine's per-episode parts, and diagnostics.
 
         The diagnostics: :func:`~equicare.fairness.weight_diagnostics` (ESS overall and by
         group, the support check, and with a stationary tabular Q-model on censored stays
         ``evaluate``'s censoring check). Last, the :func:`q_model_entry` of ``fqe``, ``dr``
-        and ``wdr`` (else None).
+        and ``wdr`` (else None). ``mass``: the policy's unsupported mass by row when the
+        allocation pass computed it (:meth:`_Support.mass_pass`), else it is computed here.
         """
         from equicare.ope import OPEInputs, combine, episode_parts, prepare
         from equicare.ope._core import undefined_estimates
@@ -567,16 +589,14 @@ class FairnessAudit:
         key = self.estimator
         assert key is not None
         shift = censoring = q_entry = None
-        b = dataset.behavior_prob
-        if b is not None:  # 1 where a deployed policy leaves the row to the clinicians
-            b = deployed_propensities(policy, dataset, b)
-        if (key in ("is", "wis", "pdis", "wpdis") and b is not None
-                and bool(np.all(np.isfinite(b) & (b > 0) & (b <= 1 + 1e-9)))):
+        b = self._logged_propensities(dataset, policy)
+        if b is not None:
             # importance ratios from the logged propensities and the block-wise pass over the
             # policy: no (n_steps, n_actions) matrix is held
             inputs = OPEInputs(rewards=dataset.rewards, episode_offsets=dataset.episode_offsets,
                                gamma=dataset.gamma, rho=p_logged / b)
-            report = support.logged_policy(policy, seed)
+            report = (support.logged_policy(policy, seed) if mass is None
+                      else support.report_mass(mass, seed))
         else:
             # estimated propensities and/or an FQE Q-model (or unusable logged propensities,
             # which the OPE engine reports): the OPE engine prepares everything
@@ -654,13 +674,13 @@ class _Support:
         return self._checker(seed).report(target_probs, estimators=self.keys, warn=False,
                                           kept=self.kept)
 
-    def logged_policy(self, policy: Policy | NDArray[np.float64], seed: int) -> Any:
-        """:meth:`logged` from the policy evaluated block by block on the dataset.
+    def mass_pass(self, policy: Policy, seed: int
+                  ) -> tuple[NDArray[np.float64], Callable[[slice, NDArray[np.float64]], None]]:
+        """The policy's unsupported mass by row and the :func:`row_pass` ``block_fn`` filling it.
 
-        No ``(n_steps, n_actions)`` matrix of the policy is held.
+        The array is filled once a pass over the policy has called the function on every
+        block (the audit's allocation pass, or :meth:`logged_policy`'s own).
         """
-        if isinstance(policy, np.ndarray):
-            return self.logged(policy, seed)
         checker = self._checker(seed)
         mass = np.empty(self.data.n_steps)
         deferred = deployed_rows(policy, self.data)  # the clinicians' rows: supported
@@ -669,8 +689,23 @@ class _Support:
             probs = exempt_rows(probs, None if deferred is None else deferred[rows])
             mass[rows] = checker.block_mass(probs, rows)
 
+        return mass, add
+
+    def report_mass(self, mass: NDArray[np.float64], seed: int) -> Any:
+        """Report from the unsupported mass of every row (:meth:`mass_pass`)."""
+        return self._checker(seed).report_mass(mass, estimators=self.keys, warn=False,
+                                               kept=self.kept)
+
+    def logged_policy(self, policy: Policy | NDArray[np.float64], seed: int) -> Any:
+        """:meth:`logged` from the policy evaluated block by block on the dataset.
+
+        No ``(n_steps, n_actions)`` matrix of the policy is held.
+        """
+        if isinstance(policy, np.ndarray):
+            return self.logged(policy, seed)
+        mass, add = self.mass_pass(policy, seed)
         row_pass(self.data, policy, np.zeros((self.data.n_actions, 0)), block_fn=add)
-        return checker.report_mass(mass, estimators=self.keys, warn=False, kept=self.kept)
+        return self.report_mass(mass, seed)
 
     def model(self, target_probs: NDArray[np.float64], behavior_model: Any) -> Any:
         """Report against the fitted behaviour model of the OPE engine."""
@@ -678,6 +713,20 @@ class _Support:
 
         return model_support_diagnostics(self.data, target_probs, behavior_model,
                                          estimators=self.keys, warn=False, kept=self.kept)
+
+
+def int_seed(random_state: RandomState) -> int | None:
+    """The seed of each policy's nuisance models and support check, known before the audit.
+
+    With an int ``random_state`` it is ``evaluate``'s preparation seed (prepare fits with
+    :func:`~equicare.ope._evaluate.nuisance_seed` of the seed), else None: the seeds are then
+    drawn from the audit's generator after the permutation test.
+    """
+    if isinstance(random_state, int | np.integer) and not isinstance(random_state, bool):
+        from equicare.ope._evaluate import evaluate_seeds
+
+        return int(evaluate_seeds(int(random_state))[0])
+    return None
 
 
 def allocation_stage(n_boot: int, n_permutations: int) -> str:

@@ -85,6 +85,28 @@ def _hcat(x: Design, extra: NDArray[np.float64]) -> Design:
     return np.concatenate([x, extra], axis=1)
 
 
+def _softmax_levels(logits: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Softmax over axis 1 of ``logits`` (rows, levels, prefixes), in place, fewer than 8 levels.
+
+    With the few levels of a component on the middle axis, NumPy runs every operation along
+    the prefixes (long rows) instead of one short loop per row and prefix. The maximum is exact
+    in any order, and the normaliser is summed level by level, left to right, as NumPy's pairwise
+    sum adds fewer than 8 terms: the probabilities have the bits of the reductions over a last
+    axis of levels.
+    """
+    size = logits.shape[1]
+    top = logits[:, 0].copy()
+    for j in range(1, size):
+        np.maximum(top, logits[:, j], out=top)
+    logits -= top[:, None]
+    np.exp(logits, out=logits)
+    total = logits[:, 0].copy()
+    for j in range(1, size):
+        total += logits[:, j]
+    logits /= total[:, None]
+    return logits
+
+
 def _onehot_csr(rows: NDArray[np.int64], cols: NDArray[np.int64], shape: tuple[int, int]
                 ) -> sp.csr_matrix:
     return sp.csr_matrix((np.ones(rows.size), (rows, cols)), shape=shape)
@@ -580,12 +602,18 @@ class BehaviorModel(BaseEstimator):
         prefixes = np.zeros((1, 0), dtype=np.int64)
         for k, (w_x, w_p, b, _) in enumerate(parts):
             pre = self._prefix_onehot(prefixes, self.sizes_, k)  # (n_prefixes, sum sizes[:k])
-            logits = (X @ w_x.T)[:, None, :] + (pre @ w_p.T + b)[None, :, :]
-            logits -= logits.max(axis=2, keepdims=True)
-            cond = np.exp(logits)
-            cond /= cond.sum(axis=2, keepdims=True)
-            probs = (probs[:, :, None] * cond).reshape(n, -1)
             size = self.sizes_[k]
+            x_part, pre_part = X @ w_x.T, pre @ w_p.T + b  # (n, size), (n_prefixes, size)
+            if size < 8:  # levels on the middle axis (same bits), back in action order
+                cond = _softmax_levels(x_part[:, :, None] + pre_part.T[None, :, :])
+                cond *= probs[:, None, :]
+                probs = cond.transpose(0, 2, 1).reshape(n, -1)
+            else:
+                logits = x_part[:, None, :] + pre_part[None, :, :]
+                logits -= logits.max(axis=2, keepdims=True)
+                cond = np.exp(logits)
+                cond /= cond.sum(axis=2, keepdims=True)
+                probs = (probs[:, :, None] * cond).reshape(n, -1)
             prefixes = np.concatenate([np.repeat(prefixes, size, axis=0),
                                        np.tile(np.arange(size), prefixes.shape[0])[:, None]],
                                       axis=1)
