@@ -380,6 +380,41 @@ def test_audit_reports_support_and_low_ess_like_evaluate() -> None:
     json.dumps(out)
 
 
+def test_values_far_outside_the_returns_are_warned_about_like_evaluate() -> None:
+    """An ICU-shaped audit published a CQL policy's DR value of 3.75 for a survival probability
+    (a group at 6.05, a value gap of 5.07, a Gini of 0.36) with one warning, a low ESS in one
+    group. A value further beyond the observed returns than their range is wide is the weights
+    blowing up: the audit now says so, as ``evaluate`` does, naming the values (here group b's
+    12 episodes logged at propensity 0.05 on each of 4 rows that the policy always takes: IS
+    weights of 160,000; group a's weights are 1)."""
+    rng = np.random.default_rng(1)
+    n_ep, length = 60, 4
+    n = n_ep * length
+    codes = np.stack([rng.integers(0, 2, n), np.zeros(n, int)], axis=1)
+    thin = np.zeros(n, bool)
+    thin[30 * length:42 * length] = True  # b's first 12 episodes
+    ds = make_dataset([length] * n_ep, codes, {"g": np.repeat(["a", "b"], n_ep // 2)},
+                      rewards=rng.random(n), behavior_prob=np.where(thin, 0.05, 0.5),
+                      states=rng.normal(size=(n, 1)))
+    other = SPACE.to_flat(np.stack([1 - codes[:, 0], codes[:, 1]], axis=1))
+    p = np.zeros((n, SPACE.n_actions))
+    p[np.arange(n), ds.actions] = np.where(thin, 1.0, 0.5)
+    p[np.arange(n), other] += np.where(thin, 0.0, 0.5)
+    with pytest.warns(SupportWarning) as rec:
+        res = audit(ds, {"pol": p}, action=HOME, estimator="is", n_boot=0, n_permutations=0,
+                    random_state=0)
+    o = res["pol"].outcome
+    assert o.values[list(o.groups).index("b")] > 1e4 and o.overall_value > 1e4  # published
+    far = [str(w.message) for w in rec if "far outside" in str(w.message)]
+    assert len(far) == 1 and far[0].startswith(
+        f"policy 'pol': its is overall value {o.overall_value:.4g} and value "
+        f"{o.values[list(o.groups).index('b')]:.4g} in group 'b' lie far outside the range of "
+        "the observed returns (further beyond it than the range is wide)")
+    assert "group 'a'" not in far[0]
+    assert far[0] in res.to_dict()["warnings"]
+    assert far[0] in res["pol"].diagnostics.messages
+
+
 class ZeroWeightPolicy:
     """Puts all mass on an action other than the logged one in the episodes of ``groups``.
 

@@ -615,8 +615,11 @@ class FairnessAudit:
             member = gi.codes[:, None] == np.arange(len(gi.labels))[None, :]
             frame = hide_low_ess(frame, dict(zip(gi.labels, WeightSums.by_group(
                 inputs, member, self.truncate), strict=True)), gi.min_cell)
+        returns = dataset.returns(discount=True)
+        span = (float(returns.min()), float(returns.max())) if returns.size else None
         return frame, weight_diagnostics(name, key, inputs, gi, report, truncate=self.truncate,
-                                         censoring=censoring), q_entry
+                                         censoring=censoring, values=frame,
+                                         returns_range=span), q_entry
 
 
 class _Support:
