@@ -51,6 +51,8 @@ FAR_MESSAGE = (
 SUPPORT_PREFIX = "policy {policy!r}: "
 #: The start of a policy's censoring warning (:func:`diagnose`) as a ``warnings`` filter pattern.
 CENSORING_WARNING = r"policy .*: [0-9.]+% of the episodes are censored"
+#: ... and of its in-sample propensity warning.
+IN_SAMPLE_WARNING = r"policy .*: [a-z, ]+ uses? propensities estimated in-sample"
 
 
 def _ess_kind(estimator: str) -> str:
@@ -127,8 +129,8 @@ class WeightDiagnostics:
 def weight_diagnostics(policy: str, estimator: str, inputs: OPEInputs, gi: GroupIndex,
                        support: SupportReport | None, *, truncate: float | None = None,
                        warn: bool = True, censoring: CensoringCheck | None = None,
-                       values: Any = None, returns_range: tuple[float, float] | None = None
-                       ) -> WeightDiagnostics:
+                       values: Any = None, returns_range: tuple[float, float] | None = None,
+                       in_sample: str | None = None) -> WeightDiagnostics:
     """ESS overall and by group and the support check of one policy's group values.
 
     Parameters
@@ -154,6 +156,9 @@ def weight_diagnostics(policy: str, estimator: str, inputs: OPEInputs, gi: Group
         The policy's group values, checked against ``returns_range`` (:func:`far_values_message`).
     returns_range : tuple of float, optional
         The observed episode returns' ``(min, max)`` over the dataset.
+    in_sample : str, optional
+        ``evaluate``'s warning on weights from in-sample estimated propensities, naming the
+        policy (:func:`~equicare.fairness._audit.audited_in_sample`).
 
     Returns
     -------
@@ -164,14 +169,14 @@ def weight_diagnostics(policy: str, estimator: str, inputs: OPEInputs, gi: Group
     by_group = {g: effective_sample_size(inputs.subset(np.flatnonzero(gi.codes == j)), truncate)
                 for j, g in enumerate(gi.labels)}
     return diagnose(policy, estimator, ess, by_group, support, warn=warn, censoring=censoring,
-                    values=values, returns_range=returns_range)
+                    values=values, returns_range=returns_range, in_sample=in_sample)
 
 
 def diagnose(policy: str, estimator: str, ess: EffectiveSampleSize,
              by_group: dict[str, EffectiveSampleSize], support: Any, *,
              warn: bool = True, censoring: CensoringCheck | None = None,
-             values: Any = None, returns_range: tuple[float, float] | None = None
-             ) -> WeightDiagnostics:
+             values: Any = None, returns_range: tuple[float, float] | None = None,
+             in_sample: str | None = None) -> WeightDiagnostics:
     """:func:`weight_diagnostics` from ESS already computed (the streamed audit's, from sums).
 
     Parameters
@@ -191,6 +196,9 @@ def diagnose(policy: str, estimator: str, ess: EffectiveSampleSize,
     values, returns_range
         The policy's group values and the observed returns' range: values far outside it are
         warned about (:func:`far_values_message`; a ``SupportWarning``, as the low-ESS one).
+    in_sample : str, optional
+        The in-sample propensity warning (a ``DataWarning``, as ``evaluate``'s), kept with the
+        others.
     """
     diag = WeightDiagnostics(policy=policy, estimator=estimator, ess=ess, ess_by_group=by_group,
                              support=support)
@@ -224,6 +232,10 @@ def diagnose(policy: str, estimator: str, ess: EffectiveSampleSize,
         msgs.append(far)
         if warn:
             warnings.warn(far, SupportWarning, stacklevel=3)
+    if in_sample is not None:
+        msgs.append(in_sample)
+        if warn:
+            warnings.warn(in_sample, DataWarning, stacklevel=3)
     if censoring is not None and censoring.warn and not censoring.switched:
         msgs.append(SUPPORT_PREFIX.format(policy=policy) + censoring.message())
         if warn:

@@ -665,7 +665,9 @@ def audit_stream(
                     g: part.ess[name].weight_sums(j, cfg.truncate)
                     for j, g in enumerate(gi.labels)}, gi.min_cell)
             diags[name] = _diagnostics(name, key, part, gi, check, cfg.truncate,
-                                       censoring.get(name), outcomes[name])
+                                       censoring.get(name), outcomes[name],
+                                       None if behavior is None else behavior.info,
+                                       scan.max_len)
     levels = None
     if cfg.with_level_rates:
         levels = level_table(names, np.concatenate(part.ep_lnum, axis=1), den_all, gi,
@@ -680,16 +682,27 @@ def audit_stream(
 
 
 def _diagnostics(name: str, key: str, part: _Partial, gi: GroupIndex, check: Any,
-                 truncate: float | None, censoring: Any = None, values: Any = None) -> Any:
+                 truncate: float | None, censoring: Any = None, values: Any = None,
+                 behavior: dict[str, Any] | None = None, max_length: int = 0) -> Any:
     """The in-memory audit's weight and support diagnostics of one policy, from chunk sums.
 
     ``censoring``: the policy's censoring check (:func:`~equicare.ope._stream_q.fit_q_checked`);
-    ``values``: its group values, checked against the returns' range as in memory.
+    ``values``: its group values, checked against the returns' range as in memory;
+    ``behavior``: the summary of the behaviour model of estimated propensities (its in-sample
+    warning, from the audited episodes' summed weights, as in memory), or None.
     """
+    from equicare.fairness._audit import in_sample_of
     from equicare.fairness._diagnostics import diagnose
 
     acc = part.ess[name]
     n_groups = len(gi.labels)
+    in_sample = None
+    if behavior is not None:
+        audited = acc.sums[n_groups]  # the last partition: the audited episodes
+        n_ep = float(audited.trajectory[2, 0])
+        in_sample = in_sample_of(name, key, behavior,
+                                 float(audited.trajectory[0, 0]) / n_ep if n_ep else float("nan"),
+                                 int(n_ep), int(audited.per_decision[2].sum()), max_length)
     support = None
     if check is not None and name in part.support:
         support = part.support[name].report(threshold=check.threshold,
@@ -697,4 +710,5 @@ def _diagnostics(name: str, key: str, part: _Partial, gi: GroupIndex, check: Any
                                             estimators=(key,))
     return diagnose(name, key, acc.ess(n_groups, truncate),
                     {g: acc.ess(j, truncate) for j, g in enumerate(gi.labels)}, support,
-                    censoring=censoring, values=values, returns_range=part.returns_range)
+                    censoring=censoring, values=values, returns_range=part.returns_range,
+                    in_sample=in_sample)
