@@ -303,3 +303,14 @@ def test_random_two_way_tables_leave_no_small_cell_determined(seed):
     for k, (lo, hi) in _cell_bounds(table, hidden).items():
         if table[k] < 11:
             assert hi - lo > 1e-6, (k, table, hidden)
+
+
+def test_no_suppressed_cell_suppresses_no_label_not_one_named_0():
+    """With no cell to suppress, the labels were the empty frame's column names, {0}: a group
+    coded "0" (three Garnet groups of 319 to 343 episodes, labels "0", "1", "2") vanished from
+    the audit with a warning that began " and are suppressed"."""
+    labels = np.repeat(np.array(["0", "1", "2"]), [338, 343, 319])
+    assert suppressed_labels([labels]) == set()
+    assert suppressed_labels([labels, np.tile(np.array(["0", "1"]), 500)]) == set()
+    with_small = np.concatenate([labels, np.array(["3"] * 4)])
+    assert suppressed_labels([with_small]) == {"3", "2"}  # primary, then the smallest other

@@ -217,7 +217,10 @@ def suppressed_labels(components: Sequence[Any], min_cell: int = MIN_CELL,
     """
     cells, sup = suppressed_cells(components, min_cell, withheld)
     cols = list(range(len(components)))
-    return set(cells.loc[sup, cols].astype(str).agg(" x ".join, axis=1))
+    # row by row: with no suppressed cell, ``agg(..., axis=1)`` of the empty frame is a frame,
+    # and ``set`` of it was its column names, {0}: a group labelled "0" (sex or race coded
+    # 0/1/...) was suppressed from every audit whenever nothing else was
+    return {" x ".join(map(str, row)) for row in cells.loc[sup, cols].itertuples(index=False)}
 
 
 def suppressed_levels(labels: Any, min_cell: int = MIN_CELL,

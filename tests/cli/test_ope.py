@@ -423,8 +423,9 @@ def test_bad_behavior_folds_exit_2(files, value):
 def test_plain_is_on_in_sample_propensities_is_flagged_under_the_table(tmp_path, stream):
     """A Garnet panel (700 states, 25 actions) evaluated without its propensity column: the
     behaviour model fits in-sample, the behaviour policy's own weights average well below 1 and
-    plain IS is biased low. The warning is printed, the table says it under is, and the result
-    JSON keeps the mean weight and the message (in memory and streamed)."""
+    plain IS is biased low, and so is WPDIS over its episodes of different lengths. The warning
+    is printed, the table says it under is and wpdis, and the result JSON keeps the mean weight
+    and the message (in memory and streamed)."""
     from equicare.cli import app
 
     runner = CliRunner()
@@ -438,14 +439,18 @@ def test_plain_is_on_in_sample_propensities_is_flagged_under_the_table(tmp_path,
     out = tmp_path / "r.json"
     res = runner.invoke(app, ["evaluate", str(g / "panel.parquet"), "--manifest",
                               str(g / "noprop.toml"), "--policy",
-                              str(g / "policies" / "behavior.parquet"), "--estimators", "is,wis",
+                              str(g / "policies" / "behavior.parquet"), "--estimators",
+                              "is,wis,wpdis",
                               "--bootstrap", "20", "--out", str(out),
                               *(["--chunk-rows", "4000"] if stream else [])])
     assert res.exit_code == 0, res.output
     bm = json.loads(out.read_text())["behavior_model"]
     w = bm["mean_trajectory_weight"]
-    assert w < 0.5 and bm["in_sample_warning"].startswith("is uses propensities estimated")
+    assert w < 0.5 and bm["in_sample_warning"].startswith("is and wpdis use propensities")
     flat = " ".join(res.output.split())
-    assert "warning: is uses propensities estimated in-sample" in flat
+    assert "warning: is and wpdis use propensities estimated in-sample" in flat
     assert (f"is: biased low, in-sample estimated propensities (weights average {w:.3g}, 1 "
             "expected); read wis, dr or wdr") in flat
+    # its episodes last 1 to 120 steps: WPDIS is flagged too, on a line of its own
+    assert ("wpdis: biased, in-sample estimated propensities over episodes of different "
+            "lengths; read wis, dr or wdr") in flat

@@ -144,11 +144,34 @@ def test_run_summary_marks_the_estimates_far_outside_the_observed_returns(tmp_pa
     """ICU panel: the final table listed 'dr -94.9605' beside 'wdr 0.7550' as one more value
     of a survival probability; an estimator the evaluation found far outside the observed
     returns is marked in a note column (the warning scrolled away above the progress)."""
-    import equicare.pipeline._run as run_mod
-
     summary = {"behavior_value": 0.8095, "out_of_range": ["dr"],
                "estimates": {"dr": {"value": -94.9605, "ci": [-503.0, 313.1]},
                              "wdr": {"value": 0.755, "ci": [0.649, 0.861]}}}
+    lines = _run_table(tmp_path, monkeypatch, summary)
+    dr = next(ln for ln in lines if "-94.9605" in ln)
+    wdr = next(ln for ln in lines if "0.7550" in ln)
+    assert "off range: not a value" in dr and "off range" not in wdr
+
+
+def test_run_summary_prints_blown_up_estimates_with_significant_digits(tmp_path, monkeypatch):
+    """ICU panel, estimated propensities cross-fitted on thin levels: the final table printed IS
+    as 1206224360637499935839637233738023323098834534400.0000 and its interval twice as wide.
+    From 1e6 on a value gets 4 significant digits; smaller ones keep 4 decimals."""
+    summary = {"behavior_value": 0.84, "out_of_range": ["is"],
+               "estimates": {"is": {"value": 1.2062243606374999e48,
+                                    "ci": [3.348872904617981e30, 3.627713422666695e48]},
+                             "wdr": {"value": 1.2372, "ci": [-0.1243, 2.5987]}}}
+    lines = _run_table(tmp_path, monkeypatch, summary)
+    is_line = next(ln for ln in lines if ln.startswith("│ is "))
+    assert "1.206e+48" in is_line and "[3.349e+30, 3.628e+48]" in is_line
+    assert not any("120622436063" in ln for ln in lines)
+    assert "[-0.1243, 2.5987]" in next(ln for ln in lines if ln.startswith("│ wdr "))
+    assert any("0.8400" in ln for ln in lines)
+
+
+def _run_table(tmp_path, monkeypatch, summary: dict) -> list[str]:
+    """The lines ``equicare run`` prints for a run whose summary is ``summary`` (faked)."""
+    import equicare.pipeline._run as run_mod
 
     def fake_run(cfg, *, store_root=None, progress=True):
         return run_mod.RunOutcome("20260101-abc", tmp_path, tmp_path / "report.html", [],
@@ -158,10 +181,7 @@ def test_run_summary_marks_the_estimates_far_outside_the_observed_returns(tmp_pa
     res = runner.invoke(app, ["run", "--example", "care", "--store", str(tmp_path / "runs"),
                               "--no-progress"])
     assert res.exit_code == 0, res.output
-    lines = res.stdout.splitlines()
-    dr = next(ln for ln in lines if "-94.9605" in ln)
-    wdr = next(ln for ln in lines if "0.7550" in ln)
-    assert "off range: not a value" in dr and "off range" not in wdr
+    return res.stdout.splitlines()
 
 
 def test_runs_compare_of_a_run_and_a_sweep_is_one_line_and_exit_code_2(store):

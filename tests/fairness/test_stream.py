@@ -720,3 +720,52 @@ def test_audit_support_without_propensities_is_out_of_fold_when_cells_are_suppre
     kept = _published(ds, ("race", "sex"), ref)
     share = np.average(whole.per_episode_pct[kept], weights=ds.episode_lengths[kept])
     assert ref["uniform"].diagnostics.support.share_pct == pytest.approx(share, rel=1e-12)
+
+
+def test_streamed_audit_warns_about_values_far_outside_the_returns_as_in_memory(panel, tmp_path):
+    """Twenty rows logged at propensity 1e-7 blow the IS weights up (overall value about 2,600
+    where the returns lie within [-1.9, 2.2]): the streamed audit says so with the in-memory
+    audit's words (the returns' range summed over the chunks)."""
+    path, man, _ = panel
+    frame = pd.read_parquet(path)
+    first = frame.groupby("member_id").head(1).index[:20]
+    frame.loc[first, "propensity"] = 1e-7
+    bad = tmp_path / "bad.parquet"
+    frame.to_parquet(bad, index=False, row_group_size=50)
+    cfg = FairnessAudit(action="modality=home_visit", n_boot=0, n_permutations=0,
+                        estimator="is")
+    ref = cfg.run(load_dataset(bad, man, emit_warnings=False), {"risk": RiskPolicy()},
+                  random_state=8).to_dict()["warnings"]
+    got = audit_stream(bad, {"risk": RiskPolicy()}, manifest=man, config=cfg, chunk_rows=100,
+                       random_state=8).to_dict()["warnings"]
+    far = [m for m in ref if "far outside the range of the observed returns" in m]
+    assert len(far) == 1 and far[0].startswith("policy 'risk': its is overall value ")
+    assert "it is not a value" in far[0]
+    assert [m for m in got if "far outside" in m] == far
+
+
+def test_streamed_audit_warns_about_in_sample_propensities_as_in_memory(tmp_path):
+    """Without logged propensities both audits fit the behaviour model in-sample on a saturated
+    state (700 Garnet states, 1,000 episodes, the whole panel as the streamed model's sample):
+    evaluate's in-sample warning, naming the policy, from the audited episodes' summed weights,
+    with the in-memory audit's words."""
+    import warnings
+
+    from equicare.sim.garnet import garnet_preset
+
+    from ..ope.test_stream_behavior import _garnet_parquet, _garnet_table
+
+    path, man, ds, pols, _ = _garnet_parquet(tmp_path, garnet_preset("s700_a25_g1"), 1000, 5)
+    Table = _garnet_table(pols["behavior"])
+    cfg = FairnessAudit(action="action=1", n_boot=0, n_permutations=0, estimator="wpdis")
+
+    def in_sample(res) -> list[str]:
+        return [m for m in res.to_dict()["warnings"] if "estimated in-sample" in m]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = in_sample(cfg.run(ds, {"practice": Table()}, random_state=8))
+        got = in_sample(audit_stream(path, {"practice": Table()}, manifest=man, config=cfg,
+                                     chunk_rows=3000, random_state=8))
+    assert len(ref) == 1 and ref[0].startswith("policy 'practice': wpdis uses propensities")
+    assert got == ref

@@ -365,3 +365,50 @@ def test_in_sample_message_needs_in_sample_estimates_plain_is_and_a_low_mean_wei
     assert in_sample_weights_message(one, ("wis", "wpdis", "dr", "wdr"), 0.1, 10, 45) is None
     assert in_sample_weights_message(one, ("is",), IN_SAMPLE_MEAN_WEIGHT, 10, 45) is None
     assert in_sample_weights_message(one, ("is",), float("nan"), 0, 0) is None
+    # WPDIS: named when the episodes differ in length (45 steps < 10 episodes x 9), not when
+    # they have one length (40 = 10 x 4) or the longest is not known
+    from equicare.ope._propensity_check import MSG_IN_SAMPLE_WPDIS, in_sample_named
+
+    varied = in_sample_weights_message(one, ("wis", "wpdis"), low, 10, 45, max_length=9)
+    assert varied is not None and varied.startswith("wpdis uses propensities estimated")
+    assert MSG_IN_SAMPLE_WPDIS in varied and "instead of wpdis," in varied
+    every = in_sample_weights_message(one, ("is", "pdis", "wpdis"), low, 10, 45, max_length=9)
+    assert every is not None and every.startswith("is, pdis and wpdis use propensities")
+    assert in_sample_named(every) == ("is", "pdis", "wpdis")
+    assert in_sample_named(in_sample_weights_message(one, ("is", "wpdis"), low, 10, 40,
+                                                     max_length=4) or "") == ("is",)
+    assert in_sample_weights_message(one, ("wpdis",), low, 10, 40, max_length=4) is None
+    assert in_sample_weights_message(one, ("wpdis",), low, 10, 45) is None
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.SupportWarning")
+def test_in_sample_propensities_bias_wpdis_over_episodes_of_different_lengths():
+    """WPDIS divides each step's weighted rewards by every episode's weight, the ended ones
+    included; in-sample weights shrink with each step (a 700-state Garnet panel's behaviour
+    policy: episodes of 1 to 120 steps), so the outcomes ending long episodes were undercounted:
+    WPDIS 0.438 for the behaviour policy whose logged-propensity WPDIS is 0.771 (truth 0.800),
+    with no word, while the in-sample warning named only IS and PDIS. It names WPDIS now."""
+    import warnings
+    from dataclasses import replace
+
+    from equicare.exceptions import DataWarning
+    from equicare.ope import evaluate
+
+    _, logged, pols = make("s700_a25_g1", 1000, seed=5)
+    assert logged.episode_lengths.min() < logged.episode_lengths.max()
+    pi = pols["behavior"][np.asarray(logged.categorical[:, 0])]
+    kw = {"estimators": ("wis", "wpdis"), "bootstrap": 0, "groups": (), "random_state": 0}
+    known = evaluate(logged, pi, **kw).estimates
+    ds = replace(logged, behavior_prob=None, _cache={})
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        res = evaluate(ds, pi, **kw)
+    assert res.estimates["wpdis"].value < 0.7 * known["wpdis"].value  # far below
+    assert res.estimates["wis"].value == pytest.approx(known["wis"].value, rel=0.06)
+    msg = res.behavior_model["in_sample_warning"]
+    assert msg is not None and msg.startswith("wpdis uses propensities estimated in-sample")
+    from equicare.ope._propensity_check import MSG_IN_SAMPLE_WPDIS
+
+    assert MSG_IN_SAMPLE_WPDIS in msg
+    assert [str(w.message) for w in rec if issubclass(w.category, DataWarning)
+            and "estimated in-sample" in str(w.message)] == [msg]

@@ -234,11 +234,12 @@ def test_streamed_in_sample_propensities_give_the_in_memory_warning(tmp_path):
         return res, [str(w.message) for w in rec if issubclass(w.category, DataWarning)
                      and "estimated in-sample" in str(w.message)]
 
-    kw = {"estimators": ("is", "wis"), "random_state": 4, "groups": ()}
+    kw = {"estimators": ("is", "wis", "wpdis"), "random_state": 4, "groups": ()}
     mem, in_memory = run(lambda: evaluate(ds, Table(), bootstrap=0, **kw))
     got, streamed = run(lambda: evaluate_stream(path, Table(), manifest=man, n_boot=0,
                                                 chunk_rows=3000, **kw))
     assert len(in_memory) == 1 and streamed == in_memory
+    assert in_memory[0].startswith("is and wpdis use")  # episodes of 1 to 120 steps
     w = got.behavior_model["mean_trajectory_weight"]
     assert w == pytest.approx(mem.behavior_model["mean_trajectory_weight"], rel=1e-5)
     assert w < 0.5

@@ -134,7 +134,7 @@ def run_audit(
 
     from equicare.exceptions import DataWarning, SmallCellWarning, SupportWarning
     from equicare.fairness._audit import FairnessAudit
-    from equicare.fairness._diagnostics import CENSORING_WARNING
+    from equicare.fairness._diagnostics import CENSORING_WARNING, IN_SAMPLE_WARNING
     from equicare.utils import MIN_CELL
 
     _check_out(out, force)
@@ -152,6 +152,7 @@ def run_audit(
                             usual_care=usual_care)  # type: ignore[arg-type]
         warnings.simplefilter("ignore", SupportWarning)  # in res.warnings, printed by the command
         warnings.filterwarnings("ignore", CENSORING_WARNING, DataWarning)  # likewise
+        warnings.filterwarnings("ignore", IN_SAMPLE_WARNING, DataWarning)  # likewise
         if chunk_rows is not None:
             from equicare.fairness import audit_stream
 

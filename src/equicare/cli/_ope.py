@@ -299,18 +299,27 @@ def _cells(e: Any) -> tuple[str, str, str]:
 #: above the table says why: :data:`~equicare.ope._propensity_check.MSG_IN_SAMPLE`).
 IN_SAMPLE_CAPTION = ("{names}: biased low, in-sample estimated propensities (weights average "
                      "{mean}, 1 expected); read wis, dr or wdr")
+#: ... and under WPDIS when the episodes differ in length.
+IN_SAMPLE_WPDIS_CAPTION = ("wpdis: biased, in-sample estimated propensities over episodes of "
+                           "different lengths; read wis, dr or wdr")
 
 
 def _caption(estimates: dict[str, Any], behavior_model: dict[str, Any] | None = None
              ) -> str | None:
-    """Lines under the table: why estimates are "n/a", and plain IS / PDIS biased low."""
+    """Lines under the table: why estimates are "n/a", and plain IS / PDIS (WPDIS) biased."""
     why = [f"{k}: n/a, {e.reason}" for k, e in estimates.items()
            if getattr(e, "reason", None) is not None]
     bm = behavior_model or {}
     if bm.get("in_sample_warning"):
-        why.append(IN_SAMPLE_CAPTION.format(
-            names=", ".join(k for k in ("is", "pdis") if k in estimates),
-            mean=f"{bm['mean_trajectory_weight']:.3g}"))
+        from equicare.ope._propensity_check import in_sample_named
+
+        named = [k for k in in_sample_named(bm["in_sample_warning"]) if k in estimates]
+        plain = [k for k in named if k != "wpdis"]
+        if plain:
+            why.append(IN_SAMPLE_CAPTION.format(names=", ".join(plain),
+                                                mean=f"{bm['mean_trajectory_weight']:.3g}"))
+        if "wpdis" in named:
+            why.append(IN_SAMPLE_WPDIS_CAPTION)
     return "\n".join(why) or None
 
 

@@ -516,6 +516,15 @@ NO_VALUE_CAPTION = ("n/a: no value stored (withheld: a small cell, or importance
                     "result.json and audit.json say why for each")
 
 
+def _num(x: float) -> str:
+    """A value of the run's table: 4 decimals, or 4 significant digits from 1e6 on.
+
+    Blown-up importance weights gave an ICU run's IS as 48 digits and a 4-decimal tail
+    (1206224360637499935839637233738023323098834534400.0000), its interval twice as wide.
+    """
+    return f"{x:.4f}" if not abs(x) >= 1e6 else f"{x:.4g}"
+
+
 def _print_outcome(out: object) -> None:
     from rich.table import Table
 
@@ -535,12 +544,12 @@ def _print_outcome(out: object) -> None:
         for c in ("estimator", "value", "95% CI") + (("note",) if far else ()):
             t2.add_column(c)
         pad = ("",) if far else ()
-        t2.add_row("behaviour (observed)", f"{s['behavior_value']:.4f}", "", *pad)
+        t2.add_row("behaviour (observed)", _num(s["behavior_value"]), "", *pad)
         for k, e in s["estimates"].items():
-            t2.add_row(k, f"{e['value']:.4f}", f"[{e['ci'][0]:.4f}, {e['ci'][1]:.4f}]",
+            t2.add_row(k, _num(e["value"]), f"[{_num(e['ci'][0])}, {_num(e['ci'][1])}]",
                        *(("off range: not a value" if k in far else "",) if far else ()))
         for k, tr in s.get("truth", {}).items():
-            t2.add_row(f"TRUE {k} (simulator)", f"{tr['value']:.4f}", f"± {1.96 * tr['se']:.4f}",
+            t2.add_row(f"TRUE {k} (simulator)", _num(tr["value"]), f"± {_num(1.96 * tr['se'])}",
                        *pad)
         print_table(t2)
     for k, v in s.get("parity_gap_pp", {}).items():

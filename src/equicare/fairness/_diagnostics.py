@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from equicare.ope._censoring import CensoringCheck
 
 __all__ = ["WeightDiagnostics", "weight_diagnostics", "diagnose", "LOW_ESS_PCT", "LOW_ESS_MESSAGE",
-           "IS_ADVICE", "DR_ADVICE", "WEIGHTED"]
+           "IS_ADVICE", "DR_ADVICE", "WEIGHTED", "FAR_MESSAGE", "far_values_message"]
 
 #: ESS (% of the episodes) below which the audit warns (as the mediation analysis does).
 LOW_ESS_PCT = 10.0
@@ -41,10 +41,18 @@ LOW_ESS_MESSAGE = (
 #: The advice of :data:`LOW_ESS_MESSAGE` for importance sampling, and for dr and wdr.
 IS_ADVICE = "Prefer dr or wdr (a Q-model), truncate the weights, or log the propensities."
 DR_ADVICE = "Truncate the weights, log the propensities, or compare with fqe."
+#: The warning on group values far outside the range of the observed returns (tests match it).
+FAR_MESSAGE = (
+    "policy {policy!r}: its {estimator} {what} {lie} far outside the range of the observed "
+    "returns (further beyond it than the range is wide): the importance weights are extreme, "
+    "so {those}, and neither are the value gap, worst group and Ginis that rest on {them}. "
+    "Truncate the weights, compare with fqe, or log the propensities.")
 #: Prefix of the support warning (the rest is ``evaluate``'s :class:`SupportReport` message).
 SUPPORT_PREFIX = "policy {policy!r}: "
 #: The start of a policy's censoring warning (:func:`diagnose`) as a ``warnings`` filter pattern.
 CENSORING_WARNING = r"policy .*: [0-9.]+% of the episodes are censored"
+#: ... and of its in-sample propensity warning.
+IN_SAMPLE_WARNING = r"policy .*: [a-z, ]+ uses? propensities estimated in-sample"
 
 
 def _ess_kind(estimator: str) -> str:
@@ -120,8 +128,9 @@ class WeightDiagnostics:
 
 def weight_diagnostics(policy: str, estimator: str, inputs: OPEInputs, gi: GroupIndex,
                        support: SupportReport | None, *, truncate: float | None = None,
-                       warn: bool = True, censoring: CensoringCheck | None = None
-                       ) -> WeightDiagnostics:
+                       warn: bool = True, censoring: CensoringCheck | None = None,
+                       values: Any = None, returns_range: tuple[float, float] | None = None,
+                       in_sample: str | None = None) -> WeightDiagnostics:
     """ESS overall and by group and the support check of one policy's group values.
 
     Parameters
@@ -143,6 +152,13 @@ def weight_diagnostics(policy: str, estimator: str, inputs: OPEInputs, gi: Group
         Emit the warnings.
     censoring : CensoringCheck, optional
         The Q-model's censoring check (:meth:`~equicare.ope.Prepared.censoring_report`).
+    values : OutcomeFrame, optional
+        The policy's group values, checked against ``returns_range`` (:func:`far_values_message`).
+    returns_range : tuple of float, optional
+        The observed episode returns' ``(min, max)`` over the dataset.
+    in_sample : str, optional
+        ``evaluate``'s warning on weights from in-sample estimated propensities, naming the
+        policy (:func:`~equicare.fairness._audit.audited_in_sample`).
 
     Returns
     -------
@@ -152,12 +168,15 @@ def weight_diagnostics(policy: str, estimator: str, inputs: OPEInputs, gi: Group
     ess = effective_sample_size(inputs.subset(kept), truncate)
     by_group = {g: effective_sample_size(inputs.subset(np.flatnonzero(gi.codes == j)), truncate)
                 for j, g in enumerate(gi.labels)}
-    return diagnose(policy, estimator, ess, by_group, support, warn=warn, censoring=censoring)
+    return diagnose(policy, estimator, ess, by_group, support, warn=warn, censoring=censoring,
+                    values=values, returns_range=returns_range, in_sample=in_sample)
 
 
 def diagnose(policy: str, estimator: str, ess: EffectiveSampleSize,
              by_group: dict[str, EffectiveSampleSize], support: Any, *,
-             warn: bool = True, censoring: CensoringCheck | None = None) -> WeightDiagnostics:
+             warn: bool = True, censoring: CensoringCheck | None = None,
+             values: Any = None, returns_range: tuple[float, float] | None = None,
+             in_sample: str | None = None) -> WeightDiagnostics:
     """:func:`weight_diagnostics` from ESS already computed (the streamed audit's, from sums).
 
     Parameters
@@ -174,6 +193,12 @@ def diagnose(policy: str, estimator: str, ess: EffectiveSampleSize,
         When it warns and the table was not replaced (the user named the stationary table),
         its message naming the policy, a :class:`~equicare.exceptions.DataWarning` as
         ``evaluate``'s.
+    values, returns_range
+        The policy's group values and the observed returns' range: values far outside it are
+        warned about (:func:`far_values_message`; a ``SupportWarning``, as the low-ESS one).
+    in_sample : str, optional
+        The in-sample propensity warning (a ``DataWarning``, as ``evaluate``'s), kept with the
+        others.
     """
     diag = WeightDiagnostics(policy=policy, estimator=estimator, ess=ess, ess_by_group=by_group,
                              support=support)
@@ -201,6 +226,16 @@ def diagnose(policy: str, estimator: str, ess: EffectiveSampleSize,
     if warn:
         for m in msgs:
             warnings.warn(m, SupportWarning, stacklevel=3)
+    far = (None if values is None or estimator not in WEIGHTED
+           else far_values_message(policy, estimator, values, returns_range))
+    if far is not None:  # a weight diagnostic, as the low-ESS warning
+        msgs.append(far)
+        if warn:
+            warnings.warn(far, SupportWarning, stacklevel=3)
+    if in_sample is not None:
+        msgs.append(in_sample)
+        if warn:
+            warnings.warn(in_sample, DataWarning, stacklevel=3)
     if censoring is not None and censoring.warn and not censoring.switched:
         msgs.append(SUPPORT_PREFIX.format(policy=policy) + censoring.message())
         if warn:
@@ -212,3 +247,39 @@ def diagnose(policy: str, estimator: str, ess: EffectiveSampleSize,
 def _fmt(e: EffectiveSampleSize, diag: WeightDiagnostics) -> str:
     pct = diag.ess_pct(e)
     return f"{pct * e.n_episodes / 100:.1f} episodes ({pct:.2f}%)"
+
+
+def far_values_message(policy: str, estimator: str, values: Any,
+                       returns_range: tuple[float, float] | None) -> str | None:
+    """The warning on an audited policy's values far outside the observed returns, or None.
+
+    ``evaluate``'s check (:func:`equicare.ope._evaluate.far_outside`: further beyond the
+    returns' range than the range is wide) on the overall value and each published group's.
+    A value of 3.75 for a survival probability (DR of a CQL policy on an ICU-shaped panel,
+    a group at 6.05, a value gap of 5.07 and a Gini of 0.36) is the importance weights blowing
+    up; the audit said only that one group's weights had a low effective sample size. The
+    range's ends are not printed: they are single members' returns.
+
+    Parameters
+    ----------
+    policy, estimator : str
+    values : OutcomeFrame
+        ``overall_value``, ``groups`` and ``values`` (NaN: undefined or withheld).
+    returns_range : tuple of float or None
+        ``(min, max)`` of the observed episode returns.
+    """
+    from equicare.ope._evaluate import far_outside
+
+    bad = [f"overall value {values.overall_value:.4g}"] if far_outside(
+        float(values.overall_value), returns_range) else []
+    bad += [f"value {v:.4g} in group {g!r}"
+            for g, v in zip(values.groups, values.values, strict=True)
+            if far_outside(float(v), returns_range)]
+    if not bad:
+        return None
+    many = len(bad) > 1
+    what = bad[0] if not many else ", ".join(bad[:-1]) + " and " + bad[-1]
+    return FAR_MESSAGE.format(policy=policy, estimator=estimator, what=what,
+                              lie="lie" if many else "lies",
+                              those="they are not values" if many else "it is not a value",
+                              them="them" if many else "it")

@@ -252,8 +252,14 @@ class _Partial:
     support: dict[str, Any] = field(default_factory=dict)
     #: ``[rows left to current practice, rows]`` of each policy that can defer rows
     deferred: dict[str, NDArray[np.float64]] = field(default_factory=dict)
+    #: ``(min, max)`` of the episodes' discounted returns (the values' yardstick), or None
+    returns_range: tuple[float, float] | None = None
 
     def merge(self, other: _Partial) -> None:
+        if other.returns_range is not None:
+            self.returns_range = other.returns_range if self.returns_range is None else (
+                min(self.returns_range[0], other.returns_range[0]),
+                max(self.returns_range[1], other.returns_range[1]))
         for k, c in other.deferred.items():
             self.deferred[k] = c if k not in self.deferred else self.deferred[k] + c
         for k, e in other.ess.items():
@@ -324,8 +330,11 @@ def _add_chunk(part: _Partial, ds: TrajectoryDataset, ctx: _Context) -> None:
     if cfg.estimator is None:
         return
     ones = np.ones((ds.n_episodes, 1))
+    returns = ds.returns(discount=True)
+    if returns.size:
+        part.merge(_Partial(returns_range=(float(returns.min()), float(returns.max()))))
     part.out.setdefault(BEHAVIOR, _Acc()).add(
-        h, np.concatenate([ds.returns(discount=True)[:, None], ones], axis=1), w)
+        h, np.concatenate([returns[:, None], ones], axis=1), w)
     for name in pols:
         # 1 where a deployed policy leaves the row to the clinicians (the logged action)
         b = (None if ds.behavior_prob is None
@@ -656,7 +665,9 @@ def audit_stream(
                     g: part.ess[name].weight_sums(j, cfg.truncate)
                     for j, g in enumerate(gi.labels)}, gi.min_cell)
             diags[name] = _diagnostics(name, key, part, gi, check, cfg.truncate,
-                                       censoring.get(name))
+                                       censoring.get(name), outcomes[name],
+                                       None if behavior is None else behavior.info,
+                                       scan.max_len)
     levels = None
     if cfg.with_level_rates:
         levels = level_table(names, np.concatenate(part.ep_lnum, axis=1), den_all, gi,
@@ -671,15 +682,27 @@ def audit_stream(
 
 
 def _diagnostics(name: str, key: str, part: _Partial, gi: GroupIndex, check: Any,
-                 truncate: float | None, censoring: Any = None) -> Any:
+                 truncate: float | None, censoring: Any = None, values: Any = None,
+                 behavior: dict[str, Any] | None = None, max_length: int = 0) -> Any:
     """The in-memory audit's weight and support diagnostics of one policy, from chunk sums.
 
-    ``censoring``: the policy's censoring check (:func:`~equicare.ope._stream_q.fit_q_checked`).
+    ``censoring``: the policy's censoring check (:func:`~equicare.ope._stream_q.fit_q_checked`);
+    ``values``: its group values, checked against the returns' range as in memory;
+    ``behavior``: the summary of the behaviour model of estimated propensities (its in-sample
+    warning, from the audited episodes' summed weights, as in memory), or None.
     """
+    from equicare.fairness._audit import in_sample_of
     from equicare.fairness._diagnostics import diagnose
 
     acc = part.ess[name]
     n_groups = len(gi.labels)
+    in_sample = None
+    if behavior is not None:
+        audited = acc.sums[n_groups]  # the last partition: the audited episodes
+        n_ep = float(audited.trajectory[2, 0])
+        in_sample = in_sample_of(name, key, behavior,
+                                 float(audited.trajectory[0, 0]) / n_ep if n_ep else float("nan"),
+                                 int(n_ep), int(audited.per_decision[2].sum()), max_length)
     support = None
     if check is not None and name in part.support:
         support = part.support[name].report(threshold=check.threshold,
@@ -687,4 +710,5 @@ def _diagnostics(name: str, key: str, part: _Partial, gi: GroupIndex, check: Any
                                             estimators=(key,))
     return diagnose(name, key, acc.ess(n_groups, truncate),
                     {g: acc.ess(j, truncate) for j, g in enumerate(gi.labels)}, support,
-                    censoring=censoring)
+                    censoring=censoring, values=values, returns_range=part.returns_range,
+                    in_sample=in_sample)

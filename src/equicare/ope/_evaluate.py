@@ -1005,11 +1005,13 @@ def _evaluate(
             warnings.warn(floored, DataWarning, stacklevel=3)
         if bm_summary is not None:  # the result JSON and the run report say it too
             bm_summary = {**bm_summary, "floored_warning": floored}
-        # in-sample propensities: plain IS / PDIS biased low (their weights average below 1)
+        # in-sample propensities: plain IS / PDIS (and WPDIS over episodes of different
+        # lengths) biased (their weights average below 1)
         w = prep.inputs.cumulative_weights()
         mean_w = float(w[:, -1].mean()) if w.size else float("nan")
         in_sample = in_sample_weights_message(bm_summary, tuple(keys), mean_w,
-                                              dataset.n_episodes, dataset.n_steps)
+                                              dataset.n_episodes, dataset.n_steps,
+                                              int(dataset.episode_lengths.max(initial=0)))
         if in_sample is not None:
             warnings.warn(in_sample, DataWarning, stacklevel=3)
         if bm_summary is not None:

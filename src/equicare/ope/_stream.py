@@ -1082,7 +1082,7 @@ def evaluate_stream(
     if beh_info is not None:  # in-sample propensities: plain IS / PDIS biased low, as in memory
         mean_w = float(main.w_sum / main.n_episodes) if main.n_episodes else float("nan")
         in_sample = in_sample_weights_message(beh_info, tuple(keys), mean_w, main.n_episodes,
-                                              main.n_steps)
+                                              main.n_steps, src.horizon)
         if in_sample is not None:
             warnings.warn(in_sample, DataWarning, stacklevel=2)
         res = dataclasses.replace(res, behavior_model={

@@ -47,8 +47,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "data": {"path": "", "manifest": "", "synthetic": {}},
     "reward": {},
     # folds: cross-fitting folds of the behaviour model when it estimates the propensities
-    # (BehaviorModel n_folds; 1: fitted and predicted on the same episodes)
-    "behavior": {"model": "auto", "folds": 5},
+    # (BehaviorModel n_folds; 1: fitted and predicted on the same episodes; "auto", as
+    # evaluate's --behavior-folds: 1 when the state is mostly one-hot categorical levels, else 5)
+    "behavior": {"model": "auto", "folds": "auto"},
     "learner": {"algo": "awr"},
     "ope": {
         "estimators": list(_ESTIMATORS),
@@ -96,10 +97,13 @@ _CHOICES: dict[str, list[Any]] = {
 }
 
 
+#: What ``behavior.folds`` takes (the message of a wrong value).
+FOLDS_EXPECTED = ('"auto" (1 when the state is mostly one-hot categorical levels, else 5) or an '
+                  'integer >= 1 (1: no cross-fitting)')
+
 #: Numeric keys checked at load: ``key -> (lowest allowed, what was expected)``.
 _LOWEST: dict[str, tuple[float, str]] = {
     "seed": (0, "an integer >= 0"),
-    "behavior.folds": (1, "an integer >= 1 (1: no cross-fitting)"),
     "ope.bootstrap": (0, "an integer >= 0"),
     "ope.truncate": (0, "a number >= 0 (0: no truncation)"),
     "ope.truth_members": (0, "an integer >= 0 (0: no ground truth)"),
@@ -173,6 +177,9 @@ def _value_problems(out: Mapping[str, Any], source: str, base_dir: Path) -> list
         v = _lookup(out, key)
         if not (isinstance(v, int | float) and math.isfinite(v) and v >= low):
             problems.append(f"{source}: {key} must be {expected}, got {v!r}.")
+    folds = out["behavior"]["folds"]
+    if folds != "auto" and folds < 1:
+        problems.append(f"{source}: behavior.folds must be {FOLDS_EXPECTED}, got {folds!r}.")
     margin = out["explain"]["deviation_margin"]
     if margin != "auto" and not (math.isfinite(margin) and 0 <= margin < 1):
         problems.append(f"{source}: explain.deviation_margin must be \"auto\" or a number in "
@@ -371,6 +378,10 @@ class RunConfig:
                     if isinstance(v, list) and len(set(v)) != len(v):
                         problems.append(f"{source}: {full} must name each attribute once, got "
                                         f"{v!r}.")
+                        continue
+                elif full == "behavior.folds":
+                    if v != "auto" and (isinstance(v, bool) or not isinstance(v, int)):
+                        problems.append(f"{source}: {full} must be {FOLDS_EXPECTED}, got {v!r}.")
                         continue
                 elif full == "explain.deviation_margin":
                     # "auto" (the default: DistillConfig.deviation_margin) or a number

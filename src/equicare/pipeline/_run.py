@@ -374,14 +374,17 @@ def behavior_spec(cfg: RunConfig, seed: int) -> Any:
 
     With ``auto`` and ``logged`` it is logistic regression, which estimates only propensities a
     panel does not log (``auto``) and checks support; ``logistic`` and ``lgbm`` are the model
-    itself. ``folds`` episodes folds cross-fit it (a fresh, unfitted model on every call).
+    itself. ``folds`` episodes folds cross-fit it (a fresh, unfitted model on every call);
+    ``"auto"`` (the default) lets the model choose, as ``evaluate --behavior-folds auto`` does:
+    in-sample on a saturated categorical state, whose thin levels cross-fitting empties.
     """
     from equicare.policy import BehaviorModel
 
     b = cfg["behavior"]
     m = str(b["model"])
+    folds = b["folds"]
     return BehaviorModel(estimator="logistic" if m in ("auto", "logged") else m,
-                         n_folds=int(b["folds"]), random_state=seed)
+                         n_folds=folds if folds == "auto" else int(folds), random_state=seed)
 
 
 def _stage_evaluate(
