@@ -111,10 +111,10 @@ LOW_ESS_PCT = 10.0
 #: ends are not printed: they are single transitions' rewards, and notes are published).
 ETA_RANGE_MESSAGE = (
     "{where} outside the range of the observed rewards, where no long-run average reward can "
-    "be: the LSTD fit is unstable (too many basis features for the transitions of some "
-    "actions), and {effects} resting on {them} are estimation error, not effects. Use a "
-    "smaller basis ('constant', or fewer knots) or fewer actions (an action set: the CLI's "
-    "--action)")
+    "be: its LSTD fit failed (a basis too rich for the transitions of some actions, or one "
+    "that cannot represent the process's Q-function), and {effects} resting on {them} are "
+    "estimation error, not effects. Fewer knots or fewer actions (an action set: the CLI's "
+    "--action) may stabilise it; basis='constant' ignores the states")
 
 
 
