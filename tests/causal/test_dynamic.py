@@ -25,10 +25,12 @@ from equicare.causal._data import CONSTANT_MEDIATOR_MESSAGE, NO_MEDIATOR_MESSAGE
 from equicare.causal._dynamic import (
     BINARY_ACTION_MESSAGE,
     FEW_TRANSITIONS_MESSAGE,
+    eta_range_note,
     mediator_ess,
 )
 from equicare.exceptions import (
     DataValidationError,
+    DataWarning,
     PolicyError,
     SmallCellWarning,
     SupportWarning,
@@ -772,3 +774,83 @@ def test_a_mediator_level_logged_for_fewer_than_11_members_is_refused(toy1_data)
     res = DynamicMediation(n_bootstrap=0, estimators=("baseline",)).estimate(
         d, mdp.policy_fn(toy_target()), 0, random_state=0)
     assert np.isfinite(res["baseline"].effects["total"].value)
+
+
+def _behaviour_7(states):
+    """Dose-change probabilities over 7 levels from the INR (column 0): 0 near-certain in 2-3."""
+    x = states[:, 0]
+    k = np.arange(-3, 4)[None, :]
+    mid = (x >= 2) & (x <= 3)
+    centre = np.where(mid, 0.0, np.clip(-(x - 2.5) * 2.5, -3, 3))
+    sd = np.where(mid, 0.3, 0.7)
+    logits = -((k - centre[:, None]) ** 2) / (2 * sd[:, None] ** 2)
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    return p / p.sum(1, keepdims=True)
+
+
+def _dosing_panel(n, t_max, seed):
+    """Warfarin-like transitions: INR, dose, age; 7 dose changes; adherence as the mediator.
+
+    Every reward, -(INR - 2.5)^2, is at most 0, so no long-run average reward is above 0.
+    """
+    rng = np.random.default_rng(seed)
+    pct = np.linspace(-0.3, 0.3, 7)
+    sens = rng.lognormal(np.log(0.043), 0.3, n)
+    dose = rng.normal(35, 8, n).clip(10, 70)
+    inr = 1 + sens * dose * rng.lognormal(0, 0.2, n)
+    age = rng.normal(66, 12, n)
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in ("S", "A", "M", "R", "S2")}
+    for _ in range(t_max):
+        s = np.column_stack([inr, dose, age])
+        a = (_behaviour_7(s).cumsum(1) < rng.random(n)[:, None]).sum(1).clip(0, 6)
+        m = (0.85 - 0.12 * (a != 3) + rng.normal(0, 0.08, n)).clip(0.1, 1.0)
+        dose = (dose * (1 + pct[a])).clip(5, 120)
+        level = 1 + sens * dose * m
+        inr = level + (inr - level) * np.exp(-rng.integers(1, 5, n))
+        for k, v in zip(cols, (s, a, m, -(inr - 2.5) ** 2, np.column_stack([inr, dose, age])),
+                        strict=True):
+            cols[k].append(v)
+
+    def stack(x):
+        return np.stack(x, 1).reshape(n * t_max, -1)
+
+    return dict(states=stack(cols["S"]), next_states=stack(cols["S2"]),
+                actions=stack(cols["A"]).ravel(), mediators=stack(cols["M"]).ravel(),
+                rewards=stack(cols["R"]).ravel(), episode_index=np.repeat(np.arange(n), t_max))
+
+
+def test_an_eta_outside_the_rewards_range_is_flagged():
+    """Target = control = practice on a 7-action dosing panel with a continuous mediator: every
+    eta is the same process's and at most 0 (all rewards are); DM's eta of pi_e came out at
+    +0.041 and MR's at -6.3 and beyond (G: -26), unflagged. Now a DataWarning and the note."""
+    data = _dosing_panel(200, 40, seed=2)
+    assert data["rewards"].max() <= 0
+    with pytest.warns(DataWarning, match=re.escape("outside the range of the observed rewards, "
+                                                   "where no long-run average reward can be")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SupportWarning)
+            res = DynamicMediation(n_bootstrap=0, estimators=("dm", "mr"), basis="spline"
+                                   ).estimate(data, _behaviour_7, _behaviour_7, random_state=0)
+    flagged = 0
+    for name in ("dm", "mr"):
+        eta = res[name].eta
+        out = [k for k, v in eta.items()
+               if v is not None and not data["rewards"].min() <= v <= 0]
+        note = res[name].note or ""
+        assert ("outside the range" in note) == bool(out)
+        flagged += bool(out)
+        for k in out:
+            assert f"{name}'s eta of {k!r}" in note
+    assert flagged >= 1
+    assert "outside the range" in json.dumps(res.to_dict())
+
+
+def test_eta_range_note_names_the_effects_resting_on_each_eta():
+    rewards = np.array([-3.0, -1.0, 0.0])
+    assert eta_range_note(np.array([-1.0, -2.0, -0.5, 0.0, -3.0]), rewards, "dm") is None
+    assert eta_range_note(np.array([-1.0, -1, -1, 1e-12, -1]), rewards, "dm") is None  # rounding
+    note = eta_range_note(np.array([-1.0, -1, -1, 1.9, -1]), rewards, "dm")
+    assert note is not None and note.startswith("dm's eta of 'G' (1.9) lies outside")
+    assert "DDE and DME resting on it" in note
+    note = eta_range_note(np.array([-4.0, -1, -1, -1, -1]), rewards, "mr")
+    assert note is not None and "IDE and TOTAL resting on it" in note

@@ -749,3 +749,34 @@ def test_the_low_ess_advice_says_to_log_the_propensities_only_when_they_were_est
     msg = low_ess_message(["is", "wis"], 60, 1.0, logged=logged)
     assert msg is not None and "truncate the weights (--truncate)" in msg
     assert ("log the propensities" in msg) is not logged
+
+
+@pytest.mark.parametrize("logged", [True, False])
+def test_the_warnings_never_recommend_an_estimator_they_found_far_out_of_range(logged):
+    """On a 150-visit dosing panel DR was 1.3e4, warned as far outside the returns' range ("Do
+    not use them ... prefer FQE or WDR"), and the low-ESS warning beside it said "Prefer fqe or
+    dr". Each warning now recommends only estimators the other did not reject."""
+    from equicare.ope._bootstrap import Estimate
+    from equicare.ope._ess import low_ess_message
+    from equicare.ope._evaluate import out_of_range_message
+
+    assert "Prefer fqe or dr," in low_ess_message(["is", "wis"], 60, 1.0, logged=logged)
+    msg = low_ess_message(["is", "wis"], 60, 1.0, logged=logged, unusable=("is", "dr"))
+    assert msg is not None and "Prefer fqe or wdr," in msg and " dr" not in msg
+    msg = low_ess_message(["is"], 60, 1.0, logged=logged, unusable=("fqe", "dr", "wdr"))
+    assert msg is not None and "Prefer" not in msg
+    assert msg.endswith("Truncate the weights (--truncate)"
+                        + ("." if logged else " or log the propensities."))
+
+    def est(v):
+        return Estimate(v, (v, v), 0.0, 60)
+
+    source = "logged" if logged else "estimated"
+    ests = {"is": est(1e5), "fqe": est(0.5), "dr": est(2e4), "wdr": est(0.4)}
+    assert "prefer FQE or WDR" in out_of_range_message(ests, (0.0, 1.0), 3.9, source)
+    ests["wdr"] = est(-7e3)
+    msg = out_of_range_message(ests, (0.0, 1.0), 3.9, source)
+    assert msg is not None and "WDR" not in msg and "prefer FQE" in msg
+    ests["fqe"] = est(9e3)
+    msg = out_of_range_message(ests, (0.0, 1.0), 3.9, source)
+    assert msg is not None and "prefer" not in msg

@@ -176,3 +176,70 @@ def test_per_candidate_coverage_study(cfg: GarnetConfig, n: int, limit: int) -> 
         new_miss += sum(c.estimates["wdr"]["gain_lcb"] > truth[c.name]
                         for c in new.candidates if c.name in truth)
     assert new_miss <= limit and old_miss > new_miss, (old_miss, new_miss)
+
+
+def _dosing_frame(n: int, visits: int, seed: int):
+    """Dose changes (7 levels) from the INR, a 3-level genotype, logged propensities.
+
+    Practice keeps the dose (level 3) with probability about 0.99 when the INR is in 2-3 and
+    moves it toward the range otherwise: lowering it (level 1) in range is almost never done.
+    """
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    genotype = rng.choice(["a", "b", "c"], n, p=[0.6, 0.3, 0.1])
+    k = np.select([genotype == "a", genotype == "b"], [0.043, 0.058], 0.08)
+    k = k * rng.lognormal(0, 0.25, n)
+    dose = rng.normal(35, 8, n).clip(10, 70)
+    inr = 1 + k * dose * rng.lognormal(0, 0.2, n)
+    frames = []
+    for t in range(visits):
+        x = np.round(inr, 1)
+        mid = (x >= 2) & (x <= 3)
+        centre = np.where(mid, 0.0, np.clip(-(x - 2.5) * 2.5, -3, 3))
+        sd = np.where(mid, 0.3, 0.7)
+        logits = -((np.arange(-3, 4)[None, :] - centre[:, None]) ** 2) / (2 * sd[:, None] ** 2)
+        p = np.exp(logits - logits.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        a = (p.cumsum(1) < rng.random(n)[:, None]).sum(1).clip(0, 6)
+        dose = (dose * (1 + np.linspace(-0.3, 0.3, 7)[a])).clip(5, 120)
+        inr = 1 + k * dose + (inr - 1 - k * dose) * 0.3 * rng.lognormal(0, 0.05, n)
+        frames.append(pd.DataFrame({"pid": np.arange(n), "visit": t, "genotype": genotype,
+                                    "inr": x, "dose": np.round(dose, 1), "change": a,
+                                    "p": p[np.arange(n), a], "r": -(inr - 2.5) ** 2}))
+    return pd.concat(frames, ignore_index=True)
+
+
+DOSING_MANIFEST = {"dataset": {"episode": "pid", "time": "visit", "states": ["inr", "dose"],
+                               "categorical_states": ["genotype"], "behavior_prob": "p",
+                               "gamma": 0.99},
+                   "actions": {"change": {"levels": 7}}, "reward": {"r": {"column": "r"}}}
+
+
+class _Always:
+    """A cell policy's extreme: the same action at every row."""
+
+    def __init__(self, action: int, n_actions: int = 7) -> None:
+        self.action, self.n_actions = action, n_actions
+
+    def action_probs(self, dataset):
+        p = np.zeros((dataset.n_steps, self.n_actions))
+        p[:, self.action] = 1.0
+        return p
+
+
+def test_off_support_counts_what_practice_never_does_given_the_numeric_states() -> None:
+    """A dosing panel whose only categorical column is a 3-level genotype logs every dose change
+    in every genotype, so the cells call "lower the dose at every visit" supported (0% off;
+    on a 1,500-patient panel --select auto kept such a PVI policy, true value -62.0 against
+    practice's -7.2). Practice almost never lowers an in-range dose: evaluate's support check
+    (its fast behaviour model of the logged actions) says so, and so does the selection now."""
+    from equicare.pipeline._select import _off_support_pct, _unseen
+
+    ds = from_frame(_dosing_frame(200, 20, seed=0), DOSING_MANIFEST, emit_warnings=False)
+    _, b = ds.split(0.5, random_state=0)
+    lower = _off_support_pct(ds, b, _Always(1), unseen=_unseen(ds, b))
+    assert lower is not None and lower > 50.0
+    # keeping the dose is what practice does in range, and it is in range most of the time
+    keep = _off_support_pct(ds, b, _Always(3), unseen=_unseen(ds, b))
+    assert keep is not None and keep < lower / 2

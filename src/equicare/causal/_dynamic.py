@@ -58,6 +58,7 @@ from equicare.causal._result import (
 )
 from equicare.exceptions import (
     DataValidationError,
+    DataWarning,
     InvalidParameterError,
     PolicyError,
     SupportWarning,
@@ -106,6 +107,14 @@ NO_INTERVAL_NOTE = ("no standard error or CI: its intervals come from a bootstra
 NO_BOOTSTRAP_REASON = "n_bootstrap is 0"
 #: Effective sample size, in % of the transitions, below which a weight gets a SupportWarning.
 LOW_ESS_PCT = 10.0
+#: An estimator's long-run average reward outside the observed rewards' range (the range's
+#: ends are not printed: they are single transitions' rewards, and notes are published).
+ETA_RANGE_MESSAGE = (
+    "{where} outside the range of the observed rewards, where no long-run average reward can "
+    "be: its LSTD fit failed (a basis too rich for the transitions of some actions, or one "
+    "that cannot represent the process's Q-function), and {effects} resting on {them} are "
+    "estimation error, not effects. Fewer knots or fewer actions (an action set: the CLI's "
+    "--action) may stabilise it; basis='constant' ignores the states")
 
 
 
@@ -273,6 +282,45 @@ _CONTRAST = np.array([[1, 0, 0, 0, 1],
                       [0, 0, -1, 1, 0],
                       [0, 0, 0, -1, -1]], dtype=np.float64)
 _BASELINE_CONTRAST = np.array([[1, 0, 1], [0, 1, 1]], dtype=np.float64)   # de, me -> ide, ime, tot
+
+
+def eta_range_note(eta: NDArray[np.float64], rewards: NDArray[np.float64],
+                   name: str) -> str | None:
+    """The note (:data:`ETA_RANGE_MESSAGE`) when an ``eta`` lies outside the rewards' range.
+
+    The long-run average reward of any process is an average of ``r(S, A, M) = E[R | S, A,
+    M]``, which lies within the range of the rewards; an estimate outside it (DM's ``G`` at
+    +1.89 on a dosing panel whose rewards are all <= 0) is the LSTD system's instability, not
+    a value. Values within ``1e-9`` of the range's width (rounding) pass.
+
+    Parameters
+    ----------
+    eta : ndarray of shape (5,)
+        The estimator's etas, in :data:`ETA_KEYS` order.
+    rewards : ndarray of shape (n_steps,)
+        The transitions' rewards.
+    name : str
+        The estimator (``dm``, ``mr``).
+
+    Returns
+    -------
+    str or None
+    """
+    if rewards.size == 0:
+        return None
+    lo, hi = float(rewards.min()), float(rewards.max())
+    tol = 1e-9 * max(hi - lo, abs(lo), abs(hi), 1e-300)
+    bad = [j for j, v in enumerate(eta) if not lo - tol <= float(v) <= hi + tol]
+    if not bad:
+        return None
+    uses = sorted({int(i) for j in bad for i in np.flatnonzero(_CONTRAST[j])})
+    effects = [EFFECT_KEYS[i].upper() for i in uses]
+    return ETA_RANGE_MESSAGE.format(
+        where=", ".join(f"{name}'s eta of {ETA_KEYS[j]!r} ({float(eta[j]):.4g})" for j in bad)
+        + (" lies" if len(bad) == 1 else " lie"),
+        effects=", ".join(effects[:-1]) + " and " + effects[-1] if len(effects) > 1
+        else effects[0],
+        them="it" if len(bad) == 1 else "them")
 
 
 def _model_to_dict(model: Any) -> Any:
@@ -1108,7 +1156,12 @@ class _Run:
             eta: dict[str, float | None] = (
                 {k: None for k in ETA_KEYS} if base_like
                 else dict(zip(ETA_KEYS, map(float, pt), strict=True)))
-            results[name] = EstimatorResult(effects, eta, note=notes.get(name))
+            note = notes.get(name)
+            impossible = None if base_like else eta_range_note(pt, md.rewards, name)
+            if impossible is not None:
+                warnings.warn(f"{impossible}.", DataWarning, stacklevel=3)
+                note = impossible if note is None else f"{note}; {impossible}"
+            results[name] = EstimatorResult(effects, eta, note=note)
         ess: dict[str, float] = {}
         if self.need_w:
             for j, key in enumerate(("pi_e", "a0", "G")):

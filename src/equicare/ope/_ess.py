@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -172,16 +173,33 @@ ESS_KIND: dict[str, str] = {"is": "trajectory", "wis": "trajectory", "pdis": "pe
 LOW_ESS_OVERALL = (
     "the overall {estimators} value{s} rest{verb} on fewer than {min_cell} episodes' worth of "
     "importance weight ({said}; a group's value would not be published below {min_cell}): such "
-    "a value is close to a few members' returns, and its interval can miss the truth. Prefer "
-    "fqe or dr{advice}.")
+    "a value is close to a few members' returns, and its interval can miss the truth. "
+    "{advice}.")
 #: The advice's end: with estimated propensities, logging them is also advised.
 LOW_ESS_ADVICE = {True: ", or truncate the weights (--truncate)",
                   False: ", truncate the weights (--truncate), or log the propensities"}
+#: The advice when no estimator is left to prefer (every one far outside the returns' range).
+LOW_ESS_ADVICE_ALONE = {True: "Truncate the weights (--truncate)",
+                        False: "Truncate the weights (--truncate) or log the propensities"}
+#: The estimators the low-ESS warning recommends, in order (the first two usable ones).
+LOW_ESS_PREFERRED = ("fqe", "dr", "wdr")
+
+
+def preferred(order: Sequence[str], unusable: Iterable[str] = (), n: int = 2) -> list[str]:
+    """The first ``n`` estimators of ``order`` that are not ``unusable``.
+
+    A warning that recommends estimators must not recommend one that the same evaluation found
+    far outside the returns' range (``unusable``,
+    :func:`~equicare.ope._evaluate.far_outside_returns`): on a 150-visit dosing panel DR was
+    1.3e4 ("Do not use them") and the next warning said "Prefer fqe or dr".
+    """
+    bad = set(unusable)
+    return [k for k in order if k not in bad][:n]
 
 
 def low_ess_message(keys: Any, n_episodes: int, trajectory: float | None,
                     per_decision: float | None = None, min_cell: int = MIN_CELL,
-                    logged: bool = False) -> str | None:
+                    logged: bool = False, unusable: Iterable[str] = ()) -> str | None:
     """The warning for overall weighted estimates whose weights' ESS is below ``min_cell``.
 
     A group's weighted value is withheld below ``min_cell`` (:func:`low_ess_groups`); the
@@ -202,6 +220,8 @@ def low_ess_message(keys: Any, n_episodes: int, trajectory: float | None,
     min_cell : int
     logged : bool, default=False
         The propensities were logged (the advice then does not say to log them).
+    unusable : iterable of str, default=()
+        Estimators found far outside the returns' range: not recommended (:func:`preferred`).
 
     Returns
     -------
@@ -219,14 +239,17 @@ def low_ess_message(keys: Any, n_episodes: int, trajectory: float | None,
     said = "; ".join(f"{kind.replace('_', '-')} ESS {ess[kind]:.1f} of {n_episodes:,} episodes"
                      + ("" if len(low) == 1 else f" for {', '.join(ks)}")
                      for kind, ks in low.items())
+    prefer = preferred(LOW_ESS_PREFERRED, unusable)
     return LOW_ESS_OVERALL.format(
         estimators=", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0],
         s="s" if len(names) > 1 else "", verb="" if len(names) > 1 else "s", said=said,
-        min_cell=min_cell, advice=LOW_ESS_ADVICE[bool(logged)])
+        min_cell=min_cell,
+        advice=("Prefer " + " or ".join(prefer) + LOW_ESS_ADVICE[bool(logged)] if prefer
+                else LOW_ESS_ADVICE_ALONE[bool(logged)]))
 
 
 def overall_low_ess_message(estimates: Any, ess: EffectiveSampleSize,
-                            logged: bool = False) -> str | None:
+                            logged: bool = False, unusable: Iterable[str] = ()) -> str | None:
     """:func:`low_ess_message` of an in-memory evaluation's estimates and ESS.
 
     The ESS of the weights the estimates used (the truncated ones with truncation); the
@@ -238,17 +261,19 @@ def overall_low_ess_message(estimates: Any, ess: EffectiveSampleSize,
     ess : EffectiveSampleSize
     logged : bool, default=False
         The propensities were logged.
+    unusable : iterable of str, default=()
+        Estimators found far outside the returns' range (not recommended).
     """
     traj = ess.trajectory if ess.trajectory_truncated is None else ess.trajectory_truncated
     per_decision = (ess.per_decision if ess.per_decision_truncated_pct is None
                     else ess.per_decision_truncated_pct * ess.n_episodes / 100.0)
     return low_ess_message(_valued(estimates), ess.n_episodes, traj, per_decision,
-                           logged=logged)
+                           logged=logged, unusable=unusable)
 
 
 def stream_low_ess_message(estimates: Any, n_episodes: int, trajectory: float,
                            trajectory_truncated: float | None = None,
-                           logged: bool = False) -> str | None:
+                           logged: bool = False, unusable: Iterable[str] = ()) -> str | None:
     """:func:`low_ess_message` of a streamed evaluation (its trajectory ESS alone).
 
     Parameters
@@ -262,7 +287,7 @@ def stream_low_ess_message(estimates: Any, n_episodes: int, trajectory: float,
     """
     return low_ess_message(_valued(estimates), n_episodes,
                            trajectory if trajectory_truncated is None else trajectory_truncated,
-                           logged=logged)
+                           logged=logged, unusable=unusable)
 
 
 def _valued(estimates: Any) -> list[str]:

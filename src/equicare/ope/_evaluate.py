@@ -45,7 +45,12 @@ from equicare.ope._core import (
     OPEInputs,
     episode_parts,
 )
-from equicare.ope._ess import EffectiveSampleSize, WeightSums, effective_sample_size
+from equicare.ope._ess import (
+    EffectiveSampleSize,
+    WeightSums,
+    effective_sample_size,
+    preferred,
+)
 from equicare.ope._fqe import FQEConfig
 from equicare.ope._prepare import (
     BehaviorSpec,
@@ -1087,7 +1092,7 @@ def _evaluate(
             warnings.warn(check.message(), DataWarning, stacklevel=3)
     # the overall value is published even on thin weight (groups' are withheld): said once
     _ess.warn_low_ess(_ess.overall_low_ess_message(
-        ests, ess, logged=dataset.behavior_prob is not None), stacklevel=3)
+        ests, ess, logged=dataset.behavior_prob is not None, unusable=far), stacklevel=3)
     return EvaluationResult(
         n_episodes=dataset.n_episodes, n_steps=dataset.n_steps, gamma=float(dataset.gamma),
         behavior=beh, estimates=ests, ess=ess, support=support, groups=group_out,
@@ -1142,6 +1147,10 @@ def _warn_out_of_range(ests: dict[str, Estimate], returns: NDArray[np.float64],
     return far_outside_returns(ests, span)
 
 
+#: The estimators the out-of-range warning recommends, in order (the first two usable ones).
+OUT_OF_RANGE_PREFERRED = ("fqe", "wdr", "dr")
+
+
 def out_of_range_message(ests: Mapping[str, Any], returns_range: tuple[float, float],
                          n_eff: Any, propensity_source: str = "estimated") -> str | None:
     """The out-of-range warning's text (:func:`_warn_out_of_range`), or None when in range.
@@ -1150,9 +1159,12 @@ def out_of_range_message(ests: Mapping[str, Any], returns_range: tuple[float, fl
     chunk by chunk), ``n_eff`` the trajectory ESS (a number, else not said). The estimates
     need only a ``value``.
     """
-    bad = [f"{k} {ests[k].value:.4g}" for k in far_outside_returns(ests, returns_range)]
+    far = far_outside_returns(ests, returns_range)
+    bad = [f"{k} {ests[k].value:.4g}" for k in far]
     if not bad:
         return None
+    # never the estimators just found out of range (a DR of 1.3e4 beside "prefer ... DR")
+    prefer = " or ".join(k.upper() for k in preferred(OUT_OF_RANGE_PREFERRED, far))
     # the range's ends are not printed: they are single members' returns, and the message is
     # copied into published files (the policy card's caveats)
     return (f"{', '.join(bad)} lie{'s' if len(bad) == 1 else ''} far outside the range of the "
@@ -1160,8 +1172,10 @@ def out_of_range_message(ests: Mapping[str, Any], returns_range: tuple[float, fl
             "weights are extreme"
             + (f" (trajectory ESS {n_eff:.1f})" if isinstance(n_eff, float | int) else "")
             + ". Do not use them; truncate the weights (--truncate)"
-            + (", prefer FQE or WDR, or log the propensities instead of estimating them."
-               if propensity_source == "estimated" else " or prefer FQE or WDR."))
+            + ((f", prefer {prefer}," if prefer else "")
+               + " or log the propensities instead of estimating them."
+               if propensity_source == "estimated"
+               else (f" or prefer {prefer}." if prefer else ".")))
 
 
 def _pooled_columns_read(prep: Prepared, dataset: TrajectoryDataset, attrs: Sequence[str],

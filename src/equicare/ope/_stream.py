@@ -1123,7 +1123,8 @@ def evaluate_stream(
     from equicare.ope._ess import stream_low_ess_message, warn_low_ess
 
     warn_low_ess(stream_low_ess_message(res.estimates, res.n_episodes, res.ess,
-                                        res.ess_truncated, logged=src.logged),
+                                        res.ess_truncated, logged=src.logged,
+                                        unusable=res.out_of_range or ()),
                  stacklevel=2)  # as in memory
     return res
 

@@ -485,6 +485,26 @@ class LoggedSupport:
             self._bits, self._bits_threshold = bits, threshold
         return self._bits
 
+    def unsupported(self, threshold: float = SUPPORT_THRESHOLD) -> NDArray[np.bool_] | None:
+        """The (row, action) pairs current practice (almost) never takes, by the fast model.
+
+        An action is unsupported at a row when the fast behaviour model gives it less than
+        ``threshold`` there (or it was never logged in the row's categorical cell). None when
+        there is no fast model (wide categorical states: the cells alone decide).
+
+        Parameters
+        ----------
+        threshold : float
+
+        Returns
+        -------
+        ndarray of shape (n_steps, n_actions), bool, or None
+        """
+        if self._model is None:
+            return None
+        return np.unpackbits(self._unsupported_bits(threshold), axis=1,
+                             count=self.dataset.n_actions).astype(bool)
+
     def report(self, target_probs: NDArray[np.float64], *,
                threshold: float = SUPPORT_THRESHOLD,
                estimators: tuple[str, ...] = ("is", "wis", "pdis", "wpdis", "fqe", "dr", "wdr"),

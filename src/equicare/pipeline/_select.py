@@ -441,25 +441,39 @@ def _fit(algo: str, params: dict[str, Any], data: Any) -> Any:
 
 
 def _unseen(dataset: Any, valid: Any) -> Any:
-    """Actions never logged in the panel at each held-out row's categorical levels.
+    """Actions current practice (almost) never takes at each held-out row.
 
-    Shape ``(valid.n_steps, n_actions)``; None without categorical states.
+    Never logged in the panel at the row's categorical levels; and, when the panel logs its
+    propensities and has numeric state columns, also those ``evaluate``'s support check finds
+    below 1e-3 there (:meth:`~equicare.ope._support.LoggedSupport.unsupported`: its fast
+    behaviour model fitted on the held-out half; none with wide categorical states, where the
+    cells decide). The cells alone are blind to the numeric states: on a dosing panel whose
+    only categorical column was a 3-level genotype, a PVI candidate that lowered the dose at
+    every visit (62% of its mass on actions practice takes with probability < 1e-3) was kept.
+    With estimated propensities the held-out behaviour model makes that check
+    (:func:`_held_out`). Shape ``(valid.n_steps, n_actions)``; None when neither applies.
     """
     import numpy as np
 
-    from equicare.ope._support import CellObserved
+    from equicare.ope._support import CellObserved, LoggedSupport
 
-    if dataset.categorical is None or dataset.categorical.shape[1] == 0:
-        return None
-    return ~CellObserved(dataset).at(np.asarray(valid.categorical, dtype=np.int64))
+    unseen = None
+    if dataset.categorical is not None and dataset.categorical.shape[1] > 0:
+        unseen = ~CellObserved(dataset).at(np.asarray(valid.categorical, dtype=np.int64))
+    if valid.behavior_prob is not None and valid.states.shape[1] > 0:
+        rare = LoggedSupport(valid).unsupported()
+        if rare is not None:
+            unseen = rare if unseen is None else unseen | rare
+    return unseen
 
 
 def _off_support_pct(dataset: Any, valid: Any, policy: Any,
                      baseline: Any = None, unseen: Any = None) -> float | None:
-    """Share (%) of the policy's held-out mass on (state, action) pairs never logged at all.
+    """Share (%) of the policy's held-out mass on (state, action) pairs practice never takes.
 
-    The pairs are counted over the whole panel (training and held-out episodes), so a pair is
-    off the support only when current practice never took that action in that state. With
+    The pairs (:func:`_unseen`) are counted over the whole panel (training and held-out
+    episodes), so a pair is off the support only when current practice never took that action
+    in that state (or, by the numeric states, almost never takes it). With
     several categorical columns an action is off the support when some column's level never
     saw it (as in ``evaluate``'s support check: their combinations are usually too thin to
     tell, and a pooled site would otherwise put every candidate off the support). With
