@@ -66,8 +66,13 @@ def test_fallback_reproduces_the_behaviour() -> None:
                                 estimators=("wis", "wdr")),
                    "tabular")
     assert ho.estimates["wis"]["gain_lcb"] == pytest.approx(0.0, abs=1e-12)
-    np.testing.assert_allclose(res.learner.policy_.table[:-1], res.learner.behavior_,
+    # saved: one rule, "as current practice", over SPIBB's estimate of practice
+    est = res.learner.estimate_
+    np.testing.assert_allclose(est.policy_.table[:-1], est.behavior_,
                                rtol=1e-3, atol=1e-12)  # the table keeps 4 significant digits
+    assert res.learner.policy_.deferred_rows(ds).all()
+    np.testing.assert_array_equal(res.learner.policy_.action_probs(ds),
+                                  est.policy_.action_probs(ds))
     assert res.to_dict()["fallback"] is True
 
 

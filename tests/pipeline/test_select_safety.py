@@ -243,3 +243,38 @@ def test_off_support_counts_what_practice_never_does_given_the_numeric_states() 
     # keeping the dose is what practice does in range, and it is in range most of the time
     keep = _off_support_pct(ds, b, _Always(3), unseen=_unseen(ds, b))
     assert keep is not None and keep < lower / 2
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.SupportWarning")
+def test_the_fallback_is_current_practice_as_deployed(tmp_path) -> None:
+    """When no candidate passes, the model folder leaves every row to the clinicians.
+
+    Before, the fallback saved SPIBB's estimate of practice (``N_wedge = inf``) as the policy:
+    per categorical cell the clinicians' action frequencies, blind to the numeric states. On
+    a 1,500-patient dosing panel whose only categorical column is a genotype that policy's
+    true value was -36.2 against practice's -7.25 (it lowers an in-range dose as often as
+    practice does on average). Now the saved rule is "as current practice" at every row:
+    valued as deployed it is exactly practice's observed value, and ``predict`` marks every
+    row; the estimate stays inside (``usual_care="stored"``, ``action_probs``)."""
+    from equicare.cli._learn import practice_column
+    from equicare.ope import evaluate
+    from equicare.policy import load_policy
+
+    frame = _dosing_frame(200, 20, seed=0)
+    ds = from_frame(frame, DOSING_MANIFEST, emit_warnings=False)
+    res = select_policy(ds, SelectConfig(n_wedges=(1e9,), pvi=(), neural=(), bootstrap=50,
+                                         multiplicity="none"))
+    assert res.fallback and res.chosen == "behavior"
+    res.learner.save(tmp_path / "m")
+    pol = load_policy(tmp_path / "m")
+    assert pol.deferred_rows(ds).all()
+    assert practice_column(pol, ds)["follows_practice"].all()
+    observed = float(ds.returns(discount=True).mean())
+    got = evaluate(ds, pol, estimators=("wis", "dr"), bootstrap=0, random_state=0)
+    assert got.estimates["wis"].value == pytest.approx(observed, rel=1e-9)
+    assert got.estimates["dr"].value == pytest.approx(observed, rel=1e-9)
+    # the stored estimate (the old fallback) ignores the INR: in range, practice keeps the
+    # dose about 99% of the time, the estimate far less often
+    in_range = (frame["inr"].to_numpy() >= 2) & (frame["inr"].to_numpy() <= 3)
+    keep = pol.action_probs(ds)[in_range, 3].mean()
+    assert keep < 0.9

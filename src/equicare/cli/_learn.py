@@ -306,7 +306,8 @@ def print_selection(res: dict[str, Any]) -> None:
                   f"largest {by} gain {'lower bound' if rank == 'bound' else 'estimate'}.",
                   highlight=False)
     how = ("fallback: no candidate's lower bound shows a gain over the behaviour; the model "
-           "reproduces the behaviour policy" if res["fallback"] else f"kept {res['chosen']}")
+           "leaves every decision to the clinicians (current practice; predict marks every row "
+           "follows_practice)" if res["fallback"] else f"kept {res['chosen']}")
     con.print(f"{how}. Wrote {res['model_dir']} (selection.json) in {res['seconds']:.1f} s.",
               highlight=False, markup=False)
 

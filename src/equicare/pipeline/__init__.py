@@ -17,6 +17,7 @@ _LAZY = {
     "select_policy": "equicare.pipeline._select",
     "choose_by_bounds": "equicare.pipeline._select",
     "train_select": "equicare.pipeline._select",
+    "PracticeFallback": "equicare.pipeline._select",
     # online experiments (hospital simulator, PPO / GRPO): loads torch when used
     "OnlineExperimentConfig": "equicare.pipeline._online",
     "run_seed": "equicare.pipeline._online",

@@ -9,7 +9,8 @@ bound is the one-sided lower confidence bound of its improvement over the behavi
 same bootstrap replicates of both (paired; WDR by default). Among the candidates whose bound is
 above 0, the one with the largest bound is kept; on panels with categorical states the OPE uses
 the stationary tabular Q-model and FQE's paired bound orders the candidates that passed
-(``rank_by``). Otherwise the result is a model folder that reproduces the behaviour policy.
+(``rank_by``). Otherwise the result is a model folder that leaves every decision to the
+clinicians (current practice, :class:`PracticeFallback`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from equicare.exceptions import DataValidationError, InvalidParameterError
 from equicare.utils import PARAM_MESSAGE, atomic_write_text, check_param, config_to_dict
 
 __all__ = ["SelectConfig", "Candidate", "SelectionResult", "select_policy", "train_select",
-           "SELECTION_FILE", "default_q_model", "choose_by_bounds"]
+           "SELECTION_FILE", "default_q_model", "choose_by_bounds", "PracticeFallback"]
 
 SELECTION_FILE = "selection.json"
 #: Warning of a selection on censored stays (``settings["censoring"]`` has the checks).
@@ -832,10 +833,11 @@ def select_policy(dataset: Any, config: SelectConfig | None = None, *,
     Rule: among eligible candidates whose evaluation succeeded and whose lower bound of the gain
     over the behaviour (paired bootstrap, or ``L - V_b`` with ``bound="separate"``) is above 0,
     keep the one with the largest such bound (of ``rank_by``'s estimator when set: FQE on
-    panels with categorical states); if none passes, return SPIBB with ``N_wedge = inf`` fitted on
-    all episodes: current practice itself when propensities are logged (the known baseline),
-    else the estimated behaviour policy per cell (numeric states cut into bins when the panel
-    has no categorical state). Choosing the best of several candidates by the
+    panels with categorical states); if none passes, return :class:`PracticeFallback`: one
+    rule, "as current practice", for every row (deployed, the clinicians decide: ``evaluate``
+    and ``audit`` value it at practice's own value, ``predict`` marks every row
+    ``follows_practice``), with SPIBB's ``N_wedge = inf`` fitted on all episodes as the stored
+    estimate of practice. Choosing the best of several candidates by the
     same held-out data makes the kept candidate's bound slightly optimistic unless
     ``multiplicity="bonferroni"`` puts every bound at ``alpha / K``; the Garnet study in
     ``docs/learn.md`` measures the result against exact values.
@@ -951,7 +953,7 @@ def select_policy(dataset: Any, config: SelectConfig | None = None, *,
                  f"{ecfg.alpha / 2:.4g} each)")
     settings = {"config": cfg.to_dict(), "q_model": q_model, "alpha_per_candidate": ecfg.alpha,
                 "n_train_episodes": train.n_episodes, "n_valid_episodes": valid.n_episodes,
-                "rule": rule + ", else reproduce the behaviour policy"}
+                "rule": rule + ", else leave every decision to current practice"}
     settings["interval"] = cfg.interval
     settings["bootstrap"] = cfg.n_boot
     if censoring:  # evaluate's check of the stationary table on censored stays
@@ -974,9 +976,57 @@ def select_policy(dataset: Any, config: SelectConfig | None = None, *,
             learner = _fit(best.algo, best.params, dataset)
         return SelectionResult(rows, behavior_value, behavior_ci, best.name, False, learner,
                                settings, fitted)
-    say("no candidate's bound shows a gain over the behaviour: reproducing the behaviour policy")
-    return SelectionResult(rows, behavior_value, behavior_ci, "behavior", True, beh, settings,
-                           fitted)
+    say("no candidate's bound shows a gain over the behaviour: keeping current practice")
+    return SelectionResult(rows, behavior_value, behavior_ci, "behavior", True,
+                           PracticeFallback(beh), settings, fitted)
+
+
+class PracticeFallback:
+    """What the selection saves when no candidate shows a gain: current practice, as deployed.
+
+    One rule for every row, "as current practice" (a single-leaf
+    :class:`~equicare.policy.TreePolicy` whose leaf is usual care): deployed, the clinicians
+    decide at every row, so ``evaluate`` and ``audit`` (``usual_care="deployed"``, their
+    default) value it at practice's own value and ``predict`` writes ``follows_practice = 1``
+    on every row. The stored estimate of practice (what ``action_probs`` gives, and
+    ``usual_care="stored"`` values) is ``estimate``'s policy: SPIBB with ``N_wedge = inf``, the
+    clinicians' frequencies per categorical cell. Saving that estimate as the policy itself was
+    the fallback before: on a dosing panel whose only categorical column is a genotype it
+    ignored the INR practice doses by (true value -36.2 against practice's -7.25).
+
+    Parameters
+    ----------
+    estimate : fitted SPIBB learner
+        The behaviour reproduction (``policy_`` a :class:`~equicare.policy.CellPolicy`).
+
+    Attributes
+    ----------
+    estimate_ : the fitted SPIBB learner
+    policy_ : TreePolicy
+    """
+
+    def __init__(self, estimate: Any) -> None:
+        import numpy as np
+
+        from equicare.policy import TreePolicy
+
+        cell = estimate.policy_
+        space = cell.action_space
+        mass = np.zeros(space.n_actions)
+        mass[np.asarray(cell.support, dtype=np.int64)] = 1.0
+        self.estimate_ = estimate
+        self.policy_ = TreePolicy(
+            children_left=np.array([-1]), children_right=np.array([-1]),
+            feature=np.array([-2]), threshold=np.array([-2.0]),
+            probs=(mass / mass.sum())[None, :], features=(), action_space=space,
+            source="current practice", info={"rules": "every row: as current practice",
+                                             "source": "train --select auto (fallback)"},
+            usual=np.array([True]), usual_policy=cell,
+            manifest_fingerprint=getattr(estimate, "manifest_fingerprint_", None))
+
+    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Write the model folder (a tree with one usual-care leaf; Contract 2)."""
+        return self.policy_.save(path, overwrite=overwrite)
 
 
 def _evaluation_config(cfg: SelectConfig) -> SelectConfig:

@@ -431,6 +431,8 @@ class TreePolicy:
         -------
         ndarray of shape (n,), int
         """
+        if self.children_left[0] < 0:  # a single leaf (one rule for every row): no split
+            return np.zeros(x.shape[0], dtype=np.int64)
         xd = x.toarray() if sp.issparse(x) else x  # type: ignore[union-attr]
         x32 = np.asarray(xd, dtype=np.float32)  # scikit-learn compares float32 inputs
         feat = self.feature if columns is None else np.where(
