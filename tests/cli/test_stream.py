@@ -499,6 +499,42 @@ def test_evaluate_streams_the_window_table_and_the_censoring_check(tmp_path):
                      r"are censored and the two tables differ by -\d\.\d%", said), said
 
 
+def test_a_q_table_that_ignores_numeric_states_says_so(tmp_path):
+    """A care panel (site as the only categorical state, numeric risk) had FQE/DR intervals
+    that missed the truth by 15-30% with auto's table, whose cells are the sites alone; nothing
+    said the table ignored the numeric states. Now evaluate (in memory and streamed) and audit
+    (both modes) name them: ``q_model["ignored_numeric"]`` and a note under the Q-model line;
+    the linear model, which uses them, gets neither."""
+    panel, man, pol = _censored_panel_files(tmp_path)
+    note = ("Note: the Q-table has cells of categorical states only and ignores the numeric "
+            "state columns s: where they drive both the actions and the outcomes, its FQE, DR "
+            "and WDR values can be biased beyond their intervals; compare --q-model gbm")
+    base = ["evaluate", panel, "--manifest", man, "--policy", pol, "--bootstrap", "0",
+            "--estimators", "fqe,dr", "--no-progress"]
+    for i, (q, extra) in enumerate([("tabular_window", []), ("auto", ["--chunk-rows", "3000"]),
+                                    ("tabular_window", ["--chunk-rows", "3000"]),
+                                    ("linear", []), ("linear", ["--chunk-rows", "3000"])]):
+        out = tmp_path / f"eval{i}.json"
+        res = runner.invoke(app, [*base, "--q-model", q, "--out", str(out), *extra])
+        assert res.exit_code == 0, res.output
+        got = json.loads(out.read_text())["q_model"]
+        table = got["chosen"].startswith("tabular")
+        assert table == (q != "linear"), (q, extra, got["chosen"])
+        assert got.get("ignored_numeric") == (["s"] if table else None), (q, extra)
+        assert (note in " ".join(res.output.split())) == table, (q, extra, res.output)
+    base = ["audit", panel, "-m", man, "--policy", f"tgt={pol}", "--action", "action=1",
+            "--estimators", "dr", "--bootstrap", "0", "--permutations", "0"]
+    for i, (q, extra) in enumerate([(q, x) for q in ("tabular_window", "linear")
+                                    for x in ([], ["--chunk-rows", "3000"])]):
+        out = tmp_path / f"audit{i}.json"
+        res = runner.invoke(app, [*base, "--q-model", q, "--out", str(out), *extra])
+        assert res.exit_code == 0, res.output
+        got = json.loads(out.read_text())["policies"]["tgt"]["q_model"]
+        assert got.get("ignored_numeric") == (["s"] if q != "linear" else None), (q, extra)
+        said = " ".join(res.output.split())
+        assert (note.replace("Q-table", "Q-table of tgt") in said) == (q != "linear"), said
+
+
 def test_audit_streams_the_window_table_and_the_censoring_check(tmp_path):
     """``audit --chunk-rows`` on censored stays: --q-model tabular_window streams (it exited 2);
     auto streamed replaces the stationary table by the window table as in memory (it kept the

@@ -320,8 +320,12 @@ def diagnostics_lines(res: AuditResult) -> list[str]:
     weights have), a ``Support`` line when some of its mass is on actions current practice
     (almost) never takes, and a ``Q-model`` line per policy valued with a Q-model: the one
     fitted, with ``--q-model auto`` the candidates' scores, and when ``auto`` used the window
-    table in place of the stationary one why (censored stays, as ``evaluate`` says).
+    table in place of the stationary one why (censored stays, as ``evaluate`` says); under it,
+    when the Q-model is a table and the panel has numeric states, a note naming them (its
+    cells leave them out).
     """
+    from equicare.cli._ope import ignored_numeric_line
+
     lines = []
     for name, pa in res.policies.items():
         d = pa.diagnostics
@@ -338,6 +342,9 @@ def diagnostics_lines(res: AuditResult) -> list[str]:
                          "current practice (almost) never takes")
         if pa.q_model is not None:
             lines.append(q_model_line(name, pa.q_model, d.censoring))
+            nline = ignored_numeric_line(pa.q_model, name)
+            if nline:
+                lines.append(nline)
     return lines
 
 

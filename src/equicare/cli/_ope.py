@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -526,6 +527,23 @@ def q_model_line(res: EvaluationResult) -> str | None:
     return line + per_level_sentence(q)
 
 
+def ignored_numeric_line(q: Mapping[str, Any] | None, name: str | None = None) -> str | None:
+    """The note under the Q-model line when a table's cells leave out numeric states, or None.
+
+    ``q`` is a result's ``q_model`` (``evaluate``'s, streamed or not, or an audit policy's
+    entry); ``name`` the audit's policy.
+    """
+    cols = (q or {}).get("ignored_numeric")
+    if not cols:
+        return None
+    of = f" of {name}" if name else ""
+    return (f"Note: the Q-table{of} has cells of categorical states only and ignores the "
+            f"numeric state columns {', '.join(cols)}: where they drive both the actions and the "
+            "outcomes, its FQE, DR and WDR values can be biased beyond their intervals; compare "
+            "--q-model gbm (in memory), which uses them, or binned copies of them declared as "
+            "categorical states (docs/ope.md, \"Tables and numeric states\").")
+
+
 def per_level_sentence(q: dict[str, Any]) -> str:
     """The subgroup columns refitted per level (``q_model["per_level"]``), or ``""``."""
     out = ""
@@ -690,6 +708,9 @@ def register(app: typer.Typer) -> None:
                                      f"{fit}; {sres.q_model['bootstrap']}{how}){switched}"
                                      f"{pooled}{per_level_sentence(sres.q_model)}"),
                               highlight=False)
+                nline = ignored_numeric_line(sres.q_model)
+                if nline:
+                    console.print(escape(nline), highlight=False)
                 from equicare.ope._evaluate import FQE_VARIANCE_ONLY, fqe_interval_line
 
                 if sres.q_model.get("fqe_interval") == FQE_VARIANCE_ONLY:
@@ -736,6 +757,9 @@ def register(app: typer.Typer) -> None:
         qline = q_model_line(res)
         if qline:  # candidate names carry their cells in brackets: not Rich markup
             console.print(escape(qline), highlight=False)
+        nline = ignored_numeric_line(res.q_model)
+        if nline:
+            console.print(escape(nline), highlight=False)
         from equicare.ope._evaluate import FQE_VARIANCE_ONLY, fqe_interval_line
 
         if res.settings.get("fqe_interval") == FQE_VARIANCE_ONLY:

@@ -37,6 +37,7 @@ from equicare.fairness._rows import (
     row_pass,
 )
 from equicare.ope._ess import ESS_KIND
+from equicare.ope._fqe import table_ignored_numeric
 from equicare.ope._propensity_check import floored_propensity_message
 from equicare.policy import Policy
 from equicare.policy._deployed import (
@@ -73,7 +74,8 @@ BEHAVIOR = "behavior"
 ESTIMATORS = ("is", "wis", "pdis", "wpdis", "dr", "wdr", "fqe")
 
 
-def q_model_entry(selection: Any, name: str | None) -> dict[str, Any]:
+def q_model_entry(selection: Any, name: str | None, numeric: Sequence[str] = ()
+                  ) -> dict[str, Any]:
     """The audit's ``q_model`` entry of a policy valued with a Q-model (``fqe``, ``dr``, ``wdr``).
 
     ``{"chosen": ...}``, and with ``q_model="auto"`` (a
@@ -82,7 +84,8 @@ def q_model_entry(selection: Any, name: str | None) -> dict[str, Any]:
     better; None for a candidate not cross-fitted), ``"skipped"`` (why a candidate was not
     fitted, when one was not) and, when the censoring check replaced the
     stationary table by the window table, ``"replaced": "tabular_stationary"`` (the criterion's
-    choice).
+    choice); with a tabular Q-model and numeric states, ``"ignored_numeric"``, the numeric state
+    columns its cells leave out (as ``evaluate``'s).
 
     Parameters
     ----------
@@ -91,15 +94,20 @@ def q_model_entry(selection: Any, name: str | None) -> dict[str, Any]:
         with the censoring check's replacement).
     name : str or None
         The Q-model fitted, as named (``Prepared.q_name``), when there was no choice.
+    numeric : sequence of str
+        The panel's numeric state columns.
     """
+    out: dict[str, Any] = {"chosen": name if selection is None else selection.chosen}
+    ignored = table_ignored_numeric(out["chosen"], numeric)
+    if ignored:
+        out["ignored_numeric"] = ignored
     if selection is None:
-        return {"chosen": name}
+        return out
 
     def num(v: Any) -> float | None:
         return None if v is None or not np.isfinite(v) else float(v)
 
-    out: dict[str, Any] = {"chosen": selection.chosen,
-                           "candidates": {k: num(v) for k, v in selection.candidates.items()}}
+    out["candidates"] = {k: num(v) for k, v in selection.candidates.items()}
     if selection.skipped:
         out["skipped"] = dict(selection.skipped)
     if selection.replaced:
@@ -608,7 +616,7 @@ class FairnessAudit:
                 # evaluate's censoring check of a stationary table (auto's switch made in
                 # prepare): a named table's warning, in the diagnostics
                 censoring = prep.censoring_report(dataset)
-                q_entry = q_model_entry(prep.q_selection, prep.q_name)
+                q_entry = q_model_entry(prep.q_selection, prep.q_name, dataset.state_names)
                 if prep.q_linearised and weights is not None:
                     shift = refit_shift(prep, key, gi, weights, self.truncate)
             checked = exempt_rows(prep.target_probs, prep.deferred)

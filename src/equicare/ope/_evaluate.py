@@ -51,7 +51,7 @@ from equicare.ope._ess import (
     effective_sample_size,
     preferred,
 )
-from equicare.ope._fqe import FQEConfig
+from equicare.ope._fqe import FQEConfig, table_ignored_numeric
 from equicare.ope._prepare import (
     BehaviorSpec,
     Prepared,
@@ -1079,6 +1079,10 @@ def _evaluate(
         q_info.update(prep.q_selection.to_dict())
     elif q_info is not None:
         q_info["chosen"] = "given" if q is not None else (prep.q_name or q_model_name(qcfg))
+    if q_info is not None:  # a table's cells leave the numeric states out: said on screen
+        ignored = table_ignored_numeric(q_info.get("chosen"), dataset.state_names)
+        if ignored:
+            q_info["ignored_numeric"] = ignored
     if q_info is not None and prep.cell_choice is not None:
         q_info["cell_choice"] = {**prep.cell_choice.to_dict(), "target_reads": read_pooled}
         if per_level:

@@ -37,6 +37,7 @@ episode). Function classes:
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -59,7 +60,7 @@ from equicare.utils import (
 )
 
 __all__ = ["FQEConfig", "QFit", "LoggedQFit", "fit_fqe", "fit_fqe_logged", "QModel",
-           "cell_columns"]
+           "cell_columns", "table_ignored_numeric"]
 
 QModel = Literal["auto", "tabular", "linear", "gbm", "mlp"]
 _OWNER = "FQEConfig"
@@ -484,6 +485,28 @@ MSG_SINGULAR_STATIONARY = ("The stationary tabular FQE system is singular; use t
 MSG_TABULAR_NUMERIC = ("The tabular Q-model needs categorical_states in the dataset (manifest); "
                        "for numeric states use the linear Q-model (--q-model linear on the "
                        "command line, q_model='linear' in Python).")
+
+
+def table_ignored_numeric(chosen: str | None, state_names: Sequence[str]) -> list[str]:
+    """The numeric state columns a tabular Q-model's cells leave out (``[]`` for other models).
+
+    A table's cells are categorical state levels only; where numeric states (a risk score)
+    drive both the clinicians' actions and the outcomes, each cell averages over members whose
+    numeric states differ with the action, and its values can be biased beyond their intervals
+    (docs/ope.md, "Tables and numeric states"). ``evaluate`` and ``audit`` report these columns
+    (``q_model["ignored_numeric"]``) and say so on the terminal.
+
+    Parameters
+    ----------
+    chosen : str or None
+        The Q-model used, as named in ``q_model["chosen"]`` (``"tabular_window"``,
+        ``"tabular_stationary[site]"``, ``"linear"``, ...).
+    state_names : sequence of str
+        The panel's numeric state columns.
+    """
+    if chosen is None or not str(chosen).startswith("tabular"):
+        return []
+    return [str(c) for c in state_names]
 
 
 def _cells(dataset: TrajectoryDataset, columns: tuple[str, ...] | None = None

@@ -78,6 +78,7 @@ from equicare.ope._core import (
     undefined_estimates,
 )
 from equicare.ope._ess import WeightSums
+from equicare.ope._fqe import table_ignored_numeric
 from equicare.ope._propensity_check import (
     PropensityCheck,
     floored_counts_message,
@@ -632,14 +633,23 @@ class ChunkSource:
         return {g: np.concatenate([np.asarray(c.dataset.groups[g]) for c in self.chunks])
                 for g in names}
 
+    def _columns(self, dataset_attr: str, manifest_attr: str) -> tuple[str, ...]:
+        """A dataset's column names (``dataset_attr``), or the manifest's (on storage)."""
+        if self.path is not None:
+            return tuple(getattr(self.manifest, manifest_attr))
+        ds = self.dataset
+        if ds is None:
+            assert self.chunks is not None
+            ds = self.chunks[0].dataset
+        return tuple(getattr(ds, dataset_attr))
+
     def categorical_names(self) -> tuple[str, ...]:
         """The panel's categorical state columns."""
-        if self.dataset is not None:
-            return tuple(self.dataset.categorical_names)
-        if self.path is not None:
-            return tuple(self.manifest.categorical_states)
-        assert self.chunks is not None
-        return tuple(self.chunks[0].dataset.categorical_names)
+        return self._columns("categorical_names", "categorical_states")
+
+    def state_names(self) -> tuple[str, ...]:
+        """The panel's numeric state columns."""
+        return self._columns("state_names", "states")
 
     def ride(self, build: Callable[[], Callable[[TrajectoryDataset], Any]],
              done: Callable[[Any], None]) -> None:
@@ -1014,6 +1024,9 @@ def evaluate_stream(
             elif check is not None and check.warn:  # a named stationary table: the warning
                 warnings.warn(check.message(), DataWarning, stacklevel=2)
             out.q_model.update(q_info)
+            ignored = table_ignored_numeric(out.q_model.get("chosen"), src.state_names())
+            if ignored:  # a table's cells leave the numeric states out: said on screen
+                out.q_model["ignored_numeric"] = ignored
             if check is not None:
                 out.q_model["censoring"] = check.to_dict()
             if out.cells is not None:  # thin cells: the in-memory warning, from pass 0's sums
