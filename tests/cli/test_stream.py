@@ -504,8 +504,12 @@ def test_a_q_table_that_ignores_numeric_states_says_so(tmp_path):
     that missed the truth by 15-30% with auto's table, whose cells are the sites alone; nothing
     said the table ignored the numeric states. Now evaluate (in memory and streamed) and audit
     (both modes) name them: ``q_model["ignored_numeric"]`` and a note under the Q-model line;
-    the linear model, which uses them, gets neither."""
+    the linear model, which uses them, gets neither. (The panel's ``s`` is its cell's code,
+    constant within each cell, which nothing loses: noise is added so that it varies.)"""
     panel, man, pol = _censored_panel_files(tmp_path)
+    frame = pd.read_parquet(panel)
+    frame["s"] += np.random.default_rng(0).normal(0, 0.1, len(frame))
+    frame.to_parquet(panel, index=False)
     note = ("Note: the Q-table has cells of categorical states only and ignores the numeric "
             "state columns s: where they drive both the actions and the outcomes, its FQE, DR "
             "and WDR values can be biased beyond their intervals; compare --q-model gbm")
@@ -533,6 +537,48 @@ def test_a_q_table_that_ignores_numeric_states_says_so(tmp_path):
         assert got.get("ignored_numeric") == (["s"] if q != "linear" else None), (q, extra)
         said = " ".join(res.output.split())
         assert (note.replace("Q-table", "Q-table of tgt") in said) == (q != "linear"), said
+
+
+def test_a_numeric_state_constant_in_every_cell_is_not_called_ignored(tmp_path):
+    """The Garnet test bed's severity is a function of the state: the table's cells lose
+    nothing, and the README's Garnet example printed the ignored-numeric note anyway. Now a
+    column constant within every cell of the table is not named, in memory and streamed
+    (where each chunk's per-cell ranges are merged: a chunk of 900 rows), by evaluate and
+    audit; the same column with noise added within the cells is named again."""
+    import pandas as pd
+
+    from equicare.ope._fqe import cell_ranges, merge_cell_ranges
+
+    res = runner.invoke(app, ["synth", "--sim", "garnet", "--preset", "s50_a5_g1", "--episodes",
+                              "300", "--seed", "2", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    frame = pd.read_parquet(tmp_path / "panel.parquet")
+    noisy = tmp_path / "noisy.parquet"
+    frame.assign(severity=frame["severity"] + np.random.default_rng(0).normal(
+        0, 0.01, len(frame))).to_parquet(noisy)
+    pol = str(tmp_path / "policies" / "soft_optimal.parquet")
+    for data, named in ((str(tmp_path / "panel.parquet"), None), (str(noisy), ["severity"])):
+        for extra in ([], ["--chunk-rows", "900"]):
+            base = ["--manifest", str(tmp_path / "manifest.toml"), "--q-model",
+                    "tabular_stationary", "--bootstrap", "0", "--no-progress", *extra]
+            out = tmp_path / "e.json"
+            res = runner.invoke(app, ["evaluate", data, "--policy", pol, "--estimators", "fqe",
+                                      "--out", str(out), "--force", *base])
+            assert res.exit_code == 0, res.output
+            got = json.loads(out.read_text())["q_model"].get("ignored_numeric")
+            assert got == named, (data, extra)
+            assert ("ignores the numeric state" in " ".join(res.output.split())) == bool(named)
+            res = runner.invoke(app, ["audit", data, "--policy", f"soft={pol}", "--estimators",
+                                      "fqe", "--permutations", "0", "--json", *base])
+            assert res.exit_code == 0, res.output
+            entry = json.loads(res.stdout)["policies"]["soft"]["q_model"]
+            assert entry.get("ignored_numeric") == named, (data, extra)
+    rng = np.random.default_rng(1)
+    cell, vals = rng.integers(0, 7, 50), rng.normal(size=(50, 2))
+    whole = cell_ranges(vals, cell)
+    parts = merge_cell_ranges(cell_ranges(vals[:20], cell[:20]), cell_ranges(vals[20:], cell[20:]))
+    for a, b in zip(whole, parts, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_audit_streams_the_window_table_and_the_censoring_check(tmp_path):

@@ -37,7 +37,7 @@ from equicare.fairness._rows import (
     row_pass,
 )
 from equicare.ope._ess import ESS_KIND
-from equicare.ope._fqe import table_ignored_numeric
+from equicare.ope._fqe import table_ignored_numeric, varies_within_cells
 from equicare.ope._propensity_check import floored_propensity_message
 from equicare.policy import Policy
 from equicare.policy._deployed import (
@@ -74,8 +74,8 @@ BEHAVIOR = "behavior"
 ESTIMATORS = ("is", "wis", "pdis", "wpdis", "dr", "wdr", "fqe")
 
 
-def q_model_entry(selection: Any, name: str | None, numeric: Sequence[str] = ()
-                  ) -> dict[str, Any]:
+def q_model_entry(selection: Any, name: str | None, numeric: Sequence[str] = (),
+                  varying: Sequence[bool] | None = None) -> dict[str, Any]:
     """The audit's ``q_model`` entry of a policy valued with a Q-model (``fqe``, ``dr``, ``wdr``).
 
     ``{"chosen": ...}``, and with ``q_model="auto"`` (a
@@ -96,9 +96,12 @@ def q_model_entry(selection: Any, name: str | None, numeric: Sequence[str] = ()
         The Q-model fitted, as named (``Prepared.q_name``), when there was no choice.
     numeric : sequence of str
         The panel's numeric state columns.
+    varying : sequence of bool, optional
+        Per numeric column, whether it varies within some cell of the table (a column constant
+        in every cell is not ignored; :func:`~equicare.ope._fqe.table_ignored_numeric`).
     """
     out: dict[str, Any] = {"chosen": name if selection is None else selection.chosen}
-    ignored = table_ignored_numeric(out["chosen"], numeric)
+    ignored = table_ignored_numeric(out["chosen"], numeric, varying)
     if ignored:
         out["ignored_numeric"] = ignored
     if selection is None:
@@ -617,6 +620,9 @@ class FairnessAudit:
                 # prepare): a named table's warning, in the diagnostics
                 censoring = prep.censoring_report(dataset)
                 q_entry = q_model_entry(prep.q_selection, prep.q_name, dataset.state_names)
+                if "ignored_numeric" in q_entry:  # constant in every cell: nothing left out
+                    q_entry = q_model_entry(prep.q_selection, prep.q_name, dataset.state_names,
+                                            varies_within_cells(dataset, q_entry["chosen"]))
                 if prep.q_linearised and weights is not None:
                     shift = refit_shift(prep, key, gi, weights, self.truncate)
             checked = exempt_rows(prep.target_probs, prep.deferred)

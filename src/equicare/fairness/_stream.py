@@ -570,8 +570,9 @@ def audit_stream(
                 if sel is not None and check is not None and check.switched:
                     sel = dataclasses.replace(sel, chosen="tabular_window",
                                               replaced=sel.chosen, group_bias={})
-                return fit, check, q_model_entry(sel, q_model_name(fit.design.cfg),
-                                                 src.state_names())
+                return fit, check, q_model_entry(
+                    sel, q_model_name(fit.design.cfg), src.state_names(),
+                    None if fit.cells is None else fit.cells.varying)
 
             fits = {}
             with say.bar(f"{q_key} Q-models", len(pols)) as bar:

@@ -51,7 +51,7 @@ from equicare.ope._ess import (
     effective_sample_size,
     preferred,
 )
-from equicare.ope._fqe import FQEConfig, table_ignored_numeric
+from equicare.ope._fqe import FQEConfig, table_ignored_numeric, varies_within_cells
 from equicare.ope._prepare import (
     BehaviorSpec,
     Prepared,
@@ -1080,7 +1080,8 @@ def _evaluate(
     elif q_info is not None:
         q_info["chosen"] = "given" if q is not None else (prep.q_name or q_model_name(qcfg))
     if q_info is not None:  # a table's cells leave the numeric states out: said on screen
-        ignored = table_ignored_numeric(q_info.get("chosen"), dataset.state_names)
+        ignored = table_ignored_numeric(q_info.get("chosen"), dataset.state_names,
+                                        varies_within_cells(dataset, q_info.get("chosen")))
         if ignored:
             q_info["ignored_numeric"] = ignored
     if q_info is not None and prep.cell_choice is not None:

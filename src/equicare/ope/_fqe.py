@@ -60,7 +60,8 @@ from equicare.utils import (
 )
 
 __all__ = ["FQEConfig", "QFit", "LoggedQFit", "fit_fqe", "fit_fqe_logged", "QModel",
-           "cell_columns", "table_ignored_numeric"]
+           "cell_columns", "table_ignored_numeric", "cell_ranges", "merge_cell_ranges",
+           "varies_within_cells", "CellRanges"]
 
 QModel = Literal["auto", "tabular", "linear", "gbm", "mlp"]
 _OWNER = "FQEConfig"
@@ -487,14 +488,17 @@ MSG_TABULAR_NUMERIC = ("The tabular Q-model needs categorical_states in the data
                        "command line, q_model='linear' in Python).")
 
 
-def table_ignored_numeric(chosen: str | None, state_names: Sequence[str]) -> list[str]:
+def table_ignored_numeric(chosen: str | None, state_names: Sequence[str],
+                          varying: Sequence[bool] | None = None) -> list[str]:
     """The numeric state columns a tabular Q-model's cells leave out (``[]`` for other models).
 
     A table's cells are categorical state levels only; where numeric states (a risk score)
     drive both the clinicians' actions and the outcomes, each cell averages over members whose
     numeric states differ with the action, and its values can be biased beyond their intervals
     (docs/ope.md, "Tables and numeric states"). ``evaluate`` and ``audit`` report these columns
-    (``q_model["ignored_numeric"]``) and say so on the terminal.
+    (``q_model["ignored_numeric"]``) and say so on the terminal. A column that is constant
+    within every cell (a function of the categorical state, as the Garnet test bed's severity)
+    loses nothing and is not listed.
 
     Parameters
     ----------
@@ -503,10 +507,59 @@ def table_ignored_numeric(chosen: str | None, state_names: Sequence[str]) -> lis
         ``"tabular_stationary[site]"``, ``"linear"``, ...).
     state_names : sequence of str
         The panel's numeric state columns.
+    varying : sequence of bool, optional
+        Per column, whether it takes two values in some cell of the table
+        (:func:`varies_within_cells`; streamed, from the table's first pass). None: all do.
     """
     if chosen is None or not str(chosen).startswith("tabular"):
         return []
-    return [str(c) for c in state_names]
+    flags = [True] * len(state_names) if varying is None else list(varying)
+    return [str(c) for c, v in zip(state_names, flags, strict=True) if v]
+
+
+#: Per visited cell, the minimum and maximum of each numeric state column:
+#: ``(cells (m,), low (m, k), high (m, k))``.
+CellRanges = tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.float64]]
+
+
+def cell_ranges(values: NDArray[Any], cell: NDArray[np.int64]) -> CellRanges:
+    """Each visited cell's range of every column of ``values`` (shape ``(n, k)``)."""
+    v = np.asarray(values, dtype=np.float64).reshape(len(cell), -1)
+    if v.shape[0] == 0:
+        return (np.zeros(0, np.int64), np.zeros((0, v.shape[1])), np.zeros((0, v.shape[1])))
+    order = np.argsort(cell, kind="stable")
+    c, v = np.asarray(cell)[order], v[order]
+    starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
+    return (c[starts].astype(np.int64), np.minimum.reduceat(v, starts, axis=0),
+            np.maximum.reduceat(v, starts, axis=0))
+
+
+def merge_cell_ranges(a: CellRanges, b: CellRanges) -> CellRanges:
+    """The ranges of two parts of a panel (chunks) as one."""
+    cells = np.concatenate([a[0], b[0]])
+    low, high = np.concatenate([a[1], b[1]]), np.concatenate([a[2], b[2]])
+    lo, hi = cell_ranges(low, cells), cell_ranges(high, cells)
+    return lo[0], lo[1], hi[2]
+
+
+def varies_within_cells(dataset: TrajectoryDataset, chosen: str | None
+                        ) -> list[bool] | None:
+    """Per numeric state column, whether it takes two values in some cell of ``chosen``'s table.
+
+    None when ``chosen`` is not a table (or the panel has no categorical state).
+    """
+    if (chosen is None or not str(chosen).startswith("tabular") or dataset.categorical is None
+            or dataset.categorical.shape[1] == 0 or not dataset.state_names):
+        return None
+    from equicare.ope._select import candidate_config
+
+    try:
+        cells_of = candidate_config(str(chosen)).cells
+    except (ValueError, InvalidParameterError):
+        cells_of = None
+    cell, _ = _cells(dataset, cells_of)
+    _, low, high = cell_ranges(dataset.states, cell)
+    return [bool(x) for x in np.asarray((high > low).any(axis=0)).ravel()]
 
 
 def _cells(dataset: TrajectoryDataset, columns: tuple[str, ...] | None = None

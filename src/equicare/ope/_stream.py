@@ -1024,7 +1024,9 @@ def evaluate_stream(
             elif check is not None and check.warn:  # a named stationary table: the warning
                 warnings.warn(check.message(), DataWarning, stacklevel=2)
             out.q_model.update(q_info)
-            ignored = table_ignored_numeric(out.q_model.get("chosen"), src.state_names())
+            ignored = table_ignored_numeric(
+                out.q_model.get("chosen"), src.state_names(),
+                None if out.cells is None else out.cells.varying)
             if ignored:  # a table's cells leave the numeric states out: said on screen
                 out.q_model["ignored_numeric"] = ignored
             if check is not None:

@@ -58,6 +58,7 @@ from equicare.data import TrajectoryDataset
 from equicare.exceptions import InvalidParameterError, PolicyError
 from equicare.ope._core import EpisodeParts, OPEInputs, episode_parts
 from equicare.ope._fqe import (
+    CellRanges,
     FQEConfig,
     StateStats,
     _category_design,
@@ -67,6 +68,8 @@ from equicare.ope._fqe import (
     _next_rows,
     _tabular_design,
     cell_columns,
+    cell_ranges,
+    merge_cell_ranges,
     visited_pairs,
     window_step_delta,
 )
@@ -342,6 +345,9 @@ class CellCounts:
     n_rows: int
     n_comb: int
     n_levels: tuple[int, ...]
+    #: per numeric state column, whether it takes two values in some cell
+    #: (:func:`~equicare.ope._fqe.table_ignored_numeric`); None without numeric states
+    varying: tuple[bool, ...] | None = None
 
     def message(self, hint: str) -> str | None:
         """The in-memory thin-cells warning (:func:`equicare.data._cells.thin_cells_message`)."""
@@ -372,6 +378,8 @@ class _Pre:
     ret_absmax: float = 0.0
     r_min: float = np.inf
     r_max: float = -np.inf
+    #: each visited cell's range of the numeric states (tabular, with numeric states)
+    ranges: CellRanges | None = None
 
     def __add__(self, o: _Pre) -> _Pre:
         return _Pre(moments=None if self.moments is None or o.moments is None
@@ -383,7 +391,9 @@ class _Pre:
                     n_episodes=self.n_episodes + o.n_episodes,
                     n_censored=self.n_censored + o.n_censored,
                     ret_absmax=max(self.ret_absmax, o.ret_absmax),
-                    r_min=min(self.r_min, o.r_min), r_max=max(self.r_max, o.r_max))
+                    r_min=min(self.r_min, o.r_min), r_max=max(self.r_max, o.r_max),
+                    ranges=self.ranges if o.ranges is None else o.ranges
+                    if self.ranges is None else merge_cell_ranges(self.ranges, o.ranges))
 
     def cell_counts(self) -> CellCounts | None:
         """The visited cells and each column's visited levels (tabular), else None."""
@@ -392,8 +402,12 @@ class _Pre:
         names, sizes, n_actions = self.cell_shape
         cells = np.unique(self.visited // n_actions)
         levels = np.unravel_index(cells, sizes) if sizes else ()
+        varying = (None if self.ranges is None else
+                   tuple(bool(v) for v in
+                         np.asarray((self.ranges[2] > self.ranges[1]).any(axis=0)).ravel()))
         return CellCounts(names=names, n_rows=self.n_rows, n_comb=int(cells.size),
-                          n_levels=tuple(int(np.unique(lv).size) for lv in levels))
+                          n_levels=tuple(int(np.unique(lv).size) for lv in levels),
+                          varying=varying)
 
 
 def _pre_chunk(dataset: TrajectoryDataset, *, cfg: FQEConfig) -> _Pre:
@@ -409,7 +423,8 @@ def _pre_chunk(dataset: TrajectoryDataset, *, cfg: FQEConfig) -> _Pre:
                     n_episodes=dataset.n_episodes, n_censored=int(dataset.censored.sum()),
                     ret_absmax=float(np.abs(ret).max()) if ret.size else 0.0,
                     r_min=float(dataset.rewards.min()) if dataset.n_steps else np.inf,
-                    r_max=float(dataset.rewards.max()) if dataset.n_steps else -np.inf)
+                    r_max=float(dataset.rewards.max()) if dataset.n_steps else -np.inf,
+                    ranges=cell_ranges(dataset.states, cell) if dataset.state_names else None)
     cats = _category_design(dataset)
     x = np.asarray(dataset.features(one_hot=cats is None), dtype=np.float64)
     mean = x.mean(axis=0)
