@@ -262,6 +262,25 @@ def test_capacity_without_a_goal_names_the_flag(app):
     assert "goal_states" not in said and "or names (bad, good)." in said
 
 
+def test_capacity_from_panel_without_a_goal_refuses_before_estimating(app, tmp_path,
+                                                                      monkeypatch):
+    """Arms estimated from a panel have no high-risk states, so --goal is always needed: a
+    care panel's user waited 11 s for the estimation before the refusal. Now it comes first."""
+    import equicare.cli._rmab as cli_rmab
+
+    p, mf = _panel_files(tmp_path)
+
+    def boom(*args, **kwargs):
+        raise AssertionError("the domain was built before the refusal")
+
+    monkeypatch.setattr(cli_rmab, "build_domain", boom)
+    res = runner.invoke(app, ["capacity", "--from-panel", str(p), "-m", str(mf), "--seeds", "2"])
+    assert res.exit_code == 2, res.output
+    assert " ".join(res.output.split()).startswith(
+        "error: --goal is needed with --from-panel: arms estimated from a panel define no "
+        "high-risk states"), res.output
+
+
 def test_parse_budget():
     assert parse_budget("0.2") == 0.2 and parse_budget("20") == 20 and parse_budget("1") == 1
     assert parse_budget("1.0") == 1.0

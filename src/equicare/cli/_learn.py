@@ -553,8 +553,9 @@ def register(app: "typer.Typer") -> None:
             if json_out:
                 print_json(res)
                 return
-            pooled = (f", {res['pooled_cells']} cells of fewer than 11 episodes left to "
-                      "current practice" if res.get("pooled_cells") else "")
+            n_pooled = res.get("pooled_cells") or 0
+            pooled = (f", {n_pooled} cell{'' if n_pooled == 1 else 's'} of fewer than 11 "
+                      "episodes left to current practice" if n_pooled else "")
             console.print(f"Wrote {res['model_dir']} ({algo.value}, {res['n_cells']} cells of "
                           f"{', '.join(res['cell_columns'])}, "
                           f"{100 * res['bootstrapped_share']:.0f}% of (cell, action) pairs kept "

@@ -431,6 +431,10 @@ def register(app: typer.Typer) -> None:
         """
         check_out_paths([out, figure], force, file=True, options=["--out", "--figure"])
         with user_errors():
+            if goal is None and from_panel is not None:  # before the estimation, not after
+                fail("--goal is needed with --from-panel: arms estimated from a panel define "
+                     "no high-risk states whose complement would be the default goal; give "
+                     "--goal with comma-separated levels of the panel's state column.")
             prov = None if out is None else provenance(
                 {"domain": domain_file, "data": from_panel, "manifest": manifest})
             d = build_domain(None if domain is None else domain.value, domain_file=domain_file,
