@@ -35,7 +35,7 @@ def test_selected_policy_is_not_worse_than_behaviour() -> None:
     mdp, ds = _panel(0, 5000)
     res = select_policy(ds, FAST)
     vb = mdp.value(mdp.behavior_policy)
-    table, _ = garnet_policy_table(mdp, ds, res.learner.policy_)
+    table, _ = garnet_policy_table(mdp, ds, res.learner.policy_, usual_care="deployed")
     assert mdp.value(table) > vb - 0.005
     assert len(res.candidates) == len(FAST.n_wedges)
     assert all(np.isfinite(c.lcb) for c in res.candidates)
@@ -73,6 +73,8 @@ def test_fallback_reproduces_the_behaviour() -> None:
     assert res.learner.policy_.deferred_rows(ds).all()
     np.testing.assert_array_equal(res.learner.policy_.action_probs(ds),
                                   est.policy_.action_probs(ds))
+    deployed, _ = garnet_policy_table(mdp, ds, res.learner.policy_, usual_care="deployed")
+    np.testing.assert_array_equal(deployed, mdp.behavior_policy)  # exactly practice
     assert res.to_dict()["fallback"] is True
 
 
@@ -124,7 +126,7 @@ def test_pvi_candidates_are_safe_and_improve() -> None:
         mdp, ds = _panel(seed, 3000)
         res = select_policy(ds, SelectConfig(neural=(), bootstrap=100, multiplicity="none",
                                              seed=seed))
-        table, _ = garnet_policy_table(mdp, ds, res.learner.policy_)
+        table, _ = garnet_policy_table(mdp, ds, res.learner.policy_, usual_care="deployed")
         gains.append(mdp.value(table) - mdp.value(mdp.behavior_policy))
     assert min(gains) > -0.005, gains
     assert np.mean(gains) > 0.01, gains
@@ -161,7 +163,7 @@ def test_cross_fitting_pools_both_halves_and_refits_on_all() -> None:
     assert res.settings["rule"].startswith("cross-fitted")
     assert res.chosen == "pvi_b0.3_k20_t0.1_m0.5" and res.candidates[0].lcb_gain > 0.01
     vb = mdp.value(mdp.behavior_policy)
-    table, _ = garnet_policy_table(mdp, ds, res.learner.policy_)
+    table, _ = garnet_policy_table(mdp, ds, res.learner.policy_, usual_care="deployed")
     assert mdp.value(table) > vb + 0.01
     # retrained on all episodes: its counts are the whole panel's
     full = PVI(prior=20.0, mix=0.5, tau=0.1).fit(ds)
@@ -248,7 +250,7 @@ def test_k_fold_cross_fitting_holds_every_episode_out_once() -> None:
     assert not res.fallback
     full = PVI(prior=20.0, mix=0.5, tau=0.1).fit(ds)
     np.testing.assert_array_equal(res.learner.policy_.table, full.policy_.table)
-    table, _ = garnet_policy_table(mdp, ds, res.learner.policy_)
+    table, _ = garnet_policy_table(mdp, ds, res.learner.policy_, usual_care="deployed")
     assert mdp.value(table) > mdp.value(mdp.behavior_policy) + 0.01
 
 
@@ -404,7 +406,7 @@ def test_selection_study(name: str) -> None:
         vb = mdp.value(mdp.behavior_policy)
         vo = mdp.value(garnet_target_policies(mdp)["optimal"])
         res = select_policy(ds, SelectConfig(neural=(), seed=seed))
-        table, _ = garnet_policy_table(mdp, ds, res.learner.policy_)
+        table, _ = garnet_policy_table(mdp, ds, res.learner.policy_, usual_care="deployed")
         v = mdp.value(table)
         gaps.append((v - vb) / (vo - vb))
         drops.append(v - vb)
@@ -440,7 +442,7 @@ def test_rules_rescored_from_a_superset_run_match_a_run_with_that_rule() -> None
                 assert c.estimates[k]["gain_lcb"] == pytest.approx(
                     w.estimates[k]["gain_lcb"], abs=1e-12)
         assert not run.fallback
-        t, _ = garnet_policy_table(mdp, ds, run.learner.policy_)
+        t, _ = garnet_policy_table(mdp, ds, run.learner.policy_, usual_care="deployed")
         assert mdp.value(t) > vb - 0.005
     # the default (WDR passes, FQE's bound orders) and the rule before it (WDR's bound orders)
     # disagree on this panel, and every choice is safe in exact value (above)

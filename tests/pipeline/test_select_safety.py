@@ -31,7 +31,7 @@ def _panel(cfg: GarnetConfig, n: int, seed: int):
 
 
 def _exact_gain(mdp, ds, policy) -> float:
-    table, _ = garnet_policy_table(mdp, ds, policy)
+    table, _ = garnet_policy_table(mdp, ds, policy, usual_care="deployed")
     return float(mdp.value(table) - mdp.value(mdp.behavior_policy))
 
 

@@ -770,7 +770,8 @@ def garnet_state_index(dataset: Any, column: str = "state") -> NDArray[np.int64]
 
 
 def garnet_policy_table(mdp: GarnetMDP, dataset: Any, policy: Any,
-                        column: str = "state") -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+                        column: str = "state", usual_care: str = "stored"
+                        ) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
     """The ``(S, A)`` table of a policy that reads panel rows, for exact evaluation.
 
     The policy is queried at one row of every state present in ``dataset`` (a one-row episode
@@ -778,7 +779,10 @@ def garnet_policy_table(mdp: GarnetMDP, dataset: Any, policy: Any,
     clinicians' probabilities (no learner has seen them). A policy that leaves part of its mass
     to current practice (``deferred_mask``, e.g. a cell policy fitted with the known baseline)
     gets the clinicians' true probabilities over those actions, scaled to that mass: the
-    clinicians choose there.
+    clinicians choose there. With ``usual_care="deployed"``, the states where a policy leaves
+    the whole row to current practice (``deferred_rows``: usual-care rules, the selection's
+    fallback) get the clinicians' true probabilities too; with ``"stored"`` (the default) they
+    get the estimate of practice stored with the policy, as ``action_probs`` gives it.
 
     Returns
     -------
@@ -809,6 +813,10 @@ def garnet_policy_table(mdp: GarnetMDP, dataset: Any, policy: Any,
         rest = (probs * deferred).sum(axis=1, keepdims=True)
         probs = np.where(deferred, rest * b / np.where(z > 0, z, 1.0), probs)
         probs = probs / probs.sum(axis=1, keepdims=True)
+    if usual_care == "deployed" and hasattr(policy, "deferred_rows"):
+        whole = policy.deferred_rows(probe)
+        if whole is not None:  # the clinicians decide the whole row
+            probs[whole] = mdp.behavior_policy[s[rows][whole]]
     table = mdp.behavior_policy.copy()
     table[s[rows]] = probs
     seen = np.zeros(mdp.n_states, dtype=bool)
