@@ -542,22 +542,17 @@ def merge_cell_ranges(a: CellRanges, b: CellRanges) -> CellRanges:
     return lo[0], lo[1], hi[2]
 
 
-def varies_within_cells(dataset: TrajectoryDataset, chosen: str | None
-                        ) -> list[bool] | None:
+def varies_within_cells(dataset: TrajectoryDataset, chosen: str | None,
+                        cells: Sequence[str] | None = None) -> list[bool] | None:
     """Per numeric state column, whether it takes two values in some cell of ``chosen``'s table.
 
-    None when ``chosen`` is not a table (or the panel has no categorical state).
+    ``cells``: the table's categorical columns (its ``FQEConfig.cells``; None: all). None when
+    ``chosen`` is not a table (or the panel has no categorical or numeric state).
     """
     if (chosen is None or not str(chosen).startswith("tabular") or dataset.categorical is None
             or dataset.categorical.shape[1] == 0 or not dataset.state_names):
         return None
-    from equicare.ope._select import candidate_config
-
-    try:
-        cells_of = candidate_config(str(chosen)).cells
-    except (ValueError, InvalidParameterError):
-        cells_of = None
-    cell, _ = _cells(dataset, cells_of)
+    cell, _ = _cells(dataset, None if cells is None else tuple(cells))
     _, low, high = cell_ranges(dataset.states, cell)
     return [bool(x) for x in np.asarray((high > low).any(axis=0)).ravel()]
 
