@@ -619,13 +619,9 @@ class FairnessAudit:
                 # evaluate's censoring check of a stationary table (auto's switch made in
                 # prepare): a named table's warning, in the diagnostics
                 censoring = prep.censoring_report(dataset)
-                q_entry = q_model_entry(prep.q_selection, prep.q_name, dataset.state_names)
-                if "ignored_numeric" in q_entry:  # constant in every cell: nothing left out
-                    q_entry = q_model_entry(prep.q_selection, prep.q_name, dataset.state_names,
-                                            varies_within_cells(
-                                                dataset, q_entry["chosen"],
-                                                None if prep.q_config is None
-                                                else prep.q_config.cells))
+                chosen = prep.q_name if prep.q_selection is None else prep.q_selection.chosen
+                q_entry = q_model_entry(prep.q_selection, prep.q_name, dataset.state_names,
+                                        varies_within_cells(dataset, chosen, prep.table_cells))
                 if prep.q_linearised and weights is not None:
                     shift = refit_shift(prep, key, gi, weights, self.truncate)
             checked = exempt_rows(prep.target_probs, prep.deferred)

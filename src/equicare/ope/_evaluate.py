@@ -1082,7 +1082,7 @@ def _evaluate(
     if q_info is not None:  # a table's cells leave the numeric states out: said on screen
         ignored = table_ignored_numeric(q_info.get("chosen"), dataset.state_names,
                                         varies_within_cells(dataset, q_info.get("chosen"),
-                                                            _table_cells(prep)))
+                                                            prep.table_cells))
         if ignored:
             q_info["ignored_numeric"] = ignored
     if q_info is not None and prep.cell_choice is not None:
@@ -1270,9 +1270,3 @@ def evaluate_subgroups(
                             level_refit, truncate=truncate, normalization=normalization,
                             n_boot=bootstrap, ci_method=ci_method, alpha=alpha)
     return out
-
-
-def _table_cells(prep: Prepared) -> tuple[str, ...] | None:
-    """The categorical columns of the prepared tabular Q-model's cells (None: all)."""
-    cfg = prep.q_config
-    return None if cfg is None else cfg.cells

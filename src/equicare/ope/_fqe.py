@@ -525,21 +525,25 @@ CellRanges = tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.float64]]
 def cell_ranges(values: NDArray[Any], cell: NDArray[np.int64]) -> CellRanges:
     """Each visited cell's range of every column of ``values`` (shape ``(n, k)``)."""
     v = np.asarray(values, dtype=np.float64).reshape(len(cell), -1)
-    if v.shape[0] == 0:
-        return (np.zeros(0, np.int64), np.zeros((0, v.shape[1])), np.zeros((0, v.shape[1])))
-    order = np.argsort(cell, kind="stable")
-    c, v = np.asarray(cell)[order], v[order]
-    starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
-    return (c[starts].astype(np.int64), np.minimum.reduceat(v, starts, axis=0),
-            np.maximum.reduceat(v, starts, axis=0))
+    return _reduce_ranges(np.asarray(cell, dtype=np.int64), v, v)
 
 
 def merge_cell_ranges(a: CellRanges, b: CellRanges) -> CellRanges:
     """The ranges of two parts of a panel (chunks) as one."""
-    cells = np.concatenate([a[0], b[0]])
-    low, high = np.concatenate([a[1], b[1]]), np.concatenate([a[2], b[2]])
-    lo, hi = cell_ranges(low, cells), cell_ranges(high, cells)
-    return lo[0], lo[1], hi[2]
+    return _reduce_ranges(np.concatenate([a[0], b[0]]), np.concatenate([a[1], b[1]]),
+                          np.concatenate([a[2], b[2]]))
+
+
+def _reduce_ranges(cell: NDArray[np.int64], low: NDArray[np.float64],
+                   high: NDArray[np.float64]) -> CellRanges:
+    """Per distinct ``cell``, the minimum of ``low`` and the maximum of ``high`` (one sort)."""
+    if cell.size == 0:
+        return cell.astype(np.int64), low[:0], high[:0]
+    order = np.argsort(cell, kind="stable")
+    c = cell[order]
+    starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
+    return (c[starts].astype(np.int64), np.minimum.reduceat(low[order], starts, axis=0),
+            np.maximum.reduceat(high[order], starts, axis=0))
 
 
 def varies_within_cells(dataset: TrajectoryDataset, chosen: str | None,

@@ -238,6 +238,11 @@ class Prepared:
         return censoring_check(dataset, self.target_probs, self.qfit, cfg)
 
     @property
+    def table_cells(self) -> tuple[str, ...] | None:
+        """The categorical columns of the Q-model's cells (None: all, or not a table)."""
+        return None if self.q_config is None else self.q_config.cells
+
+    @property
     def q_linearised(self) -> bool:
         """Whether the Q-model's refit enters the bootstrap (LSTD-type Q-models)."""
         return self.qfit is not None and self.qfit.lstd is not None

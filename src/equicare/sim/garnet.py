@@ -813,6 +813,9 @@ def garnet_policy_table(mdp: GarnetMDP, dataset: Any, policy: Any,
         rest = (probs * deferred).sum(axis=1, keepdims=True)
         probs = np.where(deferred, rest * b / np.where(z > 0, z, 1.0), probs)
         probs = probs / probs.sum(axis=1, keepdims=True)
+    from equicare.utils import check_param
+
+    check_param(usual_care, "usual_care", "garnet_policy_table", choices=("stored", "deployed"))
     if usual_care == "deployed" and hasattr(policy, "deferred_rows"):
         whole = policy.deferred_rows(probe)
         if whole is not None:  # the clinicians decide the whole row
