@@ -812,9 +812,9 @@ class _Run:
     # -------------------------------------------------------------- nuisance models and rows
     def raw_states(self, states: NDArray[np.float64], idx: NDArray[np.int64]
                    ) -> NDArray[np.float64]:
-        """States at rows ``idx`` for scikit-learn nuisance models, else an empty placeholder.
+        """States at rows ``idx`` for scikit-learn nuisance models, else no columns.
 
-        Without a scikit-learn model the placeholder has shape ``(n, 0)``: the default models
+        Without a scikit-learn model the array has shape ``(n, 0)``: the default models
         use the basis only, and a copy of wide one-hot states per fold would be the largest
         array of the analysis.
         """
