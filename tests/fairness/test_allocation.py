@@ -582,18 +582,25 @@ def test_a_hidden_level_rate_is_not_one_minus_the_published_levels(seed) -> None
     assert hidden.sum() >= 2                       # never one hidden level beside the others
 
 
+@pytest.mark.parametrize("as_mask", [False, True])
 @pytest.mark.parametrize("seed", range(6))
-def test_a_hidden_level_rate_is_not_the_audited_set_minus_its_published_levels(seed) -> None:
+def test_a_hidden_level_rate_is_not_the_audited_set_minus_its_published_levels(
+        seed, as_mask) -> None:
     """The audit's rate of an action set of several levels is the sum of their level rates: on
     the privacy review's panel ``--action 'urgency=routine|urgent'`` published big's rate of the
     set and its routine rate, and hid urgent (4 members' weeks): the difference gave them back.
     With the set's published rates as one more line, an adversary's linear programme over the
-    audit's rates leaves the 3-member home-visit cell more than one value."""
+    audit's rates leaves the 3-member home-visit cell more than one value. The same set given
+    as a boolean mask over the flat actions (the API's custom set) is recognised as that union
+    of levels (it was not: the line was missing and the cell given back)."""
     from equicare.fairness import audit
 
     union = ("modality=none", HOME)
     ds = _three_modality_panel(seed, rare=(3, 0, 0) if seed % 2 else (3, 12, 0))
-    res = audit(ds, action="modality=none|home_visit", group="g", level="episode", n_boot=0,
+    action = "modality=none|home_visit"
+    if as_mask:
+        action = ds.action_space.parse_action_set(action)
+    res = audit(ds, action=action, group="g", level="episode", n_boot=0,
                 n_permutations=0, estimator=None)
     f = res["behavior"].allocation
     tab = res.level_rates.loc["behavior"]

@@ -39,7 +39,7 @@ from equicare.privacy import share_suppressed, share_table_suppressed, warn_low_
 from equicare.utils import MIN_CELL, PARAM_MESSAGE, RandomState, check_dataset, check_param
 
 __all__ = ["AllocationFrame", "allocation_rates", "level_rates", "group_sums", "build_frames",
-           "level_table", "need_suppressed", "need_cells_message", "MSG_NEED_CELLS",
+           "level_table", "set_levels", "need_suppressed", "need_cells_message", "MSG_NEED_CELLS",
            "rate_cells_message", "MSG_RATE_CELLS", "pp_undefined", "pp_undefined_lines"]
 
 Method = Literal["between_groups", "to_overall"]
@@ -794,22 +794,40 @@ def allocation_rates(
                         random_state=rng, ci_method=ci_method)[label]
 
 
-def _set_levels(spec: str, actions: Sequence[str]) -> NDArray[np.int64]:
-    """Positions in ``actions`` of the levels of an action set ``"component=a|b"``.
+def set_levels(mask: NDArray[np.bool_], matrix: NDArray[np.float64],
+               names: Sequence[str]) -> NDArray[np.int64]:
+    """Positions of the component levels whose union is an action set.
 
-    Empty when ``spec`` is not such a set (a custom mask).
+    Parameters
+    ----------
+    mask : ndarray of shape (n_actions,), bool
+        The action set over the flat actions (``"component=a|b"`` or a custom mask).
+    matrix : ndarray of shape (n_actions, total_levels)
+        Level membership of each flat action (:func:`equicare.fairness._rows.level_matrix`).
+    names : sequence of str
+        ``"component=level"`` names of the ``total_levels`` columns.
+
+    Returns
+    -------
+    ndarray of int
+        The columns of one component whose levels together hold exactly the actions of
+        ``mask``: the set's rate is then the sum of those levels' rates. Empty when no
+        component's levels make up the set (e.g. a set crossing two components).
     """
-    comp, eq, lv = str(spec).partition("=")
-    pos = {str(a): i for i, a in enumerate(actions)}
-    want = [f"{comp.strip()}={v.strip()}" for v in lv.split("|")]
-    if not eq or any(w not in pos for w in want):
-        return np.zeros(0, dtype=np.int64)
-    return np.array([pos[w] for w in want], dtype=np.int64)
+    m = np.asarray(mask, dtype=bool)
+    inside = ~(matrix[~m] > 0).any(axis=0)           # levels with no action outside the set
+    comp = np.asarray([str(a).split("=", 1)[0] for a in names])
+    for c in dict.fromkeys(comp):
+        cols = np.flatnonzero((comp == c) & inside)
+        if np.array_equal(matrix[:, cols].sum(axis=1) > 0, m):
+            return cols.astype(np.int64)
+    return np.zeros(0, dtype=np.int64)
 
 
 def level_table(names: Sequence[str], num: NDArray[np.float64], den: NDArray[np.float64],
                 gi: GroupIndex, actions: Sequence[str],
-                frames: Mapping[str, AllocationFrame] | None = None) -> pd.DataFrame:
+                frames: Mapping[str, AllocationFrame] | None = None,
+                audited: NDArray[np.int64] | None = None) -> pd.DataFrame:
     """Point rates of many action sets by group (array level).
 
     Parameters
@@ -826,6 +844,9 @@ def level_table(names: Sequence[str], num: NDArray[np.float64], den: NDArray[np.
         The audit's frames of the same policies: a group's published rate of the audited set
         (when it is a union of levels) is the sum of its levels' rates, so its levels are
         completed as a line too.
+    audited : ndarray of int, optional
+        The columns of ``actions`` whose union is the audited set (:func:`set_levels`); needed
+        with ``frames``. Empty when the set is no union of one component's levels.
 
     Returns
     -------
@@ -852,9 +873,9 @@ def level_table(names: Sequence[str], num: NDArray[np.float64], den: NDArray[np.
             hidden[cols, lv], total_hidden[lv] = True, total
         # a group's levels of one component sum to one: complete those lines too
         sums = []
-        if frames is not None and (f := frames.get(pname)) is not None:
+        if frames is not None and audited is not None and (f := frames.get(pname)) is not None:
             known = [g not in f.rate_suppressed for g in gi.labels] + [not f.overall_suppressed]
-            sums.append((_set_levels(f.action, actions), np.array(known, dtype=bool)))
+            sums.append((audited, np.array(known, dtype=bool)))
         hidden, total_hidden = share_table_suppressed(num[j], den, gi.codes, gi.n_groups,
                                                       blocks, hidden, total_hidden, gi.min_cell,
                                                       sums)

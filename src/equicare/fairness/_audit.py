@@ -23,6 +23,7 @@ from equicare.fairness._allocation import (
     build_frames,
     group_sums,
     level_table,
+    set_levels,
 )
 from equicare.fairness._bootstrap import CIMethod, bootstrap_weights, split_random_state
 from equicare.fairness._diagnostics import WeightDiagnostics, weight_diagnostics
@@ -555,7 +556,8 @@ class FairnessAudit:
                     bar.update(advance=1, info=name)
         levels = None
         if self.with_level_rates:
-            levels = level_table(names, np.stack(lnums), den, gi, level_names, frames)
+            levels = level_table(names, np.stack(lnums), den, gi, level_names, frames,
+                                 set_levels(mask, lmat, level_names))
         return AuditResult(group=gname, action=spec, n_episodes=gi.n_kept,
                            policies={k: PolicyAudit(k, frames[k], outcomes[k], diags[k],
                                                     q_models[k])

@@ -32,7 +32,7 @@ from numpy.typing import NDArray
 from equicare.data import TrajectoryDataset
 from equicare.data._labels import check_group_labels
 from equicare.exceptions import DataValidationError, InvalidParameterError
-from equicare.fairness._allocation import build_frames, level_table
+from equicare.fairness._allocation import build_frames, level_table, set_levels
 from equicare.fairness._audit import (
     BEHAVIOR,
     AuditResult,
@@ -247,6 +247,7 @@ class _Partial:
     layouts: dict[str, Any] = field(default_factory=dict)
     spec: str | None = None
     level_names: list[str] = field(default_factory=list)
+    audited: NDArray[np.int64] | None = None
     refit: dict[str, _RefitAcc] = field(default_factory=dict)
     ess: dict[str, _EssAcc] = field(default_factory=dict)
     support: dict[str, Any] = field(default_factory=dict)
@@ -284,6 +285,7 @@ class _Partial:
         self.layouts.update(other.layouts)
         self.spec = self.spec or other.spec
         self.level_names = self.level_names or other.level_names
+        self.audited = self.audited if self.audited is not None else other.audited
 
 
 def _add_chunk(part: _Partial, ds: TrajectoryDataset, ctx: _Context) -> None:
@@ -297,6 +299,7 @@ def _add_chunk(part: _Partial, ds: TrajectoryDataset, ctx: _Context) -> None:
     spec, mask = action_set(ds.action_space, cfg.action)
     level_names, lmat = level_matrix(ds.action_space)
     part.spec, part.level_names = spec, level_names
+    part.audited = set_levels(mask, lmat, level_names)
     cols = mask[:, None].astype(np.float64)
     if cfg.with_level_rates:
         cols = np.concatenate([cols, lmat], axis=1)
@@ -673,7 +676,7 @@ def audit_stream(
     levels = None
     if cfg.with_level_rates:
         levels = level_table(names, np.concatenate(part.ep_lnum, axis=1), den_all, gi,
-                             part.level_names, frames)
+                             part.level_names, frames, part.audited)
     return AuditResult(group=gname, action=spec, n_episodes=gi.n_kept,
                        policies={k: PolicyAudit(k, frames[k], outcomes[k], diags[k],
                                                 q_models.get(k))
