@@ -573,6 +573,7 @@ class _HeldOut:
     se: dict[str, Any] = field(default_factory=dict, repr=False)
     gain_se: dict[str, Any] = field(default_factory=dict, repr=False)
     censoring: dict[str, Any] | None = None
+    window: Any = None
 
 
 def _summarise(point: dict[str, float], reps: dict[str, Any], beh_value: float,
@@ -671,9 +672,8 @@ def _held_out_behavior(valid: Any, cfg: SelectConfig) -> Any:
     return BehaviorModel(random_state=model_seed(_prep_seed(cfg))).fit(valid)
 
 
-def _held_out(valid: Any, policy: Any, cfg: SelectConfig, q_model: str,
-              behavior: Any = None, switch_censored: bool = False,
-              force_window: bool = False) -> _HeldOut:
+def _held_out(valid: Any, policy: Any, cfg: SelectConfig, q_model: Any,
+              behavior: Any = None, switch_censored: bool = False) -> _HeldOut:
     """Every estimator on the held-out episodes, with paired bounds of the gain.
 
     The computation of :func:`equicare.ope.evaluate` (same seeds, so the same values),
@@ -688,8 +688,9 @@ def _held_out(valid: Any, policy: Any, cfg: SelectConfig, q_model: str,
     When it warns, the window table of the same cells values the candidate instead if
     ``switch_censored`` (the selection's default Q-model, as ``auto`` does in ``evaluate``),
     or ``auto`` made the switch already; otherwise (a stationary table the user named) the
-    check's message is kept for the warning. ``force_window`` switches whether or not the
-    check warns (another fold's check did: every fold of a candidate uses one Q-model).
+    check's message is kept for the warning. A stationary table's result keeps the window
+    table of its cells in ``window`` (:func:`_switched`: another fold's check warned, and every
+    fold of a candidate uses one Q-model). ``q_model`` is a name or an ``FQEConfig``.
     """
     import numpy as np
     from threadpoolctl import threadpool_limits
@@ -708,14 +709,15 @@ def _held_out(valid: Any, policy: Any, cfg: SelectConfig, q_model: str,
                        behavior_model="logistic" if behavior is None else behavior,
                        random_state=seed_prep)
         check = prep.censoring_report(valid)
-        if (switch_censored and check is not None and (check.warn or force_window)
-                and not check.switched
+        window = (replace(prep.q_config, horizon="window")
+                  if check is not None and not check.switched and prep.q_config is not None
+                  else None)
+        if (switch_censored and check is not None and check.warn and not check.switched
                 and prep.q_config is not None):  # the window table of the same cells
-            prep = prepare(valid, policy, keys=keys,
-                           q_model=replace(prep.q_config, horizon="window"),
+            prep = prepare(valid, policy, keys=keys, q_model=window,
                            behavior_model="logistic" if behavior is None else behavior,
                            random_state=seed_prep)
-            check = replace(check, switched=True)
+            check, window = replace(check, switched=True), None
         parts = episode_parts(prep.inputs, keys)
         if prep.q_linearised:
             parts = _with_q_refit(prep, parts, None, "absorbing")
@@ -742,7 +744,22 @@ def _held_out(valid: Any, policy: Any, cfg: SelectConfig, q_model: str,
                      {k: np.asarray(reps[k], dtype=np.float64) for k in keys},
                      float(ret.mean()), np.asarray(beh_reps, dtype=np.float64), cfg,
                      support_pct, int(valid.n_episodes), se, gain_se)
-    return replace(out, censoring=censoring) if censoring is not None else out
+    return replace(out, censoring=censoring, window=window) if censoring is not None else out
+
+
+def _switched(part: _HeldOut, valid: Any, policy: Any, cfg: SelectConfig,
+              behavior: Any) -> _HeldOut:
+    """A fold valued with the window table because another fold's censoring check warned.
+
+    The fold's own check did not warn, so :func:`_held_out` valued it with the stationary table
+    and kept the window table of the same cells in ``part.window``: only that table is fitted
+    now, and the fold's check is reported as switched.
+    """
+    if part.censoring is None or part.censoring["switched_to_window"] or part.window is None:
+        return part
+    out = _held_out(valid, policy, cfg, part.window, behavior)
+    return replace(out, censoring={**part.censoring, "switched_to_window": True,
+                                   "message": None})
 
 
 def _gain_se(parts: Any, counts: Any, ret: Any, keys: tuple[str, ...]
@@ -913,8 +930,7 @@ def select_policy(dataset: Any, config: SelectConfig | None = None, *,
                          for (_, va, c), ln, bm in zip(folds, learners, behaviors, strict=True)]
                 if any(p.censoring is not None and p.censoring["switched_to_window"]
                        for p in parts):  # one fold's check switched: every fold switches
-                    parts = [p if p.censoring is None or p.censoring["switched_to_window"]
-                             else _held_out(va, judged(ln.policy_), c, q_model, bm, True, True)
+                    parts = [_switched(p, va, judged(ln.policy_), c, bm)
                              for p, (_, va, c), ln, bm in zip(parts, folds, learners,
                                                               behaviors, strict=True)]
         except (ValueError, RuntimeError) as exc:
