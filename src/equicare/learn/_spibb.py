@@ -48,7 +48,7 @@ from equicare.utils import (
 )
 
 __all__ = ["SPIBB", "SPIBBConfig", "CellModel", "MSG_NOT_DISCRETE", "BEHAVIOR_MODES",
-           "behavior_table", "bootstrapped_share"]
+           "behavior_table", "bootstrapped_share", "quantile_edges"]
 
 BEHAVIOR_MODES = ("auto", "counts", "logged", "known")
 
@@ -154,6 +154,50 @@ class SPIBBConfig:
         if d.get("n_wedge") == "inf":
             d["n_wedge"] = float("inf")
         return cls(**d)
+
+
+def quantile_edges(x: NDArray[Any], n_bins: int) -> NDArray[np.float64]:
+    """Inner edges cutting a numeric column into about ``n_bins`` quantile bins.
+
+    A row's bin is the number of edges at or below its value (``searchsorted(side="right")``,
+    as :class:`~equicare.policy.CellPolicy` codes rows), so an edge ``e`` puts the values
+    ``>= e`` above it. A quantile that falls on an observed value (a point mass: a 0/1 flag, a
+    count) would put that value with everything above it, and a quantile at the column's
+    minimum would separate nothing: a 0/1 flag with 6% ones, whose inner deciles are all 0,
+    got the single edge 0 and one bin for every row. Such an edge moves to the midpoint between
+    the value and the next observed value (0.5 for a 0/1 flag; 0.5, 1.5, ... for counts), so
+    the value closes the lower bin; a quantile at the maximum is dropped. Other quantiles are
+    kept (an interpolated one between two observed values separates them already), one per gap
+    between observed values. Edges are rounded to 4 significant digits (a midpoint stays
+    strictly between its two values), so the model folder keeps no row's exact value
+    (equicare.privacy, as OMG's knots).
+
+    Parameters
+    ----------
+    x : ndarray of shape (n_rows,)
+        The column's values (finite).
+    n_bins : int
+        Quantile bins asked for (>= 2); point masses can leave fewer.
+
+    Returns
+    -------
+    ndarray of shape (n_edges,), float64
+        Increasing, distinct edges, all above the column's minimum (empty for a constant
+        column).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    vals = np.unique(x)
+    q = round_significant(np.quantile(x, np.linspace(0, 1, n_bins + 1)[1:-1]), 4)
+    pos = np.searchsorted(vals, q, side="left")
+    at = (pos < vals.size) & (vals[np.minimum(pos, vals.size - 1)] == q)
+    nxt = vals[np.minimum(pos + 1, vals.size - 1)]
+    mid = round_significant((q + nxt) / 2.0, 4)
+    mid = np.where((mid > q) & (mid < nxt), mid, (q + nxt) / 2.0)
+    edges = np.where(at, np.where(pos + 1 < vals.size, mid, np.inf), q)
+    edges = np.unique(edges[np.isfinite(edges) & (edges > vals[0])])
+    # one edge per gap between observed values (two would leave an empty bin)
+    _, first = np.unique(np.searchsorted(vals, edges, side="left"), return_index=True)
+    return np.asarray(edges[np.sort(first)], dtype=np.float64)
 
 
 def bootstrapped_share(bootstrapped: NDArray[np.bool_]) -> float:
@@ -358,12 +402,8 @@ class SPIBB(ConfigParams, BaseEstimator):  # type: ignore[misc]
         edges: tuple[NDArray[np.float64], ...] = ()
         if cfg.numeric == "bin" and dataset.n_features > 0:
             numeric = tuple(dataset.state_names)
-            qs = np.linspace(0, 1, cfg.numeric_bins + 1)[1:-1]
-            # inner quantiles rounded to 4 significant digits: the model folder keeps no
-            # row's exact value (equicare.privacy, as OMG's knots)
-            edges = tuple(np.unique(round_significant(np.quantile(
-                dataset.states[:, j].astype(np.float64), qs), 4))
-                for j in range(dataset.n_features))
+            edges = tuple(quantile_edges(dataset.states[:, j], cfg.numeric_bins)
+                          for j in range(dataset.n_features))
         if not columns and not numeric:
             raise DataValidationError(MSG_NOT_DISCRETE.format(learner=type(self).__name__))
         msg = thin_cells_message(dataset, f"{type(self).__name__}'s cells", columns,
