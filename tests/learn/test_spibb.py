@@ -329,6 +329,63 @@ def test_model_folders_with_edges_of_the_earlier_rule_predict_as_saved(tmp_path)
     np.testing.assert_array_equal(back.action_probs(ds), pol.action_probs(ds))
 
 
+def _lab_panel(n_ep: int = 300, seed: int = 0) -> tuple[pd.DataFrame, dict, np.ndarray]:
+    """Practice reads a lab value (p(treat) = sigmoid(3 lab)); age is noise; 3 wards."""
+    rng = np.random.default_rng(seed)
+    n = n_ep * 8
+    lab, age = rng.normal(size=n), rng.normal(60, 10, n)
+    p = 1.0 / (1.0 + np.exp(-3.0 * lab))
+    a = (rng.random(n) < p).astype(int)
+    df = pd.DataFrame({"ep": np.repeat(np.arange(n_ep), 8), "t": np.tile(np.arange(8), n_ep),
+                       "ward": rng.choice(["A", "B", "C"], n), "lab": lab, "age": age, "a": a,
+                       "r": -np.abs(lab) + 0.5 * a * (lab > 0) + rng.normal(0, 0.1, n),
+                       "prop": np.where(a == 1, p, 1.0 - p)})
+    man = {"dataset": {"episode": "ep", "time": "t", "states": ["lab", "age"],
+                       "categorical_states": ["ward"], "behavior_prob": "prop", "gamma": 0.9},
+           "actions": {"a": {"levels": 2}}, "reward": {"column": "r"}}
+    return df, man, p
+
+
+def test_numeric_states_that_drive_practice_are_binned_by_default(tmp_path) -> None:
+    """With numeric='ignore' the default, cells blind to the lab made the behaviour estimate
+    the wards' average, and N_wedge = inf (current practice, as the selection's fallback uses
+    it) treated every row at about 50%: a dosing panel's SPIBB/PVI had Monte-Carlo value -62.0
+    against practice's -7.25. numeric='auto' bins the lab (its bins predict the actions held
+    out), not the noise column."""
+    from equicare.learn import PVI, load_learner
+
+    df, man, p = _lab_panel()
+    ds = from_frame(df, man, emit_warnings=False)
+    m = SPIBB(n_wedge=float("inf")).fit(ds)
+    assert m.config.numeric == "auto"
+    assert m.policy_.numeric == ("lab",) and m.ignored_numeric_ == ("age",)
+    tests = m.numeric_choice_["tests"]
+    assert tests["lab"]["chosen"] and tests["lab"]["gain_per_row"] > 0.1
+    assert not tests["age"]["chosen"] and tests["age"]["gain_per_row"] < 0.01
+    err = np.abs(m.policy_.table[m.policy_.cell_index(ds), 1] - p).mean()
+    blind = SPIBB(n_wedge=float("inf"), numeric="ignore").fit(ds)
+    err_blind = np.abs(blind.policy_.table[blind.policy_.cell_index(ds), 1] - p).mean()
+    assert err < 0.1 < 0.3 < err_blind
+    assert PVI().fit(ds).policy_.numeric == ("lab",)
+    m.save(tmp_path / "m")
+    back = load_learner(tmp_path / "m")
+    assert back.numeric_choice_ == m.numeric_choice_ and back.ignored_numeric_ == ("age",)
+    np.testing.assert_array_equal(back.action_probs(ds), m.action_probs(ds))
+
+
+def test_numeric_auto_leaves_a_state_function_alone_on_the_garnet_test_bed() -> None:
+    """Garnet's severity is a function of the categorical state: auto bins nothing, and the
+    tables are those of numeric='ignore' (the test beds' numbers are unchanged)."""
+    from equicare.learn import PVI
+
+    _, ds = _panel(0, n=2000)
+    for cls in (SPIBB, PVI):
+        auto, ign = cls().fit(ds), cls(numeric="ignore").fit(ds)
+        assert auto.policy_.numeric == () and auto.ignored_numeric_ == ("severity",)
+        np.testing.assert_array_equal(auto.policy_.table, ign.policy_.table)
+        np.testing.assert_array_equal(auto.policy_.keys, ign.policy_.keys)
+
+
 def test_soft_variant_and_config() -> None:
     mdp, ds = _panel(0, n=2000)
     vb = mdp.value(mdp.behavior_policy)
