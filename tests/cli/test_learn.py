@@ -213,8 +213,13 @@ def test_a_tabular_policy_says_which_numeric_states_it_ignores(app, files, mdp, 
     assert res.exit_code == 0, _err(res)
     text = " ".join(res.stdout.split())
     assert " cells of state, " in text
-    assert (f"note: the {algo} policy ignores the numeric state columns lab (numeric='ignore', "
-            "the default with categorical states)") in text
+    assert (f"note: the {algo} policy ignores the numeric state columns lab (numeric='auto', "
+            "the default: their quantile bins did not predict the logged actions beyond the "
+            "cells)") in text
+    res = runner.invoke(app, [*args, str(files / f"lab_{algo}_ign"), "--param", "numeric=ignore"])
+    assert res.exit_code == 0, _err(res)
+    assert (f"note: the {algo} policy ignores the numeric state columns lab "
+            "(numeric='ignore')") in " ".join(res.stdout.split())
     res = runner.invoke(app, [*args, str(files / f"lab_{algo}_bin"), "--param", "numeric=bin"])
     assert res.exit_code == 0 and "ignores the numeric" not in res.stdout, _err(res)
 

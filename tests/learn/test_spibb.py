@@ -255,6 +255,137 @@ def test_numeric_bin_edges_keep_no_rows_value(tmp_path) -> None:
     np.testing.assert_array_equal(back.action_probs(ds), m.action_probs(ds))
 
 
+def _flag_count_panel(n_ep: int = 400, seed: int = 0) -> tuple[pd.DataFrame, dict]:
+    rng = np.random.default_rng(seed)
+    n = n_ep * 5
+    return (pd.DataFrame({"ep": np.repeat(np.arange(n_ep), 5), "t": np.tile(np.arange(5), n_ep),
+                          "flag": (rng.random(n) < 0.06).astype(float),
+                          "needs": rng.choice([0.0, 1.0, 2.0], n, p=[0.4, 0.35, 0.25]),
+                          "x": rng.normal(size=n), "a": rng.integers(0, 3, n),
+                          "r": rng.normal(size=n)}),
+            {"dataset": {"episode": "ep", "time": "t", "states": ["flag", "needs", "x"],
+                         "gamma": 0.9},
+             "actions": {"a": {"levels": 3}}, "reward": {"column": "r"}})
+
+
+@pytest.mark.parametrize("bins", [3, 4, 10])
+def test_numeric_bins_keep_a_rare_flag_and_each_small_count_apart(bins: int) -> None:
+    """Inner quantiles on a point mass: the deciles of a 0/1 flag with 6% ones are all 0, and
+    with ``searchsorted(side="right")`` the edge 0 put every row in one bin (the flag was
+    ignored while reported as binned); counts 0/1/2 lost their lowest bin."""
+    df, man = _flag_count_panel()
+    ds = from_frame(df, man, emit_warnings=False)
+    m = SPIBB(numeric="bin", numeric_bins=bins, n_wedge=5).fit(ds)
+    codes = {c: np.searchsorted(e, df[c].to_numpy(), side="right")
+             for c, e in zip(m.policy_.numeric, m.policy_.edges, strict=True)}
+    np.testing.assert_array_equal(codes["flag"], df["flag"].to_numpy())
+    want = df["needs"].to_numpy() if bins > 3 else np.minimum(df["needs"].to_numpy(), 2)
+    np.testing.assert_array_equal(codes["needs"], want)
+    assert np.unique(codes["x"]).size == bins  # a continuous column: its quantile bins
+    assert m.ignored_numeric_ == ()
+    assert m.policy_.edges[0].size == 1 and 0.0 < m.policy_.edges[0][0] < 1.0
+
+
+def test_quantile_edges_of_point_masses_and_constants() -> None:
+    from equicare.learn._spibb import quantile_edges
+
+    np.testing.assert_allclose(quantile_edges(np.r_[np.zeros(94), np.ones(6)], 10), [0.5])
+    e = quantile_edges(np.r_[np.zeros(10), np.ones(90)], 10)  # the 10% quantile interpolated
+    assert e.size == 1 and 0.0 < e[0] < 1.0
+    counts = np.repeat([0.0, 1.0, 2.0, 5.0], 25)
+    e = quantile_edges(counts, 4)
+    np.testing.assert_array_equal(np.searchsorted(e, [0.0, 1.0, 2.0, 5.0], side="right"),
+                                  [0, 1, 2, 3])
+    assert quantile_edges(np.full(50, 3.0), 10).size == 0
+    # a midpoint is rounded to 4 significant digits only when that keeps it between the values
+    e = quantile_edges(np.repeat([1000.0, 1000.1], 50), 4)
+    assert e.size == 1 and 1000.0 < e[0] < 1000.1
+
+
+def test_model_folders_with_edges_of_the_earlier_rule_predict_as_saved(tmp_path) -> None:
+    """The folder keeps the edges themselves (coding unchanged): a folder written before the
+    point-mass rule, whose flag edge was 0, still puts every row in that one bin."""
+    import json
+
+    from equicare.learn import load_learner
+    from equicare.policy import load_policy
+
+    df, man = _flag_count_panel()
+    ds = from_frame(df, man, emit_warnings=False)
+    m = SPIBB(numeric="bin", numeric_bins=3, n_wedge=5).fit(ds)
+    m.save(tmp_path / "m")
+    cfg_path = tmp_path / "m" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["policy"]["edges"][0] = [0.0]  # what the earlier rule saved for the flag
+    cfg_path.write_text(json.dumps(cfg))
+    back, pol = load_learner(tmp_path / "m"), load_policy(tmp_path / "m")
+    np.testing.assert_allclose(back.policy_.edges[0], [0.0])
+    flag0 = df["flag"].to_numpy() == 0
+    idx = pol.cell_index(ds)
+    other = df.assign(flag=1.0 - df["flag"])  # flipping the flag moves no row to another cell
+    np.testing.assert_array_equal(pol.cell_index(from_frame(other, man, emit_warnings=False)),
+                                  idx)
+    assert flag0.any() and (~flag0).any()
+    np.testing.assert_array_equal(back.action_probs(ds), pol.action_probs(ds))
+
+
+def _lab_panel(n_ep: int = 300, seed: int = 0) -> tuple[pd.DataFrame, dict, np.ndarray]:
+    """Practice reads a lab value (p(treat) = sigmoid(3 lab)); age is noise; 3 wards."""
+    rng = np.random.default_rng(seed)
+    n = n_ep * 8
+    lab, age = rng.normal(size=n), rng.normal(60, 10, n)
+    p = 1.0 / (1.0 + np.exp(-3.0 * lab))
+    a = (rng.random(n) < p).astype(int)
+    df = pd.DataFrame({"ep": np.repeat(np.arange(n_ep), 8), "t": np.tile(np.arange(8), n_ep),
+                       "ward": rng.choice(["A", "B", "C"], n), "lab": lab, "age": age, "a": a,
+                       "r": -np.abs(lab) + 0.5 * a * (lab > 0) + rng.normal(0, 0.1, n),
+                       "prop": np.where(a == 1, p, 1.0 - p)})
+    man = {"dataset": {"episode": "ep", "time": "t", "states": ["lab", "age"],
+                       "categorical_states": ["ward"], "behavior_prob": "prop", "gamma": 0.9},
+           "actions": {"a": {"levels": 2}}, "reward": {"column": "r"}}
+    return df, man, p
+
+
+def test_numeric_states_that_drive_practice_are_binned_by_default(tmp_path) -> None:
+    """With numeric='ignore' the default, cells blind to the lab made the behaviour estimate
+    the wards' average, and N_wedge = inf (current practice, as the selection's fallback uses
+    it) treated every row at about 50%: a dosing panel's SPIBB/PVI had Monte-Carlo value -62.0
+    against practice's -7.25. numeric='auto' bins the lab (its bins predict the actions held
+    out), not the noise column."""
+    from equicare.learn import PVI, load_learner
+
+    df, man, p = _lab_panel()
+    ds = from_frame(df, man, emit_warnings=False)
+    m = SPIBB(n_wedge=float("inf")).fit(ds)
+    assert m.config.numeric == "auto"
+    assert m.policy_.numeric == ("lab",) and m.ignored_numeric_ == ("age",)
+    tests = m.numeric_choice_["tests"]
+    assert tests["lab"]["chosen"] and tests["lab"]["gain_per_row"] > 0.1
+    assert not tests["age"]["chosen"] and tests["age"]["gain_per_row"] < 0.01
+    err = np.abs(m.policy_.table[m.policy_.cell_index(ds), 1] - p).mean()
+    blind = SPIBB(n_wedge=float("inf"), numeric="ignore").fit(ds)
+    err_blind = np.abs(blind.policy_.table[blind.policy_.cell_index(ds), 1] - p).mean()
+    assert err < 0.1 < 0.3 < err_blind
+    assert PVI().fit(ds).policy_.numeric == ("lab",)
+    m.save(tmp_path / "m")
+    back = load_learner(tmp_path / "m")
+    assert back.numeric_choice_ == m.numeric_choice_ and back.ignored_numeric_ == ("age",)
+    np.testing.assert_array_equal(back.action_probs(ds), m.action_probs(ds))
+
+
+def test_numeric_auto_leaves_a_state_function_alone_on_the_garnet_test_bed() -> None:
+    """Garnet's severity is a function of the categorical state: auto bins nothing, and the
+    tables are those of numeric='ignore' (the test beds' numbers are unchanged)."""
+    from equicare.learn import PVI
+
+    _, ds = _panel(0, n=2000)
+    for cls in (SPIBB, PVI):
+        auto, ign = cls().fit(ds), cls(numeric="ignore").fit(ds)
+        assert auto.policy_.numeric == () and auto.ignored_numeric_ == ("severity",)
+        np.testing.assert_array_equal(auto.policy_.table, ign.policy_.table)
+        np.testing.assert_array_equal(auto.policy_.keys, ign.policy_.keys)
+
+
 def test_soft_variant_and_config() -> None:
     mdp, ds = _panel(0, n=2000)
     vb = mdp.value(mdp.behavior_policy)

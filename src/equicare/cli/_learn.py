@@ -79,11 +79,14 @@ def _refuse_existing(path: Path, force: bool, what: str) -> None:
 MSG_ROW_LEVEL = ("This file is row-level data like the panel (one row per panel row, keyed by "
                  "its episode ids; no small-cell suppression applies): keep it where the panel "
                  "may be kept, never in a report or a shared folder.")
-#: The note of a tabular learner that ignored the numeric state columns (numeric="ignore").
+#: The note of a tabular learner that ignored numeric state columns, by its ``numeric`` mode.
 MSG_IGNORED_NUMERIC = (
-    "note: the {algo} policy ignores the numeric state columns {columns} (numeric='ignore', "
-    "the default with categorical states): it acts on its cells alone; --param numeric=bin "
-    "cuts them into quantile bins that join the cells.")
+    "note: the {algo} policy ignores the numeric state columns {columns} ({why}): its cells "
+    "do not read them; --param numeric=bin cuts every numeric column into quantile bins that "
+    "join the cells.")
+WHY_IGNORED = {"ignore": "numeric='ignore'",
+               "auto": "numeric='auto', the default: their quantile bins did not predict the "
+                       "logged actions beyond the cells"}
 
 #: Learner settings that have a flag of their own: ``--param`` may not set them (the flag's
 #: value, or its default, would silently win; the same key twice is ambiguous).
@@ -222,6 +225,8 @@ def train_model(data: str | os.PathLike[str], manifest: str | os.PathLike[str], 
                 "pooled_cells": learner.pooled_cells_,
                 "cell_columns": list(learner.cell_columns_),
                 "ignored_numeric": list(learner.ignored_numeric_),
+                "binned_numeric": list(learner.policy_.numeric),
+                "numeric": learner.config.numeric,
                 "bootstrapped_share": bootstrapped_share(learner.bootstrapped_),
                 "model_value": learner.value_, "model_behavior_value": learner.behavior_value_,
                 "n_actions": ds.n_actions, "n_episodes": ds.n_episodes, "n_rows": ds.n_steps,
@@ -556,14 +561,17 @@ def register(app: "typer.Typer") -> None:
             n_pooled = res.get("pooled_cells") or 0
             pooled = (f", {n_pooled} cell{'' if n_pooled == 1 else 's'} of fewer than 11 "
                       "episodes left to current practice" if n_pooled else "")
+            cells = " x ".join(([", ".join(res["cell_columns"])] if res["cell_columns"] else [])
+                               + [f"{c} bins" for c in res["binned_numeric"]])
             console.print(f"Wrote {res['model_dir']} ({algo.value}, {res['n_cells']} cells of "
-                          f"{', '.join(res['cell_columns'])}, "
+                          f"{cells}, "
                           f"{100 * res['bootstrapped_share']:.0f}% of (cell, action) pairs kept "
                           f"at the clinicians' probability{pooled}, {res['seconds']:.1f} s)",
                           highlight=False, markup=False)
             if res["ignored_numeric"]:
                 console.print(MSG_IGNORED_NUMERIC.format(
-                    algo=algo.value, columns=", ".join(res["ignored_numeric"])),
+                    algo=algo.value, columns=", ".join(res["ignored_numeric"]),
+                    why=WHY_IGNORED.get(res["numeric"], f"numeric={res['numeric']!r}")),
                     highlight=False, markup=False)
             return
         if algo is Algo.OMG:

@@ -45,7 +45,7 @@ from numpy.typing import NDArray
 from equicare.data._cells import check_cells
 from equicare.exceptions import InvalidParameterError
 from equicare.learn._params import check_fit_options
-from equicare.learn._spibb import BEHAVIOR_MODES, SPIBB, CellModel
+from equicare.learn._spibb import BEHAVIOR_MODES, NUMERIC_MODES, SPIBB, CellModel
 from equicare.utils import check_param, config_to_dict
 
 __all__ = ["PVI", "PVIConfig"]
@@ -78,7 +78,9 @@ class PVIConfig:
     behavior : {"auto", "counts", "logged", "known"}
         Behaviour estimate per cell (as in :class:`~equicare.learn.SPIBBConfig`); it is the
         policy of cells without an eligible pair.
-    numeric : {"ignore", "bin"}
+    numeric : {"auto", "ignore", "bin"}
+        Numeric state columns, as in :class:`~equicare.learn.SPIBBConfig` (``auto``: bin
+        those whose quantile bins predict the logged actions beyond the cells).
     cells : "auto", "all" or tuple of str, default "auto"
         The categorical state columns whose combinations are the cells. ``"auto"``: with
         several columns, those that change the dynamics given the others
@@ -98,7 +100,7 @@ class PVIConfig:
     mix: float = 1.0
     tau: float = 0.0
     behavior: Literal["auto", "counts", "logged", "known"] = "auto"
-    numeric: Literal["ignore", "bin"] = "ignore"
+    numeric: Literal["auto", "ignore", "bin"] = "auto"
     numeric_bins: int = 10
     cells: str | tuple[str, ...] = "auto"
     horizon: int | None = None
@@ -112,7 +114,7 @@ class PVIConfig:
         check_param(self.mix, "mix", o, kind=(int, float), low=0, high=1)
         check_param(self.tau, "tau", o, kind=(int, float), low=0)
         check_param(self.behavior, "behavior", o, choices=BEHAVIOR_MODES)
-        check_param(self.numeric, "numeric", o, choices=("ignore", "bin"))
+        check_param(self.numeric, "numeric", o, choices=NUMERIC_MODES)
         check_param(self.numeric_bins, "numeric_bins", o, kind=int, low=2,
                     expected="an int >= 2")
         object.__setattr__(self, "cells", check_cells(self.cells, o))
@@ -170,6 +172,8 @@ class PVI(SPIBB):
         Value of the behaviour estimate in the MLE model, likewise.
     n_cells_, pooled_cells_ : int
     cell_columns_, ignored_numeric_ : tuple of str
+    numeric_choice_ : dict or None
+        As in :class:`~equicare.learn.SPIBB`.
 
     Notes
     -----

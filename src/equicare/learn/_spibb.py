@@ -48,15 +48,19 @@ from equicare.utils import (
 )
 
 __all__ = ["SPIBB", "SPIBBConfig", "CellModel", "MSG_NOT_DISCRETE", "BEHAVIOR_MODES",
-           "behavior_table", "bootstrapped_share"]
+           "behavior_table", "bootstrapped_share", "quantile_edges", "choose_numeric",
+           "NUMERIC_MODES"]
 
 BEHAVIOR_MODES = ("auto", "counts", "logged", "known")
+NUMERIC_MODES = ("auto", "ignore", "bin")
 
 MSG_NOT_DISCRETE = ("{learner} works on discrete state cells: the dataset has no categorical "
-                    "state columns and its numeric ones are ignored (numeric='ignore'). Declare "
-                    "the discrete columns as dataset.categorical_states in the manifest, or cut "
-                    "each numeric state column into quantile bins with numeric='bin' "
-                    "(--param numeric=bin; numeric_bins sets how many, default 10).")
+                    "state columns and none of its numeric ones is binned (numeric='auto', the "
+                    "default, bins those whose quantile bins predict the logged actions, and "
+                    "none did; numeric='ignore' bins none). Declare the discrete columns as "
+                    "dataset.categorical_states in the manifest, or cut each numeric state "
+                    "column into quantile bins with numeric='bin' (--param numeric=bin; "
+                    "numeric_bins sets how many, default 10).")
 
 
 MSG_NO_CRITIC = ("{source}: the model folder holds no action values (it was saved before "
@@ -92,17 +96,25 @@ class SPIBBConfig:
         more). Where the policy copies the baseline, its importance ratio on logged rows is then
         1, not ``1 / sum``, which is what keeps off-policy evaluation of a sparse panel stable.
         ``auto``: ``known`` when the dataset has ``behavior_prob``, else ``counts``.
-    numeric : {"ignore", "bin"}
-        Numeric state columns: ignored when categorical columns define the cells (``ignore``,
-        e.g. a severity score derived from the state), or cut into ``numeric_bins`` quantile
-        bins that join the cell key (``bin``). With no categorical column, ``bin`` is required.
+    numeric : {"auto", "ignore", "bin"}
+        Numeric state columns: cut into ``numeric_bins`` quantile bins that join the cell key
+        (``bin``: every column; :func:`quantile_edges`), or ignored (``ignore``: the cells are
+        the categorical columns' combinations; a panel without one is refused). ``auto`` (the
+        default) bins the columns whose bins predict the logged actions beyond the cells
+        (:func:`choose_numeric`, held-out and cross-fitted) and ignores the others, e.g. a
+        severity score derived from the categorical state: when practice reads a numeric state
+        (a dose adjusted to the INR), cells blind to it make the behaviour estimate, which the
+        policy copies or moves away from, an average over that state (a dosing panel:
+        Monte-Carlo value -62.0 with ``ignore`` against practice's -7.25; -8.8 with ``auto``).
+        The choice is ``numeric_choice_``; with no categorical column and nothing binned the
+        panel is refused.
     cells : "auto", "all" or tuple of str, default "auto"
         The categorical state columns whose combinations are the cells. ``"auto"``: with
         several columns, those that change the dynamics given the others
         (:func:`equicare.data.choose_cells`; a care site that does not drive outcomes
         is pooled over); ``"all"``: every column.
     numeric_bins : int, default 10
-        Bins per numeric column when ``numeric="bin"``.
+        Quantile bins per binned numeric column (fewer where point masses merge quantiles).
     horizon : int or None
         Bellman backups (steps of the finite-horizon value iteration). None: the longest
         episode in the data (the logged window, as Contract 1 values it).
@@ -114,7 +126,7 @@ class SPIBBConfig:
     variant: Literal["pi_b", "soft"] = "pi_b"
     epsilon: float = 0.5
     behavior: Literal["auto", "counts", "logged", "known"] = "auto"
-    numeric: Literal["ignore", "bin"] = "ignore"
+    numeric: Literal["auto", "ignore", "bin"] = "auto"
     numeric_bins: int = 10
     cells: str | tuple[str, ...] = "auto"
     horizon: int | None = None
@@ -127,7 +139,7 @@ class SPIBBConfig:
         check_param(self.variant, "variant", o, choices=("pi_b", "soft"))
         check_param(self.epsilon, "epsilon", o, kind=(int, float), low=0)
         check_param(self.behavior, "behavior", o, choices=BEHAVIOR_MODES)
-        check_param(self.numeric, "numeric", o, choices=("ignore", "bin"))
+        check_param(self.numeric, "numeric", o, choices=NUMERIC_MODES)
         check_param(self.numeric_bins, "numeric_bins", o, kind=int, low=2,
                     expected="an int >= 2")
         object.__setattr__(self, "cells", check_cells(self.cells, o))
@@ -154,6 +166,171 @@ class SPIBBConfig:
         if d.get("n_wedge") == "inf":
             d["n_wedge"] = float("inf")
         return cls(**d)
+
+
+#: ``numeric="auto"``: standard errors (over episodes) by which binning a numeric column must
+#: improve the held-out log-likelihood of the logged actions.
+NUMERIC_N_SE = 2.0
+#: ``numeric="auto"``: the least held-out gain, in nats per row, for which a numeric column is
+#: binned (a column that only refines practice a little would multiply the cells for nothing).
+NUMERIC_MIN_GAIN = 0.01
+#: ``numeric="auto"``: folds over episodes, and the pseudo-rows of the coarser cells' action
+#: frequencies in a finer cell's (strengths tried; the best is kept, as ``choose_cells`` does:
+#: with 72 actions one pseudo-row makes a fine cell's unlogged rare actions far too unlikely).
+NUMERIC_FOLDS = 5
+NUMERIC_BACKOFF = (1.0, 10.0, 100.0, 1000.0)
+
+
+def _action_gain(a: NDArray[np.int64], coarse: NDArray[np.int64], fine: NDArray[np.int64],
+                 row_fold: NDArray[np.int64], n_folds: int, n_actions: int
+                 ) -> dict[float, NDArray[np.float64]]:
+    """Per row, the held-out log-likelihood of the logged action, fine cells minus coarse.
+
+    Coarse model: action counts per coarse cell with one pseudo-row of the training fold's
+    action frequencies (add-1/2); fine model: counts per fine cell with ``k`` pseudo-rows of
+    the coarse model, for each ``k`` in :data:`NUMERIC_BACKOFF`. Cross-fitted over
+    ``row_fold``.
+    """
+    from equicare.data._cells import _counts
+
+    out = {k: np.zeros(a.size) for k in NUMERIC_BACKOFF}
+    key_c, key_f = coarse * n_actions + a, fine * n_actions + a
+    for f in range(n_folds):
+        tr, te = row_fold != f, row_fold == f
+        if not te.any() or not tr.any():
+            continue
+        marg = (_counts(a[tr], a[te]) + 0.5) / (tr.sum() + 0.5 * n_actions)
+        p_c = (_counts(key_c[tr], key_c[te]) + marg) / (_counts(coarse[tr], coarse[te]) + 1.0)
+        n_fa, n_f = _counts(key_f[tr], key_f[te]), _counts(fine[tr], fine[te])
+        for k in NUMERIC_BACKOFF:
+            out[k][te] = np.log((n_fa + k * p_c) / (n_f + k)) - np.log(p_c)
+    return out
+
+
+def choose_numeric(dataset: Any, cells: NDArray[np.int64], n_bins: int
+                   ) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """The numeric state columns whose quantile bins predict the logged actions beyond the cells.
+
+    Forward selection by the held-out log-likelihood of the logged action (cross-fitted over
+    :data:`NUMERIC_FOLDS` folds of episodes, seeded): each round tries every numeric column not
+    yet chosen, cut into ``n_bins`` bins (:func:`quantile_edges`) and crossed with the cells and
+    the columns chosen so far, and adds the one with the largest margin (gain per episode minus
+    :data:`NUMERIC_N_SE` standard errors) when that margin is positive and the gain is at least
+    :data:`NUMERIC_MIN_GAIN` nats per row. The baseline the tabular learners copy or move away
+    from is their estimate of practice per cell: when practice reads a numeric state (a dose
+    adjusted to a lab value), cells that ignore it make that estimate the average over the lab
+    values, and a policy built on it is not current practice (a dosing panel: Monte-Carlo value
+    -62.0 against practice's -7.25). A column constant within the cells (a severity score
+    derived from the state) adds nothing and stays out.
+
+    Parameters
+    ----------
+    dataset : TrajectoryDataset
+    cells : ndarray of shape (n_steps,), int64
+        Each row's cell of the categorical columns (all zeros without one).
+    n_bins : int
+
+    Returns
+    -------
+    columns : tuple of str
+        The chosen columns, in the dataset's order.
+    choice : dict
+        JSON-friendly: ``columns``, ``criterion``, ``tests`` (per column: ``gain_per_row``,
+        ``gain`` and ``se`` per episode in the round it was last tried, ``chosen``) and
+        ``n_folds``.
+    """
+    names = tuple(dataset.state_names)
+    tests: dict[str, dict[str, Any]] = {}
+    chosen: list[int] = []
+    criterion = ("a numeric column is binned when, given the cells and the columns binned "
+                 "before it, its bins improve the held-out log-likelihood of the logged action "
+                 f"by more than {NUMERIC_N_SE:g} standard errors and by at least "
+                 f"{NUMERIC_MIN_GAIN:g} nats per row")
+    k = int(min(NUMERIC_FOLDS, dataset.n_episodes))
+    if k >= 2 and names:
+        from equicare.data._cells import _codes
+
+        rng = np.random.default_rng(0)
+        fold = np.arange(dataset.n_episodes) % k
+        rng.shuffle(fold)
+        row_fold = fold[dataset.episode_index]
+        a = np.asarray(dataset.actions, dtype=np.int64)
+        bins = np.column_stack([cells] + [
+            np.searchsorted(quantile_edges(dataset.states[:, j], n_bins),
+                            np.asarray(dataset.states[:, j], dtype=np.float64), side="right")
+            for j in range(len(names))]).astype(np.int64)
+        starts = dataset.episode_offsets[:-1]
+        n_rows, n_ep = float(dataset.n_steps), float(dataset.n_episodes)
+        while len(chosen) < len(names):
+            coarse = _codes(bins, [0] + [1 + c for c in chosen])
+            best, best_margin = -1, 0.0
+            for j in (j for j in range(len(names)) if j not in chosen):
+                gains = _action_gain(a, coarse, _codes(bins, [0] + [1 + c for c in chosen]
+                                                       + [1 + j]), row_fold, k,
+                                     int(dataset.n_actions))
+                stats = {}
+                for b, g in gains.items():
+                    per_ep = np.add.reduceat(g, starts)
+                    stats[b] = (float(per_ep.mean()), float(per_ep.std(ddof=1) / np.sqrt(n_ep)))
+                b = max(stats, key=lambda b: stats[b][0] - NUMERIC_N_SE * stats[b][1])
+                gain, se = stats[b]
+                margin = gain - NUMERIC_N_SE * se
+                tests[names[j]] = {"gain_per_row": gain * n_ep / n_rows, "gain": gain,
+                                   "se": se, "backoff": b, "chosen": False}
+                if (margin > best_margin and tests[names[j]]["gain_per_row"]
+                        >= NUMERIC_MIN_GAIN):
+                    best, best_margin = j, margin
+            if best < 0:
+                break
+            chosen.append(best)
+            tests[names[best]]["chosen"] = True
+    columns = tuple(names[j] for j in sorted(chosen))
+    return columns, {"columns": list(columns), "criterion": criterion, "tests": tests,
+                     "n_folds": k}
+
+
+def quantile_edges(x: NDArray[Any], n_bins: int) -> NDArray[np.float64]:
+    """Inner edges cutting a numeric column into about ``n_bins`` quantile bins.
+
+    A row's bin is the number of edges at or below its value (``searchsorted(side="right")``,
+    as :class:`~equicare.policy.CellPolicy` codes rows), so an edge ``e`` puts the values
+    ``>= e`` above it. A quantile that falls on an observed value (a point mass: a 0/1 flag, a
+    count) would put that value with everything above it, and a quantile at the column's
+    minimum would separate nothing: a 0/1 flag with 6% ones, whose inner deciles are all 0,
+    got the single edge 0 and one bin for every row. Such an edge moves to the midpoint between
+    the value and the next observed value (0.5 for a 0/1 flag; 0.5, 1.5, ... for counts), so
+    the value closes the lower bin; a quantile at the maximum is dropped. Other quantiles are
+    kept (an interpolated one between two observed values separates them already), one per gap
+    between observed values. Edges are rounded to 4 significant digits (a midpoint stays
+    strictly between its two values), so the model folder keeps no row's exact value
+    (equicare.privacy, as OMG's knots).
+
+    Parameters
+    ----------
+    x : ndarray of shape (n_rows,)
+        The column's values (finite).
+    n_bins : int
+        Quantile bins asked for (>= 2); point masses can leave fewer.
+
+    Returns
+    -------
+    ndarray of shape (n_edges,), float64
+        Increasing, distinct edges, all above the column's minimum (empty for a constant
+        column).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    vals = np.unique(x)
+    q = round_significant(np.quantile(x, np.linspace(0, 1, n_bins + 1)[1:-1]), 4)
+    pos = np.searchsorted(vals, q, side="left")
+    at = (pos < vals.size) & (vals[np.minimum(pos, vals.size - 1)] == q)
+    nxt = vals[np.minimum(pos + 1, vals.size - 1)]
+    mid = round_significant((q + nxt) / 2.0, 4)
+    mid = np.where((mid > q) & (mid < nxt), mid, (q + nxt) / 2.0)
+    edges = np.where(at, np.where(pos + 1 < vals.size, mid, np.inf), q)
+    edges = np.unique(edges[np.isfinite(edges) & (edges > vals[0])])
+    # one edge per gap between observed values (two would leave an empty bin)
+    _, first = np.unique(np.searchsorted(vals, edges, side="left"), return_index=True)
+    return np.asarray(edges[np.sort(first)], dtype=np.float64)
 
 
 def bootstrapped_share(bootstrapped: NDArray[np.bool_]) -> float:
@@ -321,6 +498,9 @@ class SPIBB(ConfigParams, BaseEstimator):  # type: ignore[misc]
     cell_choice_ : dict or None
         With ``cells="auto"`` and several columns, how they were chosen
         (:meth:`equicare.data.CellChoice.to_dict`).
+    numeric_choice_ : dict or None
+        With ``numeric="auto"`` and numeric state columns, which were binned and the held-out
+        gains (:func:`choose_numeric`); kept in the model folder.
     ignored_numeric_ : tuple of str
         Numeric state columns the cells do not read.
 
@@ -355,15 +535,18 @@ class SPIBB(ConfigParams, BaseEstimator):  # type: ignore[misc]
         columns, choice = resolve_cells(dataset, cfg.cells, type(self).__name__)
         self.cell_choice_ = None if choice is None else choice.to_dict()
         numeric: tuple[str, ...] = ()
-        edges: tuple[NDArray[np.float64], ...] = ()
+        self.numeric_choice_ = None
         if cfg.numeric == "bin" and dataset.n_features > 0:
             numeric = tuple(dataset.state_names)
-            qs = np.linspace(0, 1, cfg.numeric_bins + 1)[1:-1]
-            # inner quantiles rounded to 4 significant digits: the model folder keeps no
-            # row's exact value (equicare.privacy, as OMG's knots)
-            edges = tuple(np.unique(round_significant(np.quantile(
-                dataset.states[:, j].astype(np.float64), qs), 4))
-                for j in range(dataset.n_features))
+        elif cfg.numeric == "auto" and dataset.n_features > 0:
+            from equicare.data._cells import _codes
+
+            base, _ = cell_codes(dataset, columns, (), ())
+            numeric, self.numeric_choice_ = choose_numeric(
+                dataset, _codes(base, list(range(base.shape[1]))), cfg.numeric_bins)
+        names = list(dataset.state_names)
+        edges = tuple(quantile_edges(dataset.states[:, names.index(c)], cfg.numeric_bins)
+                      for c in numeric)
         if not columns and not numeric:
             raise DataValidationError(MSG_NOT_DISCRETE.format(learner=type(self).__name__))
         msg = thin_cells_message(dataset, f"{type(self).__name__}'s cells", columns,
@@ -376,7 +559,7 @@ class SPIBB(ConfigParams, BaseEstimator):  # type: ignore[misc]
         codes, levels = cell_codes(dataset, columns, numeric, edges)
         keys, cell = np.unique(codes, axis=0, return_inverse=True)
         self.cell_columns_ = columns
-        self.ignored_numeric_ = () if numeric else tuple(dataset.state_names)
+        self.ignored_numeric_ = tuple(c for c in dataset.state_names if c not in numeric)
         self._layout = (columns, levels, numeric, edges)
         return np.asarray(cell, dtype=np.int64).ravel(), keys.astype(np.int64)
 
@@ -697,6 +880,7 @@ class SPIBB(ConfigParams, BaseEstimator):  # type: ignore[misc]
                "manifest_fingerprint": getattr(self, "manifest_fingerprint_", None),
                "feature_names": list(self.cell_columns_),
                "cell_choice": getattr(self, "cell_choice_", None),
+               "numeric_choice": getattr(self, "numeric_choice_", None),
                "state_names": list(self.state_names_),
                "ignored_numeric": list(self.ignored_numeric_),
                "n_cells": int(self.n_cells_),
@@ -727,6 +911,7 @@ class SPIBB(ConfigParams, BaseEstimator):  # type: ignore[misc]
             self.action_space_ = FactoredActionSpace.from_dict(cfg["action_space"])
             self.cell_columns_ = tuple(cfg["feature_names"])
             self.cell_choice_ = cfg.get("cell_choice")
+            self.numeric_choice_ = cfg.get("numeric_choice")
             self.state_names_ = tuple(cfg["state_names"])
             self.ignored_numeric_ = tuple(cfg.get("ignored_numeric", ()))
             self.n_cells_ = int(cfg["n_cells"])
