@@ -137,6 +137,16 @@ def rules_and_test(garnet_bed):
     return card.tree, test
 
 
+def _logged_once(data):
+    """Rows whose action was logged once at their level of some categorical column (pandas)."""
+
+    out = np.zeros(data.n_steps, bool)
+    for j in range(data.categorical.shape[1]):
+        frame = pd.DataFrame({"level": data.categorical[:, j], "a": data.actions})
+        out |= frame.groupby(["level", "a"])["a"].transform("size").to_numpy() == 1
+    return out
+
+
 @pytest.mark.filterwarnings("ignore::equicare.exceptions.EquicareWarning")
 @pytest.mark.parametrize("logged", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_streamed_evaluation_equals_in_memory_as_deployed(rules_and_test, logged):
@@ -160,6 +170,12 @@ def test_streamed_evaluation_equals_in_memory_as_deployed(rules_and_test, logged
             assert st.settings[key] == pytest.approx(mem.settings[key]) if key != "usual_care" \
                 else st.settings[key] == mem.settings[key] == how
         assert st.support is not None and mem.support is not None
+        # practice's own share on the check counts the rows the policy acts at only
+        assert st.support.practice_share_pct == pytest.approx(mem.support.practice_share_pct,
+                                                              rel=1e-12)
+        acting = ~np.asarray(tree.deferred_rows(data), bool) if how == "deployed" else True
+        assert mem.support.practice_share_pct == pytest.approx(
+            100 * np.mean(_logged_once(data) & acting), rel=1e-12)
         if how == "deployed":
             assert mem.support.share_pct < 1.0 and st.support.share_pct < 1.0
         else:  # the stored frequencies' mass on actions practice never took in the state

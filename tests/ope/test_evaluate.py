@@ -28,7 +28,12 @@ from equicare.ope import (
     sensitivity_analysis,
     support_diagnostics,
 )
-from equicare.ope._support import SUPPORT_HEAD, SUPPORT_MESSAGE, model_support_diagnostics
+from equicare.ope._support import (
+    PRACTICE_TEXT,
+    SUPPORT_HEAD,
+    SUPPORT_MESSAGE,
+    model_support_diagnostics,
+)
 from equicare.policy import BehaviorModel, TabularPolicy
 
 from ._mdp import BEHAVIOR, TARGET, small_mdp
@@ -108,16 +113,18 @@ def test_support_warning_names_biased_estimators():
         res = evaluate(data, TabularPolicy(target), q_model="tabular", bootstrap=50, groups=[])
     share = 100 * 0.3 * np.mean(data.categorical[:, 0] == 0)  # exact expected share
     assert res.support.share_pct == pytest.approx(share, rel=1e-6)
-    msg = SUPPORT_MESSAGE.format(pct=share, thr=1e-3,
-                                 cat=", or never logged in that categorical state",
-                                 biased="is, wis, pdis, wpdis", q_based="fqe, dr, wdr")
+    # two states logged 400 times each: no action logged once, practice's own share is 0
+    assert res.support.practice_share_pct == 0.0
+    head = SUPPORT_HEAD.format(pct=share, thr=1e-3,
+                               cat=", or never logged in that categorical state") + (
+        " " + PRACTICE_TEXT.format(base=0.0, excess=share))
+    msg = head + SUPPORT_MESSAGE.removeprefix(SUPPORT_HEAD).format(
+        biased="is, wis, pdis, wpdis", q_based="fqe, dr, wdr")
     assert str(rec[0].message) == msg
     with pytest.warns(SupportWarning) as rec:  # one estimator: no empty list, a singular verb
         evaluate(data, TabularPolicy(target), estimators="fqe", q_model="tabular", bootstrap=0,
                  groups=[])
-    assert str(rec[0].message) == SUPPORT_HEAD.format(
-        pct=share, thr=1e-3, cat=", or never logged in that categorical state") + (
-        " fqe relies on the Q-model's extrapolation for that mass.")
+    assert str(rec[0].message) == head + " fqe relies on the Q-model's extrapolation for that mass."
     s = res.to_dict()["support"]
     assert s["warning"] and s["biased_estimators"] == ["is", "wis", "pdis", "wpdis"]
     assert s["message"] == msg

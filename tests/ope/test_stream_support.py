@@ -16,8 +16,9 @@ from equicare.ope._stream_support import HIST_WIDTH
 
 from ._garnet import TablePolicy, make
 
-EXACT = ("share_pct", "threshold", "uses_categorical", "n_rows", "episodes_over_warn_pct",
-         "warning", "biased_estimators", "extrapolating_estimators", "message")
+EXACT = ("share_pct", "practice_share_pct", "threshold", "uses_categorical", "n_rows",
+         "episodes_over_warn_pct", "warning", "biased_estimators", "extrapolating_estimators",
+         "message")
 
 
 def _chunks(ds, n=3):

@@ -281,6 +281,30 @@ def test_policies_off_the_support_are_not_eligible() -> None:
     assert res.chosen != "bc" or _off_support_pct(ds, ds, res.learner.policy_) <= 1.0
 
 
+def test_the_note_of_a_candidate_off_thin_levels_gives_practices_own_share() -> None:
+    """700 states of 25 actions, 1,000 episodes: practice itself puts 13-17% of its held-out
+    mass on pairs it happened not to log. The limit stays absolute (docs/ope.md, "What the
+    baseline cannot see"), and the note says what practice itself would show, with the
+    behaviour's own held-out share measured against it."""
+    from equicare.pipeline._select import _off_support_pct, _practice_pct
+    from equicare.policy import TabularPolicy
+    from equicare.sim.garnet import garnet_state_index
+
+    mdp, ds = _panel(8, 1000, garnet_preset("s700_a25_g1"))
+    valid = ds.subset(np.arange(ds.n_episodes // 2, ds.n_episodes))
+    state_of = np.zeros(len(ds.categorical_levels[0]), np.int64)
+    state_of[ds.categorical[:, 0]] = garnet_state_index(ds)
+    beh = _off_support_pct(ds, valid, TabularPolicy(mdp.behavior_policy[state_of]))
+    base = _practice_pct(ds, valid)
+    assert base > 10.0 and beh == pytest.approx(base, abs=2.0)  # 15.8% against 16.9%
+    res = select_policy(ds, SelectConfig(n_wedges=(), pvi=(), neural=("bc",), neural_steps=50,
+                                         bootstrap=20, multiplicity="none"))
+    bc = res.candidates[0]
+    assert bc.error is not None and bc.error.startswith("not eligible")
+    shown = float(re.search(r"practice itself would show ([0-9.]+)%", bc.error).group(1))
+    assert shown == pytest.approx(base, abs=3.0)  # the selection's halves, not these
+
+
 def test_a_second_categorical_column_does_not_put_the_support_out_of_reach() -> None:
     """With a 30-level site column the (state, site) combinations are thin; an action counts
     as never logged only when the state or the site never saw it, so a policy on logged

@@ -324,7 +324,7 @@ def diagnostics_lines(res: AuditResult) -> list[str]:
     when the Q-model is a table and the panel has numeric states, a note naming them (its
     cells leave them out).
     """
-    from equicare.cli._ope import ignored_numeric_line
+    from equicare.cli._ope import ignored_numeric_line, support_line
 
     lines = []
     for name, pa in res.policies.items():
@@ -338,8 +338,7 @@ def diagnostics_lines(res: AuditResult) -> list[str]:
                      f"{d.ess_pct() * d.ess.n_episodes / 100:.1f} "
                      f"({d.ess_pct():.2f}% of episodes); by group {by}")
         if d.support is not None and d.support.share_pct > 0:
-            lines.append(f"Support of {name}: {d.support.share_pct:.2f}% of its mass on actions "
-                         "current practice (almost) never takes")
+            lines.append(support_line(d.support, f"Support of {name}", "its"))
         if pa.q_model is not None:
             lines.append(q_model_line(name, pa.q_model, d.censoring))
             nline = ignored_numeric_line(pa.q_model, name)

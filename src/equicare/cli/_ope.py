@@ -324,10 +324,20 @@ def _caption(estimates: dict[str, Any], behavior_model: dict[str, Any] | None = 
     return "\n".join(why) or None
 
 
-def support_line(share_pct: float) -> str:
-    """The line under the table: the target's mass on unsupported actions (streamed or not)."""
-    return (f"Support: {share_pct:.2f}% of the target policy's mass on actions current practice "
+def support_line(rep: Any, head: str = "Support", whose: str = "the target policy's") -> str:
+    """The line under the table: the target's mass on unsupported actions (streamed or not).
+
+    With categorical states, also current practice's own expected share on the same check and
+    the points beyond it (the warning's rule); ``audit`` prints it per policy (``head``
+    ``Support of NAME``, ``whose`` ``its``).
+    """
+    line = (f"{head}: {rep.share_pct:.2f}% of {whose} mass on actions current practice "
             "(almost) never takes")
+    if rep.uses_categorical:
+        line += (f"; practice's own expected share {rep.practice_share_pct:.2f}%, so about "
+                 f"{rep.excess_pct:.2f}% beyond it"
+                 + (" (over 1%: warned)" if rep.warn else " (warned over 1%)"))
+    return line
 
 
 def result_table(res: EvaluationResult) -> Table:
@@ -727,7 +737,7 @@ def register(app: typer.Typer) -> None:
                           f"{truncated_ess(sres.ess_truncated, truncate, sres.n_episodes)}; "
                           f"{sres.n_chunks} chunks", highlight=False)
             if sres.support is not None:
-                console.print(support_line(sres.support.share_pct), highlight=False)
+                console.print(support_line(sres.support), highlight=False)
             uline = usual_care_line(sres.settings)
             if uline:
                 console.print(escape(uline), highlight=False)
@@ -769,7 +779,7 @@ def register(app: typer.Typer) -> None:
                       f"{truncated_ess(e.trajectory_truncated, e.truncate, e.n_episodes)},"
                       f" per-decision {e.per_decision_pct:.2f}%", highlight=False)
         if res.support is not None:
-            console.print(support_line(res.support.share_pct), highlight=False)
+            console.print(support_line(res.support), highlight=False)
         uline = usual_care_line(res.settings)
         if uline:
             console.print(escape(uline), highlight=False)

@@ -609,7 +609,7 @@ class FairnessAudit:
             inputs = OPEInputs(rewards=dataset.rewards, episode_offsets=dataset.episode_offsets,
                                gamma=dataset.gamma, rho=p_logged / b)
             report = (support.logged_policy(policy, seed) if mass is None
-                      else support.report_mass(mass, seed))
+                      else support.report_mass(mass, seed, policy))
         else:
             # estimated propensities and/or an FQE Q-model (or unusable logged propensities,
             # which the OPE engine reports): the OPE engine prepares everything
@@ -755,10 +755,16 @@ class _Support:
 
         return mass, add
 
-    def report_mass(self, mass: NDArray[np.float64], seed: int) -> Any:
-        """Report from the unsupported mass of every row (:meth:`mass_pass`)."""
+    def report_mass(self, mass: NDArray[np.float64], seed: int,
+                    policy: Policy | NDArray[np.float64]) -> Any:
+        """Report from the unsupported mass of every row (:meth:`mass_pass`) of ``policy``.
+
+        Practice's own share counts the rows the policy does not leave to the clinicians.
+        """
+        deferred = deployed_rows(policy, self.data)
         return self._checker(seed).report_mass(mass, estimators=self.keys, warn=False,
-                                               kept=self.kept)
+                                               kept=self.kept,
+                                               acting=None if deferred is None else ~deferred)
 
     def logged_policy(self, policy: Policy | NDArray[np.float64], seed: int) -> Any:
         """:meth:`logged` from the policy evaluated block by block on the dataset.
@@ -769,7 +775,7 @@ class _Support:
             return self.logged(policy, seed)
         mass, add = self.mass_pass(policy, seed)
         row_pass(self.data, policy, np.zeros((self.data.n_actions, 0)), block_fn=add)
-        return self.report_mass(mass, seed)
+        return self.report_mass(mass, seed, policy)
 
     def model(self, target_probs: NDArray[np.float64], behavior_model: Any) -> Any:
         """Report against the fitted behaviour model of the OPE engine."""

@@ -11,7 +11,10 @@ later pass is left):
    sums, so the empirical support is exactly the in-memory one; with logged propensities and a
    numeric model to fit, the same pass draws its sample of whole episodes;
 2. the target's mass on unsupported actions (:class:`SupportCheck`): its sum, the rows with
-   positive mass, and the per-episode shares' sum, maximum, count over 1% and histogram.
+   positive mass, and the per-episode shares' sum, maximum, count over 1% and histogram; and
+   the rows whose logged action was logged once in one of its cells
+   (:func:`~equicare.ope._support.logged_once`: current practice's own share, from the whole
+   panel's counts, as in memory).
 
 The behaviour probabilities come from the models the streamed evaluation already has:
 
@@ -48,6 +51,7 @@ from equicare.ope._support import (
     SUPPORT_WARN_PCT,
     StreamSupportReport,
     audited_mass,
+    logged_once,
     named_estimators,
     top_level,
     unsupported_mass,
@@ -137,6 +141,9 @@ class SupportSums:
     hist : ndarray of shape (n_bins,)
         Episodes per bin of the shares: bin 0 holds exact zeros, bin ``i`` the shares in
         ``((i - 1) w, i w]`` (``w`` = :data:`HIST_WIDTH`).
+    practice : int
+        Rows whose logged action was logged once at one of their levels
+        (:func:`~equicare.ope._support.logged_once`).
     """
 
     mass: float = 0.0
@@ -147,29 +154,36 @@ class SupportSums:
     ep_max: float = 0.0
     ep_over: int = 0
     hist: NDArray[np.int64] = field(default_factory=lambda: np.zeros(_N_BINS, dtype=np.int64))
+    practice: int = 0
 
     def __add__(self, other: SupportSums) -> SupportSums:
         return SupportSums(self.mass + other.mass, self.n_rows + other.n_rows,
                            self.n_steps + other.n_steps, self.n_episodes + other.n_episodes,
                            self.ep_sum + other.ep_sum, max(self.ep_max, other.ep_max),
-                           self.ep_over + other.ep_over, self.hist + other.hist)
+                           self.ep_over + other.ep_over, self.hist + other.hist,
+                           self.practice + other.practice)
 
     @classmethod
     def of_rows(cls, mass: NDArray[np.float64], offsets: NDArray[np.int64],
-                kept: NDArray[np.bool_] | None = None) -> SupportSums:
+                kept: NDArray[np.bool_] | None = None,
+                practice: NDArray[np.bool_] | None = None) -> SupportSums:
         """The sums of one chunk from its rows' masses and episode offsets.
 
         ``kept``: the chunk's audited episodes (default: all), whose rows alone are summed
-        (:func:`~equicare.ope._support.audited_mass`, as in memory).
+        (:func:`~equicare.ope._support.audited_mass`, as in memory); ``practice``: the rows'
+        :func:`~equicare.ope._support.logged_once` (None: no categorical states).
         """
         mass, per_ep = audited_mass(mass, offsets, kept)
         if mass.size == 0:
             return cls()
+        n_practice = 0 if practice is None else int(
+            audited_mass(practice.astype(np.float64), offsets, kept)[0].sum())
         idx = np.clip(np.ceil(per_ep / HIST_WIDTH), 0, _N_BINS - 1).astype(np.int64)
         return cls(mass=float(mass.sum()), n_rows=int(np.sum(mass > 0)), n_steps=int(mass.size),
                    n_episodes=int(per_ep.size), ep_sum=float(per_ep.sum()),
                    ep_max=float(per_ep.max()), ep_over=int(np.sum(per_ep > SUPPORT_WARN_PCT)),
-                   hist=np.bincount(idx, minlength=_N_BINS).astype(np.int64))
+                   hist=np.bincount(idx, minlength=_N_BINS).astype(np.int64),
+                   practice=n_practice)
 
     def quantile(self, q: float) -> float:
         """The ``q`` quantile of the per-episode shares (NumPy's linear rule, binned values)."""
@@ -198,7 +212,8 @@ class SupportSums:
             per_episode={"mean": self.ep_sum / n, "median": self.quantile(0.5),
                          "p90": self.quantile(0.9),
                          "p_top11": self.quantile(top_level(self.n_episodes))},
-            over_warn_pct=100.0 * self.ep_over / n)
+            over_warn_pct=100.0 * self.ep_over / n,
+            practice_share_pct=float(100.0 * self.practice / max(self.n_steps, 1)))
 
 
 @dataclass(frozen=True, eq=False)
@@ -254,15 +269,23 @@ class SupportCheck:
         if keep is not None and not keep.any():
             return SupportSums()
         mass = np.empty(ds.n_steps)
+        acting = np.ones(ds.n_steps, dtype=bool)
         max_rows = max(1, ROW_BLOCK_ELEMENTS // max(1, ds.n_actions))
         for lo, _, part in ds.episode_blocks(max_rows):
             tp = check_probs(_target_probs(part, policy), part.n_steps, part.n_actions,
                              "evaluate_stream")
-            tp = exempt_rows(tp, deployed_rows(policy, part))  # the clinicians' rows: supported
+            deferred = deployed_rows(policy, part)
+            tp = exempt_rows(tp, deferred)  # the clinicians' rows: supported
+            if deferred is not None:
+                acting[lo:lo + part.n_steps] = ~deferred
             for rows, probs in self._behavior_blocks(part):
                 mass[lo + rows] = unsupported_mass(tp[rows], probs, self.observed(part, rows),
                                                    self.threshold)
-        return SupportSums.of_rows(mass, ds.episode_offsets, keep)
+        practice = None
+        if self.counts:  # practice's own share, on the rows the policy acts at (as in memory)
+            assert ds.categorical is not None
+            practice = logged_once(self.counts, ds.categorical, ds.actions) & acting
+        return SupportSums.of_rows(mass, ds.episode_offsets, keep, practice)
 
     def _behavior_blocks(self, part: TrajectoryDataset) -> Any:
         if self.behavior is not None:
@@ -349,6 +372,9 @@ def support_check(counts: CellCounts, *, behavior: Any = None, behavior_model: A
 
 
 def warn_support(report: StreamSupportReport, stacklevel: int = 3) -> None:
-    """Emit the SupportWarning of ``report`` when it exceeds 1% (as :func:`evaluate`)."""
+    """Emit the SupportWarning of ``report`` when it exceeds practice's own share by 1 point.
+
+    As :func:`evaluate` (:attr:`~equicare.ope._support.SupportReport.warn`).
+    """
     if report.warn:
         warnings.warn(report.message(), SupportWarning, stacklevel=stacklevel)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +20,8 @@ __all__ = ["SupportReport", "StreamSupportReport", "named_estimators", "support_
            "model_support_diagnostics",
            "logged_support_diagnostics", "LoggedSupport", "CellObserved", "cell_observed",
            "SUPPORT_THRESHOLD", "SUPPORT_WARN_PCT", "SUPPORT_MESSAGE", "SUPPORT_HEAD",
-           "unsupported_mass", "audited_mass", "FAST_SUPPORT_ROWS", "FAST_SUPPORT_ONEHOT"]
+           "unsupported_mass", "audited_mass", "FAST_SUPPORT_ROWS", "FAST_SUPPORT_ONEHOT",
+           "logged_once", "beyond_practice", "acting_rows", "PRACTICE_TEXT"]
 
 #: Rows (at most, whole episodes) the fast numeric behaviour model of the logged-propensity
 #: support check is fitted on.
@@ -33,7 +35,9 @@ SUPPORT_THRESHOLD = 1e-3
 #: :meth:`LoggedSupport.block_mass`: about 2 MB as float64, so it is summed while in cache (a
 #: whole block of a policy pass, 66,666 rows x 300 actions, took 3 to 6 times as long).
 MASS_CELLS = 262_144
-#: Share (%) of target mass on unsupported actions above which a SupportWarning is emitted.
+#: Share (%) of target mass on unsupported actions beyond current practice's own expected share
+#: on the same check (:func:`beyond_practice`, :func:`logged_once`; the share itself without
+#: categorical states) above which a SupportWarning is emitted.
 SUPPORT_WARN_PCT = 1.0
 #: Message of the SupportWarning (tests match it).
 SUPPORT_HEAD = (
@@ -44,6 +48,31 @@ SUPPORT_MESSAGE = SUPPORT_HEAD + (
     " {biased} are biased by it: importance weighting cannot see those actions, so they estimate "
     "the value of a different policy. {q_based} rely on the Q-model's extrapolation for that mass."
 )
+#: The sentence on current practice's own share, after the head when the check uses categorical
+#: cells (tests match it).
+PRACTICE_TEXT = (
+    "Current practice itself would put an expected {base:.2f}% of its mass on actions never "
+    "logged in the row's categorical state (its rows whose action was logged only once there), "
+    "so about {excess:.2f}% of the target's mass is on actions practice never takes.")
+
+
+def beyond_practice(share_pct: float, practice_pct: float) -> float:
+    """The target's estimated share (%) on actions practice never takes, beyond chance.
+
+    ``(share - practice) / (1 - practice)`` in shares: a target putting ``f`` of its mass on
+    actions practice never takes and the rest like practice shows ``f + (1 - f) m`` on the
+    check, where ``m`` is practice's own share of never-logged pairs (``practice_pct``,
+    :func:`logged_once`). ``share_pct`` itself when ``practice_pct`` is 0 (no categorical
+    states); negative when the target shows less than practice.
+
+    Parameters
+    ----------
+    share_pct, practice_pct : float
+        In percent.
+    """
+    if practice_pct >= 100.0:  # every row's action logged once: the cells tell nothing
+        return share_pct - practice_pct
+    return 100.0 * (share_pct - practice_pct) / (100.0 - practice_pct)
 
 
 class _SupportText:
@@ -55,11 +84,17 @@ class _SupportText:
     n_rows: int
     biased_estimators: tuple[str, ...]
     extrapolating_estimators: tuple[str, ...]
+    practice_share_pct: float
+
+    @property
+    def excess_pct(self) -> float:
+        """The estimated share (%) beyond current practice's own (:func:`beyond_practice`)."""
+        return beyond_practice(self.share_pct, self.practice_share_pct)
 
     @property
     def warn(self) -> bool:
-        """True when the share exceeds :data:`SUPPORT_WARN_PCT`."""
-        return self.share_pct > SUPPORT_WARN_PCT
+        """True when the share beyond practice's own exceeds :data:`SUPPORT_WARN_PCT`."""
+        return self.excess_pct > SUPPORT_WARN_PCT
 
     def message(self) -> str:
         """Return the SupportWarning text.
@@ -70,6 +105,9 @@ class _SupportText:
         parts = [SUPPORT_HEAD.format(
             pct=self.share_pct, thr=self.threshold,
             cat=", or never logged in that categorical state" if self.uses_categorical else "")]
+        if self.uses_categorical:
+            parts.append(PRACTICE_TEXT.format(base=self.practice_share_pct,
+                                              excess=max(self.excess_pct, 0.0)))
         biased, q_based = self.biased_estimators, self.extrapolating_estimators
         if biased:
             many = len(biased) > 1
@@ -85,6 +123,7 @@ class _SupportText:
     def _dict(self, per_episode: dict[str, float], over_warn_pct: float) -> dict[str, Any]:
         return {
             "share_pct": self.share_pct,
+            "practice_share_pct": self.practice_share_pct,
             "threshold": self.threshold,
             "uses_categorical": self.uses_categorical,
             "n_rows": self.n_rows,
@@ -117,6 +156,9 @@ class SupportReport(_SupportText):
         IS-type estimators biased by the missing support (empty when ``share_pct`` is 0).
     extrapolating_estimators : tuple of str
         Q-based estimators that rely on extrapolation for the unsupported mass.
+    practice_share_pct : float
+        Current practice's own expected share (%) on the same check (:func:`logged_once`):
+        the baseline the warning is relative to (0 without categorical states).
     """
 
     share_pct: float
@@ -126,6 +168,7 @@ class SupportReport(_SupportText):
     n_rows: int
     biased_estimators: tuple[str, ...]
     extrapolating_estimators: tuple[str, ...]
+    practice_share_pct: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly summary (result JSON ``"support"``)."""
@@ -164,6 +207,7 @@ class StreamSupportReport(_SupportText):
     extrapolating_estimators: tuple[str, ...]
     per_episode: dict[str, float] = field(default_factory=dict)
     over_warn_pct: float = 0.0
+    practice_share_pct: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly summary (result JSON ``"support"``, as in memory)."""
@@ -193,7 +237,8 @@ def support_diagnostics(
 
     An action is unsupported at a row when its estimated behaviour probability is below
     ``threshold`` or, when ``observed`` is given, it was never logged in the row's categorical
-    state.
+    state. The warning is relative to current practice's own expected share on that check
+    (:func:`logged_once`, from the dataset's cells when ``observed`` is given).
 
     Parameters
     ----------
@@ -218,7 +263,12 @@ def support_diagnostics(
     for sl in row_blocks(mass.size, target_probs.shape[1]):
         mass[sl] = unsupported_mass(target_probs[sl], behavior_probs[sl],
                                      None if observed is None else observed[sl], threshold)
-    return _report(dataset, mass, threshold, observed is not None, estimators, warn)
+    practice = None
+    if observed is not None and dataset.categorical is not None:
+        cells = CellObserved(dataset)
+        practice = logged_once(cells.counts, cells.codes, dataset.actions)
+    return _report(dataset, mass, threshold, observed is not None, estimators, warn,
+                   practice=practice, acting=acting_rows(target_probs))
 
 
 def model_support_diagnostics(
@@ -261,7 +311,13 @@ def model_support_diagnostics(
         observed = behavior_model.observed_in_state(dataset, rows=rows)
         uses_categorical = observed is not None
         mass[rows] = unsupported_mass(target_probs[rows], probs, observed, threshold)
-    return _report(dataset, mass, threshold, uses_categorical, estimators, warn, kept)
+    practice = None
+    if uses_categorical:
+        assert dataset.categorical is not None
+        practice = logged_once(behavior_model.cat_action_counts_, dataset.categorical,
+                               dataset.actions)
+    return _report(dataset, mass, threshold, uses_categorical, estimators, warn, kept,
+                   practice, acting_rows(target_probs))
 
 
 class CellObserved:
@@ -315,6 +371,52 @@ def cell_observed(dataset: TrajectoryDataset) -> NDArray[np.bool_] | None:
     return CellObserved(dataset).rows(slice(None))
 
 
+def logged_once(counts: Sequence[Any], codes: NDArray[Any], actions: NDArray[Any]
+                ) -> NDArray[np.bool_]:
+    """Rows whose logged action was logged only once at the row's level of some column.
+
+    Current practice's own share on the empirical cell check is the mean of this over the rows
+    checked: the leave-one-out estimate of the mass practice puts on actions never logged in
+    the row's categorical state (without row ``i``, its action is unlogged there exactly when
+    this is True). With one column it is the Good-Turing estimate of each level's unseen mass,
+    ``N1 / n`` (actions logged once over rows), averaged over the rows; with several, the
+    union the check takes (an action is unlogged when some column's level never saw it). It
+    estimates the unseen mass of ``n - 1`` draws, which exceeds that of ``n`` draws by at most
+    ``1 / n`` of a level: a slightly high baseline (a level of one row counts fully).
+
+    Parameters
+    ----------
+    counts : sequence of array-like of shape (n_levels_j, n_actions)
+        The ``(level, action)`` counts of every categorical column, dense or sparse, over
+        panel rows that include these ones.
+    codes : ndarray of shape (n_rows, n_columns)
+        The rows' categorical codes.
+    actions : ndarray of shape (n_rows,)
+        Their logged actions.
+
+    Returns
+    -------
+    ndarray of shape (n_rows,), bool
+    """
+    acts = np.asarray(actions, dtype=np.int64)
+    out = np.zeros(acts.size, dtype=bool)
+    for j, c in enumerate(counts):
+        out |= np.asarray(c[np.asarray(codes[:, j], dtype=np.int64), acts]).ravel() <= 1
+    return out
+
+
+def acting_rows(target_probs: NDArray[np.float64]) -> NDArray[np.bool_] | None:
+    """Rows where the checked policy acts: its probabilities are not all zero.
+
+    A row a deployed policy leaves to the clinicians has its probabilities zeroed for the
+    check (:func:`~equicare.policy._deployed.exempt_rows`: it takes the logged action); there
+    the target's share is 0, and practice's own share must not count either. None when the
+    policy acts at every row.
+    """
+    acting = np.asarray(target_probs.sum(axis=1) > 0)
+    return None if bool(acting.all()) else acting
+
+
 class LoggedSupport:
     """The support check for data with logged propensities, fitted once, for any target policy.
 
@@ -363,6 +465,7 @@ class LoggedSupport:
         has_cat = dataset.categorical is not None and dataset.categorical.shape[1] > 0
         self.uses_categorical = has_cat
         self._cells = CellObserved(dataset) if has_cat else None
+        self._practice: NDArray[np.bool_] | None = None
         n_onehot = sum(len(lv) for lv in dataset.categorical_levels) if has_cat else 0
         view = dataset
         if has_cat and n_onehot > FAST_SUPPORT_ONEHOT:
@@ -514,19 +617,31 @@ class LoggedSupport:
         ``kept``: report on these episodes' rows only (:func:`audited_mass`).
         """
         return self.report_mass(self.mass(target_probs, threshold), threshold=threshold,
-                                estimators=estimators, warn=warn, kept=kept)
+                                estimators=estimators, warn=warn, kept=kept,
+                                acting=acting_rows(target_probs))
 
     def report_mass(self, mass: NDArray[np.float64], *, threshold: float = SUPPORT_THRESHOLD,
                     estimators: tuple[str, ...] = ("is", "wis", "pdis", "wpdis", "fqe", "dr",
                                                    "wdr"),
-                    warn: bool = True, kept: NDArray[np.bool_] | None = None) -> SupportReport:
+                    warn: bool = True, kept: NDArray[np.bool_] | None = None,
+                    acting: NDArray[np.bool_] | None = None) -> SupportReport:
         """The :class:`SupportReport` from the unsupported mass of every row.
 
         ``mass`` has shape ``(n_steps,)``, e.g. filled block by block with :meth:`block_mass`;
-        ``kept``: report on these episodes' rows only (:func:`audited_mass`).
+        ``kept``: report on these episodes' rows only (:func:`audited_mass`); ``acting``: the
+        rows the policy does not leave to the clinicians (default: all; :func:`acting_rows`).
         """
         return _report(self.dataset, mass, threshold, self.uses_categorical, estimators, warn,
-                       kept)
+                       kept, self.practice_rows(), acting)
+
+    def practice_rows(self) -> NDArray[np.bool_] | None:
+        """:func:`logged_once` of the panel's rows (None without categorical states)."""
+        if self._cells is None:
+            return None
+        if self._practice is None:
+            self._practice = logged_once(self._cells.counts, self._cells.codes,
+                                         self.dataset.actions)
+        return self._practice
 
 
 def fast_spec(behavior_model: Any) -> str:
@@ -611,14 +726,27 @@ def audited_mass(mass: NDArray[np.float64], offsets: NDArray[np.int64],
 
 def _report(dataset: TrajectoryDataset, mass: NDArray[np.float64], threshold: float,
             uses_categorical: bool, estimators: tuple[str, ...], warn: bool,
-            kept: NDArray[np.bool_] | None = None) -> SupportReport:
+            kept: NDArray[np.bool_] | None = None,
+            practice: NDArray[np.bool_] | None = None,
+            acting: NDArray[np.bool_] | None = None) -> SupportReport:
+    """The report of the rows' unsupported mass.
+
+    ``practice``: the :func:`logged_once` rows; ``acting``: the rows the policy does not leave
+    to the clinicians (:func:`acting_rows`), the only ones practice's share counts.
+    """
+    base = 0.0
+    if practice is not None:
+        flagged = practice if acting is None else practice & acting
+        base = float(100.0 * audited_mass(flagged.astype(np.float64), dataset.episode_offsets,
+                                          kept)[0].mean())
     mass, per_ep = audited_mass(mass, dataset.episode_offsets, kept)
     share = float(100.0 * mass.mean())
     biased, q_based = named_estimators(share, estimators)
     rep = SupportReport(
         share_pct=share, per_episode_pct=per_ep, threshold=float(threshold),
         uses_categorical=uses_categorical, n_rows=int(np.sum(mass > 0)),
-        biased_estimators=biased, extrapolating_estimators=q_based)
+        biased_estimators=biased, extrapolating_estimators=q_based,
+        practice_share_pct=base)
     if warn and rep.warn:
         warnings.warn(rep.message(), SupportWarning, stacklevel=3)
     return rep

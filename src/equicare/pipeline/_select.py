@@ -136,6 +136,11 @@ class SelectConfig:
         A candidate that puts more than this share (%) of its held-out mass on actions current
         practice (almost) never takes is not eligible: off the behaviour's support no OPE bound
         is trustworthy (default 1%; SPIBB candidates stay on the support by construction).
+        The limit is absolute, not beyond practice's own share as ``evaluate``'s warning: on
+        thin categorical levels practice itself shows several % (an ICU panel: 8.0%), and a
+        candidate whose own 8.4% was mostly truly off the support (its exact value below
+        practice's) could not be told from it; the note gives practice's share
+        (:func:`_practice_pct`).
     refit_full : bool
         With ``folds = 1``: retrain the chosen candidate on all episodes before saving (the
         bound was computed for the candidate trained on the training episodes only; False keeps
@@ -466,6 +471,24 @@ def _unseen(dataset: Any, valid: Any) -> Any:
         if rare is not None:
             unseen = rare if unseen is None else unseen | rare
     return unseen
+
+
+def _practice_pct(dataset: Any, valid: Any) -> float:
+    """Current practice's own expected share (%) of held-out mass on never-logged pairs.
+
+    :func:`~equicare.ope._support.logged_once` of the held-out rows against the whole panel's
+    cells (the pairs :func:`_unseen` counts): the held-out rows whose logged action was logged
+    only once at one of their levels (``evaluate``'s ``practice_share_pct``). 0 without
+    categorical states.
+    """
+    import numpy as np
+
+    from equicare.ope._support import CellObserved, logged_once
+
+    if dataset.categorical is None or dataset.categorical.shape[1] == 0:
+        return 0.0
+    flagged = logged_once(CellObserved(dataset).counts, valid.categorical, valid.actions)
+    return float(100.0 * np.mean(flagged)) if flagged.size else 0.0
 
 
 def _off_support_pct(dataset: Any, valid: Any, policy: Any,
@@ -907,6 +930,7 @@ def select_policy(dataset: Any, config: SelectConfig | None = None, *,
             else policy
 
     unseen_f = [_unseen(dataset, va) for _, va, _ in folds]  # the same for every candidate
+    practice_f = [_practice_pct(dataset, va) for _, va, _ in folds]  # likewise
     behaviors = [_held_out_behavior(va, c) for _, va, c in folds]  # likewise
     rows: list[Candidate] = []
     fitted: dict[str, Any] = {}
@@ -945,11 +969,15 @@ def select_policy(dataset: Any, config: SelectConfig | None = None, *,
         offs = [_off_support_pct(dataset, va, judged(ln.policy_), judged(_own_baseline(ln)),
                                  unseen=u)
                 for (_, va, _), ln, u in zip(folds, learners, unseen_f, strict=True)]
-        off = ho.support_pct if offs[0] is None else max(o for o in offs if o is not None)
+        off, base = (ho.support_pct, 0.0) if offs[0] is None else max(
+            (o, b) for o, b in zip(offs, practice_f, strict=True) if o is not None)
         note = None
         if off > cfg.max_off_support_pct:  # no OPE bound is trustworthy off the support
             note = (f"not eligible: {off:.1f}% of its mass on (state, action) pairs current "
                     f"practice never took (limit {cfg.max_off_support_pct:g}%)")
+            if base > 0:  # thin levels: the data cannot tell rare from never (docs/ope.md)
+                note += (f"; practice itself would show {base:.1f}% on these levels, which "
+                         "cannot tell an action it takes rarely from one it never takes")
             lcb = gain = math.nan
         rows.append(Candidate(name, algo, params, value=ho.value, lcb=lcb, ucb=ho.ucb,
                               lcb_gain=gain, gain=ho.gain, train_seconds=t1 - t0,

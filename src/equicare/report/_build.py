@@ -93,6 +93,8 @@ def support_frame(sup: dict[str, Any]) -> pd.DataFrame:
     over = sup.get("episodes_over_warn_pct")
     rows = [
         ("target mass on unsupported actions", f"{sup['share_pct']:.2f}%"),
+        ("current practice's own expected share (warned beyond +1 point)",
+         "-" if sup.get("practice_share_pct") is None else f"{sup['practice_share_pct']:.2f}%"),
         ("per episode: median / 90th percentile / at least 11 episodes above",
          " / ".join(f"{pe[k]:.1f}%" if k in pe else "-"
                     for k in ("median", "p90", "p_top11"))),
