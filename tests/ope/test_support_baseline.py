@@ -38,11 +38,17 @@ def test_practice_and_supported_targets_are_silent_and_off_support_mass_is_estim
     for fam in ("behavior", "tilted", "mixture_30"):
         rep, said = _support(ds, pols[fam][s])
         assert not said and not rep.warn, (fam, rep.share_pct, rep.practice_share_pct)
-    assert support_line(rep) == (  # evaluate's line under its table (the audit's, per policy)
+    # evaluate's line under its table (the audit's, per policy); silent, but not a clean bill:
+    # on thin levels up to about practice's own share could be off the support unseen
+    assert rep.share_pct > 1.0 and rep.practice_share_pct > 1.0
+    assert support_line(rep) == (
         f"Support: {rep.share_pct:.2f}% of the target policy's mass on actions current "
         f"practice (almost) never takes; practice's own expected share "
         f"{rep.practice_share_pct:.2f}%, so about {rep.excess_pct:.2f}% beyond it (warned "
-        "over 1%)")
+        "over 1%). Inconclusive: the categorical levels are too thin to tell an action "
+        "practice takes rarely from one it never takes, so up to about "
+        f"{rep.practice_share_pct:.1f}% of the mass could be off its support unseen "
+        "(docs/ope.md, 'What the baseline cannot see')")
     rep, said = _support(ds, pols["unsupported"][s])
     truth = 100.0 * float((pols["unsupported"][s] * never).sum(axis=1).mean())  # 21.2 to 21.5%
     assert rep.warn and len(said) == 1

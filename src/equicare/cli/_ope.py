@@ -337,6 +337,11 @@ def support_line(rep: Any, head: str = "Support", whose: str = "the target polic
         line += (f"; practice's own expected share {rep.practice_share_pct:.2f}%, so about "
                  f"{rep.excess_pct:.2f}% beyond it"
                  + (" (over 1%: warned)" if rep.warn else " (warned over 1%)"))
+        if not rep.warn and rep.practice_share_pct > 1.0 and rep.share_pct > 1.0:
+            line += (". Inconclusive: the categorical levels are too thin to tell an action "
+                     "practice takes rarely from one it never takes, so up to about "
+                     f"{rep.practice_share_pct:.1f}% of the mass could be off its support "
+                     "unseen (docs/ope.md, 'What the baseline cannot see')")
     return line
 
 
