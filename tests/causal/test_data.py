@@ -64,13 +64,21 @@ def test_rewards_only_on_last_rows_are_a_data_error_and_mostly_there_a_warning()
     df["r"] = np.where(last, 1.0, 0.0)
     df.loc[np.flatnonzero(~last)[:10], "r"] = 0.5          # 5 of 35: 86% at the ends
     with pytest.warns(DataWarning, match=r"^<DataFrame>: 86% of the panel's total \|reward\| "
-                                         r"is on episodes' last rows \(25% of the rows\)"):
+                                         r"is on episodes' last rows that are not terminal "
+                                         r"\(25% of the rows\)"):
         md = from_dataset(from_frame(df, MANIFEST, emit_warnings=False))
     assert md.rewards.sum() == 5.0
     df["r"] = 1.0                                            # a per-step reward: silent
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         from_dataset(from_frame(df, MANIFEST, emit_warnings=False))
+    # the same outcome on stays that truly end there (terminal): transitions, no refusal
+    df["r"], df["done"] = np.where(last, 1.0, 0.0), last.astype(int)
+    man = {**MANIFEST, "dataset": {**MANIFEST["dataset"], "terminal": "done"}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        md = from_dataset(from_frame(df, man, emit_warnings=False))
+    assert md.n_steps == len(df) and md.rewards.sum() == 30.0
 
 
 @pytest.mark.parametrize("taken", ["never", "only_on_last_rows", "always"])

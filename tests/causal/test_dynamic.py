@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import re
@@ -597,9 +598,12 @@ def test_sparse_state_basis_gives_the_dense_numbers(kw, monkeypatch):
                 assert abs(d.se - s.se) < 1e-8, (est, k)
 
 
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.DataWarning")
 def test_many_level_state_keeps_memory_linear_in_its_non_zeros():
     """400 levels: the basis, models and LSTD designs stay sparse. What remains is the dense
-    LSTD system of G (16 p^2 bytes, its matrix and LU) and less than one copy of the states."""
+    LSTD system of G (16 p^2 bytes, its matrix and A'A's factorisation) and less than one copy
+    of the states. (MR's etas on these 10 rows per level and action and random policies are
+    noise, in and out of the rewards' range: its DataWarning is not this test's subject.)"""
     import tracemalloc
 
     md, pe = _categorical_panel(400, 400, 20)
@@ -819,29 +823,52 @@ def _dosing_panel(n, t_max, seed):
                 rewards=stack(cols["R"]).ravel(), episode_index=np.repeat(np.arange(n), t_max))
 
 
-def test_an_eta_outside_the_rewards_range_is_flagged():
-    """Target = control = practice on a 7-action dosing panel with a continuous mediator: every
-    eta is the same process's and at most 0 (all rewards are); DM's eta of pi_e came out at
-    +0.041 and MR's at -6.3 and beyond (G: -26), unflagged. Now a DataWarning and the note."""
-    data = _dosing_panel(200, 40, seed=2)
-    assert data["rewards"].max() <= 0
+@pytest.mark.parametrize("seed", [0, 2])
+def test_dm_on_a_dosing_panel_with_rare_actions_gives_no_effect_of_practice_on_itself(seed):
+    """Target = control = practice on a 7-action dosing panel (actions logged 6 to 3,800 times
+    in a fold, 19 and 45 LSTD features per action): the five processes are one, so every effect
+    is 0 and every eta lies in [min reward, 0]. With the ridge added to the LSTD matrix, DM's
+    etas were +0.04 to +0.05 (seed 2) and -0.16 against a0's -0.05 (seed 0): the ridge met a
+    negative eigenvalue of the non-symmetric matrix. Regularised on the equations (Tikhonov)
+    the five etas agree within 0.005 (measured -0.046 to -0.051)."""
+    data = _dosing_panel(200, 40, seed=seed)
+    lo = data["rewards"].min()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SupportWarning)
+        res = DynamicMediation(n_bootstrap=0, estimators=("dm",), basis="spline"
+                               ).estimate(data, _behaviour_7, _behaviour_7, random_state=0)
+    eta = np.array(list(res["dm"].eta.values()))
+    assert ((lo <= eta) & (eta <= 0)).all(), eta
+    assert "outside the range" not in (res["dm"].note or "")
+    for k in (*KEYS, "total"):
+        assert abs(res["dm"].effects[k].value) < 0.01, (k, eta)
+
+
+def test_an_eta_outside_the_rewards_range_is_flagged(toy1_data, monkeypatch):
+    """A failed LSTD fit (here G's eta moved 100 above every reward) gets a DataWarning and a
+    note naming the estimator, the eta and the effects resting on it, in the JSON too."""
+    from equicare.causal import _dynamic
+
+    mdp, data, _ = toy1_data
+    real = _dynamic.lstd_blocks
+
+    calls = []
+
+    def lstd(x, x_next, y, ridge=1e-6):
+        fits = real(x, x_next, y, ridge)
+        calls.append(len(fits))
+        if len(calls) % 3 == 2:          # fit_q's second solve of each fold: the G process
+            fits = [dataclasses.replace(f, eta=f.eta + 100.0) for f in fits]
+        return fits
+
+    monkeypatch.setattr(_dynamic, "lstd_blocks", lstd)
     with pytest.warns(DataWarning, match=re.escape("outside the range of the observed rewards, "
                                                    "where no long-run average reward can be")):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", SupportWarning)
-            res = DynamicMediation(n_bootstrap=0, estimators=("dm", "mr"), basis="spline"
-                                   ).estimate(data, _behaviour_7, _behaviour_7, random_state=0)
-    flagged = 0
-    for name in ("dm", "mr"):
-        eta = res[name].eta
-        out = [k for k, v in eta.items()
-               if v is not None and not data["rewards"].min() <= v <= 0]
-        note = res[name].note or ""
-        assert ("outside the range" in note) == bool(out)
-        flagged += bool(out)
-        for k in out:
-            assert f"{name}'s eta of {k!r}" in note
-    assert flagged >= 1
+        res = DynamicMediation(n_bootstrap=0, estimators=("dm",)).estimate(
+            data, mdp.policy_fn(toy_target()), 0, random_state=0)
+    assert res["dm"].eta["G"] > data.rewards.max()
+    note = res["dm"].note or ""
+    assert "dm's eta of 'G'" in note and "DDE and DME resting on it" in note
     assert "outside the range" in json.dumps(res.to_dict())
 
 

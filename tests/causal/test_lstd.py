@@ -18,6 +18,7 @@ from equicare.causal._lstd import (
     level_action_design,
     lstd_average,
     lstd_blocks,
+    tikhonov_solve,
 )
 from equicare.sim.mediation import random_mediation_mdp
 
@@ -231,3 +232,35 @@ def test_designs_and_their_gram_need_no_copy_of_all_stored_entries():
     assert peak_design < 0.6 * f.nbytes, peak_design / f.nbytes        # 0.52; old: 1.55
     stored = x.data.nbytes + x.indices.nbytes
     assert peak_gram < 0.5 * stored, peak_gram / stored                # 0.30; old: 1.04
+
+
+def test_tikhonov_solve_is_the_exact_solution_when_well_posed_and_passes_no_pole():
+    """Regularised on the equations, ``eta`` is the exact solve's for a well-conditioned
+    system, and moves smoothly with the penalty where ``A + lam D`` turns singular: a system
+    with a negative eigenvalue -1e-4, whose ridge solution has a pole at lam = 1e-4."""
+    rng = np.random.default_rng(3)
+    A = rng.normal(size=(6, 6)) + 6 * np.eye(6)
+    b = rng.normal(size=(6, 2))
+    theta, u = tikhonov_solve(A, b, 1e-12)
+    np.testing.assert_allclose(theta, np.linalg.solve(A, b), rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(u, np.linalg.solve(A.T, np.eye(6)[0]), rtol=1e-8, atol=1e-10)
+    # batched, as the bootstrap refit calls it
+    tb, ub = tikhonov_solve(np.stack([A, 2 * A]), np.stack([b, b]), np.array([1e-12, 1e-12]))
+    np.testing.assert_allclose(tb[1], np.linalg.solve(2 * A, b), rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(ub[0], u, rtol=1e-8, atol=1e-10)
+    # a well-conditioned system with a negative eigenvalue, -0.01: A + lam D is singular at
+    # some lam > 0 (found as a generalised eigenvalue), where the ridge's eta has a pole
+    from scipy.linalg import eigvals
+
+    Q = np.linalg.qr(rng.normal(size=(6, 6)))[0]
+    A = Q @ np.diag([1.0, 2.0, 1.5, -0.01, 3.0, 1.2]) @ Q.T
+    b = rng.normal(size=(6, 1))
+    D = np.diag([0.0, *[1.0] * 5])
+    lam = eigvals(A, -D)
+    pole = float(min(v.real for v in lam if np.isfinite(v) and abs(v.imag) < 1e-12 and v.real > 0))
+    exact = np.linalg.solve(A, b)[0, 0]
+    ridge_eta = np.linalg.solve(A + pole * (1 + 1e-7) * D, b)[0, 0]
+    assert abs(ridge_eta - exact) > 1e3 * abs(exact)
+    for lam_t in (1e-12, 1e-8, 1e-6):
+        eta_t = tikhonov_solve(A, b, lam_t)[0][0, 0]
+        assert abs(eta_t - exact) < 0.05 * abs(exact), (lam_t, eta_t, exact)

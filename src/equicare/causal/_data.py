@@ -13,7 +13,8 @@ from equicare.data.validate import _lead, _led_by
 from equicare.exceptions import DataValidationError, PolicyError
 
 __all__ = ["MediationData", "PolicyProbs", "as_mediation_data", "binarize_actions",
-           "collapse_probs", "from_dataset", "require_mediators", "resolve_policy"]
+           "collapse_probs", "from_dataset", "require_mediators", "resolve_policy",
+           "transition_rows"]
 
 #: Error templates (tests match them exactly).
 NO_MEDIATOR_MESSAGE = ("The dataset has no mediator columns; add `mediators = [...]` to the "
@@ -27,7 +28,8 @@ CONSTANT_MEDIATOR_MESSAGE = ("{source}mediator column {name!r} is constant (ever
 FEW_EPISODES_MESSAGE = "Mediation analysis needs at least 2 episodes; got {n}."
 FEW_TRANSITION_EPISODES_MESSAGE = (
     "{source}mediation analysis needs at least 2 episodes with a transition (2 or more rows); "
-    "got {n} of {total} episodes (an episode's last row has no next state).")
+    "got {n} of {total} episodes (an episode's last row has no next state unless it is "
+    "terminal).")
 #: A binary action that every transition takes the same way (an action set nobody logged).
 ONE_ACTION_MESSAGE = (
     "{source}every transition logs action {a} ({n:,} rows followed by a row of the same "
@@ -35,19 +37,21 @@ ONE_ACTION_MESSAGE = (
     "to the mediator and the reward from the logged transitions, so both must be logged (an "
     "action set collapsed by --action or binarize_actions: one that some rows take and others "
     "do not).")
-#: Every non-zero reward sits on a row without a next state (an outcome at the end of a stay).
+#: Every non-zero reward sits on a censored last row (an outcome at the end of a stay).
 END_REWARD_MESSAGE = (
-    "{source}every non-zero reward of the panel ({k:,} rows) is on an episode's last row. "
-    "Dynamic mediation reads transitions (S, A, M, R, S') and an episode's last row has no next "
-    "state, so it leaves those rows out and every effect would be 0 with a standard error of 0. "
-    "It needs rewards on rows followed by another row of the same episode (a per-step reward), "
-    "or, for an outcome at the end of a stay, the outcome's reward moved onto the stay's "
-    "earlier rows.")
-#: Most of the reward sits on rows without a next state: warned, the analysis runs.
+    "{source}every non-zero reward of the panel ({k:,} rows) is on an episode's last row that "
+    "is not terminal. Dynamic mediation reads transitions (S, A, M, R, S'); a censored last "
+    "row (the observation window closed, the process went on) has no next state, so it leaves "
+    "those rows out and every effect would be 0 with a standard error of 0. If the stays truly "
+    "end there (death, discharge: an outcome at the end of a stay), mark those rows in the "
+    "manifest's `terminal` column: a terminal row is a transition to a new stay's first state. "
+    "Otherwise it needs rewards on rows followed by another row of the same episode.")
+#: Most of the reward sits on censored last rows: warned, the analysis runs.
 END_REWARD_WARNING = (
-    "{source}{pct:.0f}% of the panel's total |reward| is on episodes' last rows ({share:.0f}% of "
-    "the rows), which have no next state: dynamic mediation leaves them out, so its effects "
-    "miss that part of the outcome.")
+    "{source}{pct:.0f}% of the panel's total |reward| is on episodes' last rows that are not "
+    "terminal ({share:.0f}% of the rows), which have no next state: dynamic mediation leaves "
+    "them out, so its effects miss that part of the outcome (mark true ends in the manifest's "
+    "`terminal` column).")
 #: Dense copies of the ``(transitions, features)`` state matrix a mediation holds at its peak:
 #: the states and next states (float64), built row by row from the codes, plus the boolean
 #: temporaries of the basis. The basis, models and designs keep one-hot columns sparse
@@ -230,7 +234,8 @@ def from_dataset(ds: Any, check: Callable[[Any, NDArray[np.int64], NDArray[np.in
     """Transitions of a :class:`equicare.data.TrajectoryDataset` (thin adapter).
 
     Every row that has a next row in its episode (``ds.next_index >= 0``) is a transition
-    ``(S_t, A_t, M_t, R_t, S_{t+1})``; the last row of each episode has no next state and is
+    ``(S_t, A_t, M_t, R_t, S_{t+1})``, and so is a terminal row, whose next state is the next
+    stay's first state (:func:`transition_rows`); a censored last row has no next state and is
     dropped. States are ``ds.features()`` (numeric plus one-hot categorical) when available.
 
     Parameters
@@ -238,7 +243,7 @@ def from_dataset(ds: Any, check: Callable[[Any, NDArray[np.int64], NDArray[np.in
     ds : TrajectoryDataset
         Reads ``states`` / ``features()``, ``actions``, ``rewards``, ``mediators``,
         ``mediator_names``, ``episode_index``, ``next_index``, ``n_actions`` and, when present,
-        ``behavior_prob``.
+        ``terminals``, ``episode_offsets`` and ``behavior_prob``.
     check : callable, optional
         ``check(ds, rows, next_rows)``, called before the transitions' states are built (e.g.
         :meth:`~equicare.causal.DynamicMediation.check_transitions`), with the rows of their
@@ -254,9 +259,7 @@ def from_dataset(ds: Any, check: Callable[[Any, NDArray[np.int64], NDArray[np.in
         No mediator columns, a constant mediator column, fewer than 2 episodes with a transition.
     """
     require_mediators(ds)
-    nxt = np.asarray(ds.next_index, dtype=np.int64)
-    rows = np.flatnonzero(nxt >= 0).astype(np.int64)
-    next_rows = nxt[rows]
+    rows, next_rows = transition_rows(ds)
     ep_index = np.asarray(ds.episode_index)
     with_transition = int(np.unique(ep_index[rows]).size)
     if with_transition < 2:
@@ -275,6 +278,35 @@ def from_dataset(ds: Any, check: Callable[[Any, NDArray[np.int64], NDArray[np.in
         behavior_prob=None if bp is None else np.asarray(bp)[rows],
         mediator_names=tuple(getattr(ds, "mediator_names", ()) or ()), panel=_panel(ds))
     return MediationData(**{**md.__dict__, "source": ds, "rows": rows, "next_rows": next_rows})
+
+
+def transition_rows(ds: Any) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """The rows that are transitions and the rows of their next states.
+
+    A row followed by a row of its episode (``ds.next_index >= 0``) goes to that row. A
+    terminal row (``ds.terminals``: the stay truly ends, e.g. death or discharge) goes to the
+    first row of the next episode in the panel (the last episode's to the first's): the
+    process restarts at a new stay's first state, a draw from the first states' law independent
+    of the ending stay. The long-run average reward of this renewed process is the expected
+    reward of a stay divided by its expected length (renewal-reward), and its Q-functions and
+    state density ratios are those of an ordinary average-reward MDP, so the estimators apply
+    unchanged. A censored last row (not terminal: the window closed, the stay went on) has no
+    next state and is left out.
+
+    Returns
+    -------
+    rows, next_rows : ndarray of int64
+    """
+    nxt = np.asarray(ds.next_index, dtype=np.int64)
+    terminal = np.asarray(getattr(ds, "terminals", np.zeros(nxt.size, dtype=bool)), dtype=bool)
+    rows = np.flatnonzero((nxt >= 0) | terminal).astype(np.int64)
+    next_rows = nxt[rows].copy()
+    ends = next_rows < 0
+    if ends.any():
+        offsets = np.asarray(ds.episode_offsets, dtype=np.int64)
+        ep = np.asarray(ds.episode_index, dtype=np.int64)[rows[ends]]
+        next_rows[ends] = offsets[:-1][(ep + 1) % (offsets.size - 1)]
+    return rows, next_rows
 
 
 def feature_rows(ds: Any, rows: NDArray[np.int64]) -> NDArray[np.float64]:

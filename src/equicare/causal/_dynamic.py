@@ -426,7 +426,9 @@ class DynamicMediation:
     n_features : int
         Random Fourier features (``rff`` basis and kernel test functions).
     ridge : float
-        Relative ridge of LSTD and of the default regression models.
+        Relative ridge of the default regression models, and relative penalty of the LSTD
+        systems, which are solved regularised on their equations
+        (:func:`~equicare.causal._lstd.tikhonov_solve`).
     ratio_ridge : float
         Relative ridge of the ratio estimator.
     ratio_clip : float

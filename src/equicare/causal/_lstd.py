@@ -23,7 +23,50 @@ from numpy.typing import NDArray
 from equicare.utils import row_blocks
 
 __all__ = ["LSTDFit", "MixedDesign", "action_design", "gram_entries", "level_action_design",
-           "lstd_average", "lstd_blocks"]
+           "lstd_average", "lstd_blocks", "tikhonov_solve"]
+
+
+def tikhonov_solve(A: NDArray[np.float64], b: NDArray[np.float64], lam: Any
+                   ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    r"""Solve the LSTD system ``A theta = b`` regularised on its equations (Tikhonov).
+
+    ``theta = argmin |A theta - b|^2 + lam |theta[1:]|^2``, i.e. ``(A^T A + lam D) theta =
+    A^T b`` with ``D = diag(0, 1, ..., 1)`` (``eta``, the first entry, is not penalised).
+    ``A`` is not symmetric and, on a finite sample, can have negative eigenvalues: the plain
+    ridge ``(A + lam' D) theta = b`` passes through a singular matrix where ``lam'`` meets one
+    of them, and near it ``eta`` is any number (a 7-action dosing panel: the eta of one fold
+    went -0.040, -0.263, +0.060 for ridges 1e-8, 1e-6, 1e-5; rewards all <= 0). ``A^T A +
+    lam D`` is positive definite for every ``lam > 0``: it damps the directions whose singular
+    value is below ``sqrt(lam)`` and leaves the well-determined ones as the exact solution.
+
+    Batched: ``A`` of shape ``(..., p1, p1)``, ``b`` of shape ``(..., p1, k)``, ``lam`` a float
+    or an array broadcasting against ``A``'s leading axes.
+
+    Returns
+    -------
+    theta : ndarray of shape (..., p1, k)
+    u : ndarray of shape (..., p1)
+        ``A H^{-1} e_0`` (``H = A^T A + lam D``): ``eta_hat - eta ~ u' mean(z_i resid_i)``, the
+        linearisation of ``eta`` in the equations' right-hand side.
+    """
+    At = np.swapaxes(A, -1, -2)
+    H = At @ A
+    p1 = A.shape[-1]
+    diag = np.arange(1, p1)
+    H[..., diag, diag] += np.asarray(lam, dtype=np.float64)[..., None]
+    e0 = np.zeros((p1, 1))
+    e0[0] = 1.0
+    rhs = np.concatenate([At @ b, np.broadcast_to(e0, (*A.shape[:-2], p1, 1))], axis=-1)
+    if A.ndim == 2:
+        from scipy.linalg import cho_factor, cho_solve
+
+        # H is symmetric: its transpose is the Fortran-ordered array factorised in place
+        sol = cho_solve(cho_factor(H.T, overwrite_a=True, check_finite=False), rhs,
+                        check_finite=False)
+    else:
+        sol = np.linalg.solve(H, rhs)
+    k = b.shape[-1]
+    return sol[..., :k], (A @ sol[..., k:])[..., 0]
 
 
 def action_design(a: NDArray[np.int64], f: Any, n_actions: int) -> sp.csr_matrix:
@@ -245,8 +288,10 @@ def lstd_average(x: NDArray[np.float64], x_next: NDArray[np.float64], y: NDArray
         \bigl(y_i - \eta - (x_i - \xi_i)^\top \beta\bigr) = \lambda \begin{pmatrix}0\\ \beta
         \end{pmatrix},
 
-    i.e. ``Q(s, a) + eta = E[y + V(S') | s, a]`` projected on the basis (ridge ``lambda``,
-    relative to the mean diagonal, removes the constant direction Q is not identified in).
+    i.e. ``Q(s, a) + eta = E[y + V(S') | s, a]`` projected on the basis. The system is solved
+    regularised on its equations (:func:`tikhonov_solve`, penalty ``ridge`` times the squared
+    mean diagonal of ``x' x / n``), which removes the constant direction Q is not identified in
+    and damps the near-singular ones without making the system singular.
 
     Parameters
     ----------
@@ -264,12 +309,9 @@ def lstd_average(x: NDArray[np.float64], x_next: NDArray[np.float64], y: NDArray
     A = z.T @ d / n
     b = z.T @ y / n
     scale = max(float((x ** 2).sum()) / (n * max(p, 1)), 1e-12)
-    A_reg = A.copy()
-    A_reg[1:, 1:] += ridge * scale * np.eye(p)
-    theta = np.linalg.solve(A_reg, b)
+    sol, u = tikhonov_solve(A, b[:, None], ridge * scale * scale)
+    theta = sol[:, 0]
     resid = y - d @ theta
-    # eta_hat - eta ~ e0' A^-1 mean(z_i resid_i)
-    u = np.linalg.solve(A_reg.T, np.eye(p + 1)[0])
     return LSTDFit(eta=float(theta[0]), beta=theta[1:], influence=(z @ u) * resid)
 
 
@@ -277,7 +319,7 @@ def lstd_blocks(x: sp.csr_matrix, x_next: MixedDesign, y: NDArray[np.float64],
                 ridge: float = 1e-6) -> list[LSTDFit]:
     """:func:`lstd_average` with the designs kept sparse / blockwise (module docstring).
 
-    The equations of several (pseudo-)rewards on the same designs share one LU factorisation.
+    The equations of several (pseudo-)rewards on the same designs share one factorisation.
 
     Parameters
     ----------
@@ -296,8 +338,6 @@ def lstd_blocks(x: sp.csr_matrix, x_next: MixedDesign, y: NDArray[np.float64],
         One per column of ``y``: the solution of :func:`lstd_average` on the dense designs
         (to rounding).
     """
-    from scipy.linalg import lu_factor, lu_solve
-
     n, p = x.shape
     n_actions = int(x_next.weights.shape[1])
     q = p // max(n_actions, 1)
@@ -307,7 +347,7 @@ def lstd_blocks(x: sp.csr_matrix, x_next: MixedDesign, y: NDArray[np.float64],
                          f"x_next {x_next.shape}")
     Y = np.asarray(y, dtype=np.float64).reshape(n, -1)
     sx = np.asarray(x.sum(axis=0)).ravel()
-    A = np.zeros((p + 1, p + 1), order="F")  # factorised in place
+    A = np.zeros((p + 1, p + 1))
     A[0, 0] = 1.0
     A[0, 1:] = (sx - x_next.colsum()) / n
     A[1:, 0] = sx / n
@@ -322,11 +362,8 @@ def lstd_blocks(x: sp.csr_matrix, x_next: MixedDesign, y: NDArray[np.float64],
         x_next.subtract_cross(actions, x.data.reshape(n, q), A[1:, 1:], 1.0 / n)
     b = np.vstack([Y.mean(axis=0, keepdims=True), np.asarray(x.T @ Y) / n])
     scale = max(float((x.data ** 2).sum()) / (n * max(p, 1)), 1e-12)
-    diag = np.arange(1, p + 1)
-    A[diag, diag] += ridge * scale
-    lu = lu_factor(A, overwrite_a=True, check_finite=False)
-    theta = lu_solve(lu, b, check_finite=False)
-    u = lu_solve(lu, np.eye(p + 1)[0], trans=1, check_finite=False)
+    theta, u = tikhonov_solve(A, b, ridge * scale * scale)
+    del A
     zu = u[0] + x @ u[1:]
     fits = []
     for j in range(Y.shape[1]):

@@ -43,6 +43,7 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from equicare.causal._basis import dense_rows
+from equicare.causal._lstd import tikhonov_solve
 
 if TYPE_CHECKING:
     from equicare.causal._dynamic import _Run
@@ -347,13 +348,12 @@ class _Chunk:
 
         def solve(M: NDArray[np.float64], xx: NDArray[np.float64], Y: NDArray[np.float64]
                   ) -> NDArray[np.float64]:
-            """Etas of ``M theta = [mean y, x' y]`` (weighted), ridge on the x block."""
+            """Etas of ``M theta = [mean y, x' y]`` (weighted), as ``tikhonov_solve``."""
             p1 = M.shape[1]
             scale = np.maximum((w @ (xx * xx).sum(axis=1)) / (n_b * (p1 - 1)), 1e-12)
             M = M / n_b[:, None, None]
-            M[:, 1:, 1:] += (cfg.ridge * scale)[:, None, None] * np.eye(p1 - 1)
             rhs = np.matmul(np.hstack([one, xx]).T[None], Y) / n_b[:, None, None]
-            theta: NDArray[np.float64] = np.linalg.solve(M, rhs)
+            theta, _ = tikhonov_solve(M, rhs, cfg.ridge * scale * scale)
             return theta[:, 0, :]
 
         out = np.empty((w.shape[0], 5))

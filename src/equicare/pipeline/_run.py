@@ -626,7 +626,7 @@ def _stage_mediation(
     never taking it (a0 = 0), through the manifest's mediator (e.g. ``engaged``).
     """
     from equicare.causal import DynamicMediation, PolicyProbs
-    from equicare.causal._data import binarize_actions, collapse_probs
+    from equicare.causal._data import binarize_actions, collapse_probs, transition_rows
 
     test = state["test"]
     if test.mediators is None:
@@ -635,9 +635,9 @@ def _stage_mediation(
     m = cfg["mediation"]
     binary, mask = binarize_actions(test, state["mediation_action"])
     probs = collapse_probs(state["learned_probs_test"], mask)
-    rows = binary.next_index >= 0
+    rows, next_rows = transition_rows(binary)      # the transitions mediation reads
     target = PolicyProbs(
-        probs=probs[rows], next_probs=probs[binary.next_index[rows]], name=state["learner_name"]
+        probs=probs[rows], next_probs=probs[next_rows], name=state["learner_name"]
     )
     res = dataclasses.replace(DynamicMediation(n_bootstrap=m["bootstrap"]).estimate(
         binary, target, control=0, random_state=seed
