@@ -83,6 +83,7 @@ def test_a_terminal_row_goes_to_the_next_stays_first_row_and_a_censored_one_is_d
     assert rows.tolist() == [0, 1, 2, 3, 5, 6]
     assert next_rows.tolist() == [1, 2, 3, 4, 6, 0]
     md = from_dataset(ds)
+    assert md.n_renewed == 2
     assert md.rewards.tolist() == [0, 1.0, 0, 0, 0, 2.0]
     np.testing.assert_array_equal(md.next_states[:, 0], [1, 2, 3, 4, 6, 0])
 
@@ -104,6 +105,11 @@ def test_effects_of_terminal_outcomes_match_the_renewed_process_dp_truth():
             assert abs(res[name].effects[k].value - truth[k]) < 0.05, (name, k, truth[k])
         lo, hi = res["mr"].effects[k].ci
         assert lo <= truth[k] <= hi, (k, lo, hi, truth[k])
+    # the reader is told the effects are rates of the renewed process (JSON, caption)
+    ended = int(ds.terminals.sum())
+    assert res.n_renewed == ended and res.to_dict()["n_renewed"] == ended
+    assert type(res).from_dict(res.to_dict()).n_renewed == ended
+    assert f"{ended:,} stays end in a terminal row" in res.caption()
 
 
 @pytest.mark.slow

@@ -144,6 +144,16 @@ class MediationData:
         return int(self.actions.shape[0])
 
     @property
+    def n_renewed(self) -> int:
+        """Transitions from a terminal row to a new stay's first state (:func:`transition_rows`).
+
+        0 without a source dataset (transitions given as arrays).
+        """
+        if self.source is None or self.rows is None:
+            return 0
+        return int((np.asarray(self.source.next_index)[self.rows] < 0).sum())
+
+    @property
     def n_episodes(self) -> int:
         """Number of episodes."""
         return int(self.episode_index.max()) + 1

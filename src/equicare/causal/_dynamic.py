@@ -1180,4 +1180,4 @@ class _Run:
                               SupportWarning, stacklevel=3)
         return MediationResult(n_episodes=md.n_episodes, n_steps=n, control=control_name,
                                target=target_name, estimators=results, ess=ess,
-                               settings=cfg.to_dict())
+                               settings=cfg.to_dict(), n_renewed=md.n_renewed)

@@ -19,6 +19,10 @@ EFFECT_KEYS = ("ide", "ime", "dde", "dme", "total")
 #: What the effects of a mediation table are differences of (tests match it).
 MEDIATION_UNITS = ("Effects are differences of long-run average reward per step (eta, "
                    "docs/mediation.md), not of the discounted returns evaluate reports.")
+#: Caption sentence when terminal rows entered as transitions to a new stay (tests match it).
+RENEWED_NOTE = ("{n:,} stays end in a terminal row, which leads to a new stay's first state: "
+                "each eta is then the outcome per stay divided by the stay's length, so a "
+                "policy that shortens or lengthens stays moves it too.")
 
 
 def _num(x: float | None) -> float | None:
@@ -96,6 +100,10 @@ class MediationResult:
         The action set a multi-level action was collapsed to (``mediate --action``, the run's
         ``[mediation] action``), e.g. ``"modality=home_visit"``: the fixed control ``a0=0``
         is "never" it. None when the actions were not collapsed.
+    n_renewed : int
+        Transitions from a terminal row to a new stay's first state (the renewed process,
+        :func:`equicare.causal._data.transition_rows`); when positive, each ``eta`` is the
+        expected outcome per stay divided by the expected stay length.
     """
 
     n_episodes: int
@@ -108,6 +116,7 @@ class MediationResult:
     usual_care: str | None = None
     deferred_share: dict[str, float] | None = None
     action: str | None = None
+    n_renewed: int = 0
 
     def __getitem__(self, estimator: str) -> EstimatorResult:
         return self.estimators[estimator]
@@ -119,7 +128,7 @@ class MediationResult:
         """
         out: dict[str, Any] = {"n_episodes": int(self.n_episodes), "n_steps": int(self.n_steps),
                                "control": self.control, "target": self.target,
-                               "action": self.action,
+                               "action": self.action, "n_renewed": int(self.n_renewed),
                                "usual_care": self.usual_care,
                                "deferred_share": (None if self.deferred_share is None else
                                                   {k: float(v) for k, v
@@ -141,7 +150,8 @@ class MediationResult:
                    estimators={k: EstimatorResult.from_dict(v)
                                for k, v in d["estimators"].items()},
                    ess=dict(d.get("ess") or {}), usual_care=d.get("usual_care"),
-                   deferred_share=d.get("deferred_share"), action=d.get("action"))
+                   deferred_share=d.get("deferred_share"), action=d.get("action"),
+                   n_renewed=int(d.get("n_renewed") or 0))
 
     def caption(self) -> str:
         """What the effects are, for a reader of a table of them (terminal, run report).
@@ -154,6 +164,8 @@ class MediationResult:
         fixed = {"a0=0": "never", "a0=1": "always"}.get(str(self.control))
         text = MEDIATION_UNITS + (f" Control {self.control}: {fixed} {self.action}."
                                   if fixed and self.action else "")
+        if self.n_renewed:
+            text += " " + RENEWED_NOTE.format(n=self.n_renewed)
         noted: dict[str, list[str]] = {}
         for name, est in self.estimators.items():
             if est.note:
