@@ -510,8 +510,9 @@ def test_a_q_table_that_ignores_numeric_states_says_so(tmp_path):
     frame = pd.read_parquet(panel)
     frame["s"] += np.random.default_rng(0).normal(0, 0.1, len(frame))
     frame.to_parquet(panel, index=False)
-    note = ("Note: the Q-table has cells of categorical states only and ignores the numeric "
-            "state columns s: where they drive both the actions and the outcomes, its FQE, DR "
+    note = ("Note: the cells of the Q-table (categorical states, and any numeric state's bins that "
+            "auto kept) ignore the numeric state columns s: where they drive both the actions "
+            "and the outcomes, its FQE, DR "
             "and WDR values can be biased beyond their intervals; compare --q-model gbm")
     base = ["evaluate", panel, "--manifest", man, "--policy", pol, "--bootstrap", "0",
             "--estimators", "fqe,dr", "--no-progress"]

@@ -138,7 +138,9 @@ def test_the_q_model_of_the_values_is_chosen_once_by_auto(card_and_data):
 
     card, _, _ = card_and_data
     sel = card.value["q_model_selection"]
-    assert card.value["q_model"] == sel["chosen"] and sel["n_folds"] >= 2
+    named = (sel["chosen"] if "[" in sel["chosen"] or not sel["chosen"].startswith("tabular")
+             or not sel["cells"] else f"{sel['chosen']}[{','.join(sel['cells'])}]")
+    assert card.value["q_model"] == named and sel["n_folds"] >= 2  # (a table with its cells)
     assert set(sel["candidates"]) >= {"linear"}
     assert card.settings["q_model"] == "auto" and card.settings["distill"]["q_model"] == "linear"
     assert weights_q_model("auto") == "linear" and weights_q_model("gbm") == "gbm"

@@ -206,3 +206,85 @@ def test_bad_candidate_names_are_parameter_errors():
                        match=r"must be a tabular Q-model when cells are named in brackets\. "
                              r"Got 'gbm\[site\]' instead\."):
         candidate_config("gbm[site]")
+
+
+def _count_state_panel(n: int, seed: int):
+    """Members whose 0/1/2 need ``x`` (a numeric column) drives the reward, its own moves and
+    the clinicians' actions, at 3 sites that do not matter; the target always acts. Exact truth
+    of its value by backward recursion over the (x, step) chain."""
+    import pandas as pd
+
+    from equicare.data import from_frame
+
+    gamma, p_end, t_max, up = 0.9, 0.1, 40, np.array([0.2, 0.7])  # P(x + 1 | action)
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 3, n)
+    site = np.array(["A", "B", "C"])[rng.integers(0, 3, n)]
+    alive, frames = np.ones(n, dtype=bool), []
+    for t in range(t_max):
+        p1 = 1.0 / (1.0 + np.exp(-2.5 * (x - 1)))
+        a = (rng.random(n) < p1).astype(int)
+        end = (rng.random(n) < p_end) | (t == t_max - 1)
+        frames.append(pd.DataFrame({
+            "id": np.arange(n), "t": t, "site": site, "x": x.astype(float), "act": a,
+            "p": np.where(a == 1, p1, 1.0 - p1), "r": x - 0.3 * a + rng.normal(0, 0.5, n),
+            "end": end})[alive])
+        alive &= ~end
+        u, pu = rng.random(n), up[a]
+        x = np.where(u < pu, np.minimum(x + 1, 2),
+                     np.where(u < pu + 0.5 * (1 - pu), np.maximum(x - 1, 0), x))
+    manifest = {"dataset": {"episode": "id", "time": "t", "states": ["x"],
+                            "categorical_states": ["site"], "terminal": "end",
+                            "behavior_prob": "p", "gamma": gamma},
+                "actions": {"act": {"levels": [0, 1]}},
+                "reward": {"r": {"column": "r", "weight": 1.0}}}
+    ds = from_frame(pd.concat(frames, ignore_index=True), manifest, emit_warnings=False)
+    move = np.zeros((3, 3))  # always act
+    for s in range(3):
+        move[s, min(s + 1, 2)] += up[1]
+        move[s, max(s - 1, 0)] += 0.5 * (1 - up[1])
+        move[s, s] += 1 - up[1] - 0.5 * (1 - up[1])
+    v = np.zeros(3)
+    for t in range(t_max - 1, -1, -1):
+        v = np.arange(3) - 0.3 + gamma * (0.0 if t == t_max - 1 else 1 - p_end) * (move @ v)
+    return ds, float(v.mean())
+
+
+def test_auto_bins_a_numeric_state_that_drives_outcomes_within_the_cells():
+    """A numeric need drives rewards and actions within each site: the site table averages
+    over it (FQE +16% here; +13 to +20% at 4 seeds). auto offers its bins (point masses kept
+    whole: 0 / 1 / 2) to the cells' choice, which keeps them and pools over the site; FQE is
+    then within 6% of the exact value (-1.1% here; -5.0 to +1.8% at 4 seeds)."""
+    ds, truth = _count_state_panel(1000, seed=0)
+    pe = np.zeros((ds.n_steps, 2))
+    pe[:, 1] = 1.0
+    kw = {"estimators": ("fqe",), "bootstrap": 0, "groups": [], "random_state": 0}
+    res = evaluate(ds, pe, **kw)
+    q = res.q_model
+    assert q is not None and q["cells"] == ["x@1/2"]
+    assert q["chosen"] == "tabular_stationary[x@1/2]"
+    assert q["numeric_bins"] == {"offered": ["x@1/2"]}
+    assert q["cell_choice"]["dropped"] == ["site"]
+    assert "ignored_numeric" not in q  # the table uses x's bins
+    assert abs(res.estimates["fqe"].value - truth) / truth < 0.06
+    site = evaluate(ds, pe, q_model="tabular_stationary", **kw)
+    assert (site.estimates["fqe"].value - truth) / truth > 0.09
+    named = evaluate(ds, pe, q_model="tabular_stationary[x@1/2]", **kw)  # the name refits it
+    assert named.estimates["fqe"].value == pytest.approx(res.estimates["fqe"].value, rel=1e-6)
+
+
+def test_bin_edges_keep_point_masses_whole():
+    from equicare.ope._fqe import bin_codes, bin_edges, binned_name, parse_binned
+
+    flag = np.r_[np.zeros(94), np.ones(6)]
+    assert bin_edges(flag, 3).tolist() == [1.0]
+    assert np.bincount(bin_codes(flag, bin_edges(flag, 3))).tolist() == [94, 6]
+    counts = np.repeat([0, 1, 2, 3], [30, 30, 25, 15]).astype(float)
+    assert bin_edges(counts, 3).tolist() == [1.0, 2.0]  # 0 / 1 / 2+
+    assert bin_edges(np.full(10, 2.5), 3).size == 0
+    x = np.random.default_rng(0).normal(size=3000)
+    e = bin_edges(x, 3)
+    assert e.size == 2 and np.allclose(np.bincount(bin_codes(x, e)) / x.size, 1 / 3, atol=0.01)
+    col, back = parse_binned(binned_name("risk", e))  # type: ignore[misc]
+    assert col == "risk" and np.array_equal(back, e)  # edges are written as they are used
+    assert parse_binned("site") is None

@@ -552,8 +552,9 @@ def ignored_numeric_line(q: Mapping[str, Any] | None, name: str | None = None) -
     if not cols:
         return None
     of = f" of {name}" if name else ""
-    return (f"Note: the Q-table{of} has cells of categorical states only and ignores the "
-            f"numeric state columns {', '.join(cols)}: where they drive both the actions and the "
+    return (f"Note: the cells of the Q-table{of} (categorical states, and any numeric state's bins "
+            f"that auto kept) ignore the numeric state columns {', '.join(cols)}: where they "
+            "drive both the actions and the "
             "outcomes, its FQE, DR and WDR values can be biased beyond their intervals; compare "
             "--q-model gbm (in memory), which uses them, or binned copies of them declared as "
             "categorical states (docs/ope.md, \"Tables and numeric states\").")

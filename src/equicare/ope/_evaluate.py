@@ -1200,9 +1200,10 @@ def _pooled_columns_read(prep: Prepared, dataset: TrajectoryDataset, attrs: Sequ
     choice = prep.cell_choice
     if choice is None or not choice.dropped:
         return [], None
-    kept = choice.columns
+    kept = choice.columns  # (binned numeric states among them are not categorical columns)
+    kept_cat = tuple(c for c in kept if c in dataset.categorical_names)
     read = [c for c in choice.dropped
-            if c in attrs and policy_reads(dataset, prep.target_probs, c, kept)]
+            if c in attrs and policy_reads(dataset, prep.target_probs, c, kept_cat)]
     if not read:
         return [], None
     if refits_per_level(prep):

@@ -63,6 +63,14 @@ choice: on the Garnet test bed with an irrelevant 30-level site it kept the all-
 and its plain minimum chose a table over the site alone (8% off) on other panels. The
 tabular candidates are named with their cells, ``tabular_stationary[state]``.
 
+Numeric states. When numeric state columns vary within the categorical cells, binned copies of
+them (:func:`numeric_bin_columns`) join the columns of that choice, and a kept copy is among
+the cells (``tabular_stationary[risk@0.88/1.14]``). The criterion cannot judge them either:
+its density ratio is a function of the reference table's (cell, action) pairs, and the table's
+fixed point makes its TD errors orthogonal to every such function, so the table's estimated
+bias is 0 plus held-out noise however much it misses within its cells (docs/ope.md, "Tables
+and numeric states").
+
 With categorical states only held-out transitions between state cells that the training folds
 visit are scored (for every candidate alike). A fold's table has no value for a cell it never
 saw, so a held-out transition *into* such a cell scored ``V = 0`` there and charged the tables
@@ -84,15 +92,25 @@ from numpy.typing import NDArray
 from equicare.data import TrajectoryDataset
 from equicare.data._cells import CellChoice, choose_cells
 from equicare.exceptions import DataValidationError, InvalidParameterError
-from equicare.ope._fqe import AUTO_SELECTOR, FQEConfig, LoggedQFit, cell_columns, fit_fqe_logged
+from equicare.ope._fqe import (
+    AUTO_SELECTOR,
+    FQEConfig,
+    LoggedQFit,
+    bin_codes,
+    bin_edges,
+    binned_name,
+    cell_columns,
+    fit_fqe_logged,
+    varies_within_cells,
+)
 from equicare.ope._lstd import LSTDFit
 from equicare.utils import PARAM_MESSAGE, RandomState, check_random_state
 
 __all__ = ["QSelection", "select_q_model", "cross_fit", "draw_folds", "CrossFit",
            "AUTO_CANDIDATES",
            "AUTO_FOLDS",
-           "AUTO_FLEXIBLE_WORK", "AUTO_N_SE", "candidate_config", "candidate_name",
-           "choose_with_reference"]
+           "AUTO_FLEXIBLE_WORK", "AUTO_N_SE", "AUTO_NUMERIC_BINS", "candidate_config",
+           "candidate_name", "choose_with_reference", "numeric_bin_columns"]
 
 #: Candidate names in report order.
 AUTO_CANDIDATES: tuple[str, ...] = ("tabular_stationary", "tabular_backward", "linear", "gbm",
@@ -106,6 +124,9 @@ RATIO_CAP = 100.0
 #: Rows x fitting iterations (the longest stay, at most 100) up to which ``auto`` also fits the
 #: gbm and mlp candidates (one backward gbm fit per step, one mlp pass per iteration).
 AUTO_FLEXIBLE_WORK = 200_000
+#: Bins (near quantiles) of each numeric state column that varies within the tables' cells,
+#: offered to the cells' choice as one more column (:func:`numeric_bin_columns`).
+AUTO_NUMERIC_BINS = 3
 
 
 def candidate_name(base: str, cells: tuple[str, ...] | None) -> str:
@@ -182,6 +203,11 @@ class QSelection:
         stationary table, replaced by ``"tabular_window"`` on censored stays
         (:mod:`equicare.ope._censoring`; ``bias`` then has no entry for ``chosen``, and
         ``group_bias`` is empty). None otherwise.
+    numeric_bins : dict
+        Empty unless numeric state columns vary within the tables' categorical cells: then
+        ``"offered"``, the binned columns offered to the cells' choice
+        (:func:`numeric_bin_columns`; the kept ones are among ``cells``), or ``"why"`` they
+        were not (streamed).
     """
 
     chosen: str
@@ -197,6 +223,7 @@ class QSelection:
     cell_choice: CellChoice | None = None
     group_bias: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
     replaced: str | None = None
+    numeric_bins: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly summary (result JSON ``"q_model"``)."""
@@ -217,7 +244,8 @@ class QSelection:
                    if self.replaced else {}),
                 **({"group_bias": {a: {lv: {"bias": b, "se": se} for lv, (b, se) in d.items()}
                                    for a, d in self.group_bias.items()}}
-                   if self.group_bias else {})}
+                   if self.group_bias else {}),
+                **({"numeric_bins": dict(self.numeric_bins)} if self.numeric_bins else {})}
 
 
 def _held_out_td(fit: LoggedQFit, dataset: TrajectoryDataset, gamma: float
@@ -379,15 +407,47 @@ def cross_fit(dataset: TrajectoryDataset, target_probs: NDArray[np.float64],
     return CrossFit(b=b, b_sets=b_g, sq=sq, seconds=seconds)
 
 
+def numeric_bin_columns(dataset: TrajectoryDataset, n_bins: int = AUTO_NUMERIC_BINS
+                        ) -> TrajectoryDataset | None:
+    """``dataset`` with binned copies of its varying numeric states as categorical columns.
+
+    Each numeric state column that takes two values within some combination of the categorical
+    states (:func:`~equicare.ope._fqe.varies_within_cells`) gets a column named
+    :func:`~equicare.ope._fqe.binned_name` (``"risk@0.81/1.32"``) with its
+    :func:`~equicare.ope._fqe.bin_edges` bins, for :func:`equicare.data.choose_cells` to keep
+    or drop like any categorical column. None when no column varies within the cells (the
+    Garnet test bed's severity, a function of the state) or none has two values.
+    """
+    varying = varies_within_cells(dataset, "tabular")
+    if dataset.categorical is None or not varying or not any(varying):
+        return None
+    codes, names, levels = [], [], []
+    for j, name in enumerate(dataset.state_names):
+        edges = bin_edges(dataset.states[:, j], n_bins) if varying[j] else np.zeros(0)
+        if edges.size:
+            codes.append(bin_codes(dataset.states[:, j], edges))
+            names.append(binned_name(name, edges))
+            levels.append(tuple(range(edges.size + 1)))
+    if not names:
+        return None
+    return replace(dataset, categorical=np.column_stack([dataset.categorical, *codes]),
+                   categorical_names=(*dataset.categorical_names, *names),
+                   categorical_levels=(*dataset.categorical_levels, *levels),
+                   _cache={})  # (the dataset's cached arrays are of its own columns)
+
+
 def select_q_model(dataset: TrajectoryDataset, target_probs: NDArray[np.float64], *,
                    candidates: tuple[str, ...] | None = None, n_folds: int = AUTO_FOLDS,
                    random_state: RandomState = None, cells: tuple[str, ...] | None = None,
-                   groups: Sequence[str] = ()) -> QSelection:
+                   groups: Sequence[str] = (), numeric_bins: bool = True) -> QSelection:
     """Score each applicable candidate by cross-fitting; choose by :func:`choose_with_reference`.
 
     With several categorical state columns (and ``cells`` not given) the tabular candidates'
     cells are those of :func:`equicare.data.choose_cells`: the columns that change the
-    dynamics given the others.
+    dynamics given the others. When numeric state columns vary within the categorical cells,
+    binned copies of them (:func:`numeric_bin_columns`) are offered to that choice too, so a
+    table can use a risk score's bins and pool over a site that does not drive outcomes
+    (docs/ope.md, "Tables and numeric states").
 
     Parameters
     ----------
@@ -404,6 +464,9 @@ def select_q_model(dataset: TrajectoryDataset, target_probs: NDArray[np.float64]
     groups : sequence of str
         Subgroup attributes whose levels get the chosen candidate's estimated bias
         (``QSelection.group_bias``; the subgroups' FQE intervals in :func:`evaluate`).
+    numeric_bins : bool, default=True
+        Offer binned copies of numeric states to the cells' choice (False: the streamed
+        tables, whose cells are categorical only; ``QSelection.numeric_bins`` says so).
 
     Returns
     -------
@@ -427,8 +490,20 @@ def select_q_model(dataset: TrajectoryDataset, target_probs: NDArray[np.float64]
         else:
             run.append(name)
     cell_choice = None
-    if (has_cat and cells is None and len(dataset.categorical_names) > 1
-            and any(n.startswith("tabular") for n in run)):
+    bins_info: dict[str, Any] = {}
+    tables = has_cat and cells is None and any(n.startswith("tabular") for n in run)
+    binned = numeric_bin_columns(dataset) if tables else None
+    if binned is not None and not numeric_bins:
+        bins_info = {"offered": [], "why": "the streamed tables' cells are categorical states "
+                     "only: no binned copies of the numeric states were offered"}
+        binned = None
+    if binned is not None:  # the binned copies compete with the categorical columns
+        bins_info = {"offered": list(binned.categorical_names[len(dataset.categorical_names):])}
+        cell_choice = choose_cells(binned, random_state=rng)
+        kept_bins = any(c in bins_info["offered"] for c in cell_choice.columns)
+        cells = cell_choice.columns if kept_bins or len(dataset.categorical_names) > 1 and (
+            set(cell_choice.columns) != set(dataset.categorical_names)) else None
+    elif tables and len(dataset.categorical_names) > 1:
         cell_choice = choose_cells(dataset, random_state=rng)
         cells = cell_choice.columns if cell_choice.dropped else None
     if cells is not None and has_cat:  # the tables' names carry their cells
@@ -442,7 +517,7 @@ def select_q_model(dataset: TrajectoryDataset, target_probs: NDArray[np.float64]
     if len(run) == 1:  # nothing to choose between: no cross-fitting
         return QSelection(chosen=run[0], candidates={name: None for name in names},
                           td_error={name: None for name in names}, skipped=skipped, n_folds=0,
-                          cells=cells, cell_choice=cell_choice)
+                          cells=cells, cell_choice=cell_choice, numeric_bins=bins_info)
     fold, seed = draw_folds(dataset.n_episodes, k, rng)
     weight_model = candidate_name("tabular_stationary", cells) if has_cat else "linear"
     levels = [(a, lv) for a in groups
@@ -478,7 +553,7 @@ def select_q_model(dataset: TrajectoryDataset, target_probs: NDArray[np.float64]
                       n_folds=k, seconds=seconds, bias=bias, bias_se=bias_se,
                       reference=weight_model if weight_model in fitted else None,
                       cells=cells if has_cat else None, cell_choice=cell_choice,
-                      group_bias=group_bias)
+                      group_bias=group_bias, numeric_bins=bins_info)
 
 
 def choose_with_reference(scores: dict[str, float], bias: dict[str, float | None],

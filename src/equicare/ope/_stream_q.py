@@ -156,7 +156,9 @@ def choose_q_stream(source: Any, policy: Any, *, sample_rows: int, seed: int,
     over the chosen cells, and the linear model), with its cross-fitted estimated biases, run on
     about ``sample_rows`` rows of whole episodes (:func:`~equicare.ope._stream_behavior.
     sample_episodes`, one pass; the whole panel when it has no more rows, and then exactly the
-    in-memory selection among these candidates). The chosen model is then fitted on every chunk.
+    in-memory selection among these candidates, except that the cells are categorical only: no
+    binned copies of numeric states, which the result's ``numeric_bins`` says when they vary
+    within the cells). The chosen model is then fitted on every chunk.
 
     Parameters
     ----------
@@ -207,7 +209,8 @@ def choose_q_stream(source: Any, policy: Any, *, sample_rows: int, seed: int,
         raise chunk_policy_error(exc, "in a sample of whole episodes") from exc
     sel = select_q_model(data, probs, candidates=STREAM_Q_MODELS,
                          random_state=seed if model_seed is None else model_seed,
-                         cells=cells, groups=[g for g in groups if g in data.groups])
+                         cells=cells, groups=[g for g in groups if g in data.groups],
+                         numeric_bins=False)
     cfg = candidate_config(sel.chosen)
     if cfg.model == "tabular" and cfg.cells is None:  # every column kept: name them all
         cfg = dataclasses.replace(cfg, cells=tuple(data.categorical_names))
