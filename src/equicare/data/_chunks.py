@@ -36,6 +36,7 @@ from equicare.data._io import (
     _DUCKDB_EXT,
     _build,
     check_csv_header,
+    check_folder_columns,
     check_panel_file,
     check_utf8,
     connect_read_only,
@@ -163,6 +164,8 @@ def _batches(path: Path, man: Manifest, columns: list[str], batch_rows: int = BA
     kind = _source_kind(path)
     try:
         if kind in ("parquet", "parquet_dir"):
+            if kind == "parquet_dir":
+                check_folder_columns(path, parquet_files(path), columns, man.source)
             ds = _parquet_dataset(path)
             _check_columns(path, ds.schema.names, columns, man)
             # no read-ahead across files: Arrow's default (4 files, 16 batches) buffers whole
