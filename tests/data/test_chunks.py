@@ -200,6 +200,36 @@ def test_a_folder_file_without_a_manifest_column_is_named(frame, tmp_path, k, re
         read(p, _manifest())
 
 
+def test_a_folder_column_takes_a_type_that_holds_every_file_s_values(frame, tmp_path):
+    """Arrow typed a folder by its first file: engagement stored as int32 there and as int64
+    with a value past 2^31 in a later file was "cannot read the Parquet files (Integer value
+    3000000000 not in range ...)" naming no file. A float32 and a category column in the first
+    file and float64 and text in the others still read."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    big = frame.assign(engagement=np.arange(len(frame), dtype=np.int64) + 3_000_000_000)
+    p = _parts(big, tmp_path, {})
+    first = pq.read_table(p / "part-0.parquet")
+    first = first.set_column(first.schema.get_field_index("engagement"), "engagement",
+                             pa.array(np.arange(first.num_rows), type=pa.int32()))
+    first = first.set_column(first.schema.get_field_index("risk"), "risk",
+                             first["risk"].cast(pa.float32()))
+    first = first.set_column(first.schema.get_field_index("region"), "region",
+                             first["region"].dictionary_encode())
+    pq.write_table(first, p / "part-0.parquet")
+    man = _manifest()
+    want = pd.concat([pq.read_table(p / f"part-{k}.parquet").to_pandas() for k in range(3)])
+    want["region"] = want["region"].astype(str)
+    want = want.sort_values(["member_id", "week"]).reset_index(drop=True)
+    for got in (_rows_of(load_dataset(p, man, emit_warnings=False)),
+                _concat(iter_chunks(p, man, chunk_rows=40))):
+        eng = got["eng"].to_numpy()  # states are held in the dataset's float dtype
+        assert np.array_equal(eng, want["engagement"].to_numpy().astype(eng.dtype))
+        assert eng.max() > 2**31
+        assert list(got["region"]) == list(want["region"])
+
+
 def test_a_hive_partition_key_counts_as_every_file_s_column(frame, tmp_path):
     p = tmp_path / "panel"
     for sex, sub in frame.sort_values(["member_id", "week"]).groupby("sex"):

@@ -40,6 +40,7 @@ from equicare.data._io import (
     check_panel_file,
     check_utf8,
     connect_read_only,
+    folder_dataset,
     parquet_files,
 )
 from equicare.data._labels import categorical_labels, text_labels
@@ -677,8 +678,7 @@ def _parquet_dataset(path: Path) -> Any:
 
     if path.is_file():
         return pads.dataset([str(path)], format="parquet")
-    return pads.dataset(parquet_files(path), format="parquet", partitioning="hive",
-                        partition_base_dir=str(path))
+    return folder_dataset(path)
 
 
 def _row_groups(ds: Any) -> list[tuple[Any, int]]:

@@ -81,13 +81,10 @@ def read_table(
     p = Path(path)
     check_panel_file(p)
     if p.is_dir():
-        import pyarrow.dataset as pads
-
         files = parquet_files(p)
         check_folder_columns(p, files, columns, source)
         try:
-            tab = pads.dataset(files, format="parquet", partitioning="hive",
-                               partition_base_dir=str(p)).to_table()
+            tab = folder_dataset(p, files).to_table()
         except Exception as exc:
             raise DataValidationError(f"{p}: cannot read the Parquet files ({exc}).") from exc
         return tab.to_pandas(), list(tab.column_names)
@@ -361,6 +358,56 @@ def check_folder_columns(folder: str | os.PathLike[str], files: Sequence[str],
         raise DataValidationError(msgs[0] if len(msgs) == 1 else
                                   f"{len(msgs)} problems in {base}:\n  " + "\n  ".join(msgs),
                                   msgs)
+
+
+def _plain_schema(schema: Any) -> Any:
+    """The schema with every dictionary (pandas ``category``) column as its value type."""
+    import pyarrow as pa
+
+    return pa.schema([f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) else f
+                      for f in schema], metadata=schema.metadata)
+
+
+def folder_dataset(folder: str | os.PathLike[str], files: Sequence[str] | None = None) -> Any:
+    """A folder of Parquet files as one Arrow dataset, each column in a type holding every file's.
+
+    Arrow types a folder by its first file: an int64 value past 2^31 in a later file failed to
+    cast to a first file's int32 (``Integer value 3000000000 not in range``, naming no file) and
+    float64 columns were narrowed to a first file's float32. The files' schemas (their footers)
+    are unified with Arrow's permissive promotion (int32 + int64 -> int64, float32 + float64 ->
+    float64), dictionary columns as their values when the files disagree; when no common type
+    exists (text in one file, numbers in another) the first file's types stay, as before, and
+    the loader's checks say what is wrong.
+
+    Parameters
+    ----------
+    folder : path-like
+        The panel folder (hive partitions too: their keys become columns).
+    files : sequence of str, optional
+        Its Parquet files (default: :func:`parquet_files`).
+
+    Returns
+    -------
+    pyarrow.dataset.Dataset
+    """
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+    import pyarrow.parquet as pq
+
+    files = list(parquet_files(folder) if files is None else files)
+    kw: dict[str, Any] = {"format": "parquet", "partitioning": "hive",
+                          "partition_base_dir": str(folder)}
+    ds = pads.dataset(files, **kw)
+    if len(files) < 2:
+        return ds
+    schemas = [ds.schema, *(pq.read_schema(f) for f in files)]
+    for cand in (schemas, [_plain_schema(x) for x in schemas]):
+        try:
+            unified = pa.unify_schemas(cand, promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            continue
+        return ds if unified.equals(ds.schema) else pads.dataset(files, schema=unified, **kw)
+    return ds
 
 
 def validate_path(
