@@ -77,6 +77,18 @@ def test_concept_options_have_one_spelling_and_default(path, cmd):
             assert concept in getattr(opts[concept], "opts", [])
 
 
+def test_a_panel_argument_says_a_folder_of_parquet_files_works():
+    """Every command reads a folder of Parquet files, but validate, evaluate, explain, train,
+    predict, audit, frontier and mediate said "Panel file: .csv, .parquet or a DuckDB file" (in
+    four wordings): a user with a 60,000-user panel in 8 Parquet files had to find docs/scale.md
+    to learn the folder works."""
+    helps = {" ".join(path): p.help for path, cmd in COMMANDS for p in cmd.params
+             if p.name == "data" and p.param_type_name == "argument"}
+    assert len(helps) >= 8, helps
+    assert {h for h in helps.values() if "folder of Parquet files" not in (h or "")} == set()
+    assert len(set(helps.values())) == 1, helps
+
+
 @pytest.mark.parametrize(("command", "choices"), [
     (["synth"], "care|heparin"),
     (["train"], "bc|awr|cql|spibb|pvi|omg"),

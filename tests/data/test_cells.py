@@ -77,3 +77,42 @@ def test_one_column_or_no_outcome_is_left_as_it_is(garnet):
     two = with_site(one_row, np.random.default_rng(0).integers(0, 3, one_row.n_episodes))
     assert choose_cells(two) == CellChoice(columns=("state", "site"), dropped=(), tests={},
                                            n_folds=0)
+
+
+@pytest.mark.parametrize("spans", [(4, 3, 4), (1, 7), (2**31, 2**31, 2**31)])
+def test_row_codes_are_the_combinations_in_lexicographic_order(spans):
+    """_codes gives np.unique(axis=0)'s inverse: negative codes, a constant column, and keys too
+    large for one int64 (the fallback) included."""
+    from equicare.data._cells import _codes
+
+    rng = np.random.default_rng(5)
+    cat = np.stack([rng.integers(-1, s - 1, 5000) for s in spans], axis=1).astype(np.int64)
+    for cols in ([0], list(range(cat.shape[1])), list(range(cat.shape[1]))[::-1]):
+        _, want = np.unique(cat[:, cols], axis=0, return_inverse=True)
+        assert np.array_equal(_codes(cat, cols), np.asarray(want).ravel())
+
+
+def test_row_codes_do_not_sort_the_rows_as_records():
+    """choose_cells codes the rows' combinations for every test; np.unique(axis=0) sorted them as
+    structured records: 23 of the 83 s of `equicare run`'s data stage on a 2.4M-row daily panel
+    (three categorical columns), 42x slower than sorting one mixed-radix key. Relative to that
+    sort on the same rows (best of 3), so the bound holds on a loaded host."""
+    import time
+
+    from equicare.data._cells import _codes
+
+    rng = np.random.default_rng(0)
+    n = 400_000
+    cat = np.stack([rng.integers(0, k, n) for k in (4, 3, 4)], axis=1).astype(np.int64)
+
+    def best(f):
+        out = []
+        for _ in range(3):
+            t = time.perf_counter()
+            f()
+            out.append(time.perf_counter() - t)
+        return min(out)
+
+    records = best(lambda: np.unique(cat, axis=0, return_inverse=True))
+    ours = best(lambda: _codes(cat, [0, 1, 2]))
+    assert ours < records / 4, (ours, records)

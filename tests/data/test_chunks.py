@@ -171,6 +171,75 @@ def test_a_missing_column_is_named_in_every_format(frame, tmp_path, kind, column
         read(p, _manifest())
 
 
+def _parts(frame: pd.DataFrame, folder, drop: dict[int, str]) -> object:
+    """The sorted panel as 3 Parquet files of whole members; file k without column drop[k]."""
+    p = folder / "panel"
+    p.mkdir()
+    sorted_ = frame.sort_values(["member_id", "week"])
+    members = sorted_["member_id"].unique()
+    for k, ids in enumerate(np.array_split(members, 3)):
+        sub = sorted_[sorted_["member_id"].isin(ids)]
+        sub.drop(columns=[drop[k]] if k in drop else []).to_parquet(
+            p / f"part-{k}.parquet", index=False)
+    return p
+
+
+@pytest.mark.parametrize("k", [0, 1])
+@pytest.mark.parametrize("read", [
+    lambda p, man: load_dataset(p, man, emit_warnings=False),
+    lambda p, man: list(iter_chunks(p, man, chunk_rows=40)),
+])
+def test_a_folder_file_without_a_manifest_column_is_named(frame, tmp_path, k, read):
+    """Arrow reads a folder with its first file's columns: propensities missing from one file of
+    a digital-health panel's 8 were "must lie in (0, 1]; 14915 rows ... (row 44679: nan)" (a later
+    file) or "column 'propensity' ... is missing" (the first file, though 7 files held it)."""
+    p = _parts(frame, tmp_path, {k: "propensity"})
+    with pytest.raises(DataValidationError, match=re.escape(
+            f"{p}: column 'propensity' (named in <manifest>) is missing from 1 of the folder's 3 "
+            f"Parquet files (first: part-{k}.parquet); every file of a folder panel must hold")):
+        read(p, _manifest())
+
+
+def test_a_folder_column_takes_a_type_that_holds_every_file_s_values(frame, tmp_path):
+    """Arrow typed a folder by its first file: engagement stored as int32 there and as int64
+    with a value past 2^31 in a later file was "cannot read the Parquet files (Integer value
+    3000000000 not in range ...)" naming no file. A float32 and a category column in the first
+    file and float64 and text in the others still read."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    big = frame.assign(engagement=np.arange(len(frame), dtype=np.int64) + 3_000_000_000)
+    p = _parts(big, tmp_path, {})
+    first = pq.read_table(p / "part-0.parquet")
+    first = first.set_column(first.schema.get_field_index("engagement"), "engagement",
+                             pa.array(np.arange(first.num_rows), type=pa.int32()))
+    first = first.set_column(first.schema.get_field_index("risk"), "risk",
+                             first["risk"].cast(pa.float32()))
+    first = first.set_column(first.schema.get_field_index("region"), "region",
+                             first["region"].dictionary_encode())
+    pq.write_table(first, p / "part-0.parquet")
+    man = _manifest()
+    want = pd.concat([pq.read_table(p / f"part-{k}.parquet").to_pandas() for k in range(3)])
+    want["region"] = want["region"].astype(str)
+    want = want.sort_values(["member_id", "week"]).reset_index(drop=True)
+    for got in (_rows_of(load_dataset(p, man, emit_warnings=False)),
+                _concat(iter_chunks(p, man, chunk_rows=40))):
+        eng = got["eng"].to_numpy()  # states are held in the dataset's float dtype
+        assert np.array_equal(eng, want["engagement"].to_numpy().astype(eng.dtype))
+        assert eng.max() > 2**31
+        assert list(got["region"]) == list(want["region"])
+
+
+def test_a_hive_partition_key_counts_as_every_file_s_column(frame, tmp_path):
+    p = tmp_path / "panel"
+    for sex, sub in frame.sort_values(["member_id", "week"]).groupby("sex"):
+        (p / f"sex={sex}").mkdir(parents=True)
+        sub.drop(columns=["sex"]).to_parquet(p / f"sex={sex}" / "part-0.parquet", index=False)
+    ds = load_dataset(p, _manifest(), emit_warnings=False)
+    assert ds.n_steps == len(frame)
+    assert sum(c.dataset.n_steps for c in iter_chunks(p, _manifest(), chunk_rows=40)) == len(frame)
+
+
 def test_directory_loads_in_memory(frame, tmp_path):
     path = _write(frame, "hive", tmp_path)
     ds = load_dataset(path, _manifest(), emit_warnings=False)

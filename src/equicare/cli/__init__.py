@@ -15,6 +15,7 @@ from rich.markup import escape
 
 from equicare.cli._choices import Sim
 from equicare.cli._utils import (
+    PANEL_HELP,
     Address,
     ChunkRows,
     EquicareGroup,
@@ -218,7 +219,7 @@ def synth(
 
 @app.command()
 def validate(
-    data: Annotated[Path, typer.Argument(help="Panel file: .csv, .parquet or a DuckDB file.")],
+    data: Annotated[Path, typer.Argument(help=PANEL_HELP)],
     manifest: Annotated[Path, typer.Option("--manifest", "-m",
                                            help="Manifest TOML naming each column's role.")],
     chunk_rows: ChunkRows = None,

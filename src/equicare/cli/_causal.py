@@ -30,6 +30,7 @@ from equicare.causal._result import EFFECT_KEYS, MEDIATION_UNITS, MediationResul
 from equicare.cli._choices import Basis, UsualCare
 from equicare.cli._utils import (
     OUT_EXISTS,
+    PANEL_HELP,
     Force,
     JsonOut,
     Progress,
@@ -278,7 +279,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("mediate")
     def mediate_cmd(
-        data: Annotated[Path, typer.Argument(help="Panel (CSV, Parquet or DuckDB).")],
+        data: Annotated[Path, typer.Argument(help=PANEL_HELP)],
         manifest: Annotated[Path, typer.Option("--manifest", "-m", help="Dataset manifest (TOML) "
                                                "with `mediators = [...]`.")],
         policy: Annotated[Path, typer.Option("--policy", help="Target policy: a policy file "

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 import typer
 
 from equicare.cli._choices import ExplainMode, Labels, QModel
-from equicare.cli._utils import Force, JsonOut, Progress, Seed, Threads
+from equicare.cli._utils import PANEL_HELP, Force, JsonOut, Progress, Seed, Threads
 
 __all__ = ["run_explain", "register"]
 
@@ -93,7 +93,7 @@ def register(app: typer.Typer) -> None:
     def explain(
         model: Annotated[Path, typer.Argument(
             help="Policy to explain: a model folder (any learner) or a policy file.")],
-        data: Annotated[Path, typer.Argument(help="Panel file: .csv, .parquet or a DuckDB file.")],
+        data: Annotated[Path, typer.Argument(help=PANEL_HELP)],
         manifest: Annotated[Path, typer.Option("--manifest", "-m",
                                                help="Manifest TOML naming each column's role.")],
         out: Annotated[Path, typer.Option(

@@ -29,6 +29,7 @@ from equicare.cli._choices import (
     Weight,
 )
 from equicare.cli._utils import (
+    PANEL_HELP,
     Address,
     ChunkRows,
     Force,
@@ -443,7 +444,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def audit(
-        data: Annotated[Path, typer.Argument(help="Panel file (CSV, Parquet or DuckDB).")],
+        data: Annotated[Path, typer.Argument(help=PANEL_HELP)],
         manifest: Annotated[Path, typer.Option("--manifest", "-m",
                                                help="Dataset manifest (TOML).")],
         policy: Annotated[list[str] | None, typer.Option(
@@ -573,7 +574,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def frontier(
-        data: Annotated[Path, typer.Argument(help="Panel file (CSV, Parquet or DuckDB).")],
+        data: Annotated[Path, typer.Argument(help=PANEL_HELP)],
         manifest: Annotated[Path, typer.Option("--manifest", "-m",
                                                help="Dataset manifest (TOML).")],
         algo: Annotated[OfflineAlgo, typer.Option(help="Offline learner.")] = OfflineAlgo.AWR,

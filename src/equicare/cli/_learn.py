@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 from equicare.cli._choices import Algo, Encoder, Form, OmgReward, Select
 from equicare.cli._utils import (
+    PANEL_HELP,
     ChunkRows,
     Force,
     JsonOut,
@@ -421,7 +422,7 @@ def register(app: "typer.Typer") -> None:
 
     @app.command("train")
     def train(
-        data: Annotated[Path, typer.Argument(help="Panel table: CSV, Parquet or DuckDB file.")],
+        data: Annotated[Path, typer.Argument(help=PANEL_HELP)],
         manifest: Annotated[Path, typer.Option("--manifest", "-m",
                                                help="TOML manifest of the panel.")],
         out: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write.")],
@@ -627,7 +628,7 @@ def register(app: "typer.Typer") -> None:
     @app.command("predict")
     def predict(
         model_dir: Annotated[Path, typer.Argument(help="Model folder written by equicare train.")],
-        data: Annotated[Path, typer.Argument(help="Panel table: CSV, Parquet or DuckDB file.")],
+        data: Annotated[Path, typer.Argument(help=PANEL_HELP)],
         manifest: Annotated[Path, typer.Option("--manifest", "-m",
                                                help="TOML manifest of the panel.")],
         out: Annotated[Path, typer.Option("--out", "-o",

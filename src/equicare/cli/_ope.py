@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 from equicare.cli._choices import BehaviorForm, BehaviorModel, EvalCI, QModel, UsualCare
 from equicare.cli._utils import (
+    PANEL_HELP,
     Address,
     ChunkRows,
     Force,
@@ -577,7 +578,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def evaluate(
-        data: Annotated[Path, typer.Argument(help="Panel file: .csv, .parquet or a DuckDB file.")],
+        data: Annotated[Path, typer.Argument(help=PANEL_HELP)],
         manifest: Annotated[Path, typer.Option("--manifest", "-m",
                                                help="Manifest TOML naming each column's role.")],
         policy: Annotated[Path, typer.Option(

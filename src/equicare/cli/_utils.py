@@ -400,6 +400,10 @@ def thread_limits(threads: str) -> Iterator[dict[str, int]]:
                                       else max(1, os.cpu_count() or 1))
 
 
+#: The help of every command's panel argument (``data``): one wording, folders included.
+PANEL_HELP = ("Panel: a .parquet file, a folder of Parquet files (hive partitions too), a .csv "
+              "file or a DuckDB file.")
+
 THREADS_HELP = ("Threads of torch, BLAS and OpenMP. auto: 1 for torch (small networks) and "
                 "OpenMP, BLAS on the free cores (at most 4); N: N each, capped at the free "
                 "cores (usable cores minus the load average).")

@@ -51,7 +51,8 @@ def thin_cells_message(dataset: Any, what: str, columns: tuple[str, ...] | None 
     if cat.shape[1] < 2:
         return None
     return thin_cells_text(
-        what, names_all, n_rows=dataset.n_steps, n_comb=int(np.unique(cat, axis=0).shape[0]),
+        what, names_all, n_rows=dataset.n_steps,
+        n_comb=int(_codes(cat, list(range(cat.shape[1]))).max()) + 1,
         n_levels=[int(np.unique(cat[:, j]).size) for j in range(cat.shape[1])], hint=hint)
 
 
@@ -123,10 +124,27 @@ class CellChoice:
 
 
 def _codes(cat: NDArray[np.int64], cols: list[int]) -> NDArray[np.int64]:
-    """Compressed code of every row's combination of ``cols``."""
+    """Compressed code of every row's combination of ``cols``.
+
+    The codes of ``np.unique(cat[:, cols], axis=0, return_inverse=True)`` (combinations in
+    lexicographic order), from one integer key per row (mixed radix over the columns' ranges,
+    the first column most significant) sorted in one dimension: ``np.unique(axis=0)`` sorts the
+    rows as structured records, 16.6 s against 0.39 s on 2.4M rows of three columns (42x), and
+    ``choose_cells`` calls it for every test (the data stage of ``equicare run`` on a 2.4M-row
+    daily panel spent 23 of its 83 s there). Falls back to it when the key would overflow.
+    """
     if not cols:
         return np.zeros(cat.shape[0], dtype=np.int64)
-    _, inv = np.unique(cat[:, cols], axis=0, return_inverse=True)
+    sub = np.asarray(cat[:, cols], dtype=np.int64)
+    if sub.shape[0] == 0:
+        return np.zeros(0, dtype=np.int64)
+    lo = sub.min(axis=0)
+    span = sub.max(axis=0) - lo + 1
+    if float(np.prod(span.astype(np.float64))) >= 2.0**62:
+        _, inv = np.unique(sub, axis=0, return_inverse=True)
+        return np.asarray(inv, dtype=np.int64).ravel()
+    key = np.ravel_multi_index(tuple((sub - lo).T), tuple(int(x) for x in span))
+    _, inv = np.unique(key, return_inverse=True)
     return np.asarray(inv, dtype=np.int64).ravel()
 
 

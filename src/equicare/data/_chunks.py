@@ -36,9 +36,11 @@ from equicare.data._io import (
     _DUCKDB_EXT,
     _build,
     check_csv_header,
+    check_folder_columns,
     check_panel_file,
     check_utf8,
     connect_read_only,
+    folder_dataset,
     parquet_files,
 )
 from equicare.data._labels import categorical_labels, text_labels
@@ -163,6 +165,8 @@ def _batches(path: Path, man: Manifest, columns: list[str], batch_rows: int = BA
     kind = _source_kind(path)
     try:
         if kind in ("parquet", "parquet_dir"):
+            if kind == "parquet_dir":
+                check_folder_columns(path, parquet_files(path), columns, man.source)
             ds = _parquet_dataset(path)
             _check_columns(path, ds.schema.names, columns, man)
             # no read-ahead across files: Arrow's default (4 files, 16 batches) buffers whole
@@ -674,8 +678,7 @@ def _parquet_dataset(path: Path) -> Any:
 
     if path.is_file():
         return pads.dataset([str(path)], format="parquet")
-    return pads.dataset(parquet_files(path), format="parquet", partitioning="hive",
-                        partition_base_dir=str(path))
+    return folder_dataset(path)
 
 
 def _row_groups(ds: Any) -> list[tuple[Any, int]]:

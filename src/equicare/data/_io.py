@@ -50,7 +50,8 @@ def _as_pandas(df: Any) -> pd.DataFrame:
 
 
 def read_table(
-    path: str | os.PathLike[str], table: str | None = None, *, labels: Sequence[str] = ()
+    path: str | os.PathLike[str], table: str | None = None, *, labels: Sequence[str] = (),
+    columns: Sequence[str] = (), source: str = "the manifest",
 ) -> tuple[pd.DataFrame, list[str]]:
     """Read a panel table from CSV, Parquet or a DuckDB database file.
 
@@ -65,6 +66,11 @@ def read_table(
         Columns holding labels (:attr:`Manifest.label_columns`): a CSV reads them as text, then
         :func:`~equicare.data._labels.text_labels` (``"007"`` stays ``"007"``, ``"101"`` is
         ``101``). Other columns, and other formats, keep their types.
+    columns : sequence of str
+        For a folder of Parquet files: the columns every file must hold
+        (:func:`check_folder_columns`; :attr:`Manifest.named_columns`).
+    source : str
+        Where ``columns`` are named (the manifest's file), for the message.
 
     Returns
     -------
@@ -75,12 +81,10 @@ def read_table(
     p = Path(path)
     check_panel_file(p)
     if p.is_dir():
-        import pyarrow.dataset as pads
-
         files = parquet_files(p)
+        check_folder_columns(p, files, columns, source)
         try:
-            tab = pads.dataset(files, format="parquet", partitioning="hive",
-                               partition_base_dir=str(p)).to_table()
+            tab = folder_dataset(p, files).to_table()
         except Exception as exc:
             raise DataValidationError(f"{p}: cannot read the Parquet files ({exc}).") from exc
         return tab.to_pandas(), list(tab.column_names)
@@ -295,12 +299,124 @@ def parquet_files(folder: str | os.PathLike[str]) -> list[str]:
     return files
 
 
+MSG_FOLDER_COLUMN = ("{folder}: column {column!r} (named in {source}) is missing from {n_missing} "
+                     "of the folder's {n_files} Parquet files (first: {first}); every file of a "
+                     "folder panel must hold every column the manifest names (Arrow reads the "
+                     "folder with its first file's columns: a later file without the column "
+                     "reads as empty cells, a first file without it drops the column).")
+
+
+def check_folder_columns(folder: str | os.PathLike[str], files: Sequence[str],
+                         columns: Sequence[str], source: str) -> None:
+    """Refuse a folder panel whose Parquet files do not all hold the manifest's columns.
+
+    Arrow reads a folder with the first file's schema: a column that a later file lacks becomes
+    empty cells (reported as missing values of those rows, without the file), and a column the
+    first file lacks is dropped (reported as missing from the panel, though the other files hold
+    it). Only the files' footers are read. A hive partition key counts as a column of the files
+    under it. A column missing from every file is left to the usual "is missing" message.
+
+    Parameters
+    ----------
+    folder : path-like
+        The panel folder (for the message and the partition keys).
+    files : sequence of str
+        Its Parquet files (:func:`parquet_files`).
+    columns : sequence of str
+        The columns to check (the manifest's, or those a pass reads).
+    source : str
+        Where the columns are named (the manifest's file), for the message.
+
+    Raises
+    ------
+    DataValidationError
+        Some, but not all, files lack a column (:data:`MSG_FOLDER_COLUMN`, one line per column).
+    """
+    import pyarrow.parquet as pq
+
+    base = Path(folder)
+    if len(files) < 2 or not columns:
+        return
+    present: list[set[str]] = []
+    for f in files:
+        try:
+            names = set(pq.read_schema(f).names)
+        except Exception as exc:  # Arrow raises several types for a damaged footer
+            raise DataValidationError(f"{f}: cannot read Parquet ({exc}).") from exc
+        rel = Path(f).relative_to(base).parts[:-1] if Path(f).is_relative_to(base) else ()
+        names.update(part.split("=", 1)[0] for part in rel if "=" in part)
+        present.append(names)
+    msgs = []
+    for c in dict.fromkeys(columns):
+        lack = [f for f, names in zip(files, present, strict=True) if c not in names]
+        if lack and len(lack) < len(files):
+            first = Path(lack[0])
+            msgs.append(MSG_FOLDER_COLUMN.format(
+                folder=base, column=c, source=source, n_missing=len(lack), n_files=len(files),
+                first=first.relative_to(base) if first.is_relative_to(base) else first))
+    if msgs:
+        raise DataValidationError(msgs[0] if len(msgs) == 1 else
+                                  f"{len(msgs)} problems in {base}:\n  " + "\n  ".join(msgs),
+                                  msgs)
+
+
+def _plain_schema(schema: Any) -> Any:
+    """The schema with every dictionary (pandas ``category``) column as its value type."""
+    import pyarrow as pa
+
+    return pa.schema([f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) else f
+                      for f in schema], metadata=schema.metadata)
+
+
+def folder_dataset(folder: str | os.PathLike[str], files: Sequence[str] | None = None) -> Any:
+    """A folder of Parquet files as one Arrow dataset, each column in a type holding every file's.
+
+    Arrow types a folder by its first file: an int64 value past 2^31 in a later file failed to
+    cast to a first file's int32 (``Integer value 3000000000 not in range``, naming no file) and
+    float64 columns were narrowed to a first file's float32. The files' schemas (their footers)
+    are unified with Arrow's permissive promotion (int32 + int64 -> int64, float32 + float64 ->
+    float64), dictionary columns as their values when the files disagree; when no common type
+    exists (text in one file, numbers in another) the first file's types stay, as before, and
+    the loader's checks say what is wrong.
+
+    Parameters
+    ----------
+    folder : path-like
+        The panel folder (hive partitions too: their keys become columns).
+    files : sequence of str, optional
+        Its Parquet files (default: :func:`parquet_files`).
+
+    Returns
+    -------
+    pyarrow.dataset.Dataset
+    """
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+    import pyarrow.parquet as pq
+
+    files = list(parquet_files(folder) if files is None else files)
+    kw: dict[str, Any] = {"format": "parquet", "partitioning": "hive",
+                          "partition_base_dir": str(folder)}
+    ds = pads.dataset(files, **kw)
+    if len(files) < 2:
+        return ds
+    schemas = [ds.schema, *(pq.read_schema(f) for f in files)]
+    for cand in (schemas, [_plain_schema(x) for x in schemas]):
+        try:
+            unified = pa.unify_schemas(cand, promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            continue
+        return ds if unified.equals(ds.schema) else pads.dataset(files, schema=unified, **kw)
+    return ds
+
+
 def validate_path(
     path: str | os.PathLike[str], manifest: Manifest | Mapping[str, Any] | str | os.PathLike[str]
 ) -> tuple[ValidationReport, pd.DataFrame, Manifest]:
     """Read a file and validate it; returns the report (errors are not raised)."""
     man = _manifest_of(manifest)
-    df, raw = read_table(path, man.table, labels=man.label_columns)
+    df, raw = read_table(path, man.table, labels=man.label_columns, columns=man.named_columns,
+                         source=man.source)
     return validate_frame(df, man, str(path), raw_columns=raw), df, man
 
 
