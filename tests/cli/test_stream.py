@@ -568,7 +568,8 @@ def test_a_numeric_state_constant_in_every_cell_is_not_called_ignored(tmp_path):
             assert res.exit_code == 0, res.output
             got = json.loads(out.read_text())["q_model"].get("ignored_numeric")
             assert got == named, (data, extra)
-            assert ("ignore the numeric state columns" in " ".join(res.output.split())) == bool(named)
+            said = " ".join(res.output.split())
+            assert ("ignore the numeric state columns" in said) == bool(named)
             res = runner.invoke(app, ["audit", data, "--policy", f"soft={pol}", "--estimators",
                                       "fqe", "--permutations", "0", "--json", *base])
             assert res.exit_code == 0, res.output
