@@ -223,6 +223,7 @@ def test_dr_audit_on_two_ray_workers_equals_in_memory(panel, ray):
         _assert_dr_audit_equals_in_memory(ex, panel, n_shards=4)
 
 
+@pytest.mark.usefixtures("categorical_cells")
 def test_streamed_audit_fits_the_q_model_with_the_in_memory_audits_seed(panel, monkeypatch):
     """``q_model="auto"``: the streamed audit chooses with the seed the in-memory audit and
     ``evaluate`` use (``nuisance_seed``), so on a sample that is the whole panel its choice,
@@ -241,10 +242,6 @@ def test_streamed_audit_fits_the_q_model_with_the_in_memory_audits_seed(panel, m
 
     monkeypatch.setattr(_prepare, "select_q_model", spy)  # the in-memory audit's prepare
     monkeypatch.setattr(_select, "select_q_model", spy)  # the streamed choice
-    # the streamed tables' cells are categorical only; in memory, binned copies of the numeric
-    # states (which vary within this panel's cells) would join the cells' choice: left out
-    # here to compare the rest
-    monkeypatch.setattr(_select, "numeric_bin_columns", lambda *a, **k: None)
     kw = {"action": "modality=home_visit", "n_boot": 60, "n_permutations": 30,
           "estimator": "dr", "q_model": "auto"}
     w = poisson_weights(episode_keys(ds.episode_ids), 60, seed=11)

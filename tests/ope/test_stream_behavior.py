@@ -79,16 +79,10 @@ def test_whole_panel_sample_is_the_in_memory_behaviour_model(panel):
 
 @pytest.mark.usefixtures("low_ess_warned")
 @pytest.mark.parametrize("q_model", ["linear", "auto"])
-def test_whole_panel_sample_with_a_named_model_takes_the_in_memory_seeds(panel, q_model,
-                                                                        monkeypatch):
+@pytest.mark.usefixtures("categorical_cells")
+def test_whole_panel_sample_with_a_named_model_takes_the_in_memory_seeds(panel, q_model):
     """``behavior_model="logistic"`` (seeded from ``random_state``) and ``auto``'s folds: the
-    streamed route derives the in-memory seeds, so a whole-panel sample gives its numbers.
-    The streamed tables' cells are categorical only: in memory, ``auto`` also offers binned
-    copies of the numeric states that vary within the cells (as here), left out to compare
-    the rest."""
-    from equicare.ope import _select
-
-    monkeypatch.setattr(_select, "numeric_bin_columns", lambda *a, **k: None)
+    streamed route derives the in-memory seeds, so a whole-panel sample gives its numbers."""
     path, man, ds = panel
     keys = (*KEYS, "fqe")
     ref = evaluate(ds, RiskPolicy(), estimators=keys, q_model=q_model, bootstrap=0,
