@@ -446,7 +446,7 @@ def _fit(algo: str, params: dict[str, Any], data: Any) -> Any:
     return learner.fit(data, progress=False)
 
 
-def _unseen(dataset: Any, valid: Any) -> Any:
+def _unseen(dataset: Any, valid: Any, observed: Any = None) -> Any:
     """Actions current practice (almost) never takes at each held-out row.
 
     Never logged in the panel at the row's categorical levels; and, when the panel logs its
@@ -458,6 +458,7 @@ def _unseen(dataset: Any, valid: Any) -> Any:
     every visit (62% of its mass on actions practice takes with probability < 1e-3) was kept.
     With estimated propensities the held-out behaviour model makes that check
     (:func:`_held_out`). Shape ``(valid.n_steps, n_actions)``; None when neither applies.
+    ``observed``: the panel's :class:`~equicare.ope._support.CellObserved`, when already built.
     """
     import numpy as np
 
@@ -465,7 +466,8 @@ def _unseen(dataset: Any, valid: Any) -> Any:
 
     unseen = None
     if dataset.categorical is not None and dataset.categorical.shape[1] > 0:
-        unseen = ~CellObserved(dataset).at(np.asarray(valid.categorical, dtype=np.int64))
+        observed = CellObserved(dataset) if observed is None else observed
+        unseen = ~observed.at(np.asarray(valid.categorical, dtype=np.int64))
     if valid.behavior_prob is not None and valid.states.shape[1] > 0:
         rare = LoggedSupport(valid).unsupported()
         if rare is not None:
@@ -473,21 +475,23 @@ def _unseen(dataset: Any, valid: Any) -> Any:
     return unseen
 
 
-def _practice_pct(dataset: Any, valid: Any) -> float:
+def _practice_pct(dataset: Any, valid: Any, observed: Any = None) -> float:
     """Current practice's own expected share (%) of held-out mass on never-logged pairs.
 
     :func:`~equicare.ope._support.logged_once` of the held-out rows against the whole panel's
     cells (the pairs :func:`_unseen` counts): the held-out rows whose logged action was logged
     only once at one of their levels (``evaluate``'s ``practice_share_pct``). 0 without
-    categorical states.
+    categorical states. ``observed``: the panel's
+    :class:`~equicare.ope._support.CellObserved`, when already built.
     """
     import numpy as np
 
     from equicare.ope._support import CellObserved, logged_once
 
-    if dataset.categorical is None or dataset.categorical.shape[1] == 0:
+    if not _discrete(dataset):
         return 0.0
-    flagged = logged_once(CellObserved(dataset).counts, valid.categorical, valid.actions)
+    observed = CellObserved(dataset) if observed is None else observed
+    flagged = logged_once(observed.counts, valid.categorical, valid.actions)
     return float(100.0 * np.mean(flagged)) if flagged.size else 0.0
 
 
@@ -929,8 +933,11 @@ def select_policy(dataset: Any, config: SelectConfig | None = None, *,
         return _Completed(policy, beh.policy_) if refit and hasattr(policy, "cell_index") \
             else policy
 
-    unseen_f = [_unseen(dataset, va) for _, va, _ in folds]  # the same for every candidate
-    practice_f = [_practice_pct(dataset, va) for _, va, _ in folds]  # likewise
+    from equicare.ope._support import CellObserved
+
+    observed = CellObserved(dataset) if _discrete(dataset) else None  # the panel's cells, once
+    unseen_f = [_unseen(dataset, va, observed) for _, va, _ in folds]  # the same for every
+    practice_f = [_practice_pct(dataset, va, observed) for _, va, _ in folds]  # candidate
     behaviors = [_held_out_behavior(va, c) for _, va, c in folds]  # likewise
     rows: list[Candidate] = []
     fitted: dict[str, Any] = {}
