@@ -56,6 +56,9 @@ def test_every_levels_estimates_equal_in_memory_evaluate(panel, q_model):
     got = evaluate_stream(path, RiskPolicy(), manifest=man, estimators=keys,
                           q_model=q_model or "auto", n_boot=20, random_state=1, chunk_rows=60)
     assert got.n_chunks > 10
+    assert got.weight_mean == pytest.approx(ref.ess.weight_mean, rel=1e-9)
+    assert got.weight_mean_se == pytest.approx(ref.ess.weight_mean_se, rel=1e-9)
+    assert got.to_dict()["ess"]["trajectory_weight_mean"] == pytest.approx(got.weight_mean)
     assert set(got.groups) == set(ds.group_attrs) == {"race", "sex"}
     n_levels = 0
     for attr, levels in ref.groups.items():
@@ -105,7 +108,7 @@ def level_reference(prep, keys, level_episodes, w):
     return parts, wg, reps, extra
 
 
-@pytest.mark.usefixtures("raw_group_values")
+@pytest.mark.usefixtures("low_ess_warned", "raw_group_values")
 @pytest.mark.parametrize("q_model", ["linear", "tabular_stationary", "tabular_window"])
 def test_a_levels_intervals_are_the_in_memory_subgroup_refit_under_poisson_weights(panel,
                                                                                     q_model):
@@ -138,7 +141,7 @@ def test_a_levels_intervals_are_the_in_memory_subgroup_refit_under_poisson_weigh
         assert bare.estimates[k].ci == stud.estimates[k].ci, k
 
 
-@pytest.mark.usefixtures("raw_group_values")
+@pytest.mark.usefixtures("low_ess_warned", "raw_group_values")
 @pytest.mark.parametrize("q_model", [None, "linear"])
 def test_levels_are_the_same_for_any_chunking_and_sharding(panel, q_model):
     path, man, ds = panel

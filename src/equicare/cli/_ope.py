@@ -505,6 +505,14 @@ def truncated_ess(ess: float | None, truncate: float | None, n_episodes: int) ->
             f"({100 * ess / max(n_episodes, 1):.2f}%)")
 
 
+def weight_mean_clause(mean: float) -> str:
+    """The ESS line's clause for the trajectory weights' mean ("" when not known).
+
+    The weights average 1 in expectation (:func:`equicare.ope._ess.weight_mean_off`).
+    """
+    return f", weights average {mean:.3g} (1 expected)" if math.isfinite(mean) else ""
+
+
 def q_model_line(res: EvaluationResult) -> str | None:
     """One line: the Q-model used, and with ``auto`` every candidate's score."""
     q = res.q_model
@@ -741,7 +749,8 @@ def register(app: typer.Typer) -> None:
                                   highlight=False)
             console.print(f"ESS: trajectory {sres.ess:.1f} "
                           f"({100 * sres.ess / sres.n_episodes:.2f}% of episodes)"
-                          f"{truncated_ess(sres.ess_truncated, truncate, sres.n_episodes)}; "
+                          f"{truncated_ess(sres.ess_truncated, truncate, sres.n_episodes)}"
+                          f"{weight_mean_clause(sres.weight_mean)}; "
                           f"{sres.n_chunks} chunks", highlight=False)
             if sres.support is not None:
                 console.print(support_line(sres.support), highlight=False)
@@ -784,7 +793,8 @@ def register(app: typer.Typer) -> None:
         e = res.ess
         console.print(f"ESS: trajectory {e.trajectory:.1f} ({e.trajectory_pct:.2f}% of episodes)"
                       f"{truncated_ess(e.trajectory_truncated, e.truncate, e.n_episodes)},"
-                      f" per-decision {e.per_decision_pct:.2f}%", highlight=False)
+                      f" per-decision {e.per_decision_pct:.2f}%"
+                      f"{weight_mean_clause(e.weight_mean)}", highlight=False)
         if res.support is not None:
             console.print(support_line(res.support), highlight=False)
         uline = usual_care_line(res.settings)

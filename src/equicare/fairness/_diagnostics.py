@@ -21,8 +21,13 @@ import numpy as np
 
 from equicare.exceptions import DataWarning, SupportWarning
 from equicare.fairness._groups import GroupIndex
-from equicare.ope._core import WEIGHTED, OPEInputs
-from equicare.ope._ess import EffectiveSampleSize, effective_sample_size
+from equicare.ope._core import IS_TYPE, WEIGHTED, OPEInputs
+from equicare.ope._ess import (
+    EffectiveSampleSize,
+    effective_sample_size,
+    missing_weight_message,
+    weight_mean_off,
+)
 from equicare.ope._support import StreamSupportReport, SupportReport
 
 if TYPE_CHECKING:
@@ -41,6 +46,8 @@ LOW_ESS_MESSAGE = (
 #: The advice of :data:`LOW_ESS_MESSAGE` for importance sampling, and for dr and wdr.
 IS_ADVICE = "Prefer dr or wdr (a Q-model), truncate the weights, or log the propensities."
 DR_ADVICE = "Truncate the weights, log the propensities, or compare with fqe."
+#: The advice of the weight-mean check's warning in the audit (truncation removes weight).
+MISSING_WEIGHT_ADVICE = "Prefer dr or wdr (a Q-model), or log the propensities"
 #: The warning on group values far outside the range of the observed returns (tests match it).
 FAR_MESSAGE = (
     "policy {policy!r}: its {estimator} {what} {lie} far outside the range of the observed "
@@ -223,6 +230,11 @@ def diagnose(policy: str, estimator: str, ess: EffectiveSampleSize,
                 where=f"{' and '.join(parts)} ({kind} weights)",
                 those="those values" if many else "that value", its="their" if many else "its",
                 advice=DR_ADVICE if estimator in ("dr", "wdr") else IS_ADVICE))
+    if estimator in IS_TYPE and weight_mean_off(ess.weight_mean, ess.weight_mean_se):
+        # evaluate's check (equicare.ope._ess.weight_mean_off), over the audited episodes
+        msgs.append(SUPPORT_PREFIX.format(policy=policy) + missing_weight_message(
+            [estimator], ess.weight_mean, ess.weight_mean_se, ess.n_episodes,
+            MISSING_WEIGHT_ADVICE))
     if warn:
         for m in msgs:
             warnings.warn(m, SupportWarning, stacklevel=3)

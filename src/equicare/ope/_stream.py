@@ -77,7 +77,7 @@ from equicare.ope._core import (
     episode_parts,
     undefined_estimates,
 )
-from equicare.ope._ess import WeightSums
+from equicare.ope._ess import WeightSums, mean_and_se
 from equicare.ope._fqe import table_ignored_numeric
 from equicare.ope._propensity_check import (
     PropensityCheck,
@@ -306,12 +306,20 @@ class StreamGroup:
 
 
 def ess_dict(ess: float, truncated: float | None, truncate: float | None,
-             n_episodes: int) -> dict[str, Any]:
-    """The streamed ``"ess"``: the in-memory keys that sums give (``trajectory`` untruncated)."""
-    return {"trajectory": ess, "trajectory_pct": 100.0 * ess / n_episodes, "truncate": truncate,
-            "trajectory_truncated": truncated,
-            "trajectory_truncated_pct": None if truncated is None
-            else 100.0 * truncated / n_episodes}
+             n_episodes: int, weight_mean: tuple[float, float] | None = None
+             ) -> dict[str, Any]:
+    """The streamed ``"ess"``: the in-memory keys that sums give (``trajectory`` untruncated).
+
+    ``weight_mean``: the trajectory weights' mean and its standard error, when known.
+    """
+    out = {"trajectory": ess, "trajectory_pct": 100.0 * ess / n_episodes, "truncate": truncate,
+           "trajectory_truncated": truncated,
+           "trajectory_truncated_pct": None if truncated is None
+           else 100.0 * truncated / n_episodes}
+    if weight_mean is not None:
+        out["trajectory_weight_mean"], out["trajectory_weight_mean_se"] = (
+            float(v) if np.isfinite(v) else None for v in weight_mean)
+    return out
 
 
 @dataclass(frozen=True)
@@ -356,6 +364,9 @@ class StreamEvaluation:
         warns from it, as in memory). Not in the result JSON, as in memory.
     out_of_range : tuple of str
         The estimators far outside the range of the observed returns, as in memory.
+    weight_mean, weight_mean_se : float
+        The untruncated trajectory weights' mean and its standard error, as in memory
+        (:attr:`~equicare.ope.EffectiveSampleSize.weight_mean`).
     """
 
     n_episodes: int
@@ -375,6 +386,8 @@ class StreamEvaluation:
     support: StreamSupportReport | None = None
     propensity_check: PropensityCheck | None = None
     out_of_range: tuple[str, ...] = ()
+    weight_mean: float = float("nan")
+    weight_mean_se: float = float("nan")
 
     def to_dict(self) -> dict[str, Any]:
         """The result JSON (Contract 3: ``n_episodes``, ``behavior``, ``estimates``, ``ess``).
@@ -386,7 +399,7 @@ class StreamEvaluation:
             "behavior": self.behavior.to_dict(),  # with its "se", as in memory
             "estimates": {k: e.to_dict() for k, e in self.estimates.items()},
             "ess": ess_dict(self.ess, self.ess_truncated, self.settings.get("truncate"),
-                            self.n_episodes),
+                            self.n_episodes, (self.weight_mean, self.weight_mean_se)),
             "bootstrap": {"n_boot": self.n_boot,
                           "weights": "poisson" if self.n_boot else None, "ci": self.ci_method},
             "streaming": {"n_chunks": self.n_chunks},
@@ -486,9 +499,11 @@ def finish(sums: StreamSums, *, alpha: float = 0.05, n_chunks: int = 1,
         behavior = StreamEstimate(value=beh_value, ci=percentile_interval(beh_reps, alpha),
                                   se=float(beh_reps.std(ddof=1)) if beh_reps.size > 1 else 0.0)
     ess, ess_truncated = sums.ess()
+    wm, wse = mean_and_se(sums.w_sum, sums.w_sq, float(sums.n_episodes))
     return StreamEvaluation(n_episodes=sums.n_episodes, n_steps=sums.n_steps, n_chunks=n_chunks,
                             gamma=sums.gamma, behavior=behavior, estimates=estimates,
                             ess=ess, ess_truncated=ess_truncated, n_boot=int(sums.boot_n.size),
+                            weight_mean=wm, weight_mean_se=wse,
                             q_model=q_model, behavior_model=behavior_model,
                             ci_method="jackknife" if jack is not None
                             else "percentile" if squares is None else "studentized")
@@ -1139,7 +1154,8 @@ def evaluate_stream(
 
     warn_low_ess(stream_low_ess_message(res.estimates, res.n_episodes, res.ess,
                                         res.ess_truncated, logged=src.logged,
-                                        unusable=res.out_of_range or ()),
+                                        unusable=res.out_of_range or (),
+                                        weight_mean=(res.weight_mean, res.weight_mean_se)),
                  stacklevel=2)  # as in memory
     return res
 
