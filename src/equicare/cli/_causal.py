@@ -351,7 +351,8 @@ def register(app: typer.Typer) -> None:
         robust's from its influence values, the others' from replicates that refit every
         model (docs/mediation.md 'Inference'; a configuration it does not batch, e.g. a
         continuous mediator, or one above its work budget gives their point estimates with a
-        note).
+        note). With terminal rows (stays that end) a second table gives the effects per stay
+        (docs/mediation.md 'Effects per stay').
         Exception rules (explain's card/model, or predict's file with its follows_practice
         column) are valued as deployed, as evaluate and audit value them: where they leave the
         decision to current practice the policy acts as practice does (--usual-care stored
