@@ -431,3 +431,36 @@ def test_mediate_prints_and_writes_effects_per_stay_for_terminal_outcomes(app, t
     assert 0.5 < ps["value"]["pi_e"] < 1 and ps["note"] is None
     assert ps["stay_length"]["pi_e"] == pytest.approx(n / n_stays, rel=0.1)
     assert ps["total"]["ci"][0] <= ps["total"]["value"] <= ps["total"]["ci"][1]
+
+
+def test_mediation_caption_says_when_the_mediator_ratio_rests_on_few_rows():
+    """On the warfarin-like dosing panel MR's mediator-ratio ESS was 3 % of the transitions: a
+    SupportWarning on stderr said so once, above the progress lines, but neither the table nor
+    the run report (which shows the same caption) did, and the JSON only had the raw count."""
+    from rich.console import Console
+
+    from equicare.causal._result import (
+        EFFECT_KEYS,
+        LOW_WEIGHT_ESS_NOTE,
+        EffectEstimate,
+        EstimatorResult,
+        MediationResult,
+    )
+    from equicare.cli._causal import mediation_table
+
+    eff = {k: EffectEstimate(0.1, 0.01, (0.08, 0.12)) for k in EFFECT_KEYS}
+    res = MediationResult(n_episodes=1500, n_steps=56_962, control="a0=0",
+                          estimators={"mr": EstimatorResult(eff, {})},
+                          ess={"pi_e": 30_000.0, "a0": 4_000.0, "G": 20_000.0,
+                               "mediator": 1_709.0})
+    console = Console(width=400, record=True)
+    console.print(mediation_table(res))
+    text = " ".join(console.export_text().split())
+    assert LOW_WEIGHT_ESS_NOTE.format(which="the mediator ratio 3.0%, the state density ratio "
+                                      "of 'a0' 7.0%") in text
+    assert "rest on a few rows" in res.caption()
+    fine = MediationResult(n_episodes=1500, n_steps=56_962, control="a0=0",
+                           estimators={"mr": EstimatorResult(eff, {})},
+                           ess={"pi_e": 30_000.0, "a0": 30_000.0, "G": 20_000.0,
+                                "mediator": 20_000.0})
+    assert "rest on a few rows" not in fine.caption()

@@ -53,6 +53,7 @@ from equicare.causal._result import (
     CHAIN_KEYS,
     EFFECT_KEYS,
     ETA_KEYS,
+    LOW_ESS_PCT,
     EffectEstimate,
     EstimatorResult,
     MediationResult,
@@ -108,8 +109,6 @@ NO_INTERVAL_NOTE = ("no standard error or CI: its intervals come from a bootstra
                     "every model, and {reason} (docs/mediation.md 'Inference'); use mr's")
 #: :data:`NO_INTERVAL_NOTE`'s reason without bootstrap replicates.
 NO_BOOTSTRAP_REASON = "n_bootstrap is 0"
-#: Effective sample size, in % of the transitions, below which a weight gets a SupportWarning.
-LOW_ESS_PCT = 10.0
 #: An estimator's long-run average reward outside the observed rewards' range (the range's
 #: ends are not printed: they are single transitions' rewards, and notes are published).
 ETA_RANGE_MESSAGE = (

@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 __all__ = ["EffectEstimate", "EstimatorResult", "MediationResult", "PerStay", "ETA_KEYS",
-           "EFFECT_KEYS", "CHAIN_KEYS", "MEDIATION_UNITS"]
+           "EFFECT_KEYS", "CHAIN_KEYS", "MEDIATION_UNITS", "LOW_ESS_PCT", "LOW_WEIGHT_ESS_NOTE"]
 
 #: Keys of the five long-run average rewards (Contract 6).
 ETA_KEYS = ("pi_e", "pi_e_a0", "pi_e_a0star", "G", "a0")
@@ -25,6 +25,14 @@ MEDIATION_UNITS = ("Effects are differences of long-run average reward per step 
 RENEWED_NOTE = ("{n:,} stays end in a terminal row, which leads to a new stay's first state: "
                 "each eta is then the outcome per stay divided by the stay's length, so a "
                 "policy that shortens or lengthens stays moves it too.")
+#: Effective sample size, in % of the transitions, below which a weight is flagged (a
+#: SupportWarning when estimated, and :data:`LOW_WEIGHT_ESS_NOTE` in the caption).
+LOW_ESS_PCT = 10.0
+#: Caption sentence when a ratio's effective sample size is below :data:`LOW_ESS_PCT`.
+LOW_WEIGHT_ESS_NOTE = (
+    "Effective sample size below 10% of the transitions: {which}. MIS's and MR's effects rest "
+    "on a few rows and MR's standard errors and CIs can be far too narrow (docs/mediation.md "
+    "'Rare mediator levels'); compare with dm.")
 #: Caption sentence of the per-stay effects (tests match it).
 PER_STAY_NOTE = ("Effects per stay: each process's eta divided by the rate at which its stays "
                  "end (renewal-reward), i.e. differences of the expected outcome per stay. "
@@ -222,6 +230,11 @@ class MediationResult:
                                   if fixed and self.action else "")
         if self.n_renewed:
             text += " " + RENEWED_NOTE.format(n=self.n_renewed)
+        low = self.low_ess()
+        if low:
+            text += " " + LOW_WEIGHT_ESS_NOTE.format(which=", ".join(
+                ("the mediator ratio" if k == "mediator" else f"the state density ratio of {k!r}")
+                + f" {pct:.1f}%" for k, pct in low.items()))
         noted: dict[str, list[str]] = {}
         for name, est in self.estimators.items():
             if est.note:
@@ -229,6 +242,19 @@ class MediationResult:
         for note, names in noted.items():
             text += f" {', '.join(names)}: {note}."
         return text
+
+    def low_ess(self) -> dict[str, float]:
+        """Weights whose effective sample size is below :data:`LOW_ESS_PCT` % of the transitions.
+
+        Returns ``{key: percent}``, the mediator ratio first, then the state density ratios
+        (keys of :attr:`ess`), lowest first within each.
+        """
+        if not self.n_steps:
+            return {}
+        pct = {k: 100.0 * float(v) / self.n_steps for k, v in self.ess.items()}
+        low = sorted((k for k, p in pct.items() if p < LOW_ESS_PCT),
+                     key=lambda k: (k != "mediator", pct[k]))
+        return {k: pct[k] for k in low}
 
     def per_stay_caption(self) -> str | None:
         """What the per-stay effects are (:data:`PER_STAY_NOTE`), or None without them.
