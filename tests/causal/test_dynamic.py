@@ -196,8 +196,9 @@ def test_contract6_shape_and_round_trip(toy1_data, tmp_path):
     d = json.loads(res.to_json())
     assert d["n_episodes"] == 300 and d["n_steps"] == 15000 and d["control"] == "a0=0"
     mr = d["estimators"]["mr"]
-    assert set(mr) == {"ide", "ime", "dde", "dme", "total", "eta", "note"}
+    assert set(mr) == {"ide", "ime", "dde", "dme", "total", "eta", "note", "per_stay"}
     assert mr["note"] is None and d["estimators"]["baseline"]["note"] is None
+    assert mr["per_stay"] is None          # no terminal rows: no stays to count
     assert set(mr["eta"]) == {"pi_e", "pi_e_a0", "pi_e_a0star", "G", "a0"}
     assert set(mr["ide"]) == {"value", "se", "ci"} and len(mr["ide"]["ci"]) == 2
     assert d["estimators"]["baseline"]["dde"] == {"value": None, "se": None, "ci": None}

@@ -391,3 +391,76 @@ def test_policy_object_with_action_set_is_read_as_its_file(tmp_path):
             for k in ("ide", "ime", "dde", "dme", "total"):
                 assert by_object["estimators"][est][k]["value"] == pytest.approx(
                     by_path["estimators"][est][k]["value"], abs=1e-9), (est, k)
+
+
+def test_mediate_prints_and_writes_effects_per_stay_for_terminal_outcomes(app, tmp_path):
+    """Stays ending in a terminal row with an outcome on it (survival at discharge): besides the
+    per-step table, a per-stay table (effects per stay, the target's and control's outcome per
+    stay, mean stay lengths in its caption) and the JSON's ``per_stay`` entries."""
+    rng = np.random.default_rng(5)
+    n_stays = 300
+    length = rng.integers(2, 12, n_stays)
+    ep = np.repeat(np.arange(n_stays), length)
+    t = np.concatenate([np.arange(k) for k in length])
+    last = np.r_[ep[1:] != ep[:-1], True]
+    n = ep.size
+    s0 = rng.integers(0, 2, n).astype(float)
+    action = rng.integers(0, 2, n)
+    m0 = (rng.random(n) < 0.3 + 0.4 * action).astype(int)
+    reward = np.where(last, (rng.random(n) < 0.6 + 0.2 * m0).astype(float), 0.0)
+    pd.DataFrame({"episode": ep, "time": t, "s0": s0, "m0": m0, "action": action,
+                  "reward": reward, "done": last.astype(int)}).to_csv(tmp_path / "stays.csv",
+                                                                     index=False)
+    pd.DataFrame({"episode": ep, "time": t, "p_0": 0.2, "p_1": 0.8}).to_csv(
+        tmp_path / "target.csv", index=False)
+    (tmp_path / "m.toml").write_text(MANIFEST.format(
+        mediators='mediators = ["m0"]\nterminal = "done"'))
+    res = runner.invoke(app, ["mediate", str(tmp_path / "stays.csv"), "--manifest",
+                              str(tmp_path / "m.toml"), "--policy", str(tmp_path / "target.csv"),
+                              "--bootstrap", "50", "--estimators", "dm,mr", "--no-progress",
+                              "--out", str(tmp_path / "med.json")])
+    assert res.exit_code == 0, res.output
+    out = " ".join(res.output.split())
+    assert f"Per stay: target vs a0=0 ({n_stays:,} stays ended)" in out
+    assert "Effects per stay: each process's eta divided by the rate at which its stays end" in out
+    assert "value of target" in out and "value of control" in out
+    d = json.loads((tmp_path / "med.json").read_text())
+    ps = d["estimators"]["mr"]["per_stay"]
+    # every stay ends: the end rate of the logged process is stays / rows; the target's
+    # outcome per stay is a survival probability
+    assert 0.5 < ps["value"]["pi_e"] < 1 and ps["note"] is None
+    assert ps["stay_length"]["pi_e"] == pytest.approx(n / n_stays, rel=0.1)
+    assert ps["total"]["ci"][0] <= ps["total"]["value"] <= ps["total"]["ci"][1]
+
+
+def test_mediation_caption_says_when_the_mediator_ratio_rests_on_few_rows():
+    """On the warfarin-like dosing panel MR's mediator-ratio ESS was 3 % of the transitions: a
+    SupportWarning on stderr said so once, above the progress lines, but neither the table nor
+    the run report (which shows the same caption) did, and the JSON only had the raw count."""
+    from rich.console import Console
+
+    from equicare.causal._result import (
+        EFFECT_KEYS,
+        LOW_WEIGHT_ESS_NOTE,
+        EffectEstimate,
+        EstimatorResult,
+        MediationResult,
+    )
+    from equicare.cli._causal import mediation_table
+
+    eff = {k: EffectEstimate(0.1, 0.01, (0.08, 0.12)) for k in EFFECT_KEYS}
+    res = MediationResult(n_episodes=1500, n_steps=56_962, control="a0=0",
+                          estimators={"mr": EstimatorResult(eff, {})},
+                          ess={"pi_e": 30_000.0, "a0": 4_000.0, "G": 20_000.0,
+                               "mediator": 1_709.0})
+    console = Console(width=400, record=True)
+    console.print(mediation_table(res))
+    text = " ".join(console.export_text().split())
+    assert LOW_WEIGHT_ESS_NOTE.format(which="the mediator ratio 3.0%, the state density ratio "
+                                      "of 'a0' 7.0%") in text
+    assert "rest on a few rows" in res.caption()
+    fine = MediationResult(n_episodes=1500, n_steps=56_962, control="a0=0",
+                           estimators={"mr": EstimatorResult(eff, {})},
+                           ess={"pi_e": 30_000.0, "a0": 30_000.0, "G": 20_000.0,
+                                "mediator": 20_000.0})
+    assert "rest on a few rows" not in fine.caption()

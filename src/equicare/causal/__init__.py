@@ -19,6 +19,7 @@ from equicare.causal._result import (
     EffectEstimate,
     EstimatorResult,
     MediationResult,
+    PerStay,
 )
 from equicare.causal._single import SingleTimeMediation, SingleTimeResult
 
@@ -31,6 +32,7 @@ __all__ = [
     "EstimatorResult",
     "MediationData",
     "MediationResult",
+    "PerStay",
     "PointExposureMediation",
     "PolicyProbs",
     "SingleTimeMediation",

@@ -149,9 +149,19 @@ class MediationData:
 
         0 without a source dataset (transitions given as arrays).
         """
+        ends = self.stay_ends
+        return 0 if ends is None else int(ends.sum())
+
+    @property
+    def stay_ends(self) -> NDArray[np.float64] | None:
+        """1.0 on the transitions that end a stay (a terminal row), else 0.0; shape ``(n,)``.
+
+        The reward of the renewed process's end rate (:mod:`equicare.causal._stay`). A
+        censored last row is no transition, so it never counts. None without a source dataset.
+        """
         if self.source is None or self.rows is None:
-            return 0
-        return int((np.asarray(self.source.next_index)[self.rows] < 0).sum())
+            return None
+        return (np.asarray(self.source.next_index)[self.rows] < 0).astype(np.float64)
 
     @property
     def n_episodes(self) -> int:

@@ -50,12 +50,16 @@ from equicare.causal._nuisance import BehaviorModel, MediatorModel, RewardModel
 from equicare.causal._ratio import effective_sample_size, fit_ratio
 from equicare.causal._refit import bootstrap_counts, refit_etas, refit_support
 from equicare.causal._result import (
+    CHAIN_KEYS,
     EFFECT_KEYS,
     ETA_KEYS,
+    LOW_ESS_PCT,
     EffectEstimate,
     EstimatorResult,
     MediationResult,
+    PerStay,
 )
+from equicare.causal._stay import CHAIN_OF, per_stay_influence, per_stay_values
 from equicare.exceptions import (
     DataValidationError,
     DataWarning,
@@ -105,8 +109,6 @@ NO_INTERVAL_NOTE = ("no standard error or CI: its intervals come from a bootstra
                     "every model, and {reason} (docs/mediation.md 'Inference'); use mr's")
 #: :data:`NO_INTERVAL_NOTE`'s reason without bootstrap replicates.
 NO_BOOTSTRAP_REASON = "n_bootstrap is 0"
-#: Effective sample size, in % of the transitions, below which a weight gets a SupportWarning.
-LOW_ESS_PCT = 10.0
 #: An estimator's long-run average reward outside the observed rewards' range (the range's
 #: ends are not printed: they are single transitions' rewards, and notes are published).
 ETA_RANGE_MESSAGE = (
@@ -706,6 +708,79 @@ def _check_fixed_control(control: Any, n_actions: int) -> None:
             raise DataValidationError(BINARY_ACTION_MESSAGE.format(n_actions=n_actions))
 
 
+#: An estimated end rate outside (0, 1]: no per-stay value rests on it (tests match it).
+END_RATE_MESSAGE = (
+    "{name}'s end rate of the {chains} chain ({values}) is outside (0, 1], where a share of "
+    "steps that end a stay must be: its fit failed (weights or Q-functions resting on too few "
+    "rows), so the per-stay values and effects resting on it are not estimated")
+#: A per-stay value outside the observed stays' outcomes (tests match it; the range's ends are
+#: not printed: they are single stays' outcomes, and notes are published).
+STAY_RANGE_MESSAGE = (
+    "{name}'s outcome per stay of {where} outside the range of the outcomes on the stays' "
+    "terminal rows (every reward is on one), where no expected outcome per stay can be: the "
+    "per-stay effects resting on {them} are estimation error, not effects")
+
+
+def per_stay_note(rates: NDArray[np.float64], values: NDArray[np.float64],
+                  stay_range: tuple[float, float] | None, name: str) -> str | None:
+    """Why per-stay values of an estimator are not estimated or not to be trusted, or None.
+
+    The end rate of a chain is the share of its steps that end a stay: an estimate outside
+    ``(0, 1]`` (MR's end rate of ``pi_e`` 5.8, of ``G`` -8.4 on an ICU panel whose MR etas
+    also left the rewards' range) is a failed fit, not a rate (:data:`END_RATE_MESSAGE`; its
+    per-stay values are NaN). An expected outcome per stay outside the range of the ended
+    stays' outcomes (MR's survival per stay 1.06 under the target on the same panel with a
+    random-feature basis) cannot be one (:data:`STAY_RANGE_MESSAGE`; values kept, as
+    :func:`eta_range_note` keeps the etas).
+
+    Parameters
+    ----------
+    rates : ndarray of shape (3,)
+        End rates of the chains :data:`~equicare.causal._result.CHAIN_KEYS`.
+    values : ndarray of shape (5,)
+        Per-stay values (:data:`ETA_KEYS`), NaN where the rate is not usable.
+    stay_range : (float, float) or None
+        Smallest and largest outcome a stay can have (the rewards of terminal rows, when every
+        non-zero reward is on one); None: not checked.
+    name : str
+        The estimator.
+    """
+    notes = []
+    bad = [j for j, v in enumerate(rates) if not 0 < float(v) <= 1 + 1e-9]
+    if bad:
+        notes.append(END_RATE_MESSAGE.format(
+            name=name, chains=", ".join(CHAIN_KEYS[j] for j in bad),
+            values=", ".join(f"{float(rates[j]):.3g}" for j in bad)))
+    lo, hi = stay_range if stay_range is not None else (-np.inf, np.inf)
+    tol = 1e-9 * max(hi - lo, abs(lo), abs(hi), 1e-300) if stay_range is not None else 0.0
+    out = [j for j, v in enumerate(values) if np.isfinite(v) and not lo - tol <= v <= hi + tol]
+    if out:
+        where = ", ".join(f"{ETA_KEYS[j]!r} ({float(values[j]):.4g})" for j in out)
+        notes.append(STAY_RANGE_MESSAGE.format(
+            name=name, where=where + (" lies" if len(out) == 1 else " lie"),
+            them="it" if len(out) == 1 else "them"))
+    return "; ".join(notes) or None
+
+
+def _effects(keys: tuple[str, ...], values: NDArray[np.float64],
+             inference: ClusterInference | None) -> dict[str, EffectEstimate]:
+    """Effects ``keys`` (the others None): with standard errors and CIs from ``inference``."""
+    effects = {k: EffectEstimate(None) for k in EFFECT_KEYS}
+    if inference is None:
+        effects.update({k: EffectEstimate(_num(v)) for k, v in zip(keys, values, strict=True)})
+        return effects
+    for j, k in enumerate(keys):
+        effects[k] = EffectEstimate(float(inference.value[j]), float(inference.se[j]),
+                                    (float(inference.ci_low[j]), float(inference.ci_high[j])))
+    return effects
+
+
+def _num(x: Any) -> float | None:
+    """``float(x)``, or None for NaN (a per-stay value whose end rate is not positive)."""
+    v = float(x)
+    return None if np.isnan(v) else v
+
+
 def _name(spec: Any, default: str) -> str:
     return str(getattr(spec, "name", None) or default)
 
@@ -757,6 +832,11 @@ class _Run:
         ests = set(cfg.estimators)
         self.need_q = bool(ests & {"dm", "mr"})
         self.need_w = bool(ests & {"mis", "mr"})
+        # terminal rows renew the process: the chains' end rates give values per stay
+        ends = md.stay_ends
+        self.ends = ends if ends is not None and ends.any() and ests - {"baseline"} else None
+        #: etas per estimator: the five processes', then the three chains' end rates
+        self.n_eta = 5 + 3 * int(self.ends is not None)
         self.enc = MediatorEncoder.fit(md.mediators, cfg.mediator_type, cfg.max_mediator_levels,
                                        cfg.n_knots)
         self.seed, self.row_fold, self.n_folds = draw_folds(rng, md.episode_index, cfg.n_folds)
@@ -767,6 +847,20 @@ class _Run:
     def done(self, what: str) -> None:
         """One piece of the running fold's work is done: its bar advances, naming it."""
         self._bar.update(advance=1, info=what)
+
+    def stay_range(self) -> tuple[float, float] | None:
+        """Range of a stay's outcome when every non-zero reward is on a stay's last row.
+
+        Then a stay's outcome is the reward of its terminal row (survival at discharge), so an
+        expected outcome per stay lies between the smallest and the largest of them. None
+        otherwise (rewards on other rows add up over a stay, and the stays that ended in a
+        censored panel are its short ones: their outcomes bound nothing), or without ends.
+        """
+        md, ends = self.md, self.ends
+        if ends is None or np.any((md.rewards != 0) & (ends == 0)):
+            return None
+        at_end = md.rewards[ends == 1]
+        return float(at_end.min()), float(at_end.max())
 
     def fold_pieces(self) -> int:
         """The pieces of a fold's work that :meth:`done` counts (the fold's bar's total)."""
@@ -885,6 +979,8 @@ class _Run:
         r00 = (p0 * r_a).sum(1)
         q: dict[str, Any] = {"R": md.rewards[idx], "A": A, "r_a": r_a, "r00": r00,
                              "r_A": r_a[ar, A], "p0": p0}
+        if self.ends is not None:
+            q["D"] = self.ends[idx]
         inner = (wts * r0_nodes).sum(2)                                # (n, A)
         q["de"] = (pe * (r_a - inner)).sum(1)
         q["me"] = (pe * inner).sum(1) - r00
@@ -950,9 +1046,9 @@ class _Run:
         K, row_fold = self.n_folds, self.row_fold
         self.check_size(train_rows(row_fold, K))
         eta_dm_folds = []
-        mr_vals = np.zeros((n, 5))
-        mis_num = np.zeros((n, 5))
-        mis_w = np.zeros((n, 5))
+        mr_vals = np.zeros((n, self.n_eta))
+        mis_num = np.zeros((n, self.n_eta))
+        mis_w = np.zeros((n, self.n_eta))
         base = np.zeros((n, 2))
         w_all = np.zeros((n, 3))
         w_med = np.zeros((n, 2))                     # rho_0 and the mediator ratio
@@ -989,8 +1085,16 @@ class _Run:
                         w_te[:, 0] * q_te["rho_0"],
                         w_te[:, 2] * q_te["rho_0"],
                         w_te[:, 1] * q_te["rho_0"]])
-                    mis_w[te] = W
-                    mis_num[te] = W * q_te["R"][:, None]
+                    mis_w[te, :5] = W
+                    mis_num[te, :5] = W * q_te["R"][:, None]
+                    if self.ends is not None:
+                        # stays end by the transition: G's under a0 with p_e's mediator
+                        W = np.column_stack([
+                            w_te[:, 0] * q_te["rho_e"],
+                            w_te[:, 2] * q_te["rho_0"] * q_te["ratio_m"],
+                            w_te[:, 1] * q_te["rho_0"]])
+                        mis_w[te, 5:] = W
+                        mis_num[te, 5:] = W * q_te["D"][:, None]
                     if fits is not None:
                         mr_vals[te] = self.mr_rows(fits, te, q_te, w_te)
                         self.done("multiply robust rows")
@@ -1008,14 +1112,18 @@ class _Run:
         """
         r = self.cfg.ridge
         f = self.q_features(idx, q)
+        # a stay's end is a reward 1 on its last row, of the chain that makes the transition:
+        # observed on the logged (S, A, M) as R is (G's design holds M, so its end rate takes
+        # the mediator of the transition, drawn as if pi_e had acted)
+        D = [q["D"]] if self.ends is not None else []
         # pi_e, (pi_e, a0), (pi_e, a0*) share their designs: one factorisation
-        e = lstd_blocks(f["x"], f["xi_e"], np.column_stack([q["R"], q["r0M"], q["r00"]]), r)
+        e = lstd_blocks(f["x"], f["xi_e"], np.column_stack([q["R"], q["r0M"], q["r00"], *D]), r)
         self.done("LSTD of pi_e")
-        g = lstd_blocks(f["x4"], f["xi4"], q["r00"], r)             # G
+        g = lstd_blocks(f["x4"], f["xi4"], np.column_stack([q["r00"], *D]), r)     # G
         self.done("LSTD of G")
-        a0 = lstd_blocks(f["x"], f["xi_0"], q["R"], r)              # a0
+        a0 = lstd_blocks(f["x"], f["xi_0"], np.column_stack([q["R"], *D]), r)      # a0
         self.done("LSTD of a0")
-        return [*e, *g, *a0]
+        return [*e[:3], g[0], a0[0], *e[3:], *g[1:], *a0[1:]]
 
     def fit_ratios(self, tr: NDArray[np.int64], te: NDArray[np.int64], q_tr: dict[str, Any]
                    ) -> NDArray[np.float64]:
@@ -1054,16 +1162,23 @@ class _Run:
         pe_n, p0_n, p0 = self.pe_n[idx], self.p0_n[idx], q["p0"]
         disc, nraw = self.enc.discrete, self.enc.n_raw
         eta = [ft.eta for ft in fits]
-        B1, B2, B3, B4, B5 = (ft.beta.reshape(nA, -1) for ft in fits)
-        stacked = np.vstack([B1, B2, B3, B5])
+        B = [ft.beta.reshape(nA, -1) for ft in fits]
+        # Q-functions of the state: pi_e's three and a0's (then the end rates' of the pi_e
+        # and a0 chains); of (state, action, mediator): G's (then its end rate's)
+        ends = len(fits) > 5
+        on_s, on_g = [0, 1, 2, 4, *([5, 7] if ends else [])], [3, *([6] if ends else [])]
+        stacked, B4 = np.vstack([B[j] for j in on_s]), np.vstack([B[j] for j in on_g])
+        k, k4 = len(on_s), len(on_g)
         ph = phi[idx]                      # one copy of the rows' basis at a time
-        q_now = np.asarray(ph @ stacked.T)[ar[:, None], A[:, None] + nA * np.arange(4)]
-        q4_aM = combine_dot(ph, q["enc_M"], disc, nraw, B4)              # Q4(S, a', M)
-        q4_aE = combine_dot(ph, q["Eenc_S"][ar, A], disc, nraw, B4)      # E_{m~p_m(S,A)} Q4
+        q_now = np.asarray(ph @ stacked.T)[ar[:, None], A[:, None] + nA * np.arange(k)]
+        # Q4(S, a', M) and E_{m~p_m(S,A)} Q4(S, a', m), shape (n, k4, A)
+        q4_aM = combine_dot(ph, q["enc_M"], disc, nraw, B4).reshape(n, k4, nA)
+        q4_aE = combine_dot(ph, q["Eenc_S"][ar, A], disc, nraw, B4).reshape(n, k4, nA)
         del ph
         phn = phin[idx]
-        q_next = np.asarray(phn @ stacked.T).reshape(n, 4, nA)
-        q4_next = combine_dot(phn, self.next_mediator_encoding(idx, q), disc, nraw, B4)
+        q_next = np.asarray(phn @ stacked.T).reshape(n, k, nA)
+        q4_next = combine_dot(phn, self.next_mediator_encoding(idx, q), disc, nraw,
+                              B4).reshape(n, k4, nA)
         del phn
         # TD errors without the reward: E_{w(.|S')} Q(S', .) - Q(S, A), per state Q-function
         td_e = np.einsum("na,nja->nj", pe_n, q_next[:, :3]) - q_now[:, :3]
@@ -1074,44 +1189,67 @@ class _Run:
         psi2 = w_e * (rho_0 * ratio_m * (R - q["rM_A"])
                       + rho_e * (q["r0M"] + td_e[:, 1] - eta[1]))
         psi3 = w_e * (rho_0 * (R - q["r_A"]) + rho_e * (q["r00"] + td_e[:, 2] - eta[2]))
-        eq4 = (p0 * (q4_aM - q4_aE)).sum(1)
-        td_4 = np.einsum("na,na->n", p0_n, q4_next) - q4_aM[ar, A]
+        eq4 = (p0[:, None] * (q4_aM - q4_aE)).sum(2)                       # (n, k4)
+        td_4 = np.einsum("na,nja->nj", p0_n, q4_next) - q4_aM[ar, :, A]
         psi4 = w_G * (rho_0 * (R - q["r_A"])
-                      + rho_0 * ratio_m * (q["r00"] + td_4 - eta[3])
-                      + rho_e * eq4)
+                      + rho_0 * ratio_m * (q["r00"] + td_4[:, 0] - eta[3])
+                      + rho_e * eq4[:, 0])
         psi5 = w_0 * rho_0 * (R + td_0 - eta[4])
-        return np.column_stack([psi1, psi2, psi3, psi4, psi5]) + np.asarray(eta)[None, :]
+        psi = [psi1, psi2, psi3, psi4, psi5]
+        if ends:
+            # the chains' end rates: the end indicator D observed on the transition, as R is
+            # for pi_e and a0; G's weights the transition's (A, M) to (a0, p_e(M|S))
+            D = q["D"]
+            td_De = np.einsum("na,na->n", pe_n, q_next[:, 4]) - q_now[:, 4]
+            td_D0 = np.einsum("na,na->n", p0_n, q_next[:, 5]) - q_now[:, 5]
+            psi += [w_e * rho_e * (D + td_De - eta[5]),
+                    w_G * (rho_0 * ratio_m * (D + td_4[:, 1] - eta[6]) + rho_e * eq4[:, 1]),
+                    w_0 * rho_0 * (D + td_D0 - eta[7])]
+        return np.column_stack(psi) + np.asarray(eta)[None, :]
 
     # -------------------------------------------------------------- inference and result
     def refit_inference(self, points: dict[str, NDArray[np.float64]]
-                        ) -> tuple[dict[str, str], dict[str, ClusterInference]]:
+                        ) -> tuple[dict[str, str], dict[str, ClusterInference],
+                                   dict[str, ClusterInference]]:
         """Intervals of DM, MIS and the baseline from a bootstrap that refits every model.
 
         ``n_bootstrap`` replicates resample episodes (:func:`bootstrap_counts`) and refit every
         nuisance model, Q-function and ratio in the same folds, all replicates of a chunk at
         once (:func:`equicare.causal._refit.refit_etas`). The standard error is the replicates'
         standard deviation, the CI their percentile interval. Returns the notes of the
-        estimators left without an interval (:data:`NO_INTERVAL_NOTE`) and the intervals.
+        estimators left without an interval (:data:`NO_INTERVAL_NOTE`), the intervals, and
+        the intervals of the per-stay effects (the same replicates' etas divided by their end
+        rates, :func:`~equicare.causal._stay.per_stay_values`; none without terminal rows).
         """
         cfg, md = self.cfg, self.md
         names = [k for k in ("dm", "mis", "baseline") if k in points]
         if not names:
-            return {}, {}
+            return {}, {}, {}
         reason = NO_BOOTSTRAP_REASON if cfg.n_bootstrap == 0 else refit_support(self)
         if reason is not None:
-            return {k: NO_INTERVAL_NOTE.format(reason=reason) for k in names}, {}
+            return {k: NO_INTERVAL_NOTE.format(reason=reason) for k in names}, {}, {}
         self.say(f"intervals of {', '.join(names)}: {cfg.n_bootstrap} bootstrap replicates "
                  f"over {md.n_episodes} episodes, every model refitted")
         reps = refit_etas(self, bootstrap_counts(self.rng, md.n_episodes, cfg.n_bootstrap))
         alpha = 1.0 - cfg.ci_level
         out: dict[str, ClusterInference] = {}
-        for name in names:
-            contrast = _BASELINE_CONTRAST if name == "baseline" else _CONTRAST
-            eff = reps[name] @ contrast                                     # (B, k)
+        stay: dict[str, ClusterInference] = {}
+
+        def interval(point: NDArray[np.float64], eff: NDArray[np.float64]) -> ClusterInference:
             lo, hi = np.quantile(eff, [alpha / 2, 1 - alpha / 2], axis=0)
             se = eff.std(axis=0, ddof=1) if eff.shape[0] > 1 else np.zeros(eff.shape[1])
-            out[name] = ClusterInference(points[name] @ contrast, se, lo, hi)
-        return {}, out
+            return ClusterInference(point, se, lo, hi)
+
+        for name in names:
+            if name == "baseline":
+                out[name] = interval(points[name] @ _BASELINE_CONTRAST,
+                                     reps[name] @ _BASELINE_CONTRAST)
+                continue
+            out[name] = interval(points[name][:5] @ _CONTRAST, reps[name][:, :5] @ _CONTRAST)
+            if self.ends is not None:
+                stay[name] = interval(per_stay_values(points[name]) @ _CONTRAST,
+                                      per_stay_values(reps[name]) @ _CONTRAST)
+        return {}, out, stay
 
     def assemble(self, eta_dm_folds: list[list[float]], mr_vals: NDArray[np.float64],
                  mis_num: NDArray[np.float64], mis_w: NDArray[np.float64],
@@ -1131,39 +1269,59 @@ class _Run:
                   "mr": lambda: mr_vals.mean(0), "baseline": lambda: base.mean(0)}
         pts = {name: points[name]() for name in cfg.estimators}
         intervals: dict[str, Any] = {}
+        stay: dict[str, Any] = {}
         if "mr" in pts:
             self.say(f"intervals: {cfg.n_bootstrap} cluster-bootstrap replicates over "
                      f"{md.n_episodes} episodes" if cfg.n_bootstrap > 0 else
                      "intervals: normal (no bootstrap)")
-            intervals["mr"] = cluster_inference(pts["mr"], mr_vals - pts["mr"],
-                                                md.episode_index, md.n_episodes, _CONTRAST,
+            mr = pts["mr"]
+            infl = mr_vals - mr
+            same_draws = copy.deepcopy(self.rng)   # per-stay: the same replicates
+            intervals["mr"] = cluster_inference(mr[:5], infl[:, :5], md.episode_index,
+                                                md.n_episodes, _CONTRAST,
                                                 n_bootstrap=cfg.n_bootstrap,
                                                 ci_level=cfg.ci_level, rng=self.rng)
-        notes, refit = self.refit_inference(pts)
+            if self.ends is not None:   # delta method on the joint influence values
+                value, infl_v = per_stay_influence(mr, infl)
+                if np.isfinite(value).all():
+                    stay["mr"] = cluster_inference(value, infl_v, md.episode_index,
+                                                   md.n_episodes, _CONTRAST,
+                                                   n_bootstrap=cfg.n_bootstrap,
+                                                   ci_level=cfg.ci_level, rng=same_draws)
+        notes, refit, refit_stay = self.refit_inference(pts)
         intervals.update(refit)
+        stay.update(refit_stay)
         results: dict[str, EstimatorResult] = {}
         for name, pt in pts.items():
             base_like = name == "baseline"
             keys = ("ide", "ime", "total") if base_like else EFFECT_KEYS
-            values = pt @ (_BASELINE_CONTRAST if base_like else _CONTRAST)
-            effects = {k: EffectEstimate(None) for k in EFFECT_KEYS}
-            inf = intervals.get(name)
-            if inf is not None:
-                for j, k in enumerate(keys):
-                    effects[k] = EffectEstimate(float(inf.value[j]), float(inf.se[j]),
-                                                (float(inf.ci_low[j]), float(inf.ci_high[j])))
-            else:
-                effects.update({k: EffectEstimate(float(v))
-                                for k, v in zip(keys, values, strict=True)})
+            values = pt[:5] @ _CONTRAST if not base_like else pt @ _BASELINE_CONTRAST
+            effects = _effects(keys, values, intervals.get(name))
             eta: dict[str, float | None] = (
                 {k: None for k in ETA_KEYS} if base_like
-                else dict(zip(ETA_KEYS, map(float, pt), strict=True)))
+                else dict(zip(ETA_KEYS, map(float, pt[:5]), strict=True)))
             note = notes.get(name)
-            impossible = None if base_like else eta_range_note(pt, md.rewards, name)
+            impossible = None if base_like else eta_range_note(pt[:5], md.rewards, name)
             if impossible is not None:
                 warnings.warn(f"{impossible}.", DataWarning, stacklevel=3)
                 note = impossible if note is None else f"{note}; {impossible}"
-            results[name] = EstimatorResult(effects, eta, note=note)
+            per_stay = None
+            if self.ends is not None and not base_like:
+                value = per_stay_values(pt)
+                value[pt[5:][CHAIN_OF] > 1 + 1e-9] = np.nan      # not a rate (the note)
+                stay_note = per_stay_note(pt[5:], value, self.stay_range(), name)
+                if stay_note is not None:
+                    warnings.warn(f"{stay_note}.", DataWarning, stacklevel=3)
+                stay_effects = _effects(EFFECT_KEYS, value @ _CONTRAST, stay.get(name))
+                for k, v in zip(EFFECT_KEYS, value @ _CONTRAST, strict=True):
+                    if np.isnan(v):         # resting on a failed end rate (the note)
+                        stay_effects[k] = EffectEstimate(None)
+                per_stay = PerStay(
+                    stay_effects,
+                    {k: _num(v) for k, v in zip(ETA_KEYS, value, strict=True)},
+                    {k: float(v) for k, v in zip(CHAIN_KEYS, pt[5:], strict=True)},
+                    note=stay_note)
+            results[name] = EstimatorResult(effects, eta, note=note, per_stay=per_stay)
         ess: dict[str, float] = {}
         if self.need_w:
             for j, key in enumerate(("pi_e", "a0", "G")):

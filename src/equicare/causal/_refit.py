@@ -255,13 +255,17 @@ class _Groups:
     """
 
     def __init__(self, keys: NDArray[np.float64], idx: NDArray[np.int64],
-                 ep: NDArray[np.int64], n_ep: int, rewards: NDArray[np.float64]) -> None:
+                 ep: NDArray[np.int64], n_ep: int, rewards: NDArray[np.float64],
+                 ends: NDArray[np.float64] | None = None) -> None:
         _, first, inv = np.unique(keys[idx], axis=0, return_index=True, return_inverse=True)
         inv = inv.reshape(-1)
         self.rep = idx[first]                      # a row of each group (its inputs)
         g = first.size
         self.count = sp.csr_matrix((np.ones(idx.size), (ep[idx], inv)), shape=(n_ep, g))
         self.reward = sp.csr_matrix((rewards[idx], (ep[idx], inv)), shape=(n_ep, g))
+        # the stay-end indicator enters the sums linearly too (the end rates' "reward")
+        self.ends = None if ends is None else sp.csr_matrix((ends[idx], (ep[idx], inv)),
+                                                             shape=(n_ep, g))
         self.count_csc = self.count.tocsc()
         self._sums: dict[str, NDArray[np.float64]] = {}
 
@@ -269,6 +273,10 @@ class _Groups:
                                                        NDArray[np.float64]]:
         """Group weights and weighted reward sums of every replicate, each (B, G)."""
         return (np.asarray((self.count.T @ W.T).T), np.asarray((self.reward.T @ W.T).T))
+
+    def end_sums(self, W: NDArray[np.float64]) -> NDArray[np.float64] | None:
+        """Weighted sums of the stay-end indicator of every replicate, (B, G), or None."""
+        return None if self.ends is None else np.asarray((self.ends.T @ W.T).T)
 
     def sums(self, key: str, X: NDArray[np.float64], Y: NDArray[np.float64]
              ) -> NDArray[np.float64]:
@@ -295,9 +303,9 @@ class _Chunk:
     def __init__(self, run: _Run, W: NDArray[np.float64], data: _Data) -> None:
         self.run, self.W, self.d = run, W, data
         self.ests = set(run.cfg.estimators)
-        B = W.shape[0]
-        self.dm = np.zeros((run.n_folds, B, 5))
-        self.mis_num, self.mis_den = np.zeros((B, 5)), np.zeros((B, 5))
+        B, k = W.shape[0], run.n_eta          # k: the five etas, then three end rates
+        self.dm = np.zeros((run.n_folds, B, k))
+        self.mis_num, self.mis_den = np.zeros((B, k)), np.zeros((B, k))
         self.base = np.zeros((B, 2))
 
     def rows(self, m: _Models, idx: NDArray[np.int64]) -> dict[str, Any]:
@@ -335,8 +343,12 @@ class _Chunk:
         return q
 
     def lstd(self, g: _Groups, w: NDArray[np.float64], wR: NDArray[np.float64],
-             q: dict[str, Any]) -> NDArray[np.float64]:
-        """Weighted average-reward LSTD (:func:`~equicare.causal._lstd.lstd_blocks`), (B, 5)."""
+             q: dict[str, Any], wD: NDArray[np.float64] | None = None) -> NDArray[np.float64]:
+        """Weighted average-reward LSTD (:func:`~equicare.causal._lstd.lstd_blocks`), (B, k).
+
+        ``k`` is 5, or 8 with the weighted stay-end sums ``wD`` (B, G): the end rates of the
+        pi_e, G and a0 chains, as :meth:`~equicare.causal._dynamic._Run.fit_q`.
+        """
         run, md, cfg, d = self.run, self.run.md, self.run.cfg, self.d
         W, tr = self.W, g.rep
         n, nA = tr.size, md.n_actions
@@ -356,11 +368,12 @@ class _Chunk:
             theta, _ = tikhonov_solve(M, rhs, cfg.ridge * scale * scale)
             return theta[:, 0, :]
 
-        out = np.empty((w.shape[0], 5))
+        D = [] if wD is None else [wD]
+        out = np.empty((w.shape[0], 5 + 3 * len(D)))
         for key, cols, probs_n, Y in (
-                ("pi_e", slice(0, 3), run.pe_n[tr],
-                 np.stack([wR, w * q["r0M"], w * q["r00"]], axis=-1)),
-                ("a0", slice(4, 5), run.p0_n[tr], wR[..., None])):
+                ("pi_e", [0, 1, 2, 5][:3 + len(D)], run.pe_n[tr],
+                 np.stack([wR, w * q["r0M"], w * q["r00"], *D], axis=-1)),
+                ("a0", [4, 7][:1 + len(D)], run.p0_n[tr], np.stack([wR, *D], axis=-1))):
             xi = (probs_n[:, :, None] * phn[:, None, :]).reshape(n, -1)
             M = (W @ g.sums(key, z, np.hstack([one, x - xi]))).reshape(
                 -1, z.shape[1], z.shape[1])
@@ -371,7 +384,7 @@ class _Chunk:
         z4 = np.hstack([one, x4])
         M = (W @ g.sums("G", z4, z4)).reshape(-1, z4.shape[1], z4.shape[1])
         M[:, :, 1:] -= self.g_cross(tr, w, q["Emed_n"], ph, phn)
-        out[:, 3] = solve(M, x4, (w * q["r00"])[..., None])[:, 0]
+        out[:, [3, 6][:1 + len(D)]] = solve(M, x4, np.stack([w * q["r00"], *D], axis=-1))
         return out
 
     def g_cross(self, tr: NDArray[np.int64], w: NDArray[np.float64], emed: NDArray[np.float64],
@@ -432,6 +445,7 @@ class _Chunk:
         g_te, g_tr = self.d.folds[k]
         w_te, wR_te = g_te.weights(self.W)
         w_tr, wR_tr = g_tr.weights(self.W)
+        wD_te, wD_tr = g_te.end_sums(self.W), g_tr.end_sums(self.W)
         models = _Models(run, self.d, w_tr, wR_tr, g_tr.rep)
         te = g_te.rep
         q_te = self.rows(models, te)
@@ -440,7 +454,7 @@ class _Chunk:
             return
         q_tr = q_te if run.n_folds == 1 else self.rows(models, g_tr.rep)
         if "dm" in self.ests:
-            self.dm[k] = self.lstd(g_tr, w_tr, wR_tr, q_tr)
+            self.dm[k] = self.lstd(g_tr, w_tr, wR_tr, q_tr, wD_tr)
         if "mis" in self.ests:
             r = self.ratios(g_tr, w_tr, te, w_te, q_tr)
             cols = np.stack([r[..., 0] * q_te["rho_e"],
@@ -448,8 +462,14 @@ class _Chunk:
                              r[..., 0] * q_te["rho_0"],
                              r[..., 2] * q_te["rho_0"],
                              r[..., 1] * q_te["rho_0"]], axis=-1)             # (B, G_te, 5)
-            self.mis_num += (wR_te[:, :, None] * cols).sum(1)
-            self.mis_den += (w_te[:, :, None] * cols).sum(1)
+            self.mis_num[:, :5] += (wR_te[:, :, None] * cols).sum(1)
+            self.mis_den[:, :5] += (w_te[:, :, None] * cols).sum(1)
+            if wD_te is not None:         # the chains' end rates (_Run.execute's MIS)
+                cols = np.stack([r[..., 0] * q_te["rho_e"],
+                                 r[..., 2] * q_te["rho_0"] * q_te["ratio_m"],
+                                 r[..., 1] * q_te["rho_0"]], axis=-1)
+                self.mis_num[:, 5:] += (wD_te[:, :, None] * cols).sum(1)
+                self.mis_den[:, 5:] += (w_te[:, :, None] * cols).sum(1)
 
 
 class _Data:
@@ -472,16 +492,20 @@ class _Data:
             parts.append(md.behavior_prob[:, None])
         keys = np.hstack([np.asarray(x, dtype=np.float64) for x in parts])
         ep, N = md.episode_index, md.n_episodes
+        ends = run.ends
         self.folds = []
         for k in range(run.n_folds):
             te = np.flatnonzero(run.row_fold == k)
             tr = te if run.n_folds == 1 else np.flatnonzero(run.row_fold != k)
-            self.folds.append((_Groups(keys, te, ep, N, md.rewards),
-                               _Groups(keys, tr, ep, N, md.rewards)))
+            self.folds.append((_Groups(keys, te, ep, N, md.rewards, ends),
+                               _Groups(keys, tr, ep, N, md.rewards, ends)))
 
 
 def refit_etas(run: _Run, W: NDArray[np.float64]) -> dict[str, NDArray[np.float64]]:
     """DM's and MIS's etas (B, 5) and the baseline's DE / ME (B, 2) of every replicate.
+
+    With terminal rows (``run.ends``) DM's and MIS's have 8 columns: the five etas, then the
+    end rates of the pi_e, G and a0 chains (:mod:`equicare.causal._stay`).
 
     ``W`` (B, N) holds each replicate's episode counts (:func:`bootstrap_counts`); the
     configuration must be supported (:func:`refit_support`). Replicates run in chunks whose

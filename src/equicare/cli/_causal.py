@@ -41,7 +41,8 @@ from equicare.cli._utils import (
 from equicare.exceptions import DataValidationError, InvalidParameterError
 
 __all__ = ["mediate_dataset", "mediate_path", "policy_from_file", "write_result",
-           "mediation_table", "register", "parse_control", "parse_estimators", "MEDIATION_UNITS"]
+           "mediation_table", "per_stay_table", "register", "parse_control",
+           "parse_estimators", "MEDIATION_UNITS"]
 
 #: A fixed control on a multi-level action (tests match it).
 CONTROL_NEEDS_ACTION = ("--control {control} is a fixed action, which needs a binary action, but "
@@ -260,18 +261,48 @@ def mediation_table(result: MediationResult, action: str | None = None) -> Any:
     t = Table(title=f"Mediation: {result.target} vs {result.control} ({result.n_episodes} "
                     f"episodes, {result.n_steps} transitions)")
     t.caption = (dataclasses.replace(result, action=action) if action else result).caption()
+    _effect_rows(t, {name: est.effects for name, est in result.estimators.items()})
+    return t
+
+
+def per_stay_table(result: MediationResult) -> Any:
+    """Rich table of the effects per stay (terminal outcomes), or None without them.
+
+    One row per estimator and effect, with SE and CI, and the expected outcome per stay of the
+    target and the control; the caption (:meth:`MediationResult.per_stay_caption`) says what
+    they are and gives the mean stay lengths.
+    """
+    from rich.table import Table
+
+    effects = {name: est.per_stay.effects for name, est in result.estimators.items()
+               if est.per_stay is not None}
+    if not effects:
+        return None
+    t = Table(title=f"Per stay: {result.target} vs {result.control} ({result.n_renewed:,} "
+                    "stays ended)")
+    t.caption = result.per_stay_caption()
+    _effect_rows(t, effects)
+    for name, est in result.estimators.items():
+        if est.per_stay is not None:
+            for key, label in (("pi_e", "value of target"), ("a0", "value of control")):
+                v = est.per_stay.value.get(key)
+                t.add_row(name, label, "-" if v is None else f"{v:.4g}", "", "")
+    return t
+
+
+def _effect_rows(t: Any, effects: dict[str, dict[str, Any]]) -> None:
+    """Columns estimator, effect, value, se, 95% CI and one row per estimator and effect."""
     for col in ("estimator", "effect", "value", "se", "95% CI"):
         t.add_column(col, justify="left" if col in ("estimator", "effect") else "right")
-    for name, est in result.estimators.items():
+    for name, by_key in effects.items():
         for k in EFFECT_KEYS:
-            e = est.effects[k]
+            e = by_key[k]
             if e.value is None:
                 t.add_row(name, k, "-", "-", "-")
                 continue
             # significant digits: a per-step effect of 4e-4 read "0.000" with 3 decimals
             ci = "-" if e.ci is None else f"[{e.ci[0]:.4g}, {e.ci[1]:.4g}]"
             t.add_row(name, k, f"{e.value:.4g}", "-" if e.se is None else f"{e.se:.3g}", ci)
-    return t
 
 
 def register(app: typer.Typer) -> None:
@@ -320,7 +351,8 @@ def register(app: typer.Typer) -> None:
         robust's from its influence values, the others' from replicates that refit every
         model (docs/mediation.md 'Inference'; a configuration it does not batch, e.g. a
         continuous mediator, or one above its work budget gives their point estimates with a
-        note).
+        note). With terminal rows (stays that end) a second table gives the effects per stay
+        (docs/mediation.md 'Effects per stay').
         Exception rules (explain's card/model, or predict's file with its follows_practice
         column) are valued as deployed, as evaluate and audit value them: where they leave the
         decision to current practice the policy acts as practice does (--usual-care stored
@@ -367,6 +399,9 @@ def register(app: typer.Typer) -> None:
             print_json(json.loads(result.to_json()))
             return
         print_table(mediation_table(result, action))
+        stays = per_stay_table(result)
+        if stays is not None:
+            print_table(stays)
         uline = usual_care_line(result.to_dict(), unit="transitions")
         if uline:
             console.print(uline, highlight=False, markup=False)
