@@ -455,3 +455,40 @@ def test_mediation_section_says_what_is_compared_and_on_what_scale():
                            "(50,109 transitions)")
     assert MEDIATION_UNITS + " Control a0=0: never modality=phone|text|home_visit." in text
     assert f"dm: {note}." in text and "mr:" not in text
+
+
+def test_terminal_outcomes_put_the_effects_per_stay_in_the_report(tmp_path):
+    """`equicare mediate` printed the per-stay table for terminal outcomes; the run report
+    showed the per-step effects alone."""
+    from equicare.causal._result import (
+        EFFECT_KEYS,
+        EffectEstimate,
+        EstimatorResult,
+        MediationResult,
+        PerStay,
+    )
+    import html
+
+    from equicare.report._build import build_run_report, per_stay_rows
+
+    stays = PerStay({k: EffectEstimate(-0.0173, 0.004, (-0.025, -0.0095)) for k in EFFECT_KEYS},
+                    {"pi_e": 0.855, "pi_e_a0": 0.86, "pi_e_a0star": 0.861, "G": 0.87,
+                     "a0": 0.872}, {"pi_e": 0.183, "G": 0.169, "a0": 0.176})
+    res = MediationResult(
+        n_episodes=3000, n_steps=41000, control="a0=0", target="awr", n_renewed=2900,
+        estimators={"mr": EstimatorResult({k: EffectEstimate(-0.003, 0.001, (-0.005, -0.001))
+                                           for k in EFFECT_KEYS}, {}, per_stay=stays),
+                    "baseline": EstimatorResult({k: EffectEstimate(0.1) for k in EFFECT_KEYS},
+                                                {})})
+    med = json.loads(res.to_json())
+    rows = per_stay_rows(med)
+    assert [r["effect"] for r in rows] == [f"{k} per stay" for k in EFFECT_KEYS]
+    assert {r["estimator"] for r in rows} == {"mr"} and rows[0]["ci_low"] == -0.025
+    (tmp_path / "mediation.json").write_text(json.dumps(med))
+    page = html.unescape(build_run_report(tmp_path, figure_copies=False).render())
+    assert "ide per stay" in page and "-0.0173" in page
+    assert res.per_stay_caption()[:60] in page
+    assert per_stay_rows(json.loads(MediationResult(
+        n_episodes=3000, n_steps=41000, control="a0=0", target="awr",
+        estimators={"mr": EstimatorResult({k: EffectEstimate(0.1) for k in EFFECT_KEYS}, {})}
+    ).to_json())) == []

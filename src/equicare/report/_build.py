@@ -259,6 +259,26 @@ def mediation_sentence(med: dict[str, Any]) -> str:
             + res.caption())
 
 
+def per_stay_rows(med: dict[str, Any]) -> list[dict[str, Any]]:
+    """The run report's per-stay rows: one per estimator and effect (Contract 6 ``per_stay``).
+
+    Empty without terminal outcomes (every ``per_stay`` null). An effect left unestimated (an
+    end rate outside (0, 1]) has no value; the caption's note says why.
+    """
+    rows = []
+    for est, r in med.get("estimators", {}).items():
+        ps = r.get("per_stay") if isinstance(r, dict) else None
+        if not isinstance(ps, dict):
+            continue
+        for eff in ("ide", "ime", "dde", "dme", "total"):
+            e = ps.get(eff)
+            if isinstance(e, dict):
+                ci = e.get("ci") or [None, None]
+                rows.append({"estimator": est, "effect": f"{eff} per stay", "value": e["value"],
+                             "ci_low": ci[0], "ci_high": ci[1]})
+    return rows
+
+
 def _load(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -650,6 +670,12 @@ def build_run_report(
                         }
                     )
         rep.table(pd.DataFrame(rows), n_col=None)
+        stays = per_stay_rows(med)
+        if stays:  # terminal outcomes: the effects per stay, as `equicare mediate` prints them
+            from equicare.causal._result import MediationResult
+
+            rep.text(MediationResult.from_dict(med).per_stay_caption() or "")
+            rep.table(pd.DataFrame(stays), n_col=None)
 
     plan = _load(d / "plan.json")
     if plan:
