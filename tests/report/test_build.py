@@ -460,6 +460,8 @@ def test_mediation_section_says_what_is_compared_and_on_what_scale():
 def test_terminal_outcomes_put_the_effects_per_stay_in_the_report(tmp_path):
     """`equicare mediate` printed the per-stay table for terminal outcomes; the run report
     showed the per-step effects alone."""
+    import html
+
     from equicare.causal._result import (
         EFFECT_KEYS,
         EffectEstimate,
@@ -467,8 +469,6 @@ def test_terminal_outcomes_put_the_effects_per_stay_in_the_report(tmp_path):
         MediationResult,
         PerStay,
     )
-    import html
-
     from equicare.report._build import build_run_report, per_stay_rows
 
     stays = PerStay({k: EffectEstimate(-0.0173, 0.004, (-0.025, -0.0095)) for k in EFFECT_KEYS},
