@@ -62,7 +62,7 @@ from equicare.utils import (
 __all__ = ["FQEConfig", "QFit", "LoggedQFit", "fit_fqe", "fit_fqe_logged", "QModel",
            "cell_columns", "table_ignored_numeric", "cell_ranges", "merge_cell_ranges",
            "varies_within_cells", "CellRanges", "binned_name", "parse_binned", "bin_codes",
-           "bin_edges", "BIN_SEP"]
+           "BIN_SEP"]
 
 QModel = Literal["auto", "tabular", "linear", "gbm", "mlp"]
 _OWNER = "FQEConfig"
@@ -573,10 +573,18 @@ def binned_name(column: str, edges: NDArray[np.float64]) -> str:
     """A table cell column that bins numeric state ``column`` at ``edges`` (``"risk@0.8/1.3"``).
 
     Rows with ``x < edges[0]`` are bin 0, ``edges[k-1] <= x < edges[k]`` bin ``k``
-    (:func:`bin_codes`); the edges are written with 6 significant digits and read back as
-    written, so every fit that names the cells bins alike.
+    (:func:`bin_codes`); each edge is written in the shortest form that reads back as the same
+    float (``repr``; :func:`~equicare.privacy.quantile_edges` rounds them to 4 significant
+    digits, more only when two observed values are that close), so every fit that names the
+    cells bins alike.
     """
-    return column + BIN_SEP + "/".join(f"{float(e):.6g}" for e in edges)
+    return column + BIN_SEP + "/".join(_edge_text(float(e)) for e in edges)
+
+
+def _edge_text(e: float) -> str:
+    """``repr(e)`` without a trailing ``.0`` (``"1.5"``, ``"2"``, ``"1e-05"``)."""
+    text = repr(e)
+    return text[:-2] if text.endswith(".0") else text
 
 
 def parse_binned(name: str) -> tuple[str, NDArray[np.float64]] | None:
@@ -598,26 +606,6 @@ def bin_codes(values: NDArray[Any], edges: NDArray[np.float64]) -> NDArray[np.in
     """Bin of every value: the number of ``edges`` at or below it."""
     return np.asarray(np.searchsorted(edges, np.asarray(values, dtype=np.float64),
                                       side="right"), dtype=np.int64)
-
-
-def bin_edges(values: NDArray[Any], n_bins: int) -> NDArray[np.float64]:
-    """Edges cutting ``values`` near its ``n_bins``-quantiles, never through a point mass.
-
-    Each inner quantile ``q`` becomes the smallest observed value at or above it (the next one
-    when that is the minimum), rounded as :func:`binned_name` writes it; rows below an edge are
-    one bin, so the rows at a repeated value stay together and no bin is empty: a 0/1 flag with
-    6% ones gets the edge 1 (two bins), counts 0, 1, 2 the edges 1, 2 (0 / 1 / 2+), where
-    binning "at or below the quantile" puts every row of the flag in one bin. Empty when the
-    column has one value.
-    """
-    x = np.asarray(values, dtype=np.float64)
-    u = np.unique(x)
-    if u.size < 2:
-        return np.zeros(0)
-    qs = np.quantile(x, np.arange(1, n_bins) / n_bins)
-    pos = np.maximum(np.searchsorted(u, qs, side="left"), 1)
-    edges = np.unique([float(f"{e:.6g}") for e in u[pos[pos < u.size]]])
-    return np.asarray(edges[(edges > u[0]) & (edges <= u[-1])], dtype=np.float64)
 
 
 def _cells(dataset: TrajectoryDataset, columns: tuple[str, ...] | None = None

@@ -97,13 +97,13 @@ from equicare.ope._fqe import (
     FQEConfig,
     LoggedQFit,
     bin_codes,
-    bin_edges,
     binned_name,
     cell_columns,
     fit_fqe_logged,
     varies_within_cells,
 )
 from equicare.ope._lstd import LSTDFit
+from equicare.privacy import quantile_edges
 from equicare.utils import PARAM_MESSAGE, RandomState, check_random_state
 
 __all__ = ["QSelection", "select_q_model", "cross_fit", "draw_folds", "CrossFit",
@@ -414,7 +414,7 @@ def numeric_bin_columns(dataset: TrajectoryDataset, n_bins: int = AUTO_NUMERIC_B
     Each numeric state column that takes two values within some combination of the categorical
     states (:func:`~equicare.ope._fqe.varies_within_cells`) gets a column named
     :func:`~equicare.ope._fqe.binned_name` (``"risk@0.81/1.32"``) with its
-    :func:`~equicare.ope._fqe.bin_edges` bins, for :func:`equicare.data.choose_cells` to keep
+    :func:`~equicare.privacy.quantile_edges` bins, for :func:`equicare.data.choose_cells` to keep
     or drop like any categorical column. None when no column varies within the cells (the
     Garnet test bed's severity, a function of the state) or none has two values.
     """
@@ -423,7 +423,7 @@ def numeric_bin_columns(dataset: TrajectoryDataset, n_bins: int = AUTO_NUMERIC_B
         return None
     codes, names, levels = [], [], []
     for j, name in enumerate(dataset.state_names):
-        edges = bin_edges(dataset.states[:, j], n_bins) if varying[j] else np.zeros(0)
+        edges = quantile_edges(dataset.states[:, j], n_bins) if varying[j] else np.zeros(0)
         if edges.size:
             codes.append(bin_codes(dataset.states[:, j], edges))
             names.append(binned_name(name, edges))
