@@ -206,8 +206,9 @@ class QSelection:
     numeric_bins : dict
         Empty unless numeric state columns vary within the tables' categorical cells: then
         ``"offered"``, the binned columns offered to the cells' choice
-        (:func:`numeric_bin_columns`; the kept ones are among ``cells``), or ``"why"`` they
-        were not (streamed).
+        (:func:`numeric_bin_columns`; the kept ones are among ``cells``); streamed, ``"why"``
+        the edges may differ from the whole panel's when auto's sample is not the whole panel
+        (:func:`equicare.ope._stream_q.choose_q_stream`).
     """
 
     chosen: str
@@ -439,7 +440,7 @@ def numeric_bin_columns(dataset: TrajectoryDataset, n_bins: int = AUTO_NUMERIC_B
 def select_q_model(dataset: TrajectoryDataset, target_probs: NDArray[np.float64], *,
                    candidates: tuple[str, ...] | None = None, n_folds: int = AUTO_FOLDS,
                    random_state: RandomState = None, cells: tuple[str, ...] | None = None,
-                   groups: Sequence[str] = (), numeric_bins: bool = True) -> QSelection:
+                   groups: Sequence[str] = ()) -> QSelection:
     """Score each applicable candidate by cross-fitting; choose by :func:`choose_with_reference`.
 
     With several categorical state columns (and ``cells`` not given) the tabular candidates'
@@ -464,9 +465,6 @@ def select_q_model(dataset: TrajectoryDataset, target_probs: NDArray[np.float64]
     groups : sequence of str
         Subgroup attributes whose levels get the chosen candidate's estimated bias
         (``QSelection.group_bias``; the subgroups' FQE intervals in :func:`evaluate`).
-    numeric_bins : bool, default=True
-        Offer binned copies of numeric states to the cells' choice (False: the streamed
-        tables, whose cells are categorical only; ``QSelection.numeric_bins`` says so).
 
     Returns
     -------
@@ -493,10 +491,6 @@ def select_q_model(dataset: TrajectoryDataset, target_probs: NDArray[np.float64]
     bins_info: dict[str, Any] = {}
     tables = has_cat and cells is None and any(n.startswith("tabular") for n in run)
     binned = numeric_bin_columns(dataset) if tables else None
-    if binned is not None and not numeric_bins:
-        bins_info = {"offered": [], "why": "the streamed tables' cells are categorical states "
-                     "only: no binned copies of the numeric states were offered"}
-        binned = None
     if binned is not None:  # the binned copies compete with the categorical columns
         bins_info = {"offered": list(binned.categorical_names[len(dataset.categorical_names):])}
         cell_choice = choose_cells(binned, random_state=rng)
