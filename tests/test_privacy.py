@@ -348,3 +348,18 @@ def test_quantile_edges_keep_point_masses_whole_and_no_rows_value() -> None:
     e = quantile_edges(y, 10)
     assert e.size == 9 and not np.isin(e, y).any()
     assert np.all(np.abs(np.array(bins(y, e)) - 200.1) <= 2)
+
+
+def test_quantile_edges_of_a_float32_column_are_no_rows_value_as_float32() -> None:
+    """A panel loads numeric states as float32: 0.8839 is 0.88389998... in float64, so the
+    float64 edge 0.8839 passed as between it and 0.8840 and published the row value 0.8839
+    (the care panel's risk terciles: risk@0.8839/1.14115)."""
+    from equicare.privacy import quantile_edges
+
+    x = np.repeat(np.float32([0.8838, 0.8839, 0.8840]), [30, 40, 30])
+    e = quantile_edges(x, 3)  # 0.8839's mass holds both terciles' levels: one edge each side
+    assert e.tolist() == [0.88385, 0.88395]
+    for seed in range(5):  # risk scores recorded to 4 decimals
+        x = np.round(np.random.default_rng(seed).normal(1.0, 0.3, 3000), 4).astype(np.float32)
+        e = quantile_edges(x, 3)
+        assert e.size == 2 and not np.isin(e.astype(np.float32), x).any()

@@ -594,7 +594,7 @@ def quantile_edges(x: Any, n_bins: int, digits: int = 4) -> NDArray[np.float64]:
     """Inner edges cutting a numeric column into about ``n_bins`` quantile bins, no row's value.
 
     The one rule of every quantile bin the library publishes (a SPIBB model folder's numeric
-    bins, the binned numeric states in ``q_model`` names such as ``"risk@0.8839/1.141"``). A
+    bins, the binned numeric states in ``q_model`` names such as ``"risk@0.88395/1.14115"``). A
     row's bin is the number of edges at or below its value (``searchsorted(side="right")``).
     Every edge lies strictly inside a gap between two adjacent observed values, so the rows at a
     repeated value (a 0/1 flag, a count: a point mass) stay in one bin and no edge is a row's
@@ -615,7 +615,8 @@ def quantile_edges(x: Any, n_bins: int, digits: int = 4) -> NDArray[np.float64]:
     Parameters
     ----------
     x : array-like of shape (n_rows,)
-        The column's values (finite).
+        The column's values (finite). A float32 column's edges are strictly between its values
+        as float32 numbers too.
     n_bins : int
         Quantile bins asked for (>= 2); point masses can leave fewer.
     digits : int, default=4
@@ -634,7 +635,11 @@ def quantile_edges(x: Any, n_bins: int, digits: int = 4) -> NDArray[np.float64]:
     >>> quantile_edges([0.0, 1.0, 2.0, 3.0, 4.0, 5.0], 2).tolist()
     [2.5]
     """
-    v = np.asarray(x, dtype=np.float64).ravel()
+    raw = np.asarray(x)
+    # "between two observed values" at the column's own precision: a float32 column's 0.8839
+    # is 0.88389998... in float64, so the float64 0.8839 would pass as between it and 0.8840
+    kind = raw.dtype if raw.dtype.kind == "f" else np.dtype(np.float64)
+    v = raw.astype(np.float64).ravel()
     vals, counts = np.unique(v, return_counts=True)
     if vals.size < 2 or n_bins < 2:
         return np.zeros(0)
@@ -652,9 +657,10 @@ def quantile_edges(x: Any, n_bins: int, digits: int = 4) -> NDArray[np.float64]:
     edge, done = target.copy(), np.zeros(target.size, dtype=bool)
     for d in range(digits, 18):  # fewest digits inside the gap (a loop over digits, not rows)
         r = round_significant(target, d)
-        ok = ~done & (r > lo) & (r < hi)
+        r_kind = r.astype(kind)
+        ok = ~done & (r_kind > lo.astype(kind)) & (r_kind < hi.astype(kind))
         edge, done = np.where(ok, r, edge), done | ok
-    inside = (edge > lo) & (edge < hi)
+    inside = (edge.astype(kind) > lo.astype(kind)) & (edge.astype(kind) < hi.astype(kind))
     _, first = np.unique(gap[inside], return_index=True)
     return np.asarray(np.sort(edge[inside][first]), dtype=np.float64)
 
