@@ -129,20 +129,6 @@ def raw_group_values(monkeypatch):
 
 
 @pytest.fixture
-def categorical_cells(monkeypatch):
-    """In-memory ``auto`` offers no binned copies of numeric states to the tables' cells.
-
-    For tests comparing a streamed evaluation or audit with the in-memory one: the streamed
-    tables' cells are categorical only, while in memory ``auto`` also offers binned copies of
-    the numeric states that vary within the cells (:func:`equicare.ope._select.
-    numeric_bin_columns`), as they do on :func:`make_frame`'s panels.
-    """
-    from equicare.ope import _select
-
-    monkeypatch.setattr(_select, "numeric_bin_columns", lambda *a, **k: None)
-
-
-@pytest.fixture
 def low_ess_warned() -> Iterator[None]:
     """The test's evaluations warn that an overall IS-type value rests on a low ESS, and must.
 

@@ -314,3 +314,52 @@ def test_no_suppressed_cell_suppresses_no_label_not_one_named_0():
     assert suppressed_labels([labels, np.tile(np.array(["0", "1"]), 500)]) == set()
     with_small = np.concatenate([labels, np.array(["3"] * 4)])
     assert suppressed_labels([with_small]) == {"3", "2"}  # primary, then the smallest other
+
+
+def test_quantile_edges_keep_point_masses_whole_and_no_rows_value() -> None:
+    """One rule for SPIBB's numeric bins and auto's binned numeric states: every edge strictly
+    inside a gap between observed values, on the side of a point mass nearer its quantile."""
+    from equicare.privacy import quantile_edges
+
+    def bins(x: np.ndarray, e: np.ndarray) -> list[int]:
+        return np.bincount(np.searchsorted(e, x, side="right")).tolist()
+
+    rare_one = np.r_[np.zeros(94), np.ones(6)]  # every inner decile is 0, the minimum
+    assert quantile_edges(rare_one, 10).tolist() == [0.5]
+    rare_zero = np.r_[np.zeros(6), np.ones(94)]  # every inner decile is 1, the maximum (the
+    assert quantile_edges(rare_zero, 10).tolist() == [0.5]  # earlier SPIBB rule dropped them)
+    e = quantile_edges(np.r_[np.zeros(10), np.ones(90)], 10)  # the 10% quantile interpolated
+    assert e.size == 1 and 0.0 < e[0] < 1.0
+    # tertiles 1/3 and 2/3 fall on the masses at 1 (rows < 1: 30%, <= 1: 60%) and at 2 (60%,
+    # 85%): both nearer the share below, so 1 and 2 open their bins: 0 / 1 / 2+ (30/30/40)
+    counts = np.repeat([0.0, 1.0, 2.0, 3.0], [30, 30, 25, 15])
+    assert quantile_edges(counts, 3).tolist() == [0.5, 1.5]
+    assert bins(counts, quantile_edges(counts, 3)) == [30, 30, 40]
+    # quartiles interpolated between 0|1, 1|2 and 2|5: 0.75, 1.5, 2.75
+    assert quantile_edges(np.repeat([0.0, 1.0, 2.0, 5.0], 25), 4).tolist() == [0.75, 1.5, 2.75]
+    assert quantile_edges(np.full(50, 3.0), 10).size == 0
+    # 4 significant digits, more only when needed to stay between the two values
+    assert quantile_edges(np.repeat([1000.0, 1000.1], 50), 4).tolist() == [1000.05]
+    x = 1.0 + np.random.default_rng(0).random(1000) * 1e-7
+    e = quantile_edges(x, 3)
+    assert e.size == 2 and not np.isin(e, x).any()
+    np.testing.assert_allclose(e, np.quantile(x, [1 / 3, 2 / 3]), rtol=1e-9)
+    y = np.random.default_rng(1).normal(size=2001) * 37.0 + 100.0
+    e = quantile_edges(y, 10)
+    assert e.size == 9 and not np.isin(e, y).any()
+    assert np.all(np.abs(np.array(bins(y, e)) - 200.1) <= 2)
+
+
+def test_quantile_edges_of_a_float32_column_are_no_rows_value_as_float32() -> None:
+    """A panel loads numeric states as float32: 0.8839 is 0.88389998... in float64, so the
+    float64 edge 0.8839 passed as between it and 0.8840 and published the row value 0.8839
+    (the care panel's risk terciles: risk@0.8839/1.14115)."""
+    from equicare.privacy import quantile_edges
+
+    x = np.repeat(np.float32([0.8838, 0.8839, 0.8840]), [30, 40, 30])
+    e = quantile_edges(x, 3)  # 0.8839's mass holds both terciles' levels: one edge each side
+    assert e.tolist() == [0.88385, 0.88395]
+    for seed in range(5):  # risk scores recorded to 4 decimals
+        x = np.round(np.random.default_rng(seed).normal(1.0, 0.3, 3000), 4).astype(np.float32)
+        e = quantile_edges(x, 3)
+        assert e.size == 2 and not np.isin(e.astype(np.float32), x).any()

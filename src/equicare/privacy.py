@@ -26,7 +26,8 @@ Saved models must not carry row-level values either (a model folder is shared, a
 health data): :func:`coarse_bounds`, :func:`tail_quantile` and :func:`round_significant` give
 the summaries a model needs (clipping ranges, interpolation knots, a typical state) as
 interpolated quantiles with at least ``min_cell`` rows beyond them, rounded to a coarse grid,
-instead of a column's minimum, maximum or any single row's value.
+instead of a column's minimum, maximum or any single row's value; :func:`quantile_edges` gives
+quantile bins whose edges lie between observed values.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ __all__ = ["suppressed_cells", "suppressed_labels", "suppressed_levels", "split_
            "suppress_counts", "small_count",
            "share_suppressed", "share_table_suppressed",
            "small_cells_message", "round_significant", "tail_quantile", "coarse_bounds",
+           "quantile_edges",
            "pooled_level_shares",
            "MSG_LOW_MIN_CELL", "low_min_cell_message", "warn_low_min_cell", "MSG_LOW_ESS",
            "MSG_LOW_ESS_COMPLEMENT", "sums_ess", "low_ess_cells", "tail_range"]
@@ -586,6 +588,81 @@ def coarse_bounds(x: Any, *, margin: float = 0.1, min_cell: int = MIN_CELL
     low = np.where(nonneg, np.maximum(low, 0.0), low)
     high = np.where(nonpos, np.minimum(high, 0.0), high)
     return low, high
+
+
+def quantile_edges(x: Any, n_bins: int, digits: int = 4) -> NDArray[np.float64]:
+    """Inner edges cutting a numeric column into about ``n_bins`` quantile bins, no row's value.
+
+    The one rule of every quantile bin the library publishes (a SPIBB model folder's numeric
+    bins, the binned numeric states in ``q_model`` names such as ``"risk@0.88395/1.14115"``). A
+    row's bin is the number of edges at or below its value (``searchsorted(side="right")``).
+    Every edge lies strictly inside a gap between two adjacent observed values, so the rows at a
+    repeated value (a 0/1 flag, a count: a point mass) stay in one bin and no edge is a row's
+    value:
+
+    * an inner quantile ``q`` at level ``p`` (``np.quantile``, linear interpolation) strictly
+      between two observed values is kept;
+    * a quantile that falls on an observed value ``v`` moves to the midpoint of the gap on the
+      side of ``v`` nearer to ``p``: below ``v`` (``v`` opens the upper bin) when ``p`` is nearer
+      the share of rows below ``v`` than the share at or below it, else above ``v`` (``v``
+      closes the lower bin); at the column's minimum always above, at its maximum always below.
+      A 0/1 flag with 6% ones (or 6% zeros) gets the edge 0.5; counts 0, 1, 2, 3 held by 30%,
+      30%, 25% and 15% of the rows get the tertile edges 0.5 and 1.5 (0 / 1 / 2+);
+    * each edge is rounded to the fewest significant digits, at least ``digits``, that keep it
+      inside its gap (a model folder or a published name keeps no row's exact value,
+      :mod:`equicare.privacy`), and a gap keeps one edge (two would leave an empty bin).
+
+    Parameters
+    ----------
+    x : array-like of shape (n_rows,)
+        The column's values (finite). A float32 column's edges are strictly between its values
+        as float32 numbers too.
+    n_bins : int
+        Quantile bins asked for (>= 2); point masses can leave fewer.
+    digits : int, default=4
+        The fewest significant digits of an edge.
+
+    Returns
+    -------
+    ndarray of shape (n_edges,), float64
+        Increasing, distinct edges strictly between the column's minimum and maximum (empty
+        for a constant column), at most ``n_bins - 1`` of them.
+
+    Examples
+    --------
+    >>> quantile_edges([0, 0, 0, 0, 0, 0, 0, 0, 0, 1], 4).tolist()
+    [0.5]
+    >>> quantile_edges([0.0, 1.0, 2.0, 3.0, 4.0, 5.0], 2).tolist()
+    [2.5]
+    """
+    raw = np.asarray(x)
+    # "between two observed values" at the column's own precision: a float32 column's 0.8839
+    # is 0.88389998... in float64, so the float64 0.8839 would pass as between it and 0.8840
+    kind = raw.dtype if raw.dtype.kind == "f" else np.dtype(np.float64)
+    v = raw.astype(np.float64).ravel()
+    vals, counts = np.unique(v, return_counts=True)
+    if vals.size < 2 or n_bins < 2:
+        return np.zeros(0)
+    p = np.arange(1, n_bins) / n_bins
+    q = np.quantile(v, p)
+    pos = np.minimum(np.searchsorted(vals, q, side="left"), vals.size - 1)  # vals[pos] >= q
+    at = vals[pos] == q
+    share = np.cumsum(counts) / v.size
+    below = np.where(pos > 0, share[np.maximum(pos - 1, 0)], 0.0)  # rows < v
+    # the gap (vals[g], vals[g + 1]) of each edge
+    opens = ((p - below < share[pos] - p) & (pos > 0)) | (pos == vals.size - 1)
+    gap = np.where(at & ~opens, pos, pos - 1)
+    lo, hi = vals[gap], vals[gap + 1]
+    target = np.where(at, (lo + hi) / 2.0, q)
+    edge, done = target.copy(), np.zeros(target.size, dtype=bool)
+    for d in range(digits, 18):  # fewest digits inside the gap (a loop over digits, not rows)
+        r = round_significant(target, d)
+        r_kind = r.astype(kind)
+        ok = ~done & (r_kind > lo.astype(kind)) & (r_kind < hi.astype(kind))
+        edge, done = np.where(ok, r, edge), done | ok
+    inside = (edge.astype(kind) > lo.astype(kind)) & (edge.astype(kind) < hi.astype(kind))
+    _, first = np.unique(gap[inside], return_index=True)
+    return np.asarray(np.sort(edge[inside][first]), dtype=np.float64)
 
 
 def pooled_level_shares(codes: Any, episodes: Any, n_levels: int,

@@ -264,30 +264,27 @@ def test_auto_bins_a_numeric_state_that_drives_outcomes_within_the_cells():
     kw = {"estimators": ("fqe",), "bootstrap": 0, "groups": [], "random_state": 0}
     res = evaluate(ds, pe, **kw)
     q = res.q_model
-    assert q is not None and q["cells"] == ["x@1/2"]
-    assert q["chosen"] == "tabular_stationary[x@1/2]"
-    assert q["numeric_bins"] == {"offered": ["x@1/2"]}
+    assert q is not None and q["cells"] == ["x@0.5/1.5"]
+    assert q["chosen"] == "tabular_stationary[x@0.5/1.5]"
+    assert q["numeric_bins"] == {"offered": ["x@0.5/1.5"]}
     assert q["cell_choice"]["dropped"] == ["site"]
     assert "ignored_numeric" not in q  # the table uses x's bins
     assert abs(res.estimates["fqe"].value - truth) / truth < 0.06
     site = evaluate(ds, pe, q_model="tabular_stationary", **kw)
     assert (site.estimates["fqe"].value - truth) / truth > 0.09
-    named = evaluate(ds, pe, q_model="tabular_stationary[x@1/2]", **kw)  # the name refits it
+    named = evaluate(ds, pe, q_model="tabular_stationary[x@0.5/1.5]", **kw)  # the name refits it
     assert named.estimates["fqe"].value == pytest.approx(res.estimates["fqe"].value, rel=1e-6)
 
 
-def test_bin_edges_keep_point_masses_whole():
-    from equicare.ope._fqe import bin_codes, bin_edges, binned_name, parse_binned
+def test_binned_names_carry_the_edges_as_used():
+    from equicare.ope._fqe import binned_name, parse_binned
+    from equicare.privacy import quantile_edges
 
-    flag = np.r_[np.zeros(94), np.ones(6)]
-    assert bin_edges(flag, 3).tolist() == [1.0]
-    assert np.bincount(bin_codes(flag, bin_edges(flag, 3))).tolist() == [94, 6]
-    counts = np.repeat([0, 1, 2, 3], [30, 30, 25, 15]).astype(float)
-    assert bin_edges(counts, 3).tolist() == [1.0, 2.0]  # 0 / 1 / 2+
-    assert bin_edges(np.full(10, 2.5), 3).size == 0
     x = np.random.default_rng(0).normal(size=3000)
-    e = bin_edges(x, 3)
-    assert e.size == 2 and np.allclose(np.bincount(bin_codes(x, e)) / x.size, 1 / 3, atol=0.01)
+    e = quantile_edges(x, 3)
+    assert e.size == 2
     col, back = parse_binned(binned_name("risk", e))  # type: ignore[misc]
     assert col == "risk" and np.array_equal(back, e)  # edges are written as they are used
+    assert binned_name("x", np.array([0.5, 1.5])) == "x@0.5/1.5"
+    assert binned_name("x", np.array([2.0, 1e-05])) == "x@2/1e-05"
     assert parse_binned("site") is None

@@ -79,7 +79,6 @@ def test_whole_panel_sample_is_the_in_memory_behaviour_model(panel):
 
 @pytest.mark.usefixtures("low_ess_warned")
 @pytest.mark.parametrize("q_model", ["linear", "auto"])
-@pytest.mark.usefixtures("categorical_cells")
 def test_whole_panel_sample_with_a_named_model_takes_the_in_memory_seeds(panel, q_model):
     """``behavior_model="logistic"`` (seeded from ``random_state``) and ``auto``'s folds: the
     streamed route derives the in-memory seeds, so a whole-panel sample gives its numbers."""

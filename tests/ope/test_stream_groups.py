@@ -292,7 +292,7 @@ def test_a_missing_label_in_a_streamed_panel_names_the_file_and_the_episode(tmp_
 @pytest.mark.usefixtures("raw_group_values")
 @pytest.mark.parametrize("q_model", ["linear", "tabular_stationary", "tabular_window",
                                      pytest.param("auto", marks=pytest.mark.slow)])
-@pytest.mark.usefixtures("low_ess_warned", "categorical_cells")
+@pytest.mark.usefixtures("low_ess_warned")
 def test_jackknife_intervals_of_every_level_equal_in_memory(panel, q_model):
     """n_boot=0 with a Q-model: in memory's bootstrap=0 (the jackknife of the parts with the
     linearised refit, a level's other episodes' share of it in its variance; with auto, FQE's

@@ -242,6 +242,53 @@ def test_auto_is_the_in_memory_choice_on_a_sample_and_widens_fqe_by_its_bias(sam
         assert g.estimates["fqe"].ci == pytest.approx(w.ci, rel=1e-12), lv
 
 
+class _AlwaysAct:
+    def action_probs(self, d):
+        return np.tile([0.0, 1.0], (d.n_steps, 1))
+
+
+def _episode_chunks(ds, n: int) -> list:
+    from equicare.data import Chunk
+
+    cuts = np.linspace(0, ds.n_episodes, n + 1).astype(int)
+    return [Chunk(index=i, dataset=ds.subset(np.arange(a, b)), first_row=0)
+            for i, (a, b) in enumerate(zip(cuts, cuts[1:], strict=False))]
+
+
+def test_streamed_auto_bins_numeric_states_as_in_memory():
+    """A 0/1/2 need drives outcomes and actions within 3 sites that do not matter
+    (``test_select``'s count panel): streamed ``auto`` offers the need's tercile bins to the
+    cells' choice as in memory (before: the site table only, FQE +16%), keeps them over the
+    site, and on a sample that is the whole panel chooses the in-memory table with the
+    in-memory estimates, whatever the chunking; on a smaller sample the edges are the
+    sample's, and ``numeric_bins["why"]`` says so."""
+    from .test_select import _count_state_panel
+
+    ds, truth = _count_state_panel(1000, seed=0)
+    kw = {"estimators": ("fqe", "dr"), "groups": [], "random_state": 0}
+    ref = evaluate(ds, _AlwaysAct(), bootstrap=0, **kw)
+    assert ref.q_model is not None and ref.q_model["chosen"] == "tabular_stationary[x@0.5/1.5]"
+    for n_chunks in (1, 4):
+        got = evaluate_stream(_episode_chunks(ds, n_chunks), _AlwaysAct(), n_boot=0, **kw)
+        assert got.q_model is not None and got.q_model["chosen"] == ref.q_model["chosen"]
+        assert got.q_model["selection"]["numeric_bins"] == ref.q_model["numeric_bins"] == {
+            "offered": ["x@0.5/1.5"]}
+        assert got.q_model["selection"]["cell_choice"]["dropped"] == ["site"]
+        assert "ignored_numeric" not in got.q_model  # the table uses x's bins
+        for k in ("fqe", "dr"):
+            assert got.estimates[k].value == pytest.approx(ref.estimates[k].value, rel=1e-7)
+    assert abs(got.estimates["fqe"].value - truth) / truth < 0.06
+    small = evaluate_stream(_episode_chunks(ds, 4), _AlwaysAct(), n_boot=0,
+                            behavior_sample_rows=3000, **kw)
+    assert small.q_model is not None
+    bins = small.q_model["selection"]["numeric_bins"]
+    assert bins["offered"] == ["x@0.5/1.5"]  # x's masses keep the terciles' sides here
+    sample_rows = small.q_model["selection"]["sample_rows"]
+    assert bins["why"] == (f"the bins' edges are the terciles of auto's sample ({sample_rows} "
+                           f"rows of whole episodes, {3000 / ds.n_steps:.1%} of the panel's), "
+                           "not the whole panel's (in memory)")
+
+
 def test_unstable_linear_fixed_point_falls_back_to_iteration_like_in_memory(panel, monkeypatch):
     """Force the stability check to fail: both engines iterate, Q held fixed in the bootstrap."""
     import equicare.ope._fqe as fqe

@@ -37,7 +37,7 @@ from equicare.exceptions import (
 )
 from equicare.learn._params import ConfigParams, check_fit_options
 from equicare.policy._cells import CellPolicy, cell_codes
-from equicare.privacy import round_significant
+from equicare.privacy import quantile_edges, round_significant
 from equicare.utils import (
     MIN_CELL,
     PARAM_MESSAGE,
@@ -48,7 +48,7 @@ from equicare.utils import (
 )
 
 __all__ = ["SPIBB", "SPIBBConfig", "CellModel", "MSG_NOT_DISCRETE", "BEHAVIOR_MODES",
-           "behavior_table", "bootstrapped_share", "quantile_edges", "choose_numeric",
+           "behavior_table", "bootstrapped_share", "choose_numeric",
            "NUMERIC_MODES"]
 
 BEHAVIOR_MODES = ("auto", "counts", "logged", "known")
@@ -98,10 +98,10 @@ class SPIBBConfig:
         ``auto``: ``known`` when the dataset has ``behavior_prob``, else ``counts``.
     numeric : {"auto", "ignore", "bin"}
         Numeric state columns: cut into ``numeric_bins`` quantile bins that join the cell key
-        (``bin``: every column; :func:`quantile_edges`), or ignored (``ignore``: the cells are
-        the categorical columns' combinations; a panel without one is refused). ``auto`` (the
-        default) bins the columns whose bins predict the logged actions beyond the cells
-        (:func:`choose_numeric`, held-out and cross-fitted) and ignores the others, e.g. a
+        (``bin``: every column; :func:`~equicare.privacy.quantile_edges`), or ignored (``ignore``:
+        the cells are the categorical columns' combinations; a panel without one is refused).
+        ``auto`` (the default) bins the columns whose bins predict the logged actions beyond the
+        cells (:func:`choose_numeric`, held-out and cross-fitted) and ignores the others, e.g. a
         severity score derived from the categorical state: when practice reads a numeric state
         (a dose adjusted to the INR), cells blind to it make the behaviour estimate, which the
         policy copies or moves away from, an average over that state (a dosing panel:
@@ -212,11 +212,11 @@ def choose_numeric(dataset: Any, cells: NDArray[np.int64], n_bins: int
     """The numeric state columns whose quantile bins predict the logged actions beyond the cells.
 
     Forward selection by the held-out log-likelihood of the logged action (cross-fitted over
-    :data:`NUMERIC_FOLDS` folds of episodes, seeded): each round tries every numeric column not
-    yet chosen, cut into ``n_bins`` bins (:func:`quantile_edges`) and crossed with the cells and
-    the columns chosen so far, and adds the one with the largest margin (gain per episode minus
-    :data:`NUMERIC_N_SE` standard errors) when that margin is positive and the gain is at least
-    :data:`NUMERIC_MIN_GAIN` nats per row. The baseline the tabular learners copy or move away
+    :data:`NUMERIC_FOLDS` folds of episodes, seeded): each round tries every numeric column not yet
+    chosen, cut into ``n_bins`` bins (:func:`~equicare.privacy.quantile_edges`) and crossed with the
+    cells and the columns chosen so far, and adds the one with the largest margin (gain per episode
+    minus :data:`NUMERIC_N_SE` standard errors) when that margin is positive and the gain is at
+    least :data:`NUMERIC_MIN_GAIN` nats per row. The baseline the tabular learners copy or move away
     from is their estimate of practice per cell: when practice reads a numeric state (a dose
     adjusted to a lab value), cells that ignore it make that estimate the average over the lab
     values, and a policy built on it is not current practice (a dosing panel: Monte-Carlo value
@@ -287,50 +287,6 @@ def choose_numeric(dataset: Any, cells: NDArray[np.int64], n_bins: int
     columns = tuple(names[j] for j in sorted(chosen))
     return columns, {"columns": list(columns), "criterion": criterion, "tests": tests,
                      "n_folds": k}
-
-
-def quantile_edges(x: NDArray[Any], n_bins: int) -> NDArray[np.float64]:
-    """Inner edges cutting a numeric column into about ``n_bins`` quantile bins.
-
-    A row's bin is the number of edges at or below its value (``searchsorted(side="right")``,
-    as :class:`~equicare.policy.CellPolicy` codes rows), so an edge ``e`` puts the values
-    ``>= e`` above it. A quantile that falls on an observed value (a point mass: a 0/1 flag, a
-    count) would put that value with everything above it, and a quantile at the column's
-    minimum would separate nothing: a 0/1 flag with 6% ones, whose inner deciles are all 0,
-    got the single edge 0 and one bin for every row. Such an edge moves to the midpoint between
-    the value and the next observed value (0.5 for a 0/1 flag; 0.5, 1.5, ... for counts), so
-    the value closes the lower bin; a quantile at the maximum is dropped. Other quantiles are
-    kept (an interpolated one between two observed values separates them already), one per gap
-    between observed values. Edges are rounded to 4 significant digits (a midpoint stays
-    strictly between its two values), so the model folder keeps no row's exact value
-    (equicare.privacy, as OMG's knots).
-
-    Parameters
-    ----------
-    x : ndarray of shape (n_rows,)
-        The column's values (finite).
-    n_bins : int
-        Quantile bins asked for (>= 2); point masses can leave fewer.
-
-    Returns
-    -------
-    ndarray of shape (n_edges,), float64
-        Increasing, distinct edges, all above the column's minimum (empty for a constant
-        column).
-    """
-    x = np.asarray(x, dtype=np.float64)
-    vals = np.unique(x)
-    q = round_significant(np.quantile(x, np.linspace(0, 1, n_bins + 1)[1:-1]), 4)
-    pos = np.searchsorted(vals, q, side="left")
-    at = (pos < vals.size) & (vals[np.minimum(pos, vals.size - 1)] == q)
-    nxt = vals[np.minimum(pos + 1, vals.size - 1)]
-    mid = round_significant((q + nxt) / 2.0, 4)
-    mid = np.where((mid > q) & (mid < nxt), mid, (q + nxt) / 2.0)
-    edges = np.where(at, np.where(pos + 1 < vals.size, mid, np.inf), q)
-    edges = np.unique(edges[np.isfinite(edges) & (edges > vals[0])])
-    # one edge per gap between observed values (two would leave an empty bin)
-    _, first = np.unique(np.searchsorted(vals, edges, side="left"), return_index=True)
-    return np.asarray(edges[np.sort(first)], dtype=np.float64)
 
 
 def bootstrapped_share(bootstrapped: NDArray[np.bool_]) -> float:

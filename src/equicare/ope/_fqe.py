@@ -62,7 +62,8 @@ from equicare.utils import (
 __all__ = ["FQEConfig", "QFit", "LoggedQFit", "fit_fqe", "fit_fqe_logged", "QModel",
            "cell_columns", "table_ignored_numeric", "cell_ranges", "merge_cell_ranges",
            "varies_within_cells", "CellRanges", "binned_name", "parse_binned", "bin_codes",
-           "bin_edges", "BIN_SEP"]
+           "cell_parts", "ranged_states",
+           "BIN_SEP"]
 
 QModel = Literal["auto", "tabular", "linear", "gbm", "mlp"]
 _OWNER = "FQEConfig"
@@ -558,11 +559,23 @@ def varies_within_cells(dataset: TrajectoryDataset, chosen: str | None,
     if (chosen is None or not str(chosen).startswith("tabular") or dataset.categorical is None
             or dataset.categorical.shape[1] == 0 or not dataset.state_names):
         return None
-    cell, _ = _cells(dataset, None if cells is None else tuple(cells))
-    _, low, high = cell_ranges(dataset.states, cell)
+    cols = None if cells is None else tuple(cells)
+    cell, _ = _cells(dataset, cols)
+    _, low, high = cell_ranges(ranged_states(dataset, cols), cell)
+    return [bool(x) for x in np.asarray((high > low).any(axis=0)).ravel()]
+
+
+def ranged_states(dataset: TrajectoryDataset, cells: tuple[str, ...] | None
+                  ) -> NDArray[np.float64]:
+    """The numeric states whose ranges within ``cells`` tell what the table ignores.
+
+    A column the cells bin (:func:`binned_name`) is used by the table: its values are replaced
+    by zeros, so it never varies within a cell (in memory and in each streamed chunk alike).
+    """
     binned = {b[0] for b in (parse_binned(c) for c in cells or ()) if b is not None}
-    return [bool(x) and name not in binned for x, name in
-            zip(np.asarray((high > low).any(axis=0)).ravel(), dataset.state_names, strict=True)]
+    keep = np.array([name not in binned for name in dataset.state_names], dtype=bool)
+    states = np.asarray(dataset.states, dtype=np.float64)
+    return states if keep.all() else np.where(keep, states, 0.0)
 
 
 #: Separates a numeric state column from its bin edges in a table's cells: ``"risk@0.8/1.3"``.
@@ -573,10 +586,18 @@ def binned_name(column: str, edges: NDArray[np.float64]) -> str:
     """A table cell column that bins numeric state ``column`` at ``edges`` (``"risk@0.8/1.3"``).
 
     Rows with ``x < edges[0]`` are bin 0, ``edges[k-1] <= x < edges[k]`` bin ``k``
-    (:func:`bin_codes`); the edges are written with 6 significant digits and read back as
-    written, so every fit that names the cells bins alike.
+    (:func:`bin_codes`); each edge is written in the shortest form that reads back as the same
+    float (``repr``; :func:`~equicare.privacy.quantile_edges` rounds them to 4 significant
+    digits, more only when two observed values are that close), so every fit that names the
+    cells bins alike.
     """
-    return column + BIN_SEP + "/".join(f"{float(e):.6g}" for e in edges)
+    return column + BIN_SEP + "/".join(_edge_text(float(e)) for e in edges)
+
+
+def _edge_text(e: float) -> str:
+    """``repr(e)`` without a trailing ``.0`` (``"1.5"``, ``"2"``, ``"1e-05"``)."""
+    text = repr(e)
+    return text[:-2] if text.endswith(".0") else text
 
 
 def parse_binned(name: str) -> tuple[str, NDArray[np.float64]] | None:
@@ -600,57 +621,54 @@ def bin_codes(values: NDArray[Any], edges: NDArray[np.float64]) -> NDArray[np.in
                                       side="right"), dtype=np.int64)
 
 
-def bin_edges(values: NDArray[Any], n_bins: int) -> NDArray[np.float64]:
-    """Edges cutting ``values`` near its ``n_bins``-quantiles, never through a point mass.
+def cell_parts(dataset: TrajectoryDataset, columns: tuple[str, ...] | None = None
+               ) -> tuple[tuple[str, ...], tuple[int, ...], NDArray[np.int64]]:
+    """The cells' columns: their names, numbers of levels and every row's codes.
 
-    Each inner quantile ``q`` becomes the smallest observed value at or above it (the next one
-    when that is the minimum), rounded as :func:`binned_name` writes it; rows below an edge are
-    one bin, so the rows at a repeated value stay together and no bin is empty: a 0/1 flag with
-    6% ones gets the edge 1 (two bins), counts 0, 1, 2 the edges 1, 2 (0 / 1 / 2+), where
-    binning "at or below the quantile" puts every row of the flag in one bin. Empty when the
-    column has one value.
-    """
-    x = np.asarray(values, dtype=np.float64)
-    u = np.unique(x)
-    if u.size < 2:
-        return np.zeros(0)
-    qs = np.quantile(x, np.arange(1, n_bins) / n_bins)
-    pos = np.maximum(np.searchsorted(u, qs, side="left"), 1)
-    edges = np.unique([float(f"{e:.6g}") for e in u[pos[pos < u.size]]])
-    return np.asarray(edges[(edges > u[0]) & (edges <= u[-1])], dtype=np.float64)
+    A column named by :func:`binned_name` is a numeric state column's bins (its edges plus one
+    levels; codes by :func:`bin_codes`), so a streamed chunk codes its rows with the edges the
+    whole panel's table was named with.
 
-
-def _cells(dataset: TrajectoryDataset, columns: tuple[str, ...] | None = None
-           ) -> tuple[NDArray[np.int64], int]:
-    """Cell (combination of the ``columns``' levels) of every row, and the number of cells.
-
-    A column named by :func:`binned_name` is a numeric state column's bins.
+    Returns
+    -------
+    names : tuple of str
+    sizes : tuple of int
+    codes : ndarray of shape (n_steps, n_columns), int64
     """
     if dataset.categorical is None or dataset.categorical.shape[1] == 0:
         raise InvalidParameterError(MSG_TABULAR_NUMERIC)
     if columns is None or not any(parse_binned(c) for c in columns):
         cols = list(cell_columns(dataset, columns))
-        sizes = tuple(len(dataset.categorical_levels[j]) for j in cols)
-        codes = dataset.categorical[:, cols]
-    else:
-        parts, size_list = [], []
-        for c in columns:
-            binned = parse_binned(c)
-            if binned is None:
-                j = cell_columns(dataset, (c,))[0]
-                parts.append(dataset.categorical[:, j])
-                size_list.append(len(dataset.categorical_levels[j]))
-                continue
-            col, edges = binned
-            if col not in dataset.state_names:
-                raise InvalidParameterError(
-                    f"The tabular Q-model's cells {list(columns)} bin {col!r}, which is not a "
-                    f"numeric state column; the dataset's numeric states are "
-                    f"{list(dataset.state_names)}.")
-            parts.append(bin_codes(dataset.states[:, dataset.state_names.index(col)], edges))
-            size_list.append(edges.size + 1)
-        sizes = tuple(size_list)
-        codes = np.column_stack(parts)
+        return (tuple(dataset.categorical_names[j] for j in cols),
+                tuple(len(dataset.categorical_levels[j]) for j in cols),
+                np.asarray(dataset.categorical[:, cols], dtype=np.int64))
+    parts, size_list = [], []
+    for c in columns:
+        binned = parse_binned(c)
+        if binned is None:
+            j = cell_columns(dataset, (c,))[0]
+            parts.append(dataset.categorical[:, j])
+            size_list.append(len(dataset.categorical_levels[j]))
+            continue
+        col, edges = binned
+        if col not in dataset.state_names:
+            raise InvalidParameterError(
+                f"The tabular Q-model's cells {list(columns)} bin {col!r}, which is not a "
+                f"numeric state column; the dataset's numeric states are "
+                f"{list(dataset.state_names)}.")
+        parts.append(bin_codes(dataset.states[:, dataset.state_names.index(col)], edges))
+        size_list.append(edges.size + 1)
+    return (tuple(columns), tuple(size_list),
+            np.asarray(np.column_stack(parts), dtype=np.int64))
+
+
+def _cells(dataset: TrajectoryDataset, columns: tuple[str, ...] | None = None
+           ) -> tuple[NDArray[np.int64], int]:
+    """Each row's cell (a combination of the ``columns``' levels) and the number of cells.
+
+    The columns' levels are those of :func:`cell_parts`.
+    """
+    _, sizes, codes = cell_parts(dataset, columns)
     return (np.asarray(np.ravel_multi_index(codes.T, sizes), dtype=np.int64),
             int(np.prod(sizes)))
 

@@ -97,13 +97,13 @@ from equicare.ope._fqe import (
     FQEConfig,
     LoggedQFit,
     bin_codes,
-    bin_edges,
     binned_name,
     cell_columns,
     fit_fqe_logged,
     varies_within_cells,
 )
 from equicare.ope._lstd import LSTDFit
+from equicare.privacy import quantile_edges
 from equicare.utils import PARAM_MESSAGE, RandomState, check_random_state
 
 __all__ = ["QSelection", "select_q_model", "cross_fit", "draw_folds", "CrossFit",
@@ -206,8 +206,9 @@ class QSelection:
     numeric_bins : dict
         Empty unless numeric state columns vary within the tables' categorical cells: then
         ``"offered"``, the binned columns offered to the cells' choice
-        (:func:`numeric_bin_columns`; the kept ones are among ``cells``), or ``"why"`` they
-        were not (streamed).
+        (:func:`numeric_bin_columns`; the kept ones are among ``cells``); streamed, ``"why"``
+        the edges may differ from the whole panel's when auto's sample is not the whole panel
+        (:func:`equicare.ope._stream_q.choose_q_stream`).
     """
 
     chosen: str
@@ -414,7 +415,7 @@ def numeric_bin_columns(dataset: TrajectoryDataset, n_bins: int = AUTO_NUMERIC_B
     Each numeric state column that takes two values within some combination of the categorical
     states (:func:`~equicare.ope._fqe.varies_within_cells`) gets a column named
     :func:`~equicare.ope._fqe.binned_name` (``"risk@0.81/1.32"``) with its
-    :func:`~equicare.ope._fqe.bin_edges` bins, for :func:`equicare.data.choose_cells` to keep
+    :func:`~equicare.privacy.quantile_edges` bins, for :func:`equicare.data.choose_cells` to keep
     or drop like any categorical column. None when no column varies within the cells (the
     Garnet test bed's severity, a function of the state) or none has two values.
     """
@@ -423,7 +424,7 @@ def numeric_bin_columns(dataset: TrajectoryDataset, n_bins: int = AUTO_NUMERIC_B
         return None
     codes, names, levels = [], [], []
     for j, name in enumerate(dataset.state_names):
-        edges = bin_edges(dataset.states[:, j], n_bins) if varying[j] else np.zeros(0)
+        edges = quantile_edges(dataset.states[:, j], n_bins) if varying[j] else np.zeros(0)
         if edges.size:
             codes.append(bin_codes(dataset.states[:, j], edges))
             names.append(binned_name(name, edges))
@@ -439,7 +440,7 @@ def numeric_bin_columns(dataset: TrajectoryDataset, n_bins: int = AUTO_NUMERIC_B
 def select_q_model(dataset: TrajectoryDataset, target_probs: NDArray[np.float64], *,
                    candidates: tuple[str, ...] | None = None, n_folds: int = AUTO_FOLDS,
                    random_state: RandomState = None, cells: tuple[str, ...] | None = None,
-                   groups: Sequence[str] = (), numeric_bins: bool = True) -> QSelection:
+                   groups: Sequence[str] = ()) -> QSelection:
     """Score each applicable candidate by cross-fitting; choose by :func:`choose_with_reference`.
 
     With several categorical state columns (and ``cells`` not given) the tabular candidates'
@@ -464,9 +465,6 @@ def select_q_model(dataset: TrajectoryDataset, target_probs: NDArray[np.float64]
     groups : sequence of str
         Subgroup attributes whose levels get the chosen candidate's estimated bias
         (``QSelection.group_bias``; the subgroups' FQE intervals in :func:`evaluate`).
-    numeric_bins : bool, default=True
-        Offer binned copies of numeric states to the cells' choice (False: the streamed
-        tables, whose cells are categorical only; ``QSelection.numeric_bins`` says so).
 
     Returns
     -------
@@ -493,10 +491,6 @@ def select_q_model(dataset: TrajectoryDataset, target_probs: NDArray[np.float64]
     bins_info: dict[str, Any] = {}
     tables = has_cat and cells is None and any(n.startswith("tabular") for n in run)
     binned = numeric_bin_columns(dataset) if tables else None
-    if binned is not None and not numeric_bins:
-        bins_info = {"offered": [], "why": "the streamed tables' cells are categorical states "
-                     "only: no binned copies of the numeric states were offered"}
-        binned = None
     if binned is not None:  # the binned copies compete with the categorical columns
         bins_info = {"offered": list(binned.categorical_names[len(dataset.categorical_names):])}
         cell_choice = choose_cells(binned, random_state=rng)

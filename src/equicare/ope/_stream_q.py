@@ -67,9 +67,10 @@ from equicare.ope._fqe import (
     _LinearModel,
     _next_rows,
     _tabular_design,
-    cell_columns,
+    cell_parts,
     cell_ranges,
     merge_cell_ranges,
+    ranged_states,
     visited_pairs,
     window_step_delta,
 )
@@ -156,9 +157,13 @@ def choose_q_stream(source: Any, policy: Any, *, sample_rows: int, seed: int,
     over the chosen cells, and the linear model), with its cross-fitted estimated biases, run on
     about ``sample_rows`` rows of whole episodes (:func:`~equicare.ope._stream_behavior.
     sample_episodes`, one pass; the whole panel when it has no more rows, and then exactly the
-    in-memory selection among these candidates, except that the cells are categorical only: no
-    binned copies of numeric states, which the result's ``numeric_bins`` says when they vary
-    within the cells). The chosen model is then fitted on every chunk.
+    in-memory selection among these candidates). As in memory, numeric states that vary within
+    the categorical cells are offered to the cells' choice as tercile bins
+    (:func:`~equicare.ope._select.numeric_bin_columns`); their edges are the sample's
+    (:func:`~equicare.privacy.quantile_edges`), so they are the in-memory ones when the sample
+    is the whole panel, and the selection's ``numeric_bins["why"]`` says when it is not. The
+    chosen model is then fitted on every chunk, each chunk coding its rows' bins with the
+    chosen name's edges (:func:`~equicare.ope._fqe.cell_parts`).
 
     Parameters
     ----------
@@ -209,8 +214,13 @@ def choose_q_stream(source: Any, policy: Any, *, sample_rows: int, seed: int,
         raise chunk_policy_error(exc, "in a sample of whole episodes") from exc
     sel = select_q_model(data, probs, candidates=STREAM_Q_MODELS,
                          random_state=seed if model_seed is None else model_seed,
-                         cells=cells, groups=[g for g in groups if g in data.groups],
-                         numeric_bins=False)
+                         cells=cells, groups=[g for g in groups if g in data.groups])
+    if sel.numeric_bins.get("offered") and rate < 1.0:
+        sel = dataclasses.replace(sel, numeric_bins={
+            **sel.numeric_bins,
+            "why": f"the bins' edges are the terciles of auto's sample ({data.n_steps} rows of "
+                   f"whole episodes, {rate:.1%} of the panel's), not the whole panel's (in "
+                   "memory)"})
     cfg = candidate_config(sel.chosen)
     if cfg.model == "tabular" and cfg.cells is None:  # every column kept: name them all
         cfg = dataclasses.replace(cfg, cells=tuple(data.categorical_names))
@@ -416,10 +426,9 @@ class _Pre:
 def _pre_chunk(dataset: TrajectoryDataset, *, cfg: FQEConfig) -> _Pre:
     r_absmax = float(np.abs(dataset.rewards).max()) if dataset.n_steps else 0.0
     if cfg.model == "tabular":
-        cell, _ = _cells(dataset, cfg.cells)
-        cols = cell_columns(dataset, cfg.cells)
-        shape = (tuple(dataset.categorical_names[j] for j in cols),
-                 tuple(len(dataset.categorical_levels[j]) for j in cols), dataset.n_actions)
+        names, sizes, codes = cell_parts(dataset, cfg.cells)  # (numeric states' bins too)
+        cell = np.asarray(np.ravel_multi_index(codes.T, sizes), dtype=np.int64)
+        shape = (names, sizes, dataset.n_actions)
         ret = dataset.returns()
         return _Pre(moments=None, visited=visited_pairs(cell, dataset.actions, dataset.n_actions),
                     r_absmax=r_absmax, n_rows=dataset.n_steps, cell_shape=shape,
@@ -427,7 +436,8 @@ def _pre_chunk(dataset: TrajectoryDataset, *, cfg: FQEConfig) -> _Pre:
                     ret_absmax=float(np.abs(ret).max()) if ret.size else 0.0,
                     r_min=float(dataset.rewards.min()) if dataset.n_steps else np.inf,
                     r_max=float(dataset.rewards.max()) if dataset.n_steps else -np.inf,
-                    ranges=cell_ranges(dataset.states, cell) if dataset.state_names else None)
+                    ranges=(cell_ranges(ranged_states(dataset, cfg.cells), cell)
+                            if dataset.state_names else None))
     cats = _category_design(dataset)
     x = np.asarray(dataset.features(one_hot=cats is None), dtype=np.float64)
     mean = x.mean(axis=0)
