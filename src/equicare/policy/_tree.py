@@ -505,6 +505,22 @@ class TreePolicy:
                                        dtype=np.float64)[rows]
         return out
 
+    def deferred_mask(self, dataset: Any) -> NDArray[np.bool_] | None:
+        """Entries left to current practice at each row, shape ``(n_steps, n_actions)``.
+
+        At a usual-care leaf, the entries the stored estimate of practice itself leaves to the
+        clinicians (practice as cells defers the whole row of a cell seen in fewer than 11
+        episodes or never seen, :func:`equicare.explain.fit_usual_care`); none elsewhere. None
+        when the estimate defers nothing.
+        """
+        if self.usual is None or not self.has_usual:
+            return None
+        inner = getattr(self.usual_policy, "deferred_mask", None)
+        mask = inner(dataset) if inner is not None else None
+        if mask is None:
+            return None
+        return np.asarray(mask & self.usual[self.apply(dataset)][:, None], dtype=bool)
+
     def deferred_rows(self, dataset: Any) -> NDArray[np.bool_] | None:
         """Rows that reach a usual-care leaf (left to current practice), shape ``(n_steps,)``.
 
