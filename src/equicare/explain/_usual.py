@@ -102,8 +102,8 @@ def fit_usual_care(dataset: TrajectoryDataset, kind: UsualKind = "auto", *, dept
     depth, min_samples_leaf : int
         Size of the behaviour tree (``kind="tree"``).
     min_episodes : int, default=11
-        Fewest distinct episodes behind a cell's own frequencies (a cell with fewer gets the
-        overall frequencies, as an unseen cell does) or a leaf of the tree (a leaf with fewer
+        Fewest distinct episodes behind a cell's own frequencies (a cell with fewer is left to
+        the clinicians, as an unseen cell is) or a leaf of the tree (a leaf with fewer
         loses its split, :mod:`equicare.explain._prune`): no stored frequency describes a
         handful of members.
     random_state : int, Generator or None
@@ -179,9 +179,9 @@ def usual_care_counts(usual: CellPolicy, dataset: TrajectoryDataset) -> NDArray[
 
     Current practice as cells (:func:`fit_usual_care` ``kind="cells"``) is the observed
     frequency of each action over the rows of the row's cell: on the data it was fitted on, this
-    is the ``n`` of its standard error. A cell of fewer than ``min_episodes`` episodes, whose
-    rows get the overall frequencies, counts its own rows: the overall frequencies say no more
-    about practice in that cell than its own rows do.
+    is the ``n`` of its standard error. A cell of fewer than ``min_episodes`` episodes, left to
+    the clinicians with the overall frequencies as the table's stand-in, counts its own rows:
+    the overall frequencies say no more about practice in that cell than its own rows do.
 
     Parameters
     ----------
