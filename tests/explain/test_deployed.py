@@ -184,14 +184,12 @@ def test_streamed_evaluation_equals_in_memory_as_deployed(rules_and_test, logged
             assert mem.support.share_pct < 1.0 and st.support.share_pct < 1.0
         else:  # the stored frequencies' mass on actions practice never took in the state
             assert mem.support.share_pct > 10.0
-    # the two valuations differ: as deployed every deferred row weighs 1, stored only those of
-    # the cells the estimate leaves to the clinicians, and WIS's standard error is about half
-    # the stored estimate's (measured 0.018 against 0.034; 0.057 while those cells got the
-    # overall frequencies)
+    # the two valuations differ: as deployed the deferred rows weigh 1, and WIS's standard
+    # error is a third of the stored estimate's (measured 0.016 against 0.057)
     dep = evaluate(data, tree, estimators=("wis",), bootstrap=0, groups=[], random_state=3)
     sto = evaluate(data, tree, estimators=("wis",), bootstrap=0, groups=[], random_state=3,
                    usual_care="stored")
-    assert dep.estimates["wis"].se < sto.estimates["wis"].se * 0.7
+    assert dep.estimates["wis"].se < sto.estimates["wis"].se / 2
 
 
 @pytest.mark.filterwarnings("ignore::equicare.exceptions.EquicareWarning")

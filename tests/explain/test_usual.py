@@ -77,4 +77,11 @@ def test_small_and_unseen_cells_are_left_to_the_clinicians(tmp_path):
     back = load_policy(tmp_path / "rules")
     np.testing.assert_array_equal(back.deferred_mask(ds), d)
     np.testing.assert_allclose(back.action_probs(ds), tree.action_probs(ds))
+    # the rules give those rows the stored stand-in, with or without propensities
+    rows = at_usual & small
+    assert rows.any()
+    np.testing.assert_allclose(tree.action_probs(ds)[rows], marginal[None, :].repeat(
+        int(rows.sum()), axis=0))
+    np.testing.assert_allclose(tree.action_probs(ds.with_behavior_prob(None)),
+                               tree.action_probs(ds))
 

@@ -49,6 +49,7 @@ from equicare.exceptions import (
 )
 from equicare.explain._distill import DistillConfig, Distiller, choice_weights, source_q
 from equicare.explain._rules import rule_count, tree_rules
+from equicare.explain._usual import usual_care_probs
 from equicare.fairness._groups import withheld_cells
 from equicare.ope._evaluate import far_outside, headline_of
 from equicare.ope._prepare import check_q_model
@@ -628,7 +629,7 @@ def explain_policy(dataset: TrajectoryDataset, policy: Any, config: ExplainConfi
     if tree.has_usual and tree.usual_policy is not None:
         with warnings.catch_warnings(record=True) as caught_u:
             warnings.simplefilter("always")
-            usual_test = np.asarray(tree.usual_policy.action_probs(test), dtype=np.float64)
+            usual_test = usual_care_probs(tree.usual_policy, test)  # as the rules store it
             say(f"current practice and the rules as deployed: bootstrap {cfg.bootstrap} "
                 "replicates")
             # the rules as deployed: where no rule applies the clinicians decide as they do,

@@ -11,8 +11,10 @@ readable, pickle-free representations:
     episodes. Unseen and smaller combinations are *left to the clinicians* (the table's last
     row, marked ``deferred`` as the tabular learners' fallback row is): no stored number
     describes practice there, and the overall frequencies the table holds for them are only a
-    stand-in (``action_probs`` gives them; on a panel with logged propensities the logged
-    action gets its own propensity, so off-policy evaluation values the clinicians' choice).
+    stand-in. The rules (``TreePolicy.action_probs``, ``predict``, ``--usual-care stored``)
+    give those rows the stand-in; their ``deferred_mask`` says the clinicians choose there,
+    which exact valuations honour (``garnet_policy_table``, as for SPIBB's fallback row) and
+    the card's support share of the estimate does not count.
     On Garnet (``s700_a25_g1``, 5,000 episodes) the 29 of 700 states seen in fewer than 11
     episodes (0.4% of rows) cost the estimate, when they got the overall frequencies, 0.0044
     of exact value (0.7959 against practice's 0.8003, -72% of SPIBB's gain); left to the

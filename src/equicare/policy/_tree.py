@@ -494,15 +494,22 @@ class TreePolicy:
     def action_probs(self, dataset: Any) -> NDArray[np.float64]:
         """Probabilities of each flat action at each row, shape ``(n_steps, n_actions)``.
 
-        Rows reaching a usual-care leaf get the behaviour model's distribution.
+        Rows reaching a usual-care leaf get the behaviour model's distribution as stored: a cell
+        estimate's table row, with its stand-in where it leaves the cell to the clinicians
+        (:meth:`deferred_mask`; never the row's own logged propensity, so the rows' values do
+        not depend on whether the panel carries propensities, logged or estimated).
         """
         leaf = self.apply(dataset)
         out = np.array(self.probs[leaf], dtype=np.float64)
         if self.usual is not None and self.has_usual:
             rows = self.usual[leaf]
             if rows.any():
-                out[rows] = np.asarray(self.usual_policy.action_probs(dataset),
-                                       dtype=np.float64)[rows]
+                from equicare.policy._cells import CellPolicy
+
+                up = self.usual_policy
+                stored = (up.table[up.cell_index(dataset)] if isinstance(up, CellPolicy)
+                          else up.action_probs(dataset))
+                out[rows] = np.asarray(stored, dtype=np.float64)[rows]
         return out
 
     def deferred_mask(self, dataset: Any) -> NDArray[np.bool_] | None:
