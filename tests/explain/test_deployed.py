@@ -5,8 +5,10 @@ folder it writes is a policy that ``evaluate``, ``audit`` and ``predict`` take. 
 the card's numbers by default, say so, and keep the stored estimate of practice as an option.
 Truth: the Garnet test bed, where "the rules where they apply, the true behaviour policy
 elsewhere" is a linear solve on the MDP (``s700_a25_g1``, 2,000 episodes: the card's depth-3
-rules are worth exactly 0.803 as deployed, 0.710 as stored, practice 0.800; with the margin 0.2,
-the default before, 0.801 and 0.708; with one-hot splits before set splits, 0.801 and 0.711).
+rules are worth exactly 0.803 as deployed, 0.803 as stored, practice 0.800; 0.710 as stored
+while the states seen in fewer than 11 episodes got the overall frequencies as practice instead
+of being left to the clinicians; with the margin 0.2, the default before, 0.801 and 0.708; with
+one-hot splits before set splits, 0.801 and 0.711).
 """
 
 from __future__ import annotations
@@ -108,11 +110,13 @@ def test_evaluate_of_the_card_model_gives_the_cards_deployed_numbers(garnet_bed,
         said = " ".join(res.output.split())  # Rich wraps at the terminal's width
         assert f"leaves {100 * share:.1f}% of rows to current practice" in said
         assert ("valued as deployed" in said) == (how == "deployed")
-    # the truth the two valuations estimate: deployed exact 0.80 (practice's), stored far below
+    # the truth the two valuations estimate: deployed exact 0.803, stored 0.803 (the states
+    # seen in fewer than 11 episodes are left to the clinicians in the stored estimate too;
+    # given the overall frequencies as practice, the stored rules were worth 0.710)
     tree = load_policy(out / "model")
     v_dep = _exact_deployed(mdp, ds, tree)
     v_stored = float(mdp.value(garnet.garnet_policy_table(mdp, ds, tree)[0]))
-    assert v_stored < v_dep - 0.05
+    assert v_dep > mdp.value(mdp.behavior_policy) and abs(v_stored - v_dep) < 0.005
 
 
 def test_a_policy_that_defers_nothing_says_nothing(garnet_bed):

@@ -144,16 +144,19 @@ def test_every_rule_covers_11_episodes(mode):
 
 def test_usual_care_tree_and_cells_pool_small_cells():
     """The behaviour tree's leaves hold >= 11 episodes even with min_samples_leaf=5; a site
-    held by 3 episodes gets the overall frequencies, not its own (all a2)."""
+    held by 3 episodes gets no row of its own (all a2): it is left to the clinicians, with the
+    overall frequencies as the table's stand-in."""
     from equicare.explain import fit_usual_care
+    from equicare.explain._usual import usual_care_probs
 
     ds, rare = _rare_panel()
     tree = fit_usual_care(ds, "tree", min_samples_leaf=5, random_state=0)
     assert min(_episodes_per_leaf(tree, ds).values()) >= 11
     cells = fit_usual_care(ds, "cells")
-    p = cells.action_probs(ds)
+    p = usual_care_probs(cells, ds)
     marginal = np.bincount(ds.actions, minlength=3) / ds.n_steps
     np.testing.assert_allclose(p[rare], np.tile(marginal, (int(rare.sum()), 1)))
+    assert cells.deferred_mask(ds)[rare].all() and not cells.deferred_mask(ds)[~rare].any()
     assert cells.keys.shape[0] == 2 and cells.table.shape[0] == 3
     assert not np.isclose(cells.table, [0.0, 0.0, 1.0]).all(axis=1).any()
 

@@ -87,7 +87,7 @@ from equicare.explain._features import (
     snap_to_grid,
 )
 from equicare.explain._prune import compact_arrays, node_sums, prune_small_leaves, route_rows
-from equicare.explain._usual import fit_usual_care, usual_care_cells
+from equicare.explain._usual import fit_usual_care, usual_care_cells, usual_care_probs
 from equicare.ope._prepare import check_q_model
 from equicare.policy._base import check_probs, sample_actions
 from equicare.policy._cells import CellPolicy
@@ -405,7 +405,7 @@ def exception_targets(dataset: TrajectoryDataset, source_probs: NDArray[np.float
     :func:`rule_advantage_z`); any other estimate (the behaviour tree) takes the share
     ``AUTO_TREE_MARGIN``.
     """
-    b = np.asarray(usual_care.action_probs(dataset), dtype=np.float64)
+    b = usual_care_probs(usual_care, dataset)
     margin = cfg.deviation_margin
     if margin == "auto":
         # practice as cells: every row where the source gains is labelled, and the noise test

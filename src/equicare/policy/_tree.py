@@ -494,16 +494,39 @@ class TreePolicy:
     def action_probs(self, dataset: Any) -> NDArray[np.float64]:
         """Probabilities of each flat action at each row, shape ``(n_steps, n_actions)``.
 
-        Rows reaching a usual-care leaf get the behaviour model's distribution.
+        Rows reaching a usual-care leaf get the behaviour model's distribution as stored: a cell
+        estimate's table row, with its stand-in where it leaves the cell to the clinicians
+        (:meth:`deferred_mask`; never the row's own logged propensity, so the rows' values do
+        not depend on whether the panel carries propensities, logged or estimated).
         """
         leaf = self.apply(dataset)
         out = np.array(self.probs[leaf], dtype=np.float64)
         if self.usual is not None and self.has_usual:
             rows = self.usual[leaf]
             if rows.any():
-                out[rows] = np.asarray(self.usual_policy.action_probs(dataset),
-                                       dtype=np.float64)[rows]
+                from equicare.policy._cells import CellPolicy
+
+                up = self.usual_policy
+                stored = (up.table[up.cell_index(dataset)] if isinstance(up, CellPolicy)
+                          else up.action_probs(dataset))
+                out[rows] = np.asarray(stored, dtype=np.float64)[rows]
         return out
+
+    def deferred_mask(self, dataset: Any) -> NDArray[np.bool_] | None:
+        """Entries left to current practice at each row, shape ``(n_steps, n_actions)``.
+
+        At a usual-care leaf, the entries the stored estimate of practice itself leaves to the
+        clinicians (practice as cells defers the whole row of a cell seen in fewer than 11
+        episodes or never seen, :func:`equicare.explain.fit_usual_care`); none elsewhere. None
+        when the estimate defers nothing.
+        """
+        if self.usual is None or not self.has_usual:
+            return None
+        inner = getattr(self.usual_policy, "deferred_mask", None)
+        mask = inner(dataset) if inner is not None else None
+        if mask is None:
+            return None
+        return np.asarray(mask & self.usual[self.apply(dataset)][:, None], dtype=bool)
 
     def deferred_rows(self, dataset: Any) -> NDArray[np.bool_] | None:
         """Rows that reach a usual-care leaf (left to current practice), shape ``(n_steps,)``.
