@@ -285,3 +285,30 @@ def test_a_sample_that_leaves_episodes_out_of_a_saturated_state_is_warned(tmp_pa
     info = {"sample_rate": 0.5, "sample_episodes": 5}
     assert thin_sample_message(BehaviorModel(), info, 10, ("is",)) is None  # not fitted: no flag
     assert thin_sample_message(type("M", (), {"saturated_": True})(), info, 10, ("fqe",)) is None
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.SupportWarning")
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.DataWarning")
+def test_a_deferring_policy_reads_no_estimated_propensities_streamed_as_in_memory():
+    """SPIBB with the known baseline leaves the clinicians their own probability of the actions
+    never logged in a cell, read from the panel's logged propensities. Valued on a panel without
+    them, streamed evaluation attached its estimated propensities to each chunk before asking
+    the policy: WIS 0.7576 streamed against 0.8321 in memory here (Garnet s700_a25_g1, 1,000 +
+    1,000 episodes; deferred share 0.13)."""
+    from equicare.learn import SPIBB
+
+    from ._garnet import make
+
+    _, ds, _ = make("s700_a25_g1", 2000, seed=1)
+    fit, test = ds.split(0.5, random_state=5)
+    pol = SPIBB(n_wedge=20).fit(fit).policy_
+    assert pol.deferred_share() > 0.05
+    data = test.with_behavior_prob(None)
+    mem = evaluate(data, pol, estimators=("wis",), q_model="tabular_stationary", bootstrap=0,
+                   groups=[], random_state=3)
+    st = evaluate_stream(data, pol, estimators=("wis",), q_model="tabular_stationary", n_boot=0,
+                         groups=(), random_state=3, behavior_sample_rows=10**9)
+    assert st.estimates["wis"].value == pytest.approx(mem.estimates["wis"].value, rel=1e-9)
+    chunk = data.with_behavior_prob(np.full(data.n_steps, 0.5), estimated=True)
+    assert chunk.policy_view().behavior_prob is None
+    assert test.policy_view() is test  # logged propensities stay

@@ -70,6 +70,11 @@ class TrajectoryDataset:
         Codes of categorical state columns; ``categorical_levels`` holds their labels.
     behavior_prob : ndarray of shape (n_steps,), float64, optional
         Logged probability of the logged action under current practice.
+    behavior_prob_estimated : bool, default=False
+        ``behavior_prob`` holds propensities an evaluation estimated (a streamed chunk's,
+        :class:`~equicare.ope._stream_behavior.StreamBehavior`), not logged ones: policies are
+        asked for their probabilities without them (:meth:`policy_view`), as in memory, where
+        the estimates never enter the dataset.
     need : ndarray of shape (n_episodes,), float64, optional
         Clinical need flag per episode (for proportional parity).
     mediators : ndarray of shape (n_steps, n_mediators), float64, optional
@@ -100,6 +105,7 @@ class TrajectoryDataset:
     categorical_levels: tuple[tuple[Any, ...], ...] = ()
     behavior_prob: NDArray[np.float64] | None = None
     need: NDArray[np.float64] | None = None
+    behavior_prob_estimated: bool = False
     mediators: NDArray[np.float64] | None = None
     mediator_names: tuple[str, ...] = ()
     extras: dict[str, NDArray[Any]] = field(default_factory=dict)
@@ -514,17 +520,30 @@ class TrajectoryDataset:
             w[self.reward_names.index(k)] = float(v)
         return replace(self, reward_weights=w, _cache={})
 
-    def with_behavior_prob(self, prob: NDArray[np.float64] | None) -> TrajectoryDataset:
+    def with_behavior_prob(self, prob: NDArray[np.float64] | None,
+                           estimated: bool = False) -> TrajectoryDataset:
         """Same data with the given logged-action propensities, shape ``(n_steps,)``.
 
         ``None``: the same data without logged propensities (estimated wherever needed).
+        ``estimated``: ``prob`` are an evaluation's estimates (:attr:`behavior_prob_estimated`).
         """
         if prob is None:
-            return replace(self, behavior_prob=None, _cache={})
+            return replace(self, behavior_prob=None, behavior_prob_estimated=False, _cache={})
         p = np.asarray(prob, dtype=np.float64)
         if p.shape != (self.n_steps,):
             raise InvalidParameterError(f"prob must have shape ({self.n_steps},), got {p.shape}.")
-        return replace(self, behavior_prob=p, _cache={})
+        return replace(self, behavior_prob=p, behavior_prob_estimated=bool(estimated),
+                       _cache={})
+
+    def policy_view(self) -> TrajectoryDataset:
+        """The data as a policy reads it: without propensities that were estimated, not logged.
+
+        A policy that defers to current practice reads the logged propensities (a
+        :class:`~equicare.policy._cells.CellPolicy` keeps the clinicians' own probability of a
+        deferred logged action); an evaluation's estimates are not the panel's, and the same
+        policy must give the same probabilities in memory and streamed.
+        """
+        return self.with_behavior_prob(None) if self.behavior_prob_estimated else self
 
     # ------------------------------------------------------------------ summaries
     def _group_counts(self) -> dict[str, dict[str, int]]:

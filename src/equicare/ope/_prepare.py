@@ -56,8 +56,8 @@ def target_probabilities(dataset: TrajectoryDataset, policy_or_probs: Any) -> ND
     PolicyError
         Wrong shape, negative entries or rows not summing to 1 within 1e-6.
     """
-    if hasattr(policy_or_probs, "action_probs"):
-        probs = policy_or_probs.action_probs(dataset)
+    if hasattr(policy_or_probs, "action_probs"):  # never an evaluation's estimated propensities
+        probs = policy_or_probs.action_probs(dataset.policy_view())
         src = f"target policy {type(policy_or_probs).__name__}"
     else:
         probs = policy_or_probs

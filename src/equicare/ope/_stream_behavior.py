@@ -222,7 +222,7 @@ class StreamBehavior:
     def __call__(self, dataset: TrajectoryDataset) -> TrajectoryDataset:
         """The chunk with the floored estimated propensities as its ``behavior_prob``."""
         p = np.maximum(self.logged_prob(dataset), float(self.model.floor))
-        return dataset.with_behavior_prob(p)
+        return dataset.with_behavior_prob(p, estimated=True)
 
 
 def fit_behavior_stream(source: Any, *, model: Any = "logistic", sample_rows: int = SAMPLE_ROWS,

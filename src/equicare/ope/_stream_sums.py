@@ -280,6 +280,7 @@ def student_coefs(sums: StreamSums, seed: int) -> StudentCoefs:
 
 
 def _target_probs(dataset: TrajectoryDataset, policy: Any) -> NDArray[np.float64]:
+    dataset = dataset.policy_view()  # a chunk's estimated propensities are not the panel's
     if callable(getattr(policy, "action_probs", None)):
         return np.asarray(policy.action_probs(dataset), dtype=np.float64)
     if callable(policy):
