@@ -214,3 +214,27 @@ def test_utility_loss_se_is_paired_over_seeds():
     d = (u - u.mean() / uo.mean() * uo) / uo.mean()
     expected = d.std(ddof=1) / np.sqrt(d.size)
     assert res.policies["mnw-eg"].utility_loss_vs_opt_se == pytest.approx(expected, rel=1e-12)
+
+
+def _shifted_synthetic(shift: float):
+    from equicare.rmab import RMABDomain
+
+    base = load_domain("synthetic", n_arms=40)
+    return base, RMABDomain(P=base.P, R=base.R + shift, init=base.init, groups=base.groups,
+                            group_names=base.group_names, name="costs")
+
+
+def test_gini_is_undefined_with_a_negative_group_mean():
+    """Rewards that are costs or changes (a weekly health change minus the cost of outreach)
+    make every group mean negative: the Gini formula then gave -0.43 on a diabetes panel,
+    a number with no meaning. It is NaN, null in the JSON and n/a in the table."""
+    assert np.isnan(gini([-0.03, -0.08, -0.05])) and np.isnan(gini([1.0, -0.5]))
+    assert gini([0.0, 2.0]) == pytest.approx(0.5)
+    _, shifted = _shifted_synthetic(-2.0)
+    res = plan(shifted, budget=0.2, seeds=3, random_state=0, policies=["opt", "mmr"])
+    out = json.loads(json.dumps(res.to_dict()))
+    for p in ("opt", "mmr"):
+        assert np.isnan(res.policies[p].gini)
+        assert out["policies"][p]["gini"] is None and out["policies"][p]["gini_reference"] is None
+        assert max(out["policies"][p]["group_mean"].values()) < 0
+

@@ -290,12 +290,19 @@ def _print_plan(res: PlanResult) -> None:
         loss = "" if s.utility_loss_vs_opt is None else f"{100 * s.utility_loss_vs_opt:.1f}%"
         sd = "" if not math.isfinite(s.mean_reward_se) else f" ± {s.mean_reward_se:.3f}"
         t.add_row(p, f"{s.mean_reward:.3f}{sd}",
-                  *[f"{s.group_mean[g]:.3f}" for g in groups], f"{s.gini:.4f}",
+                  *[f"{s.group_mean[g]:.3f}" for g in groups],
+                  f"{s.gini:.4f}" if math.isfinite(s.gini) else "n/a",
                   f"{s.worst_group:.3f} ({s.worst_group_name})", loss)
+    notes = []
     if res.suppressed_groups:
-        t.caption = (f"{len(res.suppressed_groups)} group(s) suppressed (fewer than "
-                     f"{res.min_cell} members, or hidden so that one cannot be recovered by "
-                     "difference); Gini and worst group are over the groups shown.")
+        notes.append(f"{len(res.suppressed_groups)} group(s) suppressed (fewer than "
+                      f"{res.min_cell} members, or hidden so that one cannot be recovered by "
+                      "difference); Gini and worst group are over the groups shown.")
+    if any(not math.isfinite(s.gini) for s in res.policies.values()):
+        notes.append("Gini n/a: a group's mean reward is negative (the Gini index compares "
+                     "shares of a non-negative total).")
+    if notes:
+        t.caption = " ".join(notes)
     print_table(t)
 
 

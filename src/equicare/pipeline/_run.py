@@ -672,7 +672,8 @@ def _stage_plan(
     _write_json(out / "plan.json", res.to_dict())
     for name, pol in res.to_dict()["policies"].items():
         metrics.append(Metric(f"plan.{name}.mean_reward", pol["mean_reward"]))
-        metrics.append(Metric(f"plan.{name}.gini", pol["gini"]))
+        if pol["gini"] is not None:  # undefined with a negative group mean
+            metrics.append(Metric(f"plan.{name}.gini", pol["gini"]))
 
 
 def _summary(state: dict[str, Any]) -> dict[str, Any]:

@@ -320,7 +320,8 @@ class PolicySummary:
     def to_dict(self, *, reference_gini: bool = True) -> dict[str, Any]:
         """Contract-5 entry; ``gini_reference`` is included when asked for.
 
-        A standard error that cannot be computed (one seed: NaN) is ``None``.
+        A standard error that cannot be computed (one seed: NaN), or a Gini that is undefined
+        (a negative group mean: :func:`~equicare.rmab.gini`), is ``None``.
         """
         def sd(x: float | None) -> float | None:
             return None if x is None or not np.isfinite(x) else float(x)
@@ -329,12 +330,13 @@ class PolicySummary:
             "mean_reward": self.mean_reward, "mean_reward_se": sd(self.mean_reward_se),
             "group_mean": self.group_mean,
             "group_mean_se": {g: sd(v) for g, v in self.group_mean_se.items()},
-            "group_budget": self.group_budget, "gini": self.gini, "gini_se": sd(self.gini_se),
+            "group_budget": self.group_budget, "gini": sd(self.gini),
+            "gini_se": sd(self.gini_se),
             "worst_group": self.worst_group, "worst_group_name": self.worst_group_name,
             "utility_loss_vs_opt": self.utility_loss_vs_opt,
             "utility_loss_vs_opt_se": sd(self.utility_loss_vs_opt_se)}
         if reference_gini:
-            d["gini_reference"] = self.gini_reference
+            d["gini_reference"] = sd(self.gini_reference)
         return d
 
 
