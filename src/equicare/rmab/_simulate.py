@@ -342,7 +342,13 @@ class PolicySummary:
 
 def summarize(sim: SimulationResult, opt: SimulationResult | None = None,
               published: NDArray[np.bool_] | None = None) -> PolicySummary:
-    r"""Metrics of one policy; utility loss is :math:`1 - \bar U / \bar U_{opt}` (paired SE).
+    r"""Metrics of one policy; utility loss :math:`(\bar U_{opt} - \bar U) / |\bar U_{opt}|`.
+
+    The loss is the share of ``opt``'s utility lost, positive when the policy does worse than
+    ``opt``, whatever the sign of the rewards (:math:`1 - \bar U / \bar U_{opt}` when it is
+    positive). Written as :math:`1 - \bar U / \bar U_{opt}` alone, a panel whose rewards are
+    weekly health changes minus outreach costs (every mean below 0) read -5.7% for ``mmr``,
+    which did worse than ``opt`` (-0.066 against -0.062 per arm): a gain.
 
     The seeds are paired (every policy sees the same start states and transition draws), so the
     standard error of the loss is the delta-method one of a ratio of paired means: the SE of
@@ -368,7 +374,9 @@ def summarize(sim: SimulationResult, opt: SimulationResult | None = None,
     loss = loss_se = None
     if opt is not None:
         opt_seed = opt.rewards.mean(axis=1)
-        loss = float(1.0 - per_seed.mean() / opt_seed.mean()) if opt_seed.mean() != 0 else None
+        sign = float(np.sign(opt_seed.mean()))
+        # + 0.0: opt's own loss is 0.0, never -0.0
+        loss = float(sign * (1.0 - per_seed.mean() / opt_seed.mean()) + 0.0) if sign else None
         if loss is not None:
             ratio = per_seed.mean() / opt_seed.mean()
             loss_se = float(se((per_seed - ratio * opt_seed) / opt_seed.mean()))
