@@ -166,11 +166,17 @@ class _ArmBatch:
         else:
             doms = [domain] * n_seeds
         self.domains = doms
-        same = all(x is domain for x in doms)
-        P = np.tile(domain.P, (n_seeds, 1, 1, 1)) if same else np.concatenate([x.P for x in doms])
-        R = np.tile(domain.R, (n_seeds, 1)) if same else np.concatenate([x.R for x in doms])
+        if all(x is domain for x in doms):
+            # the same arms in every seed: their distinct models, found once, are every seed's
+            # (tiling P first held n_seeds copies of every arm's matrices: 25 seeds of 8,000
+            # panel arms with 60 states passed 9 GB, with the sort of unique_arms over them)
+            one, self.Pt, self.Rt = unique_arms(domain.P, domain.R)
+            self.type = np.tile(one, n_seeds)
+            R = np.tile(domain.R, (n_seeds, 1))
+        else:
+            R = np.concatenate([x.R for x in doms])
+            self.type, self.Pt, self.Rt = unique_arms(np.concatenate([x.P for x in doms]), R)
         self.init = np.concatenate([d.init for d in doms])
-        self.type, self.Pt, self.Rt = unique_arms(P, R)
         self.R_arm = R
         self.cdf = np.cumsum(self.Pt, axis=3)  # (K, 2, S, S)
         self.seed_of = np.repeat(np.arange(n_seeds), self.N)
