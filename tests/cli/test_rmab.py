@@ -354,3 +354,35 @@ def test_the_same_plan_figure_is_the_same_file(app, tmp_path, ext):
         res = runner.invoke(app, [*args, "--figure", str(f)])
         assert res.exit_code == 0, res.output
     assert figs[0].read_bytes() == figs[1].read_bytes()
+
+
+@pytest.mark.filterwarnings("always::equicare.exceptions.EquicareWarning")  # shown, not raised
+def test_from_panel_names_the_reward_components_and_the_state_it_takes(app, tmp_path):
+    """A manifest with two reward components (a health change and an outreach cost) was told
+    that it 'does not name' --reward; and the state column taken from the manifest (its first
+    categorical state, a 60-level clinic code on a diabetes panel) was never named."""
+    from equicare.data import Manifest
+
+    p, mf = _panel_files(tmp_path)
+    m = Manifest.from_dict({
+        "dataset": {"episode": "member", "time": "week", "categorical_states": ["state"],
+                    "groups": ["group"]},
+        "actions": {"treated": {"levels": 2}},
+        "reward": {"health": {"column": "reward"}, "noise": {"column": "reward_noise"}}})
+    two = tmp_path / "two.toml"
+    two.write_text(m.to_toml())
+    res = runner.invoke(app, ["plan", "--from-panel", str(p), "-m", str(two), "--seeds", "1"])
+    assert res.exit_code == 2
+    said = " ".join(res.output.split())
+    assert said == (f"error: {two}: the manifest's reward has 2 components (reward, "
+                    "reward_noise); planning needs one reward column: pass --reward COLUMN "
+                    "(e.g. --reward reward)."), said
+    res = runner.invoke(app, ["plan", "--from-panel", str(p), "-m", str(two), "--reward",
+                              "reward", "--seeds", "1", "--horizon", "4", "--policy", "opt"])
+    assert res.exit_code == 0, res.output
+    assert ("note: planning on state column 'state' (the manifest's first categorical state); "
+            "pass --state COLUMN to choose another.") in " ".join(res.output.split())
+    res = runner.invoke(app, ["plan", "--from-panel", str(p), "-m", str(two), "--reward",
+                              "reward", "--state", "state", "--seeds", "1", "--horizon", "4",
+                              "--policy", "opt"])
+    assert res.exit_code == 0 and "note: planning on state" not in res.output
