@@ -386,3 +386,22 @@ def test_from_panel_names_the_reward_components_and_the_state_it_takes(app, tmp_
                               "reward", "--state", "state", "--seeds", "1", "--horizon", "4",
                               "--policy", "opt"])
     assert res.exit_code == 0 and "note: planning on state" not in res.output
+
+
+def test_plan_table_shows_a_small_standard_error_instead_of_0_000(app, tmp_path):
+    """Per-step rewards of a weekly score: a mean of -0.063 per arm with an SE of 0.0002 read
+    '-0.063 ± 0.000' (as if there were no spread)."""
+    d = {"name": "tiny", "n_states": 2, "horizon": 6, "gamma": 1.0,
+         "types": [{"name": "A", "group": "A", "fraction": 1.0,
+                    "P": [[[0.9, 0.1], [0.1, 0.9]], [[0.6, 0.4], [0.1, 0.9]]],
+                    "R": [0.0, 0.0001], "init": [0.5, 0.5]}]}
+    f = tmp_path / "tiny.json"
+    f.write_text(json.dumps(d))
+    res = runner.invoke(app, ["plan", str(f), "--arms", "40", "--budget", "0.2", "--seeds",
+                              "5", "--policy", "opt,noact"])
+    assert res.exit_code == 0, res.output
+    assert "0.000 ± 0.000" not in res.output  # what it printed
+    row = next(line for line in res.output.splitlines() if "noact" in line)
+    import re
+
+    assert re.search(r"0\.000\d\d ± \d\.\de-05", row), row  # 0.00028 ± 1.6e-05

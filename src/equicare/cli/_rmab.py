@@ -286,6 +286,16 @@ def _save_figure(fig: Any, path: Path) -> None:
         savefig_stable(fig, fh, format=fmt)
 
 
+def _num(x: float) -> str:
+    """Three decimals, or two significant digits where those would read 0.000.
+
+    Rewards per step of a weekly score (a mean of -0.0628 per arm with an SE of 0.00023)
+    printed ``-0.063 ± 0.000``: the SE looked like none.
+    """
+    text = f"{x:.3f}"
+    return f"{x:.2g}" if x != 0 and float(text) == 0 else text
+
+
 def _print_plan(res: PlanResult) -> None:
     from rich.table import Table
 
@@ -303,11 +313,11 @@ def _print_plan(res: PlanResult) -> None:
     t.add_column("loss vs opt", justify="right")
     for p, s in res.policies.items():
         loss = "" if s.utility_loss_vs_opt is None else f"{100 * s.utility_loss_vs_opt:.1f}%"
-        sd = "" if not math.isfinite(s.mean_reward_se) else f" ± {s.mean_reward_se:.3f}"
-        t.add_row(p, f"{s.mean_reward:.3f}{sd}",
-                  *[f"{s.group_mean[g]:.3f}" for g in groups],
+        sd = "" if not math.isfinite(s.mean_reward_se) else f" ± {_num(s.mean_reward_se)}"
+        t.add_row(p, f"{_num(s.mean_reward)}{sd}",
+                  *[_num(s.group_mean[g]) for g in groups],
                   f"{s.gini:.4f}" if math.isfinite(s.gini) else "n/a",
-                  f"{s.worst_group:.3f} ({s.worst_group_name})", loss)
+                  f"{_num(s.worst_group)} ({s.worst_group_name})", loss)
     notes = []
     if res.suppressed_groups:
         notes.append(f"{len(res.suppressed_groups)} group(s) suppressed (fewer than "
