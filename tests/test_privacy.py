@@ -18,13 +18,26 @@ def _episodes(table: dict[tuple[str, ...], int]) -> list[np.ndarray]:
 
 
 def _lines(cells: pd.DataFrame) -> list[np.ndarray]:
+    """The whole table and the lines whose totals the smaller tables publish.
+
+    Each margin's published cells (its own suppression, ``suppressed_labels``), and the union
+    of its suppressed cells (the total minus the published ones). A margin cell that is itself
+    suppressed publishes no total: three members of sex X make no line ``X``.
+    """
     k = cells.shape[1] - 1
+    n = cells["n"].to_numpy()
     out = [np.arange(len(cells))]
-    if k > 1:
-        for j in range(k):
-            others = [c for c in range(k) if c != j]
-            for _, idx in cells.groupby(others).indices.items():
-                out.append(np.asarray(idx))
+    for size in range(1, k):
+        for sub in itertools.combinations(range(k), size):
+            comps = [np.repeat(cells[j].to_numpy(), n) for j in sub]
+            hidden = suppressed_labels(comps)
+            keys = cells[list(sub)].astype(str).agg(" x ".join, axis=1).to_numpy()
+            for key in dict.fromkeys(keys):
+                if key not in hidden:
+                    out.append(np.flatnonzero(keys == key))
+            union = np.flatnonzero(np.isin(keys, list(hidden)))
+            if union.size:
+                out.append(union)
     return out
 
 
@@ -240,14 +253,20 @@ def test_split_withheld_leaves_no_small_training_cell_derivable(seed):
 def _cell_bounds(table: dict[tuple[str, str], int], hidden: set[tuple[str, str]]
                  ) -> dict[tuple[str, str], tuple[float, float]]:
     """Exact range of each hidden cell of a two-way table (linear programme, cells >= 0)
-    given the published cells, every row and column total and the grand total."""
+    given the published cells, the grand total and every row and column total that the
+    table of its attribute publishes."""
     from scipy.optimize import linprog
 
     keys = sorted(hidden)
-    rows = sorted({r for r, _ in table})
-    cols = sorted({c for _, c in table})
+    margins = []
+    for j in (0, 1):  # a row's or column's total is published unless its own table hides it
+        sizes: dict[str, int] = {}
+        for key, v in table.items():
+            sizes[key[j]] = sizes.get(key[j], 0) + v
+        shown = [lv for lv, v in suppress_counts(sizes).items() if v is not None]
+        margins += [[k for k in table if k[j] == lv] for lv in shown]
     a_eq, b_eq = [], []
-    for line in [[(r, c) for c in cols] for r in rows] + [[(r, c) for r in rows] for c in cols]:
+    for line in [list(table)] + margins:
         a_eq.append([1.0 if k in line else 0.0 for k in keys])
         b_eq.append(sum(table.get(k, 0) for k in line if k in hidden))
     out = {}
@@ -363,3 +382,26 @@ def test_quantile_edges_of_a_float32_column_are_no_rows_value_as_float32() -> No
         x = np.round(np.random.default_rng(seed).normal(1.0, 0.3, 3000), 4).astype(np.float32)
         e = quantile_edges(x, 3)
         assert e.size == 2 and not np.isin(e.astype(np.float32), x).any()
+
+
+def test_a_level_its_own_table_suppresses_is_no_line_of_the_intersection():
+    """race x sex with three members of sex X, all white: X is suppressed in every table of
+    sex, so no column total X is published. Read as published, it pinned white x X = 3, and
+    breaking that chain suppressed every cell: an 8,000-member audit of race x sex refused to
+    run ("no group ... can be published"). Now white x X goes with white x M (its row) only,
+    and its exact range given everything published is wide."""
+    table = {("white", "F"): 60, ("white", "M"): 50, ("white", "X"): 3,
+             ("black", "F"): 40, ("black", "M"): 30, ("asian", "F"): 25, ("asian", "M"): 20}
+    comps = _episodes(table)
+    assert suppressed_labels([comps[1]]) == {"M", "X"}  # the sex table hides X and M
+    cells, sup = suppressed_cells(comps)
+    hidden = {tuple(r) for r in cells.loc[sup, [0, 1]].itertuples(index=False)}
+    assert hidden == {("white", "X"), ("white", "M")}
+    _no_line_reveals_a_small_union(cells, sup, 11)
+    lo, hi = _cell_bounds(table, hidden)[("white", "X")]
+    assert hi - lo > 10
+    # the same in three attributes: a margin cell of two of them that its table hides
+    age = np.where(np.arange(comps[0].size) % 2 == 0, "young", "old")
+    cells3, sup3 = suppressed_cells([comps[0], comps[1], age])
+    assert not sup3.all()
+    _no_line_reveals_a_small_union(cells3, sup3, 11)

@@ -12,7 +12,9 @@ together, so the difference only ever reveals a union of at least ``min_cell`` e
 
 :func:`suppressed_cells` applies it to a table of one or more group attributes. Its lines are
 the whole table (the panel's total is always published) and, for an intersection, every row and
-column (each attribute's margins are published by the single-attribute tables): cells under
+column whose margin the single-attribute table publishes (a margin it suppresses is no line; the
+union of its suppressed margins is one), and likewise the published cells of every smaller
+intersection (:func:`_margin_lines`): cells under
 ``min_cell`` first, then, in any line whose suppressed cells hold between 1 and ``min_cell - 1``
 episodes, its smallest published cells until they hold ``min_cell``, repeated until no line
 changes. For an intersection, lines share cells, so a chain across lines can still pin a small
@@ -32,6 +34,7 @@ quantile bins whose edges lie between observed values.
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections.abc import Collection, Sequence
 from typing import Any
@@ -127,6 +130,13 @@ def suppressed_cells(components: Sequence[Any], min_cell: int = MIN_CELL,
     suppressed : ndarray of shape (n_cells,), bool
         Primary and complementary suppression.
     """
+    cells, sup, _ = _suppress(components, min_cell, withheld)
+    return cells, sup
+
+
+def _suppress(components: Sequence[Any], min_cell: int, withheld: Collection[str]
+              ) -> tuple[pd.DataFrame, NDArray[np.bool_], list[NDArray[np.int64]]]:
+    """:func:`suppressed_cells` with the lines (cell indices) whose totals are published."""
     frame = pd.DataFrame({j: np.asarray(c).astype(str) for j, c in enumerate(components)})
     cells = frame.value_counts(sort=False).rename("n").reset_index()
     n = cells["n"].to_numpy(dtype=np.int64)
@@ -137,24 +147,49 @@ def suppressed_cells(components: Sequence[Any], min_cell: int = MIN_CELL,
         names = cells[list(range(k))].astype(str).agg(" x ".join, axis=1).to_numpy(dtype=str)
         outside = np.isin(names, np.array(sorted(map(str, withheld)), dtype=str))
         sup |= outside
-    lines: list[NDArray[np.int64]] = [np.arange(n.size)]
-    if k > 1:
-        for j in range(k):
-            others = [c for c in range(k) if c != j]
-            codes = cells.groupby(others, sort=False).ngroup().to_numpy()
-            lines += [np.flatnonzero(codes == g) for g in range(int(codes.max()) + 1)]
+    lines = [np.arange(n.size)] + _margin_lines(frame, cells, min_cell)
     sensitive = (n < int(min_cell)) | outside
     while True:  # every pass adds cells; a table has finitely many
         changed = True
         while changed:
             changed = False
-            for idx in lines:
+            for idx in lines[1:] + lines[:1]:  # the whole table last: its rows fill it first
                 part = sup[idx]
                 if _complete_line(n[idx], part, int(min_cell), outside[idx]):
                     sup[idx] = part
                     changed = True
         if k == 1 or not _break_determined(lines, n, sup, sensitive):
-            return cells, sup
+            return cells, sup, lines
+
+
+def _margin_lines(frame: pd.DataFrame, cells: pd.DataFrame, min_cell: int
+                  ) -> list[NDArray[np.int64]]:
+    """Lines of an intersection whose totals the tables of fewer attributes publish.
+
+    Each proper subset of the attributes has its own table (``race``, ``sex``; ``race x sex``
+    within ``race x sex x age``), protected by this same suppression with ``min(min_cell,
+    MIN_CELL)`` (what every other table publishes). Its published cells are lines of the
+    intersection, and so is, within each of its own lines, the union of its suppressed cells
+    (their total is the line's minus its published cells). A suppressed margin is no line:
+    three members of sex X, suppressed in every table of sex, gave a column ``X`` whose total
+    pinned its single cell ``white x X``, and completing it suppressed every cell of
+    ``race x sex`` (8,000 members: the audit refused to run).
+    """
+    k = frame.shape[1]
+    out: dict[bytes, NDArray[np.int64]] = {}
+    for size in range(1, k):
+        for sub in itertools.combinations(range(k), size):
+            m_cells, m_sup, m_lines = _suppress([frame[j] for j in sub],
+                                                min(int(min_cell), MIN_CELL), ())
+            at = cells.groupby(list(sub), sort=False).indices
+            keys = [tuple(r) if size > 1 else r[0]
+                    for r in m_cells[list(range(size))].itertuples(index=False)]
+            for line in [np.array([i]) for i in np.flatnonzero(~m_sup)] + [
+                    m[m_sup[m]] for m in m_lines]:
+                if line.size:
+                    idx = np.sort(np.concatenate([at[keys[i]] for i in line]))
+                    out.setdefault(idx.tobytes(), idx)
+    return list(out.values())
 
 
 def determined_cells(lines: Sequence[NDArray[np.int64]], sup: NDArray[np.bool_]

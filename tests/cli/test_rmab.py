@@ -354,3 +354,54 @@ def test_the_same_plan_figure_is_the_same_file(app, tmp_path, ext):
         res = runner.invoke(app, [*args, "--figure", str(f)])
         assert res.exit_code == 0, res.output
     assert figs[0].read_bytes() == figs[1].read_bytes()
+
+
+@pytest.mark.filterwarnings("always::equicare.exceptions.EquicareWarning")  # shown, not raised
+def test_from_panel_names_the_reward_components_and_the_state_it_takes(app, tmp_path):
+    """A manifest with two reward components (a health change and an outreach cost) was told
+    that it 'does not name' --reward; and the state column taken from the manifest (its first
+    categorical state, a 60-level clinic code on a diabetes panel) was never named."""
+    from equicare.data import Manifest
+
+    p, mf = _panel_files(tmp_path)
+    m = Manifest.from_dict({
+        "dataset": {"episode": "member", "time": "week", "categorical_states": ["state"],
+                    "groups": ["group"]},
+        "actions": {"treated": {"levels": 2}},
+        "reward": {"health": {"column": "reward"}, "noise": {"column": "reward_noise"}}})
+    two = tmp_path / "two.toml"
+    two.write_text(m.to_toml())
+    res = runner.invoke(app, ["plan", "--from-panel", str(p), "-m", str(two), "--seeds", "1"])
+    assert res.exit_code == 2
+    said = " ".join(res.output.split())
+    assert said == (f"error: {two}: the manifest's reward has 2 components (reward, "
+                    "reward_noise); planning needs one reward column: pass --reward COLUMN "
+                    "(e.g. --reward reward)."), said
+    res = runner.invoke(app, ["plan", "--from-panel", str(p), "-m", str(two), "--reward",
+                              "reward", "--seeds", "1", "--horizon", "4", "--policy", "opt"])
+    assert res.exit_code == 0, res.output
+    assert ("note: planning on state column 'state' (the manifest's first categorical state); "
+            "pass --state COLUMN to choose another.") in " ".join(res.output.split())
+    res = runner.invoke(app, ["plan", "--from-panel", str(p), "-m", str(two), "--reward",
+                              "reward", "--state", "state", "--seeds", "1", "--horizon", "4",
+                              "--policy", "opt"])
+    assert res.exit_code == 0 and "note: planning on state" not in res.output
+
+
+def test_plan_table_shows_a_small_standard_error_instead_of_0_000(app, tmp_path):
+    """Per-step rewards of a weekly score: a mean of -0.063 per arm with an SE of 0.0002 read
+    '-0.063 ± 0.000' (as if there were no spread)."""
+    d = {"name": "tiny", "n_states": 2, "horizon": 6, "gamma": 1.0,
+         "types": [{"name": "A", "group": "A", "fraction": 1.0,
+                    "P": [[[0.9, 0.1], [0.1, 0.9]], [[0.6, 0.4], [0.1, 0.9]]],
+                    "R": [0.0, 0.0001], "init": [0.5, 0.5]}]}
+    f = tmp_path / "tiny.json"
+    f.write_text(json.dumps(d))
+    res = runner.invoke(app, ["plan", str(f), "--arms", "40", "--budget", "0.2", "--seeds",
+                              "5", "--policy", "opt,noact"])
+    assert res.exit_code == 0, res.output
+    assert "0.000 ± 0.000" not in res.output  # what it printed
+    row = next(line for line in res.output.splitlines() if "noact" in line)
+    import re
+
+    assert re.search(r"0\.000\d\d ± \d\.\de-05", row), row  # 0.00028 ± 1.6e-05

@@ -550,3 +550,29 @@ def test_streamed_dates_as_time_are_one_problem_as_in_memory(frame, tmp_path, ch
     rep, _ = validate_stream(p, man, chunk_rows=chunk_rows)
     assert len(whole.errors) == 1 and "(row 0: 2024-01-0" in whole.errors[0]
     assert rep.errors == whole.errors
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_scan_of_a_csv_panel_whose_ids_mix_text_and_numbers(frame, tmp_path, shuffle):
+    """Zero-padded member ids in a CSV are read as written: '0000254' text, '1234567' the
+    integer. scan_panel sorted them with np.unique: TypeError ('<' between int and str), an
+    internal error of every streamed command (validate, evaluate, predict --chunk-rows) on an
+    8,000-member diabetes panel. Ids now keep their order of first appearance."""
+    ids = {m: (f"{i:07d}" if i % 3 else f"{1_000_000 + i}")
+           for i, m in enumerate(sorted(frame["member_id"].unique()))}
+    mixed = frame.assign(member_id=frame["member_id"].map(ids))
+    if not shuffle:
+        mixed = mixed.sort_values(["member_id", "week"], key=lambda s: s.astype(str))
+    p = tmp_path / "panel.csv"
+    mixed.to_csv(p, index=False)
+    scan = scan_panel(p, _manifest())
+    assert scan.clustered is (not shuffle) and scan.n_rows == len(frame)
+    assert {type(x) for x in scan.episode_ids} == {str, int}
+    expect = mixed.groupby("member_id").size()
+    got = {str(k): v for k, v in zip(scan.episode_ids.tolist(), scan.lengths.tolist(),
+                                     strict=True)}
+    assert got == expect.to_dict()
+    first_seen = list(dict.fromkeys(mixed["member_id"]))
+    assert [str(x) for x in scan.episode_ids] == first_seen
+    report, _ = validate_stream(p, _manifest(), chunk_rows=40)
+    assert report.ok, report.errors

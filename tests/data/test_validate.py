@@ -420,14 +420,19 @@ def test_blank_group_labels_are_reported_beside_a_time_column_of_dates(frame, ma
     assert len(err.problems) == 2
 
 
+def _warning_with(frame: pd.DataFrame, manifest: dict, needle: str) -> str:
+    """The first DataWarning of loading ``frame`` that contains ``needle``."""
+    with pytest.warns(DataWarning) as rec:
+        from_frame(frame, manifest, source="p.csv")
+    return next(str(w.message) for w in rec if needle in str(w.message))
+
+
 def test_small_group_levels_are_named_without_their_counts(manifest_dict):
     """A level with fewer than 11 episodes is named, its count (a small cell) is not."""
     frame = make_frame(n_members=40, seed=4)
     ids = frame["member_id"].unique()
     frame.loc[frame["member_id"].isin(ids[:7]), "race"] = "Pacific Islander"
-    with pytest.warns(DataWarning) as rec:
-        from_frame(frame, manifest_dict, source="p.csv")
-    msg = next(str(w.message) for w in rec if "fewer than 11 episodes" in str(w.message))
+    msg = _warning_with(frame, manifest_dict, "fewer than 11 episodes")
     assert "Pacific Islander" in msg and "Pacific Islander (" not in msg
     assert not re.search(r"\(\d+\)", msg), msg
 
@@ -515,3 +520,19 @@ def test_summary_shares_of_1_to_10_members_or_rows_are_not_published(manifest_di
     text = " | ".join(str(w.message) for w in rec)
     said = text.split("'primary' (column 'r_primary') is non-zero in only ")[1].split(" (<")[0]
     assert said == (f"{100 * k / n_rows:.2f}% of rows" if shown else "1 to 10 rows")
+
+
+def test_small_group_level_names_the_levels_hidden_with_it(manifest_dict):
+    """Three members of sex X hide M too (with one other level and a published total, the
+    total minus F gives M + X): the validate table read 'M suppressed' next to 'F 4,314' with
+    no word of why. The warning names M as hidden by complementary suppression."""
+    frame = make_frame(n_members=60, seed=5)
+    ids = frame["member_id"].unique()
+    frame.loc[frame["member_id"].isin(ids[:3]), "sex"] = "x"
+    msg = _warning_with(frame, manifest_dict, "group attribute 'sex'")
+    hidden = "f" if (frame.groupby("member_id")["sex"].first() == "f").sum() < (
+        frame.groupby("member_id")["sex"].first() == "m").sum() else "m"
+    assert msg.endswith(f"episodes: x; they are suppressed in published tables, and so is "
+                        f"{hidden}, so that they cannot be recovered by difference from the "
+                        "total (complementary suppression)."), msg
+    assert not re.search(r"\(\d+\)", msg), msg

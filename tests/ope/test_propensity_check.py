@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from equicare.ope._propensity_check import (
@@ -412,3 +413,39 @@ def test_in_sample_propensities_bias_wpdis_over_episodes_of_different_lengths():
     assert MSG_IN_SAMPLE_WPDIS in msg
     assert [str(w.message) for w in rec if issubclass(w.category, DataWarning)
             and "estimated in-sample" in str(w.message)] == [msg]
+
+
+def test_true_propensities_of_a_choice_on_an_unrecorded_attribute_are_not_called_wrong():
+    """A diabetes panel whose outreach provider follows the member's assigned care team (not
+    among the states) was warned with its true propensities (factor 2.1), and told to leave
+    them out of the manifest. The warning now names that cause and says to keep them; with
+    the team among the states the check agrees."""
+    from equicare.data import from_frame
+
+    rng = np.random.default_rng(0)
+    n_members, weeks = 400, 10
+    team = rng.integers(0, 3, size=n_members)
+    ids = np.repeat([f"m{i:04d}" for i in range(n_members)], weeks)
+    own = np.repeat(team, weeks)
+    # 90% the team's own action, 5% each other
+    probs = np.where(np.arange(3)[None, :] == own[:, None], 0.9, 0.05)
+    action = (rng.random(own.size)[:, None] > probs.cumsum(axis=1)).sum(axis=1)
+    frame = pd.DataFrame({
+        "member_id": ids, "week": np.tile(np.arange(weeks), n_members),
+        # 40 clinics: wide categorical states, checked by the action frequencies per cell
+        "clinic": np.array([f"c{j:02d}" for j in range(40)])[rng.integers(0, 40, size=own.size)],
+        "team": np.array(["nurse", "pharmacist", "chw"])[own],
+        "action": action, "propensity": probs[np.arange(own.size), action],
+        "reward": rng.normal(size=own.size),
+        "race": np.repeat(np.array(["a", "b"])[rng.integers(0, 2, size=n_members)], weeks)})
+    manifest = {"dataset": {"episode": "member_id", "time": "week",
+                            "categorical_states": ["clinic"], "groups": ["race"],
+                            "behavior_prob": "propensity"},
+                "actions": {"action": {"levels": 3}}, "reward": {"r": {"column": "reward"}}}
+    msg = propensity_warning(from_frame(frame, manifest, emit_warnings=False), "panel.csv")
+    assert msg is not None
+    assert ("current practice also decided on something the states do not hold (a member's "
+            "assigned care team" in msg)
+    assert "the logged propensities are then the right ones" in msg
+    manifest["dataset"]["categorical_states"] = ["clinic", "team"]
+    assert propensity_warning(from_frame(frame, manifest, emit_warnings=False), "p.csv") is None

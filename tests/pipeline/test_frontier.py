@@ -210,3 +210,42 @@ def test_frontier_warns_once_when_its_values_leave_the_support() -> None:
     for a in res.audits:
         sup = a["policy"].diagnostics.support
         assert sup is not None and sup.warn
+
+
+def test_frontier_names_the_groups_left_out_of_a_points_worst_group(panel) -> None:
+    """A group whose value is not published (weights too thin) is left out of the policy's
+    worst group, while the behaviour's covers every group: on a diabetes panel BC at lambda
+    0 (imitating practice) read worst group 'Black -0.207' against the behaviour's 'NHPI
+    -0.673', with nothing saying that NHPI, AIAN and Asian had no value. Each point now names
+    them (worst_excluded), and the table's caption too."""
+    import warnings
+
+    import torch
+    from rich.console import Console
+
+    from equicare.cli._fairness import frontier_table
+    from equicare.fairness import frontier
+
+    torch.set_num_threads(1)
+    cfg = {"n_steps": 60, "hidden": [16], "batch_size": 128, "valid_fraction": 0.0,
+           "eval_every": 30}
+    # WIS weights of some group with an ESS below 11 episodes: that group is left out (the
+    # thin-evidence warnings of such weights are not what this test is about)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = frontier(panel, "bc", lambdas=[50.0], group="race", config=cfg,
+                       action="modality=home_visit", estimator="wis", n_boot=20,
+                       random_state=0)
+    o = res.audits[0]["policy"].outcome
+    left = [g for g in o.groups if g in o.undefined]
+    assert left, o.undefined  # the case this is about
+    assert res.table["worst_excluded"].tolist() == [", ".join(left)]
+    assert res.table["worst_group"].iloc[0] not in left
+    d = json.loads(json.dumps(res.to_dict()))
+    assert d["points"][0]["worst_excluded"] == ", ".join(left)
+    assert d["behavior"]["worst_excluded"] == ""
+    console = Console(width=200, record=True)
+    console.print(frontier_table(res))
+    said = " ".join(console.export_text().split())
+    assert (f"lambda = 50 leaves out {', '.join(left)} (importance weights too thin to publish"
+            in said), said

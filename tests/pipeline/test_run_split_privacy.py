@@ -204,3 +204,23 @@ def test_the_held_out_half_streamed_hides_what_the_run_hides(tmp_path):
             assert shown == {g for g, c in ran_audit["policies"][pol][table].items()
                              if not c.get("suppressed")} == {"s_b", "s_c"}, (pol, table)
     assert _published_with_counts(ev, "s_rare") == _published_with_counts(au, "s_rare") == []
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.EquicareWarning")
+def test_an_audit_grouping_left_with_one_cell_is_refused_before_training(tmp_path):
+    """Site s_rare (12 held out, 6 in training) is withheld from the held-out tables, and
+    with it the only other site: the audit stage found 'only 1 group can be published'
+    after the learner had trained (a diabetes run's race x sex: 57 s), and kept a failed
+    partial folder. The same cells are now decided at the data stage: exit 2, no run."""
+    cfg, held = _leak_config(tmp_path)
+    panel = tmp_path / "panel.csv"
+    frame = pd.read_csv(panel)
+    frame["site"] = np.where(frame["site"] == "s_rare", "s_rare", "s_big")
+    frame.to_csv(panel, index=False)
+    res = runner.invoke(app, ["run", str(cfg), "--no-progress"])
+    assert res.exit_code == 2, res.output
+    said = " ".join(res.output.split())
+    assert "'site'" in said and "can be published" in said, said
+    runs = tmp_path / "runs"
+    assert not runs.exists() or not [p for p in runs.iterdir() if p.is_dir()], list(
+        runs.iterdir())

@@ -402,3 +402,34 @@ def test_long_form_keys_are_factorized_as_the_multiindex_is():
         np.testing.assert_array_equal(key_t, ref_keys.get_level_values(1))
     empty = _factorize_keys(np.zeros(0, np.int64), np.zeros(0, np.int64))
     assert all(a.size == 0 for a in empty)
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_mixed_episode_ids_of_a_csv_panel_round_trip_through_a_policy_file(tmp_path, suffix):
+    """Zero-padded member ids in a CSV (labels read as written): '0000254' stays text and
+    '1234567' is the integer, so the ids are a mix of str and int. predict's Parquet file
+    could not hold them (ArrowInvalid, an internal error, exit 1, on an 8,000-member diabetes
+    panel). They are written as the text they were read from, and match the panel's ids."""
+    from equicare.data import load_dataset
+
+    from ..conftest import MANIFEST
+
+    frame = make_frame(20, seed=4)
+    ids = {m: (f"{i:07d}" if i % 3 else f"{1_000_000 + i}")  # some with a leading zero
+           for i, m in enumerate(sorted(frame["member_id"].unique()))}
+    frame["member_id"] = frame["member_id"].map(ids)
+    panel = tmp_path / "panel.csv"
+    frame.to_csv(panel, index=False)
+    ds = load_dataset(panel, MANIFEST, emit_warnings=False)
+    kinds = {type(x) for x in ds.episode_ids}
+    assert kinds == {str, int}, kinds  # the mix this is about
+    probs = np.full((ds.n_steps, ds.n_actions), 1.0 / ds.n_actions)
+    probs[:, 0] += 0.5
+    probs /= probs.sum(axis=1, keepdims=True)
+    out = write_policy_file(ds, probs, tmp_path / f"p{suffix}")
+    np.testing.assert_allclose(FilePolicy(out).action_probs(ds), probs)
+    # the Parquet copy of the panel (ids all text) is served by the same file
+    frame.astype({"member_id": str}).to_parquet(tmp_path / "panel.parquet", index=False)
+    ds2 = load_dataset(tmp_path / "panel.parquet", MANIFEST, emit_warnings=False)
+    got = FilePolicy(out).action_probs(ds2)
+    np.testing.assert_allclose(got, np.broadcast_to(probs[0], probs.shape))  # rows alike

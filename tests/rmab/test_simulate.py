@@ -214,3 +214,109 @@ def test_utility_loss_se_is_paired_over_seeds():
     d = (u - u.mean() / uo.mean() * uo) / uo.mean()
     expected = d.std(ddof=1) / np.sqrt(d.size)
     assert res.policies["mnw-eg"].utility_loss_vs_opt_se == pytest.approx(expected, rel=1e-12)
+
+
+def _shifted_synthetic(shift: float):
+    from equicare.rmab import RMABDomain
+
+    base = load_domain("synthetic", n_arms=40)
+    return base, RMABDomain(P=base.P, R=base.R + shift, init=base.init, groups=base.groups,
+                            group_names=base.group_names, name="costs")
+
+
+def test_gini_is_undefined_with_a_negative_group_mean():
+    """Rewards that are costs or changes (a weekly health change minus the cost of outreach)
+    make every group mean negative: the Gini formula then gave -0.43 on a diabetes panel,
+    a number with no meaning. It is NaN, null in the JSON and n/a in the table."""
+    assert np.isnan(gini([-0.03, -0.08, -0.05])) and np.isnan(gini([1.0, -0.5]))
+    assert gini([0.0, 2.0]) == pytest.approx(0.5)
+    _, shifted = _shifted_synthetic(-2.0)
+    res = plan(shifted, budget=0.2, seeds=3, random_state=0, policies=["opt", "mmr"])
+    out = json.loads(json.dumps(res.to_dict()))
+    for p in ("opt", "mmr"):
+        assert np.isnan(res.policies[p].gini)
+        assert out["policies"][p]["gini"] is None and out["policies"][p]["gini_reference"] is None
+        assert max(out["policies"][p]["group_mean"].values()) < 0
+
+
+def test_utility_loss_is_positive_when_a_policy_does_worse_than_opt_whatever_the_sign():
+    """1 - U / U_opt flips sign when U_opt < 0: mmr, worse than opt (-0.066 against -0.062 per
+    arm on a diabetes panel), read a loss of -5.7%. Shifting every reward by a constant
+    changes no action (same seeds, same draws), so each loss keeps its sign and is
+    (U_opt - U) / |U_opt|."""
+    base, shifted = _shifted_synthetic(-2.0)
+    kw = {"budget": 0.2, "seeds": 3, "random_state": 0, "policies": ["opt", "mmr", "noact"]}
+    a, b = plan(base, **kw), plan(shifted, **kw)
+    for p in ("mmr", "noact"):
+        u, uo = b.policies[p].mean_reward, b.policies["opt"].mean_reward
+        assert uo < 0 and u < uo
+        assert a.policies[p].utility_loss_vs_opt > 0
+        assert b.policies[p].utility_loss_vs_opt == pytest.approx((uo - u) / abs(uo), rel=1e-12)
+        assert b.policies[p].utility_loss_vs_opt > 0
+    assert b.policies["opt"].utility_loss_vs_opt == 0.0
+    assert str(b.policies["opt"].utility_loss_vs_opt) == "0.0"  # not -0.0 (printed "-0.0%")
+
+
+def test_the_same_arms_in_every_seed_are_not_copied_per_seed():
+    """Arms estimated from a panel are the same in every seed (posterior means): the batch
+    tiled every arm's matrices once per seed before finding the distinct models, n_seeds x
+    N x 2 S^2 floats (25 seeds of 8,000 arms with 60 states: over 9 GB, killed). The peak is
+    now about one copy of the domain's matrices, and the numbers are the same."""
+    import tracemalloc
+
+    from equicare.rmab import RMABDomain
+
+    rng = np.random.default_rng(0)
+    S, n_types, N = 20, 3, 400
+    P = rng.dirichlet(np.ones(S), size=(n_types, 2, S))
+    R = np.tile(np.linspace(0.0, 1.0, S), (n_types, 1))
+    groups = np.repeat(np.arange(n_types), N // n_types + 1)[:N]
+    d = RMABDomain(P=P[groups], R=R[groups], init=np.full((N, S), 1.0 / S), groups=groups,
+                   group_names=("a", "b", "c"), name="panel")
+    cfg = PlanConfig(check_indexability=False)
+    small = plan(d, budget=0.1, seeds=2, random_state=0, policies=["opt"], config=cfg)
+    tracemalloc.start()
+    res = plan(d, budget=0.1, seeds=25, random_state=0, policies=["opt"], config=cfg)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    tiled = 25 * d.P.nbytes  # 51 MB
+    assert peak < tiled / 4, (peak, tiled)
+    assert res.policies["opt"].mean_reward == pytest.approx(small.policies["opt"].mean_reward,
+                                                            abs=0.5)
+    # the distinct models and every arm's model are those found over the tiled arms
+    from equicare.rmab._simulate import _ArmBatch
+    from equicare.rmab._whittle import unique_arms
+
+    batch = _ArmBatch(d, 3, 0, cfg)
+    t_type, t_P, t_R = unique_arms(np.tile(d.P, (3, 1, 1, 1)), np.tile(d.R, (3, 1)))
+    np.testing.assert_array_equal(batch.type, t_type)
+    np.testing.assert_array_equal(batch.Pt, t_P)
+    np.testing.assert_array_equal(batch.Rt, t_R)
+
+
+def test_equitable_curves_do_not_build_a_units_by_budgets_by_charges_array():
+    """The group value curves' envelope min_c F_c + lambda_c b was one array of every unit
+    (group x seed), budget level and candidate charge: 556 MB at each step of each equitable
+    policy for 25 seeds of an 8,000-member panel. It is now built one charge at a time (the
+    same minimum, the same numbers: a panel, synthetic and maternal plan of 3 seeds and six
+    policies gave identical rewards and allocations)."""
+    import tracemalloc
+
+    from equicare.rmab import RMABDomain
+
+    rng = np.random.default_rng(1)
+    S, N = 10, 4000
+    P = rng.dirichlet(np.ones(S), size=(2, 2, S))
+    R = np.tile(np.linspace(0.0, 1.0, S), (2, 1))
+    groups = np.repeat([0, 1], N // 2)
+    d = RMABDomain(P=P[groups], R=R[groups], init=np.full((N, S), 1.0 / S), groups=groups,
+                   group_names=("a", "b"), name="panel")
+    cfg = PlanConfig(check_indexability=False)
+    tracemalloc.start()
+    res = plan(d, budget=0.1, seeds=3, horizon=5, random_state=0, policies=["mmr"], config=cfg)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    # measured: 82 MB with the 3-D envelope, 20 MB without (6 units x 2,001 budget levels x
+    # hundreds of candidate charges: the index table's breakpoints and the midpoints)
+    assert peak < 40e6, peak
+    assert res.policies["mmr"].mean_reward > 0

@@ -431,6 +431,15 @@ def frontier_table(res: FrontierResult) -> Table:
     t.add_row("behavior", _fmt(b.get("value"), 1, 3), _fmt(b.get("gap_pp")),
               f"{_fmt(b.get('worst_group_value'), 1, 3)}{_named(b.get('worst_group'))}", "",
               style="dim")
+    left = [f"lambda = {r['lambda']:g} leaves out {r['worst_excluded']}"
+            for _, r in res.table.iterrows()
+            if isinstance(r.get("worst_excluded"), str) and r["worst_excluded"]]
+    if left:
+        t.caption = ("The worst-group value is over the groups that have one: "
+                     + "; ".join(left) + " (importance weights too thin to publish, or "
+                     "withheld so that those cannot be worked out); the behaviour's is over "
+                     + ("every group." if not b.get("worst_excluded") else
+                        f"the others (it leaves out {b['worst_excluded']})."))
     return t
 
 

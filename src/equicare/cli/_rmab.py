@@ -24,6 +24,7 @@ from equicare.cli._utils import (
     check_out_paths,
     console,
     fail,
+    info,
     print_json,
     print_table,
     provenance,
@@ -37,6 +38,12 @@ DEFAULT_POLICIES = "opt,mmr,mnw,mnw-eg,random,noact"
 OUT_EXISTS = "{path} exists; refusing to overwrite it (pass --force to replace it)."
 PANEL_COLUMNS = ("--from-panel needs a manifest (--manifest) or the column options {missing}"
                  "{also}.")
+#: A manifest whose reward has several components: planning needs one column.
+PANEL_REWARDS = ("{manifest}: the manifest's reward has {k} components ({columns}); planning "
+                 "needs one reward column: pass --reward COLUMN (e.g. --reward {first}).")
+#: The note naming the state column taken from the manifest.
+PANEL_STATE_NOTE = ("note: planning on state column {state!r} (the manifest's first "
+                    "categorical state); pass --state COLUMN to choose another.")
 
 # Column roles of --from-panel (shared by plan and capacity); a manifest fills the rest.
 PanelState = Annotated[str | None, typer.Option(help="Panel: discrete state column.")]
@@ -110,6 +117,7 @@ def _panel_domain(data: Path, manifest: Path | None, *, arms: int | None, horizo
     except ImportError:  # pragma: no cover - the data layer ships with equicare
         read_manifest = read_table = None  # type: ignore[assignment]
     m = None
+    from_manifest = None  # the state column taken from the manifest, named once all is known
     if manifest is not None:
         if read_manifest is None:  # pragma: no cover
             raise InvalidParameterError("Reading a manifest needs equicare.data.")
@@ -127,7 +135,7 @@ def _panel_domain(data: Path, manifest: Path | None, *, arms: int | None, horizo
             if not m.categorical_states:
                 raise InvalidParameterError(f"{manifest}: name a discrete state column under "
                                  "categorical_states, or pass --state COLUMN.")
-            state = m.categorical_states[0]
+            state = from_manifest = m.categorical_states[0]
         if action is None:
             if len(m.actions) != 1:
                 raise InvalidParameterError(f"{manifest}: planning needs one binary action column "
@@ -139,8 +147,13 @@ def _panel_domain(data: Path, manifest: Path | None, *, arms: int | None, horizo
                     f"{manifest}: name a group column under groups, or pass "
                                  "--group COLUMN.")
             group = m.groups[0]
-        if reward is None and state_rewards is None and len(m.reward) == 1:
-            reward = m.reward[0].column
+        if reward is None and state_rewards is None:
+            if len(m.reward) > 1:
+                cols = [r.column for r in m.reward]
+                raise InvalidParameterError(PANEL_REWARDS.format(
+                    manifest=manifest, k=len(cols), columns=", ".join(cols), first=cols[0]))
+            if len(m.reward) == 1:
+                reward = m.reward[0].column
     missing = [n for n, v in (("--episode", episode), ("--state", state), ("--action", action),
                               ("--group", group), ("--reward", reward or state_rewards))
                if v is None]
@@ -154,6 +167,8 @@ def _panel_domain(data: Path, manifest: Path | None, *, arms: int | None, horizo
     except DataValidationError as exc:  # name the file: "panel.parquet: Column 'risk' ..."
         raise DataValidationError(f"{data}: {exc}", [f"{data}: {e}" for e in exc.problems]
                                   ) from None
+    if from_manifest is not None:
+        info(PANEL_STATE_NOTE.format(state=from_manifest))
     return est.to_domain(n_arms=arms, horizon=horizon, name=Path(data).stem)
 
 
@@ -271,6 +286,16 @@ def _save_figure(fig: Any, path: Path) -> None:
         savefig_stable(fig, fh, format=fmt)
 
 
+def _num(x: float) -> str:
+    """Three decimals, or two significant digits where those would read 0.000.
+
+    Rewards per step of a weekly score (a mean of -0.0628 per arm with an SE of 0.00023)
+    printed ``-0.063 ± 0.000``: the SE looked like none.
+    """
+    text = f"{x:.3f}"
+    return f"{x:.2g}" if x != 0 and float(text) == 0 else text
+
+
 def _print_plan(res: PlanResult) -> None:
     from rich.table import Table
 
@@ -288,14 +313,21 @@ def _print_plan(res: PlanResult) -> None:
     t.add_column("loss vs opt", justify="right")
     for p, s in res.policies.items():
         loss = "" if s.utility_loss_vs_opt is None else f"{100 * s.utility_loss_vs_opt:.1f}%"
-        sd = "" if not math.isfinite(s.mean_reward_se) else f" ± {s.mean_reward_se:.3f}"
-        t.add_row(p, f"{s.mean_reward:.3f}{sd}",
-                  *[f"{s.group_mean[g]:.3f}" for g in groups], f"{s.gini:.4f}",
-                  f"{s.worst_group:.3f} ({s.worst_group_name})", loss)
+        sd = "" if not math.isfinite(s.mean_reward_se) else f" ± {_num(s.mean_reward_se)}"
+        t.add_row(p, f"{_num(s.mean_reward)}{sd}",
+                  *[_num(s.group_mean[g]) for g in groups],
+                  f"{s.gini:.4f}" if math.isfinite(s.gini) else "n/a",
+                  f"{_num(s.worst_group)} ({s.worst_group_name})", loss)
+    notes = []
     if res.suppressed_groups:
-        t.caption = (f"{len(res.suppressed_groups)} group(s) suppressed (fewer than "
-                     f"{res.min_cell} members, or hidden so that one cannot be recovered by "
-                     "difference); Gini and worst group are over the groups shown.")
+        notes.append(f"{len(res.suppressed_groups)} group(s) suppressed (fewer than "
+                      f"{res.min_cell} members, or hidden so that one cannot be recovered by "
+                      "difference); Gini and worst group are over the groups shown.")
+    if any(not math.isfinite(s.gini) for s in res.policies.values()):
+        notes.append("Gini n/a: a group's mean reward is negative (the Gini index compares "
+                     "shares of a non-negative total).")
+    if notes:
+        t.caption = " ".join(notes)
     print_table(t)
 
 

@@ -322,15 +322,17 @@ def scan_panel(path: str | os.PathLike[str],
     ids = np.concatenate(run_ids)
     lens = np.concatenate(run_lens)
     groups = {g: np.concatenate(v) for g, v in run_groups.items()}
-    uniq, inverse = np.unique(ids, return_inverse=True)
+    # in order of first appearance; np.unique sorted them, which a CSV panel's ids read as
+    # written cannot be ('0000254' stays text, '1234567' is the integer: a TypeError)
+    inverse, uniq_index = pd.factorize(ids, use_na_sentinel=False)
+    uniq = np.asarray(uniq_index, dtype=ids.dtype)
     clustered = uniq.shape[0] == ids.shape[0]
     if not clustered:  # rows of some episodes are scattered: count per episode instead
         first = np.full(uniq.shape[0], ids.shape[0], dtype=np.int64)
         np.minimum.at(first, inverse, np.arange(ids.shape[0]))
-        order = np.argsort(first, kind="stable")
-        ids = uniq[order]
-        lens = np.bincount(inverse, weights=lens, minlength=uniq.shape[0]).astype(np.int64)[order]
-        groups = {g: v[first[order]] for g, v in groups.items()}
+        ids = uniq
+        lens = np.bincount(inverse, weights=lens, minlength=uniq.shape[0]).astype(np.int64)
+        groups = {g: v[first] for g, v in groups.items()}
     cat_levels: dict[str, tuple[Any, ...]] = {}
     for c, s in levels.items():
         vals = [v for v in s if not (isinstance(v, float) and np.isnan(v))]

@@ -23,7 +23,7 @@ from equicare.data._labels import MSG_MISSING_GROUP, missing_labels
 from equicare.data._manifest import ActionColumn, Manifest
 from equicare.data._stream_summary import SummaryParts
 from equicare.exceptions import DataValidationError, DataWarning
-from equicare.privacy import small_count
+from equicare.privacy import small_count, suppress_counts
 from equicare.utils import MIN_CELL
 
 __all__ = ["ValidationReport", "validate_frame", "encode_actions", "SPARSE_REWARD_PCT",
@@ -118,9 +118,17 @@ def panel_warnings(counts: PanelCounts, manifest: Manifest, source: str) -> list
         # the levels only: a count below MIN_CELL is itself a small cell, never printed
         small = [str(lv) for lv, c in sorted(levels.items()) if c < MIN_CELL]
         if small:
+            # and the levels hidden with them (a sex with 3 members of X hides M's 3,683 too:
+            # the validate table read "M suppressed" with no word of why)
+            published = suppress_counts({str(k): int(v) for k, v in levels.items()})
+            more = [lv for lv, v in sorted(published.items()) if v is None and lv not in small]
+            also = ("" if not more else
+                    f", and so {'is' if len(more) == 1 else 'are'} {', '.join(more)}, so that "
+                    "they cannot be recovered by difference from the total (complementary "
+                    "suppression)")
             out.append(
                 f"{source}: group attribute {g!r} has levels with fewer than {MIN_CELL} "
-                f"episodes: {', '.join(small)}; they are suppressed in published tables."
+                f"episodes: {', '.join(small)}; they are suppressed in published tables{also}."
             )
     return out
 

@@ -65,8 +65,12 @@ MSG_PROPENSITY = (
     "|log ratio| {stat:.2f} over {rows}; above {limit:g} is reported){example}. Check that "
     "the column holds current practice's probability of the action logged on the row (not of "
     "another action, a percentage or a score): importance-sampling estimates (is, wis, pdis, "
-    "wpdis, dr, wdr) are only as good as these. Or leave the column out of the manifest and "
-    "let evaluate estimate the behaviour policy.")
+    "wpdis, dr, wdr) are only as good as these. If it does, current practice also decided on "
+    "something the states do not hold (a member's assigned care team, a clinician's "
+    "judgement): the logged propensities are then the right ones, and a behaviour policy "
+    "estimated from the states would miss it too; add that column to the manifest's states "
+    "to see the check agree. If it does not, leave the column out of the manifest and let "
+    "evaluate estimate the behaviour policy.")
 
 #: Share of episodes with a logged row whose *estimated* propensity was floored above which
 #: :func:`~equicare.ope.evaluate` may warn (:data:`MSG_FLOORED`). On a Garnet ICU-shaped panel

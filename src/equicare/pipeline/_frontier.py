@@ -41,7 +41,8 @@ Weight = Literal["fair_lambda", "group_robust"]
 _LEARNERS = {"bc": "BC", "awr": "AWR", "cql": "CQL"}
 #: Columns of :attr:`FrontierResult.table`.
 COLUMNS = ("lambda", "value", "value_lower", "value_upper", "gap_pp", "gap_lower", "gap_upper",
-           "worst_group_value", "worst_lower", "worst_upper", "worst_group", "pareto")
+           "worst_group_value", "worst_lower", "worst_upper", "worst_group", "worst_excluded",
+           "pareto")
 #: The frontier's one warning when the censoring check of a stationary table fires at some
 #: points (each point's audit keeps the check in its diagnostics).
 MSG_CENSORING = ("frontier: the stationary tabular Q-model's censoring check fired at {k} of {n} "
@@ -457,7 +458,11 @@ def _row(res: AuditResult, name: str, lam: float) -> dict[str, Any]:
     if o is not None:
         has = o.value_reps is not None
         row.update(value=o.overall, worst_group_value=o.worst_group(),
-                   worst_group=o.worst_group_label())
+                   worst_group=o.worst_group_label(),
+                   # the groups with no value, left out of the worst group (weights too thin,
+                   # or withheld to protect them): the behaviour's is over every group, so a
+                   # policy's "better" worst group may only be over fewer groups
+                   worst_excluded=", ".join(g for g in o.groups if g in o.undefined))
         v = o.overall_ci if has else (nan, nan)
         w = o.worst_group_ci() if has else (nan, nan)
         row.update(value_lower=v[0], value_upper=v[1], worst_lower=w[0], worst_upper=w[1])

@@ -238,8 +238,10 @@ def _stage_data(
         ds, cfg["ope"]["holdout"], "run", "the evaluation (ope.holdout)", EVALUATE_EPISODES_WHY,
         random_state=seed, stratify=ds.group_attrs[0] if ds.groups else None,
         source=cfg.resolve(cfg["data"]["path"]) if cfg["data"]["path"] else None)
+    withheld = held_out_withheld(ds, test)
+    _check_audit_cells(cfg, test, withheld)
     state.update(dataset=ds, sim=sim, train=train, test=test,
-                 withheld=held_out_withheld(ds, test),
+                 withheld=withheld,
                  audit_action=_action_of(cfg, "audit", ds),
                  mediation_action=(_action_of(cfg, "mediation", ds)
                                    if cfg["mediation"]["enabled"] else ""))
@@ -252,6 +254,29 @@ def _stage_data(
         Metric("data.train_episodes", train.n_episodes),
         Metric("data.test_episodes", test.n_episodes),
     ]
+
+
+def _check_audit_cells(cfg: RunConfig, test: Any, withheld: dict[str, set[str]]) -> None:
+    """Refuse, before any training, an audit grouping of which fewer than 2 cells publish.
+
+    The audit stage publishes the held-out half's cells with the ``withheld`` ones and their
+    complements suppressed (:func:`held_out_withheld`); a grouping left with one cell failed
+    there, after the learner had trained (``race x sex`` with 3 members of sex X: 57 s of a
+    diabetes run, its partial folder kept as failed). The same cells are decided here.
+    """
+    from equicare.fairness._groups import (
+        dataset_group_index,
+        require_comparison,
+        withheld_cells,
+    )
+
+    if not test.groups:
+        return
+    a = cfg["audit"]
+    attrs = [a["group"] or test.group_attrs[0], *audit_intersect(a)]
+    require_comparison(dataset_group_index(
+        test, attrs[0], attrs[1:], warn=False,
+        withheld=withheld_cells(test, attrs, withheld)))
 
 
 def held_out_withheld(ds: Any, test: Any) -> dict[str, set[str]]:
@@ -672,7 +697,8 @@ def _stage_plan(
     _write_json(out / "plan.json", res.to_dict())
     for name, pol in res.to_dict()["policies"].items():
         metrics.append(Metric(f"plan.{name}.mean_reward", pol["mean_reward"]))
-        metrics.append(Metric(f"plan.{name}.gini", pol["gini"]))
+        if pol["gini"] is not None:  # undefined with a negative group mean
+            metrics.append(Metric(f"plan.{name}.gini", pol["gini"]))
 
 
 def _summary(state: dict[str, Any]) -> dict[str, Any]:

@@ -387,14 +387,14 @@ class FilePolicy:
         Each batch is parsed as ``read_policy_file`` parses the whole file (pandas), and only
         its matching rows are kept; the episode ids match as in the whole file's index.
         """
-        want = pd.Index(pd.unique(np.asarray(ids)))
+        want = pd.Index(pd.unique(np.asarray(ids))).astype(str)  # as text: _positions matches
         pieces: list[pd.DataFrame] = []
         rows: list[NDArray[np.int64]] = []
         start = 0
         for batch in self._csv_batches(labels=(ep_col,)):
             if ep_col not in batch.columns:  # the layout check names it first
                 break
-            hit = np.flatnonzero(batch[ep_col].isin(want).to_numpy())
+            hit = np.flatnonzero(batch[ep_col].astype(str).isin(want).to_numpy())
             if hit.size:
                 pieces.append(batch.iloc[hit])
                 rows.append(start + hit.astype(np.int64))
@@ -420,7 +420,9 @@ class FilePolicy:
         if pa.types.is_dictionary(typ):
             typ = typ.value_type
         try:
-            want = pa.array(np.asarray(ids)).cast(typ)
+            raw = np.asarray(ids)
+            want = pa.array(raw.astype(str) if pa.types.is_string(typ)
+                            or pa.types.is_large_string(typ) else raw).cast(typ)
         except (pa.ArrowException, TypeError, ValueError):
             want = pa.array([], type=typ)  # no file row can match; reported as missing rows
         meta = pf.metadata
@@ -531,7 +533,13 @@ class FilePolicy:
         layout = self._layout(ep_col, t_col, labels)
         ix = self._indexed(dataset, ep_col, t_col, layout, labels)
         # dataset row r <-> (file code of episode_index[r], times[r]); -1 = episode not in file
-        ep_code = ix.episodes.get_indexer(pd.Index(dataset.episode_ids)).astype(np.int64)
+        ids = pd.Index(dataset.episode_ids)
+        ep_code = ix.episodes.get_indexer(ids).astype(np.int64)
+        if (ep_code < 0).any() and (ids.inferred_type != ix.episodes.inferred_type):
+            # ids of a CSV panel read as written (a mix of text and numbers) against a file
+            # of text ids, or back: the same labels as text (_episode_keys)
+            as_text = ix.episodes.astype(str).get_indexer(ids.astype(str)).astype(np.int64)
+            ep_code = np.where(ep_code < 0, as_text, ep_code)
         want = pd.MultiIndex.from_arrays([ep_code[dataset.episode_index],
                                           np.asarray(dataset.times, dtype=np.int64)])
         pos = ix.lookup.get_indexer(want)
@@ -822,7 +830,8 @@ def write_policy_file(
 
 
 def _policy_frame(dataset: TrajectoryDataset, probs: NDArray[np.float64], form: str, owner: str,
-                  extra: Mapping[str, NDArray[Any]] | None = None) -> pd.DataFrame:
+                  extra: Mapping[str, NDArray[Any]] | None = None, chunked: bool = False
+                  ) -> pd.DataFrame:
     """The Contract-2 rows of one dataset: keys plus wide ``p_i`` or long ``action, prob``.
 
     ``extra``: more columns, one value per dataset row, after the probabilities.
@@ -831,7 +840,7 @@ def _policy_frame(dataset: TrajectoryDataset, probs: NDArray[np.float64], form: 
     man = dataset.manifest
     ep_col = man.episode if man is not None else "episode"
     t_col = man.time if man is not None else "time"
-    eps = dataset.episode_rows(dataset.episode_ids)
+    eps = dataset.episode_rows(_episode_keys(np.asarray(dataset.episode_ids), chunked))
     more = {k: np.asarray(v) for k, v in (extra or {}).items()}
     if form == "wide":
         df = pd.DataFrame({ep_col: eps, t_col: dataset.times})
@@ -840,6 +849,22 @@ def _policy_frame(dataset: TrajectoryDataset, probs: NDArray[np.float64], form: 
     r, a = np.nonzero(probs > 0)
     return pd.DataFrame({ep_col: eps[r], t_col: dataset.times[r], "action": a,
                          "prob": probs[r, a], **{k: v[r] for k, v in more.items()}})
+
+
+def _episode_keys(ids: NDArray[Any], chunked: bool = False) -> NDArray[Any]:
+    """Episode ids to write: a mix of types (text and numbers) as the text they were read from.
+
+    A CSV panel's ids are read as written (docs/contracts.md), so zero-padded member ids give
+    a mix: ``'0000254'`` stays text, ``'1234567'`` is the integer. A Parquet column holds one
+    type (predict failed with ``ArrowInvalid``, exit 1); ``str`` of such a label is its text
+    as written, which the reader matches back (:meth:`FilePolicy._positions`). ``chunked``
+    (a file written chunk by chunk): every label id as text, so that no chunk of integers
+    fixes a column type that a later chunk's ``'0000254'`` would be cast to (as 254).
+    """
+    if ids.dtype == object and (chunked or pd.api.types.infer_dtype(
+            ids, skipna=False).startswith("mixed")):
+        return ids.astype(str)
+    return ids
 
 
 def write_policy_stream(
@@ -879,7 +904,7 @@ def write_policy_stream(
     try:
         for k, (ds, probs, *more) in enumerate(parts):
             df = _policy_frame(ds, probs, form, "write_policy_stream",
-                               more[0] if more else None)
+                               more[0] if more else None, chunked=not csv)
             if csv:
                 df.to_csv(tmp, index=False, float_format="%.17g", mode="w" if k == 0 else "a",
                           header=k == 0)

@@ -289,7 +289,8 @@ def plan_group_plot(plan: Mapping[str, Any]) -> Any:
             [gm.get(g, np.nan) for g in groups],
             w,
             color=_COLORS[i % len(_COLORS)],
-            label=f"{p} (Gini {plan['policies'][p]['gini']:.3f})",
+            label=(f"{p} (Gini n/a)" if plan["policies"][p]["gini"] is None
+                   else f"{p} (Gini {plan['policies'][p]['gini']:.3f})"),
         )
     ax.set_xticks(x, groups)
     ax.set_ylabel("mean total reward per arm")

@@ -135,9 +135,15 @@ class _Units:
 
     def __init__(self, type_of_arm: IntArray, unit_of_arm: IntArray, states: IntArray,
                  n_units: int) -> None:
-        key = np.stack([unit_of_arm, type_of_arm, states], axis=1)
-        uniq, counts = np.unique(key, axis=0, return_counts=True)  # sorted by unit first
-        self.unit, self.type, self.state = uniq[:, 0], uniq[:, 1], uniq[:, 2]
+        # one int64 key (unit, type, state) in mixed radix: a 1-D unique, sorted by unit first
+        # (np.unique over rows sorted a structured view: 4.5 s of a 22.6 s panel plan)
+        n_types = int(type_of_arm.max(initial=0)) + 1
+        n_states = int(states.max(initial=0)) + 1
+        key = (np.asarray(unit_of_arm, dtype=np.int64) * n_types
+               + np.asarray(type_of_arm, dtype=np.int64)) * n_states + states
+        uniq, counts = np.unique(key, return_counts=True)
+        ut, self.state = np.divmod(uniq, n_states)
+        self.unit, self.type = np.divmod(ut, n_types)
         self.count = counts.astype(np.float64)
         self.n_units = n_units
         self.n_agg = np.bincount(self.unit, minlength=n_units)
@@ -244,8 +250,12 @@ def unit_curves(
                 bp = table[ut[:, 1], :h, :].reshape(ut.shape[0], -1)
                 cand = np.concatenate([cand, bp.ravel()])
                 cu = np.concatenate([cu, np.repeat(ut[:, 0], bp.shape[1])])
-        cu_lam = np.unique(np.stack([cu.astype(np.float64), cand], axis=1), axis=0)
-        cu, cand = cu_lam[:, 0].astype(np.int64), cu_lam[:, 1]
+        # distinct (unit, charge) pairs sorted by unit, then charge (np.unique over rows, the
+        # same order, sorted a structured view: most of a panel plan's time)
+        srt = np.lexsort((cand, cu))
+        cu, cand = np.asarray(cu, dtype=np.int64)[srt], cand[srt]
+        new = np.r_[True, (cu[1:] != cu[:-1]) | (cand[1:] != cand[:-1])]
+        cu, cand = cu[new], cand[new]
         F, _ = units.sums(P, R, cu, cand, h, gamma)
         ncand = np.bincount(cu, minlength=n_units)
         cmax = int(ncand.max())
@@ -255,8 +265,13 @@ def unit_curves(
         Lm = np.zeros((n_units, cmax))
         Fm[cu, ccol] = F
         Lm[cu, ccol] = cand
+        # the lower envelope min_c F_c + lambda_c b hg, one candidate at a time: the exact
+        # minimum, without the (units, budgets, candidates) array (556 MB for 25 seeds of a
+        # 8,000-member panel, at every step of every equitable policy)
         b = np.arange(nmax + 1)
-        env = np.min(Fm[:, None, :] + Lm[:, None, :] * b[None, :, None] * hg, axis=2)
+        env = np.full((n_units, nmax + 1), np.inf)
+        for c in range(cmax):  # the same operations, in the same order, as before
+            np.minimum(env, Fm[:, c, None] + Lm[:, c, None] * b[None, :] * hg, out=env)
         inner = (b[None, :] >= 1) & (b[None, :] < sizes[:, None])
         out = np.where(inner, env, out)
         return out, sizes

@@ -26,7 +26,11 @@ def gini(values: Any, variant: Literal["plain", "reference"] = "plain",
     Parameters
     ----------
     values : array-like of shape (n_groups,)
-        Group means (non-negative).
+        Group means. The index compares each group's share of a non-negative total, so it is
+        NaN (``null`` in the JSON, ``n/a`` in tables) when a value is negative: with rewards
+        that are costs or changes (a health score's weekly change minus the cost of outreach),
+        every group mean below 0 gave a negative Gini (-0.43), and means of both signs could
+        give any value.
     variant : {"plain", "reference"}
         ``"reference"`` replaces :math:`\bar x` by the mean of the group means *and* the
         all-arms mean (``overall``), the denominator of the reference implementation.
@@ -36,13 +40,13 @@ def gini(values: Any, variant: Literal["plain", "reference"] = "plain",
     Returns
     -------
     float
-        0 for equal groups; 0 when every value is 0.
+        0 for equal groups; 0 when every value is 0; NaN when a value is negative.
 
     Examples
     --------
     >>> from equicare.rmab import gini
-    >>> gini([1.0, 1.0, 1.0]), round(gini([0.0, 0.0, 3.0]), 4)
-    (0.0, 0.6667)
+    >>> gini([1.0, 1.0, 1.0]), round(gini([0.0, 0.0, 3.0]), 4), gini([-1.0, -2.0])
+    (0.0, 0.6667, nan)
     """
     x = np.asarray(values, dtype=np.float64).ravel()
     if x.size == 0 or not np.isfinite(x).all():
@@ -59,6 +63,8 @@ def gini(values: Any, variant: Literal["plain", "reference"] = "plain",
         raise InvalidParameterError(PARAM_MESSAGE.format(name="variant", owner="gini",
                                               expected="one of 'plain', 'reference'",
                                               got=variant))
+    if (x < 0).any():
+        return float("nan")
     mad = np.abs(x[:, None] - x[None, :]).sum()
     if denom == 0:
         return 0.0

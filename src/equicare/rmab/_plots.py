@@ -48,7 +48,9 @@ def plot_group_outcomes(result: PlanResult) -> Figure:
         errs = [result.policies[p].group_mean_se[g] for p in pols]
         ax.bar(x + (j - (len(names) - 1) / 2) * width, means, width, yerr=errs, capsize=2,
                label=g)
-    ax.set_xticks(x, [f"{p}\nGini {result.policies[p].gini:.3f}" for p in pols])
+    ax.set_xticks(x, [f"{p}\nGini {result.policies[p].gini:.3f}"
+                      if np.isfinite(result.policies[p].gini) else f"{p}\nGini n/a"
+                      for p in pols])
     ax.set_ylabel(f"mean total reward per arm over {result.horizon} steps")
     ax.set_title(f"{result.domain}: {result.n_arms} arms, budget {result.budget} per step, "
                  f"{result.seeds} seeds")

@@ -166,11 +166,17 @@ class _ArmBatch:
         else:
             doms = [domain] * n_seeds
         self.domains = doms
-        same = all(x is domain for x in doms)
-        P = np.tile(domain.P, (n_seeds, 1, 1, 1)) if same else np.concatenate([x.P for x in doms])
-        R = np.tile(domain.R, (n_seeds, 1)) if same else np.concatenate([x.R for x in doms])
+        if all(x is domain for x in doms):
+            # the same arms in every seed: their distinct models, found once, are every seed's
+            # (tiling P first held n_seeds copies of every arm's matrices: 25 seeds of 8,000
+            # panel arms with 60 states passed 9 GB, with the sort of unique_arms over them)
+            one, self.Pt, self.Rt = unique_arms(domain.P, domain.R)
+            self.type = np.tile(one, n_seeds)
+            R = np.tile(domain.R, (n_seeds, 1))
+        else:
+            R = np.concatenate([x.R for x in doms])
+            self.type, self.Pt, self.Rt = unique_arms(np.concatenate([x.P for x in doms]), R)
         self.init = np.concatenate([d.init for d in doms])
-        self.type, self.Pt, self.Rt = unique_arms(P, R)
         self.R_arm = R
         self.cdf = np.cumsum(self.Pt, axis=3)  # (K, 2, S, S)
         self.seed_of = np.repeat(np.arange(n_seeds), self.N)
@@ -320,7 +326,8 @@ class PolicySummary:
     def to_dict(self, *, reference_gini: bool = True) -> dict[str, Any]:
         """Contract-5 entry; ``gini_reference`` is included when asked for.
 
-        A standard error that cannot be computed (one seed: NaN) is ``None``.
+        A standard error that cannot be computed (one seed: NaN), or a Gini that is undefined
+        (a negative group mean: :func:`~equicare.rmab.gini`), is ``None``.
         """
         def sd(x: float | None) -> float | None:
             return None if x is None or not np.isfinite(x) else float(x)
@@ -329,18 +336,25 @@ class PolicySummary:
             "mean_reward": self.mean_reward, "mean_reward_se": sd(self.mean_reward_se),
             "group_mean": self.group_mean,
             "group_mean_se": {g: sd(v) for g, v in self.group_mean_se.items()},
-            "group_budget": self.group_budget, "gini": self.gini, "gini_se": sd(self.gini_se),
+            "group_budget": self.group_budget, "gini": sd(self.gini),
+            "gini_se": sd(self.gini_se),
             "worst_group": self.worst_group, "worst_group_name": self.worst_group_name,
             "utility_loss_vs_opt": self.utility_loss_vs_opt,
             "utility_loss_vs_opt_se": sd(self.utility_loss_vs_opt_se)}
         if reference_gini:
-            d["gini_reference"] = self.gini_reference
+            d["gini_reference"] = sd(self.gini_reference)
         return d
 
 
 def summarize(sim: SimulationResult, opt: SimulationResult | None = None,
               published: NDArray[np.bool_] | None = None) -> PolicySummary:
-    r"""Metrics of one policy; utility loss is :math:`1 - \bar U / \bar U_{opt}` (paired SE).
+    r"""Metrics of one policy; utility loss :math:`(\bar U_{opt} - \bar U) / |\bar U_{opt}|`.
+
+    The loss is the share of ``opt``'s utility lost, positive when the policy does worse than
+    ``opt``, whatever the sign of the rewards (:math:`1 - \bar U / \bar U_{opt}` when it is
+    positive). Written as :math:`1 - \bar U / \bar U_{opt}` alone, a panel whose rewards are
+    weekly health changes minus outreach costs (every mean below 0) read -5.7% for ``mmr``,
+    which did worse than ``opt`` (-0.066 against -0.062 per arm): a gain.
 
     The seeds are paired (every policy sees the same start states and transition draws), so the
     standard error of the loss is the delta-method one of a ratio of paired means: the SE of
@@ -366,7 +380,9 @@ def summarize(sim: SimulationResult, opt: SimulationResult | None = None,
     loss = loss_se = None
     if opt is not None:
         opt_seed = opt.rewards.mean(axis=1)
-        loss = float(1.0 - per_seed.mean() / opt_seed.mean()) if opt_seed.mean() != 0 else None
+        sign = float(np.sign(opt_seed.mean()))
+        # + 0.0: opt's own loss is 0.0, never -0.0
+        loss = float(sign * (1.0 - per_seed.mean() / opt_seed.mean()) + 0.0) if sign else None
         if loss is not None:
             ratio = per_seed.mean() / opt_seed.mean()
             loss_se = float(se((per_seed - ratio * opt_seed) / opt_seed.mean()))
