@@ -229,8 +229,7 @@ ESS_KIND: dict[str, str] = {"is": "trajectory", "wis": "trajectory", "pdis": "pe
 LOW_ESS_OVERALL = (
     "the overall {estimators} value{s} rest{verb} on fewer than {min_cell} episodes' worth of "
     "importance weight ({said}; a group's value would not be published below {min_cell}): such "
-    "a value is close to a few members' returns, and its interval can miss the truth. "
-    "{advice}.")
+    "a value is close to a few members' returns, and its interval can miss the truth.{advice}")
 #: The advice's end: with estimated propensities, logging them is also advised.
 LOW_ESS_ADVICE = {True: ", or truncate the weights (--truncate)",
                   False: ", truncate the weights (--truncate), or log the propensities"}
@@ -309,10 +308,10 @@ def low_ess_message(keys: Any, n_episodes: int, trajectory: float | None,
         said = "; ".join(f"{kind.replace('_', '-')} ESS {ess[kind]:.1f} of {n_episodes:,} "
                          "episodes" + ("" if len(low) == 1 else f" for {', '.join(ks)}")
                          for kind, ks in low.items())
-        parts.append(LOW_ESS_OVERALL.format(
-            estimators=_join(names), s="s" if len(names) > 1 else "",
+        parts.append(LOW_ESS_OVERALL.format(  # the weight check's advice, when it fires, ends
+            estimators=_join(names), s="s" if len(names) > 1 else "",  # both (no truncation)
             verb="" if len(names) > 1 else "s", said=said, min_cell=min_cell,
-            advice=advice))
+            advice="" if off else f" {advice}."))
     if off:
         assert weight_mean is not None
         parts.append(missing_weight_message(
