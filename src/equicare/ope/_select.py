@@ -65,14 +65,11 @@ tabular candidates are named with their cells, ``tabular_stationary[state]``.
 
 Numeric states. When numeric state columns vary within the categorical cells, binned copies of
 them (:func:`numeric_bin_columns`) join the columns of that choice, and a kept copy is among
-the cells (``tabular_stationary[risk@0.88/1.14]``). The reference table's own density ratio is
-a function of its (cell, action) pairs, and the table's fixed point makes its TD errors
-orthogonal to every such function, so its estimated bias would be 0 plus held-out noise however
-much it misses within its cells. When numeric states vary within the reference's cells
-(:func:`~equicare.ope._judge.judge_applies`) the ratio therefore comes from the *judge*, an
-LSTD model over the table's cells and the linear model's design together that is no candidate
-(:mod:`equicare.ope._judge`; docs/ope.md, "The judge's density ratio"). Otherwise (the Garnet
-test bed) the criterion is unchanged.
+the cells (``tabular_stationary[risk@0.88/1.14]``). The criterion cannot judge them either:
+its density ratio is a function of the reference table's (cell, action) pairs, and the table's
+fixed point makes its TD errors orthogonal to every such function, so the table's estimated
+bias is 0 plus held-out noise however much it misses within its cells (docs/ope.md, "Tables
+and numeric states").
 
 With categorical states only held-out transitions between state cells that the training folds
 visit are scored (for every candidate alike). A fold's table has no value for a cell it never
@@ -105,7 +102,6 @@ from equicare.ope._fqe import (
     fit_fqe_logged,
     varies_within_cells,
 )
-from equicare.ope._judge import judge_applies, judge_lstd
 from equicare.ope._lstd import LSTDFit
 from equicare.privacy import quantile_edges
 from equicare.utils import PARAM_MESSAGE, RandomState, check_random_state
@@ -128,10 +124,6 @@ RATIO_CAP = 100.0
 #: Rows x fitting iterations (the longest stay, at most 100) up to which ``auto`` also fits the
 #: gbm and mlp candidates (one backward gbm fit per step, one mlp pass per iteration).
 AUTO_FLEXIBLE_WORK = 200_000
-#: ``q_model["density_ratio"]`` when the judge's ratio weighed the TD errors.
-JUDGE_NOTE = ("numeric states vary within the reference table's cells, so the ratio is the "
-              "adjoint of an LSTD model over the table's cells and the linear model's design "
-              "together (no candidate)")
 #: Bins (near quantiles) of each numeric state column that varies within the tables' cells,
 #: offered to the cells' choice as one more column (:func:`numeric_bin_columns`).
 AUTO_NUMERIC_BINS = 3
@@ -217,9 +209,6 @@ class QSelection:
         (:func:`numeric_bin_columns`; the kept ones are among ``cells``); streamed, ``"why"``
         the edges may differ from the whole panel's when auto's sample is not the whole panel
         (:func:`equicare.ope._stream_q.choose_q_stream`).
-    judged : bool
-        Whether the density ratio was the judge's (numeric states vary within the reference
-        table's cells: :mod:`equicare.ope._judge`).
     """
 
     chosen: str
@@ -236,7 +225,6 @@ class QSelection:
     group_bias: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
     replaced: str | None = None
     numeric_bins: dict[str, Any] = field(default_factory=dict)
-    judged: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly summary (result JSON ``"q_model"``)."""
@@ -258,8 +246,7 @@ class QSelection:
                 **({"group_bias": {a: {lv: {"bias": b, "se": se} for lv, (b, se) in d.items()}
                                    for a, d in self.group_bias.items()}}
                    if self.group_bias else {}),
-                **({"numeric_bins": dict(self.numeric_bins)} if self.numeric_bins else {}),
-                **({"density_ratio": JUDGE_NOTE} if self.judged else {})}
+                **({"numeric_bins": dict(self.numeric_bins)} if self.numeric_bins else {})}
 
 
 def _held_out_td(fit: LoggedQFit, dataset: TrajectoryDataset, gamma: float
@@ -278,7 +265,7 @@ def _seen_transitions(cells: NDArray[np.int64], train: NDArray[np.bool_],
     return np.asarray(seen & np.where(nxt >= 0, seen[np.maximum(nxt, 0)], True))
 
 
-def _density_ratio(lstd: object, dataset: TrajectoryDataset, train: NDArray[np.bool_],
+def _density_ratio(fit: LoggedQFit, dataset: TrajectoryDataset, train: NDArray[np.bool_],
                    start_sets: NDArray[np.bool_]) -> NDArray[np.float64] | None:
     """Estimated ``d^pi / d^D`` at every row from an LSTD fit on the training rows, or None.
 
@@ -287,15 +274,15 @@ def _density_ratio(lstd: object, dataset: TrajectoryDataset, train: NDArray[np.b
     subgroup: its own), all from one transposed solve. Shape ``(n_steps, m)``; None without an
     LSTD fit or when the first column is not finite (a later column that is not is NaN).
     """
-    if lstd is None or not isinstance(lstd, LSTDFit):
+    if fit.lstd is None or not isinstance(fit.lstd, LSTDFit):
         return None
     starts = dataset.episode_offsets[:-1]
     member = np.asarray(start_sets, dtype=bool) & train[starts][:, None]
     n_train = np.maximum(member.sum(axis=0), 1).astype(np.float64)
     first = np.zeros((dataset.n_steps, member.shape[1]))
     first[starts] = member / n_train
-    z = lstd.solve_t(lstd.gradients(first, np.zeros_like(first)))
-    w = np.asarray(lstd.x @ z).reshape(dataset.n_steps, -1) * n_train
+    z = fit.lstd.solve_t(fit.lstd.gradients(first, np.zeros_like(first)))
+    w = np.asarray(fit.lstd.x @ z).reshape(dataset.n_steps, -1) * n_train
     finite = np.isfinite(w).all(axis=0)
     if not finite[0]:
         return None
@@ -328,15 +315,12 @@ class CrossFit:
     sq : dict of str to float
         Sum of squared held-out TD errors.
     seconds : dict of str to float
-    judged : bool
-        Whether every fold's density ratio is the judge's (:mod:`equicare.ope._judge`).
     """
 
     b: dict[str, NDArray[np.float64]]
     b_sets: dict[str, NDArray[np.float64]]
     sq: dict[str, float]
     seconds: dict[str, float]
-    judged: bool = False
 
     def set_bias(self, name: str, column: int) -> tuple[float, float]:
         """``(mean, standard error)`` over episodes of one start set's estimated bias."""
@@ -347,15 +331,13 @@ class CrossFit:
 
 def cross_fit(dataset: TrajectoryDataset, target_probs: NDArray[np.float64],
               names: Sequence[str], weight_model: str, fold: NDArray[np.int64], seed: int,
-              sets: NDArray[np.bool_] | None = None, judge: bool = False) -> CrossFit:
+              sets: NDArray[np.bool_] | None = None) -> CrossFit:
     """Fit every candidate on each fold's training episodes; weigh the held-out TD errors.
 
     Held-out rows are scored where their state cell and the next row's are visited by the
     training rows (categorical states). The density ratio comes from the fold's first fit,
-    ``weight_model``'s when it is among ``names`` (it is fitted first), or with ``judge`` from
-    the judge over that table's cells (:func:`~equicare.ope._judge.judge_lstd`; the fit's own
-    where the judge's system is singular); column 0 of the start sets is every episode, then
-    the columns of ``sets``.
+    ``weight_model``'s when it is among ``names`` (it is fitted first); column 0 of the start
+    sets is every episode, then the columns of ``sets``.
 
     Parameters
     ----------
@@ -371,8 +353,6 @@ def cross_fit(dataset: TrajectoryDataset, target_probs: NDArray[np.float64],
         Of the gbm and mlp fits.
     sets : ndarray of shape (n_episodes, m), optional
         Start sets (subgroup levels) whose own density ratios weigh the same TD errors.
-    judge : bool, default=False
-        Take the density ratio from the judge (``weight_model`` a table).
 
     Returns
     -------
@@ -400,8 +380,6 @@ def cross_fit(dataset: TrajectoryDataset, target_probs: NDArray[np.float64],
     b_g = {name: np.zeros((dataset.n_episodes, n_sets)) for name in order}
     sq = {name: 0.0 for name in order}
     seconds = {name: 0.0 for name in order}
-    judge_cells = candidate_config(weight_model).cells if judge else None
-    judged = judge
     for f in range(k):
         held, scored = held_f[f], scored_f[f]
         w_hat: NDArray[np.float64] | None = None
@@ -412,10 +390,7 @@ def cross_fit(dataset: TrajectoryDataset, target_probs: NDArray[np.float64],
                                  random_state=seed, weights=(~held).astype(np.float64))
             td = _held_out_td(fit, dataset, gamma)
             if w_hat is None:  # the fold's first fit: the weight model's when it runs
-                ratio_fit = judge_lstd(dataset, target_probs, judge_cells, ~held) if (
-                    judge) else None
-                judged &= ratio_fit is not None
-                w_all = _density_ratio(ratio_fit or fit.lstd, dataset, ~held, start_sets)
+                w_all = _density_ratio(fit, dataset, ~held, start_sets)
                 if w_all is None:  # no LSTD model: per-decision importance weights are not
                     w_hat = np.ones(dataset.n_steps)  # available here; plain TD sums
                 else:  # column 0: every episode's start; then each level's
@@ -430,7 +405,7 @@ def cross_fit(dataset: TrajectoryDataset, target_probs: NDArray[np.float64],
                 b_g[name] += np.where((fold == f)[:, None], grp_sum, 0.0)
             sq[name] += float(np.sum(td[scored] ** 2))
             seconds[name] += time.perf_counter() - t0
-    return CrossFit(b=b, b_sets=b_g, sq=sq, seconds=seconds, judged=judged)
+    return CrossFit(b=b, b_sets=b_g, sq=sq, seconds=seconds)
 
 
 def numeric_bin_columns(dataset: TrajectoryDataset, n_bins: int = AUTO_NUMERIC_BINS
@@ -543,9 +518,7 @@ def select_q_model(dataset: TrajectoryDataset, target_probs: NDArray[np.float64]
               for lv in np.unique(dataset.group_labels(a).astype(str))]
     sets = (np.stack([dataset.group_labels(a).astype(str) == lv for a, lv in levels], axis=1)
             if levels else None)
-    # numeric states within the reference table's cells: its own ratio cannot see its bias there
-    judge = has_cat and judge_applies(dataset, candidate_config(weight_model).cells)
-    cf = cross_fit(dataset, target_probs, run, weight_model, fold, seed, sets, judge=judge)
+    cf = cross_fit(dataset, target_probs, run, weight_model, fold, seed, sets)
     b, sq, seconds = cf.b, cf.sq, cf.seconds
     n = float(dataset.n_episodes)
     scores: dict[str, float | None] = {name: None for name in names}
@@ -574,7 +547,7 @@ def select_q_model(dataset: TrajectoryDataset, target_probs: NDArray[np.float64]
                       n_folds=k, seconds=seconds, bias=bias, bias_se=bias_se,
                       reference=weight_model if weight_model in fitted else None,
                       cells=cells if has_cat else None, cell_choice=cell_choice,
-                      group_bias=group_bias, numeric_bins=bins_info, judged=cf.judged)
+                      group_bias=group_bias, numeric_bins=bins_info)
 
 
 def choose_with_reference(scores: dict[str, float], bias: dict[str, float | None],
