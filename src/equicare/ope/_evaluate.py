@@ -1010,18 +1010,6 @@ def _evaluate(
             warnings.warn(floored, DataWarning, stacklevel=3)
         if bm_summary is not None:  # the result JSON and the run report say it too
             bm_summary = {**bm_summary, "floored_warning": floored}
-        # in-sample propensities: plain IS / PDIS (and WPDIS over episodes of different
-        # lengths) biased (their weights average below 1)
-        w = prep.inputs.cumulative_weights()
-        mean_w = float(w[:, -1].mean()) if w.size else float("nan")
-        in_sample = in_sample_weights_message(bm_summary, tuple(keys), mean_w,
-                                              dataset.n_episodes, dataset.n_steps,
-                                              int(dataset.episode_lengths.max(initial=0)))
-        if in_sample is not None:
-            warnings.warn(in_sample, DataWarning, stacklevel=3)
-        if bm_summary is not None:
-            bm_summary = {**bm_summary, "mean_trajectory_weight": mean_w,
-                          "in_sample_warning": in_sample}
     elif diagnose_support:  # propensities known: empirical cell support + a fast numeric model
         support, bm_summary = logged_support_diagnostics(
             dataset, checked, behavior_model=behavior_model,
@@ -1030,6 +1018,17 @@ def _evaluate(
     kw: dict[str, Any] = {"truncate": truncate, "normalization": normalization,
                           "n_boot": bootstrap, "ci_method": ci_method, "alpha": alpha}
     ests, beh, ess = estimates_from_prepared(prep, keys, random_state=seed_boot, **kw)
+    if bm is not None and prep.propensity_source == "estimated":
+        # in-sample propensities: plain IS / PDIS (and WPDIS over episodes of different
+        # lengths) biased (their weights average below 1: the untruncated weights' mean)
+        in_sample = in_sample_weights_message(bm_summary, tuple(keys), ess.weight_mean,
+                                              dataset.n_episodes, dataset.n_steps,
+                                              int(dataset.episode_lengths.max(initial=0)))
+        if in_sample is not None:
+            warnings.warn(in_sample, DataWarning, stacklevel=3)
+        if bm_summary is not None:
+            bm_summary = {**bm_summary, "mean_trajectory_weight": ess.weight_mean,
+                          "in_sample_warning": in_sample}
     far = _warn_out_of_range(ests, dataset.returns(), ess, prep.propensity_source)
     settings: dict[str, Any] = {
         "estimators": list(keys),

@@ -1110,7 +1110,7 @@ def evaluate_stream(
         src.flush()  # the support check's sums, when no pass was left to carry them
     report = None if support is None else support.report(keys)
     if beh_info is not None:  # in-sample propensities: plain IS / PDIS biased low, as in memory
-        mean_w = float(main.w_sum / main.n_episodes) if main.n_episodes else float("nan")
+        mean_w = res.weight_mean  # the untruncated trajectory weights' mean (finish)
         in_sample = in_sample_weights_message(beh_info, tuple(keys), mean_w, main.n_episodes,
                                               main.n_steps, src.horizon)
         if in_sample is not None:
