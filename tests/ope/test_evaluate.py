@@ -787,3 +787,40 @@ def test_the_warnings_never_recommend_an_estimator_they_found_far_out_of_range(l
     ests["fqe"] = est(9e3)
     msg = out_of_range_message(ests, (0.0, 1.0), 3.9, source)
     assert msg is not None and "prefer" not in msg
+
+
+def test_an_estimate_above_0_when_every_reward_is_a_penalty_is_out_of_range():
+    """A substance-use panel built outside equicare (rewards -1 per relapse or ED week, -10 per
+    overdose or dropout; returns from -16.3 to 0) gave DR +3.2 [-0.8, 11.0] for a policy worth
+    -0.91: no policy can be worth more than 0 there, yet nothing flagged it and the low-ESS
+    warning said "Prefer fqe or dr". Within the returns' range plus its width, the old check
+    passed it. An estimate on the side of 0 no policy reaches is now out of range (a small
+    crossing, as noise around a value near 0 gives, is not), and only with one-signed rewards."""
+    from equicare.exceptions import DataWarning
+    from equicare.ope._bootstrap import Estimate
+    from equicare.ope._evaluate import _warn_out_of_range, far_outside, wrong_sign
+
+    def est(v):
+        return Estimate(v, (v - 1.0, v + 1.0), 0.5, 12979)
+
+    ests = {"fqe": est(-0.90), "dr": est(3.225), "wdr": est(-0.28)}
+    returns = np.array([-16.28, -3.0, 0.0])
+    penalties = np.array([-10.0, -1.0, -2.0, 0.0])
+    with pytest.warns(DataWarning, match="far outside the range") as rec:
+        far = _warn_out_of_range(ests, returns, None, "estimated", penalties)
+    assert far == ("dr",)
+    msg = str(rec[0].message)
+    assert "for dr, on the side of 0 where no policy's value can be" in msg
+    assert "every reward of the panel is <= 0" in msg and "prefer FQE or WDR" in msg
+    # the same estimates without the rewards' signs: nothing (the check before)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        assert _warn_out_of_range(ests, returns, None, "estimated") == ()
+        # rewards of both signs: a value above 0 is possible
+        assert _warn_out_of_range(ests, returns, None, "estimated", np.array([-1.0, 2.0])) == ()
+    # a crossing within a tenth of the returns' range is noise around a value near 0
+    assert not wrong_sign(1.5, (-16.28, 0.0), (-10.0, 0.0))
+    assert wrong_sign(1.7, (-16.28, 0.0), (-10.0, 0.0))
+    # rewards never negative (engagement counts): a value below 0 is impossible
+    assert far_outside(-0.5, (0.0, 4.0), (0.0, 1.0))
+    assert not far_outside(-0.5, (0.0, 4.0), (-1.0, 1.0))

@@ -446,3 +446,21 @@ def test_jackknife_intervals_on_worker_processes_equal_in_memory(panel):
                           n_shards=2)
     assert got.n_chunks >= 2
     same_as_in_memory(got.to_dict(), ref)
+
+
+def test_the_streamed_sums_carry_the_rewards_range_across_chunks():
+    """The streamed check of estimates on the side of 0 no policy reaches needs the smallest and
+    largest reward of the whole panel: each chunk's sums carry them and adding sums keeps the
+    extremes (as the returns' range)."""
+    from equicare.ope._stream_sums import episode_sums
+
+    def sums(rewards):
+        mat = np.zeros((2, 2))
+        return episode_sums(mat, np.ones((3, 2)), np.ones(2), n_steps=len(rewards), gamma=0.9,
+                            layout=((), {}, 0), rewards=np.asarray(rewards, dtype=float))
+
+    both = sums([-1.0, 0.0]) + sums([-10.0, -2.0])
+    assert (both.rewards_min, both.rewards_max) == (-10.0, 0.0)
+    none = episode_sums(np.zeros((0, 2)), np.ones((3, 0)), np.ones(0), n_steps=0, gamma=0.9,
+                        layout=((), {}, 0))
+    assert (none + both).rewards_min == -10.0 and (none + both).rewards_max == 0.0

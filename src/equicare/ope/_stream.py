@@ -206,7 +206,8 @@ def _is_sums(dataset: TrajectoryDataset, policy: Any, *, keys: Sequence[str], ho
     tt = None if truncate is None else inputs.trajectory_weights(truncate)
     layout = (parts.keys, parts.slices, parts.horizon)
     sums = episode_sums(mat, w, tw, n_steps=dataset.n_steps, gamma=dataset.gamma,
-                        layout=layout, trunc_weights=tt, n_censored=int(dataset.censored.sum()))
+                        layout=layout, trunc_weights=tt, n_censored=int(dataset.censored.sum()),
+                        rewards=dataset.rewards)
     return WithGroups(sums, None if groups is None else
                       group_chunk_sums(dataset, mat, tw, w, groups, layout=layout,
                                        trunc_weights=tt, inputs=inputs, truncate=truncate))
@@ -1119,12 +1120,13 @@ def evaluate_stream(
             **beh_info, "mean_trajectory_weight": mean_w, "in_sample_warning": in_sample})
     from equicare.ope._evaluate import far_outside_returns, out_of_range_message
 
+    r_span = (main.rewards_min, main.rewards_max)
     far = out_of_range_message(res.estimates, (main.returns_min, main.returns_max), res.ess,
-                               "logged" if beh_info is None else "estimated")
+                               "logged" if beh_info is None else "estimated", r_span)
     if far is not None:  # as in memory: the importance weights blowing up, not a value
         warnings.warn(far, DataWarning, stacklevel=2)
         res = dataclasses.replace(res, out_of_range=far_outside_returns(
-            res.estimates, (main.returns_min, main.returns_max)))
+            res.estimates, (main.returns_min, main.returns_max), r_span))
     if plan is not None and g_sums is not None:
         res = dataclasses.replace(res, groups=finish_groups(
             plan, g_sums, g_squares, alpha=alpha,
