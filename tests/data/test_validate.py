@@ -401,8 +401,9 @@ def test_integer_time_gaps_say_a_gap_becomes_one_step_once_rows_are_numbered(fra
     first = f.index[f["member_id"] == "m000"]
     f.loc[first[f.loc[first, "week"].to_numpy().argsort()[1:]], "week"] += 8
     assert_invalid(f, manifest_dict, "Each gap then becomes one step, so first give each "
-                   "enrolment its own episode id and decide what a pause is (add rows for its "
-                   "missing steps, or split the episode there).")
+                   "enrolment its own episode id (and name the person's id as the manifest's "
+                   "member, so that small groups count people, not enrolments) and decide what "
+                   "a pause is (add rows for its missing steps, or split the episode there).")
 
 
 def test_blank_group_labels_are_reported_beside_a_time_column_of_dates(frame, manifest_dict):
@@ -536,3 +537,39 @@ def test_small_group_level_names_the_levels_hidden_with_it(manifest_dict):
                         f"{hidden}, so that they cannot be recovered by difference from the "
                         "total (complementary suppression)."), msg
     assert not re.search(r"\(\d+\)", msg), msg
+
+
+def test_a_group_of_few_members_with_many_episodes_is_withheld_and_said():
+    """A substance-use panel with re-enrolments (same person, 2-4 treatment episodes): sex X had
+    12 episodes of 5 people and race middle_eastern 23 of 7, and validate's summary published
+    both counts (the rule counted episodes only). With the manifest's ``member`` a level of
+    fewer than 11 people is suppressed like a small one, with its complement, and a warning
+    says why."""
+    from ..conftest import make_reenrolled_frame
+
+    frame, man = make_reenrolled_frame()
+    with pytest.warns(DataWarning) as rec:
+        ds = from_frame(frame, man, source="p.csv")
+    said = " | ".join(str(w.message) for w in rec)
+    assert ("group attribute 'race' has levels with at least 11 episodes but fewer than 11 "
+            "members (column 'person': people who re-enrol have several episodes): d;") in said
+    assert ds.n_episodes == 80 and len(set(ds.members)) == 70
+    assert ds.few_member_levels() == {"race": {"d"}}
+    shown = ds.summary()["groups"]["race"]
+    assert shown["d"] is None and sum(v is None for v in shown.values()) >= 2  # + complement
+    # without the member column the 15 episodes of 5 people were published
+    del man["dataset"]["member"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert from_frame(frame, man).summary()["groups"]["race"]["d"] == 15
+
+
+def test_a_member_id_that_changes_within_an_episode_is_an_error():
+    from ..conftest import make_reenrolled_frame
+
+    frame, man = make_reenrolled_frame()
+    frame.loc[frame.index[frame["member_id"] == frame["member_id"].iloc[0]][0], "person"] = "zz"
+    rep = validate_frame(frame, man, source="p.csv")
+    assert not rep.ok
+    assert any("column 'person' (member id) changes within an episode" in e for e in rep.errors)
+

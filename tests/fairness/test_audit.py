@@ -758,3 +758,24 @@ def test_cells_suppressed_from_outside_are_completed_and_shown_suppressed() -> N
     assert d["rate"]["a"] == d["rate"]["b"] == {"suppressed": True}
     assert d["value_by_group"]["a"] == {"suppressed": True}
     assert res.n_episodes == 27
+
+
+def test_a_group_of_fewer_than_11_members_is_suppressed_however_many_episodes() -> None:
+    """Members who re-enrol: race d has 15 episodes of 5 people. With the manifest's
+    ``member`` the audit suppresses it (and a complement), before, it
+    published its rate and its value (a substance-use panel's middle_eastern, 7 people, was
+    the behaviour's worst group by name). Intersections take the people of each cell."""
+    from equicare.data import from_frame
+
+    from ..conftest import make_reenrolled_frame
+
+    frame, man = make_reenrolled_frame()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = from_frame(frame, man)
+        res = audit(ds, action=HOME, group="race", n_boot=0, n_permutations=0)
+        del man["dataset"]["member"]
+        before = audit(from_frame(frame, man), action=HOME, group="race", n_boot=0,
+                       n_permutations=0)
+    assert "d" in res.suppressed and len(res.suppressed) >= 2
+    assert "d" not in before.suppressed

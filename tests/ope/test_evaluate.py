@@ -824,3 +824,31 @@ def test_an_estimate_above_0_when_every_reward_is_a_penalty_is_out_of_range():
     # rewards never negative (engagement counts): a value below 0 is impossible
     assert far_outside(-0.5, (0.0, 4.0), (0.0, 1.0))
     assert not far_outside(-0.5, (0.0, 4.0), (-1.0, 1.0))
+
+
+def test_a_group_level_of_fewer_than_11_members_is_suppressed_in_the_subgroups():
+    """Re-enrolment: race d has 15 episodes of 5 people. With the manifest's ``member`` its
+    subgroup estimates are suppressed (with a complement), as a level of fewer than 11
+    episodes; without it they were published."""
+    from equicare.data import from_frame
+    from equicare.policy import UniformPolicy
+
+    from ..conftest import make_reenrolled_frame
+
+    frame, man = make_reenrolled_frame()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = from_frame(frame, man)
+        uniform = UniformPolicy(ds.action_space.n_actions)
+        res = evaluate(ds, uniform, estimators=("wis",), bootstrap=0, groups=["race"],
+                       diagnose_support=False)
+        # no subgroups (the run's card evaluations): nothing to withhold, no error
+        assert evaluate(ds, uniform, estimators=("wis",), bootstrap=0, groups=[],
+                        diagnose_support=False).groups == {}
+        del man["dataset"]["member"]
+        before = evaluate(from_frame(frame, man), uniform,
+                          estimators=("wis",), bootstrap=0, groups=["race"],
+                          diagnose_support=False)
+    race = res.groups["race"]
+    assert race["d"].suppressed and sum(g.suppressed for g in race.values()) >= 2
+    assert not before.groups["race"]["d"].suppressed

@@ -1008,6 +1008,6 @@ def concat_datasets(parts: list[TrajectoryDataset]) -> TrajectoryDataset:
         episode_offsets=offsets, episode_ids=cat("episode_ids"), times=cat("times"),
         groups={k: np.concatenate([p.groups[k] for p in parts]) for k in first.groups},
         categorical=cat("categorical"), behavior_prob=cat("behavior_prob"), need=cat("need"),
-        mediators=cat("mediators"),
+        members=cat("members"), mediators=cat("mediators"),
         extras={k: np.concatenate([p.extras[k] for p in parts]) for k in first.extras},
         _cache={})

@@ -12,7 +12,7 @@ from numpy.typing import NDArray
 from equicare.data._labels import check_group_labels
 from equicare.exceptions import InvalidParameterError, UnknownNameError
 from equicare.spaces import FactoredActionSpace
-from equicare.utils import RandomState, check_random_state
+from equicare.utils import MIN_CELL, RandomState, check_random_state
 
 __all__ = ["TrajectoryDataset", "Episode"]
 
@@ -77,6 +77,11 @@ class TrajectoryDataset:
         the estimates never enter the dataset.
     need : ndarray of shape (n_episodes,), float64, optional
         Clinical need flag per episode (for proportional parity).
+    members : ndarray of shape (n_episodes,), optional
+        The person each episode belongs to (the manifest's ``member``), when members re-enrol
+        and one person has several episodes. Small-cell suppression then also counts people:
+        a group level with fewer than 11 distinct members is never published, however many
+        episodes they have (:meth:`few_member_levels`).
     mediators : ndarray of shape (n_steps, n_mediators), float64, optional
     extras : dict of str to ndarray of shape (n_steps,)
         Columns the manifest does not name, carried along untouched.
@@ -105,6 +110,7 @@ class TrajectoryDataset:
     categorical_levels: tuple[tuple[Any, ...], ...] = ()
     behavior_prob: NDArray[np.float64] | None = None
     need: NDArray[np.float64] | None = None
+    members: NDArray[Any] | None = None
     behavior_prob_estimated: bool = False
     mediators: NDArray[np.float64] | None = None
     mediator_names: tuple[str, ...] = ()
@@ -388,6 +394,7 @@ class TrajectoryDataset:
             categorical=take(self.categorical),
             behavior_prob=take(self.behavior_prob),
             need=None if self.need is None else self.need[ep],
+            members=None if self.members is None else self.members[ep],
             mediators=take(self.mediators),
             extras={k: v[rows] for k, v in self.extras.items()},
             _cache={},
@@ -546,6 +553,27 @@ class TrajectoryDataset:
         return self.with_behavior_prob(None) if self.behavior_prob_estimated else self
 
     # ------------------------------------------------------------------ summaries
+    def few_member_levels(self, min_cell: int = MIN_CELL) -> dict[str, set[str]]:
+        """The group levels held by 1 to ``min_cell - 1`` distinct members, per attribute.
+
+        Members who re-enrol have several episodes each: 5 members with 12 episodes are a cell
+        of 5 people, which no published table may show (the episode counts alone would publish
+        it). Empty without ``members``. Pass the result as the ``suppress`` / ``withheld``
+        levels of a table (:func:`equicare.privacy.few_members`); complementary suppression then
+        completes them.
+
+        Returns
+        -------
+        dict of str to set of str
+            Each group attribute's levels to withhold (absent: none).
+        """
+        if self.members is None:
+            return {}
+        from equicare.privacy import few_members
+
+        out = {k: few_members(v, self.members, min_cell) for k, v in self.groups.items()}
+        return {k: v for k, v in out.items() if v}
+
     def _group_counts(self) -> dict[str, dict[str, int]]:
         """Episodes per level of each group attribute, unsuppressed: never to be published.
 
@@ -586,6 +614,7 @@ class TrajectoryDataset:
             reward_weights=dict(zip(self.reward_names, self.reward_weights.tolist(),
                                     strict=True)),
             gamma=self.gamma, group_counts=self._group_counts(),
+            withheld=self.few_member_levels(),
             behavior_prob=None if self.behavior_prob is None else tail_range(self.behavior_prob),
             need_episodes=None if self.need is None else float(np.sum(self.need)))
         if self.categorical is not None and self.categorical.shape[1] > 1:

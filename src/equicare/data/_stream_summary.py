@@ -11,6 +11,7 @@ only the ``k`` smallest and largest values, ``k`` set by the panel's row count
 from __future__ import annotations
 
 import math
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -157,7 +158,8 @@ def summary_dict(*, n_episodes: int, n_steps: int, lengths: NDArray[np.int64],
                  reward_weights: dict[str, float], gamma: float,
                  group_counts: dict[str, dict[str, int]],
                  behavior_prob: dict[str, float | None] | None,
-                 need_episodes: float | None) -> dict[str, Any]:
+                 need_episodes: float | None,
+                 withheld: Mapping[str, Collection[str]] | None = None) -> dict[str, Any]:
     """The summary's keys, in memory (:meth:`TrajectoryDataset.summary`) and streamed alike.
 
     ``categorical`` maps each categorical column to ``(levels, observed levels)``;
@@ -191,7 +193,8 @@ def summary_dict(*, n_episodes: int, n_steps: int, lengths: NDArray[np.int64],
         "reward_nonzero_pct": {k: pct(v, n_steps) for k, v in reward_nonzero.items()},
         "reward_weights": reward_weights,
         "gamma": gamma,
-        "groups": {g: suppress_counts(c) for g, c in group_counts.items()},
+        "groups": {g: suppress_counts(c, withheld=(withheld or {}).get(g, ()))
+                   for g, c in group_counts.items()},
     }
     if behavior_prob is not None:
         out["behavior_prob"] = behavior_prob

@@ -992,6 +992,11 @@ def _evaluate(
     say(f"{dataset.n_episodes} episodes, {dataset.n_steps} steps: fitting the nuisance models "
         f"(Q-model {qname})")
     attrs = list(dataset.group_attrs if groups is None else groups)
+    # levels of fewer than 11 people (members who re-enrol) are withheld like small ones
+    few = {a: v for a, v in dataset.few_member_levels().items() if a in attrs}
+    if few:
+        suppress = {a: {*(suppress or {}).get(a, ()), *few.get(a, ())}
+                    for a in dict.fromkeys([*(suppress or {}), *few])}
     plan = plan_groups(dataset.groups, attrs, MIN_CELL, withheld=suppress)  # as streamed
     prep = prepare(dataset, policy, keys=keys, behavior_prob=behavior_prob,
                    behavior_model=behavior_model, q=q, q_model=qcfg, random_state=seed_prep,
