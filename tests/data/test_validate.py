@@ -181,7 +181,7 @@ def test_need_changes_within_episode(frame, manifest_dict):
     assert_invalid(frame, manifest_dict, "column 'high_need' (need flag) changes within an episode")
 
 
-@pytest.mark.parametrize("bad", [0.0, 1.2, -0.1, np.nan])
+@pytest.mark.parametrize("bad", [0.0, 1.2, -0.1])
 def test_propensity_range(frame, manifest_dict, bad):
     frame.loc[6, "propensity"] = bad
     assert_invalid(
@@ -573,3 +573,18 @@ def test_a_member_id_that_changes_within_an_episode_is_an_error():
     assert not rep.ok
     assert any("column 'person' (member id) changes within an episode" in e for e in rep.errors)
 
+
+def test_propensities_logged_on_some_rows_only_say_what_to_do(frame, manifest_dict):
+    """A treatment programme whose 5 of 40 sites log no propensities: validate said "must lie
+    in (0, 1]; 11625 rows ... (row 212: nan)" and nothing about what to do. An empty cell is now
+    reported as empty, with the two ways on: estimate them all, or keep the logging episodes."""
+    frame.loc[[6, 9], "propensity"] = np.nan
+    frame.loc[3, "propensity"] = 1.5
+    err = assert_invalid(
+        frame, manifest_dict,
+        "column 'propensity' (behaviour propensity) is empty in 2 rows (first: 6, 9;",
+        "equicare takes logged propensities on every row or on none",
+        "remove dataset.behavior_prob from the manifest",
+        "df.groupby('member_id')['propensity'].transform(lambda p: p.notna().all())",
+        "must lie in (0, 1]; 1 row (first: 3;")
+    assert "(row 6: nan" not in str(err)

@@ -330,6 +330,14 @@ MSG_MISSING_STATE = (
     "df.groupby({episode!r})[{column!r}].ffill(), fill the rows before the first measurement "
     "(the median, say) and add a 0/1 state column saying which rows had no measurement yet; "
     "or impute it otherwise.")
+#: What to do about propensities logged on some rows only (sites or periods that do not log them).
+MSG_EMPTY_PROPENSITY = (
+    "{source}: column {column!r} (behaviour propensity) is empty in {rows}; equicare takes "
+    "logged propensities on every row or on none. To use every row, remove dataset.behavior_prob "
+    "from the manifest: evaluate, audit, train and mediate then estimate every propensity with a "
+    "behaviour model (--behavior-model). Or keep the episodes that log them, e.g. "
+    "df = df[df.groupby({episode!r})[{column!r}].transform(lambda p: p.notna().all())], whose "
+    "values then describe those episodes only.")
 #: What to do about a reward column with missing values (an outcome on the last row only).
 MSG_MISSING_REWARD = (
     " A reward recorded on some rows only (an outcome on the episode's last row) is 0 on the "
@@ -773,7 +781,11 @@ def validate_frame(
     if manifest.behavior_prob and manifest.behavior_prob not in not_numbers:
         s = df[manifest.behavior_prob]
         v = pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-        bad_p = ~((v > 0) & (v <= 1))
+        empty_p = s.isna().to_numpy()
+        if empty_p.any():  # propensities logged on some rows only (sites that do not log them)
+            err(MSG_EMPTY_PROPENSITY.format(source=source, column=manifest.behavior_prob,
+                                            rows=_rows(empty_p), episode=manifest.episode))
+        bad_p = ~((v > 0) & (v <= 1)) & ~empty_p
         if bad_p.any():
             first, row = _first_bad(bad_p, row_numbers)
             err(
