@@ -852,3 +852,34 @@ def test_a_group_level_of_fewer_than_11_members_is_suppressed_in_the_subgroups()
     race = res.groups["race"]
     assert race["d"].suppressed and sum(g.suppressed for g in race.values()) >= 2
     assert not before.groups["race"]["d"].suppressed
+
+
+def test_subgroup_estimates_far_outside_the_returns_are_not_published(ds):
+    """The overall estimates far outside the returns are named (``out_of_range``), but a
+    level's were published as values: on a substance-use panel of penalties (rewards <= 0) the
+    result JSON gave DR +17.4 for one race and +3.5 for the non-Spanish speakers. They are now
+    n/a with the reason, and one warning names them."""
+    from equicare.exceptions import DataWarning
+    from equicare.ope._evaluate import MSG_GROUP_OUT_OF_RANGE
+
+    attr = ds.group_attrs[0]
+    level = str(ds.group_labels(attr)[0])
+    # every propensity of one group 100 times too small: its IS is 1e8 times too large, with
+    # an ESS as good as before (every episode's weight grows alike)
+    rows = ds.episode_rows(ds.group_labels(attr).astype(str) == level).astype(bool)
+    bp = np.where(rows, ds.behavior_prob * 0.01, ds.behavior_prob)
+    bad = replace(ds, behavior_prob=bp, _cache={})
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        res = evaluate(bad, TabularPolicy(TARGET), estimators=("is", "wis"), bootstrap=0,
+                       diagnose_support=False)
+    said = [str(w.message) for w in rec if w.category is DataWarning]
+    assert any(f"are not published: {attr}={level} (is)" in m for m in said), said
+    g = res.groups[attr][level]
+    assert np.isnan(g.estimates["is"].value) and g.estimates["is"].reason == MSG_GROUP_OUT_OF_RANGE
+    assert g.to_dict()["estimates"]["is"]["reason"] == MSG_GROUP_OUT_OF_RANGE
+    assert np.isfinite(g.estimates["wis"].value)  # a weighted average stays in range
+    ok = evaluate(ds, TabularPolicy(TARGET), estimators=("is",), bootstrap=0,
+                  diagnose_support=False)
+    assert all(e.estimates["is"].reason is None for e in ok.groups[attr].values()
+               if not e.suppressed)

@@ -657,6 +657,8 @@ def _group_results(prep: Prepared, dataset: TrajectoryDataset, keys: Sequence[st
     out: dict[str, dict[str, GroupResult]] = {}
     info: dict[str, Any] = {}
     small: list[str] = []
+    far: list[str] = []
+    ranges = _ranges(dataset)
     seed_iter = iter(seeds)
     min_cell = plan.min_cell
     for attr in plan.attrs:
@@ -695,6 +697,7 @@ def _group_results(prep: Prepared, dataset: TrajectoryDataset, keys: Sequence[st
                                           estimates=ests, behavior=beh, ess=ess)
             weights[str(lv)] = WeightSums.of(use.inputs.subset(ep), kw.get("truncate"))
         hide_low_ess(levels, weights, keys, min_cell)
+        far.extend(hide_out_of_range(attr, levels, *ranges))
         out[attr] = levels
         if per_level:
             info[attr] = {"q_model": "refitted per level: pooled dynamics, the level's policy",
@@ -702,7 +705,61 @@ def _group_results(prep: Prepared, dataset: TrajectoryDataset, keys: Sequence[st
                           else "empirical", "backed_off": backed}
     if small:
         warnings.warn(small_cells_message(small, min_cell), SmallCellWarning, stacklevel=3)
+    warn_groups_out_of_range(far, stacklevel=4)
     return out, info
+
+
+def _ranges(dataset: TrajectoryDataset
+            ) -> tuple[tuple[float, float] | None, tuple[float, float] | None]:
+    """The panel's (returns, rewards) ranges, or None without steps."""
+    if not dataset.n_steps:
+        return None, None
+    ret = dataset.returns()
+    return ((float(ret.min()), float(ret.max())),
+            (float(dataset.rewards.min()), float(dataset.rewards.max())))
+
+
+#: The reason a subgroup estimate far outside the returns is not published (result JSON).
+MSG_GROUP_OUT_OF_RANGE = (
+    "not published: the estimate lies far outside the range of the observed returns (further "
+    "beyond it than the range is wide, or on the side of 0 no policy's value can reach when "
+    "every reward has one sign): the importance weights are extreme")
+
+
+def hide_out_of_range(attr: str, levels: dict[str, Any],
+                      returns_range: tuple[float, float] | None,
+                      rewards_range: tuple[float, float] | None) -> list[str]:
+    """Replace, in place, the subgroup estimates far outside the returns by undefined ones.
+
+    The overall estimates are checked by :func:`far_outside` and named in ``out_of_range``; a
+    level's DR of +17 on a panel of penalties (every reward <= 0, the whole panel's DR +3.2)
+    was published in the result JSON beside them. A level's estimate is judged against the
+    whole panel's ranges (which hold every level's), in memory and streamed alike. Returns the
+    ``"attr=level (estimators)"`` replaced, for :func:`warn_groups_out_of_range`.
+    """
+    said = []
+    for lv, g in levels.items():
+        if g.suppressed:
+            continue
+        bad = [k for k, e in g.estimates.items()
+               if e.reason is None and far_outside(e.value, returns_range, rewards_range)]
+        for k in bad:
+            e = g.estimates[k]
+            g.estimates[k] = (Estimate.undefined(e.n_episodes, MSG_GROUP_OUT_OF_RANGE)
+                              if isinstance(e, Estimate) else e.undefined(MSG_GROUP_OUT_OF_RANGE))
+        if bad:
+            said.append(f"{attr}={lv} ({', '.join(bad)})")
+    return said
+
+
+def warn_groups_out_of_range(cells: Sequence[str], stacklevel: int = 3) -> None:
+    """One ``DataWarning`` naming the subgroup estimates :func:`hide_out_of_range` withheld."""
+    if cells:
+        warnings.warn(
+            f"subgroup estimates far outside the range of the observed returns (or on the side "
+            f"of 0 no policy's value can reach) are not published: {'; '.join(cells)} (n/a, "
+            "with the reason in the result JSON); the importance weights are extreme there.",
+            DataWarning, stacklevel=stacklevel)
 
 
 def hide_low_ess(levels: dict[str, Any], weights: dict[str, WeightSums], keys: Sequence[str],

@@ -1146,12 +1146,17 @@ def evaluate_stream(
         for column, (levels, _) in own_levels.items():
             res.groups[column].update(levels)
         res.q_model["per_level"] = {c: info for c, (_, info) in own_levels.items()}
-    from equicare.ope._evaluate import hide_low_ess
+    from equicare.ope._evaluate import hide_low_ess, hide_out_of_range, warn_groups_out_of_range
 
-    for levels in res.groups.values():  # weighted values of low-ESS levels: not published
+    far_cells: list[str] = []
+    for attr, levels in res.groups.items():  # weighted values of low-ESS levels: not published
         hide_low_ess(levels, {lv: g.weights for lv, g in levels.items()
                               if not g.suppressed and g.weights is not None}, keys,
                      MIN_CELL if plan is None else plan.min_cell)
+        far_cells.extend(hide_out_of_range(  # as in memory, against the whole panel's ranges
+            attr, levels, (main.returns_min, main.returns_max) if main.n_episodes else None,
+            (main.rewards_min, main.rewards_max) if main.n_steps else None))
+    warn_groups_out_of_range(far_cells, stacklevel=2)
     from equicare.ope._ess import stream_low_ess_message, warn_low_ess
 
     warn_low_ess(stream_low_ess_message(res.estimates, res.n_episodes, res.ess,
