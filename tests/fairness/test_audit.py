@@ -779,3 +779,26 @@ def test_a_group_of_fewer_than_11_members_is_suppressed_however_many_episodes() 
                        n_permutations=0)
     assert "d" in res.suppressed and len(res.suppressed) >= 2
     assert "d" not in before.suppressed
+
+
+def test_audited_values_on_the_side_of_0_no_policy_reaches_are_warned_about() -> None:
+    """evaluate flags an estimate above 0 on a panel of penalties (every reward <= 0); the
+    audit's values check (a DR of +3.2 overall and +12 in one group on a substance-use panel
+    whose returns span 16.3) said nothing, since both lie within the returns' range plus its
+    width. With the rewards' range it names them, in memory and streamed alike (the streamed
+    audit merges the chunks' rewards ranges)."""
+    from types import SimpleNamespace
+
+    from equicare.fairness._diagnostics import far_values_message
+    from equicare.fairness._stream import _Partial
+
+    values = SimpleNamespace(overall_value=3.2, groups=["black", "white"],
+                             values=np.array([12.0, -0.53]))
+    span, rewards = (-16.3, 0.0), (-10.0, 0.0)
+    assert far_values_message("blend", "dr", values, span) is None  # before
+    msg = far_values_message("blend", "dr", values, span, rewards)
+    assert msg is not None and "overall value 3.2 and value 12 in group 'black'" in msg
+    assert far_values_message("blend", "dr", values, span, (-10.0, 2.0)) is None
+    part = _Partial(rewards_range=(-1.0, 0.0))
+    part.merge(_Partial(rewards_range=(-10.0, -2.0)))
+    assert part.rewards_range == (-10.0, 0.0)
