@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from equicare.utils import MIN_CELL
+
 __all__ = ["SummaryParts", "stream_summary", "summary_dict", "tail_keep", "TABLE_CELLS_NOTE"]
 
 TABLE_CELLS_NOTE = (
@@ -228,4 +230,8 @@ def stream_summary(parts: SummaryParts, counts: Any, scan: Any) -> dict[str, Any
         reward_weights=f["reward_weights"], gamma=f["gamma"],
         group_counts={g: dict(sorted(c.items())) for g, c in counts.group_counts.items()},
         behavior_prob=None if parts.bp_low is None else _tail_range(parts),
-        need_episodes=parts.need_sum)
+        need_episodes=parts.need_sum,
+        # levels of fewer than 11 people (the manifest's member; the chunks' member sets
+        # summed), as the in-memory summary withholds them
+        withheld={g: {lv for lv, who in levels.items() if 0 < len(who) < MIN_CELL}
+                  for g, levels in getattr(counts, "group_members", {}).items()})
