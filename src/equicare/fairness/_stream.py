@@ -62,6 +62,7 @@ from equicare.fairness._rows import (
 from equicare.ope._ess import ESS_KIND
 from equicare.ope._stream_groups import membership_matrix
 from equicare.policy._deployed import as_deployed, deferred_counts, deployed_propensities
+from equicare.privacy import few_members
 from equicare.utils import PARAM_MESSAGE, RandomState, int_seed
 
 __all__ = ["audit_stream", "STREAM_ESTIMATORS"]
@@ -509,7 +510,11 @@ def audit_stream(
     for a in attrs:  # before str() makes a missing label a group "nan" (chunks check it later)
         check_group_labels(scan.episode_groups[a], a, str(source), scan.episode_ids)
     gname = " x ".join(attrs)
-    # the cells published, decided as in memory (small, withheld, complementary)
+    # the cells published, decided as in memory (small, withheld, complementary; cells of
+    # fewer than 11 people when the manifest names member)
+    if scan.episode_members is not None:
+        suppress = {*suppress, *few_members(joined_labels(scan.episode_groups, attrs),
+                                            scan.episode_members, cfg.min_cell)}
     gi_all = require_comparison(table_index(scan.episode_groups, attrs, min_cell=cfg.min_cell,
                                             withheld=suppress, source=str(source)))
     _, rng = split_random_state(seed)

@@ -638,6 +638,17 @@ class ChunkSource:
         assert self.chunks is not None
         return sum(c.dataset.n_episodes for c in self.chunks)
 
+    def episode_members(self) -> NDArray[Any] | None:
+        """Each episode's person (the manifest's ``member``), in :meth:`episode_groups`' order."""
+        if self.dataset is not None:
+            return self.dataset.members
+        if self.path is not None:
+            return self.scan.episode_members
+        assert self.chunks is not None
+        if self.chunks[0].dataset.members is None:
+            return None
+        return np.concatenate([np.asarray(c.dataset.members) for c in self.chunks])
+
     def episode_groups(self) -> dict[str, NDArray[Any]]:
         """Every group attribute's label of each episode (from the scan when on storage)."""
         if self.dataset is not None:
@@ -976,6 +987,17 @@ def evaluate_stream(
                       n_shards=n_shards)
     check_episodes(src, 2, "evaluate", EVALUATE_EPISODES_WHY, src.path)
     on_file = src.path is not None  # a missing label: the file and the episode's id
+    members = src.episode_members()
+    if members is not None:  # levels of fewer than 11 people, as in memory
+        from equicare.privacy import few_members
+
+        labels = src.episode_groups()
+        few = {a: few_members(labels[a], members)
+               for a in (list(labels) if groups is None else groups) if a in labels}
+        few = {a: v for a, v in few.items() if v}
+        if few:
+            suppress = {a: {*(suppress or {}).get(a, ()), *few.get(a, ())}
+                        for a in dict.fromkeys([*(suppress or {}), *few])}
     plan = plan_groups(src.episode_groups(), groups, MIN_CELL,
                        where=str(src.path) if on_file else "subgroups",
                        episode_ids=src.scan.episode_ids if on_file else None,
