@@ -320,6 +320,8 @@ def withheld_cells(dataset: TrajectoryDataset | Mapping[str, ArrayLike], attrs: 
     Returns
     -------
     set of str
+        Those cells, and (a dataset with ``members``: people who re-enrol) the cells of
+        fewer than 11 people.
     """
     groups = dataset.groups if isinstance(dataset, TrajectoryDataset) else dataset
     bad = sorted(set(withheld) - set(groups))
@@ -331,4 +333,7 @@ def withheld_cells(dataset: TrajectoryDataset | Mapping[str, ArrayLike], attrs: 
     for a in attrs:
         hit |= np.isin(np.asarray(groups[a]).astype(str),
                        np.array(sorted(map(str, withheld.get(a, ()))), dtype=str))
-    return {str(v) for v in np.unique(labels[hit])}
+    out = {str(v) for v in np.unique(labels[hit])}
+    if isinstance(dataset, TrajectoryDataset) and dataset.members is not None:
+        out |= few_members(labels, dataset.members)  # cells of fewer than 11 people
+    return out
