@@ -279,7 +279,10 @@ def test_terminal_before_the_last_row_of_its_episode(frame, manifest_dict):
     bad = frame.index[(frame["member_id"] == ep) & (frame["week"] == week)][0]
     frame.loc[bad, "done"] = 1
     assert_invalid(frame, manifest_dict, f"column 'done' (terminal) is 1 before the last row of "
-                   f"its episode in 1 row (first: {bad};", "must be the episode's last row")
+                   f"its episode in 1 row (first: {bad};", "must be the episode's last row. If "
+                   "the rows after it are a later enrolment of the same person (a dropout who "
+                   "comes back), give each enrolment its own episode id and name the person's "
+                   "id as the manifest's member.")
 
 
 def test_terminal_and_censored_episode_ends(frame, manifest_dict):

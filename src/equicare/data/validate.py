@@ -762,7 +762,10 @@ def validate_frame(
                 err(
                     f"{source}: column {manifest.terminal!r} (terminal) is 1 before the last row "
                     f"of its episode in {_rows(early, rep.order)}; a terminal row ends the "
-                    "episode, so it must be the episode's last row."
+                    "episode, so it must be the episode's last row. If the rows after it are "
+                    "a later enrolment of the same person (a dropout who comes back), give each "
+                    "enrolment its own episode id and name the person's id as the manifest's "
+                    "member."
                 )
     elif not manifest.terminal:
         rep.notes.append(NO_TERMINAL_NOTE)
