@@ -65,6 +65,25 @@ def make_frame(
     return df.sample(frac=1.0, random_state=seed).reset_index(drop=True)
 
 
+def make_reenrolled_frame(n_members: int = 80, seed: int = 3) -> tuple[pd.DataFrame, dict]:
+    """:func:`make_frame` whose episodes belong to people (column ``person``), and its manifest.
+
+    Race ``d`` holds 15 episodes of 5 people (3 enrolments each): a cell of at least 11
+    episodes but fewer than 11 members. Every other episode is its own person.
+    """
+    import copy
+
+    frame = make_frame(n_members=n_members, seed=seed)
+    episodes = np.sort(frame["member_id"].unique())
+    person = pd.Series(episodes, index=episodes)
+    person[episodes[:15]] = [f"p{i // 3}" for i in range(15)]
+    frame["person"] = frame["member_id"].map(person)
+    frame.loc[frame["member_id"].isin(episodes[:15]), "race"] = "d"
+    manifest = copy.deepcopy(MANIFEST)
+    manifest["dataset"]["member"] = "person"
+    return frame, manifest
+
+
 @pytest.fixture
 def manifest_dict() -> dict:
     import copy

@@ -48,7 +48,7 @@ from equicare.utils import MIN_CELL
 
 __all__ = ["suppressed_cells", "suppressed_labels", "suppressed_levels", "split_withheld",
            "determined_cells",
-           "suppress_counts", "small_count",
+           "suppress_counts", "small_count", "few_members",
            "share_suppressed", "share_table_suppressed",
            "small_cells_message", "round_significant", "tail_quantile", "coarse_bounds",
            "quantile_edges",
@@ -327,18 +327,43 @@ def split_withheld(labels: Any, part: Any, min_cell: int = MIN_CELL) -> set[str]
     return {str(v) for v in levels[hide]}
 
 
-def suppress_counts(counts: dict[str, int], min_cell: int = MIN_CELL) -> dict[str, int | None]:
+def suppress_counts(counts: dict[str, int], min_cell: int = MIN_CELL,
+                    withheld: Collection[str] = ()) -> dict[str, int | None]:
     """A table of episodes per level with the suppressed levels' counts set to None.
 
     Parameters
     ----------
     counts : dict of str to int
         Episodes per level of one attribute (the partition of a published total).
+    withheld : collection of str, optional
+        Levels suppressed from outside (held by fewer than ``min_cell`` members,
+        :func:`few_members`); the levels that would give them back by difference are too.
     """
     labels = np.repeat(np.array(list(counts), dtype=object).astype(str),
                        np.asarray(list(counts.values()), dtype=np.int64))
-    hide = suppressed_levels(labels, min_cell) if labels.size else set()
+    hide = suppressed_levels(labels, min_cell, withheld) if labels.size else set()
     return {k: (None if k in hide else int(v)) for k, v in counts.items()}
+
+
+def few_members(labels: Any, members: Any, min_cell: int = MIN_CELL) -> set[str]:
+    """Levels held by 1 to ``min_cell - 1`` distinct members (people, not episodes).
+
+    A member who re-enrols has several episodes: 5 members with 12 episodes pass a count of
+    episodes but are 5 people. Withhold these levels (``withheld`` / ``suppress``) from every
+    table of episodes.
+
+    Parameters
+    ----------
+    labels : array-like of shape (n_episodes,)
+        Each episode's level.
+    members : array-like of shape (n_episodes,)
+        Each episode's member.
+    min_cell : int
+    """
+    frame = pd.DataFrame({"level": np.asarray(labels).astype(str).ravel(),
+                          "member": np.asarray(members).astype(str).ravel()})
+    n = frame.drop_duplicates().groupby("level", sort=True).size()
+    return {str(k) for k, v in n.items() if 0 < int(v) < min_cell}
 
 
 def small_count(count: int, total: int, min_cell: int = MIN_CELL) -> int | None:

@@ -576,3 +576,30 @@ def test_scan_of_a_csv_panel_whose_ids_mix_text_and_numbers(frame, tmp_path, shu
     assert [str(x) for x in scan.episode_ids] == first_seen
     report, _ = validate_stream(p, _manifest(), chunk_rows=40)
     assert report.ok, report.errors
+
+
+@pytest.mark.parametrize("jobs", [None, 1])
+def test_the_streamed_summary_withholds_groups_of_few_members_as_in_memory(tmp_path, jobs):
+    """validate --chunk-rows with the manifest's member warned that race d (15 episodes of 5
+    people) was suppressed, then printed it (d 15): the streamed summary counted episodes only.
+    It now takes the chunks' member sets (summed across chunks and shards, a person's episodes
+    may sit in several) and publishes what the in-memory summary publishes."""
+    import warnings
+
+    from equicare.data._stream_summary import stream_summary
+
+    from ..conftest import make_reenrolled_frame
+
+    frame, man_dict = make_reenrolled_frame()
+    p = tmp_path / "panel.parquet"
+    frame.sort_values(["member_id", "week"]).to_parquet(p, index=False, row_group_size=50)
+    man = Manifest.from_dict(man_dict)
+    ex = None if jobs is None else get_executor("local", jobs=jobs)
+    rep, scan = validate_stream(p, man, chunk_rows=40, executor=ex)
+    assert rep.ok and rep.counts is not None and scan is not None
+    got = stream_summary(rep.counts.summary, rep.counts, scan)["groups"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = load_dataset(p, man).summary()["groups"]
+    assert got == ref and got["race"]["d"] is None
+    assert any("fewer than 11 members" in w for w in rep.warnings)

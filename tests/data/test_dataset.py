@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import replace
 
 import numpy as np
@@ -142,3 +143,29 @@ def test_an_episode_without_a_group_label_is_an_error_not_a_group(ds, missing):
         replace(ds, groups={**ds.groups, "race": race})
     race[[2, 5]] = "unknown"  # labelled explicitly: audited as a group of its own
     assert "unknown" in set(replace(ds, groups={**ds.groups, "race": race}).groups["race"])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_splits_keep_each_members_episodes_together(seed):
+    """Members who re-enrol (the manifest's ``member``): a person's episodes went to both parts
+    of a split (the run's hold-out, explain's evidence, the selection's halves), so the
+    held-out evaluation saw people the policy was trained on. Splits and folds now deal
+    people; the shares stay near the asked ones."""
+    from equicare.data import from_frame
+
+    from ..conftest import make_reenrolled_frame
+
+    frame, man = make_reenrolled_frame(n_members=120, seed=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = from_frame(frame, man)
+    train, test = ds.split(0.5, random_state=seed, stratify="race")
+    assert not set(train.members) & set(test.members)
+    assert train.n_episodes + test.n_episodes == ds.n_episodes
+    assert 0.3 < test.n_episodes / ds.n_episodes < 0.7
+    folds = ds.kfold(3, random_state=seed)
+    held = [set(v.members) for _, v in folds]
+    assert sum(len(h) for h in held) == len(set(ds.members))  # each person in one fold
+    assert sum(v.n_episodes for _, v in folds) == ds.n_episodes
+    for tr, va in folds:
+        assert not set(tr.members) & set(va.members)

@@ -330,3 +330,21 @@ def test_an_empty_file_is_refused_as_such_in_memory_and_streamed(tmp_path, manif
         load_dataset(path, manifest_dict)
     with pytest.raises(DataValidationError, match=f"^{re.escape(msg)}$"):
         list(iter_chunks(path, manifest_dict, chunk_rows=20))
+
+
+@pytest.mark.parametrize("writer", [write_parquet, write_csv])
+def test_the_member_column_round_trips(tmp_path, writer):
+    """The person of each episode (the manifest's member) is written back with the panel and
+    read again identically, ids that look like numbers included (read as text from CSV)."""
+    from ..conftest import make_reenrolled_frame
+
+    frame, man = make_reenrolled_frame()
+    frame["person"] = frame["person"].str.replace("m", "00").str.replace("p", "01")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = from_frame(frame, man)
+        path = tmp_path / ("panel.parquet" if writer is write_parquet else "panel.csv")
+        writer(ds, path)
+        back = load_dataset(path, man)
+    assert list(back.members) == list(ds.members) and back.members[0].startswith("0")
+    assert back.few_member_levels() == ds.few_member_levels() == {"race": {"d"}}

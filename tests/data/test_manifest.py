@@ -91,3 +91,15 @@ def test_file_errors(tmp_path):
     bad.write_text("[dataset\n")
     with pytest.raises(ManifestError, match="not valid TOML"):
         read_manifest(bad)
+
+
+def test_the_member_key_names_the_person_column_and_round_trips():
+    """``member`` (people who re-enrol have several episodes) is a column name, read as text
+    from CSV, and kept by to_dict."""
+    from ..conftest import make_reenrolled_frame
+
+    _, raw = make_reenrolled_frame()
+    man = Manifest.from_dict(raw)
+    assert man.member == "person" and "person" in man.label_columns
+    assert "person" in man.named_columns
+    assert Manifest.from_dict(man.to_dict()) == man

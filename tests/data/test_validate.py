@@ -181,7 +181,7 @@ def test_need_changes_within_episode(frame, manifest_dict):
     assert_invalid(frame, manifest_dict, "column 'high_need' (need flag) changes within an episode")
 
 
-@pytest.mark.parametrize("bad", [0.0, 1.2, -0.1, np.nan])
+@pytest.mark.parametrize("bad", [0.0, 1.2, -0.1])
 def test_propensity_range(frame, manifest_dict, bad):
     frame.loc[6, "propensity"] = bad
     assert_invalid(
@@ -279,7 +279,10 @@ def test_terminal_before_the_last_row_of_its_episode(frame, manifest_dict):
     bad = frame.index[(frame["member_id"] == ep) & (frame["week"] == week)][0]
     frame.loc[bad, "done"] = 1
     assert_invalid(frame, manifest_dict, f"column 'done' (terminal) is 1 before the last row of "
-                   f"its episode in 1 row (first: {bad};", "must be the episode's last row")
+                   f"its episode in 1 row (first: {bad};", "must be the episode's last row. If "
+                   "the rows after it are a later enrolment of the same person (a dropout who "
+                   "comes back), give each enrolment its own episode id and name the person's "
+                   "id as the manifest's member.")
 
 
 def test_terminal_and_censored_episode_ends(frame, manifest_dict):
@@ -401,8 +404,9 @@ def test_integer_time_gaps_say_a_gap_becomes_one_step_once_rows_are_numbered(fra
     first = f.index[f["member_id"] == "m000"]
     f.loc[first[f.loc[first, "week"].to_numpy().argsort()[1:]], "week"] += 8
     assert_invalid(f, manifest_dict, "Each gap then becomes one step, so first give each "
-                   "enrolment its own episode id and decide what a pause is (add rows for its "
-                   "missing steps, or split the episode there).")
+                   "enrolment its own episode id (and name the person's id as the manifest's "
+                   "member, so that small groups count people, not enrolments) and decide what "
+                   "a pause is (add rows for its missing steps, or split the episode there).")
 
 
 def test_blank_group_labels_are_reported_beside_a_time_column_of_dates(frame, manifest_dict):
@@ -536,3 +540,54 @@ def test_small_group_level_names_the_levels_hidden_with_it(manifest_dict):
                         f"{hidden}, so that they cannot be recovered by difference from the "
                         "total (complementary suppression)."), msg
     assert not re.search(r"\(\d+\)", msg), msg
+
+
+def test_a_group_of_few_members_with_many_episodes_is_withheld_and_said():
+    """A substance-use panel with re-enrolments (same person, 2-4 treatment episodes): sex X had
+    12 episodes of 5 people and race middle_eastern 23 of 7, and validate's summary published
+    both counts (the rule counted episodes only). With the manifest's ``member`` a level of
+    fewer than 11 people is suppressed like a small one, with its complement, and a warning
+    says why."""
+    from ..conftest import make_reenrolled_frame
+
+    frame, man = make_reenrolled_frame()
+    with pytest.warns(DataWarning) as rec:
+        ds = from_frame(frame, man, source="p.csv")
+    said = " | ".join(str(w.message) for w in rec)
+    assert ("group attribute 'race' has levels with at least 11 episodes but fewer than 11 "
+            "members (column 'person': people who re-enrol have several episodes): d;") in said
+    assert ds.n_episodes == 80 and len(set(ds.members)) == 70
+    assert ds.few_member_levels() == {"race": {"d"}}
+    shown = ds.summary()["groups"]["race"]
+    assert shown["d"] is None and sum(v is None for v in shown.values()) >= 2  # + complement
+    # without the member column the 15 episodes of 5 people were published
+    del man["dataset"]["member"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert from_frame(frame, man).summary()["groups"]["race"]["d"] == 15
+
+
+def test_a_member_id_that_changes_within_an_episode_is_an_error():
+    from ..conftest import make_reenrolled_frame
+
+    frame, man = make_reenrolled_frame()
+    frame.loc[frame.index[frame["member_id"] == frame["member_id"].iloc[0]][0], "person"] = "zz"
+    rep = validate_frame(frame, man, source="p.csv")
+    assert not rep.ok
+    assert any("column 'person' (member id) changes within an episode" in e for e in rep.errors)
+
+
+def test_propensities_logged_on_some_rows_only_say_what_to_do(frame, manifest_dict):
+    """A treatment programme whose 5 of 40 sites log no propensities: validate said "must lie
+    in (0, 1]; 11625 rows ... (row 212: nan)" and nothing about what to do. An empty cell is now
+    reported as empty, with the two ways on: estimate them all, or keep the logging episodes."""
+    frame.loc[[6, 9], "propensity"] = np.nan
+    frame.loc[3, "propensity"] = 1.5
+    err = assert_invalid(
+        frame, manifest_dict,
+        "column 'propensity' (behaviour propensity) is empty in 2 rows (first: 6, 9;",
+        "equicare takes logged propensities on every row or on none",
+        "remove dataset.behavior_prob from the manifest",
+        "df.groupby('member_id')['propensity'].transform(lambda p: p.notna().all())",
+        "must lie in (0, 1]; 1 row (first: 3;")
+    assert "(row 6: nan" not in str(err)

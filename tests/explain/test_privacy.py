@@ -225,3 +225,26 @@ def test_the_card_json_names_no_categorical_level_of_fewer_than_11_members():
     assert all(len(episodes[str(lv)]) >= 11 for lv in listed), listed
     sets = [f for f in card.tree.features if f["kind"] == "categorical_set"]
     assert sets and all(len(episodes[lv]) >= 11 for f in sets for lv in f["levels"])
+
+
+def test_the_cards_disagreement_table_withholds_groups_of_few_members():
+    """The policy card's subgroup table (agreement of the rules with their source) counted
+    episodes: with the manifest's member, race d (15 episodes of 5 people) was a row of its
+    own. It is now suppressed, as in the audit."""
+    import warnings
+
+    import numpy as np
+
+    from equicare.data import from_frame
+    from equicare.explain._evidence import _disagreement
+
+    from ..conftest import make_reenrolled_frame
+
+    frame, man = make_reenrolled_frame()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = from_frame(frame, man)
+    rows = _disagreement(ds, np.ones(ds.n_steps, dtype=bool), np.zeros(ds.n_steps), 11, 100)
+    assert not [r for r in rows if r["attribute"].startswith("race") and
+                r["group"].split(" x ")[0] == "d"]  # no row of d, alone or crossed
+    assert rows[-1]["attribute"] == "(suppressed)"

@@ -758,3 +758,47 @@ def test_cells_suppressed_from_outside_are_completed_and_shown_suppressed() -> N
     assert d["rate"]["a"] == d["rate"]["b"] == {"suppressed": True}
     assert d["value_by_group"]["a"] == {"suppressed": True}
     assert res.n_episodes == 27
+
+
+def test_a_group_of_fewer_than_11_members_is_suppressed_however_many_episodes() -> None:
+    """Members who re-enrol: race d has 15 episodes of 5 people. With the manifest's
+    ``member`` the audit suppresses it (and a complement), before, it
+    published its rate and its value (a substance-use panel's middle_eastern, 7 people, was
+    the behaviour's worst group by name). Intersections take the people of each cell."""
+    from equicare.data import from_frame
+
+    from ..conftest import make_reenrolled_frame
+
+    frame, man = make_reenrolled_frame()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = from_frame(frame, man)
+        res = audit(ds, action=HOME, group="race", n_boot=0, n_permutations=0)
+        del man["dataset"]["member"]
+        before = audit(from_frame(frame, man), action=HOME, group="race", n_boot=0,
+                       n_permutations=0)
+    assert "d" in res.suppressed and len(res.suppressed) >= 2
+    assert "d" not in before.suppressed
+
+
+def test_audited_values_on_the_side_of_0_no_policy_reaches_are_warned_about() -> None:
+    """evaluate flags an estimate above 0 on a panel of penalties (every reward <= 0); the
+    audit's values check (a DR of +3.2 overall and +12 in one group on a substance-use panel
+    whose returns span 16.3) said nothing, since both lie within the returns' range plus its
+    width. With the rewards' range it names them, in memory and streamed alike (the streamed
+    audit merges the chunks' rewards ranges)."""
+    from types import SimpleNamespace
+
+    from equicare.fairness._diagnostics import far_values_message
+    from equicare.fairness._stream import _Partial
+
+    values = SimpleNamespace(overall_value=3.2, groups=["black", "white"],
+                             values=np.array([12.0, -0.53]))
+    span, rewards = (-16.3, 0.0), (-10.0, 0.0)
+    assert far_values_message("blend", "dr", values, span) is None  # before
+    msg = far_values_message("blend", "dr", values, span, rewards)
+    assert msg is not None and "overall value 3.2 and value 12 in group 'black'" in msg
+    assert far_values_message("blend", "dr", values, span, (-10.0, 2.0)) is None
+    part = _Partial(rewards_range=(-1.0, 0.0))
+    part.merge(_Partial(rewards_range=(-10.0, -2.0)))
+    assert part.rewards_range == (-10.0, 0.0)

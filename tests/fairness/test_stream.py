@@ -771,3 +771,34 @@ def test_streamed_audit_warns_about_in_sample_propensities_as_in_memory(tmp_path
                                      chunk_rows=3000, random_state=8))
     assert len(ref) == 1 and ref[0].startswith("policy 'practice': wpdis uses propensities")
     assert got == ref
+
+
+def test_the_streamed_audit_and_evaluation_withhold_groups_of_few_members(tmp_path):
+    """With the manifest's member, race d (15 episodes of 5 people) is suppressed in memory;
+    the streamed audit and evaluation read the people from the panel's scan and suppress the
+    same cells (before, they published d)."""
+    import warnings
+
+    from equicare.ope import evaluate, evaluate_stream
+    from equicare.policy import UniformPolicy
+
+    from ..conftest import make_reenrolled_frame
+
+    frame, man_dict = make_reenrolled_frame()
+    path = tmp_path / "panel.parquet"
+    frame.sort_values(["member_id", "week"]).to_parquet(path, index=False)
+    man = Manifest.from_dict(man_dict)
+    cfg = FairnessAudit(action="modality=home_visit", group="race", n_boot=0, n_permutations=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = load_dataset(path, man)
+        ref = cfg.run(ds)
+        got = audit_stream(path, manifest=man, config=cfg, chunk_rows=60)
+        uni = UniformPolicy(ds.action_space.n_actions)
+        kw = {"estimators": ["wis"], "groups": ["race"], "diagnose_support": False}
+        ev_ref = evaluate(ds, uni, bootstrap=0, **kw)
+        ev_got = evaluate_stream(path, uni, manifest=man, n_boot=0, chunk_rows=60, **kw)
+    assert "d" in ref.suppressed and set(got.suppressed) == set(ref.suppressed)
+    hidden = {lv for lv, g in ev_ref.groups["race"].items() if g.suppressed}
+    assert "d" in hidden and {lv for lv, g in ev_got.groups["race"].items()
+                              if g.suppressed} == hidden

@@ -787,3 +787,99 @@ def test_the_warnings_never_recommend_an_estimator_they_found_far_out_of_range(l
     ests["fqe"] = est(9e3)
     msg = out_of_range_message(ests, (0.0, 1.0), 3.9, source)
     assert msg is not None and "prefer" not in msg
+
+
+def test_an_estimate_above_0_when_every_reward_is_a_penalty_is_out_of_range():
+    """A substance-use panel built outside equicare (rewards -1 per relapse or ED week, -10 per
+    overdose or dropout; returns from -16.3 to 0) gave DR +3.2 [-0.8, 11.0] for a policy worth
+    -0.91: no policy can be worth more than 0 there, yet nothing flagged it and the low-ESS
+    warning said "Prefer fqe or dr". Within the returns' range plus its width, the old check
+    passed it. An estimate on the side of 0 no policy reaches is now out of range (a small
+    crossing, as noise around a value near 0 gives, is not), and only with one-signed rewards."""
+    from equicare.exceptions import DataWarning
+    from equicare.ope._bootstrap import Estimate
+    from equicare.ope._evaluate import _warn_out_of_range, far_outside, wrong_sign
+
+    def est(v):
+        return Estimate(v, (v - 1.0, v + 1.0), 0.5, 12979)
+
+    ests = {"fqe": est(-0.90), "dr": est(3.225), "wdr": est(-0.28)}
+    returns = np.array([-16.28, -3.0, 0.0])
+    penalties = np.array([-10.0, -1.0, -2.0, 0.0])
+    with pytest.warns(DataWarning, match="far outside the range") as rec:
+        far = _warn_out_of_range(ests, returns, None, "estimated", penalties)
+    assert far == ("dr",)
+    msg = str(rec[0].message)
+    assert "for dr, on the side of 0 where no policy's value can be" in msg
+    assert "every reward of the panel is <= 0" in msg and "prefer FQE or WDR" in msg
+    # the same estimates without the rewards' signs: nothing (the check before)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        assert _warn_out_of_range(ests, returns, None, "estimated") == ()
+        # rewards of both signs: a value above 0 is possible
+        assert _warn_out_of_range(ests, returns, None, "estimated", np.array([-1.0, 2.0])) == ()
+    # a crossing within a tenth of the returns' range is noise around a value near 0
+    assert not wrong_sign(1.5, (-16.28, 0.0), (-10.0, 0.0))
+    assert wrong_sign(1.7, (-16.28, 0.0), (-10.0, 0.0))
+    # rewards never negative (engagement counts): a value below 0 is impossible
+    assert far_outside(-0.5, (0.0, 4.0), (0.0, 1.0))
+    assert not far_outside(-0.5, (0.0, 4.0), (-1.0, 1.0))
+
+
+def test_a_group_level_of_fewer_than_11_members_is_suppressed_in_the_subgroups():
+    """Re-enrolment: race d has 15 episodes of 5 people. With the manifest's ``member`` its
+    subgroup estimates are suppressed (with a complement), as a level of fewer than 11
+    episodes; without it they were published."""
+    from equicare.data import from_frame
+    from equicare.policy import UniformPolicy
+
+    from ..conftest import make_reenrolled_frame
+
+    frame, man = make_reenrolled_frame()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = from_frame(frame, man)
+        uniform = UniformPolicy(ds.action_space.n_actions)
+        res = evaluate(ds, uniform, estimators=("wis",), bootstrap=0, groups=["race"],
+                       diagnose_support=False)
+        # no subgroups (the run's card evaluations): nothing to withhold, no error
+        assert evaluate(ds, uniform, estimators=("wis",), bootstrap=0, groups=[],
+                        diagnose_support=False).groups == {}
+        del man["dataset"]["member"]
+        before = evaluate(from_frame(frame, man), uniform,
+                          estimators=("wis",), bootstrap=0, groups=["race"],
+                          diagnose_support=False)
+    race = res.groups["race"]
+    assert race["d"].suppressed and sum(g.suppressed for g in race.values()) >= 2
+    assert not before.groups["race"]["d"].suppressed
+
+
+def test_subgroup_estimates_far_outside_the_returns_are_not_published(ds):
+    """The overall estimates far outside the returns are named (``out_of_range``), but a
+    level's were published as values: on a substance-use panel of penalties (rewards <= 0) the
+    result JSON gave DR +17.4 for one race and +3.5 for the non-Spanish speakers. They are now
+    n/a with the reason, and one warning names them."""
+    from equicare.exceptions import DataWarning
+    from equicare.ope._evaluate import MSG_GROUP_OUT_OF_RANGE
+
+    attr = ds.group_attrs[0]
+    level = str(ds.group_labels(attr)[0])
+    # every propensity of one group 100 times too small: its IS is 1e8 times too large, with
+    # an ESS as good as before (every episode's weight grows alike)
+    rows = ds.episode_rows(ds.group_labels(attr).astype(str) == level).astype(bool)
+    bp = np.where(rows, ds.behavior_prob * 0.01, ds.behavior_prob)
+    bad = replace(ds, behavior_prob=bp, _cache={})
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        res = evaluate(bad, TabularPolicy(TARGET), estimators=("is", "wis"), bootstrap=0,
+                       diagnose_support=False)
+    said = [str(w.message) for w in rec if w.category is DataWarning]
+    assert any(f"are not published: {attr}={level} (is)" in m for m in said), said
+    g = res.groups[attr][level]
+    assert np.isnan(g.estimates["is"].value) and g.estimates["is"].reason == MSG_GROUP_OUT_OF_RANGE
+    assert g.to_dict()["estimates"]["is"]["reason"] == MSG_GROUP_OUT_OF_RANGE
+    assert np.isfinite(g.estimates["wis"].value)  # a weighted average stays in range
+    ok = evaluate(ds, TabularPolicy(TARGET), estimators=("is",), bootstrap=0,
+                  diagnose_support=False)
+    assert all(e.estimates["is"].reason is None for e in ok.groups[attr].values()
+               if not e.suppressed)

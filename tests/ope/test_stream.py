@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -446,3 +447,51 @@ def test_jackknife_intervals_on_worker_processes_equal_in_memory(panel):
                           n_shards=2)
     assert got.n_chunks >= 2
     same_as_in_memory(got.to_dict(), ref)
+
+
+def test_the_streamed_sums_carry_the_rewards_range_across_chunks():
+    """The streamed check of estimates on the side of 0 no policy reaches needs the smallest and
+    largest reward of the whole panel: each chunk's sums carry them and adding sums keeps the
+    extremes (as the returns' range)."""
+    from equicare.ope._stream_sums import episode_sums
+
+    def sums(rewards):
+        mat = np.zeros((2, 2))
+        return episode_sums(mat, np.ones((3, 2)), np.ones(2), n_steps=len(rewards), gamma=0.9,
+                            layout=((), {}, 0), rewards=np.asarray(rewards, dtype=float))
+
+    both = sums([-1.0, 0.0]) + sums([-10.0, -2.0])
+    assert (both.rewards_min, both.rewards_max) == (-10.0, 0.0)
+    none = episode_sums(np.zeros((0, 2)), np.ones((3, 0)), np.ones(0), n_steps=0, gamma=0.9,
+                        layout=((), {}, 0))
+    assert (none + both).rewards_min == -10.0 and (none + both).rewards_max == 0.0
+
+
+def test_subgroup_estimates_far_outside_the_returns_are_withheld_as_in_memory():
+    """A level's estimate far outside the returns is n/a with the reason, streamed as in
+    memory (against the whole panel's returns and rewards): one group's propensities 100 times
+    too small make its IS 1e8 times too large at an unchanged ESS."""
+    from dataclasses import replace
+
+    from equicare.ope._evaluate import MSG_GROUP_OUT_OF_RANGE
+    from equicare.policy import TabularPolicy
+
+    from ._mdp import BEHAVIOR, TARGET, small_mdp
+
+    ds = small_mdp(horizon=4).sample(BEHAVIOR, 400, seed=0, n_groups=3)
+    attr = ds.group_attrs[0]
+    level = str(ds.group_labels(attr)[0])
+    rows = ds.episode_rows(ds.group_labels(attr).astype(str) == level).astype(bool)
+    bad = replace(ds, behavior_prob=np.where(rows, ds.behavior_prob * 0.01, ds.behavior_prob),
+                  _cache={})
+
+    def withheld(res):
+        return {(lv, k) for lv, g in res.groups[attr].items() if not g.suppressed
+                for k, e in g.estimates.items() if e.reason == MSG_GROUP_OUT_OF_RANGE}
+
+    kw = {"estimators": ["is", "wis"], "diagnose_support": False}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = evaluate(bad, TabularPolicy(TARGET), bootstrap=0, **kw)
+        got = evaluate_stream(bad, TabularPolicy(TARGET), n_boot=10, chunk_rows=100, **kw)
+    assert withheld(ref) == withheld(got) == {(level, "is")}

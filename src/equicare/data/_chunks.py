@@ -97,6 +97,9 @@ class PanelScan:
         Sorted levels of every categorical state column over the whole panel.
     episode_groups : dict of str to ndarray of shape (n_episodes,)
         Each group attribute's value on each episode's first stored row.
+    episode_members : ndarray of shape (n_episodes,), optional
+        With the manifest's ``member``: each episode's person (people who re-enrol), for the
+        suppression of group levels of fewer than 11 people.
     """
 
     source: str
@@ -106,6 +109,7 @@ class PanelScan:
     clustered: bool
     categorical_levels: dict[str, tuple[Any, ...]]
     episode_groups: dict[str, NDArray[Any]] = field(default_factory=dict)
+    episode_members: NDArray[Any] | None = None
 
     @property
     def n_episodes(self) -> int:
@@ -279,9 +283,10 @@ def scan_panel(path: str | os.PathLike[str],
     check_panel_file(p)
     if _source_kind(p) == "csv":  # as read_table does: a CSV must be UTF-8 text
         check_utf8(p)
-    cols = list(dict.fromkeys([man.episode, *man.categorical_states, *man.groups]))
+    keyed = list(dict.fromkeys([*man.groups, *([man.member] if man.member else [])]))
+    cols = list(dict.fromkeys([man.episode, *man.categorical_states, *keyed]))
     run_ids: list[NDArray[Any]] = []
-    run_groups: dict[str, list[NDArray[Any]]] = {g: [] for g in man.groups}
+    run_groups: dict[str, list[NDArray[Any]]] = {g: [] for g in keyed}
     run_lens: list[NDArray[np.int64]] = []
     levels: dict[str, set[Any]] = {c: set() for c in man.categorical_states}
     prev: Any = None
@@ -310,7 +315,7 @@ def scan_panel(path: str | os.PathLike[str],
         if starts.size:
             run_ids.append(ep[starts])
             run_lens.append(np.diff(np.r_[starts, m]).astype(np.int64))
-            for g in man.groups:
+            for g in keyed:
                 run_groups[g].append(_shared_values(values(b, g)[starts]))
         for c in man.categorical_states:
             levels[c].update(pd.unique(categorical_labels(values(b, c))).tolist())
@@ -341,8 +346,11 @@ def scan_panel(path: str | os.PathLike[str],
         except TypeError:  # mixed types ("007" and 100): ordered as in memory (_build)
             cat_levels[c] = tuple(pd.factorize(pd.Series(vals, dtype=object), sort=True)[1]
                                   .tolist())
+    members = groups.pop(man.member) if man.member and man.member not in man.groups else (
+        groups[man.member] if man.member else None)
     return PanelScan(source=str(p), n_rows=n, episode_ids=ids, lengths=lens, clustered=clustered,
-                     categorical_levels=cat_levels, episode_groups=groups)
+                     categorical_levels=cat_levels, episode_groups=groups,
+                     episode_members=members)
 
 
 def _with_rows(batches: Iterator[Any]) -> Iterator[Any]:
@@ -1008,6 +1016,6 @@ def concat_datasets(parts: list[TrajectoryDataset]) -> TrajectoryDataset:
         episode_offsets=offsets, episode_ids=cat("episode_ids"), times=cat("times"),
         groups={k: np.concatenate([p.groups[k] for p in parts]) for k in first.groups},
         categorical=cat("categorical"), behavior_prob=cat("behavior_prob"), need=cat("need"),
-        mediators=cat("mediators"),
+        members=cat("members"), mediators=cat("mediators"),
         extras={k: np.concatenate([p.extras[k] for p in parts]) for k in first.extras},
         _cache={})

@@ -12,7 +12,7 @@ from numpy.typing import NDArray
 from equicare.data._labels import check_group_labels
 from equicare.exceptions import InvalidParameterError, UnknownNameError
 from equicare.spaces import FactoredActionSpace
-from equicare.utils import RandomState, check_random_state
+from equicare.utils import MIN_CELL, RandomState, check_random_state
 
 __all__ = ["TrajectoryDataset", "Episode"]
 
@@ -77,6 +77,11 @@ class TrajectoryDataset:
         the estimates never enter the dataset.
     need : ndarray of shape (n_episodes,), float64, optional
         Clinical need flag per episode (for proportional parity).
+    members : ndarray of shape (n_episodes,), optional
+        The person each episode belongs to (the manifest's ``member``), when members re-enrol
+        and one person has several episodes. Small-cell suppression then also counts people:
+        a group level with fewer than 11 distinct members is never published, however many
+        episodes they have (:meth:`few_member_levels`).
     mediators : ndarray of shape (n_steps, n_mediators), float64, optional
     extras : dict of str to ndarray of shape (n_steps,)
         Columns the manifest does not name, carried along untouched.
@@ -105,6 +110,7 @@ class TrajectoryDataset:
     categorical_levels: tuple[tuple[Any, ...], ...] = ()
     behavior_prob: NDArray[np.float64] | None = None
     need: NDArray[np.float64] | None = None
+    members: NDArray[Any] | None = None
     behavior_prob_estimated: bool = False
     mediators: NDArray[np.float64] | None = None
     mediator_names: tuple[str, ...] = ()
@@ -388,6 +394,7 @@ class TrajectoryDataset:
             categorical=take(self.categorical),
             behavior_prob=take(self.behavior_prob),
             need=None if self.need is None else self.need[ep],
+            members=None if self.members is None else self.members[ep],
             mediators=take(self.mediators),
             extras={k: v[rows] for k, v in self.extras.items()},
             _cache={},
@@ -423,20 +430,38 @@ class TrajectoryDataset:
         labels = self.group_labels(attr)
         return {lv: self.subset(labels == lv) for lv in np.unique(labels)}
 
-    def _stratum_ranks(self, rng: np.random.Generator, stratify: str | None
+    def _units(self) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """What splits deal: ``(unit of each episode, lead episode of each unit)``.
+
+        Each episode is its own unit, unless :attr:`members` says which person it belongs to:
+        then a person's episodes (re-enrolments) form one unit, so that no person is in both
+        parts of a split (a held-out evaluation of episodes whose person also trained the
+        policy is not held out). The lead episode (a unit's first) gives its stratum.
+        """
+        if self.members is None:
+            ep = np.arange(self.n_episodes, dtype=np.int64)
+            return ep, ep
+        _, first, unit = np.unique(np.asarray(self.members).astype(str), return_index=True,
+                                   return_inverse=True)
+        return unit.astype(np.int64).ravel(), first.astype(np.int64)
+
+    def _stratum_ranks(self, rng: np.random.Generator, stratify: str | None,
+                       lead: NDArray[np.int64] | None = None
                        ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
-        """Episodes shuffled within strata: ``(order, sizes, rank)``.
+        """Episodes (or the units of ``lead``) shuffled within strata: ``(order, sizes, rank)``.
 
         ``order`` lists the episodes stratum by stratum, in random order within each;
         ``sizes`` are the strata's sizes in that order; ``rank[i]`` is the position of
-        ``order[i]`` within its stratum. One ``rng.random(n_episodes)`` draw.
+        ``order[i]`` within its stratum. One ``rng.random(n)`` draw. With ``lead`` (one episode
+        per unit, :meth:`_units`) the units are shuffled, each in its lead episode's stratum.
         """
+        idx = np.arange(self.n_episodes) if lead is None else lead
         keys = (
-            np.zeros(self.n_episodes, dtype=np.int64)
+            np.zeros(idx.size, dtype=np.int64)
             if stratify is None
-            else np.unique(self.group_labels(stratify), return_inverse=True)[1]
+            else np.unique(self.group_labels(stratify)[idx], return_inverse=True)[1]
         )
-        order = np.lexsort((rng.random(self.n_episodes), keys))
+        order = np.lexsort((rng.random(idx.size), keys))
         ks = keys[order]
         starts = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]])
         sizes = np.diff(np.r_[starts, ks.size])
@@ -463,14 +488,18 @@ class TrajectoryDataset:
         if self.n_episodes < 2:
             raise InvalidParameterError("Need at least 2 episodes to split.")
         rng = check_random_state(random_state)
-        # within each stratum, the lowest-ranked fraction goes to validation
-        order, sizes, rank = self._stratum_ranks(rng, stratify)
-        is_valid = np.zeros(self.n_episodes, dtype=bool)
+        # within each stratum, the lowest-ranked fraction goes to validation: of the episodes,
+        # or of the members when members re-enrol (a person's episodes stay together)
+        unit, lead = self._units()
+        order, sizes, rank = self._stratum_ranks(rng, stratify,
+                                                 None if self.members is None else lead)
+        is_valid = np.zeros(lead.size, dtype=bool)
         n_valid = np.maximum(1, np.round(sizes * valid_fraction)).astype(np.int64)
         n_valid = np.minimum(n_valid, np.maximum(sizes - 1, 1))
         is_valid[order] = rank < np.repeat(n_valid, sizes)
         if is_valid.all():
             is_valid[order[-1]] = False
+        is_valid = is_valid[unit]
         return self.subset(~is_valid), self.subset(is_valid)
 
     def kfold(
@@ -503,11 +532,17 @@ class TrajectoryDataset:
             raise InvalidParameterError(
                 f"Need at least {n_folds} episodes for {n_folds} folds, got {self.n_episodes}.")
         rng = check_random_state(random_state)
-        order, sizes, rank = self._stratum_ranks(rng, stratify)
+        unit, lead = self._units()  # members who re-enrol: a person's episodes in one fold
+        if lead.size < n_folds:
+            raise InvalidParameterError(
+                f"Need at least {n_folds} members for {n_folds} folds, got {lead.size}.")
+        order, sizes, rank = self._stratum_ranks(rng, stratify,
+                                                 None if self.members is None else lead)
         # deal each stratum from a random fold on, so small strata do not all start at fold 0
         shift = np.repeat(rng.integers(0, n_folds, size=sizes.size), sizes)
-        fold = np.empty(self.n_episodes, dtype=np.int64)
+        fold = np.empty(lead.size, dtype=np.int64)
         fold[order] = (rank + shift) % n_folds
+        fold = fold[unit]
         return [(self.subset(fold != k), self.subset(fold == k)) for k in range(n_folds)]
 
     def with_reward_weights(self, weights: dict[str, float]) -> TrajectoryDataset:
@@ -546,6 +581,27 @@ class TrajectoryDataset:
         return self.with_behavior_prob(None) if self.behavior_prob_estimated else self
 
     # ------------------------------------------------------------------ summaries
+    def few_member_levels(self, min_cell: int = MIN_CELL) -> dict[str, set[str]]:
+        """The group levels held by 1 to ``min_cell - 1`` distinct members, per attribute.
+
+        Members who re-enrol have several episodes each: 5 members with 12 episodes are a cell
+        of 5 people, which no published table may show (the episode counts alone would publish
+        it). Empty without ``members``. Pass the result as the ``suppress`` / ``withheld``
+        levels of a table (:func:`equicare.privacy.few_members`); complementary suppression then
+        completes them.
+
+        Returns
+        -------
+        dict of str to set of str
+            Each group attribute's levels to withhold (absent: none).
+        """
+        if self.members is None:
+            return {}
+        from equicare.privacy import few_members
+
+        out = {k: few_members(v, self.members, min_cell) for k, v in self.groups.items()}
+        return {k: v for k, v in out.items() if v}
+
     def _group_counts(self) -> dict[str, dict[str, int]]:
         """Episodes per level of each group attribute, unsuppressed: never to be published.
 
@@ -586,6 +642,7 @@ class TrajectoryDataset:
             reward_weights=dict(zip(self.reward_names, self.reward_weights.tolist(),
                                     strict=True)),
             gamma=self.gamma, group_counts=self._group_counts(),
+            withheld=self.few_member_levels(),
             behavior_prob=None if self.behavior_prob is None else tail_range(self.behavior_prob),
             need_episodes=None if self.need is None else float(np.sum(self.need)))
         if self.categorical is not None and self.categorical.shape[1] > 1:

@@ -551,6 +551,8 @@ def _build(
         categorical_levels=tuple(cat_levels),
         behavior_prob=col(man.behavior_prob, np.float64) if man.behavior_prob else None,
         need=df[man.need].to_numpy(dtype=np.float64)[first_rows] if man.need else None,
+        members=(df[man.member].astype(str).to_numpy(dtype=object)[first_rows]
+                 if man.member else None),
         mediators=(
             np.ascontiguousarray(df[list(man.mediators)].to_numpy(np.float64)[order])
             if man.mediators
@@ -605,6 +607,8 @@ def to_frame(ds: TrajectoryDataset, action_labels: bool = True) -> pd.DataFrame:
         data[man.behavior_prob] = ds.behavior_prob
     if man.need and ds.need is not None:
         data[man.need] = ds.episode_rows(ds.need)
+    if man.member and ds.members is not None:
+        data[man.member] = ds.episode_rows(ds.members)
     for c, v in ds.extras.items():
         data[c] = v
     return pd.DataFrame(data)

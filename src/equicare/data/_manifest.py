@@ -31,6 +31,7 @@ DATASET_KEYS: dict[str, str] = {
     "terminal": "a column name (string)",
     "behavior_prob": "a column name (string)",
     "need": "a column name (string)",
+    "member": "a column name (string)",
     "gamma": "a number in (0, 1]",
     "table": "a DuckDB table name (string)",
 }
@@ -88,6 +89,7 @@ class Manifest:
     terminal: str | None = None
     behavior_prob: str | None = None
     need: str | None = None
+    member: str | None = None
     gamma: float = 0.99
     table: str | None = None
     source: str = field(default="<manifest>", compare=False)
@@ -105,6 +107,7 @@ class Manifest:
         whose levels are labels (not ``levels = N``).
         """
         cols = [self.episode, *self.categorical_states, *self.groups]
+        cols += [self.member] if self.member else []
         cols += [a.column for a in self.actions if not a.integer_levels]
         return list(dict.fromkeys(cols))
 
@@ -120,7 +123,7 @@ class Manifest:
             *self.groups,
         ]
         cols += [a.column for a in self.actions] + [r.column for r in self.reward]
-        cols += [c for c in (self.terminal, self.behavior_prob, self.need) if c]
+        cols += [c for c in (self.terminal, self.behavior_prob, self.need, self.member) if c]
         return list(dict.fromkeys(cols))
 
     # ------------------------------------------------------------------ (de)serialisation
@@ -130,7 +133,7 @@ class Manifest:
         for key in ("states", "categorical_states", "mediators", "groups"):
             if getattr(self, key):
                 ds[key] = list(getattr(self, key))
-        for key in ("terminal", "behavior_prob", "need", "table"):
+        for key in ("terminal", "behavior_prob", "need", "member", "table"):
             if getattr(self, key):
                 ds[key] = getattr(self, key)
         ds["gamma"] = self.gamma
@@ -179,7 +182,7 @@ class Manifest:
         for key in ("states", "categorical_states", "mediators", "groups"):
             if key in ds:
                 kwargs[key] = _want_str_list(ds[key], f"dataset.{key}", source, problems)
-        for key in ("terminal", "behavior_prob", "need", "table"):
+        for key in ("terminal", "behavior_prob", "need", "member", "table"):
             if key in ds:
                 kwargs[key] = _want_str(ds[key], f"dataset.{key}", source, problems)
         if "gamma" in ds:

@@ -11,11 +11,14 @@ only the ``k`` smallest and largest values, ``k`` set by the panel's row count
 from __future__ import annotations
 
 import math
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+
+from equicare.utils import MIN_CELL
 
 __all__ = ["SummaryParts", "stream_summary", "summary_dict", "tail_keep", "TABLE_CELLS_NOTE"]
 
@@ -157,7 +160,8 @@ def summary_dict(*, n_episodes: int, n_steps: int, lengths: NDArray[np.int64],
                  reward_weights: dict[str, float], gamma: float,
                  group_counts: dict[str, dict[str, int]],
                  behavior_prob: dict[str, float | None] | None,
-                 need_episodes: float | None) -> dict[str, Any]:
+                 need_episodes: float | None,
+                 withheld: Mapping[str, Collection[str]] | None = None) -> dict[str, Any]:
     """The summary's keys, in memory (:meth:`TrajectoryDataset.summary`) and streamed alike.
 
     ``categorical`` maps each categorical column to ``(levels, observed levels)``;
@@ -191,7 +195,8 @@ def summary_dict(*, n_episodes: int, n_steps: int, lengths: NDArray[np.int64],
         "reward_nonzero_pct": {k: pct(v, n_steps) for k, v in reward_nonzero.items()},
         "reward_weights": reward_weights,
         "gamma": gamma,
-        "groups": {g: suppress_counts(c) for g, c in group_counts.items()},
+        "groups": {g: suppress_counts(c, withheld=(withheld or {}).get(g, ()))
+                   for g, c in group_counts.items()},
     }
     if behavior_prob is not None:
         out["behavior_prob"] = behavior_prob
@@ -225,4 +230,8 @@ def stream_summary(parts: SummaryParts, counts: Any, scan: Any) -> dict[str, Any
         reward_weights=f["reward_weights"], gamma=f["gamma"],
         group_counts={g: dict(sorted(c.items())) for g, c in counts.group_counts.items()},
         behavior_prob=None if parts.bp_low is None else _tail_range(parts),
-        need_episodes=parts.need_sum)
+        need_episodes=parts.need_sum,
+        # levels of fewer than 11 people (the manifest's member; the chunks' member sets
+        # summed), as the in-memory summary withholds them
+        withheld={g: {lv for lv, who in levels.items() if 0 < len(who) < MIN_CELL}
+                  for g, levels in getattr(counts, "group_members", {}).items()})

@@ -62,6 +62,9 @@ class PanelCounts:
         Rows where each reward component (by name) is non-zero.
     group_counts : dict of str to dict of str to int
         Episodes per level of each group attribute (the level of the episode's first row).
+    group_members : dict of str to dict of str to set of str
+        With the manifest's ``member``: the members of each level of each group attribute
+        (people who re-enrol have several episodes; a level of fewer than 11 people is small).
     summary : SummaryParts, optional
         The rest of the panel summary (set by :func:`~equicare.data.validate_stream`).
     """
@@ -70,6 +73,7 @@ class PanelCounts:
     action_counts: NDArray[np.int64]
     reward_nonzero: dict[str, int] = field(default_factory=dict)
     group_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    group_members: dict[str, dict[str, set[str]]] = field(default_factory=dict)
     summary: SummaryParts | None = None
 
     def __add__(self, other: PanelCounts) -> PanelCounts:
@@ -82,6 +86,11 @@ class PanelCounts:
             reward_nonzero=merge(self.reward_nonzero, other.reward_nonzero),
             group_counts={g: merge(self.group_counts.get(g, {}), other.group_counts.get(g, {}))
                           for g in dict.fromkeys([*self.group_counts, *other.group_counts])},
+            group_members={g: {k: self.group_members.get(g, {}).get(k, set())
+                               | other.group_members.get(g, {}).get(k, set())
+                               for k in dict.fromkeys([*self.group_members.get(g, {}),
+                                                       *other.group_members.get(g, {})])}
+                           for g in dict.fromkeys([*self.group_members, *other.group_members])},
             summary=(self.summary if other.summary is None else other.summary
                      if self.summary is None else self.summary + other.summary))
 
@@ -130,7 +139,21 @@ def panel_warnings(counts: PanelCounts, manifest: Manifest, source: str) -> list
                 f"{source}: group attribute {g!r} has levels with fewer than {MIN_CELL} "
                 f"episodes: {', '.join(small)}; they are suppressed in published tables{also}."
             )
+        people = counts.group_members.get(g, {})
+        few = sorted(lv for lv, who in people.items()
+                     if 0 < len(who) < MIN_CELL and levels.get(lv, 0) >= MIN_CELL)
+        if few:
+            out.append(MSG_FEW_MEMBERS.format(source=source, group=g, min_cell=MIN_CELL,
+                                              levels=", ".join(few), member=manifest.member))
     return out
+
+
+#: A group level with enough episodes but fewer than 11 people (members who re-enrol).
+MSG_FEW_MEMBERS = (
+    "{source}: group attribute {group!r} has levels with at least {min_cell} episodes but fewer "
+    "than {min_cell} members (column {member!r}: people who re-enrol have several episodes): "
+    "{levels}; they are suppressed in published tables like levels of fewer than {min_cell} "
+    "episodes, with the levels that would give them back by difference.")
 
 
 @dataclass
@@ -307,6 +330,14 @@ MSG_MISSING_STATE = (
     "df.groupby({episode!r})[{column!r}].ffill(), fill the rows before the first measurement "
     "(the median, say) and add a 0/1 state column saying which rows had no measurement yet; "
     "or impute it otherwise.")
+#: What to do about propensities logged on some rows only (sites or periods that do not log them).
+MSG_EMPTY_PROPENSITY = (
+    "{source}: column {column!r} (behaviour propensity) is empty in {rows}; equicare takes "
+    "logged propensities on every row or on none. To use every row, remove dataset.behavior_prob "
+    "from the manifest: evaluate, audit, train and mediate then estimate every propensity with a "
+    "behaviour model (--behavior-model). Or keep the episodes that log them, e.g. "
+    "df = df[df.groupby({episode!r})[{column!r}].transform(lambda p: p.notna().all())], whose "
+    "values then describe those episodes only.")
 #: What to do about a reward column with missing values (an outcome on the last row only).
 MSG_MISSING_REWARD = (
     " A reward recorded on some rows only (an outcome on the episode's last row) is 0 on the "
@@ -327,8 +358,9 @@ MSG_DATE_GAPS = (
     "leave and re-enrolment read as the next {unit}: {advice}")
 
 #: What to do about gaps before numbering rows (a pause is not the next step).
-GAP_ADVICE = ("first give each enrolment its own episode id and decide what a pause is (add "
-              "rows for its missing {unit}s, or split the episode there).")
+GAP_ADVICE = ("first give each enrolment its own episode id (and name the person's id as the "
+              "manifest's member, so that small groups count people, not enrolments) and decide "
+              "what a pause is (add rows for its missing {unit}s, or split the episode there).")
 
 
 def _empty_component_hint(manifest: Manifest, a: ActionColumn, empty: NDArray[np.bool_],
@@ -549,7 +581,7 @@ def validate_frame(
     roles += [(r.column, f"reward.{r.name}") for r in manifest.reward]
     roles += [
         (c, f"dataset.{k}")
-        for k in ("terminal", "behavior_prob", "need")
+        for k in ("terminal", "behavior_prob", "need", "member")
         if (c := getattr(manifest, k))
     ]
     present = set(df.columns)
@@ -622,7 +654,8 @@ def validate_frame(
     # groups and need need a label on every row: found whether or not the keys can be ordered
     # (a time column of dates hid the blank race cells until it was fixed)
     keyed = [(g, "group attribute") for g in manifest.groups] + (
-        [(manifest.need, "need flag")] if manifest.need else [])
+        [(manifest.need, "need flag")] if manifest.need else []) + (
+        [(manifest.member, "member id")] if manifest.member else [])
     unlabelled: dict[str, str] = {}
     for c, what in keyed:
         if c in manifest.groups:  # the check TrajectoryDataset and group_index make too
@@ -729,7 +762,10 @@ def validate_frame(
                 err(
                     f"{source}: column {manifest.terminal!r} (terminal) is 1 before the last row "
                     f"of its episode in {_rows(early, rep.order)}; a terminal row ends the "
-                    "episode, so it must be the episode's last row."
+                    "episode, so it must be the episode's last row. If the rows after it are "
+                    "a later enrolment of the same person (a dropout who comes back), give each "
+                    "enrolment its own episode id and name the person's id as the manifest's "
+                    "member."
                 )
     elif not manifest.terminal:
         rep.notes.append(NO_TERMINAL_NOTE)
@@ -748,7 +784,11 @@ def validate_frame(
     if manifest.behavior_prob and manifest.behavior_prob not in not_numbers:
         s = df[manifest.behavior_prob]
         v = pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-        bad_p = ~((v > 0) & (v <= 1))
+        empty_p = s.isna().to_numpy()
+        if empty_p.any():  # propensities logged on some rows only (sites that do not log them)
+            err(MSG_EMPTY_PROPENSITY.format(source=source, column=manifest.behavior_prob,
+                                            rows=_rows(empty_p), episode=manifest.episode))
+        bad_p = ~((v > 0) & (v <= 1)) & ~empty_p
         if bad_p.any():
             first, row = _first_bad(bad_p, row_numbers)
             err(
@@ -793,6 +833,12 @@ def validate_frame(
                     df[g].take(first_rows).to_numpy().astype(str), return_counts=True
                 )
                 counts.group_counts[g] = dict(zip(lab.tolist(), cnt.tolist(), strict=True))
+                if manifest.member:
+                    who = pd.DataFrame({"level": df[g].take(first_rows).to_numpy().astype(str),
+                                        "member": df[manifest.member].take(first_rows)
+                                        .to_numpy().astype(str)})
+                    counts.group_members[g] = {str(k): set(v) for k, v in who.groupby(
+                        "level", sort=True)["member"]}
         rep.counts = counts
         if panel_level:
             rep.warnings.extend(panel_warnings(counts, manifest, source))

@@ -654,9 +654,11 @@ class FairnessAudit:
                 inputs, member, self.truncate), strict=True)), gi.min_cell)
         returns = dataset.returns(discount=True)
         span = (float(returns.min()), float(returns.max())) if returns.size else None
+        r_span = ((float(dataset.rewards.min()), float(dataset.rewards.max()))
+                  if dataset.n_steps else None)
         return frame, weight_diagnostics(name, key, inputs, gi, report, truncate=self.truncate,
                                          censoring=censoring, values=frame, returns_range=span,
-                                         in_sample=in_sample), q_entry
+                                         in_sample=in_sample, rewards_range=r_span), q_entry
 
 
 def audited_in_sample(name: str, key: str, behavior: dict[str, Any], inputs: Any,

@@ -137,7 +137,8 @@ def weight_diagnostics(policy: str, estimator: str, inputs: OPEInputs, gi: Group
                        support: SupportReport | None, *, truncate: float | None = None,
                        warn: bool = True, censoring: CensoringCheck | None = None,
                        values: Any = None, returns_range: tuple[float, float] | None = None,
-                       in_sample: str | None = None) -> WeightDiagnostics:
+                       in_sample: str | None = None,
+                       rewards_range: tuple[float, float] | None = None) -> WeightDiagnostics:
     """ESS overall and by group and the support check of one policy's group values.
 
     Parameters
@@ -166,6 +167,9 @@ def weight_diagnostics(policy: str, estimator: str, inputs: OPEInputs, gi: Group
     in_sample : str, optional
         ``evaluate``'s warning on weights from in-sample estimated propensities, naming the
         policy (:func:`~equicare.fairness._audit.audited_in_sample`).
+    rewards_range : tuple of float, optional
+        The steps' smallest and largest reward: values on the side of 0 no policy can reach
+        are far outside too (:func:`equicare.ope._evaluate.wrong_sign`).
 
     Returns
     -------
@@ -176,14 +180,16 @@ def weight_diagnostics(policy: str, estimator: str, inputs: OPEInputs, gi: Group
     by_group = {g: effective_sample_size(inputs.subset(np.flatnonzero(gi.codes == j)), truncate)
                 for j, g in enumerate(gi.labels)}
     return diagnose(policy, estimator, ess, by_group, support, warn=warn, censoring=censoring,
-                    values=values, returns_range=returns_range, in_sample=in_sample)
+                    values=values, returns_range=returns_range, in_sample=in_sample,
+                    rewards_range=rewards_range)
 
 
 def diagnose(policy: str, estimator: str, ess: EffectiveSampleSize,
              by_group: dict[str, EffectiveSampleSize], support: Any, *,
              warn: bool = True, censoring: CensoringCheck | None = None,
              values: Any = None, returns_range: tuple[float, float] | None = None,
-             in_sample: str | None = None) -> WeightDiagnostics:
+             in_sample: str | None = None,
+             rewards_range: tuple[float, float] | None = None) -> WeightDiagnostics:
     """:func:`weight_diagnostics` from ESS already computed (the streamed audit's, from sums).
 
     Parameters
@@ -200,8 +206,9 @@ def diagnose(policy: str, estimator: str, ess: EffectiveSampleSize,
         When it warns and the table was not replaced (the user named the stationary table),
         its message naming the policy, a :class:`~equicare.exceptions.DataWarning` as
         ``evaluate``'s.
-    values, returns_range
-        The policy's group values and the observed returns' range: values far outside it are
+    values, returns_range, rewards_range
+        The policy's group values and the observed returns' (and rewards') range: values far
+        outside it (or on the side of 0 no policy reaches when every reward has one sign) are
         warned about (:func:`far_values_message`; a ``SupportWarning``, as the low-ESS one).
     in_sample : str, optional
         The in-sample propensity warning (a ``DataWarning``, as ``evaluate``'s), kept with the
@@ -239,7 +246,7 @@ def diagnose(policy: str, estimator: str, ess: EffectiveSampleSize,
         for m in msgs:
             warnings.warn(m, SupportWarning, stacklevel=3)
     far = (None if values is None or estimator not in WEIGHTED
-           else far_values_message(policy, estimator, values, returns_range))
+           else far_values_message(policy, estimator, values, returns_range, rewards_range))
     if far is not None:  # a weight diagnostic, as the low-ESS warning
         msgs.append(far)
         if warn:
@@ -262,7 +269,8 @@ def _fmt(e: EffectiveSampleSize, diag: WeightDiagnostics) -> str:
 
 
 def far_values_message(policy: str, estimator: str, values: Any,
-                       returns_range: tuple[float, float] | None) -> str | None:
+                       returns_range: tuple[float, float] | None,
+                       rewards_range: tuple[float, float] | None = None) -> str | None:
     """The warning on an audited policy's values far outside the observed returns, or None.
 
     ``evaluate``'s check (:func:`equicare.ope._evaluate.far_outside`: further beyond the
@@ -279,14 +287,17 @@ def far_values_message(policy: str, estimator: str, values: Any,
         ``overall_value``, ``groups`` and ``values`` (NaN: undefined or withheld).
     returns_range : tuple of float or None
         ``(min, max)`` of the observed episode returns.
+    rewards_range : tuple of float or None
+        ``(min, max)`` of the steps' rewards: with one sign, a value on the other side of 0
+        is far outside too (a DR of +3.2 where every reward is <= 0).
     """
     from equicare.ope._evaluate import far_outside
 
     bad = [f"overall value {values.overall_value:.4g}"] if far_outside(
-        float(values.overall_value), returns_range) else []
+        float(values.overall_value), returns_range, rewards_range) else []
     bad += [f"value {v:.4g} in group {g!r}"
             for g, v in zip(values.groups, values.values, strict=True)
-            if far_outside(float(v), returns_range)]
+            if far_outside(float(v), returns_range, rewards_range)]
     if not bad:
         return None
     many = len(bad) > 1

@@ -14,7 +14,7 @@ from equicare.data import TrajectoryDataset
 from equicare.data._labels import check_group_labels
 from equicare.data.validate import _lead, _led_by
 from equicare.exceptions import DataValidationError, InvalidParameterError, SmallCellWarning
-from equicare.privacy import suppressed_labels
+from equicare.privacy import few_members, suppressed_labels
 from equicare.utils import MIN_CELL
 
 __all__ = ["GroupIndex", "group_index", "dataset_group_index", "require_comparison",
@@ -248,8 +248,12 @@ def dataset_group_index(dataset: TrajectoryDataset, group: str | None = None,
                         warn: bool = True, withheld: Collection[str] = ()) -> GroupIndex:
     """:func:`group_index` of :func:`dataset_groups`, intersections protected line by line."""
     dataset_groups(dataset, group, intersect)  # the attributes and labels checked
-    return table_index(dataset.groups, [group or dataset.group_attrs[0], *intersect],
-                       min_cell=min_cell, warn=warn, withheld=withheld, source=dataset.source)
+    attrs = [group or dataset.group_attrs[0], *intersect]
+    if dataset.members is not None:  # cells of fewer than 11 people (members who re-enrol)
+        withheld = {*withheld, *few_members(joined_labels(dataset.groups, attrs),
+                                            dataset.members, min_cell)}
+    return table_index(dataset.groups, attrs, min_cell=min_cell, warn=warn, withheld=withheld,
+                       source=dataset.source)
 
 
 def joined_labels(groups: Mapping[str, ArrayLike], attrs: Sequence[str]) -> NDArray[np.str_]:
@@ -316,6 +320,8 @@ def withheld_cells(dataset: TrajectoryDataset | Mapping[str, ArrayLike], attrs: 
     Returns
     -------
     set of str
+        Those cells, and (a dataset with ``members``: people who re-enrol) the cells of
+        fewer than 11 people.
     """
     groups = dataset.groups if isinstance(dataset, TrajectoryDataset) else dataset
     bad = sorted(set(withheld) - set(groups))
@@ -327,4 +333,7 @@ def withheld_cells(dataset: TrajectoryDataset | Mapping[str, ArrayLike], attrs: 
     for a in attrs:
         hit |= np.isin(np.asarray(groups[a]).astype(str),
                        np.array(sorted(map(str, withheld.get(a, ()))), dtype=str))
-    return {str(v) for v in np.unique(labels[hit])}
+    out = {str(v) for v in np.unique(labels[hit])}
+    if isinstance(dataset, TrajectoryDataset) and dataset.members is not None:
+        out |= few_members(labels, dataset.members)  # cells of fewer than 11 people
+    return out

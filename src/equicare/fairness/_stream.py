@@ -62,6 +62,7 @@ from equicare.fairness._rows import (
 from equicare.ope._ess import ESS_KIND
 from equicare.ope._stream_groups import membership_matrix
 from equicare.policy._deployed import as_deployed, deferred_counts, deployed_propensities
+from equicare.privacy import few_members
 from equicare.utils import PARAM_MESSAGE, RandomState, int_seed
 
 __all__ = ["audit_stream", "STREAM_ESTIMATORS"]
@@ -255,12 +256,18 @@ class _Partial:
     deferred: dict[str, NDArray[np.float64]] = field(default_factory=dict)
     #: ``(min, max)`` of the episodes' discounted returns (the values' yardstick), or None
     returns_range: tuple[float, float] | None = None
+    #: ``(min, max)`` of the steps' rewards (values on the side of 0 no policy reaches)
+    rewards_range: tuple[float, float] | None = None
 
     def merge(self, other: _Partial) -> None:
         if other.returns_range is not None:
             self.returns_range = other.returns_range if self.returns_range is None else (
                 min(self.returns_range[0], other.returns_range[0]),
                 max(self.returns_range[1], other.returns_range[1]))
+        if other.rewards_range is not None:
+            self.rewards_range = other.rewards_range if self.rewards_range is None else (
+                min(self.rewards_range[0], other.rewards_range[0]),
+                max(self.rewards_range[1], other.rewards_range[1]))
         for k, c in other.deferred.items():
             self.deferred[k] = c if k not in self.deferred else self.deferred[k] + c
         for k, e in other.ess.items():
@@ -335,7 +342,8 @@ def _add_chunk(part: _Partial, ds: TrajectoryDataset, ctx: _Context) -> None:
     ones = np.ones((ds.n_episodes, 1))
     returns = ds.returns(discount=True)
     if returns.size:
-        part.merge(_Partial(returns_range=(float(returns.min()), float(returns.max()))))
+        part.merge(_Partial(returns_range=(float(returns.min()), float(returns.max())),
+                            rewards_range=(float(ds.rewards.min()), float(ds.rewards.max()))))
     part.out.setdefault(BEHAVIOR, _Acc()).add(
         h, np.concatenate([returns[:, None], ones], axis=1), w)
     for name in pols:
@@ -502,7 +510,11 @@ def audit_stream(
     for a in attrs:  # before str() makes a missing label a group "nan" (chunks check it later)
         check_group_labels(scan.episode_groups[a], a, str(source), scan.episode_ids)
     gname = " x ".join(attrs)
-    # the cells published, decided as in memory (small, withheld, complementary)
+    # the cells published, decided as in memory (small, withheld, complementary; cells of
+    # fewer than 11 people when the manifest names member)
+    if scan.episode_members is not None:
+        suppress = {*suppress, *few_members(joined_labels(scan.episode_groups, attrs),
+                                            scan.episode_members, cfg.min_cell)}
     gi_all = require_comparison(table_index(scan.episode_groups, attrs, min_cell=cfg.min_cell,
                                             withheld=suppress, source=str(source)))
     _, rng = split_random_state(seed)
@@ -716,4 +728,5 @@ def _diagnostics(name: str, key: str, part: _Partial, gi: GroupIndex, check: Any
     return diagnose(name, key, acc.ess(n_groups, truncate),
                     {g: acc.ess(j, truncate) for j, g in enumerate(gi.labels)}, support,
                     censoring=censoring, values=values, returns_range=part.returns_range,
+                    rewards_range=part.rewards_range,
                     in_sample=in_sample)

@@ -657,6 +657,8 @@ def _group_results(prep: Prepared, dataset: TrajectoryDataset, keys: Sequence[st
     out: dict[str, dict[str, GroupResult]] = {}
     info: dict[str, Any] = {}
     small: list[str] = []
+    far: list[str] = []
+    ranges = _ranges(dataset)
     seed_iter = iter(seeds)
     min_cell = plan.min_cell
     for attr in plan.attrs:
@@ -695,6 +697,7 @@ def _group_results(prep: Prepared, dataset: TrajectoryDataset, keys: Sequence[st
                                           estimates=ests, behavior=beh, ess=ess)
             weights[str(lv)] = WeightSums.of(use.inputs.subset(ep), kw.get("truncate"))
         hide_low_ess(levels, weights, keys, min_cell)
+        far.extend(hide_out_of_range(attr, levels, *ranges))
         out[attr] = levels
         if per_level:
             info[attr] = {"q_model": "refitted per level: pooled dynamics, the level's policy",
@@ -702,7 +705,61 @@ def _group_results(prep: Prepared, dataset: TrajectoryDataset, keys: Sequence[st
                           else "empirical", "backed_off": backed}
     if small:
         warnings.warn(small_cells_message(small, min_cell), SmallCellWarning, stacklevel=3)
+    warn_groups_out_of_range(far, stacklevel=4)
     return out, info
+
+
+def _ranges(dataset: TrajectoryDataset
+            ) -> tuple[tuple[float, float] | None, tuple[float, float] | None]:
+    """The panel's (returns, rewards) ranges, or None without steps."""
+    if not dataset.n_steps:
+        return None, None
+    ret = dataset.returns()
+    return ((float(ret.min()), float(ret.max())),
+            (float(dataset.rewards.min()), float(dataset.rewards.max())))
+
+
+#: The reason a subgroup estimate far outside the returns is not published (result JSON).
+MSG_GROUP_OUT_OF_RANGE = (
+    "not published: the estimate lies far outside the range of the observed returns (further "
+    "beyond it than the range is wide, or on the side of 0 no policy's value can reach when "
+    "every reward has one sign): the importance weights are extreme")
+
+
+def hide_out_of_range(attr: str, levels: dict[str, Any],
+                      returns_range: tuple[float, float] | None,
+                      rewards_range: tuple[float, float] | None) -> list[str]:
+    """Replace, in place, the subgroup estimates far outside the returns by undefined ones.
+
+    The overall estimates are checked by :func:`far_outside` and named in ``out_of_range``; a
+    level's DR of +17 on a panel of penalties (every reward <= 0, the whole panel's DR +3.2)
+    was published in the result JSON beside them. A level's estimate is judged against the
+    whole panel's ranges (which hold every level's), in memory and streamed alike. Returns the
+    ``"attr=level (estimators)"`` replaced, for :func:`warn_groups_out_of_range`.
+    """
+    said = []
+    for lv, g in levels.items():
+        if g.suppressed:
+            continue
+        bad = [k for k, e in g.estimates.items()
+               if e.reason is None and far_outside(e.value, returns_range, rewards_range)]
+        for k in bad:
+            e = g.estimates[k]
+            g.estimates[k] = (Estimate.undefined(e.n_episodes, MSG_GROUP_OUT_OF_RANGE)
+                              if isinstance(e, Estimate) else e.undefined(MSG_GROUP_OUT_OF_RANGE))
+        if bad:
+            said.append(f"{attr}={lv} ({', '.join(bad)})")
+    return said
+
+
+def warn_groups_out_of_range(cells: Sequence[str], stacklevel: int = 3) -> None:
+    """One ``DataWarning`` naming the subgroup estimates :func:`hide_out_of_range` withheld."""
+    if cells:
+        warnings.warn(
+            f"subgroup estimates far outside the range of the observed returns (or on the side "
+            f"of 0 no policy's value can reach) are not published: {'; '.join(cells)} (n/a, "
+            "with the reason in the result JSON); the importance weights are extreme there.",
+            DataWarning, stacklevel=stacklevel)
 
 
 def hide_low_ess(levels: dict[str, Any], weights: dict[str, WeightSums], keys: Sequence[str],
@@ -992,6 +1049,11 @@ def _evaluate(
     say(f"{dataset.n_episodes} episodes, {dataset.n_steps} steps: fitting the nuisance models "
         f"(Q-model {qname})")
     attrs = list(dataset.group_attrs if groups is None else groups)
+    # levels of fewer than 11 people (members who re-enrol) are withheld like small ones
+    few = {a: v for a, v in dataset.few_member_levels().items() if a in attrs}
+    if few:
+        suppress = {a: {*(suppress or {}).get(a, ()), *few.get(a, ())}
+                    for a in dict.fromkeys([*(suppress or {}), *few])}
     plan = plan_groups(dataset.groups, attrs, MIN_CELL, withheld=suppress)  # as streamed
     prep = prepare(dataset, policy, keys=keys, behavior_prob=behavior_prob,
                    behavior_model=behavior_model, q=q, q_model=qcfg, random_state=seed_prep,
@@ -1029,7 +1091,8 @@ def _evaluate(
         if bm_summary is not None:
             bm_summary = {**bm_summary, "mean_trajectory_weight": ess.weight_mean,
                           "in_sample_warning": in_sample}
-    far = _warn_out_of_range(ests, dataset.returns(), ess, prep.propensity_source)
+    far = _warn_out_of_range(ests, dataset.returns(), ess, prep.propensity_source,
+                             dataset.rewards)
     settings: dict[str, Any] = {
         "estimators": list(keys),
         "q_model": ("given" if q is not None else qcfg if isinstance(qcfg, str)
@@ -1104,17 +1167,45 @@ def _evaluate(
         settings=settings, behavior_model=bm_summary, q_model=q_info, out_of_range=far)
 
 
-def far_outside(value: float, returns_range: tuple[float, float] | None) -> bool:
+#: How far (a share of the returns' range) an estimate may lie on the wrong side of 0 when every
+#: reward has one sign: no policy's value can be there, but a noisy estimate of a value near 0
+#: may cross it by a little.
+SIGN_TOLERANCE = 0.1
+
+
+def wrong_sign(value: float, returns_range: tuple[float, float] | None,
+               rewards_range: tuple[float, float] | None) -> bool:
+    """Whether an estimate lies on the side of 0 that no policy's value can reach.
+
+    A value is an expectation of sums of rewards: when every reward of the panel is <= 0 (a
+    relapse or ED-visit count as a penalty) no policy is worth more than 0, and when every one is
+    >= 0 none is worth less. An estimate beyond 0 by more than :data:`SIGN_TOLERANCE` of the
+    returns' range (a DR of +3.2 on a panel of penalties whose returns span 16) is the importance
+    weights blowing up, however wide its interval. False without both ranges or for a
+    non-finite value.
+    """
+    if returns_range is None or rewards_range is None or not np.isfinite(value):
+        return False
+    lo, hi = returns_range
+    tol = SIGN_TOLERANCE * max(hi - lo, 1e-12)
+    r_lo, r_hi = rewards_range
+    return bool((r_hi <= 0 and value > tol) or (r_lo >= 0 and value < -tol))
+
+
+def far_outside(value: float, returns_range: tuple[float, float] | None,
+                rewards_range: tuple[float, float] | None = None) -> bool:
     """Whether an estimate lies further beyond the returns' range than the range is wide.
 
-    The importance weights blowing up, not a value (:func:`out_of_range_message`). False for a
-    non-finite value or no range.
+    The importance weights blowing up, not a value (:func:`out_of_range_message`). With the
+    rewards' range (smallest, largest reward) an estimate on the side of 0 no policy can reach
+    is far outside too (:func:`wrong_sign`). False for a non-finite value or no range.
     """
     if returns_range is None or not np.isfinite(value):
         return False
     lo, hi = returns_range
     span = max(hi - lo, 1e-12)
-    return not lo - span <= value <= hi + span
+    return (not lo - span <= value <= hi + span) or wrong_sign(value, returns_range,
+                                                              rewards_range)
 
 
 #: The estimators whose value headlines a result (run report, policy card), in order.
@@ -1127,29 +1218,34 @@ def headline_of(computed: Iterable[str], out_of_range: Iterable[str] = ()) -> st
     return next((k for k in HEADLINE_ESTIMATORS if k in have and k not in far), None)
 
 
-def far_outside_returns(ests: Mapping[str, Any], returns_range: tuple[float, float]
-                        ) -> tuple[str, ...]:
-    """The estimators whose ``value`` lies further beyond the returns' range than it is wide."""
-    return tuple(k for k, e in ests.items() if far_outside(e.value, returns_range))
+def far_outside_returns(ests: Mapping[str, Any], returns_range: tuple[float, float],
+                        rewards_range: tuple[float, float] | None = None) -> tuple[str, ...]:
+    """The estimators whose ``value`` lies far outside the returns (:func:`far_outside`)."""
+    return tuple(k for k, e in ests.items() if far_outside(e.value, returns_range, rewards_range))
 
 
 def _warn_out_of_range(ests: dict[str, Estimate], returns: NDArray[np.float64],
-                       ess: Any, propensity_source: str = "estimated") -> tuple[str, ...]:
+                       ess: Any, propensity_source: str = "estimated",
+                       rewards: NDArray[np.float64] | None = None) -> tuple[str, ...]:
     """Warn when an estimate lies far outside the range of the observed returns.
 
     A policy's value is an average of returns; an estimate more than the returns' whole span
     beyond them (DR of 1.2e7 on a panel whose returns lie in [0, 1], with estimated propensities
     near 0) is the importance weights blowing up, not a value. ``DataWarning``. Logging the
-    propensities is suggested only when they were estimated (``propensity_source``). Returns
-    those estimators (:func:`far_outside_returns`).
+    propensities is suggested only when they were estimated (``propensity_source``). With the
+    steps' ``rewards``, an estimate on the side of 0 no policy can reach is named too
+    (:func:`wrong_sign`). Returns those estimators (:func:`far_outside_returns`).
     """
     if returns.size == 0:
         return ()
     span = (float(returns.min()), float(returns.max()))
-    msg = out_of_range_message(ests, span, getattr(ess, "trajectory", None), propensity_source)
+    r_span = None if rewards is None or not rewards.size else (float(rewards.min()),
+                                                               float(rewards.max()))
+    msg = out_of_range_message(ests, span, getattr(ess, "trajectory", None), propensity_source,
+                               r_span)
     if msg is not None:
         warnings.warn(msg, DataWarning, stacklevel=3)
-    return far_outside_returns(ests, span)
+    return far_outside_returns(ests, span, r_span)
 
 
 #: The estimators the out-of-range warning recommends, in order (the first two usable ones).
@@ -1157,24 +1253,31 @@ OUT_OF_RANGE_PREFERRED = ("fqe", "wdr", "dr")
 
 
 def out_of_range_message(ests: Mapping[str, Any], returns_range: tuple[float, float],
-                         n_eff: Any, propensity_source: str = "estimated") -> str | None:
+                         n_eff: Any, propensity_source: str = "estimated",
+                         rewards_range: tuple[float, float] | None = None) -> str | None:
     """The out-of-range warning's text (:func:`_warn_out_of_range`), or None when in range.
 
     ``returns_range`` is the observed returns' ``(min, max)`` (a streamed evaluation sums it
     chunk by chunk), ``n_eff`` the trajectory ESS (a number, else not said). The estimates
-    need only a ``value``.
+    need only a ``value``. ``rewards_range`` (smallest and largest reward of a step) adds the
+    estimates on the side of 0 no policy can reach (:func:`wrong_sign`).
     """
-    far = far_outside_returns(ests, returns_range)
+    far = far_outside_returns(ests, returns_range, rewards_range)
     bad = [f"{k} {ests[k].value:.4g}" for k in far]
     if not bad:
         return None
+    signed = [k for k in far if wrong_sign(ests[k].value, returns_range, rewards_range)]
     # never the estimators just found out of range (a DR of 1.3e4 beside "prefer ... DR")
     prefer = " or ".join(k.upper() for k in preferred(OUT_OF_RANGE_PREFERRED, far))
     # the range's ends are not printed: they are single members' returns, and the message is
     # copied into published files (the policy card's caveats)
+    side = "" if not signed else (
+        f", or, for {', '.join(signed)}, on the side of 0 where no policy's value can be: "
+        f"every reward of the panel is "
+        f"{'<= 0' if rewards_range is not None and rewards_range[1] <= 0 else '>= 0'}")
     return (f"{', '.join(bad)} lie{'s' if len(bad) == 1 else ''} far outside the range of the "
-            "observed returns (further beyond it than the range is wide): the importance "
-            "weights are extreme"
+            "observed returns (further beyond it than the range is wide" + side + "): the "
+            "importance weights are extreme"
             + (f" (trajectory ESS {n_eff:.1f})" if isinstance(n_eff, float | int) else "")
             + ". Do not use them; truncate the weights (--truncate)"
             + ((f", prefer {prefer}," if prefer else "")

@@ -206,7 +206,8 @@ def _is_sums(dataset: TrajectoryDataset, policy: Any, *, keys: Sequence[str], ho
     tt = None if truncate is None else inputs.trajectory_weights(truncate)
     layout = (parts.keys, parts.slices, parts.horizon)
     sums = episode_sums(mat, w, tw, n_steps=dataset.n_steps, gamma=dataset.gamma,
-                        layout=layout, trunc_weights=tt, n_censored=int(dataset.censored.sum()))
+                        layout=layout, trunc_weights=tt, n_censored=int(dataset.censored.sum()),
+                        rewards=dataset.rewards)
     return WithGroups(sums, None if groups is None else
                       group_chunk_sums(dataset, mat, tw, w, groups, layout=layout,
                                        trunc_weights=tt, inputs=inputs, truncate=truncate))
@@ -637,6 +638,17 @@ class ChunkSource:
         assert self.chunks is not None
         return sum(c.dataset.n_episodes for c in self.chunks)
 
+    def episode_members(self) -> NDArray[Any] | None:
+        """Each episode's person (the manifest's ``member``), in :meth:`episode_groups`' order."""
+        if self.dataset is not None:
+            return self.dataset.members
+        if self.path is not None:
+            return self.scan.episode_members
+        assert self.chunks is not None
+        if self.chunks[0].dataset.members is None:
+            return None
+        return np.concatenate([np.asarray(c.dataset.members) for c in self.chunks])
+
     def episode_groups(self) -> dict[str, NDArray[Any]]:
         """Every group attribute's label of each episode (from the scan when on storage)."""
         if self.dataset is not None:
@@ -975,6 +987,17 @@ def evaluate_stream(
                       n_shards=n_shards)
     check_episodes(src, 2, "evaluate", EVALUATE_EPISODES_WHY, src.path)
     on_file = src.path is not None  # a missing label: the file and the episode's id
+    members = src.episode_members()
+    if members is not None:  # levels of fewer than 11 people, as in memory
+        from equicare.privacy import few_members
+
+        labels = src.episode_groups()
+        few = {a: few_members(labels[a], members)
+               for a in (list(labels) if groups is None else groups) if a in labels}
+        few = {a: v for a, v in few.items() if v}
+        if few:
+            suppress = {a: {*(suppress or {}).get(a, ()), *few.get(a, ())}
+                        for a in dict.fromkeys([*(suppress or {}), *few])}
     plan = plan_groups(src.episode_groups(), groups, MIN_CELL,
                        where=str(src.path) if on_file else "subgroups",
                        episode_ids=src.scan.episode_ids if on_file else None,
@@ -1119,12 +1142,13 @@ def evaluate_stream(
             **beh_info, "mean_trajectory_weight": mean_w, "in_sample_warning": in_sample})
     from equicare.ope._evaluate import far_outside_returns, out_of_range_message
 
+    r_span = (main.rewards_min, main.rewards_max)
     far = out_of_range_message(res.estimates, (main.returns_min, main.returns_max), res.ess,
-                               "logged" if beh_info is None else "estimated")
+                               "logged" if beh_info is None else "estimated", r_span)
     if far is not None:  # as in memory: the importance weights blowing up, not a value
         warnings.warn(far, DataWarning, stacklevel=2)
         res = dataclasses.replace(res, out_of_range=far_outside_returns(
-            res.estimates, (main.returns_min, main.returns_max)))
+            res.estimates, (main.returns_min, main.returns_max), r_span))
     if plan is not None and g_sums is not None:
         res = dataclasses.replace(res, groups=finish_groups(
             plan, g_sums, g_squares, alpha=alpha,
@@ -1144,12 +1168,17 @@ def evaluate_stream(
         for column, (levels, _) in own_levels.items():
             res.groups[column].update(levels)
         res.q_model["per_level"] = {c: info for c, (_, info) in own_levels.items()}
-    from equicare.ope._evaluate import hide_low_ess
+    from equicare.ope._evaluate import hide_low_ess, hide_out_of_range, warn_groups_out_of_range
 
-    for levels in res.groups.values():  # weighted values of low-ESS levels: not published
+    far_cells: list[str] = []
+    for attr, levels in res.groups.items():  # weighted values of low-ESS levels: not published
         hide_low_ess(levels, {lv: g.weights for lv, g in levels.items()
                               if not g.suppressed and g.weights is not None}, keys,
                      MIN_CELL if plan is None else plan.min_cell)
+        far_cells.extend(hide_out_of_range(  # as in memory, against the whole panel's ranges
+            attr, levels, (main.returns_min, main.returns_max) if main.n_episodes else None,
+            (main.rewards_min, main.rewards_max) if main.n_steps else None))
+    warn_groups_out_of_range(far_cells, stacklevel=2)
     from equicare.ope._ess import stream_low_ess_message, warn_low_ess
 
     warn_low_ess(stream_low_ess_message(res.estimates, res.n_episodes, res.ess,

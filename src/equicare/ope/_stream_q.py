@@ -1066,7 +1066,7 @@ def _pass2_chunk(dataset: TrajectoryDataset, *, policy: Any, design: _Design, fi
     layout = (parts.keys, parts.slices, parts.horizon)
     sums = episode_sums(mat, w, tw, n_steps=dataset.n_steps, gamma=dataset.gamma,
                         layout=layout, infl_keys=fit.infl_keys, trunc_weights=tt,
-                        n_censored=int(dataset.censored.sum()))
+                        n_censored=int(dataset.censored.sum()), rewards=dataset.rewards)
     g = (None if groups is None else
          group_chunk_sums(dataset, mat, tw, w, groups, layout=layout, infl_keys=fit.infl_keys,
                           eff=eff, trunc_weights=tt, inputs=inputs, truncate=design.truncate))

@@ -55,6 +55,9 @@ class StreamSums:
     returns_min, returns_max : float
         The smallest and largest discounted episode return (``inf`` and ``-inf`` for no
         episodes): whether an estimate lies far outside the observed returns.
+    rewards_min, rewards_max : float
+        The smallest and largest reward of a step: an estimate on the side of 0 no policy can
+        reach (:func:`equicare.ope._evaluate.wrong_sign`).
     n_censored : int
         Episodes whose last row is not terminal (censored stays).
     """
@@ -75,6 +78,8 @@ class StreamSums:
     weights: WeightSums | None = field(default=None, repr=False)
     returns_min: float = np.inf
     returns_max: float = -np.inf
+    rewards_min: float = np.inf
+    rewards_max: float = -np.inf
     n_censored: int = 0
 
     def __add__(self, other: StreamSums) -> StreamSums:
@@ -93,6 +98,8 @@ class StreamSums:
                                    else self.weights + other.weights),
                           returns_min=min(self.returns_min, other.returns_min),
                           returns_max=max(self.returns_max, other.returns_max),
+                          rewards_min=min(self.rewards_min, other.rewards_min),
+                          rewards_max=max(self.rewards_max, other.rewards_max),
                           n_censored=self.n_censored + other.n_censored)
 
     def ess(self) -> tuple[float, float | None]:
@@ -113,7 +120,8 @@ def episode_sums(mat: NDArray[np.float64], w: NDArray[np.float64],
                  layout: tuple[tuple[str, ...], dict[str, slice], int],
                  infl_keys: tuple[str, ...] = (),
                  trunc_weights: NDArray[np.float64] | None = None,
-                 n_censored: int = 0) -> StreamSums:
+                 n_censored: int = 0,
+                 rewards: NDArray[np.float64] | None = None) -> StreamSums:
     """The :class:`StreamSums` of some episodes.
 
     Parameters
@@ -133,9 +141,13 @@ def episode_sums(mat: NDArray[np.float64], w: NDArray[np.float64],
         Their truncated trajectory weights (with ``truncate``).
     n_censored : int
         How many of them are censored (last row not terminal).
+    rewards : ndarray of shape (n_steps,), optional
+        Their steps' rewards (the range of :attr:`StreamSums.rewards_min` and ``rewards_max``).
     """
     tw, tt = traj_weights, trunc_weights
     ret = mat[:, mat.shape[1] - 1 - len(infl_keys)]  # the return: after the parts
+    r_lo, r_hi = ((float(rewards.min()), float(rewards.max()))
+                  if rewards is not None and rewards.size else (np.inf, -np.inf))
     return StreamSums(n_episodes=int(mat.shape[0]), n_steps=int(n_steps), total=mat.sum(axis=0),
                       boot=w @ mat, boot_n=w.sum(axis=1), w_sum=float(tw.sum()),
                       w_sq=float(np.dot(tw, tw)), gamma=gamma, parts_layout=layout,
@@ -143,6 +155,7 @@ def episode_sums(mat: NDArray[np.float64], w: NDArray[np.float64],
                       wt_sq=None if tt is None else float(np.dot(tt, tt)),
                       returns_min=float(ret.min()) if ret.size else np.inf,
                       returns_max=float(ret.max()) if ret.size else -np.inf,
+                      rewards_min=r_lo, rewards_max=r_hi,
                       n_censored=int(n_censored))
 
 
