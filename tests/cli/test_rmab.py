@@ -405,3 +405,37 @@ def test_plan_table_shows_a_small_standard_error_instead_of_0_000(app, tmp_path)
     import re
 
     assert re.search(r"0\.000\d\d ± \d\.\de-05", row), row  # 0.00028 ± 1.6e-05
+
+
+@pytest.mark.filterwarnings("always::equicare.exceptions.EquicareWarning")  # shown, not raised
+def test_plan_from_panel_counts_people_when_the_manifest_names_member(app, tmp_path):
+    """Eight people with two episodes each (16 episodes) are a group of fewer than 11."""
+    import pandas as pd
+
+    from equicare.data import Manifest, read_manifest
+
+    p, mf = _panel_files(tmp_path)
+    panel = pd.read_csv(p)
+    panel = panel[panel["group"] != "C"].copy()
+    panel["person"] = panel["member"]
+    moved = panel["member"].isin(panel.loc[panel["group"] == "B", "member"].unique()[:8])
+    panel.loc[moved, "group"] = "F"
+    panel["member"] = np.where(moved & (panel["week"] >= 6), panel["member"] + 10_000,
+                               panel["member"])
+    panel["week"] = np.where(moved & (panel["week"] >= 6), panel["week"] - 6, panel["week"])
+    panel.to_csv(p, index=False)
+    args = ["plan", "--from-panel", str(p), "--budget", "20", "--seeds", "1", "--horizon",
+            "3", "--policy", "random", "--json"]
+    res = runner.invoke(app, [*args, "-m", str(mf)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["group_sizes"]["F"] == 16  # episodes taken for people
+    d = read_manifest(mf).to_dict()
+    d["dataset"]["member"] = "person"
+    mf.write_text(Manifest.from_dict(d).to_toml())
+    res = runner.invoke(app, [*args, "-m", str(mf)])
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.stdout)
+    assert got["group_sizes"]["F"] is None and "F" in got["suppressed_groups"]
+    res = runner.invoke(app, [*args, "-m", str(mf), "--member", "member"])  # the option wins
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["group_sizes"]["F"] == 16

@@ -337,3 +337,32 @@ def test_a_group_too_small_for_its_share_of_arms_still_gets_one():
     assert _split_arms(600, n, names).tolist() == n.tolist()  # one arm per member
     with pytest.raises(InvalidParameterError, match="fewer than the panel's 7 groups"):
         _split_arms(5, n, names)
+
+
+def test_a_group_of_few_people_with_many_episodes_is_suppressed_with_member():
+    """People who re-enrol: 8 people with 16 episodes are 8 people, fewer than 11."""
+    from equicare.exceptions import SmallCellWarning
+
+    d = load_domain("synthetic", n_arms=200)  # groups A-E: 50, 50, 10, 50, 40 members
+    panel = make_panel(d, 12, np.random.default_rng(0))
+    panel = panel[panel["group"] != "C"].copy()
+    panel["person"] = panel["member"]
+    eight = panel.loc[panel["group"] == "B", "member"].unique()[:8]
+    moved = panel["member"].isin(eight)
+    panel.loc[moved, "group"] = "F"
+    # each of the eight re-enrols: weeks 6-11 are a second episode of the same person
+    panel["member"] = np.where(moved & (panel["week"] >= 6),
+                               panel["member"].astype(str) + "_2", panel["member"].astype(str))
+    kw = dict(episode="member", time="week", state="state", action="treated", group="group",
+              reward="reward", min_count=0)
+    est = estimate_arms(panel, **kw)  # 16 episodes: published when episodes are people
+    sizes = dict(zip(est.group_names, est.n_episodes, strict=True))
+    assert est.suppressed == () and sizes["F"] == 16
+    with pytest.warns(SmallCellWarning, match="suppressed: "):
+        est = estimate_arms(panel, **kw, member="person")
+    # F (8 people) and, complementary, the smallest other group (E, 40)
+    assert est.suppressed == ("E", "F")
+    assert est.to_domain(horizon=5).suppressed_groups == ("E", "F")
+    panel.loc[panel.index[3], "person"] = None
+    with pytest.raises(DataValidationError, match="'person'.*person id"):
+        estimate_arms(panel, **kw, member="person")

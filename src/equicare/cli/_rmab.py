@@ -51,6 +51,9 @@ PanelAction = Annotated[str | None, typer.Option(help="Panel: 0/1 treated column
 PanelGroup = Annotated[str | None, typer.Option(help="Panel: group column.")]
 PanelReward = Annotated[str | None, typer.Option(help="Panel: reward column.")]
 PanelEpisode = Annotated[str | None, typer.Option(help="Panel: episode (member) id column.")]
+PanelMember = Annotated[str | None, typer.Option(
+    help="Panel: person id column when people re-enrol (several episodes each); groups of "
+         "fewer than 11 people are suppressed.")]
 PanelTime = Annotated[str | None, typer.Option(
     help="Panel: step column ordering each episode's rows (default: row order).")]
 
@@ -105,7 +108,8 @@ def _panel_domain(data: Path, manifest: Path | None, *, arms: int | None, horizo
                   state: str | None = None, action: str | None = None,
                   group: str | None = None, reward: str | None = None,
                   episode: str | None = None, time: str | None = None,
-                  state_rewards: list[float] | None = None) -> RMABDomain:
+                  member: str | None = None, state_rewards: list[float] | None = None
+                  ) -> RMABDomain:
     """Arms estimated from a panel; column roles from the options, else the manifest.
 
     Every role left ``None`` is read from ``manifest`` (``capacity`` has no column options).
@@ -131,6 +135,7 @@ def _panel_domain(data: Path, manifest: Path | None, *, arms: int | None, horizo
     if m is not None:
         episode = episode or m.episode
         time = time or m.time
+        member = member or m.member
         if state is None:
             if not m.categorical_states:
                 raise InvalidParameterError(f"{manifest}: name a discrete state column under "
@@ -163,7 +168,8 @@ def _panel_domain(data: Path, manifest: Path | None, *, arms: int | None, horizo
             f" ({manifest} does not name them)"))
     try:
         est = estimate_arms(frame, episode=episode, state=state, action=action, group=group,
-                            time=time, reward=reward, state_rewards=state_rewards)
+                            time=time, reward=reward, state_rewards=state_rewards,
+                            member=member)
     except DataValidationError as exc:  # name the file: "panel.parquet: Column 'risk' ..."
         raise DataValidationError(f"{data}: {exc}", [f"{data}: {e}" for e in exc.problems]
                                   ) from None
@@ -358,6 +364,7 @@ def register(app: typer.Typer) -> None:
         group: PanelGroup = None,
         reward: PanelReward = None,
         episode: PanelEpisode = None,
+        member: PanelMember = None,
         time: PanelTime = None,
         arms: Annotated[int | None, typer.Option(help="Number of arms (default: domain's).")
                         ] = None,
@@ -398,7 +405,8 @@ def register(app: typer.Typer) -> None:
                              from_panel=from_panel, manifest=manifest, arms=arms,
                              horizon=horizon, alpha=alpha, experiment=experiment, seed=seed,
                              columns={"state": state, "action": action, "group": group,
-                                      "reward": reward, "episode": episode, "time": time})
+                                      "reward": reward, "episode": episode, "time": time,
+                                      "member": member})
             res = run_plan(d, budget=parse_budget(budget),
                            policies=_policy_names(policy, DEFAULT_POLICIES), horizon=horizon,
                            seeds=seeds, seed=seed, out=out, force=force, reference=reference,
@@ -429,6 +437,7 @@ def register(app: typer.Typer) -> None:
         group: PanelGroup = None,
         reward: PanelReward = None,
         episode: PanelEpisode = None,
+        member: PanelMember = None,
         time: PanelTime = None,
         arms: Annotated[int | None, typer.Option(help="Number of arms.")] = None,
         target_share: Annotated[float, typer.Option(
@@ -473,7 +482,8 @@ def register(app: typer.Typer) -> None:
                              from_panel=from_panel, manifest=manifest, arms=arms,
                              horizon=horizon, alpha=alpha, experiment=experiment, seed=seed,
                              columns={"state": state, "action": action, "group": group,
-                                      "reward": reward, "episode": episode, "time": time})
+                                      "reward": reward, "episode": episode, "time": time,
+                                      "member": member})
             if goal is None and d.high_risk is None:  # say it with the flag, not goal_states
                 names = f" ({', '.join(d.state_names)})" if d.state_names else ""
                 fail(f"--goal is needed: domain {d.name!r} defines no high-risk states whose "

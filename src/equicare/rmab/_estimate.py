@@ -32,7 +32,7 @@ from equicare.exceptions import (
     InvalidParameterError,
     SmallCellWarning,
 )
-from equicare.privacy import small_cells_message, suppress_counts
+from equicare.privacy import few_members, small_cells_message, suppress_counts
 from equicare.rmab._domain import RMABDomain
 from equicare.utils import MIN_CELL, PARAM_MESSAGE, RandomState, check_random_state
 
@@ -57,7 +57,8 @@ _NEEDS = {"episode": "an episode (member) id",
                    "(e.g. 'unknown')",
           "group": "a group: drop those rows or label them explicitly (e.g. 'unknown')",
           "time": "a step to order the episode's rows by",
-          "reward": "a reward (R(s) is the mean over the rows in state s)"}
+          "reward": "a reward (R(s) is the mean over the rows in state s)",
+          "member": "a person id (the member whose episodes these are)"}
 #: ``{first}`` of :data:`SMALL_CELLS`: the first sparse cell of a published group (its count is
 #: not named), or a note that every sparse cell is in a suppressed group.
 SMALL_CELLS_FIRST = "first: group {group!r}, action {action}, state {state!r}"
@@ -375,6 +376,7 @@ def estimate_arms(
     prior: float = 1.0,
     min_count: int = MIN_CELL,
     max_states: int = MAX_STATES,
+    member: Any = None,
 ) -> EstimatedArms:
     """Estimate per-group transition matrices of a binary-action program from a panel.
 
@@ -411,6 +413,10 @@ def estimate_arms(
     max_states : int
         Most states allowed (default :data:`MAX_STATES`); a continuous column is refused before
         any count is allocated.
+    member : str or array-like, optional
+        Person id of each row, when people re-enrol (several episodes each): a group held by
+        fewer than ``MIN_CELL`` people is suppressed even when its episodes are more (the
+        manifest's ``member``). Without it every episode counts as one person.
 
     Returns
     -------
@@ -551,7 +557,16 @@ def estimate_arms(
     np.add.at(init_counts, (gcodes[first], codes[first]), 1.0)
     init = (init_counts + prior) / (init_counts.sum(axis=1, keepdims=True) + S * prior)
     n_episodes = np.bincount(gcodes[first], minlength=G).astype(np.int64)
-    shown = suppress_counts({str(g): int(k) for g, k in zip(gnames, n_episodes, strict=True)})
+    few: set[str] = set()
+    if member is not None:
+        mem = _column(data, member, "member")
+        if mem.shape != (n,):
+            raise DataValidationError(f"The member values must have one entry per row ({n}); "
+                                      f"got shape {mem.shape}.")
+        _refuse_missing(mem, member, "member")
+        few = few_members(gnames[gcodes[first]], mem[first])
+    shown = suppress_counts({str(g): int(k) for g, k in zip(gnames, n_episodes, strict=True)},
+                            withheld=few)
     hidden = tuple(g for g, k in shown.items() if k is None)
     if hidden:
         warnings.warn(small_cells_message(list(hidden)), SmallCellWarning, stacklevel=2)
