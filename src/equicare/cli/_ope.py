@@ -513,6 +513,16 @@ def weight_mean_clause(mean: float) -> str:
     return f", weights average {mean:.3g} (1 expected)" if math.isfinite(mean) else ""
 
 
+def pareto_k_clause(k: float) -> str:
+    """The ESS line's clause on the trajectory weights' Pareto tail index (empty if unknown).
+
+    Above 0.5 the weights have no finite variance (:func:`equicare.ope._ess.pareto_k_off`).
+    """
+    if not math.isfinite(k):
+        return ""
+    return f", Pareto k {k:.2f}" + (" (over 0.5: no finite variance)" if k > 0.5 else "")
+
+
 def q_model_line(res: EvaluationResult) -> str | None:
     """One line: the Q-model used, and with ``auto`` every candidate's score."""
     q = res.q_model
@@ -750,7 +760,8 @@ def register(app: typer.Typer) -> None:
             console.print(f"ESS: trajectory {sres.ess:.1f} "
                           f"({100 * sres.ess / sres.n_episodes:.2f}% of episodes)"
                           f"{truncated_ess(sres.ess_truncated, truncate, sres.n_episodes)}"
-                          f"{weight_mean_clause(sres.weight_mean)}; "
+                          f"{weight_mean_clause(sres.weight_mean)}"
+                          f"{pareto_k_clause(sres.weight_pareto_k)}; "
                           f"{sres.n_chunks} chunks", highlight=False)
             if sres.support is not None:
                 console.print(support_line(sres.support), highlight=False)
@@ -794,7 +805,8 @@ def register(app: typer.Typer) -> None:
         console.print(f"ESS: trajectory {e.trajectory:.1f} ({e.trajectory_pct:.2f}% of episodes)"
                       f"{truncated_ess(e.trajectory_truncated, e.truncate, e.n_episodes)},"
                       f" per-decision {e.per_decision_pct:.2f}%"
-                      f"{weight_mean_clause(e.weight_mean)}", highlight=False)
+                      f"{weight_mean_clause(e.weight_mean)}"
+                      f"{pareto_k_clause(e.weight_pareto_k)}", highlight=False)
         if res.support is not None:
             console.print(support_line(res.support), highlight=False)
         uline = usual_care_line(res.settings)
