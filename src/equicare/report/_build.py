@@ -15,7 +15,7 @@ from equicare.ope._evaluate import HEADLINE_ESTIMATORS, headline_of
 from equicare.ope._sensitivity import MIN_EFFECTIVE_EPISODES
 from equicare.report import _figures as F
 from equicare.report._html import Report
-from equicare.utils import MIN_CELL
+from equicare.utils import MIN_CELL, value_text
 
 __all__ = ["build_run_report", "CAVEATS", "report_caveats"]
 
@@ -384,7 +384,7 @@ def build_run_report(
     rep.section("Run summary")
     kpis: dict[str, str] = {}
     if result:
-        kpis["behaviour value (observed)"] = f"{result['behavior']['value']:.3f}"
+        kpis["behaviour value (observed)"] = value_text(result['behavior']['value'])
         head = headline_estimator(result)
         if head is not None:
             e = result["estimates"][head]
@@ -394,13 +394,15 @@ def build_run_report(
                 f" (extrapolated for the {share:.0f}% of its mass on actions practice never "
                 "takes)")
             kpis[f"{algo} value ({head.upper()})"] = (
-                f"{e['value']:.3f} [{e['ci'][0]:.3f}, {e['ci'][1]:.3f}]{extrap}")
+                f"{value_text(e['value'])} [{value_text(e['ci'][0])}, "
+                f"{value_text(e['ci'][1])}]{extrap}")
         versus = practice_comparison(result)
         if versus is not None:
             kpis[f"{algo} against current practice"] = versus
     if truth:
         for k, t in truth.items():
-            kpis[f"true value, {k} (simulator)"] = f"{t['value']:.3f} ± {1.96 * t['se']:.3f}"
+            kpis[f"true value, {k} (simulator)"] = (
+                f"{value_text(t['value'])} ± {value_text(1.96 * t['se'])}")
     if audit:
         for p, a in audit["policies"].items():
             label = action_label(audit["action"])
@@ -525,8 +527,9 @@ def build_run_report(
                 if not g.get("suppressed"):
                     for k, e in g["estimates"].items():  # no value (a reason): "n/a"
                         row[k] = ("n/a" if e.get("value") is None or not e.get("ci") else
-                                  f"{e['value']:.3f} [{e['ci'][0]:.3f}, {e['ci'][1]:.3f}]")
-                    row["behavior"] = f"{g['behavior']['value']:.3f}"
+                                  f"{value_text(e['value'])} [{value_text(e['ci'][0])}, "
+                                  f"{value_text(e['ci'][1])}]")
+                    row["behavior"] = value_text(g['behavior']['value'])
                 groups.append(row)
         if groups:
             rep.heading("Value by group")
