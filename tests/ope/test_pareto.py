@@ -15,12 +15,17 @@ from equicare.ope._ess import pareto_k_off
 from equicare.ope._pareto import pareto_k
 from equicare.ope._stream_sums import episode_sums
 
-MANIFEST = {"dataset": {"episode": "id", "time": "t", "states": ["b"],
-                        "behavior_prob": "propensity", "gamma": 1.0},
-            "actions": {"action": {"levels": 2}}, "reward": {"column": "r"}}
+
+def _manifest(groups: bool = False) -> dict:
+    man = {"dataset": {"episode": "id", "time": "t", "states": ["b"],
+                       "behavior_prob": "propensity", "gamma": 1.0},
+           "actions": {"action": {"levels": 2}}, "reward": {"column": "r"}}
+    if groups:
+        man["dataset"]["groups"] = ["g"]
+    return man
 
 
-def _bandit(a: float, n: int, seed: int):
+def _frame(a: float, n: int, seed: int) -> pd.DataFrame:
     """One decision per episode; current practice treats with probability ``b ~ Beta(a, 1)``.
 
     The target always treats, and a treated episode's reward is ``1 + N(0, 1)``: its value is
@@ -31,9 +36,14 @@ def _bandit(a: float, n: int, seed: int):
     b = np.clip(rng.beta(a, 1.0, n), 1e-12, 1.0)
     act = (rng.random(n) < b).astype(int)
     r = np.where(act == 1, 1.0 + rng.standard_normal(n), 0.0)
-    frame = pd.DataFrame({"id": np.arange(n), "t": 0, "b": b, "action": act,
-                          "propensity": np.where(act == 1, b, 1.0 - b), "r": r})
-    ds = from_frame(frame, MANIFEST, emit_warnings=False)
+    return pd.DataFrame({"id": np.arange(n), "t": 0, "b": b, "action": act,
+                         "propensity": np.where(act == 1, b, 1.0 - b), "r": r,
+                         "g": np.where(rng.random(n) < 0.5, "x", "y")})
+
+
+def _bandit(a: float, n: int, seed: int, groups: bool = False):
+    """:func:`_frame`'s dataset and the target's probabilities (always treat)."""
+    ds = from_frame(_frame(a, n, seed), _manifest(groups), emit_warnings=False)
     return ds, np.tile([0.0, 1.0], (n, 1))
 
 
@@ -110,3 +120,31 @@ def test_a_few_repeated_weights_are_not_a_tail():
     w = np.random.default_rng(3).choice([0.5, 1.0, 2.0, 4.0, 8.0, 16.0], size=4000,
                                         p=[0.4, 0.3, 0.15, 0.1, 0.04, 0.01])
     assert np.isnan(pareto_k(w))
+
+
+@pytest.mark.parametrize("chunk_rows", [None, 700])
+def test_the_audit_warns_on_the_same_rule_in_memory_and_streamed(tmp_path, chunk_rows):
+    """The audit's IS values rest on the same weights: it gave no warning at k = 0.8."""
+    from equicare.exceptions import SupportWarning
+    from equicare.fairness import FairnessAudit, audit_stream
+    from equicare.policy import FixedActionPolicy
+
+    ds, probs = _bandit(0.25, 4000, seed=0, groups=True)
+    cfg = FairnessAudit(action="action=1", estimator="is", n_boot=0, n_permutations=0)
+    always = {"always": FixedActionPolicy(action=1, n_actions=2)}
+    with pytest.warns(SupportWarning) as rec:
+        if chunk_rows is None:
+            res = cfg.run(ds, always, random_state=0)
+        else:
+            path = tmp_path / "bandit.parquet"
+            _frame(0.25, 4000, seed=0).to_parquet(path, index=False, row_group_size=500)
+            res = audit_stream(path, always, manifest=_manifest(groups=True), config=cfg,
+                               chunk_rows=chunk_rows, random_state=0)
+    msgs = [str(w.message) for w in rec]
+    assert any(m.startswith("policy 'always': The is value rests on trajectory importance "
+                            "weights with a heavy tail: Pareto k") for m in msgs), msgs
+    k = res.to_dict()["policies"]["always"]["diagnostics"]["ess"]["trajectory_weight_pareto_k"]
+    with pytest.warns(LowESSWarning, match="heavy tail"):
+        mem = evaluate(ds, probs, estimators="is", bootstrap=0, groups=[],
+                       diagnose_support=False)
+    assert k == pytest.approx(mem.ess.weight_pareto_k, abs=1e-12) and k > 0.5

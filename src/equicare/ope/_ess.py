@@ -563,7 +563,8 @@ class WeightSums:
 
 def ess_from_sums(sums: WeightSums, *, top: NDArray[np.float64],
                   truncated: WeightSums | None = None,
-                  truncate: float | None = None) -> EffectiveSampleSize:
+                  truncate: float | None = None,
+                  tail: NDArray[np.float64] | None = None) -> EffectiveSampleSize:
     """The :class:`EffectiveSampleSize` of some episodes from their :class:`WeightSums`.
 
     What :func:`effective_sample_size` computes from the weights themselves, for sums added
@@ -578,6 +579,9 @@ def ess_from_sums(sums: WeightSums, *, top: NDArray[np.float64],
     truncated : WeightSums, optional
         Of the weights truncated at ``truncate`` (given together).
     truncate : float, optional
+    tail : ndarray of shape (<= PARETO_KEEP,), optional
+        The episodes' largest trajectory weights (zeros beyond them change nothing), for
+        ``weight_pareto_k``; without it that stays NaN.
     """
     def kish(a: float, b: float) -> float:
         return a * a / b if b > 0 else 0.0
@@ -609,7 +613,8 @@ def ess_from_sums(sums: WeightSums, *, top: NDArray[np.float64],
         per_decision=pd_pct * n_ep / 100.0, per_decision_pct=pd_pct,
         per_decision_min_pct=float(pct.min()), per_step_pct=pct,
         top_weight_share=float(np.sum(top) / total) if total > 0 else 1.0,
-        weight_mean=wm, weight_mean_se=wse, **kw)
+        weight_mean=wm, weight_mean_se=wse,
+        weight_pareto_k=float("nan") if tail is None else pareto_k(tail, n_ep), **kw)
 
 
 def low_ess_groups(cells: dict[str, WeightSums], keys: Any, min_cell: int = MIN_CELL
