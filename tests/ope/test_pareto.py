@@ -76,10 +76,21 @@ def test_the_rule(mean, off):
     assert pareto_k_off(mean) is off
 
 
+def test_a_k_just_over_the_limit_does_not_read_as_the_limit():
+    """k = 0.503 printed 'Pareto k 0.50 ... (above 0.5: ...)' on a Medicaid panel."""
+    from equicare.cli._ope import pareto_k_clause
+    from equicare.ope._ess import heavy_tail_message
+
+    assert "Pareto k 0.503 over the largest 424 of 20,000 episodes (above 0.5" in (
+        heavy_tail_message(["is"], 0.503, 20_000, ["dr"]))
+    assert pareto_k_clause(0.503) == ", Pareto k 0.503 (over 0.5: no finite variance)"
+    assert pareto_k_clause(0.24) == ", Pareto k 0.24" and pareto_k_clause(float("nan")) == ""
+
+
 def test_heavy_tailed_weights_are_warned_and_light_ones_not():
     ds, probs = _bandit(0.25, 4000, seed=0)  # k = 0.8
     with pytest.warns(LowESSWarning, match=r"The is and wis values rest on trajectory importance "
-                      r"weights with a heavy tail: Pareto k 0\.\d\d over the largest 189 of "
+                      r"weights with a heavy tail: Pareto k 0\.\d+ over the largest 189 of "
                       r"4,000 episodes \(above 0\.5") as rec:
         res = evaluate(ds, probs, estimators="is,wis,fqe", bootstrap=0, groups=[],
                        diagnose_support=False, q_model="linear")

@@ -520,7 +520,7 @@ def pareto_k_clause(k: float) -> str:
     """
     if not math.isfinite(k):
         return ""
-    return f", Pareto k {k:.2f}" + (" (over 0.5: no finite variance)" if k > 0.5 else "")
+    return f", Pareto k {k:.3g}" + (" (over 0.5: no finite variance)" if k > 0.5 else "")
 
 
 def q_model_line(res: EvaluationResult) -> str | None:

@@ -381,7 +381,7 @@ def heavy_tail_message(names: Sequence[str], k: float, n_episodes: int,
 #: The heavy-tail check's warning (:func:`pareto_k_off`; tests match it).
 HEAVY_TAIL_MESSAGE = (
     "The {estimators} value{s} rest{verb} on trajectory importance weights with a heavy tail: "
-    "Pareto k {k:.2f} over the largest {m:,} of {n_episodes:,} episodes (above {limit}: {why}). "
+    "Pareto k {k:.3g} over the largest {m:,} of {n_episodes:,} episodes (above {limit}: {why}). "
     "{their_cap} standard error{s} and bootstrap {intervals} see only the tail the panel drew, "
     "so they understate the error and can miss the truth at any ESS (docs/ope.md, 'Weights "
     "with a heavy tail'). {advice}")
