@@ -81,3 +81,14 @@ def test_every_value_table_reads_dollars_in_thousands() -> None:
     assert _val(0.081) == "0.081" and _val(None) == "-"
     assert plan_num(-10682.111) == "-10,682" and plan_num(6.056) == "6.056"
     assert card_number(-6066.06) == "-6,066" and card_number(0.8148) == "0.815"
+
+
+def test_the_evaluate_table_reads_dollars_in_thousands() -> None:
+    """evaluate's table printed an FQE interval of a cost as [-1.08e+04, -1920]."""
+    from equicare.cli._ope import _cells
+    from equicare.ope import Estimate
+
+    e = Estimate(value=-6362.4, ci=(-10804.2, -1920.3), se=1148.2, n_episodes=20_000)
+    assert _cells(e) == ("-6,362", "[-10,804, -1,920]", "1,148")
+    small = Estimate(value=1.7991, ci=(1.667, 1.931), se=0.06559, n_episodes=1000)
+    assert _cells(small) == ("1.799", "[1.667, 1.931]", "0.06559")

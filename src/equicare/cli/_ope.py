@@ -287,7 +287,13 @@ def warning_texts(caught: list[warnings.WarningMessage], extra: str | None) -> l
 
 
 def _fmt(x: float) -> str:
-    return f"{x:.4g}"
+    """A number of the table: 4 significant digits, thousands separated from 1,000 to 1e9.
+
+    :func:`~equicare.utils.value_text`: costs in dollars read -10,800, not -1.08e+04.
+    """
+    from equicare.utils import value_text
+
+    return value_text(x, ".4g")
 
 
 def _cells(e: Any) -> tuple[str, str, str]:
