@@ -34,6 +34,7 @@ __all__ = [
     "ROW_BLOCK_ELEMENTS",
     "row_blocks",
     "check_out_location",
+    "value_text",
 ]
 
 RandomState = int | np.random.Generator | None
@@ -47,6 +48,26 @@ PARAM_MESSAGE = "The '{name}' parameter of {owner} must be {expected}. Got {got!
 #: Elements (rows x columns) per block when a per-row quantity of an ``(n_steps, n_actions)``
 #: matrix is computed block by block instead of on the whole matrix (64 MB of float64).
 ROW_BLOCK_ELEMENTS = 8_000_000
+
+
+def value_text(x: float, small: str = ".3f") -> str:
+    """A value for a table: thousands separators and no decimals from 1,000 to 1e9.
+
+    Below 1,000 in ``small``'s format; from 1e9 on (importance weights blowing up) with 4
+    significant digits. Costs in dollars read ``-5,863`` instead of ``-5863.0250`` (the run's
+    table) or ``-5958.121 [-6480.245, -5352.126]`` (the audit's), as the policy card reads them.
+
+    Parameters
+    ----------
+    x : float
+    small : str
+        Format spec of values below 1,000 in magnitude (and of non-finite ones).
+    """
+    if math.isfinite(x) and 1000 <= abs(x) < 1e9:
+        return f"{x:,.0f}"
+    if math.isfinite(x) and abs(x) >= 1e9:
+        return f"{x:.4g}"
+    return format(x, small)
 
 
 def available_memory() -> int | None:

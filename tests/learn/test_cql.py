@@ -107,3 +107,27 @@ def test_parity_penalty_constrains_the_deployed_softmax_policy():
     assert gaps[0.0] > 0.05
     assert gaps[10.0] < 0.5 * gaps[0.0]
     assert gap_greedy > gaps[10.0]  # (0.036 against 0.020 at these seeds)
+
+
+def test_rewards_in_dollars_are_warned_and_a_reward_weight_silences_it(mdp, tab_data):
+    """Temperature and alpha are in reward units. The tabular MDP's rewards times 1,000
+    (costs in dollars, as a Medicaid panel's) made the default softmax greedy: the learned
+    policy put at least 99% on one action in every state, silently; at the unit scale it
+    does not, and no warning is given."""
+    import warnings
+
+    from equicare.exceptions import DataWarning
+    from equicare.learn._cql import MSG_REWARD_SCALE
+
+    name = tab_data.reward_names[0]
+    dollars = tab_data.with_reward_weights({name: 1000.0})
+    msg = MSG_REWARD_SCALE.split("{sd}")[0]
+    with pytest.warns(DataWarning, match=msg.replace("(", r"\(").replace("'", ".")):
+        big = CQL(n_steps=300, hidden=(32, 32), valid_fraction=0.0).fit(dollars,
+                                                                         progress=False)
+    assert (mdp.policy_table(big)[:, mdp.support].max(axis=1) > 0.99).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        unit = CQL(n_steps=300, hidden=(32, 32), valid_fraction=0.0).fit(tab_data,
+                                                                         progress=False)
+    assert not (mdp.policy_table(unit)[:, mdp.support].max(axis=1) > 0.99).all()

@@ -181,8 +181,9 @@ def test_refit_bootstrap_through_an_executor(ds):
         return map(fn, items)
 
     unlogged = replace(ds, behavior_prob=None, _cache={})
-    res = evaluate(unlogged, TabularPolicy(TARGET), estimators="wis,dr", q_model="tabular",
-                   bootstrap=12, refit=True, executor=executor, groups=[])
+    with pytest.warns(LowESSWarning, match="heavy tail: Pareto k"):  # estimated propensities
+        res = evaluate(unlogged, TabularPolicy(TARGET), estimators="wis,dr", q_model="tabular",
+                       bootstrap=12, refit=True, executor=executor, groups=[])
     assert calls == [12]
     assert res.settings["nuisance"] == "refit per replicate"
     assert res.settings["propensity_source"] == "estimated"

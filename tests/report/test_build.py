@@ -492,3 +492,35 @@ def test_terminal_outcomes_put_the_effects_per_stay_in_the_report(tmp_path):
         n_episodes=3000, n_steps=41000, control="a0=0", target="awr",
         estimators={"mr": EstimatorResult({k: EffectEstimate(0.1) for k in EFFECT_KEYS}, {})}
     ).to_json())) == []
+
+
+def test_the_weight_checks_of_evaluate_are_a_note_under_policy_value(tmp_path):
+    """A run on a Medicaid cost panel: IS -1,740 [-3,098, -383] against a truth of -5,603,
+    its weights averaging 0.68 (SE 0.054) with Pareto k 1.01. evaluate warned on the terminal;
+    the report's Policy value section said nothing."""
+    import html
+    import json
+
+    from equicare.report._build import build_run_report
+
+    result = {"n_episodes": 10000, "n_steps": 65582,
+              "behavior": {"value": -5863.0, "ci": [-6500.0, -5300.0]},
+              "estimates": {"is": {"value": -1740.2, "ci": [-3097.6, -382.9], "se": 484.6},
+                            "wis": {"value": -2553.8, "ci": [-4657.1, -450.4], "se": 705.6},
+                            "dr": {"value": -5171.2, "ci": [-6910.9, -3431.5], "se": 860.6}},
+              "ess": {"trajectory": 155.2, "trajectory_pct": 1.55, "per_decision": 170.0,
+                      "per_decision_pct": 1.7, "trajectory_weight_mean": 0.681,
+                      "trajectory_weight_mean_se": 0.054, "trajectory_weight_pareto_k": 1.01},
+              "settings": {"propensity_source": "logged"}}
+    (tmp_path / "result.json").write_text(json.dumps(result))
+    page = html.unescape(build_run_report(tmp_path, figure_copies=False).render())
+    section = page[page.index(">Policy value<"):]
+    assert ("The is and wis values rest on trajectory importance weights that average 0.681 "
+            "(standard error 0.054) over 10,000 episodes") in section
+    assert ("The is and wis values rest on trajectory importance weights with a heavy tail: "
+            "Pareto k 1.01 over the largest 300 of 10,000 episodes") in section
+    for k in ("trajectory_weight_mean", "trajectory_weight_pareto_k"):
+        result["ess"][k] = None
+    (tmp_path / "result.json").write_text(json.dumps(result))
+    page = html.unescape(build_run_report(tmp_path, figure_copies=False).render())
+    assert "heavy tail" not in page and "average exactly 1" not in page

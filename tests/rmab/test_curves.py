@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 
@@ -156,3 +157,32 @@ def test_curve_method_error():
     d = load_domain("synthetic", n_arms=20)
     with pytest.raises(ValueError, match=re.escape("The 'method' parameter of group_value_curves")):
         group_value_curves(d, np.zeros(20, dtype=int), method="magic")  # type: ignore[arg-type]
+
+
+def _nash_gain(vals, sizes, base):
+    gains = [v - b0 for v, b0 in zip(vals, base, strict=True)]
+    return float(np.sum(np.log(gains))) if min(gains) > 0 else -np.inf
+
+
+def test_nash_welfare_of_costs_weighs_each_groups_gain_over_no_action():
+    """Negative group values (costs): the log is undefined. Before, every unit went to the
+    first group listed (the worst-off second group got none); now the split maximises the sum
+    of the log gains over no action, checked against every split."""
+    rng = np.random.default_rng(7)
+    for trial in range(6):
+        sizes = (int(rng.integers(3, 7)), int(rng.integers(3, 7)), int(rng.integers(2, 5)))
+        curves = []
+        for n in sizes:
+            steps = np.sort(rng.uniform(50, 400, n))[::-1]  # concave: diminishing savings
+            curves.append(-rng.uniform(5e3, 2e4) * n + np.r_[0.0, np.cumsum(steps)])
+        base = [c[0] for c in curves]
+        for B in range(len(sizes), sum(sizes) + 1):
+            b = allocate_budget(curves, B, "mnw")
+            assert b.sum() == B and (b <= np.array(sizes)).all()
+            best, _ = _exhaustive_split(curves, sizes, B,
+                                        functools.partial(_nash_gain, base=base))
+            got = _nash_gain([curves[g][b[g]] for g in range(3)], sizes, base)
+            assert got == pytest.approx(best, abs=1e-9), (trial, B, b)
+    worst_off_last = [np.array([-900.0, -800.0]), np.array([-9000.0, -8000.0, -7100.0])]
+    assert allocate_budget(worst_off_last, 2, "mnw").tolist() == [1, 1]
+    assert allocate_budget(worst_off_last, 2, "mnw-eg").tolist() == [1, 1]

@@ -184,6 +184,23 @@ def _ci(ci: tuple[float, float] | None, scale: float = 1.0, digits: int = 2) -> 
     return f"[{_fmt(ci[0], scale, digits)}, {_fmt(ci[1], scale, digits)}]"
 
 
+def _val(v: float | None) -> str:
+    """A value (reward units): 3 decimals, thousands separated from 1,000 (costs in dollars)."""
+    import math
+
+    from equicare.utils import value_text
+
+    return "-" if v is None or not math.isfinite(v) else value_text(v)
+
+
+def _val_ci(ci: tuple[float, float] | None) -> str:
+    import math
+
+    if ci is None or not any(math.isfinite(b) for b in ci):
+        return ""
+    return f"[{_val(ci[0])}, {_val(ci[1])}]"
+
+
 def audit_tables(res: AuditResult, estimator: str | None = None) -> list[Table]:
     """Rich tables: allocation by group, a summary per policy, proportional parity by group.
 
@@ -249,9 +266,9 @@ def audit_tables(res: AuditResult, estimator: str | None = None) -> list[Table]:
             ob = o.value_reps is not None
             na = "n/a" if o.undefined else "-"  # undefined group values: "n/a" (caption)
             val = ("n/a" if o.overall_reason is not None else
-                   f"{_fmt(o.overall, 1, 3)} {_ci(o.overall_ci if ob else None, 1, 3)}")
+                   f"{_val(o.overall)} {_val_ci(o.overall_ci if ob else None)}")
             wlabel = o.worst_group_label()
-            worst = (na if wlabel is None else f"{_fmt(o.worst_group(), 1, 3)} ({wlabel})")
+            worst = (na if wlabel is None else f"{_val(o.worst_group())} ({wlabel})")
             gini = (na if o.undefined and not math.isfinite(o.gini()) else
                     f"{_fmt(o.gini(), 1, 3)} {_ci(o.gini_ci() if ob else None, 1, 3)}")
             if o.overall_reason is not None:
@@ -421,15 +438,15 @@ def frontier_table(res: FrontierResult) -> Table:
         t.add_column(col, justify="right")
     for _, r in res.table.iterrows():
         t.add_row(f"{r['lambda']:g}",
-                  f"{_fmt(r['value'], 1, 3)} {_ci((r['value_lower'], r['value_upper']), 1, 3)}",
+                  f"{_val(r['value'])} {_val_ci((r['value_lower'], r['value_upper']))}",
                   f"{_fmt(r['gap_pp'])} {_ci((r['gap_lower'], r['gap_upper']))}",
-                  f"{_fmt(r['worst_group_value'], 1, 3)} "
-                  f"{_ci((r['worst_lower'], r['worst_upper']), 1, 3)}"
+                  f"{_val(r['worst_group_value'])} "
+                  f"{_val_ci((r['worst_lower'], r['worst_upper']))}"
                   f"{_named(r.get('worst_group'))}",
                   "*" if r["pareto"] else "")
     b = res.behavior
-    t.add_row("behavior", _fmt(b.get("value"), 1, 3), _fmt(b.get("gap_pp")),
-              f"{_fmt(b.get('worst_group_value'), 1, 3)}{_named(b.get('worst_group'))}", "",
+    t.add_row("behavior", _val(b.get("value")), _fmt(b.get("gap_pp")),
+              f"{_val(b.get('worst_group_value'))}{_named(b.get('worst_group'))}", "",
               style="dim")
     left = [f"lambda = {r['lambda']:g} leaves out {r['worst_excluded']}"
             for _, r in res.table.iterrows()

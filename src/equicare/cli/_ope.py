@@ -287,7 +287,13 @@ def warning_texts(caught: list[warnings.WarningMessage], extra: str | None) -> l
 
 
 def _fmt(x: float) -> str:
-    return f"{x:.4g}"
+    """A number of the table: 4 significant digits, thousands separated from 1,000 to 1e9.
+
+    :func:`~equicare.utils.value_text`: costs in dollars read -10,800, not -1.08e+04.
+    """
+    from equicare.utils import value_text
+
+    return value_text(x, ".4g")
 
 
 def _cells(e: Any) -> tuple[str, str, str]:
@@ -511,6 +517,16 @@ def weight_mean_clause(mean: float) -> str:
     The weights average 1 in expectation (:func:`equicare.ope._ess.weight_mean_off`).
     """
     return f", weights average {mean:.3g} (1 expected)" if math.isfinite(mean) else ""
+
+
+def pareto_k_clause(k: float) -> str:
+    """The ESS line's clause on the trajectory weights' Pareto tail index (empty if unknown).
+
+    Above 0.5 the weights have no finite variance (:func:`equicare.ope._ess.pareto_k_off`).
+    """
+    if not math.isfinite(k):
+        return ""
+    return f", Pareto k {k:.3g}" + (" (over 0.5: no finite variance)" if k > 0.5 else "")
 
 
 def q_model_line(res: EvaluationResult) -> str | None:
@@ -750,7 +766,8 @@ def register(app: typer.Typer) -> None:
             console.print(f"ESS: trajectory {sres.ess:.1f} "
                           f"({100 * sres.ess / sres.n_episodes:.2f}% of episodes)"
                           f"{truncated_ess(sres.ess_truncated, truncate, sres.n_episodes)}"
-                          f"{weight_mean_clause(sres.weight_mean)}; "
+                          f"{weight_mean_clause(sres.weight_mean)}"
+                          f"{pareto_k_clause(sres.weight_pareto_k)}; "
                           f"{sres.n_chunks} chunks", highlight=False)
             if sres.support is not None:
                 console.print(support_line(sres.support), highlight=False)
@@ -794,7 +811,8 @@ def register(app: typer.Typer) -> None:
         console.print(f"ESS: trajectory {e.trajectory:.1f} ({e.trajectory_pct:.2f}% of episodes)"
                       f"{truncated_ess(e.trajectory_truncated, e.truncate, e.n_episodes)},"
                       f" per-decision {e.per_decision_pct:.2f}%"
-                      f"{weight_mean_clause(e.weight_mean)}", highlight=False)
+                      f"{weight_mean_clause(e.weight_mean)}"
+                      f"{pareto_k_clause(e.weight_pareto_k)}", highlight=False)
         if res.support is not None:
             console.print(support_line(res.support), highlight=False)
         uline = usual_care_line(res.settings)

@@ -517,12 +517,15 @@ NO_VALUE_CAPTION = ("n/a: no value stored (withheld: a small cell, or importance
 
 
 def _num(x: float) -> str:
-    """A value of the run's table: 4 decimals, or 4 significant digits from 1e6 on.
+    """A value of the run's table: 4 decimals, :func:`~equicare.utils.value_text` from 1,000 on.
 
     Blown-up importance weights gave an ICU run's IS as 48 digits and a 4-decimal tail
-    (1206224360637499935839637233738023323098834534400.0000), its interval twice as wide.
+    (1206224360637499935839637233738023323098834534400.0000), its interval twice as wide;
+    costs in dollars read -5863.0250 (now -5,863).
     """
-    return f"{x:.4f}" if not abs(x) >= 1e6 else f"{x:.4g}"
+    from equicare.utils import value_text
+
+    return value_text(x, ".4f")
 
 
 def _print_outcome(out: object) -> None:

@@ -295,9 +295,15 @@ def _save_figure(fig: Any, path: Path) -> None:
 def _num(x: float) -> str:
     """Three decimals, or two significant digits where those would read 0.000.
 
+    From 1,000 on, :func:`~equicare.utils.value_text` (thousands separated, no decimals).
+
     Rewards per step of a weekly score (a mean of -0.0628 per arm with an SE of 0.00023)
     printed ``-0.063 ± 0.000``: the SE looked like none.
     """
+    if abs(x) >= 1000:  # costs in dollars: -10,682, not -10682.111
+        from equicare.utils import value_text
+
+        return value_text(x)
     text = f"{x:.3f}"
     return f"{x:.2g}" if x != 0 and float(text) == 0 else text
 

@@ -23,9 +23,12 @@ from equicare.exceptions import DataWarning, SupportWarning
 from equicare.fairness._groups import GroupIndex
 from equicare.ope._core import IS_TYPE, WEIGHTED, OPEInputs
 from equicare.ope._ess import (
+    ESS_KIND,
     EffectiveSampleSize,
     effective_sample_size,
+    heavy_tail_message,
     missing_weight_message,
+    pareto_k_off,
     weight_mean_off,
 )
 from equicare.ope._support import StreamSupportReport, SupportReport
@@ -242,6 +245,10 @@ def diagnose(policy: str, estimator: str, ess: EffectiveSampleSize,
         msgs.append(SUPPORT_PREFIX.format(policy=policy) + missing_weight_message(
             [estimator], ess.weight_mean, ess.weight_mean_se, ess.n_episodes,
             MISSING_WEIGHT_ADVICE))
+    if (estimator in IS_TYPE and ESS_KIND[estimator] == "trajectory"
+            and pareto_k_off(ess.weight_pareto_k)):  # evaluate's heavy-tail check
+        msgs.append(SUPPORT_PREFIX.format(policy=policy) + heavy_tail_message(
+            [estimator], ess.weight_pareto_k, ess.n_episodes, ("dr", "wdr")))
     if warn:
         for m in msgs:
             warnings.warn(m, SupportWarning, stacklevel=3)

@@ -184,17 +184,20 @@ class _EssAcc:
     sums: list[Any]
     top: NDArray[np.float64]
     truncated: list[Any] | None = None
+    tail: NDArray[np.float64] | None = None
 
     @classmethod
     def of(cls, inputs: Any, m: NDArray[np.float64], truncate: float | None) -> _EssAcc:
         """One chunk's sums; ``m`` is the ``(n_episodes, P)`` partition indicator."""
         from equicare.ope._ess import WeightSums, heaviest
+        from equicare.ope._pareto import PARETO_KEEP
 
         traj = inputs.cumulative_weights()[:, -1]
-        return cls(sums=WeightSums.by_group(inputs, m),
-                   top=heaviest(np.where(m > 0, traj[:, None], 0.0)),
+        own = np.where(m > 0, traj[:, None], 0.0)
+        return cls(sums=WeightSums.by_group(inputs, m), top=heaviest(own),
                    truncated=None if truncate is None
-                   else WeightSums.by_group(inputs, m, truncate))
+                   else WeightSums.by_group(inputs, m, truncate),
+                   tail=heaviest(own, min(PARETO_KEEP, own.shape[0])))
 
     def merge(self, other: _EssAcc) -> None:
         """Add another chunk's sums."""
@@ -203,8 +206,12 @@ class _EssAcc:
             self.truncated = [a + b for a, b in zip(self.truncated, other.truncated,
                                                     strict=True)]
         from equicare.ope._ess import heaviest
+        from equicare.ope._pareto import PARETO_KEEP
 
         self.top = heaviest(np.concatenate([self.top, other.top]))
+        if self.tail is not None and other.tail is not None:
+            both = np.concatenate([self.tail, other.tail])
+            self.tail = heaviest(both, min(PARETO_KEEP, both.shape[0]))
 
     def weight_sums(self, p: int, truncate: float | None) -> Any:
         """The :class:`~equicare.ope._ess.WeightSums` of partition ``p``.
@@ -222,7 +229,8 @@ class _EssAcc:
 
         return ess_from_sums(self.sums[p], top=self.top[:, p],
                              truncated=None if self.truncated is None else self.truncated[p],
-                             truncate=truncate)
+                             truncate=truncate,
+                             tail=None if self.tail is None else self.tail[:, p])
 
 
 @dataclass(frozen=True)

@@ -311,6 +311,9 @@ class OfflineLearner(ConfigParams, BaseEstimator, metaclass=ABCMeta):  # type: i
         """
         ...
 
+    def _check_train_data(self, data: TrainData) -> None:
+        """Warn about training data the learner's settings do not suit (default: nothing)."""
+
     def _critic_groups(self) -> bool:
         """Whether the critics see the group attribute (training only; the policy never does)."""
         return False
@@ -584,6 +587,7 @@ class OfflineLearner(ConfigParams, BaseEstimator, metaclass=ABCMeta):  # type: i
         if tdata.rows.shape[0] == 0:
             raise DataValidationError(f"{type(self).__name__}: no training row has an action in "
                                       "the support.")
+        self._check_train_data(tdata)
         self._build_networks(tdata, train.action_space.sizes, window, vocab)
         sampler = EpochSampler(tdata.rows, cfg.batch_size, np.random.default_rng(cfg.seed))
         self.history_: list[dict[str, Any]] = []

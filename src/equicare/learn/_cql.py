@@ -35,7 +35,7 @@ from equicare.models._inputs import batched_forward
 from equicare.models._networks import Network, build_network
 from equicare.utils import check_param
 
-__all__ = ["CQL", "CQLConfig", "MSG_GREEDY_FAIR"]
+__all__ = ["CQL", "CQLConfig", "MSG_GREEDY_FAIR", "MSG_REWARD_SCALE", "REWARD_SCALE_RATIO"]
 
 #: The parity penalty acts on softmax(Q / temperature); a greedy policy deploys argmax Q instead.
 MSG_GREEDY_FAIR = ("The 'policy' parameter of CQLConfig must be 'softmax' when fair_lambda > 0. "
@@ -88,6 +88,19 @@ class CQLConfig(LearnerConfig):
             raise InvalidParameterError(MSG_GREEDY_FAIR)
 
 
+#: Rewards' mean absolute deviation, in softmax temperatures, above which CQL warns that its
+#: reward-unit settings (``temperature``, ``alpha``) do not suit the rewards' scale.
+REWARD_SCALE_RATIO = 100.0
+#: The warning (tests match it).
+MSG_REWARD_SCALE = (
+    "CQL: the rewards' mean absolute deviation is {sd} reward units, {ratio:,.0f} times the "
+    "softmax temperature ({temperature:g}); temperature and alpha ({alpha:g}) are in reward "
+    "units, so the policy will be greedy on barely fitted Q-values and the conservative "
+    "penalty negligible against the squared TD error. Scale the reward in the manifest "
+    "([reward] name = {{ column = \"...\", weight = 0.001 }} reads dollars as thousands) or set "
+    "temperature and alpha in reward units (docs/learn.md, 'Assumptions and limits').")
+
+
 class CQL(OfflineLearner):
     """Discrete conservative Q-learning (see module docstring).
 
@@ -113,6 +126,27 @@ class CQL(OfflineLearner):
 
     def _policy_mode(self) -> tuple[Literal["softmax", "greedy"], float]:
         return self.config.policy, float(self.config.temperature)
+
+    def _check_train_data(self, data: TrainData) -> None:
+        """Warn when the rewards' scale dwarfs ``temperature`` (:data:`MSG_REWARD_SCALE`).
+
+        Their mean absolute deviation, not their standard deviation, which a few rare
+        $1M claims would set. On a Medicaid panel of monthly costs in dollars
+        the defaults gave one action to every row (a TD loss of 1e8 after 2,000 steps).
+        """
+        cfg = self.config
+        r = data.reward[data.rows].double()
+        mad = float((r - r.mean()).abs().mean()) if r.numel() else 0.0  # heavy tails: not sd
+        if mad > REWARD_SCALE_RATIO * cfg.temperature:
+            import warnings
+
+            from equicare.exceptions import DataWarning
+            from equicare.utils import value_text
+
+            warnings.warn(MSG_REWARD_SCALE.format(sd=value_text(mad, ".4g"),
+                                                  ratio=mad / cfg.temperature,
+                                                  temperature=cfg.temperature,
+                                                  alpha=cfg.alpha), DataWarning, stacklevel=3)
 
     def _losses(self, data: TrainData, rows: Tensor, q: Tensor, q_next: Tensor
                 ) -> tuple[Tensor, Tensor]:

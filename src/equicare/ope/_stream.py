@@ -79,6 +79,7 @@ from equicare.ope._core import (
 )
 from equicare.ope._ess import WeightSums, mean_and_se
 from equicare.ope._fqe import table_ignored_numeric
+from equicare.ope._pareto import pareto_k
 from equicare.ope._propensity_check import (
     PropensityCheck,
     floored_counts_message,
@@ -307,11 +308,12 @@ class StreamGroup:
 
 
 def ess_dict(ess: float, truncated: float | None, truncate: float | None,
-             n_episodes: int, weight_mean: tuple[float, float] | None = None
-             ) -> dict[str, Any]:
+             n_episodes: int, weight_mean: tuple[float, float] | None = None,
+             weight_pareto_k: float | None = None) -> dict[str, Any]:
     """The streamed ``"ess"``: the in-memory keys that sums give (``trajectory`` untruncated).
 
-    ``weight_mean``: the trajectory weights' mean and its standard error, when known.
+    ``weight_mean``: the trajectory weights' mean and its standard error, when known;
+    ``weight_pareto_k``: their Pareto tail index, when known.
     """
     out = {"trajectory": ess, "trajectory_pct": 100.0 * ess / n_episodes, "truncate": truncate,
            "trajectory_truncated": truncated,
@@ -320,6 +322,9 @@ def ess_dict(ess: float, truncated: float | None, truncate: float | None,
     if weight_mean is not None:
         out["trajectory_weight_mean"], out["trajectory_weight_mean_se"] = (
             float(v) if np.isfinite(v) else None for v in weight_mean)
+    if weight_pareto_k is not None:
+        out["trajectory_weight_pareto_k"] = (float(weight_pareto_k)
+                                             if np.isfinite(weight_pareto_k) else None)
     return out
 
 
@@ -368,6 +373,9 @@ class StreamEvaluation:
     weight_mean, weight_mean_se : float
         The untruncated trajectory weights' mean and its standard error, as in memory
         (:attr:`~equicare.ope.EffectiveSampleSize.weight_mean`).
+    weight_pareto_k : float
+        Their Pareto tail index, as in memory
+        (:attr:`~equicare.ope.EffectiveSampleSize.weight_pareto_k`).
     """
 
     n_episodes: int
@@ -389,6 +397,7 @@ class StreamEvaluation:
     out_of_range: tuple[str, ...] = ()
     weight_mean: float = float("nan")
     weight_mean_se: float = float("nan")
+    weight_pareto_k: float = float("nan")
 
     def to_dict(self) -> dict[str, Any]:
         """The result JSON (Contract 3: ``n_episodes``, ``behavior``, ``estimates``, ``ess``).
@@ -400,7 +409,8 @@ class StreamEvaluation:
             "behavior": self.behavior.to_dict(),  # with its "se", as in memory
             "estimates": {k: e.to_dict() for k, e in self.estimates.items()},
             "ess": ess_dict(self.ess, self.ess_truncated, self.settings.get("truncate"),
-                            self.n_episodes, (self.weight_mean, self.weight_mean_se)),
+                            self.n_episodes, (self.weight_mean, self.weight_mean_se),
+                            self.weight_pareto_k),
             "bootstrap": {"n_boot": self.n_boot,
                           "weights": "poisson" if self.n_boot else None, "ci": self.ci_method},
             "streaming": {"n_chunks": self.n_chunks},
@@ -505,6 +515,7 @@ def finish(sums: StreamSums, *, alpha: float = 0.05, n_chunks: int = 1,
                             gamma=sums.gamma, behavior=behavior, estimates=estimates,
                             ess=ess, ess_truncated=ess_truncated, n_boot=int(sums.boot_n.size),
                             weight_mean=wm, weight_mean_se=wse,
+                            weight_pareto_k=pareto_k(sums.top_weights, sums.n_episodes),
                             q_model=q_model, behavior_model=behavior_model,
                             ci_method="jackknife" if jack is not None
                             else "percentile" if squares is None else "studentized")
@@ -1184,7 +1195,8 @@ def evaluate_stream(
     warn_low_ess(stream_low_ess_message(res.estimates, res.n_episodes, res.ess,
                                         res.ess_truncated, logged=src.logged,
                                         unusable=res.out_of_range or (),
-                                        weight_mean=(res.weight_mean, res.weight_mean_se)),
+                                        weight_mean=(res.weight_mean, res.weight_mean_se),
+                                        weight_pareto_k=res.weight_pareto_k),
                  stacklevel=2)  # as in memory
     return res
 

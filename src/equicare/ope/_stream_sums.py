@@ -20,6 +20,7 @@ from equicare.ope._bootstrap import (
 )
 from equicare.ope._core import EpisodeParts, combine
 from equicare.ope._ess import WeightSums
+from equicare.ope._pareto import PARETO_KEEP
 from equicare.ope._resample import episode_keys, poisson_weights
 from equicare.utils import PARAM_MESSAGE
 
@@ -60,6 +61,10 @@ class StreamSums:
         reach (:func:`equicare.ope._evaluate.wrong_sign`).
     n_censored : int
         Episodes whose last row is not terminal (censored stays).
+    top_weights : ndarray of shape (<= PARETO_KEEP,)
+        The largest untruncated trajectory weights (at most
+        :data:`~equicare.ope._pareto.PARETO_KEEP`): their Pareto tail index
+        (:func:`~equicare.ope._pareto.pareto_k`) as in memory, exactly up to 11 million episodes.
     """
 
     n_episodes: int
@@ -81,6 +86,7 @@ class StreamSums:
     rewards_min: float = np.inf
     rewards_max: float = -np.inf
     n_censored: int = 0
+    top_weights: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0), repr=False)
 
     def __add__(self, other: StreamSums) -> StreamSums:
         if self.parts_layout[0] != other.parts_layout[0] or self.total.shape != other.total.shape:
@@ -100,7 +106,9 @@ class StreamSums:
                           returns_max=max(self.returns_max, other.returns_max),
                           rewards_min=min(self.rewards_min, other.rewards_min),
                           rewards_max=max(self.rewards_max, other.rewards_max),
-                          n_censored=self.n_censored + other.n_censored)
+                          n_censored=self.n_censored + other.n_censored,
+                          top_weights=largest(np.concatenate([self.top_weights,
+                                                              other.top_weights])))
 
     def ess(self) -> tuple[float, float | None]:
         """Kish's effective sample size of the trajectory weights, and of the truncated ones."""
@@ -156,7 +164,15 @@ def episode_sums(mat: NDArray[np.float64], w: NDArray[np.float64],
                       returns_min=float(ret.min()) if ret.size else np.inf,
                       returns_max=float(ret.max()) if ret.size else -np.inf,
                       rewards_min=r_lo, rewards_max=r_hi,
-                      n_censored=int(n_censored))
+                      n_censored=int(n_censored),
+                      top_weights=largest(np.asarray(tw, dtype=np.float64)))
+
+
+def largest(w: NDArray[np.float64]) -> NDArray[np.float64]:
+    """The :data:`~equicare.ope._pareto.PARETO_KEEP` largest of ``w`` (all of them if fewer)."""
+    if w.size <= PARETO_KEEP:
+        return w
+    return np.asarray(np.partition(w, w.size - PARETO_KEEP)[w.size - PARETO_KEEP:])
 
 
 def corrected_sums(sums: StreamSums) -> tuple[NDArray[np.float64], NDArray[np.float64]]:

@@ -15,9 +15,9 @@ from equicare.ope._evaluate import HEADLINE_ESTIMATORS, headline_of
 from equicare.ope._sensitivity import MIN_EFFECTIVE_EPISODES
 from equicare.report import _figures as F
 from equicare.report._html import Report
-from equicare.utils import MIN_CELL
+from equicare.utils import MIN_CELL, value_text
 
-__all__ = ["build_run_report", "CAVEATS", "report_caveats"]
+__all__ = ["build_run_report", "CAVEATS", "report_caveats", "weight_checks"]
 
 _CONFOUNDING = (
     "These estimates come from observational data: they are valid only if every factor that "
@@ -29,6 +29,33 @@ _POSITIVITY = (
     "mass on actions the behaviour policy (almost) never takes")
 _DR = ("Doubly robust estimates lean on the fitted Q-model where weights are extreme")
 _SMALL = f"Groups with fewer than {MIN_CELL} episodes are suppressed in every table and figure."
+
+
+def weight_checks(result: Mapping[str, Any]) -> str | None:
+    """``evaluate``'s warning on the importance weights, rebuilt from the result JSON.
+
+    Low ESS, weights whose mean says the sample missed their tail, and a tail too heavy for
+    any interval (:func:`~equicare.ope._ess.low_ess_message`); None when none applies. A run on
+    a Medicaid cost panel printed IS -1,740 [-3,098, -383] against a truth of -5,603 with its
+    weights averaging 0.68 and Pareto k 1.01, and its report said none of it.
+    """
+    from equicare.ope._ess import low_ess_message
+
+    ess = result.get("ess") or {}
+    n = int(result.get("n_episodes") or 0)
+    traj = ess.get("trajectory_truncated")
+    traj = ess.get("trajectory") if traj is None else traj
+    pd_pct = ess.get("per_decision_truncated_pct")
+    per_decision = (ess.get("per_decision") if pd_pct is None else pd_pct * n / 100.0)
+    keys = [k for k, e in (result.get("estimates") or {}).items()
+            if e.get("value") is not None]
+    settings = result.get("settings") or {}
+    return low_ess_message(keys, n, traj, per_decision,
+                           logged=settings.get("propensity_source") == "logged",
+                           unusable=result.get("out_of_range") or (),
+                           weight_mean=ess.get("trajectory_weight_mean"),
+                           weight_mean_se=ess.get("trajectory_weight_mean_se"),
+                           weight_pareto_k=ess.get("trajectory_weight_pareto_k"))
 
 
 def report_caveats(*, support: bool, sensitivity: bool, sweep: bool = False) -> list[str]:
@@ -384,7 +411,7 @@ def build_run_report(
     rep.section("Run summary")
     kpis: dict[str, str] = {}
     if result:
-        kpis["behaviour value (observed)"] = f"{result['behavior']['value']:.3f}"
+        kpis["behaviour value (observed)"] = value_text(result['behavior']['value'])
         head = headline_estimator(result)
         if head is not None:
             e = result["estimates"][head]
@@ -394,13 +421,15 @@ def build_run_report(
                 f" (extrapolated for the {share:.0f}% of its mass on actions practice never "
                 "takes)")
             kpis[f"{algo} value ({head.upper()})"] = (
-                f"{e['value']:.3f} [{e['ci'][0]:.3f}, {e['ci'][1]:.3f}]{extrap}")
+                f"{value_text(e['value'])} [{value_text(e['ci'][0])}, "
+                f"{value_text(e['ci'][1])}]{extrap}")
         versus = practice_comparison(result)
         if versus is not None:
             kpis[f"{algo} against current practice"] = versus
     if truth:
         for k, t in truth.items():
-            kpis[f"true value, {k} (simulator)"] = f"{t['value']:.3f} ± {1.96 * t['se']:.3f}"
+            kpis[f"true value, {k} (simulator)"] = (
+                f"{value_text(t['value'])} ± {value_text(1.96 * t['se'])}")
     if audit:
         for p, a in audit["policies"].items():
             label = action_label(audit["action"])
@@ -460,6 +489,9 @@ def build_run_report(
                    else "none of them."),
                 note=True,
             )
+        weights = weight_checks(result)
+        if weights is not None:  # evaluate's LowESSWarning, printed on the terminal only before
+            rep.text(weights, note=True)
         rep.figure(
             F.forest_plot(result, truth, algo),
             "forest",
@@ -525,8 +557,9 @@ def build_run_report(
                 if not g.get("suppressed"):
                     for k, e in g["estimates"].items():  # no value (a reason): "n/a"
                         row[k] = ("n/a" if e.get("value") is None or not e.get("ci") else
-                                  f"{e['value']:.3f} [{e['ci'][0]:.3f}, {e['ci'][1]:.3f}]")
-                    row["behavior"] = f"{g['behavior']['value']:.3f}"
+                                  f"{value_text(e['value'])} [{value_text(e['ci'][0])}, "
+                                  f"{value_text(e['ci'][1])}]")
+                    row["behavior"] = value_text(g['behavior']['value'])
                 groups.append(row)
         if groups:
             rep.heading("Value by group")

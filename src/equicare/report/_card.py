@@ -22,7 +22,7 @@ import pandas as pd
 from equicare.fairness._rows import action_label
 from equicare.report._figures import _plt
 from equicare.report._html import Report
-from equicare.utils import atomic_write_text
+from equicare.utils import atomic_write_text, value_text
 
 __all__ = ["build_card_report", "card_frontier_plot", "check_card_target", "write_card",
            "CARD_FILES"]
@@ -123,14 +123,12 @@ def frontier_caption(card: Mapping[str, Any]) -> str:
 
 
 def card_number(x: float) -> str:
-    """A number of the card: 3 significant digits, but never an exponent for 1,000 or more.
+    """A number of the card: 3 significant digits, but never an exponent from 1,000 to 1e9.
 
     A care panel's values (discounted cost avoidance over half a year) read ``1.57e+03
     [1.51e+03, 1.63e+03]`` with ``.3g``; they read ``1,573 [1,510, 1,630]`` here.
     """
-    if np.isfinite(x) and abs(x) >= 1000:
-        return f"{x:,.0f}"
-    return f"{x:.3g}"
+    return value_text(x, ".3g")
 
 
 def _ci(cell: Mapping[str, Any] | None) -> str:

@@ -8,6 +8,12 @@ Each rule is a greedy over a heap of groups, ``O(B log G)`` once the curves are 
 ``"mnw"`` (maximum Nash welfare)
     give the next unit to the largest gain :math:`\log V_g(b_g + 1) - \log V_g(b_g)`.
     Optimal for :math:`\max \sum_g \log V_g(b_g)` when the curves are concave and positive.
+    When a curve has a negative value (rewards that are costs) the logarithm is undefined, and
+    the welfare is that of each group's gain over no action (the Nash bargaining solution
+    with no action as the disagreement point, Nash 1950):
+    :math:`\max \sum_g \log (V_g(b_g) - V_g(0))`. Before, every gain read minus infinity
+    and the budget went to the groups in the order they were listed (on a Medicaid cost panel
+    the first group got all 1,000 home visits a month and the worst-off group none).
 ``"mnw-eg"`` (Nash welfare with equal groups)
     up-sample every group to the largest size :math:`n_{\max}` (its curve read at
     :math:`b\, n_g / n_{\max}`, linear interpolation, times :math:`n_{\max}/n_g`), allocate the
@@ -139,7 +145,8 @@ def allocate_budget(
         Total actions per step, ``0 <= budget <= sum_g n_g``.
     rule : {"mmr", "mnw", "mnw-eg"}
         Maximin reward (water-filling), maximum Nash welfare, or Nash welfare with groups
-        up-sampled to equal size.
+        up-sampled to equal size. With a negative value in any curve (costs) the two Nash
+        rules weigh each group's gain over no action, ``V_g(b) - V_g(0)`` (module docstring).
     sizes : sequence of int, optional
         Group sizes ``n_g`` (default ``len(curves[g]) - 1``).
 
@@ -175,6 +182,8 @@ def allocate_budget(
     budget = int(budget)
     if rule == "mmr":
         return _mmr(cs, n, budget)
+    if any(float(c.min()) < 0 for c in cs):  # costs: Nash welfare of the gains over no action
+        cs = [c - c[0] for c in cs]
     if rule == "mnw":
         return _mnw(cs, n, budget)
     # mnw-eg: up-sample to equal size, allocate, rescale
