@@ -109,23 +109,60 @@ def _panel(n: int, horizon: int, seed: int) -> pd.DataFrame:
     return df.sort_values(["pid", "t"]).reset_index(drop=True)
 
 
-def test_a_terminal_row_goes_to_the_next_stays_first_row_and_a_censored_one_is_dropped():
+def _three_stays():
+    """Stays 0 and 2 end (terminal rows 1 and 6), stay 1 is censored after 3 rows."""
     df = pd.DataFrame({"pid": [0, 0, 1, 1, 1, 2, 2], "t": [0, 1, 0, 1, 2, 0, 1],
                        "x": [0.0, 1, 2, 3, 4, 5, 6], "m": [0, 1, 0, 1, 0, 1, 0],
                        "a": [0, 1, 1, 0, 1, 0, 1], "r": [0, 1.0, 0, 0, 0.5, 0, 2.0],
                        "done": [0, 1, 0, 0, 0, 0, 1]})
+    return from_frame(df, MANIFEST, emit_warnings=False)
+
+
+def test_a_terminal_row_goes_to_the_next_stays_first_row_and_a_censored_one_is_a_step():
+    ds = _three_stays()
+    rows, next_rows = transition_rows(ds)
+    # stay 0 ends (-> stay 1's first row 2); stay 1 is censored (row 4 kept, its next row a
+    # placeholder: itself); stay 2 ends (-> stay 0's first row, the panel's order taken round)
+    assert rows.tolist() == [0, 1, 2, 3, 4, 5, 6]
+    assert next_rows.tolist() == [1, 2, 3, 4, 4, 6, 0]
+    md = from_dataset(ds)
+    assert md.n_renewed == 2 and md.n_censored == 1
+    # a stay's end is its terminal row; the censored stay's last row is a step that did not
+    # end it, with its reward, and no next state (weight 0)
+    assert md.stay_ends is not None and md.stay_ends.tolist() == [0, 1, 0, 0, 0, 0, 1]
+    assert md.rewards.tolist() == [0, 1.0, 0, 0, 0.5, 0, 2.0]
+    np.testing.assert_array_equal(md.next_states[:, 0], [1, 2, 3, 4, 4, 6, 0])
+    # fewer than CENSORING_POOL_MIN uncensored rows go on: one hazard for every step, 1 of the
+    # 5 non-ending rows censored -> weight 5 / 4 on the 4 others, 1 on terminal rows
+    assert md.next_weight is not None
+    assert md.next_weight.tolist() == [1.25, 1, 1.25, 1.25, 0, 1.25, 1]
+
+
+def test_the_censoring_hazard_is_estimated_per_step(monkeypatch):
+    """Steps 0 and 1 have 3 and 1 uncensored non-ending rows; step 2 only the censored row
+    4, pooled with step 1 (no uncensored row of its own): hazard 1/2 there, weight 2."""
+    from equicare.causal import _data
+
+    monkeypatch.setattr(_data, "CENSORING_POOL_MIN", 1)
+    ds = _three_stays()
+    rows, _ = transition_rows(ds)
+    w = _data.next_state_weights(ds, rows)
+    assert w is not None and w.tolist() == [1, 1, 1, 2, 0, 1, 1]
+    # over the rows that do not end their stay the weights sum to their count
+    assert w[~ds.terminals].sum() == (~ds.terminals).sum()
+
+
+def test_without_terminal_rows_a_censored_last_row_is_left_out():
+    """No terminal row: which rows are last depends on the window only, so they are dropped
+    (the rest are an unbiased sample of transitions) and no weight is needed."""
+    df = pd.DataFrame({"pid": [0, 0, 1, 1, 1], "t": [0, 1, 0, 1, 2], "x": [0.0, 1, 2, 3, 4],
+                       "m": [0, 1, 0, 1, 0], "a": [0, 1, 1, 0, 1], "r": [0.5, 0.2, 1.0, 0.3, 0.1],
+                       "done": 0})
     ds = from_frame(df, MANIFEST, emit_warnings=False)
     rows, next_rows = transition_rows(ds)
-    # stay 0 ends (-> stay 1's first row 2); stay 1 is censored (row 4 dropped); stay 2 ends
-    # (-> stay 0's first row, the panel's order taken round)
-    assert rows.tolist() == [0, 1, 2, 3, 5, 6]
-    assert next_rows.tolist() == [1, 2, 3, 4, 6, 0]
+    assert rows.tolist() == [0, 2, 3] and next_rows.tolist() == [1, 3, 4]
     md = from_dataset(ds)
-    assert md.n_renewed == 2
-    # a stay's end is its terminal row; the censored stay's last row is no transition
-    assert md.stay_ends is not None and md.stay_ends.tolist() == [0, 1, 0, 0, 0, 1]
-    assert md.rewards.tolist() == [0, 1.0, 0, 0, 0, 2.0]
-    np.testing.assert_array_equal(md.next_states[:, 0], [1, 2, 3, 4, 6, 0])
+    assert md.next_weight is None and md.n_censored == 0 and md.n_renewed == 0
 
 
 def test_effects_of_terminal_outcomes_match_the_renewed_process_dp_truth():

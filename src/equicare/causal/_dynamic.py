@@ -15,6 +15,11 @@ method (LSTD on a basis), marginalised importance sampling (state density ratio 
 mediator ratios) and the multiply robust estimator (direct method plus the ratio-weighted
 Bellman and reward residuals: consistent when either the Q-functions, reward and mediator
 models, or the ratios, behaviour policy and one of reward / mediator models are right).
+
+With terminal rows (stays that end and renew the process) a censored last row is a step whose
+next state is missing: every next-state term is weighted by
+:func:`~equicare.causal._data.next_state_weights` (0 there, the inverse probability of not being
+censored on the other steps that go on), so censoring does not bias the end rates or the etas.
 """
 
 from __future__ import annotations
@@ -835,6 +840,10 @@ class _Run:
         # terminal rows renew the process: the chains' end rates give values per stay
         ends = md.stay_ends
         self.ends = ends if ends is not None and ends.any() and ests - {"baseline"} else None
+        #: weight of each row's next-state terms: 0 on a censored last row (no next state),
+        #: the inverse probability of not being censored on the others that go on
+        #: (:func:`~equicare.causal._data.next_state_weights`); None: all 1
+        self.next_w = md.next_weight
         #: etas per estimator: the five processes', then the three chains' end rates
         self.n_eta = 5 + 3 * int(self.ends is not None)
         self.enc = MediatorEncoder.fit(md.mediators, cfg.mediator_type, cfg.max_mediator_levels,
@@ -861,6 +870,15 @@ class _Run:
             return None
         at_end = md.rewards[ends == 1]
         return float(at_end.min()), float(at_end.max())
+
+    def next_weight(self, idx: NDArray[np.int64]) -> NDArray[np.float64]:
+        """Weights of the next-state terms at rows ``idx``, shape ``(n,)`` (1 without censoring).
+
+        Every next-state term (the Q-functions' expected next designs, the TD errors of MR, the
+        ratios' next-state test functions) is multiplied by it: a censored last row adds its
+        step's present terms only, and the uncensored rows stand for its next state.
+        """
+        return np.ones(idx.size) if self.next_w is None else self.next_w[idx]
 
     def fold_pieces(self) -> int:
         """The pieces of a fold's work that :meth:`done` counts (the fold's bar's total)."""
@@ -1027,7 +1045,8 @@ class _Run:
         phi, phin = self.basis(self.cfg.q_basis)
         ph, phn = phi[idx], phin[idx]
         nA, A = self.md.n_actions, q["A"]
-        pe_n, p0_n = self.pe_n[idx], self.p0_n[idx]
+        c = self.next_weight(idx)[:, None]          # censored rows: no next-state design
+        pe_n, p0_n = self.pe_n[idx] * c, self.p0_n[idx] * c
         disc, nraw = self.enc.discrete, self.enc.n_raw
         h_next = combine(phn, self.next_mediator_encoding(idx, q), disc, nraw)
         enc_M = q["enc_M"]
@@ -1134,7 +1153,8 @@ class _Run:
             f_all, fn_all = self.basis("rff")
         else:
             f_all, fn_all = psi, psin
-        omegas = (q_tr["rho_e"], q_tr["rho_0"], q_tr["rho_0"] * q_tr["ratio_m"])
+        c = self.next_weight(tr)                    # the next-state test functions' weights
+        omegas = (q_tr["rho_e"] * c, q_tr["rho_0"] * c, q_tr["rho_0"] * q_tr["ratio_m"] * c)
         # the training rows of the basis once for the three ratios (the test functions are
         # the same rows when they are the basis); the next-state rows become each fit's
         # difference matrix in place (fit_ratio, overwrite=True)
@@ -1176,9 +1196,10 @@ class _Run:
         q4_aE = combine_dot(ph, q["Eenc_S"][ar, A], disc, nraw, B4).reshape(n, k4, nA)
         del ph
         phn = phin[idx]
-        q_next = np.asarray(phn @ stacked.T).reshape(n, k, nA)
+        c = self.next_weight(idx)[:, None, None]    # censored rows: no next-state value
+        q_next = np.asarray(phn @ stacked.T).reshape(n, k, nA) * c
         q4_next = combine_dot(phn, self.next_mediator_encoding(idx, q), disc, nraw,
-                              B4).reshape(n, k4, nA)
+                              B4).reshape(n, k4, nA) * c
         del phn
         # TD errors without the reward: E_{w(.|S')} Q(S', .) - Q(S, A), per state Q-function
         td_e = np.einsum("na,nja->nj", pe_n, q_next[:, :3]) - q_now[:, :3]
@@ -1338,4 +1359,5 @@ class _Run:
                               SupportWarning, stacklevel=3)
         return MediationResult(n_episodes=md.n_episodes, n_steps=n, control=control_name,
                                target=target_name, estimators=results, ess=ess,
-                               settings=cfg.to_dict(), n_renewed=md.n_renewed)
+                               settings=cfg.to_dict(), n_renewed=md.n_renewed,
+                               n_censored=md.n_censored)

@@ -370,10 +370,11 @@ class _Chunk:
 
         D = [] if wD is None else [wD]
         out = np.empty((w.shape[0], 5 + 3 * len(D)))
+        c = run.next_weight(tr)[:, None]            # censored rows: no next-state design
         for key, cols, probs_n, Y in (
-                ("pi_e", [0, 1, 2, 5][:3 + len(D)], run.pe_n[tr],
+                ("pi_e", [0, 1, 2, 5][:3 + len(D)], run.pe_n[tr] * c,
                  np.stack([wR, w * q["r0M"], w * q["r00"], *D], axis=-1)),
-                ("a0", [4, 7][:1 + len(D)], run.p0_n[tr], np.stack([wR, *D], axis=-1))):
+                ("a0", [4, 7][:1 + len(D)], run.p0_n[tr] * c, np.stack([wR, *D], axis=-1))):
             xi = (probs_n[:, :, None] * phn[:, None, :]).reshape(n, -1)
             M = (W @ g.sums(key, z, np.hstack([one, x - xi]))).reshape(
                 -1, z.shape[1], z.shape[1])
@@ -399,7 +400,8 @@ class _Chunk:
         md, K = self.run.md, self.run.enc.n_levels
         B, n, p, nA = w.shape[0], tr.size, ph.shape[1], md.n_actions
         T = (w[:, :, None] * emed).transpose(1, 0, 2).reshape(n, B * K)     # (n, B K)
-        Y = (self.run.p0_n[tr][:, :, None] * phn[:, None, :]).reshape(n, -1)   # (n, A p)
+        p0_n = self.run.p0_n[tr] * self.run.next_weight(tr)[:, None]       # censored: 0
+        Y = (p0_n[:, :, None] * phn[:, None, :]).reshape(n, -1)            # (n, A p)
         ap = Y.shape[1]
         out = np.zeros((B, 1 + nA * p * K, ap * K))
         out[:, 0] = (Y.T @ T).reshape(ap, B, K).transpose(1, 0, 2).reshape(B, -1)
@@ -424,8 +426,9 @@ class _Chunk:
         base = (self.W @ g.sums("ratio", f, psi)).reshape(-1, f.shape[1], psi.shape[1])
         psibar = (w_tr @ psi) / n_b[:, None]
         psi_te = d.psi[te]
+        c = self.run.next_weight(tr)[None]          # the next-state test functions' weights
         out = []
-        for om in (q["rho_e"], q["rho_0"], q["rho_0"] * q["ratio_m"]):
+        for om in (q["rho_e"] * c, q["rho_0"] * c, q["rho_0"] * q["ratio_m"] * c):
             G = (((w_tr * om) @ fpsi).reshape(base.shape) - base) / n_b[:, None, None]
             H = np.matmul(G.transpose(0, 2, 1), G)
             p = H.shape[1]
@@ -490,6 +493,8 @@ class _Data:
                  self.codes[:, None]]
         if md.behavior_prob is not None:
             parts.append(md.behavior_prob[:, None])
+        if md.next_weight is not None:              # a row's next-state weight is an input
+            parts.append(md.next_weight[:, None])
         keys = np.hstack([np.asarray(x, dtype=np.float64) for x in parts])
         ep, N = md.episode_index, md.n_episodes
         ends = run.ends

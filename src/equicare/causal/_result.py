@@ -25,6 +25,10 @@ MEDIATION_UNITS = ("Effects are differences of long-run average reward per step 
 RENEWED_NOTE = ("{n:,} stays end in a terminal row, which leads to a new stay's first state: "
                 "each eta is then the outcome per stay divided by the stay's length, so a "
                 "policy that shortens or lengthens stays moves it too.")
+#: Caption sentence when censored stays' last rows are kept as steps (next to RENEWED_NOTE).
+CENSORED_NOTE = ("{n:,} stays are censored (the window closed before they ended): their last "
+                 "rows count as steps that did not end, and the next states seen on the other "
+                 "steps stand for theirs (inverse-probability-of-censoring weights).")
 #: Effective sample size, in % of the transitions, below which a weight is flagged (a
 #: SupportWarning when estimated, and :data:`LOW_WEIGHT_ESS_NOTE` in the caption).
 LOW_ESS_PCT = 10.0
@@ -168,6 +172,9 @@ class MediationResult:
         Transitions from a terminal row to a new stay's first state (the renewed process,
         :func:`equicare.causal._data.transition_rows`); when positive, each ``eta`` is the
         expected outcome per stay divided by the expected stay length.
+    n_censored : int
+        Censored last rows kept as steps without a next state (terminal panels only,
+        :func:`equicare.causal._data.next_state_weights`).
     """
 
     n_episodes: int
@@ -181,6 +188,7 @@ class MediationResult:
     deferred_share: dict[str, float] | None = None
     action: str | None = None
     n_renewed: int = 0
+    n_censored: int = 0
 
     def __getitem__(self, estimator: str) -> EstimatorResult:
         return self.estimators[estimator]
@@ -193,6 +201,7 @@ class MediationResult:
         out: dict[str, Any] = {"n_episodes": int(self.n_episodes), "n_steps": int(self.n_steps),
                                "control": self.control, "target": self.target,
                                "action": self.action, "n_renewed": int(self.n_renewed),
+                               "n_censored": int(self.n_censored),
                                "usual_care": self.usual_care,
                                "deferred_share": (None if self.deferred_share is None else
                                                   {k: float(v) for k, v
@@ -215,7 +224,8 @@ class MediationResult:
                                for k, v in d["estimators"].items()},
                    ess=dict(d.get("ess") or {}), usual_care=d.get("usual_care"),
                    deferred_share=d.get("deferred_share"), action=d.get("action"),
-                   n_renewed=int(d.get("n_renewed") or 0))
+                   n_renewed=int(d.get("n_renewed") or 0),
+                   n_censored=int(d.get("n_censored") or 0))
 
     def caption(self) -> str:
         """What the effects are, for a reader of a table of them (terminal, run report).
@@ -230,6 +240,8 @@ class MediationResult:
                                   if fixed and self.action else "")
         if self.n_renewed:
             text += " " + RENEWED_NOTE.format(n=self.n_renewed)
+            if self.n_censored:
+                text += " " + CENSORED_NOTE.format(n=self.n_censored)
         low = self.low_ess()
         if low:
             text += " " + LOW_WEIGHT_ESS_NOTE.format(which=", ".join(
