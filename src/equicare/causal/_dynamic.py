@@ -122,11 +122,11 @@ ETA_RANGE_MESSAGE = (
 #: The default behaviour model stopped before converging (tests match it).
 BEHAVIOR_NOT_CONVERGED = (
     "The behaviour model pi_b(A|S) (multinomial logistic over {n_actions} actions on the state "
-    "basis) did not converge: a Newton step would have raised its objective (rare actions on a "
-    "near-collinear basis), so the fit stopped at its best iterate, and the action ratios of "
-    "MIS and MR rest on it. Collapse the actions to an action set (--action "
-    "COMPONENT=LEVEL with --control 0), give the logged propensities (behavior_prob), or "
-    "use a coarser basis.")
+    "basis) did not converge (a Newton step would have raised its objective, as with rare "
+    "actions on a near-collinear basis, or its steps ran out), so the fit stopped at its best "
+    "iterate, and the action ratios of MIS and MR rest on it. Collapse the actions to an "
+    "action set (--action COMPONENT=LEVEL with --control 0), give the logged propensities "
+    "(behavior_prob), or use a coarser basis.")
 
 
 def mediator_ess(rho_0: NDArray[np.float64], ratio_m: NDArray[np.float64]) -> float:
