@@ -174,3 +174,50 @@ def test_sparse_basis_fits_and_predicts_as_the_dense_basis(rows):
                                atol=1e-10)
     np.testing.assert_allclose(rs.predict(states, sphi, med), rd.predict(states, phi, med),
                                atol=1e-10)
+
+
+def _rare_actions(seed: int, n: int = 20000, n_clinics: int = 30, K: int = 12):
+    """Sparse outreach actions by clinic on an intercept + one-hot + spline basis (collinear).
+
+    Returns the basis (CSR), the actions and their true probabilities (n, K).
+    """
+    import scipy.sparse as sp
+    from sklearn.preprocessing import SplineTransformer
+
+    rng = np.random.default_rng(seed)
+    clinic, x = rng.integers(0, n_clinics, n), rng.normal(size=n)
+    mix = rng.dirichlet(np.full(K - 1, 0.3), size=n_clinics)       # each clinic's few actions
+    p_out = 1 / (1 + np.exp(-(-2.4 + 0.5 * x + rng.normal(0, 0.5, n_clinics)[clinic])))
+    out = rng.random(n) < p_out
+    k = np.minimum((rng.random(n)[:, None] > np.cumsum(mix[clinic], 1)).sum(1), K - 2)
+    y = np.where(out, 1 + k, 0)
+    true = np.column_stack([1 - p_out, p_out[:, None] * mix[clinic]])
+    spl = SplineTransformer(n_knots=5, degree=3, knots="quantile", extrapolation="linear",
+                            include_bias=False).fit_transform(x[:, None])
+    X = sp.csr_matrix(np.hstack([np.ones((n, 1)), np.eye(n_clinics)[clinic], spl]))
+    return X, y, true
+
+
+def test_newton_logit_stops_before_diverging_on_rare_actions():
+    """Full Newton steps grew to 1e7 and the fitted propensities were off by a factor of ~600.
+
+    The best iterate is kept (its objective below the start's), flagged as not converged, and
+    its propensities of the logged actions are within a factor of 1.5 of the truth on average
+    (measured 0.38 in log scale; 6.46 before).
+    """
+    X, y, true = _rare_actions(0)
+    m = nz.NewtonLogit().fit(X, y)
+    assert not m.converged_
+    assert np.abs(m.coef_).max() < 100
+    Y = np.eye(m.classes_.size)[np.searchsorted(m.classes_, y)][:, 1:]
+    lam = m.ridge * nz.sqsum(X) / X.shape[1]
+    assert nz._penalised_nll(X, m.coef_, Y, lam) < nz._penalised_nll(X, 0 * m.coef_, Y, lam)
+    fitted = m.predict_proba(X)[np.arange(y.size), np.searchsorted(m.classes_, y)]
+    err = np.mean(np.abs(np.log(np.maximum(fitted, 1e-3) / true[np.arange(y.size), y])))
+    assert err < 0.6
+
+
+def test_newton_logit_converges_on_well_posed_classes(rows):
+    rng, phi, _, _ = rows
+    m = nz.NewtonLogit().fit(phi, rng.integers(0, 4, phi.shape[0]))
+    assert m.converged_

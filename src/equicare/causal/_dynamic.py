@@ -124,6 +124,15 @@ ETA_RANGE_MESSAGE = (
     "--action) may stabilise it; basis='constant' ignores the states")
 
 
+#: The default behaviour model stopped before converging (tests match it).
+BEHAVIOR_NOT_CONVERGED = (
+    "The behaviour model pi_b(A|S) (multinomial logistic over {n_actions} actions on the state "
+    "basis) did not converge (a Newton step would have raised its objective, as with rare "
+    "actions on a near-collinear basis, or its steps ran out), so the fit stopped at its best "
+    "iterate, and the action ratios of MIS and MR rest on it. Collapse the actions to an "
+    "action set (--action COMPONENT=LEVEL with --control 0), give the logged propensities "
+    "(behavior_prob), or use a coarser basis.")
+
 
 def mediator_ess(rho_0: NDArray[np.float64], ratio_m: NDArray[np.float64]) -> float:
     r"""Effective sample size of the mediator ratio among rows reweighted to the control.
@@ -953,6 +962,9 @@ class _Run:
             if md.behavior_prob is None or cfg.behavior_model is not None or self.defers:
                 out["behavior"] = BehaviorModel(cfg.behavior_model, md.n_actions).fit(
                     S, phi[idx], A)
+                if not getattr(out["behavior"].model_, "converged_", True):
+                    warnings.warn(BEHAVIOR_NOT_CONVERGED.format(n_actions=md.n_actions),
+                                  DataWarning, stacklevel=4)
                 self.done("behaviour model")
         return out
 
