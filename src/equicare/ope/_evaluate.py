@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
-from scipy.special import ndtri
 
 from equicare.data import TrajectoryDataset
 from equicare.data.validate import check_episodes
@@ -30,6 +29,7 @@ from equicare.ope._bootstrap import (
     Estimate,
     Executor,
     Shift,
+    bias_aware,
     bootstrap_counts,
     estimate_json,
     estimates_with_ci,
@@ -359,37 +359,6 @@ def estimates_from_prepared(
     ordered = {k: out[k] for k in keys}
     return (ordered, _behavior_estimate(inputs, counts, n_boot, alpha),
             effective_sample_size(inputs, truncate))
-
-
-def bias_aware(est: Estimate, bias: float, bias_se: float, alpha: float = 0.05) -> Estimate:
-    r"""Widen an interval by an estimated bound on the estimator's bias.
-
-    FQE's error is the Q-model's Bellman error under the target policy's occupancy,
-    :math:`v - \hat v = E_{d^\pi}[\mathcal T^\pi Q - Q]`, which ``auto`` estimates by
-    cross-fitting (``bias`` = :math:`\bar b` with standard error ``bias_se``, see
-    :mod:`equicare.ope._select`). The bootstrap carries the Q-model's variance, not this bias
-    (a misspecified linear model, a data-starved table). With the one-sided upper confidence
-    bound :math:`B = |\bar b| + z_{1-\alpha}\,\mathrm{se}(\bar b)` on the bias, the
-    interval is the fixed-length bias-aware one of Armstrong & Kolesar (2020, "Simple and
-    honest confidence intervals in nonparametric regression", Quantitative Economics 11),
-
-    .. math::
-
-        \hat v \pm \mathrm{cv}_\alpha(B / \mathrm{se})\,\mathrm{se}, \qquad
-        \mathrm{cv}_\alpha(t) = \text{the } 1-\alpha \text{ quantile of } |N(t, 1)|,
-
-    joined with the bootstrap interval (never narrower). ``bias`` comes from fits on part of
-    the data, so ``B`` is, if anything, too large.
-    """
-    from scipy.stats import ncx2
-
-    se = max(float(est.se), 1e-12)
-    bound = abs(float(bias)) + float(ndtri(1 - alpha)) * float(bias_se)
-    if not np.isfinite(bound):
-        return est
-    half = float(np.sqrt(ncx2.ppf(1 - alpha, 1, (bound / se) ** 2))) * se
-    ci = (min(est.ci[0], est.value - half), max(est.ci[1], est.value + half))
-    return Estimate(value=est.value, ci=ci, se=est.se, n_episodes=est.n_episodes)
 
 
 def evaluate_seeds(random_state: int) -> tuple[int, int, int]:

@@ -32,7 +32,7 @@ an attribute's ``m`` levels are tested at a family-wise 5% (:func:`check_thresho
   refitting it per level would not correct it.
 * A level whose DR - FQE (with the Q-model it uses) is significantly non-zero gets FQE's
   interval joined with the bias-aware interval of that estimated bias
-  (:func:`~equicare.ope._evaluate.bias_aware`), and the result says so
+  (:func:`~equicare.ope._bootstrap.bias_aware`), and the result says so
   (``q_check.fqe_biased``).
 
 The check is published only where DR is (a DR withheld for a low ESS would come back as FQE plus
@@ -49,6 +49,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
+from equicare.ope._bootstrap import Estimate, bias_aware
 from equicare.ope._core import EpisodeParts, OPEInputs, episode_parts
 from equicare.ope._prepare import Prepared
 
@@ -263,11 +264,8 @@ def publish_checks(levels: dict[str, Any], checks: Mapping[str, GroupQCheck | No
     ``levels`` maps a level to its ``GroupResult`` or ``StreamGroup`` (``q_check`` field).
     DR - FQE is kept only where DR is published (a withheld DR would come back as FQE plus the
     difference). A level whose check says biased gets FQE's interval joined with the
-    bias-aware interval of ``dr_minus_fqe`` (:func:`~equicare.ope._evaluate.bias_aware`).
+    bias-aware interval of ``dr_minus_fqe`` (:func:`~equicare.ope._bootstrap.bias_aware`).
     """
-    from equicare.ope._bootstrap import Estimate
-    from equicare.ope._evaluate import bias_aware
-
     for lv, chk in checks.items():
         g = levels.get(lv)
         if g is None or g.suppressed or chk is None:

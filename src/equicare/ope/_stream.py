@@ -495,8 +495,7 @@ def finish(sums: StreamSums, *, alpha: float = 0.05, n_chunks: int = 1,
         if jack is None:
             se_r = float(r.std(ddof=1)) if r.size > 1 else 0.0
         if k == "fqe" and fqe_bias is not None:
-            from equicare.ope._bootstrap import Estimate
-            from equicare.ope._evaluate import bias_aware
+            from equicare.ope._bootstrap import Estimate, bias_aware
 
             ci = bias_aware(Estimate(value=v, ci=ci, se=se_r, n_episodes=0), *fqe_bias,
                             alpha).ci
@@ -1170,7 +1169,8 @@ def evaluate_stream(
 
         check_levels_stream(res.groups, src, policy, plan, q_cfg, keys=keys, n_boot=n_boot,
                             seed=seed, truncate=truncate, studentized=ci_method == "studentized",
-                            alpha=alpha)
+                            alpha=alpha, finish=functools.partial(finish_groups, alpha=alpha,
+                                                                  truncate=truncate))
         from equicare.ope._prepare import q_model_name
 
         biased = biased_groups_message(res.groups, q_model_name(q_cfg))

@@ -95,13 +95,13 @@ def level_horizons(source: Any, plan: GroupPlan) -> dict[tuple[str, str], int]:
 def own_level_stream(source: Any, policy: Any, attr: str, label: str, n_episodes: int,
                      horizon: int, *, keys: tuple[str, ...], cfg: FQEConfig, n_boot: int,
                      seed: int, truncate: float | None, studentized: bool, min_cell: int,
-                     alpha: float) -> Any:
+                     finish: Callable[..., dict[str, dict[str, Any]]]) -> Any:
     """The level's :class:`~equicare.ope._stream.StreamGroup` with its own Q-model.
 
     ``cfg`` is the pooled Q-model's (class and cells); the censoring check is not made again
-    (the pooled evaluation chose the table).
+    (the pooled evaluation chose the table). ``finish(plan, sums, squares)`` turns a plan's
+    summed statistics into its levels (:func:`~equicare.ope._stream.finish_groups`).
     """
-    from equicare.ope._stream import finish_groups
     from equicare.ope._stream_q import evaluate_stream_q
 
     one = GroupPlan(attrs=(attr,), levels=((label,),), counts=({label: n_episodes},),
@@ -110,18 +110,18 @@ def own_level_stream(source: Any, policy: Any, attr: str, label: str, n_episodes
                             cfg=cfg, n_boot=n_boot, seed=seed, truncate=truncate,
                             studentized=studentized, groups=one)
     assert res.groups is not None  # the plan's one level
-    return finish_groups(one, res.groups, res.group_squares, alpha=alpha,
-                         truncate=truncate)[attr][label]
+    return finish(one, res.groups, res.group_squares)[attr][label]
 
 
 def check_levels_stream(groups: dict[str, dict[str, Any]], source: Any, policy: Any,
                         plan: GroupPlan, cfg: FQEConfig, *, keys: tuple[str, ...], n_boot: int,
                         seed: int, truncate: float | None, studentized: bool,
-                        alpha: float) -> None:
+                        alpha: float, finish: Callable[..., dict[str, dict[str, Any]]]) -> None:
     """Every published level's check; a failing tabular or linear Q-model refitted on its own.
 
     In place on ``groups`` (attribute -> level -> ``StreamGroup``, low-ESS values already
-    withheld), as the in-memory evaluation does (:mod:`equicare.ope._group_check`).
+    withheld), as the in-memory evaluation does (:mod:`equicare.ope._group_check`). ``finish``
+    as in :func:`own_level_stream`.
     """
     from dataclasses import replace
 
@@ -150,7 +150,7 @@ def check_levels_stream(groups: dict[str, dict[str, Any]], source: Any, policy: 
             own = own_level_stream(source, policy, attr, lv, g.n_episodes, horizons[(attr, lv)],
                                    keys=keys, cfg=cfg, n_boot=n_boot, seed=seed,
                                    truncate=truncate, studentized=studentized,
-                                   min_cell=plan.min_cell, alpha=alpha)
+                                   min_cell=plan.min_cell, finish=finish)
             levels[lv] = replace(g, estimates={**g.estimates,
                                                **{k: own.estimates[k] for k in q_keys}})
             checks[lv] = refitted_check(own.gaps, g.n_episodes, chk)
