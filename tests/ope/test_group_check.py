@@ -14,7 +14,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from equicare.exceptions import DataWarning
+from equicare.exceptions import DataWarning, LowESSWarning
 from equicare.ope import evaluate, evaluate_stream
 from equicare.ope._bootstrap import Estimate
 from equicare.ope._core import ESTIMATOR_KEYS
@@ -195,3 +195,25 @@ def test_session_panel_group_fqe_against_truth(streamed: bool) -> None:
             spread = max(e.value for e in fqe.values()) - min(e.value for e in fqe.values())
             true_spread = max(t for t, _ in truth.values()) - min(t for t, _ in truth.values())
             assert abs(spread / true_spread - 1) < 0.25, (spread, true_spread)
+
+
+def test_streamed_refitted_levels_have_the_in_memory_jackknife_intervals(small_panel) -> None:
+    """Without replicates both give the jackknife's normal intervals: the refitted levels'
+    own Q-model refit enters them identically (linear Q-model, the nudge target)."""
+    ds, _ = small_panel
+    policy = policy_of(dia.nudge)
+    with warnings.catch_warnings():  # the refits; the weights' mean (a 30% rule, 26 weeks)
+        warnings.simplefilter("ignore", DataWarning)
+        warnings.simplefilter("ignore", LowESSWarning)
+        mem = evaluate(ds, policy, bootstrap=0, groups=["race"], random_state=0,
+                       q_model="linear")
+        st = evaluate_stream(ds, policy, chunk_rows=9_000, n_boot=0, groups=["race"],
+                             estimators=ESTIMATOR_KEYS, q_model="linear", random_state=0)
+    refitted = [lv for lv, g in mem.groups["race"].items() if g.q_check and g.q_check.refitted]
+    assert refitted
+    for lv in refitted:
+        s = st.groups["race"][lv]
+        assert s.q_check is not None and s.q_check.refitted
+        for k in ("fqe", "dr", "wdr"):
+            np.testing.assert_allclose(s.estimates[k].ci, mem.groups["race"][lv].estimates[k].ci,
+                                       rtol=1e-7, err_msg=f"{lv} {k}")
