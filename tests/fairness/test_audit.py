@@ -79,12 +79,19 @@ def test_group_values_match_ope_engine() -> None:
         warnings.simplefilter("ignore", SupportWarning)
         res = audit(ds, {"eq": pol}, action=HOME, n_boot=0, n_permutations=0, estimator="dr",
                     random_state=0)
-        ref = evaluate_subgroups(ds, pol, attrs=["race_ethnicity"], estimators="dr,wis",
-                                 bootstrap=0, q_model="linear",  # the audit's Q-model
-                                 random_state=0)["race_ethnicity"]
+        # the care simulator's sdoh_need reverts to a level that differs by race: evaluate
+        # refits the Q-model of a level whose TD residuals stand out (asian here), the audit
+        # keeps the pooled one (docs/fairness.md)
+        with pytest.warns(DataWarning, match="race_ethnicity=asian"):
+            ref = evaluate_subgroups(ds, pol, attrs=["race_ethnicity"], estimators="dr,wis",
+                                     bootstrap=0, q_model="linear",  # the audit's Q-model
+                                     random_state=0)["race_ethnicity"]
     o = res["eq"].outcome
-    for g, v in o.by_group.items():
-        assert v == pytest.approx(ref[g].estimates["dr"].value, rel=1e-6, abs=1e-9)
+    pooled = [g for g in o.by_group.keys()
+              if ref[g].q_check is None or not ref[g].q_check.refitted]
+    assert len(pooled) == len(o.by_group) - 1
+    for g in pooled:
+        assert o.by_group[g] == pytest.approx(ref[g].estimates["dr"].value, rel=1e-6, abs=1e-9)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SupportWarning)
         res_w = audit(ds, {"eq": pol}, action=HOME, n_boot=0, n_permutations=0,

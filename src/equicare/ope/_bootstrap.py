@@ -36,6 +36,7 @@ __all__ = [
     "Shift",
     "CIMethod",
     "Executor",
+    "bias_aware",
     "bootstrap_counts",
     "bootstrap_replicates",
     "bootstrap_ci",
@@ -518,3 +519,34 @@ def _defined_estimates(parts: EpisodeParts, point: dict[str, float], n_ep: int, 
                        random_state=random_state, counts=counts, shift=shift)
     return {k: Estimate(value=point[k], ci=cis[k][0], se=cis[k][1], n_episodes=n_ep)
             for k in parts.keys}
+
+
+def bias_aware(est: Estimate, bias: float, bias_se: float, alpha: float = 0.05) -> Estimate:
+    r"""Widen an interval by an estimated bound on the estimator's bias.
+
+    FQE's error is the Q-model's Bellman error under the target policy's occupancy,
+    :math:`v - \hat v = E_{d^\pi}[\mathcal T^\pi Q - Q]`, which ``auto`` estimates by
+    cross-fitting (``bias`` = :math:`\bar b` with standard error ``bias_se``, see
+    :mod:`equicare.ope._select`). The bootstrap carries the Q-model's variance, not this bias
+    (a misspecified linear model, a data-starved table). With the one-sided upper confidence
+    bound :math:`B = |\bar b| + z_{1-\alpha}\,\mathrm{se}(\bar b)` on the bias, the
+    interval is the fixed-length bias-aware one of Armstrong & Kolesar (2020, "Simple and
+    honest confidence intervals in nonparametric regression", Quantitative Economics 11),
+
+    .. math::
+
+        \hat v \pm \mathrm{cv}_\alpha(B / \mathrm{se})\,\mathrm{se}, \qquad
+        \mathrm{cv}_\alpha(t) = \text{the } 1-\alpha \text{ quantile of } |N(t, 1)|,
+
+    joined with the bootstrap interval (never narrower). ``bias`` comes from fits on part of
+    the data, so ``B`` is, if anything, too large.
+    """
+    from scipy.stats import ncx2
+
+    se = max(float(est.se), 1e-12)
+    bound = abs(float(bias)) + float(ndtri(1 - alpha)) * float(bias_se)
+    if not np.isfinite(bound):
+        return est
+    half = float(np.sqrt(ncx2.ppf(1 - alpha, 1, (bound / se) ** 2))) * se
+    ci = (min(est.ci[0], est.value - half), max(est.ci[1], est.value + half))
+    return Estimate(value=est.value, ci=ci, se=est.se, n_episodes=est.n_episodes)

@@ -12,13 +12,12 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
-from scipy.special import ndtri
 
 from equicare.data import TrajectoryDataset
 from equicare.data.validate import check_episodes
@@ -30,6 +29,7 @@ from equicare.ope._bootstrap import (
     Estimate,
     Executor,
     Shift,
+    bias_aware,
     bootstrap_counts,
     estimate_json,
     estimates_with_ci,
@@ -52,6 +52,17 @@ from equicare.ope._ess import (
     preferred,
 )
 from equicare.ope._fqe import FQEConfig, table_ignored_numeric, varies_within_cells
+from equicare.ope._group_check import (
+    GroupQCheck,
+    biased_groups_message,
+    episode_gaps,
+    gap_sums,
+    needs_own_fit,
+    own_prepared,
+    plan_checks,
+    publish_checks,
+    refitted_check,
+)
 from equicare.ope._prepare import (
     BehaviorSpec,
     Prepared,
@@ -134,6 +145,10 @@ class GroupResult:
     behavior : Estimate or None
         Mean observed return of the group's episodes.
     ess : EffectiveSampleSize or None
+    q_check : GroupQCheck or None
+        DR minus FQE within the level (whether the Q-model is biased there, and whether it was
+        refitted on the level's own episodes; :mod:`equicare.ope._group_check`); None without
+        FQE and DR, or where DR is not published.
     """
 
     n_episodes: int
@@ -141,16 +156,20 @@ class GroupResult:
     estimates: dict[str, Estimate] = field(default_factory=dict)
     behavior: Estimate | None = None
     ess: EffectiveSampleSize | None = None
+    q_check: GroupQCheck | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Contract 3 group entry; ``{"suppressed": true, "n_episodes": null}`` when suppressed."""
         if self.suppressed:
             return {"suppressed": True, "n_episodes": None}
         assert self.behavior is not None and self.ess is not None
-        return {"n_episodes": self.n_episodes,
-                "behavior": _est_json(self.behavior, se=True),
-                "estimates": {k: _est_json(v) for k, v in self.estimates.items()},
-                "ess": self.ess.to_dict()}
+        out = {"n_episodes": self.n_episodes,
+               "behavior": _est_json(self.behavior, se=True),
+               "estimates": {k: _est_json(v) for k, v in self.estimates.items()},
+               "ess": self.ess.to_dict()}
+        if self.q_check is not None:
+            out["q_check"] = self.q_check.to_dict()
+        return out
 
 
 def _est_json(e: Estimate, se: bool = True) -> dict[str, Any]:
@@ -340,37 +359,6 @@ def estimates_from_prepared(
     ordered = {k: out[k] for k in keys}
     return (ordered, _behavior_estimate(inputs, counts, n_boot, alpha),
             effective_sample_size(inputs, truncate))
-
-
-def bias_aware(est: Estimate, bias: float, bias_se: float, alpha: float = 0.05) -> Estimate:
-    r"""Widen an interval by an estimated bound on the estimator's bias.
-
-    FQE's error is the Q-model's Bellman error under the target policy's occupancy,
-    :math:`v - \hat v = E_{d^\pi}[\mathcal T^\pi Q - Q]`, which ``auto`` estimates by
-    cross-fitting (``bias`` = :math:`\bar b` with standard error ``bias_se``, see
-    :mod:`equicare.ope._select`). The bootstrap carries the Q-model's variance, not this bias
-    (a misspecified linear model, a data-starved table). With the one-sided upper confidence
-    bound :math:`B = |\bar b| + z_{1-\alpha}\,\mathrm{se}(\bar b)` on the bias, the
-    interval is the fixed-length bias-aware one of Armstrong & Kolesar (2020, "Simple and
-    honest confidence intervals in nonparametric regression", Quantitative Economics 11),
-
-    .. math::
-
-        \hat v \pm \mathrm{cv}_\alpha(B / \mathrm{se})\,\mathrm{se}, \qquad
-        \mathrm{cv}_\alpha(t) = \text{the } 1-\alpha \text{ quantile of } |N(t, 1)|,
-
-    joined with the bootstrap interval (never narrower). ``bias`` comes from fits on part of
-    the data, so ``B`` is, if anything, too large.
-    """
-    from scipy.stats import ncx2
-
-    se = max(float(est.se), 1e-12)
-    bound = abs(float(bias)) + float(ndtri(1 - alpha)) * float(bias_se)
-    if not np.isfinite(bound):
-        return est
-    half = float(np.sqrt(ncx2.ppf(1 - alpha, 1, (bound / se) ** 2))) * se
-    ci = (min(est.ci[0], est.value - half), max(est.ci[1], est.value + half))
-    return Estimate(value=est.value, ci=ci, se=est.se, n_episodes=est.n_episodes)
 
 
 def evaluate_seeds(random_state: int) -> tuple[int, int, int]:
@@ -660,6 +648,7 @@ def _group_results(prep: Prepared, dataset: TrajectoryDataset, keys: Sequence[st
     far: list[str] = []
     ranges = _ranges(dataset)
     seed_iter = iter(seeds)
+    checked = prep.inputs.q_sa is not None  # a Q-model: its check within each level
     min_cell = plan.min_cell
     for attr in plan.attrs:
         labels = dataset.group_labels(attr)
@@ -669,6 +658,7 @@ def _group_results(prep: Prepared, dataset: TrajectoryDataset, keys: Sequence[st
         backed: dict[str, float] = {}
         hidden = plan.hidden(attr)  # primary (small, withheld) and complementary
         weights: dict[str, WeightSums] = {}
+        pooled: dict[str, tuple[Prepared, NDArray[np.int64], int]] = {}
         for lv in np.unique(labels.astype(str)):  # one small vectorised evaluation per level
             ep = np.flatnonzero(labels.astype(str) == lv)
             seed = next(seed_iter)
@@ -696,8 +686,13 @@ def _group_results(prep: Prepared, dataset: TrajectoryDataset, keys: Sequence[st
             levels[str(lv)] = GroupResult(n_episodes=int(ep.size), suppressed=False,
                                           estimates=ests, behavior=beh, ess=ess)
             weights[str(lv)] = WeightSums.of(use.inputs.subset(ep), kw.get("truncate"))
+            if checked:
+                pooled[str(lv)] = (use, ep, seed)
         hide_low_ess(levels, weights, keys, min_cell)
-        far.extend(hide_out_of_range(attr, levels, *ranges))
+        checks = _level_checks(levels, pooled, dataset=dataset, keys=keys, **kw)
+        hide_low_ess(levels, weights, keys, min_cell)  # the refitted levels' too (same weights)
+        publish_checks(levels, checks, kw.get("alpha", 0.05))
+        far.extend(hide_out_of_range(attr, levels, *ranges))  # after the refits
         out[attr] = levels
         if per_level:
             info[attr] = {"q_model": "refitted per level: pooled dynamics, the level's policy",
@@ -706,6 +701,9 @@ def _group_results(prep: Prepared, dataset: TrajectoryDataset, keys: Sequence[st
     if small:
         warnings.warn(small_cells_message(small, min_cell), SmallCellWarning, stacklevel=3)
     warn_groups_out_of_range(far, stacklevel=4)
+    biased = biased_groups_message(out, prep.q_name)
+    if biased is not None:  # a Q-model right overall, wrong within some groups: said once
+        warnings.warn(biased, DataWarning, stacklevel=3)
     return out, info
 
 
@@ -760,6 +758,39 @@ def warn_groups_out_of_range(cells: Sequence[str], stacklevel: int = 3) -> None:
             f"of 0 no policy's value can reach) are not published: {'; '.join(cells)} (n/a, "
             "with the reason in the result JSON); the importance weights are extreme there.",
             DataWarning, stacklevel=stacklevel)
+
+
+def _level_checks(levels: dict[str, GroupResult],
+                  pooled: Mapping[str, tuple[Prepared, NDArray[np.int64], int]], *,
+                  dataset: TrajectoryDataset, keys: Sequence[str], **kw: Any
+                  ) -> dict[str, GroupQCheck]:
+    """One attribute's Q-model checks; a tabular or linear one refitted where a level stands out.
+
+    ``pooled`` maps each published level to the prepared inputs its estimates used, its
+    episodes and seed. A refit (:func:`~equicare.ope._group_check.own_prepared`) replaces the
+    level's FQE, DR and WDR in ``levels`` (in place). Returns the check of the Q-model each
+    level's estimates use.
+    """
+    from equicare.ope._levels import refits_per_level
+
+    trunc = kw.get("truncate")
+
+    def sums(inputs: Any) -> NDArray[np.float64] | None:
+        gaps = episode_gaps(inputs, trunc)
+        return None if gaps is None else gap_sums(gaps)
+
+    checks = plan_checks({lv: sums(use.inputs.subset(ep)) for lv, (use, ep, _) in pooled.items()},
+                         {lv: int(ep.size) for lv, (_, ep, _) in pooled.items()})
+    q_keys = [k for k in keys if k in ("fqe", "dr", "wdr")]
+    for lv, chk in checks.items():
+        use, ep, seed = pooled[lv]
+        if not needs_own_fit(chk, refits_per_level(use)):
+            continue
+        own = own_prepared(use, dataset, ep, seed)
+        ests, _, _ = estimates_from_prepared(own, q_keys, random_state=seed, **kw)
+        levels[lv] = replace(levels[lv], estimates={**levels[lv].estimates, **ests})
+        checks[lv] = refitted_check(sums(own.inputs), int(ep.size), chk)
+    return checks
 
 
 def hide_low_ess(levels: dict[str, Any], weights: dict[str, WeightSums], keys: Sequence[str],

@@ -79,6 +79,7 @@ from equicare.ope._core import (
 )
 from equicare.ope._ess import WeightSums, mean_and_se
 from equicare.ope._fqe import table_ignored_numeric
+from equicare.ope._group_check import GroupQCheck
 from equicare.ope._pareto import pareto_k
 from equicare.ope._propensity_check import (
     PropensityCheck,
@@ -286,6 +287,12 @@ class StreamGroup:
     weights : WeightSums or None
         The level's summed importance weights (not written: whether its weighted values may be
         published, :func:`~equicare.ope._evaluate.hide_low_ess`).
+    q_check : GroupQCheck or None
+        Whether the Q-model is right within the level (as in memory,
+        :mod:`equicare.ope._group_check`).
+    gaps : ndarray of shape (2, 2) or None
+        The level's summed check statistics (not written; :func:`~equicare.ope._group_check.
+        check_of`).
     """
 
     n_episodes: int
@@ -296,15 +303,20 @@ class StreamGroup:
     ess_truncated: float | None = None
     truncate: float | None = None
     weights: WeightSums | None = field(default=None, repr=False, compare=False)
+    q_check: GroupQCheck | None = None
+    gaps: NDArray[np.float64] | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """Contract 3 group entry; ``{"suppressed": true, "n_episodes": null}`` when suppressed."""
         if self.suppressed:
             return {"suppressed": True, "n_episodes": None}
         assert self.behavior is not None and self.ess is not None
-        return {"n_episodes": self.n_episodes, "behavior": self.behavior.to_dict(),
-                "estimates": {k: e.to_dict() for k, e in self.estimates.items()},
-                "ess": ess_dict(self.ess, self.ess_truncated, self.truncate, self.n_episodes)}
+        out = {"n_episodes": self.n_episodes, "behavior": self.behavior.to_dict(),
+               "estimates": {k: e.to_dict() for k, e in self.estimates.items()},
+               "ess": ess_dict(self.ess, self.ess_truncated, self.truncate, self.n_episodes)}
+        if self.q_check is not None:
+            out["q_check"] = self.q_check.to_dict()
+        return out
 
 
 def ess_dict(ess: float, truncated: float | None, truncate: float | None,
@@ -494,8 +506,7 @@ def finish(sums: StreamSums, *, alpha: float = 0.05, n_chunks: int = 1,
         if jack is None:
             se_r = float(r.std(ddof=1)) if r.size > 1 else 0.0
         if k == "fqe" and fqe_bias is not None:
-            from equicare.ope._bootstrap import Estimate
-            from equicare.ope._evaluate import bias_aware
+            from equicare.ope._bootstrap import Estimate, bias_aware
 
             ci = bias_aware(Estimate(value=v, ci=ci, se=se_r, n_episodes=0), *fqe_bias,
                             alpha).ci
@@ -553,7 +564,8 @@ def finish_groups(plan: GroupPlan, groups: GroupSums, squares: GroupSquares | No
             levels[lv] = StreamGroup(n_episodes=res.n_episodes, suppressed=False,
                                      behavior=res.behavior, estimates=res.estimates, ess=res.ess,
                                      ess_truncated=res.ess_truncated, truncate=truncate,
-                                     weights=sums.weights)
+                                     weights=sums.weights,
+                                     gaps=None if groups.gaps is None else groups.gaps[c])
         out[attr] = levels
     if small:
         warnings.warn(small_cells_message(small, plan.min_cell), SmallCellWarning, stacklevel=3)
@@ -1021,6 +1033,7 @@ def evaluate_stream(
     sel: Any = None  # auto's selection, when it chose the Q-model
     level_cols: list[LevelColumn] = []
     own_levels: dict[str, tuple[dict[str, StreamGroup], dict[str, Any]]] = {}
+    q_cfg = None  # the Q-model's, when there is one
     fqe_bias = None
     with executor_session(executor):  # one local pool for every pass
         beh_info = None
@@ -1102,7 +1115,7 @@ def evaluate_stream(
                 from equicare.ope._evaluate import FQE_VARIANCE_ONLY
 
                 out.q_model["fqe_interval"] = FQE_VARIANCE_ONLY
-            main = out.sums
+            main, q_cfg = out.sums, cfg
             res = finish(out.sums, alpha=alpha, n_chunks=out.n_chunks, q_model=out.q_model,
                          behavior_model=beh_info, squares=out.squares, fqe_bias=fqe_bias)
             g_sums, g_squares = out.groups, out.group_squares
@@ -1182,11 +1195,25 @@ def evaluate_stream(
     from equicare.ope._evaluate import hide_low_ess, hide_out_of_range, warn_groups_out_of_range
 
     far_cells: list[str] = []
-    for attr, levels in res.groups.items():  # weighted values of low-ESS levels: not published
+    for levels in res.groups.values():  # weighted values of low-ESS levels: not published
         hide_low_ess(levels, {lv: g.weights for lv, g in levels.items()
                               if not g.suppressed and g.weights is not None}, keys,
                      MIN_CELL if plan is None else plan.min_cell)
-        far_cells.extend(hide_out_of_range(  # as in memory, against the whole panel's ranges
+    if plan is not None and q_cfg is not None:  # the Q-model within each level (as in memory)
+        from equicare.ope._group_check import biased_groups_message
+        from equicare.ope._stream_own import check_levels_stream
+
+        check_levels_stream(res.groups, src, policy, plan, q_cfg, keys=keys, n_boot=n_boot,
+                            seed=seed, truncate=truncate, studentized=ci_method == "studentized",
+                            alpha=alpha, finish=functools.partial(finish_groups, alpha=alpha,
+                                                                  truncate=truncate))
+        from equicare.ope._prepare import q_model_name
+
+        biased = biased_groups_message(res.groups, q_model_name(q_cfg))
+        if biased is not None:
+            warnings.warn(biased, DataWarning, stacklevel=2)
+    for attr, levels in res.groups.items():  # after the levels' own Q-models, as in memory
+        far_cells.extend(hide_out_of_range(  # against the whole panel's ranges
             attr, levels, (main.returns_min, main.returns_max) if main.n_episodes else None,
             (main.rewards_min, main.rewards_max) if main.n_steps else None))
     warn_groups_out_of_range(far_cells, stacklevel=2)

@@ -37,6 +37,7 @@ from equicare.exceptions import DataValidationError, InvalidParameterError
 from equicare.ope._bootstrap import Shift
 from equicare.ope._core import OPEInputs
 from equicare.ope._ess import WeightSums
+from equicare.ope._group_check import episode_gaps, gap_sums
 from equicare.ope._stream_sums import (
     JackknifeCoefs,
     JackknifeSums,
@@ -244,17 +245,24 @@ class OtherRefit:
 
 @dataclass
 class GroupSums:
-    """Each published level's :class:`StreamSums` (None: no episode yet) and the refit sums."""
+    """Each published level's :class:`StreamSums` (None: no episode yet) and the refit sums.
+
+    ``gaps``: each level's summed ``DR_e - FQE_e`` and TD residuals and their squares
+    (:func:`~equicare.ope._group_check.gap_sums`, shape ``(2, 2)``; None without a Q-model).
+    """
 
     sums: list[StreamSums | None]
     other: OtherRefit | None = None
+    gaps: list[NDArray[np.float64] | None] | None = None
 
     def __add__(self, o: GroupSums) -> GroupSums:
-        sums = [b if a is None else a if b is None else a + b
-                for a, b in zip(self.sums, o.sums, strict=True)]
-        other = (self.other if o.other is None else o.other if self.other is None
-                 else self.other + o.other)
-        return GroupSums(sums=sums, other=other)
+        def add(a: Any, b: Any) -> Any:
+            return b if a is None else a if b is None else a + b
+
+        sums = [add(a, b) for a, b in zip(self.sums, o.sums, strict=True)]
+        gaps = (None if self.gaps is None or o.gaps is None
+                else [add(a, b) for a, b in zip(self.gaps, o.gaps, strict=True)])
+        return GroupSums(sums=sums, other=add(self.other, o.other), gaps=gaps)
 
 
 @dataclass
@@ -336,7 +344,8 @@ def group_chunk_sums(ds: TrajectoryDataset, mat: NDArray[np.float64],
         Truncated trajectory weights (with ``truncate``).
     inputs : OPEInputs, optional
         The chunk's OPE inputs: each level's summed weights per step
-        (:attr:`StreamSums.weights`, whether its weighted values may be published).
+        (:attr:`StreamSums.weights`, whether its weighted values may be published) and, when
+        they carry the Q-model, each level's check sums (:attr:`GroupSums.gaps`).
     truncate : float, optional
         The truncation of the weights the estimates use.
     """
@@ -345,6 +354,9 @@ def group_chunk_sums(ds: TrajectoryDataset, mat: NDArray[np.float64],
     lengths = ds.episode_lengths
     ws = (None if inputs is None else
           WeightSums.by_group(inputs, membership_matrix(codes, plan.n_columns), truncate))
+    gaps = None if inputs is None else episode_gaps(inputs, truncate)
+    level_gaps: list[NDArray[np.float64] | None] | None = (
+        None if gaps is None else [None] * plan.n_columns)
     for c, own in _levels(plan, codes):  # a loop over levels, each a vectorised block
         level = episode_sums(_level_matrix(mat, own, c, eff if infl_keys else None),
                              w[:, own], traj_weights[own], n_steps=int(lengths[own].sum()),
@@ -352,6 +364,8 @@ def group_chunk_sums(ds: TrajectoryDataset, mat: NDArray[np.float64],
                              trunc_weights=None if trunc_weights is None
                              else trunc_weights[own])
         sums[c] = level if ws is None else dataclasses.replace(level, weights=ws[c])
+        if level_gaps is not None and gaps is not None:
+            level_gaps[c] = gap_sums(gaps[own])
     other = None
     if eff is not None and infl_keys:
         n_e, n_c, k = eff.shape
@@ -361,7 +375,7 @@ def group_chunk_sums(ds: TrajectoryDataset, mat: NDArray[np.float64],
         other = OtherRefit(s1=(cw @ e2.reshape(n_e, n_c * k)).reshape(w.shape[0], n_c, k),
                            s2=cw @ notm, s3=e2.sum(axis=0), s4=(e2 * e2).sum(axis=0),
                            n=notm.sum(axis=0))
-    return GroupSums(sums=sums, other=other)
+    return GroupSums(sums=sums, other=other, gaps=level_gaps)
 
 
 def group_coefs(groups: GroupSums, seed: int) -> list[StudentCoefs | JackknifeCoefs | None]:
