@@ -63,6 +63,7 @@ from equicare.exceptions import (
 )
 from equicare.ope._bootstrap import (
     CI_METHODS,
+    RESAMPLING_EPISODES,
     Shift,
     estimate_json,
     normal_interval,
@@ -1156,6 +1157,7 @@ def evaluate_stream(
     res = dataclasses.replace(res, settings={
         "estimators": list(keys), "bootstrap": n_boot, "ci_method": ci_method, "alpha": alpha,
         "truncate": truncate, "random_state": seed,
+        "resampling": RESAMPLING_EPISODES,  # Poisson weights by episode id, member or not
         "propensity_source": "logged" if beh_info is None else "estimated",
         "support_check": None if support is None else support.how,
         **usual_care_settings(usual_care, None if not counted else
