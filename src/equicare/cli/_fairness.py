@@ -479,10 +479,10 @@ def register(app: typer.Typer) -> None:
                  "need column).")] = None,
         bootstrap: Annotated[int, typer.Option(
             min=0, help="Bootstrap replicates of episodes, or of people with all their "
-                        "episodes when the manifest names member (in memory).")] = 1000,
+                        "episodes when the manifest names member.")] = 1000,
         permutations: Annotated[int, typer.Option(
             min=0, help="Permutations of the test of no allocation difference (group labels "
-                        "shuffled over people when the manifest names member, in memory).")
+                        "shuffled over people when the manifest names member).")
         ] = 1000,
         estimators: Annotated[AuditEstimator, typer.Option(
             help="OPE estimator of the group values (one), or none.")] = AuditEstimator.WIS,
