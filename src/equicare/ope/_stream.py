@@ -136,6 +136,12 @@ __all__ = ["StreamSums", "StreamEvaluation", "StreamGroup", "chunk_sums", "chunk
 STREAM_KEYS: tuple[str, ...] = IS_TYPE
 #: Interval methods that stream.
 STREAM_CI_METHODS: tuple[str, ...] = ("studentized", "percentile")
+#: Warning of a streamed evaluation of a panel whose manifest names member (tests match it).
+MEMBER_STREAM_MESSAGE = (
+    "The manifest names member (people with several episodes), but streamed intervals "
+    "(--chunk-rows) resample episodes as if independent, so they can be too narrow when a "
+    "person's episodes are correlated; evaluate in memory (without --chunk-rows) to resample "
+    "people with all their episodes.")
 #: Error when BCa intervals are asked of a streamed evaluation (tests match it).
 BCA_STREAM_MESSAGE = (
     "BCa intervals are in memory only (their acceleration needs every leave-one-episode-out "
@@ -989,6 +995,8 @@ def evaluate_stream(
     check_episodes(src, 2, "evaluate", EVALUATE_EPISODES_WHY, src.path)
     on_file = src.path is not None  # a missing label: the file and the episode's id
     members = src.episode_members()
+    if members is not None:
+        warnings.warn(MEMBER_STREAM_MESSAGE, DataWarning, stacklevel=3)
     if members is not None:  # levels of fewer than 11 people, as in memory
         from equicare.privacy import few_members
 
