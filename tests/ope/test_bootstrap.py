@@ -368,3 +368,23 @@ def test_resampling_people_has_nominal_coverage_on_clustered_panels():
     for k in keys:
         assert 0.92 <= cov["people"][k] <= 0.98, cov
         assert cov["episodes"][k] <= 0.88, cov
+
+
+def test_the_refitting_bootstrap_draws_people_when_they_re_enrol():
+    """evaluate(refit=True) on 8 correlated episodes a person: its replicates' spread is the
+    people's (as the bootstrap with the models held fixed), not the episodes'."""
+    import dataclasses
+    import warnings
+
+    ds = clustered_sample(small_mdp(horizon=4), BEHAVIOR, 60, 8, 2.0, seed=0)
+    flat = dataclasses.replace(ds, members=None, _cache={})
+    kw = {"estimators": "is,wis", "q_model": "tabular_stationary", "bootstrap": 200,
+          "groups": [], "random_state": 0}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # low-ESS notes of a small panel
+        fixed = evaluate(ds, TabularPolicy(TARGET), **kw)
+        people = evaluate(ds, TabularPolicy(TARGET), refit=True, **kw)
+        episodes = evaluate(flat, TabularPolicy(TARGET), refit=True, **kw)
+    for k in ("is", "wis"):
+        assert people.estimates[k].se == pytest.approx(fixed.estimates[k].se, rel=0.2), k
+        assert episodes.estimates[k].se < 0.75 * people.estimates[k].se, k

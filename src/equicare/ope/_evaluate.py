@@ -859,10 +859,20 @@ def refit_bootstrap(dataset: TrajectoryDataset, target_probs: NDArray[np.float64
     Returns
     -------
     dict of str to ndarray of shape (n_boot,)
+        Replicates of episodes drawn with replacement, or of people (each with all their
+        episodes) when ``dataset.members`` names them.
     """
     rng = check_random_state(random_state)
     n = dataset.n_episodes
-    items = [(rng.integers(0, n, size=n), int(rng.integers(2**31 - 1))) for _ in range(n_boot)]
+    if dataset.members is None:
+        items = [(rng.integers(0, n, size=n), int(rng.integers(2**31 - 1)))
+                 for _ in range(n_boot)]
+    else:  # people who re-enrol: draw people, each with all their episodes
+        codes = cluster_codes(dataset.members)
+        n_people = int(codes.max()) + 1
+        items = [(np.repeat(np.arange(n), np.bincount(rng.integers(0, n_people, size=n_people),
+                                                      minlength=n_people)[codes]),
+                  int(rng.integers(2**31 - 1))) for _ in range(n_boot)]
     fn = functools.partial(_refit_replicate, dataset=dataset, target_probs=target_probs,
                            keys=keys, settings=settings)
     results = list((executor or serial_map)(fn, items))
