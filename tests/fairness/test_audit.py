@@ -811,3 +811,37 @@ def test_audited_values_on_the_side_of_0_no_policy_reaches_are_warned_about() ->
     part = _Partial(rewards_range=(-1.0, 0.0))
     part.merge(_Partial(rewards_range=(-10.0, -2.0)))
     assert part.rewards_range == (-10.0, 0.0)
+
+
+def _group_value_coverage(n_panels: int, members: bool) -> float:
+    """Coverage of the exact value by the audit's WIS group intervals on clustered panels."""
+    import dataclasses
+
+    from equicare.policy import TabularPolicy
+
+    from ..ope._mdp import BEHAVIOR, TARGET, clustered_sample, small_mdp
+
+    mdp = small_mdp(horizon=4)
+    truth = mdp.value(TARGET)
+    hit = 0
+    for r in range(n_panels):
+        ds = clustered_sample(mdp, BEHAVIOR, 60, 8, 2.0, seed=r)  # 8 episodes a person
+        if not members:
+            ds = dataclasses.replace(ds, members=None, _cache={})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # low-ESS notes of small panels
+            res = audit(ds, {"t": TabularPolicy(TARGET)}, estimator="wis", n_boot=200,
+                        n_permutations=50, random_state=r)
+        assert res.settings["resampling"] == ("people (member)" if members else "episodes")
+        ci = res["t"].outcome.by_group_ci
+        hit += int(np.sum((ci["lower"] <= truth) & (truth <= ci["upper"])))
+    return hit / (2 * n_panels)
+
+
+def test_the_audit_resamples_people_when_they_re_enrol():
+    """Group values' intervals cover when people are resampled, not when episodes are.
+
+    Measured on 40 panels (80 intervals): people 0.96, episodes 0.68.
+    """
+    assert _group_value_coverage(25, True) >= 0.88
+    assert _group_value_coverage(25, False) <= 0.8

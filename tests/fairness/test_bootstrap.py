@@ -44,3 +44,18 @@ def test_audit_intervals_contain_every_estimate() -> None:
     assert len(finite) >= 5
     for est, lo, hi in finite:
         assert lo - 1e-12 <= est <= hi + 1e-12, (est, lo, hi)
+
+
+def test_bootstrap_weights_by_member_draw_people():
+    from equicare.fairness import bootstrap_weights
+    from equicare.ope import bootstrap_counts, cluster_counts
+
+    members = np.array([3, 1, 3, 2, 1, 3])
+    w = bootstrap_weights(6, 40, random_state=5, members=members)
+    np.testing.assert_array_equal(w, cluster_counts(members, 40, random_state=5))
+    np.testing.assert_array_equal(w[:, 0], w[:, 2])  # one person, one count
+    np.testing.assert_array_equal(w[:, 1], w[:, 4])
+    np.testing.assert_array_equal(bootstrap_weights(6, 40, random_state=5),
+                                  bootstrap_counts(6, 40, 5))  # without members: as before
+    with pytest.raises(ValueError, match=r"an array of shape \(6,\)"):
+        bootstrap_weights(6, 4, members=members[:5])

@@ -109,3 +109,40 @@ def test_null_false_positive_rate_on_care_simulator() -> None:
     p = np.asarray(ps)
     fpr = np.mean(p <= 0.05)
     assert abs(fpr - 0.05) < 3 * np.sqrt(0.05 * 0.95 / n), fpr
+
+
+def _null_rejections(clusters: bool, n_sets: int = 200) -> float:
+    """Share of p < 0.05 under the null: labels by person, rates by person (strong clustering)."""
+    rng = np.random.default_rng(11)
+    people, per = 40, 6
+    person = np.repeat(np.arange(people), per)
+    rejected = 0
+    for s in range(n_sets):
+        rate = rng.beta(0.5, 0.5, size=people)  # each person's own rate, whatever the group
+        num = (rng.random(people * per) < rate[person]).astype(np.float64)
+        codes = (rng.permutation(people) % 2)[person]
+        p, _ = permutation_test(num, np.ones_like(num), codes, n_permutations=200,
+                                random_state=s, clusters=person if clusters else None)
+        rejected += int(p[0] < 0.05)
+    return rejected / n_sets
+
+
+def test_permuting_people_holds_the_level_where_permuting_episodes_does_not() -> None:
+    """Re-enrolled people's episodes are correlated: shuffle their labels, not episodes'."""
+    assert _null_rejections(True) <= 0.09  # 0.035 measured
+    assert _null_rejections(False) >= 0.15  # episodes as if independent: 0.235 measured
+
+
+def test_permutation_by_person_sums_each_persons_episodes_first() -> None:
+    num = np.array([1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0])
+    den = np.ones(7)
+    codes = np.array([0, 0, 0, 1, 1, 1, -1])
+    person = np.array(["a", "a", "b", "c", "c", "d", "e"])
+    p, t = permutation_test(num, den, codes, 500, random_state=0, clusters=person)
+    # units a (1/2), b (1/1) in group 0; c (1/2), d (0/1) in group 1: rates 2/3 and 1/3
+    assert t[0] == pytest.approx(1 / 3)
+    # with 4 people, 2 per group: 6 splits, each as likely; T >= 1/3 in 4 of them
+    # ({a,b}|{c,d}, {c,d}|{a,b}: 1/3; {a,c}|{b,d}, {b,d}|{a,c}: 1/3; {a,d}, {b,c}: 0)
+    assert p[0] == pytest.approx(4 / 6, abs=0.05)
+    with pytest.raises(ValueError, match="one entry per episode"):
+        permutation_test(num, den, codes, 10, clusters=person[:3])

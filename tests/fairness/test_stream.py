@@ -802,3 +802,30 @@ def test_the_streamed_audit_and_evaluation_withhold_groups_of_few_members(tmp_pa
     hidden = {lv for lv, g in ev_ref.groups["race"].items() if g.suppressed}
     assert "d" in hidden and {lv for lv, g in ev_got.groups["race"].items()
                               if g.suppressed} == hidden
+
+
+def test_the_streamed_audit_resamples_people_as_in_memory(tmp_path):
+    """With the manifest's member (two enrolments a person), the streamed Poisson weights are
+    keyed by the person and the permutations shuffle people: the in-memory audit given the
+    same weights gives the same numbers (before, the streamed audit resampled episodes)."""
+    frame = make_frame(n_members=160, seed=5, min_len=1, max_len=10)
+    episodes = np.sort(frame["member_id"].unique())
+    person = pd.Series([f"p{i // 2}" for i in range(episodes.size)], index=episodes)
+    frame["person"] = frame["member_id"].map(person)
+    first = frame.groupby("person")["race"].transform("first")  # one label a person
+    frame["race"] = first
+    path = tmp_path / "panel.parquet"
+    frame.sort_values(["member_id", "week"]).to_parquet(path, index=False, row_group_size=50)
+    md = copy.deepcopy(MANIFEST)
+    md["dataset"]["member"] = "person"
+    man = Manifest.from_dict(md)
+    ds = load_dataset(path, man, emit_warnings=False)
+    assert ds.members is not None
+    cfg = FairnessAudit(action="modality=home_visit", n_boot=150, n_permutations=200,
+                        estimator="wis", min_cell=11)
+    w = poisson_weights(episode_keys(ds.members), 150, seed=8)
+    ref = cfg.run(ds, {"risk": RiskPolicy()}, weights=w, random_state=8)
+    got = audit_stream(path, {"risk": RiskPolicy()}, manifest=man, config=cfg, chunk_rows=60,
+                       random_state=8)
+    assert got.settings["resampling"] == ref.settings["resampling"] == "people (member)"
+    _assert_same(ref.to_dict(), got.to_dict())

@@ -163,3 +163,27 @@ def all_tables(n_states: int, n_actions: int) -> list[np.ndarray]:
         t[np.arange(n_states), choice] = 1.0
         out.append(t)
     return out
+
+
+def clustered_sample(mdp: TabularMDP, beh: np.ndarray, n_people: int, per_person: int,
+                     frailty_sd: float, seed: int = 0) -> TrajectoryDataset:
+    """People with ``per_person`` episodes each, every reward shifted by the person's frailty.
+
+    The frailty ``u_p ~ N(0, frailty_sd^2)`` has mean 0, so every policy's value is still
+    :meth:`TabularMDP.value`; a person's episodes are correlated through it. ``members``
+    names each episode's person (``"p0"``, ``"p1"``, ...); episodes are not in person order.
+    The group ``grp`` (``g0``/``g1``) is the person's, independent of everything else, so each
+    group's value is the policy's value too.
+    """
+    import dataclasses
+
+    rng = np.random.default_rng(seed + 10_000)
+    n_ep = n_people * per_person
+    ds = mdp.sample(beh, n_ep, seed=seed)
+    person = rng.permutation(np.repeat(np.arange(n_people), per_person))
+    frailty = frailty_sd * rng.standard_normal(n_people)
+    shift = np.repeat(frailty[person], ds.episode_lengths)
+    return dataclasses.replace(
+        ds, reward_components=ds.reward_components + shift[:, None],
+        members=np.array([f"p{i}" for i in person]), _cache={},
+        groups={"grp": np.array([f"g{i % 2}" for i in person])})

@@ -151,3 +151,31 @@ def test_a_data_frame_is_refused_with_how_to_build_a_dataset(cls):
     with pytest.raises(InvalidParameterError,
                        match=re.escape(_frame_message(f"{cls.__name__}.estimate"))):
         cls().estimate(pd.DataFrame({"x": [1]}), TabularPolicy(TARGET))
+
+
+def test_an_estimator_class_resamples_people_when_they_re_enrol():
+    """WIS(...).estimate on 8 correlated episodes a person: evaluate's person-level standard
+    error; estimate_arrays without members (episodes as if independent) about half of it."""
+    import dataclasses
+    import warnings
+
+    from equicare.ope import evaluate
+    from equicare.ope._prepare import prepare
+
+    from ._mdp import clustered_sample
+
+    ds = clustered_sample(small_mdp(horizon=4), BEHAVIOR, 60, 8, 2.0, seed=0)
+    est = WIS(n_bootstrap=300)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # low-ESS notes of a small panel
+        people = est.estimate(ds, TabularPolicy(TARGET), random_state=0)
+        ref = evaluate(ds, TabularPolicy(TARGET), estimators="wis", bootstrap=300, groups=[],
+                       random_state=0)
+        inputs = prepare(dataclasses.replace(ds, members=None, _cache={}), TabularPolicy(TARGET),
+                         keys=("wis",), behavior_prob=None, behavior_model="logistic", q=None,
+                         q_model="tabular_stationary", random_state=0).inputs
+    episodes = est.estimate_arrays(inputs, random_state=0)
+    assert people.value == pytest.approx(episodes.value)
+    assert people.se == pytest.approx(ref.estimates["wis"].se, rel=0.2)
+    assert episodes.se < 0.75 * people.se
+    assert people.n_episodes == ds.n_episodes

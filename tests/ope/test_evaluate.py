@@ -884,3 +884,24 @@ def test_subgroup_estimates_far_outside_the_returns_are_not_published(ds):
                   diagnose_support=False)
     assert all(e.estimates["is"].reason is None for e in ok.groups[attr].values()
                if not e.suppressed)
+
+
+def test_sensitivity_resamples_people_when_they_re_enrol():
+    """A panel of people with 8 correlated episodes each: the rows' SEs are people's, as
+    evaluate's; resampling episodes gives about half of them."""
+    from ._mdp import clustered_sample
+
+    ds = clustered_sample(small_mdp(horizon=4), BEHAVIOR, 60, 8, 2.0, seed=0)
+    flat = replace(ds, members=None, _cache={})
+    kw = {"estimators": ("dr", "wis"), "q_model": "tabular_stationary", "noise_scales": (),
+          "truncations": (), "q_shifts": (), "bootstrap": 300, "random_state": 0}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # low-ESS notes of a small panel
+        people = sensitivity_analysis(ds, TabularPolicy(TARGET), **kw).set_index("estimator")
+        episodes = sensitivity_analysis(flat, TabularPolicy(TARGET), **kw).set_index("estimator")
+        res = evaluate(ds, TabularPolicy(TARGET), estimators="dr,wis", bootstrap=300,
+                       q_model="tabular_stationary", groups=[], random_state=0)
+    for k in ("dr", "wis"):
+        assert people.loc[k, "value"] == pytest.approx(episodes.loc[k, "value"])
+        assert people.loc[k, "se"] == pytest.approx(res.estimates[k].se, rel=0.2), k
+        assert episodes.loc[k, "se"] < 0.75 * people.loc[k, "se"], k

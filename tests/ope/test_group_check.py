@@ -217,3 +217,24 @@ def test_streamed_refitted_levels_have_the_in_memory_jackknife_intervals(small_p
         for k in ("fqe", "dr", "wdr"):
             np.testing.assert_allclose(s.estimates[k].ci, mem.groups["race"][lv].estimates[k].ci,
                                        rtol=1e-7, err_msg=f"{lv} {k}")
+
+
+def test_a_refitted_level_resamples_its_people_when_members_re_enrol(small_panel) -> None:
+    """With members, a refitted level's intervals draw that level's people (its episodes'
+    persons), not the whole panel's: the same values, one replicate per person."""
+    ds, probs = small_panel
+    race = np.asarray(ds.groups["race"])
+    members = np.empty(ds.n_episodes, dtype=object)
+    for lv in np.unique(race):  # two episodes per person within each level
+        idx = np.flatnonzero(race == lv)
+        members[idx] = [f"{lv}-{i // 2}" for i in range(idx.size)]
+    paired = replace(ds, members=members)
+    plain, clustered = _evaluate(ds, probs), _evaluate(paired, probs)
+    refitted = [lv for lv, g in clustered.groups["race"].items()
+                if g.q_check is not None and g.q_check.refitted]
+    assert refitted
+    for lv in refitted:
+        a = plain.groups["race"][lv].estimates["fqe"]
+        b = clustered.groups["race"][lv].estimates["fqe"]
+        assert np.isclose(b.value, a.value, rtol=1e-12) and np.isfinite(b.se) and b.se > 0
+        assert b.n_episodes == a.n_episodes

@@ -498,3 +498,26 @@ def test_subgroup_estimates_far_outside_the_returns_are_withheld_as_in_memory():
         ref = evaluate(bad, TabularPolicy(TARGET), bootstrap=0, **kw)
         got = evaluate_stream(bad, TabularPolicy(TARGET), n_boot=10, chunk_rows=100, **kw)
     assert withheld(ref) == withheld(got) == {(level, "is")}
+
+
+def test_a_streamed_evaluation_of_re_enrolled_people_says_it_resamples_episodes(tmp_path):
+    """With the manifest's member, streamed intervals still resample episodes: the evaluation
+    warns (pointing to the in-memory bootstrap of people) and its settings say so."""
+    from equicare.exceptions import DataWarning
+    from equicare.ope._stream import MEMBER_STREAM_MESSAGE
+    from equicare.policy import UniformPolicy
+
+    from ..conftest import make_reenrolled_frame
+
+    frame, man_dict = make_reenrolled_frame()
+    path = tmp_path / "panel.parquet"
+    frame.sort_values(["member_id", "week"]).to_parquet(path, index=False)
+    man = Manifest.from_dict(man_dict)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = evaluate_stream(path, UniformPolicy(6), manifest=man, estimators=["wis"],
+                              n_boot=20, chunk_rows=60, groups=[], diagnose_support=False)
+    assert any(issubclass(w.category, DataWarning)
+               and re.fullmatch(re.escape(MEMBER_STREAM_MESSAGE), str(w.message))
+               for w in caught)
+    assert res.settings["resampling"] == "episodes"

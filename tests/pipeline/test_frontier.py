@@ -249,3 +249,38 @@ def test_frontier_names_the_groups_left_out_of_a_points_worst_group(panel) -> No
     said = " ".join(console.export_text().split())
     assert (f"lambda = 50 leaves out {', '.join(left)} (importance weights too thin to publish"
             in said), said
+
+
+@pytest.mark.filterwarnings("ignore::equicare.exceptions.SmallCellWarning",
+                            "ignore::equicare.exceptions.SupportWarning")
+def test_frontier_resamples_people_when_they_re_enrol(monkeypatch) -> None:
+    """The held-out audit's replicates draw people (all their episodes) when members re-enrol."""
+    import dataclasses
+
+    from equicare.fairness import frontier
+    from equicare.pipeline import _frontier
+
+    panel = random_panel(900, seed=21)
+    race = np.asarray(panel.groups["race"])
+    # two episodes a person, within a race (a person's label does not change)
+    order = np.argsort(race, kind="stable")
+    members = np.empty(panel.n_episodes, dtype=object)
+    members[order] = [f"p{i // 2}" for i in range(panel.n_episodes)]
+    ds = dataclasses.replace(panel, members=members, _cache={})
+    seen: list[np.ndarray] = []
+    real = _frontier.bootstrap_weights
+
+    def spy(*args, **kwargs):
+        w = real(*args, **kwargs)
+        seen.append(w)
+        assert kwargs.get("members") is not None
+        return w
+
+    monkeypatch.setattr(_frontier, "bootstrap_weights", spy)
+    frontier(ds, "bc", lambdas=[0.0], group="race", estimator="wis", n_boot=20,
+             config={"n_steps": 5, "hidden": [8], "valid_fraction": 0.0}, random_state=0)
+    assert len(seen) == 1
+    # one count per person: the held-out half's people, each with both episodes (or one)
+    w = seen[0]
+    held = [m for m in members if m is not None]
+    assert w.shape[0] == 20 and w.shape[1] < len(held)

@@ -550,3 +550,34 @@ def test_too_few_episodes_for_the_held_out_parts_is_a_data_error(n, folds, messa
     cfg = replace(FAST, folds=folds, valid_fraction=0.3)
     with pytest.raises(DataValidationError, match=re.escape(f"p.csv: {message}")):
         select_policy(ds, cfg, panel="p.csv")
+
+
+def test_held_out_bounds_resample_people_when_they_re_enrol():
+    """8 correlated episodes a person: the held-out intervals and bootstrap-t standard errors
+    are the people's (as evaluate's), not the episodes' (about half as wide)."""
+    import dataclasses
+    import warnings
+
+    from equicare.ope import evaluate
+    from equicare.pipeline._select import SelectConfig, _held_out
+    from equicare.policy import TabularPolicy
+
+    from ..ope._mdp import BEHAVIOR, TARGET, clustered_sample, small_mdp
+
+    ds = clustered_sample(small_mdp(horizon=4), BEHAVIOR, 60, 8, 2.0, seed=0)
+    flat = dataclasses.replace(ds, members=None, _cache={})
+    cfg = SelectConfig(estimators=("wis", "dr"), bootstrap=1200, seed=0)
+    pol = TabularPolicy(TARGET)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # low-ESS notes of a small panel
+        people = _held_out(ds, pol, cfg, "tabular_stationary")
+        episodes = _held_out(flat, pol, cfg, "tabular_stationary")
+        ref = evaluate(ds, pol, estimators="wis,dr", q_model="tabular_stationary",
+                       bootstrap=1200, groups=[], random_state=0)
+    for k in ("wis", "dr"):
+        sd_p, sd_e = float(np.std(people.reps[k])), float(np.std(episodes.reps[k]))
+        assert sd_p == pytest.approx(ref.estimates[k].se, rel=0.2), k
+        assert sd_e < 0.75 * sd_p, k
+        assert float(people.se[k][0]) == pytest.approx(ref.estimates[k].se, rel=0.25), k
+        assert float(episodes.se[k][0]) < 0.75 * float(people.se[k][0]), k
+    assert people.n_episodes == episodes.n_episodes == ds.n_episodes

@@ -1263,7 +1263,9 @@ class _Run:
             return {k: NO_INTERVAL_NOTE.format(reason=reason) for k in names}, {}, {}
         self.say(f"intervals of {', '.join(names)}: {cfg.n_bootstrap} bootstrap replicates "
                  f"over {md.n_episodes} episodes, every model refitted")
-        reps = refit_etas(self, bootstrap_counts(self.rng, md.n_episodes, cfg.n_bootstrap))
+        person, n_units = _episode_units(md)
+        counts = bootstrap_counts(self.rng, n_units, cfg.n_bootstrap)
+        reps = refit_etas(self, counts if person is None else counts[:, person])
         alpha = 1.0 - cfg.ci_level
         out: dict[str, ClusterInference] = {}
         stay: dict[str, ClusterInference] = {}
@@ -1310,15 +1312,14 @@ class _Run:
             mr = pts["mr"]
             infl = mr_vals - mr
             same_draws = copy.deepcopy(self.rng)   # per-stay: the same replicates
-            intervals["mr"] = cluster_inference(mr[:5], infl[:, :5], md.episode_index,
-                                                md.n_episodes, _CONTRAST,
+            unit, n_units = _row_units(md)  # episodes, or people who re-enrol (member)
+            intervals["mr"] = cluster_inference(mr[:5], infl[:, :5], unit, n_units, _CONTRAST,
                                                 n_bootstrap=cfg.n_bootstrap,
                                                 ci_level=cfg.ci_level, rng=self.rng)
             if self.ends is not None:   # delta method on the joint influence values
                 value, infl_v = per_stay_influence(mr, infl)
                 if np.isfinite(value).all():
-                    stay["mr"] = cluster_inference(value, infl_v, md.episode_index,
-                                                   md.n_episodes, _CONTRAST,
+                    stay["mr"] = cluster_inference(value, infl_v, unit, n_units, _CONTRAST,
                                                    n_bootstrap=cfg.n_bootstrap,
                                                    ci_level=cfg.ci_level, rng=same_draws)
         notes, refit, refit_stay = self.refit_inference(pts)
@@ -1373,3 +1374,25 @@ class _Run:
                                target=target_name, estimators=results, ess=ess,
                                settings=cfg.to_dict(), n_renewed=md.n_renewed,
                                n_censored=md.n_censored)
+
+
+def _episode_units(md: MediationData) -> tuple[NDArray[np.int64] | None, int]:
+    """Each episode's person and the number of people, or ``(None, n_episodes)``.
+
+    People (``md.source.members``, the manifest's ``member``) when members re-enrol: the
+    bootstraps then draw people with all their episodes, and the influence values are summed
+    per person; without members every episode is its own unit (as before).
+    """
+    members = getattr(md.source, "members", None)
+    if members is None:
+        return None, md.n_episodes
+    from equicare.ope._bootstrap import cluster_codes
+
+    codes = cluster_codes(members)
+    return codes[:md.n_episodes], int(codes.max()) + 1
+
+
+def _row_units(md: MediationData) -> tuple[NDArray[np.int64], int]:
+    """Each row's independent unit (:func:`_episode_units`) and their number."""
+    person, n_units = _episode_units(md)
+    return (md.episode_index if person is None else person[md.episode_index]), n_units

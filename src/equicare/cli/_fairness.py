@@ -243,9 +243,11 @@ def audit_tables(res: AuditResult, estimator: str | None = None) -> list[Table]:
                style="bold")
     est = estimator or res.settings.get("estimator")
     tag = f" ({str(est).upper()})" if est else ""
+    by_person = " by person" if str(res.settings.get("resampling", "")).startswith("people") else ""
     t2 = Table(title="Parity and outcomes (gap in percentage points, "
                      f"{100 * (1 - first.alpha):.0f}% {res.settings.get('ci_method', '')} "
-                     "bootstrap CI; values estimated by " + (str(est).upper() if est else "-")
+                     f"bootstrap CI{by_person}; values estimated by "
+                     + (str(est).upper() if est else "-")
                      + ")")
     for col in ("policy", "parity gap (pp)", "ratio", "permutation p", f"value{tag}",
                 f"worst group{tag}", "Gini"):
@@ -493,9 +495,12 @@ def register(app: typer.Typer) -> None:
             help="Clinical need rule on states, e.g. 'risk >= 0.7' (default: the manifest's "
                  "need column).")] = None,
         bootstrap: Annotated[int, typer.Option(
-            min=0, help="Episode-level bootstrap replicates.")] = 1000,
+            min=0, help="Bootstrap replicates of episodes, or of people with all their "
+                        "episodes when the manifest names member.")] = 1000,
         permutations: Annotated[int, typer.Option(
-            min=0, help="Permutations of the test of no allocation difference.")] = 1000,
+            min=0, help="Permutations of the test of no allocation difference (group labels "
+                        "shuffled over people when the manifest names member).")
+        ] = 1000,
         estimators: Annotated[AuditEstimator, typer.Option(
             help="OPE estimator of the group values (one), or none.")] = AuditEstimator.WIS,
         q_model: Annotated[QModel, typer.Option(

@@ -352,6 +352,16 @@ def support_line(rep: Any, head: str = "Support", whose: str = "the target polic
     return line
 
 
+def resampling_line(settings: dict[str, Any]) -> str | None:
+    """The line saying the intervals resample people (manifest ``member``), else None."""
+    from equicare.ope._bootstrap import RESAMPLING_PEOPLE
+
+    if settings.get("resampling") != RESAMPLING_PEOPLE:
+        return None
+    return ("Intervals resample people (member): each bootstrap replicate draws people with all "
+            "their episodes.")
+
+
 def result_table(res: EvaluationResult) -> Table:
     """Rich table of the estimates (value, interval, standard error)."""
     from rich.table import Table
@@ -627,9 +637,11 @@ def register(app: typer.Typer) -> None:
             help="'all' or a comma list of is, wis, pdis, wpdis, fqe, dr, wdr, bandit_dr.")
         ] = "all",
         bootstrap: Annotated[int, typer.Option(
-            min=0, help="Episode bootstrap replicates (0: normal intervals from the "
-                        "leave-one-episode-out jackknife standard error, --ci unused; with "
-                        "--chunk-rows too, the same numbers).")
+            min=0, help="Bootstrap replicates: of episodes, or of people with all their "
+                        "episodes when the manifest names member (in memory). 0: normal "
+                        "intervals from the leave-one-episode-out (person-out) jackknife "
+                        "standard error, --ci unused; with --chunk-rows too, the same numbers "
+                        "(by episode).")
                              ] = 1000,
         truncate: Annotated[float | None, typer.Option(
             help="Cap on the cumulative importance weights (default: none).")] = None,
@@ -797,6 +809,9 @@ def register(app: typer.Typer) -> None:
         from equicare.cli._utils import print_table
 
         print_table(result_table(res))
+        rline = resampling_line(res.settings)
+        if rline:
+            console.print(rline, highlight=False)
         qline = q_model_line(res)
         if qline:  # candidate names carry their cells in brackets: not Rich markup
             console.print(escape(qline), highlight=False)

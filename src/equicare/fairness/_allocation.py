@@ -558,7 +558,8 @@ def build_frames(names: Sequence[str], num: NDArray[np.float64], den: NDArray[np
                  weights: NDArray[np.float64] | None, *, action: str, level: Level,
                  alpha: float = 0.05, n_permutations: int = 0,
                  random_state: RandomState = None, ci_method: CIMethod = "basic",
-                 sums: tuple[NDArray[np.float64], NDArray[np.float64] | None] | None = None
+                 sums: tuple[NDArray[np.float64], NDArray[np.float64] | None] | None = None,
+                 clusters: NDArray[Any] | None = None
                  ) -> dict[str, AllocationFrame]:
     """Allocation frames of several policies from episode totals (array level).
 
@@ -589,6 +590,10 @@ def build_frames(names: Sequence[str], num: NDArray[np.float64], den: NDArray[np
         (``group_sums``' output, e.g. added up over the chunks of a streamed panel); ``weights``
         and ``need`` are then ignored: the need columns (the need totals and the count of
         episodes with need) are there when the sums have them.
+    clusters : ndarray of shape (n_episodes,), optional
+        The person of each episode (the manifest's ``member``): the permutation test shuffles
+        labels over people (:func:`permutation_test`). Pass ``weights`` drawn by person too
+        (:func:`bootstrap_weights` with ``members``).
 
     Returns
     -------
@@ -649,7 +654,8 @@ def build_frames(names: Sequence[str], num: NDArray[np.float64], den: NDArray[np
                 st["overall"][..., j] = np.nan
     p_values: NDArray[np.float64] | None = None
     if n_permutations > 0 and gi.n_groups > 1:
-        p_values, _ = permutation_test(num, den, gi.codes, n_permutations, random_state)
+        p_values, _ = permutation_test(num, den, gi.codes, n_permutations, random_state,
+                                       clusters=clusters)
     kept = gi.kept
     ep_labels = np.asarray(gi.labels, dtype=str)[gi.codes[kept]]
     frames = {}
@@ -783,7 +789,7 @@ def allocation_rates(
     nr = need_rows(dataset, need)
     need_ep = None if nr is None else episode_totals(dataset, nr, level)[0]
     if weights is None and n_boot > 0:
-        weights = bootstrap_weights(dataset.n_episodes, n_boot, w_state)
+        weights = bootstrap_weights(dataset.n_episodes, n_boot, w_state, members=dataset.members)
     elif weights is not None and weights.shape[1] != dataset.n_episodes:
         raise InvalidParameterError(PARAM_MESSAGE.format(
             name="weights", owner="allocation_rates",
@@ -791,7 +797,8 @@ def allocation_rates(
     label = name or ("behavior" if policy is None else "policy")
     return build_frames([label], num[:, None], den, need_ep, gi, weights, action=spec,
                         level=level, alpha=alpha, n_permutations=n_permutations,
-                        random_state=rng, ci_method=ci_method)[label]
+                        random_state=rng, ci_method=ci_method,
+                        clusters=dataset.members)[label]
 
 
 def set_levels(mask: NDArray[np.bool_], matrix: NDArray[np.float64],

@@ -37,6 +37,7 @@ from equicare.fairness._rows import (
     need_rows,
     row_pass,
 )
+from equicare.ope._bootstrap import resampling_unit
 from equicare.ope._ess import ESS_KIND
 from equicare.ope._fqe import table_ignored_numeric, varies_within_cells
 from equicare.ope._propensity_check import floored_propensity_message
@@ -225,7 +226,7 @@ class AuditResult:
         out: dict[str, Any] = {
             "group": self.group, "action": self.action, "n_episodes": int(self.n_episodes),
             "level": s["level"], "n_boot": s["n_boot"], "ci_level": 1 - s["alpha"],
-            "ci_method": s["ci_method"],
+            "ci_method": s["ci_method"], "resampling": s.get("resampling", "episodes"),
             "min_cell": s["min_cell"], "estimator": s["estimator"],
             **usual_care_settings(s.get("usual_care", "deployed"),
                                   s.get("deferred_share") or None),
@@ -502,7 +503,7 @@ class FairnessAudit:
                     name="weights", owner="FairnessAudit.run",
                     expected=f"an array of shape (n_boot, {n_ep})", got=w.shape))
         elif self.n_boot > 0:
-            w = bootstrap_weights(n_ep, self.n_boot, w_state)
+            w = bootstrap_weights(n_ep, self.n_boot, w_state, members=dataset.members)
         else:
             w = None
         estimator = self.estimator
@@ -536,7 +537,8 @@ class FairnessAudit:
         say(allocation_stage(0 if w is None else w.shape[0], self.n_permutations))
         frames = build_frames(names, np.stack(nums, axis=1), den, need_ep, gi, w, action=spec,
                               level=self.level, alpha=self.alpha, ci_method=self.ci_method,
-                              n_permutations=self.n_permutations, random_state=rng)
+                              n_permutations=self.n_permutations, random_state=rng,
+                              clusters=dataset.members)
         outcomes: dict[str, OutcomeFrame | None] = dict.fromkeys(names)
         diags: dict[str, WeightDiagnostics | None] = dict.fromkeys(names)
         q_models: dict[str, dict[str, Any] | None] = dict.fromkeys(names)
@@ -562,7 +564,9 @@ class FairnessAudit:
                            policies={k: PolicyAudit(k, frames[k], outcomes[k], diags[k],
                                                     q_models[k])
                                      for k in names},
-                           settings={**self.to_dict(), "deferred_share": {
+                           settings={**self.to_dict(),
+                                     "resampling": resampling_unit(dataset.members),
+                                     "deferred_share": {
                                k: share for k, pol in pols.items()
                                if (share := deferred_share(pol, dataset)) is not None}},
                            level_rates=levels)

@@ -1,4 +1,4 @@
-"""Episode-level bootstrap as a replicate-weight matrix, and percentile intervals."""
+"""Episode-level (or person-level) bootstrap as a replicate-weight matrix, and intervals."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from equicare.utils import PARAM_MESSAGE, RandomState, check_param, check_random
 __all__ = ["bootstrap_weights", "bootstrap_ci", "percentile_ci", "split_random_state",
            "CIMethod"]
 
-def bootstrap_weights(n_episodes: int, n_boot: int, random_state: RandomState = None
-                      ) -> NDArray[np.float64]:
+def bootstrap_weights(n_episodes: int, n_boot: int, random_state: RandomState = None, *,
+                      members: ArrayLike | None = None) -> NDArray[np.float64]:
     """Episode-level (cluster) bootstrap replicates as a weight matrix, shared with the OPE engine.
 
     Replicate ``b`` resamples ``n_episodes`` episodes with replacement; ``W[b, e]`` is how many
@@ -33,11 +33,15 @@ def bootstrap_weights(n_episodes: int, n_boot: int, random_state: RandomState = 
     n_boot : int
         Number of replicates, >= 1.
     random_state : int, numpy.random.Generator or None
+    members : array-like of shape (n_episodes,), optional
+        The person of each episode (the manifest's ``member``): replicates then draw people
+        with replacement, each with all their episodes (:func:`equicare.ope.cluster_counts`),
+        so that a person's correlated episodes stay together.
 
     Returns
     -------
     ndarray of shape (n_boot, n_episodes), float64
-        Non-negative integer counts; each row sums to ``n_episodes``.
+        Non-negative integer counts; each row sums to ``n_episodes`` (without ``members``).
 
     Examples
     --------
@@ -45,10 +49,17 @@ def bootstrap_weights(n_episodes: int, n_boot: int, random_state: RandomState = 
     >>> w.shape, w.sum(axis=1).tolist()
     ((3, 5), [5.0, 5.0, 5.0])
     """
-    from equicare.ope import bootstrap_counts
+    from equicare.ope._bootstrap import bootstrap_counts, cluster_counts
 
     check_param(n_episodes, "n_episodes", "bootstrap_weights", kind=(int, np.integer), low=1)
     check_param(n_boot, "n_boot", "bootstrap_weights", kind=(int, np.integer), low=1)
+    if members is not None:
+        m = np.asarray(members)
+        if m.shape != (int(n_episodes),):
+            raise InvalidParameterError(PARAM_MESSAGE.format(
+                name="members", owner="bootstrap_weights",
+                expected=f"an array of shape ({int(n_episodes)},)", got=m.shape))
+        return cluster_counts(m, int(n_boot), random_state)
     return bootstrap_counts(int(n_episodes), int(n_boot), random_state)
 
 

@@ -1,6 +1,8 @@
-"""Permutation test of "no allocation difference between groups" (labels shuffled over episodes)."""
+"""Permutation test of "no allocation difference between groups" (labels over episodes/people)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -21,8 +23,25 @@ def _range_of_rates(num: NDArray[np.float64], den: NDArray[np.float64]) -> NDArr
     return np.asarray(np.nanmax(r, axis=-2) - np.nanmin(r, axis=-2), dtype=np.float64)
 
 
+def _by_unit(num: NDArray[np.float64], den: NDArray[np.float64], c: NDArray[np.int64],
+             clusters: NDArray[Any]) -> tuple[NDArray[np.float64], NDArray[np.float64],
+                                               NDArray[np.int64]]:
+    """Sums of ``num`` (n, K) and ``den`` (n,) per (person, group) unit, and each unit's group."""
+    from equicare.ope._bootstrap import cluster_codes
+
+    n_groups = int(c.max()) + 1 if c.size else 1
+    keys, unit = np.unique(cluster_codes(clusters) * n_groups + c, return_inverse=True)
+    unit = unit.ravel()
+    m = keys.size
+    num_u = np.stack([np.bincount(unit, weights=col, minlength=m) for col in num.T], axis=1)
+    den_u = np.bincount(unit, weights=den, minlength=m)
+    return (np.asarray(num_u, dtype=np.float64), np.asarray(den_u, dtype=np.float64),
+            np.asarray(keys % n_groups, dtype=np.int64))
+
+
 def permutation_test(numerators: ArrayLike, denominators: ArrayLike, codes: ArrayLike,
-                     n_permutations: int = 1000, random_state: RandomState = None
+                     n_permutations: int = 1000, random_state: RandomState = None, *,
+                     clusters: ArrayLike | None = None
                      ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     r"""Permutation p-value of the range of group rates (max minus min).
 
@@ -51,6 +70,11 @@ def permutation_test(numerators: ArrayLike, denominators: ArrayLike, codes: Arra
     n_permutations : int
         Number of random permutations ``P`` (>= 1).
     random_state : int, numpy.random.Generator or None
+    clusters : array-like of shape (n_episodes,), optional
+        The person of each episode (the manifest's ``member``). The labels are then shuffled
+        over people, not episodes: a person's episodes (with one label) are summed into one
+        unit first, so that correlated re-enrolments move together. A person whose episodes
+        carry different labels gives one unit per label.
 
     Returns
     -------
@@ -66,11 +90,14 @@ def permutation_test(numerators: ArrayLike, denominators: ArrayLike, codes: Arra
         num = num[:, None]
     den = np.asarray(denominators, dtype=np.float64)
     c = np.asarray(codes, dtype=np.int64)
-    if den.shape != (num.shape[0],) or c.shape != (num.shape[0],):
+    if den.shape != (num.shape[0],) or c.shape != (num.shape[0],) or (
+            clusters is not None and np.shape(clusters) != (num.shape[0],)):
         raise InvalidParameterError(
-            "numerators, denominators and codes must have one entry per episode.")
+            "numerators, denominators, codes (and clusters) must have one entry per episode.")
     keep = c >= 0
     num, den, c = num[keep], den[keep], c[keep]
+    if clusters is not None:
+        num, den, c = _by_unit(num, den, c, np.asarray(clusters)[keep])
     order = np.argsort(c, kind="stable")
     sizes = np.bincount(c)
     sizes = sizes[sizes > 0]

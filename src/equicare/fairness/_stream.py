@@ -3,8 +3,10 @@
 Every audit metric is a function of *group sums* of per-episode columns (allocation numerators
 and denominators, need, the OPE parts of each policy's value) for the data and for each bootstrap
 replicate. A chunk of whole episodes contributes ``H^T x`` and ``W (H * x)`` (``H`` the episodes'
-group one-hot rows, ``W`` Poisson(1) bootstrap weights keyed by episode id,
-:mod:`equicare.ope._resample`), so the chunks' contributions add up and the audit equals the
+group one-hot rows, ``W`` Poisson(1) bootstrap weights keyed by episode id, or by the person
+when the manifest names ``member`` (all of a person's episodes share each weight: a bootstrap
+of people), :mod:`equicare.ope._resample`), so the chunks' contributions add up and the audit
+equals the
 in-memory :meth:`FairnessAudit.run` given the same weights (tests check 1e-9). What is kept per
 episode is a handful of numbers (for the permutation test and the level-rate table), never rows.
 
@@ -59,6 +61,7 @@ from equicare.fairness._rows import (
     need_rows,
     row_pass,
 )
+from equicare.ope._bootstrap import resampling_unit
 from equicare.ope._ess import ESS_KIND
 from equicare.ope._stream_groups import membership_matrix
 from equicare.policy._deployed import as_deployed, deferred_counts, deployed_propensities
@@ -253,6 +256,8 @@ class _Partial:
     ep_den: list[NDArray[np.float64]] = field(default_factory=list)
     ep_lnum: list[NDArray[np.float64]] = field(default_factory=list)
     ep_codes: list[NDArray[np.int64]] = field(default_factory=list)
+    #: each chunk's episodes' people (manifest ``member``), in the order of ``ep_codes``
+    ep_members: list[NDArray[Any]] = field(default_factory=list)
     layouts: dict[str, Any] = field(default_factory=dict)
     spec: str | None = None
     level_names: list[str] = field(default_factory=list)
@@ -297,6 +302,7 @@ class _Partial:
         self.ep_den += other.ep_den
         self.ep_lnum += other.ep_lnum
         self.ep_codes += other.ep_codes
+        self.ep_members += other.ep_members
         self.layouts.update(other.layouts)
         self.spec = self.spec or other.spec
         self.level_names = self.level_names or other.level_names
@@ -321,8 +327,11 @@ def _add_chunk(part: _Partial, ds: TrajectoryDataset, ctx: _Context) -> None:
     member = _Membership(tuple(ctx.attrs), ctx.published)
     codes = member.codes(ds)
     h = membership_matrix(codes, len(ctx.published)).astype(np.float64)
-    w = (poisson_weights(episode_keys(ds.episode_ids), cfg.n_boot, ctx.seed)
-         if cfg.n_boot > 0 else None)
+    # people who re-enrol: keyed by the person, so all their episodes share every weight
+    w = (poisson_weights(episode_keys(ds.episode_ids if ds.members is None else ds.members),
+                         cfg.n_boot, ctx.seed) if cfg.n_boot > 0 else None)
+    if ds.members is not None:
+        part.ep_members.append(np.asarray(ds.members))
     nums, lnums, p_logged = [], [], {}
     den = np.zeros(ds.n_episodes)
     for name in names:
@@ -453,7 +462,9 @@ def audit_stream(
         propensities weight the episodes, as :func:`~equicare.ope.evaluate_stream` does
         (:func:`~equicare.ope._stream_behavior.fit_behavior_stream`).
     random_state : int, Generator or None, default=None
-        Seed of the Poisson bootstrap weights (keyed by episode id) and of the permutation test.
+        Seed of the Poisson bootstrap weights (keyed by episode id, or by the person when the
+        manifest names ``member``) and of the permutation test (labels shuffled over people
+        then).
         The default is the in-memory :func:`~equicare.fairness.audit`'s (``None``: a seed drawn
         from fresh OS entropy; a Generator draws one int seed); ``equicare audit`` passes
         ``--seed`` (default 42) to both. Pass an int to reproduce a result.
@@ -477,7 +488,9 @@ def audit_stream(
     -------
     AuditResult
         The same result as ``config.run(dataset, policies, weights=W, random_state=seed)`` on the
-        whole panel in memory with ``W = poisson_weights(episode_keys(ids), n_boot, seed)``.
+        whole panel in memory with ``W = poisson_weights(episode_keys(ids), n_boot, seed)``
+        (``ids`` the members when the manifest names them; the in-memory audit's permutations
+        are then drawn from another stream, so the p-values agree only in distribution).
     """
     from equicare._progress import Stages
     from equicare.data import iter_chunks, scan_panel
@@ -655,10 +668,12 @@ def audit_stream(
     if isinstance(cfg.need, str) and not part.alloc.sums()[0][:, len(names) + 1].any():
         raise DataValidationError(NEED_RULE_NO_ROW_MESSAGE.format(rule=cfg.need, ranges=""))
     say(allocation_stage(cfg.n_boot, cfg.n_permutations))
+    clusters = (np.concatenate(part.ep_members)
+                if part.ep_members and len(part.ep_members) == len(part.ep_codes) else None)
     frames = build_frames(names, num_all, den_all, None, gi, None, action=spec,
                           level=cfg.level, alpha=cfg.alpha,
                           ci_method=cfg.ci_method, n_permutations=cfg.n_permutations,
-                          random_state=rng, sums=part.alloc.sums())
+                          random_state=rng, sums=part.alloc.sums(), clusters=clusters)
     outcomes: dict[str, Any] = dict.fromkeys(names)
     diags: dict[str, Any] = dict.fromkeys(names)
     if cfg.estimator is not None:
@@ -701,7 +716,8 @@ def audit_stream(
                        policies={k: PolicyAudit(k, frames[k], outcomes[k], diags[k],
                                                 q_models.get(k))
                                  for k in names},
-                       settings={**cfg.to_dict(), "deferred_share": {
+                       settings={**cfg.to_dict(), "resampling": resampling_unit(clusters),
+                                 "deferred_share": {
                            k: float(c[0] / max(c[1], 1.0)) for k, c in part.deferred.items()}},
                        level_rates=levels)
 

@@ -38,6 +38,11 @@ __all__ = [
     "Executor",
     "bias_aware",
     "bootstrap_counts",
+    "cluster_counts",
+    "cluster_codes",
+    "resampling_unit",
+    "RESAMPLING_EPISODES",
+    "RESAMPLING_PEOPLE",
     "bootstrap_replicates",
     "bootstrap_ci",
     "percentile_interval",
@@ -182,11 +187,56 @@ def bootstrap_counts(n_episodes: int, n_boot: int, random_state: RandomState = N
     return counts.reshape(n_boot, n_episodes).astype(np.float64)
 
 
+def cluster_codes(members: Any) -> NDArray[np.int64]:
+    """Each episode's person as ``0 .. n_people - 1`` (ids in sorted order), shape ``(n,)``.
+
+    ``members`` (n_episodes,) is the manifest's ``member`` column per episode
+    (:attr:`~equicare.data.TrajectoryDataset.members`).
+    """
+    _, codes = np.unique(np.asarray(members).astype(str), return_inverse=True)
+    return np.asarray(codes, dtype=np.int64).ravel()
+
+
+#: ``settings["resampling"]`` of a result: what a bootstrap replicate draws.
+RESAMPLING_EPISODES = "episodes"
+#: People with all their episodes (a cluster bootstrap), when the manifest names ``member``.
+RESAMPLING_PEOPLE = "people (member)"
+
+
+def resampling_unit(members: Any) -> str:
+    """:data:`RESAMPLING_PEOPLE` when ``members`` is given (not None), else episodes."""
+    return RESAMPLING_EPISODES if members is None else RESAMPLING_PEOPLE
+
+
+def cluster_counts(members: Any, n_boot: int, random_state: RandomState = None
+                   ) -> NDArray[np.float64]:
+    """A cluster bootstrap as episode weights: people drawn with replacement, all episodes each.
+
+    Replicate ``b`` draws ``n_people`` people with replacement (:func:`bootstrap_counts` over
+    people, same draws for the same seed); each episode gets its person's count.
+
+    Parameters
+    ----------
+    members : array-like of shape (n_episodes,)
+        The person of each episode.
+    n_boot : int
+    random_state : int, Generator or None
+
+    Returns
+    -------
+    ndarray of shape (n_boot, n_episodes)
+        Non-negative integer counts (as float64), equal within a person.
+    """
+    codes = cluster_codes(members)
+    people = bootstrap_counts(int(codes.max()) + 1 if codes.size else 0, n_boot, random_state)
+    return np.asarray(people[:, codes])
+
+
 def bootstrap_replicates(parts: EpisodeParts, counts: NDArray[np.float64]
                          ) -> dict[str, NDArray[np.float64]]:
     """Estimates of every replicate, each of shape ``(n_boot,)`` (one matrix product)."""
     sums = counts @ parts.matrix
-    return combine(parts, sums, counts.sum(axis=1))
+    return combine(parts, sums, parts.total_weight(counts))
 
 
 def percentile_interval(reps: NDArray[np.float64], alpha: float = 0.05) -> tuple[float, float]:
@@ -246,11 +296,17 @@ def ratio_terms(slices: dict[str, slice], horizon: int, key: str
     raise InvalidParameterError(f"No studentized interval for estimator {key!r}.")
 
 
-def ratio_columns(matrix: NDArray[np.float64], a: NDArray[np.int64], b: NDArray[np.int64]
+def ratio_columns(matrix: NDArray[np.float64], a: NDArray[np.int64], b: NDArray[np.int64],
+                  sizes: NDArray[np.float64] | None = None
                   ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """``(x_A, x_B)`` of ``matrix`` (n, n_parts), each (n, J); a ones column where ``B = -1``."""
+    """``(x_A, x_B)`` of ``matrix`` (n, n_parts), each (n, J); a ones column where ``B = -1``.
+
+    With ``sizes`` (n,) (rows that are people, :meth:`EpisodeParts.by_cluster`) the column
+    where ``B = -1`` is the episodes each row holds.
+    """
     xa = matrix[:, a]
-    xb = np.where(b[None, :] < 0, 1.0, matrix[:, np.maximum(b, 0)])
+    one: Any = 1.0 if sizes is None else sizes[:, None]
+    xb = np.where(b[None, :] < 0, one, matrix[:, np.maximum(b, 0)])
     return xa, xb
 
 
@@ -382,11 +438,11 @@ def studentized_intervals(parts: EpisodeParts, counts: NDArray[np.float64],
     if sums is None:
         sums = counts @ parts.matrix
     s_all = np.vstack([parts.matrix.sum(axis=0)[None, :], sums])
-    n_all = weights.sum(axis=1)
+    n_all = parts.total_weight(weights)
     out: dict[str, tuple[float, float]] = {}
     for k, r in reps.items():
         a, b = ratio_terms(parts.slices, parts.horizon, k)
-        xa, xb = ratio_columns(parts.matrix, a, b)
+        xa, xb = ratio_columns(parts.matrix, a, b, parts.sizes)
         sb = np.where(b[None, :] < 0, n_all[:, None], s_all[:, np.maximum(b, 0)])
         u, v = influence_coefs(s_all[:, a], sb)
         se = np.sqrt(squared_influence(xa, xb, u, v, weights)
@@ -454,7 +510,7 @@ def bootstrap_ci(
     if counts is None:
         counts = bootstrap_counts(n_ep, n_boot, random_state)
     sums = counts @ parts.matrix
-    reps = combine(parts, sums, counts.sum(axis=1))  # bootstrap_replicates, keeping the sums
+    reps = combine(parts, sums, parts.total_weight(counts))  # bootstrap_replicates, keeping sums
     if shift is not None:
         reps = {k: r + shift.replicates[k] if k in shift.replicates else r
                 for k, r in reps.items()}
@@ -491,7 +547,7 @@ def estimates_with_ci(
     """
     check_param(n_boot, "n_boot", "estimates_with_ci", kind=int, low=0)
     point = point_estimates(parts)
-    n_ep = int(parts.matrix.shape[0])
+    n_ep = parts.n_episodes
     undefined = undefined_estimates(parts, parts.matrix.sum(axis=0))
     defined = _defined_estimates(parts, point, n_ep, n_boot=n_boot, method=method,
                                  alpha=alpha, random_state=random_state, counts=counts,
@@ -507,10 +563,11 @@ def _defined_estimates(parts: EpisodeParts, point: dict[str, float], n_ep: int, 
     """:func:`estimates_with_ci` before undefined estimates are marked."""
     if n_boot == 0 and counts is None:
         jack = jackknife_estimates(parts)
+        n_rows = int(parts.matrix.shape[0])  # episodes, or people (a cluster jackknife)
         out = {}
         for k, v in point.items():
             j = jack[k]
-            se = jackknife_se(float(np.sum((j - j.mean()) ** 2)), n_ep)
+            se = jackknife_se(float(np.sum((j - j.mean()) ** 2)), n_rows)
             if shift is not None:
                 se = float(np.sqrt(se**2 + shift.variance.get(k, 0.0)))
             out[k] = Estimate(value=v, ci=normal_interval(v, se, alpha), se=se, n_episodes=n_ep)

@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
+from scipy import sparse
 
 from equicare.exceptions import InvalidParameterError
 from equicare.utils import PARAM_MESSAGE, check_param
@@ -324,12 +325,46 @@ class EpisodeParts:
         Estimators, in order.
     horizon : int
         Grid width ``max_len`` (columns of the per-step parts).
+    sizes : ndarray of shape (n_rows,), optional
+        Episodes summed into each row (:meth:`by_cluster`: one row per person who re-enrols);
+        None when each row is one episode.
     """
 
     matrix: NDArray[np.float64]
     slices: dict[str, slice]
     keys: tuple[str, ...]
     horizon: int
+    sizes: NDArray[np.float64] | None = None
+
+    @property
+    def n_episodes(self) -> int:
+        """Episodes behind the rows (the rows themselves unless they are clusters)."""
+        return int(self.matrix.shape[0] if self.sizes is None else round(self.sizes.sum()))
+
+    def total_weight(self, weights: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Episodes counted by each weighting of the rows, shape ``(k,)`` for ``(k, n_rows)``."""
+        return weights.sum(axis=-1) if self.sizes is None else weights @ self.sizes
+
+    def by_cluster(self, codes: NDArray[np.int64]) -> EpisodeParts:
+        """The parts summed per cluster (a person's episodes), one row per cluster.
+
+        Every estimator is a ratio of column sums, so the estimates do not change; resampling
+        the rows then resamples people with all their episodes (a cluster bootstrap), and the
+        influence of a row is its person's summed influence.
+
+        Parameters
+        ----------
+        codes : ndarray of shape (n_rows,), int
+            Cluster of each row, ``0 .. n_clusters - 1`` (each one used).
+        """
+        codes = np.asarray(codes, dtype=np.int64)
+        k = int(codes.max()) + 1 if codes.size else 0
+        n = self.matrix.shape[0]
+        agg = sparse.csr_matrix((np.ones(n), (codes, np.arange(n))), shape=(k, n))
+        size = np.ones(n) if self.sizes is None else self.sizes
+        return EpisodeParts(matrix=np.asarray(agg @ self.matrix), slices=self.slices,
+                            keys=self.keys, horizon=self.horizon,
+                            sizes=np.asarray(agg @ size, dtype=np.float64))
 
 
 def _check_keys(keys: Sequence[str], inputs: OPEInputs) -> tuple[str, ...]:
@@ -543,14 +578,19 @@ def undefined_estimates(parts: EpisodeParts, total: NDArray[np.float64]) -> dict
 def point_estimates(parts: EpisodeParts) -> dict[str, float]:
     """Plain estimates (every episode weight 1)."""
     sums = parts.matrix.sum(axis=0)
-    n = np.asarray(float(parts.matrix.shape[0]))
+    n = np.asarray(float(parts.n_episodes))
     return {k: float(v) for k, v in combine(parts, sums, n).items()}
 
 
 def jackknife_estimates(parts: EpisodeParts) -> dict[str, NDArray[np.float64]]:
-    """Leave-one-episode-out estimates, each of shape ``(n_episodes,)`` (vectorised)."""
+    """Leave-one-episode-out estimates, each of shape ``(n_episodes,)`` (vectorised).
+
+    Leave-one-person-out, one per row, when the rows are people (:meth:`EpisodeParts.by_cluster`).
+    """
     total = parts.matrix.sum(axis=0)
     n = parts.matrix.shape[0]
     loo = total[None, :] - parts.matrix
+    if parts.sizes is not None:
+        return combine(parts, loo, parts.sizes.sum() - parts.sizes)
     return combine(parts, loo, np.full(n, n - 1.0))
 

@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
-from equicare.ope._bootstrap import CIMethod, Estimate, estimates_with_ci
+from equicare.ope._bootstrap import CIMethod, Estimate, cluster_codes, estimates_with_ci
 from equicare.ope._core import Normalization, OPEInputs, episode_parts
 from equicare.ope._fqe import FQEConfig
 from equicare.ope._prepare import as_fqe_config, prepare
@@ -90,11 +90,18 @@ class OffPolicyEstimator:
         return norm
 
     def estimate_arrays(self, inputs: OPEInputs | None = None, *, random_state: RandomState = None,
-                        **arrays: Any) -> Estimate:
-        """Estimate from prepared arrays (:class:`OPEInputs` or its fields as keywords)."""
+                        members: Any = None, **arrays: Any) -> Estimate:
+        """Estimate from prepared arrays (:class:`OPEInputs` or its fields as keywords).
+
+        ``members`` (shape ``(n_episodes,)``, optional): each episode's person when people
+        re-enrol; the bootstrap then draws people with all their episodes (and the jackknife
+        leaves out one person), as :func:`~equicare.ope.evaluate` does.
+        """
         inp = inputs if inputs is not None else OPEInputs(**arrays)
         parts = episode_parts(inp, (self.key,), truncate=self.truncate,
                               normalization=self._normalization())
+        if members is not None:
+            parts = parts.by_cluster(cluster_codes(members))
         return estimates_with_ci(parts, n_boot=self.n_bootstrap, method=self.ci_method,
                                  alpha=self.alpha, random_state=random_state)[self.key]
 
@@ -126,7 +133,7 @@ class OffPolicyEstimator:
                        behavior_model=self.behavior_model, q=q,
                        q_model=getattr(self, "q_model", "linear"), random_state=random_state)
         inputs = prep.bandit_inputs() if self.key == "bandit_dr" else prep.inputs
-        return self.estimate_arrays(inputs, random_state=random_state)
+        return self.estimate_arrays(inputs, random_state=random_state, members=dataset.members)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -31,10 +31,12 @@ from equicare.ope._bootstrap import (
     Shift,
     bias_aware,
     bootstrap_counts,
+    cluster_codes,
     estimate_json,
     estimates_with_ci,
     normal_interval,
     percentile_interval,
+    resampling_unit,
     serial_map,
 )
 from equicare.ope._core import (
@@ -271,10 +273,21 @@ class EvaluationResult:
 
 # ---------------------------------------------------------------------- shared computation
 def _behavior_estimate(inputs: OPEInputs, counts: NDArray[np.float64] | None, n_boot: int,
-                       alpha: float) -> Estimate:
+                       alpha: float, codes: NDArray[np.int64] | None = None) -> Estimate:
     ret = inputs.returns()
     v = float(ret.mean())
     n = ret.size
+    if codes is not None:  # people with all their episodes (a cluster bootstrap)
+        r_p = np.bincount(codes, weights=ret)
+        m_p = np.bincount(codes).astype(np.float64)
+        g = r_p.size
+        if counts is None or n_boot == 0:
+            dev = r_p - m_p * v
+            se = float(np.sqrt(g / (g - 1) * np.sum(dev * dev)) / n) if g > 1 else 0.0
+            return Estimate(value=v, ci=normal_interval(v, se, alpha), se=se, n_episodes=n)
+        reps = counts @ r_p / (counts @ m_p)
+        return Estimate(value=v, ci=percentile_interval(reps, alpha),
+                        se=float(reps.std(ddof=1)), n_episodes=n)
     if counts is None or n_boot == 0:
         se = float(ret.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
         return Estimate(value=v, ci=normal_interval(v, se, alpha), se=se, n_episodes=n)
@@ -317,18 +330,25 @@ def estimates_from_prepared(
     random_state: RandomState = None,
     episodes: NDArray[np.int64] | None = None,
     fqe_bias: tuple[float, float] | None = None,
+    clusters: NDArray[np.int64] | None = None,
 ) -> tuple[dict[str, Estimate], Estimate, EffectiveSampleSize]:
     """Estimates, the behaviour value and ESS from prepared inputs (optionally some episodes).
 
     One bootstrap count matrix is shared by all estimators (and the behaviour value). FQE's
     interval is made bias-aware (:func:`bias_aware`) with ``auto``'s estimated bias: the
     overall one, or for ``episodes`` (a subgroup) ``fqe_bias`` = (bias, standard error).
+    ``clusters`` (shape ``(n_episodes,)`` of the whole panel, :func:`cluster_codes`) names each
+    episode's person: replicates then draw people with all their episodes, and standard errors
+    sum each person's influence (a cluster bootstrap); None resamples episodes.
     """
     inputs = prep.inputs if episodes is None else prep.inputs.subset(episodes)
     main = tuple(k for k in keys if k != "bandit_dr")
-    n_ep = inputs.n_episodes
+    codes = None
+    if clusters is not None:
+        codes = cluster_codes(clusters if episodes is None else clusters[episodes])
+    n_units = inputs.n_episodes if codes is None else int(codes.max()) + 1
     rng = check_random_state(random_state)
-    counts = bootstrap_counts(n_ep, n_boot, rng) if n_boot > 0 else None
+    counts = bootstrap_counts(n_units, n_boot, rng) if n_boot > 0 else None
     out: dict[str, Estimate] = {}
     if main:
         parts = episode_parts(inputs, main, truncate=truncate, normalization=normalization)
@@ -336,10 +356,17 @@ def estimates_from_prepared(
         if episodes is None and prep.q_linearised:
             parts = _with_q_refit(prep, parts, truncate, normalization)
         elif episodes is not None and prep.q_linearised:
-            parts, other = _subgroup_q_refit(prep, parts, np.asarray(episodes, dtype=np.int64),
-                                             truncate, normalization)
+            ep = np.asarray(episodes, dtype=np.int64)
+            parts, other = _subgroup_q_refit(prep, parts, ep, truncate, normalization)
+            if clusters is not None and other.shape[0] and other.shape[1]:
+                mask = np.ones(prep.inputs.n_episodes, dtype=bool)  # the others' people
+                mask[ep] = False
+                oc = cluster_codes(clusters[mask])
+                other = np.stack([np.bincount(oc, weights=c) for c in other.T], axis=1)
             shift = _other_episodes_shift(
                 other, [k for k in ("fqe", "dr", "wdr") if k in parts.keys], n_boot, rng)
+        if codes is not None:
+            parts = parts.by_cluster(codes)
         out.update(estimates_with_ci(parts, n_boot=n_boot, method=ci_method, alpha=alpha,
                                      counts=counts, shift=shift))
     if "bandit_dr" in keys:
@@ -347,6 +374,8 @@ def estimates_from_prepared(
         if episodes is not None:
             binp = binp.subset(episodes)
         bparts = episode_parts(binp, ("bandit_dr",), truncate=truncate)
+        if codes is not None:
+            bparts = bparts.by_cluster(codes)
         out.update(estimates_with_ci(bparts, n_boot=n_boot, method=ci_method, alpha=alpha,
                                      counts=counts))
     if episodes is None and "fqe" in out and prep.q_selection is not None:
@@ -357,7 +386,7 @@ def estimates_from_prepared(
     elif episodes is not None and "fqe" in out and fqe_bias is not None:
         out["fqe"] = bias_aware(out["fqe"], fqe_bias[0], fqe_bias[1], alpha)
     ordered = {k: out[k] for k in keys}
-    return (ordered, _behavior_estimate(inputs, counts, n_boot, alpha),
+    return (ordered, _behavior_estimate(inputs, counts, n_boot, alpha, codes),
             effective_sample_size(inputs, truncate))
 
 
@@ -787,7 +816,8 @@ def _level_checks(levels: dict[str, GroupResult],
         if not needs_own_fit(chk, refits_per_level(use)):
             continue
         own = own_prepared(use, dataset, ep, seed)
-        ests, _, _ = estimates_from_prepared(own, q_keys, random_state=seed, **kw)
+        own_kw = kw if kw.get("clusters") is None else {**kw, "clusters": kw["clusters"][ep]}
+        ests, _, _ = estimates_from_prepared(own, q_keys, random_state=seed, **own_kw)
         levels[lv] = replace(levels[lv], estimates={**levels[lv].estimates, **ests})
         checks[lv] = refitted_check(sums(own.inputs), int(ep.size), chk)
     return checks
@@ -860,10 +890,20 @@ def refit_bootstrap(dataset: TrajectoryDataset, target_probs: NDArray[np.float64
     Returns
     -------
     dict of str to ndarray of shape (n_boot,)
+        Replicates of episodes drawn with replacement, or of people (each with all their
+        episodes) when ``dataset.members`` names them.
     """
     rng = check_random_state(random_state)
     n = dataset.n_episodes
-    items = [(rng.integers(0, n, size=n), int(rng.integers(2**31 - 1))) for _ in range(n_boot)]
+    if dataset.members is None:
+        items = [(rng.integers(0, n, size=n), int(rng.integers(2**31 - 1)))
+                 for _ in range(n_boot)]
+    else:  # people who re-enrol: draw people, each with all their episodes
+        codes = cluster_codes(dataset.members)
+        n_people = int(codes.max()) + 1
+        items = [(np.repeat(np.arange(n), np.bincount(rng.integers(0, n_people, size=n_people),
+                                                      minlength=n_people)[codes]),
+                  int(rng.integers(2**31 - 1))) for _ in range(n_boot)]
     fn = functools.partial(_refit_replicate, dataset=dataset, target_probs=target_probs,
                            keys=keys, settings=settings)
     results = list((executor or serial_map)(fn, items))
@@ -1110,6 +1150,8 @@ def _evaluate(
             checker=support_check)
     kw: dict[str, Any] = {"truncate": truncate, "normalization": normalization,
                           "n_boot": bootstrap, "ci_method": ci_method, "alpha": alpha}
+    if dataset.members is not None:  # people re-enrol: resample people, not episodes
+        kw["clusters"] = np.asarray(dataset.members)
     ests, beh, ess = estimates_from_prepared(prep, keys, random_state=seed_boot, **kw)
     if bm is not None and prep.propensity_source == "estimated":
         # in-sample propensities: plain IS / PDIS (and WPDIS over episodes of different
@@ -1132,6 +1174,7 @@ def _evaluate(
         "propensity_source": prep.propensity_source, "bootstrap": bootstrap,
         "ci_method": ci_method, "alpha": alpha, "truncate": truncate,
         "normalization": normalization, "refit": refit, "random_state": random_state,
+        "resampling": resampling_unit(dataset.members),
         "nuisance": ("refit per replicate" if refit else
                      "Q-model refit linearised in every replicate" if prep.q_linearised
                      else "fitted once on all episodes"),

@@ -33,8 +33,8 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
-from equicare.ope._bootstrap import CIMethod, bootstrap_counts, estimates_with_ci
-from equicare.ope._core import WEIGHTED, Normalization, OPEInputs, episode_parts
+from equicare.ope._bootstrap import CIMethod, bootstrap_counts, cluster_codes, estimates_with_ci
+from equicare.ope._core import WEIGHTED, EpisodeParts, Normalization, OPEInputs, episode_parts
 from equicare.ope._ess import effective_sample_size
 from equicare.ope._evaluate import parse_estimators
 from equicare.ope._fqe import FQEConfig
@@ -112,7 +112,8 @@ def sensitivity_analysis(
     truncations : sequence of float
         Truncation thresholds.
     bootstrap : int
-        Replicates per row (the same replicate draws for every row).
+        Replicates per row (the same replicate draws for every row): of episodes, or of people
+        with all their episodes when ``dataset.members`` names them (as :func:`evaluate`).
     ci_method, alpha, truncate, normalization
         As in :func:`evaluate` (``truncate`` applies to the baseline, shift and noise rows).
     q_model, behavior_model, behavior_prob, q
@@ -145,7 +146,13 @@ def sensitivity_analysis(
                    behavior_model=behavior_model, q=q, q_model=as_fqe_config(q_model),
                    random_state=int(rng.integers(2**31 - 1)))
     base = prep.inputs
-    counts = bootstrap_counts(base.n_episodes, bootstrap, rng) if bootstrap > 0 else None
+    # people who re-enrol (manifest member): replicates draw people with all their episodes
+    codes = None if dataset.members is None else cluster_codes(dataset.members)
+    n_units = base.n_episodes if codes is None else int(codes.max()) + 1
+    counts = bootstrap_counts(n_units, bootstrap, rng) if bootstrap > 0 else None
+
+    def by_person(parts: EpisodeParts) -> EpisodeParts:
+        return parts if codes is None else parts.by_cluster(codes)
     rows: list[dict[str, Any]] = []
     returns = base.returns()
     low, high = float(returns.min()), float(returns.max())
@@ -155,7 +162,8 @@ def sensitivity_analysis(
         out = {}
         main = tuple(k for k in keys if k != "bandit_dr")
         if main:
-            parts = episode_parts(inputs, main, truncate=trunc, normalization=normalization)
+            parts = by_person(episode_parts(inputs, main, truncate=trunc,
+                                            normalization=normalization))
             out.update(estimates_with_ci(parts, n_boot=bootstrap, method=ci_method, alpha=alpha,
                                          counts=counts))
         if "bandit_dr" in keys:
@@ -163,7 +171,7 @@ def sensitivity_analysis(
             if analysis == "q_shift":
                 assert binp.q_sa is not None and binp.v_s is not None
                 binp = binp.with_q(binp.q_sa + param, binp.v_s + param)
-            bparts = episode_parts(binp, ("bandit_dr",), truncate=trunc)
+            bparts = by_person(episode_parts(binp, ("bandit_dr",), truncate=trunc))
             out.update(estimates_with_ci(bparts, n_boot=bootstrap, method=ci_method,
                                          alpha=alpha, counts=counts))
         ess = effective_sample_size(inputs, trunc)

@@ -63,6 +63,7 @@ from equicare.exceptions import (
 )
 from equicare.ope._bootstrap import (
     CI_METHODS,
+    RESAMPLING_EPISODES,
     Shift,
     estimate_json,
     normal_interval,
@@ -137,6 +138,12 @@ __all__ = ["StreamSums", "StreamEvaluation", "StreamGroup", "chunk_sums", "chunk
 STREAM_KEYS: tuple[str, ...] = IS_TYPE
 #: Interval methods that stream.
 STREAM_CI_METHODS: tuple[str, ...] = ("studentized", "percentile")
+#: Warning of a streamed evaluation of a panel whose manifest names member (tests match it).
+MEMBER_STREAM_MESSAGE = (
+    "The manifest names member (people with several episodes), but streamed intervals "
+    "(--chunk-rows) resample episodes as if independent, so they can be too narrow when a "
+    "person's episodes are correlated; evaluate in memory (without --chunk-rows) to resample "
+    "people with all their episodes.")
 #: Error when BCa intervals are asked of a streamed evaluation (tests match it).
 BCA_STREAM_MESSAGE = (
     "BCa intervals are in memory only (their acceleration needs every leave-one-episode-out "
@@ -1011,6 +1018,8 @@ def evaluate_stream(
     check_episodes(src, 2, "evaluate", EVALUATE_EPISODES_WHY, src.path)
     on_file = src.path is not None  # a missing label: the file and the episode's id
     members = src.episode_members()
+    if members is not None:
+        warnings.warn(MEMBER_STREAM_MESSAGE, DataWarning, stacklevel=3)
     if members is not None:  # levels of fewer than 11 people, as in memory
         from equicare.privacy import few_members
 
@@ -1180,6 +1189,7 @@ def evaluate_stream(
     res = dataclasses.replace(res, settings={
         "estimators": list(keys), "bootstrap": n_boot, "ci_method": ci_method, "alpha": alpha,
         "truncate": truncate, "random_state": seed,
+        "resampling": RESAMPLING_EPISODES,  # Poisson weights by episode id, member or not
         "propensity_source": "logged" if beh_info is None else "estimated",
         "support_check": None if support is None else support.how,
         **usual_care_settings(usual_care, None if not counted else

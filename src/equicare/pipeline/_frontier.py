@@ -364,7 +364,8 @@ def frontier(
                               n_permutations=0, min_cell=min_cell, estimator=estimator,
                               q_model=q_model, with_level_rates=False)
     weights = (bootstrap_weights(evald.n_episodes, n_boot, w_state if w_state is not None
-                                 else seeds[1]) if n_boot > 0 else None)
+                                 else seeds[1], members=evald.members)  # people who re-enrol
+               if n_boot > 0 else None)
     tasks = []
     for lam, seed in zip(lams, seeds[2:], strict=True):
         upd: dict[str, Any] = {"group_attr": gattr, "seed": int(seed) % (2**31 - 1)}

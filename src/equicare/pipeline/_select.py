@@ -85,7 +85,8 @@ class SelectConfig:
         censoring check warns for is valued with the window table of the same cells (as
         ``auto`` does); a stationary table named here only warns.
     bootstrap : int or None
-        Episode bootstrap replicates of the intervals. None (default): enough for the level of
+        Bootstrap replicates of the intervals (of people when the held-out panel names
+        members who re-enrol, else of episodes). None (default): enough for the level of
         every bound, ``max(200, ceil(10 K / alpha))`` under ``multiplicity="bonferroni"``
         (1,200 with the default 12 candidates), else 200.
     alpha : float
@@ -722,7 +723,7 @@ def _held_out(valid: Any, policy: Any, cfg: SelectConfig, q_model: Any,
     import numpy as np
     from threadpoolctl import threadpool_limits
 
-    from equicare.ope._bootstrap import bootstrap_counts, bootstrap_replicates
+    from equicare.ope._bootstrap import bootstrap_counts, bootstrap_replicates, cluster_codes
     from equicare.ope._core import episode_parts, point_estimates
     from equicare.ope._evaluate import _thread_limit, _with_q_refit
     from equicare.ope._prepare import as_fqe_config, prepare
@@ -748,11 +749,16 @@ def _held_out(valid: Any, policy: Any, cfg: SelectConfig, q_model: Any,
         parts = episode_parts(prep.inputs, keys)
         if prep.q_linearised:
             parts = _with_q_refit(prep, parts, None, "absorbing")
-        counts = bootstrap_counts(valid.n_episodes, cfg.n_boot, seed_boot)
+        ret = prep.inputs.returns()
+        row_ret = np.asarray(ret, dtype=np.float64)
+        if valid.members is not None:  # people who re-enrol: resample people, not episodes
+            codes = cluster_codes(valid.members)
+            parts = parts.by_cluster(codes)
+            row_ret = np.asarray(np.bincount(codes, weights=row_ret), dtype=np.float64)
+        counts = bootstrap_counts(parts.matrix.shape[0], cfg.n_boot, seed_boot)
         reps = bootstrap_replicates(parts, counts)
         point = point_estimates(parts)
-        ret = prep.inputs.returns()
-        beh_reps = counts @ ret / counts.sum(axis=1)
+        beh_reps = counts @ row_ret / parts.total_weight(counts)
         support_pct = 0.0
         if prep.behavior_model is not None:  # propensities estimated: the model's support
             from equicare.ope._support import model_support_diagnostics
@@ -762,7 +768,7 @@ def _held_out(valid: Any, policy: Any, cfg: SelectConfig, q_model: Any,
                 estimators=keys).share_pct)
         se = gain_se = None
         if cfg.interval == "studentized":
-            se, gain_se = _gain_se(parts, counts, np.asarray(ret, dtype=np.float64), keys)
+            se, gain_se = _gain_se(parts, counts, row_ret, keys)
         censoring = None
         if check is not None:
             censoring = {**check.to_dict(), "message": (check.message() if check.warn
@@ -805,9 +811,11 @@ def _gain_se(parts: Any, counts: Any, ret: Any, keys: tuple[str, ...]
     Parameters
     ----------
     parts : EpisodeParts
-    counts : ndarray of shape (n_boot, n_episodes)
-    ret : ndarray of shape (n_episodes,)
-        The observed (discounted) returns.
+        One row per episode, or per person (:meth:`~equicare.ope.EpisodeParts.by_cluster`:
+        people who re-enrol, their influence summed before it is squared).
+    counts : ndarray of shape (n_boot, n_rows)
+    ret : ndarray of shape (n_rows,)
+        The observed (discounted) returns (summed per person when the rows are people).
     keys : tuple of str
 
     Returns
@@ -826,19 +834,20 @@ def _gain_se(parts: Any, counts: Any, ret: Any, keys: tuple[str, ...]
     n = parts.matrix.shape[0]
     weights = np.vstack([np.ones((1, n)), counts])
     s_all = weights @ parts.matrix
-    n_all = weights.sum(axis=1)
+    n_all = parts.total_weight(weights)  # episodes (the rows may be people, their sums)
     s_ret = weights @ ret
+    one = np.ones((n, 1)) if parts.sizes is None else parts.sizes[:, None]
     se: dict[str, Any] = {}
     gain_se: dict[str, Any] = {}
     for k in keys:
         a, b = ratio_terms(parts.slices, parts.horizon, k)
-        xa, xb = ratio_columns(parts.matrix, a, b)
+        xa, xb = ratio_columns(parts.matrix, a, b, parts.sizes)
         sb = np.where(b[None, :] < 0, n_all[:, None], s_all[:, np.maximum(b, 0)])
         u, v = influence_coefs(s_all[:, a], sb)
         se[k] = np.sqrt(squared_influence(xa, xb, u, v, weights))
         # minus the mean return: x_A = R, x_B = 1, u = -1 / n_w, v = -S_R / n_w^2
         xa_g = np.hstack([xa, ret[:, None]])
-        xb_g = np.hstack([xb, np.ones((n, 1))])
+        xb_g = np.hstack([xb, one])
         u_g = np.hstack([u, -1.0 / n_all[:, None]])
         v_g = np.hstack([v, -(s_ret / n_all ** 2)[:, None]])
         gain_se[k] = np.sqrt(squared_influence(xa_g, xb_g, u_g, v_g, weights))
