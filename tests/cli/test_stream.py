@@ -637,11 +637,12 @@ def test_evaluate_bins_a_score_the_target_reads_in_memory_and_streamed(tmp_path,
     frame = pd.DataFrame({"id": ep, "t": ds.step, "x": ds.states[:, 0].astype(float),
                           "site": np.asarray(ds.categorical_levels[0])[ds.categorical[:, 0]],
                           "act": ds.actions, "r": ds.rewards, "end": ds.terminals.astype(int),
-                          "p": ds.behavior_prob})
+                          "p": ds.behavior_prob, "g": ds.episode_index % 2})
     frame.to_parquet(tmp_path / "panel.parquet", index=False)
     (tmp_path / "m.toml").write_text(
         '[dataset]\nepisode = "id"\ntime = "t"\nstates = ["x"]\ncategorical_states = ["site"]\n'
-        'terminal = "end"\nbehavior_prob = "p"\ngamma = 0.9\n\n[actions.act]\nlevels = 2\n\n'
+        'groups = ["g"]\nterminal = "end"\nbehavior_prob = "p"\ngamma = 0.9\n\n'
+        '[actions.act]\nlevels = 2\n\n'
         '[reward]\nr = { column = "r", weight = 1.0 }\n')
     act = (ds.states[:, 0] >= 0.5).astype(float)
     pd.DataFrame({"id": ep, "t": ds.step, "p_0": 1.0 - act, "p_1": act}).to_parquet(
@@ -667,3 +668,16 @@ def test_evaluate_bins_a_score_the_target_reads_in_memory_and_streamed(tmp_path,
                                       else "tabular_stationary[x@0.3373/0.6695]")
     assert values[1] == pytest.approx(values[0], rel=1e-9)
     assert abs(values[0] / truth - 1.0) < (0.06 if drives else 0.1)
+    base = ["audit", str(tmp_path / "panel.parquet"), "-m", str(tmp_path / "m.toml"),
+            "--policy", f"tgt={tmp_path / 'pol.parquet'}", "--action", "act=1", "--estimators",
+            "fqe", "--bootstrap", "0", "--permutations", "0", "--q-model", "auto"]
+    for extra in ([], ["--chunk-rows", "700"]):  # the audit's policies: the same choice and note
+        out = tmp_path / f"audit{len(extra)}.json"
+        res = runner.invoke(app, [*base, "--out", str(out), *extra])
+        said = " ".join(res.output.split())
+        assert res.exit_code == 0, said
+        q = json.loads(out.read_text())["policies"]["tgt"]["q_model"]
+        assert q["chosen"] == chosen[0]
+        assert q["numeric_bins"]["target_reads"]["x"]["added"] == drives
+        assert ("Note: the Q-table of tgt pools x (its probabilities change at 0.499" in said
+                ) == (not drives), said

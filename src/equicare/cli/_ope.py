@@ -569,11 +569,12 @@ def ignored_numeric_line(q: Mapping[str, Any] | None, name: str | None = None) -
             "categorical states (docs/ope.md, \"Tables and numeric states\").")
 
 
-def target_reads_line(q: Mapping[str, Any] | None) -> str | None:
+def target_reads_line(q: Mapping[str, Any] | None, name: str | None = None) -> str | None:
     """The note when ``auto``'s table pools a numeric state the target policy reads, or None.
 
     From ``q_model["numeric_bins"]["target_reads"]`` (streamed: under ``"selection"``;
     :func:`equicare.ope._select.target_read_bins`): the columns whose bins were not added.
+    ``name``: the audit's policy.
     """
     q = q or {}
     bins = q.get("numeric_bins") or (q.get("selection") or {}).get("numeric_bins") or {}
@@ -583,7 +584,8 @@ def target_reads_line(q: Mapping[str, Any] | None) -> str | None:
     what = ", ".join(f"{c} (its probabilities change at {'/'.join(f'{e:g}' for e in r['edges'])}; "
                      f"reward gain per episode {r['reward_gain']:.3g}, SE {r['se']:.2g})"
                      for c, r in pooled.items())
-    return (f"Note: the Q-table pools {what}, which the target policy reads within its cells. "
+    of = f" of {name}" if name else ""
+    return (f"Note: the Q-table{of} pools {what}, which the target policy reads within its cells. "
             "Its bins did not lower the held-out error of the mean reward, so auto left them "
             "out; if it drives the next states, the FQE, DR and WDR values can be biased: "
             "compare --q-model gbm (docs/ope.md, \"Tables and numeric states\").")
