@@ -153,6 +153,8 @@ READS_LEAVES = 8
 #: Smallest leaf of that tree, as a share of its rows.
 READS_MIN_LEAF = 0.01
 #: Rows (every k-th) that tree is fitted on, at most.
+#: Actions (those whose probabilities vary most within the cells) that tree predicts, at most.
+READS_OUTPUTS = 8
 READS_TREE_ROWS = 200_000
 #: Row-weighted mean total variation of the target's mean probabilities between a numeric
 #: column's bins within the cells from which the target reads the column. On six 127k-row
@@ -537,11 +539,13 @@ def target_read_bins(dataset: TrajectoryDataset, target_probs: NDArray[np.float6
     rows = np.arange(0, dataset.n_steps, max(1, dataset.n_steps // READS_TREE_ROWS))
     if not np.any(resid[rows] ** 2 > 1e-12):
         return cells, {}
-    root = float(np.mean(np.sum((resid[rows] - resid[rows].mean(axis=0)) ** 2, axis=1)))
+    y = resid[rows]
+    if y.shape[1] > READS_OUTPUTS:  # the actions whose probabilities change most (the tree's
+        y = y[:, np.argsort(-np.sum(y**2, axis=0), kind="stable")[:READS_OUTPUTS]]  # cost)
     tree = DecisionTreeRegressor(max_leaf_nodes=READS_LEAVES, random_state=0,
                                  min_samples_leaf=max(20, int(READS_MIN_LEAF * rows.size)),
-                                 min_impurity_decrease=0.01 * root / probs.shape[1])
-    tree.fit(x[rows], resid[rows])
+                                 min_impurity_decrease=0.01 * float(np.var(y, axis=0).mean()))
+    tree.fit(x[rows], y)
     splits = [(int(f), float(t)) for f, t in zip(tree.tree_.feature, tree.tree_.threshold,
                                                    strict=True) if f >= 0]
     found: list[tuple[float, str, NDArray[np.float64], NDArray[np.int64]]] = []
