@@ -405,3 +405,19 @@ def test_a_level_its_own_table_suppresses_is_no_line_of_the_intersection():
     cells3, sup3 = suppressed_cells([comps[0], comps[1], age])
     assert not sup3.all()
     _no_line_reveals_a_small_union(cells3, sup3, 11)
+
+
+def test_gap_edges_move_given_cuts_into_gaps_and_keep_one_per_gap() -> None:
+    """A tree's split points become edges by quantile_edges' rule: strictly between two
+    observed values (float32 too), rounded to 4 significant digits there, one per gap, none
+    outside the column's range."""
+    from equicare.privacy import gap_edges
+
+    x = np.array([10.0, 20.0, 59.9, 60.0, 61.0, 61.00004])
+    got = gap_edges(x, [59.95, 20.0, 59.97, 5.0, 70.0, 61.00001])
+    assert got.tolist() == [39.95, 59.95, 61.00001]  # 20 (a value) takes the gap above it
+    assert not np.isin(got, x).any()
+    x32 = np.array([0.498, 0.5], dtype=np.float32)
+    e = gap_edges(x32, [float(x32[0]) / 2 + float(x32[1]) / 2])
+    assert e.tolist() == [0.499] and (e.astype(np.float32) > x32[0]).all()
+    assert gap_edges([1.0, 1.0], [1.0]).size == 0 and gap_edges(x, []).size == 0

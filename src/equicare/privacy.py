@@ -51,7 +51,7 @@ __all__ = ["suppressed_cells", "suppressed_labels", "suppressed_levels", "split_
            "suppress_counts", "small_count", "few_members",
            "share_suppressed", "share_table_suppressed",
            "small_cells_message", "round_significant", "tail_quantile", "coarse_bounds",
-           "quantile_edges",
+           "quantile_edges", "gap_edges",
            "pooled_level_shares",
            "MSG_LOW_MIN_CELL", "low_min_cell_message", "warn_low_min_cell", "MSG_LOW_ESS",
            "MSG_LOW_ESS_COMPLEMENT", "sums_ess", "low_ess_cells", "tail_range"]
@@ -714,6 +714,16 @@ def quantile_edges(x: Any, n_bins: int, digits: int = 4) -> NDArray[np.float64]:
     gap = np.where(at & ~opens, pos, pos - 1)
     lo, hi = vals[gap], vals[gap + 1]
     target = np.where(at, (lo + hi) / 2.0, q)
+    return _round_into_gaps(target, gap, lo, hi, kind, digits)
+
+
+def _round_into_gaps(target: NDArray[np.float64], gap: NDArray[np.int64],
+                     lo: NDArray[np.float64], hi: NDArray[np.float64], kind: Any,
+                     digits: int) -> NDArray[np.float64]:
+    """Each ``target`` rounded to the fewest digits (>= ``digits``) inside its gap ``(lo, hi)``.
+
+    ``gap`` numbers the gaps; a gap keeps one edge. Sorted, distinct edges.
+    """
     edge, done = target.copy(), np.zeros(target.size, dtype=bool)
     for d in range(digits, 18):  # fewest digits inside the gap (a loop over digits, not rows)
         r = round_significant(target, d)
@@ -723,6 +733,46 @@ def quantile_edges(x: Any, n_bins: int, digits: int = 4) -> NDArray[np.float64]:
     inside = (edge.astype(kind) > lo.astype(kind)) & (edge.astype(kind) < hi.astype(kind))
     _, first = np.unique(gap[inside], return_index=True)
     return np.asarray(np.sort(edge[inside][first]), dtype=np.float64)
+
+
+def gap_edges(x: Any, cuts: Any, digits: int = 4) -> NDArray[np.float64]:
+    """Edges near ``cuts`` that are no row's value: :func:`quantile_edges`' rule for given cuts.
+
+    Each cut (a split point a tree chose, say) moves into the gap between the two observed
+    values of ``x`` around it (a cut on an observed value ``v`` takes the gap above ``v``, as a
+    row's bin is the number of edges at or below its value) and is rounded to the fewest
+    significant digits, at least ``digits``, that keep it there; a gap keeps one edge, and cuts
+    outside the column's range are dropped.
+
+    Parameters
+    ----------
+    x : array-like of shape (n_rows,)
+        The column's values (finite).
+    cuts : array-like of shape (m,)
+    digits : int, default=4
+
+    Returns
+    -------
+    ndarray of shape (n_edges,), float64
+        Increasing, distinct edges strictly between the column's minimum and maximum.
+
+    Examples
+    --------
+    >>> gap_edges([10.0, 20.0, 59.9, 60.0, 61.0], [59.95, 20.0]).tolist()
+    [39.95, 59.95]
+    """
+    raw = np.asarray(x)
+    kind = raw.dtype if raw.dtype.kind == "f" else np.dtype(np.float64)
+    vals = np.unique(raw.astype(np.float64).ravel())
+    c = np.asarray(cuts, dtype=np.float64).ravel()
+    if vals.size < 2 or c.size == 0:
+        return np.zeros(0)
+    gap = np.searchsorted(vals, c, side="right") - 1  # vals[gap] <= cut < vals[gap + 1]
+    ok = (gap >= 0) & (gap < vals.size - 1)
+    gap = gap[ok]
+    lo, hi = vals[gap], vals[gap + 1]
+    target = np.where(c[ok] > lo, c[ok], (lo + hi) / 2.0)
+    return _round_into_gaps(target, gap, lo, hi, kind, digits)
 
 
 def pooled_level_shares(codes: Any, episodes: Any, n_levels: int,

@@ -621,3 +621,63 @@ def test_audit_streams_the_window_table_and_the_censoring_check(tmp_path):
                                         "3000"]).output.split())
     assert re.search(r"Q-model of tgt: tabular_stationary replaced by tabular_window: "
                      r"1\d\.\d% of the episodes are censored", said), said
+
+
+@pytest.mark.parametrize("drives", [True, False])
+def test_evaluate_bins_a_score_the_target_reads_in_memory_and_streamed(tmp_path, drives):
+    """tests/ope/test_select.py's panel: the target acts when a score x is at least 0.5, and x
+    decides the reward (``drives``) or nothing. auto crossed x's terciles with the target's
+    edge 0.499 where x drives the reward (FQE -18% before, within 6% now), in memory and
+    streamed alike; where it does not, the table stays on the terciles and the terminal says
+    it pools a column the target reads, as the result JSON does."""
+    from ..ope.test_select import _target_reads_panel
+
+    ds, truth = _target_reads_panel(400, seed=0, drives=drives)
+    ep = ds.episode_ids[ds.episode_index]
+    frame = pd.DataFrame({"id": ep, "t": ds.step, "x": ds.states[:, 0].astype(float),
+                          "site": np.asarray(ds.categorical_levels[0])[ds.categorical[:, 0]],
+                          "act": ds.actions, "r": ds.rewards, "end": ds.terminals.astype(int),
+                          "p": ds.behavior_prob, "g": ds.episode_index % 2})
+    frame.to_parquet(tmp_path / "panel.parquet", index=False)
+    (tmp_path / "m.toml").write_text(
+        '[dataset]\nepisode = "id"\ntime = "t"\nstates = ["x"]\ncategorical_states = ["site"]\n'
+        'groups = ["g"]\nterminal = "end"\nbehavior_prob = "p"\ngamma = 0.9\n\n'
+        '[actions.act]\nlevels = 2\n\n'
+        '[reward]\nr = { column = "r", weight = 1.0 }\n')
+    act = (ds.states[:, 0] >= 0.5).astype(float)
+    pd.DataFrame({"id": ep, "t": ds.step, "p_0": 1.0 - act, "p_1": act}).to_parquet(
+        tmp_path / "pol.parquet", index=False)
+    base = ["evaluate", str(tmp_path / "panel.parquet"), "--manifest", str(tmp_path / "m.toml"),
+            "--policy", str(tmp_path / "pol.parquet"), "--bootstrap", "0", "--estimators",
+            "fqe", "--no-progress"]
+    chosen, values = [], []
+    for extra in ([], ["--chunk-rows", "700"]):
+        out = tmp_path / f"ev{len(extra)}.json"
+        res = runner.invoke(app, [*base, "--out", str(out), *extra])
+        said = " ".join(res.output.split())
+        assert res.exit_code == 0, said
+        q = json.loads(out.read_text())
+        values.append(q["estimates"]["fqe"]["value"])
+        q = q["q_model"]
+        chosen.append(q["chosen"])
+        reads = (q.get("numeric_bins") or q["selection"]["numeric_bins"])["target_reads"]["x"]
+        assert reads["added"] == drives
+        assert ("Note: the Q-table pools x (its probabilities change at 0.499; reward gain per "
+                "episode" in said) == (not drives), said
+    assert chosen[0] == chosen[1] == ("tabular_stationary[x@0.3373/0.499/0.6695]" if drives
+                                      else "tabular_stationary[x@0.3373/0.6695]")
+    assert values[1] == pytest.approx(values[0], rel=1e-9)
+    assert abs(values[0] / truth - 1.0) < (0.06 if drives else 0.1)
+    base = ["audit", str(tmp_path / "panel.parquet"), "-m", str(tmp_path / "m.toml"),
+            "--policy", f"tgt={tmp_path / 'pol.parquet'}", "--action", "act=1", "--estimators",
+            "fqe", "--bootstrap", "0", "--permutations", "0", "--q-model", "auto"]
+    for extra in ([], ["--chunk-rows", "700"]):  # the audit's policies: the same choice and note
+        out = tmp_path / f"audit{len(extra)}.json"
+        res = runner.invoke(app, [*base, "--out", str(out), *extra])
+        said = " ".join(res.output.split())
+        assert res.exit_code == 0, said
+        q = json.loads(out.read_text())["policies"]["tgt"]["q_model"]
+        assert q["chosen"] == chosen[0]
+        assert q["numeric_bins"]["target_reads"]["x"]["added"] == drives
+        assert ("Note: the Q-table of tgt pools x (its probabilities change at 0.499" in said
+                ) == (not drives), said

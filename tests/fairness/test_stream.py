@@ -60,14 +60,15 @@ def _assert_same(a, b):
     sums, except the per-episode support shares' median and p90, which the streamed audit takes
     from a histogram (within half a bin). Each policy's ``q_model``: the same ``chosen`` and
     ``replaced``, and the same score for every candidate both consider (streamed ``auto``
-    considers those that stream; an in-memory audit given ``auto``'s choice by name has none).
+    considers those that stream; an in-memory audit given ``auto``'s choice by name has none,
+    nor its ``numeric_bins``).
     """
     from equicare.ope._stream_support import HIST_WIDTH
 
     ref, got = _flatten(a), _flatten(b)
     q_keys = {k for k in (*ref, *got) if "/q_model/" in k}
     for k in q_keys:
-        if "/q_model/candidates/" in k:
+        if "/q_model/candidates/" in k or "/q_model/numeric_bins/" in k:  # auto's own
             if k in ref and k in got:
                 assert got[k] == pytest.approx(ref[k], rel=1e-9), k
         elif "/q_model/skipped/" not in k:

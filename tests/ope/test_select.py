@@ -211,13 +211,25 @@ def test_bad_candidate_names_are_parameter_errors():
         candidate_config("gbm[site]")
 
 
+def _site_x_dataset(frames: list, gamma: float):
+    """The rows (id, t, site, x, act, p, r, end) as a dataset: numeric x, categorical site."""
+    import pandas as pd
+
+    from equicare.data import from_frame
+
+    manifest = {"dataset": {"episode": "id", "time": "t", "states": ["x"],
+                            "categorical_states": ["site"], "terminal": "end",
+                            "behavior_prob": "p", "gamma": gamma},
+                "actions": {"act": {"levels": [0, 1]}},
+                "reward": {"r": {"column": "r", "weight": 1.0}}}
+    return from_frame(pd.concat(frames, ignore_index=True), manifest, emit_warnings=False)
+
+
 def _count_state_panel(n: int, seed: int):
     """Members whose 0/1/2 need ``x`` (a numeric column) drives the reward, its own moves and
     the clinicians' actions, at 3 sites that do not matter; the target always acts. Exact truth
     of its value by backward recursion over the (x, step) chain."""
     import pandas as pd
-
-    from equicare.data import from_frame
 
     gamma, p_end, t_max, up = 0.9, 0.1, 40, np.array([0.2, 0.7])  # P(x + 1 | action)
     rng = np.random.default_rng(seed)
@@ -236,12 +248,7 @@ def _count_state_panel(n: int, seed: int):
         u, pu = rng.random(n), up[a]
         x = np.where(u < pu, np.minimum(x + 1, 2),
                      np.where(u < pu + 0.5 * (1 - pu), np.maximum(x - 1, 0), x))
-    manifest = {"dataset": {"episode": "id", "time": "t", "states": ["x"],
-                            "categorical_states": ["site"], "terminal": "end",
-                            "behavior_prob": "p", "gamma": gamma},
-                "actions": {"act": {"levels": [0, 1]}},
-                "reward": {"r": {"column": "r", "weight": 1.0}}}
-    ds = from_frame(pd.concat(frames, ignore_index=True), manifest, emit_warnings=False)
+    ds = _site_x_dataset(frames, gamma)
     move = np.zeros((3, 3))  # always act
     for s in range(3):
         move[s, min(s + 1, 2)] += up[1]
@@ -288,3 +295,88 @@ def test_binned_names_carry_the_edges_as_used():
     assert binned_name("x", np.array([0.5, 1.5])) == "x@0.5/1.5"
     assert binned_name("x", np.array([2.0, 1e-05])) == "x@2/1e-05"
     assert parse_binned("site") is None
+
+
+def _target_reads_panel(n: int, seed: int, drives: bool = True):
+    """Members with a score ``x ~ U(0, 1)`` drawn anew at every row and 2 sites that do not
+    matter; practice acts at random (p = 0.5). With ``drives``, the reward is 1 when the
+    action is ``x >= 0.5`` (a match) and 0 otherwise, plus N(0, 1) noise; else it is 1, plus
+    0.5 when the action is taken, plus the noise. Rows end with probability 0.2 (terminal).
+    The target acts when ``x >= 0.5`` (it reads x). Exact truth: ``E[r] / (1 - gamma * 0.8)``."""
+    import pandas as pd
+
+    gamma, p_end, t_max = 0.9, 0.2, 60
+    rng = np.random.default_rng(seed)
+    site = np.array(["A", "B"])[rng.integers(0, 2, n)]
+    alive, frames = np.ones(n, dtype=bool), []
+    for t in range(t_max):
+        x = rng.random(n).round(3)
+        a = (rng.random(n) < 0.5).astype(int)
+        mean_r = (a == (x >= 0.5)).astype(float) if drives else 1.0 + 0.5 * a
+        end = (rng.random(n) < p_end) | (t == t_max - 1)
+        frames.append(pd.DataFrame({
+            "id": np.arange(n), "t": t, "site": site, "x": x, "act": a, "p": 0.5,
+            "r": mean_r + rng.normal(0, 1.0, n), "end": end})[alive])
+        alive &= ~end
+    ds = _site_x_dataset(frames, gamma)
+    return ds, (1.0 if drives else 1.25) / (1.0 - gamma * (1.0 - p_end))
+
+
+class _ActsOnHighX:
+    """Acts when the numeric state ``x`` is at least 0.5."""
+
+    def action_probs(self, d):
+        act = (np.asarray(d.states[:, 0]) >= 0.5).astype(float)
+        return np.column_stack([1.0 - act, act])
+
+
+def _fqe_error(n: int, seed: int, drives: bool):
+    ds, truth = _target_reads_panel(n, seed, drives)
+    res = evaluate(ds, _ActsOnHighX(), estimators=("fqe", "dr"), bootstrap=0, groups=[],
+                   random_state=0)
+    assert res.q_model is not None
+    return ds, res, {k: res.estimates[k].value / truth - 1.0 for k in ("fqe", "dr")}
+
+
+def test_auto_bins_a_numeric_state_the_target_reads_where_it_drives_rewards():
+    """The target acts on a score that decides the reward, which practice ignores. The cells'
+    choice never looks at the target: it kept x's terciles (x@0.3373/0.6695), and the middle
+    one pools the target's threshold: FQE -18% (before). auto now finds the threshold (a
+    tree on the target's probabilities within the cells; 0.499, between the observed 0.498
+    and 0.5), sees that its bins lower the held-out error of the mean reward, and adds the
+    edge to x's bins."""
+    ds, res, err = _fqe_error(400, seed=0, drives=True)
+    assert abs(err["fqe"]) < 0.06 and abs(err["dr"]) < 0.06, err
+    q = res.q_model
+    assert q is not None and q["chosen"] == "tabular_stationary[x@0.3373/0.499/0.6695]"
+    reads = q["numeric_bins"]["target_reads"]["x"]
+    x = ds.states[:, 0]
+    assert reads["added"] and 0.499 in reads["edges"] and not np.isin(reads["edges"], x).any()
+    assert reads["reward_gain"] > 2 * reads["se"] and reads["tv"] > 0.1
+    assert "ignored_numeric" not in q
+
+
+def test_auto_leaves_a_read_score_pooled_where_it_does_not_drive_rewards():
+    """The same target on a panel where the score it reads drives nothing: its bins would
+    only cost variance, so the cells stay as chosen and the report says the table pools a
+    column the target reads."""
+    ds, res, err = _fqe_error(400, seed=0, drives=False)
+    q = res.q_model
+    assert q is not None and q["chosen"] == "tabular_stationary[x@0.3373/0.6695]"  # terciles
+    reads = q["numeric_bins"]["target_reads"]["x"]  # (the last column choose_cells leaves)
+    assert not reads["added"] and reads["reward_gain"] <= 2 * reads["se"]
+    assert abs(err["fqe"]) < 0.1, err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_auto_bins_a_read_score_on_bigger_panels(seed):
+    """3 seeds at 3,000 members: FQE within 3% of the truth where the score drives the
+    reward (DR, whose weights double at every row, within 10%), and the target's edge kept
+    out of the cells where it does not."""
+    for drives in (True, False):
+        _, res, err = _fqe_error(3000, seed=seed, drives=drives)
+        assert abs(err["fqe"]) < 0.03 and abs(err["dr"]) < 0.1, (drives, err)
+        assert res.q_model is not None
+        reads = res.q_model["numeric_bins"]["target_reads"]["x"]
+        assert reads["added"] == drives and ("0.499" in res.q_model["chosen"]) == drives

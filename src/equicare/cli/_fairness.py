@@ -344,7 +344,7 @@ def diagnostics_lines(res: AuditResult) -> list[str]:
     when the Q-model is a table and the panel has numeric states, a note naming them (its
     cells leave them out).
     """
-    from equicare.cli._ope import ignored_numeric_line, support_line
+    from equicare.cli._ope import ignored_numeric_line, support_line, target_reads_line
 
     lines = []
     for name, pa in res.policies.items():
@@ -361,9 +361,10 @@ def diagnostics_lines(res: AuditResult) -> list[str]:
             lines.append(support_line(d.support, f"Support of {name}", "its"))
         if pa.q_model is not None:
             lines.append(q_model_line(name, pa.q_model, d.censoring))
-            nline = ignored_numeric_line(pa.q_model, name)
-            if nline:
-                lines.append(nline)
+            for nline in (ignored_numeric_line(pa.q_model, name),
+                          target_reads_line(pa.q_model, name)):
+                if nline:
+                    lines.append(nline)
     return lines
 
 

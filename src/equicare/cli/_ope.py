@@ -595,6 +595,28 @@ def ignored_numeric_line(q: Mapping[str, Any] | None, name: str | None = None) -
             "categorical states (docs/ope.md, \"Tables and numeric states\").")
 
 
+def target_reads_line(q: Mapping[str, Any] | None, name: str | None = None) -> str | None:
+    """The note when ``auto``'s table pools a numeric state the target policy reads, or None.
+
+    From ``q_model["numeric_bins"]["target_reads"]`` (streamed: under ``"selection"``;
+    :func:`equicare.ope._select.target_read_bins`): the columns whose bins were not added.
+    ``name``: the audit's policy.
+    """
+    q = q or {}
+    bins = q.get("numeric_bins") or (q.get("selection") or {}).get("numeric_bins") or {}
+    pooled = {c: r for c, r in (bins.get("target_reads") or {}).items() if not r["added"]}
+    if not pooled or not str(q.get("chosen", "")).startswith("tabular"):
+        return None
+    what = ", ".join(f"{c} (its probabilities change at {'/'.join(f'{e:g}' for e in r['edges'])}; "
+                     f"reward gain per episode {r['reward_gain']:.3g}, SE {r['se']:.2g})"
+                     for c, r in pooled.items())
+    of = f" of {name}" if name else ""
+    return (f"Note: the Q-table{of} pools {what}, which the target policy reads within its cells. "
+            "Its bins did not lower the held-out error of the mean reward, so auto left them "
+            "out; if it drives the next states, the FQE, DR and WDR values can be biased: "
+            "compare --q-model gbm (docs/ope.md, \"Tables and numeric states\").")
+
+
 def per_level_sentence(q: dict[str, Any]) -> str:
     """The subgroup columns refitted per level (``q_model["per_level"]``), or ``""``."""
     out = ""
@@ -761,9 +783,10 @@ def register(app: typer.Typer) -> None:
                                      f"{fit}; {sres.q_model['bootstrap']}{how}){switched}"
                                      f"{pooled}{per_level_sentence(sres.q_model)}"),
                               highlight=False)
-                nline = ignored_numeric_line(sres.q_model)
-                if nline:
-                    console.print(escape(nline), highlight=False)
+                for nline in (ignored_numeric_line(sres.q_model),
+                              target_reads_line(sres.q_model)):
+                    if nline:
+                        console.print(escape(nline), highlight=False)
                 from equicare.ope._evaluate import FQE_VARIANCE_ONLY, fqe_interval_line
 
                 if sres.q_model.get("fqe_interval") == FQE_VARIANCE_ONLY:
@@ -815,9 +838,9 @@ def register(app: typer.Typer) -> None:
         qline = q_model_line(res)
         if qline:  # candidate names carry their cells in brackets: not Rich markup
             console.print(escape(qline), highlight=False)
-        nline = ignored_numeric_line(res.q_model)
-        if nline:
-            console.print(escape(nline), highlight=False)
+        for nline in (ignored_numeric_line(res.q_model), target_reads_line(res.q_model)):
+            if nline:
+                console.print(escape(nline), highlight=False)
         from equicare.ope._evaluate import FQE_VARIANCE_ONLY, fqe_interval_line
 
         if res.settings.get("fqe_interval") == FQE_VARIANCE_ONLY:

@@ -87,7 +87,9 @@ def q_model_entry(selection: Any, name: str | None, numeric: Sequence[str] = (),
     fitted, when one was not) and, when the censoring check replaced the
     stationary table by the window table, ``"replaced": "tabular_stationary"`` (the criterion's
     choice); with a tabular Q-model and numeric states, ``"ignored_numeric"``, the numeric state
-    columns its cells leave out (as ``evaluate``'s).
+    columns its cells leave out (as ``evaluate``'s), and ``"numeric_bins": {"target_reads"}``
+    when the target reads numeric states within auto's cells
+    (:func:`~equicare.ope._select.target_read_bins`).
 
     Parameters
     ----------
@@ -117,6 +119,8 @@ def q_model_entry(selection: Any, name: str | None, numeric: Sequence[str] = (),
         out["skipped"] = dict(selection.skipped)
     if selection.replaced:
         out["replaced"] = selection.replaced
+    if selection.numeric_bins.get("target_reads"):  # numeric states the target reads
+        out["numeric_bins"] = {"target_reads": dict(selection.numeric_bins["target_reads"])}
     return out
 
 

@@ -71,6 +71,13 @@ fixed point makes its TD errors orthogonal to every such function, so the table'
 bias is 0 plus held-out noise however much it misses within its cells (docs/ope.md, "Tables
 and numeric states").
 
+Numeric states the target reads. The cells' choice never looks at the target policy. When the
+target's probabilities change within the chosen cells along a numeric state (a rule "MAT if
+the last use was under 60 days ago"), :func:`target_read_bins` finds the target's thresholds
+and adds them to the cells if the column drives the rewards (held-out squared error of the
+mean reward per cell and action); otherwise the column stays pooled and the selection reports
+it (``numeric_bins["target_reads"]``).
+
 With categorical states only held-out transitions between state cells that the training folds
 visit are scored (for every candidate alike). A fold's table has no value for a cell it never
 saw, so a held-out transition *into* such a cell scored ``V = 0`` there and charged the tables
@@ -90,7 +97,17 @@ import numpy as np
 from numpy.typing import NDArray
 
 from equicare.data import TrajectoryDataset
-from equicare.data._cells import CellChoice, choose_cells
+from equicare.data._cells import (
+    CELL_FOLDS,
+    CELL_N_SE,
+    CellChoice,
+    _codes,
+    cell_means,
+    choose_cells,
+    episode_folds,
+    mean_tv,
+    reward_gain,
+)
 from equicare.exceptions import DataValidationError, InvalidParameterError
 from equicare.ope._fqe import (
     AUTO_SELECTOR,
@@ -99,18 +116,22 @@ from equicare.ope._fqe import (
     bin_codes,
     binned_name,
     cell_columns,
+    cell_parts,
+    cell_ranges,
     fit_fqe_logged,
+    parse_binned,
     varies_within_cells,
 )
 from equicare.ope._lstd import LSTDFit
-from equicare.privacy import quantile_edges
+from equicare.privacy import gap_edges, quantile_edges
 from equicare.utils import PARAM_MESSAGE, RandomState, check_random_state
 
 __all__ = ["QSelection", "select_q_model", "cross_fit", "draw_folds", "CrossFit",
            "AUTO_CANDIDATES",
            "AUTO_FOLDS",
            "AUTO_FLEXIBLE_WORK", "AUTO_N_SE", "AUTO_NUMERIC_BINS", "candidate_config",
-           "candidate_name", "choose_with_reference", "numeric_bin_columns"]
+           "candidate_name", "choose_with_reference", "numeric_bin_columns",
+           "target_read_bins", "READS_LEAVES", "READS_MIN_LEAF", "READS_TV"]
 
 #: Candidate names in report order.
 AUTO_CANDIDATES: tuple[str, ...] = ("tabular_stationary", "tabular_backward", "linear", "gbm",
@@ -127,6 +148,20 @@ AUTO_FLEXIBLE_WORK = 200_000
 #: Bins (near quantiles) of each numeric state column that varies within the tables' cells,
 #: offered to the cells' choice as one more column (:func:`numeric_bin_columns`).
 AUTO_NUMERIC_BINS = 3
+#: Leaves of the tree that finds where the target policy's probabilities change within cells.
+READS_LEAVES = 8
+#: Smallest leaf of that tree, as a share of its rows.
+READS_MIN_LEAF = 0.01
+#: Rows (every k-th) that tree is fitted on, at most.
+#: Actions (those whose probabilities vary most within the cells) that tree predicts, at most.
+READS_OUTPUTS = 8
+READS_TREE_ROWS = 200_000
+#: Row-weighted mean total variation of the target's mean probabilities between a numeric
+#: column's bins within the cells from which the target reads the column. On six 127k-row
+#: substance-use panels a policy that mixes practice half-and-half with a rule read days since
+#: last use at 0.026 (through practice's half), and its bins moved FQE 0.016-0.025 away from
+#: the truth on each of the four panels where they were added; a rule on it reads it at 0.43.
+READS_TV = 0.05
 
 
 def candidate_name(base: str, cells: tuple[str, ...] | None) -> str:
@@ -208,7 +243,9 @@ class QSelection:
         ``"offered"``, the binned columns offered to the cells' choice
         (:func:`numeric_bin_columns`; the kept ones are among ``cells``); streamed, ``"why"``
         the edges may differ from the whole panel's when auto's sample is not the whole panel
-        (:func:`equicare.ope._stream_q.choose_q_stream`).
+        (:func:`equicare.ope._stream_q.choose_q_stream`). ``"target_reads"``: the numeric
+        columns the target policy reads within the cells (:func:`target_read_bins`: edges,
+        ``tv``, ``reward_gain``, ``se``, ``added``); an added column's bins are among ``cells``.
     """
 
     chosen: str
@@ -437,6 +474,121 @@ def numeric_bin_columns(dataset: TrajectoryDataset, n_bins: int = AUTO_NUMERIC_B
                    _cache={})  # (the dataset's cached arrays are of its own columns)
 
 
+def target_read_bins(dataset: TrajectoryDataset, target_probs: NDArray[np.float64],
+                     cells: tuple[str, ...] | None, *, n_se: float = CELL_N_SE
+                     ) -> tuple[tuple[str, ...] | None, dict[str, dict[str, Any]]]:
+    """Bins of the numeric states the target policy reads within a table's cells, if they matter.
+
+    A table pooled over a column that the target policy reads (its probabilities change within
+    the cells) and that drives the rewards cannot represent ``Q^pi``: a cell averages members
+    the target treats differently, in the proportions practice visits them. The cells' choice
+    (:func:`equicare.data.choose_cells`) does not see this: it never looks at the target, and
+    its log-likelihood criterion loses rare rewards among the next state's symbols. Here:
+
+    1. Where the target reads: a regression tree (:data:`READS_LEAVES` leaves, leaves of at
+       least :data:`READS_MIN_LEAF` of the rows) of the target's probabilities minus their cell
+       means on the numeric state columns that vary within the cells; its split points are
+       where the target changes (a deterministic rule's thresholds; a split must lower the
+       residuals' squared error by 1% of its total), moved into the gap between two observed
+       values and rounded (:func:`equicare.privacy.gap_edges`, no row's value).
+    2. A column is read when its bins move the target's mean probabilities within the cells by a
+       row-weighted total variation of at least :data:`READS_TV`.
+    3. It drives the rewards when crossing the cells with its bins lowers the held-out squared
+       error of the mean reward per (cell, action) by more than ``n_se`` standard errors over
+       episodes (:func:`equicare.data._cells.reward_gain`, 5 folds, seeded); the columns are tried
+       from the most read, each against the cells with the ones kept before it. A kept
+       column's bins join the cells (:func:`~equicare.ope._fqe.binned_name`).
+
+    A column the target reads but that does not drive the rewards stays pooled (its bins would
+    only cost variance); the returned report says so, and ``evaluate`` prints it. Nothing runs
+    when no numeric state varies within the cells (the Garnet test bed), so those choices are
+    unchanged.
+
+    Parameters
+    ----------
+    dataset : TrajectoryDataset
+    target_probs : ndarray of shape (n_steps, n_actions)
+    cells : tuple of str or None
+        The table's columns (None: every categorical state column).
+    n_se : float, default=CELL_N_SE
+
+    Returns
+    -------
+    cells : tuple of str or None
+        ``cells`` with the kept bins appended (unchanged when none is kept).
+    reads : dict of str to dict
+        Per numeric column the target reads: ``edges``, ``tv``, ``reward_gain`` and ``se``
+        (per episode) and ``added``.
+    """
+    from sklearn.tree import DecisionTreeRegressor
+
+    if (dataset.categorical is None or dataset.categorical.shape[1] == 0
+            or not dataset.state_names or dataset.n_episodes < 2):
+        return cells, {}
+    names = list(dataset.categorical_names if cells is None else cells)
+    _, _, parts = cell_parts(dataset, tuple(names))
+    cell = _codes(parts, list(range(parts.shape[1])))
+    _, low, high = cell_ranges(dataset.states, cell)  # (a binned column varies in its bins)
+    varying = [bool(v) for v in np.asarray((high > low).any(axis=0)).ravel()]
+    if not any(varying):
+        return cells, {}
+    probs = np.asarray(target_probs, dtype=np.float64)
+    resid = probs - cell_means(probs, cell)[0][cell]
+    cols = [j for j, v in enumerate(varying) if v]
+    x = np.asarray(dataset.states, dtype=np.float64)[:, cols]
+    rows = np.arange(0, dataset.n_steps, max(1, dataset.n_steps // READS_TREE_ROWS))
+    if not np.any(resid[rows] ** 2 > 1e-12):
+        return cells, {}
+    y = resid[rows]
+    if y.shape[1] > READS_OUTPUTS:  # the actions whose probabilities change most (the tree's
+        y = y[:, np.argsort(-np.sum(y**2, axis=0), kind="stable")[:READS_OUTPUTS]]  # cost)
+    tree = DecisionTreeRegressor(max_leaf_nodes=READS_LEAVES, random_state=0,
+                                 min_samples_leaf=max(20, int(READS_MIN_LEAF * rows.size)),
+                                 min_impurity_decrease=0.01 * float(np.var(y, axis=0).mean()))
+    tree.fit(x[rows], y)
+    splits = [(int(f), float(t)) for f, t in zip(tree.tree_.feature, tree.tree_.threshold,
+                                                   strict=True) if f >= 0]
+    found: list[tuple[float, str, NDArray[np.float64], NDArray[np.int64]]] = []
+    binned = {b[0]: b[1] for b in map(parse_binned, names) if b is not None}
+    for i, j in enumerate(cols):
+        edges = gap_edges(dataset.states[:, j], [t for f, t in splits if f == i])
+        if dataset.state_names[j] in binned and edges.size:  # not the cells' own bins again
+            vals = np.unique(np.asarray(dataset.states[:, j], dtype=np.float64))
+            gaps = np.searchsorted(vals, edges)
+            edges = edges[~np.isin(gaps, np.searchsorted(vals, binned[dataset.state_names[j]]))]
+        if edges.size == 0:
+            continue
+        b = bin_codes(dataset.states[:, j], edges)
+        tv = mean_tv(probs, cell, _codes(np.column_stack([cell, b]), [0, 1]))
+        if tv >= READS_TV:
+            found.append((tv, dataset.state_names[j], edges, b))
+    reads: dict[str, dict[str, Any]] = {}
+    if not found:
+        return cells, reads
+    row_fold = episode_folds(dataset, CELL_FOLDS, random_state=0)
+    changed = False
+    n = float(dataset.n_episodes)
+    for tv, name, edges, b in sorted(found, key=lambda t: -t[0]):
+        fine = _codes(np.column_stack([cell, b]), [0, 1])
+        stats = {k: (float(g.mean()), float(g.std(ddof=1) / np.sqrt(n)))
+                 for k, g in reward_gain(dataset, cell, fine, row_fold, CELL_FOLDS).items()}
+        gain, se = max(stats.values(), key=lambda s: s[0] - n_se * s[1])
+        keep = gain - n_se * se > 0
+        reads[name] = {"edges": [float(e) for e in edges], "tv": tv, "reward_gain": gain,
+                       "se": se, "added": bool(keep)}
+        if keep:  # a column the cells already bin (at its terciles) takes the target's edges too
+            old = [i for i, c in enumerate(names) if (parse_binned(c) or ("",))[0] == name]
+            if old:
+                prev = parse_binned(names[old[0]])
+                assert prev is not None
+                names[old[0]] = binned_name(name, gap_edges(  # one edge per gap
+                    dataset.states[:, dataset.state_names.index(name)], np.r_[prev[1], edges]))
+            else:
+                names.append(binned_name(name, edges))
+            cell, changed = fine, True
+    return (tuple(names) if changed else cells), reads
+
+
 def select_q_model(dataset: TrajectoryDataset, target_probs: NDArray[np.float64], *,
                    candidates: tuple[str, ...] | None = None, n_folds: int = AUTO_FOLDS,
                    random_state: RandomState = None, cells: tuple[str, ...] | None = None,
@@ -500,6 +652,10 @@ def select_q_model(dataset: TrajectoryDataset, target_probs: NDArray[np.float64]
     elif tables and len(dataset.categorical_names) > 1:
         cell_choice = choose_cells(dataset, random_state=rng)
         cells = cell_choice.columns if cell_choice.dropped else None
+    if tables:  # a numeric state the target reads within the cells: its bins, if it matters
+        cells, reads = target_read_bins(dataset, target_probs, cells)
+        if reads:
+            bins_info = {**bins_info, "target_reads": reads}
     if cells is not None and has_cat:  # the tables' names carry their cells
         def named(n: str) -> str:
             return candidate_name(n, cells) if n.startswith("tabular") and "[" not in n else n
