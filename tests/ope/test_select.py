@@ -380,3 +380,62 @@ def test_auto_bins_a_read_score_on_bigger_panels(seed):
         assert res.q_model is not None
         reads = res.q_model["numeric_bins"]["target_reads"]["x"]
         assert reads["added"] == drives and ("0.499" in res.q_model["chosen"]) == drives
+
+
+def _tree_panel(n: int, seed: int):  # type: ignore[no-untyped-def]
+    """tests/explain's tree simulator with its ends marked terminal, plus a clinic column that
+    drives nothing; the optimal rule reads the site, which drives only the rewards."""
+    from dataclasses import replace
+
+    from tests.explain import tree_sim
+
+    ds = tree_sim.generate(n, seed=seed)
+    last = np.zeros(ds.n_steps, dtype=bool)
+    last[ds.episode_offsets[1:] - 1] = True
+    clinic = np.random.default_rng(seed + 1).integers(0, 2, ds.n_steps)
+    ds = replace(ds, terminals=last, categorical=np.column_stack([ds.categorical, clinic]),
+                 categorical_names=(*ds.categorical_names, "clinic"),
+                 categorical_levels=(*ds.categorical_levels, ("c0", "c1")), _cache={})
+    return ds, tree_sim.optimal_of(ds), clinic
+
+
+def _stationary_truth(ds, probs):  # type: ignore[no-untyped-def]
+    """The stationary table's fixed point on (site, x1 > 0.6, clinic): the model is exact there
+    for rewards (they depend on site, x1 > 0.6 and the action only) and next states (i.i.d.)."""
+    cell = (ds.categorical[:, 0] * 2 + (ds.states[:, 0] > 0.6)) * 2 + ds.categorical[:, 1]
+    key = cell * 3 + ds.actions
+    nxt = np.r_[np.arange(1, ds.n_steps), 0]
+    q = np.zeros(24)
+    for _ in range(300):
+        v = (probs * q.reshape(8, 3)[cell]).sum(axis=1)
+        y = ds.rewards + ds.gamma * np.where(ds.terminals, 0.0, v[nxt])
+        q = np.bincount(key, weights=y, minlength=24) / np.maximum(np.bincount(key, minlength=24), 1)
+    return float((probs * q.reshape(8, 3)[cell]).sum(axis=1)[ds.episode_offsets[:-1]].mean())
+
+
+def test_auto_keeps_a_categorical_column_the_target_reads_where_it_drives_rewards():
+    """A site whose levels want different actions changes no next state, so the cells' choice
+    pooled it: the optimal rule's FQE was 2.51 against the table's own fixed point 3.58 (every
+    choice at the two sites' average reward). A clinic the target reads but that drives nothing
+    stays pooled."""
+    ds, opt, clinic = _tree_panel(3000, 11)
+    target = np.full((ds.n_steps, 3), 0.0005)
+    target[np.arange(ds.n_steps), opt] = 0.999
+    # the target reads the clinic too: at c1 it hesitates between the optimum and its neighbour
+    nb = (opt + 1) % 3
+    target[clinic == 1] = 0.0
+    rows = np.flatnonzero(clinic == 1)
+    target[rows, opt[rows]] = 0.7
+    target[rows, nb[rows]] = 0.3
+    sel = select_q_model(ds, target, random_state=0)
+    reads = sel.numeric_bins["target_reads"]
+    assert reads["site"]["added"] and reads["site"]["levels"]
+    assert reads["site"]["reward_gain"] > 10 * reads["site"]["se"]
+    assert not reads["clinic"]["added"] and reads["clinic"]["tv"] >= select_mod.READS_TV
+    assert "site" in sel.cells and "clinic" not in sel.cells
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = evaluate(ds, target, estimators=["fqe"], bootstrap=0, random_state=0, groups=[])
+    assert "site" in res.q_model["chosen"]
+    exact = _stationary_truth(ds, target)
+    assert abs(res.estimates["fqe"].value - exact) < 0.03 * exact, (res.estimates, exact)

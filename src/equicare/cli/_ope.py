@@ -595,6 +595,13 @@ def ignored_numeric_line(q: Mapping[str, Any] | None, name: str | None = None) -
             "categorical states (docs/ope.md, \"Tables and numeric states\").")
 
 
+def _read_where(read: Mapping[str, Any]) -> str:
+    """Where the target's probabilities change: a numeric column's edges, or a column's levels."""
+    if read.get("levels"):
+        return "its probabilities differ between its levels"
+    return f"its probabilities change at {'/'.join(f'{e:g}' for e in read['edges'])}"
+
+
 def target_reads_line(q: Mapping[str, Any] | None, name: str | None = None) -> str | None:
     """The note when ``auto``'s table pools a numeric state the target policy reads, or None.
 
@@ -607,14 +614,14 @@ def target_reads_line(q: Mapping[str, Any] | None, name: str | None = None) -> s
     pooled = {c: r for c, r in (bins.get("target_reads") or {}).items() if not r["added"]}
     if not pooled or not str(q.get("chosen", "")).startswith("tabular"):
         return None
-    what = ", ".join(f"{c} (its probabilities change at {'/'.join(f'{e:g}' for e in r['edges'])}; "
+    what = ", ".join(f"{c} ({_read_where(r)}; "
                      f"reward gain per episode {r['reward_gain']:.3g}, SE {r['se']:.2g})"
                      for c, r in pooled.items())
     of = f" of {name}" if name else ""
     return (f"Note: the Q-table{of} pools {what}, which the target policy reads within its cells. "
-            "Its bins did not lower the held-out error of the mean reward, so auto left them "
-            "out; if it drives the next states, the FQE, DR and WDR values can be biased: "
-            "compare --q-model gbm (docs/ope.md, \"Tables and numeric states\").")
+            "Its bins (or levels) did not lower the held-out error of the mean reward, so auto "
+            "left them out; if it drives the next states, the FQE, DR and WDR values can be "
+            "biased: compare --q-model gbm (docs/ope.md, \"Tables and numeric states\").")
 
 
 def per_level_sentence(q: dict[str, Any]) -> str:

@@ -523,22 +523,56 @@ def target_read_bins(dataset: TrajectoryDataset, target_probs: NDArray[np.float6
     from sklearn.tree import DecisionTreeRegressor
 
     if (dataset.categorical is None or dataset.categorical.shape[1] == 0
-            or not dataset.state_names or dataset.n_episodes < 2):
+            or dataset.n_episodes < 2):
         return cells, {}
     names = list(dataset.categorical_names if cells is None else cells)
     _, _, parts = cell_parts(dataset, tuple(names))
     cell = _codes(parts, list(range(parts.shape[1])))
+    probs = np.asarray(target_probs, dtype=np.float64)
+    reads: dict[str, dict[str, Any]] = {}
+    row_fold: NDArray[np.int64] | None = None
+    n = float(dataset.n_episodes)
+
+    def drives_rewards(fine: NDArray[np.int64]) -> tuple[float, float]:
+        nonlocal row_fold
+        if row_fold is None:
+            row_fold = episode_folds(dataset, CELL_FOLDS, random_state=0)
+        stats = {k: (float(g.mean()), float(g.std(ddof=1) / np.sqrt(n)))
+                 for k, g in reward_gain(dataset, cell, fine, row_fold, CELL_FOLDS).items()}
+        return max(stats.values(), key=lambda s: s[0] - n_se * s[1])
+
+    # a categorical column the cells pool (it does not change the next state's law given the
+    # others) but that the target reads and that drives the rewards: a site whose levels want
+    # different actions (the pooled table values each level's choice at the sites' average
+    # reward: FQE 2.51 against 3.58 with the site on a 3-action panel, docs/ope.md)
+    kept_cat = False
+    for j, name in enumerate(dataset.categorical_names):
+        if name in names:
+            continue
+        col = np.asarray(dataset.categorical[:, j], dtype=np.int64)
+        fine = _codes(np.column_stack([cell, col]), [0, 1])
+        tv = mean_tv(probs, cell, fine)
+        if tv < READS_TV:
+            continue
+        gain, se = drives_rewards(fine)
+        keep = gain - n_se * se > 0
+        reads[name] = {"levels": True, "tv": tv, "reward_gain": gain, "se": se,
+                       "added": bool(keep)}
+        if keep:
+            names.append(name)
+            cell, kept_cat = fine, True
+    if not dataset.state_names:
+        return (tuple(names) if kept_cat else cells), reads
     _, low, high = cell_ranges(dataset.states, cell)  # (a binned column varies in its bins)
     varying = [bool(v) for v in np.asarray((high > low).any(axis=0)).ravel()]
     if not any(varying):
-        return cells, {}
-    probs = np.asarray(target_probs, dtype=np.float64)
+        return (tuple(names) if kept_cat else cells), reads
     resid = probs - cell_means(probs, cell)[0][cell]
     cols = [j for j, v in enumerate(varying) if v]
     x = np.asarray(dataset.states, dtype=np.float64)[:, cols]
     rows = np.arange(0, dataset.n_steps, max(1, dataset.n_steps // READS_TREE_ROWS))
     if not np.any(resid[rows] ** 2 > 1e-12):
-        return cells, {}
+        return (tuple(names) if kept_cat else cells), reads
     y = resid[rows]
     if y.shape[1] > READS_OUTPUTS:  # the actions whose probabilities change most (the tree's
         y = y[:, np.argsort(-np.sum(y**2, axis=0), kind="stable")[:READS_OUTPUTS]]  # cost)
@@ -562,17 +596,10 @@ def target_read_bins(dataset: TrajectoryDataset, target_probs: NDArray[np.float6
         tv = mean_tv(probs, cell, _codes(np.column_stack([cell, b]), [0, 1]))
         if tv >= READS_TV:
             found.append((tv, dataset.state_names[j], edges, b))
-    reads: dict[str, dict[str, Any]] = {}
-    if not found:
-        return cells, reads
-    row_fold = episode_folds(dataset, CELL_FOLDS, random_state=0)
-    changed = False
-    n = float(dataset.n_episodes)
+    changed = kept_cat
     for tv, name, edges, b in sorted(found, key=lambda t: -t[0]):
         fine = _codes(np.column_stack([cell, b]), [0, 1])
-        stats = {k: (float(g.mean()), float(g.std(ddof=1) / np.sqrt(n)))
-                 for k, g in reward_gain(dataset, cell, fine, row_fold, CELL_FOLDS).items()}
-        gain, se = max(stats.values(), key=lambda s: s[0] - n_se * s[1])
+        gain, se = drives_rewards(fine)
         keep = gain - n_se * se > 0
         reads[name] = {"edges": [float(e) for e in edges], "tv": tv, "reward_gain": gain,
                        "se": se, "added": bool(keep)}
