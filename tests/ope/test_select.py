@@ -406,10 +406,11 @@ def _stationary_truth(ds, probs):  # type: ignore[no-untyped-def]
     key = cell * 3 + ds.actions
     nxt = np.r_[np.arange(1, ds.n_steps), 0]
     q = np.zeros(24)
+    n_key = np.maximum(np.bincount(key, minlength=24), 1)
     for _ in range(300):
         v = (probs * q.reshape(8, 3)[cell]).sum(axis=1)
         y = ds.rewards + ds.gamma * np.where(ds.terminals, 0.0, v[nxt])
-        q = np.bincount(key, weights=y, minlength=24) / np.maximum(np.bincount(key, minlength=24), 1)
+        q = np.bincount(key, weights=y, minlength=24) / n_key
     return float((probs * q.reshape(8, 3)[cell]).sum(axis=1)[ds.episode_offsets[:-1]].mean())
 
 
