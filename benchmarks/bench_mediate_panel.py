@@ -13,9 +13,9 @@ Full size: 8,000 members, 200,957 member-weeks (the session-25 panel, docs/media
 Entries, each ``mediate_path`` as the command runs it with its defaults (all four estimators,
 2 folds, 500 bootstrap replicates, ``--basis auto``, seed 42), one BLAS thread:
 
-* ``diabetes_8000_binary_action``: ``--action 'modality=phone|text|video|in_person' --control 0``
+* ``mediate_diabetes_8000_binary_action``: ``--action 'modality=phone|text|video|in_person' --control 0``
   (any outreach against none, the README's way to compare an action set);
-* ``diabetes_8000_flat_actions``: the 25 flat actions with a control policy file (no outreach).
+* ``mediate_diabetes_8000_flat_actions``: the 25 flat actions with a control policy file (no outreach).
 
 No peer library: the reference code of Ge et al. (2023) is not a package.
 """
@@ -183,7 +183,7 @@ def run(quick: bool = False) -> dict[str, dict[str, Any]]:
             t0 = time.perf_counter()
             mediate_path(d / "panel.parquet", d / "manifest.toml", d / "target.parquet",
                          random_state=42, **kw)
-            out[f"diabetes_8000_{name}"] = time.perf_counter() - t0
+            out[f"mediate_diabetes_8000_{name}"] = time.perf_counter() - t0
     return {k: {"value": v, "unit": "s", "peer": None, "peer_value": None, "ratio": None}
             for k, v in out.items()}
 
