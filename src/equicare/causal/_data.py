@@ -123,7 +123,7 @@ class MediationData:
         Dataset the rows come from (to evaluate ``equicare.policy`` objects).
     rows, next_rows : ndarray of shape (n,), optional
         Row of each transition's state and next state in ``source`` (a censored last row's
-        ``next_rows`` entry is the row itself, a placeholder: see ``next_weight``).
+        ``next_rows`` entry is the row itself, never read: its weight in ``next_weight`` is 0).
     next_weight : ndarray of shape (n,), optional
         Weight of each row's next-state terms (:func:`next_state_weights`): 0 on a censored
         last row kept for its known step (no next state), the inverse probability of not
@@ -332,7 +332,7 @@ def transition_rows(ds: Any) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
     A censored last row (not terminal: the window closed, the stay went on) has no next state.
     Without terminal rows it is left out: which rows are last depends on the window only, so
     the rest are an unbiased sample of transitions. With terminal rows it is kept, its next
-    row being itself (a placeholder that :func:`next_state_weights` gives weight 0): it is a
+    row being itself (never read: :func:`next_state_weights` gives it weight 0): it is a
     step that did not end its stay, with its reward, action and mediator. Leaving it out keeps
     the ends of the stays closed at the window's edge and drops their non-ends, so the end
     rates came out too high (by 5 % on a panel with 15 % of its stays censored) and the
