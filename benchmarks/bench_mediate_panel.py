@@ -13,9 +13,11 @@ Full size: 8,000 members, 200,957 member-weeks (the session-25 panel, docs/media
 Entries, each ``mediate_path`` as the command runs it with its defaults (all four estimators,
 2 folds, 500 bootstrap replicates, ``--basis auto``, seed 42), one BLAS thread:
 
-* ``mediate_diabetes_8000_binary_action``: ``--action 'modality=phone|text|video|in_person' --control 0``
-  (any outreach against none, the README's way to compare an action set);
-* ``mediate_diabetes_8000_flat_actions``: the 25 flat actions with a control policy file (no outreach).
+* ``mediate_diabetes_8000_binary_action``:
+  ``--action 'modality=phone|text|video|in_person' --control 0`` (any outreach against none,
+  the README's way to compare an action set);
+* ``mediate_diabetes_8000_flat_actions``: the 25 flat actions with a control policy file
+  (no outreach).
 
 No peer library: the reference code of Ge et al. (2023) is not a package.
 """
