@@ -760,6 +760,9 @@ def register(app: typer.Typer) -> None:
             from equicare.cli._utils import print_table
 
             print_table(stream_table(sres))
+            rline = resampling_line(sres.settings)  # people (member), as in memory
+            if rline:
+                console.print(rline, highlight=False)
             if sres.q_model is not None:
                 cc = sres.q_model.get("cell_choice") or {}
                 pooled = (f". The table pools over {', '.join(cc['dropped'])}: it does not "
