@@ -578,8 +578,8 @@ def _width(e) -> float:
 
 
 def test_streamed_intervals_of_re_enrolled_people_resample_people(tmp_path):
-    """A person's episodes share every Poisson weight whatever chunk they are read in: the
-    streamed intervals equal those of the panel as one chunk (1e-9), are as wide as the
+    """A person's episodes share every Poisson weight whatever chunk or shard they are read in:
+    the streamed and sharded intervals equal those of the panel as one chunk (1e-9), as wide as the
     in-memory bootstrap of people (overall, per subgroup, with a Q-model too), and wider than
     the same panel's episode bootstrap (member not named) by the design effect."""
     from equicare.data import from_frame
@@ -596,12 +596,15 @@ def test_streamed_intervals_of_re_enrolled_people_resample_people(tmp_path):
     chunked = evaluate_stream(path, _Tilted(), manifest=man, n_boot=400, chunk_rows=300, **kw)
     ds = load_dataset(path, man)
     whole = evaluate_stream(ds, _Tilted(), n_boot=400, **kw)
+    sharded = evaluate_stream(path, _Tilted(), manifest=man, n_boot=400, chunk_rows=300,
+                              executor=get_executor("local", jobs=1), n_shards=3, **kw)
     mem = evaluate(ds, _Tilted(), bootstrap=400, **kw)
     episodes = evaluate_stream(from_frame(frame, no_member), _Tilted(), n_boot=400, **kw)
     assert chunked.settings["resampling"] == mem.settings["resampling"] == "people (member)"
     assert episodes.settings["resampling"] == "episodes"
     for k in keys:
         np.testing.assert_allclose(chunked.estimates[k].ci, whole.estimates[k].ci, rtol=1e-9)
+        np.testing.assert_allclose(sharded.estimates[k].ci, whole.estimates[k].ci, rtol=1e-9)
         ratio = _width(chunked.estimates[k]) / _width(mem.estimates[k])
         assert 0.85 < ratio < 1.15, (k, ratio)
         # the design effect of 2-4 correlated episodes per person: about 2.5
