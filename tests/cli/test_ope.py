@@ -454,3 +454,27 @@ def test_plain_is_on_in_sample_propensities_is_flagged_under_the_table(tmp_path,
     # its episodes last 1 to 120 steps: WPDIS is flagged too, on a line of its own
     assert ("wpdis: biased, in-sample estimated propensities over episodes of different "
             "lengths; read wis, dr or wdr") in flat
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_evaluate_of_re_enrolled_people_says_intervals_resample_people(tmp_path, stream):
+    """With the manifest's member, in memory and with --chunk-rows alike: the line under the
+    table and the result JSON's settings say the replicates resample people."""
+    from ..conftest import make_reenrolled_frame
+
+    frame, man_dict = make_reenrolled_frame()
+    data = tmp_path / "panel.csv"
+    frame.to_csv(data, index=False)
+    man = tmp_path / "manifest.toml"
+    man.write_text(Manifest.from_dict(man_dict).to_toml())
+    ds = from_frame(frame, man_dict, emit_warnings=False)
+    probs = np.random.default_rng(0).dirichlet(np.ones(ds.n_actions), size=ds.n_steps)
+    pol = write_policy_file(ds, probs, tmp_path / "policy.parquet")
+    files = {"data": data, "manifest": man, "policy": pol, "dir": tmp_path}
+    res, out = _run(files, "--estimators", "is,wis",
+                    *(["--chunk-rows", "60"] if stream else []))
+    assert res.exit_code == 0, res.output
+    said = " ".join(res.output.split())
+    assert ("Intervals resample people (member): each bootstrap replicate draws people with all "
+            "their episodes.") in said
+    assert json.loads(out.read_text())["settings"]["resampling"] == "people (member)"

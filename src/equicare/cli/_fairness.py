@@ -117,7 +117,8 @@ def run_audit(
     """Load data and policies, run the audit, write ``out`` (the audit JSON) atomically.
 
     With ``chunk_rows`` the panel is streamed (:func:`equicare.fairness.audit_stream`: Poisson
-    bootstrap weights keyed by episode id; group values by importance sampling, or FQE/DR/WDR
+    bootstrap weights keyed by episode id, or by person with the manifest's member; group values
+    by importance sampling, or FQE/DR/WDR
     with a linear, stationary or window tabular Q-model fitted from chunk sums), optionally one
     shard per task on ``executor``. ``provenance``: the block written into the audit JSON
     (:func:`equicare.cli._utils.provenance`). ``usual_care``: as
@@ -530,7 +531,8 @@ def register(app: typer.Typer) -> None:
 
         With --chunk-rows the panel is streamed (group values by is, wis, pdis, wpdis, or fqe,
         dr, wdr with --q-model auto, linear, tabular_stationary or tabular_window fitted from
-        chunk sums; Poisson bootstrap keyed by episode id), on --executor shards too.
+        chunk sums; Poisson bootstrap keyed by episode id, or by person when the manifest
+        names member), on --executor shards too.
         Exception rules (explain's card/model) are audited as deployed: where they leave the
         decision to current practice, the allocation and the value are the clinicians' logged
         actions (--usual-care stored audits the estimate of practice saved with them).

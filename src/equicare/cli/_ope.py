@@ -667,10 +667,11 @@ def register(app: typer.Typer) -> None:
         ] = "all",
         bootstrap: Annotated[int, typer.Option(
             min=0, help="Bootstrap replicates: of episodes, or of people with all their "
-                        "episodes when the manifest names member (in memory). 0: normal "
-                        "intervals from the leave-one-episode-out (person-out) jackknife "
-                        "standard error, --ci unused; with --chunk-rows too, the same numbers "
-                        "(by episode).")
+                        "episodes when the manifest names member (with --chunk-rows too: "
+                        "Poisson weights keyed by the person). 0: normal intervals from the "
+                        "leave-one-episode-out (person-out) jackknife standard error, --ci "
+                        "unused; with --chunk-rows too, the same numbers (by episode: it "
+                        "warns when the manifest names member).")
                              ] = 1000,
         truncate: Annotated[float | None, typer.Option(
             help="Cap on the cumulative importance weights (default: none).")] = None,
@@ -704,8 +705,9 @@ def register(app: typer.Typer) -> None:
         decision to current practice the clinicians decide (--usual-care stored values the
         estimate of practice saved with them instead); the output says which, and the share
         of rows left to practice.
-        With --chunk-rows the panel is streamed (Poisson bootstrap keyed by episode id), on
-        --executor shards too: IS, WIS, PDIS and WPDIS, plus FQE, DR and WDR with --q-model
+        With --chunk-rows the panel is streamed (Poisson bootstrap keyed by episode id, or by
+        person when the manifest names member), on --executor shards too: IS, WIS, PDIS and
+        WPDIS, plus FQE, DR and WDR with --q-model
         auto, linear, tabular_stationary or tabular_window (auto chooses between linear and
         tabular_stationary on a random sample of 1M rows of whole episodes, and takes
         tabular_window instead of tabular_stationary when censored stays bias it, as in
@@ -758,6 +760,9 @@ def register(app: typer.Typer) -> None:
             from equicare.cli._utils import print_table
 
             print_table(stream_table(sres))
+            rline = resampling_line(sres.settings)  # people (member), as in memory
+            if rline:
+                console.print(rline, highlight=False)
             if sres.q_model is not None:
                 cc = sres.q_model.get("cell_choice") or {}
                 pooled = (f". The table pools over {', '.join(cc['dropped'])}: it does not "

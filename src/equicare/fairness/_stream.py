@@ -312,6 +312,7 @@ class _Partial:
 def _add_chunk(part: _Partial, ds: TrajectoryDataset, ctx: _Context) -> None:
     """Add one chunk of whole episodes to the partial statistics."""
     from equicare.ope import OPEInputs, episode_keys, episode_parts, poisson_weights
+    from equicare.ope._resample import resampling_ids
 
     cfg, pols = ctx.cfg, ctx.policies
     if ctx.behavior is not None and cfg.estimator is not None and pols:
@@ -328,8 +329,8 @@ def _add_chunk(part: _Partial, ds: TrajectoryDataset, ctx: _Context) -> None:
     codes = member.codes(ds)
     h = membership_matrix(codes, len(ctx.published)).astype(np.float64)
     # people who re-enrol: keyed by the person, so all their episodes share every weight
-    w = (poisson_weights(episode_keys(ds.episode_ids if ds.members is None else ds.members),
-                         cfg.n_boot, ctx.seed) if cfg.n_boot > 0 else None)
+    w = (poisson_weights(episode_keys(resampling_ids(ds)), cfg.n_boot, ctx.seed)
+         if cfg.n_boot > 0 else None)
     if ds.members is not None:
         part.ep_members.append(np.asarray(ds.members))
     nums, lnums, p_logged = [], [], {}

@@ -11,6 +11,11 @@ any chunking or sharding of the panel, on one machine or many, gives the same re
 The generator is SplitMix64 (Steele, Lea & Flood 2014) applied to a key that mixes the seed, a
 64-bit hash of the episode id (``pandas.util.hash_array``, stable across processes) and the
 replicate number; the uniform draw is turned into a Poisson(1) count by inverting its CDF.
+
+When the manifest names ``member`` (people who re-enrol), the key is the person's id instead of
+the episode's (:func:`resampling_ids`): every episode of a person gets the same weight in every
+replicate, in whichever chunk or shard it is read, so the Poisson bootstrap resamples people with
+all their episodes (a cluster bootstrap, as the in-memory engines' multinomial draw of people).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from scipy.stats import poisson
 from equicare.exceptions import InvalidParameterError
 from equicare.utils import PARAM_MESSAGE
 
-__all__ = ["episode_keys", "poisson_weights"]
+__all__ = ["episode_keys", "poisson_weights", "resampling_ids"]
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -59,6 +64,17 @@ def episode_keys(episode_ids: Any) -> NDArray[np.uint64]:
     else:
         vals = ids.astype(str).astype(object)
     return pd.util.hash_array(vals).astype(np.uint64)  # type: ignore[no-any-return]
+
+
+def resampling_ids(dataset: Any) -> NDArray[Any]:
+    """The ids the Poisson weights of a dataset's episodes are keyed by, shape ``(n_episodes,)``.
+
+    Each episode's person (:attr:`~equicare.data.TrajectoryDataset.members`) when the manifest
+    names ``member``, else the episode id: people with all their episodes are the bootstrap's
+    unit whenever they are known (the streamed evaluation and the streamed audit alike).
+    """
+    members = getattr(dataset, "members", None)
+    return np.asarray(dataset.episode_ids if members is None else members)
 
 
 def poisson_weights(keys: NDArray[np.uint64], n_boot: int, seed: int) -> NDArray[np.float64]:

@@ -38,6 +38,7 @@ from equicare.ope._bootstrap import Shift
 from equicare.ope._core import OPEInputs
 from equicare.ope._ess import WeightSums
 from equicare.ope._group_check import episode_gaps, gap_sums
+from equicare.ope._resample import resampling_ids
 from equicare.ope._stream_sums import (
     JackknifeCoefs,
     JackknifeSums,
@@ -395,7 +396,7 @@ def group_chunk_squares(ds: TrajectoryDataset, mat: NDArray[np.float64], plan: G
     leave-one-episode-out estimates instead.
     """
     sq: list[SquareSums | JackknifeSums | None] = [None] * plan.n_columns
-    ids = np.asarray(ds.episode_ids)
+    ids = resampling_ids(ds)  # each episode's person, when known
     w = None  # every level's coefficients share the seed and replicates: one draw per chunk
     for c, own in _levels(plan, plan.codes(ds)):
         coef = coefs[c]

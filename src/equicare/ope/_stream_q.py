@@ -84,6 +84,7 @@ from equicare.ope._lstd import (
     lstd_sums,
     solve_lstd_sums,
 )
+from equicare.ope._resample import resampling_ids
 from equicare.ope._stream_groups import (
     GroupPlan,
     GroupSums,
@@ -1060,7 +1061,7 @@ def _pass2_chunk(dataset: TrajectoryDataset, *, policy: Any, design: _Design, fi
                  censoring: dict[str, Any] | None = None) -> _Pass2:
     inputs, parts, mat, bounded, eff = _pass2_matrix(dataset, policy=policy, design=design,
                                                      fit=fit)
-    w = replicate_weights(dataset.episode_ids, n_boot, seed)
+    w = replicate_weights(resampling_ids(dataset), n_boot, seed)  # people, when known
     tw = inputs.trajectory_weights()  # the ESS of the weights and of the truncated ones
     tt = None if design.truncate is None else inputs.trajectory_weights(design.truncate)
     layout = (parts.keys, parts.slices, parts.horizon)
@@ -1090,7 +1091,7 @@ def _pass3_chunk(dataset: TrajectoryDataset, *, policy: Any, design: _Design, fi
     _, _, mat, _, eff = _pass2_matrix(dataset, policy=policy, design=design, fit=fit)
     g = (None if groups is None or level_coefs is None
          else group_chunk_squares(dataset, mat, groups, level_coefs, eff))
-    return WithGroups(coefs.squares(mat, dataset.episode_ids), g)
+    return WithGroups(coefs.squares(mat, resampling_ids(dataset)), g)
 
 
 @dataclass(frozen=True, eq=False)

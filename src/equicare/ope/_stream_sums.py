@@ -265,11 +265,15 @@ class StudentCoefs:
     n_boot: int
     seed: int
 
-    def weights(self, episode_ids: Any) -> NDArray[np.float64]:
-        """The episodes' Poisson weights, shape ``(n_boot, n_episodes)``."""
-        return poisson_weights(episode_keys(episode_ids), self.n_boot, self.seed)
+    def weights(self, ids: Any) -> NDArray[np.float64]:
+        """The episodes' Poisson weights, shape ``(n_boot, n_episodes)``.
 
-    def squares(self, mat: NDArray[np.float64], episode_ids: Any,
+        ``ids`` (n_episodes,): what the weights are keyed by, each episode's person when the
+        manifest names ``member`` (:func:`~equicare.ope._resample.resampling_ids`).
+        """
+        return poisson_weights(episode_keys(ids), self.n_boot, self.seed)
+
+    def squares(self, mat: NDArray[np.float64], ids: Any,
                 weights: NDArray[np.float64] | None = None) -> SquareSums:
         """The summed squared influences of a chunk's episodes.
 
@@ -277,13 +281,14 @@ class StudentCoefs:
         ----------
         mat : ndarray of shape (n_chunk_episodes, n_columns)
             The chunk's parts as the estimates pass built them (parts, return, raw influences).
-        episode_ids : array-like of shape (n_chunk_episodes,)
+        ids : array-like of shape (n_chunk_episodes,)
+            The keys of their Poisson weights (:meth:`weights`).
         weights : ndarray of shape (n_boot, n_chunk_episodes), optional
             Their Poisson weights (:meth:`weights`), when already drawn.
         """
         parts = _corrected_parts(mat, self.n_parts, self.corrections, self.n_episodes)
         w = np.vstack([np.ones((1, parts.shape[0])),
-                       self.weights(episode_ids) if weights is None else weights])
+                       self.weights(ids) if weights is None else weights])
         sq = np.empty((len(self.keys), self.n_boot + 1))
         for i, k in enumerate(self.keys):
             xa, xb = ratio_columns(parts, *self.cols[k])
@@ -365,13 +370,17 @@ def chunk_policy_error(exc: PolicyError, where: str = "in the first chunk that h
     return exc if n == 0 else PolicyError(said)
 
 
-def replicate_weights(episode_ids: Any, n_boot: int, seed: int) -> NDArray[np.float64]:
+def replicate_weights(ids: Any, n_boot: int, seed: int) -> NDArray[np.float64]:
     """The episodes' Poisson bootstrap weights, ``(n_boot, n_episodes)``; none for ``n_boot=0``.
+
+    ``ids`` (n_episodes,) key the weights: each episode's person when the manifest names
+    ``member`` (:func:`~equicare.ope._resample.resampling_ids`; a bootstrap of people), else its
+    id.
 
     Without replicates (``n_boot == 0``: jackknife intervals) the array is empty, and the sums
     built from it (``StreamSums.boot``, the levels' other-episodes refit sums) have no rows.
     """
-    ids = np.asarray(episode_ids)
+    ids = np.asarray(ids)
     if n_boot == 0:
         return np.zeros((0, ids.shape[0]))
     return poisson_weights(episode_keys(ids), n_boot, seed)
@@ -458,11 +467,11 @@ class JackknifeCoefs:
     corrections: list[tuple[int, float, int, float]]
     n_episodes: int
 
-    def weights(self, episode_ids: Any) -> NDArray[np.float64]:
+    def weights(self, ids: Any) -> NDArray[np.float64]:
         """No replicates: shape ``(0, n_episodes)``."""
-        return np.zeros((0, np.asarray(episode_ids).shape[0]))
+        return np.zeros((0, np.asarray(ids).shape[0]))
 
-    def squares(self, mat: NDArray[np.float64], episode_ids: Any,
+    def squares(self, mat: NDArray[np.float64], ids: Any,
                 weights: NDArray[np.float64] | None = None) -> JackknifeSums:
         """The summed deviations of a chunk's leave-one-episode-out estimates.
 
@@ -470,7 +479,7 @@ class JackknifeCoefs:
         ----------
         mat : ndarray of shape (n_chunk_episodes, n_columns)
             The chunk's parts as the estimates pass built them (parts, return, raw influences).
-        episode_ids, weights
+        ids, weights
             Unused (the protocol of :meth:`StudentCoefs.squares`).
         """
         parts = _corrected_parts(mat, self.n_parts, self.corrections, self.n_episodes)
