@@ -44,7 +44,7 @@ from equicare.cli._utils import (
 from equicare.fairness._rows import action_label
 
 __all__ = ["parse_policy_specs", "load_policies", "run_audit", "run_frontier", "audit_tables",
-           "diagnostics_lines", "q_model_line", "frontier_table", "register",
+           "diagnostics_lines", "q_model_line", "q_check_line", "frontier_table", "register",
            "undefined_values_line"]
 
 OUT_EXISTS = "{path} exists; refusing to overwrite it (pass --force to replace it)."
@@ -135,7 +135,11 @@ def run_audit(
 
     from equicare.exceptions import DataWarning, SmallCellWarning, SupportWarning
     from equicare.fairness._audit import FairnessAudit
-    from equicare.fairness._diagnostics import CENSORING_WARNING, IN_SAMPLE_WARNING
+    from equicare.fairness._diagnostics import (
+        CENSORING_WARNING,
+        IN_SAMPLE_WARNING,
+        Q_CHECK_WARNING,
+    )
     from equicare.utils import MIN_CELL
 
     _check_out(out, force)
@@ -154,6 +158,7 @@ def run_audit(
         warnings.simplefilter("ignore", SupportWarning)  # in res.warnings, printed by the command
         warnings.filterwarnings("ignore", CENSORING_WARNING, DataWarning)  # likewise
         warnings.filterwarnings("ignore", IN_SAMPLE_WARNING, DataWarning)  # likewise
+        warnings.filterwarnings("ignore", Q_CHECK_WARNING, DataWarning)  # likewise
         if chunk_rows is not None:
             from equicare.fairness import audit_stream
 
@@ -361,11 +366,37 @@ def diagnostics_lines(res: AuditResult) -> list[str]:
             lines.append(support_line(d.support, f"Support of {name}", "its"))
         if pa.q_model is not None:
             lines.append(q_model_line(name, pa.q_model, d.censoring))
+            qline = None if pa.outcome is None else q_check_line(name, pa.outcome.q_checks)
+            if qline:
+                lines.append(qline)
             for nline in (ignored_numeric_line(pa.q_model, name),
                           target_reads_line(pa.q_model, name)):
                 if nline:
                     lines.append(nline)
     return lines
+
+
+def q_check_line(name: str, checks: Mapping[str, Any]) -> str | None:
+    """The audit's line on a policy's Q-model checked within each group (None when none was).
+
+    ``Q-model of NAME by group (evaluate's check): A, C refitted on their own episodes; B
+    pooled; FQE biased in B (its interval includes the bias)``.
+    """
+    if not checks:
+        return None
+    own = [g for g, c in checks.items() if c.refitted]
+    pooled = [g for g, c in checks.items() if not c.refitted]
+    biased = [g for g, c in checks.items() if c.biased]
+    parts = []
+    if own:
+        parts.append(f"{', '.join(own)} refitted on {'its' if len(own) == 1 else 'their'} "
+                     "own episodes")
+    if pooled:
+        parts.append(f"{', '.join(pooled)} pooled")
+    if biased:
+        parts.append(f"FQE biased in {', '.join(biased)} (DR - FQE significant; an FQE "
+                     "interval includes the bias)")
+    return f"Q-model of {name} by group (evaluate's check): " + "; ".join(parts)
 
 
 def q_model_line(name: str, entry: dict[str, Any], censoring: Any = None) -> str:

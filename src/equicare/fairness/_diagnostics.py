@@ -63,6 +63,9 @@ SUPPORT_PREFIX = "policy {policy!r}: "
 CENSORING_WARNING = r"policy .*: [0-9.]+% of the episodes are censored"
 #: ... and of its in-sample propensity warning.
 IN_SAMPLE_WARNING = r"policy .*: [a-z, ]+ uses? propensities estimated in-sample"
+#: ... and of its warning on groups whose Q-model was refitted or whose FQE is biased
+#: (:func:`~equicare.ope._group_check.biased_groups_message`).
+Q_CHECK_WARNING = r"policy .*: (The .*Q-model fitted on all episodes is biased|FQE is biased)"
 
 
 def _ess_kind(estimator: str) -> str:
@@ -141,7 +144,8 @@ def weight_diagnostics(policy: str, estimator: str, inputs: OPEInputs, gi: Group
                        warn: bool = True, censoring: CensoringCheck | None = None,
                        values: Any = None, returns_range: tuple[float, float] | None = None,
                        in_sample: str | None = None,
-                       rewards_range: tuple[float, float] | None = None) -> WeightDiagnostics:
+                       rewards_range: tuple[float, float] | None = None,
+                       q_check: str | None = None) -> WeightDiagnostics:
     """ESS overall and by group and the support check of one policy's group values.
 
     Parameters
@@ -173,6 +177,10 @@ def weight_diagnostics(policy: str, estimator: str, inputs: OPEInputs, gi: Group
     rewards_range : tuple of float, optional
         The steps' smallest and largest reward: values on the side of 0 no policy can reach
         are far outside too (:func:`equicare.ope._evaluate.wrong_sign`).
+    q_check : str, optional
+        ``evaluate``'s warning on groups whose Q-model was refitted on their own episodes or
+        whose FQE is biased, naming the policy (:func:`~equicare.fairness._group_q.
+        refit_message`).
 
     Returns
     -------
@@ -184,7 +192,7 @@ def weight_diagnostics(policy: str, estimator: str, inputs: OPEInputs, gi: Group
                 for j, g in enumerate(gi.labels)}
     return diagnose(policy, estimator, ess, by_group, support, warn=warn, censoring=censoring,
                     values=values, returns_range=returns_range, in_sample=in_sample,
-                    rewards_range=rewards_range)
+                    rewards_range=rewards_range, q_check=q_check)
 
 
 def diagnose(policy: str, estimator: str, ess: EffectiveSampleSize,
@@ -192,7 +200,8 @@ def diagnose(policy: str, estimator: str, ess: EffectiveSampleSize,
              warn: bool = True, censoring: CensoringCheck | None = None,
              values: Any = None, returns_range: tuple[float, float] | None = None,
              in_sample: str | None = None,
-             rewards_range: tuple[float, float] | None = None) -> WeightDiagnostics:
+             rewards_range: tuple[float, float] | None = None,
+             q_check: str | None = None) -> WeightDiagnostics:
     """:func:`weight_diagnostics` from ESS already computed (the streamed audit's, from sums).
 
     Parameters
@@ -216,6 +225,9 @@ def diagnose(policy: str, estimator: str, ess: EffectiveSampleSize,
     in_sample : str, optional
         The in-sample propensity warning (a ``DataWarning``, as ``evaluate``'s), kept with the
         others.
+    q_check : str, optional
+        The warning on groups whose Q-model was refitted on their own episodes or whose FQE is
+        biased (a ``DataWarning``, as ``evaluate``'s), kept with the others.
     """
     diag = WeightDiagnostics(policy=policy, estimator=estimator, ess=ess, ess_by_group=by_group,
                              support=support)
@@ -266,6 +278,10 @@ def diagnose(policy: str, estimator: str, ess: EffectiveSampleSize,
         msgs.append(SUPPORT_PREFIX.format(policy=policy) + censoring.message())
         if warn:
             warnings.warn(msgs[-1], DataWarning, stacklevel=3)
+    if q_check is not None:
+        msgs.append(q_check)
+        if warn:
+            warnings.warn(q_check, DataWarning, stacklevel=3)
     return WeightDiagnostics(policy=policy, estimator=estimator, ess=ess, ess_by_group=by_group,
                              support=support, messages=tuple(msgs), censoring=censoring)
 
