@@ -342,14 +342,21 @@ def diagnostics_lines(res: AuditResult) -> list[str]:
     """The lines under the audit's tables: each policy's weight ESS and support (as evaluate's).
 
     One ``ESS`` line per policy with diagnostics (overall and by group, the ESS its estimator's
-    weights have), a ``Support`` line when some of its mass is on actions current practice
+    weights have and the Pareto tail index of its trajectory weights, ``n/a`` for a group too
+    small to fit), a ``Support`` line when some of its mass is on actions current practice
     (almost) never takes, and a ``Q-model`` line per policy valued with a Q-model: the one
     fitted, with ``--q-model auto`` the candidates' scores, and when ``auto`` used the window
     table in place of the stationary one why (censored stays, as ``evaluate`` says); under it,
     when the Q-model is a table and the panel has numeric states, a note naming them (its
     cells leave them out).
     """
-    from equicare.cli._ope import ignored_numeric_line, support_line, target_reads_line
+    from equicare.cli._ope import (
+        ignored_numeric_line,
+        pareto_k_cell,
+        pareto_k_clause,
+        support_line,
+        target_reads_line,
+    )
 
     lines = []
     for name, pa in res.policies.items():
@@ -357,11 +364,13 @@ def diagnostics_lines(res: AuditResult) -> list[str]:
         if d is None:
             continue
         kind = "trajectory" if d.kind == "trajectory" else "per-decision"
-        by = ", ".join(f"{g} {d.ess_pct(e) * e.n_episodes / 100:.1f} ({d.ess_pct(e):.2f}%)"
+        by = ", ".join(f"{g} {d.ess_pct(e) * e.n_episodes / 100:.1f} ({d.ess_pct(e):.2f}%, "
+                       f"Pareto k {pareto_k_cell(e.weight_pareto_k)})"
                        for g, e in d.ess_by_group.items())
         lines.append(f"ESS of {name} ({d.estimator}, {kind} weights): "
                      f"{d.ess_pct() * d.ess.n_episodes / 100:.1f} "
-                     f"({d.ess_pct():.2f}% of episodes); by group {by}")
+                     f"({d.ess_pct():.2f}% of episodes{pareto_k_clause(d.ess.weight_pareto_k)}); "
+                     f"by group {by}")
         if d.support is not None and d.support.share_pct > 0:
             lines.append(support_line(d.support, f"Support of {name}", "its"))
         if pa.q_model is not None:

@@ -26,8 +26,10 @@ from equicare.ope._ess import (
     ESS_KIND,
     EffectiveSampleSize,
     effective_sample_size,
+    group_heavy_tail_message,
     heavy_tail_message,
     missing_weight_message,
+    pareto_k_na,
     pareto_k_off,
     weight_mean_off,
 )
@@ -122,14 +124,15 @@ class WeightDiagnostics:
     def to_dict(self) -> dict[str, Any]:
         """The ``diagnostics`` entry of the policy in the audit JSON.
 
-        ``censoring`` only when the check was made (as ``evaluate``'s ``q_model``).
+        ``censoring`` only when the check was made (as ``evaluate``'s ``q_model``). Each
+        published group's ``ess_by_group`` entry carries its trajectory weights' Pareto tail
+        index (``trajectory_weight_pareto_k``; ``null`` with ``trajectory_weight_pareto_k_na``
+        saying why when the group's tail is too small to fit).
         """
         out = {
             "estimator": self.estimator, "ess_kind": self.kind,
             "ess": self.ess.to_dict(),
-            "ess_by_group": {g: {"trajectory": e.trajectory, "trajectory_pct": e.trajectory_pct,
-                                 "per_decision_pct": e.per_decision_pct}
-                             for g, e in self.ess_by_group.items()},
+            "ess_by_group": {g: _group_ess(e) for g, e in self.ess_by_group.items()},
             "support": None if self.support is None else self.support.to_dict(),
             "low_ess_pct": LOW_ESS_PCT,
             "warnings": list(self.messages),
@@ -137,6 +140,18 @@ class WeightDiagnostics:
         if self.censoring is not None:
             out["censoring"] = self.censoring.to_dict()
         return out
+
+
+def _group_ess(e: EffectiveSampleSize) -> dict[str, Any]:
+    """A group's ``ess_by_group`` entry: its ESS and its weights' Pareto tail index."""
+    k = float(e.weight_pareto_k)
+    out: dict[str, Any] = {"trajectory": e.trajectory, "trajectory_pct": e.trajectory_pct,
+                           "per_decision_pct": e.per_decision_pct,
+                           "trajectory_weight_pareto_k": k if np.isfinite(k) else None}
+    na = pareto_k_na(k, e.n_episodes)
+    if na is not None:
+        out["trajectory_weight_pareto_k_na"] = na
+    return out
 
 
 def weight_diagnostics(policy: str, estimator: str, inputs: OPEInputs, gi: GroupIndex,
@@ -261,6 +276,16 @@ def diagnose(policy: str, estimator: str, ess: EffectiveSampleSize,
             and pareto_k_off(ess.weight_pareto_k)):  # evaluate's heavy-tail check
         msgs.append(SUPPORT_PREFIX.format(policy=policy) + heavy_tail_message(
             [estimator], ess.weight_pareto_k, ess.n_episodes, ("dr", "wdr")))
+    if estimator in IS_TYPE and ESS_KIND[estimator] == "trajectory":  # ... within each group
+        undefined = {} if values is None else values.undefined
+        name = "group" if values is None else values.group
+        heavy = group_heavy_tail_message(
+            [(f"{name}={g}", float(e.weight_pareto_k), e.n_episodes)
+             for g, e in by_group.items()
+             if pareto_k_off(e.weight_pareto_k) and g not in undefined],
+            [estimator], ("dr", "wdr"))
+        if heavy is not None:
+            msgs.append(SUPPORT_PREFIX.format(policy=policy) + heavy)
     if warn:
         for m in msgs:
             warnings.warn(m, SupportWarning, stacklevel=3)
