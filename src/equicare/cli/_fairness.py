@@ -548,7 +548,9 @@ def register(app: typer.Typer) -> None:
             help="Q-model of fqe, dr and wdr group values (any of evaluate's; with --chunk-rows "
                  "auto, linear, tabular_stationary or tabular_window). auto uses "
                  "tabular_window in place of tabular_stationary when censored stays bias it, "
-                 "as evaluate does.")] = QModel.LINEAR,
+                 "as evaluate does. Checked within each group as evaluate does: a tabular or "
+                 "linear Q-model is refitted on a group's own episodes where its TD residuals "
+                 "stand out (q_check in the JSON).")] = QModel.LINEAR,
         min_cell: Annotated[int, typer.Option(
             min=1, help="Suppress groups with fewer episodes. Below 11 the output is not "
                         "privacy-safe: a warning, also in the JSON's warnings.")] = 11,
