@@ -37,6 +37,13 @@ def target(stage: np.ndarray) -> np.ndarray:
     return np.array([0.3, 0.6, 0.9])[stage]
 
 
+def fn(dataset: TrajectoryDataset) -> np.ndarray:
+    """The target's probabilities at every row of a chunk, shape ``(n_steps, 2)``."""
+    stage = np.asarray(dataset.categorical_levels[0])[dataset.categorical[:, 0]]
+    p = target(stage.astype(int))
+    return np.stack([1 - p, p], axis=1)
+
+
 def simulate(n: int, rng: np.random.Generator, policy=behavior, group: int | None = None,
              log: bool = True) -> pd.DataFrame | np.ndarray:  # type: ignore[no-untyped-def]
     """The panel under ``policy`` (``log``), else each episode's discounted return."""
@@ -134,11 +141,6 @@ def test_streamed_audit_refits_the_same_groups(panel, tmp_path, estimator: str
     path = tmp_path / "panel.parquet"
     df.to_parquet(path)
 
-    def fn(dataset: TrajectoryDataset) -> np.ndarray:
-        stage = np.asarray(dataset.categorical_levels[0])[dataset.categorical[:, 0]]
-        p = target(stage.astype(int))
-        return np.stack([1 - p, p], axis=1)
-
     cfg = FairnessAudit(action="outreach=call", group="grp", estimator=estimator,
                         q_model="tabular_window", n_boot=50, n_permutations=0)
     with warnings.catch_warnings():
@@ -179,3 +181,34 @@ def test_a_biased_group_fqe_interval_carries_the_bias() -> None:
     assert d["a"]["q_check"]["fqe_biased"] and d["a"]["q_check"]["dr_minus_fqe"] == -0.05
     assert d["b"]["q_check"]["dr_minus_fqe"] is None and not d["b"]["q_check"]["fqe_biased"]
     assert d["a"]["ci"] == [float(ci.loc["a", "lower"]), float(ci.loc["a", "upper"])]
+
+
+def test_intersectional_cells_are_checked_and_refitted_streamed_as_in_memory(
+        panel, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Cells of ``grp x sex`` (a second attribute unrelated to the outcomes): each cell is a
+    group of its own, checked and refitted on its own episodes, streamed as in memory."""
+    from equicare.fairness import FairnessAudit
+    from equicare.ope import episode_keys, poisson_weights
+    from equicare.policy import CallablePolicy
+
+    df, _, _ = panel
+    df = df.assign(sex=np.where(df["id"] % 2 == 0, "f", "m"))
+    man = {**MANIFEST, "dataset": {**MANIFEST["dataset"], "groups": ["grp", "sex"]}}
+    ds = from_frame(df, man, emit_warnings=False)
+    path = tmp_path / "panel.parquet"
+    df.to_parquet(path)
+
+    cfg = FairnessAudit(action="outreach=call", group="grp", intersect=("sex",),
+                        estimator="fqe", q_model="tabular_window", n_boot=20,
+                        n_permutations=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        st = audit_stream(path, {"tgt": CallablePolicy(fn, 2, takes_dataset=True)},
+                          manifest=man, config=cfg, chunk_rows=5000, random_state=0)
+        mem = cfg.run(ds, {"tgt": fn(ds)}, weights=poisson_weights(
+            episode_keys(ds.episode_ids), 20, 0), random_state=0)
+    so, mo = st["tgt"].outcome, mem["tgt"].outcome
+    assert so.groups == mo.groups and len(so.groups) == 6
+    refitted = {g for g, c in mo.q_checks.items() if c.refitted}
+    assert refitted == {g for g, c in so.q_checks.items() if c.refitted} and refitted
+    np.testing.assert_allclose(so.values, mo.values, rtol=1e-8)
