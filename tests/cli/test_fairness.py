@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -244,7 +245,13 @@ def test_audit_prints_and_writes_the_weight_diagnostics(app, panel, tmp_path) ->
     diag = d["policies"]["eq"]["diagnostics"]
     e = diag["ess"]
     assert (f"ESS of eq (wis, trajectory weights): {e['trajectory']:.1f} "
-            f"({e['trajectory_pct']:.2f}% of episodes); by group") in r.output.replace("\n", " ")
+            f"({e['trajectory_pct']:.2f}% of episodes") in r.output.replace("\n", " ")
+    # and the Pareto tail index of every group's weights (n/a: too few to fit)
+    k = diag["ess_by_group"]
+    assert all(("trajectory_weight_pareto_k_na" in v) == (v["trajectory_weight_pareto_k"] is None)
+               for v in k.values())
+    assert re.search(r"by group \w+ [\d.]+ \([\d.]+%, Pareto k (n/a|-?[\d.]+)",
+                     " ".join(r.output.split()))
     assert set(diag["ess_by_group"]) == set(d["policies"]["eq"]["rate"])
     assert diag["support"] is not None and isinstance(d["warnings"], list)
 

@@ -77,21 +77,22 @@ def test_group_values_match_ope_engine() -> None:
     with warnings.catch_warnings():  # support and ESS: test_audit_reports_support_...
         warnings.simplefilter("ignore", SmallCellWarning)
         warnings.simplefilter("ignore", SupportWarning)
-        res = audit(ds, {"eq": pol}, action=HOME, n_boot=0, n_permutations=0, estimator="dr",
-                    random_state=0)
         # the care simulator's sdoh_need reverts to a level that differs by race: evaluate
-        # refits the Q-model of a level whose TD residuals stand out (asian here), the audit
-        # keeps the pooled one (docs/fairness.md)
+        # refits the Q-model of a level whose TD residuals stand out (asian here), and so does
+        # the audit (docs/fairness.md, "Group values with a Q-model")
+        with pytest.warns(DataWarning, match="policy 'eq': .*race_ethnicity=asian"):
+            res = audit(ds, {"eq": pol}, action=HOME, n_boot=0, n_permutations=0,
+                        estimator="dr", random_state=0)
         with pytest.warns(DataWarning, match="race_ethnicity=asian"):
             ref = evaluate_subgroups(ds, pol, attrs=["race_ethnicity"], estimators="dr,wis",
                                      bootstrap=0, q_model="linear",  # the audit's Q-model
                                      random_state=0)["race_ethnicity"]
     o = res["eq"].outcome
-    pooled = [g for g in o.by_group.keys()
-              if ref[g].q_check is None or not ref[g].q_check.refitted]
-    assert len(pooled) == len(o.by_group) - 1
-    for g in pooled:
+    refitted = [g for g in o.by_group.keys() if o.q_checks[g].refitted]
+    assert refitted == [g for g in o.by_group.keys() if ref[g].q_check.refitted] == ["asian"]
+    for g in o.by_group.keys():  # the refitted level too: the same Q-model, the same value
         assert o.by_group[g] == pytest.approx(ref[g].estimates["dr"].value, rel=1e-6, abs=1e-9)
+        assert o.q_checks[g].td_residual == pytest.approx(ref[g].q_check.td_residual, rel=1e-6)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SupportWarning)
         res_w = audit(ds, {"eq": pol}, action=HOME, n_boot=0, n_permutations=0,
@@ -651,7 +652,12 @@ def test_audit_says_what_evaluate_says_about_censored_stays() -> None:
         res = audit(ds, {"tgt": pe}, q_model="tabular_stationary", **kw)
     msgs = [str(w.message) for w in rec if "censored" in str(w.message)]
     assert len(msgs) == 1 and "Prefer --q-model tabular_window" in msgs[0]
-    assert res.warnings == msgs
+    # and, as evaluate's subgroups, that the table's FQE is biased within group x (the
+    # censored stays' bias, which refitting on the group's own episodes would not correct)
+    assert res.warnings == [*msgs, *[str(w.message) for w in rec
+                                     if "FQE is biased within g=x" in str(w.message)]]
+    assert len(res.warnings) == 2 and res["tgt"].outcome.q_checks["x"].biased
+    assert not any(c.refitted for c in res["tgt"].outcome.q_checks.values())
     with pytest.warns(DataWarning, match="censored"):
         ev = evaluate(ds, pe, estimators="fqe", q_model="tabular_stationary", bootstrap=0,
                       groups=[], diagnose_support=False, random_state=0)

@@ -430,8 +430,10 @@ def test_streamed_audit_with_auto_replaces_the_stationary_table_as_in_memory(cen
     assert not ref_w and not got_w and not [m for m in got["warnings"] if "censored" in m]
     (win, _), _ = _censored_both(censored, "dr", "tabular_window")
     for k in ("value", "value_by_group"):
-        assert _flatten(got["policies"]["tgt"][k]) == pytest.approx(
-            _flatten(win["policies"]["tgt"][k]), rel=1e-9), k
+        a, b = (_flatten(r["policies"]["tgt"][k]) for r in (got, win))
+        assert a.keys() == b.keys() and all(a[p] == b[p] for p in a if isinstance(a[p], str))
+        assert {p: v for p, v in a.items() if not isinstance(v, str)} == pytest.approx(
+            {p: v for p, v in b.items() if not isinstance(v, str)}, rel=1e-9, nan_ok=True), k
     assert got["policies"]["tgt"]["value"]["value"] == pytest.approx(window_value(10), rel=0.03)
 
 
@@ -443,9 +445,11 @@ def test_streamed_audit_warns_about_censored_stays_as_in_memory(censored):
     _assert_same(ref, got)
     c = got["policies"]["tgt"]["diagnostics"]["censoring"]
     assert c["warning"] and not c["switched_to_window"]
-    assert len(ref_w) == len(got_w) == 1 and got_w == ref_w
-    assert got_w[0].startswith("policy 'tgt': ") and "tabular_window" in got_w[0]
-    assert got_w[0] in got["warnings"]
+    assert got_w == ref_w and got["warnings"] == ref["warnings"]
+    cens = [m for m in got_w if "censored" in m]  # besides it: the table's FQE biased in a
+    assert len(cens) == 1 and len(got_w) <= 2  # group (its check, as evaluate's subgroups)
+    assert cens[0].startswith("policy 'tgt': ") and "tabular_window" in cens[0]
+    assert cens[0] in got["warnings"]
 
 
 @pytest.mark.usefixtures("raw_group_values")

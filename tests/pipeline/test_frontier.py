@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import pickle
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -284,3 +285,31 @@ def test_frontier_resamples_people_when_they_re_enrol(monkeypatch) -> None:
     w = seen[0]
     held = [m for m in members if m is not None]
     assert w.shape[0] == 20 and w.shape[1] < len(held)
+
+
+def test_the_q_models_group_check_is_said_once_not_per_point() -> None:
+    """On a panel whose groups differ in a way the state does not carry (tests/fairness/
+    test_group_q.py), every point's audit refits the groups' Q-models; the frontier says so in
+    its one warning on the points' values, not in a warning per point."""
+    import torch
+
+    from equicare.data import from_frame
+    from equicare.fairness import frontier
+
+    from ..fairness.test_group_q import MANIFEST, simulate
+
+    torch.set_num_threads(1)
+    ds = from_frame(simulate(800, np.random.default_rng(1)), MANIFEST, emit_warnings=False)
+    cfg = {"n_steps": 30, "hidden": [8], "batch_size": 128, "valid_fraction": 0.0,
+           "eval_every": 30}
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        res = frontier(ds, "bc", lambdas=[0.0, 5.0], group="grp", config=cfg,
+                       action="outreach=call", estimator="dr", q_model="tabular_window",
+                       n_boot=20, random_state=0)
+    said = [w for w in rec if "fitted on all episodes is biased within" in str(w.message)]
+    assert len(said) == 1 and issubclass(said[0].category, SupportWarning), [
+        str(w.message)[:80] for w in said]
+    assert said[0].message.args[0] in res.warnings
+    for a in res.audits:
+        assert any(c.refitted for c in a["policy"].outcome.q_checks.values())

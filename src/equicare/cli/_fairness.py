@@ -44,7 +44,7 @@ from equicare.cli._utils import (
 from equicare.fairness._rows import action_label
 
 __all__ = ["parse_policy_specs", "load_policies", "run_audit", "run_frontier", "audit_tables",
-           "diagnostics_lines", "q_model_line", "frontier_table", "register",
+           "diagnostics_lines", "q_model_line", "q_check_line", "frontier_table", "register",
            "undefined_values_line"]
 
 OUT_EXISTS = "{path} exists; refusing to overwrite it (pass --force to replace it)."
@@ -136,7 +136,11 @@ def run_audit(
 
     from equicare.exceptions import DataWarning, SmallCellWarning, SupportWarning
     from equicare.fairness._audit import FairnessAudit
-    from equicare.fairness._diagnostics import CENSORING_WARNING, IN_SAMPLE_WARNING
+    from equicare.fairness._diagnostics import (
+        CENSORING_WARNING,
+        IN_SAMPLE_WARNING,
+        Q_CHECK_WARNING,
+    )
     from equicare.utils import MIN_CELL
 
     _check_out(out, force)
@@ -155,6 +159,7 @@ def run_audit(
         warnings.simplefilter("ignore", SupportWarning)  # in res.warnings, printed by the command
         warnings.filterwarnings("ignore", CENSORING_WARNING, DataWarning)  # likewise
         warnings.filterwarnings("ignore", IN_SAMPLE_WARNING, DataWarning)  # likewise
+        warnings.filterwarnings("ignore", Q_CHECK_WARNING, DataWarning)  # likewise
         if chunk_rows is not None:
             from equicare.fairness import audit_stream
 
@@ -338,14 +343,21 @@ def diagnostics_lines(res: AuditResult) -> list[str]:
     """The lines under the audit's tables: each policy's weight ESS and support (as evaluate's).
 
     One ``ESS`` line per policy with diagnostics (overall and by group, the ESS its estimator's
-    weights have), a ``Support`` line when some of its mass is on actions current practice
+    weights have and the Pareto tail index of its trajectory weights, ``n/a`` for a group too
+    small to fit), a ``Support`` line when some of its mass is on actions current practice
     (almost) never takes, and a ``Q-model`` line per policy valued with a Q-model: the one
     fitted, with ``--q-model auto`` the candidates' scores, and when ``auto`` used the window
     table in place of the stationary one why (censored stays, as ``evaluate`` says); under it,
     when the Q-model is a table and the panel has numeric states, a note naming them (its
     cells leave them out).
     """
-    from equicare.cli._ope import ignored_numeric_line, support_line, target_reads_line
+    from equicare.cli._ope import (
+        ignored_numeric_line,
+        pareto_k_cell,
+        pareto_k_clause,
+        support_line,
+        target_reads_line,
+    )
 
     lines = []
     for name, pa in res.policies.items():
@@ -353,20 +365,48 @@ def diagnostics_lines(res: AuditResult) -> list[str]:
         if d is None:
             continue
         kind = "trajectory" if d.kind == "trajectory" else "per-decision"
-        by = ", ".join(f"{g} {d.ess_pct(e) * e.n_episodes / 100:.1f} ({d.ess_pct(e):.2f}%)"
+        by = ", ".join(f"{g} {d.ess_pct(e) * e.n_episodes / 100:.1f} ({d.ess_pct(e):.2f}%, "
+                       f"Pareto k {pareto_k_cell(e.weight_pareto_k)})"
                        for g, e in d.ess_by_group.items())
         lines.append(f"ESS of {name} ({d.estimator}, {kind} weights): "
                      f"{d.ess_pct() * d.ess.n_episodes / 100:.1f} "
-                     f"({d.ess_pct():.2f}% of episodes); by group {by}")
+                     f"({d.ess_pct():.2f}% of episodes{pareto_k_clause(d.ess.weight_pareto_k)}); "
+                     f"by group {by}")
         if d.support is not None and d.support.share_pct > 0:
             lines.append(support_line(d.support, f"Support of {name}", "its"))
         if pa.q_model is not None:
             lines.append(q_model_line(name, pa.q_model, d.censoring))
+            qline = None if pa.outcome is None else q_check_line(name, pa.outcome.q_checks)
+            if qline:
+                lines.append(qline)
             for nline in (ignored_numeric_line(pa.q_model, name),
                           target_reads_line(pa.q_model, name)):
                 if nline:
                     lines.append(nline)
     return lines
+
+
+def q_check_line(name: str, checks: Mapping[str, Any]) -> str | None:
+    """The audit's line on a policy's Q-model checked within each group (None when none was).
+
+    ``Q-model of NAME by group (evaluate's check): A, C refitted on their own episodes; B
+    pooled; FQE biased in B (its interval includes the bias)``.
+    """
+    if not checks:
+        return None
+    own = [g for g, c in checks.items() if c.refitted]
+    pooled = [g for g, c in checks.items() if not c.refitted]
+    biased = [g for g, c in checks.items() if c.biased]
+    parts = []
+    if own:
+        parts.append(f"{', '.join(own)} refitted on {'its' if len(own) == 1 else 'their'} "
+                     "own episodes")
+    if pooled:
+        parts.append(f"{', '.join(pooled)} pooled")
+    if biased:
+        parts.append(f"FQE biased in {', '.join(biased)} (DR - FQE significant; an FQE "
+                     "interval includes the bias)")
+    return f"Q-model of {name} by group (evaluate's check): " + "; ".join(parts)
 
 
 def q_model_line(name: str, entry: dict[str, Any], censoring: Any = None) -> str:
@@ -509,7 +549,9 @@ def register(app: typer.Typer) -> None:
             help="Q-model of fqe, dr and wdr group values (any of evaluate's; with --chunk-rows "
                  "auto, linear, tabular_stationary or tabular_window). auto uses "
                  "tabular_window in place of tabular_stationary when censored stays bias it, "
-                 "as evaluate does.")] = QModel.LINEAR,
+                 "as evaluate does. Checked within each group as evaluate does: a tabular or "
+                 "linear Q-model is refitted on a group's own episodes where its TD residuals "
+                 "stand out (q_check in the JSON).")] = QModel.LINEAR,
         min_cell: Annotated[int, typer.Option(
             min=1, help="Suppress groups with fewer episodes. Below 11 the output is not "
                         "privacy-safe: a warning, also in the JSON's warnings.")] = 11,

@@ -513,6 +513,34 @@ def groups_line(groups: dict[str, dict[str, Any]]) -> str | None:
             "--json): " + ", ".join(items))
 
 
+def pareto_k_cell(k: float) -> str:
+    """A group's Pareto tail index for a table or line: ``0.312``, ``0.83 (over 0.5)``, ``n/a``.
+
+    ``n/a`` when the group's tail holds too few weights to fit (fewer than 100 episodes, or
+    fewer than 20 distinct tail weights; the result JSON says which).
+    """
+    if not math.isfinite(k):
+        return "n/a"
+    return f"{k:.3g}" + (" (over 0.5)" if k > 0.5 else "")
+
+
+def pareto_groups_line(groups: dict[str, dict[str, Any]]) -> str | None:
+    """One line: the Pareto tail index of each published subgroup level's trajectory weights.
+
+    Suppressed levels are left out; None without subgroups or published levels.
+    """
+    items = []
+    for attr, levels in groups.items():
+        shown = [f"{lv} {pareto_k_cell(g.pareto_k)}" for lv, g in levels.items()
+                 if not g.suppressed]
+        if shown:
+            items.append(f"{attr} " + ", ".join(shown))
+    if not items:
+        return None
+    return ("Pareto k of the trajectory weights by subgroup (above 0.5: no finite variance "
+            "there; n/a: too few tail weights to fit): " + "; ".join(items))
+
+
 def truncated_ess(ess: float | None, truncate: float | None, n_episodes: int) -> str:
     """The ESS line's clause for the truncated weights ("" without truncation)."""
     if ess is None or truncate is None:
@@ -821,9 +849,9 @@ def register(app: typer.Typer) -> None:
             uline = usual_care_line(sres.settings)
             if uline:
                 console.print(escape(uline), highlight=False)
-            gline = groups_line(sres.groups)
-            if gline:
-                console.print(escape(gline), highlight=False)
+            for gline in (groups_line(sres.groups), pareto_groups_line(sres.groups)):
+                if gline:
+                    console.print(escape(gline), highlight=False)
             if out is not None:
                 console.print(f"Wrote {escape(str(out))}", highlight=False)
             return
@@ -868,8 +896,8 @@ def register(app: typer.Typer) -> None:
         uline = usual_care_line(res.settings)
         if uline:
             console.print(escape(uline), highlight=False)
-        gline = groups_line(res.groups)
-        if gline:
-            console.print(escape(gline), highlight=False)
+        for gline in (groups_line(res.groups), pareto_groups_line(res.groups)):
+            if gline:
+                console.print(escape(gline), highlight=False)
         if out is not None:
             console.print(f"Wrote {escape(str(out))}", highlight=False)

@@ -74,6 +74,8 @@ BEHAVIOR = "behavior"
 #: Estimators usable for the group values (importance-sampling type need only the propensities;
 #: ``dr``, ``wdr`` and ``fqe`` fit the OPE engine's FQE Q-model per policy).
 ESTIMATORS = ("is", "wis", "pdis", "wpdis", "dr", "wdr", "fqe")
+#: Estimators of the group values that use a Q-model (checked within each group).
+Q_KEYS = ("fqe", "dr", "wdr")
 
 
 def q_model_entry(selection: Any, name: str | None, numeric: Sequence[str] = (),
@@ -654,19 +656,39 @@ class FairnessAudit:
 
         frame = _outcome_frame(name, key, parts.matrix, comb, gi, weights, self.alpha,
                                self.ci_method, rep_shift=shift, reason_fn=why)
-        if key in ESS_KIND:
+        cells = None
+        if key in ESS_KIND or key in Q_KEYS:
             from equicare.ope._ess import WeightSums
 
             member = gi.codes[:, None] == np.arange(len(gi.labels))[None, :]
-            frame = hide_low_ess(frame, dict(zip(gi.labels, WeightSums.by_group(
-                inputs, member, self.truncate), strict=True)), gi.min_cell)
+            cells = dict(zip(gi.labels, WeightSums.by_group(inputs, member, self.truncate),
+                             strict=True))
+        if key in ESS_KIND:
+            assert cells is not None
+            frame = hide_low_ess(frame, cells, gi.min_cell)
+        q_msg = None
+        if key in Q_KEYS and inputs.q_sa is not None:
+            # evaluate's check of the Q-model within each group, a refit where a group's TD
+            # residuals stand out (equicare.fairness._group_q)
+            from equicare.fairness._group_q import (
+                corrected_frame,
+                dr_withheld,
+                memory_checks,
+                refit_message,
+            )
+
+            assert cells is not None
+            checks, own = memory_checks(prep, dataset, key, gi, weights, self.truncate, seed)
+            frame = corrected_frame(frame, checks, own, dr_withheld(cells, gi.min_cell))
+            q_msg = refit_message(name, frame, prep.q_name)
         returns = dataset.returns(discount=True)
         span = (float(returns.min()), float(returns.max())) if returns.size else None
         r_span = ((float(dataset.rewards.min()), float(dataset.rewards.max()))
                   if dataset.n_steps else None)
         return frame, weight_diagnostics(name, key, inputs, gi, report, truncate=self.truncate,
                                          censoring=censoring, values=frame, returns_range=span,
-                                         in_sample=in_sample, rewards_range=r_span), q_entry
+                                         in_sample=in_sample, rewards_range=r_span,
+                                         q_check=q_msg), q_entry
 
 
 def audited_in_sample(name: str, key: str, behavior: dict[str, Any], inputs: Any,

@@ -26,8 +26,10 @@ from equicare.ope._ess import (
     ESS_KIND,
     EffectiveSampleSize,
     effective_sample_size,
+    group_heavy_tail_message,
     heavy_tail_message,
     missing_weight_message,
+    pareto_k_na,
     pareto_k_off,
     weight_mean_off,
 )
@@ -63,6 +65,9 @@ SUPPORT_PREFIX = "policy {policy!r}: "
 CENSORING_WARNING = r"policy .*: [0-9.]+% of the episodes are censored"
 #: ... and of its in-sample propensity warning.
 IN_SAMPLE_WARNING = r"policy .*: [a-z, ]+ uses? propensities estimated in-sample"
+#: ... and of its warning on groups whose Q-model was refitted or whose FQE is biased
+#: (:func:`~equicare.ope._group_check.biased_groups_message`).
+Q_CHECK_WARNING = r"policy .*: (The .*Q-model fitted on all episodes is biased|FQE is biased)"
 
 
 def _ess_kind(estimator: str) -> str:
@@ -119,14 +124,15 @@ class WeightDiagnostics:
     def to_dict(self) -> dict[str, Any]:
         """The ``diagnostics`` entry of the policy in the audit JSON.
 
-        ``censoring`` only when the check was made (as ``evaluate``'s ``q_model``).
+        ``censoring`` only when the check was made (as ``evaluate``'s ``q_model``). Each
+        published group's ``ess_by_group`` entry carries its trajectory weights' Pareto tail
+        index (``trajectory_weight_pareto_k``; ``null`` with ``trajectory_weight_pareto_k_na``
+        saying why when the group's tail is too small to fit).
         """
         out = {
             "estimator": self.estimator, "ess_kind": self.kind,
             "ess": self.ess.to_dict(),
-            "ess_by_group": {g: {"trajectory": e.trajectory, "trajectory_pct": e.trajectory_pct,
-                                 "per_decision_pct": e.per_decision_pct}
-                             for g, e in self.ess_by_group.items()},
+            "ess_by_group": {g: _group_ess(e) for g, e in self.ess_by_group.items()},
             "support": None if self.support is None else self.support.to_dict(),
             "low_ess_pct": LOW_ESS_PCT,
             "warnings": list(self.messages),
@@ -136,12 +142,25 @@ class WeightDiagnostics:
         return out
 
 
+def _group_ess(e: EffectiveSampleSize) -> dict[str, Any]:
+    """A group's ``ess_by_group`` entry: its ESS and its weights' Pareto tail index."""
+    k = float(e.weight_pareto_k)
+    out: dict[str, Any] = {"trajectory": e.trajectory, "trajectory_pct": e.trajectory_pct,
+                           "per_decision_pct": e.per_decision_pct,
+                           "trajectory_weight_pareto_k": k if np.isfinite(k) else None}
+    na = pareto_k_na(k, e.n_episodes)
+    if na is not None:
+        out["trajectory_weight_pareto_k_na"] = na
+    return out
+
+
 def weight_diagnostics(policy: str, estimator: str, inputs: OPEInputs, gi: GroupIndex,
                        support: SupportReport | None, *, truncate: float | None = None,
                        warn: bool = True, censoring: CensoringCheck | None = None,
                        values: Any = None, returns_range: tuple[float, float] | None = None,
                        in_sample: str | None = None,
-                       rewards_range: tuple[float, float] | None = None) -> WeightDiagnostics:
+                       rewards_range: tuple[float, float] | None = None,
+                       q_check: str | None = None) -> WeightDiagnostics:
     """ESS overall and by group and the support check of one policy's group values.
 
     Parameters
@@ -173,6 +192,10 @@ def weight_diagnostics(policy: str, estimator: str, inputs: OPEInputs, gi: Group
     rewards_range : tuple of float, optional
         The steps' smallest and largest reward: values on the side of 0 no policy can reach
         are far outside too (:func:`equicare.ope._evaluate.wrong_sign`).
+    q_check : str, optional
+        ``evaluate``'s warning on groups whose Q-model was refitted on their own episodes or
+        whose FQE is biased, naming the policy (:func:`~equicare.fairness._group_q.
+        refit_message`).
 
     Returns
     -------
@@ -184,7 +207,7 @@ def weight_diagnostics(policy: str, estimator: str, inputs: OPEInputs, gi: Group
                 for j, g in enumerate(gi.labels)}
     return diagnose(policy, estimator, ess, by_group, support, warn=warn, censoring=censoring,
                     values=values, returns_range=returns_range, in_sample=in_sample,
-                    rewards_range=rewards_range)
+                    rewards_range=rewards_range, q_check=q_check)
 
 
 def diagnose(policy: str, estimator: str, ess: EffectiveSampleSize,
@@ -192,7 +215,8 @@ def diagnose(policy: str, estimator: str, ess: EffectiveSampleSize,
              warn: bool = True, censoring: CensoringCheck | None = None,
              values: Any = None, returns_range: tuple[float, float] | None = None,
              in_sample: str | None = None,
-             rewards_range: tuple[float, float] | None = None) -> WeightDiagnostics:
+             rewards_range: tuple[float, float] | None = None,
+             q_check: str | None = None) -> WeightDiagnostics:
     """:func:`weight_diagnostics` from ESS already computed (the streamed audit's, from sums).
 
     Parameters
@@ -216,6 +240,9 @@ def diagnose(policy: str, estimator: str, ess: EffectiveSampleSize,
     in_sample : str, optional
         The in-sample propensity warning (a ``DataWarning``, as ``evaluate``'s), kept with the
         others.
+    q_check : str, optional
+        The warning on groups whose Q-model was refitted on their own episodes or whose FQE is
+        biased (a ``DataWarning``, as ``evaluate``'s), kept with the others.
     """
     diag = WeightDiagnostics(policy=policy, estimator=estimator, ess=ess, ess_by_group=by_group,
                              support=support)
@@ -249,6 +276,16 @@ def diagnose(policy: str, estimator: str, ess: EffectiveSampleSize,
             and pareto_k_off(ess.weight_pareto_k)):  # evaluate's heavy-tail check
         msgs.append(SUPPORT_PREFIX.format(policy=policy) + heavy_tail_message(
             [estimator], ess.weight_pareto_k, ess.n_episodes, ("dr", "wdr")))
+    if estimator in IS_TYPE and ESS_KIND[estimator] == "trajectory":  # ... within each group
+        undefined = {} if values is None else values.undefined
+        name = "group" if values is None else values.group
+        heavy = group_heavy_tail_message(
+            [(f"{name}={g}", float(e.weight_pareto_k), e.n_episodes)
+             for g, e in by_group.items()
+             if pareto_k_off(e.weight_pareto_k) and g not in undefined],
+            [estimator], ("dr", "wdr"))
+        if heavy is not None:
+            msgs.append(SUPPORT_PREFIX.format(policy=policy) + heavy)
     if warn:
         for m in msgs:
             warnings.warn(m, SupportWarning, stacklevel=3)
@@ -266,6 +303,10 @@ def diagnose(policy: str, estimator: str, ess: EffectiveSampleSize,
         msgs.append(SUPPORT_PREFIX.format(policy=policy) + censoring.message())
         if warn:
             warnings.warn(msgs[-1], DataWarning, stacklevel=3)
+    if q_check is not None:
+        msgs.append(q_check)
+        if warn:
+            warnings.warn(q_check, DataWarning, stacklevel=3)
     return WeightDiagnostics(policy=policy, estimator=estimator, ess=ess, ess_by_group=by_group,
                              support=support, messages=tuple(msgs), censoring=censoring)
 

@@ -13,12 +13,24 @@ from equicare.exceptions import InvalidParameterError
 from equicare.fairness._bootstrap import CIMethod, bootstrap_ci
 from equicare.fairness._gini import gini
 from equicare.fairness._groups import SUPPRESSED
+from equicare.ope._group_check import GroupQCheck
 
 __all__ = ["OutcomeFrame"]
 
 
 def _num(v: Any) -> float | None:
     return None if v is None or not np.isfinite(v) else float(v)
+
+
+def _bias_aware_ci(value: float, ci: NDArray[np.float64], reps: NDArray[np.float64],
+                   chk: GroupQCheck, alpha: float) -> NDArray[np.float64]:
+    """A group's FQE interval joined with the bias-aware one of its DR - FQE."""
+    from equicare.ope._bootstrap import Estimate, bias_aware
+
+    assert chk.dr_minus_fqe is not None and chk.se is not None
+    se = float(np.std(reps, ddof=1)) if reps.size > 1 else 0.0
+    est = Estimate(value=value, ci=(float(ci[0]), float(ci[1])), se=se, n_episodes=0)
+    return np.asarray(bias_aware(est, chk.dr_minus_fqe, chk.se, alpha).ci, dtype=np.float64)
 
 
 #: Why a gap, worst group or Gini has no value: fewer than two groups have a value.
@@ -61,6 +73,12 @@ class OutcomeFrame:
         :meth:`difference`, :meth:`worst_group` and :meth:`gini`.
     overall_reason : str or None
         Why :attr:`overall` is undefined (NaN), or None.
+    q_checks : dict of str to GroupQCheck
+        With ``fqe``, ``dr`` and ``wdr``: each published group's check of the Q-model
+        (``evaluate``'s, :mod:`equicare.fairness._group_q`): whether its value uses the
+        Q-model refitted on the group's own episodes, and whether FQE is biased there (its
+        interval then joined with the bias-aware one). Audit JSON
+        ``value_by_group[g]["q_check"]``.
     """
 
     policy: str
@@ -78,6 +96,7 @@ class OutcomeFrame:
     ci_method: CIMethod = "basic"
     undefined: dict[str, str] = field(default_factory=dict)
     overall_reason: str | None = None
+    q_checks: dict[str, GroupQCheck] = field(default_factory=dict)
 
     @property
     def defined(self) -> NDArray[np.bool_]:
@@ -123,10 +142,20 @@ class OutcomeFrame:
 
     @property
     def by_group_ci(self) -> pd.DataFrame:
-        """Interval per group (columns ``lower``, ``upper``; NaN for an undefined group)."""
-        ci = bootstrap_ci(self._need(self.value_reps), self.values, self.alpha,
-                          method=self.ci_method)
+        """Interval per group (columns ``lower``, ``upper``; NaN for an undefined group).
+
+        A group's FQE whose check says biased (:attr:`q_checks`) has its interval joined with
+        the bias-aware interval of DR - FQE (:func:`~equicare.ope._bootstrap.bias_aware`).
+        """
+        reps = self._need(self.value_reps)
+        ci = bootstrap_ci(reps, self.values, self.alpha, method=self.ci_method)
         ci[:, ~self.defined] = np.nan
+        if self.estimator == "fqe":  # a biased FQE: joined with the bias-aware interval
+            for i, g in enumerate(self.groups):
+                chk = self.q_checks.get(g)
+                if chk is not None and chk.biased and self.defined[i]:
+                    ci[:, i] = _bias_aware_ci(float(self.values[i]), ci[:, i],
+                                              reps[:, i], chk, self.alpha)
         return pd.DataFrame({"lower": ci[0], "upper": ci[1]},
                             index=pd.Index(self.groups, name=self.group))
 
@@ -233,6 +262,8 @@ class OutcomeFrame:
                            (float(ci_g["lower"].iloc[i]), float(ci_g["upper"].iloc[i])),
                            self.undefined.get(g))
             vbg[g]["n_episodes"] = int(self.counts[i])
+            if g in self.q_checks:
+                vbg[g]["q_check"] = self.q_checks[g].to_dict()
         for g in self.suppressed:
             vbg[g] = dict(SUPPRESSED)
         return {

@@ -271,8 +271,18 @@ class _Partial:
     returns_range: tuple[float, float] | None = None
     #: ``(min, max)`` of the steps' rewards (values on the side of 0 no policy reaches)
     rewards_range: tuple[float, float] | None = None
+    #: each Q-valued policy's summed check statistics by group, ``(n_groups, 2, 2)``
+    #: (:func:`~equicare.ope._group_check.gap_sums` of each group's episodes)
+    gaps: dict[str, NDArray[np.float64]] = field(default_factory=dict)
+    #: each published group's longest stay (the horizon of its own Q-model)
+    longest: NDArray[np.int64] | None = None
 
     def merge(self, other: _Partial) -> None:
+        for k, g in other.gaps.items():
+            self.gaps[k] = g if k not in self.gaps else self.gaps[k] + g
+        if other.longest is not None:
+            self.longest = (other.longest if self.longest is None
+                            else np.maximum(self.longest, other.longest))
         if other.returns_range is not None:
             self.returns_range = other.returns_range if self.returns_range is None else (
                 min(self.returns_range[0], other.returns_range[0]),
@@ -311,7 +321,7 @@ class _Partial:
 
 def _add_chunk(part: _Partial, ds: TrajectoryDataset, ctx: _Context) -> None:
     """Add one chunk of whole episodes to the partial statistics."""
-    from equicare.ope import OPEInputs, episode_keys, episode_parts, poisson_weights
+    from equicare.ope import episode_keys, episode_parts, poisson_weights
     from equicare.ope._resample import resampling_ids
 
     cfg, pols = ctx.cfg, ctx.policies
@@ -372,13 +382,19 @@ def _add_chunk(part: _Partial, ds: TrajectoryDataset, ctx: _Context) -> None:
             raise DataValidationError(
                 "A streamed audit values policies by importance sampling with the logged or "
                 "estimated propensities; this chunk's are not all in (0, 1].")
-        q_sa = v_s = None
-        if name in ctx.q_fits:  # FQE, DR, WDR: the policy's streamed Q-model on this chunk
-            q_sa, v_s = ctx.q_fits[name].values(ds, pols[name])
-        inputs = OPEInputs(rewards=ds.rewards, episode_offsets=ds.episode_offsets,
-                           gamma=ds.gamma, rho=p_logged[name] / b, q_sa=q_sa, v_s=v_s,
-                           horizon=ctx.horizon)
+        inputs = _inputs(ds, pols[name], p_logged[name] / b, ctx.q_fits.get(name), ctx.horizon)
         parts = episode_parts(inputs, [cfg.estimator], truncate=cfg.truncate)
+        if name in ctx.q_fits:  # evaluate's check of the Q-model within each group
+            from equicare.ope._group_check import episode_gaps
+
+            gaps = episode_gaps(inputs, cfg.truncate)
+            if gaps is not None:
+                g_sums = np.stack([h.T @ gaps, h.T @ (gaps * gaps)], axis=1)  # (G, 2, 2)
+                part.gaps[name] = g_sums + part.gaps.get(name, 0.0)
+            longest = np.zeros(len(ctx.published), dtype=np.int64)
+            ok = codes >= 0
+            np.maximum.at(longest, codes[ok], ds.episode_lengths.astype(np.int64)[ok])
+            part.merge(_Partial(longest=longest))
         part.layouts[name] = EpisodeLayout(parts.slices, parts.keys, parts.horizon)
         # the weight diagnostics: the published groups, then the audited episodes
         m = np.concatenate([h, h.sum(axis=1, keepdims=True)], axis=1)
@@ -396,6 +412,127 @@ def _add_chunk(part: _Partial, ds: TrajectoryDataset, ctx: _Context) -> None:
 
             effect = refit_contributions(ds, pols[name], ctx.q_fits[name], ctx.q_refit[name])
             part.refit.setdefault(name, _RefitAcc()).add(effect, w)
+
+
+def _inputs(ds: TrajectoryDataset, policy: Any, rho: NDArray[np.float64], q: Any,
+            horizon: int) -> Any:
+    """A chunk's OPE inputs of a policy: its importance ratios and, with ``q``, its Q-model."""
+    from equicare.ope import OPEInputs
+
+    q_sa = v_s = None
+    if q is not None:  # FQE, DR, WDR: the policy's streamed Q-model on this chunk
+        q_sa, v_s = q.values(ds, policy)
+    return OPEInputs(rewards=ds.rewards, episode_offsets=ds.episode_offsets, gamma=ds.gamma,
+                     rho=rho, q_sa=q_sa, v_s=v_s, horizon=horizon)
+
+
+@dataclass(frozen=True)
+class GroupPick:
+    """A chunk's episodes of the audit's published group ``j`` (picklable)."""
+
+    member: _Membership
+    j: int
+
+    def __call__(self, ds: TrajectoryDataset) -> NDArray[np.int64]:
+        return np.flatnonzero(self.member.codes(ds) == self.j)
+
+
+def _one_group(ds: TrajectoryDataset) -> NDArray[np.int64]:
+    """Every episode of a chunk in group 0 (a level source's chunk holds one group)."""
+    return np.zeros((ds.n_episodes, 1), dtype=np.int64)
+
+
+@dataclass
+class _OwnSums:
+    """A group's sums with its own Q-model: ``[parts, 1]``, replicates, refit, check."""
+
+    cols: NDArray[np.float64]
+    reps: NDArray[np.float64] | None
+    refit: _RefitAcc
+    gaps: NDArray[np.float64] | None
+    layout: EpisodeLayout
+
+    def __add__(self, o: _OwnSums) -> _OwnSums:
+        refit = _RefitAcc()
+        for r in (self.refit, o.refit):
+            if r.s1 is not None:
+                refit.merge(r.s1, r.s2, r.s3, r.n)
+        return _OwnSums(cols=self.cols + o.cols,
+                        reps=None if self.reps is None or o.reps is None else self.reps + o.reps,
+                        refit=refit,
+                        gaps=None if self.gaps is None or o.gaps is None else self.gaps + o.gaps,
+                        layout=self.layout)
+
+
+@dataclass(frozen=True, eq=False)
+class _OwnChunk:
+    """A chunk of one group's episodes valued with the group's own Q-model (picklable)."""
+
+    name: str
+    policy: Any
+    q: Any
+    z: NDArray[np.float64] | None
+    key: str
+    truncate: float | None
+    n_boot: int
+    seed: int
+    horizon: int
+
+    def __call__(self, ds: TrajectoryDataset) -> _OwnSums:
+        from equicare.ope import episode_keys, episode_parts, poisson_weights
+        from equicare.ope._group_check import episode_gaps, gap_sums
+        from equicare.ope._stream_q import refit_contributions
+
+        _, pl, _, _ = row_pass(ds, self.policy, np.zeros((ds.n_actions, 0)), source=self.name)
+        assert ds.behavior_prob is not None
+        b = deployed_propensities(self.policy, ds, ds.behavior_prob)
+        inputs = _inputs(ds, self.policy, pl / b, self.q, self.horizon)
+        parts = episode_parts(inputs, [self.key], truncate=self.truncate)
+        cols = np.concatenate([parts.matrix, np.ones((ds.n_episodes, 1))], axis=1)
+        w = (poisson_weights(episode_keys(ds.episode_ids if ds.members is None else ds.members),
+                             self.n_boot, self.seed) if self.n_boot > 0 else None)
+        refit = _RefitAcc()
+        if w is not None and self.z is not None:
+            refit.add(refit_contributions(ds, self.policy, self.q, self.z), w)
+        gaps = episode_gaps(inputs, self.truncate)
+        return _OwnSums(cols=cols.sum(axis=0), reps=None if w is None else w @ cols,
+                        refit=refit, gaps=None if gaps is None else gap_sums(gaps),
+                        layout=EpisodeLayout(parts.slices, parts.keys, parts.horizon))
+
+
+def own_values_stream(source: Any, name: str, policy: Any, fit: Any, pick: GroupPick,
+                      horizon: int, *, key: str, truncate: float | None, n_boot: int,
+                      seed: int) -> Any:
+    """A group's :class:`~equicare.fairness._group_q.OwnValues` with its own Q-model, streamed.
+
+    The pooled Q-model's class and cells (``fit``, its :class:`~equicare.ope._stream_q.
+    StreamQFit`) fitted again over the group's episodes of every chunk
+    (:class:`~equicare.ope._stream_own.LevelSource`, the group's longest stay as the horizon, as
+    in memory), its refit direction, then one pass over the group's episodes: its value, its
+    replicates (the audit's Poisson weights keyed by episode id, the own Q-model's refit
+    linearised in each) and its check. About 4-5 passes over the group's episodes.
+    """
+    from equicare.fairness._group_q import OwnValues, value_of_sums
+    from equicare.ope._core import EpisodeParts
+    from equicare.ope._stream_own import LevelSource
+    from equicare.ope._stream_q import GroupCodes, fit_q_stream, group_refit_directions
+
+    src = LevelSource(source, pick, horizon)
+    one = GroupCodes(codes=_one_group, n_groups=1, keys=(key,))
+    own = fit_q_stream(src, policy, cfg=fit.design.cfg, keys=(key,), truncate=truncate,
+                       groups=one if n_boot > 0 else None)
+    z = group_refit_directions(src, own, policy, one) if n_boot > 0 else None
+    sums, _ = src.map_reduce(_OwnChunk(name=name, policy=policy, q=own.applier(),
+                                       z=None if z is None else z[key], key=key,
+                                       truncate=truncate, n_boot=n_boot, seed=seed,
+                                       horizon=horizon))
+    lay = sums.layout
+    tmpl = EpisodeParts(matrix=np.zeros((0, 0)), slices=lay.slices, keys=lay.keys,
+                        horizon=lay.horizon)
+    value, reps = value_of_sums(tmpl, key, sums.cols, sums.reps)
+    if reps is not None and sums.refit.s1 is not None:
+        reps = reps + sums.refit.shift()[:, 0]
+    return OwnValues(value=value, reps=reps, gaps=sums.gaps)
 
 
 @dataclass(frozen=True)
@@ -549,6 +686,7 @@ def audit_stream(
         q_refit: dict[str, NDArray[np.float64]] = {}
         censoring: dict[str, Any] = {}  # each policy's censoring check (stationary table)
         q_models: dict[str, Any] = {}  # each policy's q_model entry (auto's choice)
+        fits: dict[str, Any] = {}  # each policy's streamed Q-model fit
         src: Any = None
         behavior: Any = None
         counted: dict[str, Any] = {}
@@ -611,7 +749,6 @@ def audit_stream(
                     sel, q_model_name(fit.design.cfg), src.state_names(),
                     None if fit.cells is None else fit.cells.varying)
 
-            fits = {}
             with say.bar(f"{q_key} Q-models", len(pols)) as bar:
                 for name, pol in pols.items():
                     say(f"{name}: {cfg.q_model} Q-model for {q_key} from chunk sums")
@@ -659,6 +796,11 @@ def audit_stream(
                 for chunk in iter_chunks(source, man, chunk_rows=chunk_rows, scan=scan):
                     _add_chunk(part, chunk.dataset, ctx)
                     bar.update(advance=chunk.dataset.n_steps)
+        # evaluate's check of each policy's Q-model within each group; a group whose TD
+        # residuals stand out gets the Q-model's passes again over its own episodes
+        own_q = {name: _stream_checks(src, name, pols[name], fits[name], part, gi_all, attrs,
+                                      cfg, seed, say)
+                 for name in pols if name in fits and name in part.gaps}
     spec = part.spec
     assert spec is not None
     gi = GroupIndex(name=gname, labels=gi_all.labels, suppressed=gi_all.suppressed,
@@ -701,14 +843,21 @@ def audit_stream(
                 name, key, np.zeros((0, 1)), comb, gi, None, cfg.alpha, cfg.ci_method,
                 sums=part.out[name].sums(),
                 rep_shift=None if acc is None or acc.s1 is None else acc.shift(), reason_fn=why)
+            cells = {g: part.ess[name].weight_sums(j, cfg.truncate)
+                     for j, g in enumerate(gi.labels)}
             if key in ESS_KIND:
-                outcomes[name] = hide_low_ess(outcomes[name], {
-                    g: part.ess[name].weight_sums(j, cfg.truncate)
-                    for j, g in enumerate(gi.labels)}, gi.min_cell)
+                outcomes[name] = hide_low_ess(outcomes[name], cells, gi.min_cell)
+            q_msg = None
+            if name in own_q:  # the corrected group values, as in memory
+                from equicare.fairness._group_q import corrected_frame, dr_withheld, refit_message
+
+                outcomes[name] = corrected_frame(outcomes[name], *own_q[name],
+                                                 dr_withheld(cells, gi.min_cell))
+                q_msg = refit_message(name, outcomes[name], q_models[name]["chosen"])
             diags[name] = _diagnostics(name, key, part, gi, check, cfg.truncate,
                                        censoring.get(name), outcomes[name],
                                        None if behavior is None else behavior.info,
-                                       scan.max_len)
+                                       scan.max_len, q_msg)
     levels = None
     if cfg.with_level_rates:
         levels = level_table(names, np.concatenate(part.ep_lnum, axis=1), den_all, gi,
@@ -723,15 +872,45 @@ def audit_stream(
                        level_rates=levels)
 
 
+def _stream_checks(src: Any, name: str, policy: Any, fit: Any, part: _Partial, gi: GroupIndex,
+                   attrs: list[str], cfg: FairnessAudit, seed: int, say: Any
+                   ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One policy's check of its Q-model in each published group, and the refitted values.
+
+    As :func:`~equicare.fairness._group_q.memory_checks`, from the groups' check statistics
+    summed in the audit's pass; a group whose TD residuals stand out gets its own Q-model
+    (:func:`own_values_stream`).
+    """
+    from equicare.ope._group_check import needs_own_fit, plan_checks
+    from equicare.ope._levels import REFIT_MODELS
+
+    labels = list(gi.labels)
+    checks = plan_checks({g: part.gaps[name][j] for j, g in enumerate(labels)},
+                         {g: int(c) for g, c in zip(labels, gi.counts, strict=True)})
+    member = _Membership(tuple(attrs), gi.labels)
+    own = {}
+    assert part.longest is not None and cfg.estimator is not None
+    for g, chk in checks.items():
+        if needs_own_fit(chk, fit.design.cfg.model in REFIT_MODELS):
+            j = labels.index(g)
+            say(f"{name}: {cfg.estimator} Q-model of group {g} on its own episodes")
+            own[g] = own_values_stream(src, name, policy, fit, GroupPick(member, j),
+                                       int(part.longest[j]), key=cfg.estimator,
+                                       truncate=cfg.truncate, n_boot=cfg.n_boot, seed=seed)
+    return checks, own
+
+
 def _diagnostics(name: str, key: str, part: _Partial, gi: GroupIndex, check: Any,
                  truncate: float | None, censoring: Any = None, values: Any = None,
-                 behavior: dict[str, Any] | None = None, max_length: int = 0) -> Any:
+                 behavior: dict[str, Any] | None = None, max_length: int = 0,
+                 q_check: str | None = None) -> Any:
     """The in-memory audit's weight and support diagnostics of one policy, from chunk sums.
 
     ``censoring``: the policy's censoring check (:func:`~equicare.ope._stream_q.fit_q_checked`);
     ``values``: its group values, checked against the returns' range as in memory;
     ``behavior``: the summary of the behaviour model of estimated propensities (its in-sample
-    warning, from the audited episodes' summed weights, as in memory), or None.
+    warning, from the audited episodes' summed weights, as in memory), or None; ``q_check``:
+    the warning on groups refitted on their own episodes or whose FQE is biased.
     """
     from equicare.fairness._audit import in_sample_of
     from equicare.fairness._diagnostics import diagnose
@@ -754,4 +933,4 @@ def _diagnostics(name: str, key: str, part: _Partial, gi: GroupIndex, check: Any
                     {g: acc.ess(j, truncate) for j, g in enumerate(gi.labels)}, support,
                     censoring=censoring, values=values, returns_range=part.returns_range,
                     rewards_range=part.rewards_range,
-                    in_sample=in_sample)
+                    in_sample=in_sample, q_check=q_check)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,7 +10,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from equicare.ope._core import IS_TYPE, OPEInputs
-from equicare.ope._pareto import PARETO_K_INTERVAL, PARETO_K_VALUE, pareto_k, tail_size
+from equicare.ope._pareto import (
+    PARETO_K_INTERVAL,
+    PARETO_K_VALUE,
+    PARETO_MIN_TAIL,
+    pareto_k,
+    tail_size,
+)
 from equicare.privacy import low_ess_cells
 from equicare.utils import MIN_CELL
 
@@ -18,7 +24,9 @@ __all__ = ["EffectiveSampleSize", "kish_ess", "effective_sample_size", "ESS_KIND
            "ess_from_sums", "heaviest", "low_ess_groups", "LOW_ESS_OVERALL", "low_ess_message",
            "overall_low_ess_message", "stream_low_ess_message", "warn_low_ess", "MISSING_WEIGHT",
            "MISSING_WEIGHT_Z", "weight_mean_off", "mean_and_se", "missing_weight_message",
-           "MISSING_WEIGHT_MESSAGE", "HEAVY_TAIL_MESSAGE", "heavy_tail_message", "pareto_k_off"]
+           "MISSING_WEIGHT_MESSAGE", "HEAVY_TAIL_MESSAGE", "heavy_tail_message", "pareto_k_off",
+           "pareto_k_na", "PARETO_NA_FEW", "PARETO_NA_TIES", "GROUP_HEAVY_TAIL_MESSAGE",
+           "group_heavy_tail_message", "heavy_tail_groups"]
 
 
 def kish_ess(weights: NDArray[np.float64], axis: int = 0) -> NDArray[np.float64]:
@@ -376,6 +384,91 @@ def heavy_tail_message(names: Sequence[str], k: float, n_episodes: int,
         intervals="intervals" if many else "interval",
         advice=("Prefer " + " or ".join(prefer) + "." if prefer
                 else "Value it with a Q-model."))
+
+
+#: Why a group's Pareto k is not given: too few episodes for the tail fit (tests match it).
+PARETO_NA_FEW = ("n/a: the tail fit needs {min_tail} weights, the largest min(n/5, 3 sqrt(n)) "
+                 "of n episodes: {n_episodes} episodes give {m}")
+#: ... or too few distinct weights in the tail (short stays, few actions, on-policy).
+PARETO_NA_TIES = ("n/a: fewer than {min_tail} distinct weights in the tail (repeated weights of "
+                  "short stays or few actions, or every weight equal)")
+
+
+def pareto_k_na(k: float | None, n_episodes: int) -> str | None:
+    """Why the Pareto tail index ``k`` of ``n_episodes``' weights is not given, or None.
+
+    None when ``k`` is finite. The fit (:func:`~equicare.ope._pareto.pareto_k`) needs
+    :data:`~equicare.ope._pareto.PARETO_MIN_TAIL` (20) tail weights, the largest
+    ``min(n / 5, 3 sqrt(n))``: a group of fewer than 100 episodes has no ``k``
+    (:data:`PARETO_NA_FEW`); otherwise the tail held too few distinct weights
+    (:data:`PARETO_NA_TIES`).
+    """
+    if k is not None and np.isfinite(k):
+        return None
+    m = tail_size(int(n_episodes))
+    if m < PARETO_MIN_TAIL:
+        return PARETO_NA_FEW.format(min_tail=PARETO_MIN_TAIL, n_episodes=int(n_episodes), m=m)
+    return PARETO_NA_TIES.format(min_tail=PARETO_MIN_TAIL)
+
+
+#: The heavy-tail check's warning for subgroups (:func:`group_heavy_tail_message`).
+GROUP_HEAVY_TAIL_MESSAGE = (
+    "The {estimators} value{s} of {cells} rest{verb} on trajectory importance weights with a "
+    "heavy tail within {the_group}: Pareto k (in parentheses, over the group's largest weights) "
+    "above {limit}, so the weights have no finite variance there whatever the whole panel's "
+    "tail. {their_cap} standard errors and bootstrap intervals see only the tail {the_group} "
+    "drew and can miss the truth (docs/ope.md, 'Weights with a heavy tail'). {advice}")
+
+
+def group_heavy_tail_message(cells: Sequence[tuple[str, float, int]], names: Sequence[str],
+                             prefer: Sequence[str]) -> str | None:
+    """The heavy-tail warning naming the groups whose weights' ``k`` is above 0.5, or None.
+
+    Parameters
+    ----------
+    cells : sequence of (str, float, int)
+        ``("race=asian", k, n_episodes)`` of each group with :func:`pareto_k_off`.
+    names : sequence of str
+        The trajectory-weighted estimators whose group values are published (IS, WIS).
+    prefer : sequence of str
+        The estimators to recommend (:func:`preferred`).
+    """
+    if not cells or not names:
+        return None
+    many = len(cells) > 1
+    said = ", ".join(f"{c} (k {k:.3g} over the largest {tail_size(n):,} of {n:,} episodes)"
+                     for c, k, n in cells)
+    return GROUP_HEAVY_TAIL_MESSAGE.format(
+        estimators=_join(names), s="s" if many or len(names) > 1 else "",
+        cells=("subgroups " if many else "subgroup ") + said,
+        verb="" if many or len(names) > 1 else "s",
+        the_group="each" if many else "the group", limit=PARETO_K_INTERVAL,
+        their_cap="Their",
+        advice=("Prefer " + " or ".join(prefer) + " for " + ("them." if many else "it.")
+                if prefer else "Value them with a Q-model."))
+
+
+def heavy_tail_groups(groups: Mapping[str, Mapping[str, Any]], keys: Sequence[str],
+                      unusable: Iterable[str] = ()) -> str | None:
+    """:func:`group_heavy_tail_message` of an evaluation's subgroup levels, or None.
+
+    ``groups`` maps an attribute to its levels (``GroupResult`` or ``StreamGroup``: their
+    ``pareto_k``, ``n_episodes``, ``estimates`` and ``suppressed``). A published level is named
+    when its trajectory weights' ``k`` is above 0.5 and one of its IS and WIS values (among
+    ``keys``) is published; suppressed levels have no ``k``.
+    """
+    traj = [k for k in keys if k in IS_TYPE and ESS_KIND[k] == "trajectory"]
+    cells: list[tuple[str, float, int]] = []
+    names: list[str] = []
+    for attr, levels in groups.items():
+        for lv, g in levels.items():
+            if g.suppressed or not pareto_k_off(g.pareto_k):
+                continue
+            shown = [k for k in traj if k in g.estimates and g.estimates[k].reason is None]
+            if shown:
+                cells.append((f"{attr}={lv}", float(g.pareto_k), int(g.n_episodes)))
+                names += [k for k in shown if k not in names]
+    return group_heavy_tail_message(cells, names, preferred(LOW_ESS_PREFERRED, unusable))
 
 
 #: The heavy-tail check's warning (:func:`pareto_k_off`; tests match it).

@@ -160,15 +160,29 @@ class GroupResult:
     ess: EffectiveSampleSize | None = None
     q_check: GroupQCheck | None = None
 
+    @property
+    def pareto_k(self) -> float:
+        """The Pareto tail index of the level's trajectory weights (NaN: not estimated)."""
+        return float("nan") if self.ess is None else float(self.ess.weight_pareto_k)
+
     def to_dict(self) -> dict[str, Any]:
-        """Contract 3 group entry; ``{"suppressed": true, "n_episodes": null}`` when suppressed."""
+        """Contract 3 group entry; ``{"suppressed": true, "n_episodes": null}`` when suppressed.
+
+        The level's ``ess`` carries its weights' Pareto tail index
+        (``trajectory_weight_pareto_k``) and, when that is ``null``, why
+        (``trajectory_weight_pareto_k_na``, :func:`~equicare.ope._ess.pareto_k_na`).
+        """
         if self.suppressed:
             return {"suppressed": True, "n_episodes": None}
         assert self.behavior is not None and self.ess is not None
+        ess = self.ess.to_dict()
+        na = _ess.pareto_k_na(self.pareto_k, self.n_episodes)
+        if na is not None:
+            ess["trajectory_weight_pareto_k_na"] = na
         out = {"n_episodes": self.n_episodes,
                "behavior": _est_json(self.behavior, se=True),
                "estimates": {k: _est_json(v) for k, v in self.estimates.items()},
-               "ess": self.ess.to_dict()}
+               "ess": ess}
         if self.q_check is not None:
             out["q_check"] = self.q_check.to_dict()
         return out
@@ -733,6 +747,7 @@ def _group_results(prep: Prepared, dataset: TrajectoryDataset, keys: Sequence[st
     biased = biased_groups_message(out, prep.q_name)
     if biased is not None:  # a Q-model right overall, wrong within some groups: said once
         warnings.warn(biased, DataWarning, stacklevel=3)
+    _ess.warn_low_ess(_ess.heavy_tail_groups(out, keys), stacklevel=3)  # a group's heavy tail
     return out, info
 
 

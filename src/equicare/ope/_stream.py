@@ -90,7 +90,7 @@ from equicare.ope._core import (
     episode_parts,
     undefined_estimates,
 )
-from equicare.ope._ess import WeightSums, mean_and_se
+from equicare.ope._ess import WeightSums, mean_and_se, pareto_k_na
 from equicare.ope._fqe import table_ignored_numeric
 from equicare.ope._group_check import GroupQCheck
 from equicare.ope._pareto import pareto_k
@@ -315,6 +315,9 @@ class StreamGroup:
     gaps : ndarray of shape (2, 2) or None
         The level's summed check statistics (not written; :func:`~equicare.ope._group_check.
         check_of`).
+    weight_pareto_k : float
+        The Pareto tail index of the level's trajectory weights (NaN: not estimated; the JSON
+        says why, :func:`~equicare.ope._ess.pareto_k_na`), as in memory.
     """
 
     n_episodes: int
@@ -327,15 +330,26 @@ class StreamGroup:
     weights: WeightSums | None = field(default=None, repr=False, compare=False)
     q_check: GroupQCheck | None = None
     gaps: NDArray[np.float64] | None = field(default=None, repr=False, compare=False)
+    weight_pareto_k: float = float("nan")
+
+    @property
+    def pareto_k(self) -> float:
+        """:attr:`weight_pareto_k` (as ``GroupResult.pareto_k`` in memory)."""
+        return float(self.weight_pareto_k)
 
     def to_dict(self) -> dict[str, Any]:
         """Contract 3 group entry; ``{"suppressed": true, "n_episodes": null}`` when suppressed."""
         if self.suppressed:
             return {"suppressed": True, "n_episodes": None}
         assert self.behavior is not None and self.ess is not None
+        ess = ess_dict(self.ess, self.ess_truncated, self.truncate, self.n_episodes,
+                       weight_pareto_k=self.weight_pareto_k)
+        na = pareto_k_na(self.weight_pareto_k, self.n_episodes)
+        if na is not None:
+            ess["trajectory_weight_pareto_k_na"] = na
         out = {"n_episodes": self.n_episodes, "behavior": self.behavior.to_dict(),
                "estimates": {k: e.to_dict() for k, e in self.estimates.items()},
-               "ess": ess_dict(self.ess, self.ess_truncated, self.truncate, self.n_episodes)}
+               "ess": ess}
         if self.q_check is not None:
             out["q_check"] = self.q_check.to_dict()
         return out
@@ -587,7 +601,8 @@ def finish_groups(plan: GroupPlan, groups: GroupSums, squares: GroupSquares | No
                                      behavior=res.behavior, estimates=res.estimates, ess=res.ess,
                                      ess_truncated=res.ess_truncated, truncate=truncate,
                                      weights=sums.weights,
-                                     gaps=None if groups.gaps is None else groups.gaps[c])
+                                     gaps=None if groups.gaps is None else groups.gaps[c],
+                                     weight_pareto_k=res.weight_pareto_k)
         out[attr] = levels
     if small:
         warnings.warn(small_cells_message(small, plan.min_cell), SmallCellWarning, stacklevel=3)
@@ -1247,7 +1262,9 @@ def evaluate_stream(
             attr, levels, (main.returns_min, main.returns_max) if main.n_episodes else None,
             (main.rewards_min, main.rewards_max) if main.n_steps else None))
     warn_groups_out_of_range(far_cells, stacklevel=2)
-    from equicare.ope._ess import stream_low_ess_message, warn_low_ess
+    from equicare.ope._ess import heavy_tail_groups, stream_low_ess_message, warn_low_ess
+
+    warn_low_ess(heavy_tail_groups(res.groups, keys), stacklevel=2)  # a level's heavy tail
 
     warn_low_ess(stream_low_ess_message(res.estimates, res.n_episodes, res.ess,
                                         res.ess_truncated, logged=src.logged,

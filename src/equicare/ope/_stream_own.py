@@ -26,19 +26,29 @@ from equicare.data import TrajectoryDataset
 from equicare.ope._fqe import FQEConfig
 from equicare.ope._stream_groups import GroupPlan
 
-__all__ = ["LevelSource", "level_horizons", "own_level_stream", "check_levels_stream"]
+__all__ = ["LevelPick", "LevelSource", "level_horizons", "own_level_stream", "check_levels_stream"]
+
+
+@dataclass(frozen=True)
+class LevelPick:
+    """The episodes of a chunk at one level of one attribute (picklable)."""
+
+    attr: str
+    label: str
+
+    def __call__(self, dataset: TrajectoryDataset) -> NDArray[np.int64]:
+        return np.flatnonzero(dataset.group_labels(self.attr).astype(str) == self.label)
 
 
 @dataclass(frozen=True, eq=False)
 class _OnLevel:
-    """``fn`` on a chunk's episodes of one level (None when the chunk has none; picklable)."""
+    """``fn`` on a chunk's episodes that ``pick`` selects (None when it has none; picklable)."""
 
     fn: Callable[[TrajectoryDataset], Any]
-    attr: str
-    label: str
+    pick: Callable[[TrajectoryDataset], NDArray[np.int64]]
 
     def __call__(self, dataset: TrajectoryDataset) -> Any:
-        ep = np.flatnonzero(dataset.group_labels(self.attr).astype(str) == self.label)
+        ep = self.pick(dataset)
         return None if ep.size == 0 else self.fn(dataset.subset(ep))
 
 
@@ -46,11 +56,14 @@ class LevelSource:
     """A :class:`~equicare.ope._stream.ChunkSource` restricted to one level's episodes.
 
     What the Q-model's passes read of a source (``horizon``, ``categorical_names``,
-    ``map_reduce``); ``horizon`` is the level's longest stay.
+    ``map_reduce``); ``horizon`` is the level's longest stay. ``pick(chunk)`` gives the indices
+    of the chunk's episodes of the level (:class:`LevelPick`; the fairness audit's groups,
+    intersections included, pick their own).
     """
 
-    def __init__(self, source: Any, attr: str, label: str, horizon: int) -> None:
-        self.source, self.attr, self.label, self.horizon = source, attr, label, int(horizon)
+    def __init__(self, source: Any, pick: Callable[[TrajectoryDataset], NDArray[np.int64]],
+                 horizon: int) -> None:
+        self.source, self.pick, self.horizon = source, pick, int(horizon)
 
     def categorical_names(self) -> tuple[str, ...]:
         """The panel's categorical state columns."""
@@ -59,7 +72,7 @@ class LevelSource:
     def map_reduce(self, fn: Callable[[TrajectoryDataset], Any],
                    progress: Callable[[int], None] | None = None) -> tuple[Any, int]:
         """Sum of ``fn`` over the level's episodes of every chunk, and the number of chunks."""
-        return tuple(self.source.map_reduce(_OnLevel(fn, self.attr, self.label), progress))
+        return tuple(self.source.map_reduce(_OnLevel(fn, self.pick), progress))
 
 
 @dataclass
@@ -106,8 +119,8 @@ def own_level_stream(source: Any, policy: Any, attr: str, label: str, n_episodes
 
     one = GroupPlan(attrs=(attr,), levels=((label,),), counts=({label: n_episodes},),
                     min_cell=min_cell)
-    res = evaluate_stream_q(LevelSource(source, attr, label, horizon), policy, keys=keys,
-                            cfg=cfg, n_boot=n_boot, seed=seed, truncate=truncate,
+    res = evaluate_stream_q(LevelSource(source, LevelPick(attr, label), horizon), policy,
+                            keys=keys, cfg=cfg, n_boot=n_boot, seed=seed, truncate=truncate,
                             studentized=studentized, groups=one)
     assert res.groups is not None  # the plan's one level
     return finish(one, res.groups, res.group_squares)[attr][label]

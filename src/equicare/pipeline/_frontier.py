@@ -23,7 +23,12 @@ from equicare.exceptions import (
 )
 from equicare.fairness._audit import BEHAVIOR, AuditResult, FairnessAudit
 from equicare.fairness._bootstrap import bootstrap_weights, split_random_state
-from equicare.fairness._diagnostics import CENSORING_WARNING, IN_SAMPLE_WARNING, SUPPORT_PREFIX
+from equicare.fairness._diagnostics import (
+    CENSORING_WARNING,
+    IN_SAMPLE_WARNING,
+    Q_CHECK_WARNING,
+    SUPPORT_PREFIX,
+)
 from equicare.fairness._groups import dataset_group_index, require_comparison
 from equicare.pipeline._executor import torch_threads
 from equicare.utils import (
@@ -219,6 +224,8 @@ def _run_point(task: _Task) -> AuditResult:
             warnings.simplefilter("ignore", SupportWarning)
             warnings.filterwarnings("ignore", CENSORING_WARNING, DataWarning)
             warnings.filterwarnings("ignore", IN_SAMPLE_WARNING, DataWarning)
+            # the Q-model's check by group: in the diagnostics, said once (_warn_values)
+            warnings.filterwarnings("ignore", Q_CHECK_WARNING, DataWarning)
             return cfg.run(task.eval, {"policy": learner}, weights=task.weights,
                            random_state=task.seed, suppress=task.suppress)
 
