@@ -519,3 +519,18 @@ def test_auto_leaves_a_read_score_pooled_where_it_drives_no_transition():
     reads = q["numeric_bins"]["target_reads"]["x"]
     assert not reads["added"] and reads["value_gain"] <= 2 * reads["value_se"]
     assert abs(res.estimates["fqe"].value / truth - 1) < 0.05
+
+
+def test_the_transitions_test_steps_aside_when_the_stationary_table_is_singular(monkeypatch):
+    """A stationary table without a solution (a loop without exit at gamma 1) leaves the
+    reward test alone: the read column is reported with ``value_gain`` None, not an error."""
+    from equicare.exceptions import InvalidParameterError as Singular
+
+    def singular(*args, **kwargs):
+        raise Singular("The stationary tabular FQE system is singular")
+
+    ds, _ = _transition_reads_panel(300, seed=1)
+    monkeypatch.setattr(select_mod, "fit_fqe_logged", singular)
+    cells, reads = select_mod.target_read_bins(ds, _ActsOnHighX().action_probs(ds), None)
+    assert cells is None and reads["x"]["value_gain"] is None and not reads["x"]["added"]
+    assert reads["x"]["reward_gain"] <= 2 * reads["x"]["se"]

@@ -615,8 +615,9 @@ def target_reads_line(q: Mapping[str, Any] | None, name: str | None = None) -> s
     if not pooled or not str(q.get("chosen", "")).startswith("tabular"):
         return None
     what = ", ".join(f"{c} ({_read_where(r)}; "
-                     f"reward gain per episode {r['reward_gain']:.3g}, SE {r['se']:.2g}; "
-                     f"TD-target gain {r['value_gain']:.3g}, SE {r['value_se']:.2g})"
+                     f"reward gain per episode {r['reward_gain']:.3g}, SE {r['se']:.2g}"
+                     + (f"; TD-target gain {r['value_gain']:.3g}, SE {r['value_se']:.2g})"
+                        if r.get("value_gain") is not None else ")")
                      for c, r in pooled.items())
     of = f" of {name}" if name else ""
     return (f"Note: the Q-table{of} pools {what}, which the target policy reads within its cells. "

@@ -527,7 +527,8 @@ def target_read_bins(dataset: TrajectoryDataset, target_probs: NDArray[np.float6
         ``cells`` with the kept bins appended (unchanged when none is kept).
     reads : dict of str to dict
         Per column the target reads: ``edges`` (or ``levels``), ``tv``, ``reward_gain`` and
-        ``se``, ``value_gain`` and ``value_se`` (the TD target's; per episode) and ``added``.
+        ``se``, ``value_gain`` and ``value_se`` (the TD target's, None when the stationary
+        table is singular; per episode) and ``added``.
     """
     from sklearn.tree import DecisionTreeRegressor
 
@@ -542,25 +543,30 @@ def target_read_bins(dataset: TrajectoryDataset, target_probs: NDArray[np.float6
     row_fold: NDArray[np.int64] | None = None
     n = float(dataset.n_episodes)
 
-    td: dict[tuple[str, ...], tuple[NDArray[np.float64], NDArray[np.bool_]]] = {}
+    td: dict[tuple[str, ...], tuple[NDArray[np.float64], NDArray[np.bool_]] | None] = {}
 
-    def td_target() -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+    def td_target() -> tuple[NDArray[np.float64], NDArray[np.bool_]] | None:
         """``r + gamma Vbar(c')`` under the table on the current cells, the rows it is known.
 
         ``Vbar(c)``: the table's value of cell ``c``, averaged over the cell's rows (their own
         target probabilities), so the target is a function of the reward and the next *cell*
         only: what a column changes in it, it changes in the dynamics between cells, not in
         where the target acts next (a site the target reads at every row of an episode).
+        None when the stationary table is singular (a loop without exit at gamma 1).
         """
         key = tuple(names)
         if key not in td:
-            fit = fit_fqe_logged(dataset, probs, candidate_config(
-                candidate_name("tabular_stationary", key)))
+            td.clear()
+            try:
+                fit = fit_fqe_logged(dataset, probs, candidate_config(
+                    candidate_name("tabular_stationary", key)))
+            except InvalidParameterError:  # MSG_SINGULAR_STATIONARY: the reward test alone
+                td[key] = None
+                return None
             v_cell = cell_means(fit.v[:, None], cell)[0][:, 0]
             nxt = dataset.next_index
             has = (nxt >= 0) & ~dataset.terminals
             v_next = np.where(has, v_cell[cell[np.maximum(nxt, 0)]], 0.0)
-            td.clear()
             td[key] = (np.asarray(dataset.rewards + dataset.gamma * v_next, dtype=np.float64),
                        has | np.asarray(dataset.terminals, dtype=bool))
         return td[key]
@@ -574,10 +580,14 @@ def target_read_bins(dataset: TrajectoryDataset, target_probs: NDArray[np.float6
                  reward_gain(dataset, cell, fine, row_fold, CELL_FOLDS, values, rows).items()}
         return max(stats.values(), key=lambda s: s[0] - n_se * s[1])
 
-    def drives(fine: NDArray[np.int64]) -> tuple[bool, dict[str, float]]:
+    def drives(fine: NDArray[np.int64]) -> tuple[bool, dict[str, float | None]]:
         """Whether the fine cells lower the held-out error of the mean reward or TD target."""
         r_gain, r_se = gain(fine)
-        v_gain, v_se = gain(fine, *td_target())
+        target = td_target()
+        if target is None:
+            return r_gain - n_se * r_se > 0, {"reward_gain": r_gain, "se": r_se,
+                                               "value_gain": None, "value_se": None}
+        v_gain, v_se = gain(fine, *target)
         return (r_gain - n_se * r_se > 0 or v_gain - n_se * v_se > 0,
                 {"reward_gain": r_gain, "se": r_se, "value_gain": v_gain, "value_se": v_se})
 
