@@ -623,6 +623,41 @@ def test_audit_streams_the_window_table_and_the_censoring_check(tmp_path):
                      r"1\d\.\d% of the episodes are censored", said), said
 
 
+def test_evaluate_bins_a_score_that_drives_transitions_in_memory_and_streamed(tmp_path):
+    """tests/ope/test_select.py's transitions-only panel: the target's edge of the score joins
+    the table's cells in memory and streamed (one chunk of 3,000 rows at a time) alike."""
+    from ..ope.test_select import _transition_reads_panel
+
+    ds, truth = _transition_reads_panel(1500, seed=1)
+    pd.DataFrame({"id": ds.episode_ids[ds.episode_index], "t": ds.step,
+                  "x": ds.states[:, 0].astype(float), "h": ds.categorical[:, 0],
+                  "act": ds.actions, "r": ds.rewards, "end": ds.terminals.astype(int),
+                  "p": ds.behavior_prob}).to_parquet(tmp_path / "panel.parquet", index=False)
+    (tmp_path / "m.toml").write_text(
+        '[dataset]\nepisode = "id"\ntime = "t"\nstates = ["x"]\ncategorical_states = ["h"]\n'
+        'terminal = "end"\nbehavior_prob = "p"\ngamma = 0.95\n\n[actions.act]\nlevels = 2\n\n'
+        '[reward]\nr = { column = "r", weight = 1.0 }\n')
+    act = (ds.states[:, 0] >= 0.5).astype(float)
+    pd.DataFrame({"id": ds.episode_ids[ds.episode_index], "t": ds.step, "p_0": 1.0 - act,
+                  "p_1": act}).to_parquet(tmp_path / "pol.parquet", index=False)
+    base = ["evaluate", str(tmp_path / "panel.parquet"), "--manifest", str(tmp_path / "m.toml"),
+            "--policy", str(tmp_path / "pol.parquet"), "--bootstrap", "0", "--estimators",
+            "fqe", "--no-progress"]
+    got = []
+    for extra in ([], ["--chunk-rows", "3000"]):
+        out = tmp_path / f"ev{len(extra)}.json"
+        res = runner.invoke(app, [*base, "--out", str(out), *extra])
+        assert res.exit_code == 0, res.output
+        q = json.loads(out.read_text())
+        reads = (q["q_model"].get("numeric_bins")
+                 or q["q_model"]["selection"]["numeric_bins"])["target_reads"]["x"]
+        assert reads["added"] and "Q-table pools" not in res.output
+        got.append((q["q_model"]["chosen"], q["estimates"]["fqe"]["value"]))
+    assert got[0][0] == got[1][0] == "tabular_stationary[h,x@0.3335/0.4995/0.6655]"
+    assert got[1][1] == pytest.approx(got[0][1], rel=1e-9)
+    assert abs(got[0][1] / truth - 1.0) < 0.06
+
+
 @pytest.mark.parametrize("drives", [True, False])
 def test_evaluate_bins_a_score_the_target_reads_in_memory_and_streamed(tmp_path, drives):
     """tests/ope/test_select.py's panel: the target acts when a score x is at least 0.5, and x

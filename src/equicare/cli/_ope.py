@@ -643,13 +643,16 @@ def target_reads_line(q: Mapping[str, Any] | None, name: str | None = None) -> s
     if not pooled or not str(q.get("chosen", "")).startswith("tabular"):
         return None
     what = ", ".join(f"{c} ({_read_where(r)}; "
-                     f"reward gain per episode {r['reward_gain']:.3g}, SE {r['se']:.2g})"
+                     f"reward gain per episode {r['reward_gain']:.3g}, SE {r['se']:.2g}"
+                     + (f"; TD-target gain {r['value_gain']:.3g}, SE {r['value_se']:.2g})"
+                        if r.get("value_gain") is not None else ")")
                      for c, r in pooled.items())
     of = f" of {name}" if name else ""
     return (f"Note: the Q-table{of} pools {what}, which the target policy reads within its cells. "
-            "Its bins (or levels) did not lower the held-out error of the mean reward, so auto "
-            "left them out; if it drives the next states, the FQE, DR and WDR values can be "
-            "biased: compare --q-model gbm (docs/ope.md, \"Tables and numeric states\").")
+            "Its bins (or levels) lowered neither the held-out error of the mean reward nor that "
+            "of the TD target (reward + discounted value of the next cell), so auto left them "
+            "out; if it drives later outcomes, the FQE, DR and WDR values can be biased: "
+            "compare --q-model gbm (docs/ope.md, \"Tables and numeric states\").")
 
 
 def per_level_sentence(q: dict[str, Any]) -> str:

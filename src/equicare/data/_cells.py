@@ -216,7 +216,9 @@ def _sums(key: NDArray[np.int64], r: NDArray[np.float64], rows: NDArray[np.bool_
 
 
 def reward_gain(dataset: Any, coarse: NDArray[np.int64], fine: NDArray[np.int64],
-                row_fold: NDArray[np.int64], n_folds: int) -> dict[float, NDArray[np.float64]]:
+                row_fold: NDArray[np.int64], n_folds: int,
+                values: NDArray[np.float64] | None = None,
+                rows: NDArray[np.bool_] | None = None) -> dict[float, NDArray[np.float64]]:
     """Per episode, held-out squared error of the mean reward: coarse cells' minus fine ones'.
 
     The Bellman equations read a cell's mean reward, not its distribution. Where rewards are
@@ -229,18 +231,37 @@ def reward_gain(dataset: Any, coarse: NDArray[np.int64], fine: NDArray[np.int64]
     pseudo-rows of the coarse mean (:data:`CELL_BACKOFF`). Every row is scored, censored or
     not (its reward is observed).
 
+    ``values`` replaces the reward by another per-row outcome (a TD target
+    ``r + gamma V(s')``, :func:`equicare.ope._select.target_read_bins`), and ``rows`` limits
+    the fit and the score to some rows (those whose next state is known); both are sums per
+    key, so the cost stays a few ``bincount`` passes.
+
+    Parameters
+    ----------
+    dataset : TrajectoryDataset
+    coarse, fine : ndarray of shape (n_steps,)
+        Each row's cell code, the fine cells nested in the coarse ones.
+    row_fold : ndarray of shape (n_steps,)
+        Each row's fold (its episode's).
+    n_folds : int
+    values : ndarray of shape (n_steps,), optional
+        The outcome per row (default: the rewards).
+    rows : ndarray of shape (n_steps,) of bool, optional
+        The rows fitted and scored (default: all).
+
     Returns
     -------
     dict of float to ndarray of shape (n_episodes,)
         Per backoff strength, each episode's sum over its rows.
     """
-    r = np.asarray(dataset.rewards, dtype=np.float64)
+    r = np.asarray(dataset.rewards if values is None else values, dtype=np.float64)
     a = np.asarray(dataset.actions, dtype=np.int64)
+    use = np.ones(dataset.n_steps, dtype=bool) if rows is None else np.asarray(rows, dtype=bool)
     n_a = int(dataset.n_actions)
     key_c, key_f = coarse * n_a + a, fine * n_a + a
     out = {k: np.zeros(dataset.n_steps) for k in CELL_BACKOFF}
     for f in range(n_folds):
-        tr, te = row_fold != f, row_fold == f
+        tr, te = use & (row_fold != f), use & (row_fold == f)
         if not te.any():
             continue
 

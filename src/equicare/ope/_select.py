@@ -75,8 +75,9 @@ Numeric states the target reads. The cells' choice never looks at the target pol
 target's probabilities change within the chosen cells along a numeric state (a rule "MAT if
 the last use was under 60 days ago"), :func:`target_read_bins` finds the target's thresholds
 and adds them to the cells if the column drives the rewards (held-out squared error of the
-mean reward per cell and action); otherwise the column stays pooled and the selection reports
-it (``numeric_bins["target_reads"]``).
+mean reward per cell and action) or the transitions between cells (the same for the TD target
+``r + gamma Vbar(next cell)`` under the table on the current cells); otherwise the column stays
+pooled and the selection reports it (``numeric_bins["target_reads"]``).
 
 With categorical states only held-out transitions between state cells that the training folds
 visit are scored (for every candidate alike). A fold's table has no value for a cell it never
@@ -495,14 +496,22 @@ def target_read_bins(dataset: TrajectoryDataset, target_probs: NDArray[np.float6
        row-weighted total variation of at least :data:`READS_TV`.
     3. It drives the rewards when crossing the cells with its bins lowers the held-out squared
        error of the mean reward per (cell, action) by more than ``n_se`` standard errors over
-       episodes (:func:`equicare.data._cells.reward_gain`, 5 folds, seeded); the columns are tried
-       from the most read, each against the cells with the ones kept before it. A kept
-       column's bins join the cells (:func:`~equicare.ope._fqe.binned_name`).
+       episodes (:func:`equicare.data._cells.reward_gain`, 5 folds, seeded). It drives the
+       transitions when it lowers, by as much, that of the TD target
+       ``y_i = r_i + gamma Vbar(c_{i+1})`` (0 after a terminal row; rows at a censored end
+       skipped), ``Vbar(c)`` the value of cell ``c`` under the stationary table on the current
+       cells, averaged over the cell's rows: ``y`` depends on the row only through its reward
+       and its next *cell*, so a column that changes where patients go next gains, and one
+       that changes nothing but where the target acts next (a site it reads at every row)
+       does not. Either is enough; the columns are tried from the most read, each against the
+       cells with the ones kept before it. A kept column's bins join the cells
+       (:func:`~equicare.ope._fqe.binned_name`).
 
-    A column the target reads but that does not drive the rewards stays pooled (its bins would
-    only cost variance); the returned report says so, and ``evaluate`` prints it. Nothing runs
-    when no numeric state varies within the cells (the Garnet test bed), so those choices are
-    unchanged.
+    Both tests are sums per (cell, action) (``bincount``) plus one stationary-table fit per
+    set of cells a column is tested against. A column the target reads that drives neither
+    stays pooled (its bins would only cost variance); the returned report says so, and
+    ``evaluate`` prints it. Nothing runs when no numeric state varies within the cells and no
+    categorical column is pooled (the Garnet test bed), so those choices are unchanged.
 
     Parameters
     ----------
@@ -517,8 +526,9 @@ def target_read_bins(dataset: TrajectoryDataset, target_probs: NDArray[np.float6
     cells : tuple of str or None
         ``cells`` with the kept bins appended (unchanged when none is kept).
     reads : dict of str to dict
-        Per numeric column the target reads: ``edges``, ``tv``, ``reward_gain`` and ``se``
-        (per episode) and ``added``.
+        Per column the target reads: ``edges`` (or ``levels``), ``tv``, ``reward_gain`` and
+        ``se``, ``value_gain`` and ``value_se`` (the TD target's, None when the stationary
+        table is singular; per episode) and ``added``.
     """
     from sklearn.tree import DecisionTreeRegressor
 
@@ -533,13 +543,53 @@ def target_read_bins(dataset: TrajectoryDataset, target_probs: NDArray[np.float6
     row_fold: NDArray[np.int64] | None = None
     n = float(dataset.n_episodes)
 
-    def drives_rewards(fine: NDArray[np.int64]) -> tuple[float, float]:
+    td: dict[tuple[str, ...], tuple[NDArray[np.float64], NDArray[np.bool_]] | None] = {}
+
+    def td_target() -> tuple[NDArray[np.float64], NDArray[np.bool_]] | None:
+        """``r + gamma Vbar(c')`` under the table on the current cells, the rows it is known.
+
+        ``Vbar(c)``: the table's value of cell ``c``, averaged over the cell's rows (their own
+        target probabilities), so the target is a function of the reward and the next *cell*
+        only: what a column changes in it, it changes in the dynamics between cells, not in
+        where the target acts next (a site the target reads at every row of an episode).
+        None when the stationary table is singular (a loop without exit at gamma 1).
+        """
+        key = tuple(names)
+        if key not in td:
+            td.clear()
+            try:
+                fit = fit_fqe_logged(dataset, probs, candidate_config(
+                    candidate_name("tabular_stationary", key)))
+            except InvalidParameterError:  # MSG_SINGULAR_STATIONARY: the reward test alone
+                td[key] = None
+                return None
+            v_cell = cell_means(fit.v[:, None], cell)[0][:, 0]
+            nxt = dataset.next_index
+            has = (nxt >= 0) & ~dataset.terminals
+            v_next = np.where(has, v_cell[cell[np.maximum(nxt, 0)]], 0.0)
+            td[key] = (np.asarray(dataset.rewards + dataset.gamma * v_next, dtype=np.float64),
+                       has | np.asarray(dataset.terminals, dtype=bool))
+        return td[key]
+
+    def gain(fine: NDArray[np.int64], values: NDArray[np.float64] | None = None,
+             rows: NDArray[np.bool_] | None = None) -> tuple[float, float]:
         nonlocal row_fold
         if row_fold is None:
             row_fold = episode_folds(dataset, CELL_FOLDS, random_state=0)
-        stats = {k: (float(g.mean()), float(g.std(ddof=1) / np.sqrt(n)))
-                 for k, g in reward_gain(dataset, cell, fine, row_fold, CELL_FOLDS).items()}
+        stats = {k: (float(g.mean()), float(g.std(ddof=1) / np.sqrt(n))) for k, g in
+                 reward_gain(dataset, cell, fine, row_fold, CELL_FOLDS, values, rows).items()}
         return max(stats.values(), key=lambda s: s[0] - n_se * s[1])
+
+    def drives(fine: NDArray[np.int64]) -> tuple[bool, dict[str, float | None]]:
+        """Whether the fine cells lower the held-out error of the mean reward or TD target."""
+        r_gain, r_se = gain(fine)
+        target = td_target()
+        if target is None:
+            return r_gain - n_se * r_se > 0, {"reward_gain": r_gain, "se": r_se,
+                                               "value_gain": None, "value_se": None}
+        v_gain, v_se = gain(fine, *target)
+        return (r_gain - n_se * r_se > 0 or v_gain - n_se * v_se > 0,
+                {"reward_gain": r_gain, "se": r_se, "value_gain": v_gain, "value_se": v_se})
 
     # a categorical column the cells pool (it does not change the next state's law given the
     # others) but that the target reads and that drives the rewards: a site whose levels want
@@ -554,10 +604,8 @@ def target_read_bins(dataset: TrajectoryDataset, target_probs: NDArray[np.float6
         tv = mean_tv(probs, cell, fine)
         if tv < READS_TV:
             continue
-        gain, se = drives_rewards(fine)
-        keep = gain - n_se * se > 0
-        reads[name] = {"levels": True, "tv": tv, "reward_gain": gain, "se": se,
-                       "added": bool(keep)}
+        keep, stats = drives(fine)
+        reads[name] = {"levels": True, "tv": tv, **stats, "added": keep}
         if keep:
             names.append(name)
             cell, kept_cat = fine, True
@@ -599,10 +647,8 @@ def target_read_bins(dataset: TrajectoryDataset, target_probs: NDArray[np.float6
     changed = kept_cat
     for tv, name, edges, b in sorted(found, key=lambda t: -t[0]):
         fine = _codes(np.column_stack([cell, b]), [0, 1])
-        gain, se = drives_rewards(fine)
-        keep = gain - n_se * se > 0
-        reads[name] = {"edges": [float(e) for e in edges], "tv": tv, "reward_gain": gain,
-                       "se": se, "added": bool(keep)}
+        keep, stats = drives(fine)
+        reads[name] = {"edges": [float(e) for e in edges], "tv": tv, **stats, "added": keep}
         if keep:  # a column the cells already bin (at its terciles) takes the target's edges too
             old = [i for i, c in enumerate(names) if (parse_binned(c) or ("",))[0] == name]
             if old:
