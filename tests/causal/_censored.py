@@ -43,9 +43,10 @@ def censored_panel(n_members: int, seed: int, *, weeks: int = 80,
     """Members enrolled for ``window`` weeks (uniform) starting at a uniform calendar week.
 
     Columns ``pid`` (one per stay), ``t`` (step within the stay), ``x`` (state), ``a``, ``m``,
-    ``r`` (the outcome on the ending row, else 0), ``done`` (1 on a stay's terminal row) and
-    ``week`` (calendar week). A stay still going when its member's window closes is censored;
-    with ``censor=False`` it is followed to its end instead (the same stays, none censored).
+    ``r`` (the outcome on the ending row, else 0), ``done`` (1 on a stay's terminal row),
+    ``week`` (calendar week) and ``member`` (the member whose stay it is). A stay still going
+    when its member's window closes is censored; with ``censor=False`` it is followed to its
+    end instead (the same stays, none censored).
     ``weekly``: every row also pays :func:`weekly_reward` (an outcome that accrues over a stay).
     """
     base, p_end, outcome, _, _ = _stays()
@@ -63,7 +64,7 @@ def censored_panel(n_members: int, seed: int, *, weeks: int = 80,
     t = np.zeros(n_members, dtype=np.int64)
     next_id = n_members
     cols: dict[str, list[np.ndarray]] = {k: [] for k in ("pid", "t", "x", "a", "m", "r",
-                                                          "done", "week")}
+                                                          "done", "week", "member")}
     going = np.ones(n_members, dtype=bool)   # a stay begun in the window, not yet ended
     for week in range(weeks if censor else weeks + 10_000):
         idx = np.flatnonzero((start <= week) & ((week < stop) | (going & (not censor))))
@@ -78,7 +79,7 @@ def censored_panel(n_members: int, seed: int, *, weeks: int = 80,
         for k, v in zip(cols, (stay[idx], t[idx], st, a, m,
                                pay[st, a, m] + np.where(end, outcome[st, a, m], 0.0),
                                end.astype(int),
-                               np.full(idx.size, week)), strict=True):
+                               np.full(idx.size, week), idx), strict=True):
             cols[k].append(v)
         s[idx] = draw(base.transition[st, a, m])
         t[idx] += 1

@@ -94,3 +94,33 @@ def test_a_refit_too_large_to_run_says_so(monkeypatch):
                         .replace(r"\{groups\}", r"\d+").replace(r"\{p\}", "2")
                         .replace(r"\{b\}", "50"), note[len(head):len(note) - len(tail)])
     assert res["mis"].effects["dde"].se is None and res["mr"].effects["dde"].se > 0
+
+
+def test_refit_logit_stops_each_replicate_before_diverging():
+    """The batched mediator refit keeps the divergence guard per replicate and block.
+
+    On a 6-level mediator with rare levels on a near-collinear basis (intercept, one-hot
+    clinics, splines) the unguarded replicates reached coefficients of 9e6 and fitted the
+    observed levels' probabilities off by a mean |log(fitted / true)| of 6.52-6.59 in every
+    replicate and block; guarded, 0.17-0.20. A single
+    replicate with unit weights is the point estimate's fit (BlockNewtonLogit), to 1e-8.
+    """
+    from equicare.causal import _nuisance as nz
+    from equicare.causal._refit import _block_probs, _logit
+
+    from .test_nuisance import _level_error, _rare_levels
+
+    X, a, m, true = _rare_levels(0)
+    X = X.toarray()
+    W = np.vstack([np.ones(a.size), bootstrap_counts(np.random.default_rng(1), a.size, 2)])
+    coef = _logit(W, X, a, 2, m, 6, 1e-6, nz.MEDIATOR_PRIOR)
+    P = _block_probs(X, coef)                                      # (B, n, A, K)
+    for b in range(W.shape[0]):
+        for k in range(2):
+            rows = (a == k) & (W[b] > 0)
+            assert _level_error(P[b, rows, k], m[rows], true[rows]) < 0.5, (b, k)
+    assert np.abs(coef).max() < 100
+    one = _logit(W[:1], X, a, 2, m, 6, 1e-6, nz.MEDIATOR_PRIOR)[0]
+    point = nz.BlockNewtonLogit(2, prior=nz.MEDIATOR_PRIOR).fit(X, a, m, 6)
+    np.testing.assert_allclose(_block_probs(X, one[None])[0], point.predict_proba_all(X, 6),
+                               atol=1e-8)

@@ -77,3 +77,39 @@ def test_bad_inputs():
 def test_config_round_trip():
     cfg = SingleTimeMediation(n_folds=3, n_bootstrap=10)
     assert SingleTimeMediation.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def _episodes(n_people, k, seed):
+    """``k`` episodes per person: the group is the person's, person effects on M and on Y.
+
+    The two person effects are independent (no mediator-outcome confounding), so the natural
+    effects are identified; the episodes of a person are correlated.
+    """
+    rng = np.random.default_rng(seed)
+    pid = np.repeat(np.arange(n_people), k)
+    u, v = rng.normal(size=(2, n_people))[:, pid]
+    x = rng.integers(0, 2, n_people)[pid]
+    m = (rng.random(pid.size) < expit(-0.5 + 1.2 * x + u)).astype(float)
+    y = 0.5 * x + m + 0.3 * x * m + v + rng.normal(0, 0.5, pid.size)
+    return x, m, y, pid
+
+
+def test_episodes_of_one_person_are_resampled_together_with_clusters():
+    """Six correlated episodes per person (the manifest's ``member``): ``clusters=`` by person
+    covers the exact effects (200 panels: 0.955, 0.975, 0.955); rows as independent units
+    covered NDE and TE in 0.635 and 0.65 (NIE 0.915)."""
+    z, w = np.polynomial.hermite_e.hermegauss(80)
+    pm = {xp: float((w / w.sum() * expit(-0.5 + 1.2 * xp + z)).sum()) for xp in (0, 1)}
+    psi = {(xa, xp): 0.5 * xa + (1 + 0.3 * xa) * pm[xp] for xa in (0, 1) for xp in (0, 1)}
+    truth = {"nde": psi[1, 0] - psi[0, 0], "nie": psi[1, 1] - psi[1, 0]}
+    truth["te"] = truth["nde"] + truth["nie"]
+    cover = {"people": [], "rows": []}
+    for r in range(200):
+        x, m, y, pid = _episodes(500, 6, r)
+        for unit, cl in (("people", pid), ("rows", None)):
+            res = SingleTimeMediation(n_bootstrap=0).estimate(x, m, y, clusters=cl,
+                                                              random_state=r)
+            cover[unit].append([res.effects[k].ci[0] <= t <= res.effects[k].ci[1]
+                                for k, t in truth.items()])
+    assert (np.mean(cover["people"], axis=0) >= 0.92).all(), np.mean(cover["people"], axis=0)
+    assert np.mean(cover["rows"], axis=0)[0] < 0.8

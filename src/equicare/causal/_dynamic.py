@@ -133,6 +133,15 @@ BEHAVIOR_NOT_CONVERGED = (
     "action set (--action COMPONENT=LEVEL with --control 0), give the logged propensities "
     "(behavior_prob), or use a coarser basis.")
 
+#: The default mediator model stopped before converging in an action's block (tests match it).
+MEDIATOR_NOT_CONVERGED = (
+    "The mediator model p_m(M|S,A) (multinomial logistic over {n_levels} mediator levels on "
+    "the state basis, one block per action) did not converge (a Newton step would have raised "
+    "its objective, as with rare mediator levels on a near-collinear basis, or its steps ran "
+    "out), so the fit stopped at its best iterate, and the mediator ratios and the mediator "
+    "law of every estimator rest on it. Pool the rare mediator levels, collapse the actions "
+    "(--action COMPONENT=LEVEL with --control 0), or use a coarser basis.")
+
 
 def mediator_ess(rho_0: NDArray[np.float64], ratio_m: NDArray[np.float64]) -> float:
     r"""Effective sample size of the mediator ratio among rows reweighted to the control.
@@ -957,14 +966,15 @@ class _Run:
         self.done("reward model")
         out["mediator"] = MediatorModel(self.enc, cfg.mediator_model, md.n_actions,
                                         cfg.n_mediator_nodes, cfg.ridge).fit(S, phi[idx], A, M)
+        _warn_unconverged(out["mediator"].model_,
+                          MEDIATOR_NOT_CONVERGED.format(n_levels=self.enc.n_levels))
         self.done("mediator model")
         if self.need_w or self.need_q or self.defers:
             if md.behavior_prob is None or cfg.behavior_model is not None or self.defers:
                 out["behavior"] = BehaviorModel(cfg.behavior_model, md.n_actions).fit(
                     S, phi[idx], A)
-                if not getattr(out["behavior"].model_, "converged_", True):
-                    warnings.warn(BEHAVIOR_NOT_CONVERGED.format(n_actions=md.n_actions),
-                                  DataWarning, stacklevel=4)
+                _warn_unconverged(out["behavior"].model_,
+                                  BEHAVIOR_NOT_CONVERGED.format(n_actions=md.n_actions))
                 self.done("behaviour model")
         return out
 
@@ -1374,6 +1384,12 @@ class _Run:
                                target=target_name, estimators=results, ess=ess,
                                settings=cfg.to_dict(), n_renewed=md.n_renewed,
                                n_censored=md.n_censored)
+
+
+def _warn_unconverged(model: Any, message: str) -> None:
+    """A ``DataWarning`` when a default Newton fit stopped before converging (``converged_``)."""
+    if not getattr(model, "converged_", True):
+        warnings.warn(message, DataWarning, stacklevel=5)
 
 
 def _episode_units(md: MediationData) -> tuple[NDArray[np.int64] | None, int]:

@@ -107,12 +107,18 @@ def _onehot(a: NDArray[np.int64], n: int) -> NDArray[np.float64]:
     return np.eye(n)[a]
 
 
+def softmax0(eta: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Softmax of ``[0, eta]`` over the last axis: (..., K-1) -> (..., K)."""
+    z = np.concatenate([np.zeros((*eta.shape[:-1], 1)), eta], axis=-1)
+    z -= z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    out: NDArray[np.float64] = e / e.sum(axis=-1, keepdims=True)
+    return out
+
+
 def _logit_probs(X: Any, B: NDArray[np.float64]) -> NDArray[np.float64]:
     """Softmax of ``[0, X @ B]``: (n, p) x (p, K-1) -> (n, K)."""
-    eta = np.hstack([np.zeros((X.shape[0], 1)), np.asarray(X @ B)])
-    eta -= eta.max(axis=1, keepdims=True)
-    e = np.exp(eta)
-    return e / e.sum(axis=1, keepdims=True)
+    return softmax0(np.asarray(X @ B))
 
 
 def _dot_actions(phi: Any, coef: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -148,6 +154,14 @@ def _leverages(X: Any) -> NDArray[np.float64]:
     return out
 
 
+def _weighted_gram(X: Any, w: NDArray[np.float64]) -> NDArray[np.float64]:
+    """``X' diag(w) X`` (p, p), a matrix product (BLAS, or sparse when ``X`` is sparse)."""
+    if sp.issparse(X):
+        return dense_rows(X.multiply(w[:, None]).T @ X)
+    out: NDArray[np.float64] = (X * w[:, None]).T @ X
+    return out
+
+
 def _newton_step(X: Any, P: NDArray[np.float64], g: NDArray[np.float64],
                  lam: float) -> NDArray[np.float64]:
     """Newton step ``H^-1 g`` of multinomial logistic regression (exact Hessian).
@@ -161,9 +175,7 @@ def _newton_step(X: Any, P: NDArray[np.float64], g: NDArray[np.float64],
     H4 = np.empty((p, k1, p, k1))
     for j in range(k1):
         for k in range(j, k1):
-            w = P[:, j] * (float(j == k) - P[:, k])
-            blk = (dense_rows(X.multiply(w[:, None]).T @ X) if sp.issparse(X)
-                   else (X * w[:, None]).T @ X)
+            blk = _weighted_gram(X, P[:, j] * (float(j == k) - P[:, k]))
             H4[:, j, :, k] = blk
             H4[:, k, :, j] = blk
     H = H4.reshape(p * k1, p * k1)
@@ -176,11 +188,31 @@ def _newton_cg_step(X: Any, P: NDArray[np.float64], g: NDArray[np.float64],
     """Newton step ``H^-1 g`` by conjugate gradients on Hessian-vector products.
 
     ``H V = X' (P * U - P * sum_j(P_j U_j)) + lam V`` with ``U = X V``: memory ``O(n K)``,
-    never the ``(p (K-1))^2`` Hessian. Solved to a relative residual of 1e-12.
+    never the ``(p (K-1))^2`` Hessian. Solved to a relative residual of 1e-12 (of the
+    unpreconditioned residual, as before).
+
+    Preconditioned by the Hessian's class-diagonal blocks ``X' diag(P_j (1 - P_j)) X + lam I``
+    (block Jacobi: the cross-class terms left out), inverted once per step, when the
+    ``(K-1) p^2`` floats fit in :data:`_BUDGET`: they undo the basis's collinearity (an
+    intercept with one-hot codes and splines) that the plain iteration fought. On a
+    25-action behaviour model (85,763 rows, 53 features) the first step took 196
+    Hessian-vector products, now 15 (forming the blocks costs about 13 of them); the steps
+    agree to 5e-8 (4e-9 in the linear predictors).
     """
     from scipy.sparse.linalg import LinearOperator, cg
 
     p, k1 = g.shape
+    pre = None
+    if k1 * p * p <= _BUDGET:
+        W = P * (1.0 - P)
+        inv = np.linalg.inv(np.stack([_weighted_gram(X, W[:, j]) for j in range(k1)])
+                            + lam * np.eye(p))                          # (K-1, p, p)
+
+        def jacobi(r: NDArray[np.float64]) -> NDArray[np.float64]:
+            z: NDArray[np.float64] = np.matmul(inv, r.reshape(p, k1).T[:, :, None])[:, :, 0]
+            return z.T.reshape(-1)
+
+        pre = LinearOperator((p * k1, p * k1), matvec=jacobi, dtype=np.float64)
 
     def hv(v: NDArray[np.float64]) -> NDArray[np.float64]:
         V = v.reshape(p, k1)
@@ -191,9 +223,27 @@ def _newton_cg_step(X: Any, P: NDArray[np.float64], g: NDArray[np.float64],
         return out
 
     op = LinearOperator((p * k1, p * k1), matvec=hv, dtype=np.float64)
-    step, _ = cg(op, g.reshape(-1), rtol=1e-12, atol=0.0, maxiter=10 * p * k1)
+    step, _ = cg(op, g.reshape(-1), rtol=1e-12, atol=0.0, maxiter=10 * p * k1, M=pre)
     out: NDArray[np.float64] = step.reshape(p, k1)
     return out
+
+
+def newton_objective(eta: NDArray[np.float64], Y: NDArray[np.float64], B: NDArray[np.float64],
+                     lam: Any, w: NDArray[np.float64] | None = None) -> Any:
+    """Objective of the Newton logits, ``sum_i w_i lse_i - sum_ik Y_ik eta_ik + lam |B|^2 / 2``.
+
+    Batched over leading axes (the refit's replicates): linear predictors ``eta`` (..., n, K-1)
+    of the non-reference classes (the reference class's is 0), their (pseudo-)counts ``Y``
+    (..., n, K-1), coefficients ``B`` (..., p, K-1), penalty ``lam`` (scalar or (...)) and the
+    total count ``w`` (..., n) of each row (default 1). Returns a float or an array of shape
+    (...). Its gradient in ``B`` is ``X' (w P - Y) + lam B``, the Newton steps' gradient.
+    """
+    top = np.maximum(eta.max(axis=-1), 0.0)                     # the reference class's 0
+    lse = top + np.log(np.exp(-top) + np.exp(eta - top[..., None]).sum(axis=-1))
+    if w is not None:
+        lse = w * lse
+    return (lse.sum(axis=-1) - (eta * Y).sum(axis=(-2, -1))
+            + 0.5 * lam * (B * B).sum(axis=(-2, -1)))
 
 
 def _penalised_nll(X: Any, B: NDArray[np.float64], Y: NDArray[np.float64], lam: float
@@ -203,10 +253,19 @@ def _penalised_nll(X: Any, B: NDArray[np.float64], Y: NDArray[np.float64], lam: 
     ``X`` (n, p), coefficients ``B`` (p, K-1) of the non-reference classes, their indicators
     ``Y`` (n, K-1).
     """
-    eta = np.asarray(X @ B)
-    top = np.maximum(eta.max(axis=1), 0.0)                      # the reference class's 0
-    lse = top + np.log(np.exp(-top) + np.exp(eta - top[:, None]).sum(axis=1))
-    return float(lse.sum() - (eta * Y).sum() + 0.5 * lam * (B * B).sum())
+    return float(newton_objective(np.asarray(X @ B), Y, B, lam))
+
+
+def newton_rises(new: Any, old: Any) -> Any:
+    """Whether a Newton step raised the objective: the divergence guard of the Newton logits.
+
+    Newton's method on a logistic likelihood converges only near the optimum; on a
+    near-collinear basis with rare classes its full steps can leave that region and grow
+    without bound (coefficients of 1e7, probabilities off by a factor of 600). A step for
+    which this is True is not taken: the fit (or block, or replicate) stops at its best
+    iterate. Elementwise for arrays; rounding (1e-10 relative) is not a rise.
+    """
+    return new > old + 1e-10 * (1.0 + np.abs(old))
 
 
 def _fit_clone(est: Any, X: NDArray[np.float64], y: NDArray[Any]) -> Any:
@@ -269,19 +328,21 @@ class NewtonLogit(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         lam = self.ridge * n * max(sqsum(X) / (n * p), 1e-12)
         solve = _newton_step if _exact_newton(n, p, K - 1) else _newton_cg_step
         B = self.coef_
-        loss = _penalised_nll(X, B, Y, lam)
+        eta = np.zeros((n, K - 1))                                    # X @ B, reused
+        loss = newton_objective(eta, Y, B, lam)
         self.converged_ = False
         for _ in range(self.max_iter):
-            P = self._probs(X, B)[:, 1:]                              # (n, K-1)
+            P = softmax0(eta)[:, 1:]                                  # (n, K-1)
             g = np.asarray(X.T @ (P - Y)) + lam * B                   # (p, K-1)
             step = solve(X, P, g, lam)
             trial = B - step
-            new = _penalised_nll(X, trial, Y, lam)
-            if new > loss + 1e-10 * (1.0 + abs(loss)):
+            eta_trial = np.asarray(X @ trial)
+            new = newton_objective(eta_trial, Y, trial, lam)
+            if newton_rises(new, loss):
                 # Newton left its region of convergence (a near-collinear basis, rare
                 # classes): its next steps grew to 1e7 and the fit diverged; keep the best
                 break
-            B, loss = trial, new
+            B, loss, eta = trial, new, eta_trial
             if np.abs(step).max() < 1e-8:
                 self.converged_ = True
                 break
@@ -328,6 +389,12 @@ class BlockNewtonLogit:
     standard remedy for separated logistic fits (R ``logistf``, ``brglm2``): a class never
     seen in a cell gets ``1 / (2 n_{s,a} + K)`` instead of a probability that tends to 0.
 
+    The prior bounds the optimum, not Newton's path to it: with many mediator levels, some
+    rare, on a near-collinear basis (an intercept, one-hot clinic codes and splines) the full
+    steps left the region of convergence as :class:`NewtonLogit`'s did (objective 2e4 -> 2e11,
+    coefficients 1.4e7). A block whose step would raise its objective (:func:`newton_rises`)
+    stops at its best iterate and ``converged_`` is False; the other blocks go on.
+
     Parameters
     ----------
     n_actions : int
@@ -335,6 +402,13 @@ class BlockNewtonLogit:
     max_iter : int
     prior : float
         Pseudo-observations of each class per basis function (0: maximum likelihood).
+
+    Attributes
+    ----------
+    coef_ : ndarray of shape (n_actions, p, n_classes - 1)
+    converged_ : bool
+        False when a block stopped at a step that would raise its objective, or after
+        ``max_iter`` steps.
 
     References
     ----------
@@ -361,6 +435,7 @@ class BlockNewtonLogit:
         A, K = self.n_actions, self.classes_.size
         B = np.zeros((A, p, max(K - 1, 0)))
         self.coef_ = B
+        self.converged_ = True
         if K < 2:
             return self
         Y = np.eye(K)[yi]                                          # (n, K) class counts
@@ -376,18 +451,32 @@ class BlockNewtonLogit:
         lam = self.ridge * n * max(sqsum(phi) / (n * A * p), 1e-12)
         solve = _newton_step if _exact_newton(max(r.size for _, r in groups), p,
                                               K - 1) else _newton_cg_step
+        # each block's X @ B[k] (reused) and objective; a block stops at a rise (the guard)
+        eta = {k: np.zeros((rows.size, K - 1)) for k, rows in groups}
+        loss = {k: newton_objective(eta[k], Y[rows], B[k], lam, w[rows]) for k, rows in groups}
+        stopped: set[int] = set()
+        self.converged_ = False
         for _ in range(self.max_iter):
             step = np.zeros_like(B)                  # blocks without rows: gradient 0, step 0
             for k, rows in groups:
+                if k in stopped:
+                    continue
                 X, wk = phi[rows], w[rows]
-                P = _logit_probs(X, B[k])[:, 1:]
+                P = softmax0(eta[k])[:, 1:]
                 # row weights w: Hessian (sqrt(w) X)' W (sqrt(w) X), gradient X'(w P - Y)
                 Xw = (sp.csr_matrix(X.multiply(np.sqrt(wk)[:, None])) if sp.issparse(X)
                       else X * np.sqrt(wk)[:, None])
-                step[k] = solve(Xw, P, np.asarray(X.T @ (wk[:, None] * P - Y[rows]))
-                                + lam * B[k], lam)
+                st = solve(Xw, P, np.asarray(X.T @ (wk[:, None] * P - Y[rows]))
+                           + lam * B[k], lam)
+                eta_trial = np.asarray(X @ (B[k] - st))
+                new = newton_objective(eta_trial, Y[rows], B[k] - st, lam, wk)
+                if newton_rises(new, loss[k]):
+                    stopped.add(k)
+                    continue
+                step[k], eta[k], loss[k] = st, eta_trial, new
             B = B - step
             if np.abs(step).max() < 1e-8:
+                self.converged_ = not stopped
                 break
         self.coef_ = B
         return self
@@ -395,15 +484,14 @@ class BlockNewtonLogit:
     def predict_proba_all(self, phi: Any, n_classes: int) -> NDArray[np.float64]:
         """Probabilities of classes ``0 .. n_classes - 1`` under every action, (n, A, n_classes)."""
         n, A = phi.shape[0], self.n_actions
-        out = np.zeros((n, A, n_classes))
         cls = np.asarray(self.classes_, dtype=np.int64)
+        if cls.size > 1 and np.array_equal(cls, np.arange(n_classes)):  # no scatter
+            return softmax0(_dot_actions(phi, self.coef_))
+        out = np.zeros((n, A, n_classes))
         if cls.size < 2:
             out[:, :, cls] = 1.0
             return out
-        eta = np.concatenate([np.zeros((n, A, 1)), _dot_actions(phi, self.coef_)], axis=2)
-        eta -= eta.max(axis=2, keepdims=True)
-        e = np.exp(eta)
-        out[:, :, cls] = e / e.sum(axis=2, keepdims=True)
+        out[:, :, cls] = softmax0(_dot_actions(phi, self.coef_))
         return out
 
 
