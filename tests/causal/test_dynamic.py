@@ -944,3 +944,21 @@ def test_a_diverging_mediator_model_stops_warns_and_keeps_dm_near_the_truth():
             md, lambda s: np.tile([0.3, 0.7], (len(s), 1)), 0, random_state=0)
     for k, e in res["dm"].effects.items():
         assert abs(e.value) < 0.15, (k, e.value)
+
+
+def test_cross_fitting_folds_deal_people_with_all_their_episodes() -> None:
+    """With each episode's person (members re-enrol), mediate's folds keep a person's
+    episodes together; without it the folds are the episodes' (unchanged draws)."""
+    from equicare.causal._dynamic import draw_folds
+
+    episode_index = np.repeat(np.arange(90), 4)  # 90 episodes of 4 rows
+    units = np.arange(90) // 3  # 30 people of 3 episodes
+    _, row_fold, k = draw_folds(np.random.default_rng(1), episode_index, 2, units)
+    person_of_row = units[episode_index]
+    assert k == 2
+    assert all(np.unique(row_fold[person_of_row == p]).size == 1 for p in range(30))
+    assert 0 < int((row_fold == 0).sum()) < row_fold.size
+    _, plain, _ = draw_folds(np.random.default_rng(1), episode_index, 2)
+    rng = np.random.default_rng(1)
+    rng.integers(2**31 - 1)
+    np.testing.assert_array_equal(plain, (rng.permutation(90) % 2)[episode_index])

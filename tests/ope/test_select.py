@@ -534,3 +534,16 @@ def test_the_transitions_test_steps_aside_when_the_stationary_table_is_singular(
     cells, reads = select_mod.target_read_bins(ds, _ActsOnHighX().action_probs(ds), None)
     assert cells is None and reads["x"]["value_gain"] is None and not reads["x"]["added"]
     assert reads["x"]["reward_gain"] <= 2 * reads["x"]["se"]
+
+
+def test_draw_folds_deals_people_with_all_their_episodes() -> None:
+    """auto's cross-fitting folds keep a person's episodes (members) together, in near-equal
+    folds; without members the draws are the episodes' (unchanged)."""
+    members = np.array([f"p{i // 4}" for i in range(400)], dtype=object)
+    fold, seed = select_mod.draw_folds(400, 2, np.random.default_rng(0), members)
+    assert all(np.unique(fold[members == p]).size == 1 for p in np.unique(members))
+    assert abs(int((fold == 0).sum()) - 200) <= 4 and isinstance(seed, int)
+    plain, _ = select_mod.draw_folds(400, 2, np.random.default_rng(0))
+    expected = np.arange(400) % 2
+    np.random.default_rng(0).shuffle(expected)
+    np.testing.assert_array_equal(plain, expected)

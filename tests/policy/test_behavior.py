@@ -101,6 +101,22 @@ def test_cross_fitting_out_of_fold():
     np.testing.assert_allclose(bm.logged_prob(other), avg)
 
 
+def test_cross_fitting_deals_people_with_all_their_episodes():
+    """With members (re-enrolment), a person's episodes share one fold: no out-of-fold
+    propensity comes from a model fitted on the same person's other stays."""
+    ds, _ = _factored_data(n_episodes=300)
+    members = np.array([f"p{i // 3}" for i in range(ds.n_episodes)], dtype=object)
+    bm = BehaviorModel(n_folds=5, history=False).fit(replace(ds, members=members))
+    folds_per_person = [np.unique(bm.fold_of_episode_[members == p]).size
+                        for p in np.unique(members)]
+    assert max(folds_per_person) == 1
+    assert set(np.unique(bm.fold_of_episode_)) == {0, 1, 2, 3, 4}
+    # without members the episodes are dealt one by one, as before
+    plain = BehaviorModel(n_folds=5, history=False).fit(ds)
+    assert max(np.unique(plain.fold_of_episode_[members == p]).size
+               for p in np.unique(members)) > 1
+
+
 def test_floor_counts_rows():
     ds, _ = _factored_data(n_episodes=100)
     bm = BehaviorModel(n_folds=2, floor=0.2, history=False).fit(ds)

@@ -266,18 +266,26 @@ def refuse_size(*, per_action: int, n_actions: int, n_train: int, basis: str) ->
                                    n_actions=n_actions, per_action=per_action, basis=basis)
 
 
-def draw_folds(rng: np.random.Generator, episode_index: NDArray[np.int64], n_folds: int
-               ) -> tuple[int, NDArray[np.int64], int]:
+def draw_folds(rng: np.random.Generator, episode_index: NDArray[np.int64], n_folds: int,
+               units: NDArray[np.int64] | None = None) -> tuple[int, NDArray[np.int64], int]:
     """An estimation's first draws: the seed of its random features, then its episode folds.
 
     Returns the seed, the fold of each transition and the number of folds. One function for
     :class:`_Run` and the size check made before the transitions are built
-    (:meth:`DynamicMediation.check_transitions`), so that both see the same folds.
+    (:meth:`DynamicMediation.check_transitions`), so that both see the same folds. ``units``
+    (each episode's person as ``0 .. n_people - 1``, :func:`_episode_units`) deals people with
+    all their episodes, so that no held-out row is predicted by nuisance models fitted on the
+    same person's other stays; None deals episodes (the same draws as before members).
     """
     seed = int(rng.integers(2**31 - 1))
     n_episodes = int(episode_index.max()) + 1
-    k = min(n_folds, n_episodes)
-    fold_of_ep = rng.permutation(n_episodes) % k
+    if units is None:
+        k = min(n_folds, n_episodes)
+        fold_of_ep = rng.permutation(n_episodes) % k
+    else:
+        n_units = int(units.max()) + 1
+        k = min(n_folds, n_units)
+        fold_of_ep = (rng.permutation(n_units) % k)[units]
     return seed, np.asarray(fold_of_ep[episode_index], dtype=np.int64), k
 
 
@@ -459,7 +467,8 @@ class DynamicMediation:
     ratio_clip : float
         State density ratios are clipped to ``[0, ratio_clip]`` and normalised to mean 1.
     n_folds : int
-        Cross-fitting folds (by episode); 1 fits and evaluates on all data.
+        Cross-fitting folds (by episode, or by person with all their episodes when the data
+        name members); 1 fits and evaluates on all data.
     mediator_type : {"auto", "discrete", "continuous"}
         ``auto``: discrete when the mediator rows take at most ``max_mediator_levels`` values.
     max_mediator_levels : int
@@ -672,8 +681,12 @@ class DynamicMediation:
         m = m[:, None] if m.ndim == 1 else m
         if m.shape[0] == 0 or not np.isfinite(m).all() or (m == m[0]).all(axis=0).any():
             return
-        _, ep = np.unique(np.asarray(ds.episode_index)[rows], return_inverse=True)
-        _, row_fold, k = draw_folds(rng, ep.astype(np.int64).reshape(-1), self.n_folds)
+        kept, ep = np.unique(np.asarray(ds.episode_index)[rows], return_inverse=True)
+        from equicare.ope._bootstrap import cluster_codes
+
+        members = getattr(ds, "members", None)
+        units = None if members is None else cluster_codes(np.asarray(members)[kept])
+        _, row_fold, k = draw_folds(rng, ep.astype(np.int64).reshape(-1), self.n_folds, units)
         cat = getattr(ds, "categorical", None)
         levels = tuple(len(lv) for lv in (getattr(ds, "categorical_levels", None) or ()))
         if hasattr(ds, "features") and cat is not None and levels and cat.shape[1]:
@@ -866,7 +879,8 @@ class _Run:
         self.n_eta = 5 + 3 * int(self.ends is not None)
         self.enc = MediatorEncoder.fit(md.mediators, cfg.mediator_type, cfg.max_mediator_levels,
                                        cfg.n_knots)
-        self.seed, self.row_fold, self.n_folds = draw_folds(rng, md.episode_index, cfg.n_folds)
+        self.seed, self.row_fold, self.n_folds = draw_folds(rng, md.episode_index, cfg.n_folds,
+                                                            _episode_units(md)[0])
         self._bases: dict[str, tuple[Any, Any]] = {}
         self._kinds: dict[str, str] = {}
         self._bar = ProgressTask(None, None)  # the running fold's bar (silent outside one)

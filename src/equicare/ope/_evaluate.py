@@ -650,7 +650,8 @@ def level_fqe_bias(sel: QSelection, dataset: TrajectoryDataset, probs: NDArray[n
 
     if sel.replaced is not None:  # auto's criterion did not score the table that replaced it
         return None
-    fold, fit_seed = draw_folds(dataset.n_episodes, AUTO_FOLDS, np.random.default_rng(seed))
+    fold, fit_seed = draw_folds(dataset.n_episodes, AUTO_FOLDS, np.random.default_rng(seed),
+                                dataset.members)
     member = np.zeros((dataset.n_episodes, 1), dtype=bool)
     member[np.asarray(episodes, dtype=np.int64)] = True
     ref = sel.reference or sel.chosen

@@ -330,12 +330,26 @@ def _density_ratio(fit: LoggedQFit, dataset: TrajectoryDataset, train: NDArray[n
     return np.asarray(np.clip(w, 0.0, RATIO_CAP), dtype=np.float64)
 
 
-def draw_folds(n_episodes: int, n_folds: int, rng: np.random.Generator
-               ) -> tuple[NDArray[np.int64], int]:
-    """Each episode's fold (``n_folds`` of near-equal size, shuffled) and a seed for the fits."""
-    fold = np.arange(n_episodes) % int(max(2, min(n_folds, n_episodes)))
-    rng.shuffle(fold)
-    return fold, int(rng.integers(2**31 - 1))
+def draw_folds(n_episodes: int, n_folds: int, rng: np.random.Generator,
+               members: Any = None) -> tuple[NDArray[np.int64], int]:
+    """Each episode's fold (``n_folds`` of near-equal size, shuffled) and a seed for the fits.
+
+    With ``members`` (each episode's person, the manifest's ``member``, shape
+    ``(n_episodes,)``) people are dealt to the folds with all their episodes, so that no
+    held-out score reads a Q-model fitted on the same person's other stays; without it the
+    draws are those of episodes (unchanged).
+    """
+    if members is None:
+        fold = np.arange(n_episodes) % int(max(2, min(n_folds, n_episodes)))
+        rng.shuffle(fold)
+        return fold, int(rng.integers(2**31 - 1))
+    from equicare.ope._bootstrap import cluster_codes
+
+    person = cluster_codes(members)
+    n_people = int(person.max()) + 1 if person.size else 0
+    by_person = np.arange(n_people) % int(max(2, min(n_folds, n_people)))
+    rng.shuffle(by_person)
+    return np.asarray(by_person[person], dtype=np.int64), int(rng.integers(2**31 - 1))
 
 
 @dataclass(frozen=True)
@@ -741,7 +755,7 @@ def select_q_model(dataset: TrajectoryDataset, target_probs: NDArray[np.float64]
         return QSelection(chosen=run[0], candidates={name: None for name in names},
                           td_error={name: None for name in names}, skipped=skipped, n_folds=0,
                           cells=cells, cell_choice=cell_choice, numeric_bins=bins_info)
-    fold, seed = draw_folds(dataset.n_episodes, k, rng)
+    fold, seed = draw_folds(dataset.n_episodes, k, rng, dataset.members)
     weight_model = candidate_name("tabular_stationary", cells) if has_cat else "linear"
     levels = [(a, lv) for a in groups
               for lv in np.unique(dataset.group_labels(a).astype(str))]

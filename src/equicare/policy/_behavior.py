@@ -251,7 +251,9 @@ class BehaviorModel(BaseEstimator):
         when the action space has more than one component, unless the state is saturated
         categorical (see ``saturated_``).
     n_folds : int or "auto", default="auto"
-        Cross-fitting folds over episodes (``1``: no cross-fitting, in-sample probabilities);
+        Cross-fitting folds over episodes, or over people with all their episodes when the
+        dataset has :attr:`~equicare.data.TrajectoryDataset.members` (``1``: no cross-fitting,
+        in-sample probabilities);
         ``"auto"``: 1 when the state is saturated categorical, else 5.
     floor : float, default=1e-3
         Lower bound applied by :meth:`propensities` to the probability of the logged action.
@@ -470,8 +472,11 @@ class BehaviorModel(BaseEstimator):
         k = int(min((1 if self.saturated_ else 5) if self.n_folds == "auto" else self.n_folds,
                     n_ep))
         rng = check_random_state(int(self.random_state))
-        # folds by episode id, so that an episode drawn twice (bootstrap) stays in one fold
-        uniq, inv = np.unique(np.asarray(dataset.episode_ids).astype(str), return_inverse=True)
+        # folds by episode id, so that an episode drawn twice (bootstrap) stays in one fold;
+        # by person when the manifest names member, so that no out-of-fold propensity comes
+        # from a model fitted on the same person's other stays
+        unit_ids = dataset.episode_ids if dataset.members is None else dataset.members
+        uniq, inv = np.unique(np.asarray(unit_ids).astype(str), return_inverse=True)
         k = int(min(k, uniq.size))
         self.n_folds_ = max(k, 1)
         fold = np.arange(uniq.size) % max(k, 1)
