@@ -206,6 +206,8 @@ def test_floored_estimated_propensities_on_logged_rows_are_warned():
     before the saturated state got an in-sample flat model) gives some logged actions an
     out-of-fold probability below its floor, in about 3% of the stays; the weighted estimators
     then rest on the floor. With the default model or the true propensities logged, no warning.
+    (The states-only model, as before the groups were inputs: its 10 floored rows are a small
+    cell.)
     """
     import re
     import warnings
@@ -221,7 +223,7 @@ def test_floored_estimated_propensities_on_logged_rows_are_warned():
     pi = pols["soft_optimal"][np.asarray(ds.categorical[:, 0])]
     with pytest.warns((DataWarning, LowESSWarning)) as rec:  # floored weights: a low ESS too
         res = evaluate(ds, pi, bootstrap=0, q_model="tabular_stationary", groups=(),
-                       behavior_model=BehaviorModel(n_folds=5))
+                       behavior_model=BehaviorModel(n_folds=5, groups=False))
     msgs = [str(w.message) for w in rec if "not logged but estimated" in str(w.message)]
     assert len(msgs) == 1
     # 10 rows in 9 episodes: a small cell, whose counts the warning and the JSON do not show
@@ -232,7 +234,7 @@ def test_floored_estimated_propensities_on_logged_rows_are_warned():
                   r"step\).*is, wis, pdis, wpdis, dr, wdr inherit that error", msgs[0])
     assert m is not None, msgs[0]
     assert res.behavior_model["floored_warning"] == msgs[0]  # the result JSON keeps it
-    bm = BehaviorModel(n_folds=5).fit(ds)
+    bm = BehaviorModel(n_folds=5, groups=False).fit(ds)
     n_ep = np.unique(ds.episode_index[bm.logged_prob(ds) < bm.floor]).size
     assert (bm.n_floored_, n_ep) == (10, 9) and n_ep > FLOORED_EPISODE_SHARE * ds.n_episodes
     # the advice names the fit that avoids it (in-sample, joint; docs/ope.md)

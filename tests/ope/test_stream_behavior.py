@@ -194,7 +194,8 @@ def test_streamed_floored_propensities_give_the_in_memory_warning(tmp_path, seed
                 and "not logged but estimated" in str(w.message)]
         return res, hits
 
-    bm = BehaviorModel(n_folds=5, random_state=4)  # cross-fitted: the default fits in-sample
+    # cross-fitted (the default fits in-sample), states only (the counts below are of that model)
+    bm = BehaviorModel(n_folds=5, random_state=4, groups=False)
     mem, in_memory = floored(lambda: evaluate(ds, Table(), estimators=("wis", "dr"),
                                               q_model="tabular_stationary", bootstrap=0,
                                               groups=(), random_state=4, behavior_model=bm))

@@ -4,8 +4,15 @@
 :func:`equicare.ope.evaluate`, always, for support diagnostics). It is a scikit-learn estimator
 (``clone`` and ``get_params`` work) and an equicare :class:`~equicare.policy.Policy`.
 
-* Inputs: the dataset's numeric and one-hot categorical states, plus (``history=True``) the
-  previous step's action components (one-hot, zeros at the first step) and the scaled step.
+* Inputs: the dataset's numeric and one-hot categorical states, (``groups=True``) its group
+  attributes one-hot, plus (``history=True``) the previous step's action components (one-hot,
+  zeros at the first step) and the scaled step. The groups are there because current practice
+  can treat groups differently in the same states (what the audit measures): a states-only
+  model then misstates every propensity of such a group, and its importance weights with them
+  (a prenatal panel built outside equicare, where practice gave a 2.5% group more transport
+  vouchers: that group's trajectory weights averaged 9.7 instead of 1, and a policy truly worth
+  0.004 more for it was valued at 1.96 against practice's 0.46, a return no episode can reach).
+  Levels of at least 11 episodes in fitting get a column; smaller and unseen ones get zeros.
 * Flat model: one multiclass classifier over the flat action index.
 * Factored model: a chain ``P(a) = prod_k P(a_k | s, a_<k)`` of one classifier per action
   component (earlier components one-hot encoded as inputs), so that a 240-combination space with
@@ -259,6 +266,11 @@ class BehaviorModel(BaseEstimator):
         Lower bound applied by :meth:`propensities` to the probability of the logged action.
     history : bool, default=True
         Add the previous action's components (one-hot) and the scaled step to the inputs.
+    groups : bool, default=True
+        Add the episode's group attributes (one-hot per level of at least 11 episodes in
+        fitting; smaller and unseen levels share zeros) to the inputs:
+        practice that treats groups differently in the same states is then modelled. The
+        groups only enter the estimate of current practice, never a learned policy.
     C : float, default=1.0
         Inverse regularisation strength of the logistic model.
     max_iter : int, default=300
@@ -278,6 +290,9 @@ class BehaviorModel(BaseEstimator):
         ``SPARSE_DENSITY``): ``"auto"`` then fits one flat model in-sample.
     n_folds_ : int
         Folds used (at most the number of episodes).
+    group_levels_ : dict of str to tuple of str
+        Levels (as strings) of each group attribute among the inputs: those of at least
+        ``MIN_CELL`` (11) episodes (empty with ``groups=False`` or without groups).
     models_ : list
         One entry per fold; each a list of fitted classifiers (one per component if factored).
     fold_of_episode_ : ndarray of shape (n_episodes,)
@@ -306,13 +321,14 @@ class BehaviorModel(BaseEstimator):
 
     def __init__(self, estimator: Any = "logistic", *, factored: bool | str = "auto",
                  n_folds: int | str = "auto", floor: float = 1e-3, history: bool = True,
-                 C: float = 1.0, max_iter: int = 300, random_state: int = 0,
-                 calibration: bool = True) -> None:
+                 groups: bool = True, C: float = 1.0, max_iter: int = 300,
+                 random_state: int = 0, calibration: bool = True) -> None:
         self.estimator = estimator
         self.factored = factored
         self.n_folds = n_folds
         self.floor = floor
         self.history = history
+        self.groups = groups
         self.C = C
         self.max_iter = max_iter
         self.random_state = random_state
@@ -332,6 +348,9 @@ class BehaviorModel(BaseEstimator):
         if not isinstance(self.floor, float | int) or not 0 <= float(self.floor) < 1:
             raise InvalidParameterError(PARAM_MESSAGE.format(name="floor", owner=_OWNER,
                                                   expected="a float in [0, 1)", got=self.floor))
+        if not isinstance(self.groups, bool | np.bool_):
+            raise InvalidParameterError(PARAM_MESSAGE.format(name="groups", owner=_OWNER,
+                                                  expected="a bool", got=self.groups))
         if not isinstance(self.C, float | int) or float(self.C) <= 0:
             raise InvalidParameterError(PARAM_MESSAGE.format(name="C", owner=_OWNER,
                                                   expected="a float > 0", got=self.C))
@@ -346,6 +365,8 @@ class BehaviorModel(BaseEstimator):
             if dataset.categorical is not None else 0
         n_cat = len(dataset.categorical_levels) if dataset.categorical is not None else 0
         sizes = dataset.action_space.sizes if self.history else ()
+        # the group columns do not enter the decision: a few group levels beside a state of
+        # 40 levels would tip it to a cross-fitted chain (floored rows of thin levels)
         n_cols = n_num + cat_cols + int(sum(sizes)) + (1 if self.history else 0)
         nnz = n_num + n_cat + len(sizes) + (1 if self.history else 0)
         return bool(n_cols > 0 and nnz / n_cols < SPARSE_DENSITY)
@@ -360,6 +381,8 @@ class BehaviorModel(BaseEstimator):
             for j, levels in enumerate(dataset.categorical_levels):
                 blocks.append(_onehot_csr(every, dataset.categorical[:, j].astype(np.int64),
                                           (n, len(levels))))
+        if self.group_levels_:
+            blocks.append(sp.csr_matrix(self._group_onehot(dataset)))
         if self.history:
             codes = dataset.action_codes
             rows = np.flatnonzero(~dataset.is_first)
@@ -373,6 +396,8 @@ class BehaviorModel(BaseEstimator):
         if getattr(self, "sparse_", False):
             return self._sparse_design(dataset)
         x = np.asarray(dataset.features(), dtype=np.float64)
+        if self.group_levels_:
+            x = np.concatenate([x, self._group_onehot(dataset)], axis=1)
         if not self.history:
             return x
         codes = dataset.action_codes
@@ -386,6 +411,41 @@ class BehaviorModel(BaseEstimator):
             start += size
         step = dataset.step.astype(np.float64)[:, None] / self.step_scale_
         return np.concatenate([x, prev, step], axis=1)
+
+    @staticmethod
+    def _fit_group_levels(dataset: TrajectoryDataset) -> dict[str, tuple[str, ...]]:
+        """Each attribute's levels held by at least ``MIN_CELL`` episodes (as strings).
+
+        A level of fewer episodes shares the zero code of the rest: its own column would be
+        fitted to a handful of stays (their actions near-separable, probabilities near 0) and
+        would describe those few people. An attribute without such levels is left out.
+        """
+        out: dict[str, tuple[str, ...]] = {}
+        for attr, labels in dataset.groups.items():
+            levels, counts = np.unique(np.asarray(labels).astype(str), return_counts=True)
+            kept = tuple(str(lv) for lv in levels[counts >= MIN_CELL])
+            if kept:
+                out[attr] = kept
+        return out
+
+    def _group_onehot(self, dataset: TrajectoryDataset) -> NDArray[np.float64]:
+        """One-hot group levels of each row, shape ``(n_steps, sum of levels)``.
+
+        Levels are matched by their string form against ``group_levels_``; a label not seen in
+        fitting (or an attribute the dataset lacks) gives zeros.
+        """
+        rows = dataset.episode_index
+        blocks = []
+        for attr, levels in self.group_levels_.items():
+            block = np.zeros((dataset.n_steps, len(levels)))
+            labels = dataset.groups.get(attr)
+            if labels is not None:
+                code = {lv: k for k, lv in enumerate(levels)}
+                ep = np.array([code.get(str(v), -1) for v in labels], dtype=np.int64)[rows]
+                seen = ep >= 0
+                block[np.flatnonzero(seen), ep[seen]] = 1.0
+            blocks.append(block)
+        return np.concatenate(blocks, axis=1)
 
     @staticmethod
     def _prefix_onehot(codes: NDArray[np.int64], sizes: tuple[int, ...], k: int
@@ -461,6 +521,7 @@ class BehaviorModel(BaseEstimator):
         self.step_scale_ = float(max(int(dataset.episode_lengths.max()) - 1, 1))
         self.converged_ = True
         self.n_fit_rows_: list[int] = []
+        self.group_levels_ = self._fit_group_levels(dataset) if self.groups else {}
         self.sparse_: bool = self._use_sparse(dataset)
         self.saturated_ = bool(self.sparse_ and dataset.categorical is not None)
         self.factored_: bool = bool(len(self.sizes_) > 1 and not self.saturated_
