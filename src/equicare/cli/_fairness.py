@@ -109,7 +109,7 @@ def run_audit(
     intersect: list[str] | None = None, action: str | None = None, out: Path | None = None,
     force: bool = False, level: str = "step", need: str | None = None, bootstrap: int = 1000,
     n_permutations: int = 1000, alpha: float = 0.05, min_cell: int | None = None,
-    estimator: str | None = "wis", q_model: str = "linear", ci_method: str = "basic",
+    estimator: str | None = "wis", q_model: str = "auto", ci_method: str = "basic",
     seed: int = 42, chunk_rows: int | None = None, executor: Any = None,
     provenance: dict[str, Any] | None = None, usual_care: str = "deployed",
     progress: bool = False,
@@ -433,7 +433,7 @@ def run_frontier(
     data: Path, *, manifest: Path, learner: str = "awr", lambdas: str = "0,0.5,1,2,5",
     weight: str = "fair_lambda", action: str | None = None, group: str | None = None,
     n_steps: int | None = None, eval_fraction: float = 0.3, estimator: str = "dr",
-    q_model: str = "linear", bootstrap: int = 200, executor: str = "local", jobs: int = 1,
+    q_model: str = "auto", bootstrap: int = 200, executor: str = "local", jobs: int = 1,
     out: Path | None = None, force: bool = False, seed: int = 42, progress: bool = False,
     provenance: dict[str, Any] | None = None,
 ) -> FrontierResult:
@@ -551,7 +551,7 @@ def register(app: typer.Typer) -> None:
                  "tabular_window in place of tabular_stationary when censored stays bias it, "
                  "as evaluate does. Checked within each group as evaluate does: a tabular or "
                  "linear Q-model is refitted on a group's own episodes where its TD residuals "
-                 "stand out (q_check in the JSON).")] = QModel.LINEAR,
+                 "stand out (q_check in the JSON).")] = QModel.AUTO,
         min_cell: Annotated[int, typer.Option(
             min=1, help="Suppress groups with fewer episodes. Below 11 the output is not "
                         "privacy-safe: a warning, also in the JSON's warnings.")] = 11,
@@ -670,7 +670,7 @@ def register(app: typer.Typer) -> None:
         estimators: Annotated[ValueEstimator, typer.Option(
             help="OPE estimator of the values (one).")] = ValueEstimator.DR,
         q_model: Annotated[QModel, typer.Option(help="Q-model of FQE, DR and WDR.")
-                           ] = QModel.LINEAR,
+                           ] = QModel.AUTO,
         bootstrap: Annotated[int, typer.Option(min=0, help="Bootstrap replicates.")] = 200,
         executor: Annotated[ExecutorName, typer.Option(
             help="Where the points train: local (process pool), serial or ray.")

@@ -370,13 +370,13 @@ class FairnessAudit:
         OPE estimator of the group values of each policy (``None``: no outcome metrics): one of
         ``is, wis, pdis, wpdis, dr, wdr, fqe``. The behaviour's values are on-policy means of the
         discounted return.
-    q_model : str
+    q_model : str, default="auto"
         Q-model of the OPE engine's FQE for ``dr``, ``wdr`` and ``fqe``, fitted once per
-        policy on all episodes: any ``q_model`` of :func:`equicare.ope.evaluate` (``"linear"``,
-        ``"auto"``, ``"tabular_stationary[state]"``, ...). A stationary table on a panel with
-        censored stays gets ``evaluate``'s censoring check (``diagnostics.censoring``): a
-        ``DataWarning`` naming the policy when the user named that table, the window table in
-        its place with ``"auto"``.
+        policy on all episodes: any ``q_model`` of :func:`equicare.ope.evaluate` (``"auto"``,
+        as ``evaluate``'s default, ``"linear"``, ``"tabular_stationary[state]"``, ...). A
+        stationary table on a panel with censored stays gets ``evaluate``'s censoring check
+        (``diagnostics.censoring``): a ``DataWarning`` naming the policy when the user named
+        that table, the window table in its place with ``"auto"``.
     truncate : float, optional
         Cap on cumulative importance weights.
     with_level_rates : bool
@@ -400,7 +400,7 @@ class FairnessAudit:
     n_permutations: int = 1000
     min_cell: int = MIN_CELL
     estimator: str | None = "wis"
-    q_model: str = "linear"
+    q_model: str = "auto"
     truncate: float | None = None
     with_level_rates: bool = True
     usual_care: UsualCare = "deployed"

@@ -55,7 +55,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "estimators": list(_ESTIMATORS),
         "bootstrap": 1000,
         "truncate": 0.0,
-        "q_model": "linear",
+        "q_model": "auto",
         "sensitivity": True,
         "ci": "studentized",
         "holdout": 0.5,

@@ -263,7 +263,7 @@ def frontier(
     eval_dataset: TrajectoryDataset | None = None,
     eval_fraction: float = 0.3,
     estimator: str = "dr",
-    q_model: str = "linear",
+    q_model: str = "auto",
     n_boot: int = 200,
     alpha: float = 0.05,
     min_cell: int = MIN_CELL,
@@ -304,7 +304,8 @@ def frontier(
     eval_fraction : float
         Share of episodes held out for evaluation (stratified by group) without ``eval_dataset``.
     estimator, q_model : str
-        OPE estimator and FQE model of the values.
+        OPE estimator and FQE model of the values (default ``"dr"`` with ``"auto"``, as
+        ``evaluate``'s).
     n_boot, alpha, min_cell
         Bootstrap replicates, interval level, suppression threshold.
     executor : object with ``map(fn, items)``, optional
