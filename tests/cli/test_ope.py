@@ -490,7 +490,8 @@ def _campaign(path, n: int, seed: int) -> None:
 
 
 def test_a_policy_trained_on_the_evaluated_panel_is_flagged_as_in_sample(tmp_path, monkeypatch):
-    """On 60,000 members AWR's in-sample IS was 0.132 against a true 0.116: say so."""
+    """On 60,000 members AWR's in-sample IS was 0.132 against a true 0.116: evaluate, audit
+    and explain (stderr and the card's caveats) say so."""
     from equicare.cli._utils import IN_SAMPLE_POLICY
 
     monkeypatch.chdir(tmp_path)
@@ -523,3 +524,11 @@ def test_a_policy_trained_on_the_evaluated_panel_is_flagged_as_in_sample(tmp_pat
             name = "bc" if args[0] == "audit" else args[3]
             model = "bc" if args[3] == "bc" else (tmp_path / "bc").absolute()
             assert IN_SAMPLE_POLICY.format(name=name, model=model, data="train.csv") in text
+    for panel, flagged in (("train", True), ("new", False)):  # explain: on its card too
+        res = run(app, ["explain", "bc", f"{panel}.csv", "-m", "m.toml", "--out", f"card_{panel}",
+                        "--bootstrap", "0", "--depth", "1", "--no-progress"])
+        assert res.exit_code == 0, res.output
+        assert (flag in " ".join(res.output.split())) is flagged
+        caveats = json.loads((tmp_path / f"card_{panel}" / "policy_card.json").read_text())[
+            "caveats"]
+        assert any(flag in c for c in caveats) is flagged
