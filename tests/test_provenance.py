@@ -45,3 +45,31 @@ def test_the_block_has_only_what_reproduces_the_numbers(tmp_path, monkeypatch):
     text = json.dumps(b)
     assert "do-not-record" not in text and os.environ.get("HOME", "/nonexistent") + "/" not in \
         text.replace(str(tmp_path), "")
+
+
+def test_trained_on_reads_the_model_behind_a_policy_file_and_hashes_only_same_sizes(
+        tmp_path, monkeypatch):
+    from equicare._provenance import file_fingerprint, trained_on
+
+    (tmp_path / "panel.csv").write_text("a,b\n1,2\n")
+    (tmp_path / "other.csv").write_text("a,b\n1,3\n")  # same size, other bytes
+    (tmp_path / "big.csv").write_text("a,b\n1,2\n3,4\n")
+    model = tmp_path / "m"
+    model.mkdir()
+    fp = file_fingerprint(tmp_path / "panel.csv")
+    (model / "config.json").write_text(json.dumps(
+        {"provenance": {"inputs": [{"role": "data", **fp}]}}))
+    (tmp_path / "p.parquet").write_bytes(b"x")
+    (tmp_path / "p.parquet.provenance.json").write_text(json.dumps(
+        {"provenance": {"inputs": [{"role": "policy", "path": str(model)}]}}))
+    (tmp_path / "hand.parquet").write_bytes(b"x")  # a hand-written file: no provenance
+    assert trained_on(model, tmp_path / "panel.csv") == model
+    assert trained_on(tmp_path / "p.parquet", tmp_path / "panel.csv") == model
+    assert trained_on(tmp_path / "p.parquet", tmp_path / "other.csv") is None
+    assert trained_on(tmp_path / "hand.parquet", tmp_path / "panel.csv") is None
+
+    def boom(path: object) -> dict[str, object]:
+        raise AssertionError(f"hashed {path}")
+
+    monkeypatch.setattr(prov_mod, "file_fingerprint", boom)
+    assert trained_on(tmp_path / "p.parquet", tmp_path / "big.csv") is None  # a stat, no hash

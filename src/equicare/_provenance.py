@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["file_fingerprint", "git_revision", "provenance_block", "PROVENANCE_KEY"]
+__all__ = ["file_fingerprint", "git_revision", "provenance_block", "trained_on", "PROVENANCE_KEY"]
 
 #: The key of the block in every result JSON (and a model folder's ``config.json``).
 PROVENANCE_KEY = "provenance"
@@ -136,3 +136,67 @@ def provenance_block(*, command: Sequence[str], seed: int | None,
             "settings": {k: _json_value(settings[k]) for k in sorted(settings)},
             "inputs": files,
             "created": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+
+def _recorded_inputs(path: Path) -> list[dict[str, Any]]:
+    """The ``inputs`` of the provenance a model folder or a policy file's sidecar records."""
+    import json
+
+    doc_path = (path / "config.json" if path.is_dir()
+                else Path(f"{path}.provenance.json"))
+    try:
+        doc = json.loads(doc_path.read_text())
+        inputs = doc[PROVENANCE_KEY]["inputs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return [f for f in inputs if isinstance(f, dict)] if isinstance(inputs, list) else []
+
+
+def _size(path: Path) -> int:
+    """Bytes of a file, or of a folder's non-hidden files (as :func:`file_fingerprint`)."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()
+               and not any(part.startswith(".") for part in f.relative_to(path).parts))
+
+
+def trained_on(policy: str | os.PathLike[str], data: str | os.PathLike[str]) -> Path | None:
+    """The model folder behind ``policy`` when it was trained on ``data`` itself, else None.
+
+    A model folder records the panel it was trained on (``config.json``'s provenance, role
+    ``data``, with its SHA-256); a policy file written by ``predict`` records the model folder
+    it came from (its ``.provenance.json`` sidecar, role ``policy``). ``data`` matches when its
+    fingerprint (:func:`file_fingerprint`) is the recorded one. ``data`` is hashed only when its
+    size is the recorded size, so a panel of another size costs one ``stat``. Policies without
+    provenance (hand-written files) return None.
+
+    Parameters
+    ----------
+    policy : path
+        A model folder or a policy file.
+    data : path
+        The panel (a file or a folder of Parquet files) to be evaluated.
+
+    Returns
+    -------
+    Path or None
+        The model folder (``policy`` itself, or the one its policy file was predicted from).
+    """
+    p, d = Path(policy), Path(data)
+    if not d.exists() or not p.exists():
+        return None
+    model = p if p.is_dir() else next(
+        (Path(f["path"]) for f in _recorded_inputs(p)
+         if f.get("role") == "policy" and isinstance(f.get("path"), str)
+         and Path(f["path"]).is_dir()), None)
+    if model is None:
+        return None
+    trained = [f for f in _recorded_inputs(model) if f.get("role") == "data"
+               and isinstance(f.get("sha256"), str) and isinstance(f.get("bytes"), int)]
+    if not trained:
+        return None
+    size = _size(d)
+    if not any(f["bytes"] == size for f in trained):
+        return None
+    digest = file_fingerprint(d)["sha256"]
+    return model if any(f["sha256"] == digest for f in trained) else None

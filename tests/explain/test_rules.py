@@ -204,3 +204,15 @@ def test_set_splits_read_one_of_and_list_every_level():
     rule_1 = next(r["rule"] for r in rules if r["leaf"] == 1)
     assert full == [f"rule {rule_1}: state is none of these 15 levels: {', '.join(big)}"]
     assert rules_text(rules).splitlines()[-2:] == ["Complete lists of levels:", full[0]]
+
+
+def test_a_rule_over_a_few_rows_does_not_read_zero_percent():
+    """300 of 69,124 rows (0.4%) printed "[0% of rows]"; now "<1%", while 0 stays 0%."""
+    from equicare.explain import rules_text
+
+    rules = [{"rule": 1, "text": "if risk > 3 then channel=phone", "share": 300 / 69124},
+             {"rule": 2, "text": "if risk > 9 then channel=mail", "share": 0.0},
+             {"rule": 3, "text": "otherwise: as current practice", "share": 0.996}]
+    lines = rules_text(rules).splitlines()
+    assert lines[0].endswith("[<1% of rows]")
+    assert lines[1].endswith("[0% of rows]") and lines[2].endswith("[100% of rows]")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -21,12 +22,13 @@ def run_explain(model: Path, data: Path, *, manifest: Path, out: Path, depth: in
                 mode: str = "exceptions", set_splits: bool = True,
                 deviation_margin: float | Literal["auto"] = "auto", seed: int = 42,
                 force: bool = False, provenance: dict[str, Any] | None = None,
-                progress: bool = False) -> dict[str, Any]:
+                progress: bool = False, caveats: Sequence[str] = ()) -> dict[str, Any]:
     """Load the panel and the policy, build the policy card and write the card folder.
 
     ``provenance``: the command's block, written into the card JSON and the rules' model folder
-    (:func:`equicare.cli._utils.provenance`). ``progress``: stage lines on stderr, loading
-    and writing included (:class:`equicare._progress.Stages`).
+    (:func:`equicare.cli._utils.provenance`). ``caveats``: put first among the card's caveats
+    (the command's :func:`~equicare.cli._utils.in_sample_warnings`). ``progress``: stage lines
+    on stderr, loading and writing included (:class:`equicare._progress.Stages`).
 
     Returns
     -------
@@ -70,6 +72,7 @@ def run_explain(model: Path, data: Path, *, manifest: Path, out: Path, depth: in
     policy, desc = load_source_policy(model)
     card = explain_policy(ds, policy, cfg, source=desc, random_state=seed, progress=progress,
                           panel=data)
+    card.caveats[:0] = caveats
     say(f"writing the card to {out}")
     files = write_card(card, out, overwrite=force, provenance=provenance)
     return {**card.to_dict(), "files": {k: str(v) for k, v in files.items()}}
@@ -158,7 +161,14 @@ def register(app: typer.Typer) -> None:
         """
         from rich.markup import escape
 
-        from equicare.cli._utils import console, print_json, provenance, user_errors
+        from equicare.cli._utils import (
+            console,
+            err_console,
+            in_sample_warnings,
+            print_json,
+            provenance,
+            user_errors,
+        )
         from equicare.explain import rules_text
 
         with user_errors():
@@ -166,6 +176,10 @@ def register(app: typer.Typer) -> None:
 
             check_card_target(out, overwrite=force, inputs=(model, data, manifest))
             prov = provenance({"policy": model, "data": data, "manifest": manifest})
+            in_sample = in_sample_warnings({str(model): model}, data)
+            for m in in_sample:  # the source's values on its own training panel
+                err_console.print(f"[yellow]warning:[/] {escape(m)}", highlight=False,
+                                  soft_wrap=True)
             res = run_explain(model, data, manifest=manifest, out=out, depth=depth,
                               max_rules=max_rules, holdout=holdout, q_model=q_model.value,
                               estimators=estimators, bootstrap=bootstrap, action=action,
@@ -174,7 +188,7 @@ def register(app: typer.Typer) -> None:
                               deviation_margin=("auto" if deviation_margin == "auto"
                                                 else float(deviation_margin)),
                               seed=seed, force=force,
-                              provenance=prov, progress=progress)
+                              provenance=prov, progress=progress, caveats=in_sample)
         if json_out:
             print_json(res)
             return

@@ -591,6 +591,7 @@ def register(app: typer.Typer) -> None:
         from equicare.cli._utils import (
             console,
             err_console,
+            in_sample_warnings,
             print_json,
             print_table,
             provenance,
@@ -606,6 +607,9 @@ def register(app: typer.Typer) -> None:
                 prov = None if out is None else provenance(
                     {"data": data, "manifest": manifest,
                      "policy": list(parse_policy_specs(policy).values())})
+                for m in in_sample_warnings(parse_policy_specs(policy), data):
+                    err_console.print(f"[yellow]warning:[/] {escape(m)}", highlight=False,
+                                      soft_wrap=True)
                 res = run_audit(data, manifest=manifest, policies=policy, group=group,
                                 intersect=intersect, action=action, out=out, force=force,
                                 level=level.value, need=need, bootstrap=bootstrap,

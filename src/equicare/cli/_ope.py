@@ -757,6 +757,7 @@ def register(app: typer.Typer) -> None:
             check_out_path,
             console,
             err_console,
+            in_sample_warnings,
             print_json,
             provenance,
             stream_executor,
@@ -768,6 +769,9 @@ def register(app: typer.Typer) -> None:
         ex = stream_executor(chunk_rows, executor, address, jobs)
         prov = None if out is None else provenance(
             {"data": data, "manifest": manifest, "policy": policy})
+        for m in in_sample_warnings({str(policy): policy}, data):
+            err_console.print(f"[yellow]warning:[/] {escape(m)}", highlight=False,
+                              soft_wrap=True)
         if chunk_rows is not None:
             with user_errors():
                 try:

@@ -679,6 +679,31 @@ def version_callback(value: bool) -> None:
 
 
 
+#: The warning of evaluate and audit when a policy was trained on the panel they read (tests
+#: match it).
+IN_SAMPLE_POLICY = (
+    "{name}: the model {model} was trained on this panel ({data}: same SHA-256), so its values "
+    "here are in-sample and optimistic: the learner fitted the chance outcomes of the very "
+    "members every estimator now reads again. Evaluate it on members it was not trained on "
+    "(hold some out before training, or the next campaign; docs/ope.md, 'One-step campaigns').")
+
+
+def in_sample_warnings(policies: dict[str, Any], data: Any) -> list[str]:
+    """One :data:`IN_SAMPLE_POLICY` warning per policy trained on ``data`` itself.
+
+    ``policies`` maps a display name to a model folder or a policy file
+    (:func:`equicare._provenance.trained_on`).
+    """
+    from equicare._provenance import trained_on
+
+    out = []
+    for name, path in policies.items():
+        model = trained_on(path, data)
+        if model is not None:
+            out.append(IN_SAMPLE_POLICY.format(name=name, model=model, data=data))
+    return out
+
+
 def usual_care_line(settings: dict[str, Any], unit: str = "rows") -> str | None:
     """The line saying how rows a policy leaves to current practice were valued (or None).
 

@@ -365,7 +365,7 @@ def plan_summary(rules: list[dict[str, Any]]) -> list[str]:
         if len(rs) < 2:
             continue
         share = rs[0].get("plan_share")
-        tail = "" if share is None else f" ({100 * share:.0f}% of rows)"
+        tail = "" if share is None else f" ({share_text(share)} of rows)"
         lines.append(f"{_rule_span([int(r['rule']) for r in rs])} recommend {rs[0]['then']}"
                      f"{tail}")
     return lines
@@ -390,6 +390,14 @@ def level_lists(rules: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def share_text(share: float) -> str:
+    """A rule's share of rows in whole percent; ``<1%`` for a share that rounds to 0 but is not.
+
+    A rule over 0.4% of the rows (300 of 69,124) read "0% of rows", as if it matched none.
+    """
+    return "<1%" if 0 < share < 0.005 else f"{100 * share:.0f}%"
+
+
 def rules_text(rules: list[dict[str, Any]]) -> str:
     """The rules as numbered plain-text lines, which share a plan and the complete level lists.
 
@@ -398,7 +406,7 @@ def rules_text(rules: list[dict[str, Any]]) -> str:
     """
     lines = []
     for r in rules:
-        share = "" if r.get("share") is None else f"  [{100 * r['share']:.0f}% of rows]"
+        share = "" if r.get("share") is None else f"  [{share_text(r['share'])} of rows]"
         lines.append(f"{r['rule']}. {r['text']}{share}")
     plans = plan_summary(rules)
     if plans:

@@ -36,6 +36,7 @@ from equicare.ope._bootstrap import (
     estimates_with_ci,
     normal_interval,
     percentile_interval,
+    resampled_sums,
     resampling_unit,
     serial_map,
 )
@@ -625,8 +626,9 @@ def _other_episodes_shift(other: NDArray[np.float64], keys: Sequence[str], n_boo
     variance = {k: float(np.sum(centred[:, j] ** 2)) for j, k in enumerate(keys)}
     reps: dict[str, NDArray[np.float64]] = {}
     if n_boot > 0:
-        counts = bootstrap_counts(other.shape[0], n_boot, random_state)
-        term = counts @ other - other.sum(axis=0, keepdims=True)  # (n_boot, k)
+        # counts @ other a block of replicates at a time: a level's other episodes are most
+        # of the panel, and 21 levels each made a 480 MB counts matrix on 60,000 episodes
+        term = resampled_sums(other, n_boot, random_state) - other.sum(axis=0, keepdims=True)
         reps = {k: np.asarray(term[:, j]) for j, k in enumerate(keys)}
     return Shift(replicates=reps, variance=variance)
 
