@@ -7,6 +7,7 @@ import re
 from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from equicare.data import from_frame
@@ -581,3 +582,43 @@ def test_held_out_bounds_resample_people_when_they_re_enrol():
         assert float(people.se[k][0]) == pytest.approx(ref.estimates[k].se, rel=0.25), k
         assert float(episodes.se[k][0]) < 0.75 * float(people.se[k][0]), k
     assert people.n_episodes == episodes.n_episodes == ds.n_episodes
+
+
+def test_the_default_table_keeps_a_numeric_wave_that_drives_the_dynamics() -> None:
+    """A one-step campaign whose members not enrolled by the first message get a second wave
+    (numeric ``wave`` 0/1, one categorical ``language``), where the message that works first
+    works badly: a table of the language alone mixes the waves' rows and loops at gamma 1
+    (FQE 0.51 against the exact 0.618); the selection's default table keeps the wave's bins,
+    as ``auto`` does (and pools the language, which drives nothing)."""
+    from equicare.ope import evaluate
+    from equicare.pipeline._select import default_q_model
+    from equicare.policy import TabularPolicy
+
+    rng = np.random.default_rng(4)
+    n = 4000
+    lang, a0 = rng.integers(0, 3, n), rng.integers(0, 2, n)
+    r0 = (rng.random(n) < 0.1 + 0.5 * a0).astype(float)
+    m = np.flatnonzero((r0 == 0) & (rng.random(n) < 0.9))  # a second wave if not enrolled
+    a1 = rng.integers(0, 2, m.size)
+    r1 = (rng.random(m.size) < 0.5 - 0.45 * a1).astype(float)
+    wave = np.r_[np.zeros(n), np.ones(m.size)]
+    frame = pd.DataFrame({"member": np.r_[np.arange(n), m], "week": wave.astype(int),
+                          "wave": wave, "language": np.r_[lang, lang[m]],
+                          "channel": np.r_[a0, a1], "enrolled": np.r_[r0, r1],
+                          "propensity": 0.5})
+    frame["done"] = ~frame["member"].duplicated(keep="last")  # the campaign ends
+    manifest = {"dataset": {"episode": "member", "time": "week", "states": ["wave"],
+                            "categorical_states": ["language"], "behavior_prob": "propensity",
+                            "terminal": "done", "gamma": 1.0},
+                "actions": {"channel": {"levels": [0, 1]}},
+                "reward": {"enrolled": {"column": "enrolled", "weight": 1.0}}}
+    ds = from_frame(frame, manifest)
+    name = default_q_model(ds)
+    assert name == "tabular_stationary[wave@0.5]"  # the language drives nothing here
+    always = TabularPolicy(np.tile([0.0, 1.0], (3, 1)))
+    truth = 0.6 + 0.4 * 0.9 * 0.05  # enrolled first, or a second wave that enrols
+    fqe = evaluate(ds, always, estimators=["fqe"], n_boot=0, q_model=name).estimates["fqe"]
+    assert fqe.value == pytest.approx(truth, abs=0.02)
+    pooled = evaluate(ds, always, estimators=["fqe"], n_boot=0,
+                      q_model="tabular_stationary").estimates["fqe"]
+    assert pooled.value < truth - 0.08  # the loop the default no longer takes

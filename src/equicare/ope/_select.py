@@ -131,7 +131,7 @@ __all__ = ["QSelection", "select_q_model", "cross_fit", "draw_folds", "CrossFit"
            "AUTO_CANDIDATES",
            "AUTO_FOLDS",
            "AUTO_FLEXIBLE_WORK", "AUTO_N_SE", "AUTO_NUMERIC_BINS", "candidate_config",
-           "candidate_name", "choose_with_reference", "numeric_bin_columns",
+           "candidate_name", "choose_with_reference", "numeric_bin_columns", "table_cells",
            "target_read_bins", "READS_LEAVES", "READS_MIN_LEAF", "READS_TV"]
 
 #: Candidate names in report order.
@@ -489,6 +489,32 @@ def numeric_bin_columns(dataset: TrajectoryDataset, n_bins: int = AUTO_NUMERIC_B
                    _cache={})  # (the dataset's cached arrays are of its own columns)
 
 
+def table_cells(dataset: TrajectoryDataset, random_state: RandomState = None
+                ) -> tuple[tuple[str, ...] | None, Any, dict[str, Any]]:
+    """The cells of ``auto``'s tables before it looks at a target: ``(cells, choice, bins)``.
+
+    The categorical columns and the binned numeric states (:func:`numeric_bin_columns`) that
+    change the dynamics given the others (:func:`equicare.data.choose_cells`). ``cells`` is
+    None when the table is the categorical columns themselves; ``choice`` is the
+    :class:`~equicare.data.CellChoice` (None with one categorical column and no varying numeric
+    state); ``bins`` is ``{"offered": [...]}`` (the JSON's ``numeric_bins``) or empty. Requires
+    categorical states.
+    """
+    rng = check_random_state(random_state)
+    binned = numeric_bin_columns(dataset)
+    if binned is not None:  # the binned copies compete with the categorical columns
+        offered = list(binned.categorical_names[len(dataset.categorical_names):])
+        choice = choose_cells(binned, random_state=rng)
+        kept_bins = any(c in offered for c in choice.columns)
+        cells = choice.columns if kept_bins or len(dataset.categorical_names) > 1 and (
+            set(choice.columns) != set(dataset.categorical_names)) else None
+        return cells, choice, {"offered": offered}
+    if len(dataset.categorical_names) > 1:
+        choice = choose_cells(dataset, random_state=rng)
+        return (choice.columns if choice.dropped else None), choice, {}
+    return None, None, {}
+
+
 def target_read_bins(dataset: TrajectoryDataset, target_probs: NDArray[np.float64],
                      cells: tuple[str, ...] | None, *, n_se: float = CELL_N_SE
                      ) -> tuple[tuple[str, ...] | None, dict[str, dict[str, Any]]]:
@@ -729,16 +755,8 @@ def select_q_model(dataset: TrajectoryDataset, target_probs: NDArray[np.float64]
     cell_choice = None
     bins_info: dict[str, Any] = {}
     tables = has_cat and cells is None and any(n.startswith("tabular") for n in run)
-    binned = numeric_bin_columns(dataset) if tables else None
-    if binned is not None:  # the binned copies compete with the categorical columns
-        bins_info = {"offered": list(binned.categorical_names[len(dataset.categorical_names):])}
-        cell_choice = choose_cells(binned, random_state=rng)
-        kept_bins = any(c in bins_info["offered"] for c in cell_choice.columns)
-        cells = cell_choice.columns if kept_bins or len(dataset.categorical_names) > 1 and (
-            set(cell_choice.columns) != set(dataset.categorical_names)) else None
-    elif tables and len(dataset.categorical_names) > 1:
-        cell_choice = choose_cells(dataset, random_state=rng)
-        cells = cell_choice.columns if cell_choice.dropped else None
+    if tables:
+        cells, cell_choice, bins_info = table_cells(dataset, rng)
     if tables:  # a numeric state the target reads within the cells: its bins, if it matters
         cells, reads = target_read_bins(dataset, target_probs, cells)
         if reads:
