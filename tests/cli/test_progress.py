@@ -53,7 +53,7 @@ def _cases(c: dict[str, Path]) -> dict[str, tuple[list[str], list[str]]]:
                         "--permutations", "20", "--json"], ["[audit] 300 episodes"]),
         "audit_stream": (["audit", d, "-m", m, "--policy", f"eq={p}", "--bootstrap", "20",
                           "--permutations", "20", "--chunk-rows", "1000", "--estimators", "dr"],
-                         ["[audit] eq: linear Q-model for dr from chunk sums",
+                         ["[audit] eq: auto Q-model for dr from chunk sums",
                           "[audit] support check of the policies over the audited episodes",
                           "[audit] allocation and dr values: one pass over the panel, Poisson "
                           "bootstrap 20 replicates", "audit: rows: started (0/"]),
