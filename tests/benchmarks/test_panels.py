@@ -18,6 +18,8 @@ TINY = {
     "outreach_campaign": (["--members", "500"], ["pol_rule.parquet", "pol_uniform.parquet"]),
     "prenatal": (["--pregnancies", "60"], []),
     "reenrolment": (["--people", "30"], ["policy.parquet"]),
+    "diabetes_groups": (["--members", "60"], ["policy_practice.parquet", "policy_nudge.parquet"]),
+    "mediation_outreach": (["--members", "60"], ["target.parquet", "control.parquet"]),
 }
 
 
