@@ -20,6 +20,7 @@ TINY = {
     "reenrolment": (["--people", "30"], ["policy.parquet"]),
     "diabetes_groups": (["--members", "60"], ["policy_practice.parquet", "policy_nudge.parquet"]),
     "mediation_outreach": (["--members", "60"], ["target.parquet", "control.parquet"]),
+    "transition_families": (["--family", "A", "--members", "40"], ["target.parquet"]),
 }
 
 
@@ -65,3 +66,13 @@ def test_tiny_panel_loads_and_is_reproducible(name, tmp_path, capsys):
         p = pd.read_parquet(a / pol)
         assert len(p) == len(frame), pol
         np.testing.assert_allclose(p.filter(regex=r"^p_\d+$").sum(axis=1), 1.0, atol=1e-9)
+
+
+@pytest.mark.parametrize("family", ["B", "C"])
+def test_the_other_transition_families_load(family, tmp_path, capsys):
+    _module("transition_families").main(
+        ["--family", family, "--seed", "1", "--members", "40", "--out", str(tmp_path)])
+    capsys.readouterr()
+    ds = load_dataset(tmp_path / "panel.parquet", tmp_path / "manifest.toml", emit_warnings=False)
+    assert ds.n_episodes == 40
+    assert len(pd.read_parquet(tmp_path / "target.parquet")) == ds.n_steps
