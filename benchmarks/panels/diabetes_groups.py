@@ -218,7 +218,11 @@ def main(argv: list[str] | None = None) -> None:
         default=0,
         help="members per race group of the Monte-Carlo truth (docs: 100000; 0: none)",
     )
+    ap.add_argument("--force", action="store_true",
+                    help="overwrite the panel files in a non-empty --out")
     a = ap.parse_args(argv)
+    if Path(a.out).is_dir() and any(Path(a.out).iterdir()) and not a.force:
+        ap.error(f"{a.out} is not empty: pass --force to overwrite its panel files")
     df = write(a.out, a.members, a.seed)
     print(len(df), df.groupby("race").member_id.nunique().to_dict())
     if a.truth_members:

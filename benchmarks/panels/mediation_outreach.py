@@ -119,7 +119,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=11, help="panel seed (docs: 11)")
     ap.add_argument("--out", type=Path, required=True, help="output directory")
     ap.add_argument("--members", type=int, default=8000, help="members (docs: 8000)")
+    ap.add_argument("--force", action="store_true",
+                    help="overwrite the panel files in a non-empty --out")
     a = ap.parse_args(argv)
+    if Path(a.out).is_dir() and any(Path(a.out).iterdir()) and not a.force:
+        ap.error(f"{a.out} is not empty: pass --force to overwrite its panel files")
     d = a.out
     d.mkdir(parents=True, exist_ok=True)
     df, pol, ctl = panel(a.members, seed=a.seed)

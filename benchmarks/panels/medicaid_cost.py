@@ -25,6 +25,7 @@ import argparse
 import json
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -349,7 +350,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--members", type=int, default=20000, help="members (docs: 20000)")
     ap.add_argument("--truth-members", type=int, default=0,
                     help="members of the Monte-Carlo truth (docs: 400000; 0: none)")
+    ap.add_argument("--force", action="store_true",
+                    help="overwrite the panel files in a non-empty --out")
     a = ap.parse_args(argv)
+    if Path(a.out).is_dir() and any(Path(a.out).iterdir()) and not a.force:
+        ap.error(f"{a.out} is not empty: pass --force to overwrite its panel files")
     df = write_panel(a.members, a.seed, a.out)
     print(len(df), df.member_id.nunique(), (df.total_cost == 0).mean())
     if a.truth_members:

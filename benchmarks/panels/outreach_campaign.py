@@ -309,7 +309,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, required=True, help="output directory")
     ap.add_argument("--members", type=int, default=60000, help="members (docs: 60000)")
     ap.add_argument("--no-wave2", action="store_true", help="no second wave (one row each)")
+    ap.add_argument("--force", action="store_true",
+                    help="overwrite the panel files in a non-empty --out")
     a = ap.parse_args(argv)
+    if Path(a.out).is_dir() and any(Path(a.out).iterdir()) and not a.force:
+        ap.error(f"{a.out} is not empty: pass --force to overwrite its panel files")
     if a.members < 400:
         ap.error("--members must be at least 400 (one race group has exactly 400 people)")
     out, n, seed = a.out, a.members, a.seed

@@ -311,7 +311,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0, help="panel seed (docs: 0)")
     ap.add_argument("--out", type=Path, required=True, help="output directory")
     ap.add_argument("--pregnancies", type=int, default=12000, help="pregnancies (docs: 12000)")
+    ap.add_argument("--force", action="store_true",
+                    help="overwrite the panel files in a non-empty --out")
     a = ap.parse_args(argv)
+    if Path(a.out).is_dir() and any(Path(a.out).iterdir()) and not a.force:
+        ap.error(f"{a.out} is not empty: pass --force to overwrite its panel files")
     write_panel(a.out, a.pregnancies, a.seed)
 
 

@@ -96,7 +96,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=7, help="panel seed (docs: 7)")
     ap.add_argument("--out", type=Path, required=True, help="output directory")
     ap.add_argument("--people", type=int, default=5000, help="people (docs: 5000)")
+    ap.add_argument("--force", action="store_true",
+                    help="overwrite the panel files in a non-empty --out")
     a = ap.parse_args(argv)
+    if Path(a.out).is_dir() and any(Path(a.out).iterdir()) and not a.force:
+        ap.error(f"{a.out} is not empty: pass --force to overwrite its panel files")
     out = a.out
     out.mkdir(parents=True, exist_ok=True)
     df = make(a.people, seed=a.seed).sort_values(["episode_id", "t"])

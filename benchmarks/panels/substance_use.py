@@ -421,7 +421,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--with-z", action="store_true",
                     help="add a score z ~ U(0,1) that drives nothing and the target zrule "
                     "(MAT when z < 0.5, else group therapy), as in docs/ope.md's table")
+    ap.add_argument("--force", action="store_true",
+                    help="overwrite the panel files in a non-empty --out")
     a = ap.parse_args(argv)
+    if Path(a.out).is_dir() and any(Path(a.out).iterdir()) and not a.force:
+        ap.error(f"{a.out} is not empty: pass --force to overwrite its panel files")
     a.out.mkdir(parents=True, exist_ok=True)
     frame, pols, _ = panel(a.seed, a.members)
     if a.with_z:

@@ -272,7 +272,11 @@ def main(argv: list[str] | None = None) -> None:
         help="family A's effect (docs: 0.25, weaker 0.1 and 0.05)",
     )
     ap.add_argument("--no-drive", action="store_true", help="the read column drives nothing")
+    ap.add_argument("--force", action="store_true",
+                    help="overwrite the panel files in a non-empty --out")
     a = ap.parse_args(argv)
+    if Path(a.out).is_dir() and any(Path(a.out).iterdir()) and not a.force:
+        ap.error(f"{a.out} is not empty: pass --force to overwrite its panel files")
     drives = not a.no_drive
     if a.family == "A":
         df, man, truth = score_panel(a.members, a.seed, drives, noise=0.3, effect=a.effect)

@@ -76,3 +76,17 @@ def test_the_other_transition_families_load(family, tmp_path, capsys):
     ds = load_dataset(tmp_path / "panel.parquet", tmp_path / "manifest.toml", emit_warnings=False)
     assert ds.n_episodes == 40
     assert len(pd.read_parquet(tmp_path / "target.parquet")) == ds.n_steps
+
+
+def test_a_non_empty_out_folder_is_refused_without_force(tmp_path, capsys):
+    """A generator never overwrites files in a folder that holds something: exit 2 naming the
+    folder, unless --force."""
+    mod = _module("reenrolment")
+    (tmp_path / "notes.txt").write_text("keep me")
+    with pytest.raises(SystemExit) as err:
+        mod.main(["--seed", "0", "--people", "30", "--out", str(tmp_path)])
+    assert err.value.code == 2 and "is not empty" in capsys.readouterr().err
+    assert not (tmp_path / "panel.parquet").exists()
+    mod.main(["--seed", "0", "--people", "30", "--out", str(tmp_path), "--force"])
+    assert (tmp_path / "panel.parquet").exists()
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
