@@ -382,7 +382,8 @@ class BehaviorModel(BaseEstimator):
                 blocks.append(_onehot_csr(every, dataset.categorical[:, j].astype(np.int64),
                                           (n, len(levels))))
         if self.group_levels_:
-            blocks.append(sp.csr_matrix(self._group_onehot(dataset)))
+            rows, cols, width = self._group_columns(dataset)
+            blocks.append(_onehot_csr(rows, cols, (n, width)))
         if self.history:
             codes = dataset.action_codes
             rows = np.flatnonzero(~dataset.is_first)
@@ -428,24 +429,35 @@ class BehaviorModel(BaseEstimator):
                 out[attr] = kept
         return out
 
-    def _group_onehot(self, dataset: TrajectoryDataset) -> NDArray[np.float64]:
-        """One-hot group levels of each row, shape ``(n_steps, sum of levels)``.
+    def _group_columns(self, dataset: TrajectoryDataset
+                       ) -> tuple[NDArray[np.int64], NDArray[np.int64], int]:
+        """Where the one-hot group levels are 1: ``(rows, columns, width)``.
 
         Levels are matched by their string form against ``group_levels_``; a label not seen in
-        fitting (or an attribute the dataset lacks) gives zeros.
+        fitting (or an attribute the dataset lacks) has no 1. ``width`` is the number of level
+        columns of every attribute.
         """
-        rows = dataset.episode_index
-        blocks = []
+        rows_out, cols_out, offset = [], [], 0
         for attr, levels in self.group_levels_.items():
-            block = np.zeros((dataset.n_steps, len(levels)))
             labels = dataset.groups.get(attr)
             if labels is not None:
-                code = {lv: k for k, lv in enumerate(levels)}
-                ep = np.array([code.get(str(v), -1) for v in labels], dtype=np.int64)[rows]
-                seen = ep >= 0
-                block[np.flatnonzero(seen), ep[seen]] = 1.0
-            blocks.append(block)
-        return np.concatenate(blocks, axis=1)
+                uniq, inv = np.unique(np.asarray(labels).astype(str), return_inverse=True)
+                code = np.array([levels.index(u) if u in levels else -1 for u in uniq],
+                                dtype=np.int64)[inv.ravel()][dataset.episode_index]
+                rows = np.flatnonzero(code >= 0)
+                rows_out.append(rows)
+                cols_out.append(offset + code[rows])
+            offset += len(levels)
+        empty = np.zeros(0, dtype=np.int64)
+        return (np.concatenate(rows_out) if rows_out else empty,
+                np.concatenate(cols_out) if cols_out else empty, offset)
+
+    def _group_onehot(self, dataset: TrajectoryDataset) -> NDArray[np.float64]:
+        """One-hot group levels of each row, shape ``(n_steps, sum of levels)``."""
+        rows, cols, width = self._group_columns(dataset)
+        block = np.zeros((dataset.n_steps, width))
+        block[rows, cols] = 1.0
+        return block
 
     @staticmethod
     def _prefix_onehot(codes: NDArray[np.int64], sizes: tuple[int, ...], k: int
