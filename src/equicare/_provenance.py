@@ -57,6 +57,14 @@ def git_revision(where: str | os.PathLike[str] | None = None) -> str:
     return f"{rev}-dirty" if changed else rev
 
 
+def _fingerprinted_files(p: Path) -> list[Path]:
+    """The file ``p``, or a folder's non-hidden files in sorted order (:func:`file_fingerprint`)."""
+    if p.is_file():
+        return [p]
+    return sorted(f for f in p.rglob("*") if f.is_file()
+                  and not any(part.startswith(".") for part in f.relative_to(p).parts))
+
+
 def file_fingerprint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """SHA-256 and size of a file, or of a folder's files (a Parquet folder panel).
 
@@ -64,9 +72,7 @@ def file_fingerprint(path: str | os.PathLike[str]) -> dict[str, Any]:
     (hidden files left out). Returns ``{"path": absolute path, "sha256": hex, "bytes": int}``.
     """
     p = Path(path).absolute()
-    files = ([p] if p.is_file() else
-             sorted(f for f in p.rglob("*") if f.is_file()
-                    and not any(part.startswith(".") for part in f.relative_to(p).parts)))
+    files = _fingerprinted_files(p)
     digest, size = hashlib.sha256(), 0
     for f in files:
         if f != p:
@@ -154,10 +160,7 @@ def _recorded_inputs(path: Path) -> list[dict[str, Any]]:
 
 def _size(path: Path) -> int:
     """Bytes of a file, or of a folder's non-hidden files (as :func:`file_fingerprint`)."""
-    if path.is_file():
-        return path.stat().st_size
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()
-               and not any(part.startswith(".") for part in f.relative_to(path).parts))
+    return sum(f.stat().st_size for f in _fingerprinted_files(path.absolute()))
 
 
 def trained_on(policy: str | os.PathLike[str], data: str | os.PathLike[str]) -> Path | None:
