@@ -481,6 +481,7 @@ class _OwnChunk:
     def __call__(self, ds: TrajectoryDataset) -> _OwnSums:
         from equicare.ope import episode_keys, episode_parts, poisson_weights
         from equicare.ope._group_check import episode_gaps, gap_sums
+        from equicare.ope._resample import resampling_ids
         from equicare.ope._stream_q import refit_contributions
 
         _, pl, _, _ = row_pass(ds, self.policy, np.zeros((ds.n_actions, 0)), source=self.name)
@@ -489,8 +490,8 @@ class _OwnChunk:
         inputs = _inputs(ds, self.policy, pl / b, self.q, self.horizon)
         parts = episode_parts(inputs, [self.key], truncate=self.truncate)
         cols = np.concatenate([parts.matrix, np.ones((ds.n_episodes, 1))], axis=1)
-        w = (poisson_weights(episode_keys(ds.episode_ids if ds.members is None else ds.members),
-                             self.n_boot, self.seed) if self.n_boot > 0 else None)
+        w = (poisson_weights(episode_keys(resampling_ids(ds)), self.n_boot, self.seed)
+             if self.n_boot > 0 else None)
         refit = _RefitAcc()
         if w is not None and self.z is not None:
             refit.add(refit_contributions(ds, self.policy, self.q, self.z), w)
@@ -509,8 +510,9 @@ def own_values_stream(source: Any, name: str, policy: Any, fit: Any, pick: Group
     StreamQFit`) fitted again over the group's episodes of every chunk
     (:class:`~equicare.ope._stream_own.LevelSource`, the group's longest stay as the horizon, as
     in memory), its refit direction, then one pass over the group's episodes: its value, its
-    replicates (the audit's Poisson weights keyed by episode id, the own Q-model's refit
-    linearised in each) and its check. About 4-5 passes over the group's episodes.
+    replicates (the audit's Poisson weights keyed by episode id, or by the person when the
+    manifest names ``member``; the own Q-model's refit linearised in each) and its check.
+    About 4-5 passes over the group's episodes.
     """
     from equicare.fairness._group_q import OwnValues, value_of_sums
     from equicare.ope._core import EpisodeParts
