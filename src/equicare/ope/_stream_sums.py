@@ -19,7 +19,7 @@ from equicare.ope._bootstrap import (
     squared_influence,
 )
 from equicare.ope._core import EpisodeParts, combine
-from equicare.ope._ess import WeightSums
+from equicare.ope._ess import WeightSums, heaviest
 from equicare.ope._pareto import PARETO_KEEP
 from equicare.ope._resample import episode_keys, poisson_weights
 from equicare.utils import PARAM_MESSAGE
@@ -170,9 +170,7 @@ def episode_sums(mat: NDArray[np.float64], w: NDArray[np.float64],
 
 def largest(w: NDArray[np.float64]) -> NDArray[np.float64]:
     """The :data:`~equicare.ope._pareto.PARETO_KEEP` largest of ``w`` (all of them if fewer)."""
-    if w.size <= PARETO_KEEP:
-        return w
-    return np.asarray(np.partition(w, w.size - PARETO_KEEP)[w.size - PARETO_KEEP:])
+    return heaviest(w[:, None], min(PARETO_KEEP, w.size))[:, 0]
 
 
 def corrected_sums(sums: StreamSums) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
